@@ -1,0 +1,22 @@
+"""Networks: SW-ViT with LW-MSA/SLW-MSA, symmetric position encoding, the ASA autoencoder."""
+
+from asa.models.attention import LinearWindowAttention
+from asa.models.mae import ASA, MAEOutput
+from asa.models.patch import PatchEmbed, patch_grid, patchify, unpatchify
+from asa.models.position import symmetric_position_encoding
+from asa.models.presets import PRESETS
+from asa.models.swvit import SWBlock, SWViT
+
+__all__ = [
+    "ASA",
+    "PRESETS",
+    "LinearWindowAttention",
+    "MAEOutput",
+    "PatchEmbed",
+    "SWBlock",
+    "SWViT",
+    "patch_grid",
+    "patchify",
+    "symmetric_position_encoding",
+    "unpatchify",
+]

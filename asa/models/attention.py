@@ -1,0 +1,115 @@
+"""LW-MSA / SLW-MSA: multi-head self-attention inside windows of a 1D token sequence."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LinearWindowAttention(nn.Module):
+    """Self-attention within consecutive windows of ``window_size`` tokens (paper §2.2).
+
+    With ``shift > 0`` (SLW-MSA, usually ⌊S/2⌋) the sequence is rolled by ``-shift`` before the
+    windows are cut and rolled back after, so window boundaries sit at ``shift + k·S``. The
+    window that wraps the sequence's end onto its start is split by a mask when ``shift_mask``
+    (Swin style). A sequence whose length is not a multiple of S is padded; padded keys are
+    masked out. ``rel_pos_bias`` adds a learned bias per head indexed by the offset i − j
+    (2S − 1 entries). All windows go through one batched ``scaled_dot_product_attention`` call.
+
+    x: [B, N, C] -> [B, N, C].
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int,
+        shift: int = 0,
+        *,
+        qkv_bias: bool = True,
+        shift_mask: bool = True,
+        rel_pos_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        if window_size < 1:
+            raise ValueError(f"window_size must be >= 1, got {window_size}")
+        if not 0 <= shift < window_size:
+            raise ValueError(f"shift must lie in [0, window_size={window_size}), got {shift}")
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.shift = shift
+        self.shift_mask = shift_mask
+        self.attn_drop = attn_drop
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        if rel_pos_bias:
+            self.rel_pos_bias = nn.Parameter(torch.zeros(2 * window_size - 1, num_heads))
+            nn.init.trunc_normal_(self.rel_pos_bias, std=0.02)
+            offsets = torch.arange(window_size)
+            self.register_buffer(
+                "rel_index", offsets[:, None] - offsets[None, :] + window_size - 1, persistent=False
+            )
+        else:
+            self.rel_pos_bias = None
+        self._mask_cache: dict[tuple[int, torch.device], torch.Tensor | None] = {}
+
+    def _structural_mask(self, n: int, device: torch.device) -> torch.Tensor | None:
+        """Boolean keep-mask [nW, 1, S, S] for padding and the wrap-around window, or None."""
+        key = (n, device)
+        if key not in self._mask_cache:
+            s = self.window_size
+            padded = -(-n // s) * s
+            # Segment id of each (rolled, padded) position: the part rolled over from the start,
+            # the rest, and padding. Tokens attend only to keys of their own segment; padding
+            # queries see everything real so no row is empty (their output is dropped).
+            seg = torch.zeros(padded, dtype=torch.long, device=device)
+            if self.shift and self.shift_mask and n > self.shift:
+                seg[n - self.shift : n] = 1
+            seg[n:] = 2
+            if padded == n and not seg.any():
+                mask = None
+            else:
+                seg = seg.view(-1, s)  # [nW, S]
+                mask = (seg[:, :, None] == seg[:, None, :]) | (seg[:, :, None] == 2)
+                mask &= seg[:, None, :] != 2
+                mask = mask.unsqueeze(1)  # [nW, 1, S, S]
+            self._mask_cache[key] = mask
+        return self._mask_cache[key]
+
+    def _attn_bias(self, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+        """Additive bias [nW or 1, heads, S, S] combining the relative bias and the masks."""
+        keep = self._structural_mask(n, device)
+        bias = None
+        if self.rel_pos_bias is not None:
+            bias = self.rel_pos_bias[self.rel_index].permute(2, 0, 1).unsqueeze(0).to(dtype)  # [1, h, S, S]
+        if keep is None:
+            return bias
+        blocked = torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill(~keep, float("-inf"))
+        return blocked if bias is None else blocked + bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        s, h = self.window_size, self.num_heads
+        if self.shift:
+            x = torch.roll(x, -self.shift, dims=1)
+        pad = -n % s
+        if pad:
+            x = F.pad(x, (0, 0, 0, pad))
+        nw = (n + pad) // s
+        qkv = self.qkv(x).view(b, nw, s, 3, h, c // h)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each [B, nW, h, S, d]
+        bias = self._attn_bias(n, q.dtype, x.device)  # broadcasts over [B, nW, h, S, S]
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0
+        )  # [B, nW, h, S, d]
+        out = out.permute(0, 1, 3, 2, 4).reshape(b, nw * s, c)[:, :n]
+        out = self.proj_drop(self.proj(out))
+        if self.shift:
+            out = torch.roll(out, self.shift, dims=1)
+        return out

@@ -1,0 +1,171 @@
+"""ASA: the masked autoencoder with SW-ViT encoder/decoder, SPE and the attentive loss (paper §2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from asa.losses import AttentiveReconstructionLoss, patch_informativeness
+from asa.models.patch import PatchEmbed, patch_grid, patchify, to_3tuple, unpatchify
+from asa.models.position import symmetric_position_encoding
+from asa.models.swvit import SWViT
+
+
+@dataclass
+class MAEOutput:
+    """loss: scalar; pred: [B, N, C·s³]; mask: [B, N] (1 = masked); weights: [B, N] loss weights."""
+
+    loss: torch.Tensor
+    pred: torch.Tensor
+    mask: torch.Tensor
+    weights: torch.Tensor
+
+
+class ASA(nn.Module):
+    """Attentive Symmetric Autoencoder.
+
+    The rows of the paper's Table 4 are configurations of this class: MAE
+    (``pos_mode="none", loss_weighting="uniform"``), A-SSL (``none``, ``attentive``), SPE+SSL
+    (``mirror``, ``uniform``) and ASA (``mirror``, ``attentive``).
+    """
+
+    def __init__(
+        self,
+        *,
+        img_size: int | tuple[int, int, int] = 128,
+        in_channels: int = 1,
+        patch_size: int = 8,
+        embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        decoder_dim: int = 384,
+        decoder_depth: int = 8,
+        decoder_num_heads: int = 6,
+        window_size: int = 32,
+        mlp_ratio: float = 4.0,
+        mask_ratio: float = 0.75,
+        pos_mode: str = "mirror",
+        lr_axis: int = 0,
+        loss_weighting: str = "attentive",
+        norm_pix_loss: bool = False,
+        bins: int = 8,
+        normalize: str = "l2",
+        shift_mask: bool = True,
+        rel_pos_bias: bool = True,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must lie in (0, 1), got {mask_ratio}")
+        self.img_size = to_3tuple(img_size, "img_size")
+        self.grid = patch_grid(self.img_size, patch_size)
+        self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
+        self.num_masked = round(mask_ratio * self.num_patches)
+        if not 0 < self.num_masked < self.num_patches:
+            raise ValueError(
+                f"mask_ratio {mask_ratio} of {self.num_patches} patches leaves no visible or no masked patch"
+            )
+        self.in_channels = in_channels
+        self.patch_size = patch_size
+        self.bins = bins
+        self.normalize = normalize
+        block_args = dict(mlp_ratio=mlp_ratio, shift_mask=shift_mask, rel_pos_bias=rel_pos_bias,
+                          grad_checkpointing=grad_checkpointing)
+
+        self.patch_embed = PatchEmbed(in_channels, embed_dim, patch_size)
+        self.register_buffer(
+            "pos_embed", symmetric_position_encoding(self.grid, embed_dim, mode=pos_mode, lr_axis=lr_axis),
+            persistent=False,
+        )
+        self.encoder = SWViT(embed_dim, depth, num_heads, window_size, **block_args)
+
+        self.decoder_embed = nn.Linear(embed_dim, decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        self.register_buffer(
+            "decoder_pos_embed",
+            symmetric_position_encoding(self.grid, decoder_dim, mode=pos_mode, lr_axis=lr_axis),
+            persistent=False,
+        )
+        self.decoder = SWViT(decoder_dim, decoder_depth, decoder_num_heads, window_size, **block_args)
+        self.decoder_pred = nn.Linear(decoder_dim, patch_size**3 * in_channels)
+        nn.init.xavier_uniform_(self.decoder_embed.weight)
+        nn.init.zeros_(self.decoder_embed.bias)
+        nn.init.xavier_uniform_(self.decoder_pred.weight)
+        nn.init.zeros_(self.decoder_pred.bias)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+        self.criterion = AttentiveReconstructionLoss(loss_weighting, norm_pix_loss)
+
+    # --- shapes -------------------------------------------------------------------------
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, C, D, H, W] -> [B, N, s³·C]."""
+        return patchify(x, self.patch_size)
+
+    def unpatchify(self, p: torch.Tensor) -> torch.Tensor:
+        """p: [B, N, s³·C] -> [B, C, D, H, W]."""
+        return unpatchify(p, self.patch_size, self.grid, self.in_channels)
+
+    # --- algorithm ----------------------------------------------------------------------
+    def random_masking(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask exactly round(ratio·N) patches per sample, uniformly at random.
+
+        Returns (mask [B, N] float, 1 = masked; ids_keep [B, N_vis], visible indices sorted so the
+        encoder sees them in raster order).
+        """
+        noise = torch.rand(batch, self.num_patches, device=device)
+        order = noise.argsort(dim=1)
+        ids_keep = order[:, self.num_masked :].sort(dim=1).values
+        mask = torch.ones(batch, self.num_patches, device=device)
+        mask.scatter_(1, ids_keep, 0.0)
+        return mask, ids_keep
+
+    def forward_encoder(self, x: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """Embed, add SPE, keep the visible patches and encode. -> [B, N_vis, embed_dim]."""
+        tokens = self.patch_embed(x) + self.pos_embed  # [B, N, C]
+        index = ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
+        return self.encoder(torch.gather(tokens, 1, index))
+
+    def assemble_decoder_input(self, latent: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """Full decoder sequence in raster order: projected encoder output at visible positions,
+        mask token + SPE at masked ones. latent: [B, N_vis, C] -> [B, N, C_dec]."""
+        visible = self.decoder_embed(latent)  # [B, N_vis, C_dec]
+        b, _, c = visible.shape
+        full = (self.mask_token + self.decoder_pos_embed).to(visible.dtype).expand(b, -1, -1)
+        return full.scatter(1, ids_keep.unsqueeze(-1).expand(-1, -1, c), visible)
+
+    def forward_decoder(self, latent: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """-> pred [B, N, s³·C] for every patch."""
+        return self.decoder_pred(self.decoder(self.assemble_decoder_input(latent, ids_keep)))
+
+    def forward_loss(
+        self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstruction loss on masked patches -> (loss, weights [B, N])."""
+        informativeness = None
+        if self.criterion.weighting == "attentive":
+            informativeness = patch_informativeness(x, self.patch_size, self.bins, self.normalize)
+        return self.criterion(pred, self.patchify(x), mask, informativeness)
+
+    def forward(self, x: torch.Tensor) -> MAEOutput:
+        """x: [B, C, D, H, W] with (D, H, W) = img_size."""
+        if tuple(x.shape[1:]) != (self.in_channels, *self.img_size):
+            raise ValueError(
+                f"ASA expects input [B, {self.in_channels}, {self.img_size[0]}, {self.img_size[1]}, "
+                f"{self.img_size[2]}], got {list(x.shape)}"
+            )
+        mask, ids_keep = self.random_masking(x.shape[0], x.device)
+        latent = self.forward_encoder(x, ids_keep)
+        pred = self.forward_decoder(latent, ids_keep)
+        loss, weights = self.forward_loss(x, pred, mask)
+        return MAEOutput(loss=loss, pred=pred, mask=mask, weights=weights)
+
+    # --- helpers for training and fine-tuning ---------------------------------------------
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from weight decay besides norms and biases: mask token, relative bias."""
+        return {"mask_token"} | {name for name, _ in self.named_parameters() if name.endswith("rel_pos_bias")}
+
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights a segmentation network takes over: ``patch_embed.*`` and ``encoder.*``."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith(("patch_embed.", "encoder."))}

@@ -1,0 +1,113 @@
+"""SW-ViT: pre-norm transformer blocks alternating LW-MSA and SLW-MSA (paper §2.2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.blocks import MLPBlock
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from asa.models.attention import LinearWindowAttention
+
+
+class SWBlock(nn.Module):
+    """``x + attn(norm(x))`` then ``x + mlp(norm(x))``; x: [B, N, C] -> [B, N, C]."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int,
+        shift: int = 0,
+        *,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        shift_mask: bool = True,
+        rel_pos_bias: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = LinearWindowAttention(
+            dim, num_heads, window_size, shift,
+            qkv_bias=qkv_bias, shift_mask=shift_mask, rel_pos_bias=rel_pos_bias, proj_drop=dropout,
+        )
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio), dropout_rate=dropout, act="GELU")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class SWViT(nn.Module):
+    """A stack of SW blocks (even blocks LW-MSA, odd blocks SLW-MSA with shift ⌊S/2⌋) and a final norm.
+
+    ``forward(x[B, N, C], pos)`` adds ``pos`` ([N, C] or [B, N, C]) to the tokens, runs the blocks
+    and returns the normed tokens; with ``hidden_indices`` it also returns the (un-normed)
+    outputs of those blocks, as the segmentation decoder needs.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        window_size: int = 32,
+        *,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        shift_mask: bool = True,
+        rel_pos_bias: bool = True,
+        dropout: float = 0.0,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.grad_checkpointing = grad_checkpointing
+        self.blocks = nn.ModuleList(
+            SWBlock(
+                embed_dim, num_heads, window_size, shift=(window_size // 2) * (i % 2),
+                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, shift_mask=shift_mask,
+                rel_pos_bias=rel_pos_bias, dropout=dropout,
+            )
+            for i in range(depth)
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+        self.apply(_init_weights)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        pos: torch.Tensor | None = None,
+        *,
+        hidden_indices: Sequence[int] = (),
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        if pos is not None:
+            x = x + pos
+        for i in hidden_indices:
+            if not 0 <= i < len(self.blocks):
+                raise ValueError(f"hidden index {i} out of range for {len(self.blocks)} blocks")
+        hidden = []
+        for i, block in enumerate(self.blocks):
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+            if i in hidden_indices:
+                hidden.append(x)
+        x = self.norm(x)
+        return (x, hidden) if hidden_indices else x
+
+
+def _init_weights(module: nn.Module) -> None:
+    """Xavier-uniform linear layers with zero bias, unit LayerNorms (as the MAE reference)."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
