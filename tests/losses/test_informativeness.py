@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from asa.losses import patch_informativeness
+
+
+def _literal(volume: np.ndarray, s: int, b: int, normalize: str) -> np.ndarray:
+    """DESIGN §1.5 steps 1-4, voxel by voxel, patch by patch."""
+    bsz, c, d, h, w = volume.shape
+    out = np.zeros((bsz, (d // s) * (h // s) * (w // s)))
+
+    def at(v, ch, i, j, k):
+        inside = 0 <= i < d and 0 <= j < h and 0 <= k < w
+        return float(v[ch, i, j, k]) if inside else 0.0
+
+    for n in range(bsz):
+        v = volume[n]
+        hist = np.zeros((d // s, h // s, w // s, b, b))
+        for ch in range(c):
+            for i in range(d):
+                for j in range(h):
+                    for k in range(w):
+                        gx = at(v, ch, i + 1, j, k) - at(v, ch, i - 1, j, k)
+                        gy = at(v, ch, i, j + 1, k) - at(v, ch, i, j - 1, k)
+                        gz = at(v, ch, i, j, k + 1) - at(v, ch, i, j, k - 1)
+                        mag = math.sqrt(gx * gx + gy * gy + gz * gz)
+                        if mag == 0:
+                            continue
+                        theta = math.acos(max(-1.0, min(1.0, gz / mag)))
+                        phi = abs(math.atan2(gy, gx))
+                        r = min(int(theta // (math.pi / b)), b - 1)
+                        col = min(int(phi // (math.pi / b)), b - 1)
+                        hist[i // s, j // s, k // s, r, col] += mag
+        hist = hist.reshape(-1, b * b)
+        if normalize == "l2":
+            hist = hist / np.sqrt((hist**2).sum(-1, keepdims=True) + 1e-10)
+        out[n] = hist.mean(-1)
+    return out
+
+
+@pytest.mark.parametrize(
+    "shape, s, b, normalize",
+    [
+        ((2, 1, 8, 8, 8), 4, 8, "l2"),
+        ((1, 2, 8, 4, 12), 4, 4, "l2"),
+        ((1, 1, 8, 8, 8), 4, 8, "none"),
+    ],
+)
+def test_matches_literal_per_voxel_implementation(shape, s, b, normalize):
+    rng = np.random.default_rng(0)
+    volume = rng.standard_normal(shape).astype(np.float32)
+    volume[0, 0, :4, :4, :4] = 0.0  # a flat corner patch as well
+    got = patch_informativeness(torch.from_numpy(volume), patch_size=s, bins=b, normalize=normalize)
+    expected = _literal(volume.astype(np.float64), s, b, normalize)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_all_zero_and_flat_volumes_give_zero_without_nan():
+    zero = patch_informativeness(torch.zeros(2, 1, 8, 8, 8), patch_size=4)
+    assert torch.equal(zero, torch.zeros(2, 8))
+    np.testing.assert_allclose(
+        patch_informativeness(torch.zeros(1, 1, 8, 8, 8), patch_size=4).numpy(),
+        _literal(np.zeros((1, 1, 8, 8, 8)), 4, 8, "l2"),
+    )
+    flat = patch_informativeness(torch.full((1, 1, 12, 12, 12), 5.0), patch_size=4)
+    assert torch.isfinite(flat).all()
+    assert flat.view(3, 3, 3)[1, 1, 1] == 0  # interior patch of a flat volume: no gradient
+    assert (flat.view(3, 3, 3)[0] > 0).all()  # border patches see the zero padding
+
+
+def test_l2_bounds_and_no_gradient():
+    volume = torch.randn(1, 1, 16, 16, 16, requires_grad=True)
+    g = patch_informativeness(volume, patch_size=8, bins=8)
+    assert not g.requires_grad
+    assert (g >= 1 / 64 - 1e-6).all() and (g <= 1 / 8 + 1e-6).all()  # DESIGN §1.5: [1/b², 1/b]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [(dict(normalize="max"), "normalize"), (dict(patch_size=5), "divisible"), (dict(bins=0), "bins")],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        patch_informativeness(torch.zeros(1, 1, 8, 8, 8), **kwargs)

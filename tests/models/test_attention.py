@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from asa.models import LinearWindowAttention
+
+
+def _reference_mhsa(attn: LinearWindowAttention, x: torch.Tensor) -> torch.Tensor:
+    """Plain multi-head self-attention with the module's own weights."""
+    b, n, c = x.shape
+    h = attn.num_heads
+    q, k, v = attn.qkv(x).view(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
+    a = (q @ k.transpose(-1, -2) / (c // h) ** 0.5).softmax(-1)
+    return attn.proj((a @ v).transpose(1, 2).reshape(b, n, c))
+
+
+@pytest.mark.parametrize("n", [16, 11])
+def test_single_window_equals_mhsa(n):
+    attn = LinearWindowAttention(24, 3, window_size=16).eval()
+    with torch.no_grad():
+        attn.rel_pos_bias.zero_()
+    x = torch.randn(2, n, 24)
+    torch.testing.assert_close(attn(x), _reference_mhsa(attn, x), atol=1e-5, rtol=1e-5)
+
+
+def test_relative_bias_matches_offset_table():
+    attn = LinearWindowAttention(8, 2, window_size=4)
+    bias = attn._attn_bias(4, torch.float32, torch.device("cpu"))[0]  # [h, S, S]
+    for i in range(4):
+        for j in range(4):
+            torch.testing.assert_close(bias[:, i, j], attn.rel_pos_bias[i - j + 3])
+
+
+@pytest.mark.parametrize("shift", [0, 4])
+def test_tokens_only_see_their_window(shift):
+    s, n = 8, 32
+    attn = LinearWindowAttention(12, 2, window_size=s, shift=shift, shift_mask=False).eval()
+    x = torch.randn(1, n, 12)
+    base = attn(x)
+    for changed in range(n):
+        y = x.clone()
+        y[0, changed] += 1.0
+        moved = (attn(y) - base).abs().amax(-1)[0] > 1e-6
+        window = lambda i: ((i - shift) % n) // s  # noqa: E731 - boundaries at shift + k·S
+        expected = torch.tensor([window(i) == window(changed) for i in range(n)])
+        assert torch.equal(moved, expected), changed
+
+
+def test_shift_moves_boundaries_by_half_a_window():
+    s = 8
+    lw = LinearWindowAttention(12, 2, window_size=s).eval()
+    slw = LinearWindowAttention(12, 2, window_size=s, shift=s // 2).eval()
+    x = torch.randn(1, 32, 12)
+
+    def influenced(attn, i):
+        y = x.clone()
+        y[0, i] += 1.0
+        return ((attn(y) - attn(x)).abs().amax(-1)[0] > 1e-6).nonzero().flatten().tolist()
+
+    assert influenced(lw, 9) == list(range(8, 16))
+    assert influenced(slw, 9) == list(range(4, 12))
+
+
+def test_wraparound_window_is_split_by_the_shift_mask():
+    s, n = 8, 32
+    x = torch.randn(1, n, 12)
+    for shift_mask, expected in [(True, [0, 1, 2, 3]), (False, [0, 1, 2, 3, 28, 29, 30, 31])]:
+        attn = LinearWindowAttention(12, 2, window_size=s, shift=4, shift_mask=shift_mask).eval()
+        y = x.clone()
+        y[0, 1] += 1.0
+        moved = ((attn(y) - attn(x)).abs().amax(-1)[0] > 1e-6).nonzero().flatten().tolist()
+        assert moved == expected
+
+
+@pytest.mark.parametrize("shift", [0, 4])
+def test_padding_does_not_affect_real_tokens(shift):
+    """N = 13 is padded to 16: outputs equal those of the sequence run window by window without padding."""
+    s, n = 8, 13
+    attn = LinearWindowAttention(12, 2, window_size=s, shift=shift).eval()
+    x = torch.randn(2, n, 12)
+    out = attn(x)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    rolled = torch.roll(x, -shift, dims=1)
+    # rolled windows: [0, 8) and [8, 13); with the shift mask the last `shift` rolled tokens form
+    # their own segment.
+    segments = [(0, 8), (8, 13)] if not shift else [(0, 8), (8, 9), (9, 13)]
+    expected = torch.empty_like(out)
+    for lo, hi in segments:
+        chunk = rolled[:, lo:hi]
+        b, m, c = chunk.shape
+        q, k, v = attn.qkv(chunk).view(b, m, 3, 2, c // 2).permute(2, 0, 3, 1, 4)
+        rel = torch.arange(lo, hi) % s
+        bias = attn.rel_pos_bias[rel[:, None] - rel[None, :] + s - 1].permute(2, 0, 1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        expected[:, lo:hi] = attn.proj(y.transpose(1, 2).reshape(b, m, c))
+    torch.testing.assert_close(out, torch.roll(expected, shift, dims=1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(dim=10, num_heads=3, window_size=8), "divisible"),
+        (dict(dim=12, num_heads=3, window_size=8, shift=8), "shift"),
+        (dict(dim=12, num_heads=3, window_size=0), "window_size"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LinearWindowAttention(**kwargs)
