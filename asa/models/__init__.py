@@ -5,10 +5,13 @@ from asa.models.mae import ASA, MAEOutput
 from asa.models.patch import PatchEmbed, patch_grid, patchify, unpatchify
 from asa.models.position import symmetric_position_encoding
 from asa.models.presets import PRESETS
+from asa.models.segmenter import ASASegmenter, LoadReport
 from asa.models.swvit import SWBlock, SWViT
 
 __all__ = [
     "ASA",
+    "ASASegmenter",
+    "LoadReport",
     "PRESETS",
     "LinearWindowAttention",
     "MAEOutput",

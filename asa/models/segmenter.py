@@ -1,0 +1,175 @@
+"""ASASegmenter: UNETR-style U-Net on the SW-ViT encoder (DESIGN §1.6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
+from torch import nn
+
+from asa.models.patch import PatchEmbed, patch_grid, to_3tuple
+from asa.models.position import symmetric_position_encoding
+from asa.models.swvit import SWViT
+
+ENCODER_PREFIXES = ("patch_embed.", "encoder.")
+
+
+@dataclass
+class LoadReport:
+    """What :meth:`ASASegmenter.load_pretrained` did with each key."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"loaded {len(self.loaded)} encoder tensors"]
+        if self.adapted:
+            lines.append(f"adapted input stem: {', '.join(self.adapted)}")
+        lines.append(f"missing ({len(self.missing)}): {', '.join(self.missing) or '-'}")
+        lines.append(f"unexpected ({len(self.unexpected)}): {', '.join(self.unexpected) or '-'}")
+        return "\n".join(lines)
+
+
+class ASASegmenter(nn.Module):
+    """SW-ViT encoder over all tokens + SPE, four evenly spaced hidden states as skips.
+
+    With patch size 8 the token grid sits at 1/8 resolution. Skips: the input itself (full
+    resolution), hidden state 1 upsampled ×4 (1/2), hidden state 2 upsampled ×2 (1/4); hidden
+    state 3 and the final (normed) encoder output form the 1/8 bottleneck. Decoding goes up with
+    MONAI's UNETR blocks to full resolution.
+
+    x: [B, C, D, H, W] (D, H, W = img_size) -> logits [B, out_channels, D, H, W].
+    """
+
+    def __init__(
+        self,
+        *,
+        img_size: int | tuple[int, int, int] = 128,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        patch_size: int = 8,
+        embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        window_size: int = 32,
+        mlp_ratio: float = 4.0,
+        pos_mode: str = "mirror",
+        lr_axis: int = 0,
+        shift_mask: bool = True,
+        rel_pos_bias: bool = True,
+        feature_size: int = 16,
+        norm_name: str = "instance",
+        dropout: float = 0.0,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if patch_size != 8:
+            raise ValueError(f"ASASegmenter's decoder is laid out for patch_size 8, got {patch_size}")
+        if depth < 4:
+            raise ValueError(f"ASASegmenter needs an encoder of at least 4 blocks, got depth {depth}")
+        self.img_size = to_3tuple(img_size, "img_size")
+        self.grid = patch_grid(self.img_size, patch_size)
+        self.in_channels = in_channels
+        self.embed_dim = embed_dim
+        self.hidden_indices = tuple((k + 1) * depth // 4 - 1 for k in range(3))  # e.g. 2, 5, 8 of 12
+
+        self.patch_embed = PatchEmbed(in_channels, embed_dim, patch_size)
+        self.register_buffer(
+            "pos_embed", symmetric_position_encoding(self.grid, embed_dim, mode=pos_mode, lr_axis=lr_axis),
+            persistent=False,
+        )
+        self.encoder = SWViT(
+            embed_dim, depth, num_heads, window_size, mlp_ratio=mlp_ratio, shift_mask=shift_mask,
+            rel_pos_bias=rel_pos_bias, dropout=dropout, grad_checkpointing=grad_checkpointing,
+        )
+        f = feature_size
+        conv = dict(spatial_dims=3, kernel_size=3, norm_name=norm_name)
+        self.skip0 = UnetrBasicBlock(in_channels=in_channels, out_channels=f, stride=1, res_block=True, **conv)
+        self.skip1 = UnetrPrUpBlock(
+            in_channels=embed_dim, out_channels=2 * f, num_layer=1, stride=1, upsample_kernel_size=2,
+            conv_block=True, res_block=True, **conv,
+        )
+        self.skip2 = UnetrPrUpBlock(
+            in_channels=embed_dim, out_channels=4 * f, num_layer=0, stride=1, upsample_kernel_size=2,
+            conv_block=True, res_block=True, **conv,
+        )
+        self.bottleneck = UnetrBasicBlock(
+            in_channels=2 * embed_dim, out_channels=8 * f, stride=1, res_block=True, **conv
+        )
+        self.up2 = UnetrUpBlock(in_channels=8 * f, out_channels=4 * f, upsample_kernel_size=2, res_block=True, **conv)
+        self.up1 = UnetrUpBlock(in_channels=4 * f, out_channels=2 * f, upsample_kernel_size=2, res_block=True, **conv)
+        self.up0 = UnetrUpBlock(in_channels=2 * f, out_channels=f, upsample_kernel_size=2, res_block=True, **conv)
+        self.head = UnetOutBlock(spatial_dims=3, in_channels=f, out_channels=out_channels)
+
+    def _to_volume(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[B, N, C] -> [B, C, G0, G1, G2]."""
+        b = tokens.shape[0]
+        return tokens.transpose(1, 2).reshape(b, self.embed_dim, *self.grid)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:]) != (self.in_channels, *self.img_size):
+            raise ValueError(
+                f"ASASegmenter expects input [B, {self.in_channels}, {', '.join(map(str, self.img_size))}], "
+                f"got {list(x.shape)}"
+            )
+        out, hidden = self.encoder(self.patch_embed(x), self.pos_embed, hidden_indices=self.hidden_indices)
+        z1, z2, z3 = (self._to_volume(h) for h in hidden)
+        z4 = self._to_volume(out)
+        d = self.bottleneck(torch.cat([z3, z4], dim=1))  # 1/8
+        d = self.up2(d, self.skip2(z2))  # 1/4
+        d = self.up1(d, self.skip1(z1))  # 1/2
+        d = self.up0(d, self.skip0(x))  # 1/1
+        return self.head(d)
+
+    def load_pretrained(self, path: str | Path, *, verbose: bool = True) -> LoadReport:
+        """Initialise ``patch_embed`` and ``encoder`` from a pretraining checkpoint or an encoder export.
+
+        Accepts ``{"model": ASA state dict}`` (pretraining checkpoint, DDP ``module.`` prefixes
+        allowed) or ``{"encoder": {...}}`` (encoder export). A 1-channel stem is adapted to this
+        network's k channels by repeating its weights and dividing by k, which keeps the response
+        to a volume replicated over the channels. Any other shape mismatch raises ``ValueError``.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained checkpoint {path} does not exist")
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # unpickling errors come in many types
+            raise ValueError(f"cannot read pretrained checkpoint {path}: {err}") from err
+        if not isinstance(blob, dict) or not ({"model", "encoder"} & blob.keys()):
+            raise ValueError(f"{path} holds neither a 'model' nor an 'encoder' state dict")
+        source = blob["encoder"] if "encoder" in blob else blob["model"]
+        source = {k.removeprefix("module."): v for k, v in source.items()}
+        own = self.state_dict()
+        report = LoadReport()
+        update: dict[str, torch.Tensor] = {}
+        mismatched = []
+        for key, value in source.items():
+            if not key.startswith(ENCODER_PREFIXES):
+                continue  # the pretraining decoder, mask token, ...: not part of the segmenter
+            if key not in own:
+                report.unexpected.append(key)
+                continue
+            target = own[key]
+            if key == "patch_embed.proj.weight" and value.shape[1] == 1 and target.shape[1] > 1:
+                k = target.shape[1]
+                value = value.repeat(1, k, 1, 1, 1) / k
+                report.adapted.append(f"{key} 1 -> {k} channels")
+            if value.shape != target.shape:
+                mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(target.shape)}")
+                continue
+            update[key] = value
+            report.loaded.append(key)
+        if mismatched:
+            raise ValueError(f"shape mismatch loading {path}:\n  " + "\n  ".join(mismatched))
+        report.missing = sorted(k for k in own if k.startswith(ENCODER_PREFIXES) and k not in update)
+        if not update:
+            raise ValueError(f"{path} contains no encoder weights (keys starting with {ENCODER_PREFIXES})")
+        self.load_state_dict(update, strict=False)
+        if verbose:
+            print(f"pretrained encoder from {path}:\n{report}")
+        return report
