@@ -10,6 +10,8 @@ region/class masks with the task (``task.region_masks``), and scored with :func:
 from __future__ import annotations
 
 import csv
+import functools
+import inspect
 import io
 import json
 import os
@@ -44,8 +46,11 @@ class TaskLike(Protocol):
 
 
 def _default_loader() -> Callable[[Any], Any]:
+    """``asa.data.load_volume`` reading both files as label maps (integer values, empty allowed)."""
     from asa.data import load_volume
 
+    if "label" in inspect.signature(load_volume).parameters:
+        return functools.partial(load_volume, label=True)
     return load_volume
 
 

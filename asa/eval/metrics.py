@@ -20,6 +20,7 @@ two agree on symmetric cases and differ by at most a voxel or so otherwise.)
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from collections.abc import Sequence
 
@@ -93,6 +94,8 @@ def hd95(
         return 0.0
     if has_pred != has_ref:
         return EMPTY_HD95
+    if importlib.util.find_spec("scipy") is None:
+        raise ImportError("hd95 needs scipy (MONAI computes surface distances with it): pip install scipy")
     from monai.metrics import compute_hausdorff_distance
 
     with warnings.catch_warnings():
