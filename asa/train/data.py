@@ -1,0 +1,69 @@
+"""Resumable, rank-sharded data loading: the sampler order is a function of (seed, epoch) only."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from .rng import SeededItems, item_seed, worker_init_fn
+
+__all__ = ["ResumableSampler", "build_loader", "move_to"]
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (also for a single process) that can skip the first `skip` samples of its
+    epoch, so a run resumed mid-epoch sees exactly the batches an uninterrupted run would."""
+
+    def __init__(self, dataset: Dataset, *, num_replicas: int, rank: int, seed: int, shuffle: bool = True) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+        self.skip = 0
+
+    def full_length(self) -> int:
+        return super().__len__()
+
+    def set_position(self, epoch: int, skip: int = 0) -> None:
+        self.set_epoch(epoch)
+        self.skip = int(skip)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(super().__iter__())[self.skip:])
+
+    def __len__(self) -> int:
+        return max(super().__len__() - self.skip, 0)
+
+
+def build_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    seed: int,
+    num_workers: int = 0,
+    collate_fn: Callable | None = None,
+    pin_memory: bool = False,
+) -> tuple[DataLoader, ResumableSampler, SeededItems, torch.Generator]:
+    """DataLoader over `SeededItems(dataset)` with a `ResumableSampler`, seeded workers and its own
+    generator (so creating an iterator never consumes the global torch RNG)."""
+    seeded = SeededItems(dataset, seed)
+    sampler = ResumableSampler(seeded, num_replicas=world_size, rank=rank, seed=seed)
+    generator = torch.Generator()
+    generator.manual_seed(item_seed(seed, 0, rank))
+    loader = DataLoader(
+        seeded, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate_fn,
+        worker_init_fn=worker_init_fn, generator=generator, drop_last=True, pin_memory=pin_memory,
+        persistent_workers=False,
+    )
+    return loader, sampler, seeded, generator
+
+
+def move_to(batch, device: torch.device):
+    """Recursively move tensors in a batch (tensor, dict, list, tuple) to `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(v, device) for v in batch)
+    return batch

@@ -1,0 +1,123 @@
+"""Seeding and RNG state capture in types that `torch.load(weights_only=True)` accepts."""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+__all__ = [
+    "seed_everything", "capture_rng", "restore_rng", "fork_rng", "item_seed", "SeededItems", "worker_init_fn",
+]
+
+
+def seed_everything(seed: int, *, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch (all devices); optionally ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def capture_rng() -> dict:
+    """Snapshot of python/numpy/torch(/cuda) RNG states as tensors and plain ints/floats/lists."""
+    version, mt, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": {"version": int(version), "state": torch.tensor(mt, dtype=torch.int64),
+                   "gauss": None if gauss is None else float(gauss)},
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+        "cuda": [s.cpu() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    """Inverse of `capture_rng`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    npst = state["numpy"]
+    np.random.set_state({
+        "bit_generator": "MT19937",
+        "state": {"key": npst["key"].numpy().astype(np.uint32), "pos": int(npst["pos"])},
+        "has_gauss": int(npst["has_gauss"]), "gauss": float(npst["gauss"]),
+    })
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+@contextlib.contextmanager
+def fork_rng(seed: int | None = None) -> Iterator[None]:
+    """Run a block (validation, image panels, data loading) without disturbing the training RNG
+    streams; with `seed`, the block itself is seeded so it is the same every time it runs."""
+    saved = capture_rng()
+    try:
+        if seed is not None:
+            seed_everything(seed)
+        yield
+    finally:
+        restore_rng(saved)
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A 32-bit seed that depends only on (seed, epoch, index), not on workers or resume position."""
+    return int(np.random.SeedSequence([seed % 2**32, epoch, index]).generate_state(1)[0])
+
+
+class SeededItems(Dataset):
+    """Wrap a map-style dataset so item i of epoch e is drawn with RNGs seeded by (seed, e, i).
+
+    Random augmentation then depends only on the sample and the epoch, never on the number of data
+    workers or on where a resumed run picked up, which is what makes resume bit-exact. MONAI random
+    transforms (their own RandomState) are re-seeded too. In the main process (num_workers=0) the
+    caller's RNG streams are restored after each item.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = int(seed)
+        self.epoch = 0
+        self._in_worker = False
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def _seed_item(self, index: int) -> None:
+        s = item_seed(self.seed, self.epoch, index)
+        seed_everything(s)
+        target = getattr(self.dataset, "transform", None)
+        if target is not None:
+            from monai.data.utils import set_rnd
+
+            set_rnd(target, s)
+
+    def __getitem__(self, index: int):
+        if self._in_worker:
+            self._seed_item(index)
+            return self.dataset[index]
+        with fork_rng():
+            self._seed_item(index)
+            return self.dataset[index]
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader worker init: seed python/numpy from the worker's torch seed and mark SeededItems."""
+    info = torch.utils.data.get_worker_info()
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    if info is not None and isinstance(info.dataset, SeededItems):
+        info.dataset._in_worker = True

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import os
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from asa.train import CheckpointError, IncompatibleCheckpointError, check_compatible, load_checkpoint
+from asa.train import capture_rng, fork_rng, restore_rng, save_checkpoint
+from asa.train.checkpoint import prune_step_checkpoints
+
+
+def _draw() -> tuple:
+    return random.random(), float(np.random.rand()), float(np.random.randn()), torch.rand(3).tolist()
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    np.random.randn()  # leaves a cached gaussian in numpy's state
+    state = capture_rng()
+    expected = _draw()
+    save_checkpoint(tmp_path / "c.pt", {"rng": state, "w": torch.arange(3)})
+    loaded = load_checkpoint(tmp_path / "c.pt")  # weights_only=True inside
+    _draw()
+    restore_rng(loaded["rng"])
+    assert _draw() == expected
+    assert torch.equal(loaded["w"], torch.arange(3))
+
+
+def test_fork_rng_leaves_streams_untouched():
+    state = capture_rng()
+    a = _draw()
+    restore_rng(state)
+    with fork_rng(seed=5):
+        first = _draw()
+    with fork_rng(seed=5):
+        assert _draw() == first  # seeded block repeats
+    assert _draw() == a
+
+
+def test_atomic_save_leaves_no_temporary_files(tmp_path):
+    path = save_checkpoint(tmp_path / "sub" / "last.pt", {"step": 1})
+    save_checkpoint(path, {"step": 2})
+    assert load_checkpoint(path)["step"] == 2
+    assert sorted(os.listdir(path.parent)) == ["last.pt"]
+
+
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # would create the marker file when unpickled
+
+
+def test_pickle_payload_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "evil.pt"
+    torch.save({"model": {}, "extra": _Payload(str(marker))}, bad)
+    with pytest.raises(CheckpointError, match=r"evil\.pt.*refused"):
+        load_checkpoint(bad)
+    assert not marker.exists()
+
+
+def test_unreadable_and_missing_files_name_the_file(tmp_path):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a zip file")
+    with pytest.raises(CheckpointError, match="broken.pt"):
+        load_checkpoint(broken)
+    with pytest.raises(CheckpointError, match="missing.pt: no such file"):
+        load_checkpoint(tmp_path / "missing.pt")
+    raw = tmp_path / "raw.pt"
+    with open(raw, "wb") as f:
+        pickle.dump({"a": 1}, f)  # plain pickle, not torch's zip format
+    with pytest.raises(CheckpointError, match="raw.pt"):
+        load_checkpoint(raw)
+
+
+def test_check_compatible_names_every_differing_key():
+    saved = {"model": {"embed_dim": 96, "depth": 2, "patch_size": 8}, "seed": 0}
+    now = {"model": {"embed_dim": 192, "depth": 2, "window_size": 32}, "seed": 1}
+    with pytest.raises(IncompatibleCheckpointError) as info:
+        check_compatible(saved, now, ["model"], source="run/last.pt")
+    msg = str(info.value)
+    assert "model.embed_dim: run/last.pt has 96, config has 192" in msg
+    assert "model.patch_size" in msg and "model.window_size" in msg
+    assert "model.depth" not in msg and "seed" not in msg
+    check_compatible(saved, {**saved, "seed": 3}, ["model"])  # other keys may change
+
+
+def test_prune_keeps_newest(tmp_path):
+    for s in (1, 2, 10, 3):
+        (tmp_path / f"step_{s:08d}.pt").write_bytes(b"")
+    prune_step_checkpoints(tmp_path, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000003.pt", "step_00000010.pt"]

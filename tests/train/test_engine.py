@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asa.train import IncompatibleCheckpointError, NonFiniteLossError, TrainConfig, load_checkpoint
+from toy import ToyData, make_engine
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(epochs=3, batch_size=2, progress=False, log_every=1, ckpt_every=1000, warmup_steps=2)
+    return TrainConfig(**(base | kw))
+
+
+def _weights(out) -> dict:
+    return load_checkpoint(out / "checkpoints" / "last.pt")["model"]
+
+
+def _assert_identical(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize(
+    "split, total, extra",
+    [
+        (2, 4, {}),  # last.pt written mid-epoch (8 steps per epoch)
+        (3, 11, {"accum_steps": 2, "num_workers": 2}),  # crosses an epoch boundary, accumulation, workers
+    ],
+)
+def test_resume_is_bit_exact(tmp_path, split, total, extra):
+    full = make_engine(tmp_path / "full", config=_cfg(max_steps=total, **extra)).fit(ToyData())
+    make_engine(tmp_path / "part", config=_cfg(max_steps=split, **extra)).fit(ToyData())
+    resumed = make_engine(tmp_path / "part", config=_cfg(max_steps=total, **extra), resume=True).fit(ToyData())
+    assert full.step == resumed.step == total
+    _assert_identical(_weights(tmp_path / "full"), _weights(tmp_path / "part"))
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")
+    assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
+    assert (a["epoch"], a["batch_in_epoch"]) == (b["epoch"], b["batch_in_epoch"])
+
+
+def test_validation_does_not_change_the_trajectory(tmp_path):
+    def validate(model):
+        return {"loss": float(torch.rand(()))}  # consumes RNG on purpose
+
+    a = make_engine(tmp_path / "a", config=_cfg(max_steps=10)).fit(ToyData())
+    b = make_engine(tmp_path / "b", config=_cfg(max_steps=10), validate=validate).fit(ToyData())
+    assert a.step == b.step
+    _assert_identical(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
+    assert len(b.history) == 2  # end of epoch 1 and the final step
+    assert (tmp_path / "b" / "checkpoints" / "best.pt").is_file()
+
+
+def test_checkpoint_contents(tmp_path):
+    make_engine(tmp_path, config=_cfg(max_steps=3, keep_last=2, ckpt_every=1)).fit(ToyData())
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    for key in ("model", "optimizer", "scheduler", "scaler", "step", "epoch", "rng", "config"):
+        assert key in ckpt, key
+    assert ckpt["step"] == 3 and ckpt["scheduler"]["total_steps"] == 24
+    assert set(ckpt["rng"][0]) == {"python", "numpy", "torch", "cuda"}
+    assert ckpt["config"] == {"model": {"width": 16}}
+    steps = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*.pt"))
+    assert steps == ["step_00000001.pt", "step_00000002.pt"]
+    assert any((tmp_path / "tb").iterdir())
+
+
+def test_incompatible_resume_is_refused_naming_keys(tmp_path):
+    make_engine(tmp_path, config=_cfg(max_steps=1)).fit(ToyData())
+    with pytest.raises(IncompatibleCheckpointError, match=r"model\.width: .* has 16, config has 32"):
+        make_engine(tmp_path, config=_cfg(max_steps=2), resume=True,
+                    run_config={"model": {"width": 32}}).fit(ToyData())
+
+
+def test_resume_true_without_checkpoint_is_an_error_auto_starts_fresh(tmp_path):
+    with pytest.raises(FileNotFoundError, match="last.pt"):
+        make_engine(tmp_path, config=_cfg(max_steps=1), resume=True).fit(ToyData())
+    assert make_engine(tmp_path, config=_cfg(max_steps=1), resume="auto").fit(ToyData()).step == 1
+
+
+def test_non_finite_losses_are_skipped_then_abort_keeps_last_good(tmp_path):
+    # one bad item in 16: a few steps are skipped, training finishes and counts them
+    res = make_engine(tmp_path / "a", config=_cfg(epochs=1)).fit(ToyData(nan_items=(5,)))
+    assert res.step == 8 and res.nonfinite_steps == 1
+    # every item bad after a good checkpoint: abort after K consecutive, last.pt untouched
+    out = tmp_path / "b"
+    make_engine(out, config=_cfg(max_steps=2, epochs=1)).fit(ToyData())
+    before = (out / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(NonFiniteLossError, match="3 consecutive non-finite.*last.pt"):
+        make_engine(out, config=_cfg(epochs=1, max_nonfinite=3, ckpt_every=1), resume=True).fit(
+            ToyData(nan_items=tuple(range(16)))
+        )
+    assert (out / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_early_stopping_on_monitored_metric(tmp_path):
+    values = iter([1.0, 0.5, 0.7, 0.6, 0.9, 0.1])
+    res = make_engine(tmp_path, config=_cfg(epochs=10, patience=2),
+                      validate=lambda m: {"loss": next(values)}).fit(ToyData())
+    assert res.stopped_early and res.epoch == 4
+    assert res.best_metric == 0.5 and res.best_step == 16
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.pt")["step"] == 16
+
+
+def test_accumulation_matches_a_larger_batch(tmp_path):
+    big = make_engine(tmp_path / "a", config=_cfg(max_steps=3, batch_size=4), dropout=0.0).fit(ToyData())
+    acc = make_engine(tmp_path / "b", config=_cfg(max_steps=3, batch_size=2, accum_steps=2), dropout=0.0)
+    acc.fit(ToyData())
+    assert big.step == 3
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+
+
+def test_grad_clipping_bounds_the_update(tmp_path):
+    eng = make_engine(tmp_path, config=_cfg(max_steps=1, clip_grad=1e-3), lr=1.0)
+    seen = []
+    eng._write_scalars = lambda values: seen.append(dict(values))
+    eng.fit(ToyData())
+    assert any("train/grad_norm" in s for s in seen)
+
+
+def test_bad_trainer_options():
+    with pytest.raises(ValueError, match="trainer.amp"):
+        TrainConfig(amp="fp8")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['lr'\]"):
+        TrainConfig.from_dict({"lr": 1.0})
+    with pytest.raises(ValueError, match="too small"):
+        make_engine("/tmp/unused-asa", config=_cfg(batch_size=32)).fit(ToyData())

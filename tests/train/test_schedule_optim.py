@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from asa.train import build_optimizer, lr_at, param_groups, scaled_lr
+from toy import ToyNet
+
+
+def test_warmup_is_linear_then_cosine_reaches_min():
+    kw = dict(total_steps=110, warmup_steps=10, base_lr=1.0, min_lr=0.1)
+    assert [lr_at(s, **kw) for s in range(3)] == pytest.approx([0.1, 0.2, 0.3])
+    assert lr_at(9, **kw) == pytest.approx(1.0)
+    assert lr_at(10, **kw) == pytest.approx(1.0)
+    assert lr_at(60, **kw) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the cosine
+    assert lr_at(110, **kw) == pytest.approx(0.1)
+    assert lr_at(500, **kw) == pytest.approx(0.1)  # clamped past the end
+
+
+def test_poly_and_constant():
+    assert lr_at(50, total_steps=100, warmup_steps=0, base_lr=0.01, schedule="poly", power=0.9) == pytest.approx(
+        0.01 * 0.5**0.9
+    )
+    assert lr_at(7, total_steps=10, warmup_steps=0, base_lr=0.3, schedule="constant") == 0.3
+
+
+def test_schedule_is_monotone_after_warmup():
+    lrs = [lr_at(s, total_steps=50, warmup_steps=5, base_lr=1.0) for s in range(5, 51)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+@pytest.mark.parametrize("kw, msg", [({"schedule": "step"}, "schedule"), ({"total_steps": 0}, "total_steps")])
+def test_schedule_bad_arguments(kw, msg):
+    args = dict(total_steps=10, warmup_steps=0, base_lr=1.0) | kw
+    with pytest.raises(ValueError, match=msg):
+        lr_at(0, **args)
+
+
+def test_scaled_lr_linear_rule():
+    assert scaled_lr(1.5e-4, 96) == pytest.approx(1.5e-4 * 96 / 256)
+    assert scaled_lr(1.5e-4, 256) == pytest.approx(1.5e-4)
+    with pytest.raises(ValueError, match="global_batch"):
+        scaled_lr(1e-3, 0)
+
+
+def test_no_decay_for_norms_biases_and_model_names():
+    model = ToyNet()
+    groups = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in groups[0]["params"]}
+    free = {names[id(p)] for p in groups[1]["params"]}
+    assert groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0
+    assert decayed == {"fc1.weight", "fc2.weight"}
+    assert free == {"pos", "norm.weight", "norm.bias", "fc1.bias", "fc2.bias"}
+
+
+def test_no_decay_names_match_inside_a_wrapper():
+    wrapper = torch.nn.Sequential(ToyNet())
+    wrapper.no_weight_decay = lambda: {"pos"}
+    groups = param_groups(wrapper, 0.05)
+    assert all(p.ndim == 2 for p in groups[0]["params"])  # "0.pos" (1-D anyway) and norms excluded
+
+
+def test_optimizer_recipes():
+    adamw = build_optimizer(ToyNet(), name="adamw", lr=1e-3, weight_decay=0.05)
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.9, 0.95)
+    sgd = build_optimizer(ToyNet(), name="sgd", lr=0.01, weight_decay=3e-5)
+    assert sgd.defaults["momentum"] == 0.99 and sgd.defaults["nesterov"] is True
+    assert math.isclose(sgd.param_groups[0]["weight_decay"], 3e-5)
+    with pytest.raises(ValueError, match="optimizer name='adam'"):
+        build_optimizer(ToyNet(), name="adam", lr=1e-3, weight_decay=0.0)
