@@ -1,0 +1,41 @@
+"""Data: NIfTI I/O in RAS+, dataset layouts, tasks, splits, preprocessing, datasets and demo phantoms."""
+
+from __future__ import annotations
+
+from asa.data.case import Case
+from asa.data.datasets import CaseDataset, build_pretrain_dataset, build_segmentation_dataset, preprocess_for_inference
+from asa.data.demo import DEMO_LAYOUTS, default_cache_dir, ensure_demo_dataset, write_demo_dataset
+from asa.data.io import Volume, VolumeError, atomic_write_json, atomic_write_text, load_volume, save_volume
+from asa.data.layouts import LAYOUTS, CaseError, detect_layout, discover
+from asa.data.phantom import Phantom, make_phantom
+from asa.data.splits import DEFAULT_SPLITS, make_splits
+from asa.data.tasks import TASKS, Task, get_task
+
+__all__ = [
+    "Case",
+    "CaseDataset",
+    "CaseError",
+    "DEFAULT_SPLITS",
+    "DEMO_LAYOUTS",
+    "LAYOUTS",
+    "Phantom",
+    "TASKS",
+    "Task",
+    "Volume",
+    "VolumeError",
+    "atomic_write_json",
+    "atomic_write_text",
+    "build_pretrain_dataset",
+    "build_segmentation_dataset",
+    "default_cache_dir",
+    "detect_layout",
+    "discover",
+    "ensure_demo_dataset",
+    "get_task",
+    "load_volume",
+    "make_phantom",
+    "make_splits",
+    "preprocess_for_inference",
+    "save_volume",
+    "write_demo_dataset",
+]

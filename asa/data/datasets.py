@@ -1,0 +1,153 @@
+"""Datasets for pretraining and fine-tuning, with an on-disk preprocessing cache.
+
+The deterministic preprocessing of each case is cached with MONAI ``PersistentDataset`` under
+``cache_dir/<kind>-<hash of the preprocessing settings>/``; each entry is further keyed on the case's
+file paths, modification times and sizes, so changing settings or files never reuses stale entries.
+Random augmentation runs after the cache, every time.
+
+Seeding: MONAI random transforms draw from their own ``RandomState``. The datasets reseed it
+(a) from ``seed`` at construction, (b) in every DataLoader worker from the worker's torch seed
+(``torch.utils.data.get_worker_info().seed``, which derives from the loader's generator / the global
+torch seed the engine sets). So runs are reproducible with any ``num_workers`` and workers never
+share augmentation streams.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import Dataset as MonaiDataset
+from monai.data import PersistentDataset
+from monai.data.utils import set_rnd
+from monai.transforms import Compose
+
+from asa.data.case import Case
+from asa.data.io import Volume, load_volume
+from asa.data.tasks import Task
+from asa.data.transforms import (
+    Finalize,
+    PretrainPreprocess,
+    SegmentationPreprocess,
+    case_to_item,
+    pretrain_augmentation,
+    segmentation_train_augmentation,
+)
+
+__all__ = ["CaseDataset", "build_pretrain_dataset", "build_segmentation_dataset", "preprocess_for_inference", "settings_hash"]
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    """Short stable hash of preprocessing settings (names the cache folder)."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:16]
+
+
+class CaseDataset(torch.utils.data.Dataset):
+    """Indexable dataset of preprocessed (and optionally augmented) cases.
+
+    Wraps a MONAI (Persistent)Dataset; reseeds the random transforms once per DataLoader worker.
+    ``cache_path`` is the folder of this settings' cache entries (None without a cache).
+    """
+
+    def __init__(self, items: list[dict[str, Any]], transform: Compose, *, cache_path: Path | None, seed: int | None) -> None:
+        self.items = items
+        self.transform = transform
+        self.cache_path = cache_path
+        if cache_path is not None:
+            cache_path.mkdir(parents=True, exist_ok=True)
+            self.inner: MonaiDataset = PersistentDataset(items, transform, cache_dir=cache_path)
+        else:
+            self.inner = MonaiDataset(items, transform)
+        if seed is not None:
+            set_rnd(transform, seed)
+        self._seeded_for: tuple[int, int] | None = None
+
+    @property
+    def ids(self) -> list[str]:
+        return [it["id"] for it in self.items]
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int) -> Any:
+        info = torch.utils.data.get_worker_info()
+        if info is not None and self._seeded_for != (os.getpid(), info.seed):
+            set_rnd(self.transform, info.seed % (2**32))
+            self._seeded_for = (os.getpid(), info.seed)
+        out = self.inner[index]
+        # RandCropByPosNegLabeld returns a list of samples; one sample is returned as a dict
+        return out[0] if isinstance(out, list) and len(out) == 1 else out
+
+
+def build_pretrain_dataset(
+    cases: Sequence[Case],
+    *,
+    size: int | Sequence[int] = (128, 128, 128),
+    cache_dir: str | Path | None = None,
+    augment: bool = True,
+    resample_mm: float | None = None,
+    channels: Sequence[str] = ("t1",),
+    lr_centre: str = "mask",
+    seed: int | None = None,
+) -> CaseDataset:
+    """Items ``{"image": FloatTensor[C, *size], "id": str}``: z-scored in brain, brain-centred crop
+    with the mid-sagittal plane at the centre of axis 0, light intensity augmentation if ``augment``."""
+    pre = PretrainPreprocess(size, resample_mm=resample_mm, lr_centre=lr_centre)
+    steps: list[Any] = [pre]
+    if augment:
+        steps += list(pretrain_augmentation().transforms)
+    steps.append(Finalize(("image", "id")))
+    items = [case_to_item(c, channels) for c in cases]
+    settings = {**pre.settings(), "channels": list(channels), "version": 1}
+    cache_path = None if cache_dir is None else Path(cache_dir) / f"pretrain-{settings_hash(settings)}"
+    return CaseDataset(items, Compose(steps), cache_path=cache_path, seed=seed)
+
+
+def build_segmentation_dataset(
+    cases: Sequence[Case],
+    task: Task,
+    *,
+    train: bool,
+    patch_size: int | Sequence[int] = (96, 96, 96),
+    cache_dir: str | Path | None = None,
+    samples_per_case: int = 1,
+    seed: int | None = None,
+    **augment_kwargs: Any,
+) -> CaseDataset:
+    """Fine-tuning dataset on the canonical RAS grid of each case (no whole-volume crop/resample).
+
+    train: ``{"image": [C, p, p, p], "label": target}``; with ``samples_per_case > 1`` an item is a
+    list of such dicts (use ``monai.data.list_data_collate``). val: ``{"image": [C, X, Y, Z],
+    "label": target, "id"}``. target: multilabel float32 [K, ...]; softmax int64 [1, ...], -1 = ignore.
+    ``augment_kwargs`` go to `segmentation_train_augmentation` (rotate_deg, zoom, flip_axes, gamma, ...).
+    """
+    patch = (int(patch_size),) * 3 if isinstance(patch_size, int) else tuple(int(p) for p in patch_size)
+    pre = SegmentationPreprocess(task)
+    label_dtype = torch.float32 if task.multilabel else torch.int64
+    if train:
+        steps: list[Any] = [pre, *segmentation_train_augmentation(task, patch, samples_per_case=samples_per_case, **augment_kwargs).transforms,
+                            Finalize(("image", "label"), label_dtype)]
+    else:
+        steps = [pre, Finalize(("image", "label", "id"), label_dtype)]
+    items = [case_to_item(c, task.channels) for c in cases]
+    missing = [c.id for c in cases if c.label is None]
+    if missing:
+        raise ValueError(f"build_segmentation_dataset: cases without labels: {missing[:5]}")
+    settings = {**pre.settings(), "version": 1}
+    cache_path = None if cache_dir is None else Path(cache_dir) / f"seg-{task.name}-{settings_hash(settings)}"
+    return CaseDataset(items, Compose(steps), cache_path=cache_path, seed=seed)
+
+
+def preprocess_for_inference(case: Case, task: Task) -> tuple[torch.Tensor, Volume]:
+    """Image [C, X, Y, Z] (canonical grid, z-scored in brain) and the reference Volume (first channel)
+    to write predictions back with ``save_volume(pred, reference, path)``."""
+    item = case_to_item(case, task.channels)
+    out = SegmentationPreprocess(task, with_label=False)(item)
+    reference = load_volume(item["images"][0], label=False, frame=item["frames"][0])
+    return out["image"], reference

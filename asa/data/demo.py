@@ -1,0 +1,177 @@
+"""Demo datasets: phantoms written in each real layout, so every adapter runs on real files.
+
+Orientation on disk differs per layout (as real data does) so canonicalisation is exercised end to
+end: BraTS LPS (like DICOM-derived data), IBSR a permuted coronal-style LIA, WMH LAS, BIDS
+alternating RAS/LPS/LAS, CAPS and file lists RAS (MNI-like), MSD RAS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import axcodes2ornt, inv_ornt_aff, ornt_transform
+
+from asa.data.io import atomic_write_json, atomic_write_text
+from asa.data.phantom import make_phantom
+
+__all__ = ["write_demo_dataset", "ensure_demo_dataset", "DEMO_LAYOUTS", "default_cache_dir", "write_nifti"]
+
+DEMO_LAYOUTS = ("bids", "caps", "filelist", "brats", "ibsr", "wmh", "msd")
+DEMO_VERSION = 1
+_RAS = axcodes2ornt(("R", "A", "S"))
+
+
+def default_cache_dir() -> Path:
+    """``$ASA_CACHE`` or ``~/.cache/asa``."""
+    return Path(os.environ.get("ASA_CACHE") or Path.home() / ".cache" / "asa").expanduser()
+
+
+def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, axcodes: str = "RAS", dtype: type | None = None) -> Path:
+    """Write a RAS-grid array in the orientation ``axcodes`` (e.g. "LPS"), with a consistent affine."""
+    target = ornt_transform(_RAS, axcodes2ornt(tuple(axcodes)))
+    data = nib.orientations.apply_orientation(array, target)
+    new_affine = affine @ inv_ornt_aff(target, array.shape)
+    img = nib.Nifti1Image(np.ascontiguousarray(data.astype(dtype or data.dtype)), new_affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(new_affine, code=1)
+    img.set_sform(new_affine, code=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(path))
+    return path
+
+
+def _int16(image: np.ndarray) -> np.ndarray:
+    """Scanner-like integer storage (values ~0..1000)."""
+    return np.round(image * 1000).astype(np.int16)
+
+
+def _bids(out: Path, n: int, size: int, seed: int) -> None:
+    atomic_write_json(out / "dataset_description.json", {"Name": "asa demo (phantoms)", "BIDSVersion": "1.8.0"})
+    rows = ["participant_id"]
+    orients = ("RAS", "LPS", "LAS")
+    for i in range(n):
+        sub = f"sub-{i + 1:03d}"
+        rows.append(sub)
+        ph = make_phantom(size, seed=seed * 1000 + i)
+        anat = out / sub / ("ses-M00/anat" if i % 2 == 0 else "anat")
+        name = f"{sub}_ses-M00_T1w.nii.gz" if i % 2 == 0 else f"{sub}_T1w.nii.gz"
+        write_nifti(ph.images["t1"], ph.affine, anat / name, orients[i % 3], np.float32)
+    atomic_write_text(out / "participants.tsv", "\n".join(rows) + "\n")
+
+
+def _caps(out: Path, n: int, size: int, seed: int) -> None:
+    for i in range(n):
+        sub, ses = f"sub-ADNI{i + 1:03d}", "ses-M000"
+        ph = make_phantom(size, seed=seed * 1000 + i)
+        name = f"{sub}_{ses}_T1w_space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w.nii.gz"
+        write_nifti(ph.images["t1"], ph.affine, out / "subjects" / sub / ses / "t1_linear" / name, "RAS", np.float32)
+
+
+def _filelist(out: Path, n: int, size: int, seed: int) -> None:
+    lines = ["id,path"]
+    for i in range(n):
+        ph = make_phantom(size, seed=seed * 1000 + i)
+        write_nifti(ph.images["t1"], ph.affine, out / "images" / f"case_{i:03d}.nii.gz", "RAS", np.float32)
+        lines.append(f"case_{i:03d},images/case_{i:03d}.nii.gz")
+    atomic_write_text(out / "files.csv", "\n".join(lines) + "\n")
+
+
+def _brats(out: Path, n: int, size: int, seed: int) -> None:
+    for i in range(n):
+        cid = f"BraTS2021_{i:05d}"
+        ph = make_phantom(size, seed=seed * 1000 + i, tumour=True)
+        for mod in ("t1", "t1ce", "t2", "flair"):
+            write_nifti(_int16(ph.images[mod]), ph.affine, out / cid / f"{cid}_{mod}.nii.gz", "LPS")
+        write_nifti(ph.tumour, ph.affine, out / cid / f"{cid}_seg.nii.gz", "LPS", np.uint8)
+
+
+def _ibsr(out: Path, n: int, size: int, seed: int) -> None:
+    for i in range(n):
+        cid = f"IBSR_{i + 1:02d}"
+        ph = make_phantom(size, seed=seed * 1000 + i)
+        write_nifti(_int16(ph.images["t1"]), ph.affine, out / cid / f"{cid}_ana_strip.nii.gz", "LIA")
+        write_nifti(ph.tissue, ph.affine, out / cid / f"{cid}_segTRI_ana.nii.gz", "LIA", np.uint8)
+
+
+def _wmh(out: Path, n: int, size: int, seed: int) -> None:
+    sites = ("Utrecht", "Singapore", "GE3T")
+    for i in range(n):
+        d = out / sites[i % 3] / str(i)
+        ph = make_phantom(size, seed=seed * 1000 + i, lesions=True, other_pathology=i % 2 == 0)
+        write_nifti(ph.images["t1"], ph.affine, d / "pre" / "T1.nii.gz", "LAS", np.float32)
+        write_nifti(ph.images["flair"], ph.affine, d / "pre" / "FLAIR.nii.gz", "LAS", np.float32)
+        write_nifti(ph.lesions, ph.affine, d / "wmh.nii.gz", "LAS", np.uint8)
+
+
+def _msd(out: Path, n: int, size: int, seed: int) -> None:
+    """nnU-Net v2 raw style of MSD Task01 (brain tumour): 4 channels, labels 1 oedema, 2 non-enhancing, 3 enhancing."""
+    channels = ("FLAIR", "T1w", "T1gd", "T2w")
+    source = ("flair", "t1", "t1ce", "t2")
+    for i in range(n):
+        cid = f"BRATS_{i + 1:03d}"
+        ph = make_phantom(size, seed=seed * 1000 + i, tumour=True)
+        for k, mod in enumerate(source):
+            write_nifti(ph.images[mod], ph.affine, out / "imagesTr" / f"{cid}_{k:04d}.nii.gz", "RAS", np.float32)
+        label = np.select([ph.tumour == 2, ph.tumour == 1, ph.tumour == 4], [1, 2, 3], 0).astype(np.uint8)
+        write_nifti(label, ph.affine, out / "labelsTr" / f"{cid}.nii.gz", "RAS", np.uint8)
+    atomic_write_json(
+        out / "dataset.json",
+        {
+            "name": "asa demo brain tumour",
+            "channel_names": {str(k): c for k, c in enumerate(channels)},
+            "labels": {"background": 0, "edema": 1, "non-enhancing tumor": 2, "enhancing tumour": 3},
+            "numTraining": n,
+            "file_ending": ".nii.gz",
+        },
+    )
+
+
+_WRITERS = {"bids": _bids, "caps": _caps, "filelist": _filelist, "brats": _brats, "ibsr": _ibsr, "wmh": _wmh, "msd": _msd}
+
+
+def write_demo_dataset(layout: str, out: str | Path, *, cases: int = 4, size: int = 64, seed: int = 0) -> Path:
+    """Write ``cases`` phantoms of ``size``^3 (1 mm) in ``layout`` under ``out``; returns ``out``."""
+    if layout not in _WRITERS:
+        raise ValueError(f"unknown demo layout {layout!r}; expected one of {DEMO_LAYOUTS}")
+    if cases < 1:
+        raise ValueError(f"cases must be >= 1, got {cases}")
+    if size < 16:
+        raise ValueError(f"size must be >= 16 voxels, got {size}")
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    _WRITERS[layout](out, cases, size, seed)
+    return out
+
+
+def ensure_demo_dataset(layout: str, *, cases: int = 4, size: int = 64, seed: int = 0, cache_dir: str | Path | None = None) -> Path:
+    """Demo dataset in ``cache_dir/demo/<layout>-n<cases>-s<size>-seed<seed>-v<version>``, generated once.
+
+    Generation happens in a temporary sibling folder renamed into place, so concurrent callers
+    (e.g. several DDP ranks) never see a half-written dataset.
+    """
+    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    target = base / "demo" / f"{layout}-n{cases}-s{size}-seed{seed}-v{DEMO_VERSION}"
+    if (target / ".complete").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write_demo_dataset(layout, tmp, cases=cases, size=size, seed=seed)
+        (tmp / ".complete").write_text(json.dumps({"layout": layout, "cases": cases, "size": size, "seed": seed}))
+        if target.exists() and not (target / ".complete").is_file():
+            shutil.rmtree(target, ignore_errors=True)  # leftover of an interrupted older writer
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / ".complete").is_file():  # someone else won the race, unless it failed
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,117 @@
+"""Dataset layout adapters: files on disk -> validated `Case` records.
+
+``discover(layout, root)`` runs the layout's adapter, then checks every case (missing modality,
+image/label shape or affine mismatch, label values outside the task's set, duplicate ids). With
+``on_bad_case="skip"`` bad cases are dropped and listed, with reasons, in ``report_path`` (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from asa.data.case import Case
+from asa.data.io import atomic_write_json
+from asa.data.layouts import pretrain, segmentation  # noqa: F401  (register the adapters)
+from asa.data.layouts.base import ADAPTERS, PATTERNS, CaseError, Problem, check_case
+
+__all__ = ["discover", "detect_layout", "LAYOUTS", "CaseError", "Problem"]
+
+LAYOUTS = ("bids", "caps", "filelist", "brats", "ibsr", "wmh", "msd")
+_VALIDATE = ("full", "header", "none")
+
+
+def discover(
+    layout: str,
+    root: str | Path,
+    *,
+    on_bad_case: str = "error",
+    report_path: str | Path | None = None,
+    require_labels: bool | None = None,
+    validate: str = "full",
+) -> list[Case]:
+    """Find and validate the cases of ``root`` in ``layout``; sorted by id.
+
+    ``validate``: "full" (headers + label values; decodes label files), "header" (shapes and
+    affines only) or "none". ``require_labels`` defaults to True for segmentation layouts.
+    ``report_path``: JSON with the skipped cases and reasons (written whenever given).
+    """
+    if layout not in ADAPTERS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+    if on_bad_case not in ("error", "skip"):
+        raise ValueError(f"on_bad_case must be 'error' or 'skip', got {on_bad_case!r}")
+    if validate not in _VALIDATE:
+        raise ValueError(f"validate must be one of {_VALIDATE}, got {validate!r}")
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"dataset root {root} does not exist (layout {layout!r})")
+    kwargs = {} if require_labels is None else {"require_labels": require_labels}
+    found = ADAPTERS[layout](root, **kwargs)
+    problems: list[Problem] = list(found.problems)
+
+    counts = Counter(c.id for c in found.cases) + Counter(p.id for p in problems)
+    dup = {cid for cid, n in counts.items() if n > 1}
+    cases: list[Case] = []
+    for case in found.cases:
+        if case.id in dup:
+            others = [str(c.paths()[0]) for c in found.cases if c.id == case.id]
+            problems.append(Problem(case.id, f"duplicate case id {case.id!r} (files: {others})", [str(p) for p in case.paths()]))
+            continue
+        reason = None if validate == "none" else check_case(case, found.label_values, check_labels=validate == "full")
+        if reason:
+            problems.append(Problem(case.id, reason, [str(p) for p in case.paths()]))
+        else:
+            cases.append(case)
+    cases.sort(key=lambda c: c.id)
+
+    if report_path is not None:
+        atomic_write_json(
+            report_path,
+            {
+                "layout": layout,
+                "root": str(root),
+                "found": len(cases) + len(problems),
+                "kept": len(cases),
+                "skipped": [p.to_dict() for p in problems] if on_bad_case == "skip" else [],
+                "errors": [p.to_dict() for p in problems] if on_bad_case == "error" else [],
+            },
+        )
+    if problems and on_bad_case == "error":
+        lines = "\n".join(f"  - {p.id}: {p.reason}" for p in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise CaseError(
+            f"{len(problems)} bad case(s) in {root} (layout {layout!r}):\n{lines}{more}\n"
+            "Fix them or set on_bad_case=skip to continue without them."
+        )
+    if not cases:
+        raise FileNotFoundError(f"no usable cases under {root} for layout {layout!r} (expected {PATTERNS[layout]})")
+    return cases
+
+
+def detect_layout(root: str | Path) -> str:
+    """Guess the layout of ``root`` from its files (raises ValueError when nothing matches)."""
+    root = Path(root).expanduser()
+    if root.is_file():
+        return "filelist"
+    if (root / "dataset.json").is_file() and (root / "imagesTr").is_dir():
+        return "msd"
+    if any((root / "subjects").glob("sub-*/ses-*/t1_linear")) or any(root.glob("sub-*/ses-*/t1_linear")):
+        return "caps"
+    if any(root.glob("sub-*/anat/*_T1w.nii*")) or any(root.glob("sub-*/ses-*/anat/*_T1w.nii*")):
+        return "bids"
+    if any(root.rglob("*_ana_strip.nii*")):
+        return "ibsr"
+    if any(root.rglob("pre/FLAIR.nii*")):
+        return "wmh"
+    if any(root.rglob("*_flair.nii*")) or any(root.rglob("*_seg.nii*")):
+        return "brats"
+    for name in ("files.csv", "files.tsv", "files.txt", "filelist.csv", "filelist.txt"):
+        if (root / name).is_file():
+            return "filelist"
+    raise ValueError(f"cannot tell the layout of {root}; expected one of: " + "; ".join(f"{k}: {v}" for k, v in PATTERNS.items()))
+
+
+def load_report(path: str | Path) -> dict:
+    """Read a skip report written by `discover`."""
+    return json.loads(Path(path).read_text())

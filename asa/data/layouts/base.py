@@ -1,0 +1,105 @@
+"""Shared parts of the layout adapters: problems, registry, validation and the skip report."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from asa.data.case import Case
+from asa.data.io import NIFTI_SUFFIXES, VolumeError, _decode, _read_nifti
+
+__all__ = ["CaseError", "Problem", "Found", "register", "ADAPTERS", "find_nifti", "check_case"]
+
+
+class CaseError(ValueError):
+    """One or more cases of a dataset are unusable (raised with ``on_bad_case="error"``)."""
+
+
+@dataclass
+class Problem:
+    """Why a case cannot be used."""
+
+    id: str
+    reason: str
+    paths: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "reason": self.reason, "paths": self.paths}
+
+
+@dataclass
+class Found:
+    """What an adapter found: usable-looking cases, problems, and the raw label values allowed."""
+
+    cases: list[Case]
+    problems: list[Problem] = field(default_factory=list)
+    label_values: tuple[int, ...] | None = None
+
+
+Adapter = Callable[..., Found]
+ADAPTERS: dict[str, Adapter] = {}
+PATTERNS: dict[str, str] = {}
+
+
+def register(name: str, pattern: str) -> Callable[[Adapter], Adapter]:
+    """Add an adapter ``fn(root: Path, *, require_labels: bool) -> Found`` to the registry."""
+
+    def deco(fn: Adapter) -> Adapter:
+        ADAPTERS[name] = fn
+        PATTERNS[name] = pattern
+        return fn
+
+    return deco
+
+
+def find_nifti(folder: Path, stem: str) -> Path | None:
+    """``folder/stem.nii.gz`` or ``folder/stem.nii``, whichever exists (gz first)."""
+    for suffix in NIFTI_SUFFIXES:
+        p = folder / f"{stem}{suffix}"
+        if p.is_file():
+            return p
+    return None
+
+
+def strip_nifti(name: str) -> str:
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _grid(path: Path) -> tuple[tuple[int, ...], np.ndarray, nib.Nifti1Image]:
+    img = _read_nifti(path)
+    shape = tuple(int(s) for s in img.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape[:3], img.affine, img
+
+
+def check_case(case: Case, label_values: tuple[int, ...] | None, *, check_labels: bool = True) -> str | None:
+    """Reason the case is unusable, or None: unreadable headers, image/label shape or affine mismatch,
+    label values outside ``label_values`` (decodes the label only when ``check_labels``)."""
+    try:
+        ref_path = next(iter(case.images.values()))
+        ref_shape, ref_affine, _ = _grid(ref_path)
+        for path in case.paths()[1:]:
+            shape, affine, img = _grid(path)
+            if shape != ref_shape:
+                return f"shape mismatch: {path} has {shape}, {ref_path} has {ref_shape}"
+            if not np.allclose(affine, ref_affine, atol=1e-3):
+                return f"affine mismatch: {path} and {ref_path} are not on the same grid"
+        if case.label is not None and check_labels and label_values is not None:
+            data = _decode(_read_nifti(case.label), case.label)
+            if not np.all(np.isfinite(data)):
+                return f"label {case.label} contains NaN/Inf"
+            values = np.unique(data)
+            bad = sorted(set(values.tolist()) - set(label_values))
+            if bad:
+                return f"label values {bad} in {case.label} outside the expected {list(label_values)}"
+    except VolumeError as err:
+        return str(err)
+    return None

@@ -1,0 +1,91 @@
+"""Pretraining layouts (T1 only, no labels): BIDS raw, Clinica CAPS ``t1_linear``, plain file list."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+from asa.data.case import Case
+from asa.data.layouts.base import Found, Problem, register, strip_nifti
+
+_ENTITY = re.compile(r"(sub|ses|run|acq|rec)-([A-Za-z0-9]+)")
+
+
+def _entities(name: str) -> dict[str, str]:
+    return dict(_ENTITY.findall(name))
+
+
+@register("bids", "sub-*/[ses-*/]anat/*_T1w.nii[.gz]")
+def bids(root: Path, *, require_labels: bool = False) -> Found:
+    """BIDS raw: one case per ``*_T1w`` file; id = file name without ``_T1w`` (keeps run/acq)."""
+    files = sorted({*root.glob("sub-*/anat/*_T1w.nii*"), *root.glob("sub-*/ses-*/anat/*_T1w.nii*")})
+    cases = []
+    for f in files:
+        if strip_nifti(f.name) == f.name:
+            continue
+        case_id = strip_nifti(f.name)[: -len("_T1w")]
+        ent = _entities(case_id)
+        cases.append(Case(case_id, {"t1": f}, None, {"subject": ent.get("sub"), "session": ent.get("ses"), "layout": "bids"}))
+    return Found(cases)
+
+
+@register("caps", "subjects/sub-*/ses-*/t1_linear/*_T1w.nii[.gz]")
+def caps(root: Path, *, require_labels: bool = False) -> Found:
+    """Clinica CAPS ``t1_linear``: one case per subject/session; the cropped (``desc-Crop``) image is
+    preferred over the uncropped one when both exist."""
+    base = root / "subjects" if (root / "subjects").is_dir() else root
+    by_session: dict[tuple[str, str], list[Path]] = {}
+    for f in sorted(base.glob("sub-*/ses-*/t1_linear/*_T1w.nii*")):
+        by_session.setdefault((f.parts[-4], f.parts[-3]), []).append(f)
+    cases = []
+    for (sub, ses), files in sorted(by_session.items()):
+        crop = [f for f in files if "desc-Crop" in f.name]
+        f = (crop or files)[0]
+        cases.append(Case(f"{sub}_{ses}", {"t1": f}, None, {"subject": sub[4:], "session": ses[4:], "layout": "caps"}))
+    return Found(cases)
+
+
+def _list_file(root: Path) -> Path:
+    if root.is_file():
+        return root
+    for name in ("files.csv", "files.tsv", "files.txt", "filelist.csv", "filelist.txt"):
+        if (root / name).is_file():
+            return root / name
+    raise FileNotFoundError(f"filelist: {root} is not a file and holds none of files.csv/files.tsv/files.txt/filelist.csv/filelist.txt")
+
+
+@register("filelist", "a .txt (one path per line) or .csv/.tsv (columns id?, path|t1|image, label?) file")
+def filelist(root: Path, *, require_labels: bool = False) -> Found:
+    """Plain list of T1 images; relative paths are resolved against the list's folder."""
+    listing = _list_file(root)
+    folder = listing.parent
+    rows: list[dict[str, str]] = []
+    if listing.suffix.lower() in (".csv", ".tsv"):
+        with open(listing, newline="") as fh:
+            reader = csv.DictReader(fh, delimiter="\t" if listing.suffix.lower() == ".tsv" else ",")
+            cols = reader.fieldnames or []
+            key = next((c for c in ("path", "t1", "image") if c in cols), None)
+            if key is None:
+                raise ValueError(f"filelist {listing}: needs a 'path', 't1' or 'image' column, found {cols}")
+            for row in reader:
+                rows.append({"path": row[key], "id": row.get("id") or "", "label": row.get("label") or ""})
+    else:
+        for line in listing.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                rows.append({"path": line, "id": "", "label": ""})
+    cases, problems = [], []
+    for row in rows:
+        path = Path(row["path"]).expanduser()
+        path = path if path.is_absolute() else folder / path
+        case_id = row["id"] or strip_nifti(path.name)
+        label = None
+        if row["label"]:
+            label = Path(row["label"]).expanduser()
+            label = label if label.is_absolute() else folder / label
+        if not path.is_file():
+            problems.append(Problem(case_id, f"missing image {path} (listed in {listing})", [str(path)]))
+            continue
+        cases.append(Case(case_id, {"t1": path}, label, {"layout": "filelist", "list": str(listing)}))
+    return Found(cases, problems)

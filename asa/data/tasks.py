@@ -1,0 +1,178 @@
+"""Segmentation tasks: channels, outputs and the label <-> network-target conversions.
+
+BraTS is multilabel (sigmoid outputs for the nested regions WT = {1, 2, 4}, TC = {1, 4}, ET = {4});
+IBSR, WMH and MSD tasks are softmax over classes including background. WMH label 2 ("other
+pathology") is ignored: it becomes -1 in the target and is excluded from metrics via `ignore_mask`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["Task", "get_task", "TASKS"]
+
+Array = Any  # np.ndarray | torch.Tensor
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a fine-tuning task reads and predicts.
+
+    ``regions`` (multilabel): raw label values making up each output region, in output order.
+    ``class_values`` (softmax): raw label value of each output class, background first.
+    """
+
+    name: str
+    channels: tuple[str, ...]
+    output_names: tuple[str, ...]
+    multilabel: bool
+    num_outputs: int
+    label_values: tuple[int, ...]
+    ignore_label: int | None = None
+    regions: tuple[tuple[int, ...], ...] = ()
+    class_values: tuple[int, ...] = ()
+
+    # ---- label -> target -------------------------------------------------------------------
+    def label_to_target(self, label: Array) -> Array:
+        """Raw label map [...] -> training target.
+
+        Multilabel: float32 [K, ...] region masks. Softmax: int64 class map [...] (index into
+        ``class_values``; ``ignore_label`` voxels -> -1). Returns the input's type (numpy/torch).
+        """
+        is_torch = isinstance(label, torch.Tensor)
+        lab = label.detach().cpu().numpy() if is_torch else np.asarray(label)
+        if self.multilabel:
+            out = np.stack([np.isin(lab, r) for r in self.regions]).astype(np.float32)
+        else:
+            out = np.full(lab.shape, -1, dtype=np.int64)
+            for index, value in enumerate(self.class_values):
+                out[lab == value] = index
+            unknown = out == -1
+            if self.ignore_label is not None:
+                unknown &= lab != self.ignore_label
+            if unknown.any():
+                bad = sorted(set(np.unique(lab[unknown]).tolist()))
+                raise ValueError(f"task {self.name}: label values {bad} outside the expected {self.label_values}")
+        return torch.from_numpy(out) if is_torch else out
+
+    # ---- prediction -> label ---------------------------------------------------------------
+    def prediction_to_label(self, probs: Array, threshold: float = 0.5) -> np.ndarray:
+        """Network probabilities [K, ...] (sigmoid for multilabel, softmax otherwise) -> raw labels [...].
+
+        BraTS: nested regions back to 0/1/2/4 (WT -> 2, then TC -> 1, then ET -> 4).
+        """
+        p = probs.detach().float().cpu().numpy() if isinstance(probs, torch.Tensor) else np.asarray(probs)
+        if p.shape[0] != self.num_outputs:
+            raise ValueError(f"task {self.name}: expected {self.num_outputs} output channels, got shape {p.shape}")
+        dtype = np.uint8 if max(self.label_values) < 256 else np.int16
+        if self.multilabel:
+            out = np.zeros(p.shape[1:], dtype=dtype)
+            if self.name == "brats":
+                wt, tc, et = (p[i] > threshold for i in range(3))
+                out[wt] = 2
+                out[tc] = 1
+                out[et] = 4
+            else:  # generic regions: later (usually smaller, nested) regions win
+                for region, pk in zip(self.regions, p):
+                    out[pk > threshold] = max(region)
+            return out
+        return np.asarray(self.class_values, dtype=dtype)[p.argmax(axis=0)]
+
+    # ---- evaluation --------------------------------------------------------------------------
+    def region_masks(self, label: Array) -> dict[str, np.ndarray]:
+        """Raw label map [...] -> {output name: bool mask [...]} (what Dice/HD95 are computed on)."""
+        lab = label.cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
+        if self.multilabel:
+            return {n: np.isin(lab, r) for n, r in zip(self.output_names, self.regions)}
+        return {n: lab == v for n, v in zip(self.output_names, self.class_values[1:])}
+
+    def ignore_mask(self, label: Array) -> np.ndarray:
+        """Bool mask [...] of voxels excluded from loss and metrics (all False without an ignore label)."""
+        lab = label.cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
+        if self.ignore_label is None:
+            return np.zeros(lab.shape, dtype=bool)
+        return lab == self.ignore_label
+
+
+TASKS: dict[str, Task] = {
+    "brats": Task(
+        name="brats",
+        channels=("t1", "t1ce", "t2", "flair"),
+        output_names=("WT", "TC", "ET"),
+        multilabel=True,
+        num_outputs=3,
+        label_values=(0, 1, 2, 4),
+        regions=((1, 2, 4), (1, 4), (4,)),
+    ),
+    "ibsr": Task(
+        name="ibsr",
+        channels=("t1",),
+        output_names=("CSF", "GM", "WM"),
+        multilabel=False,
+        num_outputs=4,
+        label_values=(0, 1, 2, 3),
+        class_values=(0, 1, 2, 3),
+    ),
+    "wmh": Task(
+        name="wmh",
+        channels=("t1", "flair"),
+        output_names=("WMH",),
+        multilabel=False,
+        num_outputs=2,
+        label_values=(0, 1, 2),
+        ignore_label=2,
+        class_values=(0, 1),
+    ),
+}
+
+
+def _msd_task(root: Path) -> Task:
+    """Task from an MSD (``modality``, ``labels`` {"0": "background"}) or nnU-Net v2 (``channel_names``,
+    ``labels`` {"background": 0}, region lists allowed) ``dataset.json``."""
+    path = root / "dataset.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"get_task('msd'): {path} not found (msd tasks are read from dataset.json)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    chans = meta.get("channel_names", meta.get("modality"))
+    labels = meta.get("labels")
+    if not isinstance(chans, dict) or not isinstance(labels, dict):
+        raise ValueError(f"{path}: expected 'channel_names' (or 'modality') and 'labels' objects")
+    channels = tuple(str(chans[k]) for k in sorted(chans, key=int))
+    first_key = next(iter(labels))
+    if str(first_key).isdigit():  # MSD: {"0": "background", "1": "edema"}
+        pairs = sorted((int(k), str(v)) for k, v in labels.items())
+        by_name: dict[str, Any] = {name: value for value, name in pairs}
+    else:  # nnU-Net v2: {"background": 0, "edema": 1} or regions {"whole": [1, 2, 3]}
+        by_name = dict(labels)
+    regionwise = any(isinstance(v, (list, tuple)) for v in by_name.values())
+    names = tuple(n for n, v in by_name.items() if v not in (0, [0]))
+    if regionwise:
+        regions = tuple(tuple(int(x) for x in (v if isinstance(v, (list, tuple)) else [v])) for n, v in by_name.items() if n in names)
+        values = tuple(sorted({0, *(x for r in regions for x in r)}))
+        return Task("msd", channels, names, True, len(names), values, None, regions=regions)
+    values = tuple(sorted(int(v) for v in by_name.values()))
+    ignore = by_name.get("ignore")
+    classes = tuple(v for v in values if v != ignore)
+    names = tuple(n for n, v in sorted(by_name.items(), key=lambda kv: kv[1]) if v not in (0, ignore))
+    return Task("msd", channels, names, False, len(classes), values, ignore, class_values=classes)
+
+
+def get_task(name: str, root: str | Path | None = None) -> Task:
+    """Task by name: "brats", "ibsr", "wmh", or "msd" (read from ``root``/dataset.json)."""
+    key = name.lower()
+    if key == "msd":
+        if root is None:
+            raise ValueError("get_task('msd') needs root= the dataset folder holding dataset.json")
+        return _msd_task(Path(root))
+    if key not in TASKS:
+        raise ValueError(f"unknown task {name!r}; expected one of {sorted([*TASKS, 'msd'])}")
+    return TASKS[key]

@@ -1,0 +1,298 @@
+"""Preprocessing and augmentation pipelines (MONAI transforms on dicts).
+
+Deterministic preprocessing (cached by the datasets): load every channel in canonical RAS+, optional
+resampling to isotropic ``resample_mm``, brain mask, z-score inside the brain after percentile
+clipping (background stays 0), and for pretraining a brain-centred crop/pad whose axis-0 centre is
+the left-right centre of the brain (mask extent, or world x = 0 for MNI-aligned data), so the
+mid-sagittal plane lies between voxels size/2 - 1 and size/2 (voxel i mirrors size - 1 - i).
+
+Random augmentation (never cached): pretraining gets light intensity changes; fine-tuning gets
+foreground-oversampled random crops, rotation, scaling, flips along every axis (left-right included:
+brains are near-symmetric and the labels are side-agnostic) and gamma. Label-like keys are always
+interpolated with ``nearest``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import (
+    Compose,
+    RandAdjustContrastd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandRotated,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    RandZoomd,
+    SpatialPadd,
+)
+
+from asa.data.case import Case
+from asa.data.io import Volume, load_volume
+from asa.data.tasks import Task
+
+__all__ = [
+    "case_to_item",
+    "load_case_images",
+    "brain_mask",
+    "normalize_in_brain",
+    "brain_centre",
+    "crop_or_pad",
+    "resample_isotropic",
+    "PretrainPreprocess",
+    "SegmentationPreprocess",
+    "pretrain_augmentation",
+    "segmentation_train_augmentation",
+    "Finalize",
+]
+
+LR_CENTRES = ("mask", "world")
+
+
+def case_to_item(case: Case, channels: Sequence[str] | None = None) -> dict[str, Any]:
+    """Case -> plain dict the pipelines consume; ``stamp`` (mtime, size per file) keys the cache."""
+    channels = tuple(channels) if channels is not None else case.channels
+    missing = [c for c in channels if c not in case.images]
+    if missing:
+        raise ValueError(f"case {case.id}: missing channel(s) {missing}; has {list(case.images)}")
+    paths = [str(case.images[c]) for c in channels]
+    stamp = []
+    for p in case.paths():
+        st = p.stat()
+        stamp.append((str(p), st.st_mtime_ns, st.st_size))
+    return {
+        "id": case.id,
+        "images": paths,
+        "frames": [case.frame(c) for c in channels],
+        "label": None if case.label is None else str(case.label),
+        "stamp": stamp,
+    }
+
+
+def load_case_images(item: dict[str, Any]) -> tuple[np.ndarray, Volume]:
+    """Stack the channels of an item: float32 [C, X, Y, Z] in RAS+, and the first channel's Volume."""
+    vols = [load_volume(p, label=False, frame=f) for p, f in zip(item["images"], item["frames"])]
+    ref = vols[0]
+    for v in vols[1:]:
+        if v.array.shape != ref.array.shape or not np.allclose(v.affine, ref.affine, atol=1e-3):
+            raise ValueError(f"case {item['id']}: {v.path} is not on the grid of {ref.path}")
+    return np.stack([v.array for v in vols]), ref
+
+
+def brain_mask(image: np.ndarray) -> np.ndarray:
+    """Bool [X, Y, Z]: non-zero in any channel of image [C, X, Y, Z] (skull-stripped data); when
+    more than 90 % of voxels are non-zero (not skull-stripped) the first channel is thresholded at
+    20 % of its 99th percentile instead."""
+    mask = np.any(image != 0, axis=0)
+    if mask.mean() > 0.9:
+        ch = image[0]
+        mask = ch > 0.2 * np.percentile(ch[:: 2, :: 2, :: 2], 99)
+    return mask
+
+
+def normalize_in_brain(image: np.ndarray, mask: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
+    """Per channel: clip to the brain's percentiles, z-score with the brain's mean/std, zero outside.
+
+    image: [C, X, Y, Z] float32, mask: [X, Y, Z] bool -> float32 [C, X, Y, Z].
+    """
+    out = np.zeros_like(image, dtype=np.float32)
+    if not mask.any():
+        return out
+    for c in range(image.shape[0]):
+        values = image[c][mask]
+        lo, hi = np.percentile(values, percentiles)
+        values = np.clip(values, lo, hi)
+        std = float(values.std())
+        out[c][mask] = (values - values.mean()) / (std if std > 1e-8 else 1.0)
+    return out
+
+
+def brain_centre(mask: np.ndarray, affine: np.ndarray | None = None, lr_centre: str = "mask") -> np.ndarray:
+    """Array coordinates [3] of the brain centre: bounding-box centre of ``mask``; with
+    ``lr_centre="world"`` the axis-0 coordinate is where world x = 0 (MNI-aligned inputs)."""
+    if lr_centre not in LR_CENTRES:
+        raise ValueError(f"lr_centre must be one of {LR_CENTRES}, got {lr_centre!r}")
+    if not mask.any():
+        return (np.array(mask.shape) - 1) / 2
+    centre = np.empty(3)
+    for ax in range(3):
+        proj = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))
+        centre[ax] = (proj[0] + proj[-1]) / 2
+    if lr_centre == "world":
+        if affine is None:
+            raise ValueError("lr_centre='world' needs the affine")
+        world = affine @ np.append(centre, 1.0)
+        world[0] = 0.0
+        centre[0] = (np.linalg.inv(affine) @ world)[0]
+    return centre
+
+
+def crop_or_pad(image: np.ndarray, centre: Sequence[float], size: Sequence[int], value: float = 0.0) -> np.ndarray:
+    """Window of ``size`` around ``centre`` from image [C, X, Y, Z], zero-padded where it leaves the
+    volume. The window starts at round(centre - (size - 1) / 2), so a centre at a half-integer
+    coordinate lands exactly in the middle of an even-sized output."""
+    out = np.full((image.shape[0], *size), value, dtype=image.dtype)
+    src, dst = [], []
+    for ax, n in enumerate(size):
+        start = int(np.floor(centre[ax] - (n - 1) / 2 + 0.5 + 1e-6))
+        lo, hi = max(start, 0), min(start + n, image.shape[ax + 1])
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - start, hi - start))
+    out[(slice(None), *dst)] = image[(slice(None), *src)]
+    return out
+
+
+def resample_isotropic(image: np.ndarray, affine: np.ndarray, mm: float, mode: str = "bilinear") -> tuple[np.ndarray, np.ndarray]:
+    """Resample [C, X, Y, Z] to ``mm`` isotropic voxels with MONAI ``Spacing`` (``nearest`` for labels)."""
+    from monai.data import MetaTensor
+    from monai.transforms import Spacing
+
+    mt = MetaTensor(torch.as_tensor(image), affine=torch.as_tensor(affine, dtype=torch.float64))
+    out = Spacing(pixdim=(mm, mm, mm), mode=mode, dtype=np.float32)(mt)
+    return out.as_tensor().numpy().astype(image.dtype, copy=False), out.affine.numpy()
+
+
+def _as_tuple3(size: int | Sequence[int]) -> tuple[int, int, int]:
+    t = (int(size),) * 3 if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
+    if len(t) != 3 or min(t) < 1:
+        raise ValueError(f"size must be an int or three positive ints, got {size}")
+    return t  # type: ignore[return-value]
+
+
+class PretrainPreprocess:
+    """item -> {"image": float32 Tensor [C, *size], "id"}: load, (resample), z-score in brain, brain-centred crop/pad."""
+
+    def __init__(self, size: int | Sequence[int] = 128, *, resample_mm: float | None = None, lr_centre: str = "mask",
+                 percentiles: tuple[float, float] = (0.5, 99.5)) -> None:
+        if lr_centre not in LR_CENTRES:
+            raise ValueError(f"lr_centre must be one of {LR_CENTRES}, got {lr_centre!r}")
+        self.size = _as_tuple3(size)
+        self.resample_mm = resample_mm
+        self.lr_centre = lr_centre
+        self.percentiles = tuple(percentiles)
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": "pretrain", "size": self.size, "resample_mm": self.resample_mm, "lr_centre": self.lr_centre,
+                "percentiles": self.percentiles}
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        image, ref = load_case_images(item)
+        affine = ref.affine
+        if self.resample_mm and not np.allclose(ref.spacing, self.resample_mm, atol=1e-3):
+            image, affine = resample_isotropic(image, affine, self.resample_mm)
+        mask = brain_mask(image)
+        image = normalize_in_brain(image, mask, self.percentiles)
+        image = crop_or_pad(image, brain_centre(mask, affine, self.lr_centre), self.size)
+        return {"image": torch.from_numpy(np.ascontiguousarray(image)), "id": item["id"]}
+
+
+class SegmentationPreprocess:
+    """item -> {"image": [C, X, Y, Z], "label": target, "fg": uint8 [1, X, Y, Z], "id"} on the canonical grid.
+
+    target: multilabel tasks float32 [K, X, Y, Z]; softmax tasks int64 [1, X, Y, Z] (ignore = -1).
+    ``fg`` (label > 0 outside the ignore label) drives foreground oversampling.
+    """
+
+    def __init__(self, task: Task, *, percentiles: tuple[float, float] = (0.5, 99.5), with_label: bool = True) -> None:
+        self.task = task
+        self.percentiles = tuple(percentiles)
+        self.with_label = with_label
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": "segmentation", "task": repr(self.task), "percentiles": self.percentiles, "with_label": self.with_label}
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        image, ref = load_case_images(item)
+        image = normalize_in_brain(image, brain_mask(image), self.percentiles)
+        out: dict[str, Any] = {"image": torch.from_numpy(image), "id": item["id"]}
+        if self.with_label:
+            if item["label"] is None:
+                raise ValueError(f"case {item['id']}: no label file, but the {self.task.name} dataset needs one")
+            lab = load_volume(item["label"], label=True)
+            if lab.array.shape != image.shape[1:] or not np.allclose(lab.affine, ref.affine, atol=1e-3):
+                raise ValueError(f"case {item['id']}: label {lab.path} is not on the grid of {ref.path}")
+            raw = lab.array.astype(np.int64)
+            target = self.task.label_to_target(raw)
+            target = target if self.task.multilabel else target[None]
+            fg = (raw > 0) & ~self.task.ignore_mask(raw)
+            out["label"] = torch.from_numpy(np.ascontiguousarray(target))
+            out["fg"] = torch.from_numpy(fg[None].astype(np.uint8))
+        return out
+
+
+def pretrain_augmentation() -> Compose:
+    """Light intensity augmentation for pretraining: global scale (±10 %) and shift (±0.1) of the
+    z-scored image. Spatial layout is untouched so the mid-sagittal plane stays centred."""
+    return Compose(
+        [
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.8),
+            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+        ]
+    )
+
+
+def segmentation_train_augmentation(
+    task: Task,
+    patch_size: Sequence[int],
+    *,
+    samples_per_case: int = 1,
+    pos_fraction: float = 2 / 3,
+    rotate_deg: float = 15.0,
+    zoom: tuple[float, float] = (0.85, 1.25),
+    flip_axes: Sequence[int] = (0, 1, 2),
+    gamma: tuple[float, float] = (0.7, 1.5),
+) -> Compose:
+    """Fine-tuning augmentation: pad to the patch, foreground-oversampled random crops
+    (``pos_fraction`` of crops centred on a foreground voxel), rotation, zoom, flips, gamma."""
+    keys = ["image", "label", "fg"]
+    label_mode = "nearest"
+    rad = float(np.deg2rad(rotate_deg))
+    pos = max(pos_fraction, 0.0)
+    return Compose(
+        [
+            SpatialPadd(keys=keys, spatial_size=list(patch_size)),
+            RandCropByPosNegLabeld(
+                keys=["image", "label"], label_key="fg", spatial_size=list(patch_size), pos=pos, neg=1 - pos,
+                num_samples=samples_per_case, allow_smaller=False,
+            ),
+            RandRotated(keys=["image", "label"], range_x=rad, range_y=rad, range_z=rad, prob=0.2,
+                        mode=("bilinear", label_mode), padding_mode="zeros"),
+            RandZoomd(keys=["image", "label"], prob=0.2, min_zoom=zoom[0], max_zoom=zoom[1],
+                      mode=("trilinear", label_mode), padding_mode="constant", keep_size=True),
+            *[RandFlipd(keys=["image", "label"], spatial_axis=a, prob=0.5) for a in flip_axes],
+            RandAdjustContrastd(keys="image", gamma=gamma, prob=0.3, retain_stats=True),
+        ]
+    )
+
+
+class Finalize:
+    """Plain tensors (no MetaTensor), label dtype restored, helper keys dropped."""
+
+    def __init__(self, keep: Sequence[str], label_dtype: torch.dtype | None = None) -> None:
+        self.keep = tuple(keep)
+        self.label_dtype = label_dtype
+
+    def _one(self, d: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for k in self.keep:
+            v = d[k]
+            if isinstance(v, torch.Tensor):
+                v = v.as_tensor() if hasattr(v, "as_tensor") else v
+                if k == "label" and self.label_dtype is not None:
+                    v = v.round().to(self.label_dtype) if self.label_dtype == torch.int64 else v.to(self.label_dtype)
+                elif k == "image":
+                    v = v.float()
+                v = v.contiguous()
+            out[k] = v
+        return out
+
+    def __call__(self, data: Any) -> Any:
+        if isinstance(data, list):
+            return [self._one(d) for d in data] if len(data) != 1 else self._one(data[0])
+        return self._one(data)
