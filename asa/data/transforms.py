@@ -29,6 +29,7 @@ from monai.transforms import (
     RandShiftIntensityd,
     RandZoomd,
     SpatialPadd,
+    Transform,
 )
 
 from asa.data.case import Case
@@ -165,7 +166,7 @@ def _as_tuple3(size: int | Sequence[int]) -> tuple[int, int, int]:
     return t  # type: ignore[return-value]
 
 
-class PretrainPreprocess:
+class PretrainPreprocess(Transform):
     """item -> {"image": float32 Tensor [C, *size], "id"}: load, (resample), z-score in brain, brain-centred crop/pad."""
 
     def __init__(self, size: int | Sequence[int] = 128, *, resample_mm: float | None = None, lr_centre: str = "mask",
@@ -192,7 +193,7 @@ class PretrainPreprocess:
         return {"image": torch.from_numpy(np.ascontiguousarray(image)), "id": item["id"]}
 
 
-class SegmentationPreprocess:
+class SegmentationPreprocess(Transform):
     """item -> {"image": [C, X, Y, Z], "label": target, "fg": uint8 [1, X, Y, Z], "id"} on the canonical grid.
 
     target: multilabel tasks float32 [K, X, Y, Z]; softmax tasks int64 [1, X, Y, Z] (ignore = -1).
@@ -271,7 +272,7 @@ def segmentation_train_augmentation(
     )
 
 
-class Finalize:
+class Finalize(Transform):
     """Plain tensors (no MetaTensor), label dtype restored, helper keys dropped."""
 
     def __init__(self, keep: Sequence[str], label_dtype: torch.dtype | None = None) -> None:

@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import asa.data.transforms as T
+from asa.data import (
+    build_pretrain_dataset,
+    build_segmentation_dataset,
+    discover,
+    ensure_demo_dataset,
+    get_task,
+    load_volume,
+    preprocess_for_inference,
+    save_volume,
+)
+from asa.data.phantom import make_phantom
+
+
+def test_crop_puts_midline_at_centre():
+    ph = make_phantom(48, seed=4)  # brain deliberately off the grid centre
+    image = ph.images["t1"][None]
+    mask = T.brain_mask(image)
+    centre = T.brain_centre(mask)
+    assert abs(centre[0] - ph.midline) <= 0.5
+    world = T.brain_centre(mask, ph.affine, lr_centre="world")
+    assert world[0] == pytest.approx(ph.midline)
+    out = T.crop_or_pad(image, world, (40, 40, 40))[0]
+    assert np.array_equal(out != 0, out[::-1] != 0) or ((out != 0) == (out[::-1] != 0)).mean() > 0.95
+    tissue = T.crop_or_pad(ph.tissue[None], world, (40, 40, 40))[0]
+    assert (tissue == tissue[::-1]).mean() > 0.95  # mirror i <-> 39 - i
+
+
+def test_crop_or_pad_hand_values():
+    a = np.arange(5, dtype=np.float32)[None, :, None, None] * np.ones((1, 5, 1, 1), np.float32)
+    out = T.crop_or_pad(a, (2.0, 0, 0), (3, 1, 1))
+    np.testing.assert_array_equal(out[0, :, 0, 0], [1, 2, 3])
+    out = T.crop_or_pad(a, (0.5, 0, 0), (4, 1, 1))  # half-integer centre, even size: exact middle
+    np.testing.assert_array_equal(out[0, :, 0, 0], [0, 0, 1, 0 + 2])
+    out = T.crop_or_pad(a, (2.0, 0, 0), (7, 1, 1))
+    np.testing.assert_array_equal(out[0, :, 0, 0], [0, 0, 1, 2, 3, 4, 0])
+
+
+def test_normalize_in_brain():
+    rng = np.random.default_rng(0)
+    img = np.zeros((1, 10, 10, 10), np.float32)
+    img[0, 2:8, 2:8, 2:8] = rng.normal(100, 10, (6, 6, 6))
+    img[0, 5, 5, 5] = 1e6  # outlier clipped away
+    out = T.normalize_in_brain(img, T.brain_mask(img))
+    brain = out[0, 2:8, 2:8, 2:8]
+    assert abs(brain.mean()) < 1e-4 and abs(brain.std() - 1) < 1e-3 and brain.max() < 4
+    assert np.all(out[0, :2] == 0)
+
+
+def test_pretrain_items_and_lps_orientation(demo_root):
+    cases = discover("brats", demo_root("brats"))
+    ds = build_pretrain_dataset(cases, size=(40, 40, 40), augment=False, channels=("t1",))
+    item = ds[0]
+    assert set(item) == {"image", "id"} and item["id"] == cases[0].id
+    assert item["image"].shape == (1, 40, 40, 40) and item["image"].dtype == torch.float32
+    x = item["image"][0].numpy()
+    fg = x != 0
+    assert ((fg == fg[::-1]).mean()) > 0.95  # LPS on disk, yet the brain is symmetric about the centre
+    assert abs(x[fg].mean()) < 0.2
+    resampled = build_pretrain_dataset(cases, size=24, augment=False, resample_mm=1.5)[0]
+    assert resampled["image"].shape == (1, 24, 24, 24)
+
+
+def test_pretrain_augmentation_is_seeded(demo_root):
+    cases = discover("bids", demo_root("bids"))
+    a = build_pretrain_dataset(cases, size=24, augment=True, seed=1)
+    b = build_pretrain_dataset(cases, size=24, augment=True, seed=1)
+    c = build_pretrain_dataset(cases, size=24, augment=True, seed=2)
+    xa, xb, xc = (d[0]["image"] for d in (a, b, c))
+    assert torch.equal(xa, xb) and not torch.equal(xa, xc)
+    loader = torch.utils.data.DataLoader(a, batch_size=1, num_workers=2, generator=torch.Generator().manual_seed(0))
+    first = [x["image"] for x in loader]
+    loader = torch.utils.data.DataLoader(a, batch_size=1, num_workers=2, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(p, q) for p, q in zip(first, (x["image"] for x in loader)))
+
+
+def test_cache_reused_and_invalidated(demo_root, tmp_path, monkeypatch):
+    import shutil
+
+    cases = discover("filelist", shutil.copytree(demo_root("filelist"), tmp_path / "data"))[:2]
+    cache = tmp_path / "cache"
+    ds = build_pretrain_dataset(cases, size=24, cache_dir=cache, augment=False)
+    first = [ds[i]["image"] for i in range(2)]
+    entries = sorted(ds.cache_path.glob("*.pt"))
+    assert len(entries) == 2
+
+    def boom(*args, **kwargs):
+        raise AssertionError("cache not used: the volume was decoded again")
+
+    monkeypatch.setattr(T, "load_volume", boom)
+    again = build_pretrain_dataset(cases, size=24, cache_dir=cache, augment=False)
+    assert again.cache_path == ds.cache_path
+    assert all(torch.equal(again[i]["image"], first[i]) for i in range(2))
+    other = build_pretrain_dataset(cases, size=32, cache_dir=cache, augment=False)
+    assert other.cache_path != ds.cache_path
+    with pytest.raises(RuntimeError) as err:  # MONAI wraps the transform's exception
+        other[0]
+    assert "cache not used" in repr(err.value.__cause__)
+    monkeypatch.undo()
+    assert other[0]["image"].shape == (1, 32, 32, 32)
+    # a changed input file invalidates its entry
+    vol = load_volume(cases[0].images["t1"])
+    save_volume(vol.array * 2 + 1, vol, cases[0].images["t1"])
+    import os
+
+    st = os.stat(cases[0].images["t1"])
+    os.utime(cases[0].images["t1"], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    fresh = build_pretrain_dataset(cases, size=24, cache_dir=cache, augment=False)
+    fresh[0]
+    assert len(list(ds.cache_path.glob("*.pt"))) == 3
+
+
+@pytest.mark.parametrize("layout", ["brats", "ibsr", "wmh"])
+def test_segmentation_items(demo_root, layout):
+    root = demo_root(layout)
+    task = get_task(layout)
+    cases = discover(layout, root)
+    train = build_segmentation_dataset(cases, task, train=True, patch_size=16, seed=0)
+    item = train[0]
+    assert set(item) == {"image", "label"}
+    assert item["image"].shape == (len(task.channels), 16, 16, 16)
+    if task.multilabel:
+        assert item["label"].shape == (3, 16, 16, 16) and item["label"].dtype == torch.float32
+        assert set(item["label"].unique().tolist()) <= {0.0, 1.0}
+    else:
+        assert item["label"].shape == (1, 16, 16, 16) and item["label"].dtype == torch.int64
+        assert set(item["label"].unique().tolist()) <= {-1, *range(task.num_outputs)}
+    val = build_segmentation_dataset(cases, task, train=False)[0]
+    ref = load_volume(cases[0].label)
+    assert val["image"].shape[1:] == ref.shape and val["id"] == cases[0].id
+    np.testing.assert_array_equal(
+        task.label_to_target(ref.array.astype(np.int64)) if task.multilabel else task.label_to_target(ref.array.astype(np.int64))[None],
+        val["label"].numpy(),
+    )
+
+
+def test_foreground_oversampling(demo_root):
+    cases = discover("brats", demo_root("brats"))
+    ds = build_segmentation_dataset(cases, get_task("brats"), train=True, patch_size=8, samples_per_case=12, seed=0,
+                                    rotate_deg=0, zoom=(1.0, 1.0), flip_axes=())
+    crops = ds[0]
+    assert isinstance(crops, list) and len(crops) == 12
+    with_tumour = sum(bool(c["label"][0].any()) for c in crops)
+    assert with_tumour >= 6  # ~2/3 of crops centred on tumour; tumour is a few % of the volume
+
+
+def test_inference_round_trip_to_original_space(demo_root, tmp_path):
+    task = get_task("brats")
+    case = discover("brats", demo_root("brats"))[0]
+    image, ref = preprocess_for_inference(case, task)
+    assert image.shape == (4, *ref.shape) and ref.original_axcodes == ("L", "P", "S")
+    label = load_volume(case.label)
+    probs = torch.from_numpy(task.label_to_target(label.array))
+    out = save_volume(task.prediction_to_label(probs), ref, tmp_path / "pred.nii.gz")
+    import nibabel as nib
+
+    np.testing.assert_array_equal(np.asanyarray(nib.load(out).dataobj), np.asanyarray(nib.load(case.label).dataobj))
+
+
+def test_ensure_demo_dataset_generates_once(tmp_path, monkeypatch):
+    root = ensure_demo_dataset("ibsr", cases=2, size=16, seed=0, cache_dir=tmp_path)
+    assert len(discover("ibsr", root)) == 2
+    import asa.data.demo as demo
+
+    monkeypatch.setattr(demo, "write_demo_dataset", lambda *a, **k: (_ for _ in ()).throw(AssertionError("regenerated")))
+    assert ensure_demo_dataset("ibsr", cases=2, size=16, seed=0, cache_dir=tmp_path) == root
+    monkeypatch.setenv("ASA_CACHE", str(tmp_path / "env"))
+    with pytest.raises(AssertionError, match="regenerated"):
+        ensure_demo_dataset("ibsr", cases=2, size=16, seed=0)
+    assert not list((tmp_path / "env" / "demo").iterdir())  # no half-written folder left
