@@ -443,11 +443,14 @@ class Engine:
                     self._last_val_step = self.step
                 if cfg.panel_every and self.epoch % cfg.panel_every == 0:
                     self._panels()
+                    self._last_panel_step = self.step
                 if self.step < stop_step and not stopped and self.nonfinite_run == 0:
                     self.save("last.pt")
         bar.close()
         if self.validate is not None and getattr(self, "_last_val_step", None) != self.step:
             self._validate(count_patience=False)
+        if cfg.panel_every and getattr(self, "_last_panel_step", None) != self.step:
+            self._panels()  # a final panel, also for runs shorter than panel_every epochs
         self.save("last.pt")
         if env.is_main and self.writer is not None:
             self.writer.flush()

@@ -1,0 +1,109 @@
+"""Pretraining pieces for the engine: the MAE step, validation, image panels and the encoder export."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import DistEnv
+
+__all__ = ["mae_step", "make_validator", "make_panel_fn", "mid_slice_grid", "export_encoder", "ENCODER_PREFIXES"]
+
+ENCODER_PREFIXES = ("patch_embed.", "encoder.")
+
+
+def _core(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def mae_step(model: nn.Module, batch: Mapping) -> tuple[torch.Tensor, dict]:
+    """One masked-autoencoder step: batch["image"] [B,C,D,H,W] -> (loss, logs)."""
+    out = model(batch["image"])
+    return out.loss, {}
+
+
+def make_validator(
+    dataset: Dataset, *, batch_size: int, env: DistEnv, num_workers: int = 0
+) -> Callable[[nn.Module], dict[str, float]]:
+    """validate(model) -> {"loss": mean reconstruction loss over the whole validation set}.
+
+    Each rank takes every world_size-th case; sums and counts are all-reduced, so the value is the
+    exact per-sample mean whatever the number of ranks.
+    """
+    shard = Subset(dataset, list(range(env.rank, len(dataset), env.world_size)))  # type: ignore[arg-type]
+
+    def validate(model: nn.Module) -> dict[str, float]:
+        total = torch.zeros(2, dtype=torch.float64, device=env.device)
+        for batch in DataLoader(shard, batch_size=batch_size, num_workers=num_workers):
+            x = batch["image"].to(env.device, non_blocking=True)
+            out = model(x)
+            total[0] += float(out.loss) * x.shape[0]
+            total[1] += x.shape[0]
+        if env.distributed and dist.is_initialized():
+            dist.all_reduce(total)
+        return {"loss": float(total[0] / total[1].clamp_min(1))}
+
+    return validate
+
+
+def _mid_slices(v: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """v [D,H,W] in RAS -> sagittal, coronal, axial mid slices, superior/anterior up, padded to size²."""
+    d, h, w = v.shape
+    slices = [v[d // 2, :, :], v[:, h // 2, :], v[:, :, w // 2]]
+    out = []
+    for s in slices:
+        s = s.T.flip(0)  # second array axis up
+        pad = torch.zeros(size, size, dtype=s.dtype)
+        pad[: s.shape[0], : s.shape[1]] = s
+        out.append(pad)
+    return out
+
+
+def mid_slice_grid(rows: list[torch.Tensor]) -> torch.Tensor:
+    """rows: volumes [D,H,W] scaled to [0,1] -> image [1, rows·S, 3·S] of their three mid slices."""
+    size = max(max(r.shape) for r in rows)
+    return torch.cat([torch.cat(_mid_slices(r.float().cpu(), size), dim=1) for r in rows], dim=0)[None]
+
+
+def make_panel_fn(sample: torch.Tensor) -> Callable[[nn.Module, int], dict[str, torch.Tensor]]:
+    """panel(model, step) -> {"reconstruction/mid_slices": [1, 4S, 3S]}: rows are the input, the
+    masked input, the reconstruction and the loss-weight map (first channel of one fixed sample)."""
+
+    def panel(model: nn.Module, step: int) -> dict[str, torch.Tensor]:
+        core = _core(model)
+        device = next(core.parameters()).device
+        x = sample[None].to(device)  # [1,C,D,H,W]
+        out = core(x)
+        values = out.pred.shape[-1]
+        recon = core.unpatchify(out.pred.float())
+        mask = core.unpatchify(out.mask.float()[..., None].expand(-1, -1, values))
+        weights = out.weights.float()
+        weights = weights / weights.max().clamp_min(1e-12)
+        wmap = core.unpatchify(weights[..., None].expand(-1, -1, values))
+        lo, hi = x.min(), x.max()
+
+        def scale(v: torch.Tensor) -> torch.Tensor:
+            return ((v - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
+
+        rows = [scale(x)[0, 0], (scale(x) * (1 - mask))[0, 0], scale(recon)[0, 0], wmap[0, 0].clamp(0, 1)]
+        return {"reconstruction/mid_slices": mid_slice_grid(rows)}
+
+    return panel
+
+
+def export_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike, config: Mapping) -> Path:
+    """Write {"encoder": patch_embed.* and encoder.* weights, "config": config, "source", "step"} taken
+    from a training checkpoint; `asa.models.ASASegmenter.load_pretrained` reads it."""
+    state = load_checkpoint(checkpoint)
+    weights = {k.removeprefix("module."): v for k, v in state["model"].items()}
+    encoder = {k: v for k, v in weights.items() if k.startswith(ENCODER_PREFIXES)}
+    if not encoder:
+        raise ValueError(f"checkpoint {checkpoint}: no weights starting with {ENCODER_PREFIXES}")
+    return save_checkpoint(out, {"encoder": encoder, "config": dict(config), "source": str(Path(checkpoint).name),
+                                 "step": int(state.get("step", 0))})
