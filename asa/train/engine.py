@@ -315,6 +315,7 @@ class Engine:
     def fit(self, train_data: Dataset) -> FitResult:
         """Train until `epochs` / `max_steps` / early stopping; returns a FitResult."""
         env = self.env
+        det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
         try:
             return self._fit(train_data)
         except Exception as err:
@@ -322,6 +323,7 @@ class Engine:
                   file=sys.stderr, flush=True)
             raise
         finally:
+            torch.use_deterministic_algorithms(det[0], warn_only=det[1])  # leave the process as found
             if self.writer is not None:
                 self.writer.close()
                 self.writer = None

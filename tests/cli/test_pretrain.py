@@ -1,0 +1,115 @@
+"""asa-pretrain end to end on tiny demo phantoms (CPU, 32^3 crops, a few steps)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from asa.cli.pretrain import run
+from asa.train import IncompatibleCheckpointError, load_checkpoint
+from asa.train.config_files import compose_config
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("demo-cache")
+
+
+def _overrides(out: Path, cache: Path, *extra: str) -> list[str]:
+    return ["data=demo", "model=tiny", "trainer=smoke", f"output_dir={out}", "data.size=32", "data.demo.size=40",
+            "data.demo.cases=6", f"data.demo.cache_dir={cache}", "device=cpu", *extra]
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", ASA_DIST_TIMEOUT_S="60")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def test_smoke_run_writes_outputs_then_resumes(tmp_path, demo_cache):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "asa.cli.pretrain", *_overrides(out, demo_cache)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert str(out) in proc.stdout  # says where its outputs are
+    ckpts = out / "checkpoints"
+    for name in ("last.pt", "best.pt", "encoder.pt"):
+        assert (ckpts / name).is_file(), name
+    assert (out / "config.yaml").is_file() and (out / "splits.json").is_file()
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    last = load_checkpoint(ckpts / "last.pt")
+    assert last["step"] == 2 and last["config"]["mae"]["pos_mode"] == "mirror"
+    assert not (out / ".hydra").exists()
+
+    proc = subprocess.run(cmd + ["resume=true", "trainer.max_steps=3", "trainer.epochs=3"], capture_output=True, text=True, env=_env(),
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stderr
+    assert load_checkpoint(ckpts / "last.pt")["step"] == 3
+
+
+@pytest.mark.parametrize("experiment, pos_mode, weighting", [
+    ("mae", "none", "uniform"), ("a_ssl", "none", "attentive"), ("spe_ssl", "mirror", "uniform"),
+    ("asa", "mirror", "attentive"),
+])
+def test_each_experiment_preset_trains(tmp_path, demo_cache, experiment, pos_mode, weighting):
+    cfg = compose_config("pretrain", _overrides(tmp_path, demo_cache, f"experiment={experiment}"))
+    result = run(cfg)
+    assert result.step == 2 and result.best_metric is not None and result.nonfinite_steps == 0
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert (ckpt["config"]["mae"]["pos_mode"], ckpt["config"]["mae"]["loss_weighting"]) == (pos_mode, weighting)
+    export = load_checkpoint(tmp_path / "checkpoints" / "encoder.pt")
+    assert export["config"]["pos_mode"] == pos_mode and export["config"]["img_size"] == 32
+    assert export["encoder"] and all(k.startswith(("patch_embed.", "encoder.")) for k in export["encoder"])
+
+
+def test_resume_is_bit_exact_through_the_cli(tmp_path, demo_cache):
+    def weights(out: Path) -> dict:
+        return load_checkpoint(out / "checkpoints" / "last.pt")["model"]
+
+    # 4 optimisation steps over an epoch of 4 steps (batch 1) vs 2 steps, then resume for 2 more
+    extra = ("trainer.batch_size=1", "trainer.epochs=2", "trainer.warmup_steps=1", "optim.base_lr=0.05")
+    run(compose_config("pretrain", _overrides(tmp_path / "a", demo_cache, *extra, "trainer.max_steps=4")))
+    run(compose_config("pretrain", _overrides(tmp_path / "b", demo_cache, *extra, "trainer.max_steps=2")))
+    run(compose_config("pretrain", _overrides(tmp_path / "b", demo_cache, *extra, "trainer.max_steps=4",
+                                              "resume=true")))
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_another_model_is_refused(tmp_path, demo_cache):
+    run(compose_config("pretrain", _overrides(tmp_path, demo_cache)))
+    cfg = compose_config("pretrain", _overrides(tmp_path, demo_cache, "resume=true", "model.depth=2",
+                                                "experiment=mae"))
+    with pytest.raises(IncompatibleCheckpointError) as info:
+        run(cfg)
+    msg = str(info.value)
+    assert "model.depth: " in msg and "mae.pos_mode" in msg and "mae.loss_weighting" in msg
+
+
+def test_encoder_export_loads_into_the_segmenter(tmp_path, demo_cache):
+    from asa.models import ASASegmenter, PRESETS
+
+    run(compose_config("pretrain", _overrides(tmp_path, demo_cache)))
+    sizes = {k: PRESETS["tiny"][k] for k in ("embed_dim", "depth", "num_heads", "window_size")}
+    seg = ASASegmenter(img_size=32, in_channels=4, out_channels=3, **sizes)
+    report = seg.load_pretrained(tmp_path / "checkpoints" / "encoder.pt", verbose=False)
+    assert report.loaded and not report.unexpected
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_smoke(tmp_path, demo_cache):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "asa.cli.pretrain", *_overrides(out, demo_cache, "trainer.batch_size=1")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 2 and ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
+    assert (out / "checkpoints" / "encoder.pt").is_file()
+    assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 1  # rank 0 only

@@ -1,0 +1,86 @@
+"""Every Hydra config composes, presets match the models, experiment files differ only where they should."""
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from asa.models import PRESETS
+from asa.train import TrainConfig
+from asa.train.config_files import compose_config, config_path
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _names(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+EXPERIMENTS = {"mae": ("none", "uniform"), "a_ssl": ("none", "attentive"), "spe_ssl": ("mirror", "uniform"),
+               "asa": ("mirror", "attentive")}
+
+
+def test_groups_are_complete():
+    assert _names("model") == ["base", "small", "tiny"]
+    assert {"demo", "adni", "oasis", "brats", "ibsr", "wmh", "msd"} <= set(_names("data"))
+    assert {"adamw", "sgd"} <= set(_names("optim"))
+    assert {"default", "smoke"} <= set(_names("trainer"))
+    assert set(_names("experiment")) == set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("model, trainer, optim", list(itertools.product(_names("model"), _names("trainer"), _names("optim"))))
+def test_model_trainer_optim_compose(model, trainer, optim):
+    cfg = compose_config("pretrain", [f"model={model}", f"trainer={trainer}", f"optim={optim}"])
+    assert OmegaConf.to_container(cfg.model) == {**OmegaConf.to_container(cfg.model), **PRESETS[model]}
+    TrainConfig.from_dict({**OmegaConf.to_container(cfg.trainer), "schedule": cfg.optim.schedule})
+    assert cfg.optim.name == optim
+
+
+@pytest.mark.parametrize("data", _names("data"))
+def test_every_data_preset_composes(data):
+    cfg = compose_config("pretrain", [f"data={data}", "data.root=/some/root"])
+    assert cfg.data.name == data
+    for key in ("layout", "root", "on_bad_case", "cache_dir", "num_workers", "split"):
+        assert key in cfg.data, (data, key)
+    assert "seed" in cfg.data.split and "ratios" in cfg.data.split
+    if "task" in cfg.data:  # fine-tuning presets: a patch size and demo phantoms in the same layout
+        assert cfg.data.patch_size > 0 and cfg.data.demo.layout == cfg.data.layout
+    else:
+        assert cfg.data.size > 0 and list(cfg.data.channels) == ["t1"]
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_experiments_state_only_their_differences(name):
+    base = OmegaConf.to_container(compose_config("pretrain", []), resolve=True)
+    cfg = OmegaConf.to_container(compose_config("pretrain", [f"experiment={name}"]), resolve=True)
+    assert (cfg["mae"]["pos_mode"], cfg["mae"]["loss_weighting"]) == EXPERIMENTS[name]
+    for key in ("pos_mode", "loss_weighting"):
+        cfg["mae"].pop(key), base["mae"].pop(key)
+    assert cfg == base
+
+
+def test_required_root_and_defaults():
+    cfg = compose_config("pretrain", ["data=adni"])
+    assert OmegaConf.is_missing(cfg.data, "root")
+    default = compose_config("pretrain", [])
+    assert (default.data.name, default.data.size, default.model.embed_dim) == ("demo", 64, PRESETS["tiny"]["embed_dim"])
+    assert default.device == "auto" and default.resume is False and "${" not in str(default.output_dir)
+
+
+def test_config_path_points_at_real_files():
+    path = config_path()
+    assert path.startswith("pkg://") or (Path(path) / "pretrain.yaml").is_file()
+
+
+def test_help_lists_groups_and_usage():
+    env = dict(os.environ)
+    proc = subprocess.run([sys.executable, "-m", "asa.cli.pretrain", "--help"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "asa-pretrain" in proc.stdout and "experiment: a_ssl, asa, mae, spe_ssl" in proc.stdout
+    assert "model: base, small, tiny" in proc.stdout
