@@ -96,13 +96,13 @@ def all_reduce_mean(values: dict[str, float], env: DistEnv) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
-def all_reduce_max_int(value: int, env: DistEnv) -> int:
-    """Largest `value` over all ranks (used so every rank takes the same skip/stop decision)."""
+def all_reduce_max_ints(values: list[int], env: DistEnv) -> list[int]:
+    """Element-wise maximum over all ranks (so every rank takes the same skip/stop decisions)."""
     if not env.distributed:
-        return int(value)
-    t = torch.tensor([int(value)], dtype=torch.int64, device=env.device)
+        return [int(v) for v in values]
+    t = torch.tensor([int(v) for v in values], dtype=torch.int64, device=env.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
+    return [int(v) for v in t.tolist()]
 
 
 def all_gather_objects(obj: object, env: DistEnv) -> list:

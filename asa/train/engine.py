@@ -5,7 +5,9 @@ import contextlib
 import dataclasses
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import FORMAT, VERSION, check_compatible, load_checkpoint, prune_step_checkpoints, save_checkpoint
 from .data import build_loader, move_to
-from .distributed import DistEnv, all_gather_objects, all_reduce_max_int, all_reduce_mean, barrier
+from .distributed import DistEnv, all_gather_objects, all_reduce_max_ints, all_reduce_mean, barrier
 from .rng import capture_rng, fork_rng, item_seed, restore_rng, seed_everything
 from .schedule import lr_at
 
@@ -91,6 +93,7 @@ class FitResult:
     nonfinite_steps: int
     history: list[dict] = field(default_factory=list)  # one dict of validation metrics per round
     checkpoint_dir: Path | None = None
+    preempted: bool = False  # stopped by SIGTERM/SIGUSR1 after saving last.pt (resume to continue)
 
 
 class _Tracker:
@@ -174,6 +177,21 @@ class Engine:
         self.writer = None
 
     # ----------------------------------------------------------------------------------------- helpers
+    def _install_signal_handlers(self) -> dict:
+        """SIGTERM/SIGUSR1 (SLURM preemption, torchrun shutdown) -> save last.pt at the next step and stop."""
+        self._signal = None
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum, frame):
+            self._signal = signal.Signals(signum).name
+
+        previous = {}
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, handler)
+        return previous
+
     def _say(self, msg: str) -> None:
         if self.env.is_main:
             tqdm.write(msg, file=sys.stderr)
@@ -241,7 +259,8 @@ class Engine:
         except RuntimeError as err:
             raise ValueError(f"checkpoint {path}: model weights do not fit this model: {err}") from err
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"]) if state["scaler"] else None
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self.tracker.load(state["tracker"])
@@ -316,6 +335,7 @@ class Engine:
         """Train until `epochs` / `max_steps` / early stopping; returns a FitResult."""
         env = self.env
         det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+        handlers = self._install_signal_handlers()
         try:
             return self._fit(train_data)
         except Exception as err:
@@ -323,6 +343,8 @@ class Engine:
                   file=sys.stderr, flush=True)
             raise
         finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
             torch.use_deterministic_algorithms(det[0], warn_only=det[1])  # leave the process as found
             if self.writer is not None:
                 self.writer.close()
@@ -370,7 +392,7 @@ class Engine:
         bar = tqdm(total=stop_step, initial=self.step, disable=not (env.is_main and cfg.progress),
                    desc="train", dynamic_ncols=True, file=sys.stderr)
         window: dict[str, float] = {}
-        window_steps, t0, stopped = 0, time.perf_counter(), False
+        window_steps, t0, stopped, preempted = 0, time.perf_counter(), False, False
         self._say(f"training: {self.steps_per_epoch} steps/epoch, schedule over {self.total_steps} steps "
                   f"(warm-up {self.warmup_steps}), stopping at step {stop_step}; global batch {samples_per_step}; "
                   f"device {env.device}, world size {env.world_size}, amp {self.amp_dtype}")
@@ -398,7 +420,7 @@ class Engine:
                     loss_sum += float(loss.detach()) / cfg.accum_steps if finite else 0.0
                     for k, v in logs.items():
                         logs_sum[k] = logs_sum.get(k, 0.0) + _scalar(v) / cfg.accum_steps
-                bad = all_reduce_max_int(bad, env)
+                bad, stop_signal = all_reduce_max_ints([bad, int(self._signal is not None)], env)
                 if bad:
                     self.optimizer.zero_grad(set_to_none=True)
                     self.nonfinite_total += 1
@@ -434,9 +456,16 @@ class Engine:
                     self._log_window(window, window_steps, t0, samples_per_step, bar)
                     window, window_steps, t0 = {}, 0, time.perf_counter()
                 healthy = self.nonfinite_run == 0  # never checkpoint in the middle of a non-finite streak
+                if stop_signal:
+                    self._say(f"received {self._signal or 'a stop signal on another rank'}: saving last.pt at step "
+                              f"{self.step} and stopping; continue with resume=true")
+                    preempted = True
+                    break
                 if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < stop_step and healthy:
                     names = ["last.pt"] + ([f"step_{self.step:08d}.pt"] if cfg.keep_last > 0 else [])
                     self.save(*names)
+            if preempted:
+                break
             if self.batch_in_epoch >= self.steps_per_epoch * cfg.accum_steps:  # epoch complete
                 self.epoch += 1
                 self.batch_in_epoch = 0
@@ -449,6 +478,9 @@ class Engine:
                 if self.step < stop_step and not stopped and self.nonfinite_run == 0:
                     self.save("last.pt")
         bar.close()
+        if preempted:
+            self.save("last.pt")
+            return self._result(stopped=False, preempted=True)
         if self.validate is not None and getattr(self, "_last_val_step", None) != self.step:
             self._validate(count_patience=False)
         if cfg.panel_every and getattr(self, "_last_panel_step", None) != self.step:
@@ -457,10 +489,13 @@ class Engine:
         if env.is_main and self.writer is not None:
             self.writer.flush()
         self._say(f"done at step {self.step}: checkpoints in {self.ckpt_dir}, TensorBoard logs in {self.out_dir / 'tb'}")
+        return self._result(stopped=stopped, preempted=False)
+
+    def _result(self, *, stopped: bool, preempted: bool) -> FitResult:
         return FitResult(step=self.step, epoch=self.epoch, best_metric=self.tracker.best,
                          best_step=self.tracker.best_step, stopped_early=stopped,
                          nonfinite_steps=self.nonfinite_total, history=list(self.history),
-                         checkpoint_dir=self.ckpt_dir)
+                         checkpoint_dir=self.ckpt_dir, preempted=preempted)
 
     def _log_window(self, window: dict, steps: int, t0: float, samples_per_step: int, bar) -> None:
         elapsed = max(time.perf_counter() - t0, 1e-9)

@@ -68,12 +68,14 @@ def test_each_experiment_preset_trains(tmp_path, demo_cache, experiment, pos_mod
     assert export["encoder"] and all(k.startswith(("patch_embed.", "encoder.")) for k in export["encoder"])
 
 
-def test_resume_is_bit_exact_through_the_cli(tmp_path, demo_cache):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_is_bit_exact_through_the_cli(tmp_path, demo_cache, workers):
     def weights(out: Path) -> dict:
         return load_checkpoint(out / "checkpoints" / "last.pt")["model"]
 
     # 4 optimisation steps over an epoch of 4 steps (batch 1) vs 2 steps, then resume for 2 more
-    extra = ("trainer.batch_size=1", "trainer.epochs=2", "trainer.warmup_steps=1", "optim.base_lr=0.05")
+    extra = ("trainer.batch_size=1", "trainer.epochs=2", "trainer.warmup_steps=1", "optim.base_lr=0.05",
+             f"data.num_workers={workers}")
     run(compose_config("pretrain", _overrides(tmp_path / "a", demo_cache, *extra, "trainer.max_steps=4")))
     run(compose_config("pretrain", _overrides(tmp_path / "b", demo_cache, *extra, "trainer.max_steps=2")))
     run(compose_config("pretrain", _overrides(tmp_path / "b", demo_cache, *extra, "trainer.max_steps=4",

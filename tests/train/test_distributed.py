@@ -78,3 +78,20 @@ def test_sigkill_mid_run_then_resume_continues_exactly(tmp_path):
     ref, got = _weights(tmp_path / "full"), _weights(out)
     for k in ref:
         assert torch.equal(ref[k], got[k]), k
+
+
+@pytest.mark.slow
+def test_sigterm_saves_last_checkpoint_and_stops_cleanly(tmp_path):
+    args = ["--max-steps", "200", "--ckpt-every", "1000", "--sleep", "0.1", "--epochs", "30"]
+    proc = subprocess.Popen([sys.executable, TOY, "--out", str(tmp_path), *args], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (tmp_path / "tb").exists() and time.time() < deadline:  # training has started
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "received SIGTERM" in stderr
+    step = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"]
+    assert 0 < step < 200 and f'"step": {step}' in stdout
