@@ -26,6 +26,8 @@ def _overrides(out: Path, cache: Path, *extra: str) -> list[str]:
 
 def _env() -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", ASA_DIST_TIMEOUT_S="60")
+    repo = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)  # test this checkout
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     return env

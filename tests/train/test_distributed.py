@@ -14,10 +14,12 @@ import torch
 from asa.train import CheckpointError, load_checkpoint
 
 TOY = str(Path(__file__).with_name("toy.py"))
+REPO = str(Path(__file__).resolve().parents[2])
 
 
 def _env() -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", ASA_DIST_TIMEOUT_S="60")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)  # test this checkout
     env.pop("RANK", None), env.pop("WORLD_SIZE", None), env.pop("LOCAL_RANK", None)
     return env
 
@@ -95,3 +97,14 @@ def test_sigterm_saves_last_checkpoint_and_stops_cleanly(tmp_path):
     assert "received SIGTERM" in stderr
     step = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"]
     assert 0 < step < 200 and f'"step": {step}' in stdout
+
+
+@pytest.mark.slow
+def test_a_failing_rank_brings_the_job_down_with_a_message(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", TOY,
+           "--out", str(tmp_path), "--max-steps", "6", "--fail-rank", "1"]
+    start = time.time()
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode != 0
+    assert "[asa] rank 1/2 failed: RuntimeError: injected failure" in proc.stderr
+    assert time.time() - start < 120

@@ -81,19 +81,22 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.0)
     ap.add_argument("--resume", default="false")
     ap.add_argument("--no-augment", action="store_true")
+    ap.add_argument("--fail-rank", type=int, default=-1, help="this rank raises at its 3rd step")
     args = ap.parse_args()
     env = setup_distributed("cpu")
     cfg = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                       accum_steps=args.accum, ckpt_every=args.ckpt_every, progress=False, log_every=1)
     engine = make_engine(args.out, config=cfg, dropout=args.dropout, resume=args.resume, env=env)
-    if args.sleep:
-        inner = engine.step_fn
+    inner, calls = engine.step_fn, [0]
 
-        def slow(model, batch):
-            time.sleep(args.sleep)
-            return inner(model, batch)
+    def wrapped(model, batch):
+        calls[0] += 1
+        if env.rank == args.fail_rank and calls[0] == 3:
+            raise RuntimeError("injected failure")
+        time.sleep(args.sleep)
+        return inner(model, batch)
 
-        engine.step_fn = slow
+    engine.step_fn = wrapped
     result = engine.fit(ToyData(args.n, augment=not args.no_augment))
     if env.is_main:
         print(json.dumps({"step": result.step, "epoch": result.epoch}))
