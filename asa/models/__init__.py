@@ -7,8 +7,10 @@ from asa.models.position import symmetric_position_encoding
 from asa.models.presets import PRESETS
 from asa.models.segmenter import ASASegmenter, LoadReport
 from asa.models.swvit import SWBlock, SWViT
+from asa.models.zoo import ARCHITECTURES, build_segmentation_network
 
 __all__ = [
+    "ARCHITECTURES",
     "ASA",
     "ASASegmenter",
     "LoadReport",
@@ -18,6 +20,7 @@ __all__ = [
     "PatchEmbed",
     "SWBlock",
     "SWViT",
+    "build_segmentation_network",
     "patch_grid",
     "patchify",
     "symmetric_position_encoding",

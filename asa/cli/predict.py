@@ -1,0 +1,47 @@
+"""`asa-predict`: segment scans with a fine-tuned checkpoint; outputs in each input's own space."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from asa.train.config_files import config_path
+from asa.train.distributed import resolve_device
+
+__all__ = ["main", "run"]
+
+AMP = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def run(cfg: DictConfig) -> list[Path]:
+    """Predict as configured; returns the written label files."""
+    from asa.eval.predict import Predictor, gather_cases, predict_cases
+
+    device = resolve_device(str(cfg.device))
+    amp = str(cfg.amp)
+    if amp not in (*AMP, "auto"):
+        raise ValueError(f"amp={amp!r}: expected one of auto, off, fp16, bf16")
+    amp_dtype = (torch.float16 if device.type == "cuda" else None) if amp == "auto" else AMP[amp]
+    predictor = Predictor.from_checkpoint(str(cfg.checkpoint), device=device, amp_dtype=amp_dtype)
+    inputs = OmegaConf.to_container(cfg.input) if isinstance(cfg.input, ListConfig) else str(cfg.input)
+    cases = gather_cases(inputs, predictor.task, layout=str(cfg.layout))
+    tta_axes = list(cfg.tta_axes) if cfg.tta else []
+    written = predict_cases(
+        predictor, cases, str(cfg.output), overlap=float(cfg.overlap), sw_batch_size=int(cfg.sw_batch_size),
+        tta_axes=tta_axes, save_probabilities=bool(cfg.save_probabilities), overwrite=bool(cfg.overwrite),
+    )
+    print(f"[asa] wrote {len(written)} prediction(s) ({predictor.task.name}: "
+          f"{', '.join(predictor.task.output_names)}) to {Path(str(cfg.output)).absolute()}", flush=True)
+    return written
+
+
+@hydra.main(config_path=config_path(), config_name="predict", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

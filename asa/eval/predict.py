@@ -1,0 +1,147 @@
+"""Prediction over cases: rebuild the network from a fine-tuning checkpoint, segment, write NIfTI."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from asa.data import Case, Task, detect_layout, discover, preprocess_for_inference, save_volume
+from asa.eval.inference import predict_volume
+
+NIFTI = re.compile(r"^(?P<stem>.+?)\.nii(\.gz)?$")
+CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # nnU-Net style <case>_0000
+
+
+@dataclass
+class Predictor:
+    """A fine-tuned network with its task and inference settings."""
+
+    model: nn.Module
+    task: Task
+    roi_size: tuple[int, int, int]
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device: torch.device, amp_dtype: torch.dtype | None = None) -> "Predictor":
+        """Rebuild the network and task recorded in a fine-tuning checkpoint (``asa-finetune`` output)."""
+        from asa.cli.finetune import build_network
+        from asa.train import load_checkpoint
+
+        state = load_checkpoint(path)
+        config = state.get("config") or {}
+        if "task" not in config or "segmenter" not in config:
+            raise ValueError(f"checkpoint {path} is not a fine-tuning checkpoint (no task/segmenter in its config); "
+                             "asa-predict needs the best.pt or last.pt written by asa-finetune")
+        task = Task(**{k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
+                       for k, v in config["task"].items()})
+        model_cfg = {**config["model"], "pretrained": None}  # the weights below replace any initialisation
+        patch = int(config["data"]["patch_size"])
+        segmenter = dict(config["segmenter"])
+        if model_cfg.get("arch", "asa") == "asa" and segmenter.get("pos_mode") is None:
+            segmenter["pos_mode"] = "mirror"
+        model = build_network(model_cfg, segmenter, task=task, patch_size=patch)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise ValueError(f"checkpoint {path}: weights do not fit the recorded network: {err}") from err
+        return cls(model.to(device).eval(), task, (patch,) * 3, device, amp_dtype)
+
+    def __call__(self, image: torch.Tensor, *, overlap: float = 0.5, sw_batch_size: int = 2,
+                 tta_axes: Sequence[int] = ()) -> torch.Tensor:
+        """image [C, X, Y, Z] -> probabilities [K, X, Y, Z] (CPU, float32)."""
+        return predict_volume(self.model, image, roi_size=self.roi_size, multilabel=self.task.multilabel,
+                              overlap=overlap, sw_batch_size=sw_batch_size, tta_axes=tta_axes,
+                              device=self.device, amp_dtype=self.amp_dtype)
+
+
+def cases_from_files(paths: Sequence[Path], task: Task) -> list[Case]:
+    """Cases from plain NIfTI files: one file per case for one-channel tasks, else nnU-Net naming
+    ``<case>_0000.nii.gz`` … ``<case>_000K.nii.gz`` in the task's channel order."""
+    groups: dict[str, dict[int, Path]] = {}
+    for path in sorted(paths):
+        m = NIFTI.match(path.name)
+        if not m:
+            raise ValueError(f"{path}: not a NIfTI file (.nii or .nii.gz)")
+        stem = m["stem"]
+        c = CHANNEL.match(stem) if len(task.channels) > 1 or CHANNEL.match(stem) else None
+        case, channel = (c["case"], int(c["channel"])) if c else (stem, 0)
+        if channel in groups.setdefault(case, {}):
+            raise ValueError(f"{path}: case {case!r} channel {channel} given twice")
+        groups[case][channel] = path
+    cases = []
+    for case, files in groups.items():
+        if sorted(files) != list(range(len(task.channels))):
+            raise ValueError(
+                f"case {case!r}: found channels {sorted(files)} in {[str(p) for p in files.values()]}; task "
+                f"{task.name} needs {len(task.channels)} ({', '.join(task.channels)}) named {case}_0000.nii.gz, ..."
+            )
+        cases.append(Case(id=case, images={name: files[i] for i, name in enumerate(task.channels)}, label=None, meta={}))
+    return cases
+
+
+def gather_cases(inputs: str | Path | Sequence[str | Path], task: Task, layout: str = "auto") -> list[Case]:
+    """Cases to predict from a dataset folder (any supported layout), a folder of NIfTI files, or files."""
+    items = [Path(str(p)).expanduser() for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
+    missing = [str(p) for p in items if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"input: no such file or folder: {', '.join(missing)}")
+    if len(items) == 1 and items[0].is_dir():
+        root = items[0]
+        if layout == "auto":
+            try:
+                layout = detect_layout(root)
+            except ValueError:
+                layout = "files"
+        if layout != "files":
+            return discover(layout, root, require_labels=False, validate="header")
+        files = sorted(p for p in root.iterdir() if NIFTI.match(p.name))
+        if not files:
+            raise FileNotFoundError(f"input {root}: no dataset layout recognised and no .nii/.nii.gz files in it")
+        return cases_from_files(files, task)
+    return cases_from_files(items, task)
+
+
+def predict_cases(
+    predictor: Predictor,
+    cases: Sequence[Case],
+    output: str | Path,
+    *,
+    overlap: float = 0.5,
+    sw_batch_size: int = 2,
+    tta_axes: Sequence[int] = (),
+    save_probabilities: bool = False,
+    overwrite: bool = True,
+    progress: bool = True,
+) -> list[Path]:
+    """Segment every case and write ``<output>/<case_id>.nii.gz`` in the input's own space (labels in
+    the dataset's own values); optionally ``<case_id>_probabilities.nii.gz`` ([X, Y, Z, K] floats).
+    Files are written atomically; with ``overwrite=False`` existing predictions are kept."""
+    out_dir = Path(output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
+        target = out_dir / f"{case.id}.nii.gz"
+        if target.exists() and not overwrite:
+            written.append(target)
+            continue
+        image, reference = preprocess_for_inference(case, predictor.task)
+        probs = predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, tta_axes=tta_axes)
+        save_volume(predictor.task.prediction_to_label(probs), reference, target)
+        if save_probabilities:
+            save_volume(probs.permute(1, 2, 3, 0).numpy(), reference, out_dir / f"{case.id}_probabilities.nii.gz")
+        written.append(target)
+    return written
+
+
+def describe(predictor: Predictor) -> dict[str, Any]:
+    """A short description for logs."""
+    return {"task": predictor.task.name, "outputs": predictor.task.output_names, "roi": predictor.roi_size,
+            "device": str(predictor.device)}

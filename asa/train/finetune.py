@@ -1,0 +1,69 @@
+"""Fine-tuning pieces for the engine: the segmentation step and sliding-window Dice validation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from asa.eval.inference import predict_volume
+from asa.eval.metrics import dice
+from asa.train.distributed import DistEnv
+
+
+def segmentation_step(criterion: nn.Module) -> Callable[[nn.Module, Mapping], tuple[torch.Tensor, dict]]:
+    """step_fn(model, batch) -> (loss, logs) for batches {"image": [B,C,...], "label": target}."""
+
+    def step(model: nn.Module, batch: Mapping) -> tuple[torch.Tensor, dict]:
+        return criterion(model(batch["image"]), batch["label"]), {}
+
+    return step
+
+
+def output_masks(probs: torch.Tensor, target: torch.Tensor, multilabel: bool) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """(predicted mask, reference mask, ignore mask) per output region/class (background excluded).
+
+    probs: [K, ...]; target: multilabel [K, ...] float, softmax [1, ...] int64 with -1 = ignore.
+    """
+    if multilabel:
+        pred = (probs > 0.5).numpy()
+        ref = (target > 0.5).cpu().numpy()
+        return [(pred[k], ref[k], None) for k in range(probs.shape[0])]
+    cls = probs.argmax(0).numpy()
+    tgt = target[0].cpu().numpy()
+    ignore = tgt == -1
+    return [(cls == k, tgt == k, ignore) for k in range(1, probs.shape[0])]
+
+
+def make_dice_validator(
+    dataset: Dataset,
+    *,
+    names: Sequence[str],
+    multilabel: bool,
+    roi_size: Sequence[int],
+    env: DistEnv,
+    overlap: float = 0.5,
+    sw_batch_size: int = 2,
+) -> Callable[[nn.Module], dict[str, float]]:
+    """validate(model) -> {"dice": mean Dice over outputs and cases, "dice_<name>": per output}.
+
+    Each rank predicts every world_size-th whole validation volume; the engine averages ranks.
+    """
+    indices = list(range(env.rank, len(dataset), env.world_size))  # type: ignore[arg-type]
+
+    def validate(model: nn.Module) -> dict[str, float]:
+        scores: list[list[float]] = []
+        for i in indices:
+            item = dataset[i]
+            probs = predict_volume(model, item["image"], roi_size=roi_size, multilabel=multilabel,
+                                   overlap=overlap, sw_batch_size=sw_batch_size, device=env.device)
+            scores.append([dice(p, r, ignore=ig) for p, r, ig in output_masks(probs, item["label"], multilabel)])
+        if not scores:
+            return {}
+        per_output = np.mean(np.asarray(scores), axis=0)
+        return {"dice": float(per_output.mean()), **{f"dice_{n}": float(v) for n, v in zip(names, per_output)}}
+
+    return validate
