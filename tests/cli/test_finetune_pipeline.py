@@ -1,0 +1,115 @@
+"""fine-tune -> predict -> evaluate end to end on demo phantoms in the BraTS, IBSR and WMH layouts
+(non-RAS files on disk), on CPU with the tiny model and 32^3 crops."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from asa.cli.evaluate import run as evaluate
+from asa.cli.finetune import run as finetune
+from asa.cli.predict import run as predict
+from asa.data import discover, get_task, write_demo_dataset
+from asa.models import ASA, PRESETS
+from asa.train import load_checkpoint
+from asa.train.config_files import compose_config
+
+LAYOUTS = [("brats", 5, {1, 2, 4}), ("ibsr", 5, {1, 2, 3}), ("wmh", 5, {1})]
+
+
+@pytest.fixture(scope="module")
+def encoder_export(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("pretrained") / "encoder.pt"
+    mae = ASA(img_size=32, **PRESETS["tiny"])
+    torch.save({"encoder": mae.encoder_state_dict(), "config": {"mae": {"pos_mode": "mirror"}}}, path)
+    return path
+
+
+def _finetune(root: Path, out: Path, name: str, *extra: str):
+    cfg = compose_config("finetune", [
+        f"data={name}", f"data.root={root}", "model=tiny", "trainer=smoke", f"output_dir={out}", "device=cpu",
+        "data.patch_size=32", "data.num_workers=0", "trainer.epochs=2", *extra,
+    ])
+    return finetune(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, cases, foreground", LAYOUTS)
+def test_finetune_predict_evaluate(tmp_path, encoder_export, name, cases, foreground):
+    root = write_demo_dataset(name, tmp_path / "data", cases=cases, size=40, seed=1)
+    out = tmp_path / "run"
+    result = _finetune(root, out, name, f"model.pretrained={encoder_export}")
+    assert result.step == 2
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt["config"]["task"]["name"] == name
+    assert (out / "checkpoints" / "best.pt").is_file() and (out / "splits.json").is_file()
+
+    preds = tmp_path / "pred"
+    written = predict(compose_config("predict", [
+        f"checkpoint={out / 'checkpoints' / 'best.pt'}", f"input={root}", f"output={preds}", "device=cpu",
+    ]))
+    found = discover(name, root)
+    assert sorted(p.name for p in written) == sorted(f"{c.id}.nii.gz" for c in found)
+    task = get_task(name)
+    for case in found:
+        ref = nib.load(case.images[task.channels[0]])
+        got = nib.load(preds / f"{case.id}.nii.gz")
+        assert got.shape == ref.shape and np.allclose(got.affine, ref.affine)
+        assert nib.aff2axcodes(got.affine) == nib.aff2axcodes(ref.affine) != ("R", "A", "S")
+        assert set(np.unique(np.asarray(got.dataobj)).tolist()) <= {0, *foreground}
+
+    summary = evaluate(compose_config("evaluate", [
+        f"data={name}", f"data.root={root}", f"pred={preds}", f"output={tmp_path / 'eval'}",
+        f"split_file={out / 'splits.json'}", "subset=test",
+    ]))
+    split = json.loads((out / "splits.json").read_text())
+    assert summary["n_cases"] == len(split["test"]) >= 1
+    assert set(task.output_names) <= set(summary)
+    for metric in ("Dice", "HD95"):
+        assert all(np.isfinite(summary[n][metric]["mean"]) for n in task.output_names)
+    assert (tmp_path / "eval" / "per_case.csv").read_text().startswith("case_id,Dice_")
+
+
+def test_scratch_rows_and_pretrained_position_mode(tmp_path, encoder_export):
+    root = write_demo_dataset("brats", tmp_path / "data", cases=4, size=32, seed=2)
+    from asa.cli.finetune import build_network
+    from omegaconf import OmegaConf
+
+    task = get_task("brats")
+    for experiment, pos_mode in (("baseline", "none"), ("spe_only", "mirror")):
+        cfg = compose_config("finetune", ["model=tiny", f"experiment={experiment}", f"data.root={root}"])
+        net = build_network(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.segmenter), task=task,
+                            patch_size=32)
+        assert torch.equal(net.pos_embed[0], net.pos_embed[3 * 16]) == (pos_mode == "mirror")
+    # pos_mode null follows the pretrained encoder's (the export records pos_mode: mirror)
+    cfg = compose_config("finetune", ["model=tiny", f"model.pretrained={encoder_export}"])
+    net = build_network(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.segmenter), task=task,
+                        patch_size=32)
+    assert torch.equal(net.pos_embed[0], net.pos_embed[3 * 16])
+    assert net.patch_embed.proj.weight.shape[1] == 4
+
+
+def test_pretraining_preset_and_baselines_are_rejected_clearly(tmp_path, encoder_export):
+    with pytest.raises(ValueError, match="pretraining preset"):
+        finetune(compose_config("finetune", ["data=demo", f"output_dir={tmp_path}"]))
+    from asa.cli.finetune import build_network
+
+    with pytest.raises(ValueError, match="only supported for model arch 'asa'"):
+        build_network({"arch": "unetr", "pretrained": str(encoder_export)}, {}, task=get_task("ibsr"), patch_size=32)
+
+
+@pytest.mark.parametrize("model, size", [("unetr", 32), ("swin_unetr", 64)])  # SwinUNETR downsamples by 32
+def test_monai_baselines_build_from_their_configs(model, size):
+    from asa.cli.finetune import build_network
+    from omegaconf import OmegaConf
+
+    cfg = compose_config("finetune", [f"model={model}"])
+    net = build_network(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.segmenter),
+                        task=get_task("wmh"), patch_size=size).eval()
+    with torch.no_grad():
+        assert net(torch.zeros(1, 2, size, size, size)).shape == (1, 2, size, size, size)

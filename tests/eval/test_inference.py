@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from asa.eval.inference import flip_subsets, predict_volume
+
+
+class Positional(nn.Module):
+    """Not flip-equivariant: output = input + a ramp along axis 0 (two output channels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(-1, 1, x.shape[2]).view(1, 1, -1, 1, 1)
+        y = x[:, :1] * self.scale + ramp
+        return torch.cat([y, -y], dim=1)
+
+
+def test_flip_subsets():
+    assert flip_subsets([2, 0]) == [(), (0,), (2,), (0, 2)]
+    assert len(flip_subsets([0, 1, 2])) == 8
+    with pytest.raises(ValueError, match="spatial axes"):
+        flip_subsets([3])
+
+
+def test_single_window_prediction_is_the_activated_output():
+    model = Positional()
+    x = torch.randn(1, 16, 16, 16)
+    got = predict_volume(model, x, roi_size=(16, 16, 16), multilabel=True)
+    torch.testing.assert_close(got, torch.sigmoid(model(x[None]))[0])
+    got = predict_volume(model, x, roi_size=(16, 16, 16), multilabel=False)
+    torch.testing.assert_close(got, torch.softmax(model(x[None]), 1)[0])
+    torch.testing.assert_close(got.sum(0), torch.ones(16, 16, 16))
+
+
+def test_flip_tta_averages_flipped_predictions():
+    model = Positional()
+    x = torch.randn(1, 16, 8, 8)
+    plain = torch.sigmoid(model(x[None]))[0]
+    flipped = torch.sigmoid(model(x.flip(1)[None]))[0].flip(1)
+    got = predict_volume(model, x, roi_size=(16, 8, 8), multilabel=True, tta_axes=[0])
+    torch.testing.assert_close(got, (plain + flipped) / 2)
+
+
+def test_volume_larger_than_window_is_blended_to_full_size():
+    model = nn.Conv3d(2, 3, 1)
+    x = torch.randn(2, 40, 24, 20)
+    got = predict_volume(model, x, roi_size=(16, 16, 16), multilabel=True, overlap=0.5)
+    # a pointwise model is translation-invariant: blending windows must reproduce it exactly
+    torch.testing.assert_close(got, torch.sigmoid(model(x[None]))[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_full_size_brats_case_stays_within_memory_bound():
+    """One 4×240×240×155 case with the tiny segmenter (64³ windows): peak RSS under 1.5 GiB."""
+    script = textwrap.dedent("""
+        import resource, torch
+        from asa.eval.inference import predict_volume
+        from asa.models import PRESETS, ASASegmenter
+        torch.set_num_threads(2)
+        enc = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
+        net = ASASegmenter(img_size=64, in_channels=4, out_channels=3, **enc).eval()
+        probs = predict_volume(net, torch.randn(4, 240, 240, 155), roi_size=(64, 64, 64), multilabel=True,
+                               overlap=0.25, sw_batch_size=1)
+        assert probs.shape == (3, 240, 240, 155)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peak_mib = int(proc.stdout.split()[-1]) / 1024
+    assert peak_mib < 1536, f"peak RSS {peak_mib:.0f} MiB"
