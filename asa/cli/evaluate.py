@@ -15,16 +15,16 @@ __all__ = ["main", "run"]
 
 def run(cfg: DictConfig) -> dict:
     """Evaluate as configured; returns the summary (also written to ``<output>/summary.json``)."""
-    from asa.cli.finetune import dataset_root
+    from asa.cli.common import dataset_root
     from asa.data import discover, get_task
     from asa.eval import evaluate_cases, match_predictions
 
     data = cfg.data
     if data.get("task") is None:
         raise ValueError(f"data={data.get('name')} has no labels to evaluate against; use data=brats, ibsr, wmh or msd")
-    root = dataset_root(data)
+    root, layout = dataset_root(data)
     task = get_task(str(data.task), root=root)
-    cases = discover(str(data.layout), root, on_bad_case=str(data.on_bad_case))
+    cases = discover(layout, root, on_bad_case=str(data.on_bad_case))
     if cfg.split_file is not None:
         split_path = Path(str(cfg.split_file)).expanduser()
         if not split_path.is_file():

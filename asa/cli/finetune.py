@@ -11,25 +11,13 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asa.cli.pretrain import _split, load_cases
-from asa.train import Engine, FitResult, TrainConfig, build_optimizer, cleanup_distributed, scaled_lr, setup_distributed
+from asa.cli.common import dataset_root, load_cases, optimizer_and_config, split_cases, write_run_config
+from asa.train import Engine, FitResult, cleanup_distributed, setup_distributed
 from asa.train.config_files import config_path
-from asa.train.distributed import barrier
 
-__all__ = ["build_network", "dataset_root", "main", "run"]
+__all__ = ["build_network", "main", "run"]
 
 ASA_ONLY = ("decoder_dim", "decoder_depth", "decoder_num_heads")  # pretraining decoder sizes
-
-
-def dataset_root(data: DictConfig) -> Path:
-    """The folder of a data preset: ``data.root``, or the generated demo dataset when it is null."""
-    if data.root is not None:
-        return Path(str(data.root)).expanduser()
-    from asa.data import ensure_demo_dataset
-
-    demo = data.demo
-    return ensure_demo_dataset(demo.layout, cases=demo.cases, size=demo.size, seed=demo.seed,
-                               cache_dir=demo.get("cache_dir"))
 
 
 def _pretrained_pos_mode(path: str) -> str | None:
@@ -78,20 +66,12 @@ def run(cfg: DictConfig) -> FitResult:
         if "task" not in data or data.task is None:
             raise ValueError(f"data={data.get('name')} is a pretraining preset; asa-finetune takes data=brats, "
                              "data=ibsr, data=wmh or data=msd")
-        if env.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        barrier(env)
-        cases = load_cases(data, out_dir, env)
-        task = get_task(str(data.task), root=dataset_root(data))
+        cases = load_cases(data, out_dir / "bad_cases.json" if env.is_main else None)
+        task = get_task(str(data.task), root=dataset_root(data)[0])
         resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         resolved["task"] = dataclasses.asdict(task)  # asa-predict rebuilds the task from the checkpoint
-        if env.is_main:
-            tmp = out_dir / ".config.yaml.tmp"
-            tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
-            tmp.replace(out_dir / "config.yaml")
-        splits = _split(cases, data, out_dir, env)
-        if not splits["train"]:
-            raise ValueError(f"data={data.name}: the split left no training cases (data.split.ratios)")
+        write_run_config(resolved, out_dir, env)
+        splits = split_cases(cases, data, out_dir, env)
         patch = int(data.patch_size)
         train_ds = build_segmentation_dataset(
             splits["train"], task, train=True, patch_size=patch, cache_dir=data.cache_dir,
@@ -105,19 +85,7 @@ def run(cfg: DictConfig) -> FitResult:
         model = build_network(model_cfg, OmegaConf.to_container(cfg.segmenter, resolve=True), task=task,
                               patch_size=patch)
 
-        tr, opt = cfg.trainer, cfg.optim
-        global_batch = int(tr.batch_size) * env.world_size * int(tr.accum_steps)
-        lr = scaled_lr(float(opt.base_lr), global_batch) if opt.scale_lr else float(opt.base_lr)
-        optimizer = build_optimizer(
-            model, name=opt.name, lr=lr, weight_decay=float(opt.weight_decay),
-            betas=tuple(opt.get("betas", (0.9, 0.999))), momentum=float(opt.get("momentum", 0.99)),
-            nesterov=bool(opt.get("nesterov", True)),
-        )
-        config = TrainConfig.from_dict({
-            **OmegaConf.to_container(tr, resolve=True), "num_workers": int(data.num_workers),
-            "schedule": opt.schedule, "min_lr": float(opt.min_lr), "power": float(opt.power),
-            "monitor": "val/dice", "mode": "max", "panel_every": 0,
-        })
+        optimizer, lr, config = optimizer_and_config(cfg, model, env, monitor="val/dice", mode="max", panel_every=0)
         if val_ds is None:
             print(f"[asa] warning: data={data.name} has no validation cases: no best.pt, no early stopping",
                   file=sys.stderr)

@@ -75,11 +75,17 @@ class CaseDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.inner)
 
+    def reseed(self, seed: int) -> None:
+        """Seed the random transforms; inside a DataLoader worker this also marks the worker as seeded,
+        so the once-per-worker seeding below does not override it."""
+        set_rnd(self.transform, seed % (2**32))
+        info = torch.utils.data.get_worker_info()
+        self._seeded_for = None if info is None else (os.getpid(), info.seed)
+
     def __getitem__(self, index: int) -> Any:
         info = torch.utils.data.get_worker_info()
         if info is not None and self._seeded_for != (os.getpid(), info.seed):
-            set_rnd(self.transform, info.seed % (2**32))
-            self._seeded_for = (os.getpid(), info.seed)
+            self.reseed(info.seed)  # distinct, reproducible streams per worker under a plain DataLoader
         out = self.inner[index]
         # RandCropByPosNegLabeld returns a list of samples; one sample is returned as a dict
         return out[0] if isinstance(out, list) and len(out) == 1 else out

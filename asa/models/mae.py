@@ -12,6 +12,9 @@ from asa.models.patch import PatchEmbed, patch_grid, patchify, to_3tuple, unpatc
 from asa.models.position import symmetric_position_encoding
 from asa.models.swvit import SWViT
 
+# the parameters a segmentation network takes over from pretraining
+ENCODER_PREFIXES = ("patch_embed.", "encoder.")
+
 
 @dataclass
 class MAEOutput:
@@ -168,4 +171,4 @@ class ASA(nn.Module):
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights a segmentation network takes over: ``patch_embed.*`` and ``encoder.*``."""
-        return {k: v for k, v in self.state_dict().items() if k.startswith(("patch_embed.", "encoder."))}
+        return {k: v for k, v in self.state_dict().items() if k.startswith(ENCODER_PREFIXES)}

@@ -9,11 +9,10 @@ import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from torch import nn
 
+from asa.models.mae import ENCODER_PREFIXES
 from asa.models.patch import PatchEmbed, patch_grid, to_3tuple
 from asa.models.position import symmetric_position_encoding
 from asa.models.swvit import SWViT
-
-ENCODER_PREFIXES = ("patch_embed.", "encoder.")
 
 
 @dataclass
@@ -133,14 +132,11 @@ class ASASegmenter(nn.Module):
         network's k channels by repeating its weights and dividing by k, which keeps the response
         to a volume replicated over the channels. Any other shape mismatch raises ``ValueError``.
         """
+        from asa.train.checkpoint import load_checkpoint
+
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"pretrained checkpoint {path} does not exist")
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # unpickling errors come in many types
-            raise ValueError(f"cannot read pretrained checkpoint {path}: {err}") from err
-        if not isinstance(blob, dict) or not ({"model", "encoder"} & blob.keys()):
+        blob = load_checkpoint(path)
+        if not ({"model", "encoder"} & blob.keys()):
             raise ValueError(f"{path} holds neither a 'model' nor an 'encoder' state dict")
         source = blob["encoder"] if "encoder" in blob else blob["model"]
         source = {k.removeprefix("module."): v for k, v in source.items()}

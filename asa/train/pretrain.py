@@ -10,12 +10,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from asa.models.mae import ENCODER_PREFIXES
+
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistEnv
 
 __all__ = ["mae_step", "make_validator", "make_panel_fn", "mid_slice_grid", "export_encoder", "ENCODER_PREFIXES"]
-
-ENCODER_PREFIXES = ("patch_embed.", "encoder.")
 
 
 def _core(model: nn.Module) -> nn.Module:

@@ -98,11 +98,10 @@ class SeededItems(Dataset):
     def _seed_item(self, index: int) -> None:
         s = item_seed(self.seed, self.epoch, index)
         seed_everything(s)
-        info = torch.utils.data.get_worker_info()
-        if info is not None and hasattr(self.dataset, "_seeded_for"):
-            # asa.data.CaseDataset reseeds its transforms once per worker on first use; tell it that
-            # this worker is already seeded, or it would override the per-item seed below.
-            self.dataset._seeded_for = (os.getpid(), info.seed)
+        reseed = getattr(self.dataset, "reseed", None)  # asa.data.CaseDataset
+        if reseed is not None:
+            reseed(s)
+            return
         target = getattr(self.dataset, "transform", None)
         if target is not None:
             from monai.data.utils import set_rnd

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from asa.models import ASA, PRESETS, ASASegmenter
+from asa.train import CheckpointError
 
 ENC = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
 
@@ -54,5 +55,5 @@ def test_mismatched_checkpoint_raises(tmp_path):
     torch.save({"weights": {}}, tmp_path / "empty.pt")
     with pytest.raises(ValueError, match="neither"):
         _segmenter().load_pretrained(tmp_path / "empty.pt")
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
+    with pytest.raises(CheckpointError, match="missing.pt"):
         _segmenter().load_pretrained(tmp_path / "missing.pt")
