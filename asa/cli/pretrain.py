@@ -17,6 +17,9 @@ __all__ = ["main", "run"]
 
 
 def _model_kwargs(cfg: DictConfig) -> dict:
+    arch = cfg.model.get("arch", "asa")
+    if arch != "asa":
+        raise ValueError(f"model={arch} is a fine-tuning baseline; asa-pretrain takes model=tiny, small or base")
     return {**OmegaConf.to_container(cfg.model, resolve=True), **OmegaConf.to_container(cfg.mae, resolve=True),
             "img_size": int(cfg.data.size)}
 
