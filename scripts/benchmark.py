@@ -1,0 +1,587 @@
+#!/usr/bin/env python
+"""Side-by-side speed, FLOP efficiency and memory of ``asa`` against MONAI, on one input, in one run.
+
+Measures, alternating the compared models round by round so that load changes hit both alike:
+
+1. pretrain step (forward + backward + AdamW) of ``ASA`` vs MONAI's ``MaskedAutoEncoderViT`` of
+   the same encoder/decoder sizes, patch size 8 and mask ratio 0.75 -> ``speedup_vs_monai_mae``;
+2. FLOPs of one step (``FlopCounterMode``) / step time over the FLOP/s of a large dense matmul
+   timed in the same rounds -> ``flop_utilization`` (and MONAI's, for context);
+3. ``patch_informativeness`` of the batch / ASA step time -> ``ar_weights_fraction``;
+4. fine-tune step (forward + backward + SGD, Dice + BCE) and Gaussian sliding-window inference
+   of ``ASASegmenter`` vs MONAI ``UNETR`` of the same width and heads -> ``finetune_speedup_vs_unetr``,
+   ``inference_speedup_vs_unetr``;
+5. peak memory of each (parameters + optimizer state + the peak rise during a step: process RSS
+   on CPU, allocated memory on CUDA);
+6. batches/s of the real pretraining loader on demo data (cache warm) vs the batches/s the ASA
+   step consumes -> ``loader_headroom``.
+
+On CUDA the training steps and inference run under fp16 autocast (GradScaler for training) and
+the reference matmul is fp16. Every figure is a median over timed repeats after warm-up.
+
+Examples::
+
+    python scripts/benchmark.py --json bench.json --append-md      # 128³, batch 2, base (CPU: < 10 min)
+    python scripts/benchmark.py --size 64                           # quick look (CPU: < 1 min)
+    python scripts/benchmark.py --batch 24 --json gpu.json --append-md   # the paper's per-GPU batch
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import monai
+import torch
+from monai.inferers import sliding_window_inference
+from monai.networks.nets import UNETR, MaskedAutoEncoderViT
+from torch import nn
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
+
+import asa
+from asa.losses import SegmentationLoss, patch_informativeness
+from asa.models import ASA, PRESETS, ASASegmenter, patchify
+
+PATCH = 8
+MASK_RATIO = 0.75
+IN_SEG, OUT_SEG = 4, 3  # BraTS: 4 modalities -> WT, TC, ET
+MIB = 2**20
+UNETR_NOTE = "MONAI UNETR's ViT is fixed at 16³ patches and 12 layers (ASASegmenter: 8³ patches, preset depth)"
+BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+TARGETS = {  # key: (comparison, bound)
+    "speedup_vs_monai_mae": (">=", 4.0),
+    "flop_utilization": (">=", 0.5),
+    "ar_weights_fraction": ("<=", 0.03),
+    "finetune_speedup_vs_unetr": (">=", 1.0),
+    "inference_speedup_vs_unetr": (">=", 1.0),
+    "loader_headroom": (">=", 2.0),
+}
+
+
+# --- timing and memory ------------------------------------------------------------------------
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Rise of memory over a block: on CUDA the peak allocated bytes, on CPU the process's peak
+    RSS (``VmHWM``, reset through ``/proc/self/clear_refs``) over the RSS on entry. Freed heap is
+    handed back to the OS first (``malloc_trim``) so that reuse of it is not missed."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.rise = 0
+        self._libc = None
+        if device.type == "cpu":
+            try:
+                self._libc = ctypes.CDLL("libc.so.6")
+            except OSError:
+                pass
+
+    @staticmethod
+    def _status_bytes(field_name: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) * 1024
+        raise OSError(f"/proc/self/status has no {field_name}")
+
+    def __enter__(self) -> PeakMemory:  # noqa: PYI034
+        sync(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            return self
+        if self._libc is not None:
+            self._libc.malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:  # "5": reset the peak RSS to the current RSS
+            f.write("5")
+        self._start = self._status_bytes("VmRSS")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sync(self.device)
+        if self.device.type == "cuda":
+            self.rise = torch.cuda.max_memory_allocated(self.device) - self._start
+        else:
+            self.rise = self._status_bytes("VmHWM") - self._start
+
+
+def tensor_bytes(tensors: Any) -> int:
+    """Bytes held by the tensors in (nested) dicts/lists/tuples or a module's parameters."""
+    if isinstance(tensors, nn.Module):
+        return sum(p.numel() * p.element_size() for p in tensors.parameters())
+    if isinstance(tensors, torch.Tensor):
+        return tensors.numel() * tensors.element_size()
+    if isinstance(tensors, dict):
+        return sum(tensor_bytes(v) for v in tensors.values())
+    if isinstance(tensors, (list, tuple)):
+        return sum(tensor_bytes(v) for v in tensors)
+    return 0
+
+
+@dataclass
+class Workload:
+    """One thing to time: ``run()`` does a full step; ``static()`` is the memory it holds between steps."""
+
+    name: str
+    run: Callable[[], None]
+    static: Callable[[], int] = lambda: 0
+    times: list[float] = field(default_factory=list)
+    peak_rise: int = 0
+    flops: int = 0
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def peak_mib(self) -> float:
+        return (self.static() + self.peak_rise) / MIB
+
+
+def _cpu_flash_flops() -> dict[Any, Callable[..., int]]:
+    """FlopCounterMode has no formula for the fused CPU SDPA kernel; count it like the CUDA ones."""
+    fwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    bwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if fwd is None or bwd is None:
+        return {}
+
+    def flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(q, k, v)
+
+    def backward_flops(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out, q, k, v)
+
+    return {fwd: flops, bwd: backward_flops}
+
+
+def alternate(workloads: Sequence[Workload], device: torch.device, *, warmup: int, steps: int,
+              count_flops: Sequence[str] = ()) -> None:
+    """Warm up, then time ``steps`` rounds running each workload once per round, in turn.
+
+    The first warm-up run of the workloads named in ``count_flops`` happens under
+    ``FlopCounterMode`` (one such run is made even with ``warmup=0``). Peak memory is taken over
+    the timed runs.
+    """
+    for w in workloads:
+        for i in range(max(warmup, 1 if w.name in count_flops else 0)):
+            if i == 0 and w.name in count_flops:
+                with FlopCounterMode(display=False, custom_mapping=_cpu_flash_flops()) as counter:
+                    w.run()
+                w.flops = counter.get_total_flops()
+            else:
+                w.run()
+    for _ in range(steps):
+        for w in workloads:
+            with PeakMemory(device) as mem:
+                start = time.perf_counter()
+                w.run()
+                sync(device)
+                w.times.append(time.perf_counter() - start)
+            w.peak_rise = max(w.peak_rise, mem.rise)
+
+
+# --- workloads ---------------------------------------------------------------------------------
+@dataclass
+class Setup:
+    device: torch.device
+    size: int
+    batch: int
+    preset: dict[str, int]
+
+    @property
+    def amp(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+
+
+def train_workload(name: str, setup: Setup, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   loss_fn: Callable[[], torch.Tensor]) -> Workload:
+    """fwd + bwd + optimizer step; fp16 autocast and GradScaler on CUDA. Gradients are dropped
+    after the step so that between steps the model holds only parameters and optimizer state."""
+    scaler = torch.amp.GradScaler("cuda") if setup.amp else None
+
+    def run() -> None:
+        with setup.autocast():
+            loss = loss_fn()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    return Workload(name, run, static=lambda: tensor_bytes(model) + tensor_bytes(optimizer.state_dict()["state"]))
+
+
+def adamw(model: nn.Module, batch: int) -> torch.optim.Optimizer:
+    """The paper's pretraining optimizer (Table 1): lr 1.5e-4 · batch / 256, β = (0.9, 0.95), wd 0.05."""
+    return torch.optim.AdamW(model.parameters(), lr=1.5e-4 * batch / 256, betas=(0.9, 0.95), weight_decay=0.05)
+
+
+def sgd(model: nn.Module) -> torch.optim.Optimizer:
+    """The paper's fine-tuning optimizer: SGD, Nesterov momentum 0.99, lr 0.01, wd 3e-5."""
+    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5)
+
+
+def pretrain_workloads(setup: Setup, x: torch.Tensor) -> tuple[Workload, Workload]:
+    """ASA vs MONAI's MaskedAutoEncoderViT at the same sizes, both fed ``x`` [B, 1, D, H, W]."""
+    p = setup.preset
+    ours = ASA(img_size=setup.size, patch_size=PATCH, mask_ratio=MASK_RATIO, **p).to(setup.device)
+    theirs = MaskedAutoEncoderViT(
+        in_channels=1, img_size=setup.size, patch_size=PATCH, hidden_size=p["embed_dim"],
+        mlp_dim=4 * p["embed_dim"], num_layers=p["depth"], num_heads=p["num_heads"], masking_ratio=MASK_RATIO,
+        decoder_hidden_size=p["decoder_dim"], decoder_mlp_dim=4 * p["decoder_dim"],
+        decoder_num_layers=p["decoder_depth"], decoder_num_heads=p["decoder_num_heads"], qkv_bias=True,
+    ).to(setup.device)
+    target = patchify(x, PATCH)  # [B, N, s³]
+
+    def monai_loss() -> torch.Tensor:
+        pred, mask = theirs(x)  # [B, N, s³], [B, N] (1 = masked)
+        per_patch = ((pred.float() - target) ** 2).mean(dim=-1)
+        return (per_patch * mask).sum() / mask.sum()
+
+    return (
+        train_workload("asa", setup, ours, adamw(ours, setup.batch), lambda: ours(x).loss),
+        train_workload("monai_mae", setup, theirs, adamw(theirs, setup.batch), monai_loss),
+    )
+
+
+def segmentation_models(setup: Setup) -> tuple[nn.Module, nn.Module]:
+    """ASASegmenter (preset encoder) and MONAI UNETR of the same width and heads, 4 -> 3 channels."""
+    p = setup.preset
+    ours = ASASegmenter(
+        img_size=setup.size, in_channels=IN_SEG, out_channels=OUT_SEG, patch_size=PATCH, embed_dim=p["embed_dim"],
+        depth=p["depth"], num_heads=p["num_heads"], window_size=p["window_size"], feature_size=16,
+    ).to(setup.device)
+    theirs = UNETR(
+        in_channels=IN_SEG, out_channels=OUT_SEG, img_size=setup.size, feature_size=16, hidden_size=p["embed_dim"],
+        mlp_dim=4 * p["embed_dim"], num_heads=p["num_heads"], qkv_bias=True,
+    ).to(setup.device)
+    return ours, theirs
+
+
+def finetune_workloads(setup: Setup, models: tuple[nn.Module, nn.Module], x: torch.Tensor,
+                       y: torch.Tensor) -> tuple[Workload, Workload]:
+    """Fine-tune step with Dice + BCE on multilabel targets ``y`` [B, 3, D, H, W]."""
+    criterion = SegmentationLoss(multilabel=True)
+    out = []
+    for name, model in zip(("asa_seg", "unetr"), models):
+        model.train()
+        out.append(train_workload(f"{name}_finetune", setup, model, sgd(model),
+                                  lambda m=model: criterion(m(x), y)))
+    return out[0], out[1]
+
+
+def inference_workloads(setup: Setup, models: tuple[nn.Module, nn.Module],
+                        volume: torch.Tensor) -> tuple[Workload, Workload]:
+    """Gaussian sliding-window inference (ROI = size³, overlap 0.5) over ``volume`` [1, 4, L, L, L]."""
+    out = []
+    for name, model in zip(("asa_seg", "unetr"), models):
+        def run(m: nn.Module = model) -> None:
+            m.eval()
+            with torch.no_grad(), setup.autocast():
+                sliding_window_inference(volume, (setup.size,) * 3, setup.batch, m, overlap=0.5, mode="gaussian")
+
+        out.append(Workload(f"{name}_inference", run, static=lambda m=model: tensor_bytes(m)))
+    return out[0], out[1]
+
+
+def matmul_workload(device: torch.device, n: int) -> Workload:
+    """A dense n×n matmul (fp16 on CUDA, fp32 on CPU): the machine's attainable FLOP/s."""
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    w = Workload("matmul", lambda: torch.mm(a, b))
+    w.flops = 2 * n**3
+    return w
+
+
+def loader_throughput(size: int, batch: int, device: torch.device, workers: int = 2) -> float:
+    """Batches/s of the pretraining pipeline (demo BIDS phantoms, preprocessing cache, augmentation,
+    ``asa.train`` loader with ``workers`` processes): one epoch fills the cache, the next is timed,
+    worker start-up included."""
+    from asa.data import build_pretrain_dataset, discover, write_demo_dataset
+    from asa.train.data import build_loader
+
+    with tempfile.TemporaryDirectory(prefix="asa-bench-") as tmp:
+        root = write_demo_dataset("bids", Path(tmp) / "bids", cases=max(8, batch), size=size, seed=0)
+        dataset = build_pretrain_dataset(discover("bids", root), size=size, cache_dir=Path(tmp) / "cache", augment=True)
+        loader, sampler, _, _ = build_loader(dataset, batch_size=batch, rank=0, world_size=1, seed=0,
+                                             num_workers=workers, pin_memory=device.type == "cuda")
+        for epoch in range(2):
+            sampler.set_position(epoch)
+            start = time.perf_counter()
+            batches = sum(1 for _ in loader)
+            elapsed = time.perf_counter() - start
+        return batches / elapsed
+
+
+# --- the run -----------------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available here")
+    return device
+
+
+def run_benchmark(*, size: int, batch: int, preset: str, device: torch.device, steps: int, warmup: int,
+                  loader: bool = True, seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """All measurements at one setting; returns the flat result dict (times in s, memory in MiB)."""
+    if preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    if size % 16:
+        raise ValueError(f"--size must be a multiple of 16 (UNETR's patch), got {size}")
+    if steps < 1 or warmup < 0 or batch < 1:
+        raise ValueError(f"need --steps >= 1, --warmup >= 0, --batch >= 1; got {steps}, {warmup}, {batch}")
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    say = lambda msg: log(f"[bench {time.perf_counter() - t0:5.0f} s] {msg}")
+    setup = Setup(device, size, batch, PRESETS[preset])
+    r: dict[str, Any] = {}
+    times: dict[str, list[float]] = {}
+
+    say(f"pretrain steps: ASA vs MONAI MaskedAutoEncoderViT, {size}³, batch {batch}, {preset}")
+    x = torch.randn(batch, 1, size, size, size, device=device)
+    matmul = matmul_workload(device, 8192 if device.type == "cuda" else 4096)
+    asa_w, mae_w = pretrain_workloads(setup, x)
+    alternate([matmul, asa_w, mae_w], device, warmup=warmup, steps=steps, count_flops=("asa", "monai_mae"))
+    r["asa_step_s"], r["monai_mae_step_s"] = asa_w.median, mae_w.median
+    r["speedup_vs_monai_mae"] = mae_w.median / asa_w.median
+    r["asa_samples_per_s"] = batch / asa_w.median
+    r["asa_step_flops"], r["monai_mae_step_flops"] = asa_w.flops, mae_w.flops
+    r["matmul_flops_per_s"] = matmul.flops / matmul.median
+    r["flop_utilization"] = asa_w.flops / asa_w.median / r["matmul_flops_per_s"]
+    r["monai_mae_flop_utilization"] = mae_w.flops / mae_w.median / r["matmul_flops_per_s"]
+    r["asa_pretrain_peak_mib"], r["monai_mae_peak_mib"] = asa_w.peak_mib, mae_w.peak_mib
+    times.update({w.name: w.times for w in (matmul, asa_w, mae_w)})
+    del asa_w, mae_w
+
+    say("attentive weights (patch_informativeness)")
+    ar = Workload("ar_weights", lambda: patch_informativeness(x, PATCH))
+    alternate([ar], device, warmup=1, steps=max(steps, 5))
+    r["ar_weights_s"] = ar.median
+    r["ar_weights_fraction"] = ar.median / r["asa_step_s"]
+    times["ar_weights"] = ar.times
+
+    say("fine-tune steps and sliding-window inference: ASASegmenter vs MONAI UNETR")
+    models = segmentation_models(setup)
+    xs = torch.randn(batch, IN_SEG, size, size, size, device=device)
+    ys = (torch.rand(batch, OUT_SEG, size, size, size, device=device) > 0.5).float()
+    ft = finetune_workloads(setup, models, xs, ys)
+    alternate(ft, device, warmup=warmup, steps=steps)
+    r["asa_finetune_step_s"], r["unetr_finetune_step_s"] = ft[0].median, ft[1].median
+    r["finetune_speedup_vs_unetr"] = ft[1].median / ft[0].median
+    r["asa_finetune_peak_mib"], r["unetr_finetune_peak_mib"] = ft[0].peak_mib, ft[1].peak_mib
+    times.update({w.name: w.times for w in ft})
+    del ft, xs, ys
+
+    side = (3 * size) // 2
+    volume = torch.randn(1, IN_SEG, side, side, side, device=device)
+    inf = inference_workloads(setup, models, volume)
+    alternate(inf, device, warmup=0, steps=steps)  # the fine-tune rounds already ran both on windows of this shape
+    r["asa_inference_s"], r["unetr_inference_s"] = inf[0].median, inf[1].median
+    r["inference_speedup_vs_unetr"] = inf[1].median / inf[0].median
+    r["asa_inference_peak_mib"], r["unetr_inference_peak_mib"] = inf[0].peak_mib, inf[1].peak_mib
+    r["inference_volume"] = side
+    times.update({w.name: w.times for w in inf})
+    del inf, models, volume
+
+    if loader:
+        say("pretraining loader on demo data (2 workers, cache warm)")
+        r["loader_batches_per_s"] = loader_throughput(size, batch, device)
+        r["train_batches_per_s"] = 1.0 / r["asa_step_s"]
+        r["loader_headroom"] = r["loader_batches_per_s"] * r["asa_step_s"]
+    r["unetr_note"] = UNETR_NOTE
+    r["times"] = times
+    return r
+
+
+def describe(device: torch.device, argv: Sequence[str]) -> dict[str, Any]:
+    """Device, software and invocation facts recorded with every result."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        threads = torch.get_num_threads()
+        name = f"{name} ({threads} thread{'s' if threads > 1 else ''})"
+    return {
+        "device": device.type,
+        "device_name": name,
+        "amp": "fp16" if device.type == "cuda" else "off",
+        "torch_version": torch.__version__,
+        "monai_version": monai.__version__,
+        "asa_version": getattr(asa, "__version__", "unknown"),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(["scripts/benchmark.py", *argv]),
+    }
+
+
+# --- output ------------------------------------------------------------------------------------
+def verdict(key: str, value: float) -> str:
+    op, bound = TARGETS[key]
+    ok = value >= bound if op == ">=" else value <= bound
+    return f"{'ok' if ok else 'MISS'} (target {op} {bound:g})"
+
+
+def format_table(r: dict[str, Any]) -> str:
+    """The human-readable summary printed at the end of a run."""
+    rows = [
+        ("pretrain step ASA / MONAI MAE", f"{r['asa_step_s']:.3f} s / {r['monai_mae_step_s']:.3f} s", ""),
+        ("speedup_vs_monai_mae", f"{r['speedup_vs_monai_mae']:.2f}×", verdict("speedup_vs_monai_mae", r["speedup_vs_monai_mae"])),
+        ("ASA samples/s", f"{r['asa_samples_per_s']:.3f}", ""),
+        ("step GFLOP ASA / MONAI MAE", f"{r['asa_step_flops'] / 1e9:.1f} / {r['monai_mae_step_flops'] / 1e9:.1f}", ""),
+        ("matmul peak", f"{r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s", ""),
+        ("flop_utilization ASA", f"{r['flop_utilization']:.3f}", verdict("flop_utilization", r["flop_utilization"])),
+        ("flop_utilization MONAI MAE", f"{r['monai_mae_flop_utilization']:.3f}", "(context)"),
+        ("patch_informativeness", f"{r['ar_weights_s'] * 1e3:.1f} ms", ""),
+        ("ar_weights_fraction", f"{r['ar_weights_fraction']:.4f}", verdict("ar_weights_fraction", r["ar_weights_fraction"])),
+        ("fine-tune step ASASeg / UNETR", f"{r['asa_finetune_step_s']:.3f} s / {r['unetr_finetune_step_s']:.3f} s", ""),
+        ("finetune_speedup_vs_unetr", f"{r['finetune_speedup_vs_unetr']:.2f}×",
+         verdict("finetune_speedup_vs_unetr", r["finetune_speedup_vs_unetr"])),
+        (f"inference {r['inference_volume']}³ ASASeg / UNETR", f"{r['asa_inference_s']:.3f} s / {r['unetr_inference_s']:.3f} s", ""),
+        ("inference_speedup_vs_unetr", f"{r['inference_speedup_vs_unetr']:.2f}×",
+         verdict("inference_speedup_vs_unetr", r["inference_speedup_vs_unetr"])),
+        ("peak MiB pretrain ASA / MONAI", f"{r['asa_pretrain_peak_mib']:.0f} / {r['monai_mae_peak_mib']:.0f}", ""),
+        ("peak MiB fine-tune ASASeg / UNETR", f"{r['asa_finetune_peak_mib']:.0f} / {r['unetr_finetune_peak_mib']:.0f}", ""),
+        ("peak MiB inference ASASeg / UNETR", f"{r['asa_inference_peak_mib']:.0f} / {r['unetr_inference_peak_mib']:.0f}", ""),
+    ]
+    if "loader_headroom" in r:
+        rows += [
+            ("loader / training batches/s", f"{r['loader_batches_per_s']:.2f} / {r['train_batches_per_s']:.3f}", ""),
+            ("loader_headroom", f"{r['loader_headroom']:.1f}", verdict("loader_headroom", r["loader_headroom"])),
+        ]
+    head = (f"asa benchmark: {r['size']}³, batch {r['batch']}, preset {r['preset']}, {r['device_name']}, "
+            f"AMP {r['amp']}, torch {r['torch_version']}, {r['steps']} timed / {r['warmup']} warm-up")
+    width = max(len(name) for name, _, _ in rows)
+    lines = [head] + [f"  {name:<{width}}  {value:<24} {note}".rstrip() for name, value, note in rows]
+    return "\n".join(lines + [f"  note: {r['unetr_note']}"])
+
+
+MD_HEADER = """\
+# Benchmarks
+
+Produced by `scripts/benchmark.py` (one row per run, newest last; the command is in each row).
+All figures are medians of timed repeats after warm-up; the compared models run alternately, on
+the same input, in the same process. CPU runs are fp32; CUDA runs use fp16 autocast + GradScaler.
+
+| column | meaning | target |
+| --- | --- | --- |
+| step s | ASA pretrain step (forward + backward + AdamW), seconds | |
+| samples/s | batch / step s | |
+| vs MAE | `speedup_vs_monai_mae`: MONAI `MaskedAutoEncoderViT` step / ASA step, same encoder/decoder width, depth, heads, patch 8, mask ratio 0.75 | ≥ 4 |
+| MFU | `flop_utilization`: ASA step FLOPs (`FlopCounterMode`, fwd + bwd) / step time / FLOP/s of a dense 4096² fp32 (CPU) or 8192² fp16 (CUDA) matmul timed in the same run; MONAI's in brackets | ≥ 0.5 |
+| AR | `ar_weights_fraction`: `patch_informativeness` of the batch / ASA step | ≤ 0.03 |
+| FT vs UNETR | `finetune_speedup_vs_unetr`: UNETR / ASASegmenter fine-tune step (fwd + bwd + SGD, Dice + BCE, 4 → 3 channels); UNETR's ViT is fixed at 16³ patches and 12 layers | ≥ 1 |
+| inf vs UNETR | `inference_speedup_vs_unetr`: Gaussian sliding-window inference (overlap 0.5) over a (1.5·size)³ volume | ≥ 1 |
+| peak GiB | pretrain peak memory ASA / MONAI MAE: parameters + optimizer state + peak rise during a step (CPU: RSS; CUDA: allocated) | ≤ 30 on GPU at batch 24 |
+| loader | `loader_headroom`: batches/s of the pretraining loader (demo data, cache warm, 2 workers) × ASA step s | ≥ 2 |
+| load | 1-min load average when the run started: other processes on the machine (above ~0.5 on a 2-core CPU every threaded op waits for the competing process, and the figures are pessimistic) | |
+
+| date | device | torch | size | batch | preset | step s | samples/s | vs MAE | MFU (MAE) | AR | FT vs UNETR | inf vs UNETR | peak GiB ASA / MAE | loader | load | command |
+| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |
+"""
+
+
+def markdown_row(r: dict[str, Any]) -> str:
+    cells = [
+        r["date"][:10], r["device_name"] + (" fp16" if r["amp"] == "fp16" else ""), r["torch_version"],
+        f"{r['size']}³", str(r["batch"]), r["preset"], f"{r['asa_step_s']:.3f}", f"{r['asa_samples_per_s']:.2f}",
+        f"{r['speedup_vs_monai_mae']:.2f}", f"{r['flop_utilization']:.2f} ({r['monai_mae_flop_utilization']:.2f})",
+        f"{r['ar_weights_fraction']:.4f}", f"{r['finetune_speedup_vs_unetr']:.2f}", f"{r['inference_speedup_vs_unetr']:.2f}",
+        f"{r['asa_pretrain_peak_mib'] / 1024:.2f} / {r['monai_mae_peak_mib'] / 1024:.2f}",
+        f"{r['loader_headroom']:.1f}" if "loader_headroom" in r else "-", f"{r['load_avg_start']:.1f}",
+        f"`{r['command']}`",
+    ]
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def append_markdown(r: dict[str, Any], path: Path = BENCHMARKS_MD) -> Path:
+    """Append the run's row to the results table, creating the file with its header first."""
+    text = path.read_text() if path.is_file() else MD_HEADER
+    if not text.endswith("\n"):
+        text += "\n"
+    path.write_text(text + markdown_row(r) + "\n")
+    return path
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=128, help="cubic input side in voxels, multiple of 16 (default 128)")
+    p.add_argument("--batch", type=int, default=2, help="batch size (default 2; the paper uses 24 per GPU)")
+    p.add_argument("--preset", default="base", choices=sorted(PRESETS), help="model sizes (default base)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--steps", type=int, default=3, help="timed repeats per measurement (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed repeats before timing (default 1)")
+    p.add_argument("--skip-loader", action="store_true", help="leave out the data-loader measurement")
+    p.add_argument("--json", type=Path, help="write all results to this JSON file")
+    p.add_argument("--append-md", nargs="?", const=BENCHMARKS_MD, type=Path, metavar="PATH",
+                   help=f"append a row to BENCHMARKS.md (or PATH); default file {BENCHMARKS_MD.name}")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()[0]
+    if load_start > 0.5:
+        print(f"[bench] warning: 1-min load average is {load_start:.2f} before the start; other processes "
+              "competing for the cores slow many-small-op models most", file=sys.stderr)
+    start = time.perf_counter()
+    results = run_benchmark(size=args.size, batch=args.batch, preset=args.preset, device=device, steps=args.steps,
+                            warmup=args.warmup, loader=not args.skip_loader, seed=args.seed)
+    facts = describe(device, sys.argv[1:] if argv is None else argv)
+    results = {**facts, "size": args.size, "batch": args.batch, "preset": args.preset, "steps": args.steps,
+               "warmup": args.warmup, "threads": torch.get_num_threads(), "load_avg_start": load_start, **results,
+               "load_avg_end": os.getloadavg()[0], "wall_s": time.perf_counter() - start}
+    print(format_table(results))
+    bad = [k for k, v in results.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        print(f"[bench] warning: non-finite results: {bad}", file=sys.stderr)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"[bench] wrote {args.json}")
+    if args.append_md is not None:
+        print(f"[bench] appended a row to {append_markdown(results, args.append_md)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""scripts/benchmark.py: one tiny run yields every key, consistent ratios, a Markdown row."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
+_spec = importlib.util.spec_from_file_location("asa_benchmark", SCRIPT)
+benchmark = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = benchmark  # dataclasses look their module up
+_spec.loader.exec_module(benchmark)
+
+# one thread: on a loaded 2-core machine two threads stall at every op
+TINY = ["--size", "32", "--preset", "tiny", "--batch", "1", "--steps", "1", "--warmup", "0", "--threads", "1"]
+POSITIVE = [
+    "asa_step_s", "monai_mae_step_s", "speedup_vs_monai_mae", "asa_samples_per_s",
+    "asa_step_flops", "monai_mae_step_flops", "matmul_flops_per_s", "flop_utilization", "monai_mae_flop_utilization",
+    "ar_weights_s", "ar_weights_fraction",
+    "asa_finetune_step_s", "unetr_finetune_step_s", "finetune_speedup_vs_unetr",
+    "asa_inference_s", "unetr_inference_s", "inference_speedup_vs_unetr",
+    "asa_pretrain_peak_mib", "monai_mae_peak_mib", "asa_finetune_peak_mib", "unetr_finetune_peak_mib",
+    "asa_inference_peak_mib", "unetr_inference_peak_mib",
+    "loader_batches_per_s", "train_batches_per_s", "loader_headroom",
+]
+FACTS = ["device", "device_name", "torch_version", "monai_version", "date", "command", "unetr_note"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    md = out / "BENCHMARKS.md"
+    assert benchmark.main([*TINY, "--device", "cpu", "--json", str(out / "b.json"), "--append-md", str(md)]) == 0
+    r = json.loads((out / "b.json").read_text())
+    no_loader = {k: v for k, v in r.items() if not k.startswith(("loader_", "train_batches"))}
+    benchmark.append_markdown(no_loader, md)  # a second run, as --skip-loader leaves it
+    return r, md
+
+
+def test_every_key_positive_and_finite(tiny_run):
+    r, _ = tiny_run
+    for key in POSITIVE:
+        assert isinstance(r[key], (int, float)) and math.isfinite(r[key]) and r[key] > 0, (key, r.get(key))
+    for key in FACTS:
+        assert isinstance(r[key], str) and r[key], key
+    assert r["torch_version"] == torch.__version__
+    assert r["size"] == 32 and r["batch"] == 1 and r["preset"] == "tiny"
+    assert r["command"].startswith("scripts/benchmark.py --size 32")
+    assert len(r["times"]["asa"]) == 1 and len(r["times"]["monai_mae"]) == 1
+    assert r["inference_volume"] == 48  # 1.5 × size
+
+
+def test_ratios_are_those_of_the_recorded_times(tiny_run):
+    r, _ = tiny_run
+    assert r["speedup_vs_monai_mae"] == pytest.approx(r["monai_mae_step_s"] / r["asa_step_s"])
+    assert r["finetune_speedup_vs_unetr"] == pytest.approx(r["unetr_finetune_step_s"] / r["asa_finetune_step_s"])
+    assert r["inference_speedup_vs_unetr"] == pytest.approx(r["unetr_inference_s"] / r["asa_inference_s"])
+    assert r["ar_weights_fraction"] == pytest.approx(r["ar_weights_s"] / r["asa_step_s"])
+    assert r["loader_headroom"] == pytest.approx(r["loader_batches_per_s"] * r["asa_step_s"])
+    assert r["flop_utilization"] == pytest.approx(r["asa_step_flops"] / r["asa_step_s"] / r["matmul_flops_per_s"])
+    # each timed list holds one step; the medians are those steps
+    assert r["asa_step_s"] == r["times"]["asa"][0]
+    assert r["matmul_flops_per_s"] == pytest.approx(2 * 4096**3 / r["times"]["matmul"][0])
+
+
+def test_flops_count_the_model(tiny_run):
+    """FLOPs of fwd + bwd are about 3× the forward's matmul FLOPs; ASA's linear layers alone give a floor."""
+    r, _ = tiny_run
+    p = benchmark.PRESETS["tiny"]
+    visible = round(0.25 * 64)  # 32³ / 8³ = 64 tokens, 75 % masked
+    enc = visible * p["depth"] * 2 * 12 * p["embed_dim"] ** 2  # qkv + proj + MLP: 12·C² MACs per token
+    dec = 64 * p["decoder_depth"] * 2 * 12 * p["decoder_dim"] ** 2
+    assert r["asa_step_flops"] >= 3 * (enc + dec)
+
+
+def test_markdown_header_once_then_one_row_per_run(tiny_run):
+    _, md = tiny_run
+    text = md.read_text()
+    assert text.startswith("# Benchmarks")
+    assert text.count("| date | device |") == 1
+    rows = [line for line in text.splitlines() if line.startswith("| 20")]
+    assert len(rows) == 2
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    header = [c.strip() for c in text.split("| date |")[1].splitlines()[0].strip("|").split("|")]
+    assert len(cells) == len(header) + 1
+    assert cells[3] == "32³" and cells[5] == "tiny" and cells[-1].startswith("`scripts/benchmark.py")
+    assert [c.strip() for c in rows[1].strip("|").split("|")][14] == "-"  # loader skipped in the second run
+
+
+def test_peak_memory_sees_an_allocation():
+    with benchmark.PeakMemory(torch.device("cpu")) as mem:
+        block = torch.ones(16 * 2**20)  # 64 MiB, touched
+        del block
+    assert mem.rise >= 60 * 2**20
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [(["--size", "40"], "multiple of 16"), (["--steps", "0"], "--steps"), (["--device", "cuda:0"], "CUDA")],
+)
+def test_bad_options(argv, match):
+    if "cuda:0" in argv and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ValueError, match=match):
+        benchmark.main([*TINY, *argv])
+
+
+@pytest.mark.gpu
+def test_cuda_run_uses_amp(tmp_path):
+    benchmark.main([*TINY, "--device", "cuda", "--skip-loader", "--json", str(tmp_path / "b.json")])
+    r = json.loads((tmp_path / "b.json").read_text())
+    assert r["device"] == "cuda" and r["amp"] == "fp16"
+    assert r["asa_pretrain_peak_mib"] > 0 and math.isfinite(r["flop_utilization"])
