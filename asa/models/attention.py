@@ -102,13 +102,16 @@ class LinearWindowAttention(nn.Module):
         if pad:
             x = F.pad(x, (0, 0, 0, pad))
         nw = (n + pad) // s
-        qkv = self.qkv(x).view(b, nw, s, 3, h, c // h)
-        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each [B, nW, h, S, d]
-        bias = self._attn_bias(n, q.dtype, x.device)  # broadcasts over [B, nW, h, S, S]
+        qkv = self.qkv(x).view(b * nw, s, 3, h, c // h)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B·nW, h, S, d]
+        bias = self._attn_bias(n, q.dtype, x.device)  # [1 or nW, h, S, S]
+        if bias is not None and bias.shape[0] > 1:
+            # the fused kernels take 4D inputs only; 5D ones fall back to a much slower path
+            bias = bias.unsqueeze(0).expand(b, -1, -1, -1, -1).reshape(b * nw, h, s, s)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0
-        )  # [B, nW, h, S, d]
-        out = out.permute(0, 1, 3, 2, 4).reshape(b, nw * s, c)[:, :n]
+        )  # [B·nW, h, S, d]
+        out = out.transpose(1, 2).reshape(b, nw * s, c)[:, :n]
         out = self.proj_drop(self.proj(out))
         if self.shift:
             out = torch.roll(out, self.shift, dims=1)
