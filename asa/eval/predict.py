@@ -6,7 +6,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -71,8 +70,11 @@ def cases_from_files(paths: Sequence[Path], task: Task) -> list[Case]:
         if not m:
             raise ValueError(f"{path}: not a NIfTI file (.nii or .nii.gz)")
         stem = m["stem"]
-        c = CHANNEL.match(stem) if len(task.channels) > 1 or CHANNEL.match(stem) else None
-        case, channel = (c["case"], int(c["channel"])) if c else (stem, 0)
+        c = CHANNEL.match(stem)
+        if c and (len(task.channels) > 1 or c["channel"] == "0000"):
+            case, channel = c["case"], int(c["channel"])
+        else:  # a one-channel scan named freely
+            case, channel = stem, 0
         if channel in groups.setdefault(case, {}):
             raise ValueError(f"{path}: case {case!r} channel {channel} given twice")
         groups[case][channel] = path
@@ -140,8 +142,3 @@ def predict_cases(
         written.append(target)
     return written
 
-
-def describe(predictor: Predictor) -> dict[str, Any]:
-    """A short description for logs."""
-    return {"task": predictor.task.name, "outputs": predictor.task.output_names, "roi": predictor.roi_size,
-            "device": str(predictor.device)}
