@@ -38,6 +38,15 @@ class Task:
     regions: tuple[tuple[int, ...], ...] = ()
     class_values: tuple[int, ...] = ()
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Task":
+        """Inverse of ``dataclasses.asdict`` after a trip through YAML/JSON (lists back to tuples)."""
+
+        def tuples(v: Any) -> Any:
+            return tuple(tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+        return cls(**{k: tuples(v) for k, v in values.items()})
+
     # ---- label -> target -------------------------------------------------------------------
     def label_to_target(self, label: Array) -> Array:
         """Raw label map [...] -> training target.

@@ -39,8 +39,7 @@ class Predictor:
         if "task" not in config or "segmenter" not in config:
             raise ValueError(f"checkpoint {path} is not a fine-tuning checkpoint (no task/segmenter in its config); "
                              "asa-predict needs the best.pt or last.pt written by asa-finetune")
-        task = Task(**{k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
-                       for k, v in config["task"].items()})
+        task = Task.from_dict(config["task"])
         model_cfg = {**config["model"], "pretrained": None}  # the weights below replace any initialisation
         patch = int(config["data"]["patch_size"])
         segmenter = dict(config["segmenter"])

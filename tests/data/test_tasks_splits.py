@@ -78,3 +78,13 @@ def test_splits_reproducible_disjoint_and_reused(tmp_path):
         make_splits(ids[:-1], dataset="brats", path=path)
     custom = make_splits(ids, dataset="brats", counts_or_ratios={"train": 20, "val": 0, "test": 10})
     assert len(custom["val"]) == 0 and len(custom["test"]) == 10
+
+
+@pytest.mark.parametrize("name", ["brats", "ibsr", "wmh"])
+def test_task_survives_a_json_round_trip(name):
+    import dataclasses
+
+    from asa.data import Task
+
+    task = get_task(name)
+    assert Task.from_dict(json.loads(json.dumps(dataclasses.asdict(task)))) == task
