@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -50,20 +51,25 @@ def make_dice_validator(
 ) -> Callable[[nn.Module], dict[str, float]]:
     """validate(model) -> {"dice": mean Dice over outputs and cases, "dice_<name>": per output}.
 
-    Each rank predicts every world_size-th whole validation volume; the engine averages ranks.
+    Each rank predicts every world_size-th whole validation volume; per-output sums and the case
+    count are all-reduced, so every rank returns the exact mean over all cases (also when a rank
+    has no case of its own).
     """
     indices = list(range(env.rank, len(dataset), env.world_size))  # type: ignore[arg-type]
 
     def validate(model: nn.Module) -> dict[str, float]:
-        scores: list[list[float]] = []
+        totals = torch.zeros(len(names) + 1, dtype=torch.float64)  # per-output Dice sums, case count
         for i in indices:
             item = dataset[i]
             probs = predict_volume(model, item["image"], roi_size=roi_size, multilabel=multilabel,
                                    overlap=overlap, sw_batch_size=sw_batch_size, device=env.device)
-            scores.append([dice(p, r, ignore=ig) for p, r, ig in output_masks(probs, item["label"], multilabel)])
-        if not scores:
-            return {}
-        per_output = np.mean(np.asarray(scores), axis=0)
-        return {"dice": float(per_output.mean()), **{f"dice_{n}": float(v) for n, v in zip(names, per_output)}}
+            scores = [dice(p, r, ignore=ig) for p, r, ig in output_masks(probs, item["label"], multilabel)]
+            totals += torch.tensor([*scores, 1.0], dtype=torch.float64)
+        if env.distributed and dist.is_initialized():
+            totals = totals.to(env.device)
+            dist.all_reduce(totals)
+            totals = totals.cpu()
+        per_output = (totals[:-1] / totals[-1].clamp_min(1)).tolist()
+        return {"dice": sum(per_output) / len(per_output), **{f"dice_{n}": v for n, v in zip(names, per_output)}}
 
     return validate
