@@ -110,9 +110,11 @@ def run(cfg: DictConfig) -> FitResult:
                   f"  checkpoints: {ckpts}/last.pt, best.pt (mean validation Dice)\n"
                   f"  TensorBoard: tensorboard --logdir {out_dir / 'tb'}\n"
                   f"  next: asa-predict checkpoint={ckpts / 'best.pt'} input=DIR output=PRED", flush=True)
-        return result
-    finally:
-        cleanup_distributed()
+    except BaseException:
+        cleanup_distributed(finished=False)
+        raise
+    cleanup_distributed()
+    return result
 
 
 @hydra.main(config_path=config_path(), config_name="finetune", version_base="1.3")

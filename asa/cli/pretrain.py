@@ -71,9 +71,11 @@ def run(cfg: DictConfig) -> FitResult:
                   f"  checkpoints: {ckpts}/last.pt, best.pt, encoder.pt (for asa-finetune)\n"
                   f"  TensorBoard: tensorboard --logdir {out_dir / 'tb'}\n"
                   f"  config: {out_dir / 'config.yaml'}, splits: {out_dir / 'splits.json'}", flush=True)
-        return result
-    finally:
-        cleanup_distributed()
+    except BaseException:
+        cleanup_distributed(finished=False)
+        raise
+    cleanup_distributed()
+    return result
 
 
 @hydra.main(config_path=config_path(), config_name="pretrain", version_base="1.3")

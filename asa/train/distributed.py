@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -74,10 +75,19 @@ def setup_distributed(device: str = "auto", *, timeout_s: float | None = None) -
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, is_main=rank == 0)
 
 
-def cleanup_distributed() -> None:
-    """Leave the process group (no-op when none was joined)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def cleanup_distributed(*, finished: bool = True) -> None:
+    """Leave the process group (no-op when none was joined).
+
+    After a run that ``finished``, every rank first meets at a barrier and drops its pending
+    collective work, so no rank tears its connections down while a peer still uses them (with gloo
+    that can abort the peer at exit). After a failure there is no barrier: the peers may be gone.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if finished:
+        gc.collect()  # release DDP reducers and their pending work while the group still exists
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def barrier(env: DistEnv) -> None:
