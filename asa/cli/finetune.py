@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
 
 import hydra
 import torch
@@ -15,48 +14,13 @@ from asa.cli.common import dataset_root, load_cases, optimizer_and_config, split
 from asa.train import Engine, FitResult, cleanup_distributed, setup_distributed
 from asa.train.config_files import config_path
 
-__all__ = ["build_network", "main", "run"]
-
-ASA_ONLY = ("decoder_dim", "decoder_depth", "decoder_num_heads")  # pretraining decoder sizes
-
-
-def _pretrained_pos_mode(path: str) -> str | None:
-    """The position encoding the pretrained encoder was trained with, when its file records it."""
-    from asa.train import load_checkpoint
-
-    blob = load_checkpoint(path)
-    config = blob.get("config") or {}
-    return (config.get("mae") or {}).get("pos_mode") or config.get("pos_mode")
-
-
-def build_network(model_cfg: dict[str, Any], segmenter_cfg: dict[str, Any], *, task: Any, patch_size: int) -> torch.nn.Module:
-    """The segmentation network of a resolved config (``model`` and ``segmenter`` sections)."""
-    from asa.models import build_segmentation_network
-
-    kwargs = dict(model_cfg)
-    arch = kwargs.pop("arch", "asa")
-    pretrained = kwargs.pop("pretrained", None)
-    if arch == "asa":
-        for key in ASA_ONLY:
-            kwargs.pop(key, None)
-        pos_mode = segmenter_cfg.get("pos_mode")
-        if pos_mode is None:
-            pos_mode = (_pretrained_pos_mode(pretrained) if pretrained else None) or "mirror"
-        kwargs.update(pos_mode=pos_mode, lr_axis=segmenter_cfg.get("lr_axis", 0),
-                      feature_size=segmenter_cfg.get("feature_size", 16))
-    elif pretrained:
-        raise ValueError(f"model.pretrained is only supported for model arch 'asa', not {arch!r}")
-    net = build_segmentation_network(arch, img_size=(patch_size,) * 3, in_channels=len(task.channels),
-                                     out_channels=task.num_outputs, **kwargs)
-    if pretrained:
-        net.load_pretrained(pretrained)
-    return net
-
+__all__ = ["main", "run"]
 
 def run(cfg: DictConfig) -> FitResult:
     """Fine-tune as configured; returns the engine's FitResult (rank 0 writes every file)."""
     from asa.data import build_segmentation_dataset, get_task
     from asa.losses import SegmentationLoss
+    from asa.models import build_from_config
     from asa.train.finetune import make_dice_validator, segmentation_step
 
     env = setup_distributed(cfg.device)
@@ -68,22 +32,23 @@ def run(cfg: DictConfig) -> FitResult:
                              "data=ibsr, data=wmh or data=msd")
         cases = load_cases(data, out_dir / "bad_cases.json" if env.is_main else None)
         task = get_task(str(data.task), root=dataset_root(data)[0])
+        torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
+        patch = int(data.patch_size)
+        model = build_from_config(OmegaConf.to_container(cfg.model, resolve=True),
+                                  OmegaConf.to_container(cfg.segmenter, resolve=True),
+                                  in_channels=len(task.channels), out_channels=task.num_outputs, patch_size=patch)
         resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         resolved["task"] = dataclasses.asdict(task)  # asa-predict rebuilds the task from the checkpoint
+        if hasattr(model, "pos_mode"):  # the effective mode (null follows the pretrained file)
+            resolved["segmenter"]["pos_mode"] = model.pos_mode
         write_run_config(resolved, out_dir, env)
         splits = split_cases(cases, data, out_dir, env)
-        patch = int(data.patch_size)
         train_ds = build_segmentation_dataset(
             splits["train"], task, train=True, patch_size=patch, cache_dir=data.cache_dir,
             samples_per_case=int(data.samples_per_case), seed=int(cfg.seed),
         )
         val_ds = (build_segmentation_dataset(splits["val"], task, train=False, cache_dir=data.cache_dir)
                   if splits["val"] else None)
-
-        torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
-        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-        model = build_network(model_cfg, OmegaConf.to_container(cfg.segmenter, resolve=True), task=task,
-                              patch_size=patch)
 
         optimizer, lr, config = optimizer_and_config(cfg, model, env, monitor="val/dice", mode="max", panel_every=0)
         if val_ds is None:

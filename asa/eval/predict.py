@@ -31,7 +31,7 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: torch.device, amp_dtype: torch.dtype | None = None) -> "Predictor":
         """Rebuild the network and task recorded in a fine-tuning checkpoint (``asa-finetune`` output)."""
-        from asa.cli.finetune import build_network
+        from asa.models import build_from_config
         from asa.train import load_checkpoint
 
         state = load_checkpoint(path)
@@ -42,10 +42,8 @@ class Predictor:
         task = Task.from_dict(config["task"])
         model_cfg = {**config["model"], "pretrained": None}  # the weights below replace any initialisation
         patch = int(config["data"]["patch_size"])
-        segmenter = dict(config["segmenter"])
-        if model_cfg.get("arch", "asa") == "asa" and segmenter.get("pos_mode") is None:
-            segmenter["pos_mode"] = "mirror"
-        model = build_network(model_cfg, segmenter, task=task, patch_size=patch)
+        model = build_from_config(model_cfg, config["segmenter"], in_channels=len(task.channels),
+                                  out_channels=task.num_outputs, patch_size=patch)
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as err:

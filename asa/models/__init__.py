@@ -7,7 +7,7 @@ from asa.models.position import symmetric_position_encoding
 from asa.models.presets import PRESETS
 from asa.models.segmenter import ASASegmenter, LoadReport
 from asa.models.swvit import SWBlock, SWViT
-from asa.models.zoo import ARCHITECTURES, build_segmentation_network
+from asa.models.zoo import ARCHITECTURES, build_from_config, build_segmentation_network
 
 __all__ = [
     "ARCHITECTURES",
@@ -20,6 +20,7 @@ __all__ = [
     "PatchEmbed",
     "SWBlock",
     "SWViT",
+    "build_from_config",
     "build_segmentation_network",
     "patch_grid",
     "patchify",

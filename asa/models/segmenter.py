@@ -74,6 +74,7 @@ class ASASegmenter(nn.Module):
         self.grid = patch_grid(self.img_size, patch_size)
         self.in_channels = in_channels
         self.embed_dim = embed_dim
+        self.pos_mode = pos_mode
         self.hidden_indices = tuple((k + 1) * depth // 4 - 1 for k in range(3))  # e.g. 2, 5, 8 of 12
 
         self.patch_embed = PatchEmbed(in_channels, embed_dim, patch_size)
@@ -124,18 +125,23 @@ class ASASegmenter(nn.Module):
         d = self.up0(d, self.skip0(x))  # 1/1
         return self.head(d)
 
-    def load_pretrained(self, path: str | Path, *, verbose: bool = True) -> LoadReport:
+    def load_pretrained(
+        self, path: str | Path, *, checkpoint: dict | None = None, verbose: bool = True
+    ) -> LoadReport:
         """Initialise ``patch_embed`` and ``encoder`` from a pretraining checkpoint or an encoder export.
 
         Accepts ``{"model": ASA state dict}`` (pretraining checkpoint, DDP ``module.`` prefixes
-        allowed) or ``{"encoder": {...}}`` (encoder export). A 1-channel stem is adapted to this
-        network's k channels by repeating its weights and dividing by k, which keeps the response
-        to a volume replicated over the channels. Any other shape mismatch raises ``ValueError``.
+        allowed) or ``{"encoder": {...}}`` (encoder export); ``checkpoint`` is the file's content
+        when the caller has read it already. A 1-channel stem is adapted to this network's k
+        channels by repeating its weights and dividing by k, which keeps the response to a volume
+        replicated over the channels. Any other shape mismatch raises ``ValueError``.
         """
-        from asa.train.checkpoint import load_checkpoint
-
         path = Path(path)
-        blob = load_checkpoint(path)
+        if checkpoint is None:
+            from asa.train.checkpoint import load_checkpoint
+
+            checkpoint = load_checkpoint(path)
+        blob = checkpoint
         if not ({"model", "encoder"} & blob.keys()):
             raise ValueError(f"{path} holds neither a 'model' nor an 'encoder' state dict")
         source = blob["encoder"] if "encoder" in blob else blob["model"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -30,3 +31,49 @@ def build_segmentation_network(
 
         return SwinUNETR(in_channels=in_channels, out_channels=out_channels, **kwargs)
     raise ValueError(f"unknown segmentation architecture {arch!r}; expected one of {ARCHITECTURES}")
+
+
+PRETRAINING_ONLY = ("decoder_dim", "decoder_depth", "decoder_num_heads")  # ASA decoder sizes
+
+
+def build_from_config(
+    model_cfg: Mapping[str, Any],
+    segmenter_cfg: Mapping[str, Any],
+    *,
+    in_channels: int,
+    out_channels: int,
+    patch_size: int,
+) -> nn.Module:
+    """The segmentation network of a run config's ``model`` and ``segmenter`` sections.
+
+    ``model.arch`` picks the network (default ``asa``); ``model.pretrained`` initialises the ASA
+    encoder from a pretraining checkpoint or encoder export, read once. ``segmenter.pos_mode: null``
+    takes the position encoding recorded in that file, else ``mirror``; the effective mode is
+    ``net.pos_mode``.
+    """
+    kwargs = dict(model_cfg)
+    arch = kwargs.pop("arch", "asa")
+    pretrained = kwargs.pop("pretrained", None)
+    if arch != "asa":
+        if pretrained:
+            raise ValueError(f"model.pretrained is only supported for model arch 'asa', not {arch!r}")
+        return build_segmentation_network(arch, img_size=(patch_size,) * 3, in_channels=in_channels,
+                                          out_channels=out_channels, **kwargs)
+    for key in PRETRAINING_ONLY:
+        kwargs.pop(key, None)
+    checkpoint = None
+    if pretrained:
+        from asa.train.checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(pretrained)
+    pos_mode = segmenter_cfg.get("pos_mode")
+    if pos_mode is None:
+        recorded = (checkpoint or {}).get("config") or {}
+        pos_mode = (recorded.get("mae") or {}).get("pos_mode") or recorded.get("pos_mode") or "mirror"
+    net = ASASegmenter(
+        img_size=(patch_size,) * 3, in_channels=in_channels, out_channels=out_channels, pos_mode=pos_mode,
+        lr_axis=segmenter_cfg.get("lr_axis", 0), feature_size=segmenter_cfg.get("feature_size", 16), **kwargs,
+    )
+    if checkpoint is not None:
+        net.load_pretrained(pretrained, checkpoint=checkpoint)
+    return net

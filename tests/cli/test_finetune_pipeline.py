@@ -47,6 +47,7 @@ def test_finetune_predict_evaluate(tmp_path, encoder_export, name, cases, foregr
     assert result.step == 2
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ckpt["config"]["task"]["name"] == name
+    assert ckpt["config"]["segmenter"]["pos_mode"] == "mirror"  # null resolved from the pretrained export
     assert (out / "checkpoints" / "best.pt").is_file() and (out / "splits.json").is_file()
 
     preds = tmp_path / "pred"
@@ -77,19 +78,20 @@ def test_finetune_predict_evaluate(tmp_path, encoder_export, name, cases, foregr
 
 def test_scratch_rows_and_pretrained_position_mode(tmp_path, encoder_export):
     root = write_demo_dataset("brats", tmp_path / "data", cases=4, size=32, seed=2)
-    from asa.cli.finetune import build_network
     from omegaconf import OmegaConf
 
-    task = get_task("brats")
+    from asa.models import build_from_config
+
+    brats = dict(in_channels=4, out_channels=3, patch_size=32)
+
     for experiment, pos_mode in (("baseline", "none"), ("spe_only", "mirror")):
         cfg = compose_config("finetune", ["model=tiny", f"experiment={experiment}", f"data.root={root}"])
-        net = build_network(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.segmenter), task=task,
-                            patch_size=32)
+        net = build_from_config(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.segmenter), **brats)
         assert torch.equal(net.pos_embed[0], net.pos_embed[3 * 16]) == (pos_mode == "mirror")
     # pos_mode null follows the pretrained encoder's (the export records pos_mode: mirror)
     cfg = compose_config("finetune", ["model=tiny", f"model.pretrained={encoder_export}"])
-    net = build_network(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.segmenter), task=task,
-                        patch_size=32)
+    net = build_from_config(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.segmenter), **brats)
+    assert net.pos_mode == "mirror"
     assert torch.equal(net.pos_embed[0], net.pos_embed[3 * 16])
     assert net.patch_embed.proj.weight.shape[1] == 4
 
@@ -97,19 +99,21 @@ def test_scratch_rows_and_pretrained_position_mode(tmp_path, encoder_export):
 def test_pretraining_preset_and_baselines_are_rejected_clearly(tmp_path, encoder_export):
     with pytest.raises(ValueError, match="pretraining preset"):
         finetune(compose_config("finetune", ["data=demo", f"output_dir={tmp_path}"]))
-    from asa.cli.finetune import build_network
+    from asa.models import build_from_config
 
     with pytest.raises(ValueError, match="only supported for model arch 'asa'"):
-        build_network({"arch": "unetr", "pretrained": str(encoder_export)}, {}, task=get_task("ibsr"), patch_size=32)
+        build_from_config({"arch": "unetr", "pretrained": str(encoder_export)}, {}, in_channels=1, out_channels=4,
+                          patch_size=32)
 
 
 @pytest.mark.parametrize("model, size", [("unetr", 32), ("swin_unetr", 64)])  # SwinUNETR downsamples by 32
 def test_monai_baselines_build_from_their_configs(model, size):
-    from asa.cli.finetune import build_network
     from omegaconf import OmegaConf
 
+    from asa.models import build_from_config
+
     cfg = compose_config("finetune", [f"model={model}"])
-    net = build_network(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.segmenter),
-                        task=get_task("wmh"), patch_size=size).eval()
+    net = build_from_config(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.segmenter),
+                            in_channels=2, out_channels=2, patch_size=size).eval()
     with torch.no_grad():
         assert net(torch.zeros(1, 2, size, size, size)).shape == (1, 2, size, size, size)
