@@ -57,11 +57,12 @@ class LinearWindowAttention(nn.Module):
             )
         else:
             self.rel_pos_bias = None
-        self._mask_cache: dict[tuple[int, torch.device], torch.Tensor | None] = {}
+        self._mask_cache: dict[tuple[int, torch.device, torch.dtype], torch.Tensor | None] = {}
 
-    def _structural_mask(self, n: int, device: torch.device) -> torch.Tensor | None:
-        """Boolean keep-mask [nW, 1, S, S] for padding and the wrap-around window, or None."""
-        key = (n, device)
+    def _structural_mask(self, n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+        """Additive mask [nW, 1, S, S] (0 or -inf) for padding and the wrap-around window, or None;
+        built once per sequence length."""
+        key = (n, device, dtype)
         if key not in self._mask_cache:
             s = self.window_size
             padded = -(-n // s) * s
@@ -78,19 +79,19 @@ class LinearWindowAttention(nn.Module):
                 seg = seg.view(-1, s)  # [nW, S]
                 mask = (seg[:, :, None] == seg[:, None, :]) | (seg[:, :, None] == 2)
                 mask &= seg[:, None, :] != 2
-                mask = mask.unsqueeze(1)  # [nW, 1, S, S]
+                keep = mask.unsqueeze(1)  # [nW, 1, S, S]
+                mask = torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill(~keep, float("-inf"))
             self._mask_cache[key] = mask
         return self._mask_cache[key]
 
     def _attn_bias(self, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
         """Additive bias [nW or 1, heads, S, S] combining the relative bias and the masks."""
-        keep = self._structural_mask(n, device)
+        blocked = self._structural_mask(n, device, dtype)
         bias = None
         if self.rel_pos_bias is not None:
             bias = self.rel_pos_bias[self.rel_index].permute(2, 0, 1).unsqueeze(0).to(dtype)  # [1, h, S, S]
-        if keep is None:
+        if blocked is None:
             return bias
-        blocked = torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill(~keep, float("-inf"))
         return blocked if bias is None else blocked + bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
