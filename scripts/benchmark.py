@@ -14,16 +14,21 @@ Measures, alternating the compared models round by round so that load changes hi
 5. peak memory of each (parameters + optimizer state + the peak rise during a step: process RSS
    on CPU, allocated memory on CUDA);
 6. batches/s of the real pretraining loader on demo data (cache warm) vs the batches/s the ASA
-   step consumes -> ``loader_headroom``.
+   step consumes -> ``loader_headroom``;
+7. with reduced precision, the ASA step in fp32 alongside -> ``bf16_speedup`` (fp32 step / bf16 step);
+8. ``asa.eval.predict_volume`` (the ``asa-predict`` path) of the preset's ``ASASegmenter`` over one
+   whole case, 4 × 240 × 240 × 155 by default (BraTS) -> ``case_inference_s`` and its peak memory.
 
-On CUDA the training steps and inference run under fp16 autocast (GradScaler for training) and
-the reference matmul is fp16. Every figure is a median over timed repeats after warm-up.
+``--amp`` picks the precision of every model alike, MONAI's references included, and of the
+reference matmul: ``auto`` is what ``trainer.amp=auto`` gives (fp16 + GradScaler on CUDA, bf16 on
+a CPU with native bf16 matmul, else fp32). Every figure is a median over timed repeats after warm-up.
 
 Examples::
 
     python scripts/benchmark.py --json bench.json --append-md      # 128³, batch 2, base (CPU: < 10 min)
     python scripts/benchmark.py --size 64                           # quick look (CPU: < 1 min)
     python scripts/benchmark.py --batch 24 --json gpu.json --append-md   # the paper's per-GPU batch
+    python scripts/benchmark.py --amp bf16 --threads 2 --append-md        # bf16 on CPU (and fp32 alongside)
 """
 
 from __future__ import annotations
@@ -58,8 +63,10 @@ from torch.utils.flop_counter import (
 )
 
 import asa
+from asa.eval.inference import predict_volume
 from asa.losses import SegmentationLoss, patch_informativeness
 from asa.models import ASA, PRESETS, ASASegmenter, patchify
+from asa.train.precision import AMP_CHOICES, amp_name, resolve_amp
 
 PATCH = 8
 MASK_RATIO = 0.75
@@ -67,9 +74,12 @@ IN_SEG, OUT_SEG = 4, 3  # BraTS: 4 modalities -> WT, TC, ET
 MIB = 2**20
 UNETR_NOTE = "MONAI UNETR's ViT is fixed at 16³ patches and 12 layers (ASASegmenter: 8³ patches, preset depth)"
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+CASE_SHAPE = (240, 240, 155)  # one BraTS case
 TARGETS = {  # key: (comparison, bound)
-    "speedup_vs_monai_mae": (">=", 4.0),
-    "flop_utilization": (">=", 0.5),
+    "speedup_vs_monai_mae": (">=", 5.0),
+    "flop_utilization": (">=", 0.8),
+    "bf16_speedup": (">=", 1.7),
+    "case_inference_s": ("<=", 45.0),
     "ar_weights_fraction": ("<=", 0.03),
     "finetune_speedup_vs_unetr": (">=", 1.0),
     "inference_speedup_vs_unetr": (">=", 1.0),
@@ -209,20 +219,20 @@ class Setup:
     size: int
     batch: int
     preset: dict[str, int]
-
-    @property
-    def amp(self) -> bool:
-        return self.device.type == "cuda"
+    dtype: torch.dtype | None = None  # autocast dtype of every model (None: fp32)
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+
+    def at(self, dtype: torch.dtype | None) -> Setup:
+        return Setup(self.device, self.size, self.batch, self.preset, dtype)
 
 
 def train_workload(name: str, setup: Setup, model: nn.Module, optimizer: torch.optim.Optimizer,
                    loss_fn: Callable[[], torch.Tensor]) -> Workload:
-    """fwd + bwd + optimizer step; fp16 autocast and GradScaler on CUDA. Gradients are dropped
-    after the step so that between steps the model holds only parameters and optimizer state."""
-    scaler = torch.amp.GradScaler("cuda") if setup.amp else None
+    """fwd + bwd + optimizer step under the setup's autocast, with a GradScaler for fp16. Gradients
+    are dropped after the step so that between steps the model holds only parameters and optimizer state."""
+    scaler = torch.amp.GradScaler(setup.device.type) if setup.dtype == torch.float16 else None
 
     def run() -> None:
         with setup.autocast():
@@ -249,8 +259,9 @@ def sgd(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5)
 
 
-def pretrain_workloads(setup: Setup, x: torch.Tensor) -> tuple[Workload, Workload]:
-    """ASA vs MONAI's MaskedAutoEncoderViT at the same sizes, both fed ``x`` [B, 1, D, H, W]."""
+def pretrain_workloads(setup: Setup, x: torch.Tensor) -> tuple[Workload, Workload, Workload | None]:
+    """ASA vs MONAI's MaskedAutoEncoderViT at the same sizes, both fed ``x`` [B, 1, D, H, W]; with
+    reduced precision also the same ASA (same weights, own optimizer) in fp32 (else None)."""
     p = setup.preset
     ours = ASA(img_size=setup.size, patch_size=PATCH, mask_ratio=MASK_RATIO, **p).to(setup.device)
     theirs = MaskedAutoEncoderViT(
@@ -259,6 +270,10 @@ def pretrain_workloads(setup: Setup, x: torch.Tensor) -> tuple[Workload, Workloa
         decoder_hidden_size=p["decoder_dim"], decoder_mlp_dim=4 * p["decoder_dim"],
         decoder_num_layers=p["decoder_depth"], decoder_num_heads=p["decoder_num_heads"], qkv_bias=True,
     ).to(setup.device)
+    if setup.dtype is not None:
+        # MONAI writes the decoder embedding into fp32 mask tokens by index_put, which needs equal
+        # dtypes under autocast: hand it fp32 (the decoder's linear layers cast back to the amp dtype)
+        theirs.decoder_embed.register_forward_hook(lambda module, args, out: out.float())
     target = patchify(x, PATCH)  # [B, N, s³]
 
     def monai_loss() -> torch.Tensor:
@@ -266,9 +281,13 @@ def pretrain_workloads(setup: Setup, x: torch.Tensor) -> tuple[Workload, Workloa
         per_patch = ((pred.float() - target) ** 2).mean(dim=-1)
         return (per_patch * mask).sum() / mask.sum()
 
+    fp32 = None
+    if setup.dtype is not None:
+        fp32 = train_workload("asa_fp32", setup.at(None), ours, adamw(ours, setup.batch), lambda: ours(x).loss)
     return (
         train_workload("asa", setup, ours, adamw(ours, setup.batch), lambda: ours(x).loss),
         train_workload("monai_mae", setup, theirs, adamw(theirs, setup.batch), monai_loss),
+        fp32,
     )
 
 
@@ -312,9 +331,21 @@ def inference_workloads(setup: Setup, models: tuple[nn.Module, nn.Module],
     return out[0], out[1]
 
 
-def matmul_workload(device: torch.device, n: int) -> Workload:
-    """A dense n×n matmul (fp16 on CUDA, fp32 on CPU): the machine's attainable FLOP/s."""
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+def case_workload(setup: Setup, model: ASASegmenter, shape: Sequence[int], sw_batch: int) -> Workload:
+    """``predict_volume`` (Gaussian windows of size³, overlap 0.5) over one [4, *shape] case."""
+    case = torch.randn(IN_SEG, *shape)
+
+    def run() -> None:
+        model.eval()
+        predict_volume(model, case, roi_size=(setup.size,) * 3, multilabel=True, overlap=0.5,
+                       sw_batch_size=sw_batch, device=setup.device, amp_dtype=setup.dtype)
+
+    return Workload("case_inference", run, static=lambda: tensor_bytes(model) + tensor_bytes(case))
+
+
+def matmul_workload(device: torch.device, n: int, dtype: torch.dtype | None = None) -> Workload:
+    """A dense n×n matmul in the run's precision: the machine's attainable FLOP/s."""
+    dtype = dtype or torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     w = Workload("matmul", lambda: torch.mm(a, b))
@@ -353,8 +384,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def run_benchmark(*, size: int, batch: int, preset: str, device: torch.device, steps: int, warmup: int,
-                  loader: bool = True, seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """All measurements at one setting; returns the flat result dict (times in s, memory in MiB)."""
+                  loader: bool = True, seed: int = 0, amp: str = "auto", case_shape: Sequence[int] | None = CASE_SHAPE,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """All measurements at one setting; returns the flat result dict (times in s, memory in MiB).
+    ``case_shape`` None leaves out the whole-case inference."""
     if preset not in PRESETS:
         raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
     if size % 16:
@@ -364,15 +397,20 @@ def run_benchmark(*, size: int, batch: int, preset: str, device: torch.device, s
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     say = lambda msg: log(f"[bench {time.perf_counter() - t0:5.0f} s] {msg}")
-    setup = Setup(device, size, batch, PRESETS[preset])
-    r: dict[str, Any] = {}
+    setup = Setup(device, size, batch, PRESETS[preset], resolve_amp(amp, device, option="--amp"))
+    r: dict[str, Any] = {"amp": amp_name(setup.dtype)}
     times: dict[str, list[float]] = {}
 
-    say(f"pretrain steps: ASA vs MONAI MaskedAutoEncoderViT, {size}³, batch {batch}, {preset}")
+    say(f"pretrain steps: ASA vs MONAI MaskedAutoEncoderViT, {size}³, batch {batch}, {preset}, {r['amp']}")
     x = torch.randn(batch, 1, size, size, size, device=device)
-    matmul = matmul_workload(device, 8192 if device.type == "cuda" else 4096)
-    asa_w, mae_w = pretrain_workloads(setup, x)
-    alternate([matmul, asa_w, mae_w], device, warmup=warmup, steps=steps, count_flops=("asa", "monai_mae"))
+    matmul = matmul_workload(device, 8192 if device.type == "cuda" else 4096, setup.dtype)
+    asa_w, mae_w, fp32_w = pretrain_workloads(setup, x)
+    alternate([matmul, asa_w, mae_w] + ([fp32_w] if fp32_w else []), device, warmup=warmup, steps=steps,
+              count_flops=("asa", "monai_mae"))
+    if fp32_w is not None:
+        r["asa_fp32_step_s"] = fp32_w.median
+        r[f"{r['amp']}_speedup"] = fp32_w.median / asa_w.median
+        times["asa_fp32"] = fp32_w.times
     r["asa_step_s"], r["monai_mae_step_s"] = asa_w.median, mae_w.median
     r["speedup_vs_monai_mae"] = mae_w.median / asa_w.median
     r["asa_samples_per_s"] = batch / asa_w.median
@@ -382,7 +420,7 @@ def run_benchmark(*, size: int, batch: int, preset: str, device: torch.device, s
     r["monai_mae_flop_utilization"] = mae_w.flops / mae_w.median / r["matmul_flops_per_s"]
     r["asa_pretrain_peak_mib"], r["monai_mae_peak_mib"] = asa_w.peak_mib, mae_w.peak_mib
     times.update({w.name: w.times for w in (matmul, asa_w, mae_w)})
-    del asa_w, mae_w
+    del asa_w, mae_w, fp32_w
 
     say("attentive weights (patch_informativeness)")
     ar = Workload("ar_weights", lambda: patch_informativeness(x, PATCH))
@@ -412,7 +450,17 @@ def run_benchmark(*, size: int, batch: int, preset: str, device: torch.device, s
     r["asa_inference_peak_mib"], r["unetr_inference_peak_mib"] = inf[0].peak_mib, inf[1].peak_mib
     r["inference_volume"] = side
     times.update({w.name: w.times for w in inf})
-    del inf, models, volume
+    del inf, volume
+
+    if case_shape is not None:
+        shape = tuple(int(n) for n in case_shape)
+        say(f"whole-case inference: ASASegmenter over 4 × {' × '.join(map(str, shape))}, windows {size}³")
+        case = case_workload(setup, models[0], shape, batch)
+        alternate([case], device, warmup=0, steps=1)  # one case: start-up costs are the user's too
+        r["case_inference_s"], r["case_inference_peak_mib"] = case.median, case.peak_mib
+        r["case_shape"] = list(shape)
+        times["case_inference"] = case.times
+    del models
 
     if loader:
         say("pretraining loader on demo data (2 workers, cache warm)")
@@ -440,7 +488,6 @@ def describe(device: torch.device, argv: Sequence[str]) -> dict[str, Any]:
     return {
         "device": device.type,
         "device_name": name,
-        "amp": "fp16" if device.type == "cuda" else "off",
         "torch_version": torch.__version__,
         "monai_version": monai.__version__,
         "asa_version": getattr(asa, "__version__", "unknown"),
@@ -478,13 +525,21 @@ def format_table(r: dict[str, Any]) -> str:
         ("peak MiB fine-tune ASASeg / UNETR", f"{r['asa_finetune_peak_mib']:.0f} / {r['unetr_finetune_peak_mib']:.0f}", ""),
         ("peak MiB inference ASASeg / UNETR", f"{r['asa_inference_peak_mib']:.0f} / {r['unetr_inference_peak_mib']:.0f}", ""),
     ]
+    if "bf16_speedup" in r:
+        rows += [("ASA step fp32 / bf16", f"{r['asa_fp32_step_s']:.3f} s / {r['asa_step_s']:.3f} s", ""),
+                 ("bf16_speedup", f"{r['bf16_speedup']:.2f}×", verdict("bf16_speedup", r["bf16_speedup"]))]
+    if "case_inference_s" in r:
+        shape = " × ".join(map(str, r["case_shape"]))
+        rows += [(f"case_inference_s (4 × {shape})", f"{r['case_inference_s']:.1f} s",
+                  verdict("case_inference_s", r["case_inference_s"])),
+                 ("peak MiB case inference", f"{r['case_inference_peak_mib']:.0f}", "")]
     if "loader_headroom" in r:
         rows += [
             ("loader / training batches/s", f"{r['loader_batches_per_s']:.2f} / {r['train_batches_per_s']:.3f}", ""),
             ("loader_headroom", f"{r['loader_headroom']:.1f}", verdict("loader_headroom", r["loader_headroom"])),
         ]
     head = (f"asa benchmark: {r['size']}³, batch {r['batch']}, preset {r['preset']}, {r['device_name']}, "
-            f"AMP {r['amp']}, torch {r['torch_version']}, {r['steps']} timed / {r['warmup']} warm-up")
+            f"precision {r['amp']}, {r['threads']} threads, torch {r['torch_version']}, {r['steps']} timed / {r['warmup']} warm-up")
     width = max(len(name) for name, _, _ in rows)
     lines = [head] + [f"  {name:<{width}}  {value:<24} {note}".rstrip() for name, value, note in rows]
     return "\n".join(lines + [f"  note: {r['unetr_note']}"])
@@ -495,33 +550,37 @@ MD_HEADER = """\
 
 Produced by `scripts/benchmark.py` (one row per run, newest last; the command is in each row).
 All figures are medians of timed repeats after warm-up; the compared models run alternately, on
-the same input, in the same process. CPU runs are fp32; CUDA runs use fp16 autocast + GradScaler.
+the same input, in the same process, at the same precision (`amp` column: fp32, bf16 autocast, or
+fp16 autocast + GradScaler on CUDA); the device column gives the CPU thread count.
 
 | column | meaning | target |
 | --- | --- | --- |
 | step s | ASA pretrain step (forward + backward + AdamW), seconds | |
 | samples/s | batch / step s | |
-| vs MAE | `speedup_vs_monai_mae`: MONAI `MaskedAutoEncoderViT` step / ASA step, same encoder/decoder width, depth, heads, patch 8, mask ratio 0.75 | ≥ 4 |
-| MFU | `flop_utilization`: ASA step FLOPs (`FlopCounterMode`, fwd + bwd) / step time / FLOP/s of a dense 4096² fp32 (CPU) or 8192² fp16 (CUDA) matmul timed in the same run; MONAI's in brackets | ≥ 0.5 |
+| vs MAE | `speedup_vs_monai_mae`: MONAI `MaskedAutoEncoderViT` step / ASA step, same encoder/decoder width, depth, heads, patch 8, mask ratio 0.75, same precision | ≥ 5 |
+| MFU | `flop_utilization`: ASA step FLOPs (`FlopCounterMode`, fwd + bwd) / step time / FLOP/s of a dense matmul at the run's precision (4096² on CPU, 8192² on CUDA) timed in the same run; MONAI's in brackets | ≥ 0.8 |
 | AR | `ar_weights_fraction`: `patch_informativeness` of the batch / ASA step | ≤ 0.03 |
 | FT vs UNETR | `finetune_speedup_vs_unetr`: UNETR / ASASegmenter fine-tune step (fwd + bwd + SGD, Dice + BCE, 4 → 3 channels); UNETR's ViT is fixed at 16³ patches and 12 layers | ≥ 1 |
 | inf vs UNETR | `inference_speedup_vs_unetr`: Gaussian sliding-window inference (overlap 0.5) over a (1.5·size)³ volume | ≥ 1 |
 | peak GiB | pretrain peak memory ASA / MONAI MAE: parameters + optimizer state + peak rise during a step (CPU: RSS; CUDA: allocated) | ≤ 30 on GPU at batch 24 |
 | loader | `loader_headroom`: batches/s of the pretraining loader (demo data, cache warm, 2 workers) × ASA step s | ≥ 2 |
+| bf16× | `bf16_speedup`: ASA fp32 step / ASA bf16 step, timed alternately in the bf16 run | ≥ 1.7 |
+| case s | `case_inference_s`: `asa.eval.predict_volume` (the `asa-predict` path: Gaussian windows of size³, overlap 0.5, window batch = batch) of the preset's `ASASegmenter` over one 4 × 240 × 240 × 155 case | ≤ 45 |
 | load | 1-min load average when the run started: other processes on the machine (above ~0.5 on a 2-core CPU every threaded op waits for the competing process, and the figures are pessimistic) | |
 
-| date | device | torch | size | batch | preset | step s | samples/s | vs MAE | MFU (MAE) | AR | FT vs UNETR | inf vs UNETR | peak GiB ASA / MAE | loader | load | command |
-| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |
+| date | device | torch | amp | size | batch | preset | step s | samples/s | vs MAE | MFU (MAE) | AR | FT vs UNETR | inf vs UNETR | peak GiB ASA / MAE | bf16× | case s | loader | load | command |
+| --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |
 """
 
 
 def markdown_row(r: dict[str, Any]) -> str:
     cells = [
-        r["date"][:10], r["device_name"] + (" fp16" if r["amp"] == "fp16" else ""), r["torch_version"],
-        f"{r['size']}³", str(r["batch"]), r["preset"], f"{r['asa_step_s']:.3f}", f"{r['asa_samples_per_s']:.2f}",
+        r["date"][:10], r["device_name"], r["torch_version"], r["amp"], f"{r['size']}³", str(r["batch"]), r["preset"], f"{r['asa_step_s']:.3f}", f"{r['asa_samples_per_s']:.2f}",
         f"{r['speedup_vs_monai_mae']:.2f}", f"{r['flop_utilization']:.2f} ({r['monai_mae_flop_utilization']:.2f})",
         f"{r['ar_weights_fraction']:.4f}", f"{r['finetune_speedup_vs_unetr']:.2f}", f"{r['inference_speedup_vs_unetr']:.2f}",
         f"{r['asa_pretrain_peak_mib'] / 1024:.2f} / {r['monai_mae_peak_mib'] / 1024:.2f}",
+        f"{r['bf16_speedup']:.2f}" if "bf16_speedup" in r else "-",
+        f"{r['case_inference_s']:.1f}" if "case_inference_s" in r else "-",
         f"{r['loader_headroom']:.1f}" if "loader_headroom" in r else "-", f"{r['load_avg_start']:.1f}",
         f"`{r['command']}`",
     ]
@@ -545,6 +604,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--steps", type=int, default=3, help="timed repeats per measurement (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed repeats before timing (default 1)")
+    p.add_argument("--amp", default="auto", choices=AMP_CHOICES,
+                   help="precision of every model: auto (as trainer.amp=auto), off (fp32), bf16, fp16 (CUDA)")
+    p.add_argument("--case-shape", type=int, nargs=3, default=list(CASE_SHAPE), metavar=("X", "Y", "Z"),
+                   help="whole-case inference volume (default 240 240 155, one BraTS case)")
+    p.add_argument("--skip-case", action="store_true", help="leave out the whole-case inference")
     p.add_argument("--skip-loader", action="store_true", help="leave out the data-loader measurement")
     p.add_argument("--json", type=Path, help="write all results to this JSON file")
     p.add_argument("--append-md", nargs="?", const=BENCHMARKS_MD, type=Path, metavar="PATH",
@@ -565,7 +629,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "competing for the cores slow many-small-op models most", file=sys.stderr)
     start = time.perf_counter()
     results = run_benchmark(size=args.size, batch=args.batch, preset=args.preset, device=device, steps=args.steps,
-                            warmup=args.warmup, loader=not args.skip_loader, seed=args.seed)
+                            warmup=args.warmup, loader=not args.skip_loader, seed=args.seed, amp=args.amp,
+                            case_shape=None if args.skip_case else args.case_shape)
     facts = describe(device, sys.argv[1:] if argv is None else argv)
     results = {**facts, "size": args.size, "batch": args.batch, "preset": args.preset, "steps": args.steps,
                "warmup": args.warmup, "threads": torch.get_num_threads(), "load_avg_start": load_start, **results,

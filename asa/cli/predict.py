@@ -5,15 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from asa.train.config_files import config_path
 from asa.train.distributed import resolve_device
+from asa.train.precision import amp_name, resolve_amp, set_threads
 
 __all__ = ["main", "run"]
-
-AMP = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def run(cfg: DictConfig) -> list[Path]:
@@ -21,11 +19,13 @@ def run(cfg: DictConfig) -> list[Path]:
     from asa.eval.predict import Predictor, gather_cases, predict_cases
 
     device = resolve_device(str(cfg.device))
-    amp = str(cfg.amp)
-    if amp not in (*AMP, "auto"):
-        raise ValueError(f"amp={amp!r}: expected one of auto, off, fp16, bf16")
-    amp_dtype = (torch.float16 if device.type == "cuda" else None) if amp == "auto" else AMP[amp]
-    predictor = Predictor.from_checkpoint(str(cfg.checkpoint), device=device, amp_dtype=amp_dtype)
+    amp_dtype = resolve_amp(str(cfg.amp), device, option="amp")
+    threads = set_threads(cfg.get("threads"), option="threads")
+    compile_net = bool(cfg.get("compile", False))
+    print(f"[asa] predicting on {device}, precision {amp_name(amp_dtype)} (amp={cfg.amp}), {threads} CPU threads"
+          f"{', torch.compile' if compile_net else ''}", flush=True)
+    predictor = Predictor.from_checkpoint(str(cfg.checkpoint), device=device, amp_dtype=amp_dtype,
+                                          compile=compile_net)
     inputs = OmegaConf.to_container(cfg.input) if isinstance(cfg.input, ListConfig) else str(cfg.input)
     cases = gather_cases(inputs, predictor.task, layout=str(cfg.layout))
     tta_axes = list(cfg.tta_axes) if cfg.tta else []

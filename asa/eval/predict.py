@@ -29,9 +29,11 @@ class Predictor:
     amp_dtype: torch.dtype | None = None
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, device: torch.device, amp_dtype: torch.dtype | None = None) -> "Predictor":
-        """Rebuild the network and task recorded in a fine-tuning checkpoint (``asa-finetune`` output)."""
-        from asa.models import build_from_config
+    def from_checkpoint(cls, path: str | Path, *, device: torch.device, amp_dtype: torch.dtype | None = None,
+                        compile: bool = False) -> "Predictor":
+        """Rebuild the network and task recorded in a fine-tuning checkpoint (``asa-finetune`` output);
+        ``compile`` applies ``torch.compile`` to its blocks (:func:`asa.models.compile_blocks`)."""
+        from asa.models import build_from_config, compile_blocks
         from asa.train import load_checkpoint
 
         state = load_checkpoint(path)
@@ -48,7 +50,10 @@ class Predictor:
             model.load_state_dict(state["model"])
         except RuntimeError as err:
             raise ValueError(f"checkpoint {path}: weights do not fit the recorded network: {err}") from err
-        return cls(model.to(device).eval(), task, (patch,) * 3, device, amp_dtype)
+        model = model.to(device).eval()
+        if compile:
+            compile_blocks(model)
+        return cls(model, task, (patch,) * 3, device, amp_dtype)
 
     def __call__(self, image: torch.Tensor, *, overlap: float = 0.5, sw_batch_size: int = 2,
                  tta_axes: Sequence[int] = ()) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Networks: SW-ViT with LW-MSA/SLW-MSA, symmetric position encoding, the ASA autoencoder."""
 
 from asa.models.attention import LinearWindowAttention
+from asa.models.compiled import compile_blocks
 from asa.models.mae import ASA, MAEOutput
 from asa.models.patch import PatchEmbed, patch_grid, patchify, unpatchify
 from asa.models.position import symmetric_position_encoding
@@ -21,6 +22,7 @@ __all__ = [
     "SWBlock",
     "SWViT",
     "build_from_config",
+    "compile_blocks",
     "build_segmentation_network",
     "patch_grid",
     "patchify",

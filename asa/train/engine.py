@@ -22,13 +22,13 @@ from tqdm.auto import tqdm
 from .checkpoint import FORMAT, VERSION, check_compatible, load_checkpoint, prune_step_checkpoints, save_checkpoint
 from .data import build_loader, move_to
 from .distributed import DistEnv, all_gather_objects, all_reduce_max_ints, all_reduce_mean, barrier
+from .precision import AMP_CHOICES, amp_name, resolve_amp, set_threads
 from .rng import capture_rng, fork_rng, item_seed, restore_rng, seed_everything
 from .schedule import lr_at
 
 __all__ = ["TrainConfig", "FitResult", "Engine", "fit", "NonFiniteLossError"]
 
 StepFn = Callable[[nn.Module, object], "tuple[torch.Tensor, Mapping[str, float | torch.Tensor]]"]
-_AMP = {"auto", "fp16", "bf16", "off"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -49,7 +49,9 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | poly | constant
     min_lr: float = 0.0
     power: float = 0.9  # poly exponent
-    amp: str = "auto"  # auto (fp16 on CUDA, off on CPU) | fp16 | bf16 | off
+    amp: str = "auto"  # auto (fp16 on CUDA, bf16 on a CPU with native bf16, else off) | fp16 | bf16 | off
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
+    compile: bool = False  # torch.compile the model's blocks (see asa.models.compile_blocks)
     clip_grad: float | None = None  # max global grad norm; the norm is logged either way
     log_every: int = 10  # steps
     ckpt_every: int = 100  # steps between last.pt writes (also written at the end and every epoch)
@@ -74,8 +76,10 @@ class TrainConfig:
         return cls(**dict(values))
 
     def __post_init__(self) -> None:
-        if self.amp not in _AMP:
-            raise ValueError(f"trainer.amp={self.amp!r}: expected one of {sorted(_AMP)}")
+        if self.amp not in AMP_CHOICES:
+            raise ValueError(f"trainer.amp={self.amp!r}: expected one of {', '.join(AMP_CHOICES)}")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ValueError(f"trainer.threads={self.threads}: expected a positive thread count or null")
         if self.mode not in {"min", "max"}:
             raise ValueError(f"trainer.mode={self.mode!r}: expected 'min' or 'max'")
         for name in ("epochs", "batch_size", "accum_steps", "log_every", "val_every", "max_nonfinite"):
@@ -112,16 +116,6 @@ class _Tracker:
 
     def load(self, state: Mapping) -> None:
         self.best, self.best_step, self.bad_rounds = state["best"], state["best_step"], int(state["bad_rounds"])
-
-
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp == "bf16":
-        return torch.bfloat16
-    if device.type != "cuda":
-        raise ValueError(f"trainer.amp={amp!r} needs a CUDA device (running on {device}); use amp=off or auto")
-    return torch.float16
 
 
 def _scalar(v: object) -> float:
@@ -167,7 +161,7 @@ class Engine:
         self.run_config = dict(run_config or {})
         self.compat_keys, self.resume, self.collate_fn = tuple(compat_keys), resume, collate_fn
         self.extra_state = extra_state
-        self.amp_dtype = _amp_dtype(config.amp, self.env.device)
+        self.amp_dtype = resolve_amp(config.amp, self.env.device)
         use_scaler = self.amp_dtype == torch.float16 and self.env.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.tracker = _Tracker(config.mode)
@@ -352,7 +346,13 @@ class Engine:
 
     def _fit(self, train_data: Dataset) -> FitResult:
         env, cfg = self.env, self.cfg
+        set_threads(cfg.threads)
         self.model.to(env.device)
+        if cfg.compile and not getattr(self, "_compiled", False):
+            from asa.models import compile_blocks
+
+            self._say(f"torch.compile: {compile_blocks(self.model)} blocks (compiled on first use)")
+            self._compiled = True
         loader, sampler, seeded, generator = build_loader(
             train_data, batch_size=cfg.batch_size, rank=env.rank, world_size=env.world_size, seed=self.seed,
             num_workers=cfg.num_workers, collate_fn=self.collate_fn, pin_memory=env.device.type == "cuda",
@@ -395,7 +395,8 @@ class Engine:
         window_steps, t0, stopped, preempted = 0, time.perf_counter(), False, False
         self._say(f"training: {self.steps_per_epoch} steps/epoch, schedule over {self.total_steps} steps "
                   f"(warm-up {self.warmup_steps}), stopping at step {stop_step}; global batch {samples_per_step}; "
-                  f"device {env.device}, world size {env.world_size}, amp {self.amp_dtype}")
+                  f"device {env.device}, world size {env.world_size}, precision {amp_name(self.amp_dtype)} "
+                  f"(trainer.amp={cfg.amp}), {torch.get_num_threads()} CPU threads")
         self.model.train()
         while self.step < stop_step and not stopped:
             seeded.epoch = self.epoch

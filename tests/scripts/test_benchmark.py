@@ -18,7 +18,8 @@ sys.modules[_spec.name] = benchmark  # dataclasses look their module up
 _spec.loader.exec_module(benchmark)
 
 # one thread: on a loaded 2-core machine two threads stall at every op
-TINY = ["--size", "32", "--preset", "tiny", "--batch", "1", "--steps", "1", "--warmup", "0", "--threads", "1"]
+TINY = ["--size", "32", "--preset", "tiny", "--batch", "1", "--steps", "1", "--warmup", "0", "--threads", "1",
+        "--amp", "bf16", "--case-shape", "40", "40", "36"]
 POSITIVE = [
     "asa_step_s", "monai_mae_step_s", "speedup_vs_monai_mae", "asa_samples_per_s",
     "asa_step_flops", "monai_mae_step_flops", "matmul_flops_per_s", "flop_utilization", "monai_mae_flop_utilization",
@@ -28,6 +29,7 @@ POSITIVE = [
     "asa_pretrain_peak_mib", "monai_mae_peak_mib", "asa_finetune_peak_mib", "unetr_finetune_peak_mib",
     "asa_inference_peak_mib", "unetr_inference_peak_mib",
     "loader_batches_per_s", "train_batches_per_s", "loader_headroom",
+    "asa_fp32_step_s", "bf16_speedup", "case_inference_s", "case_inference_peak_mib",
 ]
 FACTS = ["device", "device_name", "torch_version", "monai_version", "date", "command", "unetr_note"]
 
@@ -38,7 +40,7 @@ def tiny_run(tmp_path_factory):
     md = out / "BENCHMARKS.md"
     assert benchmark.main([*TINY, "--device", "cpu", "--json", str(out / "b.json"), "--append-md", str(md)]) == 0
     r = json.loads((out / "b.json").read_text())
-    no_loader = {k: v for k, v in r.items() if not k.startswith(("loader_", "train_batches"))}
+    no_loader = {k: v for k, v in r.items() if not k.startswith(("loader_", "train_batches", "bf16", "case_"))}
     benchmark.append_markdown(no_loader, md)  # a second run, as --skip-loader leaves it
     return r, md
 
@@ -51,6 +53,8 @@ def test_every_key_positive_and_finite(tiny_run):
         assert isinstance(r[key], str) and r[key], key
     assert r["torch_version"] == torch.__version__
     assert r["size"] == 32 and r["batch"] == 1 and r["preset"] == "tiny"
+    assert r["amp"] == "bf16" and r["threads"] == 1 and "(1 thread)" in r["device_name"]
+    assert r["case_shape"] == [40, 40, 36] and len(r["times"]["case_inference"]) == 1
     assert r["command"].startswith("scripts/benchmark.py --size 32")
     assert len(r["times"]["asa"]) == 1 and len(r["times"]["monai_mae"]) == 1
     assert r["inference_volume"] == 48  # 1.5 × size
@@ -63,10 +67,12 @@ def test_ratios_are_those_of_the_recorded_times(tiny_run):
     assert r["inference_speedup_vs_unetr"] == pytest.approx(r["unetr_inference_s"] / r["asa_inference_s"])
     assert r["ar_weights_fraction"] == pytest.approx(r["ar_weights_s"] / r["asa_step_s"])
     assert r["loader_headroom"] == pytest.approx(r["loader_batches_per_s"] * r["asa_step_s"])
+    assert r["bf16_speedup"] == pytest.approx(r["asa_fp32_step_s"] / r["asa_step_s"])
+    assert r["asa_fp32_step_s"] == r["times"]["asa_fp32"][0]
     assert r["flop_utilization"] == pytest.approx(r["asa_step_flops"] / r["asa_step_s"] / r["matmul_flops_per_s"])
     # each timed list holds one step; the medians are those steps
     assert r["asa_step_s"] == r["times"]["asa"][0]
-    assert r["matmul_flops_per_s"] == pytest.approx(2 * 4096**3 / r["times"]["matmul"][0])
+    assert r["matmul_flops_per_s"] == pytest.approx(2 * 4096**3 / r["times"]["matmul"][0])  # a bf16 matmul here
 
 
 def test_flops_count_the_model(tiny_run):
@@ -89,8 +95,10 @@ def test_markdown_header_once_then_one_row_per_run(tiny_run):
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     header = [c.strip() for c in text.split("| date |")[1].splitlines()[0].strip("|").split("|")]
     assert len(cells) == len(header) + 1
-    assert cells[3] == "32³" and cells[5] == "tiny" and cells[-1].startswith("`scripts/benchmark.py")
-    assert [c.strip() for c in rows[1].strip("|").split("|")][14] == "-"  # loader skipped in the second run
+    assert cells[3] == "bf16" and cells[4] == "32³" and cells[6] == "tiny" and cells[-1].startswith("`scripts/benchmark.py")
+    assert cells[15] == f"{tiny_run[0]['bf16_speedup']:.2f}" and cells[16] == f"{tiny_run[0]['case_inference_s']:.1f}"
+    second = [c.strip() for c in rows[1].strip("|").split("|")]
+    assert second[15:18] == ["-", "-", "-"]  # no bf16 timing, no case, no loader in the second run
 
 
 def test_peak_memory_sees_an_allocation():
@@ -102,7 +110,8 @@ def test_peak_memory_sees_an_allocation():
 
 @pytest.mark.parametrize(
     "argv, match",
-    [(["--size", "40"], "multiple of 16"), (["--steps", "0"], "--steps"), (["--device", "cuda:0"], "CUDA")],
+    [(["--size", "40"], "multiple of 16"), (["--steps", "0"], "--steps"), (["--device", "cuda:0"], "CUDA"),
+     (["--device", "cpu", "--amp", "fp16"], "--amp=fp16 needs a CUDA device")],
 )
 def test_bad_options(argv, match):
     if "cuda:0" in argv and torch.cuda.is_available():

@@ -40,7 +40,8 @@ def _weights(out: Path) -> dict:
 
 @pytest.mark.slow
 def test_two_process_gloo_ddp_matches_one_process_on_the_same_global_batch(tmp_path):
-    common = ["--max-steps", "2", "--dropout", "0"]
+    # fp32: with bf16 autocast the kernels round differently for batch 4 and batch 2 (~1e-4)
+    common = ["--max-steps", "2", "--dropout", "0", "--amp", "off"]
     _run(["--out", str(tmp_path / "one"), "--batch-size", "4", *common])
     _run(["--out", str(tmp_path / "ddp"), "--batch-size", "2", *common], nproc=2)
     _run(["--out", str(tmp_path / "ddp_acc"), "--batch-size", "1", "--accum", "2", *common], nproc=2)

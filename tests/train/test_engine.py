@@ -104,8 +104,9 @@ def test_early_stopping_on_monitored_metric(tmp_path):
 
 
 def test_accumulation_matches_a_larger_batch(tmp_path):
-    big = make_engine(tmp_path / "a", config=_cfg(max_steps=3, batch_size=4), dropout=0.0).fit(ToyData())
-    acc = make_engine(tmp_path / "b", config=_cfg(max_steps=3, batch_size=2, accum_steps=2), dropout=0.0)
+    # fp32: under bf16 autocast the kernels round differently for batch 4 and batch 2 (~1e-4)
+    big = make_engine(tmp_path / "a", config=_cfg(max_steps=3, batch_size=4, amp="off"), dropout=0.0).fit(ToyData())
+    acc = make_engine(tmp_path / "b", config=_cfg(max_steps=3, batch_size=2, accum_steps=2, amp="off"), dropout=0.0)
     acc.fit(ToyData())
     assert big.step == 3
     wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")

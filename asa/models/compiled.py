@@ -1,0 +1,24 @@
+"""``torch.compile`` for the networks' repeated parts, keeping parameter names (and checkpoints) unchanged."""
+
+from __future__ import annotations
+
+from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
+from torch import nn
+
+from asa.models.swvit import SWBlock
+
+COMPILED_PARTS = (SWBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock, UnetOutBlock)
+
+
+def compile_blocks(model: nn.Module, *, dynamic: bool = False) -> int:
+    """Compile, in place, every SW-ViT block and every UNETR decoder block of ``model``
+    (``nn.Module.compile``: the module keeps its parameters and state-dict keys; only its
+    forward is replaced by the compiled graph). Returns how many parts were compiled.
+
+    Windows, crops and token counts are fixed during a run, so static shapes (``dynamic=False``)
+    give the best kernels; a new shape triggers one recompilation.
+    """
+    parts = [m for m in model.modules() if isinstance(m, COMPILED_PARTS)]
+    for part in parts:
+        part.compile(dynamic=dynamic)
+    return len(parts)
