@@ -51,3 +51,21 @@ def test_console_scripts_help(name):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"asa-{name}" in proc.stdout and "Usage" in proc.stdout
+
+
+@pytest.mark.parametrize("override, match", [("amp=fp16", "amp=fp16 needs a CUDA device"), ("amp=fp8", "amp='fp8'"),
+                                             ("threads=0", "threads=0")])
+def test_predict_precision_and_threads_are_checked_first(tmp_path, override, match):
+    from asa.cli.predict import run
+
+    cfg = compose_config("predict", [f"checkpoint={tmp_path / 'none.pt'}", f"input={tmp_path}",
+                                     f"output={tmp_path / 'out'}", "device=cpu", override])
+    with pytest.raises(ValueError, match=match):
+        run(cfg)
+
+
+def test_trainer_precision_threads_compile_defaults():
+    cfg = compose_config("finetune", [])
+    assert (cfg.trainer.amp, cfg.trainer.threads, cfg.trainer.compile) == ("auto", None, False)
+    cfg = compose_config("predict", ["checkpoint=c", "input=i", "output=o"])
+    assert (cfg.amp, cfg.threads, cfg.compile) == ("auto", None, False)
