@@ -40,9 +40,10 @@ def run(cfg: DictConfig) -> dict:
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"pred={pred_dir}: no such folder")
     pairs = match_predictions(pred_dir, cases, on_missing=str(cfg.on_missing))
-    summary = evaluate_cases(pairs, task, out_dir=str(cfg.output), num_workers=int(cfg.num_workers), progress=True)
+    summary = evaluate_cases(pairs, task, out_dir=str(cfg.output), num_workers=int(cfg.num_workers), progress=True,
+                             hd95_convention=str(cfg.hd95))
     out = Path(str(cfg.output)).absolute()
-    print(f"[asa] {task.name}: {summary['n_cases']} case(s)")
+    print(f"[asa] {task.name}: {summary['n_cases']} case(s); HD95 convention {cfg.hd95}")
     for name in task.output_names:
         s = summary[name]
         print(f"  {name:>4}: Dice {s['Dice']['mean']:.4f} (median {s['Dice']['median']:.4f}), "

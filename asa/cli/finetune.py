@@ -33,19 +33,29 @@ def run(cfg: DictConfig) -> FitResult:
         cases = load_cases(data, out_dir / "bad_cases.json" if env.is_main else None)
         task = get_task(str(data.task), root=dataset_root(data)[0])
         torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
-        patch = int(data.patch_size)
+        # one grid: crops default to the pretraining crop (the file's, else the paper's 128, or the
+        # demo phantoms' size, which demo pretraining uses too)
+        default_patch = int(data.demo.size) if data.root is None and data.get("demo") else 128
         model = build_from_config(OmegaConf.to_container(cfg.model, resolve=True),
                                   OmegaConf.to_container(cfg.segmenter, resolve=True),
-                                  in_channels=len(task.channels), out_channels=task.num_outputs, patch_size=patch)
+                                  in_channels=len(task.channels), out_channels=task.num_outputs,
+                                  patch_size=None if data.patch_size is None else int(data.patch_size),
+                                  default_patch_size=default_patch)
+        patch = int(model.img_size[0]) if hasattr(model, "img_size") else int(data.patch_size or default_patch)
         resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         resolved["task"] = dataclasses.asdict(task)  # asa-predict rebuilds the task from the checkpoint
-        if hasattr(model, "pos_mode"):  # the effective mode (null follows the pretrained file)
-            resolved["segmenter"]["pos_mode"] = model.pos_mode
+        resolved["data"]["patch_size"] = patch  # the effective crop (null follows the pretrained file)
+        lattice = {}
+        if hasattr(model, "reference_grid"):  # the effective settings (null follows the pretrained file)
+            resolved["segmenter"].update(pos_mode=model.pos_mode, lr_axis=model.lr_axis,
+                                         reference_grid=list(model.reference_grid))
+            lattice = dict(lattice=model.patch_size, lr_axis=model.lr_axis,
+                           reference_size=tuple(g * model.patch_size for g in model.reference_grid))
         write_run_config(resolved, out_dir, env)
         splits = split_cases(cases, data, out_dir, env)
         train_ds = build_segmentation_dataset(
             splits["train"], task, train=True, patch_size=patch, cache_dir=data.cache_dir,
-            samples_per_case=int(data.samples_per_case), seed=int(cfg.seed),
+            samples_per_case=int(data.samples_per_case), seed=int(cfg.seed), **lattice,
         )
         val_ds = (build_segmentation_dataset(splits["val"], task, train=False, cache_dir=data.cache_dir)
                   if splits["val"] else None)
@@ -55,7 +65,7 @@ def run(cfg: DictConfig) -> FitResult:
             print(f"[asa] warning: data={data.name} has no validation cases: no best.pt, no early stopping",
                   file=sys.stderr)
         validate = None if val_ds is None else make_dice_validator(
-            val_ds, names=task.output_names, multilabel=task.multilabel, roi_size=(patch,) * 3, env=env,
+            val_ds, task=task, roi_size=(patch,) * 3, env=env,
             overlap=float(cfg.validation.overlap), sw_batch_size=int(cfg.validation.sw_batch_size),
         )
         collate = None

@@ -103,14 +103,15 @@ def build_pretrain_dataset(
     seed: int | None = None,
 ) -> CaseDataset:
     """Items ``{"image": FloatTensor[C, *size], "id": str}``: z-scored in brain, brain-centred crop
-    with the mid-sagittal plane at the centre of axis 0, light intensity augmentation if ``augment``."""
+    with the mid-sagittal plane at the centre of axis 0 (the paper's only augmentation); ``augment``
+    adds light intensity augmentation inside the brain mask."""
     pre = PretrainPreprocess(size, resample_mm=resample_mm, lr_centre=lr_centre)
     steps: list[Any] = [pre]
     if augment:
         steps += list(pretrain_augmentation().transforms)
     steps.append(Finalize(("image", "id")))
     items = [case_to_item(c, channels) for c in cases]
-    settings = {**pre.settings(), "channels": list(channels), "version": 1}
+    settings = {**pre.settings(), "channels": list(channels), "version": 2}
     cache_path = None if cache_dir is None else Path(cache_dir) / f"pretrain-{settings_hash(settings)}"
     return CaseDataset(items, Compose(steps), cache_path=cache_path, seed=seed)
 
@@ -124,36 +125,47 @@ def build_segmentation_dataset(
     cache_dir: str | Path | None = None,
     samples_per_case: int = 1,
     seed: int | None = None,
+    lattice: int = 8,
+    reference_size: int | Sequence[int] | None = None,
+    lr_axis: int = 0,
     **augment_kwargs: Any,
 ) -> CaseDataset:
     """Fine-tuning dataset on the canonical RAS grid of each case (no whole-volume crop/resample).
 
-    train: ``{"image": [C, p, p, p], "label": target}``; with ``samples_per_case > 1`` an item is a
-    list of such dicts (use ``monai.data.list_data_collate``). val: ``{"image": [C, X, Y, Z],
-    "label": target, "id"}``. target: multilabel float32 [K, ...]; softmax int64 [1, ...], -1 = ignore.
-    ``augment_kwargs`` go to `segmentation_train_augmentation` (rotate_deg, zoom, flip_axes, gamma, ...).
+    train: ``{"image": [C, p, p, p], "label": target, "offset": int64 [3]}``: crops on the brain
+    frame's patch lattice (``lattice`` = the ViT patch size, reference grid ``reference_size`` voxels
+    = the pretraining crop, default ``patch_size``, mirrored axis ``lr_axis``) with their patch
+    offsets; with ``samples_per_case > 1`` an item is a list of such dicts (use
+    ``monai.data.list_data_collate``). val: ``{"image": [C, X, Y, Z], "label": target, "id",
+    "centre": [3] brain centre}``. target: multilabel float32 [K, ...]; softmax int64 [1, ...],
+    -1 = ignore. ``augment_kwargs`` go to `segmentation_train_augmentation` (rotate_deg, zoom, ...).
     """
     patch = (int(patch_size),) * 3 if isinstance(patch_size, int) else tuple(int(p) for p in patch_size)
+    reference = patch if reference_size is None else (
+        (int(reference_size),) * 3 if isinstance(reference_size, int) else tuple(int(r) for r in reference_size))
     pre = SegmentationPreprocess(task)
     label_dtype = torch.float32 if task.multilabel else torch.int64
     if train:
-        steps: list[Any] = [pre, *segmentation_train_augmentation(task, patch, samples_per_case=samples_per_case, **augment_kwargs).transforms,
-                            Finalize(("image", "label"), label_dtype)]
+        augment = segmentation_train_augmentation(task, patch, samples_per_case=samples_per_case, lattice=lattice,
+                                                  reference_size=reference, lr_axis=lr_axis, **augment_kwargs)
+        steps: list[Any] = [pre, *augment.transforms, Finalize(("image", "label", "offset"), label_dtype)]
     else:
-        steps = [pre, Finalize(("image", "label", "id"), label_dtype)]
+        steps = [pre, Finalize(("image", "label", "id", "centre"), label_dtype)]
     items = [case_to_item(c, task.channels) for c in cases]
     missing = [c.id for c in cases if c.label is None]
     if missing:
         raise ValueError(f"build_segmentation_dataset: cases without labels: {missing[:5]}")
-    settings = {**pre.settings(), "version": 1}
+    settings = {**pre.settings(), "version": 2}
     cache_path = None if cache_dir is None else Path(cache_dir) / f"seg-{task.name}-{settings_hash(settings)}"
     return CaseDataset(items, Compose(steps), cache_path=cache_path, seed=seed)
 
 
 def preprocess_for_inference(case: Case, task: Task) -> tuple[torch.Tensor, Volume]:
     """Image [C, X, Y, Z] (canonical grid, z-scored in brain) and the reference Volume (first channel)
-    to write predictions back with ``save_volume(pred, reference, path)``."""
+    to write predictions back with ``save_volume(pred, reference, path)``; the case's brain centre
+    (voxels [3], the brain frame's centre) is recorded in ``reference.meta["brain_centre"]``."""
     item = case_to_item(case, task.channels)
     out = SegmentationPreprocess(task, with_label=False)(item)
     reference = load_volume(item["images"][0], label=False, frame=item["frames"][0])
+    reference.meta["brain_centre"] = out["centre"].tolist()
     return out["image"], reference

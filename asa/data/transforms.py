@@ -6,10 +6,17 @@ clipping (background stays 0), and for pretraining a brain-centred crop/pad whos
 the left-right centre of the brain (mask extent, or world x = 0 for MNI-aligned data), so the
 mid-sagittal plane lies between voxels size/2 - 1 and size/2 (voxel i mirrors size - 1 - i).
 
-Random augmentation (never cached): pretraining gets light intensity changes; fine-tuning gets
-foreground-oversampled random crops, rotation, scaling, flips along every axis (left-right included:
-brains are near-symmetric and the labels are side-agnostic) and gamma. Label-like keys are always
-interpolated with ``nearest``.
+Fine-tuning preprocessing records the brain centre of every case (``"centre"``: the left-right
+centre of the brain mask, i.e. the mid-sagittal plane, and the mask's centre along the other axes,
+exactly as the pretraining crop is centred), which places the brain frame's reference grid
+(`asa.data.lattice`).
+
+Random augmentation (never cached): pretraining follows the paper (the brain-centred crop only); the
+optional light intensity changes act inside the brain mask and leave the background at its value.
+Fine-tuning gets foreground-oversampled random crops on the brain frame's patch lattice, rotation,
+scaling, flips along every axis (left-right included: brains are near-symmetric, the labels are
+side-agnostic, and a left-right flip maps a crop to its mirror crop's offset) and gamma.
+Label-like keys are always interpolated with ``nearest``.
 """
 
 from __future__ import annotations
@@ -22,18 +29,17 @@ import torch
 from monai.transforms import (
     Compose,
     RandAdjustContrastd,
-    RandCropByPosNegLabeld,
-    RandFlipd,
     RandRotated,
     RandScaleIntensityd,
     RandShiftIntensityd,
     RandZoomd,
-    SpatialPadd,
+    Randomizable,
     Transform,
 )
 
 from asa.data.case import Case
 from asa.data.io import Volume, load_volume
+from asa.data.lattice import LatticeCropd, LatticeFlipd, reference_origin
 from asa.data.tasks import Task
 
 __all__ = [
@@ -47,6 +53,7 @@ __all__ = [
     "PretrainPreprocess",
     "SegmentationPreprocess",
     "pretrain_augmentation",
+    "BrainIntensityd",
     "segmentation_train_augmentation",
     "Finalize",
 ]
@@ -138,8 +145,8 @@ def crop_or_pad(image: np.ndarray, centre: Sequence[float], size: Sequence[int],
     coordinate lands exactly in the middle of an even-sized output."""
     out = np.full((image.shape[0], *size), value, dtype=image.dtype)
     src, dst = [], []
-    for ax, n in enumerate(size):
-        start = int(np.floor(centre[ax] - (n - 1) / 2 + 0.5 + 1e-6))
+    for ax, (n, start) in enumerate(zip(size, reference_origin(centre, size))):
+        start = int(start)
         lo, hi = max(start, 0), min(start + n, image.shape[ax + 1])
         if hi <= lo:
             return out
@@ -167,7 +174,8 @@ def _as_tuple3(size: int | Sequence[int]) -> tuple[int, int, int]:
 
 
 class PretrainPreprocess(Transform):
-    """item -> {"image": float32 Tensor [C, *size], "id"}: load, (resample), z-score in brain, brain-centred crop/pad."""
+    """item -> {"image": float32 Tensor [C, *size], "brain": bool [1, *size], "id"}: load, (resample),
+    z-score in brain, brain-centred crop/pad; ``brain`` is the brain mask on the crop."""
 
     def __init__(self, size: int | Sequence[int] = 128, *, resample_mm: float | None = None, lr_centre: str = "mask",
                  percentiles: tuple[float, float] = (0.5, 99.5)) -> None:
@@ -189,15 +197,19 @@ class PretrainPreprocess(Transform):
             image, affine = resample_isotropic(image, affine, self.resample_mm)
         mask = brain_mask(image)
         image = normalize_in_brain(image, mask, self.percentiles)
-        image = crop_or_pad(image, brain_centre(mask, affine, self.lr_centre), self.size)
-        return {"image": torch.from_numpy(np.ascontiguousarray(image)), "id": item["id"]}
+        centre = brain_centre(mask, affine, self.lr_centre)
+        image = crop_or_pad(image, centre, self.size)
+        brain = crop_or_pad(mask[None], centre, self.size, value=False)
+        return {"image": torch.from_numpy(np.ascontiguousarray(image)), "brain": torch.from_numpy(brain), "id": item["id"]}
 
 
 class SegmentationPreprocess(Transform):
-    """item -> {"image": [C, X, Y, Z], "label": target, "fg": uint8 [1, X, Y, Z], "id"} on the canonical grid.
+    """item -> {"image": [C, X, Y, Z], "centre": float64 [3], "label": target, "fg": uint8 [1, X, Y, Z],
+    "id"} on the canonical grid.
 
-    target: multilabel tasks float32 [K, X, Y, Z]; softmax tasks int64 [1, X, Y, Z] (ignore = -1).
-    ``fg`` (label > 0 outside the ignore label) drives foreground oversampling.
+    ``centre``: the brain centre in voxels (`brain_centre` of the brain mask), the centre of the
+    brain frame's reference grid. target: multilabel tasks float32 [K, X, Y, Z]; softmax tasks int64
+    [1, X, Y, Z] (ignore = -1). ``fg`` (label > 0 outside the ignore label) drives foreground oversampling.
     """
 
     def __init__(self, task: Task, *, percentiles: tuple[float, float] = (0.5, 99.5), with_label: bool = True) -> None:
@@ -210,8 +222,10 @@ class SegmentationPreprocess(Transform):
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         image, ref = load_case_images(item)
-        image = normalize_in_brain(image, brain_mask(image), self.percentiles)
-        out: dict[str, Any] = {"image": torch.from_numpy(image), "id": item["id"]}
+        mask = brain_mask(image)
+        image = normalize_in_brain(image, mask, self.percentiles)
+        out: dict[str, Any] = {"image": torch.from_numpy(image), "centre": torch.from_numpy(brain_centre(mask)),
+                               "id": item["id"]}
         if self.with_label:
             if item["label"] is None:
                 raise ValueError(f"case {item['id']}: no label file, but the {self.task.name} dataset needs one")
@@ -227,13 +241,44 @@ class SegmentationPreprocess(Transform):
         return out
 
 
+class BrainIntensityd(Randomizable, Transform):
+    """Run intensity ``transforms`` on ``"image"`` and keep their result inside ``"brain"`` only, so
+    the background keeps its value (a global shift would make the volume border an edge that the
+    AR weights take for information)."""
+
+    def __init__(self, transforms: Sequence[Transform]) -> None:
+        self.transforms = list(transforms)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> "BrainIntensityd":
+        super().set_random_state(seed=seed, state=state)
+        for t in self.transforms:  # distinct, reproducible streams for the wrapped transforms
+            if isinstance(t, Randomizable):
+                t.set_random_state(seed=int(self.R.randint(2**32 - 1, dtype="uint32")))
+        return self
+
+    def randomize(self, data: Any = None) -> None:  # the wrapped transforms draw their own
+        pass
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        before = torch.as_tensor(d["image"])
+        for t in self.transforms:
+            d = t(d)
+        brain = torch.as_tensor(d["brain"]).bool()
+        d["image"] = torch.where(brain, torch.as_tensor(d["image"]), before)
+        return d
+
+
 def pretrain_augmentation() -> Compose:
-    """Light intensity augmentation for pretraining: global scale (±10 %) and shift (±0.1) of the
-    z-scored image. Spatial layout is untouched so the mid-sagittal plane stays centred."""
+    """Optional intensity augmentation for pretraining (the paper uses the brain-centred crop only):
+    scale (±10 %) and shift (±0.1) of the z-scored image inside the brain mask. Spatial layout is
+    untouched so the mid-sagittal plane stays centred."""
     return Compose(
         [
-            RandScaleIntensityd(keys="image", factors=0.1, prob=0.8),
-            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+            BrainIntensityd([
+                RandScaleIntensityd(keys="image", factors=0.1, prob=0.8),
+                RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+            ])
         ]
     )
 
@@ -248,25 +293,29 @@ def segmentation_train_augmentation(
     zoom: tuple[float, float] = (0.85, 1.25),
     flip_axes: Sequence[int] = (0, 1, 2),
     gamma: tuple[float, float] = (0.7, 1.5),
+    lattice: int = 8,
+    reference_size: Sequence[int] | None = None,
+    lr_axis: int = 0,
 ) -> Compose:
-    """Fine-tuning augmentation: pad to the patch, foreground-oversampled random crops
-    (``pos_fraction`` of crops centred on a foreground voxel), rotation, zoom, flips, gamma."""
-    keys = ["image", "label", "fg"]
+    """Fine-tuning augmentation: foreground-oversampled random crops (``pos_fraction`` of crops
+    centred on a foreground voxel) starting on the brain frame's ``lattice`` (the ViT patch size)
+    around a ``reference_size`` box (the pretraining crop; default ``patch_size``) centred on the
+    recorded brain centre, each with its patch ``"offset"``; then rotation, zoom, flips, gamma."""
+    keys = ["image", "label"]
     label_mode = "nearest"
     rad = float(np.deg2rad(rotate_deg))
     pos = max(pos_fraction, 0.0)
+    reference = tuple(patch_size) if reference_size is None else tuple(reference_size)
     return Compose(
         [
-            SpatialPadd(keys=keys, spatial_size=list(patch_size)),
-            RandCropByPosNegLabeld(
-                keys=["image", "label"], label_key="fg", spatial_size=list(patch_size), pos=pos, neg=1 - pos,
-                num_samples=samples_per_case, allow_smaller=False,
-            ),
-            RandRotated(keys=["image", "label"], range_x=rad, range_y=rad, range_z=rad, prob=0.2,
+            LatticeCropd(keys, label_key="fg", spatial_size=list(patch_size), patch=lattice,
+                         reference_size=reference, pos=min(pos, 1.0), num_samples=samples_per_case),
+            RandRotated(keys=keys, range_x=rad, range_y=rad, range_z=rad, prob=0.2,
                         mode=("bilinear", label_mode), padding_mode="zeros"),
-            RandZoomd(keys=["image", "label"], prob=0.2, min_zoom=zoom[0], max_zoom=zoom[1],
+            RandZoomd(keys=keys, prob=0.2, min_zoom=zoom[0], max_zoom=zoom[1],
                       mode=("trilinear", label_mode), padding_mode="constant", keep_size=True),
-            *[RandFlipd(keys=["image", "label"], spatial_axis=a, prob=0.5) for a in flip_axes],
+            *[LatticeFlipd(keys, spatial_axis=a, prob=0.5, lr_axis=lr_axis, reference_patches=reference[a] // lattice,
+                           crop_patches=patch_size[a] // lattice) for a in flip_axes],
             RandAdjustContrastd(keys="image", gamma=gamma, prob=0.3, retain_stats=True),
         ]
     )

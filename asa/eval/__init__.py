@@ -16,10 +16,11 @@ from asa.eval.evaluate import (
     summarize,
     write_results,
 )
-from asa.eval.metrics import EMPTY_HD95, HD_PERCENTILE, dice, hd95
+from asa.eval.metrics import EMPTY_HD95, HD95_CONVENTIONS, HD_PERCENTILE, dice, hd95
 
 __all__ = [
     "EMPTY_HD95",
+    "HD95_CONVENTIONS",
     "HD_PERCENTILE",
     "METRICS",
     "PER_CASE_CSV",

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from asa.eval.metrics import EMPTY_HD95, HD_PERCENTILE, dice, hd95
+from asa.eval.metrics import EMPTY_HD95, HD95_CONVENTIONS, HD_PERCENTILE, dice, hd95
 
 METRICS: tuple[str, ...] = ("Dice", "HD95")
 PER_CASE_CSV = "per_case.csv"
@@ -92,11 +92,13 @@ def evaluate_arrays(
     *,
     pred_path: Any = "<pred>",
     ref_path: Any = "<label>",
+    hd95_convention: str = "max_directed",
 ) -> dict[str, float]:
     """Score one case given its raw label maps [D, H, W] (same grid).
 
     Returns ``{"Dice_<name>": float, "HD95_<name>": float, ...}`` in ``task.output_names`` order;
-    voxels in the task's ignore mask (from the reference) are removed from both masks.
+    voxels in the task's ignore mask (from the reference) are removed from both masks. HD95 uses
+    ``hd95_convention`` (``max_directed`` | ``pooled``, see `asa.eval.metrics`).
     """
     pred_label = _as_label_map(pred_label, pred_path, "prediction")
     ref_label = _as_label_map(ref_label, ref_path, "label")
@@ -111,7 +113,8 @@ def evaluate_arrays(
     row: dict[str, float] = {}
     for name in task.output_names:
         row[f"Dice_{name}"] = dice(pred_masks[name], ref_masks[name], ignore=ignore)
-        row[f"HD95_{name}"] = hd95(pred_masks[name], ref_masks[name], spacing, ignore=ignore)
+        row[f"HD95_{name}"] = hd95(pred_masks[name], ref_masks[name], spacing, ignore=ignore,
+                                   convention=hd95_convention)
     return row
 
 
@@ -121,6 +124,7 @@ def evaluate_pair(
     label_path: PathLike,
     task: Any,
     loader: Callable[[Any], Any] | None = None,
+    hd95_convention: str = "max_directed",
 ) -> dict[str, Any]:
     """Load one prediction/label pair and score it: ``{"case_id": ..., "Dice_<name>": ..., ...}``."""
     load = loader or _default_loader()
@@ -132,7 +136,8 @@ def evaluate_pair(
             stacklevel=2,
         )
     row = evaluate_arrays(
-        pred.array, ref.array, task, tuple(ref.spacing), pred_path=pred_path, ref_path=label_path
+        pred.array, ref.array, task, tuple(ref.spacing), pred_path=pred_path, ref_path=label_path,
+        hd95_convention=hd95_convention,
     )
     return {"case_id": str(case_id), **row}
 
@@ -143,11 +148,20 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
     return {"mean": float(arr.mean()), "median": float(np.median(arr)), "std": float(arr.std())}
 
 
-def summarize(rows: Sequence[dict[str, Any]], names: Sequence[str], *, task_name: str = "") -> dict[str, Any]:
+HD95_DESCRIPTIONS = {
+    "max_directed": "max over both directions of the directed 95th-percentile surface distance (MONAI, BraTS), mm",
+    "pooled": "95th percentile of both directions' surface distances pooled (medpy, the ASA paper's tables), mm",
+}
+
+
+def summarize(
+    rows: Sequence[dict[str, Any]], names: Sequence[str], *, task_name: str = "", hd95_convention: str = "max_directed"
+) -> dict[str, Any]:
     """Summary dict: per name ``{"Dice": {mean, median, std}, "HD95": {...}}`` over the cases.
 
     Also holds ``n_cases``, ``names``, ``foreground_mean`` (mean over names of the per-name
-    means) and ``per_case`` (the rows). Standard deviations are population (ddof=0).
+    means), ``conventions`` (the HD95 convention used, among others) and ``per_case`` (the rows).
+    Standard deviations are population (ddof=0).
     """
     if not rows:
         raise ValueError("cannot summarize zero cases")
@@ -159,7 +173,8 @@ def summarize(rows: Sequence[dict[str, Any]], names: Sequence[str], *, task_name
     }
     summary["conventions"] = {
         "hd_percentile": HD_PERCENTILE,
-        "hd95": "max over both directions of the directed 95th-percentile surface distance (MONAI), mm",
+        "hd95_convention": hd95_convention,
+        "hd95": HD95_DESCRIPTIONS[hd95_convention],
         "both_empty": {"Dice": 1.0, "HD95": 0.0},
         "one_empty": {"Dice": 0.0, "HD95": EMPTY_HD95},
         "std_ddof": 0,
@@ -213,6 +228,7 @@ def evaluate_cases(
     num_workers: int = 0,
     progress: bool = False,
     loader: Callable[[Any], Any] | None = None,
+    hd95_convention: str = "max_directed",
 ) -> dict[str, Any]:
     """Score every ``(case_id, pred_path, label_path)`` and summarize (see :func:`summarize`).
 
@@ -223,6 +239,7 @@ def evaluate_cases(
         num_workers: >0 scores cases in that many processes (task and loader must pickle).
         progress: show a tqdm progress bar.
         loader: ``path -> Volume`` (default :func:`asa.data.load_volume`).
+        hd95_convention: ``max_directed`` (default) or ``pooled`` (see :mod:`asa.eval.metrics`).
 
     Returns:
         the summary dict, exactly as written to ``summary.json``.
@@ -235,15 +252,18 @@ def evaluate_cases(
         raise ValueError(f"evaluate_cases: duplicate case ids {dupes}")
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if hd95_convention not in HD95_CONVENTIONS:
+        raise ValueError(f"hd95={hd95_convention!r}: expected one of {', '.join(HD95_CONVENTIONS)}")
     args = ([c for c, _, _ in pairs], [p for _, p, _ in pairs], [l for _, _, l in pairs])
     if num_workers > 0:
         with ProcessPoolExecutor(max_workers=num_workers) as pool:
-            results = pool.map(evaluate_pair, *args, repeat(task), repeat(loader))
+            results = pool.map(evaluate_pair, *args, repeat(task), repeat(loader), repeat(hd95_convention))
             rows = list(_progress(results, len(pairs), progress))
     else:
-        results = map(evaluate_pair, *args, repeat(task), repeat(loader))
+        results = map(evaluate_pair, *args, repeat(task), repeat(loader), repeat(hd95_convention))
         rows = list(_progress(results, len(pairs), progress))
-    summary = summarize(rows, tuple(task.output_names), task_name=str(getattr(task, "name", "")))
+    summary = summarize(rows, tuple(task.output_names), task_name=str(getattr(task, "name", "")),
+                        hd95_convention=hd95_convention)
     if out_dir is not None:
         write_results(summary, out_dir)
     return summary

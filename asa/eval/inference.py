@@ -1,13 +1,23 @@
-"""Whole-volume inference: Gaussian-blended sliding windows with optional flip test-time augmentation."""
+"""Whole-volume inference: Gaussian-blended sliding windows with optional flip test-time augmentation.
+
+For networks with a patch lattice (`asa.models.ASASegmenter`: ``patch_size`` and
+``reference_grid``) the windows start on the brain frame's lattice (`asa.data.lattice`) and, in the
+brain frame, the network receives each window's patch offset from the reference grid, exactly as
+in training.
+"""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
+
+from asa.data.lattice import pad_to_lattice
+from asa.data.transforms import brain_centre, brain_mask
 
 
 def flip_subsets(axes: Sequence[int]) -> list[tuple[int, ...]]:
@@ -17,6 +27,24 @@ def flip_subsets(axes: Sequence[int]) -> list[tuple[int, ...]]:
         if a not in (0, 1, 2):
             raise ValueError(f"test-time flip axes must be spatial axes 0, 1, 2, got {a}")
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+def lattice_overlap(roi_size: Sequence[int], overlap: float, patch: int) -> list[float]:
+    """Per-axis overlap whose MONAI scan interval ``int(roi · (1 - overlap))`` is the multiple of
+    ``patch`` nearest to the requested one (at least one patch), so every window start stays on the lattice."""
+    out = []
+    for roi in roi_size:
+        step = max(patch, int(round(roi * (1 - overlap) / patch)) * patch)
+        out.append(1.0 - (min(step, roi) + 0.5) / roi)  # +0.5: int() lands on step despite rounding
+    return out
+
+
+def _lattice(model: nn.Module) -> tuple[int, tuple[int, int, int]] | None:
+    """(patch size, reference size in voxels) of a network with a brain-frame lattice, else None."""
+    patch, reference = getattr(model, "patch_size", None), getattr(model, "reference_grid", None)
+    if not isinstance(patch, int) or reference is None:
+        return None
+    return patch, tuple(int(g) * patch for g in reference)  # type: ignore[return-value]
 
 
 @torch.no_grad()
@@ -31,32 +59,59 @@ def predict_volume(
     tta_axes: Sequence[int] = (),
     device: torch.device | str | None = None,
     amp_dtype: torch.dtype | None = None,
+    centre: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Class or region probabilities of one whole volume.
 
-    image: [C, X, Y, Z] (any size; MONAI pads what is smaller than ``roi_size``) -> [K, X, Y, Z]
-    float32 on the CPU. Windows run on ``device`` (the model's by default); the blended output is
-    accumulated on the CPU, so memory stays bounded by one window batch plus the output.
-    Probabilities (sigmoid for ``multilabel``, else softmax) are averaged over every combination of
-    flips along ``tta_axes``.
+    image: [C, X, Y, Z] (any size; padded to at least ``roi_size``) -> [K, X, Y, Z] float32 on the
+    CPU. Windows run on ``device`` (the model's by default); the blended output is accumulated on
+    the CPU, so memory stays bounded by one window batch plus the output. Probabilities (sigmoid for
+    ``multilabel``, else softmax) are averaged over every combination of flips along ``tta_axes``.
+
+    ``centre``: the brain centre [3] in voxels recorded at preprocessing (default: the centre of the
+    image's non-zero voxels, i.e. of the brain of a preprocessed image). For a lattice network the
+    windows start on the brain frame's patch lattice (``overlap`` rounded to whole patches) and a
+    brain-frame network gets ``offsets`` [B, 3] with every window batch.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     activation = torch.sigmoid if multilabel else (lambda t: torch.softmax(t, dim=1))
+    lattice = _lattice(model)
+    with_offsets = lattice is not None and getattr(model, "spe_frame", "crop") == "brain"
+    origin = np.zeros(3, dtype=np.int64)  # the reference grid's origin in the padded volume (lattice networks)
 
-    def predictor(window: torch.Tensor) -> torch.Tensor:
+    def predictor(window: torch.Tensor, coords: list | None = None) -> torch.Tensor:
+        kwargs = {}
+        if coords is not None:
+            starts = torch.tensor([[s.start for s in c[2:]] for c in coords], dtype=torch.int64)  # [B, 3]
+            rel = starts - torch.as_tensor(origin)
+            if (rel % lattice[0]).any():
+                raise RuntimeError(f"sliding window starts {starts.tolist()} are off the patch lattice "
+                                   f"(reference origin {origin.tolist()}, patch {lattice[0]})")
+            kwargs["offsets"] = (rel // lattice[0]).to(device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            return activation(model(window).float())
+            return activation(model(window, **kwargs).float())
 
     x = image[None].float()  # [1, C, X, Y, Z]
+    shape = x.shape[2:]
+    if lattice is not None:
+        centre = [float(c) for c in (brain_centre(brain_mask(image.cpu().numpy())) if centre is None else centre)]
     total = None
     flips = flip_subsets(tta_axes)
     for flip in flips:
         dims = [a + 2 for a in flip]
         xi = x.flip(dims) if dims else x
+        window_overlap: float | list[float] = overlap
+        before = np.zeros(3, dtype=np.int64)
+        if lattice is not None:
+            flipped_centre = [shape[a] - 1 - c if a in flip else c for a, c in enumerate(centre)]  # type: ignore[arg-type]
+            xi, before, origin[:] = pad_to_lattice(xi, flipped_centre, patch=lattice[0],
+                                                   reference_size=lattice[1], min_size=roi_size)
+            window_overlap = lattice_overlap(roi_size, overlap, lattice[0])
         probs = sliding_window_inference(
-            xi, roi_size=list(roi_size), sw_batch_size=sw_batch_size, predictor=predictor, overlap=overlap,
-            mode="gaussian", sw_device=device, device="cpu",
+            xi, roi_size=list(roi_size), sw_batch_size=sw_batch_size, predictor=predictor, overlap=window_overlap,
+            mode="gaussian", sw_device=device, device="cpu", with_coord=with_offsets,
         )
+        probs = probs[(..., *(slice(int(b), int(b) + n) for b, n in zip(before, shape)))]
         probs = probs.flip(dims) if dims else probs
         total = probs if total is None else total + probs
     return (total / len(flips))[0].float()

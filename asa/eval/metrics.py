@@ -8,14 +8,22 @@ Conventions (BraTS challenge):
 - ``ignore``: voxels where ``ignore`` is True are removed from *both* masks before anything is
   computed (WMH challenge: label 2 "other pathology" counts neither as hit nor as miss).
 
-HD95 follows MONAI (:func:`monai.metrics.compute_hausdorff_distance` with ``percentile=95``):
-the surface of a mask is its foreground voxels with at least one 6-connected background
-neighbour (outside the array counts as background); for every surface voxel of ``pred`` the
-Euclidean distance in millimetres (voxel spacing applied per axis) to the nearest surface voxel
-of ``ref`` is taken, and vice versa; the 95th percentile (linear interpolation,
-``torch.quantile``) of each directed set is computed, and HD95 is the larger of the two.
-(medpy's ``hd95`` instead takes the percentile of the pooled distances of both directions; the
-two agree on symmetric cases and differ by at most a voxel or so otherwise.)
+HD95 has two conventions in use (``convention``), which differ by millimetres on real cases.
+Both start from the same surface distances: the surface of a mask is its foreground voxels with at
+least one 6-connected background neighbour (outside the array counts as background; MONAI's
+``get_edge_surface_distance``); for every surface voxel of ``pred`` the Euclidean distance in
+millimetres (voxel spacing applied per axis) to the nearest surface voxel of ``ref`` is taken, and
+vice versa. Percentiles use linear interpolation (``torch.quantile``, as numpy's default).
+
+- ``max_directed`` (default; MONAI's ``compute_hausdorff_distance(percentile=95)``, BraTS tooling):
+  the 95th percentile of each directed set, then the larger of the two.
+- ``pooled`` (medpy's ``hd95``, which the ASA authors' release uses): the 95th percentile of both
+  directions' distances pooled together.
+
+They agree when the two directed distributions agree; otherwise ``pooled`` lies between the two
+directed percentiles and can be far below ``max_directed`` — e.g. a prediction that misses a
+distant part of the reference (few, far ``ref -> pred`` distances among many near zero ones).
+Compare with published numbers only under the same convention.
 """
 
 from __future__ import annotations
@@ -31,6 +39,10 @@ EMPTY_HD95: float = 373.13
 """HD95 (mm) when exactly one of prediction and reference is empty (BraTS convention)."""
 
 HD_PERCENTILE: float = 95.0
+
+HD95_CONVENTIONS: tuple[str, ...] = ("max_directed", "pooled")
+"""``max_directed``: max of the two directed 95th percentiles (MONAI, BraTS); ``pooled``: 95th
+percentile of both directions' distances together (medpy, the ASA paper's tables)."""
 
 
 def _as_bool(mask: np.ndarray, name: str) -> np.ndarray:
@@ -79,14 +91,18 @@ def hd95(
     spacing: float | Sequence[float] | None = None,
     *,
     ignore: np.ndarray | None = None,
+    convention: str = "max_directed",
 ) -> float:
-    """95th-percentile symmetric Hausdorff distance in mm (module docstring: convention, empties).
+    """95th-percentile symmetric Hausdorff distance in mm (module docstring: conventions, empties).
 
     Args:
         pred, ref: boolean masks of equal shape, e.g. [D, H, W].
         spacing: voxel size in mm per array axis (None: 1 mm isotropic).
         ignore: optional boolean mask of voxels removed from both masks.
+        convention: ``max_directed`` (MONAI, BraTS; default) or ``pooled`` (medpy).
     """
+    if convention not in HD95_CONVENTIONS:
+        raise ValueError(f"hd95 convention must be one of {HD95_CONVENTIONS}, got {convention!r}")
     pred, ref = _prepare(pred, ref, ignore)
     spacing_t = _check_spacing(spacing, pred.ndim)
     has_pred, has_ref = bool(pred.any()), bool(ref.any())
@@ -96,16 +112,19 @@ def hd95(
         return EMPTY_HD95
     if importlib.util.find_spec("scipy") is None:
         raise ImportError("hd95 needs scipy (MONAI computes surface distances with it): pip install scipy")
-    from monai.metrics import compute_hausdorff_distance
+    from monai.metrics.utils import get_edge_surface_distance
 
     with warnings.catch_warnings():
         # MONAI passes its own deprecated `always_return_as_numpy` argument internally.
         warnings.simplefilter("ignore", FutureWarning)
-        value = compute_hausdorff_distance(
-            torch.from_numpy(np.ascontiguousarray(pred))[None, None],  # [B=1, C=1, *spatial]
-            torch.from_numpy(np.ascontiguousarray(ref))[None, None],
-            include_background=True,
-            percentile=HD_PERCENTILE,
+        _, distances, _ = get_edge_surface_distance(
+            torch.from_numpy(np.ascontiguousarray(pred)).float(),
+            torch.from_numpy(np.ascontiguousarray(ref)).float(),
+            distance_metric="euclidean",
             spacing=list(spacing_t),
+            symmetric=True,  # (pred -> ref, ref -> pred)
         )
-    return float(value.item())
+    q = HD_PERCENTILE / 100
+    if convention == "pooled":
+        return float(torch.quantile(torch.cat([d.double() for d in distances]), q).item())
+    return float(max(torch.quantile(d.double(), q) for d in distances).item())

@@ -56,11 +56,12 @@ class Predictor:
         return cls(model, task, (patch,) * 3, device, amp_dtype)
 
     def __call__(self, image: torch.Tensor, *, overlap: float = 0.5, sw_batch_size: int = 2,
-                 tta_axes: Sequence[int] = ()) -> torch.Tensor:
-        """image [C, X, Y, Z] -> probabilities [K, X, Y, Z] (CPU, float32)."""
+                 tta_axes: Sequence[int] = (), centre: Sequence[float] | None = None) -> torch.Tensor:
+        """image [C, X, Y, Z] -> probabilities [K, X, Y, Z] (CPU, float32); ``centre``: the brain
+        centre recorded at preprocessing (the brain frame's centre; see `predict_volume`)."""
         return predict_volume(self.model, image, roi_size=self.roi_size, multilabel=self.task.multilabel,
                               overlap=overlap, sw_batch_size=sw_batch_size, tta_axes=tta_axes,
-                              device=self.device, amp_dtype=self.amp_dtype)
+                              device=self.device, amp_dtype=self.amp_dtype, centre=centre)
 
 
 def cases_from_files(paths: Sequence[Path], task: Task) -> list[Case]:
@@ -137,7 +138,8 @@ def predict_cases(
             written.append(target)
             continue
         image, reference = preprocess_for_inference(case, predictor.task)
-        probs = predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, tta_axes=tta_axes)
+        probs = predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, tta_axes=tta_axes,
+                          centre=reference.meta.get("brain_centre"))
         save_volume(predictor.task.prediction_to_label(probs), reference, target)
         if save_probabilities:
             save_volume(probs.permute(1, 2, 3, 0).numpy(), reference, out_dir / f"{case.id}_probabilities.nii.gz")

@@ -20,7 +20,9 @@ class SegmentationLoss(nn.Module):
     def __init__(self, multilabel: bool) -> None:
         super().__init__()
         self.multilabel = multilabel
-        self.dice = MaskedDiceLoss(sigmoid=multilabel, softmax=not multilabel, to_onehot_y=not multilabel)
+        # one-hot here, before the mask: MONAI would one-hot the masked class map and count every
+        # ignored voxel as background
+        self.dice = MaskedDiceLoss(sigmoid=multilabel, softmax=not multilabel)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
@@ -29,7 +31,7 @@ class SegmentationLoss(nn.Module):
             everywhere = torch.ones_like(target[:, :1])
             return self.dice(logits, target, mask=everywhere) + F.binary_cross_entropy_with_logits(logits, target)
         keep = target != IGNORE  # [B, 1, ...]
-        clean = target.masked_fill(~keep, 0)
-        dice = self.dice(logits, clean, mask=keep.float())
+        onehot = F.one_hot(target[:, 0].long().clamp_min(0), logits.shape[1]).movedim(-1, 1).to(logits.dtype)
+        dice = self.dice(logits, onehot, mask=keep.to(logits.dtype))  # masked: ignored voxels leave P, T and P∩T
         ce = F.cross_entropy(logits, target[:, 0].long(), ignore_index=IGNORE)
         return dice + ce

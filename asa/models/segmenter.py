@@ -5,13 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import warnings
+
 import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from torch import nn
 
 from asa.models.mae import ENCODER_PREFIXES
 from asa.models.patch import PatchEmbed, patch_grid, to_3tuple
-from asa.models.position import symmetric_position_encoding
+from asa.models.position import brain_frame_encoding, symmetric_position_encoding
 from asa.models.swvit import SWViT
 
 
@@ -33,8 +35,34 @@ class LoadReport:
         return "\n".join(lines)
 
 
+SPE_FRAMES = ("brain", "crop")
+
+
+def recorded_pretraining(checkpoint: dict) -> dict:
+    """What a pretraining checkpoint or encoder export records about its network: ``img_size``
+    (3 ints), ``patch_size``, ``pos_mode``, ``lr_axis``; None where it records nothing.
+
+    Reads an encoder export's config (the ``ASA`` keyword arguments) or a pretraining run config
+    (``data.size``, ``model.patch_size``, ``mae.pos_mode``, ``mae.lr_axis``).
+    """
+    config = checkpoint.get("config") or {}
+    mae, model, data = (config.get(k) or {} for k in ("mae", "model", "data"))
+    img = config.get("img_size", data.get("size"))
+    return {
+        "img_size": None if img is None else to_3tuple(img, "img_size"),
+        "patch_size": config.get("patch_size", model.get("patch_size")),
+        "pos_mode": config.get("pos_mode", mae.get("pos_mode")),
+        "lr_axis": config.get("lr_axis", mae.get("lr_axis")),
+    }
+
+
 class ASASegmenter(nn.Module):
     """SW-ViT encoder over all tokens + SPE, four evenly spaced hidden states as skips.
+
+    Position codes (DESIGN §1.2): with ``spe_frame="brain"`` (default) each crop's codes are those
+    of the reference grid (``reference_grid``, default the crop's own grid = the pretraining grid)
+    at the crop's patch offset, folded about the brain's mid-sagittal plane; ``forward`` takes the
+    offsets. ``spe_frame="crop"`` uses one fixed table per crop (ablation) and ignores offsets.
 
     With patch size 8 the token grid sits at 1/8 resolution. Skips: the input itself (full
     resolution), hidden state 1 upsampled ×4 (1/2), hidden state 2 upsampled ×2 (1/4); hidden
@@ -64,8 +92,12 @@ class ASASegmenter(nn.Module):
         norm_name: str = "instance",
         dropout: float = 0.0,
         grad_checkpointing: bool = False,
+        spe_frame: str = "brain",
+        reference_grid: int | tuple[int, int, int] | None = None,
     ) -> None:
         super().__init__()
+        if spe_frame not in SPE_FRAMES:
+            raise ValueError(f"spe_frame must be one of {SPE_FRAMES}, got {spe_frame!r}")
         if patch_size != 8:
             raise ValueError(f"ASASegmenter's decoder is laid out for patch_size 8, got {patch_size}")
         if depth < 4:
@@ -74,12 +106,18 @@ class ASASegmenter(nn.Module):
         self.grid = patch_grid(self.img_size, patch_size)
         self.in_channels = in_channels
         self.embed_dim = embed_dim
+        self.patch_size = patch_size
         self.pos_mode = pos_mode
+        self.lr_axis = lr_axis
+        self.spe_frame = spe_frame
+        self.reference_grid = self.grid if reference_grid is None else to_3tuple(reference_grid, "reference_grid")
         self.hidden_indices = tuple((k + 1) * depth // 4 - 1 for k in range(3))  # e.g. 2, 5, 8 of 12
 
         self.patch_embed = PatchEmbed(in_channels, embed_dim, patch_size)
         self.register_buffer(
-            "pos_embed", symmetric_position_encoding(self.grid, embed_dim, mode=pos_mode, lr_axis=lr_axis),
+            "pos_embed",
+            symmetric_position_encoding(self.grid, embed_dim, mode=pos_mode, lr_axis=lr_axis,
+                                        reference_grid=self.reference_grid),
             persistent=False,
         )
         self.encoder = SWViT(
@@ -110,13 +148,25 @@ class ASASegmenter(nn.Module):
         b = tokens.shape[0]
         return tokens.transpose(1, 2).reshape(b, self.embed_dim, *self.grid)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def position_codes(self, offsets: torch.Tensor | None) -> torch.Tensor:
+        """[N, C] (crop frame, or no offsets: offset 0) or [B, N, C] (brain frame, offsets [B, 3])."""
+        if offsets is None or self.spe_frame == "crop":
+            return self.pos_embed
+        return brain_frame_encoding(self.grid, self.embed_dim, offsets.to(self.pos_embed.device),
+                                    mode=self.pos_mode, lr_axis=self.lr_axis, reference_grid=self.reference_grid)
+
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, C, D, H, W]; offsets: [B, 3] crop origins in patches from the reference grid's origin
+        (brain frame), or None (offset 0: the crop is the reference grid) -> logits [B, K, D, H, W]."""
         if tuple(x.shape[1:]) != (self.in_channels, *self.img_size):
             raise ValueError(
                 f"ASASegmenter expects input [B, {self.in_channels}, {', '.join(map(str, self.img_size))}], "
                 f"got {list(x.shape)}"
             )
-        out, hidden = self.encoder(self.patch_embed(x), self.pos_embed, hidden_indices=self.hidden_indices)
+        if offsets is not None and offsets.shape != (x.shape[0], 3):
+            raise ValueError(f"ASASegmenter offsets must be [B, 3] = [{x.shape[0]}, 3], got {list(offsets.shape)}")
+        tokens = self.patch_embed(x)
+        out, hidden = self.encoder(tokens, self.position_codes(offsets), hidden_indices=self.hidden_indices)
         z1, z2, z3 = (self._to_volume(h) for h in hidden)
         z4 = self._to_volume(out)
         d = self.bottleneck(torch.cat([z3, z4], dim=1))  # 1/8
@@ -125,8 +175,31 @@ class ASASegmenter(nn.Module):
         d = self.up0(d, self.skip0(x))  # 1/1
         return self.head(d)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from weight decay besides norms and biases: the relative position biases."""
+        return {name for name, _ in self.named_parameters() if name.endswith("rel_pos_bias")}
+
+    def check_grid(self, recorded: dict, source: str | Path, *, allow_grid_change: bool = False) -> None:
+        """Raise unless the pretraining grid recorded in ``recorded`` (see `recorded_pretraining`) is
+        this network's grid; ``allow_grid_change`` turns the error into a warning."""
+        img, patch = recorded.get("img_size"), recorded.get("patch_size") or self.patch_size
+        if img is None:
+            return
+        grid = patch_grid(img, int(patch))
+        if grid == self.grid:
+            return
+        message = (f"{source} was pretrained on a {'x'.join(map(str, grid))} patch grid ({'x'.join(map(str, img))} "
+                   f"voxels), this segmenter has a {'x'.join(map(str, self.grid))} grid "
+                   f"({'x'.join(map(str, self.img_size))} voxels): the position codes and the 1D windows would "
+                   "mean other places. Fine-tune with the pretraining crop size (data.patch_size) or set "
+                   "segmenter.allow_grid_change=true")
+        if not allow_grid_change:
+            raise ValueError(message)
+        warnings.warn(message.split(": the position")[0] + " (segmenter.allow_grid_change=true)", stacklevel=2)
+
     def load_pretrained(
-        self, path: str | Path, *, checkpoint: dict | None = None, verbose: bool = True
+        self, path: str | Path, *, checkpoint: dict | None = None, verbose: bool = True,
+        allow_grid_change: bool = False,
     ) -> LoadReport:
         """Initialise ``patch_embed`` and ``encoder`` from a pretraining checkpoint or an encoder export.
 
@@ -134,7 +207,8 @@ class ASASegmenter(nn.Module):
         allowed) or ``{"encoder": {...}}`` (encoder export); ``checkpoint`` is the file's content
         when the caller has read it already. A 1-channel stem is adapted to this network's k
         channels by repeating its weights and dividing by k, which keeps the response to a volume
-        replicated over the channels. Any other shape mismatch raises ``ValueError``.
+        replicated over the channels. Any other shape mismatch raises ``ValueError``, and so does a
+        recorded pretraining grid other than this network's, unless ``allow_grid_change`` (warning).
         """
         path = Path(path)
         if checkpoint is None:
@@ -144,6 +218,7 @@ class ASASegmenter(nn.Module):
         blob = checkpoint
         if not ({"model", "encoder"} & blob.keys()):
             raise ValueError(f"{path} holds neither a 'model' nor an 'encoder' state dict")
+        self.check_grid(recorded_pretraining(blob), path, allow_grid_change=allow_grid_change)
         source = blob["encoder"] if "encoder" in blob else blob["model"]
         source = {k.removeprefix("module."): v for k, v in source.items()}
         own = self.state_dict()

@@ -7,7 +7,8 @@ from typing import Any
 
 from torch import nn
 
-from asa.models.segmenter import ASASegmenter
+from asa.models.patch import patch_grid
+from asa.models.segmenter import ASASegmenter, recorded_pretraining
 
 ARCHITECTURES = ("asa", "unetr", "swin_unetr")
 
@@ -42,14 +43,19 @@ def build_from_config(
     *,
     in_channels: int,
     out_channels: int,
-    patch_size: int,
+    patch_size: int | None,
+    default_patch_size: int = 128,
 ) -> nn.Module:
     """The segmentation network of a run config's ``model`` and ``segmenter`` sections.
 
     ``model.arch`` picks the network (default ``asa``); ``model.pretrained`` initialises the ASA
-    encoder from a pretraining checkpoint or encoder export, read once. ``segmenter.pos_mode: null``
-    takes the position encoding recorded in that file, else ``mirror``; the effective mode is
-    ``net.pos_mode``.
+    encoder from a pretraining checkpoint or encoder export, read once. ``patch_size`` is the crop
+    edge (the network's input size); None takes the pretraining crop recorded in that file, else
+    ``default_patch_size``. A crop whose patch grid differs from the pretraining grid is an error
+    unless ``segmenter.allow_grid_change`` (then the brain frame keeps the pretraining grid as its
+    reference). ``segmenter.pos_mode`` / ``segmenter.lr_axis`` null take the file's values, else
+    ``mirror`` / 0. The effective values are the network's ``img_size``, ``pos_mode``, ``lr_axis``,
+    ``spe_frame`` and ``reference_grid``.
     """
     kwargs = dict(model_cfg)
     arch = kwargs.pop("arch", "asa")
@@ -57,23 +63,36 @@ def build_from_config(
     if arch != "asa":
         if pretrained:
             raise ValueError(f"model.pretrained is only supported for model arch 'asa', not {arch!r}")
-        return build_segmentation_network(arch, img_size=(patch_size,) * 3, in_channels=in_channels,
+        size = int(patch_size or default_patch_size)
+        return build_segmentation_network(arch, img_size=(size,) * 3, in_channels=in_channels,
                                           out_channels=out_channels, **kwargs)
     for key in PRETRAINING_ONLY:
         kwargs.pop(key, None)
-    checkpoint = None
+    checkpoint, recorded = None, {}
     if pretrained:
         from asa.train.checkpoint import load_checkpoint
 
         checkpoint = load_checkpoint(pretrained)
+        recorded = recorded_pretraining(checkpoint)
+    if patch_size is None:
+        patch_size = recorded["img_size"][0] if recorded.get("img_size") else default_patch_size
     pos_mode = segmenter_cfg.get("pos_mode")
     if pos_mode is None:
-        recorded = (checkpoint or {}).get("config") or {}
-        pos_mode = (recorded.get("mae") or {}).get("pos_mode") or recorded.get("pos_mode") or "mirror"
+        pos_mode = recorded.get("pos_mode") or "mirror"
+    lr_axis = segmenter_cfg.get("lr_axis")
+    if lr_axis is None:
+        lr_axis = recorded.get("lr_axis")
+        lr_axis = 0 if lr_axis is None else lr_axis
+    allow_grid_change = bool(segmenter_cfg.get("allow_grid_change", False))
+    reference_grid = segmenter_cfg.get("reference_grid")
+    if reference_grid is None and allow_grid_change and recorded.get("img_size"):
+        reference_grid = patch_grid(recorded["img_size"], int(recorded.get("patch_size") or kwargs.get("patch_size", 8)))
     net = ASASegmenter(
-        img_size=(patch_size,) * 3, in_channels=in_channels, out_channels=out_channels, pos_mode=pos_mode,
-        lr_axis=segmenter_cfg.get("lr_axis", 0), feature_size=segmenter_cfg.get("feature_size", 16), **kwargs,
+        img_size=(int(patch_size),) * 3, in_channels=in_channels, out_channels=out_channels, pos_mode=pos_mode,
+        lr_axis=int(lr_axis), feature_size=segmenter_cfg.get("feature_size", 16),
+        spe_frame=segmenter_cfg.get("spe_frame", "brain"),
+        reference_grid=None if reference_grid is None else tuple(reference_grid), **kwargs,
     )
     if checkpoint is not None:
-        net.load_pretrained(pretrained, checkpoint=checkpoint)
+        net.load_pretrained(pretrained, checkpoint=checkpoint, allow_grid_change=allow_grid_change)
     return net

@@ -10,40 +10,51 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
+from asa.data.tasks import Task
 from asa.eval.inference import predict_volume
 from asa.eval.metrics import dice
 from asa.train.distributed import DistEnv
 
 
+def _takes_offsets(model: nn.Module) -> bool:
+    core = model.module if hasattr(model, "module") else model  # DDP
+    return getattr(core, "spe_frame", None) == "brain"
+
+
 def segmentation_step(criterion: nn.Module) -> Callable[[nn.Module, Mapping], tuple[torch.Tensor, dict]]:
-    """step_fn(model, batch) -> (loss, logs) for batches {"image": [B,C,...], "label": target}."""
+    """step_fn(model, batch) -> (loss, logs) for batches {"image": [B,C,...], "label": target,
+    "offset": [B, 3]}; a brain-frame network gets the crops' patch offsets."""
 
     def step(model: nn.Module, batch: Mapping) -> tuple[torch.Tensor, dict]:
+        if _takes_offsets(model) and "offset" in batch:
+            return criterion(model(batch["image"], offsets=batch["offset"]), batch["label"]), {}
         return criterion(model(batch["image"]), batch["label"]), {}
 
     return step
 
 
-def output_masks(probs: torch.Tensor, target: torch.Tensor, multilabel: bool) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-    """(predicted mask, reference mask, ignore mask) per output region/class (background excluded).
+def output_masks(probs: torch.Tensor, target: torch.Tensor, task: Task) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """(predicted mask, reference mask, ignore mask) per output region/class, as ``asa-evaluate``
+    scores them: the prediction is decoded to labels (``task.prediction_to_label``, e.g. nested
+    BraTS regions) and cut into ``task.region_masks``; the reference masks and ignore mask come
+    from the target (identical to the raw label's region masks and ignore mask).
 
     probs: [K, ...]; target: multilabel [K, ...] float, softmax [1, ...] int64 with -1 = ignore.
     """
-    if multilabel:
-        pred = (probs > 0.5).numpy()
+    pred = task.region_masks(task.prediction_to_label(probs))
+    pred = [pred[n] for n in task.output_names]
+    if task.multilabel:
         ref = (target > 0.5).cpu().numpy()
-        return [(pred[k], ref[k], None) for k in range(probs.shape[0])]
-    cls = probs.argmax(0).numpy()
+        return [(pred[k], ref[k], None) for k in range(len(pred))]
     tgt = target[0].cpu().numpy()
     ignore = tgt == -1
-    return [(cls == k, tgt == k, ignore) for k in range(1, probs.shape[0])]
+    return [(pred[k - 1], tgt == k, ignore) for k in range(1, len(pred) + 1)]
 
 
 def make_dice_validator(
     dataset: Dataset,
     *,
-    names: Sequence[str],
-    multilabel: bool,
+    task: Task,
     roi_size: Sequence[int],
     env: DistEnv,
     overlap: float = 0.5,
@@ -51,19 +62,23 @@ def make_dice_validator(
 ) -> Callable[[nn.Module], dict[str, float]]:
     """validate(model) -> {"dice": mean Dice over outputs and cases, "dice_<name>": per output}.
 
+    Whole volumes go through `predict_volume` (the path ``asa-predict`` takes, brain frame included:
+    items may carry their ``"centre"``); Dice is computed on decoded labels as ``asa-evaluate`` does.
     Each rank predicts every world_size-th whole validation volume; per-output sums and the case
     count are all-reduced, so every rank returns the exact mean over all cases (also when a rank
     has no case of its own).
     """
+    names = task.output_names
     indices = list(range(env.rank, len(dataset), env.world_size))  # type: ignore[arg-type]
 
     def validate(model: nn.Module) -> dict[str, float]:
         totals = torch.zeros(len(names) + 1, dtype=torch.float64)  # per-output Dice sums, case count
         for i in indices:
             item = dataset[i]
-            probs = predict_volume(model, item["image"], roi_size=roi_size, multilabel=multilabel,
-                                   overlap=overlap, sw_batch_size=sw_batch_size, device=env.device)
-            scores = [dice(p, r, ignore=ig) for p, r, ig in output_masks(probs, item["label"], multilabel)]
+            probs = predict_volume(model, item["image"], roi_size=roi_size, multilabel=task.multilabel,
+                                   overlap=overlap, sw_batch_size=sw_batch_size, device=env.device,
+                                   centre=item.get("centre"))
+            scores = [dice(p, r, ignore=ig) for p, r, ig in output_masks(probs, item["label"], task)]
             totals += torch.tensor([*scores, 1.0], dtype=torch.float64)
         if env.distributed and dist.is_initialized():
             totals = totals.to(env.device)

@@ -123,7 +123,8 @@ def test_segmentation_items(demo_root, layout):
     cases = discover(layout, root)
     train = build_segmentation_dataset(cases, task, train=True, patch_size=16, seed=0)
     item = train[0]
-    assert set(item) == {"image", "label"}
+    assert set(item) == {"image", "label", "offset"}
+    assert item["offset"].dtype == torch.int64 and item["offset"].shape == (3,)
     assert item["image"].shape == (len(task.channels), 16, 16, 16)
     if task.multilabel:
         assert item["label"].shape == (3, 16, 16, 16) and item["label"].dtype == torch.float32
@@ -133,7 +134,7 @@ def test_segmentation_items(demo_root, layout):
         assert set(item["label"].unique().tolist()) <= {-1, *range(task.num_outputs)}
     val = build_segmentation_dataset(cases, task, train=False)[0]
     ref = load_volume(cases[0].label)
-    assert val["image"].shape[1:] == ref.shape and val["id"] == cases[0].id
+    assert val["image"].shape[1:] == ref.shape and val["id"] == cases[0].id and val["centre"].shape == (3,)
     np.testing.assert_array_equal(
         task.label_to_target(ref.array.astype(np.int64)) if task.multilabel else task.label_to_target(ref.array.astype(np.int64))[None],
         val["label"].numpy(),

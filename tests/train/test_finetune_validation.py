@@ -7,6 +7,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from asa.data import Task, get_task
 from asa.train.distributed import DistEnv
 from asa.train.finetune import make_dice_validator
 
@@ -22,6 +23,9 @@ class Echo(nn.Module):
         return x + self.dummy
 
 
+WT = Task("wt", ("t1",), ("WT",), True, 1, (0, 1), regions=((1,),))
+
+
 def _items() -> list[dict]:
     mask = torch.zeros(1, 16, 16, 16)
     mask[:, 4:12, 4:12, 4:12] = 1
@@ -33,7 +37,7 @@ def _items() -> list[dict]:
 
 
 def test_hand_computed_mean_dice():
-    validate = make_dice_validator(_items(), names=("WT",), multilabel=True, roi_size=(16, 16, 16), env=DistEnv())
+    validate = make_dice_validator(_items(), task=WT, roi_size=(16, 16, 16), env=DistEnv())
     got = validate(Echo())
     expected = (1 + 0 + 2 / 3) / 3
     assert abs(got["dice"] - expected) < 1e-9 and abs(got["dice_WT"] - expected) < 1e-9
@@ -46,15 +50,29 @@ def test_softmax_classes_skip_background_and_ignore():
     logits = torch.zeros(2, 8, 8, 8)
     logits[1, :4] = 10  # class 1 exactly where the target has it
     logits[1, 6:] = 10  # ... and in the ignored slab
-    validate = make_dice_validator([{"image": logits, "label": target}], names=("WMH",), multilabel=False,
+    validate = make_dice_validator([{"image": logits, "label": target}], task=get_task("wmh"),
                                    roi_size=(8, 8, 8), env=DistEnv())
     assert validate(Echo())["dice_WMH"] == 1.0
+
+
+def test_brats_dice_is_computed_on_decoded_labels_as_asa_evaluate_does():
+    # reference: an NCR cube (label 1), so WT = TC = the cube and ET is empty
+    cube = torch.zeros(16, 16, 16)
+    cube[4:12, 4:12, 4:12] = 1
+    target = torch.stack([cube, cube, torch.zeros_like(cube)])
+    logits = torch.full((3, 16, 16, 16), -10.0)
+    logits[0, 4:8, 4:12, 4:12] = 10  # WT thresholded alone covers half the cube (Dice 2/3) ...
+    logits[1][cube.bool()] = 10  # ... but TC covers all of it, and decoded TC voxels are label 1, inside WT
+    validate = make_dice_validator([{"image": logits, "label": target}], task=get_task("brats"),
+                                   roi_size=(16, 16, 16), env=DistEnv())
+    got = validate(Echo())
+    assert got["dice_WT"] == 1.0 and got["dice_TC"] == 1.0 and got["dice_ET"] == 1.0  # ET: both empty
 
 
 def _rank(rank: int, world: int, init: str, out: dict) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     env = DistEnv(rank=rank, world_size=world, is_main=rank == 0)
-    validate = make_dice_validator(_items(), names=("WT",), multilabel=True, roi_size=(16, 16, 16), env=env)
+    validate = make_dice_validator(_items(), task=WT, roi_size=(16, 16, 16), env=env)
     out[rank] = validate(Echo())
     dist.destroy_process_group()
 

@@ -1,0 +1,122 @@
+"""The brain frame's patch lattice (DESIGN §1.2): reference grid, lattice padding, lattice crops.
+
+The reference grid is a box of the pretraining crop size centred on the brain centre recorded at
+preprocessing, placed exactly as the pretraining crop is (`reference_origin`). Its patch lattice
+extends over the whole volume. Padding a volume in front by ``(-origin) mod s`` puts a lattice
+point at index 0, so every crop or window that starts at a multiple of s starts on the lattice,
+at the integer patch offset ``(start - padded origin) / s`` from the reference grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.transforms import MapTransform, RandFlipd, Randomizable
+from monai.transforms.utils import generate_pos_neg_label_crop_centers, map_binary_to_indices
+
+__all__ = ["reference_origin", "lattice_padding", "pad_to_lattice", "LatticeCropd", "LatticeFlipd"]
+
+
+def reference_origin(centre: Sequence[float], size: Sequence[int]) -> np.ndarray:
+    """Integer voxel origin [3] of a ``size`` box centred on ``centre``: round(centre - (size - 1) / 2),
+    halves rounded up (a centre on a half-integer lands exactly in the middle of an even box)."""
+    return np.array([int(np.floor(float(c) - (n - 1) / 2 + 0.5 + 1e-6)) for c, n in zip(centre, size)], dtype=np.int64)
+
+
+def lattice_padding(
+    shape: Sequence[int], origin: Sequence[int], patch: int, min_size: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(before [3], after [3]) zero padding that puts a lattice point (origin + k·patch) at index 0 and
+    makes every side a multiple of ``patch`` and at least ``min_size``."""
+    before = np.mod(-np.asarray(origin, dtype=np.int64), patch)
+    total = np.maximum(before + np.asarray(shape), np.asarray(min_size))
+    total = -(-total // patch) * patch
+    return before, total - before - np.asarray(shape)
+
+
+def pad_to_lattice(
+    image: torch.Tensor, centre: Sequence[float], *, patch: int, reference_size: Sequence[int], min_size: Sequence[int]
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """image [..., X, Y, Z] -> (padded image, ``before`` padding [3], reference origin in the padded
+    volume [3], a multiple of ``patch``). Undo with ``out[..., b0:b0+X, b1:b1+Y, b2:b2+Z]``."""
+    shape = image.shape[-3:]
+    origin = reference_origin(centre, reference_size)
+    before, after = lattice_padding(shape, origin, patch, min_size)
+    pad = [int(v) for a in (2, 1, 0) for v in (before[a], after[a])]  # F.pad wants the last axis first
+    return F.pad(image, pad), before, origin + before
+
+
+class LatticeCropd(Randomizable, MapTransform):
+    """Foreground-oversampled random crops that start on the brain frame's patch lattice.
+
+    Crop centres are drawn as `monai.transforms.RandCropByPosNegLabeld` draws them (``pos`` of
+    the crops centred on a ``label_key`` voxel > 0, the rest on one = 0), then each crop's start is
+    moved to the nearest lattice point inside the (lattice-padded) volume. Each output gets
+    ``"offset"``: int64 [3], its origin in patches from the reference grid's origin.
+    Input: channel-first tensors [C, X, Y, Z] under ``keys`` and ``label_key``, ``"centre"`` [3].
+    """
+
+    def __init__(self, keys: Sequence[str], *, label_key: str, spatial_size: Sequence[int], patch: int,
+                 reference_size: Sequence[int], pos: float = 2 / 3, num_samples: int = 1) -> None:
+        MapTransform.__init__(self, keys)
+        self.label_key = label_key
+        self.spatial_size = tuple(int(s) for s in spatial_size)
+        if any(s % patch for s in self.spatial_size):
+            raise ValueError(f"crop size {self.spatial_size} must be a multiple of the patch size {patch}")
+        self.patch = int(patch)
+        self.reference_size = tuple(int(s) for s in reference_size)
+        self.pos = float(pos)
+        self.num_samples = int(num_samples)
+
+    def randomize(self, data: Any = None) -> None:  # the draws happen in __call__ (they need the data)
+        pass
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict]:
+        d = dict(data)
+        padded = {}
+        for key in (*self.keys, self.label_key):
+            padded[key], _, origin = pad_to_lattice(torch.as_tensor(d[key]), d["centre"], patch=self.patch,
+                                                    reference_size=self.reference_size, min_size=self.spatial_size)
+        shape = padded[self.label_key].shape[1:]
+        fg, bg = map_binary_to_indices(padded[self.label_key] > 0)
+        if len(fg) == 0 and len(bg) == 0:
+            raise ValueError("LatticeCropd: empty label volume")
+        pos = self.pos if len(fg) else 0.0
+        pos = pos if len(bg) else 1.0
+        centres = generate_pos_neg_label_crop_centers(self.spatial_size, self.num_samples, pos, shape, fg, bg, self.R)
+        out = []
+        for centre in centres:
+            start = [int(c) - s // 2 for c, s in zip(centre, self.spatial_size)]
+            start = [min(max(int(round(v / self.patch)) * self.patch, 0), n - s)
+                     for v, n, s in zip(start, shape, self.spatial_size)]
+            window = tuple(slice(v, v + s) for v, s in zip(start, self.spatial_size))
+            sample = {k: v for k, v in d.items() if k not in padded}
+            for key in self.keys:
+                sample[key] = padded[key][(slice(None), *window)]
+            sample["offset"] = torch.as_tensor((np.asarray(start) - origin) // self.patch, dtype=torch.int64)
+            out.append(sample)
+        return out
+
+
+class LatticeFlipd(RandFlipd):
+    """`RandFlipd` that keeps ``"offset"`` true: a flip along ``lr_axis`` turns a crop into its
+    contralateral mirror, whose offset is ``W - G - o`` (W, G: reference and crop patches along that
+    axis), so mirrored anatomy keeps its (symmetric) codes. Flips along other axes keep the offset."""
+
+    def __init__(self, keys: Sequence[str], *, spatial_axis: int, prob: float, lr_axis: int,
+                 reference_patches: int, crop_patches: int) -> None:
+        super().__init__(keys=keys, spatial_axis=spatial_axis, prob=prob)
+        self.axis, self.lr_axis = int(spatial_axis), int(lr_axis)
+        self.reference_patches, self.crop_patches = int(reference_patches), int(crop_patches)
+
+    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict:
+        d = super().__call__(data, lazy=lazy)
+        if self._do_transform and self.axis == self.lr_axis and "offset" in d:
+            offset = torch.as_tensor(d["offset"]).clone()
+            offset[self.axis] = self.reference_patches - self.crop_patches - offset[self.axis]
+            d["offset"] = offset
+        return d
