@@ -175,3 +175,32 @@ def test_ensure_demo_dataset_generates_once(tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="regenerated"):
         ensure_demo_dataset("ibsr", cases=2, size=16, seed=0)
     assert not list((tmp_path / "env" / "demo").iterdir())  # no half-written folder left
+
+
+def test_pretraining_augmentation_cannot_fake_informativeness(demo_root):
+    """Intensity augmentation acts inside the brain: the background stays 0, and the attentive
+    weights put no mass on patches that no brain voxel reaches (the gradient stencil reaches one
+    voxel beyond a patch); a global shift would turn the volume border into an edge."""
+    import torch.nn.functional as F
+    from monai.transforms import RandShiftIntensityd
+
+    from asa.data.transforms import PretrainPreprocess, case_to_item
+    from asa.losses import masked_patch_weights, patch_informativeness
+
+    cases = discover("bids", demo_root("bids"))
+    plain = PretrainPreprocess(32)(case_to_item(cases[0], ("t1",)))
+    brain = plain["brain"].float()[None]  # [1, 1, 32, 32, 32]
+    reach = F.max_pool3d(brain, 3, stride=1, padding=1)
+    empty = F.avg_pool3d(reach, 8).flatten(1) == 0  # [1, N] patches no brain voxel reaches
+    assert empty.sum() >= 4  # the corners of a 32³ crop around a 32³ phantom
+    changed = 0
+    for seed in range(4):
+        x = build_pretrain_dataset(cases[:1], size=32, augment=True, seed=seed)[0]["image"][None]
+        assert (x[brain.bool().expand_as(x) == 0] == 0).all()
+        changed += int(not torch.equal(x[0], plain["image"]))
+        weights = masked_patch_weights(torch.ones(1, 64), patch_informativeness(x))
+        assert weights[empty].sum() == 0
+    assert changed  # the augmentation did act
+    shifted = RandShiftIntensityd(keys="image", offsets=(0.05, 0.1), prob=1.0)({"image": plain["image"]})["image"]
+    weights = masked_patch_weights(torch.ones(1, 64), patch_informativeness(torch.as_tensor(shifted)[None]))
+    assert (weights[empty] > 0).all()

@@ -153,3 +153,15 @@ def test_match_predictions(tmp_path):
         match_predictions(tmp_path / "pred", cases)
     pairs = match_predictions(tmp_path / "pred", cases, on_missing="skip")
     assert [(c, p.name) for c, p, _ in pairs] == [("c1", "c1.nii.gz"), ("c2", "c2.nii")]
+
+
+def test_summary_records_the_hd95_convention(tmp_path, brats_cases, brats_task, loader):
+    default = evaluate_cases(brats_cases, brats_task, loader=loader)
+    pooled = evaluate_cases(brats_cases, brats_task, loader=loader, hd95_convention="pooled", out_dir=tmp_path)
+    assert default["conventions"]["hd95_convention"] == "max_directed"
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["conventions"]["hd95_convention"] == "pooled" and "medpy" in written["conventions"]["hd95"]
+    # case C: surfaces 4 mm apart on 16 of 56 voxels each way; pooled: 32 of 112 -> still 4 mm
+    assert pooled["per_case"][2]["HD95_ET"] == pytest.approx(4.0) == default["per_case"][2]["HD95_ET"]
+    with pytest.raises(ValueError, match="hd95="):
+        evaluate_cases(brats_cases, brats_task, loader=loader, hd95_convention="medpy")

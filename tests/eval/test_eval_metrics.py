@@ -135,3 +135,35 @@ def test_bad_inputs():
         hd95(a, a, (1.0, 0.0, 1.0))
     with pytest.raises(ValueError, match="ignore"):
         dice(a, a, ignore=np.zeros((3, 3, 3), bool))
+
+
+def _line(n: int, xs) -> np.ndarray:
+    """A 1-voxel-thick line along axis 0 (every voxel is a surface voxel)."""
+    m = np.zeros((n, 3, 3), dtype=bool)
+    m[list(xs), 1, 1] = True
+    return m
+
+
+def test_hd95_conventions_differ_on_hand_made_point_sets():
+    # ref: x = 0..9; pred: the same plus one far voxel at x = 39.
+    # pred -> ref: ten 0s and one 30 -> 95th pct at position 0.95·10 = 9.5: 0 + 0.5·30 = 15
+    # ref -> pred: ten 0s -> 0.  max_directed = 15.
+    # pooled: twenty 0s and one 30 -> position 0.95·20 = 19 -> sorted[19] = 0.
+    ref, pred = _line(40, range(10)), _line(40, [*range(10), 39])
+    assert hd95(pred, ref) == pytest.approx(15.0)
+    assert hd95(pred, ref, convention="pooled") == pytest.approx(0.0)
+    assert hd95(pred, ref, spacing=(2.0, 1.0, 1.0)) == pytest.approx(30.0)
+    # ref: x = 0..15; pred: the same plus x = 36..39 (distances 21..24 to x = 15).
+    # pred -> ref: sixteen 0s, 21, 22, 23, 24 -> position 0.95·19 = 18.05: 23 + 0.05 = 23.05
+    # pooled: thirty-two 0s, 21..24 -> position 0.95·35 = 33.25: 22 + 0.25 = 22.25
+    ref, pred = _line(40, range(16)), _line(40, [*range(16), 36, 37, 38, 39])
+    assert hd95(pred, ref) == pytest.approx(23.05)
+    assert hd95(pred, ref, convention="pooled") == pytest.approx(22.25)
+    assert hd95(ref, pred, convention="pooled") == hd95(pred, ref, convention="pooled")  # both symmetric
+    # identical directed distributions (0 ×8, 1, 2 each way) still differ by the interpolation:
+    # directed position 0.95·9 = 8.55: 1 + 0.55 = 1.55; pooled (0 ×16, 1, 1, 2, 2) position 18.05: 2
+    a, b = _line(40, range(10)), _line(40, range(2, 12))
+    assert hd95(a, b) == pytest.approx(1.55)
+    assert hd95(a, b, convention="pooled") == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="convention"):
+        hd95(a, b, convention="medpy")

@@ -25,3 +25,16 @@ def test_confident_correct_predictions_score_near_zero():
     regions = (torch.rand(1, 3, 8, 8, 8) > 0.5).float()
     assert SegmentationLoss(True)(regions * 40 - 20, regions) < 1e-3
     assert SegmentationLoss(True)(20 - regions * 40, regions) > 1.0
+
+
+def test_perfect_prediction_with_ignored_voxels_has_zero_loss():
+    # hand-computed: half the voxels ignored (target -1), a saturated correct prediction elsewhere;
+    # the ignored voxels must count as neither background nor foreground in Dice, and not in CE
+    target = torch.zeros(1, 1, 4, 4, 4, dtype=torch.long)
+    target[:, :, :, :2] = 1
+    target[:, :, 2:] = -1  # 50 % ignored
+    logits = torch.zeros(1, 2, 4, 4, 4)
+    logits[:, 1] = torch.where(target[:, 0] == 1, 200.0, -200.0)  # softmax exactly one-hot in float32
+    logits[:, 1][target[:, 0] == -1] = 200.0  # whatever is predicted in the ignored half
+    loss = SegmentationLoss(multilabel=False)(logits, target)
+    assert loss.item() == 0.0

@@ -110,3 +110,19 @@ def test_tiny_asa_overfits_one_volume():
     first = sum(losses[:5]) / 5
     last = sum(losses[-5:]) / 5
     assert last * 5 <= first, (first, last)
+
+
+def test_decoder_stream_stays_fp32_under_bf16_autocast():
+    model = ASA(img_size=32, **PRESETS["tiny"])
+    x = torch.randn(2, 1, 32, 32, 32)
+    mask, ids_keep = model.random_masking(2, x.device)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        latent = model.forward_encoder(x, ids_keep)
+        assert model.decoder_embed(latent).dtype == torch.bfloat16  # autocast is on
+        full = model.assemble_decoder_input(latent, ids_keep)
+        streamed = model.decoder.blocks[0](full)
+    assert full.dtype == torch.float32 and streamed.dtype == torch.float32
+    masked = mask.bool()
+    # the mask-token table enters unrounded: identical to the fp32 table at masked positions
+    torch.testing.assert_close(full[masked], (model.mask_token + model.decoder_pos_embed).expand(2, -1, -1)[masked],
+                               rtol=0, atol=0)

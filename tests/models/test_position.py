@@ -61,3 +61,74 @@ def test_none_mode_is_a_plain_sinusoid_of_a_unique_index():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         symmetric_position_encoding(**kwargs)
+
+
+def _old_table(grid, dim, mode, lr_axis):
+    """The crop-frame table as eq. 3 was first implemented (fold min(w, W-1-w) for mirror)."""
+    import math
+
+    coords = torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in grid), indexing="ij")
+    t_axis, h_axis = (a for a in range(3) if a != lr_axis)
+    t, h, w = coords[t_axis], coords[h_axis], coords[lr_axis]
+    size_w = grid[lr_axis]
+    fold = {"mirror": torch.minimum(w, size_w - 1 - w), "paper": size_w / 2 - (size_w / 2 - w).abs(), "none": w}[mode]
+    pos = grid[h_axis] * size_w * t + size_w * h + fold
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    angle = pos.reshape(-1, 1) * freq
+    return torch.stack([angle.sin(), angle.cos()], dim=-1).reshape(-1, dim).float()
+
+
+@pytest.mark.parametrize("mode", ["mirror", "paper", "none"])
+def test_offset_zero_is_the_pretraining_table_bit_for_bit(mode):
+    from asa.models import ASA, PRESETS
+
+    grid = (6, 4, 5)
+    for lr_axis in (0, 2):
+        table = symmetric_position_encoding(grid, 16, mode=mode, lr_axis=lr_axis, offset=(0, 0, 0))
+        assert torch.equal(table, _old_table(grid, 16, mode, lr_axis))
+        assert torch.equal(table, symmetric_position_encoding(grid, 16, mode=mode, lr_axis=lr_axis))
+    mae = ASA(img_size=32, **{**PRESETS["tiny"], "pos_mode": mode})
+    assert torch.equal(mae.pos_embed, symmetric_position_encoding((4, 4, 4), 48, mode=mode, offset=(0, 0, 0)))
+
+
+@pytest.mark.parametrize("lr_axis", [0, 2])
+def test_brain_frame_codes_belong_to_anatomy(lr_axis):
+    """Across crops at random lattice offsets, two patches share a code exactly when they are the same
+    anatomical patch or contralateral mirrors about the reference centre (within the reference box
+    along the two non-mirrored axes; along the mirrored one the fold extends beyond it)."""
+    from asa.models import brain_frame_encoding
+
+    grid = (6, 6, 6)
+    gen = torch.Generator().manual_seed(0)
+    offsets = torch.randint(-3, 4, (6, 3), generator=gen)
+    codes = brain_frame_encoding(grid, 16, offsets, lr_axis=lr_axis)  # [6, N, 16]
+    local = torch.stack(torch.meshgrid(*(torch.arange(n) for n in grid), indexing="ij"), -1).reshape(-1, 3)
+    anatomy, rows = [], []
+    for b in range(len(offsets)):
+        ref = local + offsets[b]  # reference-grid coordinates of every patch of crop b
+        inside = torch.ones(len(ref), dtype=torch.bool)
+        for a in range(3):
+            if a != lr_axis:
+                inside &= (ref[:, a] >= 0) & (ref[:, a] < grid[a])
+        anatomy.append(ref[inside])
+        rows.append(codes[b][inside])
+        # each crop's table is the single-offset encoding of that crop
+        assert torch.equal(codes[b], symmetric_position_encoding(grid, 16, lr_axis=lr_axis, offset=offsets[b].tolist()))
+    anatomy, rows = torch.cat(anatomy), torch.cat(rows)
+    others = [a for a in range(3) if a != lr_axis]
+    same_other = (anatomy[:, None, others] == anatomy[None, :, others]).all(-1)
+    w = anatomy[:, lr_axis]
+    expected = same_other & ((w[:, None] == w[None, :]) | (w[:, None] + w[None, :] == grid[lr_axis] - 1))
+    shared = (rows[:, None, :] == rows[None, :, :]).all(-1)
+    assert torch.equal(shared, expected)
+    assert expected.sum() > 2 * len(anatomy)  # crops overlap and hold mirror pairs: the check is not vacuous
+
+
+def test_fold_extends_linearly_beyond_the_reference_grid():
+    # W = 4 reference patches, c = 1.5: f(-1) = f(4) = -1, f(-2) = f(5) = -2 (no wrap-around)
+    grid = (1, 1, 1)
+    code = {w: symmetric_position_encoding(grid, 8, offset=(w, 0, 0), reference_grid=(4, 1, 1)) for w in range(-2, 6)}
+    assert torch.equal(code[-1], code[4]) and torch.equal(code[-2], code[5]) and torch.equal(code[0], code[3])
+    assert not torch.equal(code[-1], code[0]) and not torch.equal(code[-1], code[-2])
+    none = {w: symmetric_position_encoding(grid, 8, mode="none", offset=(w, 0, 0), reference_grid=(4, 1, 1)) for w in (-1, 4)}
+    assert not torch.equal(none[-1], none[4])  # no fold without SPE

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asa.models import ASA, PRESETS, ASASegmenter
+from asa.models import ASA, PRESETS, ASASegmenter, symmetric_position_encoding
 from asa.train import CheckpointError
 
 ENC = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
@@ -57,3 +57,64 @@ def test_mismatched_checkpoint_raises(tmp_path):
         _segmenter().load_pretrained(tmp_path / "empty.pt")
     with pytest.raises(CheckpointError, match="missing.pt"):
         _segmenter().load_pretrained(tmp_path / "missing.pt")
+
+
+def test_forward_takes_per_sample_brain_frame_offsets():
+    torch.manual_seed(0)
+    net = _segmenter(out_channels=2).eval()
+    x = torch.randn(2, 1, 32, 32, 32)
+    offsets = torch.tensor([[0, 0, 0], [1, -2, 3]])
+    with torch.no_grad():
+        both = net(x, offsets=offsets)
+        assert torch.equal(net(x[:1]), net(x[:1], offsets=offsets[:1]))  # None = offset 0
+        shifted = net(x[1:], offsets=offsets[1:])
+        torch.testing.assert_close(both[1:], shifted, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(shifted, net(x[1:]), atol=1e-4)  # the codes moved with the crop
+        crop = _segmenter(out_channels=2, spe_frame="crop").eval()
+        crop.load_state_dict(net.state_dict())
+        assert torch.equal(crop(x[1:], offsets=offsets[1:]), crop(x[1:]))  # ablation: one fixed table
+    codes = net.position_codes(offsets[1:])
+    expected = symmetric_position_encoding(net.grid, net.embed_dim, offset=(1, -2, 3))
+    assert torch.equal(codes[0], expected)
+    with pytest.raises(ValueError, match="offsets"):
+        net(x, offsets=offsets[:1])
+    with pytest.raises(ValueError, match="spe_frame"):
+        _segmenter(spe_frame="image")
+
+
+def test_pretrained_grid_must_match_unless_allowed(tmp_path):
+    mae = ASA(img_size=64, **PRESETS["tiny"])
+    torch.save({"encoder": mae.encoder_state_dict(), "config": {"img_size": 64, "patch_size": 8}}, tmp_path / "enc.pt")
+    with pytest.raises(ValueError, match=r"8x8x8 patch grid \(64x64x64 voxels\).*4x4x4 grid \(32x32x32 voxels\)"):
+        _segmenter().load_pretrained(tmp_path / "enc.pt", verbose=False)
+    with pytest.warns(UserWarning, match="allow_grid_change"):
+        report = _segmenter().load_pretrained(tmp_path / "enc.pt", verbose=False, allow_grid_change=True)
+    assert not report.missing
+    ASASegmenter(img_size=64, **ENC).load_pretrained(tmp_path / "enc.pt", verbose=False)  # same grid: fine
+
+
+def test_build_from_config_follows_the_pretrained_file(tmp_path):
+    from asa.models import build_from_config
+
+    mae = ASA(img_size=32, **{**PRESETS["tiny"], "pos_mode": "paper", "lr_axis": 2})
+    config = {"data": {"size": 32}, "model": {"patch_size": 8}, "mae": {"pos_mode": "paper", "lr_axis": 2}}
+    torch.save({"model": mae.state_dict(), "config": config}, tmp_path / "last.pt")
+    model_cfg = {**PRESETS["tiny"], "pretrained": str(tmp_path / "last.pt")}
+    net = build_from_config(model_cfg, {"pos_mode": None, "lr_axis": None}, in_channels=1, out_channels=2,
+                            patch_size=None)
+    assert (net.img_size, net.pos_mode, net.lr_axis, net.reference_grid) == ((32,) * 3, "paper", 2, (4, 4, 4))
+    with pytest.raises(ValueError, match="allow_grid_change"):
+        build_from_config(model_cfg, {}, in_channels=1, out_channels=2, patch_size=64)
+    with pytest.warns(UserWarning):
+        wide = build_from_config(model_cfg, {"allow_grid_change": True}, in_channels=1, out_channels=2, patch_size=64)
+    assert wide.grid == (8, 8, 8) and wide.reference_grid == (4, 4, 4)  # the brain frame keeps the pretraining grid
+
+
+def test_relative_position_biases_are_not_decayed():
+    from asa.train.optim import param_groups
+
+    net = _segmenter()
+    names = net.no_weight_decay()
+    assert names and all(n.endswith("rel_pos_bias") for n in names)
+    decayed = {id(p) for p in param_groups(net, 0.1)[0]["params"]}
+    assert not any(id(p) in decayed for n, p in net.named_parameters() if n in names)
