@@ -44,7 +44,9 @@ class Predictor:
         task = Task.from_dict(config["task"])
         model_cfg = {**config["model"], "pretrained": None}  # the weights below replace any initialisation
         patch = int(config["data"]["patch_size"])
-        model = build_from_config(model_cfg, config["segmenter"], in_channels=len(task.channels),
+        # a run recorded before the brain frame existed was trained with one fixed table per crop
+        segmenter_cfg = {"spe_frame": "crop", **config["segmenter"]}
+        model = build_from_config(model_cfg, segmenter_cfg, in_channels=len(task.channels),
                                   out_channels=task.num_outputs, patch_size=patch)
         try:
             model.load_state_dict(state["model"])

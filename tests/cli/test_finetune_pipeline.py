@@ -26,14 +26,15 @@ def encoder_export(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("pretrained") / "encoder.pt"
     mae = ASA(img_size=32, **PRESETS["tiny"])
-    torch.save({"encoder": mae.encoder_state_dict(), "config": {"mae": {"pos_mode": "mirror"}}}, path)
+    config = {"img_size": 32, "patch_size": 8, "pos_mode": "mirror", "lr_axis": 0}  # as export_encoder records
+    torch.save({"encoder": mae.encoder_state_dict(), "config": config}, path)
     return path
 
 
 def _finetune(root: Path, out: Path, name: str, *extra: str):
     cfg = compose_config("finetune", [
         f"data={name}", f"data.root={root}", "model=tiny", "trainer=smoke", f"output_dir={out}", "device=cpu",
-        "data.patch_size=32", "data.num_workers=0", "trainer.epochs=2", *extra,
+        "data.num_workers=0", "trainer.epochs=2", *extra,
     ])
     return finetune(cfg)
 
@@ -48,6 +49,8 @@ def test_finetune_predict_evaluate(tmp_path, encoder_export, name, cases, foregr
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ckpt["config"]["task"]["name"] == name
     assert ckpt["config"]["segmenter"]["pos_mode"] == "mirror"  # null resolved from the pretrained export
+    assert ckpt["config"]["data"]["patch_size"] == 32  # null: the pretraining crop recorded in the export
+    assert ckpt["config"]["segmenter"]["reference_grid"] == [4, 4, 4]
     assert (out / "checkpoints" / "best.pt").is_file() and (out / "splits.json").is_file()
 
     preds = tmp_path / "pred"

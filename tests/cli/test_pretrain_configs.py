@@ -48,10 +48,10 @@ def test_every_data_preset_composes(data):
     for key in ("layout", "root", "on_bad_case", "cache_dir", "num_workers", "split"):
         assert key in cfg.data, (data, key)
     assert "seed" in cfg.data.split and "ratios" in cfg.data.split
-    if "task" in cfg.data:  # fine-tuning presets: a patch size and demo phantoms in the same layout
-        assert cfg.data.patch_size > 0 and cfg.data.demo.layout == cfg.data.layout
-    else:
-        assert cfg.data.size > 0 and list(cfg.data.channels) == ["t1"]
+    if "task" in cfg.data:  # fine-tuning presets: the pretraining crop by default, demo phantoms in the same layout
+        assert cfg.data.patch_size is None and cfg.data.demo.layout == cfg.data.layout
+    else:  # pretraining presets: the paper's augmentation (the brain-centred crop only) by default
+        assert cfg.data.size > 0 and list(cfg.data.channels) == ["t1"] and cfg.data.augment is False
 
 
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
