@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asa.train import TrainConfig, build_optimizer, scaled_lr
+from asa.train import TrainConfig, build_optimizer
+from asa.train.optim import LOW_LR, describe_lr
 from asa.train.distributed import DistEnv, barrier
 
 __all__ = ["dataset_root", "load_cases", "optimizer_and_config", "split_cases", "write_run_config"]
@@ -77,14 +79,23 @@ def optimizer_and_config(
     cfg: DictConfig, model: torch.nn.Module, env: DistEnv, **trainer_overrides: Any
 ) -> tuple[torch.optim.Optimizer, float, TrainConfig]:
     """Optimiser (``cfg.optim``), its peak learning rate — scaled by the global batch
-    (per-device batch × world size × accumulation) / 256 when ``optim.scale_lr`` — and the engine settings."""
+    (per-device batch × world size × accumulation) / 256 when ``optim.scale_lr`` — and the engine settings.
+
+    The peak lr is printed with the rule that produced it (rank 0), with a warning below 1e-5."""
     tr, opt = cfg.trainer, cfg.optim
     global_batch = int(tr.batch_size) * env.world_size * int(tr.accum_steps)
-    lr = scaled_lr(float(opt.base_lr), global_batch) if opt.scale_lr else float(opt.base_lr)
+    lr, rule = describe_lr(float(opt.base_lr), global_batch, bool(opt.scale_lr))
+    if env.is_main:
+        print(f"[asa] peak learning rate: {rule}", file=sys.stderr, flush=True)
+        if lr < LOW_LR:
+            print(f"[asa] warning: the peak learning rate {lr:.3g} is below {LOW_LR:g}: the run will barely learn. "
+                  f"Raise optim.base_lr, or set optim.scale_lr=false to use optim.base_lr as given",
+                  file=sys.stderr, flush=True)
     optimizer = build_optimizer(
         model, name=opt.name, lr=lr, weight_decay=float(opt.weight_decay),
         betas=tuple(opt.get("betas", (0.9, 0.95))), momentum=float(opt.get("momentum", 0.99)),
-        nesterov=bool(opt.get("nesterov", True)),
+        nesterov=bool(opt.get("nesterov", True)), encoder_lr_scale=float(opt.get("encoder_lr_scale", 1.0)),
+        layer_decay=float(opt.get("layer_decay", 1.0)), freeze_encoder_epochs=int(opt.get("freeze_encoder_epochs", 0)),
     )
     config = TrainConfig.from_dict({
         **OmegaConf.to_container(tr, resolve=True), "num_workers": int(cfg.data.num_workers),

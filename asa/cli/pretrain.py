@@ -24,6 +24,46 @@ def _model_kwargs(cfg: DictConfig) -> dict:
             "img_size": int(cfg.data.size)}
 
 
+def _probe(cfg: DictConfig, patch_size: int):
+    """probe(model) -> probe metrics (asa.eval.probe) on ``cfg.probe``'s labeled cases, or None when off."""
+    from asa.data import detect_layout, discover, ensure_demo_dataset, get_task
+    from asa.eval.probe import build_probe_set, make_probe
+
+    pc = cfg.probe
+    if int(pc.every) < 1:
+        return None
+    if pc.data is None:
+        root = ensure_demo_dataset("ibsr", cases=int(pc.cases), size=int(cfg.data.size), seed=int(pc.seed),
+                                   cache_dir=(cfg.data.get("demo") or {}).get("cache_dir"))
+        layout = "ibsr"
+    else:
+        root = Path(str(pc.data)).expanduser()
+        if not root.exists():
+            raise FileNotFoundError(f"probe.data={root}: no such folder (a labeled brats, ibsr, wmh or msd dataset)")
+        layout = detect_layout(root) if pc.layout == "auto" else str(pc.layout)
+    if layout not in ("brats", "ibsr", "wmh", "msd"):
+        raise ValueError(f"probe.data={root}: layout {layout!r} has no labels; expected brats, ibsr, wmh or msd")
+    task = get_task(layout, root=root)
+    cases = [c for c in discover(layout, root) if c.label is not None][: int(pc.cases)]
+    probe_set = build_probe_set(cases, task, size=int(cfg.data.size), channels=list(cfg.data.channels),
+                                patch_size=patch_size)
+    return make_probe(probe_set, lam=float(pc.ridge), k=int(pc.knn_k))
+
+
+def _with_probe(validate, probe, every: int):
+    """validate(model) extended by the probe metrics every ``every``-th validation round."""
+    rounds = [0]
+
+    def run(model):
+        metrics = dict(validate(model)) if validate is not None else {}
+        if rounds[0] % every == 0:
+            metrics.update(probe(model))
+        rounds[0] += 1
+        return metrics
+
+    return run
+
+
 def run(cfg: DictConfig) -> FitResult:
     """Pretrain as configured; returns the engine's FitResult (rank 0 writes every file)."""
     from asa.data import build_pretrain_dataset
@@ -51,14 +91,22 @@ def run(cfg: DictConfig) -> FitResult:
         model = ASA(**model_kwargs)
 
         optimizer, lr, config = optimizer_and_config(cfg, model, env)
-        if val_ds is None:
-            print(f"[asa] warning: data={data.name} has no validation cases: no best.pt, no early stopping",
-                  file=sys.stderr)
+        validate = None if val_ds is None else make_validator(val_ds, batch_size=config.batch_size, env=env,
+                                                              num_workers=int(data.num_workers))
+        probe_every = int(cfg.probe.every)
+        if config.monitor.startswith("probe/") and probe_every != 1:
+            raise ValueError(f"trainer.monitor={config.monitor} needs a probe in every validation round: "
+                             f"set probe.every=1 (it is {probe_every})")
+        if val_ds is None and not config.monitor.startswith("probe/"):
+            print(f"[asa] warning: data={data.name} has no validation cases: no best.pt, no early stopping, "
+                  "no probes (unless trainer.monitor is a probe/ metric)", file=sys.stderr)
+        elif probe_every > 0:
+            probe = _probe(cfg, int(model_kwargs["patch_size"]))
+            validate = _with_probe(validate, probe, probe_every)
         sample = (val_ds or train_ds)[0]["image"] if (env.is_main and config.panel_every) else None
         engine = Engine(
             model, optimizer, mae_step, config=config, lr=lr, out_dir=out_dir, env=env, seed=int(cfg.seed),
-            validate=None if val_ds is None else make_validator(val_ds, batch_size=config.batch_size, env=env,
-                                                               num_workers=int(data.num_workers)),
+            validate=validate,
             panel_fn=None if sample is None else make_panel_fn(sample),
             run_config=resolved, compat_keys=list(cfg.resume_must_match), resume=cfg.resume,
         )

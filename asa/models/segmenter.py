@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +72,11 @@ class ASASegmenter(nn.Module):
     MONAI's UNETR blocks to full resolution.
 
     x: [B, C, D, H, W] (D, H, W = img_size) -> logits [B, out_channels, D, H, W].
+
+    ``input_skip`` sets the full-resolution skip from the raw image, the one path that bypasses
+    the encoder: ``"full"`` (UNETR, the paper), ``"none"`` (zeros in its place, so the decoder sees
+    the image only through the encoder), or a number α scaling its features (a fixed factor the
+    decoder may learn to undo; use ``"none"`` for a clean ablation).
     """
 
     def __init__(
@@ -94,8 +101,10 @@ class ASASegmenter(nn.Module):
         grad_checkpointing: bool = False,
         spe_frame: str = "brain",
         reference_grid: int | tuple[int, int, int] | None = None,
+        input_skip: str | float = "full",
     ) -> None:
         super().__init__()
+        self.input_skip = _check_input_skip(input_skip)
         if spe_frame not in SPE_FRAMES:
             raise ValueError(f"spe_frame must be one of {SPE_FRAMES}, got {spe_frame!r}")
         if patch_size != 8:
@@ -112,6 +121,8 @@ class ASASegmenter(nn.Module):
         self.spe_frame = spe_frame
         self.reference_grid = self.grid if reference_grid is None else to_3tuple(reference_grid, "reference_grid")
         self.hidden_indices = tuple((k + 1) * depth // 4 - 1 for k in range(3))  # e.g. 2, 5, 8 of 12
+        self.num_encoder_layers = depth + 1  # patch embedding = layer 0, block i = i + 1, final norm = depth + 1
+        self._zero_encoder = False
 
         self.patch_embed = PatchEmbed(in_channels, embed_dim, patch_size)
         self.register_buffer(
@@ -126,7 +137,9 @@ class ASASegmenter(nn.Module):
         )
         f = feature_size
         conv = dict(spatial_dims=3, kernel_size=3, norm_name=norm_name)
-        self.skip0 = UnetrBasicBlock(in_channels=in_channels, out_channels=f, stride=1, res_block=True, **conv)
+        self.feature_size = f
+        self.skip0 = (None if self.input_skip == "none" else
+                      UnetrBasicBlock(in_channels=in_channels, out_channels=f, stride=1, res_block=True, **conv))
         self.skip1 = UnetrPrUpBlock(
             in_channels=embed_dim, out_channels=2 * f, num_layer=1, stride=1, upsample_kernel_size=2,
             conv_block=True, res_block=True, **conv,
@@ -167,12 +180,14 @@ class ASASegmenter(nn.Module):
             raise ValueError(f"ASASegmenter offsets must be [B, 3] = [{x.shape[0]}, 3], got {list(offsets.shape)}")
         tokens = self.patch_embed(x)
         out, hidden = self.encoder(tokens, self.position_codes(offsets), hidden_indices=self.hidden_indices)
+        if self._zero_encoder:  # encoder-reliance diagnostic: the decoder gets no encoder information
+            out, hidden = torch.zeros_like(out), [torch.zeros_like(h) for h in hidden]
         z1, z2, z3 = (self._to_volume(h) for h in hidden)
         z4 = self._to_volume(out)
         d = self.bottleneck(torch.cat([z3, z4], dim=1))  # 1/8
         d = self.up2(d, self.skip2(z2))  # 1/4
         d = self.up1(d, self.skip1(z1))  # 1/2
-        d = self.up0(d, self.skip0(x))  # 1/1
+        d = self.up0(d, self._input_skip(x))  # 1/1
         return self.head(d)
 
     def no_weight_decay(self) -> set[str]:
@@ -196,6 +211,35 @@ class ASASegmenter(nn.Module):
         if not allow_grid_change:
             raise ValueError(message)
         warnings.warn(message.split(": the position")[0] + " (segmenter.allow_grid_change=true)", stacklevel=2)
+
+    def _input_skip(self, x: torch.Tensor) -> torch.Tensor:
+        """Full-resolution skip features [B, f, D, H, W] from the raw image (per ``input_skip``)."""
+        if self.skip0 is None:
+            return x.new_zeros(x.shape[0], self.feature_size, *x.shape[2:])
+        skip = self.skip0(x)
+        return skip if self.input_skip == "full" else skip * self.input_skip
+
+    @contextlib.contextmanager
+    def zero_encoder_states(self) -> Iterator["ASASegmenter"]:
+        """Inside this context every encoder hidden state the decoder receives (the three skips and
+        the final output) is replaced by zeros: what is left is what the decoder does without the
+        transformer (the encoder-reliance diagnostic)."""
+        previous, self._zero_encoder = self._zero_encoder, True
+        try:
+            yield self
+        finally:
+            self._zero_encoder = previous
+
+    def encoder_layer_id(self, name: str) -> int | None:
+        """Depth of a parameter for layer-wise lr decay: 0 patch embedding, i + 1 encoder block i,
+        ``num_encoder_layers`` the final encoder norm, None outside the encoder (the decoder)."""
+        if name.startswith("patch_embed."):
+            return 0
+        if name.startswith("encoder.blocks."):
+            return int(name.split(".")[2]) + 1
+        if name.startswith("encoder."):
+            return self.num_encoder_layers
+        return None
 
     def load_pretrained(
         self, path: str | Path, *, checkpoint: dict | None = None, verbose: bool = True,
@@ -250,3 +294,20 @@ class ASASegmenter(nn.Module):
         if verbose:
             print(f"pretrained encoder from {path}:\n{report}")
         return report
+
+
+INPUT_SKIPS = ("full", "none")
+
+
+def _check_input_skip(value: str | float) -> str | float:
+    """``"full"``, ``"none"`` or a number in [0, 1] (strings of numbers accepted, as from the command line)."""
+    if isinstance(value, str) and value not in INPUT_SKIPS:
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"segmenter.input_skip={value!r}: expected one of {INPUT_SKIPS} or a number in [0, 1]") from None
+    if not isinstance(value, str):
+        if isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"segmenter.input_skip={value!r}: expected one of {INPUT_SKIPS} or a number in [0, 1]")
+        value = float(value)
+    return value

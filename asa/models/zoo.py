@@ -90,6 +90,7 @@ def build_from_config(
     net = ASASegmenter(
         img_size=(int(patch_size),) * 3, in_channels=in_channels, out_channels=out_channels, pos_mode=pos_mode,
         lr_axis=int(lr_axis), feature_size=segmenter_cfg.get("feature_size", 16),
+        input_skip=segmenter_cfg.get("input_skip", "full"),
         spe_frame=segmenter_cfg.get("spe_frame", "brain"),
         reference_grid=None if reference_grid is None else tuple(reference_grid), **kwargs,
     )

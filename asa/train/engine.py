@@ -40,7 +40,7 @@ class TrainConfig:
     """Training-loop settings (the `trainer` config group maps 1:1 onto these fields)."""
 
     epochs: int = 100  # the lr schedule spans epochs × steps_per_epoch
-    max_steps: int | None = None  # stop after this many optimiser steps (schedule unchanged)
+    max_steps: int | None = None  # stop after this many optimiser steps; the schedule still spans `epochs`
     batch_size: int = 2  # per device
     accum_steps: int = 1  # micro-batches per optimiser step (no all-reduce on the others)
     num_workers: int = 0
@@ -276,6 +276,15 @@ class Engine:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
+    def _drop_frozen_grads(self) -> None:
+        """Param groups with "freeze_epochs" = K (encoder freeze) get no update before epoch K: their
+        gradients are dropped after the backward pass (all-reduced already under DDP), so neither
+        the step, nor momentum, nor weight decay touches them and they stay bit-identical."""
+        for group in self.optimizer.param_groups:
+            if self.epoch < group.get("freeze_epochs", 0):
+                for p in group["params"]:
+                    p.grad = None
+
     def _write_scalars(self, values: Mapping[str, float]) -> None:
         if self.writer is not None:
             for k, v in values.items():
@@ -397,6 +406,15 @@ class Engine:
                   f"(warm-up {self.warmup_steps}), stopping at step {stop_step}; global batch {samples_per_step}; "
                   f"device {env.device}, world size {env.world_size}, precision {amp_name(self.amp_dtype)} "
                   f"(trainer.amp={cfg.amp}), {torch.get_num_threads()} CPU threads")
+        if stop_step < self.total_steps:
+            end_lr = lr_at(stop_step - 1, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
+                           base_lr=self.lr, schedule=cfg.schedule, min_lr=cfg.min_lr, power=cfg.power)
+            self._say(f"note: trainer.max_steps={cfg.max_steps} stops the run at step {stop_step} of a schedule "
+                      f"that spans trainer.epochs={cfg.epochs} ({self.total_steps} steps): the lr there is still "
+                      f"{end_lr:.3g}; lower trainer.epochs to shorten the schedule itself")
+        frozen = max((g.get("freeze_epochs", 0) for g in self.optimizer.param_groups), default=0)
+        if frozen:
+            self._say(f"encoder frozen for the first {frozen} epoch(s) (optim.freeze_encoder_epochs)")
         self.model.train()
         while self.step < stop_step and not stopped:
             seeded.epoch = self.epoch
@@ -439,6 +457,7 @@ class Engine:
                     grad_norm = float("nan")
                 else:
                     self.nonfinite_run = 0
+                    self._drop_frozen_grads()
                     self.scaler.unscale_(self.optimizer)
                     max_norm = cfg.clip_grad if cfg.clip_grad else float("inf")
                     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))

@@ -1,4 +1,5 @@
-"""Optimisers with the paper's recipes (DESIGN §1.7) and the linear lr scaling rule."""
+"""Optimisers with the paper's recipes (DESIGN §1.7), the linear lr scaling rule, and encoder-aware
+fine-tuning groups (encoder lr multiplier, MAE-style layer-wise lr decay, encoder freeze)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -6,9 +7,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["build_optimizer", "param_groups", "scaled_lr"]
+__all__ = ["build_optimizer", "describe_lr", "layer_lr_scales", "param_groups", "scaled_lr", "LOW_LR"]
 
 _OPTIMIZERS = {"adamw", "sgd"}
+LOW_LR = 1e-5  # below this a peak lr usually means the scaling rule shrank it unnoticed
 
 
 def scaled_lr(base_lr: float, global_batch: int) -> float:
@@ -18,29 +20,82 @@ def scaled_lr(base_lr: float, global_batch: int) -> float:
     return base_lr * global_batch / 256.0
 
 
+def describe_lr(base_lr: float, global_batch: int, scale: bool) -> tuple[float, str]:
+    """(peak lr, one line saying which rule produced it), e.g.
+    ``"optim.base_lr 0.00015 × global batch 2 / 256 = 1.17e-06 (optim.scale_lr=true)"``."""
+    if not scale:
+        return float(base_lr), f"optim.base_lr {base_lr:g} used as given (optim.scale_lr=false) = {base_lr:.3g}"
+    lr = scaled_lr(base_lr, global_batch)
+    return lr, f"optim.base_lr {base_lr:g} × global batch {global_batch} / 256 = {lr:.3g} (optim.scale_lr=true)"
+
+
 def _no_decay_names(model: nn.Module) -> set[str]:
     fn = getattr(model, "no_weight_decay", None)
     return set(fn()) if callable(fn) else set()
 
 
-def param_groups(model: nn.Module, weight_decay: float, skip: Iterable[str] = ()) -> list[dict]:
-    """Two groups: decayed weights, and undecayed (ndim <= 1 tensors: norms and biases; names in
-    `model.no_weight_decay()` or `skip`: position/mask tokens, relative-position biases).
+def layer_lr_scales(model: nn.Module, *, encoder_lr_scale: float = 1.0, layer_decay: float = 1.0) -> dict[str, float]:
+    """lr multiplier per parameter name (MAE / BEiT layer-wise decay on top of an encoder multiplier).
+
+    The model numbers its encoder layers with ``model.encoder_layer_id(name)``: 0 for the patch
+    embedding (and position tokens), i + 1 for encoder block i, ``model.num_encoder_layers`` (=
+    depth + 1) for the final encoder norm, None for decoder parameters. Layer l gets
+    ``encoder_lr_scale · layer_decay^(L − l)`` with L = depth + 1, so block i gets decay^(depth − i),
+    the patch embedding decay^(depth + 1) and the decoder 1.
+    """
+    if encoder_lr_scale < 0:
+        raise ValueError(f"optim.encoder_lr_scale={encoder_lr_scale}: expected >= 0")
+    if not 0 < layer_decay <= 1:
+        raise ValueError(f"optim.layer_decay={layer_decay}: expected a value in (0, 1]")
+    layer_of = getattr(model, "encoder_layer_id", None)
+    if not callable(layer_of):
+        raise ValueError(f"optim.encoder_lr_scale / layer_decay / freeze_encoder_epochs need a network with an "
+                         f"SW-ViT encoder (model arch asa); {type(model).__name__} has no encoder_layer_id()")
+    top = int(model.num_encoder_layers)
+    scales = {}
+    for name, _ in model.named_parameters():
+        layer = layer_of(name)
+        scales[name] = 1.0 if layer is None else encoder_lr_scale * layer_decay ** (top - layer)
+    return scales
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    skip: Iterable[str] = (),
+    *,
+    lr_scales: dict[str, float] | None = None,
+    frozen: Iterable[str] = (),
+    freeze_epochs: int = 0,
+) -> list[dict]:
+    """Groups of decayed weights and undecayed ones (ndim <= 1 tensors: norms and biases; names in
+    `model.no_weight_decay()` or `skip`: position/mask tokens, relative-position biases), split
+    further by `lr_scales` (name -> multiplier, stored as the group's "lr_scale") and by `frozen`
+    names, whose groups carry "freeze_epochs" (the engine drops their gradients before that epoch).
 
     A name in the skip list matches a parameter equal to it or one that ends with "." + it, so a model
     wrapped in a parent module still gets the right group.
     """
     skip_names = _no_decay_names(model) | set(skip)
-    decay, no_decay = [], []
+    frozen = set(frozen)
+    groups: dict[tuple[bool, float, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         skipped = p.ndim <= 1 or name.endswith(".bias") or any(
             name == s or name.endswith("." + s) for s in skip_names
         )
-        (no_decay if skipped else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+        scale = 1.0 if lr_scales is None else float(lr_scales[name])
+        key = (skipped, scale, name in frozen)
+        if key not in groups:
+            group = {"params": [], "weight_decay": 0.0 if skipped else weight_decay}
+            if lr_scales is not None:
+                group["lr_scale"] = scale
+            if name in frozen and freeze_epochs > 0:
+                group["freeze_epochs"] = int(freeze_epochs)
+            groups[key] = group
+        groups[key]["params"].append(p)
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[0], -k[1], k[2]))]
 
 
 def build_optimizer(
@@ -53,13 +108,28 @@ def build_optimizer(
     momentum: float = 0.99,
     nesterov: bool = True,
     eps: float = 1e-8,
+    encoder_lr_scale: float = 1.0,
+    layer_decay: float = 1.0,
+    freeze_encoder_epochs: int = 0,
 ) -> torch.optim.Optimizer:
     """AdamW (pretraining) or SGD with Nesterov momentum (fine-tuning); no decay on norms, biases and
     `model.no_weight_decay()` names. `lr` is the peak learning rate; the engine rescales every group
-    each step by the schedule (times the group's optional "lr_scale")."""
+    each step by the schedule times the group's "lr_scale".
+
+    Encoder-aware fine-tuning (defaults = the paper: one lr for all): `encoder_lr_scale` multiplies
+    the lr of the encoder, `layer_decay` < 1 decays it layer-wise (see `layer_lr_scales`), and
+    `freeze_encoder_epochs` = K leaves the encoder untouched for the first K epochs (decoder warm-up).
+    """
     if name not in _OPTIMIZERS:
         raise ValueError(f"optimizer name={name!r}: expected one of {sorted(_OPTIMIZERS)}")
-    groups = param_groups(model, weight_decay)
+    if freeze_encoder_epochs < 0:
+        raise ValueError(f"optim.freeze_encoder_epochs={freeze_encoder_epochs}: expected >= 0")
+    aware = encoder_lr_scale != 1.0 or layer_decay != 1.0 or freeze_encoder_epochs > 0
+    scales = layer_lr_scales(model, encoder_lr_scale=encoder_lr_scale, layer_decay=layer_decay) if aware else None
+    frozen = ()
+    if freeze_encoder_epochs > 0:
+        frozen = [n for n, _ in model.named_parameters() if model.encoder_layer_id(n) is not None]
+    groups = param_groups(model, weight_decay, lr_scales=scales, frozen=frozen, freeze_epochs=freeze_encoder_epochs)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)

@@ -1,0 +1,160 @@
+"""Frozen-encoder probes: how much tissue information the pretrained tokens carry.
+
+A probe set is a few labeled volumes preprocessed exactly as pretraining crops (z-scored in brain,
+brain-centred crop of the pretraining size). Every encoder token is then paired with its patch's
+class fractions. Two probes read the frozen tokens of the brain patches, fitted on half of the
+cases and scored on the other half:
+
+- ridge: per-patch class fractions regressed from the standardised tokens in closed form,
+  ``W = (XᵀX + λI)⁻¹ XᵀY``; R² per class on the held-out patches (``probe/r2_<class>``, ``probe/r2_mean``);
+- k-NN: each held-out patch takes the majority class of its k nearest fitted patches (cosine
+  similarity); accuracy ``probe/knn_acc``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["ProbeSet", "build_probe_set", "encode_tokens", "knn_accuracy", "patch_fractions", "probe_metrics",
+           "ridge_r2", "make_probe"]
+
+
+def ridge_r2(x_fit: torch.Tensor, y_fit: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, *,
+             lam: float = 1.0) -> torch.Tensor:
+    """Closed-form ridge regression of y on x (features standardised on the fitted rows, intercept
+    unpenalised); R² per target column on the test rows, NaN where the test column is constant.
+
+    x_fit [n, D], y_fit [n, K], x_test [m, D], y_test [m, K] -> [K].
+    """
+    x_fit, y_fit, x_test, y_test = (t.double() for t in (x_fit, y_fit, x_test, y_test))
+    mu, sd = x_fit.mean(0), x_fit.std(0).clamp_min(1e-8)
+    a, b = (x_fit - mu) / sd, (x_test - mu) / sd
+    y_mu = y_fit.mean(0)
+    w = torch.linalg.solve(a.T @ a + lam * torch.eye(a.shape[1], dtype=a.dtype), a.T @ (y_fit - y_mu))
+    pred = b @ w + y_mu
+    sse = ((y_test - pred) ** 2).sum(0)
+    sst = ((y_test - y_test.mean(0)) ** 2).sum(0)
+    return torch.where(sst > 1e-12, 1 - sse / sst.clamp_min(1e-12), torch.full_like(sst, float("nan"))).float()
+
+
+def knn_accuracy(x_fit: torch.Tensor, c_fit: torch.Tensor, x_test: torch.Tensor, c_test: torch.Tensor, *,
+                 k: int = 5) -> float:
+    """Share of test rows whose majority class among the k most cosine-similar fitted rows (features
+    standardised on the fitted rows) is their own class. x [n, D], c [n] int64."""
+    mu, sd = x_fit.mean(0), x_fit.std(0).clamp_min(1e-8)
+    a = torch.nn.functional.normalize((x_fit - mu) / sd, dim=1)
+    b = torch.nn.functional.normalize((x_test - mu) / sd, dim=1)
+    k = min(k, a.shape[0])
+    nearest = (b @ a.T).topk(k, dim=1).indices  # [m, k]
+    votes = torch.nn.functional.one_hot(c_fit[nearest], int(max(c_fit.max(), c_test.max())) + 1).sum(1)
+    return float((votes.argmax(1) == c_test).float().mean())
+
+
+def patch_fractions(onehot: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """onehot [K, X, Y, Z] (0/1 per class) -> class fractions per patch [N, K] in raster order (axis 2 fastest)."""
+    k = onehot.shape[0]
+    pooled = torch.nn.functional.avg_pool3d(onehot[None].float(), patch_size)  # [1, K, G0, G1, G2]
+    return pooled.reshape(k, -1).T
+
+
+@torch.no_grad()
+def encode_tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Encoder output over all tokens (no masking) of an ASA model: x [B, C, D, H, W] -> [B, N, embed_dim]."""
+    model = model.module if hasattr(model, "module") else model
+    n = model.num_patches
+    ids = torch.arange(n, device=x.device).expand(x.shape[0], n)
+    return model.forward_encoder(x, ids).float()
+
+
+@dataclass
+class ProbeSet:
+    """images [n, C, *size]; fractions [n, N, K] per patch; classes [n, N] (majority class); brain [n, N] bool."""
+
+    images: torch.Tensor
+    fractions: torch.Tensor
+    classes: torch.Tensor
+    brain: torch.Tensor
+    names: tuple[str, ...]  # one per column of fractions
+
+
+def build_probe_set(cases: Sequence, task, *, size: int, channels: Sequence[str], patch_size: int = 8) -> ProbeSet:
+    """Preprocess labeled cases as pretraining crops (DESIGN §1.1) with their labels cropped alike.
+
+    Softmax tasks: one column per non-background class; multilabel tasks: one per region. The
+    majority class of a patch (0 = background / no region) is its k-NN label. ``channels`` are the
+    pretraining channels, which the task must have.
+    """
+    from asa.data.io import load_volume
+    from asa.data.transforms import brain_centre, brain_mask, case_to_item, crop_or_pad, load_case_images, normalize_in_brain
+
+    if len(cases) < 2:
+        raise ValueError(f"probe set: {len(cases)} labeled case(s); the probe fits on half and scores on the "
+                         "other half, so it needs at least 2")
+    missing = [c for c in channels if c not in task.channels]
+    if missing:
+        raise ValueError(f"probe set: the {task.name} task has channels {list(task.channels)}, not the "
+                         f"pretraining channels {missing}")
+    images, fractions, classes, brains = [], [], [], []
+    shape = (size,) * 3
+    for case in cases:
+        item = case_to_item(case, channels)
+        image, _ = load_case_images(item)
+        mask = brain_mask(image)
+        centre = brain_centre(mask)
+        image = crop_or_pad(normalize_in_brain(image, mask), centre, shape)
+        raw = load_volume(item["label"], label=True).array.astype(np.int64)
+        if raw.shape != mask.shape:
+            raise ValueError(f"probe set: label {item['label']} is not on the grid of case {case.id}'s image")
+        raw = crop_or_pad(raw[None], centre, shape)[0]
+        if task.multilabel:
+            onehot = np.stack([np.isin(raw, r) for r in task.regions])
+        else:
+            target = task.label_to_target(raw)
+            onehot = np.stack([target == i for i in range(1, task.num_outputs)])
+        frac = patch_fractions(torch.from_numpy(onehot), patch_size)
+        background = (1 - frac.sum(1, keepdim=True)).clamp_min(0)
+        images.append(torch.from_numpy(np.ascontiguousarray(image)))
+        fractions.append(frac)
+        classes.append(torch.cat([background, frac], 1).argmax(1))
+        brain = crop_or_pad(mask[None].astype(np.float32), centre, shape)
+        brains.append(patch_fractions(torch.from_numpy(brain), patch_size)[:, 0] > 0)
+    return ProbeSet(torch.stack(images), torch.stack(fractions), torch.stack(classes), torch.stack(brains),
+                    tuple(task.output_names))
+
+
+def probe_metrics(tokens: torch.Tensor, probe: ProbeSet, *, lam: float = 1.0, k: int = 5) -> dict[str, float]:
+    """tokens [n, N, D] of the probe images -> {"probe/r2_<name>", "probe/r2_mean", "probe/knn_acc"}.
+    Even-numbered cases are fitted, odd-numbered ones scored; only brain patches take part."""
+    fit = torch.zeros(tokens.shape[0], dtype=torch.bool)
+    fit[::2] = True
+
+    def rows(which: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        keep = probe.brain[which]
+        return tokens[which][keep].cpu(), probe.fractions[which][keep], probe.classes[which][keep]
+
+    xf, yf, cf = rows(fit)
+    xt, yt, ct = rows(~fit)
+    r2 = ridge_r2(xf, yf, xt, yt, lam=lam)
+    out = {f"probe/r2_{name}": float(v) for name, v in zip(probe.names, r2)}
+    finite = r2[torch.isfinite(r2)]
+    out["probe/r2_mean"] = float(finite.mean()) if finite.numel() else float("nan")
+    out["probe/knn_acc"] = knn_accuracy(xf, cf, xt, ct, k=k)
+    return out
+
+
+def make_probe(probe: ProbeSet, *, lam: float = 1.0, k: int = 5, batch_size: int = 2) -> Callable[[nn.Module], dict[str, float]]:
+    """probe(model) -> probe metrics of an ASA model's frozen encoder on ``probe`` (no gradients)."""
+
+    @torch.no_grad()
+    def run(model: nn.Module) -> dict[str, float]:
+        device = next(model.parameters()).device
+        tokens = torch.cat([encode_tokens(model, probe.images[i:i + batch_size].to(device))
+                            for i in range(0, probe.images.shape[0], batch_size)])
+        return probe_metrics(tokens, probe, lam=lam, k=k)
+
+    return run
