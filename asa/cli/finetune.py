@@ -81,10 +81,14 @@ def run(cfg: DictConfig) -> FitResult:
         result = engine.fit(train_ds)
         if env.is_main:
             ckpts = out_dir / "checkpoints"
+            if (ckpts / "best.pt").is_file():
+                written, use = "last.pt, best.pt (mean validation Dice)", ckpts / "best.pt"
+            else:
+                written, use = "last.pt only (no validation cases, so no best.pt: last.pt is the final weights)", ckpts / "last.pt"
             print(f"[asa] fine-tuning finished at step {result.step}. Outputs in {out_dir}:\n"
-                  f"  checkpoints: {ckpts}/last.pt, best.pt (mean validation Dice)\n"
+                  f"  checkpoints: {ckpts}/{written}\n"
                   f"  TensorBoard: tensorboard --logdir {out_dir / 'tb'}\n"
-                  f"  next: asa-predict checkpoint={ckpts / 'best.pt'} input=DIR output=PRED", flush=True)
+                  f"  next: asa-predict checkpoint={use} input=DIR output=PRED", flush=True)
     except BaseException:
         cleanup_distributed(finished=False)
         raise

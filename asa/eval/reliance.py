@@ -1,0 +1,97 @@
+"""Encoder reliance: does a fine-tuned segmenter use its transformer encoder at all?
+
+Each case is segmented twice, normally and with every encoder hidden state the decoder receives
+replaced by zeros (:meth:`asa.models.ASASegmenter.zero_encoder_states`). The Dice drop per class
+is what the encoder contributes; a drop near 0 means the decoder's convolutional path on the raw
+image does the work and pretraining the encoder cannot matter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asa.eval.evaluate import ignore_mask_for
+from asa.eval.metrics import dice
+
+__all__ = ["case_dice", "encoder_reliance", "format_reliance", "write_reliance", "RELIANCE_CSV", "RELIANCE_JSON"]
+
+RELIANCE_CSV = "reliance_per_case.csv"
+RELIANCE_JSON = "reliance.json"
+
+
+def case_dice(pred_label: np.ndarray, ref_label: np.ndarray, task: Any) -> dict[str, float]:
+    """Dice per output region/class of raw label maps on one grid (the task's ignore voxels left out)."""
+    if pred_label.shape != ref_label.shape:
+        raise ValueError(f"prediction shape {pred_label.shape} differs from the label's {ref_label.shape}")
+    pred, ref = task.region_masks(pred_label), task.region_masks(ref_label)
+    ignore = ignore_mask_for(task, ref_label)
+    return {name: dice(np.asarray(pred[name], bool), np.asarray(ref[name], bool), ignore=ignore)
+            for name in task.output_names}
+
+
+def encoder_reliance(predictor, cases: Sequence, *, overlap: float = 0.5, sw_batch_size: int = 2,
+                     progress: bool = False) -> dict[str, Any]:
+    """Dice per class with the encoder's hidden states as trained and replaced by zeros.
+
+    ``predictor``: an :class:`asa.eval.predict.Predictor` whose model has ``zero_encoder_states()``
+    (ASASegmenter); ``cases``: labeled cases. Returns ``{"names", "n_cases", "per_case": [{"id",
+    "Dice_<n>", "Dice_<n>_zeroed"}], "summary": {<n>: {"normal", "zeroed", "drop"}, "mean": {...}}}``
+    (means over cases; drop = normal − zeroed).
+    """
+    from tqdm import tqdm
+
+    from asa.data import load_volume, preprocess_for_inference
+
+    model, task = predictor.model, predictor.task
+    if not hasattr(model, "zero_encoder_states"):
+        raise ValueError(f"encoder reliance needs an ASASegmenter (model arch asa); got {type(model).__name__}")
+    rows = []
+    for case in tqdm(cases, desc="reliance", unit="case", disable=not progress):
+        if case.label is None:
+            raise ValueError(f"case {case.id}: no label file; encoder reliance needs labeled cases")
+        image, _ = preprocess_for_inference(case, task)
+        ref = load_volume(case.label, label=True).array.astype(np.int64)
+        normal = case_dice(task.prediction_to_label(predictor(image, overlap=overlap, sw_batch_size=sw_batch_size)),
+                           ref, task)
+        with model.zero_encoder_states():
+            probs = predictor(image, overlap=overlap, sw_batch_size=sw_batch_size)
+        zeroed = case_dice(task.prediction_to_label(probs), ref, task)
+        row: dict[str, Any] = {"id": case.id}
+        for name in task.output_names:
+            row[f"Dice_{name}"], row[f"Dice_{name}_zeroed"] = normal[name], zeroed[name]
+        rows.append(row)
+    summary: dict[str, dict[str, float]] = {}
+    for name in task.output_names:
+        n, z = (float(np.mean([r[k] for r in rows])) for k in (f"Dice_{name}", f"Dice_{name}_zeroed"))
+        summary[name] = {"normal": n, "zeroed": z, "drop": n - z}
+    summary["mean"] = {k: float(np.mean([summary[n][k] for n in task.output_names])) for k in ("normal", "zeroed", "drop")}
+    return {"names": list(task.output_names), "n_cases": len(rows), "per_case": rows, "summary": summary}
+
+
+def write_reliance(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``reliance_per_case.csv`` and ``reliance.json`` under ``out_dir``."""
+    from asa.data import atomic_write_json, atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cols = ["id"] + [c for n in result["names"] for c in (f"Dice_{n}", f"Dice_{n}_zeroed")]
+    lines = [",".join(cols)] + [",".join(str(r["id"]) if c == "id" else f"{r[c]:.6f}" for c in cols)
+                                for r in result["per_case"]]
+    atomic_write_text(out / RELIANCE_CSV, "\n".join(lines) + "\n")
+    atomic_write_json(out / RELIANCE_JSON, {k: v for k, v in result.items() if k != "per_case"})
+    return out / RELIANCE_CSV, out / RELIANCE_JSON
+
+
+def format_reliance(result: dict[str, Any]) -> str:
+    """A few printable lines: Dice normal / zeroed encoder / drop per class."""
+    lines = [f"encoder reliance over {result['n_cases']} case(s): Dice with the encoder as trained vs its hidden states zeroed"]
+    for name in [*result["names"], "mean"]:
+        s = result["summary"][name]
+        lines.append(f"  {name:>6}: {s['normal']:.4f} -> {s['zeroed']:.4f} (drop {s['drop']:+.4f})")
+    return "\n".join(lines)
+
