@@ -38,7 +38,7 @@ def test_model_trainer_optim_compose(model, trainer, optim):
     cfg = compose_config("pretrain", [f"model={model}", f"trainer={trainer}", f"optim={optim}"])
     assert OmegaConf.to_container(cfg.model) == {**OmegaConf.to_container(cfg.model), **PRESETS[model]}
     TrainConfig.from_dict({**OmegaConf.to_container(cfg.trainer), "schedule": cfg.optim.schedule})
-    assert cfg.optim.name == optim
+    assert optim.startswith(cfg.optim.name)  # adamw_demo is AdamW with the demo lr
 
 
 @pytest.mark.parametrize("data", _names("data"))
@@ -87,3 +87,41 @@ def test_help_lists_groups_and_usage():
     groups = {line.split(":")[0]: line for line in section.splitlines() if ":" in line}
     assert all(name in groups["experiment"] for name in EXPERIMENTS)
     assert all(name in groups["model"] for name in PRESETS)
+
+
+def test_bids_preset_and_its_named_presets():
+    generic = OmegaConf.to_container(compose_config("pretrain", ["data=bids", "data.root=/r"]).data)
+    for name in ("adni", "oasis"):
+        named = OmegaConf.to_container(compose_config("pretrain", [f"data={name}", "data.root=/r"]).data)
+        assert named == {**generic, "name": name}
+
+
+def test_demo_data_learns_at_its_batch_and_real_data_keeps_the_paper_rule():
+    demo = compose_config("pretrain", [])
+    assert (demo.optim.name, demo.optim.scale_lr, demo.optim.base_lr) == ("adamw", False, 3e-3)
+    assert demo.optim.betas == [0.9, 0.95] and demo.optim.weight_decay == 0.05
+    paper = compose_config("pretrain", ["data=adni"])
+    assert (paper.optim.scale_lr, paper.optim.base_lr) == (True, 1.5e-4)
+    assert compose_config("pretrain", ["optim=adamw"]).optim.scale_lr is True  # the command line still wins
+
+
+def test_finetune_defaults_are_the_papers():
+    cfg = compose_config("finetune", [])
+    assert (cfg.optim.encoder_lr_scale, cfg.optim.layer_decay, cfg.optim.freeze_encoder_epochs) == (1.0, 1.0, 0)
+    assert cfg.segmenter.input_skip == "full"
+    assert compose_config("pretrain", []).probe.every == 1
+
+
+@pytest.mark.parametrize("overrides, lr, warned", [(["optim=adamw"], 1.5e-4 * 2 / 256, True), ([], 3e-3, False)])
+def test_effective_lr_is_printed_with_its_rule(capsys, overrides, lr, warned):
+    from asa.cli.common import optimizer_and_config
+    from asa.models import ASA
+    from asa.train.distributed import DistEnv
+
+    cfg = compose_config("pretrain", overrides)
+    model = ASA(img_size=16, **PRESETS["tiny"])
+    optimizer, got, _ = optimizer_and_config(cfg, model, DistEnv())
+    err = capsys.readouterr().err
+    assert got == pytest.approx(lr) and optimizer.param_groups[0]["lr"] == pytest.approx(lr)
+    assert "peak learning rate" in err and ("× global batch 2 / 256 = 1.17e-06" in err) == warned
+    assert ("below 1e-05" in err) == warned
