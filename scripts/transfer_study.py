@@ -209,13 +209,16 @@ def run_study(args: argparse.Namespace) -> tuple[list[dict], list[str], dict[str
             for arm, overrides in arms.items():
                 run_dir = out / "runs" / f"{arm}-n{n}-s{seed}"
                 ckpt = run_dir / "checkpoints" / "last.pt"
-                if not (args.reuse and ckpt.is_file()):
+                if not (args.reuse and _finished(ckpt)):
                     rest = sorted(set(by_id) - set(train))  # test and unused cases: never seen by the run
                     atomic_write_json(run_dir / "splits.json", {"train": train, "val": [], "test": rest,
                                                                 "dataset": str(probe_cfg.data.name), "seed": seed})
                     print(f"[transfer] {arm}: {n} labeled case(s), seed {seed}, {epochs} epoch(s)", flush=True)
-                    finetune(compose_config("finetune", [*base, f"output_dir={run_dir}", f"seed={seed}",
-                                                         f"trainer.epochs={epochs}", *overrides]))
+                    result = finetune(compose_config("finetune", [*base, f"output_dir={run_dir}", f"seed={seed}",
+                                                                  f"trainer.epochs={epochs}", *overrides]))
+                    if result.preempted:  # SIGTERM/SIGUSR1: the run saved last.pt mid-schedule
+                        raise SystemExit(f"[transfer] {run_dir} was stopped by a signal at step {result.step}; "
+                                         "rerun with --reuse to train it (and the rest) again")
                 predictor = Predictor.from_checkpoint(ckpt, device=_device(args.device))
                 result = encoder_reliance(predictor, [by_id[i] for i in test_ids])
                 for row in result["per_case"]:
@@ -226,6 +229,16 @@ def run_study(args: argparse.Namespace) -> tuple[list[dict], list[str], dict[str
                     entry["Dice_mean_zeroed"] = float(np.mean([row[f"Dice_{c}_zeroed"] for c in task.output_names]))
                     scores.append(entry)
     return scores, list(task.output_names), arms
+
+
+def _finished(ckpt: Path) -> bool:
+    """Whether ``ckpt`` is the last.pt of a run that went through its whole schedule."""
+    from asa.train import load_checkpoint
+
+    if not ckpt.is_file():
+        return False
+    state = load_checkpoint(ckpt)
+    return int(state["step"]) >= int(state["scheduler"]["total_steps"])
 
 
 def _device(name: str):
@@ -266,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--override", action="append", default=[], help="asa-finetune override for every arm")
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=0, help="data.num_workers")
-    p.add_argument("--reuse", action="store_true", help="score existing runs instead of training them again")
+    p.add_argument("--reuse", action="store_true", help="score finished runs instead of training them again")
     p.add_argument("--out", default="runs/transfer")
     args = p.parse_args(argv)
     scores, names, _ = run_study(args)

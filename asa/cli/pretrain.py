@@ -45,8 +45,12 @@ def _probe(cfg: DictConfig, patch_size: int):
         raise ValueError(f"probe.data={root}: layout {layout!r} has no labels; expected brats, ibsr, wmh or msd")
     task = get_task(layout, root=root)
     cases = [c for c in discover(layout, root) if c.label is not None][: int(pc.cases)]
-    probe_set = build_probe_set(cases, task, size=int(cfg.data.size), channels=list(cfg.data.channels),
-                                patch_size=patch_size)
+    try:
+        probe_set = build_probe_set(cases, task, size=int(cfg.data.size), channels=list(cfg.data.channels),
+                                    patch_size=patch_size)
+    except ValueError as err:
+        raise ValueError(f"probe.data={pc.data}: {err}. Point probe.data at a labeled folder with the pretraining "
+                         f"channels, or turn the probes off with probe.every=0") from err
     return make_probe(probe_set, lam=float(pc.ridge), k=int(pc.knn_k))
 
 
