@@ -75,7 +75,7 @@ def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], referen
             for key in [*(f"Dice_{c}" for c in names), "Dice_mean", "Dice_mean_zeroed"]:
                 per_seed = [np.mean([float(s[key]) for s in mine if s["seed"] == seed]) for seed in sorted({s["seed"] for s in mine})]
                 row[key] = float(np.mean(per_seed))
-                row[key + "_sd"] = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
+                row[key + "_sd"] = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else math.nan
             row["encoder_drop"] = row["Dice_mean"] - row["Dice_mean_zeroed"]
             if arm != reference:
                 diff = paired_differences(scores, arm, reference, n, "Dice_mean")
@@ -90,10 +90,12 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], refe
     head = ["arm", "labeled", *names, "mean", "encoder zeroed", f"Δ mean vs {reference} [95 % CI]"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([" --- "] * 2 + [" ---: "] * (len(head) - 2)) + "|"]
     for r in rows:
-        cells = [r["arm"], str(r["n"])]
-        cells += [f"{r[f'Dice_{c}']:.3f} ± {r[f'Dice_{c}_sd']:.3f}" for c in names]
-        cells += [f"{r['Dice_mean']:.3f} ± {r['Dice_mean_sd']:.3f}",
-                  f"{r['Dice_mean_zeroed']:.3f} (drop {r['encoder_drop']:+.3f})"]
+        def cell(key: str) -> str:  # ± sd over seeds, when there are several
+            sd = r[key + "_sd"]
+            return f"{r[key]:.3f}" if math.isnan(sd) else f"{r[key]:.3f} ± {sd:.3f}"
+
+        cells = [r["arm"], str(r["n"])] + [cell(f"Dice_{c}") for c in names]
+        cells += [cell("Dice_mean"), f"{r['Dice_mean_zeroed']:.3f} (drop {r['encoder_drop']:+.3f})"]
         cells.append("—" if "delta" not in r else f"{r['delta']:+.3f} [{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}]")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -113,8 +115,9 @@ def svg_plot(rows: Sequence[Mapping[str, Any]], *, width: int = 480, height: int
     """Mean Dice (± sd over seeds) against the number of labeled cases, one line per arm (plain SVG)."""
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
     ns = sorted({int(r["n"]) for r in rows})
-    lo = min(r["Dice_mean"] - r["Dice_mean_sd"] for r in rows)
-    hi = max(r["Dice_mean"] + r["Dice_mean_sd"] for r in rows)
+    sd = {id(r): 0.0 if math.isnan(r["Dice_mean_sd"]) else r["Dice_mean_sd"] for r in rows}
+    lo = min(r["Dice_mean"] - sd[id(r)] for r in rows)
+    hi = max(r["Dice_mean"] + sd[id(r)] for r in rows)
     lo, hi = max(0.0, math.floor(lo * 10) / 10), min(1.0, math.ceil(hi * 10) / 10 + 1e-9)
     hi = hi if hi > lo else lo + 0.1
     left, right, top, bottom = 60, 110, 20, 45
@@ -138,7 +141,7 @@ def svg_plot(rows: Sequence[Mapping[str, Any]], *, width: int = 480, height: int
         points = " ".join(f"{px(r['n']):.1f},{py(r['Dice_mean']):.1f}" for r in mine)
         out.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="2"/>')
         for r in mine:
-            x, y0, y1 = px(r["n"]), py(r["Dice_mean"] - r["Dice_mean_sd"]), py(r["Dice_mean"] + r["Dice_mean_sd"])
+            x, y0, y1 = px(r["n"]), py(r["Dice_mean"] - sd[id(r)]), py(r["Dice_mean"] + sd[id(r)])
             out.append(f'<line x1="{x:.1f}" y1="{y0:.1f}" x2="{x:.1f}" y2="{y1:.1f}" stroke="{color}"/>')
             out.append(f'<circle cx="{x:.1f}" cy="{py(r["Dice_mean"]):.1f}" r="3" fill="{color}"/>')
         out.append(f'<text x="{width - right + 8}" y="{top + 16 * (i + 1)}" fill="{color}">{arm}</text>')

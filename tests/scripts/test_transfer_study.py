@@ -54,3 +54,12 @@ def test_paired_table_recovers_the_planted_difference(tmp_path):
     svg = (tmp_path / "dice_vs_cases.svg").read_text()
     assert svg.startswith("<svg") and svg.count("<polyline") == 2
     assert (tmp_path / "scores.csv").read_text().count("\n") == len(scores) + 1
+
+
+def test_one_seed_has_no_spread_to_show():
+    scores = [s for s in _scores(0.02) if s["seed"] == 0]
+    rows = study.summarize(scores, ["A", "B"], "scratch", n_boot=200)
+    assert all(np.isnan(r["Dice_mean_sd"]) for r in rows)
+    md = study.markdown_table(rows, ["A", "B"], "scratch")
+    assert "±" not in md and "+0.020 [" in md
+    assert "nan" not in study.svg_plot(rows)
