@@ -82,7 +82,7 @@ def test_frozen_encoder_is_bit_identical_for_k_epochs_then_trains(tmp_path):
     net = _segmenter()
     start = {k: v.clone() for k, v in net.state_dict().items()}
     opt = build_optimizer(net, name="sgd", lr=0.05, weight_decay=3e-5, freeze_encoder_epochs=2)
-    cfg = TrainConfig(epochs=3, batch_size=2, progress=False, log_every=1, ckpt_every=1000, panel_every=0)
+    cfg = TrainConfig(epochs=3, batch_size=2, progress=False, log_every=1, ckpt_every=1000, panel_every=0, amp="off")
     engine = Engine(net, opt, _step, config=cfg, lr=0.05, out_dir=tmp_path)
     engine.cfg = TrainConfig(**{**cfg.__dict__, "max_steps": 4})  # 2 steps/epoch: stop after epoch 2
     engine.fit(_Volumes())
