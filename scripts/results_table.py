@@ -24,10 +24,11 @@ import io
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from asa.io import atomic_write_text
 
 METRICS = ("Dice", "HD95")
 ABLATION_ORDER = ("baseline", "MAE", "A-SSL", "SPE only", "SPE+SSL", "ASA")
@@ -163,14 +164,6 @@ def to_csv(header: list[str], rows: list[list[Any]]) -> str:
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="results_table.py",
@@ -197,8 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     header, rows = build_table(runs, order_runs(list(runs), args.order))
     markdown = to_markdown(header, rows, percent=args.percent, bold_best=args.bold_best)
     out = Path(args.out)
-    _write_atomic(out.with_name(out.name + ".md"), markdown)
-    _write_atomic(out.with_name(out.name + ".csv"), to_csv(header, rows))
+    atomic_write_text(out.with_name(out.name + ".md"), markdown)
+    atomic_write_text(out.with_name(out.name + ".csv"), to_csv(header, rows))
     sys.stdout.write(markdown)
     return 0
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +12,18 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from asa.train import TrainConfig, build_optimizer
+from asa.train.distributed import DistEnv, all_gather_objects, barrier
 from asa.train.optim import LOW_LR, describe_lr
-from asa.train.distributed import DistEnv, barrier
 
-__all__ = ["dataset_root", "load_cases", "optimizer_and_config", "split_cases", "write_run_config"]
+__all__ = [
+    "EXIT_FAILED", "EXIT_FINISHED", "EXIT_REFUSED", "dataset_root", "describe_error", "entry", "load_cases",
+    "on_main_then_share", "optimizer_and_config", "split_cases",
+]
+
+# exit codes (README "Exit codes"); a run stopped by signal N exits 128 + N (SIGTERM: 143)
+EXIT_FINISHED = 0
+EXIT_FAILED = 1
+EXIT_REFUSED = 2
 
 
 def dataset_root(data: DictConfig) -> tuple[Path, str]:
@@ -33,13 +43,48 @@ def dataset_root(data: DictConfig) -> tuple[Path, str]:
     return root, (detect_layout(root) if data.layout == "auto" else str(data.layout))
 
 
-def load_cases(data: DictConfig, report_path: Path | None = None) -> list:
-    """The validated cases of a data preset; bad cases are skipped or raise per ``data.on_bad_case``,
-    and listed in ``report_path`` when given."""
+def load_cases(data: DictConfig, out_dir: Path | None, env: DistEnv) -> list:
+    """The validated cases of a data preset, found once on rank 0 and shared with the other ranks.
+
+    Every volume is read once (in parallel; the outcome is cached under ``data.cache_dir``) with the
+    checks of `load_volume`; bad cases stop the run or are skipped per ``data.on_bad_case`` and then
+    listed in ``<out_dir>/bad_cases.json``.
+    """
     from asa.data import discover
 
-    root, layout = dataset_root(data)
-    return discover(layout, root, on_bad_case=str(data.on_bad_case), report_path=report_path)
+    def find() -> list:
+        root, layout = dataset_root(data)
+        return discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case",
+                        report_path=None if out_dir is None else out_dir / "bad_cases.json",
+                        cache_dir=data.get("cache_dir"), workers=_check_workers(data))
+
+    return on_main_then_share(find, env)
+
+
+def _check_workers(data: DictConfig) -> int:
+    return max(1, min(8, int(data.get("num_workers") or 0) or (os.cpu_count() or 1)))
+
+
+def on_main_then_share(fn: Callable[[], Any], env: DistEnv) -> Any:
+    """``fn()`` on rank 0; its result (or its failure, re-raised as `SharedError`) reaches every rank."""
+    if not env.distributed:
+        return fn()
+    if env.is_main:
+        try:
+            value = fn()
+        except Exception as err:
+            all_gather_objects(("error", describe_error(err)), env)
+            raise
+        all_gather_objects(("ok", value), env)
+        return value
+    status, value = all_gather_objects(None, env)[0]
+    if status == "error":
+        raise SharedError(f"rank 0 stopped: {value}")
+    return value
+
+
+class SharedError(RuntimeError):
+    """Rank 0 failed a step whose result the other ranks wait for."""
 
 
 def split_cases(cases: list, data: DictConfig, out_dir: Path, env: DistEnv) -> dict[str, list]:
@@ -63,16 +108,6 @@ def split_cases(cases: list, data: DictConfig, out_dir: Path, env: DistEnv) -> d
     if not splits["train"]:
         raise ValueError(f"data={data.name}: the split left no training cases (data.split.ratios)")
     return splits
-
-
-def write_run_config(resolved: dict[str, Any], out_dir: Path, env: DistEnv) -> None:
-    """Create the run directory and write the resolved config to ``<out_dir>/config.yaml`` (rank 0)."""
-    from asa.data import atomic_write_text
-
-    if env.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
-    barrier(env)
 
 
 def optimizer_and_config(
@@ -102,3 +137,53 @@ def optimizer_and_config(
         "schedule": opt.schedule, "min_lr": float(opt.min_lr), "power": float(opt.power), **trainer_overrides,
     })
     return optimizer, lr, config
+
+
+def describe_error(err: BaseException) -> str:
+    """One line naming the file and the fault: the innermost asa error of the chain, or the last line
+    of a DataLoader worker's re-raised traceback, or ``Type: message``."""
+    from asa.data import VolumeError
+
+    seen, e = [], err
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    for e in seen:
+        if isinstance(e, VolumeError):
+            return str(e)
+    for e in seen:
+        text = str(e)
+        if "Original Traceback" in text:  # raised again in the main process by a DataLoader worker
+            last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
+            name, _, message = last.partition(": ")
+            return message if name.split(".")[-1] in {"VolumeError", "CaseLoadError"} else last
+    text = str(err).strip()
+    return text if isinstance(err, (ValueError, RuntimeError, FileNotFoundError, KeyError)) and text else \
+        f"{type(err).__name__}: {text}"
+
+
+def entry(app: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> None:
+    """Run an entry point and end the process with a documented exit code: 0 finished, 1 failed,
+    2 refused before starting (run-directory rules, lock, incompatible resume, bad cases),
+    128 + N stopped by signal N. Errors print one line (``debug=true``: the full traceback)."""
+    from asa.data import CaseError
+    from asa.train import IncompatibleCheckpointError
+
+    from asa.cli.rundir import RunDirError
+
+    try:
+        result = run(cfg)
+    except (RunDirError, IncompatibleCheckpointError, CaseError) as err:
+        if cfg.get("debug", False):
+            raise
+        print(f"[{app}] refused: {err}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_REFUSED)
+    except Exception as err:
+        if cfg.get("debug", False):
+            raise
+        print(f"[{app}] error: {describe_error(err)}\n  (rerun with debug=true for the full traceback)",
+              file=sys.stderr, flush=True)
+        sys.exit(EXIT_FAILED)
+    signum = getattr(result, "signal", None)
+    if getattr(result, "preempted", False) and signum:
+        sys.exit(128 + int(signum))

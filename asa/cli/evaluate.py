@@ -8,6 +8,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from asa.cli.common import entry
 from asa.train.config_files import config_path
 
 __all__ = ["main", "run"]
@@ -24,7 +25,8 @@ def run(cfg: DictConfig) -> dict:
         raise ValueError(f"data={data.get('name')} has no labels to evaluate against; use data=brats, ibsr, wmh or msd")
     root, layout = dataset_root(data)
     task = get_task(str(data.task), root=root)
-    cases = discover(layout, root, on_bad_case=str(data.on_bad_case))
+    cases = discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case",
+                     cache_dir=data.get("cache_dir"))
     if cfg.split_file is not None:
         split_path = Path(str(cfg.split_file)).expanduser()
         if not split_path.is_file():
@@ -84,7 +86,7 @@ def _reliance(cfg: DictConfig, task, cases: list, out: Path) -> dict:
 
 @hydra.main(config_path=config_path(), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    entry("asa-evaluate", run, cfg)
 
 
 if __name__ == "__main__":

@@ -4,33 +4,34 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from pathlib import Path
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asa.cli.common import dataset_root, load_cases, optimizer_and_config, split_cases, write_run_config
+from asa.cli.common import dataset_root, entry, load_cases, optimizer_and_config, split_cases
+from asa.cli.rundir import command_line, prepare_run_dir
 from asa.train import Engine, FitResult, cleanup_distributed, setup_distributed
 from asa.train.config_files import config_path
 
 __all__ = ["main", "run"]
+
+APP = "asa-finetune"
 
 def run(cfg: DictConfig) -> FitResult:
     """Fine-tune as configured; returns the engine's FitResult (rank 0 writes every file)."""
     from asa.data import build_segmentation_dataset, get_task
     from asa.losses import SegmentationLoss
     from asa.models import build_from_config
-    from asa.train.finetune import make_dice_validator, segmentation_step
+    from asa.train.finetune import make_dice_validator, make_segmentation_panel_fn, segmentation_step
 
     env = setup_distributed(cfg.device)
+    run_dir = None
     try:
-        out_dir = Path(str(cfg.output_dir)).expanduser().absolute()
         data = cfg.data
         if "task" not in data or data.task is None:
             raise ValueError(f"data={data.get('name')} is a pretraining preset; asa-finetune takes data=brats, "
                              "data=ibsr, data=wmh or data=msd")
-        cases = load_cases(data, out_dir / "bad_cases.json" if env.is_main else None)
         task = get_task(str(data.task), root=dataset_root(data)[0])
         torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
         # one grid: crops default to the pretraining crop (the file's, else the paper's 128, or the
@@ -51,7 +52,11 @@ def run(cfg: DictConfig) -> FitResult:
                                          reference_grid=list(model.reference_grid))
             lattice = dict(lattice=model.patch_size, lr_axis=model.lr_axis,
                            reference_size=tuple(g * model.patch_size for g in model.reference_grid))
-        write_run_config(resolved, out_dir, env)
+        run_dir = prepare_run_dir(cfg.output_dir, app=APP, resume=cfg.resume, overwrite=bool(cfg.overwrite),
+                                  run_config=resolved, compat_keys=list(cfg.resume_must_match), env=env)
+        out_dir = run_dir.path
+        cases = load_cases(data, out_dir if env.is_main else None, env)
+        run_dir.write_config(resolved)  # every check passed
         splits = split_cases(cases, data, out_dir, env)
         train_ds = build_segmentation_dataset(
             splits["train"], task, train=True, patch_size=patch, cache_dir=data.cache_dir,
@@ -60,7 +65,7 @@ def run(cfg: DictConfig) -> FitResult:
         val_ds = (build_segmentation_dataset(splits["val"], task, train=False, cache_dir=data.cache_dir)
                   if splits["val"] else None)
 
-        optimizer, lr, config = optimizer_and_config(cfg, model, env, monitor="val/dice", mode="max", panel_every=0)
+        optimizer, lr, config = optimizer_and_config(cfg, model, env, monitor="val/dice", mode="max")
         if val_ds is None:
             print(f"[asa] warning: data={data.name} has no validation cases: no best.pt, no early stopping",
                   file=sys.stderr)
@@ -68,6 +73,11 @@ def run(cfg: DictConfig) -> FitResult:
             val_ds, task=task, roi_size=(patch,) * 3, env=env,
             overlap=float(cfg.validation.overlap), sw_batch_size=int(cfg.validation.sw_batch_size),
         )
+        panel_fn = None
+        if val_ds is not None and env.is_main and config.panel_every:
+            panel_fn = make_segmentation_panel_fn(val_ds[0], multilabel=task.multilabel, roi_size=(patch,) * 3,
+                                                  overlap=float(cfg.validation.overlap),
+                                                  sw_batch_size=int(cfg.validation.sw_batch_size))
         collate = None
         if int(data.samples_per_case) > 1:
             from monai.data import list_data_collate
@@ -76,10 +86,15 @@ def run(cfg: DictConfig) -> FitResult:
         engine = Engine(
             model, optimizer, segmentation_step(SegmentationLoss(task.multilabel)), config=config, lr=lr,
             out_dir=out_dir, env=env, seed=int(cfg.seed), validate=validate, run_config=resolved,
-            compat_keys=list(cfg.resume_must_match), resume=cfg.resume, collate_fn=collate,
+            compat_keys=list(cfg.resume_must_match), resume=run_dir.resume_from or False, collate_fn=collate,
+            panel_fn=panel_fn,
         )
         result = engine.fit(train_ds)
-        if env.is_main:
+        if result.preempted:
+            if env.is_main:
+                print(f"[asa] stopped early at step {result.step} (signal {result.signal}); last.pt saved. "
+                      f"Resume with: {command_line(APP)} resume=true", file=sys.stderr, flush=True)
+        elif env.is_main:
             ckpts = out_dir / "checkpoints"
             if (ckpts / "best.pt").is_file():
                 written, use = "last.pt, best.pt (mean validation Dice)", ckpts / "best.pt"
@@ -90,15 +105,18 @@ def run(cfg: DictConfig) -> FitResult:
                   f"  TensorBoard: tensorboard --logdir {out_dir / 'tb'}\n"
                   f"  next: asa-predict checkpoint={use} input=DIR output=PRED", flush=True)
     except BaseException:
+        if run_dir is not None:
+            run_dir.release()
         cleanup_distributed(finished=False)
         raise
+    run_dir.release()
     cleanup_distributed()
     return result
 
 
 @hydra.main(config_path=config_path(), config_name="finetune", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    entry(APP, run, cfg)
 
 
 if __name__ == "__main__":

@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asa.cli.common import load_cases, optimizer_and_config, split_cases, write_run_config
+from asa.cli.common import entry, load_cases, optimizer_and_config, split_cases
+from asa.cli.rundir import command_line, prepare_run_dir
 from asa.train import Engine, FitResult, cleanup_distributed, setup_distributed
 from asa.train.config_files import config_path
 from asa.train.pretrain import export_encoder, mae_step, make_panel_fn, make_validator
 
 __all__ = ["main", "run"]
+
+APP = "asa-pretrain"
 
 
 def _model_kwargs(cfg: DictConfig) -> dict:
@@ -74,16 +76,19 @@ def run(cfg: DictConfig) -> FitResult:
     from asa.models import ASA
 
     env = setup_distributed(cfg.device)
+    run_dir = None
     try:
-        out_dir = Path(str(cfg.output_dir)).expanduser().absolute()
         resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-        write_run_config(resolved, out_dir, env)
-
         data = cfg.data
         if "size" not in data:
             raise ValueError(f"data={data.get('name')} is a fine-tuning dataset preset; asa-pretrain takes "
                              "data=demo, data=adni or data=oasis (or a preset with size/channels/augment)")
-        cases = load_cases(data, out_dir / "bad_cases.json" if env.is_main else None)
+        run_dir = prepare_run_dir(cfg.output_dir, app=APP, resume=cfg.resume, overwrite=bool(cfg.overwrite),
+                                  run_config=resolved, compat_keys=list(cfg.resume_must_match), env=env)
+        out_dir = run_dir.path
+        cases = load_cases(data, out_dir if env.is_main else None, env)
+        _model_kwargs(cfg)  # refuse fine-tuning baselines before writing anything
+        run_dir.write_config(resolved)  # every check passed
         splits = split_cases(cases, data, out_dir, env)
         common = dict(size=int(data.size), cache_dir=data.cache_dir, resample_mm=data.resample_mm,
                       channels=tuple(data.channels))
@@ -112,10 +117,14 @@ def run(cfg: DictConfig) -> FitResult:
             model, optimizer, mae_step, config=config, lr=lr, out_dir=out_dir, env=env, seed=int(cfg.seed),
             validate=validate,
             panel_fn=None if sample is None else make_panel_fn(sample),
-            run_config=resolved, compat_keys=list(cfg.resume_must_match), resume=cfg.resume,
+            run_config=resolved, compat_keys=list(cfg.resume_must_match), resume=run_dir.resume_from or False,
         )
         result = engine.fit(train_ds)
-        if env.is_main:
+        if result.preempted:
+            if env.is_main:
+                print(f"[asa] stopped early at step {result.step} (signal {result.signal}); last.pt saved, no "
+                      f"encoder.pt exported. Resume with: {command_line(APP)} resume=true", file=sys.stderr, flush=True)
+        elif env.is_main:
             ckpts = out_dir / "checkpoints"
             source = ckpts / "best.pt" if (ckpts / "best.pt").is_file() else ckpts / "last.pt"
             export_encoder(source, ckpts / "encoder.pt", model_kwargs)
@@ -124,15 +133,18 @@ def run(cfg: DictConfig) -> FitResult:
                   f"  TensorBoard: tensorboard --logdir {out_dir / 'tb'}\n"
                   f"  config: {out_dir / 'config.yaml'}, splits: {out_dir / 'splits.json'}", flush=True)
     except BaseException:
+        if run_dir is not None:
+            run_dir.release()
         cleanup_distributed(finished=False)
         raise
+    run_dir.release()
     cleanup_distributed()
     return result
 
 
 @hydra.main(config_path=config_path(), config_name="pretrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    entry(APP, run, cfg)
 
 
 if __name__ == "__main__":

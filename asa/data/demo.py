@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import axcodes2ornt, inv_ornt_aff, ornt_transform
 
-from asa.data.io import atomic_write_json, atomic_write_text
+from asa.io import atomic_write_json, atomic_write_text
 from asa.data.phantom import make_phantom
 
 __all__ = ["write_demo_dataset", "ensure_demo_dataset", "DEMO_LAYOUTS", "default_cache_dir", "write_nifti"]

@@ -3,15 +3,13 @@
 `load_volume` reorients every volume with nibabel's closest-canonical transform (array axis 0 runs
 left->right, 1 posterior->anterior, 2 inferior->superior) and keeps what is needed to undo it;
 `save_volume` writes an array given on that canonical grid back in the reference file's original
-orientation, shape, affine and header. All writes are atomic (temporary file + ``os.replace``).
+orientation, shape, affine and header. All writes are atomic (`asa.io`).
 """
 
 from __future__ import annotations
 
 import gzip
-import json
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,8 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import apply_orientation, io_orientation, ornt_transform
+
+from asa.io import atomic_path, atomic_write_json, atomic_write_text
 
 __all__ = [
     "Volume",
@@ -190,38 +190,6 @@ def load_volume(
     )
 
 
-def _atomic_target(path: Path) -> tuple[int, Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = nifti_suffix(path) or path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    return fd, Path(tmp)
-
-
-def _replace(tmp: Path, path: Path) -> None:
-    try:
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write text to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = _atomic_target(path)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    _replace(tmp, path)
-    return path
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """JSON (indent 2, sorted keys kept as given) written atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
 def save_volume(
     array: np.ndarray | Any,
     reference: Volume | str | os.PathLike,
@@ -264,12 +232,6 @@ def save_volume(
     # keep the reference's qform/sform codes exactly
     img.set_qform(reference.header.get_qform(), code=int(reference.header["qform_code"]))
     img.set_sform(reference.header.get_sform(), code=int(reference.header["sform_code"]))
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _replace(tmp, path)
     return path

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asa.data.io import atomic_write_json
+from asa.io import atomic_write_json
 
 __all__ = ["make_splits", "DEFAULT_SPLITS", "SPLIT_NAMES"]
 

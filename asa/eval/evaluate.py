@@ -15,7 +15,6 @@ import inspect
 import io
 import json
 import os
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -26,6 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from asa.io import atomic_write_text
 from asa.eval.metrics import EMPTY_HD95, HD95_CONVENTIONS, HD_PERCENTILE, dice, hd95
 
 METRICS: tuple[str, ...] = ("Dice", "HD95")
@@ -186,23 +186,6 @@ def summarize(
 def per_case_columns(names: Sequence[str]) -> list[str]:
     """CSV header: ``case_id`` then ``Dice_<name>, HD95_<name>`` for each name."""
     return ["case_id"] + [f"{m}_{n}" for n in names for m in METRICS]
-
-
-def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_results(summary: dict[str, Any], out_dir: PathLike) -> tuple[Path, Path]:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from asa.data import Case, Task, detect_layout, discover, preprocess_for_inference, save_volume
+from asa.data import Case, Task, VolumeError, detect_layout, discover, preprocess_for_inference, save_volume
 from asa.eval.inference import predict_volume
 
 NIFTI = re.compile(r"^(?P<stem>.+?)\.nii(\.gz)?$")
@@ -94,7 +94,8 @@ def cases_from_files(paths: Sequence[Path], task: Task) -> list[Case]:
     return cases
 
 
-def gather_cases(inputs: str | Path | Sequence[str | Path], task: Task, layout: str = "auto") -> list[Case]:
+def gather_cases(inputs: str | Path | Sequence[str | Path], task: Task, layout: str = "auto",
+                 on_bad_case: str = "error") -> list[Case]:
     """Cases to predict from a dataset folder (any supported layout), a folder of NIfTI files, or files."""
     items = [Path(str(p)).expanduser() for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
     missing = [str(p) for p in items if not p.exists()]
@@ -108,7 +109,7 @@ def gather_cases(inputs: str | Path | Sequence[str | Path], task: Task, layout: 
             except ValueError:
                 layout = "files"
         if layout != "files":
-            return discover(layout, root, require_labels=False, validate="header")
+            return discover(layout, root, require_labels=False, validate="header", on_bad_case=on_bad_case)
         files = sorted(p for p in root.iterdir() if NIFTI.match(p.name))
         if not files:
             raise FileNotFoundError(f"input {root}: no dataset layout recognised and no .nii/.nii.gz files in it")
@@ -127,10 +128,18 @@ def predict_cases(
     save_probabilities: bool = False,
     overwrite: bool = True,
     progress: bool = True,
+    on_bad_case: str = "error",
+    skipped: list[tuple[str, str]] | None = None,
 ) -> list[Path]:
     """Segment every case and write ``<output>/<case_id>.nii.gz`` in the input's own space (labels in
     the dataset's own values); optionally ``<case_id>_probabilities.nii.gz`` ([X, Y, Z, K] floats).
-    Files are written atomically; with ``overwrite=False`` existing predictions are kept."""
+    Files are written atomically; with ``overwrite=False`` existing predictions are kept.
+
+    A case whose volumes cannot be used (`VolumeError`: truncated, not NIfTI, wrong dimensionality,
+    NaN/Inf, all zeros) stops the batch with ``on_bad_case="error"``; with ``"skip"`` the others are
+    predicted and ``(case id, reason)`` is appended to ``skipped``."""
+    if on_bad_case not in ("error", "skip"):
+        raise ValueError(f"on_bad_case={on_bad_case!r}: expected 'error' or 'skip'")
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -139,7 +148,15 @@ def predict_cases(
         if target.exists() and not overwrite:
             written.append(target)
             continue
-        image, reference = preprocess_for_inference(case, predictor.task)
+        try:
+            image, reference = preprocess_for_inference(case, predictor.task)
+        except VolumeError as err:
+            if on_bad_case == "error":
+                raise VolumeError(err.path, f"{err.fault} (case {case.id}; on_bad_case=skip predicts the other "
+                                            "cases)") from err
+            if skipped is not None:
+                skipped.append((case.id, str(err)))
+            continue
         probs = predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, tta_axes=tta_axes,
                           centre=reference.meta.get("brain_centre"))
         save_volume(predictor.task.prediction_to_label(probs), reference, target)

@@ -4,10 +4,13 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
+
+from asa.io import atomic_path
 
 __all__ = [
     "CheckpointError", "IncompatibleCheckpointError", "save_checkpoint", "load_checkpoint",
@@ -27,30 +30,13 @@ class IncompatibleCheckpointError(CheckpointError):
 
 
 def save_checkpoint(path: str | os.PathLike, state: Mapping) -> Path:
-    """Write `state` to `path` atomically: temporary file in the same folder, fsync, os.replace.
+    """Write `state` to `path` atomically (`asa.io.atomic_path`: temporary file, fsync, rename).
 
     A crash at any moment leaves either the previous file or the new one, never a torn file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(dict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    with atomic_path(path) as tmp:
+        torch.save(dict(state), tmp)
     return path
 
 
@@ -66,6 +52,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        if not zipfile.is_zipfile(path) or "Unsupported global" not in str(err):
+            # random bytes / a torn file also fail in the weights-only unpickler: not a security matter
+            raise CheckpointError(
+                f"checkpoint {path}: unreadable or corrupt — not a checkpoint written by torch.save "
+                f"({str(err).splitlines()[-1][:200]})"
+            ) from err
         raise CheckpointError(
             f"checkpoint {path}: refused — it contains pickled Python objects that are not plain tensors or "
             f"containers (weights_only=True loading rejected it; a pickle payload could run arbitrary code). "
@@ -107,7 +99,8 @@ def check_compatible(saved_cfg: Mapping, cfg: Mapping, keys: Iterable[str], *, s
         raise IncompatibleCheckpointError(
             f"cannot resume from {source}: the configuration differs in keys that must match:\n  "
             + "\n  ".join(diffs)
-            + "\nStart a new run (another output_dir or resume=false), or restore these settings."
+            + "\nTo continue that run, restore these settings (drop the overrides that changed them); to train "
+            "with the new settings, start a new run in another output_dir. Nothing was changed."
         )
 
 

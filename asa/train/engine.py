@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import math
 import os
 import signal
@@ -76,6 +77,15 @@ class TrainConfig:
         return cls(**dict(values))
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # e.g. trainer.epochs=ten: name the key, not int()'s message
+            kind = str(f.type).replace(" | None", "")
+            value = getattr(self, f.name)
+            if value is None and "None" in str(f.type) or kind not in _KINDS:
+                continue
+            try:
+                setattr(self, f.name, _KINDS[kind](value))
+            except (TypeError, ValueError):
+                raise ValueError(f"trainer.{f.name}={value!r}: expected {_KIND_WORDS[kind]}") from None
         if self.amp not in AMP_CHOICES:
             raise ValueError(f"trainer.amp={self.amp!r}: expected one of {', '.join(AMP_CHOICES)}")
         if self.threads is not None and int(self.threads) < 1:
@@ -98,6 +108,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)  # one dict of validation metrics per round
     checkpoint_dir: Path | None = None
     preempted: bool = False  # stopped by SIGTERM/SIGUSR1 after saving last.pt (resume to continue)
+    signal: int | None = None  # the stopping signal's number when preempted (0: a peer rank's, number unknown)
 
 
 class _Tracker:
@@ -116,6 +127,22 @@ class _Tracker:
 
     def load(self, state: Mapping) -> None:
         self.best, self.best_step, self.bad_rounds = state["best"], state["best_step"], int(state["bad_rounds"])
+
+
+def _as_int(value: object) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(value)
+    return int(value)  # type: ignore[arg-type]
+
+
+def _as_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError(value)
+
+
+_KINDS: dict[str, Callable[[object], object]] = {"int": _as_int, "float": float, "bool": _as_bool}
+_KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false"}
 
 
 def _scalar(v: object) -> float:
@@ -178,7 +205,7 @@ class Engine:
             return {}
 
         def handler(signum, frame):
-            self._signal = signal.Signals(signum).name
+            self._signal = int(signum)
 
         previous = {}
         for sig in (signal.SIGTERM, signal.SIGUSR1):
@@ -189,6 +216,7 @@ class Engine:
     def _say(self, msg: str) -> None:
         if self.env.is_main:
             tqdm.write(msg, file=sys.stderr)
+            sys.stderr.flush()
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -238,6 +266,8 @@ class Engine:
                 save_checkpoint(self.ckpt_dir / name, state)
             if self.cfg.keep_last > 0:
                 prune_step_checkpoints(self.ckpt_dir, self.cfg.keep_last)
+            if self.writer is not None:
+                self.writer.flush()  # what the checkpoint holds, TensorBoard shows (also after SIGKILL)
         barrier(self.env)
 
     def _unwrapped(self) -> nn.Module:
@@ -332,6 +362,7 @@ class Engine:
         model.train()
         for tag, img in images.items():
             self.writer.add_image(tag, img.detach().float().cpu().clamp(0, 1), self.step)
+        self.writer.flush()
 
     # ------------------------------------------------------------------------------------------- fit
     def fit(self, train_data: Dataset) -> FitResult:
@@ -398,8 +429,11 @@ class Engine:
 
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         samples_per_step = cfg.batch_size * cfg.accum_steps * env.world_size
-        bar = tqdm(total=stop_step, initial=self.step, disable=not (env.is_main and cfg.progress),
+        # a bar only on a terminal; under a scheduler (stderr to a file) or progress=false: plain lines
+        self._use_bar = env.is_main and cfg.progress and sys.stderr.isatty()
+        bar = tqdm(total=stop_step, initial=self.step, disable=not self._use_bar,
                    desc="train", dynamic_ncols=True, file=sys.stderr)
+        self._stop_step, self._t_start, self._step_start = stop_step, time.perf_counter(), self.step
         window: dict[str, float] = {}
         window_steps, t0, stopped, preempted = 0, time.perf_counter(), False, False
         self._say(f"training: {self.steps_per_epoch} steps/epoch, schedule over {self.total_steps} steps "
@@ -439,7 +473,8 @@ class Engine:
                     loss_sum += float(loss.detach()) / cfg.accum_steps if finite else 0.0
                     for k, v in logs.items():
                         logs_sum[k] = logs_sum.get(k, 0.0) + _scalar(v) / cfg.accum_steps
-                bad, stop_signal = all_reduce_max_ints([bad, int(self._signal is not None)], env)
+                bad, stop_signal = all_reduce_max_ints([bad, -1 if self._signal is None else self._signal], env)
+                stop_signal = None if stop_signal < 0 else stop_signal
                 if bad:
                     self.optimizer.zero_grad(set_to_none=True)
                     self.nonfinite_total += 1
@@ -476,9 +511,9 @@ class Engine:
                     self._log_window(window, window_steps, t0, samples_per_step, bar)
                     window, window_steps, t0 = {}, 0, time.perf_counter()
                 healthy = self.nonfinite_run == 0  # never checkpoint in the middle of a non-finite streak
-                if stop_signal:
-                    self._say(f"received {self._signal or 'a stop signal on another rank'}: saving last.pt at step "
-                              f"{self.step} and stopping; continue with resume=true")
+                if stop_signal is not None:
+                    name = signal.Signals(stop_signal).name if stop_signal else "a stop signal on another rank"
+                    self._say(f"received {name}: saving last.pt at step {self.step} and stopping")
                     preempted = True
                     break
                 if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < stop_step and healthy:
@@ -500,7 +535,7 @@ class Engine:
         bar.close()
         if preempted:
             self.save("last.pt")
-            return self._result(stopped=False, preempted=True)
+            return self._result(stopped=False, preempted=True, signum=stop_signal)
         if self.validate is not None and getattr(self, "_last_val_step", None) != self.step:
             self._validate(count_patience=False)
         if cfg.panel_every and getattr(self, "_last_panel_step", None) != self.step:
@@ -511,11 +546,11 @@ class Engine:
         self._say(f"done at step {self.step}: checkpoints in {self.ckpt_dir}, TensorBoard logs in {self.out_dir / 'tb'}")
         return self._result(stopped=stopped, preempted=False)
 
-    def _result(self, *, stopped: bool, preempted: bool) -> FitResult:
+    def _result(self, *, stopped: bool, preempted: bool, signum: int | None = None) -> FitResult:
         return FitResult(step=self.step, epoch=self.epoch, best_metric=self.tracker.best,
                          best_step=self.tracker.best_step, stopped_early=stopped,
                          nonfinite_steps=self.nonfinite_total, history=list(self.history),
-                         checkpoint_dir=self.ckpt_dir, preempted=preempted)
+                         checkpoint_dir=self.ckpt_dir, preempted=preempted, signal=signum)
 
     def _log_window(self, window: dict, steps: int, t0: float, samples_per_step: int, bar) -> None:
         elapsed = max(time.perf_counter() - t0, 1e-9)
@@ -526,8 +561,16 @@ class Engine:
             means["sys/cuda_max_mem_gb"] = torch.cuda.max_memory_allocated(self.env.device) / 2**30
         means["train/nonfinite_steps"] = float(self.nonfinite_total)
         self._write_scalars(means)
-        bar.set_postfix(loss=f"{means.get('train/loss', float('nan')):.4g}", lr=f"{means['train/lr']:.3g}",
-                        sps=f"{means['train/samples_per_s']:.3g}", refresh=False)
+        loss, lr, sps = means.get("train/loss", float("nan")), means["train/lr"], means["train/samples_per_s"]
+        if self._use_bar:
+            bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.3g}", sps=f"{sps:.3g}", refresh=False)
+            return
+        done = self.step - self._step_start
+        rate = done / max(time.perf_counter() - self._t_start, 1e-9)
+        eta = (self._stop_step - self.step) / rate if rate > 0 else float("inf")
+        eta_text = str(datetime.timedelta(seconds=round(eta))) if math.isfinite(eta) else "?"
+        self._say(f"step {self.step}/{self._stop_step} epoch {self.epoch}: loss {loss:.4g}, lr {lr:.3g}, "
+                  f"{sps:.3g} samples/s, ETA {eta_text}")
 
 
 def fit(model: nn.Module, train_data: Dataset, optimizer: torch.optim.Optimizer, step_fn: StepFn, **kwargs) -> FitResult:

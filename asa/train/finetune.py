@@ -88,3 +88,32 @@ def make_dice_validator(
         return {"dice": sum(per_output) / len(per_output), **{f"dice_{n}": v for n, v in zip(names, per_output)}}
 
     return validate
+
+
+def make_segmentation_panel_fn(
+    item: Mapping, *, multilabel: bool, roi_size: Sequence[int], overlap: float = 0.5, sw_batch_size: int = 2,
+) -> Callable[[nn.Module, int], dict[str, torch.Tensor]]:
+    """panel(model, step) -> {"finetune/1_image", "finetune/2_label", "finetune/3_prediction": [1, S, 3S]}
+    on one validation case (mid slices of its first channel; label maps scaled so class k is k/K)."""
+    from .pretrain import mid_slice_grid
+
+    image, target = item["image"], item["label"]
+
+    def as_map(t: torch.Tensor, k: int) -> torch.Tensor:  # multilabel [K,...] or [1,...] classes -> [X,Y,Z]
+        if multilabel:
+            t = (t > 0.5).float()
+            return (t * torch.arange(1, k + 1, dtype=t.dtype).view(-1, 1, 1, 1)).amax(0) / k
+        return t[0].float().clamp_min(0) / max(k - 1, 1)
+
+    def panel(model: nn.Module, step: int) -> dict[str, torch.Tensor]:
+        device = next(model.parameters()).device
+        probs = predict_volume(model, image, roi_size=roi_size, multilabel=multilabel, overlap=overlap,
+                               sw_batch_size=sw_batch_size, device=device)
+        k = probs.shape[0]
+        pred = probs if multilabel else probs.argmax(0, keepdim=True)
+        img = image[0].float()
+        img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-6)
+        return {"finetune/1_image": mid_slice_grid([img]), "finetune/2_label": mid_slice_grid([as_map(target, k)]),
+                "finetune/3_prediction": mid_slice_grid([as_map(pred, k)])}
+
+    return panel

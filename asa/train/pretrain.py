@@ -15,7 +15,7 @@ from asa.models.mae import ENCODER_PREFIXES
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistEnv
 
-__all__ = ["mae_step", "make_validator", "make_panel_fn", "mid_slice_grid", "export_encoder", "ENCODER_PREFIXES"]
+__all__ = ["mae_step", "make_validator", "make_panel_fn", "mid_slice_grid", "export_encoder", "ENCODER_PREFIXES", "PANEL_ROWS"]
 
 
 def _core(model: nn.Module) -> nn.Module:
@@ -71,9 +71,13 @@ def mid_slice_grid(rows: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([torch.cat(_mid_slices(r.float().cpu(), size), dim=1) for r in rows], dim=0)[None]
 
 
+PANEL_ROWS = ("1_input", "2_masked", "3_reconstruction", "4_ar_weights")
+
+
 def make_panel_fn(sample: torch.Tensor) -> Callable[[nn.Module, int], dict[str, torch.Tensor]]:
-    """panel(model, step) -> {"reconstruction/mid_slices": [1, 4S, 3S]}: rows are the input, the
-    masked input, the reconstruction and the loss-weight map (first channel of one fixed sample)."""
+    """panel(model, step) -> {"pretrain/<row>": [1, S, 3S]}, one labelled image per row: the input, the
+    masked input, the reconstruction and the AR loss-weight map (first channel of one fixed sample;
+    sagittal, coronal and axial mid slices side by side)."""
 
     def panel(model: nn.Module, step: int) -> dict[str, torch.Tensor]:
         core = _core(model)
@@ -92,7 +96,7 @@ def make_panel_fn(sample: torch.Tensor) -> Callable[[nn.Module, int], dict[str, 
             return ((v - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
 
         rows = [scale(x)[0, 0], (scale(x) * (1 - mask))[0, 0], scale(recon)[0, 0], wmap[0, 0].clamp(0, 1)]
-        return {"reconstruction/mid_slices": mid_slice_grid(rows)}
+        return {f"pretrain/{name}": mid_slice_grid([row]) for name, row in zip(PANEL_ROWS, rows)}
 
     return panel
 

@@ -1,18 +1,26 @@
 """Dataset layout adapters: files on disk -> validated `Case` records.
 
 ``discover(layout, root)`` runs the layout's adapter, then checks every case (missing modality,
-image/label shape or affine mismatch, label values outside the task's set, duplicate ids). With
+image/label shape or affine mismatch, label values outside the task's set, duplicate ids and, with
+``validate="full"``, every volume's contents as `load_volume` reads them). With
 ``on_bad_case="skip"`` bad cases are dropped and listed, with reasons, in ``report_path`` (JSON).
+
+Full checks read every volume once, in parallel threads; with a ``cache_dir`` the outcome per case
+is kept in ``<cache_dir>/case_checks.json``, keyed on the files' paths, sizes and modification
+times, so a later run over unchanged files reads nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from asa.data.case import Case
-from asa.data.io import atomic_write_json
+from asa.io import atomic_write_json
 from asa.data.layouts import pretrain, segmentation  # noqa: F401  (register the adapters)
 from asa.data.layouts.base import ADAPTERS, PATTERNS, CaseError, Problem, check_case
 
@@ -30,12 +38,16 @@ def discover(
     report_path: str | Path | None = None,
     require_labels: bool | None = None,
     validate: str = "full",
+    option: str = "on_bad_case",
+    cache_dir: str | Path | None = None,
+    workers: int = 1,
 ) -> list[Case]:
     """Find and validate the cases of ``root`` in ``layout``; sorted by id.
 
     ``validate``: "full" (headers + label values; decodes label files), "header" (shapes and
     affines only) or "none". ``require_labels`` defaults to True for segmentation layouts.
-    ``report_path``: JSON with the skipped cases and reasons (written whenever given).
+    ``report_path``: JSON with the skipped cases and reasons (written only when a case was skipped).
+    ``option`` is the setting named in the error's hint (e.g. ``data.on_bad_case``).
     """
     if layout not in ADAPTERS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
@@ -53,19 +65,22 @@ def discover(
     counts = Counter(c.id for c in found.cases) + Counter(p.id for p in problems)
     dup = {cid for cid, n in counts.items() if n > 1}
     cases: list[Case] = []
+    unique = []
     for case in found.cases:
         if case.id in dup:
             others = [str(c.paths()[0]) for c in found.cases if c.id == case.id]
             problems.append(Problem(case.id, f"duplicate case id {case.id!r} (files: {others})", [str(p) for p in case.paths()]))
-            continue
-        reason = None if validate == "none" else check_case(case, found.label_values, check_labels=validate == "full")
+        else:
+            unique.append(case)
+    reasons = _check_cases(unique, found.label_values, validate, cache_dir, workers)
+    for case, reason in zip(unique, reasons):
         if reason:
             problems.append(Problem(case.id, reason, [str(p) for p in case.paths()]))
         else:
             cases.append(case)
     cases.sort(key=lambda c: c.id)
 
-    if report_path is not None:
+    if report_path is not None and problems and on_bad_case == "skip":
         atomic_write_json(
             report_path,
             {
@@ -73,8 +88,7 @@ def discover(
                 "root": str(root),
                 "found": len(cases) + len(problems),
                 "kept": len(cases),
-                "skipped": [p.to_dict() for p in problems] if on_bad_case == "skip" else [],
-                "errors": [p.to_dict() for p in problems] if on_bad_case == "error" else [],
+                "skipped": [p.to_dict() for p in problems],
             },
         )
     if problems and on_bad_case == "error":
@@ -82,11 +96,56 @@ def discover(
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise CaseError(
             f"{len(problems)} bad case(s) in {root} (layout {layout!r}):\n{lines}{more}\n"
-            "Fix them or set on_bad_case=skip to continue without them."
+            f"Nothing was trained. Fix or remove them, or set {option}=skip to continue without them."
         )
     if not cases:
         raise FileNotFoundError(f"no usable cases under {root} for layout {layout!r} (expected {PATTERNS[layout]})")
     return cases
+
+
+def _stamp(case: Case, label_values: tuple[int, ...] | None, validate: str) -> str:
+    """Cache key of a case's check: its files (path, size, mtime), the label set and the check level."""
+    files = []
+    for p in case.paths():
+        st = p.stat()
+        files.append((str(p), st.st_size, st.st_mtime_ns))
+    frames = case.meta.get("frames", {})
+    blob = json.dumps([files, frames, label_values, validate, case.id, 1], default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()
+
+
+def _check_cases(cases: Sequence[Case], label_values: tuple[int, ...] | None, validate: str,
+                 cache_dir: str | Path | None, workers: int) -> list[str | None]:
+    """Reason per case (None = usable); reads the volumes in ``workers`` threads, cached per case."""
+    if validate == "none":
+        return [None] * len(cases)
+    cache_file = None if cache_dir is None or validate != "full" else Path(cache_dir).expanduser() / "case_checks.json"
+    cache: dict[str, str | None] = {}
+    if cache_file is not None and cache_file.is_file():
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            cache = {}
+    keys = []
+    for case in cases:
+        try:
+            keys.append(_stamp(case, label_values, validate))
+        except OSError:
+            keys.append(None)  # a file vanished: check_case reports it
+    todo = [i for i, k in enumerate(keys) if k is None or k not in cache]
+
+    def one(i: int) -> str | None:
+        return check_case(cases[i], label_values, check_labels=validate == "full", contents=validate == "full")
+
+    with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:  # decompression releases the GIL
+        fresh = list(pool.map(one, todo))
+    for i, reason in zip(todo, fresh):
+        if keys[i] is not None:
+            cache[keys[i]] = reason
+    if cache_file is not None and todo:
+        atomic_write_json(cache_file, cache)
+    checked = dict(zip(todo, fresh))
+    return [checked[i] if i in checked else cache[k] for i, k in enumerate(keys)]
 
 
 def detect_layout(root: str | Path) -> str:

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 
 from asa.data.case import Case
-from asa.data.io import NIFTI_SUFFIXES, VolumeError, _decode, _read_nifti
+from asa.data.io import NIFTI_SUFFIXES, VolumeError, _decode, _read_nifti, load_volume
 
 __all__ = ["CaseError", "Problem", "Found", "register", "ADAPTERS", "find_nifti", "check_case"]
 
@@ -80,9 +80,13 @@ def _grid(path: Path) -> tuple[tuple[int, ...], np.ndarray, nib.Nifti1Image]:
     return shape[:3], img.affine, img
 
 
-def check_case(case: Case, label_values: tuple[int, ...] | None, *, check_labels: bool = True) -> str | None:
+def check_case(case: Case, label_values: tuple[int, ...] | None, *, check_labels: bool = True,
+               contents: bool = False) -> str | None:
     """Reason the case is unusable, or None: unreadable headers, image/label shape or affine mismatch,
-    label values outside ``label_values`` (decodes the label only when ``check_labels``)."""
+    label values outside ``label_values`` (decodes the label only when ``check_labels``). With
+    ``contents`` every volume is read with `load_volume`'s own checks (truncated or corrupt data,
+    wrong dimensionality, NaN/Inf, an all-zero image) — the faults that would otherwise stop
+    training at the first batch that draws the case."""
     try:
         ref_path = next(iter(case.images.values()))
         ref_shape, ref_affine, _ = _grid(ref_path)
@@ -92,14 +96,17 @@ def check_case(case: Case, label_values: tuple[int, ...] | None, *, check_labels
                 return f"shape mismatch: {path} has {shape}, {ref_path} has {ref_shape}"
             if not np.allclose(affine, ref_affine, atol=1e-3):
                 return f"affine mismatch: {path} and {ref_path} are not on the same grid"
-        if case.label is not None and check_labels and label_values is not None:
-            data = _decode(_read_nifti(case.label), case.label)
+        if contents:
+            for channel, path in case.images.items():
+                load_volume(path, label=False, frame=case.frame(channel))
+        if case.label is not None and (check_labels or contents):
+            data = load_volume(case.label, label=True).array if contents else _decode(_read_nifti(case.label), case.label)
             if not np.all(np.isfinite(data)):
                 return f"label {case.label} contains NaN/Inf"
-            values = np.unique(data)
-            bad = sorted(set(values.tolist()) - set(label_values))
-            if bad:
-                return f"label values {bad} in {case.label} outside the expected {list(label_values)}"
+            if check_labels and label_values is not None:
+                bad = sorted(set(np.unique(data).tolist()) - set(label_values))
+                if bad:
+                    return f"label values {bad} in {case.label} outside the expected {list(label_values)}"
     except VolumeError as err:
         return str(err)
     return None

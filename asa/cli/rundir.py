@@ -1,0 +1,290 @@
+"""The run directory's rules: one writer (a lock file), no silent overwrite, a config history on resume.
+
+A new run refuses an ``output_dir`` that already holds checkpoints unless it resumes
+(``resume=true|auto|PATH``) or asks ``overwrite=true``, which moves the old run aside to
+``<output_dir>.replaced-<timestamp>`` (nothing is deleted). Every check runs before anything is
+written; the config is written by `RunDir.write_config` once the caller's own checks passed too.
+A resumed run keeps ``config.yaml`` as first written and appends what changed to
+``config_history.yaml``. Refusals name the command that continues and the one that starts fresh.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shlex
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+
+from asa.io import atomic_write_text
+from asa.train.checkpoint import check_compatible, flatten, load_checkpoint
+from asa.train.distributed import DistEnv, all_gather_objects
+
+__all__ = ["RunDirError", "RunDir", "RunLock", "LOCK_NAME", "prepare_run_dir", "command_line"]
+
+LOCK_NAME = "run.lock"
+HISTORY_NAME = "config_history.yaml"
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked; nothing was written."""
+
+
+def command_line(app: str, *, drop: Sequence[str] = ("resume", "overwrite")) -> str:
+    """``app`` followed by this job's command-line overrides (Hydra's), without the keys in ``drop``."""
+    overrides: list[str] = []
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            overrides = list(HydraConfig.get().overrides.task)
+    except (ImportError, ValueError):
+        pass
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in drop]
+    return " ".join([app, *(shlex.quote(o) for o in kept)])
+
+
+def _with_output_dir(cmd: str, out_dir: Path) -> str:
+    """``cmd`` with output_dir=... replaced (or added)."""
+    parts = [p for p in shlex.split(cmd) if not p.startswith("output_dir=")]
+    return " ".join(shlex.quote(p) for p in [*parts, f"output_dir={out_dir}"])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class RunLock:
+    """``<output_dir>/run.lock`` holding host, PID, start time and command of the one job writing there."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / LOCK_NAME
+        self.held = False
+
+    def _create(self, command: str) -> bool:
+        info = {"host": socket.gethostname(), "pid": os.getpid(),
+                "started": datetime.datetime.now().isoformat(timespec="seconds"), "command": command}
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as fh:
+            json.dump(info, fh)
+            fh.write("\n")
+        self.held = True
+        return True
+
+    def holder(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {"host": "?", "pid": -1, "started": "?", "command": "? (unreadable lock file)"}
+
+    def acquire(self, command: str) -> None:
+        """Take the lock; a stale lock (dead process on this host) is taken over with a message."""
+        for _ in range(3):
+            if self._create(command):
+                return
+            info = self.holder()
+            if info is None:
+                continue  # released meanwhile
+            same_host = info.get("host") == socket.gethostname()
+            pid = int(info.get("pid", -1))
+            if same_host and pid > 0 and not _pid_alive(pid):
+                if self.holder() == info:  # nobody took it over meanwhile
+                    print(f"[asa] taking over the stale lock {self.path}: its job (pid {pid} on {info.get('host')}, "
+                          f"started {info.get('started')}) is no longer running", file=sys.stderr, flush=True)
+                    self.path.unlink(missing_ok=True)
+                continue
+            where = "on this host" if same_host else f"on host {info.get('host')}"
+            raise RunDirError(
+                f"output_dir={self.path.parent} is in use by another job: pid {pid} {where}, started "
+                f"{info.get('started')} ({info.get('command')}). Wait for it to finish or use another output_dir. "
+                f"If that job is gone (e.g. its host went down), delete {self.path} and rerun."
+            )
+        raise RunDirError(f"could not take the lock {self.path}: it keeps changing (several jobs starting at once?)")
+
+    def release(self) -> None:
+        if self.held:
+            info = self.holder()
+            if info is not None and int(info.get("pid", -1)) == os.getpid():
+                self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+@dataclass
+class RunDir:
+    """A checked run directory: where to resume from (None: a fresh run) and the lock (rank 0)."""
+
+    path: Path
+    resume_from: Path | None
+    lock: RunLock | None
+    command: str
+    moved_to: Path | None = None
+
+    def write_config(self, resolved: Mapping[str, Any]) -> None:
+        """Fresh run: ``config.yaml``. Resumed run: ``config.yaml`` stays; what differs from it (and
+        when, and from which checkpoint) is appended to ``config_history.yaml``. Rank 0 only."""
+        if self.lock is None:
+            return
+        text = OmegaConf.to_yaml(OmegaConf.create(_plain(resolved)))
+        record = self.path / "config.yaml"
+        if self.resume_from is None or not record.is_file():
+            atomic_write_text(record, text)
+            return
+        first = yaml.safe_load(record.read_text()) or {}
+        before, now = flatten(first), flatten(_plain(resolved))
+        changes = {k: {"was": before.get(k, "<missing>"), "now": now.get(k, "<missing>")}
+                   for k in sorted(before.keys() | now.keys()) if before.get(k, "<missing>") != now.get(k, "<missing>")}
+        history_path = self.path / HISTORY_NAME
+        history = (yaml.safe_load(history_path.read_text()) or []) if history_path.is_file() else []
+        history.append({"time": datetime.datetime.now().isoformat(timespec="seconds"), "command": self.command,
+                        "resumed_from": str(self.resume_from), "changes": changes})
+        atomic_write_text(history_path, yaml.safe_dump(history, sort_keys=False))
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _checkpoints(out_dir: Path) -> list[Path]:
+    folder = out_dir / "checkpoints"
+    return sorted(folder.glob("*.pt")) if folder.is_dir() else []
+
+
+def _resume_mode(resume: Any) -> str | Path:
+    if resume is None or resume is False or str(resume).lower() in {"false", "no", ""}:
+        return "false"
+    if resume is True or str(resume).lower() in {"true", "yes"}:
+        return "true"
+    if str(resume).lower() == "auto":
+        return "auto"
+    return Path(str(resume)).expanduser()
+
+
+def _move_aside(out_dir: Path) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    aside = out_dir.with_name(f"{out_dir.name}.replaced-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = out_dir.with_name(f"{out_dir.name}.replaced-{stamp}-{n}")
+    os.rename(out_dir, aside)
+    return aside
+
+
+def _check(out_dir: Path, *, resume: Any, overwrite: bool, run_config: Mapping, compat_keys: Sequence[str],
+           lock: RunLock, command: str) -> tuple[Path | None, Path | None]:
+    """Rank 0's checks with the lock held; returns (resume_from, moved_to)."""
+    mode = _resume_mode(resume)
+    cont = f"{command} resume=true"
+    fresh = f"{_with_output_dir(command, out_dir.with_name(out_dir.name + '-new'))}"
+    if overwrite and mode != "false":
+        raise RunDirError(f"overwrite=true starts a new run and cannot be combined with resume={resume}; "
+                          f"to continue the run in {out_dir}: {cont}")
+    existing = _checkpoints(out_dir)
+    last = out_dir / "checkpoints" / "last.pt"
+    if mode == "true" and not last.is_file():
+        raise RunDirError(
+            f"resume=true but {last} does not exist: there is nothing to continue in output_dir={out_dir}. "
+            + (f"It holds {', '.join(p.name for p in existing)}; start a new run elsewhere: {fresh}"
+               if existing else f"Start the run: {command}  (or use resume=auto, which starts it when no last.pt exists)")
+        )
+    resume_from: Path | None = None
+    if mode == "true" or (mode == "auto" and last.is_file()):
+        resume_from = last
+    elif isinstance(mode, Path):
+        if not mode.is_file():
+            raise RunDirError(f"resume={mode}: no such checkpoint file")
+        resume_from = mode
+    moved_to = None
+    if resume_from is None and existing:
+        if not overwrite:
+            raise RunDirError(
+                f"output_dir={out_dir} already holds a run ({', '.join(p.name for p in existing)}); a new run "
+                f"there would replace it, so nothing was started and nothing was changed.\n"
+                f"  continue that run:  {cont}\n"
+                f"  start a new run:    {fresh}\n"
+                f"  or start anew in the same folder, moving the old run to {out_dir.name}.replaced-<time>: "
+                f"{command} overwrite=true"
+            )
+        lock.release()
+        moved_to = _move_aside(out_dir)
+        (moved_to / LOCK_NAME).unlink(missing_ok=True)
+        out_dir.mkdir(parents=True)
+        lock.acquire(command)
+        print(f"[asa] overwrite=true: moved the previous run to {moved_to}", file=sys.stderr, flush=True)
+    if resume_from is not None:
+        saved = load_checkpoint(resume_from).get("config", {})
+        check_compatible(saved, run_config, compat_keys, source=str(resume_from))
+    return resume_from, moved_to
+
+
+def prepare_run_dir(
+    out_dir: str | os.PathLike,
+    *,
+    app: str,
+    resume: Any,
+    overwrite: bool,
+    run_config: Mapping[str, Any],
+    compat_keys: Sequence[str],
+    env: DistEnv,
+) -> RunDir:
+    """Lock and check ``out_dir`` on rank 0 (the other ranks wait and learn the outcome); raises
+    `RunDirError` / `IncompatibleCheckpointError` on every rank when rank 0 refuses, leaving the
+    folder as it was."""
+    out_dir = Path(out_dir).expanduser().absolute()
+    command = command_line(app)
+    outcome: tuple[str, Any]
+    lock = None
+    if env.is_main:
+        created = not out_dir.exists()
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            lock = RunLock(out_dir)
+            lock.acquire(command)
+            resume_from, moved_to = _check(out_dir, resume=resume, overwrite=overwrite,
+                                           run_config=run_config, compat_keys=compat_keys, lock=lock, command=command)
+            outcome = ("ok", (None if resume_from is None else str(resume_from), moved_to))
+        except Exception as err:
+            if lock is not None:
+                lock.release()
+            if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()
+            outcome = ("error", err)
+            if not env.distributed:
+                raise
+            all_gather_objects(("error", f"{type(err).__name__}: {err}"), env)
+            raise
+        if env.distributed:
+            all_gather_objects(("ok", outcome[1][0]), env)
+        resume_from, moved_to = outcome[1]
+        return RunDir(out_dir, None if resume_from is None else Path(resume_from), lock, command, moved_to)
+    status, value = all_gather_objects(None, env)[0]
+    if status == "error":
+        raise RunDirError(f"rank 0 refused the run: {value}")
+    return RunDir(out_dir, None if value is None else Path(value), None, command)
