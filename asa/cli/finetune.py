@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
 
 import hydra
@@ -92,7 +93,7 @@ def run(cfg: DictConfig) -> FitResult:
         result = engine.fit(train_ds)
         if result.preempted:
             if env.is_main:
-                print(f"[asa] stopped early at step {result.step} (signal {result.signal}); last.pt saved. "
+                print(f"[asa] stopped early at step {result.step} ({signal.Signals(result.signal).name}); last.pt saved. "
                       f"Resume with: {command_line(APP)} resume=true", file=sys.stderr, flush=True)
         elif env.is_main:
             ckpts = out_dir / "checkpoints"

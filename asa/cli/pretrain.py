@@ -1,6 +1,7 @@
 """`asa-pretrain`: Hydra entry point for ASA pretraining (configs in asa.configs / configs/)."""
 from __future__ import annotations
 
+import signal
 import sys
 
 import hydra
@@ -122,7 +123,7 @@ def run(cfg: DictConfig) -> FitResult:
         result = engine.fit(train_ds)
         if result.preempted:
             if env.is_main:
-                print(f"[asa] stopped early at step {result.step} (signal {result.signal}); last.pt saved, no "
+                print(f"[asa] stopped early at step {result.step} ({signal.Signals(result.signal).name}); last.pt saved, no "
                       f"encoder.pt exported. Resume with: {command_line(APP)} resume=true", file=sys.stderr, flush=True)
         elif env.is_main:
             ckpts = out_dir / "checkpoints"

@@ -137,6 +137,7 @@ class RunDir:
     lock: RunLock | None
     command: str
     moved_to: Path | None = None
+    invocation: str = ""  # the full command line, resume=... included
 
     def write_config(self, resolved: Mapping[str, Any]) -> None:
         """Fresh run: ``config.yaml``. Resumed run: ``config.yaml`` stays; what differs from it (and
@@ -154,7 +155,8 @@ class RunDir:
                    for k in sorted(before.keys() | now.keys()) if before.get(k, "<missing>") != now.get(k, "<missing>")}
         history_path = self.path / HISTORY_NAME
         history = (yaml.safe_load(history_path.read_text()) or []) if history_path.is_file() else []
-        history.append({"time": datetime.datetime.now().isoformat(timespec="seconds"), "command": self.command,
+        history.append({"time": datetime.datetime.now().isoformat(timespec="seconds"),
+                        "command": self.invocation or self.command,
                         "resumed_from": str(self.resume_from), "changes": changes})
         atomic_write_text(history_path, yaml.safe_dump(history, sort_keys=False))
 
@@ -283,7 +285,8 @@ def prepare_run_dir(
         if env.distributed:
             all_gather_objects(("ok", outcome[1][0]), env)
         resume_from, moved_to = outcome[1]
-        return RunDir(out_dir, None if resume_from is None else Path(resume_from), lock, command, moved_to)
+        return RunDir(out_dir, None if resume_from is None else Path(resume_from), lock, command, moved_to,
+                      invocation=command_line(app, drop=()))
     status, value = all_gather_objects(None, env)[0]
     if status == "error":
         raise RunDirError(f"rank 0 refused the run: {value}")
