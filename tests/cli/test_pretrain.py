@@ -117,3 +117,8 @@ def test_torchrun_two_processes_smoke(tmp_path, demo_cache):
     assert ckpt["step"] == 2 and ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
     assert (out / "checkpoints" / "encoder.pt").is_file()
     assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 1  # rank 0 only
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)  # rank 0 refuses, all stop
+    assert proc.returncode != 0 and "already holds a run" in proc.stderr, proc.stderr[-4000:]
+    assert "rank 0 refused the run" in proc.stderr  # rank 1 waited for rank 0's checks and stopped cleanly
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

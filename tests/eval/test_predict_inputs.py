@@ -45,3 +45,27 @@ def test_gather_reads_layouts_folders_and_reports_missing_inputs(tmp_path):
     empty = _touch(tmp_path / "empty", "readme.txt")[0].parent
     with pytest.raises(FileNotFoundError, match="no .nii"):
         gather_cases(empty, get_task("ibsr"))
+
+
+def test_on_bad_case_skip_predicts_the_others_and_lists_the_bad_one(tmp_path):
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    from asa.data import VolumeError, get_task, write_demo_dataset
+    from asa.eval.predict import Predictor, gather_cases, predict_cases
+
+    task = get_task("brats")
+    root = write_demo_dataset("brats", tmp_path / "brats", cases=3, size=16, seed=0)
+    bad_file = sorted(root.rglob("*_t2.nii.gz"))[1]
+    img = nib.load(str(bad_file))
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.float32), img.affine), str(bad_file))  # all zeros
+    bad_id = bad_file.parent.name
+    predictor = Predictor(torch.nn.Conv3d(4, task.num_outputs, 1), task, (16, 16, 16), torch.device("cpu"))
+    cases = gather_cases(root, task)
+    with pytest.raises(VolumeError, match=rf"{bad_id}_t2.nii.gz: image is all zeros .*on_bad_case=skip"):
+        predict_cases(predictor, cases, tmp_path / "stop", progress=False)
+    skipped: list = []
+    written = predict_cases(predictor, cases, tmp_path / "out", progress=False, on_bad_case="skip", skipped=skipped)
+    assert sorted(p.name for p in written) == sorted(f"{c.id}.nii.gz" for c in cases if c.id != bad_id)
+    assert [cid for cid, _ in skipped] == [bad_id] and "all zeros" in skipped[0][1]

@@ -95,3 +95,17 @@ def test_prune_keeps_newest(tmp_path):
         (tmp_path / f"step_{s:08d}.pt").write_bytes(b"")
     prune_step_checkpoints(tmp_path, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000003.pt", "step_00000010.pt"]
+
+
+def test_random_bytes_are_reported_as_corrupt_not_as_a_security_refusal(tmp_path):
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(os.urandom(4096))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(noise)
+    assert "unreadable or corrupt" in str(info.value) and "arbitrary code" not in str(info.value)
+    torn = tmp_path / "torn.pt"
+    torch.save({"w": torch.zeros(1000)}, torn)
+    torn.write_bytes(torn.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="unreadable or"):
+        load_checkpoint(torn)
+
