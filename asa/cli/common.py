@@ -143,14 +143,16 @@ def describe_error(err: BaseException) -> str:
     """One line naming the file and the fault: the innermost asa error of the chain, or the last line
     of a DataLoader worker's re-raised traceback, or ``Type: message``."""
     from asa.data import VolumeError
+    from asa.data.datasets import CaseLoadError
 
     seen, e = [], err
     while e is not None and e not in seen:
         seen.append(e)
         e = e.__cause__ or e.__context__
-    for e in seen:
-        if isinstance(e, VolumeError):
-            return str(e)
+    for kind in (CaseLoadError, VolumeError):
+        for e in seen:
+            if isinstance(e, kind) and "Original Traceback" not in str(e):
+                return str(e)
     for e in seen:
         text = str(e)
         if "Original Traceback" in text:  # raised again in the main process by a DataLoader worker

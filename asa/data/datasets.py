@@ -28,7 +28,7 @@ from monai.data.utils import set_rnd
 from monai.transforms import Compose
 
 from asa.data.case import Case
-from asa.data.io import Volume, load_volume
+from asa.data.io import Volume, VolumeError, load_volume
 from asa.data.tasks import Task
 from asa.data.transforms import (
     Finalize,
@@ -39,7 +39,12 @@ from asa.data.transforms import (
     segmentation_train_augmentation,
 )
 
-__all__ = ["CaseDataset", "build_pretrain_dataset", "build_segmentation_dataset", "preprocess_for_inference", "settings_hash"]
+__all__ = ["CaseDataset", "CaseLoadError", "build_pretrain_dataset", "build_segmentation_dataset", "preprocess_for_inference", "settings_hash"]
+
+
+class CaseLoadError(RuntimeError):
+    """A case failed to load during training (e.g. a file changed after the upfront check); one line
+    naming the case, the file and the fault, also when raised again from a DataLoader worker."""
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
@@ -86,7 +91,15 @@ class CaseDataset(torch.utils.data.Dataset):
         info = torch.utils.data.get_worker_info()
         if info is not None and self._seeded_for != (os.getpid(), info.seed):
             self.reseed(info.seed)  # distinct, reproducible streams per worker under a plain DataLoader
-        out = self.inner[index]
+        try:
+            out = self.inner[index]
+        except Exception as err:  # MONAI wraps it in "applying transform <...>": keep the file and the fault
+            cause: BaseException | None = err
+            while cause is not None and not isinstance(cause, VolumeError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            raise CaseLoadError(f"case {self.items[index]['id']}: {cause}") from err
         # RandCropByPosNegLabeld returns a list of samples; one sample is returned as a dict
         return out[0] if isinstance(out, list) and len(out) == 1 else out
 

@@ -373,8 +373,10 @@ class Engine:
         try:
             return self._fit(train_data)
         except Exception as err:
-            print(f"[asa] rank {env.rank}/{env.world_size} failed: {type(err).__name__}: {err}",
-                  file=sys.stderr, flush=True)
+            if env.distributed:  # which rank failed; the entry point prints the error itself
+                lines = str(err).strip().splitlines() or [""]
+                print(f"[asa] rank {env.rank}/{env.world_size} failed: {type(err).__name__}: {lines[-1]}",
+                      file=sys.stderr, flush=True)
             raise
         finally:
             for sig, handler in handlers.items():

@@ -87,3 +87,22 @@ def test_checks_are_cached_per_unchanged_file(damaged, tmp_path, monkeypatch):
     _rewrite(faults[bad_id][0], lambda a: a + 1.0)
     again = discover("brats", root, on_bad_case="skip", cache_dir=cache)
     assert bad_id in {c.id for c in again}
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_data_worker_failure_is_one_line_naming_the_file(tmp_path, workers):
+    """A file damaged after the upfront check: the error names the case, the file and the fault."""
+    import torch
+
+    from asa.cli.common import describe_error
+    from asa.data import build_pretrain_dataset
+
+    root = write_demo_dataset("bids", tmp_path / "bids", cases=2, size=16, seed=0)
+    cases = discover("bids", root)
+    bad = cases[1].images["t1"]
+    bad.write_bytes(bad.read_bytes()[:300])
+    ds = build_pretrain_dataset(cases, size=16, augment=False)
+    with pytest.raises(Exception) as info:
+        list(torch.utils.data.DataLoader(ds, batch_size=1, num_workers=workers))
+    line = describe_error(info.value)
+    assert "\n" not in line and line.startswith(f"case {cases[1].id}: {bad}: ") and "corrupt" in line, line
