@@ -17,7 +17,7 @@ from asa.train.optim import LOW_LR, describe_lr
 
 __all__ = [
     "EXIT_FAILED", "EXIT_FINISHED", "EXIT_REFUSED", "dataset_root", "describe_error", "entry", "load_cases",
-    "on_main_then_share", "optimizer_and_config", "split_cases",
+    "on_main_then_share", "optimizer_and_config", "split_cases", "trainer_config",
 ]
 
 # exit codes (README "Exit codes"); a run stopped by signal N exits 128 + N (SIGTERM: 143)
@@ -132,11 +132,16 @@ def optimizer_and_config(
         nesterov=bool(opt.get("nesterov", True)), encoder_lr_scale=float(opt.get("encoder_lr_scale", 1.0)),
         layer_decay=float(opt.get("layer_decay", 1.0)), freeze_encoder_epochs=int(opt.get("freeze_encoder_epochs", 0)),
     )
-    config = TrainConfig.from_dict({
-        **OmegaConf.to_container(tr, resolve=True), "num_workers": int(cfg.data.num_workers),
+    return optimizer, lr, trainer_config(cfg, **trainer_overrides)
+
+
+def trainer_config(cfg: DictConfig, **trainer_overrides: Any) -> TrainConfig:
+    """The engine settings (``cfg.trainer`` plus what other groups contribute); raises naming a bad key."""
+    opt = cfg.optim
+    return TrainConfig.from_dict({
+        **OmegaConf.to_container(cfg.trainer, resolve=True), "num_workers": int(cfg.data.num_workers),
         "schedule": opt.schedule, "min_lr": float(opt.min_lr), "power": float(opt.power), **trainer_overrides,
     })
-    return optimizer, lr, config
 
 
 def describe_error(err: BaseException) -> str:

@@ -8,7 +8,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asa.cli.common import entry, load_cases, optimizer_and_config, split_cases
+from asa.cli.common import entry, load_cases, optimizer_and_config, split_cases, trainer_config
 from asa.cli.rundir import command_line, prepare_run_dir
 from asa.train import Engine, FitResult, cleanup_distributed, setup_distributed
 from asa.train.config_files import config_path
@@ -84,6 +84,7 @@ def run(cfg: DictConfig) -> FitResult:
         if "size" not in data:
             raise ValueError(f"data={data.get('name')} is a fine-tuning dataset preset; asa-pretrain takes "
                              "data=demo, data=adni or data=oasis (or a preset with size/channels/augment)")
+        trainer_config(cfg)  # bad trainer values stop the run before its folder is touched
         run_dir = prepare_run_dir(cfg.output_dir, app=APP, resume=cfg.resume, overwrite=bool(cfg.overwrite),
                                   run_config=resolved, compat_keys=list(cfg.resume_must_match), env=env)
         out_dir = run_dir.path

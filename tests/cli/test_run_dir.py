@@ -139,3 +139,10 @@ def test_damaged_volumes_stop_before_the_first_step_or_are_skipped(tmp_path):
     events = EventAccumulator(str(out / "tb"))
     events.Reload()  # fine-tuning panels on a validation case, one labelled tag per row
     assert {"finetune/1_image", "finetune/2_label", "finetune/3_prediction"} <= set(events.Tags()["images"])
+
+
+def test_a_bad_trainer_value_stops_before_anything_is_written(tmp_path, demo_cache):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"trainer\.epochs='ten': expected an integer"):
+        pretrain(compose_config("pretrain", _overrides(out, demo_cache, "trainer.epochs=ten")))
+    assert not out.exists() or not any(out.iterdir())
