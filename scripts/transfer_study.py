@@ -178,6 +178,7 @@ def run_study(args: argparse.Namespace) -> tuple[list[dict], list[str], dict[str
     """Train (or with --reuse, find) every run and score it on the fixed test cases -> (scores, class names, arms)."""
     from asa.cli.common import dataset_root
     from asa.cli.finetune import run as finetune
+    from asa.cli.rundir import move_aside
     from asa.data import atomic_write_json, discover, get_task
     from asa.eval.predict import Predictor
     from asa.eval.reliance import encoder_reliance
@@ -213,6 +214,8 @@ def run_study(args: argparse.Namespace) -> tuple[list[dict], list[str], dict[str
                 run_dir = out / "runs" / f"{arm}-n{n}-s{seed}"
                 ckpt = run_dir / "checkpoints" / "last.pt"
                 if not (args.reuse and _finished(ckpt)):
+                    if (run_dir / "checkpoints").is_dir():  # train anew; keep the old run under another name
+                        print(f"[transfer] moved the previous run to {move_aside(run_dir)}", flush=True)
                     rest = sorted(set(by_id) - set(train))  # test and unused cases: never seen by the run
                     atomic_write_json(run_dir / "splits.json", {"train": train, "val": [], "test": rest,
                                                                 "dataset": str(probe_cfg.data.name), "seed": seed})

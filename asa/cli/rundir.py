@@ -28,7 +28,7 @@ from asa.io import atomic_write_text
 from asa.train.checkpoint import check_compatible, flatten, load_checkpoint
 from asa.train.distributed import DistEnv, all_gather_objects
 
-__all__ = ["RunDirError", "RunDir", "RunLock", "LOCK_NAME", "prepare_run_dir", "command_line"]
+__all__ = ["RunDirError", "RunDir", "RunLock", "LOCK_NAME", "command_line", "move_aside", "prepare_run_dir"]
 
 LOCK_NAME = "run.lock"
 HISTORY_NAME = "config_history.yaml"
@@ -188,7 +188,8 @@ def _resume_mode(resume: Any) -> str | Path:
     return Path(str(resume)).expanduser()
 
 
-def _move_aside(out_dir: Path) -> Path:
+def move_aside(out_dir: Path) -> Path:
+    """Rename ``out_dir`` to ``<out_dir>.replaced-<YYYYmmdd-HHMMSS>`` (never deletes); returns the new path."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     aside = out_dir.with_name(f"{out_dir.name}.replaced-{stamp}")
     n = 1
@@ -235,7 +236,7 @@ def _check(out_dir: Path, *, resume: Any, overwrite: bool, run_config: Mapping, 
                 f"{command} overwrite=true"
             )
         lock.release()
-        moved_to = _move_aside(out_dir)
+        moved_to = move_aside(out_dir)
         (moved_to / LOCK_NAME).unlink(missing_ok=True)
         out_dir.mkdir(parents=True)
         lock.acquire(command)
