@@ -129,7 +129,7 @@ def run(cfg: DictConfig) -> FitResult:
         elif env.is_main:
             ckpts = out_dir / "checkpoints"
             source = ckpts / "best.pt" if (ckpts / "best.pt").is_file() else ckpts / "last.pt"
-            export_encoder(source, ckpts / "encoder.pt", model_kwargs)
+            export_encoder(source, ckpts / "encoder.pt")
             print(f"[asa] pretraining finished at step {result.step}. Outputs in {out_dir}:\n"
                   f"  checkpoints: {ckpts}/last.pt, best.pt, encoder.pt (for asa-finetune)\n"
                   f"  TensorBoard: tensorboard --logdir {out_dir / 'tb'}\n"

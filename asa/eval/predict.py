@@ -31,23 +31,21 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: torch.device, amp_dtype: torch.dtype | None = None,
                         compile: bool = False) -> "Predictor":
-        """Rebuild the network and task recorded in a fine-tuning checkpoint (``asa-finetune`` output);
-        ``compile`` applies ``torch.compile`` to its blocks (:func:`asa.models.compile_blocks`)."""
-        from asa.models import build_from_config, compile_blocks
+        """Rebuild the network (from the checkpoint's network spec) and the task recorded in a
+        fine-tuning checkpoint (``asa-finetune`` output); ``compile`` applies ``torch.compile`` to
+        its blocks (:func:`asa.models.compile_blocks`)."""
+        from asa.models import build_network, compile_blocks
         from asa.train import load_checkpoint
 
         state = load_checkpoint(path)
         config = state.get("config") or {}
-        if "task" not in config or "segmenter" not in config:
-            raise ValueError(f"checkpoint {path} is not a fine-tuning checkpoint (no task/segmenter in its config); "
-                             "asa-predict needs the best.pt or last.pt written by asa-finetune")
+        spec = state.get("network")
+        if "task" not in config or (spec is None and "segmenter" not in config) or (spec or {}).get("arch") == "asa_pretrain":
+            raise ValueError(f"checkpoint {path} is not a fine-tuning checkpoint (no segmentation network and task "
+                             "recorded); asa-predict needs the best.pt or last.pt written by asa-finetune")
         task = Task.from_dict(config["task"])
-        model_cfg = {**config["model"], "pretrained": None}  # the weights below replace any initialisation
-        patch = int(config["data"]["patch_size"])
-        # a run recorded before the brain frame existed was trained with one fixed table per crop
-        segmenter_cfg = {"spe_frame": "crop", **config["segmenter"]}
-        model = build_from_config(model_cfg, segmenter_cfg, in_channels=len(task.channels),
-                                  out_channels=task.num_outputs, patch_size=patch)
+        model = build_network(spec) if spec is not None else _recorded_network(config, task)
+        patch = int(model.img_size[0])
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as err:
@@ -64,6 +62,17 @@ class Predictor:
         return predict_volume(self.model, image, roi_size=self.roi_size, multilabel=self.task.multilabel,
                               overlap=overlap, sw_batch_size=sw_batch_size, tta_axes=tta_axes,
                               device=self.device, amp_dtype=self.amp_dtype, centre=centre)
+
+
+def _recorded_network(config: dict, task: Task) -> nn.Module:
+    """The network of a checkpoint written before network specs, rebuilt from its run config."""
+    from asa.models import build_from_config
+
+    model_cfg = {**config["model"], "pretrained": None}  # the checkpoint's weights replace any initialisation
+    # a run recorded before the brain frame existed was trained with one fixed table per crop
+    segmenter_cfg = {"spe_frame": "crop", **config["segmenter"]}
+    return build_from_config(model_cfg, segmenter_cfg, in_channels=len(task.channels),
+                             out_channels=task.num_outputs, patch_size=int(config["data"]["patch_size"]))
 
 
 def cases_from_files(paths: Sequence[Path], task: Task) -> list[Case]:

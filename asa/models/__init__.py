@@ -2,19 +2,21 @@
 
 from asa.models.attention import LinearWindowAttention
 from asa.models.compiled import compile_blocks
+from asa.models.encoder import SWViTEncoder
 from asa.models.mae import ASA, MAEOutput
 from asa.models.patch import PatchEmbed, patch_grid, patchify, unpatchify
 from asa.models.position import brain_frame_encoding, symmetric_position_encoding
 from asa.models.presets import PRESETS
 from asa.models.segmenter import SPE_FRAMES, ASASegmenter, LoadReport, recorded_pretraining
 from asa.models.swvit import SWBlock, SWViT
-from asa.models.zoo import ARCHITECTURES, build_from_config, build_segmentation_network
+from asa.models.zoo import ARCHITECTURES, NETWORKS, build_from_config, build_network, build_segmentation_network, network_spec
 
 __all__ = [
     "ARCHITECTURES",
     "ASA",
     "ASASegmenter",
     "LoadReport",
+    "NETWORKS",
     "PRESETS",
     "SPE_FRAMES",
     "LinearWindowAttention",
@@ -22,10 +24,13 @@ __all__ = [
     "PatchEmbed",
     "SWBlock",
     "SWViT",
+    "SWViTEncoder",
     "brain_frame_encoding",
     "build_from_config",
+    "build_network",
     "compile_blocks",
     "build_segmentation_network",
+    "network_spec",
     "patch_grid",
     "patchify",
     "recorded_pretraining",

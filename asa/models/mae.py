@@ -8,12 +8,10 @@ import torch
 from torch import nn
 
 from asa.losses import AttentiveReconstructionLoss, patch_informativeness
-from asa.models.patch import PatchEmbed, patch_grid, patchify, to_3tuple, unpatchify
+from asa.models.encoder import ENCODER_PREFIX, SWViTEncoder, accept_legacy_keys
+from asa.models.patch import patch_grid, patchify, to_3tuple, unpatchify
 from asa.models.position import symmetric_position_encoding
 from asa.models.swvit import SWViT
-
-# the parameters a segmentation network takes over from pretraining
-ENCODER_PREFIXES = ("patch_embed.", "encoder.")
 
 
 @dataclass
@@ -60,9 +58,11 @@ class ASA(nn.Module):
         grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.network_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must lie in (0, 1), got {mask_ratio}")
         self.img_size = to_3tuple(img_size, "img_size")
+        self.network_kwargs["img_size"] = list(self.img_size)
         self.grid = patch_grid(self.img_size, patch_size)
         self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
         self.num_masked = round(mask_ratio * self.num_patches)
@@ -77,12 +77,9 @@ class ASA(nn.Module):
         block_args = dict(mlp_ratio=mlp_ratio, shift_mask=shift_mask, rel_pos_bias=rel_pos_bias,
                           grad_checkpointing=grad_checkpointing)
 
-        self.patch_embed = PatchEmbed(in_channels, embed_dim, patch_size)
-        self.register_buffer(
-            "pos_embed", symmetric_position_encoding(self.grid, embed_dim, mode=pos_mode, lr_axis=lr_axis),
-            persistent=False,
-        )
-        self.encoder = SWViT(embed_dim, depth, num_heads, window_size, **block_args)
+        self.encoder = SWViTEncoder(img_size=self.img_size, in_channels=in_channels, patch_size=patch_size,
+                                    embed_dim=embed_dim, depth=depth, num_heads=num_heads, window_size=window_size,
+                                    pos_mode=pos_mode, lr_axis=lr_axis, **block_args)
 
         self.decoder_embed = nn.Linear(embed_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
@@ -100,6 +97,17 @@ class ASA(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
 
         self.criterion = AttentiveReconstructionLoss(loss_weighting, norm_pix_loss)
+        accept_legacy_keys(self)
+
+    @property
+    def patch_embed(self) -> nn.Module:
+        """The encoder's patch embedding."""
+        return self.encoder.patch_embed
+
+    @property
+    def pos_embed(self) -> torch.Tensor:
+        """The encoder's position code of the pretraining grid, [N, embed_dim]."""
+        return self.encoder.pos_embed
 
     # --- shapes -------------------------------------------------------------------------
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,9 +134,7 @@ class ASA(nn.Module):
 
     def forward_encoder(self, x: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
         """Embed, add SPE, keep the visible patches and encode. -> [B, N_vis, embed_dim]."""
-        tokens = self.patch_embed(x) + self.pos_embed  # [B, N, C]
-        index = ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
-        return self.encoder(torch.gather(tokens, 1, index))
+        return self.encoder.encode(x, ids_keep=ids_keep)
 
     def assemble_decoder_input(self, latent: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
         """Full decoder sequence in raster order: projected encoder output at visible positions,
@@ -171,5 +177,5 @@ class ASA(nn.Module):
         return {"mask_token"} | {name for name, _ in self.named_parameters() if name.endswith("rel_pos_bias")}
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights a segmentation network takes over: ``patch_embed.*`` and ``encoder.*``."""
-        return {k: v for k, v in self.state_dict().items() if k.startswith(ENCODER_PREFIXES)}
+        """The weights a segmentation network takes over: the encoder module's, as ``encoder.*``."""
+        return self.encoder.state_dict(prefix=ENCODER_PREFIX)

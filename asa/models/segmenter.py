@@ -13,10 +13,8 @@ import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from torch import nn
 
-from asa.models.mae import ENCODER_PREFIXES
-from asa.models.patch import PatchEmbed, patch_grid, to_3tuple
-from asa.models.position import brain_frame_encoding, symmetric_position_encoding
-from asa.models.swvit import SWViT
+from asa.models.encoder import ENCODER_PREFIX, SWViTEncoder, accept_legacy_keys, upgrade_legacy_keys
+from asa.models.patch import patch_grid, to_3tuple
 
 
 @dataclass
@@ -44,9 +42,15 @@ def recorded_pretraining(checkpoint: dict) -> dict:
     """What a pretraining checkpoint or encoder export records about its network: ``img_size``
     (3 ints), ``patch_size``, ``pos_mode``, ``lr_axis``; None where it records nothing.
 
-    Reads an encoder export's config (the ``ASA`` keyword arguments) or a pretraining run config
-    (``data.size``, ``model.patch_size``, ``mae.pos_mode``, ``mae.lr_axis``).
+    Reads the file's network spec (``{"arch", "kwargs"}``); files written before network specs
+    existed are read through their config: an encoder export's (the ``ASA`` keyword arguments) or a
+    pretraining run config (``data.size``, ``model.patch_size``, ``mae.pos_mode``, ``mae.lr_axis``).
     """
+    spec = checkpoint.get("network")
+    if spec is not None:
+        kwargs = spec["kwargs"]
+        return {"img_size": to_3tuple(kwargs["img_size"], "img_size"), "patch_size": kwargs["patch_size"],
+                "pos_mode": kwargs["pos_mode"], "lr_axis": kwargs["lr_axis"]}
     config = checkpoint.get("config") or {}
     mae, model, data = (config.get(k) or {} for k in ("mae", "model", "data"))
     img = config.get("img_size", data.get("size"))
@@ -104,6 +108,7 @@ class ASASegmenter(nn.Module):
         input_skip: str | float = "full",
     ) -> None:
         super().__init__()
+        self.network_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.input_skip = _check_input_skip(input_skip)
         if spe_frame not in SPE_FRAMES:
             raise ValueError(f"spe_frame must be one of {SPE_FRAMES}, got {spe_frame!r}")
@@ -120,19 +125,16 @@ class ASASegmenter(nn.Module):
         self.lr_axis = lr_axis
         self.spe_frame = spe_frame
         self.reference_grid = self.grid if reference_grid is None else to_3tuple(reference_grid, "reference_grid")
+        self.network_kwargs.update(img_size=list(self.img_size), reference_grid=list(self.reference_grid),
+                                   input_skip=self.input_skip)
         self.hidden_indices = tuple((k + 1) * depth // 4 - 1 for k in range(3))  # e.g. 2, 5, 8 of 12
         self.num_encoder_layers = depth + 1  # patch embedding = layer 0, block i = i + 1, final norm = depth + 1
         self._zero_encoder = False
 
-        self.patch_embed = PatchEmbed(in_channels, embed_dim, patch_size)
-        self.register_buffer(
-            "pos_embed",
-            symmetric_position_encoding(self.grid, embed_dim, mode=pos_mode, lr_axis=lr_axis,
-                                        reference_grid=self.reference_grid),
-            persistent=False,
-        )
-        self.encoder = SWViT(
-            embed_dim, depth, num_heads, window_size, mlp_ratio=mlp_ratio, shift_mask=shift_mask,
+        self.encoder = SWViTEncoder(
+            img_size=self.img_size, in_channels=in_channels, patch_size=patch_size, embed_dim=embed_dim,
+            depth=depth, num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio, pos_mode=pos_mode,
+            lr_axis=lr_axis, reference_grid=self.reference_grid, shift_mask=shift_mask,
             rel_pos_bias=rel_pos_bias, dropout=dropout, grad_checkpointing=grad_checkpointing,
         )
         f = feature_size
@@ -155,6 +157,17 @@ class ASASegmenter(nn.Module):
         self.up1 = UnetrUpBlock(in_channels=4 * f, out_channels=2 * f, upsample_kernel_size=2, res_block=True, **conv)
         self.up0 = UnetrUpBlock(in_channels=2 * f, out_channels=f, upsample_kernel_size=2, res_block=True, **conv)
         self.head = UnetOutBlock(spatial_dims=3, in_channels=f, out_channels=out_channels)
+        accept_legacy_keys(self)
+
+    @property
+    def patch_embed(self) -> nn.Module:
+        """The encoder's patch embedding."""
+        return self.encoder.patch_embed
+
+    @property
+    def pos_embed(self) -> torch.Tensor:
+        """The encoder's position code at offset 0, [N, embed_dim]."""
+        return self.encoder.pos_embed
 
     def _to_volume(self, tokens: torch.Tensor) -> torch.Tensor:
         """[B, N, C] -> [B, C, G0, G1, G2]."""
@@ -163,10 +176,7 @@ class ASASegmenter(nn.Module):
 
     def position_codes(self, offsets: torch.Tensor | None) -> torch.Tensor:
         """[N, C] (crop frame, or no offsets: offset 0) or [B, N, C] (brain frame, offsets [B, 3])."""
-        if offsets is None or self.spe_frame == "crop":
-            return self.pos_embed
-        return brain_frame_encoding(self.grid, self.embed_dim, offsets.to(self.pos_embed.device),
-                                    mode=self.pos_mode, lr_axis=self.lr_axis, reference_grid=self.reference_grid)
+        return self.encoder.position_codes(None if self.spe_frame == "crop" else offsets)
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, C, D, H, W]; offsets: [B, 3] crop origins in patches from the reference grid's origin
@@ -178,8 +188,8 @@ class ASASegmenter(nn.Module):
             )
         if offsets is not None and offsets.shape != (x.shape[0], 3):
             raise ValueError(f"ASASegmenter offsets must be [B, 3] = [{x.shape[0]}, 3], got {list(offsets.shape)}")
-        tokens = self.patch_embed(x)
-        out, hidden = self.encoder(tokens, self.position_codes(offsets), hidden_indices=self.hidden_indices)
+        out, hidden = self.encoder.encode(x, offsets=None if self.spe_frame == "crop" else offsets,
+                                          hidden_indices=self.hidden_indices)
         if self._zero_encoder:  # encoder-reliance diagnostic: the decoder gets no encoder information
             out, hidden = torch.zeros_like(out), [torch.zeros_like(h) for h in hidden]
         z1, z2, z3 = (self._to_volume(h) for h in hidden)
@@ -233,11 +243,11 @@ class ASASegmenter(nn.Module):
     def encoder_layer_id(self, name: str) -> int | None:
         """Depth of a parameter for layer-wise lr decay: 0 patch embedding, i + 1 encoder block i,
         ``num_encoder_layers`` the final encoder norm, None outside the encoder (the decoder)."""
-        if name.startswith("patch_embed."):
+        if name.startswith(ENCODER_PREFIX + "patch_embed."):
             return 0
-        if name.startswith("encoder.blocks."):
+        if name.startswith(ENCODER_PREFIX + "blocks."):
             return int(name.split(".")[2]) + 1
-        if name.startswith("encoder."):
+        if name.startswith(ENCODER_PREFIX):
             return self.num_encoder_layers
         return None
 
@@ -245,7 +255,7 @@ class ASASegmenter(nn.Module):
         self, path: str | Path, *, checkpoint: dict | None = None, verbose: bool = True,
         allow_grid_change: bool = False,
     ) -> LoadReport:
-        """Initialise ``patch_embed`` and ``encoder`` from a pretraining checkpoint or an encoder export.
+        """Initialise the encoder module from a pretraining checkpoint or an encoder export.
 
         Accepts ``{"model": ASA state dict}`` (pretraining checkpoint, DDP ``module.`` prefixes
         allowed) or ``{"encoder": {...}}`` (encoder export); ``checkpoint`` is the file's content
@@ -264,19 +274,20 @@ class ASASegmenter(nn.Module):
             raise ValueError(f"{path} holds neither a 'model' nor an 'encoder' state dict")
         self.check_grid(recorded_pretraining(blob), path, allow_grid_change=allow_grid_change)
         source = blob["encoder"] if "encoder" in blob else blob["model"]
-        source = {k.removeprefix("module."): v for k, v in source.items()}
-        own = self.state_dict()
+        source = upgrade_legacy_keys({k.removeprefix("module."): v for k, v in source.items()})
+        own = self.encoder.state_dict(prefix=ENCODER_PREFIX)
+        stem = ENCODER_PREFIX + "patch_embed.proj.weight"
         report = LoadReport()
         update: dict[str, torch.Tensor] = {}
         mismatched = []
         for key, value in source.items():
-            if not key.startswith(ENCODER_PREFIXES):
+            if not key.startswith(ENCODER_PREFIX):
                 continue  # the pretraining decoder, mask token, ...: not part of the segmenter
             if key not in own:
                 report.unexpected.append(key)
                 continue
             target = own[key]
-            if key == "patch_embed.proj.weight" and value.shape[1] == 1 and target.shape[1] > 1:
+            if key == stem and value.shape[1] == 1 and target.shape[1] > 1:
                 k = target.shape[1]
                 value = value.repeat(1, k, 1, 1, 1) / k
                 report.adapted.append(f"{key} 1 -> {k} channels")
@@ -287,10 +298,11 @@ class ASASegmenter(nn.Module):
             report.loaded.append(key)
         if mismatched:
             raise ValueError(f"shape mismatch loading {path}:\n  " + "\n  ".join(mismatched))
-        report.missing = sorted(k for k in own if k.startswith(ENCODER_PREFIXES) and k not in update)
+        report.missing = sorted(k for k in own if k not in update)
         if not update:
-            raise ValueError(f"{path} contains no encoder weights (keys starting with {ENCODER_PREFIXES})")
-        self.load_state_dict(update, strict=False)
+            raise ValueError(f"{path} contains no encoder weights (keys starting with {ENCODER_PREFIX!r} or, "
+                             "written before the encoder was one module, 'patch_embed.')")
+        self.encoder.load_state_dict({k.removeprefix(ENCODER_PREFIX): v for k, v in update.items()}, strict=False)
         if verbose:
             print(f"pretrained encoder from {path}:\n{report}")
         return report

@@ -1,16 +1,69 @@
-"""Segmentation networks by name: ``asa`` (ASASegmenter) and MONAI's UNETR and SwinUNETR baselines."""
+"""Networks by name and network specs: ``asa`` (ASASegmenter), MONAI's UNETR and SwinUNETR baselines,
+and the pretraining network ``asa_pretrain`` (ASA).
+
+A network spec ``{"arch": name, "kwargs": {...}}`` holds every keyword argument that rebuilds a
+network, resolved (input size, channels, position code, reference grid); every checkpoint asa
+writes carries the spec of its network, so prediction and fine-tuning rebuild it from the file.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
 
-from asa.models.patch import patch_grid
+from asa.models.mae import ASA
+from asa.models.patch import patch_grid, to_3tuple
 from asa.models.segmenter import ASASegmenter, recorded_pretraining
 
-ARCHITECTURES = ("asa", "unetr", "swin_unetr")
+ARCHITECTURES = ("asa", "unetr", "swin_unetr")  # segmentation networks
+
+
+def _unetr(**kwargs: Any) -> nn.Module:
+    from monai.networks.nets import UNETR
+
+    return UNETR(**kwargs)
+
+
+def _swin_unetr(*, img_size: Any, **kwargs: Any) -> nn.Module:
+    from monai.networks.nets import SwinUNETR
+
+    return SwinUNETR(**kwargs)  # takes any multiple of 32; img_size stays in the spec as its input size
+
+
+NETWORKS: dict[str, Callable[..., nn.Module]] = {
+    "asa": ASASegmenter, "unetr": _unetr, "swin_unetr": _swin_unetr, "asa_pretrain": ASA,
+}
+
+
+def build_network(spec: Mapping[str, Any]) -> nn.Module:
+    """The network of a spec ``{"arch": name, "kwargs": {...}}`` (see :func:`network_spec`)."""
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("kwargs"), Mapping):
+        raise ValueError(f"network spec must be {{'arch': name, 'kwargs': {{...}}}}, got {spec!r}")
+    arch, kwargs = spec.get("arch"), dict(spec["kwargs"])
+    if arch not in NETWORKS:
+        raise ValueError(f"network spec: unknown arch {arch!r}; expected one of {tuple(NETWORKS)}")
+    if arch in ("unetr", "swin_unetr"):
+        if "img_size" not in kwargs:
+            raise ValueError(f"network spec for {arch!r} needs kwargs.img_size (the network's input size)")
+        kwargs["img_size"] = list(to_3tuple(kwargs["img_size"], "img_size"))
+    net = NETWORKS[arch](**kwargs)
+    if not hasattr(net, "network_kwargs"):  # MONAI's networks: the arguments they were built with
+        net.network_kwargs = kwargs
+        net.img_size = tuple(kwargs["img_size"])
+    net.network_arch = arch
+    return net
+
+
+def network_spec(net: nn.Module) -> dict[str, Any] | None:
+    """``{"arch", "kwargs"}`` that rebuilds ``net`` with :func:`build_network`; None for a network
+    asa did not build (neither an ASA network nor one from :func:`build_network`)."""
+    arch = getattr(net, "network_arch", None) or {ASASegmenter: "asa", ASA: "asa_pretrain"}.get(type(net))
+    kwargs = getattr(net, "network_kwargs", None)
+    if arch is None or kwargs is None:
+        return None
+    return {"arch": arch, "kwargs": dict(kwargs)}
 
 
 def build_segmentation_network(
@@ -21,17 +74,10 @@ def build_segmentation_network(
     ``kwargs`` are the architecture's own keyword arguments (those of :class:`ASASegmenter`, of
     ``monai.networks.nets.UNETR`` or of ``monai.networks.nets.SwinUNETR``).
     """
-    if arch == "asa":
-        return ASASegmenter(img_size=img_size, in_channels=in_channels, out_channels=out_channels, **kwargs)
-    if arch == "unetr":
-        from monai.networks.nets import UNETR
-
-        return UNETR(in_channels=in_channels, out_channels=out_channels, img_size=img_size, **kwargs)
-    if arch == "swin_unetr":
-        from monai.networks.nets import SwinUNETR
-
-        return SwinUNETR(in_channels=in_channels, out_channels=out_channels, **kwargs)
-    raise ValueError(f"unknown segmentation architecture {arch!r}; expected one of {ARCHITECTURES}")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown segmentation architecture {arch!r}; expected one of {ARCHITECTURES}")
+    return build_network({"arch": arch, "kwargs": dict(img_size=img_size, in_channels=in_channels,
+                                                       out_channels=out_channels, **kwargs)})
 
 
 PRETRAINING_ONLY = ("decoder_dim", "decoder_depth", "decoder_num_heads")  # ASA decoder sizes

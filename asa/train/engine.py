@@ -20,6 +20,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from asa.models.zoo import network_spec
+
 from .checkpoint import FORMAT, VERSION, check_compatible, load_checkpoint, prune_step_checkpoints, save_checkpoint
 from .data import build_loader, move_to
 from .distributed import DistEnv, all_gather_objects, all_reduce_max_ints, all_reduce_mean, barrier
@@ -246,6 +248,7 @@ class Engine:
         state = {
             "format": FORMAT, "version": VERSION,
             "model": self._unwrapped().state_dict(),
+            "network": network_spec(self._unwrapped()),  # rebuilds the network without the run config
             "optimizer": self.optimizer.state_dict(),
             "scheduler": {"name": self.cfg.schedule, "step": self.step, "total_steps": self.total_steps,
                           "warmup_steps": self.warmup_steps, "base_lr": self.lr},

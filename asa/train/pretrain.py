@@ -10,12 +10,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from asa.models.mae import ENCODER_PREFIXES
+from asa.models.encoder import ENCODER_PREFIX, upgrade_legacy_keys
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistEnv
 
-__all__ = ["mae_step", "make_validator", "make_panel_fn", "mid_slice_grid", "export_encoder", "ENCODER_PREFIXES", "PANEL_ROWS"]
+__all__ = ["mae_step", "make_validator", "make_panel_fn", "mid_slice_grid", "export_encoder", "PANEL_ROWS"]
 
 
 def _core(model: nn.Module) -> nn.Module:
@@ -101,13 +101,16 @@ def make_panel_fn(sample: torch.Tensor) -> Callable[[nn.Module, int], dict[str, 
     return panel
 
 
-def export_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike, config: Mapping) -> Path:
-    """Write {"encoder": patch_embed.* and encoder.* weights, "config": config, "source", "step"} taken
-    from a training checkpoint; `asa.models.ASASegmenter.load_pretrained` reads it."""
+def export_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write {"encoder": the encoder module's weights (``encoder.*``), "network": the pretraining
+    network's spec, "source", "step"} taken from a training checkpoint; a checkpoint written before
+    network specs passes its run config on as "config" instead.
+    `asa.models.ASASegmenter.load_pretrained` reads the file."""
     state = load_checkpoint(checkpoint)
-    weights = {k.removeprefix("module."): v for k, v in state["model"].items()}
-    encoder = {k: v for k, v in weights.items() if k.startswith(ENCODER_PREFIXES)}
+    weights = upgrade_legacy_keys({k.removeprefix("module."): v for k, v in state["model"].items()})
+    encoder = {k: v for k, v in weights.items() if k.startswith(ENCODER_PREFIX)}
     if not encoder:
-        raise ValueError(f"checkpoint {checkpoint}: no weights starting with {ENCODER_PREFIXES}")
-    return save_checkpoint(out, {"encoder": encoder, "config": dict(config), "source": str(Path(checkpoint).name),
+        raise ValueError(f"checkpoint {checkpoint}: no weights starting with {ENCODER_PREFIX!r}")
+    recorded = {"network": state["network"]} if state.get("network") else {"config": dict(state.get("config") or {})}
+    return save_checkpoint(out, {"encoder": encoder, **recorded, "source": str(Path(checkpoint).name),
                                  "step": int(state.get("step", 0))})

@@ -32,7 +32,7 @@ def test_layer_decay_gives_the_hand_computed_lr_per_block():
     assert lrs["encoder.blocks.0.attn.qkv.weight"] == pytest.approx(0.01 * 0.5 * 0.5**4)
     assert lrs["encoder.blocks.1.mlp.linear1.weight"] == pytest.approx(0.01 * 0.5 * 0.5**3)
     assert lrs["encoder.blocks.3.norm1.bias"] == pytest.approx(0.01 * 0.5 * 0.5**1)
-    assert lrs["patch_embed.proj.weight"] == pytest.approx(0.01 * 0.5 * 0.5**5)
+    assert lrs["encoder.patch_embed.proj.weight"] == pytest.approx(0.01 * 0.5 * 0.5**5)
     assert lrs["encoder.norm.weight"] == pytest.approx(0.01 * 0.5)
     assert lrs["head.conv.conv.weight"] == pytest.approx(0.01)
     assert lrs["up0.transp_conv.conv.weight"] == pytest.approx(0.01)

@@ -1,0 +1,106 @@
+"""The SW-ViT encoder with its patch embedding and position code: what ASA pretrains and the segmenter takes over."""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping, Sequence
+
+import torch
+
+from asa.models.patch import PatchEmbed, patch_grid, to_3tuple
+from asa.models.position import brain_frame_encoding, symmetric_position_encoding
+from asa.models.swvit import SWViT
+
+# the attribute under which ASA and ASASegmenter hold the encoder; its keys are what a file transfers
+ENCODER_PREFIX = "encoder."
+# before the encoder was one module its patch embedding sat beside it, as ``patch_embed.*``
+LEGACY_STEM_PREFIX = "patch_embed."
+
+
+class SWViTEncoder(SWViT):
+    """Patch embedding + SPE + SW-ViT (DESIGN §1.2–1.3), shared by :class:`ASA` and :class:`ASASegmenter`.
+
+    ``encode(x)`` embeds a volume x [B, C, D, H, W] into tokens [B, N, C], adds the position code of
+    the reference frame and runs the blocks. Pretraining (``ids_keep``) keeps only the visible
+    tokens, at offset 0: the pretraining crop is the reference grid. Fine-tuning passes every
+    token, per-crop patch ``offsets`` [B, 3] from the reference grid (``reference_grid``, default
+    this grid) and asks for ``hidden_indices``. ``forward`` is :class:`SWViT`'s, on tokens.
+    """
+
+    def __init__(
+        self,
+        *,
+        img_size: int | Sequence[int],
+        in_channels: int = 1,
+        patch_size: int = 8,
+        embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        window_size: int = 32,
+        mlp_ratio: float = 4.0,
+        pos_mode: str = "mirror",
+        lr_axis: int = 0,
+        reference_grid: int | Sequence[int] | None = None,
+        shift_mask: bool = True,
+        rel_pos_bias: bool = True,
+        dropout: float = 0.0,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        # the stem is built (and initialised) first, as it always was: equal seeds give equal weights
+        patch_embed = PatchEmbed(in_channels, embed_dim, patch_size)
+        super().__init__(embed_dim, depth, num_heads, window_size, mlp_ratio=mlp_ratio, shift_mask=shift_mask,
+                         rel_pos_bias=rel_pos_bias, dropout=dropout, grad_checkpointing=grad_checkpointing)
+        self.patch_embed = patch_embed
+        for name in [n for n in self._modules if n != "patch_embed"]:  # stem first in parameter order, so
+            self._modules[name] = self._modules.pop(name)  # optimizer states saved before still line up
+        self.img_size = to_3tuple(img_size, "img_size")
+        self.grid = patch_grid(self.img_size, patch_size)
+        self.patch_size = patch_size
+        self.pos_mode = pos_mode
+        self.lr_axis = lr_axis
+        self.reference_grid = self.grid if reference_grid is None else to_3tuple(reference_grid, "reference_grid")
+        self.register_buffer(
+            "pos_embed",
+            symmetric_position_encoding(self.grid, embed_dim, mode=pos_mode, lr_axis=lr_axis,
+                                        reference_grid=self.reference_grid),
+            persistent=False,
+        )
+
+    def position_codes(self, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, C] at offset 0 (no offsets) or [B, N, C] at the patch offsets [B, 3] (brain frame)."""
+        if offsets is None:
+            return self.pos_embed
+        return brain_frame_encoding(self.grid, self.embed_dim, offsets.to(self.pos_embed.device),
+                                    mode=self.pos_mode, lr_axis=self.lr_axis, reference_grid=self.reference_grid)
+
+    def encode(
+        self,
+        x: torch.Tensor,
+        *,
+        offsets: torch.Tensor | None = None,
+        ids_keep: torch.Tensor | None = None,
+        hidden_indices: Sequence[int] = (),
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """x [B, C, D, H, W] -> normed tokens [B, N, C] (N_vis with ``ids_keep`` [B, N_vis]), with the
+        hidden states of ``hidden_indices`` as in :meth:`SWViT.forward`."""
+        tokens = self.patch_embed(x) + self.position_codes(offsets)  # [B, N, C]
+        if ids_keep is not None:
+            tokens = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        return self(tokens, hidden_indices=hidden_indices)
+
+
+def upgrade_legacy_keys(state: MutableMapping[str, torch.Tensor], prefix: str = "") -> MutableMapping[str, torch.Tensor]:
+    """Rename, in place, a network state dict's ``{prefix}patch_embed.*`` (files written before the
+    encoder was one module) to ``{prefix}encoder.patch_embed.*``; returns ``state``."""
+    old = prefix + LEGACY_STEM_PREFIX
+    for key in [k for k in state if k.startswith(old)]:
+        state[prefix + ENCODER_PREFIX + key[len(prefix):]] = state.pop(key)
+    return state
+
+
+def _upgrade_hook(module: torch.nn.Module, state: MutableMapping, prefix: str, *args: object) -> None:
+    upgrade_legacy_keys(state, prefix)
+
+
+def accept_legacy_keys(network: torch.nn.Module) -> None:
+    """Let ``network.load_state_dict`` read state dicts written before the encoder was one module."""
+    network.register_load_state_dict_pre_hook(_upgrade_hook)
