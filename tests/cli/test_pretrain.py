@@ -66,8 +66,9 @@ def test_each_experiment_preset_trains(tmp_path, demo_cache, experiment, pos_mod
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert (ckpt["config"]["mae"]["pos_mode"], ckpt["config"]["mae"]["loss_weighting"]) == (pos_mode, weighting)
     export = load_checkpoint(tmp_path / "checkpoints" / "encoder.pt")
-    assert export["config"]["pos_mode"] == pos_mode and export["config"]["img_size"] == 32
-    assert export["encoder"] and all(k.startswith(("patch_embed.", "encoder.")) for k in export["encoder"])
+    assert export["network"] == ckpt["network"] and ckpt["network"]["arch"] == "asa_pretrain"
+    assert export["network"]["kwargs"]["pos_mode"] == pos_mode and export["network"]["kwargs"]["img_size"] == [32] * 3
+    assert export["encoder"] and all(k.startswith("encoder.") for k in export["encoder"])
 
 
 @pytest.mark.parametrize("workers", [0, 2])
