@@ -63,7 +63,8 @@ def test_bad_input_skip(bad):
 
 def test_encoder_layer_ids():
     net = _net()
-    assert net.encoder_layer_id("patch_embed.proj.weight") == 0
+    assert net.encoder_layer_id("encoder.patch_embed.proj.weight") == 0
+    assert all(net.encoder_layer_id(n) is not None for n, _ in net.encoder.named_parameters(prefix="encoder"))
     assert net.encoder_layer_id("encoder.blocks.2.attn.qkv.weight") == 3
     assert net.encoder_layer_id("encoder.norm.weight") == net.num_encoder_layers == ENC["depth"] + 1
     assert net.encoder_layer_id("up0.transp_conv.conv.weight") is None
