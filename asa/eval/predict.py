@@ -40,7 +40,8 @@ class Predictor:
         state = load_checkpoint(path)
         config = state.get("config") or {}
         spec = state.get("network")
-        if "task" not in config or (spec is None and "segmenter" not in config) or (spec or {}).get("arch") == "asa_pretrain":
+        segmenting = spec["arch"] != "asa_pretrain" if spec is not None else "segmenter" in config
+        if "task" not in config or not segmenting:
             raise ValueError(f"checkpoint {path} is not a fine-tuning checkpoint (no segmentation network and task "
                              "recorded); asa-predict needs the best.pt or last.pt written by asa-finetune")
         task = Task.from_dict(config["task"])

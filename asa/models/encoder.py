@@ -88,7 +88,7 @@ class SWViTEncoder(SWViT):
         return self(tokens, hidden_indices=hidden_indices)
 
 
-def upgrade_legacy_keys(state: MutableMapping[str, torch.Tensor], prefix: str = "") -> MutableMapping[str, torch.Tensor]:
+def upgrade_legacy_keys(state: MutableMapping[str, torch.Tensor], prefix: str = "") -> MutableMapping:
     """Rename, in place, a network state dict's ``{prefix}patch_embed.*`` (files written before the
     encoder was one module) to ``{prefix}encoder.patch_embed.*``; returns ``state``."""
     old = prefix + LEGACY_STEM_PREFIX

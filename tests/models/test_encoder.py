@@ -60,14 +60,16 @@ def test_state_dicts_written_before_the_encoder_module_still_load():
     x = torch.randn(1, 2, 32, 32, 32)
     with torch.no_grad():
         assert torch.equal(other(x), seg.eval()(x))
-    assert upgrade_legacy_keys({"module.patch_embed.proj.bias": 1}, "module.") == {"module.encoder.patch_embed.proj.bias": 1}
+    renamed = upgrade_legacy_keys({"module.patch_embed.proj.bias": 1, "module.head.bias": 2}, "module.")
+    assert renamed == {"module.encoder.patch_embed.proj.bias": 1, "module.head.bias": 2}
 
 
 def test_a_legacy_encoder_export_loads_with_every_key_reported(tmp_path):
     mae = _mae()
     legacy = _legacy(mae.encoder_state_dict())
     assert "patch_embed.proj.weight" in legacy
-    torch.save({"encoder": legacy, "config": {"img_size": 32, "patch_size": 8, "pos_mode": "mirror"}}, tmp_path / "e.pt")
+    config = {"img_size": 32, "patch_size": 8, "pos_mode": "mirror"}  # as exports recorded it then
+    torch.save({"encoder": legacy, "config": config}, tmp_path / "e.pt")
     seg = ASASegmenter(**TINY, in_channels=4)
     report = seg.load_pretrained(tmp_path / "e.pt", verbose=False)
     assert set(report.loaded) == set(mae.encoder_state_dict()) and not report.missing and not report.unexpected
