@@ -110,11 +110,10 @@ def split_cases(cases: list, data: DictConfig, out_dir: Path, env: DistEnv) -> d
     return splits
 
 
-def optimizer_and_config(
-    cfg: DictConfig, model: torch.nn.Module, env: DistEnv, **trainer_overrides: Any
-) -> tuple[torch.optim.Optimizer, float, TrainConfig]:
+def optimizer_and_config(cfg: DictConfig, model: torch.nn.Module, env: DistEnv) -> tuple[torch.optim.Optimizer, float, TrainConfig]:
     """Optimiser (``cfg.optim``), its peak learning rate — scaled by the global batch
-    (per-device batch × world size × accumulation) / 256 when ``optim.scale_lr`` — and the engine settings.
+    (per-device batch × world size × accumulation) / 256 when ``optim.scale_lr`` — and the engine
+    settings (``cfg.trainer``, whose schedule keys interpolate ``optim``).
 
     The peak lr is printed with the rule that produced it (rank 0), with a warning below 1e-5."""
     tr, opt = cfg.trainer, cfg.optim
@@ -126,22 +125,18 @@ def optimizer_and_config(
             print(f"[asa] warning: the peak learning rate {lr:.3g} is below {LOW_LR:g}: the run will barely learn. "
                   f"Raise optim.base_lr, or set optim.scale_lr=false to use optim.base_lr as given",
                   file=sys.stderr, flush=True)
-    optimizer = build_optimizer(
-        model, name=opt.name, lr=lr, weight_decay=float(opt.weight_decay),
-        betas=tuple(opt.get("betas", (0.9, 0.95))), momentum=float(opt.get("momentum", 0.99)),
-        nesterov=bool(opt.get("nesterov", True)), encoder_lr_scale=float(opt.get("encoder_lr_scale", 1.0)),
-        layer_decay=float(opt.get("layer_decay", 1.0)), freeze_encoder_epochs=int(opt.get("freeze_encoder_epochs", 0)),
-    )
-    return optimizer, lr, trainer_config(cfg, **trainer_overrides)
+    extra = {k: opt[k] for k in ("betas", "momentum", "nesterov", "encoder_lr_scale", "layer_decay",
+                                 "freeze_encoder_epochs") if opt.get(k) is not None}
+    if "betas" in extra:
+        extra["betas"] = tuple(extra["betas"])
+    optimizer = build_optimizer(model, name=opt.name, lr=lr, weight_decay=float(opt.weight_decay), **extra)
+    return optimizer, lr, trainer_config(cfg)
 
 
-def trainer_config(cfg: DictConfig, **trainer_overrides: Any) -> TrainConfig:
-    """The engine settings (``cfg.trainer`` plus what other groups contribute); raises naming a bad key."""
-    opt = cfg.optim
-    return TrainConfig.from_dict({
-        **OmegaConf.to_container(cfg.trainer, resolve=True), "num_workers": int(cfg.data.num_workers),
-        "schedule": opt.schedule, "min_lr": float(opt.min_lr), "power": float(opt.power), **trainer_overrides,
-    })
+def trainer_config(cfg: DictConfig) -> TrainConfig:
+    """The engine settings: ``cfg.trainer``, whose schedule and worker keys interpolate ``optim`` and
+    ``data``; raises naming a bad key."""
+    return TrainConfig.from_dict(OmegaConf.to_container(cfg.trainer, resolve=True))
 
 
 def describe_error(err: BaseException) -> str:

@@ -9,13 +9,15 @@ import hydra
 from omegaconf import DictConfig
 
 from asa.cli.common import entry
-from asa.train.config_files import config_path
+from asa.cli.config import config_path
+from asa.cli.schema import validate as validate_config
 
 __all__ = ["main", "run"]
 
 
 def run(cfg: DictConfig) -> dict:
     """Evaluate as configured; returns the summary (also written to ``<output>/summary.json``)."""
+    validate_config(cfg, "evaluate")  # also catches keys added with +key=value
     from asa.cli.common import dataset_root
     from asa.data import discover, get_task
     from asa.eval import evaluate_cases, match_predictions
@@ -84,7 +86,7 @@ def _reliance(cfg: DictConfig, task, cases: list, out: Path) -> dict:
     return result
 
 
-@hydra.main(config_path=config_path(), config_name="evaluate", version_base="1.3")
+@hydra.main(config_path=config_path("evaluate"), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     entry("asa-evaluate", run, cfg)
 

@@ -13,7 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 from asa.cli.common import dataset_root, entry, load_cases, optimizer_and_config, split_cases, trainer_config
 from asa.cli.rundir import command_line, prepare_run_dir
 from asa.train import Engine, FitResult, cleanup_distributed, setup_distributed
-from asa.train.config_files import config_path
+from asa.cli.config import config_path
+from asa.cli.schema import validate as validate_config
 
 __all__ = ["main", "run"]
 
@@ -21,6 +22,7 @@ APP = "asa-finetune"
 
 def run(cfg: DictConfig) -> FitResult:
     """Fine-tune as configured; returns the engine's FitResult (rank 0 writes every file)."""
+    validate_config(cfg, "finetune")  # also catches keys added with +key=value
     from asa.data import build_segmentation_dataset, get_task
     from asa.losses import SegmentationLoss
     from asa.models import build_from_config
@@ -30,9 +32,6 @@ def run(cfg: DictConfig) -> FitResult:
     run_dir = None
     try:
         data = cfg.data
-        if "task" not in data or data.task is None:
-            raise ValueError(f"data={data.get('name')} is a pretraining preset; asa-finetune takes data=brats, "
-                             "data=ibsr, data=wmh or data=msd")
         task = get_task(str(data.task), root=dataset_root(data)[0])
         torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
         # one grid: crops default to the pretraining crop (the file's, else the paper's 128, or the
@@ -67,7 +66,7 @@ def run(cfg: DictConfig) -> FitResult:
         val_ds = (build_segmentation_dataset(splits["val"], task, train=False, cache_dir=data.cache_dir)
                   if splits["val"] else None)
 
-        optimizer, lr, config = optimizer_and_config(cfg, model, env, monitor="val/dice", mode="max")
+        optimizer, lr, config = optimizer_and_config(cfg, model, env)
         if val_ds is None:
             print(f"[asa] warning: data={data.name} has no validation cases: no best.pt, no early stopping",
                   file=sys.stderr)
@@ -116,7 +115,7 @@ def run(cfg: DictConfig) -> FitResult:
     return result
 
 
-@hydra.main(config_path=config_path(), config_name="finetune", version_base="1.3")
+@hydra.main(config_path=config_path("finetune"), config_name="finetune", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     entry(APP, run, cfg)
 

@@ -9,7 +9,8 @@ import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from asa.cli.common import entry
-from asa.train.config_files import config_path
+from asa.cli.config import config_path
+from asa.cli.schema import validate as validate_config
 from asa.train.distributed import resolve_device
 from asa.train.precision import amp_name, resolve_amp, set_threads
 
@@ -18,6 +19,7 @@ __all__ = ["main", "run"]
 
 def run(cfg: DictConfig) -> list[Path]:
     """Predict as configured; returns the written label files."""
+    validate_config(cfg, "predict")  # also catches keys added with +key=value
     from asa.eval.predict import Predictor, gather_cases, predict_cases
 
     device = resolve_device(str(cfg.device))
@@ -46,7 +48,7 @@ def run(cfg: DictConfig) -> list[Path]:
     return written
 
 
-@hydra.main(config_path=config_path(), config_name="predict", version_base="1.3")
+@hydra.main(config_path=config_path("predict"), config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     entry("asa-predict", run, cfg)
 

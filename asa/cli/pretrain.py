@@ -11,7 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 from asa.cli.common import entry, load_cases, optimizer_and_config, split_cases, trainer_config
 from asa.cli.rundir import command_line, prepare_run_dir
 from asa.train import Engine, FitResult, cleanup_distributed, setup_distributed
-from asa.train.config_files import config_path
+from asa.cli.config import config_path
+from asa.cli.schema import validate as validate_config
 from asa.train.pretrain import export_encoder, mae_step, make_panel_fn, make_validator
 
 __all__ = ["main", "run"]
@@ -20,9 +21,6 @@ APP = "asa-pretrain"
 
 
 def _model_kwargs(cfg: DictConfig) -> dict:
-    arch = cfg.model.get("arch", "asa")
-    if arch != "asa":
-        raise ValueError(f"model={arch} is a fine-tuning baseline; asa-pretrain takes model=tiny, small or base")
     return {**OmegaConf.to_container(cfg.model, resolve=True), **OmegaConf.to_container(cfg.mae, resolve=True),
             "img_size": int(cfg.data.size)}
 
@@ -73,6 +71,7 @@ def _with_probe(validate, probe, every: int):
 
 def run(cfg: DictConfig) -> FitResult:
     """Pretrain as configured; returns the engine's FitResult (rank 0 writes every file)."""
+    validate_config(cfg, "pretrain")  # also catches keys added with +key=value
     from asa.data import build_pretrain_dataset
     from asa.models import ASA
 
@@ -81,15 +80,11 @@ def run(cfg: DictConfig) -> FitResult:
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         data = cfg.data
-        if "size" not in data:
-            raise ValueError(f"data={data.get('name')} is a fine-tuning dataset preset; asa-pretrain takes "
-                             "data=demo, data=adni or data=oasis (or a preset with size/channels/augment)")
         trainer_config(cfg)  # bad trainer values stop the run before its folder is touched
         run_dir = prepare_run_dir(cfg.output_dir, app=APP, resume=cfg.resume, overwrite=bool(cfg.overwrite),
                                   run_config=resolved, compat_keys=list(cfg.resume_must_match), env=env)
         out_dir = run_dir.path
         cases = load_cases(data, out_dir if env.is_main else None, env)
-        _model_kwargs(cfg)  # refuse fine-tuning baselines before writing anything
         run_dir.write_config(resolved)  # every check passed
         splits = split_cases(cases, data, out_dir, env)
         common = dict(size=int(data.size), cache_dir=data.cache_dir, resample_mm=data.resample_mm,
@@ -144,7 +139,7 @@ def run(cfg: DictConfig) -> FitResult:
     return result
 
 
-@hydra.main(config_path=config_path(), config_name="pretrain", version_base="1.3")
+@hydra.main(config_path=config_path("pretrain"), config_name="pretrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     entry(APP, run, cfg)
 

@@ -1,26 +1,135 @@
-"""Every fine-tuning / prediction / evaluation config composes; every console script answers --help."""
+"""The config tree: every option of every group composes with its entry point and builds its objects;
+config mistakes fail at compose time naming the key; presets state only their differences."""
 from __future__ import annotations
 
-import itertools
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from asa.train.config_files import compose_config
+from asa.cli.config import ENTRY_POINTS, compose_config, config_path
+from asa.cli.schema import validate
+from asa.models import ASA, PRESETS, build_from_config
+from asa.train import TrainConfig, build_optimizer
 
-SEG_DATA = ["brats", "ibsr", "wmh", "msd"]
-SEG_MODELS = ["tiny", "small", "base", "unetr", "swin_unetr"]
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+GROUPS = ("model", "data", "optim", "trainer", "experiment")  # the groups of asa-pretrain and asa-finetune
+EXPERIMENTS = {"mae": ("none", "uniform"), "a_ssl": ("none", "attentive"), "spe_ssl": ("mirror", "uniform"),
+               "asa": ("mirror", "attentive")}
 
 
-@pytest.mark.parametrize("data, model", list(itertools.product(SEG_DATA, SEG_MODELS)))
-def test_finetune_configs_compose(data, model):
-    cfg = compose_config("finetune", [f"data={data}", f"model={model}"])
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    assert resolved["data"]["task"] == data and resolved["optim"]["name"] == "sgd"
-    assert resolved["model"]["arch"] == ("asa" if model in ("tiny", "small", "base") else model)
-    assert resolved["model"]["pretrained"] is None
+def options(entry: str, group: str) -> list[str]:
+    """The presets of a group: the entry point's own files plus the shared ones ("_" files are bases)."""
+    found = {p.stem for d in (CONFIGS / entry / group, CONFIGS / "common" / group) for p in d.glob("*.yaml")}
+    return sorted(n for n in found if not n.startswith("_"))
+
+
+CASES = [(entry, group, name) for entry in ("pretrain", "finetune") for group in GROUPS
+         for name in options(entry, group)]
+
+
+def test_groups_are_complete():
+    assert options("pretrain", "model") == ["base", "small", "tiny"]
+    assert options("finetune", "model") == ["base", "small", "swin_unetr", "tiny", "unetr"]
+    assert {"adni", "demo", "oasis"} <= set(options("pretrain", "data"))
+    assert options("finetune", "data") == ["brats", "ibsr", "msd", "wmh"]
+    assert options("pretrain", "experiment") == sorted(EXPERIMENTS)
+    assert options("finetune", "experiment") == ["baseline", "spe_only"]
+    for entry in ("pretrain", "finetune"):
+        assert {"default", "paper", "smoke"} <= set(options(entry, "trainer"))
+
+
+def _build(entry: str, cfg) -> None:
+    """Build what the entry point builds from this config: the network (at a small input size), the
+    optimiser over it and the engine settings."""
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    if entry == "pretrain":
+        net = ASA(**{**model, **OmegaConf.to_container(cfg.mae, resolve=True), "img_size": 32})
+    else:
+        size = 64 if model.get("arch") == "swin_unetr" else 32  # SwinUNETR downsamples by 32
+        net = build_from_config(model, OmegaConf.to_container(cfg.segmenter, resolve=True),
+                                in_channels=1, out_channels=2, patch_size=size)
+    opt = cfg.optim
+    extra = {k: opt[k] for k in ("momentum", "nesterov") if opt[k] is not None}
+    optimizer = build_optimizer(net, name=opt.name, lr=float(opt.base_lr), weight_decay=float(opt.weight_decay),
+                                **extra)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(net.parameters()))
+    config = TrainConfig.from_dict(OmegaConf.to_container(cfg.trainer, resolve=True))
+    assert (config.schedule, config.num_workers) == (opt.schedule, cfg.data.num_workers)  # interpolated
+
+
+@pytest.mark.parametrize("entry, group, name", CASES, ids=[f"{e}-{g}={n}" for e, g, n in CASES])
+def test_every_option_composes_and_builds(entry, group, name):
+    overrides = [f"{group}={name}"] + (["data.root=/some/root"] if group == "data" else [])
+    cfg = compose_config(entry, overrides)
+    validate(cfg, entry)
+    _build(entry, cfg)
+
+
+def test_encoder_presets_match_the_python_presets():
+    for name, sizes in PRESETS.items():
+        pre = compose_config("pretrain", [f"model={name}"]).model
+        fine = compose_config("finetune", [f"model={name}"]).model
+        assert {k: pre[k] for k in sizes} == sizes
+        encoder = {k: v for k, v in sizes.items() if not k.startswith("decoder_")}
+        assert {k: fine[k] for k in encoder} == encoder and fine.arch == "asa"
+        assert not any(k.startswith("decoder_") for k in fine)
+
+
+@pytest.mark.parametrize("entry, overrides, key", [
+    ("pretrain", ["trainer.epocs=3"], "trainer.epocs"),           # a typo
+    ("finetune", ["trainer.epochs=ten"], "trainer.epochs"),        # a wrong type
+    ("pretrain", ["mae.mask_ratio=lots"], "mae.mask_ratio"),
+    ("finetune", ["segmenter.pos_mdoe=mirror"], "segmenter.pos_mdoe"),
+    ("predict", ["checkpoint=c", "input=i", "output=o", "sw_batch_size=two"], "sw_batch_size"),
+    ("evaluate", ["pred=p", "output=o", "data.patch=3"], "data.patch"),
+])
+def test_config_mistakes_fail_at_compose_time_naming_the_key(entry, overrides, key):
+    with pytest.raises(HydraException) as info:
+        compose_config(entry, overrides)
+    assert key in f"{info.value} {info.value.__cause__}"
+
+
+@pytest.mark.parametrize("entry, overrides, option", [
+    ("pretrain", ["experiment=baseline"], "experiment/baseline"),  # a fine-tuning row
+    ("pretrain", ["model=unetr"], "model/unetr"),                  # a fine-tuning baseline network
+    ("pretrain", ["data=brats"], "data/brats"),
+    ("finetune", ["experiment=mae"], "experiment/mae"),            # a pretraining row
+    ("finetune", ["data=demo"], "data/demo"),
+    ("finetune", ["optim=adamw"], "optim/adamw"),
+])
+def test_presets_of_the_other_entry_point_are_refused(entry, overrides, option):
+    with pytest.raises(HydraException, match=option):
+        compose_config(entry, overrides)
+
+
+def test_added_keys_are_caught_by_validate():
+    cfg = compose_config("pretrain", ["+trainer.epocs=3"])  # '+' appends past the schema...
+    with pytest.raises(ValueError, match="trainer.epocs"):
+        validate(cfg, "pretrain")  # ...and the entry point's own check refuses it
+
+
+def test_trainer_presets_follow_their_entry_point():
+    paper = compose_config("finetune", ["trainer=paper"])
+    assert (paper.trainer.batch_size, paper.trainer.epochs, paper.trainer.warmup_epochs) == (2, 1000, 0)
+    assert (paper.trainer.schedule, paper.trainer.monitor, paper.trainer.mode) == ("poly", "val/dice", "max")
+    default = compose_config("finetune", [])
+    assert (default.trainer.monitor, default.trainer.mode) == ("val/dice", "max")  # in YAML, not set in code
+    pre = compose_config("pretrain", ["trainer=paper"])
+    assert (pre.trainer.batch_size, pre.trainer.epochs, pre.trainer.monitor) == (24, 400, "val/loss")
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_pretraining_experiments_state_only_their_differences(name):
+    base = OmegaConf.to_container(compose_config("pretrain", []), resolve=True)
+    cfg = OmegaConf.to_container(compose_config("pretrain", [f"experiment={name}"]), resolve=True)
+    assert (cfg["mae"]["pos_mode"], cfg["mae"]["loss_weighting"]) == EXPERIMENTS[name]
+    for key in ("pos_mode", "loss_weighting"):
+        cfg["mae"].pop(key), base["mae"].pop(key)
+    assert cfg == base
 
 
 @pytest.mark.parametrize("experiment, pos_mode", [("baseline", "none"), ("spe_only", "mirror")])
@@ -29,28 +138,63 @@ def test_finetune_table4_rows(experiment, pos_mode):
     assert cfg.segmenter.pos_mode == pos_mode and cfg.model.pretrained is None  # scratch rows
 
 
+def test_segmentation_presets_share_one_base():
+    brats = compose_config("finetune", ["data=brats"]).data
+    ibsr = compose_config("finetune", ["data=ibsr"]).data
+    assert (brats.demo.layout, ibsr.demo.layout) == ("brats", "ibsr")  # demo phantoms in the preset's layout
+    assert list(ibsr.split.ratios) == [10, 2, 6] and list(brats.split.ratios) == [0.7, 0.1, 0.2]
+    assert isinstance(ibsr.split.ratios[0], int)  # counts stay counts
+
+
+def test_required_root_and_defaults():
+    cfg = compose_config("pretrain", ["data=adni"])
+    assert OmegaConf.is_missing(cfg.data, "root")
+    default = compose_config("pretrain", [])
+    assert (default.data.name, default.data.size, default.model.embed_dim) == ("demo", 64, PRESETS["tiny"]["embed_dim"])
+    assert default.device == "auto" and default.resume is False and "${" not in str(default.output_dir)
+
+
 def test_predict_and_evaluate_configs_compose():
     cfg = compose_config("predict", ["checkpoint=c.pt", "input=[a.nii.gz,b.nii.gz]", "output=o"])
     assert list(cfg.input) == ["a.nii.gz", "b.nii.gz"] and cfg.overlap == 0.5 and not cfg.tta
-    for data in SEG_DATA:
+    for data in options("finetune", "data"):
         cfg = compose_config("evaluate", ["pred=p", "output=o", f"data={data}"])
         assert cfg.data.task == data
 
 
-def test_pretraining_refuses_fine_tuning_baselines():
-    from asa.cli.pretrain import _model_kwargs
-
-    with pytest.raises(ValueError, match="fine-tuning baseline"):
-        _model_kwargs(compose_config("pretrain", ["model=unetr"]))
+def test_config_path_points_at_the_entry_point_folders():
+    for entry in ENTRY_POINTS:
+        assert config_path(entry) == f"pkg://asa.configs.{entry}"
+        assert (CONFIGS / entry / f"{entry}.yaml").is_file()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["pretrain", "finetune", "predict", "evaluate"])
+@pytest.mark.parametrize("name", ENTRY_POINTS)
 def test_console_scripts_help(name):
     proc = subprocess.run([sys.executable, "-m", f"asa.cli.{name}", "--help"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"asa-{name}" in proc.stdout and "Usage" in proc.stdout
+    if name == "pretrain":
+        section = proc.stdout.split("== Config groups")[1].split("==\n")[1].split("== ")[0]
+        groups = {line.split(":")[0]: line for line in section.splitlines() if ":" in line}
+        assert all(e in groups["experiment"] for e in EXPERIMENTS) and "baseline" not in groups["experiment"]
+        assert all(m in groups["model"] for m in PRESETS) and "unetr" not in groups["model"]
+
+
+@pytest.mark.slow
+def test_command_line_mistake_names_the_key():
+    proc = subprocess.run([sys.executable, "-m", "asa.cli.pretrain", "trainer.epocs=3"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0 and "trainer.epocs" in proc.stderr + proc.stdout
+
+
+def test_data_defaults_follow_the_paper():
+    for name in options("finetune", "data"):  # fine-tuning: the pretraining crop by default
+        assert compose_config("finetune", [f"data={name}"]).data.patch_size is None
+    for name in options("pretrain", "data"):  # pretraining: the brain-centred crop only
+        cfg = compose_config("pretrain", [f"data={name}", "data.root=/some/root"])
+        assert cfg.data.augment is False and list(cfg.data.channels) == ["t1"]
 
 
 @pytest.mark.parametrize("override, match", [("amp=fp16", "amp=fp16 needs a CUDA device"), ("amp=fp8", "amp='fp8'"),
@@ -69,3 +213,41 @@ def test_trainer_precision_threads_compile_defaults():
     assert (cfg.trainer.amp, cfg.trainer.threads, cfg.trainer.compile) == ("auto", None, False)
     cfg = compose_config("predict", ["checkpoint=c", "input=i", "output=o"])
     assert (cfg.amp, cfg.threads, cfg.compile) == ("auto", None, False)
+
+
+def test_bids_preset_and_its_named_presets():
+    generic = OmegaConf.to_container(compose_config("pretrain", ["data=bids", "data.root=/r"]).data)
+    for name in ("adni", "oasis"):
+        named = OmegaConf.to_container(compose_config("pretrain", [f"data={name}", "data.root=/r"]).data)
+        assert named == {**generic, "name": name}
+
+
+def test_demo_data_learns_at_its_batch_and_real_data_keeps_the_paper_rule():
+    demo = compose_config("pretrain", [])
+    assert (demo.optim.name, demo.optim.scale_lr, demo.optim.base_lr) == ("adamw", False, 3e-3)
+    assert demo.optim.betas == [0.9, 0.95] and demo.optim.weight_decay == 0.05
+    paper = compose_config("pretrain", ["data=adni"])
+    assert (paper.optim.scale_lr, paper.optim.base_lr) == (True, 1.5e-4)
+    assert compose_config("pretrain", ["optim=adamw"]).optim.scale_lr is True  # the command line still wins
+
+
+def test_finetune_defaults_are_the_papers():
+    cfg = compose_config("finetune", [])
+    assert (cfg.optim.encoder_lr_scale, cfg.optim.layer_decay, cfg.optim.freeze_encoder_epochs) == (1.0, 1.0, 0)
+    assert cfg.segmenter.input_skip == "full"
+    assert compose_config("pretrain", []).probe.every == 1
+
+
+@pytest.mark.parametrize("overrides, lr, warned", [(["optim=adamw"], 1.5e-4 * 2 / 256, True), ([], 3e-3, False)])
+def test_effective_lr_is_printed_with_its_rule(capsys, overrides, lr, warned):
+    from asa.cli.common import optimizer_and_config
+    from asa.models import ASA
+    from asa.train.distributed import DistEnv
+
+    cfg = compose_config("pretrain", overrides)
+    model = ASA(img_size=16, **PRESETS["tiny"])
+    optimizer, got, _ = optimizer_and_config(cfg, model, DistEnv())
+    err = capsys.readouterr().err
+    assert got == pytest.approx(lr) and optimizer.param_groups[0]["lr"] == pytest.approx(lr)
+    assert "peak learning rate" in err and ("× global batch 2 / 256 = 1.17e-06" in err) == warned
+    assert ("below 1e-05" in err) == warned

@@ -16,7 +16,7 @@ from asa.cli.predict import run as predict
 from asa.data import discover, get_task, write_demo_dataset
 from asa.models import ASA, PRESETS
 from asa.train import load_checkpoint
-from asa.train.config_files import compose_config
+from asa.cli.config import compose_config
 
 LAYOUTS = [("brats", 5, {1, 2, 4}), ("ibsr", 5, {1, 2, 3}), ("wmh", 5, {1})]
 

@@ -11,7 +11,7 @@ import torch
 
 from asa.cli.pretrain import run
 from asa.train import IncompatibleCheckpointError, load_checkpoint
-from asa.train.config_files import compose_config
+from asa.cli.config import compose_config
 
 
 @pytest.fixture(scope="module")

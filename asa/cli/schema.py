@@ -1,0 +1,268 @@
+"""Structured-config schemas of the entry points, registered with Hydra's ConfigStore.
+
+Each primary config (``configs/<entry>/<entry>.yaml``) starts its defaults list with its schema,
+so Hydra checks every preset and every ``key=value`` against these dataclasses while composing:
+an unknown key (``trainer.epocs=3``), a wrong type (``trainer.epochs=ten``) or a preset of the
+other entry point fails before anything runs, with a message naming the key. ``validate`` repeats
+the check on a composed config, which also catches keys added with ``+key=value``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from asa.train import TrainConfig
+
+__all__ = ["EvaluateConfig", "FinetuneConfig", "PredictConfig", "PretrainConfig", "register", "validate"]
+
+
+# --- groups ---------------------------------------------------------------------------------------
+@dataclass
+class EncoderConfig:
+    """SW-ViT encoder sizes (``configs/common/encoder``); keyword arguments of ASA / ASASegmenter."""
+
+    patch_size: int = 8
+    embed_dim: int = 384
+    depth: int = 12
+    num_heads: int = 6
+    window_size: int = 32
+    mlp_ratio: float = 4.0
+    shift_mask: bool = True
+    rel_pos_bias: bool = True
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class PretrainModelConfig(EncoderConfig):
+    """The masked autoencoder's sizes: the encoder plus the pretraining decoder."""
+
+    decoder_dim: int = 384
+    decoder_depth: int = 8
+    decoder_num_heads: int = 6
+
+
+@dataclass
+class MAEConfig:
+    """``asa.models.ASA`` settings beyond the encoder/decoder sizes."""
+
+    in_channels: int = 1
+    mask_ratio: float = 0.75
+    pos_mode: str = "mirror"
+    lr_axis: int = 0
+    loss_weighting: str = "attentive"
+    norm_pix_loss: bool = False
+    bins: int = 8
+    normalize: str = "l2"
+
+
+@dataclass
+class DemoConfig:
+    """Phantoms generated when ``data.root`` is null."""
+
+    layout: str = MISSING
+    cases: int = 10
+    size: int = 64
+    seed: int = 0
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class SplitConfig:
+    seed: int = 0
+    ratios: Optional[List[Any]] = None  # fractions or case counts (train, val, test)
+
+
+@dataclass
+class DataConfig:
+    """What every dataset preset has."""
+
+    name: str = MISSING
+    layout: str = MISSING
+    root: Optional[str] = MISSING  # null: the demo phantoms (presets state it)
+    demo: Optional[DemoConfig] = None
+    on_bad_case: str = "error"
+    cache_dir: Optional[str] = None
+    num_workers: int = 0
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+
+@dataclass
+class PretrainDataConfig(DataConfig):
+    """Unlabelled T1 scans (``configs/pretrain/data``)."""
+
+    size: int = 128
+    channels: List[str] = field(default_factory=lambda: ["t1"])
+    resample_mm: Optional[float] = None
+    augment: bool = True
+
+
+@dataclass
+class SegmentationDataConfig(DataConfig):
+    """A labelled segmentation dataset (``configs/finetune/data``)."""
+
+    task: str = MISSING
+    patch_size: Optional[int] = None  # null: the pretraining crop
+    samples_per_case: int = 1
+
+
+@dataclass
+class OptimConfig:
+    name: str = MISSING  # adamw | sgd
+    base_lr: float = MISSING
+    scale_lr: bool = False
+    weight_decay: float = 0.0
+    betas: Optional[List[float]] = None  # adamw (null: (0.9, 0.95))
+    momentum: Optional[float] = None  # sgd (null: 0.99)
+    nesterov: Optional[bool] = None  # sgd (null: true)
+    schedule: str = "cosine"
+    min_lr: float = 0.0
+    power: float = 0.9
+
+
+@dataclass
+class FinetuneOptimConfig(OptimConfig):
+    """The fine-tuning optimiser, with encoder-aware learning rates (defaults: one lr, the paper's)."""
+
+    encoder_lr_scale: float = 1.0
+    layer_decay: float = 1.0
+    freeze_encoder_epochs: int = 0
+
+
+@dataclass
+class SegmenterConfig:
+    """``ASASegmenter`` settings beyond the encoder sizes."""
+
+    pos_mode: Optional[str] = None  # null: the pretrained encoder's, or mirror
+    lr_axis: Optional[int] = None  # null: the pretrained encoder's, or 0
+    spe_frame: str = "brain"
+    allow_grid_change: bool = False
+    reference_grid: Optional[List[int]] = None
+    feature_size: int = 16
+    input_skip: Any = "full"  # full | none | a factor in [0, 1]
+
+
+@dataclass
+class ProbeConfig:
+    """Frozen-encoder probes during pretraining validation (``asa.eval.probe``)."""
+
+    every: int = 1
+    data: Optional[str] = None
+    layout: str = "auto"
+    cases: int = 4
+    seed: int = 1
+    ridge: float = 1.0
+    knn_k: int = 5
+
+
+@dataclass
+class RelianceConfig:
+    """The encoder-reliance diagnostic of ``asa-evaluate``."""
+
+    checkpoint: Optional[str] = None
+    overlap: float = 0.5
+    device: str = "auto"
+
+
+@dataclass
+class ValidationConfig:
+    overlap: float = 0.5
+    sw_batch_size: int = 2
+
+
+# --- entry points ---------------------------------------------------------------------------------
+@dataclass
+class RunConfig:
+    """Keys of every training run."""
+
+    output_dir: str = MISSING
+    resume: Any = False  # false | true | auto | a .pt path
+    overwrite: bool = False  # start anew in a folder holding a run, moving that run aside
+    debug: bool = False  # full tracebacks instead of one-line errors
+    seed: int = 0
+    device: str = "auto"
+    resume_must_match: List[str] = field(default_factory=list)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class PretrainConfig(RunConfig):
+    model: PretrainModelConfig = field(default_factory=PretrainModelConfig)
+    data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
+    mae: MAEConfig = field(default_factory=MAEConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+@dataclass
+class FinetuneConfig(RunConfig):
+    # the model group holds the keyword arguments of the chosen architecture (ASASegmenter, UNETR,
+    # SwinUNETR), so it is checked when the network is built rather than here
+    model: Any = field(default_factory=dict)
+    optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
+    data: SegmentationDataConfig = field(default_factory=SegmentationDataConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+
+@dataclass
+class PredictConfig:
+    checkpoint: str = MISSING
+    input: Any = MISSING  # a folder, a file, or a list of files
+    output: str = MISSING
+    layout: str = "auto"
+    overlap: float = 0.5
+    sw_batch_size: int = 2
+    tta: bool = False
+    tta_axes: List[int] = field(default_factory=lambda: [0, 1, 2])
+    save_probabilities: bool = False
+    overwrite: bool = True
+    on_bad_case: str = "error"
+    device: str = "auto"
+    amp: str = "auto"
+    threads: Optional[int] = None
+    compile: bool = False
+    debug: bool = False
+
+
+@dataclass
+class EvaluateConfig:
+    pred: Optional[str] = None  # null: only the reliance diagnostic
+    output: str = MISSING
+    split_file: Optional[str] = None
+    subset: str = "test"
+    on_missing: str = "error"
+    num_workers: int = 0
+    hd95: str = "max_directed"
+    reliance: RelianceConfig = field(default_factory=RelianceConfig)
+    debug: bool = False
+    data: SegmentationDataConfig = field(default_factory=SegmentationDataConfig)
+
+
+SCHEMAS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "predict": PredictConfig,
+           "evaluate": EvaluateConfig}
+
+
+def register() -> None:
+    """Store each schema as ``<entry>_schema`` (idempotent; called before any compose)."""
+    store = ConfigStore.instance()
+    for name, schema in SCHEMAS.items():
+        store.store(name=f"{name}_schema", node=schema)
+
+
+def validate(cfg: DictConfig, entry: str) -> None:
+    """Check a composed config against the entry point's schema again (catches ``+key=value``
+    additions, which Hydra lets through); raises ``ValueError`` naming the key."""
+    schema = OmegaConf.structured(SCHEMAS[entry])
+    OmegaConf.set_struct(schema, True)
+    if entry == "finetune":
+        OmegaConf.set_struct(schema.model, False)  # the architecture's own keyword arguments
+    try:
+        OmegaConf.merge(schema, OmegaConf.to_container(cfg, resolve=False))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ValueError(f"asa-{entry}: invalid option {key}: {err.msg if hasattr(err, 'msg') else err}") from None
