@@ -13,6 +13,8 @@ from asa.cli.pretrain import run
 from asa.train import IncompatibleCheckpointError, load_checkpoint
 from asa.cli.config import compose_config
 
+pytestmark = pytest.mark.slow  # every test here runs asa-pretrain end to end
+
 
 @pytest.fixture(scope="module")
 def demo_cache(tmp_path_factory) -> Path:

@@ -50,6 +50,7 @@ def test_brats_demo_has_all_tumour_labels(demo_root):
         assert set(np.unique(load_volume(case.label).array)) == {0, 1, 2, 4}
 
 
+@pytest.mark.slow
 def test_console_script_subprocess(tmp_path):
     exe = shutil.which("asa-demo-data")
     cmd = [exe] if exe else [sys.executable, "-m", "asa.cli.demo_data"]

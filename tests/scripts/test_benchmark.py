@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # the benchmark runs real training steps
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
 _spec = importlib.util.spec_from_file_location("asa_benchmark", SCRIPT)
 benchmark = importlib.util.module_from_spec(_spec)

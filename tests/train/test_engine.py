@@ -114,12 +114,29 @@ def test_accumulation_matches_a_larger_batch(tmp_path):
         assert torch.allclose(wa[k], wb[k], atol=1e-6), k
 
 
-def test_grad_clipping_bounds_the_update(tmp_path):
-    eng = make_engine(tmp_path, config=_cfg(max_steps=1, clip_grad=1e-3), lr=1.0)
+@pytest.mark.parametrize("clip", [None, 1e-3])
+def test_grad_clipping_bounds_the_update(tmp_path, clip):
+    """Plain SGD at lr 1: one step moves the weights by exactly the (clipped) gradient, so the
+    update's norm is at most clip_grad, while the same step unclipped moves them much further."""
+    from asa.train import Engine
+    from toy import ToyNet, step_fn
+
+    torch.manual_seed(0)
+    model = ToyNet(dropout=0.0)
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    engine = Engine(model, torch.optim.SGD(model.parameters(), lr=1.0), step_fn, lr=1.0, out_dir=tmp_path,
+                    config=_cfg(max_steps=1, clip_grad=clip, warmup_steps=0, schedule="constant"))
     seen = []
-    eng._write_scalars = lambda values: seen.append(dict(values))
-    eng.fit(ToyData())
-    assert any("train/grad_norm" in s for s in seen)
+    engine._write_scalars = lambda values: seen.append(dict(values))
+    engine.fit(ToyData(augment=False))
+    moved = float((torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm())
+    grad_norm = next(s["train/grad_norm"] for s in seen if "train/grad_norm" in s)  # the norm before clipping
+    assert grad_norm > 0.1  # the toy gradient is far larger than the clip
+    if clip is None:
+        assert moved == pytest.approx(grad_norm, rel=1e-4)
+    else:
+        assert moved <= clip * (1 + 1e-4)
+        assert moved == pytest.approx(clip, rel=1e-3)
 
 
 def test_bad_trainer_options():

@@ -57,10 +57,20 @@ def test_no_decay_for_norms_biases_and_model_names():
 
 
 def test_no_decay_names_match_inside_a_wrapper():
-    wrapper = torch.nn.Sequential(ToyNet())
-    wrapper.no_weight_decay = lambda: {"pos"}
-    groups = param_groups(wrapper, 0.05)
-    assert all(p.ndim == 2 for p in groups[0]["params"])  # "0.pos" (1-D anyway) and norms excluded
+    """A 2-D parameter named in no_weight_decay() is exempt only through name matching ("0.table"
+    ends with ".table"), also when the network sits inside a wrapper."""
+    inner = ToyNet()
+    inner.table = torch.nn.Parameter(torch.zeros(4, 8))  # 2-D: the ndim rule cannot exempt it
+    inner.no_weight_decay = lambda: {"pos", "table"}
+    wrapper = torch.nn.Sequential(inner)
+    wrapper.no_weight_decay = lambda: {"table"}
+    names = {id(p): n for n, p in wrapper.named_parameters()}
+    decayed, free = ({names[id(p)] for p in g["params"]} for g in param_groups(wrapper, 0.05))
+    assert "0.table" in free and "0.table" not in decayed
+    assert decayed == {"0.fc1.weight", "0.fc2.weight"}
+    bare = {id(p): n for n, p in inner.named_parameters()}
+    inner.no_weight_decay = lambda: set()
+    assert "table" in {bare[id(p)] for p in param_groups(inner, 0.05)[0]["params"]}  # decayed without the name
 
 
 def test_optimizer_recipes():
