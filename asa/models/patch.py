@@ -7,6 +7,7 @@ patch the values are ordered (s0, s1, s2, C), as in the MAE reference.
 from __future__ import annotations
 
 import torch
+from monai.utils import ensure_tuple_rep
 from torch import nn
 
 Size3 = tuple[int, int, int]
@@ -14,12 +15,10 @@ Size3 = tuple[int, int, int]
 
 def to_3tuple(value: int | tuple[int, ...] | list[int], name: str = "size") -> Size3:
     """Return ``value`` as a 3-tuple of ints (an int is repeated)."""
-    if isinstance(value, int):
-        return (value, value, value)
-    values = tuple(int(v) for v in value)
-    if len(values) != 3:
-        raise ValueError(f"{name} must be an int or 3 ints, got {value!r}")
-    return values  # type: ignore[return-value]
+    try:
+        return tuple(int(v) for v in ensure_tuple_rep(value, 3))  # type: ignore[return-value]
+    except ValueError:
+        raise ValueError(f"{name} must be an int or 3 ints, got {value!r}") from None
 
 
 def patch_grid(img_size: int | tuple[int, ...], patch_size: int) -> Size3:
