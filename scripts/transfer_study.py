@@ -182,7 +182,7 @@ def run_study(args: argparse.Namespace) -> tuple[list[dict], list[str], dict[str
     from asa.data import atomic_write_json, discover, get_task
     from asa.eval.predict import Predictor
     from asa.eval.reliance import encoder_reliance
-    from asa.train.config_files import compose_config
+    from asa.cli.config import compose_config
 
     out = Path(args.out).expanduser().absolute()
     base = [f"data={args.data}", f"model={args.model}", "trainer.progress=false", "trainer.panel_every=0",

@@ -19,7 +19,7 @@ from asa.cli.pretrain import run as pretrain
 from asa.cli.rundir import LOCK_NAME, RunDirError, RunLock
 from asa.data import write_demo_dataset
 from asa.train import IncompatibleCheckpointError, load_checkpoint
-from asa.train.config_files import compose_config
+from asa.cli.config import compose_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_pretrain import _env, _overrides  # noqa: E402  (the same tiny pretraining setup)
