@@ -176,13 +176,13 @@ def split_cases(ids: Sequence[str], *, test: int, seed: int) -> tuple[list[str],
 
 def run_study(args: argparse.Namespace) -> tuple[list[dict], list[str], dict[str, list[str]]]:
     """Train (or with --reuse, find) every run and score it on the fixed test cases -> (scores, class names, arms)."""
-    from asa.cli.common import dataset_root
-    from asa.cli.finetune import run as finetune
-    from asa.cli.rundir import move_aside
+    from asa.api.common import dataset_root
+    from asa.api import finetune
+    from asa.api.rundir import move_aside
     from asa.data import atomic_write_json, discover, get_task
     from asa.eval.predict import Predictor
     from asa.eval.reliance import encoder_reliance
-    from asa.cli.config import compose_config
+    from asa.api.config import compose_config
 
     out = Path(args.out).expanduser().absolute()
     base = [f"data={args.data}", f"model={args.model}", "trainer.progress=false", "trainer.panel_every=0",

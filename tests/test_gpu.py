@@ -47,9 +47,9 @@ def test_gpu_inference_matches_cpu():
 
 
 def test_pretrain_smoke_on_cuda_with_amp(tmp_path):
-    from asa.cli.pretrain import run
+    from asa.api import pretrain as run
     from asa.train import load_checkpoint
-    from asa.cli.config import compose_config
+    from asa.api.config import compose_config
 
     cfg = compose_config("pretrain", [
         "model=tiny", "trainer=smoke", "device=cuda", f"output_dir={tmp_path}", "data.size=32",

@@ -1,167 +1,21 @@
-"""What the training entry points share: data from a preset, splits, the run config, the optimiser."""
+"""What the console scripts share: running a job with one-line errors and documented exit codes."""
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from asa.train import TrainConfig, build_optimizer
-from asa.train.distributed import DistEnv, all_gather_objects, barrier
-from asa.train.optim import LOW_LR, describe_lr
+from asa.api.common import describe_error
 
-__all__ = [
-    "EXIT_FAILED", "EXIT_FINISHED", "EXIT_REFUSED", "dataset_root", "describe_error", "entry", "load_cases",
-    "on_main_then_share", "optimizer_and_config", "split_cases", "trainer_config",
-]
+__all__ = ["EXIT_FAILED", "EXIT_FINISHED", "EXIT_REFUSED", "entry"]
 
 # exit codes (README "Exit codes"); a run stopped by signal N exits 128 + N (SIGTERM: 143)
 EXIT_FINISHED = 0
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
-
-
-def dataset_root(data: DictConfig) -> tuple[Path, str]:
-    """(folder, layout) of a data preset: ``data.root``, or the generated demo dataset when it is null."""
-    from asa.data import detect_layout, ensure_demo_dataset
-
-    if data.root is None:
-        if data.get("demo") is None:
-            raise ValueError(f"data={data.name}: data.root is required (a {data.layout} folder)")
-        demo = data.demo
-        root = ensure_demo_dataset(demo.layout, cases=demo.cases, size=demo.size, seed=demo.seed,
-                                   cache_dir=demo.get("cache_dir"))
-        return root, str(demo.layout)
-    root = Path(str(data.root)).expanduser()
-    if not root.exists():
-        raise FileNotFoundError(f"data.root={root}: no such file or folder")
-    return root, (detect_layout(root) if data.layout == "auto" else str(data.layout))
-
-
-def load_cases(data: DictConfig, out_dir: Path | None, env: DistEnv) -> list:
-    """The validated cases of a data preset, found once on rank 0 and shared with the other ranks.
-
-    Every volume is read once (in parallel; the outcome is cached under ``data.cache_dir``) with the
-    checks of `load_volume`; bad cases stop the run or are skipped per ``data.on_bad_case`` and then
-    listed in ``<out_dir>/bad_cases.json``.
-    """
-    from asa.data import discover
-
-    def find() -> list:
-        root, layout = dataset_root(data)
-        return discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case",
-                        report_path=None if out_dir is None else out_dir / "bad_cases.json",
-                        cache_dir=data.get("cache_dir"), workers=_check_workers(data))
-
-    return on_main_then_share(find, env)
-
-
-def _check_workers(data: DictConfig) -> int:
-    return max(1, min(8, int(data.get("num_workers") or 0) or (os.cpu_count() or 1)))
-
-
-def on_main_then_share(fn: Callable[[], Any], env: DistEnv) -> Any:
-    """``fn()`` on rank 0; its result (or its failure, re-raised as `SharedError`) reaches every rank."""
-    if not env.distributed:
-        return fn()
-    if env.is_main:
-        try:
-            value = fn()
-        except Exception as err:
-            all_gather_objects(("error", describe_error(err)), env)
-            raise
-        all_gather_objects(("ok", value), env)
-        return value
-    status, value = all_gather_objects(None, env)[0]
-    if status == "error":
-        raise SharedError(f"rank 0 stopped: {value}")
-    return value
-
-
-class SharedError(RuntimeError):
-    """Rank 0 failed a step whose result the other ranks wait for."""
-
-
-def split_cases(cases: list, data: DictConfig, out_dir: Path, env: DistEnv) -> dict[str, list]:
-    """Train/val/test cases from ``<out_dir>/splits.json`` (written by rank 0 on first use, reused after)."""
-    from asa.data import make_splits
-
-    ratios = None if data.split.ratios is None else list(data.split.ratios)
-    path = out_dir / "splits.json"
-
-    def call() -> dict[str, list[str]]:
-        return make_splits([c.id for c in cases], dataset=data.name, seed=data.split.seed,
-                           counts_or_ratios=ratios, path=path)
-
-    if env.is_main:
-        ids = call()
-    barrier(env)
-    if not env.is_main:
-        ids = call()  # reads the file rank 0 wrote
-    by_id = {c.id: c for c in cases}
-    splits = {name: [by_id[i] for i in ids[name]] for name in ("train", "val", "test")}
-    if not splits["train"]:
-        raise ValueError(f"data={data.name}: the split left no training cases (data.split.ratios)")
-    return splits
-
-
-def optimizer_and_config(cfg: DictConfig, model: torch.nn.Module, env: DistEnv) -> tuple[torch.optim.Optimizer, float, TrainConfig]:
-    """Optimiser (``cfg.optim``), its peak learning rate — scaled by the global batch
-    (per-device batch × world size × accumulation) / 256 when ``optim.scale_lr`` — and the engine
-    settings (``cfg.trainer``, whose schedule keys interpolate ``optim``).
-
-    The peak lr is printed with the rule that produced it (rank 0), with a warning below 1e-5."""
-    tr, opt = cfg.trainer, cfg.optim
-    global_batch = int(tr.batch_size) * env.world_size * int(tr.accum_steps)
-    lr, rule = describe_lr(float(opt.base_lr), global_batch, bool(opt.scale_lr))
-    if env.is_main:
-        print(f"[asa] peak learning rate: {rule}", file=sys.stderr, flush=True)
-        if lr < LOW_LR:
-            print(f"[asa] warning: the peak learning rate {lr:.3g} is below {LOW_LR:g}: the run will barely learn. "
-                  f"Raise optim.base_lr, or set optim.scale_lr=false to use optim.base_lr as given",
-                  file=sys.stderr, flush=True)
-    extra = {k: opt[k] for k in ("betas", "momentum", "nesterov", "encoder_lr_scale", "layer_decay",
-                                 "freeze_encoder_epochs") if opt.get(k) is not None}
-    if "betas" in extra:
-        extra["betas"] = tuple(extra["betas"])
-    optimizer = build_optimizer(model, name=opt.name, lr=lr, weight_decay=float(opt.weight_decay), **extra)
-    return optimizer, lr, trainer_config(cfg)
-
-
-def trainer_config(cfg: DictConfig) -> TrainConfig:
-    """The engine settings: ``cfg.trainer``, whose schedule and worker keys interpolate ``optim`` and
-    ``data``; raises naming a bad key."""
-    return TrainConfig.from_dict(OmegaConf.to_container(cfg.trainer, resolve=True))
-
-
-def describe_error(err: BaseException) -> str:
-    """One line naming the file and the fault: the innermost asa error of the chain, or the last line
-    of a DataLoader worker's re-raised traceback, or ``Type: message``."""
-    from asa.data import VolumeError
-    from asa.data.datasets import CaseLoadError
-
-    seen, e = [], err
-    while e is not None and e not in seen:
-        seen.append(e)
-        e = e.__cause__ or e.__context__
-    for kind in (CaseLoadError, VolumeError):
-        for e in seen:
-            if isinstance(e, kind) and "Original Traceback" not in str(e):
-                return str(e)
-    for e in seen:
-        text = str(e)
-        if "Original Traceback" in text:  # raised again in the main process by a DataLoader worker
-            last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
-            name, _, message = last.partition(": ")
-            return message if name.split(".")[-1] in {"VolumeError", "CaseLoadError"} else last
-    text = str(err).strip()
-    return text if isinstance(err, (ValueError, RuntimeError, FileNotFoundError, KeyError)) and text else \
-        f"{type(err).__name__}: {text}"
 
 
 def entry(app: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> None:
@@ -171,7 +25,7 @@ def entry(app: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> None:
     from asa.data import CaseError
     from asa.train import IncompatibleCheckpointError
 
-    from asa.cli.rundir import RunDirError
+    from asa.api.rundir import RunDirError
 
     try:
         result = run(cfg)

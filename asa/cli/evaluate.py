@@ -1,94 +1,20 @@
-"""`asa-evaluate`: Dice and HD95 of a folder of predictions against a dataset's reference labels."""
+"""`asa-evaluate`: compose the Hydra config (configs/evaluate/) and run :func:`asa.api.evaluate`."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from asa.api import evaluate
+from asa.api.config import config_path
 from asa.cli.common import entry
-from asa.cli.config import config_path
-from asa.cli.schema import validate as validate_config
 
-__all__ = ["main", "run"]
-
-
-def run(cfg: DictConfig) -> dict:
-    """Evaluate as configured; returns the summary (also written to ``<output>/summary.json``)."""
-    validate_config(cfg, "evaluate")  # also catches keys added with +key=value
-    from asa.cli.common import dataset_root
-    from asa.data import discover, get_task
-    from asa.eval import evaluate_cases, match_predictions
-
-    data = cfg.data
-    if data.get("task") is None:
-        raise ValueError(f"data={data.get('name')} has no labels to evaluate against; use data=brats, ibsr, wmh or msd")
-    root, layout = dataset_root(data)
-    task = get_task(str(data.task), root=root)
-    cases = discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case",
-                     cache_dir=data.get("cache_dir"))
-    if cfg.split_file is not None:
-        split_path = Path(str(cfg.split_file)).expanduser()
-        if not split_path.is_file():
-            raise FileNotFoundError(f"split_file={split_path}: no such file")
-        splits = json.loads(split_path.read_text())
-        if cfg.subset not in splits:
-            raise ValueError(f"split_file={split_path} has no subset {cfg.subset!r} (has {sorted(splits)})")
-        wanted = set(splits[cfg.subset])
-        cases = [c for c in cases if c.id in wanted]
-        if not cases:
-            raise ValueError(f"none of the {cfg.subset} cases of {split_path} are in {root}")
-    out = Path(str(cfg.output)).absolute()
-    if cfg.pred is None and cfg.reliance.checkpoint is None:
-        raise ValueError("asa-evaluate needs pred=DIR (predictions to score) or reliance.checkpoint=CKPT "
-                         "(the encoder-reliance diagnostic of a fine-tuned checkpoint), or both")
-    summary: dict = {}
-    if cfg.pred is not None:
-        pred_dir = Path(str(cfg.pred)).expanduser()
-        if not pred_dir.is_dir():
-            raise FileNotFoundError(f"pred={pred_dir}: no such folder")
-        pairs = match_predictions(pred_dir, cases, on_missing=str(cfg.on_missing))
-        summary = evaluate_cases(pairs, task, out_dir=str(cfg.output), num_workers=int(cfg.num_workers), progress=True,
-                                 hd95_convention=str(cfg.hd95))
-        print(f"[asa] {task.name}: {summary['n_cases']} case(s); HD95 convention {cfg.hd95}")
-        for name in task.output_names:
-            s = summary[name]
-            print(f"  {name:>4}: Dice {s['Dice']['mean']:.4f} (median {s['Dice']['median']:.4f}), "
-                  f"HD95 {s['HD95']['mean']:.2f} mm (median {s['HD95']['median']:.2f})")
-        print(f"  per-case results: {out / 'per_case.csv'}; summary: {out / 'summary.json'}", flush=True)
-    if cfg.reliance.checkpoint is not None:
-        summary["reliance"] = _reliance(cfg, task, cases, out)
-    return summary
-
-
-def _reliance(cfg: DictConfig, task, cases: list, out: Path) -> dict:
-    """Encoder-reliance diagnostic of ``reliance.checkpoint`` on ``cases``; writes reliance files under ``out``."""
-    import torch
-
-    from asa.eval.predict import Predictor
-    from asa.eval.reliance import encoder_reliance, format_reliance, write_reliance
-
-    ckpt = Path(str(cfg.reliance.checkpoint)).expanduser()
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"reliance.checkpoint={ckpt}: no such file (a best.pt / last.pt of asa-finetune)")
-    device = str(cfg.reliance.device)
-    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
-    predictor = Predictor.from_checkpoint(ckpt, device=device)
-    if predictor.task.name != task.name or predictor.task.output_names != task.output_names:
-        raise ValueError(f"reliance.checkpoint={ckpt} was trained on task {predictor.task.name} "
-                         f"{list(predictor.task.output_names)}, but data={cfg.data.name} is {task.name}")
-    result = encoder_reliance(predictor, cases, overlap=float(cfg.reliance.overlap), progress=True)
-    csv_path, json_path = write_reliance(result, out)
-    print(format_reliance(result))
-    print(f"  per-case: {csv_path}; summary: {json_path}", flush=True)
-    return result
+__all__ = ["main"]
 
 
 @hydra.main(config_path=config_path("evaluate"), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    entry("asa-evaluate", run, cfg)
+    entry("asa-evaluate", evaluate, cfg)
 
 
 if __name__ == "__main__":

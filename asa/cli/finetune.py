@@ -1,123 +1,20 @@
-"""`asa-finetune`: Hydra entry point for segmentation fine-tuning (configs in asa.configs / configs/)."""
+"""`asa-finetune`: compose the Hydra config (configs/finetune/) and run :func:`asa.api.finetune`."""
 
 from __future__ import annotations
 
-import dataclasses
-import signal
-import sys
-
 import hydra
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from asa.cli.common import dataset_root, entry, load_cases, optimizer_and_config, split_cases, trainer_config
-from asa.cli.rundir import command_line, prepare_run_dir
-from asa.train import Engine, FitResult, cleanup_distributed, setup_distributed
-from asa.cli.config import config_path
-from asa.cli.schema import validate as validate_config
+from asa.api import finetune
+from asa.api.config import config_path
+from asa.cli.common import entry
 
-__all__ = ["main", "run"]
-
-APP = "asa-finetune"
-
-def run(cfg: DictConfig) -> FitResult:
-    """Fine-tune as configured; returns the engine's FitResult (rank 0 writes every file)."""
-    validate_config(cfg, "finetune")  # also catches keys added with +key=value
-    from asa.data import build_segmentation_dataset, get_task
-    from asa.losses import SegmentationLoss
-    from asa.models import build_from_config
-    from asa.train.finetune import make_dice_validator, make_segmentation_panel_fn, segmentation_step
-
-    env = setup_distributed(cfg.device)
-    run_dir = None
-    try:
-        data = cfg.data
-        task = get_task(str(data.task), root=dataset_root(data)[0])
-        torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
-        # one grid: crops default to the pretraining crop (the file's, else the paper's 128, or the
-        # demo phantoms' size, which demo pretraining uses too)
-        default_patch = int(data.demo.size) if data.root is None and data.get("demo") else 128
-        model = build_from_config(OmegaConf.to_container(cfg.model, resolve=True),
-                                  OmegaConf.to_container(cfg.segmenter, resolve=True),
-                                  in_channels=len(task.channels), out_channels=task.num_outputs,
-                                  patch_size=None if data.patch_size is None else int(data.patch_size),
-                                  default_patch_size=default_patch)
-        patch = int(model.img_size[0]) if hasattr(model, "img_size") else int(data.patch_size or default_patch)
-        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-        resolved["task"] = dataclasses.asdict(task)  # asa-predict rebuilds the task from the checkpoint
-        resolved["data"]["patch_size"] = patch  # the effective crop (null follows the pretrained file)
-        lattice = {}
-        if hasattr(model, "reference_grid"):  # the effective settings (null follows the pretrained file)
-            resolved["segmenter"].update(pos_mode=model.pos_mode, lr_axis=model.lr_axis,
-                                         reference_grid=list(model.reference_grid))
-            lattice = dict(lattice=model.patch_size, lr_axis=model.lr_axis,
-                           reference_size=tuple(g * model.patch_size for g in model.reference_grid))
-        trainer_config(cfg)  # bad trainer values stop the run before its folder is touched
-        run_dir = prepare_run_dir(cfg.output_dir, app=APP, resume=cfg.resume, overwrite=bool(cfg.overwrite),
-                                  run_config=resolved, compat_keys=list(cfg.resume_must_match), env=env)
-        out_dir = run_dir.path
-        cases = load_cases(data, out_dir if env.is_main else None, env)
-        run_dir.write_config(resolved)  # every check passed
-        splits = split_cases(cases, data, out_dir, env)
-        train_ds = build_segmentation_dataset(
-            splits["train"], task, train=True, patch_size=patch, cache_dir=data.cache_dir,
-            samples_per_case=int(data.samples_per_case), seed=int(cfg.seed), **lattice,
-        )
-        val_ds = (build_segmentation_dataset(splits["val"], task, train=False, cache_dir=data.cache_dir)
-                  if splits["val"] else None)
-
-        optimizer, lr, config = optimizer_and_config(cfg, model, env)
-        if val_ds is None:
-            print(f"[asa] warning: data={data.name} has no validation cases: no best.pt, no early stopping",
-                  file=sys.stderr)
-        validate = None if val_ds is None else make_dice_validator(
-            val_ds, task=task, roi_size=(patch,) * 3, env=env,
-            overlap=float(cfg.validation.overlap), sw_batch_size=int(cfg.validation.sw_batch_size),
-        )
-        panel_fn = None
-        if val_ds is not None and env.is_main and config.panel_every:
-            panel_fn = make_segmentation_panel_fn(val_ds[0], multilabel=task.multilabel, roi_size=(patch,) * 3,
-                                                  overlap=float(cfg.validation.overlap),
-                                                  sw_batch_size=int(cfg.validation.sw_batch_size))
-        collate = None
-        if int(data.samples_per_case) > 1:
-            from monai.data import list_data_collate
-
-            collate = list_data_collate
-        engine = Engine(
-            model, optimizer, segmentation_step(SegmentationLoss(task.multilabel)), config=config, lr=lr,
-            out_dir=out_dir, env=env, seed=int(cfg.seed), validate=validate, run_config=resolved,
-            compat_keys=list(cfg.resume_must_match), resume=run_dir.resume_from or False, collate_fn=collate,
-            panel_fn=panel_fn,
-        )
-        result = engine.fit(train_ds)
-        if result.preempted:
-            if env.is_main:
-                print(f"[asa] stopped early at step {result.step} ({signal.Signals(result.signal).name}); last.pt saved. "
-                      f"Resume with: {command_line(APP)} resume=true", file=sys.stderr, flush=True)
-        elif env.is_main:
-            ckpts = out_dir / "checkpoints"
-            if (ckpts / "best.pt").is_file():
-                written, use = "last.pt, best.pt (mean validation Dice)", ckpts / "best.pt"
-            else:
-                written, use = "last.pt only (no validation cases, so no best.pt: last.pt is the final weights)", ckpts / "last.pt"
-            print(f"[asa] fine-tuning finished at step {result.step}. Outputs in {out_dir}:\n"
-                  f"  checkpoints: {ckpts}/{written}\n"
-                  f"  TensorBoard: tensorboard --logdir {out_dir / 'tb'}\n"
-                  f"  next: asa-predict checkpoint={use} input=DIR output=PRED", flush=True)
-    except BaseException:
-        if run_dir is not None:
-            run_dir.release()
-        cleanup_distributed(finished=False)
-        raise
-    run_dir.release()
-    cleanup_distributed()
-    return result
+__all__ = ["main"]
 
 
 @hydra.main(config_path=config_path("finetune"), config_name="finetune", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    entry(APP, run, cfg)
+    entry("asa-finetune", finetune, cfg)
 
 
 if __name__ == "__main__":

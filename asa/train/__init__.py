@@ -10,7 +10,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .distributed import DistEnv, all_reduce_mean, cleanup_distributed, setup_distributed
-from .engine import Engine, FitResult, NonFiniteLossError, TrainConfig, fit
+from .engine import Engine, FitResult, NonFiniteLossError, TrainConfig, TrainerSettings, fit
 from .optim import build_optimizer, param_groups, scaled_lr
 from .rng import capture_rng, fork_rng, restore_rng, seed_everything
 from .schedule import lr_at
@@ -18,7 +18,7 @@ from .schedule import lr_at
 __all__ = [
     "CheckpointError", "IncompatibleCheckpointError", "check_compatible", "load_checkpoint", "save_checkpoint",
     "DistEnv", "all_reduce_mean", "cleanup_distributed", "setup_distributed",
-    "Engine", "FitResult", "NonFiniteLossError", "TrainConfig", "fit",
+    "Engine", "FitResult", "NonFiniteLossError", "TrainConfig", "TrainerSettings", "fit",
     "build_optimizer", "param_groups", "scaled_lr",
     "capture_rng", "fork_rng", "restore_rng", "seed_everything", "lr_at",
 ]

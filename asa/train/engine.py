@@ -29,7 +29,7 @@ from .precision import AMP_CHOICES, amp_name, resolve_amp, set_threads
 from .rng import capture_rng, fork_rng, item_seed, restore_rng, seed_everything
 from .schedule import lr_at
 
-__all__ = ["TrainConfig", "FitResult", "Engine", "fit", "NonFiniteLossError"]
+__all__ = ["TrainConfig", "TrainerSettings", "FitResult", "Engine", "fit", "NonFiniteLossError"]
 
 StepFn = Callable[[nn.Module, object], "tuple[torch.Tensor, Mapping[str, float | torch.Tensor]]"]
 
@@ -39,19 +39,15 @@ class NonFiniteLossError(RuntimeError):
 
 
 @dataclass
-class TrainConfig:
-    """Training-loop settings (the `trainer` config group maps 1:1 onto these fields)."""
+class TrainerSettings:
+    """Training-loop settings of the `trainer` config group (it maps 1:1 onto these fields)."""
 
     epochs: int = 100  # the lr schedule spans epochs × steps_per_epoch
     max_steps: int | None = None  # stop after this many optimiser steps; the schedule still spans `epochs`
     batch_size: int = 2  # per device
     accum_steps: int = 1  # micro-batches per optimiser step (no all-reduce on the others)
-    num_workers: int = 0
     warmup_epochs: float = 0.0
     warmup_steps: int | None = None  # overrides warmup_epochs when set
-    schedule: str = "cosine"  # cosine | poly | constant
-    min_lr: float = 0.0
-    power: float = 0.9  # poly exponent
     amp: str = "auto"  # auto (fp16 on CUDA, bf16 on a CPU with native bf16, else off) | fp16 | bf16 | off
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     compile: bool = False  # torch.compile the model's blocks (see asa.models.compile_blocks)
@@ -98,6 +94,16 @@ class TrainConfig:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"trainer.{name}={getattr(self, name)}: expected >= 1")
 
+
+
+@dataclass
+class TrainConfig(TrainerSettings):
+    """Everything the Engine reads: the trainer settings plus what the data and optim groups set."""
+
+    num_workers: int = 0  # DataLoader workers per rank (data.num_workers)
+    schedule: str = "cosine"  # cosine | poly | constant (optim.schedule)
+    min_lr: float = 0.0  # (optim.min_lr)
+    power: float = 0.9  # poly exponent (optim.power)
 
 @dataclass
 class FitResult:

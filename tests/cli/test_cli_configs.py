@@ -10,10 +10,11 @@ import pytest
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from asa.cli.config import ENTRY_POINTS, compose_config, config_path
-from asa.cli.schema import validate
+from asa.api.config import ENTRY_POINTS, compose_config, config_path
+from asa.api.schema import validate
 from asa.models import ASA, PRESETS, build_from_config
-from asa.train import TrainConfig, build_optimizer
+from asa.api.common import trainer_config
+from asa.train import build_optimizer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 GROUPS = ("model", "data", "optim", "trainer", "experiment")  # the groups of asa-pretrain and asa-finetune
@@ -57,8 +58,9 @@ def _build(entry: str, cfg) -> None:
     optimizer = build_optimizer(net, name=opt.name, lr=float(opt.base_lr), weight_decay=float(opt.weight_decay),
                                 **extra)
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(net.parameters()))
-    config = TrainConfig.from_dict(OmegaConf.to_container(cfg.trainer, resolve=True))
-    assert (config.schedule, config.num_workers) == (opt.schedule, cfg.data.num_workers)  # interpolated
+    config = trainer_config(cfg)
+    assert (config.schedule, config.num_workers) == (opt.schedule, cfg.data.num_workers)  # from optim and data
+    assert not {"schedule", "num_workers"} & set(cfg.trainer)  # stated once, in their own groups
 
 
 @pytest.mark.parametrize("entry, group, name", CASES, ids=[f"{e}-{g}={n}" for e, g, n in CASES])
@@ -115,7 +117,7 @@ def test_added_keys_are_caught_by_validate():
 def test_trainer_presets_follow_their_entry_point():
     paper = compose_config("finetune", ["trainer=paper"])
     assert (paper.trainer.batch_size, paper.trainer.epochs, paper.trainer.warmup_epochs) == (2, 1000, 0)
-    assert (paper.trainer.schedule, paper.trainer.monitor, paper.trainer.mode) == ("poly", "val/dice", "max")
+    assert (paper.optim.schedule, paper.trainer.monitor, paper.trainer.mode) == ("poly", "val/dice", "max")
     default = compose_config("finetune", [])
     assert (default.trainer.monitor, default.trainer.mode) == ("val/dice", "max")  # in YAML, not set in code
     pre = compose_config("pretrain", ["trainer=paper"])
@@ -200,7 +202,7 @@ def test_data_defaults_follow_the_paper():
 @pytest.mark.parametrize("override, match", [("amp=fp16", "amp=fp16 needs a CUDA device"), ("amp=fp8", "amp='fp8'"),
                                              ("threads=0", "threads=0")])
 def test_predict_precision_and_threads_are_checked_first(tmp_path, override, match):
-    from asa.cli.predict import run
+    from asa.api import predict as run
 
     cfg = compose_config("predict", [f"checkpoint={tmp_path / 'none.pt'}", f"input={tmp_path}",
                                      f"output={tmp_path / 'out'}", "device=cpu", override])
@@ -240,7 +242,7 @@ def test_finetune_defaults_are_the_papers():
 
 @pytest.mark.parametrize("overrides, lr, warned", [(["optim=adamw"], 1.5e-4 * 2 / 256, True), ([], 3e-3, False)])
 def test_effective_lr_is_printed_with_its_rule(capsys, overrides, lr, warned):
-    from asa.cli.common import optimizer_and_config
+    from asa.api.common import optimizer_and_config
     from asa.models import ASA
     from asa.train.distributed import DistEnv
 

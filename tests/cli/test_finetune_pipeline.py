@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from asa.cli.evaluate import run as evaluate
-from asa.cli.finetune import run as finetune
-from asa.cli.predict import run as predict
+from asa.api import evaluate
+from asa.api import finetune
+from asa.api import predict
 from asa.data import discover, get_task, write_demo_dataset
 from asa.models import ASA, PRESETS
 from asa.train import load_checkpoint
-from asa.cli.config import compose_config
+from asa.api.config import compose_config
 
 LAYOUTS = [("brats", 5, {1, 2, 4}), ("ibsr", 5, {1, 2, 3}), ("wmh", 5, {1})]
 

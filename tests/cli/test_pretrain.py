@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from asa.cli.pretrain import run
+from asa.api import pretrain as run
 from asa.train import IncompatibleCheckpointError, load_checkpoint
-from asa.cli.config import compose_config
+from asa.api.config import compose_config
 
 pytestmark = pytest.mark.slow  # every test here runs asa-pretrain end to end
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from asa.cli.finetune import run as finetune
-from asa.cli.pretrain import run as pretrain
-from asa.cli.rundir import LOCK_NAME, RunDirError, RunLock
+from asa.api import finetune
+from asa.api import pretrain
+from asa.api.rundir import LOCK_NAME, RunDirError, RunLock
 from asa.data import write_demo_dataset
 from asa.train import IncompatibleCheckpointError, load_checkpoint
-from asa.cli.config import compose_config
+from asa.api.config import compose_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_pretrain import _env, _overrides  # noqa: E402  (the same tiny pretraining setup)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import importlib.util
 import sys
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from asa.cli import schema
+from asa.api import schema
 
-__all__ = ["ENTRY_POINTS", "compose_config", "config_path"]
+__all__ = ["ENTRY_POINTS", "compose_config", "config_path", "load_config"]
 
 ENTRY_POINTS = ("pretrain", "finetune", "predict", "evaluate")
 _SOURCE_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -60,3 +61,13 @@ def compose_config(name: str = "pretrain", overrides: Sequence[str] = ()) -> Dic
     module = config_path(name).removeprefix("pkg://")
     with initialize_config_module(config_module=module, version_base="1.3"):
         return compose(config_name=name, overrides=list(overrides))
+
+
+def load_config(name: str, *overrides: str) -> Any:
+    """A job's typed config (``PretrainConfig``, ``FinetuneConfig``, ``PredictConfig`` or
+    ``EvaluateConfig``) with the console script's defaults and these ``key=value`` overrides, e.g.
+    ``load_config("pretrain", "model=small", "trainer=smoke")``; set its fields as attributes, then
+    pass it to ``asa.api.pretrain`` etc. Interpolated values (``trainer.schedule`` follows
+    ``optim.schedule``) are resolved here: change such fields together, or pass an override instead.
+    Required values left open (``???``, e.g. ``checkpoint`` of predict) must be set before running."""
+    return OmegaConf.to_object(compose_config(name, overrides))

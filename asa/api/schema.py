@@ -1,4 +1,4 @@
-"""Structured-config schemas of the entry points, registered with Hydra's ConfigStore.
+"""Structured-config schemas of the jobs (typed configs), registered with Hydra's ConfigStore.
 
 Each primary config (``configs/<entry>/<entry>.yaml``) starts its defaults list with its schema,
 so Hydra checks every preset and every ``key=value`` against these dataclasses while composing:
@@ -9,16 +9,18 @@ the check on a composed config, which also catches keys added with ``+key=value`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from asa.train import TrainConfig
+from asa.train import TrainerSettings
 
-__all__ = ["EvaluateConfig", "FinetuneConfig", "PredictConfig", "PretrainConfig", "register", "validate"]
+__all__ = [
+    "EvaluateConfig", "FinetuneConfig", "PredictConfig", "PretrainConfig", "SCHEMAS", "as_config", "register", "validate",
+]
 
 
 # --- groups ---------------------------------------------------------------------------------------
@@ -187,7 +189,7 @@ class RunConfig:
     device: str = "auto"
     resume_must_match: List[str] = field(default_factory=list)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    trainer: TrainConfig = field(default_factory=TrainConfig)
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
 
 
 @dataclass
@@ -266,3 +268,18 @@ def validate(cfg: DictConfig, entry: str) -> None:
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         raise ValueError(f"asa-{entry}: invalid option {key}: {err.msg if hasattr(err, 'msg') else err}") from None
+
+
+def as_config(config: Any, entry: str) -> DictConfig:
+    """The DictConfig a job runs on: a typed config (the entry point's dataclass) or a composed Hydra
+    config, checked against the schema; anything else is a ``TypeError`` naming what was expected."""
+    schema = SCHEMAS[entry]
+    if isinstance(config, DictConfig):
+        validate(config, entry)
+        return config
+    if is_dataclass(config) and isinstance(config, schema):
+        cfg = OmegaConf.structured(config)
+        validate(cfg, entry)
+        return cfg
+    raise TypeError(f"asa.api.{entry}: expected an asa.api.{schema.__name__} (e.g. asa.api.load_config({entry!r})) "
+                    f"or a composed DictConfig, got {type(config).__name__}")

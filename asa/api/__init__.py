@@ -1,0 +1,22 @@
+"""The typed Python API: the four jobs behind the console scripts, and their typed configs.
+
+    from asa.api import load_config, pretrain
+
+    cfg = load_config("pretrain", "trainer=smoke")    # PretrainConfig: the asa-pretrain defaults + overrides
+    cfg.output_dir = "runs/notebook"
+    result = pretrain(cfg)
+
+Each job also takes a composed Hydra config (what the console scripts pass).
+"""
+
+from asa.api.config import compose_config, load_config
+from asa.api.evaluate import evaluate
+from asa.api.finetune import finetune
+from asa.api.predict import predict
+from asa.api.pretrain import pretrain
+from asa.api.schema import EvaluateConfig, FinetuneConfig, PredictConfig, PretrainConfig
+
+__all__ = [
+    "EvaluateConfig", "FinetuneConfig", "PredictConfig", "PretrainConfig", "compose_config", "evaluate", "finetune",
+    "load_config", "predict", "pretrain",
+]

@@ -1,0 +1,141 @@
+"""ASA pretraining as a Python function: the job behind `asa-pretrain`."""
+from __future__ import annotations
+
+import signal
+import sys
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from asa.api.common import load_cases, optimizer_and_config, split_cases, trainer_config
+from asa.api.rundir import command_line, prepare_run_dir
+from asa.train import Engine, FitResult, cleanup_distributed, setup_distributed
+from asa.api.schema import PretrainConfig, as_config
+from asa.train.pretrain import export_encoder, mae_step, make_panel_fn, make_validator
+
+__all__ = ["pretrain"]
+
+APP = "asa-pretrain"
+
+
+def _model_kwargs(cfg: DictConfig) -> dict:
+    return {**OmegaConf.to_container(cfg.model, resolve=True), **OmegaConf.to_container(cfg.mae, resolve=True),
+            "img_size": int(cfg.data.size)}
+
+
+def _probe(cfg: DictConfig, patch_size: int):
+    """probe(model) -> probe metrics (asa.eval.probe) on ``cfg.probe``'s labeled cases, or None when off."""
+    from asa.data import detect_layout, discover, ensure_demo_dataset, get_task
+    from asa.eval.probe import build_probe_set, make_probe
+
+    pc = cfg.probe
+    if int(pc.every) < 1:
+        return None
+    if pc.data is None:
+        root = ensure_demo_dataset("ibsr", cases=int(pc.cases), size=int(cfg.data.size), seed=int(pc.seed),
+                                   cache_dir=(cfg.data.get("demo") or {}).get("cache_dir"))
+        layout = "ibsr"
+    else:
+        root = Path(str(pc.data)).expanduser()
+        if not root.exists():
+            raise FileNotFoundError(f"probe.data={root}: no such folder (a labeled brats, ibsr, wmh or msd dataset)")
+        layout = detect_layout(root) if pc.layout == "auto" else str(pc.layout)
+    if layout not in ("brats", "ibsr", "wmh", "msd"):
+        raise ValueError(f"probe.data={root}: layout {layout!r} has no labels; expected brats, ibsr, wmh or msd")
+    task = get_task(layout, root=root)
+    cases = [c for c in discover(layout, root) if c.label is not None][: int(pc.cases)]
+    try:
+        probe_set = build_probe_set(cases, task, size=int(cfg.data.size), channels=list(cfg.data.channels),
+                                    patch_size=patch_size)
+    except ValueError as err:
+        raise ValueError(f"probe.data={pc.data}: {err}. Point probe.data at a labeled folder with the pretraining "
+                         f"channels, or turn the probes off with probe.every=0") from err
+    return make_probe(probe_set, lam=float(pc.ridge), k=int(pc.knn_k))
+
+
+def _with_probe(validate, probe, every: int):
+    """validate(model) extended by the probe metrics every ``every``-th validation round."""
+    rounds = [0]
+
+    def run(model):
+        metrics = dict(validate(model)) if validate is not None else {}
+        if rounds[0] % every == 0:
+            metrics.update(probe(model))
+        rounds[0] += 1
+        return metrics
+
+    return run
+
+
+def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
+    """Pretrain as configured (asa-pretrain); returns the engine's FitResult (rank 0 writes every file).
+
+    ``config``: the typed config (PretrainConfig, e.g. from ``load_config("pretrain")``) or a composed
+    Hydra config; it is checked against the schema first."""
+    cfg = as_config(config, "pretrain")
+    from asa.data import build_pretrain_dataset
+    from asa.models import ASA
+
+    env = setup_distributed(cfg.device)
+    run_dir = None
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        data = cfg.data
+        trainer_config(cfg)  # bad trainer values stop the run before its folder is touched
+        run_dir = prepare_run_dir(cfg.output_dir, app=APP, resume=cfg.resume, overwrite=bool(cfg.overwrite),
+                                  run_config=resolved, compat_keys=list(cfg.resume_must_match), env=env)
+        out_dir = run_dir.path
+        cases = load_cases(data, out_dir if env.is_main else None, env)
+        run_dir.write_config(resolved)  # every check passed
+        splits = split_cases(cases, data, out_dir, env)
+        common = dict(size=int(data.size), cache_dir=data.cache_dir, resample_mm=data.resample_mm,
+                      channels=tuple(data.channels))
+        train_ds = build_pretrain_dataset(splits["train"], augment=bool(data.augment), **common)
+        val_ds = build_pretrain_dataset(splits["val"], augment=False, **common) if splits["val"] else None
+
+        torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
+        model_kwargs = _model_kwargs(cfg)
+        model = ASA(**model_kwargs)
+
+        optimizer, lr, config = optimizer_and_config(cfg, model, env)
+        validate = None if val_ds is None else make_validator(val_ds, batch_size=config.batch_size, env=env,
+                                                              num_workers=int(data.num_workers))
+        probe_every = int(cfg.probe.every)
+        if config.monitor.startswith("probe/") and probe_every != 1:
+            raise ValueError(f"trainer.monitor={config.monitor} needs a probe in every validation round: "
+                             f"set probe.every=1 (it is {probe_every})")
+        if val_ds is None and not config.monitor.startswith("probe/"):
+            print(f"[asa] warning: data={data.name} has no validation cases: no best.pt, no early stopping, "
+                  "no probes (unless trainer.monitor is a probe/ metric)", file=sys.stderr)
+        elif probe_every > 0:
+            probe = _probe(cfg, int(model_kwargs["patch_size"]))
+            validate = _with_probe(validate, probe, probe_every)
+        sample = (val_ds or train_ds)[0]["image"] if (env.is_main and config.panel_every) else None
+        engine = Engine(
+            model, optimizer, mae_step, config=config, lr=lr, out_dir=out_dir, env=env, seed=int(cfg.seed),
+            validate=validate,
+            panel_fn=None if sample is None else make_panel_fn(sample),
+            run_config=resolved, compat_keys=list(cfg.resume_must_match), resume=run_dir.resume_from or False,
+        )
+        result = engine.fit(train_ds)
+        if result.preempted:
+            if env.is_main:
+                print(f"[asa] stopped early at step {result.step} ({signal.Signals(result.signal).name}); last.pt saved, no "
+                      f"encoder.pt exported. Resume with: {command_line(APP)} resume=true", file=sys.stderr, flush=True)
+        elif env.is_main:
+            ckpts = out_dir / "checkpoints"
+            source = ckpts / "best.pt" if (ckpts / "best.pt").is_file() else ckpts / "last.pt"
+            export_encoder(source, ckpts / "encoder.pt")
+            print(f"[asa] pretraining finished at step {result.step}. Outputs in {out_dir}:\n"
+                  f"  checkpoints: {ckpts}/last.pt, best.pt, encoder.pt (for asa-finetune)\n"
+                  f"  TensorBoard: tensorboard --logdir {out_dir / 'tb'}\n"
+                  f"  config: {out_dir / 'config.yaml'}, splits: {out_dir / 'splits.json'}", flush=True)
+    except BaseException:
+        if run_dir is not None:
+            run_dir.release()
+        cleanup_distributed(finished=False)
+        raise
+    run_dir.release()
+    cleanup_distributed()
+    return result
+

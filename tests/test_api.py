@@ -1,0 +1,71 @@
+"""The typed Python API: typed configs in, the same jobs the console scripts run."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from asa.api import (EvaluateConfig, FinetuneConfig, PredictConfig, PretrainConfig, compose_config, evaluate,
+                     finetune, load_config, predict, pretrain)
+from asa.data import write_demo_dataset
+from asa.train import TrainerSettings, load_checkpoint
+
+
+@pytest.mark.parametrize("name, kind", [("pretrain", PretrainConfig), ("finetune", FinetuneConfig),
+                                        ("predict", PredictConfig), ("evaluate", EvaluateConfig)])
+def test_load_config_gives_the_typed_defaults_of_the_console_script(name, kind):
+    overrides = {"predict": ["checkpoint=c.pt", "input=in", "output=out"], "evaluate": ["output=out"]}.get(name, [])
+    cfg = load_config(name, *overrides)
+    assert isinstance(cfg, kind) and dataclasses.is_dataclass(cfg)
+    composed = OmegaConf.to_container(compose_config(name, overrides), resolve=True)
+    assert OmegaConf.to_container(OmegaConf.structured(cfg)) == composed  # same values, typed
+    if name in ("pretrain", "finetune"):
+        assert isinstance(cfg.trainer, TrainerSettings)
+
+
+def test_jobs_check_their_config():
+    cfg = load_config("pretrain")
+    with pytest.raises(TypeError, match="expected an asa.api.PretrainConfig"):
+        pretrain(load_config("finetune"))
+    cfg.trainer = {"epochs": 1}  # not a TrainConfig
+    with pytest.raises((ValueError, TypeError)):
+        pretrain(cfg)
+    with pytest.raises(ValueError, match="trainer.epocs"):
+        pretrain(compose_config("pretrain", ["+trainer.epocs=3"]))
+
+
+@pytest.mark.slow
+def test_pretrain_finetune_predict_evaluate_from_python(tmp_path):
+    """The README's notebook example: four typed configs, no Hydra objects, no command line."""
+    pre = load_config("pretrain", "model=tiny", "trainer=smoke")
+    pre.output_dir = str(tmp_path / "pre")
+    pre.device = "cpu"
+    pre.probe.every = 0
+    pre.data.size, pre.data.demo.size, pre.data.demo.cases = 32, 40, 6
+    pre.data.demo.cache_dir = str(tmp_path / "cache")
+    assert pretrain(pre).step == 2
+    encoder = tmp_path / "pre" / "checkpoints" / "encoder.pt"
+    assert encoder.is_file()
+
+    root = write_demo_dataset("ibsr", tmp_path / "ibsr", cases=5, size=40, seed=1)
+    ft = load_config("finetune", "data=ibsr", "model=tiny", "trainer=smoke")
+    ft.output_dir, ft.device = str(tmp_path / "ft"), "cpu"
+    ft.data.root, ft.data.num_workers = str(root), 0
+    ft.model["pretrained"] = str(encoder)
+    ft.trainer.epochs = 2  # one step per epoch on the two training cases
+    assert finetune(ft).step == 2
+    ckpt = load_checkpoint(tmp_path / "ft" / "checkpoints" / "last.pt")
+    assert ckpt["config"]["data"]["patch_size"] == 32  # the pretraining crop, recorded in encoder.pt
+
+    pr = load_config("predict", f"checkpoint={tmp_path / 'ft' / 'checkpoints' / 'last.pt'}", f"input={root}",
+                     f"output={tmp_path / 'pred'}", "device=cpu")
+    assert len(predict(pr)) == 5
+
+    ev = load_config("evaluate", "data=ibsr", f"output={tmp_path / 'eval'}")
+    ev.data.root, ev.pred = str(root), str(tmp_path / "pred")
+    ev.split_file, ev.subset = str(tmp_path / "ft" / "splits.json"), "test"
+    summary = evaluate(ev)
+    assert summary["n_cases"] == len(json.loads((tmp_path / "ft" / "splits.json").read_text())["test"])
+    assert {"CSF", "GM", "WM"} <= set(summary)
