@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hydra.errors import HydraException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from asa.api import finetune
@@ -143,6 +144,11 @@ def test_damaged_volumes_stop_before_the_first_step_or_are_skipped(tmp_path):
 
 def test_a_bad_trainer_value_stops_before_anything_is_written(tmp_path, demo_cache):
     out = tmp_path / "run"
-    with pytest.raises(ValueError, match=r"trainer\.epochs='ten': expected an integer"):
-        pretrain(compose_config("pretrain", _overrides(out, demo_cache, "trainer.epochs=ten")))
+    with pytest.raises(HydraException) as info:  # refused while composing, naming the key
+        compose_config("pretrain", _overrides(out, demo_cache, "trainer.epochs=ten"))
+    assert "trainer.epochs" in f"{info.value} {info.value.__cause__}"
+    cfg = compose_config("pretrain", _overrides(out, demo_cache))
+    cfg.trainer.mode = "up"  # a value of the right type that the engine refuses
+    with pytest.raises(ValueError, match="trainer.mode"):
+        pretrain(cfg)
     assert not out.exists() or not any(out.iterdir())
