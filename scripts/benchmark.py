@@ -19,6 +19,12 @@ Measures, alternating the compared models round by round so that load changes hi
 8. ``asa.eval.predict_volume`` (the ``asa-predict`` path) of the preset's ``ASASegmenter`` over one
    whole case, 4 × 240 × 240 × 155 by default (BraTS) -> ``case_inference_s`` and its peak memory.
 
+``--region-attention`` measures instead one attention layer (forward + backward) over the token
+sequence of a ``size``³ crop (4096 tokens at 128³) with the preset's width, heads and window S:
+R-MSA in region-aligned chunks of S, the same R-MSA with its dense N × N mask, and LW-MSA, on the
+region map of a phantom (k-means tissue classes, patch majority) -> ``rmsa_vs_dense_speedup``,
+``rmsa_vs_dense_memory``, ``rmsa_vs_lw_time``, ``rmsa_vs_lw_memory``.
+
 ``--amp`` picks the precision of every model alike, MONAI's references included, and of the
 reference matmul: ``auto`` is what ``trainer.amp=auto`` gives (fp16 + GradScaler on CUDA, bf16 on
 a CPU with native bf16 matmul, else fp32). Every figure is a median over timed repeats after warm-up.
@@ -28,6 +34,7 @@ Examples::
     python scripts/benchmark.py --json bench.json --append-md      # 128³, batch 2, base (CPU: < 10 min)
     python scripts/benchmark.py --size 64                           # quick look (CPU: < 1 min)
     python scripts/benchmark.py --batch 24 --json gpu.json --append-md   # the paper's per-GPU batch
+    python scripts/benchmark.py --region-attention --json rmsa.json   # R-MSA vs dense mask vs LW-MSA
     python scripts/benchmark.py --amp bf16 --threads 2 --append-md        # bf16 on CPU (and fp32 alongside)
 """
 
@@ -65,7 +72,7 @@ from torch.utils.flop_counter import (
 import asa
 from asa.eval.inference import predict_volume
 from asa.losses import SegmentationLoss, patch_informativeness
-from asa.models import ASA, PRESETS, ASASegmenter, patchify
+from asa.models import ASA, PRESETS, ASASegmenter, LinearWindowAttention, RegionAttention, patch_regions, patchify
 from asa.train.precision import AMP_CHOICES, amp_name, resolve_amp
 
 PATCH = 8
@@ -472,6 +479,74 @@ def run_benchmark(*, size: int, batch: int, preset: str, device: torch.device, s
     return r
 
 
+def phantom_regions(size: int, k: int = 3, seed: int = 0) -> torch.Tensor:
+    """Patch regions [1, (size/8)³] of a phantom: k-means tissue classes (0 background), patch majority."""
+    from asa.data import cluster_tissue, make_phantom
+    from asa.data.transforms import brain_mask, normalize_in_brain
+
+    image = make_phantom(size, seed=seed).images["t1"][None]
+    mask = brain_mask(image)
+    labels = cluster_tissue(normalize_in_brain(image, mask), mask, k, seed=seed)
+    return patch_regions(torch.from_numpy(labels.astype("int64"))[None], PATCH)
+
+
+def run_region_attention_benchmark(*, size: int, batch: int, preset: str, device: torch.device, steps: int,
+                                   warmup: int, seed: int = 0, amp: str = "auto",
+                                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """One attention layer, forward + backward over ``(size/8)³`` tokens: R-MSA (chunked), R-MSA with
+    the dense mask, LW-MSA; times in s, peak memory in MiB."""
+    if preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    if size % PATCH or steps < 1 or warmup < 0 or batch < 1:
+        raise ValueError(f"need --size a multiple of {PATCH}, --steps >= 1, --warmup >= 0, --batch >= 1")
+    torch.manual_seed(seed)
+    p = PRESETS[preset]
+    dim, heads, s = p["embed_dim"], p["num_heads"], p["window_size"]
+    setup = Setup(device, size, batch, p, resolve_amp(amp, device, option="--amp"))
+    regions = phantom_regions(size, seed=seed).expand(batch, -1).to(device)
+    n = regions.shape[1]
+    log(f"[bench] attention layer over {n} tokens, width {dim}, {heads} heads, S = {s}, batch {batch}, "
+        f"{amp_name(setup.dtype)}; {int(regions[0].unique().numel())} regions, sizes "
+        f"{torch.bincount(regions[0]).tolist()}")
+    x = torch.randn(batch, n, dim, device=device)
+    layers = {
+        "rmsa": RegionAttention(dim, heads, s),
+        "rmsa_dense": RegionAttention(dim, heads, s, mode="dense"),
+        "lw_msa": LinearWindowAttention(dim, heads, s),
+    }
+
+    def workload(name: str, layer: nn.Module) -> Workload:
+        layer.to(device)
+        takes_regions = isinstance(layer, RegionAttention)
+
+        def run() -> None:
+            xi = x.detach().requires_grad_()
+            with setup.autocast():
+                out = layer(xi, regions) if takes_regions else layer(xi)
+            out.float().square().mean().backward()
+            layer.zero_grad(set_to_none=True)
+
+        return Workload(name, run, static=lambda: tensor_bytes(layer))
+
+    layers["rmsa_dense"].load_state_dict(layers["rmsa"].state_dict())
+    work = [workload(name, layer) for name, layer in layers.items()]
+    with torch.no_grad():  # same weights, same rule: the chunked layer must reproduce the dense one
+        diff = (layers["rmsa"](x, regions) - layers["rmsa_dense"](x, regions)).abs().max().item()
+    alternate(work, device, warmup=warmup, steps=steps)
+    w = {x.name: x for x in work}
+    return {
+        "amp": amp_name(setup.dtype), "tokens": n, "regions": int(regions[0].unique().numel()), "chunk": s,
+        "rmsa_max_abs_diff_vs_dense": diff,
+        **{f"{k}_step_s": v.median for k, v in w.items()},
+        **{f"{k}_peak_mib": v.peak_mib for k, v in w.items()},
+        "rmsa_vs_dense_speedup": w["rmsa_dense"].median / w["rmsa"].median,
+        "rmsa_vs_dense_memory": w["rmsa_dense"].peak_mib / w["rmsa"].peak_mib,
+        "rmsa_vs_lw_time": w["rmsa"].median / w["lw_msa"].median,
+        "rmsa_vs_lw_memory": w["rmsa"].peak_mib / w["lw_msa"].peak_mib,
+        "times": {k: v.times for k, v in w.items()},
+    }
+
+
 def describe(device: torch.device, argv: Sequence[str]) -> dict[str, Any]:
     """Device, software and invocation facts recorded with every result."""
     if device.type == "cuda":
@@ -615,6 +690,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help=f"append a row to BENCHMARKS.md (or PATH); default file {BENCHMARKS_MD.name}")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--region-attention", action="store_true",
+                   help="only compare one attention layer: R-MSA (chunked) vs its dense mask vs LW-MSA")
     return p.parse_args(argv)
 
 
@@ -628,6 +705,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[bench] warning: 1-min load average is {load_start:.2f} before the start; other processes "
               "competing for the cores slow many-small-op models most", file=sys.stderr)
     start = time.perf_counter()
+    if args.region_attention:
+        results = run_region_attention_benchmark(size=args.size, batch=args.batch, preset=args.preset, device=device,
+                                                 steps=args.steps, warmup=args.warmup, seed=args.seed, amp=args.amp)
+        results = {**describe(device, sys.argv[1:] if argv is None else argv), "size": args.size,
+                   "batch": args.batch, "preset": args.preset, "threads": torch.get_num_threads(),
+                   "load_avg_start": load_start, **results, "load_avg_end": os.getloadavg()[0]}
+        print(json.dumps({k: v for k, v in results.items() if k != "times"}, indent=2))
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return 0
     results = run_benchmark(size=args.size, batch=args.batch, preset=args.preset, device=device, steps=args.steps,
                             warmup=args.warmup, loader=not args.skip_loader, seed=args.seed, amp=args.amp,
                             case_shape=None if args.skip_case else args.case_shape)

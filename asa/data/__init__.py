@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from asa.data.case import Case
-from asa.data.datasets import CaseDataset, build_pretrain_dataset, build_segmentation_dataset, preprocess_for_inference
+from asa.data.datasets import (
+    CaseDataset,
+    build_pretrain_dataset,
+    build_segmentation_dataset,
+    preprocess_for_inference,
+    region_map_for_inference,
+)
 from asa.data.demo import DEMO_LAYOUTS, default_cache_dir, ensure_demo_dataset, write_demo_dataset
 from asa.data.io import Volume, VolumeError, atomic_write_json, atomic_write_text, load_volume, save_volume
 from asa.data.layouts import LAYOUTS, CaseError, detect_layout, discover
 from asa.data.phantom import Phantom, make_phantom
+from asa.data.regions import REGION_SOURCES, RegionSource, cluster_tissue
 from asa.data.splits import DEFAULT_SPLITS, make_splits
 from asa.data.tasks import TASKS, Task, get_task
 
@@ -19,6 +26,8 @@ __all__ = [
     "DEMO_LAYOUTS",
     "LAYOUTS",
     "Phantom",
+    "REGION_SOURCES",
+    "RegionSource",
     "TASKS",
     "Task",
     "Volume",
@@ -27,6 +36,7 @@ __all__ = [
     "atomic_write_text",
     "build_pretrain_dataset",
     "build_segmentation_dataset",
+    "cluster_tissue",
     "default_cache_dir",
     "detect_layout",
     "discover",
@@ -36,6 +46,7 @@ __all__ = [
     "make_phantom",
     "make_splits",
     "preprocess_for_inference",
+    "region_map_for_inference",
     "save_volume",
     "write_demo_dataset",
 ]

@@ -29,6 +29,7 @@ from monai.transforms import Compose
 
 from asa.data.case import Case
 from asa.data.io import Volume, VolumeError, load_volume
+from asa.data.regions import RegionSource
 from asa.data.tasks import Task
 from asa.data.transforms import (
     Finalize,
@@ -39,7 +40,8 @@ from asa.data.transforms import (
     segmentation_train_augmentation,
 )
 
-__all__ = ["CaseDataset", "CaseLoadError", "build_pretrain_dataset", "build_segmentation_dataset", "preprocess_for_inference", "settings_hash"]
+__all__ = ["CaseDataset", "CaseLoadError", "build_pretrain_dataset", "build_segmentation_dataset", "preprocess_for_inference",
+           "region_map_for_inference", "settings_hash"]
 
 
 class CaseLoadError(RuntimeError):
@@ -114,15 +116,17 @@ def build_pretrain_dataset(
     channels: Sequence[str] = ("t1",),
     lr_centre: str = "mask",
     seed: int | None = None,
+    regions: RegionSource | None = None,
 ) -> CaseDataset:
     """Items ``{"image": FloatTensor[C, *size], "id": str}``: z-scored in brain, brain-centred crop
     with the mid-sagittal plane at the centre of axis 0 (the paper's only augmentation); ``augment``
-    adds light intensity augmentation inside the brain mask."""
-    pre = PretrainPreprocess(size, resample_mm=resample_mm, lr_centre=lr_centre)
+    adds light intensity augmentation inside the brain mask. With ``regions`` also ``"region"``:
+    LongTensor [1, *size], the region map of the crop."""
+    pre = PretrainPreprocess(size, resample_mm=resample_mm, lr_centre=lr_centre, regions=regions)
     steps: list[Any] = [pre]
     if augment:
         steps += list(pretrain_augmentation().transforms)
-    steps.append(Finalize(("image", "id")))
+    steps.append(Finalize(("image", "region", "id") if regions is not None else ("image", "id")))
     items = [case_to_item(c, channels) for c in cases]
     settings = {**pre.settings(), "channels": list(channels), "version": 2}
     cache_path = None if cache_dir is None else Path(cache_dir) / f"pretrain-{settings_hash(settings)}"
@@ -141,6 +145,7 @@ def build_segmentation_dataset(
     lattice: int = 8,
     reference_size: int | Sequence[int] | None = None,
     lr_axis: int = 0,
+    regions: RegionSource | None = None,
     **augment_kwargs: Any,
 ) -> CaseDataset:
     """Fine-tuning dataset on the canonical RAS grid of each case (no whole-volume crop/resample).
@@ -152,18 +157,22 @@ def build_segmentation_dataset(
     ``monai.data.list_data_collate``). val: ``{"image": [C, X, Y, Z], "label": target, "id",
     "centre": [3] brain centre}``. target: multilabel float32 [K, ...]; softmax int64 [1, ...],
     -1 = ignore. ``augment_kwargs`` go to `segmentation_train_augmentation` (rotate_deg, zoom, ...).
+    With ``regions`` every item also has ``"region"``: int64 [1, ...], the region map, augmented
+    like the label.
     """
     patch = (int(patch_size),) * 3 if isinstance(patch_size, int) else tuple(int(p) for p in patch_size)
     reference = patch if reference_size is None else (
         (int(reference_size),) * 3 if isinstance(reference_size, int) else tuple(int(r) for r in reference_size))
-    pre = SegmentationPreprocess(task)
+    pre = SegmentationPreprocess(task, regions=regions)
     label_dtype = torch.float32 if task.multilabel else torch.int64
+    extra = ("region",) if regions is not None else ()
     if train:
         augment = segmentation_train_augmentation(task, patch, samples_per_case=samples_per_case, lattice=lattice,
-                                                  reference_size=reference, lr_axis=lr_axis, **augment_kwargs)
-        steps: list[Any] = [pre, *augment.transforms, Finalize(("image", "label", "offset"), label_dtype)]
+                                                  reference_size=reference, lr_axis=lr_axis,
+                                                  region=regions is not None, **augment_kwargs)
+        steps: list[Any] = [pre, *augment.transforms, Finalize(("image", "label", "offset", *extra), label_dtype)]
     else:
-        steps = [pre, Finalize(("image", "label", "id", "centre"), label_dtype)]
+        steps = [pre, Finalize(("image", "label", "id", "centre", *extra), label_dtype)]
     items = [case_to_item(c, task.channels) for c in cases]
     missing = [c.id for c in cases if c.label is None]
     if missing:
@@ -182,3 +191,10 @@ def preprocess_for_inference(case: Case, task: Task) -> tuple[torch.Tensor, Volu
     reference = load_volume(item["images"][0], label=False, frame=item["frames"][0])
     reference.meta["brain_centre"] = out["centre"].tolist()
     return out["image"], reference
+
+
+def region_map_for_inference(case: Case, task: Task, regions: RegionSource) -> torch.Tensor:
+    """Region map [1, X, Y, Z] int64 of a case on the grid of `preprocess_for_inference`'s image,
+    for networks with region attention."""
+    item = case_to_item(case, task.channels)
+    return SegmentationPreprocess(task, with_label=False, regions=regions)(item)["region"].long()

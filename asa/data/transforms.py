@@ -22,7 +22,7 @@ Label-like keys are always interpolated with ``nearest``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from asa.data.case import Case
 from asa.data.io import Volume, load_volume
 from asa.data.lattice import LatticeCropd, LatticeFlipd, reference_origin
 from asa.data.tasks import Task
+
+if TYPE_CHECKING:
+    from asa.data.regions import RegionSource
 
 __all__ = [
     "case_to_item",
@@ -175,32 +178,41 @@ def _as_tuple3(size: int | Sequence[int]) -> tuple[int, int, int]:
 
 class PretrainPreprocess(Transform):
     """item -> {"image": float32 Tensor [C, *size], "brain": bool [1, *size], "id"}: load, (resample),
-    z-score in brain, brain-centred crop/pad; ``brain`` is the brain mask on the crop."""
+    z-score in brain, brain-centred crop/pad; ``brain`` is the brain mask on the crop. With ``regions``
+    (`asa.data.regions.RegionSource`) also ``"region"``: int16 [1, *size], the case's region map
+    under the same crop."""
 
     def __init__(self, size: int | Sequence[int] = 128, *, resample_mm: float | None = None, lr_centre: str = "mask",
-                 percentiles: tuple[float, float] = (0.5, 99.5)) -> None:
+                 percentiles: tuple[float, float] = (0.5, 99.5), regions: RegionSource | None = None) -> None:
         if lr_centre not in LR_CENTRES:
             raise ValueError(f"lr_centre must be one of {LR_CENTRES}, got {lr_centre!r}")
         self.size = _as_tuple3(size)
         self.resample_mm = resample_mm
         self.lr_centre = lr_centre
         self.percentiles = tuple(percentiles)
+        self.regions = regions
 
     def settings(self) -> dict[str, Any]:
-        return {"kind": "pretrain", "size": self.size, "resample_mm": self.resample_mm, "lr_centre": self.lr_centre,
-                "percentiles": self.percentiles}
+        out = {"kind": "pretrain", "size": self.size, "resample_mm": self.resample_mm, "lr_centre": self.lr_centre,
+               "percentiles": self.percentiles}
+        return out if self.regions is None else {**out, "regions": self.regions.settings()}
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         image, ref = load_case_images(item)
-        affine = ref.affine
+        affine, resample = ref.affine, None
         if self.resample_mm and not np.allclose(ref.spacing, self.resample_mm, atol=1e-3):
+            resample = (ref.affine, self.resample_mm)  # a loaded region map is resampled alike
             image, affine = resample_isotropic(image, affine, self.resample_mm)
         mask = brain_mask(image)
         image = normalize_in_brain(image, mask, self.percentiles)
         centre = brain_centre(mask, affine, self.lr_centre)
-        image = crop_or_pad(image, centre, self.size)
         brain = crop_or_pad(mask[None], centre, self.size, value=False)
-        return {"image": torch.from_numpy(np.ascontiguousarray(image)), "brain": torch.from_numpy(brain), "id": item["id"]}
+        out = {"image": torch.from_numpy(np.ascontiguousarray(crop_or_pad(image, centre, self.size))),
+               "brain": torch.from_numpy(brain), "id": item["id"]}
+        if self.regions is not None:
+            region = self.regions(item, image, mask, resample=resample)
+            out["region"] = torch.from_numpy(crop_or_pad(region[None], centre, self.size))
+        return out
 
 
 class SegmentationPreprocess(Transform):
@@ -210,15 +222,19 @@ class SegmentationPreprocess(Transform):
     ``centre``: the brain centre in voxels (`brain_centre` of the brain mask), the centre of the
     brain frame's reference grid. target: multilabel tasks float32 [K, X, Y, Z]; softmax tasks int64
     [1, X, Y, Z] (ignore = -1). ``fg`` (label > 0 outside the ignore label) drives foreground oversampling.
+    With ``regions`` also ``"region"``: int16 [1, X, Y, Z], the case's region map.
     """
 
-    def __init__(self, task: Task, *, percentiles: tuple[float, float] = (0.5, 99.5), with_label: bool = True) -> None:
+    def __init__(self, task: Task, *, percentiles: tuple[float, float] = (0.5, 99.5), with_label: bool = True,
+                 regions: RegionSource | None = None) -> None:
         self.task = task
         self.percentiles = tuple(percentiles)
         self.with_label = with_label
+        self.regions = regions
 
     def settings(self) -> dict[str, Any]:
-        return {"kind": "segmentation", "task": repr(self.task), "percentiles": self.percentiles, "with_label": self.with_label}
+        out = {"kind": "segmentation", "task": repr(self.task), "percentiles": self.percentiles, "with_label": self.with_label}
+        return out if self.regions is None else {**out, "regions": self.regions.settings()}
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         image, ref = load_case_images(item)
@@ -226,6 +242,8 @@ class SegmentationPreprocess(Transform):
         image = normalize_in_brain(image, mask, self.percentiles)
         out: dict[str, Any] = {"image": torch.from_numpy(image), "centre": torch.from_numpy(brain_centre(mask)),
                                "id": item["id"]}
+        if self.regions is not None:
+            out["region"] = torch.from_numpy(self.regions(item, image, mask)[None])
         if self.with_label:
             if item["label"] is None:
                 raise ValueError(f"case {item['id']}: no label file, but the {self.task.name} dataset needs one")
@@ -296,13 +314,16 @@ def segmentation_train_augmentation(
     lattice: int = 8,
     reference_size: Sequence[int] | None = None,
     lr_axis: int = 0,
+    region: bool = False,
 ) -> Compose:
     """Fine-tuning augmentation: foreground-oversampled random crops (``pos_fraction`` of crops
     centred on a foreground voxel) starting on the brain frame's ``lattice`` (the ViT patch size)
     around a ``reference_size`` box (the pretraining crop; default ``patch_size``) centred on the
-    recorded brain centre, each with its patch ``"offset"``; then rotation, zoom, flips, gamma."""
-    keys = ["image", "label"]
+    recorded brain centre, each with its patch ``"offset"``; then rotation, zoom, flips, gamma.
+    ``region``: the items carry a ``"region"`` map, transformed like the label."""
+    keys = ["image", "label", *(["region"] if region else [])]
     label_mode = "nearest"
+    modes = ("bilinear", *[label_mode] * (len(keys) - 1))
     rad = float(np.deg2rad(rotate_deg))
     pos = max(pos_fraction, 0.0)
     reference = tuple(patch_size) if reference_size is None else tuple(reference_size)
@@ -311,9 +332,9 @@ def segmentation_train_augmentation(
             LatticeCropd(keys, label_key="fg", spatial_size=list(patch_size), patch=lattice,
                          reference_size=reference, pos=min(pos, 1.0), num_samples=samples_per_case),
             RandRotated(keys=keys, range_x=rad, range_y=rad, range_z=rad, prob=0.2,
-                        mode=("bilinear", label_mode), padding_mode="zeros"),
+                        mode=modes, padding_mode="zeros"),
             RandZoomd(keys=keys, prob=0.2, min_zoom=zoom[0], max_zoom=zoom[1],
-                      mode=("trilinear", label_mode), padding_mode="constant", keep_size=True),
+                      mode=("trilinear", *modes[1:]), padding_mode="constant", keep_size=True),
             *[LatticeFlipd(keys, spatial_axis=a, prob=0.5, lr_axis=lr_axis, reference_patches=reference[a] // lattice,
                            crop_patches=patch_size[a] // lattice) for a in flip_axes],
             RandAdjustContrastd(keys="image", gamma=gamma, prob=0.3, retain_stats=True),
@@ -322,7 +343,7 @@ def segmentation_train_augmentation(
 
 
 class Finalize(Transform):
-    """Plain tensors (no MetaTensor), label dtype restored, helper keys dropped."""
+    """Plain tensors (no MetaTensor), label dtype restored, region maps int64, helper keys dropped."""
 
     def __init__(self, keep: Sequence[str], label_dtype: torch.dtype | None = None) -> None:
         self.keep = tuple(keep)
@@ -336,6 +357,8 @@ class Finalize(Transform):
                 v = v.as_tensor() if hasattr(v, "as_tensor") else v
                 if k == "label" and self.label_dtype is not None:
                     v = v.round().to(self.label_dtype) if self.label_dtype == torch.int64 else v.to(self.label_dtype)
+                elif k == "region":
+                    v = v.round().long()
                 elif k == "image":
                     v = v.float()
                 v = v.contiguous()

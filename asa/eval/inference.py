@@ -60,6 +60,7 @@ def predict_volume(
     device: torch.device | str | None = None,
     amp_dtype: torch.dtype | None = None,
     centre: Sequence[float] | None = None,
+    regions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Class or region probabilities of one whole volume.
 
@@ -72,6 +73,9 @@ def predict_volume(
     image's non-zero voxels, i.e. of the brain of a preprocessed image). For a lattice network the
     windows start on the brain frame's patch lattice (``overlap`` rounded to whole patches) and a
     brain-frame network gets ``offsets`` [B, 3] with every window batch.
+
+    ``regions``: [1, X, Y, Z] region map for a network with region attention; it is cut into the
+    same windows (padded and flipped alike) and passed as ``model(window, regions=...)``.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     activation = torch.sigmoid if multilabel else (lambda t: torch.softmax(t, dim=1))
@@ -88,6 +92,8 @@ def predict_volume(
                 raise RuntimeError(f"sliding window starts {starts.tolist()} are off the patch lattice "
                                    f"(reference origin {origin.tolist()}, patch {lattice[0]})")
             kwargs["offsets"] = (rel // lattice[0]).to(device)
+        if regions is not None:  # the region map rides along as the last channel
+            window, kwargs["regions"] = window[:, :-1], window[:, -1:].round().long()
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             return activation(model(window, **kwargs).float())
 
@@ -95,6 +101,10 @@ def predict_volume(
     shape = x.shape[2:]
     if lattice is not None:
         centre = [float(c) for c in (brain_centre(brain_mask(image.cpu().numpy())) if centre is None else centre)]
+    if regions is not None:
+        if regions.shape != (1, *image.shape[1:]):
+            raise ValueError(f"regions must be [1, {', '.join(map(str, image.shape[1:]))}], got {list(regions.shape)}")
+        x = torch.cat([x, regions[None].to(x.device, x.dtype)], dim=1)  # [1, C + 1, X, Y, Z]
     total = None
     flips = flip_subsets(tta_axes)
     for flip in flips:

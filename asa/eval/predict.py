@@ -11,7 +11,17 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from asa.data import Case, Task, VolumeError, detect_layout, discover, preprocess_for_inference, save_volume
+from asa.data import (
+    Case,
+    RegionSource,
+    Task,
+    VolumeError,
+    detect_layout,
+    discover,
+    preprocess_for_inference,
+    region_map_for_inference,
+    save_volume,
+)
 from asa.eval.inference import predict_volume
 
 NIFTI = re.compile(r"^(?P<stem>.+?)\.nii(\.gz)?$")
@@ -27,6 +37,7 @@ class Predictor:
     roi_size: tuple[int, int, int]
     device: torch.device
     amp_dtype: torch.dtype | None = None
+    regions: RegionSource | None = None  # how to make the region map of a case (region attention networks)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: torch.device, amp_dtype: torch.dtype | None = None,
@@ -54,15 +65,23 @@ class Predictor:
         model = model.to(device).eval()
         if compile:
             compile_blocks(model)
-        return cls(model, task, (patch,) * 3, device, amp_dtype)
+        regions = None
+        if getattr(model, "uses_regions", False):
+            regions = RegionSource.from_config((config.get("data") or {}).get("regions"))
+            if regions is None:
+                raise ValueError(f"checkpoint {path}: the network has region attention but its config records "
+                                 "no data.regions source")
+        return cls(model, task, (patch,) * 3, device, amp_dtype, regions)
 
     def __call__(self, image: torch.Tensor, *, overlap: float = 0.5, sw_batch_size: int = 2,
-                 tta_axes: Sequence[int] = (), centre: Sequence[float] | None = None) -> torch.Tensor:
+                 tta_axes: Sequence[int] = (), centre: Sequence[float] | None = None,
+                 regions: torch.Tensor | None = None) -> torch.Tensor:
         """image [C, X, Y, Z] -> probabilities [K, X, Y, Z] (CPU, float32); ``centre``: the brain
-        centre recorded at preprocessing (the brain frame's centre; see `predict_volume`)."""
+        centre recorded at preprocessing (the brain frame's centre; see `predict_volume`); ``regions``:
+        the image's region map [1, X, Y, Z], for a network with region attention."""
         return predict_volume(self.model, image, roi_size=self.roi_size, multilabel=self.task.multilabel,
                               overlap=overlap, sw_batch_size=sw_batch_size, tta_axes=tta_axes,
-                              device=self.device, amp_dtype=self.amp_dtype, centre=centre)
+                              device=self.device, amp_dtype=self.amp_dtype, centre=centre, regions=regions)
 
 
 def _recorded_network(config: dict, task: Task) -> nn.Module:
@@ -160,6 +179,7 @@ def predict_cases(
             continue
         try:
             image, reference = preprocess_for_inference(case, predictor.task)
+            regions = None if predictor.regions is None else region_map_for_inference(case, predictor.task, predictor.regions)
         except VolumeError as err:
             if on_bad_case == "error":
                 raise VolumeError(err.path, f"{err.fault} (case {case.id}; on_bad_case=skip predicts the other "
@@ -168,7 +188,7 @@ def predict_cases(
                 skipped.append((case.id, str(err)))
             continue
         probs = predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, tta_axes=tta_axes,
-                          centre=reference.meta.get("brain_centre"))
+                          centre=reference.meta.get("brain_centre"), regions=regions)
         save_volume(predictor.task.prediction_to_label(probs), reference, target)
         if save_probabilities:
             save_volume(probs.permute(1, 2, 3, 0).numpy(), reference, out_dir / f"{case.id}_probabilities.nii.gz")

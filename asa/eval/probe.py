@@ -20,6 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from asa.data.regions import RegionSource
+from asa.models.region_attention import patch_regions
+
 __all__ = ["ProbeSet", "build_probe_set", "encode_tokens", "knn_accuracy", "patch_fractions", "probe_metrics",
            "ridge_r2", "make_probe"]
 
@@ -63,12 +66,13 @@ def patch_fractions(onehot: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Encoder output over all tokens (no masking) of an ASA model: x [B, C, D, H, W] -> [B, N, embed_dim]."""
+def encode_tokens(model: nn.Module, x: torch.Tensor, patch_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Encoder output over all tokens (no masking) of an ASA model: x [B, C, D, H, W] -> [B, N, embed_dim].
+    patch_ids: [B, N] region of every patch, for an encoder with region attention."""
     model = model.module if hasattr(model, "module") else model
     n = model.num_patches
     ids = torch.arange(n, device=x.device).expand(x.shape[0], n)
-    return model.forward_encoder(x, ids).float()
+    return model.forward_encoder(x, ids, patch_ids).float()
 
 
 @dataclass
@@ -80,14 +84,17 @@ class ProbeSet:
     classes: torch.Tensor
     brain: torch.Tensor
     names: tuple[str, ...]  # one per column of fractions
+    regions: torch.Tensor | None = None  # [n, N] patch regions (encoders with region attention)
 
 
-def build_probe_set(cases: Sequence, task, *, size: int, channels: Sequence[str], patch_size: int = 8) -> ProbeSet:
+def build_probe_set(cases: Sequence, task, *, size: int, channels: Sequence[str], patch_size: int = 8,
+                    regions: RegionSource | None = None) -> ProbeSet:
     """Preprocess labeled cases as pretraining crops (DESIGN §1.1) with their labels cropped alike.
 
     Softmax tasks: one column per non-background class; multilabel tasks: one per region. The
     majority class of a patch (0 = background / no region) is its k-NN label. ``channels`` are the
-    pretraining channels, which the task must have.
+    pretraining channels, which the task must have. ``regions``: the run's region source, for an
+    encoder with region attention (patch majority of each case's region map).
     """
     from asa.data.io import load_volume
     from asa.data.transforms import brain_centre, brain_mask, case_to_item, crop_or_pad, load_case_images, normalize_in_brain
@@ -99,14 +106,18 @@ def build_probe_set(cases: Sequence, task, *, size: int, channels: Sequence[str]
     if missing:
         raise ValueError(f"probe set: the {task.name} task has channels {list(task.channels)}, not the "
                          f"pretraining channels {missing}")
-    images, fractions, classes, brains = [], [], [], []
+    images, fractions, classes, brains, region_ids = [], [], [], [], []
     shape = (size,) * 3
     for case in cases:
         item = case_to_item(case, channels)
         image, _ = load_case_images(item)
         mask = brain_mask(image)
         centre = brain_centre(mask)
-        image = crop_or_pad(normalize_in_brain(image, mask), centre, shape)
+        normalized = normalize_in_brain(image, mask)
+        image = crop_or_pad(normalized, centre, shape)
+        if regions is not None:
+            region = crop_or_pad(regions(item, normalized, mask)[None].astype(np.int64), centre, shape)
+            region_ids.append(patch_regions(torch.from_numpy(region), patch_size)[0])
         raw = load_volume(item["label"], label=True).array.astype(np.int64)
         if raw.shape != mask.shape:
             raise ValueError(f"probe set: label {item['label']} is not on the grid of case {case.id}'s image")
@@ -124,7 +135,7 @@ def build_probe_set(cases: Sequence, task, *, size: int, channels: Sequence[str]
         brain = crop_or_pad(mask[None].astype(np.float32), centre, shape)
         brains.append(patch_fractions(torch.from_numpy(brain), patch_size)[:, 0] > 0)
     return ProbeSet(torch.stack(images), torch.stack(fractions), torch.stack(classes), torch.stack(brains),
-                    tuple(task.output_names))
+                    tuple(task.output_names), torch.stack(region_ids) if region_ids else None)
 
 
 def probe_metrics(tokens: torch.Tensor, probe: ProbeSet, *, lam: float = 1.0, k: int = 5) -> dict[str, float]:
@@ -153,8 +164,11 @@ def make_probe(probe: ProbeSet, *, lam: float = 1.0, k: int = 5, batch_size: int
     @torch.no_grad()
     def run(model: nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device
-        tokens = torch.cat([encode_tokens(model, probe.images[i:i + batch_size].to(device))
-                            for i in range(0, probe.images.shape[0], batch_size)])
+        tokens = torch.cat([
+            encode_tokens(model, probe.images[i:i + batch_size].to(device),
+                          None if probe.regions is None else probe.regions[i:i + batch_size].to(device))
+            for i in range(0, probe.images.shape[0], batch_size)
+        ])
         return probe_metrics(tokens, probe, lam=lam, k=k)
 
     return run

@@ -1,4 +1,5 @@
-"""Fine-tuning loss: Dice + cross-entropy (softmax tasks) or Dice + BCE (overlapping regions)."""
+"""Fine-tuning loss: Dice + cross-entropy (softmax tasks) or Dice + BCE (overlapping regions), with an
+optional focal region term (RAT, DESIGN §1.6b)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from monai.losses import MaskedDiceLoss
 from torch import nn
+
+from asa.losses.focal_region import FocalRegionLoss
 
 IGNORE = -1
 
@@ -15,17 +18,41 @@ class SegmentationLoss(nn.Module):
 
     logits: [B, K, ...]. target: multilabel float [B, K, ...]; softmax int64 [B, 1, ...] with
     ``-1`` for ignored voxels (WMH label 2), which are left out of both terms.
+
+    ``focal_weight`` λ > 0 adds ``λ · FocalRegionLoss(β = focal_beta)`` between the probabilities
+    (softmax, or sigmoid for multilabel tasks) and the one-hot target, over the ``regions`` map
+    [B, 1, ...] passed to forward (ignored voxels left out).
     """
 
-    def __init__(self, multilabel: bool) -> None:
+    def __init__(self, multilabel: bool, *, focal_weight: float = 0.0, focal_beta: float = 1.0) -> None:
         super().__init__()
+        if focal_weight < 0:
+            raise ValueError(f"focal region weight must be >= 0, got {focal_weight}")
         self.multilabel = multilabel
+        self.focal_weight = focal_weight
+        self.focal = FocalRegionLoss(focal_beta) if focal_weight > 0 else None
         # one-hot here, before the mask: MONAI would one-hot the masked class map and count every
         # ignored voxel as background
         self.dice = MaskedDiceLoss(sigmoid=multilabel, softmax=not multilabel)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
+        loss = self.base(logits.float(), target)
+        if self.focal is None:
+            return loss
+        if regions is None:
+            raise ValueError("the focal region term needs a region map per crop (data.regions in the run config)")
+        return loss + self.focal_weight * self.focal_term(logits.float(), target, regions)
+
+    def focal_term(self, logits: torch.Tensor, target: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        """FocalRegionLoss between probabilities and one-hot targets over ``regions`` [B, 1, ...]."""
+        if self.multilabel:
+            return self.focal(torch.sigmoid(logits), target.float(), regions.long())[0]
+        keep = target != IGNORE  # [B, 1, ...]
+        onehot = F.one_hot(target[:, 0].long().clamp_min(0), logits.shape[1]).movedim(-1, 1).float()
+        return self.focal(torch.softmax(logits, 1), onehot, regions.long(), keep)[0]
+
+    def base(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Dice + CE (or BCE)."""
         if self.multilabel:
             target = target.float()
             everywhere = torch.ones_like(target[:, :1])

@@ -7,6 +7,7 @@ from asa.models.mae import ASA, MAEOutput
 from asa.models.patch import PatchEmbed, patch_grid, patchify, unpatchify
 from asa.models.position import brain_frame_encoding, symmetric_position_encoding
 from asa.models.presets import PRESETS
+from asa.models.region_attention import RegionAttention, patch_regions
 from asa.models.segmenter import SPE_FRAMES, ASASegmenter, LoadReport, recorded_pretraining
 from asa.models.swvit import SWBlock, SWViT
 from asa.models.zoo import ARCHITECTURES, NETWORKS, build_from_config, build_network, build_segmentation_network, network_spec
@@ -22,6 +23,7 @@ __all__ = [
     "LinearWindowAttention",
     "MAEOutput",
     "PatchEmbed",
+    "RegionAttention",
     "SWBlock",
     "SWViT",
     "SWViTEncoder",
@@ -32,6 +34,7 @@ __all__ = [
     "build_segmentation_network",
     "network_spec",
     "patch_grid",
+    "patch_regions",
     "patchify",
     "recorded_pretraining",
     "symmetric_position_encoding",

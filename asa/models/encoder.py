@@ -44,11 +44,13 @@ class SWViTEncoder(SWViT):
         rel_pos_bias: bool = True,
         dropout: float = 0.0,
         grad_checkpointing: bool = False,
+        region_attention: str = "none",
     ) -> None:
         # the stem is built (and initialised) first, as it always was: equal seeds give equal weights
         patch_embed = PatchEmbed(in_channels, embed_dim, patch_size)
         super().__init__(embed_dim, depth, num_heads, window_size, mlp_ratio=mlp_ratio, shift_mask=shift_mask,
-                         rel_pos_bias=rel_pos_bias, dropout=dropout, grad_checkpointing=grad_checkpointing)
+                         rel_pos_bias=rel_pos_bias, dropout=dropout, grad_checkpointing=grad_checkpointing,
+                         region_attention=region_attention)
         self.patch_embed = patch_embed
         for name in [n for n in self._modules if n != "patch_embed"]:  # stem first in parameter order, so
             self._modules[name] = self._modules.pop(name)  # optimizer states saved before still line up
@@ -79,13 +81,16 @@ class SWViTEncoder(SWViT):
         offsets: torch.Tensor | None = None,
         ids_keep: torch.Tensor | None = None,
         hidden_indices: Sequence[int] = (),
+        patch_ids: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """x [B, C, D, H, W] -> normed tokens [B, N, C] (N_vis with ``ids_keep`` [B, N_vis]), with the
-        hidden states of ``hidden_indices`` as in :meth:`SWViT.forward`."""
+        hidden states of ``hidden_indices`` as in :meth:`SWViT.forward`. ``patch_ids`` [B, N]: the
+        region of every patch, for R-MSA blocks; kept with the tokens under ``ids_keep``."""
         tokens = self.patch_embed(x) + self.position_codes(offsets)  # [B, N, C]
         if ids_keep is not None:
             tokens = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-        return self(tokens, hidden_indices=hidden_indices)
+            patch_ids = None if patch_ids is None else torch.gather(patch_ids, 1, ids_keep)  # [B, N_vis]
+        return self(tokens, hidden_indices=hidden_indices, regions=patch_ids)
 
 
 def upgrade_legacy_keys(state: MutableMapping[str, torch.Tensor], prefix: str = "") -> MutableMapping:

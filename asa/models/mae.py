@@ -7,11 +7,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from asa.losses import AttentiveReconstructionLoss, patch_informativeness
+from asa.losses import AttentiveReconstructionLoss, FocalRegionLoss, patch_informativeness
+from asa.losses.reconstruction import WEIGHTINGS
 from asa.models.encoder import ENCODER_PREFIX, SWViTEncoder, accept_legacy_keys
 from asa.models.patch import patch_grid, patchify, to_3tuple, unpatchify
 from asa.models.position import symmetric_position_encoding
+from asa.models.region_attention import patch_regions
 from asa.models.swvit import SWViT
+
+LOSS_WEIGHTINGS = (*WEIGHTINGS, "focal_region")
 
 
 @dataclass
@@ -30,6 +34,11 @@ class ASA(nn.Module):
     The rows of the paper's Table 4 are configurations of this class: MAE
     (``pos_mode="none", loss_weighting="uniform"``), A-SSL (``none``, ``attentive``), SPE+SSL
     (``mirror``, ``uniform``) and ASA (``mirror``, ``attentive``).
+
+    RAT's parts (DESIGN §1.6b): ``region_attention`` (``alternate`` | ``all``) puts R-MSA blocks in
+    the encoder and decoder; ``loss_weighting="focal_region"`` replaces the masked MSE by the focal
+    region loss (β = ``focal_beta``) over the masked patches. Both need a region map per input
+    (``forward(x, regions)``, one integer label per voxel); R-MSA takes each patch's majority label.
     """
 
     def __init__(
@@ -56,9 +65,13 @@ class ASA(nn.Module):
         shift_mask: bool = True,
         rel_pos_bias: bool = True,
         grad_checkpointing: bool = False,
+        region_attention: str = "none",
+        focal_beta: float = 1.0,
     ) -> None:
         super().__init__()
         self.network_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must lie in (0, 1), got {mask_ratio}")
         self.img_size = to_3tuple(img_size, "img_size")
@@ -75,7 +88,7 @@ class ASA(nn.Module):
         self.bins = bins
         self.normalize = normalize
         block_args = dict(mlp_ratio=mlp_ratio, shift_mask=shift_mask, rel_pos_bias=rel_pos_bias,
-                          grad_checkpointing=grad_checkpointing)
+                          grad_checkpointing=grad_checkpointing, region_attention=region_attention)
 
         self.encoder = SWViTEncoder(img_size=self.img_size, in_channels=in_channels, patch_size=patch_size,
                                     embed_dim=embed_dim, depth=depth, num_heads=num_heads, window_size=window_size,
@@ -96,7 +109,13 @@ class ASA(nn.Module):
         nn.init.zeros_(self.decoder_pred.bias)
         nn.init.normal_(self.mask_token, std=0.02)
 
-        self.criterion = AttentiveReconstructionLoss(loss_weighting, norm_pix_loss)
+        self.loss_weighting = loss_weighting
+        self.norm_pix_loss = norm_pix_loss
+        if loss_weighting == "focal_region":
+            self.criterion: nn.Module = FocalRegionLoss(focal_beta)
+        else:
+            self.criterion = AttentiveReconstructionLoss(loss_weighting, norm_pix_loss)
+        self.uses_regions = self.encoder.uses_regions or loss_weighting == "focal_region"
         accept_legacy_keys(self)
 
     @property
@@ -132,9 +151,13 @@ class ASA(nn.Module):
         mask.scatter_(1, ids_keep, 0.0)
         return mask, ids_keep
 
-    def forward_encoder(self, x: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
-        """Embed, add SPE, keep the visible patches and encode. -> [B, N_vis, embed_dim]."""
-        return self.encoder.encode(x, ids_keep=ids_keep)
+    def forward_encoder(
+        self, x: torch.Tensor, ids_keep: torch.Tensor, patch_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Embed, add SPE, keep the visible patches and encode. -> [B, N_vis, embed_dim].
+
+        patch_ids: [B, N] region of every patch (R-MSA); the visible ones are kept like the tokens."""
+        return self.encoder.encode(x, ids_keep=ids_keep, patch_ids=patch_ids)
 
     def assemble_decoder_input(self, latent: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
         """Full decoder sequence in raster order: projected encoder output at visible positions,
@@ -145,30 +168,63 @@ class ASA(nn.Module):
         full = (self.mask_token + self.decoder_pos_embed).float().expand(b, -1, -1)
         return full.scatter(1, ids_keep.unsqueeze(-1).expand(-1, -1, c), visible.float())
 
-    def forward_decoder(self, latent: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
-        """-> pred [B, N, s³·C] for every patch."""
-        return self.decoder_pred(self.decoder(self.assemble_decoder_input(latent, ids_keep)))
+    def forward_decoder(
+        self, latent: torch.Tensor, ids_keep: torch.Tensor, patch_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """-> pred [B, N, s³·C] for every patch. patch_ids: [B, N] region of every patch."""
+        return self.decoder_pred(self.decoder(self.assemble_decoder_input(latent, ids_keep), regions=patch_ids))
 
     def forward_loss(
-        self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
+        self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, regions: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reconstruction loss on masked patches -> (loss, weights [B, N])."""
+        """Reconstruction loss on masked patches -> (loss, weights [B, N]); regions: [B, 1, D, H, W]."""
+        if self.loss_weighting == "focal_region":
+            return self.focal_region_loss(x, pred, mask, regions)
         informativeness = None
         if self.criterion.weighting == "attentive":
             informativeness = patch_informativeness(x, self.patch_size, self.bins, self.normalize)
         return self.criterion(pred, self.patchify(x), mask, informativeness)
 
-    def forward(self, x: torch.Tensor) -> MAEOutput:
-        """x: [B, C, D, H, W] with (D, H, W) = img_size."""
+    def focal_region_loss(
+        self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, regions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Focal region loss over the voxels of masked patches -> (loss, weights [B, N]: the mean
+        focal weight w of each masked patch)."""
+        target = self.patchify(x).float()  # [B, N, s³·C]
+        if self.norm_pix_loss:
+            target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+        voxel_ids = patchify(regions.long(), self.patch_size)  # [B, N, s³]
+        voxel_ids = voxel_ids.repeat_interleave(self.in_channels, dim=-1)  # values ordered (s, s, s, C)
+        loss, w = self.criterion(pred, target, voxel_ids, mask[..., None])
+        return loss, w.mean(-1) * mask
+
+    def _voxel_regions(self, x: torch.Tensor, regions: torch.Tensor | None) -> torch.Tensor | None:
+        """regions [B, D, H, W] or [B, 1, D, H, W] -> [B, 1, D, H, W] int64, checked."""
+        if not self.uses_regions:
+            return None
+        if regions is None:
+            raise ValueError("this ASA model uses region maps (region_attention or loss_weighting=focal_region): "
+                             "forward needs regions [B, 1, D, H, W] (data.regions in the run config)")
+        regions = regions if regions.dim() == 5 else regions[:, None]
+        if regions.shape != (x.shape[0], 1, *x.shape[2:]) or regions.is_floating_point():
+            raise ValueError(f"regions must be integer labels [B, 1, {', '.join(map(str, x.shape[2:]))}], "
+                             f"got {regions.dtype} {list(regions.shape)}")
+        return regions.long()
+
+    def forward(self, x: torch.Tensor, regions: torch.Tensor | None = None) -> MAEOutput:
+        """x: [B, C, D, H, W] with (D, H, W) = img_size; regions: [B, 1, D, H, W] integer labels,
+        needed with R-MSA or the focal region loss."""
         if tuple(x.shape[1:]) != (self.in_channels, *self.img_size):
             raise ValueError(
                 f"ASA expects input [B, {self.in_channels}, {self.img_size[0]}, {self.img_size[1]}, "
                 f"{self.img_size[2]}], got {list(x.shape)}"
             )
+        regions = self._voxel_regions(x, regions)
+        patch_ids = patch_regions(regions, self.patch_size) if self.encoder.uses_regions else None  # [B, N]
         mask, ids_keep = self.random_masking(x.shape[0], x.device)
-        latent = self.forward_encoder(x, ids_keep)
-        pred = self.forward_decoder(latent, ids_keep)
-        loss, weights = self.forward_loss(x, pred, mask)
+        latent = self.forward_encoder(x, ids_keep, patch_ids)
+        pred = self.forward_decoder(latent, ids_keep, patch_ids)
+        loss, weights = self.forward_loss(x, pred, mask, regions)
         return MAEOutput(loss=loss, pred=pred, mask=mask, weights=weights)
 
     # --- helpers for training and fine-tuning ---------------------------------------------

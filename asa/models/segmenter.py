@@ -15,6 +15,7 @@ from torch import nn
 
 from asa.models.encoder import ENCODER_PREFIX, SWViTEncoder, accept_legacy_keys, upgrade_legacy_keys
 from asa.models.patch import patch_grid, to_3tuple
+from asa.models.region_attention import patch_regions
 
 
 @dataclass
@@ -81,6 +82,9 @@ class ASASegmenter(nn.Module):
     the encoder: ``"full"`` (UNETR, the paper), ``"none"`` (zeros in its place, so the decoder sees
     the image only through the encoder), or a number α scaling its features (a fixed factor the
     decoder may learn to undo; use ``"none"`` for a clean ablation).
+
+    With ``region_attention`` (R-MSA blocks, see `SWViT`) forward also needs ``regions``
+    [B, 1, D, H, W], an integer label per voxel; each patch takes its majority label.
     """
 
     def __init__(
@@ -106,6 +110,7 @@ class ASASegmenter(nn.Module):
         spe_frame: str = "brain",
         reference_grid: int | tuple[int, int, int] | None = None,
         input_skip: str | float = "full",
+        region_attention: str = "none",
     ) -> None:
         super().__init__()
         self.network_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -136,7 +141,9 @@ class ASASegmenter(nn.Module):
             depth=depth, num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio, pos_mode=pos_mode,
             lr_axis=lr_axis, reference_grid=self.reference_grid, shift_mask=shift_mask,
             rel_pos_bias=rel_pos_bias, dropout=dropout, grad_checkpointing=grad_checkpointing,
+            region_attention=region_attention,
         )
+        self.uses_regions = self.encoder.uses_regions
         f = feature_size
         conv = dict(spatial_dims=3, kernel_size=3, norm_name=norm_name)
         self.feature_size = f
@@ -178,9 +185,12 @@ class ASASegmenter(nn.Module):
         """[N, C] (crop frame, or no offsets: offset 0) or [B, N, C] (brain frame, offsets [B, 3])."""
         return self.encoder.position_codes(None if self.spe_frame == "crop" else offsets)
 
-    def forward(self, x: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, offsets: torch.Tensor | None = None, *, regions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x: [B, C, D, H, W]; offsets: [B, 3] crop origins in patches from the reference grid's origin
-        (brain frame), or None (offset 0: the crop is the reference grid) -> logits [B, K, D, H, W]."""
+        (brain frame), or None (offset 0: the crop is the reference grid); regions: [B, 1, D, H, W]
+        integer labels (region attention) -> logits [B, K, D, H, W]."""
         if tuple(x.shape[1:]) != (self.in_channels, *self.img_size):
             raise ValueError(
                 f"ASASegmenter expects input [B, {self.in_channels}, {', '.join(map(str, self.img_size))}], "
@@ -188,8 +198,14 @@ class ASASegmenter(nn.Module):
             )
         if offsets is not None and offsets.shape != (x.shape[0], 3):
             raise ValueError(f"ASASegmenter offsets must be [B, 3] = [{x.shape[0]}, 3], got {list(offsets.shape)}")
+        patch_ids = None
+        if self.uses_regions:
+            if regions is None:
+                raise ValueError("this ASASegmenter has region attention: forward needs regions [B, 1, D, H, W]")
+            patch_ids = patch_regions(regions, self.encoder.patch_size)  # [B, N]
         out, hidden = self.encoder.encode(x, offsets=None if self.spe_frame == "crop" else offsets,
-                                          hidden_indices=self.hidden_indices)
+                                          hidden_indices=self.hidden_indices,
+                                          patch_ids=patch_ids)
         if self._zero_encoder:  # encoder-reliance diagnostic: the decoder gets no encoder information
             out, hidden = torch.zeros_like(out), [torch.zeros_like(h) for h in hidden]
         z1, z2, z3 = (self._to_volume(h) for h in hidden)

@@ -1,4 +1,5 @@
-"""SW-ViT: pre-norm transformer blocks alternating LW-MSA and SLW-MSA (paper §2.2)."""
+"""SW-ViT: pre-norm transformer blocks alternating LW-MSA and SLW-MSA (paper §2.2), optionally
+with region attention (R-MSA, DESIGN §1.6b) in some or all blocks."""
 
 from __future__ import annotations
 
@@ -10,10 +11,17 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from asa.models.attention import LinearWindowAttention
+from asa.models.region_attention import RegionAttention
+
+REGION_LAYOUTS = ("none", "alternate", "all")
 
 
 class SWBlock(nn.Module):
-    """``x + attn(norm(x))`` then ``x + mlp(norm(x))``; x: [B, N, C] -> [B, N, C]."""
+    """``x + attn(norm(x))`` then ``x + mlp(norm(x))``; x: [B, N, C] -> [B, N, C].
+
+    ``region=True`` makes attn R-MSA (`RegionAttention` in chunks of ``window_size`` tokens of one
+    region); forward then needs ``regions`` [B, N], the region id of every token.
+    """
 
     def __init__(
         self,
@@ -27,18 +35,23 @@ class SWBlock(nn.Module):
         shift_mask: bool = True,
         rel_pos_bias: bool = True,
         dropout: float = 0.0,
+        region: bool = False,
     ) -> None:
         super().__init__()
+        self.region = region
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = LinearWindowAttention(
-            dim, num_heads, window_size, shift,
-            qkv_bias=qkv_bias, shift_mask=shift_mask, rel_pos_bias=rel_pos_bias, proj_drop=dropout,
-        )
+        if region:
+            self.attn: nn.Module = RegionAttention(dim, num_heads, window_size, qkv_bias=qkv_bias, proj_drop=dropout)
+        else:
+            self.attn = LinearWindowAttention(
+                dim, num_heads, window_size, shift,
+                qkv_bias=qkv_bias, shift_mask=shift_mask, rel_pos_bias=rel_pos_bias, proj_drop=dropout,
+            )
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), dropout_rate=dropout, act="GELU")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + (self.attn(self.norm1(x), regions) if self.region else self.attn(self.norm1(x)))
         return x + self.mlp(self.norm2(x))
 
 
@@ -48,6 +61,10 @@ class SWViT(nn.Module):
     ``forward(x[B, N, C], pos)`` adds ``pos`` ([N, C] or [B, N, C]) to the tokens, runs the blocks
     and returns the normed tokens; with ``hidden_indices`` it also returns the (un-normed)
     outputs of those blocks, as the segmentation decoder needs.
+
+    ``region_attention``: ``none``; ``alternate`` (RAT's layout: odd blocks R-MSA, the even ones
+    LW-MSA and SLW-MSA in turn: LW, R, SLW, R, ...); ``all`` (every block R-MSA). With R-MSA,
+    forward needs ``regions`` [B, N], the region id of every token.
     """
 
     def __init__(
@@ -63,18 +80,27 @@ class SWViT(nn.Module):
         rel_pos_bias: bool = True,
         dropout: float = 0.0,
         grad_checkpointing: bool = False,
+        region_attention: str = "none",
     ) -> None:
         super().__init__()
+        if region_attention not in REGION_LAYOUTS:
+            raise ValueError(f"region_attention must be one of {REGION_LAYOUTS}, got {region_attention!r}")
         self.embed_dim = embed_dim
         self.grad_checkpointing = grad_checkpointing
+        region = {"none": [False] * depth, "all": [True] * depth,
+                  "alternate": [i % 2 == 1 for i in range(depth)]}[region_attention]
+        shifted = [i % 2 == 1 for i in range(depth)]
+        if region_attention == "alternate":
+            shifted = [i % 4 == 2 for i in range(depth)]  # LW, R, SLW, R, ...
         self.blocks = nn.ModuleList(
             SWBlock(
-                embed_dim, num_heads, window_size, shift=(window_size // 2) * (i % 2),
+                embed_dim, num_heads, window_size, shift=(window_size // 2) * shifted[i],
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, shift_mask=shift_mask,
-                rel_pos_bias=rel_pos_bias, dropout=dropout,
+                rel_pos_bias=rel_pos_bias, dropout=dropout, region=region[i],
             )
             for i in range(depth)
         )
+        self.uses_regions = any(region)
         self.norm = nn.LayerNorm(embed_dim)
         self.apply(_init_weights)
 
@@ -84,7 +110,11 @@ class SWViT(nn.Module):
         pos: torch.Tensor | None = None,
         *,
         hidden_indices: Sequence[int] = (),
+        regions: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """x: [B, N, C]; regions: [B, N] region ids (needed with R-MSA blocks)."""
+        if self.uses_regions and regions is None:
+            raise ValueError("this SW-ViT has region attention blocks: forward needs regions [B, N]")
         if pos is not None:
             x = x + pos
         for i in hidden_indices:
@@ -93,9 +123,9 @@ class SWViT(nn.Module):
         hidden = []
         for i, block in enumerate(self.blocks):
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, regions, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, regions)
             if i in hidden_indices:
                 hidden.append(x)
         x = self.norm(x)

@@ -21,14 +21,27 @@ def _takes_offsets(model: nn.Module) -> bool:
     return getattr(core, "spe_frame", None) == "brain"
 
 
+def _uses_regions(model: nn.Module) -> bool:
+    core = model.module if hasattr(model, "module") else model  # DDP
+    return bool(getattr(core, "uses_regions", False))
+
+
 def segmentation_step(criterion: nn.Module) -> Callable[[nn.Module, Mapping], tuple[torch.Tensor, dict]]:
     """step_fn(model, batch) -> (loss, logs) for batches {"image": [B,C,...], "label": target,
-    "offset": [B, 3]}; a brain-frame network gets the crops' patch offsets."""
+    "offset": [B, 3]} and, with region maps, "region" [B,1,...]: a brain-frame network gets the
+    crops' patch offsets, a network with region attention and the criterion the region maps."""
 
     def step(model: nn.Module, batch: Mapping) -> tuple[torch.Tensor, dict]:
+        kwargs = {}
         if _takes_offsets(model) and "offset" in batch:
-            return criterion(model(batch["image"], offsets=batch["offset"]), batch["label"]), {}
-        return criterion(model(batch["image"]), batch["label"]), {}
+            kwargs["offsets"] = batch["offset"]
+        regions = batch.get("region")
+        if _uses_regions(model):
+            kwargs["regions"] = regions
+        logits = model(batch["image"], **kwargs)
+        if regions is None:
+            return criterion(logits, batch["label"]), {}
+        return criterion(logits, batch["label"], regions), {}
 
     return step
 
@@ -77,7 +90,8 @@ def make_dice_validator(
             item = dataset[i]
             probs = predict_volume(model, item["image"], roi_size=roi_size, multilabel=task.multilabel,
                                    overlap=overlap, sw_batch_size=sw_batch_size, device=env.device,
-                                   centre=item.get("centre"))
+                                   centre=item.get("centre"),
+                                   regions=item.get("region") if _uses_regions(model) else None)
             scores = [dice(p, r, ignore=ig) for p, r, ig in output_masks(probs, item["label"], task)]
             totals += torch.tensor([*scores, 1.0], dtype=torch.float64)
         if env.distributed and dist.is_initialized():

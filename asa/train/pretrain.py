@@ -23,8 +23,9 @@ def _core(model: nn.Module) -> nn.Module:
 
 
 def mae_step(model: nn.Module, batch: Mapping) -> tuple[torch.Tensor, dict]:
-    """One masked-autoencoder step: batch["image"] [B,C,D,H,W] -> (loss, logs)."""
-    out = model(batch["image"])
+    """One masked-autoencoder step: batch["image"] [B,C,D,H,W] (and "region" [B,1,D,H,W] when the
+    data has region maps) -> (loss, logs)."""
+    out = model(batch["image"], batch.get("region"))
     return out.loss, {}
 
 
@@ -42,7 +43,8 @@ def make_validator(
         total = torch.zeros(2, dtype=torch.float64, device=env.device)
         for batch in DataLoader(shard, batch_size=batch_size, num_workers=num_workers):
             x = batch["image"].to(env.device, non_blocking=True)
-            out = model(x)
+            regions = batch["region"].to(env.device) if "region" in batch else None
+            out = model(x, regions)
             total[0] += float(out.loss) * x.shape[0]
             total[1] += x.shape[0]
         if env.distributed and dist.is_initialized():
@@ -74,16 +76,19 @@ def mid_slice_grid(rows: list[torch.Tensor]) -> torch.Tensor:
 PANEL_ROWS = ("1_input", "2_masked", "3_reconstruction", "4_ar_weights")
 
 
-def make_panel_fn(sample: torch.Tensor) -> Callable[[nn.Module, int], dict[str, torch.Tensor]]:
+def make_panel_fn(
+    sample: torch.Tensor, regions: torch.Tensor | None = None
+) -> Callable[[nn.Module, int], dict[str, torch.Tensor]]:
     """panel(model, step) -> {"pretrain/<row>": [1, S, 3S]}, one labelled image per row: the input, the
-    masked input, the reconstruction and the AR loss-weight map (first channel of one fixed sample;
-    sagittal, coronal and axial mid slices side by side)."""
+    masked input, the reconstruction and the loss-weight map (AR or focal region weights; first
+    channel of one fixed sample; sagittal, coronal and axial mid slices side by side). ``regions``
+    [1, D, H, W]: the sample's region map, for models that use one."""
 
     def panel(model: nn.Module, step: int) -> dict[str, torch.Tensor]:
         core = _core(model)
         device = next(core.parameters()).device
         x = sample[None].to(device)  # [1,C,D,H,W]
-        out = core(x)
+        out = core(x, None if regions is None else regions[None].to(device))
         values = out.pred.shape[-1]
         recon = core.unpatchify(out.pred.float())
         mask = core.unpatchify(out.mask.float()[..., None].expand(-1, -1, values))
