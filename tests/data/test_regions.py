@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from monai.transforms import RandFlipd, RandRotated
 
 import asa.data.transforms as T
 from asa.data import (
@@ -73,10 +74,11 @@ def test_region_map_follows_flips_and_rotations():
     yy = np.indices((size,) * 3)
     label = ((yy[0] > 12).astype(np.int64) + 2 * (yy[1] > 8) + 4 * (yy[2] > 15))[None]  # 8 blocks
     item = {"image": torch.from_numpy(label.astype(np.float32)), "label": torch.from_numpy(label),
-            "region": torch.from_numpy(label.astype(np.int16)), "fg": torch.from_numpy((label > 0).astype(np.uint8))}
+            "region": torch.from_numpy(label.astype(np.int16)), "fg": torch.from_numpy((label > 0).astype(np.uint8)),
+            "centre": torch.tensor([11.5, 11.5, 11.5], dtype=torch.float64)}
     augment = T.segmentation_train_augmentation(get_task("ibsr"), (16, 16, 16), region=True, rotate_deg=30)
     for t in augment.transforms:
-        if type(t).__name__ in ("RandRotated", "RandFlipd"):
+        if isinstance(t, (RandRotated, RandFlipd)):
             t.prob = 1.0  # a rotation and every flip, always
     finalize = T.Finalize(("image", "label", "region"), torch.int64)
     augment.set_random_state(0)
