@@ -73,6 +73,10 @@ class Predictor:
                                  "no data.regions source")
         return cls(model, task, (patch,) * 3, device, amp_dtype, regions)
 
+    def regions_of(self, case: Case) -> torch.Tensor | None:
+        """The region map [1, X, Y, Z] a network with region attention needs for ``case``, else None."""
+        return None if self.regions is None else region_map_for_inference(case, self.task, self.regions)
+
     def __call__(self, image: torch.Tensor, *, overlap: float = 0.5, sw_batch_size: int = 2,
                  tta_axes: Sequence[int] = (), centre: Sequence[float] | None = None,
                  regions: torch.Tensor | None = None) -> torch.Tensor:
@@ -179,7 +183,7 @@ def predict_cases(
             continue
         try:
             image, reference = preprocess_for_inference(case, predictor.task)
-            regions = None if predictor.regions is None else region_map_for_inference(case, predictor.task, predictor.regions)
+            regions = predictor.regions_of(case)  # region attention networks
         except VolumeError as err:
             if on_bad_case == "error":
                 raise VolumeError(err.path, f"{err.fault} (case {case.id}; on_bad_case=skip predicts the other "

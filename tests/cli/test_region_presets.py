@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from asa.cli.finetune import run as finetune
 from asa.cli.pretrain import run as pretrain
+from asa.data import discover, load_volume
+from asa.eval.predict import Predictor, predict_cases
 from asa.train import load_checkpoint
 from asa.train.config_files import compose_config
 
@@ -52,4 +53,10 @@ def test_rat_presets_pretrain_then_finetune(tmp_path):
         "model.region_attention=alternate", f"model.pretrained={out / 'checkpoints' / 'encoder.pt'}",
         "data.regions.source=cluster", "loss.focal_weight=1.0", f"output_dir={ft}", *common]))
     assert result.nonfinite_steps == 0 and result.best_metric is not None
-    assert Path(ft / "checkpoints" / "best.pt").is_file()
+    # asa-predict's path rebuilds the network and its region source from the checkpoint
+    predictor = Predictor.from_checkpoint(ft / "checkpoints" / "best.pt", device=torch.device("cpu"))
+    assert predictor.model.uses_regions and predictor.regions.source == "cluster"
+    case = discover("ibsr", next((cache / "demo").glob("ibsr-*")))[0]
+    written = predict_cases(predictor, [case], tmp_path / "pred", progress=False)
+    pred = load_volume(written[0], label=True)
+    assert pred.array.shape == load_volume(case.label, label=True).array.shape and pred.array.max() > 0
