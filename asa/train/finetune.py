@@ -122,7 +122,8 @@ def make_segmentation_panel_fn(
     def panel(model: nn.Module, step: int) -> dict[str, torch.Tensor]:
         device = next(model.parameters()).device
         probs = predict_volume(model, image, roi_size=roi_size, multilabel=multilabel, overlap=overlap,
-                               sw_batch_size=sw_batch_size, device=device, centre=item.get("centre"))
+                               sw_batch_size=sw_batch_size, device=device, centre=item.get("centre"),
+                               regions=item.get("region"))
         k = probs.shape[0]
         pred = probs if multilabel else probs.argmax(0, keepdim=True)
         img = image[0].float()
