@@ -15,7 +15,7 @@ from asa.train import TrainConfig, build_optimizer
 from asa.train.distributed import DistEnv, all_gather_objects, barrier
 from asa.train.optim import LOW_LR, describe_lr
 
-__all__ = ["dataset_root", "load_cases", "on_main_then_share", "optimizer_and_config", "split_cases", "trainer_config",
+__all__ = ["dataset_root", "load_cases", "on_main_then_share", "optimizer_and_config", "region_source", "split_cases", "trainer_config",
            "describe_error"]
 
 
@@ -159,3 +159,15 @@ def describe_error(err: BaseException) -> str:
     return text if isinstance(err, (ValueError, RuntimeError, FileNotFoundError, KeyError)) and text else \
         f"{type(err).__name__}: {text}"
 
+
+def region_source(data: DictConfig, needed_by: list[str]):
+    """The `asa.data.RegionSource` of ``data.regions`` (None for ``source: none``); ``needed_by``
+    names the options that need region maps (e.g. ``model.region_attention=alternate``)."""
+    from asa.data import RegionSource
+
+    spec = data.get("regions")
+    regions = RegionSource.from_config(None if spec is None else OmegaConf.to_container(spec, resolve=True))
+    if regions is None and needed_by:
+        raise ValueError(f"{' and '.join(needed_by)} need(s) region maps: set data.regions.source "
+                         "(cluster | file | label)")
+    return regions

@@ -9,7 +9,7 @@ import sys
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asa.api.common import dataset_root, load_cases, optimizer_and_config, split_cases, trainer_config
+from asa.api.common import dataset_root, load_cases, optimizer_and_config, region_source, split_cases, trainer_config
 from asa.api.rundir import command_line, prepare_run_dir
 from asa.train import Engine, FitResult, cleanup_distributed, setup_distributed
 from asa.api.schema import FinetuneConfig, as_config
@@ -33,6 +33,13 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
     run_dir = None
     try:
         data = cfg.data
+        focal_weight = float(cfg.loss.focal_weight)
+        needed_by = []  # the options that need a region map per case
+        if str(cfg.model.get("region_attention", "none")) != "none":
+            needed_by.append(f"model.region_attention={cfg.model.region_attention}")
+        if focal_weight > 0:
+            needed_by.append(f"loss.focal_weight={focal_weight}")
+        regions = region_source(data, needed_by)
         task = get_task(str(data.task), root=dataset_root(data)[0])
         torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
         # one grid: crops default to the pretraining crop (the file's, else the paper's 128, or the
@@ -62,9 +69,10 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
         splits = split_cases(cases, data, out_dir, env)
         train_ds = build_segmentation_dataset(
             splits["train"], task, train=True, patch_size=patch, cache_dir=data.cache_dir,
-            samples_per_case=int(data.samples_per_case), seed=int(cfg.seed), **lattice,
+            samples_per_case=int(data.samples_per_case), seed=int(cfg.seed), regions=regions, **lattice,
         )
-        val_ds = (build_segmentation_dataset(splits["val"], task, train=False, cache_dir=data.cache_dir)
+        val_ds = (build_segmentation_dataset(splits["val"], task, train=False, cache_dir=data.cache_dir,
+                                             regions=regions if getattr(model, "uses_regions", False) else None)
                   if splits["val"] else None)
 
         optimizer, lr, config = optimizer_and_config(cfg, model, env)
@@ -86,7 +94,8 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
 
             collate = list_data_collate
         engine = Engine(
-            model, optimizer, segmentation_step(SegmentationLoss(task.multilabel)), config=config, lr=lr,
+            model, optimizer, segmentation_step(SegmentationLoss(task.multilabel, focal_weight=focal_weight,
+                                               focal_beta=float(cfg.loss.focal_beta))), config=config, lr=lr,
             out_dir=out_dir, env=env, seed=int(cfg.seed), validate=validate, run_config=resolved,
             compat_keys=list(cfg.resume_must_match), resume=run_dir.resume_from or False, collate_fn=collate,
             panel_fn=panel_fn,

@@ -7,7 +7,7 @@ import sys
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asa.api.common import load_cases, optimizer_and_config, split_cases, trainer_config
+from asa.api.common import load_cases, optimizer_and_config, region_source, split_cases, trainer_config
 from asa.api.rundir import command_line, prepare_run_dir
 from asa.train import Engine, FitResult, cleanup_distributed, setup_distributed
 from asa.api.schema import PretrainConfig, as_config
@@ -23,8 +23,9 @@ def _model_kwargs(cfg: DictConfig) -> dict:
             "img_size": int(cfg.data.size)}
 
 
-def _probe(cfg: DictConfig, patch_size: int):
-    """probe(model) -> probe metrics (asa.eval.probe) on ``cfg.probe``'s labeled cases, or None when off."""
+def _probe(cfg: DictConfig, patch_size: int, regions=None):
+    """probe(model) -> probe metrics (asa.eval.probe) on ``cfg.probe``'s labeled cases, or None when off;
+    ``regions``: the region source of an encoder with region attention."""
     from asa.data import detect_layout, discover, ensure_demo_dataset, get_task
     from asa.eval.probe import build_probe_set, make_probe
 
@@ -46,7 +47,7 @@ def _probe(cfg: DictConfig, patch_size: int):
     cases = [c for c in discover(layout, root) if c.label is not None][: int(pc.cases)]
     try:
         probe_set = build_probe_set(cases, task, size=int(cfg.data.size), channels=list(cfg.data.channels),
-                                    patch_size=patch_size)
+                                    patch_size=patch_size, regions=regions)
     except ValueError as err:
         raise ValueError(f"probe.data={pc.data}: {err}. Point probe.data at a labeled folder with the pretraining "
                          f"channels, or turn the probes off with probe.every=0") from err
@@ -82,6 +83,13 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
         resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         data = cfg.data
         trainer_config(cfg)  # bad trainer values stop the run before its folder is touched
+        model_kwargs = _model_kwargs(cfg)
+        needed_by = []  # the options that need a region map per case
+        if model_kwargs.get("region_attention", "none") != "none":
+            needed_by.append(f"model.region_attention={model_kwargs['region_attention']}")
+        if model_kwargs.get("loss_weighting") == "focal_region":
+            needed_by.append("mae.loss_weighting=focal_region")
+        regions = region_source(data, needed_by)
         run_dir = prepare_run_dir(cfg.output_dir, app=APP, resume=cfg.resume, overwrite=bool(cfg.overwrite),
                                   run_config=resolved, compat_keys=list(cfg.resume_must_match), env=env)
         out_dir = run_dir.path
@@ -89,12 +97,11 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
         run_dir.write_config(resolved)  # every check passed
         splits = split_cases(cases, data, out_dir, env)
         common = dict(size=int(data.size), cache_dir=data.cache_dir, resample_mm=data.resample_mm,
-                      channels=tuple(data.channels))
+                      channels=tuple(data.channels), regions=regions)
         train_ds = build_pretrain_dataset(splits["train"], augment=bool(data.augment), **common)
         val_ds = build_pretrain_dataset(splits["val"], augment=False, **common) if splits["val"] else None
 
         torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
-        model_kwargs = _model_kwargs(cfg)
         model = ASA(**model_kwargs)
 
         optimizer, lr, config = optimizer_and_config(cfg, model, env)
@@ -108,13 +115,14 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
             print(f"[asa] warning: data={data.name} has no validation cases: no best.pt, no early stopping, "
                   "no probes (unless trainer.monitor is a probe/ metric)", file=sys.stderr)
         elif probe_every > 0:
-            probe = _probe(cfg, int(model_kwargs["patch_size"]))
+            probe = _probe(cfg, int(model_kwargs["patch_size"]),
+                           regions if model_kwargs.get("region_attention", "none") != "none" else None)
             validate = _with_probe(validate, probe, probe_every)
-        sample = (val_ds or train_ds)[0]["image"] if (env.is_main and config.panel_every) else None
+        sample = (val_ds or train_ds)[0] if (env.is_main and config.panel_every) else None
         engine = Engine(
             model, optimizer, mae_step, config=config, lr=lr, out_dir=out_dir, env=env, seed=int(cfg.seed),
             validate=validate,
-            panel_fn=None if sample is None else make_panel_fn(sample),
+            panel_fn=None if sample is None else make_panel_fn(sample["image"], sample.get("region")),
             run_config=resolved, compat_keys=list(cfg.resume_must_match), resume=run_dir.resume_from or False,
         )
         result = engine.fit(train_ds)

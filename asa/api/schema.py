@@ -37,6 +37,7 @@ class EncoderConfig:
     shift_mask: bool = True
     rel_pos_bias: bool = True
     grad_checkpointing: bool = False
+    region_attention: str = "none"  # none | alternate | all (R-MSA blocks)
 
 
 @dataclass
@@ -60,6 +61,7 @@ class MAEConfig:
     norm_pix_loss: bool = False
     bins: int = 8
     normalize: str = "l2"
+    focal_beta: float = 1.0
 
 
 @dataclass
@@ -80,6 +82,16 @@ class SplitConfig:
 
 
 @dataclass
+class RegionsConfig:
+    """Region maps for R-MSA and the focal region loss (``asa.data.RegionSource``)."""
+
+    source: str = "none"  # none | cluster | file | label
+    k: int = 3
+    seed: int = 0
+    dir: Optional[str] = None
+
+
+@dataclass
 class DataConfig:
     """What every dataset preset has."""
 
@@ -91,6 +103,7 @@ class DataConfig:
     cache_dir: Optional[str] = None
     num_workers: int = 0
     split: SplitConfig = field(default_factory=SplitConfig)
+    regions: RegionsConfig = field(default_factory=RegionsConfig)
 
 
 @dataclass
@@ -171,6 +184,14 @@ class RelianceConfig:
 
 
 @dataclass
+class LossConfig:
+    """Extra fine-tuning loss terms."""
+
+    focal_weight: float = 0.0  # weight of the focal region loss added to Dice + CE
+    focal_beta: float = 1.0
+
+
+@dataclass
 class ValidationConfig:
     overlap: float = 0.5
     sw_batch_size: int = 2
@@ -208,6 +229,7 @@ class FinetuneConfig(RunConfig):
     optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
     data: SegmentationDataConfig = field(default_factory=SegmentationDataConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 

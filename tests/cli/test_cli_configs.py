@@ -37,7 +37,7 @@ def test_groups_are_complete():
     assert options("finetune", "model") == ["base", "small", "swin_unetr", "tiny", "unetr"]
     assert {"adni", "demo", "oasis"} <= set(options("pretrain", "data"))
     assert options("finetune", "data") == ["brats", "ibsr", "msd", "wmh"]
-    assert options("pretrain", "experiment") == sorted(EXPERIMENTS)
+    assert options("pretrain", "experiment") == sorted([*EXPERIMENTS, "focal_region", "rat_asa", "rat_msa"])  # + RAT parts
     assert options("finetune", "experiment") == ["baseline", "spe_only"]
     for entry in ("pretrain", "finetune"):
         assert {"default", "paper", "smoke"} <= set(options(entry, "trainer"))

@@ -6,12 +6,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from asa.cli.finetune import run as finetune
-from asa.cli.pretrain import run as pretrain
+from asa.api import finetune, pretrain
+from asa.api.config import compose_config
 from asa.data import discover, load_volume
 from asa.eval.predict import Predictor, predict_cases
 from asa.train import load_checkpoint
-from asa.train.config_files import compose_config
 
 PRESETS = {  # experiment: (model.region_attention, mae.loss_weighting)
     "rat_msa": ("alternate", "uniform"),
@@ -46,7 +45,7 @@ def test_rat_presets_pretrain_then_finetune(tmp_path):
         "experiment=rat_asa", f"output_dir={out}", "data.size=32", "data.demo.cases=4", *common]))
     assert result.nonfinite_steps == 0
     export = load_checkpoint(out / "checkpoints" / "encoder.pt")
-    assert export["config"]["region_attention"] == "alternate"
+    assert export["network"]["kwargs"]["region_attention"] == "alternate"
     ft = tmp_path / "finetune"
     result = finetune(compose_config("finetune", [
         "data=ibsr", "data.demo.cases=5", "data.split.ratios=[3,1,1]", "data.patch_size=32", "data.num_workers=0",
