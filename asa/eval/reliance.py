@@ -56,11 +56,12 @@ def encoder_reliance(predictor, cases: Sequence, *, overlap: float = 0.5, sw_bat
             raise ValueError(f"case {case.id}: no label file; encoder reliance needs labeled cases")
         image, _ = preprocess_for_inference(case, task)
         ref = load_volume(case.label, label=True).array.astype(np.int64)
-        regions = predictor.regions_of(case)  # region attention networks
+        # a network with region attention also takes the case's region map
+        extra = {} if getattr(predictor, "regions", None) is None else {"regions": predictor.regions_of(case)}
         normal = case_dice(task.prediction_to_label(predictor(image, overlap=overlap, sw_batch_size=sw_batch_size,
-                                                              regions=regions)), ref, task)
+                                                              **extra)), ref, task)
         with model.zero_encoder_states():
-            probs = predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, regions=regions)
+            probs = predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, **extra)
         zeroed = case_dice(task.prediction_to_label(probs), ref, task)
         row: dict[str, Any] = {"id": case.id}
         for name in task.output_names:
