@@ -46,7 +46,7 @@ class Predictor:
         fine-tuning checkpoint (``asa-finetune`` output); ``compile`` applies ``torch.compile`` to
         its blocks (:func:`asa.models.compile_blocks`)."""
         from asa.models import build_network, compile_blocks
-        from asa.train import load_checkpoint
+        from asa.io import load_checkpoint
 
         state = load_checkpoint(path)
         config = state.get("config") or {}

@@ -282,7 +282,7 @@ class ASASegmenter(nn.Module):
         """
         path = Path(path)
         if checkpoint is None:
-            from asa.train.checkpoint import load_checkpoint
+            from asa.io import load_checkpoint
 
             checkpoint = load_checkpoint(path)
         blob = checkpoint

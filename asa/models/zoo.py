@@ -116,7 +116,7 @@ def build_from_config(
         kwargs.pop(key, None)
     checkpoint, recorded = None, {}
     if pretrained:
-        from asa.train.checkpoint import load_checkpoint
+        from asa.io import load_checkpoint
 
         checkpoint = load_checkpoint(pretrained)
         recorded = recorded_pretraining(checkpoint)

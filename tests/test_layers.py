@@ -1,0 +1,36 @@
+"""Dependencies point down the pipeline: io, then data/losses/models, then train/eval, then api, then cli."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "asa"
+LEVEL = {"io": 0, "data": 1, "losses": 1, "models": 1, "train": 2, "eval": 2, "api": 3, "cli": 4}
+IMPORT = re.compile(r"^\s*(?:from|import)\s+asa\.(\w+)", re.M)
+
+
+def imports() -> list[tuple[str, str, str]]:
+    """(file, its stage, imported stage) for every ``asa.<stage>`` import, also those inside functions."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE)
+        if len(rel.parts) < 2:
+            continue
+        stage = rel.parts[0]
+        found += [(str(rel), stage, m.group(1)) for m in IMPORT.finditer(path.read_text()) if m.group(1) != stage]
+    return found
+
+
+def test_every_stage_is_known():
+    stages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert stages == set(LEVEL)
+    assert imports()  # the scan sees the package's imports
+
+
+def test_no_import_points_up_the_pipeline():
+    upward = [(f, target) for f, stage, target in imports() if LEVEL[target] > LEVEL[stage]]
+    assert upward == []
+
+
+def test_io_imports_nothing_of_asa():
+    assert [(f, t) for f, stage, t in imports() if stage == "io"] == []
