@@ -10,10 +10,11 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .distributed import DistEnv, all_reduce_mean, cleanup_distributed, setup_distributed
-from .engine import Engine, FitResult, NonFiniteLossError, TrainConfig, TrainerSettings, fit
+from .engine import Engine, FitResult, NonFiniteLossError, fit
 from .optim import build_optimizer, param_groups, scaled_lr
 from .rng import capture_rng, fork_rng, restore_rng, seed_everything
 from .schedule import lr_at
+from .settings import TrainConfig, TrainerSettings
 
 __all__ = [
     "CheckpointError", "IncompatibleCheckpointError", "check_compatible", "load_checkpoint", "save_checkpoint",

@@ -1,0 +1,115 @@
+"""What a training run shows: messages on rank 0, a progress bar or plain progress lines, windowed
+step averages, TensorBoard scalars and image panels."""
+from __future__ import annotations
+
+import datetime
+import math
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .distributed import DistEnv, all_reduce_mean
+
+__all__ = ["TrainLog", "scalar"]
+
+
+def scalar(v: object) -> float:
+    """A logged value as a float (tensors are averaged)."""
+    return float(v.detach().float().mean().item()) if isinstance(v, torch.Tensor) else float(v)
+
+
+class TrainLog:
+    """Rank 0 writes; every rank calls (the window means are all-reduced under DDP).
+
+    A tqdm bar shows progress on a terminal; under a scheduler (stderr to a file) or with
+    ``progress=False`` a plain line is printed every logging window instead.
+    """
+
+    def __init__(self, env: DistEnv, tb_dir: Path) -> None:
+        self.env, self.tb_dir = env, tb_dir
+        self.writer = None
+        self.bar = None
+        self.use_bar = False
+        self._window: dict[str, float] = {}
+        self._window_steps = 0
+
+    def say(self, msg: str) -> None:
+        if self.env.is_main:
+            tqdm.write(msg, file=sys.stderr)
+            sys.stderr.flush()
+
+    def open(self, *, start_step: int, stop_step: int, progress: bool, resumed: bool) -> None:
+        """Open TensorBoard (rank 0; a resumed run drops events after ``start_step``) and the progress bar."""
+        if self.env.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.tb_dir), purge_step=start_step if resumed else None)
+        self.use_bar = self.env.is_main and progress and sys.stderr.isatty()
+        self.bar = tqdm(total=stop_step, initial=start_step, disable=not self.use_bar,
+                        desc="train", dynamic_ncols=True, file=sys.stderr)
+        self._start_step, self._stop_step, self._t_start = start_step, stop_step, time.perf_counter()
+        self._window, self._window_steps, self._t_window = {}, 0, time.perf_counter()
+
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
+
+    def images(self, images: Mapping[str, torch.Tensor], step: int) -> None:
+        """Image panels ({tag: [C,H,W] in [0,1]}) on rank 0."""
+        if self.writer is None:
+            return
+        for tag, img in images.items():
+            self.writer.add_image(tag, img.detach().float().cpu().clamp(0, 1), step)
+        self.writer.flush()
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    # ------------------------------------------------------------------------------- logging windows
+    def add_step(self, entry: Mapping[str, float]) -> None:
+        """Count one optimiser step's values into the current window."""
+        for k, v in entry.items():
+            self._window[k] = self._window.get(k, 0.0) + v
+        self._window_steps += 1
+        self.bar.update(1)
+
+    def take_window(self, *, samples_per_step: int, nonfinite_total: int) -> dict[str, float]:
+        """The window's means (averaged across ranks) plus throughput and counters; starts a new window."""
+        elapsed = max(time.perf_counter() - self._t_window, 1e-9)
+        steps = self._window_steps
+        means = {k: v / steps for k, v in self._window.items()}
+        means = all_reduce_mean(means, self.env) if self.env.distributed else means
+        means["train/samples_per_s"] = samples_per_step * steps / elapsed
+        if self.env.device.type == "cuda":
+            means["sys/cuda_max_mem_gb"] = torch.cuda.max_memory_allocated(self.env.device) / 2**30
+        means["train/nonfinite_steps"] = float(nonfinite_total)
+        self._window, self._window_steps, self._t_window = {}, 0, time.perf_counter()
+        return means
+
+    def progress(self, means: Mapping[str, float], *, step: int, epoch: int) -> None:
+        """Show a window's loss, lr and throughput: in the bar, or as a line with the ETA."""
+        loss, lr, sps = means.get("train/loss", float("nan")), means["train/lr"], means["train/samples_per_s"]
+        if self.use_bar:
+            self.bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.3g}", sps=f"{sps:.3g}", refresh=False)
+            return
+        done = step - self._start_step
+        rate = done / max(time.perf_counter() - self._t_start, 1e-9)
+        eta = (self._stop_step - step) / rate if rate > 0 else float("inf")
+        eta_text = str(datetime.timedelta(seconds=round(eta))) if math.isfinite(eta) else "?"
+        self.say(f"step {step}/{self._stop_step} epoch {epoch}: loss {loss:.4g}, lr {lr:.3g}, "
+                 f"{sps:.3g} samples/s, ETA {eta_text}")

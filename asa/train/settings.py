@@ -1,0 +1,93 @@
+"""The training loop's settings: the ``trainer`` config group plus what the data and optim groups set."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from .precision import AMP_CHOICES
+
+__all__ = ["TrainerSettings", "TrainConfig"]
+
+
+@dataclass
+class TrainerSettings:
+    """Training-loop settings of the `trainer` config group (it maps 1:1 onto these fields)."""
+
+    epochs: int = 100  # the lr schedule spans epochs × steps_per_epoch
+    max_steps: int | None = None  # stop after this many optimiser steps; the schedule still spans `epochs`
+    batch_size: int = 2  # per device
+    accum_steps: int = 1  # micro-batches per optimiser step (no all-reduce on the others)
+    warmup_epochs: float = 0.0
+    warmup_steps: int | None = None  # overrides warmup_epochs when set
+    amp: str = "auto"  # auto (fp16 on CUDA, bf16 on a CPU with native bf16, else off) | fp16 | bf16 | off
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
+    compile: bool = False  # torch.compile the model's blocks (see asa.models.compile_blocks)
+    clip_grad: float | None = None  # max global grad norm; the norm is logged either way
+    log_every: int = 10  # steps
+    ckpt_every: int = 100  # steps between last.pt writes (also written at the end and every epoch)
+    keep_last: int = 0  # >0: also keep the newest k step_XXXXXXXX.pt files
+    val_every: int = 1  # epochs
+    monitor: str = "val/loss"
+    mode: str = "min"  # min | max
+    patience: int | None = None  # validation rounds without improvement before stopping
+    max_nonfinite: int = 5  # consecutive non-finite losses before aborting
+    panel_every: int = 0  # epochs between image panels (0 = never)
+    progress: bool = True
+    deterministic: bool = True  # deterministic kernels (honoured on CPU; warn-only on CUDA)
+    find_unused_parameters: bool = False
+
+    @classmethod
+    def from_dict(cls, values: Mapping, *, where: str = "trainer") -> "TrainConfig":
+        """Build from a config mapping; unknown keys are an error naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"{where}: unknown option(s) {unknown}; expected a subset of {sorted(names)}")
+        return cls(**dict(values))
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # e.g. trainer.epochs=ten: name the key, not int()'s message
+            kind = str(f.type).replace(" | None", "")
+            value = getattr(self, f.name)
+            if value is None and "None" in str(f.type) or kind not in _KINDS:
+                continue
+            try:
+                setattr(self, f.name, _KINDS[kind](value))
+            except (TypeError, ValueError):
+                raise ValueError(f"trainer.{f.name}={value!r}: expected {_KIND_WORDS[kind]}") from None
+        if self.amp not in AMP_CHOICES:
+            raise ValueError(f"trainer.amp={self.amp!r}: expected one of {', '.join(AMP_CHOICES)}")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ValueError(f"trainer.threads={self.threads}: expected a positive thread count or null")
+        if self.mode not in {"min", "max"}:
+            raise ValueError(f"trainer.mode={self.mode!r}: expected 'min' or 'max'")
+        for name in ("epochs", "batch_size", "accum_steps", "log_every", "val_every", "max_nonfinite"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"trainer.{name}={getattr(self, name)}: expected >= 1")
+
+
+@dataclass
+class TrainConfig(TrainerSettings):
+    """Everything the Engine reads: the trainer settings plus what the data and optim groups set."""
+
+    num_workers: int = 0  # DataLoader workers per rank (data.num_workers)
+    schedule: str = "cosine"  # cosine | poly | constant (optim.schedule)
+    min_lr: float = 0.0  # (optim.min_lr)
+    power: float = 0.9  # poly exponent (optim.power)
+
+
+def _as_int(value: object) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(value)
+    return int(value)  # type: ignore[arg-type]
+
+
+def _as_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError(value)
+
+
+_KINDS: dict[str, Callable[[object], object]] = {"int": _as_int, "float": float, "bool": _as_bool}
+_KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false"}
