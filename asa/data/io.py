@@ -20,7 +20,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import apply_orientation, io_orientation, ornt_transform
 
-from asa.io import atomic_path, atomic_write_json, atomic_write_text
+from asa.io import atomic_path, atomic_write_json, atomic_write_text, nifti_suffix
 
 __all__ = [
     "Volume",
@@ -31,9 +31,6 @@ __all__ = [
     "atomic_write_json",
     "nifti_suffix",
 ]
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-
 
 class VolumeError(ValueError):
     """An input volume cannot be used; the message names the file and the fault."""
@@ -72,15 +69,6 @@ class Volume:
     def original_axcodes(self) -> tuple[str, ...]:
         """Orientation of the stored file, e.g. ``("L", "P", "S")``."""
         return tuple(nib.aff2axcodes(self.original_affine))
-
-
-def nifti_suffix(path: str | os.PathLike) -> str:
-    """``.nii.gz`` or ``.nii`` (the suffix nibabel needs to pick compression), else ``""``."""
-    name = Path(path).name.lower()
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return suffix
-    return ""
 
 
 def _read_nifti(path: Path) -> nib.Nifti1Image:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from asa.data.io import load_volume
+from asa.io.nifti import find_nifti
 
 __all__ = ["REGION_SOURCES", "RegionSource", "cluster_tissue"]
 
@@ -109,10 +110,9 @@ class RegionSource:
         return {"source": self.source, "dir": None if self.dir is None else str(self.dir)}
 
     def _file(self, case_id: str) -> Path:
-        for suffix in (".nii.gz", ".nii"):
-            path = self.dir / f"{case_id}{suffix}"  # type: ignore[operator]
-            if path.is_file():
-                return path
+        path = find_nifti(self.dir, case_id)  # type: ignore[arg-type]
+        if path is not None:
+            return path
         raise FileNotFoundError(f"regions.dir={self.dir}: no region map {case_id}.nii.gz for case {case_id}")
 
     def __call__(

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from asa.io import atomic_write_text
+from asa.io import NIFTI_SUFFIXES, atomic_write_text, find_nifti
 from asa.eval.metrics import EMPTY_HD95, HD95_CONVENTIONS, HD_PERCENTILE, dice, hd95
 
 METRICS: tuple[str, ...] = ("Dice", "HD95")
@@ -264,7 +264,7 @@ def match_predictions(
     pred_dir: PathLike,
     cases: Iterable[Any],
     *,
-    suffixes: Sequence[str] = (".nii.gz", ".nii"),
+    suffixes: Sequence[str] = NIFTI_SUFFIXES,
     on_missing: str = "error",
 ) -> list[tuple[str, Path, Path]]:
     """Pair each labelled case (``.id``, ``.label``) with ``<pred_dir>/<id><suffix>``.
@@ -281,7 +281,7 @@ def match_predictions(
     for case in cases:
         if case.label is None:
             raise ValueError(f"case {case.id} has no label file to evaluate against")
-        found = next((pred_dir / f"{case.id}{s}" for s in suffixes if (pred_dir / f"{case.id}{s}").is_file()), None)
+        found = find_nifti(pred_dir, case.id, suffixes)
         if found is None:
             missing.append(case.id)
         else:

@@ -23,8 +23,8 @@ from asa.data import (
     save_volume,
 )
 from asa.eval.inference import predict_volume
+from asa.io.nifti import is_nifti, prediction_path, probabilities_path, strip_nifti
 
-NIFTI = re.compile(r"^(?P<stem>.+?)\.nii(\.gz)?$")
 CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # nnU-Net style <case>_0000
 
 
@@ -104,10 +104,9 @@ def cases_from_files(paths: Sequence[Path], task: Task) -> list[Case]:
     ``<case>_0000.nii.gz`` … ``<case>_000K.nii.gz`` in the task's channel order."""
     groups: dict[str, dict[int, Path]] = {}
     for path in sorted(paths):
-        m = NIFTI.match(path.name)
-        if not m:
+        if not is_nifti(path):
             raise ValueError(f"{path}: not a NIfTI file (.nii or .nii.gz)")
-        stem = m["stem"]
+        stem = strip_nifti(path.name)
         c = CHANNEL.match(stem)
         if c and (len(task.channels) > 1 or c["channel"] == "0000"):
             case, channel = c["case"], int(c["channel"])
@@ -143,7 +142,7 @@ def gather_cases(inputs: str | Path | Sequence[str | Path], task: Task, layout: 
                 layout = "files"
         if layout != "files":
             return discover(layout, root, require_labels=False, validate="header", on_bad_case=on_bad_case)
-        files = sorted(p for p in root.iterdir() if NIFTI.match(p.name))
+        files = sorted(p for p in root.iterdir() if is_nifti(p))
         if not files:
             raise FileNotFoundError(f"input {root}: no dataset layout recognised and no .nii/.nii.gz files in it")
         return cases_from_files(files, task)
@@ -177,7 +176,7 @@ def predict_cases(
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
-        target = out_dir / f"{case.id}.nii.gz"
+        target = prediction_path(out_dir, case.id)
         if target.exists() and not overwrite:
             written.append(target)
             continue
@@ -195,7 +194,7 @@ def predict_cases(
                           centre=reference.meta.get("brain_centre"), regions=regions)
         save_volume(predictor.task.prediction_to_label(probs), reference, target)
         if save_probabilities:
-            save_volume(probs.permute(1, 2, 3, 0).numpy(), reference, out_dir / f"{case.id}_probabilities.nii.gz")
+            save_volume(probs.permute(1, 2, 3, 0).numpy(), reference, probabilities_path(out_dir, case.id))
         written.append(target)
     return written
 

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from asa.io.nifti import nifti_suffix
+
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "default_file_mode"]
 
 
@@ -60,8 +62,7 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
-        name = path.name.lower()
-        suffix = ".nii.gz" if name.endswith(".nii.gz") else path.suffix
+        suffix = ".nii.gz" if nifti_suffix(path) == ".nii.gz" else path.suffix
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(name)

@@ -17,9 +17,9 @@ def _touch(folder: Path, *names: str) -> list[Path]:
 
 
 def test_one_channel_files_are_one_case_each(tmp_path):
-    paths = _touch(tmp_path, "subj_2020.nii.gz", "scan_0000.nii.gz", "other.nii")
+    paths = _touch(tmp_path, "subj_2020.nii.gz", "scan_0000.nii.gz", "other.nii", "UPPER.NII.GZ")
     cases = cases_from_files(paths, get_task("ibsr"))
-    assert sorted(c.id for c in cases) == ["other", "scan", "subj_2020"]
+    assert sorted(c.id for c in cases) == ["UPPER", "other", "scan", "subj_2020"]  # suffixes in any case, as layouts
     assert all(list(c.images) == ["t1"] and c.label is None for c in cases)
 
 

@@ -10,9 +10,9 @@ import nibabel as nib
 import numpy as np
 
 from asa.data.case import Case
-from asa.data.io import NIFTI_SUFFIXES, VolumeError, _decode, _read_nifti, load_volume
+from asa.data.io import VolumeError, _decode, _read_nifti, load_volume
 
-__all__ = ["CaseError", "Problem", "Found", "register", "ADAPTERS", "find_nifti", "check_case"]
+__all__ = ["CaseError", "Problem", "Found", "register", "ADAPTERS", "check_case"]
 
 
 class CaseError(ValueError):
@@ -54,22 +54,6 @@ def register(name: str, pattern: str) -> Callable[[Adapter], Adapter]:
         return fn
 
     return deco
-
-
-def find_nifti(folder: Path, stem: str) -> Path | None:
-    """``folder/stem.nii.gz`` or ``folder/stem.nii``, whichever exists (gz first)."""
-    for suffix in NIFTI_SUFFIXES:
-        p = folder / f"{stem}{suffix}"
-        if p.is_file():
-            return p
-    return None
-
-
-def strip_nifti(name: str) -> str:
-    for suffix in NIFTI_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def _grid(path: Path) -> tuple[tuple[int, ...], np.ndarray, nib.Nifti1Image]:

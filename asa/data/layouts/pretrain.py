@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 from asa.data.case import Case
-from asa.data.layouts.base import Found, Problem, register, strip_nifti
+from asa.data.layouts.base import Found, Problem, register
+from asa.io.nifti import is_nifti, strip_nifti
 
 _ENTITY = re.compile(r"(sub|ses|run|acq|rec)-([A-Za-z0-9]+)")
 
@@ -22,7 +23,7 @@ def bids(root: Path, *, require_labels: bool = False) -> Found:
     files = sorted({*root.glob("sub-*/anat/*_T1w.nii*"), *root.glob("sub-*/ses-*/anat/*_T1w.nii*")})
     cases = []
     for f in files:
-        if strip_nifti(f.name) == f.name:
+        if not is_nifti(f.name):
             continue
         case_id = strip_nifti(f.name)[: -len("_T1w")]
         ent = _entities(case_id)

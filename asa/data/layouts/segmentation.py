@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 from asa.data.case import Case
-from asa.data.layouts.base import Found, Problem, find_nifti, register, strip_nifti
+from asa.data.layouts.base import Found, Problem, register
+from asa.io.nifti import find_nifti, strip_nifti
 from asa.data.tasks import get_task
 
 
