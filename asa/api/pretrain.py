@@ -26,7 +26,7 @@ def _model_kwargs(cfg: DictConfig) -> dict:
 def _probe(cfg: DictConfig, patch_size: int, regions=None):
     """probe(model) -> probe metrics (asa.eval.probe) on ``cfg.probe``'s labeled cases, or None when off;
     ``regions``: the region source of an encoder with region attention."""
-    from asa.data import detect_layout, discover, ensure_demo_dataset, get_task
+    from asa.data import SEGMENTATION_LAYOUTS, detect_layout, discover, ensure_demo_dataset, get_task
     from asa.eval.probe import build_probe_set, make_probe
 
     pc = cfg.probe
@@ -39,10 +39,12 @@ def _probe(cfg: DictConfig, patch_size: int, regions=None):
     else:
         root = Path(str(pc.data)).expanduser()
         if not root.exists():
-            raise FileNotFoundError(f"probe.data={root}: no such folder (a labeled brats, ibsr, wmh or msd dataset)")
+            raise FileNotFoundError(f"probe.data={root}: no such folder (a labeled dataset: "
+                                    f"{', '.join(SEGMENTATION_LAYOUTS)})")
         layout = detect_layout(root) if pc.layout == "auto" else str(pc.layout)
-    if layout not in ("brats", "ibsr", "wmh", "msd"):
-        raise ValueError(f"probe.data={root}: layout {layout!r} has no labels; expected brats, ibsr, wmh or msd")
+    if layout not in SEGMENTATION_LAYOUTS:
+        raise ValueError(f"probe.data={root}: layout {layout!r} has no labels; expected one of "
+                         f"{', '.join(SEGMENTATION_LAYOUTS)}")
     task = get_task(layout, root=root)
     cases = [c for c in discover(layout, root) if c.label is not None][: int(pc.cases)]
     try:

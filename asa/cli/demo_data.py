@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from asa.data.demo import DEMO_LAYOUTS, write_demo_dataset
+from asa.data import LAYOUTS, write_demo_dataset
 
 _LAYOUT_HELP = """layouts:
   bids      sub-XXX/[ses-M00/]anat/sub-XXX[_ses-M00]_T1w.nii.gz           (pretraining, T1)
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_LAYOUT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--layout", required=True, choices=DEMO_LAYOUTS, help="dataset layout to write")
+    parser.add_argument("--layout", required=True, choices=LAYOUTS, help="dataset layout to write")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument("--cases", type=int, default=4, help="number of cases (default: 4)")
     parser.add_argument("--size", type=int, default=64, help="volume edge in voxels, 1 mm each (default: 64)")

@@ -10,9 +10,9 @@ from asa.data.datasets import (
     preprocess_for_inference,
     region_map_for_inference,
 )
-from asa.data.demo import DEMO_LAYOUTS, default_cache_dir, ensure_demo_dataset, write_demo_dataset
+from asa.data.demo import default_cache_dir, ensure_demo_dataset, write_demo_dataset
 from asa.data.io import Volume, VolumeError, atomic_write_json, atomic_write_text, load_volume, save_volume
-from asa.data.layouts import LAYOUTS, CaseError, detect_layout, discover
+from asa.data.layouts import LAYOUTS, PRETRAIN_LAYOUTS, SEGMENTATION_LAYOUTS, CaseError, detect_layout, discover
 from asa.data.phantom import Phantom, make_phantom
 from asa.data.regions import REGION_SOURCES, RegionSource, cluster_tissue
 from asa.data.splits import DEFAULT_SPLITS, make_splits
@@ -23,8 +23,9 @@ __all__ = [
     "CaseDataset",
     "CaseError",
     "DEFAULT_SPLITS",
-    "DEMO_LAYOUTS",
     "LAYOUTS",
+    "PRETRAIN_LAYOUTS",
+    "SEGMENTATION_LAYOUTS",
     "Phantom",
     "REGION_SOURCES",
     "RegionSource",

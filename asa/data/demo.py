@@ -18,11 +18,11 @@ import numpy as np
 from nibabel.orientations import axcodes2ornt, inv_ornt_aff, ornt_transform
 
 from asa.io import atomic_write_json, atomic_write_text
+from asa.data.layouts.names import LAYOUTS
 from asa.data.phantom import make_phantom
 
-__all__ = ["write_demo_dataset", "ensure_demo_dataset", "DEMO_LAYOUTS", "default_cache_dir", "write_nifti"]
+__all__ = ["write_demo_dataset", "ensure_demo_dataset", "default_cache_dir", "write_nifti"]
 
-DEMO_LAYOUTS = ("bids", "caps", "filelist", "brats", "ibsr", "wmh", "msd")
 DEMO_VERSION = 1
 _RAS = axcodes2ornt(("R", "A", "S"))
 
@@ -138,7 +138,7 @@ _WRITERS = {"bids": _bids, "caps": _caps, "filelist": _filelist, "brats": _brats
 def write_demo_dataset(layout: str, out: str | Path, *, cases: int = 4, size: int = 64, seed: int = 0) -> Path:
     """Write ``cases`` phantoms of ``size``^3 (1 mm) in ``layout`` under ``out``; returns ``out``."""
     if layout not in _WRITERS:
-        raise ValueError(f"unknown demo layout {layout!r}; expected one of {DEMO_LAYOUTS}")
+        raise ValueError(f"unknown demo layout {layout!r}; expected one of {LAYOUTS}")
     if cases < 1:
         raise ValueError(f"cases must be >= 1, got {cases}")
     if size < 16:

@@ -166,3 +166,15 @@ def test_msd_4d_images(tmp_path):
 
     image, ref = preprocess_for_inference(case, task)
     assert image.shape == (2, 16, 16, 16)
+
+
+def test_layout_names_are_listed_once_and_every_adapter_and_demo_writer_uses_them():
+    from asa.data import LAYOUTS, PRETRAIN_LAYOUTS, SEGMENTATION_LAYOUTS
+    from asa.data.demo import _WRITERS
+    from asa.data.layouts.base import ADAPTERS, register
+
+    assert tuple(ADAPTERS) == LAYOUTS == PRETRAIN_LAYOUTS + SEGMENTATION_LAYOUTS
+    assert set(_WRITERS) == set(LAYOUTS) == set(EXPECTED)
+    assert {name for name in LAYOUTS if EXPECTED[name][1]} == set(SEGMENTATION_LAYOUTS)  # the labelled ones
+    with pytest.raises(ValueError, match="'nifti_dir' is not in asa.data.layouts.names.LAYOUTS"):
+        register("nifti_dir", "*.nii.gz")

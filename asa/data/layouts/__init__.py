@@ -23,10 +23,10 @@ from asa.data.case import Case
 from asa.io import atomic_write_json
 from asa.data.layouts import pretrain, segmentation  # noqa: F401  (register the adapters)
 from asa.data.layouts.base import ADAPTERS, PATTERNS, CaseError, Problem, check_case
+from asa.data.layouts.names import LAYOUTS, PRETRAIN_LAYOUTS, SEGMENTATION_LAYOUTS
 
-__all__ = ["discover", "detect_layout", "LAYOUTS", "CaseError", "Problem"]
+__all__ = ["discover", "detect_layout", "LAYOUTS", "PRETRAIN_LAYOUTS", "SEGMENTATION_LAYOUTS", "CaseError", "Problem"]
 
-LAYOUTS = ("bids", "caps", "filelist", "brats", "ibsr", "wmh", "msd")
 _VALIDATE = ("full", "header", "none")
 
 

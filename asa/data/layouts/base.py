@@ -11,6 +11,7 @@ import numpy as np
 
 from asa.data.case import Case
 from asa.data.io import VolumeError, _decode, _read_nifti, load_volume
+from asa.data.layouts.names import LAYOUTS
 
 __all__ = ["CaseError", "Problem", "Found", "register", "ADAPTERS", "check_case"]
 
@@ -46,7 +47,10 @@ PATTERNS: dict[str, str] = {}
 
 
 def register(name: str, pattern: str) -> Callable[[Adapter], Adapter]:
-    """Add an adapter ``fn(root: Path, *, require_labels: bool) -> Found`` to the registry."""
+    """Add an adapter ``fn(root: Path, *, require_labels: bool) -> Found`` to the registry under one
+    of the names in ``asa.data.layouts.names.LAYOUTS``."""
+    if name not in LAYOUTS:
+        raise ValueError(f"layout {name!r} is not in asa.data.layouts.names.LAYOUTS {LAYOUTS}; add it there")
 
     def deco(fn: Adapter) -> Adapter:
         ADAPTERS[name] = fn
