@@ -59,10 +59,11 @@ def test_volume_larger_than_window_is_blended_to_full_size():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the peak RSS from /proc/self/status")
 def test_full_size_brats_case_stays_within_memory_bound():
     """One 4×240×240×155 case with the tiny segmenter (64³ windows): peak RSS under 1.5 GiB."""
     script = textwrap.dedent("""
-        import resource, torch
+        import torch
         from asa.eval.inference import predict_volume
         from asa.models import PRESETS, ASASegmenter
         torch.set_num_threads(2)
@@ -71,10 +72,12 @@ def test_full_size_brats_case_stays_within_memory_bound():
         probs = predict_volume(net, torch.randn(4, 240, 240, 155), roi_size=(64, 64, 64), multilabel=True,
                                overlap=0.25, sw_batch_size=1)
         assert probs.shape == (3, 240, 240, 155)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        print(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")))  # kB
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # VmHWM is this process's own peak: ru_maxrss would carry over the peak of the (large) test process
+    # that spawned it, since Linux keeps the larger of the two across exec.
     peak_mib = int(proc.stdout.split()[-1]) / 1024
     assert peak_mib < 1536, f"peak RSS {peak_mib:.0f} MiB"
 
