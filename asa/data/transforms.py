@@ -36,6 +36,7 @@ from monai.transforms import (
     Randomizable,
     Transform,
 )
+from monai.transforms.utils import generate_spatial_bounding_box
 
 from asa.data.case import Case
 from asa.data.io import Volume, load_volume
@@ -129,10 +130,8 @@ def brain_centre(mask: np.ndarray, affine: np.ndarray | None = None, lr_centre: 
         raise ValueError(f"lr_centre must be one of {LR_CENTRES}, got {lr_centre!r}")
     if not mask.any():
         return (np.array(mask.shape) - 1) / 2
-    centre = np.empty(3)
-    for ax in range(3):
-        proj = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))
-        centre[ax] = (proj[0] + proj[-1]) / 2
+    start, end = generate_spatial_bounding_box(mask[None])  # end is exclusive
+    centre = (np.array(start, dtype=float) + np.array(end, dtype=float) - 1) / 2
     if lr_centre == "world":
         if affine is None:
             raise ValueError("lr_centre='world' needs the affine")

@@ -32,6 +32,29 @@ def test_crop_puts_midline_at_centre():
     assert (tissue == tissue[::-1]).mean() > 0.95  # mirror i <-> 39 - i
 
 
+def test_brain_centre_is_the_bounding_box_centre():
+    """MONAI's bounding box gives the centre the per-axis projections give (first + last) / 2,
+    on hand-made boxes, touching the edges, single voxels and random masks."""
+    def by_projection(mask):
+        return np.array([(p[0] + p[-1]) / 2 for p in (
+            np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3))])
+
+    mask = np.zeros((10, 12, 9), bool)
+    mask[2:7, 0:5, 8] = True  # x 2..6, y 0..4 (an edge), z 8 (the last plane)
+    assert T.brain_centre(mask).tolist() == [4.0, 2.0, 8.0]
+    one = np.zeros((5, 5, 5), bool)
+    one[4, 0, 3] = True
+    assert T.brain_centre(one).tolist() == [4.0, 0.0, 3.0]
+    assert T.brain_centre(np.zeros((4, 6, 8), bool)).tolist() == [1.5, 2.5, 3.5]  # empty: the grid centre
+    rng = np.random.default_rng(0)
+    for density in (0.001, 0.01, 0.3):
+        mask = rng.random((17, 20, 23)) < density
+        if mask.any():
+            assert np.array_equal(T.brain_centre(mask), by_projection(mask))
+    ph_mask = T.brain_mask(make_phantom(40, seed=2).images["t1"][None])
+    assert np.array_equal(T.brain_centre(ph_mask), by_projection(ph_mask))
+
+
 def test_crop_or_pad_hand_values():
     a = np.arange(5, dtype=np.float32)[None, :, None, None] * np.ones((1, 5, 1, 1), np.float32)
     out = T.crop_or_pad(a, (2.0, 0, 0), (3, 1, 1))
