@@ -22,6 +22,11 @@ class SegmentationLoss(nn.Module):
     ``focal_weight`` λ > 0 adds ``λ · FocalRegionLoss(β = focal_beta)`` between the probabilities
     (softmax, or sigmoid for multilabel tasks) and the one-hot target, over the ``regions`` map
     [B, 1, ...] passed to forward (ignored voxels left out).
+
+    Not MONAI's ``DiceCELoss``: it has no mask or ignore index (a perfect WMH prediction with half
+    the voxels ignored would score 0.25, not 0), and with several sigmoid channels it takes a
+    softmax cross-entropy across them instead of BCE. It equals this loss only for softmax tasks
+    without ignored voxels.
     """
 
     def __init__(self, multilabel: bool, *, focal_weight: float = 0.0, focal_beta: float = 1.0) -> None:
