@@ -44,8 +44,9 @@ class Predictor:
                         compile: bool = False) -> "Predictor":
         """Rebuild the network (from the checkpoint's network spec) and the task recorded in a
         fine-tuning checkpoint (``asa-finetune`` output); ``compile`` applies ``torch.compile`` to
-        its blocks (:func:`asa.models.compile_blocks`)."""
-        from asa.models import build_network, compile_blocks
+        its blocks (:func:`asa.models.compile_blocks`). With bf16 on a CPU the network is laid out
+        channels-last (:func:`asa.models.channels_last_inference`)."""
+        from asa.models import build_network, channels_last_inference, compile_blocks
         from asa.io import load_checkpoint
 
         state = load_checkpoint(path)
@@ -63,6 +64,8 @@ class Predictor:
         except RuntimeError as err:
             raise ValueError(f"checkpoint {path}: weights do not fit the recorded network: {err}") from err
         model = model.to(device).eval()
+        if device.type == "cpu" and amp_dtype is not None:  # bf16 on CPU: channels-last convolutions are faster
+            channels_last_inference(model)
         if compile:
             compile_blocks(model)
         regions = None

@@ -3,6 +3,7 @@
 from asa.models.attention import LinearWindowAttention
 from asa.models.compiled import compile_blocks
 from asa.models.encoder import SWViTEncoder
+from asa.models.layout import channels_last_inference
 from asa.models.mae import ASA, MAEOutput
 from asa.models.patch import PatchEmbed, patch_grid, patchify, unpatchify
 from asa.models.position import brain_frame_encoding, symmetric_position_encoding
@@ -32,6 +33,7 @@ __all__ = [
     "build_network",
     "compile_blocks",
     "build_segmentation_network",
+    "channels_last_inference",
     "network_spec",
     "patch_grid",
     "patch_regions",

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 import textwrap
@@ -86,7 +87,7 @@ def test_bf16_prediction_matches_fp32_labels_on_a_demo_case(tmp_path):
     """The asa-predict path under bf16 autocast gives the fp32 labels on >= 99 % of the voxels."""
     from asa.data import discover, get_task, preprocess_for_inference, write_demo_dataset
     from asa.eval.predict import Predictor
-    from asa.models import PRESETS, ASASegmenter
+    from asa.models import PRESETS, ASASegmenter, channels_last_inference
 
     root = write_demo_dataset("brats", tmp_path / "brats", cases=1, size=40, seed=3)
     task = get_task("brats")
@@ -94,11 +95,15 @@ def test_bf16_prediction_matches_fp32_labels_on_a_demo_case(tmp_path):
     torch.manual_seed(0)
     tiny = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
     model = ASASegmenter(img_size=32, in_channels=4, out_channels=task.num_outputs, **tiny).eval()
+    laid_out = copy.deepcopy(model)
+    channels_last_inference(laid_out)  # what Predictor.from_checkpoint does for bf16 on a CPU
     labels = {}
-    for dtype in (None, torch.bfloat16):
-        probs = Predictor(model, task, (32, 32, 32), torch.device("cpu"), dtype)(image)
+    for name, net, dtype in (("fp32", model, None), ("bf16", model, torch.bfloat16),
+                             ("bf16 channels-last", laid_out, torch.bfloat16)):
+        probs = Predictor(net, task, (32, 32, 32), torch.device("cpu"), dtype)(image)
         assert probs.dtype == torch.float32
-        labels[dtype] = torch.as_tensor(task.prediction_to_label(probs))
-    fp32, bf16 = labels[None], labels[torch.bfloat16]
+        labels[name] = torch.as_tensor(task.prediction_to_label(probs))
+    fp32 = labels["fp32"]
     assert len(fp32.unique()) > 1  # not a trivially constant prediction
-    assert (fp32 == bf16).float().mean() >= 0.99
+    assert (fp32 == labels["bf16"]).float().mean() >= 0.99
+    assert (fp32 == labels["bf16 channels-last"]).float().mean() >= 0.99
