@@ -20,8 +20,10 @@ def predict(config: PredictConfig | DictConfig) -> list[Path]:
     ``config``: the typed config (PredictConfig, e.g. from ``load_config("predict")``) or a composed
     Hydra config; it is checked against the schema first."""
     cfg = as_config(config, "predict")
+    from asa.eval.inference import check_sw_batch_size
     from asa.eval.predict import Predictor, gather_cases, predict_cases
 
+    sw_batch_size = check_sw_batch_size(cfg.sw_batch_size)
     device = resolve_device(str(cfg.device))
     amp_dtype = resolve_amp(str(cfg.amp), device, option="amp")
     threads = set_threads(cfg.get("threads"), option="threads")
@@ -36,7 +38,7 @@ def predict(config: PredictConfig | DictConfig) -> list[Path]:
     tta_axes = list(cfg.tta_axes) if cfg.tta else []
     skipped: list[tuple[str, str]] = []
     written = predict_cases(
-        predictor, cases, str(cfg.output), overlap=float(cfg.overlap), sw_batch_size=int(cfg.sw_batch_size),
+        predictor, cases, str(cfg.output), overlap=float(cfg.overlap), sw_batch_size=sw_batch_size,
         tta_axes=tta_axes, save_probabilities=bool(cfg.save_probabilities), overwrite=bool(cfg.overwrite),
         on_bad_case=on_bad_case, skipped=skipped, progress=sys.stderr.isatty(),
     )

@@ -10,7 +10,7 @@ the check on a composed config, which also catches keys added with ``+key=value`
 from __future__ import annotations
 
 from dataclasses import dataclass, field, is_dataclass
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Union
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -240,7 +240,7 @@ class PredictConfig:
     output: str = MISSING
     layout: str = "auto"
     overlap: float = 0.5
-    sw_batch_size: int = 2
+    sw_batch_size: Union[int, str] = "auto"  # a window count or auto (sized to memory)
     tta: bool = False
     tta_axes: List[int] = field(default_factory=lambda: [0, 1, 2])
     save_probabilities: bool = False

@@ -80,7 +80,7 @@ class Predictor:
         """The region map [1, X, Y, Z] a network with region attention needs for ``case``, else None."""
         return None if self.regions is None else region_map_for_inference(case, self.task, self.regions)
 
-    def __call__(self, image: torch.Tensor, *, overlap: float = 0.5, sw_batch_size: int = 2,
+    def __call__(self, image: torch.Tensor, *, overlap: float = 0.5, sw_batch_size: int | str = "auto",
                  tta_axes: Sequence[int] = (), centre: Sequence[float] | None = None,
                  regions: torch.Tensor | None = None) -> torch.Tensor:
         """image [C, X, Y, Z] -> probabilities [K, X, Y, Z] (CPU, float32); ``centre``: the brain
@@ -158,7 +158,7 @@ def predict_cases(
     output: str | Path,
     *,
     overlap: float = 0.5,
-    sw_batch_size: int = 2,
+    sw_batch_size: int | str = "auto",
     tta_axes: Sequence[int] = (),
     save_probabilities: bool = False,
     overwrite: bool = True,

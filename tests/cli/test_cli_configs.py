@@ -86,7 +86,7 @@ def test_encoder_presets_match_the_python_presets():
     ("finetune", ["trainer.epochs=ten"], "trainer.epochs"),        # a wrong type
     ("pretrain", ["mae.mask_ratio=lots"], "mae.mask_ratio"),
     ("finetune", ["segmenter.pos_mdoe=mirror"], "segmenter.pos_mdoe"),
-    ("predict", ["checkpoint=c", "input=i", "output=o", "sw_batch_size=two"], "sw_batch_size"),
+    ("predict", ["checkpoint=c", "input=i", "output=o", "sw_batch_size=[2]"], "sw_batch_size"),
     ("evaluate", ["pred=p", "output=o", "data.patch=3"], "data.patch"),
 ])
 def test_config_mistakes_fail_at_compose_time_naming_the_key(entry, overrides, key):

@@ -9,7 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from asa.eval.inference import flip_subsets, predict_volume
+from asa.eval.inference import (
+    SW_BATCH_CAP,
+    auto_sw_batch_size,
+    check_sw_batch_size,
+    flip_subsets,
+    predict_volume,
+    window_batch_for_memory,
+)
 
 
 class Positional(nn.Module):
@@ -57,6 +64,62 @@ def test_volume_larger_than_window_is_blended_to_full_size():
     got = predict_volume(model, x, roi_size=(16, 16, 16), multilabel=True, overlap=0.5)
     # a pointwise model is translation-invariant: blending windows must reproduce it exactly
     torch.testing.assert_close(got, torch.sigmoid(model(x[None]))[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("value, expected", [("auto", "auto"), (1, 1), (8, 8), ("4", 4), (3.0, 3)])
+def test_sw_batch_size_is_a_window_count_or_auto(value, expected):
+    assert check_sw_batch_size(value) == expected
+
+
+@pytest.mark.parametrize("value", [0, -2, "two", 1.5, True, None])
+def test_bad_sw_batch_size_is_refused_naming_the_option(value):
+    with pytest.raises(ValueError, match="sw_batch_size=.*positive number of windows per batch or 'auto'"):
+        check_sw_batch_size(value)
+
+
+def test_asa_predict_refuses_a_bad_window_batch_before_loading_anything(tmp_path):
+    from asa.api import load_config, predict
+
+    cfg = load_config("predict", f"checkpoint={tmp_path / 'missing.pt'}", f"input={tmp_path}", f"output={tmp_path}",
+                      "sw_batch_size=two")
+    with pytest.raises(ValueError, match="sw_batch_size='two'"):
+        predict(cfg)
+
+
+MIB = 2**20
+
+
+@pytest.mark.parametrize("window, budget, expected", [
+    (300 * MIB, 1000 * MIB, 3),        # floor(1000 / 300)
+    (300 * MIB, 900 * MIB, 3),         # exactly three fit
+    (300 * MIB, 899 * MIB, 2),
+    (300 * MIB, 100 * MIB, 1),         # not even one fits: still one window at a time
+    (1 * MIB, 80 * 1024 * MIB, SW_BATCH_CAP),
+    (0, 1000 * MIB, SW_BATCH_CAP),     # a window that allocates nothing
+])
+def test_auto_window_batch_is_what_the_memory_budget_holds(window, budget, expected):
+    assert window_batch_for_memory(window, budget) == expected
+
+
+def test_auto_window_batch_on_cpu_is_one_without_probing():
+    def probe():
+        raise AssertionError("a CPU needs no probe")
+
+    assert auto_sw_batch_size(probe, torch.device("cpu")) == 1
+    model = nn.Conv3d(2, 3, 1)
+    x = torch.randn(2, 40, 24, 20)
+    torch.testing.assert_close(predict_volume(model, x, roi_size=(16, 16, 16), multilabel=True, sw_batch_size="auto"),
+                               predict_volume(model, x, roi_size=(16, 16, 16), multilabel=True, sw_batch_size=1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_window_batch_on_cuda_fits_the_free_memory():
+    model = nn.Conv3d(4, 8, 3, padding=1).cuda()
+    window = torch.zeros(1, 4, 64, 64, 64, device="cuda")
+    batch = auto_sw_batch_size(lambda: model(window), torch.device("cuda"))
+    free, _ = torch.cuda.mem_get_info()
+    assert 1 <= batch <= SW_BATCH_CAP
+    assert batch == SW_BATCH_CAP or batch * 8 * 64**3 * 4 <= free  # each window's output alone fits
 
 
 @pytest.mark.slow
