@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 
@@ -31,13 +32,18 @@ def resolve_amp(amp: str, device: torch.device, *, option: str = "trainer.amp") 
     """The autocast dtype for ``amp`` on ``device`` (None = fp32).
 
     ``auto``: fp16 on CUDA (with a GradScaler when training), bf16 on a CPU with native bf16
-    matmul, fp32 otherwise. ``fp16`` needs CUDA; ``bf16`` works on both.
+    matmul, fp32 otherwise. ``fp16`` needs CUDA; ``bf16`` works on both, and warns on a CPU
+    without native bf16 matmul, where it is emulated and slower than fp32.
     """
     if amp not in AMP_CHOICES:
         raise ValueError(f"{option}={amp!r}: expected one of {', '.join(AMP_CHOICES)}")
     if amp == "off":
         return None
     if amp == "bf16":
+        if device.type == "cpu" and not cpu_has_native_bf16():
+            warnings.warn(f"{option}=bf16 on a CPU without native bf16 matmul (its flags list none of "
+                          f"{', '.join(_CPU_BF16_FLAGS)}, ARM bf16): bf16 is emulated through fp32 and usually runs "
+                          f"slower than fp32; {option}=auto uses fp32 here", UserWarning, stacklevel=2)
         return torch.bfloat16
     if device.type == "cuda":
         return torch.float16

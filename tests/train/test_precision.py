@@ -33,6 +33,20 @@ def test_auto_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, native, expect
     assert amp_name(expected) == ("bf16" if native else "fp32")
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_explicit_bf16_warns_on_a_cpu_that_emulates_it(monkeypatch, recwarn, native):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    assert resolve_amp("bf16", CPU, option="amp") is torch.bfloat16
+    emulated = [w for w in recwarn if "without native bf16 matmul" in str(w.message)]
+    assert len(emulated) == (0 if native else 1)
+    if emulated:
+        assert "amp=bf16" in str(emulated[0].message) and "amp=auto uses fp32" in str(emulated[0].message)
+    recwarn.clear()
+    assert resolve_amp("auto", CPU) is (torch.bfloat16 if native else None)  # auto never warns: it picks fp32
+    assert resolve_amp("off", CPU) is None
+    assert not [w for w in recwarn if "bf16" in str(w.message)]
+
+
 def test_bad_precision_and_threads_name_the_option():
     with pytest.raises(ValueError, match="amp=fp16 needs a CUDA device"):
         resolve_amp("fp16", CPU, option="amp")
