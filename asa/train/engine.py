@@ -238,12 +238,11 @@ class Engine:
                                          distributed=self.env.distributed)
         received = -1 if self._stop.received is None else self._stop.received
         bad, stop_signal = all_reduce_max_ints([acc.nonfinite, received], self.env)
-        grad_norm = None
-        if bad:
-            self._skip_nonfinite()
+        grad_norm = None if bad else self.optim_step.apply(self.epoch)
+        if grad_norm is None:
+            self._skip_nonfinite("loss" if bad else "gradient")
         else:
             self.nonfinite_run = 0
-            grad_norm = self.optim_step.apply(self.epoch)
         self.step += 1
         entry = {"train/loss": acc.loss, "train/lr": lr, **{f"train/{k}": v for k, v in acc.logs.items()}}
         if grad_norm is not None:
@@ -262,20 +261,20 @@ class Engine:
             self.batch_in_epoch += 1
             yield batch
 
-    def _skip_nonfinite(self) -> None:
-        """Drop a step whose loss was NaN/inf on some rank; abort after `max_nonfinite` in a row."""
+    def _skip_nonfinite(self, what: str) -> None:
+        """Drop a step whose loss (on some rank) or gradient was NaN/inf; abort after `max_nonfinite` in a row."""
         self.optim_step.skip()
         self.nonfinite_total += 1
         self.nonfinite_run += 1
         if self.nonfinite_run >= self.cfg.max_nonfinite:
             last = self.ckpt_dir / "last.pt"
             raise NonFiniteLossError(
-                f"{self.nonfinite_run} consecutive non-finite losses (NaN/inf) up to step {self.step}; "
-                f"stopping (trainer.max_nonfinite={self.cfg.max_nonfinite}). Last good checkpoint: "
+                f"{self.nonfinite_run} consecutive non-finite steps (NaN/inf loss or gradient) up to step "
+                f"{self.step}; stopping (trainer.max_nonfinite={self.cfg.max_nonfinite}). Last good checkpoint: "
                 f"{last if last.is_file() else 'none written yet'}. Lower the learning rate, enable "
-                f"trainer.clip_grad, or check the data."
+                f"trainer.clip_grad, try trainer.amp=off, or check the data."
             )
-        self.log.say(f"warning: non-finite loss at step {self.step}: step skipped "
+        self.log.say(f"warning: non-finite {what} at step {self.step}: step skipped "
                      f"({self.nonfinite_run} in a row, {self.nonfinite_total} in total)")
 
     def _end_epoch(self, run: _Run) -> bool:

@@ -31,7 +31,7 @@ class TrainerSettings:
     monitor: str = "val/loss"
     mode: str = "min"  # min | max
     patience: int | None = None  # validation rounds without improvement before stopping
-    max_nonfinite: int = 5  # consecutive non-finite losses before aborting
+    max_nonfinite: int = 5  # consecutive non-finite steps (loss or gradient) before aborting
     panel_every: int = 0  # epochs between image panels (0 = never)
     progress: bool = True
     deterministic: bool = True  # deterministic kernels (honoured on CPU; warn-only on CUDA)

@@ -1,8 +1,10 @@
 """One optimiser step from ``accum_steps`` micro-batches: autocast forward, scaled backward, then
-either the update (frozen groups dropped, unscale, clip, step) or, after a non-finite loss, a skip."""
+either the update (frozen groups dropped, unscale, clip, step) or, after a non-finite loss or
+gradient, a skip."""
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -66,13 +68,20 @@ class OptimizerStep:
                 logs_sum[k] = logs_sum.get(k, 0.0) + scalar(v) / self.accum_steps
         return Accumulated(loss_sum, logs_sum, bad)
 
-    def apply(self, epoch: int) -> float:
-        """Update the weights from the accumulated gradients; returns the gradient norm before clipping."""
+    def apply(self, epoch: int) -> float | None:
+        """Update the weights from the accumulated gradients; returns the gradient norm before clipping,
+        or None when that norm is NaN/inf (a finite loss can still back-propagate to one): the step is
+        then skipped, since one such update would make every weight NaN. The GradScaler of fp16 handles
+        those steps itself (it skips them and lowers its scale). Under DDP every rank holds the same
+        all-reduced gradients, so all ranks take the same decision."""
         self._drop_frozen_grads(epoch)
         self.scaler.unscale_(self.optimizer)
         max_norm = self.clip_grad if self.clip_grad else float("inf")
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+            self.skip()
+            return None
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

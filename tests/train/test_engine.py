@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from asa.train import IncompatibleCheckpointError, NonFiniteLossError, TrainConfig, load_checkpoint
-from toy import ToyData, make_engine
+from toy import ToyData, make_engine, step_fn
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -92,6 +92,33 @@ def test_non_finite_losses_are_skipped_then_abort_keeps_last_good(tmp_path):
             ToyData(nan_items=tuple(range(16)))
         )
     assert (out / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_a_finite_loss_with_non_finite_gradients_is_skipped_not_applied(tmp_path):
+    """sqrt at 0 has an infinite derivative: 0·sqrt(0·w) adds 0 to the loss and NaN to w's gradient.
+    Such a step must be skipped (applied, it would make every weight NaN), and a run of them aborts."""
+    poisoned = {"steps": set(), "calls": 0}
+
+    def step(model, batch):
+        loss, logs = step_fn(model, batch)
+        poisoned["calls"] += 1
+        if poisoned["calls"] in poisoned["steps"]:
+            loss = loss + 0.0 * torch.sqrt((0.0 * model.fc1.weight).sum())
+        assert torch.isfinite(loss)
+        return loss, logs
+
+    poisoned["steps"] = {3}
+    res = make_engine(tmp_path / "a", config=_cfg(epochs=1), step=step).fit(ToyData(augment=False))
+    assert res.step == 8 and res.nonfinite_steps == 1
+    weights = _weights(tmp_path / "a")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    # the same run without the poisoned step differs from it only by that step's update
+    clean = make_engine(tmp_path / "b", config=_cfg(epochs=1)).fit(ToyData(augment=False))
+    assert clean.nonfinite_steps == 0 and not torch.equal(weights["fc1.weight"], _weights(tmp_path / "b")["fc1.weight"])
+
+    poisoned["steps"], poisoned["calls"] = set(range(1, 100)), 0
+    with pytest.raises(NonFiniteLossError, match="2 consecutive non-finite steps .*loss or gradient"):
+        make_engine(tmp_path / "c", config=_cfg(epochs=1, max_nonfinite=2), step=step).fit(ToyData())
 
 
 def test_early_stopping_on_monitored_metric(tmp_path):

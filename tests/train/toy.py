@@ -59,11 +59,11 @@ def step_fn(model: nn.Module, batch: dict):
 
 
 def make_engine(out_dir, *, config: TrainConfig, seed: int = 0, dropout: float = 0.1, resume=False,
-                validate=None, run_config=None, env=None, lr: float = 0.05) -> Engine:
+                validate=None, run_config=None, env=None, lr: float = 0.05, step=step_fn) -> Engine:
     torch.manual_seed(seed)
     model = ToyNet(dropout)
     opt = build_optimizer(model, name="adamw", lr=lr, weight_decay=0.05)
-    return Engine(model, opt, step_fn, config=config, lr=lr, out_dir=out_dir, seed=seed, validate=validate,
+    return Engine(model, opt, step, config=config, lr=lr, out_dir=out_dir, seed=seed, validate=validate,
                   run_config=run_config if run_config is not None else {"model": {"width": 16}}, resume=resume,
                   env=env)
 
