@@ -69,7 +69,8 @@ def auto_sw_batch_size(probe: Callable[[], object], device: torch.device, *, fra
 
     CPU: 1. The convolutions and matmuls of one 128³ window already keep the cores busy (the base
     `ASASegmenter` takes the same time per window in batches of 1 and 2) while every extra window
-    in a batch adds its activations (whole-case peak RSS 1.7 GiB at 1, 2.5 GiB at 2).
+    in a batch adds its activations (a 4 × 240 × 240 × 155 case in bf16: peak RSS 1.7 GiB with
+    one window per batch, 2.1 GiB or more with two).
     CUDA: ``probe()`` runs one window; the peak memory it allocates is one window's cost, and the
     batch is `window_batch_for_memory` of that within ``fraction`` of the memory still usable
     (free on the device plus what torch's allocator holds unused)."""
