@@ -32,6 +32,7 @@ POSITIVE = [
     "asa_inference_peak_mib", "unetr_inference_peak_mib",
     "loader_batches_per_s", "train_batches_per_s", "loader_headroom",
     "asa_fp32_step_s", "bf16_speedup", "case_inference_s", "case_inference_peak_mib",
+    "case_inference_contiguous_s", "case_inference_contiguous_peak_mib",
 ]
 FACTS = ["device", "device_name", "torch_version", "monai_version", "date", "command", "unetr_note"]
 
@@ -57,6 +58,7 @@ def test_every_key_positive_and_finite(tiny_run):
     assert r["size"] == 32 and r["batch"] == 1 and r["preset"] == "tiny"
     assert r["amp"] == "bf16" and r["threads"] == 1 and "(1 thread)" in r["device_name"]
     assert r["case_shape"] == [40, 40, 36] and len(r["times"]["case_inference"]) == 1
+    assert len(r["times"]["case_inference_contiguous"]) == 1
     assert r["command"].startswith("scripts/benchmark.py --size 32")
     assert len(r["times"]["asa"]) == 1 and len(r["times"]["monai_mae"]) == 1
     assert r["inference_volume"] == 48  # 1.5 × size
