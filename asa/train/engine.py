@@ -24,7 +24,7 @@ from asa.models.zoo import network_spec
 from .checkpoint import FORMAT, VERSION, prune_step_checkpoints, save_checkpoint
 from .data import build_loader, move_to
 from .distributed import DistEnv, all_gather_objects, all_reduce_max_ints, all_reduce_mean, barrier
-from .precision import amp_name, set_threads
+from .precision import amp_name, guard_cpu_bf16_convolutions, set_threads
 from .preemption import StopSignals
 from .reporting import TrainLog, scalar
 from .resume import Tracker, read_training_checkpoint, resume_path
@@ -108,6 +108,8 @@ class Engine:
         self.extra_state = extra_state
         self.optim_step = OptimizerStep(optimizer, amp=config.amp, device=self.env.device,
                                         accum_steps=config.accum_steps, clip_grad=config.clip_grad)
+        if self.optim_step.amp_dtype == torch.bfloat16 and self.env.device.type == "cpu":
+            guard_cpu_bf16_convolutions(model)
         self.log = TrainLog(self.env, self.out_dir / "tb")
         self.tracker = Tracker(config.mode)
         self.step = self.epoch = self.batch_in_epoch = 0

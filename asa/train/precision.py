@@ -6,8 +6,10 @@ import functools
 import warnings
 
 import torch
+from torch import nn
 
-__all__ = ["AMP_CHOICES", "amp_name", "cpu_has_native_bf16", "resolve_amp", "set_threads"]
+__all__ = ["AMP_CHOICES", "amp_name", "cpu_has_native_bf16", "guard_cpu_bf16_convolutions", "resolve_amp",
+           "set_threads"]
 
 AMP_CHOICES = ("auto", "fp16", "bf16", "off")
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instructions that compute bf16 dot products natively
@@ -64,3 +66,30 @@ def set_threads(threads: int | None, *, option: str = "trainer.threads") -> int:
             raise ValueError(f"{option}={threads}: expected a positive thread count or null (torch's default)")
         torch.set_num_threads(int(threads))
     return torch.get_num_threads()
+
+
+class _DepthGuardedConv3d(nn.Conv3d):
+    """An ``nn.Conv3d`` that leaves CPU bf16 autocast for inputs shallower than its kernel's depth.
+
+    On the CPU, oneDNN's bf16 weight gradient of a 3×3×3 convolution is wrong (non-deterministic,
+    at times NaN) when the input's first spatial side is 2, as at the 2³ bottleneck of SwinUNETR on
+    64³ crops or the decoder of a patch-16 segmenter on 32³ crops; the forward pass and the input
+    gradient are right, and so is every other side tested (1, 3–16). Such inputs are tiny, so fp32
+    costs nothing there."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.shape[2] < self.kernel_size[0] and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
+def guard_cpu_bf16_convolutions(model: nn.Module) -> int:
+    """Make every plain ``nn.Conv3d`` of ``model`` a :class:`_DepthGuardedConv3d` (same parameters,
+    buffers and state-dict keys) for training under CPU bf16 autocast; returns how many."""
+    count = 0
+    for module in model.modules():
+        if type(module) is nn.Conv3d:
+            module.__class__ = _DepthGuardedConv3d
+            count += 1
+    return count

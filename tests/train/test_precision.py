@@ -121,3 +121,32 @@ def test_bf16_training_follows_fp32(tmp_path):
     a, b = torch.tensor(fp32), torch.tensor(bf16)
     assert torch.all((a - b).abs() <= 0.02 * a), ((a - b).abs() / a).max()
     assert a[-10:].mean() < 0.7 * a[:10].mean() and b[-10:].mean() < 0.7 * b[:10].mean()
+
+
+def test_cpu_bf16_convolutions_on_depth_2_inputs_run_in_fp32_and_deep_ones_stay_bf16():
+    """The guarded Conv3d gives the fp32 weight gradient, the same on every repeat, for a depth-2
+    input under CPU bf16 autocast, and still computes in bf16 where the input is deep enough."""
+    torch.manual_seed(0)
+    conv = torch.nn.Sequential(torch.nn.Conv3d(16, 16, 3, padding=1), torch.nn.Conv3d(16, 16, 1))
+    keys = list(conv.state_dict())
+    assert precision.guard_cpu_bf16_convolutions(conv) == 2 and list(conv.state_dict()) == keys
+    x = torch.randn(2, 16, 2, 4, 4)
+    conv(x).square().mean().backward()
+    fp32 = conv[0].weight.grad.clone()
+    for _ in range(5):
+        conv.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = conv[0](x)
+        assert out.dtype == torch.float32
+        conv[1](out).square().mean().backward()
+        torch.testing.assert_close(conv[0].weight.grad, fp32, rtol=2e-2, atol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv[0](torch.randn(1, 16, 3, 4, 4)).dtype == torch.bfloat16
+
+
+def test_the_engine_guards_convolutions_only_under_cpu_bf16(tmp_path):
+    for amp, guarded in (("bf16", True), ("off", False)):
+        net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3, padding=1))
+        Engine(net, build_optimizer(net, name="adamw", lr=1e-3, weight_decay=0.0), lambda m, b: (m(b).sum(), {}),
+               config=TrainConfig(epochs=1, batch_size=1, progress=False, amp=amp), lr=1e-3, out_dir=tmp_path / amp)
+        assert (type(net[0]) is not torch.nn.Conv3d) is guarded
