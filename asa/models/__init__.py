@@ -7,6 +7,7 @@ from asa.models.layout import channels_last_inference
 from asa.models.mae import ASA, MAEOutput
 from asa.models.patch import PatchEmbed, patch_grid, patchify, unpatchify
 from asa.models.position import brain_frame_encoding, symmetric_position_encoding
+from asa.models.saca import SymmetryCrossAttention, WindowSymmetryCrossAttention, mirror_index
 from asa.models.presets import PRESETS
 from asa.models.region_attention import RegionAttention, patch_regions
 from asa.models.segmenter import SPE_FRAMES, ASASegmenter, LoadReport, recorded_pretraining
@@ -29,12 +30,15 @@ __all__ = [
     "SWViT",
     "SWViTEncoder",
     "brain_frame_encoding",
+    "SymmetryCrossAttention",
+    "WindowSymmetryCrossAttention",
     "build_from_config",
     "build_network",
     "compile_blocks",
     "build_segmentation_network",
     "channels_last_inference",
     "network_spec",
+    "mirror_index",
     "patch_grid",
     "patch_regions",
     "patchify",

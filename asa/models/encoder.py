@@ -8,6 +8,7 @@ import torch
 
 from asa.models.patch import PatchEmbed, patch_grid, to_3tuple
 from asa.models.position import brain_frame_encoding, symmetric_position_encoding
+from asa.models.saca import check_mirror_windows, mirror_index
 from asa.models.swvit import SWViT
 
 # the attribute under which ASA and ASASegmenter hold the encoder; its keys are what a file transfers
@@ -24,6 +25,9 @@ class SWViTEncoder(SWViT):
     tokens, at offset 0: the pretraining crop is the reference grid. Fine-tuning passes every
     token, per-crop patch ``offsets`` [B, 3] from the reference grid (``reference_grid``, default
     this grid) and asks for ``hidden_indices``. ``forward`` is :class:`SWViT`'s, on tokens.
+
+    With ``saca`` every block adds windowed symmetry-aware cross-attention (DESIGN §1.6b); ``encode``
+    gives it each token's left–right mirror (:meth:`mirror_tokens`), in the brain frame with offsets.
     """
 
     def __init__(
@@ -45,12 +49,13 @@ class SWViTEncoder(SWViT):
         dropout: float = 0.0,
         grad_checkpointing: bool = False,
         region_attention: str = "none",
+        saca: bool = False,
     ) -> None:
         # the stem is built (and initialised) first, as it always was: equal seeds give equal weights
         patch_embed = PatchEmbed(in_channels, embed_dim, patch_size)
         super().__init__(embed_dim, depth, num_heads, window_size, mlp_ratio=mlp_ratio, shift_mask=shift_mask,
                          rel_pos_bias=rel_pos_bias, dropout=dropout, grad_checkpointing=grad_checkpointing,
-                         region_attention=region_attention)
+                         region_attention=region_attention, saca=saca)
         self.patch_embed = patch_embed
         for name in [n for n in self._modules if n != "patch_embed"]:  # stem first in parameter order, so
             self._modules[name] = self._modules.pop(name)  # optimizer states saved before still line up
@@ -66,6 +71,35 @@ class SWViTEncoder(SWViT):
                                         reference_grid=self.reference_grid),
             persistent=False,
         )
+        if saca:
+            check_mirror_windows(self.grid, lr_axis, window_size, f"encoder(img_size={self.img_size}, saca)")
+        self.register_buffer("token_mirror", mirror_index(self.grid, lr_axis), persistent=False)
+
+    def mirror_tokens(self, offsets: torch.Tensor | None = None, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Sequence position of each token's left–right mirror, for SACA: [N] at offset 0; [B, N] at
+        patch ``offsets`` [B, 3] (brain frame: mirrored about the reference grid's centre along
+        ``lr_axis``, −1 where the mirror falls outside the crop); [B, N_vis] in the visible sequence
+        of ``ids_keep`` (every visible token's mirror must be visible: mirror-consistent masking)."""
+        if ids_keep is not None:
+            b, n_vis = ids_keep.shape
+            position = torch.full((b, self.token_mirror.numel()), -1, dtype=torch.long, device=ids_keep.device)
+            position.scatter_(1, ids_keep, torch.arange(n_vis, device=ids_keep.device).expand(b, -1))
+            mirror = torch.gather(position, 1, self.token_mirror.to(ids_keep.device)[ids_keep])
+            if (mirror < 0).any():
+                raise ValueError("encoder SACA needs mirror-consistent masking: a visible token's mirror is masked")
+            return mirror
+        if offsets is None:
+            return self.token_mirror
+        g = self.grid[self.lr_axis]
+        coords = torch.stack(torch.meshgrid(*(torch.arange(n, device=offsets.device) for n in self.grid),
+                                            indexing="ij"), -1).view(-1, 3)  # [N, 3]
+        a = coords[:, self.lr_axis]
+        # reference coordinate w = a + o mirrors to W − 1 − w, i.e. crop coordinate W − 1 − 2o − a
+        mirrored = (self.reference_grid[self.lr_axis] - 1 - 2 * offsets[:, self.lr_axis].long())[:, None] - a  # [B, N]
+        inside = (mirrored >= 0) & (mirrored < g)
+        stride = (self.grid[1] * self.grid[2], self.grid[2], 1)[self.lr_axis]
+        index = torch.arange(coords.shape[0], device=offsets.device) + (mirrored - a) * stride
+        return torch.where(inside, index, torch.full_like(index, -1))
 
     def position_codes(self, offsets: torch.Tensor | None = None) -> torch.Tensor:
         """[N, C] at offset 0 (no offsets) or [B, N, C] at the patch offsets [B, 3] (brain frame)."""
@@ -90,7 +124,8 @@ class SWViTEncoder(SWViT):
         if ids_keep is not None:
             tokens = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
             patch_ids = None if patch_ids is None else torch.gather(patch_ids, 1, ids_keep)  # [B, N_vis]
-        return self(tokens, hidden_indices=hidden_indices, regions=patch_ids)
+        mirror = self.mirror_tokens(offsets, ids_keep) if self.saca else None
+        return self(tokens, hidden_indices=hidden_indices, regions=patch_ids, mirror=mirror)
 
 
 def upgrade_legacy_keys(state: MutableMapping[str, torch.Tensor], prefix: str = "") -> MutableMapping:

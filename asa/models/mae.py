@@ -13,6 +13,7 @@ from asa.models.encoder import ENCODER_PREFIX, SWViTEncoder, accept_legacy_keys
 from asa.models.patch import patch_grid, patchify, to_3tuple, unpatchify
 from asa.models.position import symmetric_position_encoding
 from asa.models.region_attention import patch_regions
+from asa.models.saca import SACA_PLACES, check_mirror_windows, mirror_index
 from asa.models.swvit import SWViT
 
 LOSS_WEIGHTINGS = (*WEIGHTINGS, "focal_region")
@@ -39,6 +40,11 @@ class ASA(nn.Module):
     the encoder and decoder; ``loss_weighting="focal_region"`` replaces the masked MSE by the focal
     region loss (β = ``focal_beta``) over the masked patches. Both need a region map per input
     (``forward(x, regions)``, one integer label per voxel); R-MSA takes each patch's majority label.
+
+    ``saca`` (``none | decoder | encoder | all``) adds windowed symmetry-aware cross-attention to the
+    blocks of the chosen SW-ViTs (DESIGN §1.6b). With the encoder among them the masking is
+    mirror-consistent: a token and its left–right mirror are masked together, still exactly
+    round(mask_ratio·N) tokens, so every visible token's mirror is visible too.
     """
 
     def __init__(
@@ -67,11 +73,14 @@ class ASA(nn.Module):
         grad_checkpointing: bool = False,
         region_attention: str = "none",
         focal_beta: float = 1.0,
+        saca: str = "none",
     ) -> None:
         super().__init__()
         self.network_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
+        if saca not in SACA_PLACES:
+            raise ValueError(f"saca must be one of {SACA_PLACES}, got {saca!r}")
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must lie in (0, 1), got {mask_ratio}")
         self.img_size = to_3tuple(img_size, "img_size")
@@ -87,12 +96,24 @@ class ASA(nn.Module):
         self.patch_size = patch_size
         self.bins = bins
         self.normalize = normalize
+        self.saca = saca
+        self.mirror_masking = saca in ("encoder", "all")
+        if saca != "none":
+            check_mirror_windows(self.grid, lr_axis, window_size, f"ASA(img_size={self.img_size}, saca={saca})")
+        if self.mirror_masking and (self.grid[lr_axis] % 2 or self.num_masked % 2):
+            raise ValueError(
+                f"saca={saca} masks mirror pairs together: needs an even grid size along lr_axis {lr_axis} "
+                f"(grid {self.grid}) and an even number of masked tokens (round({mask_ratio}·{self.num_patches}) "
+                f"= {self.num_masked})"
+            )
+        self.register_buffer("token_mirror", mirror_index(self.grid, lr_axis), persistent=False)
         block_args = dict(mlp_ratio=mlp_ratio, shift_mask=shift_mask, rel_pos_bias=rel_pos_bias,
                           grad_checkpointing=grad_checkpointing, region_attention=region_attention)
 
         self.encoder = SWViTEncoder(img_size=self.img_size, in_channels=in_channels, patch_size=patch_size,
                                     embed_dim=embed_dim, depth=depth, num_heads=num_heads, window_size=window_size,
-                                    pos_mode=pos_mode, lr_axis=lr_axis, **block_args)
+                                    pos_mode=pos_mode, lr_axis=lr_axis, saca=self.mirror_masking,
+                                    **block_args)
 
         self.decoder_embed = nn.Linear(embed_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
@@ -101,7 +122,8 @@ class ASA(nn.Module):
             symmetric_position_encoding(self.grid, decoder_dim, mode=pos_mode, lr_axis=lr_axis),
             persistent=False,
         )
-        self.decoder = SWViT(decoder_dim, decoder_depth, decoder_num_heads, window_size, **block_args)
+        self.decoder = SWViT(decoder_dim, decoder_depth, decoder_num_heads, window_size,
+                             saca=saca in ("decoder", "all"), **block_args)
         self.decoder_pred = nn.Linear(decoder_dim, patch_size**3 * in_channels)
         nn.init.xavier_uniform_(self.decoder_embed.weight)
         nn.init.zeros_(self.decoder_embed.bias)
@@ -142,13 +164,28 @@ class ASA(nn.Module):
         """Mask exactly round(ratio·N) patches per sample, uniformly at random.
 
         Returns (mask [B, N] float, 1 = masked; ids_keep [B, N_vis], visible indices sorted so the
-        encoder sees them in raster order).
+        encoder sees them in raster order). Mirror-consistent (see the class) when the encoder has SACA.
         """
+        if self.mirror_masking:
+            return self.mirror_consistent_masking(batch, device)
         noise = torch.rand(batch, self.num_patches, device=device)
         order = noise.argsort(dim=1)
         ids_keep = order[:, self.num_masked :].sort(dim=1).values
         mask = torch.ones(batch, self.num_patches, device=device)
         mask.scatter_(1, ids_keep, 0.0)
+        return mask, ids_keep
+
+    def mirror_consistent_masking(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask round(ratio·N)/2 random mirror pairs per sample (uniform over pairs); same returns as
+        :meth:`random_masking`."""
+        first_half = (self.token_mirror > torch.arange(self.num_patches, device=self.token_mirror.device))
+        reps = first_half.nonzero().flatten().to(device)  # one token of each pair, [N/2]
+        order = torch.rand(batch, reps.numel(), device=device).argsort(dim=1)
+        chosen = reps[order[:, : self.num_masked // 2]]  # [B, N_mask/2]
+        mask = torch.zeros(batch, self.num_patches, device=device)
+        mask.scatter_(1, chosen, 1.0)
+        mask.scatter_(1, self.token_mirror.to(device)[chosen], 1.0)
+        ids_keep = mask.argsort(dim=1, stable=True)[:, : self.num_patches - self.num_masked]  # zeros first, in order
         return mask, ids_keep
 
     def forward_encoder(
@@ -172,7 +209,9 @@ class ASA(nn.Module):
         self, latent: torch.Tensor, ids_keep: torch.Tensor, patch_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         """-> pred [B, N, s³·C] for every patch. patch_ids: [B, N] region of every patch."""
-        return self.decoder_pred(self.decoder(self.assemble_decoder_input(latent, ids_keep), regions=patch_ids))
+        mirror = self.token_mirror if self.decoder.saca else None
+        return self.decoder_pred(self.decoder(self.assemble_decoder_input(latent, ids_keep), regions=patch_ids,
+                                              mirror=mirror))
 
     def forward_loss(
         self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, regions: torch.Tensor | None = None

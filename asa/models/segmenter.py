@@ -16,6 +16,7 @@ from torch import nn
 from asa.models.encoder import ENCODER_PREFIX, SWViTEncoder, accept_legacy_keys, upgrade_legacy_keys
 from asa.models.patch import patch_grid, to_3tuple
 from asa.models.region_attention import patch_regions
+from asa.models.saca import SACA_PLACES
 
 
 @dataclass
@@ -76,6 +77,11 @@ class ASASegmenter(nn.Module):
     state 3 and the final (normed) encoder output form the 1/8 bottleneck. Decoding goes up with
     MONAI's UNETR blocks to full resolution.
 
+    ``saca`` as in :class:`ASA`: with ``encoder`` or ``all`` every encoder block adds windowed
+    symmetry-aware cross-attention, each window attending to its left–right mirror window, in the
+    brain frame when ``offsets`` are given (tokens whose mirror lies outside the crop get no SACA
+    term); ``decoder`` concerns only the pretraining decoder, so the segmenter has none.
+
     x: [B, C, D, H, W] (D, H, W = img_size) -> logits [B, out_channels, D, H, W].
 
     ``input_skip`` sets the full-resolution skip from the raw image, the one path that bypasses
@@ -111,12 +117,15 @@ class ASASegmenter(nn.Module):
         reference_grid: int | tuple[int, int, int] | None = None,
         input_skip: str | float = "full",
         region_attention: str = "none",
+        saca: str = "none",
     ) -> None:
         super().__init__()
         self.network_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.input_skip = _check_input_skip(input_skip)
         if spe_frame not in SPE_FRAMES:
             raise ValueError(f"spe_frame must be one of {SPE_FRAMES}, got {spe_frame!r}")
+        if saca not in SACA_PLACES:
+            raise ValueError(f"saca must be one of {SACA_PLACES}, got {saca!r}")
         if patch_size != 8:
             raise ValueError(f"ASASegmenter's decoder is laid out for patch_size 8, got {patch_size}")
         if depth < 4:
@@ -142,6 +151,7 @@ class ASASegmenter(nn.Module):
             lr_axis=lr_axis, reference_grid=self.reference_grid, shift_mask=shift_mask,
             rel_pos_bias=rel_pos_bias, dropout=dropout, grad_checkpointing=grad_checkpointing,
             region_attention=region_attention,
+            saca=saca in ("encoder", "all"),
         )
         self.uses_regions = self.encoder.uses_regions
         f = feature_size

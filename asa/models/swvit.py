@@ -12,6 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from asa.models.attention import LinearWindowAttention
 from asa.models.region_attention import RegionAttention
+from asa.models.saca import WindowSymmetryCrossAttention
 
 REGION_LAYOUTS = ("none", "alternate", "all")
 
@@ -36,6 +37,7 @@ class SWBlock(nn.Module):
         rel_pos_bias: bool = True,
         dropout: float = 0.0,
         region: bool = False,
+        saca: bool = False,
     ) -> None:
         super().__init__()
         self.region = region
@@ -47,11 +49,22 @@ class SWBlock(nn.Module):
                 dim, num_heads, window_size, shift,
                 qkv_bias=qkv_bias, shift_mask=shift_mask, rel_pos_bias=rel_pos_bias, proj_drop=dropout,
             )
+        if saca:
+            self.norm_saca = nn.LayerNorm(dim)
+            self.saca = WindowSymmetryCrossAttention(dim, num_heads, window_size, qkv_bias=qkv_bias,
+                                                     proj_drop=dropout)
+        else:
+            self.saca = None
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), dropout_rate=dropout, act="GELU")
 
-    def forward(self, x: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, regions: torch.Tensor | None = None,
+                mirror: torch.Tensor | None = None) -> torch.Tensor:
         x = x + (self.attn(self.norm1(x), regions) if self.region else self.attn(self.norm1(x)))
+        if self.saca is not None:
+            if mirror is None:
+                raise ValueError("an SW block with saca needs the token mirror index")
+            x = x + self.saca(self.norm_saca(x), mirror)
         return x + self.mlp(self.norm2(x))
 
 
@@ -64,7 +77,9 @@ class SWViT(nn.Module):
 
     ``region_attention``: ``none``; ``alternate`` (RAT's layout: odd blocks R-MSA, the even ones
     LW-MSA and SLW-MSA in turn: LW, R, SLW, R, ...); ``all`` (every block R-MSA). With R-MSA,
-    forward needs ``regions`` [B, N], the region id of every token.
+    forward needs ``regions`` [B, N], the region id of every token. With ``saca`` every block adds
+    windowed symmetry-aware cross-attention and forward takes ``mirror`` ([N] or [B, N], the
+    sequence position of each token's left–right mirror).
     """
 
     def __init__(
@@ -81,11 +96,13 @@ class SWViT(nn.Module):
         dropout: float = 0.0,
         grad_checkpointing: bool = False,
         region_attention: str = "none",
+        saca: bool = False,
     ) -> None:
         super().__init__()
         if region_attention not in REGION_LAYOUTS:
             raise ValueError(f"region_attention must be one of {REGION_LAYOUTS}, got {region_attention!r}")
         self.embed_dim = embed_dim
+        self.saca = saca
         self.grad_checkpointing = grad_checkpointing
         region = {"none": [False] * depth, "all": [True] * depth,
                   "alternate": [i % 2 == 1 for i in range(depth)]}[region_attention]
@@ -96,7 +113,7 @@ class SWViT(nn.Module):
             SWBlock(
                 embed_dim, num_heads, window_size, shift=(window_size // 2) * shifted[i],
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, shift_mask=shift_mask,
-                rel_pos_bias=rel_pos_bias, dropout=dropout, region=region[i],
+                rel_pos_bias=rel_pos_bias, dropout=dropout, region=region[i], saca=saca,
             )
             for i in range(depth)
         )
@@ -111,6 +128,7 @@ class SWViT(nn.Module):
         *,
         hidden_indices: Sequence[int] = (),
         regions: torch.Tensor | None = None,
+        mirror: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """x: [B, N, C]; regions: [B, N] region ids (needed with R-MSA blocks)."""
         if self.uses_regions and regions is None:
@@ -123,9 +141,9 @@ class SWViT(nn.Module):
         hidden = []
         for i, block in enumerate(self.blocks):
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, regions, use_reentrant=False)
+                x = checkpoint(block, x, regions, mirror, use_reentrant=False)
             else:
-                x = block(x, regions)
+                x = block(x, regions, mirror)
             if i in hidden_indices:
                 hidden.append(x)
         x = self.norm(x)
