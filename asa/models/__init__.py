@@ -7,6 +7,7 @@ from asa.models.layout import channels_last_inference
 from asa.models.mae import ASA, MAEOutput
 from asa.models.patch import PatchEmbed, patch_grid, patchify, unpatchify
 from asa.models.position import brain_frame_encoding, symmetric_position_encoding
+from asa.models.sa_swin import SASwin, SymmetryAwareLayer
 from asa.models.saca import SymmetryCrossAttention, WindowSymmetryCrossAttention, mirror_index
 from asa.models.presets import PRESETS
 from asa.models.region_attention import RegionAttention, patch_regions
@@ -26,10 +27,12 @@ __all__ = [
     "MAEOutput",
     "PatchEmbed",
     "RegionAttention",
+    "SASwin",
     "SWBlock",
     "SWViT",
     "SWViTEncoder",
     "brain_frame_encoding",
+    "SymmetryAwareLayer",
     "SymmetryCrossAttention",
     "WindowSymmetryCrossAttention",
     "build_from_config",

@@ -301,33 +301,8 @@ class ASASegmenter(nn.Module):
         self.check_grid(recorded_pretraining(blob), path, allow_grid_change=allow_grid_change)
         source = blob["encoder"] if "encoder" in blob else blob["model"]
         source = upgrade_legacy_keys({k.removeprefix("module."): v for k, v in source.items()})
-        own = self.encoder.state_dict(prefix=ENCODER_PREFIX)
-        stem = ENCODER_PREFIX + "patch_embed.proj.weight"
-        report = LoadReport()
-        update: dict[str, torch.Tensor] = {}
-        mismatched = []
-        for key, value in source.items():
-            if not key.startswith(ENCODER_PREFIX):
-                continue  # the pretraining decoder, mask token, ...: not part of the segmenter
-            if key not in own:
-                report.unexpected.append(key)
-                continue
-            target = own[key]
-            if key == stem and value.shape[1] == 1 and target.shape[1] > 1:
-                k = target.shape[1]
-                value = value.repeat(1, k, 1, 1, 1) / k
-                report.adapted.append(f"{key} 1 -> {k} channels")
-            if value.shape != target.shape:
-                mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(target.shape)}")
-                continue
-            update[key] = value
-            report.loaded.append(key)
-        if mismatched:
-            raise ValueError(f"shape mismatch loading {path}:\n  " + "\n  ".join(mismatched))
-        report.missing = sorted(k for k in own if k not in update)
-        if not update:
-            raise ValueError(f"{path} contains no encoder weights (keys starting with {ENCODER_PREFIX!r} or, "
-                             "written before the encoder was one module, 'patch_embed.')")
+        update, report = match_encoder_weights(self.encoder.state_dict(prefix=ENCODER_PREFIX), source,
+                                               (ENCODER_PREFIX,), ENCODER_PREFIX + "patch_embed.proj.weight", path)
         self.encoder.load_state_dict({k.removeprefix(ENCODER_PREFIX): v for k, v in update.items()}, strict=False)
         if verbose:
             print(f"pretrained encoder from {path}:\n{report}")
@@ -349,3 +324,45 @@ def _check_input_skip(value: str | float) -> str | float:
             raise ValueError(f"segmenter.input_skip={value!r}: expected one of {INPUT_SKIPS} or a number in [0, 1]")
         value = float(value)
     return value
+
+
+def match_encoder_weights(
+    own: dict[str, torch.Tensor],
+    source: dict[str, torch.Tensor],
+    prefixes: tuple[str, ...],
+    stem_key: str,
+    path: str | Path,
+) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """The tensors of ``source`` (DDP ``module.`` prefixes allowed) a network with state ``own`` takes
+    over under ``prefixes``, and the report of loaded / missing / unexpected / adapted keys.
+
+    A 1-channel ``stem_key`` weight is adapted to k input channels by repeating it and dividing by k
+    (the response to a volume replicated over the channels is kept). Any other shape mismatch, or no
+    matching weight at all, raises ``ValueError`` naming ``path``.
+    """
+    source = {k.removeprefix("module."): v for k, v in source.items()}
+    report = LoadReport()
+    update: dict[str, torch.Tensor] = {}
+    mismatched = []
+    for key, value in source.items():
+        if not key.startswith(prefixes):
+            continue  # the pretraining decoder, heads, mask token, ...: not part of this network
+        if key not in own:
+            report.unexpected.append(key)
+            continue
+        target = own[key]
+        if key == stem_key and value.shape[1] == 1 and target.shape[1] > 1:
+            k = target.shape[1]
+            value = value.repeat(1, k, *([1] * (value.ndim - 2))) / k
+            report.adapted.append(f"{key} 1 -> {k} channels")
+        if value.shape != target.shape:
+            mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(target.shape)}")
+            continue
+        update[key] = value
+        report.loaded.append(key)
+    if mismatched:
+        raise ValueError(f"shape mismatch loading {path}:\n  " + "\n  ".join(mismatched))
+    report.missing = sorted(k for k in own if k.startswith(prefixes) and k not in update)
+    if not update:
+        raise ValueError(f"{path} contains no encoder weights (keys starting with {prefixes})")
+    return update, report

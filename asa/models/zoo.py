@@ -1,5 +1,5 @@
-"""Networks by name and network specs: ``asa`` (ASASegmenter), MONAI's UNETR and SwinUNETR baselines,
-and the pretraining network ``asa_pretrain`` (ASA).
+"""Networks by name and network specs: ``asa`` (ASASegmenter), ``sa_swin`` (SASwin), MONAI's UNETR and SwinUNETR
+baselines, and the pretraining network ``asa_pretrain`` (ASA).
 
 A network spec ``{"arch": name, "kwargs": {...}}`` holds every keyword argument that rebuilds a
 network, resolved (input size, channels, position code, reference grid); every checkpoint asa
@@ -15,9 +15,10 @@ from torch import nn
 
 from asa.models.mae import ASA
 from asa.models.patch import patch_grid, to_3tuple
+from asa.models.sa_swin import SASwin
 from asa.models.segmenter import ASASegmenter, recorded_pretraining
 
-ARCHITECTURES = ("asa", "unetr", "swin_unetr")  # segmentation networks
+ARCHITECTURES = ("asa", "unetr", "swin_unetr", "sa_swin")  # segmentation networks
 
 
 def _unetr(**kwargs: Any) -> nn.Module:
@@ -32,8 +33,12 @@ def _swin_unetr(*, img_size: Any, **kwargs: Any) -> nn.Module:
     return SwinUNETR(**kwargs)  # takes any multiple of 32; img_size stays in the spec as its input size
 
 
+def _sa_swin(*, img_size: Any, **kwargs: Any) -> nn.Module:
+    return SASwin(**kwargs)  # like SwinUNETR: any multiple of 32; img_size stays in the spec
+
+
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
-    "asa": ASASegmenter, "unetr": _unetr, "swin_unetr": _swin_unetr, "asa_pretrain": ASA,
+    "asa": ASASegmenter, "unetr": _unetr, "swin_unetr": _swin_unetr, "sa_swin": _sa_swin, "asa_pretrain": ASA,
 }
 
 
@@ -44,7 +49,7 @@ def build_network(spec: Mapping[str, Any]) -> nn.Module:
     arch, kwargs = spec.get("arch"), dict(spec["kwargs"])
     if arch not in NETWORKS:
         raise ValueError(f"network spec: unknown arch {arch!r}; expected one of {tuple(NETWORKS)}")
-    if arch in ("unetr", "swin_unetr"):
+    if arch in ("unetr", "swin_unetr", "sa_swin"):
         if "img_size" not in kwargs:
             raise ValueError(f"network spec for {arch!r} needs kwargs.img_size (the network's input size)")
         kwargs["img_size"] = list(to_3tuple(kwargs["img_size"], "img_size"))
@@ -72,7 +77,7 @@ def build_segmentation_network(
     """Build a segmentation network mapping [B, in_channels, *img_size] -> [B, out_channels, *img_size].
 
     ``kwargs`` are the architecture's own keyword arguments (those of :class:`ASASegmenter`, of
-    ``monai.networks.nets.UNETR`` or of ``monai.networks.nets.SwinUNETR``).
+    :class:`SASwin`, of ``monai.networks.nets.UNETR`` or of ``monai.networks.nets.SwinUNETR``).
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown segmentation architecture {arch!r}; expected one of {ARCHITECTURES}")
@@ -95,8 +100,8 @@ def build_from_config(
     """The segmentation network of a run config's ``model`` and ``segmenter`` sections.
 
     ``model.arch`` picks the network (default ``asa``); ``model.pretrained`` initialises the ASA
-    encoder from a pretraining checkpoint or encoder export, read once. ``patch_size`` is the crop
-    edge (the network's input size); None takes the pretraining crop recorded in that file, else
+    encoder (or SA-Swin's SwinViT) from a pretraining checkpoint or encoder export, read once.
+    ``patch_size`` is the crop edge (the network's input size); None takes the pretraining crop recorded in that file, else
     ``default_patch_size``. A crop whose patch grid differs from the pretraining grid is an error
     unless ``segmenter.allow_grid_change`` (then the brain frame keeps the pretraining grid as its
     reference). ``segmenter.pos_mode`` / ``segmenter.lr_axis`` null take the file's values, else
@@ -107,11 +112,16 @@ def build_from_config(
     arch = kwargs.pop("arch", "asa")
     pretrained = kwargs.pop("pretrained", None)
     if arch != "asa":
-        if pretrained:
-            raise ValueError(f"model.pretrained is only supported for model arch 'asa', not {arch!r}")
+        if pretrained and arch != "sa_swin":
+            raise ValueError(f"model.pretrained is only supported for model arch 'asa' and 'sa_swin', not {arch!r}")
+        if arch == "sa_swin":
+            kwargs.setdefault("lr_axis", segmenter_cfg.get("lr_axis") or 0)
         size = int(patch_size or default_patch_size)
-        return build_segmentation_network(arch, img_size=(size,) * 3, in_channels=in_channels,
-                                          out_channels=out_channels, **kwargs)
+        net = build_segmentation_network(arch, img_size=(size,) * 3, in_channels=in_channels,
+                                         out_channels=out_channels, **kwargs)
+        if pretrained:
+            net.load_pretrained(pretrained)
+        return net
     for key in PRETRAINING_ONLY:
         kwargs.pop(key, None)
     checkpoint, recorded = None, {}
