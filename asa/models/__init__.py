@@ -8,6 +8,7 @@ from asa.models.mae import ASA, MAEOutput
 from asa.models.patch import PatchEmbed, patch_grid, patchify, unpatchify
 from asa.models.position import brain_frame_encoding, symmetric_position_encoding
 from asa.models.sa_swin import SASwin, SymmetryAwareLayer
+from asa.models.sa_swin_pretrain import SAHOutput, SymmetryAwareHead
 from asa.models.saca import SymmetryCrossAttention, WindowSymmetryCrossAttention, mirror_index
 from asa.models.presets import PRESETS
 from asa.models.region_attention import RegionAttention, patch_regions
@@ -27,14 +28,17 @@ __all__ = [
     "MAEOutput",
     "PatchEmbed",
     "RegionAttention",
+    "SAHOutput",
     "SASwin",
     "SWBlock",
     "SWViT",
     "SWViTEncoder",
     "brain_frame_encoding",
+    "SymmetryAwareHead",
     "SymmetryAwareLayer",
     "SymmetryCrossAttention",
     "WindowSymmetryCrossAttention",
+    "brain_frame_encoding",
     "build_from_config",
     "build_network",
     "compile_blocks",
