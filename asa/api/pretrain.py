@@ -7,7 +7,7 @@ import sys
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asa.api.common import load_cases, optimizer_and_config, region_source, split_cases, trainer_config
+from asa.api.common import dataset_root, load_cases, optimizer_and_config, region_source, split_cases, trainer_config
 from asa.api.rundir import command_line, prepare_run_dir
 from asa.train import Engine, FitResult, cleanup_distributed, setup_distributed
 from asa.api.schema import PretrainConfig, as_config
@@ -21,6 +21,33 @@ APP = "asa-pretrain"
 def _model_kwargs(cfg: DictConfig) -> dict:
     return {**OmegaConf.to_container(cfg.model, resolve=True), **OmegaConf.to_container(cfg.mae, resolve=True),
             "img_size": int(cfg.data.size)}
+
+
+def _method(cfg: DictConfig, cases: list, model_kwargs: dict) -> tuple:
+    """(model, step function, panel factory, exported weight prefixes, exported kwargs) of ``cfg.method``:
+    ``asa`` (the masked autoencoder, ``model`` + ``mae``) or ``sa_swin`` (the Symmetry-Aware Head, ``sa_swin``)."""
+    method = cfg.get("method", "asa")
+    if method == "asa":
+        from asa.models import ASA
+        from asa.models.encoder import ENCODER_PREFIX
+
+        def panel(sample: dict):
+            return make_panel_fn(sample["image"], sample.get("region"))
+
+        return ASA(**model_kwargs), mae_step, panel, (ENCODER_PREFIX,), model_kwargs
+    if method == "sa_swin":
+        from asa.data import diseased_labels
+        from asa.models import SymmetryAwareHead
+        from asa.models.sa_swin import SA_SWIN_ENCODER_PREFIXES
+        from asa.train.sa_swin import make_sah_panel_fn, sah_step
+
+        kwargs = {**OmegaConf.to_container(cfg.sa_swin, resolve=True), "in_channels": len(cfg.data.channels)}
+        labels = diseased_labels(cases, dataset_root(cfg.data)[0])
+        if any(labels.values()):
+            print(f"[asa] symmetry term: {int(sum(labels.values()))} of {len(labels)} cases marked diseased", flush=True)
+        return (SymmetryAwareHead(**kwargs), sah_step(labels), lambda sample: make_sah_panel_fn(sample["image"]),
+                SA_SWIN_ENCODER_PREFIXES, kwargs)
+    raise ValueError(f"method={method!r}: expected asa (masked autoencoder) or sa_swin (Symmetry-Aware Head)")
 
 
 def _probe(cfg: DictConfig, patch_size: int, regions=None):
@@ -77,7 +104,6 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
     Hydra config; it is checked against the schema first."""
     cfg = as_config(config, "pretrain")
     from asa.data import build_pretrain_dataset
-    from asa.models import ASA
 
     env = setup_distributed(cfg.device)
     run_dir = None
@@ -104,12 +130,12 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
         val_ds = build_pretrain_dataset(splits["val"], augment=False, **common) if splits["val"] else None
 
         torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
-        model = ASA(**model_kwargs)
+        model, step_fn, panel_factory, prefixes, _ = _method(cfg, cases, model_kwargs)
 
         optimizer, lr, config = optimizer_and_config(cfg, model, env)
         validate = None if val_ds is None else make_validator(val_ds, batch_size=config.batch_size, env=env,
-                                                              num_workers=int(data.num_workers))
-        probe_every = int(cfg.probe.every)
+                                                              num_workers=int(data.num_workers), step_fn=step_fn)
+        probe_every = int(cfg.probe.every) if cfg.get("method", "asa") == "asa" else 0  # probes read an ASA encoder
         if config.monitor.startswith("probe/") and probe_every != 1:
             raise ValueError(f"trainer.monitor={config.monitor} needs a probe in every validation round: "
                              f"set probe.every=1 (it is {probe_every})")
@@ -122,9 +148,9 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
             validate = _with_probe(validate, probe, probe_every)
         sample = (val_ds or train_ds)[0] if (env.is_main and config.panel_every) else None
         engine = Engine(
-            model, optimizer, mae_step, config=config, lr=lr, out_dir=out_dir, env=env, seed=int(cfg.seed),
+            model, optimizer, step_fn, config=config, lr=lr, out_dir=out_dir, env=env, seed=int(cfg.seed),
             validate=validate,
-            panel_fn=None if sample is None else make_panel_fn(sample["image"], sample.get("region")),
+            panel_fn=None if sample is None else panel_factory(sample),
             run_config=resolved, compat_keys=list(cfg.resume_must_match), resume=run_dir.resume_from or False,
         )
         result = engine.fit(train_ds)
@@ -135,7 +161,7 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
         elif env.is_main:
             ckpts = out_dir / "checkpoints"
             source = ckpts / "best.pt" if (ckpts / "best.pt").is_file() else ckpts / "last.pt"
-            export_encoder(source, ckpts / "encoder.pt")
+            export_encoder(source, ckpts / "encoder.pt", prefixes)
             print(f"[asa] pretraining finished at step {result.step}. Outputs in {out_dir}:\n"
                   f"  checkpoints: {ckpts}/last.pt, best.pt, encoder.pt (for asa-finetune)\n"
                   f"  TensorBoard: tensorboard --logdir {out_dir / 'tb'}\n"

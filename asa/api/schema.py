@@ -38,6 +38,7 @@ class EncoderConfig:
     rel_pos_bias: bool = True
     grad_checkpointing: bool = False
     region_attention: str = "none"  # none | alternate | all (R-MSA blocks)
+    saca: str = "none"  # none | decoder | encoder | all (windowed symmetry-aware cross-attention)
 
 
 @dataclass
@@ -214,11 +215,32 @@ class RunConfig:
 
 
 @dataclass
+class SASwinPretrainConfig:
+    """``asa.models.SymmetryAwareHead`` settings (``method: sa_swin``): MONAI SwinViT sizes and the
+    Symmetry-Aware Head's terms."""
+
+    feature_size: int = 48
+    depths: List[int] = field(default_factory=lambda: [2, 2, 2, 2])
+    num_heads: List[int] = field(default_factory=lambda: [3, 6, 12, 24])
+    window_size: int = 7
+    use_checkpoint: bool = False
+    lr_axis: int = 0
+    terms: List[str] = field(default_factory=lambda: ["rotation", "contrastive", "reconstruction", "symmetry"])
+    temperature: float = 0.5
+    contrastive_dim: int = 512
+    symmetry_dim: int = 128
+    drop_ratio: float = 0.3
+    drop_patch: int = 16
+
+
+@dataclass
 class PretrainConfig(RunConfig):
     model: PretrainModelConfig = field(default_factory=PretrainModelConfig)
     data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
     mae: MAEConfig = field(default_factory=MAEConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    method: str = "asa"  # asa (masked autoencoder) | sa_swin (Symmetry-Aware Head)
+    sa_swin: SASwinPretrainConfig = field(default_factory=SASwinPretrainConfig)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from asa.data.layouts import LAYOUTS, PRETRAIN_LAYOUTS, SEGMENTATION_LAYOUTS, Ca
 from asa.data.phantom import Phantom, make_phantom
 from asa.data.regions import REGION_SOURCES, RegionSource, cluster_tissue
 from asa.data.splits import DEFAULT_SPLITS, make_splits
+from asa.data.subjects import diseased_labels
 from asa.data.tasks import TASKS, Task, get_task
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "cluster_tissue",
     "default_cache_dir",
     "detect_layout",
+    "diseased_labels",
     "discover",
     "ensure_demo_dataset",
     "get_task",

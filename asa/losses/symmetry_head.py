@@ -22,10 +22,11 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     """NT-Xent (SimCLR) between two views: z1, z2 [B, D], row i of each a positive pair -> scalar.
 
     Over the 2B embeddings (cosine similarity / τ), each one's positive is its other view and the
-    other 2B − 2 are negatives; the loss is the mean cross-entropy over all 2B anchors.
+    other 2B − 2 are negatives; the loss is the mean cross-entropy over all 2B anchors (0 for B = 1,
+    where there is no negative).
     """
-    if z1.shape != z2.shape or z1.ndim != 2 or z1.shape[0] < 2:
-        raise ValueError(f"nt_xent needs two [B, D] views with B >= 2, got {list(z1.shape)} and {list(z2.shape)}")
+    if z1.shape != z2.shape or z1.ndim != 2 or z1.shape[0] < 1:
+        raise ValueError(f"nt_xent needs two [B, D] views of the same shape, got {list(z1.shape)} and {list(z2.shape)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     b = z1.shape[0]

@@ -135,9 +135,9 @@ class SymmetryAwareHead(nn.Module):
             raise ValueError(f"SymmetryAwareHead expects [B, {self.in_channels}, D, H, W] with sides divisible "
                              f"by 32, got {list(x.shape)}")
         b = x.shape[0]
-        if "contrastive" in self.terms and b < 2:
-            raise ValueError("the contrastive term needs a batch of at least 2 volumes per device "
-                             "(trainer.batch_size >= 2)")
+        if "contrastive" in self.terms and b < 2 and self.training:
+            raise ValueError("the contrastive term needs a batch of at least 2 volumes per device to have "
+                             "negatives (trainer.batch_size >= 2)")
         v1, k1 = self.rotate(x)
         v2, k2 = self.rotate(x)
         views = torch.cat([v1, v2])  # [2B, ...]

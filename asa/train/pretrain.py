@@ -30,22 +30,27 @@ def mae_step(model: nn.Module, batch: Mapping) -> tuple[torch.Tensor, dict]:
 
 
 def make_validator(
-    dataset: Dataset, *, batch_size: int, env: DistEnv, num_workers: int = 0
+    dataset: Dataset, *, batch_size: int, env: DistEnv, num_workers: int = 0,
+    step_fn: Callable[[nn.Module, Mapping], tuple[torch.Tensor, Mapping]] | None = None,
 ) -> Callable[[nn.Module], dict[str, float]]:
-    """validate(model) -> {"loss": mean reconstruction loss over the whole validation set}.
+    """validate(model) -> {"loss": mean pretraining loss over the whole validation set}.
 
     Each rank takes every world_size-th case; sums and counts are all-reduced, so the value is the
-    exact per-sample mean whatever the number of ranks.
+    exact per-sample mean whatever the number of ranks. ``step_fn`` (default: :func:`mae_step`)
+    gives the loss of a batch.
     """
+    step_fn = step_fn or mae_step
     shard = Subset(dataset, list(range(env.rank, len(dataset), env.world_size)))  # type: ignore[arg-type]
 
     def validate(model: nn.Module) -> dict[str, float]:
         total = torch.zeros(2, dtype=torch.float64, device=env.device)
         for batch in DataLoader(shard, batch_size=batch_size, num_workers=num_workers):
             x = batch["image"].to(env.device, non_blocking=True)
-            regions = batch["region"].to(env.device) if "region" in batch else None
-            out = model(x, regions)
-            total[0] += float(out.loss) * x.shape[0]
+            batch = {**batch, "image": x}
+            if "region" in batch:
+                batch["region"] = batch["region"].to(env.device)
+            loss, _ = step_fn(model, batch)
+            total[0] += float(loss) * x.shape[0]
             total[1] += x.shape[0]
         if env.distributed and dist.is_initialized():
             dist.all_reduce(total)
@@ -106,16 +111,18 @@ def make_panel_fn(
     return panel
 
 
-def export_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Write {"encoder": the encoder module's weights (``encoder.*``), "network": the pretraining
+def export_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike, prefixes: tuple[str, ...] = (ENCODER_PREFIX,)
+                   ) -> Path:
+    """Write {"encoder": the weights under ``prefixes`` (ASA: the encoder module's ``encoder.*``;
+    SA-Swin: ``swinViT.*``), "network": the pretraining
     network's spec, "source", "step"} taken from a training checkpoint; a checkpoint written before
     network specs passes its run config on as "config" instead.
-    `asa.models.ASASegmenter.load_pretrained` reads the file."""
+    ``load_pretrained`` of `asa.models.ASASegmenter` / `asa.models.SASwin` reads the file."""
     state = load_checkpoint(checkpoint)
     weights = upgrade_legacy_keys({k.removeprefix("module."): v for k, v in state["model"].items()})
-    encoder = {k: v for k, v in weights.items() if k.startswith(ENCODER_PREFIX)}
+    encoder = {k: v for k, v in weights.items() if k.startswith(prefixes)}
     if not encoder:
-        raise ValueError(f"checkpoint {checkpoint}: no weights starting with {ENCODER_PREFIX!r}")
+        raise ValueError(f"checkpoint {checkpoint}: no weights starting with {prefixes}")
     recorded = {"network": state["network"]} if state.get("network") else {"config": dict(state.get("config") or {})}
     return save_checkpoint(out, {"encoder": encoder, **recorded, "source": str(Path(checkpoint).name),
                                  "step": int(state.get("step", 0))})

@@ -56,7 +56,7 @@ def _list_file(root: Path) -> Path:
     raise FileNotFoundError(f"filelist: {root} is not a file and holds none of files.csv/files.tsv/files.txt/filelist.csv/filelist.txt")
 
 
-@register("filelist", "a .txt (one path per line) or .csv/.tsv (columns id?, path|t1|image, label?) file")
+@register("filelist", "a .txt (one path per line) or .csv/.tsv (columns id?, path|t1|image, label?, diseased?) file")
 def filelist(root: Path, *, require_labels: bool = False) -> Found:
     """Plain list of T1 images; relative paths are resolved against the list's folder."""
     listing = _list_file(root)
@@ -70,7 +70,8 @@ def filelist(root: Path, *, require_labels: bool = False) -> Found:
             if key is None:
                 raise ValueError(f"filelist {listing}: needs a 'path', 't1' or 'image' column, found {cols}")
             for row in reader:
-                rows.append({"path": row[key], "id": row.get("id") or "", "label": row.get("label") or ""})
+                rows.append({"path": row[key], "id": row.get("id") or "", "label": row.get("label") or "",
+                             **({"diseased": row["diseased"]} if "diseased" in cols else {})})
     else:
         for line in listing.read_text().splitlines():
             line = line.strip()
@@ -88,5 +89,8 @@ def filelist(root: Path, *, require_labels: bool = False) -> Found:
         if not path.is_file():
             problems.append(Problem(case_id, f"missing image {path} (listed in {listing})", [str(path)]))
             continue
-        cases.append(Case(case_id, {"t1": path}, label, {"layout": "filelist", "list": str(listing)}))
+        meta = {"layout": "filelist", "list": str(listing)}
+        if "diseased" in row:  # optional per-subject column (SA-Swin's symmetry term)
+            meta["diseased"] = row["diseased"]
+        cases.append(Case(case_id, {"t1": path}, label, meta))
     return Found(cases, problems)

@@ -1,0 +1,53 @@
+"""SA-Swin pretraining pieces for the engine: the Symmetry-Aware Head step and its image panel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+from .pretrain import mid_slice_grid
+
+__all__ = ["sah_step", "make_sah_panel_fn"]
+
+
+def _diseased(batch: Mapping, labels: Mapping[str, float], device: torch.device) -> torch.Tensor:
+    """y [B] of the batch's subjects (0 for a subject without a value)."""
+    ids = batch["id"]
+    ids = [ids] if isinstance(ids, str) else list(ids)
+    return torch.tensor([float(labels.get(i, 0.0)) for i in ids], device=device)
+
+
+def sah_step(labels: Mapping[str, float]) -> Callable[[nn.Module, Mapping], tuple[torch.Tensor, dict]]:
+    """step(model, batch) -> (loss, {"sah/<term>": value}); y of each case from ``labels`` (case id ->
+    1 diseased / 0 healthy). Also the validation loss function (only its loss is used there)."""
+
+    def step(model: nn.Module, batch: Mapping) -> tuple[torch.Tensor, dict]:
+        x = batch["image"]
+        out = model(x, _diseased(batch, labels, x.device))
+        return out.loss, {f"sah/{name}": value.detach() for name, value in out.terms.items()}
+
+    return step
+
+
+def make_sah_panel_fn(sample: torch.Tensor) -> Callable[[nn.Module, int], dict[str, torch.Tensor]]:
+    """panel(model, step) -> {"inpainting/mid_slices": [1, 3S, 3S]}: rows are the rotated view, the
+    view after patch drop-out and its reconstruction (first channel of one fixed sample)."""
+
+    def panel(model: nn.Module, step: int) -> dict[str, torch.Tensor]:
+        core = model.module if hasattr(model, "module") else model
+        device = next(core.parameters()).device
+        x = sample[None].to(device).expand(2, *sample.shape)  # the contrastive term needs two volumes
+        out = core(x)
+        if out.reconstruction is None:
+            return {}
+        lo, hi = out.view.min(), out.view.max()
+
+        def scale(v: torch.Tensor) -> torch.Tensor:
+            return ((v.float() - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)[0, 0]
+
+        return {"inpainting/mid_slices": mid_slice_grid([scale(out.view), scale(out.dropped),
+                                                         scale(out.reconstruction)])}
+
+    return panel
