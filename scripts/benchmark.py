@@ -28,6 +28,11 @@ R-MSA in region-aligned chunks of S, the same R-MSA with its dense N × N mask, 
 region map of a phantom (k-means tissue classes, patch majority) -> ``rmsa_vs_dense_speedup``,
 ``rmsa_vs_dense_memory``, ``rmsa_vs_lw_time``, ``rmsa_vs_lw_memory``.
 
+``--symmetry`` measures the symmetry mechanisms instead, alternated the same way: the ASA pretrain
+step with windowed SACA in the decoder / encoder (mirror-consistent masking) against plain ASA
+-> ``saca_decoder_overhead``, ``saca_encoder_overhead``; the fine-tune step of SA-Swin against
+MONAI's SwinUNETR of the same sizes -> ``sa_swin_vs_swin_unetr`` (step time ratios, 1 = no cost).
+
 ``--amp`` picks the precision of every model alike, MONAI's references included, and of the
 reference matmul: ``auto`` is what ``trainer.amp=auto`` gives (fp16 + GradScaler on CUDA, bf16 on
 a CPU with native bf16 matmul, else fp32). Every figure is a median over timed repeats after warm-up.
@@ -39,6 +44,7 @@ Examples::
     python scripts/benchmark.py --batch 24 --json gpu.json --append-md   # the paper's per-GPU batch
     python scripts/benchmark.py --region-attention --json rmsa.json   # R-MSA vs dense mask vs LW-MSA
     python scripts/benchmark.py --amp bf16 --threads 2 --append-md        # bf16 on CPU (and fp32 alongside)
+    python scripts/benchmark.py --symmetry --batch 1 --json sym.json      # SACA / SA-Swin step costs at 128³
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ from typing import Any
 import monai
 import torch
 from monai.inferers import sliding_window_inference
-from monai.networks.nets import UNETR, MaskedAutoEncoderViT
+from monai.networks.nets import UNETR, MaskedAutoEncoderViT, SwinUNETR
 from torch import nn
 from torch.utils.flop_counter import (
     FlopCounterMode,
@@ -76,7 +82,8 @@ from torch.utils.flop_counter import (
 import asa
 from asa.eval.inference import predict_volume
 from asa.losses import SegmentationLoss, patch_informativeness
-from asa.models import ASA, PRESETS, ASASegmenter, LinearWindowAttention, RegionAttention, patch_regions, patchify
+from asa.models import (ASA, PRESETS, ASASegmenter, LinearWindowAttention, RegionAttention, SASwin, patch_regions,
+                        patchify)
 from asa.models.layout import channels_last_inference
 from asa.train.precision import AMP_CHOICES, amp_name, resolve_amp
 
@@ -561,6 +568,69 @@ def run_region_attention_benchmark(*, size: int, batch: int, preset: str, device
     }
 
 
+def run_symmetry_benchmark(*, size: int, batch: int, preset: str, device: torch.device, steps: int, warmup: int,
+                           seed: int = 0, amp: str = "auto", swin_feature_size: int = 48,
+                           log: Callable[[str], None] = print) -> dict[str, Any]:
+    """ASA pretrain steps with ``saca`` none / decoder / encoder, and SwinUNETR vs SA-Swin fine-tune
+    steps (same sizes, 4 -> 3 channels, Dice + BCE, SGD); each group alternated in one run."""
+    if preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    if size % 32:
+        raise ValueError(f"--symmetry needs --size a multiple of 32 (SwinUNETR), got {size}")
+    torch.manual_seed(seed)
+    setup = Setup(device, size, batch, PRESETS[preset], resolve_amp(amp, device, option="--amp"))
+    r: dict[str, Any] = {"amp": amp_name(setup.dtype)}
+    times: dict[str, list[float]] = {}
+    log(f"[bench] ASA pretrain steps with saca none / decoder / encoder, {size}³, batch {batch}, {preset}, {r['amp']}")
+    x = torch.randn(batch, 1, size, size, size, device=device)
+    pre = []
+    for place in ("none", "decoder", "encoder"):
+        model = ASA(img_size=size, patch_size=PATCH, mask_ratio=MASK_RATIO, saca=place, **setup.preset).to(device)
+        pre.append(train_workload(f"asa_saca_{place}", setup, model, adamw(model, batch), lambda m=model: m(x).loss))
+    alternate(pre, device, warmup=warmup, steps=steps)
+    r["asa_step_s"], r["asa_saca_decoder_step_s"], r["asa_saca_encoder_step_s"] = (w.median for w in pre)
+    r["saca_decoder_overhead"] = pre[1].median / pre[0].median
+    r["saca_encoder_overhead"] = pre[2].median / pre[0].median
+    times.update({w.name: w.times for w in pre})
+    del pre
+
+    log(f"[bench] fine-tune steps: MONAI SwinUNETR vs SA-Swin, feature size {swin_feature_size}")
+    criterion = SegmentationLoss(multilabel=True)
+    xs = torch.randn(batch, IN_SEG, size, size, size, device=device)
+    ys = (torch.rand(batch, OUT_SEG, size, size, size, device=device) > 0.5).float()
+    ft = []
+    for name, cls in (("swin_unetr", SwinUNETR), ("sa_swin", SASwin)):
+        model = cls(in_channels=IN_SEG, out_channels=OUT_SEG, feature_size=swin_feature_size).to(device).train()
+        ft.append(train_workload(f"{name}_finetune", setup, model, sgd(model), lambda m=model: criterion(m(xs), ys)))
+    alternate(ft, device, warmup=warmup, steps=steps)
+    r["swin_unetr_finetune_step_s"], r["sa_swin_finetune_step_s"] = ft[0].median, ft[1].median
+    r["sa_swin_vs_swin_unetr"] = ft[1].median / ft[0].median
+    r["swin_unetr_finetune_peak_mib"], r["sa_swin_finetune_peak_mib"] = ft[0].peak_mib, ft[1].peak_mib
+    r["swin_feature_size"] = swin_feature_size
+    times.update({w.name: w.times for w in ft})
+    r["times"] = times
+    return r
+
+
+def format_symmetry_table(r: dict[str, Any]) -> str:
+    """The summary of a ``--symmetry`` run."""
+    rows = [
+        ("ASA pretrain step saca none / decoder / encoder",
+         f"{r['asa_step_s']:.3f} / {r['asa_saca_decoder_step_s']:.3f} / {r['asa_saca_encoder_step_s']:.3f} s"),
+        ("saca_decoder_overhead", f"{r['saca_decoder_overhead']:.2f}×"),
+        ("saca_encoder_overhead", f"{r['saca_encoder_overhead']:.2f}×"),
+        (f"fine-tune step SwinUNETR / SA-Swin (feature {r['swin_feature_size']})",
+         f"{r['swin_unetr_finetune_step_s']:.3f} / {r['sa_swin_finetune_step_s']:.3f} s"),
+        ("sa_swin_vs_swin_unetr", f"{r['sa_swin_vs_swin_unetr']:.2f}×"),
+        ("peak MiB fine-tune SwinUNETR / SA-Swin",
+         f"{r['swin_unetr_finetune_peak_mib']:.0f} / {r['sa_swin_finetune_peak_mib']:.0f}"),
+    ]
+    head = (f"asa symmetry benchmark: {r['size']}³, batch {r['batch']}, preset {r['preset']}, {r['device_name']}, "
+            f"precision {r['amp']}, {r['threads']} threads, {r['steps']} timed / {r['warmup']} warm-up")
+    width = max(len(name) for name, _ in rows)
+    return "\n".join([head] + [f"  {name:<{width}}  {value}" for name, value in rows])
+
+
 def describe(device: torch.device, argv: Sequence[str]) -> dict[str, Any]:
     """Device, software and invocation facts recorded with every result."""
     if device.type == "cuda":
@@ -708,6 +778,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--region-attention", action="store_true",
                    help="only compare one attention layer: R-MSA (chunked) vs its dense mask vs LW-MSA")
+    p.add_argument("--symmetry", action="store_true",
+                   help="measure SACA in ASA (saca none/decoder/encoder) and SA-Swin vs SwinUNETR instead")
+    p.add_argument("--swin-feature-size", type=int, default=48, help="SwinUNETR / SA-Swin feature size (default 48)")
     return p.parse_args(argv)
 
 
@@ -731,6 +804,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json is not None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if args.symmetry:
+        if args.append_md is not None:
+            raise SystemExit("--append-md is not available with --symmetry (use --json)")
+        results = run_symmetry_benchmark(size=args.size, batch=args.batch, preset=args.preset, device=device,
+                                         steps=args.steps, warmup=args.warmup, seed=args.seed, amp=args.amp,
+                                         swin_feature_size=args.swin_feature_size)
+        results = {**describe(device, sys.argv[1:] if argv is None else argv), "size": args.size,
+                   "batch": args.batch, "preset": args.preset, "steps": args.steps, "warmup": args.warmup,
+                   "threads": torch.get_num_threads(), "load_avg_start": load_start, **results,
+                   "load_avg_end": os.getloadavg()[0], "wall_s": time.perf_counter() - start}
+        print(format_symmetry_table(results))
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"[bench] wrote {args.json}")
         return 0
     results = run_benchmark(size=args.size, batch=args.batch, preset=args.preset, device=device, steps=args.steps,
                             warmup=args.warmup, loader=not args.skip_loader, seed=args.seed, amp=args.amp,

@@ -130,3 +130,18 @@ def test_cuda_run_uses_amp(tmp_path):
     r = json.loads((tmp_path / "b.json").read_text())
     assert r["device"] == "cuda" and r["amp"] == "fp16"
     assert r["asa_pretrain_peak_mib"] > 0 and math.isfinite(r["flop_utilization"])
+
+
+@pytest.mark.slow
+def test_symmetry_mode_ratios_are_those_of_the_recorded_times(tmp_path):
+    args = ["--symmetry", "--size", "64", "--preset", "tiny", "--batch", "1", "--steps", "1", "--warmup", "0",
+            "--threads", "1", "--amp", "off", "--swin-feature-size", "12", "--device", "cpu",
+            "--json", str(tmp_path / "s.json")]
+    assert benchmark.main(args) == 0
+    r = json.loads((tmp_path / "s.json").read_text())
+    t = r["times"]
+    assert r["saca_decoder_overhead"] == pytest.approx(t["asa_saca_decoder"][0] / t["asa_saca_none"][0])
+    assert r["saca_encoder_overhead"] == pytest.approx(t["asa_saca_encoder"][0] / t["asa_saca_none"][0])
+    assert r["sa_swin_vs_swin_unetr"] == pytest.approx(t["sa_swin_finetune"][0] / t["swin_unetr_finetune"][0])
+    with pytest.raises(SystemExit, match="append-md"):
+        benchmark.main([*args, "--append-md", str(tmp_path / "B.md")])
