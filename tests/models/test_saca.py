@@ -174,3 +174,32 @@ def test_segmenter_with_encoder_saca_loads_its_pretrained_saca_weights(tmp_path)
     plain = ASASegmenter(img_size=32, out_channels=3, **kw).load_pretrained(tmp_path / "enc.pt", verbose=False)
     assert plain.unexpected and all(".saca." in k or "norm_saca" in k for k in plain.unexpected)
     assert seg(torch.randn(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
+
+
+def test_segmenter_mirror_follows_the_brain_frame():
+    kw = dict(embed_dim=24, depth=4, num_heads=2, window_size=8)
+    seg = ASASegmenter(img_size=32, out_channels=2, saca="encoder", reference_grid=(6, 4, 4), **kw)  # crop grid 4³
+    coords = torch.stack(torch.meshgrid(*(torch.arange(4),) * 3, indexing="ij"), -1).view(-1, 3)
+    # reference coordinate a0 + o0 mirrors to 5 - (a0 + o0): crop coordinate 5 - 2·o0 - a0
+    m = seg.mirror_tokens(torch.tensor([[1, 0, 0], [0, 0, 0]]))
+    torch.testing.assert_close(m[0], mirror_index((4, 4, 4), 0))  # a crop centred on the reference centre
+    for n, (a0, a1, a2) in enumerate(coords.tolist()):
+        target = 5 - a0  # offset 0: slabs 2, 3 pair with 3, 2; slabs 0, 1 mirror outside the crop
+        assert m[1, n] == (-1 if target > 3 else (target * 4 + a1) * 4 + a2)
+    x = torch.randn(2, 1, 32, 32, 32)
+    out = seg(x, offsets=torch.tensor([[0, 0, 0], [1, 0, 0]]))
+    assert out.shape == (2, 2, 32, 32, 32) and torch.isfinite(out).all()
+
+
+def test_windowed_saca_without_a_mirror_adds_nothing():
+    torch.manual_seed(0)
+    layer = WindowSymmetryCrossAttention(8, 2, 4).eval()
+    x = torch.randn(1, 8, 8)
+    mirror = torch.tensor([-1, -1, -1, -1, 5, 4, 7, 6])  # window 0 has no mirror, window 1 is its own
+    out = layer(x, mirror)
+    assert torch.equal(out[:, :4], torch.zeros(1, 4, 8))
+    torch.testing.assert_close(out[:, 4:], layer.attn(x[:, 4:], x[:, [5, 4, 7, 6]]), atol=1e-5, rtol=1e-5)
+    half = torch.tensor([-1, 0, -1, 1, 5, 4, 7, 6])  # tokens 1 and 3 see each other only
+    out = layer(x, half)
+    assert torch.equal(out[0, [0, 2]], torch.zeros(2, 8))
+    torch.testing.assert_close(out[:, [1, 3]], layer.attn(x[:, [1, 3]], x[:, [0, 1]]), atol=1e-5, rtol=1e-5)
