@@ -45,6 +45,7 @@ Examples::
     python scripts/benchmark.py --region-attention --json rmsa.json   # R-MSA vs dense mask vs LW-MSA
     python scripts/benchmark.py --amp bf16 --threads 2 --append-md        # bf16 on CPU (and fp32 alongside)
     python scripts/benchmark.py --symmetry --batch 1 --json sym.json      # SACA / SA-Swin step costs at 128³
+    python scripts/benchmark.py --symmetry sa_swin --swin-feature-size 24   # only SA-Swin vs SwinUNETR
 """
 
 from __future__ import annotations
@@ -569,10 +570,11 @@ def run_region_attention_benchmark(*, size: int, batch: int, preset: str, device
 
 
 def run_symmetry_benchmark(*, size: int, batch: int, preset: str, device: torch.device, steps: int, warmup: int,
-                           seed: int = 0, amp: str = "auto", swin_feature_size: int = 48,
+                           seed: int = 0, amp: str = "auto", swin_feature_size: int = 48, parts: str = "all",
                            log: Callable[[str], None] = print) -> dict[str, Any]:
-    """ASA pretrain steps with ``saca`` none / decoder / encoder, and SwinUNETR vs SA-Swin fine-tune
-    steps (same sizes, 4 -> 3 channels, Dice + BCE, SGD); each group alternated in one run."""
+    """ASA pretrain steps with ``saca`` none / decoder / encoder (``parts`` all or saca), and SwinUNETR
+    vs SA-Swin fine-tune steps (same sizes, 4 -> 3 channels, Dice + BCE, SGD; ``parts`` all or
+    sa_swin); each group alternated in one run."""
     if preset not in PRESETS:
         raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
     if size % 32:
@@ -581,7 +583,17 @@ def run_symmetry_benchmark(*, size: int, batch: int, preset: str, device: torch.
     setup = Setup(device, size, batch, PRESETS[preset], resolve_amp(amp, device, option="--amp"))
     r: dict[str, Any] = {"amp": amp_name(setup.dtype)}
     times: dict[str, list[float]] = {}
-    log(f"[bench] ASA pretrain steps with saca none / decoder / encoder, {size}³, batch {batch}, {preset}, {r['amp']}")
+    r["times"] = times
+    if parts in ("all", "saca"):
+        _saca_rows(setup, r, steps=steps, warmup=warmup, log=log)
+    if parts in ("all", "sa_swin"):
+        _sa_swin_rows(setup, r, swin_feature_size, steps=steps, warmup=warmup, log=log)
+    return r
+
+
+def _saca_rows(setup: Setup, r: dict[str, Any], *, steps: int, warmup: int, log: Callable[[str], None]) -> None:
+    size, batch, device, times = setup.size, setup.batch, setup.device, r["times"]
+    log(f"[bench] ASA pretrain steps with saca none / decoder / encoder, {size}³, batch {batch}, {r['amp']}")
     x = torch.randn(batch, 1, size, size, size, device=device)
     pre = []
     for place in ("none", "decoder", "encoder"):
@@ -591,9 +603,14 @@ def run_symmetry_benchmark(*, size: int, batch: int, preset: str, device: torch.
     r["asa_step_s"], r["asa_saca_decoder_step_s"], r["asa_saca_encoder_step_s"] = (w.median for w in pre)
     r["saca_decoder_overhead"] = pre[1].median / pre[0].median
     r["saca_encoder_overhead"] = pre[2].median / pre[0].median
+    log(f"[bench] ASA step saca none / decoder / encoder: {pre[0].median:.3f} / {pre[1].median:.3f} / "
+        f"{pre[2].median:.3f} s")
     times.update({w.name: w.times for w in pre})
-    del pre
 
+
+def _sa_swin_rows(setup: Setup, r: dict[str, Any], swin_feature_size: int, *, steps: int, warmup: int,
+                  log: Callable[[str], None]) -> None:
+    size, batch, device, times = setup.size, setup.batch, setup.device, r["times"]
     log(f"[bench] fine-tune steps: MONAI SwinUNETR vs SA-Swin, feature size {swin_feature_size}")
     criterion = SegmentationLoss(multilabel=True)
     xs = torch.randn(batch, IN_SEG, size, size, size, device=device)
@@ -608,23 +625,26 @@ def run_symmetry_benchmark(*, size: int, batch: int, preset: str, device: torch.
     r["swin_unetr_finetune_peak_mib"], r["sa_swin_finetune_peak_mib"] = ft[0].peak_mib, ft[1].peak_mib
     r["swin_feature_size"] = swin_feature_size
     times.update({w.name: w.times for w in ft})
-    r["times"] = times
-    return r
 
 
 def format_symmetry_table(r: dict[str, Any]) -> str:
     """The summary of a ``--symmetry`` run."""
-    rows = [
-        ("ASA pretrain step saca none / decoder / encoder",
-         f"{r['asa_step_s']:.3f} / {r['asa_saca_decoder_step_s']:.3f} / {r['asa_saca_encoder_step_s']:.3f} s"),
-        ("saca_decoder_overhead", f"{r['saca_decoder_overhead']:.2f}×"),
-        ("saca_encoder_overhead", f"{r['saca_encoder_overhead']:.2f}×"),
-        (f"fine-tune step SwinUNETR / SA-Swin (feature {r['swin_feature_size']})",
-         f"{r['swin_unetr_finetune_step_s']:.3f} / {r['sa_swin_finetune_step_s']:.3f} s"),
-        ("sa_swin_vs_swin_unetr", f"{r['sa_swin_vs_swin_unetr']:.2f}×"),
-        ("peak MiB fine-tune SwinUNETR / SA-Swin",
-         f"{r['swin_unetr_finetune_peak_mib']:.0f} / {r['sa_swin_finetune_peak_mib']:.0f}"),
-    ]
+    rows = []
+    if "saca_decoder_overhead" in r:
+        rows += [
+            ("ASA pretrain step saca none / decoder / encoder",
+             f"{r['asa_step_s']:.3f} / {r['asa_saca_decoder_step_s']:.3f} / {r['asa_saca_encoder_step_s']:.3f} s"),
+            ("saca_decoder_overhead", f"{r['saca_decoder_overhead']:.2f}×"),
+            ("saca_encoder_overhead", f"{r['saca_encoder_overhead']:.2f}×"),
+        ]
+    if "sa_swin_vs_swin_unetr" in r:
+        rows += [
+            (f"fine-tune step SwinUNETR / SA-Swin (feature {r['swin_feature_size']})",
+             f"{r['swin_unetr_finetune_step_s']:.3f} / {r['sa_swin_finetune_step_s']:.3f} s"),
+            ("sa_swin_vs_swin_unetr", f"{r['sa_swin_vs_swin_unetr']:.2f}×"),
+            ("peak MiB fine-tune SwinUNETR / SA-Swin",
+             f"{r['swin_unetr_finetune_peak_mib']:.0f} / {r['sa_swin_finetune_peak_mib']:.0f}"),
+        ]
     head = (f"asa symmetry benchmark: {r['size']}³, batch {r['batch']}, preset {r['preset']}, {r['device_name']}, "
             f"precision {r['amp']}, {r['threads']} threads, {r['steps']} timed / {r['warmup']} warm-up")
     width = max(len(name) for name, _ in rows)
@@ -778,8 +798,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--region-attention", action="store_true",
                    help="only compare one attention layer: R-MSA (chunked) vs its dense mask vs LW-MSA")
-    p.add_argument("--symmetry", action="store_true",
-                   help="measure SACA in ASA (saca none/decoder/encoder) and SA-Swin vs SwinUNETR instead")
+    p.add_argument("--symmetry", nargs="?", const="all", choices=("all", "saca", "sa_swin"),
+                   help="measure SACA in ASA (saca none/decoder/encoder) and/or SA-Swin vs SwinUNETR instead")
     p.add_argument("--swin-feature-size", type=int, default=48, help="SwinUNETR / SA-Swin feature size (default 48)")
     return p.parse_args(argv)
 
@@ -809,7 +829,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit("--append-md is not available with --symmetry (use --json)")
         results = run_symmetry_benchmark(size=args.size, batch=args.batch, preset=args.preset, device=device,
                                          steps=args.steps, warmup=args.warmup, seed=args.seed, amp=args.amp,
-                                         swin_feature_size=args.swin_feature_size)
+                                         swin_feature_size=args.swin_feature_size, parts=args.symmetry)
         results = {**describe(device, sys.argv[1:] if argv is None else argv), "size": args.size,
                    "batch": args.batch, "preset": args.preset, "steps": args.steps, "warmup": args.warmup,
                    "threads": torch.get_num_threads(), "load_avg_start": load_start, **results,
