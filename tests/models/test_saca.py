@@ -181,7 +181,7 @@ def test_segmenter_mirror_follows_the_brain_frame():
     seg = ASASegmenter(img_size=32, out_channels=2, saca="encoder", reference_grid=(6, 4, 4), **kw)  # crop grid 4³
     coords = torch.stack(torch.meshgrid(*(torch.arange(4),) * 3, indexing="ij"), -1).view(-1, 3)
     # reference coordinate a0 + o0 mirrors to 5 - (a0 + o0): crop coordinate 5 - 2·o0 - a0
-    m = seg.mirror_tokens(torch.tensor([[1, 0, 0], [0, 0, 0]]))
+    m = seg.encoder.mirror_tokens(torch.tensor([[1, 0, 0], [0, 0, 0]]))
     torch.testing.assert_close(m[0], mirror_index((4, 4, 4), 0))  # a crop centred on the reference centre
     for n, (a0, a1, a2) in enumerate(coords.tolist()):
         target = 5 - a0  # offset 0: slabs 2, 3 pair with 3, 2; slabs 0, 1 mirror outside the crop
