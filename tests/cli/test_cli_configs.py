@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from asa.api.config import ENTRY_POINTS, compose_config, config_path
 from asa.api.schema import validate
-from asa.models import ASA, PRESETS, build_from_config
+from asa.models import ASA, PRESETS, SymmetryAwareHead, build_from_config
 from asa.api.common import trainer_config
 from asa.train import build_optimizer
 
@@ -34,11 +34,12 @@ CASES = [(entry, group, name) for entry in ("pretrain", "finetune") for group in
 
 def test_groups_are_complete():
     assert options("pretrain", "model") == ["base", "small", "tiny"]
-    assert options("finetune", "model") == ["base", "small", "swin_unetr", "tiny", "unetr"]
+    assert options("finetune", "model") == ["base", "sa_swin", "small", "swin_unetr", "tiny", "unetr"]
     assert {"adni", "demo", "oasis"} <= set(options("pretrain", "data"))
     assert options("finetune", "data") == ["brats", "ibsr", "msd", "wmh"]
-    assert options("pretrain", "experiment") == sorted([*EXPERIMENTS, "focal_region", "rat_asa", "rat_msa"])  # + RAT parts
-    assert options("finetune", "experiment") == ["baseline", "spe_only"]
+    assert options("pretrain", "experiment") == sorted(
+        [*EXPERIMENTS, "focal_region", "rat_asa", "rat_msa", "asa_saca", "sa_swin"])  # + RAT parts, SA-Swin/SACA
+    assert options("finetune", "experiment") == ["asa_saca", "baseline", "spe_only"]
     for entry in ("pretrain", "finetune"):
         assert {"default", "paper", "smoke"} <= set(options(entry, "trainer"))
 
@@ -47,10 +48,12 @@ def _build(entry: str, cfg) -> None:
     """Build what the entry point builds from this config: the network (at a small input size), the
     optimiser over it and the engine settings."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
-    if entry == "pretrain":
+    if entry == "pretrain" and cfg.method == "sa_swin":
+        net = SymmetryAwareHead(**OmegaConf.to_container(cfg.sa_swin, resolve=True))
+    elif entry == "pretrain":
         net = ASA(**{**model, **OmegaConf.to_container(cfg.mae, resolve=True), "img_size": 32})
     else:
-        size = 64 if model.get("arch") == "swin_unetr" else 32  # SwinUNETR downsamples by 32
+        size = 64 if model.get("arch") in ("swin_unetr", "sa_swin") else 32  # SwinUNETR downsamples by 32
         net = build_from_config(model, OmegaConf.to_container(cfg.segmenter, resolve=True),
                                 in_channels=1, out_channels=2, patch_size=size)
     opt = cfg.optim
@@ -132,6 +135,18 @@ def test_pretraining_experiments_state_only_their_differences(name):
     for key in ("pos_mode", "loss_weighting"):
         cfg["mae"].pop(key), base["mae"].pop(key)
     assert cfg == base
+
+
+def test_symmetry_presets_state_only_their_differences():
+    base = OmegaConf.to_container(compose_config("pretrain", []), resolve=True)
+    saca = OmegaConf.to_container(compose_config("pretrain", ["experiment=asa_saca"]), resolve=True)
+    assert saca["model"].pop("saca") == "encoder" and base["model"].pop("saca") == "none"
+    assert saca == base
+    sah = OmegaConf.to_container(compose_config("pretrain", ["experiment=sa_swin"]), resolve=True)
+    assert sah.pop("method") == "sa_swin" and sah["trainer"]["batch_size"] >= 2
+    fine = compose_config("finetune", ["experiment=asa_saca"])
+    assert fine.model.saca == "encoder" and compose_config("finetune", []).model.saca == "none"
+    assert compose_config("finetune", ["model=sa_swin"]).model.arch == "sa_swin"
 
 
 @pytest.mark.parametrize("experiment, pos_mode", [("baseline", "none"), ("spe_only", "mirror")])
