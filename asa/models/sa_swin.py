@@ -118,7 +118,7 @@ class SASwin(SwinUNETR):
         stem is adapted to k channels; a shape mismatch raises ``ValueError``. Returns the key report."""
         path = Path(path)
         if checkpoint is None:
-            from asa.train.checkpoint import load_checkpoint
+            from asa.io import load_checkpoint
 
             checkpoint = load_checkpoint(path)
         if not ({"model", "encoder"} & checkpoint.keys()):

@@ -69,7 +69,7 @@ def test_config_nulls_are_resolved_in_the_spec(tmp_path):
 
 
 def test_bad_specs_and_foreign_networks():
-    assert set(NETWORKS) == {"asa", "unetr", "swin_unetr", "asa_pretrain"}
+    assert set(NETWORKS) == {"asa", "unetr", "swin_unetr", "sa_swin", "asa_pretrain"}
     with pytest.raises(ValueError, match="unknown arch 'vnet'"):
         build_network({"arch": "vnet", "kwargs": {}})
     with pytest.raises(ValueError, match="'arch': name, 'kwargs'"):
