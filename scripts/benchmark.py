@@ -824,6 +824,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json is not None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return 0
     if args.symmetry:
         if args.append_md is not None:
             raise SystemExit("--append-md is not available with --symmetry (use --json)")
