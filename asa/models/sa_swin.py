@@ -74,6 +74,9 @@ class SASwin(SwinUNETR):
             raise ValueError(f"symmetry_heads {heads} must divide the bottleneck width {dim} (16·feature_size)")
         self.symmetry = SymmetryAwareLayer(dim, heads, mlp_ratio=symmetry_mlp_ratio,
                                            dropout=float(kwargs.get("drop_rate", 0.0)))
+        # SwinViT blocks per stage, for layer-wise lr decay (encoder_layer_id)
+        self._stage_depths = [len(getattr(self.swinViT, f"layers{k}")[0].blocks) for k in range(1, 5)]
+        self.num_encoder_layers = sum(self._stage_depths) + 1  # as in ASASegmenter: the last block is one below
 
     def mirror(self, x: torch.Tensor) -> torch.Tensor:
         """The left–right mirror image: x flipped along ``lr_axis`` (tensor dim 2 + lr_axis)."""
@@ -109,6 +112,22 @@ class SASwin(SwinUNETR):
         dec1 = self.decoder3(dec2, enc2)
         dec0 = self.decoder2(dec1, enc1)
         return self.out(self.decoder1(dec0, enc0))
+
+    def encoder_layer_id(self, name: str) -> int | None:
+        """Depth of a parameter for the encoder-aware lr options (``optim.encoder_lr_scale``,
+        ``layer_decay``, ``freeze_encoder_epochs``): 0 the patch embedding, 1 + j for the j-th Swin
+        block counted over all stages, a stage's patch merging with that stage's last block, None
+        outside the pretrained SwinViT (symmetry layer and decoder)."""
+        if not name.startswith("swinViT."):
+            return None
+        parts = name.split(".")
+        if parts[1] == "patch_embed":
+            return 0
+        stage = int(parts[1][len("layers"):]) - 1 if parts[1][len("layers"):].isdigit() else -1
+        if stage < 0 or len(parts) < 4 or parts[3] not in ("blocks", "downsample"):
+            raise ValueError(f"encoder_layer_id: unexpected SwinViT parameter {name!r}")
+        before = sum(self._stage_depths[:stage])
+        return before + (int(parts[4]) + 1 if parts[3] == "blocks" else self._stage_depths[stage])
 
     def load_pretrained(
         self, path: str | Path, *, checkpoint: dict | None = None, verbose: bool = True

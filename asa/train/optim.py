@@ -50,7 +50,8 @@ def layer_lr_scales(model: nn.Module, *, encoder_lr_scale: float = 1.0, layer_de
     layer_of = getattr(model, "encoder_layer_id", None)
     if not callable(layer_of):
         raise ValueError(f"optim.encoder_lr_scale / layer_decay / freeze_encoder_epochs need a network with an "
-                         f"SW-ViT encoder (model arch asa); {type(model).__name__} has no encoder_layer_id()")
+                         f"encoder that numbers its layers (model arch asa or sa_swin); {type(model).__name__} has no "
+                         f"encoder_layer_id()")
     top = int(model.num_encoder_layers)
     scales = {}
     for name, _ in model.named_parameters():

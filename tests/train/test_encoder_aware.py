@@ -39,6 +39,25 @@ def test_layer_decay_gives_the_hand_computed_lr_per_block():
     assert len(lrs) == len(list(net.parameters()))  # every parameter in exactly one group
 
 
+def test_sa_swin_layer_decay_counts_swin_blocks_over_the_stages():
+    from asa.models import SASwin
+
+    torch.manual_seed(0)
+    net = SASwin(1, 2, feature_size=12, depths=(1, 2, 1, 1), num_heads=(1, 1, 2, 4))  # 5 blocks: L = 6
+    lrs = _lr_of(build_optimizer(net, name="sgd", lr=0.01, weight_decay=0.0, encoder_lr_scale=0.5, layer_decay=0.5),
+                 net, 0.01)
+    assert lrs["swinViT.patch_embed.proj.weight"] == pytest.approx(0.01 * 0.5 * 0.5**6)
+    assert lrs["swinViT.layers1.0.blocks.0.attn.qkv.weight"] == pytest.approx(0.01 * 0.5 * 0.5**5)
+    assert lrs["swinViT.layers1.0.downsample.reduction.weight"] == pytest.approx(0.01 * 0.5 * 0.5**5)
+    assert lrs["swinViT.layers2.0.blocks.1.mlp.linear1.weight"] == pytest.approx(0.01 * 0.5 * 0.5**3)
+    assert lrs["swinViT.layers4.0.blocks.0.norm1.weight"] == pytest.approx(0.01 * 0.5 * 0.5**1)
+    assert lrs["symmetry.saca.q.weight"] == lrs["encoder10.layer.conv1.conv.weight"] == pytest.approx(0.01)
+    assert len(lrs) == len(list(net.parameters()))
+    opt = build_optimizer(net, name="sgd", lr=0.01, weight_decay=0.0, freeze_encoder_epochs=2)
+    frozen = {id(p) for g in opt.param_groups if g.get("freeze_epochs") == 2 for p in g["params"]}
+    assert frozen == {id(p) for n, p in net.named_parameters() if n.startswith("swinViT.")}
+
+
 def test_defaults_keep_one_lr_and_the_weight_decay_split():
     net = _segmenter()
     opt = build_optimizer(net, name="sgd", lr=0.01, weight_decay=3e-5)
