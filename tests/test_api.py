@@ -69,3 +69,21 @@ def test_pretrain_finetune_predict_evaluate_from_python(tmp_path):
     summary = evaluate(ev)
     assert summary["n_cases"] == len(json.loads((tmp_path / "ft" / "splits.json").read_text())["test"])
     assert {"CSF", "GM", "WM"} <= set(summary)
+
+
+def test_training_run_releases_the_run_folder_also_when_the_job_fails(tmp_path):
+    from asa.api.common import TrainingRun
+    from asa.api.rundir import LOCK_NAME
+
+    cfg = OmegaConf.create({"device": "cpu", "output_dir": str(tmp_path / "run"), "resume": False,
+                            "overwrite": False, "resume_must_match": ["model"]})
+    with pytest.raises(RuntimeError, match="job failed"):
+        with TrainingRun(cfg, "asa-pretrain") as run:
+            assert run.env.world_size == 1 and run.dir is None
+            run_dir = run.prepare_dir({"model": {"width": 16}})
+            assert (run_dir.path / LOCK_NAME).is_file()  # held while the job runs
+            raise RuntimeError("job failed")
+    assert not (tmp_path / "run" / LOCK_NAME).exists()
+    with TrainingRun(cfg, "asa-pretrain") as run:  # the folder is free again: a new job takes it
+        run.prepare_dir({"model": {"width": 16}})
+    assert not (tmp_path / "run" / LOCK_NAME).exists()

@@ -1,22 +1,51 @@
-"""What the jobs share: data from a preset, splits, the optimiser and the engine settings."""
+"""What the jobs share: the run set-up, data from a preset, splits, the optimiser and the engine settings."""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asa.train import TrainConfig, build_optimizer
+from asa.api.rundir import RunDir, prepare_run_dir
+from asa.train import TrainConfig, build_optimizer, cleanup_distributed, setup_distributed
 from asa.train.distributed import DistEnv, all_gather_objects, barrier
 from asa.train.optim import LOW_LR, describe_lr
 
-__all__ = ["dataset_root", "load_cases", "on_main_then_share", "optimizer_and_config", "region_source", "split_cases", "trainer_config",
+__all__ = ["TrainingRun", "dataset_root", "load_cases", "on_main_then_share", "optimizer_and_config", "region_source", "split_cases", "trainer_config",
            "describe_error"]
+
+
+class TrainingRun:
+    """The set-up that pretraining and fine-tuning share: ``with TrainingRun(cfg, app) as run:`` joins
+    the process group (``run.env``); ``run.prepare_dir(resolved)`` locks and checks ``cfg.output_dir``
+    (``run.dir``). On leaving, the run folder's lock is released and the process group left, also
+    when the job failed (then without the final barrier: the peers may be gone)."""
+
+    def __init__(self, cfg: DictConfig, app: str) -> None:
+        self.cfg, self.app = cfg, app
+        self.env = DistEnv()
+        self.dir: RunDir | None = None
+
+    def __enter__(self) -> "TrainingRun":
+        self.env = setup_distributed(self.cfg.device)
+        return self
+
+    def prepare_dir(self, resolved: Mapping[str, Any]) -> RunDir:
+        """Lock and check the run folder for the fully resolved run config (`prepare_run_dir`)."""
+        cfg = self.cfg
+        self.dir = prepare_run_dir(cfg.output_dir, app=self.app, resume=cfg.resume, overwrite=bool(cfg.overwrite),
+                                   run_config=resolved, compat_keys=list(cfg.resume_must_match), env=self.env)
+        return self.dir
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.dir is not None:
+            self.dir.release()
+        cleanup_distributed(finished=exc_type is None)
 
 
 def dataset_root(data: DictConfig) -> tuple[Path, str]:

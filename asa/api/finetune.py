@@ -9,9 +9,10 @@ import sys
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asa.api.common import dataset_root, load_cases, optimizer_and_config, region_source, split_cases, trainer_config
-from asa.api.rundir import command_line, prepare_run_dir
-from asa.train import Engine, FitResult, cleanup_distributed, setup_distributed
+from asa.api.common import (TrainingRun, dataset_root, load_cases, optimizer_and_config, region_source, split_cases,
+                             trainer_config)
+from asa.api.rundir import command_line
+from asa.train import Engine, FitResult
 from asa.api.schema import FinetuneConfig, as_config
 
 __all__ = ["finetune"]
@@ -29,9 +30,8 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
     from asa.models import build_from_config
     from asa.train.finetune import make_dice_validator, make_segmentation_panel_fn, segmentation_step
 
-    env = setup_distributed(cfg.device)
-    run_dir = None
-    try:
+    with TrainingRun(cfg, APP) as run:
+        env = run.env
         data = cfg.data
         focal_weight = float(cfg.loss.focal_weight)
         needed_by = []  # the options that need a region map per case
@@ -61,8 +61,7 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
             lattice = dict(lattice=model.patch_size, lr_axis=model.lr_axis,
                            reference_size=tuple(g * model.patch_size for g in model.reference_grid))
         trainer_config(cfg)  # bad trainer values stop the run before its folder is touched
-        run_dir = prepare_run_dir(cfg.output_dir, app=APP, resume=cfg.resume, overwrite=bool(cfg.overwrite),
-                                  run_config=resolved, compat_keys=list(cfg.resume_must_match), env=env)
+        run_dir = run.prepare_dir(resolved)
         out_dir = run_dir.path
         cases = load_cases(data, out_dir if env.is_main else None, env)
         run_dir.write_config(resolved)  # every check passed
@@ -115,12 +114,5 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
                   f"  checkpoints: {ckpts}/{written}\n"
                   f"  TensorBoard: tensorboard --logdir {out_dir / 'tb'}\n"
                   f"  next: asa-predict checkpoint={use} input=DIR output=PRED", flush=True)
-    except BaseException:
-        if run_dir is not None:
-            run_dir.release()
-        cleanup_distributed(finished=False)
-        raise
-    run_dir.release()
-    cleanup_distributed()
     return result
 

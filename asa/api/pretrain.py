@@ -7,9 +7,10 @@ import sys
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asa.api.common import dataset_root, load_cases, optimizer_and_config, region_source, split_cases, trainer_config
-from asa.api.rundir import command_line, prepare_run_dir
-from asa.train import Engine, FitResult, cleanup_distributed, setup_distributed
+from asa.api.common import (TrainingRun, dataset_root, load_cases, optimizer_and_config, region_source, split_cases,
+                            trainer_config)
+from asa.api.rundir import command_line
+from asa.train import Engine, FitResult
 from asa.api.schema import PretrainConfig, as_config
 from asa.train.pretrain import export_encoder, mae_step, make_panel_fn, make_validator
 
@@ -105,9 +106,8 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
     cfg = as_config(config, "pretrain")
     from asa.data import build_pretrain_dataset
 
-    env = setup_distributed(cfg.device)
-    run_dir = None
-    try:
+    with TrainingRun(cfg, APP) as run:
+        env = run.env
         resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         data = cfg.data
         trainer_config(cfg)  # bad trainer values stop the run before its folder is touched
@@ -118,8 +118,7 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
         if model_kwargs.get("loss_weighting") == "focal_region":
             needed_by.append("mae.loss_weighting=focal_region")
         regions = region_source(data, needed_by)
-        run_dir = prepare_run_dir(cfg.output_dir, app=APP, resume=cfg.resume, overwrite=bool(cfg.overwrite),
-                                  run_config=resolved, compat_keys=list(cfg.resume_must_match), env=env)
+        run_dir = run.prepare_dir(resolved)
         out_dir = run_dir.path
         cases = load_cases(data, out_dir if env.is_main else None, env)
         run_dir.write_config(resolved)  # every check passed
@@ -166,12 +165,5 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
                   f"  checkpoints: {ckpts}/last.pt, best.pt, encoder.pt (for asa-finetune)\n"
                   f"  TensorBoard: tensorboard --logdir {out_dir / 'tb'}\n"
                   f"  config: {out_dir / 'config.yaml'}, splits: {out_dir / 'splits.json'}", flush=True)
-    except BaseException:
-        if run_dir is not None:
-            run_dir.release()
-        cleanup_distributed(finished=False)
-        raise
-    run_dir.release()
-    cleanup_distributed()
     return result
 
