@@ -140,16 +140,6 @@ class ASA(nn.Module):
         self.uses_regions = self.encoder.uses_regions or loss_weighting == "focal_region"
         accept_legacy_keys(self)
 
-    @property
-    def patch_embed(self) -> nn.Module:
-        """The encoder's patch embedding."""
-        return self.encoder.patch_embed
-
-    @property
-    def pos_embed(self) -> torch.Tensor:
-        """The encoder's position code of the pretraining grid, [N, embed_dim]."""
-        return self.encoder.pos_embed
-
     # --- shapes -------------------------------------------------------------------------
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, C, D, H, W] -> [B, N, s³·C]."""

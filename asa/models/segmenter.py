@@ -130,29 +130,23 @@ class ASASegmenter(nn.Module):
             raise ValueError(f"ASASegmenter's decoder is laid out for patch_size 8, got {patch_size}")
         if depth < 4:
             raise ValueError(f"ASASegmenter needs an encoder of at least 4 blocks, got depth {depth}")
-        self.img_size = to_3tuple(img_size, "img_size")
-        self.grid = patch_grid(self.img_size, patch_size)
-        self.in_channels = in_channels
-        self.embed_dim = embed_dim
-        self.patch_size = patch_size
-        self.pos_mode = pos_mode
-        self.lr_axis = lr_axis
-        self.spe_frame = spe_frame
-        self.reference_grid = self.grid if reference_grid is None else to_3tuple(reference_grid, "reference_grid")
+        self.encoder = SWViTEncoder(
+            img_size=img_size, in_channels=in_channels, patch_size=patch_size, embed_dim=embed_dim,
+            depth=depth, num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio, pos_mode=pos_mode,
+            lr_axis=lr_axis, reference_grid=reference_grid, shift_mask=shift_mask,
+            rel_pos_bias=rel_pos_bias, dropout=dropout, grad_checkpointing=grad_checkpointing,
+            region_attention=region_attention, saca=saca in ("encoder", "all"),
+        )
+        # the geometry as the encoder checked and resolved it (img_size and reference_grid as 3-tuples)
+        enc = self.encoder
+        self.img_size, self.grid, self.reference_grid = enc.img_size, enc.grid, enc.reference_grid
+        self.in_channels, self.embed_dim, self.patch_size = in_channels, embed_dim, patch_size
+        self.pos_mode, self.lr_axis, self.spe_frame = pos_mode, lr_axis, spe_frame
         self.network_kwargs.update(img_size=list(self.img_size), reference_grid=list(self.reference_grid),
                                    input_skip=self.input_skip)
         self.hidden_indices = tuple((k + 1) * depth // 4 - 1 for k in range(3))  # e.g. 2, 5, 8 of 12
         self.num_encoder_layers = depth + 1  # patch embedding = layer 0, block i = i + 1, final norm = depth + 1
         self._zero_encoder = False
-
-        self.encoder = SWViTEncoder(
-            img_size=self.img_size, in_channels=in_channels, patch_size=patch_size, embed_dim=embed_dim,
-            depth=depth, num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio, pos_mode=pos_mode,
-            lr_axis=lr_axis, reference_grid=self.reference_grid, shift_mask=shift_mask,
-            rel_pos_bias=rel_pos_bias, dropout=dropout, grad_checkpointing=grad_checkpointing,
-            region_attention=region_attention,
-            saca=saca in ("encoder", "all"),
-        )
         self.uses_regions = self.encoder.uses_regions
         f = feature_size
         conv = dict(spatial_dims=3, kernel_size=3, norm_name=norm_name)
@@ -175,16 +169,6 @@ class ASASegmenter(nn.Module):
         self.up0 = UnetrUpBlock(in_channels=2 * f, out_channels=f, upsample_kernel_size=2, res_block=True, **conv)
         self.head = UnetOutBlock(spatial_dims=3, in_channels=f, out_channels=out_channels)
         accept_legacy_keys(self)
-
-    @property
-    def patch_embed(self) -> nn.Module:
-        """The encoder's patch embedding."""
-        return self.encoder.patch_embed
-
-    @property
-    def pos_embed(self) -> torch.Tensor:
-        """The encoder's position code at offset 0, [N, embed_dim]."""
-        return self.encoder.pos_embed
 
     def _to_volume(self, tokens: torch.Tensor) -> torch.Tensor:
         """[B, N, C] -> [B, C, G0, G1, G2]."""

@@ -90,13 +90,13 @@ def test_scratch_rows_and_pretrained_position_mode(tmp_path, encoder_export):
     for experiment, pos_mode in (("baseline", "none"), ("spe_only", "mirror")):
         cfg = compose_config("finetune", ["model=tiny", f"experiment={experiment}", f"data.root={root}"])
         net = build_from_config(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.segmenter), **brats)
-        assert torch.equal(net.pos_embed[0], net.pos_embed[3 * 16]) == (pos_mode == "mirror")
+        assert torch.equal(net.encoder.pos_embed[0], net.encoder.pos_embed[3 * 16]) == (pos_mode == "mirror")
     # pos_mode null follows the pretrained encoder's (the export records pos_mode: mirror)
     cfg = compose_config("finetune", ["model=tiny", f"model.pretrained={encoder_export}"])
     net = build_from_config(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.segmenter), **brats)
     assert net.pos_mode == "mirror"
-    assert torch.equal(net.pos_embed[0], net.pos_embed[3 * 16])
-    assert net.patch_embed.proj.weight.shape[1] == 4
+    assert torch.equal(net.encoder.pos_embed[0], net.encoder.pos_embed[3 * 16])
+    assert net.encoder.patch_embed.proj.weight.shape[1] == 4
 
 
 def test_pretrained_weights_for_a_baseline_are_rejected_clearly(encoder_export):

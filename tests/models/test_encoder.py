@@ -24,7 +24,9 @@ def test_both_networks_hold_the_same_encoder_module():
     mae, seg = _mae(), ASASegmenter(**TINY, in_channels=1)
     assert type(mae.encoder) is type(seg.encoder) is SWViTEncoder
     assert set(mae.encoder_state_dict()) == {f"encoder.{k}" for k in seg.encoder.state_dict()}
-    assert mae.patch_embed is mae.encoder.patch_embed and seg.patch_embed is seg.encoder.patch_embed
+    # one place holds the stem and the geometry: the encoder
+    assert not hasattr(mae, "patch_embed") and not hasattr(seg, "patch_embed")
+    assert (seg.img_size, seg.grid, seg.reference_grid) == (seg.encoder.img_size, seg.encoder.grid, seg.encoder.reference_grid)
     # the stem comes first among the encoder's parameters (optimizer states keep their order)
     assert next(iter(dict(seg.named_parameters()))) == "encoder.patch_embed.proj.weight"
 

@@ -32,7 +32,7 @@ def test_encoder_sees_visible_patches_with_their_spe_in_raster_order():
     model = ASA(**TINY).eval()
     x = torch.randn(1, 1, 32, 32, 32)
     _, ids_keep = model.random_masking(1, x.device)
-    tokens = model.patch_embed(x) + symmetric_position_encoding((4, 4, 4), 48)
+    tokens = model.encoder.patch_embed(x) + symmetric_position_encoding((4, 4, 4), 48)
     expected = model.encoder(tokens[:, ids_keep[0]])
     torch.testing.assert_close(model.forward_encoder(x, ids_keep), expected)
 
@@ -74,7 +74,7 @@ def test_table4_rows_are_configurations(pos_mode, weighting):
     out = model(x)
     masked = out.weights[out.mask == 1]
     assert torch.allclose(masked, masked[0]) == (weighting == "uniform")
-    mirror_pair_equal = torch.equal(model.pos_embed[0], model.pos_embed[3 * 16])  # (0,0,0) vs (3,0,0)
+    mirror_pair_equal = torch.equal(model.encoder.pos_embed[0], model.encoder.pos_embed[3 * 16])  # (0,0,0) vs (3,0,0)
     assert mirror_pair_equal == (pos_mode == "mirror")
 
 

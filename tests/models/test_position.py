@@ -88,7 +88,7 @@ def test_offset_zero_is_the_pretraining_table_bit_for_bit(mode):
         assert torch.equal(table, _old_table(grid, 16, mode, lr_axis))
         assert torch.equal(table, symmetric_position_encoding(grid, 16, mode=mode, lr_axis=lr_axis))
     mae = ASA(img_size=32, **{**PRESETS["tiny"], "pos_mode": mode})
-    assert torch.equal(mae.pos_embed, symmetric_position_encoding((4, 4, 4), 48, mode=mode, offset=(0, 0, 0)))
+    assert torch.equal(mae.encoder.pos_embed, symmetric_position_encoding((4, 4, 4), 48, mode=mode, offset=(0, 0, 0)))
 
 
 @pytest.mark.parametrize("lr_axis", [0, 2])

@@ -44,7 +44,7 @@ def test_one_channel_stem_is_adapted_to_four(tmp_path):
     report = net.load_pretrained(tmp_path / "enc.pt", verbose=False)
     assert report.adapted
     x = torch.randn(1, 1, 32, 32, 32)
-    torch.testing.assert_close(net.patch_embed(x.repeat(1, 4, 1, 1, 1)), mae.patch_embed(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(net.encoder.patch_embed(x.repeat(1, 4, 1, 1, 1)), mae.encoder.patch_embed(x), atol=1e-5, rtol=1e-5)
 
 
 def test_mismatched_checkpoint_raises(tmp_path):
