@@ -52,20 +52,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import datetime
 import json
 import math
 import os
 import platform
 import shlex
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +72,10 @@ import torch
 from monai.inferers import sliding_window_inference
 from monai.networks.nets import UNETR, MaskedAutoEncoderViT, SwinUNETR
 from torch import nn
-from torch.utils.flop_counter import (
-    FlopCounterMode,
-    sdpa_backward_flop_count,
-    sdpa_flop_count,
-)
 
 import asa
+from asa.bench.harness import Workload, alternate, matmul_workload, tensor_bytes
+from asa.bench.report import append_markdown, format_symmetry_table, format_table
 from asa.eval.inference import predict_volume
 from asa.losses import SegmentationLoss, patch_informativeness
 from asa.models import (ASA, PRESETS, ASASegmenter, LinearWindowAttention, RegionAttention, SASwin, patch_regions,
@@ -91,145 +86,10 @@ from asa.train.precision import AMP_CHOICES, amp_name, resolve_amp
 PATCH = 8
 MASK_RATIO = 0.75
 IN_SEG, OUT_SEG = 4, 3  # BraTS: 4 modalities -> WT, TC, ET
-MIB = 2**20
 UNETR_NOTE = "MONAI UNETR's ViT is fixed at 16³ patches and 12 layers (ASASegmenter: 8³ patches, preset depth)"
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 CASE_SHAPE = (240, 240, 155)  # one BraTS case
-TARGETS = {  # key: (comparison, bound)
-    "speedup_vs_monai_mae": (">=", 5.0),
-    "flop_utilization": (">=", 0.8),
-    "bf16_speedup": (">=", 1.7),
-    "case_inference_s": ("<=", 45.0),
-    "ar_weights_fraction": ("<=", 0.03),
-    "finetune_speedup_vs_unetr": (">=", 1.0),
-    "inference_speedup_vs_unetr": (">=", 1.0),
-    "loader_headroom": (">=", 2.0),
-}
 
-
-# --- timing and memory ------------------------------------------------------------------------
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class PeakMemory:
-    """Rise of memory over a block: on CUDA the peak allocated bytes, on CPU the process's peak
-    RSS (``VmHWM``, reset through ``/proc/self/clear_refs``) over the RSS on entry. Freed heap is
-    handed back to the OS first (``malloc_trim``) so that reuse of it is not missed."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.rise = 0
-        self._libc = None
-        if device.type == "cpu":
-            try:
-                self._libc = ctypes.CDLL("libc.so.6")
-            except OSError:
-                pass
-
-    @staticmethod
-    def _status_bytes(field_name: str) -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1]) * 1024
-        raise OSError(f"/proc/self/status has no {field_name}")
-
-    def __enter__(self) -> PeakMemory:  # noqa: PYI034
-        sync(self.device)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
-            return self
-        if self._libc is not None:
-            self._libc.malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:  # "5": reset the peak RSS to the current RSS
-            f.write("5")
-        self._start = self._status_bytes("VmRSS")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        sync(self.device)
-        if self.device.type == "cuda":
-            self.rise = torch.cuda.max_memory_allocated(self.device) - self._start
-        else:
-            self.rise = self._status_bytes("VmHWM") - self._start
-
-
-def tensor_bytes(tensors: Any) -> int:
-    """Bytes held by the tensors in (nested) dicts/lists/tuples or a module's parameters."""
-    if isinstance(tensors, nn.Module):
-        return sum(p.numel() * p.element_size() for p in tensors.parameters())
-    if isinstance(tensors, torch.Tensor):
-        return tensors.numel() * tensors.element_size()
-    if isinstance(tensors, dict):
-        return sum(tensor_bytes(v) for v in tensors.values())
-    if isinstance(tensors, (list, tuple)):
-        return sum(tensor_bytes(v) for v in tensors)
-    return 0
-
-
-@dataclass
-class Workload:
-    """One thing to time: ``run()`` does a full step; ``static()`` is the memory it holds between steps."""
-
-    name: str
-    run: Callable[[], None]
-    static: Callable[[], int] = lambda: 0
-    times: list[float] = field(default_factory=list)
-    peak_rise: int = 0
-    flops: int = 0
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
-
-    @property
-    def peak_mib(self) -> float:
-        return (self.static() + self.peak_rise) / MIB
-
-
-def _cpu_flash_flops() -> dict[Any, Callable[..., int]]:
-    """FlopCounterMode has no formula for the fused CPU SDPA kernel; count it like the CUDA ones."""
-    fwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    bwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
-    if fwd is None or bwd is None:
-        return {}
-
-    def flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
-        return sdpa_flop_count(q, k, v)
-
-    def backward_flops(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
-        return sdpa_backward_flop_count(grad_out, q, k, v)
-
-    return {fwd: flops, bwd: backward_flops}
-
-
-def alternate(workloads: Sequence[Workload], device: torch.device, *, warmup: int, steps: int,
-              count_flops: Sequence[str] = ()) -> None:
-    """Warm up, then time ``steps`` rounds running each workload once per round, in turn.
-
-    The first warm-up run of the workloads named in ``count_flops`` happens under
-    ``FlopCounterMode`` (one such run is made even with ``warmup=0``). Peak memory is taken over
-    the timed runs.
-    """
-    for w in workloads:
-        for i in range(max(warmup, 1 if w.name in count_flops else 0)):
-            if i == 0 and w.name in count_flops:
-                with FlopCounterMode(display=False, custom_mapping=_cpu_flash_flops()) as counter:
-                    w.run()
-                w.flops = counter.get_total_flops()
-            else:
-                w.run()
-    for _ in range(steps):
-        for w in workloads:
-            with PeakMemory(device) as mem:
-                start = time.perf_counter()
-                w.run()
-                sync(device)
-                w.times.append(time.perf_counter() - start)
-            w.peak_rise = max(w.peak_rise, mem.rise)
 
 
 # --- workloads ---------------------------------------------------------------------------------
@@ -361,16 +221,6 @@ def case_workload(setup: Setup, model: ASASegmenter, case: torch.Tensor, sw_batc
                        sw_batch_size=sw_batch, device=setup.device, amp_dtype=setup.dtype)
 
     return Workload(name, run, static=lambda: tensor_bytes(model) + tensor_bytes(case))
-
-
-def matmul_workload(device: torch.device, n: int, dtype: torch.dtype | None = None) -> Workload:
-    """A dense n×n matmul in the run's precision: the machine's attainable FLOP/s."""
-    dtype = dtype or torch.float32
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    w = Workload("matmul", lambda: torch.mm(a, b))
-    w.flops = 2 * n**3
-    return w
 
 
 def loader_throughput(size: int, batch: int, device: torch.device, workers: int = 2) -> float:
@@ -627,30 +477,6 @@ def _sa_swin_rows(setup: Setup, r: dict[str, Any], swin_feature_size: int, *, st
     times.update({w.name: w.times for w in ft})
 
 
-def format_symmetry_table(r: dict[str, Any]) -> str:
-    """The summary of a ``--symmetry`` run."""
-    rows = []
-    if "saca_decoder_overhead" in r:
-        rows += [
-            ("ASA pretrain step saca none / decoder / encoder",
-             f"{r['asa_step_s']:.3f} / {r['asa_saca_decoder_step_s']:.3f} / {r['asa_saca_encoder_step_s']:.3f} s"),
-            ("saca_decoder_overhead", f"{r['saca_decoder_overhead']:.2f}×"),
-            ("saca_encoder_overhead", f"{r['saca_encoder_overhead']:.2f}×"),
-        ]
-    if "sa_swin_vs_swin_unetr" in r:
-        rows += [
-            (f"fine-tune step SwinUNETR / SA-Swin (feature {r['swin_feature_size']})",
-             f"{r['swin_unetr_finetune_step_s']:.3f} / {r['sa_swin_finetune_step_s']:.3f} s"),
-            ("sa_swin_vs_swin_unetr", f"{r['sa_swin_vs_swin_unetr']:.2f}×"),
-            ("peak MiB fine-tune SwinUNETR / SA-Swin",
-             f"{r['swin_unetr_finetune_peak_mib']:.0f} / {r['sa_swin_finetune_peak_mib']:.0f}"),
-        ]
-    head = (f"asa symmetry benchmark: {r['size']}³, batch {r['batch']}, preset {r['preset']}, {r['device_name']}, "
-            f"precision {r['amp']}, {r['threads']} threads, {r['steps']} timed / {r['warmup']} warm-up")
-    width = max(len(name) for name, _ in rows)
-    return "\n".join([head] + [f"  {name:<{width}}  {value}" for name, value in rows])
-
-
 def describe(device: torch.device, argv: Sequence[str]) -> dict[str, Any]:
     """Device, software and invocation facts recorded with every result."""
     if device.type == "cuda":
@@ -673,108 +499,6 @@ def describe(device: torch.device, argv: Sequence[str]) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(["scripts/benchmark.py", *argv]),
     }
-
-
-# --- output ------------------------------------------------------------------------------------
-def verdict(key: str, value: float) -> str:
-    op, bound = TARGETS[key]
-    ok = value >= bound if op == ">=" else value <= bound
-    return f"{'ok' if ok else 'MISS'} (target {op} {bound:g})"
-
-
-def format_table(r: dict[str, Any]) -> str:
-    """The human-readable summary printed at the end of a run."""
-    rows = [
-        ("pretrain step ASA / MONAI MAE", f"{r['asa_step_s']:.3f} s / {r['monai_mae_step_s']:.3f} s", ""),
-        ("speedup_vs_monai_mae", f"{r['speedup_vs_monai_mae']:.2f}×", verdict("speedup_vs_monai_mae", r["speedup_vs_monai_mae"])),
-        ("ASA samples/s", f"{r['asa_samples_per_s']:.3f}", ""),
-        ("step GFLOP ASA / MONAI MAE", f"{r['asa_step_flops'] / 1e9:.1f} / {r['monai_mae_step_flops'] / 1e9:.1f}", ""),
-        ("matmul peak", f"{r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s", ""),
-        ("flop_utilization ASA", f"{r['flop_utilization']:.3f}", verdict("flop_utilization", r["flop_utilization"])),
-        ("flop_utilization MONAI MAE", f"{r['monai_mae_flop_utilization']:.3f}", "(context)"),
-        ("patch_informativeness", f"{r['ar_weights_s'] * 1e3:.1f} ms", ""),
-        ("ar_weights_fraction", f"{r['ar_weights_fraction']:.4f}", verdict("ar_weights_fraction", r["ar_weights_fraction"])),
-        ("fine-tune step ASASeg / UNETR", f"{r['asa_finetune_step_s']:.3f} s / {r['unetr_finetune_step_s']:.3f} s", ""),
-        ("finetune_speedup_vs_unetr", f"{r['finetune_speedup_vs_unetr']:.2f}×",
-         verdict("finetune_speedup_vs_unetr", r["finetune_speedup_vs_unetr"])),
-        (f"inference {r['inference_volume']}³ ASASeg / UNETR", f"{r['asa_inference_s']:.3f} s / {r['unetr_inference_s']:.3f} s", ""),
-        ("inference_speedup_vs_unetr", f"{r['inference_speedup_vs_unetr']:.2f}×",
-         verdict("inference_speedup_vs_unetr", r["inference_speedup_vs_unetr"])),
-        ("peak MiB pretrain ASA / MONAI", f"{r['asa_pretrain_peak_mib']:.0f} / {r['monai_mae_peak_mib']:.0f}", ""),
-        ("peak MiB fine-tune ASASeg / UNETR", f"{r['asa_finetune_peak_mib']:.0f} / {r['unetr_finetune_peak_mib']:.0f}", ""),
-        ("peak MiB inference ASASeg / UNETR", f"{r['asa_inference_peak_mib']:.0f} / {r['unetr_inference_peak_mib']:.0f}", ""),
-    ]
-    if "bf16_speedup" in r:
-        rows += [("ASA step fp32 / bf16", f"{r['asa_fp32_step_s']:.3f} s / {r['asa_step_s']:.3f} s", ""),
-                 ("bf16_speedup", f"{r['bf16_speedup']:.2f}×", verdict("bf16_speedup", r["bf16_speedup"]))]
-    if "case_inference_s" in r:
-        shape = " × ".join(map(str, r["case_shape"]))
-        rows += [(f"case_inference_s (4 × {shape})", f"{r['case_inference_s']:.1f} s",
-                  verdict("case_inference_s", r["case_inference_s"])),
-                 ("peak MiB case inference", f"{r['case_inference_peak_mib']:.0f}", ""),
-                 (f"case contiguous, window batch {r['batch']}",
-                  f"{r['case_inference_contiguous_s']:.1f} s, {r['case_inference_contiguous_peak_mib']:.0f} MiB", "")]
-    if "loader_headroom" in r:
-        rows += [
-            ("loader / training batches/s", f"{r['loader_batches_per_s']:.2f} / {r['train_batches_per_s']:.3f}", ""),
-            ("loader_headroom", f"{r['loader_headroom']:.1f}", verdict("loader_headroom", r["loader_headroom"])),
-        ]
-    head = (f"asa benchmark: {r['size']}³, batch {r['batch']}, preset {r['preset']}, {r['device_name']}, "
-            f"precision {r['amp']}, {r['threads']} threads, torch {r['torch_version']}, {r['steps']} timed / {r['warmup']} warm-up")
-    width = max(len(name) for name, _, _ in rows)
-    lines = [head] + [f"  {name:<{width}}  {value:<24} {note}".rstrip() for name, value, note in rows]
-    return "\n".join(lines + [f"  note: {r['unetr_note']}"])
-
-
-MD_HEADER = """\
-# Benchmarks
-
-Produced by `scripts/benchmark.py` (one row per run, newest last; the command is in each row).
-All figures are medians of timed repeats after warm-up; the compared models run alternately, on
-the same input, in the same process, at the same precision (`amp` column: fp32, bf16 autocast, or
-fp16 autocast + GradScaler on CUDA); the device column gives the CPU thread count.
-
-| column | meaning | target |
-| --- | --- | --- |
-| step s | ASA pretrain step (forward + backward + AdamW), seconds | |
-| samples/s | batch / step s | |
-| vs MAE | `speedup_vs_monai_mae`: MONAI `MaskedAutoEncoderViT` step / ASA step, same encoder/decoder width, depth, heads, patch 8, mask ratio 0.75, same precision | ≥ 5 |
-| MFU | `flop_utilization`: ASA step FLOPs (`FlopCounterMode`, fwd + bwd) / step time / FLOP/s of a dense matmul at the run's precision (4096² on CPU, 8192² on CUDA) timed in the same run; MONAI's in brackets | ≥ 0.8 |
-| AR | `ar_weights_fraction`: `patch_informativeness` of the batch / ASA step | ≤ 0.03 |
-| FT vs UNETR | `finetune_speedup_vs_unetr`: UNETR / ASASegmenter fine-tune step (fwd + bwd + SGD, Dice + BCE, 4 → 3 channels); UNETR's ViT is fixed at 16³ patches and 12 layers | ≥ 1 |
-| inf vs UNETR | `inference_speedup_vs_unetr`: Gaussian sliding-window inference (overlap 0.5) over a (1.5·size)³ volume | ≥ 1 |
-| peak GiB | pretrain peak memory ASA / MONAI MAE: parameters + optimizer state + peak rise during a step (CPU: RSS; CUDA: allocated) | ≤ 30 on GPU at batch 24 |
-| loader | `loader_headroom`: batches/s of the pretraining loader (demo data, cache warm, 2 workers) × ASA step s | ≥ 2 |
-| bf16× | `bf16_speedup`: ASA fp32 step / ASA bf16 step, timed alternately in the bf16 run | ≥ 1.7 |
-| case s | `case_inference_s`: `asa.eval.predict_volume` (the `asa-predict` path: Gaussian windows of size³, overlap 0.5, window batch `auto` (rows before 2026-11-22: window batch = batch), channels-last with bf16 on a CPU) of the preset's `ASASegmenter` over one 4 × 240 × 240 × 155 case | ≤ 45 |
-| load | 1-min load average when the run started: other processes on the machine (above ~0.5 on a 2-core CPU every threaded op waits for the competing process, and the figures are pessimistic) | |
-
-| date | device | torch | amp | size | batch | preset | step s | samples/s | vs MAE | MFU (MAE) | AR | FT vs UNETR | inf vs UNETR | peak GiB ASA / MAE | bf16× | case s | loader | load | command |
-| --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |
-"""
-
-
-def markdown_row(r: dict[str, Any]) -> str:
-    cells = [
-        r["date"][:10], r["device_name"], r["torch_version"], r["amp"], f"{r['size']}³", str(r["batch"]), r["preset"], f"{r['asa_step_s']:.3f}", f"{r['asa_samples_per_s']:.2f}",
-        f"{r['speedup_vs_monai_mae']:.2f}", f"{r['flop_utilization']:.2f} ({r['monai_mae_flop_utilization']:.2f})",
-        f"{r['ar_weights_fraction']:.4f}", f"{r['finetune_speedup_vs_unetr']:.2f}", f"{r['inference_speedup_vs_unetr']:.2f}",
-        f"{r['asa_pretrain_peak_mib'] / 1024:.2f} / {r['monai_mae_peak_mib'] / 1024:.2f}",
-        f"{r['bf16_speedup']:.2f}" if "bf16_speedup" in r else "-",
-        f"{r['case_inference_s']:.1f}" if "case_inference_s" in r else "-",
-        f"{r['loader_headroom']:.1f}" if "loader_headroom" in r else "-", f"{r['load_avg_start']:.1f}",
-        f"`{r['command']}`",
-    ]
-    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
-
-def append_markdown(r: dict[str, Any], path: Path = BENCHMARKS_MD) -> Path:
-    """Append the run's row to the results table, creating the file with its header first."""
-    text = path.read_text() if path.is_file() else MD_HEADER
-    if not text.endswith("\n"):
-        text += "\n"
-    path.write_text(text + markdown_row(r) + "\n")
-    return path
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from asa.bench.harness import PeakMemory
+
 pytestmark = pytest.mark.slow  # the benchmark runs real training steps
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
@@ -106,7 +108,7 @@ def test_markdown_header_once_then_one_row_per_run(tiny_run):
 
 
 def test_peak_memory_sees_an_allocation():
-    with benchmark.PeakMemory(torch.device("cpu")) as mem:
+    with PeakMemory(torch.device("cpu")) as mem:
         block = torch.ones(16 * 2**20)  # 64 MiB, touched
         del block
     assert mem.rise >= 60 * 2**20

@@ -1,0 +1,143 @@
+"""Benchmark report: the recorded targets, the summary tables printed at the end of a run and the
+BENCHMARKS.md rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TARGETS = {  # key: (comparison, bound)
+    "speedup_vs_monai_mae": (">=", 5.0),
+    "flop_utilization": (">=", 0.8),
+    "bf16_speedup": (">=", 1.7),
+    "case_inference_s": ("<=", 45.0),
+    "ar_weights_fraction": ("<=", 0.03),
+    "finetune_speedup_vs_unetr": (">=", 1.0),
+    "inference_speedup_vs_unetr": (">=", 1.0),
+    "loader_headroom": (">=", 2.0),
+}
+
+
+def verdict(key: str, value: float) -> str:
+    op, bound = TARGETS[key]
+    ok = value >= bound if op == ">=" else value <= bound
+    return f"{'ok' if ok else 'MISS'} (target {op} {bound:g})"
+
+
+def format_table(r: dict[str, Any]) -> str:
+    """The human-readable summary printed at the end of a run."""
+    rows = [
+        ("pretrain step ASA / MONAI MAE", f"{r['asa_step_s']:.3f} s / {r['monai_mae_step_s']:.3f} s", ""),
+        ("speedup_vs_monai_mae", f"{r['speedup_vs_monai_mae']:.2f}×", verdict("speedup_vs_monai_mae", r["speedup_vs_monai_mae"])),
+        ("ASA samples/s", f"{r['asa_samples_per_s']:.3f}", ""),
+        ("step GFLOP ASA / MONAI MAE", f"{r['asa_step_flops'] / 1e9:.1f} / {r['monai_mae_step_flops'] / 1e9:.1f}", ""),
+        ("matmul peak", f"{r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s", ""),
+        ("flop_utilization ASA", f"{r['flop_utilization']:.3f}", verdict("flop_utilization", r["flop_utilization"])),
+        ("flop_utilization MONAI MAE", f"{r['monai_mae_flop_utilization']:.3f}", "(context)"),
+        ("patch_informativeness", f"{r['ar_weights_s'] * 1e3:.1f} ms", ""),
+        ("ar_weights_fraction", f"{r['ar_weights_fraction']:.4f}", verdict("ar_weights_fraction", r["ar_weights_fraction"])),
+        ("fine-tune step ASASeg / UNETR", f"{r['asa_finetune_step_s']:.3f} s / {r['unetr_finetune_step_s']:.3f} s", ""),
+        ("finetune_speedup_vs_unetr", f"{r['finetune_speedup_vs_unetr']:.2f}×",
+         verdict("finetune_speedup_vs_unetr", r["finetune_speedup_vs_unetr"])),
+        (f"inference {r['inference_volume']}³ ASASeg / UNETR", f"{r['asa_inference_s']:.3f} s / {r['unetr_inference_s']:.3f} s", ""),
+        ("inference_speedup_vs_unetr", f"{r['inference_speedup_vs_unetr']:.2f}×",
+         verdict("inference_speedup_vs_unetr", r["inference_speedup_vs_unetr"])),
+        ("peak MiB pretrain ASA / MONAI", f"{r['asa_pretrain_peak_mib']:.0f} / {r['monai_mae_peak_mib']:.0f}", ""),
+        ("peak MiB fine-tune ASASeg / UNETR", f"{r['asa_finetune_peak_mib']:.0f} / {r['unetr_finetune_peak_mib']:.0f}", ""),
+        ("peak MiB inference ASASeg / UNETR", f"{r['asa_inference_peak_mib']:.0f} / {r['unetr_inference_peak_mib']:.0f}", ""),
+    ]
+    if "bf16_speedup" in r:
+        rows += [("ASA step fp32 / bf16", f"{r['asa_fp32_step_s']:.3f} s / {r['asa_step_s']:.3f} s", ""),
+                 ("bf16_speedup", f"{r['bf16_speedup']:.2f}×", verdict("bf16_speedup", r["bf16_speedup"]))]
+    if "case_inference_s" in r:
+        shape = " × ".join(map(str, r["case_shape"]))
+        rows += [(f"case_inference_s (4 × {shape})", f"{r['case_inference_s']:.1f} s",
+                  verdict("case_inference_s", r["case_inference_s"])),
+                 ("peak MiB case inference", f"{r['case_inference_peak_mib']:.0f}", ""),
+                 (f"case contiguous, window batch {r['batch']}",
+                  f"{r['case_inference_contiguous_s']:.1f} s, {r['case_inference_contiguous_peak_mib']:.0f} MiB", "")]
+    if "loader_headroom" in r:
+        rows += [
+            ("loader / training batches/s", f"{r['loader_batches_per_s']:.2f} / {r['train_batches_per_s']:.3f}", ""),
+            ("loader_headroom", f"{r['loader_headroom']:.1f}", verdict("loader_headroom", r["loader_headroom"])),
+        ]
+    head = (f"asa benchmark: {r['size']}³, batch {r['batch']}, preset {r['preset']}, {r['device_name']}, "
+            f"precision {r['amp']}, {r['threads']} threads, torch {r['torch_version']}, {r['steps']} timed / {r['warmup']} warm-up")
+    width = max(len(name) for name, _, _ in rows)
+    lines = [head] + [f"  {name:<{width}}  {value:<24} {note}".rstrip() for name, value, note in rows]
+    return "\n".join(lines + [f"  note: {r['unetr_note']}"])
+
+
+MD_HEADER = """\
+# Benchmarks
+
+Produced by `scripts/benchmark.py` (one row per run, newest last; the command is in each row).
+All figures are medians of timed repeats after warm-up; the compared models run alternately, on
+the same input, in the same process, at the same precision (`amp` column: fp32, bf16 autocast, or
+fp16 autocast + GradScaler on CUDA); the device column gives the CPU thread count.
+
+| column | meaning | target |
+| --- | --- | --- |
+| step s | ASA pretrain step (forward + backward + AdamW), seconds | |
+| samples/s | batch / step s | |
+| vs MAE | `speedup_vs_monai_mae`: MONAI `MaskedAutoEncoderViT` step / ASA step, same encoder/decoder width, depth, heads, patch 8, mask ratio 0.75, same precision | ≥ 5 |
+| MFU | `flop_utilization`: ASA step FLOPs (`FlopCounterMode`, fwd + bwd) / step time / FLOP/s of a dense matmul at the run's precision (4096² on CPU, 8192² on CUDA) timed in the same run; MONAI's in brackets | ≥ 0.8 |
+| AR | `ar_weights_fraction`: `patch_informativeness` of the batch / ASA step | ≤ 0.03 |
+| FT vs UNETR | `finetune_speedup_vs_unetr`: UNETR / ASASegmenter fine-tune step (fwd + bwd + SGD, Dice + BCE, 4 → 3 channels); UNETR's ViT is fixed at 16³ patches and 12 layers | ≥ 1 |
+| inf vs UNETR | `inference_speedup_vs_unetr`: Gaussian sliding-window inference (overlap 0.5) over a (1.5·size)³ volume | ≥ 1 |
+| peak GiB | pretrain peak memory ASA / MONAI MAE: parameters + optimizer state + peak rise during a step (CPU: RSS; CUDA: allocated) | ≤ 30 on GPU at batch 24 |
+| loader | `loader_headroom`: batches/s of the pretraining loader (demo data, cache warm, 2 workers) × ASA step s | ≥ 2 |
+| bf16× | `bf16_speedup`: ASA fp32 step / ASA bf16 step, timed alternately in the bf16 run | ≥ 1.7 |
+| case s | `case_inference_s`: `asa.eval.predict_volume` (the `asa-predict` path: Gaussian windows of size³, overlap 0.5, window batch `auto` (rows before 2026-11-22: window batch = batch), channels-last with bf16 on a CPU) of the preset's `ASASegmenter` over one 4 × 240 × 240 × 155 case | ≤ 45 |
+| load | 1-min load average when the run started: other processes on the machine (above ~0.5 on a 2-core CPU every threaded op waits for the competing process, and the figures are pessimistic) | |
+
+| date | device | torch | amp | size | batch | preset | step s | samples/s | vs MAE | MFU (MAE) | AR | FT vs UNETR | inf vs UNETR | peak GiB ASA / MAE | bf16× | case s | loader | load | command |
+| --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |
+"""
+
+
+def markdown_row(r: dict[str, Any]) -> str:
+    cells = [
+        r["date"][:10], r["device_name"], r["torch_version"], r["amp"], f"{r['size']}³", str(r["batch"]), r["preset"], f"{r['asa_step_s']:.3f}", f"{r['asa_samples_per_s']:.2f}",
+        f"{r['speedup_vs_monai_mae']:.2f}", f"{r['flop_utilization']:.2f} ({r['monai_mae_flop_utilization']:.2f})",
+        f"{r['ar_weights_fraction']:.4f}", f"{r['finetune_speedup_vs_unetr']:.2f}", f"{r['inference_speedup_vs_unetr']:.2f}",
+        f"{r['asa_pretrain_peak_mib'] / 1024:.2f} / {r['monai_mae_peak_mib'] / 1024:.2f}",
+        f"{r['bf16_speedup']:.2f}" if "bf16_speedup" in r else "-",
+        f"{r['case_inference_s']:.1f}" if "case_inference_s" in r else "-",
+        f"{r['loader_headroom']:.1f}" if "loader_headroom" in r else "-", f"{r['load_avg_start']:.1f}",
+        f"`{r['command']}`",
+    ]
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def append_markdown(r: dict[str, Any], path: Path) -> Path:
+    """Append the run's row to the results table, creating the file with its header first."""
+    text = path.read_text() if path.is_file() else MD_HEADER
+    if not text.endswith("\n"):
+        text += "\n"
+    path.write_text(text + markdown_row(r) + "\n")
+    return path
+
+
+def format_symmetry_table(r: dict[str, Any]) -> str:
+    """The summary of a ``--symmetry`` run."""
+    rows = []
+    if "saca_decoder_overhead" in r:
+        rows += [
+            ("ASA pretrain step saca none / decoder / encoder",
+             f"{r['asa_step_s']:.3f} / {r['asa_saca_decoder_step_s']:.3f} / {r['asa_saca_encoder_step_s']:.3f} s"),
+            ("saca_decoder_overhead", f"{r['saca_decoder_overhead']:.2f}×"),
+            ("saca_encoder_overhead", f"{r['saca_encoder_overhead']:.2f}×"),
+        ]
+    if "sa_swin_vs_swin_unetr" in r:
+        rows += [
+            (f"fine-tune step SwinUNETR / SA-Swin (feature {r['swin_feature_size']})",
+             f"{r['swin_unetr_finetune_step_s']:.3f} / {r['sa_swin_finetune_step_s']:.3f} s"),
+            ("sa_swin_vs_swin_unetr", f"{r['sa_swin_vs_swin_unetr']:.2f}×"),
+            ("peak MiB fine-tune SwinUNETR / SA-Swin",
+             f"{r['swin_unetr_finetune_peak_mib']:.0f} / {r['sa_swin_finetune_peak_mib']:.0f}"),
+        ]
+    head = (f"asa symmetry benchmark: {r['size']}³, batch {r['batch']}, preset {r['preset']}, {r['device_name']}, "
+            f"precision {r['amp']}, {r['threads']} threads, {r['steps']} timed / {r['warmup']} warm-up")
+    width = max(len(name) for name, _ in rows)
+    return "\n".join([head] + [f"  {name:<{width}}  {value}" for name, value in rows])
