@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from asa.io import atomic_write_text
+
 TARGETS = {  # key: (comparison, bound)
     "speedup_vs_monai_mae": (">=", 5.0),
     "flop_utilization": (">=", 0.8),
@@ -111,12 +113,18 @@ def markdown_row(r: dict[str, Any]) -> str:
 
 
 def append_markdown(r: dict[str, Any], path: Path) -> Path:
-    """Append the run's row to the results table, creating the file with its header first."""
-    text = path.read_text() if path.is_file() else MD_HEADER
-    if not text.endswith("\n"):
-        text += "\n"
-    path.write_text(text + markdown_row(r) + "\n")
-    return path
+    """Add the run's row below the last row of the results table (the table whose header starts
+    ``| date |``; the sections after it stay after it), creating the file with its header first.
+    The file is replaced atomically."""
+    lines = (path.read_text() if path.is_file() else MD_HEADER).splitlines()
+    header = next((i for i, line in enumerate(lines) if line.startswith("| date |")), None)
+    if header is None:
+        raise ValueError(f"{path} has no results table (a line starting '| date |')")
+    end = header + 1
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    lines.insert(end, markdown_row(r))
+    return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def format_symmetry_table(r: dict[str, Any]) -> str:
