@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
