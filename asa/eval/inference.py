@@ -8,6 +8,7 @@ in training.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Sequence
 
@@ -125,6 +126,9 @@ def predict_volume(
     ``regions``: [1, X, Y, Z] region map for a network with region attention; it is cut into the
     same windows (padded and flipped alike) and passed as ``model(window, regions=...)``.
 
+    ``amp_dtype``: the autocast dtype of the forward passes; None runs them in the caller's precision
+    (fp32 outside any autocast region, the run's ``trainer.amp`` inside the engine's validation).
+
     ``sw_batch_size``: windows per forward pass, or ``"auto"`` (see `auto_sw_batch_size`: 1 on a
     CPU, sized to the free memory on CUDA).
     """
@@ -134,6 +138,8 @@ def predict_volume(
     lattice = _lattice(model)
     with_offsets = lattice is not None and getattr(model, "spe_frame", "crop") == "brain"
     origin = np.zeros(3, dtype=np.int64)  # the reference grid's origin in the padded volume (lattice networks)
+    # amp_dtype None keeps the caller's precision (the engine's validation autocast), it does not force fp32
+    precision = contextlib.nullcontext() if amp_dtype is None else torch.autocast(device.type, dtype=amp_dtype)
 
     def predictor(window: torch.Tensor, coords: list | None = None) -> torch.Tensor:
         kwargs = {}
@@ -146,7 +152,7 @@ def predict_volume(
             kwargs["offsets"] = (rel // lattice[0]).to(device)
         if regions is not None:  # the region map rides along as the last channel
             window, kwargs["regions"] = window[:, :-1], window[:, -1:].round().long()
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with precision:
             return activation(model(window, **kwargs).float())
 
     x = image[None].float()  # [1, C, X, Y, Z]

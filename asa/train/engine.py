@@ -419,7 +419,7 @@ class Engine:
         if self.panel_fn is None or not self.env.is_main or self.log.writer is None:
             return
         self.model.eval()
-        with fork_rng(self.seed + 2_000_003), torch.no_grad():
+        with fork_rng(self.seed + 2_000_003), torch.no_grad(), self.optim_step.autocast():  # as validation
             images = self.panel_fn(self.model, self.step)
         self.model.train()
         self.log.images(images, self.step)

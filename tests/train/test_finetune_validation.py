@@ -86,3 +86,53 @@ def test_ranks_agree_on_the_exact_mean_even_without_cases_of_their_own(tmp_path)
         results = dict(out)
     expected = (1 + 0 + 2 / 3) / 3
     assert all(abs(r["dice"] - expected) < 1e-9 for r in results.values()), results
+
+
+class _PrecisionRecorder(Echo):
+    """Echo that records the autocast dtype (None outside autocast) of every forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return x + self.dummy
+
+
+def test_dice_validation_runs_in_the_callers_precision():
+    """Inside the engine's autocast region (trainer.amp) the sliding windows keep that precision;
+    outside any region they run in fp32."""
+    validate = make_dice_validator(_items()[:1], task=WT, roi_size=(16, 16, 16), env=DistEnv())
+    net = _PrecisionRecorder()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        validate(net)
+    assert net.seen and set(net.seen) == {torch.bfloat16}
+    net.seen.clear()
+    validate(net)
+    assert net.seen and set(net.seen) == {None}
+
+
+@pytest.mark.parametrize("amp, expected", [("bf16", torch.bfloat16), ("off", None)])
+def test_engine_validation_and_panels_follow_trainer_amp(tmp_path, amp, expected):
+    import warnings
+
+    from asa.train import TrainConfig
+    from toy import ToyData, make_engine
+
+    seen = {}
+
+    def record(name):
+        def fn(*args):
+            seen[name] = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+            return {"loss": 1.0} if name == "validate" else {}
+        return fn
+
+    config = TrainConfig(max_steps=1, batch_size=2, progress=False, log_every=1, ckpt_every=1000, amp=amp,
+                         val_every=1, panel_every=1)
+    engine = make_engine(tmp_path, config=config, validate=record("validate"))
+    engine.panel_fn = record("panel")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bf16 on a CPU without native bf16 warns; the dtype is what counts
+        engine.fit(ToyData())
+    assert seen == {"validate": expected, "panel": expected}
