@@ -70,6 +70,8 @@ class SymmetryAwareHead(nn.Module):
         drop_patch: int = 16,
     ) -> None:
         super().__init__()
+        self.network_kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in locals().items()
+                               if k not in ("self", "__class__")}  # the spec (asa.models.zoo.network_spec)
         unknown = sorted(set(terms) - set(SAH_TERMS))
         if unknown or not terms:
             raise ValueError(f"terms must be a non-empty subset of {SAH_TERMS}, got {list(terms)}")

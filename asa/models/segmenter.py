@@ -50,6 +50,9 @@ def recorded_pretraining(checkpoint: dict) -> dict:
     """
     spec = checkpoint.get("network")
     if spec is not None:
+        if spec.get("arch") not in ("asa", "asa_pretrain"):
+            raise ValueError(f"the pretrained file holds a {spec.get('arch')!r} network, not an ASA encoder "
+                             "(asa_pretrain or asa); an SA-Swin file initialises model=sa_swin")
         kwargs = spec["kwargs"]
         return {"img_size": to_3tuple(kwargs["img_size"], "img_size"), "patch_size": kwargs["patch_size"],
                 "pos_mode": kwargs["pos_mode"], "lr_axis": kwargs["lr_axis"]}

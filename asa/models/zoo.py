@@ -1,5 +1,6 @@
 """Networks by name and network specs: ``asa`` (ASASegmenter), ``sa_swin`` (SASwin), MONAI's UNETR and SwinUNETR
-baselines, and the pretraining network ``asa_pretrain`` (ASA).
+baselines, and the pretraining networks ``asa_pretrain`` (ASA) and ``sa_swin_pretrain`` (SA-Swin's
+SymmetryAwareHead).
 
 A network spec ``{"arch": name, "kwargs": {...}}`` holds every keyword argument that rebuilds a
 network, resolved (input size, channels, position code, reference grid); every checkpoint asa
@@ -16,6 +17,7 @@ from torch import nn
 from asa.models.mae import ASA
 from asa.models.patch import patch_grid, to_3tuple
 from asa.models.sa_swin import SASwin
+from asa.models.sa_swin_pretrain import SymmetryAwareHead
 from asa.models.segmenter import ASASegmenter, recorded_pretraining
 
 ARCHITECTURES = ("asa", "unetr", "swin_unetr", "sa_swin")  # segmentation networks
@@ -39,6 +41,7 @@ def _sa_swin(*, img_size: Any, **kwargs: Any) -> nn.Module:
 
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "asa": ASASegmenter, "unetr": _unetr, "swin_unetr": _swin_unetr, "sa_swin": _sa_swin, "asa_pretrain": ASA,
+    "sa_swin_pretrain": SymmetryAwareHead,
 }
 
 
@@ -64,7 +67,8 @@ def build_network(spec: Mapping[str, Any]) -> nn.Module:
 def network_spec(net: nn.Module) -> dict[str, Any] | None:
     """``{"arch", "kwargs"}`` that rebuilds ``net`` with :func:`build_network`; None for a network
     asa did not build (neither an ASA network nor one from :func:`build_network`)."""
-    arch = getattr(net, "network_arch", None) or {ASASegmenter: "asa", ASA: "asa_pretrain"}.get(type(net))
+    arch = getattr(net, "network_arch", None) or {ASASegmenter: "asa", ASA: "asa_pretrain", SymmetryAwareHead: "sa_swin_pretrain"}.get(
+        type(net))
     kwargs = getattr(net, "network_kwargs", None)
     if arch is None or kwargs is None:
         return None
