@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -25,9 +27,21 @@ def _model_kwargs(cfg: DictConfig) -> dict:
             "img_size": int(cfg.data.size)}
 
 
-def _method(cfg: DictConfig, cases: list, model_kwargs: dict) -> tuple:
-    """(model, step function, panel factory, exported weight prefixes, exported kwargs) of ``cfg.method``:
-    ``asa`` (the masked autoencoder, ``model`` + ``mae``) or ``sa_swin`` (the Symmetry-Aware Head, ``sa_swin``)."""
+class Method(NamedTuple):
+    """A pretraining method's parts: its network, training step, panel factory, the weight prefixes
+    its encoder export keeps, and the validation group size (None: plain batches; see
+    `asa.train.pretrain.make_validator`)."""
+
+    model: torch.nn.Module
+    step: Callable
+    panel: Callable
+    prefixes: tuple[str, ...]
+    validation_group: int | None = None
+
+
+def _method(cfg: DictConfig, cases: list, model_kwargs: dict) -> Method:
+    """The parts of ``cfg.method``: ``asa`` (the masked autoencoder, ``model`` + ``mae``) or ``sa_swin``
+    (the Symmetry-Aware Head, ``sa_swin``)."""
     method = cfg.get("method", "asa")
     if method == "asa":
         from asa.models import ASA
@@ -36,7 +50,7 @@ def _method(cfg: DictConfig, cases: list, model_kwargs: dict) -> tuple:
         def panel(sample: dict):
             return make_panel_fn(sample["image"], sample.get("region"))
 
-        return ASA(**model_kwargs), mae_step, panel, (ENCODER_PREFIX,), model_kwargs
+        return Method(ASA(**model_kwargs), mae_step, panel, (ENCODER_PREFIX,))
     if method == "sa_swin":
         from asa.data import diseased_labels
         from asa.models import SymmetryAwareHead
@@ -47,8 +61,9 @@ def _method(cfg: DictConfig, cases: list, model_kwargs: dict) -> tuple:
         labels = diseased_labels(cases, dataset_root(cfg.data)[0])
         if any(labels.values()):
             print(f"[asa] symmetry term: {int(sum(labels.values()))} of {len(labels)} cases marked diseased", flush=True)
-        return (SymmetryAwareHead(**kwargs), sah_step(labels), lambda sample: make_sah_panel_fn(sample["image"]),
-                SA_SWIN_ENCODER_PREFIXES, kwargs)
+        # its contrastive term takes negatives from the batch: validation scores fixed pairs of volumes
+        return Method(SymmetryAwareHead(**kwargs), sah_step(labels), lambda sample: make_sah_panel_fn(sample["image"]),
+                      SA_SWIN_ENCODER_PREFIXES, validation_group=2)
     raise ValueError(f"method={method!r}: expected asa (masked autoencoder) or sa_swin (Symmetry-Aware Head)")
 
 
@@ -130,11 +145,17 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
         val_ds = build_pretrain_dataset(splits["val"], augment=False, **common) if splits["val"] else None
 
         torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
-        model, step_fn, panel_factory, prefixes, _ = _method(cfg, cases, model_kwargs)
+        method = _method(cfg, cases, model_kwargs)
+        model, step_fn, panel_factory, prefixes = method.model, method.step, method.panel, method.prefixes
 
         optimizer, lr, config = optimizer_and_config(cfg, model, env)
+        if val_ds is not None and method.validation_group and len(val_ds) < method.validation_group:
+            print(f"[asa] warning: method={cfg.get('method', 'asa')} scores validation in groups of "
+                  f"{method.validation_group} volumes but the validation split has {len(val_ds)}: val/loss lacks "
+                  "the terms that compare volumes (contrastive)", file=sys.stderr)
         validate = None if val_ds is None else make_validator(val_ds, batch_size=config.batch_size, env=env,
-                                                              num_workers=int(data.num_workers), step_fn=step_fn)
+                                                              num_workers=int(data.num_workers), step_fn=step_fn,
+                                                              group_size=method.validation_group)
         probe_every = int(cfg.probe.every) if cfg.get("method", "asa") == "asa" else 0  # probes read an ASA encoder
         if config.monitor.startswith("probe/") and probe_every != 1:
             raise ValueError(f"trainer.monitor={config.monitor} needs a probe in every validation round: "

@@ -8,14 +8,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from asa.models.encoder import ENCODER_PREFIX, upgrade_legacy_keys
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistEnv
+from .rng import fork_rng, item_seed, seed_everything
 
-__all__ = ["mae_step", "make_validator", "make_panel_fn", "mid_slice_grid", "export_encoder", "PANEL_ROWS"]
+__all__ = ["mae_step", "make_validator", "validation_groups", "make_panel_fn", "mid_slice_grid", "export_encoder", "PANEL_ROWS"]
 
 
 def _core(model: nn.Module) -> nn.Module:
@@ -29,29 +30,62 @@ def mae_step(model: nn.Module, batch: Mapping) -> tuple[torch.Tensor, dict]:
     return out.loss, {}
 
 
+def validation_groups(count: int, size: int) -> list[list[int]]:
+    """Case indices 0..count-1 in fixed consecutive groups of ``size``; a remainder smaller than
+    ``size`` joins the last group (so every group has at least ``size`` cases when count >= size)."""
+    if size < 1:
+        raise ValueError(f"validation group size must be >= 1, got {size}")
+    groups = [list(range(i, min(i + size, count))) for i in range(0, count, size)]
+    if len(groups) > 1 and len(groups[-1]) < size:
+        groups[-2].extend(groups.pop())
+    return groups
+
+
 def make_validator(
     dataset: Dataset, *, batch_size: int, env: DistEnv, num_workers: int = 0,
     step_fn: Callable[[nn.Module, Mapping], tuple[torch.Tensor, Mapping]] | None = None,
+    group_size: int | None = None,
 ) -> Callable[[nn.Module], dict[str, float]]:
     """validate(model) -> {"loss": mean pretraining loss over the whole validation set}.
 
-    Each rank takes every world_size-th case; sums and counts are all-reduced, so the value is the
+    Each rank takes every world_size-th case (group); sums and counts are all-reduced, so the value is the
     exact per-sample mean whatever the number of ranks. ``step_fn`` (default: :func:`mae_step`)
     gives the loss of a batch.
+
+    ``group_size``: for a loss that depends on which cases share a batch (SA-Swin's contrastive
+    term takes its negatives from the batch, and is 0 for a single volume), the batches are the
+    fixed groups of :func:`validation_groups` instead of ``batch_size`` chunks, and each group draws
+    its random views from its own seed, so the value does not depend on ``batch_size``, the
+    number of ranks or a one-volume tail batch.
     """
     step_fn = step_fn or mae_step
-    shard = Subset(dataset, list(range(env.rank, len(dataset), env.world_size)))  # type: ignore[arg-type]
+    if group_size is None:
+        shard = list(range(env.rank, len(dataset), env.world_size))  # type: ignore[arg-type]
+        chunks = [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
+    else:
+        chunks = validation_groups(len(dataset), group_size)[env.rank::env.world_size]  # type: ignore[arg-type]
+
+    def run(model: nn.Module, batch: Mapping, total: torch.Tensor) -> None:
+        x = batch["image"].to(env.device, non_blocking=True)
+        batch = {**batch, "image": x}
+        if "region" in batch:
+            batch["region"] = batch["region"].to(env.device)
+        loss, _ = step_fn(model, batch)
+        total[0] += float(loss) * x.shape[0]
+        total[1] += x.shape[0]
 
     def validate(model: nn.Module) -> dict[str, float]:
         total = torch.zeros(2, dtype=torch.float64, device=env.device)
-        for batch in DataLoader(shard, batch_size=batch_size, num_workers=num_workers):
-            x = batch["image"].to(env.device, non_blocking=True)
-            batch = {**batch, "image": x}
-            if "region" in batch:
-                batch["region"] = batch["region"].to(env.device)
-            loss, _ = step_fn(model, batch)
-            total[0] += float(loss) * x.shape[0]
-            total[1] += x.shape[0]
+        loader = DataLoader(dataset, batch_sampler=chunks, num_workers=num_workers)
+        if group_size is None:
+            for batch in loader:
+                run(model, batch, total)
+        else:
+            base = int(torch.randint(0, 2**31 - 1, ()))  # seeded by the caller (the engine's validation seed)
+            with fork_rng():
+                for g, batch in zip(range(env.rank, 1 << 62, env.world_size), loader):
+                    seed_everything(item_seed(base, 0, g))  # group g sees the same views on any split
+                    run(model, batch, total)
         if env.distributed and dist.is_initialized():
             dist.all_reduce(total)
         return {"loss": float(total[0] / total[1].clamp_min(1))}

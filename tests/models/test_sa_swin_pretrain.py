@@ -75,3 +75,44 @@ def test_encoder_export_is_what_sa_swin_loads(tmp_path):
     report = SASwin(2, 3, **TINY).load_pretrained(tmp_path / "encoder.pt", verbose=False)
     assert report.missing == [] and report.unexpected == []
     assert len(report.loaded) == len(head.encoder_state_dict())
+
+
+def test_validation_groups_keep_at_least_a_pair():
+    from asa.train.pretrain import validation_groups
+
+    assert validation_groups(5, 2) == [[0, 1], [2, 3, 4]]
+    assert validation_groups(4, 2) == [[0, 1], [2, 3]]
+    assert validation_groups(1, 2) == [[0]]
+    with pytest.raises(ValueError, match="group size"):
+        validation_groups(3, 0)
+
+
+def test_sa_swin_validation_loss_does_not_depend_on_the_batch_split():
+    """Fixed pairs (the tail joining the last one), each with its own views: the same value for any
+    validation batch size, and no one-volume batch whose contrastive term is 0."""
+    from asa.train.distributed import DistEnv
+    from asa.train.pretrain import make_validator
+    from asa.train.rng import fork_rng
+    from asa.train.sa_swin import sah_step
+
+    torch.manual_seed(0)
+    head = SymmetryAwareHead(**TINY, drop_patch=16).eval()
+    data = [{"image": torch.randn(1, 32, 32, 32), "id": f"sub-{i}"} for i in range(3)]
+    step = sah_step({})
+    seen = []
+
+    def recording(model, batch):
+        loss, logs = step(model, batch)
+        seen.append((batch["image"].shape[0], float(logs["sah/contrastive"])))
+        return loss, logs
+
+    values = []
+    for batch_size in (1, 2, 3):
+        validate = make_validator(data, batch_size=batch_size, env=DistEnv(), step_fn=recording, group_size=2)
+        with fork_rng(7), torch.no_grad():  # the engine seeds validation the same way every round
+            values.append(validate(head)["loss"])
+    assert values[0] == values[1] == values[2]
+    assert all(size == 3 and contrastive > 0 for size, contrastive in seen)  # one group of 3, never a lone volume
+    with fork_rng(7), torch.no_grad():  # plain batches of 2 leave a lone tail volume without a contrastive term
+        make_validator(data, batch_size=2, env=DistEnv(), step_fn=recording)(head)
+    assert seen[-1] == (1, 0.0)
