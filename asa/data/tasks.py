@@ -1,8 +1,14 @@
 """Segmentation tasks: channels, outputs and the label <-> network-target conversions.
 
 BraTS is multilabel (sigmoid outputs for the nested regions WT = {1, 2, 4}, TC = {1, 4}, ET = {4});
-IBSR, WMH and MSD tasks are softmax over classes including background. WMH label 2 ("other
-pathology") is ignored: it becomes -1 in the target and is excluded from metrics via `ignore_mask`.
+IBSR, WMH and MSD tasks are softmax over classes including background, unless an nnU-Net v2
+``dataset.json`` declares regions (then multilabel, like BraTS). WMH label 2 ("other pathology") is
+ignored: it becomes -1 in the target and is excluded from metrics via `ignore_mask`.
+
+Region outputs are decoded as nnU-Net v2 does: the regions are painted in output order, region i
+with ``regions_class_order[i]``, a later region overwriting an earlier one. For BraTS
+(WT, TC, ET painted 2, 1, 4) and for any nested set such as ``[1, 2, 3] ⊃ [2, 3] ⊃ [3]``
+(painted 1, 2, 3) that makes label -> region targets -> label the identity.
 """
 
 from __future__ import annotations
@@ -15,9 +21,41 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Task", "get_task", "TASKS"]
+__all__ = ["Task", "get_task", "painting_order", "TASKS"]
 
 Array = Any  # np.ndarray | torch.Tensor
+
+
+def painting_order(regions: tuple[tuple[int, ...], ...]) -> tuple[int, ...] | None:
+    """The ``regions_class_order`` that decodes every label map back to itself, or None if there is none.
+
+    Painting region i with ``order[i]`` in order, a voxel of label v ends with the value of the last
+    region holding v; so the order exists when each region is the last one for exactly one label
+    value (nested regions, disjoint regions), and then it is unique: ``[1, 2, 3] ⊃ [2, 3] ⊃ [3]``
+    -> (1, 2, 3); BraTS (1, 2, 4) ⊃ (1, 4) ⊃ (4,) -> (2, 1, 4). Overlapping regions such as
+    ``[1, 2], [2, 3]`` have none (labels 2 and 3 both end in the second region).
+    """
+    last: dict[int, int] = {}
+    for index, region in enumerate(regions):
+        for value in region:
+            last[int(value)] = index
+    ends: list[list[int]] = [[] for _ in regions]
+    for value, index in last.items():
+        ends[index].append(value)
+    if any(len(values) != 1 for values in ends):
+        return None
+    return tuple(values[0] for values in ends)
+
+
+def _check_regions_class_order(regions: tuple[tuple[int, ...], ...], order: tuple[int, ...], *, where: str) -> None:
+    """Raise ValueError (prefixed with ``where``) unless ``order`` paints each region with one of its own labels."""
+    if len(order) != len(regions):
+        raise ValueError(f"{where}: regions_class_order {list(order)} has {len(order)} entries for "
+                         f"{len(regions)} regions {[list(r) for r in regions]}")
+    for index, (value, region) in enumerate(zip(order, regions)):
+        if value not in region:
+            raise ValueError(f"{where}: regions_class_order[{index}] = {value} is not a label of region {index} "
+                             f"{list(region)}; each region is painted with one of its own labels")
 
 
 @dataclass(frozen=True)
@@ -25,7 +63,11 @@ class Task:
     """What a fine-tuning task reads and predicts.
 
     ``regions`` (multilabel): raw label values making up each output region, in output order.
-    ``class_values`` (softmax): raw label value of each output class, background first.
+    ``regions_class_order`` (multilabel): the label each region is painted with when a prediction
+    is decoded (nnU-Net v2's key; regions painted in order, later ones overwrite earlier ones). Left
+    empty it is derived when an order decodes every label map back to itself (`painting_order`:
+    nested or disjoint regions); otherwise it must be given. A ``dataset.json`` must state it, as
+    nnU-Net requires. ``class_values`` (softmax): raw label value of each output class, background first.
     """
 
     name: str
@@ -37,10 +79,26 @@ class Task:
     ignore_label: int | None = None
     regions: tuple[tuple[int, ...], ...] = ()
     class_values: tuple[int, ...] = ()
+    regions_class_order: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.multilabel:
+            return
+        if len(self.regions) != self.num_outputs:
+            raise ValueError(f"task {self.name}: {self.num_outputs} outputs but {len(self.regions)} regions")
+        order = tuple(self.regions_class_order)
+        if not order:
+            order = painting_order(self.regions)
+            if order is None:
+                raise ValueError(f"task {self.name}: regions {[list(r) for r in self.regions]} need regions_class_order "
+                                 "(the label each region is painted with when decoding); no order gives the labels back")
+            object.__setattr__(self, "regions_class_order", order)
+        _check_regions_class_order(self.regions, order, where=f"task {self.name}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Task":
-        """Inverse of ``dataclasses.asdict`` after a trip through YAML/JSON (lists back to tuples)."""
+        """Inverse of ``dataclasses.asdict`` after a trip through YAML/JSON (lists back to tuples); a
+        record written before ``regions_class_order`` existed gets the derived order."""
 
         def tuples(v: Any) -> Any:
             return tuple(tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
@@ -74,7 +132,9 @@ class Task:
     def prediction_to_label(self, probs: Array, threshold: float = 0.5) -> np.ndarray:
         """Network probabilities [K, ...] (sigmoid for multilabel, softmax otherwise) -> raw labels [...].
 
-        BraTS: nested regions back to 0/1/2/4 (WT -> 2, then TC -> 1, then ET -> 4).
+        Multilabel: each region above ``threshold`` painted with ``regions_class_order[i]``, in
+        output order, later regions over earlier ones (nnU-Net v2); BraTS: WT -> 2, then TC -> 1,
+        then ET -> 4, back to 0/1/2/4.
         """
         p = probs.detach().float().cpu().numpy() if isinstance(probs, torch.Tensor) else np.asarray(probs)
         if p.shape[0] != self.num_outputs:
@@ -82,14 +142,8 @@ class Task:
         dtype = np.uint8 if max(self.label_values) < 256 else np.int16
         if self.multilabel:
             out = np.zeros(p.shape[1:], dtype=dtype)
-            if self.name == "brats":
-                wt, tc, et = (p[i] > threshold for i in range(3))
-                out[wt] = 2
-                out[tc] = 1
-                out[et] = 4
-            else:  # generic regions: later (usually smaller, nested) regions win
-                for region, pk in zip(self.regions, p):
-                    out[pk > threshold] = max(region)
+            for value, pk in zip(self.regions_class_order, p):
+                out[pk > threshold] = value
             return out
         return np.asarray(self.class_values, dtype=dtype)[p.argmax(axis=0)]
 
@@ -118,6 +172,7 @@ TASKS: dict[str, Task] = {
         num_outputs=3,
         label_values=(0, 1, 2, 4),
         regions=((1, 2, 4), (1, 4), (4,)),
+        regions_class_order=(2, 1, 4),
     ),
     "ibsr": Task(
         name="ibsr",
@@ -165,14 +220,36 @@ def _msd_task(root: Path) -> Task:
     regionwise = any(isinstance(v, (list, tuple)) for v in by_name.values())
     names = tuple(n for n, v in by_name.items() if v not in (0, [0]))
     if regionwise:
-        regions = tuple(tuple(int(x) for x in (v if isinstance(v, (list, tuple)) else [v])) for n, v in by_name.items() if n in names)
-        values = tuple(sorted({0, *(x for r in regions for x in r)}))
-        return Task("msd", channels, names, True, len(names), values, None, regions=regions)
+        return _region_task(path, meta, channels, {n: by_name[n] for n in names})
     values = tuple(sorted(int(v) for v in by_name.values()))
     ignore = by_name.get("ignore")
     classes = tuple(v for v in values if v != ignore)
     names = tuple(n for n, v in sorted(by_name.items(), key=lambda kv: kv[1]) if v not in (0, ignore))
     return Task("msd", channels, names, False, len(classes), values, ignore, class_values=classes)
+
+
+def _region_task(path: Path, meta: dict[str, Any], channels: tuple[str, ...], by_name: dict[str, Any]) -> Task:
+    """Multilabel task of an nnU-Net v2 region-based ``dataset.json`` (``labels`` {name: [values]},
+    ``regions_class_order``). Like nnU-Net, the painting order is required, not guessed."""
+    if "ignore" in by_name:
+        raise ValueError(f"{path}: an 'ignore' label with region-based labels is not supported "
+                         "(region outputs are trained with Dice + BCE on every voxel)")
+    names = tuple(by_name)
+    regions = tuple(tuple(int(x) for x in (v if isinstance(v, (list, tuple)) else [v])) for v in by_name.values())
+    order = meta.get("regions_class_order")
+    if order is None:
+        derived = painting_order(regions)
+        hint = (f'; for these regions "regions_class_order": {list(derived)} decodes every label map back to itself'
+                if derived is not None else "")
+        raise ValueError(f"{path}: region-based labels {dict(zip(names, map(list, regions)))} need "
+                         f'"regions_class_order", the label each region is painted with when a prediction is decoded '
+                         f"(nnU-Net v2 requires it too: regions are painted in order, later ones over earlier ones){hint}")
+    if not isinstance(order, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in order):
+        raise ValueError(f'{path}: "regions_class_order" must be a list of integer labels, got {order!r}')
+    _check_regions_class_order(regions, tuple(order), where=str(path))
+    values = tuple(sorted({0, *(x for r in regions for x in r)}))
+    return Task("msd", channels, names, True, len(names), values, None, regions=regions,
+                regions_class_order=tuple(order))
 
 
 def get_task(name: str, root: str | Path | None = None) -> Task:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from asa.data import get_task, make_splits
+from asa.data import Task, get_task, make_splits
 
 
 def test_brats_regions_round_trip():
@@ -22,6 +22,97 @@ def test_brats_regions_round_trip():
     assert list(masks) == ["WT", "TC", "ET"] and masks["TC"].sum() == 4
     t = task.label_to_target(torch.from_numpy(label))
     assert isinstance(t, torch.Tensor) and t.shape == (3, 2, 4)
+
+
+def _region_dataset(root, labels, order=None):
+    """A region-based nnU-Net v2 dataset.json under ``root`` (no images: get_task reads only the json)."""
+    meta = {"channel_names": {"0": "T1", "1": "FLAIR"}, "labels": {"background": 0, **labels}}
+    if order is not None:
+        meta["regions_class_order"] = order
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+# region sets of an nnU-Net v2 dataset.json, their regions_class_order, a label map with every
+# label value, and hand-written probabilities [K, 6] with the label map they decode to
+REGION_SETS = {
+    "nested": ({"whole": [1, 2, 3], "core": [2, 3], "enhancing": [3]}, [1, 2, 3],
+               [[0, 1, 2, 3, 3, 1]],
+               [[.9, .9, .9, .9, .2, .1],   # whole
+                [.1, .8, .7, .6, .1, .1],   # core
+                [.1, .1, .9, .1, .1, .9]],  # enhancing (the last voxel: enhancing outside whole)
+               [1, 2, 3, 2, 0, 3]),
+    "disjoint": ({"left": [1], "right": [2]}, [1, 2],
+                 [[0, 1, 2, 2, 1, 0]],
+                 [[.9, .1, .9, .4, .1, .1],
+                  [.1, .9, .9, .1, .1, .6]],
+                 [1, 2, 2, 0, 0, 2]),
+    "overlapping": ({"ab": [1, 2], "bc": [2, 3]}, [1, 3],
+                    None,  # no order gives every label map back (2 and 3 both end in "bc")
+                    [[.9, .9, .1, .1, .6, .1],
+                     [.1, .9, .9, .1, .6, .1]],
+                    [1, 3, 3, 0, 3, 0]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REGION_SETS))
+def test_region_dataset_json_decodes_with_regions_class_order(tmp_path, kind):
+    """nnU-Net v2 decoding: region i painted with regions_class_order[i], later regions over earlier ones."""
+    labels, order, label, probs, expected = REGION_SETS[kind]
+    task = get_task("msd", _region_dataset(tmp_path, labels, order))
+    assert task.multilabel and task.output_names == tuple(labels) and task.regions_class_order == tuple(order)
+    np.testing.assert_array_equal(task.prediction_to_label(np.array(probs, np.float32)), expected)
+    np.testing.assert_array_equal(task.prediction_to_label(torch.tensor(probs)), expected)
+    if label is not None:  # label -> region targets -> label is the identity
+        label = np.array(label, np.uint8)
+        np.testing.assert_array_equal(task.prediction_to_label(task.label_to_target(label)), label)
+
+
+def test_nested_regions_decode_to_their_own_masks(tmp_path):
+    """Evaluation masks of a decoded nested prediction are the thresholded region outputs (TC and ET
+    are not WT), and every label value survives the round trip on a volume."""
+    task = get_task("msd", _region_dataset(tmp_path, {"whole": [1, 2, 3], "core": [2, 3], "enhancing": [3]},
+                                           [1, 2, 3]))
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 4, size=(6, 7, 8)).astype(np.uint8)
+    target = task.label_to_target(label)
+    back = task.prediction_to_label(target)
+    np.testing.assert_array_equal(back, label)
+    masks = task.region_masks(back)
+    for k, name in enumerate(task.output_names):
+        np.testing.assert_array_equal(masks[name], target[k] > 0.5)
+    assert masks["enhancing"].sum() < masks["core"].sum() < masks["whole"].sum()
+
+
+def test_region_dataset_json_needs_a_valid_regions_class_order(tmp_path):
+    nested = {"whole": [1, 2, 3], "core": [2, 3], "enhancing": [3]}
+    with pytest.raises(ValueError, match=r"dataset\.json.*regions_class_order.*\[1, 2, 3\] decodes"):
+        get_task("msd", _region_dataset(tmp_path / "a", nested))
+    with pytest.raises(ValueError, match=r"dataset\.json.*regions_class_order\[2\] = 1 is not a label of region 2"):
+        get_task("msd", _region_dataset(tmp_path / "b", nested, [3, 2, 1]))
+    with pytest.raises(ValueError, match=r"dataset\.json.*has 2 entries for 3 regions"):
+        get_task("msd", _region_dataset(tmp_path / "c", nested, [1, 2]))
+    with pytest.raises(ValueError, match=r"dataset\.json.*'ignore' label"):
+        get_task("msd", _region_dataset(tmp_path / "d", {**nested, "ignore": 4}, [1, 2, 3]))
+    with pytest.raises(ValueError, match="need regions_class_order"):  # Python: no order gives the labels back
+        Task("x", ("t1",), ("ab", "bc"), True, 2, (0, 1, 2, 3), regions=((1, 2), (2, 3)))
+
+
+def test_task_record_carries_regions_class_order(tmp_path):
+    """The task recorded in a checkpoint (dataclasses.asdict through JSON) comes back with its order;
+    a record written before the field existed gets the order that decodes labels back to themselves."""
+    import dataclasses
+
+    task = get_task("msd", _region_dataset(tmp_path, {"whole": [1, 2, 3], "core": [2, 3], "enhancing": [3]},
+                                           [1, 2, 3]))
+    record = json.loads(json.dumps(dataclasses.asdict(task)))
+    assert record["regions_class_order"] == [1, 2, 3] and Task.from_dict(record) == task
+    old = {k: v for k, v in record.items() if k != "regions_class_order"}
+    assert Task.from_dict(old).regions_class_order == (1, 2, 3)
+    brats = {k: v for k, v in dataclasses.asdict(get_task("brats")).items() if k != "regions_class_order"}
+    assert Task.from_dict(json.loads(json.dumps(brats))) == get_task("brats")
+    assert get_task("brats").regions_class_order == (2, 1, 4)
 
 
 @pytest.mark.parametrize("name", ["ibsr", "wmh"])
