@@ -189,14 +189,19 @@ def describe_error(err: BaseException) -> str:
         f"{type(err).__name__}: {text}"
 
 
-def region_source(data: DictConfig, needed_by: list[str]):
-    """The `asa.data.RegionSource` of ``data.regions`` (None for ``source: none``); ``needed_by``
-    names the options that need region maps (e.g. ``model.region_attention=alternate``)."""
+def region_source(data: DictConfig, needed_by: list[str], *, network: str | None, env: DistEnv):
+    """The `asa.data.RegionSource` of ``data.regions`` (None when no map is made); ``needed_by``
+    names the options that need region maps (e.g. ``model.region_attention=alternate``), ``network``
+    the one that feeds them into the network (a map made from the labels is then refused). Says at
+    start-up (rank 0) which maps ``source: auto`` chose."""
     from asa.data import RegionSource
 
     spec = data.get("regions")
-    regions = RegionSource.from_config(None if spec is None else OmegaConf.to_container(spec, resolve=True))
-    if regions is None and needed_by:
-        raise ValueError(f"{' and '.join(needed_by)} need(s) region maps: set data.regions.source "
-                         "(cluster | file | label)")
+    spec = {} if spec is None else OmegaConf.to_container(spec, resolve=True)
+    regions = RegionSource.from_config(spec, needed_by=needed_by, network=network)
+    if regions is not None and str(spec.get("source") or "auto") == "auto" and env.is_main:
+        print(f"[asa] data.regions.source=auto: {' and '.join(needed_by)} need(s) region maps; using "
+              f"{regions.source} (k-means, data.regions.k={regions.k} tissue classes in the brain, "
+              f"data.regions.seed={regions.seed}). Set data.regions.source=cluster or file to choose",
+              file=sys.stderr, flush=True)
     return regions

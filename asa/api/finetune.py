@@ -35,11 +35,13 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
         data = cfg.data
         focal_weight = float(cfg.loss.focal_weight)
         needed_by = []  # the options that need a region map per case
+        network = None  # the one that feeds it into the network (never a map made from the labels)
         if str(cfg.model.get("region_attention", "none")) != "none":
-            needed_by.append(f"model.region_attention={cfg.model.region_attention}")
+            network = f"model.region_attention={cfg.model.region_attention}"
+            needed_by.append(network)
         if focal_weight > 0:
             needed_by.append(f"loss.focal_weight={focal_weight}")
-        regions = region_source(data, needed_by)
+        regions = region_source(data, needed_by, network=network, env=env)
         task = get_task(str(data.task), root=dataset_root(data)[0])
         torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
         # one grid: crops default to the pretraining crop (the file's, else the paper's 128, or the
@@ -54,6 +56,7 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
         resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         resolved["task"] = dataclasses.asdict(task)  # asa-predict rebuilds the task from the checkpoint
         resolved["data"]["patch_size"] = patch  # the effective crop (null follows the pretrained file)
+        resolved["data"]["regions"]["source"] = "none" if regions is None else regions.source  # auto resolved
         lattice = {}
         if hasattr(model, "reference_grid"):  # the effective settings (null follows the pretrained file)
             resolved["segmenter"].update(pos_mode=model.pos_mode, lr_axis=model.lr_axis,

@@ -129,11 +129,14 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
         trainer_config(cfg)  # bad trainer values stop the run before its folder is touched
         model_kwargs = _model_kwargs(cfg)
         needed_by = []  # the options that need a region map per case
+        network = None  # the one that feeds it into the network (never a map made from labels)
         if model_kwargs.get("region_attention", "none") != "none":
-            needed_by.append(f"model.region_attention={model_kwargs['region_attention']}")
+            network = f"model.region_attention={model_kwargs['region_attention']}"
+            needed_by.append(network)
         if model_kwargs.get("loss_weighting") == "focal_region":
             needed_by.append("mae.loss_weighting=focal_region")
-        regions = region_source(data, needed_by)
+        regions = region_source(data, needed_by, network=network, env=env)
+        resolved["data"]["regions"]["source"] = "none" if regions is None else regions.source  # auto resolved
         run_dir = run.prepare_dir(resolved)
         out_dir = run_dir.path
         cases = load_cases(data, out_dir if env.is_main else None, env)

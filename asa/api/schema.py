@@ -86,7 +86,7 @@ class SplitConfig:
 class RegionsConfig:
     """Region maps for R-MSA and the focal region loss (``asa.data.RegionSource``)."""
 
-    source: str = "none"  # none | cluster | file | label
+    source: str = "auto"  # auto (cluster when an option needs regions) | none | cluster | file | label (loss-only terms)
     k: int = 3
     seed: int = 0
     dir: Optional[str] = None

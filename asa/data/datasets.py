@@ -195,6 +195,7 @@ def preprocess_for_inference(case: Case, task: Task) -> tuple[torch.Tensor, Volu
 
 def region_map_for_inference(case: Case, task: Task, regions: RegionSource) -> torch.Tensor:
     """Region map [1, X, Y, Z] int64 of a case on the grid of `preprocess_for_inference`'s image,
-    for networks with region attention."""
+    for networks with region attention; a source made from the target (``label``) is refused."""
+    regions.check_network_input("region attention at inference")
     item = case_to_item(case, task.channels)
     return SegmentationPreprocess(task, with_label=False, regions=regions)(item)["region"].long()

@@ -8,7 +8,14 @@ models take the majority label of each patch (`asa.models.patch_regions`). Three
   (the stand-in for RAT's SAM masks; no download). Deterministic for a seed.
 - ``file``: a supplied label map per case (an atlas parcellation, a tissue segmentation):
   ``<dir>/<case id>.nii.gz`` (or ``.nii``), on the grid of the case's images.
-- ``label``: the dataset's own label file of the case, as stored (e.g. BraTS 0/1/2/4).
+- ``label``: the dataset's own label file of the case, as stored (e.g. BraTS 0/1/2/4). It is the
+  segmentation target, so it may feed a loss term that sees the labels anyway (the focal region
+  term), never the network: region attention fed the label would be told where the target is
+  (DESIGN §1.6b), and `RegionSource.from_config` refuses it there.
+
+In a run config (``data.regions.source``) two more values choose no map: ``auto`` (the default)
+makes ``cluster`` maps when an option needs regions and none otherwise; ``none`` makes none, and an
+option that needs regions is then an error.
 
 The map is made during the deterministic preprocessing, so it is cached with it, and it is cropped
 and augmented with the image as a label (nearest interpolation).
@@ -16,7 +23,7 @@ and augmented with the image as a label (nearest interpolation).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +32,12 @@ import numpy as np
 from asa.data.io import load_volume
 from asa.io.nifti import find_nifti
 
-__all__ = ["REGION_SOURCES", "RegionSource", "cluster_tissue"]
+__all__ = ["CONFIG_SOURCES", "REGION_SOURCES", "TARGET_SOURCES", "RegionSource", "cluster_tissue"]
 
 REGION_SOURCES = ("cluster", "file", "label")
+TARGET_SOURCES = ("label",)  # made from the segmentation target: loss terms only, never a network input
+CONFIG_SOURCES = ("auto", "none", *REGION_SOURCES)  # what data.regions.source takes
+AUTO_SOURCE = "cluster"  # what ``auto`` picks when an option needs regions: no labels, no files
 
 
 def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -80,7 +90,7 @@ class RegionSource:
 
     def __init__(self, source: str = "cluster", *, k: int = 3, seed: int = 0, dir: str | Path | None = None) -> None:
         if source not in REGION_SOURCES:
-            raise ValueError(f"regions.source must be one of {REGION_SOURCES} (or none), got {source!r}")
+            raise ValueError(f"regions.source must be one of {REGION_SOURCES}, got {source!r}")
         if source == "file":
             if dir is None:
                 raise ValueError("regions.source=file needs regions.dir: a folder of <case id>.nii.gz label maps")
@@ -95,13 +105,53 @@ class RegionSource:
         self.dir = None if dir is None else Path(dir)
 
     @classmethod
-    def from_config(cls, spec: Mapping[str, Any] | None) -> RegionSource | None:
-        """From a run config's ``data.regions`` ({source, k, seed, dir}); None for ``source: none``."""
-        spec = spec or {}
-        source = str(spec.get("source") or "none")
+    def from_config(
+        cls, spec: Mapping[str, Any] | None, *, needed_by: Sequence[str] = (), network: str | None = None
+    ) -> RegionSource | None:
+        """From a run config's ``data.regions`` ({source, k, seed, dir}); None when no map is made.
+
+        ``needed_by``: the options that need a region map per case (e.g.
+        ``"model.region_attention=alternate"``, ``"loss.focal_weight=1.0"``); ``network``: the one of
+        them that feeds the map into the network (region attention), if any. ``source: auto`` (or
+        missing) gives ``cluster`` maps when ``needed_by`` is not empty and None otherwise; ``none``
+        with ``needed_by`` is an error, and so is a source made from the target (``label``) with
+        ``network``. A ``spec`` of None (a config written before region maps existed) is ``none``.
+        """
+        if spec is None:
+            source = "none"
+        else:
+            source = str(spec.get("source") or "auto")
+        if source not in CONFIG_SOURCES:
+            raise ValueError(f"data.regions.source must be one of {CONFIG_SOURCES}, got {source!r}")
+        if source == "auto":
+            source = AUTO_SOURCE if needed_by else "none"
         if source == "none":
+            if needed_by:
+                raise ValueError(f"{' and '.join(needed_by)} need(s) region maps, but data.regions.source=none: "
+                                 f"set data.regions.source=cluster (k-means tissue classes) or file (data.regions.dir), "
+                                 f"or auto (cluster when an option needs regions)")
             return None
-        return cls(source, k=int(spec.get("k", 3)), seed=int(spec.get("seed", 0)), dir=spec.get("dir"))
+        regions = cls(source, k=int(spec.get("k", 3)), seed=int(spec.get("seed", 0)), dir=spec.get("dir"))
+        if network is not None:
+            regions.check_network_input(network)
+        return regions
+
+    @property
+    def from_target(self) -> bool:
+        """True when the map is made from the segmentation target (``label``)."""
+        return self.source in TARGET_SOURCES
+
+    def check_network_input(self, consumer: str) -> None:
+        """Refuse a map made from the target where ``consumer`` (e.g. ``"model.region_attention=all"``)
+        feeds it into the network (DESIGN §1.6b: regions never come from the target)."""
+        if self.from_target:
+            raise ValueError(
+                f"data.regions.source={self.source} makes each case's region map from its own segmentation label, and "
+                f"{consumer} feeds the region map into the network: validation Dice, best.pt and predictions would "
+                "come from a network told where the target is. Use data.regions.source=cluster (k-means tissue "
+                "classes, no labels) or file (a map per case in data.regions.dir: an atlas or tissue segmentation); "
+                f"source={self.source} is only for the loss-only focal region term (loss.focal_weight) of a network "
+                "without region attention")
 
     def settings(self) -> dict[str, Any]:
         """What the map depends on (part of the preprocessing cache key)."""

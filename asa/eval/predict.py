@@ -70,10 +70,12 @@ class Predictor:
             compile_blocks(model)
         regions = None
         if getattr(model, "uses_regions", False):
-            regions = RegionSource.from_config((config.get("data") or {}).get("regions"))
-            if regions is None:
-                raise ValueError(f"checkpoint {path}: the network has region attention but its config records "
-                                 "no data.regions source")
+            try:  # the recorded source; one made from the labels is refused (it was the network's input)
+                regions = RegionSource.from_config((config.get("data") or {}).get("regions"),
+                                                   needed_by=["the network's region attention"],
+                                                   network="the network's region attention")
+            except ValueError as err:
+                raise ValueError(f"checkpoint {path}: {err}. Fine-tune it again with such a source") from err
         return cls(model, task, (patch,) * 3, device, amp_dtype, regions)
 
     def regions_of(self, case: Case) -> torch.Tensor | None:

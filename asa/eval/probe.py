@@ -94,7 +94,8 @@ def build_probe_set(cases: Sequence, task, *, size: int, channels: Sequence[str]
     Softmax tasks: one column per non-background class; multilabel tasks: one per region. The
     majority class of a patch (0 = background / no region) is its k-NN label. ``channels`` are the
     pretraining channels, which the task must have. ``regions``: the run's region source, for an
-    encoder with region attention (patch majority of each case's region map).
+    encoder with region attention (patch majority of each case's region map); a source made from the
+    labels is refused (the probe would read the target through the encoder's input).
     """
     from asa.data.io import load_volume
     from asa.data.transforms import brain_centre, brain_mask, case_to_item, crop_or_pad, load_case_images, normalize_in_brain
@@ -106,6 +107,8 @@ def build_probe_set(cases: Sequence, task, *, size: int, channels: Sequence[str]
     if missing:
         raise ValueError(f"probe set: the {task.name} task has channels {list(task.channels)}, not the "
                          f"pretraining channels {missing}")
+    if regions is not None:
+        regions.check_network_input("the probed encoder's region attention")
     images, fractions, classes, brains, region_ids = [], [], [], [], []
     shape = (size,) * 3
     for case in cases:

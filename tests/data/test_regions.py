@@ -91,3 +91,41 @@ def test_region_map_follows_flips_and_rotations():
         assert agree > 0.8
         moved += int(not torch.equal(out["region"], torch.from_numpy(label[:, :16, :16, :16])))
     assert moved == 6
+
+
+def test_label_source_is_refused_as_a_network_input_and_kept_for_the_loss():
+    """A map made from the target never feeds region attention (DESIGN §1.6b); the loss-only focal
+    term, which sees the labels anyway, may use it."""
+    spec = {"source": "label", "k": 3, "seed": 0, "dir": None}
+    with pytest.raises(ValueError, match=r"source=label .*model.region_attention=alternate feeds the region map "
+                                         r"into the network.*data.regions.source=cluster.*file"):
+        RegionSource.from_config(spec, needed_by=["model.region_attention=alternate", "loss.focal_weight=1.0"],
+                                 network="model.region_attention=alternate")
+    loss_only = RegionSource.from_config(spec, needed_by=["loss.focal_weight=1.0"])
+    assert loss_only.source == "label" and loss_only.from_target
+    for source in ("cluster", "file"):  # what region attention may be fed
+        regions = RegionSource.from_config({**spec, "source": source, "dir": "."}, needed_by=["x"], network="x")
+        assert regions.source == source and not regions.from_target
+
+
+def test_inference_region_map_refuses_the_label(demo_root):
+    from asa.data import region_map_for_inference
+
+    case = discover("ibsr", demo_root("ibsr"))[0]
+    with pytest.raises(ValueError, match="source=label"):
+        region_map_for_inference(case, get_task("ibsr"), RegionSource("label"))
+    assert region_map_for_inference(case, get_task("ibsr"), RegionSource("cluster")).shape[0] == 1
+
+
+def test_auto_source_clusters_only_when_an_option_needs_regions():
+    assert RegionSource.from_config({"source": "auto"}) is None
+    assert RegionSource.from_config({}) is None  # a missing source is auto
+    auto = RegionSource.from_config({"source": "auto", "k": 4, "seed": 2}, needed_by=["model.region_attention=all"],
+                                    network="model.region_attention=all")
+    assert (auto.source, auto.k, auto.seed) == ("cluster", 4, 2)
+    assert RegionSource.from_config(None, needed_by=[]) is None  # a config written before region maps
+    with pytest.raises(ValueError, match=r"model.region_attention=all need\(s\) region maps, but "
+                                         r"data.regions.source=none.*auto"):
+        RegionSource.from_config({"source": "none"}, needed_by=["model.region_attention=all"])
+    with pytest.raises(ValueError, match=r"data.regions.source must be one of \('auto', 'none', 'cluster'"):
+        RegionSource.from_config({"source": "sam"})

@@ -57,6 +57,10 @@ def test_probe_on_demo_phantoms(tmp_path):
     assert 0.0 <= metrics["probe/knn_acc"] <= 1.0 and metrics["probe/r2_WM"] <= 1.0
     with pytest.raises(ValueError, match="pretraining channels"):
         build_probe_set(discover("ibsr", root), task, size=32, channels=["flair"])
+    from asa.data import RegionSource
+
+    with pytest.raises(ValueError, match="source=label .*the probed encoder's region attention"):  # issue #20.1
+        build_probe_set(discover("ibsr", root), task, size=32, channels=["t1"], regions=RegionSource("label"))
 
 
 class _Switch(torch.nn.Module):
