@@ -18,13 +18,29 @@ import torch.nn.functional as F
 from monai.transforms import MapTransform, RandFlipd, Randomizable
 from monai.transforms.utils import generate_pos_neg_label_crop_centers, map_binary_to_indices
 
-__all__ = ["reference_origin", "lattice_padding", "pad_to_lattice", "LatticeCropd", "LatticeFlipd"]
+__all__ = ["reference_origin", "mirrored_origin", "lattice_padding", "pad_to_lattice", "LatticeCropd", "LatticeFlipd"]
 
 
 def reference_origin(centre: Sequence[float], size: Sequence[int]) -> np.ndarray:
     """Integer voxel origin [3] of a ``size`` box centred on ``centre``: round(centre - (size - 1) / 2),
     halves rounded up (a centre on a half-integer lands exactly in the middle of an even box)."""
     return np.array([int(np.floor(float(c) - (n - 1) / 2 + 0.5 + 1e-6)) for c, n in zip(centre, size)], dtype=np.int64)
+
+
+def mirrored_origin(
+    origin: Sequence[int], shape: Sequence[int], size: Sequence[int], axes: Sequence[int]
+) -> np.ndarray:
+    """The reference origin [3] in a volume of ``shape`` flipped along ``axes``: the mirror image of
+    the ``size`` box at ``origin``, which starts at ``shape - size - origin`` along a flipped axis.
+
+    Recomputing the origin from the flipped brain centre is not the same: when the box's
+    unrounded start is a half voxel (an even box on a whole-voxel centre), rounding half up moves
+    the flipped box one voxel off the mirror of the unflipped one, and with it every patch.
+    """
+    out = np.asarray(origin, dtype=np.int64).copy()
+    for a in axes:
+        out[a] = int(shape[a]) - int(size[a]) - out[a]
+    return out
 
 
 def lattice_padding(
@@ -39,12 +55,13 @@ def lattice_padding(
 
 
 def pad_to_lattice(
-    image: torch.Tensor, centre: Sequence[float], *, patch: int, reference_size: Sequence[int], min_size: Sequence[int]
+    image: torch.Tensor, origin: Sequence[int], *, patch: int, min_size: Sequence[int]
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """image [..., X, Y, Z] -> (padded image, ``before`` padding [3], reference origin in the padded
-    volume [3], a multiple of ``patch``). Undo with ``out[..., b0:b0+X, b1:b1+Y, b2:b2+Z]``."""
+    """image [..., X, Y, Z] with the reference grid at voxel ``origin`` [3] (`reference_origin`) ->
+    (padded image, ``before`` padding [3], reference origin in the padded volume [3], a multiple of
+    ``patch``). Undo with ``out[..., b0:b0+X, b1:b1+Y, b2:b2+Z]``."""
     shape = image.shape[-3:]
-    origin = reference_origin(centre, reference_size)
+    origin = np.asarray(origin, dtype=np.int64)
     before, after = lattice_padding(shape, origin, patch, min_size)
     pad = [int(v) for a in (2, 1, 0) for v in (before[a], after[a])]  # F.pad wants the last axis first
     return F.pad(image, pad), before, origin + before
@@ -78,9 +95,10 @@ class LatticeCropd(Randomizable, MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict]:
         d = dict(data)
         padded = {}
+        box = reference_origin(d["centre"], self.reference_size)
         for key in (*self.keys, self.label_key):
-            padded[key], _, origin = pad_to_lattice(torch.as_tensor(d[key]), d["centre"], patch=self.patch,
-                                                    reference_size=self.reference_size, min_size=self.spatial_size)
+            padded[key], _, origin = pad_to_lattice(torch.as_tensor(d[key]), box, patch=self.patch,
+                                                    min_size=self.spatial_size)
         shape = padded[self.label_key].shape[1:]
         fg, bg = map_binary_to_indices(padded[self.label_key] > 0)
         if len(fg) == 0 and len(bg) == 0:

@@ -17,7 +17,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from asa.data.lattice import pad_to_lattice
+from asa.data.lattice import mirrored_origin, pad_to_lattice, reference_origin
 from asa.data.transforms import brain_centre, brain_mask
 
 
@@ -121,7 +121,9 @@ def predict_volume(
     ``centre``: the brain centre [3] in voxels recorded at preprocessing (default: the centre of the
     image's non-zero voxels, i.e. of the brain of a preprocessed image). For a lattice network the
     windows start on the brain frame's patch lattice (``overlap`` rounded to whole patches) and a
-    brain-frame network gets ``offsets`` [B, 3] with every window batch.
+    brain-frame network gets ``offsets`` [B, 3] with every window batch. A flipped pass runs on the
+    mirror image of that lattice, so every voxel keeps its patch, its position code (a left–right
+    flip maps a patch onto its mirror, which shares the code) and its SACA partner.
 
     ``regions``: [1, X, Y, Z] region map for a network with region attention; it is cut into the
     same windows (padded and flipped alike) and passed as ``model(window, regions=...)``.
@@ -159,6 +161,7 @@ def predict_volume(
     shape = x.shape[2:]
     if lattice is not None:
         centre = [float(c) for c in (brain_centre(brain_mask(image.cpu().numpy())) if centre is None else centre)]
+        box = reference_origin(centre, lattice[1])  # the reference grid's origin in the unflipped image
     if regions is not None:
         if regions.shape != (1, *image.shape[1:]):
             raise ValueError(f"regions must be [1, {', '.join(map(str, image.shape[1:]))}], got {list(regions.shape)}")
@@ -173,9 +176,10 @@ def predict_volume(
         window_overlap: float | list[float] = overlap
         before = np.zeros(3, dtype=np.int64)
         if lattice is not None:
-            flipped_centre = [shape[a] - 1 - c if a in flip else c for a, c in enumerate(centre)]  # type: ignore[arg-type]
-            xi, before, origin[:] = pad_to_lattice(xi, flipped_centre, patch=lattice[0],
-                                                   reference_size=lattice[1], min_size=roi_size)
+            # the flipped pass's lattice is the mirror image of the unflipped one, so every voxel keeps
+            # its patch, position code and SACA partner (not a lattice recomputed from the flipped centre)
+            xi, before, origin[:] = pad_to_lattice(xi, mirrored_origin(box, shape, lattice[1], flip),
+                                                   patch=lattice[0], min_size=roi_size)
             window_overlap = lattice_overlap(roi_size, overlap, lattice[0])
         probs = sliding_window_inference(
             xi, roi_size=list(roi_size), sw_batch_size=sw_batch_size, predictor=predictor, overlap=window_overlap,

@@ -112,3 +112,49 @@ def test_training_crops_start_on_the_lattice(lps_case):
                                        rtol=0, atol=1e-4)
             mirrored += 1
     assert 0 < mirrored < 8
+
+
+class LatticeProbe(nn.Module):
+    """A brain-frame network stand-in whose output at a voxel says which patch of the reference
+    lattice that voxel lay in: channel a is the patch's reference coordinate along axis a, folded
+    about the reference centre (a flip along a sends the lattice onto its mirror, so this is what a
+    flip keeps); the last two channels are the voxel's real position code (lr_axis 0, two sinusoids)."""
+
+    patch_size, reference_grid, spe_frame = 4, (4, 4, 4), "brain"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        from asa.models import brain_frame_encoding
+
+        p, grid = self.patch_size, tuple(n // self.patch_size for n in x.shape[2:])
+        local = torch.stack(torch.meshgrid(*(torch.arange(n) for n in grid), indexing="ij"))  # [3, *grid]
+        ref = local[None] + offsets[:, :, None, None, None]  # [B, 3, *grid] reference patch coordinates
+        centre = (torch.tensor(self.reference_grid) - 1).view(1, 3, 1, 1, 1) / 2
+        folded = (centre - (ref - centre).abs()) / 4  # [B, 3, *grid]
+        codes = brain_frame_encoding(grid, 2, offsets, reference_grid=self.reference_grid)  # [B, N, 2]
+        codes = codes.transpose(1, 2).reshape(x.shape[0], 2, *grid)
+        out = torch.cat([folded.float(), codes], dim=1)
+        for axis in (2, 3, 4):
+            out = out.repeat_interleave(p, dim=axis)  # every voxel of a patch carries its patch's values
+        return out + self.dummy
+
+
+@pytest.mark.parametrize("centre", [None, (20.0, 25.0, 18.0), (20.5, 25.0, 18.5)])
+def test_flip_tta_keeps_every_voxels_patch_and_code(centre):
+    """Each flipped pass sees the mirror image of the unflipped lattice, so a network whose output is
+    a function of the voxel's patch gives the same value under every flip: TTA changes nothing. A
+    brain box of odd extent (centre on a whole voxel) is where recomputing the origin from the
+    flipped centre used to move the lattice by one voxel."""
+    shape = (41, 50, 37)
+    image = torch.zeros(1, *shape)
+    image[:, 10:31, 14:37, 9:28] = 1.0  # brain box of odd extents 21, 23, 19: centre (20, 25, 18)
+    net = LatticeProbe()
+    kwargs = dict(roi_size=(16, 16, 16), multilabel=True, overlap=0.5, centre=centre)
+    plain = predict_volume(net, image, **kwargs)
+    for axes in [(1,), (2,), (0, 1, 2)]:  # every voxel stays in (the mirror of) its patch
+        torch.testing.assert_close(predict_volume(net, image, tta_axes=axes, **kwargs)[:3], plain[:3], rtol=0, atol=1e-6)
+    # a left-right flip keeps each voxel's very position code (and with it its SACA partner)
+    torch.testing.assert_close(predict_volume(net, image, tta_axes=(0,), **kwargs), plain, rtol=0, atol=1e-6)
