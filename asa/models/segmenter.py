@@ -219,21 +219,27 @@ class ASASegmenter(nn.Module):
 
     def check_grid(self, recorded: dict, source: str | Path, *, allow_grid_change: bool = False) -> None:
         """Raise unless the pretraining grid recorded in ``recorded`` (see `recorded_pretraining`) is
-        this network's grid; ``allow_grid_change`` turns the error into a warning."""
+        this network's grid (``allow_grid_change`` turns that error into a warning) and its reference
+        grid (always an error: the brain frame's reference grid is the pretraining grid, DESIGN §1.2)."""
         img, patch = recorded.get("img_size"), recorded.get("patch_size") or self.patch_size
         if img is None:
             return
         grid = patch_grid(img, int(patch))
-        if grid == self.grid:
-            return
-        message = (f"{source} was pretrained on a {'x'.join(map(str, grid))} patch grid ({'x'.join(map(str, img))} "
-                   f"voxels), this segmenter has a {'x'.join(map(str, self.grid))} grid "
-                   f"({'x'.join(map(str, self.img_size))} voxels): the position codes and the 1D windows would "
-                   "mean other places. Fine-tune with the pretraining crop size (data.patch_size) or set "
-                   "segmenter.allow_grid_change=true")
-        if not allow_grid_change:
-            raise ValueError(message)
-        warnings.warn(message.split(": the position")[0] + " (segmenter.allow_grid_change=true)", stacklevel=2)
+        name = lambda g: "x".join(map(str, g))  # noqa: E731
+        if grid != self.grid:
+            message = (f"{source} was pretrained on a {name(grid)} patch grid ({name(img)} voxels), this segmenter "
+                       f"has a {name(self.grid)} grid ({name(self.img_size)} voxels): the position codes and the 1D "
+                       "windows would mean other places. Fine-tune with the pretraining crop size (data.patch_size) "
+                       "or set segmenter.allow_grid_change=true")
+            if not allow_grid_change:
+                raise ValueError(message)
+            warnings.warn(message.split(": the position")[0] + " (segmenter.allow_grid_change=true)", stacklevel=2)
+        if grid != self.reference_grid:
+            raise ValueError(
+                f"{source} was pretrained on a {name(grid)} patch grid ({name(img)} voxels), but "
+                f"segmenter.reference_grid is {name(self.reference_grid)}: the brain frame's reference grid is the "
+                "pretraining grid, and on another one every position code would change. Leave "
+                f"segmenter.reference_grid null (it follows the pretrained file) or set it to {list(grid)}")
 
     def _input_skip(self, x: torch.Tensor) -> torch.Tensor:
         """Full-resolution skip features [B, f, D, H, W] from the raw image (per ``input_skip``)."""
@@ -275,7 +281,8 @@ class ASASegmenter(nn.Module):
         when the caller has read it already. A 1-channel stem is adapted to this network's k
         channels by repeating its weights and dividing by k, which keeps the response to a volume
         replicated over the channels. Any other shape mismatch raises ``ValueError``, and so does a
-        recorded pretraining grid other than this network's, unless ``allow_grid_change`` (warning).
+        recorded pretraining grid other than this network's, unless ``allow_grid_change`` (warning),
+        or other than its ``reference_grid`` (always).
         """
         path = Path(path)
         if checkpoint is None:

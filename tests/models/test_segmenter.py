@@ -87,10 +87,37 @@ def test_pretrained_grid_must_match_unless_allowed(tmp_path):
     torch.save({"encoder": mae.encoder_state_dict(), "config": {"img_size": 64, "patch_size": 8}}, tmp_path / "enc.pt")
     with pytest.raises(ValueError, match=r"8x8x8 patch grid \(64x64x64 voxels\).*4x4x4 grid \(32x32x32 voxels\)"):
         _segmenter().load_pretrained(tmp_path / "enc.pt", verbose=False)
-    with pytest.warns(UserWarning, match="allow_grid_change"):
-        report = _segmenter().load_pretrained(tmp_path / "enc.pt", verbose=False, allow_grid_change=True)
+    with pytest.warns(UserWarning, match="allow_grid_change"):  # the brain frame keeps the pretraining grid
+        report = _segmenter(reference_grid=8).load_pretrained(tmp_path / "enc.pt", verbose=False, allow_grid_change=True)
     assert not report.missing
     ASASegmenter(img_size=64, **ENC).load_pretrained(tmp_path / "enc.pt", verbose=False)  # same grid: fine
+
+
+def _grid4_encoder(path):
+    mae = ASA(img_size=32, **PRESETS["tiny"])  # a 4x4x4 patch grid, recorded in the file's network spec
+    torch.save({"encoder": mae.encoder_state_dict(), "network": {"arch": "asa_pretrain", "kwargs": mae.network_kwargs}},
+               path)
+    return path
+
+
+@pytest.mark.parametrize("allow_grid_change", [False, True])
+def test_reference_grid_other_than_the_pretraining_grid_is_refused(tmp_path, allow_grid_change):
+    """DESIGN §1.2: the reference grid is the pretraining grid; on another one every code changes."""
+    from asa.models import build_from_config
+
+    path = _grid4_encoder(tmp_path / "enc.pt")
+    both = r"pretrained on a 4x4x4 patch grid.*segmenter.reference_grid is 6x6x6"
+    with pytest.raises(ValueError, match=both):
+        _segmenter(reference_grid=(6, 6, 6)).load_pretrained(path, verbose=False, allow_grid_change=allow_grid_change)
+    model_cfg = {**PRESETS["tiny"], "pretrained": str(path)}
+    with pytest.raises(ValueError, match=both):
+        build_from_config(model_cfg, {"reference_grid": [6, 6, 6], "allow_grid_change": allow_grid_change},
+                          in_channels=1, out_channels=2, patch_size=32)
+    # the pretraining grid itself, given or left to follow the file, is accepted
+    for reference in ([4, 4, 4], None):
+        net = build_from_config(model_cfg, {"reference_grid": reference, "allow_grid_change": allow_grid_change},
+                                in_channels=1, out_channels=2, patch_size=32)
+        assert net.reference_grid == (4, 4, 4)
 
 
 def test_build_from_config_follows_the_pretrained_file(tmp_path):
