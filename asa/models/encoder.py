@@ -73,13 +73,17 @@ class SWViTEncoder(SWViT):
         )
         if saca:
             check_mirror_windows(self.grid, lr_axis, window_size, f"encoder(img_size={self.img_size}, saca)")
-        self.register_buffer("token_mirror", mirror_index(self.grid, lr_axis), persistent=False)
+        # offset 0 of the reference grid, like pos_embed: the crop's own mirror when the crop is the reference
+        mirror = (mirror_index(self.grid, lr_axis) if self.reference_grid == self.grid
+                  else self._brain_mirror(torch.zeros(1, 3, dtype=torch.long))[0])
+        self.register_buffer("token_mirror", mirror, persistent=False)
 
     def mirror_tokens(self, offsets: torch.Tensor | None = None, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Sequence position of each token's left–right mirror, for SACA: [N] at offset 0; [B, N] at
-        patch ``offsets`` [B, 3] (brain frame: mirrored about the reference grid's centre along
-        ``lr_axis``, −1 where the mirror falls outside the crop); [B, N_vis] in the visible sequence
-        of ``ids_keep`` (every visible token's mirror must be visible: mirror-consistent masking)."""
+        """Sequence position of each token's left–right mirror, for SACA, mirrored about the reference
+        grid's centre along ``lr_axis`` as the position code folds (−1 where the mirror falls outside
+        the crop): [N] at offset 0; [B, N] at patch ``offsets`` [B, 3] (brain frame); [B, N_vis] in
+        the visible sequence of ``ids_keep`` (pretraining, where the crop is the reference grid: every
+        visible token's mirror must be visible, mirror-consistent masking)."""
         if ids_keep is not None:
             b, n_vis = ids_keep.shape
             position = torch.full((b, self.token_mirror.numel()), -1, dtype=torch.long, device=ids_keep.device)
@@ -90,6 +94,10 @@ class SWViTEncoder(SWViT):
             return mirror
         if offsets is None:
             return self.token_mirror
+        return self._brain_mirror(offsets)
+
+    def _brain_mirror(self, offsets: torch.Tensor) -> torch.Tensor:
+        """[B, N] sequence position of each token's mirror about the reference centre, −1 outside the crop."""
         g = self.grid[self.lr_axis]
         coords = torch.stack(torch.meshgrid(*(torch.arange(n, device=offsets.device) for n in self.grid),
                                             indexing="ij"), -1).view(-1, 3)  # [N, 3]

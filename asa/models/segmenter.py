@@ -73,7 +73,9 @@ class ASASegmenter(nn.Module):
     Position codes (DESIGN §1.2): with ``spe_frame="brain"`` (default) each crop's codes are those
     of the reference grid (``reference_grid``, default the crop's own grid = the pretraining grid)
     at the crop's patch offset, folded about the brain's mid-sagittal plane; ``forward`` takes the
-    offsets. ``spe_frame="crop"`` uses one fixed table per crop (ablation) and ignores offsets.
+    offsets. ``spe_frame="crop"`` (ablation) uses one fixed table per crop and ignores offsets: the
+    table of the crop's own grid, ``symmetric_position_encoding(grid)``, folded about the crop's
+    centre like SACA's mirror (with a crop grid other than the reference grid too).
 
     With patch size 8 the token grid sits at 1/8 resolution. Skips: the input itself (full
     resolution), hidden state 1 upsampled ×4 (1/2), hidden state 2 upsampled ×2 (1/4); hidden
@@ -133,16 +135,20 @@ class ASASegmenter(nn.Module):
             raise ValueError(f"ASASegmenter's decoder is laid out for patch_size 8, got {patch_size}")
         if depth < 4:
             raise ValueError(f"ASASegmenter needs an encoder of at least 4 blocks, got depth {depth}")
+        # crop frame: the crop is its own reference, so its one table and SACA's mirror both fold about
+        # the crop's centre; reference_grid then only places the lattice that crops and windows start on
         self.encoder = SWViTEncoder(
             img_size=img_size, in_channels=in_channels, patch_size=patch_size, embed_dim=embed_dim,
             depth=depth, num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio, pos_mode=pos_mode,
-            lr_axis=lr_axis, reference_grid=reference_grid, shift_mask=shift_mask,
+            lr_axis=lr_axis, reference_grid=reference_grid if spe_frame == "brain" else None, shift_mask=shift_mask,
             rel_pos_bias=rel_pos_bias, dropout=dropout, grad_checkpointing=grad_checkpointing,
             region_attention=region_attention, saca=saca in ("encoder", "all"),
         )
         # the geometry as the encoder checked and resolved it (img_size and reference_grid as 3-tuples)
         enc = self.encoder
         self.img_size, self.grid, self.reference_grid = enc.img_size, enc.grid, enc.reference_grid
+        if reference_grid is not None and spe_frame == "crop":
+            self.reference_grid = to_3tuple(reference_grid, "reference_grid")
         self.in_channels, self.embed_dim, self.patch_size = in_channels, embed_dim, patch_size
         self.pos_mode, self.lr_axis, self.spe_frame = pos_mode, lr_axis, spe_frame
         self.network_kwargs.update(img_size=list(self.img_size), reference_grid=list(self.reference_grid),

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asa.models import ASA, ASASegmenter, SymmetryCrossAttention, WindowSymmetryCrossAttention
+from asa.models import ASA, ASASegmenter, SymmetryCrossAttention, WindowSymmetryCrossAttention, symmetric_position_encoding
 from asa.models.saca import check_mirror_windows, mirror_index
 
 
@@ -203,3 +203,48 @@ def test_windowed_saca_without_a_mirror_adds_nothing():
     out = layer(x, half)
     assert torch.equal(out[0, [0, 2]], torch.zeros(2, 8))
     torch.testing.assert_close(out[:, [1, 3]], layer.attn(x[:, [1, 3]], x[:, [0, 1]]), atol=1e-5, rtol=1e-5)
+
+
+def _spe_pairs_are_saca_pairs(codes: torch.Tensor, mirror: torch.Tensor) -> None:
+    """Two tokens share a position code exactly when they are one token or SACA's mirror pair."""
+    shared = (codes[:, None, :] == codes[None, :, :]).all(-1)  # [N, N]
+    n = torch.arange(len(mirror))
+    expected = n[:, None] == n[None, :]
+    has = mirror >= 0
+    expected[n[has], mirror[has]] = True
+    assert torch.equal(shared, expected)
+
+
+@pytest.mark.parametrize("grid", [4, (2, 4, 4)])
+def test_crop_frame_folds_about_the_crops_own_centre(grid):
+    """spe_frame=crop with a crop grid other than the reference grid (allow_grid_change): the crop's
+    table pairs w with G-1-w, as SACA's mirror map does (it paired 0..3 about the reference centre)."""
+    kw = dict(embed_dim=24, depth=4, num_heads=2, window_size=8)
+    img = tuple(8 * g for g in ((grid,) * 3 if isinstance(grid, int) else grid))
+    seg = ASASegmenter(img_size=img, out_channels=2, saca="encoder", spe_frame="crop", reference_grid=(6, 6, 6), **kw)
+    assert seg.reference_grid == (6, 6, 6)  # still the lattice the crops and windows start on
+    codes = seg.position_codes(None)
+    assert torch.equal(codes, symmetric_position_encoding(seg.grid, 24))  # the crop's own table
+    g = seg.grid[0]
+    coords = torch.stack(torch.meshgrid(*(torch.arange(n) for n in seg.grid), indexing="ij"), -1).view(-1, 3)
+    for w in range(g):  # codes of mirror planes w, G-1-w are equal
+        assert torch.equal(codes[coords[:, 0] == w], codes[coords[:, 0] == g - 1 - w])
+    mirror = seg.encoder.mirror_tokens(None)
+    assert torch.equal(mirror, mirror_index(seg.grid, 0))
+    _spe_pairs_are_saca_pairs(codes, mirror)
+    x = torch.randn(1, 1, *img)
+    with torch.no_grad():  # offsets change nothing in the crop frame
+        assert torch.equal(seg(x, offsets=torch.tensor([[1, 0, 0]])), seg(x))
+
+
+def test_brain_frame_offset_zero_pairs_codes_as_saca_does():
+    """Offsets left out mean offset 0 in the brain frame: SACA's mirror is then taken about the reference
+    centre too, the fold of the codes (a 4-grid crop in a 6-grid reference: slabs 2, 3 pair)."""
+    kw = dict(embed_dim=24, depth=4, num_heads=2, window_size=8)
+    seg = ASASegmenter(img_size=32, out_channels=2, saca="encoder", reference_grid=(6, 4, 4), **kw)
+    mirror = seg.encoder.mirror_tokens(None)
+    assert torch.equal(mirror, seg.encoder.mirror_tokens(torch.zeros(1, 3, dtype=torch.long))[0])
+    _spe_pairs_are_saca_pairs(seg.position_codes(None), mirror)
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(seg(x), seg(x, offsets=torch.zeros(1, 3, dtype=torch.long)))
