@@ -6,7 +6,7 @@ from asa.models.encoder import SWViTEncoder
 from asa.models.layout import channels_last_inference
 from asa.models.mae import ASA, MAEOutput
 from asa.models.patch import PatchEmbed, patch_grid, patchify, unpatchify
-from asa.models.position import brain_frame_encoding, symmetric_position_encoding
+from asa.models.position import brain_frame_encoding, position_index, symmetric_position_encoding
 from asa.models.sa_swin import SASwin, SymmetryAwareLayer
 from asa.models.sa_swin_pretrain import SAHOutput, SymmetryAwareHead
 from asa.models.saca import SymmetryCrossAttention, WindowSymmetryCrossAttention, mirror_index
@@ -50,6 +50,7 @@ __all__ = [
     "patch_regions",
     "patchify",
     "recorded_pretraining",
+    "position_index",
     "symmetric_position_encoding",
     "unpatchify",
 ]

@@ -132,3 +132,97 @@ def test_fold_extends_linearly_beyond_the_reference_grid():
     assert not torch.equal(code[-1], code[0]) and not torch.equal(code[-1], code[-2])
     none = {w: symmetric_position_encoding(grid, 8, mode="none", offset=(w, 0, 0), reference_grid=(4, 1, 1)) for w in (-1, 4)}
     assert not torch.equal(none[-1], none[4])  # no fold without SPE
+
+
+@pytest.mark.parametrize("mode", ["mirror", "paper", "none"])
+@pytest.mark.parametrize("lr_axis", [0, 2])
+def test_codes_inside_the_reference_box_are_the_pretraining_codes_bit_for_bit(mode, lr_axis):
+    """Pretrained weights depend on them: wherever a crop overlaps the reference box, its rows are the
+    rows of the pretraining table (eq. 3 as first implemented) at the same reference patch, exactly."""
+    from asa.models import brain_frame_encoding
+
+    reference, grid = (6, 4, 5), (4, 3, 3)
+    pretraining = symmetric_position_encoding(reference, 16, mode=mode, lr_axis=lr_axis)
+    assert torch.equal(pretraining, _old_table(reference, 16, mode, lr_axis))
+    offsets = torch.tensor(list(itertools.product(range(-3, 5), range(-2, 3), range(-2, 4))))  # inside, across, outside
+    codes = brain_frame_encoding(grid, 16, offsets, mode=mode, lr_axis=lr_axis, reference_grid=reference)
+    local = torch.stack(torch.meshgrid(*(torch.arange(n) for n in grid), indexing="ij"), -1).reshape(-1, 3)
+    checked = 0
+    for b, offset in enumerate(offsets):
+        ref = local + offset
+        inside = ((ref >= 0) & (ref < torch.tensor(reference))).all(-1)
+        rows = _index(reference, *ref[inside].T)
+        assert torch.equal(codes[b][inside], pretraining[rows])
+        checked += int(inside.sum())
+    assert checked > 1000
+
+
+def _brats_lattice():
+    """Reference coordinates [N, 3] of every patch of a 240×240×155 volume (patch 8 -> 30×30×20 after
+    lattice padding), reference grid 16³ centred on the brain centre as the brain frame places it."""
+    import numpy as np
+
+    from asa.data.lattice import lattice_padding, reference_origin
+
+    shape, patch, reference = (240, 240, 155), 8, (16, 16, 16)
+    origin = reference_origin((119.5, 119.5, 77.0), [g * patch for g in reference])
+    before, after = lattice_padding(shape, origin, patch, (128, 128, 128))
+    grid = tuple(int(n) // patch for n in np.asarray(shape) + before + after)
+    offset = tuple(int(v) for v in -((origin + before) // patch))  # the volume's first patch, in the reference frame
+    assert grid == (30, 30, 20) and offset == (-7, -7, -2)
+    return grid, offset, reference
+
+
+@pytest.mark.parametrize("mode", ["mirror", "paper", "none"])
+def test_codes_are_unique_over_a_brats_volume_except_mirror_pairs(mode):
+    """Beyond the reference box too, two patches share a code exactly when they are mirror pairs: the
+    linear continuation of eq. 3 gave (w=3, t=10, h=20) the code of (w=3, t=11, h=4)."""
+    grid, offset, reference = _brats_lattice()
+    coords = torch.stack(torch.meshgrid(*(torch.arange(n) for n in grid), indexing="ij"), -1).reshape(-1, 3)
+    coords = coords + torch.tensor(offset)  # reference coordinates, lr_axis 0: (w, t, h)
+    w = coords[:, 0]
+    canonical = {"mirror": torch.minimum(w, 15 - w), "paper": torch.minimum(w, 16 - w), "none": w}[mode]
+    anatomy = torch.stack([canonical, coords[:, 1], coords[:, 2]], -1)  # one key per patch or mirror pair
+    n_pairs = len(anatomy.unique(dim=0))
+    codes = symmetric_position_encoding(grid, 64, mode=mode, offset=offset, reference_grid=reference)
+    n_codes = len(codes.unique(dim=0))
+    assert n_codes == n_pairs  # the float32 codes (the linear continuation: 7260 codes for 9000 mirror pairs)
+    from asa.models import position_index
+
+    pos = position_index(coords, reference, mode=mode)  # and Pos itself, an exact integer: equal iff one key
+    assert len(pos.unique()) == n_pairs == len(torch.stack([pos, *anatomy.T], -1).unique(dim=0))
+    if mode != "none":
+        partner = {"mirror": 15, "paper": 16}[mode] - w  # mirror pairs share a code (all inside this volume)
+        rows = _index(grid, *(torch.stack([partner, coords[:, 1], coords[:, 2]], -1) - torch.tensor(offset)).T)
+        keep = (partner - offset[0] >= 0) & (partner - offset[0] < grid[0])
+        assert keep.float().mean() > 0.9
+        assert torch.equal(codes[keep], codes[rows[keep]])
+    one = lambda c: symmetric_position_encoding((1, 1, 1), 64, mode=mode, offset=c, reference_grid=reference)  # noqa: E731
+    assert not torch.equal(one((3, 10, 20)), one((3, 11, 4)))
+
+
+@pytest.mark.parametrize("mode", ["mirror", "paper", "none"])
+@pytest.mark.parametrize("lr_axis", [0, 1, 2])
+def test_pos_is_one_to_one_on_mirror_pairs_over_many_tiles(mode, lr_axis):
+    """Odd and even reference sizes, several reference boxes away in every direction."""
+    from asa.models import position_index
+
+    reference = (3, 4, 5)
+    coords = torch.stack(torch.meshgrid(torch.arange(-9, 12), torch.arange(-8, 13), torch.arange(-10, 16),
+                                        indexing="ij"), -1).reshape(-1, 3)
+    w, size = coords[:, lr_axis], reference[lr_axis]
+    key = coords.clone()
+    key[:, lr_axis] = {"mirror": torch.minimum(w, size - 1 - w), "paper": torch.minimum(w, size - w), "none": w}[mode]
+    pos = position_index(coords, reference, mode=mode, lr_axis=lr_axis)
+    assert (pos >= 0).all()
+    n = len(key.unique(dim=0))
+    assert len(pos.unique()) == n == len(torch.cat([pos[:, None], key], 1).unique(dim=0))
+
+
+def test_tile_numbering_is_a_bijection():
+    from asa.models.position import _tile_number
+
+    a, b, c = torch.stack(torch.meshgrid(*(torch.arange(12),) * 3, indexing="ij")).reshape(3, -1)
+    small = a + b + c < 12  # the triples of sum < 12 are numbered 0 … C(14, 3) - 1
+    assert torch.equal(_tile_number(a, b, c)[small].sort().values, torch.arange(14 * 13 * 12 // 6))
+    assert _tile_number(*torch.zeros(3, dtype=torch.long)) == 0
