@@ -1,4 +1,4 @@
-"""The typed Python API: the four jobs behind the console scripts, and their typed configs.
+"""The typed Python API: the jobs behind the console scripts, and their typed configs.
 
     from asa.api import load_config, pretrain
 
@@ -13,10 +13,11 @@ from asa.api.config import compose_config, load_config
 from asa.api.evaluate import evaluate
 from asa.api.finetune import finetune
 from asa.api.predict import predict
+from asa.api.preprocess import preprocess
 from asa.api.pretrain import pretrain
-from asa.api.schema import EvaluateConfig, FinetuneConfig, PredictConfig, PretrainConfig
+from asa.api.schema import EvaluateConfig, FinetuneConfig, PredictConfig, PreprocessConfig, PretrainConfig
 
 __all__ = [
-    "EvaluateConfig", "FinetuneConfig", "PredictConfig", "PretrainConfig", "compose_config", "evaluate", "finetune",
-    "load_config", "predict", "pretrain",
+    "EvaluateConfig", "FinetuneConfig", "PredictConfig", "PreprocessConfig", "PretrainConfig", "compose_config",
+    "evaluate", "finetune", "load_config", "predict", "preprocess", "pretrain",
 ]

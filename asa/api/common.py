@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from asa.api.rundir import RunDir, prepare_run_dir
+from asa.io import atomic_write_json
 from asa.train import TrainConfig, build_optimizer, cleanup_distributed, setup_distributed
 from asa.train.distributed import DistEnv, all_gather_objects, barrier
 from asa.train.optim import LOW_LR, describe_lr
@@ -70,17 +71,41 @@ def load_cases(data: DictConfig, out_dir: Path | None, env: DistEnv) -> list:
 
     Every volume is read once (in parallel; the outcome is cached under ``data.cache_dir``) with the
     checks of `load_volume`; bad cases stop the run or are skipped per ``data.on_bad_case`` and then
-    listed in ``<out_dir>/bad_cases.json``.
+    listed in ``<out_dir>/bad_cases.json``. With ``data.store`` nothing is read: the store's
+    index holds the checks' outcome, and only the files' sizes and mtimes are compared with it.
     """
     from asa.data import discover
 
     def find() -> list:
         root, layout = dataset_root(data)
+        if data.get("store") is not None:
+            return _cases_in_store(data, root, layout, out_dir)
         return discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case",
                         report_path=None if out_dir is None else out_dir / "bad_cases.json",
                         cache_dir=data.get("cache_dir"), workers=_check_workers(data))
 
     return on_main_then_share(find, env)
+
+
+def _cases_in_store(data: DictConfig, root: Path, layout: str, out_dir: Path | None) -> list:
+    """The cases of ``data.store`` (checked when it was written), after making sure that it was
+    written from this data root and that no file under it is new or changed since."""
+    from asa.data import CaseError, discover
+    from asa.data.store import StoreError, open_store
+
+    store = open_store(data.store)
+    if store.root is not None and Path(store.root) != root:
+        raise StoreError(f"data.store={store.path} was written from data.root={store.root}, not {root}: "
+                         "write a store for this folder with asa-preprocess")
+    cases, skipped = store.cases(discover(layout, root, on_bad_case="skip", validate="none"))
+    if skipped and str(data.on_bad_case) == "error":
+        lines = "\n".join(f"  - {p['id']}: {p['reason']}" for p in skipped[:20])
+        raise CaseError(f"{len(skipped)} bad case(s) in {root} (recorded in data.store={store.path}):\n{lines}\n"
+                        "Nothing was trained. Fix them and rerun asa-preprocess, or set data.on_bad_case=skip")
+    if skipped and out_dir is not None:
+        atomic_write_json(out_dir / "bad_cases.json", {"layout": layout, "root": str(root), "store": str(store.path),
+                                                       "kept": len(cases), "skipped": skipped})
+    return cases
 
 
 def _check_workers(data: DictConfig) -> int:

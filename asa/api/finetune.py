@@ -70,10 +70,11 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
         run_dir.write_config(resolved)  # every check passed
         splits = split_cases(cases, data, out_dir, env)
         train_ds = build_segmentation_dataset(
-            splits["train"], task, train=True, patch_size=patch, cache_dir=data.cache_dir,
+            splits["train"], task, train=True, patch_size=patch, cache_dir=data.cache_dir, store=data.get("store"),
             samples_per_case=int(data.samples_per_case), seed=int(cfg.seed), regions=regions, **lattice,
         )
         val_ds = (build_segmentation_dataset(splits["val"], task, train=False, cache_dir=data.cache_dir,
+                                             store=data.get("store"),
                                              regions=regions if getattr(model, "uses_regions", False) else None)
                   if splits["val"] else None)
 

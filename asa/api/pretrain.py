@@ -143,7 +143,7 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
         run_dir.write_config(resolved)  # every check passed
         splits = split_cases(cases, data, out_dir, env)
         common = dict(size=int(data.size), cache_dir=data.cache_dir, resample_mm=data.resample_mm,
-                      channels=tuple(data.channels), regions=regions)
+                      channels=tuple(data.channels), regions=regions, store=data.get("store"))
         train_ds = build_pretrain_dataset(splits["train"], augment=bool(data.augment), **common)
         val_ds = build_pretrain_dataset(splits["val"], augment=False, **common) if splits["val"] else None
 

@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from asa.train import TrainerSettings
 
 __all__ = [
-    "EvaluateConfig", "FinetuneConfig", "PredictConfig", "PretrainConfig", "SCHEMAS", "as_config", "register", "validate",
+    "EvaluateConfig", "FinetuneConfig", "PredictConfig", "PreprocessConfig", "PretrainConfig", "SCHEMAS", "as_config", "register", "validate",
 ]
 
 
@@ -102,6 +102,7 @@ class DataConfig:
     demo: Optional[DemoConfig] = None
     on_bad_case: str = "error"
     cache_dir: Optional[str] = None
+    store: Optional[str] = None  # a store written by asa-preprocess (read instead of the files)
     num_workers: int = 0
     split: SplitConfig = field(default_factory=SplitConfig)
     regions: RegionsConfig = field(default_factory=RegionsConfig)
@@ -289,8 +290,21 @@ class EvaluateConfig:
     data: SegmentationDataConfig = field(default_factory=SegmentationDataConfig)
 
 
+@dataclass
+class PreprocessConfig:
+    # a data preset of asa-pretrain or asa-finetune: checked against PretrainDataConfig or
+    # SegmentationDataConfig when the job runs (a fine-tuning preset is one with a task)
+    data: Any = MISSING
+    workers: int = 0  # preprocessing processes (0: one per CPU core, at most 8)
+    dtype: str = "float16"  # the images' precision in the store: float16 | float32
+    hash: bool = False  # also record (and compare on reruns) each source file's sha256
+    progress: bool = True
+    debug: bool = False
+    optim: Any = None  # unused: data=demo also picks an optimiser preset of asa-pretrain
+
+
 SCHEMAS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "predict": PredictConfig,
-           "evaluate": EvaluateConfig}
+           "evaluate": EvaluateConfig, "preprocess": PreprocessConfig}
 
 
 def register() -> None:

@@ -20,16 +20,18 @@ EXIT_REFUSED = 2
 
 def entry(app: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> None:
     """Run an entry point and end the process with a documented exit code: 0 finished, 1 failed,
-    2 refused before starting (run-directory rules, lock, incompatible resume, bad cases),
+    2 refused before starting (run-directory rules, lock, incompatible resume, bad cases, a store
+    written under other settings),
     128 + N stopped by signal N. Errors print one line (``debug=true``: the full traceback)."""
     from asa.data import CaseError
+    from asa.data.store import StoreSettingsError
     from asa.train import IncompatibleCheckpointError
 
     from asa.api.rundir import RunDirError
 
     try:
         result = run(cfg)
-    except (RunDirError, IncompatibleCheckpointError, CaseError) as err:
+    except (RunDirError, IncompatibleCheckpointError, CaseError, StoreSettingsError) as err:
         if cfg.get("debug", False):
             raise
         print(f"[{app}] refused: {err}", file=sys.stderr, flush=True)

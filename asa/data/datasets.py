@@ -30,6 +30,7 @@ from monai.transforms import Compose
 from asa.data.case import Case
 from asa.data.io import Volume, VolumeError, load_volume
 from asa.data.regions import RegionSource
+from asa.data.store import Store, StoreLatticeCropd, StorePretrainCrop, StoreSegmentationLoad, open_store, store_settings
 from asa.data.tasks import Task
 from asa.data.transforms import (
     Finalize,
@@ -117,16 +118,24 @@ def build_pretrain_dataset(
     lr_centre: str = "mask",
     seed: int | None = None,
     regions: RegionSource | None = None,
+    store: str | Path | Store | None = None,
 ) -> CaseDataset:
     """Items ``{"image": FloatTensor[C, *size], "id": str}``: z-scored in brain, brain-centred crop
     with the mid-sagittal plane at the centre of axis 0 (the paper's only augmentation); ``augment``
     adds light intensity augmentation inside the brain mask. With ``regions`` also ``"region"``:
-    LongTensor [1, *size], the region map of the crop."""
+    LongTensor [1, *size], the region map of the crop. With ``store`` (written by asa-preprocess
+    under the same settings) each sample reads its crop from the store instead of the files."""
     pre = PretrainPreprocess(size, resample_mm=resample_mm, lr_centre=lr_centre, regions=regions)
     steps: list[Any] = [pre]
     if augment:
         steps += list(pretrain_augmentation().transforms)
     steps.append(Finalize(("image", "region", "id") if regions is not None else ("image", "id")))
+    if store is not None:  # the same steps, the first one reading the crop from the store
+        opened = open_store(store)
+        opened.check_settings(store_settings(pre.settings(), channels=channels, dtype="float16"),
+                              ignore_regions=regions is None)
+        steps[0] = StorePretrainCrop(pre.size, brain=augment, region=regions is not None)
+        return CaseDataset(opened.items([c.id for c in cases]), Compose(steps), cache_path=None, seed=seed)
     items = [case_to_item(c, channels) for c in cases]
     settings = {**pre.settings(), "channels": list(channels), "version": 2}
     cache_path = None if cache_dir is None else Path(cache_dir) / f"pretrain-{settings_hash(settings)}"
@@ -146,6 +155,7 @@ def build_segmentation_dataset(
     reference_size: int | Sequence[int] | None = None,
     lr_axis: int = 0,
     regions: RegionSource | None = None,
+    store: str | Path | Store | None = None,
     **augment_kwargs: Any,
 ) -> CaseDataset:
     """Fine-tuning dataset on the canonical RAS grid of each case (no whole-volume crop/resample).
@@ -158,7 +168,8 @@ def build_segmentation_dataset(
     "centre": [3] brain centre}``. target: multilabel float32 [K, ...]; softmax int64 [1, ...],
     -1 = ignore. ``augment_kwargs`` go to `segmentation_train_augmentation` (rotate_deg, zoom, ...).
     With ``regions`` every item also has ``"region"``: int64 [1, ...], the region map, augmented
-    like the label.
+    like the label. With ``store`` (written by asa-preprocess under the same settings) the items
+    are read from the store: a training sample copies only its crops.
     """
     patch = (int(patch_size),) * 3 if isinstance(patch_size, int) else tuple(int(p) for p in patch_size)
     reference = patch if reference_size is None else (
@@ -173,10 +184,18 @@ def build_segmentation_dataset(
         steps: list[Any] = [pre, *augment.transforms, Finalize(("image", "label", "offset", *extra), label_dtype)]
     else:
         steps = [pre, Finalize(("image", "label", "id", "centre", *extra), label_dtype)]
-    items = [case_to_item(c, task.channels) for c in cases]
     missing = [c.id for c in cases if c.label is None]
     if missing:
         raise ValueError(f"build_segmentation_dataset: cases without labels: {missing[:5]}")
+    if store is not None:  # the same steps; the first reads the case (train: its crops) from the store
+        opened = open_store(store)
+        opened.check_settings(store_settings(pre.settings(), channels=task.channels, dtype="float16"),
+                              ignore_regions=regions is None)
+        steps[0] = StoreSegmentationLoad(pre.target, whole=not train, region=regions is not None)
+        if train:
+            steps[1] = StoreLatticeCropd.like(steps[1], pre.target)
+        return CaseDataset(opened.items([c.id for c in cases]), Compose(steps), cache_path=None, seed=seed)
+    items = [case_to_item(c, task.channels) for c in cases]
     settings = {**pre.settings(), "version": 2}
     cache_path = None if cache_dir is None else Path(cache_dir) / f"seg-{task.name}-{settings_hash(settings)}"
     return CaseDataset(items, Compose(steps), cache_path=cache_path, seed=seed)

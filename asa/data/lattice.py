@@ -92,6 +92,22 @@ class LatticeCropd(Randomizable, MapTransform):
     def randomize(self, data: Any = None) -> None:  # the draws happen in __call__ (they need the data)
         pass
 
+    def draw_starts(self, shape: Sequence[int], fg: Any, bg: Any) -> list[list[int]]:
+        """Crop starts (lattice points) in the padded volume of ``shape``, from its foreground and
+        background flat indices (``len`` and indexing suffice): centres drawn as MONAI draws them,
+        each start moved to the nearest lattice point that keeps the crop inside."""
+        if len(fg) == 0 and len(bg) == 0:
+            raise ValueError("LatticeCropd: empty label volume")
+        pos = self.pos if len(fg) else 0.0
+        pos = pos if len(bg) else 1.0
+        centres = generate_pos_neg_label_crop_centers(self.spatial_size, self.num_samples, pos, shape, fg, bg, self.R)
+        starts = []
+        for centre in centres:
+            start = [int(c) - s // 2 for c, s in zip(centre, self.spatial_size)]
+            starts.append([min(max(int(round(v / self.patch)) * self.patch, 0), n - s)
+                           for v, n, s in zip(start, shape, self.spatial_size)])
+        return starts
+
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict]:
         d = dict(data)
         padded = {}
@@ -101,16 +117,8 @@ class LatticeCropd(Randomizable, MapTransform):
                                                     min_size=self.spatial_size)
         shape = padded[self.label_key].shape[1:]
         fg, bg = map_binary_to_indices(padded[self.label_key] > 0)
-        if len(fg) == 0 and len(bg) == 0:
-            raise ValueError("LatticeCropd: empty label volume")
-        pos = self.pos if len(fg) else 0.0
-        pos = pos if len(bg) else 1.0
-        centres = generate_pos_neg_label_crop_centers(self.spatial_size, self.num_samples, pos, shape, fg, bg, self.R)
         out = []
-        for centre in centres:
-            start = [int(c) - s // 2 for c, s in zip(centre, self.spatial_size)]
-            start = [min(max(int(round(v / self.patch)) * self.patch, 0), n - s)
-                     for v, n, s in zip(start, shape, self.spatial_size)]
+        for start in self.draw_starts(shape, fg, bg):
             window = tuple(slice(v, v + s) for v, s in zip(start, self.spatial_size))
             sample = {k: v for k, v in d.items() if k not in padded}
             for key in self.keys:

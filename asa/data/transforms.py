@@ -53,6 +53,7 @@ __all__ = [
     "normalize_in_brain",
     "brain_centre",
     "crop_or_pad",
+    "crop_at",
     "resample_isotropic",
     "PretrainPreprocess",
     "SegmentationPreprocess",
@@ -145,9 +146,16 @@ def crop_or_pad(image: np.ndarray, centre: Sequence[float], size: Sequence[int],
     """Window of ``size`` around ``centre`` from image [C, X, Y, Z], zero-padded where it leaves the
     volume. The window starts at round(centre - (size - 1) / 2), so a centre at a half-integer
     coordinate lands exactly in the middle of an even-sized output."""
+    return crop_at(image, reference_origin(centre, size), size, value)
+
+
+def crop_at(image: np.ndarray, start: Sequence[int], size: Sequence[int], value: float = 0.0) -> np.ndarray:
+    """Window of ``size`` starting at voxel ``start`` (may be negative) from image [C, X, Y, Z], filled
+    with ``value`` where it leaves the volume. Only the window is read, so ``image`` may be a
+    memory-mapped array."""
     out = np.full((image.shape[0], *size), value, dtype=image.dtype)
     src, dst = [], []
-    for ax, (n, start) in enumerate(zip(size, reference_origin(centre, size))):
+    for ax, (n, start) in enumerate(zip(size, start)):
         start = int(start)
         lo, hi = max(start, 0), min(start + n, image.shape[ax + 1])
         if hi <= lo:
@@ -196,7 +204,10 @@ class PretrainPreprocess(Transform):
                "percentiles": self.percentiles}
         return out if self.regions is None else {**out, "regions": self.regions.settings()}
 
-    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+    def prepare(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Everything before the crop, on the whole (resampled) grid: ``"image"`` float32 [C, X, Y, Z]
+        z-scored in the brain (0 outside), ``"brain"`` bool [X, Y, Z], ``"centre"`` float64 [3],
+        ``"affine"`` [4, 4], ``"spacing"`` [3] and, with ``regions``, ``"region"`` int16 [X, Y, Z]."""
         image, ref = load_case_images(item)
         affine, resample = ref.affine, None
         if self.resample_mm and not np.allclose(ref.spacing, self.resample_mm, atol=1e-3):
@@ -204,13 +215,20 @@ class PretrainPreprocess(Transform):
             image, affine = resample_isotropic(image, affine, self.resample_mm)
         mask = brain_mask(image)
         image = normalize_in_brain(image, mask, self.percentiles)
-        centre = brain_centre(mask, affine, self.lr_centre)
-        brain = crop_or_pad(mask[None], centre, self.size, value=False)
-        out = {"image": torch.from_numpy(np.ascontiguousarray(crop_or_pad(image, centre, self.size))),
-               "brain": torch.from_numpy(brain), "id": item["id"]}
+        out = {"image": image, "brain": mask, "centre": brain_centre(mask, affine, self.lr_centre), "affine": affine,
+               "spacing": tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))}
         if self.regions is not None:
-            region = self.regions(item, image, mask, resample=resample)
-            out["region"] = torch.from_numpy(crop_or_pad(region[None], centre, self.size))
+            out["region"] = self.regions(item, image, mask, resample=resample)
+        return out
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        full = self.prepare(item)
+        centre = full["centre"]
+        out = {"image": torch.from_numpy(np.ascontiguousarray(crop_or_pad(full["image"], centre, self.size))),
+               "brain": torch.from_numpy(crop_or_pad(full["brain"][None], centre, self.size, value=False)),
+               "id": item["id"]}
+        if self.regions is not None:
+            out["region"] = torch.from_numpy(crop_or_pad(full["region"][None], centre, self.size))
         return out
 
 
@@ -235,14 +253,18 @@ class SegmentationPreprocess(Transform):
         out = {"kind": "segmentation", "task": repr(self.task), "percentiles": self.percentiles, "with_label": self.with_label}
         return out if self.regions is None else {**out, "regions": self.regions.settings()}
 
-    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+    def prepare(self, item: dict[str, Any]) -> dict[str, Any]:
+        """The deterministic part on the canonical grid, before the label becomes a target:
+        ``"image"`` float32 [C, X, Y, Z], ``"brain"`` bool [X, Y, Z], ``"centre"`` float64 [3],
+        ``"affine"``, ``"spacing"``, with labels ``"label"`` int64 [X, Y, Z] (raw values) and ``"fg"``
+        bool [X, Y, Z], with ``regions`` ``"region"`` int16 [X, Y, Z]."""
         image, ref = load_case_images(item)
         mask = brain_mask(image)
         image = normalize_in_brain(image, mask, self.percentiles)
-        out: dict[str, Any] = {"image": torch.from_numpy(image), "centre": torch.from_numpy(brain_centre(mask)),
-                               "id": item["id"]}
+        out: dict[str, Any] = {"image": image, "brain": mask, "centre": brain_centre(mask), "affine": ref.affine,
+                               "spacing": tuple(float(s) for s in ref.spacing)}
         if self.regions is not None:
-            out["region"] = torch.from_numpy(self.regions(item, image, mask)[None])
+            out["region"] = self.regions(item, image, mask)
         if self.with_label:
             if item["label"] is None:
                 raise ValueError(f"case {item['id']}: no label file, but the {self.task.name} dataset needs one")
@@ -250,11 +272,28 @@ class SegmentationPreprocess(Transform):
             if lab.array.shape != image.shape[1:] or not np.allclose(lab.affine, ref.affine, atol=1e-3):
                 raise ValueError(f"case {item['id']}: label {lab.path} is not on the grid of {ref.path}")
             raw = lab.array.astype(np.int64)
-            target = self.task.label_to_target(raw)
-            target = target if self.task.multilabel else target[None]
-            fg = (raw > 0) & ~self.task.ignore_mask(raw)
-            out["label"] = torch.from_numpy(np.ascontiguousarray(target))
-            out["fg"] = torch.from_numpy(fg[None].astype(np.uint8))
+            out["label"] = raw
+            out["fg"] = self.foreground(raw)
+        return out
+
+    def foreground(self, raw: np.ndarray) -> np.ndarray:
+        """Bool [...]: the voxels foreground oversampling aims at (label > 0 outside the ignore label)."""
+        return (raw > 0) & ~self.task.ignore_mask(raw)
+
+    def target(self, raw: np.ndarray) -> np.ndarray:
+        """Raw labels [X, Y, Z] -> the training target: float32 [K, ...] (multilabel) or int64 [1, ...]."""
+        target = self.task.label_to_target(raw)
+        return np.ascontiguousarray(target if self.task.multilabel else target[None])
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        full = self.prepare(item)
+        out: dict[str, Any] = {"image": torch.from_numpy(full["image"]), "centre": torch.from_numpy(full["centre"]),
+                               "id": item["id"]}
+        if self.regions is not None:
+            out["region"] = torch.from_numpy(full["region"][None])
+        if self.with_label:
+            out["label"] = torch.from_numpy(self.target(full["label"]))
+            out["fg"] = torch.from_numpy(full["fg"][None].astype(np.uint8))
         return out
 
 

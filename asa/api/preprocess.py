@@ -1,0 +1,78 @@
+"""Preprocessing into a store as a Python function: the job behind `asa-preprocess`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from asa.api.common import _check_workers, dataset_root, region_source
+from asa.api.schema import PretrainDataConfig, PreprocessConfig, SegmentationDataConfig, as_config
+
+__all__ = ["preprocess", "data_kind"]
+
+APP = "asa-preprocess"
+
+
+def data_kind(data: DictConfig) -> str:
+    """``segmentation`` for a fine-tuning data preset (it names a task), else ``pretrain``; the
+    preset is checked against its schema (a misspelt key fails naming it)."""
+    kind = "segmentation" if "task" in data else "pretrain"
+    schema = OmegaConf.structured(SegmentationDataConfig if kind == "segmentation" else PretrainDataConfig)
+    OmegaConf.set_struct(schema, True)
+    try:
+        OmegaConf.merge(schema, OmegaConf.to_container(data, resolve=False))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ValueError(f"{APP}: invalid option data.{key}: {getattr(err, 'msg', err)}") from None
+    return kind
+
+
+def preprocess(config: PreprocessConfig | DictConfig):
+    """Check and preprocess the dataset of ``config.data`` into the store ``config.data.store``;
+    returns the `asa.data.preprocess.StoreReport` (also printed). Cases the checks reject stop the
+    job (``data.on_bad_case=error``) or are skipped and listed in the index (``skip``); so are cases
+    whose preprocessing fails, after every other case is written (with ``error`` the job then
+    fails naming them)."""
+    cfg = as_config(config, "preprocess")
+    from asa.data import CaseError, discover, get_task
+    from asa.data.layouts import load_report
+    from asa.data.preprocess import build_store
+    from asa.data.transforms import PretrainPreprocess, SegmentationPreprocess
+
+    data = cfg.data
+    kind = data_kind(data)
+    if data.get("store") is None:
+        raise ValueError(f"{APP}: data.store is required: the store folder to write")
+    store = Path(str(data.store)).expanduser()
+    regions = region_source(data, [])
+    root, layout = dataset_root(data)
+    if kind == "segmentation":
+        task = get_task(str(data.task), root=root)
+        pre, channels = SegmentationPreprocess(task, regions=regions), task.channels
+    else:
+        pre = PretrainPreprocess(int(data.size), resample_mm=data.resample_mm, regions=regions)
+        channels = tuple(data.channels)
+    store.mkdir(parents=True, exist_ok=True)
+    bad = store / "bad_cases.json"
+    bad.unlink(missing_ok=True)
+    cases = discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case", report_path=bad,
+                     cache_dir=data.get("cache_dir") or store, workers=_check_workers(data))
+    rejected = load_report(bad)["skipped"] if bad.is_file() else []
+    workers = int(cfg.workers) or max(1, min(8, os.cpu_count() or 1))
+    print(f"[{APP}] {len(cases)} case(s) of {root} ({layout}) passed the checks"
+          f"{f', {len(rejected)} rejected' if rejected else ''}; preprocessing into {store} "
+          f"({kind}, {cfg.dtype}, {workers} worker(s))", file=sys.stderr, flush=True)
+    report = build_store(cases, store, preprocessor=pre, channels=channels, dtype=str(cfg.dtype), workers=workers,
+                         hash=bool(cfg.hash), checks="full", check_skipped=rejected, root=str(root), layout=layout,
+                         progress=bool(cfg.progress))
+    print(report.summary(), flush=True)
+    failed = [s for s in report.skipped if s["stage"] == "preprocess"]
+    if failed and str(data.on_bad_case) == "error":
+        lines = "\n".join(f"  - {s['id']}: {s['reason']}" for s in failed[:20])
+        raise CaseError(f"{len(failed)} case(s) failed preprocessing (the others are in the store):\n{lines}\n"
+                        "Fix them and rerun (only they are processed), or set data.on_bad_case=skip")
+    return report
