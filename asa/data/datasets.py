@@ -124,7 +124,9 @@ def build_pretrain_dataset(
     with the mid-sagittal plane at the centre of axis 0 (the paper's only augmentation); ``augment``
     adds light intensity augmentation inside the brain mask. With ``regions`` also ``"region"``:
     LongTensor [1, *size], the region map of the crop. With ``store`` (written by asa-preprocess
-    under the same settings) each sample reads its crop from the store instead of the files."""
+    under the same settings) each sample reads its crop from the store instead of the files;
+    without ``augment`` its image then stays in the store's precision (float16 by default) until
+    `asa.train.data.move_to` puts it on the device as float32."""
     pre = PretrainPreprocess(size, resample_mm=resample_mm, lr_centre=lr_centre, regions=regions)
     steps: list[Any] = [pre]
     if augment:
@@ -134,7 +136,9 @@ def build_pretrain_dataset(
         opened = open_store(store)
         opened.check_settings(store_settings(pre.settings(), channels=channels, dtype="float16"),
                               ignore_regions=regions is None)
-        steps[0] = StorePretrainCrop(pre.size, brain=augment, region=regions is not None)
+        # without CPU augmentation the crop stays in the store's precision until it is on the device
+        steps[0] = StorePretrainCrop(pre.size, brain=augment, region=regions is not None, float_image=augment)
+        steps[-1] = Finalize(steps[-1].keep, float_image=augment)
         return CaseDataset(opened.items([c.id for c in cases]), Compose(steps), cache_path=None, seed=seed)
     items = [case_to_item(c, channels) for c in cases]
     settings = {**pre.settings(), "channels": list(channels), "version": 2}

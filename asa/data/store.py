@@ -207,18 +207,21 @@ def _crop(item: Mapping[str, Any], name: str, start: Sequence[int], size: Sequen
 
 
 class StorePretrainCrop(Transform):
-    """Store item -> what `PretrainPreprocess` gives: ``"image"`` float32 [C, *size] (the brain-centred
-    crop), ``"brain"`` bool [1, *size] (with ``brain``), ``"region"`` int16 [1, *size] (with
-    ``region``), ``"id"``. Only the crop is read."""
+    """Store item -> what `PretrainPreprocess` gives: ``"image"`` [C, *size] (the brain-centred crop;
+    float32, or with ``float_image=False`` the store's precision, for a pipeline with no CPU step
+    after it: the conversion then happens on the device, see `asa.train.data.move_to`), ``"brain"``
+    bool [1, *size] (with ``brain``), ``"region"`` int16 [1, *size] (with ``region``), ``"id"``.
+    Only the crop is read."""
 
-    def __init__(self, size: Sequence[int], *, brain: bool = True, region: bool = False) -> None:
+    def __init__(self, size: Sequence[int], *, brain: bool = True, region: bool = False,
+                 float_image: bool = True) -> None:
         self.size = tuple(int(s) for s in size)
-        self.brain, self.region = brain, region
+        self.brain, self.region, self.float_image = brain, region, float_image
 
     def __call__(self, item: Mapping[str, Any]) -> dict[str, Any]:
         start = reference_origin(item["centre"], self.size)
-        image = _crop(item, "image", start, self.size).astype(np.float32)
-        out: dict[str, Any] = {"image": torch.from_numpy(image), "id": item["id"]}
+        image = torch.from_numpy(_crop(item, "image", start, self.size))
+        out: dict[str, Any] = {"image": image.float() if self.float_image else image, "id": item["id"]}
         if self.brain:
             out["brain"] = torch.from_numpy(_crop(item, "brain", start, self.size).astype(bool))
         if self.region:
@@ -240,7 +243,7 @@ class StoreSegmentationLoad(Transform):
         if not self.whole:
             return {**item, "centre": centre}
         shape = tuple(item["shape"])
-        out: dict[str, Any] = {"image": torch.from_numpy(_crop(item, "image", (0, 0, 0), shape).astype(np.float32)),
+        out: dict[str, Any] = {"image": torch.from_numpy(_crop(item, "image", (0, 0, 0), shape)).float(),
                                "label": torch.from_numpy(self.target_fn(_crop(item, "label", (0, 0, 0), shape)[0]
                                                                          .astype(np.int64))),
                                "centre": centre, "id": item["id"]}
@@ -319,7 +322,7 @@ class StoreLatticeCropd(LatticeCropd):
             for key in self.keys:
                 window = _crop(d, key, grid_start, self.spatial_size)
                 if key == "image":
-                    sample[key] = torch.from_numpy(window.astype(np.float32))
+                    sample[key] = torch.from_numpy(window).float()
                 elif key == "label":
                     target = self.target_fn(window[0].astype(np.int64))
                     inside = tuple(slice(max(-g, 0), max(min(n - g, s), 0))

@@ -381,11 +381,14 @@ def segmentation_train_augmentation(
 
 
 class Finalize(Transform):
-    """Plain tensors (no MetaTensor), label dtype restored, region maps int64, helper keys dropped."""
+    """Plain tensors (no MetaTensor), label dtype restored, region maps int64, images float32 (or, with
+    ``float_image=False``, as they come: a store's float16 crop is converted on the device), helper
+    keys dropped."""
 
-    def __init__(self, keep: Sequence[str], label_dtype: torch.dtype | None = None) -> None:
+    def __init__(self, keep: Sequence[str], label_dtype: torch.dtype | None = None, *, float_image: bool = True) -> None:
         self.keep = tuple(keep)
         self.label_dtype = label_dtype
+        self.float_image = float_image
 
     def _one(self, d: dict[str, Any]) -> dict[str, Any]:
         out = {}
@@ -397,7 +400,7 @@ class Finalize(Transform):
                     v = v.round().to(self.label_dtype) if self.label_dtype == torch.int64 else v.to(self.label_dtype)
                 elif k == "region":
                     v = v.round().long()
-                elif k == "image":
+                elif k == "image" and self.float_image:
                     v = v.float()
                 v = v.contiguous()
             out[k] = v

@@ -59,9 +59,11 @@ def build_loader(
 
 
 def move_to(batch, device: torch.device):
-    """Recursively move tensors in a batch (tensor, dict, list, tuple) to `device`."""
+    """Recursively move tensors in a batch (tensor, dict, list, tuple) to `device`; float16 tensors
+    (images a store keeps in its precision up to here, half the bytes to copy) become float32 there."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        moved = batch.to(device, non_blocking=True)
+        return moved.float() if moved.dtype == torch.float16 else moved
     if isinstance(batch, dict):
         return {k: move_to(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):

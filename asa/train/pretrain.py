@@ -8,11 +8,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from asa.models.encoder import ENCODER_PREFIX, upgrade_legacy_keys
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .data import move_to
 from .distributed import DistEnv
 from .rng import fork_rng, item_seed, seed_everything
 
@@ -41,6 +42,13 @@ def validation_groups(count: int, size: int) -> list[list[int]]:
     return groups
 
 
+def _collate(samples: list) -> Mapping:
+    """`default_collate` outside autocast: validation runs under it, and CPU autocast cannot stack
+    the float16 crops of a store (which stay float16 until `move_to`)."""
+    with torch.autocast("cpu", enabled=False):
+        return default_collate(samples)
+
+
 def make_validator(
     dataset: Dataset, *, batch_size: int, env: DistEnv, num_workers: int = 0,
     step_fn: Callable[[nn.Module, Mapping], tuple[torch.Tensor, Mapping]] | None = None,
@@ -66,7 +74,7 @@ def make_validator(
         chunks = validation_groups(len(dataset), group_size)[env.rank::env.world_size]  # type: ignore[arg-type]
 
     def run(model: nn.Module, batch: Mapping, total: torch.Tensor) -> None:
-        x = batch["image"].to(env.device, non_blocking=True)
+        x = move_to(batch["image"], env.device)
         batch = {**batch, "image": x}
         if "region" in batch:
             batch["region"] = batch["region"].to(env.device)
@@ -76,7 +84,7 @@ def make_validator(
 
     def validate(model: nn.Module) -> dict[str, float]:
         total = torch.zeros(2, dtype=torch.float64, device=env.device)
-        loader = DataLoader(dataset, batch_sampler=chunks, num_workers=num_workers)
+        loader = DataLoader(dataset, batch_sampler=chunks, num_workers=num_workers, collate_fn=_collate)
         if group_size is None:
             for batch in loader:
                 run(model, batch, total)
@@ -126,7 +134,7 @@ def make_panel_fn(
     def panel(model: nn.Module, step: int) -> dict[str, torch.Tensor]:
         core = _core(model)
         device = next(core.parameters()).device
-        x = sample[None].to(device)  # [1,C,D,H,W]
+        x = sample[None].to(device).float()  # [1,C,D,H,W]
         out = core(x, None if regions is None else regions[None].to(device))
         values = out.pred.shape[-1]
         recon = core.unpatchify(out.pred.float())

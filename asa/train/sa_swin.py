@@ -38,7 +38,7 @@ def make_sah_panel_fn(sample: torch.Tensor) -> Callable[[nn.Module, int], dict[s
     def panel(model: nn.Module, step: int) -> dict[str, torch.Tensor]:
         core = model.module if hasattr(model, "module") else model
         device = next(core.parameters()).device
-        x = sample[None].to(device).expand(2, *sample.shape)  # the contrastive term needs two volumes
+        x = sample[None].to(device).float().expand(2, *sample.shape)  # the contrastive term needs two volumes
         out = core(x)
         if out.reconstruction is None:
             return {}

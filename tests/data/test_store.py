@@ -202,24 +202,31 @@ def test_padded_indices_are_those_of_the_padded_mask():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("size", [24, 40])  # a crop inside the volume, and one larger than it (zero-padded)
-def test_pretrain_crops_from_the_store_equal_the_files(bids, tmp_path, dtype, size):
+@pytest.mark.parametrize("size, augment", [(24, True), (40, True), (40, False)])  # inside the volume, beyond it
+def test_pretrain_crops_from_the_store_equal_the_files(bids, tmp_path, dtype, size, augment):
+    from asa.train.data import move_to
+
     cases = discover("bids", bids)
     regions = RegionSource("cluster", k=3)
     build_store(cases, tmp_path / "s", preprocessor=_pre(regions=regions), channels=("t1",), dtype=dtype,
                 progress=False)
-    files = build_pretrain_dataset(cases, size=size, augment=True, regions=regions)
-    stored = build_pretrain_dataset(cases, size=size, augment=True, regions=regions, store=tmp_path / "s")
+    files = build_pretrain_dataset(cases, size=size, augment=augment, regions=regions)
+    stored = build_pretrain_dataset(cases, size=size, augment=augment, regions=regions, store=tmp_path / "s")
     for i in range(len(cases)):
         for seed in (0, 1):
             files.reseed(seed), stored.reseed(seed)
             a, b = files[i], stored[i]
             assert a.keys() == b.keys() and a["id"] == b["id"] and a["image"].shape == (1, size, size, size)
-            assert torch.equal(a["region"], b["region"]) and b["image"].dtype == torch.float32
+            assert torch.equal(a["region"], b["region"]) and a["image"].dtype == torch.float32
+            # with augmentation the image is float32 from the worker; without it, the store's precision
+            # until it reaches the device
+            assert b["image"].dtype == (torch.float32 if augment else getattr(torch, dtype))
+            image = move_to(b["image"], torch.device("cpu"))
+            assert image.dtype == torch.float32
             if dtype == "float32":
-                assert torch.equal(a["image"], b["image"])
+                assert torch.equal(a["image"], image)
             else:  # the storage precision: 11 significant bits
-                torch.testing.assert_close(b["image"], a["image"], rtol=2**-10, atol=2**-10)
+                torch.testing.assert_close(image, a["image"], rtol=2**-10, atol=2**-10)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
