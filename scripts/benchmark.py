@@ -13,8 +13,9 @@ Measures, alternating the compared models round by round so that load changes hi
    ``inference_speedup_vs_unetr``;
 5. peak memory of each (parameters + optimizer state + the peak rise during a step: process RSS
    on CPU, allocated memory on CUDA);
-6. batches/s of the real pretraining loader on demo data (cache warm) vs the batches/s the ASA
-   step consumes -> ``loader_headroom``;
+6. crops/s of the pretraining loader reading a store (2 workers, synthetic brain-size volumes,
+   page cache warm) over the samples/s the ASA step consumes on the device that ran it ->
+   ``loader_headroom`` (a CPU run gives the CPU's figure; the GPU's demand is measured on a GPU);
 7. with reduced precision, the ASA step in fp32 alongside -> ``bf16_speedup`` (fp32 step / bf16 step);
 8. ``asa.eval.predict_volume`` (the ``asa-predict`` path: window batch ``auto``, and with bf16 on a
    CPU the channels-last layout) of the preset's ``ASASegmenter`` over one whole case,
@@ -33,6 +34,12 @@ step with windowed SACA in the decoder / encoder (mirror-consistent masking) aga
 -> ``saca_decoder_overhead``, ``saca_encoder_overhead``; the fine-tune step of SA-Swin against
 MONAI's SwinUNETR of the same sizes -> ``sa_swin_vs_swin_unetr`` (step time ratios, 1 = no cost).
 
+``--loader`` measures the data path instead (`asa.bench.loader`): crops/s per worker at ``size``³
+from a store of ``--loader-volumes`` synthetic brains of ``--loader-shape`` against the
+``data.cache_dir`` path (MONAI ``PersistentDataset``), alternated round by round, page cache warm
+and cold (``posix_fadvise``); resident memory per worker; start-up to the first batch with an
+``--index-cases``-case store index.
+
 ``--amp`` picks the precision of every model alike, MONAI's references included, and of the
 reference matmul: ``auto`` is what ``trainer.amp=auto`` gives (fp16 + GradScaler on CUDA, bf16 on
 a CPU with native bf16 matmul, else fp32). Every figure is a median over timed repeats after warm-up.
@@ -46,6 +53,7 @@ Examples::
     python scripts/benchmark.py --amp bf16 --threads 2 --append-md        # bf16 on CPU (and fp32 alongside)
     python scripts/benchmark.py --symmetry --batch 1 --json sym.json      # SACA / SA-Swin step costs at 128³
     python scripts/benchmark.py --symmetry sa_swin --swin-feature-size 24   # only SA-Swin vs SwinUNETR
+    python scripts/benchmark.py --loader --json loader.json --append-md   # store vs cache_dir, 200 volumes
 """
 
 from __future__ import annotations
@@ -75,7 +83,8 @@ from torch import nn
 
 import asa
 from asa.bench.harness import Workload, alternate, matmul_workload, tensor_bytes
-from asa.bench.report import append_markdown, format_symmetry_table, format_table
+from asa.bench.loader import format_loader_table, run_loader_benchmark
+from asa.bench.report import append_loader_markdown, append_markdown, format_symmetry_table, format_table
 from asa.eval.inference import predict_volume
 from asa.losses import SegmentationLoss, patch_informativeness
 from asa.models import (ASA, PRESETS, ASASegmenter, LinearWindowAttention, RegionAttention, SASwin, patch_regions,
@@ -223,24 +232,23 @@ def case_workload(setup: Setup, model: ASASegmenter, case: torch.Tensor, sw_batc
     return Workload(name, run, static=lambda: tensor_bytes(model) + tensor_bytes(case))
 
 
-def loader_throughput(size: int, batch: int, device: torch.device, workers: int = 2) -> float:
-    """Batches/s of the pretraining pipeline (demo BIDS phantoms, preprocessing cache, augmentation,
-    ``asa.train`` loader with ``workers`` processes): one epoch fills the cache, the next is timed,
-    worker start-up included."""
-    from asa.data import build_pretrain_dataset, discover, write_demo_dataset
-    from asa.train.data import build_loader
+def loader_throughput(size: int, batch: int, workers: int = 2, volumes: int = 8) -> float:
+    """Crops/s of the pretraining loader reading a store (``data.store``): ``volumes`` synthetic
+    brains of 1.25 × 1.5 × 1.25 × ``size`` (160 × 192 × 160 at 128), brain-centred ``size``³ crops,
+    ``workers`` processes, page cache warm, timed from the first batch on (`asa.bench.loader`)."""
+    from asa.bench.loader import loader_epoch, write_synthetic_bids
+    from asa.data import build_pretrain_dataset, discover
+    from asa.data.preprocess import build_store
+    from asa.data.transforms import PretrainPreprocess
 
+    shape = (size * 5 // 4, size * 3 // 2, size * 5 // 4)
     with tempfile.TemporaryDirectory(prefix="asa-bench-") as tmp:
-        root = write_demo_dataset("bids", Path(tmp) / "bids", cases=max(8, batch), size=size, seed=0)
-        dataset = build_pretrain_dataset(discover("bids", root), size=size, cache_dir=Path(tmp) / "cache", augment=True)
-        loader, sampler, _, _ = build_loader(dataset, batch_size=batch, rank=0, world_size=1, seed=0,
-                                             num_workers=workers, pin_memory=device.type == "cuda")
-        for epoch in range(2):
-            sampler.set_position(epoch)
-            start = time.perf_counter()
-            batches = sum(1 for _ in loader)
-            elapsed = time.perf_counter() - start
-        return batches / elapsed
+        cases = discover("bids", write_synthetic_bids(Path(tmp) / "bids", volumes, shape), validate="none")
+        build_store(cases, Path(tmp) / "store", preprocessor=PretrainPreprocess(size), channels=("t1",),
+                    workers=workers, progress=False)
+        dataset = build_pretrain_dataset(cases * max(1, -(-4 * batch // volumes)), size=size, augment=False,
+                                         store=Path(tmp) / "store")
+        return loader_epoch(dataset, batch=batch, workers=workers)["crops_per_s"]
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -342,10 +350,9 @@ def run_benchmark(*, size: int, batch: int, preset: str, device: torch.device, s
     del models
 
     if loader:
-        say("pretraining loader on demo data (2 workers, cache warm)")
-        r["loader_batches_per_s"] = loader_throughput(size, batch, device)
-        r["train_batches_per_s"] = 1.0 / r["asa_step_s"]
-        r["loader_headroom"] = r["loader_batches_per_s"] * r["asa_step_s"]
+        say("pretraining loader from a store of synthetic brains (2 workers, page cache warm)")
+        r["loader_crops_per_s"] = loader_throughput(size, batch)
+        r["loader_headroom"] = r["loader_crops_per_s"] / r["asa_samples_per_s"]  # this machine's loader / its step
     r["unetr_note"] = UNETR_NOTE
     r["times"] = times
     return r
@@ -525,6 +532,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--symmetry", nargs="?", const="all", choices=("all", "saca", "sa_swin"),
                    help="measure SACA in ASA (saca none/decoder/encoder) and/or SA-Swin vs SwinUNETR instead")
     p.add_argument("--swin-feature-size", type=int, default=48, help="SwinUNETR / SA-Swin feature size (default 48)")
+    g = p.add_argument_group("--loader: the data path (crops of --size³, loader batch --batch)")
+    g.add_argument("--loader", action="store_true", help="measure the store loader against the cache_dir path instead")
+    g.add_argument("--loader-volumes", type=int, default=200, help="synthetic volumes (default 200)")
+    g.add_argument("--loader-shape", type=int, nargs=3, default=[160, 192, 160], metavar=("X", "Y", "Z"),
+                   help="their shape at 1 mm (default 160 192 160)")
+    g.add_argument("--loader-workers", type=int, default=1, help="DataLoader workers timed (default 1: per worker)")
+    g.add_argument("--loader-rounds", type=int, default=2, help="alternated rounds per path and mode (default 2)")
+    g.add_argument("--index-cases", type=int, default=12000,
+                   help="cases of the store index whose start-up is timed (default 12000; 0: skip)")
+    g.add_argument("--no-cold", action="store_true", help="only the warm page cache")
+    g.add_argument("--store-dtype", default="float16", choices=("float16", "float32"))
+    g.add_argument("--tmp", type=Path, help="folder for the synthetic data (default: the system's temporary folder)")
     return p.parse_args(argv)
 
 
@@ -538,6 +557,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[bench] warning: 1-min load average is {load_start:.2f} before the start; other processes "
               "competing for the cores slow many-small-op models most", file=sys.stderr)
     start = time.perf_counter()
+    if args.loader:
+        results = run_loader_benchmark(volumes=args.loader_volumes, shape=args.loader_shape, size=args.size,
+                                       batch=args.batch, workers=args.loader_workers, rounds=args.loader_rounds,
+                                       index_cases=args.index_cases, cold=not args.no_cold, dtype=args.store_dtype,
+                                       tmp=args.tmp, log=lambda m: print(f"[bench {time.perf_counter() - start:5.0f} s] {m}"))
+        results = {**describe(torch.device("cpu"), sys.argv[1:] if argv is None else argv), "cpus": os.cpu_count(),
+                   "load_avg_start": load_start, **results, "load_avg_end": os.getloadavg()[0],
+                   "wall_s": time.perf_counter() - start}
+        print(format_loader_table(results))
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"[bench] wrote {args.json}")
+        if args.append_md is not None:
+            print(f"[bench] appended a row to {append_loader_markdown(results, args.append_md)}")
+        return 0
     if args.region_attention:
         results = run_region_attention_benchmark(size=args.size, batch=args.batch, preset=args.preset, device=device,
                                                  steps=args.steps, warmup=args.warmup, seed=args.seed, amp=args.amp)

@@ -60,8 +60,8 @@ def format_table(r: dict[str, Any]) -> str:
                   f"{r['case_inference_contiguous_s']:.1f} s, {r['case_inference_contiguous_peak_mib']:.0f} MiB", "")]
     if "loader_headroom" in r:
         rows += [
-            ("loader / training batches/s", f"{r['loader_batches_per_s']:.2f} / {r['train_batches_per_s']:.3f}", ""),
-            ("loader_headroom", f"{r['loader_headroom']:.1f}", verdict("loader_headroom", r["loader_headroom"])),
+            ("store loader crops/s (2 workers) / step samples/s", f"{r['loader_crops_per_s']:.1f} / {r['asa_samples_per_s']:.3f}", ""),
+            ("loader_headroom (this device)", f"{r['loader_headroom']:.1f}", verdict("loader_headroom", r["loader_headroom"])),
         ]
     head = (f"asa benchmark: {r['size']}³, batch {r['batch']}, preset {r['preset']}, {r['device_name']}, "
             f"precision {r['amp']}, {r['threads']} threads, torch {r['torch_version']}, {r['steps']} timed / {r['warmup']} warm-up")
@@ -88,7 +88,7 @@ fp16 autocast + GradScaler on CUDA); the device column gives the CPU thread coun
 | FT vs UNETR | `finetune_speedup_vs_unetr`: UNETR / ASASegmenter fine-tune step (fwd + bwd + SGD, Dice + BCE, 4 → 3 channels); UNETR's ViT is fixed at 16³ patches and 12 layers | ≥ 1 |
 | inf vs UNETR | `inference_speedup_vs_unetr`: Gaussian sliding-window inference (overlap 0.5) over a (1.5·size)³ volume | ≥ 1 |
 | peak GiB | pretrain peak memory ASA / MONAI MAE: parameters + optimizer state + peak rise during a step (CPU: RSS; CUDA: allocated) | ≤ 30 on GPU at batch 24 |
-| loader | `loader_headroom`: batches/s of the pretraining loader (demo data, cache warm, 2 workers) × ASA step s | ≥ 2 |
+| loader | `loader_headroom`: crops/s of the pretraining loader reading a store (2 workers, synthetic 1.25 × 1.5 × 1.25 × size volumes, page cache warm) / samples/s of the ASA step, both on the machine of the row (a CPU row is the CPU's own ratio; for a GPU see "Data loader" below). Rows before 2026-11-23: batches/s of the demo `cache_dir` loader × step s | ≥ 2 |
 | bf16× | `bf16_speedup`: ASA fp32 step / ASA bf16 step, timed alternately in the bf16 run | ≥ 1.7 |
 | case s | `case_inference_s`: `asa.eval.predict_volume` (the `asa-predict` path: Gaussian windows of size³, overlap 0.5, window batch `auto` (rows before 2026-11-22: window batch = batch), channels-last with bf16 on a CPU) of the preset's `ASASegmenter` over one 4 × 240 × 240 × 155 case | ≤ 45 |
 | load | 1-min load average when the run started: other processes on the machine (above ~0.5 on a 2-core CPU every threaded op waits for the competing process, and the figures are pessimistic) | |
@@ -149,3 +149,55 @@ def format_symmetry_table(r: dict[str, Any]) -> str:
             f"precision {r['amp']}, {r['threads']} threads, {r['steps']} timed / {r['warmup']} warm-up")
     width = max(len(name) for name, _ in rows)
     return "\n".join([head] + [f"  {name:<{width}}  {value}" for name, value in rows])
+
+
+LOADER_HEADER = "| date | device | cpus | load | volumes | crop | batch | workers |"
+LOADER_SECTION = """\
+## Data loader
+
+`scripts/benchmark.py --loader` (one row per run): the pretraining loader (brain-centred crops,
+no augmentation, `asa.train` loader) over synthetic brains (int16 smooth random texture in an
+ellipsoid, zero outside, uncompressed NIfTI), read from a store (`asa-preprocess`, fp16 unless
+stated) and through `data.cache_dir` (MONAI `PersistentDataset`: fp32 crops, pickled), alternated
+round by round. crops/s per worker are timed from the first batch on; warm: the files read once
+before the round; cold: evicted with `posix_fadvise(DONTNEED)` before it. Worker memory: RSS, in
+brackets USS (the pages only that worker holds). Start-up: reading a store index of that many
+cases, listing the data root and comparing sizes/mtimes, building the dataset and loader, and the
+first batch (2 workers). On a machine shared with other jobs the `load` column (1-min load
+average at the start; ideal ≤ CPUs) says how much of the CPU the loader got.
+
+| date | device | cpus | load | volumes | crop | batch | workers | store crops/s/worker warm (cold) | cache_dir warm (cold) | store / cache warm | worker MiB RSS (USS) store / cache | GiB on disk store / cache | start-up s (index cases) | command |
+| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | --- |
+"""
+
+
+def loader_markdown_row(r: dict[str, Any]) -> str:
+    cold = "store_cold_crops_per_s_per_worker" in r
+    store = f"{r['store_warm_crops_per_s_per_worker']:.1f}" + (f" ({r['store_cold_crops_per_s_per_worker']:.1f})" if cold else "")
+    cache = f"{r['cache_warm_crops_per_s_per_worker']:.1f}" + (f" ({r['cache_cold_crops_per_s_per_worker']:.1f})" if cold else "")
+    cells = [
+        r["date"][:10], r["device_name"], str(r.get("cpus", "")), f"{r['load_avg_start']:.1f}",
+        f"{r['volumes']} × {'×'.join(map(str, r['volume_shape']))}", f"{r['crop']}³", str(r["batch"]), str(r["workers"]),
+        store, cache, f"{r['store_vs_cache_warm']:.2f}",
+        f"{r['store_warm_worker_rss_mib']:.0f} ({r['store_warm_worker_uss_mib']:.0f}) / "
+        f"{r['cache_warm_worker_rss_mib']:.0f} ({r['cache_warm_worker_uss_mib']:.0f})",
+        f"{r['store_bytes'] / 2**30:.2f} ({r['store_dtype']}) / {r['cache_bytes'] / 2**30:.2f}",
+        f"{r['startup_s']:.1f} ({r['index_cases']})" if "startup_s" in r else "-",
+        f"`{r['command']}`",
+    ]
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def append_loader_markdown(r: dict[str, Any], path: Path) -> Path:
+    """Add a ``--loader`` run's row below the last row of the "Data loader" table (the section is
+    added at the end of the file first when it has none). The file is replaced atomically."""
+    text = path.read_text() if path.is_file() else MD_HEADER
+    if LOADER_HEADER not in text:
+        text = text.rstrip("\n") + "\n\n" + LOADER_SECTION
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith(LOADER_HEADER))
+    end = header + 2
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    lines.insert(end, loader_markdown_row(r))
+    return atomic_write_text(path, "\n".join(lines) + "\n")

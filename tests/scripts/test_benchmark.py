@@ -32,7 +32,7 @@ POSITIVE = [
     "asa_inference_s", "unetr_inference_s", "inference_speedup_vs_unetr",
     "asa_pretrain_peak_mib", "monai_mae_peak_mib", "asa_finetune_peak_mib", "unetr_finetune_peak_mib",
     "asa_inference_peak_mib", "unetr_inference_peak_mib",
-    "loader_batches_per_s", "train_batches_per_s", "loader_headroom",
+    "loader_crops_per_s", "loader_headroom",
     "asa_fp32_step_s", "bf16_speedup", "case_inference_s", "case_inference_peak_mib",
     "case_inference_contiguous_s", "case_inference_contiguous_peak_mib",
 ]
@@ -45,7 +45,7 @@ def tiny_run(tmp_path_factory):
     md = out / "BENCHMARKS.md"
     assert benchmark.main([*TINY, "--device", "cpu", "--json", str(out / "b.json"), "--append-md", str(md)]) == 0
     r = json.loads((out / "b.json").read_text())
-    no_loader = {k: v for k, v in r.items() if not k.startswith(("loader_", "train_batches", "bf16", "case_"))}
+    no_loader = {k: v for k, v in r.items() if not k.startswith(("loader_", "bf16", "case_"))}
     benchmark.append_markdown(no_loader, md)  # a second run, as --skip-loader leaves it
     return r, md
 
@@ -72,7 +72,7 @@ def test_ratios_are_those_of_the_recorded_times(tiny_run):
     assert r["finetune_speedup_vs_unetr"] == pytest.approx(r["unetr_finetune_step_s"] / r["asa_finetune_step_s"])
     assert r["inference_speedup_vs_unetr"] == pytest.approx(r["unetr_inference_s"] / r["asa_inference_s"])
     assert r["ar_weights_fraction"] == pytest.approx(r["ar_weights_s"] / r["asa_step_s"])
-    assert r["loader_headroom"] == pytest.approx(r["loader_batches_per_s"] * r["asa_step_s"])
+    assert r["loader_headroom"] == pytest.approx(r["loader_crops_per_s"] / r["asa_samples_per_s"])
     assert r["bf16_speedup"] == pytest.approx(r["asa_fp32_step_s"] / r["asa_step_s"])
     assert r["asa_fp32_step_s"] == r["times"]["asa_fp32"][0]
     assert r["flop_utilization"] == pytest.approx(r["asa_step_flops"] / r["asa_step_s"] / r["matmul_flops_per_s"])
@@ -147,3 +147,32 @@ def test_symmetry_mode_ratios_are_those_of_the_recorded_times(tmp_path):
     assert r["sa_swin_vs_swin_unetr"] == pytest.approx(t["sa_swin_finetune"][0] / t["swin_unetr_finetune"][0])
     with pytest.raises(SystemExit, match="append-md"):
         benchmark.main([*args, "--append-md", str(tmp_path / "B.md")])
+
+
+LOADER_KEYS = [f"{p}_{m}_{k}" for p in ("store", "cache") for m in ("warm", "cold")
+               for k in ("crops_per_s_per_worker", "first_batch_s", "worker_rss_mib", "worker_uss_mib")]
+
+
+def test_loader_mode_tiny(tmp_path):
+    """--loader on tiny volumes (seconds): every figure positive, the ratios those of the figures, the
+    row in its own table below the results table's sections."""
+    md = tmp_path / "B.md"
+    md.write_text("# Benchmarks\n\n| date | device |\n| --- | --- |\n\n## Other section\n\ntext\n")
+    args = ["--loader", "--loader-volumes", "4", "--loader-shape", "20", "24", "20", "--size", "16", "--batch", "2",
+            "--loader-rounds", "1", "--index-cases", "40", "--json", str(tmp_path / "l.json"), "--append-md", str(md)]
+    assert benchmark.main(args) == 0
+    r = json.loads((tmp_path / "l.json").read_text())
+    for key in [*LOADER_KEYS, "store_bytes", "cache_bytes", "startup_s", "open_index_s", "first_batch_s",
+                "startup_worker_rss_mib", "store_vs_cache_warm", "store_vs_cache_cold"]:
+        assert isinstance(r[key], (int, float)) and math.isfinite(r[key]) and r[key] > 0, key
+    assert r["store_vs_cache_warm"] == pytest.approx(
+        r["store_warm_crops_per_s_per_worker"] / r["cache_warm_crops_per_s_per_worker"])
+    assert r["index_cases"] == 40 and r["volumes"] == 4 and r["volume_shape"] == [20, 24, 20] and r["crop"] == 16
+    assert r["startup_s"] == pytest.approx(r["open_index_s"] + r["find_and_compare_s"] + r["dataset_s"]
+                                           + r["first_batch_s"])
+    benchmark.main([*args[:-2], "--no-cold", "--append-md", str(md)])  # a second row, warm only
+    text = md.read_text()
+    assert text.count("## Data loader") == 1
+    rows = [line for line in text.split("## Data loader")[1].splitlines() if line.startswith("| 20")]
+    assert len(rows) == 2 and "(" in rows[0].split("|")[9] and "(" not in rows[1].split("|")[9]
+    assert rows[0].split("|")[5].strip() == "4 × 20×24×20"

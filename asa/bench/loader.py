@@ -1,0 +1,295 @@
+"""Data-loader measurements: crops/s per worker from a store (`asa.data.store`) against the
+preprocessing cache (``data.cache_dir``: MONAI ``PersistentDataset``), page cache warm and cold;
+resident memory per worker; start-up to the first batch with a large store index.
+
+Volumes are synthetic brains of a given shape (an ellipsoid of smooth random texture, zero
+outside, stored as uncompressed int16 NIfTI in a BIDS layout), made quickly from two smooth fields
+shifted per volume. Both paths run the same pretraining pipeline (brain-centred crop, no
+augmentation) through the training loader (`asa.train.data.build_loader`).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+MIB = 2**20
+
+
+# --- synthetic data ------------------------------------------------------------------------------
+def _smooth_field(shape: Sequence[int], rng: np.random.Generator, coarse: int = 8) -> np.ndarray:
+    from scipy.ndimage import zoom
+
+    low = rng.standard_normal([int(s) // coarse + 2 for s in shape]).astype(np.float32)
+    field = zoom(low, coarse, order=1)
+    return np.ascontiguousarray(field[tuple(slice(0, int(s)) for s in shape)])
+
+
+def write_synthetic_bids(root: str | os.PathLike, volumes: int, shape: Sequence[int], seed: int = 0) -> Path:
+    """``volumes`` brain-like int16 scans of ``shape`` (1 mm) as ``sub-XXXXX/anat/*_T1w.nii``."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(s) for s in shape)
+    fields = [_smooth_field(shape, rng), _smooth_field(shape, rng)]
+    axes = [np.arange(n, dtype=np.float32) for n in shape]
+    root = Path(root)
+    for i in range(volumes):
+        a, b = rng.uniform(0.5, 1.5, size=2)
+        texture = a * np.roll(fields[0], tuple(rng.integers(0, shape)), axis=(0, 1, 2))
+        texture += b * np.roll(fields[1], tuple(rng.integers(0, shape)), axis=(0, 1, 2))
+        centre = np.array(shape) / 2 + rng.uniform(-3, 3, size=3)
+        radii = np.array(shape) * rng.uniform(0.38, 0.44, size=3)
+        r2 = sum(((ax - c) / r).reshape([-1 if k == j else 1 for k in range(3)]) ** 2
+                 for j, (ax, c, r) in enumerate(zip(axes, centre, radii)))
+        image = np.where(r2 <= 1, np.clip(1000 + 250 * texture, 1, 4000), 0).astype(np.int16)
+        folder = root / f"sub-{i:05d}" / "anat"
+        folder.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(image, np.diag([1.0, 1.0, 1.0, 1.0])), str(folder / f"sub-{i:05d}_T1w.nii"))
+    return root
+
+
+# --- page cache and process memory -----------------------------------------------------------------
+def files_under(folder: str | os.PathLike, suffixes: Sequence[str]) -> list[Path]:
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name.endswith(tuple(suffixes)))
+
+
+def evict(paths: Sequence[Path]) -> None:
+    """Drop these files from the page cache (written back first), without root: the next read is cold."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def warm(paths: Sequence[Path]) -> int:
+    """Read these files once (into the page cache); returns their bytes."""
+    total = 0
+    for p in paths:
+        with open(p, "rb") as fh:
+            while block := fh.read(1 << 22):
+                total += len(block)
+    return total
+
+
+def _status(pid: int) -> dict[str, int]:
+    """Rss, Pss and USS (Private_Clean + Private_Dirty: what the process alone holds) in bytes."""
+    out = {"USS": 0}
+    with open(f"/proc/{pid}/smaps_rollup") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("Rss", "Pss", "Pss_File", "Pss_Anon"):
+                out[key] = int(value.split()[0]) * 1024
+            elif key in ("Private_Clean", "Private_Dirty"):
+                out["USS"] += int(value.split()[0]) * 1024
+    return out
+
+
+def child_memory() -> list[dict[str, int]]:
+    """Resident memory of this process's children (DataLoader workers): Rss (everything mapped in,
+    shared pages included: the parent's libraries after fork, the store's pages of the page
+    cache), Pss (shared pages divided among their users) and USS (pages only that worker holds)."""
+    pid, out = os.getpid(), []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            children = Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                out.append(_status(int(child)))
+            except OSError:
+                pass
+    return out
+
+
+# --- timing --------------------------------------------------------------------------------------
+def loader_epoch(dataset: Any, *, batch: int, workers: int, seed: int = 0) -> dict[str, Any]:
+    """One epoch of the training loader: crops/s from the first batch on (worker start-up and the
+    first batch excluded), the time to the first batch, and the workers' memory before the last batch."""
+    from asa.train.data import build_loader
+
+    loader, sampler, _, _ = build_loader(dataset, batch_size=batch, rank=0, world_size=1, seed=seed,
+                                         num_workers=workers)
+    n = len(loader)
+    if n < 2:
+        raise ValueError(f"need at least 2 batches of {batch} to time a loader, got {len(dataset)} samples")
+    start = time.perf_counter()
+    memory: list[dict[str, int]] = []
+    first = 0.0
+    for i, _ in enumerate(loader):
+        if i == 0:
+            first = time.perf_counter()
+        if i == n - 2 and workers > 0:
+            memory = child_memory()
+    end = time.perf_counter()
+    return {"crops_per_s": (n - 1) * batch / (end - first), "first_batch_s": first - start, "memory": memory}
+
+
+def _median_memory(memory: list[dict[str, int]], key: str) -> float:
+    values = [m.get(key, 0) for m in memory]
+    return statistics.median(values) / MIB if values else float("nan")
+
+
+def compare_store_and_cache(tmp: Path, *, volumes: int, shape: Sequence[int], size: int, batch: int, workers: int,
+                            rounds: int, preprocess_workers: int, cold: bool, dtype: str = "float16",
+                            log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Crops/s per worker of the store path and of the ``cache_dir`` path side by side (alternated
+    round by round), page cache warm (and cold), plus what building each cost."""
+    from asa.data import build_pretrain_dataset, discover
+    from asa.data.preprocess import build_store
+    from asa.data.transforms import PretrainPreprocess
+
+    r: dict[str, Any] = {"volumes": volumes, "volume_shape": list(shape), "crop": size, "batch": batch,
+                         "workers": workers, "store_dtype": dtype}
+    t0 = time.perf_counter()
+    root = write_synthetic_bids(tmp / "bids", volumes, shape)
+    r["synthetic_s"] = time.perf_counter() - t0
+    cases = discover("bids", root, validate="none")
+    log(f"{volumes} synthetic volumes of {'×'.join(map(str, shape))} written in {r['synthetic_s']:.0f} s; "
+        f"preprocessing into a store ({preprocess_workers} processes)")
+    t0 = time.perf_counter()
+    report = build_store(cases, tmp / "store", preprocessor=PretrainPreprocess(size), channels=("t1",), dtype=dtype,
+                         workers=preprocess_workers, progress=False)
+    r["store_build_s"] = time.perf_counter() - t0
+    r["store_bytes"] = report.bytes
+    datasets = {
+        "store": build_pretrain_dataset(cases, size=size, augment=False, store=tmp / "store"),
+        "cache": build_pretrain_dataset(cases, size=size, augment=False, cache_dir=tmp / "cache"),
+    }
+    log(f"store: {report.bytes / 2**30:.2f} GiB in {r['store_build_s']:.0f} s; filling the cache_dir path "
+        f"({preprocess_workers} loader workers)")
+    t0 = time.perf_counter()
+    loader_epoch(datasets["cache"], batch=1, workers=preprocess_workers)  # the first epoch writes the cache
+    r["cache_build_s"] = time.perf_counter() - t0
+    files = {"store": files_under(tmp / "store" / "cases", (".npy",)), "cache": files_under(tmp / "cache", (".pt",))}
+    r["cache_bytes"] = sum(p.stat().st_size for p in files["cache"])
+    modes = ("warm", "cold") if cold else ("warm",)
+    results: dict[str, list[dict[str, Any]]] = {f"{p}_{m}": [] for p in datasets for m in modes}
+    for rnd in range(rounds):
+        for mode in modes:
+            for path, ds in datasets.items():
+                evict(files[path]) if mode == "cold" else warm(files[path])
+                out = loader_epoch(ds, batch=batch, workers=workers, seed=rnd)
+                results[f"{path}_{mode}"].append(out)
+                log(f"round {rnd + 1}/{rounds} {path:5s} {mode}: {out['crops_per_s'] / max(workers, 1):.1f} crops/s "
+                    f"per worker, first batch {out['first_batch_s']:.2f} s")
+    per = max(workers, 1)
+    for key, runs in results.items():
+        r[f"{key}_crops_per_s_per_worker"] = statistics.median(o["crops_per_s"] for o in runs) / per
+        r[f"{key}_first_batch_s"] = statistics.median(o["first_batch_s"] for o in runs)
+        memory = [m for o in runs for m in o["memory"]]
+        r[f"{key}_worker_rss_mib"] = _median_memory(memory, "Rss")
+        r[f"{key}_worker_uss_mib"] = _median_memory(memory, "USS")
+    r["store_vs_cache_warm"] = r["store_warm_crops_per_s_per_worker"] / r["cache_warm_crops_per_s_per_worker"]
+    if cold:
+        r["store_vs_cache_cold"] = r["store_cold_crops_per_s_per_worker"] / r["cache_cold_crops_per_s_per_worker"]
+    return r
+
+
+def startup_with_index(tmp: Path, *, cases: int, size: int = 16, batch: int = 4, workers: int = 2,
+                       log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Start-up of a run from a store of ``cases`` cases, to its first batch: reading the index,
+    finding the data root's files and comparing their sizes/mtimes with it, building the dataset and
+    the loader, and the first batch. The cases are stubs (empty scan files, one shared tiny array
+    pair): only the index and the file listing grow with ``cases``, as they do at scale."""
+    from asa.data import build_pretrain_dataset, discover
+    from asa.data.store import CASES, FORMAT, INDEX, SETTINGS, VERSION, case_file_stamps, open_store, store_settings
+    from asa.data.transforms import PretrainPreprocess
+    from asa.io import atomic_write_json
+
+    root, store = tmp / "bids_index", tmp / "store_index"
+    (store / CASES).mkdir(parents=True, exist_ok=True)
+    image = np.zeros((1, size, size, size), np.float16)
+    image[:, 2:-2, 2:-2, 2:-2] = 1
+    np.save(store / CASES / "shared.image.npy", image)
+    np.save(store / CASES / "shared.brain.npy", (image[0] != 0).astype(np.uint8))
+    t0 = time.perf_counter()
+    for i in range(cases):
+        folder = root / f"sub-{i:05d}" / "anat"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"sub-{i:05d}_T1w.nii.gz").write_bytes(b"")
+    found = discover("bids", root, validate="none")
+    settings = store_settings(PretrainPreprocess(size).settings(), channels=("t1",), dtype="float16")
+    template = {"checks": "full", "shape": [size] * 3, "channels": 1, "spacing": [1.0] * 3,
+                "affine": np.eye(4).tolist(), "centre": [(size - 1) / 2] * 3, "box": [[0, 0, 0], [size] * 3],
+                "arrays": {"image": "shared.image.npy", "brain": "shared.brain.npy"},
+                "dtypes": {"image": "float16", "brain": "uint8"}, "fg_voxels": None, "bytes": int(image.nbytes * 1.5)}
+    records = {c.id: {"id": c.id, "case": c.to_dict(), "files": case_file_stamps(c), **template} for c in found}
+    atomic_write_json(store / SETTINGS, settings)
+    atomic_write_json(store / INDEX, {"format": FORMAT, "version": VERSION, "settings": settings, "root": str(root),
+                                      "layout": "bids", "cases": records, "skipped": []})
+    r: dict[str, Any] = {"index_cases": cases, "index_mib": (store / INDEX).stat().st_size / MIB,
+                         "index_setup_s": time.perf_counter() - t0}
+    log(f"a {cases}-case store index ({r['index_mib']:.1f} MiB) written in {r['index_setup_s']:.0f} s; timing the start-up")
+    steps = {}
+    t = time.perf_counter()
+    opened = open_store(store)
+    steps["open_index_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    kept, _ = opened.cases(discover("bids", root, validate="none"))
+    steps["find_and_compare_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    dataset = build_pretrain_dataset(kept, size=size, augment=False, store=opened)
+    steps["dataset_s"] = time.perf_counter() - t
+    from asa.train.data import build_loader
+
+    t = time.perf_counter()
+    loader, _, _, _ = build_loader(dataset, batch_size=batch, rank=0, world_size=1, seed=0, num_workers=workers)
+    it = iter(loader)
+    next(it)
+    steps["first_batch_s"] = time.perf_counter() - t
+    memory = child_memory()
+    del it
+    r.update(steps)
+    r["startup_s"] = sum(steps.values())
+    r["startup_workers"] = workers
+    r["startup_worker_rss_mib"] = _median_memory(memory, "Rss")
+    r["startup_worker_uss_mib"] = _median_memory(memory, "USS")
+    return r
+
+
+def run_loader_benchmark(*, volumes: int, shape: Sequence[int], size: int, batch: int, workers: int, rounds: int,
+                         index_cases: int, preprocess_workers: int = 2, cold: bool = True, dtype: str = "float16",
+                         tmp: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """`compare_store_and_cache` and `startup_with_index` in a temporary folder (removed after)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="asa-loader-", dir=tmp) as folder:
+        r = compare_store_and_cache(Path(folder), volumes=volumes, shape=shape, size=size, batch=batch,
+                                    workers=workers, rounds=rounds, preprocess_workers=preprocess_workers, cold=cold,
+                                    dtype=dtype, log=log)
+        if index_cases > 0:
+            r.update(startup_with_index(Path(folder), cases=index_cases, log=log))
+    return r
+
+
+def format_loader_table(r: dict[str, Any]) -> str:
+    """The summary printed at the end of a ``--loader`` run."""
+    modes = ["warm"] + (["cold"] if "store_cold_crops_per_s_per_worker" in r else [])
+    shape = "×".join(map(str, r["volume_shape"]))
+    lines = [f"asa loader benchmark: {r['volumes']} synthetic volumes of {shape}, crops {r['crop']}³, batch "
+             f"{r['batch']}, {r['workers']} loader worker(s), store {r['store_dtype']}, {r.get('device_name', '')}"]
+    for mode in modes:
+        lines.append(f"  crops/s per worker, page cache {mode}: store {r[f'store_{mode}_crops_per_s_per_worker']:.1f}"
+                     f" / cache_dir {r[f'cache_{mode}_crops_per_s_per_worker']:.1f} "
+                     f"({r[f'store_vs_cache_{mode}']:.2f}×)")
+    lines.append(f"  worker memory MiB, warm, RSS (USS: its own pages): store {r['store_warm_worker_rss_mib']:.0f} "
+                 f"({r['store_warm_worker_uss_mib']:.0f}) / cache_dir {r['cache_warm_worker_rss_mib']:.0f} "
+                 f"({r['cache_warm_worker_uss_mib']:.0f})")
+    lines.append(f"  on disk: store {r['store_bytes'] / 2**30:.2f} GiB (built in {r['store_build_s']:.0f} s) / "
+                 f"cache_dir {r['cache_bytes'] / 2**30:.2f} GiB (filled in {r['cache_build_s']:.0f} s)")
+    if "startup_s" in r:
+        lines.append(f"  start-up to the first batch, {r['index_cases']}-case index: {r['startup_s']:.1f} s (index "
+                     f"{r['open_index_s']:.2f}, files {r['find_and_compare_s']:.2f}, dataset {r['dataset_s']:.2f}, "
+                     f"first batch {r['first_batch_s']:.2f}); worker RSS {r['startup_worker_rss_mib']:.0f} MiB "
+                     f"(USS {r['startup_worker_uss_mib']:.0f})")
+    return "\n".join(lines)
