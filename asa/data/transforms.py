@@ -153,15 +153,17 @@ def crop_at(image: np.ndarray, start: Sequence[int], size: Sequence[int], value:
     """Window of ``size`` starting at voxel ``start`` (may be negative) from image [C, X, Y, Z], filled
     with ``value`` where it leaves the volume. Only the window is read, so ``image`` may be a
     memory-mapped array."""
-    out = np.full((image.shape[0], *size), value, dtype=image.dtype)
     src, dst = [], []
     for ax, (n, start) in enumerate(zip(size, start)):
         start = int(start)
         lo, hi = max(start, 0), min(start + n, image.shape[ax + 1])
         if hi <= lo:
-            return out
+            return np.full((image.shape[0], *size), value, dtype=image.dtype)
         src.append(slice(lo, hi))
         dst.append(slice(lo - start, hi - start))
+    shape = (image.shape[0], *size)
+    inside = all(d.start == 0 and d.stop == n for d, n in zip(dst, size))  # no fill needed
+    out = np.empty(shape, dtype=image.dtype) if inside else np.full(shape, value, dtype=image.dtype)
     out[(slice(None), *dst)] = image[(slice(None), *src)]
     return out
 
