@@ -122,7 +122,7 @@ def format_plan(plan: Plan, profile: DeviceProfile, *, volumes: int, epochs: int
         f"{profile.crops_per_worker:.1f} crops/s per loader worker"
         + (f" ({profile.cold_crops_per_worker:.1f} cold)" if profile.cold_crops_per_worker else ""),
         f"  wall time            {_duration(plan.wall_s)}",
-        f"  GPU-hours            {plan.gpu_hours:.0f}",
+        f"  GPU-hours            {plan.gpu_hours:.1f}",
         f"  store on disk        {plan.store_bytes / GIB:.1f} GiB",
         f"  page cache wanted    {plan.page_cache_bytes / GIB:.1f} GiB per node (the whole store)",
         f"  loader workers       {plan.workers_needed_per_gpu} per GPU to keep up "

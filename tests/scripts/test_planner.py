@@ -78,7 +78,7 @@ def test_console_script_prints_the_plan(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     # 800.8 samples/s estimated, 8 · 60 = 480 crops/s per GPU: 400 · 124 · 24 / 480 s = 0.69 h
-    assert "wall time            0.69 h (41 min)" in out and "GPU-hours            3" in out
+    assert "wall time            0.69 h (41 min)" in out and "GPU-hours            2.8" in out
     assert "limited by           loader workers" in out and "14 per GPU" in out
     assert "store on disk        122.3 GiB" in out and "estimate: 989 TFLOP/s" in out
     assert main(["--volumes", "10", "--epochs", "1", "--batch", "2"]) == 2
