@@ -11,6 +11,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from asa.api.common import _check_workers, dataset_root, region_source
 from asa.api.schema import PretrainDataConfig, PreprocessConfig, SegmentationDataConfig, as_config
+from asa.train.distributed import DistEnv
 
 __all__ = ["preprocess", "data_kind"]
 
@@ -48,7 +49,8 @@ def preprocess(config: PreprocessConfig | DictConfig):
     if data.get("store") is None:
         raise ValueError(f"{APP}: data.store is required: the store folder to write")
     store = Path(str(data.store)).expanduser()
-    regions = region_source(data, [])
+    # no option here consumes region maps, so source=auto stores none; name cluster or file to store them
+    regions = region_source(data, [], network=None, env=DistEnv())
     root, layout = dataset_root(data)
     if kind == "segmentation":
         task = get_task(str(data.task), root=root)
