@@ -1,9 +1,11 @@
-"""Bottom-layer file I/O shared by every stage: atomic writes, checkpoint files and NIfTI file names (imports nothing of asa)."""
+"""Bottom-layer file I/O shared by every stage: atomic writes, checkpoint files, safetensors encoder exports and NIfTI file names (imports nothing of asa)."""
 
 from __future__ import annotations
 
 from asa.io.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, default_file_mode
 from asa.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from asa.io.portable import (SAFETENSORS_SUFFIX, load_export_safetensors, load_weights,
+                             save_export_safetensors)
 from asa.io.nifti import (NIFTI_SUFFIXES, PREDICTION_SUFFIX, find_nifti, is_nifti, nifti_suffix, prediction_path,
                           probabilities_path, strip_nifti)
 
@@ -12,4 +14,5 @@ __all__ = [
     "default_file_mode", "load_checkpoint", "save_checkpoint",
     "NIFTI_SUFFIXES", "PREDICTION_SUFFIX", "find_nifti", "is_nifti", "nifti_suffix", "prediction_path",
     "probabilities_path", "strip_nifti",
+    "SAFETENSORS_SUFFIX", "load_export_safetensors", "load_weights", "save_export_safetensors",
 ]

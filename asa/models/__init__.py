@@ -6,6 +6,7 @@ from asa.models.encoder import SWViTEncoder
 from asa.models.layout import channels_last_inference
 from asa.models.mae import ASA, MAEOutput
 from asa.models.patch import PatchEmbed, patch_grid, patchify, unpatchify
+from asa.models.portable import ENCODER_MODULES, VolumeEncoder, export_for_monai, load_encoder
 from asa.models.position import brain_frame_encoding, position_index, symmetric_position_encoding
 from asa.models.sa_swin import SASwin, SymmetryAwareLayer
 from asa.models.sa_swin_pretrain import SAHOutput, SymmetryAwareHead
@@ -18,6 +19,7 @@ from asa.models.zoo import ARCHITECTURES, NETWORKS, build_from_config, build_net
 
 __all__ = [
     "ARCHITECTURES",
+    "ENCODER_MODULES",
     "ASA",
     "ASASegmenter",
     "LoadReport",
@@ -33,6 +35,7 @@ __all__ = [
     "SWBlock",
     "SWViT",
     "SWViTEncoder",
+    "VolumeEncoder",
     "brain_frame_encoding",
     "SymmetryAwareHead",
     "SymmetryAwareLayer",
@@ -42,6 +45,8 @@ __all__ = [
     "build_from_config",
     "build_network",
     "compile_blocks",
+    "export_for_monai",
+    "load_encoder",
     "build_segmentation_network",
     "channels_last_inference",
     "network_spec",

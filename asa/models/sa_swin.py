@@ -133,13 +133,14 @@ class SASwin(SwinUNETR):
         self, path: str | Path, *, checkpoint: dict | None = None, verbose: bool = True
     ) -> LoadReport:
         """Initialise the SwinViT from an SA-Swin pretraining checkpoint (``{"model": ...}``, DDP
-        prefixes allowed) or its encoder export (``{"encoder": {"swinViT.*": ...}}``); the 1-channel
+        prefixes allowed) or its encoder export (``{"encoder": {"swinViT.*": ...}}``, ``encoder.pt`` or
+        ``encoder.safetensors``, `asa.io.load_weights`); the 1-channel
         stem is adapted to k channels; a shape mismatch raises ``ValueError``. Returns the key report."""
         path = Path(path)
         if checkpoint is None:
-            from asa.io import load_checkpoint
+            from asa.io import load_weights
 
-            checkpoint = load_checkpoint(path)
+            checkpoint = load_weights(path)
         if not ({"model", "encoder"} & checkpoint.keys()):
             raise ValueError(f"{path} holds neither a 'model' nor an 'encoder' state dict")
         source = checkpoint["encoder"] if "encoder" in checkpoint else checkpoint["model"]

@@ -283,7 +283,8 @@ class ASASegmenter(nn.Module):
         """Initialise the encoder module from a pretraining checkpoint or an encoder export.
 
         Accepts ``{"model": ASA state dict}`` (pretraining checkpoint, DDP ``module.`` prefixes
-        allowed) or ``{"encoder": {...}}`` (encoder export); ``checkpoint`` is the file's content
+        allowed) or ``{"encoder": {...}}`` (encoder export, ``encoder.pt`` or ``encoder.safetensors``,
+        `asa.io.load_weights`); ``checkpoint`` is the file's content
         when the caller has read it already. A 1-channel stem is adapted to this network's k
         channels by repeating its weights and dividing by k, which keeps the response to a volume
         replicated over the channels. Any other shape mismatch raises ``ValueError``, and so does a
@@ -292,9 +293,9 @@ class ASASegmenter(nn.Module):
         """
         path = Path(path)
         if checkpoint is None:
-            from asa.io import load_checkpoint
+            from asa.io import load_weights
 
-            checkpoint = load_checkpoint(path)
+            checkpoint = load_weights(path)
         blob = checkpoint
         if not ({"model", "encoder"} & blob.keys()):
             raise ValueError(f"{path} holds neither a 'model' nor an 'encoder' state dict")

@@ -130,9 +130,9 @@ def build_from_config(
         kwargs.pop(key, None)
     checkpoint, recorded = None, {}
     if pretrained:
-        from asa.io import load_checkpoint
+        from asa.io import load_weights
 
-        checkpoint = load_checkpoint(pretrained)
+        checkpoint = load_weights(pretrained)
         recorded = recorded_pretraining(checkpoint)
     if patch_size is None:
         patch_size = recorded["img_size"][0] if recorded.get("img_size") else default_patch_size

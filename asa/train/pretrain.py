@@ -12,6 +12,8 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from asa.models.encoder import ENCODER_PREFIX, upgrade_legacy_keys
 
+from asa.io import SAFETENSORS_SUFFIX, save_export_safetensors
+
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import move_to
 from .distributed import DistEnv
@@ -158,13 +160,16 @@ def export_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike, prefix
     """Write {"encoder": the weights under ``prefixes`` (ASA: the encoder module's ``encoder.*``;
     SA-Swin: ``swinViT.*``), "network": the pretraining
     network's spec, "source", "step"} taken from a training checkpoint; a checkpoint written before
-    network specs passes its run config on as "config" instead.
-    ``load_pretrained`` of `asa.models.ASASegmenter` / `asa.models.SASwin` reads the file."""
+    network specs passes its run config on as "config" instead. The same export is written beside
+    ``out`` as ``<stem>.safetensors`` (no pickle; spec and provenance in its metadata,
+    `asa.io.save_export_safetensors`). ``load_pretrained`` of `asa.models.ASASegmenter` /
+    `asa.models.SASwin` and `asa.load_encoder` read either file."""
     state = load_checkpoint(checkpoint)
     weights = upgrade_legacy_keys({k.removeprefix("module."): v for k, v in state["model"].items()})
     encoder = {k: v for k, v in weights.items() if k.startswith(prefixes)}
     if not encoder:
         raise ValueError(f"checkpoint {checkpoint}: no weights starting with {prefixes}")
     recorded = {"network": state["network"]} if state.get("network") else {"config": dict(state.get("config") or {})}
-    return save_checkpoint(out, {"encoder": encoder, **recorded, "source": str(Path(checkpoint).name),
-                                 "step": int(state.get("step", 0))})
+    export = {"encoder": encoder, **recorded, "source": str(Path(checkpoint).name), "step": int(state.get("step", 0))}
+    save_export_safetensors(Path(out).with_suffix(SAFETENSORS_SUFFIX), export)
+    return save_checkpoint(out, export)

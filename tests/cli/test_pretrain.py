@@ -12,6 +12,7 @@ import torch
 from asa.api import pretrain as run
 from asa.train import IncompatibleCheckpointError, load_checkpoint
 from asa.api.config import compose_config
+from asa.io import load_export_safetensors
 
 pytestmark = pytest.mark.slow  # every test here runs asa-pretrain end to end
 
@@ -71,6 +72,9 @@ def test_each_experiment_preset_trains(tmp_path, demo_cache, experiment, pos_mod
     assert export["network"] == ckpt["network"] and ckpt["network"]["arch"] == "asa_pretrain"
     assert export["network"]["kwargs"]["pos_mode"] == pos_mode and export["network"]["kwargs"]["img_size"] == [32] * 3
     assert export["encoder"] and all(k.startswith("encoder.") for k in export["encoder"])
+    portable = load_export_safetensors(tmp_path / "checkpoints" / "encoder.safetensors")  # the same export, no pickle
+    assert portable["network"] == export["network"] and portable["step"] == export["step"]
+    assert all(torch.equal(portable["encoder"][k], v) for k, v in export["encoder"].items())
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -1,6 +1,6 @@
 """SA-Swin end to end on demo phantoms (CPU, tiny SwinViT; 32^3 pretraining crops, 64^3 fine-tuning crops
 since SwinUNETR's bottleneck needs more than one voxel): asa-pretrain experiment=sa_swin ->
-asa-finetune model=sa_swin from its encoder export -> asa-predict -> asa-evaluate."""
+asa-finetune model=sa_swin from its encoder export (the safetensors file) -> asa-predict -> asa-evaluate."""
 from __future__ import annotations
 
 import json
@@ -35,7 +35,7 @@ def test_sa_swin_pretrain_finetune_predict_evaluate(tmp_path):
     out = tmp_path / "ft"
     result = finetune(compose_config("finetune", [
         "data=brats", f"data.root={root}", "model=sa_swin", "trainer=smoke", f"output_dir={out}", "device=cpu",
-        "data.patch_size=64", "data.num_workers=0", "trainer.epochs=2", f"model.pretrained={pre}/checkpoints/encoder.pt",
+        "data.patch_size=64", "data.num_workers=0", "trainer.epochs=2", f"model.pretrained={pre}/checkpoints/encoder.safetensors",
         *(f"model.{s}" for s in SIZES),
     ]))
     assert result.step == 2

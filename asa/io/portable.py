@@ -1,0 +1,115 @@
+"""Encoder exports as safetensors: plain tensors plus JSON metadata, no pickle (imports nothing of asa but this layer).
+
+An encoder export is ``{"encoder": {name: tensor}, "network": spec, "source": file name, "step": int}``
+(``asa.train.pretrain.export_encoder``; a file from a run without a network spec carries its run
+``config`` instead of ``network``). As ``encoder.pt`` it is a ``torch.save`` file; as
+``encoder.safetensors`` the tensors are the safetensors tensors and the rest is the file's string
+metadata:
+
+=================  ============================================================================
+``format``         ``"pt"`` (the safetensors convention for PyTorch tensors, which Hugging Face
+                   loaders check)
+``asa_format``     ``"asa.encoder"``; ``asa_format_version``: ``"1"``
+``network``        the network spec ``{"arch", "kwargs"}`` as JSON (``asa.models.build_network``)
+``config``         (files without a spec only) the recorded run config as JSON
+``encoder_prefix`` the prefix every tensor name starts with (``encoder.`` or ``swinViT.``)
+``source``         the checkpoint the export was taken from (file name); ``step``: its step
+=================  ============================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asa.io.atomic import atomic_path
+from asa.io.checkpoint import CheckpointError, load_checkpoint
+
+__all__ = ["EXPORT_FORMAT", "SAFETENSORS_SUFFIX", "load_export_safetensors", "load_weights",
+           "save_export_safetensors"]
+
+EXPORT_FORMAT = "asa.encoder"
+EXPORT_VERSION = "1"
+SAFETENSORS_SUFFIX = ".safetensors"
+_JSON_FIELDS = ("network", "config")
+
+
+def _common_prefix(names: list[str]) -> str | None:
+    """``"encoder."`` when every name starts with that first dotted component, else None."""
+    heads = {name.split(".", 1)[0] for name in names if "." in name}
+    return f"{heads.pop()}." if len(heads) == 1 and all("." in n for n in names) else None
+
+
+def save_export_safetensors(path: str | os.PathLike, export: Mapping[str, Any]) -> Path:
+    """Write an encoder export (the ``encoder.pt`` dict) to ``path`` as safetensors, atomically
+    (``asa.io.atomic_path``); the network spec and provenance go to the metadata (module docstring)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in export["encoder"].items()}
+    if not tensors:
+        raise ValueError(f"encoder export {path}: no tensors to write")
+    metadata = {"format": "pt", "asa_format": EXPORT_FORMAT, "asa_format_version": EXPORT_VERSION}
+    for key in _JSON_FIELDS:
+        if export.get(key) is not None:
+            metadata[key] = json.dumps(export[key])
+    prefix = _common_prefix(list(tensors))
+    if prefix:
+        metadata["encoder_prefix"] = prefix
+    if export.get("source") is not None:
+        metadata["source"] = str(export["source"])
+    if export.get("step") is not None:
+        metadata["step"] = str(int(export["step"]))
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def load_export_safetensors(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """An ``encoder.safetensors`` file -> the export dict in ``encoder.pt``'s layout (``encoder``,
+    ``network`` or ``config``, ``source``, ``step``). No pickle is involved.
+
+    Raises CheckpointError naming the file when it is missing, not a safetensors file (corrupt,
+    truncated) or a safetensors file that is not an asa encoder export.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"encoder export {path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt", device=str(map_location)) as fh:
+            metadata = dict(fh.metadata() or {})
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"encoder export {path}: not a readable safetensors file — corrupt, truncated or "
+                              f"another format ({type(err).__name__}: {err})") from err
+    if metadata.get("asa_format") != EXPORT_FORMAT:
+        raise CheckpointError(
+            f"encoder export {path}: a safetensors file, but not an asa encoder export (its metadata has no "
+            f"asa_format={EXPORT_FORMAT!r}; found keys {sorted(metadata)}): asa needs the network spec written "
+            "by asa-pretrain beside the weights")
+    export: dict[str, Any] = {"encoder": tensors}
+    for key in _JSON_FIELDS:
+        if key in metadata:
+            try:
+                export[key] = json.loads(metadata[key])
+            except json.JSONDecodeError as err:
+                raise CheckpointError(f"encoder export {path}: metadata {key!r} is not valid JSON ({err})") from err
+    if "source" in metadata:
+        export["source"] = metadata["source"]
+    if "step" in metadata:
+        export["step"] = int(metadata["step"])
+    return export
+
+
+def load_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """A pretraining checkpoint or encoder export as a dict: ``.safetensors`` files through
+    :func:`load_export_safetensors`, anything else through ``asa.io.load_checkpoint`` (weights only)."""
+    if Path(path).suffix.lower() == SAFETENSORS_SUFFIX:
+        return load_export_safetensors(path, map_location)
+    return load_checkpoint(path, map_location)

@@ -1,0 +1,145 @@
+"""Pretrained encoders as plain modules, rebuilt from a file alone (no run config, no Hydra).
+
+:func:`load_encoder` reads an encoder export (``encoder.safetensors`` or ``encoder.pt``) or a full
+checkpoint (pretraining or fine-tuning ``last.pt`` / ``best.pt``), rebuilds the network from the
+network spec recorded in it (:func:`asa.models.build_network`) and returns its encoder with the
+weights loaded, in eval mode: a :class:`VolumeEncoder` around the SW-ViT for the ASA family, MONAI's
+``SwinTransformer`` for SA-Swin and SwinUNETR. :func:`export_for_monai` writes an SA-Swin export in
+the layout ``monai.networks.nets.SwinUNETR.load_from`` reads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from asa.io import load_weights, save_checkpoint
+from asa.models.encoder import SWViTEncoder
+from asa.models.region_attention import patch_regions
+from asa.models.zoo import build_network
+
+__all__ = ["ENCODER_MODULES", "VolumeEncoder", "export_for_monai", "load_encoder"]
+
+# the encoder submodule of each network: its state-dict keys are "<name>.*" in checkpoints and exports
+ENCODER_MODULES = {"asa_pretrain": "encoder", "asa": "encoder", "sa_swin_pretrain": "swinViT", "sa_swin": "swinViT",
+                   "swin_unetr": "swinViT", "unetr": "vit"}
+SWIN_ARCHS = ("sa_swin_pretrain", "sa_swin", "swin_unetr")
+
+
+class VolumeEncoder(nn.Module):
+    """The pretrained SW-ViT encoder (patch embedding + symmetric position code + blocks + final
+    norm) as a module on volumes.
+
+    ``forward(x [B, C, D, H, W])`` -> the final normed tokens [B, N, E], N = G0·G1·G2 patches of the
+    ``grid`` (``img_size`` / ``patch_size``) in raster order (axis 2 fastest), E = ``embed_dim``.
+    With ``hidden_indices`` it returns ``(tokens, [hidden state [B, N, E] of each listed block,
+    before the final norm])``, as the segmenter's skips use them. D, H, W must be ``img_size`` (the
+    position code is the pretraining grid's). ``offsets`` [B, 3]: the crop's patch offset from the
+    brain-centred reference grid (DESIGN §1.2; None = the reference grid itself, as in
+    pretraining). ``regions`` [B, 1, D, H, W]: an integer label per voxel, needed by encoders with
+    region attention. :meth:`to_volume` turns tokens into a feature map [B, E, G0, G1, G2].
+
+    Its state-dict keys are the export's (``encoder.*``), so ``load_state_dict`` takes an export's
+    tensors as they are.
+    """
+
+    def __init__(self, encoder: SWViTEncoder, *, spe_frame: str = "brain") -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.spe_frame = spe_frame  # "crop": one table per crop, offsets ignored (as ASASegmenter does)
+        self.img_size, self.grid, self.patch_size = encoder.img_size, encoder.grid, encoder.patch_size
+        self.in_channels = encoder.patch_embed.proj.in_channels
+        self.embed_dim = encoder.embed_dim
+
+    def forward(
+        self, x: torch.Tensor, offsets: torch.Tensor | None = None, *, hidden_indices: Sequence[int] = (),
+        regions: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        if x.ndim != 5 or tuple(x.shape[1:]) != (self.in_channels, *self.img_size):
+            raise ValueError(f"the encoder expects input [B, {self.in_channels}, {', '.join(map(str, self.img_size))}] "
+                             f"(its pretraining crop), got {list(x.shape)}")
+        patch_ids = None
+        if self.encoder.uses_regions:
+            if regions is None:
+                raise ValueError("this encoder has region attention: forward needs regions [B, 1, D, H, W]")
+            patch_ids = patch_regions(regions, self.patch_size)  # [B, N]
+        return self.encoder.encode(x, offsets=None if self.spe_frame == "crop" else offsets,
+                                   hidden_indices=hidden_indices, patch_ids=patch_ids)
+
+    def to_volume(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, N, E] -> feature map [B, E, G0, G1, G2]."""
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], self.embed_dim, *self.grid)
+
+
+def _spec_and_weights(path: str | os.PathLike, state: Mapping) -> tuple[dict, str, dict[str, torch.Tensor]]:
+    """(network spec, encoder module name, the encoder's weights without its prefix) of a file's content."""
+    spec = state.get("network")
+    if not isinstance(spec, Mapping) or "arch" not in spec:
+        raise ValueError(
+            f"{path} records no network spec ({{'arch', 'kwargs'}}), so its encoder cannot be rebuilt from the file "
+            "alone; expected an encoder export or a checkpoint written by asa-pretrain / asa-finetune")
+    arch = spec["arch"]
+    if arch not in ENCODER_MODULES:
+        raise ValueError(f"{path} holds a {arch!r} network; load_encoder knows the encoders of {tuple(ENCODER_MODULES)}")
+    source = state["encoder"] if "encoder" in state else state.get("model")
+    if not isinstance(source, Mapping):
+        raise ValueError(f"{path} holds neither an 'encoder' nor a 'model' state dict")
+    prefix = ENCODER_MODULES[arch] + "."
+    weights = {k.removeprefix("module.")[len(prefix):]: v for k, v in source.items()
+               if k.removeprefix("module.").startswith(prefix)}
+    if not weights:
+        raise ValueError(f"{path} holds no weights starting with {prefix!r} (the {arch!r} encoder)")
+    return dict(spec), ENCODER_MODULES[arch], weights
+
+
+def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> nn.Module:
+    """The pretrained encoder of an export or checkpoint, weights loaded, in eval mode.
+
+    ``path``: ``encoder.safetensors`` or ``encoder.pt`` (``asa-pretrain``'s exports) or a full
+    checkpoint (``last.pt`` / ``best.pt`` of ``asa-pretrain`` or ``asa-finetune``). The network is
+    rebuilt from the spec recorded in the file; every encoder weight must be present and fit.
+    Returns, for ASA networks (``asa_pretrain``, ``asa``), a :class:`VolumeEncoder`
+    (x [B, C, D, H, W] -> tokens [B, N, E]); for SA-Swin and SwinUNETR MONAI's ``SwinTransformer``
+    (``forward(x, normalize=True)`` -> the five stage outputs [B, F·2^k, D/2^(k+1), ...], k = 0..4);
+    for UNETR MONAI's ``ViT`` (-> (tokens, hidden states)).
+    """
+    state = load_weights(path, map_location)
+    spec, name, weights = _spec_and_weights(path, state)
+    net = build_network(spec)  # the whole network (a pretraining decoder too), then only its encoder is kept
+    encoder = getattr(net, name)
+    try:
+        encoder.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: the weights do not fit the {spec['arch']!r} encoder recorded in it: {err}") from err
+    if isinstance(encoder, SWViTEncoder):
+        encoder = VolumeEncoder(encoder, spe_frame=getattr(net, "spe_frame", "brain"))
+    return encoder.to(map_location).eval()
+
+
+def _monai_name(key: str) -> str:
+    """A SwinViT state-dict key in the naming of the original self-supervised Swin weights
+    (``module.`` prefix; the blocks' MLP as ``fc1`` / ``fc2``, MONAI's ``linear1`` / ``linear2``)."""
+    key = key.replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2.")
+    return "module." + key
+
+
+def export_for_monai(path: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write the SwinViT weights of an SA-Swin (or SwinUNETR) export or checkpoint to ``out`` as
+    ``{"state_dict": {"module.<key>": tensor}}``, the layout of the original self-supervised Swin
+    weights that ``monai.networks.nets.SwinUNETR.load_from`` reads::
+
+        SwinUNETR(in_channels=1, out_channels=K, feature_size=..., depths=..., num_heads=...).load_from(
+            torch.load(out, weights_only=True))
+
+    (sizes as in the file's network spec; for ``load_state_dict`` the export's own ``swinViT.*``
+    keys need no conversion). A plain ``torch.save`` file of tensors, written atomically."""
+    state = load_weights(path)
+    spec, name, weights = _spec_and_weights(path, state)
+    if spec["arch"] not in SWIN_ARCHS:
+        raise ValueError(f"{path} holds a {spec['arch']!r} network: only SwinViT-based networks {SWIN_ARCHS} have "
+                         "SwinUNETR's layout; load an ASA encoder with asa.load_encoder")
+    return save_checkpoint(out, {"state_dict": {_monai_name(k): v for k, v in weights.items()}})
