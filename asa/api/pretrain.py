@@ -187,7 +187,8 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
             source = ckpts / "best.pt" if (ckpts / "best.pt").is_file() else ckpts / "last.pt"
             export_encoder(source, ckpts / "encoder.pt", prefixes)
             print(f"[asa] pretraining finished at step {result.step}. Outputs in {out_dir}:\n"
-                  f"  checkpoints: {ckpts}/last.pt, best.pt, encoder.pt (for asa-finetune)\n"
+                  f"  checkpoints: {ckpts}/last.pt, best.pt, encoder.pt and encoder.safetensors "
+                  "(for asa-finetune, asa.load_encoder)\n"
                   f"  TensorBoard: tensorboard --logdir {out_dir / 'tb'}\n"
                   f"  config: {out_dir / 'config.yaml'}, splits: {out_dir / 'splits.json'}", flush=True)
     return result
