@@ -7,6 +7,7 @@ checked) and `StopSignals` (preemption).
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -28,7 +29,7 @@ from .precision import amp_name, guard_cpu_bf16_convolutions, set_threads
 from .preemption import StopSignals
 from .reporting import TrainLog, scalar
 from .resume import Tracker, read_training_checkpoint, resume_path
-from .rng import capture_rng, fork_rng, item_seed, restore_rng, seed_everything
+from .rng import capture_rng, fork_rng, item_seed, kernel_determinism, restore_rng, seed_everything
 from .schedule import lr_at
 from .settings import TrainConfig, TrainerSettings
 from .step import OptimizerStep, StepFn
@@ -124,9 +125,9 @@ class Engine:
     def fit(self, train_data: Dataset) -> FitResult:
         """Train until `epochs` / `max_steps` / early stopping; returns a FitResult."""
         env = self.env
-        det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
         try:
-            with self._stop:
+            # kernel settings for the run only: the process is left as found
+            with self._stop, kernel_determinism(self.cfg.deterministic, env.device):
                 return self._fit(train_data)
         except Exception as err:
             if env.distributed:  # which rank failed; the entry point prints the error itself
@@ -135,7 +136,6 @@ class Engine:
                       file=sys.stderr, flush=True)
             raise
         finally:
-            torch.use_deterministic_algorithms(det[0], warn_only=det[1])  # leave the process as found
             self.log.close()
 
     def _fit(self, train_data: Dataset) -> FitResult:
@@ -184,15 +184,13 @@ class Engine:
                     samples_per_step=cfg.batch_size * cfg.accum_steps * env.world_size)
 
     def _start(self, run: _Run) -> None:
-        """Resume or seed, deterministic kernels, the DDP wrapper, logging and the start-up lines."""
+        """Resume or seed, the DDP wrapper, logging and the start-up lines."""
         env, cfg = self.env, self.cfg
         resume_from = resume_path(self.resume, self.ckpt_dir)
         if resume_from is not None:
             self._load(resume_from)
         else:
-            seed_everything(self.seed + env.rank, deterministic=cfg.deterministic and env.device.type == "cpu")
-        if cfg.deterministic and env.device.type == "cpu":
-            torch.use_deterministic_algorithms(True, warn_only=True)
+            seed_everything(self.seed + env.rank)
         run.net = self.model
         if env.distributed:
             run.net = DDP(self.model, device_ids=[env.device] if env.device.type == "cuda" else None,
@@ -201,7 +199,8 @@ class Engine:
                       resumed=resume_from is not None)
         self.log.say(f"training: {self.steps_per_epoch} steps/epoch, schedule over {self.total_steps} steps "
                      f"(warm-up {self.warmup_steps}), stopping at step {run.stop_step}; global batch "
-                     f"{run.samples_per_step}; device {env.device}, world size {env.world_size}, precision "
+                     f"{run.samples_per_step}; device {env.device}, world size {env.world_size}"
+                     f"{f' ({env.backend})' if env.backend else ''}, precision "
                      f"{amp_name(self.optim_step.amp_dtype)} (trainer.amp={cfg.amp}), {torch.get_num_threads()} "
                      f"CPU threads")
         if run.stop_step < self.total_steps:
@@ -246,9 +245,15 @@ class Engine:
         else:
             self.nonfinite_run = 0
         self.step += 1
-        entry = {"train/loss": acc.loss, "train/lr": lr, **{f"train/{k}": v for k, v in acc.logs.items()}}
-        if grad_norm is not None:
+        entry = {"train/lr": lr, **{f"train/{k}": v for k, v in acc.logs.items()}}
+        if not bad:  # a skipped step's loss (0 where non-finite) stays out of the window's mean
+            entry["train/loss"] = acc.loss
+        if grad_norm is not None and math.isfinite(grad_norm):
             entry["train/grad_norm"] = grad_norm
+        scaler = self.optim_step.scaler
+        if scaler.is_enabled() and grad_norm is not None:  # fp16: steps the GradScaler skipped (overflow)
+            entry["train/amp_overflow"] = float(not math.isfinite(grad_norm))
+            entry["train/loss_scale"] = float(scaler.get_scale())
         self.log.add_step(entry)
         if self.step % self.cfg.log_every == 0 or self.step == run.stop_step:
             means = self.log.take_window(samples_per_step=run.samples_per_step, nonfinite_total=self.nonfinite_total)

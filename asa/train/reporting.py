@@ -35,6 +35,7 @@ class TrainLog:
         self.bar = None
         self.use_bar = False
         self._window: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
         self._window_steps = 0
 
     def say(self, msg: str) -> None:
@@ -52,7 +53,9 @@ class TrainLog:
         self.bar = tqdm(total=stop_step, initial=start_step, disable=not self.use_bar,
                         desc="train", dynamic_ncols=True, file=sys.stderr)
         self._start_step, self._stop_step, self._t_start = start_step, stop_step, time.perf_counter()
-        self._window, self._window_steps, self._t_window = {}, 0, time.perf_counter()
+        self._window, self._counts, self._window_steps, self._t_window = {}, {}, 0, time.perf_counter()
+        if self.env.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.env.device)
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         if self.writer is not None:
@@ -82,23 +85,29 @@ class TrainLog:
 
     # ------------------------------------------------------------------------------- logging windows
     def add_step(self, entry: Mapping[str, float]) -> None:
-        """Count one optimiser step's values into the current window."""
+        """Count one optimiser step's values into the current window (a step may leave a key out,
+        e.g. the loss of a skipped non-finite step: that key's mean is over the steps that have it)."""
         for k, v in entry.items():
             self._window[k] = self._window.get(k, 0.0) + v
+            self._counts[k] = self._counts.get(k, 0) + 1
         self._window_steps += 1
         self.bar.update(1)
 
     def take_window(self, *, samples_per_step: int, nonfinite_total: int) -> dict[str, float]:
-        """The window's means (averaged across ranks) plus throughput and counters; starts a new window."""
+        """The window's means (averaged across ranks) plus throughput and counters; starts a new window.
+
+        On CUDA ``sys/cuda_max_mem_gb`` is the peak allocated memory within the window (the peak is
+        reset at each window's start)."""
         elapsed = max(time.perf_counter() - self._t_window, 1e-9)
         steps = self._window_steps
-        means = {k: v / steps for k, v in self._window.items()}
+        means = {k: v / self._counts[k] for k, v in self._window.items()}
         means = all_reduce_mean(means, self.env) if self.env.distributed else means
         means["train/samples_per_s"] = samples_per_step * steps / elapsed
         if self.env.device.type == "cuda":
             means["sys/cuda_max_mem_gb"] = torch.cuda.max_memory_allocated(self.env.device) / 2**30
+            torch.cuda.reset_peak_memory_stats(self.env.device)
         means["train/nonfinite_steps"] = float(nonfinite_total)
-        self._window, self._window_steps, self._t_window = {}, 0, time.perf_counter()
+        self._window, self._counts, self._window_steps, self._t_window = {}, {}, 0, time.perf_counter()
         return means
 
     def progress(self, means: Mapping[str, float], *, step: int, epoch: int) -> None:

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "seed_everything", "capture_rng", "restore_rng", "fork_rng", "item_seed", "SeededItems", "worker_init_fn",
+    "kernel_determinism",
 ]
 
 
@@ -25,6 +26,34 @@ def seed_everything(seed: int, *, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+
+
+@contextlib.contextmanager
+def kernel_determinism(deterministic: bool, device: torch.device) -> Iterator[None]:
+    """Kernel choice for a block (a training run), the process's previous settings put back after it.
+
+    ``deterministic``: torch's deterministic algorithms (warn-only: an op that has none warns once
+    and runs anyway), cuDNN's deterministic convolutions without autotuning, and on CUDA a fixed
+    cuBLAS workspace (``CUBLAS_WORKSPACE_CONFIG``, unless already set). Then a run repeats bit for
+    bit, and a resumed run continues exactly, on CUDA as on a CPU (on CUDA the index_add_ and
+    scatter_add_ of the AR weights otherwise sum in a varying order).
+    Not ``deterministic`` on CUDA: cuDNN autotunes its convolution algorithms for the (fixed) crop
+    shapes (``cudnn.benchmark``), the fast setting for training.
+    """
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        if deterministic:
+            if device.type == "cuda":
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        elif device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
 
 
 def capture_rng() -> dict:

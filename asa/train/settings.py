@@ -34,7 +34,7 @@ class TrainerSettings:
     max_nonfinite: int = 5  # consecutive non-finite steps (loss or gradient) before aborting
     panel_every: int = 0  # epochs between image panels (0 = never)
     progress: bool = True
-    deterministic: bool = True  # deterministic kernels (honoured on CPU; warn-only on CUDA)
+    deterministic: bool = True  # deterministic kernels on CPU and CUDA (asa.train.rng.kernel_determinism); false: cuDNN autotunes
     find_unused_parameters: bool = False
 
     @classmethod
