@@ -54,6 +54,11 @@ Examples::
     python scripts/benchmark.py --symmetry --batch 1 --json sym.json      # SACA / SA-Swin step costs at 128³
     python scripts/benchmark.py --symmetry sa_swin --swin-feature-size 24   # only SA-Swin vs SwinUNETR
     python scripts/benchmark.py --loader --json loader.json --append-md   # store vs cache_dir, 200 volumes
+    python scripts/benchmark.py --parts finetune inference --batch 2 --swin-unetr --amp fp16   # vs UNETR, SwinUNETR
+
+``--parts`` picks the measurements (pretrain, finetune, inference, case, loader; default all). On
+CUDA a MONAI MaskedAutoEncoderViT that runs out of memory at ``--batch`` is measured at the largest
+of batch/2, batch/4, ... that fits, and its out-of-memory batch is recorded (``monai_mae_oom_batch``).
 """
 
 from __future__ import annotations
@@ -82,7 +87,8 @@ from monai.networks.nets import UNETR, MaskedAutoEncoderViT, SwinUNETR
 from torch import nn
 
 import asa
-from asa.bench.harness import Workload, alternate, matmul_workload, tensor_bytes
+from asa.bench.harness import (Workload, alternate, fits, largest_fitting, matmul_workload, release_memory,
+                               tensor_bytes)
 from asa.bench.loader import format_loader_table, run_loader_benchmark
 from asa.bench.report import append_loader_markdown, append_markdown, format_symmetry_table, format_table
 from asa.eval.inference import predict_volume
@@ -116,6 +122,9 @@ class Setup:
     def at(self, dtype: torch.dtype | None) -> Setup:
         return Setup(self.device, self.size, self.batch, self.preset, dtype)
 
+    def with_batch(self, batch: int) -> Setup:
+        return Setup(self.device, self.size, batch, self.preset, self.dtype)
+
 
 def train_workload(name: str, setup: Setup, model: nn.Module, optimizer: torch.optim.Optimizer,
                    loss_fn: Callable[[], torch.Tensor]) -> Workload:
@@ -124,16 +133,18 @@ def train_workload(name: str, setup: Setup, model: nn.Module, optimizer: torch.o
     scaler = torch.amp.GradScaler(setup.device.type) if setup.dtype == torch.float16 else None
 
     def run() -> None:
-        with setup.autocast():
-            loss = loss_fn()
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        try:
+            with setup.autocast():
+                loss = loss_fn()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+        finally:  # also after running out of memory half-way: no gradients left behind
+            optimizer.zero_grad(set_to_none=True)
 
     return Workload(name, run, static=lambda: tensor_bytes(model) + tensor_bytes(optimizer.state_dict()["state"]))
 
@@ -148,11 +159,20 @@ def sgd(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5)
 
 
-def pretrain_workloads(setup: Setup, x: torch.Tensor) -> tuple[Workload, Workload, Workload | None]:
-    """ASA vs MONAI's MaskedAutoEncoderViT at the same sizes, both fed ``x`` [B, 1, D, H, W]; with
-    reduced precision also the same ASA (same weights, own optimizer) in fp32 (else None)."""
+def asa_workloads(setup: Setup, x: torch.Tensor) -> tuple[Workload, Workload | None]:
+    """The ASA pretrain step on ``x`` [B, 1, D, H, W] and, with reduced precision, the same ASA (same
+    weights, own optimizer) in fp32 (else None)."""
+    ours = ASA(img_size=setup.size, patch_size=PATCH, mask_ratio=MASK_RATIO, **setup.preset).to(setup.device)
+    fp32 = None
+    if setup.dtype is not None:
+        fp32 = train_workload("asa_fp32", setup.at(None), ours, adamw(ours, setup.batch), lambda: ours(x).loss)
+    return train_workload("asa", setup, ours, adamw(ours, setup.batch), lambda: ours(x).loss), fp32
+
+
+def monai_mae_workload(setup: Setup, x: torch.Tensor) -> Workload:
+    """MONAI's MaskedAutoEncoderViT of ASA's sizes (patch 8, mask ratio 0.75) on ``x``, with the loss
+    over the masked patches."""
     p = setup.preset
-    ours = ASA(img_size=setup.size, patch_size=PATCH, mask_ratio=MASK_RATIO, **p).to(setup.device)
     theirs = MaskedAutoEncoderViT(
         in_channels=1, img_size=setup.size, patch_size=PATCH, hidden_size=p["embed_dim"],
         mlp_dim=4 * p["embed_dim"], num_layers=p["depth"], num_heads=p["num_heads"], masking_ratio=MASK_RATIO,
@@ -170,14 +190,14 @@ def pretrain_workloads(setup: Setup, x: torch.Tensor) -> tuple[Workload, Workloa
         per_patch = ((pred.float() - target) ** 2).mean(dim=-1)
         return (per_patch * mask).sum() / mask.sum()
 
-    fp32 = None
-    if setup.dtype is not None:
-        fp32 = train_workload("asa_fp32", setup.at(None), ours, adamw(ours, setup.batch), lambda: ours(x).loss)
-    return (
-        train_workload("asa", setup, ours, adamw(ours, setup.batch), lambda: ours(x).loss),
-        train_workload("monai_mae", setup, theirs, adamw(theirs, setup.batch), monai_loss),
-        fp32,
-    )
+    return train_workload("monai_mae", setup.with_batch(x.shape[0]), theirs, adamw(theirs, x.shape[0]), monai_loss)
+
+
+def pretrain_workloads(setup: Setup, x: torch.Tensor) -> tuple[Workload, Workload, Workload | None]:
+    """ASA vs MONAI's MaskedAutoEncoderViT at the same sizes, both fed ``x`` [B, 1, D, H, W]; with
+    reduced precision also the same ASA (same weights, own optimizer) in fp32 (else None)."""
+    ours, fp32 = asa_workloads(setup, x)
+    return ours, monai_mae_workload(setup, x), fp32
 
 
 def segmentation_models(setup: Setup) -> tuple[nn.Module, nn.Module]:
@@ -194,16 +214,16 @@ def segmentation_models(setup: Setup) -> tuple[nn.Module, nn.Module]:
     return ours, theirs
 
 
-def finetune_workloads(setup: Setup, models: tuple[nn.Module, nn.Module], x: torch.Tensor,
-                       y: torch.Tensor) -> tuple[Workload, Workload]:
-    """Fine-tune step with Dice + BCE on multilabel targets ``y`` [B, 3, D, H, W]."""
+def finetune_workloads(setup: Setup, models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor,
+                       names: Sequence[str] = ("asa_seg", "unetr")) -> list[Workload]:
+    """Fine-tune step of each model with Dice + BCE on multilabel targets ``y`` [B, 3, D, H, W]."""
     criterion = SegmentationLoss(multilabel=True)
     out = []
-    for name, model in zip(("asa_seg", "unetr"), models):
+    for name, model in zip(names, models):
         model.train()
         out.append(train_workload(f"{name}_finetune", setup, model, sgd(model),
                                   lambda m=model: criterion(m(x), y)))
-    return out[0], out[1]
+    return out
 
 
 def inference_workloads(setup: Setup, models: tuple[nn.Module, nn.Module],
@@ -261,44 +281,158 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+PARTS = ("pretrain", "finetune", "inference", "case", "loader")
+
+
 def run_benchmark(*, size: int, batch: int, preset: str, device: torch.device, steps: int, warmup: int,
                   loader: bool = True, seed: int = 0, amp: str = "auto", case_shape: Sequence[int] | None = CASE_SHAPE,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
+                  parts: Sequence[str] = PARTS, finetune_batch: int | None = None, swin_unetr: bool = False,
+                  swin_feature_size: int = 48, log: Callable[[str], None] = print) -> dict[str, Any]:
     """All measurements at one setting; returns the flat result dict (times in s, memory in MiB).
-    ``case_shape`` None leaves out the whole-case inference."""
+
+    ``parts``: which of `PARTS` to measure (``loader=False`` or ``case_shape=None`` leave those out
+    too). ``finetune_batch`` (default ``batch``): the batch of the fine-tune steps and the window
+    batch of the sliding-window inference; ``swin_unetr`` adds MONAI's SwinUNETR (``swin_feature_size``)
+    to the fine-tune rounds. On CUDA a model whose pretrain step does not fit at ``batch`` is
+    measured at the largest of batch/2, batch/4, ... that fits (``monai_mae_batch``,
+    ``monai_mae_oom_batch``; ``speedup_vs_monai_mae`` then compares samples/s); the fp32 ASA step
+    beside a reduced-precision run is left out when it does not fit (``asa_fp32_oom_batch``)."""
     if preset not in PRESETS:
         raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
     if size % 16:
         raise ValueError(f"--size must be a multiple of 16 (UNETR's patch), got {size}")
-    if steps < 1 or warmup < 0 or batch < 1:
-        raise ValueError(f"need --steps >= 1, --warmup >= 0, --batch >= 1; got {steps}, {warmup}, {batch}")
+    finetune_batch = batch if finetune_batch is None else finetune_batch
+    if steps < 1 or warmup < 0 or batch < 1 or finetune_batch < 1:
+        raise ValueError(f"need --steps >= 1, --warmup >= 0, --batch >= 1, --finetune-batch >= 1; got {steps}, "
+                         f"{warmup}, {batch}, {finetune_batch}")
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"--parts: unknown {unknown}; expected some of {', '.join(PARTS)}")
+    parts = [x for x in PARTS if x in parts and not (x == "loader" and not loader)
+             and not (x == "case" and case_shape is None)]
+    if swin_unetr and size % 32:
+        raise ValueError(f"--swin-unetr needs --size a multiple of 32 (SwinUNETR), got {size}")
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     say = lambda msg: log(f"[bench {time.perf_counter() - t0:5.0f} s] {msg}")
     setup = Setup(device, size, batch, PRESETS[preset], resolve_amp(amp, device, option="--amp"))
-    r: dict[str, Any] = {"amp": amp_name(setup.dtype)}
+    r: dict[str, Any] = {"amp": amp_name(setup.dtype), "parts": list(parts)}
     times: dict[str, list[float]] = {}
 
-    say(f"pretrain steps: ASA vs MONAI MaskedAutoEncoderViT, {size}³, batch {batch}, {preset}, {r['amp']}")
+    if "pretrain" in parts:
+        _pretrain_rows(setup, r, times, steps=steps, warmup=warmup, say=say)
+
+    if "finetune" in parts or "inference" in parts:
+        fsetup = setup.with_batch(finetune_batch)
+        models = segmentation_models(fsetup)
+        r["finetune_batch"] = finetune_batch
+    if "finetune" in parts:
+        names, nets = ["asa_seg", "unetr"], list(models)
+        if swin_unetr:
+            names.append("swin_unetr")
+            nets.append(SwinUNETR(in_channels=IN_SEG, out_channels=OUT_SEG, feature_size=swin_feature_size).to(device))
+            r["swin_feature_size"] = swin_feature_size
+        say(f"fine-tune steps: ASASegmenter vs MONAI {' and '.join(n.upper().replace('SWIN_', 'Swin') for n in names[1:])},"
+            f" batch {finetune_batch}")
+        xs = torch.randn(finetune_batch, IN_SEG, size, size, size, device=device)
+        ys = (torch.rand(finetune_batch, OUT_SEG, size, size, size, device=device) > 0.5).float()
+        ft = finetune_workloads(fsetup, nets, xs, ys, names)
+        alternate(ft, device, warmup=warmup, steps=steps)
+        for name, w in zip(names, ft):
+            key = "asa" if name == "asa_seg" else name
+            r[f"{key}_finetune_step_s"], r[f"{key}_finetune_peak_mib"] = w.median, w.peak_mib
+        r["finetune_speedup_vs_unetr"] = ft[1].median / ft[0].median
+        if swin_unetr:
+            r["finetune_speedup_vs_swin_unetr"] = ft[2].median / ft[0].median
+        times.update({w.name: w.times for w in ft})
+        del ft, xs, ys, nets
+
+    if "inference" in parts:
+        say("sliding-window inference: ASASegmenter vs MONAI UNETR")
+        side = (3 * size) // 2
+        volume = torch.randn(1, IN_SEG, side, side, side, device=device)
+        inf = inference_workloads(fsetup, models, volume)
+        # the fine-tune rounds, when they ran, already ran both on windows of this shape
+        alternate(inf, device, warmup=0 if "finetune" in parts else warmup, steps=steps)
+        r["asa_inference_s"], r["unetr_inference_s"] = inf[0].median, inf[1].median
+        r["inference_speedup_vs_unetr"] = inf[1].median / inf[0].median
+        r["asa_inference_peak_mib"], r["unetr_inference_peak_mib"] = inf[0].peak_mib, inf[1].peak_mib
+        r["inference_volume"] = side
+        times.update({w.name: w.times for w in inf})
+        del inf, volume
+
+    if "case" in parts:
+        shape = tuple(int(n) for n in case_shape)
+        say(f"whole-case inference: ASASegmenter over 4 × {' × '.join(map(str, shape))}, windows {size}³")
+        net = segmentation_models(setup)[0] if "finetune" not in parts and "inference" not in parts else models[0]
+        volume = torch.randn(IN_SEG, *shape)
+        work = [case_workload(setup, net, volume, batch, "case_inference_contiguous")]
+        if device.type == "cpu" and setup.dtype is not None:  # asa-predict lays the network out channels-last
+            laid_out = copy.deepcopy(net)
+            channels_last_inference(laid_out)
+            work.insert(0, case_workload(setup, laid_out, volume))
+        else:
+            work.insert(0, case_workload(setup, net, volume))
+        alternate(work, device, warmup=0, steps=1)  # one case: start-up costs are the user's too
+        r["case_inference_s"], r["case_inference_peak_mib"] = work[0].median, work[0].peak_mib
+        r["case_inference_contiguous_s"] = work[1].median
+        r["case_inference_contiguous_peak_mib"] = work[1].peak_mib
+        r["case_shape"] = list(shape)
+        times.update({w.name: w.times for w in work})
+    models = None
+
+    if "loader" in parts:
+        say("pretraining loader from a store of synthetic brains (2 workers, page cache warm)")
+        r["loader_crops_per_s"] = loader_throughput(size, batch)
+        if "asa_samples_per_s" in r:  # this machine's loader / its step
+            r["loader_headroom"] = r["loader_crops_per_s"] / r["asa_samples_per_s"]
+    r["unetr_note"] = UNETR_NOTE
+    r["times"] = times
+    return r
+
+
+def _pretrain_rows(setup: Setup, r: dict[str, Any], times: dict[str, list[float]], *, steps: int, warmup: int,
+                   say: Callable[[str], None]) -> None:
+    """ASA vs MONAI MaskedAutoEncoderViT pretrain steps, the matmul reference, the fp32 ASA step
+    beside a reduced-precision run, and the AR weights; fills ``r`` and ``times``."""
+    size, batch, device = setup.size, setup.batch, setup.device
+    say(f"pretrain steps: ASA vs MONAI MaskedAutoEncoderViT, {size}³, batch {batch}, {r['amp']}")
     x = torch.randn(batch, 1, size, size, size, device=device)
     matmul = matmul_workload(device, 8192 if device.type == "cuda" else 4096, setup.dtype)
-    asa_w, mae_w, fp32_w = pretrain_workloads(setup, x)
-    alternate([matmul, asa_w, mae_w] + ([fp32_w] if fp32_w else []), device, warmup=warmup, steps=steps,
-              count_flops=("asa", "monai_mae"))
+    asa_w, fp32_w = asa_workloads(setup, x)
+    if not fits(asa_w, device):
+        raise RuntimeError(f"the ASA pretrain step ({size}³, batch {batch}, {r['amp']}) does not fit in the memory "
+                           f"of {device}: lower --batch")
+    if fp32_w is not None and not fits(fp32_w, device):
+        say(f"the fp32 ASA step does not fit at batch {batch}: left out")
+        r["asa_fp32_oom_batch"], fp32_w = batch, None
+        release_memory(device)
+    mae_w, mae_batch, mae_oom = largest_fitting(lambda b: monai_mae_workload(setup, x[:b]), batch, device)
+    if mae_oom is not None:
+        r["monai_mae_oom_batch"] = mae_oom
+        say(f"MONAI MaskedAutoEncoderViT runs out of memory at batch {mae_oom}"
+            + (f"; measured at batch {mae_batch}" if mae_w is not None else " (batch 1 too): left out"))
+    work = [matmul, asa_w] + ([mae_w] if mae_w is not None else []) + ([fp32_w] if fp32_w else [])
+    alternate(work, device, warmup=warmup, steps=steps, count_flops=("asa", "monai_mae"))
     if fp32_w is not None:
         r["asa_fp32_step_s"] = fp32_w.median
         r[f"{r['amp']}_speedup"] = fp32_w.median / asa_w.median
         times["asa_fp32"] = fp32_w.times
-    r["asa_step_s"], r["monai_mae_step_s"] = asa_w.median, mae_w.median
-    r["speedup_vs_monai_mae"] = mae_w.median / asa_w.median
-    r["asa_samples_per_s"] = batch / asa_w.median
-    r["asa_step_flops"], r["monai_mae_step_flops"] = asa_w.flops, mae_w.flops
+    r["asa_step_s"], r["asa_samples_per_s"] = asa_w.median, batch / asa_w.median
+    r["asa_step_flops"] = asa_w.flops
     r["matmul_flops_per_s"] = matmul.flops / matmul.median
     r["flop_utilization"] = asa_w.flops / asa_w.median / r["matmul_flops_per_s"]
-    r["monai_mae_flop_utilization"] = mae_w.flops / mae_w.median / r["matmul_flops_per_s"]
-    r["asa_pretrain_peak_mib"], r["monai_mae_peak_mib"] = asa_w.peak_mib, mae_w.peak_mib
-    times.update({w.name: w.times for w in (matmul, asa_w, mae_w)})
-    del asa_w, mae_w, fp32_w
+    r["asa_pretrain_peak_mib"] = asa_w.peak_mib
+    times.update({w.name: w.times for w in work if w is not fp32_w})
+    if mae_w is not None:
+        r["monai_mae_batch"], r["monai_mae_step_s"] = mae_batch, mae_w.median
+        r["monai_mae_samples_per_s"] = mae_batch / mae_w.median
+        r["speedup_vs_monai_mae"] = r["asa_samples_per_s"] / r["monai_mae_samples_per_s"]
+        r["monai_mae_step_flops"] = mae_w.flops
+        r["monai_mae_flop_utilization"] = mae_w.flops / mae_w.median / r["matmul_flops_per_s"]
+        r["monai_mae_peak_mib"] = mae_w.peak_mib
+    del asa_w, mae_w, fp32_w, work
+    release_memory(device)
 
     say("attentive weights (patch_informativeness)")
     ar = Workload("ar_weights", lambda: patch_informativeness(x, PATCH))
@@ -306,56 +440,6 @@ def run_benchmark(*, size: int, batch: int, preset: str, device: torch.device, s
     r["ar_weights_s"] = ar.median
     r["ar_weights_fraction"] = ar.median / r["asa_step_s"]
     times["ar_weights"] = ar.times
-
-    say("fine-tune steps and sliding-window inference: ASASegmenter vs MONAI UNETR")
-    models = segmentation_models(setup)
-    xs = torch.randn(batch, IN_SEG, size, size, size, device=device)
-    ys = (torch.rand(batch, OUT_SEG, size, size, size, device=device) > 0.5).float()
-    ft = finetune_workloads(setup, models, xs, ys)
-    alternate(ft, device, warmup=warmup, steps=steps)
-    r["asa_finetune_step_s"], r["unetr_finetune_step_s"] = ft[0].median, ft[1].median
-    r["finetune_speedup_vs_unetr"] = ft[1].median / ft[0].median
-    r["asa_finetune_peak_mib"], r["unetr_finetune_peak_mib"] = ft[0].peak_mib, ft[1].peak_mib
-    times.update({w.name: w.times for w in ft})
-    del ft, xs, ys
-
-    side = (3 * size) // 2
-    volume = torch.randn(1, IN_SEG, side, side, side, device=device)
-    inf = inference_workloads(setup, models, volume)
-    alternate(inf, device, warmup=0, steps=steps)  # the fine-tune rounds already ran both on windows of this shape
-    r["asa_inference_s"], r["unetr_inference_s"] = inf[0].median, inf[1].median
-    r["inference_speedup_vs_unetr"] = inf[1].median / inf[0].median
-    r["asa_inference_peak_mib"], r["unetr_inference_peak_mib"] = inf[0].peak_mib, inf[1].peak_mib
-    r["inference_volume"] = side
-    times.update({w.name: w.times for w in inf})
-    del inf, volume
-
-    if case_shape is not None:
-        shape = tuple(int(n) for n in case_shape)
-        say(f"whole-case inference: ASASegmenter over 4 × {' × '.join(map(str, shape))}, windows {size}³")
-        volume = torch.randn(IN_SEG, *shape)
-        work = [case_workload(setup, models[0], volume, batch, "case_inference_contiguous")]
-        if device.type == "cpu" and setup.dtype is not None:  # asa-predict lays the network out channels-last
-            net = copy.deepcopy(models[0])
-            channels_last_inference(net)
-            work.insert(0, case_workload(setup, net, volume))
-        else:
-            work.insert(0, case_workload(setup, models[0], volume))
-        alternate(work, device, warmup=0, steps=1)  # one case: start-up costs are the user's too
-        r["case_inference_s"], r["case_inference_peak_mib"] = work[0].median, work[0].peak_mib
-        r["case_inference_contiguous_s"] = work[1].median
-        r["case_inference_contiguous_peak_mib"] = work[1].peak_mib
-        r["case_shape"] = list(shape)
-        times.update({w.name: w.times for w in work})
-    del models
-
-    if loader:
-        say("pretraining loader from a store of synthetic brains (2 workers, page cache warm)")
-        r["loader_crops_per_s"] = loader_throughput(size, batch)
-        r["loader_headroom"] = r["loader_crops_per_s"] / r["asa_samples_per_s"]  # this machine's loader / its step
-    r["unetr_note"] = UNETR_NOTE
-    r["times"] = times
-    return r
 
 
 def phantom_regions(size: int, k: int = 3, seed: int = 0) -> torch.Tensor:
@@ -522,6 +606,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="whole-case inference volume (default 240 240 155, one BraTS case)")
     p.add_argument("--skip-case", action="store_true", help="leave out the whole-case inference")
     p.add_argument("--skip-loader", action="store_true", help="leave out the data-loader measurement")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), metavar="PART",
+                   help=f"what to measure, some of {' '.join(PARTS)} (default: all)")
+    p.add_argument("--finetune-batch", type=int,
+                   help="batch of the fine-tune steps and window batch of the inference (default: --batch)")
+    p.add_argument("--swin-unetr", action="store_true",
+                   help="add MONAI SwinUNETR (--swin-feature-size) to the fine-tune steps")
     p.add_argument("--json", type=Path, help="write all results to this JSON file")
     p.add_argument("--append-md", nargs="?", const=BENCHMARKS_MD, type=Path, metavar="PATH",
                    help=f"append a row to BENCHMARKS.md (or PATH); default file {BENCHMARKS_MD.name}")
@@ -602,7 +692,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     results = run_benchmark(size=args.size, batch=args.batch, preset=args.preset, device=device, steps=args.steps,
                             warmup=args.warmup, loader=not args.skip_loader, seed=args.seed, amp=args.amp,
-                            case_shape=None if args.skip_case else args.case_shape)
+                            case_shape=None if args.skip_case else args.case_shape, parts=args.parts,
+                            finetune_batch=args.finetune_batch, swin_unetr=args.swin_unetr,
+                            swin_feature_size=args.swin_feature_size)
     facts = describe(device, sys.argv[1:] if argv is None else argv)
     results = {**facts, "size": args.size, "batch": args.batch, "preset": args.preset, "steps": args.steps,
                "warmup": args.warmup, "threads": torch.get_num_threads(), "load_avg_start": load_start, **results,
@@ -616,6 +708,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
         print(f"[bench] wrote {args.json}")
     if args.append_md is not None:
+        if "asa_step_s" not in results:
+            raise SystemExit("--append-md needs the pretrain part (a BENCHMARKS.md row is an ASA pretrain step)")
         print(f"[bench] appended a row to {append_markdown(results, args.append_md)}")
     return 0
 

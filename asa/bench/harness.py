@@ -4,6 +4,7 @@ every compared workload alike), their peak memory (CPU: RSS, CUDA: allocated) an
 from __future__ import annotations
 
 import ctypes
+import gc
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -149,3 +150,50 @@ def matmul_workload(device: torch.device, n: int, dtype: torch.dtype | None = No
     w = Workload("matmul", lambda: torch.mm(a, b))
     w.flops = 2 * n**3
     return w
+
+
+def release_memory(device: torch.device) -> None:
+    """Give freed tensors back: collect garbage and, on CUDA, empty the allocator's cache."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def fits(workload: Workload, device: torch.device, *, probe: bool | None = None) -> bool:
+    """Whether one step of ``workload`` fits in memory: the step runs (so it also warms up), and
+    running out of GPU memory returns False with the memory released. ``probe`` (default: on CUDA
+    only) runs the step at all; without it there is no out-of-memory error to catch and the answer is True."""
+    if not (device.type == "cuda" if probe is None else probe):
+        return True
+    try:
+        workload.run()
+        sync(device)
+        return True
+    except torch.OutOfMemoryError:
+        pass  # outside the handler the traceback, and the step's tensors it holds, are gone
+    release_memory(device)
+    return False
+
+
+def halvings(batch: int) -> list[int]:
+    """``batch``, ``batch // 2``, ... down to 1: the batches tried for an out-of-memory point."""
+    out = [int(batch)]
+    while out[-1] > 1:
+        out.append(out[-1] // 2)
+    return out
+
+
+def largest_fitting(build: Callable[[int], Workload], batch: int, device: torch.device, *,
+                    probe: bool | None = None) -> tuple[Workload | None, int | None, int | None]:
+    """The workload ``build(b)`` at the largest ``b`` of `halvings` (``batch``) whose step fits
+    (`fits`): (workload, b, the smallest batch that did not fit or None). (None, None, 1) when not
+    even one sample fits."""
+    too_big = None
+    for b in halvings(batch):
+        workload = build(b)
+        if fits(workload, device, probe=probe):
+            return workload, b, too_big
+        too_big = b
+        del workload
+        release_memory(device)
+    return None, None, too_big

@@ -26,31 +26,57 @@ def verdict(key: str, value: float) -> str:
     return f"{'ok' if ok else 'MISS'} (target {op} {bound:g})"
 
 
+def _mib(r: dict[str, Any], *keys: str) -> str:
+    return " / ".join(f"{r[k]:.0f}" if k in r else "-" for k in keys)
+
+
 def format_table(r: dict[str, Any]) -> str:
-    """The human-readable summary printed at the end of a run."""
-    rows = [
-        ("pretrain step ASA / MONAI MAE", f"{r['asa_step_s']:.3f} s / {r['monai_mae_step_s']:.3f} s", ""),
-        ("speedup_vs_monai_mae", f"{r['speedup_vs_monai_mae']:.2f}×", verdict("speedup_vs_monai_mae", r["speedup_vs_monai_mae"])),
-        ("ASA samples/s", f"{r['asa_samples_per_s']:.3f}", ""),
-        ("step GFLOP ASA / MONAI MAE", f"{r['asa_step_flops'] / 1e9:.1f} / {r['monai_mae_step_flops'] / 1e9:.1f}", ""),
-        ("matmul peak", f"{r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s", ""),
-        ("flop_utilization ASA", f"{r['flop_utilization']:.3f}", verdict("flop_utilization", r["flop_utilization"])),
-        ("flop_utilization MONAI MAE", f"{r['monai_mae_flop_utilization']:.3f}", "(context)"),
-        ("patch_informativeness", f"{r['ar_weights_s'] * 1e3:.1f} ms", ""),
-        ("ar_weights_fraction", f"{r['ar_weights_fraction']:.4f}", verdict("ar_weights_fraction", r["ar_weights_fraction"])),
-        ("fine-tune step ASASeg / UNETR", f"{r['asa_finetune_step_s']:.3f} s / {r['unetr_finetune_step_s']:.3f} s", ""),
-        ("finetune_speedup_vs_unetr", f"{r['finetune_speedup_vs_unetr']:.2f}×",
-         verdict("finetune_speedup_vs_unetr", r["finetune_speedup_vs_unetr"])),
-        (f"inference {r['inference_volume']}³ ASASeg / UNETR", f"{r['asa_inference_s']:.3f} s / {r['unetr_inference_s']:.3f} s", ""),
-        ("inference_speedup_vs_unetr", f"{r['inference_speedup_vs_unetr']:.2f}×",
-         verdict("inference_speedup_vs_unetr", r["inference_speedup_vs_unetr"])),
-        ("peak MiB pretrain ASA / MONAI", f"{r['asa_pretrain_peak_mib']:.0f} / {r['monai_mae_peak_mib']:.0f}", ""),
-        ("peak MiB fine-tune ASASeg / UNETR", f"{r['asa_finetune_peak_mib']:.0f} / {r['unetr_finetune_peak_mib']:.0f}", ""),
-        ("peak MiB inference ASASeg / UNETR", f"{r['asa_inference_peak_mib']:.0f} / {r['unetr_inference_peak_mib']:.0f}", ""),
-    ]
-    if "bf16_speedup" in r:
-        rows += [("ASA step fp32 / bf16", f"{r['asa_fp32_step_s']:.3f} s / {r['asa_step_s']:.3f} s", ""),
-                 ("bf16_speedup", f"{r['bf16_speedup']:.2f}×", verdict("bf16_speedup", r["bf16_speedup"]))]
+    """The human-readable summary printed at the end of a run (the parts it measured)."""
+    rows = []
+    if "asa_step_s" in r:
+        mae = "monai_mae_step_s" in r
+        batch_note = (f" (MONAI at batch {r['monai_mae_batch']}, out of memory at {r['monai_mae_oom_batch']})"
+                      if "monai_mae_oom_batch" in r and mae else
+                      " (MONAI out of memory at batch 1)" if "monai_mae_oom_batch" in r else "")
+        rows += [
+            ("pretrain step ASA / MONAI MAE",
+             f"{r['asa_step_s']:.3f} s / " + (f"{r['monai_mae_step_s']:.3f} s" if mae else "-") + batch_note, ""),
+            ("ASA samples/s", f"{r['asa_samples_per_s']:.3f}", ""),
+            ("matmul peak", f"{r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s", ""),
+            ("flop_utilization ASA", f"{r['flop_utilization']:.3f}", verdict("flop_utilization", r["flop_utilization"])),
+            ("patch_informativeness", f"{r['ar_weights_s'] * 1e3:.1f} ms", ""),
+            ("ar_weights_fraction", f"{r['ar_weights_fraction']:.4f}", verdict("ar_weights_fraction", r["ar_weights_fraction"])),
+            ("peak MiB pretrain ASA / MONAI", _mib(r, "asa_pretrain_peak_mib", "monai_mae_peak_mib"), ""),
+        ]
+        if mae:
+            rows[1:1] = [("speedup_vs_monai_mae", f"{r['speedup_vs_monai_mae']:.2f}×",
+                          verdict("speedup_vs_monai_mae", r["speedup_vs_monai_mae"]))]
+            rows += [("step GFLOP ASA / MONAI MAE", f"{r['asa_step_flops'] / 1e9:.1f} / {r['monai_mae_step_flops'] / 1e9:.1f}", ""),
+                     ("flop_utilization MONAI MAE", f"{r['monai_mae_flop_utilization']:.3f}", "(context)")]
+        speedup = f"{r['amp']}_speedup"
+        if speedup in r:
+            rows += [(f"ASA step fp32 / {r['amp']}", f"{r['asa_fp32_step_s']:.3f} s / {r['asa_step_s']:.3f} s", ""),
+                     (speedup, f"{r[speedup]:.2f}×", verdict("bf16_speedup", r[speedup]) if speedup == "bf16_speedup" else "")]
+    if "asa_finetune_step_s" in r:
+        swin = "swin_unetr_finetune_step_s" in r
+        rows += [
+            (f"fine-tune step ASASeg / UNETR{' / SwinUNETR' if swin else ''}, batch {r.get('finetune_batch', r['batch'])}",
+             f"{r['asa_finetune_step_s']:.3f} s / {r['unetr_finetune_step_s']:.3f} s"
+             + (f" / {r['swin_unetr_finetune_step_s']:.3f} s" if swin else ""), ""),
+            ("finetune_speedup_vs_unetr", f"{r['finetune_speedup_vs_unetr']:.2f}×",
+             verdict("finetune_speedup_vs_unetr", r["finetune_speedup_vs_unetr"])),
+            (f"peak MiB fine-tune ASASeg / UNETR{' / SwinUNETR' if swin else ''}",
+             _mib(r, "asa_finetune_peak_mib", "unetr_finetune_peak_mib", *(["swin_unetr_finetune_peak_mib"] if swin else [])), ""),
+        ]
+        if swin:
+            rows.append(("finetune_speedup_vs_swin_unetr", f"{r['finetune_speedup_vs_swin_unetr']:.2f}×", ""))
+    if "asa_inference_s" in r:
+        rows += [
+            (f"inference {r['inference_volume']}³ ASASeg / UNETR", f"{r['asa_inference_s']:.3f} s / {r['unetr_inference_s']:.3f} s", ""),
+            ("inference_speedup_vs_unetr", f"{r['inference_speedup_vs_unetr']:.2f}×",
+             verdict("inference_speedup_vs_unetr", r["inference_speedup_vs_unetr"])),
+            ("peak MiB inference ASASeg / UNETR", _mib(r, "asa_inference_peak_mib", "unetr_inference_peak_mib"), ""),
+        ]
     if "case_inference_s" in r:
         shape = " × ".join(map(str, r["case_shape"]))
         rows += [(f"case_inference_s (4 × {shape})", f"{r['case_inference_s']:.1f} s",
@@ -58,6 +84,8 @@ def format_table(r: dict[str, Any]) -> str:
                  ("peak MiB case inference", f"{r['case_inference_peak_mib']:.0f}", ""),
                  (f"case contiguous, window batch {r['batch']}",
                   f"{r['case_inference_contiguous_s']:.1f} s, {r['case_inference_contiguous_peak_mib']:.0f} MiB", "")]
+    if "loader_crops_per_s" in r and "loader_headroom" not in r:
+        rows.append(("store loader crops/s (2 workers)", f"{r['loader_crops_per_s']:.1f}", ""))
     if "loader_headroom" in r:
         rows += [
             ("store loader crops/s (2 workers) / step samples/s", f"{r['loader_crops_per_s']:.1f} / {r['asa_samples_per_s']:.3f}", ""),
@@ -65,6 +93,8 @@ def format_table(r: dict[str, Any]) -> str:
         ]
     head = (f"asa benchmark: {r['size']}³, batch {r['batch']}, preset {r['preset']}, {r['device_name']}, "
             f"precision {r['amp']}, {r['threads']} threads, torch {r['torch_version']}, {r['steps']} timed / {r['warmup']} warm-up")
+    if not rows:
+        return head
     width = max(len(name) for name, _, _ in rows)
     lines = [head] + [f"  {name:<{width}}  {value:<24} {note}".rstrip() for name, value, note in rows]
     return "\n".join(lines + [f"  note: {r['unetr_note']}"])
@@ -89,7 +119,7 @@ fp16 autocast + GradScaler on CUDA); the device column gives the CPU thread coun
 | inf vs UNETR | `inference_speedup_vs_unetr`: Gaussian sliding-window inference (overlap 0.5) over a (1.5·size)³ volume | ≥ 1 |
 | peak GiB | pretrain peak memory ASA / MONAI MAE: parameters + optimizer state + peak rise during a step (CPU: RSS; CUDA: allocated) | ≤ 30 on GPU at batch 24 |
 | loader | `loader_headroom`: crops/s of the pretraining loader reading a store (2 workers, synthetic 1.25 × 1.5 × 1.25 × size volumes, page cache warm) / samples/s of the ASA step, both on the machine of the row (a CPU row is the CPU's own ratio; for a GPU see "Data loader" below). Rows before 2026-11-23: batches/s of the demo `cache_dir` loader × step s | ≥ 2 |
-| bf16× | `bf16_speedup`: ASA fp32 step / ASA bf16 step, timed alternately in the bf16 run | ≥ 1.7 |
+| bf16× | `bf16_speedup` (in an fp16 row `fp16_speedup`): ASA fp32 step / ASA step at the row's precision, timed alternately in the same run | ≥ 1.7 (bf16) |
 | case s | `case_inference_s`: `asa.eval.predict_volume` (the `asa-predict` path: Gaussian windows of size³, overlap 0.5, window batch `auto` (rows before 2026-11-22: window batch = batch), channels-last with bf16 on a CPU) of the preset's `ASASegmenter` over one 4 × 240 × 240 × 155 case | ≤ 45 |
 | load | 1-min load average when the run started: other processes on the machine (above ~0.5 on a 2-core CPU every threaded op waits for the competing process, and the figures are pessimistic) | |
 
@@ -98,18 +128,54 @@ fp16 autocast + GradScaler on CUDA); the device column gives the CPU thread coun
 """
 
 
+def _cell(r: dict[str, Any], key: str, fmt: str) -> str:
+    return format(r[key], fmt) if key in r else "-"
+
+
 def markdown_row(r: dict[str, Any]) -> str:
+    """The results-table row of a run with the pretrain part; '-' for what it did not measure.
+    A MONAI MAE measured at a smaller batch (it ran out of memory at the run's) shows its batch."""
+    mae = _cell(r, "speedup_vs_monai_mae", ".2f")
+    if "monai_mae_oom_batch" in r:
+        mae += f" (MAE batch {r['monai_mae_batch']})" if "monai_mae_batch" in r else " (MAE out of memory)"
+    mfu = f"{r['flop_utilization']:.2f}" + (f" ({r['monai_mae_flop_utilization']:.2f})"
+                                            if "monai_mae_flop_utilization" in r else "")
+    peak = f"{r['asa_pretrain_peak_mib'] / 1024:.2f} / " + (f"{r['monai_mae_peak_mib'] / 1024:.2f}"
+                                                           if "monai_mae_peak_mib" in r else "-")
     cells = [
-        r["date"][:10], r["device_name"], r["torch_version"], r["amp"], f"{r['size']}³", str(r["batch"]), r["preset"], f"{r['asa_step_s']:.3f}", f"{r['asa_samples_per_s']:.2f}",
-        f"{r['speedup_vs_monai_mae']:.2f}", f"{r['flop_utilization']:.2f} ({r['monai_mae_flop_utilization']:.2f})",
-        f"{r['ar_weights_fraction']:.4f}", f"{r['finetune_speedup_vs_unetr']:.2f}", f"{r['inference_speedup_vs_unetr']:.2f}",
-        f"{r['asa_pretrain_peak_mib'] / 1024:.2f} / {r['monai_mae_peak_mib'] / 1024:.2f}",
-        f"{r['bf16_speedup']:.2f}" if "bf16_speedup" in r else "-",
-        f"{r['case_inference_s']:.1f}" if "case_inference_s" in r else "-",
-        f"{r['loader_headroom']:.1f}" if "loader_headroom" in r else "-", f"{r['load_avg_start']:.1f}",
-        f"`{r['command']}`",
+        r["date"][:10], r["device_name"], r["torch_version"], r["amp"], f"{r['size']}³", str(r["batch"]), r["preset"],
+        f"{r['asa_step_s']:.3f}", f"{r['asa_samples_per_s']:.2f}", mae, mfu, f"{r['ar_weights_fraction']:.4f}",
+        _cell(r, "finetune_speedup_vs_unetr", ".2f"), _cell(r, "inference_speedup_vs_unetr", ".2f"), peak,
+        _cell(r, f"{r['amp']}_speedup", ".2f"), _cell(r, "case_inference_s", ".1f"), _cell(r, "loader_headroom", ".1f"),
+        _cell(r, "load_avg_start", ".1f"), f"`{r['command']}`",
     ]
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def parse_markdown_row(line: str, header: str) -> dict[str, str]:
+    """{column: cell} of a results-table ``line`` under the table's ``header`` line (escaped pipes
+    ``\\|`` stay inside their cell); raises ValueError when the cell counts differ."""
+    def split(text: str) -> list[str]:
+        text = text.strip()
+        if not (text.startswith("|") and text.endswith("|")):
+            raise ValueError(f"not a table row: {text[:60]!r}")
+        cells, cell, i = [], "", 1
+        while i < len(text) - 1:
+            if text[i] == "\\" and text[i + 1] == "|":
+                cell, i = cell + "|", i + 2
+                continue
+            if text[i] == "|":
+                cells.append(cell.strip())
+                cell = ""
+            else:
+                cell += text[i]
+            i += 1
+        return cells + [cell.strip()]
+
+    names, cells = split(header), split(line)
+    if len(names) != len(cells):
+        raise ValueError(f"the row has {len(cells)} cells, the table {len(names)} columns")
+    return dict(zip(names, cells))
 
 
 def append_markdown(r: dict[str, Any], path: Path) -> Path:

@@ -22,6 +22,7 @@ orientations for some layouts (BraTS LPS, IBSR LIA, WMH LAS) as real data are.
 
 example:
   asa-demo-data --layout brats --out /tmp/brats_demo --cases 6 --size 64 --seed 0
+  asa-demo-data --layout brats --out /tmp/brats_case --cases 1 --size 240 240 155   # full BraTS size
 """
 
 
@@ -35,19 +36,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layout", required=True, choices=LAYOUTS, help="dataset layout to write")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument("--cases", type=int, default=4, help="number of cases (default: 4)")
-    parser.add_argument("--size", type=int, default=64, help="volume edge in voxels, 1 mm each (default: 64)")
+    parser.add_argument("--size", type=int, nargs="+", default=[64], metavar="N",
+                        help="volume edge in voxels, 1 mm each (default: 64), or three sizes X Y Z "
+                             "(e.g. 240 240 155, a full BraTS case)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if len(args.size) not in (1, 3):
+        parser.error(f"--size takes one edge or three sizes X Y Z, got {len(args.size)} values")
+    size = args.size[0] if len(args.size) == 1 else tuple(args.size)
     try:
-        out = write_demo_dataset(args.layout, args.out, cases=args.cases, size=args.size, seed=args.seed)
+        out = write_demo_dataset(args.layout, args.out, cases=args.cases, size=size, seed=args.seed)
     except ValueError as err:
         print(f"asa-demo-data: error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {args.cases} {args.layout} case(s) of {args.size}^3 voxels to {out}")
+    shape = f"{size}^3" if isinstance(size, int) else " x ".join(map(str, size))
+    print(f"wrote {args.cases} {args.layout} case(s) of {shape} voxels to {out}")
     return 0
 
 

@@ -135,13 +135,19 @@ def _msd(out: Path, n: int, size: int, seed: int) -> None:
 _WRITERS = {"bids": _bids, "caps": _caps, "filelist": _filelist, "brats": _brats, "ibsr": _ibsr, "wmh": _wmh, "msd": _msd}
 
 
-def write_demo_dataset(layout: str, out: str | Path, *, cases: int = 4, size: int = 64, seed: int = 0) -> Path:
-    """Write ``cases`` phantoms of ``size``^3 (1 mm) in ``layout`` under ``out``; returns ``out``."""
+def write_demo_dataset(layout: str, out: str | Path, *, cases: int = 4, size: int | tuple[int, int, int] = 64,
+                       seed: int = 0) -> Path:
+    """Write ``cases`` phantoms of ``size``^3, or of shape ``size`` (x, y, z) in RAS voxels, e.g.
+    (240, 240, 155) for a full BraTS case (1 mm), in ``layout`` under ``out``; returns ``out``."""
     if layout not in _WRITERS:
         raise ValueError(f"unknown demo layout {layout!r}; expected one of {LAYOUTS}")
     if cases < 1:
         raise ValueError(f"cases must be >= 1, got {cases}")
-    if size < 16:
+    if not isinstance(size, int):
+        size = tuple(int(n) for n in size)
+        if len(size) != 3:
+            raise ValueError(f"size must be one edge or three (x, y, z), got {list(size)}")
+    if min((size,) if isinstance(size, int) else size) < 16:
         raise ValueError(f"size must be >= 16 voxels, got {size}")
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)

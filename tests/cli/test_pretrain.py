@@ -22,9 +22,9 @@ def demo_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("demo-cache")
 
 
-def _overrides(out: Path, cache: Path, *extra: str) -> list[str]:
+def _overrides(out: Path, cache: Path, *extra: str, device: str = "cpu") -> list[str]:
     return ["data=demo", "model=tiny", "trainer=smoke", f"output_dir={out}", "data.size=32", "data.demo.size=40",
-            "data.demo.cases=6", f"data.demo.cache_dir={cache}", "device=cpu", *extra]
+            "data.demo.cases=6", f"data.demo.cache_dir={cache}", f"device={device}", *extra]
 
 
 def _env() -> dict:
@@ -77,20 +77,24 @@ def test_each_experiment_preset_trains(tmp_path, demo_cache, experiment, pos_mod
     assert all(torch.equal(portable["encoder"][k], v) for k, v in export["encoder"].items())
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_is_bit_exact_through_the_cli(tmp_path, demo_cache, workers):
+@pytest.mark.parametrize("device, workers", [("cpu", 0), ("cpu", 2), pytest.param("cuda", 2, marks=pytest.mark.gpu)])
+def test_resume_is_bit_exact_through_the_cli(tmp_path, demo_cache, device, workers):
+    """On CUDA: fp16 + GradScaler, pinned-memory batches moved with non_blocking copies, the AR
+    weights' index_add_ and deterministic kernels (trainer.deterministic, the default)."""
     def weights(out: Path) -> dict:
         return load_checkpoint(out / "checkpoints" / "last.pt")["model"]
 
     # 4 optimisation steps over an epoch of 4 steps (batch 1) vs 2 steps, then resume for 2 more
     extra = ("trainer.batch_size=1", "trainer.epochs=2", "trainer.warmup_steps=1", "optim.base_lr=0.05",
              f"data.num_workers={workers}")
-    run(compose_config("pretrain", _overrides(tmp_path / "a", demo_cache, *extra, "trainer.max_steps=4")))
-    run(compose_config("pretrain", _overrides(tmp_path / "b", demo_cache, *extra, "trainer.max_steps=2")))
+    run(compose_config("pretrain", _overrides(tmp_path / "a", demo_cache, *extra, "trainer.max_steps=4", device=device)))
+    run(compose_config("pretrain", _overrides(tmp_path / "b", demo_cache, *extra, "trainer.max_steps=2", device=device)))
     run(compose_config("pretrain", _overrides(tmp_path / "b", demo_cache, *extra, "trainer.max_steps=4",
-                                              "resume=true")))
+                                              "resume=true", device=device)))
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    if device == "cuda":
+        assert load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["scaler"]["scale"] > 0  # fp16 ran
 
 
 def test_resume_with_another_model_is_refused(tmp_path, demo_cache):

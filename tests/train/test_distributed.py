@@ -56,8 +56,10 @@ def test_two_process_gloo_ddp_matches_one_process_on_the_same_global_batch(tmp_p
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume_continues_exactly(tmp_path):
-    args = ["--max-steps", "14", "--ckpt-every", "1", "--dropout", "0.1"]
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_sigkill_mid_run_then_resume_continues_exactly(tmp_path, device):
+    """On CUDA: fp16 autocast with its GradScaler (state in last.pt) and dropout from the CUDA RNG."""
+    args = ["--max-steps", "14", "--ckpt-every", "1", "--dropout", "0.1", "--device", device]
     _run(["--out", str(tmp_path / "full"), *args])
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, TOY, "--out", str(out), "--sleep", "0.15", *args], env=_env(),

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import Dataset
 
 from asa.models import ASA, PRESETS
-from asa.train import Engine, TrainConfig, build_optimizer
+from asa.train import DistEnv, Engine, TrainConfig, build_optimizer
 from asa.train import precision
 from asa.train.precision import amp_name, cpu_has_native_bf16, resolve_amp, set_threads
 
@@ -86,24 +86,28 @@ class Blobs(Dataset):
         return {"image": self.x[i]}
 
 
-def _train(tmp_path, amp: str, steps: int = 50) -> list[float]:
+def _train(tmp_path, amp: str, steps: int = 50, device: str = "cpu") -> list[float]:
     torch.manual_seed(0)
     model = ASA(img_size=32, **PRESETS["tiny"])
     losses: list[float] = []
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
     def step(net, batch):
         out = net(batch["image"])
         assert out.loss.dtype == out.weights.dtype == torch.float32  # loss and AR weights stay fp32
-        assert torch.is_autocast_enabled("cpu") is (amp == "bf16")
-        if amp == "bf16":
-            assert out.pred.dtype == torch.bfloat16
+        assert torch.is_autocast_enabled(device) is (amp in dtypes)
+        if amp in dtypes:
+            assert out.pred.dtype == dtypes[amp]
         losses.append(float(out.loss.detach()))
         return out.loss, {}
 
     config = TrainConfig(epochs=13, max_steps=steps, batch_size=2, progress=False, amp=amp, warmup_steps=5,
                          ckpt_every=1000, threads=1)
     optimizer = build_optimizer(model, name="adamw", lr=3e-3, weight_decay=0.05, betas=(0.9, 0.95))
-    Engine(model, optimizer, step, config=config, lr=3e-3, out_dir=tmp_path / amp, seed=0).fit(Blobs())
+    engine = Engine(model, optimizer, step, config=config, lr=3e-3, out_dir=tmp_path / amp, seed=0,
+                    env=DistEnv(device=torch.device(device)))
+    engine.fit(Blobs())
+    assert engine.optim_step.scaler.is_enabled() is (amp == "fp16")  # fp16 trains with its GradScaler
     return losses
 
 
@@ -121,6 +125,19 @@ def test_bf16_training_follows_fp32(tmp_path):
     a, b = torch.tensor(fp32), torch.tensor(bf16)
     assert torch.all((a - b).abs() <= 0.02 * a), ((a - b).abs() / a).max()
     assert a[-10:].mean() < 0.7 * a[:10].mean() and b[-10:].mean() < 0.7 * b[:10].mean()
+
+
+@pytest.mark.gpu
+def test_fp16_and_bf16_training_follow_fp32_on_cuda(tmp_path):
+    """The same 50 steps on CUDA: fp16 autocast with its GradScaler and bf16 autocast each stay within
+    2 % of the fp32 loss at every step (the CPU bf16 run above: 0.05 %), and all three learn."""
+    fp32, fp16, bf16 = (torch.tensor(_train(tmp_path, amp, device="cuda")) for amp in ("off", "fp16", "bf16"))
+    assert len(fp32) == len(fp16) == len(bf16) == 50
+    for name, amp in (("fp16", fp16), ("bf16", bf16)):
+        assert not torch.equal(amp, fp32), name
+        assert torch.all((amp - fp32).abs() <= 0.02 * fp32), (name, ((amp - fp32).abs() / fp32).max())
+        assert amp[-10:].mean() < 0.7 * amp[:10].mean(), name
+    assert fp32[-10:].mean() < 0.7 * fp32[:10].mean()
 
 
 def test_cpu_bf16_convolutions_on_depth_2_inputs_run_in_fp32_and_deep_ones_stay_bf16():

@@ -81,10 +81,11 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.0)
     ap.add_argument("--resume", default="false")
     ap.add_argument("--amp", default="auto")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (gloo / NCCL under torchrun)")
     ap.add_argument("--no-augment", action="store_true")
     ap.add_argument("--fail-rank", type=int, default=-1, help="this rank raises at its 3rd step")
     args = ap.parse_args()
-    env = setup_distributed("cpu")
+    env = setup_distributed(args.device)
     cfg = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                       accum_steps=args.accum, ckpt_every=args.ckpt_every, progress=False, log_every=1, amp=args.amp)
     engine = make_engine(args.out, config=cfg, dropout=args.dropout, resume=args.resume, env=env)
