@@ -108,3 +108,9 @@ def test_a_part_that_raises_is_recorded_and_the_check_goes_on(tmp_path, monkeypa
     assert "checks failed: fine" in summary["parts"]["benchmark_bf16"]["error"]
     assert not summary["ok"] and summary["rows"] == []
     assert "no benchmark part finished" in (tmp_path / "out" / "benchmarks_row.md").read_text()
+
+
+def test_a_part_left_without_time_in_the_budget_is_skipped_and_recorded(tmp_path):
+    summary = gpu.run_check(tmp_path / "out", dry_run=True, budget_s=5, repo=REPO, parts=["sdpa"])
+    assert summary["parts"]["sdpa"]["status"] == "skipped" and "left of the 5 s budget" in summary["parts"]["sdpa"]["error"]
+    assert not summary["ok"]
