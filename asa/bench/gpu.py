@@ -2,7 +2,7 @@
 a torchrun (NCCL) pretraining killed and resumed, asa-predict of a full-size BraTS case, the
 fine-tuning step against MONAI's UNETR and SwinUNETR, and the attention kernels in use.
 
-    python -m asa.bench.gpu --out DIR             # from a checkout on a CUDA machine (< 9 min on one H100)
+    python -m asa.bench.gpu --out DIR             # from a checkout on a CUDA machine (budgeted: < 9 min on one H100)
     python -m asa.bench.gpu --out DIR --dry-run   # every part at toy sizes on the CPU (seconds)
     python -m asa.bench.gpu --rows DIR/gpu_check.json --append-md BENCHMARKS.md   # add its rows here
 
