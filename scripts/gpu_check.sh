@@ -7,7 +7,8 @@
 #
 #   scripts/gpu_check.sh OUT_DIR                 # writes OUT_DIR/{gpu_check.json,benchmarks_row.md,gpu_check.log}
 #   scripts/gpu_check.sh OUT_DIR --dry-run       # toy sizes on the CPU (what CI runs)
-#   ASA_WHEELS=wheels/ scripts/gpu_check.sh OUT  # no package index: install the missing packages from wheels/
+#   ASA_WHEELS=.wheels scripts/gpu_check.sh OUT  # no package index: the missing packages from .wheels
+#                                                # (scripts/gpu_wheels.sh .wheels fetches them elsewhere)
 #
 # Extra arguments go to python -m asa.bench.gpu (--budget S, --parts ...). PYTHON picks the interpreter.
 set -euo pipefail

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from asa.bench.gpu_parts import PARTS, PROFILES, Context
+from asa.bench.gpu_parts import PARTS, PROFILES, Context, reap, spawn, stop_started
 from asa.bench.report import TARGETS, append_markdown, markdown_row
 from asa.io import atomic_write_json, atomic_write_text
 
@@ -143,22 +143,25 @@ def start_part(name: str, ctx: Context) -> Started:
     (ctx.work / f"part_{name}.json").unlink(missing_ok=True)
     log_path = ctx.work / f"part_{name}.log"
     with open(log_path, "w") as sink:
-        proc = subprocess.Popen(_child_command(name, ctx.repo, ctx.work, ctx.profile.device == "cpu", ctx.timeout_s),
-                                stdout=sink, stderr=subprocess.STDOUT, env=ctx.env(), cwd=ctx.repo,
-                                start_new_session=True)
+        proc = spawn(_child_command(name, ctx.repo, ctx.work, ctx.profile.device == "cpu", ctx.timeout_s),
+                     stdout=sink, env=ctx.env(), cwd=ctx.repo)
     return Started(name, ctx, proc, log_path, time.perf_counter())
 
 
 def finish_part(started: Started) -> dict[str, Any]:
-    """Wait for a started part until its time limit (then its process group is killed); its result."""
+    """Wait for a started part until its time limit; then SIGTERM (the part stops what it started)
+    and, 10 s later, SIGKILL to its process group. Its result."""
     ctx, proc = started.ctx, started.proc
     left = ctx.timeout_s - (time.perf_counter() - started.start)
     try:
         code = proc.wait(timeout=max(left, 1.0))
+        reap(proc)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        reap(proc, kill=True)
         code = None
     ctx.log(f"--- {started.name} (its own process) ---\n{started.log_path.read_text(errors='replace')}")
     result_path = ctx.work / f"part_{started.name}.json"
@@ -364,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.part is not None:  # a child process: one part, its result in the work folder
+        signal.signal(signal.SIGTERM, stop_started)  # stopped from outside: take what it started along
         ctx = Context(repo=find_repo(args.repo), work=args.work, profile=PROFILES["dry" if args.dry_run else "gpu"],
                       timeout_s=args.part_timeout)
         result = run_inline(args.part, ctx)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Context", "PARTS", "PROFILES", "Profile", "run_command"]
+__all__ = ["Context", "PARTS", "PROFILES", "Profile", "reap", "run_command", "spawn", "stop_started"]
 
 
 @dataclass(frozen=True)
@@ -94,29 +94,51 @@ class Context:
         return env
 
 
+_STARTED: set[int] = set()  # process groups this process started and has not reaped yet
+
+
+def spawn(cmd: Sequence[str], *, stdout, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    """Start ``cmd`` as the leader of a new process group (so that it can be stopped with its children)."""
+    proc = subprocess.Popen(list(map(str, cmd)), stdout=stdout, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                            start_new_session=True)
+    _STARTED.add(proc.pid)
+    return proc
+
+
+def reap(proc: subprocess.Popen, *, kill: bool = False) -> int | None:
+    """Wait for ``proc`` (after SIGKILL to its whole group with ``kill``); its exit code."""
+    if kill:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    code = proc.wait()
+    _STARTED.discard(proc.pid)
+    return code
+
+
+def stop_started(*_: object) -> None:
+    """SIGKILL every process group this process started (a part stopped from outside leaves none behind)."""
+    for pgid in list(_STARTED):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    raise SystemExit(128 + signal.SIGTERM)
+
+
 def run_command(cmd: Sequence[str], *, timeout_s: float, log_path: Path, env: dict[str, str] | None = None,
                 cwd: Path | None = None) -> tuple[str, int | None, float]:
     """Run ``cmd`` with its output appended to ``log_path``; (status, exit code, seconds) with status
     ``ok`` (exit 0), ``failed`` or ``timeout`` (the whole process group killed at ``timeout_s``)."""
-    start = time.perf_counter()
+    begin = time.perf_counter()
     with open(log_path, "a") as log:
         log.write(f"$ {' '.join(map(str, cmd))}\n")
         log.flush()
-        proc = subprocess.Popen(list(map(str, cmd)), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                start_new_session=True)
+        proc = spawn(cmd, stdout=log, env=env, cwd=cwd)
         try:
-            code = proc.wait(timeout=max(timeout_s, 1.0))
+            proc.wait(timeout=max(timeout_s, 1.0))
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            return "timeout", None, time.perf_counter() - start
-    return ("ok" if code == 0 else "failed"), code, time.perf_counter() - start
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the process group that ``proc`` leads (its children too), then reap it."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+            reap(proc, kill=True)
+            return "timeout", None, time.perf_counter() - begin
+    code = reap(proc)
+    return ("ok" if code == 0 else "failed"), code, time.perf_counter() - begin
 
 
 def _load_benchmark(repo: Path):
@@ -315,14 +337,13 @@ def part_pretrain_torchrun(ctx: Context) -> dict[str, Any]:
 def _leg(ctx: Context, cmd: list[str], log_name: str, deadline: float, kill_at: int | None = None) -> dict[str, Any]:
     """One torchrun run; with ``kill_at`` it gets SIGTERM once a progress line reaches that step."""
     log_path = ctx.work / log_name
-    start = time.perf_counter()
+    begin = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ctx.env(), cwd=ctx.repo,
-                                start_new_session=True)
+        proc = spawn(cmd, stdout=log, env=ctx.env(), cwd=ctx.repo)
     signalled = False
     while proc.poll() is None:
         if time.monotonic() > deadline:
-            _kill_group(proc)
+            reap(proc, kill=True)
             raise TimeoutError(f"{log_name}: torchrun still running at the part's time limit")
         if kill_at is not None and not signalled:
             steps = [int(m.group(1)) for m in _PROGRESS.finditer(log_path.read_text(errors="replace"))]
@@ -330,6 +351,7 @@ def _leg(ctx: Context, cmd: list[str], log_name: str, deadline: float, kill_at: 
                 proc.send_signal(signal.SIGTERM)  # to torchrun, which passes it to its worker
                 signalled = True
         time.sleep(0.05)
+    reap(proc)
     text = log_path.read_text(errors="replace")
     ctx.log(f"--- {log_name} ---\n{text}")
 
@@ -339,7 +361,7 @@ def _leg(ctx: Context, cmd: list[str], log_name: str, deadline: float, kill_at: 
 
     m = re.search(r"world size (\d+)(?: \((\w+)\))?, precision (\w+)", text)
     windows = [{"step": int(g[0]), "loss": float(g[3]), "samples_per_s": float(g[5])} for g in _PROGRESS.findall(text)]
-    return {"seconds": time.perf_counter() - start, "exit_code": proc.returncode,
+    return {"seconds": time.perf_counter() - begin, "exit_code": proc.returncode,
             "world_size": int(m.group(1)) if m else None, "backend": m.group(2) if m else None,
             "precision": m.group(3) if m else None, "windows": windows,
             "stopped_at": found(r"received SIGTERM: saving last\.pt at step (\d+)"),

@@ -114,3 +114,18 @@ def test_a_part_left_without_time_in_the_budget_is_skipped_and_recorded(tmp_path
     summary = gpu.run_check(tmp_path / "out", dry_run=True, budget_s=5, repo=REPO, parts=["sdpa"])
     assert summary["parts"]["sdpa"]["status"] == "skipped" and "left of the 5 s budget" in summary["parts"]["sdpa"]["error"]
     assert not summary["ok"]
+
+
+def test_a_part_stopped_from_outside_stops_what_it_started(tmp_path):
+    """A timed-out part gets SIGTERM; its handler kills the process groups it started (pytest,
+    torchrun and their workers), so nothing keeps running on the GPU into the next part."""
+    from asa.bench.gpu_parts import reap, spawn, stop_started
+
+    with open(tmp_path / "log", "w") as log:
+        proc = spawn([sys.executable, "-c", "import subprocess, sys, time; "
+                      "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"],
+                     stdout=log)
+    with pytest.raises(SystemExit) as stopped:
+        stop_started()
+    assert stopped.value.code == 143
+    assert reap(proc) == -9

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Fetch, here, the packages asa needs that a GPU machine's image may lack (MONAI, nibabel, Hydra,
+# OmegaConf and its ANTLR runtime, importlib-resources before Python 3.12; torch, NumPy, SciPy,
+# TensorBoard, tqdm, einops and pytest are usually there), at the versions installed here, for a
+# GPU machine without a package index (a 5 MB folder, checked offline with a venv holding only those):
+#
+#   scripts/gpu_wheels.sh .wheels                          # here (pure-Python files, any Python 3)
+#   ASA_WHEELS=.wheels scripts/gpu_check.sh OUT_DIR        # there, with .wheels copied along
+set -euo pipefail
+DIR="${1:?usage: scripts/gpu_wheels.sh DIR}"
+PY="${PYTHON:-python3}"
+pkgs=()
+for name in monai nibabel hydra-core omegaconf antlr4-python3-runtime importlib-resources; do
+    version=$("$PY" -c "import importlib.metadata as m; print(m.version('$name'))" 2>/dev/null || true)
+    pkgs+=("$name${version:+==$version}")
+done
+"$PY" -m pip download -q --no-deps -d "$DIR" "${pkgs[@]}"
+echo "gpu_wheels: ${pkgs[*]} in $DIR ($(du -sh "$DIR" | cut -f1))"
