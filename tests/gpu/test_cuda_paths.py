@@ -22,8 +22,13 @@ AMP = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _segmenter(channels: int = 4) -> ASASegmenter:
+    """A random tiny segmenter whose head is scaled ×10, so that most voxels have a clear label."""
     torch.manual_seed(0)
-    return ASASegmenter(img_size=32, in_channels=channels, out_channels=3, **ENCODER).cuda().eval()
+    net = ASASegmenter(img_size=32, in_channels=channels, out_channels=3, **ENCODER)
+    with torch.no_grad():
+        for param in net.head.parameters():
+            param.mul_(10)
+    return net.cuda().eval()
 
 
 def _agree_where_decided(a: torch.Tensor, b: torch.Tensor, margin: float = 1e-3) -> float:
@@ -35,7 +40,15 @@ def _agree_where_decided(a: torch.Tensor, b: torch.Tensor, margin: float = 1e-3)
     return float((a.argmax(0) == b.argmax(0))[decided].float().mean())
 
 
-def test_auto_window_batch_fits_and_gives_the_labels_of_batch_1(monkeypatch):
+@pytest.fixture
+def exact_fp32(monkeypatch):
+    """fp32 without TF32 (cuDNN convolutions use it by default): layouts and batch sizes that pick
+    other kernels then agree to rounding, not to TF32's 10-bit mantissa."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+
+
+def test_auto_window_batch_fits_and_gives_the_labels_of_batch_1(monkeypatch, exact_fp32):
     net = _segmenter()
     x = torch.randn(4, 80, 72, 64)
     chosen: list[int] = []
@@ -54,7 +67,8 @@ def test_auto_window_batch_fits_and_gives_the_labels_of_batch_1(monkeypatch):
 
 
 @pytest.mark.parametrize("amp", [None, "fp16", "bf16"])
-def test_channels_last_inference_on_cuda_equals_contiguous(amp):
+def test_channels_last_inference_on_cuda_equals_contiguous(amp, exact_fp32):
+    """fp32 to 1e-5; fp16 / bf16 (other kernels, other rounding) to 1e-2 / 3e-2 in probability."""
     net = _segmenter()
     laid_out = copy.deepcopy(net)
     channels_last_inference(laid_out)
@@ -63,7 +77,7 @@ def test_channels_last_inference_on_cuda_equals_contiguous(amp):
     x = torch.randn(4, 48, 40, 36)
     kw = dict(roi_size=(32, 32, 32), multilabel=False, sw_batch_size=2, device="cuda", amp_dtype=AMP.get(amp))
     a, b = predict_volume(net, x, **kw), predict_volume(laid_out, x, **kw)
-    tol = 1e-5 if amp is None else 1e-2
+    tol = {None: 1e-5, "fp16": 1e-2, "bf16": 3e-2}[amp]
     torch.testing.assert_close(b, a, atol=tol, rtol=tol)
     assert _agree_where_decided(b, a, margin=2 * tol) == 1.0
 
