@@ -376,18 +376,15 @@ def _median(values: list[float]) -> float | None:
 
 def part_prepare(ctx: Context) -> dict[str, Any]:
     """The data the other parts read: demo BIDS phantoms for pretraining, a BraTS set for a
-    two-step fine-tuning and one BraTS case of ``case_shape`` for asa-predict (`asa-demo-data`)."""
-    from asa.cli.demo_data import main as demo_data
-    from asa.data import ensure_demo_dataset
+    two-step fine-tuning and one BraTS case of ``case_shape`` for asa-predict (the phantoms `asa-demo-data` writes)."""
+    from asa.data import ensure_demo_dataset, write_demo_dataset
 
     p = ctx.profile
     start = time.perf_counter()
     ensure_demo_dataset("bids", cases=p.demo_cases, size=p.demo_size, seed=0, cache_dir=ctx.work / "demo-cache")
     bids_s = time.perf_counter() - start
-    for folder, args in (("brats_train", ["--cases", str(p.finetune_cases), "--size", str(p.size), "--seed", "0"]),
-                         ("brats_case", ["--cases", "1", "--size", *map(str, p.case_shape), "--seed", "7"])):
-        if demo_data(["--layout", "brats", "--out", str(ctx.work / folder), *args]) != 0:
-            raise RuntimeError(f"asa-demo-data could not write {folder}")
+    write_demo_dataset("brats", ctx.work / "brats_train", cases=p.finetune_cases, size=p.size, seed=0)
+    write_demo_dataset("brats", ctx.work / "brats_case", cases=1, size=tuple(p.case_shape), seed=7)
     return {"bids_s": bids_s, "total_s": time.perf_counter() - start, "checks": {"written": True}}
 
 
