@@ -179,7 +179,8 @@ def run_study(args: argparse.Namespace) -> tuple[list[dict], list[str], dict[str
     from asa.api.common import dataset_root
     from asa.api import finetune
     from asa.api.rundir import move_aside
-    from asa.data import atomic_write_json, discover, get_task
+    from asa.data import discover, get_task
+    from asa.io import atomic_write_json
     from asa.eval.predict import Predictor
     from asa.eval.reliance import encoder_reliance
     from asa.api.config import compose_config
@@ -255,7 +256,7 @@ def _device(name: str):
 
 def write_outputs(scores: list[dict], names: Sequence[str], reference: str, out: Path, *, n_boot: int = 10000) -> str:
     """scores.csv, transfer.md / .csv and dice_vs_cases.svg under ``out``; returns the Markdown."""
-    from asa.data import atomic_write_text
+    from asa.io import atomic_write_text
 
     rows = summarize(scores, names, reference, n_boot=n_boot)
     md = markdown_table(rows, names, reference)

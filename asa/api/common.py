@@ -192,7 +192,7 @@ def trainer_config(cfg: DictConfig) -> TrainConfig:
 def describe_error(err: BaseException) -> str:
     """One line naming the file and the fault: the innermost asa error of the chain, or the last line
     of a DataLoader worker's re-raised traceback, or ``Type: message``."""
-    from asa.data import VolumeError
+    from asa.io import VolumeError
     from asa.data.datasets import CaseLoadError
 
     seen, e = [], err

@@ -1,4 +1,4 @@
-"""Data: NIfTI I/O in RAS+, dataset layouts, tasks, splits, preprocessing, datasets and demo phantoms."""
+"""Data: NIfTI I/O in RAS+ (from `asa.io`), dataset layouts, tasks, splits, preprocessing, datasets and demo phantoms."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from asa.data.datasets import (
     region_map_for_inference,
 )
 from asa.data.demo import default_cache_dir, ensure_demo_dataset, write_demo_dataset
-from asa.data.io import Volume, VolumeError, atomic_write_json, atomic_write_text, load_volume, save_volume
 from asa.data.layouts import LAYOUTS, PRETRAIN_LAYOUTS, SEGMENTATION_LAYOUTS, CaseError, detect_layout, discover
 from asa.data.phantom import Phantom, make_phantom
 from asa.data.regions import REGION_SOURCES, RegionSource, cluster_tissue
 from asa.data.splits import DEFAULT_SPLITS, make_splits
 from asa.data.subjects import diseased_labels
 from asa.data.tasks import TASKS, Task, get_task
+from asa.io import load_volume, save_volume  # the data stage's public NIfTI reader and writer (DESIGN §4)
 
 __all__ = [
     "Case",
@@ -32,10 +32,6 @@ __all__ = [
     "RegionSource",
     "TASKS",
     "Task",
-    "Volume",
-    "VolumeError",
-    "atomic_write_json",
-    "atomic_write_text",
     "build_pretrain_dataset",
     "build_segmentation_dataset",
     "cluster_tissue",

@@ -28,7 +28,7 @@ from monai.data.utils import set_rnd
 from monai.transforms import Compose
 
 from asa.data.case import Case
-from asa.data.io import Volume, VolumeError, load_volume
+from asa.io import Volume, VolumeError, load_volume
 from asa.data.regions import RegionSource
 from asa.data.store import Store, StoreLatticeCropd, StorePretrainCrop, StoreSegmentationLoad, open_store, store_settings
 from asa.data.tasks import Task

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from asa.data.io import load_volume
+from asa.io import load_volume
 from asa.io.nifti import find_nifti
 
 __all__ = ["CONFIG_SOURCES", "REGION_SOURCES", "TARGET_SOURCES", "RegionSource", "cluster_tissue"]

@@ -39,7 +39,7 @@ from monai.transforms import (
 from monai.transforms.utils import generate_spatial_bounding_box
 
 from asa.data.case import Case
-from asa.data.io import Volume, load_volume
+from asa.io import Volume, load_volume
 from asa.data.lattice import LatticeCropd, LatticeFlipd, reference_origin
 from asa.data.tasks import Task
 

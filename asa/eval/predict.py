@@ -15,7 +15,6 @@ from asa.data import (
     Case,
     RegionSource,
     Task,
-    VolumeError,
     detect_layout,
     discover,
     preprocess_for_inference,
@@ -23,7 +22,7 @@ from asa.data import (
     save_volume,
 )
 from asa.eval.inference import predict_volume
-from asa.io.nifti import is_nifti, prediction_path, probabilities_path, strip_nifti
+from asa.io import VolumeError, is_nifti, prediction_path, probabilities_path, strip_nifti
 
 CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # nnU-Net style <case>_0000
 

@@ -97,7 +97,7 @@ def build_probe_set(cases: Sequence, task, *, size: int, channels: Sequence[str]
     encoder with region attention (patch majority of each case's region map); a source made from the
     labels is refused (the probe would read the target through the encoder's input).
     """
-    from asa.data.io import load_volume
+    from asa.io import load_volume
     from asa.data.transforms import brain_centre, brain_mask, case_to_item, crop_or_pad, load_case_images, normalize_in_brain
 
     if len(cases) < 2:

@@ -77,7 +77,7 @@ def encoder_reliance(predictor, cases: Sequence, *, overlap: float = 0.5, sw_bat
 
 def write_reliance(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``reliance_per_case.csv`` and ``reliance.json`` under ``out_dir``."""
-    from asa.data import atomic_write_json, atomic_write_text
+    from asa.io import atomic_write_json, atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Bottom-layer file I/O shared by every stage: atomic writes, checkpoint files, safetensors encoder exports and NIfTI file names (imports nothing of asa)."""
+"""Bottom-layer file I/O shared by every stage: atomic writes, checkpoint files, safetensors encoder exports, NIfTI
+file names and NIfTI volumes in RAS+ (imports nothing of asa outside this package)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from asa.io.portable import (SAFETENSORS_SUFFIX, load_export_safetensors, load_w
                              save_export_safetensors)
 from asa.io.nifti import (NIFTI_SUFFIXES, PREDICTION_SUFFIX, find_nifti, is_nifti, nifti_suffix, prediction_path,
                           probabilities_path, strip_nifti)
+from asa.io.volume import Volume, VolumeError, decode_nifti, load_volume, read_nifti, save_volume
 
 __all__ = [
     "CheckpointError", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
@@ -15,4 +17,5 @@ __all__ = [
     "NIFTI_SUFFIXES", "PREDICTION_SUFFIX", "find_nifti", "is_nifti", "nifti_suffix", "prediction_path",
     "probabilities_path", "strip_nifti",
     "SAFETENSORS_SUFFIX", "load_export_safetensors", "load_weights", "save_export_safetensors",
+    "Volume", "VolumeError", "decode_nifti", "load_volume", "read_nifti", "save_volume",
 ]

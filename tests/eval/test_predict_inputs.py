@@ -52,7 +52,8 @@ def test_on_bad_case_skip_predicts_the_others_and_lists_the_bad_one(tmp_path):
     import numpy as np
     import torch
 
-    from asa.data import VolumeError, get_task, write_demo_dataset
+    from asa.data import get_task, write_demo_dataset
+    from asa.io import VolumeError
     from asa.eval.predict import Predictor, gather_cases, predict_cases
 
     task = get_task("brats")

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 
 from asa.data.case import Case
-from asa.data.io import VolumeError, _decode, _read_nifti, load_volume
+from asa.io import VolumeError, decode_nifti, load_volume, read_nifti
 from asa.data.layouts.names import LAYOUTS
 
 __all__ = ["CaseError", "Problem", "Found", "register", "ADAPTERS", "check_case"]
@@ -61,7 +61,7 @@ def register(name: str, pattern: str) -> Callable[[Adapter], Adapter]:
 
 
 def _grid(path: Path) -> tuple[tuple[int, ...], np.ndarray, nib.Nifti1Image]:
-    img = _read_nifti(path)
+    img = read_nifti(path)
     shape = tuple(int(s) for s in img.shape)
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
@@ -88,7 +88,7 @@ def check_case(case: Case, label_values: tuple[int, ...] | None, *, check_labels
             for channel, path in case.images.items():
                 load_volume(path, label=False, frame=case.frame(channel))
         if case.label is not None and (check_labels or contents):
-            data = load_volume(case.label, label=True).array if contents else _decode(_read_nifti(case.label), case.label)
+            data = load_volume(case.label, label=True).array if contents else decode_nifti(read_nifti(case.label), case.label)
             if not np.all(np.isfinite(data)):
                 return f"label {case.label} contains NaN/Inf"
             if check_labels and label_values is not None:

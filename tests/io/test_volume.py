@@ -6,7 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from asa.data import VolumeError, load_volume, save_volume
+import asa.data
+from asa.io import VolumeError, load_volume, save_volume
 from asa.data.demo import write_nifti
 
 
@@ -142,3 +143,8 @@ def test_4d_frames_and_empty_labels(tmp_path):
     empty_label = _write(tmp_path / "seg.nii.gz", np.zeros((4, 4, 4), np.uint8))
     vol = load_volume(empty_label)
     assert vol.is_label and vol.array.dtype == np.uint8
+
+
+def test_the_data_stage_reexports_the_public_reader_and_writer():
+    """DESIGN §4 promises ``asa.data.load_volume`` / ``asa.data.save_volume``: the same functions as asa.io's."""
+    assert asa.data.load_volume is load_volume and asa.data.save_volume is save_volume

@@ -3,7 +3,7 @@
 `load_volume` reorients every volume with nibabel's closest-canonical transform (array axis 0 runs
 left->right, 1 posterior->anterior, 2 inferior->superior) and keeps what is needed to undo it;
 `save_volume` writes an array given on that canonical grid back in the reference file's original
-orientation, shape, affine and header. All writes are atomic (`asa.io`).
+orientation, shape, affine and header. All writes are atomic (`atomic_path`).
 """
 
 from __future__ import annotations
@@ -20,17 +20,11 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import apply_orientation, io_orientation, ornt_transform
 
-from asa.io import atomic_path, atomic_write_json, atomic_write_text, nifti_suffix
+from asa.io.atomic import atomic_path
+from asa.io.nifti import nifti_suffix
 
-__all__ = [
-    "Volume",
-    "VolumeError",
-    "load_volume",
-    "save_volume",
-    "atomic_write_text",
-    "atomic_write_json",
-    "nifti_suffix",
-]
+__all__ = ["Volume", "VolumeError", "decode_nifti", "load_volume", "read_nifti", "save_volume"]
+
 
 class VolumeError(ValueError):
     """An input volume cannot be used; the message names the file and the fault."""
@@ -71,7 +65,8 @@ class Volume:
         return tuple(nib.aff2axcodes(self.original_affine))
 
 
-def _read_nifti(path: Path) -> nib.Nifti1Image:
+def read_nifti(path: Path) -> nib.Nifti1Image:
+    """The NIfTI image at ``path`` with its header read and its data not yet decoded; `VolumeError` names the file."""
     if not path.exists():
         raise VolumeError(path, "file not found")
     if not path.is_file():
@@ -87,7 +82,8 @@ def _read_nifti(path: Path) -> nib.Nifti1Image:
     return img
 
 
-def _decode(img: nib.Nifti1Image, path: Path) -> np.ndarray:
+def decode_nifti(img: nib.Nifti1Image, path: Path) -> np.ndarray:
+    """The stored array of ``img`` (read from ``path``), as on disk; `VolumeError` for truncated or corrupt data."""
     try:
         return np.asanyarray(img.dataobj)
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as err:
@@ -124,9 +120,9 @@ def load_volume(
     only) accepts an all-zero array. Every fault raises `VolumeError` naming the file.
     """
     path = Path(path)
-    img = _read_nifti(path)
+    img = read_nifti(path)
     original_shape = tuple(int(s) for s in img.shape)
-    data = _decode(img, path)
+    data = decode_nifti(img, path)
     # squeeze trailing singleton dims (x, y, z, 1, 1), then handle real 4D
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
