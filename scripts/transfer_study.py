@@ -240,7 +240,7 @@ def run_study(args: argparse.Namespace) -> tuple[list[dict], list[str], dict[str
 
 def _finished(ckpt: Path) -> bool:
     """Whether ``ckpt`` is the last.pt of a run that went through its whole schedule."""
-    from asa.train import load_checkpoint
+    from asa.io import load_checkpoint
 
     if not ckpt.is_file():
         return False

@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from asa.api import (EvaluateConfig, FinetuneConfig, PredictConfig, PretrainConfig, compose_config, evaluate,
                      finetune, load_config, predict, pretrain)
 from asa.data import write_demo_dataset
-from asa.train import TrainerSettings, load_checkpoint
+from asa.io import load_checkpoint
+from asa.train import TrainerSettings
 
 
 @pytest.mark.parametrize("name, kind", [("pretrain", PretrainConfig), ("finetune", FinetuneConfig),

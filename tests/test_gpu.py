@@ -48,7 +48,7 @@ def test_gpu_inference_matches_cpu():
 
 def test_pretrain_smoke_on_cuda_with_amp(tmp_path):
     from asa.api import pretrain as run
-    from asa.train import load_checkpoint
+    from asa.io import load_checkpoint
     from asa.api.config import compose_config
 
     cfg = compose_config("pretrain", [

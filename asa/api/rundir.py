@@ -24,8 +24,8 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from asa.io import atomic_write_text
-from asa.train.checkpoint import check_compatible, flatten, load_checkpoint
+from asa.io import atomic_write_text, load_checkpoint
+from asa.train.checkpoint import check_compatible, flatten
 from asa.train.distributed import DistEnv, all_gather_objects
 
 __all__ = ["RunDirError", "RunDir", "RunLock", "LOCK_NAME", "command_line", "move_aside", "prepare_run_dir"]

@@ -1,14 +1,9 @@
 """Training infrastructure shared by pretraining and fine-tuning: distributed setup, optimisers,
-schedules, checkpoints, seeding and the generic `Engine`."""
+schedules, the training-checkpoint format and resume checks, seeding and the generic `Engine` (checkpoint
+files are read and written by `asa.io`)."""
 from __future__ import annotations
 
-from .checkpoint import (
-    CheckpointError,
-    IncompatibleCheckpointError,
-    check_compatible,
-    load_checkpoint,
-    save_checkpoint,
-)
+from .checkpoint import IncompatibleCheckpointError, check_compatible
 from .distributed import DistEnv, all_reduce_mean, cleanup_distributed, setup_distributed
 from .engine import Engine, FitResult, NonFiniteLossError, fit
 from .optim import build_optimizer, param_groups, scaled_lr
@@ -17,7 +12,7 @@ from .schedule import lr_at
 from .settings import TrainConfig, TrainerSettings
 
 __all__ = [
-    "CheckpointError", "IncompatibleCheckpointError", "check_compatible", "load_checkpoint", "save_checkpoint",
+    "IncompatibleCheckpointError", "check_compatible",
     "DistEnv", "all_reduce_mean", "cleanup_distributed", "setup_distributed",
     "Engine", "FitResult", "NonFiniteLossError", "TrainConfig", "TrainerSettings", "fit",
     "build_optimizer", "param_groups", "scaled_lr",

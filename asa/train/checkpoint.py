@@ -1,4 +1,4 @@
-"""Training-checkpoint format and resume-compatibility checks (reading and writing: ``asa.io.checkpoint``)."""
+"""Training-checkpoint format and resume-compatibility checks (the files are read and written by ``asa.io``)."""
 from __future__ import annotations
 
 import os
@@ -6,12 +6,9 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from asa.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from asa.io import CheckpointError
 
-__all__ = [
-    "CheckpointError", "IncompatibleCheckpointError", "save_checkpoint", "load_checkpoint",
-    "check_compatible", "flatten", "prune_step_checkpoints",
-]
+__all__ = ["IncompatibleCheckpointError", "check_compatible", "flatten", "prune_step_checkpoints"]
 
 FORMAT = "asa-checkpoint"
 VERSION = 1

@@ -20,9 +20,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset
 
+from asa.io import save_checkpoint
 from asa.models.zoo import network_spec
 
-from .checkpoint import FORMAT, VERSION, prune_step_checkpoints, save_checkpoint
+from .checkpoint import FORMAT, VERSION, prune_step_checkpoints
 from .data import build_loader, move_to
 from .distributed import DistEnv, all_gather_objects, all_reduce_max_ints, all_reduce_mean, barrier
 from .precision import amp_name, guard_cpu_bf16_convolutions, set_threads

@@ -10,11 +10,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from asa.io import SAFETENSORS_SUFFIX, load_checkpoint, save_checkpoint, save_export_safetensors
 from asa.models.encoder import ENCODER_PREFIX, upgrade_legacy_keys
 
-from asa.io import SAFETENSORS_SUFFIX, save_export_safetensors
-
-from .checkpoint import load_checkpoint, save_checkpoint
 from .data import move_to
 from .distributed import DistEnv
 from .rng import fork_rng, item_seed, seed_everything

@@ -6,7 +6,9 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .checkpoint import FORMAT, check_compatible, load_checkpoint
+from asa.io import load_checkpoint
+
+from .checkpoint import FORMAT, check_compatible
 
 __all__ = ["Tracker", "resume_path", "read_training_checkpoint"]
 

@@ -15,7 +15,7 @@ from asa.api import finetune
 from asa.api import predict
 from asa.data import discover, get_task, write_demo_dataset
 from asa.models import ASA, PRESETS
-from asa.train import load_checkpoint
+from asa.io import load_checkpoint
 from asa.api.config import compose_config
 
 LAYOUTS = [("brats", 5, {1, 2, 4}), ("ibsr", 5, {1, 2, 3}), ("wmh", 5, {1})]

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from asa.api import pretrain as run
-from asa.train import IncompatibleCheckpointError, load_checkpoint
+from asa.io import load_checkpoint
+from asa.train import IncompatibleCheckpointError
 from asa.api.config import compose_config
 from asa.io import load_export_safetensors
 

@@ -10,7 +10,7 @@ from asa.api import finetune, pretrain
 from asa.api.config import compose_config
 from asa.data import discover, load_volume
 from asa.eval.predict import Predictor, predict_cases
-from asa.train import load_checkpoint
+from asa.io import load_checkpoint
 
 PRESETS = {  # experiment: (model.region_attention, mae.loss_weighting)
     "rat_msa": ("alternate", "uniform"),

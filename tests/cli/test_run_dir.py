@@ -19,7 +19,8 @@ from asa.api import finetune
 from asa.api import pretrain
 from asa.api.rundir import LOCK_NAME, RunDirError, RunLock
 from asa.data import write_demo_dataset
-from asa.train import IncompatibleCheckpointError, load_checkpoint
+from asa.io import load_checkpoint
+from asa.train import IncompatibleCheckpointError
 from asa.api.config import compose_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

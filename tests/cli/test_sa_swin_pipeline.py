@@ -13,7 +13,7 @@ from asa.api import evaluate, finetune, predict, pretrain
 from asa.api.config import compose_config
 from asa.api.pretrain import _method
 from asa.data import discover, write_demo_dataset
-from asa.train import load_checkpoint
+from asa.io import load_checkpoint
 
 SIZES = ["feature_size=12", "depths=[1,1,1,1]", "num_heads=[1,1,2,4]"]
 

@@ -10,7 +10,7 @@ import torch
 from asa.data import get_task
 from asa.eval.predict import Predictor
 from asa.models import PRESETS, build_network, network_spec
-from asa.train import save_checkpoint
+from asa.io import save_checkpoint
 
 TINY = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
 

@@ -57,7 +57,7 @@ def test_every_writer_delegates(tmp_path, umask):
 
     from asa.data import load_volume, save_volume, write_demo_dataset
     from asa.eval.evaluate import write_results
-    from asa.train import save_checkpoint
+    from asa.io import save_checkpoint
 
     root = write_demo_dataset("ibsr", tmp_path / "data", cases=1, size=16, seed=0)
     image = next(root.rglob("*_ana_strip.nii.gz"))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from asa.models import ASA, NETWORKS, ASASegmenter, build_from_config, build_network, network_spec
-from asa.train import load_checkpoint, save_checkpoint
+from asa.io import load_checkpoint, save_checkpoint
 
 TINY = dict(embed_dim=48, depth=4, num_heads=3, window_size=8)
 SPECS = {

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from asa.io import CheckpointError
 from asa.models import ASA, PRESETS, ASASegmenter, symmetric_position_encoding
-from asa.train import CheckpointError
 
 ENC = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
 

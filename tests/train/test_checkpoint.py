@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from asa.train import CheckpointError, IncompatibleCheckpointError, check_compatible, load_checkpoint
-from asa.train import capture_rng, fork_rng, restore_rng, save_checkpoint
+from asa.io import CheckpointError, load_checkpoint, save_checkpoint
+from asa.train import IncompatibleCheckpointError, capture_rng, check_compatible, fork_rng, restore_rng
 from asa.train.checkpoint import prune_step_checkpoints
 
 

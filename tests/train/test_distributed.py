@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from asa.train import CheckpointError, load_checkpoint
+from asa.io import CheckpointError, load_checkpoint
 
 TOY = str(Path(__file__).with_name("toy.py"))
 REPO = str(Path(__file__).resolve().parents[2])

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asa.train import IncompatibleCheckpointError, NonFiniteLossError, TrainConfig, load_checkpoint
+from asa.io import load_checkpoint
+from asa.train import IncompatibleCheckpointError, NonFiniteLossError, TrainConfig
 from toy import ToyData, make_engine, step_fn
 
 
