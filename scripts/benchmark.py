@@ -259,7 +259,7 @@ def loader_throughput(size: int, batch: int, workers: int = 2, volumes: int = 8)
     from asa.bench.loader import loader_epoch, write_synthetic_bids
     from asa.data import build_pretrain_dataset, discover
     from asa.data.preprocess import build_store
-    from asa.data.transforms import PretrainPreprocess
+    from asa.data.preprocessing import PretrainPreprocess
 
     shape = (size * 5 // 4, size * 3 // 2, size * 5 // 4)
     with tempfile.TemporaryDirectory(prefix="asa-bench-") as tmp:
@@ -445,7 +445,7 @@ def _pretrain_rows(setup: Setup, r: dict[str, Any], times: dict[str, list[float]
 def phantom_regions(size: int, k: int = 3, seed: int = 0) -> torch.Tensor:
     """Patch regions [1, (size/8)³] of a phantom: k-means tissue classes (0 background), patch majority."""
     from asa.data import cluster_tissue, make_phantom
-    from asa.data.transforms import brain_mask, normalize_in_brain
+    from asa.data.preprocessing import brain_mask, normalize_in_brain
 
     image = make_phantom(size, seed=seed).images["t1"][None]
     mask = brain_mask(image)

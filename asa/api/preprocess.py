@@ -42,7 +42,7 @@ def preprocess(config: PreprocessConfig | DictConfig):
     from asa.data import CaseError, discover, get_task
     from asa.data.layouts import load_report
     from asa.data.preprocess import build_store
-    from asa.data.transforms import PretrainPreprocess, SegmentationPreprocess
+    from asa.data.preprocessing import PretrainPreprocess, SegmentationPreprocess
 
     data = cfg.data
     kind = data_kind(data)

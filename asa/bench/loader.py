@@ -146,7 +146,7 @@ def compare_store_and_cache(tmp: Path, *, volumes: int, shape: Sequence[int], si
     round by round), page cache warm (and cold), plus what building each cost."""
     from asa.data import build_pretrain_dataset, discover
     from asa.data.preprocess import build_store
-    from asa.data.transforms import PretrainPreprocess
+    from asa.data.preprocessing import PretrainPreprocess
 
     r: dict[str, Any] = {"volumes": volumes, "volume_shape": list(shape), "crop": size, "batch": batch,
                          "workers": workers, "store_dtype": dtype}
@@ -203,7 +203,7 @@ def startup_with_index(tmp: Path, *, cases: int, size: int = 16, batch: int = 4,
     pair): only the index and the file listing grow with ``cases``, as they do at scale."""
     from asa.data import build_pretrain_dataset, discover
     from asa.data.store import CASES, FORMAT, INDEX, SETTINGS, VERSION, case_file_stamps, open_store, store_settings
-    from asa.data.transforms import PretrainPreprocess
+    from asa.data.preprocessing import PretrainPreprocess
     from asa.io import atomic_write_json
 
     root, store = tmp / "bids_index", tmp / "store_index"

@@ -27,19 +27,13 @@ from monai.data import PersistentDataset
 from monai.data.utils import set_rnd
 from monai.transforms import Compose
 
+from asa.data.augmentation import Finalize, pretrain_augmentation, segmentation_train_augmentation
 from asa.data.case import Case
-from asa.io import Volume, VolumeError, load_volume
+from asa.data.preprocessing import PretrainPreprocess, SegmentationPreprocess, case_to_item
 from asa.data.regions import RegionSource
 from asa.data.store import Store, StoreLatticeCropd, StorePretrainCrop, StoreSegmentationLoad, open_store, store_settings
 from asa.data.tasks import Task
-from asa.data.transforms import (
-    Finalize,
-    PretrainPreprocess,
-    SegmentationPreprocess,
-    case_to_item,
-    pretrain_augmentation,
-    segmentation_train_augmentation,
-)
+from asa.io import Volume, VolumeError, load_volume
 
 __all__ = ["CaseDataset", "CaseLoadError", "build_pretrain_dataset", "build_segmentation_dataset", "preprocess_for_inference",
            "region_map_for_inference", "settings_hash"]

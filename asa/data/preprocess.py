@@ -29,7 +29,7 @@ from tqdm import tqdm
 from asa.data.case import Case
 from asa.data.store import (CASES, FORMAT, INDEX, SETTINGS, VERSION, StoreSettingsError, case_file_stamps,
                             describe_settings_diff, record_name, store_settings)
-from asa.data.transforms import case_to_item
+from asa.data.preprocessing import case_to_item
 from asa.io import atomic_path, atomic_write_json
 
 __all__ = ["StoreReport", "build_store", "file_sha256"]

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from asa.io import load_volume
-from asa.io.nifti import find_nifti
+from asa.data.geometry import resample_isotropic
+from asa.io import find_nifti, load_volume
 
 __all__ = ["CONFIG_SOURCES", "REGION_SOURCES", "TARGET_SOURCES", "RegionSource", "cluster_tissue"]
 
@@ -186,8 +186,6 @@ class RegionSource:
             path = Path(item["label"])
         region = load_volume(path, label=True).array.astype(np.int16)
         if resample is not None:
-            from asa.data.transforms import resample_isotropic
-
             region = resample_isotropic(region[None], resample[0], resample[1], mode="nearest")[0][0]
         if region.shape != image.shape[1:]:
             raise ValueError(f"case {item['id']}: region map {path} has shape {region.shape}, "

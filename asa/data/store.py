@@ -35,8 +35,8 @@ import torch
 from monai.transforms import Transform
 
 from asa.data.case import Case
+from asa.data.geometry import crop_at
 from asa.data.lattice import LatticeCropd, lattice_padding, reference_origin
-from asa.data.transforms import crop_at
 
 __all__ = [
     "FORMAT", "STORE_DTYPES", "Store", "StoreError", "StoreSettingsError", "StoreLatticeCropd", "StorePretrainCrop",

@@ -17,8 +17,9 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
+from asa.data.geometry import brain_centre
 from asa.data.lattice import mirrored_origin, pad_to_lattice, reference_origin
-from asa.data.transforms import brain_centre, brain_mask
+from asa.data.preprocessing import brain_mask
 
 
 def flip_subsets(axes: Sequence[int]) -> list[tuple[int, ...]]:

@@ -98,7 +98,8 @@ def build_probe_set(cases: Sequence, task, *, size: int, channels: Sequence[str]
     labels is refused (the probe would read the target through the encoder's input).
     """
     from asa.io import load_volume
-    from asa.data.transforms import brain_centre, brain_mask, case_to_item, crop_or_pad, load_case_images, normalize_in_brain
+    from asa.data.geometry import brain_centre, crop_or_pad
+    from asa.data.preprocessing import brain_mask, case_to_item, load_case_images, normalize_in_brain
 
     if len(cases) < 2:
         raise ValueError(f"probe set: {len(cases)} labeled case(s); the probe fits on half and scores on the "

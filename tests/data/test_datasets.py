@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-import asa.data.transforms as T
 from asa.data import (
     build_pretrain_dataset,
     build_segmentation_dataset,
@@ -15,20 +14,22 @@ from asa.data import (
     preprocess_for_inference,
     save_volume,
 )
+from asa.data.geometry import brain_centre, crop_or_pad
 from asa.data.phantom import make_phantom
+from asa.data.preprocessing import brain_mask, normalize_in_brain
 
 
 def test_crop_puts_midline_at_centre():
     ph = make_phantom(48, seed=4)  # brain deliberately off the grid centre
     image = ph.images["t1"][None]
-    mask = T.brain_mask(image)
-    centre = T.brain_centre(mask)
+    mask = brain_mask(image)
+    centre = brain_centre(mask)
     assert abs(centre[0] - ph.midline) <= 0.5
-    world = T.brain_centre(mask, ph.affine, lr_centre="world")
+    world = brain_centre(mask, ph.affine, lr_centre="world")
     assert world[0] == pytest.approx(ph.midline)
-    out = T.crop_or_pad(image, world, (40, 40, 40))[0]
+    out = crop_or_pad(image, world, (40, 40, 40))[0]
     assert np.array_equal(out != 0, out[::-1] != 0) or ((out != 0) == (out[::-1] != 0)).mean() > 0.95
-    tissue = T.crop_or_pad(ph.tissue[None], world, (40, 40, 40))[0]
+    tissue = crop_or_pad(ph.tissue[None], world, (40, 40, 40))[0]
     assert (tissue == tissue[::-1]).mean() > 0.95  # mirror i <-> 39 - i
 
 
@@ -41,27 +42,27 @@ def test_brain_centre_is_the_bounding_box_centre():
 
     mask = np.zeros((10, 12, 9), bool)
     mask[2:7, 0:5, 8] = True  # x 2..6, y 0..4 (an edge), z 8 (the last plane)
-    assert T.brain_centre(mask).tolist() == [4.0, 2.0, 8.0]
+    assert brain_centre(mask).tolist() == [4.0, 2.0, 8.0]
     one = np.zeros((5, 5, 5), bool)
     one[4, 0, 3] = True
-    assert T.brain_centre(one).tolist() == [4.0, 0.0, 3.0]
-    assert T.brain_centre(np.zeros((4, 6, 8), bool)).tolist() == [1.5, 2.5, 3.5]  # empty: the grid centre
+    assert brain_centre(one).tolist() == [4.0, 0.0, 3.0]
+    assert brain_centre(np.zeros((4, 6, 8), bool)).tolist() == [1.5, 2.5, 3.5]  # empty: the grid centre
     rng = np.random.default_rng(0)
     for density in (0.001, 0.01, 0.3):
         mask = rng.random((17, 20, 23)) < density
         if mask.any():
-            assert np.array_equal(T.brain_centre(mask), by_projection(mask))
-    ph_mask = T.brain_mask(make_phantom(40, seed=2).images["t1"][None])
-    assert np.array_equal(T.brain_centre(ph_mask), by_projection(ph_mask))
+            assert np.array_equal(brain_centre(mask), by_projection(mask))
+    ph_mask = brain_mask(make_phantom(40, seed=2).images["t1"][None])
+    assert np.array_equal(brain_centre(ph_mask), by_projection(ph_mask))
 
 
 def test_crop_or_pad_hand_values():
     a = np.arange(5, dtype=np.float32)[None, :, None, None] * np.ones((1, 5, 1, 1), np.float32)
-    out = T.crop_or_pad(a, (2.0, 0, 0), (3, 1, 1))
+    out = crop_or_pad(a, (2.0, 0, 0), (3, 1, 1))
     np.testing.assert_array_equal(out[0, :, 0, 0], [1, 2, 3])
-    out = T.crop_or_pad(a, (0.5, 0, 0), (4, 1, 1))  # half-integer centre, even size: exact middle
+    out = crop_or_pad(a, (0.5, 0, 0), (4, 1, 1))  # half-integer centre, even size: exact middle
     np.testing.assert_array_equal(out[0, :, 0, 0], [0, 0, 1, 0 + 2])
-    out = T.crop_or_pad(a, (2.0, 0, 0), (7, 1, 1))
+    out = crop_or_pad(a, (2.0, 0, 0), (7, 1, 1))
     np.testing.assert_array_equal(out[0, :, 0, 0], [0, 0, 1, 2, 3, 4, 0])
 
 
@@ -70,7 +71,7 @@ def test_normalize_in_brain():
     img = np.zeros((1, 10, 10, 10), np.float32)
     img[0, 2:8, 2:8, 2:8] = rng.normal(100, 10, (6, 6, 6))
     img[0, 5, 5, 5] = 1e6  # outlier clipped away
-    out = T.normalize_in_brain(img, T.brain_mask(img))
+    out = normalize_in_brain(img, brain_mask(img))
     brain = out[0, 2:8, 2:8, 2:8]
     assert abs(brain.mean()) < 1e-4 and abs(brain.std() - 1) < 1e-3 and brain.max() < 4
     assert np.all(out[0, :2] == 0)
@@ -116,7 +117,7 @@ def test_cache_reused_and_invalidated(demo_root, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("cache not used: the volume was decoded again")
 
-    monkeypatch.setattr(T, "load_volume", boom)
+    monkeypatch.setattr("asa.data.preprocessing.load_volume", boom)
     again = build_pretrain_dataset(cases, size=24, cache_dir=cache, augment=False)
     assert again.cache_path == ds.cache_path
     assert all(torch.equal(again[i]["image"], first[i]) for i in range(2))
@@ -207,7 +208,7 @@ def test_pretraining_augmentation_cannot_fake_informativeness(demo_root):
     import torch.nn.functional as F
     from monai.transforms import RandShiftIntensityd
 
-    from asa.data.transforms import PretrainPreprocess, case_to_item
+    from asa.data.preprocessing import PretrainPreprocess, case_to_item
     from asa.losses import masked_patch_weights, patch_informativeness
 
     cases = discover("bids", demo_root("bids"))

@@ -5,7 +5,6 @@ import pytest
 import torch
 from monai.transforms import RandFlipd, RandRotated
 
-import asa.data.transforms as T
 from asa.data import (
     RegionSource,
     build_pretrain_dataset,
@@ -15,16 +14,18 @@ from asa.data import (
     get_task,
     load_volume,
 )
+from asa.data.augmentation import Finalize, segmentation_train_augmentation
 from asa.data.demo import write_nifti
 from asa.data.phantom import make_phantom
+from asa.data.preprocessing import brain_mask, normalize_in_brain
 
 
 def test_clustering_is_deterministic_and_finds_the_tissues():
     ph = make_phantom(40, seed=2)
     image = ph.images["t1"][None]
-    mask = T.brain_mask(image)
-    a = cluster_tissue(T.normalize_in_brain(image, mask), mask, 3, seed=5)
-    b = cluster_tissue(T.normalize_in_brain(image, mask), mask, 3, seed=5)
+    mask = brain_mask(image)
+    a = cluster_tissue(normalize_in_brain(image, mask), mask, 3, seed=5)
+    b = cluster_tissue(normalize_in_brain(image, mask), mask, 3, seed=5)
     np.testing.assert_array_equal(a, b)
     assert set(np.unique(a)) == {0, 1, 2, 3} and (a[~mask] == 0).all() and (a[mask] > 0).all()
     # numbered by T1 intensity: 1 CSF, 2 GM, 3 WM (the phantom's tissue codes) on most brain voxels
@@ -76,11 +77,11 @@ def test_region_map_follows_flips_and_rotations():
     item = {"image": torch.from_numpy(label.astype(np.float32)), "label": torch.from_numpy(label),
             "region": torch.from_numpy(label.astype(np.int16)), "fg": torch.from_numpy((label > 0).astype(np.uint8)),
             "centre": torch.tensor([11.5, 11.5, 11.5], dtype=torch.float64)}
-    augment = T.segmentation_train_augmentation(get_task("ibsr"), (16, 16, 16), region=True, rotate_deg=30)
+    augment = segmentation_train_augmentation(get_task("ibsr"), (16, 16, 16), region=True, rotate_deg=30)
     for t in augment.transforms:
         if isinstance(t, (RandRotated, RandFlipd)):
             t.prob = 1.0  # a rotation and every flip, always
-    finalize = T.Finalize(("image", "label", "region"), torch.int64)
+    finalize = Finalize(("image", "label", "region"), torch.int64)
     augment.set_random_state(0)
     moved = 0
     for _ in range(6):

@@ -1,0 +1,75 @@
+"""Spatial helpers of the preprocessing: the brain centre, crop/pad windows and isotropic resampling.
+
+The pretraining crop is brain-centred: its axis-0 centre is the left-right centre of the brain (mask
+extent, or world x = 0 for MNI-aligned data), so the mid-sagittal plane lies between voxels size/2 - 1
+and size/2 (voxel i mirrors size - 1 - i). Fine-tuning records the same centre per case, which places
+the brain frame's reference grid (`asa.data.lattice`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.transforms.utils import generate_spatial_bounding_box
+
+from asa.data.lattice import reference_origin
+
+__all__ = ["LR_CENTRES", "brain_centre", "crop_at", "crop_or_pad", "resample_isotropic"]
+
+LR_CENTRES = ("mask", "world")
+
+
+def brain_centre(mask: np.ndarray, affine: np.ndarray | None = None, lr_centre: str = "mask") -> np.ndarray:
+    """Array coordinates [3] of the brain centre: bounding-box centre of ``mask``; with
+    ``lr_centre="world"`` the axis-0 coordinate is where world x = 0 (MNI-aligned inputs)."""
+    if lr_centre not in LR_CENTRES:
+        raise ValueError(f"lr_centre must be one of {LR_CENTRES}, got {lr_centre!r}")
+    if not mask.any():
+        return (np.array(mask.shape) - 1) / 2
+    start, end = generate_spatial_bounding_box(mask[None])  # end is exclusive
+    centre = (np.array(start, dtype=float) + np.array(end, dtype=float) - 1) / 2
+    if lr_centre == "world":
+        if affine is None:
+            raise ValueError("lr_centre='world' needs the affine")
+        world = affine @ np.append(centre, 1.0)
+        world[0] = 0.0
+        centre[0] = (np.linalg.inv(affine) @ world)[0]
+    return centre
+
+
+def crop_or_pad(image: np.ndarray, centre: Sequence[float], size: Sequence[int], value: float = 0.0) -> np.ndarray:
+    """Window of ``size`` around ``centre`` from image [C, X, Y, Z], zero-padded where it leaves the
+    volume. The window starts at round(centre - (size - 1) / 2), so a centre at a half-integer
+    coordinate lands exactly in the middle of an even-sized output."""
+    return crop_at(image, reference_origin(centre, size), size, value)
+
+
+def crop_at(image: np.ndarray, start: Sequence[int], size: Sequence[int], value: float = 0.0) -> np.ndarray:
+    """Window of ``size`` starting at voxel ``start`` (may be negative) from image [C, X, Y, Z], filled
+    with ``value`` where it leaves the volume. Only the window is read, so ``image`` may be a
+    memory-mapped array."""
+    src, dst = [], []
+    for ax, (n, start) in enumerate(zip(size, start)):
+        start = int(start)
+        lo, hi = max(start, 0), min(start + n, image.shape[ax + 1])
+        if hi <= lo:
+            return np.full((image.shape[0], *size), value, dtype=image.dtype)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - start, hi - start))
+    shape = (image.shape[0], *size)
+    inside = all(d.start == 0 and d.stop == n for d, n in zip(dst, size))  # no fill needed
+    out = np.empty(shape, dtype=image.dtype) if inside else np.full(shape, value, dtype=image.dtype)
+    out[(slice(None), *dst)] = image[(slice(None), *src)]
+    return out
+
+
+def resample_isotropic(image: np.ndarray, affine: np.ndarray, mm: float, mode: str = "bilinear") -> tuple[np.ndarray, np.ndarray]:
+    """Resample [C, X, Y, Z] to ``mm`` isotropic voxels with MONAI ``Spacing`` (``nearest`` for labels)."""
+    from monai.data import MetaTensor
+    from monai.transforms import Spacing
+
+    mt = MetaTensor(torch.as_tensor(image), affine=torch.as_tensor(affine, dtype=torch.float64))
+    out = Spacing(pixdim=(mm, mm, mm), mode=mode, dtype=np.float32)(mt)
+    return out.as_tensor().numpy().astype(image.dtype, copy=False), out.affine.numpy()
