@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -13,8 +13,6 @@ from asa.models.swvit import SWViT
 
 # the attribute under which ASA and ASASegmenter hold the encoder; its keys are what a file transfers
 ENCODER_PREFIX = "encoder."
-# before the encoder was one module its patch embedding sat beside it, as ``patch_embed.*``
-LEGACY_STEM_PREFIX = "patch_embed."
 
 
 class SWViTEncoder(SWViT):
@@ -51,14 +49,12 @@ class SWViTEncoder(SWViT):
         region_attention: str = "none",
         saca: bool = False,
     ) -> None:
-        # the stem is built (and initialised) first, as it always was: equal seeds give equal weights
+        # the stem draws its initial weights from the RNG before the blocks do (a seed fixes both)
         patch_embed = PatchEmbed(in_channels, embed_dim, patch_size)
         super().__init__(embed_dim, depth, num_heads, window_size, mlp_ratio=mlp_ratio, shift_mask=shift_mask,
                          rel_pos_bias=rel_pos_bias, dropout=dropout, grad_checkpointing=grad_checkpointing,
                          region_attention=region_attention, saca=saca)
         self.patch_embed = patch_embed
-        for name in [n for n in self._modules if n != "patch_embed"]:  # stem first in parameter order, so
-            self._modules[name] = self._modules.pop(name)  # optimizer states saved before still line up
         self.img_size = to_3tuple(img_size, "img_size")
         self.grid = patch_grid(self.img_size, patch_size)
         self.patch_size = patch_size
@@ -135,20 +131,3 @@ class SWViTEncoder(SWViT):
         mirror = self.mirror_tokens(offsets, ids_keep) if self.saca else None
         return self(tokens, hidden_indices=hidden_indices, regions=patch_ids, mirror=mirror)
 
-
-def upgrade_legacy_keys(state: MutableMapping[str, torch.Tensor], prefix: str = "") -> MutableMapping:
-    """Rename, in place, a network state dict's ``{prefix}patch_embed.*`` (files written before the
-    encoder was one module) to ``{prefix}encoder.patch_embed.*``; returns ``state``."""
-    old = prefix + LEGACY_STEM_PREFIX
-    for key in [k for k in state if k.startswith(old)]:
-        state[prefix + ENCODER_PREFIX + key[len(prefix):]] = state.pop(key)
-    return state
-
-
-def _upgrade_hook(module: torch.nn.Module, state: MutableMapping, prefix: str, *args: object) -> None:
-    upgrade_legacy_keys(state, prefix)
-
-
-def accept_legacy_keys(network: torch.nn.Module) -> None:
-    """Let ``network.load_state_dict`` read state dicts written before the encoder was one module."""
-    network.register_load_state_dict_pre_hook(_upgrade_hook)

@@ -9,7 +9,7 @@ from torch import nn
 
 from asa.losses import AttentiveReconstructionLoss, FocalRegionLoss, patch_informativeness
 from asa.losses.reconstruction import WEIGHTINGS
-from asa.models.encoder import ENCODER_PREFIX, SWViTEncoder, accept_legacy_keys
+from asa.models.encoder import ENCODER_PREFIX, SWViTEncoder
 from asa.models.patch import patch_grid, patchify, to_3tuple, unpatchify
 from asa.models.position import symmetric_position_encoding
 from asa.models.region_attention import patch_regions
@@ -138,7 +138,6 @@ class ASA(nn.Module):
         else:
             self.criterion = AttentiveReconstructionLoss(loss_weighting, norm_pix_loss)
         self.uses_regions = self.encoder.uses_regions or loss_weighting == "focal_region"
-        accept_legacy_keys(self)
 
     # --- shapes -------------------------------------------------------------------------
     def patchify(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from torch import nn
 
-from asa.models.encoder import ENCODER_PREFIX, SWViTEncoder, accept_legacy_keys, upgrade_legacy_keys
+from asa.models.encoder import ENCODER_PREFIX, SWViTEncoder
 from asa.models.patch import patch_grid, to_3tuple
 from asa.models.region_attention import patch_regions
 from asa.models.saca import SACA_PLACES
@@ -177,7 +177,6 @@ class ASASegmenter(nn.Module):
         self.up1 = UnetrUpBlock(in_channels=4 * f, out_channels=2 * f, upsample_kernel_size=2, res_block=True, **conv)
         self.up0 = UnetrUpBlock(in_channels=2 * f, out_channels=f, upsample_kernel_size=2, res_block=True, **conv)
         self.head = UnetOutBlock(spatial_dims=3, in_channels=f, out_channels=out_channels)
-        accept_legacy_keys(self)
 
     def _to_volume(self, tokens: torch.Tensor) -> torch.Tensor:
         """[B, N, C] -> [B, C, G0, G1, G2]."""
@@ -301,7 +300,6 @@ class ASASegmenter(nn.Module):
             raise ValueError(f"{path} holds neither a 'model' nor an 'encoder' state dict")
         self.check_grid(recorded_pretraining(blob), path, allow_grid_change=allow_grid_change)
         source = blob["encoder"] if "encoder" in blob else blob["model"]
-        source = upgrade_legacy_keys({k.removeprefix("module."): v for k, v in source.items()})
         update, report = match_encoder_weights(self.encoder.state_dict(prefix=ENCODER_PREFIX), source,
                                                (ENCODER_PREFIX,), ENCODER_PREFIX + "patch_embed.proj.weight", path)
         self.encoder.load_state_dict({k.removeprefix(ENCODER_PREFIX): v for k, v in update.items()}, strict=False)

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from asa.io import SAFETENSORS_SUFFIX, load_checkpoint, save_checkpoint, save_export_safetensors
-from asa.models.encoder import ENCODER_PREFIX, upgrade_legacy_keys
+from asa.models.encoder import ENCODER_PREFIX
 
 from .data import move_to
 from .distributed import DistEnv
@@ -163,7 +163,7 @@ def export_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike, prefix
     `asa.io.save_export_safetensors`). ``load_pretrained`` of `asa.models.ASASegmenter` /
     `asa.models.SASwin` and `asa.load_encoder` read either file."""
     state = load_checkpoint(checkpoint)
-    weights = upgrade_legacy_keys({k.removeprefix("module."): v for k, v in state["model"].items()})
+    weights = {k.removeprefix("module."): v for k, v in state["model"].items()}
     encoder = {k: v for k, v in weights.items() if k.startswith(prefixes)}
     if not encoder:
         raise ValueError(f"checkpoint {checkpoint}: no weights starting with {prefixes}")
