@@ -106,7 +106,7 @@ class RegionSource:
 
     @classmethod
     def from_config(
-        cls, spec: Mapping[str, Any] | None, *, needed_by: Sequence[str] = (), network: str | None = None
+        cls, spec: Mapping[str, Any], *, needed_by: Sequence[str] = (), network: str | None = None
     ) -> RegionSource | None:
         """From a run config's ``data.regions`` ({source, k, seed, dir}); None when no map is made.
 
@@ -115,12 +115,9 @@ class RegionSource:
         them that feeds the map into the network (region attention), if any. ``source: auto`` (or
         missing) gives ``cluster`` maps when ``needed_by`` is not empty and None otherwise; ``none``
         with ``needed_by`` is an error, and so is a source made from the target (``label``) with
-        ``network``. A ``spec`` of None (a config written before region maps existed) is ``none``.
+        ``network``.
         """
-        if spec is None:
-            source = "none"
-        else:
-            source = str(spec.get("source") or "auto")
+        source = str(spec.get("source") or "auto")
         if source not in CONFIG_SOURCES:
             raise ValueError(f"data.regions.source must be one of {CONFIG_SOURCES}, got {source!r}")
         if source == "auto":

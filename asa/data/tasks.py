@@ -97,8 +97,7 @@ class Task:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Task":
-        """Inverse of ``dataclasses.asdict`` after a trip through YAML/JSON (lists back to tuples); a
-        record written before ``regions_class_order`` existed gets the derived order."""
+        """Inverse of ``dataclasses.asdict`` after a trip through YAML/JSON (lists back to tuples)."""
 
         def tuples(v: Any) -> Any:
             return tuple(tuples(x) for x in v) if isinstance(v, (list, tuple)) else v

@@ -51,12 +51,11 @@ class Predictor:
         state = load_checkpoint(path)
         config = state.get("config") or {}
         spec = state.get("network")
-        segmenting = spec["arch"] != "asa_pretrain" if spec is not None else "segmenter" in config
-        if "task" not in config or not segmenting:
-            raise ValueError(f"checkpoint {path} is not a fine-tuning checkpoint (no segmentation network and task "
-                             "recorded); asa-predict needs the best.pt or last.pt written by asa-finetune")
+        if spec is None or spec["arch"] == "asa_pretrain" or "task" not in config:
+            raise ValueError(f"checkpoint {path} is not a fine-tuning checkpoint (no segmentation network spec and "
+                             "task recorded); asa-predict needs the best.pt or last.pt written by asa-finetune")
         task = Task.from_dict(config["task"])
-        model = build_network(spec) if spec is not None else _recorded_network(config, task)
+        model = build_network(spec)
         patch = int(model.img_size[0])
         try:
             model.load_state_dict(state["model"])
@@ -70,7 +69,7 @@ class Predictor:
         regions = None
         if getattr(model, "uses_regions", False):
             try:  # the recorded source; one made from the labels is refused (it was the network's input)
-                regions = RegionSource.from_config((config.get("data") or {}).get("regions"),
+                regions = RegionSource.from_config(config["data"]["regions"],
                                                    needed_by=["the network's region attention"],
                                                    network="the network's region attention")
             except ValueError as err:
@@ -90,17 +89,6 @@ class Predictor:
         return predict_volume(self.model, image, roi_size=self.roi_size, multilabel=self.task.multilabel,
                               overlap=overlap, sw_batch_size=sw_batch_size, tta_axes=tta_axes,
                               device=self.device, amp_dtype=self.amp_dtype, centre=centre, regions=regions)
-
-
-def _recorded_network(config: dict, task: Task) -> nn.Module:
-    """The network of a checkpoint written before network specs, rebuilt from its run config."""
-    from asa.models import build_from_config
-
-    model_cfg = {**config["model"], "pretrained": None}  # the checkpoint's weights replace any initialisation
-    # a run recorded before the brain frame existed was trained with one fixed table per crop
-    segmenter_cfg = {"spe_frame": "crop", **config["segmenter"]}
-    return build_from_config(model_cfg, segmenter_cfg, in_channels=len(task.channels),
-                             out_channels=task.num_outputs, patch_size=int(config["data"]["patch_size"]))
 
 
 def cases_from_files(paths: Sequence[Path], task: Task) -> list[Case]:

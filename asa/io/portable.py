@@ -1,8 +1,7 @@
 """Encoder exports as safetensors: plain tensors plus JSON metadata, no pickle (imports nothing of asa but this layer).
 
 An encoder export is ``{"encoder": {name: tensor}, "network": spec, "source": file name, "step": int}``
-(``asa.train.pretrain.export_encoder``; a file from a run without a network spec carries its run
-``config`` instead of ``network``). As ``encoder.pt`` it is a ``torch.save`` file; as
+(``asa.train.pretrain.export_encoder``). As ``encoder.pt`` it is a ``torch.save`` file; as
 ``encoder.safetensors`` the tensors are the safetensors tensors and the rest is the file's string
 metadata:
 
@@ -11,7 +10,6 @@ metadata:
                    loaders check)
 ``asa_format``     ``"asa.encoder"``; ``asa_format_version``: ``"1"``
 ``network``        the network spec ``{"arch", "kwargs"}`` as JSON (``asa.models.build_network``)
-``config``         (files without a spec only) the recorded run config as JSON
 ``encoder_prefix`` the prefix every tensor name starts with (``encoder.`` or ``swinViT.``)
 ``source``         the checkpoint the export was taken from (file name); ``step``: its step
 =================  ============================================================================
@@ -36,7 +34,6 @@ __all__ = ["EXPORT_FORMAT", "SAFETENSORS_SUFFIX", "load_export_safetensors", "lo
 EXPORT_FORMAT = "asa.encoder"
 EXPORT_VERSION = "1"
 SAFETENSORS_SUFFIX = ".safetensors"
-_JSON_FIELDS = ("network", "config")
 
 
 def _common_prefix(names: list[str]) -> str | None:
@@ -53,10 +50,10 @@ def save_export_safetensors(path: str | os.PathLike, export: Mapping[str, Any]) 
     tensors = {k: v.detach().cpu().contiguous() for k, v in export["encoder"].items()}
     if not tensors:
         raise ValueError(f"encoder export {path}: no tensors to write")
-    metadata = {"format": "pt", "asa_format": EXPORT_FORMAT, "asa_format_version": EXPORT_VERSION}
-    for key in _JSON_FIELDS:
-        if export.get(key) is not None:
-            metadata[key] = json.dumps(export[key])
+    if export.get("network") is None:
+        raise ValueError(f"encoder export {path}: no network spec to write (an export carries its network's spec)")
+    metadata = {"format": "pt", "asa_format": EXPORT_FORMAT, "asa_format_version": EXPORT_VERSION,
+                "network": json.dumps(export["network"])}
     prefix = _common_prefix(list(tensors))
     if prefix:
         metadata["encoder_prefix"] = prefix
@@ -71,7 +68,7 @@ def save_export_safetensors(path: str | os.PathLike, export: Mapping[str, Any]) 
 
 def load_export_safetensors(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """An ``encoder.safetensors`` file -> the export dict in ``encoder.pt``'s layout (``encoder``,
-    ``network`` or ``config``, ``source``, ``step``). No pickle is involved.
+    ``network``, ``source``, ``step``). No pickle is involved.
 
     Raises CheckpointError naming the file when it is missing, not a safetensors file (corrupt,
     truncated) or a safetensors file that is not an asa encoder export.
@@ -94,12 +91,11 @@ def load_export_safetensors(path: str | os.PathLike, map_location: str | torch.d
             f"asa_format={EXPORT_FORMAT!r}; found keys {sorted(metadata)}): asa needs the network spec written "
             "by asa-pretrain beside the weights")
     export: dict[str, Any] = {"encoder": tensors}
-    for key in _JSON_FIELDS:
-        if key in metadata:
-            try:
-                export[key] = json.loads(metadata[key])
-            except json.JSONDecodeError as err:
-                raise CheckpointError(f"encoder export {path}: metadata {key!r} is not valid JSON ({err})") from err
+    if "network" in metadata:
+        try:
+            export["network"] = json.loads(metadata["network"])
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"encoder export {path}: metadata 'network' is not valid JSON ({err})") from err
     if "source" in metadata:
         export["source"] = metadata["source"]
     if "step" in metadata:

@@ -40,31 +40,21 @@ class LoadReport:
 SPE_FRAMES = ("brain", "crop")
 
 
-def recorded_pretraining(checkpoint: dict) -> dict:
-    """What a pretraining checkpoint or encoder export records about its network: ``img_size``
-    (3 ints), ``patch_size``, ``pos_mode``, ``lr_axis``; None where it records nothing.
-
-    Reads the file's network spec (``{"arch", "kwargs"}``); files written before network specs
-    existed are read through their config: an encoder export's (the ``ASA`` keyword arguments) or a
-    pretraining run config (``data.size``, ``model.patch_size``, ``mae.pos_mode``, ``mae.lr_axis``).
-    """
+def recorded_pretraining(checkpoint: dict, source: str | Path) -> dict:
+    """What the pretraining checkpoint or encoder export ``source`` (its content: ``checkpoint``)
+    records about its network, from its network spec (``{"arch", "kwargs"}``): ``img_size`` (3 ints),
+    ``patch_size``, ``pos_mode``, ``lr_axis``. A file without a spec, or with a spec of another
+    network than ASA's, raises ``ValueError`` naming ``source``."""
     spec = checkpoint.get("network")
-    if spec is not None:
-        if spec.get("arch") not in ("asa", "asa_pretrain"):
-            raise ValueError(f"the pretrained file holds a {spec.get('arch')!r} network, not an ASA encoder "
-                             "(asa_pretrain or asa); an SA-Swin file initialises model=sa_swin")
-        kwargs = spec["kwargs"]
-        return {"img_size": to_3tuple(kwargs["img_size"], "img_size"), "patch_size": kwargs["patch_size"],
-                "pos_mode": kwargs["pos_mode"], "lr_axis": kwargs["lr_axis"]}
-    config = checkpoint.get("config") or {}
-    mae, model, data = (config.get(k) or {} for k in ("mae", "model", "data"))
-    img = config.get("img_size", data.get("size"))
-    return {
-        "img_size": None if img is None else to_3tuple(img, "img_size"),
-        "patch_size": config.get("patch_size", model.get("patch_size")),
-        "pos_mode": config.get("pos_mode", mae.get("pos_mode")),
-        "lr_axis": config.get("lr_axis", mae.get("lr_axis")),
-    }
+    if spec is None:
+        raise ValueError(f"{source}: records no network spec ('network': {{'arch', 'kwargs'}}), so the pretraining "
+                         "grid and position code are unknown; use a checkpoint or the encoder.pt written by asa-pretrain")
+    if spec.get("arch") not in ("asa", "asa_pretrain"):
+        raise ValueError(f"{source}: the pretrained file holds a {spec.get('arch')!r} network, not an ASA encoder "
+                         "(asa_pretrain or asa); an SA-Swin file initialises model=sa_swin")
+    kwargs = spec["kwargs"]
+    return {"img_size": to_3tuple(kwargs["img_size"], "img_size"), "patch_size": kwargs["patch_size"],
+            "pos_mode": kwargs["pos_mode"], "lr_axis": kwargs["lr_axis"]}
 
 
 class ASASegmenter(nn.Module):
@@ -298,7 +288,7 @@ class ASASegmenter(nn.Module):
         blob = checkpoint
         if not ({"model", "encoder"} & blob.keys()):
             raise ValueError(f"{path} holds neither a 'model' nor an 'encoder' state dict")
-        self.check_grid(recorded_pretraining(blob), path, allow_grid_change=allow_grid_change)
+        self.check_grid(recorded_pretraining(blob, path), path, allow_grid_change=allow_grid_change)
         source = blob["encoder"] if "encoder" in blob else blob["model"]
         update, report = match_encoder_weights(self.encoder.state_dict(prefix=ENCODER_PREFIX), source,
                                                (ENCODER_PREFIX,), ENCODER_PREFIX + "patch_embed.proj.weight", path)

@@ -133,7 +133,7 @@ def build_from_config(
         from asa.io import load_weights
 
         checkpoint = load_weights(pretrained)
-        recorded = recorded_pretraining(checkpoint)
+        recorded = recorded_pretraining(checkpoint, pretrained)
     if patch_size is None:
         patch_size = recorded["img_size"][0] if recorded.get("img_size") else default_patch_size
     pos_mode = segmenter_cfg.get("pos_mode")

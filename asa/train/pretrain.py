@@ -156,18 +156,20 @@ def make_panel_fn(
 def export_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike, prefixes: tuple[str, ...] = (ENCODER_PREFIX,)
                    ) -> Path:
     """Write {"encoder": the weights under ``prefixes`` (ASA: the encoder module's ``encoder.*``;
-    SA-Swin: ``swinViT.*``), "network": the pretraining
-    network's spec, "source", "step"} taken from a training checkpoint; a checkpoint written before
-    network specs passes its run config on as "config" instead. The same export is written beside
+    SA-Swin: ``swinViT.*``), "network": the pretraining network's spec, "source", "step"} taken from
+    a training checkpoint, which must record its network spec. The same export is written beside
     ``out`` as ``<stem>.safetensors`` (no pickle; spec and provenance in its metadata,
     `asa.io.save_export_safetensors`). ``load_pretrained`` of `asa.models.ASASegmenter` /
     `asa.models.SASwin` and `asa.load_encoder` read either file."""
     state = load_checkpoint(checkpoint)
+    if not state.get("network"):
+        raise ValueError(f"checkpoint {checkpoint}: records no network spec ('network': {{'arch', 'kwargs'}}); "
+                         "an encoder export carries the spec of its pretraining network")
     weights = {k.removeprefix("module."): v for k, v in state["model"].items()}
     encoder = {k: v for k, v in weights.items() if k.startswith(prefixes)}
     if not encoder:
         raise ValueError(f"checkpoint {checkpoint}: no weights starting with {prefixes}")
-    recorded = {"network": state["network"]} if state.get("network") else {"config": dict(state.get("config") or {})}
-    export = {"encoder": encoder, **recorded, "source": str(Path(checkpoint).name), "step": int(state.get("step", 0))}
+    export = {"encoder": encoder, "network": state["network"], "source": str(Path(checkpoint).name),
+              "step": int(state.get("step", 0))}
     save_export_safetensors(Path(out).with_suffix(SAFETENSORS_SUFFIX), export)
     return save_checkpoint(out, export)

@@ -14,8 +14,8 @@ from asa.api import evaluate
 from asa.api import finetune
 from asa.api import predict
 from asa.data import discover, get_task, write_demo_dataset
-from asa.models import ASA, PRESETS
 from asa.io import load_checkpoint
+from asa.models import ASA, PRESETS, network_spec
 from asa.api.config import compose_config
 
 LAYOUTS = [("brats", 5, {1, 2, 4}), ("ibsr", 5, {1, 2, 3}), ("wmh", 5, {1})]
@@ -26,8 +26,7 @@ def encoder_export(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("pretrained") / "encoder.pt"
     mae = ASA(img_size=32, **PRESETS["tiny"])
-    config = {"img_size": 32, "patch_size": 8, "pos_mode": "mirror", "lr_axis": 0}  # as export_encoder records
-    torch.save({"encoder": mae.encoder_state_dict(), "config": config}, path)
+    torch.save({"encoder": mae.encoder_state_dict(), "network": network_spec(mae)}, path)  # as export_encoder writes
     return path
 
 

@@ -124,7 +124,6 @@ def test_auto_source_clusters_only_when_an_option_needs_regions():
     auto = RegionSource.from_config({"source": "auto", "k": 4, "seed": 2}, needed_by=["model.region_attention=all"],
                                     network="model.region_attention=all")
     assert (auto.source, auto.k, auto.seed) == ("cluster", 4, 2)
-    assert RegionSource.from_config(None, needed_by=[]) is None  # a config written before region maps
     with pytest.raises(ValueError, match=r"model.region_attention=all need\(s\) region maps, but "
                                          r"data.regions.source=none.*auto"):
         RegionSource.from_config({"source": "none"}, needed_by=["model.region_attention=all"])

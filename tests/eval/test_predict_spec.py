@@ -1,4 +1,4 @@
-"""asa-predict rebuilds the network from the checkpoint's network spec; older checkpoints still predict."""
+"""asa-predict rebuilds the network from the checkpoint's network spec; a checkpoint without one is refused."""
 
 from __future__ import annotations
 
@@ -38,17 +38,15 @@ def test_predictor_rebuilds_from_the_spec_without_config_keys(tmp_path, trained)
     assert torch.equal(got, expected)
 
 
-def test_a_checkpoint_written_before_specs_still_predicts(tmp_path, trained):
-    net, task, image, expected = trained
-    legacy_weights = {k.replace("encoder.patch_embed.", "patch_embed."): v for k, v in net.state_dict().items()}
-    assert "patch_embed.proj.weight" in legacy_weights
+def test_a_checkpoint_without_a_spec_is_refused_naming_the_file(tmp_path, trained):
+    """The run config alone (model, segmenter, data sections) no longer stands in for the spec."""
+    net, task, _, _ = trained
     config = {"task": dataclasses.asdict(task), "data": {"patch_size": 32}, "model": {"arch": "asa", **TINY},
-              "segmenter": {"pos_mode": "mirror", "lr_axis": 0, "feature_size": 16, "spe_frame": "brain",
-                            "reference_grid": [4, 4, 4]}}
-    save_checkpoint(tmp_path / "old.pt", {"model": legacy_weights, "config": config})
-    predictor = Predictor.from_checkpoint(tmp_path / "old.pt", device=torch.device("cpu"))
-    assert network_spec(predictor.model) == network_spec(net)
-    assert torch.equal(predictor(image, centre=(20.0, 18.0, 16.0)), expected)
+              "segmenter": {"pos_mode": "mirror", "lr_axis": 0, "feature_size": 16, "spe_frame": "brain"}}
+    save_checkpoint(tmp_path / "nospec.pt", {"model": net.state_dict(), "config": config})
+    with pytest.raises(ValueError, match=rf"checkpoint {tmp_path / 'nospec.pt'} is not a fine-tuning checkpoint "
+                                         r"\(no segmentation network spec"):
+        Predictor.from_checkpoint(tmp_path / "nospec.pt", device=torch.device("cpu"))
 
 
 def test_a_pretraining_checkpoint_is_refused(tmp_path, trained):

@@ -50,10 +50,11 @@ def test_the_file_is_plain_safetensors_without_pickle(tmp_path):
     assert json.loads(meta["network"]) == SPEC and meta["step"] == "1234"
 
 
-def test_a_run_without_a_spec_keeps_its_config(tmp_path):
+def test_an_export_without_a_spec_is_not_written(tmp_path):
     export = {k: v for k, v in _export().items() if k != "network"} | {"config": {"data": {"size": 32}}}
-    back = load_export_safetensors(save_export_safetensors(tmp_path / "e.safetensors", export))
-    assert "network" not in back and back["config"] == {"data": {"size": 32}}
+    with pytest.raises(ValueError, match=r"e.safetensors: no network spec"):
+        save_export_safetensors(tmp_path / "e.safetensors", export)
+    assert not (tmp_path / "e.safetensors").exists()
 
 
 def test_writes_atomically_over_an_older_export(tmp_path):

@@ -7,8 +7,8 @@ import inspect
 import pytest
 import torch
 
-from asa.models import ASA, NETWORKS, ASASegmenter, build_from_config, build_network, network_spec
 from asa.io import load_checkpoint, save_checkpoint
+from asa.models import ASA, NETWORKS, ASASegmenter, build_from_config, build_network, network_spec
 
 TINY = dict(embed_dim=48, depth=4, num_heads=3, window_size=8)
 SPECS = {
@@ -95,4 +95,24 @@ def test_an_sa_swin_pretraining_file_is_not_read_as_an_asa_encoder():
 
     head = build_network({"arch": "sa_swin_pretrain", "kwargs": SPECS["sa_swin_pretrain"]})
     with pytest.raises(ValueError, match="'sa_swin_pretrain' network, not an ASA encoder"):
-        recorded_pretraining({"network": network_spec(head)})
+        recorded_pretraining({"network": network_spec(head)}, "sah.pt")
+
+
+def test_a_pretrained_file_without_a_spec_is_refused_naming_it(tmp_path):
+    """No run-config fallback: a pretraining file, its export and the export step all need the spec."""
+    from asa.train.pretrain import export_encoder
+
+    torch.manual_seed(0)
+    mae = ASA(img_size=32, decoder_dim=24, decoder_depth=1, decoder_num_heads=2, **TINY)
+    config = {"data": {"size": 32}, "model": {"patch_size": 8}, "mae": {"pos_mode": "mirror", "lr_axis": 0}}
+    save_checkpoint(tmp_path / "last.pt", {"model": mae.state_dict(), "config": config})
+    save_checkpoint(tmp_path / "enc.pt", {"encoder": mae.encoder_state_dict(), "config": {"img_size": 32}})
+    for name in ("last.pt", "enc.pt"):
+        with pytest.raises(ValueError, match=rf"{tmp_path / name}: records no network spec"):
+            ASASegmenter(img_size=32, **TINY).load_pretrained(tmp_path / name, verbose=False)
+        with pytest.raises(ValueError, match=rf"{tmp_path / name}: records no network spec"):
+            build_from_config({"pretrained": str(tmp_path / name), **TINY}, {}, in_channels=1, out_channels=2,
+                              patch_size=None)
+    with pytest.raises(ValueError, match=rf"checkpoint {tmp_path / 'last.pt'}: records no network spec"):
+        export_encoder(tmp_path / "last.pt", tmp_path / "export.pt")
+    assert not (tmp_path / "export.pt").exists()

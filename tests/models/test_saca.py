@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asa.models import ASA, ASASegmenter, SymmetryCrossAttention, WindowSymmetryCrossAttention, symmetric_position_encoding
+from asa.models import (ASA, ASASegmenter, SymmetryCrossAttention, WindowSymmetryCrossAttention, network_spec,
+                        symmetric_position_encoding)
 from asa.models.saca import check_mirror_windows, mirror_index
 
 
@@ -166,7 +167,7 @@ def test_segmenter_with_encoder_saca_loads_its_pretrained_saca_weights(tmp_path)
     torch.manual_seed(0)
     kw = dict(embed_dim=24, depth=4, num_heads=2, window_size=8)
     asa = ASA(img_size=32, decoder_dim=16, decoder_depth=1, decoder_num_heads=2, saca="encoder", **kw)
-    torch.save({"encoder": asa.encoder_state_dict()}, tmp_path / "enc.pt")
+    torch.save({"encoder": asa.encoder_state_dict(), "network": network_spec(asa)}, tmp_path / "enc.pt")
     seg = ASASegmenter(img_size=32, out_channels=3, saca="encoder", **kw)
     report = seg.load_pretrained(tmp_path / "enc.pt", verbose=False)
     assert not report.missing and not report.unexpected

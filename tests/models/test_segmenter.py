@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from asa.io import CheckpointError
-from asa.models import ASA, PRESETS, ASASegmenter, symmetric_position_encoding
+from asa.models import ASA, PRESETS, ASASegmenter, network_spec, symmetric_position_encoding
 
 ENC = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
 
@@ -26,9 +26,10 @@ def test_all_encoder_keys_load_from_pretraining(tmp_path, export):
     mae = ASA(img_size=32, **PRESETS["tiny"])
     path = tmp_path / "ckpt.pt"
     if export:
-        torch.save({"encoder": mae.encoder_state_dict()}, path)
+        torch.save({"encoder": mae.encoder_state_dict(), "network": network_spec(mae)}, path)
     else:
-        torch.save({"model": {f"module.{k}": v for k, v in mae.state_dict().items()}, "step": 3}, path)
+        torch.save({"model": {f"module.{k}": v for k, v in mae.state_dict().items()}, "network": network_spec(mae),
+                    "step": 3}, path)
     net = _segmenter(out_channels=2)
     report = net.load_pretrained(path, verbose=False)
     assert not report.missing and not report.unexpected
@@ -39,7 +40,7 @@ def test_all_encoder_keys_load_from_pretraining(tmp_path, export):
 
 def test_one_channel_stem_is_adapted_to_four(tmp_path):
     mae = ASA(img_size=32, **PRESETS["tiny"])
-    torch.save({"encoder": mae.encoder_state_dict()}, tmp_path / "enc.pt")
+    torch.save({"encoder": mae.encoder_state_dict(), "network": network_spec(mae)}, tmp_path / "enc.pt")
     net = _segmenter(in_channels=4, out_channels=3)
     report = net.load_pretrained(tmp_path / "enc.pt", verbose=False)
     assert report.adapted
@@ -49,7 +50,7 @@ def test_one_channel_stem_is_adapted_to_four(tmp_path):
 
 def test_mismatched_checkpoint_raises(tmp_path):
     other = ASA(img_size=32, **{**PRESETS["tiny"], "embed_dim": 24})
-    torch.save({"model": other.state_dict()}, tmp_path / "bad.pt")
+    torch.save({"model": other.state_dict(), "network": network_spec(other)}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="shape mismatch"):
         _segmenter().load_pretrained(tmp_path / "bad.pt")
     torch.save({"weights": {}}, tmp_path / "empty.pt")
@@ -84,7 +85,7 @@ def test_forward_takes_per_sample_brain_frame_offsets():
 
 def test_pretrained_grid_must_match_unless_allowed(tmp_path):
     mae = ASA(img_size=64, **PRESETS["tiny"])
-    torch.save({"encoder": mae.encoder_state_dict(), "config": {"img_size": 64, "patch_size": 8}}, tmp_path / "enc.pt")
+    torch.save({"encoder": mae.encoder_state_dict(), "network": network_spec(mae)}, tmp_path / "enc.pt")
     with pytest.raises(ValueError, match=r"8x8x8 patch grid \(64x64x64 voxels\).*4x4x4 grid \(32x32x32 voxels\)"):
         _segmenter().load_pretrained(tmp_path / "enc.pt", verbose=False)
     with pytest.warns(UserWarning, match="allow_grid_change"):  # the brain frame keeps the pretraining grid
@@ -124,8 +125,7 @@ def test_build_from_config_follows_the_pretrained_file(tmp_path):
     from asa.models import build_from_config
 
     mae = ASA(img_size=32, **{**PRESETS["tiny"], "pos_mode": "paper", "lr_axis": 2})
-    config = {"data": {"size": 32}, "model": {"patch_size": 8}, "mae": {"pos_mode": "paper", "lr_axis": 2}}
-    torch.save({"model": mae.state_dict(), "config": config}, tmp_path / "last.pt")
+    torch.save({"model": mae.state_dict(), "network": network_spec(mae)}, tmp_path / "last.pt")
     model_cfg = {**PRESETS["tiny"], "pretrained": str(tmp_path / "last.pt")}
     net = build_from_config(model_cfg, {"pos_mode": None, "lr_axis": None}, in_channels=1, out_channels=2,
                             patch_size=None)
