@@ -100,7 +100,7 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
             model, optimizer, segmentation_step(SegmentationLoss(task.multilabel, focal_weight=focal_weight,
                                                focal_beta=float(cfg.loss.focal_beta))), config=config, lr=lr,
             out_dir=out_dir, env=env, seed=int(cfg.seed), validate=validate, run_config=resolved,
-            compat_keys=list(cfg.resume_must_match), resume=run_dir.resume_from or False, collate_fn=collate,
+            resume=run_dir.resume, collate_fn=collate,
             panel_fn=panel_fn,
         )
         result = engine.fit(train_ds)

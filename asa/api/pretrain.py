@@ -175,7 +175,7 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
             model, optimizer, step_fn, config=config, lr=lr, out_dir=out_dir, env=env, seed=int(cfg.seed),
             validate=validate,
             panel_fn=None if sample is None else panel_factory(sample),
-            run_config=resolved, compat_keys=list(cfg.resume_must_match), resume=run_dir.resume_from or False,
+            run_config=resolved, resume=run_dir.resume,
         )
         result = engine.fit(train_ds)
         if result.preempted:

@@ -24,9 +24,10 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from asa.io import atomic_write_text, load_checkpoint
-from asa.train.checkpoint import check_compatible, flatten
+from asa.io import atomic_write_text
+from asa.train.checkpoint import flatten
 from asa.train.distributed import DistEnv, all_gather_objects
+from asa.train.resume import ResumePoint, check_training_checkpoint
 
 __all__ = ["RunDirError", "RunDir", "RunLock", "LOCK_NAME", "command_line", "move_aside", "prepare_run_dir"]
 
@@ -130,10 +131,10 @@ class RunLock:
 
 @dataclass
 class RunDir:
-    """A checked run directory: where to resume from (None: a fresh run) and the lock (rank 0)."""
+    """A checked run directory: the checkpoint it continues from (None: a fresh run) and the lock (rank 0)."""
 
     path: Path
-    resume_from: Path | None
+    resume: ResumePoint | None
     lock: RunLock | None
     command: str
     moved_to: Path | None = None
@@ -146,7 +147,7 @@ class RunDir:
             return
         text = OmegaConf.to_yaml(OmegaConf.create(_plain(resolved)))
         record = self.path / "config.yaml"
-        if self.resume_from is None or not record.is_file():
+        if self.resume is None or not record.is_file():
             atomic_write_text(record, text)
             return
         first = yaml.safe_load(record.read_text()) or {}
@@ -157,7 +158,7 @@ class RunDir:
         history = (yaml.safe_load(history_path.read_text()) or []) if history_path.is_file() else []
         history.append({"time": datetime.datetime.now().isoformat(timespec="seconds"),
                         "command": self.invocation or self.command,
-                        "resumed_from": str(self.resume_from), "changes": changes})
+                        "resumed_from": str(self.resume.path), "changes": changes})
         atomic_write_text(history_path, yaml.safe_dump(history, sort_keys=False))
 
     def release(self) -> None:
@@ -179,6 +180,7 @@ def _checkpoints(out_dir: Path) -> list[Path]:
 
 
 def _resume_mode(resume: Any) -> str | Path:
+    """The ``resume`` option: ``"false"``, ``"true"``, ``"auto"`` or a checkpoint path."""
     if resume is None or resume is False or str(resume).lower() in {"false", "no", ""}:
         return "false"
     if resume is True or str(resume).lower() in {"true", "yes"}:
@@ -201,8 +203,9 @@ def move_aside(out_dir: Path) -> Path:
 
 
 def _check(out_dir: Path, *, resume: Any, overwrite: bool, run_config: Mapping, compat_keys: Sequence[str],
-           lock: RunLock, command: str) -> tuple[Path | None, Path | None]:
-    """Rank 0's checks with the lock held; returns (resume_from, moved_to)."""
+           lock: RunLock, command: str) -> tuple[ResumePoint | None, Path | None]:
+    """Rank 0's checks with the lock held: the one place that decides which checkpoint a run continues
+    from and checks it (read once); returns (resume point, moved_to)."""
     mode = _resume_mode(resume)
     cont = f"{command} resume=true"
     fresh = f"{_with_output_dir(command, out_dir.with_name(out_dir.name + '-new'))}"
@@ -241,10 +244,9 @@ def _check(out_dir: Path, *, resume: Any, overwrite: bool, run_config: Mapping, 
         out_dir.mkdir(parents=True)
         lock.acquire(command)
         print(f"[asa] overwrite=true: moved the previous run to {moved_to}", file=sys.stderr, flush=True)
-    if resume_from is not None:
-        saved = load_checkpoint(resume_from).get("config", {})
-        check_compatible(saved, run_config, compat_keys, source=str(resume_from))
-    return resume_from, moved_to
+    if resume_from is None:
+        return None, moved_to
+    return check_training_checkpoint(resume_from, run_config, compat_keys), moved_to
 
 
 def prepare_run_dir(
@@ -259,10 +261,9 @@ def prepare_run_dir(
 ) -> RunDir:
     """Lock and check ``out_dir`` on rank 0 (the other ranks wait and learn the outcome); raises
     `RunDirError` / `IncompatibleCheckpointError` on every rank when rank 0 refuses, leaving the
-    folder as it was."""
+    folder as it was. A resumed run's `RunDir.resume` is what `asa.train.Engine` continues from."""
     out_dir = Path(out_dir).expanduser().absolute()
     command = command_line(app)
-    outcome: tuple[str, Any]
     lock = None
     if env.is_main:
         created = not out_dir.exists()
@@ -270,25 +271,21 @@ def prepare_run_dir(
             out_dir.mkdir(parents=True, exist_ok=True)
             lock = RunLock(out_dir)
             lock.acquire(command)
-            resume_from, moved_to = _check(out_dir, resume=resume, overwrite=overwrite,
-                                           run_config=run_config, compat_keys=compat_keys, lock=lock, command=command)
-            outcome = ("ok", (None if resume_from is None else str(resume_from), moved_to))
+            resume_point, moved_to = _check(out_dir, resume=resume, overwrite=overwrite,
+                                            run_config=run_config, compat_keys=compat_keys, lock=lock, command=command)
         except Exception as err:
             if lock is not None:
                 lock.release()
             if created and out_dir.is_dir() and not any(out_dir.iterdir()):
                 out_dir.rmdir()
-            outcome = ("error", err)
             if not env.distributed:
                 raise
             all_gather_objects(("error", f"{type(err).__name__}: {err}"), env)
             raise
         if env.distributed:
-            all_gather_objects(("ok", outcome[1][0]), env)
-        resume_from, moved_to = outcome[1]
-        return RunDir(out_dir, None if resume_from is None else Path(resume_from), lock, command, moved_to,
-                      invocation=command_line(app, drop=()))
+            all_gather_objects(("ok", None if resume_point is None else str(resume_point.path)), env)
+        return RunDir(out_dir, resume_point, lock, command, moved_to, invocation=command_line(app, drop=()))
     status, value = all_gather_objects(None, env)[0]
     if status == "error":
         raise RunDirError(f"rank 0 refused the run: {value}")
-    return RunDir(out_dir, None if value is None else Path(value), None, command)
+    return RunDir(out_dir, None if value is None else ResumePoint(Path(value)), None, command)

@@ -7,6 +7,7 @@ from .checkpoint import IncompatibleCheckpointError, check_compatible
 from .distributed import DistEnv, all_reduce_mean, cleanup_distributed, setup_distributed
 from .engine import Engine, FitResult, NonFiniteLossError, fit
 from .optim import build_optimizer, param_groups, scaled_lr
+from .resume import ResumePoint, check_training_checkpoint
 from .rng import capture_rng, fork_rng, restore_rng, seed_everything
 from .schedule import lr_at
 from .settings import TrainConfig, TrainerSettings
@@ -14,7 +15,8 @@ from .settings import TrainConfig, TrainerSettings
 __all__ = [
     "IncompatibleCheckpointError", "check_compatible",
     "DistEnv", "all_reduce_mean", "cleanup_distributed", "setup_distributed",
-    "Engine", "FitResult", "NonFiniteLossError", "TrainConfig", "TrainerSettings", "fit",
+    "Engine", "FitResult", "NonFiniteLossError", "ResumePoint", "TrainConfig", "TrainerSettings", "check_training_checkpoint",
+    "fit",
     "build_optimizer", "param_groups", "scaled_lr",
     "capture_rng", "fork_rng", "restore_rng", "seed_everything", "lr_at",
 ]

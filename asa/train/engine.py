@@ -2,8 +2,8 @@
 
 The loop reads top to bottom: `Engine.fit` → `_prepare` and `_start` → `_run_epoch` → `_train_step`
 → `_end_epoch` → `_finish`. Its collaborators do one thing each: `OptimizerStep` (precision,
-accumulation, the update), `TrainLog` (messages, progress, TensorBoard), `resume` (which checkpoint,
-checked) and `StopSignals` (preemption).
+accumulation, the update), `TrainLog` (messages, progress, TensorBoard), `ResumePoint` (the checked
+checkpoint a run continues from) and `StopSignals` (preemption).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from .distributed import DistEnv, all_gather_objects, all_reduce_max_ints, all_r
 from .precision import amp_name, guard_cpu_bf16_convolutions, set_threads
 from .preemption import StopSignals
 from .reporting import TrainLog, scalar
-from .resume import Tracker, read_training_checkpoint, resume_path
+from .resume import ResumePoint, Tracker
 from .rng import capture_rng, fork_rng, item_seed, kernel_determinism, restore_rng, seed_everything
 from .schedule import lr_at
 from .settings import TrainConfig, TrainerSettings
@@ -77,7 +77,8 @@ class Engine:
     `out_dir/tb`. `validate(model) -> dict` runs every `val_every` epochs on every rank (shard the
     validation data by `env.rank` if you like; metrics are averaged across ranks). `panel_fn(model, step)
     -> {tag: image [C,H,W] in [0,1]}` runs on rank 0 every `panel_every` epochs. Validation and panels
-    run under a forked, fixed-seed RNG so they never change the training trajectory.
+    run under a forked, fixed-seed RNG so they never change the training trajectory. `resume`: the
+    checked checkpoint to continue from (a `ResumePoint`; None starts fresh from `seed`).
     """
 
     def __init__(
@@ -94,8 +95,7 @@ class Engine:
         validate: Callable[[nn.Module], Mapping[str, float]] | None = None,
         panel_fn: Callable[[nn.Module, int], Mapping[str, torch.Tensor]] | None = None,
         run_config: Mapping | None = None,
-        compat_keys: Sequence[str] = ("model",),
-        resume: bool | str | os.PathLike = False,
+        resume: ResumePoint | None = None,
         collate_fn: Callable | None = None,
         extra_state: Callable[[], Mapping] | None = None,
     ) -> None:
@@ -106,7 +106,7 @@ class Engine:
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.validate, self.panel_fn = validate, panel_fn
         self.run_config = dict(run_config or {})
-        self.compat_keys, self.resume, self.collate_fn = tuple(compat_keys), resume, collate_fn
+        self.resume, self.collate_fn = resume, collate_fn
         self.extra_state = extra_state
         self.optim_step = OptimizerStep(optimizer, amp=config.amp, device=self.env.device,
                                         accum_steps=config.accum_steps, clip_grad=config.clip_grad)
@@ -187,9 +187,8 @@ class Engine:
     def _start(self, run: _Run) -> None:
         """Resume or seed, the DDP wrapper, logging and the start-up lines."""
         env, cfg = self.env, self.cfg
-        resume_from = resume_path(self.resume, self.ckpt_dir)
-        if resume_from is not None:
-            self._load(resume_from)
+        if self.resume is not None:
+            self._load(self.resume)
         else:
             seed_everything(self.seed + env.rank)
         run.net = self.model
@@ -197,7 +196,7 @@ class Engine:
             run.net = DDP(self.model, device_ids=[env.device] if env.device.type == "cuda" else None,
                           find_unused_parameters=cfg.find_unused_parameters)
         self.log.open(start_step=self.step, stop_step=run.stop_step, progress=cfg.progress,
-                      resumed=resume_from is not None)
+                      resumed=self.resume is not None)
         self.log.say(f"training: {self.steps_per_epoch} steps/epoch, schedule over {self.total_steps} steps "
                      f"(warm-up {self.warmup_steps}), stopping at step {run.stop_step}; global batch "
                      f"{run.samples_per_step}; device {env.device}, world size {env.world_size}"
@@ -364,8 +363,8 @@ class Engine:
             self.log.flush()  # what the checkpoint holds, TensorBoard shows (also after SIGKILL)
         barrier(self.env)
 
-    def _load(self, path: Path) -> None:
-        state = read_training_checkpoint(path, self.run_config, self.compat_keys)
+    def _load(self, resume: ResumePoint) -> None:
+        path, state = resume.path, resume.read()
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as err:

@@ -1,16 +1,16 @@
-"""What a resumed run reads back: which checkpoint to resume from, the checked file, and the best-metric tracker."""
+"""What a resumed run reads back: the checked checkpoint it continues from, and the best-metric tracker."""
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from asa.io import load_checkpoint
 
 from .checkpoint import FORMAT, check_compatible
 
-__all__ = ["Tracker", "resume_path", "read_training_checkpoint"]
+__all__ = ["ResumePoint", "Tracker", "check_training_checkpoint"]
 
 
 class Tracker:
@@ -31,28 +31,27 @@ class Tracker:
         self.best, self.best_step, self.bad_rounds = state["best"], state["best_step"], int(state["bad_rounds"])
 
 
-def resume_path(resume: bool | str | os.PathLike | None, ckpt_dir: Path) -> Path | None:
-    """The checkpoint the ``resume`` option names: false/no -> None, true/yes -> ``ckpt_dir/last.pt``
-    (which must exist), auto -> ``last.pt`` when it exists, anything else -> that path."""
-    r = resume
-    if r is False or r is None or (isinstance(r, str) and r.lower() in {"false", "no", ""}):
-        return None
-    last = ckpt_dir / "last.pt"
-    if r is True or (isinstance(r, str) and r.lower() in {"true", "yes"}):
-        if not last.is_file():
-            raise FileNotFoundError(
-                f"resume=true but {last} does not exist; start without resume, or use resume=auto"
-            )
-        return last
-    if isinstance(r, str) and r.lower() == "auto":
-        return last if last.is_file() else None
-    return Path(r)
+@dataclass
+class ResumePoint:
+    """The training checkpoint a run continues from, chosen and checked once before the run starts
+    (`asa.api.rundir.prepare_run_dir` on rank 0, with :func:`check_training_checkpoint`). ``state``:
+    the content that check read; None on the other ranks, which read the file themselves."""
+
+    path: Path
+    state: dict | None = None
+
+    def read(self) -> dict:
+        """The checkpoint's content (the checked copy, handed over once; else loaded now)."""
+        state, self.state = self.state, None
+        return state if state is not None else load_checkpoint(self.path, map_location="cpu")
 
 
-def read_training_checkpoint(path: Path, run_config: Mapping, compat_keys: Sequence[str]) -> dict:
-    """Load an asa training checkpoint written by a run whose config matches ``run_config`` in ``compat_keys``."""
+def check_training_checkpoint(path: Path, run_config: Mapping, compat_keys: Sequence[str]) -> ResumePoint:
+    """Read ``path`` once and check that it is an asa training checkpoint whose run config matches
+    ``run_config`` in ``compat_keys`` (`check_compatible`: `IncompatibleCheckpointError` listing the
+    keys that differ; another file: ``ValueError``); returns it as the run's resume point."""
     state = load_checkpoint(path, map_location="cpu")
+    check_compatible(state.get("config", {}), run_config, compat_keys, source=str(path))
     if state.get("format") != FORMAT:
         raise ValueError(f"checkpoint {path}: not an asa training checkpoint (format={state.get('format')!r})")
-    check_compatible(state.get("config", {}), run_config, compat_keys, source=str(path))
-    return state
+    return ResumePoint(Path(path), state)

@@ -153,3 +153,49 @@ def test_a_bad_trainer_value_stops_before_anything_is_written(tmp_path, demo_cac
     with pytest.raises(ValueError, match="trainer.mode"):
         pretrain(cfg)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_resume_is_decided_and_checked_once_by_the_run_directory(tmp_path, monkeypatch):
+    """prepare_run_dir picks the checkpoint (resume=true|auto|PATH), checks it and reads it once; the
+    engine continues from that read instead of deciding and loading again."""
+    import asa.train.resume
+    from asa.api.rundir import prepare_run_dir
+    from asa.io import save_checkpoint
+    from asa.train import TrainConfig
+    from asa.train.distributed import DistEnv
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+    from toy import ToyData, make_engine
+
+    cfg, out = {"model": {"width": 16}}, tmp_path / "run"
+
+    def run_dir(resume, run_config=cfg):
+        return prepare_run_dir(out, app="toy", resume=resume, overwrite=False, run_config=run_config,
+                               compat_keys=["model"], env=DistEnv())
+
+    with pytest.raises(RunDirError, match=r"resume=true but .*last.pt does not exist"):
+        run_dir(True)
+    fresh = run_dir("auto")  # nothing to continue: a fresh run
+    assert fresh.resume is None
+    train = TrainConfig(epochs=1, batch_size=2, progress=False, log_every=1, max_steps=2)
+    make_engine(out, config=train).fit(ToyData())
+    fresh.release()
+
+    reads = []
+    real = asa.train.resume.load_checkpoint
+    monkeypatch.setattr(asa.train.resume, "load_checkpoint", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    resumed = run_dir("auto")
+    assert resumed.resume.path == out / "checkpoints" / "last.pt" and resumed.resume.state["step"] == 2
+    engine = make_engine(out, config=TrainConfig(**{**train.__dict__, "max_steps": 4}))
+    engine.resume = resumed.resume
+    assert engine.fit(ToyData()).step == 4
+    assert reads == [out / "checkpoints" / "last.pt"]  # read once, by the check
+    resumed.release()
+
+    with pytest.raises(IncompatibleCheckpointError, match=r"model\.width: .* has 16, config has 32"):
+        run_dir(True, {"model": {"width": 32}})
+    save_checkpoint(tmp_path / "other.pt", {"config": cfg, "model": {}})
+    with pytest.raises(ValueError, match="not an asa training checkpoint"):
+        run_dir(str(tmp_path / "other.pt"))
+    with pytest.raises(RunDirError, match="no such checkpoint file"):
+        run_dir(str(tmp_path / "missing.pt"))

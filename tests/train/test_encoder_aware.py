@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import Dataset
 
 from asa.models import PRESETS, ASASegmenter
-from asa.train import Engine, TrainConfig, build_optimizer
+from asa.train import Engine, TrainConfig, build_optimizer, check_training_checkpoint
 from asa.train.optim import describe_lr
 from toy import ToyNet
 
@@ -110,6 +110,6 @@ def test_frozen_encoder_is_bit_identical_for_k_epochs_then_trains(tmp_path):
     assert enc and all(torch.equal(net.state_dict()[k], start[k]) for k in enc)
     assert any(not torch.equal(net.state_dict()[k], start[k]) for k in dec)
     engine.cfg = cfg
-    engine.resume = True
+    engine.resume = check_training_checkpoint(tmp_path / "checkpoints" / "last.pt", {}, ())
     engine.fit(_Volumes())  # epoch 3: the encoder trains
     assert any(not torch.equal(net.state_dict()[k], start[k]) for k in enc)

@@ -74,12 +74,6 @@ def test_incompatible_resume_is_refused_naming_keys(tmp_path):
                     run_config={"model": {"width": 32}}).fit(ToyData())
 
 
-def test_resume_true_without_checkpoint_is_an_error_auto_starts_fresh(tmp_path):
-    with pytest.raises(FileNotFoundError, match="last.pt"):
-        make_engine(tmp_path, config=_cfg(max_steps=1), resume=True).fit(ToyData())
-    assert make_engine(tmp_path, config=_cfg(max_steps=1), resume="auto").fit(ToyData()).step == 1
-
-
 def test_non_finite_losses_are_skipped_then_abort_keeps_last_good(tmp_path):
     # one bad item in 16: a few steps are skipped, training finishes and counts them
     res = make_engine(tmp_path / "a", config=_cfg(epochs=1)).fit(ToyData(nan_items=(5,)))

@@ -5,13 +5,14 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from asa.train import Engine, TrainConfig, build_optimizer, cleanup_distributed, setup_distributed
+from asa.train import Engine, TrainConfig, build_optimizer, check_training_checkpoint, cleanup_distributed, setup_distributed
 
 
 class ToyNet(nn.Module):
@@ -58,14 +59,17 @@ def step_fn(model: nn.Module, batch: dict):
     return loss, {"mse": loss.detach()}
 
 
-def make_engine(out_dir, *, config: TrainConfig, seed: int = 0, dropout: float = 0.1, resume=False,
+def make_engine(out_dir, *, config: TrainConfig, seed: int = 0, dropout: float = 0.1, resume: bool = False,
                 validate=None, run_config=None, env=None, lr: float = 0.05, step=step_fn) -> Engine:
+    """A toy engine; ``resume``: continue from ``out_dir/checkpoints/last.pt``, checked against
+    ``run_config`` in its ``model`` keys (as `asa.api.rundir.prepare_run_dir` checks it for the jobs)."""
     torch.manual_seed(seed)
     model = ToyNet(dropout)
     opt = build_optimizer(model, name="adamw", lr=lr, weight_decay=0.05)
+    run_config = run_config if run_config is not None else {"model": {"width": 16}}
+    point = check_training_checkpoint(Path(out_dir) / "checkpoints" / "last.pt", run_config, ("model",)) if resume else None
     return Engine(model, opt, step, config=config, lr=lr, out_dir=out_dir, seed=seed, validate=validate,
-                  run_config=run_config if run_config is not None else {"model": {"width": 16}}, resume=resume,
-                  env=env)
+                  run_config=run_config, resume=point, env=env)
 
 
 def main() -> None:
@@ -88,7 +92,7 @@ def main() -> None:
     env = setup_distributed(args.device)
     cfg = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                       accum_steps=args.accum, ckpt_every=args.ckpt_every, progress=False, log_every=1, amp=args.amp)
-    engine = make_engine(args.out, config=cfg, dropout=args.dropout, resume=args.resume, env=env)
+    engine = make_engine(args.out, config=cfg, dropout=args.dropout, resume=args.resume == "true", env=env)
     inner, calls = engine.step_fn, [0]
 
     def wrapped(model, batch):
