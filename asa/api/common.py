@@ -12,7 +12,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from asa.api.rundir import RunDir, prepare_run_dir
-from asa.io import atomic_write_json
+from asa.data import CaseError, RegionSource, detect_layout, discover, ensure_demo_dataset, make_splits
+from asa.data.datasets import CaseLoadError
+from asa.data.store import StoreError, open_store
+from asa.io import VolumeError, atomic_write_json
 from asa.train import TrainConfig, build_optimizer, cleanup_distributed, setup_distributed
 from asa.train.distributed import DistEnv, all_gather_objects, barrier
 from asa.train.optim import LOW_LR, describe_lr
@@ -51,8 +54,6 @@ class TrainingRun:
 
 def dataset_root(data: DictConfig) -> tuple[Path, str]:
     """(folder, layout) of a data preset: ``data.root``, or the generated demo dataset when it is null."""
-    from asa.data import detect_layout, ensure_demo_dataset
-
     if data.root is None:
         if data.get("demo") is None:
             raise ValueError(f"data={data.name}: data.root is required (a {data.layout} folder)")
@@ -74,8 +75,6 @@ def load_cases(data: DictConfig, out_dir: Path | None, env: DistEnv) -> list:
     listed in ``<out_dir>/bad_cases.json``. With ``data.store`` nothing is read: the store's
     index holds the checks' outcome, and only the files' sizes and mtimes are compared with it.
     """
-    from asa.data import discover
-
     def find() -> list:
         root, layout = dataset_root(data)
         if data.get("store") is not None:
@@ -90,9 +89,6 @@ def load_cases(data: DictConfig, out_dir: Path | None, env: DistEnv) -> list:
 def _cases_in_store(data: DictConfig, root: Path, layout: str, out_dir: Path | None) -> list:
     """The cases of ``data.store`` (checked when it was written), after making sure that it was
     written from this data root and that no file under it is new or changed since."""
-    from asa.data import CaseError, discover
-    from asa.data.store import StoreError, open_store
-
     store = open_store(data.store)
     if store.root is not None and Path(store.root) != root:
         raise StoreError(f"data.store={store.path} was written from data.root={store.root}, not {root}: "
@@ -136,8 +132,6 @@ class SharedError(RuntimeError):
 
 def split_cases(cases: list, data: DictConfig, out_dir: Path, env: DistEnv) -> dict[str, list]:
     """Train/val/test cases from ``<out_dir>/splits.json`` (written by rank 0 on first use, reused after)."""
-    from asa.data import make_splits
-
     ratios = None if data.split.ratios is None else list(data.split.ratios)
     path = out_dir / "splits.json"
 
@@ -192,9 +186,6 @@ def trainer_config(cfg: DictConfig) -> TrainConfig:
 def describe_error(err: BaseException) -> str:
     """One line naming the file and the fault: the innermost asa error of the chain, or the last line
     of a DataLoader worker's re-raised traceback, or ``Type: message``."""
-    from asa.io import VolumeError
-    from asa.data.datasets import CaseLoadError
-
     seen, e = [], err
     while e is not None and e not in seen:
         seen.append(e)
@@ -219,8 +210,6 @@ def region_source(data: DictConfig, needed_by: list[str], *, network: str | None
     names the options that need region maps (e.g. ``model.region_attention=alternate``), ``network``
     the one that feeds them into the network (a map made from the labels is then refused). Says at
     start-up (rank 0) which maps ``source: auto`` chose."""
-    from asa.data import RegionSource
-
     spec = data.get("regions")
     spec = {} if spec is None else OmegaConf.to_container(spec, resolve=True)
     regions = RegionSource.from_config(spec, needed_by=needed_by, network=network)

@@ -5,9 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
+from asa.api.common import dataset_root
 from asa.api.schema import EvaluateConfig, as_config
+from asa.data import discover, get_task
+from asa.eval import evaluate_cases, match_predictions
+from asa.eval.predict import Predictor
+from asa.eval.reliance import encoder_reliance, format_reliance, write_reliance
 
 __all__ = ["evaluate"]
 
@@ -18,10 +24,6 @@ def evaluate(config: EvaluateConfig | DictConfig) -> dict:
     ``config``: the typed config (EvaluateConfig, e.g. from ``load_config("evaluate")``) or a composed
     Hydra config; it is checked against the schema first."""
     cfg = as_config(config, "evaluate")
-    from asa.api.common import dataset_root
-    from asa.data import discover, get_task
-    from asa.eval import evaluate_cases, match_predictions
-
     data = cfg.data
     if data.get("task") is None:
         raise ValueError(f"data={data.get('name')} has no labels to evaluate against; use data=brats, ibsr, wmh or msd")
@@ -65,11 +67,6 @@ def evaluate(config: EvaluateConfig | DictConfig) -> dict:
 
 def _reliance(cfg: DictConfig, task, cases: list, out: Path) -> dict:
     """Encoder-reliance diagnostic of ``reliance.checkpoint`` on ``cases``; writes reliance files under ``out``."""
-    import torch
-
-    from asa.eval.predict import Predictor
-    from asa.eval.reliance import encoder_reliance, format_reliance, write_reliance
-
     ckpt = Path(str(cfg.reliance.checkpoint)).expanduser()
     if not ckpt.is_file():
         raise FileNotFoundError(f"reliance.checkpoint={ckpt}: no such file (a best.pt / last.pt of asa-finetune)")

@@ -12,8 +12,12 @@ from omegaconf import DictConfig, OmegaConf
 from asa.api.common import (TrainingRun, dataset_root, load_cases, optimizer_and_config, region_source, split_cases,
                              trainer_config)
 from asa.api.rundir import command_line
-from asa.train import Engine, FitResult
 from asa.api.schema import FinetuneConfig, as_config
+from asa.data import build_segmentation_dataset, get_task
+from asa.losses import SegmentationLoss
+from asa.models import build_from_config
+from asa.train import Engine, FitResult
+from asa.train.finetune import make_dice_validator, make_segmentation_panel_fn, segmentation_step
 
 __all__ = ["finetune"]
 
@@ -25,11 +29,6 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
     ``config``: the typed config (FinetuneConfig, e.g. from ``load_config("finetune")``) or a composed
     Hydra config; it is checked against the schema first."""
     cfg = as_config(config, "finetune")
-    from asa.data import build_segmentation_dataset, get_task
-    from asa.losses import SegmentationLoss
-    from asa.models import build_from_config
-    from asa.train.finetune import make_dice_validator, make_segmentation_panel_fn, segmentation_step
-
     with TrainingRun(cfg, APP) as run:
         env = run.env
         data = cfg.data

@@ -8,6 +8,8 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from asa.api.schema import PredictConfig, as_config
+from asa.eval.inference import check_sw_batch_size
+from asa.eval.predict import Predictor, gather_cases, predict_cases
 from asa.train.distributed import resolve_device
 from asa.train.precision import amp_name, resolve_amp, set_threads
 
@@ -20,9 +22,6 @@ def predict(config: PredictConfig | DictConfig) -> list[Path]:
     ``config``: the typed config (PredictConfig, e.g. from ``load_config("predict")``) or a composed
     Hydra config; it is checked against the schema first."""
     cfg = as_config(config, "predict")
-    from asa.eval.inference import check_sw_batch_size
-    from asa.eval.predict import Predictor, gather_cases, predict_cases
-
     sw_batch_size = check_sw_batch_size(cfg.sw_batch_size)
     device = resolve_device(str(cfg.device))
     amp_dtype = resolve_amp(str(cfg.amp), device, option="amp")

@@ -11,6 +11,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from asa.api.common import _check_workers, dataset_root, region_source
 from asa.api.schema import PretrainDataConfig, PreprocessConfig, SegmentationDataConfig, as_config
+from asa.data import CaseError, discover, get_task
+from asa.data.layouts import load_report
+from asa.data.preprocess import build_store
+from asa.data.preprocessing import PretrainPreprocess, SegmentationPreprocess
 from asa.train.distributed import DistEnv
 
 __all__ = ["preprocess", "data_kind"]
@@ -39,11 +43,6 @@ def preprocess(config: PreprocessConfig | DictConfig):
     whose preprocessing fails, after every other case is written (with ``error`` the job then
     fails naming them)."""
     cfg = as_config(config, "preprocess")
-    from asa.data import CaseError, discover, get_task
-    from asa.data.layouts import load_report
-    from asa.data.preprocess import build_store
-    from asa.data.preprocessing import PretrainPreprocess, SegmentationPreprocess
-
     data = cfg.data
     kind = data_kind(data)
     if data.get("store") is None:

@@ -13,9 +13,16 @@ from omegaconf import DictConfig, OmegaConf
 from asa.api.common import (TrainingRun, dataset_root, load_cases, optimizer_and_config, region_source, split_cases,
                             trainer_config)
 from asa.api.rundir import command_line
-from asa.train import Engine, FitResult
 from asa.api.schema import PretrainConfig, as_config
+from asa.data import (SEGMENTATION_LAYOUTS, build_pretrain_dataset, detect_layout, diseased_labels, discover,
+                      ensure_demo_dataset, get_task)
+from asa.eval.probe import build_probe_set, make_probe
+from asa.models import ASA, SymmetryAwareHead
+from asa.models.encoder import ENCODER_PREFIX
+from asa.models.sa_swin import SA_SWIN_ENCODER_PREFIXES
+from asa.train import Engine, FitResult
 from asa.train.pretrain import export_encoder, mae_step, make_panel_fn, make_validator
+from asa.train.sa_swin import make_sah_panel_fn, sah_step
 
 __all__ = ["pretrain"]
 
@@ -44,19 +51,11 @@ def _method(cfg: DictConfig, cases: list, model_kwargs: dict) -> Method:
     (the Symmetry-Aware Head, ``sa_swin``)."""
     method = cfg.get("method", "asa")
     if method == "asa":
-        from asa.models import ASA
-        from asa.models.encoder import ENCODER_PREFIX
-
         def panel(sample: dict):
             return make_panel_fn(sample["image"], sample.get("region"))
 
         return Method(ASA(**model_kwargs), mae_step, panel, (ENCODER_PREFIX,))
     if method == "sa_swin":
-        from asa.data import diseased_labels
-        from asa.models import SymmetryAwareHead
-        from asa.models.sa_swin import SA_SWIN_ENCODER_PREFIXES
-        from asa.train.sa_swin import make_sah_panel_fn, sah_step
-
         kwargs = {**OmegaConf.to_container(cfg.sa_swin, resolve=True), "in_channels": len(cfg.data.channels)}
         labels = diseased_labels(cases, dataset_root(cfg.data)[0])
         if any(labels.values()):
@@ -70,9 +69,6 @@ def _method(cfg: DictConfig, cases: list, model_kwargs: dict) -> Method:
 def _probe(cfg: DictConfig, patch_size: int, regions=None):
     """probe(model) -> probe metrics (asa.eval.probe) on ``cfg.probe``'s labeled cases, or None when off;
     ``regions``: the region source of an encoder with region attention."""
-    from asa.data import SEGMENTATION_LAYOUTS, detect_layout, discover, ensure_demo_dataset, get_task
-    from asa.eval.probe import build_probe_set, make_probe
-
     pc = cfg.probe
     if int(pc.every) < 1:
         return None
@@ -120,7 +116,6 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
     ``config``: the typed config (PretrainConfig, e.g. from ``load_config("pretrain")``) or a composed
     Hydra config; it is checked against the schema first."""
     cfg = as_config(config, "pretrain")
-    from asa.data import build_pretrain_dataset
 
     with TrainingRun(cfg, APP) as run:
         env = run.env

@@ -20,6 +20,13 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from asa.data import build_pretrain_dataset, discover
+from asa.data.preprocess import build_store
+from asa.data.preprocessing import PretrainPreprocess
+from asa.data.store import CASES, FORMAT, INDEX, SETTINGS, VERSION, case_file_stamps, open_store, store_settings
+from asa.io import atomic_write_json
+from asa.train.data import build_loader
+
 MIB = 2**20
 
 
@@ -115,8 +122,6 @@ def child_memory() -> list[dict[str, int]]:
 def loader_epoch(dataset: Any, *, batch: int, workers: int, seed: int = 0) -> dict[str, Any]:
     """One epoch of the training loader: crops/s from the first batch on (worker start-up and the
     first batch excluded), the time to the first batch, and the workers' memory before the last batch."""
-    from asa.train.data import build_loader
-
     loader, sampler, _, _ = build_loader(dataset, batch_size=batch, rank=0, world_size=1, seed=seed,
                                          num_workers=workers)
     n = len(loader)
@@ -144,10 +149,6 @@ def compare_store_and_cache(tmp: Path, *, volumes: int, shape: Sequence[int], si
                             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Crops/s per worker of the store path and of the ``cache_dir`` path side by side (alternated
     round by round), page cache warm (and cold), plus what building each cost."""
-    from asa.data import build_pretrain_dataset, discover
-    from asa.data.preprocess import build_store
-    from asa.data.preprocessing import PretrainPreprocess
-
     r: dict[str, Any] = {"volumes": volumes, "volume_shape": list(shape), "crop": size, "batch": batch,
                          "workers": workers, "store_dtype": dtype}
     t0 = time.perf_counter()
@@ -201,11 +202,6 @@ def startup_with_index(tmp: Path, *, cases: int, size: int = 16, batch: int = 4,
     finding the data root's files and comparing their sizes/mtimes with it, building the dataset and
     the loader, and the first batch. The cases are stubs (empty scan files, one shared tiny array
     pair): only the index and the file listing grow with ``cases``, as they do at scale."""
-    from asa.data import build_pretrain_dataset, discover
-    from asa.data.store import CASES, FORMAT, INDEX, SETTINGS, VERSION, case_file_stamps, open_store, store_settings
-    from asa.data.preprocessing import PretrainPreprocess
-    from asa.io import atomic_write_json
-
     root, store = tmp / "bids_index", tmp / "store_index"
     (store / CASES).mkdir(parents=True, exist_ok=True)
     image = np.zeros((1, size, size, size), np.float16)
@@ -240,8 +236,6 @@ def startup_with_index(tmp: Path, *, cases: int, size: int = 16, batch: int = 4,
     t = time.perf_counter()
     dataset = build_pretrain_dataset(kept, size=size, augment=False, store=opened)
     steps["dataset_s"] = time.perf_counter() - t
-    from asa.train.data import build_loader
-
     t = time.perf_counter()
     loader, _, _, _ = build_loader(dataset, batch_size=batch, rank=0, world_size=1, seed=0, num_workers=workers)
     it = iter(loader)

@@ -9,6 +9,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from asa.api.common import describe_error
+from asa.api.rundir import RunDirError
+from asa.data import CaseError
+from asa.data.store import StoreSettingsError
+from asa.train import IncompatibleCheckpointError
 
 __all__ = ["EXIT_FAILED", "EXIT_FINISHED", "EXIT_REFUSED", "entry"]
 
@@ -23,12 +27,6 @@ def entry(app: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> None:
     2 refused before starting (run-directory rules, lock, incompatible resume, bad cases, a store
     written under other settings),
     128 + N stopped by signal N. Errors print one line (``debug=true``: the full traceback)."""
-    from asa.data import CaseError
-    from asa.data.store import StoreSettingsError
-    from asa.train import IncompatibleCheckpointError
-
-    from asa.api.rundir import RunDirError
-
     try:
         result = run(cfg)
     except (RunDirError, IncompatibleCheckpointError, CaseError, StoreSettingsError) as err:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import inspect
 import io
 import json
 import os
@@ -25,8 +24,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from asa.io import NIFTI_SUFFIXES, atomic_write_text, find_nifti
 from asa.eval.metrics import EMPTY_HD95, HD95_CONVENTIONS, HD_PERCENTILE, dice, hd95
+from asa.io import NIFTI_SUFFIXES, atomic_write_text, find_nifti, load_volume
 
 METRICS: tuple[str, ...] = ("Dice", "HD95")
 PER_CASE_CSV = "per_case.csv"
@@ -47,11 +46,7 @@ class TaskLike(Protocol):
 
 def _default_loader() -> Callable[[Any], Any]:
     """``asa.data.load_volume`` reading both files as label maps (integer values, empty allowed)."""
-    from asa.data import load_volume
-
-    if "label" in inspect.signature(load_volume).parameters:
-        return functools.partial(load_volume, label=True)
-    return load_volume
+    return functools.partial(load_volume, label=True)
 
 
 def ignore_mask_for(task: Any, label: np.ndarray) -> np.ndarray | None:

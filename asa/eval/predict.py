@@ -22,7 +22,8 @@ from asa.data import (
     save_volume,
 )
 from asa.eval.inference import predict_volume
-from asa.io import VolumeError, is_nifti, prediction_path, probabilities_path, strip_nifti
+from asa.io import VolumeError, is_nifti, load_checkpoint, prediction_path, probabilities_path, strip_nifti
+from asa.models import build_network, channels_last_inference, compile_blocks
 
 CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # nnU-Net style <case>_0000
 
@@ -45,9 +46,6 @@ class Predictor:
         fine-tuning checkpoint (``asa-finetune`` output); ``compile`` applies ``torch.compile`` to
         its blocks (:func:`asa.models.compile_blocks`). With bf16 on a CPU the network is laid out
         channels-last (:func:`asa.models.channels_last_inference`)."""
-        from asa.models import build_network, channels_last_inference, compile_blocks
-        from asa.io import load_checkpoint
-
         state = load_checkpoint(path)
         config = state.get("config") or {}
         spec = state.get("network")

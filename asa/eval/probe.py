@@ -20,7 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from asa.data.geometry import brain_centre, crop_or_pad
+from asa.data.preprocessing import brain_mask, case_to_item, load_case_images, normalize_in_brain
 from asa.data.regions import RegionSource
+from asa.io import load_volume
 from asa.models.region_attention import patch_regions
 
 __all__ = ["ProbeSet", "build_probe_set", "encode_tokens", "knn_accuracy", "patch_fractions", "probe_metrics",
@@ -97,10 +100,6 @@ def build_probe_set(cases: Sequence, task, *, size: int, channels: Sequence[str]
     encoder with region attention (patch majority of each case's region map); a source made from the
     labels is refused (the probe would read the target through the encoder's input).
     """
-    from asa.io import load_volume
-    from asa.data.geometry import brain_centre, crop_or_pad
-    from asa.data.preprocessing import brain_mask, case_to_item, load_case_images, normalize_in_brain
-
     if len(cases) < 2:
         raise ValueError(f"probe set: {len(cases)} labeled case(s); the probe fits on half and scores on the "
                          "other half, so it needs at least 2")

@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from asa.data import preprocess_for_inference
 from asa.eval.evaluate import ignore_mask_for
 from asa.eval.metrics import dice
+from asa.io import atomic_write_json, atomic_write_text, load_volume
 
 __all__ = ["case_dice", "encoder_reliance", "format_reliance", "write_reliance", "RELIANCE_CSV", "RELIANCE_JSON"]
 
@@ -44,8 +46,6 @@ def encoder_reliance(predictor, cases: Sequence, *, overlap: float = 0.5, sw_bat
     (means over cases; drop = normal − zeroed).
     """
     from tqdm import tqdm
-
-    from asa.data import load_volume, preprocess_for_inference
 
     model, task = predictor.model, predictor.task
     if not hasattr(model, "zero_encoder_states"):
@@ -77,8 +77,6 @@ def encoder_reliance(predictor, cases: Sequence, *, overlap: float = 0.5, sw_bat
 
 def write_reliance(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``reliance_per_case.csv`` and ``reliance.json`` under ``out_dir``."""
-    from asa.io import atomic_write_json, atomic_write_text
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cols = ["id"] + [c for n in result["names"] for c in (f"Dice_{n}", f"Dice_{n}_zeroed")]

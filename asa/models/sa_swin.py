@@ -9,6 +9,7 @@ from monai.networks.blocks import MLPBlock
 from monai.networks.nets import SwinUNETR
 from torch import nn
 
+from asa.io import load_weights
 from asa.models.saca import SymmetryCrossAttention
 from asa.models.segmenter import LoadReport, match_encoder_weights
 
@@ -138,8 +139,6 @@ class SASwin(SwinUNETR):
         stem is adapted to k channels; a shape mismatch raises ``ValueError``. Returns the key report."""
         path = Path(path)
         if checkpoint is None:
-            from asa.io import load_weights
-
             checkpoint = load_weights(path)
         if not ({"model", "encoder"} & checkpoint.keys()):
             raise ValueError(f"{path} holds neither a 'model' nor an 'encoder' state dict")

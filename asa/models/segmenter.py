@@ -13,6 +13,7 @@ import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from torch import nn
 
+from asa.io import load_weights
 from asa.models.encoder import ENCODER_PREFIX, SWViTEncoder
 from asa.models.patch import patch_grid, to_3tuple
 from asa.models.region_attention import patch_regions
@@ -282,8 +283,6 @@ class ASASegmenter(nn.Module):
         """
         path = Path(path)
         if checkpoint is None:
-            from asa.io import load_weights
-
             checkpoint = load_weights(path)
         blob = checkpoint
         if not ({"model", "encoder"} & blob.keys()):

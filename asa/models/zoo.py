@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from asa.io import load_weights
 from asa.models.mae import ASA
 from asa.models.patch import patch_grid, to_3tuple
 from asa.models.sa_swin import SASwin
@@ -130,8 +131,6 @@ def build_from_config(
         kwargs.pop(key, None)
     checkpoint, recorded = None, {}
     if pretrained:
-        from asa.io import load_weights
-
         checkpoint = load_weights(pretrained)
         recorded = recorded_pretraining(checkpoint, pretrained)
     if patch_size is None:

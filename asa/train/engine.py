@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset
 
 from asa.io import save_checkpoint
+from asa.models import compile_blocks
 from asa.models.zoo import network_spec
 
 from .checkpoint import FORMAT, VERSION, prune_step_checkpoints
@@ -161,8 +162,6 @@ class Engine:
         set_threads(cfg.threads)
         self.model.to(env.device)
         if cfg.compile and not self._compiled:
-            from asa.models import compile_blocks
-
             self.log.say(f"torch.compile: {compile_blocks(self.model)} blocks (compiled on first use)")
             self._compiled = True
         loader, sampler, seeded, generator = build_loader(

@@ -14,6 +14,7 @@ from asa.data.tasks import Task
 from asa.eval.inference import predict_volume
 from asa.eval.metrics import dice
 from asa.train.distributed import DistEnv
+from asa.train.pretrain import mid_slice_grid
 
 
 def _takes_offsets(model: nn.Module) -> bool:
@@ -109,8 +110,6 @@ def make_segmentation_panel_fn(
 ) -> Callable[[nn.Module, int], dict[str, torch.Tensor]]:
     """panel(model, step) -> {"finetune/1_image", "finetune/2_label", "finetune/3_prediction": [1, S, 3S]}
     on one validation case (mid slices of its first channel; label maps scaled so class k is k/K)."""
-    from .pretrain import mid_slice_grid
-
     image, target = item["image"], item["label"]
 
     def as_map(t: torch.Tensor, k: int) -> torch.Tensor:  # multilabel [K,...] or [1,...] classes -> [X,Y,Z]
