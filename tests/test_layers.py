@@ -36,3 +36,20 @@ def test_no_import_points_up_the_pipeline():
 def test_io_imports_nothing_of_asa_and_only_the_console_scripts_import_bench():
     assert [(f, t) for f, stage, t in imports() if stage == "io"] == []
     assert [(f, t) for f, stage, t in imports() if t == "bench" and stage != "cli"] == []
+
+
+def test_asa_imports_sit_at_module_level():
+    """A function-local import of asa hides a real dependency (or a cycle): every one is at the top of its module."""
+    import ast
+
+    local = []
+    for path in PACKAGE.rglob("*.py"):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(fn):
+                    names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                             [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else
+                             ["."] if isinstance(node, ast.ImportFrom) else [])
+                    if any(n == "." or n == "asa" or n.startswith("asa.") for n in names):
+                        local.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert local == []
