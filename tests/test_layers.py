@@ -38,12 +38,19 @@ def test_io_imports_nothing_of_asa_and_only_the_console_scripts_import_bench():
     assert [(f, t) for f, stage, t in imports() if t == "bench" and stage != "cli"] == []
 
 
+# modules whose functions may import asa, and why (say it in the module too)
+LOCAL_IMPORTS = {"bench/gpu_parts.py": "each GPU-check part runs in its own process and loads only its own stack"}
+
+
 def test_asa_imports_sit_at_module_level():
-    """A function-local import of asa hides a real dependency (or a cycle): every one is at the top of its module."""
+    """A function-local import of asa hides a real dependency (or a cycle): every one is at the top of
+    its module, but in the modules of LOCAL_IMPORTS."""
     import ast
 
     local = []
     for path in PACKAGE.rglob("*.py"):
+        if str(path.relative_to(PACKAGE)) in LOCAL_IMPORTS:
+            continue
         for fn in ast.walk(ast.parse(path.read_text())):
             if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for node in ast.walk(fn):

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+import asa
 from asa.bench.gpu_parts import PARTS, PROFILES, Context, reap, spawn, stop_started
 from asa.bench.report import TARGETS, append_markdown, markdown_row
 from asa.io import atomic_write_json, atomic_write_text
@@ -66,8 +67,6 @@ GPU_TARGETS = {  # (key, comparison, bound) on the merged row of each precision
 def find_repo(given: Path | None) -> Path:
     """The checkout whose scripts/benchmark.py and tests/ the check runs: ``given``, else the
     working folder, else the folder above the imported package."""
-    import asa
-
     for candidate in ([given] if given else [Path.cwd(), Path(asa.__file__).resolve().parents[1]]):
         if (candidate / "scripts" / "benchmark.py").is_file() and (candidate / "tests").is_dir():
             return candidate.resolve()
@@ -78,8 +77,6 @@ def find_repo(given: Path | None) -> Path:
 def describe_machine(repo: Path, argv: Sequence[str]) -> dict[str, Any]:
     """Device, driver and library versions, date and command."""
     import monai
-
-    import asa
 
     facts: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

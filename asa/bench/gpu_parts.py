@@ -1,6 +1,10 @@
 """The parts of the GPU check (`asa.bench.gpu`): each measures one thing and returns a flat dict of
 what it measured plus ``checks`` ({name: passed}). A `Profile` holds the sizes: the paper's on a
-GPU, toy ones for the CPU dry run, so that the same code runs in both."""
+GPU, toy ones for the CPU dry run, so that the same code runs in both.
+
+Each part runs in a process of its own (``python -m asa.bench.gpu --part NAME``), so a part imports
+the asa modules it drives inside its function: a part process loads only its own stack (the CUDA
+tests part none of MONAI, Hydra or the API), which its time limit counts."""
 
 from __future__ import annotations
 
