@@ -18,7 +18,9 @@ _LAYOUT_HELP = """layouts:
   msd       dataset.json + imagesTr/<case>_000k.nii.gz + labelsTr/<case>.nii.gz (nnU-Net raw)
 
 Phantoms are deterministic in --seed, 1 mm voxels, skull-stripped; files are stored in non-RAS
-orientations for some layouts (BraTS LPS, IBSR LIA, WMH LAS) as real data are.
+orientations for some layouts (BraTS LPS, IBSR LIA, WMH LAS) as real data are. Case ids are
+synthetic (BraTS2021_DEMO_00000, BRATS_DEMO_001), never a real dataset's. A non-empty --out is
+refused unless --overwrite.
 
 example:
   asa-demo-data --layout brats --out /tmp/brats_demo --cases 6 --size 64 --seed 0
@@ -34,12 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--layout", required=True, choices=LAYOUTS, help="dataset layout to write")
-    parser.add_argument("--out", required=True, help="output folder (created if missing)")
+    parser.add_argument("--out", required=True, help="output folder (created if missing; refused if not empty)")
     parser.add_argument("--cases", type=int, default=4, help="number of cases (default: 4)")
     parser.add_argument("--size", type=int, nargs="+", default=[64], metavar="N",
                         help="volume edge in voxels, 1 mm each (default: 64), or three sizes X Y Z "
                              "(e.g. 240 240 155, a full BraTS case)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty --out (files of the same name are replaced)")
     return parser
 
 
@@ -50,8 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--size takes one edge or three sizes X Y Z, got {len(args.size)} values")
     size = args.size[0] if len(args.size) == 1 else tuple(args.size)
     try:
-        out = write_demo_dataset(args.layout, args.out, cases=args.cases, size=size, seed=args.seed)
-    except ValueError as err:
+        out = write_demo_dataset(args.layout, args.out, cases=args.cases, size=size, seed=args.seed,
+                                 overwrite=args.overwrite)
+    except (ValueError, FileExistsError) as err:
         print(f"asa-demo-data: error: {err}", file=sys.stderr)
         return 2
     shape = f"{size}^3" if isinstance(size, int) else " x ".join(map(str, size))

@@ -23,8 +23,11 @@ from asa.data.phantom import make_phantom
 
 __all__ = ["write_demo_dataset", "ensure_demo_dataset", "default_cache_dir", "write_nifti"]
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2  # 2: synthetic case ids (BraTS2021_DEMO_00000, BRATS_DEMO_001)
 _RAS = axcodes2ornt(("R", "A", "S"))
+# phantom case ids are never those of a real dataset (BraTS2021_00000 is a real BraTS 2021 case), so
+# phantoms cannot pass for real data; the layouts read them like real ids
+BRATS_DEMO_PREFIX = "BraTS2021_DEMO_"
 
 
 def default_cache_dir() -> Path:
@@ -84,7 +87,7 @@ def _filelist(out: Path, n: int, size: int, seed: int) -> None:
 
 def _brats(out: Path, n: int, size: int, seed: int) -> None:
     for i in range(n):
-        cid = f"BraTS2021_{i:05d}"
+        cid = f"{BRATS_DEMO_PREFIX}{i:05d}"
         ph = make_phantom(size, seed=seed * 1000 + i, tumour=True)
         for mod in ("t1", "t1ce", "t2", "flair"):
             write_nifti(_int16(ph.images[mod]), ph.affine, out / cid / f"{cid}_{mod}.nii.gz", "LPS")
@@ -114,7 +117,7 @@ def _msd(out: Path, n: int, size: int, seed: int) -> None:
     channels = ("FLAIR", "T1w", "T1gd", "T2w")
     source = ("flair", "t1", "t1ce", "t2")
     for i in range(n):
-        cid = f"BRATS_{i + 1:03d}"
+        cid = f"BRATS_DEMO_{i + 1:03d}"
         ph = make_phantom(size, seed=seed * 1000 + i, tumour=True)
         for k, mod in enumerate(source):
             write_nifti(ph.images[mod], ph.affine, out / "imagesTr" / f"{cid}_{k:04d}.nii.gz", "RAS", np.float32)
@@ -136,9 +139,12 @@ _WRITERS = {"bids": _bids, "caps": _caps, "filelist": _filelist, "brats": _brats
 
 
 def write_demo_dataset(layout: str, out: str | Path, *, cases: int = 4, size: int | tuple[int, int, int] = 64,
-                       seed: int = 0) -> Path:
+                       seed: int = 0, overwrite: bool = False) -> Path:
     """Write ``cases`` phantoms of ``size``^3, or of shape ``size`` (x, y, z) in RAS voxels, e.g.
-    (240, 240, 155) for a full BraTS case (1 mm), in ``layout`` under ``out``; returns ``out``."""
+    (240, 240, 155) for a full BraTS case (1 mm), in ``layout`` under ``out``; returns ``out``.
+
+    ``out`` must be missing or empty: a folder holding anything is refused (`FileExistsError`, naming
+    what is there) unless ``overwrite``, since the phantoms would replace or mix with its files."""
     if layout not in _WRITERS:
         raise ValueError(f"unknown demo layout {layout!r}; expected one of {LAYOUTS}")
     if cases < 1:
@@ -150,6 +156,13 @@ def write_demo_dataset(layout: str, out: str | Path, *, cases: int = 4, size: in
     if min((size,) if isinstance(size, int) else size) < 16:
         raise ValueError(f"size must be >= 16 voxels, got {size}")
     out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out}: a file, not a folder")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not overwrite:
+        shown = ", ".join(held[:5]) + (f", ... ({len(held)} entries)" if len(held) > 5 else "")
+        raise FileExistsError(f"--out {out} is not empty ({shown}): the phantoms would replace or mix with its "
+                              "files. Choose a new folder, or pass --overwrite to write into it anyway")
     out.mkdir(parents=True, exist_ok=True)
     _WRITERS[layout](out, cases, size, seed)
     return out

@@ -101,14 +101,14 @@ def test_bad_cases_error_names_each(demo_root, tmp_path):
 
 def test_skip_mode_writes_report(demo_root, tmp_path):
     root = _copy(demo_root, "brats", tmp_path)
-    extra = root / "BraTS2021_00099"
-    shutil.copytree(root / "BraTS2021_00000", extra)
+    extra = root / "BraTS2021_DEMO_00099"
+    shutil.copytree(root / "BraTS2021_DEMO_00000", extra)
     for f in extra.iterdir():
         f.rename(extra / f.name.replace("00000", "00099"))
     reasons = _brats_faults(root)
     report = tmp_path / "skipped.json"
     cases = discover("brats", root, on_bad_case="skip", report_path=report)
-    assert [c.id for c in cases] == ["BraTS2021_00099"]
+    assert [c.id for c in cases] == ["BraTS2021_DEMO_00099"]
     data = json.loads(report.read_text())
     assert data["kept"] == 1 and data["found"] == 4
     assert {s["id"] for s in data["skipped"]} == set(reasons)

@@ -1,0 +1,39 @@
+"""asa-demo-data: never writes into a folder holding files without --overwrite; ids are synthetic."""
+
+from __future__ import annotations
+
+import re
+
+from asa.cli.demo_data import main
+from asa.data import discover
+
+REAL_BRATS_ID = re.compile(r"^BraTS2021_\d{5}$")
+
+
+def test_case_ids_are_synthetic_and_read_by_the_layout(tmp_path):
+    out = tmp_path / "brats"
+    assert main(["--layout", "brats", "--out", str(out), "--cases", "2", "--size", "16"]) == 0
+    ids = [c.id for c in discover("brats", out)]
+    assert ids == ["BraTS2021_DEMO_00000", "BraTS2021_DEMO_00001"]
+    assert not any(REAL_BRATS_ID.match(i) for i in ids)
+    assert main(["--layout", "msd", "--out", str(tmp_path / "msd"), "--cases", "1", "--size", "16"]) == 0
+    assert [c.id for c in discover("msd", tmp_path / "msd")] == ["BRATS_DEMO_001"]
+
+
+def test_non_empty_out_is_refused_and_left_untouched(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["--layout", "brats", "--out", str(out), "--cases", "1", "--size", "16"]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "notes.txt" in err and "--overwrite" in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    # with the flag it writes beside what was there
+    assert main(["--layout", "brats", "--out", str(out), "--cases", "1", "--size", "16", "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "mine" and (out / "BraTS2021_DEMO_00000").is_dir()
+
+
+def test_empty_existing_folder_is_fine(tmp_path):
+    out = tmp_path / "empty"
+    out.mkdir()
+    assert main(["--layout", "ibsr", "--out", str(out), "--cases", "1", "--size", "16"]) == 0
