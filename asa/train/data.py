@@ -1,6 +1,7 @@
 """Resumable, rank-sharded data loading: the sampler order is a function of (seed, epoch) only."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import torch
@@ -8,7 +9,22 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .rng import SeededItems, item_seed, worker_init_fn
 
-__all__ = ["ResumableSampler", "build_loader", "move_to"]
+__all__ = ["ResumableSampler", "available_cpus", "build_loader", "loader_workers", "move_to"]
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a scheduler's allocation), else all of them."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def loader_workers(requested: int) -> int:
+    """DataLoader worker processes that fit the machine: ``requested`` (``data.num_workers``) capped at
+    the available CPUs. More workers than CPUs only compete with the training process (PyTorch
+    warns about it at every loader)."""
+    return max(0, min(int(requested), available_cpus()))
 
 
 class ResumableSampler(DistributedSampler):
@@ -44,14 +60,15 @@ def build_loader(
     collate_fn: Callable | None = None,
     pin_memory: bool = False,
 ) -> tuple[DataLoader, ResumableSampler, SeededItems, torch.Generator]:
-    """DataLoader over `SeededItems(dataset)` with a `ResumableSampler`, seeded workers and its own
-    generator (so creating an iterator never consumes the global torch RNG)."""
+    """DataLoader over `SeededItems(dataset)` with a `ResumableSampler`, seeded workers (``num_workers``
+    capped at the available CPUs, `loader_workers`) and its own generator (so creating an iterator
+    never consumes the global torch RNG)."""
     seeded = SeededItems(dataset, seed)
     sampler = ResumableSampler(seeded, num_replicas=world_size, rank=rank, seed=seed)
     generator = torch.Generator()
     generator.manual_seed(item_seed(seed, 0, rank))
     loader = DataLoader(
-        seeded, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate_fn,
+        seeded, batch_size=batch_size, sampler=sampler, num_workers=loader_workers(num_workers), collate_fn=collate_fn,
         worker_init_fn=worker_init_fn, generator=generator, drop_last=True, pin_memory=pin_memory,
         persistent_workers=False,
     )

@@ -168,6 +168,8 @@ class Engine:
             train_data, batch_size=cfg.batch_size, rank=env.rank, world_size=env.world_size, seed=self.seed,
             num_workers=cfg.num_workers, collate_fn=self.collate_fn, pin_memory=env.device.type == "cuda",
         )
+        if loader.num_workers < cfg.num_workers:
+            self.log.say(f"data.num_workers={cfg.num_workers} capped to the {loader.num_workers} CPU(s) available")
         micro_per_epoch = sampler.full_length() // cfg.batch_size
         self.steps_per_epoch = micro_per_epoch // cfg.accum_steps
         if self.steps_per_epoch < 1:

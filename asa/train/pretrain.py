@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from asa.io import SAFETENSORS_SUFFIX, load_checkpoint, save_checkpoint, save_export_safetensors
 from asa.models.encoder import ENCODER_PREFIX
 
-from .data import move_to
+from .data import loader_workers, move_to
 from .distributed import DistEnv
 from .rng import fork_rng, item_seed, seed_everything
 
@@ -84,7 +84,7 @@ def make_validator(
 
     def validate(model: nn.Module) -> dict[str, float]:
         total = torch.zeros(2, dtype=torch.float64, device=env.device)
-        loader = DataLoader(dataset, batch_sampler=chunks, num_workers=num_workers, collate_fn=_collate)
+        loader = DataLoader(dataset, batch_sampler=chunks, num_workers=loader_workers(num_workers), collate_fn=_collate)
         if group_size is None:
             for batch in loader:
                 run(model, batch, total)

@@ -175,3 +175,27 @@ def test_bad_trainer_options():
 def test_config_values_of_the_wrong_type_name_the_key(key, value, words):
     with pytest.raises(ValueError, match=rf"trainer\.{key}='{value}': expected {words}"):
         TrainConfig.from_dict({key: value})
+
+
+def test_loader_workers_never_exceed_the_cpus(monkeypatch, tmp_path, capsys):
+    """data.num_workers=4 on a 2-CPU machine: 2 workers (PyTorch warns above the CPU count), said once."""
+    import asa.train.data as data
+
+    monkeypatch.setattr(data, "available_cpus", lambda: 2)
+    assert [data.loader_workers(n) for n in (0, 1, 2, 4, 8)] == [0, 1, 2, 2, 2]
+    loader = data.build_loader(ToyData(), batch_size=2, rank=0, world_size=1, seed=0, num_workers=4)[0]
+    assert loader.num_workers == 2
+    import asa.train.engine as engine
+
+    seen = {}
+    real = engine.build_loader
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen["workers"] = out[0].num_workers
+        return out
+
+    monkeypatch.setattr(engine, "build_loader", spy)
+    make_engine(tmp_path, config=_cfg(max_steps=1, num_workers=4)).fit(ToyData())
+    assert seen["workers"] == 2
+    assert "data.num_workers=4 capped to the 2 CPU(s) available" in capsys.readouterr().err
