@@ -122,6 +122,7 @@ class Engine:
         self._compiled = False
         self._last_val_step: int | None = None
         self._last_panel_step: int | None = None
+        self._step_ckpt_due = False  # a step_XXXXXXXX.pt fell due at an epoch's last step
 
     # ------------------------------------------------------------------------------------------- fit
     def fit(self, train_data: Dataset) -> FitResult:
@@ -229,7 +230,12 @@ class Engine:
                 return stop_signal
             healthy = self.nonfinite_run == 0  # never checkpoint in the middle of a non-finite streak
             if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < run.stop_step and healthy:
-                self.save("last.pt", *([f"step_{self.step:08d}.pt"] if cfg.keep_last > 0 else []))
+                if self.batch_in_epoch >= self.steps_per_epoch * cfg.accum_steps:
+                    # the epoch ends at this step: `_end_epoch` saves after its validation, so that a
+                    # checkpoint follows everything logged at its step (a resume re-logs nothing twice)
+                    self._step_ckpt_due = cfg.keep_last > 0
+                else:
+                    self.save("last.pt", *([f"step_{self.step:08d}.pt"] if cfg.keep_last > 0 else []))
         return None
 
     def _train_step(self, run: _Run, batches: Iterator) -> int | None:
@@ -298,7 +304,8 @@ class Engine:
             self._panels()
             self._last_panel_step = self.step
         if self.step < run.stop_step and not stopped and self.nonfinite_run == 0:
-            self.save("last.pt")
+            self.save("last.pt", *([f"step_{self.step:08d}.pt"] if self._step_ckpt_due else []))
+        self._step_ckpt_due = False
         return stopped
 
     def _finish(self, stopped: bool) -> FitResult:
@@ -378,6 +385,8 @@ class Engine:
         self.tracker.load(state["tracker"])
         self.nonfinite_total = int(state["nonfinite_total"])
         self.history = list(state.get("history", []))
+        if self.history and int(self.history[-1]["step"]) == self.step:
+            self._last_val_step = self.step  # validated at this step before the checkpoint: not again
         rngs = state["rng"]
         if int(state["world_size"]) == self.env.world_size and len(rngs) == self.env.world_size:
             restore_rng(rngs[self.env.rank])

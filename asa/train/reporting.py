@@ -44,11 +44,14 @@ class TrainLog:
             sys.stderr.flush()
 
     def open(self, *, start_step: int, stop_step: int, progress: bool, resumed: bool) -> None:
-        """Open TensorBoard (rank 0; a resumed run drops events after ``start_step``) and the progress bar."""
+        """Open TensorBoard (rank 0) and the progress bar. A resumed run drops the events logged after
+        ``start_step`` by the run it continues (those steps are logged again); the points at
+        ``start_step`` itself were written before its checkpoint and stay (TensorBoard purges every
+        step >= ``purge_step``, hence the + 1)."""
         if self.env.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.tb_dir), purge_step=start_step if resumed else None)
+            self.writer = SummaryWriter(str(self.tb_dir), purge_step=start_step + 1 if resumed else None)
         self.use_bar = self.env.is_main and progress and sys.stderr.isatty()
         self.bar = tqdm(total=stop_step, initial=start_step, disable=not self.use_bar,
                         desc="train", dynamic_ncols=True, file=sys.stderr)

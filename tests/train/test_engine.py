@@ -199,3 +199,24 @@ def test_loader_workers_never_exceed_the_cpus(monkeypatch, tmp_path, capsys):
     make_engine(tmp_path, config=_cfg(max_steps=1, num_workers=4)).fit(ToyData())
     assert seen["workers"] == 2
     assert "data.num_workers=4 capped to the 2 CPU(s) available" in capsys.readouterr().err
+
+
+def test_resume_keeps_every_tensorboard_point(tmp_path):
+    """A run killed after step 8 with its last checkpoint at step 4 (epoch end, with validation) is
+    resumed from step 4: every scalar logged up to the checkpoint survives, the steps after it are
+    logged once, by the resumed run (TensorBoard's purge drops only what the checkpoint does not hold)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def validate(model):
+        return {"loss": 1.0}
+
+    # 8 samples, batch 2: 4 steps per epoch; step_00000004.pt is the state at the end of epoch 1
+    cfg = _cfg(epochs=3, max_steps=8, ckpt_every=4, keep_last=5)
+    make_engine(tmp_path, config=cfg, validate=validate).fit(ToyData(8))
+    make_engine(tmp_path, config=_cfg(epochs=3, max_steps=12), validate=validate,
+                resume=tmp_path / "checkpoints" / "step_00000004.pt").fit(ToyData(8))
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    steps = {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    assert steps["train/loss"] == list(range(1, 13))  # each step once: none lost at the resume step 4
+    assert steps["val/loss"] == [4, 8, 12]  # the validation at the checkpoint's own step survives
