@@ -23,7 +23,9 @@ MASTER_PORT="${MASTER_PORT:-29500}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}"
 export ASA_DIST_TIMEOUT_S="${ASA_DIST_TIMEOUT_S:-1800}"   # a dead peer ends the job instead of hanging
 
-srun --kill-on-bad-exit=1 torchrun \
+# asa-torchrun (python -m asa.cli.launch) is torchrun ending with the workers' exit code, so the job ends
+# with 143 when preempted after saving last.pt (requeue), 2 when refused, 0 when done
+srun --kill-on-bad-exit=1 python -m asa.cli.launch \
     --nnodes="$SLURM_JOB_NUM_NODES" --nproc_per_node="$GPUS_PER_NODE" \
     --rdzv_backend=c10d --rdzv_endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv_id="$SLURM_JOB_ID" \
     -m asa.cli.pretrain \

@@ -28,6 +28,8 @@ else
           --rdzv_endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv_id="${RDZV_ID:-asa_pretrain}")
 fi
 
-exec torchrun "${RDZV[@]}" --nproc_per_node="$NPROC" -m asa.cli.pretrain \
+# asa-torchrun is torchrun (same arguments, same rendezvous) ending with the workers' exit code:
+# 0 done, 1 failed, 2 refused, 143 stopped by SIGTERM after saving last.pt (requeue with resume=auto)
+exec python -m asa.cli.launch "${RDZV[@]}" --nproc_per_node="$NPROC" -m asa.cli.pretrain \
     data="$DATA" data.root="$DATA_ROOT" model=base trainer=paper \
     output_dir="$OUTPUT_DIR" resume=auto "$@"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +21,48 @@ from asa.io import VolumeError, atomic_write_json
 from asa.train import TrainConfig, build_optimizer, cleanup_distributed, setup_distributed
 from asa.train.distributed import DistEnv, all_gather_objects, barrier
 from asa.train.optim import LOW_LR, describe_lr
+from asa.api.rundir import RunDirError
+from asa.io import CheckpointError
+from asa.train import IncompatibleCheckpointError
+from asa.data import make_splits
+from asa.io import WriteError
 
-__all__ = ["TrainingRun", "dataset_root", "load_cases", "on_main_then_share", "optimizer_and_config", "region_source", "split_cases", "trainer_config",
-           "describe_error"]
+__all__ = ["OptionError", "TrainingRun", "cases_of_split", "dataset_root", "load_cases", "on_main_then_share",
+           "optimizer_and_config", "refusing", "region_source", "split_cases", "trainer_config", "describe_error",
+           "write_splits", "check_crop_fits"]
+
+
+class OptionError(ValueError):
+    """A bad option or value, found before anything was written: the job is refused (exit 2)."""
+
+
+def _is_refusal(err: BaseException) -> bool:
+    """A bad value or missing input that is not yet reported as a refusal of its own kind."""
+    if isinstance(err, (OptionError, RunDirError, CaseError, IncompatibleCheckpointError)):
+        return False
+    # a TypeError is a caller's mistake in Python (a config object of the wrong kind), not an option
+    return isinstance(err, (ValueError, FileNotFoundError, NotADirectoryError, CheckpointError))
+
+
+@contextlib.contextmanager
+def refusing() -> Iterator[None]:
+    """Checks that run before a job writes anything: a bad value (``ValueError``), a missing input
+    (``FileNotFoundError``) or an unreadable checkpoint raised inside becomes an `OptionError` with
+    the same one-line message, so the job ends as refused (exit 2), not failed."""
+    try:
+        yield
+    except Exception as err:
+        if not _is_refusal(err):
+            raise
+        raise OptionError(describe_error(err)) from err
 
 
 class TrainingRun:
     """The set-up that pretraining and fine-tuning share: ``with TrainingRun(cfg, app) as run:`` joins
     the process group (``run.env``); ``run.prepare_dir(resolved)`` locks and checks ``cfg.output_dir``
     (``run.dir``). On leaving, the run folder's lock is released and the process group left, also
-    when the job failed (then without the final barrier: the peers may be gone)."""
+    when the job failed (then without the final barrier: the peers may be gone). A bad value raised
+    before ``prepare_dir`` (nothing written yet) leaves as an `OptionError`: the run is refused."""
 
     def __init__(self, cfg: DictConfig, app: str) -> None:
         self.cfg, self.app = cfg, app
@@ -50,6 +84,9 @@ class TrainingRun:
         if self.dir is not None:
             self.dir.release()
         cleanup_distributed(finished=exc_type is None)
+        if self.dir is None and exc is not None and _is_refusal(exc):
+            # the run folder was never touched: a bad option or value refuses the run (exit 2)
+            raise OptionError(describe_error(exc)) from exc
 
 
 def dataset_root(data: DictConfig) -> tuple[Path, str]:
@@ -79,9 +116,19 @@ def load_cases(data: DictConfig, out_dir: Path | None, env: DistEnv) -> list:
         root, layout = dataset_root(data)
         if data.get("store") is not None:
             return _cases_in_store(data, root, layout, out_dir)
-        return discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case",
-                        report_path=None if out_dir is None else out_dir / "bad_cases.json",
-                        cache_dir=data.get("cache_dir"), workers=_check_workers(data))
+        report = None if out_dir is None else out_dir / "bad_cases.json"
+        skipped: list = []
+        cases = discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case",
+                         report_path=report, cache_dir=data.get("cache_dir"), workers=_check_workers(data),
+                         skipped=skipped)
+        if skipped:  # said on the console, not only in the report
+            shown = "\n".join(f"  - {p.id}: {p.reason}" for p in skipped[:10])
+            more = f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+            print(f"[asa] warning: skipped {len(skipped)} of {len(skipped) + len(cases)} case(s) that cannot be used "
+                  f"(data.on_bad_case=skip){f'; all listed in {report}' if report is not None else ''}:\n"
+                  f"{shown}{more}\n  data.on_bad_case=error stops the run on any bad case instead",
+                  file=sys.stderr, flush=True)
+        return cases
 
     return on_main_then_share(find, env)
 
@@ -131,24 +178,31 @@ class SharedError(RuntimeError):
 
 
 def split_cases(cases: list, data: DictConfig, out_dir: Path, env: DistEnv) -> dict[str, list]:
-    """Train/val/test cases from ``<out_dir>/splits.json`` (written by rank 0 on first use, reused after)."""
+    """Train/val/test cases: those of ``<out_dir>/splits.json`` when it exists (a resumed run), else a
+    new seeded split, computed on rank 0 and shared. Nothing is written here: `write_splits` records
+    a new split once every check of the run has passed."""
     ratios = None if data.split.ratios is None else list(data.split.ratios)
     path = out_dir / "splits.json"
 
     def call() -> dict[str, list[str]]:
         return make_splits([c.id for c in cases], dataset=data.name, seed=data.split.seed,
-                           counts_or_ratios=ratios, path=path)
+                           counts_or_ratios=ratios, path=path if path.is_file() else None)
 
-    if env.is_main:
-        ids = call()
-    barrier(env)
-    if not env.is_main:
-        ids = call()  # reads the file rank 0 wrote
+    ids = on_main_then_share(call, env)
     by_id = {c.id: c for c in cases}
     splits = {name: [by_id[i] for i in ids[name]] for name in ("train", "val", "test")}
     if not splits["train"]:
-        raise ValueError(f"data={data.name}: the split left no training cases (data.split.ratios)")
+        raise OptionError(f"data={data.name}: the split left no training cases (data.split.ratios)")
     return splits
+
+
+def write_splits(cases: list, data: DictConfig, out_dir: Path, env: DistEnv) -> None:
+    """Rank 0 writes ``<out_dir>/splits.json`` for the split `split_cases` made (a kept file stays)."""
+    path = out_dir / "splits.json"
+    if env.is_main and not path.is_file():
+        make_splits([c.id for c in cases], dataset=data.name, seed=data.split.seed,
+                    counts_or_ratios=None if data.split.ratios is None else list(data.split.ratios), path=path)
+    barrier(env)
 
 
 def optimizer_and_config(cfg: DictConfig, model: torch.nn.Module, env: DistEnv) -> tuple[torch.optim.Optimizer, float, TrainConfig]:
@@ -200,9 +254,58 @@ def describe_error(err: BaseException) -> str:
             last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
             name, _, message = last.partition(": ")
             return message if name.split(".")[-1] in {"VolumeError", "CaseLoadError"} else last
+
     text = str(err).strip()
+    if isinstance(err, WriteError):
+        return err.strerror or text
     return text if isinstance(err, (ValueError, RuntimeError, FileNotFoundError, KeyError)) and text else \
         f"{type(err).__name__}: {text}"
+
+
+def cases_of_split(cases: Sequence, split_file: str | os.PathLike | None, subset: str, *, where: str) -> list:
+    """The cases whose ids are in ``subset`` of a run's ``splits.json`` (all of them when ``split_file``
+    is None); ``where`` names the cases' folder in the messages. Raises naming the file or the subset."""
+    if split_file is None:
+        return list(cases)
+    path = Path(str(split_file)).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"split_file={path}: no such file (a run's splits.json)")
+    try:
+        splits = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"split_file={path}: not a splits.json ({err})") from err
+    if not isinstance(splits, dict) or not isinstance(splits.get(subset), list):
+        names = sorted(k for k, v in splits.items() if isinstance(v, list)) if isinstance(splits, dict) else []
+        raise ValueError(f"split_file={path} has no subset {subset!r} (subsets: {', '.join(names) or 'none'})")
+    wanted = set(splits[subset])
+    chosen = [c for c in cases if c.id in wanted]
+    if not chosen:
+        raise ValueError(f"subset={subset}: none of the {len(wanted)} {subset} case(s) of {path} are in {where}")
+    return chosen
+
+
+def check_crop_fits(patch: int, cases: Sequence, *, option: str = "data.patch_size") -> None:
+    """Refuse a crop larger than every case's volume along every axis: the network would see mostly
+    padding, at a memory cost set by the crop (a 128³ SA-Swin crop on 64³ volumes ran out of memory)."""
+    import nibabel as nib
+
+    largest, where = 0, None
+    for case in cases:
+        path = next(iter(case.images.values()))
+        try:
+            shape = nib.load(str(path)).shape[:3]
+        except Exception:  # unreadable files were refused by the case checks already
+            continue
+        if max(shape) > largest:
+            largest, where = max(shape), (case.id, shape)
+    if where is not None and patch > largest:
+        raise OptionError(f"{option}={patch}: the crop is larger than every volume along every axis (the largest, "
+                          f"{where[0]}, is {'×'.join(map(str, where[1]))}); set {option}={_fitting(largest)} or smaller "
+                          f"(with a pretrained encoder, its crop size sets it)")
+
+
+def _fitting(largest: int) -> int:
+    return max(16, largest - largest % 16)
 
 
 def region_source(data: DictConfig, needed_by: list[str], *, network: str | None, env: DistEnv):

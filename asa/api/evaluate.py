@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 
 import torch
@@ -14,6 +14,9 @@ from asa.data import discover, get_task
 from asa.eval import evaluate_cases, match_predictions
 from asa.eval.predict import Predictor
 from asa.eval.reliance import encoder_reliance, format_reliance, write_reliance
+from asa.api.common import refusing
+from asa.api.common import cases_of_split, dataset_root
+from asa.eval.evaluate import write_results
 
 __all__ = ["evaluate"]
 
@@ -23,7 +26,11 @@ def evaluate(config: EvaluateConfig | DictConfig) -> dict:
 
     ``config``: the typed config (EvaluateConfig, e.g. from ``load_config("evaluate")``) or a composed
     Hydra config; it is checked against the schema first."""
-    cfg = as_config(config, "evaluate")
+    with refusing():  # nothing is written before the end: a bad option or input refuses the job (exit 2)
+        return _evaluate(as_config(config, "evaluate"))
+
+
+def _evaluate(cfg: DictConfig) -> dict:
     data = cfg.data
     if data.get("task") is None:
         raise ValueError(f"data={data.get('name')} has no labels to evaluate against; use data=brats, ibsr, wmh or msd")
@@ -31,17 +38,7 @@ def evaluate(config: EvaluateConfig | DictConfig) -> dict:
     task = get_task(str(data.task), root=root)
     cases = discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case",
                      cache_dir=data.get("cache_dir"))
-    if cfg.split_file is not None:
-        split_path = Path(str(cfg.split_file)).expanduser()
-        if not split_path.is_file():
-            raise FileNotFoundError(f"split_file={split_path}: no such file")
-        splits = json.loads(split_path.read_text())
-        if cfg.subset not in splits:
-            raise ValueError(f"split_file={split_path} has no subset {cfg.subset!r} (has {sorted(splits)})")
-        wanted = set(splits[cfg.subset])
-        cases = [c for c in cases if c.id in wanted]
-        if not cases:
-            raise ValueError(f"none of the {cfg.subset} cases of {split_path} are in {root}")
+    cases = cases_of_split(cases, cfg.split_file, str(cfg.subset), where=str(root))
     out = Path(str(cfg.output)).absolute()
     if cfg.pred is None and cfg.reliance.checkpoint is None:
         raise ValueError("asa-evaluate needs pred=DIR (predictions to score) or reliance.checkpoint=CKPT "
@@ -51,10 +48,22 @@ def evaluate(config: EvaluateConfig | DictConfig) -> dict:
         pred_dir = Path(str(cfg.pred)).expanduser()
         if not pred_dir.is_dir():
             raise FileNotFoundError(f"pred={pred_dir}: no such folder")
-        pairs = match_predictions(pred_dir, cases, on_missing=str(cfg.on_missing))
-        summary = evaluate_cases(pairs, task, out_dir=str(cfg.output), num_workers=int(cfg.num_workers), progress=True,
+        missing: list[str] = []
+        pairs = match_predictions(pred_dir, cases, on_missing=str(cfg.on_missing), missing=missing)
+        if not pairs:
+            raise FileNotFoundError(f"pred={pred_dir}: no prediction for any of the {len(cases)} case(s) "
+                                    f"(expected <case_id>.nii.gz, e.g. {cases[0].id}.nii.gz)")
+        summary = evaluate_cases(pairs, task, num_workers=int(cfg.num_workers), progress=True,
                                  hd95_convention=str(cfg.hd95))
-        print(f"[asa] {task.name}: {summary['n_cases']} case(s); HD95 convention {cfg.hd95}")
+        # what was left out is part of the result: a mean over 1 of 2 cases is not the mean over 2
+        summary["n_expected"] = len(cases)
+        summary["skipped"] = [{"id": cid, "reason": f"no prediction in {pred_dir} (on_missing=skip)"} for cid in missing]
+        write_results(summary, out)
+        if missing:
+            print(f"[asa] warning: {len(missing)} of {len(cases)} case(s) have no prediction and are not scored "
+                  f"(on_missing=skip; listed in summary.json): {', '.join(missing[:10])}"
+                  f"{' ...' if len(missing) > 10 else ''}", file=sys.stderr, flush=True)
+        print(f"[asa] {task.name}: {summary['n_cases']} of {len(cases)} case(s) scored; HD95 convention {cfg.hd95}")
         for name in task.output_names:
             s = summary[name]
             print(f"  {name:>4}: Dice {s['Dice']['mean']:.4f} (median {s['Dice']['median']:.4f}), "

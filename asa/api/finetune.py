@@ -9,14 +9,15 @@ import sys
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asa.api.common import (TrainingRun, dataset_root, load_cases, optimizer_and_config, region_source, split_cases,
-                             trainer_config)
-from asa.api.rundir import command_line
+from asa.api.common import (TrainingRun, check_crop_fits, dataset_root, load_cases, optimizer_and_config, refusing,
+                             region_source, split_cases, trainer_config, write_splits)
+from asa.api.rundir import command_line, override, shell_path
+from asa.train import Engine, FitResult
 from asa.api.schema import FinetuneConfig, as_config
+from asa.train.preemption import mark_finished
 from asa.data import build_segmentation_dataset, get_task
 from asa.losses import SegmentationLoss
 from asa.models import build_from_config
-from asa.train import Engine, FitResult
 from asa.train.finetune import make_dice_validator, make_segmentation_panel_fn, segmentation_step
 
 __all__ = ["finetune"]
@@ -28,7 +29,9 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
 
     ``config``: the typed config (FinetuneConfig, e.g. from ``load_config("finetune")``) or a composed
     Hydra config; it is checked against the schema first."""
-    cfg = as_config(config, "finetune")
+    with refusing():  # a key the schema does not know (e.g. added with +key=value): refused
+        cfg = as_config(config, "finetune")
+
     with TrainingRun(cfg, APP) as run:
         env = run.env
         data = cfg.data
@@ -63,10 +66,11 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
             lattice = dict(lattice=model.patch_size, lr_axis=model.lr_axis,
                            reference_size=tuple(g * model.patch_size for g in model.reference_grid))
         trainer_config(cfg)  # bad trainer values stop the run before its folder is touched
+        optimizer, lr, config = optimizer_and_config(cfg, model, env)
         run_dir = run.prepare_dir(resolved)
         out_dir = run_dir.path
         cases = load_cases(data, out_dir if env.is_main else None, env)
-        run_dir.write_config(resolved)  # every check passed
+        check_crop_fits(patch, cases)
         splits = split_cases(cases, data, out_dir, env)
         train_ds = build_segmentation_dataset(
             splits["train"], task, train=True, patch_size=patch, cache_dir=data.cache_dir, store=data.get("store"),
@@ -76,8 +80,9 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
                                              store=data.get("store"),
                                              regions=regions if getattr(model, "uses_regions", False) else None)
                   if splits["val"] else None)
+        run_dir.write_config(resolved)  # every check passed
+        write_splits(cases, data, out_dir, env)
 
-        optimizer, lr, config = optimizer_and_config(cfg, model, env)
         if val_ds is None:
             print(f"[asa] warning: data={data.name} has no validation cases: no best.pt, no early stopping",
                   file=sys.stderr)
@@ -103,6 +108,8 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
             panel_fn=panel_fn,
         )
         result = engine.fit(train_ds)
+        if not result.preempted:
+            mark_finished()  # a stop signal from here on no longer stops the job: nothing is left to save
         if result.preempted:
             if env.is_main:
                 print(f"[asa] stopped early at step {result.step} ({signal.Signals(result.signal).name}); last.pt saved. "
@@ -115,7 +122,7 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
                 written, use = "last.pt only (no validation cases, so no best.pt: last.pt is the final weights)", ckpts / "last.pt"
             print(f"[asa] fine-tuning finished at step {result.step}. Outputs in {out_dir}:\n"
                   f"  checkpoints: {ckpts}/{written}\n"
-                  f"  TensorBoard: tensorboard --logdir {out_dir / 'tb'}\n"
-                  f"  next: asa-predict checkpoint={use} input=DIR output=PRED", flush=True)
+                  f"  TensorBoard: tensorboard --logdir {shell_path(out_dir / 'tb')}\n"
+                  f"  next: asa-predict {override('checkpoint', use)} input=DIR output=PRED", flush=True)
     return result
 

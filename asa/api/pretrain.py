@@ -10,19 +10,18 @@ from typing import NamedTuple
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asa.api.common import (TrainingRun, dataset_root, load_cases, optimizer_and_config, region_source, split_cases,
-                            trainer_config)
-from asa.api.rundir import command_line
-from asa.api.schema import PretrainConfig, as_config
-from asa.data import (SEGMENTATION_LAYOUTS, build_pretrain_dataset, detect_layout, diseased_labels, discover,
-                      ensure_demo_dataset, get_task)
-from asa.eval.probe import build_probe_set, make_probe
-from asa.models import ASA, SymmetryAwareHead
-from asa.models.encoder import ENCODER_PREFIX
-from asa.models.sa_swin import SA_SWIN_ENCODER_PREFIXES
+from asa.api.common import (OptionError, TrainingRun, dataset_root, load_cases, optimizer_and_config, refusing,
+                            region_source, split_cases, trainer_config, write_splits)
+from asa.api.rundir import command_line, shell_path
 from asa.train import Engine, FitResult
+from asa.api.schema import PretrainConfig, as_config
+from asa.train.preemption import mark_finished
 from asa.train.pretrain import export_encoder, mae_step, make_panel_fn, make_validator
 from asa.train.sa_swin import make_sah_panel_fn, sah_step
+from asa.data import diseased_labels
+from asa.models import SymmetryAwareHead
+from asa.models.sa_swin import SA_SWIN_ENCODER_PREFIXES
+from asa.data import build_pretrain_dataset
 
 __all__ = ["pretrain"]
 
@@ -35,33 +34,51 @@ def _model_kwargs(cfg: DictConfig) -> dict:
 
 
 class Method(NamedTuple):
-    """A pretraining method's parts: its network, training step, panel factory, the weight prefixes
-    its encoder export keeps, and the validation group size (None: plain batches; see
-    `asa.train.pretrain.make_validator`)."""
+    """A pretraining method's parts: its network, its training step for the run's cases
+    (``step_of(cases)``), panel factory, the weight prefixes its encoder export keeps, and the
+    validation group size (None: plain batches; see `asa.train.pretrain.make_validator`)."""
 
     model: torch.nn.Module
-    step: Callable
+    step_of: Callable
     panel: Callable
     prefixes: tuple[str, ...]
     validation_group: int | None = None
 
 
-def _method(cfg: DictConfig, cases: list, model_kwargs: dict) -> Method:
+def _method(cfg: DictConfig, model_kwargs: dict) -> Method:
     """The parts of ``cfg.method``: ``asa`` (the masked autoencoder, ``model`` + ``mae``) or ``sa_swin``
-    (the Symmetry-Aware Head, ``sa_swin``)."""
+    (the Symmetry-Aware Head, ``sa_swin``). Built before the run folder is touched (it needs no
+    cases): options the method would ignore or reject at its first step are refused here."""
     method = cfg.get("method", "asa")
     if method == "asa":
         def panel(sample: dict):
             return make_panel_fn(sample["image"], sample.get("region"))
 
-        return Method(ASA(**model_kwargs), mae_step, panel, (ENCODER_PREFIX,))
+        return Method(ASA(**model_kwargs), lambda cases: mae_step, panel, (ENCODER_PREFIX,))
     if method == "sa_swin":
+        # model/ and mae configure SW-ViT; SA-Swin's SwinViT is set under sa_swin, so these would do nothing
+        unused = [f"model.{k}={cfg.model[k]}" for k in ("saca", "region_attention") if str(cfg.model.get(k, "none")) != "none"]
+        if unused:
+            raise OptionError(f"method=sa_swin (experiment=sa_swin) trains MONAI's SwinViT, which has no "
+                              f"{' or '.join(unused)}: those options set SW-ViT (method=asa); leave them at none")
+        size = int(cfg.data.size)
+        if size % 32:
+            raise OptionError(f"data.size={size}: method=sa_swin needs crops that are a multiple of 32 "
+                              "(SwinViT downsamples 5 times)")
+        if "contrastive" in list(cfg.sa_swin.terms) and int(cfg.trainer.batch_size) < 2:
+            raise OptionError(f"trainer.batch_size={cfg.trainer.batch_size}: SA-Swin's contrastive term needs at least "
+                              "2 volumes per device (its negatives); raise it or drop 'contrastive' from sa_swin.terms")
         kwargs = {**OmegaConf.to_container(cfg.sa_swin, resolve=True), "in_channels": len(cfg.data.channels)}
-        labels = diseased_labels(cases, dataset_root(cfg.data)[0])
-        if any(labels.values()):
-            print(f"[asa] symmetry term: {int(sum(labels.values()))} of {len(labels)} cases marked diseased", flush=True)
+
+        def step_of(cases: list):
+            labels = diseased_labels(cases, dataset_root(cfg.data)[0])
+            if any(labels.values()):
+                print(f"[asa] symmetry term: {int(sum(labels.values()))} of {len(labels)} cases marked diseased",
+                      flush=True)
+            return sah_step(labels)
+
         # its contrastive term takes negatives from the batch: validation scores fixed pairs of volumes
-        return Method(SymmetryAwareHead(**kwargs), sah_step(labels), lambda sample: make_sah_panel_fn(sample["image"]),
+        return Method(SymmetryAwareHead(**kwargs), step_of, lambda sample: make_sah_panel_fn(sample["image"]),
                       SA_SWIN_ENCODER_PREFIXES, validation_group=2)
     raise ValueError(f"method={method!r}: expected asa (masked autoencoder) or sa_swin (Symmetry-Aware Head)")
 
@@ -115,38 +132,51 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
 
     ``config``: the typed config (PretrainConfig, e.g. from ``load_config("pretrain")``) or a composed
     Hydra config; it is checked against the schema first."""
-    cfg = as_config(config, "pretrain")
+    with refusing():  # a key the schema does not know (e.g. added with +key=value): refused
+        cfg = as_config(config, "pretrain")
 
     with TrainingRun(cfg, APP) as run:
         env = run.env
-        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         data = cfg.data
-        trainer_config(cfg)  # bad trainer values stop the run before its folder is touched
-        model_kwargs = _model_kwargs(cfg)
-        needed_by = []  # the options that need a region map per case
-        network = None  # the one that feeds it into the network (never a map made from labels)
-        if model_kwargs.get("region_attention", "none") != "none":
-            network = f"model.region_attention={model_kwargs['region_attention']}"
-            needed_by.append(network)
-        if model_kwargs.get("loss_weighting") == "focal_region":
-            needed_by.append("mae.loss_weighting=focal_region")
-        regions = region_source(data, needed_by, network=network, env=env)
-        resolved["data"]["regions"]["source"] = "none" if regions is None else regions.source  # auto resolved
+        with refusing():  # every option is checked (and the network built) before the run folder is touched
+            resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+            trainer_config(cfg)
+            model_kwargs = _model_kwargs(cfg)
+            needed_by = []  # the options that need a region map per case
+            network = None  # the one that feeds it into the network (never a map made from labels)
+            if model_kwargs.get("region_attention", "none") != "none":
+                network = f"model.region_attention={model_kwargs['region_attention']}"
+                needed_by.append(network)
+            if model_kwargs.get("loss_weighting") == "focal_region":
+                needed_by.append("mae.loss_weighting=focal_region")
+            regions = region_source(data, needed_by, network=network, env=env)
+            if regions is not None and regions.source == "label":
+                raise OptionError("data.regions.source=label: pretraining data have no label files; use cluster "
+                                  "(k-means tissue classes) or file (data.regions.dir)")
+            resolved["data"]["regions"]["source"] = "none" if regions is None else regions.source  # auto resolved
+            torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
+            method = _method(cfg, model_kwargs)
+            model, panel_factory, prefixes = method.model, method.panel, method.prefixes
+            optimizer, lr, config = optimizer_and_config(cfg, model, env)
+            probe_every = int(cfg.probe.every) if cfg.get("method", "asa") == "asa" else 0  # probes read an ASA encoder
+            if config.monitor.startswith("probe/") and probe_every != 1:
+                raise ValueError(f"trainer.monitor={config.monitor} needs a probe in every validation round: "
+                                 f"set probe.every=1 (it is {probe_every})")
+            probe = None if probe_every < 1 else _probe(
+                cfg, int(model_kwargs["patch_size"]),
+                regions if model_kwargs.get("region_attention", "none") != "none" else None)
         run_dir = run.prepare_dir(resolved)
         out_dir = run_dir.path
         cases = load_cases(data, out_dir if env.is_main else None, env)
-        run_dir.write_config(resolved)  # every check passed
         splits = split_cases(cases, data, out_dir, env)
         common = dict(size=int(data.size), cache_dir=data.cache_dir, resample_mm=data.resample_mm,
                       channels=tuple(data.channels), regions=regions, store=data.get("store"))
         train_ds = build_pretrain_dataset(splits["train"], augment=bool(data.augment), **common)
         val_ds = build_pretrain_dataset(splits["val"], augment=False, **common) if splits["val"] else None
+        step_fn = method.step_of(cases)
+        run_dir.write_config(resolved)  # every check passed
+        write_splits(cases, data, out_dir, env)
 
-        torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
-        method = _method(cfg, cases, model_kwargs)
-        model, step_fn, panel_factory, prefixes = method.model, method.step, method.panel, method.prefixes
-
-        optimizer, lr, config = optimizer_and_config(cfg, model, env)
         if val_ds is not None and method.validation_group and len(val_ds) < method.validation_group:
             print(f"[asa] warning: method={cfg.get('method', 'asa')} scores validation in groups of "
                   f"{method.validation_group} volumes but the validation split has {len(val_ds)}: val/loss lacks "
@@ -154,16 +184,10 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
         validate = None if val_ds is None else make_validator(val_ds, batch_size=config.batch_size, env=env,
                                                               num_workers=int(data.num_workers), step_fn=step_fn,
                                                               group_size=method.validation_group)
-        probe_every = int(cfg.probe.every) if cfg.get("method", "asa") == "asa" else 0  # probes read an ASA encoder
-        if config.monitor.startswith("probe/") and probe_every != 1:
-            raise ValueError(f"trainer.monitor={config.monitor} needs a probe in every validation round: "
-                             f"set probe.every=1 (it is {probe_every})")
         if val_ds is None and not config.monitor.startswith("probe/"):
             print(f"[asa] warning: data={data.name} has no validation cases: no best.pt, no early stopping, "
                   "no probes (unless trainer.monitor is a probe/ metric)", file=sys.stderr)
-        elif probe_every > 0:
-            probe = _probe(cfg, int(model_kwargs["patch_size"]),
-                           regions if model_kwargs.get("region_attention", "none") != "none" else None)
+        elif probe is not None:
             validate = _with_probe(validate, probe, probe_every)
         sample = (val_ds or train_ds)[0] if (env.is_main and config.panel_every) else None
         engine = Engine(
@@ -173,6 +197,8 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
             run_config=resolved, resume=run_dir.resume,
         )
         result = engine.fit(train_ds)
+        if not result.preempted:
+            mark_finished()  # a stop signal from here on no longer stops the job: nothing is left to save
         if result.preempted:
             if env.is_main:
                 print(f"[asa] stopped early at step {result.step} ({signal.Signals(result.signal).name}); last.pt saved, no "
@@ -184,7 +210,7 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
             print(f"[asa] pretraining finished at step {result.step}. Outputs in {out_dir}:\n"
                   f"  checkpoints: {ckpts}/last.pt, best.pt, encoder.pt and encoder.safetensors "
                   "(for asa-finetune, asa.load_encoder)\n"
-                  f"  TensorBoard: tensorboard --logdir {out_dir / 'tb'}\n"
+                  f"  TensorBoard: tensorboard --logdir {shell_path(out_dir / 'tb')}\n"
                   f"  config: {out_dir / 'config.yaml'}, splits: {out_dir / 'splits.json'}", flush=True)
     return result
 

@@ -11,8 +11,10 @@ A resumed run keeps ``config.yaml`` as first written and appends what changed to
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
+import re
 import shlex
 import socket
 import sys
@@ -29,7 +31,8 @@ from asa.train.checkpoint import flatten
 from asa.train.distributed import DistEnv, all_gather_objects
 from asa.train.resume import ResumePoint, check_training_checkpoint
 
-__all__ = ["RunDirError", "RunDir", "RunLock", "LOCK_NAME", "command_line", "move_aside", "prepare_run_dir"]
+__all__ = ["RunDirError", "RunDir", "RunLock", "LOCK_NAME", "command_line", "move_aside", "override", "prepare_run_dir",
+           "shell_path"]
 
 LOCK_NAME = "run.lock"
 HISTORY_NAME = "config_history.yaml"
@@ -53,10 +56,35 @@ def command_line(app: str, *, drop: Sequence[str] = ("resume", "overwrite")) -> 
     return " ".join([app, *(shlex.quote(o) for o in kept)])
 
 
+def override(key: str, value: Any) -> str:
+    """``key=value`` as a command-line override that pastes into a shell and that Hydra reads back as
+    ``value``: quoted for Hydra where its grammar needs it (non-ASCII, brackets, commas, quotes), then
+    for the shell (spaces, ``$``, quotes)."""
+    text = f"{key}={value}"
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_override(text).value()
+        plain = isinstance(parsed, str) and parsed == str(value)
+    except Exception:  # Hydra's parser refuses it as it stands
+        plain = False
+    if not plain:  # Hydra's quoted form: a backslash only escapes before a quote (or at the end)
+        escaped = re.sub(r"(\\+)('|$)", lambda m: m.group(1) * 2 + m.group(2), str(value)).replace("'", "\\'")
+        text = f"{key}='{escaped}'"
+    if "'" in text and not any(c in text for c in '"$`\\!'):
+        return f'"{text}"'  # reads better than shlex's '...'"'"'...'
+    return shlex.quote(text)
+
+
+def shell_path(path: str | os.PathLike) -> str:
+    """A path as a shell word (quoted when it holds spaces or other special characters)."""
+    return shlex.quote(str(path))
+
+
 def _with_output_dir(cmd: str, out_dir: Path) -> str:
     """``cmd`` with output_dir=... replaced (or added)."""
     parts = [p for p in shlex.split(cmd) if not p.startswith("output_dir=")]
-    return " ".join(shlex.quote(p) for p in [*parts, f"output_dir={out_dir}"])
+    return " ".join([*(shlex.quote(p) for p in parts), override("output_dir", out_dir)])
 
 
 def _pid_alive(pid: int) -> bool:
@@ -274,13 +302,21 @@ def prepare_run_dir(
             resume_point, moved_to = _check(out_dir, resume=resume, overwrite=overwrite,
                                             run_config=run_config, compat_keys=compat_keys, lock=lock, command=command)
         except Exception as err:
+            if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC):
+                err = RunDirError(f"output_dir={out_dir}: cannot write there ({os.strerror(err.errno).lower()}"
+                                  f"{'; a read-only folder?' if err.errno != errno.ENOSPC else ''}); "
+                                  f"choose another output_dir")
             if lock is not None:
                 lock.release()
             if created and out_dir.is_dir() and not any(out_dir.iterdir()):
                 out_dir.rmdir()
             if not env.distributed:
+                if isinstance(err, RunDirError):
+                    raise err from None
                 raise
             all_gather_objects(("error", f"{type(err).__name__}: {err}"), env)
+            if isinstance(err, RunDirError):
+                raise err from None
             raise
         if env.distributed:
             all_gather_objects(("ok", None if resume_point is None else str(resume_point.path)), env)

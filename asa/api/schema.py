@@ -267,7 +267,10 @@ class PredictConfig:
     tta: bool = False
     tta_axes: List[int] = field(default_factory=lambda: [0, 1, 2])
     save_probabilities: bool = False
-    overwrite: bool = True
+    overwrite: bool = False  # replace the predictions in output (the old folder is moved aside)
+    resume: bool = False  # keep the predictions this checkpoint already wrote in output, predict the rest
+    split_file: Optional[str] = None  # a run's splits.json: predict only the cases of `subset`
+    subset: str = "test"
     on_bad_case: str = "error"
     device: str = "auto"
     amp: str = "auto"

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig
 
-from asa.api.common import describe_error
+from asa.api.common import OptionError, describe_error
 from asa.api.rundir import RunDirError
 from asa.data import CaseError
 from asa.data.store import StoreSettingsError
 from asa.train import IncompatibleCheckpointError
+from asa.cli.launch import write_status
+from asa.train.preemption import JobSignals
+from asa.api.config import config_path
 
-__all__ = ["EXIT_FAILED", "EXIT_FINISHED", "EXIT_REFUSED", "entry"]
+__all__ = ["EXIT_FAILED", "EXIT_FINISHED", "EXIT_REFUSED", "console_main", "entry"]
 
 # exit codes (README "Exit codes"); a run stopped by signal N exits 128 + N (SIGTERM: 143)
 EXIT_FINISHED = 0
@@ -22,24 +27,123 @@ EXIT_FAILED = 1
 EXIT_REFUSED = 2
 
 
-def entry(app: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> None:
-    """Run an entry point and end the process with a documented exit code: 0 finished, 1 failed,
-    2 refused before starting (run-directory rules, lock, incompatible resume, bad cases, a store
-    written under other settings),
-    128 + N stopped by signal N. Errors print one line (``debug=true``: the full traceback)."""
+def _run(app: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> int:
     try:
         result = run(cfg)
-    except (RunDirError, IncompatibleCheckpointError, CaseError, StoreSettingsError) as err:
+    except (RunDirError, IncompatibleCheckpointError, CaseError, StoreSettingsError, OptionError) as err:
         if cfg.get("debug", False):
             raise
         print(f"[{app}] refused: {err}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_REFUSED)
+        return EXIT_REFUSED
     except Exception as err:
         if cfg.get("debug", False):
             raise
         print(f"[{app}] error: {describe_error(err)}\n  (rerun with debug=true for the full traceback)",
               file=sys.stderr, flush=True)
-        sys.exit(EXIT_FAILED)
+        return EXIT_FAILED
     signum = getattr(result, "signal", None)
     if getattr(result, "preempted", False) and signum:
-        sys.exit(128 + int(signum))
+        return 128 + int(signum)
+    return EXIT_FINISHED
+
+
+def entry(app: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> None:
+    """Run an entry point and end the process with a documented exit code: 0 finished, 1 failed,
+    2 refused before starting (a bad option or value, run-directory rules, lock, incompatible resume,
+    bad cases, a store written under other settings), 128 + N stopped by signal N. Errors print one
+    line (``debug=true``: the full traceback).
+
+    Outside training a stop signal ends the job with 128 + N, but once training has finished it is
+    only noted (`asa.train.preemption.JobSignals`). Under ``asa-torchrun`` the code is also recorded
+    for the launcher (`asa.cli.launch`)."""
+    code = EXIT_FAILED
+    try:
+        with JobSignals() as signals:
+            code = _run(app, run, cfg)
+            if code == EXIT_FINISHED:  # done: a stop signal from now until the process ends changes nothing
+                signals.finished = True
+        if code == EXIT_FINISHED and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                signal.signal(sig, signal.SIG_IGN)
+        if signals.received is not None and code == EXIT_FINISHED:
+            print(f"[{app}] received {signal.Signals(signals.received).name} after the run had finished: "
+                  "nothing left to save, exiting 0", file=sys.stderr, flush=True)
+    except SystemExit as stop:  # a stop signal before training, or outside it
+        code = stop.code if isinstance(stop.code, int) else EXIT_FAILED
+        if code > 128:
+            print(f"[{app}] stopped by {signal.Signals(code - 128).name} outside training (nothing to save); "
+                  f"exit {code}", file=sys.stderr, flush=True)
+    finally:
+        write_status(code)
+    sys.exit(code)
+
+
+class _HeldStderr:
+    """Stands in for ``sys.stderr`` while Hydra composes the config, holding what it writes, so that a
+    command line that does not compose is reported as one line (`_compose_error`)."""
+
+    def __init__(self, real) -> None:
+        self.real, self.held = real, []
+
+    def write(self, text: str) -> int:
+        self.held.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+
+_HYDRA_NOISE = ("Set the environment variable HYDRA_FULL_ERROR", "To append to your config", "full_key:",
+                "reference_type=", "object_type=", "Traceback", "File \"", "hydra.errors.", "omegaconf.errors.")
+_QUOTING = ("LexerNoViableAlt", "token recognition error", "mismatched input", "extraneous input", "no viable")
+
+
+def _compose_error(text: str) -> str:
+    """Hydra's multi-line report of a command line that does not compose, as one line, with a hint to
+    quote when the parser choked on a value (spaces, non-ASCII characters, brackets)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    kept = [ln for ln in lines if not ln.startswith(_HYDRA_NOISE) and not ln.startswith("^")]
+    message = " ".join(kept).split(" Config search path:")[0] or "the command line could not be read"
+    if any(marker in text for marker in _QUOTING):
+        message += (" — a value with spaces, non-ASCII or special characters must be quoted for Hydra inside the "
+                    "shell's quotes, e.g. \"output_dir='runs/my run'\"")
+    return message
+
+
+def console_main(app: str, name: str, run: Callable[[DictConfig], Any]) -> Callable[[], None]:
+    """The ``main`` of a Hydra console script: compose ``configs/<name>`` and `entry` the job. Hydra
+    ends with 1 and a multi-line report when the command line cannot be composed (an unknown key, a
+    wrong type, a missing preset, an unquoted path with spaces); that is a refused option, so it
+    ends here with 2 and one line."""
+    import hydra
+
+
+    held = _HeldStderr(sys.stderr)
+
+    @hydra.main(config_path=config_path(name), config_name=name, version_base="1.3")
+    def _main(cfg: DictConfig) -> None:
+        sys.stderr = held.real  # composed: from here on the job writes as usual
+        held.real.write("".join(held.held))
+        held.held.clear()
+        entry(app, run, cfg)
+
+    def main() -> None:
+        sys.stderr = held
+        try:
+            _main()
+        except SystemExit as stop:
+            if sys.stderr is held and stop.code == EXIT_FAILED:  # Hydra's own exit: it did not compose
+                sys.stderr = held.real
+                print(f"[{app}] refused: {_compose_error(''.join(held.held))}", file=sys.stderr, flush=True)
+                sys.exit(EXIT_REFUSED)
+            raise
+        finally:
+            if sys.stderr is held:
+                sys.stderr = held.real
+                held.real.write("".join(held.held))
+
+    main.__doc__ = f"``{app}``: compose configs/{name}/ and run the job."
+    return main

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
-
 from asa.api import evaluate
-from asa.api.config import config_path
-from asa.cli.common import entry
+from asa.cli.common import console_main
 
 __all__ = ["main"]
 
-
-@hydra.main(config_path=config_path("evaluate"), config_name="evaluate", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    entry("asa-evaluate", evaluate, cfg)
-
+main = console_main("asa-evaluate", "evaluate", evaluate)
 
 if __name__ == "__main__":
     main()

@@ -71,6 +71,18 @@ def _as_label_map(array: np.ndarray, path: Any, role: str) -> np.ndarray:
     return np.round(array).astype(np.int64)
 
 
+def _check_label_values(task: Any, label: np.ndarray, path: Any) -> None:
+    """A prediction holding label values the task does not have (e.g. 3 and 7 for BraTS' 0/1/2/4) was
+    not written for this dataset, or is corrupt: its regions would be scored wrongly without a word."""
+    allowed = getattr(task, "label_values", None)
+    if allowed is None:
+        return
+    extra = sorted(set(np.unique(label).tolist()) - set(int(v) for v in allowed))
+    if extra:
+        raise ValueError(f"prediction file {path} holds label values {extra} that task {task.name} does not have "
+                         f"(expected {', '.join(map(str, allowed))}): was it written for another dataset?")
+
+
 def _region_masks(task: Any, label: np.ndarray, path: Any, role: str) -> dict[str, np.ndarray]:
     masks = task.region_masks(label)
     missing = [n for n in task.output_names if n not in masks]
@@ -97,6 +109,7 @@ def evaluate_arrays(
     """
     pred_label = _as_label_map(pred_label, pred_path, "prediction")
     ref_label = _as_label_map(ref_label, ref_path, "label")
+    _check_label_values(task, pred_label, pred_path)
     if pred_label.shape != ref_label.shape:
         raise ValueError(
             f"shape mismatch: prediction {pred_path} has shape {pred_label.shape}, "
@@ -261,18 +274,20 @@ def match_predictions(
     *,
     suffixes: Sequence[str] = NIFTI_SUFFIXES,
     on_missing: str = "error",
+    missing: list[str] | None = None,
 ) -> list[tuple[str, Path, Path]]:
     """Pair each labelled case (``.id``, ``.label``) with ``<pred_dir>/<id><suffix>``.
 
-    ``on_missing``: "error" raises listing every case without a prediction; "skip" drops them.
-    Cases without a label are an error (nothing to score against).
+    ``on_missing``: "error" raises listing every case without a prediction; "skip" drops them (their
+    ids are appended to ``missing``). Cases without a label are an error (nothing to score against).
     """
     if on_missing not in ("error", "skip"):
         raise ValueError(f"on_missing must be 'error' or 'skip', got {on_missing!r}")
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"prediction folder {pred_dir} does not exist")
-    pairs, missing = [], []
+    pairs = []
+    missing = [] if missing is None else missing
     for case in cases:
         if case.label is None:
             raise ValueError(f"case {case.id} has no label file to evaluate against")

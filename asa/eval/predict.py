@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,14 +148,15 @@ def predict_cases(
     sw_batch_size: int | str = "auto",
     tta_axes: Sequence[int] = (),
     save_probabilities: bool = False,
-    overwrite: bool = True,
     progress: bool = True,
     on_bad_case: str = "error",
     skipped: list[tuple[str, str]] | None = None,
+    on_written: Callable[[Case, list[Path]], None] | None = None,
 ) -> list[Path]:
     """Segment every case and write ``<output>/<case_id>.nii.gz`` in the input's own space (labels in
     the dataset's own values); optionally ``<case_id>_probabilities.nii.gz`` ([X, Y, Z, K] floats).
-    Files are written atomically; with ``overwrite=False`` existing predictions are kept.
+    Files are written atomically (a file of the same name is replaced: `asa.api.predict` decides
+    which folder may be written); ``on_written(case, files)`` is called after each case's files.
 
     A case whose volumes cannot be used (`VolumeError`: truncated, not NIfTI, wrong dimensionality,
     NaN/Inf, all zeros) stops the batch with ``on_bad_case="error"``; with ``"skip"`` the others are
@@ -167,9 +168,6 @@ def predict_cases(
     written = []
     for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
         target = prediction_path(out_dir, case.id)
-        if target.exists() and not overwrite:
-            written.append(target)
-            continue
         try:
             image, reference = preprocess_for_inference(case, predictor.task)
             regions = predictor.regions_of(case)  # region attention networks
@@ -183,8 +181,11 @@ def predict_cases(
         probs = predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, tta_axes=tta_axes,
                           centre=reference.meta.get("brain_centre"), regions=regions)
         save_volume(predictor.task.prediction_to_label(probs), reference, target)
+        files = [target]
         if save_probabilities:
-            save_volume(probs.permute(1, 2, 3, 0).numpy(), reference, probabilities_path(out_dir, case.id))
+            files.append(save_volume(probs.permute(1, 2, 3, 0).numpy(), reference, probabilities_path(out_dir, case.id)))
         written.append(target)
+        if on_written is not None:
+            on_written(case, files)
     return written
 

@@ -3,7 +3,7 @@ file names and NIfTI volumes in RAS+ (imports nothing of asa outside this packag
 
 from __future__ import annotations
 
-from asa.io.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, default_file_mode
+from asa.io.atomic import WriteError, atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, default_file_mode
 from asa.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from asa.io.portable import (SAFETENSORS_SUFFIX, load_export_safetensors, load_weights,
                              save_export_safetensors)
@@ -12,7 +12,7 @@ from asa.io.nifti import (NIFTI_SUFFIXES, PREDICTION_SUFFIX, find_nifti, is_nift
 from asa.io.volume import Volume, VolumeError, decode_nifti, load_volume, read_nifti, save_volume
 
 __all__ = [
-    "CheckpointError", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
+    "CheckpointError", "WriteError", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
     "default_file_mode", "load_checkpoint", "save_checkpoint",
     "NIFTI_SUFFIXES", "PREDICTION_SUFFIX", "find_nifti", "is_nifti", "nifti_suffix", "prediction_path",
     "probabilities_path", "strip_nifti",

@@ -8,8 +8,10 @@ The final file gets the mode a plain ``open(path, "w")`` would give under the pr
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,41 @@ from typing import Any
 
 from asa.io.nifti import nifti_suffix
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "default_file_mode"]
+__all__ = ["WriteError", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
+           "default_file_mode"]
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+_NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+# what torch.save's zip writer says when a write comes up short (e.g. on a full disk): it gives no errno
+_TORCH_SHORT_WRITE = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
+_LOW_SPACE = 64 * 2**20
+
+
+class WriteError(OSError):
+    """A file could not be written; the message names the folder and the cause (no space, read-only)."""
+
+
+def _describe_write_failure(err: BaseException, path: Path) -> WriteError | None:
+    """A `WriteError` naming ``path``'s folder and the cause for a failed write, or None when ``err`` is
+    not a write failure."""
+    folder = path.parent
+    code = getattr(err, "errno", None)
+    short = isinstance(err, RuntimeError) and any(s in str(err) for s in _TORCH_SHORT_WRITE)
+    if not (code in _NO_SPACE or code in _NOT_WRITABLE or short):
+        return None
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if code in _NO_SPACE or (short and free is not None and free < _LOW_SPACE):
+        left = "" if free is None else f", {free / 2**20:.0f} MiB free"
+        return WriteError(errno.ENOSPC, f"no space left on {folder} (writing {path.name}{left}); free some space "
+                                        f"or write elsewhere. A previous {path.name}, if any, is intact")
+    if code in _NOT_WRITABLE:
+        return WriteError(code, f"cannot write in {folder}: {os.strerror(code).lower()} (a read-only folder?); "
+                                "choose a folder you can write to")
+    return WriteError(errno.EIO, f"writing {path} failed ({str(err).strip().splitlines()[-1]}); "
+                                 f"a previous {path.name}, if any, is intact")
 
 
 def _umask() -> int:
@@ -60,10 +96,13 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
     ``.nii.gz``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = ".nii.gz" if nifti_suffix(path) == ".nii.gz" else path.suffix
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    except OSError as err:
+        raise (_describe_write_failure(err, path) or err) from err
     os.close(fd)
     tmp = Path(name)
     try:
@@ -75,6 +114,11 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
             os.close(fd)
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        described = _describe_write_failure(err, path)
+        if described is None:
+            raise
+        raise described from err
     finally:
         if tmp.exists():
             tmp.unlink()

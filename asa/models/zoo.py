@@ -9,6 +9,7 @@ writes carries the spec of its network, so prediction and fine-tuning rebuild it
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -122,8 +123,15 @@ def build_from_config(
         if arch == "sa_swin":
             kwargs.setdefault("lr_axis", segmenter_cfg.get("lr_axis") or 0)
         size = int(patch_size or default_patch_size)
-        net = build_segmentation_network(arch, img_size=(size,) * 3, in_channels=in_channels,
-                                         out_channels=out_channels, **kwargs)
+        try:
+            net = build_segmentation_network(arch, img_size=(size,) * 3, in_channels=in_channels,
+                                             out_channels=out_channels, **kwargs)
+        except TypeError as err:  # an SW-ViT option (e.g. from experiment=asa_saca) given to another network
+            key = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+            if key is None:
+                raise
+            raise ValueError(f"model.{key[1]}={kwargs[key[1]]}: model arch {arch!r} has no such option (it sets the ASA "
+                             f"segmenter's SW-ViT); drop it, or the experiment preset that sets it") from err
         if pretrained:
             net.load_pretrained(pretrained)
         return net

@@ -4,7 +4,7 @@ from __future__ import annotations
 import signal
 import threading
 
-__all__ = ["StopSignals"]
+__all__ = ["JobSignals", "StopSignals", "mark_finished"]
 
 
 class StopSignals:
@@ -32,3 +32,49 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+
+
+class JobSignals:
+    """A console script's stop signals outside training (`StopSignals` takes over during `Engine.fit`).
+
+    Until the run has finished (`finished`), SIGTERM/SIGUSR1 end the job at once with exit code
+    128 + N, through ``SystemExit`` so that the run folder's lock is released on the way out. Once
+    training has finished (`mark_finished`, called by the jobs), there is nothing left to save: a stop
+    signal is noted and the job completes its last writes (the encoder export) and exits as it would
+    have, so a scheduler does not requeue a finished run. Outside the main thread it does nothing.
+    """
+
+    active: "JobSignals | None" = None
+
+    def __init__(self) -> None:
+        self.finished = False
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.finished:
+            self.received = int(signum)
+            return
+        raise SystemExit(128 + int(signum))
+
+    def __enter__(self) -> "JobSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in StopSignals.SIGNALS:
+                self._previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handler)
+            JobSignals.active = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+        if JobSignals.active is self:
+            JobSignals.active = None
+
+
+def mark_finished() -> None:
+    """The job's training has finished: from now on a stop signal no longer stops it (see `JobSignals`);
+    a no-op outside a console script."""
+    if JobSignals.active is not None:
+        JobSignals.active.finished = True

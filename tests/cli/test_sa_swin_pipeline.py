@@ -66,4 +66,4 @@ def test_sa_swin_pretrain_finetune_predict_evaluate(tmp_path):
 def test_sa_swin_rejects_unknown_method(tmp_path):
     cfg = compose_config("pretrain", [f"output_dir={tmp_path}", "method=byol"])
     with pytest.raises(ValueError, match="method='byol'"):
-        _method(cfg, [], {})
+        _method(cfg, {})

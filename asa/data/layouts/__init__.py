@@ -41,13 +41,15 @@ def discover(
     option: str = "on_bad_case",
     cache_dir: str | Path | None = None,
     workers: int = 1,
+    skipped: list[Problem] | None = None,
 ) -> list[Case]:
     """Find and validate the cases of ``root`` in ``layout``; sorted by id.
 
     ``validate``: "full" (headers + label values; decodes label files), "header" (shapes and
     affines only) or "none". ``require_labels`` defaults to True for segmentation layouts.
     ``report_path``: JSON with the skipped cases and reasons (written only when a case was skipped).
-    ``option`` is the setting named in the error's hint (e.g. ``data.on_bad_case``).
+    ``option`` is the setting named in the error's hint (e.g. ``data.on_bad_case``). With
+    ``on_bad_case="skip"`` the skipped cases' problems are appended to ``skipped``.
     """
     if layout not in ADAPTERS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
@@ -91,6 +93,8 @@ def discover(
                 "skipped": [p.to_dict() for p in problems],
             },
         )
+    if problems and on_bad_case == "skip" and skipped is not None:
+        skipped.extend(problems)
     if problems and on_bad_case == "error":
         lines = "\n".join(f"  - {p.id}: {p.reason}" for p in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""

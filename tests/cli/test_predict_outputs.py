@@ -1,0 +1,160 @@
+"""asa-predict never replaces or mixes predictions without a flag, records which checkpoint wrote each
+one, refuses bad options before writing, and predicts only a split when asked. Tiny 16³ networks."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from asa.api import predict
+from asa.api.common import OptionError
+from asa.api.config import compose_config
+from asa.api.rundir import RunDirError
+from asa.data import get_task, write_demo_dataset
+from asa.models import PRESETS, build_network, network_spec
+from asa.train import save_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_pretrain import _env  # noqa: E402
+
+TINY = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
+
+
+def _checkpoint(path: Path, task_name: str, seed: int) -> Path:
+    task = get_task(task_name)
+    torch.manual_seed(seed)
+    net = build_network({"arch": "asa", "kwargs": dict(img_size=16, in_channels=len(task.channels),
+                                                      out_channels=task.num_outputs, **TINY)})
+    return save_checkpoint(path, {"model": net.state_dict(), "network": network_spec(net),
+                                  "config": {"task": dataclasses.asdict(task)}})
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("predict")
+    data = write_demo_dataset("brats", base / "brats", cases=3, size=16, seed=0)
+    a = _checkpoint(base / "a.pt", "brats", 0)
+    b = _checkpoint(base / "b.pt", "brats", 1)
+    return base, data, a, b
+
+
+def _cfg(ckpt: Path, data, out: Path, *extra: str):
+    inputs = data if isinstance(data, str) else str(data)
+    return compose_config("predict", [f"checkpoint={ckpt}", f"input={inputs}", f"output={out}", "device=cpu",
+                                      "amp=off", *extra])
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_manifest_records_the_checkpoint_of_every_prediction(setup, tmp_path, capsys):
+    base, data, a, _ = setup
+    out = tmp_path / "preds"
+    written = predict(_cfg(a, data, out))
+    assert len(written) == 3
+    manifest = json.loads((out / "predictions.json").read_text())
+    digest = hashlib.sha256(a.read_bytes()).hexdigest()
+    assert set(manifest["cases"]) == {p.name.removesuffix(".nii.gz") for p in written}
+    for entry in manifest["cases"].values():
+        assert entry["checkpoint"] == str(a) and entry["checkpoint_sha256"] == digest
+    assert manifest["runs"][-1]["written"] == 3
+    assert "wrote 3 prediction(s)" in capsys.readouterr().out
+
+
+def test_a_folder_holding_predictions_is_refused_then_replaced_or_continued(setup, tmp_path):
+    base, data, a, b = setup
+    out = tmp_path / "preds"
+    predict(_cfg(a, data, out))
+    before = _snapshot(out)
+    # another checkpoint into the same folder: refused, nothing changed
+    with pytest.raises(RunDirError, match="already holds predictions") as err:
+        predict(_cfg(b, data, out))
+    assert str(out) in str(err.value) and "overwrite=true" in str(err.value) and "resume=true" in str(err.value)
+    assert _snapshot(out) == before
+    # resume with the other checkpoint: refused (it would mix two checkpoints' outputs)
+    with pytest.raises(RunDirError, match="another checkpoint"):
+        predict(_cfg(b, data, out, "resume=true"))
+    # resume with the same checkpoint after losing one file: only that one is predicted again
+    victim = sorted(out.glob("*.nii.gz"))[0]
+    victim.unlink()
+    written = predict(_cfg(a, data, out, "resume=true"))
+    assert [p.name for p in written] == [victim.name]
+    assert _snapshot(out).keys() == before.keys()
+    # overwrite: the old folder is moved aside untouched, the new one holds only b's predictions
+    written = predict(_cfg(b, data, out, "overwrite=true"))
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("preds.replaced-")]
+    assert len(aside) == 1 and len(list(aside[0].glob("*.nii.gz"))) == 3
+    manifest = json.loads((out / "predictions.json").read_text())
+    assert {e["checkpoint"] for e in manifest["cases"].values()} == {str(b)} and len(written) == 3
+
+
+def test_output_inside_the_input_folder_is_refused(setup, tmp_path):
+    _, data, a, _ = setup
+    before = sorted(p.name for p in data.rglob("*"))
+    for out in (data, data / "preds"):
+        with pytest.raises(RunDirError, match="inside the input"):
+            predict(_cfg(a, data, out))
+    assert sorted(p.name for p in data.rglob("*")) == before
+
+
+def test_split_file_predicts_only_its_subset(setup, tmp_path, capsys):
+    _, data, a, _ = setup
+    ids = sorted(p.name for p in data.iterdir())
+    split = tmp_path / "splits.json"
+    split.write_text(json.dumps({"train": ids[:2], "val": [], "test": ids[2:]}))
+    written = predict(_cfg(a, data, tmp_path / "out", f"split_file={split}", "subset=test"))
+    assert [p.name for p in written] == [f"{ids[2]}.nii.gz"]
+    with pytest.raises(OptionError, match="no subset 'nope'"):
+        predict(_cfg(a, data, tmp_path / "out2", f"split_file={split}", "subset=nope"))
+    assert not (tmp_path / "out2").exists()
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["overlap=1.0"], r"overlap=1.0: expected a fraction"),
+    (["overlap=-0.5"], r"overlap=-0.5: expected a fraction"),
+    (["overwrite=true", "resume=true"], "pass one"),
+])
+def test_bad_options_are_refused_before_writing(setup, tmp_path, extra, match):
+    _, data, a, _ = setup
+    with pytest.raises(OptionError, match=match):
+        predict(_cfg(a, data, tmp_path / "out", *extra))
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_input_list_is_refused(setup, tmp_path):
+    _, _, a, _ = setup
+    cfg = compose_config("predict", [f"checkpoint={a}", "input=[]", f"output={tmp_path / 'out'}", "device=cpu"])
+    with pytest.raises(OptionError, match=r"input=\[\]: no files given"):
+        predict(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_channel_checkpoint_on_four_channels_says_which_it_reads(setup, tmp_path, capsys):
+    base, data, _, _ = setup
+    t1 = _checkpoint(base / "t1.pt", "ibsr", 0)  # IBSR: one channel, t1
+    predict(_cfg(t1, data, tmp_path / "out"))
+    err = capsys.readouterr().err
+    assert "reads 1 channel(s): t1" in err and "t1ce, t2, flair" in err.replace("flair, t1ce, t2", "t1ce, t2, flair")
+
+
+@pytest.mark.slow
+def test_console_script_exit_codes_and_per_case_lines(setup, tmp_path):
+    """Refused -> 2 with one line; a log file (no terminal) gets one line per case."""
+    _, data, a, _ = setup
+    args = [sys.executable, "-m", "asa.cli.predict", f"checkpoint={a}", f"input={data}", "device=cpu", "amp=off"]
+    proc = subprocess.run([*args, f"output={tmp_path / 'p'}"], capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.count("[asa] predicted ") == 3 and "predicted 3/3" in proc.stderr
+    proc = subprocess.run([*args, f"output={tmp_path / 'p'}"], capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 2 and "already holds predictions" in proc.stderr
+    proc = subprocess.run([*args, f"output={tmp_path / 'q'}", "overlap=-0.5"], capture_output=True, text=True,
+                          env=_env(), timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("[asa-predict] refused: overlap=-0.5")

@@ -1,0 +1,124 @@
+"""Bad options and values are refused before anything is written (exit 2, one line); errors name the
+path and the cause (disk full, read-only folder); printed commands paste back correctly."""
+
+from __future__ import annotations
+
+import errno
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from asa.api import finetune, pretrain
+from asa.api.common import OptionError
+from asa.api.config import compose_config
+from asa.api.rundir import RunDirError, override
+from asa.data import write_demo_dataset
+from asa.io import WriteError, atomic_write_text, save_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_pretrain import _env, _overrides  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("demo-cache")
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["mae.pos_mode=mirrror"], "mirrror"),
+    (["experiment=sa_swin", "model.saca=decoder"], r"no model.saca=decoder"),
+    (["experiment=sa_swin", "model.region_attention=all", "data.regions.source=cluster"],
+     r"no model.region_attention=all"),
+    (["experiment=sa_swin", "trainer.batch_size=1"], r"trainer.batch_size=1: SA-Swin's contrastive term"),
+    (["experiment=sa_swin", "data.size=48"], r"data.size=48: method=sa_swin needs crops that are a multiple of 32"),
+    (["data.regions.source=label", "mae.loss_weighting=focal_region"], "pretraining data have no label files"),
+])
+def test_pretrain_refuses_before_writing(tmp_path, demo_cache, extra, match):
+    out = tmp_path / "run"
+    with pytest.raises(OptionError, match=match):
+        pretrain(compose_config("pretrain", _overrides(out, demo_cache, *extra)))
+    assert not out.exists()
+
+
+def test_finetune_refuses_an_option_the_network_does_not_have(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(OptionError, match=r"model.saca=encoder: model arch 'sa_swin' has no such option"):
+        finetune(compose_config("finetune", ["model=sa_swin", "experiment=asa_saca", f"output_dir={out}",
+                                             "device=cpu", "data.patch_size=32", "model.feature_size=12"]))
+    assert not out.exists()
+
+
+def test_finetune_refuses_a_crop_larger_than_every_volume(tmp_path):
+    root = write_demo_dataset("brats", tmp_path / "brats", cases=3, size=32, seed=0)
+    out = tmp_path / "run"
+    with pytest.raises(OptionError, match=r"data.patch_size=64: the crop is larger than every volume .* 32×32×32"):
+        finetune(compose_config("finetune", ["data=brats", f"data.root={root}", "model=tiny", "data.patch_size=64",
+                                             f"output_dir={out}", "device=cpu", "data.num_workers=0"]))
+    assert not (out / "config.yaml").exists() and not (out / "splits.json").exists()
+
+
+def test_disk_full_during_a_checkpoint_save_names_the_folder(tmp_path, monkeypatch):
+    import asa.io.atomic as atomic
+    import asa.io.checkpoint as checkpoint
+
+    real_save = torch.save
+    monkeypatch.setattr(checkpoint.torch, "save", lambda obj, path: real_save(obj, "/dev/full"))  # ENOSPC underneath
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda p: type("U", (), {"free": 0})())
+    (tmp_path / "last.pt").write_bytes(b"previous")
+    with pytest.raises(WriteError, match=rf"no space left on {tmp_path} \(writing last.pt, 0 MiB free\)"):
+        save_checkpoint(tmp_path / "last.pt", {"w": torch.zeros(100_000)})
+    assert (tmp_path / "last.pt").read_bytes() == b"previous"  # nothing lost
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left
+
+
+def test_a_read_only_folder_is_one_clear_line(tmp_path, monkeypatch):
+    import asa.io.atomic as atomic
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", refuse)
+    with pytest.raises(WriteError, match=rf"cannot write in {tmp_path}: permission denied \(a read-only folder\?\)"):
+        atomic_write_text(tmp_path / "config.yaml", "x")
+
+
+def test_a_run_folder_that_cannot_be_created_is_refused(tmp_path, demo_cache, monkeypatch):
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self == tmp_path / "ro" / "run":
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    with pytest.raises(RunDirError, match=r"output_dir=.*/ro/run: cannot write there \(read-only file system"):
+        pretrain(compose_config("pretrain", _overrides(tmp_path / "ro" / "run", demo_cache)))
+
+
+@pytest.mark.parametrize("value", ["runs/my run", "runs/é tude", "runs/it's", "/plain/path", "a,b[1]"])
+def test_printed_overrides_paste_back(value):
+    """What asa prints as `key=value` is one shell word that Hydra reads back as the value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    words = shlex.split(override("output_dir", value))
+    assert len(words) == 1
+    assert OverridesParser.create().parse_override(words[0]).value() == value
+
+
+@pytest.mark.slow
+def test_console_refusals_exit_2_with_one_line(tmp_path, demo_cache):
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "asa.cli.pretrain", *_overrides(tmp_path / "r", demo_cache),
+                               *extra], capture_output=True, text=True, env=_env(), timeout=300)
+
+    for extra, words in [(["trainer.epocs=3"], "trainer.epocs"), (["mae.pos_mode=mirrror"], "mirrror"),
+                         (["output_dir=runs/é"], "must be quoted for Hydra")]:
+        proc = run(*extra)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("[asa] peak")]
+        assert len(lines) == 1 and lines[0].startswith("[asa-pretrain] refused:") and words in lines[0], lines
+    assert not (tmp_path / "r").exists()

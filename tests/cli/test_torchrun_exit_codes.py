@@ -1,0 +1,98 @@
+"""Exit codes hold under torchrun through asa-torchrun (asa.cli.launch): SIGTERM -> 143 after saving
+last.pt, a refused run -> 2, a finished run -> 0 even when a stop signal comes after it finished."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from asa.cli.common import entry
+from asa.cli.launch import STATUS_ENV, job_exit_code, read_statuses
+from asa.train import load_checkpoint
+from asa.train.preemption import mark_finished
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_pretrain import _env, _overrides  # noqa: E402
+
+
+@pytest.mark.parametrize("recorded, failures, launcher_signal, expected", [
+    ({0: 0, 1: 0}, {}, None, 0),
+    ({0: 0, 1: 0}, {}, signal.SIGTERM, 0),          # the signal came after every worker had finished
+    ({0: 143, 1: 143}, {}, signal.SIGTERM, 143),   # stopped by SIGTERM after saving last.pt
+    ({0: 138, 1: 138}, {0: 138, 1: 138}, None, 138),
+    ({0: 2, 1: 2}, {0: 2, 1: 2}, None, 2),          # rank 0 refused, the others stopped with it
+    ({0: 1, 1: 2}, {0: 1, 1: 2}, None, 1),          # a failure wins over a refusal
+    ({0: 143}, {1: -9}, signal.SIGTERM, 143),       # rank 1 killed before it could record: 137 < 143
+    ({}, {0: -9, 1: -9}, None, 137),                # OOM-killed workers: 128 + 9
+    ({}, {}, signal.SIGTERM, 143),                  # torchrun stopped before any worker recorded
+])
+def test_job_exit_code(recorded, failures, launcher_signal, expected):
+    assert job_exit_code(recorded, failures, launcher_signal) == expected
+
+
+@pytest.fixture(autouse=True)
+def _keep_signal_handlers():
+    """`entry` ignores stop signals once a job is done (the process is about to end): undo it here."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_a_stop_signal_after_training_finished_exits_0(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(STATUS_ENV, str(tmp_path))
+    monkeypatch.setenv("RANK", "1")
+
+    def job(cfg):
+        mark_finished()  # what pretrain / finetune do once fit returned
+        os.kill(os.getpid(), signal.SIGTERM)  # e.g. torchrun or the scheduler, during the encoder export
+        return None
+
+    with pytest.raises(SystemExit) as stop:
+        entry("asa-test", job, OmegaConf.create({}))
+    assert stop.value.code == 0 and read_statuses(tmp_path) == {1: 0}
+    assert "received SIGTERM after the run had finished" in capsys.readouterr().err
+
+
+def test_a_stop_signal_before_training_exits_143_and_records_it(tmp_path, monkeypatch):
+    monkeypatch.setenv(STATUS_ENV, str(tmp_path))
+    monkeypatch.setenv("RANK", "0")
+
+    def job(cfg):
+        os.kill(os.getpid(), signal.SIGTERM)  # during the data checks, before any checkpoint
+        time.sleep(5)
+        raise AssertionError("the signal should have stopped the job")
+
+    with pytest.raises(SystemExit) as stop:
+        entry("asa-test", job, OmegaConf.create({}))
+    assert stop.value.code == 143 and read_statuses(tmp_path) == {0: 143}
+
+
+@pytest.mark.slow
+def test_two_gloo_workers_sigterm_143_then_refused_2(tmp_path):
+    out = tmp_path / "run"
+    demo = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "asa.cli.launch", "--standalone", "--nproc_per_node=2", "-m", "asa.cli.pretrain",
+           *_overrides(out, demo, "trainer.batch_size=1", "trainer.max_steps=null", "trainer.epochs=100",
+                       "trainer.log_every=1", "probe.every=0")]
+    log = tmp_path / "stderr.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=_env())
+        deadline = time.time() + 150
+        while "step 2/" not in log.read_text() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # to torchrun, as a scheduler does; it forwards it to the workers
+        proc.communicate(timeout=120)
+    text = log.read_text()
+    assert proc.returncode == 143, text[-3000:]
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] >= 2 and "resume=true" in text
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=150)  # a new run there: refused
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
