@@ -37,7 +37,8 @@ def lattice_overlap(roi_size: Sequence[int], overlap: float, patch: int) -> list
     out = []
     for roi in roi_size:
         step = max(patch, int(round(roi * (1 - overlap) / patch)) * patch)
-        out.append(1.0 - (min(step, roi) + 0.5) / roi)  # +0.5: int() lands on step despite rounding
+        # +0.5: int() lands on step despite rounding; windows side by side (step = roi) are overlap 0 exactly
+        out.append(0.0 if step >= roi else 1.0 - (step + 0.5) / roi)
     return out
 
 

@@ -129,6 +129,16 @@ def test_bad_options_are_refused_before_writing(setup, tmp_path, extra, match):
     assert not (tmp_path / "out").exists()
 
 
+def test_windows_side_by_side_are_allowed(setup, tmp_path):
+    """overlap=0 (the low end of the documented [0, 1)) predicts; it was turned into a negative overlap
+    on the patch lattice, which MONAI refuses."""
+    from asa.eval.inference import lattice_overlap
+
+    assert lattice_overlap([64, 64, 64], 0.0, 8) == [0.0, 0.0, 0.0]
+    _, data, a, _ = setup
+    assert len(predict(_cfg(a, data, tmp_path / "out", "overlap=0"))) == 3
+
+
 def test_empty_input_list_is_refused(setup, tmp_path):
     _, _, a, _ = setup
     cfg = compose_config("predict", [f"checkpoint={a}", "input=[]", f"output={tmp_path / 'out'}", "device=cpu"])
