@@ -299,9 +299,9 @@ def check_crop_fits(patch: int, cases: Sequence, *, option: str = "data.patch_si
         if max(shape) > largest:
             largest, where = max(shape), (case.id, shape)
     if where is not None and patch > largest:
-        raise OptionError(f"{option}={patch}: the crop is larger than every volume along every axis (the largest, "
-                          f"{where[0]}, is {'×'.join(map(str, where[1]))}); set {option}={_fitting(largest)} or smaller "
-                          f"(with a pretrained encoder, its crop size sets it)")
+        raise OptionError(f"{option}={patch}: the crop is larger than every volume along every axis (the "
+                          f"largest, {where[0]}, is {'×'.join(map(str, where[1]))}); set "
+                          f"{option}={_fitting(largest)} or smaller (with a pretrained encoder, its crop size sets it)")
 
 
 def _fitting(largest: int) -> int:

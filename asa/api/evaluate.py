@@ -57,7 +57,8 @@ def _evaluate(cfg: DictConfig) -> dict:
                                  hd95_convention=str(cfg.hd95))
         # what was left out is part of the result: a mean over 1 of 2 cases is not the mean over 2
         summary["n_expected"] = len(cases)
-        summary["skipped"] = [{"id": cid, "reason": f"no prediction in {pred_dir} (on_missing=skip)"} for cid in missing]
+        summary["skipped"] = [{"id": cid, "reason": f"no prediction in {pred_dir} (on_missing=skip)"}
+                              for cid in missing]
         write_results(summary, out)
         if missing:
             print(f"[asa] warning: {len(missing)} of {len(cases)} case(s) have no prediction and are not scored "

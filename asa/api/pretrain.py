@@ -57,7 +57,8 @@ def _method(cfg: DictConfig, model_kwargs: dict) -> Method:
         return Method(ASA(**model_kwargs), lambda cases: mae_step, panel, (ENCODER_PREFIX,))
     if method == "sa_swin":
         # model/ and mae configure SW-ViT; SA-Swin's SwinViT is set under sa_swin, so these would do nothing
-        unused = [f"model.{k}={cfg.model[k]}" for k in ("saca", "region_attention") if str(cfg.model.get(k, "none")) != "none"]
+        unused = [f"model.{k}={cfg.model[k]}" for k in ("saca", "region_attention")
+                  if str(cfg.model.get(k, "none")) != "none"]
         if unused:
             raise OptionError(f"method=sa_swin (experiment=sa_swin) trains MONAI's SwinViT, which has no "
                               f"{' or '.join(unused)}: those options set SW-ViT (method=asa); leave them at none")

@@ -387,8 +387,9 @@ def part_prepare(ctx: Context) -> dict[str, Any]:
     start = time.perf_counter()
     ensure_demo_dataset("bids", cases=p.demo_cases, size=p.demo_size, seed=0, cache_dir=ctx.work / "demo-cache")
     bids_s = time.perf_counter() - start
-    write_demo_dataset("brats", ctx.work / "brats_train", cases=p.finetune_cases, size=p.size, seed=0)
-    write_demo_dataset("brats", ctx.work / "brats_case", cases=1, size=tuple(p.case_shape), seed=7)
+    # the check's own work folder: a rerun there rewrites the same phantoms (asa-demo-data --overwrite)
+    write_demo_dataset("brats", ctx.work / "brats_train", cases=p.finetune_cases, size=p.size, seed=0, overwrite=True)
+    write_demo_dataset("brats", ctx.work / "brats_case", cases=1, size=tuple(p.case_shape), seed=7, overwrite=True)
     return {"bids_s": bids_s, "total_s": time.perf_counter() - start, "checks": {"written": True}}
 
 
@@ -415,7 +416,8 @@ def part_predict_case(ctx: Context) -> dict[str, Any]:
     finetune_s = time.perf_counter() - start
     pred_out = ctx.work / "predictions"
     cfg = compose_config("predict", [f"checkpoint={ft_out / 'checkpoints' / 'last.pt'}",
-                                     f"input={ctx.work / 'brats_case'}", f"output={pred_out}", f"device={p.device}"]
+                                     f"input={ctx.work / 'brats_case'}", f"output={pred_out}", f"device={p.device}",
+                                     "overwrite=true"]
                          + ([f"threads={p.threads}"] if p.threads is not None else []))
     spies: dict[str, list] = {"auto_sw_batch_size": [], "predict_volume": []}
     if device.type == "cuda":
