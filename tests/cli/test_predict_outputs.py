@@ -19,7 +19,7 @@ from asa.api.config import compose_config
 from asa.api.rundir import RunDirError
 from asa.data import get_task, write_demo_dataset
 from asa.models import PRESETS, build_network, network_spec
-from asa.train import save_checkpoint
+from asa.io import save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_pretrain import _env  # noqa: E402

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from asa.cli.common import entry
 from asa.cli.launch import STATUS_ENV, job_exit_code, read_statuses
-from asa.train import load_checkpoint
+from asa.io import load_checkpoint
 from asa.train.preemption import mark_finished
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
