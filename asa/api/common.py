@@ -13,19 +13,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asa.api.rundir import RunDir, prepare_run_dir
+from asa.api.rundir import RunDir, RunDirError, prepare_run_dir
 from asa.data import CaseError, RegionSource, detect_layout, discover, ensure_demo_dataset, make_splits
 from asa.data.datasets import CaseLoadError
 from asa.data.store import StoreError, open_store
-from asa.io import VolumeError, atomic_write_json
-from asa.train import TrainConfig, build_optimizer, cleanup_distributed, setup_distributed
+from asa.io import CheckpointError, VolumeError, WriteError, atomic_write_json
+from asa.train import IncompatibleCheckpointError, TrainConfig, build_optimizer, cleanup_distributed, setup_distributed
 from asa.train.distributed import DistEnv, all_gather_objects, barrier
 from asa.train.optim import LOW_LR, describe_lr
-from asa.api.rundir import RunDirError
-from asa.io import CheckpointError
-from asa.train import IncompatibleCheckpointError
-from asa.data import make_splits
-from asa.io import WriteError
 
 __all__ = ["OptionError", "TrainingRun", "cases_of_split", "dataset_root", "load_cases", "on_main_then_share",
            "optimizer_and_config", "refusing", "region_source", "split_cases", "trainer_config", "describe_error",

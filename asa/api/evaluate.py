@@ -8,15 +8,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from asa.api.common import dataset_root
+from asa.api.common import cases_of_split, dataset_root, refusing
 from asa.api.schema import EvaluateConfig, as_config
 from asa.data import discover, get_task
 from asa.eval import evaluate_cases, match_predictions
+from asa.eval.evaluate import write_results
 from asa.eval.predict import Predictor
 from asa.eval.reliance import encoder_reliance, format_reliance, write_reliance
-from asa.api.common import refusing
-from asa.api.common import cases_of_split, dataset_root
-from asa.eval.evaluate import write_results
 
 __all__ = ["evaluate"]
 

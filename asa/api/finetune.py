@@ -12,13 +12,13 @@ from omegaconf import DictConfig, OmegaConf
 from asa.api.common import (TrainingRun, check_crop_fits, dataset_root, load_cases, optimizer_and_config, refusing,
                              region_source, split_cases, trainer_config, write_splits)
 from asa.api.rundir import command_line, override, shell_path
-from asa.train import Engine, FitResult
 from asa.api.schema import FinetuneConfig, as_config
-from asa.train.preemption import mark_finished
 from asa.data import build_segmentation_dataset, get_task
 from asa.losses import SegmentationLoss
 from asa.models import build_from_config
+from asa.train import Engine, FitResult
 from asa.train.finetune import make_dice_validator, make_segmentation_panel_fn, segmentation_step
+from asa.train.preemption import mark_finished
 
 __all__ = ["finetune"]
 

@@ -22,11 +22,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from asa.api.common import OptionError, cases_of_split, refusing
 from asa.api.rundir import RunDirError, command_line, move_aside, override
 from asa.api.schema import PredictConfig, as_config
+from asa.eval.inference import check_sw_batch_size
+from asa.eval.predict import Predictor, gather_cases, predict_cases
 from asa.io import atomic_write_json, is_nifti
 from asa.train.distributed import resolve_device
 from asa.train.precision import amp_name, resolve_amp, set_threads
-from asa.eval.inference import check_sw_batch_size
-from asa.eval.predict import Predictor, gather_cases, predict_cases
 
 __all__ = ["MANIFEST", "predict"]
 

@@ -13,15 +13,17 @@ from omegaconf import DictConfig, OmegaConf
 from asa.api.common import (OptionError, TrainingRun, dataset_root, load_cases, optimizer_and_config, refusing,
                             region_source, split_cases, trainer_config, write_splits)
 from asa.api.rundir import command_line, shell_path
-from asa.train import Engine, FitResult
 from asa.api.schema import PretrainConfig, as_config
+from asa.data import (SEGMENTATION_LAYOUTS, build_pretrain_dataset, detect_layout, diseased_labels, discover,
+                      ensure_demo_dataset, get_task)
+from asa.eval.probe import build_probe_set, make_probe
+from asa.models import ASA, SymmetryAwareHead
+from asa.models.encoder import ENCODER_PREFIX
+from asa.models.sa_swin import SA_SWIN_ENCODER_PREFIXES
+from asa.train import Engine, FitResult
 from asa.train.preemption import mark_finished
 from asa.train.pretrain import export_encoder, mae_step, make_panel_fn, make_validator
 from asa.train.sa_swin import make_sah_panel_fn, sah_step
-from asa.data import diseased_labels
-from asa.models import SymmetryAwareHead
-from asa.models.sa_swin import SA_SWIN_ENCODER_PREFIXES
-from asa.data import build_pretrain_dataset
 
 __all__ = ["pretrain"]
 

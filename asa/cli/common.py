@@ -11,13 +11,13 @@ from typing import Any
 from omegaconf import DictConfig
 
 from asa.api.common import OptionError, describe_error
+from asa.api.config import config_path
 from asa.api.rundir import RunDirError
+from asa.cli.launch import write_status
 from asa.data import CaseError
 from asa.data.store import StoreSettingsError
 from asa.train import IncompatibleCheckpointError
-from asa.cli.launch import write_status
 from asa.train.preemption import JobSignals
-from asa.api.config import config_path
 
 __all__ = ["EXIT_FAILED", "EXIT_FINISHED", "EXIT_REFUSED", "console_main", "entry"]
 

@@ -35,7 +35,9 @@ def test_channels_last_layout_keeps_weights_and_outputs(arch, kwargs, shape):
     assert all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in convs)
     with torch.no_grad():
         after = net(x)
-    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+    # GroupNorm(C, C) sums in another order than InstanceNorm3d: fp32 rounding, up to ~1.4e-4 on SwinUNETR's
+    # outputs depending on the thread count left by earlier tests (a wrong layout differs by O(1))
+    torch.testing.assert_close(after, before, atol=5e-4, rtol=5e-4)
 
 
 def test_affine_instance_norm_becomes_the_same_group_norm():
