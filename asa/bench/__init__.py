@@ -1,3 +1,5 @@
-"""The measuring side of ``scripts/benchmark.py``: a timing harness (alternated workloads, peak
-memory, FLOP counts) and the report (targets, tables, BENCHMARKS.md rows). Imports only the bottom
-I/O layer of ``asa``, so the workloads being measured stay in the script."""
+"""Measuring and planning: the timing harness of ``scripts/benchmark.py`` (alternated workloads, peak
+memory, FLOP counts) and its report (targets, tables, BENCHMARKS.md rows), the data-loader
+workload, the GPU check (``python -m asa.bench.gpu``) and the compute planner behind ``asa-plan``.
+It sits above the API and below the console scripts: it may drive the whole stack, and only
+``asa.cli`` imports it."""
