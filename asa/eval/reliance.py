@@ -8,7 +8,6 @@ image does the work and pretraining the encoder cannot matter.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any

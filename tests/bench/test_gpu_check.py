@@ -11,7 +11,7 @@ import pytest
 
 from asa.bench import gpu
 from asa.bench.gpu_parts import gpu_test_files, run_command
-from asa.bench.report import MD_HEADER, append_markdown, parse_markdown_row
+from asa.bench.report import MD_HEADER, parse_markdown_row
 
 REPO = Path(__file__).resolve().parents[2]
 HEADER = next(line for line in MD_HEADER.splitlines() if line.startswith("| date |"))

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from asa.train import Engine, TrainConfig
+from asa.train import TrainConfig
 from asa.train.distributed import all_reduce_mean, cleanup_distributed, dist_timeout_s, resolve_device, setup_distributed
 from asa.train.distributed import DistEnv
 from asa.train.reporting import TrainLog
