@@ -89,7 +89,9 @@ class LinearWindowAttention(nn.Module):
         blocked = self._structural_mask(n, device, dtype)
         bias = None
         if self.rel_pos_bias is not None:
-            bias = self.rel_pos_bias[self.rel_index].permute(2, 0, 1).unsqueeze(0).to(dtype)  # [1, h, S, S]
+            # [1, h, S, S], contiguous: CUDA's fused kernels take a mask only with last-dim stride 1
+            # (a permuted view sends every call to the unfused math kernel)
+            bias = self.rel_pos_bias[self.rel_index].permute(2, 0, 1).to(dtype).contiguous().unsqueeze(0)
         if blocked is None:
             return bias
         return blocked if bias is None else blocked + bias

@@ -4,7 +4,7 @@ from __future__ import annotations
 import signal
 import threading
 
-__all__ = ["JobSignals", "StopSignals", "mark_finished"]
+__all__ = ["JobSignals", "StopSignals", "leave_stop_signals_to_the_trainer", "mark_finished"]
 
 
 class StopSignals:
@@ -32,6 +32,19 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+
+
+def leave_stop_signals_to_the_trainer(worker_id: int | None = None) -> None:
+    """In a DataLoader worker (its ``worker_init_fn``): ignore SIGTERM / SIGUSR1.
+
+    SLURM and torchrun send a stop signal to every process of the job, the loader's workers
+    included. A worker dying of it makes the training process fail with "DataLoader worker ...
+    killed by signal" before it can save ``last.pt``; ignoring it lets the training process finish
+    its step, save and shut its workers down itself (a worker whose parent dies still exits:
+    DataLoader workers watch their parent).
+    """
+    for sig in StopSignals.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class JobSignals:

@@ -15,6 +15,7 @@ from asa.models.encoder import ENCODER_PREFIX
 
 from .data import loader_workers, move_to
 from .distributed import DistEnv
+from .preemption import leave_stop_signals_to_the_trainer
 from .rng import fork_rng, item_seed, seed_everything
 
 __all__ = ["mae_step", "make_validator", "validation_groups", "make_panel_fn", "mid_slice_grid", "export_encoder", "PANEL_ROWS"]
@@ -84,7 +85,8 @@ def make_validator(
 
     def validate(model: nn.Module) -> dict[str, float]:
         total = torch.zeros(2, dtype=torch.float64, device=env.device)
-        loader = DataLoader(dataset, batch_sampler=chunks, num_workers=loader_workers(num_workers), collate_fn=_collate)
+        loader = DataLoader(dataset, batch_sampler=chunks, num_workers=loader_workers(num_workers), collate_fn=_collate,
+                            worker_init_fn=leave_stop_signals_to_the_trainer)
         if group_size is None:
             for batch in loader:
                 run(model, batch, total)

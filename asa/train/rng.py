@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .preemption import leave_stop_signals_to_the_trainer
+
 __all__ = [
     "seed_everything", "capture_rng", "restore_rng", "fork_rng", "item_seed", "SeededItems", "worker_init_fn",
     "kernel_determinism",
@@ -147,7 +149,9 @@ class SeededItems(Dataset):
 
 
 def worker_init_fn(worker_id: int) -> None:
-    """DataLoader worker init: seed python/numpy from the worker's torch seed and mark SeededItems."""
+    """DataLoader worker init: seed python/numpy from the worker's torch seed, mark SeededItems and
+    leave stop signals to the training process (`leave_stop_signals_to_the_trainer`)."""
+    leave_stop_signals_to_the_trainer()
     info = torch.utils.data.get_worker_info()
     seed = torch.initial_seed() % 2**32
     random.seed(seed)

@@ -109,3 +109,14 @@ def test_padding_does_not_affect_real_tokens(shift):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LinearWindowAttention(**kwargs)
+
+
+def test_attention_bias_has_the_layout_the_fused_cuda_kernels_take():
+    """CUDA's memory-efficient / cuDNN attention take an additive mask only when its last dimension
+    has stride 1; any other layout sends every call to the unfused math kernel (materialising all
+    scores). The relative-position bias, with and without the shift and padding masks, is contiguous."""
+    for shift, n in ((0, 64), (4, 64), (0, 60), (4, 60)):
+        layer = LinearWindowAttention(24, 3, 8, shift=shift)
+        for dtype in (torch.float32, torch.bfloat16):
+            bias = layer._attn_bias(n, dtype, torch.device("cpu"))
+            assert bias.dtype == dtype and bias.is_contiguous(), (shift, n, dtype, bias.stride())

@@ -137,7 +137,8 @@ def test_bad_options(argv, match):
 
 @pytest.mark.gpu
 def test_cuda_run_uses_amp(tmp_path):
-    benchmark.main([*TINY, "--device", "cuda", "--skip-loader", "--json", str(tmp_path / "b.json")])
+    """``--amp auto`` on CUDA is what ``trainer.amp=auto`` gives there: fp16 (with a GradScaler)."""
+    benchmark.main([*TINY, "--amp", "auto", "--device", "cuda", "--skip-loader", "--json", str(tmp_path / "b.json")])
     r = json.loads((tmp_path / "b.json").read_text())
     assert r["device"] == "cuda" and r["amp"] == "fp16"
     assert r["asa_pretrain_peak_mib"] > 0 and math.isfinite(r["flop_utilization"])

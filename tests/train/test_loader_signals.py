@@ -1,0 +1,31 @@
+"""Stop signals sent to the whole job (SLURM, torchrun) reach the DataLoader workers too: they must
+leave them to the training process, which saves last.pt and then shuts its workers down."""
+from __future__ import annotations
+
+import os
+import signal
+
+import torch
+from torch.utils.data import Dataset
+
+from asa.train.data import build_loader
+
+
+class SignalsItself(Dataset):
+    """Item 0 sends SIGTERM to the worker that loads it, as a job-wide signal would."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if i == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return torch.tensor([i, os.getpid()])
+
+
+def test_loader_workers_outlive_a_job_wide_sigterm():
+    loader, sampler, _, _ = build_loader(SignalsItself(), batch_size=2, rank=0, world_size=1, seed=0, num_workers=2)
+    sampler.set_position(0)
+    items = torch.cat([batch for batch in loader])
+    assert sorted(items[:, 0].tolist()) == list(range(8))  # every item loaded: no worker died of the signal
+    assert os.getpid() not in items[:, 1].tolist()  # loaded in worker processes, not here
