@@ -1,12 +1,13 @@
-"""Dependencies point down the pipeline: io, then data/losses/models, then train/eval, then api, then the
-benchmarks and the compute planner (bench, which drive the whole stack), then cli."""
+"""Dependencies point down the pipeline: io, then data/losses/models, then train/eval, then the
+pretraining methods (which assemble those parts), then api, then the benchmarks and the compute planner (bench, which drive the whole stack), then cli."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "asa"
-LEVEL = {"io": 0, "data": 1, "losses": 1, "models": 1, "train": 2, "eval": 2, "api": 3, "bench": 4, "cli": 5}
+LEVEL = {"io": 0, "data": 1, "losses": 1, "models": 1, "train": 2, "eval": 2, "methods": 3, "api": 4, "bench": 5,
+         "cli": 6}
 IMPORT = re.compile(r"^\s*(?:from|import)\s+asa\.(\w+)", re.M)
 
 

@@ -69,10 +69,11 @@ class TrainingRun:
         return self
 
     def prepare_dir(self, resolved: Mapping[str, Any]) -> RunDir:
-        """Lock and check the run folder for the fully resolved run config (`prepare_run_dir`)."""
+        """Lock and check the run folder for the fully resolved run config (`prepare_run_dir`); resume
+        compares its ``resume_must_match`` keys."""
         cfg = self.cfg
         self.dir = prepare_run_dir(cfg.output_dir, app=self.app, resume=cfg.resume, overwrite=bool(cfg.overwrite),
-                                   run_config=resolved, compat_keys=list(cfg.resume_must_match), env=self.env)
+                                   run_config=resolved, compat_keys=list(resolved["resume_must_match"]), env=self.env)
         return self.dir
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -14,81 +12,33 @@ from asa.api.common import (OptionError, TrainingRun, dataset_root, load_cases, 
                             region_source, split_cases, trainer_config, write_splits)
 from asa.api.rundir import command_line, shell_path
 from asa.api.schema import PretrainConfig, as_config
-from asa.data import (SEGMENTATION_LAYOUTS, build_pretrain_dataset, detect_layout, diseased_labels, discover,
-                      ensure_demo_dataset, get_task)
+from asa.data import SEGMENTATION_LAYOUTS, build_pretrain_dataset, detect_layout, discover, ensure_demo_dataset, get_task
 from asa.eval.probe import build_probe_set, make_probe
-from asa.models import ASA, SymmetryAwareHead
-from asa.models.encoder import ENCODER_PREFIX
-from asa.models.sa_swin import SA_SWIN_ENCODER_PREFIXES
+from asa.methods import MethodContext, PretrainingMethod, get_method
 from asa.train import Engine, FitResult
 from asa.train.preemption import mark_finished
-from asa.train.pretrain import export_encoder, mae_step, make_panel_fn, make_validator
-from asa.train.sa_swin import make_sah_panel_fn, sah_step
+from asa.train.pretrain import export_encoder, make_validator
 
 __all__ = ["pretrain"]
 
 APP = "asa-pretrain"
 
 
-def _model_kwargs(cfg: DictConfig) -> dict:
-    return {**OmegaConf.to_container(cfg.model, resolve=True), **OmegaConf.to_container(cfg.mae, resolve=True),
-            "img_size": int(cfg.data.size)}
+def _method(cfg: DictConfig) -> PretrainingMethod:
+    """The configured pretraining method (``cfg.method``), given its typed settings and the run's
+    context; its checks run here, before the run folder is touched (it needs no cases)."""
+    given = OmegaConf.to_container(cfg.method, resolve=True)
+    cls = get_method(given["name"])
+    settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.Settings), given))
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    context = MethodContext(size=int(cfg.data.size), channels=tuple(cfg.data.channels),
+                            batch_size=int(cfg.trainer.batch_size), model=model)
+    return cls(settings, context)
 
 
-class Method(NamedTuple):
-    """A pretraining method's parts: its network, its training step for the run's cases
-    (``step_of(cases)``), panel factory, the weight prefixes its encoder export keeps, and the
-    validation group size (None: plain batches; see `asa.train.pretrain.make_validator`)."""
-
-    model: torch.nn.Module
-    step_of: Callable
-    panel: Callable
-    prefixes: tuple[str, ...]
-    validation_group: int | None = None
-
-
-def _method(cfg: DictConfig, model_kwargs: dict) -> Method:
-    """The parts of ``cfg.method``: ``asa`` (the masked autoencoder, ``model`` + ``mae``) or ``sa_swin``
-    (the Symmetry-Aware Head, ``sa_swin``). Built before the run folder is touched (it needs no
-    cases): options the method would ignore or reject at its first step are refused here."""
-    method = cfg.get("method", "asa")
-    if method == "asa":
-        def panel(sample: dict):
-            return make_panel_fn(sample["image"], sample.get("region"))
-
-        return Method(ASA(**model_kwargs), lambda cases: mae_step, panel, (ENCODER_PREFIX,))
-    if method == "sa_swin":
-        # model/ and mae configure SW-ViT; SA-Swin's SwinViT is set under sa_swin, so these would do nothing
-        unused = [f"model.{k}={cfg.model[k]}" for k in ("saca", "region_attention")
-                  if str(cfg.model.get(k, "none")) != "none"]
-        if unused:
-            raise OptionError(f"method=sa_swin (experiment=sa_swin) trains MONAI's SwinViT, which has no "
-                              f"{' or '.join(unused)}: those options set SW-ViT (method=asa); leave them at none")
-        size = int(cfg.data.size)
-        if size % 32:
-            raise OptionError(f"data.size={size}: method=sa_swin needs crops that are a multiple of 32 "
-                              "(SwinViT downsamples 5 times)")
-        if "contrastive" in list(cfg.sa_swin.terms) and int(cfg.trainer.batch_size) < 2:
-            raise OptionError(f"trainer.batch_size={cfg.trainer.batch_size}: SA-Swin's contrastive term needs at least "
-                              "2 volumes per device (its negatives); raise it or drop 'contrastive' from sa_swin.terms")
-        kwargs = {**OmegaConf.to_container(cfg.sa_swin, resolve=True), "in_channels": len(cfg.data.channels)}
-
-        def step_of(cases: list):
-            labels = diseased_labels(cases, dataset_root(cfg.data)[0])
-            if any(labels.values()):
-                print(f"[asa] symmetry term: {int(sum(labels.values()))} of {len(labels)} cases marked diseased",
-                      flush=True)
-            return sah_step(labels)
-
-        # its contrastive term takes negatives from the batch: validation scores fixed pairs of volumes
-        return Method(SymmetryAwareHead(**kwargs), step_of, lambda sample: make_sah_panel_fn(sample["image"]),
-                      SA_SWIN_ENCODER_PREFIXES, validation_group=2)
-    raise ValueError(f"method={method!r}: expected asa (masked autoencoder) or sa_swin (Symmetry-Aware Head)")
-
-
-def _probe(cfg: DictConfig, patch_size: int, regions=None):
-    """probe(model) -> probe metrics (asa.eval.probe) on ``cfg.probe``'s labeled cases, or None when off;
-    ``regions``: the region source of an encoder with region attention."""
+def _probe(cfg: DictConfig, method: PretrainingMethod, regions=None):
+    """probe(model) -> probe metrics (asa.eval.probe) of ``method``'s encoder tokens on ``cfg.probe``'s
+    labeled cases, or None when off; ``regions``: the region source of an encoder with region attention."""
     pc = cfg.probe
     if int(pc.every) < 1:
         return None
@@ -109,11 +59,11 @@ def _probe(cfg: DictConfig, patch_size: int, regions=None):
     cases = [c for c in discover(layout, root) if c.label is not None][: int(pc.cases)]
     try:
         probe_set = build_probe_set(cases, task, size=int(cfg.data.size), channels=list(cfg.data.channels),
-                                    patch_size=patch_size, regions=regions)
+                                    patch_size=method.probe_patch_size, regions=regions)
     except ValueError as err:
         raise ValueError(f"probe.data={pc.data}: {err}. Point probe.data at a labeled folder with the pretraining "
                          f"channels, or turn the probes off with probe.every=0") from err
-    return make_probe(probe_set, lam=float(pc.ridge), k=int(pc.knn_k))
+    return make_probe(probe_set, lam=float(pc.ridge), k=int(pc.knn_k), tokens_of=method.probe_tokens)
 
 
 def _with_probe(validate, probe, every: int):
@@ -144,30 +94,26 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
         with refusing():  # every option is checked (and the network built) before the run folder is touched
             resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
             trainer_config(cfg)
-            model_kwargs = _model_kwargs(cfg)
-            needed_by = []  # the options that need a region map per case
-            network = None  # the one that feeds it into the network (never a map made from labels)
-            if model_kwargs.get("region_attention", "none") != "none":
-                network = f"model.region_attention={model_kwargs['region_attention']}"
-                needed_by.append(network)
-            if model_kwargs.get("loss_weighting") == "focal_region":
-                needed_by.append("mae.loss_weighting=focal_region")
-            regions = region_source(data, needed_by, network=network, env=env)
+            method = _method(cfg)
+            needs = method.regions()
+            regions = region_source(data, list(needs.needed_by), network=needs.network, env=env)
             if regions is not None and regions.source == "label":
                 raise OptionError("data.regions.source=label: pretraining data have no label files; use cluster "
                                   "(k-means tissue classes) or file (data.regions.dir)")
             resolved["data"]["regions"]["source"] = "none" if regions is None else regions.source  # auto resolved
+            if not method.uses_model_group:  # recorded and compared on resume only where it configures the run
+                resolved.pop("model")
+                resolved["resume_must_match"] = [k for k in resolved["resume_must_match"] if k != "model"]
             torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
-            method = _method(cfg, model_kwargs)
-            model, panel_factory, prefixes = method.model, method.panel, method.prefixes
+            model = method.build_network()
             optimizer, lr, config = optimizer_and_config(cfg, model, env)
-            probe_every = int(cfg.probe.every) if cfg.get("method", "asa") == "asa" else 0  # probes read an ASA encoder
+            probe_every = int(cfg.probe.every) if method.probe_patch_size else 0
             if config.monitor.startswith("probe/") and probe_every != 1:
                 raise ValueError(f"trainer.monitor={config.monitor} needs a probe in every validation round: "
-                                 f"set probe.every=1 (it is {probe_every})")
-            probe = None if probe_every < 1 else _probe(
-                cfg, int(model_kwargs["patch_size"]),
-                regions if model_kwargs.get("region_attention", "none") != "none" else None)
+                                 f"set probe.every=1 (it is {probe_every}"
+                                 + ("" if method.probe_patch_size else f"; method={method.name} gives the probes no "
+                                    "encoder tokens") + ")")
+            probe = None if probe_every < 1 else _probe(cfg, method, regions if needs.network else None)
         run_dir = run.prepare_dir(resolved)
         out_dir = run_dir.path
         cases = load_cases(data, out_dir if env.is_main else None, env)
@@ -176,12 +122,12 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
                       channels=tuple(data.channels), regions=regions, store=data.get("store"))
         train_ds = build_pretrain_dataset(splits["train"], augment=bool(data.augment), **common)
         val_ds = build_pretrain_dataset(splits["val"], augment=False, **common) if splits["val"] else None
-        step_fn = method.step_of(cases)
+        step_fn = method.step_of(cases, dataset_root(data)[0])
         run_dir.write_config(resolved)  # every check passed
         write_splits(cases, data, out_dir, env)
 
         if val_ds is not None and method.validation_group and len(val_ds) < method.validation_group:
-            print(f"[asa] warning: method={cfg.get('method', 'asa')} scores validation in groups of "
+            print(f"[asa] warning: method={method.name} scores validation in groups of "
                   f"{method.validation_group} volumes but the validation split has {len(val_ds)}: val/loss lacks "
                   "the terms that compare volumes (contrastive)", file=sys.stderr)
         validate = None if val_ds is None else make_validator(val_ds, batch_size=config.batch_size, env=env,
@@ -196,7 +142,7 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
         engine = Engine(
             model, optimizer, step_fn, config=config, lr=lr, out_dir=out_dir, env=env, seed=int(cfg.seed),
             validate=validate,
-            panel_fn=None if sample is None else panel_factory(sample),
+            panel_fn=None if sample is None else method.panel(sample),
             run_config=resolved, resume=run_dir.resume,
         )
         result = engine.fit(train_ds)
@@ -209,7 +155,7 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
         elif env.is_main:
             ckpts = out_dir / "checkpoints"
             source = ckpts / "best.pt" if (ckpts / "best.pt").is_file() else ckpts / "last.pt"
-            export_encoder(source, ckpts / "encoder.pt", prefixes)
+            export_encoder(source, ckpts / "encoder.pt", method.encoder_prefixes)
             print(f"[asa] pretraining finished at step {result.step}. Outputs in {out_dir}:\n"
                   f"  checkpoints: {ckpts}/last.pt, best.pt, encoder.pt and encoder.safetensors "
                   "(for asa-finetune, asa.load_encoder)\n"

@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from asa.methods import MaskedAutoencoderSettings, MethodSettings, get_method, registered_methods
 from asa.train import TrainerSettings
 
 __all__ = [
@@ -48,21 +49,6 @@ class PretrainModelConfig(EncoderConfig):
     decoder_dim: int = 384
     decoder_depth: int = 8
     decoder_num_heads: int = 6
-
-
-@dataclass
-class MAEConfig:
-    """``asa.models.ASA`` settings beyond the encoder/decoder sizes."""
-
-    in_channels: int = 1
-    mask_ratio: float = 0.75
-    pos_mode: str = "mirror"
-    lr_axis: int = 0
-    loss_weighting: str = "attentive"
-    norm_pix_loss: bool = False
-    bins: int = 8
-    normalize: str = "l2"
-    focal_beta: float = 1.0
 
 
 @dataclass
@@ -216,32 +202,12 @@ class RunConfig:
 
 
 @dataclass
-class SASwinPretrainConfig:
-    """``asa.models.SymmetryAwareHead`` settings (``method: sa_swin``): MONAI SwinViT sizes and the
-    Symmetry-Aware Head's terms."""
-
-    feature_size: int = 48
-    depths: List[int] = field(default_factory=lambda: [2, 2, 2, 2])
-    num_heads: List[int] = field(default_factory=lambda: [3, 6, 12, 24])
-    window_size: int = 7
-    use_checkpoint: bool = False
-    lr_axis: int = 0
-    terms: List[str] = field(default_factory=lambda: ["rotation", "contrastive", "reconstruction", "symmetry"])
-    temperature: float = 0.5
-    contrastive_dim: int = 512
-    symmetry_dim: int = 128
-    drop_ratio: float = 0.3
-    drop_patch: int = 16
-
-
-@dataclass
 class PretrainConfig(RunConfig):
     model: PretrainModelConfig = field(default_factory=PretrainModelConfig)
     data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
-    mae: MAEConfig = field(default_factory=MAEConfig)
+    # the pretraining method and its own settings (asa.methods; the config group ``method``)
+    method: MethodSettings = field(default_factory=MaskedAutoencoderSettings)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
-    method: str = "asa"  # asa (masked autoencoder) | sa_swin (Symmetry-Aware Head)
-    sa_swin: SASwinPretrainConfig = field(default_factory=SASwinPretrainConfig)
 
 
 @dataclass
@@ -310,17 +276,37 @@ SCHEMAS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "predict": Pr
            "evaluate": EvaluateConfig, "preprocess": PreprocessConfig}
 
 
+def _schema_node(entry: str, method: str | None = None) -> Any:
+    """The schema an entry point's config is checked against; for pretraining, with the settings of
+    ``method`` (None: the bare method base, which the ``method`` group's choice fills in)."""
+    if entry != "pretrain":
+        return SCHEMAS[entry]
+    return PretrainConfig(method=MethodSettings() if method is None else get_method(method).Settings())
+
+
 def register() -> None:
-    """Store each schema as ``<entry>_schema`` (idempotent; called before any compose)."""
+    """Store each schema as ``<entry>_schema`` and each pretraining method's settings as an option of
+    the ``method`` group (idempotent; called before any compose, so methods registered by then count)."""
     store = ConfigStore.instance()
-    for name, schema in SCHEMAS.items():
-        store.store(name=f"{name}_schema", node=schema)
+    for name in SCHEMAS:
+        store.store(name=f"{name}_schema", node=_schema_node(name))
+    for name, method in registered_methods().items():
+        store.store(group="method", name=name, node=method.Settings(name=name))
 
 
 def validate(cfg: DictConfig, entry: str) -> None:
     """Check a composed config against the entry point's schema again (catches ``+key=value``
     additions, which Hydra lets through); raises ``ValueError`` naming the key."""
-    schema = OmegaConf.structured(SCHEMAS[entry])
+    method = None
+    if entry == "pretrain":
+        method = OmegaConf.select(cfg, "method.name", default=None)
+        if not isinstance(method, str):
+            raise ValueError("asa-pretrain: invalid option method: pick a pretraining method with method=<name> "
+                             f"(one of {', '.join(sorted(registered_methods()))})")
+    try:
+        schema = OmegaConf.structured(_schema_node(entry, method))
+    except ValueError as err:
+        raise ValueError(f"asa-pretrain: invalid option {err}") from None
     OmegaConf.set_struct(schema, True)
     if entry == "finetune":
         OmegaConf.set_struct(schema.model, False)  # the architecture's own keyword arguments

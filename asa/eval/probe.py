@@ -161,15 +161,21 @@ def probe_metrics(tokens: torch.Tensor, probe: ProbeSet, *, lam: float = 1.0, k:
     return out
 
 
-def make_probe(probe: ProbeSet, *, lam: float = 1.0, k: int = 5, batch_size: int = 2) -> Callable[[nn.Module], dict[str, float]]:
-    """probe(model) -> probe metrics of an ASA model's frozen encoder on ``probe`` (no gradients)."""
+TokensFn = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+def make_probe(probe: ProbeSet, *, lam: float = 1.0, k: int = 5, batch_size: int = 2,
+               tokens_of: TokensFn = encode_tokens) -> Callable[[nn.Module], dict[str, float]]:
+    """probe(model) -> probe metrics of a model's frozen encoder on ``probe`` (no gradients).
+    ``tokens_of(model, x, patch_regions)``: the encoder's tokens [B, N, C] on the probe's patch grid
+    (default: an ASA encoder's, `encode_tokens`; a pretraining method gives its own)."""
 
     @torch.no_grad()
     def run(model: nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device
         tokens = torch.cat([
-            encode_tokens(model, probe.images[i:i + batch_size].to(device),
-                          None if probe.regions is None else probe.regions[i:i + batch_size].to(device))
+            tokens_of(model, probe.images[i:i + batch_size].to(device),
+                      None if probe.regions is None else probe.regions[i:i + batch_size].to(device)).float()
             for i in range(0, probe.images.shape[0], batch_size)
         ])
         return probe_metrics(tokens, probe, lam=lam, k=k)

@@ -38,6 +38,10 @@ def check_compatible(saved_cfg: Mapping, cfg: Mapping, keys: Iterable[str], *, s
     saved, now = flatten(saved_cfg), flatten(cfg)
     diffs = []
     for prefix in keys:
+        if prefix in saved and any(k.startswith(prefix + ".") for k in now):  # a value that became a section
+            diffs.append(f"{prefix}: {source} has {saved[prefix]!r}, config has the section {prefix}.* "
+                         f"(the run was written before its settings moved under {prefix}:)")
+            continue
         names = {k for k in saved.keys() | now.keys() if k == prefix or k.startswith(prefix + ".")}
         for name in sorted(names):
             a, b = saved.get(name, "<missing>"), now.get(name, "<missing>")

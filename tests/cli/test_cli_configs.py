@@ -11,6 +11,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from asa.api.config import ENTRY_POINTS, compose_config, config_path
+from asa.api.pretrain import _method
 from asa.api.schema import validate
 from asa.models import ASA, PRESETS, SymmetryAwareHead, build_from_config
 from asa.api.common import trainer_config
@@ -48,10 +49,10 @@ def _build(entry: str, cfg) -> None:
     """Build what the entry point builds from this config: the network (at a small input size), the
     optimiser over it and the engine settings."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
-    if entry == "pretrain" and cfg.method == "sa_swin":
-        net = SymmetryAwareHead(**OmegaConf.to_container(cfg.sa_swin, resolve=True))
-    elif entry == "pretrain":
-        net = ASA(**{**model, **OmegaConf.to_container(cfg.mae, resolve=True), "img_size": 32})
+    if entry == "pretrain":
+        cfg.data.size = 32
+        net = _method(cfg).build_network()  # the configured method's network
+        assert isinstance(net, SymmetryAwareHead if cfg.method.name == "sa_swin" else ASA)
     else:
         size = 64 if model.get("arch") in ("swin_unetr", "sa_swin") else 32  # SwinUNETR downsamples by 32
         net = build_from_config(model, OmegaConf.to_container(cfg.segmenter, resolve=True),
@@ -87,7 +88,7 @@ def test_encoder_presets_match_the_python_presets():
 @pytest.mark.parametrize("entry, overrides, key", [
     ("pretrain", ["trainer.epocs=3"], "trainer.epocs"),           # a typo
     ("finetune", ["trainer.epochs=ten"], "trainer.epochs"),        # a wrong type
-    ("pretrain", ["mae.mask_ratio=lots"], "mae.mask_ratio"),
+    ("pretrain", ["method.mask_ratio=lots"], "method.mask_ratio"),
     ("finetune", ["segmenter.pos_mdoe=mirror"], "segmenter.pos_mdoe"),
     ("predict", ["checkpoint=c", "input=i", "output=o", "sw_batch_size=[2]"], "sw_batch_size"),
     ("evaluate", ["pred=p", "output=o", "data.patch=3"], "data.patch"),
@@ -131,9 +132,9 @@ def test_trainer_presets_follow_their_entry_point():
 def test_pretraining_experiments_state_only_their_differences(name):
     base = OmegaConf.to_container(compose_config("pretrain", []), resolve=True)
     cfg = OmegaConf.to_container(compose_config("pretrain", [f"experiment={name}"]), resolve=True)
-    assert (cfg["mae"]["pos_mode"], cfg["mae"]["loss_weighting"]) == EXPERIMENTS[name]
+    assert (cfg["method"]["pos_mode"], cfg["method"]["loss_weighting"]) == EXPERIMENTS[name]
     for key in ("pos_mode", "loss_weighting"):
-        cfg["mae"].pop(key), base["mae"].pop(key)
+        cfg["method"].pop(key), base["method"].pop(key)
     assert cfg == base
 
 
@@ -143,7 +144,7 @@ def test_symmetry_presets_state_only_their_differences():
     assert saca["model"].pop("saca") == "encoder" and base["model"].pop("saca") == "none"
     assert saca == base
     sah = OmegaConf.to_container(compose_config("pretrain", ["experiment=sa_swin"]), resolve=True)
-    assert sah.pop("method") == "sa_swin" and sah["trainer"]["batch_size"] >= 2
+    assert sah["method"]["name"] == "sa_swin" and sah["trainer"]["batch_size"] >= 2
     fine = compose_config("finetune", ["experiment=asa_saca"])
     assert fine.model.saca == "encoder" and compose_config("finetune", []).model.saca == "none"
     assert compose_config("finetune", ["model=sa_swin"]).model.arch == "sa_swin"

@@ -29,13 +29,13 @@ def demo_cache(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("extra, match", [
-    (["mae.pos_mode=mirrror"], "mirrror"),
+    (["method.pos_mode=mirrror"], "mirrror"),
     (["experiment=sa_swin", "model.saca=decoder"], r"no model.saca=decoder"),
     (["experiment=sa_swin", "model.region_attention=all", "data.regions.source=cluster"],
      r"no model.region_attention=all"),
     (["experiment=sa_swin", "trainer.batch_size=1"], r"trainer.batch_size=1: SA-Swin's contrastive term"),
     (["experiment=sa_swin", "data.size=48"], r"data.size=48: method=sa_swin needs crops that are a multiple of 32"),
-    (["data.regions.source=label", "mae.loss_weighting=focal_region"], "pretraining data have no label files"),
+    (["data.regions.source=label", "method.loss_weighting=focal_region"], "pretraining data have no label files"),
 ])
 def test_pretrain_refuses_before_writing(tmp_path, demo_cache, extra, match):
     out = tmp_path / "run"
@@ -115,7 +115,7 @@ def test_console_refusals_exit_2_with_one_line(tmp_path, demo_cache):
         return subprocess.run([sys.executable, "-m", "asa.cli.pretrain", *_overrides(tmp_path / "r", demo_cache),
                                *extra], capture_output=True, text=True, env=_env(), timeout=300)
 
-    for extra, words in [(["trainer.epocs=3"], "trainer.epocs"), (["mae.pos_mode=mirrror"], "mirrror"),
+    for extra, words in [(["trainer.epocs=3"], "trainer.epocs"), (["method.pos_mode=mirrror"], "mirrror"),
                          (["output_dir=runs/é"], "must be quoted for Hydra")]:
         proc = run(*extra)
         assert proc.returncode == 2, proc.stderr[-2000:]

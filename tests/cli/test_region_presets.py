@@ -12,7 +12,7 @@ from asa.data import discover, load_volume
 from asa.eval.predict import Predictor, predict_cases
 from asa.io import load_checkpoint
 
-PRESETS = {  # experiment: (model.region_attention, mae.loss_weighting)
+PRESETS = {  # experiment: (model.region_attention, method.loss_weighting)
     "rat_msa": ("alternate", "uniform"),
     "focal_region": ("none", "focal_region"),
     "rat_asa": ("alternate", "attentive"),
@@ -23,10 +23,10 @@ PRESETS = {  # experiment: (model.region_attention, mae.loss_weighting)
 def test_presets_state_only_their_differences(name):
     base = OmegaConf.to_container(compose_config("pretrain", []), resolve=True)
     cfg = OmegaConf.to_container(compose_config("pretrain", [f"experiment={name}"]), resolve=True)
-    assert (cfg["model"]["region_attention"], cfg["mae"]["loss_weighting"]) == PRESETS[name]
-    assert cfg["data"]["regions"]["source"] == "cluster" and cfg["mae"]["pos_mode"] == "mirror"
+    assert (cfg["model"]["region_attention"], cfg["method"]["loss_weighting"]) == PRESETS[name]
+    assert cfg["data"]["regions"]["source"] == "cluster" and cfg["method"]["pos_mode"] == "mirror"
     for c in (cfg, base):
-        c["model"].pop("region_attention"), c["mae"].pop("loss_weighting"), c["data"]["regions"].pop("source")
+        c["model"].pop("region_attention"), c["method"].pop("loss_weighting"), c["data"]["regions"].pop("source")
     assert cfg == base
 
 

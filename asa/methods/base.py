@@ -1,0 +1,154 @@
+"""The protocol every pretraining method implements, and the registry of methods by name."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from omegaconf import MISSING
+from torch import nn
+
+__all__ = ["METHODS", "MethodContext", "MethodSettings", "PretrainingMethod", "RegionNeeds", "get_method",
+           "register_method"]
+
+StepFn = Callable[[nn.Module, Mapping], tuple[torch.Tensor, Mapping]]
+PanelFn = Callable[[nn.Module, int], dict[str, torch.Tensor]]
+ENTRY_POINT_GROUP = "asa.methods"
+
+
+@dataclass
+class MethodSettings:
+    """The ``method`` group of ``asa-pretrain``: ``name`` picks the method; a method's own settings
+    subclass this, and their defaults are the method's defaults (stated nowhere else)."""
+
+    name: str = MISSING
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method may read of the run besides its own settings.
+
+    ``size``: the crop edge; ``channels``: the input channels (names); ``batch_size``: volumes per
+    device and step; ``model``: the ``model`` group (SW-ViT encoder and decoder sizes), which only a
+    method declaring `PretrainingMethod.uses_model_group` builds from (another may refuse options
+    of it that it would ignore)."""
+
+    size: int
+    channels: tuple[str, ...]
+    batch_size: int
+    model: Mapping[str, Any] = field(default_factory=dict)
+
+
+class RegionNeeds(NamedTuple):
+    """The options of a method that need a region map per case (``needed_by``), and the one that
+    feeds the map into the network (``network``; None when only a loss term reads it)."""
+
+    needed_by: tuple[str, ...] = ()
+    network: str | None = None
+
+
+class PretrainingMethod(ABC):
+    """One pretraining method: built from its settings and the run's context (`check` refuses
+    settings it cannot train with, before anything is written), it gives its network, its training
+    step, its panels and, where it has one, the encoder features the frozen-encoder probes read.
+
+    Class attributes: ``name`` (the ``method=`` value), ``Settings`` (its `MethodSettings` subclass),
+    ``encoder_prefixes`` (the state-dict prefixes of the transferable encoder, which the export keeps),
+    ``uses_model_group`` (whether the ``model`` group configures it; when not, the run records no
+    ``model`` section and resume does not compare one), ``validation_group`` (None: validation
+    scores plain batches; k: fixed groups of at least k volumes, for terms that compare volumes).
+    """
+
+    name: ClassVar[str]
+    Settings: ClassVar[type[MethodSettings]]
+    encoder_prefixes: ClassVar[tuple[str, ...]]
+    uses_model_group: ClassVar[bool] = False
+    validation_group: ClassVar[int | None] = None
+
+    def __init__(self, settings: MethodSettings, context: MethodContext) -> None:
+        if not isinstance(settings, self.Settings):
+            raise TypeError(f"method {self.name}: settings must be {self.Settings.__name__}, got "
+                            f"{type(settings).__name__}")
+        self.settings = settings
+        self.context = context
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the option for settings this method cannot train with."""
+
+    @abstractmethod
+    def build_network(self) -> nn.Module:
+        """The network to pretrain, carrying its spec (``network_arch``/``network_kwargs``)."""
+
+    @abstractmethod
+    def step_of(self, cases: Sequence, root: Path | None) -> StepFn:
+        """step(model, batch) -> (loss, logs) for the run's ``cases``, read from the dataset folder
+        ``root`` (for case-level annotations such as participants.tsv); also the validation loss."""
+
+    def regions(self) -> RegionNeeds:
+        """Which of its options need region maps (none by default)."""
+        return RegionNeeds()
+
+    def panel(self, sample: Mapping) -> PanelFn | None:
+        """panel(model, step) -> TensorBoard images of one fixed ``sample``; None: no panels."""
+        return None
+
+    def probe_tokens(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Frozen-encoder features of ``x`` [B, C, D, H, W] as tokens [B, N, C'] on the patch grid of
+        `probe_patch_size`, for the probes; a method without them raises NotImplementedError."""
+        raise NotImplementedError(f"method {self.name} gives no encoder tokens to the probes")
+
+    @property
+    def probe_patch_size(self) -> int | None:
+        """Edge of the patches `probe_tokens` returns one token for; None: no probes."""
+        return None
+
+
+METHODS: dict[str, type[PretrainingMethod]] = {}
+_entry_points_loaded = False
+
+
+def register_method(cls: type[PretrainingMethod]) -> type[PretrainingMethod]:
+    """Add ``cls`` to the registry under ``cls.name`` (usable as a class decorator); a second method
+    of the same name is an error, registering the same class again is a no-op."""
+    for attr in ("name", "Settings", "encoder_prefixes"):
+        if not hasattr(cls, attr):
+            raise TypeError(f"pretraining method {cls.__name__} lacks the class attribute {attr!r}")
+    if not (isinstance(cls.Settings, type) and issubclass(cls.Settings, MethodSettings)):
+        raise TypeError(f"method {cls.name}: Settings must subclass asa.methods.MethodSettings")
+    known = METHODS.get(cls.name)
+    if known is not None and known is not cls:
+        raise ValueError(f"a pretraining method named {cls.name!r} is registered already ({known.__module__}."
+                         f"{known.__qualname__})")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def _load_entry_points() -> None:
+    """Methods that installed packages declare in the ``asa.methods`` entry-point group (once)."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        register_method(entry.load())
+
+
+def registered_methods() -> dict[str, type[PretrainingMethod]]:
+    """Every method: the built-in ones, those registered in this process and the entry points'."""
+    _load_entry_points()
+    return dict(METHODS)
+
+
+def get_method(name: str) -> type[PretrainingMethod]:
+    """The method class registered as ``name``; an unknown name raises ``ValueError`` naming the
+    option and the known methods."""
+    methods = registered_methods()
+    if name not in methods:
+        raise ValueError(f"method={name}: no such pretraining method; expected one of {', '.join(sorted(methods))}")
+    return methods[name]

@@ -1,0 +1,82 @@
+"""``method=sa_swin``: SA-Swin's Symmetry-Aware Head on MONAI's SwinViT (DESIGN §1.6b): rotation,
+contrastive, inpainting and symmetry terms. Its sizes are its own settings; the ``model`` group
+(SW-ViT) does not apply."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import List
+
+from torch import nn
+
+from asa.data import diseased_labels
+from asa.methods.base import MethodSettings, PanelFn, PretrainingMethod, StepFn, register_method
+from asa.models.sa_swin import SA_SWIN_ENCODER_PREFIXES
+from asa.models.zoo import build_network
+from asa.train.sa_swin import make_sah_panel_fn, sah_step
+
+__all__ = ["SymmetryAwarePretraining", "SymmetryAwareSettings"]
+
+SW_VIT_ONLY = ("saca", "region_attention")  # model options with no SwinViT counterpart
+
+
+@dataclass
+class SymmetryAwareSettings(MethodSettings):
+    """`asa.models.SymmetryAwareHead` settings: MONAI SwinViT sizes (``asa-finetune model=sa_swin``
+    must use the same) and the head's terms, L = L_rot + L_con + L_rec + (L_sym(x1) + L_sym(x2)) / 2."""
+
+    name: str = "sa_swin"
+    feature_size: int = 48
+    depths: List[int] = field(default_factory=lambda: [2, 2, 2, 2])
+    num_heads: List[int] = field(default_factory=lambda: [3, 6, 12, 24])
+    window_size: int = 7
+    use_checkpoint: bool = False
+    lr_axis: int = 0  # the mirrored (left-right) array axis
+    terms: List[str] = field(default_factory=lambda: ["rotation", "contrastive", "reconstruction", "symmetry"])
+    temperature: float = 0.5  # NT-Xent
+    contrastive_dim: int = 512
+    symmetry_dim: int = 128  # width of the projection g in L_sym
+    drop_ratio: float = 0.3  # fraction of drop_patch³ cubes zeroed before inpainting
+    drop_patch: int = 16
+
+
+@register_method
+class SymmetryAwarePretraining(PretrainingMethod):
+    """The Symmetry-Aware Head; y of L_sym from a ``diseased`` column (participants.tsv or the file
+    list; 0 where absent). Its contrastive term takes negatives from the batch, so validation scores
+    fixed pairs of volumes. The export keeps the SwinViT (``swinViT.*``)."""
+
+    name = "sa_swin"
+    Settings = SymmetryAwareSettings
+    encoder_prefixes = SA_SWIN_ENCODER_PREFIXES
+    validation_group = 2
+
+    def check(self) -> None:
+        unused = [f"model.{k}={self.context.model[k]}" for k in SW_VIT_ONLY
+                  if str(self.context.model.get(k, "none")) != "none"]
+        if unused:
+            raise ValueError(f"method=sa_swin (experiment=sa_swin) trains MONAI's SwinViT, which has no "
+                             f"{' or '.join(unused)}: those options set SW-ViT (method=asa); leave them at none")
+        size = self.context.size
+        if size % 32:
+            raise ValueError(f"data.size={size}: method=sa_swin needs crops that are a multiple of 32 "
+                             "(SwinViT downsamples 5 times)")
+        if "contrastive" in self.settings.terms and self.context.batch_size < 2:
+            raise ValueError(f"trainer.batch_size={self.context.batch_size}: SA-Swin's contrastive term needs at "
+                             "least 2 volumes per device (its negatives); raise it or drop 'contrastive' from "
+                             "method.terms")
+
+    def build_network(self) -> nn.Module:
+        kwargs = {k: v for k, v in asdict(self.settings).items() if k != "name"}
+        return build_network({"arch": "sa_swin_pretrain", "kwargs": {**kwargs, "in_channels": len(self.context.channels)}})
+
+    def step_of(self, cases: Sequence, root: Path | None) -> StepFn:
+        labels = diseased_labels(cases, root)
+        if any(labels.values()):
+            print(f"[asa] symmetry term: {int(sum(labels.values()))} of {len(labels)} cases marked diseased", flush=True)
+        return sah_step(labels)
+
+    def panel(self, sample: Mapping) -> PanelFn:
+        return make_sah_panel_fn(sample["image"])

@@ -1,0 +1,102 @@
+"""A pretraining method added from outside the package, with no edit under asa/: a denoising
+autoencoder on the shared SW-ViT encoder, pretrained and exported through asa-pretrain and the API."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+from torch import nn
+
+from asa.api import load_config, pretrain
+from asa.cli.pretrain import main as asa_pretrain
+from asa.io import load_checkpoint
+from asa.methods import METHODS, MethodSettings, PretrainingMethod, register_method
+from asa.models.patch import patchify
+from asa.models.zoo import NETWORKS, build_network
+
+
+class DenoisingAutoencoder(nn.Module):
+    """The encoder of an ASA network of the ``model`` group's sizes, and a linear head that predicts
+    each clean patch from the tokens of the noisy volume."""
+
+    def __init__(self, img_size: int, in_channels: int, encoder: dict, noise: float) -> None:
+        super().__init__()
+        self.network_kwargs = dict(img_size=img_size, in_channels=in_channels, encoder=encoder, noise=noise)
+        spec = {"arch": "asa_pretrain", "kwargs": {**encoder, "img_size": img_size, "in_channels": in_channels}}
+        self.encoder = build_network(spec).encoder
+        self.patch_size, self.noise = encoder["patch_size"], noise
+        self.head = nn.Linear(encoder["embed_dim"], self.patch_size ** 3 * in_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.encoder.encode(x + self.noise * torch.randn_like(x))
+        return (self.head(tokens) - patchify(x, self.patch_size)).square().mean()
+
+
+@dataclass
+class DenoiseSettings(MethodSettings):
+    name: str = "toy_denoise"
+    noise: float = 0.5
+
+
+class Denoise(PretrainingMethod):
+    name, Settings, encoder_prefixes, uses_model_group = "toy_denoise", DenoiseSettings, ("encoder.",), True
+
+    def build_network(self) -> nn.Module:
+        kwargs = dict(img_size=self.context.size, in_channels=len(self.context.channels),
+                      encoder=dict(self.context.model), noise=self.settings.noise)
+        return build_network({"arch": "toy_denoise", "kwargs": kwargs})
+
+    def step_of(self, cases, root):
+        return lambda model, batch: (model(batch["image"]), {})
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    monkeypatch.setitem(NETWORKS, "toy_denoise", DenoisingAutoencoder)
+    register_method(Denoise)
+    yield
+    METHODS.pop("toy_denoise")
+
+
+def _overrides(out, cache, *extra):
+    return ["data=demo", "model=tiny", "trainer=smoke", f"output_dir={out}", "data.size=32", "data.demo.size=40",
+            "data.demo.cases=6", f"data.demo.cache_dir={cache}", "device=cpu", "method=toy_denoise", *extra]
+
+
+def _check_run(out, noise: float) -> None:
+    ckpts = out / "checkpoints"
+    last, export = load_checkpoint(ckpts / "last.pt"), load_checkpoint(ckpts / "encoder.pt")
+    assert last["network"]["arch"] == export["network"]["arch"] == "toy_denoise"
+    rebuilt = build_network(last["network"])  # the checkpoint rebuilds its network from itself
+    rebuilt.load_state_dict(last["model"])
+    assert rebuilt.noise == noise
+    best = load_checkpoint(ckpts / "best.pt")["model"]
+    assert set(export["encoder"]) == {k for k in best if k.startswith("encoder.")}  # the head is not exported
+    assert all(torch.equal(export["encoder"][k], best[k]) for k in export["encoder"])
+    recorded = OmegaConf.load(out / "config.yaml")
+    assert recorded.method == {"name": "toy_denoise", "noise": noise} and recorded.model.embed_dim == 48
+
+
+def test_a_method_registered_from_the_tests_pretrains_and_exports_through_the_api(tmp_path, toy):
+    cfg = load_config("pretrain", *_overrides(tmp_path / "run", tmp_path / "cache", "method.noise=0.25"))
+    assert isinstance(cfg.method, DenoiseSettings) and cfg.method.noise == 0.25
+    result = pretrain(cfg)
+    assert result.step == 2 and result.nonfinite_steps == 0 and result.best_metric > 0
+    _check_run(tmp_path / "run", 0.25)
+
+
+def test_a_method_registered_from_the_tests_runs_under_asa_pretrain(tmp_path, toy, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["asa-pretrain", *_overrides(tmp_path / "run", tmp_path / "cache")])
+    code = 0
+    try:
+        asa_pretrain()
+    except SystemExit as stop:
+        code = stop.code
+    finally:
+        GlobalHydra.instance().clear()
+    assert code in (0, None)
+    _check_run(tmp_path / "run", 0.5)
