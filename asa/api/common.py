@@ -73,7 +73,7 @@ class TrainingRun:
         compares its ``resume_must_match`` keys."""
         cfg = self.cfg
         self.dir = prepare_run_dir(cfg.output_dir, app=self.app, resume=cfg.resume, overwrite=bool(cfg.overwrite),
-                                   run_config=resolved, compat_keys=list(resolved["resume_must_match"]), env=self.env)
+                                   run_config=resolved, compat_keys=list(resolved.get("resume_must_match", cfg.resume_must_match)), env=self.env)
         return self.dir
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -9,7 +9,7 @@ the check on a composed config, which also catches keys added with ``+key=value`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, List, Optional, Union
 
 from hydra.core.config_store import ConfigStore
@@ -17,6 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from asa.methods import MaskedAutoencoderSettings, MethodSettings, get_method, registered_methods
+from asa.models import PRESETS
 from asa.train import TrainerSettings
 
 __all__ = [
@@ -25,30 +26,38 @@ __all__ = [
 
 
 # --- groups ---------------------------------------------------------------------------------------
+_BASE = PRESETS["base"]
+
+
 @dataclass
 class EncoderConfig:
-    """SW-ViT encoder sizes (``configs/common/encoder``); keyword arguments of ASA / ASASegmenter."""
+    """SW-ViT encoder settings; keyword arguments of ASA / ASASegmenter. The sizes of the ``model=``
+    presets (tiny, small, base) are `asa.models.PRESETS`, stored as the config group ``sizes/encoder``
+    (`register`); these defaults are the base preset's."""
 
     patch_size: int = 8
-    embed_dim: int = 384
-    depth: int = 12
-    num_heads: int = 6
-    window_size: int = 32
+    embed_dim: int = _BASE["embed_dim"]
+    depth: int = _BASE["depth"]
+    num_heads: int = _BASE["num_heads"]
+    window_size: int = _BASE["window_size"]
     mlp_ratio: float = 4.0
-    shift_mask: bool = True
-    rel_pos_bias: bool = True
-    grad_checkpointing: bool = False
-    region_attention: str = "none"  # none | alternate | all (R-MSA blocks)
-    saca: str = "none"  # none | decoder | encoder | all (windowed symmetry-aware cross-attention)
+    shift_mask: bool = True  # mask the wrap-around window after the SLW-MSA roll
+    rel_pos_bias: bool = True  # learned relative position bias per window
+    grad_checkpointing: bool = False  # activation checkpointing: less memory, slower
+    region_attention: str = "none"  # none | alternate (LW, R, SLW, R, ...) | all: R-MSA blocks (need data.regions)
+    saca: str = "none"  # none | decoder | encoder | all: windowed symmetry-aware cross-attention in these SW-ViTs
+
+
+DECODER_KEYS = ("decoder_dim", "decoder_depth", "decoder_num_heads")
 
 
 @dataclass
 class PretrainModelConfig(EncoderConfig):
-    """The masked autoencoder's sizes: the encoder plus the pretraining decoder."""
+    """The masked autoencoder's sizes: the encoder plus the pretraining decoder (group ``sizes/decoder``)."""
 
-    decoder_dim: int = 384
-    decoder_depth: int = 8
-    decoder_num_heads: int = 6
+    decoder_dim: int = _BASE["decoder_dim"]
+    decoder_depth: int = _BASE["decoder_depth"]
+    decoder_num_heads: int = _BASE["decoder_num_heads"]
 
 
 @dataclass
@@ -72,10 +81,14 @@ class SplitConfig:
 class RegionsConfig:
     """Region maps for R-MSA and the focal region loss (``asa.data.RegionSource``)."""
 
-    source: str = "auto"  # auto (cluster when an option needs regions) | none | cluster | file | label (loss-only terms)
-    k: int = 3
-    seed: int = 0
-    dir: Optional[str] = None
+    # auto: cluster when an option needs region maps (said at start-up), else none | none (an option that
+    # needs maps is then an error) | cluster (k-means tissue classes in the brain) | file (<dir>/<case
+    # id>.nii.gz: an atlas or tissue map per case) | label (the case's own label: only for the loss-only
+    # focal term, refused with region attention, which would see the target)
+    source: str = "auto"
+    k: int = 3  # cluster: number of tissue classes
+    seed: int = 0  # cluster: sampling seed
+    dir: Optional[str] = None  # file: folder of per-case label maps
 
 
 @dataclass
@@ -151,14 +164,15 @@ class SegmenterConfig:
 
 @dataclass
 class ProbeConfig:
-    """Frozen-encoder probes during pretraining validation (``asa.eval.probe``)."""
+    """Frozen-encoder probes during pretraining validation (``asa.eval.probe``; methods that give
+    encoder tokens): probe/r2_<class>, probe/r2_mean, probe/knn_acc."""
 
-    every: int = 1
-    data: Optional[str] = None
+    every: int = 1  # validation rounds between probes (0: off); trainer.monitor=probe/r2_mean trainer.mode=max lets best.pt follow it
+    data: Optional[str] = None  # a labeled brats | ibsr | wmh | msd folder; null: demo IBSR phantoms (CSF/GM/WM), held out from data=demo
     layout: str = "auto"
-    cases: int = 4
-    seed: int = 1
-    ridge: float = 1.0
+    cases: int = 4  # labeled cases used (fit on half, scored on the other half)
+    seed: int = 1  # demo phantoms' seed (data=demo uses 0)
+    ridge: float = 1.0  # ridge penalty λ on standardised tokens
     knn_k: int = 5
 
 
@@ -292,6 +306,10 @@ def register() -> None:
         store.store(name=f"{name}_schema", node=_schema_node(name))
     for name, method in registered_methods().items():
         store.store(group="method", name=name, node=method.Settings(name=name))
+    for name, sizes in PRESETS.items():  # model=tiny|small|base: the encoder and, for pretraining, the decoder
+        encoder = EncoderConfig(**{k: v for k, v in sizes.items() if k not in DECODER_KEYS})
+        store.store(group="sizes/encoder", name=name, node=asdict(encoder))  # a mapping: fine-tuning adds arch
+        store.store(group="sizes/decoder", name=name, node={k: sizes[k] for k in DECODER_KEYS})
 
 
 def validate(cfg: DictConfig, entry: str) -> None:
