@@ -24,6 +24,7 @@ from asa.data.geometry import brain_centre, crop_or_pad
 from asa.data.preprocessing import brain_mask, case_to_item, load_case_images, normalize_in_brain
 from asa.data.regions import RegionSource
 from asa.io import load_volume
+from asa.models import unwrap
 from asa.models.region_attention import patch_regions
 
 __all__ = ["ProbeSet", "build_probe_set", "encode_tokens", "knn_accuracy", "patch_fractions", "probe_metrics",
@@ -72,7 +73,7 @@ def patch_fractions(onehot: torch.Tensor, patch_size: int) -> torch.Tensor:
 def encode_tokens(model: nn.Module, x: torch.Tensor, patch_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Encoder output over all tokens (no masking) of an ASA model: x [B, C, D, H, W] -> [B, N, embed_dim].
     patch_ids: [B, N] region of every patch, for an encoder with region attention."""
-    model = model.module if hasattr(model, "module") else model
+    model = unwrap(model)
     n = model.num_patches
     ids = torch.arange(n, device=x.device).expand(x.shape[0], n)
     return model.forward_encoder(x, ids, patch_ids).float()

@@ -1,7 +1,7 @@
 """Networks: SW-ViT with LW-MSA/SLW-MSA, symmetric position encoding, the ASA autoencoder."""
 
 from asa.models.attention import LinearWindowAttention
-from asa.models.compiled import compile_blocks
+from asa.models.compiled import compile_blocks, unwrap
 from asa.models.encoder import SWViTEncoder
 from asa.models.layout import channels_last_inference
 from asa.models.mae import ASA, MAEOutput
@@ -45,6 +45,7 @@ __all__ = [
     "build_from_config",
     "build_network",
     "compile_blocks",
+    "unwrap",
     "export_for_monai",
     "load_encoder",
     "build_segmentation_network",

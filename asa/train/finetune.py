@@ -13,18 +13,17 @@ from torch.utils.data import Dataset
 from asa.data.tasks import Task
 from asa.eval.inference import predict_volume
 from asa.eval.metrics import dice
+from asa.models import unwrap
 from asa.train.distributed import DistEnv
 from asa.train.pretrain import mid_slice_grid
 
 
 def _takes_offsets(model: nn.Module) -> bool:
-    core = model.module if hasattr(model, "module") else model  # DDP
-    return getattr(core, "spe_frame", None) == "brain"
+    return getattr(unwrap(model), "spe_frame", None) == "brain"
 
 
 def _uses_regions(model: nn.Module) -> bool:
-    core = model.module if hasattr(model, "module") else model  # DDP
-    return bool(getattr(core, "uses_regions", False))
+    return bool(getattr(unwrap(model), "uses_regions", False))
 
 
 def segmentation_step(criterion: nn.Module) -> Callable[[nn.Module, Mapping], tuple[torch.Tensor, dict]]:

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from asa.io import SAFETENSORS_SUFFIX, load_checkpoint, save_checkpoint, save_export_safetensors
+from asa.models import unwrap
 from asa.models.encoder import ENCODER_PREFIX
 
 from .data import loader_workers, move_to
@@ -19,10 +20,6 @@ from .preemption import leave_stop_signals_to_the_trainer
 from .rng import fork_rng, item_seed, seed_everything
 
 __all__ = ["mae_step", "make_validator", "validation_groups", "make_panel_fn", "mid_slice_grid", "export_encoder", "PANEL_ROWS"]
-
-
-def _core(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
 
 
 def mae_step(model: nn.Module, batch: Mapping) -> tuple[torch.Tensor, dict]:
@@ -134,7 +131,7 @@ def make_panel_fn(
     [1, D, H, W]: the sample's region map, for models that use one."""
 
     def panel(model: nn.Module, step: int) -> dict[str, torch.Tensor]:
-        core = _core(model)
+        core = unwrap(model)
         device = next(core.parameters()).device
         x = sample[None].to(device).float()  # [1,C,D,H,W]
         out = core(x, None if regions is None else regions[None].to(device))

@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from asa.models import unwrap
+
 from .pretrain import mid_slice_grid
 
 __all__ = ["sah_step", "make_sah_panel_fn"]
@@ -36,7 +38,7 @@ def make_sah_panel_fn(sample: torch.Tensor) -> Callable[[nn.Module, int], dict[s
     view after patch drop-out and its reconstruction (first channel of one fixed sample)."""
 
     def panel(model: nn.Module, step: int) -> dict[str, torch.Tensor]:
-        core = model.module if hasattr(model, "module") else model
+        core = unwrap(model)
         device = next(core.parameters()).device
         x = sample[None].to(device).float().expand(2, *sample.shape)  # the contrastive term needs two volumes
         out = core(x)

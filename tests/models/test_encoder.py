@@ -39,3 +39,11 @@ def test_pretraining_and_fine_tuning_paths_of_the_encoder_agree():
     assert [h.shape for h in hidden] == [(2, 64, 48)] * 2
     assert not torch.equal(shifted[0], full[0]) and torch.equal(shifted[1], full[1])
 
+
+
+def test_unwrap_finds_the_network_inside_its_training_wrappers():
+    from asa.models import unwrap
+
+    net = torch.nn.Linear(2, 2)
+    assert unwrap(net) is net and unwrap(torch.nn.DataParallel(net)) is net
+    assert unwrap(torch.compile(torch.nn.DataParallel(net))) is net  # compiled whole, then DDP-like
