@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from asa.api.common import (TrainingRun, check_crop_fits, dataset_root, load_cases, optimizer_and_config, refusing,
                              region_source, split_cases, trainer_config, write_splits)
 from asa.api.rundir import command_line, override, shell_path
-from asa.api.schema import FinetuneConfig, as_config
+from asa.api.schema import FinetuneConfig, PretrainDataConfig, as_config
 from asa.data import build_segmentation_dataset, get_task
 from asa.losses import SegmentationLoss
 from asa.models import build_from_config
@@ -46,9 +46,9 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
         regions = region_source(data, needed_by, network=network, env=env)
         task = get_task(str(data.task), root=dataset_root(data)[0])
         torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
-        # one grid: crops default to the pretraining crop (the file's, else the paper's 128, or the
-        # demo phantoms' size, which demo pretraining uses too)
-        default_patch = int(data.demo.size) if data.root is None and data.get("demo") else 128
+        # one grid: crops default to the pretraining crop (the file's, else asa-pretrain's default
+        # data.size, the paper's, or the demo phantoms' size, which demo pretraining uses too)
+        default_patch = int(data.demo.size) if data.root is None and data.get("demo") else PretrainDataConfig.size
         model = build_from_config(OmegaConf.to_container(cfg.model, resolve=True),
                                   OmegaConf.to_container(cfg.segmenter, resolve=True),
                                   in_channels=len(task.channels), out_channels=task.num_outputs,

@@ -94,6 +94,13 @@ def build_segmentation_network(
 PRETRAINING_ONLY = ("decoder_dim", "decoder_depth", "decoder_num_heads")  # ASA decoder sizes
 
 
+def _default_crop(default_patch_size: int | None) -> int:
+    if default_patch_size is None:
+        raise ValueError("the crop size is unknown: give patch_size, a pretrained file that records its crop, "
+                         "or default_patch_size")
+    return int(default_patch_size)
+
+
 def build_from_config(
     model_cfg: Mapping[str, Any],
     segmenter_cfg: Mapping[str, Any],
@@ -101,7 +108,7 @@ def build_from_config(
     in_channels: int,
     out_channels: int,
     patch_size: int | None,
-    default_patch_size: int = 128,
+    default_patch_size: int | None = None,
 ) -> nn.Module:
     """The segmentation network of a run config's ``model`` and ``segmenter`` sections.
 
@@ -122,7 +129,7 @@ def build_from_config(
             raise ValueError(f"model.pretrained is only supported for model arch 'asa' and 'sa_swin', not {arch!r}")
         if arch == "sa_swin":
             kwargs.setdefault("lr_axis", segmenter_cfg.get("lr_axis") or 0)
-        size = int(patch_size or default_patch_size)
+        size = int(patch_size or _default_crop(default_patch_size))
         try:
             net = build_segmentation_network(arch, img_size=(size,) * 3, in_channels=in_channels,
                                              out_channels=out_channels, **kwargs)
@@ -142,7 +149,7 @@ def build_from_config(
         checkpoint = load_weights(pretrained)
         recorded = recorded_pretraining(checkpoint, pretrained)
     if patch_size is None:
-        patch_size = recorded["img_size"][0] if recorded.get("img_size") else default_patch_size
+        patch_size = recorded["img_size"][0] if recorded.get("img_size") else _default_crop(default_patch_size)
     pos_mode = segmenter_cfg.get("pos_mode")
     if pos_mode is None:
         pos_mode = recorded.get("pos_mode") or "mirror"
