@@ -1,4 +1,5 @@
-"""Data: NIfTI I/O in RAS+ (from `asa.io`), dataset layouts, tasks, splits, preprocessing, datasets and demo phantoms."""
+"""Data: NIfTI I/O in RAS+ (from `asa.io`), dataset layouts, tasks, case targets, splits, preprocessing, datasets
+and demo phantoms."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from asa.data.datasets import (
     preprocess_for_inference,
     region_map_for_inference,
 )
-from asa.data.demo import default_cache_dir, ensure_demo_dataset, write_demo_dataset
+from asa.data.demo import (DEMO_DIAGNOSES, TARGET_LAYOUTS, default_cache_dir, demo_subject, ensure_demo_dataset,
+                           write_demo_dataset)
 from asa.data.layouts import LAYOUTS, PRETRAIN_LAYOUTS, SEGMENTATION_LAYOUTS, CaseError, detect_layout, discover
 from asa.data.phantom import Phantom, make_phantom
 from asa.data.regions import REGION_SOURCES, RegionSource, cluster_tissue
 from asa.data.splits import DEFAULT_SPLITS, make_splits
 from asa.data.subjects import diseased_labels
+from asa.data.targets import MISSING_VALUES, TARGET_KINDS, Targets, read_targets
 from asa.data.tasks import TASKS, Task, get_task
 from asa.io import load_volume, save_volume  # the data stage's public NIfTI reader and writer (DESIGN §4)
 
@@ -24,18 +27,24 @@ __all__ = [
     "CaseDataset",
     "CaseError",
     "DEFAULT_SPLITS",
+    "DEMO_DIAGNOSES",
     "LAYOUTS",
+    "MISSING_VALUES",
     "PRETRAIN_LAYOUTS",
     "SEGMENTATION_LAYOUTS",
     "Phantom",
     "REGION_SOURCES",
     "RegionSource",
+    "TARGET_KINDS",
+    "TARGET_LAYOUTS",
     "TASKS",
+    "Targets",
     "Task",
     "build_pretrain_dataset",
     "build_segmentation_dataset",
     "cluster_tissue",
     "default_cache_dir",
+    "demo_subject",
     "detect_layout",
     "diseased_labels",
     "discover",
@@ -45,6 +54,7 @@ __all__ = [
     "make_phantom",
     "make_splits",
     "preprocess_for_inference",
+    "read_targets",
     "region_map_for_inference",
     "save_volume",
     "write_demo_dataset",

@@ -3,6 +3,11 @@
 Orientation on disk differs per layout (as real data does) so canonicalisation is exercised end to
 end: BraTS LPS (like DICOM-derived data), IBSR a permuted coronal-style LIA, WMH LAS, BIDS
 alternating RAS/LPS/LAS, CAPS and file lists RAS (MNI-like), MSD RAS.
+
+With ``targets=True`` the T1 layouts (BIDS, CAPS, file list) carry case targets, as ADNI does: each
+subject gets an age, a sex and a diagnosis (CN / MCI / AD) drawn from the seed (`demo_subject`),
+and an aged phantom shows them (ventricles, sulci and hippocampi change with age, hippocampi
+shrink with the diagnosis' medial-temporal atrophy; see `asa.data.phantom.make_phantom`).
 """
 
 from __future__ import annotations
@@ -19,15 +24,23 @@ from nibabel.orientations import axcodes2ornt, inv_ornt_aff, ornt_transform
 
 from asa.io import atomic_write_json, atomic_write_text
 from asa.data.layouts.names import LAYOUTS
-from asa.data.phantom import make_phantom
+from asa.data.phantom import Phantom, make_phantom
 
-__all__ = ["write_demo_dataset", "ensure_demo_dataset", "default_cache_dir", "write_nifti"]
+__all__ = ["write_demo_dataset", "ensure_demo_dataset", "default_cache_dir", "write_nifti", "demo_subject",
+           "DEMO_DIAGNOSES", "TARGET_LAYOUTS"]
 
 DEMO_VERSION = 2  # 2: synthetic case ids (BraTS2021_DEMO_00000, BRATS_DEMO_001)
 _RAS = axcodes2ornt(("R", "A", "S"))
 # phantom case ids are never those of a real dataset (BraTS2021_00000 is a real BraTS 2021 case), so
 # phantoms cannot pass for real data; the layouts read them like real ids
 BRATS_DEMO_PREFIX = "BraTS2021_DEMO_"
+
+DEMO_DIAGNOSES = ("CN", "MCI", "AD")
+"""Diagnoses of the demo subjects, in order of medial-temporal atrophy."""
+_ATROPHY = {"CN": (0.0, 0.2), "MCI": (0.3, 0.6), "AD": (0.65, 1.0)}  # grade range per diagnosis (uniform)
+DEMO_AGES = (55.0, 90.0)
+TARGET_LAYOUTS = ("bids", "caps", "filelist")
+"""Layouts whose demo can carry targets (``targets=True``): the T1 cohorts' layouts."""
 
 
 def default_cache_dir() -> Path:
@@ -54,35 +67,80 @@ def _int16(image: np.ndarray) -> np.ndarray:
     return np.round(image * 1000).astype(np.int16)
 
 
-def _bids(out: Path, n: int, size: int, seed: int) -> None:
+def demo_subject(seed: int, index: int) -> dict[str, object]:
+    """Targets of demo subject ``index`` (0-based) of a dataset of seed ``seed``, with the hidden
+    atrophy grade its phantom uses: ``{"age", "sex", "diagnosis", "atrophy"}``.
+
+    Age uniform in [55, 90) years (one decimal), sex F/M with equal odds, and diagnoses balanced in
+    every block of three subjects (a seeded permutation of CN, MCI, AD); the atrophy grade is
+    uniform in [0, 0.2) for CN, [0.3, 0.6) for MCI, [0.65, 1) for AD. A subject's values depend on
+    ``seed`` and ``index`` only, not on how many cases are written."""
+    block = np.random.default_rng([seed, index // 3, 24]).permutation(len(DEMO_DIAGNOSES))
+    diagnosis = DEMO_DIAGNOSES[int(block[index % 3])]
+    rng = np.random.default_rng([seed, index, 24])
+    age = round(float(rng.uniform(*DEMO_AGES)), 1)
+    sex = ("F", "M")[int(rng.integers(2))]
+    atrophy = float(rng.uniform(*_ATROPHY[diagnosis]))
+    return {"age": age, "sex": sex, "diagnosis": diagnosis, "atrophy": atrophy}
+
+
+def _t1_phantom(size: int | tuple[int, int, int], seed: int, index: int,
+                targets: bool) -> tuple[Phantom, dict[str, object] | None]:
+    """Phantom ``index`` of a T1 demo (seed ``seed * 1000 + index``, as ever), aged when ``targets``."""
+    if not targets:
+        return make_phantom(size, seed=seed * 1000 + index), None
+    subject = demo_subject(seed, index)
+    ph = make_phantom(size, seed=seed * 1000 + index, age=subject["age"], atrophy=subject["atrophy"],
+                      sex=subject["sex"])
+    return ph, subject
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[object, ...]], sep: str = "\t") -> str:
+    return "\n".join(sep.join(map(str, r)) for r in [header, *rows]) + "\n"
+
+
+_TARGET_COLUMNS = ("age", "sex", "diagnosis")
+
+
+def _bids(out: Path, n: int, size: int, seed: int, targets: bool = False) -> None:
     atomic_write_json(out / "dataset_description.json", {"Name": "asa demo (phantoms)", "BIDSVersion": "1.8.0"})
-    rows = ["participant_id"]
+    rows = []
     orients = ("RAS", "LPS", "LAS")
     for i in range(n):
         sub = f"sub-{i + 1:03d}"
-        rows.append(sub)
-        ph = make_phantom(size, seed=seed * 1000 + i)
+        ph, subject = _t1_phantom(size, seed, i, targets)
+        rows.append((sub,) + (tuple(subject[c] for c in _TARGET_COLUMNS) if targets else ()))
         anat = out / sub / ("ses-M00/anat" if i % 2 == 0 else "anat")
         name = f"{sub}_ses-M00_T1w.nii.gz" if i % 2 == 0 else f"{sub}_T1w.nii.gz"
         write_nifti(ph.images["t1"], ph.affine, anat / name, orients[i % 3], np.float32)
-    atomic_write_text(out / "participants.tsv", "\n".join(rows) + "\n")
+        if targets and i % 2 == 0:  # session-level values where the subject has sessions (BIDS sessions.tsv)
+            session = ("ses-M00", subject["age"], subject["diagnosis"])
+            atomic_write_text(out / sub / f"{sub}_sessions.tsv", _table(("session_id", "age", "diagnosis"), [session]))
+    columns = ("participant_id",) + (_TARGET_COLUMNS if targets else ())
+    atomic_write_text(out / "participants.tsv", _table(columns, rows))
 
 
-def _caps(out: Path, n: int, size: int, seed: int) -> None:
+def _caps(out: Path, n: int, size: int, seed: int, targets: bool = False) -> None:
+    rows = []
     for i in range(n):
         sub, ses = f"sub-ADNI{i + 1:03d}", "ses-M000"
-        ph = make_phantom(size, seed=seed * 1000 + i)
+        ph, subject = _t1_phantom(size, seed, i, targets)
         name = f"{sub}_{ses}_T1w_space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w.nii.gz"
         write_nifti(ph.images["t1"], ph.affine, out / "subjects" / sub / ses / "t1_linear" / name, "RAS", np.float32)
+        if targets:
+            rows.append((sub, ses) + tuple(subject[c] for c in _TARGET_COLUMNS))
+    if targets:  # one row per session, as ClinicaDL's label tables
+        atomic_write_text(out / "participants.tsv", _table(("participant_id", "session_id") + _TARGET_COLUMNS, rows))
 
 
-def _filelist(out: Path, n: int, size: int, seed: int) -> None:
-    lines = ["id,path"]
+def _filelist(out: Path, n: int, size: int, seed: int, targets: bool = False) -> None:
+    rows = []
     for i in range(n):
-        ph = make_phantom(size, seed=seed * 1000 + i)
+        ph, subject = _t1_phantom(size, seed, i, targets)
         write_nifti(ph.images["t1"], ph.affine, out / "images" / f"case_{i:03d}.nii.gz", "RAS", np.float32)
-        lines.append(f"case_{i:03d},images/case_{i:03d}.nii.gz")
-    atomic_write_text(out / "files.csv", "\n".join(lines) + "\n")
+        values = tuple(subject[c] for c in _TARGET_COLUMNS) if targets else ()
+        rows.append((f"case_{i:03d}", f"images/case_{i:03d}.nii.gz") + values)
+    atomic_write_text(out / "files.csv", _table(("id", "path") + (_TARGET_COLUMNS if targets else ()), rows, ","))
 
 
 def _brats(out: Path, n: int, size: int, seed: int) -> None:
@@ -139,14 +197,23 @@ _WRITERS = {"bids": _bids, "caps": _caps, "filelist": _filelist, "brats": _brats
 
 
 def write_demo_dataset(layout: str, out: str | Path, *, cases: int = 4, size: int | tuple[int, int, int] = 64,
-                       seed: int = 0, overwrite: bool = False) -> Path:
+                       seed: int = 0, overwrite: bool = False, targets: bool = False) -> Path:
     """Write ``cases`` phantoms of ``size``^3, or of shape ``size`` (x, y, z) in RAS voxels, e.g.
     (240, 240, 155) for a full BraTS case (1 mm), in ``layout`` under ``out``; returns ``out``.
+
+    ``targets`` (layouts in `TARGET_LAYOUTS`) writes aged phantoms and their subjects' ``age``,
+    ``sex`` and ``diagnosis`` (`demo_subject`): BIDS in ``participants.tsv`` (plus
+    ``sub-X/sub-X_sessions.tsv`` for subjects with a session), CAPS in a ``participants.tsv`` with a
+    ``session_id`` column, a file list as columns of ``files.csv``. Without it the phantoms are the
+    ageless ones, unchanged.
 
     ``out`` must be missing or empty: a folder holding anything is refused (`FileExistsError`, naming
     what is there) unless ``overwrite``, since the phantoms would replace or mix with its files."""
     if layout not in _WRITERS:
         raise ValueError(f"unknown demo layout {layout!r}; expected one of {LAYOUTS}")
+    if targets and layout not in TARGET_LAYOUTS:
+        raise ValueError(f"targets=True is for the layouts {TARGET_LAYOUTS} (T1 cohorts with a subject table), "
+                         f"not {layout!r}")
     if cases < 1:
         raise ValueError(f"cases must be >= 1, got {cases}")
     if not isinstance(size, int):
@@ -164,25 +231,28 @@ def write_demo_dataset(layout: str, out: str | Path, *, cases: int = 4, size: in
         raise FileExistsError(f"--out {out} is not empty ({shown}): the phantoms would replace or mix with its "
                               "files. Choose a new folder, or pass --overwrite to write into it anyway")
     out.mkdir(parents=True, exist_ok=True)
-    _WRITERS[layout](out, cases, size, seed)
+    _WRITERS[layout](out, cases, size, seed, **({"targets": True} if targets else {}))
     return out
 
 
-def ensure_demo_dataset(layout: str, *, cases: int = 4, size: int = 64, seed: int = 0, cache_dir: str | Path | None = None) -> Path:
-    """Demo dataset in ``cache_dir/demo/<layout>-n<cases>-s<size>-seed<seed>-v<version>``, generated once.
+def ensure_demo_dataset(layout: str, *, cases: int = 4, size: int = 64, seed: int = 0,
+                        cache_dir: str | Path | None = None, targets: bool = False) -> Path:
+    """Demo dataset in ``cache_dir/demo/<layout>-n<cases>-s<size>-seed<seed>-v<version>[-targets]``,
+    generated once (``targets``: see `write_demo_dataset`).
 
     Generation happens in a temporary sibling folder renamed into place, so concurrent callers
     (e.g. several DDP ranks) never see a half-written dataset.
     """
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    target = base / "demo" / f"{layout}-n{cases}-s{size}-seed{seed}-v{DEMO_VERSION}"
+    target = base / "demo" / f"{layout}-n{cases}-s{size}-seed{seed}-v{DEMO_VERSION}{'-targets' if targets else ''}"
     if (target / ".complete").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        write_demo_dataset(layout, tmp, cases=cases, size=size, seed=seed)
-        (tmp / ".complete").write_text(json.dumps({"layout": layout, "cases": cases, "size": size, "seed": seed}))
+        write_demo_dataset(layout, tmp, cases=cases, size=size, seed=seed, targets=targets)
+        (tmp / ".complete").write_text(json.dumps({"layout": layout, "cases": cases, "size": size, "seed": seed,
+                                                   **({"targets": True} if targets else {})}))
         if target.exists() and not (target / ".complete").is_file():
             shutil.rmtree(target, ignore_errors=True)  # leftover of an interrupted older writer
         try:
