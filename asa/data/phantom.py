@@ -57,7 +57,7 @@ def _ageing(seed: int, age: float, atrophy: float) -> _Ageing:
     0.95 − 0.001 (age − 50) (cortex 0.15 -> 0.11 of the radius thick at 90); hippocampal volume
     fraction 1 − 0.6 atrophy − 0.005 (age − 50) + N(0, 0.04), in [0.2, 1.1]. Exaggerated against
     real brains (ventricles grow five-fold from 50 to 90, two- to three-fold in real ones) so that the
-    effects survive 32³ grids."""
+    age effects survive 32³ grids; the hippocampi, about 3 voxels across at 32³, need 40³ or more."""
     years = max(float(age) - _REFERENCE_AGE, 0.0)
     rng = np.random.default_rng([seed, 24])
     ventricle_volume = float(np.exp(0.04 * years + rng.normal(0.0, 0.08)))
