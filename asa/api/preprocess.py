@@ -9,8 +9,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from asa.api.common import _check_workers, dataset_root, region_source
+from asa.api.common import _check_workers, dataset_root, refusing, region_source
 from asa.api.schema import PretrainDataConfig, PreprocessConfig, SegmentationDataConfig, as_config
+from asa.methods.choices import check_choices
 from asa.data import CaseError, discover, get_task
 from asa.data.layouts import load_report
 from asa.data.preprocess import build_store
@@ -33,6 +34,7 @@ def data_kind(data: DictConfig) -> str:
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         raise ValueError(f"{APP}: invalid option data.{key}: {getattr(err, 'msg', err)}") from None
+    check_choices(data, SegmentationDataConfig if kind == "segmentation" else PretrainDataConfig, "data.")
     return kind
 
 
@@ -42,11 +44,12 @@ def preprocess(config: PreprocessConfig | DictConfig):
     job (``data.on_bad_case=error``) or are skipped and listed in the index (``skip``); so are cases
     whose preprocessing fails, after every other case is written (with ``error`` the job then
     fails naming them)."""
-    cfg = as_config(config, "preprocess")
-    data = cfg.data
-    kind = data_kind(data)
-    if data.get("store") is None:
-        raise ValueError(f"{APP}: data.store is required: the store folder to write")
+    with refusing():  # a bad option is refused (exit 2) before the store is touched
+        cfg = as_config(config, "preprocess")
+        data = cfg.data
+        kind = data_kind(data)
+        if data.get("store") is None:
+            raise ValueError(f"{APP}: data.store is required: the store folder to write")
     store = Path(str(data.store)).expanduser()
     # no option here consumes region maps, so source=auto stores none; name cluster or file to store them
     regions = region_source(data, [], network=None, env=DistEnv())

@@ -4,7 +4,8 @@ Each primary config (``configs/<entry>/<entry>.yaml``) starts its defaults list 
 so Hydra checks every preset and every ``key=value`` against these dataclasses while composing:
 an unknown key (``trainer.epocs=3``), a wrong type (``trainer.epochs=ten``) or a preset of the
 other entry point fails before anything runs, with a message naming the key. ``validate`` repeats
-the check on a composed config, which also catches keys added with ``+key=value``.
+the check on a composed config, which also catches keys added with ``+key=value``, and refuses a
+value outside the choices a field declares with `asa.methods.choices.one_of` (naming the dotted key).
 """
 
 from __future__ import annotations
@@ -16,9 +17,21 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from asa.data.layouts import LAYOUTS, SEGMENTATION_LAYOUTS
+from asa.data.regions import CONFIG_SOURCES
+from asa.data.store import STORE_DTYPES
+from asa.eval.metrics import HD95_CONVENTIONS
 from asa.methods import MaskedAutoencoderSettings, MethodSettings, get_method, registered_methods
+from asa.methods.choices import SCHEMA, check_choices, one_of
 from asa.models import PRESETS
+from asa.models.position import POSITION_MODES
+from asa.models.saca import SACA_PLACES
+from asa.models.segmenter import INPUT_SKIPS, SPE_FRAMES
+from asa.models.swvit import REGION_LAYOUTS
 from asa.train import TrainerSettings
+from asa.train.optim import OPTIMIZERS
+from asa.train.precision import AMP_CHOICES
+from asa.train.schedule import SCHEDULES
 
 __all__ = [
     "EvaluateConfig", "FinetuneConfig", "PredictConfig", "PreprocessConfig", "PretrainConfig", "SCHEMAS", "as_config", "register", "validate",
@@ -27,6 +40,7 @@ __all__ = [
 
 # --- groups ---------------------------------------------------------------------------------------
 _BASE = PRESETS["base"]
+ON_BAD = ("error", "skip")
 
 
 @dataclass
@@ -44,8 +58,8 @@ class EncoderConfig:
     shift_mask: bool = True  # mask the wrap-around window after the SLW-MSA roll
     rel_pos_bias: bool = True  # learned relative position bias per window
     grad_checkpointing: bool = False  # activation checkpointing: less memory, slower
-    region_attention: str = "none"  # none | alternate (LW, R, SLW, R, ...) | all: R-MSA blocks (need data.regions)
-    saca: str = "none"  # none | decoder | encoder | all: windowed symmetry-aware cross-attention in these SW-ViTs
+    region_attention: str = one_of("none", REGION_LAYOUTS)  # none | alternate (LW, R, SLW, R, ...) | all: R-MSA blocks (need data.regions)
+    saca: str = one_of("none", SACA_PLACES)  # none | decoder | encoder | all: windowed symmetry-aware cross-attention in these SW-ViTs
 
 
 DECODER_KEYS = ("decoder_dim", "decoder_depth", "decoder_num_heads")
@@ -85,7 +99,7 @@ class RegionsConfig:
     # needs maps is then an error) | cluster (k-means tissue classes in the brain) | file (<dir>/<case
     # id>.nii.gz: an atlas or tissue map per case) | label (the case's own label: only for the loss-only
     # focal term, refused with region attention, which would see the target)
-    source: str = "auto"
+    source: str = one_of("auto", CONFIG_SOURCES)
     k: int = 3  # cluster: number of tissue classes
     seed: int = 0  # cluster: sampling seed
     dir: Optional[str] = None  # file: folder of per-case label maps
@@ -96,10 +110,10 @@ class DataConfig:
     """What every dataset preset has."""
 
     name: str = MISSING
-    layout: str = MISSING
+    layout: str = one_of(MISSING, ("auto", *LAYOUTS))
     root: Optional[str] = MISSING  # null: the demo phantoms (presets state it)
     demo: Optional[DemoConfig] = None
-    on_bad_case: str = "error"
+    on_bad_case: str = one_of("error", ON_BAD)
     cache_dir: Optional[str] = None
     store: Optional[str] = None  # a store written by asa-preprocess (read instead of the files)
     num_workers: int = 0
@@ -128,14 +142,14 @@ class SegmentationDataConfig(DataConfig):
 
 @dataclass
 class OptimConfig:
-    name: str = MISSING  # adamw | sgd
+    name: str = one_of(MISSING, OPTIMIZERS)  # adamw | sgd
     base_lr: float = MISSING
     scale_lr: bool = False
     weight_decay: float = 0.0
     betas: Optional[List[float]] = None  # adamw (null: (0.9, 0.95))
     momentum: Optional[float] = None  # sgd (null: 0.99)
     nesterov: Optional[bool] = None  # sgd (null: true)
-    schedule: str = "cosine"
+    schedule: str = one_of("cosine", SCHEDULES)
     min_lr: float = 0.0
     power: float = 0.9
 
@@ -153,13 +167,13 @@ class FinetuneOptimConfig(OptimConfig):
 class SegmenterConfig:
     """``ASASegmenter`` settings beyond the encoder sizes."""
 
-    pos_mode: Optional[str] = None  # null: the pretrained encoder's, or mirror
+    pos_mode: Optional[str] = one_of(None, POSITION_MODES)  # null: the pretrained encoder's, or mirror
     lr_axis: Optional[int] = None  # null: the pretrained encoder's, or 0
-    spe_frame: str = "brain"
+    spe_frame: str = one_of("brain", SPE_FRAMES)
     allow_grid_change: bool = False
     reference_grid: Optional[List[int]] = None
     feature_size: int = 16
-    input_skip: Any = "full"  # full | none | a factor in [0, 1]
+    input_skip: Any = one_of("full", INPUT_SKIPS, number=(0, 1))  # full | none | a factor in [0, 1]
 
 
 @dataclass
@@ -169,7 +183,7 @@ class ProbeConfig:
 
     every: int = 1  # validation rounds between probes (0: off); trainer.monitor=probe/r2_mean trainer.mode=max lets best.pt follow it
     data: Optional[str] = None  # a labeled brats | ibsr | wmh | msd folder; null: demo IBSR phantoms (CSF/GM/WM), held out from data=demo
-    layout: str = "auto"
+    layout: str = one_of("auto", ("auto", *SEGMENTATION_LAYOUTS))
     cases: int = 4  # labeled cases used (fit on half, scored on the other half)
     seed: int = 1  # demo phantoms' seed (data=demo uses 0)
     ridge: float = 1.0  # ridge penalty λ on standardised tokens
@@ -227,8 +241,9 @@ class PretrainConfig(RunConfig):
 @dataclass
 class FinetuneConfig(RunConfig):
     # the model group holds the keyword arguments of the chosen architecture (ASASegmenter, UNETR,
-    # SwinUNETR), so it is checked when the network is built rather than here
-    model: Any = field(default_factory=dict)
+    # SwinUNETR), so it is checked when the network is built rather than here; the SW-ViT options
+    # it may hold take the encoder's choices
+    model: Any = field(default_factory=dict, metadata={SCHEMA: EncoderConfig})
     optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
     data: SegmentationDataConfig = field(default_factory=SegmentationDataConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
@@ -241,7 +256,7 @@ class PredictConfig:
     checkpoint: str = MISSING
     input: Any = MISSING  # a folder, a file, or a list of files
     output: str = MISSING
-    layout: str = "auto"
+    layout: str = one_of("auto", ("auto", *LAYOUTS))
     overlap: float = 0.5
     sw_batch_size: Union[int, str] = "auto"  # a window count or auto (sized to memory)
     tta: bool = False
@@ -250,10 +265,10 @@ class PredictConfig:
     overwrite: bool = False  # replace the predictions in output (the old folder is moved aside)
     resume: bool = False  # keep the predictions this checkpoint already wrote in output, predict the rest
     split_file: Optional[str] = None  # a run's splits.json: predict only the cases of `subset`
-    subset: str = "test"
-    on_bad_case: str = "error"
+    subset: str = "test"  # a list of split_file (checked against the file, which may hold its own)
+    on_bad_case: str = one_of("error", ON_BAD)
     device: str = "auto"
-    amp: str = "auto"
+    amp: str = one_of("auto", AMP_CHOICES)
     threads: Optional[int] = None
     compile: bool = False
     debug: bool = False
@@ -264,10 +279,10 @@ class EvaluateConfig:
     pred: Optional[str] = None  # null: only the reliance diagnostic
     output: str = MISSING
     split_file: Optional[str] = None
-    subset: str = "test"
-    on_missing: str = "error"
+    subset: str = "test"  # a list of split_file (checked against the file, which may hold its own)
+    on_missing: str = one_of("error", ON_BAD)
     num_workers: int = 0
-    hd95: str = "max_directed"
+    hd95: str = one_of("max_directed", HD95_CONVENTIONS)
     reliance: RelianceConfig = field(default_factory=RelianceConfig)
     debug: bool = False
     data: SegmentationDataConfig = field(default_factory=SegmentationDataConfig)
@@ -279,7 +294,7 @@ class PreprocessConfig:
     # SegmentationDataConfig when the job runs (a fine-tuning preset is one with a task)
     data: Any = MISSING
     workers: int = 0  # preprocessing processes (0: one per CPU core, at most 8)
-    dtype: str = "float16"  # the images' precision in the store: float16 | float32
+    dtype: str = one_of("float16", STORE_DTYPES)  # the images' precision in the store: float16 | float32
     hash: bool = False  # also record (and compare on reruns) each source file's sha256
     progress: bool = True
     debug: bool = False
@@ -322,7 +337,8 @@ def validate(cfg: DictConfig, entry: str) -> None:
             raise ValueError("asa-pretrain: invalid option method: pick a pretraining method with method=<name> "
                              f"(one of {', '.join(sorted(registered_methods()))})")
     try:
-        schema = OmegaConf.structured(_schema_node(entry, method))
+        node = _schema_node(entry, method)
+        schema = OmegaConf.structured(node)
     except ValueError as err:
         raise ValueError(f"asa-pretrain: invalid option {err}") from None
     OmegaConf.set_struct(schema, True)
@@ -333,6 +349,7 @@ def validate(cfg: DictConfig, entry: str) -> None:
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         raise ValueError(f"asa-{entry}: invalid option {key}: {err.msg if hasattr(err, 'msg') else err}") from None
+    check_choices(cfg, node)
 
 
 def as_config(config: Any, entry: str) -> DictConfig:

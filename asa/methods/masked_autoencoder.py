@@ -12,8 +12,12 @@ import torch
 from torch import nn
 
 from asa.eval.probe import encode_tokens
+from asa.losses.informativeness import NORMALIZATIONS
 from asa.methods.base import MethodSettings, PanelFn, PretrainingMethod, RegionNeeds, StepFn, register_method
+from asa.methods.choices import one_of
 from asa.models.encoder import ENCODER_PREFIX
+from asa.models.mae import LOSS_WEIGHTINGS
+from asa.models.position import POSITION_MODES
 from asa.models.zoo import build_network
 from asa.train.pretrain import mae_step, make_panel_fn
 
@@ -27,12 +31,12 @@ class MaskedAutoencoderSettings(MethodSettings):
     name: str = "asa"
     in_channels: int = 1
     mask_ratio: float = 0.75
-    pos_mode: str = "mirror"  # none | mirror | paper (symmetric position encoding, §1.2)
+    pos_mode: str = one_of("mirror", POSITION_MODES)  # none | mirror | paper (symmetric position encoding, §1.2)
     lr_axis: int = 0  # the mirrored (left-right) array axis
-    loss_weighting: str = "attentive"  # uniform | attentive (AR-loss, §1.5) | focal_region (RAT, §1.6b)
+    loss_weighting: str = one_of("attentive", LOSS_WEIGHTINGS)  # uniform | attentive (AR-loss, §1.5) | focal_region (RAT, §1.6b)
     norm_pix_loss: bool = False
     bins: int = 8
-    normalize: str = "l2"  # l2 | none
+    normalize: str = one_of("l2", NORMALIZATIONS)  # l2 | none
     focal_beta: float = 1.0  # focal_region: weight β of the region error term
 
 

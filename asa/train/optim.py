@@ -7,9 +7,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["build_optimizer", "describe_lr", "layer_lr_scales", "param_groups", "scaled_lr", "LOW_LR"]
+__all__ = ["build_optimizer", "describe_lr", "layer_lr_scales", "param_groups", "scaled_lr", "LOW_LR", "OPTIMIZERS"]
 
-_OPTIMIZERS = {"adamw", "sgd"}
+OPTIMIZERS = ("adamw", "sgd")
 LOW_LR = 1e-5  # below this a peak lr usually means the scaling rule shrank it unnoticed
 
 
@@ -121,8 +121,8 @@ def build_optimizer(
     the lr of the encoder, `layer_decay` < 1 decays it layer-wise (see `layer_lr_scales`), and
     `freeze_encoder_epochs` = K leaves the encoder untouched for the first K epochs (decoder warm-up).
     """
-    if name not in _OPTIMIZERS:
-        raise ValueError(f"optimizer name={name!r}: expected one of {sorted(_OPTIMIZERS)}")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer name={name!r}: expected one of {sorted(OPTIMIZERS)}")
     if freeze_encoder_epochs < 0:
         raise ValueError(f"optim.freeze_encoder_epochs={freeze_encoder_epochs}: expected >= 0")
     aware = encoder_lr_scale != 1.0 or layer_decay != 1.0 or freeze_encoder_epochs > 0

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["lr_at"]
+__all__ = ["SCHEDULES", "lr_at"]
 
-_SCHEDULES = {"cosine", "poly", "constant"}
+SCHEDULES = ("cosine", "poly", "constant")
 
 
 def lr_at(
@@ -26,8 +26,8 @@ def lr_at(
     - constant: base_lr,
     with t = (step − warmup) / (total − warmup) clamped to [0, 1].
     """
-    if schedule not in _SCHEDULES:
-        raise ValueError(f"schedule={schedule!r}: expected one of {sorted(_SCHEDULES)}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r}: expected one of {sorted(SCHEDULES)}")
     if total_steps < 1:
         raise ValueError(f"total_steps={total_steps}: expected >= 1")
     if warmup_steps < 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ from omegaconf import OmegaConf
 
 from asa.api.config import ENTRY_POINTS, compose_config, config_path
 from asa.api.pretrain import _method
-from asa.api.schema import validate
+from asa.api.schema import check_choices, validate
+from asa.methods import MaskedAutoencoderSettings
 from asa.models import ASA, PRESETS, SymmetryAwareHead, build_from_config
 from asa.api.common import trainer_config
 from asa.train import build_optimizer
@@ -110,6 +112,56 @@ def test_config_mistakes_fail_at_compose_time_naming_the_key(entry, overrides, k
 def test_presets_of_the_other_entry_point_are_refused(entry, overrides, option):
     with pytest.raises(HydraException, match=option):
         compose_config(entry, overrides)
+
+
+CHOICE_MISTAKES = [  # (entry, key, bad value, the allowed values the message must list)
+    ("pretrain", "method.pos_mode", "mirrror", "mirror, paper, none"),
+    ("pretrain", "method.loss_weighting", "atentive", "attentive, uniform, focal_region"),
+    ("pretrain", "method.normalize", "l1", "l2, none"),
+    ("pretrain", "model.saca", "decoderr", "none, decoder, encoder, all"),
+    ("pretrain", "model.region_attention", "alt", "none, alternate, all"),
+    ("pretrain", "optim.schedule", "cosin", "cosine, poly, constant"),
+    ("pretrain", "data.on_bad_case", "skp", "error, skip"),
+    ("finetune", "segmenter.pos_mode", "mirrror", "mirror, paper, none or null"),
+    ("finetune", "segmenter.spe_frame", "brian", "brain, crop"),
+    ("finetune", "segmenter.input_skip", "fulll", "full, none or a number in [0, 1]"),
+    ("finetune", "segmenter.input_skip", "1.5", "full, none or a number in [0, 1]"),
+    ("finetune", "model.saca", "x", "none, decoder, encoder, all"),  # the free-form model group too
+    ("finetune", "model.region_attention", "al", "none, alternate, all"),
+    ("finetune", "data.regions.source", "clust", "auto, none, cluster, file, label"),
+    ("finetune", "optim.name", "adam", "adamw, sgd"),
+    ("predict", "amp", "fp61", "auto, fp16, bf16, off"),
+    ("evaluate", "hd95", "pooledd", "max_directed, pooled"),
+]
+REQUIRED = {"predict": ["checkpoint=c", "input=i", "output=o"], "evaluate": ["pred=p", "output=o"]}
+
+
+@pytest.mark.parametrize("entry, key, value, allowed", CHOICE_MISTAKES, ids=[f"{e}-{k}={v}" for e, k, v, _ in CHOICE_MISTAKES])
+def test_a_value_outside_an_options_choices_names_the_key_and_the_choices(entry, key, value, allowed):
+    cfg = compose_config(entry, [*REQUIRED.get(entry, []), f"{key}={value}"])  # the schema's types let it through
+    with pytest.raises(ValueError) as info:
+        validate(cfg, entry)
+    shown = repr(cfg_value) if isinstance(cfg_value := OmegaConf.select(cfg, key), str) else cfg_value
+    assert str(info.value).startswith(f"{key}={shown}: expected one of {allowed}")
+
+
+@dataclass
+class _Stage:  # a method's settings one level deeper than asa-pretrain keeps them
+    method: MaskedAutoencoderSettings = field(default_factory=MaskedAutoencoderSettings)
+
+
+@dataclass
+class Moved:
+    stage: _Stage = field(default_factory=_Stage)
+
+
+def test_the_choices_of_a_nested_group_are_named_by_where_it_sits():
+    """Declared once on the dataclass field: the dotted key follows wherever the group is placed."""
+    cfg = OmegaConf.structured(Moved)
+    check_choices(cfg, Moved)  # the defaults pass
+    cfg.stage.method.normalize = "l3"
+    with pytest.raises(ValueError, match=r"^stage\.method\.normalize='l3': expected one of l2, none$"):
+        check_choices(cfg, Moved)
 
 
 def test_added_keys_are_caught_by_validate():

@@ -29,7 +29,10 @@ def demo_cache(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("extra, match", [
-    (["method.pos_mode=mirrror"], "mirrror"),
+    (["method.pos_mode=mirrror"], r"^method.pos_mode='mirrror': expected one of mirror, paper, none"),
+    (["method.normalize=l1"], r"^method.normalize='l1': expected one of l2, none"),  # was read at the first step only
+    (["data.on_bad_case=skp"], r"^data.on_bad_case='skp': expected one of error, skip"),
+    (["optim.schedule=cosin"], r"^optim.schedule='cosin': expected one of"),  # was read after config.yaml
     (["experiment=sa_swin", "model.saca=decoder"], r"no model.saca=decoder"),
     (["experiment=sa_swin", "model.region_attention=all", "data.regions.source=cluster"],
      r"no model.region_attention=all"),
@@ -49,6 +52,18 @@ def test_finetune_refuses_an_option_the_network_does_not_have(tmp_path):
     with pytest.raises(OptionError, match=r"model.saca=encoder: model arch 'sa_swin' has no such option"):
         finetune(compose_config("finetune", ["model=sa_swin", "experiment=asa_saca", f"output_dir={out}",
                                              "device=cpu", "data.patch_size=32", "model.feature_size=12"]))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["segmenter.pos_mode=mirrror"], r"^segmenter.pos_mode='mirrror': expected one of mirror, paper, none or null"),
+    (["optim.schedule=cosin"], r"^optim.schedule='cosin': expected one of cosine, poly, constant"),
+    (["data.on_bad_case=skp"], r"^data.on_bad_case='skp': expected one of error, skip"),
+])
+def test_finetune_refuses_a_value_outside_the_choices_before_writing(tmp_path, extra, match):
+    out = tmp_path / "run"
+    with pytest.raises(OptionError, match=match):
+        finetune(compose_config("finetune", [f"output_dir={out}", "device=cpu", "data.num_workers=0", *extra]))
     assert not out.exists()
 
 
@@ -115,7 +130,7 @@ def test_console_refusals_exit_2_with_one_line(tmp_path, demo_cache):
         return subprocess.run([sys.executable, "-m", "asa.cli.pretrain", *_overrides(tmp_path / "r", demo_cache),
                                *extra], capture_output=True, text=True, env=_env(), timeout=300)
 
-    for extra, words in [(["trainer.epocs=3"], "trainer.epocs"), (["method.pos_mode=mirrror"], "mirrror"),
+    for extra, words in [(["trainer.epocs=3"], "trainer.epocs"), (["method.pos_mode=mirrror"], "method.pos_mode='mirrror'"),
                          (["output_dir=runs/é"], "must be quoted for Hydra")]:
         proc = run(*extra)
         assert proc.returncode == 2, proc.stderr[-2000:]

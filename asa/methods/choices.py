@@ -1,0 +1,77 @@
+"""Options with a fixed set of values: declared once on their settings field, checked by dotted key.
+
+`one_of` declares the values a dataclass field takes (from the constant its consumer checks
+against); `check_choices` walks a config against its dataclass and refuses any other value naming
+the dotted key where the field sits (``method.pos_mode='mirrror': expected one of mirror, paper,
+none (did you mean mirror?)``), whatever group holds it. The job schemas (`asa.api.schema`) and
+the methods' settings (`MethodSettings` subclasses) declare their fields this way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+__all__ = ["check_choices", "one_of", "SCHEMA"]
+
+_CHOICES, _NUMBER = "asa_choices", "asa_number"
+SCHEMA = "asa_schema"  # metadata of a free-form (``Any``) group: the dataclass whose choices its keys follow
+
+
+def one_of(default: Any, choices: Sequence[str], *, number: tuple[float, float] | None = None) -> Any:
+    """A dataclass field whose value must be one of ``choices`` (``null`` too when ``default`` is None;
+    with ``number=(lo, hi)`` also a number in that closed range); checked by `check_choices`."""
+    return dataclasses.field(default=default, metadata={_CHOICES: tuple(choices), _NUMBER: number})
+
+
+def _allowed(value: Any, f: dataclasses.Field) -> bool:
+    if value is None:
+        return f.default is None
+    if value in f.metadata[_CHOICES]:
+        return True
+    span = f.metadata[_NUMBER]
+    if span is None or isinstance(value, bool):
+        return False
+    try:
+        return span[0] <= float(value) <= span[1]
+    except (TypeError, ValueError):
+        return False
+
+
+def _expected(f: dataclasses.Field, value: Any) -> str:
+    choices = f.metadata[_CHOICES]
+    text = f"expected one of {', '.join(choices)}"
+    if f.metadata[_NUMBER] is not None:
+        text += " or a number in [{}, {}]".format(*f.metadata[_NUMBER])
+    if f.default is None:
+        text += " or null"
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    return text + (f" (did you mean {close[0]}?)" if close else "")
+
+
+def check_choices(cfg: DictConfig, schema: Any, prefix: str = "") -> None:
+    """Refuse (``ValueError`` naming the dotted key, the value and the allowed values) any value of
+    ``cfg`` outside the `one_of` choices its ``schema`` (a dataclass or an instance of one) declares;
+    nested groups are checked under their own key (an instance's group: the dataclass it holds). A
+    free-form (``Any``) group names the dataclass whose choices its keys follow with
+    ``metadata={SCHEMA: cls}``."""
+    for f in dataclasses.fields(schema):
+        if f.name not in cfg:
+            continue
+        key = f"{prefix}{f.name}"
+        if _CHOICES in f.metadata:
+            if OmegaConf.is_missing(cfg, f.name):
+                continue  # a required value left open is reported where it is read
+            value = OmegaConf.select(cfg, f.name)
+            if isinstance(value, (DictConfig, ListConfig)) or not _allowed(value, f):
+                raise ValueError(f"{key}={value!r}: {_expected(f, value)}")
+            continue
+        nested = f.metadata.get(SCHEMA)
+        if nested is None:
+            nested = getattr(schema, f.name) if not isinstance(schema, type) else f.default_factory
+        if dataclasses.is_dataclass(nested) and isinstance(cfg[f.name], DictConfig):
+            check_choices(cfg[f.name], nested, f"{key}.")
