@@ -29,10 +29,11 @@ from asa.data.phantom import Phantom, make_phantom
 __all__ = ["write_demo_dataset", "ensure_demo_dataset", "default_cache_dir", "write_nifti", "demo_subject",
            "DEMO_DIAGNOSES", "TARGET_LAYOUTS"]
 
-DEMO_VERSION = 2  # 2: synthetic case ids (BraTS2021_DEMO_00000, BRATS_DEMO_001)
+DEMO_VERSION = 3  # 2: synthetic BraTS/MSD case ids; 3: synthetic ids in every layout
 _RAS = axcodes2ornt(("R", "A", "S"))
-# phantom case ids are never those of a real dataset (BraTS2021_00000 is a real BraTS 2021 case), so
-# phantoms cannot pass for real data; the layouts read them like real ids
+# phantom case ids are never those of a real dataset (BraTS2021_00000 is a real BraTS 2021 case,
+# IBSR_01 a real IBSR one, Utrecht/0 a real WMH one): every id carries DEMO, so phantoms cannot pass
+# for real data; the layouts read them like real ids
 BRATS_DEMO_PREFIX = "BraTS2021_DEMO_"
 
 DEMO_DIAGNOSES = ("CN", "MCI", "AD")
@@ -107,7 +108,7 @@ def _bids(out: Path, n: int, size: int, seed: int, targets: bool = False) -> Non
     rows = []
     orients = ("RAS", "LPS", "LAS")
     for i in range(n):
-        sub = f"sub-{i + 1:03d}"
+        sub = f"sub-DEMO{i + 1:03d}"  # BIDS labels are alphanumeric
         ph, subject = _t1_phantom(size, seed, i, targets)
         rows.append((sub,) + (tuple(subject[c] for c in _TARGET_COLUMNS) if targets else ()))
         anat = out / sub / ("ses-M00/anat" if i % 2 == 0 else "anat")
@@ -123,7 +124,7 @@ def _bids(out: Path, n: int, size: int, seed: int, targets: bool = False) -> Non
 def _caps(out: Path, n: int, size: int, seed: int, targets: bool = False) -> None:
     rows = []
     for i in range(n):
-        sub, ses = f"sub-ADNI{i + 1:03d}", "ses-M000"
+        sub, ses = f"sub-DEMO{i + 1:03d}", "ses-M000"
         ph, subject = _t1_phantom(size, seed, i, targets)
         name = f"{sub}_{ses}_T1w_space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w.nii.gz"
         write_nifti(ph.images["t1"], ph.affine, out / "subjects" / sub / ses / "t1_linear" / name, "RAS", np.float32)
@@ -137,9 +138,10 @@ def _filelist(out: Path, n: int, size: int, seed: int, targets: bool = False) ->
     rows = []
     for i in range(n):
         ph, subject = _t1_phantom(size, seed, i, targets)
-        write_nifti(ph.images["t1"], ph.affine, out / "images" / f"case_{i:03d}.nii.gz", "RAS", np.float32)
+        cid = f"DEMO_{i:03d}"
+        write_nifti(ph.images["t1"], ph.affine, out / "images" / f"{cid}.nii.gz", "RAS", np.float32)
         values = tuple(subject[c] for c in _TARGET_COLUMNS) if targets else ()
-        rows.append((f"case_{i:03d}", f"images/case_{i:03d}.nii.gz") + values)
+        rows.append((cid, f"images/{cid}.nii.gz") + values)
     atomic_write_text(out / "files.csv", _table(("id", "path") + (_TARGET_COLUMNS if targets else ()), rows, ","))
 
 
@@ -154,7 +156,7 @@ def _brats(out: Path, n: int, size: int, seed: int) -> None:
 
 def _ibsr(out: Path, n: int, size: int, seed: int) -> None:
     for i in range(n):
-        cid = f"IBSR_{i + 1:02d}"
+        cid = f"IBSR_DEMO_{i + 1:02d}"
         ph = make_phantom(size, seed=seed * 1000 + i)
         write_nifti(_int16(ph.images["t1"]), ph.affine, out / cid / f"{cid}_ana_strip.nii.gz", "LIA")
         write_nifti(ph.tissue, ph.affine, out / cid / f"{cid}_segTRI_ana.nii.gz", "LIA", np.uint8)
@@ -163,7 +165,7 @@ def _ibsr(out: Path, n: int, size: int, seed: int) -> None:
 def _wmh(out: Path, n: int, size: int, seed: int) -> None:
     sites = ("Utrecht", "Singapore", "GE3T")
     for i in range(n):
-        d = out / sites[i % 3] / str(i)
+        d = out / sites[i % 3] / f"DEMO_{i}"  # case id <site>_DEMO_N (unpadded, as the challenge ids are)
         ph = make_phantom(size, seed=seed * 1000 + i, lesions=True, other_pathology=i % 2 == 0)
         write_nifti(ph.images["t1"], ph.affine, d / "pre" / "T1.nii.gz", "LAS", np.float32)
         write_nifti(ph.images["flair"], ph.affine, d / "pre" / "FLAIR.nii.gz", "LAS", np.float32)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 from asa.cli.demo_data import main
-from asa.data import discover
+from asa.data import LAYOUTS, detect_layout, discover
+from asa.io.nifti import strip_nifti
 
 REAL_BRATS_ID = re.compile(r"^BraTS2021_\d{5}$")
 
@@ -18,6 +19,29 @@ def test_case_ids_are_synthetic_and_read_by_the_layout(tmp_path):
     assert not any(REAL_BRATS_ID.match(i) for i in ids)
     assert main(["--layout", "msd", "--out", str(tmp_path / "msd"), "--cases", "1", "--size", "16"]) == 0
     assert [c.id for c in discover("msd", tmp_path / "msd")] == ["BRATS_DEMO_001"]
+
+
+DEMO_IDS = {  # two cases of each layout, as its adapter reads them
+    "brats": ["BraTS2021_DEMO_00000", "BraTS2021_DEMO_00001"],
+    "ibsr": ["IBSR_DEMO_01", "IBSR_DEMO_02"],
+    "wmh": ["Singapore_DEMO_1", "Utrecht_DEMO_0"],
+    "msd": ["BRATS_DEMO_001", "BRATS_DEMO_002"],
+    "bids": ["sub-DEMO001_ses-M00", "sub-DEMO002"],
+    "caps": ["sub-DEMO001_ses-M000", "sub-DEMO002_ses-M000"],
+    "filelist": ["DEMO_000", "DEMO_001"],
+}
+
+
+def test_every_layouts_demo_ids_say_demo(tmp_path):
+    """Real ids look like IBSR_01 (IBSR), Utrecht/0 (WMH), sub-ADNI002S0295 (ADNI): no phantom's id does."""
+    assert sorted(DEMO_IDS) == sorted(LAYOUTS)
+    for layout, expected in DEMO_IDS.items():
+        out = tmp_path / layout
+        assert main(["--layout", layout, "--out", str(out), "--cases", "2", "--size", "16"]) == 0
+        assert detect_layout(out) == layout
+        assert [c.id for c in discover(layout, out)] == expected
+        stems = {strip_nifti(p.name) for p in out.rglob("*.nii*")} | {p.name for p in out.rglob("*") if p.is_dir()}
+        assert not {s for s in stems if re.fullmatch(r"IBSR_\d+|\d+|sub-\d+|sub-ADNI\d+|case_\d+", s)}
 
 
 def test_non_empty_out_is_refused_and_left_untouched(tmp_path, capsys):

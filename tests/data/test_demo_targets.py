@@ -54,24 +54,24 @@ def test_demo_targets_are_deterministic_and_written_where_each_layout_keeps_them
     lines = [line.split("\t") for line in table.splitlines()]
     assert lines[0] == ["participant_id", "age", "sex", "diagnosis"]
     s = demo_subject(4, 0)
-    assert lines[1] == ["sub-001", str(s["age"]), s["sex"], s["diagnosis"]]
+    assert lines[1] == ["sub-DEMO001", str(s["age"]), s["sex"], s["diagnosis"]]
     assert demo_subject(4, 0) == s and demo_subject(4, 1) != s  # per subject, from the seed alone
-    sessions = (a / "sub-001" / "sub-001_sessions.tsv").read_text()
+    sessions = (a / "sub-DEMO001" / "sub-DEMO001_sessions.tsv").read_text()
     assert sessions == f"session_id\tage\tdiagnosis\nses-M00\t{s['age']}\t{s['diagnosis']}\n"
-    assert not (a / "sub-002" / "sub-002_sessions.tsv").exists()  # sub-002 has no session folder
-    t1 = "sub-001/ses-M00/anat/sub-001_ses-M00_T1w.nii.gz"
+    assert not (a / "sub-DEMO002" / "sub-DEMO002_sessions.tsv").exists()  # sub-DEMO002 has no session folder
+    t1 = "sub-DEMO001/ses-M00/anat/sub-DEMO001_ses-M00_T1w.nii.gz"
     np.testing.assert_array_equal(load_volume(a / t1).array, load_volume(b / t1).array)
     # without targets: the subject table holds ids only and the phantoms are the ageless ones
     plain = write_demo_dataset("bids", tmp_path / "plain", cases=3, size=20, seed=4)
-    assert (plain / "participants.tsv").read_text() == "participant_id\nsub-001\nsub-002\nsub-003\n"
+    assert (plain / "participants.tsv").read_text() == "participant_id\nsub-DEMO001\nsub-DEMO002\nsub-DEMO003\n"
     assert not np.array_equal(load_volume(plain / t1).array, load_volume(a / t1).array)
     caps = write_demo_dataset("caps", tmp_path / "caps", cases=2, size=20, seed=4, targets=True)
     assert (caps / "participants.tsv").read_text().splitlines()[:2] == [
         "participant_id\tsession_id\tage\tsex\tdiagnosis",
-        f"sub-ADNI001\tses-M000\t{s['age']}\t{s['sex']}\t{s['diagnosis']}"]
+        f"sub-DEMO001\tses-M000\t{s['age']}\t{s['sex']}\t{s['diagnosis']}"]
     files = write_demo_dataset("filelist", tmp_path / "fl", cases=2, size=20, seed=4, targets=True)
     row = (files / "files.csv").read_text().splitlines()[1]
-    assert row == f"case_000,images/case_000.nii.gz,{s['age']},{s['sex']},{s['diagnosis']}"
+    assert row == f"DEMO_000,images/DEMO_000.nii.gz,{s['age']},{s['sex']},{s['diagnosis']}"
     cached = ensure_demo_dataset("bids", cases=3, size=20, seed=4, cache_dir=tmp_path / "cache", targets=True)
     assert cached.name.endswith("-targets") and (cached / "participants.tsv").read_text() == table
     with pytest.raises(ValueError, match=r"targets=True is for the layouts \('bids', 'caps', 'filelist'\)"):

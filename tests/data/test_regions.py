@@ -64,7 +64,7 @@ def test_supplied_and_label_sources(demo_root, tmp_path):
     assert torch.equal(from_label["region"], from_label["label"])  # IBSR labels 0..3, no ignore label
     with pytest.raises(RuntimeError) as err:  # MONAI wraps errors raised inside a transform
         build_segmentation_dataset(cases, task, train=False, regions=RegionSource("file", dir=tmp_path / ".."))[0]
-    assert "no region map IBSR_01.nii.gz" in str(err.value.__cause__)
+    assert "no region map IBSR_DEMO_01.nii.gz" in str(err.value.__cause__)
     with pytest.raises(ValueError, match="regions.source"):
         RegionSource("sam")
 
