@@ -24,7 +24,7 @@ from asa.data.tasks import Task
 from asa.io import Volume, load_volume
 
 __all__ = [
-    "case_to_item", "load_case_images", "brain_mask", "normalize_in_brain", "PretrainPreprocess",
+    "case_to_item", "load_case_images", "brain_mask", "flat_channels", "normalize_in_brain", "PretrainPreprocess",
     "SegmentationPreprocess",
 ]
 
@@ -70,8 +70,30 @@ def brain_mask(image: np.ndarray) -> np.ndarray:
     return mask
 
 
-def normalize_in_brain(image: np.ndarray, mask: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
+PERCENTILES = (0.5, 99.5)  # the intensity range kept inside the brain before z-scoring
+FLAT_TOLERANCE = 1e-6  # relative spread below which a channel has no contrast (float32 rounding)
+
+
+def flat_channels(image: np.ndarray, mask: np.ndarray, percentiles: tuple[float, float] = PERCENTILES
+                  ) -> list[tuple[int, float, float]]:
+    """The channels `normalize_in_brain` cannot z-score: ``(channel, low, high)`` for each channel
+    of image [C, X, Y, Z] whose ``percentiles`` inside mask [X, Y, Z] are equal (after clipping every
+    brain voxel is one value: std 0) or closer than ``FLAT_TOLERANCE`` times their magnitude (z-scoring
+    would blow float rounding up to unit variance). An empty mask makes every channel flat (nan, nan)."""
+    if not mask.any():
+        return [(c, float("nan"), float("nan")) for c in range(image.shape[0])]
+    flat = []
+    for c in range(image.shape[0]):
+        lo, hi = (float(v) for v in np.percentile(image[c][mask], percentiles))
+        if hi - lo <= FLAT_TOLERANCE * max(abs(lo), abs(hi)):
+            flat.append((c, lo, hi))
+    return flat
+
+
+def normalize_in_brain(image: np.ndarray, mask: np.ndarray, percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
     """Per channel: clip to the brain's percentiles, z-score with the brain's mean/std, zero outside.
+    A channel `flat_channels` reports becomes 0 in the brain (the upfront case checks refuse such
+    images, see `asa.data.layouts.base.check_case`).
 
     image: [C, X, Y, Z] float32, mask: [X, Y, Z] bool -> float32 [C, X, Y, Z].
     """
@@ -101,7 +123,7 @@ class PretrainPreprocess(Transform):
     under the same crop."""
 
     def __init__(self, size: int | Sequence[int] = 128, *, resample_mm: float | None = None, lr_centre: str = "mask",
-                 percentiles: tuple[float, float] = (0.5, 99.5), regions: RegionSource | None = None) -> None:
+                 percentiles: tuple[float, float] = PERCENTILES, regions: RegionSource | None = None) -> None:
         if lr_centre not in LR_CENTRES:
             raise ValueError(f"lr_centre must be one of {LR_CENTRES}, got {lr_centre!r}")
         self.size = _as_tuple3(size)
@@ -153,7 +175,7 @@ class SegmentationPreprocess(Transform):
     With ``regions`` also ``"region"``: int16 [1, X, Y, Z], the case's region map.
     """
 
-    def __init__(self, task: Task, *, percentiles: tuple[float, float] = (0.5, 99.5), with_label: bool = True,
+    def __init__(self, task: Task, *, percentiles: tuple[float, float] = PERCENTILES, with_label: bool = True,
                  regions: RegionSource | None = None) -> None:
         self.task = task
         self.percentiles = tuple(percentiles)

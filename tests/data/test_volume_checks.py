@@ -10,6 +10,7 @@ import pytest
 
 from asa.data import CaseError, discover, write_demo_dataset
 from asa.data.layouts import base
+from asa.data.preprocessing import brain_mask, flat_channels
 
 
 def _rewrite(path: Path, fn) -> None:
@@ -84,9 +85,68 @@ def test_checks_are_cached_per_unchanged_file(damaged, tmp_path, monkeypatch):
     monkeypatch.undo()
     # a repaired file (new size/mtime) is checked again
     bad_id = next(cid for cid, (_, words) in faults.items() if words == "all zeros")
-    _rewrite(faults[bad_id][0], lambda a: a + 1.0)
+    _rewrite(faults[bad_id][0], lambda a: a + np.arange(a.size, dtype=np.float32).reshape(a.shape))  # not constant
     again = discover("brats", root, on_bad_case="skip", cache_dir=cache)
     assert bad_id in {c.id for c in again}
+
+
+def test_flat_channels_on_hand_made_volumes():
+    brain = np.zeros((8, 8, 8), bool)
+    brain[2:6, 2:6, 2:6] = True  # 64 brain voxels
+    ramp = np.arange(512, dtype=np.float32).reshape(8, 8, 8) * brain
+    inside = np.where(brain, 5.0, 0.0).astype(np.float32)
+    image = np.stack([ramp, inside, np.full((8, 8, 8), 5.0, np.float32)])
+    assert brain_mask(image[:2]).sum() == 64  # 0 outside, so the mask is the brain
+    assert flat_channels(image, brain) == [(1, 5.0, 5.0), (2, 5.0, 5.0)]
+    assert flat_channels(image[:1], brain) == []
+    # float rounding around a large value is no contrast: 1000 ± 1e-4 spans 2e-7 of the value
+    jitter = 1000.0 + 1e-4 * np.random.default_rng(0).standard_normal((1, 8, 8, 8)).astype(np.float32)
+    (c, lo, hi), = flat_channels(jitter, brain)
+    assert c == 0 and 0 < hi - lo <= 1e-6 * 1000.0
+    # one brain voxel of 64 (1.6 %) differs: the 0.5th..99.5th percentile range still has contrast
+    one = inside.copy()
+    one[3, 3, 3] = 9.0
+    assert flat_channels(one[None], brain) == []
+    assert flat_channels(image, np.zeros_like(brain))[0][0] == 0  # no brain at all: nothing to z-score
+
+
+def _constant(root: Path) -> dict[str, tuple[Path, str]]:
+    """Make one image of two BraTS cases constant: all 5s, and 5 inside the brain (0 outside)."""
+    ids = sorted(p.name for p in root.iterdir() if p.is_dir())
+    flair, t1 = root / ids[0] / f"{ids[0]}_flair.nii.gz", root / ids[1] / f"{ids[1]}_t1.nii.gz"
+    _rewrite(flair, lambda a: np.full_like(a, 5.0))
+    _rewrite(t1, lambda a: np.where(a != 0, 5.0, 0.0).astype(np.float32))
+    return {ids[0]: (flair, "voxels, are both 5)"), ids[1]: (t1, "voxels, are both 5)")}
+
+
+def test_a_constant_image_is_a_bad_case_naming_the_file(tmp_path):
+    """Like an all-zero image, a constant one would reach training as a brain of zeros (z-scoring divides
+    by ~0): refused with on_bad_case=error, skipped and listed with skip, the outcome cached."""
+    root = write_demo_dataset("brats", tmp_path / "brats", cases=3, size=24, seed=0)
+    faults = _constant(root)
+    with pytest.raises(CaseError) as info:
+        discover("brats", root, on_bad_case="error", option="data.on_bad_case")
+    for cid, (path, words) in faults.items():
+        line = next(ln for ln in str(info.value).splitlines() if ln.strip().startswith(f"- {cid}:"))
+        assert f"{path}: image is constant inside the brain" in line and words in line, line
+        assert "z-scoring it would divide by ~0" in line
+    report, cache = tmp_path / "bad_cases.json", tmp_path / "cache"
+    kept = discover("brats", root, on_bad_case="skip", report_path=report, cache_dir=cache)
+    assert [c.id for c in kept] == sorted(set(p.name for p in root.iterdir()) - set(faults))
+    skipped = {s["id"]: s["reason"] for s in json.loads(report.read_text())["skipped"]}
+    assert set(skipped) == set(faults) and all("constant inside the brain" in r for r in skipped.values())
+    cached = json.loads((cache / "case_checks.json").read_text()).values()
+    assert sum(r is not None and "constant inside the brain" in r for r in cached) == 2
+
+
+def test_a_constant_pretraining_scan_is_a_bad_case(tmp_path):
+    root = write_demo_dataset("bids", tmp_path / "bids", cases=2, size=16, seed=0)
+    t1 = discover("bids", root)[1].images["t1"]
+    _rewrite(t1, lambda a: np.full_like(a, 5.0))
+    skipped: list = []
+    assert len(discover("bids", root, on_bad_case="skip", skipped=skipped)) == 1
+    assert skipped[0].reason.startswith(f"{t1}: image is constant inside the brain")
+    assert "over the brain mask, every voxel, are both 5" in skipped[0].reason  # not skull-stripped: all of it
 
 
 @pytest.mark.parametrize("workers", [0, 1])

@@ -2,7 +2,8 @@
 
 ``discover(layout, root)`` runs the layout's adapter, then checks every case (missing modality,
 image/label shape or affine mismatch, label values outside the task's set, duplicate ids and, with
-``validate="full"``, every volume's contents as `load_volume` reads them). With
+``validate="full"``, every volume's contents as `load_volume` reads them, and contrast inside the
+brain: a constant image cannot be z-scored). With
 ``on_bad_case="skip"`` bad cases are dropped and listed, with reasons, in ``report_path`` (JSON).
 
 Full checks read every volume once, in parallel threads; with a ``cache_dir`` the outcome per case
@@ -114,7 +115,7 @@ def _stamp(case: Case, label_values: tuple[int, ...] | None, validate: str) -> s
         st = p.stat()
         files.append((str(p), st.st_size, st.st_mtime_ns))
     frames = case.meta.get("frames", {})
-    blob = json.dumps([files, frames, label_values, validate, case.id, 1], default=str)
+    blob = json.dumps([files, frames, label_values, validate, case.id, 2], default=str)  # 2: + contrast check
     return hashlib.sha1(blob.encode()).hexdigest()
 
 

@@ -10,8 +10,9 @@ import nibabel as nib
 import numpy as np
 
 from asa.data.case import Case
-from asa.io import VolumeError, decode_nifti, load_volume, read_nifti
 from asa.data.layouts.names import LAYOUTS
+from asa.data.preprocessing import PERCENTILES, brain_mask, flat_channels
+from asa.io import VolumeError, decode_nifti, load_volume, read_nifti
 
 __all__ = ["CaseError", "Problem", "Found", "register", "ADAPTERS", "check_case"]
 
@@ -68,13 +69,32 @@ def _grid(path: Path) -> tuple[tuple[int, ...], np.ndarray, nib.Nifti1Image]:
     return shape[:3], img.affine, img
 
 
+def _no_contrast(image: np.ndarray, paths: list[Path]) -> str | None:
+    """Why image [C, X, Y, Z] (channel c read from ``paths[c]``) cannot be z-scored in the brain, or None."""
+    mask = brain_mask(image)
+    flat = flat_channels(image, mask)
+    if not flat:
+        return None
+    c, lo, hi = flat[0]
+    n, total = int(mask.sum()), mask.size
+    if n == 0:
+        return f"{paths[c]}: image gives an empty brain mask (no voxel above 20 % of its 99th percentile): nothing to z-score"
+    found = f"both {lo:g}" if lo == hi else f"{lo:g} and {hi:g}, a spread of {hi - lo:.3g}"
+    where = "every voxel" if n == total else f"{n} of {total} voxels"
+    return (f"{paths[c]}: image is constant inside the brain (its {PERCENTILES[0]:g}th and {PERCENTILES[1]:g}th "
+            f"percentiles over the brain mask, {where}, are {found}): z-scoring it would divide by ~0")
+
+
 def check_case(case: Case, label_values: tuple[int, ...] | None, *, check_labels: bool = True,
                contents: bool = False) -> str | None:
     """Reason the case is unusable, or None: unreadable headers, image/label shape or affine mismatch,
     label values outside ``label_values`` (decodes the label only when ``check_labels``). With
     ``contents`` every volume is read with `load_volume`'s own checks (truncated or corrupt data,
     wrong dimensionality, NaN/Inf, an all-zero image) — the faults that would otherwise stop
-    training at the first batch that draws the case."""
+    training at the first batch that draws the case — and the images are checked for contrast
+    inside the brain: an image that is constant there (all 5s, or 5 inside the brain and 0 outside)
+    is unusable like an all-zero one, since z-scoring inside the brain would divide by ~0
+    (`asa.data.preprocessing.flat_channels`, on the brain mask the preprocessing computes)."""
     try:
         ref_path = next(iter(case.images.values()))
         ref_shape, ref_affine, _ = _grid(ref_path)
@@ -85,8 +105,11 @@ def check_case(case: Case, label_values: tuple[int, ...] | None, *, check_labels
             if not np.allclose(affine, ref_affine, atol=1e-3):
                 return f"affine mismatch: {path} and {ref_path} are not on the same grid"
         if contents:
-            for channel, path in case.images.items():
-                load_volume(path, label=False, frame=case.frame(channel))
+            paths = list(case.images.items())
+            image = np.stack([load_volume(path, label=False, frame=case.frame(channel)).array for channel, path in paths])
+            flat = _no_contrast(image, [path for _, path in paths])
+            if flat:
+                return flat
         if case.label is not None and (check_labels or contents):
             data = load_volume(case.label, label=True).array if contents else decode_nifti(read_nifti(case.label), case.label)
             if not np.all(np.isfinite(data)):
