@@ -15,7 +15,7 @@ from asa.eval.inference import predict_volume
 from asa.eval.metrics import dice
 from asa.models import unwrap
 from asa.train.distributed import DistEnv
-from asa.train.pretrain import mid_slice_grid
+from asa.train.panels import panel_centre, slice_grid
 
 
 def _takes_offsets(model: nn.Module) -> bool:
@@ -107,8 +107,11 @@ def make_dice_validator(
 def make_segmentation_panel_fn(
     item: Mapping, *, multilabel: bool, roi_size: Sequence[int], overlap: float = 0.5, sw_batch_size: int = 2,
 ) -> Callable[[nn.Module, int], dict[str, torch.Tensor]]:
-    """panel(model, step) -> {"finetune/1_image", "finetune/2_label", "finetune/3_prediction": [1, S, 3S]}
-    on one validation case (mid slices of its first channel; label maps scaled so class k is k/K)."""
+    """panel(model, step) -> {"finetune/1_image", "finetune/2_label", "finetune/3_prediction": [1, h, w]}
+    on one validation case: its first channel, label and prediction (label maps scaled so class k is
+    k/K), each a labelled image of sagittal, coronal and axial slices through the centre of mass of
+    the label's foreground (else of the brain), captioned with their index
+    (`asa.train.panels.slice_grid`), so that an off-centre lesion is on the panel."""
     image, target = item["image"], item["label"]
 
     def as_map(t: torch.Tensor, k: int) -> torch.Tensor:  # multilabel [K,...] or [1,...] classes -> [X,Y,Z]
@@ -116,6 +119,9 @@ def make_segmentation_panel_fn(
             t = (t > 0.5).float()
             return (t * torch.arange(1, k + 1, dtype=t.dtype).view(-1, 1, 1, 1)).amax(0) / k
         return t[0].float().clamp_min(0) / max(k - 1, 1)
+
+    foreground = (target > 0.5).any(0) if multilabel else target[0] > 0  # ignore (-1) is not foreground
+    at = panel_centre(image.shape, foreground, (image != 0).any(0))
 
     def panel(model: nn.Module, step: int) -> dict[str, torch.Tensor]:
         device = next(model.parameters()).device
@@ -126,7 +132,8 @@ def make_segmentation_panel_fn(
         pred = probs if multilabel else probs.argmax(0, keepdim=True)
         img = image[0].float()
         img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-6)
-        return {"finetune/1_image": mid_slice_grid([img]), "finetune/2_label": mid_slice_grid([as_map(target, k)]),
-                "finetune/3_prediction": mid_slice_grid([as_map(pred, k)])}
+        return {"finetune/1_image": slice_grid({"image": img}, at),
+                "finetune/2_label": slice_grid({"label": as_map(target, k)}, at),
+                "finetune/3_prediction": slice_grid({"prediction": as_map(pred, k)}, at)}
 
     return panel

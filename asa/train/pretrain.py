@@ -16,10 +16,11 @@ from asa.models.encoder import ENCODER_PREFIX
 
 from .data import loader_workers, move_to
 from .distributed import DistEnv
+from .panels import panel_centre, slice_grid
 from .preemption import leave_stop_signals_to_the_trainer
 from .rng import fork_rng, item_seed, seed_everything
 
-__all__ = ["mae_step", "make_validator", "validation_groups", "make_panel_fn", "mid_slice_grid", "export_encoder", "PANEL_ROWS"]
+__all__ = ["mae_step", "make_validator", "validation_groups", "make_panel_fn", "export_encoder", "PANEL_ROWS"]
 
 
 def mae_step(model: nn.Module, batch: Mapping) -> tuple[torch.Tensor, dict]:
@@ -100,35 +101,19 @@ def make_validator(
     return validate
 
 
-def _mid_slices(v: torch.Tensor, size: int) -> list[torch.Tensor]:
-    """v [D,H,W] in RAS -> sagittal, coronal, axial mid slices, superior/anterior up, padded to size²."""
-    d, h, w = v.shape
-    slices = [v[d // 2, :, :], v[:, h // 2, :], v[:, :, w // 2]]
-    out = []
-    for s in slices:
-        s = s.T.flip(0)  # second array axis up
-        pad = torch.zeros(size, size, dtype=s.dtype)
-        pad[: s.shape[0], : s.shape[1]] = s
-        out.append(pad)
-    return out
-
-
-def mid_slice_grid(rows: list[torch.Tensor]) -> torch.Tensor:
-    """rows: volumes [D,H,W] scaled to [0,1] -> image [1, rows·S, 3·S] of their three mid slices."""
-    size = max(max(r.shape) for r in rows)
-    return torch.cat([torch.cat(_mid_slices(r.float().cpu(), size), dim=1) for r in rows], dim=0)[None]
-
-
 PANEL_ROWS = ("1_input", "2_masked", "3_reconstruction", "4_ar_weights")
+_WEIGHT_NAMES = {"attentive": "AR weights", "uniform": "loss weights (uniform)", "focal_region": "focal weights"}
 
 
 def make_panel_fn(
     sample: torch.Tensor, regions: torch.Tensor | None = None
 ) -> Callable[[nn.Module, int], dict[str, torch.Tensor]]:
-    """panel(model, step) -> {"pretrain/<row>": [1, S, 3S]}, one labelled image per row: the input, the
-    masked input, the reconstruction and the loss-weight map (AR or focal region weights; first
-    channel of one fixed sample; sagittal, coronal and axial mid slices side by side). ``regions``
-    [1, D, H, W]: the sample's region map, for models that use one."""
+    """panel(model, step) -> {"pretrain/<row>": [1, h, w]}, one labelled image per row (`PANEL_ROWS`):
+    the input, the masked input, the reconstruction and the loss-weight map (AR or focal region
+    weights) of the first channel of one fixed sample; sagittal, coronal and axial slices through the
+    centre of mass of the loss weights inside the brain (else of the brain), captioned with their
+    index (`asa.train.panels.slice_grid`). ``regions`` [1, D, H, W]: the sample's region map, for
+    models that use one."""
 
     def panel(model: nn.Module, step: int) -> dict[str, torch.Tensor]:
         core = unwrap(model)
@@ -146,8 +131,12 @@ def make_panel_fn(
         def scale(v: torch.Tensor) -> torch.Tensor:
             return ((v - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
 
+        brain = (x[0] != 0).any(0).float()  # z-scored inputs are 0 outside the brain
+        at = panel_centre(x.shape, wmap[0, 0] * brain, brain)
+        names = ("input", "masked input", "reconstruction", _WEIGHT_NAMES.get(getattr(core, "loss_weighting", ""),
+                                                                               "loss weights"))
         rows = [scale(x)[0, 0], (scale(x) * (1 - mask))[0, 0], scale(recon)[0, 0], wmap[0, 0].clamp(0, 1)]
-        return {f"pretrain/{name}": mid_slice_grid([row]) for name, row in zip(PANEL_ROWS, rows)}
+        return {f"pretrain/{tag}": slice_grid({name: row}, at) for tag, name, row in zip(PANEL_ROWS, names, rows)}
 
     return panel
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from asa.models import unwrap
 
-from .pretrain import mid_slice_grid
+from .panels import panel_centre, slice_grid
 
 __all__ = ["sah_step", "make_sah_panel_fn"]
 
@@ -34,8 +34,9 @@ def sah_step(labels: Mapping[str, float]) -> Callable[[nn.Module, Mapping], tupl
 
 
 def make_sah_panel_fn(sample: torch.Tensor) -> Callable[[nn.Module, int], dict[str, torch.Tensor]]:
-    """panel(model, step) -> {"inpainting/mid_slices": [1, 3S, 3S]}: rows are the rotated view, the
-    view after patch drop-out and its reconstruction (first channel of one fixed sample)."""
+    """panel(model, step) -> {"inpainting/panel": [1, h, w]}: rows are the rotated view, the view after
+    patch drop-out and its reconstruction (first channel of one fixed sample), in sagittal, coronal and
+    axial slices through the centre of the view's brain, labelled (`asa.train.panels.slice_grid`)."""
 
     def panel(model: nn.Module, step: int) -> dict[str, torch.Tensor]:
         core = unwrap(model)
@@ -49,7 +50,8 @@ def make_sah_panel_fn(sample: torch.Tensor) -> Callable[[nn.Module, int], dict[s
         def scale(v: torch.Tensor) -> torch.Tensor:
             return ((v.float() - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)[0, 0]
 
-        return {"inpainting/mid_slices": mid_slice_grid([scale(out.view), scale(out.dropped),
-                                                         scale(out.reconstruction)])}
+        at = panel_centre(out.view.shape, (out.view[0] != 0).any(0))  # z-scored: 0 outside the brain
+        return {"inpainting/panel": slice_grid({"rotated view": scale(out.view), "patches dropped": scale(out.dropped),
+                                                "reconstruction": scale(out.reconstruction)}, at)}
 
     return panel
