@@ -1,6 +1,7 @@
 """Networks: SW-ViT with LW-MSA/SLW-MSA, symmetric position encoding, the ASA autoencoder."""
 
 from asa.models.attention import LinearWindowAttention
+from asa.models.case_head import POOLINGS, ASACaseHead, AttentionPool, build_case_head
 from asa.models.compiled import compile_blocks, unwrap
 from asa.models.encoder import SWViTEncoder
 from asa.models.layout import channels_last_inference
@@ -22,6 +23,10 @@ __all__ = [
     "ENCODER_MODULES",
     "ASA",
     "ASASegmenter",
+    "ASACaseHead",
+    "AttentionPool",
+    "POOLINGS",
+    "build_case_head",
     "LoadReport",
     "NETWORKS",
     "PRESETS",

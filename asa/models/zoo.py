@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from asa.io import load_weights
+from asa.models.case_head import ASACaseHead
 from asa.models.mae import ASA
 from asa.models.patch import patch_grid, to_3tuple
 from asa.models.sa_swin import SASwin
@@ -44,6 +45,7 @@ def _sa_swin(*, img_size: Any, **kwargs: Any) -> nn.Module:
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "asa": ASASegmenter, "unetr": _unetr, "swin_unetr": _swin_unetr, "sa_swin": _sa_swin, "asa_pretrain": ASA,
     "sa_swin_pretrain": SymmetryAwareHead,
+    "case_head": ASACaseHead,  # case-level classification / regression (asa.models.case_head)
 }
 
 

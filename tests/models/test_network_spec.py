@@ -19,6 +19,7 @@ SPECS = {
     "sa_swin": dict(img_size=64, in_channels=2, out_channels=3, feature_size=12, depths=[1, 1, 1, 1]),
     "sa_swin_pretrain": dict(in_channels=1, feature_size=12, depths=[1, 1, 1, 1], contrastive_dim=16,
                              symmetry_dim=8),
+    "case_head": dict(img_size=32, in_channels=2, out_channels=3, pooling="attention", hidden_dim=16, lr_axis=1, **TINY),
 }
 PRETRAINING = ("asa_pretrain", "sa_swin_pretrain")  # forward draws masks / views: compared under one seed
 
@@ -80,7 +81,8 @@ def test_config_nulls_are_resolved_in_the_spec(tmp_path):
 
 
 def test_bad_specs_and_foreign_networks():
-    assert set(NETWORKS) == {"asa", "unetr", "swin_unetr", "sa_swin", "asa_pretrain", "sa_swin_pretrain"}
+    assert set(NETWORKS) == {"asa", "unetr", "swin_unetr", "sa_swin", "asa_pretrain", "sa_swin_pretrain",
+                             "case_head"}
     with pytest.raises(ValueError, match="unknown arch 'vnet'"):
         build_network({"arch": "vnet", "kwargs": {}})
     with pytest.raises(ValueError, match="'arch': name, 'kwargs'"):

@@ -1,0 +1,153 @@
+"""ASACaseHead: the shared SW-ViT encoder, pooled tokens and a small MLP, for case-level targets
+(diagnosis classification: K logits; brain-age regression: 1 value) — issue #24."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from asa.io import load_weights
+from asa.models.encoder import SWViTEncoder
+from asa.models.patch import to_3tuple
+from asa.models.segmenter import ASASegmenter, recorded_pretraining
+
+POOLINGS = ("mean", "attention")
+
+
+class AttentionPool(nn.Module):
+    """Attention pooling: one learned query scores every token, softmax over tokens, weighted sum.
+
+    tokens [B, N, C] -> [B, C]."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.score = nn.Linear(dim, 1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        weights = self.score(self.norm(tokens)).softmax(dim=1)  # [B, N, 1]
+        return (weights * tokens).sum(dim=1)  # [B, C]
+
+
+class ASACaseHead(nn.Module):
+    """SW-ViT encoder over every token of the brain-centred crop (+ SPE, as :class:`ASASegmenter`'s,
+    same ``encoder.*`` keys, so pretraining files load with :meth:`load_pretrained`), tokens pooled
+    (``pooling``: ``mean``, or ``attention`` with one learned query), then LayerNorm → Linear →
+    GELU → dropout → Linear to ``out_channels`` outputs (K class logits, or 1 regression value).
+
+    x: [B, C, D, H, W] (D, H, W = img_size) -> [B, out_channels]. ``offsets`` [B, 3]: the crop's
+    patch offset from the reference grid (brain frame); None is offset 0, the pretraining crop.
+    """
+
+    def __init__(
+        self,
+        *,
+        img_size: int | tuple[int, int, int] = 128,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        patch_size: int = 8,
+        embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        window_size: int = 32,
+        mlp_ratio: float = 4.0,
+        pos_mode: str = "mirror",
+        lr_axis: int = 0,
+        shift_mask: bool = True,
+        rel_pos_bias: bool = True,
+        dropout: float = 0.0,
+        grad_checkpointing: bool = False,
+        reference_grid: int | tuple[int, int, int] | None = None,
+        region_attention: str = "none",
+        saca: str = "none",
+        pooling: str = "mean",
+        hidden_dim: int = 256,
+        head_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.network_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        if pooling not in POOLINGS:
+            raise ValueError(f"head.pooling={pooling!r}: expected one of {POOLINGS}")
+        if region_attention != "none":
+            raise ValueError(f"model.region_attention={region_attention!r}: the case head takes no region maps; "
+                             "use region_attention=none")
+        if saca not in ("none", "decoder", "encoder", "all"):
+            raise ValueError(f"saca must be one of none, decoder, encoder, all, got {saca!r}")
+        if out_channels < 1 or hidden_dim < 1:
+            raise ValueError(f"ASACaseHead needs out_channels >= 1 and hidden_dim >= 1, got {out_channels}, {hidden_dim}")
+        self.encoder = SWViTEncoder(
+            img_size=img_size, in_channels=in_channels, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+            num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio, pos_mode=pos_mode, lr_axis=lr_axis,
+            reference_grid=reference_grid, shift_mask=shift_mask, rel_pos_bias=rel_pos_bias, dropout=dropout,
+            grad_checkpointing=grad_checkpointing, saca=saca in ("encoder", "all"),
+        )
+        enc = self.encoder
+        self.img_size, self.grid, self.reference_grid = enc.img_size, enc.grid, enc.reference_grid
+        self.in_channels, self.out_channels, self.embed_dim, self.patch_size = in_channels, out_channels, embed_dim, patch_size
+        self.pos_mode, self.lr_axis = pos_mode, lr_axis
+        self.network_arch = "case_head"  # its name in asa.models.zoo.NETWORKS, for network_spec
+        self.spe_frame = "brain"  # the training step passes crop offsets (asa.train.finetune)
+        self.uses_regions = False
+        self.num_encoder_layers = depth + 1  # patch embedding = layer 0, block i = i + 1, final norm = depth + 1
+        self.network_kwargs.update(img_size=list(self.img_size), reference_grid=list(self.reference_grid))
+        self.pool = AttentionPool(embed_dim) if pooling == "attention" else None
+        self.mlp = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, hidden_dim), nn.GELU(),
+                                 nn.Dropout(head_dropout), nn.Linear(hidden_dim, out_channels))
+
+    def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, N, C] -> [B, C] (mean, or attention pooling)."""
+        return tokens.mean(dim=1) if self.pool is None else self.pool(tokens)
+
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, C, D, H, W]; offsets: [B, 3] or None -> [B, out_channels]."""
+        if tuple(x.shape[1:]) != (self.in_channels, *self.img_size):
+            raise ValueError(f"ASACaseHead expects input [B, {self.in_channels}, {', '.join(map(str, self.img_size))}], "
+                             f"got {list(x.shape)}")
+        tokens = self.encoder.encode(x, offsets=offsets)  # [B, N, C], normed
+        return self.mlp(self.pool_tokens(tokens))
+
+    # the encoder is ASASegmenter's (same keys, same grid rules): its loader, grid check, layer ids and
+    # decay exemptions apply unchanged
+    check_grid = ASASegmenter.check_grid
+    load_pretrained = ASASegmenter.load_pretrained
+    encoder_layer_id = ASASegmenter.encoder_layer_id
+    no_weight_decay = ASASegmenter.no_weight_decay
+
+
+def build_case_head(
+    model_cfg: Mapping[str, Any],
+    *,
+    in_channels: int,
+    out_channels: int,
+    patch_size: int | None,
+    default_patch_size: int,
+    pos_mode: str | None = None,
+    lr_axis: int | None = None,
+    pooling: str = "mean",
+    hidden_dim: int = 256,
+    head_dropout: float = 0.0,
+) -> ASACaseHead:
+    """The case head of a run config's ``model`` section (SW-ViT sizes, ``pretrained``): the crop
+    edge ``patch_size`` (None: the pretraining crop the file records, else ``default_patch_size``),
+    ``pos_mode`` / ``lr_axis`` (None: the file's, else ``mirror`` / 0), the encoder initialised from
+    ``model.pretrained`` (its grid must be the crop's, DESIGN §1.2)."""
+    kwargs = {k: v for k, v in model_cfg.items() if k not in ("arch", "pretrained", "decoder_dim", "decoder_depth",
+                                                              "decoder_num_heads")}
+    pretrained = model_cfg.get("pretrained")
+    checkpoint, recorded = None, {}
+    if pretrained:
+        checkpoint = load_weights(pretrained)
+        recorded = recorded_pretraining(checkpoint, pretrained)
+    if patch_size is None:
+        patch_size = recorded["img_size"][0] if recorded.get("img_size") else int(default_patch_size)
+    pos_mode = pos_mode if pos_mode is not None else recorded.get("pos_mode") or "mirror"
+    lr_axis = lr_axis if lr_axis is not None else (recorded.get("lr_axis") or 0)
+    net = ASACaseHead(img_size=to_3tuple(int(patch_size), "data.patch_size"), in_channels=in_channels,
+                      out_channels=out_channels, pos_mode=pos_mode, lr_axis=int(lr_axis), pooling=pooling,
+                      hidden_dim=hidden_dim, head_dropout=head_dropout, **kwargs)
+    if checkpoint is not None:
+        net.load_pretrained(pretrained, checkpoint=checkpoint)
+    return net
