@@ -92,7 +92,7 @@ def dataset_root(data: DictConfig) -> tuple[Path, str]:
             raise ValueError(f"data={data.name}: data.root is required (a {data.layout} folder)")
         demo = data.demo
         root = ensure_demo_dataset(demo.layout, cases=demo.cases, size=demo.size, seed=demo.seed,
-                                   cache_dir=demo.get("cache_dir"))
+                                   cache_dir=demo.get("cache_dir"), targets=bool(demo.get("targets", False)))
         return root, str(demo.layout)
     root = Path(str(data.root)).expanduser()
     if not root.exists():

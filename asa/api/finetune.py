@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from asa.api.common import (TrainingRun, check_crop_fits, dataset_root, load_cases, optimizer_and_config, refusing,
                              region_source, split_cases, trainer_config, write_splits)
+from asa.api.finetune_case import CASE_TASK, finetune_case
 from asa.api.rundir import command_line, override, shell_path
 from asa.api.schema import FinetuneConfig, PretrainDataConfig, as_config
 from asa.data import build_segmentation_dataset, get_task
@@ -31,6 +32,8 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
     Hydra config; it is checked against the schema first."""
     with refusing():  # a key the schema does not know (e.g. added with +key=value): refused
         cfg = as_config(config, "finetune")
+    if str(cfg.data.task) == CASE_TASK:  # one target per case: classification or regression
+        return finetune_case(cfg)
 
     with TrainingRun(cfg, APP) as run:
         env = run.env

@@ -83,6 +83,7 @@ class DemoConfig:
     size: int = 64
     seed: int = 0
     cache_dir: Optional[str] = None
+    targets: bool = False  # phantoms with age / sex / diagnosis in participants.tsv (asa.data.write_demo_dataset)
 
 
 @dataclass
@@ -135,9 +136,14 @@ class PretrainDataConfig(DataConfig):
 class SegmentationDataConfig(DataConfig):
     """A labelled segmentation dataset (``configs/finetune/data``)."""
 
-    task: str = MISSING
+    task: str = MISSING  # a segmentation task (asa.data.get_task), or `case`: one target per case (data.target)
     patch_size: Optional[int] = None  # null: the pretraining crop
     samples_per_case: int = 1
+    # task=case: classification or regression of one target per case (asa.data.read_targets)
+    target: Optional[str] = None  # the target column (e.g. diagnosis, age)
+    target_kind: str = "auto"  # auto | binary | multiclass | continuous
+    targets: Optional[str] = None  # the table (participants.tsv, a CSV/TSV, dataset.json); null: data.root's
+    classes: Optional[List[str]] = None  # class names in index order (binary: the positive class last); null: sorted
 
 
 @dataclass
@@ -200,11 +206,23 @@ class RelianceConfig:
 
 
 @dataclass
+class HeadConfig:
+    """The case head of ``data.task=case`` (`asa.models.ASACaseHead`): pooled encoder tokens, then an MLP."""
+
+    pooling: str = "mean"  # mean | attention
+    hidden_dim: int = 256
+    dropout: float = 0.0
+
+
+@dataclass
 class LossConfig:
     """Extra fine-tuning loss terms."""
 
     focal_weight: float = 0.0  # weight of the focal region loss added to Dice + CE
     focal_beta: float = 1.0
+    class_weighted: bool = True  # data.task=case, classes: cross-entropy weighted N / (K n_k) by training counts
+    regression: str = "mse"  # data.task=case, continuous: mse | huber (on standardised targets)
+    huber_delta: float = 1.0  # in standard deviations of the training targets
 
 
 @dataclass
@@ -247,6 +265,7 @@ class FinetuneConfig(RunConfig):
     optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
     data: SegmentationDataConfig = field(default_factory=SegmentationDataConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 

@@ -18,6 +18,7 @@ from asa.data.phantom import Phantom, make_phantom
 from asa.data.regions import REGION_SOURCES, RegionSource, cluster_tissue
 from asa.data.splits import DEFAULT_SPLITS, make_splits
 from asa.data.subjects import diseased_labels
+from asa.data.case_dataset import TargetDataset, build_target_dataset
 from asa.data.targets import MISSING_VALUES, TARGET_KINDS, Targets, read_targets
 from asa.data.tasks import TASKS, Task, get_task
 from asa.io import load_volume, save_volume  # the data stage's public NIfTI reader and writer (DESIGN §4)
@@ -25,6 +26,8 @@ from asa.io import load_volume, save_volume  # the data stage's public NIfTI rea
 __all__ = [
     "Case",
     "CaseDataset",
+    "TargetDataset",
+    "build_target_dataset",
     "CaseError",
     "DEFAULT_SPLITS",
     "DEMO_DIAGNOSES",

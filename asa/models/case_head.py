@@ -37,6 +37,9 @@ class ASACaseHead(nn.Module):
     same ``encoder.*`` keys, so pretraining files load with :meth:`load_pretrained`), tokens pooled
     (``pooling``: ``mean``, or ``attention`` with one learned query), then LayerNorm → Linear →
     GELU → dropout → Linear to ``out_channels`` outputs (K class logits, or 1 regression value).
+    The outputs are ``target_shift + target_scale · MLP(pooled)``: a regression head learns the
+    standardised target (the training set's mean and standard deviation, recorded in its spec), so
+    its outputs are in the target's own units.
 
     x: [B, C, D, H, W] (D, H, W = img_size) -> [B, out_channels]. ``offsets`` [B, 3]: the crop's
     patch offset from the reference grid (brain frame); None is offset 0, the pretraining crop.
@@ -66,6 +69,8 @@ class ASACaseHead(nn.Module):
         pooling: str = "mean",
         hidden_dim: int = 256,
         head_dropout: float = 0.0,
+        target_shift: float = 0.0,
+        target_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.network_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -76,6 +81,8 @@ class ASACaseHead(nn.Module):
                              "use region_attention=none")
         if saca not in ("none", "decoder", "encoder", "all"):
             raise ValueError(f"saca must be one of none, decoder, encoder, all, got {saca!r}")
+        if not target_scale > 0:
+            raise ValueError(f"ASACaseHead target_scale must be > 0, got {target_scale}")
         if out_channels < 1 or hidden_dim < 1:
             raise ValueError(f"ASACaseHead needs out_channels >= 1 and hidden_dim >= 1, got {out_channels}, {hidden_dim}")
         self.encoder = SWViTEncoder(
@@ -93,6 +100,7 @@ class ASACaseHead(nn.Module):
         self.uses_regions = False
         self.num_encoder_layers = depth + 1  # patch embedding = layer 0, block i = i + 1, final norm = depth + 1
         self.network_kwargs.update(img_size=list(self.img_size), reference_grid=list(self.reference_grid))
+        self.target_shift, self.target_scale = float(target_shift), float(target_scale)
         self.pool = AttentionPool(embed_dim) if pooling == "attention" else None
         self.mlp = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, hidden_dim), nn.GELU(),
                                  nn.Dropout(head_dropout), nn.Linear(hidden_dim, out_channels))
@@ -107,7 +115,7 @@ class ASACaseHead(nn.Module):
             raise ValueError(f"ASACaseHead expects input [B, {self.in_channels}, {', '.join(map(str, self.img_size))}], "
                              f"got {list(x.shape)}")
         tokens = self.encoder.encode(x, offsets=offsets)  # [B, N, C], normed
-        return self.mlp(self.pool_tokens(tokens))
+        return self.target_shift + self.target_scale * self.mlp(self.pool_tokens(tokens))
 
     # the encoder is ASASegmenter's (same keys, same grid rules): its loader, grid check, layer ids and
     # decay exemptions apply unchanged
@@ -129,6 +137,8 @@ def build_case_head(
     pooling: str = "mean",
     hidden_dim: int = 256,
     head_dropout: float = 0.0,
+    target_shift: float = 0.0,
+    target_scale: float = 1.0,
 ) -> ASACaseHead:
     """The case head of a run config's ``model`` section (SW-ViT sizes, ``pretrained``): the crop
     edge ``patch_size`` (None: the pretraining crop the file records, else ``default_patch_size``),
@@ -147,7 +157,8 @@ def build_case_head(
     lr_axis = lr_axis if lr_axis is not None else (recorded.get("lr_axis") or 0)
     net = ASACaseHead(img_size=to_3tuple(int(patch_size), "data.patch_size"), in_channels=in_channels,
                       out_channels=out_channels, pos_mode=pos_mode, lr_axis=int(lr_axis), pooling=pooling,
-                      hidden_dim=hidden_dim, head_dropout=head_dropout, **kwargs)
+                      hidden_dim=hidden_dim, head_dropout=head_dropout, target_shift=target_shift,
+                      target_scale=target_scale, **kwargs)
     if checkpoint is not None:
         net.load_pretrained(pretrained, checkpoint=checkpoint)
     return net

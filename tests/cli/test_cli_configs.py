@@ -39,7 +39,7 @@ def test_groups_are_complete():
     assert options("pretrain", "model") == ["base", "small", "tiny"]
     assert options("finetune", "model") == ["base", "sa_swin", "small", "swin_unetr", "tiny", "unetr"]
     assert {"adni", "demo", "oasis"} <= set(options("pretrain", "data"))
-    assert options("finetune", "data") == ["brats", "ibsr", "msd", "wmh"]
+    assert options("finetune", "data") == ["brats", "ibsr", "msd", "targets", "wmh"]
     assert options("pretrain", "experiment") == sorted(
         [*EXPERIMENTS, "focal_region", "rat_asa", "rat_msa", "asa_saca", "sa_swin"])  # + RAT parts, SA-Swin/SACA
     assert options("finetune", "experiment") == ["asa_saca", "baseline", "spe_only"]
@@ -229,7 +229,7 @@ def test_predict_and_evaluate_configs_compose():
     assert list(cfg.input) == ["a.nii.gz", "b.nii.gz"] and cfg.overlap == 0.5 and not cfg.tta
     for data in options("finetune", "data"):
         cfg = compose_config("evaluate", ["pred=p", "output=o", f"data={data}"])
-        assert cfg.data.task == data
+        assert cfg.data.task == ("case" if data == "targets" else data)  # targets: one target per case
 
 
 def test_config_path_points_at_the_entry_point_folders():

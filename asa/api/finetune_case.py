@@ -1,0 +1,153 @@
+"""Case-level fine-tuning (``data.task=case``): diagnosis classification or brain-age regression on the
+(pretrained) SW-ViT encoder with a pooled-token head — the job `asa-finetune` runs for such a preset."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from asa.api.common import (OptionError, TrainingRun, dataset_root, load_cases, optimizer_and_config, split_cases,
+                             trainer_config, write_splits)
+from asa.api.rundir import command_line, override, shell_path
+from asa.api.schema import PretrainDataConfig
+from asa.data import build_target_dataset, read_targets
+from asa.eval.case_metrics import HIGHER_IS_BETTER
+from asa.io import atomic_write_json
+from asa.models import build_case_head
+from asa.train import Engine, FitResult
+from asa.train.case_targets import CaseLoss, case_metrics_of, case_step, class_weights, default_monitor, make_case_validator
+from asa.train.preemption import mark_finished
+
+__all__ = ["finetune_case"]
+
+APP = "asa-finetune"
+CASE_TASK = "case"
+SEGMENTATION_MONITOR = "val/dice"  # the trainer presets' default: a case run follows its own default instead
+
+
+def _check_options(cfg: DictConfig) -> None:
+    """Refuse the segmentation-only options a case run would otherwise ignore."""
+    data = cfg.data
+    if data.target is None:
+        raise ValueError("data.task=case needs data.target: the column of the targets table to learn "
+                         "(e.g. data.target=diagnosis or data.target=age)")
+    arch = cfg.model.get("arch", "asa")
+    if arch not in ("asa", "case_head"):
+        raise ValueError(f"model.arch={arch}: data.task=case fine-tunes the SW-ViT encoder (model=tiny|small|base, "
+                         "arch asa); the MONAI baselines have no case head")
+    if int(data.samples_per_case) != 1:
+        raise ValueError(f"data.samples_per_case={data.samples_per_case}: data.task=case takes one brain-centred crop "
+                         "per case; set it to 1")
+    if float(cfg.loss.focal_weight) > 0 or str(cfg.model.get("region_attention", "none")) != "none":
+        raise ValueError("loss.focal_weight / model.region_attention need region maps, which data.task=case does not "
+                         "read; leave them at 0 / none")
+
+
+def _resolve_monitor(cfg: DictConfig, kind: str) -> None:
+    """Set ``trainer.monitor`` / ``trainer.mode`` for a case run before the config is saved: the
+    segmentation default (``val/dice``) becomes the kind's default (`default_monitor`); any other
+    monitor must be one of the kind's case metrics, with the mode of its direction."""
+    tr = cfg.trainer
+    names = case_metrics_of(kind)
+    if str(tr.monitor) == SEGMENTATION_MONITOR:
+        tr.monitor, tr.mode = default_monitor(kind)
+        return
+    name = str(tr.monitor).removeprefix("val/")
+    if name not in names:
+        raise ValueError(f"trainer.monitor={tr.monitor}: a {kind} target is validated with "
+                         f"{', '.join('val/' + n for n in names)}; pick one of them")
+    mode = "max" if HIGHER_IS_BETTER[name] else "min"
+    if str(tr.mode) != mode:
+        raise ValueError(f"trainer.mode={tr.mode} with trainer.monitor={tr.monitor}: {name} is better when "
+                         f"{'higher' if mode == 'max' else 'lower'}; set trainer.mode={mode}")
+
+
+def finetune_case(cfg: DictConfig) -> FitResult:
+    """Fine-tune a case head as configured (a checked config with ``data.task=case``); rank 0 writes
+    every file: config.yaml, splits.json, targets.json (what was read and skipped), checkpoints/."""
+    with TrainingRun(cfg, APP) as run:
+        env = run.env
+        data = cfg.data
+        _check_options(cfg)
+        root, _ = dataset_root(data)
+        source = data.targets if data.targets is not None else root
+        table = read_targets(source, str(data.target), kind=str(data.target_kind),
+                             classes=None if data.classes is None else list(data.classes))
+        kind = table.kind
+        _resolve_monitor(cfg, kind)
+        trainer_config(cfg)  # bad trainer values stop the run before its folder is touched
+        default_patch = int(data.demo.size) if data.root is None and data.get("demo") else PretrainDataConfig.size
+        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        run_dir = run.prepare_dir(resolved)
+        out_dir = run_dir.path
+        all_cases = load_cases(data, out_dir if env.is_main else None, env)
+        targets = table.for_cases(all_cases)
+        if env.is_main:
+            print(f"[asa] targets: {targets.summary()}", file=sys.stderr, flush=True)
+        cases = [c for c in all_cases if c.id in targets.values]
+        if not cases:
+            raise OptionError(f"data.target={data.target}: no case of {root} has a target in {table.source}")
+        splits = split_cases(cases, data, out_dir, env)
+        train_values = np.asarray([targets.values[c.id] for c in splits["train"]], dtype=np.float64)
+        weights, shift, scale = None, 0.0, 1.0
+        if kind == "continuous":
+            shift, scale = float(train_values.mean()), float(train_values.std()) or 1.0
+            out_channels = 1
+        else:
+            out_channels = targets.num_classes
+            if bool(cfg.loss.class_weighted):
+                weights = class_weights(train_values.astype(np.int64), out_channels)
+        torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
+        head = cfg.head
+        model = build_case_head(OmegaConf.to_container(cfg.model, resolve=True), in_channels=1,
+                                out_channels=out_channels,
+                                patch_size=None if data.patch_size is None else int(data.patch_size),
+                                default_patch_size=default_patch, pos_mode=cfg.segmenter.pos_mode,
+                                lr_axis=cfg.segmenter.lr_axis, pooling=str(head.pooling),
+                                hidden_dim=int(head.hidden_dim), head_dropout=float(head.dropout),
+                                target_shift=shift, target_scale=scale)
+        patch = int(model.img_size[0])
+        resolved["data"]["patch_size"] = patch  # the effective crop (null follows the pretrained file)
+        resolved["segmenter"].update(pos_mode=model.pos_mode, lr_axis=model.lr_axis,
+                                     reference_grid=list(model.reference_grid))
+        # asa-predict / asa-evaluate read the task from the checkpoint's run config
+        resolved["task"] = {"name": CASE_TASK, "kind": kind, "target": str(data.target), "classes": list(targets.names),
+                            "target_shift": shift, "target_scale": scale}
+        optimizer, lr, config = optimizer_and_config(cfg, model, env)
+        common = dict(size=patch, cache_dir=data.cache_dir, seed=int(cfg.seed), store=data.get("store"))
+        train_ds = build_target_dataset(splits["train"], targets, augment=True, **common)
+        val_ds = build_target_dataset(splits["val"], targets, augment=False, **common) if splits["val"] else None
+        run_dir.write_config(resolved)  # every check passed
+        write_splits(cases, data, out_dir, env)
+        if env.is_main:
+            atomic_write_json(out_dir / "targets.json", {**targets.to_dict(), "kind": kind})
+        if val_ds is None:
+            print(f"[asa] warning: data={data.name} has no validation cases: no best.pt, no early stopping",
+                  file=sys.stderr)
+        validate = None if val_ds is None else make_case_validator(val_ds, kind=kind, env=env)
+        criterion = CaseLoss(kind, weights=weights, regression=str(cfg.loss.regression),
+                             delta=float(cfg.loss.huber_delta), shift=shift, scale=scale)
+        engine = Engine(model, optimizer, case_step(criterion), config=config, lr=lr, out_dir=out_dir, env=env,
+                        seed=int(cfg.seed), validate=validate, run_config=resolved, resume=run_dir.resume)
+        result = engine.fit(train_ds)
+        if not result.preempted:
+            mark_finished()
+        if result.preempted:
+            if env.is_main:
+                print(f"[asa] stopped early at step {result.step} ({signal.Signals(result.signal).name}); last.pt saved. "
+                      f"Resume with: {command_line(APP)} resume=true", file=sys.stderr, flush=True)
+        elif env.is_main:
+            ckpts = out_dir / "checkpoints"
+            if (ckpts / "best.pt").is_file():
+                written, use = f"last.pt, best.pt ({config.monitor}, {config.mode})", ckpts / "best.pt"
+            else:
+                written, use = "last.pt only (no validation cases, so no best.pt)", ckpts / "last.pt"
+            print(f"[asa] fine-tuning finished at step {result.step}. Outputs in {out_dir}:\n"
+                  f"  checkpoints: {ckpts}/{written}\n"
+                  f"  TensorBoard: tensorboard --logdir {shell_path(out_dir / 'tb')}\n"
+                  f"  next: asa-predict {override('checkpoint', use)} input=DIR output=PRED", flush=True)
+    return result
