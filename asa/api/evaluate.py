@@ -10,7 +10,10 @@ from omegaconf import DictConfig
 
 from asa.api.common import cases_of_split, dataset_root, refusing
 from asa.api.schema import EvaluateConfig, as_config
-from asa.data import discover, get_task
+from asa.api.finetune_case import CASE_TASK
+from asa.data import discover, get_task, read_targets
+from asa.eval.case_predict import PREDICTIONS_CSV, case_summary, read_case_predictions
+from asa.io import atomic_write_json
 from asa.eval import evaluate_cases, match_predictions
 from asa.eval.evaluate import write_results
 from asa.eval.predict import Predictor
@@ -28,8 +31,43 @@ def evaluate(config: EvaluateConfig | DictConfig) -> dict:
         return _evaluate(as_config(config, "evaluate"))
 
 
+def _evaluate_case(cfg: DictConfig) -> dict:
+    """``data.task=case``: score ``<pred>/predictions.csv`` against ``data.target`` (summary with
+    bootstrap intervals, `asa.eval.case_predict.case_summary`), written to ``<output>/summary.json``."""
+    data = cfg.data
+    if cfg.pred is None or data.target is None:
+        raise ValueError("asa-evaluate with data.task=case needs pred=DIR (holding asa-predict's predictions.csv) and "
+                         "data.target=COLUMN")
+    if cfg.reliance.checkpoint is not None:
+        raise ValueError("reliance.checkpoint: the encoder-reliance diagnostic is for segmenters, not case heads")
+    root, layout = dataset_root(data)
+    cases = discover(layout, root, require_labels=False, on_bad_case=str(data.on_bad_case), option="data.on_bad_case")
+    cases = cases_of_split(cases, cfg.split_file, str(cfg.subset), where=str(root))
+    table = read_targets(data.targets if data.targets is not None else root, str(data.target),
+                         kind=str(data.target_kind), classes=None if data.classes is None else list(data.classes))
+    targets = table.for_cases(cases)
+    predictions = read_case_predictions(Path(str(cfg.pred)).expanduser() / PREDICTIONS_CSV)
+    missing = sorted(c.id for c in cases if c.id in targets.values and c.id not in predictions)
+    if missing and str(cfg.on_missing) == "error":
+        raise FileNotFoundError(f"pred={cfg.pred}: no prediction for {len(missing)} case(s) with a target "
+                                f"({', '.join(missing[:5])}); on_missing=skip scores the others")
+    summary = case_summary({c.id: predictions[c.id] for c in cases if c.id in predictions}, targets)
+    summary["n_expected"] = len([c for c in cases if c.id in targets.values])
+    summary["missing_predictions"] = missing
+    out = Path(str(cfg.output)).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "summary.json", summary)
+    lines = [f"{name} {m['value']:.4g}" + (f" [{m['ci_low']:.4g}, {m['ci_high']:.4g}]" if m["ci_low"] is not None else "")
+             if m["value"] is not None else f"{name} undefined" for name, m in summary["metrics"].items()]
+    print(f"[asa] {summary['n']} case(s), {data.target} ({targets.kind}): " + "; ".join(lines)
+          + f"\n[asa] wrote {out / 'summary.json'}", flush=True)
+    return summary
+
+
 def _evaluate(cfg: DictConfig) -> dict:
     data = cfg.data
+    if str(data.get("task")) == CASE_TASK:
+        return _evaluate_case(cfg)
     if data.get("task") is None:
         raise ValueError(f"data={data.get('name')} has no labels to evaluate against; use data=brats, ibsr, wmh or msd")
     root, layout = dataset_root(data)

@@ -20,11 +20,13 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from asa.api.common import OptionError, cases_of_split, refusing
+from asa.api.finetune_case import CASE_TASK
+from asa.api.predict_case import predict_case
 from asa.api.rundir import RunDirError, command_line, move_aside, override
 from asa.api.schema import PredictConfig, as_config
 from asa.eval.inference import check_sw_batch_size
 from asa.eval.predict import Predictor, gather_cases, predict_cases
-from asa.io import atomic_write_json, is_nifti
+from asa.io import atomic_write_json, is_nifti, load_checkpoint
 from asa.train.distributed import resolve_device
 from asa.train.precision import amp_name, resolve_amp, set_threads
 
@@ -141,7 +143,11 @@ def predict(config: PredictConfig | DictConfig) -> list[Path]:
         threads = set_threads(cfg.get("threads"), option="threads")
         compile_net = bool(cfg.get("compile", False))
         checkpoint = Path(str(cfg.checkpoint)).expanduser().absolute()
-        predictor = Predictor.from_checkpoint(checkpoint, device=device, amp_dtype=amp_dtype, compile=compile_net)
+        state = load_checkpoint(checkpoint)
+        if ((state.get("config") or {}).get("task") or {}).get("name") == CASE_TASK:
+            return predict_case(cfg, state, checkpoint, inputs, device)
+        predictor = Predictor.from_checkpoint(checkpoint, device=device, amp_dtype=amp_dtype, compile=compile_net,
+                                              state=state)
         on_bad_case = str(cfg.on_bad_case)
         cases = gather_cases(inputs, predictor.task, layout=str(cfg.layout), on_bad_case=on_bad_case)
         cases = cases_of_split(cases, cfg.split_file, str(cfg.subset), where=f"input={inputs}")

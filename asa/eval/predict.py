@@ -41,12 +41,13 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: torch.device, amp_dtype: torch.dtype | None = None,
-                        compile: bool = False) -> "Predictor":
+                        compile: bool = False, state: dict | None = None) -> "Predictor":
         """Rebuild the network (from the checkpoint's network spec) and the task recorded in a
         fine-tuning checkpoint (``asa-finetune`` output); ``compile`` applies ``torch.compile`` to
         its blocks (:func:`asa.models.compile_blocks`). With bf16 on a CPU the network is laid out
-        channels-last (:func:`asa.models.channels_last_inference`)."""
-        state = load_checkpoint(path)
+        channels-last (:func:`asa.models.channels_last_inference`). ``state``: the file's content, when
+        the caller has read it already."""
+        state = load_checkpoint(path) if state is None else state
         config = state.get("config") or {}
         spec = state.get("network")
         if spec is None or spec["arch"] == "asa_pretrain" or "task" not in config:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from asa.api import finetune
+from asa.api import evaluate, finetune, predict
 from asa.api.common import OptionError
 from asa.api.config import compose_config
 from asa.data import discover, read_targets, write_demo_dataset
@@ -51,7 +51,8 @@ def test_a_tiny_case_run_writes_checkpoints_that_rebuild_the_head(tmp_path, bids
     export = tmp_path / "encoder.pt"
     torch.save({"encoder": mae.encoder_state_dict(), "network": network_spec(mae)}, export)
     out = tmp_path / "run"
-    result = _finetune(bids, out, f"data.target={target}", f"model.pretrained={export}", "head.pooling=attention")
+    result = _finetune(bids, out, f"data.target={target}", f"model.pretrained={export}", "head.pooling=attention",
+                       "trainer.amp=off")  # validation in fp32, as asa-predict runs
     assert result.step == 3
     logged = [h for h in result.history if monitor in h]
     assert logged and all(isinstance(h[monitor], float) for h in logged)
@@ -73,6 +74,21 @@ def test_a_tiny_case_run_writes_checkpoints_that_rebuild_the_head(tmp_path, bids
         assert "skipped (no target, nothing imputed)" in capsys.readouterr().err
     else:  # every subject has an age; the head outputs years (shift / scale of the training ages)
         assert len(used) == 8 and net.target_scale > 1 and 40 < net.target_shift < 95
+    # predict -> evaluate on the validation cases scores best.pt as validation did
+    split = ["split_file=" + str(out / "splits.json"), "subset=val"]
+    written = predict(compose_config("predict", [f"checkpoint={out / 'checkpoints' / 'best.pt'}", f"input={bids}",
+                                                 f"output={tmp_path / 'pred'}", "device=cpu", *split]))
+    header, *rows = written[0].read_text().splitlines()
+    assert header == ("case_id,prediction" + ("".join(f",p_{c}" for c in task["classes"]) if outputs > 1 else ""))
+    assert sorted(r.split(",")[0] for r in rows) == sorted(splits["val"])
+    summary = evaluate(compose_config("evaluate", [f"pred={tmp_path / 'pred'}", "data=targets", f"data.root={bids}",
+                                                   f"data.target={target}", f"output={tmp_path / 'eval'}", *split]))
+    saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    metric = monitor.removeprefix("val/")
+    best = next(h for h in result.history if h["step"] == result.best_step)
+    assert saved["metrics"][metric]["value"] == pytest.approx(best[monitor], abs=1e-3)
+    assert saved["metrics"][metric]["ci_low"] <= saved["metrics"][metric]["value"] <= saved["metrics"][metric]["ci_high"]
+    assert summary["n"] == len(splits["val"]) and saved["target"] == target
 
 
 def test_encoder_aware_options_apply_to_the_case_head(tmp_path, bids):
