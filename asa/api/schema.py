@@ -18,17 +18,20 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from asa.data.layouts import LAYOUTS, SEGMENTATION_LAYOUTS
+from asa.data.targets import TARGET_KINDS
 from asa.data.regions import CONFIG_SOURCES
 from asa.data.store import STORE_DTYPES
 from asa.eval.metrics import HD95_CONVENTIONS
 from asa.methods import MaskedAutoencoderSettings, MethodSettings, get_method, registered_methods
 from asa.methods.choices import SCHEMA, check_choices, one_of
 from asa.models import PRESETS
+from asa.models.case_head import POOLINGS
 from asa.models.position import POSITION_MODES
 from asa.models.saca import SACA_PLACES
 from asa.models.segmenter import INPUT_SKIPS, SPE_FRAMES
 from asa.models.swvit import REGION_LAYOUTS
 from asa.train import TrainerSettings
+from asa.train.case_targets import REGRESSION_LOSSES
 from asa.train.optim import OPTIMIZERS
 from asa.train.precision import AMP_CHOICES
 from asa.train.schedule import SCHEDULES
@@ -141,7 +144,7 @@ class SegmentationDataConfig(DataConfig):
     samples_per_case: int = 1
     # task=case: classification or regression of one target per case (asa.data.read_targets)
     target: Optional[str] = None  # the target column (e.g. diagnosis, age)
-    target_kind: str = "auto"  # auto | binary | multiclass | continuous
+    target_kind: str = one_of("auto", ("auto", *TARGET_KINDS))  # auto | binary | multiclass | continuous
     targets: Optional[str] = None  # the table (participants.tsv, a CSV/TSV, dataset.json); null: data.root's
     classes: Optional[List[str]] = None  # class names in index order (binary: the positive class last); null: sorted
 
@@ -209,7 +212,7 @@ class RelianceConfig:
 class HeadConfig:
     """The case head of ``data.task=case`` (`asa.models.ASACaseHead`): pooled encoder tokens, then an MLP."""
 
-    pooling: str = "mean"  # mean | attention
+    pooling: str = one_of("mean", POOLINGS)  # mean | attention
     hidden_dim: int = 256
     dropout: float = 0.0
 
@@ -221,7 +224,7 @@ class LossConfig:
     focal_weight: float = 0.0  # weight of the focal region loss added to Dice + CE
     focal_beta: float = 1.0
     class_weighted: bool = True  # data.task=case, classes: cross-entropy weighted N / (K n_k) by training counts
-    regression: str = "mse"  # data.task=case, continuous: mse | huber (on standardised targets)
+    regression: str = one_of("mse", REGRESSION_LOSSES)  # data.task=case, continuous: mse | huber (on standardised targets)
     huber_delta: float = 1.0  # in standard deviations of the training targets
 
 

@@ -120,7 +120,9 @@ def test_case_runs_refuse_what_they_cannot_honour(tmp_path, bids):
         _finetune(bids, tmp_path / "c", "data.target=age", "trainer.monitor=val/rmse", "trainer.mode=max")
     with pytest.raises(OptionError, match="model.arch=unetr"):
         _finetune(bids, tmp_path / "d", "data.target=age", "model=unetr")
-    assert not any((tmp_path / n).exists() for n in "abcd")  # refused before the run folder was touched
+    with pytest.raises(ValueError, match="head.pooling='max': expected one of mean, attention"):
+        _finetune(bids, tmp_path / "e", "data.target=age", "head.pooling=max")
+    assert not any((tmp_path / n).exists() for n in "abcde")  # refused before the run folder was touched
 
 
 def test_a_regression_head_learns_age_better_than_the_mean(tmp_path):
