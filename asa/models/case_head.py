@@ -12,6 +12,7 @@ from torch import nn
 from asa.io import load_weights
 from asa.models.encoder import SWViTEncoder
 from asa.models.patch import to_3tuple
+from asa.models.saca import SACA_PLACES
 from asa.models.segmenter import ASASegmenter, recorded_pretraining
 
 POOLINGS = ("mean", "attention")
@@ -79,8 +80,8 @@ class ASACaseHead(nn.Module):
         if region_attention != "none":
             raise ValueError(f"model.region_attention={region_attention!r}: the case head takes no region maps; "
                              "use region_attention=none")
-        if saca not in ("none", "decoder", "encoder", "all"):
-            raise ValueError(f"saca must be one of none, decoder, encoder, all, got {saca!r}")
+        if saca not in SACA_PLACES:
+            raise ValueError(f"saca must be one of {SACA_PLACES}, got {saca!r}")
         if not target_scale > 0:
             raise ValueError(f"ASACaseHead target_scale must be > 0, got {target_scale}")
         if out_channels < 1 or hidden_dim < 1:
