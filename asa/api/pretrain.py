@@ -13,6 +13,7 @@ from asa.api.common import (OptionError, TrainingRun, dataset_root, load_cases, 
 from asa.api.rundir import command_line, shell_path
 from asa.api.schema import PretrainConfig, as_config
 from asa.data import SEGMENTATION_LAYOUTS, build_pretrain_dataset, detect_layout, discover, ensure_demo_dataset, get_task
+from asa.data.augmentation import apply_deferred_augmentation
 from asa.eval.probe import build_probe_set, make_probe
 from asa.methods import MethodContext, PretrainingMethod, get_method
 from asa.train import Engine, FitResult
@@ -94,6 +95,10 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
         with refusing():  # every option is checked (and the network built) before the run folder is touched
             resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
             trainer_config(cfg)
+            augment_on = str(data.augment_on)  # one of AUGMENT_ON (the schema checks it)
+            flip_axes = tuple(int(a) for a in data.flip_axes)
+            if any(a not in (0, 1, 2) for a in flip_axes):
+                raise OptionError(f"data.flip_axes: array axes 0, 1 or 2 of the crop, got {list(flip_axes)}")
             method = _method(cfg)
             needs = method.regions()
             regions = region_source(data, list(needs.needed_by), network=needs.network, env=env)
@@ -120,7 +125,8 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
         splits = split_cases(cases, data, out_dir, env)
         common = dict(size=int(data.size), cache_dir=data.cache_dir, resample_mm=data.resample_mm,
                       channels=tuple(data.channels), regions=regions, store=data.get("store"))
-        train_ds = build_pretrain_dataset(splits["train"], augment=bool(data.augment), **common)
+        train_ds = build_pretrain_dataset(splits["train"], augment=bool(data.augment), flip_axes=flip_axes,
+                                          augment_on=augment_on, **common)
         val_ds = build_pretrain_dataset(splits["val"], augment=False, **common) if splits["val"] else None
         step_fn = method.step_of(cases, dataset_root(data)[0])
         run_dir.write_config(resolved)  # every check passed
@@ -144,6 +150,7 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
             validate=validate,
             panel_fn=None if sample is None else method.panel(sample),
             run_config=resolved, resume=run_dir.resume,
+            on_device=apply_deferred_augmentation if augment_on == "device" else None,
         )
         result = engine.fit(train_ds)
         if not result.preempted:

@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from asa.data.augmentation import AUGMENT_ON
 from asa.data.layouts import LAYOUTS, SEGMENTATION_LAYOUTS
 from asa.data.targets import TARGET_KINDS
 from asa.data.regions import CONFIG_SOURCES
@@ -133,6 +134,8 @@ class PretrainDataConfig(DataConfig):
     channels: List[str] = field(default_factory=lambda: ["t1"])
     resample_mm: Optional[float] = None
     augment: bool = True
+    flip_axes: List[int] = field(default_factory=list)  # random flips along these array axes (probability 0.5 each)
+    augment_on: str = one_of("cpu", AUGMENT_ON)  # device: augmentation drawn in the loader, applied on the device
 
 
 @dataclass

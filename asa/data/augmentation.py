@@ -1,7 +1,10 @@
 """Random augmentation (never cached) and the pipelines' last step (MONAI transforms on dicts).
 
 Pretraining follows the paper (the brain-centred crop only); the optional light intensity changes
-act inside the brain mask and leave the background at its value. Fine-tuning gets
+act inside the brain mask and leave the background at its value, the optional flips mirror the
+crop (along the left-right axis the brain-centred crop stays centred). Either runs on the CPU in
+the loader, or, deferred (`DeferredAugmentation`), is only drawn there and applied to the batch on
+the device (`apply_deferred_augmentation`) with the same numbers. Fine-tuning gets
 foreground-oversampled random crops on the brain frame's patch lattice, rotation, scaling, flips
 along every axis (left-right included: brains are near-symmetric, the labels are side-agnostic, and a
 left-right flip maps a crop to its mirror crop's offset) and gamma. Label-like keys are always
@@ -18,6 +21,7 @@ import torch
 from monai.transforms import (
     Compose,
     RandAdjustContrastd,
+    RandFlipd,
     RandRotated,
     RandScaleIntensityd,
     RandShiftIntensityd,
@@ -29,7 +33,10 @@ from monai.transforms import (
 from asa.data.lattice import LatticeCropd, LatticeFlipd
 from asa.data.tasks import Task
 
-__all__ = ["BrainIntensityd", "pretrain_augmentation", "segmentation_train_augmentation", "Finalize"]
+__all__ = ["AUGMENT_ON", "BrainIntensityd", "DeferredAugmentation", "apply_deferred_augmentation", "pretrain_augmentation",
+           "segmentation_train_augmentation", "Finalize"]
+
+AUGMENT_ON = ("cpu", "device")  # where random augmentation is applied (it is drawn in the loader either way)
 
 
 class BrainIntensityd(Randomizable, Transform):
@@ -60,18 +67,105 @@ class BrainIntensityd(Randomizable, Transform):
         return d
 
 
-def pretrain_augmentation() -> Compose:
-    """Optional intensity augmentation for pretraining (the paper uses the brain-centred crop only):
-    scale (±10 %) and shift (±0.1) of the z-scored image inside the brain mask. Spatial layout is
-    untouched so the mid-sagittal plane stays centred."""
-    return Compose(
-        [
-            BrainIntensityd([
-                RandScaleIntensityd(keys="image", factors=0.1, prob=0.8),
-                RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
-            ])
-        ]
-    )
+def pretrain_augmentation(*, intensity: bool = True, flip_axes: Sequence[int] = (), region: bool = False) -> Compose:
+    """Optional augmentation for pretraining (the paper uses the brain-centred crop only).
+    ``intensity``: scale (±10 %, probability 0.8) and shift (±0.1, probability 0.5) of the z-scored
+    image inside the brain mask. ``flip_axes``: a flip along each of these array axes with
+    probability 0.5 (of the image, and of the ``"region"`` map with ``region``); along the
+    left-right axis the brain-centred crop maps onto itself (voxel i to size - 1 - i), so the
+    mid-sagittal plane stays centred. No other spatial change."""
+    steps: list[Transform] = []
+    if intensity:
+        steps.append(BrainIntensityd([
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.8),
+            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+        ]))
+    for axis in flip_axes:
+        if int(axis) not in (0, 1, 2):
+            raise ValueError(f"flip_axes: array axes 0, 1 or 2 of the crop, got {axis}")
+        steps.append(RandFlipd(keys=["image", *(["region"] if region else [])], prob=0.5, spatial_axis=int(axis)))
+    return Compose(steps)
+
+
+class DeferredAugmentation(Randomizable, Transform):
+    """A random transform of `pretrain_augmentation`, drawn but not applied: its draws for the item
+    (the same random numbers the transform itself would draw: it shares the transform's random
+    state and seeding) go into ``d["augment"]``, and `apply_deferred_augmentation` applies them to
+    the collated batch, e.g. on the device after the transfer. Wraps `BrainIntensityd` over
+    RandScaleIntensityd then RandShiftIntensityd (draws ``scaled``/``scale``, ``shifted``/``shift``)
+    or a RandFlipd along one axis (draws ``flip<axis>``)."""
+
+    def __init__(self, transform: Transform) -> None:
+        kinds = [type(t) for t in getattr(transform, "transforms", [])]
+        if isinstance(transform, BrainIntensityd) and kinds == [RandScaleIntensityd, RandShiftIntensityd]:
+            self.kind = "intensity"
+        elif isinstance(transform, RandFlipd) and isinstance(transform.flipper.spatial_axis, int):
+            self.kind = "flip"
+        else:
+            raise ValueError(f"DeferredAugmentation: cannot defer {transform!r}; it defers BrainIntensityd"
+                             "([RandScaleIntensityd, RandShiftIntensityd]) and single-axis RandFlipd")
+        self.transform = transform
+
+    def set_random_state(self, seed: int | None = None,
+                         state: np.random.RandomState | None = None) -> "DeferredAugmentation":
+        self.transform.set_random_state(seed=seed, state=state)  # seeds derived as the transform's own
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        pass
+
+    def draw(self) -> dict[str, Any]:
+        """This item's draws, in the order the transform's ``__call__`` makes them."""
+        if self.kind == "flip":
+            flip = self.transform
+            flip.randomize(None)
+            return {f"flip{flip.flipper.spatial_axis}": bool(flip._do_transform)}
+        scale, shift = self.transform.transforms
+        scale.randomize(None)
+        scaled = bool(scale._do_transform)
+        if scaled:
+            scale.scaler.randomize(None)
+        shift.randomize(None)
+        shifted = bool(shift._do_transform)
+        if shifted:
+            shift.shifter.randomize(None)
+        # the factor as RandScaleIntensity multiplies by it (1 + factor, in float64), the offset as drawn
+        return {"scaled": scaled, "scale": 1.0 + float(scale.scaler.factor) if scaled else 1.0,
+                "shifted": shifted, "shift": float(shift.shifter._offset) if shifted else 0.0}
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        d["augment"] = {**d.get("augment", {}), **self.draw()}
+        return d
+
+
+def apply_deferred_augmentation(batch: dict[str, Any]) -> dict[str, Any]:
+    """Apply the draws of `DeferredAugmentation` to a collated batch, wherever it is (the device):
+    ``"image"`` [B, C, *S] (float32 after it), ``"brain"`` bool [B, 1, *S] (for the intensity
+    changes), ``"region"`` [B, 1, *S] (flipped too), ``"augment"`` the draws ([B] each). Gives the
+    numbers the transforms give on the CPU: the same float32 products and sums, kept inside the
+    brain (``torch.where``), and flips. ``"augment"`` and ``"brain"`` are dropped."""
+    out = {k: v for k, v in batch.items() if k not in ("augment", "brain")}
+    draws = batch["augment"]
+    x = batch["image"].float()
+
+    def per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:  # [B] -> [B, 1, 1, 1, 1]
+        return v.to(like.device).view(-1, *[1] * (like.ndim - 1))
+
+    if "scale" in draws:
+        before = x
+        scale = per_sample(draws["scale"], x).to(torch.float32)  # float64 1 + factor, rounded as torch rounds a scalar
+        x = torch.where(per_sample(draws["scaled"], x), x * scale, x)
+        x = torch.where(per_sample(draws["shifted"], x), x + per_sample(draws["shift"], x).to(torch.float32), x)
+        x = torch.where(batch["brain"].to(x.device).bool(), x, before)
+    for key in sorted(k for k in draws if k.startswith("flip")):
+        dim = int(key[len("flip"):]) + 2
+        flip = draws[key]
+        x = torch.where(per_sample(flip, x), x.flip(dim), x)
+        if "region" in out:
+            out["region"] = torch.where(per_sample(flip, out["region"]), out["region"].flip(dim), out["region"])
+    out["image"] = x
+    return out
 
 
 def segmentation_train_augmentation(

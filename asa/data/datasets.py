@@ -26,8 +26,11 @@ from monai.data import Dataset as MonaiDataset
 from monai.data import PersistentDataset
 from monai.data.utils import set_rnd
 from monai.transforms import Compose
+from torch.utils.data import default_collate
 
-from asa.data.augmentation import Finalize, pretrain_augmentation, segmentation_train_augmentation
+from asa.data.augmentation import (AUGMENT_ON, DeferredAugmentation, Finalize, pretrain_augmentation,
+                                   segmentation_train_augmentation)
+from asa.data.batching import CollatedBatch, batch_buffer
 from asa.data.case import Case
 from asa.data.preprocessing import PretrainPreprocess, SegmentationPreprocess, case_to_item
 from asa.data.regions import RegionSource
@@ -35,8 +38,8 @@ from asa.data.store import Store, StoreLatticeCropd, StorePretrainCrop, StoreSeg
 from asa.data.tasks import Task
 from asa.io import Volume, VolumeError, load_volume
 
-__all__ = ["CaseDataset", "CaseLoadError", "build_pretrain_dataset", "build_segmentation_dataset", "preprocess_for_inference",
-           "region_map_for_inference", "settings_hash"]
+__all__ = ["CaseDataset", "CaseLoadError", "StoreCropBatches", "build_pretrain_dataset", "build_segmentation_dataset",
+           "preprocess_for_inference", "region_map_for_inference", "settings_hash"]
 
 
 class CaseLoadError(RuntimeError):
@@ -101,12 +104,54 @@ class CaseDataset(torch.utils.data.Dataset):
         return out[0] if isinstance(out, list) and len(out) == 1 else out
 
 
+class StoreCropBatches(CaseDataset):
+    """The pretraining crops of a store, for a pipeline with nothing to do on the CPU after the crop
+    (no augmentation, or augmentation only drawn here: `DeferredAugmentation`). Item by item it is
+    the `CaseDataset` of that pipeline; `read_batch` reads a whole batch instead, each crop straight
+    from the memory map into its slot of one buffer per key (shared memory in a DataLoader worker),
+    without MONAI's per-item steps: equal to collating the items, in a copy less."""
+
+    def __init__(self, items: list[dict[str, Any]], transform: Compose, *, channels: int, dtype: torch.dtype,
+                 seed: int | None) -> None:
+        super().__init__(items, transform, cache_path=None, seed=seed)
+        crop, *draws, finalize = transform.transforms
+        if not (isinstance(crop, StorePretrainCrop) and isinstance(finalize, Finalize) and not crop.float_image
+                and all(isinstance(t, DeferredAugmentation) for t in draws)):
+            raise ValueError("StoreCropBatches: the pipeline must be StorePretrainCrop(float_image=False), "
+                             "DeferredAugmentation steps, Finalize")
+        self.crop, self.draws, self.keep = crop, draws, finalize.keep
+        self.channels, self.dtype = int(channels), dtype
+
+    def read_batch(self, indices: Sequence[int], seeds: Sequence[int]) -> CollatedBatch:
+        """The batch of items ``indices``, the random draws of item ``indices[b]`` seeded by ``seeds[b]``
+        (as `reseed` seeds them): what collating ``[self[i] for i in indices]`` gives, each reseeded."""
+        n, size = len(indices), self.crop.size
+        dtypes = {"image": self.dtype, "brain": torch.bool, "region": torch.int64}
+        buffers = {k: batch_buffer((n, self.channels if k == "image" else 1, *size), dtypes[k])
+                   for k in self.keep if k in dtypes}
+        draws = []
+        for b, (index, seed) in enumerate(zip(indices, seeds)):
+            self.crop.read_into(self.items[index], {k: v[b].numpy() for k, v in buffers.items()})
+            if self.draws:
+                self.reseed(seed)
+                d: dict[str, Any] = {}
+                for step in self.draws:
+                    d = step(d)
+                draws.append(d["augment"])
+        parts = {**buffers, "id": [self.items[i]["id"] for i in indices]}
+        if draws:
+            parts["augment"] = default_collate(draws)
+        return CollatedBatch((k, parts[k]) for k in self.keep)
+
+
 def build_pretrain_dataset(
     cases: Sequence[Case],
     *,
     size: int | Sequence[int] = (128, 128, 128),
     cache_dir: str | Path | None = None,
     augment: bool = True,
+    flip_axes: Sequence[int] = (),
+    augment_on: str = "cpu",
     resample_mm: float | None = None,
     channels: Sequence[str] = ("t1",),
     lr_centre: str = "mask",
@@ -116,24 +161,43 @@ def build_pretrain_dataset(
 ) -> CaseDataset:
     """Items ``{"image": FloatTensor[C, *size], "id": str}``: z-scored in brain, brain-centred crop
     with the mid-sagittal plane at the centre of axis 0 (the paper's only augmentation); ``augment``
-    adds light intensity augmentation inside the brain mask. With ``regions`` also ``"region"``:
-    LongTensor [1, *size], the region map of the crop. With ``store`` (written by asa-preprocess
-    under the same settings) each sample reads its crop from the store instead of the files;
-    without ``augment`` its image then stays in the store's precision (float16 by default) until
-    `asa.train.data.move_to` puts it on the device as float32."""
+    adds light intensity augmentation inside the brain mask, ``flip_axes`` random flips
+    (`pretrain_augmentation`). With ``regions`` also ``"region"``: LongTensor [1, *size], the region
+    map of the crop.
+
+    ``augment_on="device"``: the augmentation is drawn here but not applied; items carry the draws
+    (``"augment"``) and the brain mask (``"brain"``, with ``augment``), and
+    `asa.data.augmentation.apply_deferred_augmentation` applies them to the batch on the device,
+    giving the numbers ``"cpu"`` gives here.
+
+    With ``store`` (written by asa-preprocess under the same settings) each sample reads its crop
+    from the store instead of the files. Unless augmentation runs on the CPU the image then stays in
+    the store's precision (float16 by default) until `asa.train.data.move_to` puts it on the device
+    as float32, and the dataset reads whole batches (`StoreCropBatches`)."""
+    if augment_on not in AUGMENT_ON:
+        raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
     pre = PretrainPreprocess(size, resample_mm=resample_mm, lr_centre=lr_centre, regions=regions)
-    steps: list[Any] = [pre]
-    if augment:
-        steps += list(pretrain_augmentation().transforms)
-    steps.append(Finalize(("image", "region", "id") if regions is not None else ("image", "id")))
+    augmentation = list(pretrain_augmentation(intensity=augment, flip_axes=flip_axes,
+                                              region=regions is not None).transforms)
+    deferred = augment_on == "device" and bool(augmentation)
+    cpu_steps = bool(augmentation) and not deferred  # random steps that change the image here
+    keep = ("image", "region", "id") if regions is not None else ("image", "id")
+    if deferred:
+        keep += (("brain",) if augment else ()) + ("augment",)
+        augmentation = [DeferredAugmentation(t) for t in augmentation]
+    steps: list[Any] = [pre, *augmentation, Finalize(keep)]
     if store is not None:  # the same steps, the first one reading the crop from the store
         opened = open_store(store)
         opened.check_settings(store_settings(pre.settings(), channels=channels, dtype="float16"),
                               ignore_regions=regions is None)
         # without CPU augmentation the crop stays in the store's precision until it is on the device
-        steps[0] = StorePretrainCrop(pre.size, brain=augment, region=regions is not None, float_image=augment)
-        steps[-1] = Finalize(steps[-1].keep, float_image=augment)
-        return CaseDataset(opened.items([c.id for c in cases]), Compose(steps), cache_path=None, seed=seed)
+        steps[0] = StorePretrainCrop(pre.size, brain=augment, region=regions is not None, float_image=cpu_steps)
+        steps[-1] = Finalize(keep, float_image=cpu_steps)
+        items = opened.items([c.id for c in cases])
+        if cpu_steps:
+            return CaseDataset(items, Compose(steps), cache_path=None, seed=seed)
+        return StoreCropBatches(items, Compose(steps), channels=len(channels),
+                                dtype=getattr(torch, str(opened.settings["dtype"])), seed=seed)
     items = [case_to_item(c, channels) for c in cases]
     settings = {**pre.settings(), "channels": list(channels), "version": 2}
     cache_path = None if cache_dir is None else Path(cache_dir) / f"pretrain-{settings_hash(settings)}"

@@ -46,21 +46,28 @@ def crop_or_pad(image: np.ndarray, centre: Sequence[float], size: Sequence[int],
     return crop_at(image, reference_origin(centre, size), size, value)
 
 
-def crop_at(image: np.ndarray, start: Sequence[int], size: Sequence[int], value: float = 0.0) -> np.ndarray:
+def crop_at(image: np.ndarray, start: Sequence[int], size: Sequence[int], value: float = 0.0, *,
+            out: np.ndarray | None = None) -> np.ndarray:
     """Window of ``size`` starting at voxel ``start`` (may be negative) from image [C, X, Y, Z], filled
     with ``value`` where it leaves the volume. Only the window is read, so ``image`` may be a
-    memory-mapped array."""
+    memory-mapped array. ``out`` [C, *size]: write the window there (any dtype the values cast to,
+    e.g. a slot of a batch) instead of a new array of the image's dtype."""
+    shape = (image.shape[0], *(int(n) for n in size))
+    if out is None:
+        out = np.empty(shape, dtype=image.dtype)
+    elif out.shape != shape:
+        raise ValueError(f"crop_at: out has shape {out.shape}, the window {shape}")
     src, dst = [], []
-    for ax, (n, start) in enumerate(zip(size, start)):
-        start = int(start)
-        lo, hi = max(start, 0), min(start + n, image.shape[ax + 1])
+    for ax, (n, begin) in enumerate(zip(shape[1:], start)):
+        begin = int(begin)
+        lo, hi = max(begin, 0), min(begin + n, image.shape[ax + 1])
         if hi <= lo:
-            return np.full((image.shape[0], *size), value, dtype=image.dtype)
+            out.fill(value)
+            return out
         src.append(slice(lo, hi))
-        dst.append(slice(lo - start, hi - start))
-    shape = (image.shape[0], *size)
-    inside = all(d.start == 0 and d.stop == n for d, n in zip(dst, size))  # no fill needed
-    out = np.empty(shape, dtype=image.dtype) if inside else np.full(shape, value, dtype=image.dtype)
+        dst.append(slice(lo - begin, hi - begin))
+    if not all(d.start == 0 and d.stop == n for d, n in zip(dst, shape[1:])):  # the window leaves the volume
+        out.fill(value)
     out[(slice(None), *dst)] = image[(slice(None), *src)]
     return out
 

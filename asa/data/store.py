@@ -198,12 +198,14 @@ def _map(item: Mapping[str, Any], name: str) -> np.ndarray:
         raise StoreError(f"case {item['id']}: cannot map {path} ({err}); rerun asa-preprocess on this store") from None
 
 
-def _crop(item: Mapping[str, Any], name: str, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
-    """[C, *size] window of a stored array starting at grid voxel ``start``, zero where it leaves the box."""
+def _crop(item: Mapping[str, Any], name: str, start: Sequence[int], size: Sequence[int], *,
+          out: np.ndarray | None = None) -> np.ndarray:
+    """[C, *size] window of a stored array starting at grid voxel ``start``, zero where it leaves the
+    box; with ``out``, written there (straight from the memory map, cast to its dtype)."""
     array = _map(item, name)
     array = array if array.ndim == 4 else array[None]
     origin = np.asarray(item["origin"], dtype=np.int64)
-    return crop_at(array, np.asarray(start, dtype=np.int64) - origin, size, 0)
+    return crop_at(array, np.asarray(start, dtype=np.int64) - origin, size, 0, out=out)
 
 
 class StorePretrainCrop(Transform):
@@ -211,7 +213,7 @@ class StorePretrainCrop(Transform):
     float32, or with ``float_image=False`` the store's precision, for a pipeline with no CPU step
     after it: the conversion then happens on the device, see `asa.train.data.move_to`), ``"brain"``
     bool [1, *size] (with ``brain``), ``"region"`` int16 [1, *size] (with ``region``), ``"id"``.
-    Only the crop is read."""
+    Only the crop is read. `read_into` writes the same crop into given arrays (a batch's slots)."""
 
     def __init__(self, size: Sequence[int], *, brain: bool = True, region: bool = False,
                  float_image: bool = True) -> None:
@@ -227,6 +229,14 @@ class StorePretrainCrop(Transform):
         if self.region:
             out["region"] = torch.from_numpy(_crop(item, "region", start, self.size).astype(np.int16))
         return out
+
+    def read_into(self, item: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        """Write the item's crops straight from the memory maps into ``arrays`` (``"image"``
+        [C, *size], and ``"brain"`` [1, *size] / ``"region"`` [1, *size] when present), cast to
+        their dtypes: the values `__call__` gives, without an array per crop."""
+        start = reference_origin(item["centre"], self.size)
+        for name, out in arrays.items():
+            _crop(item, name, start, self.size, out=out)
 
 
 class StoreSegmentationLoad(Transform):

@@ -1,15 +1,23 @@
-"""Resumable, rank-sharded data loading: the sampler order is a function of (seed, epoch) only."""
+"""Resumable, rank-sharded data loading: the sampler order is a function of (seed, epoch) only.
+
+Workers are persistent across epochs: the sampler hands each index over with its epoch, so a
+worker needs no message from the training process at an epoch's start, and it holds only the
+dataset's items (for a store, the index), never volume data.
+"""
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+
+from asa.data.batching import CollatedBatch, forget_exited_workers
 
 from .rng import SeededItems, item_seed, worker_init_fn
 
-__all__ = ["ResumableSampler", "available_cpus", "build_loader", "loader_workers", "move_to"]
+__all__ = ["ResumableSampler", "available_cpus", "build_loader", "close_loader", "loader_workers", "move_to"]
 
 
 def available_cpus() -> int:
@@ -29,7 +37,8 @@ def loader_workers(requested: int) -> int:
 
 class ResumableSampler(DistributedSampler):
     """DistributedSampler (also for a single process) that can skip the first `skip` samples of its
-    epoch, so a run resumed mid-epoch sees exactly the batches an uninterrupted run would."""
+    epoch, so a run resumed mid-epoch sees exactly the batches an uninterrupted run would. It yields
+    ``(epoch, index)`` pairs (`SeededItems` keys): the epoch reaches persistent workers with each index."""
 
     def __init__(self, dataset: Dataset, *, num_replicas: int, rank: int, seed: int, shuffle: bool = True) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
@@ -42,11 +51,22 @@ class ResumableSampler(DistributedSampler):
         self.set_epoch(epoch)
         self.skip = int(skip)
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(super().__iter__())[self.skip:])
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(self.epoch, int(i)) for i in list(super().__iter__())[self.skip:]])
 
     def __len__(self) -> int:
         return max(super().__len__() - self.skip, 0)
+
+
+class _Collate:
+    """The loader's collate function: a batch a dataset read whole (`CollatedBatch`) passes as it is,
+    a list of items goes to ``collate_fn`` (default: `default_collate`)."""
+
+    def __init__(self, collate_fn: Callable | None) -> None:
+        self.collate_fn = collate_fn or default_collate
+
+    def __call__(self, data: Any) -> Any:
+        return dict(data) if isinstance(data, CollatedBatch) else self.collate_fn(data)
 
 
 def build_loader(
@@ -59,20 +79,33 @@ def build_loader(
     num_workers: int = 0,
     collate_fn: Callable | None = None,
     pin_memory: bool = False,
+    persistent_workers: bool = True,
 ) -> tuple[DataLoader, ResumableSampler, SeededItems, torch.Generator]:
     """DataLoader over `SeededItems(dataset)` with a `ResumableSampler`, seeded workers (``num_workers``
-    capped at the available CPUs, `loader_workers`) and its own generator (so creating an iterator
-    never consumes the global torch RNG)."""
+    capped at the available CPUs, `loader_workers`), persistent across epochs unless
+    ``persistent_workers=False``, and its own generator (so creating an iterator never consumes the
+    global torch RNG). A dataset with ``read_batch`` gives whole batches (`SeededItems`)."""
     seeded = SeededItems(dataset, seed)
     sampler = ResumableSampler(seeded, num_replicas=world_size, rank=rank, seed=seed)
     generator = torch.Generator()
     generator.manual_seed(item_seed(seed, 0, rank))
+    workers = loader_workers(num_workers)
     loader = DataLoader(
-        seeded, batch_size=batch_size, sampler=sampler, num_workers=loader_workers(num_workers), collate_fn=collate_fn,
+        seeded, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=_Collate(collate_fn),
         worker_init_fn=worker_init_fn, generator=generator, drop_last=True, pin_memory=pin_memory,
-        persistent_workers=False,
+        persistent_workers=persistent_workers and workers > 0,
     )
     return loader, sampler, seeded, generator
+
+
+def close_loader(loader: DataLoader) -> None:
+    """Stop a loader's persistent workers now, rather than whenever the loader is garbage-collected,
+    and unmap the shared batch slots they leave (`asa.data.batching`)."""
+    iterator = getattr(loader, "_iterator", None)  # the iterator persistent workers belong to
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None
+    forget_exited_workers()
 
 
 def move_to(batch, device: torch.device):

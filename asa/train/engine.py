@@ -25,7 +25,7 @@ from asa.models import compile_blocks
 from asa.models.zoo import network_spec
 
 from .checkpoint import FORMAT, VERSION, prune_step_checkpoints
-from .data import build_loader, move_to
+from .data import build_loader, close_loader, move_to
 from .distributed import DistEnv, all_gather_objects, all_reduce_max_ints, all_reduce_mean, barrier
 from .precision import amp_name, guard_cpu_bf16_convolutions, set_threads
 from .preemption import StopSignals
@@ -62,8 +62,8 @@ class _Run:
     """What one `fit` call iterates over: the loader and its seeding, the (DDP-wrapped) network, the last step."""
 
     loader: DataLoader
-    sampler: object  # asa.train.data's resumable distributed sampler
-    seeded: object  # the dataset wrapper whose `epoch` seeds per-item augmentation
+    sampler: object  # asa.train.data's resumable distributed sampler (its (epoch, index) pairs seed each item)
+    seeded: object  # the dataset wrapper that seeds each item's augmentation
     generator: torch.Generator
     stop_step: int
     samples_per_step: int
@@ -80,6 +80,8 @@ class Engine:
     -> {tag: image [C,H,W] in [0,1]}` runs on rank 0 every `panel_every` epochs. Validation and panels
     run under a forked, fixed-seed RNG so they never change the training trajectory. `resume`: the
     checked checkpoint to continue from (a `ResumePoint`; None starts fresh from `seed`).
+    `on_device(batch) -> batch` runs on each batch once it is on the device, before `step_fn`
+    (e.g. `asa.data.augmentation.apply_deferred_augmentation`: augmentation drawn by the loader).
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class Engine:
         resume: ResumePoint | None = None,
         collate_fn: Callable | None = None,
         extra_state: Callable[[], Mapping] | None = None,
+        on_device: Callable[[Mapping], Mapping] | None = None,
     ) -> None:
         self.model, self.optimizer, self.step_fn = model, optimizer, step_fn
         self.cfg, self.lr, self.seed = config, float(lr), int(seed)
@@ -109,6 +112,7 @@ class Engine:
         self.run_config = dict(run_config or {})
         self.resume, self.collate_fn = resume, collate_fn
         self.extra_state = extra_state
+        self.on_device = on_device
         self.optim_step = OptimizerStep(optimizer, amp=config.amp, device=self.env.device,
                                         accum_steps=config.accum_steps, clip_grad=config.clip_grad)
         if self.optim_step.amp_dtype == torch.bfloat16 and self.env.device.type == "cpu":
@@ -143,14 +147,17 @@ class Engine:
 
     def _fit(self, train_data: Dataset) -> FitResult:
         run = self._prepare(train_data)
-        self._start(run)
-        stopped, stop_signal = False, None
-        while self.step < run.stop_step and not stopped:
-            stop_signal = self._run_epoch(run)
-            if stop_signal is not None:
-                break
-            if self.batch_in_epoch >= self.steps_per_epoch * self.cfg.accum_steps:  # epoch complete
-                stopped = self._end_epoch(run)
+        try:
+            self._start(run)
+            stopped, stop_signal = False, None
+            while self.step < run.stop_step and not stopped:
+                stop_signal = self._run_epoch(run)
+                if stop_signal is not None:
+                    break
+                if self.batch_in_epoch >= self.steps_per_epoch * self.cfg.accum_steps:  # epoch complete
+                    stopped = self._end_epoch(run)
+        finally:
+            close_loader(run.loader)  # its persistent workers end with the training, not at garbage collection
         self.log.close_bar()
         if stop_signal is not None:
             self.save("last.pt")
@@ -218,7 +225,6 @@ class Engine:
     def _run_epoch(self, run: _Run) -> int | None:
         """Optimiser steps until the epoch or the run ends; returns a stop signal's number when one arrived."""
         cfg = self.cfg
-        run.seeded.epoch = self.epoch
         run.sampler.set_position(self.epoch, self.batch_in_epoch * cfg.batch_size)
         run.generator.manual_seed(item_seed(self.seed, self.epoch, self.env.rank))
         batches = iter(run.loader)
@@ -272,6 +278,8 @@ class Engine:
         """The next `accum_steps` batches on the device, counted into the epoch's position."""
         for _ in range(self.cfg.accum_steps):
             batch = move_to(next(batches), self.env.device)
+            if self.on_device is not None:
+                batch = self.on_device(batch)
             self.batch_in_epoch += 1
             yield batch
 

@@ -5,6 +5,7 @@ import contextlib
 import os
 import random
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,6 +116,12 @@ class SeededItems(Dataset):
     workers or on where a resumed run picked up, which is what makes resume bit-exact. MONAI random
     transforms (their own RandomState) are re-seeded too. In the main process (num_workers=0) the
     caller's RNG streams are restored after each item.
+
+    A key is an index (of epoch `epoch`) or an ``(epoch, index)`` pair, as `asa.train.data`'s
+    sampler yields them: the epoch then travels with each index, so persistent DataLoader workers
+    (which keep their own copy of this object) draw the epoch's numbers. A dataset with
+    ``read_batch(indices, seeds)`` (`asa.data.datasets.StoreCropBatches`) is asked for whole batches, each
+    item's draws seeded as here.
     """
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
@@ -126,9 +133,16 @@ class SeededItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def _seed_item(self, index: int) -> None:
-        s = item_seed(self.seed, self.epoch, index)
-        seed_everything(s)
+    def _key(self, key) -> tuple[int, int]:
+        return (int(key[0]), int(key[1])) if isinstance(key, tuple) else (self.epoch, int(key))
+
+    def _seed_item(self, epoch: int, index: int) -> None:
+        s = item_seed(self.seed, epoch, index)
+        # the host's streams only (an item is made on the CPU): torch.manual_seed would also queue a
+        # CUDA seeding, formatting a stack trace (~2 ms) while CUDA is uninitialised, as in a worker
+        random.seed(s)
+        np.random.seed(s)
+        torch.default_generator.manual_seed(s)
         reseed = getattr(self.dataset, "reseed", None)  # asa.data.CaseDataset
         if reseed is not None:
             reseed(s)
@@ -139,13 +153,23 @@ class SeededItems(Dataset):
 
             set_rnd(target, s)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        epoch, index = self._key(key)
         if self._in_worker:
-            self._seed_item(index)
+            self._seed_item(epoch, index)
             return self.dataset[index]
         with fork_rng():
-            self._seed_item(index)
+            self._seed_item(epoch, index)
             return self.dataset[index]
+
+    def __getitems__(self, keys: list) -> Any:
+        """A batch of items (what the DataLoader's fetcher asks for): ``read_batch``'s collated batch
+        when the dataset reads whole batches, else the items one by one."""
+        read_batch = getattr(self.dataset, "read_batch", None)
+        if read_batch is None:
+            return [self[k] for k in keys]
+        pairs = [self._key(k) for k in keys]
+        return read_batch([i for _, i in pairs], [item_seed(self.seed, e, i) for e, i in pairs])
 
 
 def worker_init_fn(worker_id: int) -> None:

@@ -11,6 +11,8 @@ import torch
 from asa.api import preprocess, pretrain
 from asa.api.config import compose_config
 from asa.cli.common import EXIT_REFUSED, entry
+from asa.data import build_pretrain_dataset, build_segmentation_dataset, discover, get_task
+from asa.data.store import open_store
 
 
 def _data(kind: str, cache: Path, store: Path, *extra: str) -> list[str]:
@@ -58,3 +60,21 @@ def test_pretraining_reads_the_store(tmp_path):
     loss_files = [h for h in from_files.history if "val/loss" in h][0]["val/loss"]
     assert loss == pytest.approx(loss_files, rel=1e-3)
     assert torch.isfinite(torch.tensor(loss))
+
+
+@pytest.mark.parametrize("preset", ["demo", "ibsr"])
+def test_regions_auto_stores_no_maps_and_training_reads_the_store(tmp_path, preset):
+    """data.regions.source=auto (training's default): nothing in asa-preprocess needs region maps, so
+    the store holds none and records no region settings; a training run whose options need none
+    (source=auto there too) accepts it."""
+    store = tmp_path / "store"
+    preprocess(compose_config("preprocess", _data(preset, tmp_path / "cache", store, "data.regions.source=auto")))
+    index = json.loads((store / "index.json").read_text())
+    assert all("region" not in r["arrays"] for r in index["cases"].values())
+    assert "regions" not in index["settings"] and not list((store / "cases").glob("*region*"))
+    cases = [c for c in discover("bids" if preset == "demo" else "ibsr", index["root"]) if c.id in index["cases"]]
+    if preset == "demo":
+        item = build_pretrain_dataset(cases, size=32, augment=False, store=store)[0]
+    else:
+        item = build_segmentation_dataset(cases, get_task("ibsr"), train=True, patch_size=16, store=store)[0]
+    assert "region" not in item and open_store(store).records

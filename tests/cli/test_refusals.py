@@ -39,6 +39,8 @@ def demo_cache(tmp_path_factory) -> Path:
     (["experiment=sa_swin", "trainer.batch_size=1"], r"trainer.batch_size=1: SA-Swin's contrastive term"),
     (["experiment=sa_swin", "data.size=48"], r"data.size=48: method=sa_swin needs crops that are a multiple of 32"),
     (["data.regions.source=label", "method.loss_weighting=focal_region"], "pretraining data have no label files"),
+    (["data.augment_on=gpu"], r"^data.augment_on='gpu': expected one of cpu, device"),
+    (["data.flip_axes=[3]"], r"data.flip_axes: array axes 0, 1 or 2 of the crop, got \[3\]"),
 ])
 def test_pretrain_refuses_before_writing(tmp_path, demo_cache, extra, match):
     out = tmp_path / "run"

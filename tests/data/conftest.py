@@ -4,7 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from asa.data import RegionSource, discover
 from asa.data.demo import write_demo_dataset
+from asa.data.preprocess import build_store
+from asa.data.preprocessing import PretrainPreprocess
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +22,21 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory):
         return made[layout]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def store_cases(tmp_path_factory: pytest.TempPathFactory) -> list:
+    """5 BIDS demo cases (32^3)."""
+    return discover("bids", write_demo_dataset("bids", tmp_path_factory.mktemp("bids5"), cases=5, size=32, seed=3))
+
+
+@pytest.fixture(scope="session")
+def pretrain_stores(store_cases: list, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """{"float16": folder, "float32": folder}: pretraining stores of `store_cases` (32^3 crops), with
+    cluster region maps."""
+    out = {}
+    for dtype in ("float16", "float32"):
+        out[dtype] = tmp_path_factory.mktemp(f"store-{dtype}")
+        build_store(store_cases, out[dtype], preprocessor=PretrainPreprocess(32, regions=RegionSource("cluster", k=3)),
+                    channels=("t1",), dtype=dtype, progress=False)
+    return out
