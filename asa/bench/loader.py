@@ -1,6 +1,9 @@
-"""Data-loader measurements: crops/s per worker from a store (`asa.data.store`) against the
-preprocessing cache (``data.cache_dir``: MONAI ``PersistentDataset``), page cache warm and cold;
-resident memory per worker; start-up to the first batch with a large store index.
+"""Data-loader measurements: crops/s per worker from a store (`asa.data.store`), read a batch at a
+time (`asa.data.datasets.StoreCropBatches`) and item by item (its per-item pipeline, the path before
+whole-batch reads and the one CPU augmentation takes), against the preprocessing cache
+(``data.cache_dir``: MONAI ``PersistentDataset``), page cache warm and cold; resident memory per
+worker; the start of an epoch with persistent and with fresh workers; start-up to the first batch
+with a large store index.
 
 Volumes are synthetic brains of a given shape (an ellipsoid of smooth random texture, zero
 outside, stored as uncompressed int16 NIfTI in a BIDS layout), made quickly from two smooth fields
@@ -19,13 +22,14 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from torch.utils.data import Dataset
 
 from asa.data import build_pretrain_dataset, discover
 from asa.data.preprocess import build_store
 from asa.data.preprocessing import PretrainPreprocess
 from asa.data.store import CASES, FORMAT, INDEX, SETTINGS, VERSION, case_file_stamps, open_store, store_settings
 from asa.io import atomic_write_json
-from asa.train.data import build_loader
+from asa.train.data import build_loader, close_loader
 
 MIB = 2**20
 
@@ -100,28 +104,50 @@ def _status(pid: int) -> dict[str, int]:
     return out
 
 
+def _children() -> list[int]:
+    """Pids of this process's children (DataLoader workers)."""
+    pid, out = os.getpid(), []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
 def child_memory() -> list[dict[str, int]]:
     """Resident memory of this process's children (DataLoader workers): Rss (everything mapped in,
     shared pages included: the parent's libraries after fork, the store's pages of the page
     cache), Pss (shared pages divided among their users) and USS (pages only that worker holds)."""
-    pid, out = os.getpid(), []
-    for tid in os.listdir(f"/proc/{pid}/task"):
+    out = []
+    for child in _children():
         try:
-            children = Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+            out.append(_status(child))
+        except OSError:
+            pass
+    return out
+
+
+def children_cpu_s() -> dict[int, float]:
+    """CPU seconds (user + system) each child process has used so far."""
+    out = {}
+    for child in _children():
+        try:
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        for child in children:
-            try:
-                out.append(_status(int(child)))
-            except OSError:
-                pass
+        out[child] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
     return out
 
 
 # --- timing --------------------------------------------------------------------------------------
 def loader_epoch(dataset: Any, *, batch: int, workers: int, seed: int = 0) -> dict[str, Any]:
     """One epoch of the training loader: crops/s from the first batch on (worker start-up and the
-    first batch excluded), the time to the first batch, and the workers' memory before the last batch."""
+    first batch excluded), the time to the first batch, the workers' memory before the last batch,
+    and the CPU time per crop from the first batch to the last but one: the workers' (``worker_cpu_ms``,
+    all workers together) and this process's (``main_cpu_ms``: receiving the batches; everything
+    without workers). On a machine shared with other jobs the CPU time per crop says what a worker
+    costs when the wall-clock rate only says what it got."""
     loader, sampler, _, _ = build_loader(dataset, batch_size=batch, rank=0, world_size=1, seed=seed,
                                          num_workers=workers)
     n = len(loader)
@@ -130,13 +156,62 @@ def loader_epoch(dataset: Any, *, batch: int, workers: int, seed: int = 0) -> di
     start = time.perf_counter()
     memory: list[dict[str, int]] = []
     first = 0.0
-    for i, _ in enumerate(loader):
-        if i == 0:
-            first = time.perf_counter()
-        if i == n - 2 and workers > 0:
-            memory = child_memory()
-    end = time.perf_counter()
-    return {"crops_per_s": (n - 1) * batch / (end - first), "first_batch_s": first - start, "memory": memory}
+    cpu: dict[str, Any] = {}
+    try:
+        for i, _ in enumerate(loader):
+            if i == 0:
+                first = time.perf_counter()
+                cpu["start"] = (children_cpu_s(), time.process_time())
+            if i == n - 2:
+                cpu["end"] = (children_cpu_s(), time.process_time())
+                if workers > 0:
+                    memory = child_memory()
+        end = time.perf_counter()
+    finally:
+        close_loader(loader)
+    crops = (n - 2) * batch  # 0 with 2 batches: no CPU figures
+    (w0, m0), (w1, m1) = cpu["start"], cpu["end"]
+    worker_cpu = sum(t - w0.get(pid, 0.0) for pid, t in w1.items())
+    per_crop = (lambda s: 1e3 * s / crops) if crops else (lambda s: float("nan"))
+    return {"crops_per_s": (n - 1) * batch / (end - first), "first_batch_s": first - start, "memory": memory,
+            "worker_cpu_ms": per_crop(worker_cpu), "main_cpu_ms": per_crop(m1 - m0)}
+
+
+def epoch_start(dataset: Any, *, batch: int, workers: int, persistent: bool, epochs: int = 3) -> float:
+    """Seconds from the start of an epoch to its first batch, the median over the epochs after the
+    first: with persistent workers they wait from one epoch to the next, else each epoch starts its own."""
+    loader, sampler, _, _ = build_loader(dataset, batch_size=batch, rank=0, world_size=1, seed=0, num_workers=workers,
+                                         persistent_workers=persistent)
+    times = []
+    try:
+        for epoch in range(epochs):
+            sampler.set_position(epoch)
+            t = time.perf_counter()
+            batches = iter(loader)
+            next(batches)
+            times.append(time.perf_counter() - t)
+            for _ in batches:
+                pass
+    finally:
+        close_loader(loader)
+    return statistics.median(times[1:])
+
+
+class ItemByItem(Dataset):
+    """A dataset read item by item: a `StoreCropBatches` without its whole-batch reads (its per-item
+    MONAI pipeline, then collation: the store path before whole-batch reads)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index]
+
+    def reseed(self, seed: int) -> None:
+        self.dataset.reseed(seed)
 
 
 def _median_memory(memory: list[dict[str, int]], key: str) -> float:
@@ -147,8 +222,9 @@ def _median_memory(memory: list[dict[str, int]], key: str) -> float:
 def compare_store_and_cache(tmp: Path, *, volumes: int, shape: Sequence[int], size: int, batch: int, workers: int,
                             rounds: int, preprocess_workers: int, cold: bool, dtype: str = "float16",
                             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Crops/s per worker of the store path and of the ``cache_dir`` path side by side (alternated
-    round by round), page cache warm (and cold), plus what building each cost."""
+    """Crops/s per worker of the store path (whole batches, and item by item) and of the ``cache_dir``
+    path side by side (alternated round by round), page cache warm (and cold), plus what building
+    each cost, and the start of an epoch from the store with persistent and with fresh workers."""
     r: dict[str, Any] = {"volumes": volumes, "volume_shape": list(shape), "crop": size, "batch": batch,
                          "workers": workers, "store_dtype": dtype}
     t0 = time.perf_counter()
@@ -162,16 +238,16 @@ def compare_store_and_cache(tmp: Path, *, volumes: int, shape: Sequence[int], si
                          workers=preprocess_workers, progress=False)
     r["store_build_s"] = time.perf_counter() - t0
     r["store_bytes"] = report.bytes
-    datasets = {
-        "store": build_pretrain_dataset(cases, size=size, augment=False, store=tmp / "store"),
-        "cache": build_pretrain_dataset(cases, size=size, augment=False, cache_dir=tmp / "cache"),
-    }
+    store = build_pretrain_dataset(cases, size=size, augment=False, store=tmp / "store")
+    datasets = {"store": store, "items": ItemByItem(store),
+                "cache": build_pretrain_dataset(cases, size=size, augment=False, cache_dir=tmp / "cache")}
     log(f"store: {report.bytes / 2**30:.2f} GiB in {r['store_build_s']:.0f} s; filling the cache_dir path "
         f"({preprocess_workers} loader workers)")
     t0 = time.perf_counter()
     loader_epoch(datasets["cache"], batch=1, workers=preprocess_workers)  # the first epoch writes the cache
     r["cache_build_s"] = time.perf_counter() - t0
     files = {"store": files_under(tmp / "store" / "cases", (".npy",)), "cache": files_under(tmp / "cache", (".pt",))}
+    files["items"] = files["store"]
     r["cache_bytes"] = sum(p.stat().st_size for p in files["cache"])
     modes = ("warm", "cold") if cold else ("warm",)
     results: dict[str, list[dict[str, Any]]] = {f"{p}_{m}": [] for p in datasets for m in modes}
@@ -182,17 +258,26 @@ def compare_store_and_cache(tmp: Path, *, volumes: int, shape: Sequence[int], si
                 out = loader_epoch(ds, batch=batch, workers=workers, seed=rnd)
                 results[f"{path}_{mode}"].append(out)
                 log(f"round {rnd + 1}/{rounds} {path:5s} {mode}: {out['crops_per_s'] / max(workers, 1):.1f} crops/s "
-                    f"per worker, first batch {out['first_batch_s']:.2f} s")
+                    f"per worker, first batch {out['first_batch_s']:.2f} s, CPU ms per crop: workers "
+                    f"{out['worker_cpu_ms']:.1f}, main process {out['main_cpu_ms']:.1f}")
     per = max(workers, 1)
     for key, runs in results.items():
         r[f"{key}_crops_per_s_per_worker"] = statistics.median(o["crops_per_s"] for o in runs) / per
         r[f"{key}_first_batch_s"] = statistics.median(o["first_batch_s"] for o in runs)
+        r[f"{key}_worker_cpu_ms_per_crop"] = statistics.median(o["worker_cpu_ms"] for o in runs)
+        r[f"{key}_main_cpu_ms_per_crop"] = statistics.median(o["main_cpu_ms"] for o in runs)
         memory = [m for o in runs for m in o["memory"]]
         r[f"{key}_worker_rss_mib"] = _median_memory(memory, "Rss")
         r[f"{key}_worker_uss_mib"] = _median_memory(memory, "USS")
-    r["store_vs_cache_warm"] = r["store_warm_crops_per_s_per_worker"] / r["cache_warm_crops_per_s_per_worker"]
-    if cold:
-        r["store_vs_cache_cold"] = r["store_cold_crops_per_s_per_worker"] / r["cache_cold_crops_per_s_per_worker"]
+    for mode in modes:
+        r[f"store_vs_cache_{mode}"] = r[f"store_{mode}_crops_per_s_per_worker"] / r[f"cache_{mode}_crops_per_s_per_worker"]
+        r[f"store_vs_items_{mode}"] = r[f"store_{mode}_crops_per_s_per_worker"] / r[f"items_{mode}_crops_per_s_per_worker"]
+    if workers > 0:
+        warm(files["store"])
+        for persistent in (True, False):
+            key = f"epoch_start_{'persistent' if persistent else 'fresh'}_s"
+            r[key] = epoch_start(store, batch=batch, workers=workers, persistent=persistent)
+            log(f"epoch start, {'persistent' if persistent else 'fresh'} workers: {r[key]:.3f} s to the first batch")
     return r
 
 
@@ -238,11 +323,10 @@ def startup_with_index(tmp: Path, *, cases: int, size: int = 16, batch: int = 4,
     steps["dataset_s"] = time.perf_counter() - t
     t = time.perf_counter()
     loader, _, _, _ = build_loader(dataset, batch_size=batch, rank=0, world_size=1, seed=0, num_workers=workers)
-    it = iter(loader)
-    next(it)
+    next(iter(loader))
     steps["first_batch_s"] = time.perf_counter() - t
     memory = child_memory()
-    del it
+    close_loader(loader)
     r.update(steps)
     r["startup_s"] = sum(steps.values())
     r["startup_workers"] = workers
@@ -274,13 +358,22 @@ def format_loader_table(r: dict[str, Any]) -> str:
              f"{r['batch']}, {r['workers']} loader worker(s), store {r['store_dtype']}, {r.get('device_name', '')}"]
     for mode in modes:
         lines.append(f"  crops/s per worker, page cache {mode}: store {r[f'store_{mode}_crops_per_s_per_worker']:.1f}"
+                     f" / store item by item {r[f'items_{mode}_crops_per_s_per_worker']:.1f}"
                      f" / cache_dir {r[f'cache_{mode}_crops_per_s_per_worker']:.1f} "
-                     f"({r[f'store_vs_cache_{mode}']:.2f}×)")
+                     f"(store {r[f'store_vs_items_{mode}']:.2f}× item by item, {r[f'store_vs_cache_{mode}']:.2f}× "
+                     "cache_dir)")
+    lines.append(f"  CPU ms per crop, warm, workers + main process: store {r['store_warm_worker_cpu_ms_per_crop']:.2f} + "
+                 f"{r['store_warm_main_cpu_ms_per_crop']:.2f} / store item by item "
+                 f"{r['items_warm_worker_cpu_ms_per_crop']:.2f} + {r['items_warm_main_cpu_ms_per_crop']:.2f} / "
+                 f"cache_dir {r['cache_warm_worker_cpu_ms_per_crop']:.2f} + {r['cache_warm_main_cpu_ms_per_crop']:.2f}")
     lines.append(f"  worker memory MiB, warm, RSS (USS: its own pages): store {r['store_warm_worker_rss_mib']:.0f} "
                  f"({r['store_warm_worker_uss_mib']:.0f}) / cache_dir {r['cache_warm_worker_rss_mib']:.0f} "
                  f"({r['cache_warm_worker_uss_mib']:.0f})")
     lines.append(f"  on disk: store {r['store_bytes'] / 2**30:.2f} GiB (built in {r['store_build_s']:.0f} s) / "
                  f"cache_dir {r['cache_bytes'] / 2**30:.2f} GiB (filled in {r['cache_build_s']:.0f} s)")
+    if "epoch_start_persistent_s" in r:
+        lines.append(f"  an epoch's start to its first batch: persistent workers {r['epoch_start_persistent_s']:.3f} s"
+                     f" / fresh workers {r['epoch_start_fresh_s']:.3f} s")
     if "startup_s" in r:
         lines.append(f"  start-up to the first batch, {r['index_cases']}-case index: {r['startup_s']:.1f} s (index "
                      f"{r['open_index_s']:.2f}, files {r['find_and_compare_s']:.2f}, dataset {r['dataset_s']:.2f}, "

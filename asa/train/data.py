@@ -59,14 +59,17 @@ class ResumableSampler(DistributedSampler):
 
 
 class _Collate:
-    """The loader's collate function: a batch a dataset read whole (`CollatedBatch`) passes as it is,
-    a list of items goes to ``collate_fn`` (default: `default_collate`)."""
+    """The loader's collate function: a batch a dataset read whole (`CollatedBatch`) passes as it is
+    (from a worker it travels in its shared-memory slots and arrives as a dict; in the training
+    process it becomes a dict here), a list of items goes to ``collate_fn`` (default: `default_collate`)."""
 
     def __init__(self, collate_fn: Callable | None) -> None:
         self.collate_fn = collate_fn or default_collate
 
     def __call__(self, data: Any) -> Any:
-        return dict(data) if isinstance(data, CollatedBatch) else self.collate_fn(data)
+        if not isinstance(data, CollatedBatch):
+            return self.collate_fn(data)
+        return data if torch.utils.data.get_worker_info() is not None else dict(data)
 
 
 def build_loader(

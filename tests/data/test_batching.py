@@ -114,11 +114,12 @@ def test_a_slot_the_worker_never_sent_is_free_again(in_a_worker):
     assert _slots_in_use() == []
 
 
-@pytest.mark.parametrize("options", [{}, {"augment": True, "flip_axes": (0,), "augment_on": "device"}])
+@pytest.mark.parametrize("options", [{"augment": False}, {"augment": True, "flip_axes": (0,), "augment_on": "device"}])
 def test_workers_deliver_the_batches_of_the_main_process(store_cases, pretrain_stores, options):
     """Two persistent workers and their slots against num_workers=0, two epochs: batches kept all at
     once (``list``: more than the slots, so some travel in fresh memory) and streamed one by one."""
     ds = build_pretrain_dataset(store_cases * 3, size=SIZE, store=pretrain_stores["float16"], **options)
+    assert isinstance(ds, StoreCropBatches)
     ref, ref_sampler, _, _ = build_loader(ds, batch_size=2, rank=0, world_size=1, seed=0, num_workers=0)
     loader, sampler, _, _ = build_loader(ds, batch_size=2, rank=0, world_size=1, seed=0, num_workers=2)
     orders = []
@@ -134,7 +135,9 @@ def test_workers_deliver_the_batches_of_the_main_process(store_cases, pretrain_s
             sampler.set_position(epoch)
             for a, b in zip(expected, loader, strict=True):
                 _equal(a, b)
+                assert type(b) is dict
             orders.append([i for b in kept for i in b["id"]])
+            assert len(B._MAPPED) == 2  # both workers' batches came in their slots
         assert orders[0] != orders[1]  # each epoch its own order (and draws)
     finally:
         close_loader(loader)

@@ -159,8 +159,10 @@ def test_symmetry_mode_ratios_are_those_of_the_recorded_times(tmp_path):
         benchmark.main([*args, "--append-md", str(tmp_path / "B.md")])
 
 
-LOADER_KEYS = [f"{p}_{m}_{k}" for p in ("store", "cache") for m in ("warm", "cold")
+LOADER_KEYS = [f"{p}_{m}_{k}" for p in ("store", "items", "cache") for m in ("warm", "cold")
                for k in ("crops_per_s_per_worker", "first_batch_s", "worker_rss_mib", "worker_uss_mib")]
+CPU_KEYS = [f"{p}_{m}_{k}" for p in ("store", "items", "cache") for m in ("warm", "cold")
+            for k in ("worker_cpu_ms_per_crop", "main_cpu_ms_per_crop")]  # may round to 0 on tiny volumes
 
 
 def test_loader_mode_tiny(tmp_path):
@@ -168,16 +170,18 @@ def test_loader_mode_tiny(tmp_path):
     row in its own table below the results table's sections."""
     md = tmp_path / "B.md"
     md.write_text("# Benchmarks\n\n| date | device |\n| --- | --- |\n\n## Other section\n\ntext\n")
-    args = ["--loader", "--loader-volumes", "4", "--loader-shape", "20", "24", "20", "--size", "16", "--batch", "2",
+    args = ["--loader", "--loader-volumes", "6", "--loader-shape", "20", "24", "20", "--size", "16", "--batch", "2",
             "--loader-rounds", "1", "--index-cases", "40", "--json", str(tmp_path / "l.json"), "--append-md", str(md)]
     assert benchmark.main(args) == 0
     r = json.loads((tmp_path / "l.json").read_text())
     for key in [*LOADER_KEYS, "store_bytes", "cache_bytes", "startup_s", "open_index_s", "first_batch_s",
-                "startup_worker_rss_mib", "store_vs_cache_warm", "store_vs_cache_cold"]:
+                "startup_worker_rss_mib", "store_vs_cache_warm", "store_vs_cache_cold", "store_vs_items_warm",
+                "epoch_start_persistent_s", "epoch_start_fresh_s"]:
         assert isinstance(r[key], (int, float)) and math.isfinite(r[key]) and r[key] > 0, key
+    assert all(math.isfinite(r[key]) and r[key] >= 0 for key in CPU_KEYS)
     assert r["store_vs_cache_warm"] == pytest.approx(
         r["store_warm_crops_per_s_per_worker"] / r["cache_warm_crops_per_s_per_worker"])
-    assert r["index_cases"] == 40 and r["volumes"] == 4 and r["volume_shape"] == [20, 24, 20] and r["crop"] == 16
+    assert r["index_cases"] == 40 and r["volumes"] == 6 and r["volume_shape"] == [20, 24, 20] and r["crop"] == 16
     assert r["startup_s"] == pytest.approx(r["open_index_s"] + r["find_and_compare_s"] + r["dataset_s"]
                                            + r["first_batch_s"])
     benchmark.main([*args[:-2], "--no-cold", "--append-md", str(md)])  # a second row, warm only
@@ -185,4 +189,5 @@ def test_loader_mode_tiny(tmp_path):
     assert text.count("## Data loader") == 1
     rows = [line for line in text.split("## Data loader")[1].splitlines() if line.startswith("| 20")]
     assert len(rows) == 2 and "(" in rows[0].split("|")[9] and "(" not in rows[1].split("|")[9]
-    assert rows[0].split("|")[5].strip() == "4 × 20×24×20"
+    assert "(" in rows[0].split("|")[10] and rows[0].split("|")[15].count("/") == 1  # item by item; epoch start
+    assert rows[0].split("|")[5].strip() == "6 × 20×24×20"
