@@ -127,6 +127,7 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
                       channels=tuple(data.channels), regions=regions, store=data.get("store"))
         train_ds = build_pretrain_dataset(splits["train"], augment=bool(data.augment), flip_axes=flip_axes,
                                           augment_on=augment_on, **common)
+        deferred = augment_on == "device" and (bool(data.augment) or bool(flip_axes))  # applied after the transfer
         val_ds = build_pretrain_dataset(splits["val"], augment=False, **common) if splits["val"] else None
         step_fn = method.step_of(cases, dataset_root(data)[0])
         run_dir.write_config(resolved)  # every check passed
@@ -150,7 +151,7 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
             validate=validate,
             panel_fn=None if sample is None else method.panel(sample),
             run_config=resolved, resume=run_dir.resume,
-            on_device=apply_deferred_augmentation if augment_on == "device" else None,
+            on_device=apply_deferred_augmentation if deferred else None,
         )
         result = engine.fit(train_ds)
         if not result.preempted:

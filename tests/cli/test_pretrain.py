@@ -108,6 +108,10 @@ def test_augmentation_on_the_device_trains_as_on_the_cpu(tmp_path, demo_cache, w
         run(compose_config("pretrain", _overrides(tmp_path / where, demo_cache, *extra, f"data.augment_on={where}")))
     a, b = (load_checkpoint(tmp_path / w / "checkpoints" / "last.pt")["model"] for w in ("cpu", "device"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    if workers == 0:  # nothing to augment: the option changes nothing
+        none = run(compose_config("pretrain", _overrides(tmp_path / "none", demo_cache, "trainer.max_steps=1",
+                                                         "data.augment=false", "data.augment_on=device")))
+        assert none.step == 1
 
 
 def test_resume_with_another_model_is_refused(tmp_path, demo_cache):
