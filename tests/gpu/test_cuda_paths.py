@@ -10,10 +10,15 @@ import torch
 from torch.utils.data import TensorDataset
 
 from asa.bench.sdpa import sdpa_backends
+from asa.data import build_pretrain_dataset, discover, write_demo_dataset
+from asa.data.augmentation import apply_deferred_augmentation
+from asa.data.preprocess import build_store
+from asa.data.preprocessing import PretrainPreprocess
 from asa.eval import inference
 from asa.eval.inference import SW_BATCH_CAP, predict_volume
 from asa.models import ASA, PRESETS, ASASegmenter, RegionAttention, channels_last_inference, compile_blocks
 from asa.models.saca import WindowSymmetryCrossAttention, mirror_index
+from asa.train.data import build_loader, close_loader, move_to
 
 pytestmark = pytest.mark.gpu
 
@@ -134,8 +139,6 @@ def test_symmetry_cross_attention_at_128_runs_a_fused_kernel(amp, cropped):
 def test_pinned_batches_reach_the_gpu_intact():
     """The engine's loader pins batches on CUDA and moves them with non_blocking copies; the values
     that arrive are the batch's."""
-    from asa.train.data import build_loader, move_to
-
     data = TensorDataset(torch.arange(64, dtype=torch.float32).view(16, 4))
     loader, sampler, _, _ = build_loader(data, batch_size=4, rank=0, world_size=1, seed=0, num_workers=2,
                                          pin_memory=True)
@@ -144,6 +147,30 @@ def test_pinned_batches_reach_the_gpu_intact():
         assert batch.is_pinned()
         moved = move_to({"x": [batch]}, torch.device("cuda"))["x"][0]
         assert moved.is_cuda and torch.equal(moved.cpu(), batch)
+
+
+def test_store_batches_pinned_and_augmented_on_the_gpu_are_the_cpu_batches(tmp_path):
+    """Whole store batches travel in the workers' reused shared-memory slots, are pinned by the
+    loader's pinning thread and moved with non_blocking copies; with augmentation applied on the GPU
+    they are, epoch after epoch, the batches of the main process augmented on the CPU, bit for bit."""
+    cases = discover("bids", write_demo_dataset("bids", tmp_path / "bids", cases=4, size=32, seed=0))
+    build_store(cases, tmp_path / "store", preprocessor=PretrainPreprocess(32), channels=("t1",), progress=False)
+    ds = build_pretrain_dataset(cases * 4, size=32, augment=True, flip_axes=(0, 2), augment_on="device",
+                                store=tmp_path / "store")
+    ref, ref_sampler, _, _ = build_loader(ds, batch_size=4, rank=0, world_size=1, seed=0, num_workers=0)
+    loader, sampler, _, _ = build_loader(ds, batch_size=4, rank=0, world_size=1, seed=0, num_workers=2,
+                                         pin_memory=True)
+    try:
+        for epoch in (0, 1, 2):
+            ref_sampler.set_position(epoch)
+            sampler.set_position(epoch)
+            for a, b in zip(ref, loader, strict=True):
+                assert b["image"].is_pinned() and b["image"].dtype == torch.float16
+                on_gpu = apply_deferred_augmentation(move_to(b, torch.device("cuda")))
+                on_cpu = apply_deferred_augmentation(move_to(a, torch.device("cpu")))
+                assert on_gpu["image"].is_cuda and torch.equal(on_gpu["image"].cpu(), on_cpu["image"])
+    finally:
+        close_loader(loader)
 
 
 def test_compiled_blocks_on_cuda_match_eager(exact_fp32):
