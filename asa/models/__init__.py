@@ -1,4 +1,11 @@
-"""Networks: SW-ViT with LW-MSA/SLW-MSA, symmetric position encoding, the ASA autoencoder."""
+"""Networks: SW-ViT with LW-MSA/SLW-MSA, symmetric position encoding, the ASA autoencoder.
+
+Every network registers itself by name in its own module (:func:`register_network`); all modules
+of this package are imported below, so a new network is a new file here.
+"""
+
+import importlib
+import pkgutil
 
 from asa.models.attention import LinearWindowAttention
 from asa.models.case_head import POOLINGS, ASACaseHead, AttentionPool, build_case_head
@@ -9,17 +16,21 @@ from asa.models.mae import ASA, MAEOutput
 from asa.models.patch import PatchEmbed, patch_grid, patchify, unpatchify
 from asa.models.portable import ENCODER_MODULES, VolumeEncoder, export_for_monai, load_encoder
 from asa.models.position import brain_frame_encoding, position_index, symmetric_position_encoding
+from asa.models.presets import PRESETS
+from asa.models.region_attention import RegionAttention, patch_regions
+from asa.models.registry import NETWORKS, architectures, build_network, network_spec, record_spec, register_network
 from asa.models.sa_swin import SASwin, SymmetryAwareLayer
 from asa.models.sa_swin_pretrain import SAHOutput, SymmetryAwareHead
 from asa.models.saca import SymmetryCrossAttention, WindowSymmetryCrossAttention, mirror_index
-from asa.models.presets import PRESETS
-from asa.models.region_attention import RegionAttention, patch_regions
 from asa.models.segmenter import SPE_FRAMES, ASASegmenter, LoadReport, recorded_pretraining
 from asa.models.swvit import SWBlock, SWViT
-from asa.models.zoo import ARCHITECTURES, NETWORKS, build_from_config, build_network, build_segmentation_network, network_spec
+from asa.models.zoo import build_from_config, build_segmentation_network
+
+for _module in pkgutil.iter_modules(__path__):  # the networks of modules not named above register too
+    importlib.import_module(f"{__name__}.{_module.name}")
+del _module
 
 __all__ = [
-    "ARCHITECTURES",
     "ENCODER_MODULES",
     "ASA",
     "ASASegmenter",
@@ -41,11 +52,11 @@ __all__ = [
     "SWViT",
     "SWViTEncoder",
     "VolumeEncoder",
-    "brain_frame_encoding",
     "SymmetryAwareHead",
     "SymmetryAwareLayer",
     "SymmetryCrossAttention",
     "WindowSymmetryCrossAttention",
+    "architectures",
     "brain_frame_encoding",
     "build_from_config",
     "build_network",
@@ -61,6 +72,8 @@ __all__ = [
     "patch_regions",
     "patchify",
     "recorded_pretraining",
+    "record_spec",
+    "register_network",
     "position_index",
     "symmetric_position_encoding",
     "unpatchify",

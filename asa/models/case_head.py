@@ -12,6 +12,7 @@ from torch import nn
 from asa.io import load_weights
 from asa.models.encoder import SWViTEncoder
 from asa.models.patch import to_3tuple
+from asa.models.registry import register_network
 from asa.models.saca import SACA_PLACES
 from asa.models.segmenter import ASASegmenter, recorded_pretraining
 
@@ -33,6 +34,7 @@ class AttentionPool(nn.Module):
         return (weights * tokens).sum(dim=1)  # [B, C]
 
 
+@register_network("case_head", task="case", encoder="encoder")
 class ASACaseHead(nn.Module):
     """SW-ViT encoder over every token of the brain-centred crop (+ SPE, as :class:`ASASegmenter`'s,
     same ``encoder.*`` keys, so pretraining files load with :meth:`load_pretrained`), tokens pooled
@@ -96,7 +98,7 @@ class ASACaseHead(nn.Module):
         self.img_size, self.grid, self.reference_grid = enc.img_size, enc.grid, enc.reference_grid
         self.in_channels, self.out_channels, self.embed_dim, self.patch_size = in_channels, out_channels, embed_dim, patch_size
         self.pos_mode, self.lr_axis = pos_mode, lr_axis
-        self.network_arch = "case_head"  # its name in asa.models.zoo.NETWORKS, for network_spec
+        self.network_arch = "case_head"  # its name in the network registry, for network_spec
         self.spe_frame = "brain"  # the training step passes crop offsets (asa.train.finetune)
         self.uses_regions = False
         self.num_encoder_layers = depth + 1  # patch embedding = layer 0, block i = i + 1, final norm = depth + 1

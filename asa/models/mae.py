@@ -13,6 +13,7 @@ from asa.models.encoder import ENCODER_PREFIX, SWViTEncoder
 from asa.models.patch import patch_grid, patchify, to_3tuple, unpatchify
 from asa.models.position import symmetric_position_encoding
 from asa.models.region_attention import patch_regions
+from asa.models.registry import record_spec, register_network
 from asa.models.saca import SACA_PLACES, check_mirror_windows, mirror_index
 from asa.models.swvit import SWViT
 
@@ -29,6 +30,7 @@ class MAEOutput:
     weights: torch.Tensor
 
 
+@register_network("asa_pretrain", task="pretraining", encoder="encoder")
 class ASA(nn.Module):
     """Attentive Symmetric Autoencoder.
 
@@ -76,7 +78,7 @@ class ASA(nn.Module):
         saca: str = "none",
     ) -> None:
         super().__init__()
-        self.network_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        spec = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
         if saca not in SACA_PLACES:
@@ -84,7 +86,7 @@ class ASA(nn.Module):
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must lie in (0, 1), got {mask_ratio}")
         self.img_size = to_3tuple(img_size, "img_size")
-        self.network_kwargs["img_size"] = list(self.img_size)
+        record_spec(self, "asa_pretrain", {**spec, "img_size": list(self.img_size)})
         self.grid = patch_grid(self.img_size, patch_size)
         self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
         self.num_masked = round(mask_ratio * self.num_patches)

@@ -20,14 +20,11 @@ from torch import nn
 from asa.io import load_weights, save_checkpoint
 from asa.models.encoder import SWViTEncoder
 from asa.models.region_attention import patch_regions
-from asa.models.zoo import build_network
+from asa.models.registry import ENCODER_MODULES, build_network
 
 __all__ = ["ENCODER_MODULES", "VolumeEncoder", "export_for_monai", "load_encoder"]
 
-# the encoder submodule of each network: its state-dict keys are "<name>.*" in checkpoints and exports
-ENCODER_MODULES = {"asa_pretrain": "encoder", "asa": "encoder", "sa_swin_pretrain": "swinViT", "sa_swin": "swinViT",
-                   "swin_unetr": "swinViT", "unetr": "vit"}
-SWIN_ARCHS = ("sa_swin_pretrain", "sa_swin", "swin_unetr")
+SWIN_ENCODER = "swinViT"  # the encoder module of the SwinViT-based networks (SwinUNETR's layout)
 
 
 class VolumeEncoder(nn.Module):
@@ -139,7 +136,8 @@ def export_for_monai(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     keys need no conversion). A plain ``torch.save`` file of tensors, written atomically."""
     state = load_weights(path)
     spec, name, weights = _spec_and_weights(path, state)
-    if spec["arch"] not in SWIN_ARCHS:
-        raise ValueError(f"{path} holds a {spec['arch']!r} network: only SwinViT-based networks {SWIN_ARCHS} have "
+    if name != SWIN_ENCODER:
+        swin_archs = tuple(arch for arch, module in ENCODER_MODULES.items() if module == SWIN_ENCODER)
+        raise ValueError(f"{path} holds a {spec['arch']!r} network: only SwinViT-based networks {swin_archs} have "
                          "SwinUNETR's layout; load an ASA encoder with asa.load_encoder")
     return save_checkpoint(out, {"state_dict": {_monai_name(k): v for k, v in weights.items()}})

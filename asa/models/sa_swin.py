@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from monai.networks.blocks import MLPBlock
@@ -10,6 +11,8 @@ from monai.networks.nets import SwinUNETR
 from torch import nn
 
 from asa.io import load_weights
+from asa.models.baselines import spec_input_size
+from asa.models.registry import record_spec, register_network
 from asa.models.saca import SymmetryCrossAttention
 from asa.models.segmenter import LoadReport, match_encoder_weights
 
@@ -149,3 +152,13 @@ class SASwin(SwinUNETR):
         if verbose:
             print(f"pretrained SA-Swin encoder from {path}:\n{report}")
         return report
+
+
+@register_network("sa_swin", task="segmentation", encoder="swinViT")
+def sa_swin(*, img_size: Any = None, **kwargs: Any) -> SASwin:
+    """:class:`SASwin` for inputs of size ``img_size`` (like SwinUNETR it takes any multiple of 32, so
+    ``img_size`` only records the input size); ``kwargs`` are ``SASwin``'s."""
+    size = spec_input_size("sa_swin", img_size)
+    net = SASwin(**kwargs)
+    net.img_size = tuple(size)
+    return record_spec(net, "sa_swin", {"img_size": size, **kwargs})

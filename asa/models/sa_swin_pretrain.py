@@ -17,6 +17,7 @@ from torch import nn
 
 from asa.losses import SAH_TERMS, inpainting_loss, nt_xent, rotation_loss, symmetry_loss
 from asa.models.patch import to_3tuple
+from asa.models.registry import record_spec, register_network
 from asa.models.sa_swin import SA_SWIN_ENCODER_PREFIXES
 
 
@@ -44,6 +45,7 @@ def _reconstruction_head(dim: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+@register_network("sa_swin_pretrain", task="pretraining", encoder="swinViT")
 class SymmetryAwareHead(nn.Module):
     """SwinViT encoder + rotation, contrastive, inpainting and symmetry heads.
 
@@ -70,8 +72,8 @@ class SymmetryAwareHead(nn.Module):
         drop_patch: int = 16,
     ) -> None:
         super().__init__()
-        self.network_kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in locals().items()
-                               if k not in ("self", "__class__")}  # the spec (asa.models.zoo.network_spec)
+        record_spec(self, "sa_swin_pretrain", {k: (list(v) if isinstance(v, tuple) else v) for k, v in locals().items()
+                                               if k not in ("self", "__class__")})
         unknown = sorted(set(terms) - set(SAH_TERMS))
         if unknown or not terms:
             raise ValueError(f"terms must be a non-empty subset of {SAH_TERMS}, got {list(terms)}")

@@ -17,6 +17,7 @@ from asa.io import load_weights
 from asa.models.encoder import ENCODER_PREFIX, SWViTEncoder
 from asa.models.patch import patch_grid, to_3tuple
 from asa.models.region_attention import patch_regions
+from asa.models.registry import record_spec, register_network
 from asa.models.saca import SACA_PLACES
 
 
@@ -58,6 +59,7 @@ def recorded_pretraining(checkpoint: dict, source: str | Path) -> dict:
             "pos_mode": kwargs["pos_mode"], "lr_axis": kwargs["lr_axis"]}
 
 
+@register_network("asa", task="segmentation", encoder="encoder")
 class ASASegmenter(nn.Module):
     """SW-ViT encoder over all tokens + SPE, four evenly spaced hidden states as skips.
 
@@ -116,7 +118,7 @@ class ASASegmenter(nn.Module):
         saca: str = "none",
     ) -> None:
         super().__init__()
-        self.network_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        spec = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.input_skip = _check_input_skip(input_skip)
         if spe_frame not in SPE_FRAMES:
             raise ValueError(f"spe_frame must be one of {SPE_FRAMES}, got {spe_frame!r}")
@@ -142,8 +144,8 @@ class ASASegmenter(nn.Module):
             self.reference_grid = to_3tuple(reference_grid, "reference_grid")
         self.in_channels, self.embed_dim, self.patch_size = in_channels, embed_dim, patch_size
         self.pos_mode, self.lr_axis, self.spe_frame = pos_mode, lr_axis, spe_frame
-        self.network_kwargs.update(img_size=list(self.img_size), reference_grid=list(self.reference_grid),
-                                   input_skip=self.input_skip)
+        record_spec(self, "asa", {**spec, "img_size": list(self.img_size), "reference_grid": list(self.reference_grid),
+                                  "input_skip": self.input_skip})
         self.hidden_indices = tuple((k + 1) * depth // 4 - 1 for k in range(3))  # e.g. 2, 5, 8 of 12
         self.num_encoder_layers = depth + 1  # patch embedding = layer 0, block i = i + 1, final norm = depth + 1
         self._zero_encoder = False

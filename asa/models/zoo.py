@@ -1,82 +1,24 @@
-"""Networks by name and network specs: ``asa`` (ASASegmenter), ``sa_swin`` (SASwin), MONAI's UNETR and SwinUNETR
-baselines, and the pretraining networks ``asa_pretrain`` (ASA) and ``sa_swin_pretrain`` (SA-Swin's
-SymmetryAwareHead).
+"""Segmentation networks by name, and the segmentation network of a run config.
 
-A network spec ``{"arch": name, "kwargs": {...}}`` holds every keyword argument that rebuilds a
-network, resolved (input size, channels, position code, reference grid); every checkpoint asa
-writes carries the spec of its network, so prediction and fine-tuning rebuild it from the file.
+Every network registers itself by name in its own file (:mod:`asa.models.registry`); this module
+builds the segmentation networks among them (``asa``, ``unetr``, ``swin_unetr``, ``sa_swin``, ...)
+from explicit arguments or from a run config's ``model`` and ``segmenter`` sections.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
 from asa.io import load_weights
-from asa.models.case_head import ASACaseHead
-from asa.models.mae import ASA
-from asa.models.patch import patch_grid, to_3tuple
-from asa.models.sa_swin import SASwin
-from asa.models.sa_swin_pretrain import SymmetryAwareHead
+from asa.models.patch import patch_grid
+from asa.models.registry import NETWORKS, architectures, build_network, network_spec
 from asa.models.segmenter import ASASegmenter, recorded_pretraining
 
-ARCHITECTURES = ("asa", "unetr", "swin_unetr", "sa_swin")  # segmentation networks
-
-
-def _unetr(**kwargs: Any) -> nn.Module:
-    from monai.networks.nets import UNETR
-
-    return UNETR(**kwargs)
-
-
-def _swin_unetr(*, img_size: Any, **kwargs: Any) -> nn.Module:
-    from monai.networks.nets import SwinUNETR
-
-    return SwinUNETR(**kwargs)  # takes any multiple of 32; img_size stays in the spec as its input size
-
-
-def _sa_swin(*, img_size: Any, **kwargs: Any) -> nn.Module:
-    return SASwin(**kwargs)  # like SwinUNETR: any multiple of 32; img_size stays in the spec
-
-
-NETWORKS: dict[str, Callable[..., nn.Module]] = {
-    "asa": ASASegmenter, "unetr": _unetr, "swin_unetr": _swin_unetr, "sa_swin": _sa_swin, "asa_pretrain": ASA,
-    "sa_swin_pretrain": SymmetryAwareHead,
-    "case_head": ASACaseHead,  # case-level classification / regression (asa.models.case_head)
-}
-
-
-def build_network(spec: Mapping[str, Any]) -> nn.Module:
-    """The network of a spec ``{"arch": name, "kwargs": {...}}`` (see :func:`network_spec`)."""
-    if not isinstance(spec, Mapping) or not isinstance(spec.get("kwargs"), Mapping):
-        raise ValueError(f"network spec must be {{'arch': name, 'kwargs': {{...}}}}, got {spec!r}")
-    arch, kwargs = spec.get("arch"), dict(spec["kwargs"])
-    if arch not in NETWORKS:
-        raise ValueError(f"network spec: unknown arch {arch!r}; expected one of {tuple(NETWORKS)}")
-    if arch in ("unetr", "swin_unetr", "sa_swin"):
-        if "img_size" not in kwargs:
-            raise ValueError(f"network spec for {arch!r} needs kwargs.img_size (the network's input size)")
-        kwargs["img_size"] = list(to_3tuple(kwargs["img_size"], "img_size"))
-    net = NETWORKS[arch](**kwargs)
-    if not hasattr(net, "network_kwargs"):  # MONAI's networks: the arguments they were built with
-        net.network_kwargs = kwargs
-        net.img_size = tuple(kwargs["img_size"])
-    net.network_arch = arch
-    return net
-
-
-def network_spec(net: nn.Module) -> dict[str, Any] | None:
-    """``{"arch", "kwargs"}`` that rebuilds ``net`` with :func:`build_network`; None for a network
-    asa did not build (neither an ASA network nor one from :func:`build_network`)."""
-    arch = getattr(net, "network_arch", None) or {ASASegmenter: "asa", ASA: "asa_pretrain", SymmetryAwareHead: "sa_swin_pretrain"}.get(
-        type(net))
-    kwargs = getattr(net, "network_kwargs", None)
-    if arch is None or kwargs is None:
-        return None
-    return {"arch": arch, "kwargs": dict(kwargs)}
+__all__ = ["NETWORKS", "build_from_config", "build_network", "build_segmentation_network", "network_spec"]
 
 
 def build_segmentation_network(
@@ -87,8 +29,9 @@ def build_segmentation_network(
     ``kwargs`` are the architecture's own keyword arguments (those of :class:`ASASegmenter`, of
     :class:`SASwin`, of ``monai.networks.nets.UNETR`` or of ``monai.networks.nets.SwinUNETR``).
     """
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown segmentation architecture {arch!r}; expected one of {ARCHITECTURES}")
+    if arch not in architectures("segmentation"):
+        raise ValueError(f"unknown segmentation architecture {arch!r}; expected one of "
+                         f"{architectures('segmentation')}")
     return build_network({"arch": arch, "kwargs": dict(img_size=img_size, in_channels=in_channels,
                                                        out_channels=out_channels, **kwargs)})
 

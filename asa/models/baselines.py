@@ -1,0 +1,41 @@
+"""MONAI's UNETR and SwinUNETR as registered networks (``unetr``, ``swin_unetr``): the baselines.
+
+Their network spec holds the keyword arguments of ``monai.networks.nets.UNETR`` / ``SwinUNETR``
+plus ``img_size``, the network's input size (SwinUNETR takes any multiple of 32, so for it
+``img_size`` only records the input size).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from monai.networks.nets import UNETR, SwinUNETR
+from torch import nn
+
+from asa.models.patch import to_3tuple
+from asa.models.registry import record_spec, register_network
+
+
+def spec_input_size(arch: str, img_size: Any) -> list[int]:
+    """``img_size`` of a network spec as 3 ints; a spec of ``arch`` without one is refused."""
+    if img_size is None:
+        raise ValueError(f"network spec for {arch!r} needs kwargs.img_size (the network's input size)")
+    return list(to_3tuple(img_size, "img_size"))
+
+
+@register_network("unetr", task="segmentation", encoder="vit")
+def unetr(*, img_size: Any = None, **kwargs: Any) -> nn.Module:
+    """MONAI's UNETR of input size ``img_size``; ``kwargs`` are ``UNETR``'s."""
+    size = spec_input_size("unetr", img_size)
+    net = UNETR(img_size=size, **kwargs)
+    net.img_size = tuple(size)
+    return record_spec(net, "unetr", {"img_size": size, **kwargs})
+
+
+@register_network("swin_unetr", task="segmentation", encoder="swinViT")
+def swin_unetr(*, img_size: Any = None, **kwargs: Any) -> nn.Module:
+    """MONAI's SwinUNETR for inputs of size ``img_size``; ``kwargs`` are ``SwinUNETR``'s."""
+    size = spec_input_size("swin_unetr", img_size)
+    net = SwinUNETR(**kwargs)
+    net.img_size = tuple(size)
+    return record_spec(net, "swin_unetr", {"img_size": size, **kwargs})

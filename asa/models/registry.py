@@ -1,0 +1,83 @@
+"""Every network asa builds, by name, and the network spec that rebuilds one.
+
+A network registers itself in its own file with :func:`register_network` (a decorator on the class or
+function that takes the spec's flat keyword arguments), so adding a network means adding a file.
+A network spec ``{"arch": name, "kwargs": {...}}`` holds every keyword argument that rebuilds the
+network, resolved (input size, channels, position code, reference grid); each network records it
+at construction (:func:`record_spec`), so every checkpoint and export asa writes carries the spec
+of its network and prediction and fine-tuning rebuild it from the file.
+
+This module imports nothing else of :mod:`asa.models`: every network file may import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from torch import nn
+
+TASKS = ("segmentation", "pretraining", "case")  # case: a classification / regression head
+
+Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
+Net = TypeVar("Net", bound=nn.Module)
+
+# name -> the class or function that builds the network from a spec's flat keyword arguments
+NETWORKS: dict[str, Callable[..., nn.Module]] = {}
+# name -> "segmentation" (logits [B, K, D, H, W]) or "pretraining"
+NETWORK_TASKS: dict[str, str] = {}
+# name -> the encoder submodule of a network that has one: its state-dict keys are "<module>.*" in
+# checkpoints and encoder exports
+ENCODER_MODULES: dict[str, str] = {}
+
+
+def register_network(name: str, *, task: str, encoder: str | None = None) -> Callable[[Builder], Builder]:
+    """Register the decorated class or function as the network ``name`` of ``task``
+    (``segmentation``, ``pretraining`` or ``case``); it takes the flat keyword arguments of a network spec.
+    ``encoder``: the submodule whose weights an encoder export holds, if any."""
+    if task not in TASKS:
+        raise ValueError(f"register_network({name!r}): task must be one of {TASKS}, got {task!r}")
+
+    def register(build: Builder) -> Builder:
+        if NETWORKS.get(name, build) is not build:
+            raise ValueError(f"network {name!r} is registered already (by {NETWORKS[name].__qualname__})")
+        NETWORKS[name], NETWORK_TASKS[name] = build, task
+        if encoder is not None:
+            ENCODER_MODULES[name] = encoder
+        return build
+
+    return register
+
+
+def architectures(task: str) -> tuple[str, ...]:
+    """The names of the registered networks of ``task`` (``segmentation`` or ``pretraining``)."""
+    return tuple(name for name in NETWORKS if NETWORK_TASKS.get(name) == task)
+
+
+def record_spec(net: Net, arch: str, kwargs: Mapping[str, Any]) -> Net:
+    """Record on ``net`` the spec that rebuilds it: ``arch`` and its resolved keyword arguments."""
+    net.network_arch = arch
+    net.network_kwargs = dict(kwargs)
+    return net
+
+
+def build_network(spec: Mapping[str, Any]) -> nn.Module:
+    """The network of a spec ``{"arch": name, "kwargs": {...}}`` (see :func:`network_spec`). A network
+    whose builder records no keyword arguments records those it was built from."""
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("kwargs"), Mapping):
+        raise ValueError(f"network spec must be {{'arch': name, 'kwargs': {{...}}}}, got {spec!r}")
+    arch = spec.get("arch")
+    if arch not in NETWORKS:
+        raise ValueError(f"network spec: unknown arch {arch!r}; expected one of {tuple(NETWORKS)}")
+    net = NETWORKS[arch](**spec["kwargs"])
+    return record_spec(net, arch, getattr(net, "network_kwargs", None) or spec["kwargs"])
+
+
+def network_spec(net: nn.Module) -> dict[str, Any] | None:
+    """``{"arch", "kwargs"}`` that rebuilds ``net`` with :func:`build_network`; None for a network that
+    records no spec (one asa did not build by name, e.g. a :class:`MaskedAutoencoder` put together
+    from parts by hand)."""
+    arch, kwargs = getattr(net, "network_arch", None), getattr(net, "network_kwargs", None)
+    if arch is None or kwargs is None:
+        return None
+    return {"arch": arch, "kwargs": dict(kwargs)}
