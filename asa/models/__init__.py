@@ -10,9 +10,10 @@ import pkgutil
 from asa.models.attention import LinearWindowAttention
 from asa.models.case_head import POOLINGS, ASACaseHead, AttentionPool, build_case_head
 from asa.models.compiled import compile_blocks, unwrap
-from asa.models.encoder import SWViTEncoder
+from asa.models.encoder import EncoderSettings, SWViTEncoder
 from asa.models.layout import channels_last_inference
-from asa.models.mae import ASA, MAEOutput
+from asa.models.mae import ASA, MAEOutput, MaskedAutoencoder
+from asa.models.objective import FocalRegionReconstruction, PatchReconstruction, reconstruction_objective
 from asa.models.patch import PatchEmbed, patch_grid, patchify, unpatchify
 from asa.models.portable import ENCODER_MODULES, VolumeEncoder, export_for_monai, load_encoder
 from asa.models.position import brain_frame_encoding, position_index, symmetric_position_encoding
@@ -22,8 +23,8 @@ from asa.models.registry import NETWORKS, architectures, build_network, network_
 from asa.models.sa_swin import SASwin, SymmetryAwareLayer
 from asa.models.sa_swin_pretrain import SAHOutput, SymmetryAwareHead
 from asa.models.saca import SymmetryCrossAttention, WindowSymmetryCrossAttention, mirror_index
-from asa.models.segmenter import SPE_FRAMES, ASASegmenter, LoadReport, recorded_pretraining
-from asa.models.swvit import SWBlock, SWViT
+from asa.models.segmenter import SPE_FRAMES, ASASegmenter, LoadReport, SWViTSegmenter, recorded_pretraining
+from asa.models.swvit import SWBlock, SWViT, sw_blocks
 from asa.models.zoo import build_from_config, build_segmentation_network
 
 for _module in pkgutil.iter_modules(__path__):  # the networks of modules not named above register too
@@ -38,9 +39,13 @@ __all__ = [
     "AttentionPool",
     "POOLINGS",
     "build_case_head",
+    "EncoderSettings",
+    "FocalRegionReconstruction",
     "LoadReport",
+    "MaskedAutoencoder",
     "NETWORKS",
     "PRESETS",
+    "PatchReconstruction",
     "SPE_FRAMES",
     "LinearWindowAttention",
     "MAEOutput",
@@ -51,6 +56,7 @@ __all__ = [
     "SWBlock",
     "SWViT",
     "SWViTEncoder",
+    "SWViTSegmenter",
     "VolumeEncoder",
     "SymmetryAwareHead",
     "SymmetryAwareLayer",
@@ -72,9 +78,11 @@ __all__ = [
     "patch_regions",
     "patchify",
     "recorded_pretraining",
+    "reconstruction_objective",
     "record_spec",
     "register_network",
     "position_index",
+    "sw_blocks",
     "symmetric_position_encoding",
     "unpatchify",
 ]

@@ -17,8 +17,11 @@ class LinearWindowAttention(nn.Module):
     masked out. ``rel_pos_bias`` adds a learned bias per head indexed by the offset i − j
     (2S − 1 entries). All windows go through one batched ``scaled_dot_product_attention`` call.
 
-    x: [B, N, C] -> [B, N, C].
+    x: [B, N, C] -> [B, N, C]. Windows group tokens by sequence position alone: the region ids an SW
+    block hands each of its token mixers (``forward(x, regions)``) are not used.
     """
+
+    uses_regions = False  # declared for SW blocks: LW-MSA needs no region ids
 
     def __init__(
         self,
@@ -96,7 +99,7 @@ class LinearWindowAttention(nn.Module):
             return bias
         return blocked if bias is None else blocked + bias
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
         b, n, c = x.shape
         s, h = self.window_size, self.num_heads
         if self.shift:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from asa.io import load_weights
-from asa.models.encoder import SWViTEncoder
+from asa.models.encoder import EncoderSettings
 from asa.models.patch import to_3tuple
 from asa.models.registry import register_network
 from asa.models.saca import SACA_PLACES
@@ -88,12 +88,12 @@ class ASACaseHead(nn.Module):
             raise ValueError(f"ASACaseHead target_scale must be > 0, got {target_scale}")
         if out_channels < 1 or hidden_dim < 1:
             raise ValueError(f"ASACaseHead needs out_channels >= 1 and hidden_dim >= 1, got {out_channels}, {hidden_dim}")
-        self.encoder = SWViTEncoder(
+        settings = EncoderSettings(
             img_size=img_size, in_channels=in_channels, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio, pos_mode=pos_mode, lr_axis=lr_axis,
-            reference_grid=reference_grid, shift_mask=shift_mask, rel_pos_bias=rel_pos_bias, dropout=dropout,
-            grad_checkpointing=grad_checkpointing, saca=saca in ("encoder", "all"),
+            shift_mask=shift_mask, rel_pos_bias=rel_pos_bias, grad_checkpointing=grad_checkpointing,
         )
+        self.encoder = settings.encoder(saca=saca in ("encoder", "all"), dropout=dropout, reference_grid=reference_grid)
         enc = self.encoder
         self.img_size, self.grid, self.reference_grid = enc.img_size, enc.grid, enc.reference_grid
         self.in_channels, self.out_channels, self.embed_dim, self.patch_size = in_channels, out_channels, embed_dim, patch_size

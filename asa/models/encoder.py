@@ -1,74 +1,74 @@
-"""The SW-ViT encoder with its patch embedding and position code: what ASA pretrains and the segmenter takes over."""
+"""The SW-ViT encoder with its patch embedding and position code: what ASA pretrains and the segmenter
+takes over; and its settings as network specs record them (:class:`EncoderSettings`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 
 from asa.models.patch import PatchEmbed, patch_grid, to_3tuple
 from asa.models.position import brain_frame_encoding, symmetric_position_encoding
+from asa.models.presets import PRESETS
 from asa.models.saca import check_mirror_windows, mirror_index
-from asa.models.swvit import SWViT
+from asa.models.swvit import REGION_LAYOUTS, SWBlock, SWViT, sw_blocks
 
 # the attribute under which ASA and ASASegmenter hold the encoder; its keys are what a file transfers
 ENCODER_PREFIX = "encoder."
+
+_BASE = PRESETS["base"]
 
 
 class SWViTEncoder(SWViT):
     """Patch embedding + SPE + SW-ViT (DESIGN §1.2–1.3), shared by :class:`ASA` and :class:`ASASegmenter`.
 
+    Built from its parts: the patch embedding, the SW blocks (:func:`asa.models.swvit.sw_blocks`)
+    and the geometry: input ``img_size``, position code ``pos_mode`` folded along ``lr_axis``,
+    ``reference_grid`` (default this grid). :meth:`EncoderSettings.encoder` builds it from flat settings.
+
     ``encode(x)`` embeds a volume x [B, C, D, H, W] into tokens [B, N, C], adds the position code of
     the reference frame and runs the blocks. Pretraining (``ids_keep``) keeps only the visible
     tokens, at offset 0: the pretraining crop is the reference grid. Fine-tuning passes every
-    token, per-crop patch ``offsets`` [B, 3] from the reference grid (``reference_grid``, default
-    this grid) and asks for ``hidden_indices``. ``forward`` is :class:`SWViT`'s, on tokens.
+    token, per-crop patch ``offsets`` [B, 3] from the reference grid and asks for
+    ``hidden_indices``. ``forward`` is :class:`SWViT`'s, on tokens.
 
-    With ``saca`` every block adds windowed symmetry-aware cross-attention (DESIGN §1.6b); ``encode``
-    gives it each token's left–right mirror (:meth:`mirror_tokens`), in the brain frame with offsets.
+    With SACA blocks (DESIGN §1.6b) ``encode`` gives them each token's left–right mirror
+    (:meth:`mirror_tokens`), in the brain frame with offsets.
     """
 
     def __init__(
         self,
+        patch_embed: PatchEmbed,
+        blocks: Sequence[SWBlock],
         *,
         img_size: int | Sequence[int],
-        in_channels: int = 1,
-        patch_size: int = 8,
-        embed_dim: int = 384,
-        depth: int = 12,
-        num_heads: int = 6,
-        window_size: int = 32,
-        mlp_ratio: float = 4.0,
-        pos_mode: str = "mirror",
-        lr_axis: int = 0,
+        pos_mode: str,
+        lr_axis: int,
         reference_grid: int | Sequence[int] | None = None,
-        shift_mask: bool = True,
-        rel_pos_bias: bool = True,
-        dropout: float = 0.0,
         grad_checkpointing: bool = False,
-        region_attention: str = "none",
-        saca: bool = False,
     ) -> None:
-        # the stem draws its initial weights from the RNG before the blocks do (a seed fixes both)
-        patch_embed = PatchEmbed(in_channels, embed_dim, patch_size)
-        super().__init__(embed_dim, depth, num_heads, window_size, mlp_ratio=mlp_ratio, shift_mask=shift_mask,
-                         rel_pos_bias=rel_pos_bias, dropout=dropout, grad_checkpointing=grad_checkpointing,
-                         region_attention=region_attention, saca=saca)
+        super().__init__(blocks, grad_checkpointing=grad_checkpointing)
+        if patch_embed.proj.out_channels != self.embed_dim:
+            raise ValueError(f"the patch embedding gives {patch_embed.proj.out_channels} channels, the blocks take "
+                             f"{self.embed_dim}")
         self.patch_embed = patch_embed
         self.img_size = to_3tuple(img_size, "img_size")
-        self.grid = patch_grid(self.img_size, patch_size)
-        self.patch_size = patch_size
+        self.patch_size = patch_embed.patch_size
+        self.grid = patch_grid(self.img_size, self.patch_size)
         self.pos_mode = pos_mode
         self.lr_axis = lr_axis
         self.reference_grid = self.grid if reference_grid is None else to_3tuple(reference_grid, "reference_grid")
         self.register_buffer(
             "pos_embed",
-            symmetric_position_encoding(self.grid, embed_dim, mode=pos_mode, lr_axis=lr_axis,
+            symmetric_position_encoding(self.grid, self.embed_dim, mode=pos_mode, lr_axis=lr_axis,
                                         reference_grid=self.reference_grid),
             persistent=False,
         )
-        if saca:
-            check_mirror_windows(self.grid, lr_axis, window_size, f"encoder(img_size={self.img_size}, saca)")
+        if self.saca:
+            window = next(block.saca.window_size for block in self.blocks if block.uses_mirror)
+            check_mirror_windows(self.grid, lr_axis, window, f"encoder(img_size={self.img_size}, saca)")
         # offset 0 of the reference grid, like pos_embed: the crop's own mirror when the crop is the reference
         mirror = (mirror_index(self.grid, lr_axis) if self.reference_grid == self.grid
                   else self._brain_mirror(torch.zeros(1, 3, dtype=torch.long))[0])
@@ -131,3 +131,63 @@ class SWViTEncoder(SWViT):
         mirror = self.mirror_tokens(offsets, ids_keep) if self.saca else None
         return self(tokens, hidden_indices=hidden_indices, regions=patch_ids, mirror=mirror)
 
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """The SW-ViT encoder's settings as the network specs of ``asa_pretrain`` (:class:`ASA`) and ``asa``
+    (:class:`ASASegmenter`) record them, flat; the defaults are the ``base`` preset (the paper's sizes).
+
+    ``window_size``, ``mlp_ratio``, ``shift_mask``, ``rel_pos_bias``, ``region_attention`` and
+    ``grad_checkpointing`` describe the blocks, which ASA's decoder shares at its own width
+    (:meth:`blocks`); the rest the encoder (:meth:`encoder`).
+    """
+
+    img_size: int | Sequence[int] = 128
+    in_channels: int = 1
+    patch_size: int = 8
+    embed_dim: int = _BASE["embed_dim"]
+    depth: int = _BASE["depth"]
+    num_heads: int = _BASE["num_heads"]
+    window_size: int = _BASE["window_size"]
+    mlp_ratio: float = 4.0
+    pos_mode: str = "mirror"
+    lr_axis: int = 0
+    shift_mask: bool = True
+    rel_pos_bias: bool = True
+    grad_checkpointing: bool = False
+    region_attention: str = "none"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "img_size", to_3tuple(self.img_size, "img_size"))
+        if self.region_attention not in REGION_LAYOUTS:
+            raise ValueError(f"region_attention must be one of {REGION_LAYOUTS}, got {self.region_attention!r}")
+
+    @classmethod
+    def of(cls, network: str, settings: Mapping[str, Any]) -> EncoderSettings:
+        """The encoder settings among a network's keyword arguments ``settings`` (all of them must be)."""
+        known = {f.name for f in fields(cls)}
+        unknown = [key for key in settings if key not in known]
+        if unknown:
+            raise TypeError(f"{network}() got an unexpected keyword argument {unknown[0]!r}")
+        return cls(**settings)
+
+    def spec(self) -> dict[str, Any]:
+        """The settings as a network spec records them (``img_size`` as a list of 3 ints)."""
+        return {**asdict(self), "img_size": list(self.img_size)}
+
+    def blocks(self, dim: int, depth: int, num_heads: int, *, saca: bool = False,
+               dropout: float = 0.0) -> list[SWBlock]:
+        """SW blocks of these settings at width ``dim`` (the encoder's, or a decoder's)."""
+        return sw_blocks(dim, depth, num_heads, self.window_size, mlp_ratio=self.mlp_ratio, shift_mask=self.shift_mask,
+                         rel_pos_bias=self.rel_pos_bias, region_attention=self.region_attention, saca=saca,
+                         dropout=dropout)
+
+    def encoder(self, *, saca: bool = False, dropout: float = 0.0,
+                reference_grid: int | Sequence[int] | None = None) -> SWViTEncoder:
+        """The encoder of these settings; ``saca`` puts windowed SACA in every block."""
+        # the stem draws its initial weights from the RNG before the blocks do (a seed fixes both)
+        patch_embed = PatchEmbed(self.in_channels, self.embed_dim, self.patch_size)
+        blocks = self.blocks(self.embed_dim, self.depth, self.num_heads, saca=saca, dropout=dropout)
+        return SWViTEncoder(patch_embed, blocks, img_size=self.img_size, pos_mode=self.pos_mode, lr_axis=self.lr_axis,
+                            reference_grid=reference_grid, grad_checkpointing=self.grad_checkpointing)

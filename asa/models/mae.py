@@ -1,24 +1,28 @@
-"""ASA: the masked autoencoder with SW-ViT encoder/decoder, SPE and the attentive loss (paper §2)."""
+"""ASA: the masked autoencoder with SW-ViT encoder/decoder, SPE and the attentive loss (paper §2).
+
+:class:`MaskedAutoencoder` is the network from its parts; :class:`ASA` builds it from the flat
+settings a network spec (``asa_pretrain``) records.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from asa.losses import AttentiveReconstructionLoss, FocalRegionLoss, patch_informativeness
-from asa.losses.reconstruction import WEIGHTINGS
-from asa.models.encoder import ENCODER_PREFIX, SWViTEncoder
-from asa.models.patch import patch_grid, patchify, to_3tuple, unpatchify
+from asa.models.encoder import ENCODER_PREFIX, EncoderSettings, SWViTEncoder
+from asa.models.objective import LOSS_WEIGHTINGS, reconstruction_objective
+from asa.models.patch import patchify, unpatchify
 from asa.models.position import symmetric_position_encoding
+from asa.models.presets import PRESETS
 from asa.models.region_attention import patch_regions
 from asa.models.registry import record_spec, register_network
 from asa.models.saca import SACA_PLACES, check_mirror_windows, mirror_index
 from asa.models.swvit import SWViT
 
-LOSS_WEIGHTINGS = (*WEIGHTINGS, "focal_region")
-
+__all__ = ["ASA", "LOSS_WEIGHTINGS", "MAEOutput", "MaskedAutoencoder"]
 
 @dataclass
 class MAEOutput:
@@ -30,116 +34,77 @@ class MAEOutput:
     weights: torch.Tensor
 
 
-@register_network("asa_pretrain", task="pretraining", encoder="encoder")
-class ASA(nn.Module):
-    """Attentive Symmetric Autoencoder.
+class MaskedAutoencoder(nn.Module):
+    """The masked autoencoder (DESIGN §1.4) from its parts, in the order a volume passes them:
 
-    The rows of the paper's Table 4 are configurations of this class: MAE
-    (``pos_mode="none", loss_weighting="uniform"``), A-SSL (``none``, ``attentive``), SPE+SSL
-    (``mirror``, ``uniform``) and ASA (``mirror``, ``attentive``).
+    - ``encoder``: :class:`SWViTEncoder` (patch embedding, SPE, SW-ViT) on the visible patches;
+    - ``decoder_embed``: linear map from the encoder width to the decoder width;
+    - ``decoder``: :class:`SWViT` on the full sequence (projected visible tokens, mask token + SPE
+      elsewhere, in raster order);
+    - ``decoder_pred``: linear map from the decoder width to the patch values (s³·C);
+    - ``objective``: the reconstruction loss (:mod:`asa.models.objective`).
 
-    RAT's parts (DESIGN §1.6b): ``region_attention`` (``alternate`` | ``all``) puts R-MSA blocks in
-    the encoder and decoder; ``loss_weighting="focal_region"`` replaces the masked MSE by the focal
-    region loss (β = ``focal_beta``) over the masked patches. Both need a region map per input
-    (``forward(x, regions)``, one integer label per voxel); R-MSA takes each patch's majority label.
-
-    ``saca`` (``none | decoder | encoder | all``) adds windowed symmetry-aware cross-attention to the
-    blocks of the chosen SW-ViTs (DESIGN §1.6b). With the encoder among them the masking is
-    mirror-consistent: a token and its left–right mirror are masked together, still exactly
-    round(mask_ratio·N) tokens, so every visible token's mirror is visible too.
+    ``mask_ratio`` of the patches are masked, exactly round(mask_ratio·N) per sample. When the
+    encoder has SACA blocks the masking is mirror-consistent: a token and its left–right mirror
+    are masked together, so every visible token's mirror is visible too.
     """
 
     def __init__(
         self,
+        encoder: SWViTEncoder,
+        decoder_embed: nn.Linear,
+        decoder: SWViT,
+        decoder_pred: nn.Linear,
+        objective: nn.Module,
         *,
-        img_size: int | tuple[int, int, int] = 128,
-        in_channels: int = 1,
-        patch_size: int = 8,
-        embed_dim: int = 384,
-        depth: int = 12,
-        num_heads: int = 6,
-        decoder_dim: int = 384,
-        decoder_depth: int = 8,
-        decoder_num_heads: int = 6,
-        window_size: int = 32,
-        mlp_ratio: float = 4.0,
-        mask_ratio: float = 0.75,
-        pos_mode: str = "mirror",
-        lr_axis: int = 0,
-        loss_weighting: str = "attentive",
-        norm_pix_loss: bool = False,
-        bins: int = 8,
-        normalize: str = "l2",
-        shift_mask: bool = True,
-        rel_pos_bias: bool = True,
-        grad_checkpointing: bool = False,
-        region_attention: str = "none",
-        focal_beta: float = 1.0,
-        saca: str = "none",
+        mask_ratio: float,
     ) -> None:
         super().__init__()
-        spec = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        if loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
-        if saca not in SACA_PLACES:
-            raise ValueError(f"saca must be one of {SACA_PLACES}, got {saca!r}")
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must lie in (0, 1), got {mask_ratio}")
-        self.img_size = to_3tuple(img_size, "img_size")
-        record_spec(self, "asa_pretrain", {**spec, "img_size": list(self.img_size)})
-        self.grid = patch_grid(self.img_size, patch_size)
+        self.img_size, self.grid, self.patch_size = encoder.img_size, encoder.grid, encoder.patch_size
+        self.in_channels = encoder.patch_embed.in_channels
+        widths = (decoder_embed.in_features, decoder_embed.out_features, decoder_pred.in_features,
+                  decoder_pred.out_features)
+        expected = (encoder.embed_dim, decoder.embed_dim, decoder.embed_dim, self.patch_size**3 * self.in_channels)
+        if widths != expected:
+            raise ValueError(f"decoder_embed must map {expected[0]} -> {expected[1]} channels and decoder_pred "
+                             f"{expected[2]} -> {expected[3]} (s³·C), got {widths[0]} -> {widths[1]} and "
+                             f"{widths[2]} -> {widths[3]}")
         self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
         self.num_masked = round(mask_ratio * self.num_patches)
         if not 0 < self.num_masked < self.num_patches:
             raise ValueError(
                 f"mask_ratio {mask_ratio} of {self.num_patches} patches leaves no visible or no masked patch"
             )
-        self.in_channels = in_channels
-        self.patch_size = patch_size
-        self.bins = bins
-        self.normalize = normalize
-        self.saca = saca
-        self.mirror_masking = saca in ("encoder", "all")
-        if saca != "none":
-            check_mirror_windows(self.grid, lr_axis, window_size, f"ASA(img_size={self.img_size}, saca={saca})")
+        self.saca = {(False, False): "none", (False, True): "decoder", (True, False): "encoder",
+                     (True, True): "all"}[encoder.saca, decoder.saca]
+        self.mirror_masking = encoder.saca
+        lr_axis = encoder.lr_axis
+        if decoder.saca:
+            window = next(block.saca.window_size for block in decoder.blocks if block.uses_mirror)
+            check_mirror_windows(self.grid, lr_axis, window, f"ASA(img_size={self.img_size}, saca={self.saca})")
         if self.mirror_masking and (self.grid[lr_axis] % 2 or self.num_masked % 2):
             raise ValueError(
-                f"saca={saca} masks mirror pairs together: needs an even grid size along lr_axis {lr_axis} "
+                f"saca={self.saca} masks mirror pairs together: needs an even grid size along lr_axis {lr_axis} "
                 f"(grid {self.grid}) and an even number of masked tokens (round({mask_ratio}·{self.num_patches}) "
                 f"= {self.num_masked})"
             )
         self.register_buffer("token_mirror", mirror_index(self.grid, lr_axis), persistent=False)
-        block_args = dict(mlp_ratio=mlp_ratio, shift_mask=shift_mask, rel_pos_bias=rel_pos_bias,
-                          grad_checkpointing=grad_checkpointing, region_attention=region_attention)
-
-        self.encoder = SWViTEncoder(img_size=self.img_size, in_channels=in_channels, patch_size=patch_size,
-                                    embed_dim=embed_dim, depth=depth, num_heads=num_heads, window_size=window_size,
-                                    pos_mode=pos_mode, lr_axis=lr_axis, saca=self.mirror_masking,
-                                    **block_args)
-
-        self.decoder_embed = nn.Linear(embed_dim, decoder_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        self.encoder = encoder
+        self.decoder_embed = decoder_embed
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder.embed_dim))
         self.register_buffer(
             "decoder_pos_embed",
-            symmetric_position_encoding(self.grid, decoder_dim, mode=pos_mode, lr_axis=lr_axis),
+            symmetric_position_encoding(self.grid, decoder.embed_dim, mode=encoder.pos_mode, lr_axis=lr_axis),
             persistent=False,
         )
-        self.decoder = SWViT(decoder_dim, decoder_depth, decoder_num_heads, window_size,
-                             saca=saca in ("decoder", "all"), **block_args)
-        self.decoder_pred = nn.Linear(decoder_dim, patch_size**3 * in_channels)
-        nn.init.xavier_uniform_(self.decoder_embed.weight)
-        nn.init.zeros_(self.decoder_embed.bias)
-        nn.init.xavier_uniform_(self.decoder_pred.weight)
-        nn.init.zeros_(self.decoder_pred.bias)
+        self.decoder = decoder
+        self.decoder_pred = decoder_pred
         nn.init.normal_(self.mask_token, std=0.02)
-
-        self.loss_weighting = loss_weighting
-        self.norm_pix_loss = norm_pix_loss
-        if loss_weighting == "focal_region":
-            self.criterion: nn.Module = FocalRegionLoss(focal_beta)
-        else:
-            self.criterion = AttentiveReconstructionLoss(loss_weighting, norm_pix_loss)
-        self.uses_regions = self.encoder.uses_regions or loss_weighting == "focal_region"
+        self.objective = objective
+        self.loss_weighting = objective.weighting  # uniform | attentive | focal_region: what out.weights are
+        self.uses_regions = encoder.uses_regions or decoder.uses_regions or objective.uses_regions
 
     # --- shapes -------------------------------------------------------------------------
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
@@ -208,25 +173,7 @@ class ASA(nn.Module):
         self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, regions: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstruction loss on masked patches -> (loss, weights [B, N]); regions: [B, 1, D, H, W]."""
-        if self.loss_weighting == "focal_region":
-            return self.focal_region_loss(x, pred, mask, regions)
-        informativeness = None
-        if self.criterion.weighting == "attentive":
-            informativeness = patch_informativeness(x, self.patch_size, self.bins, self.normalize)
-        return self.criterion(pred, self.patchify(x), mask, informativeness)
-
-    def focal_region_loss(
-        self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, regions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Focal region loss over the voxels of masked patches -> (loss, weights [B, N]: the mean
-        focal weight w of each masked patch)."""
-        target = self.patchify(x).float()  # [B, N, s³·C]
-        if self.norm_pix_loss:
-            target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
-        voxel_ids = patchify(regions.long(), self.patch_size)  # [B, N, s³]
-        voxel_ids = voxel_ids.repeat_interleave(self.in_channels, dim=-1)  # values ordered (s, s, s, C)
-        loss, w = self.criterion(pred, target, voxel_ids, mask[..., None])
-        return loss, w.mean(-1) * mask
+        return self.objective(x, pred, mask, regions)
 
     def _voxel_regions(self, x: torch.Tensor, regions: torch.Tensor | None) -> torch.Tensor | None:
         """regions [B, D, H, W] or [B, 1, D, H, W] -> [B, 1, D, H, W] int64, checked."""
@@ -250,7 +197,8 @@ class ASA(nn.Module):
                 f"{self.img_size[2]}], got {list(x.shape)}"
             )
         regions = self._voxel_regions(x, regions)
-        patch_ids = patch_regions(regions, self.patch_size) if self.encoder.uses_regions else None  # [B, N]
+        uses_patch_ids = self.encoder.uses_regions or self.decoder.uses_regions
+        patch_ids = patch_regions(regions, self.patch_size) if uses_patch_ids else None  # [B, N]
         mask, ids_keep = self.random_masking(x.shape[0], x.device)
         latent = self.forward_encoder(x, ids_keep, patch_ids)
         pred = self.forward_decoder(latent, ids_keep, patch_ids)
@@ -265,3 +213,70 @@ class ASA(nn.Module):
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights a segmentation network takes over: the encoder module's, as ``encoder.*``."""
         return self.encoder.state_dict(prefix=ENCODER_PREFIX)
+
+
+_BASE = PRESETS["base"]
+
+
+@register_network("asa_pretrain", task="pretraining", encoder="encoder")
+class ASA(MaskedAutoencoder):
+    """Attentive Symmetric Autoencoder, built from the flat settings of its network spec
+    (``asa_pretrain``): ``ASA(img_size=128, **PRESETS["base"])``.
+
+    The rows of the paper's Table 4 are configurations of this class: MAE
+    (``pos_mode="none", loss_weighting="uniform"``), A-SSL (``none``, ``attentive``), SPE+SSL
+    (``mirror``, ``uniform``) and ASA (``mirror``, ``attentive``).
+
+    ``**encoder`` are the encoder's settings (:class:`EncoderSettings`: ``img_size``,
+    ``in_channels``, ``patch_size``, ``embed_dim``, ``depth``, ``num_heads``, ``window_size``,
+    ``mlp_ratio``, ``pos_mode``, ``lr_axis``, ``shift_mask``, ``rel_pos_bias``,
+    ``grad_checkpointing``, ``region_attention``); the decoder is an SW-ViT of the same blocks at
+    ``decoder_dim`` × ``decoder_depth`` with ``decoder_num_heads`` heads, under the same position code.
+
+    RAT's parts (DESIGN §1.6b): ``region_attention`` (``alternate`` | ``all``) puts R-MSA blocks in
+    the encoder and decoder; ``loss_weighting="focal_region"`` replaces the masked MSE by the focal
+    region loss (β = ``focal_beta``) over the masked patches. Both need a region map per input
+    (``forward(x, regions)``, one integer label per voxel); R-MSA takes each patch's majority label.
+
+    ``saca`` (``none | decoder | encoder | all``) adds windowed symmetry-aware cross-attention to the
+    blocks of the chosen SW-ViTs (DESIGN §1.6b); with the encoder among them the masking is
+    mirror-consistent (see :class:`MaskedAutoencoder`).
+    """
+
+    def __init__(
+        self,
+        *,
+        decoder_dim: int = _BASE["decoder_dim"],
+        decoder_depth: int = _BASE["decoder_depth"],
+        decoder_num_heads: int = _BASE["decoder_num_heads"],
+        mask_ratio: float = 0.75,
+        loss_weighting: str = "attentive",
+        norm_pix_loss: bool = False,
+        bins: int = 8,
+        normalize: str = "l2",
+        focal_beta: float = 1.0,
+        saca: str = "none",
+        **encoder: Any,
+    ) -> None:
+        settings = EncoderSettings.of("ASA", encoder)
+        if saca not in SACA_PLACES:
+            raise ValueError(f"saca must be one of {SACA_PLACES}, got {saca!r}")
+        objective = reconstruction_objective(loss_weighting, patch_size=settings.patch_size,
+                                             norm_pix_loss=norm_pix_loss, bins=bins, normalize=normalize,
+                                             focal_beta=focal_beta)
+        # made in this order (encoder, projection, decoder, prediction, then their Xavier draws and the
+        # mask token's): the order fixes what a seed initialises
+        net_encoder = settings.encoder(saca=saca in ("encoder", "all"))
+        decoder_embed = nn.Linear(settings.embed_dim, decoder_dim)
+        decoder = SWViT(settings.blocks(decoder_dim, decoder_depth, decoder_num_heads, saca=saca in ("decoder", "all")),
+                        grad_checkpointing=settings.grad_checkpointing)
+        decoder_pred = nn.Linear(decoder_dim, settings.patch_size**3 * settings.in_channels)
+        for layer in (decoder_embed, decoder_pred):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        super().__init__(net_encoder, decoder_embed, decoder, decoder_pred, objective, mask_ratio=mask_ratio)
+        record_spec(self, "asa_pretrain", {
+            **settings.spec(), "decoder_dim": decoder_dim, "decoder_depth": decoder_depth,
+            "decoder_num_heads": decoder_num_heads, "mask_ratio": mask_ratio, "loss_weighting": loss_weighting,
+            "norm_pix_loss": norm_pix_loss, "bins": bins, "normalize": normalize, "focal_beta": focal_beta,
+            "saca": saca})

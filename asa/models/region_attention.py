@@ -66,6 +66,8 @@ class RegionAttention(nn.Module):
     equality matters (relabelling the regions leaves the output unchanged).
     """
 
+    uses_regions = True  # declared for SW blocks: forward needs the region id of every token
+
     def __init__(
         self,
         dim: int,

@@ -104,9 +104,11 @@ class WindowSymmetryCrossAttention(nn.Module):
         self.window_size = window_size
         self.attn = SymmetryCrossAttention(dim, num_heads, qkv_bias=qkv_bias, proj_drop=proj_drop)
 
-    def forward(self, x: torch.Tensor, mirror: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mirror: torch.Tensor | None) -> torch.Tensor:
         b, n, c = x.shape
         s = self.window_size
+        if mirror is None:
+            raise ValueError("windowed SACA needs the token mirror index (mirror [L] or [B, L])")
         if mirror.shape[-1] != n:
             raise ValueError(f"mirror index has {mirror.shape[-1]} entries for a sequence of {n} tokens")
         mirror = mirror.to(x.device).expand(b, n)

@@ -1,4 +1,5 @@
-"""ASASegmenter: UNETR-style U-Net on the SW-ViT encoder (DESIGN §1.6)."""
+"""The segmentation network on the SW-ViT encoder: a UNETR-style U-Net (DESIGN §1.6), from parts
+(:class:`SWViTSegmenter`) or from a network spec's flat settings (:class:`ASASegmenter`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import warnings
 
@@ -14,7 +16,7 @@ from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock,
 from torch import nn
 
 from asa.io import load_weights
-from asa.models.encoder import ENCODER_PREFIX, SWViTEncoder
+from asa.models.encoder import ENCODER_PREFIX, EncoderSettings, SWViTEncoder
 from asa.models.patch import patch_grid, to_3tuple
 from asa.models.region_attention import patch_regions
 from asa.models.registry import record_spec, register_network
@@ -59,26 +61,29 @@ def recorded_pretraining(checkpoint: dict, source: str | Path) -> dict:
             "pos_mode": kwargs["pos_mode"], "lr_axis": kwargs["lr_axis"]}
 
 
-@register_network("asa", task="segmentation", encoder="encoder")
-class ASASegmenter(nn.Module):
-    """SW-ViT encoder over all tokens + SPE, four evenly spaced hidden states as skips.
+class SWViTSegmenter(nn.Module):
+    """UNETR-style U-Net on an SW-ViT encoder (DESIGN §1.6), from its parts: the ``encoder``
+    (:class:`SWViTEncoder`, over all tokens, its patch size 8 and depth at least 4) and the
+    decoder's settings; four evenly spaced hidden states of the encoder form the skips.
+    :class:`ASASegmenter` builds it from the flat settings of a network spec.
 
-    Position codes (DESIGN §1.2): with ``spe_frame="brain"`` (default) each crop's codes are those
-    of the reference grid (``reference_grid``, default the crop's own grid = the pretraining grid)
-    at the crop's patch offset, folded about the brain's mid-sagittal plane; ``forward`` takes the
-    offsets. ``spe_frame="crop"`` (ablation) uses one fixed table per crop and ignores offsets: the
-    table of the crop's own grid, ``symmetric_position_encoding(grid)``, folded about the crop's
-    centre like SACA's mirror (with a crop grid other than the reference grid too).
+    Position codes (DESIGN §1.2): with ``spe_frame="brain"`` each crop's codes are those of the
+    encoder's reference grid (the pretraining grid) at the crop's patch offset, folded about the
+    brain's mid-sagittal plane; ``forward`` takes the offsets. ``spe_frame="crop"`` (ablation)
+    uses one fixed table per crop and ignores offsets: the table of the crop's own grid (the
+    encoder's reference grid must be its own grid), folded about the crop's centre like SACA's
+    mirror; ``reference_grid`` then only places the lattice that crops and windows start on
+    (default: the crop's grid). In the brain frame ``reference_grid``, if given, must be the
+    encoder's.
 
     With patch size 8 the token grid sits at 1/8 resolution. Skips: the input itself (full
     resolution), hidden state 1 upsampled ×4 (1/2), hidden state 2 upsampled ×2 (1/4); hidden
     state 3 and the final (normed) encoder output form the 1/8 bottleneck. Decoding goes up with
-    MONAI's UNETR blocks to full resolution.
+    MONAI's UNETR blocks (``feature_size`` channels at full resolution, ``norm_name`` norms) to
+    full resolution.
 
-    ``saca`` as in :class:`ASA`: with ``encoder`` or ``all`` every encoder block adds windowed
-    symmetry-aware cross-attention, each window attending to its left–right mirror window, in the
-    brain frame when ``offsets`` are given (tokens whose mirror lies outside the crop get no SACA
-    term); ``decoder`` concerns only the pretraining decoder, so the segmenter has none.
+    Encoder blocks with SACA attend from each window to its left–right mirror window, in the brain
+    frame when ``offsets`` are given (tokens whose mirror lies outside the crop get no SACA term).
 
     x: [B, C, D, H, W] (D, H, W = img_size) -> logits [B, out_channels, D, H, W].
 
@@ -87,70 +92,49 @@ class ASASegmenter(nn.Module):
     the image only through the encoder), or a number α scaling its features (a fixed factor the
     decoder may learn to undo; use ``"none"`` for a clean ablation).
 
-    With ``region_attention`` (R-MSA blocks, see `SWViT`) forward also needs ``regions``
+    With region attention (R-MSA blocks, see `SWViT`) forward also needs ``regions``
     [B, 1, D, H, W], an integer label per voxel; each patch takes its majority label.
     """
 
     def __init__(
         self,
+        encoder: SWViTEncoder,
         *,
-        img_size: int | tuple[int, int, int] = 128,
-        in_channels: int = 1,
-        out_channels: int = 2,
-        patch_size: int = 8,
-        embed_dim: int = 384,
-        depth: int = 12,
-        num_heads: int = 6,
-        window_size: int = 32,
-        mlp_ratio: float = 4.0,
-        pos_mode: str = "mirror",
-        lr_axis: int = 0,
-        shift_mask: bool = True,
-        rel_pos_bias: bool = True,
-        feature_size: int = 16,
-        norm_name: str = "instance",
-        dropout: float = 0.0,
-        grad_checkpointing: bool = False,
-        spe_frame: str = "brain",
+        out_channels: int,
+        feature_size: int,
+        norm_name: str,
+        input_skip: str | float,
+        spe_frame: str,
         reference_grid: int | tuple[int, int, int] | None = None,
-        input_skip: str | float = "full",
-        region_attention: str = "none",
-        saca: str = "none",
     ) -> None:
         super().__init__()
-        spec = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.input_skip = _check_input_skip(input_skip)
         if spe_frame not in SPE_FRAMES:
             raise ValueError(f"spe_frame must be one of {SPE_FRAMES}, got {spe_frame!r}")
-        if saca not in SACA_PLACES:
-            raise ValueError(f"saca must be one of {SACA_PLACES}, got {saca!r}")
-        if patch_size != 8:
-            raise ValueError(f"ASASegmenter's decoder is laid out for patch_size 8, got {patch_size}")
+        if encoder.patch_size != 8:
+            raise ValueError(f"ASASegmenter's decoder is laid out for patch_size 8, got {encoder.patch_size}")
+        depth = len(encoder.blocks)
         if depth < 4:
             raise ValueError(f"ASASegmenter needs an encoder of at least 4 blocks, got depth {depth}")
-        # crop frame: the crop is its own reference, so its one table and SACA's mirror both fold about
-        # the crop's centre; reference_grid then only places the lattice that crops and windows start on
-        self.encoder = SWViTEncoder(
-            img_size=img_size, in_channels=in_channels, patch_size=patch_size, embed_dim=embed_dim,
-            depth=depth, num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio, pos_mode=pos_mode,
-            lr_axis=lr_axis, reference_grid=reference_grid if spe_frame == "brain" else None, shift_mask=shift_mask,
-            rel_pos_bias=rel_pos_bias, dropout=dropout, grad_checkpointing=grad_checkpointing,
-            region_attention=region_attention, saca=saca in ("encoder", "all"),
-        )
+        lattice = None if reference_grid is None else to_3tuple(reference_grid, "reference_grid")
+        if spe_frame == "brain" and lattice not in (None, encoder.reference_grid):
+            raise ValueError(f"spe_frame=brain: reference_grid {lattice} must be the encoder's "
+                             f"{encoder.reference_grid}")
+        if spe_frame == "crop" and encoder.reference_grid != encoder.grid:
+            raise ValueError(f"spe_frame=crop: the encoder's reference grid {encoder.reference_grid} must be its own "
+                             f"grid {encoder.grid} (one table per crop)")
+        self.encoder = encoder
         # the geometry as the encoder checked and resolved it (img_size and reference_grid as 3-tuples)
-        enc = self.encoder
-        self.img_size, self.grid, self.reference_grid = enc.img_size, enc.grid, enc.reference_grid
-        if reference_grid is not None and spe_frame == "crop":
-            self.reference_grid = to_3tuple(reference_grid, "reference_grid")
-        self.in_channels, self.embed_dim, self.patch_size = in_channels, embed_dim, patch_size
-        self.pos_mode, self.lr_axis, self.spe_frame = pos_mode, lr_axis, spe_frame
-        record_spec(self, "asa", {**spec, "img_size": list(self.img_size), "reference_grid": list(self.reference_grid),
-                                  "input_skip": self.input_skip})
+        self.img_size, self.grid = encoder.img_size, encoder.grid
+        self.reference_grid = lattice or encoder.reference_grid
+        self.in_channels, self.embed_dim, self.patch_size = (encoder.patch_embed.in_channels, encoder.embed_dim,
+                                                             encoder.patch_size)
+        self.pos_mode, self.lr_axis, self.spe_frame = encoder.pos_mode, encoder.lr_axis, spe_frame
         self.hidden_indices = tuple((k + 1) * depth // 4 - 1 for k in range(3))  # e.g. 2, 5, 8 of 12
         self.num_encoder_layers = depth + 1  # patch embedding = layer 0, block i = i + 1, final norm = depth + 1
         self._zero_encoder = False
         self.uses_regions = self.encoder.uses_regions
-        f = feature_size
+        f, embed_dim, in_channels = feature_size, encoder.embed_dim, self.in_channels
         conv = dict(spatial_dims=3, kernel_size=3, norm_name=norm_name)
         self.feature_size = f
         self.skip0 = (None if self.input_skip == "none" else
@@ -247,7 +231,7 @@ class ASASegmenter(nn.Module):
         return skip if self.input_skip == "full" else skip * self.input_skip
 
     @contextlib.contextmanager
-    def zero_encoder_states(self) -> Iterator["ASASegmenter"]:
+    def zero_encoder_states(self) -> Iterator[SWViTSegmenter]:
         """Inside this context every encoder hidden state the decoder receives (the three skips and
         the final output) is replaced by zeros: what is left is what the decoder does without the
         transformer (the encoder-reliance diagnostic)."""
@@ -298,6 +282,45 @@ class ASASegmenter(nn.Module):
             print(f"pretrained encoder from {path}:\n{report}")
         return report
 
+
+
+@register_network("asa", task="segmentation", encoder="encoder")
+class ASASegmenter(SWViTSegmenter):
+    """The segmentation network on the SW-ViT encoder (:class:`SWViTSegmenter`), built from the flat
+    settings of its network spec (``asa``): ``ASASegmenter(img_size=128, in_channels=4, out_channels=3)``.
+
+    ``**encoder`` are the encoder's settings (:class:`EncoderSettings`); ``dropout`` applies in its
+    blocks. ``reference_grid`` (default: the crop's own grid, the pretraining grid) is the brain
+    frame's reference grid with ``spe_frame="brain"``, and only the crop lattice's with ``crop``.
+    ``saca`` as in :class:`ASA`: with ``encoder`` or ``all`` every encoder block adds windowed
+    symmetry-aware cross-attention; ``decoder`` concerns only the pretraining decoder, so the
+    segmenter has none.
+    """
+
+    def __init__(
+        self,
+        *,
+        out_channels: int = 2,
+        feature_size: int = 16,
+        norm_name: str = "instance",
+        dropout: float = 0.0,
+        spe_frame: str = "brain",
+        reference_grid: int | tuple[int, int, int] | None = None,
+        input_skip: str | float = "full",
+        saca: str = "none",
+        **encoder: Any,
+    ) -> None:
+        settings = EncoderSettings.of("ASASegmenter", encoder)
+        if saca not in SACA_PLACES:
+            raise ValueError(f"saca must be one of {SACA_PLACES}, got {saca!r}")
+        net_encoder = settings.encoder(saca=saca in ("encoder", "all"), dropout=dropout,
+                                       reference_grid=reference_grid if spe_frame == "brain" else None)
+        super().__init__(net_encoder, out_channels=out_channels, feature_size=feature_size, norm_name=norm_name,
+                         input_skip=input_skip, spe_frame=spe_frame, reference_grid=reference_grid)
+        record_spec(self, "asa", {
+            **settings.spec(), "out_channels": out_channels, "feature_size": feature_size, "norm_name": norm_name,
+            "dropout": dropout, "spe_frame": spe_frame, "reference_grid": list(self.reference_grid),
+            "input_skip": self.input_skip, "saca": saca})
 
 INPUT_SKIPS = ("full", "none")
 

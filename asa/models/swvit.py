@@ -1,5 +1,10 @@
 """SW-ViT: pre-norm transformer blocks alternating LW-MSA and SLW-MSA (paper §2.2), optionally
-with region attention (R-MSA, DESIGN §1.6b) in some or all blocks."""
+with region attention (R-MSA, DESIGN §1.6b) in some or all blocks and windowed symmetry-aware
+cross-attention (SACA) in every block.
+
+A block is put together from its parts (token mixer, MLP, optional SACA); :func:`sw_blocks` lays
+out a stack of them, :class:`SWViT` runs the stack.
+"""
 
 from __future__ import annotations
 
@@ -18,107 +23,101 @@ REGION_LAYOUTS = ("none", "alternate", "all")
 
 
 class SWBlock(nn.Module):
-    """``x + attn(norm(x))`` then ``x + mlp(norm(x))``; x: [B, N, C] -> [B, N, C].
+    """Pre-norm residual block from parts; x: [B, N, C] -> [B, N, C]:
+    ``x + attn(norm1(x), regions)``, with SACA then ``x + saca(norm_saca(x), mirror)``, then
+    ``x + mlp(norm2(x))``.
 
-    ``region=True`` makes attn R-MSA (`RegionAttention` in chunks of ``window_size`` tokens of one
-    region); forward then needs ``regions`` [B, N], the region id of every token.
+    ``attn`` is the token mixer, called with the region id of every token and declaring whether it
+    needs them (``uses_regions``): `LinearWindowAttention` (LW-/SLW-MSA, ignores them) or
+    `RegionAttention` (R-MSA). ``saca``: windowed symmetry-aware cross-attention
+    (`WindowSymmetryCrossAttention`, given each token's mirror position), or None for none.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        window_size: int,
-        shift: int = 0,
-        *,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        shift_mask: bool = True,
-        rel_pos_bias: bool = True,
-        dropout: float = 0.0,
-        region: bool = False,
-        saca: bool = False,
-    ) -> None:
+    def __init__(self, dim: int, attn: nn.Module, mlp: nn.Module, saca: nn.Module | None = None) -> None:
         super().__init__()
-        self.region = region
+        self.dim = dim
+        self.uses_regions = bool(attn.uses_regions)
+        self.uses_mirror = saca is not None
         self.norm1 = nn.LayerNorm(dim)
-        if region:
-            self.attn: nn.Module = RegionAttention(dim, num_heads, window_size, qkv_bias=qkv_bias, proj_drop=dropout)
-        else:
-            self.attn = LinearWindowAttention(
-                dim, num_heads, window_size, shift,
-                qkv_bias=qkv_bias, shift_mask=shift_mask, rel_pos_bias=rel_pos_bias, proj_drop=dropout,
-            )
-        if saca:
+        self.attn = attn
+        if saca is not None:  # registered in forward order: attention, SACA, MLP
             self.norm_saca = nn.LayerNorm(dim)
-            self.saca = WindowSymmetryCrossAttention(dim, num_heads, window_size, qkv_bias=qkv_bias,
-                                                     proj_drop=dropout)
-        else:
-            self.saca = None
+            self.saca = saca
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = MLPBlock(dim, int(dim * mlp_ratio), dropout_rate=dropout, act="GELU")
+        self.mlp = mlp
 
     def forward(self, x: torch.Tensor, regions: torch.Tensor | None = None,
                 mirror: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + (self.attn(self.norm1(x), regions) if self.region else self.attn(self.norm1(x)))
-        if self.saca is not None:
-            if mirror is None:
-                raise ValueError("an SW block with saca needs the token mirror index")
+        x = x + self.attn(self.norm1(x), regions)
+        if self.uses_mirror:  # a residual step that is absent adds nothing (x + Identity(x) would add x)
             x = x + self.saca(self.norm_saca(x), mirror)
         return x + self.mlp(self.norm2(x))
 
 
+def sw_blocks(
+    dim: int,
+    depth: int,
+    num_heads: int,
+    window_size: int,
+    *,
+    mlp_ratio: float,
+    shift_mask: bool,
+    rel_pos_bias: bool,
+    region_attention: str,
+    saca: bool = False,
+    dropout: float = 0.0,
+    qkv_bias: bool = True,
+) -> list[SWBlock]:
+    """``depth`` SW blocks of width ``dim``, their token mixers laid out by ``region_attention``:
+    ``none`` LW, SLW, LW, SLW, ... (SLW-MSA shifts by ⌊S/2⌋); ``alternate`` (RAT's layout) LW, R,
+    SLW, R, ...; ``all`` R-MSA in every block (chunks of ``window_size`` tokens of one region).
+    ``saca`` adds windowed SACA to every block. Each block's parts are made in forward order
+    (attention, SACA, MLP), which fixes what a seed initialises."""
+    if region_attention not in REGION_LAYOUTS:
+        raise ValueError(f"region_attention must be one of {REGION_LAYOUTS}, got {region_attention!r}")
+    region = {"none": [False] * depth, "all": [True] * depth,
+              "alternate": [i % 2 == 1 for i in range(depth)]}[region_attention]
+    shifted = [i % 2 == 1 for i in range(depth)]
+    if region_attention == "alternate":
+        shifted = [i % 4 == 2 for i in range(depth)]  # LW, R, SLW, R, ...
+    blocks = []
+    for i in range(depth):
+        if region[i]:
+            attn: nn.Module = RegionAttention(dim, num_heads, window_size, qkv_bias=qkv_bias, proj_drop=dropout)
+        else:
+            attn = LinearWindowAttention(dim, num_heads, window_size, (window_size // 2) * shifted[i],
+                                         qkv_bias=qkv_bias, shift_mask=shift_mask, rel_pos_bias=rel_pos_bias,
+                                         proj_drop=dropout)
+        cross = (WindowSymmetryCrossAttention(dim, num_heads, window_size, qkv_bias=qkv_bias, proj_drop=dropout)
+                 if saca else None)
+        mlp = MLPBlock(dim, int(dim * mlp_ratio), dropout_rate=dropout, act="GELU")
+        blocks.append(SWBlock(dim, attn, mlp, saca=cross))
+    return blocks
+
+
 class SWViT(nn.Module):
-    """A stack of SW blocks (even blocks LW-MSA, odd blocks SLW-MSA with shift ⌊S/2⌋) and a final norm.
+    """A stack of SW blocks and a final norm, initialised as the MAE reference (Xavier-uniform linear
+    layers with zero bias, unit LayerNorms).
 
     ``forward(x[B, N, C], pos)`` adds ``pos`` ([N, C] or [B, N, C]) to the tokens, runs the blocks
     and returns the normed tokens; with ``hidden_indices`` it also returns the (un-normed)
-    outputs of those blocks, as the segmentation decoder needs.
-
-    ``region_attention``: ``none``; ``alternate`` (RAT's layout: odd blocks R-MSA, the even ones
-    LW-MSA and SLW-MSA in turn: LW, R, SLW, R, ...); ``all`` (every block R-MSA). With R-MSA,
-    forward needs ``regions`` [B, N], the region id of every token. With ``saca`` every block adds
-    windowed symmetry-aware cross-attention and forward takes ``mirror`` ([N] or [B, N], the
+    outputs of those blocks, as the segmentation decoder needs. Blocks with R-MSA need ``regions``
+    [B, N], the region id of every token; blocks with SACA need ``mirror`` ([N] or [B, N], the
     sequence position of each token's left–right mirror).
     """
 
-    def __init__(
-        self,
-        embed_dim: int,
-        depth: int,
-        num_heads: int,
-        window_size: int = 32,
-        *,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        shift_mask: bool = True,
-        rel_pos_bias: bool = True,
-        dropout: float = 0.0,
-        grad_checkpointing: bool = False,
-        region_attention: str = "none",
-        saca: bool = False,
-    ) -> None:
+    def __init__(self, blocks: Sequence[SWBlock], *, grad_checkpointing: bool = False) -> None:
         super().__init__()
-        if region_attention not in REGION_LAYOUTS:
-            raise ValueError(f"region_attention must be one of {REGION_LAYOUTS}, got {region_attention!r}")
-        self.embed_dim = embed_dim
-        self.saca = saca
+        if not blocks:
+            raise ValueError("an SW-ViT needs at least one block (depth >= 1)")
+        self.embed_dim = blocks[0].dim
+        if any(block.dim != self.embed_dim for block in blocks):
+            raise ValueError(f"SW-ViT blocks must share one width, got {[block.dim for block in blocks]}")
+        self.saca = any(block.uses_mirror for block in blocks)
+        self.uses_regions = any(block.uses_regions for block in blocks)
         self.grad_checkpointing = grad_checkpointing
-        region = {"none": [False] * depth, "all": [True] * depth,
-                  "alternate": [i % 2 == 1 for i in range(depth)]}[region_attention]
-        shifted = [i % 2 == 1 for i in range(depth)]
-        if region_attention == "alternate":
-            shifted = [i % 4 == 2 for i in range(depth)]  # LW, R, SLW, R, ...
-        self.blocks = nn.ModuleList(
-            SWBlock(
-                embed_dim, num_heads, window_size, shift=(window_size // 2) * shifted[i],
-                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, shift_mask=shift_mask,
-                rel_pos_bias=rel_pos_bias, dropout=dropout, region=region[i], saca=saca,
-            )
-            for i in range(depth)
-        )
-        self.uses_regions = any(region)
-        self.norm = nn.LayerNorm(embed_dim)
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = nn.LayerNorm(self.embed_dim)
         self.apply(_init_weights)
 
     def forward(

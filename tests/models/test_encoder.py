@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
-from asa.models import ASA, ASASegmenter, SWViTEncoder
+from asa.models import ASA, PRESETS, ASASegmenter, EncoderSettings, SWViTEncoder
 
 TINY = dict(img_size=32, embed_dim=48, depth=4, num_heads=3, window_size=8)
 
@@ -40,10 +42,19 @@ def test_pretraining_and_fine_tuning_paths_of_the_encoder_agree():
     assert not torch.equal(shifted[0], full[0]) and torch.equal(shifted[1], full[1])
 
 
-
 def test_unwrap_finds_the_network_inside_its_training_wrappers():
     from asa.models import unwrap
 
     net = torch.nn.Linear(2, 2)
     assert unwrap(net) is net and unwrap(torch.nn.DataParallel(net)) is net
     assert unwrap(torch.compile(torch.nn.DataParallel(net))) is net  # compiled whole, then DDP-like
+
+
+def test_the_base_preset_is_the_one_source_of_the_default_sizes():
+    base, defaults = PRESETS["base"], EncoderSettings()
+    assert {k: getattr(defaults, k) for k in ("embed_dim", "depth", "num_heads", "window_size")} == {
+        k: base[k] for k in ("embed_dim", "depth", "num_heads", "window_size")}
+    decoder = {name: p.default for name, p in inspect.signature(ASA).parameters.items() if name.startswith("decoder")}
+    assert decoder == {k: v for k, v in base.items() if k.startswith("decoder")}
+    assert base == dict(embed_dim=384, depth=12, num_heads=6, decoder_dim=384, decoder_depth=8, decoder_num_heads=6,
+                        window_size=32)  # DESIGN §1.3

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asa.models import ASA, PRESETS, symmetric_position_encoding
+from asa.models import (ASA, PRESETS, EncoderSettings, MaskedAutoencoder, PatchReconstruction, SWViT, network_spec,
+                        symmetric_position_encoding)
 
 TINY = dict(img_size=32, **PRESETS["tiny"])
 
@@ -126,3 +127,40 @@ def test_decoder_stream_stays_fp32_under_bf16_autocast():
     # the mask-token table enters unrounded: identical to the fp32 table at masked positions
     torch.testing.assert_close(full[masked], (model.mask_token + model.decoder_pos_embed).expand(2, -1, -1)[masked],
                                rtol=0, atol=0)
+
+
+def _parts(decoder_embed_out: int = 48):
+    """The parts of the tiny ASA, made in the order ASA makes them."""
+    settings = EncoderSettings(img_size=32, **{k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")})
+    encoder = settings.encoder()
+    decoder_embed = torch.nn.Linear(48, decoder_embed_out)
+    decoder = SWViT(settings.blocks(48, 2, 3))
+    decoder_pred = torch.nn.Linear(48, 8**3)
+    for layer in (decoder_embed, decoder_pred):
+        torch.nn.init.xavier_uniform_(layer.weight)
+        torch.nn.init.zeros_(layer.bias)
+    objective = PatchReconstruction(8, weighting="attentive", norm_pix_loss=False, bins=8, normalize="l2")
+    return encoder, decoder_embed, decoder, decoder_pred, objective
+
+
+def test_asa_is_the_masked_autoencoder_of_its_parts():
+    """ASA's flat settings name parts; put together by hand they give the same network, weights and loss."""
+    torch.manual_seed(0)
+    flat = ASA(**TINY)
+    torch.manual_seed(0)
+    parts = MaskedAutoencoder(*_parts(), mask_ratio=0.75)
+    assert network_spec(parts) is None and network_spec(flat)["arch"] == "asa_pretrain"
+    assert parts.loss_weighting == flat.loss_weighting == "attentive"  # named by the objective (panels use it)
+    assert list(parts.state_dict()) == list(flat.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(parts.state_dict().values(), flat.state_dict().values()))
+    x = torch.randn(2, 1, 32, 32, 32)
+    torch.manual_seed(1)
+    a = flat(x)
+    torch.manual_seed(1)
+    b = parts(x)
+    assert torch.equal(a.loss, b.loss) and torch.equal(a.pred, b.pred)
+
+
+def test_parts_that_do_not_fit_are_refused():
+    with pytest.raises(ValueError, match=r"decoder_embed must map 48 -> 48 .* got 48 -> 24"):
+        MaskedAutoencoder(*_parts(decoder_embed_out=24), mask_ratio=0.75)

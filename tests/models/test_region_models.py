@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asa.models import ASA, ASASegmenter, RegionAttention, SWViT, patch_regions, patchify, unpatchify
+from asa.models import ASA, ASASegmenter, EncoderSettings, RegionAttention, SWViT, patch_regions, patchify, unpatchify
 from asa.models.attention import LinearWindowAttention
 
 TINY = dict(embed_dim=24, depth=4, num_heads=2, decoder_dim=24, decoder_depth=2, decoder_num_heads=2, window_size=8)
@@ -16,7 +16,7 @@ TINY = dict(embed_dim=24, depth=4, num_heads=2, decoder_dim=24, decoder_depth=2,
     [("none", "L S L S"), ("alternate", "L R S R"), ("all", "R R R R")],
 )
 def test_block_layouts(layout, kinds):
-    vit = SWViT(24, 4, 2, window_size=8, region_attention=layout)
+    vit = SWViT(EncoderSettings(window_size=8, region_attention=layout).blocks(24, 4, 2))
     got = []
     for block in vit.blocks:
         if isinstance(block.attn, RegionAttention):
@@ -27,7 +27,7 @@ def test_block_layouts(layout, kinds):
     assert " ".join(got) == kinds
     assert vit.uses_regions == (layout != "none")
     with pytest.raises(ValueError, match="region_attention"):
-        SWViT(24, 4, 2, region_attention="odd")
+        EncoderSettings(region_attention="odd").blocks(24, 4, 2)
 
 
 def _regions(b: int, size: int = 32) -> torch.Tensor:
@@ -75,6 +75,7 @@ def test_focal_region_mae_loss_by_hand():
     """β = 0: the masked L1 over the voxels of masked patches."""
     torch.manual_seed(0)
     model = ASA(img_size=32, loss_weighting="focal_region", focal_beta=0.0, **TINY)
+    assert model.loss_weighting == "focal_region"
     x, regions = torch.randn(2, 1, 32, 32, 32), _regions(2)
     out = model(x, regions)
     l1 = (out.pred - patchify(x, 8)).abs().mean(-1)  # [B, N]

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from asa.io import CheckpointError
-from asa.models import ASA, PRESETS, ASASegmenter, network_spec, symmetric_position_encoding
+from asa.models import (ASA, PRESETS, ASASegmenter, EncoderSettings, SWViTSegmenter, network_spec,
+                        symmetric_position_encoding)
 
 ENC = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
 
@@ -145,3 +146,20 @@ def test_relative_position_biases_are_not_decayed():
     assert names and all(n.endswith("rel_pos_bias") for n in names)
     decayed = {id(p) for p in param_groups(net, 0.1)[0]["params"]}
     assert not any(id(p) in decayed for n, p in net.named_parameters() if n in names)
+
+
+def test_the_segmenter_of_its_parts_and_frames_that_do_not_fit():
+    settings = EncoderSettings(img_size=32, **ENC)
+    torch.manual_seed(0)
+    flat = _segmenter(out_channels=3, spe_frame="crop", reference_grid=6)
+    torch.manual_seed(0)
+    parts = SWViTSegmenter(settings.encoder(), out_channels=3, feature_size=16, norm_name="instance", input_skip="full",
+                           spe_frame="crop", reference_grid=6)
+    assert list(parts.state_dict()) == list(flat.state_dict())
+    assert parts.reference_grid == flat.reference_grid == (6,) * 3
+    assert all(torch.equal(a, b) for a, b in zip(parts.state_dict().values(), flat.state_dict().values()))
+    decoder = dict(out_channels=3, feature_size=16, norm_name="instance", input_skip="full")
+    with pytest.raises(ValueError, match=r"spe_frame=brain: reference_grid \(6, 6, 6\) must be the encoder's"):
+        SWViTSegmenter(settings.encoder(), spe_frame="brain", reference_grid=6, **decoder)
+    with pytest.raises(ValueError, match="spe_frame=crop: the encoder's reference grid"):
+        SWViTSegmenter(settings.encoder(reference_grid=6), spe_frame="crop", **decoder)
