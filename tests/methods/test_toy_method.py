@@ -16,7 +16,8 @@ from asa.cli.pretrain import main as asa_pretrain
 from asa.io import load_checkpoint
 from asa.methods import METHODS, MethodSettings, PretrainingMethod, register_method
 from asa.models.patch import patchify
-from asa.models.zoo import NETWORKS, build_network
+from asa.models.registry import ENCODER_MODULES, NETWORK_TASKS, NETWORKS, register_network
+from asa.models.zoo import build_network
 
 
 class DenoisingAutoencoder(nn.Module):
@@ -55,11 +56,12 @@ class Denoise(PretrainingMethod):
 
 
 @pytest.fixture
-def toy(monkeypatch):
-    monkeypatch.setitem(NETWORKS, "toy_denoise", DenoisingAutoencoder)
+def toy():
+    register_network("toy_denoise", task="pretraining", encoder="encoder")(DenoisingAutoencoder)
     register_method(Denoise)
     yield
-    METHODS.pop("toy_denoise")
+    for table in (METHODS, NETWORKS, NETWORK_TASKS, ENCODER_MODULES):
+        table.pop("toy_denoise")
 
 
 def _overrides(out, cache, *extra):
