@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="volume edge in voxels, 1 mm each (default: 64), or three sizes X Y Z "
                              "(e.g. 240 240 155, a full BraTS case)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--targets", action="store_true",
+                        help="aged phantoms with age, sex and diagnosis per subject (bids, caps, filelist: "
+                             "participants.tsv or files.csv), for asa-finetune data=targets")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty --out (files of the same name are replaced)")
     return parser
@@ -55,12 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = args.size[0] if len(args.size) == 1 else tuple(args.size)
     try:
         out = write_demo_dataset(args.layout, args.out, cases=args.cases, size=size, seed=args.seed,
-                                 overwrite=args.overwrite)
+                                 overwrite=args.overwrite, targets=args.targets)
     except (ValueError, FileExistsError) as err:
         print(f"asa-demo-data: error: {err}", file=sys.stderr)
         return 2
     shape = f"{size}^3" if isinstance(size, int) else " x ".join(map(str, size))
-    print(f"wrote {args.cases} {args.layout} case(s) of {shape} voxels to {out}")
+    with_targets = " with age, sex and diagnosis" if args.targets else ""
+    print(f"wrote {args.cases} {args.layout} case(s) of {shape} voxels{with_targets} to {out}")
     return 0
 
 

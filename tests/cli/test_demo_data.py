@@ -61,3 +61,11 @@ def test_empty_existing_folder_is_fine(tmp_path):
     out = tmp_path / "empty"
     out.mkdir()
     assert main(["--layout", "ibsr", "--out", str(out), "--cases", "1", "--size", "16"]) == 0
+
+
+def test_targets_flag_writes_the_subjects_targets(tmp_path, capsys):
+    assert main(["--layout", "bids", "--out", str(tmp_path / "b"), "--cases", "3", "--size", "24", "--targets"]) == 0
+    assert "with age, sex and diagnosis" in capsys.readouterr().out
+    rows = (tmp_path / "b" / "participants.tsv").read_text().splitlines()
+    assert rows[0].split("\t")[:4] == ["participant_id", "age", "sex", "diagnosis"] and len(rows) == 4
+    assert main(["--layout", "brats", "--out", str(tmp_path / "t"), "--cases", "2", "--size", "24", "--targets"]) == 2
