@@ -88,3 +88,21 @@ def test_training_run_releases_the_run_folder_also_when_the_job_fails(tmp_path):
     with TrainingRun(cfg, "asa-pretrain") as run:  # the folder is free again: a new job takes it
         run.prepare_dir({"model": {"width": 16}})
     assert not (tmp_path / "run" / LOCK_NAME).exists()
+
+
+def test_training_ended_says_how_to_resume_also_when_a_peer_rank_was_signalled(capsys):
+    """A run stopped by a signal that reached another rank (signal number 0, unknown) prints the
+    resume line instead of failing on the number; a finished run is marked finished."""
+    from types import SimpleNamespace
+
+    from asa.api.common import training_ended
+    from asa.train.distributed import DistEnv
+
+    stopped = SimpleNamespace(preempted=True, step=7, signal=0)
+    assert training_ended(stopped, DistEnv(), "asa-finetune") is False
+    err = capsys.readouterr().err
+    assert "stopped early at step 7 (a stop signal on another rank); last.pt saved. Resume with:" in err
+    assert training_ended(SimpleNamespace(preempted=True, step=3, signal=15), DistEnv(), "asa-pretrain",
+                          unsaved=", no encoder.pt exported") is False
+    assert "(SIGTERM); last.pt saved, no encoder.pt exported." in capsys.readouterr().err
+    assert training_ended(SimpleNamespace(preempted=False, step=9, signal=None), DistEnv(), "asa-finetune") is True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asa.api.rundir import RunDir, RunDirError, prepare_run_dir
+from asa.api.rundir import RunDir, RunDirError, command_line, override, prepare_run_dir, shell_path
 from asa.data import CaseError, RegionSource, detect_layout, discover, ensure_demo_dataset, make_splits
 from asa.data.datasets import CaseLoadError
 from asa.data.store import StoreError, open_store
@@ -21,10 +22,11 @@ from asa.io import CheckpointError, VolumeError, WriteError, atomic_write_json
 from asa.train import IncompatibleCheckpointError, TrainConfig, build_optimizer, cleanup_distributed, setup_distributed
 from asa.train.distributed import DistEnv, all_gather_objects, barrier
 from asa.train.optim import LOW_LR, describe_lr
+from asa.train.preemption import mark_finished
 
 __all__ = ["OptionError", "TrainingRun", "cases_of_split", "dataset_root", "load_cases", "on_main_then_share",
            "optimizer_and_config", "refusing", "region_source", "split_cases", "trainer_config", "describe_error",
-           "write_splits", "check_crop_fits"]
+           "write_splits", "check_crop_fits", "report_fine_tuning", "training_ended"]
 
 
 class OptionError(ValueError):
@@ -318,3 +320,31 @@ def region_source(data: DictConfig, needed_by: list[str], *, network: str | None
               f"data.regions.seed={regions.seed}). Set data.regions.source=cluster or file to choose",
               file=sys.stderr, flush=True)
     return regions
+
+
+def training_ended(result: Any, env: DistEnv, app: str, *, unsaved: str = "") -> bool:
+    """After `Engine.fit`: True when training finished (a stop signal from here on no longer stops
+    the job: nothing is left to save); when a stop signal ended it, rank 0 prints where it stopped
+    and the resume command (``unsaved``: what the stopped run did not write) and this is False."""
+    if not result.preempted:
+        mark_finished()
+        return True
+    if env.is_main:
+        what = signal.Signals(result.signal).name if result.signal else "a stop signal on another rank"
+        print(f"[asa] stopped early at step {result.step} ({what}); last.pt saved{unsaved}. "
+              f"Resume with: {command_line(app)} resume=true", file=sys.stderr, flush=True)
+    return False
+
+
+def report_fine_tuning(result: Any, out_dir: Path, best: str) -> None:
+    """Rank 0's closing lines of a fine-tuning run: its checkpoints (``best``: what best.pt follows),
+    TensorBoard and the asa-predict command for the checkpoint to use."""
+    ckpts = out_dir / "checkpoints"
+    if (ckpts / "best.pt").is_file():
+        written, use = f"last.pt, best.pt ({best})", ckpts / "best.pt"
+    else:
+        written, use = "last.pt only (no validation cases, so no best.pt: last.pt is the final weights)", ckpts / "last.pt"
+    print(f"[asa] fine-tuning finished at step {result.step}. Outputs in {out_dir}:\n"
+          f"  checkpoints: {ckpts}/{written}\n"
+          f"  TensorBoard: tensorboard --logdir {shell_path(out_dir / 'tb')}\n"
+          f"  next: asa-predict {override('checkpoint', use)} input=DIR output=PRED", flush=True)

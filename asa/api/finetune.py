@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import signal
 import sys
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from asa.api.common import (TrainingRun, check_crop_fits, dataset_root, load_cases, optimizer_and_config, refusing,
-                             region_source, split_cases, trainer_config, write_splits)
+                             region_source, report_fine_tuning, split_cases, trainer_config, training_ended,
+                             write_splits)
 from asa.api.finetune_case import CASE_TASK, finetune_case
-from asa.api.rundir import command_line, override, shell_path
 from asa.api.schema import FinetuneConfig, PretrainDataConfig, as_config
 from asa.data import build_segmentation_dataset, get_task
 from asa.losses import SegmentationLoss
 from asa.models import build_from_config
 from asa.train import Engine, FitResult
 from asa.train.finetune import make_dice_validator, make_segmentation_panel_fn, segmentation_step
-from asa.train.preemption import mark_finished
 
 __all__ = ["finetune"]
 
@@ -111,21 +109,7 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
             panel_fn=panel_fn,
         )
         result = engine.fit(train_ds)
-        if not result.preempted:
-            mark_finished()  # a stop signal from here on no longer stops the job: nothing is left to save
-        if result.preempted:
-            if env.is_main:
-                print(f"[asa] stopped early at step {result.step} ({signal.Signals(result.signal).name}); last.pt saved. "
-                      f"Resume with: {command_line(APP)} resume=true", file=sys.stderr, flush=True)
-        elif env.is_main:
-            ckpts = out_dir / "checkpoints"
-            if (ckpts / "best.pt").is_file():
-                written, use = "last.pt, best.pt (mean validation Dice)", ckpts / "best.pt"
-            else:
-                written, use = "last.pt only (no validation cases, so no best.pt: last.pt is the final weights)", ckpts / "last.pt"
-            print(f"[asa] fine-tuning finished at step {result.step}. Outputs in {out_dir}:\n"
-                  f"  checkpoints: {ckpts}/{written}\n"
-                  f"  TensorBoard: tensorboard --logdir {shell_path(out_dir / 'tb')}\n"
-                  f"  next: asa-predict {override('checkpoint', use)} input=DIR output=PRED", flush=True)
+        if training_ended(result, env, APP) and env.is_main:
+            report_fine_tuning(result, out_dir, "mean validation Dice")
     return result
 

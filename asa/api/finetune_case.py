@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 
 import numpy as np
@@ -11,8 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from asa.api.common import (OptionError, TrainingRun, dataset_root, load_cases, optimizer_and_config, split_cases,
-                             trainer_config, write_splits)
-from asa.api.rundir import command_line, override, shell_path
+                             report_fine_tuning, trainer_config, training_ended, write_splits)
 from asa.api.schema import PretrainDataConfig
 from asa.data import build_target_dataset, read_targets
 from asa.eval.case_metrics import HIGHER_IS_BETTER
@@ -20,7 +18,6 @@ from asa.io import atomic_write_json
 from asa.models import build_case_head
 from asa.train import Engine, FitResult
 from asa.train.case_targets import CaseLoss, case_metrics_of, case_step, class_weights, default_monitor, make_case_validator
-from asa.train.preemption import mark_finished
 
 __all__ = ["finetune_case"]
 
@@ -134,20 +131,6 @@ def finetune_case(cfg: DictConfig) -> FitResult:
         engine = Engine(model, optimizer, case_step(criterion), config=config, lr=lr, out_dir=out_dir, env=env,
                         seed=int(cfg.seed), validate=validate, run_config=resolved, resume=run_dir.resume)
         result = engine.fit(train_ds)
-        if not result.preempted:
-            mark_finished()
-        if result.preempted:
-            if env.is_main:
-                print(f"[asa] stopped early at step {result.step} ({signal.Signals(result.signal).name}); last.pt saved. "
-                      f"Resume with: {command_line(APP)} resume=true", file=sys.stderr, flush=True)
-        elif env.is_main:
-            ckpts = out_dir / "checkpoints"
-            if (ckpts / "best.pt").is_file():
-                written, use = f"last.pt, best.pt ({config.monitor}, {config.mode})", ckpts / "best.pt"
-            else:
-                written, use = "last.pt only (no validation cases, so no best.pt)", ckpts / "last.pt"
-            print(f"[asa] fine-tuning finished at step {result.step}. Outputs in {out_dir}:\n"
-                  f"  checkpoints: {ckpts}/{written}\n"
-                  f"  TensorBoard: tensorboard --logdir {shell_path(out_dir / 'tb')}\n"
-                  f"  next: asa-predict {override('checkpoint', use)} input=DIR output=PRED", flush=True)
+        if training_ended(result, env, APP) and env.is_main:
+            report_fine_tuning(result, out_dir, f"{config.monitor}, {config.mode}")
     return result

@@ -1,7 +1,6 @@
 """ASA pretraining as a Python function: the job behind `asa-pretrain`."""
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 
@@ -9,15 +8,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from asa.api.common import (OptionError, TrainingRun, dataset_root, load_cases, optimizer_and_config, refusing,
-                            region_source, split_cases, trainer_config, write_splits)
-from asa.api.rundir import command_line, shell_path
+                            region_source, split_cases, trainer_config, training_ended, write_splits)
+from asa.api.rundir import shell_path
 from asa.api.schema import PretrainConfig, as_config
 from asa.data import SEGMENTATION_LAYOUTS, build_pretrain_dataset, detect_layout, discover, ensure_demo_dataset, get_task
 from asa.data.augmentation import apply_deferred_augmentation
 from asa.eval.probe import build_probe_set, make_probe
 from asa.methods import MethodContext, PretrainingMethod, get_method
 from asa.train import Engine, FitResult
-from asa.train.preemption import mark_finished
 from asa.train.pretrain import export_encoder, make_validator
 
 __all__ = ["pretrain"]
@@ -154,13 +152,7 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
             on_device=apply_deferred_augmentation if deferred else None,
         )
         result = engine.fit(train_ds)
-        if not result.preempted:
-            mark_finished()  # a stop signal from here on no longer stops the job: nothing is left to save
-        if result.preempted:
-            if env.is_main:
-                print(f"[asa] stopped early at step {result.step} ({signal.Signals(result.signal).name}); last.pt saved, no "
-                      f"encoder.pt exported. Resume with: {command_line(APP)} resume=true", file=sys.stderr, flush=True)
-        elif env.is_main:
+        if training_ended(result, env, APP, unsaved=", no encoder.pt exported") and env.is_main:
             ckpts = out_dir / "checkpoints"
             source = ckpts / "best.pt" if (ckpts / "best.pt").is_file() else ckpts / "last.pt"
             export_encoder(source, ckpts / "encoder.pt", method.encoder_prefixes)
