@@ -25,7 +25,7 @@ from asa.data.store import STORE_DTYPES
 from asa.eval.metrics import HD95_CONVENTIONS
 from asa.methods import MaskedAutoencoderSettings, MethodSettings, get_method, registered_methods
 from asa.methods.choices import SCHEMA, check_choices, one_of
-from asa.models import PRESETS
+from asa.models import EncoderSettings, PRESETS
 from asa.models.case_head import POOLINGS
 from asa.models.position import POSITION_MODES
 from asa.models.saca import SACA_PLACES
@@ -51,18 +51,18 @@ ON_BAD = ("error", "skip")
 class EncoderConfig:
     """SW-ViT encoder settings; keyword arguments of ASA / ASASegmenter. The sizes of the ``model=``
     presets (tiny, small, base) are `asa.models.PRESETS`, stored as the config group ``sizes/encoder``
-    (`register`); these defaults are the base preset's."""
+    (`register`); the defaults are `asa.models.EncoderSettings`' (the base preset's sizes)."""
 
-    patch_size: int = 8
-    embed_dim: int = _BASE["embed_dim"]
-    depth: int = _BASE["depth"]
-    num_heads: int = _BASE["num_heads"]
-    window_size: int = _BASE["window_size"]
-    mlp_ratio: float = 4.0
-    shift_mask: bool = True  # mask the wrap-around window after the SLW-MSA roll
-    rel_pos_bias: bool = True  # learned relative position bias per window
-    grad_checkpointing: bool = False  # activation checkpointing: less memory, slower
-    region_attention: str = one_of("none", REGION_LAYOUTS)  # none | alternate (LW, R, SLW, R, ...) | all: R-MSA blocks (need data.regions)
+    patch_size: int = EncoderSettings.patch_size
+    embed_dim: int = EncoderSettings.embed_dim
+    depth: int = EncoderSettings.depth
+    num_heads: int = EncoderSettings.num_heads
+    window_size: int = EncoderSettings.window_size
+    mlp_ratio: float = EncoderSettings.mlp_ratio
+    shift_mask: bool = EncoderSettings.shift_mask  # mask the wrap-around window after the SLW-MSA roll
+    rel_pos_bias: bool = EncoderSettings.rel_pos_bias  # learned relative position bias per window
+    grad_checkpointing: bool = EncoderSettings.grad_checkpointing  # activation checkpointing: less memory, slower
+    region_attention: str = one_of(EncoderSettings.region_attention, REGION_LAYOUTS)  # none | alternate (LW, R, SLW, R, ...) | all: R-MSA blocks (need data.regions)
     saca: str = one_of("none", SACA_PLACES)  # none | decoder | encoder | all: windowed symmetry-aware cross-attention in these SW-ViTs
 
 

@@ -9,12 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from asa.io import load_weights
 from asa.models.encoder import EncoderSettings
 from asa.models.patch import to_3tuple
 from asa.models.registry import register_network
 from asa.models.saca import SACA_PLACES
-from asa.models.segmenter import ASASegmenter, recorded_pretraining
+from asa.models.segmenter import ASASegmenter, pretrained_geometry
 
 POOLINGS = ("mean", "attention")
 
@@ -150,18 +149,12 @@ def build_case_head(
     kwargs = {k: v for k, v in model_cfg.items() if k not in ("arch", "pretrained", "decoder_dim", "decoder_depth",
                                                               "decoder_num_heads")}
     pretrained = model_cfg.get("pretrained")
-    checkpoint, recorded = None, {}
-    if pretrained:
-        checkpoint = load_weights(pretrained)
-        recorded = recorded_pretraining(checkpoint, pretrained)
-    if patch_size is None:
-        patch_size = recorded["img_size"][0] if recorded.get("img_size") else int(default_patch_size)
-    pos_mode = pos_mode if pos_mode is not None else recorded.get("pos_mode") or "mirror"
-    lr_axis = lr_axis if lr_axis is not None else (recorded.get("lr_axis") or 0)
-    net = ASACaseHead(img_size=to_3tuple(int(patch_size), "data.patch_size"), in_channels=in_channels,
-                      out_channels=out_channels, pos_mode=pos_mode, lr_axis=int(lr_axis), pooling=pooling,
+    geometry = pretrained_geometry(pretrained, patch_size=patch_size, pos_mode=pos_mode, lr_axis=lr_axis,
+                                   default_patch_size=default_patch_size)
+    net = ASACaseHead(img_size=to_3tuple(geometry.patch_size, "data.patch_size"), in_channels=in_channels,
+                      out_channels=out_channels, pos_mode=geometry.pos_mode, lr_axis=geometry.lr_axis, pooling=pooling,
                       hidden_dim=hidden_dim, head_dropout=head_dropout, target_shift=target_shift,
                       target_scale=target_scale, **kwargs)
-    if checkpoint is not None:
-        net.load_pretrained(pretrained, checkpoint=checkpoint)
+    if geometry.checkpoint is not None:
+        net.load_pretrained(pretrained, checkpoint=geometry.checkpoint)
     return net

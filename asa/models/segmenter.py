@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import warnings
 
@@ -59,6 +59,38 @@ def recorded_pretraining(checkpoint: dict, source: str | Path) -> dict:
     kwargs = spec["kwargs"]
     return {"img_size": to_3tuple(kwargs["img_size"], "img_size"), "patch_size": kwargs["patch_size"],
             "pos_mode": kwargs["pos_mode"], "lr_axis": kwargs["lr_axis"]}
+
+
+class PretrainedGeometry(NamedTuple):
+    """The crop edge, position mode and symmetric axis a network initialised from a pretrained file
+    is built with, the file's content (``checkpoint``, read once; None without a file) and what it
+    records (`recorded_pretraining`; empty without a file)."""
+
+    patch_size: int
+    pos_mode: str
+    lr_axis: int
+    checkpoint: dict | None
+    recorded: dict
+
+
+def pretrained_geometry(pretrained: str | Path | None, *, patch_size: int | None, pos_mode: str | None,
+                        lr_axis: int | None, default_patch_size: int | None) -> PretrainedGeometry:
+    """Each given value, else the one the pretrained file records, else ``default_patch_size`` /
+    ``mirror`` / 0 (no crop size at all is an error)."""
+    checkpoint, recorded = None, {}
+    if pretrained:
+        checkpoint = load_weights(pretrained)
+        recorded = recorded_pretraining(checkpoint, pretrained)
+    if patch_size is None:
+        patch_size = recorded["img_size"][0] if recorded.get("img_size") else default_patch_size
+    if patch_size is None:
+        raise ValueError("the crop size is unknown: give patch_size, a pretrained file that records its crop, "
+                         "or default_patch_size")
+    if pos_mode is None:
+        pos_mode = recorded.get("pos_mode") or "mirror"
+    if lr_axis is None:
+        lr_axis = recorded.get("lr_axis") or 0
+    return PretrainedGeometry(int(patch_size), pos_mode, int(lr_axis), checkpoint, recorded)
 
 
 class SWViTSegmenter(nn.Module):

@@ -13,10 +13,9 @@ from typing import Any
 
 from torch import nn
 
-from asa.io import load_weights
 from asa.models.patch import patch_grid
 from asa.models.registry import NETWORKS, architectures, build_network, network_spec
-from asa.models.segmenter import ASASegmenter, recorded_pretraining
+from asa.models.segmenter import ASASegmenter, pretrained_geometry
 
 __all__ = ["NETWORKS", "build_from_config", "build_network", "build_segmentation_network", "network_spec"]
 
@@ -37,13 +36,6 @@ def build_segmentation_network(
 
 
 PRETRAINING_ONLY = ("decoder_dim", "decoder_depth", "decoder_num_heads")  # ASA decoder sizes
-
-
-def _default_crop(default_patch_size: int | None) -> int:
-    if default_patch_size is None:
-        raise ValueError("the crop size is unknown: give patch_size, a pretrained file that records its crop, "
-                         "or default_patch_size")
-    return int(default_patch_size)
 
 
 def build_from_config(
@@ -74,7 +66,8 @@ def build_from_config(
             raise ValueError(f"model.pretrained is only supported for model arch 'asa' and 'sa_swin', not {arch!r}")
         if arch == "sa_swin":
             kwargs.setdefault("lr_axis", segmenter_cfg.get("lr_axis") or 0)
-        size = int(patch_size or _default_crop(default_patch_size))
+        size = pretrained_geometry(None, patch_size=patch_size, pos_mode=None, lr_axis=None,
+                                   default_patch_size=default_patch_size).patch_size
         try:
             net = build_segmentation_network(arch, img_size=(size,) * 3, in_channels=in_channels,
                                              out_channels=out_channels, **kwargs)
@@ -89,30 +82,20 @@ def build_from_config(
         return net
     for key in PRETRAINING_ONLY:
         kwargs.pop(key, None)
-    checkpoint, recorded = None, {}
-    if pretrained:
-        checkpoint = load_weights(pretrained)
-        recorded = recorded_pretraining(checkpoint, pretrained)
-    if patch_size is None:
-        patch_size = recorded["img_size"][0] if recorded.get("img_size") else _default_crop(default_patch_size)
-    pos_mode = segmenter_cfg.get("pos_mode")
-    if pos_mode is None:
-        pos_mode = recorded.get("pos_mode") or "mirror"
-    lr_axis = segmenter_cfg.get("lr_axis")
-    if lr_axis is None:
-        lr_axis = recorded.get("lr_axis")
-        lr_axis = 0 if lr_axis is None else lr_axis
+    geometry = pretrained_geometry(pretrained, patch_size=patch_size, pos_mode=segmenter_cfg.get("pos_mode"),
+                                   lr_axis=segmenter_cfg.get("lr_axis"), default_patch_size=default_patch_size)
+    recorded = geometry.recorded
     allow_grid_change = bool(segmenter_cfg.get("allow_grid_change", False))
     reference_grid = segmenter_cfg.get("reference_grid")
     if reference_grid is None and allow_grid_change and recorded.get("img_size"):
         reference_grid = patch_grid(recorded["img_size"], int(recorded.get("patch_size") or kwargs.get("patch_size", 8)))
     net = ASASegmenter(
-        img_size=(int(patch_size),) * 3, in_channels=in_channels, out_channels=out_channels, pos_mode=pos_mode,
-        lr_axis=int(lr_axis), feature_size=segmenter_cfg.get("feature_size", 16),
+        img_size=(geometry.patch_size,) * 3, in_channels=in_channels, out_channels=out_channels,
+        pos_mode=geometry.pos_mode, lr_axis=geometry.lr_axis, feature_size=segmenter_cfg.get("feature_size", 16),
         input_skip=segmenter_cfg.get("input_skip", "full"),
         spe_frame=segmenter_cfg.get("spe_frame", "brain"),
         reference_grid=None if reference_grid is None else tuple(reference_grid), **kwargs,
     )
-    if checkpoint is not None:
-        net.load_pretrained(pretrained, checkpoint=checkpoint, allow_grid_change=allow_grid_change)
+    if geometry.checkpoint is not None:
+        net.load_pretrained(pretrained, checkpoint=geometry.checkpoint, allow_grid_change=allow_grid_change)
     return net
