@@ -142,3 +142,24 @@ def test_a_regression_head_learns_age_better_than_the_mean(tmp_path):
     train, val = [ages[i] for i in splits["train"]], [ages[i] for i in splits["val"]]
     mean_mae = sum(abs(a - sum(train) / len(train)) for a in val) / len(val)
     assert result.best_metric < 0.8 * mean_mae, (result.best_metric, mean_mae)
+
+
+@pytest.mark.gpu
+def test_a_case_run_on_cuda_with_fp16_predicts_what_the_cpu_predicts(tmp_path, bids):
+    """The case head trains under fp16 autocast on CUDA (finite, its steps taken) and asa-predict of
+    its best.pt on CUDA writes the CPU's predictions and probabilities to rounding."""
+    out = tmp_path / "run"
+    result = _finetune(bids, out, "data.target=diagnosis", "device=cuda", "trainer.amp=fp16", "head.pooling=attention")
+    assert result.step == 3 and all(torch.isfinite(torch.tensor(h["train/loss"])) for h in result.history
+                                    if "train/loss" in h)
+    ckpt = out / "checkpoints" / "best.pt"
+    rows = {}
+    for device in ("cpu", "cuda"):
+        written = predict(compose_config("predict", [f"checkpoint={ckpt}", f"input={bids}", f"output={tmp_path / device}",
+                                                     f"device={device}", f"split_file={out / 'splits.json'}", "subset=val"]))
+        rows[device] = {r.split(",")[0]: r.split(",")[1:] for r in written[0].read_text().splitlines()[1:]}
+    assert rows["cpu"].keys() == rows["cuda"].keys() and rows["cpu"]
+    for case, cpu in rows["cpu"].items():
+        cuda = rows["cuda"][case]
+        assert cuda[0] == cpu[0] or max(float(p) for p in cpu[1:]) - sorted(float(p) for p in cpu[1:])[-2] < 1e-3
+        assert [float(p) for p in cuda[1:]] == pytest.approx([float(p) for p in cpu[1:]], abs=2e-3)
