@@ -228,12 +228,10 @@ def optimizer_and_config(cfg: DictConfig, model: torch.nn.Module, env: DistEnv) 
 
 def trainer_config(cfg: DictConfig) -> TrainConfig:
     """The engine settings: ``cfg.trainer`` plus the DataLoader workers of ``cfg.data`` and the
-    schedule of ``cfg.optim``; raises naming a bad key."""
+    schedule of ``cfg.optim`` (their keys and types were checked against the schema when composed)."""
     opt = cfg.optim
-    return TrainConfig.from_dict({
-        **OmegaConf.to_container(cfg.trainer, resolve=True), "num_workers": int(cfg.data.num_workers),
-        "schedule": str(opt.schedule), "min_lr": float(opt.min_lr), "power": float(opt.power),
-    })
+    return TrainConfig(**OmegaConf.to_container(cfg.trainer, resolve=True), num_workers=int(cfg.data.num_workers),
+                       schedule=str(opt.schedule), min_lr=float(opt.min_lr), power=float(opt.power))
 
 def describe_error(err: BaseException) -> str:
     """One line naming the file and the fault: the innermost asa error of the chain, or the last line

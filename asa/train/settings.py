@@ -1,8 +1,6 @@
 """The training loop's settings: the ``trainer`` config group plus what the data and optim groups set."""
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .precision import AMP_CHOICES
@@ -12,7 +10,8 @@ __all__ = ["TrainerSettings", "TrainConfig"]
 
 @dataclass
 class TrainerSettings:
-    """Training-loop settings of the `trainer` config group (it maps 1:1 onto these fields)."""
+    """Training-loop settings of the `trainer` config group (it maps 1:1 onto these fields; the
+    structured config checks their types when it is composed, these checks their ranges)."""
 
     epochs: int = 100  # the lr schedule spans epochs × steps_per_epoch
     max_steps: int | None = None  # stop after this many optimiser steps; the schedule still spans `epochs`
@@ -37,25 +36,7 @@ class TrainerSettings:
     deterministic: bool = True  # deterministic kernels on CPU and CUDA (asa.train.rng.kernel_determinism); false: cuDNN autotunes
     find_unused_parameters: bool = False
 
-    @classmethod
-    def from_dict(cls, values: Mapping, *, where: str = "trainer") -> "TrainConfig":
-        """Build from a config mapping; unknown keys are an error naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"{where}: unknown option(s) {unknown}; expected a subset of {sorted(names)}")
-        return cls(**dict(values))
-
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # e.g. trainer.epochs=ten: name the key, not int()'s message
-            kind = str(f.type).replace(" | None", "")
-            value = getattr(self, f.name)
-            if value is None and "None" in str(f.type) or kind not in _KINDS:
-                continue
-            try:
-                setattr(self, f.name, _KINDS[kind](value))
-            except (TypeError, ValueError):
-                raise ValueError(f"trainer.{f.name}={value!r}: expected {_KIND_WORDS[kind]}") from None
         if self.amp not in AMP_CHOICES:
             raise ValueError(f"trainer.amp={self.amp!r}: expected one of {', '.join(AMP_CHOICES)}")
         if self.threads is not None and int(self.threads) < 1:
@@ -76,18 +57,3 @@ class TrainConfig(TrainerSettings):
     min_lr: float = 0.0  # (optim.min_lr)
     power: float = 0.9  # poly exponent (optim.power)
 
-
-def _as_int(value: object) -> int:
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise ValueError(value)
-    return int(value)  # type: ignore[arg-type]
-
-
-def _as_bool(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise ValueError(value)
-
-
-_KINDS: dict[str, Callable[[object], object]] = {"int": _as_int, "float": float, "bool": _as_bool}
-_KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false"}
