@@ -15,7 +15,7 @@ from asa.api.finetune_case import CASE_TASK, finetune_case
 from asa.api.schema import FinetuneConfig, PretrainDataConfig, as_config
 from asa.data import build_segmentation_dataset, get_task
 from asa.losses import SegmentationLoss
-from asa.models import build_from_config
+from asa.models import build_from_config, capabilities
 from asa.train import Engine, FitResult
 from asa.train.finetune import make_dice_validator, make_segmentation_panel_fn, segmentation_step
 
@@ -79,7 +79,7 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
         )
         val_ds = (build_segmentation_dataset(splits["val"], task, train=False, cache_dir=data.cache_dir,
                                              store=data.get("store"),
-                                             regions=regions if getattr(model, "uses_regions", False) else None)
+                                             regions=regions if capabilities(model).regions else None)
                   if splits["val"] else None)
         run_dir.write_config(resolved)  # every check passed
         write_splits(cases, data, out_dir, env)

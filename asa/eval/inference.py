@@ -20,6 +20,7 @@ from torch import nn
 from asa.data.geometry import brain_centre
 from asa.data.lattice import mirrored_origin, pad_to_lattice, reference_origin
 from asa.data.preprocessing import brain_mask
+from asa.models import capabilities
 
 
 def flip_subsets(axes: Sequence[int]) -> list[tuple[int, ...]]:
@@ -90,14 +91,6 @@ def auto_sw_batch_size(probe: Callable[[], object], device: torch.device, *, fra
     return window_batch_for_memory(window, int(fraction * usable))
 
 
-def _lattice(model: nn.Module) -> tuple[int, tuple[int, int, int]] | None:
-    """(patch size, reference size in voxels) of a network with a brain-frame lattice, else None."""
-    patch, reference = getattr(model, "patch_size", None), getattr(model, "reference_grid", None)
-    if not isinstance(patch, int) or reference is None:
-        return None
-    return patch, tuple(int(g) * patch for g in reference)  # type: ignore[return-value]
-
-
 @torch.no_grad()
 def predict_volume(
     model: nn.Module,
@@ -139,8 +132,8 @@ def predict_volume(
     sw_batch_size = check_sw_batch_size(sw_batch_size)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     activation = torch.sigmoid if multilabel else (lambda t: torch.softmax(t, dim=1))
-    lattice = _lattice(model)
-    with_offsets = lattice is not None and getattr(model, "spe_frame", "crop") == "brain"
+    declared = capabilities(model)
+    lattice, with_offsets = declared.lattice, declared.lattice is not None and declared.offsets
     origin = np.zeros(3, dtype=np.int64)  # the reference grid's origin in the padded volume (lattice networks)
     # amp_dtype None keeps the caller's precision (the engine's validation autocast), it does not force fp32
     precision = contextlib.nullcontext() if amp_dtype is None else torch.autocast(device.type, dtype=amp_dtype)

@@ -23,7 +23,7 @@ from asa.data import (
 )
 from asa.eval.inference import predict_volume
 from asa.io import VolumeError, is_nifti, load_checkpoint, prediction_path, probabilities_path, strip_nifti
-from asa.models import build_network, channels_last_inference, compile_blocks
+from asa.models import build_network, capabilities, channels_last_inference, compile_blocks
 
 CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # nnU-Net style <case>_0000
 
@@ -66,7 +66,7 @@ class Predictor:
         if compile:
             compile_blocks(model)
         regions = None
-        if getattr(model, "uses_regions", False):
+        if capabilities(model).regions:
             try:  # the recorded source; one made from the labels is refused (it was the network's input)
                 regions = RegionSource.from_config(config["data"]["regions"],
                                                    needed_by=["the network's region attention"],

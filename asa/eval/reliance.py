@@ -18,6 +18,7 @@ from asa.data import preprocess_for_inference
 from asa.eval.evaluate import ignore_mask_for
 from asa.eval.metrics import dice
 from asa.io import atomic_write_json, atomic_write_text, load_volume
+from asa.models import capabilities
 
 __all__ = ["case_dice", "encoder_reliance", "format_reliance", "write_reliance", "RELIANCE_CSV", "RELIANCE_JSON"]
 
@@ -47,7 +48,7 @@ def encoder_reliance(predictor, cases: Sequence, *, overlap: float = 0.5, sw_bat
     from tqdm import tqdm
 
     model, task = predictor.model, predictor.task
-    if not hasattr(model, "zero_encoder_states"):
+    if not capabilities(model).zero_encoder:
         raise ValueError(f"encoder reliance needs an ASASegmenter (model arch asa); got {type(model).__name__}")
     rows = []
     for case in tqdm(cases, desc="reliance", unit="case", disable=not progress):

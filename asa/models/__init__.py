@@ -8,6 +8,7 @@ import importlib
 import pkgutil
 
 from asa.models.attention import LinearWindowAttention
+from asa.models.declared import Capabilities, capabilities
 from asa.models.case_head import POOLINGS, ASACaseHead, AttentionPool, build_case_head
 from asa.models.compiled import compile_blocks, unwrap
 from asa.models.encoder import EncoderSettings, SWViTEncoder
@@ -36,6 +37,8 @@ __all__ = [
     "ASA",
     "ASASegmenter",
     "ASACaseHead",
+    "Capabilities",
+    "capabilities",
     "AttentionPool",
     "POOLINGS",
     "build_case_head",

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from asa.models.declared import Capabilities
 from asa.models.encoder import EncoderSettings
 from asa.models.patch import to_3tuple
 from asa.models.registry import register_network
@@ -98,8 +99,8 @@ class ASACaseHead(nn.Module):
         self.in_channels, self.out_channels, self.embed_dim, self.patch_size = in_channels, out_channels, embed_dim, patch_size
         self.pos_mode, self.lr_axis = pos_mode, lr_axis
         self.network_arch = "case_head"  # its name in the network registry, for network_spec
-        self.spe_frame = "brain"  # the training step passes crop offsets (asa.train.finetune)
-        self.uses_regions = False
+        self.spe_frame = "brain"  # exports place codes on the brain frame
+        self.capabilities = Capabilities(offsets=True, patch_size=patch_size, reference_grid=self.reference_grid)
         self.num_encoder_layers = depth + 1  # patch embedding = layer 0, block i = i + 1, final norm = depth + 1
         self.network_kwargs.update(img_size=list(self.img_size), reference_grid=list(self.reference_grid))
         self.target_shift, self.target_scale = float(target_shift), float(target_scale)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from asa.models.declared import Capabilities
 from asa.models.encoder import ENCODER_PREFIX, EncoderSettings, SWViTEncoder
 from asa.models.objective import LOSS_WEIGHTINGS, reconstruction_objective
 from asa.models.patch import patchify, unpatchify
@@ -105,6 +106,7 @@ class MaskedAutoencoder(nn.Module):
         self.objective = objective
         self.loss_weighting = objective.weighting  # uniform | attentive | focal_region: what out.weights are
         self.uses_regions = encoder.uses_regions or decoder.uses_regions or objective.uses_regions
+        self.capabilities = Capabilities(regions=self.uses_regions)
 
     # --- shapes -------------------------------------------------------------------------
     def patchify(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock,
 from torch import nn
 
 from asa.io import load_weights
+from asa.models.declared import Capabilities
 from asa.models.encoder import ENCODER_PREFIX, EncoderSettings, SWViTEncoder
 from asa.models.patch import patch_grid, to_3tuple
 from asa.models.region_attention import patch_regions
@@ -165,7 +166,9 @@ class SWViTSegmenter(nn.Module):
         self.hidden_indices = tuple((k + 1) * depth // 4 - 1 for k in range(3))  # e.g. 2, 5, 8 of 12
         self.num_encoder_layers = depth + 1  # patch embedding = layer 0, block i = i + 1, final norm = depth + 1
         self._zero_encoder = False
-        self.uses_regions = self.encoder.uses_regions
+        self.capabilities = Capabilities(regions=encoder.uses_regions, offsets=spe_frame == "brain",
+                                         patch_size=self.patch_size, reference_grid=self.reference_grid,
+                                         zero_encoder=True)
         f, embed_dim, in_channels = feature_size, encoder.embed_dim, self.in_channels
         conv = dict(spatial_dims=3, kernel_size=3, norm_name=norm_name)
         self.feature_size = f
@@ -210,7 +213,7 @@ class SWViTSegmenter(nn.Module):
         if offsets is not None and offsets.shape != (x.shape[0], 3):
             raise ValueError(f"ASASegmenter offsets must be [B, 3] = [{x.shape[0]}, 3], got {list(offsets.shape)}")
         patch_ids = None
-        if self.uses_regions:
+        if self.capabilities.regions:
             if regions is None:
                 raise ValueError("this ASASegmenter has region attention: forward needs regions [B, 1, D, H, W]")
             patch_ids = patch_regions(regions, self.encoder.patch_size)  # [B, N]

@@ -13,17 +13,9 @@ from torch.utils.data import Dataset
 from asa.data.tasks import Task
 from asa.eval.inference import predict_volume
 from asa.eval.metrics import dice
-from asa.models import unwrap
+from asa.models import capabilities
 from asa.train.distributed import DistEnv
 from asa.train.panels import panel_centre, slice_grid
-
-
-def _takes_offsets(model: nn.Module) -> bool:
-    return getattr(unwrap(model), "spe_frame", None) == "brain"
-
-
-def _uses_regions(model: nn.Module) -> bool:
-    return bool(getattr(unwrap(model), "uses_regions", False))
 
 
 def segmentation_step(criterion: nn.Module) -> Callable[[nn.Module, Mapping], tuple[torch.Tensor, dict]]:
@@ -33,10 +25,10 @@ def segmentation_step(criterion: nn.Module) -> Callable[[nn.Module, Mapping], tu
 
     def step(model: nn.Module, batch: Mapping) -> tuple[torch.Tensor, dict]:
         kwargs = {}
-        if _takes_offsets(model) and "offset" in batch:
+        if capabilities(model).offsets and "offset" in batch:
             kwargs["offsets"] = batch["offset"]
         regions = batch.get("region")
-        if _uses_regions(model):
+        if capabilities(model).regions:
             kwargs["regions"] = regions
         logits = model(batch["image"], **kwargs)
         if regions is None:
@@ -91,7 +83,7 @@ def make_dice_validator(
             probs = predict_volume(model, item["image"], roi_size=roi_size, multilabel=task.multilabel,
                                    overlap=overlap, sw_batch_size=sw_batch_size, device=env.device,
                                    centre=item.get("centre"),
-                                   regions=item.get("region") if _uses_regions(model) else None)
+                                   regions=item.get("region") if capabilities(model).regions else None)
             scores = [dice(p, r, ignore=ig) for p, r, ig in output_masks(probs, item["label"], task)]
             totals += torch.tensor([*scores, 1.0], dtype=torch.float64)
         if env.distributed and dist.is_initialized():

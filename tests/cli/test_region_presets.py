@@ -11,6 +11,7 @@ from asa.api.config import compose_config
 from asa.data import discover, load_volume
 from asa.eval.predict import Predictor, predict_cases
 from asa.io import load_checkpoint
+from asa.models import capabilities
 
 PRESETS = {  # experiment: (model.region_attention, method.loss_weighting)
     "rat_msa": ("alternate", "uniform"),
@@ -124,7 +125,7 @@ def test_rat_presets_pretrain_then_finetune(tmp_path):
     assert load_checkpoint(ft / "checkpoints" / "best.pt")["config"]["data"]["regions"]["source"] == "cluster"
     # asa-predict's path rebuilds the network and its region source from the checkpoint
     predictor = Predictor.from_checkpoint(ft / "checkpoints" / "best.pt", device=torch.device("cpu"))
-    assert predictor.model.uses_regions and predictor.regions.source == "cluster"
+    assert capabilities(predictor.model).regions and predictor.regions.source == "cluster"
     case = discover("ibsr", next((cache / "demo").glob("ibsr-*")))[0]
     written = predict_cases(predictor, [case], tmp_path / "pred", progress=False)
     pred = load_volume(written[0], label=True)

@@ -10,7 +10,7 @@ import torch
 from asa.data import discover, get_task, preprocess_for_inference, write_demo_dataset
 from asa.eval.probe import build_probe_set, knn_accuracy, make_probe, patch_fractions, ridge_r2
 from asa.eval.reliance import encoder_reliance
-from asa.models import ASA, PRESETS
+from asa.models import ASA, PRESETS, Capabilities
 
 
 def test_ridge_recovers_a_planted_linear_signal_and_not_noise():
@@ -64,11 +64,12 @@ def test_probe_on_demo_phantoms(tmp_path):
 
 
 class _Switch(torch.nn.Module):
-    """Stand-in segmenter with the zero_encoder_states() switch; the fake predictor reads it."""
+    """Stand-in segmenter declaring the zero_encoder_states() switch; the fake predictor reads it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.zeroed = False
+        self.capabilities = Capabilities(zero_encoder=True)
 
     @contextlib.contextmanager
     def zero_encoder_states(self):

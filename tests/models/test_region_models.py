@@ -95,4 +95,4 @@ def test_segmenter_with_region_attention():
     with pytest.raises(ValueError, match="needs regions"):
         net(x)
     plain = ASASegmenter(img_size=32, out_channels=3, feature_size=8, embed_dim=24, depth=4, num_heads=2, window_size=8)
-    assert not plain.uses_regions and plain(x).shape == logits.shape
+    assert net.capabilities.regions and not plain.capabilities.regions and plain(x).shape == logits.shape

@@ -1,0 +1,49 @@
+"""What a network takes besides the image and what it offers, declared when it is built.
+
+A network sets ``self.capabilities = Capabilities(...)`` in its constructor; the training steps,
+sliding-window inference, prediction and the diagnostics read it with :func:`capabilities`, never
+by probing for attributes. A network that declares nothing (MONAI's UNETR, SwinUNETR) takes the
+image alone and offers nothing more.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from asa.models.compiled import unwrap
+
+__all__ = ["Capabilities", "capabilities"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    regions: bool = False  # forward(x, regions=[B, 1, D, H, W]): a region map per voxel (region attention)
+    offsets: bool = False  # forward(x, offsets=[B, 3]): the crop's origin in patches on the brain frame
+    patch_size: int | None = None  # with reference_grid: the lattice crops and windows start on
+    reference_grid: tuple[int, int, int] | None = None  # the brain frame's grid, in patches
+    zero_encoder: bool = False  # zero_encoder_states(): the encoder-reliance diagnostic
+
+    def __post_init__(self) -> None:
+        if (self.patch_size is None) != (self.reference_grid is None):
+            raise ValueError("Capabilities: patch_size and reference_grid come together (the lattice) or not at all")
+
+    @property
+    def lattice(self) -> tuple[int, tuple[int, int, int]] | None:
+        """(patch size, reference size in voxels) of a network whose crops and windows start on its
+        patch lattice, else None."""
+        if self.patch_size is None or self.reference_grid is None:
+            return None
+        return self.patch_size, tuple(int(g) * self.patch_size for g in self.reference_grid)  # type: ignore[return-value]
+
+
+NOTHING = Capabilities()
+
+
+def capabilities(model: nn.Module) -> Capabilities:
+    """The capabilities ``model`` (or the network inside its DDP / compile wrapper) declared."""
+    declared = unwrap(model).__dict__.get("capabilities", NOTHING)
+    if not isinstance(declared, Capabilities):
+        raise TypeError(f"{type(unwrap(model)).__name__}.capabilities must be an asa.models.Capabilities, "
+                        f"got {type(declared).__name__}")
+    return declared
