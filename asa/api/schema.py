@@ -246,8 +246,8 @@ class RunConfig:
     resume: Any = False  # false | true | auto | a .pt path
     overwrite: bool = False  # start anew in a folder holding a run, moving that run aside
     debug: bool = False  # full tracebacks instead of one-line errors
-    seed: int = 0
-    device: str = "auto"
+    seed: int = 0  # global seed; rank r uses seed + r for its own random streams
+    device: str = "auto"  # auto (cuda:<local rank> if available, else cpu) | cpu | cuda
     resume_must_match: List[str] = field(default_factory=list)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
