@@ -1,4 +1,4 @@
-"""``asa-demo-data``: write a phantom dataset in one of the real layouts."""
+"""``asa-demo-data``: write a phantom dataset, or subjects warped from the MNI152 template, in one of the real layouts."""
 
 from __future__ import annotations
 
@@ -22,9 +22,16 @@ orientations for some layouts (BraTS LPS, IBSR LIA, WMH LAS) as real data are. C
 synthetic (BraTS2021_DEMO_00000, BRATS_DEMO_001), never a real dataset's. A non-empty --out is
 refused unless --overwrite.
 
+--anatomy writes subjects warped from the MNI ICBM152 2009 template (needs
+pip install "asa[anatomy]", which installs nilearn and its copy of the template) in bids, caps,
+filelist, ibsr or msd; --size is then the grid holding the whole brain (64 -> about 3 mm voxels).
+--lesions adds grey-matter heterotopia (msd label 4) and enlarged deep grey nuclei on one side (label 5),
+lesions with normal tissue intensities (bids, caps, filelist, msd).
+
 example:
   asa-demo-data --layout brats --out /tmp/brats_demo --cases 6 --size 64 --seed 0
   asa-demo-data --layout brats --out /tmp/brats_case --cases 1 --size 240 240 155   # full BraTS size
+  asa-demo-data --layout msd --anatomy --lesions --out /tmp/mni_msd --cases 8 --size 64
 """
 
 
@@ -45,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--targets", action="store_true",
                         help="aged phantoms with age, sex and diagnosis per subject (bids, caps, filelist: "
                              "participants.tsv or files.csv), for asa-finetune data=targets")
+    parser.add_argument("--anatomy", action="store_true",
+                        help="subjects warped from the MNI152 template instead of phantoms (bids, caps, filelist, "
+                             'ibsr, msd; pip install "asa[anatomy]")')
+    parser.add_argument("--lesions", action="store_true",
+                        help="with --anatomy: grey-matter heterotopia and one-sided enlarged deep grey nuclei (msd labels 4 and 5)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty --out (files of the same name are replaced)")
     return parser
@@ -58,13 +70,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = args.size[0] if len(args.size) == 1 else tuple(args.size)
     try:
         out = write_demo_dataset(args.layout, args.out, cases=args.cases, size=size, seed=args.seed,
-                                 overwrite=args.overwrite, targets=args.targets)
-    except (ValueError, FileExistsError) as err:
+                                 overwrite=args.overwrite, targets=args.targets, anatomy=args.anatomy,
+                                 lesions=args.lesions)
+    except (ValueError, FileExistsError, ImportError) as err:
         print(f"asa-demo-data: error: {err}", file=sys.stderr)
         return 2
     shape = f"{size}^3" if isinstance(size, int) else " x ".join(map(str, size))
     with_targets = " with age, sex and diagnosis" if args.targets else ""
-    print(f"wrote {args.cases} {args.layout} case(s) of {shape} voxels{with_targets} to {out}")
+    source = (" MNI152 template subject(s)" + (" with lesions" if args.lesions else "")) if args.anatomy else " case(s)"
+    print(f"wrote {args.cases} {args.layout}{source} of {shape} voxels{with_targets} to {out}")
     return 0
 
 

@@ -1,5 +1,5 @@
 """Data: NIfTI I/O in RAS+ (from `asa.io`), dataset layouts, tasks, case targets, splits, preprocessing, datasets
-and demo phantoms."""
+and demo data (phantoms, and subjects warped from the MNI152 template)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from asa.data.datasets import (
     preprocess_for_inference,
     region_map_for_inference,
 )
-from asa.data.demo import (DEMO_DIAGNOSES, TARGET_LAYOUTS, default_cache_dir, demo_subject, ensure_demo_dataset,
-                           write_demo_dataset)
+from asa.data.anatomy import LESION_NAMES, AnatomySubject, make_anatomy_subject
+from asa.data.demo import (ANATOMY_LAYOUTS, DEMO_DIAGNOSES, TARGET_LAYOUTS, default_cache_dir, demo_subject,
+                           ensure_demo_dataset, write_anatomy_dataset, write_demo_dataset)
 from asa.data.layouts import LAYOUTS, PRETRAIN_LAYOUTS, SEGMENTATION_LAYOUTS, CaseError, detect_layout, discover
 from asa.data.phantom import Phantom, make_phantom
 from asa.data.regions import REGION_SOURCES, RegionSource, cluster_tissue
@@ -24,6 +25,11 @@ from asa.data.tasks import TASKS, Task, get_task
 from asa.io import load_volume, save_volume  # the data stage's public NIfTI reader and writer (DESIGN §4)
 
 __all__ = [
+    "ANATOMY_LAYOUTS",
+    "AnatomySubject",
+    "LESION_NAMES",
+    "make_anatomy_subject",
+    "write_anatomy_dataset",
     "Case",
     "CaseDataset",
     "TargetDataset",

@@ -16,18 +16,21 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 from nibabel.orientations import axcodes2ornt, inv_ornt_aff, ornt_transform
 
 from asa.io import atomic_write_json, atomic_write_text
+from asa.data.anatomy import LESION_NAMES, make_anatomy_subject
 from asa.data.layouts.names import LAYOUTS
 from asa.data.phantom import Phantom, make_phantom
 
-__all__ = ["write_demo_dataset", "ensure_demo_dataset", "default_cache_dir", "write_nifti", "demo_subject",
-           "DEMO_DIAGNOSES", "TARGET_LAYOUTS"]
+__all__ = ["write_demo_dataset", "write_anatomy_dataset", "ensure_demo_dataset", "default_cache_dir", "write_nifti",
+           "demo_subject", "DEMO_DIAGNOSES", "TARGET_LAYOUTS", "ANATOMY_LAYOUTS"]
 
 DEMO_VERSION = 3  # 2: synthetic BraTS/MSD case ids; 3: synthetic ids in every layout
 _RAS = axcodes2ornt(("R", "A", "S"))
@@ -42,6 +45,12 @@ _ATROPHY = {"CN": (0.0, 0.2), "MCI": (0.3, 0.6), "AD": (0.65, 1.0)}  # grade ran
 DEMO_AGES = (55.0, 90.0)
 TARGET_LAYOUTS = ("bids", "caps", "filelist")
 """Layouts whose demo can carry targets (``targets=True``): the T1 cohorts' layouts."""
+ANATOMY_LAYOUTS = ("bids", "caps", "filelist", "ibsr", "msd")
+"""Layouts the template subjects (``anatomy=True``, `asa.data.anatomy`) are written in: the T1 cohorts',
+IBSR (T1 + tissue labels) and MSD (4 channels + tissue and lesion labels)."""
+_LESION_LAYOUTS = ("bids", "caps", "filelist", "msd")
+# what a writer draws subject i from: (object with images / tissue / affine, its targets or None)
+_Make = Callable[[int], tuple[Any, "dict[str, object] | None"]]
 
 
 def default_cache_dir() -> Path:
@@ -103,13 +112,14 @@ def _table(header: tuple[str, ...], rows: list[tuple[object, ...]], sep: str = "
 _TARGET_COLUMNS = ("age", "sex", "diagnosis")
 
 
-def _bids(out: Path, n: int, size: int, seed: int, targets: bool = False) -> None:
-    atomic_write_json(out / "dataset_description.json", {"Name": "asa demo (phantoms)", "BIDSVersion": "1.8.0"})
+def _bids(out: Path, n: int, size: int, seed: int, targets: bool = False, make: _Make | None = None,
+          title: str = "asa demo (phantoms)") -> None:
+    atomic_write_json(out / "dataset_description.json", {"Name": title, "BIDSVersion": "1.8.0"})
     rows = []
     orients = ("RAS", "LPS", "LAS")
     for i in range(n):
         sub = f"sub-DEMO{i + 1:03d}"  # BIDS labels are alphanumeric
-        ph, subject = _t1_phantom(size, seed, i, targets)
+        ph, subject = make(i) if make else _t1_phantom(size, seed, i, targets)
         rows.append((sub,) + (tuple(subject[c] for c in _TARGET_COLUMNS) if targets else ()))
         anat = out / sub / ("ses-M00/anat" if i % 2 == 0 else "anat")
         name = f"{sub}_ses-M00_T1w.nii.gz" if i % 2 == 0 else f"{sub}_T1w.nii.gz"
@@ -121,11 +131,11 @@ def _bids(out: Path, n: int, size: int, seed: int, targets: bool = False) -> Non
     atomic_write_text(out / "participants.tsv", _table(columns, rows))
 
 
-def _caps(out: Path, n: int, size: int, seed: int, targets: bool = False) -> None:
+def _caps(out: Path, n: int, size: int, seed: int, targets: bool = False, make: _Make | None = None) -> None:
     rows = []
     for i in range(n):
         sub, ses = f"sub-DEMO{i + 1:03d}", "ses-M000"
-        ph, subject = _t1_phantom(size, seed, i, targets)
+        ph, subject = make(i) if make else _t1_phantom(size, seed, i, targets)
         name = f"{sub}_{ses}_T1w_space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w.nii.gz"
         write_nifti(ph.images["t1"], ph.affine, out / "subjects" / sub / ses / "t1_linear" / name, "RAS", np.float32)
         if targets:
@@ -134,10 +144,10 @@ def _caps(out: Path, n: int, size: int, seed: int, targets: bool = False) -> Non
         atomic_write_text(out / "participants.tsv", _table(("participant_id", "session_id") + _TARGET_COLUMNS, rows))
 
 
-def _filelist(out: Path, n: int, size: int, seed: int, targets: bool = False) -> None:
+def _filelist(out: Path, n: int, size: int, seed: int, targets: bool = False, make: _Make | None = None) -> None:
     rows = []
     for i in range(n):
-        ph, subject = _t1_phantom(size, seed, i, targets)
+        ph, subject = make(i) if make else _t1_phantom(size, seed, i, targets)
         cid = f"DEMO_{i:03d}"
         write_nifti(ph.images["t1"], ph.affine, out / "images" / f"{cid}.nii.gz", "RAS", np.float32)
         values = tuple(subject[c] for c in _TARGET_COLUMNS) if targets else ()
@@ -154,10 +164,10 @@ def _brats(out: Path, n: int, size: int, seed: int) -> None:
         write_nifti(ph.tumour, ph.affine, out / cid / f"{cid}_seg.nii.gz", "LPS", np.uint8)
 
 
-def _ibsr(out: Path, n: int, size: int, seed: int) -> None:
+def _ibsr(out: Path, n: int, size: int, seed: int, make: _Make | None = None) -> None:
     for i in range(n):
         cid = f"IBSR_DEMO_{i + 1:02d}"
-        ph = make_phantom(size, seed=seed * 1000 + i)
+        ph = make(i)[0] if make else make_phantom(size, seed=seed * 1000 + i)
         write_nifti(_int16(ph.images["t1"]), ph.affine, out / cid / f"{cid}_ana_strip.nii.gz", "LIA")
         write_nifti(ph.tissue, ph.affine, out / cid / f"{cid}_segTRI_ana.nii.gz", "LIA", np.uint8)
 
@@ -195,11 +205,39 @@ def _msd(out: Path, n: int, size: int, seed: int) -> None:
     )
 
 
+def _msd_anatomy(out: Path, n: int, make: _Make, lesions: bool) -> None:
+    """nnU-Net v2 raw, 4 channels as the phantoms' MSD (FLAIR, T1w, T1gd, T2w); labels 0 background,
+    1 CSF, 2 GM, 3 WM and, with ``lesions``, the lesion classes of `asa.data.anatomy.LESION_NAMES`."""
+    channels = ("FLAIR", "T1w", "T1gd", "T2w")
+    source = ("flair", "t1", "t1ce", "t2")
+    for i in range(n):
+        cid = f"MNI_DEMO_{i + 1:03d}"
+        subject = make(i)[0]
+        for k, mod in enumerate(source):
+            write_nifti(subject.images[mod], subject.affine, out / "imagesTr" / f"{cid}_{k:04d}.nii.gz", "RAS",
+                        np.float32)
+        write_nifti(subject.labels, subject.affine, out / "labelsTr" / f"{cid}.nii.gz", "RAS", np.uint8)
+    labels = {"background": 0, "CSF": 1, "GM": 2, "WM": 3}
+    if lesions:
+        labels.update({name: value for value, name in LESION_NAMES.items()})
+    atomic_write_json(
+        out / "dataset.json",
+        {
+            "name": "asa demo anatomy (MNI ICBM152 2009 template)",
+            "channel_names": {str(k): c for k, c in enumerate(channels)},
+            "labels": labels,
+            "numTraining": n,
+            "file_ending": ".nii.gz",
+        },
+    )
+
+
 _WRITERS = {"bids": _bids, "caps": _caps, "filelist": _filelist, "brats": _brats, "ibsr": _ibsr, "wmh": _wmh, "msd": _msd}
 
 
 def write_demo_dataset(layout: str, out: str | Path, *, cases: int = 4, size: int | tuple[int, int, int] = 64,
-                       seed: int = 0, overwrite: bool = False, targets: bool = False) -> Path:
+                       seed: int = 0, overwrite: bool = False, targets: bool = False, anatomy: bool = False,
+                       lesions: bool = False) -> Path:
     """Write ``cases`` phantoms of ``size``^3, or of shape ``size`` (x, y, z) in RAS voxels, e.g.
     (240, 240, 155) for a full BraTS case (1 mm), in ``layout`` under ``out``; returns ``out``.
 
@@ -209,10 +247,30 @@ def write_demo_dataset(layout: str, out: str | Path, *, cases: int = 4, size: in
     ``session_id`` column, a file list as columns of ``files.csv``. Without it the phantoms are the
     ageless ones, unchanged.
 
+    ``anatomy`` writes subjects warped from the MNI152 template instead of phantoms
+    (`asa.data.anatomy.make_anatomy_subject`; needs ``pip install "asa[anatomy]"``), in the layouts
+    `ANATOMY_LAYOUTS`: ``size`` is then the grid that holds the whole brain (64 -> about 3 mm voxels),
+    not 1 mm voxels. ``lesions`` (with ``anatomy``; not IBSR, whose labels hold tissue only) adds the
+    lesion kinds of `asa.data.anatomy.LESION_NAMES`, labelled 4 and 5 in the MSD layout.
+
     ``out`` must be missing or empty: a folder holding anything is refused (`FileExistsError`, naming
     what is there) unless ``overwrite``, since the phantoms would replace or mix with its files."""
     if layout not in _WRITERS:
         raise ValueError(f"unknown demo layout {layout!r}; expected one of {LAYOUTS}")
+    if anatomy and layout not in ANATOMY_LAYOUTS:
+        raise ValueError(f"anatomy=True (--anatomy) writes the layouts {ANATOMY_LAYOUTS}, not {layout!r}: its labels "
+                         "are tumour or WMH classes the template subjects do not have; use 'msd' for 4-channel "
+                         "(FLAIR, T1w, T1gd, T2w) subjects with tissue and lesion labels")
+    if lesions and not anatomy:
+        raise ValueError("lesions=True (--lesions) is for the template subjects (anatomy=True, --anatomy); the "
+                         "phantoms carry their pathology in the brats, wmh and msd layouts")
+    if lesions and layout not in _LESION_LAYOUTS:
+        raise ValueError(f"lesions=True (--lesions) is for the layouts {_LESION_LAYOUTS}, not {layout!r}: its labels "
+                         "hold the tissue classes only (1 CSF, 2 GM, 3 WM), and unlabelled lesions would be "
+                         "mislabelled tissue; use 'msd' for labelled lesions")
+    if anatomy and targets:
+        raise ValueError("targets=True (--targets) is for the phantoms, not the template subjects (anatomy=True, "
+                         "--anatomy), which carry no age, sex or diagnosis")
     if targets and layout not in TARGET_LAYOUTS:
         raise ValueError(f"targets=True is for the layouts {TARGET_LAYOUTS} (T1 cohorts with a subject table), "
                          f"not {layout!r}")
@@ -233,28 +291,69 @@ def write_demo_dataset(layout: str, out: str | Path, *, cases: int = 4, size: in
         raise FileExistsError(f"--out {out} is not empty ({shown}): the phantoms would replace or mix with its "
                               "files. Choose a new folder, or pass --overwrite to write into it anyway")
     out.mkdir(parents=True, exist_ok=True)
-    _WRITERS[layout](out, cases, size, seed, **({"targets": True} if targets else {}))
+    if not anatomy:
+        _WRITERS[layout](out, cases, size, seed, **({"targets": True} if targets else {}))
+        return out
+
+    def make(index: int) -> tuple[Any, None]:
+        return make_anatomy_subject(size, seed=seed, index=index, lesions=lesions), None
+
+    if layout == "msd":
+        _msd_anatomy(out, cases, make, lesions)
+    else:
+        title = {"title": "asa demo (MNI ICBM152 2009 template subjects)"} if layout == "bids" else {}
+        _WRITERS[layout](out, cases, size, seed, make=make, **title)
     return out
 
 
+def write_anatomy_dataset(layout: str, out: str | Path, *, cases: int = 4, size: int | tuple[int, int, int] = 64,
+                          seed: int = 0, lesions: bool = False, overwrite: bool = False) -> Path:
+    """Write ``cases`` subjects warped from the MNI ICBM152 2009 template in ``layout`` under ``out``;
+    returns ``out``. Needs nilearn: ``pip install "asa[anatomy]"`` (`ImportError` naming it otherwise).
+
+    ``layout``: one of `ANATOMY_LAYOUTS`. ``bids`` / ``caps`` / ``filelist``: one T1w per subject
+    (float32; BIDS orientations alternate RAS / LPS / LAS as the phantoms'), for pretraining.
+    ``ibsr``: T1 (int16, LIA) + tissue labels 1 CSF / 2 GM / 3 WM. ``msd``: nnU-Net v2 raw with 4
+    channels (FLAIR, T1w, T1gd, T2w; float32, RAS) and labels 0 background, 1 CSF, 2 GM, 3 WM, plus,
+    with ``lesions``, 4 heterotopia (grey-matter nodules in deep white matter) and 5
+    deep_grey_enlargement (the deep grey nuclei of one hemisphere grown): lesions with the intensities of normal
+    tissue, found only from context (`asa.data.anatomy`). ``lesions`` also works for the T1 layouts
+    (lesioned, unlabelled images); IBSR is refused (`ValueError`).
+
+    ``size``: the grid, one edge or (x, y, z), that holds the whole brain isotropically (64 ->
+    about 3 mm voxels, 32 -> 6 mm; at least 16). Subject i depends on ``seed`` and i only (same
+    seed -> identical files; a subject with ``lesions`` is the same head, warp and noise as
+    without). The template is loaded and resampled once per process (a few seconds); then about
+    0.1-0.5 s per subject at 32-64 voxels on one CPU core. ``out`` must be missing or empty unless
+    ``overwrite`` (`FileExistsError`). Same as ``write_demo_dataset(layout, out, ..., anatomy=True)``."""
+    return write_demo_dataset(layout, out, cases=cases, size=size, seed=seed, overwrite=overwrite, anatomy=True,
+                              lesions=lesions)
+
+
 def ensure_demo_dataset(layout: str, *, cases: int = 4, size: int = 64, seed: int = 0,
-                        cache_dir: str | Path | None = None, targets: bool = False) -> Path:
-    """Demo dataset in ``cache_dir/demo/<layout>-n<cases>-s<size>-seed<seed>-v<version>[-targets]``,
-    generated once (``targets``: see `write_demo_dataset`).
+                        cache_dir: str | Path | None = None, targets: bool = False, anatomy: bool = False,
+                        lesions: bool = False) -> Path:
+    """Demo dataset in ``cache_dir/demo/<layout>-n<cases>-s<size>-seed<seed>-v<version>[-targets]``
+    (``[-anatomy[-lesions]]`` for template subjects), generated once (``targets``, ``anatomy``,
+    ``lesions``: see `write_demo_dataset`).
 
     Generation happens in a temporary sibling folder renamed into place, so concurrent callers
     (e.g. several DDP ranks) never see a half-written dataset.
     """
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    target = base / "demo" / f"{layout}-n{cases}-s{size}-seed{seed}-v{DEMO_VERSION}{'-targets' if targets else ''}"
+    source = ("-anatomy" + ("-lesions" if lesions else "")) if anatomy else ""
+    target = base / "demo" / f"{layout}-n{cases}-s{size}-seed{seed}-v{DEMO_VERSION}{'-targets' if targets else ''}{source}"
     if (target / ".complete").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        write_demo_dataset(layout, tmp, cases=cases, size=size, seed=seed, targets=targets)
+        write_demo_dataset(layout, tmp, cases=cases, size=size, seed=seed, targets=targets, anatomy=anatomy,
+                           lesions=lesions)
         (tmp / ".complete").write_text(json.dumps({"layout": layout, "cases": cases, "size": size, "seed": seed,
-                                                   **({"targets": True} if targets else {})}))
+                                                   **({"targets": True} if targets else {}),
+                                                   **({"anatomy": True} if anatomy else {}),
+                                                   **({"lesions": True} if lesions else {})}))
         if target.exists() and not (target / ".complete").is_file():
             shutil.rmtree(target, ignore_errors=True)  # leftover of an interrupted older writer
         try:

@@ -1,0 +1,288 @@
+"""Demo subjects from a real brain template: the MNI ICBM152 2009 template, warped per subject.
+
+Each subject is the template (T1 intensities and grey / white-matter probability maps, CSF the rest
+of the brain mask) resampled once per process onto the output grid, then, per subject: optional
+lesions drawn into the template, a random affine (rotation up to 5 degrees, scale ±6 %, shift up to
+6 mm) with a smooth random deformation field (MONAI `Rand3DElastic`, displacement of about 2 mm
+RMS), four contrasts (T1 the template's own intensities; T1ce, T2 and FLAIR from tissue tables),
+then per contrast a smooth multiplicative bias field (`RandBiasField`), a random gamma
+(`RandAdjustContrast`) and Rician noise (`RandRicianNoise`); skull-stripped (zero outside the
+brain). Every random number comes from generators seeded by ``(seed, index)``: the same seed and
+index give the same arrays, bit for bit; the lesion draws have a stream of their own, so a subject
+with ``lesions=True`` is the same head, warp and noise as without.
+
+Labels: 0 background, 1 CSF, 2 GM, 3 WM (argmax of the warped tissue probabilities inside the
+brain), and with ``lesions`` two lesion kinds that intensity alone cannot find (`LESION_NAMES`):
+
+* 4 ``heterotopia``: one or two nodules of grey matter inside deep white matter. In every contrast
+  they have exactly the grey-matter intensities; only their surroundings (white matter all round,
+  far from the cortex) say they are abnormal.
+* 5 ``deep_grey_enlargement``: the deep grey nuclei (thalamus, basal ganglia) of one hemisphere
+  (left or right, drawn per subject) grown by 3-5 mm into the white matter around them, with their
+  own grey-matter profile. The added voxels look like the nuclei, so like grey matter, in every
+  contrast; they are abnormal only against the other hemisphere (the template is exactly left-right
+  symmetric, so the healthy nuclei mirror each other).
+
+Template and licence: the files ``mni_icbm152_{t1,gm,wm}_tal_nlin_sym_09a_converted.nii.gz`` that
+nilearn (``pip install "asa[anatomy]"``) ships in its wheel under ``nilearn/datasets/data/``, read
+offline with ``nilearn.datasets.load_mni152_template`` / ``load_mni152_gm_template`` /
+``load_mni152_wm_template``. nilearn's own description of the template
+(``nilearn/datasets/description/icbm152_2009.rst``) names its source,
+http://www.bic.mni.mcgill.ca/ServicesAtlases/ICBM152NLin2009 (Fonov et al. 2009, 2011; Collins et
+al. 1999), and gives its licence as "unknown"; the source publishes the template under this notice:
+
+    Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological
+    Institute, McGill University. Permission to use, copy, modify, and distribute this software and
+    its documentation for any purpose and without fee is hereby granted, provided that the above
+    copyright notice appear in all copies. The authors and McGill University make no
+    representations about the suitability of this software for any purpose. It is provided "as is"
+    without express or implied warranty.
+
+asa ships no template file: it reads nilearn's, and the subjects it writes are derived from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import torch
+from monai.transforms import Rand3DElastic, RandAdjustContrast, RandBiasField, RandRicianNoise
+from scipy import ndimage
+
+__all__ = ["AnatomySubject", "make_anatomy_subject", "ANATOMY_CLASSES", "LESION_NAMES", "TEMPLATE_NOTICE",
+           "INSTALL_HINT"]
+
+INSTALL_HINT = 'pip install "asa[anatomy]"'
+TEMPLATE_NOTICE = ("MNI ICBM152 2009 template (nilearn's copy): Copyright (C) 1993-2009 Louis Collins, McConnell "
+                   "Brain Imaging Centre, Montreal Neurological Institute, McGill University")
+ANATOMY_CLASSES = ("background", "csf", "gm", "wm")
+"""Tissue label values 0..3 (IBSR's)."""
+LESION_NAMES = {4: "heterotopia", 5: "deep_grey_enlargement"}
+"""Lesion label values of subjects made with ``lesions=True``."""
+MODALITIES = ("t1", "t1ce", "t2", "flair")
+# relative signal of CSF, GM, WM per derived contrast (T1 is the template's own image)
+_TABLES = {
+    "t1ce": (0.28, 0.68, 0.84),
+    "t2": (1.00, 0.62, 0.42),
+    "flair": (0.12, 0.66, 0.50),
+}
+_MARGIN = 1.06  # field of view over the brain's bounding box
+_DISPLACEMENT_MM = 2.0  # RMS of the elastic displacement
+_SIGMA_MM = 12.0  # smoothness of the elastic displacement
+
+
+@dataclass
+class AnatomySubject:
+    """Arrays [X, Y, Z] on an isotropic RAS+ grid (``affine``: voxel -> MNI mm, before the subject's warp).
+
+    ``images``: modality (`MODALITIES`) -> float32, about 0..1, zero outside the brain; ``tissue``:
+    uint8 0 bg / 1 CSF / 2 GM / 3 WM; ``labels``: ``tissue`` with the lesion classes of
+    `LESION_NAMES` painted over it; ``lesions``: what was drawn, per kind (template-space centres
+    in mm, the enlarged side).
+    """
+
+    images: dict[str, np.ndarray]
+    tissue: np.ndarray
+    labels: np.ndarray
+    brain_mask: np.ndarray
+    affine: np.ndarray
+    lesions: dict[str, object] = field(default_factory=dict)
+
+
+@lru_cache(maxsize=1)
+def _load_template() -> dict[str, np.ndarray | float]:
+    """The 1 mm template: T1 (0..1), GM, WM, CSF probabilities, brain mask, voxel -> mm affine."""
+    try:
+        from nilearn import datasets
+    except ImportError as err:
+        raise ImportError("the anatomy demo subjects (anatomy=True, asa-demo-data --anatomy) read the MNI152 template "
+                          f"that nilearn ships, and nilearn is not installed: {INSTALL_HINT}") from err
+    t1_img = datasets.load_mni152_template()  # bundled in the wheel: no download
+    t1 = np.asarray(t1_img.get_fdata(dtype=np.float32))
+    gm = np.asarray(datasets.load_mni152_gm_template().get_fdata(dtype=np.float32))
+    wm = np.asarray(datasets.load_mni152_wm_template().get_fdata(dtype=np.float32))
+    brain = ndimage.binary_fill_holes(t1 > 0.05)  # the T1 is skull-stripped: the brain is what is not zero
+    csf = np.where(brain, np.clip(1.0 - gm - wm, 0.0, 1.0), 0.0).astype(np.float32)
+    return {"t1": t1, "gm": gm, "wm": wm, "csf": csf, "brain": brain.astype(np.float32), "affine": t1_img.affine}
+
+
+def _grid(shape: tuple[int, int, int]) -> np.ndarray:
+    """Affine of the isotropic grid ``shape`` that holds the template's brain, centred on x = 0 so
+    that voxel i mirrors voxel shape[0] - 1 - i (the template is left-right symmetric about x = 0)."""
+    tpl = _load_template()
+    idx = np.argwhere(tpl["brain"] > 0)
+    lo, hi = (_to_world(tpl["affine"], idx.min(0)), _to_world(tpl["affine"], idx.max(0)))
+    extent = (hi - lo + 1.0) * _MARGIN
+    voxel = float(np.max(extent / np.array(shape)))
+    centre = (lo + hi) / 2
+    centre[0] = 0.0
+    affine = np.diag([voxel, voxel, voxel, 1.0])
+    affine[:3, 3] = centre - (np.array(shape) - 1) / 2 * voxel
+    return affine
+
+
+def _to_world(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Voxel coordinates [..., 3] -> world [..., 3]."""
+    return np.asarray(points, dtype=np.float64) @ affine[:3, :3].T + affine[:3, 3]
+
+
+@lru_cache(maxsize=4)
+def _template_on_grid(shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    """The template resampled onto `_grid` (anti-aliased, trilinear), computed once per shape and
+    process: channels ``t1, csf, gm, wm, brain``, plus the T1 mean of each tissue (``t1_means``)."""
+    tpl = _load_template()
+    affine = _grid(shape)
+    voxel = affine[0, 0]
+    sigma = 0.5 * np.sqrt(max(voxel**2 - 1.0, 0.0))  # template voxels are 1 mm
+    to_template = np.linalg.inv(tpl["affine"]) @ affine
+    coords = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), -1).reshape(-1, 3)
+    where = _to_world(to_template, coords).T
+    out: dict[str, np.ndarray] = {"affine": affine}
+    for name in ("t1", "csf", "gm", "wm", "brain"):
+        smooth = ndimage.gaussian_filter(tpl[name], sigma) if sigma > 0 else tpl[name]
+        out[name] = ndimage.map_coordinates(smooth, where, order=1, mode="constant").reshape(shape).astype(np.float32)
+    means = [float(np.median(tpl["t1"][tpl[k] > 0.9])) for k in ("csf", "gm", "wm")]
+    out["t1_means"] = np.asarray(means, dtype=np.float32)
+    brain = out["brain"] > 0.5
+    out["depth"] = ndimage.distance_transform_edt(brain, sampling=voxel).astype(np.float32)  # mm to the outside
+    out["wm_depth"] = ndimage.distance_transform_edt(out["wm"] > 0.5, sampling=voxel).astype(np.float32)
+    for value in out.values():
+        value.flags.writeable = False  # shared by every subject of the process
+    return out
+
+
+def _ball(shape: tuple[int, ...], centre: np.ndarray, radius_vox: float) -> np.ndarray:
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return sum((g - c) ** 2 for g, c in zip(grids, centre)) <= radius_vox**2
+
+
+def _heterotopia(rng: np.random.Generator, tpl: dict[str, np.ndarray]) -> tuple[np.ndarray, list[list[float]]]:
+    """One or two GM nodules (radius 6-9 mm, at least 1.6 voxels) inside deep WM: mask and centres (mm)."""
+    voxel = float(tpl["affine"][0, 0])
+    shape = tpl["wm"].shape
+    mask = np.zeros(shape, dtype=bool)
+    centres = []
+    for _ in range(int(rng.integers(1, 3))):
+        radius = max(float(rng.uniform(6.0, 9.0)), 1.6 * voxel)
+        depth = np.where(mask, 0.0, tpl["wm_depth"])
+        if mask.any():  # keep nodules apart
+            depth = np.where(ndimage.distance_transform_edt(~mask, sampling=voxel) > radius + 2 * voxel, depth, 0.0)
+        candidates = np.argwhere(depth >= radius + voxel)
+        if not len(candidates):  # coarse grid: the deepest white matter there is
+            candidates = np.argwhere(depth >= depth.max() - 1e-6)
+        centre = candidates[int(rng.integers(len(candidates)))]
+        mask |= _ball(shape, centre, radius / voxel) & (tpl["wm"] > 0.5)
+        centres.append(_to_world(tpl["affine"], centre).round(1).tolist())
+    return mask, centres
+
+
+def _deep_grey_enlargement(rng: np.random.Generator, tpl: dict[str, np.ndarray], probs: np.ndarray,
+                           spare: np.ndarray) -> tuple[np.ndarray, str]:
+    """Grow the deep grey nuclei (thalamus, basal ganglia) of one hemisphere by 3-5 mm (at least
+    1.2 voxels) into the white matter around them, keeping their grey-matter profile (a grey-level
+    dilation of their GM probability): updates ``probs`` [CSF, GM, WM] in place (GM taken from WM,
+    nowhere in ``spare``) and returns the voxels that became GM and the side ("left" / "right")."""
+    voxel = float(tpl["affine"][0, 0])
+    shape = tpl["gm"].shape
+    side = ("left", "right")[int(rng.integers(2))]
+    sign = 1.0 if side == "right" else -1.0  # RAS: +x is the subject's right
+    x, y, z = (_to_world(tpl["affine"], np.eye(3)[a] * np.arange(n)[:, None])[:, a].reshape(
+        tuple(n if b == a else 1 for b in range(3))) for a, n in enumerate(shape))
+    box = (sign * x > 4) & (sign * x < 34) & (y > -38) & (y < 28) & (z > -12) & (z < 24)  # MNI mm
+    parts, n = ndimage.label((tpl["gm"] > 0.5) & box & (tpl["depth"] > 15.0))
+    if n == 0:
+        raise ValueError(f"no deep grey nuclei found on the {side} of the template at voxel size {voxel:.1f} mm: "
+                         "use a larger size")
+    nuclei = parts == 1 + int(np.argmax(ndimage.sum_labels(np.ones(shape), parts, index=np.arange(1, n + 1))))
+    width = max(float(rng.uniform(3.0, 5.0)), 1.2 * voxel)
+    near = ndimage.distance_transform_edt(~nuclei, sampling=voxel)
+    radius = int(np.ceil(width / voxel))
+    ball = _ball((2 * radius + 1,) * 3, np.array([radius] * 3), width / voxel)
+    grown = ndimage.maximum_filter(np.where(near <= voxel, tpl["gm"], 0.0), footprint=ball)
+    allowed = (sign * x > 0.25 * voxel) & (near <= width) & (tpl["csf"] < 0.5) & ~spare
+    was_gm = (probs[1] > probs[0]) & (probs[1] > probs[2])
+    gain = np.where(allowed, np.minimum(np.maximum(grown - probs[1], 0.0), probs[2]), 0.0)
+    probs[1] += gain
+    probs[2] -= gain
+    became = (probs[1] > probs[0]) & (probs[1] > probs[2]) & ~was_gm
+    return became, side
+
+
+def _displacement_scale(sigma_vox: float) -> float:
+    """RMS of MONAI's elastic offset (uniform(-1, 1) noise smoothed by a Gaussian of ``sigma_vox``)
+    per unit magnitude: sqrt(1/3 · Σ g²), Σ g² = (2 √π σ)^-3 for a normalised 3-D Gaussian."""
+    return float(np.sqrt(1.0 / 3.0) * (2.0 * np.sqrt(np.pi) * sigma_vox) ** -1.5)
+
+
+def _seed(rng: np.random.Generator) -> int:
+    return int(rng.integers(2**31 - 1))
+
+
+def make_anatomy_subject(size: int | tuple[int, int, int] = 64, *, seed: int = 0, index: int = 0,
+                         lesions: bool = False) -> AnatomySubject:
+    """Demo subject ``index`` of a dataset of seed ``seed`` on a grid of ``size``^3 (or ``size``
+    (x, y, z)) voxels covering the brain isotropically (64 -> about 3 mm voxels, 32 -> 6 mm).
+
+    ``lesions`` draws the lesion kinds of `LESION_NAMES` (see the module docstring) into the
+    template before the warp; everything else is the same as without. Needs nilearn
+    (``pip install "asa[anatomy]"``): `ImportError` saying so otherwise. The first subject of a
+    process loads and resamples the template (a few seconds); later ones reuse it."""
+    shape = (int(size),) * 3 if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
+    if len(shape) != 3 or min(shape) < 16:
+        raise ValueError(f"size must be one edge or three (x, y, z) of at least 16 voxels, got {size}")
+    tpl = _template_on_grid(shape)
+    voxel = float(tpl["affine"][0, 0])
+    rng = np.random.default_rng([seed, index, 26])
+    lesion_rng = np.random.default_rng([seed, index, 26, 1])  # its own stream: lesions change nothing else
+
+    probs = np.stack([tpl["csf"], tpl["gm"], tpl["wm"]])  # [3, X, Y, Z]
+    marks = np.zeros((2,) + shape, dtype=np.float32)
+    drawn: dict[str, object] = {}
+    if lesions:
+        nodules, centres = _heterotopia(lesion_rng, tpl)
+        probs[:, nodules] = np.array([[0.0], [1.0], [0.0]], dtype=np.float32)
+        spare = ndimage.binary_dilation(nodules, iterations=2)
+        grown, side = _deep_grey_enlargement(lesion_rng, tpl, probs, spare)
+        marks[0], marks[1] = nodules, grown
+        drawn = {"heterotopia": centres, "deep_grey_enlargement": side}
+    # T1: the template's image, changed by the tissue it lost or gained; the others from tissue tables,
+    # with the template's within-tissue texture (its T1 over the T1 its tissue mix predicts)
+    means = tpl["t1_means"]
+    t1 = tpl["t1"] + np.tensordot(means, probs - np.stack([tpl["csf"], tpl["gm"], tpl["wm"]]), axes=1)
+    texture = np.clip(tpl["t1"] / np.maximum(np.tensordot(means, np.stack([tpl["csf"], tpl["gm"], tpl["wm"]]),
+                                                          axes=1), 1e-3), 0.85, 1.15)
+    contrasts = [t1] + [np.tensordot(np.asarray(_TABLES[m], dtype=np.float32), probs, axes=1) * texture
+                        for m in MODALITIES[1:]]
+    stack = np.concatenate([np.stack(contrasts), probs, marks, tpl["brain"][None]]).astype(np.float32)
+
+    sigma = _SIGMA_MM / voxel
+    warp = Rand3DElastic(sigma_range=(sigma, sigma), prob=1.0,
+                         magnitude_range=(m := _DISPLACEMENT_MM / voxel / _displacement_scale(sigma), m),
+                         rotate_range=(np.deg2rad(5.0),) * 3, scale_range=(0.06,) * 3,
+                         translate_range=(6.0 / voxel,) * 3, mode="bilinear", padding_mode="zeros")
+    warp.set_random_state(seed=_seed(rng))
+    warped = np.asarray(torch.as_tensor(warp(torch.from_numpy(stack))).numpy(), dtype=np.float32)
+    images_w, probs_w, marks_w, brain_w = warped[:4], warped[4:7], warped[7:9], warped[9]
+
+    brain = brain_w > 0.5
+    background = np.clip(1.0 - probs_w.sum(0), 0.0, 1.0)
+    tissue = np.where(brain, np.argmax(np.concatenate([background[None], probs_w]), axis=0), 0).astype(np.uint8)
+    tissue[brain & (tissue == 0)] = 1  # inside the mask but little tissue: CSF
+    labels = tissue.copy()
+    for k, value in enumerate(LESION_NAMES):
+        labels[brain & (marks_w[k] > 0.5)] = value
+
+    images = {}
+    for name, image in zip(MODALITIES, images_w):
+        bias = RandBiasField(degree=3, coeff_range=(-0.04, 0.04), prob=1.0)
+        gamma = RandAdjustContrast(prob=1.0, gamma=(0.8, 1.25))
+        noise = RandRicianNoise(prob=1.0, std=0.03, sample_std=True)
+        out = image[None]
+        for transform in (bias, gamma, noise):
+            transform.set_random_state(seed=_seed(rng))
+            out = np.asarray(torch.as_tensor(transform(out)).numpy(), dtype=np.float32)
+        images[name] = np.where(brain, out[0], 0.0).astype(np.float32)
+    return AnatomySubject(images=images, tissue=tissue, labels=labels, brain_mask=brain,
+                          affine=tpl["affine"].copy(), lesions=drawn)
