@@ -5,8 +5,8 @@ of the brain mask) resampled once per process onto the output grid, then, per su
 lesions drawn into the template, a random affine (rotation up to 5 degrees, scale ±6 %, shift up to
 6 mm) with a smooth random deformation field (MONAI `Rand3DElastic`, displacement of about 2 mm
 RMS), four contrasts (T1 the template's own intensities; T1ce, T2 and FLAIR from tissue tables),
-then per contrast a smooth multiplicative bias field (`RandBiasField`), a random gamma
-(`RandAdjustContrast`) and Rician noise (`RandRicianNoise`); skull-stripped (zero outside the
+then per contrast a smooth multiplicative bias field (`RandBiasField`), a random gamma in
+[0.8, 1.25] and Rician noise (`RandRicianNoise`); skull-stripped (zero outside the
 brain). Every random number comes from generators seeded by ``(seed, index)``: the same seed and
 index give the same arrays, bit for bit; the lesion draws have a stream of their own, so a subject
 with ``lesions=True`` is the same head, warp and noise as without.
@@ -48,7 +48,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from monai.transforms import Rand3DElastic, RandAdjustContrast, RandBiasField, RandRicianNoise
+from monai.transforms import Rand3DElastic, RandBiasField, RandRicianNoise
 from scipy import ndimage
 
 __all__ = ["AnatomySubject", "make_anatomy_subject", "ANATOMY_CLASSES", "LESION_NAMES", "TEMPLATE_NOTICE",
@@ -277,12 +277,14 @@ def make_anatomy_subject(size: int | tuple[int, int, int] = 64, *, seed: int = 0
     images = {}
     for name, image in zip(MODALITIES, images_w):
         bias = RandBiasField(degree=3, coeff_range=(-0.04, 0.04), prob=1.0)
-        gamma = RandAdjustContrast(prob=1.0, gamma=(0.8, 1.25))
         noise = RandRicianNoise(prob=1.0, std=0.03, sample_std=True)
-        out = image[None]
-        for transform in (bias, gamma, noise):
-            transform.set_random_state(seed=_seed(rng))
-            out = np.asarray(torch.as_tensor(transform(out)).numpy(), dtype=np.float32)
+        bias.set_random_state(seed=_seed(rng))
+        out = np.asarray(torch.as_tensor(bias(image[None])).numpy(), dtype=np.float32)
+        # gamma on the fixed 0..1 scale, not MONAI's RandAdjustContrast (which rescales by the image's own
+        # min and max, so a lesion that changes the maximum would change every voxel)
+        out = np.maximum(out, 0.0) ** np.float32(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
+        noise.set_random_state(seed=_seed(rng))
+        out = np.asarray(torch.as_tensor(noise(out)).numpy(), dtype=np.float32)
         images[name] = np.where(brain, out[0], 0.0).astype(np.float32)
     return AnatomySubject(images=images, tissue=tissue, labels=labels, brain_mask=brain,
                           affine=tpl["affine"].copy(), lesions=drawn)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from asa.cli.demo_data import main
 from asa.data import LAYOUTS, detect_layout, discover
 from asa.io.nifti import strip_nifti
@@ -69,3 +71,11 @@ def test_targets_flag_writes_the_subjects_targets(tmp_path, capsys):
     rows = (tmp_path / "b" / "participants.tsv").read_text().splitlines()
     assert rows[0].split("\t")[:4] == ["participant_id", "age", "sex", "diagnosis"] and len(rows) == 4
     assert main(["--layout", "brats", "--out", str(tmp_path / "t"), "--cases", "2", "--size", "24", "--targets"]) == 2
+
+
+def test_anatomy_flag_writes_template_subjects(tmp_path, capsys):
+    pytest.importorskip("nilearn")
+    out = tmp_path / "msd"
+    assert main(["--layout", "msd", "--anatomy", "--lesions", "--cases", "2", "--size", "32", "--out", str(out)]) == 0
+    assert "MNI152 template subject(s) with lesions" in capsys.readouterr().out
+    assert [c.id for c in discover("msd", out)] == ["MNI_DEMO_001", "MNI_DEMO_002"]
