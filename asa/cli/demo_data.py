@@ -1,4 +1,4 @@
-"""``asa-demo-data``: write a phantom dataset, or subjects warped from the MNI152 template, in one of the real layouts."""
+"""``asa-demo-data``: write phantoms, or subjects warped from the MNI152 template, in one of the real layouts."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="subjects warped from the MNI152 template instead of phantoms (bids, caps, filelist, "
                              'ibsr, msd; pip install "asa[anatomy]")')
     parser.add_argument("--lesions", action="store_true",
-                        help="with --anatomy: grey-matter heterotopia and one-sided enlarged deep grey nuclei (msd labels 4 and 5)")
+                        help="with --anatomy: grey-matter heterotopia and one-sided enlarged deep grey nuclei "
+                             "(msd labels 4 and 5)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty --out (files of the same name are replaced)")
     return parser

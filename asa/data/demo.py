@@ -342,7 +342,8 @@ def ensure_demo_dataset(layout: str, *, cases: int = 4, size: int = 64, seed: in
     """
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     source = ("-anatomy" + ("-lesions" if lesions else "")) if anatomy else ""
-    target = base / "demo" / f"{layout}-n{cases}-s{size}-seed{seed}-v{DEMO_VERSION}{'-targets' if targets else ''}{source}"
+    name = f"{layout}-n{cases}-s{size}-seed{seed}-v{DEMO_VERSION}{'-targets' if targets else ''}{source}"
+    target = base / "demo" / name
     if (target / ".complete").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,8 @@ from scipy import ndimage
 
 pytest.importorskip("nilearn")
 
-from asa.data import (ANATOMY_LAYOUTS, LESION_NAMES, discover, get_task, load_volume, make_anatomy_subject,  # noqa: E402
-                      write_anatomy_dataset, write_demo_dataset)
+from asa.data import (ANATOMY_LAYOUTS, LESION_NAMES, discover, get_task, load_volume,  # noqa: E402
+                      make_anatomy_subject, write_anatomy_dataset, write_demo_dataset)
 
 
 def _decoded(root: Path) -> dict[str, bytes]:
