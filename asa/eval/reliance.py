@@ -3,7 +3,10 @@
 Each case is segmented twice, normally and with every encoder hidden state the decoder receives
 replaced by zeros (:meth:`asa.models.ASASegmenter.zero_encoder_states`). The Dice drop per class
 is what the encoder contributes; a drop near 0 means the decoder's convolutional path on the raw
-image does the work and pretraining the encoder cannot matter.
+image does the work and pretraining the encoder cannot matter. With ``hd95=True`` the normal
+prediction is also scored by HD95 per class, exactly as ``asa-evaluate`` scores it
+(:func:`asa.eval.evaluate.evaluate_arrays`: mm from the label's voxel spacing, BraTS empty-set
+conventions, ``max_directed`` by default).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from asa.data import preprocess_for_inference
-from asa.eval.evaluate import ignore_mask_for
+from asa.eval.evaluate import evaluate_arrays, ignore_mask_for
 from asa.eval.metrics import dice
 from asa.io import atomic_write_json, atomic_write_text, load_volume
 from asa.models import capabilities
@@ -37,13 +40,15 @@ def case_dice(pred_label: np.ndarray, ref_label: np.ndarray, task: Any) -> dict[
 
 
 def encoder_reliance(predictor, cases: Sequence, *, overlap: float = 0.5, sw_batch_size: int = 2,
-                     progress: bool = False) -> dict[str, Any]:
+                     progress: bool = False, hd95: bool = False,
+                     hd95_convention: str = "max_directed") -> dict[str, Any]:
     """Dice per class with the encoder's hidden states as trained and replaced by zeros.
 
     ``predictor``: an :class:`asa.eval.predict.Predictor` whose model has ``zero_encoder_states()``
     (ASASegmenter); ``cases``: labeled cases. Returns ``{"names", "n_cases", "per_case": [{"id",
     "Dice_<n>", "Dice_<n>_zeroed"}], "summary": {<n>: {"normal", "zeroed", "drop"}, "mean": {...}}}``
-    (means over cases; drop = normal − zeroed).
+    (means over cases; drop = normal − zeroed). ``hd95``: every row also holds ``HD95_<n>`` (mm) of
+    the normal prediction, scored as ``asa-evaluate`` does (``hd95_convention``: max_directed | pooled).
     """
     from tqdm import tqdm
 
@@ -55,17 +60,22 @@ def encoder_reliance(predictor, cases: Sequence, *, overlap: float = 0.5, sw_bat
         if case.label is None:
             raise ValueError(f"case {case.id}: no label file; encoder reliance needs labeled cases")
         image, _ = preprocess_for_inference(case, task)
-        ref = load_volume(case.label, label=True).array.astype(np.int64)
+        ref_volume = load_volume(case.label, label=True)
+        ref = ref_volume.array.astype(np.int64)
         # a network with region attention also takes the case's region map
         extra = {} if getattr(predictor, "regions", None) is None else {"regions": predictor.regions_of(case)}
-        normal = case_dice(task.prediction_to_label(predictor(image, overlap=overlap, sw_batch_size=sw_batch_size,
-                                                              **extra)), ref, task)
+        pred = task.prediction_to_label(predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, **extra))
+        normal = case_dice(pred, ref, task)
+        distances = {} if not hd95 else evaluate_arrays(pred, ref, task, tuple(ref_volume.spacing), ref_path=case.label,
+                                                        hd95_convention=hd95_convention)
         with model.zero_encoder_states():
             probs = predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, **extra)
         zeroed = case_dice(task.prediction_to_label(probs), ref, task)
         row: dict[str, Any] = {"id": case.id}
         for name in task.output_names:
             row[f"Dice_{name}"], row[f"Dice_{name}_zeroed"] = normal[name], zeroed[name]
+            if hd95:
+                row[f"HD95_{name}"] = distances[f"HD95_{name}"]
         rows.append(row)
     summary: dict[str, dict[str, float]] = {}
     for name in task.output_names:

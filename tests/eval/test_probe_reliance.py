@@ -9,6 +9,7 @@ import torch
 
 from asa.data import discover, get_task, preprocess_for_inference, write_demo_dataset
 from asa.eval.probe import build_probe_set, knn_accuracy, make_probe, patch_fractions, ridge_r2
+from asa.eval.metrics import EMPTY_HD95
 from asa.eval.reliance import encoder_reliance
 from asa.models import ASA, PRESETS, Capabilities
 
@@ -83,8 +84,8 @@ class _Switch(torch.nn.Module):
 class _Oracle:
     """Predicts the reference exactly; with ``uses_encoder`` the zeroed network predicts background only."""
 
-    def __init__(self, cases, task, uses_encoder: bool) -> None:
-        self.model, self.task, self.uses_encoder = _Switch(), task, uses_encoder
+    def __init__(self, cases, task, uses_encoder: bool, blank: bool = False) -> None:
+        self.model, self.task, self.uses_encoder, self.blank = _Switch(), task, uses_encoder, blank
         self.truth = {}
         for case in cases:
             image, _ = preprocess_for_inference(case, task)
@@ -95,7 +96,7 @@ class _Oracle:
 
     def __call__(self, image, **_):
         probs = self.truth[image.sum().item()]
-        if self.model.zeroed and self.uses_encoder:
+        if (self.model.zeroed and self.uses_encoder) or self.blank:
             probs = torch.zeros_like(probs)
             probs[0] = 1
         return probs
@@ -111,6 +112,19 @@ def test_reliance_reports_the_drop(tmp_path, uses_encoder, drop):
         assert result["summary"][name]["normal"] == pytest.approx(1.0)
         assert result["summary"][name]["drop"] == pytest.approx(drop)
     assert result["summary"]["mean"]["drop"] == pytest.approx(drop)
+    assert not any(k.startswith("HD95") for k in result["per_case"][0])  # only when asked
+
+
+@pytest.mark.parametrize("blank, distance", [(False, 0.0), (True, EMPTY_HD95)])
+def test_reliance_scores_hd95_as_asa_evaluate(tmp_path, blank, distance):
+    """hd95=True: HD95 per class of the normal prediction, with asa-evaluate's empty-set convention
+    (a prediction of background only against a present class: 373.13 mm)."""
+    root = write_demo_dataset("ibsr", tmp_path / "ibsr", cases=2, size=24, seed=2)
+    cases, task = discover("ibsr", root), get_task("ibsr")
+    result = encoder_reliance(_Oracle(cases, task, True, blank=blank), cases, hd95=True)
+    for row in result["per_case"]:
+        assert [row[f"HD95_{n}"] for n in task.output_names] == [distance] * len(task.output_names)
+        assert row[f"Dice_{task.output_names[0]}"] == (0.0 if blank else 1.0)
 
 
 def test_pretraining_probe_reads_a_labeled_folder_given_as_probe_data(tmp_path):
