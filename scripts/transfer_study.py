@@ -6,13 +6,15 @@ Arms are named sets of ``asa-finetune`` overrides: ``scratch`` (no pretrained en
 ``--preset baseline spe_only``, any other with ``--arm NAME=key=value,key=value``. Every run gets
 the same budget of optimiser steps (``--steps``, rounded to whole epochs so that the lr schedule
 ends with the run), no validation cases, and its last checkpoint is scored on the fixed test
-cases: Dice per class, and Dice with the encoder's hidden states zeroed (encoder reliance).
+cases: Dice and HD95 (mm, as asa-evaluate scores it) per class, and Dice with the encoder's
+hidden states zeroed (encoder reliance).
 
 Outputs in ``--out``: ``runs/<arm>-n<N>-s<seed>/`` (asa-finetune run folders), ``scores.csv``
 (one row per arm, N, seed, test case), ``transfer.md`` / ``transfer.csv`` (Table-4-shaped: one row
-per arm and N with Dice per class ± sd over seeds, the encoder-zeroed Dice, and the paired
-difference to the reference arm — per test case, averaged over seeds — with a bootstrap 95 %
-confidence interval over test cases) and ``dice_vs_cases.svg``.
+per arm and N with Dice and HD95 per class ± sd over seeds, the encoder-zeroed Dice, and the
+paired difference to the reference arm with a 95 % CI from a bootstrap that resamples seeds
+(labeled draws) and test cases, next to the per-seed mean differences and the case-only CI) and
+``dice_vs_cases.svg``.
 
 Example (demo IBSR phantoms, CPU, minutes)::
 
@@ -33,6 +35,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+
+from asa.api import finetune
+from asa.api.common import dataset_root
+from asa.api.config import compose_config
+from asa.api.rundir import move_aside
+from asa.data import discover, get_task
+from asa.eval.metrics import EMPTY_HD95
+from asa.eval.predict import Predictor
+from asa.eval.reliance import encoder_reliance
+from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
 
 SCRATCH, PRETRAINED = "scratch", "pretrained"
 PRESETS = ("baseline", "spe_only")  # Table 4 fine-tuning rows from scratch (configs/experiment)
@@ -50,20 +63,83 @@ def bootstrap_ci(values: Sequence[float], *, n_boot: int = 10000, level: float =
     return float(v.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
+def paired_matrix(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: int, key: str) -> np.ndarray:
+    """D [seeds, test cases]: (arm − reference) ``key`` of the runs with the same N, seed and test case
+    (seeds and cases in sorted order; NaN where one of the pair is missing)."""
+    table = {(s["arm"], s["seed"], s["case"]): float(s[key]) for s in scores if int(s["n"]) == n and key in s}
+    seeds = sorted({seed for a, seed, _ in table if a == arm})
+    cases = sorted({case for a, _, case in table if a == arm})
+    d = np.full((len(seeds), len(cases)), math.nan)
+    for i, seed in enumerate(seeds):
+        for j, case in enumerate(cases):
+            if (arm, seed, case) in table and (reference, seed, case) in table:
+                d[i, j] = table[(arm, seed, case)] - table[(reference, seed, case)]
+    return d
+
+
 def paired_differences(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: int, key: str) -> list[float]:
     """Per test case: mean over seeds of (arm − reference) ``key``, pairing runs of the same N, seed and case."""
-    table = {(s["arm"], s["seed"], s["case"]): float(s[key]) for s in scores if int(s["n"]) == n}
-    per_case: dict[str, list[float]] = {}
-    for (a, seed, case), value in table.items():
-        if a == arm and (reference, seed, case) in table:
-            per_case.setdefault(case, []).append(value - table[(reference, seed, case)])
-    return [float(np.mean(d)) for _, d in sorted(per_case.items())]
+    d = paired_matrix(scores, arm, reference, n, key)
+    return [float(np.nanmean(col)) for col in d.T if not np.isnan(col).all()]
 
 
-def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str, *, n_boot: int = 10000) -> list[dict]:
-    """One row per (arm, N): Dice per class mean ± sd over seeds (of the per-seed test means), the
-    encoder-zeroed mean Dice, and the paired difference to ``reference`` with its bootstrap CI."""
+def seed_case_bootstrap(d: np.ndarray, *, n_boot: int = 10000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high) of the paired differences ``d`` [seeds, test cases] (NaN: missing pairs, left out).
+
+    Two-level percentile bootstrap for the study's crossed design (every seed's run is scored on the
+    same test cases): each resample draws the test cases with replacement, then the seeds (labeled
+    draws) with replacement, and takes the mean of ``d`` over the drawn seed × case grid. The interval
+    thus carries the spread between labeled draws as well as between test cases. The case indices are
+    drawn first, from the same generator and in the same way as :func:`bootstrap_ci`: with the same
+    differences for every seed the interval is exactly the case-only one. With few seeds the seed level
+    is under-dispersed (a bootstrap over S draws has (S − 1)/S of their variance): the per-seed means
+    belong next to it. The point estimate is the mean over all pairs (= mean of the per-seed means when
+    every seed has every case)."""
+    d = np.asarray(d, dtype=float)
+    valid = ~np.isnan(d)
+    if d.ndim != 2 or not valid.any():
+        return math.nan, math.nan, math.nan
+    n_seeds, n_cases = d.shape
+    rng = np.random.default_rng(seed)
+    case_draws = rng.integers(0, n_cases, size=(n_boot, n_cases))
+    seed_draws = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    rows = np.arange(n_boot)[:, None]
+    w_case, w_seed = np.zeros((n_boot, n_cases)), np.zeros((n_boot, n_seeds))
+    np.add.at(w_case, (rows, case_draws), 1.0)  # how often each case / seed is drawn in each resample
+    np.add.at(w_seed, (rows, seed_draws), 1.0)
+    total = np.einsum("bs,sc,bc->b", w_seed, np.where(valid, d, 0.0), w_case)
+    count = np.einsum("bs,sc,bc->b", w_seed, valid.astype(float), w_case)
+    means = total[count > 0] / count[count > 0]
+    alpha = (1 - level) / 2
+    return float(d[valid].mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def per_seed_differences(d: np.ndarray) -> list[float]:
+    """Mean paired difference of every seed (labeled draw): the rows of ``d`` [seeds, test cases]."""
+    return [float(np.nanmean(row)) for row in np.asarray(d, dtype=float) if not np.isnan(row).all()]
+
+
+def metric_keys(scores: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
+    """Score columns the table reports: Dice per class and mean, then HD95 per class and mean when scored."""
+    keys = [*(f"Dice_{c}" for c in names), "Dice_mean"]
+    if scores and all("HD95_mean" in s for s in scores):
+        keys += [*(f"HD95_{c}" for c in names), "HD95_mean"]
+    return keys
+
+
+def delta_prefix(key: str) -> str:
+    """Column prefix of the paired difference of ``key``: ``delta`` for the headline Dice_mean, else delta_<key>."""
+    return "delta" if key == "Dice_mean" else f"delta_{key}"
+
+
+def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str, *, n_boot: int = 10000,
+              seed: int = 0) -> list[dict]:
+    """One row per (arm, N): every metric (Dice, and HD95 when scored) per class and mean ± sd over seeds
+    (of the per-seed test means), the encoder-zeroed mean Dice, and for every metric the paired
+    difference to ``reference``: its mean, the seed × case bootstrap CI (:func:`seed_case_bootstrap`),
+    the case-only CI (per test case averaged over seeds, :func:`bootstrap_ci`) and the per-seed means."""
     rows = []
+    keys = metric_keys(scores, names)
     arms = list(dict.fromkeys(s["arm"] for s in scores))
     for n in sorted({int(s["n"]) for s in scores}):
         for arm in arms:
@@ -71,33 +147,88 @@ def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], referen
             if not mine:
                 continue
             row: dict[str, Any] = {"arm": arm, "n": n, "seeds": len({s["seed"] for s in mine}), "test_cases": len({s["case"] for s in mine})}
-            for key in [*(f"Dice_{c}" for c in names), "Dice_mean", "Dice_mean_zeroed"]:
+            for key in [*keys, "Dice_mean_zeroed"]:
                 per_seed = [np.mean([float(s[key]) for s in mine if s["seed"] == seed]) for seed in sorted({s["seed"] for s in mine})]
                 row[key] = float(np.mean(per_seed))
                 row[key + "_sd"] = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else math.nan
             row["encoder_drop"] = row["Dice_mean"] - row["Dice_mean_zeroed"]
             if arm != reference:
-                diff = paired_differences(scores, arm, reference, n, "Dice_mean")
-                row["delta"], row["delta_lo"], row["delta_hi"] = bootstrap_ci(diff, n_boot=n_boot)
+                for key in keys:
+                    d, p = paired_matrix(scores, arm, reference, n, key), delta_prefix(key)
+                    row[p], row[p + "_lo"], row[p + "_hi"] = seed_case_bootstrap(d, n_boot=n_boot, seed=seed)
+                    _, row[p + "_case_lo"], row[p + "_case_hi"] = bootstrap_ci(paired_differences(scores, arm, reference, n, key),
+                                                                               n_boot=n_boot, seed=seed)
+                    row[p + "_per_seed"] = " ".join(f"{v:+.4f}" for v in per_seed_differences(d))
             rows.append(row)
     return rows
 
 
 # -------------------------------------------------------------------------------------------- outputs
+def _ci(r: Mapping[str, Any], p: str, digits: int = 3) -> str:
+    """'+0.040 [+0.010, +0.070]': a paired difference with its seed × case CI."""
+    f = f"{{:+.{digits}f}}"
+    return f"{f.format(r[p])} [{f.format(r[p + '_lo'])}, {f.format(r[p + '_hi'])}]"
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str) -> str:
-    """Table-4-shaped Markdown: arm × labeled cases, Dice per class ± sd, mean, zeroed, Δ vs reference [95 % CI]."""
-    head = ["arm", "labeled", *names, "mean", "encoder zeroed", f"Δ mean vs {reference} [95 % CI]"]
+    """Table-4-shaped Markdown: arm × labeled cases, Dice per class ± sd, mean, HD95 mean (when scored),
+    zeroed, Δ mean Dice vs reference [95 % CI over seeds × cases], the per-seed Δ and the case-only CI."""
+    hd = any("HD95_mean" in r for r in rows)
+    head = ["arm", "labeled", *names, "mean", *(["HD95 mean (mm)"] if hd else []), "encoder zeroed",
+            f"Δ mean vs {reference} [95 % CI, seeds × cases]", "Δ per seed", "case-only CI",
+            *([f"Δ HD95 vs {reference} [95 % CI]"] if hd else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([" --- "] * 2 + [" ---: "] * (len(head) - 2)) + "|"]
     for r in rows:
-        def cell(key: str) -> str:  # ± sd over seeds, when there are several
+        def cell(key: str, digits: int = 3) -> str:  # ± sd over seeds, when there are several
             sd = r[key + "_sd"]
-            return f"{r[key]:.3f}" if math.isnan(sd) else f"{r[key]:.3f} ± {sd:.3f}"
+            return f"{r[key]:.{digits}f}" if math.isnan(sd) else f"{r[key]:.{digits}f} ± {sd:.{digits}f}"
 
-        cells = [r["arm"], str(r["n"])] + [cell(f"Dice_{c}") for c in names]
-        cells += [cell("Dice_mean"), f"{r['Dice_mean_zeroed']:.3f} (drop {r['encoder_drop']:+.3f})"]
-        cells.append("—" if "delta" not in r else f"{r['delta']:+.3f} [{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}]")
+        cells = [r["arm"], str(r["n"])] + [cell(f"Dice_{c}") for c in names] + [cell("Dice_mean")]
+        cells += [cell("HD95_mean", 1)] if hd else []
+        cells.append(f"{r['Dice_mean_zeroed']:.3f} (drop {r['encoder_drop']:+.3f})")
+        if "delta" not in r:
+            cells += ["—"] * (3 + hd)
+        else:
+            cells += [_ci(r, "delta"), " ".join(f"{float(v):+.3f}" for v in r["delta_per_seed"].split()),
+                      f"[{r['delta_case_lo']:+.3f}, {r['delta_case_hi']:+.3f}]"]
+            cells += [_ci(r, "delta_HD95_mean", 1)] if hd else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def class_differences_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str) -> str:
+    """Markdown: per arm and N, the paired difference to ``reference`` of every class's Dice (and HD95,
+    when scored) with its seed × case 95 % CI."""
+    keys = [f"Dice_{c}" for c in names] + ([f"HD95_{c}" for c in names] if any("HD95_mean" in r for r in rows) else [])
+    head = ["arm", "labeled", *(f"Δ {k.replace('_', ' ')}" + (" (mm)" if k.startswith("HD95") else "") for k in keys)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join([" --- "] * 2 + [" ---: "] * len(keys)) + "|"]
+    for r in rows:
+        if "delta" in r:
+            cells = [r["arm"], str(r["n"])] + [_ci(r, delta_prefix(k), 1 if k.startswith("HD95") else 3) for k in keys]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report_markdown(rows: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str, *, n_boot: int) -> str:
+    """transfer.md: the Table-4-shaped table, how to read it, and the per-class differences."""
+    hd = any("HD95_mean" in r for r in rows)
+    notes = [
+        "",
+        f"Labeled = training cases of each run; ± = sd over seeds (each seed is its own draw of labeled cases) of the "
+        f"per-seed test means. Δ = arm − {reference}, paired by N, seed and test case. Its 95 % CI is a two-level "
+        f"percentile bootstrap ({n_boot} resamples) that draws the test cases, then the seeds, with replacement: "
+        "it carries the spread between labeled draws and between test cases. 'Δ per seed' lists the mean Δ of "
+        "every seed; 'case-only CI' resamples test cases only (per case, Δ averaged over seeds), which ignores "
+        "the spread between labeled draws. Encoder zeroed: mean Dice with every encoder state the decoder "
+        "receives set to zero (drop = what the encoder contributes).",
+    ]
+    if hd:
+        notes.append("HD95 per class in mm (voxel spacing of the label), scored as asa-evaluate scores it: the larger of "
+                     "the two directed 95th percentiles of surface distances (MONAI); both masks empty: 0 mm, exactly "
+                     f"one empty: {EMPTY_HD95} mm (BraTS). HD95 mean averages the classes, empties included; lower is "
+                     "better, so a negative Δ HD95 favours the arm.")
+    return (markdown_table(rows, names, reference) + "\n\n".join(notes) + "\n\n"
+            + "Paired differences per class [95 % CI, seeds × cases]:\n\n" + class_differences_table(rows, names, reference))
 
 
 def rows_csv(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -110,42 +241,63 @@ def rows_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def svg_plot(rows: Sequence[Mapping[str, Any]], *, width: int = 480, height: int = 320) -> str:
-    """Mean Dice (± sd over seeds) against the number of labeled cases, one line per arm (plain SVG)."""
+def line_plot(series: Mapping[str, Sequence[tuple[float, float, float]]], *, xlabel: str, ylabel: str,
+              categorical: bool = True, clip: tuple[float, float] | None = (0.0, 1.0), width: int = 480,
+              height: int = 320) -> str:
+    """Plain SVG of one line per series name, each a list of (x, y, error bar half-height; 0 or NaN: none).
+
+    ``categorical``: the distinct x values evenly spaced (e.g. labeled cases 2, 8), else a linear x axis.
+    ``clip``: bounds of the y axis range (None: the data's own)."""
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-    ns = sorted({int(r["n"]) for r in rows})
-    sd = {id(r): 0.0 if math.isnan(r["Dice_mean_sd"]) else r["Dice_mean_sd"] for r in rows}
-    lo = min(r["Dice_mean"] - sd[id(r)] for r in rows)
-    hi = max(r["Dice_mean"] + sd[id(r)] for r in rows)
-    lo, hi = max(0.0, math.floor(lo * 10) / 10), min(1.0, math.ceil(hi * 10) / 10 + 1e-9)
+    points = {name: [(float(x), float(y), 0.0 if math.isnan(e) else float(e)) for x, y, e in pts if not math.isnan(y)]
+              for name, pts in series.items()}
+    xs = sorted({x for pts in points.values() for x, _, _ in pts}) or [0.0]
+    ys = [v for pts in points.values() for _, y, e in pts for v in (y - e, y + e)] or [0.0]
+    lo, hi = math.floor(min(ys) * 10) / 10, math.ceil(max(ys) * 10) / 10 + 1e-9
+    if clip is not None:
+        lo, hi = max(clip[0], lo), min(clip[1], hi)
     hi = hi if hi > lo else lo + 0.1
     left, right, top, bottom = 60, 110, 20, 45
-    px = lambda n: left + (ns.index(n) + 0.5) * (width - left - right) / len(ns)  # noqa: E731
+    span = width - left - right
+    if categorical:
+        px = lambda x: left + (xs.index(x) + 0.5) * span / len(xs)  # noqa: E731
+        ticks = xs
+    else:
+        x0, x1 = xs[0], (xs[-1] if xs[-1] > xs[0] else xs[0] + 1)
+        px = lambda x: left + 10 + (x - x0) / (x1 - x0) * (span - 20)  # noqa: E731
+        ticks = sorted({xs[round(i * (len(xs) - 1) / 5)] for i in range(6)}) if len(xs) > 6 else xs
     py = lambda d: top + (hi - d) / (hi - lo) * (height - top - bottom)  # noqa: E731
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
            f'<rect width="{width}" height="{height}" fill="white"/>',
            f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="black"/>',
            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>',
-           f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle">labeled cases</text>',
-           f'<text x="14" y="{(top + height - bottom) / 2}" text-anchor="middle" transform="rotate(-90 14 {(top + height - bottom) / 2})">mean Dice</text>']
+           f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle">{xlabel}</text>',
+           f'<text x="14" y="{(top + height - bottom) / 2}" text-anchor="middle" transform="rotate(-90 14 {(top + height - bottom) / 2})">{ylabel}</text>']
     for k in range(6):
         d = lo + (hi - lo) * k / 5
         out.append(f'<text x="{left - 6}" y="{py(d) + 4:.1f}" text-anchor="end">{d:.2f}</text>')
         out.append(f'<line x1="{left}" y1="{py(d):.1f}" x2="{width - right}" y2="{py(d):.1f}" stroke="#ddd"/>')
-    for n in ns:
-        out.append(f'<text x="{px(n):.1f}" y="{height - bottom + 16}" text-anchor="middle">{n}</text>')
-    for i, arm in enumerate(dict.fromkeys(r["arm"] for r in rows)):
+    for x in ticks:
+        out.append(f'<text x="{px(x):.1f}" y="{height - bottom + 16}" text-anchor="middle">{x:g}</text>')
+    for i, (name, pts) in enumerate(points.items()):
         color = colors[i % len(colors)]
-        mine = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["n"])
-        points = " ".join(f"{px(r['n']):.1f},{py(r['Dice_mean']):.1f}" for r in mine)
-        out.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="2"/>')
-        for r in mine:
-            x, y0, y1 = px(r["n"]), py(r["Dice_mean"] - sd[id(r)]), py(r["Dice_mean"] + sd[id(r)])
-            out.append(f'<line x1="{x:.1f}" y1="{y0:.1f}" x2="{x:.1f}" y2="{y1:.1f}" stroke="{color}"/>')
-            out.append(f'<circle cx="{x:.1f}" cy="{py(r["Dice_mean"]):.1f}" r="3" fill="{color}"/>')
-        out.append(f'<text x="{width - right + 8}" y="{top + 16 * (i + 1)}" fill="{color}">{arm}</text>')
+        pts = sorted(pts)
+        out.append(f'<polyline points="{" ".join(f"{px(x):.1f},{py(y):.1f}" for x, y, _ in pts)}" fill="none" '
+                   f'stroke="{color}" stroke-width="2"/>')
+        for x, y, e in pts:
+            if e:
+                out.append(f'<line x1="{px(x):.1f}" y1="{py(y - e):.1f}" x2="{px(x):.1f}" y2="{py(y + e):.1f}" stroke="{color}"/>')
+            out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}"/>')
+        out.append(f'<text x="{width - right + 8}" y="{top + 16 * (i + 1)}" fill="{color}">{name}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def svg_plot(rows: Sequence[Mapping[str, Any]], *, width: int = 480, height: int = 320) -> str:
+    """Mean Dice (± sd over seeds) against the number of labeled cases, one line per arm (plain SVG)."""
+    series = {arm: [(r["n"], r["Dice_mean"], r["Dice_mean_sd"]) for r in rows if r["arm"] == arm]
+              for arm in dict.fromkeys(r["arm"] for r in rows)}
+    return line_plot(series, xlabel="labeled cases", ylabel="mean Dice", width=width, height=height)
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -175,15 +327,6 @@ def split_cases(ids: Sequence[str], *, test: int, seed: int) -> tuple[list[str],
 
 def run_study(args: argparse.Namespace) -> tuple[list[dict], list[str], dict[str, list[str]]]:
     """Train (or with --reuse, find) every run and score it on the fixed test cases -> (scores, class names, arms)."""
-    from asa.api.common import dataset_root
-    from asa.api import finetune
-    from asa.api.rundir import move_aside
-    from asa.data import discover, get_task
-    from asa.io import atomic_write_json
-    from asa.eval.predict import Predictor
-    from asa.eval.reliance import encoder_reliance
-    from asa.api.config import compose_config
-
     out = Path(args.out).expanduser().absolute()
     base = [f"data={args.data}", f"model={args.model}", "trainer.progress=false", "trainer.panel_every=0",
             f"data.num_workers={args.workers}", f"device={args.device}", *args.override]
@@ -226,21 +369,20 @@ def run_study(args: argparse.Namespace) -> tuple[list[dict], list[str], dict[str
                         raise SystemExit(f"[transfer] {run_dir} was stopped by a signal at step {result.step}; "
                                          "rerun with --reuse to train it (and the rest) again")
                 predictor = Predictor.from_checkpoint(ckpt, device=_device(args.device))
-                result = encoder_reliance(predictor, [by_id[i] for i in test_ids])
+                result = encoder_reliance(predictor, [by_id[i] for i in test_ids], hd95=True)
                 for row in result["per_case"]:
                     entry = {"arm": arm, "n": n, "seed": seed, "case": row["id"]}
-                    for name in task.output_names:
-                        entry[f"Dice_{name}"], entry[f"Dice_{name}_zeroed"] = row[f"Dice_{name}"], row[f"Dice_{name}_zeroed"]
-                    entry["Dice_mean"] = float(np.mean([row[f"Dice_{c}"] for c in task.output_names]))
-                    entry["Dice_mean_zeroed"] = float(np.mean([row[f"Dice_{c}_zeroed"] for c in task.output_names]))
+                    for metric in ("Dice", "Dice_zeroed", "HD95"):
+                        column = (lambda c: f"Dice_{c}_zeroed") if metric == "Dice_zeroed" else (lambda c: f"{metric}_{c}")
+                        for name in task.output_names:
+                            entry[column(name)] = row[column(name)]
+                        entry[column("mean")] = float(np.mean([row[column(c)] for c in task.output_names]))
                     scores.append(entry)
     return scores, list(task.output_names), arms
 
 
 def _finished(ckpt: Path) -> bool:
     """Whether ``ckpt`` is the last.pt of a run that went through its whole schedule."""
-    from asa.io import load_checkpoint
-
     if not ckpt.is_file():
         return False
     state = load_checkpoint(ckpt)
@@ -248,17 +390,13 @@ def _finished(ckpt: Path) -> bool:
 
 
 def _device(name: str):
-    import torch
-
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
 
 
 def write_outputs(scores: list[dict], names: Sequence[str], reference: str, out: Path, *, n_boot: int = 10000) -> str:
     """scores.csv, transfer.md / .csv and dice_vs_cases.svg under ``out``; returns the Markdown."""
-    from asa.io import atomic_write_text
-
     rows = summarize(scores, names, reference, n_boot=n_boot)
-    md = markdown_table(rows, names, reference)
+    md = report_markdown(rows, names, reference, n_boot=n_boot)
     atomic_write_text(out / "scores.csv", rows_csv(scores))
     atomic_write_text(out / "transfer.csv", rows_csv(rows))
     atomic_write_text(out / "transfer.md", md)

@@ -50,7 +50,10 @@ def test_paired_table_recovers_the_planted_difference(tmp_path):
     assert pre["encoder_drop"] == pytest.approx(0.3)
     assert "delta" not in next(r for r in rows if r["arm"] == "scratch")
     md = study.write_outputs(scores, ["A", "B"], "scratch", tmp_path, n_boot=500)
-    assert md.count("\n") == 2 + 4 and "| pretrained | 4 |" in md and "+0.040 [" in md
+    table = md.split("\n\n")[0]
+    assert table.count("\n") + 1 == 2 + 4 and "| pretrained | 4 |" in table and "+0.040 [" in table
+    assert "| pretrained | 4 | +0.040 [" in md  # the per-class differences
+    assert "HD95" not in md  # not scored in these rows
     svg = (tmp_path / "dice_vs_cases.svg").read_text()
     assert svg.startswith("<svg") and svg.count("<polyline") == 2
     assert (tmp_path / "scores.csv").read_text().count("\n") == len(scores) + 1
@@ -63,3 +66,67 @@ def test_one_seed_has_no_spread_to_show():
     md = study.markdown_table(rows, ["A", "B"], "scratch")
     assert "±" not in md and "+0.020 [" in md
     assert "nan" not in study.svg_plot(rows)
+
+
+def _seeded_scores(per_seed: list[float], *, noise: float, cases: int = 16, seed: int = 0) -> list[dict]:
+    """'pretrained' − 'scratch' Dice = per_seed[s] + a small case effect, the case effect the same for every seed
+    (it belongs to the test case) and of exact mean 0; with HD95 columns."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0.5, 0.8, size=cases)
+    bump = rng.normal(0, noise, size=cases)
+    bump -= bump.mean()
+    rows = []
+    for s, shift in enumerate(per_seed):
+        for c in range(cases):
+            for arm, v in (("scratch", base[c]), ("pretrained", base[c] + shift + bump[c])):
+                rows.append({"arm": arm, "n": 2, "seed": s, "case": f"c{c:02d}", "Dice_A": v, "Dice_mean": v,
+                             "Dice_mean_zeroed": v, "HD95_A": 10 * (1 - v), "HD95_mean": 10 * (1 - v)})
+    return rows
+
+
+def test_seed_case_bootstrap_equals_the_case_only_interval_when_seeds_agree():
+    """(a) every seed has the same paired differences: resampling seeds changes nothing, the interval is the
+    case-only bootstrap's (same case draws), narrow."""
+    scores = _seeded_scores([0.05, 0.05, 0.05], noise=0.02)
+    d = study.paired_matrix(scores, "pretrained", "scratch", 2, "Dice_mean")
+    assert d.shape == (3, 16)
+    two_level = study.seed_case_bootstrap(d, n_boot=3000, seed=4)
+    case_only = study.bootstrap_ci(study.paired_differences(scores, "pretrained", "scratch", 2, "Dice_mean"), n_boot=3000, seed=4)
+    assert two_level == pytest.approx(case_only, abs=1e-12)
+    assert two_level[2] - two_level[1] < 0.03 and two_level[1] < 0.05 < two_level[2]
+
+
+def test_seed_case_bootstrap_carries_the_spread_between_labeled_draws(tmp_path):
+    """(b) per-seed differences +0.274, -0.019, -0.148 with little case noise (issue #26): the case-only interval
+    excludes 0 and is narrow; the seed × case interval contains 0 and is many times wider."""
+    per_seed = [0.274, -0.019, -0.148]
+    scores = _seeded_scores(per_seed, noise=0.01)
+    rows = study.summarize(scores, ["A"], "scratch", n_boot=4000)
+    pre = next(r for r in rows if r["arm"] == "pretrained")
+    assert pre["delta"] == pytest.approx(np.mean(per_seed))  # (0.274 - 0.019 - 0.148) / 3 = 0.035667
+    assert pre["delta"] == pytest.approx(0.0356667, abs=1e-6)
+    assert [float(v) for v in pre["delta_per_seed"].split()] == pytest.approx(per_seed, abs=1e-4)
+    assert pre["delta_case_lo"] > 0 and pre["delta_case_hi"] - pre["delta_case_lo"] < 0.02
+    assert pre["delta_lo"] < 0 < pre["delta_hi"]
+    assert pre["delta_hi"] - pre["delta_lo"] > 10 * (pre["delta_case_hi"] - pre["delta_case_lo"])
+    assert pre["delta_lo"] < -0.1 and pre["delta_hi"] > 0.2  # spans most of the per-seed range
+    # HD95 = 10 (1 - Dice): its difference is -10 x the Dice difference, with the same resamples
+    assert pre["delta_HD95_mean"] == pytest.approx(-10 * pre["delta"])
+    assert (pre["delta_HD95_mean_lo"], pre["delta_HD95_mean_hi"]) == pytest.approx((-10 * pre["delta_hi"], -10 * pre["delta_lo"]))
+    again = study.summarize(scores, ["A"], "scratch", n_boot=4000)
+    assert again == rows  # deterministic by seed
+    assert study.summarize(scores, ["A"], "scratch", n_boot=4000, seed=1)[1]["delta_lo"] != pre["delta_lo"]
+    md = study.write_outputs(scores, ["A"], "scratch", tmp_path, n_boot=500)
+    assert "+0.274 -0.019 -0.148" in md and "HD95 mean (mm)" in md and "Δ HD95 A (mm)" in md
+    header = (tmp_path / "transfer.csv").read_text().splitlines()[0].split(",")
+    assert {"delta", "delta_lo", "delta_hi", "delta_case_lo", "delta_case_hi", "delta_per_seed",
+            "HD95_A", "delta_HD95_A_lo"} <= set(header)
+
+
+def test_seed_case_bootstrap_hand_computed_and_missing_pairs():
+    d = np.array([[0.1, 0.3], [0.2, np.nan]])
+    mean, lo, hi = study.seed_case_bootstrap(d, n_boot=2000)
+    assert mean == pytest.approx(0.2)  # (0.1 + 0.3 + 0.2) / 3 pairs
+    assert 0.1 <= lo <= mean <= hi <= 0.3
+    assert study.per_seed_differences(d) == pytest.approx([0.2, 0.2])
+    assert all(np.isnan(study.seed_case_bootstrap(np.full((2, 2), np.nan))))
