@@ -213,7 +213,6 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], names: Sequence[str], ref
     """transfer.md: the Table-4-shaped table, how to read it, and the per-class differences."""
     hd = any("HD95_mean" in r for r in rows)
     notes = [
-        "",
         f"Labeled = training cases of each run; ± = sd over seeds (each seed is its own draw of labeled cases) of the "
         f"per-seed test means. Δ = arm − {reference}, paired by N, seed and test case. Its 95 % CI is a two-level "
         f"percentile bootstrap ({n_boot} resamples) that draws the test cases, then the seeds, with replacement: "
@@ -227,7 +226,7 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], names: Sequence[str], ref
                      "the two directed 95th percentiles of surface distances (MONAI); both masks empty: 0 mm, exactly "
                      f"one empty: {EMPTY_HD95} mm (BraTS). HD95 mean averages the classes, empties included; lower is "
                      "better, so a negative Δ HD95 favours the arm.")
-    return (markdown_table(rows, names, reference) + "\n\n".join(notes) + "\n\n"
+    return (markdown_table(rows, names, reference) + "\n" + "\n\n".join(notes) + "\n\n"
             + "Paired differences per class [95 % CI, seeds × cases]:\n\n" + class_differences_table(rows, names, reference))
 
 
@@ -424,10 +423,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=0, help="data.num_workers")
     p.add_argument("--reuse", action="store_true", help="score finished runs instead of training them again")
+    p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples of the confidence intervals")
     p.add_argument("--out", default="runs/transfer")
     args = p.parse_args(argv)
     scores, names, _ = run_study(args)
-    md = write_outputs(scores, names, args.reference, Path(args.out).expanduser().absolute())
+    md = write_outputs(scores, names, args.reference, Path(args.out).expanduser().absolute(), n_boot=args.n_boot)
     print(md)
     print(f"[transfer] outputs in {Path(args.out).absolute()}: transfer.md, transfer.csv, scores.csv, dice_vs_cases.svg")
     return 0

@@ -1,0 +1,347 @@
+#!/usr/bin/env python
+"""Does pretraining help? One command: cohort -> Table 4 pretraining arms -> transfer study -> one report.
+
+Stages (each resumable; rerun the same command to continue after an interruption):
+
+1. cohort: healthy T1 subjects in BIDS (pretraining) and labeled lesion cases in ``--layout``
+   (fine-tuning), written once under ``<out>/data`` (phantoms of ``asa.data.write_demo_dataset``;
+   ``--anatomy``: the MNI152-based generator ``asa.data.anatomy``, one switch in
+   :func:`dataset_writer`).
+2. pretraining: one ``asa-pretrain`` run per arm (``--arms``, Table 4 presets of
+   ``configs/pretrain/experiment/``: mae, a_ssl, asa by default) at the ``tiny`` size, with the
+   frozen-encoder probes at every validation round (``probe.every=1``); each exports
+   ``checkpoints/encoder.pt``. An unfinished run continues from its ``last.pt`` (``resume=auto``).
+3. transfer: ``scripts/transfer_study.py`` with scratch and each pretrained arm, every seed its own
+   draw of labeled cases, a fixed test split, fine-tuning crops smaller than the volume (so the
+   foreground-oversampled crops act), Dice and HD95 per class, encoder-zeroed Dice and the paired
+   differences to scratch with seed × case bootstrap CIs; ``--reuse`` scores finished runs.
+4. report: ``<out>/report/``: ``README.md`` (machine, scale, seeds, wall time per stage, the exact
+   commands, the tables), ``transfer.md`` / ``transfer.csv`` / ``scores.csv`` /
+   ``dice_vs_cases.svg``, ``probes.md`` / ``probes.csv`` / ``probe_curves.svg`` (the probe values
+   each pretraining run logged), ``report.json``.
+
+Scales: ``--scale full`` (default) is sized for about 1.5 h on a 2-core CPU (time per stage in the
+README, section "Does pretraining help?"); ``--quick`` is a smoke version of a few minutes. Any
+field of the scale can be overridden (``--seeds``, ``--cases``, ``--steps``, ...). The settings are
+recorded in ``<out>/study.json``; a rerun with other settings into the same ``--out`` is refused.
+
+Example::
+
+    python scripts/pretraining_study.py --out runs/study            # full scale
+    python scripts/pretraining_study.py --quick --out runs/study-quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asa.api import pretrain
+from asa.api.config import compose_config
+from asa.data import write_demo_dataset
+from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
+
+_SPEC = importlib.util.spec_from_file_location("asa_transfer_study", Path(__file__).with_name("transfer_study.py"))
+transfer_study = importlib.util.module_from_spec(_SPEC)
+sys.modules[_SPEC.name] = transfer_study
+_SPEC.loader.exec_module(transfer_study)
+
+ARMS = ("mae", "a_ssl", "asa")  # Table 4 pretraining rows (configs/pretrain/experiment/) compared with scratch
+PROBE_METRICS = ("val/loss", "probe/r2_mean", "probe/knn_acc")  # the columns of probes.md
+
+
+@dataclasses.dataclass
+class Scale:
+    """How big the study is. ``volume``: cohort edge (voxels at 1 mm); ``crop``: the pretraining crop
+    and the fine-tuning crop (the same grid, smaller than the volume)."""
+
+    subjects: int  # healthy pretraining subjects
+    labeled: int  # labeled lesion cases (test + pool of training cases)
+    test: int  # fixed test split
+    volume: int
+    crop: int
+    pretrain_epochs: int
+    steps: int  # optimiser steps per fine-tuning run
+    cases: tuple[int, ...]  # labeled training cases per run
+    seeds: tuple[int, ...]  # each its own draw of labeled cases and its own initialisation
+
+
+SCALES = {
+    "full": Scale(subjects=40, labeled=28, test=16, volume=64, crop=48, pretrain_epochs=20, steps=60,
+                  cases=(2, 8), seeds=(0, 1, 2)),
+    "quick": Scale(subjects=6, labeled=10, test=4, volume=32, crop=24, pretrain_epochs=2, steps=4,
+                   cases=(2, 4), seeds=(0, 1)),
+}
+
+
+# ---------------------------------------------------------------------------------------------- cohort
+Writer = Callable[..., Path]
+
+
+def dataset_writer(anatomy: bool) -> Writer:
+    """writer(layout, out, *, cases, size, seed, lesions) -> out: the one place the generator is chosen.
+
+    Phantoms (``asa.data.write_demo_dataset``; a lesion layout gets tumours by its own rule), or with
+    ``anatomy`` the MNI152-based subjects of the optional ``asa[anatomy]`` extra."""
+    if not anatomy:
+        return lambda layout, out, *, cases, size, seed, lesions: write_demo_dataset(
+            layout, out, cases=cases, size=size, seed=seed, overwrite=True)
+    try:
+        from asa.data.anatomy import write_anatomy_dataset  # optional extra: imported only when asked for
+    except ImportError as err:
+        raise SystemExit(f"--anatomy: the anatomy generator is not available ({err}); install asa[anatomy] "
+                         "or run without --anatomy (phantoms)") from err
+    return lambda layout, out, *, cases, size, seed, lesions: write_anatomy_dataset(
+        layout, out, cases=cases, size=size, seed=seed, lesions=lesions, overwrite=True)
+
+
+def write_cohort(out: Path, scale: Scale, *, layout: str, seed: int, writer: Writer) -> tuple[Path, Path, bool]:
+    """(pretraining BIDS folder, labeled folder, reused): written once (a ``.complete`` marker each)."""
+    parts = {"pretrain": ("bids", scale.subjects, seed, False), "labeled": (layout, scale.labeled, seed + 2, True)}
+    reused = True
+    for name, (lay, cases, part_seed, lesions) in parts.items():
+        folder = out / name
+        if (folder / ".complete").is_file():
+            continue
+        reused = False
+        print(f"[study] cohort: writing {cases} {'labeled lesion' if lesions else 'healthy'} case(s) of "
+              f"{scale.volume}^3 in layout {lay} to {folder}", flush=True)
+        writer(lay, folder, cases=cases, size=scale.volume, seed=part_seed, lesions=lesions)
+        atomic_write_text(folder / ".complete", json.dumps({"layout": lay, "cases": cases, "seed": part_seed}) + "\n")
+    return out / "pretrain", out / "labeled", reused
+
+
+# ------------------------------------------------------------------------------------------ pretraining
+def pretrain_overrides(arm: str, data: Path, run_dir: Path, scale: Scale, *, seed: int, probe_data: str | None) -> list[str]:
+    """asa-pretrain overrides of one Table 4 arm (tiny; the demo optimiser, whose lr learns at batch 2)."""
+    out = [f"experiment={arm}", "model=tiny", "data=bids", f"data.root={data}", f"data.size={scale.crop}",
+           "data.num_workers=0", "data.split.ratios=[0.8,0.2,0.0]", "optim=adamw_demo",
+           f"trainer.epochs={scale.pretrain_epochs}", "trainer.progress=false", "trainer.panel_every=0",
+           "probe.every=1", f"seed={seed}", f"output_dir={run_dir}", "resume=auto"]
+    return out + ([f"probe.data={probe_data}"] if probe_data else [])
+
+
+def finished(ckpt: Path) -> bool:
+    """Whether ``ckpt`` is the last.pt of a run that went through its whole schedule."""
+    if not ckpt.is_file():
+        return False
+    state = load_checkpoint(ckpt)
+    return int(state["step"]) >= int(state["scheduler"]["total_steps"])
+
+
+def run_pretraining(arm: str, overrides: list[str], run_dir: Path) -> bool:
+    """Pretrain one arm unless it finished before (then True: reused); returns whether it was reused."""
+    ckpts = run_dir / "checkpoints"
+    if finished(ckpts / "last.pt") and (ckpts / "encoder.pt").is_file():
+        return True
+    print(f"[study] pretraining {arm}: asa-pretrain {shlex.join(overrides)}", flush=True)
+    result = pretrain(compose_config("pretrain", overrides))
+    if result.preempted or not (ckpts / "encoder.pt").is_file():
+        raise SystemExit(f"[study] pretraining {arm} stopped at step {result.step} without exporting "
+                         f"{ckpts / 'encoder.pt'}; rerun the same command to continue it")
+    return False
+
+
+def probe_history(run_dir: Path) -> list[dict]:
+    """The validation rounds a pretraining run logged (val/loss, probe/*), from its last.pt."""
+    return list(load_checkpoint(run_dir / "checkpoints" / "last.pt").get("history", []))
+
+
+def probes_outputs(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> tuple[str, str, str]:
+    """(probes.md, probes.csv, probe_curves.svg) of the arms' logged validation rounds."""
+    rows = [{"arm": arm, **h} for arm, hist in histories.items() for h in hist]
+    metrics = [m for m in PROBE_METRICS if any(m in r for r in rows)]
+    lines = []
+    for arm, hist in histories.items():
+        lines += [f"**{arm}**", "", "| epoch | step | " + " | ".join(metrics) + " |",
+                  "| ---: | ---: |" + " ---: |" * len(metrics)]
+        for h in hist:
+            cells = [f"{h[m]:.4f}" if m in h else "—" for m in metrics]
+            lines.append(f"| {h['epoch']} | {h['step']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    others = sorted({k for r in rows for k in r if k.startswith("probe/") and k not in metrics})
+    if others:
+        lines.append(f"Also logged (probes.csv): {', '.join(others)}.")
+    series = {arm: [(h["epoch"], h["probe/r2_mean"], 0.0) for h in hist if "probe/r2_mean" in h]
+              for arm, hist in histories.items()}
+    svg = transfer_study.line_plot(series, xlabel="pretraining epoch", ylabel="probe R² (mean over classes)",
+                                   categorical=False, clip=None)
+    return "\n".join(lines) + "\n", transfer_study.rows_csv(rows), svg
+
+
+# ------------------------------------------------------------------------------------------------ report
+def machine() -> dict[str, Any]:
+    """CPU model, cores and threads, torch and the GPU if any."""
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": model, "cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def report_markdown(info: Mapping[str, Any], transfer_md: str, probes_md: str) -> str:
+    """report/README.md: what was run, where, how long each stage took, and the tables."""
+    m, sc = info["machine"], info["scale"]
+    lines = [f"# Does pretraining help? ({info['scale_name']} scale, {info['generator']})", "",
+             f"Machine: {m['cpu']}, {m['usable_cores']} usable core(s) of {m['cpu_count']}, {m['torch_threads']} torch "
+             f"thread(s), torch {m['torch']}" + (f", GPU {m['gpu']}" if m["gpu"] else "") + f". Finished {info['finished']}.",
+             "",
+             f"Cohort: {sc['subjects']} healthy subjects (pretraining), {sc['labeled']} labeled cases in layout "
+             f"{info['layout']} ({sc['test']} fixed test cases), {sc['volume']}³ voxels; crops {sc['crop']}³ "
+             f"(pretraining and fine-tuning). Pretraining: {', '.join(info['arms'])} at tiny, "
+             f"{sc['pretrain_epochs']} epochs. Fine-tuning: scratch and each pretrained arm, labeled cases "
+             f"{', '.join(map(str, sc['cases']))}, seeds {', '.join(map(str, sc['seeds']))} (each its own draw of "
+             f"labeled cases), {sc['steps']} optimiser steps per run.", "",
+             "| stage | wall time (s) | this invocation |", "| --- | ---: | --- |"]
+    for stage, t in info["stages"].items():
+        lines.append(f"| {stage} | {t['seconds']:.0f} | {'reused' if t['reused'] else 'ran'} |")
+    lines += ["", "Wall times are summed over the invocations that ran the stage.", "", "Commands:", "", "```",
+              *info["commands"], "```", "", "## Transfer", "", transfer_md, "![Dice vs labeled cases](dice_vs_cases.svg)",
+              "", "## Probes during pretraining", "",
+              "Frozen-encoder probes at every validation round of each pretraining run (ridge R² of the patch "
+              "class fractions, k-NN patch accuracy; README, 'Watching training').", "", probes_md,
+              "![probe R² during pretraining](probe_curves.svg)", ""]
+    return "\n".join(lines)
+
+
+class Stages:
+    """Wall time per stage, summed over invocations, kept in ``<out>/stages.json``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.times = json.loads(path.read_text()) if path.is_file() else {}
+        self.now: dict[str, bool] = {}
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        print(f"[study] stage {name} ...", flush=True)
+        value = fn()
+        elapsed = time.perf_counter() - start
+        reused = value is True  # a stage returns True when it found its outputs done
+        self.times[name] = self.times.get(name, 0.0) + (0.0 if reused else elapsed)
+        self.now[name] = reused
+        atomic_write_json(self.path, self.times)
+        print(f"[study] stage {name}: {'reused' if reused else f'{elapsed:.0f} s'}", flush=True)
+        return value
+
+    def table(self) -> dict[str, dict[str, Any]]:
+        return {k: {"seconds": self.times[k], "reused": self.now.get(k, True)} for k in self.times}
+
+
+# ------------------------------------------------------------------------------------------------- main
+def parse_scale(args: argparse.Namespace) -> tuple[str, Scale]:
+    name = "quick" if args.quick else args.scale
+    scale = SCALES[name]
+    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(Scale) if getattr(args, f.name) is not None}
+    scale = dataclasses.replace(scale, **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()})
+    if scale.crop >= scale.volume:
+        raise SystemExit(f"--crop {scale.crop}: must be smaller than --volume {scale.volume} so that the "
+                         "fine-tuning crops sample the volume (foreground oversampling)")
+    if scale.labeled - scale.test < max(scale.cases):
+        raise SystemExit(f"--labeled {scale.labeled} - --test {scale.test} leaves {scale.labeled - scale.test} "
+                         f"training case(s); --cases asks for {max(scale.cases)}")
+    return name, scale
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--out", default="runs/study", help="study folder: data/, pretrain/, transfer/, report/")
+    p.add_argument("--scale", choices=sorted(SCALES), default="full")
+    p.add_argument("--quick", action="store_true", help="the smoke scale (same as --scale quick)")
+    for f in dataclasses.fields(Scale):
+        many = f.name in ("cases", "seeds")
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=int, nargs="+" if many else None,
+                       help=f"override the scale's {f.name}")
+    p.add_argument("--arms", nargs="+", default=list(ARMS), help="pretraining presets (configs/pretrain/experiment)")
+    p.add_argument("--layout", default="msd", choices=("msd", "brats", "wmh"), help="layout of the labeled lesion cases")
+    p.add_argument("--anatomy", action="store_true", help="MNI152-based subjects (asa[anatomy]) instead of phantoms")
+    p.add_argument("--probe-data", help="labeled folder for the pretraining probes (default: demo IBSR phantoms)")
+    p.add_argument("--seed", type=int, default=0, help="cohort and pretraining seed")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples of the CIs")
+    args = p.parse_args(argv)
+    name, scale = parse_scale(args)
+    out = Path(args.out).expanduser().absolute()
+    settings = {"scale": dataclasses.asdict(scale), "arms": args.arms, "layout": args.layout, "anatomy": args.anatomy,
+                "probe_data": args.probe_data, "seed": args.seed}
+    recorded = out / "study.json"
+    if recorded.is_file() and (old := json.loads(recorded.read_text())) != json.loads(json.dumps(settings)):
+        diff = sorted(k for k in settings if old.get(k) != json.loads(json.dumps(settings)).get(k))
+        raise SystemExit(f"--out {out} holds a study with other settings ({', '.join(diff)} differ; see {recorded}): "
+                         "rerun with the same options to continue it, or choose another --out")
+    atomic_write_json(recorded, settings)
+    stages = Stages(out / "stages.json")
+    commands = [f"python scripts/pretraining_study.py {shlex.join(sys.argv[1:] if argv is None else argv)}"]
+    writer = dataset_writer(args.anatomy)
+
+    cohort: dict[str, Path] = {}
+
+    def make_cohort() -> bool:
+        cohort["pretrain"], cohort["labeled"], reused = write_cohort(out / "data", scale, layout=args.layout,
+                                                                     seed=args.seed, writer=writer)
+        return reused
+
+    stages.run("cohort", make_cohort)
+    encoders: dict[str, Path] = {}
+    for arm in args.arms:
+        run_dir = out / "pretrain" / arm
+        overrides = pretrain_overrides(arm, cohort["pretrain"], run_dir, scale, seed=args.seed, probe_data=args.probe_data)
+        commands.append(f"asa-pretrain {shlex.join(overrides)}")
+        stages.run(f"pretrain {arm}", lambda: run_pretraining(arm, overrides, run_dir))
+        encoders[arm] = run_dir / "checkpoints" / "encoder.pt"
+
+    transfer_out = out / "transfer"
+    targv = ["--data", args.layout, "--root", str(cohort["labeled"]), "--model", "tiny", "--patch-size", str(scale.crop),
+             "--cases", *map(str, scale.cases), "--seeds", *map(str, scale.seeds), "--test", str(scale.test),
+             "--split-seed", str(args.seed), "--steps", str(scale.steps), "--device", args.device, "--reuse",
+             "--n-boot", str(args.n_boot), "--out", str(transfer_out)]
+    for arm, path in encoders.items():
+        targv += ["--arm", f"{arm}=model.pretrained={path}"]
+    commands.append(f"python scripts/transfer_study.py {shlex.join(targv)}")
+    def transfer() -> bool:
+        transfer_study.main(targv)  # finished runs are scored again (--reuse), unfinished ones trained
+        return False
+
+    stages.run("transfer", transfer)
+
+    report = out / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    for fname in ("transfer.md", "transfer.csv", "scores.csv", "dice_vs_cases.svg"):
+        shutil.copy2(transfer_out / fname, report / fname)
+    probes_md, probes_csv, probes_svg = probes_outputs({arm: probe_history(out / "pretrain" / arm) for arm in args.arms})
+    atomic_write_text(report / "probes.md", probes_md)
+    atomic_write_text(report / "probes.csv", probes_csv)
+    atomic_write_text(report / "probe_curves.svg", probes_svg)
+    info = {"scale_name": name, "scale": dataclasses.asdict(scale), "arms": args.arms, "layout": args.layout,
+            "generator": "MNI152 anatomy" if args.anatomy else "phantoms", "machine": machine(),
+            "stages": stages.table(), "commands": commands,
+            "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+    atomic_write_json(report / "report.json", info)
+    atomic_write_text(report / "README.md", report_markdown(info, (transfer_out / "transfer.md").read_text(), probes_md))
+    print(f"[study] report in {report}: README.md, transfer.md/.csv, scores.csv, dice_vs_cases.svg, probes.md/.csv, "
+          "probe_curves.svg, report.json", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
