@@ -1,0 +1,101 @@
+"""scripts/pretraining_study.py: the one-command study on phantoms at toy scale, its report, resume and refusals."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "pretraining_study.py"
+_spec = importlib.util.spec_from_file_location("asa_pretraining_study", SCRIPT)
+study = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = study
+_spec.loader.exec_module(study)
+
+ARMS = ["scratch", "mae", "a_ssl", "asa"]
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_probe_outputs_from_logged_rounds():
+    hist = {"mae": [{"step": 2, "epoch": 1, "val/loss": 0.6, "probe/r2_mean": 0.5, "probe/knn_acc": 0.8, "probe/r2_GM": 0.4},
+                    {"step": 4, "epoch": 2, "val/loss": 0.5, "probe/r2_mean": 0.6, "probe/knn_acc": 0.9, "probe/r2_GM": 0.5}],
+            "asa": [{"step": 2, "epoch": 1, "val/loss": 0.7, "probe/r2_mean": 0.55, "probe/knn_acc": 0.85, "probe/r2_GM": 0.45}]}
+    md, table, svg = study.probes_outputs(hist)
+    assert "| 2 | 4 | 0.5000 | 0.6000 | 0.9000 |" in md and "**asa**" in md and "probe/r2_GM" in md
+    rows = list(csv.DictReader(table.splitlines()))
+    assert [(r["arm"], r["epoch"], r["probe/r2_mean"]) for r in rows] == [("mae", "1", "0.500000"), ("mae", "2", "0.600000"),
+                                                                           ("asa", "1", "0.550000")]
+    assert svg.startswith("<svg") and svg.count("<polyline") == 2
+
+
+def test_scale_checks(tmp_path):
+    with pytest.raises(SystemExit, match="--crop 32: must be smaller than --volume 32"):
+        study.main(["--quick", "--crop", "32", "--out", str(tmp_path / "a")])
+    with pytest.raises(SystemExit, match="leaves 2 training case"):
+        study.main(["--quick", "--labeled", "6", "--cases", "4", "--out", str(tmp_path / "b")])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("asa.data.anatomy") is not None, reason="the anatomy generator is installed")
+def test_anatomy_switch_names_the_extra():
+    with pytest.raises(SystemExit, match=r"asa\[anatomy\]"):
+        study.dataset_writer(True)
+
+
+@pytest.mark.slow  # three pretraining runs and eight fine-tuning runs (about a minute on one CPU thread)
+def test_whole_study_at_toy_scale_writes_the_report_and_resumes(tmp_path, capsys):
+    out = tmp_path / "study"
+    argv = ["--quick", "--subjects", "5", "--labeled", "6", "--test", "4", "--cases", "2", "--seeds", "0", "1",
+            "--n-boot", "300", "--out", str(out)]
+    assert study.main(argv) == 0
+    report = out / "report"
+    assert sorted(p.name for p in report.iterdir()) == sorted(
+        ["README.md", "transfer.md", "transfer.csv", "scores.csv", "dice_vs_cases.svg", "probes.md", "probes.csv",
+         "probe_curves.svg", "report.json"])
+    # every arm x N x seed x test case scored, Dice and HD95 per class
+    scores = _csv(report / "scores.csv")
+    assert len(scores) == len(ARMS) * 1 * 2 * 4
+    assert {r["arm"] for r in scores} == set(ARMS) and {r["seed"] for r in scores} == {"0", "1"}
+    assert all(0.0 <= float(r["Dice_mean"]) <= 1.0 and float(r["HD95_mean"]) >= 0.0 for r in scores)
+    assert len({r["case"] for r in scores}) == 4  # one fixed test split for every run
+    # the table: one row per arm, paired differences with both CIs and the two per-seed means
+    rows = {r["arm"]: r for r in _csv(report / "transfer.csv")}
+    assert list(rows) == ARMS and rows["scratch"]["delta"] == ""
+    for arm in ARMS[1:]:
+        r = rows[arm]
+        assert float(r["delta_lo"]) <= float(r["delta"]) <= float(r["delta_hi"])
+        assert len(r["delta_per_seed"].split()) == 2 and r["delta_case_lo"] and r["delta_HD95_mean_hi"]
+    # probes logged by each pretraining run
+    probes = _csv(report / "probes.csv")
+    assert {r["arm"] for r in probes} == {"mae", "a_ssl", "asa"} and all(r["probe/r2_mean"] for r in probes)
+    assert (report / "probe_curves.svg").read_text().count("<polyline") == 3
+    info = json.loads((report / "report.json").read_text())
+    assert list(info["stages"]) == ["cohort", "pretrain mae", "pretrain a_ssl", "pretrain asa", "transfer"]
+    assert not any(s["reused"] for s in info["stages"].values())
+    assert info["machine"]["usable_cores"] >= 1 and info["scale"]["seeds"] == [0, 1]
+    readme = (report / "README.md").read_text()
+    for text in ("asa-pretrain experiment=mae", "asa-pretrain experiment=asa", "probe.every=1", "scripts/transfer_study.py",
+                 "--arm a_ssl=model.pretrained=", "| transfer |", "Machine:", "Δ per seed", "**a_ssl**"):
+        assert text in readme, text
+    # fine-tuning crops smaller than the volume: the runs' configs say so
+    run_cfg = (out / "transfer" / "runs" / "mae-n2-s1" / "config.yaml").read_text()
+    assert "patch_size: 24" in run_cfg and info["scale"]["volume"] == 32
+
+    # the same command again: every stage found done, nothing retrained, the same scores
+    ckpt = out / "transfer" / "runs" / "asa-n2-s0" / "checkpoints" / "last.pt"
+    before = ckpt.stat().st_mtime_ns
+    assert study.main(argv) == 0
+    assert ckpt.stat().st_mtime_ns == before
+    again = json.loads((report / "report.json").read_text())["stages"]
+    assert all(again[s]["reused"] for s in ("cohort", "pretrain mae", "pretrain a_ssl", "pretrain asa"))
+    assert again["pretrain asa"]["seconds"] == info["stages"]["pretrain asa"]["seconds"]
+    assert _csv(report / "scores.csv") == scores
+    # other settings into the same folder are refused
+    with pytest.raises(SystemExit, match="other settings"):
+        study.main([*argv, "--steps", "5"])
