@@ -20,8 +20,12 @@ Stages (each resumable; rerun the same command to continue after an interruption
    ``dice_vs_cases.svg``, ``probes.md`` / ``probes.csv`` / ``probe_curves.svg`` (the probe values
    each pretraining run logged), ``report.json``.
 
-Scales: ``--scale full`` (default) is sized for about 1.5 h on a 2-core CPU (time per stage in the
-README, section "Does pretraining help?"); ``--quick`` is a smoke version of a few minutes. Any
+Scales: ``--scale full`` (default) is sized for ≲ 2 h on an otherwise idle 2-core CPU. Estimated
+time per stage there (extrapolated from pilot runs on a 2-core machine at a load of ~10, i.e.
+about 4-5x slower, so not a measurement; the report states the measured times): cohort < 1 min;
+pretraining ~6 min per arm (320 steps of batch 2 at 48³ plus 20 probe rounds); transfer ~85 min
+(24 fine-tuning runs of 60 steps at 48³, ~3 min each, then 24 × 16 test cases predicted twice
+and scored). ``--quick`` is a smoke version: ~2 min at that load. Any
 field of the scale can be overridden (``--seeds``, ``--cases``, ``--steps``, ...). The settings are
 recorded in ``<out>/study.json``; a rerun with other settings into the same ``--out`` is refused.
 
