@@ -56,7 +56,7 @@ import torch
 
 from asa.api import pretrain
 from asa.api.config import compose_config
-from asa.data import write_demo_dataset
+from asa.data import write_anatomy_dataset, write_demo_dataset
 from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
 
 _SPEC = importlib.util.spec_from_file_location("asa_transfer_study", Path(__file__).with_name("transfer_study.py"))
@@ -65,6 +65,7 @@ sys.modules[_SPEC.name] = transfer_study
 _SPEC.loader.exec_module(transfer_study)
 
 ARMS = ("mae", "a_ssl", "asa")  # Table 4 pretraining rows (configs/pretrain/experiment/) compared with scratch
+PROBE_CASES = 4  # --anatomy: template subjects with tissue labels for the pretraining probes (fit on half)
 PROBE_METRICS = ("val/loss", "probe/r2_mean", "probe/knn_acc")  # the columns of probes.md
 
 
@@ -100,22 +101,29 @@ def dataset_writer(anatomy: bool) -> Writer:
     """writer(layout, out, *, cases, size, seed, lesions) -> out: the one place the generator is chosen.
 
     Phantoms (``asa.data.write_demo_dataset``; a lesion layout gets tumours by its own rule), or with
-    ``anatomy`` the MNI152-based subjects of the optional ``asa[anatomy]`` extra."""
+    ``anatomy`` the MNI152-based subjects of the optional ``asa[anatomy]`` extra
+    (``asa.data.write_anatomy_dataset``: heterotopia and one-sided deep-grey enlargement in ``msd``)."""
     if not anatomy:
         return lambda layout, out, *, cases, size, seed, lesions: write_demo_dataset(
             layout, out, cases=cases, size=size, seed=seed, overwrite=True)
-    try:
-        from asa.data.anatomy import write_anatomy_dataset  # optional extra: imported only when asked for
-    except ImportError as err:
-        raise SystemExit(f"--anatomy: the anatomy generator is not available ({err}); install asa[anatomy] "
-                         "or run without --anatomy (phantoms)") from err
-    return lambda layout, out, *, cases, size, seed, lesions: write_anatomy_dataset(
-        layout, out, cases=cases, size=size, seed=seed, lesions=lesions, overwrite=True)
+
+    def write(layout: str, out: Path, *, cases: int, size: int, seed: int, lesions: bool) -> Path:
+        try:
+            return write_anatomy_dataset(layout, out, cases=cases, size=size, seed=seed, lesions=lesions,
+                                         overwrite=True)
+        except ImportError as err:  # nilearn, the optional extra, is missing
+            raise SystemExit(f"--anatomy: {err}") from err
+
+    return write
 
 
-def write_cohort(out: Path, scale: Scale, *, layout: str, seed: int, writer: Writer) -> tuple[Path, Path, bool]:
-    """(pretraining BIDS folder, labeled folder, reused): written once (a ``.complete`` marker each)."""
+def write_cohort(out: Path, scale: Scale, *, layout: str, seed: int, writer: Writer,
+                 probe: bool = False) -> tuple[Path, Path, bool]:
+    """(pretraining BIDS folder, labeled folder, reused): written once (a ``.complete`` marker each);
+    ``probe`` also writes ``probe/``, IBSR-layout subjects with tissue labels for the pretraining probes."""
     parts = {"pretrain": ("bids", scale.subjects, seed, False), "labeled": (layout, scale.labeled, seed + 2, True)}
+    if probe:
+        parts["probe"] = ("ibsr", PROBE_CASES, seed + 4, False)
     reused = True
     for name, (lay, cases, part_seed, lesions) in parts.items():
         folder = out / name
@@ -279,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--arms", nargs="+", default=list(ARMS), help="pretraining presets (configs/pretrain/experiment)")
     p.add_argument("--layout", default="msd", choices=("msd", "brats", "wmh"), help="layout of the labeled lesion cases")
     p.add_argument("--anatomy", action="store_true", help="MNI152-based subjects (asa[anatomy]) instead of phantoms")
-    p.add_argument("--probe-data", help="labeled folder for the pretraining probes (default: demo IBSR phantoms)")
+    p.add_argument("--probe-data", help="labeled folder for the pretraining probes (default: demo IBSR phantoms; with --anatomy, template subjects with tissue labels written beside the cohort)")
     p.add_argument("--seed", type=int, default=0, help="cohort and pretraining seed")
     p.add_argument("--device", default="auto")
     p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples of the CIs")
@@ -297,19 +305,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     stages = Stages(out / "stages.json")
     commands = [f"python scripts/pretraining_study.py {shlex.join(sys.argv[1:] if argv is None else argv)}"]
     writer = dataset_writer(args.anatomy)
+    probe_own = args.anatomy and not args.probe_data  # the probes read tissue labels of the same anatomy
+    probe_data = str(out / "data" / "probe") if probe_own else args.probe_data
 
     cohort: dict[str, Path] = {}
 
     def make_cohort() -> bool:
         cohort["pretrain"], cohort["labeled"], reused = write_cohort(out / "data", scale, layout=args.layout,
-                                                                     seed=args.seed, writer=writer)
+                                                                     seed=args.seed, writer=writer, probe=probe_own)
         return reused
 
     stages.run("cohort", make_cohort)
     encoders: dict[str, Path] = {}
     for arm in args.arms:
         run_dir = out / "pretrain" / arm
-        overrides = pretrain_overrides(arm, cohort["pretrain"], run_dir, scale, seed=args.seed, probe_data=args.probe_data)
+        overrides = pretrain_overrides(arm, cohort["pretrain"], run_dir, scale, seed=args.seed, probe_data=probe_data)
         commands.append(f"asa-pretrain {shlex.join(overrides)}")
         stages.run(f"pretrain {arm}", lambda: run_pretraining(arm, overrides, run_dir))
         encoders[arm] = run_dir / "checkpoints" / "encoder.pt"

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from asa.data import anatomy
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "pretraining_study.py"
 _spec = importlib.util.spec_from_file_location("asa_pretraining_study", SCRIPT)
 study = importlib.util.module_from_spec(_spec)
@@ -42,10 +44,17 @@ def test_scale_checks(tmp_path):
         study.main(["--quick", "--labeled", "6", "--cases", "4", "--out", str(tmp_path / "b")])
 
 
-@pytest.mark.skipif(importlib.util.find_spec("asa.data.anatomy") is not None, reason="the anatomy generator is installed")
-def test_anatomy_switch_names_the_extra():
-    with pytest.raises(SystemExit, match=r"asa\[anatomy\]"):
-        study.dataset_writer(True)
+def test_anatomy_switch_names_the_extra(monkeypatch, tmp_path):
+    """Without nilearn, --anatomy stops naming the optional extra, before a subject is written."""
+    monkeypatch.setitem(sys.modules, "nilearn", None)  # import nilearn -> ImportError
+    for cached in (anatomy._load_template, anatomy._template_on_grid):
+        cached.cache_clear()
+    try:
+        with pytest.raises(SystemExit, match=r"asa\[anatomy\]"):
+            study.dataset_writer(True)("msd", tmp_path / "x", cases=1, size=32, seed=0, lesions=True)
+    finally:  # the next test loads the real template again
+        for cached in (anatomy._load_template, anatomy._template_on_grid):
+            cached.cache_clear()
 
 
 @pytest.mark.slow  # three pretraining runs and eight fine-tuning runs (about a minute on one CPU thread)
