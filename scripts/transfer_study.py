@@ -45,6 +45,7 @@ from asa.data import discover, get_task
 from asa.eval.metrics import EMPTY_HD95
 from asa.eval.predict import Predictor
 from asa.eval.reliance import encoder_reliance
+from asa.eval.svg import line_plot
 from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
 
 SCRATCH, PRETRAINED = "scratch", "pretrained"
@@ -238,58 +239,6 @@ def rows_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     for r in rows:
         writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
     return buf.getvalue()
-
-
-def line_plot(series: Mapping[str, Sequence[tuple[float, float, float]]], *, xlabel: str, ylabel: str,
-              categorical: bool = True, clip: tuple[float, float] | None = (0.0, 1.0), width: int = 480,
-              height: int = 320) -> str:
-    """Plain SVG of one line per series name, each a list of (x, y, error bar half-height; 0 or NaN: none).
-
-    ``categorical``: the distinct x values evenly spaced (e.g. labeled cases 2, 8), else a linear x axis.
-    ``clip``: bounds of the y axis range (None: the data's own)."""
-    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-    points = {name: [(float(x), float(y), 0.0 if math.isnan(e) else float(e)) for x, y, e in pts if not math.isnan(y)]
-              for name, pts in series.items()}
-    xs = sorted({x for pts in points.values() for x, _, _ in pts}) or [0.0]
-    ys = [v for pts in points.values() for _, y, e in pts for v in (y - e, y + e)] or [0.0]
-    lo, hi = math.floor(min(ys) * 10) / 10, math.ceil(max(ys) * 10) / 10 + 1e-9
-    if clip is not None:
-        lo, hi = max(clip[0], lo), min(clip[1], hi)
-    hi = hi if hi > lo else lo + 0.1
-    left, right, top, bottom = 60, 110, 20, 45
-    span = width - left - right
-    if categorical:
-        px = lambda x: left + (xs.index(x) + 0.5) * span / len(xs)  # noqa: E731
-        ticks = xs
-    else:
-        x0, x1 = xs[0], (xs[-1] if xs[-1] > xs[0] else xs[0] + 1)
-        px = lambda x: left + 10 + (x - x0) / (x1 - x0) * (span - 20)  # noqa: E731
-        ticks = sorted({xs[round(i * (len(xs) - 1) / 5)] for i in range(6)}) if len(xs) > 6 else xs
-    py = lambda d: top + (hi - d) / (hi - lo) * (height - top - bottom)  # noqa: E731
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
-           f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="black"/>',
-           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>',
-           f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle">{xlabel}</text>',
-           f'<text x="14" y="{(top + height - bottom) / 2}" text-anchor="middle" transform="rotate(-90 14 {(top + height - bottom) / 2})">{ylabel}</text>']
-    for k in range(6):
-        d = lo + (hi - lo) * k / 5
-        out.append(f'<text x="{left - 6}" y="{py(d) + 4:.1f}" text-anchor="end">{d:.2f}</text>')
-        out.append(f'<line x1="{left}" y1="{py(d):.1f}" x2="{width - right}" y2="{py(d):.1f}" stroke="#ddd"/>')
-    for x in ticks:
-        out.append(f'<text x="{px(x):.1f}" y="{height - bottom + 16}" text-anchor="middle">{x:g}</text>')
-    for i, (name, pts) in enumerate(points.items()):
-        color = colors[i % len(colors)]
-        pts = sorted(pts)
-        out.append(f'<polyline points="{" ".join(f"{px(x):.1f},{py(y):.1f}" for x, y, _ in pts)}" fill="none" '
-                   f'stroke="{color}" stroke-width="2"/>')
-        for x, y, e in pts:
-            if e:
-                out.append(f'<line x1="{px(x):.1f}" y1="{py(y - e):.1f}" x2="{px(x):.1f}" y2="{py(y + e):.1f}" stroke="{color}"/>')
-            out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}"/>')
-        out.append(f'<text x="{width - right + 8}" y="{top + 16 * (i + 1)}" fill="{color}">{name}</text>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
 
 
 def svg_plot(rows: Sequence[Mapping[str, Any]], *, width: int = 480, height: int = 320) -> str:

@@ -27,38 +27,76 @@ from asa.io import load_volume
 from asa.models import unwrap
 from asa.models.region_attention import patch_regions
 
-__all__ = ["ProbeSet", "build_probe_set", "encode_tokens", "knn_accuracy", "patch_fractions", "probe_metrics",
-           "ridge_r2", "make_probe"]
+__all__ = ["ProbeSet", "build_probe_set", "encode_tokens", "knn_accuracy", "knn_neighbours", "knn_votes",
+           "make_probe", "patch_fractions", "probe_metrics", "r2_columns", "ridge_predict", "ridge_r2", "standardize"]
+
+
+def standardize(x_fit: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Features standardised with the mean and standard deviation (unbiased, floored at 1e-8) of the
+    fitted rows ``x_fit`` [n, D]: (x_fit, *others) rescaled alike."""
+    mu, sd = x_fit.mean(0), x_fit.std(0).clamp_min(1e-8)
+    return tuple((t - mu) / sd for t in (x_fit, *others))
+
+
+def ridge_predict(x_fit: torch.Tensor, y_fit: torch.Tensor, x_test: torch.Tensor, *, lam: float = 1.0) -> torch.Tensor:
+    """Closed-form ridge regression of y on x, ``W = (AᵀA + λI)⁻¹ Aᵀ(Y − ȳ)`` with A the features
+    standardised on the fitted rows and an unpenalised intercept ȳ; predictions on the test rows
+    (float64). x_fit [n, D], y_fit [n, K], x_test [m, D] -> [m, K]."""
+    x_fit, y_fit, x_test = (t.double() for t in (x_fit, y_fit, x_test))
+    a, b = standardize(x_fit, x_test)
+    y_mu = y_fit.mean(0)
+    w = torch.linalg.solve(a.T @ a + lam * torch.eye(a.shape[1], dtype=a.dtype), a.T @ (y_fit - y_mu))
+    return b @ w + y_mu
+
+
+def r2_columns(y_true: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """R² per column of y_true [m, K] against pred [m, K] (``1 − SSE/SST`` about the truth's own
+    mean); NaN where the truth column is constant. -> [K] float32."""
+    y_true, pred = y_true.double(), pred.double()
+    sse = ((y_true - pred) ** 2).sum(0)
+    sst = ((y_true - y_true.mean(0)) ** 2).sum(0)
+    return torch.where(sst > 1e-12, 1 - sse / sst.clamp_min(1e-12), torch.full_like(sst, float("nan"))).float()
 
 
 def ridge_r2(x_fit: torch.Tensor, y_fit: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, *,
              lam: float = 1.0) -> torch.Tensor:
-    """Closed-form ridge regression of y on x (features standardised on the fitted rows, intercept
-    unpenalised); R² per target column on the test rows, NaN where the test column is constant.
+    """Closed-form ridge regression of y on x (`ridge_predict`); R² per target column on the test
+    rows, NaN where the test column is constant.
 
     x_fit [n, D], y_fit [n, K], x_test [m, D], y_test [m, K] -> [K].
     """
-    x_fit, y_fit, x_test, y_test = (t.double() for t in (x_fit, y_fit, x_test, y_test))
-    mu, sd = x_fit.mean(0), x_fit.std(0).clamp_min(1e-8)
-    a, b = (x_fit - mu) / sd, (x_test - mu) / sd
-    y_mu = y_fit.mean(0)
-    w = torch.linalg.solve(a.T @ a + lam * torch.eye(a.shape[1], dtype=a.dtype), a.T @ (y_fit - y_mu))
-    pred = b @ w + y_mu
-    sse = ((y_test - pred) ** 2).sum(0)
-    sst = ((y_test - y_test.mean(0)) ** 2).sum(0)
-    return torch.where(sst > 1e-12, 1 - sse / sst.clamp_min(1e-12), torch.full_like(sst, float("nan"))).float()
+    return r2_columns(y_test, ridge_predict(x_fit, y_fit, x_test, lam=lam))
+
+
+def knn_votes(x_fit: torch.Tensor, c_fit: torch.Tensor, x_test: torch.Tensor, *, k: int = 5,
+              num_classes: int | None = None, chunk: int = 4096) -> torch.Tensor:
+    """Votes of the k most cosine-similar fitted rows (features standardised on the fitted rows)
+    for each test row: x_fit [n, D], c_fit [n] int64, x_test [m, D] -> counts [m, K] (K =
+    ``num_classes`` or one more than the largest fitted class); test rows go ``chunk`` at a time."""
+    a, b = standardize(x_fit.float(), x_test.float())
+    a, b = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(b, dim=1)
+    k = min(k, a.shape[0])
+    classes = int(c_fit.max()) + 1 if num_classes is None else int(num_classes)
+    out = []
+    for i in range(0, b.shape[0], chunk):
+        nearest = (b[i:i + chunk] @ a.T).topk(k, dim=1).indices  # [chunk, k]
+        out.append(torch.nn.functional.one_hot(c_fit[nearest], classes).sum(1))
+    return torch.cat(out) if out else torch.zeros(0, classes, dtype=torch.long)
+
+
+def knn_neighbours(x_fit: torch.Tensor, x_test: torch.Tensor, *, k: int = 5) -> torch.Tensor:
+    """Indices [m, k] of the k most cosine-similar fitted rows of each test row (standardised as
+    in `knn_votes`)."""
+    a, b = standardize(x_fit.float(), x_test.float())
+    a, b = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(b, dim=1)
+    return (b @ a.T).topk(min(k, a.shape[0]), dim=1).indices
 
 
 def knn_accuracy(x_fit: torch.Tensor, c_fit: torch.Tensor, x_test: torch.Tensor, c_test: torch.Tensor, *,
                  k: int = 5) -> float:
     """Share of test rows whose majority class among the k most cosine-similar fitted rows (features
-    standardised on the fitted rows) is their own class. x [n, D], c [n] int64."""
-    mu, sd = x_fit.mean(0), x_fit.std(0).clamp_min(1e-8)
-    a = torch.nn.functional.normalize((x_fit - mu) / sd, dim=1)
-    b = torch.nn.functional.normalize((x_test - mu) / sd, dim=1)
-    k = min(k, a.shape[0])
-    nearest = (b @ a.T).topk(k, dim=1).indices  # [m, k]
-    votes = torch.nn.functional.one_hot(c_fit[nearest], int(max(c_fit.max(), c_test.max())) + 1).sum(1)
+    standardised on the fitted rows, `knn_votes`) is their own class. x [n, D], c [n] int64."""
+    votes = knn_votes(x_fit, c_fit, x_test, k=k, num_classes=int(max(c_fit.max(), c_test.max())) + 1)
     return float((votes.argmax(1) == c_test).float().mean())
 
 

@@ -9,10 +9,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import List
 
+import torch
 from torch import nn
 
 from asa.data import diseased_labels
+from asa.eval.frozen import SWIN_PROBE_STRIDE, swin_tokens
 from asa.methods.base import MethodSettings, PanelFn, PretrainingMethod, StepFn, register_method
+from asa.models import unwrap
 from asa.models.sa_swin import SA_SWIN_ENCODER_PREFIXES
 from asa.models.zoo import build_network
 from asa.train.sa_swin import make_sah_panel_fn, sah_step
@@ -46,7 +49,8 @@ class SymmetryAwareSettings(MethodSettings):
 class SymmetryAwarePretraining(PretrainingMethod):
     """The Symmetry-Aware Head; y of L_sym from a ``diseased`` column (participants.tsv or the file
     list; 0 where absent). Its contrastive term takes negatives from the batch, so validation scores
-    fixed pairs of volumes. The export keeps the SwinViT (``swinViT.*``)."""
+    fixed pairs of volumes. The export keeps the SwinViT (``swinViT.*``). Probes read the SwinViT's
+    stage output at stride 8 (`asa.eval.frozen.swin_tokens`), as ``asa-probe`` does."""
 
     name = "sa_swin"
     Settings = SymmetryAwareSettings
@@ -80,3 +84,11 @@ class SymmetryAwarePretraining(PretrainingMethod):
 
     def panel(self, sample: Mapping) -> PanelFn:
         return make_sah_panel_fn(sample["image"])
+
+    def probe_tokens(self, model: nn.Module, x: torch.Tensor, patch_regions: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+        return swin_tokens(unwrap(model).swinViT, x).float()
+
+    @property
+    def probe_patch_size(self) -> int:
+        return SWIN_PROBE_STRIDE

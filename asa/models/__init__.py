@@ -16,7 +16,7 @@ from asa.models.layout import channels_last_inference
 from asa.models.mae import ASA, MAEOutput, MaskedAutoencoder
 from asa.models.objective import FocalRegionReconstruction, PatchReconstruction, reconstruction_objective
 from asa.models.patch import PatchEmbed, patch_grid, patchify, unpatchify
-from asa.models.portable import ENCODER_MODULES, VolumeEncoder, export_for_monai, load_encoder
+from asa.models.portable import ENCODER_MODULES, VolumeEncoder, export_for_monai, load_encoder, network_encoder
 from asa.models.position import brain_frame_encoding, position_index, symmetric_position_encoding
 from asa.models.presets import PRESETS
 from asa.models.region_attention import RegionAttention, patch_regions
@@ -73,6 +73,7 @@ __all__ = [
     "unwrap",
     "export_for_monai",
     "load_encoder",
+    "network_encoder",
     "build_segmentation_network",
     "channels_last_inference",
     "network_spec",

@@ -22,7 +22,7 @@ from asa.models.encoder import SWViTEncoder
 from asa.models.region_attention import patch_regions
 from asa.models.registry import ENCODER_MODULES, build_network
 
-__all__ = ["ENCODER_MODULES", "VolumeEncoder", "export_for_monai", "load_encoder"]
+__all__ = ["ENCODER_MODULES", "VolumeEncoder", "export_for_monai", "load_encoder", "network_encoder"]
 
 SWIN_ENCODER = "swinViT"  # the encoder module of the SwinViT-based networks (SwinUNETR's layout)
 
@@ -93,18 +93,31 @@ def _spec_and_weights(path: str | os.PathLike, state: Mapping) -> tuple[dict, st
     return dict(spec), ENCODER_MODULES[arch], weights
 
 
-def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> nn.Module:
+def network_encoder(net: nn.Module, arch: str) -> nn.Module:
+    """The encoder submodule of a network of ``arch`` as `load_encoder` returns it (a
+    :class:`VolumeEncoder` around an SW-ViT, else the module itself), weights as they are."""
+    if arch not in ENCODER_MODULES:
+        raise ValueError(f"a {arch!r} network has no registered encoder; known: {tuple(ENCODER_MODULES)}")
+    encoder = getattr(net, ENCODER_MODULES[arch])
+    if isinstance(encoder, SWViTEncoder):
+        encoder = VolumeEncoder(encoder, spe_frame=getattr(net, "spe_frame", "brain"))
+    return encoder
+
+
+def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = "cpu",
+                 state: Mapping | None = None) -> nn.Module:
     """The pretrained encoder of an export or checkpoint, weights loaded, in eval mode.
 
     ``path``: ``encoder.safetensors`` or ``encoder.pt`` (``asa-pretrain``'s exports) or a full
-    checkpoint (``last.pt`` / ``best.pt`` of ``asa-pretrain`` or ``asa-finetune``). The network is
+    checkpoint (``last.pt`` / ``best.pt`` of ``asa-pretrain`` or ``asa-finetune``); ``state``: its
+    content when already read (`asa.io.load_weights`). The network is
     rebuilt from the spec recorded in the file; every encoder weight must be present and fit.
-    Returns, for ASA networks (``asa_pretrain``, ``asa``), a :class:`VolumeEncoder`
+    Returns, for ASA networks (``asa_pretrain``, ``asa``, ``case_head``), a :class:`VolumeEncoder`
     (x [B, C, D, H, W] -> tokens [B, N, E]); for SA-Swin and SwinUNETR MONAI's ``SwinTransformer``
     (``forward(x, normalize=True)`` -> the five stage outputs [B, F·2^k, D/2^(k+1), ...], k = 0..4);
     for UNETR MONAI's ``ViT`` (-> (tokens, hidden states)).
     """
-    state = load_weights(path, map_location)
+    state = load_weights(path, map_location) if state is None else state
     spec, name, weights = _spec_and_weights(path, state)
     net = build_network(spec)  # the whole network (a pretraining decoder too), then only its encoder is kept
     encoder = getattr(net, name)
@@ -112,9 +125,7 @@ def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = 
         encoder.load_state_dict(weights, strict=True)
     except RuntimeError as err:
         raise ValueError(f"{path}: the weights do not fit the {spec['arch']!r} encoder recorded in it: {err}") from err
-    if isinstance(encoder, SWViTEncoder):
-        encoder = VolumeEncoder(encoder, spe_frame=getattr(net, "spe_frame", "brain"))
-    return encoder.to(map_location).eval()
+    return network_encoder(net, spec["arch"]).to(map_location).eval()
 
 
 def _monai_name(key: str) -> str:
