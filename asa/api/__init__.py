@@ -15,9 +15,11 @@ from asa.api.finetune import finetune
 from asa.api.predict import predict
 from asa.api.preprocess import preprocess
 from asa.api.pretrain import pretrain
-from asa.api.schema import EvaluateConfig, FinetuneConfig, PredictConfig, PreprocessConfig, PretrainConfig
+from asa.api.probe import probe
+from asa.api.schema import (EvaluateConfig, FinetuneConfig, FrozenProbeConfig, PredictConfig, PreprocessConfig,
+                            PretrainConfig)
 
 __all__ = [
-    "EvaluateConfig", "FinetuneConfig", "PredictConfig", "PreprocessConfig", "PretrainConfig", "compose_config",
-    "evaluate", "finetune", "load_config", "predict", "preprocess", "pretrain",
+    "EvaluateConfig", "FinetuneConfig", "FrozenProbeConfig", "PredictConfig", "PreprocessConfig", "PretrainConfig",
+    "compose_config", "evaluate", "finetune", "load_config", "predict", "preprocess", "pretrain", "probe",
 ]

@@ -20,7 +20,7 @@ from asa.api import schema
 
 __all__ = ["ENTRY_POINTS", "compose_config", "config_path", "load_config"]
 
-ENTRY_POINTS = ("pretrain", "finetune", "predict", "evaluate", "preprocess")
+ENTRY_POINTS = ("pretrain", "finetune", "predict", "evaluate", "preprocess", "probe")
 _SOURCE_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 

@@ -38,7 +38,7 @@ from asa.train.precision import AMP_CHOICES
 from asa.train.schedule import SCHEDULES
 
 __all__ = [
-    "EvaluateConfig", "FinetuneConfig", "PredictConfig", "PreprocessConfig", "PretrainConfig", "SCHEMAS", "as_config", "register", "validate",
+    "EvaluateConfig", "FinetuneConfig", "FrozenProbeConfig", "PredictConfig", "PreprocessConfig", "PretrainConfig", "SCHEMAS", "as_config", "register", "validate",
 ]
 
 
@@ -314,6 +314,32 @@ class EvaluateConfig:
 
 
 @dataclass
+class FrozenProbeConfig:
+    """``asa-probe``: frozen-encoder probes of checkpoints on a labeled dataset (`asa.api.probe`)."""
+
+    encoders: List[str] = MISSING  # checkpoints / exports, and random (the first file's spec) or random:<preset>
+    names: Optional[List[str]] = None  # row names, one per encoder (null: the paths as given)
+    output: str = MISSING  # folder for probe.md, probe.csv, probe.svg, probe.json
+    overwrite: bool = False  # replace results in output (the old folder is moved aside)
+    folds: int = 5  # k of the k-fold cross-validation (subjects never split)
+    seed: int = 0  # folds, bootstrap and random-init weights
+    ridge: float = 1.0  # ridge penalty λ on standardised features
+    logistic: float = 1.0  # L2 penalty λ of the logistic regression (scikit-learn's C = 1/λ)
+    logistic_steps: int = 300  # L-BFGS iterations at most
+    knn_k: int = 5
+    bootstrap: int = 1000  # bootstrap resamples of the cases (0: no intervals)
+    confidence: float = 0.95
+    crop: Optional[int] = None  # input edge for an encoder that records none (SA-Swin pretraining exports)
+    channels: List[str] = field(default_factory=lambda: ["t1"])  # input channels, as in pretraining
+    batch_size: int = 2  # volumes per forward pass
+    split_file: Optional[str] = None  # a run's splits.json: probe only the cases of `subset`
+    subset: str = "test"
+    device: str = "auto"
+    debug: bool = False
+    data: SegmentationDataConfig = field(default_factory=SegmentationDataConfig)
+
+
+@dataclass
 class PreprocessConfig:
     # a data preset of asa-pretrain or asa-finetune: checked against PretrainDataConfig or
     # SegmentationDataConfig when the job runs (a fine-tuning preset is one with a task)
@@ -327,7 +353,7 @@ class PreprocessConfig:
 
 
 SCHEMAS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "predict": PredictConfig,
-           "evaluate": EvaluateConfig, "preprocess": PreprocessConfig}
+           "evaluate": EvaluateConfig, "preprocess": PreprocessConfig, "probe": FrozenProbeConfig}
 
 
 def _schema_node(entry: str, method: str | None = None) -> Any:

@@ -1,0 +1,246 @@
+"""Frozen-encoder evaluation as a Python function: the job behind `asa-probe`.
+
+Every encoder given (checkpoints and exports of any asa network with an encoder, and random-init
+twins as baselines) is frozen, run once over the dataset's cases (its own input grid: the
+brain-centred pretraining crop) and probed with k-fold cross-validation (`asa.eval.probe_cv`):
+case targets on the mean of the brain tokens, voxel labels per patch. The result is one row per
+encoder, printed and written to ``<output>/probe.{md,csv,svg,json}``; an output folder holding
+results is refused unless ``overwrite=true`` (the old folder is moved aside, nothing is deleted).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from asa.api.common import OptionError, cases_of_split, dataset_root, refusing
+from asa.api.finetune_case import CASE_TASK
+from asa.api.rundir import RunDirError, command_line, move_aside
+from asa.api.schema import FrozenProbeConfig, as_config
+from asa.data import discover, get_task, read_targets
+from asa.eval.frozen import RANDOM, FrozenEncoder, load_frozen, pooled_features, prepare_cases, random_frozen
+from asa.eval.probe import build_probe_set
+from asa.eval.probe_cv import TABLE_METRICS, case_probes, token_probes
+from asa.eval.svg import interval_plot
+from asa.io import atomic_write_json, atomic_write_text
+from asa.train.distributed import resolve_device
+
+__all__ = ["OUTPUTS", "probe", "probe_table"]
+
+APP = "asa-probe"
+OUTPUTS = ("probe.md", "probe.csv", "probe.svg", "probe.json")
+LABELS = {"r2": "R²", "mae": "MAE", "balanced_accuracy": "bal. acc.", "auroc": "AUROC", "accuracy": "accuracy",
+          "r2_mean": "R² mean"}
+
+
+def _check_options(cfg: DictConfig) -> list[str]:
+    """The encoder entries; refuses values the probes cannot run with, naming the option."""
+    entries = [str(e) for e in cfg.encoders]
+    if not entries:
+        raise OptionError("encoders=[]: give at least one checkpoint or export (and random for a random-init row)")
+    if cfg.names is not None and len(cfg.names) != len(entries):
+        raise OptionError(f"names: {len(cfg.names)} name(s) for {len(entries)} encoder(s); give one per encoder or "
+                          "names=null")
+    checks = [("folds", int(cfg.folds) >= 2, "at least 2"), ("knn_k", int(cfg.knn_k) >= 1, "at least 1"),
+              ("ridge", float(cfg.ridge) > 0, "> 0"), ("logistic", float(cfg.logistic) > 0, "> 0"),
+              ("logistic_steps", int(cfg.logistic_steps) >= 1, "at least 1"),
+              ("bootstrap", int(cfg.bootstrap) >= 0, ">= 0"), ("confidence", 0 < float(cfg.confidence) < 1, "in (0, 1)"),
+              ("batch_size", int(cfg.batch_size) >= 1, "at least 1")]
+    for key, ok, expected in checks:
+        if not ok:
+            raise OptionError(f"{key}={cfg[key]}: expected {expected}")
+    return entries
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    """Refuse a file, or a folder holding results, unless ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"output={out} is a file, not a folder")
+    held = [name for name in OUTPUTS if (out / name).exists()]
+    if held and not overwrite:
+        raise RunDirError(f"output={out} already holds results ({', '.join(held)}); nothing was written. Write "
+                          f"elsewhere (output={out}-new) or replace them with overwrite=true (the old folder is moved "
+                          f"to {out.name}.replaced-<time>)")
+
+
+def _encoders(entries: Sequence[str], names: Sequence[str] | None, cfg: DictConfig, device) -> list[FrozenEncoder]:
+    """The frozen encoders in the order given; random entries take the first file's spec."""
+    files = [e for e in entries if not (e == RANDOM or e.startswith(RANDOM + ":"))]
+    crop = None if cfg.crop is None else int(cfg.crop)
+    loaded = {e: load_frozen(e, crop=crop, device=device) for e in dict.fromkeys(files)}
+    first = loaded[files[0]] if files else None
+    out = []
+    for i, entry in enumerate(entries):
+        enc = loaded.get(entry) or random_frozen(entry, like=first, seed=int(cfg.seed), crop=crop, device=device)
+        name = str(names[i]) if names is not None else (entry if entry in loaded else enc.name)
+        out.append(FrozenEncoder(name, enc.arch, enc.spec, enc.module, enc.size, enc.stride, enc.in_channels,
+                                 enc.source))
+    channels = len(cfg.channels)
+    wrong = [e.name for e in out if e.in_channels != channels]
+    if wrong:
+        raise OptionError(f"channels={list(cfg.channels)}: {len(wrong)} encoder(s) take another number of input channels "
+                          f"({', '.join(f'{e.name}: {e.in_channels}' for e in out if e.name in wrong)})")
+    return out
+
+
+def _groups(cases: Sequence) -> list[str]:
+    """Each case's subject (the case id where the layout records none)."""
+    return [str(c.meta.get("subject") or c.id) for c in cases]
+
+
+def probe(config: FrozenProbeConfig | DictConfig) -> dict:
+    """Probe frozen encoders as configured (asa-probe); returns the result written to ``probe.json``
+    (``rows``: one per encoder with its metrics, each ``{"value", "ci_low", "ci_high", ...}``).
+
+    ``config``: the typed config (FrozenProbeConfig, e.g. ``load_config("probe", "encoders=[a.pt,random]",
+    "output=out")``) or a composed Hydra config. Every option is checked and every encoder loaded
+    before anything is written; a bad option raises `OptionError`, a used output folder `RunDirError`."""
+    with refusing():
+        cfg = as_config(config, "probe")
+        entries = _check_options(cfg)
+        device = resolve_device(str(cfg.device))
+        out = Path(str(cfg.output)).expanduser().absolute()
+        _check_output(out, bool(cfg.overwrite))
+        encoders = _encoders(entries, cfg.names, cfg, device)
+        data = cfg.data
+        if data.get("task") is None:
+            raise ValueError(f"data={data.get('name')} has no labels to probe; use data=targets (data.target=COLUMN) or "
+                             "a labeled segmentation dataset (brats, ibsr, wmh, msd)")
+        root, layout = dataset_root(data)
+        case_level = str(data.task) == CASE_TASK
+        if case_level:
+            if data.target is None:
+                raise ValueError("data.task=case needs data.target: the column of the targets table to probe "
+                                 "(e.g. data.target=age)")
+            cases = discover(layout, root, require_labels=False, on_bad_case=str(data.on_bad_case),
+                             option="data.on_bad_case")
+            cases = cases_of_split(cases, cfg.split_file, str(cfg.subset), where=str(root))
+            table = read_targets(data.targets if data.targets is not None else root, str(data.target),
+                                 kind=str(data.target_kind), classes=None if data.classes is None else list(data.classes))
+            targets = table.for_cases(cases)
+            cases = [c for c in cases if c.id in targets.values]
+            target = {"column": str(data.target), "kind": targets.kind, "classes": list(targets.names),
+                      "source": table.source, "skipped": dict(targets.skipped)}
+        else:
+            task = get_task(str(data.task), root=root)
+            cases = discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case")
+            cases = cases_of_split([c for c in cases if c.label is not None], cfg.split_file, str(cfg.subset),
+                                   where=str(root))
+            target = {"task": task.name, "kind": "voxel", "classes": list(task.output_names)}
+        if len({*_groups(cases)}) < 2:
+            raise ValueError(f"data.root={root}: {len(cases)} usable case(s) of {len({*_groups(cases)})} subject(s); "
+                             "cross-validation needs at least 2 subjects")
+    groups = _groups(cases)
+    settings = {k: cfg[k] for k in ("folds", "seed", "ridge", "logistic", "logistic_steps", "knn_k", "bootstrap",
+                                    "confidence", "batch_size")}
+    print(f"[asa] probing {len(encoders)} frozen encoder(s) on {len(cases)} case(s) of {len({*groups})} subject(s) "
+          f"from {root} ({target.get('column') or target['task']}, {target['kind']}), {cfg.folds}-fold "
+          f"cross-validation, {device}", flush=True)
+    if case_level and targets.skipped:
+        print(f"[asa] {len(targets.skipped)} case(s) without a target left out (listed in probe.json)",
+              file=sys.stderr, flush=True)
+    common = dict(folds=int(cfg.folds), seed=int(cfg.seed), n_resamples=int(cfg.bootstrap),
+                  confidence=float(cfg.confidence), knn_k=int(cfg.knn_k), ridge=float(cfg.ridge))
+    rows, prepared = [], {}
+    for enc in encoders:
+        if case_level:
+            key = enc.size
+            if key not in prepared:
+                prepared[key] = prepare_cases(cases, size=enc.size, channels=list(cfg.channels))
+            features = pooled_features(enc, prepared[key], batch_size=int(cfg.batch_size), device=device)
+            kind = "continuous" if targets.kind == "continuous" else "classes"
+            result = case_probes(features, [targets.values[c.id] for c in cases], kind=targets.kind, groups=groups,
+                                 names=targets.names, logistic=float(cfg.logistic),
+                                 logistic_steps=int(cfg.logistic_steps), **common)
+        else:
+            key = (enc.size, enc.stride)
+            if key not in prepared:
+                if len(set(enc.size)) != 1:
+                    raise OptionError(f"{enc.name}: voxel-label probes need a cubic input, got {list(enc.size)}")
+                prepared[key] = build_probe_set(cases, task, size=enc.size[0], channels=list(cfg.channels),
+                                                patch_size=enc.stride)
+            probe_set = prepared[key]
+            tokens = torch.cat([enc.tokens(probe_set.images[i:i + int(cfg.batch_size)].to(device)).cpu()
+                                for i in range(0, probe_set.images.shape[0], int(cfg.batch_size))])
+            kind = "voxel"
+            result = token_probes(tokens, probe_set, groups=groups, **common)
+            features = tokens
+        row = {**enc.describe(), "dim": int(features.shape[-1]), **result}
+        rows.append(row)
+        print(f"[asa] {enc.name}: " + "; ".join(_cell_text(name, row["metrics"][name]) for name in TABLE_METRICS[kind]),
+              flush=True)
+    record = {"format": "asa-probe", "version": 1, "time": datetime.datetime.now().isoformat(timespec="seconds"),
+              "command": command_line(APP, drop=()), "data": {"root": str(root), "layout": layout, "n": len(cases),
+                                                              "subjects": len({*groups})},
+              "target": target, "settings": settings, "table": list(TABLE_METRICS[kind]),
+              "cases": [c.id for c in cases], "rows": rows}
+    if bool(cfg.overwrite) and out.exists() and any(out.iterdir()):
+        aside = move_aside(out)
+        print(f"[asa] overwrite=true: moved the previous results to {aside}", file=sys.stderr, flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    table_md, table_csv, svg = probe_table(record)
+    atomic_write_text(out / "probe.md", table_md)
+    atomic_write_text(out / "probe.csv", table_csv)
+    atomic_write_text(out / "probe.svg", svg)
+    atomic_write_json(out / "probe.json", record)
+    print(table_md, end="", flush=True)
+    print(f"[asa] wrote {', '.join(str(out / name) for name in OUTPUTS)}", flush=True)
+    return record
+
+
+def _label(metric: str) -> str:
+    probe_name, _, name = metric.partition("/")
+    if name.startswith("r2_") and name != "r2_mean":
+        return f"{probe_name} R² {name[3:]}"
+    return f"{probe_name} {LABELS.get(name, name)}"
+
+
+def _cell_text(metric: str, est: Mapping) -> str:
+    return f"{_label(metric)} {_cell(est)}"
+
+
+def _cell(est: Mapping) -> str:
+    """``value [low, high]`` (4 significant digits), or ``undefined``."""
+    if est.get("value") is None:
+        return "undefined"
+    text = f"{est['value']:.4g}"
+    if est.get("ci_low") is not None and est.get("ci_high") is not None:
+        text += f" [{est['ci_low']:.4g}, {est['ci_high']:.4g}]"
+    return text
+
+
+def probe_table(record: Mapping) -> tuple[str, str, str]:
+    """(Markdown, CSV, SVG) of a probe result: one row per encoder, the table metrics with their
+    intervals (CSV: value, low, high columns of every metric in the JSON)."""
+    metrics = list(record["table"])
+    confidence = record["settings"]["confidence"]
+    head = ["encoder", "arch", "n", *(_label(m) for m in metrics)]
+    lines = [f"{record['target'].get('column') or record['target'].get('task')} ({record['target']['kind']}): "
+             f"{record['data']['n']} cases, {record['rows'][0]['folds']}-fold cross-validation, "
+             f"{confidence:.0%} bootstrap CI in brackets\n",
+             "| " + " | ".join(head) + " |", "|" + "|".join([" --- "] * 2 + [" ---: "] * (len(head) - 2)) + "|"]
+    for row in record["rows"]:
+        cells = [str(row["name"]).replace("|", "\\|"), row["arch"], str(row["n"]), *(_cell(row["metrics"][m]) for m in metrics)]
+        lines.append("| " + " | ".join(cells) + " |")
+    all_metrics = list(dict.fromkeys(m for row in record["rows"] for m in row["metrics"]))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["encoder", "arch", "source", "n", "folds",
+                     *(f"{m}{suffix}" for m in all_metrics for suffix in ("", "_low", "_high"))])
+    for row in record["rows"]:
+        values = []
+        for m in all_metrics:
+            est = row["metrics"].get(m, {})
+            values += ["" if est.get(k) is None else f"{est[k]:.6g}" for k in ("value", "ci_low", "ci_high")]
+        writer.writerow([row["name"], row["arch"], row["source"], row["n"], row["folds"], *values])
+    panels = {_label(m): [(row["metrics"][m].get("value"), row["metrics"][m].get("ci_low"),
+                           row["metrics"][m].get("ci_high")) for row in record["rows"]] for m in metrics}
+    svg = interval_plot([str(row["name"]) for row in record["rows"]], panels)
+    return "\n".join(lines) + "\n", buf.getvalue(), svg
