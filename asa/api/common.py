@@ -15,7 +15,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from asa.api.rundir import RunDir, RunDirError, command_line, override, prepare_run_dir, shell_path
-from asa.data import CaseError, RegionSource, detect_layout, discover, ensure_demo_dataset, make_splits
+from asa.data import (CaseError, RegionSource, detect_layout, discover, ensure_demo_dataset, make_splits,
+                      subject_groups)
 from asa.data.datasets import CaseLoadError
 from asa.data.store import StoreError, open_store
 from asa.io import CheckpointError, VolumeError, WriteError, atomic_write_json
@@ -175,16 +176,19 @@ class SharedError(RuntimeError):
     """Rank 0 failed a step whose result the other ranks wait for."""
 
 
-def split_cases(cases: list, data: DictConfig, out_dir: Path, env: DistEnv) -> dict[str, list]:
+def split_cases(cases: list, data: DictConfig, out_dir: Path, env: DistEnv, *,
+                by_subject: bool = False) -> dict[str, list]:
     """Train/val/test cases: those of ``<out_dir>/splits.json`` when it exists (a resumed run), else a
     new seeded split, computed on rank 0 and shared. Nothing is written here: `write_splits` records
-    a new split once every check of the run has passed."""
+    a new split once every check of the run has passed. ``by_subject``: the sessions of a subject
+    stay in one part (`subject_groups`)."""
     ratios = None if data.split.ratios is None else list(data.split.ratios)
     path = out_dir / "splits.json"
 
     def call() -> dict[str, list[str]]:
         return make_splits([c.id for c in cases], dataset=data.name, seed=data.split.seed,
-                           counts_or_ratios=ratios, path=path if path.is_file() else None)
+                           counts_or_ratios=ratios, path=path if path.is_file() else None,
+                           groups=subject_groups(cases) if by_subject else None)
 
     ids = on_main_then_share(call, env)
     by_id = {c.id: c for c in cases}
@@ -194,12 +198,13 @@ def split_cases(cases: list, data: DictConfig, out_dir: Path, env: DistEnv) -> d
     return splits
 
 
-def write_splits(cases: list, data: DictConfig, out_dir: Path, env: DistEnv) -> None:
+def write_splits(cases: list, data: DictConfig, out_dir: Path, env: DistEnv, *, by_subject: bool = False) -> None:
     """Rank 0 writes ``<out_dir>/splits.json`` for the split `split_cases` made (a kept file stays)."""
     path = out_dir / "splits.json"
     if env.is_main and not path.is_file():
         make_splits([c.id for c in cases], dataset=data.name, seed=data.split.seed,
-                    counts_or_ratios=None if data.split.ratios is None else list(data.split.ratios), path=path)
+                    counts_or_ratios=None if data.split.ratios is None else list(data.split.ratios), path=path,
+                    groups=subject_groups(cases) if by_subject else None)
     barrier(env)
 
 

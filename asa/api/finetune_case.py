@@ -12,10 +12,12 @@ from omegaconf import DictConfig, OmegaConf
 from asa.api.common import (OptionError, TrainingRun, dataset_root, load_cases, optimizer_and_config, split_cases,
                              report_fine_tuning, trainer_config, training_ended, write_splits)
 from asa.api.schema import PretrainDataConfig
-from asa.data import build_target_dataset, read_targets
+from asa.data import build_case_crops_dataset, build_target_dataset, read_targets
 from asa.eval.case_metrics import HIGHER_IS_BETTER
+from asa.eval.case_predict import case_crop_lattice
 from asa.io import atomic_write_json
-from asa.models import build_case_head
+from asa.models import architectures, build_case_head
+from asa.models.registry import NETWORK_TASKS
 from asa.train import Engine, FitResult
 from asa.train.case_targets import CaseLoss, case_metrics_of, case_step, class_weights, default_monitor, make_case_validator
 
@@ -33,9 +35,10 @@ def _check_options(cfg: DictConfig) -> None:
         raise ValueError("data.task=case needs data.target: the column of the targets table to learn "
                          "(e.g. data.target=diagnosis or data.target=age)")
     arch = cfg.model.get("arch", "asa")
-    if arch not in ("asa", "case_head"):
-        raise ValueError(f"model.arch={arch}: data.task=case fine-tunes the SW-ViT encoder (model=tiny|small|base, "
-                         "arch asa); the MONAI baselines have no case head")
+    if arch not in ("asa", *architectures("case")):
+        raise ValueError(f"model.arch={arch}: data.task=case takes a case network: the SW-ViT (model=tiny|small|base, "
+                         "arch asa) or the MONAI baselines under the same head (model=vit_case|swin_case); "
+                         f"{arch} is a {NETWORK_TASKS.get(arch, 'unknown')} network")
     if int(data.samples_per_case) != 1:
         raise ValueError(f"data.samples_per_case={data.samples_per_case}: data.task=case takes one brain-centred crop "
                          "per case; set it to 1")
@@ -88,7 +91,7 @@ def finetune_case(cfg: DictConfig) -> FitResult:
         cases = [c for c in all_cases if c.id in targets.values]
         if not cases:
             raise OptionError(f"data.target={data.target}: no case of {root} has a target in {table.source}")
-        splits = split_cases(cases, data, out_dir, env)
+        splits = split_cases(cases, data, out_dir, env, by_subject=True)  # no subject in two parts
         train_values = np.asarray([targets.values[c.id] for c in splits["train"]], dtype=np.float64)
         weights, shift, scale = None, 0.0, 1.0
         if kind == "continuous":
@@ -109,17 +112,21 @@ def finetune_case(cfg: DictConfig) -> FitResult:
                                 target_shift=shift, target_scale=scale)
         patch = int(model.img_size[0])
         resolved["data"]["patch_size"] = patch  # the effective crop (null follows the pretrained file)
-        resolved["segmenter"].update(pos_mode=model.pos_mode, lr_axis=model.lr_axis,
-                                     reference_grid=list(model.reference_grid))
+        if hasattr(model, "reference_grid"):  # the SW-ViT's brain frame (null follows the pretrained file)
+            resolved["segmenter"].update(pos_mode=model.pos_mode, lr_axis=model.lr_axis,
+                                         reference_grid=list(model.reference_grid))
         # asa-predict / asa-evaluate read the task from the checkpoint's run config
         resolved["task"] = {"name": CASE_TASK, "kind": kind, "target": str(data.target), "classes": list(targets.names),
                             "target_shift": shift, "target_scale": scale}
         optimizer, lr, config = optimizer_and_config(cfg, model, env)
         common = dict(size=patch, cache_dir=data.cache_dir, seed=int(cfg.seed), store=data.get("store"))
         train_ds = build_target_dataset(splits["train"], targets, augment=True, **common)
-        val_ds = build_target_dataset(splits["val"], targets, augment=False, **common) if splits["val"] else None
+        # validation scores what asa-predict writes: each case's outputs averaged over its test-time crops
+        val_ds = build_case_crops_dataset(splits["val"], size=patch, lattice=case_crop_lattice(model),
+                                          crops=str(cfg.validation.crops), targets=targets,
+                                          store=data.get("store")) if splits["val"] else None
         run_dir.write_config(resolved)  # every check passed
-        write_splits(cases, data, out_dir, env)
+        write_splits(cases, data, out_dir, env, by_subject=True)
         if env.is_main:
             atomic_write_json(out_dir / "targets.json", {**targets.to_dict(), "kind": kind})
         if val_ds is None:

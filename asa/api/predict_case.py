@@ -40,8 +40,9 @@ def predict_case(cfg: DictConfig, state: dict, checkpoint: Path, inputs: list[st
                           "or another output")
     model = build_network(state["network"])
     model.load_state_dict(state["model"])
-    print(f"[asa] predicting {task['target']} ({task['kind']}) for {len(cases)} case(s) on {device}", flush=True)
-    rows = predict_case_rows(model, cases, task, device=device)
+    print(f"[asa] predicting {task['target']} ({task['kind']}) for {len(cases)} case(s) on {device}, outputs averaged "
+          f"over crops={cfg.crops}", flush=True)
+    rows = predict_case_rows(model, cases, task, device=device, crops=str(cfg.crops))
     if target.exists():
         print(f"[asa] overwrite=true: moved the previous predictions to {move_aside(out)}", file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from asa.data.augmentation import AUGMENT_ON
+from asa.data.case_crops import CASE_CROPS, DEFAULT_CASE_CROPS
 from asa.data.layouts import LAYOUTS, SEGMENTATION_LAYOUTS
 from asa.data.targets import TARGET_KINDS
 from asa.data.regions import CONFIG_SOURCES
@@ -231,10 +232,18 @@ class LossConfig:
     huber_delta: float = 1.0  # in standard deviations of the training targets
 
 
+# data.task=case: a case's outputs (probabilities, values) averaged over its test-time crops: grid (the
+# brain-centred crop and crops shifted by half a crop along each axis where the volume is larger than
+# the crop; asa.data.case_crop_origins) | centre (the brain-centred crop alone, the one fine-tuning trains on)
+def _case_crops() -> Any:
+    return one_of(DEFAULT_CASE_CROPS, CASE_CROPS)
+
+
 @dataclass
 class ValidationConfig:
     overlap: float = 0.5
     sw_batch_size: int = 2
+    crops: str = _case_crops()  # data.task=case: grid | centre (above); asa-predict's crops should match it
 
 
 # --- entry points ---------------------------------------------------------------------------------
@@ -287,6 +296,7 @@ class PredictConfig:
     tta: bool = False
     tta_axes: List[int] = field(default_factory=lambda: [0, 1, 2])
     save_probabilities: bool = False
+    crops: str = _case_crops()  # a case head: grid | centre (ValidationConfig), as validation.crops of its fine-tuning
     overwrite: bool = False  # replace the predictions in output (the old folder is moved aside)
     resume: bool = False  # keep the predictions this checkpoint already wrote in output, predict the rest
     split_file: Optional[str] = None  # a run's splits.json: predict only the cases of `subset`

@@ -18,8 +18,9 @@ from asa.data.layouts import LAYOUTS, PRETRAIN_LAYOUTS, SEGMENTATION_LAYOUTS, Ca
 from asa.data.phantom import Phantom, make_phantom
 from asa.data.regions import REGION_SOURCES, RegionSource, cluster_tissue
 from asa.data.splits import DEFAULT_SPLITS, make_splits
-from asa.data.subjects import diseased_labels
-from asa.data.case_dataset import TargetDataset, build_target_dataset
+from asa.data.subjects import diseased_labels, subject_groups
+from asa.data.case_crops import CASE_CROPS, DEFAULT_CASE_CROPS, case_crop_origins
+from asa.data.case_dataset import TargetDataset, build_case_crops_dataset, build_target_dataset
 from asa.data.targets import MISSING_VALUES, TARGET_KINDS, Targets, read_targets
 from asa.data.tasks import TASKS, Task, get_task
 from asa.io import load_volume, save_volume  # the data stage's public NIfTI reader and writer (DESIGN §4)
@@ -34,6 +35,10 @@ __all__ = [
     "CaseDataset",
     "TargetDataset",
     "build_target_dataset",
+    "build_case_crops_dataset",
+    "CASE_CROPS",
+    "DEFAULT_CASE_CROPS",
+    "case_crop_origins",
     "CaseError",
     "DEFAULT_SPLITS",
     "DEMO_DIAGNOSES",
@@ -62,6 +67,7 @@ __all__ = [
     "load_volume",
     "make_phantom",
     "make_splits",
+    "subject_groups",
     "preprocess_for_inference",
     "read_targets",
     "region_map_for_inference",

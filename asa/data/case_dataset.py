@@ -8,19 +8,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.transforms import Compose
 
 from asa.data.case import Case
+from asa.data.case_crops import DEFAULT_CASE_CROPS, CaseCrops, StoreCaseCrops
 from asa.data.datasets import CaseDataset, build_pretrain_dataset
+from asa.data.preprocessing import case_to_item
+from asa.data.store import open_store, store_settings
 from asa.data.targets import Targets
 
-__all__ = ["TargetDataset", "build_target_dataset"]
+__all__ = ["TargetDataset", "build_case_crops_dataset", "build_target_dataset"]
 
 
 class TargetDataset(torch.utils.data.Dataset):
     """Items of ``base`` (``{"image", "id", ...}``) plus ``"target"``: int64 class index (``kind``
     binary / multiclass) or float32 value (continuous), looked up by the item's id in ``values``."""
 
-    def __init__(self, base: CaseDataset, values: Mapping[str, int | float], kind: str) -> None:
+    def __init__(self, base: CaseDataset | torch.utils.data.Dataset, values: Mapping[str, int | float], kind: str) -> None:
         missing = [i for i in base.ids if i not in values]
         if missing:
             raise ValueError(f"no target for case(s) {missing[:5]}: skip them before building the dataset")
@@ -63,3 +67,29 @@ def build_target_dataset(
     base = build_pretrain_dataset(cases, size=size, cache_dir=cache_dir, augment=augment, channels=channels,
                                   seed=seed, store=store)
     return TargetDataset(base, targets.values, targets.kind)
+
+
+def build_case_crops_dataset(
+    cases: Sequence[Case],
+    *,
+    size: int | Sequence[int],
+    lattice: int,
+    crops: str = DEFAULT_CASE_CROPS,
+    targets: Targets | None = None,
+    channels: Sequence[str] = ("t1",),
+    store: str | Path | None = None,
+) -> CaseDataset | TargetDataset:
+    """Items ``{"image": FloatTensor[K, C, *size], "offset": LongTensor[K, 3], "id"[, "target"]}``: a
+    case's test-time crops (`asa.data.case_crops.case_crop_origins` with ``crops`` and ``lattice``,
+    the network's patch lattice), crop 0 being the crop `build_target_dataset` gives without
+    augmentation; with ``targets`` each item also has its ``"target"`` (as `TargetDataset`)."""
+    if store is not None:
+        opened = open_store(store)
+        pre = CaseCrops(size, lattice=lattice, crops=crops).pre
+        opened.check_settings(store_settings(pre.settings(), channels=channels, dtype="float16"), ignore_regions=True)
+        base = CaseDataset(opened.items([c.id for c in cases]),
+                           Compose([StoreCaseCrops(pre.size, lattice=lattice, crops=crops)]), cache_path=None, seed=None)
+    else:
+        base = CaseDataset([case_to_item(c, channels) for c in cases], Compose([CaseCrops(size, lattice=lattice, crops=crops)]),
+                           cache_path=None, seed=None)
+    return base if targets is None else TargetDataset(base, targets.values, targets.kind)

@@ -4,6 +4,10 @@ Defaults follow the paper: BraTS 7:1:2; IBSR 12 train / 6 test, with 2 of the 12
 held out for validation (10/2/6); WMH 36 train / 24 test with 6 of the 36 for validation (30/6/24).
 Counts are scaled proportionally when a dataset has a different number of cases; any other dataset
 uses 8:1:1. Every split with a positive share gets at least one case when there are enough cases.
+
+With ``groups`` (case id -> subject), a subject with several cases (sessions) never spans two
+parts: the subjects are split (the shares then count subjects) and each takes all its cases along.
+When every subject has one case the split is the ungrouped one, case for case.
 """
 
 from __future__ import annotations
@@ -56,6 +60,16 @@ def _allocate(n: int, shares: tuple[float, float, float]) -> list[int]:
     return counts
 
 
+def _check_groups(splits: Mapping[str, list[str]], groups: Mapping[str, str], path: Path) -> None:
+    part_of: dict[str, str] = {}
+    for k in SPLIT_NAMES:
+        for case in splits[k]:
+            group = groups.get(case, case)
+            if part_of.setdefault(group, k) != k:
+                raise ValueError(f"split file {path}: subject {group} has cases in {part_of[group]} and {k} (a subject "
+                                 "leak); delete the file to split by subject anew")
+
+
 def _check(splits: Mapping[str, list[str]], ids: set[str], path: Path) -> None:
     missing_keys = [k for k in SPLIT_NAMES if k not in splits]
     if missing_keys:
@@ -80,29 +94,39 @@ def make_splits(
     seed: int = 0,
     counts_or_ratios: Sequence[float] | Mapping[str, float] | None = None,
     path: str | Path | None = None,
+    groups: Mapping[str, str] | None = None,
 ) -> dict[str, list[str]]:
     """Split case ids into {"train", "val", "test"}; reuse ``path`` if it exists, else write it.
 
     Deterministic for a given set of ids (order-independent), ``seed`` and shares.
-    ``counts_or_ratios``: (train, val, test) counts or ratios (scaled to the number of cases).
+    ``counts_or_ratios``: (train, val, test) counts or ratios (scaled to the number of cases, or of
+    subjects with ``groups``). ``groups``: case id -> subject (a case missing from it is its own
+    subject); all the cases of a subject land in one part, and a reused file that splits a subject
+    is refused.
     """
     ids = sorted(set(case_ids))
+    members: dict[str, list[str]] = {}
+    for i in ids:
+        members.setdefault(str(groups.get(i, i)) if groups else i, []).append(i)
+    grouped = any(len(m) > 1 for m in members.values())
     if path is not None and Path(path).is_file():
         try:
             saved = json.loads(Path(path).read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"split file {path}: not valid JSON ({err})") from err
         _check(saved, set(ids), Path(path))
+        if grouped:
+            _check_groups(saved, groups or {}, Path(path))
         return {k: list(saved[k]) for k in SPLIT_NAMES}
     shares = _shares(counts_or_ratios if counts_or_ratios is not None else DEFAULT_SPLITS.get(dataset.lower(), DEFAULT_SPLITS["default"]))
-    counts = _allocate(len(ids), shares)
-    order = np.random.default_rng(seed).permutation(len(ids))
-    shuffled = [ids[i] for i in order]
-    splits = {
-        "train": sorted(shuffled[: counts[0]]),
-        "val": sorted(shuffled[counts[0] : counts[0] + counts[1]]),
-        "test": sorted(shuffled[counts[0] + counts[1] :]),
-    }
+    units = sorted(members) if grouped else ids  # subjects, or (one case each) the cases themselves
+    counts = _allocate(len(units), shares)
+    order = np.random.default_rng(seed).permutation(len(units))
+    shuffled = [units[i] for i in order]
+    bounds = {"train": (0, counts[0]), "val": (counts[0], counts[0] + counts[1]), "test": (counts[0] + counts[1], None)}
+    splits = {k: sorted(c for u in shuffled[lo:hi] for c in (members[u] if grouped else [u]))
+              for k, (lo, hi) in bounds.items()}
     if path is not None:
-        atomic_write_json(path, {**splits, "dataset": dataset, "seed": seed, "shares": list(shares)})
+        extra = {"grouped_by": "subject"} if grouped else {}
+        atomic_write_json(path, {**splits, "dataset": dataset, "seed": seed, "shares": list(shares), **extra})
     return splits

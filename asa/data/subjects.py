@@ -1,4 +1,5 @@
-"""Per-subject values for pretraining: the optional ``diseased`` column (SA-Swin's symmetry term)."""
+"""Subjects of cases: their groups for splits (the sessions of a subject), and per-subject values for
+pretraining: the optional ``diseased`` column (SA-Swin's symmetry term)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from asa.data.case import Case
 
-__all__ = ["diseased_labels", "parse_diseased"]
+__all__ = ["diseased_labels", "parse_diseased", "subject_groups"]
 
 _TRUE = {"1", "true", "yes", "y", "diseased", "patient"}
 _FALSE = {"0", "false", "no", "n", "healthy", "control", "", "n/a", "na"}
@@ -54,3 +55,9 @@ def diseased_labels(cases: Sequence[Case], root: Path | None = None) -> dict[str
         else:
             out[case.id] = table.get(str(case.meta.get("subject")), 0.0)
     return out
+
+
+def subject_groups(cases: Sequence[Case]) -> dict[str, str]:
+    """Case id -> ``sub-<subject>`` for the cases whose layout names their subject (``case.meta["subject"]``:
+    BIDS, CAPS), for `asa.data.make_splits` ``groups``: the sessions of a subject stay in one part."""
+    return {c.id: f"sub-{str(c.meta['subject']).removeprefix('sub-')}" for c in cases if c.meta.get("subject")}

@@ -12,33 +12,66 @@ import numpy as np
 import torch
 from torch import nn
 
-from asa.data import Case, Targets, build_pretrain_dataset
+from asa.data import DEFAULT_CASE_CROPS, Case, Targets, build_case_crops_dataset
 from asa.eval.case_metrics import classification_summary, regression_summary
 from asa.io import atomic_write_text
+from asa.models import capabilities
 
-__all__ = ["PREDICTIONS_CSV", "predict_case_rows", "write_case_predictions", "read_case_predictions",
+__all__ = ["PREDICTIONS_CSV", "CROP_BATCH", "case_crop_lattice", "case_output", "predict_case_rows", "write_case_predictions", "read_case_predictions",
            "case_summary"]
 
 PREDICTIONS_CSV = "predictions.csv"
 
 
+CROP_BATCH = 8  # crops per forward pass: validation and asa-predict share it, so their numbers agree
+
+
+def case_crop_lattice(model: nn.Module) -> int:
+    """The voxel lattice a case network's test-time crops keep to: its ``crop_lattice`` (the patch
+    size of a ViT, the total stride of a SwinViT), so shifted crops see whole patches / windows."""
+    lattice = getattr(model, "crop_lattice", None)
+    if lattice is None:
+        raise ValueError(f"{type(model).__name__} is no case network (it has no crop_lattice)")
+    return int(lattice)
+
+
+@torch.no_grad()
+def case_output(model: nn.Module, crops: torch.Tensor, offsets: torch.Tensor, *, kind: str,
+                device: torch.device) -> torch.Tensor:
+    """A case's output averaged over its test-time crops: crops [K, C, *img_size] with their patch
+    offsets [K, 3] (`asa.data.build_case_crops_dataset`) -> class probabilities [num_classes] (the
+    mean of each crop's softmax) or the value [] (the mean of each crop's value, in the target's
+    units). A network that takes offsets (`asa.models.capabilities`: the brain frame) gets each
+    crop's, so each patch keeps its pretraining position code (DESIGN §1.2). The crops pass in
+    batches of `CROP_BATCH`."""
+    brain_frame = capabilities(model).offsets
+    outputs = []
+    for i in range(0, crops.shape[0], CROP_BATCH):
+        x = crops[i:i + CROP_BATCH].to(device).float()
+        out = model(x, offsets[i:i + CROP_BATCH].to(device)) if brain_frame else model(x)
+        out = out.float()
+        outputs.append(out.view(-1) if kind == "continuous" else out.softmax(1))
+    return torch.cat(outputs).mean(0).cpu()
+
+
 @torch.no_grad()
 def predict_case_rows(model: nn.Module, cases: Sequence[Case], task: Mapping[str, Any], *,
-                      device: torch.device) -> list[dict[str, Any]]:
+                      device: torch.device, crops: str = DEFAULT_CASE_CROPS) -> list[dict[str, Any]]:
     """One row per case: ``case_id``, ``prediction`` (class name, or value in the target's units)
-    and, for classes, ``p_<class>`` (softmax probabilities). Each case is the brain-centred crop
-    at the network's grid that fine-tuning trained on (no augmentation)."""
-    data = build_pretrain_dataset(cases, size=tuple(model.img_size), augment=False)
+    and, for classes, ``p_<class>`` (probabilities). Each case's output is `case_output` over its
+    test-time ``crops`` (``centre``: the brain-centred crop at the network's grid that fine-tuning
+    trained on; ``grid``: also the shifted crops where the volume is larger), no augmentation."""
+    data = build_case_crops_dataset(cases, size=tuple(model.img_size), lattice=case_crop_lattice(model), crops=crops)
     classes = list(task.get("classes") or [])
     model = model.to(device).eval()
     rows = []
     for i in range(len(data)):
         item = data[i]
-        out = model(item["image"].unsqueeze(0).to(device).float())[0].float().cpu()
+        out = case_output(model, item["image"], item["offset"], kind=task["kind"], device=device)
         if task["kind"] == "continuous":
-            rows.append({"case_id": item["id"], "prediction": float(out.view(()))})
+            rows.append({"case_id": item["id"], "prediction": float(out)})
         else:
-            probs = out.softmax(0).tolist()
+            probs = out.tolist()
             rows.append({"case_id": item["id"], "prediction": classes[int(np.argmax(probs))],
                          **{f"p_{name}": p for name, p in zip(classes, probs)}})
     return rows

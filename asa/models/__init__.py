@@ -9,7 +9,8 @@ import pkgutil
 
 from asa.models.attention import LinearWindowAttention
 from asa.models.declared import Capabilities, capabilities
-from asa.models.case_head import POOLINGS, ASACaseHead, AttentionPool, build_case_head
+from asa.models.case_baselines import SwinCaseNet, ViTCaseNet
+from asa.models.case_head import POOLINGS, ASACaseHead, AttentionPool, PooledTokenHead, build_case_head
 from asa.models.compiled import compile_blocks, unwrap
 from asa.models.encoder import EncoderSettings, SWViTEncoder
 from asa.models.layout import channels_last_inference
@@ -39,6 +40,9 @@ __all__ = [
     "ASACaseHead",
     "Capabilities",
     "capabilities",
+    "PooledTokenHead",
+    "SwinCaseNet",
+    "ViTCaseNet",
     "AttentionPool",
     "POOLINGS",
     "build_case_head",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,7 +13,7 @@ from torch import nn
 from asa.models.declared import Capabilities
 from asa.models.encoder import EncoderSettings
 from asa.models.patch import to_3tuple
-from asa.models.registry import register_network
+from asa.models.registry import architectures, build_network, register_network
 from asa.models.saca import SACA_PLACES
 from asa.models.segmenter import ASASegmenter, pretrained_geometry
 
@@ -34,8 +35,44 @@ class AttentionPool(nn.Module):
         return (weights * tokens).sum(dim=1)  # [B, C]
 
 
+class PooledTokenHead(nn.Module):
+    """Base of the case networks (the SW-ViT's :class:`ASACaseHead`, the MONAI baselines of
+    `asa.models.case_baselines`): an encoder's tokens [B, N, C] pooled (``pooling``: ``mean``, or
+    ``attention`` with one learned query, module ``pool``), then the MLP ``mlp``: LayerNorm → Linear
+    → GELU → dropout → Linear to ``out_channels`` outputs, given as ``target_shift + target_scale ·
+    MLP(pooled)`` (a regression head learns the standardised target). A subclass checks the options
+    with :meth:`check_head` before it builds its encoder and adds the head with :meth:`init_head`
+    after it (the encoder draws its initial weights first)."""
+
+    @staticmethod
+    def check_head(name: str, *, out_channels: int, pooling: str, hidden_dim: int, target_scale: float) -> None:
+        if pooling not in POOLINGS:
+            raise ValueError(f"head.pooling={pooling!r}: expected one of {POOLINGS}")
+        if not target_scale > 0:
+            raise ValueError(f"{name} target_scale must be > 0, got {target_scale}")
+        if out_channels < 1 or hidden_dim < 1:
+            raise ValueError(f"{name} needs out_channels >= 1 and hidden_dim >= 1, got {out_channels}, {hidden_dim}")
+
+    def init_head(self, dim: int, *, out_channels: int, pooling: str, hidden_dim: int, head_dropout: float,
+                  target_shift: float, target_scale: float) -> None:
+        """Add ``pool`` (None for mean pooling) and ``mlp`` over tokens of width ``dim``."""
+        self.out_channels = out_channels
+        self.target_shift, self.target_scale = float(target_shift), float(target_scale)
+        self.pool = AttentionPool(dim) if pooling == "attention" else None
+        self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden_dim), nn.GELU(),
+                                 nn.Dropout(head_dropout), nn.Linear(hidden_dim, out_channels))
+
+    def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, N, C] -> [B, C] (mean, or attention pooling)."""
+        return tokens.mean(dim=1) if self.pool is None else self.pool(tokens)
+
+    def head(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, N, C] -> outputs [B, out_channels] in the target's units."""
+        return self.target_shift + self.target_scale * self.mlp(self.pool_tokens(tokens))
+
+
 @register_network("case_head", task="case", encoder="encoder")
-class ASACaseHead(nn.Module):
+class ASACaseHead(PooledTokenHead):
     """SW-ViT encoder over every token of the brain-centred crop (+ SPE, as :class:`ASASegmenter`'s,
     same ``encoder.*`` keys, so pretraining files load with :meth:`load_pretrained`), tokens pooled
     (``pooling``: ``mean``, or ``attention`` with one learned query), then LayerNorm → Linear →
@@ -77,17 +114,13 @@ class ASACaseHead(nn.Module):
     ) -> None:
         super().__init__()
         self.network_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        if pooling not in POOLINGS:
-            raise ValueError(f"head.pooling={pooling!r}: expected one of {POOLINGS}")
+        self.check_head("ASACaseHead", out_channels=out_channels, pooling=pooling, hidden_dim=hidden_dim,
+                        target_scale=target_scale)
         if region_attention != "none":
             raise ValueError(f"model.region_attention={region_attention!r}: the case head takes no region maps; "
                              "use region_attention=none")
         if saca not in SACA_PLACES:
             raise ValueError(f"saca must be one of {SACA_PLACES}, got {saca!r}")
-        if not target_scale > 0:
-            raise ValueError(f"ASACaseHead target_scale must be > 0, got {target_scale}")
-        if out_channels < 1 or hidden_dim < 1:
-            raise ValueError(f"ASACaseHead needs out_channels >= 1 and hidden_dim >= 1, got {out_channels}, {hidden_dim}")
         settings = EncoderSettings(
             img_size=img_size, in_channels=in_channels, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio, pos_mode=pos_mode, lr_axis=lr_axis,
@@ -96,29 +129,23 @@ class ASACaseHead(nn.Module):
         self.encoder = settings.encoder(saca=saca in ("encoder", "all"), dropout=dropout, reference_grid=reference_grid)
         enc = self.encoder
         self.img_size, self.grid, self.reference_grid = enc.img_size, enc.grid, enc.reference_grid
-        self.in_channels, self.out_channels, self.embed_dim, self.patch_size = in_channels, out_channels, embed_dim, patch_size
+        self.in_channels, self.embed_dim, self.patch_size = in_channels, embed_dim, patch_size
+        self.crop_lattice = patch_size  # test-time crops start on the brain frame's patch lattice
         self.pos_mode, self.lr_axis = pos_mode, lr_axis
         self.network_arch = "case_head"  # its name in the network registry, for network_spec
         self.spe_frame = "brain"  # exports place codes on the brain frame
         self.capabilities = Capabilities(offsets=True, patch_size=patch_size, reference_grid=self.reference_grid)
         self.num_encoder_layers = depth + 1  # patch embedding = layer 0, block i = i + 1, final norm = depth + 1
         self.network_kwargs.update(img_size=list(self.img_size), reference_grid=list(self.reference_grid))
-        self.target_shift, self.target_scale = float(target_shift), float(target_scale)
-        self.pool = AttentionPool(embed_dim) if pooling == "attention" else None
-        self.mlp = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, hidden_dim), nn.GELU(),
-                                 nn.Dropout(head_dropout), nn.Linear(hidden_dim, out_channels))
-
-    def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B, N, C] -> [B, C] (mean, or attention pooling)."""
-        return tokens.mean(dim=1) if self.pool is None else self.pool(tokens)
+        self.init_head(embed_dim, out_channels=out_channels, pooling=pooling, hidden_dim=hidden_dim,
+                       head_dropout=head_dropout, target_shift=target_shift, target_scale=target_scale)
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, C, D, H, W]; offsets: [B, 3] or None -> [B, out_channels]."""
         if tuple(x.shape[1:]) != (self.in_channels, *self.img_size):
             raise ValueError(f"ASACaseHead expects input [B, {self.in_channels}, {', '.join(map(str, self.img_size))}], "
                              f"got {list(x.shape)}")
-        tokens = self.encoder.encode(x, offsets=offsets)  # [B, N, C], normed
-        return self.target_shift + self.target_scale * self.mlp(self.pool_tokens(tokens))
+        return self.head(self.encoder.encode(x, offsets=offsets))  # tokens [B, N, C], normed
 
     # the encoder is ASASegmenter's (same keys, same grid rules): its loader, grid check, layer ids and
     # decay exemptions apply unchanged
@@ -142,20 +169,51 @@ def build_case_head(
     head_dropout: float = 0.0,
     target_shift: float = 0.0,
     target_scale: float = 1.0,
-) -> ASACaseHead:
-    """The case head of a run config's ``model`` section (SW-ViT sizes, ``pretrained``): the crop
+) -> nn.Module:
+    """The case network of a run config's ``model`` section. ``model.arch`` ``asa`` / ``case_head``
+    (default): :class:`ASACaseHead` with the SW-ViT sizes of the section; another case network
+    (``vit_case``, ``swin_case``, `architectures("case")`) with its own keyword arguments. The crop
     edge ``patch_size`` (None: the pretraining crop the file records, else ``default_patch_size``),
-    ``pos_mode`` / ``lr_axis`` (None: the file's, else ``mirror`` / 0), the encoder initialised from
-    ``model.pretrained`` (its grid must be the crop's, DESIGN §1.2)."""
+    ``pos_mode`` / ``lr_axis`` (SW-ViT; None: the file's, else ``mirror`` / 0), the encoder
+    initialised from ``model.pretrained`` (SW-ViT: its grid must be the crop's, DESIGN §1.2;
+    ``swin_case``: an SA-Swin pretraining file)."""
+    arch = model_cfg.get("arch", "asa")
+    head = dict(in_channels=in_channels, out_channels=out_channels, pooling=pooling, hidden_dim=hidden_dim,
+                head_dropout=head_dropout, target_shift=target_shift, target_scale=target_scale)
+    pretrained = model_cfg.get("pretrained")
+    if arch not in ("asa", "case_head"):
+        return _build_case_baseline(arch, model_cfg, pretrained, patch_size, default_patch_size, head)
     kwargs = {k: v for k, v in model_cfg.items() if k not in ("arch", "pretrained", "decoder_dim", "decoder_depth",
                                                               "decoder_num_heads")}
-    pretrained = model_cfg.get("pretrained")
     geometry = pretrained_geometry(pretrained, patch_size=patch_size, pos_mode=pos_mode, lr_axis=lr_axis,
                                    default_patch_size=default_patch_size)
-    net = ASACaseHead(img_size=to_3tuple(geometry.patch_size, "data.patch_size"), in_channels=in_channels,
-                      out_channels=out_channels, pos_mode=geometry.pos_mode, lr_axis=geometry.lr_axis, pooling=pooling,
-                      hidden_dim=hidden_dim, head_dropout=head_dropout, target_shift=target_shift,
-                      target_scale=target_scale, **kwargs)
+    net = ASACaseHead(img_size=to_3tuple(geometry.patch_size, "data.patch_size"), pos_mode=geometry.pos_mode,
+                      lr_axis=geometry.lr_axis, **head, **kwargs)
     if geometry.checkpoint is not None:
         net.load_pretrained(pretrained, checkpoint=geometry.checkpoint)
+    return net
+
+
+def _build_case_baseline(arch: str, model_cfg: Mapping[str, Any], pretrained: str | None, patch_size: int | None,
+                         default_patch_size: int, head: dict[str, Any]) -> nn.Module:
+    """A registered case network other than the SW-ViT's, from its keyword arguments in ``model_cfg``."""
+    names = ("asa", *architectures("case"))
+    if arch not in architectures("case"):
+        raise ValueError(f"model.arch={arch}: data.task=case takes a case network, one of {', '.join(names)} "
+                         "(model=tiny|small|base for asa, model=vit_case, model=swin_case)")
+    kwargs = {k: v for k, v in model_cfg.items() if k not in ("arch", "pretrained")}
+    size = patch_size if patch_size is not None else default_patch_size
+    try:
+        net = build_network({"arch": arch, "kwargs": {"img_size": size, **head, **kwargs}})
+    except TypeError as err:  # an SW-ViT option (e.g. from an experiment preset) given to another network
+        key = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        if key is None:
+            raise
+        raise ValueError(f"model.{key[1]}={kwargs.get(key[1])}: model arch {arch!r} has no such option; drop it, or "
+                         "the preset that sets it") from err
+    if pretrained:
+        if not callable(getattr(net, "load_pretrained", None)):
+            raise ValueError(f"model.pretrained={pretrained}: model arch {arch!r} takes no pretrained encoder "
+                             "(asa-pretrain writes SW-ViT and SA-Swin files: model=tiny|small|base or swin_case)")
+        net.load_pretrained(pretrained)
     return net

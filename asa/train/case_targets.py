@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from asa.eval.case_metrics import CLASSIFICATION_METRICS, HIGHER_IS_BETTER, REGRESSION_METRICS, case_metric
+from asa.eval.case_predict import case_output
 from asa.models import unwrap
 from asa.train.distributed import DistEnv
 
@@ -79,14 +80,14 @@ def case_step(criterion: nn.Module) -> Callable[[nn.Module, Mapping], tuple[torc
 @torch.no_grad()
 def predict_cases(model: nn.Module, dataset: Dataset, indices: Sequence[int], *, kind: str,
                   device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """(truth [n], output) over ``dataset[i]`` for ``i`` in ``indices``: class probabilities [n, K]
-    (softmax of the logits) or predicted values [n]."""
+    """(truth [n], output) over ``dataset[i]`` for ``i`` in ``indices`` (items of
+    `asa.data.build_case_crops_dataset` with targets): class probabilities [n, K] or predicted
+    values [n], each averaged over the case's test-time crops as asa-predict does (`case_output`)."""
     net = unwrap(model)
     truth, outputs = [], []
     for i in indices:
         item = dataset[i]
-        out = net(item["image"].unsqueeze(0).to(device).float())[0].float()
-        outputs.append((out.softmax(0) if kind != "continuous" else out.view(())).cpu().numpy())
+        outputs.append(case_output(net, item["image"], item["offset"], kind=kind, device=device).numpy())
         truth.append(item["target"].item())
     return np.asarray(truth), np.stack(outputs) if outputs else np.zeros((0,))
 

@@ -21,6 +21,9 @@ SPECS = {
     "sa_swin_pretrain": dict(in_channels=1, feature_size=12, depths=[1, 1, 1, 1], contrastive_dim=16,
                              symmetry_dim=8),
     "case_head": dict(img_size=32, in_channels=2, out_channels=3, pooling="attention", hidden_dim=16, lr_axis=1, **TINY),
+    "vit_case": dict(img_size=32, in_channels=2, out_channels=3, patch_size=8, hidden_size=48, mlp_dim=96, num_layers=2,
+                     num_heads=3, pooling="attention", hidden_dim=16, target_shift=70.0, target_scale=9.0),
+    "swin_case": dict(img_size=32, in_channels=2, out_channels=1, feature_size=12, depths=[1, 1, 1, 1], hidden_dim=16),
 }
 # every network asa itself registers (networks registered from outside, e.g. by tests, are theirs to check)
 ASA_NETWORKS = sorted(name for name, build in NETWORKS.items() if build.__module__.startswith("asa."))
@@ -93,7 +96,7 @@ def test_config_nulls_are_resolved_in_the_spec(tmp_path):
 
 def test_bad_specs_and_foreign_networks():
     assert set(ASA_NETWORKS) == {"asa", "unetr", "swin_unetr", "sa_swin", "asa_pretrain", "sa_swin_pretrain",
-                                 "case_head"}
+                                 "case_head", "vit_case", "swin_case"}
     assert {"asa", "unetr", "swin_unetr", "sa_swin"} <= set(architectures("segmentation"))
     assert ENCODER_MODULES["asa"] == ENCODER_MODULES["asa_pretrain"] == "encoder"
     with pytest.raises(ValueError, match="unknown arch 'vnet'"):
