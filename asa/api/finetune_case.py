@@ -17,7 +17,7 @@ from asa.eval.case_metrics import HIGHER_IS_BETTER
 from asa.eval.case_predict import case_crop_lattice
 from asa.io import atomic_write_json
 from asa.models import architectures, build_case_head
-from asa.models.registry import NETWORK_TASKS
+from asa.models.registry import NETWORK_TASKS, NETWORKS
 from asa.train import Engine, FitResult
 from asa.train.case_targets import CaseLoss, case_metrics_of, case_step, class_weights, default_monitor, make_case_validator
 
@@ -39,6 +39,9 @@ def _check_options(cfg: DictConfig) -> None:
         raise ValueError(f"model.arch={arch}: data.task=case takes a case network: the SW-ViT (model=tiny|small|base, "
                          "arch asa) or the MONAI baselines under the same head (model=vit_case|swin_case); "
                          f"{arch} is a {NETWORK_TASKS.get(arch, 'unknown')} network")
+    if cfg.model.get("pretrained") and arch != "asa" and not callable(getattr(NETWORKS[arch], "load_pretrained", None)):
+        raise ValueError(f"model.pretrained={cfg.model.pretrained}: model arch {arch!r} takes no pretrained encoder "
+                         "(asa-pretrain writes SW-ViT and SA-Swin files: model=tiny|small|base or swin_case)")
     if int(data.samples_per_case) != 1:
         raise ValueError(f"data.samples_per_case={data.samples_per_case}: data.task=case takes one brain-centred crop "
                          "per case; set it to 1")

@@ -118,11 +118,18 @@ def test_case_runs_refuse_what_they_cannot_honour(tmp_path, bids):
         _finetune(bids, tmp_path / "b", "data.target=age", "trainer.monitor=val/dice_x")
     with pytest.raises(OptionError, match="set trainer.mode=min"):
         _finetune(bids, tmp_path / "c", "data.target=age", "trainer.monitor=val/rmse", "trainer.mode=max")
-    with pytest.raises(OptionError, match="model.arch=unetr"):
+    with pytest.raises(OptionError, match=r"model.arch=unetr: .*model=vit_case\|swin_case.*unetr is a segmentation network"):
         _finetune(bids, tmp_path / "d", "data.target=age", "model=unetr")
     with pytest.raises(ValueError, match="head.pooling='max': expected one of mean, attention"):
         _finetune(bids, tmp_path / "e", "data.target=age", "head.pooling=max")
-    assert not any((tmp_path / n).exists() for n in "abcde")  # refused before the run folder was touched
+    with pytest.raises(ValueError, match="model.pretrained=.*'vit_case' takes no pretrained encoder"):
+        _finetune(bids, tmp_path / "f", "data.target=age", "model=vit_case", "data.patch_size=32",
+                  f"model.pretrained={tmp_path / 'x.pt'}")
+    with pytest.raises(ValueError, match="data.patch_size=40: model arch swin_case needs a crop that is a multiple of 32"):
+        _finetune(bids, tmp_path / "g", "data.target=age", "model=swin_case", "data.patch_size=40")
+    with pytest.raises(OptionError, match="validation.crops"):
+        _finetune(bids, tmp_path / "h", "data.target=age", "validation.crops=all")
+    assert not any((tmp_path / n).exists() for n in "abcdefh")  # refused before the run folder was touched
 
 
 def test_a_regression_head_learns_age_better_than_the_mean(tmp_path):
@@ -163,3 +170,79 @@ def test_a_case_run_on_cuda_with_fp16_predicts_what_the_cpu_predicts(tmp_path, b
         cuda = rows["cuda"][case]
         assert cuda[0] == cpu[0] or max(float(p) for p in cpu[1:]) - sorted(float(p) for p in cpu[1:])[-2] < 1e-3
         assert [float(p) for p in cuda[1:]] == pytest.approx([float(p) for p in cpu[1:]], abs=2e-3)
+
+
+BASELINES = {  # tiny sizes: seconds on a CPU
+    "vit_case": ["model=vit_case", "model.patch_size=8", "model.hidden_size=48", "model.mlp_dim=96",
+                 "model.num_layers=2", "model.num_heads=3"],
+    "swin_case": ["model=swin_case", "model.feature_size=12", "model.depths=[1,1,1,1]"],
+}
+
+
+@pytest.mark.parametrize("arch", sorted(BASELINES))
+def test_a_monai_baseline_fine_tunes_predicts_and_evaluates_under_the_case_recipe(tmp_path, bids, arch):
+    """MONAI's ViT / SwinViT under the same head: checkpoints rebuild from themselves, the encoder-aware
+    options apply (frozen encoder bit-exact, layer-wise lr scales), and asa-evaluate of asa-predict's
+    output scores best.pt as validation did."""
+    out = tmp_path / "run"
+    torch.manual_seed(0)
+    result = _finetune(bids, out, "data.target=diagnosis", "data.patch_size=32", "trainer.amp=off",
+                       "head.pooling=attention", "optim.freeze_encoder_epochs=5", "optim.layer_decay=0.5",
+                       "optim.encoder_lr_scale=0.1", *BASELINES[arch])
+    ckpt = load_checkpoint(out / "checkpoints" / "best.pt")
+    net = build_network(ckpt["network"])
+    assert ckpt["network"]["arch"] == arch and net.pool is not None and net.out_channels == 3
+    net.load_state_dict(ckpt["model"])
+    encoder = "vit." if arch == "vit_case" else "swinViT."
+    torch.manual_seed(0)  # the run's initial weights (finetune_case seeds before building)
+    initial = build_network({**ckpt["network"], "kwargs": {**ckpt["network"]["kwargs"], "target_shift": 0.0}}).state_dict()
+    last = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(last[k], initial[k]) for k in initial if k.startswith(encoder))  # frozen
+    assert any(not torch.equal(last[k], initial[k]) for k in initial if k.startswith("mlp."))  # the head trained
+    scales = sorted({g["lr_scale"] for g in ckpt["optimizer"]["param_groups"]})
+    assert scales[0] == pytest.approx(0.1 * 0.5 ** net.num_encoder_layers) and scales[-1] == 1.0
+    split = ["split_file=" + str(out / "splits.json"), "subset=val"]
+    predict(compose_config("predict", [f"checkpoint={out / 'checkpoints' / 'best.pt'}", f"input={bids}",
+                                       f"output={tmp_path / 'pred'}", "device=cpu", *split]))
+    evaluate(compose_config("evaluate", [f"pred={tmp_path / 'pred'}", "data=targets", f"data.root={bids}",
+                                         "data.target=diagnosis", f"output={tmp_path / 'eval'}", *split]))
+    saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    best = next(h for h in result.history if h["step"] == result.best_step)
+    assert saved["metrics"]["balanced_accuracy"]["value"] == pytest.approx(best["val/balanced_accuracy"], abs=1e-3)
+
+
+def test_multi_session_data_grid_crops_and_subject_split(tmp_path):
+    """Volumes larger than the crop (48^3, crop 32: 27 crops a case) with two sessions per subject: the
+    split keeps a subject's sessions together, validation averages over the crops exactly as
+    asa-predict (crops=grid) writes, and crops=centre predicts something else."""
+    root = write_demo_dataset("bids", tmp_path / "data", cases=8, size=48, seed=0, targets=True)
+    for i in range(1, 9, 2):  # the subjects with a ses-M00 session get a second one (a copy) with its own row
+        sub = f"sub-DEMO{i:03d}"
+        (root / sub / "ses-M12" / "anat").mkdir(parents=True)
+        (root / sub / "ses-M12" / "anat" / f"{sub}_ses-M12_T1w.nii.gz").write_bytes(
+            (root / sub / "ses-M00" / "anat" / f"{sub}_ses-M00_T1w.nii.gz").read_bytes())
+        table = root / sub / f"{sub}_sessions.tsv"
+        header, row = table.read_text().splitlines()[:2]
+        table.write_text(f"{header}\n{row}\n" + row.replace("ses-M00", "ses-M12") + "\n")
+    out = tmp_path / "run"
+    result = _finetune(root, out, "data.target=age", "data.patch_size=32", "trainer.amp=off",
+                       "data.split.ratios=[4,2,2]")
+    splits = json.loads((out / "splits.json").read_text())
+    assert splits["grouped_by"] == "subject" and sum(map(len, (splits[k] for k in ("train", "val", "test")))) == 12
+    subject_of = lambda case: case.split("_")[0]  # noqa: E731
+    parts = {}
+    for name in ("train", "val", "test"):
+        for case in splits[name]:
+            assert parts.setdefault(subject_of(case), name) == name, case
+    split = ["split_file=" + str(out / "splits.json"), "subset=val"]
+    rows = {}
+    for crops in ("grid", "centre"):
+        written = predict(compose_config("predict", [f"checkpoint={out / 'checkpoints' / 'best.pt'}", f"input={root}",
+                                                     f"output={tmp_path / crops}", "device=cpu", f"crops={crops}", *split]))
+        rows[crops] = {r.split(",")[0]: float(r.split(",")[1]) for r in written[0].read_text().splitlines()[1:]}
+    assert rows["grid"].keys() == rows["centre"].keys() and rows["grid"] != rows["centre"]
+    evaluate(compose_config("evaluate", [f"pred={tmp_path / 'grid'}", "data=targets", f"data.root={root}",
+                                         "data.target=age", f"output={tmp_path / 'eval'}", *split]))
+    saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    best = next(h for h in result.history if h["step"] == result.best_step)
+    assert saved["metrics"]["mae"]["value"] == pytest.approx(best["val/mae"], abs=1e-3)

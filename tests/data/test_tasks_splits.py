@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -179,3 +180,45 @@ def test_task_survives_a_json_round_trip(name):
 
     task = get_task(name)
     assert Task.from_dict(json.loads(json.dumps(dataclasses.asdict(task)))) == task
+
+
+def _sessions(root, subject: str, sessions: list[str]) -> None:
+    """Give a demo BIDS subject (one ses-M00 session) more sessions: copies of its T1."""
+    src = root / subject / "ses-M00" / "anat" / f"{subject}_ses-M00_T1w.nii.gz"
+    for ses in sessions:
+        dst = root / subject / ses / "anat" / f"{subject}_{ses}_T1w.nii.gz"
+        dst.parent.mkdir(parents=True)
+        dst.write_bytes(src.read_bytes())
+
+
+def test_the_sessions_of_a_subject_stay_in_one_part(tmp_path):
+    from asa.data import discover, subject_groups, write_demo_dataset
+
+    root = write_demo_dataset("bids", tmp_path / "bids", cases=10, size=16, seed=0, targets=True)
+    for i in range(1, 11, 2):  # subjects 1, 3, 5, 7, 9 (0-based even) have ses-M00: two more sessions each
+        _sessions(root, f"sub-DEMO{i:03d}", ["ses-M12", "ses-M24"])
+    cases = discover("bids", root)
+    groups = subject_groups(cases)
+    assert len(cases) == 20 and len(set(groups.values())) == 10
+    ids = [c.id for c in cases]
+    for seed in range(6):
+        splits = make_splits(ids, dataset="targets", seed=seed, counts_or_ratios=(0.6, 0.2, 0.2), groups=groups)
+        part = {}
+        for name, members in splits.items():
+            for case in members:
+                assert part.setdefault(groups[case], name) == name, (seed, case)
+        assert sorted(c for m in splits.values() for c in m) == sorted(ids)
+        assert sorted(Counter(part.values()).values()) == [2, 2, 6]  # the shares count subjects
+        assert make_splits(reversed(ids), dataset="targets", seed=seed, counts_or_ratios=(0.6, 0.2, 0.2),
+                           groups=groups) == splits  # deterministic by seed
+    ungrouped = make_splits(ids, dataset="targets", seed=0, counts_or_ratios=(0.6, 0.2, 0.2))
+    assert any(len({part for part, m in ungrouped.items() if any(groups[c] == g for c in m)}) > 1
+               for g in set(groups.values()))  # without groups some subject would leak
+    # one case per subject: the grouped split is the ungrouped one, case for case
+    single = {i: i for i in ids}
+    assert make_splits(ids, dataset="targets", seed=3, groups=single) == make_splits(ids, dataset="targets", seed=3)
+    # a reused file that splits a subject is refused, naming it
+    path = tmp_path / "splits.json"
+    path.write_text(json.dumps(ungrouped))
+    with pytest.raises(ValueError, match="subject sub-DEMO.* has cases in .* subject leak"):
+        make_splits(ids, dataset="targets", seed=0, path=path, groups=groups)
