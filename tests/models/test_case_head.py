@@ -88,3 +88,18 @@ def test_encoder_layers_are_numbered_for_layer_decay():
     assert net.encoder_layer_id("encoder.blocks.1.attn.qkv.weight") == 2
     assert net.encoder_layer_id("encoder.norm.weight") == net.num_encoder_layers == ENC["depth"] + 1
     assert net.encoder_layer_id("mlp.1.weight") is None
+
+
+def test_swin_case_takes_an_sa_swin_pretraining_file_bit_exactly(tmp_path):
+    torch.manual_seed(0)
+    sah = build_network({"arch": "sa_swin_pretrain", "kwargs": dict(in_channels=1, feature_size=12, depths=[1, 1, 1, 1],
+                                                                      contrastive_dim=16, symmetry_dim=8)})
+    torch.save({"model": sah.state_dict(), "network": network_spec(sah)}, tmp_path / "sah.pt")
+    torch.manual_seed(1)
+    net = build_case_head({"arch": "swin_case", "pretrained": str(tmp_path / "sah.pt"), "feature_size": 12,
+                           "depths": [1, 1, 1, 1]}, in_channels=1, out_channels=2, patch_size=32, default_patch_size=64)
+    own = {k: v for k, v in net.state_dict().items() if k.startswith("swinViT.")}
+    assert own and all(torch.equal(v, sah.state_dict()[k]) for k, v in own.items())
+    # layer ids as SA-Swin's: patch embedding 0, one per Swin block, None for the head
+    assert net.encoder_layer_id("swinViT.patch_embed.proj.weight") == 0 and net.encoder_layer_id("mlp.1.weight") is None
+    assert {net.encoder_layer_id(n) for n, _ in net.named_parameters()} == {None, 0, 1, 2, 3, 4}
