@@ -10,6 +10,7 @@ from asa.data import build_case_crops_dataset, case_crop_origins, discover, writ
 from asa.data.geometry import crop_at
 from asa.data.preprocessing import PretrainPreprocess, case_to_item
 from asa.eval.case_predict import case_output
+from asa.models import Capabilities
 
 
 @pytest.mark.parametrize("shape, centre, expected", [
@@ -38,7 +39,8 @@ class _Linear(nn.Module):
 
     def __init__(self, out: int) -> None:
         super().__init__()
-        self.img_size, self.crop_lattice, self.spe_frame = (32, 32, 32), 8, "brain"
+        self.img_size, self.crop_lattice = (32, 32, 32), 8
+        self.capabilities = Capabilities(offsets=True)
         self.fc = nn.Linear(8, out)
         self.seen: list[torch.Tensor] = []
 
