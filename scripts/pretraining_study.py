@@ -291,11 +291,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="cohort and pretraining seed")
     p.add_argument("--device", default="auto")
     p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples of the CIs")
+    p.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="asa-finetune overrides for every fine-tuning run, scratch included "
+                        "(a recipe choice, e.g. segmenter.input_skip=none)")
     args = p.parse_args(argv)
     name, scale = parse_scale(args)
     out = Path(args.out).expanduser().absolute()
     settings = {"scale": dataclasses.asdict(scale), "arms": args.arms, "layout": args.layout, "anatomy": args.anatomy,
-                "probe_data": args.probe_data, "seed": args.seed}
+                "probe_data": args.probe_data, "seed": args.seed, "override": args.override}
     recorded = out / "study.json"
     if recorded.is_file() and (old := json.loads(recorded.read_text())) != json.loads(json.dumps(settings)):
         diff = sorted(k for k in settings if old.get(k) != json.loads(json.dumps(settings)).get(k))
@@ -331,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
              "--n-boot", str(args.n_boot), "--out", str(transfer_out)]
     for arm, path in encoders.items():
         targv += ["--arm", f"{arm}=model.pretrained={path}"]
+    for override in args.override:
+        targv += ["--override", override]
     commands.append(f"python scripts/transfer_study.py {shlex.join(targv)}")
     def transfer() -> bool:
         transfer_study.main(targv)  # finished runs are scored again (--reuse), unfinished ones trained
