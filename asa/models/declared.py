@@ -1,6 +1,6 @@
 """What a network takes besides the image and what it offers, declared when it is built.
 
-A network sets ``self.capabilities = Capabilities(...)`` in its constructor; the training steps,
+A network sets ``self.capabilities = Capabilities(...)`` in its constructor (or on its class); the training steps,
 sliding-window inference, prediction and the diagnostics read it with :func:`capabilities`, never
 by probing for attributes. A network that declares nothing (MONAI's UNETR, SwinUNETR) takes the
 image alone and offers nothing more.
@@ -42,7 +42,7 @@ NOTHING = Capabilities()
 
 def capabilities(model: nn.Module) -> Capabilities:
     """The capabilities ``model`` (or the network inside its DDP / compile wrapper) declared."""
-    declared = unwrap(model).__dict__.get("capabilities", NOTHING)
+    declared = getattr(unwrap(model), "capabilities", NOTHING)  # set in __init__, or on the class
     if not isinstance(declared, Capabilities):
         raise TypeError(f"{type(unwrap(model)).__name__}.capabilities must be an asa.models.Capabilities, "
                         f"got {type(declared).__name__}")

@@ -15,7 +15,7 @@ from asa.api.config import ENTRY_POINTS, compose_config, config_path
 from asa.api.pretrain import _method
 from asa.api.schema import check_choices, validate
 from asa.methods import MaskedAutoencoderSettings
-from asa.models import ASA, PRESETS, SymmetryAwareHead, build_from_config
+from asa.models import ASA, PRESETS, SymmetryAwareHead, architectures, build_case_head, build_from_config
 from asa.api.common import trainer_config
 from asa.train import build_optimizer
 
@@ -56,6 +56,8 @@ def _build(entry: str, cfg) -> None:
         cfg.data.size = 32
         net = _method(cfg).build_network()  # the configured method's network
         assert isinstance(net, SymmetryAwareHead if cfg.method.name == "sa_swin" else ASA)
+    elif model.get("arch") in architectures("case"):  # a case network (data.task=case): pooled tokens, an MLP
+        net = build_case_head(model, in_channels=1, out_channels=2, patch_size=32, default_patch_size=32)
     else:
         size = 64 if model.get("arch") in ("swin_unetr", "sa_swin") else 32  # SwinUNETR downsamples by 32
         net = build_from_config(model, OmegaConf.to_container(cfg.segmenter, resolve=True),

@@ -10,6 +10,7 @@ from torch import nn
 
 from asa.data import Case, build_segmentation_dataset, get_task, load_volume, preprocess_for_inference
 from asa.eval.inference import predict_volume
+from asa.models import Capabilities
 
 PATCH, REF = 8, 32  # reference grid 4³ patches = 32³ voxels
 
@@ -56,7 +57,8 @@ def _region(image: torch.Tensor, start: np.ndarray, size: int) -> torch.Tensor:
 class Spy(nn.Module):
     """A brain-frame network stand-in that records the windows and offsets it receives."""
 
-    patch_size, reference_grid, spe_frame = PATCH, (REF // PATCH,) * 3, "brain"
+    patch_size, reference_grid = PATCH, (REF // PATCH,) * 3
+    capabilities = Capabilities(offsets=True, patch_size=patch_size, reference_grid=reference_grid)
 
     def __init__(self) -> None:
         super().__init__()
@@ -120,7 +122,8 @@ class LatticeProbe(nn.Module):
     about the reference centre (a flip along a sends the lattice onto its mirror, so this is what a
     flip keeps); the last two channels are the voxel's real position code (lr_axis 0, two sinusoids)."""
 
-    patch_size, reference_grid, spe_frame = 4, (4, 4, 4), "brain"
+    patch_size, reference_grid = 4, (4, 4, 4)
+    capabilities = Capabilities(offsets=True, patch_size=patch_size, reference_grid=reference_grid)
 
     def __init__(self) -> None:
         super().__init__()
