@@ -27,11 +27,12 @@ CROP_BATCH = 8  # crops per forward pass: validation and asa-predict share it, s
 
 
 def case_crop_lattice(model: nn.Module) -> int:
-    """The voxel lattice a case network's test-time crops keep to: its ``crop_lattice`` (the patch
-    size of a ViT, the total stride of a SwinViT), so shifted crops see whole patches / windows."""
-    lattice = getattr(model, "crop_lattice", None)
+    """The voxel lattice a case network's test-time crops keep to, as it declares it
+    (``Capabilities.crop_lattice``: the patch size of a ViT, the total stride of a SwinViT), so
+    shifted crops see whole patches / windows."""
+    lattice = capabilities(model).crop_lattice
     if lattice is None:
-        raise ValueError(f"{type(model).__name__} is no case network (it has no crop_lattice)")
+        raise ValueError(f"{type(model).__name__} is no case network (it declares no crop_lattice)")
     return int(lattice)
 
 

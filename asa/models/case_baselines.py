@@ -17,6 +17,7 @@ from monai.networks.nets.swin_unetr import SwinTransformer
 from torch import nn
 
 from asa.models.case_head import PooledTokenHead
+from asa.models.declared import Capabilities
 from asa.models.patch import to_3tuple
 from asa.models.registry import register_network
 from asa.models.sa_swin import SASwin
@@ -74,7 +75,7 @@ class ViTCaseNet(PooledTokenHead):
                        pos_embed_type=pos_embed_type, classification=False, dropout_rate=dropout_rate, spatial_dims=3,
                        qkv_bias=qkv_bias)
         self.img_size, self.in_channels, self.patch_size = size, in_channels, patch_size
-        self.crop_lattice = patch_size  # shifted test-time crops see whole patches
+        self.capabilities = Capabilities(crop_lattice=patch_size)  # shifted test-time crops see whole patches
         self.network_arch = "vit_case"
         self.network_kwargs.update(img_size=list(size))
         self.num_encoder_layers = num_layers + 1  # patch embedding 0, block i: i + 1, final norm num_layers + 1
@@ -151,7 +152,7 @@ class SwinCaseNet(PooledTokenHead):
                                        drop_path_rate=dropout_path_rate, norm_layer=nn.LayerNorm,
                                        use_checkpoint=use_checkpoint, spatial_dims=3, downsample="merging")
         self.img_size, self.in_channels = size, in_channels
-        self.crop_lattice = stride  # shifted test-time crops keep the last stage's token grid
+        self.capabilities = Capabilities(crop_lattice=stride)  # shifted test-time crops keep the last stage's token grid
         self.network_arch = "swin_case"
         self.network_kwargs.update(img_size=list(size), depths=list(depths), num_heads=list(num_heads))
         # SwinViT blocks per stage, numbered as SASwin numbers them (encoder_layer_id)

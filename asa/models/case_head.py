@@ -130,11 +130,12 @@ class ASACaseHead(PooledTokenHead):
         enc = self.encoder
         self.img_size, self.grid, self.reference_grid = enc.img_size, enc.grid, enc.reference_grid
         self.in_channels, self.embed_dim, self.patch_size = in_channels, embed_dim, patch_size
-        self.crop_lattice = patch_size  # test-time crops start on the brain frame's patch lattice
         self.pos_mode, self.lr_axis = pos_mode, lr_axis
         self.network_arch = "case_head"  # its name in the network registry, for network_spec
         self.spe_frame = "brain"  # exports place codes on the brain frame
-        self.capabilities = Capabilities(offsets=True, patch_size=patch_size, reference_grid=self.reference_grid)
+        # test-time crops start on the brain frame's patch lattice
+        self.capabilities = Capabilities(offsets=True, patch_size=patch_size, reference_grid=self.reference_grid,
+                                         crop_lattice=patch_size)
         self.num_encoder_layers = depth + 1  # patch embedding = layer 0, block i = i + 1, final norm = depth + 1
         self.network_kwargs.update(img_size=list(self.img_size), reference_grid=list(self.reference_grid))
         self.init_head(embed_dim, out_channels=out_channels, pooling=pooling, hidden_dim=hidden_dim,

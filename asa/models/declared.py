@@ -23,6 +23,7 @@ class Capabilities:
     patch_size: int | None = None  # with reference_grid: the lattice crops and windows start on
     reference_grid: tuple[int, int, int] | None = None  # the brain frame's grid, in patches
     zero_encoder: bool = False  # zero_encoder_states(): the encoder-reliance diagnostic
+    crop_lattice: int | None = None  # a case network: the voxel step its shifted test-time crops keep to
 
     def __post_init__(self) -> None:
         if (self.patch_size is None) != (self.reference_grid is None):

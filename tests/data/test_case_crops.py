@@ -39,8 +39,8 @@ class _Linear(nn.Module):
 
     def __init__(self, out: int) -> None:
         super().__init__()
-        self.img_size, self.crop_lattice = (32, 32, 32), 8
-        self.capabilities = Capabilities(offsets=True)
+        self.img_size = (32, 32, 32)
+        self.capabilities = Capabilities(offsets=True, crop_lattice=8)
         self.fc = nn.Linear(8, out)
         self.seen: list[torch.Tensor] = []
 

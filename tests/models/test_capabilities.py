@@ -17,7 +17,7 @@ def test_each_network_declares_what_its_forward_takes():
                                                zero_encoder=True)
     assert (capabilities(crop).offsets, capabilities(crop).regions) == (False, False)
     assert capabilities(ASACaseHead(img_size=32, out_channels=3, **ENCODER)) == Capabilities(
-        offsets=True, patch_size=8, reference_grid=(4, 4, 4))
+        offsets=True, patch_size=8, reference_grid=(4, 4, 4), crop_lattice=8)
     assert capabilities(ASA(img_size=32, loss_weighting="focal_region", **PRESETS["tiny"])) == Capabilities(regions=True)
     # MONAI's networks declare nothing: the image alone, no lattice, no reliance switch
     assert capabilities(UNETR(1, 2, img_size=32, feature_size=8, hidden_size=48, mlp_dim=96, num_heads=4)) == Capabilities()
