@@ -20,6 +20,8 @@ from asa.data import (CaseError, RegionSource, detect_layout, discover, ensure_d
 from asa.data.datasets import CaseLoadError
 from asa.data.store import StoreError, open_store
 from asa.io import CheckpointError, VolumeError, WriteError, atomic_write_json
+from asa.models import SYMMETRY_KEYS, network_spec
+from asa.models.patch import to_3tuple
 from asa.train import IncompatibleCheckpointError, TrainConfig, build_optimizer, cleanup_distributed, setup_distributed
 from asa.train.distributed import DistEnv, all_gather_objects, barrier
 from asa.train.optim import LOW_LR, describe_lr
@@ -351,3 +353,20 @@ def report_fine_tuning(result: Any, out_dir: Path, best: str) -> None:
           f"  checkpoints: {ckpts}/{written}\n"
           f"  TensorBoard: tensorboard --logdir {shell_path(out_dir / 'tb')}\n"
           f"  next: asa-predict {override('checkpoint', use)} input=DIR output=PRED", flush=True)
+
+
+def record_geometry(resolved: dict, model: torch.nn.Module) -> int:
+    """Record in the run config ``resolved`` the geometry ``model`` was built with, read from its
+    network spec (the settings left null follow the pretrained file, `asa.models.pretrained_geometry`):
+    the crop ``data.patch_size``, ``model.pos_mode`` / ``model.lr_axis`` where the network has them and
+    an SW-ViT's ``segmenter.reference_grid``. Returns the crop edge."""
+    spec = network_spec(model)
+    if spec is None:
+        raise TypeError(f"{type(model).__name__} records no network spec, so its geometry is unknown")
+    kwargs = spec["kwargs"]
+    crop = int(to_3tuple(kwargs["img_size"], "img_size")[0])
+    resolved["data"]["patch_size"] = crop
+    resolved["model"].update({key: kwargs[key] for key in SYMMETRY_KEYS if key in kwargs})
+    if kwargs.get("reference_grid") is not None:
+        resolved["segmenter"]["reference_grid"] = list(kwargs["reference_grid"])
+    return crop

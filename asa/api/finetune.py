@@ -8,8 +8,8 @@ import sys
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asa.api.common import (TrainingRun, check_crop_fits, dataset_root, load_cases, optimizer_and_config, refusing,
-                             region_source, report_fine_tuning, split_cases, trainer_config, training_ended,
+from asa.api.common import (TrainingRun, check_crop_fits, dataset_root, load_cases, optimizer_and_config, record_geometry,
+                             refusing, region_source, report_fine_tuning, split_cases, trainer_config, training_ended,
                              write_splits)
 from asa.api.finetune_case import CASE_TASK, finetune_case
 from asa.api.schema import FinetuneConfig, PretrainDataConfig, as_config
@@ -55,17 +55,13 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
                                   in_channels=len(task.channels), out_channels=task.num_outputs,
                                   patch_size=None if data.patch_size is None else int(data.patch_size),
                                   default_patch_size=default_patch)
-        patch = int(model.img_size[0]) if hasattr(model, "img_size") else int(data.patch_size or default_patch)
         resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         resolved["task"] = dataclasses.asdict(task)  # asa-predict rebuilds the task from the checkpoint
-        resolved["data"]["patch_size"] = patch  # the effective crop (null follows the pretrained file)
+        patch = record_geometry(resolved, model)  # the effective crop, position code, axis and reference grid
         resolved["data"]["regions"]["source"] = "none" if regions is None else regions.source  # auto resolved
         lattice = {}
-        if hasattr(model, "reference_grid"):  # the effective settings (null follows the pretrained file)
-            resolved["segmenter"].update(pos_mode=model.pos_mode, lr_axis=model.lr_axis,
-                                         reference_grid=list(model.reference_grid))
-            lattice = dict(lattice=model.patch_size, lr_axis=model.lr_axis,
-                           reference_size=tuple(g * model.patch_size for g in model.reference_grid))
+        if (grid := capabilities(model).lattice) is not None:  # crops start on the brain frame's patch lattice
+            lattice = dict(lattice=grid[0], lr_axis=resolved["model"]["lr_axis"], reference_size=grid[1])
         trainer_config(cfg)  # bad trainer values stop the run before its folder is touched
         optimizer, lr, config = optimizer_and_config(cfg, model, env)
         run_dir = run.prepare_dir(resolved)

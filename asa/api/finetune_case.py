@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asa.api.common import (OptionError, TrainingRun, dataset_root, load_cases, optimizer_and_config, split_cases,
-                             report_fine_tuning, trainer_config, training_ended, write_splits)
+from asa.api.common import (OptionError, TrainingRun, dataset_root, load_cases, optimizer_and_config, record_geometry,
+                             split_cases, report_fine_tuning, trainer_config, training_ended, write_splits)
 from asa.api.schema import PretrainDataConfig
 from asa.data import build_case_crops_dataset, build_target_dataset, read_targets
 from asa.eval.case_metrics import HIGHER_IS_BETTER
@@ -109,15 +109,10 @@ def finetune_case(cfg: DictConfig) -> FitResult:
         model = build_case_head(OmegaConf.to_container(cfg.model, resolve=True), in_channels=1,
                                 out_channels=out_channels,
                                 patch_size=None if data.patch_size is None else int(data.patch_size),
-                                default_patch_size=default_patch, pos_mode=cfg.segmenter.pos_mode,
-                                lr_axis=cfg.segmenter.lr_axis, pooling=str(head.pooling),
+                                default_patch_size=default_patch, pooling=str(head.pooling),
                                 hidden_dim=int(head.hidden_dim), head_dropout=float(head.dropout),
                                 target_shift=shift, target_scale=scale)
-        patch = int(model.img_size[0])
-        resolved["data"]["patch_size"] = patch  # the effective crop (null follows the pretrained file)
-        if hasattr(model, "reference_grid"):  # the SW-ViT's brain frame (null follows the pretrained file)
-            resolved["segmenter"].update(pos_mode=model.pos_mode, lr_axis=model.lr_axis,
-                                         reference_grid=list(model.reference_grid))
+        patch = record_geometry(resolved, model)  # the effective crop (and SW-ViT's position code, axis, grid)
         # asa-predict / asa-evaluate read the task from the checkpoint's run config
         resolved["task"] = {"name": CASE_TASK, "kind": kind, "target": str(data.target), "classes": list(targets.names),
                             "target_shift": shift, "target_scale": scale}

@@ -65,9 +65,17 @@ class EncoderConfig:
     grad_checkpointing: bool = EncoderSettings.grad_checkpointing  # activation checkpointing: less memory, slower
     region_attention: str = one_of(EncoderSettings.region_attention, REGION_LAYOUTS)  # none | alternate (LW, R, SLW, R, ...) | all: R-MSA blocks (need data.regions)
     saca: str = one_of("none", SACA_PLACES)  # none | decoder | encoder | all: windowed symmetry-aware cross-attention in these SW-ViTs
+    # the symmetric position encoding (DESIGN §1.2) and the mirrored (left-right) array axis; fine-tuning:
+    # null takes the pretrained file's, else mirror / 0 (pretraining states them: PretrainModelConfig)
+    pos_mode: Optional[str] = one_of(None, POSITION_MODES)  # none | mirror | paper
+    lr_axis: Optional[int] = None
 
 
 DECODER_KEYS = ("decoder_dim", "decoder_depth", "decoder_num_heads")
+NOT_SIZES = ("pos_mode", "lr_axis")  # encoder settings that the model=tiny|small|base presets leave alone
+# keys of earlier versions -> where the setting is now (a command line with the old key is refused naming both)
+MOVED_KEYS = {"method.pos_mode": "model.pos_mode", "method.lr_axis": "model.lr_axis",
+              "segmenter.pos_mode": "model.pos_mode", "segmenter.lr_axis": "model.lr_axis"}
 
 
 @dataclass
@@ -77,6 +85,8 @@ class PretrainModelConfig(EncoderConfig):
     decoder_dim: int = _BASE["decoder_dim"]
     decoder_depth: int = _BASE["decoder_depth"]
     decoder_num_heads: int = _BASE["decoder_num_heads"]
+    pos_mode: str = one_of(EncoderSettings.pos_mode, POSITION_MODES)  # none | mirror | paper
+    lr_axis: int = EncoderSettings.lr_axis
 
 
 @dataclass
@@ -180,8 +190,6 @@ class FinetuneOptimConfig(OptimConfig):
 class SegmenterConfig:
     """``ASASegmenter`` settings beyond the encoder sizes."""
 
-    pos_mode: Optional[str] = one_of(None, POSITION_MODES)  # null: the pretrained encoder's, or mirror
-    lr_axis: Optional[int] = None  # null: the pretrained encoder's, or 0
     spe_frame: str = one_of("brain", SPE_FRAMES)
     allow_grid_change: bool = False
     reference_grid: Optional[List[int]] = None
@@ -383,8 +391,9 @@ def register() -> None:
     for name, method in registered_methods().items():
         store.store(group="method", name=name, node=method.Settings(name=name))
     for name, sizes in PRESETS.items():  # model=tiny|small|base: the encoder and, for pretraining, the decoder
-        encoder = EncoderConfig(**{k: v for k, v in sizes.items() if k not in DECODER_KEYS})
-        store.store(group="sizes/encoder", name=name, node=asdict(encoder))  # a mapping: fine-tuning adds arch
+        encoder = asdict(EncoderConfig(**{k: v for k, v in sizes.items() if k not in DECODER_KEYS}))
+        sized = {k: v for k, v in encoder.items() if k not in NOT_SIZES}
+        store.store(group="sizes/encoder", name=name, node=sized)  # a mapping: fine-tuning adds arch
         store.store(group="sizes/decoder", name=name, node={k: sizes[k] for k in DECODER_KEYS})
 
 

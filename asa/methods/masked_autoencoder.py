@@ -17,7 +17,6 @@ from asa.methods.base import MethodSettings, PanelFn, PretrainingMethod, RegionN
 from asa.methods.choices import one_of
 from asa.models.encoder import ENCODER_PREFIX
 from asa.models.mae import LOSS_WEIGHTINGS
-from asa.models.position import POSITION_MODES
 from asa.models.zoo import build_network
 from asa.train.pretrain import mae_step, make_panel_fn
 
@@ -31,8 +30,6 @@ class MaskedAutoencoderSettings(MethodSettings):
     name: str = "asa"
     in_channels: int = 1
     mask_ratio: float = 0.75
-    pos_mode: str = one_of("mirror", POSITION_MODES)  # none | mirror | paper (symmetric position encoding, §1.2)
-    lr_axis: int = 0  # the mirrored (left-right) array axis
     loss_weighting: str = one_of("attentive", LOSS_WEIGHTINGS)  # uniform | attentive (AR-loss, §1.5) | focal_region (RAT, §1.6b)
     norm_pix_loss: bool = False
     bins: int = 8

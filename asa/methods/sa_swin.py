@@ -36,7 +36,7 @@ class SymmetryAwareSettings(MethodSettings):
     num_heads: List[int] = field(default_factory=lambda: [3, 6, 12, 24])
     window_size: int = 7
     use_checkpoint: bool = False
-    lr_axis: int = 0  # the mirrored (left-right) array axis
+    lr_axis: int = 0  # the mirrored (left-right) array axis (with the SwinViT sizes; model.lr_axis in asa-finetune)
     terms: List[str] = field(default_factory=lambda: ["rotation", "contrastive", "reconstruction", "symmetry"])
     temperature: float = 0.5  # NT-Xent
     contrastive_dim: int = 512

@@ -25,7 +25,8 @@ from asa.models.registry import NETWORKS, architectures, build_network, network_
 from asa.models.sa_swin import SASwin, SymmetryAwareLayer
 from asa.models.sa_swin_pretrain import SAHOutput, SymmetryAwareHead
 from asa.models.saca import SymmetryCrossAttention, WindowSymmetryCrossAttention, mirror_index
-from asa.models.segmenter import SPE_FRAMES, ASASegmenter, LoadReport, SWViTSegmenter, recorded_pretraining
+from asa.models.segmenter import (SPE_FRAMES, SYMMETRY_KEYS, ASASegmenter, LoadReport, SWViTSegmenter,
+                                  pretrained_geometry, recorded_pretraining)
 from asa.models.swvit import SWBlock, SWViT, sw_blocks
 from asa.models.zoo import build_from_config, build_segmentation_network
 
@@ -54,6 +55,7 @@ __all__ = [
     "PRESETS",
     "PatchReconstruction",
     "SPE_FRAMES",
+    "SYMMETRY_KEYS",
     "LinearWindowAttention",
     "MAEOutput",
     "PatchEmbed",
@@ -85,6 +87,7 @@ __all__ = [
     "patch_grid",
     "patch_regions",
     "patchify",
+    "pretrained_geometry",
     "recorded_pretraining",
     "reconstruction_objective",
     "record_spec",

@@ -15,7 +15,7 @@ from asa.models.encoder import EncoderSettings
 from asa.models.patch import to_3tuple
 from asa.models.registry import architectures, build_network, register_network
 from asa.models.saca import SACA_PLACES
-from asa.models.segmenter import ASASegmenter, pretrained_geometry
+from asa.models.segmenter import SYMMETRY_KEYS, ASASegmenter, pretrained_geometry, set_options
 
 POOLINGS = ("mean", "attention")
 
@@ -163,8 +163,6 @@ def build_case_head(
     out_channels: int,
     patch_size: int | None,
     default_patch_size: int,
-    pos_mode: str | None = None,
-    lr_axis: int | None = None,
     pooling: str = "mean",
     hidden_dim: int = 256,
     head_dropout: float = 0.0,
@@ -175,9 +173,10 @@ def build_case_head(
     (default): :class:`ASACaseHead` with the SW-ViT sizes of the section; another case network
     (``vit_case``, ``swin_case``, `architectures("case")`) with its own keyword arguments. The crop
     edge ``patch_size`` (None: the pretraining crop the file records, else ``default_patch_size``),
-    ``pos_mode`` / ``lr_axis`` (SW-ViT; None: the file's, else ``mirror`` / 0), the encoder
+    ``model.pos_mode`` / ``model.lr_axis`` (SW-ViT; null: the file's, else ``mirror`` / 0), the encoder
     initialised from ``model.pretrained`` (SW-ViT: its grid must be the crop's, DESIGN §1.2;
     ``swin_case``: an SA-Swin pretraining file)."""
+    model_cfg = set_options(model_cfg)
     arch = model_cfg.get("arch", "asa")
     head = dict(in_channels=in_channels, out_channels=out_channels, pooling=pooling, hidden_dim=hidden_dim,
                 head_dropout=head_dropout, target_shift=target_shift, target_scale=target_scale)
@@ -185,9 +184,9 @@ def build_case_head(
     if arch not in ("asa", "case_head"):
         return _build_case_baseline(arch, model_cfg, pretrained, patch_size, default_patch_size, head)
     kwargs = {k: v for k, v in model_cfg.items() if k not in ("arch", "pretrained", "decoder_dim", "decoder_depth",
-                                                              "decoder_num_heads")}
-    geometry = pretrained_geometry(pretrained, patch_size=patch_size, pos_mode=pos_mode, lr_axis=lr_axis,
-                                   default_patch_size=default_patch_size)
+                                                              "decoder_num_heads", *SYMMETRY_KEYS)}
+    geometry = pretrained_geometry(pretrained, patch_size=patch_size, pos_mode=model_cfg.get("pos_mode"),
+                                   lr_axis=model_cfg.get("lr_axis"), default_patch_size=default_patch_size)
     net = ASACaseHead(img_size=to_3tuple(geometry.patch_size, "data.patch_size"), pos_mode=geometry.pos_mode,
                       lr_axis=geometry.lr_axis, **head, **kwargs)
     if geometry.checkpoint is not None:

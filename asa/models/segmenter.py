@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -62,22 +62,37 @@ def recorded_pretraining(checkpoint: dict, source: str | Path) -> dict:
             "pos_mode": kwargs["pos_mode"], "lr_axis": kwargs["lr_axis"]}
 
 
+SYMMETRY_KEYS = ("pos_mode", "lr_axis")  # model.* settings of the symmetric encoders; null: not set
+
+
+def set_options(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A run config's ``model`` section without the symmetry settings it leaves unset (null), so a
+    network without a symmetric position encoding or axis (UNETR, SwinUNETR) is not handed them."""
+    return {k: v for k, v in model_cfg.items() if not (k in SYMMETRY_KEYS and v is None)}
+
+
 class PretrainedGeometry(NamedTuple):
-    """The crop edge, position mode and symmetric axis a network initialised from a pretrained file
-    is built with, the file's content (``checkpoint``, read once; None without a file) and what it
-    records (`recorded_pretraining`; empty without a file)."""
+    """The fine-tuning geometry of an SW-ViT network: the crop edge, position mode, symmetric axis
+    and the brain frame's reference grid (patches; None: the network's own, the pretraining grid or
+    the crop's), with the pretrained file's content (``checkpoint``, read once; None without a file)
+    and what it records (`recorded_pretraining`; empty without a file)."""
 
     patch_size: int
     pos_mode: str
     lr_axis: int
+    reference_grid: tuple[int, int, int] | None
     checkpoint: dict | None
     recorded: dict
 
 
 def pretrained_geometry(pretrained: str | Path | None, *, patch_size: int | None, pos_mode: str | None,
-                        lr_axis: int | None, default_patch_size: int | None) -> PretrainedGeometry:
-    """Each given value, else the one the pretrained file records, else ``default_patch_size`` /
-    ``mirror`` / 0 (no crop size at all is an error)."""
+                        lr_axis: int | None, default_patch_size: int | None,
+                        reference_grid: Sequence[int] | None = None,
+                        allow_grid_change: bool = False) -> PretrainedGeometry:
+    """The one place the fine-tuning geometry is resolved: each given value, else the one the
+    pretrained file records, else ``default_patch_size`` / ``mirror`` / 0 (no crop size at all is an
+    error). The reference grid: the given one; with ``allow_grid_change`` and a file, the file's
+    pretraining grid (the brain frame keeps it while the crop grid changes); else None."""
     checkpoint, recorded = None, {}
     if pretrained:
         checkpoint = load_weights(pretrained)
@@ -91,7 +106,10 @@ def pretrained_geometry(pretrained: str | Path | None, *, patch_size: int | None
         pos_mode = recorded.get("pos_mode") or "mirror"
     if lr_axis is None:
         lr_axis = recorded.get("lr_axis") or 0
-    return PretrainedGeometry(int(patch_size), pos_mode, int(lr_axis), checkpoint, recorded)
+    if reference_grid is None and allow_grid_change and recorded.get("img_size"):
+        reference_grid = patch_grid(recorded["img_size"], int(recorded["patch_size"]))
+    grid = None if reference_grid is None else to_3tuple(reference_grid, "reference_grid")
+    return PretrainedGeometry(int(patch_size), pos_mode, int(lr_axis), grid, checkpoint, recorded)
 
 
 class SWViTSegmenter(nn.Module):

@@ -13,9 +13,8 @@ from typing import Any
 
 from torch import nn
 
-from asa.models.patch import patch_grid
 from asa.models.registry import NETWORKS, architectures, build_network, network_spec
-from asa.models.segmenter import ASASegmenter, pretrained_geometry
+from asa.models.segmenter import ASASegmenter, pretrained_geometry, set_options
 
 __all__ = ["NETWORKS", "build_from_config", "build_network", "build_segmentation_network", "network_spec"]
 
@@ -54,18 +53,16 @@ def build_from_config(
     ``patch_size`` is the crop edge (the network's input size); None takes the pretraining crop recorded in that file, else
     ``default_patch_size``. A crop whose patch grid differs from the pretraining grid is an error
     unless ``segmenter.allow_grid_change`` (then the brain frame keeps the pretraining grid as its
-    reference). ``segmenter.pos_mode`` / ``segmenter.lr_axis`` null take the file's values, else
-    ``mirror`` / 0. The effective values are the network's ``img_size``, ``pos_mode``, ``lr_axis``,
+    reference). ``model.pos_mode`` / ``model.lr_axis`` null take the file's values, else
+    ``mirror`` / 0 (`pretrained_geometry`). The effective values are the network's ``img_size``, ``pos_mode``, ``lr_axis``,
     ``spe_frame`` and ``reference_grid``.
     """
-    kwargs = dict(model_cfg)
+    kwargs = set_options(model_cfg)
     arch = kwargs.pop("arch", "asa")
     pretrained = kwargs.pop("pretrained", None)
     if arch != "asa":
         if pretrained and arch != "sa_swin":
             raise ValueError(f"model.pretrained is only supported for model arch 'asa' and 'sa_swin', not {arch!r}")
-        if arch == "sa_swin":
-            kwargs.setdefault("lr_axis", segmenter_cfg.get("lr_axis") or 0)
         size = pretrained_geometry(None, patch_size=patch_size, pos_mode=None, lr_axis=None,
                                    default_patch_size=default_patch_size).patch_size
         try:
@@ -82,19 +79,16 @@ def build_from_config(
         return net
     for key in PRETRAINING_ONLY:
         kwargs.pop(key, None)
-    geometry = pretrained_geometry(pretrained, patch_size=patch_size, pos_mode=segmenter_cfg.get("pos_mode"),
-                                   lr_axis=segmenter_cfg.get("lr_axis"), default_patch_size=default_patch_size)
-    recorded = geometry.recorded
     allow_grid_change = bool(segmenter_cfg.get("allow_grid_change", False))
-    reference_grid = segmenter_cfg.get("reference_grid")
-    if reference_grid is None and allow_grid_change and recorded.get("img_size"):
-        reference_grid = patch_grid(recorded["img_size"], int(recorded.get("patch_size") or kwargs.get("patch_size", 8)))
+    geometry = pretrained_geometry(pretrained, patch_size=patch_size, pos_mode=kwargs.pop("pos_mode", None),
+                                   lr_axis=kwargs.pop("lr_axis", None), default_patch_size=default_patch_size,
+                                   reference_grid=segmenter_cfg.get("reference_grid"),
+                                   allow_grid_change=allow_grid_change)
     net = ASASegmenter(
         img_size=(geometry.patch_size,) * 3, in_channels=in_channels, out_channels=out_channels,
         pos_mode=geometry.pos_mode, lr_axis=geometry.lr_axis, feature_size=segmenter_cfg.get("feature_size", 16),
         input_skip=segmenter_cfg.get("input_skip", "full"),
-        spe_frame=segmenter_cfg.get("spe_frame", "brain"),
-        reference_grid=None if reference_grid is None else tuple(reference_grid), **kwargs,
+        spe_frame=segmenter_cfg.get("spe_frame", "brain"), reference_grid=geometry.reference_grid, **kwargs,
     )
     if geometry.checkpoint is not None:
         net.load_pretrained(pretrained, checkpoint=geometry.checkpoint, allow_grid_change=allow_grid_change)

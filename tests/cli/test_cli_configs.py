@@ -118,14 +118,14 @@ def test_presets_of_the_other_entry_point_are_refused(entry, overrides, option):
 
 
 CHOICE_MISTAKES = [  # (entry, key, bad value, the allowed values the message must list)
-    ("pretrain", "method.pos_mode", "mirrror", "mirror, paper, none"),
+    ("pretrain", "model.pos_mode", "mirrror", "mirror, paper, none"),
     ("pretrain", "method.loss_weighting", "atentive", "attentive, uniform, focal_region"),
     ("pretrain", "method.normalize", "l1", "l2, none"),
     ("pretrain", "model.saca", "decoderr", "none, decoder, encoder, all"),
     ("pretrain", "model.region_attention", "alt", "none, alternate, all"),
     ("pretrain", "optim.schedule", "cosin", "cosine, poly, constant"),
     ("pretrain", "data.on_bad_case", "skp", "error, skip"),
-    ("finetune", "segmenter.pos_mode", "mirrror", "mirror, paper, none or null"),
+    ("finetune", "model.pos_mode", "mirrror", "mirror, paper, none or null"),
     ("finetune", "segmenter.spe_frame", "brian", "brain, crop"),
     ("finetune", "segmenter.input_skip", "fulll", "full, none or a number in [0, 1]"),
     ("finetune", "segmenter.input_skip", "1.5", "full, none or a number in [0, 1]"),
@@ -187,9 +187,9 @@ def test_trainer_presets_follow_their_entry_point():
 def test_pretraining_experiments_state_only_their_differences(name):
     base = OmegaConf.to_container(compose_config("pretrain", []), resolve=True)
     cfg = OmegaConf.to_container(compose_config("pretrain", [f"experiment={name}"]), resolve=True)
-    assert (cfg["method"]["pos_mode"], cfg["method"]["loss_weighting"]) == EXPERIMENTS[name]
-    for key in ("pos_mode", "loss_weighting"):
-        cfg["method"].pop(key), base["method"].pop(key)
+    assert (cfg["model"]["pos_mode"], cfg["method"]["loss_weighting"]) == EXPERIMENTS[name]
+    for group, key in (("model", "pos_mode"), ("method", "loss_weighting")):
+        cfg[group].pop(key), base[group].pop(key)
     assert cfg == base
 
 
@@ -208,7 +208,7 @@ def test_symmetry_presets_state_only_their_differences():
 @pytest.mark.parametrize("experiment, pos_mode", [("baseline", "none"), ("spe_only", "mirror")])
 def test_finetune_table4_rows(experiment, pos_mode):
     cfg = compose_config("finetune", [f"experiment={experiment}"])
-    assert cfg.segmenter.pos_mode == pos_mode and cfg.model.pretrained is None  # scratch rows
+    assert cfg.model.pos_mode == pos_mode and cfg.model.pretrained is None  # scratch rows
 
 
 def test_segmentation_presets_share_one_base():

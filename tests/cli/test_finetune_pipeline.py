@@ -47,7 +47,7 @@ def test_finetune_predict_evaluate(tmp_path, encoder_export, name, cases, foregr
     assert result.step == 2
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ckpt["config"]["task"]["name"] == name
-    assert ckpt["config"]["segmenter"]["pos_mode"] == "mirror"  # null resolved from the pretrained export
+    assert ckpt["config"]["model"]["pos_mode"] == "mirror"  # null resolved from the pretrained export
     assert ckpt["config"]["data"]["patch_size"] == 32  # null: the pretraining crop recorded in the export
     assert ckpt["config"]["segmenter"]["reference_grid"] == [4, 4, 4]
     assert (out / "checkpoints" / "best.pt").is_file() and (out / "splits.json").is_file()

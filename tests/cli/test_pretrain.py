@@ -49,7 +49,7 @@ def test_smoke_run_writes_outputs_then_resumes(tmp_path, demo_cache):
     assert (out / "config.yaml").is_file() and (out / "splits.json").is_file()
     assert list((out / "tb").glob("events.out.tfevents.*"))
     last = load_checkpoint(ckpts / "last.pt")
-    assert last["step"] == 2 and last["config"]["method"]["pos_mode"] == "mirror"
+    assert last["step"] == 2 and last["config"]["model"]["pos_mode"] == "mirror"
     assert not (out / ".hydra").exists()
 
     proc = subprocess.run(cmd + ["resume=true", "trainer.max_steps=3", "trainer.epochs=3"], capture_output=True, text=True, env=_env(),
@@ -68,7 +68,7 @@ def test_each_experiment_preset_trains(tmp_path, demo_cache, experiment, pos_mod
     result = run(cfg)
     assert result.step == 2 and result.best_metric is not None and result.nonfinite_steps == 0
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    assert (ckpt["config"]["method"]["pos_mode"], ckpt["config"]["method"]["loss_weighting"]) == (pos_mode, weighting)
+    assert (ckpt["config"]["model"]["pos_mode"], ckpt["config"]["method"]["loss_weighting"]) == (pos_mode, weighting)
     export = load_checkpoint(tmp_path / "checkpoints" / "encoder.pt")
     assert export["network"] == ckpt["network"] and ckpt["network"]["arch"] == "asa_pretrain"
     assert export["network"]["kwargs"]["pos_mode"] == pos_mode and export["network"]["kwargs"]["img_size"] == [32] * 3
@@ -121,7 +121,7 @@ def test_resume_with_another_model_is_refused(tmp_path, demo_cache):
     with pytest.raises(IncompatibleCheckpointError) as info:
         run(cfg)
     msg = str(info.value)
-    assert "model.depth: " in msg and "method.pos_mode" in msg and "method.loss_weighting" in msg
+    assert "model.depth: " in msg and "model.pos_mode" in msg and "method.loss_weighting" in msg
 
 
 def test_encoder_export_loads_into_the_segmenter(tmp_path, demo_cache):

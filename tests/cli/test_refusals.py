@@ -29,7 +29,7 @@ def demo_cache(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("extra, match", [
-    (["method.pos_mode=mirrror"], r"^method.pos_mode='mirrror': expected one of mirror, paper, none"),
+    (["model.pos_mode=mirrror"], r"^model.pos_mode='mirrror': expected one of mirror, paper, none"),
     (["method.normalize=l1"], r"^method.normalize='l1': expected one of l2, none"),  # was read at the first step only
     (["data.on_bad_case=skp"], r"^data.on_bad_case='skp': expected one of error, skip"),
     (["optim.schedule=cosin"], r"^optim.schedule='cosin': expected one of"),  # was read after config.yaml
@@ -58,7 +58,7 @@ def test_finetune_refuses_an_option_the_network_does_not_have(tmp_path):
 
 
 @pytest.mark.parametrize("extra, match", [
-    (["segmenter.pos_mode=mirrror"], r"^segmenter.pos_mode='mirrror': expected one of mirror, paper, none or null"),
+    (["model.pos_mode=mirrror"], r"^model.pos_mode='mirrror': expected one of mirror, paper, none or null"),
     (["optim.schedule=cosin"], r"^optim.schedule='cosin': expected one of cosine, poly, constant"),
     (["data.on_bad_case=skp"], r"^data.on_bad_case='skp': expected one of error, skip"),
 ])
@@ -126,13 +126,24 @@ def test_printed_overrides_paste_back(value):
     assert OverridesParser.create().parse_override(words[0]).value() == value
 
 
+def test_an_old_key_on_the_command_line_names_where_it_moved():
+    from asa.cli.common import _compose_error
+
+    hydra_report = ("Could not override 'segmenter.lr_axis'.\nTo append to your config use +segmenter.lr_axis=1\n"
+                    "Key 'lr_axis' not in 'SegmenterConfig'\n    full_key: segmenter.lr_axis\n")
+    assert _compose_error(hydra_report) == ("Could not override 'segmenter.lr_axis'. Key 'lr_axis' not in "
+                                            "'SegmenterConfig' — segmenter.lr_axis is now model.lr_axis")
+    assert "is now" not in _compose_error(hydra_report.replace("lr_axis", "lr_axes"))
+
+
 @pytest.mark.slow
 def test_console_refusals_exit_2_with_one_line(tmp_path, demo_cache):
     def run(*extra):
         return subprocess.run([sys.executable, "-m", "asa.cli.pretrain", *_overrides(tmp_path / "r", demo_cache),
                                *extra], capture_output=True, text=True, env=_env(), timeout=300)
 
-    for extra, words in [(["trainer.epocs=3"], "trainer.epocs"), (["method.pos_mode=mirrror"], "method.pos_mode='mirrror'"),
+    for extra, words in [(["trainer.epocs=3"], "trainer.epocs"), (["model.pos_mode=mirrror"], "model.pos_mode='mirrror'"),
+                         (["method.pos_mode=none"], "method.pos_mode is now model.pos_mode"),
                          (["output_dir=runs/é"], "must be quoted for Hydra")]:
         proc = run(*extra)
         assert proc.returncode == 2, proc.stderr[-2000:]

@@ -25,7 +25,7 @@ def test_presets_state_only_their_differences(name):
     base = OmegaConf.to_container(compose_config("pretrain", []), resolve=True)
     cfg = OmegaConf.to_container(compose_config("pretrain", [f"experiment={name}"]), resolve=True)
     assert (cfg["model"]["region_attention"], cfg["method"]["loss_weighting"]) == PRESETS[name]
-    assert cfg["data"]["regions"]["source"] == "cluster" and cfg["method"]["pos_mode"] == "mirror"
+    assert cfg["data"]["regions"]["source"] == "cluster" and cfg["model"]["pos_mode"] == "mirror"
     for c in (cfg, base):
         c["model"].pop("region_attention"), c["method"].pop("loss_weighting"), c["data"]["regions"].pop("source")
     assert cfg == base

@@ -86,7 +86,7 @@ def test_config_nulls_are_resolved_in_the_spec(tmp_path):
     torch.manual_seed(0)
     mae = ASA(img_size=32, pos_mode="paper", lr_axis=2, decoder_dim=24, decoder_depth=1, decoder_num_heads=2, **TINY)
     save_checkpoint(tmp_path / "enc.pt", {"encoder": mae.encoder_state_dict(), "network": network_spec(mae)})
-    net = build_from_config({"pretrained": str(tmp_path / "enc.pt"), **TINY}, {"pos_mode": None, "lr_axis": None},
+    net = build_from_config({"pretrained": str(tmp_path / "enc.pt"), "pos_mode": None, "lr_axis": None, **TINY}, {},
                             in_channels=1, out_channels=2, patch_size=None)
     kwargs = network_spec(net)["kwargs"]
     assert (kwargs["img_size"], kwargs["pos_mode"], kwargs["lr_axis"]) == ([32, 32, 32], "paper", 2)

@@ -127,8 +127,8 @@ def test_build_from_config_follows_the_pretrained_file(tmp_path):
 
     mae = ASA(img_size=32, **{**PRESETS["tiny"], "pos_mode": "paper", "lr_axis": 2})
     torch.save({"model": mae.state_dict(), "network": network_spec(mae)}, tmp_path / "last.pt")
-    model_cfg = {**PRESETS["tiny"], "pretrained": str(tmp_path / "last.pt")}
-    net = build_from_config(model_cfg, {"pos_mode": None, "lr_axis": None}, in_channels=1, out_channels=2,
+    model_cfg = {**PRESETS["tiny"], "pretrained": str(tmp_path / "last.pt"), "pos_mode": None, "lr_axis": None}
+    net = build_from_config(model_cfg, {}, in_channels=1, out_channels=2,
                             patch_size=None)
     assert (net.img_size, net.pos_mode, net.lr_axis, net.reference_grid) == ((32,) * 3, "paper", 2, (4, 4, 4))
     with pytest.raises(ValueError, match="allow_grid_change"):
