@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -12,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
+from asa.api.schema import DataConfig, FinetuneConfig, PretrainConfig
 from asa.api.rundir import RunDir, RunDirError, command_line, override, prepare_run_dir, shell_path
 from asa.data import (CaseError, RegionSource, detect_layout, discover, ensure_demo_dataset, make_splits,
                       subject_groups)
@@ -64,7 +65,7 @@ class TrainingRun:
     when the job failed (then without the final barrier: the peers may be gone). A bad value raised
     before ``prepare_dir`` (nothing written yet) leaves as an `OptionError`: the run is refused."""
 
-    def __init__(self, cfg: DictConfig, app: str) -> None:
+    def __init__(self, cfg: PretrainConfig | FinetuneConfig, app: str) -> None:
         self.cfg, self.app = cfg, app
         self.env = DistEnv()
         self.dir: RunDir | None = None
@@ -90,14 +91,14 @@ class TrainingRun:
             raise OptionError(describe_error(exc)) from exc
 
 
-def dataset_root(data: DictConfig) -> tuple[Path, str]:
+def dataset_root(data: DataConfig) -> tuple[Path, str]:
     """(folder, layout) of a data preset: ``data.root``, or the generated demo dataset when it is null."""
     if data.root is None:
-        if data.get("demo") is None:
+        if data.demo is None:
             raise ValueError(f"data={data.name}: data.root is required (a {data.layout} folder)")
         demo = data.demo
         root = ensure_demo_dataset(demo.layout, cases=demo.cases, size=demo.size, seed=demo.seed,
-                                   cache_dir=demo.get("cache_dir"), targets=bool(demo.get("targets", False)))
+                                   cache_dir=demo.cache_dir, targets=bool(demo.targets))
         return root, str(demo.layout)
     root = Path(str(data.root)).expanduser()
     if not root.exists():
@@ -105,7 +106,7 @@ def dataset_root(data: DictConfig) -> tuple[Path, str]:
     return root, (detect_layout(root) if data.layout == "auto" else str(data.layout))
 
 
-def load_cases(data: DictConfig, out_dir: Path | None, env: DistEnv) -> list:
+def load_cases(data: DataConfig, out_dir: Path | None, env: DistEnv) -> list:
     """The validated cases of a data preset, found once on rank 0 and shared with the other ranks.
 
     Every volume is read once (in parallel; the outcome is cached under ``data.cache_dir``) with the
@@ -115,12 +116,12 @@ def load_cases(data: DictConfig, out_dir: Path | None, env: DistEnv) -> list:
     """
     def find() -> list:
         root, layout = dataset_root(data)
-        if data.get("store") is not None:
+        if data.store is not None:
             return _cases_in_store(data, root, layout, out_dir)
         report = None if out_dir is None else out_dir / "bad_cases.json"
         skipped: list = []
         cases = discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case",
-                         report_path=report, cache_dir=data.get("cache_dir"), workers=_check_workers(data),
+                         report_path=report, cache_dir=data.cache_dir, workers=_check_workers(data),
                          skipped=skipped)
         if skipped:  # said on the console, not only in the report
             shown = "\n".join(f"  - {p.id}: {p.reason}" for p in skipped[:10])
@@ -134,7 +135,7 @@ def load_cases(data: DictConfig, out_dir: Path | None, env: DistEnv) -> list:
     return on_main_then_share(find, env)
 
 
-def _cases_in_store(data: DictConfig, root: Path, layout: str, out_dir: Path | None) -> list:
+def _cases_in_store(data: DataConfig, root: Path, layout: str, out_dir: Path | None) -> list:
     """The cases of ``data.store`` (checked when it was written), after making sure that it was
     written from this data root and that no file under it is new or changed since."""
     store = open_store(data.store)
@@ -152,8 +153,8 @@ def _cases_in_store(data: DictConfig, root: Path, layout: str, out_dir: Path | N
     return cases
 
 
-def _check_workers(data: DictConfig) -> int:
-    return max(1, min(8, int(data.get("num_workers") or 0) or (os.cpu_count() or 1)))
+def _check_workers(data: DataConfig) -> int:
+    return max(1, min(8, int(data.num_workers or 0) or (os.cpu_count() or 1)))
 
 
 def on_main_then_share(fn: Callable[[], Any], env: DistEnv) -> Any:
@@ -178,7 +179,7 @@ class SharedError(RuntimeError):
     """Rank 0 failed a step whose result the other ranks wait for."""
 
 
-def split_cases(cases: list, data: DictConfig, out_dir: Path, env: DistEnv, *,
+def split_cases(cases: list, data: DataConfig, out_dir: Path, env: DistEnv, *,
                 by_subject: bool = False) -> dict[str, list]:
     """Train/val/test cases: those of ``<out_dir>/splits.json`` when it exists (a resumed run), else a
     new seeded split, computed on rank 0 and shared. Nothing is written here: `write_splits` records
@@ -200,7 +201,7 @@ def split_cases(cases: list, data: DictConfig, out_dir: Path, env: DistEnv, *,
     return splits
 
 
-def write_splits(cases: list, data: DictConfig, out_dir: Path, env: DistEnv, *, by_subject: bool = False) -> None:
+def write_splits(cases: list, data: DataConfig, out_dir: Path, env: DistEnv, *, by_subject: bool = False) -> None:
     """Rank 0 writes ``<out_dir>/splits.json`` for the split `split_cases` made (a kept file stays)."""
     path = out_dir / "splits.json"
     if env.is_main and not path.is_file():
@@ -210,7 +211,7 @@ def write_splits(cases: list, data: DictConfig, out_dir: Path, env: DistEnv, *, 
     barrier(env)
 
 
-def optimizer_and_config(cfg: DictConfig, model: torch.nn.Module, env: DistEnv) -> tuple[torch.optim.Optimizer, float, TrainConfig]:
+def optimizer_and_config(cfg: PretrainConfig | FinetuneConfig, model: torch.nn.Module, env: DistEnv) -> tuple[torch.optim.Optimizer, float, TrainConfig]:
     """Optimiser (``cfg.optim``), its peak learning rate — scaled by the global batch
     (per-device batch × world size × accumulation) / 256 when ``optim.scale_lr`` — and the engine
     settings (``cfg.trainer``, whose schedule keys interpolate ``optim``).
@@ -225,19 +226,20 @@ def optimizer_and_config(cfg: DictConfig, model: torch.nn.Module, env: DistEnv) 
             print(f"[asa] warning: the peak learning rate {lr:.3g} is below {LOW_LR:g}: the run will barely learn. "
                   f"Raise optim.base_lr, or set optim.scale_lr=false to use optim.base_lr as given",
                   file=sys.stderr, flush=True)
-    extra = {k: opt[k] for k in ("betas", "momentum", "nesterov", "encoder_lr_scale", "layer_decay",
-                                 "freeze_encoder_epochs") if opt.get(k) is not None}
+    extra = {k: v for k, v in dataclasses.asdict(opt).items()
+             if k in ("betas", "momentum", "nesterov", "encoder_lr_scale", "layer_decay", "freeze_encoder_epochs")
+             and v is not None}
     if "betas" in extra:
         extra["betas"] = tuple(extra["betas"])
     optimizer = build_optimizer(model, name=opt.name, lr=lr, weight_decay=float(opt.weight_decay), **extra)
     return optimizer, lr, trainer_config(cfg)
 
 
-def trainer_config(cfg: DictConfig) -> TrainConfig:
+def trainer_config(cfg: PretrainConfig | FinetuneConfig) -> TrainConfig:
     """The engine settings: ``cfg.trainer`` plus the DataLoader workers of ``cfg.data`` and the
     schedule of ``cfg.optim`` (their keys and types were checked against the schema when composed)."""
     opt = cfg.optim
-    return TrainConfig(**OmegaConf.to_container(cfg.trainer, resolve=True), num_workers=int(cfg.data.num_workers),
+    return TrainConfig(**dataclasses.asdict(cfg.trainer), num_workers=int(cfg.data.num_workers),
                        schedule=str(opt.schedule), min_lr=float(opt.min_lr), power=float(opt.power))
 
 def describe_error(err: BaseException) -> str:
@@ -311,13 +313,12 @@ def _fitting(largest: int) -> int:
     return max(16, largest - largest % 16)
 
 
-def region_source(data: DictConfig, needed_by: list[str], *, network: str | None, env: DistEnv):
+def region_source(data: DataConfig, needed_by: list[str], *, network: str | None, env: DistEnv):
     """The `asa.data.RegionSource` of ``data.regions`` (None when no map is made); ``needed_by``
     names the options that need region maps (e.g. ``model.region_attention=alternate``), ``network``
     the one that feeds them into the network (a map made from the labels is then refused). Says at
     start-up (rank 0) which maps ``source: auto`` chose."""
-    spec = data.get("regions")
-    spec = {} if spec is None else OmegaConf.to_container(spec, resolve=True)
+    spec = dataclasses.asdict(data.regions)
     regions = RegionSource.from_config(spec, needed_by=needed_by, network=network)
     if regions is not None and str(spec.get("source") or "auto") == "auto" and env.is_main:
         print(f"[asa] data.regions.source=auto: {' and '.join(needed_by)} need(s) region maps; using "

@@ -31,7 +31,7 @@ def evaluate(config: EvaluateConfig | DictConfig) -> dict:
         return _evaluate(as_config(config, "evaluate"))
 
 
-def _evaluate_case(cfg: DictConfig) -> dict:
+def _evaluate_case(cfg: EvaluateConfig) -> dict:
     """``data.task=case``: score ``<pred>/predictions.csv`` against ``data.target`` (summary with
     bootstrap intervals, `asa.eval.case_predict.case_summary`), written to ``<output>/summary.json``."""
     data = cfg.data
@@ -64,16 +64,14 @@ def _evaluate_case(cfg: DictConfig) -> dict:
     return summary
 
 
-def _evaluate(cfg: DictConfig) -> dict:
+def _evaluate(cfg: EvaluateConfig) -> dict:
     data = cfg.data
-    if str(data.get("task")) == CASE_TASK:
+    if str(data.task) == CASE_TASK:
         return _evaluate_case(cfg)
-    if data.get("task") is None:
-        raise ValueError(f"data={data.get('name')} has no labels to evaluate against; use data=brats, ibsr, wmh or msd")
     root, layout = dataset_root(data)
     task = get_task(str(data.task), root=root)
     cases = discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case",
-                     cache_dir=data.get("cache_dir"))
+                     cache_dir=data.cache_dir)
     cases = cases_of_split(cases, cfg.split_file, str(cfg.subset), where=str(root))
     out = Path(str(cfg.output)).absolute()
     if cfg.pred is None and cfg.reliance.checkpoint is None:
@@ -111,7 +109,7 @@ def _evaluate(cfg: DictConfig) -> dict:
     return summary
 
 
-def _reliance(cfg: DictConfig, task, cases: list, out: Path) -> dict:
+def _reliance(cfg: EvaluateConfig, task, cases: list, out: Path) -> dict:
     """Encoder-reliance diagnostic of ``reliance.checkpoint`` on ``cases``; writes reliance files under ``out``."""
     ckpt = Path(str(cfg.reliance.checkpoint)).expanduser()
     if not ckpt.is_file():

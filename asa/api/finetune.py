@@ -6,7 +6,7 @@ import dataclasses
 import sys
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from asa.api.common import (TrainingRun, check_crop_fits, dataset_root, load_cases, optimizer_and_config, record_geometry,
                              refusing, region_source, report_fine_tuning, split_cases, trainer_config, training_ended,
@@ -40,7 +40,7 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
         needed_by = []  # the options that need a region map per case
         network = None  # the one that feeds it into the network (never a map made from the labels)
         if str(cfg.model.get("region_attention", "none")) != "none":
-            network = f"model.region_attention={cfg.model.region_attention}"
+            network = f"model.region_attention={cfg.model['region_attention']}"
             needed_by.append(network)
         if focal_weight > 0:
             needed_by.append(f"loss.focal_weight={focal_weight}")
@@ -49,13 +49,12 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
         torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
         # one grid: crops default to the pretraining crop (the file's, else asa-pretrain's default
         # data.size, the paper's, or the demo phantoms' size, which demo pretraining uses too)
-        default_patch = int(data.demo.size) if data.root is None and data.get("demo") else PretrainDataConfig.size
-        model = build_from_config(OmegaConf.to_container(cfg.model, resolve=True),
-                                  OmegaConf.to_container(cfg.segmenter, resolve=True),
+        default_patch = int(data.demo.size) if data.root is None and data.demo else PretrainDataConfig.size
+        model = build_from_config(cfg.model, dataclasses.asdict(cfg.segmenter),
                                   in_channels=len(task.channels), out_channels=task.num_outputs,
                                   patch_size=None if data.patch_size is None else int(data.patch_size),
                                   default_patch_size=default_patch)
-        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        resolved = dataclasses.asdict(cfg)
         resolved["task"] = dataclasses.asdict(task)  # asa-predict rebuilds the task from the checkpoint
         patch = record_geometry(resolved, model)  # the effective crop, position code, axis and reference grid
         resolved["data"]["regions"]["source"] = "none" if regions is None else regions.source  # auto resolved
@@ -70,11 +69,11 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
         check_crop_fits(patch, cases)
         splits = split_cases(cases, data, out_dir, env)
         train_ds = build_segmentation_dataset(
-            splits["train"], task, train=True, patch_size=patch, cache_dir=data.cache_dir, store=data.get("store"),
+            splits["train"], task, train=True, patch_size=patch, cache_dir=data.cache_dir, store=data.store,
             samples_per_case=int(data.samples_per_case), seed=int(cfg.seed), regions=regions, **lattice,
         )
         val_ds = (build_segmentation_dataset(splits["val"], task, train=False, cache_dir=data.cache_dir,
-                                             store=data.get("store"),
+                                             store=data.store,
                                              regions=regions if capabilities(model).regions else None)
                   if splits["val"] else None)
         run_dir.write_config(resolved)  # every check passed

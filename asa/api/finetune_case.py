@@ -3,15 +3,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from asa.api.common import (OptionError, TrainingRun, dataset_root, load_cases, optimizer_and_config, record_geometry,
                              split_cases, report_fine_tuning, trainer_config, training_ended, write_splits)
-from asa.api.schema import PretrainDataConfig
+from asa.api.schema import FinetuneConfig, PretrainDataConfig
 from asa.data import build_case_crops_dataset, build_target_dataset, read_targets
 from asa.eval.case_metrics import HIGHER_IS_BETTER
 from asa.eval.case_predict import case_crop_lattice
@@ -28,7 +28,7 @@ CASE_TASK = "case"
 SEGMENTATION_MONITOR = "val/dice"  # the trainer presets' default: a case run follows its own default instead
 
 
-def _check_options(cfg: DictConfig) -> None:
+def _check_options(cfg: FinetuneConfig) -> None:
     """Refuse the segmentation-only options a case run would otherwise ignore."""
     data = cfg.data
     if data.target is None:
@@ -40,7 +40,7 @@ def _check_options(cfg: DictConfig) -> None:
                          "arch asa) or the MONAI baselines under the same head (model=vit_case|swin_case); "
                          f"{arch} is a {NETWORK_TASKS.get(arch, 'unknown')} network")
     if cfg.model.get("pretrained") and arch != "asa" and not callable(getattr(NETWORKS[arch], "load_pretrained", None)):
-        raise ValueError(f"model.pretrained={cfg.model.pretrained}: model arch {arch!r} takes no pretrained encoder "
+        raise ValueError(f"model.pretrained={cfg.model['pretrained']}: model arch {arch!r} takes no pretrained encoder "
                          "(asa-pretrain writes SW-ViT and SA-Swin files: model=tiny|small|base or swin_case)")
     if int(data.samples_per_case) != 1:
         raise ValueError(f"data.samples_per_case={data.samples_per_case}: data.task=case takes one brain-centred crop "
@@ -50,7 +50,7 @@ def _check_options(cfg: DictConfig) -> None:
                          "read; leave them at 0 / none")
 
 
-def _resolve_monitor(cfg: DictConfig, kind: str) -> None:
+def _resolve_monitor(cfg: FinetuneConfig, kind: str) -> None:
     """Set ``trainer.monitor`` / ``trainer.mode`` for a case run before the config is saved: the
     segmentation default (``val/dice``) becomes the kind's default (`default_monitor`); any other
     monitor must be one of the kind's case metrics, with the mode of its direction."""
@@ -69,7 +69,7 @@ def _resolve_monitor(cfg: DictConfig, kind: str) -> None:
                          f"{'higher' if mode == 'max' else 'lower'}; set trainer.mode={mode}")
 
 
-def finetune_case(cfg: DictConfig) -> FitResult:
+def finetune_case(cfg: FinetuneConfig) -> FitResult:
     """Fine-tune a case head as configured (a checked config with ``data.task=case``); rank 0 writes
     every file: config.yaml, splits.json, targets.json (what was read and skipped), checkpoints/."""
     with TrainingRun(cfg, APP) as run:
@@ -83,8 +83,8 @@ def finetune_case(cfg: DictConfig) -> FitResult:
         kind = table.kind
         _resolve_monitor(cfg, kind)
         trainer_config(cfg)  # bad trainer values stop the run before its folder is touched
-        default_patch = int(data.demo.size) if data.root is None and data.get("demo") else PretrainDataConfig.size
-        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        default_patch = int(data.demo.size) if data.root is None and data.demo else PretrainDataConfig.size
+        resolved = dataclasses.asdict(cfg)
         run_dir = run.prepare_dir(resolved)
         out_dir = run_dir.path
         all_cases = load_cases(data, out_dir if env.is_main else None, env)
@@ -106,7 +106,7 @@ def finetune_case(cfg: DictConfig) -> FitResult:
                 weights = class_weights(train_values.astype(np.int64), out_channels)
         torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
         head = cfg.head
-        model = build_case_head(OmegaConf.to_container(cfg.model, resolve=True), in_channels=1,
+        model = build_case_head(cfg.model, in_channels=1,
                                 out_channels=out_channels,
                                 patch_size=None if data.patch_size is None else int(data.patch_size),
                                 default_patch_size=default_patch, pooling=str(head.pooling),
@@ -117,12 +117,12 @@ def finetune_case(cfg: DictConfig) -> FitResult:
         resolved["task"] = {"name": CASE_TASK, "kind": kind, "target": str(data.target), "classes": list(targets.names),
                             "target_shift": shift, "target_scale": scale}
         optimizer, lr, config = optimizer_and_config(cfg, model, env)
-        common = dict(size=patch, cache_dir=data.cache_dir, seed=int(cfg.seed), store=data.get("store"))
+        common = dict(size=patch, cache_dir=data.cache_dir, seed=int(cfg.seed), store=data.store)
         train_ds = build_target_dataset(splits["train"], targets, augment=True, **common)
         # validation scores what asa-predict writes: each case's outputs averaged over its test-time crops
         val_ds = build_case_crops_dataset(splits["val"], size=patch, lattice=case_crop_lattice(model),
                                           crops=str(cfg.validation.crops), targets=targets,
-                                          store=data.get("store")) if splits["val"] else None
+                                          store=data.store) if splits["val"] else None
         run_dir.write_config(resolved)  # every check passed
         write_splits(cases, data, out_dir, env, by_subject=True)
         if env.is_main:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
 from asa.api.common import OptionError, cases_of_split, refusing
 from asa.api.finetune_case import CASE_TASK
@@ -48,9 +48,9 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _check_options(cfg: DictConfig) -> list[str] | str:
+def _check_options(cfg: PredictConfig) -> list[str] | str:
     """The inputs as given; refuses an empty input list and an overlap outside [0, 1)."""
-    inputs = OmegaConf.to_container(cfg.input) if isinstance(cfg.input, ListConfig) else str(cfg.input)
+    inputs = [str(i) for i in cfg.input] if isinstance(cfg.input, list) else str(cfg.input)
     if isinstance(inputs, list) and not inputs:
         raise OptionError("input=[]: no files given; pass a dataset folder, a folder of NIfTI files, a file or "
                           "a list of files")
@@ -140,8 +140,8 @@ def predict(config: PredictConfig | DictConfig) -> list[Path]:
         sw_batch_size = check_sw_batch_size(cfg.sw_batch_size)
         device = resolve_device(str(cfg.device))
         amp_dtype = resolve_amp(str(cfg.amp), device, option="amp")
-        threads = set_threads(cfg.get("threads"), option="threads")
-        compile_net = bool(cfg.get("compile", False))
+        threads = set_threads(cfg.threads, option="threads")
+        compile_net = bool(cfg.compile)
         checkpoint = Path(str(cfg.checkpoint)).expanduser().absolute()
         state = load_checkpoint(checkpoint)
         if ((state.get("config") or {}).get("task") or {}).get("name") == CASE_TASK:

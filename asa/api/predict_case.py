@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 
 from asa.api.common import OptionError, cases_of_split
 from asa.api.rundir import RunDirError, move_aside
+from asa.api.schema import PredictConfig
 from asa.data import detect_layout, discover
 from asa.eval.case_predict import PREDICTIONS_CSV, predict_case_rows, write_case_predictions
 from asa.models import build_network
@@ -17,7 +17,7 @@ from asa.models import build_network
 __all__ = ["predict_case"]
 
 
-def predict_case(cfg: DictConfig, state: dict, checkpoint: Path, inputs: list[str] | str,
+def predict_case(cfg: PredictConfig, state: dict, checkpoint: Path, inputs: list[str] | str,
                  device: torch.device) -> list[Path]:
     """Write ``<output>/predictions.csv`` for the cases of ``inputs`` (a BIDS / CAPS / file-list
     folder; ``split_file`` + ``subset`` select a run's split) with the case head in ``state`` (the

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -18,24 +20,30 @@ from asa.data.preprocess import build_store
 from asa.data.preprocessing import PretrainPreprocess, SegmentationPreprocess
 from asa.train.distributed import DistEnv
 
-__all__ = ["preprocess", "data_kind"]
+__all__ = ["preprocess", "data_preset"]
 
 APP = "asa-preprocess"
 
 
-def data_kind(data: DictConfig) -> str:
-    """``segmentation`` for a fine-tuning data preset (it names a task), else ``pretrain``; the
-    preset is checked against its schema (a misspelt key fails naming it)."""
+def data_preset(data: Mapping[str, Any]) -> tuple[str, PretrainDataConfig | SegmentationDataConfig]:
+    """(kind, typed preset) of a data preset of either entry point: ``segmentation`` for a fine-tuning
+    preset (it names a task), else ``pretrain``; checked against its schema (a misspelt key or a
+    value outside the choices fails naming it)."""
     kind = "segmentation" if "task" in data else "pretrain"
-    schema = OmegaConf.structured(SegmentationDataConfig if kind == "segmentation" else PretrainDataConfig)
+    typed = SegmentationDataConfig if kind == "segmentation" else PretrainDataConfig
+    schema = OmegaConf.structured(typed)
     OmegaConf.set_struct(schema, True)
     try:
-        OmegaConf.merge(schema, OmegaConf.to_container(data, resolve=False))
+        merged = OmegaConf.merge(schema, data)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         raise ValueError(f"{APP}: invalid option data.{key}: {getattr(err, 'msg', err)}") from None
-    check_choices(data, SegmentationDataConfig if kind == "segmentation" else PretrainDataConfig, "data.")
-    return kind
+    check_choices(merged, typed, "data.")
+    missing = sorted(f"data.{key}" for key in OmegaConf.missing_keys(merged))
+    if missing:
+        raise ValueError(f"{APP}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required "
+                         f"({' '.join(f'{key}=...' for key in missing)})")
+    return kind, OmegaConf.to_object(merged)
 
 
 def preprocess(config: PreprocessConfig | DictConfig):
@@ -46,9 +54,8 @@ def preprocess(config: PreprocessConfig | DictConfig):
     fails naming them)."""
     with refusing():  # a bad option is refused (exit 2) before the store is touched
         cfg = as_config(config, "preprocess")
-        data = cfg.data
-        kind = data_kind(data)
-        if data.get("store") is None:
+        kind, data = data_preset(cfg.data)
+        if data.store is None:
             raise ValueError(f"{APP}: data.store is required: the store folder to write")
     store = Path(str(data.store)).expanduser()
     # no option here consumes region maps, so source=auto stores none; name cluster or file to store them
@@ -64,7 +71,7 @@ def preprocess(config: PreprocessConfig | DictConfig):
     bad = store / "bad_cases.json"
     bad.unlink(missing_ok=True)
     cases = discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case", report_path=bad,
-                     cache_dir=data.get("cache_dir") or store, workers=_check_workers(data))
+                     cache_dir=data.cache_dir or store, workers=_check_workers(data))
     rejected = load_report(bad)["skipped"] if bad.is_file() else []
     workers = int(cfg.workers) or max(1, min(8, os.cpu_count() or 1))
     print(f"[{APP}] {len(cases)} case(s) of {root} ({layout}) passed the checks"

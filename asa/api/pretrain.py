@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -23,19 +24,18 @@ __all__ = ["pretrain"]
 APP = "asa-pretrain"
 
 
-def _method(cfg: DictConfig) -> PretrainingMethod:
+def _method(cfg: PretrainConfig) -> PretrainingMethod:
     """The configured pretraining method (``cfg.method``), given its typed settings and the run's
     context; its checks run here, before the run folder is touched (it needs no cases)."""
-    given = OmegaConf.to_container(cfg.method, resolve=True)
-    cls = get_method(given["name"])
-    settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.Settings), given))
-    model = OmegaConf.to_container(cfg.model, resolve=True)
+    cls = get_method(cfg.method.name)
+    settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.Settings), asdict(cfg.method)))
+    model = asdict(cfg.model)
     context = MethodContext(size=int(cfg.data.size), channels=tuple(cfg.data.channels),
                             batch_size=int(cfg.trainer.batch_size), model=model)
     return cls(settings, context)
 
 
-def _probe(cfg: DictConfig, method: PretrainingMethod, regions=None):
+def _probe(cfg: PretrainConfig, method: PretrainingMethod, regions=None):
     """probe(model) -> probe metrics (asa.eval.probe) of ``method``'s encoder tokens on ``cfg.probe``'s
     labeled cases, or None when off; ``regions``: the region source of an encoder with region attention."""
     pc = cfg.probe
@@ -43,7 +43,7 @@ def _probe(cfg: DictConfig, method: PretrainingMethod, regions=None):
         return None
     if pc.data is None:
         root = ensure_demo_dataset("ibsr", cases=int(pc.cases), size=int(cfg.data.size), seed=int(pc.seed),
-                                   cache_dir=(cfg.data.get("demo") or {}).get("cache_dir"))
+                                   cache_dir=None if cfg.data.demo is None else cfg.data.demo.cache_dir)
         layout = "ibsr"
     else:
         root = Path(str(pc.data)).expanduser()
@@ -91,7 +91,7 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
         env = run.env
         data = cfg.data
         with refusing():  # every option is checked (and the network built) before the run folder is touched
-            resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+            resolved = asdict(cfg)
             trainer_config(cfg)
             augment_on = str(data.augment_on)  # one of AUGMENT_ON (the schema checks it)
             flip_axes = tuple(int(a) for a in data.flip_axes)
@@ -122,7 +122,7 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
         cases = load_cases(data, out_dir if env.is_main else None, env)
         splits = split_cases(cases, data, out_dir, env)
         common = dict(size=int(data.size), cache_dir=data.cache_dir, resample_mm=data.resample_mm,
-                      channels=tuple(data.channels), regions=regions, store=data.get("store"))
+                      channels=tuple(data.channels), regions=regions, store=data.store)
         train_ds = build_pretrain_dataset(splits["train"], augment=bool(data.augment), flip_axes=flip_axes,
                                           augment_on=augment_on, **common)
         deferred = augment_on == "device" and (bool(data.augment) or bool(flip_axes))  # applied after the transfer

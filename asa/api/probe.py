@@ -40,7 +40,7 @@ LABELS = {"r2": "R²", "mae": "MAE", "balanced_accuracy": "bal. acc.", "auroc": 
           "r2_mean": "R² mean"}
 
 
-def _check_options(cfg: DictConfig) -> list[str]:
+def _check_options(cfg: FrozenProbeConfig) -> list[str]:
     """The encoder entries; refuses values the probes cannot run with, naming the option."""
     entries = [str(e) for e in cfg.encoders]
     if not entries:
@@ -55,7 +55,7 @@ def _check_options(cfg: DictConfig) -> list[str]:
               ("batch_size", int(cfg.batch_size) >= 1, "at least 1")]
     for key, ok, expected in checks:
         if not ok:
-            raise OptionError(f"{key}={cfg[key]}: expected {expected}")
+            raise OptionError(f"{key}={getattr(cfg, key)}: expected {expected}")
     return entries
 
 
@@ -70,7 +70,7 @@ def _check_output(out: Path, overwrite: bool) -> None:
                           f"to {out.name}.replaced-<time>)")
 
 
-def _encoders(entries: Sequence[str], names: Sequence[str] | None, cfg: DictConfig, device) -> list[FrozenEncoder]:
+def _encoders(entries: Sequence[str], names: Sequence[str] | None, cfg: FrozenProbeConfig, device) -> list[FrozenEncoder]:
     """The frozen encoders in the order given; random entries take the first file's spec."""
     files = [e for e in entries if not (e == RANDOM or e.startswith(RANDOM + ":"))]
     crop = None if cfg.crop is None else int(cfg.crop)
@@ -110,9 +110,6 @@ def probe(config: FrozenProbeConfig | DictConfig) -> dict:
         _check_output(out, bool(cfg.overwrite))
         encoders = _encoders(entries, cfg.names, cfg, device)
         data = cfg.data
-        if data.get("task") is None:
-            raise ValueError(f"data={data.get('name')} has no labels to probe; use data=targets (data.target=COLUMN) or "
-                             "a labeled segmentation dataset (brats, ibsr, wmh, msd)")
         root, layout = dataset_root(data)
         case_level = str(data.task) == CASE_TASK
         if case_level:
@@ -138,7 +135,7 @@ def probe(config: FrozenProbeConfig | DictConfig) -> dict:
             raise ValueError(f"data.root={root}: {len(cases)} usable case(s) of {len({*_groups(cases)})} subject(s); "
                              "cross-validation needs at least 2 subjects")
     groups = _groups(cases)
-    settings = {k: cfg[k] for k in ("folds", "seed", "ridge", "logistic", "logistic_steps", "knn_k", "bootstrap",
+    settings = {k: getattr(cfg, k) for k in ("folds", "seed", "ridge", "logistic", "logistic_steps", "knn_k", "bootstrap",
                                     "confidence", "batch_size")}
     print(f"[asa] probing {len(encoders)} frozen encoder(s) on {len(cases)} case(s) of {len({*groups})} subject(s) "
           f"from {root} ({target.get('column') or target['task']}, {target['kind']}), {cfg.folds}-fold "

@@ -422,16 +422,22 @@ def validate(cfg: DictConfig, entry: str) -> None:
     check_choices(cfg, node)
 
 
-def as_config(config: Any, entry: str) -> DictConfig:
-    """The DictConfig a job runs on: a typed config (the entry point's dataclass) or a composed Hydra
-    config, checked against the schema; anything else is a ``TypeError`` naming what was expected."""
+def as_config(config: Any, entry: str) -> Any:
+    """The typed config a job runs on: the entry point's dataclass (``PretrainConfig``, ...) from a
+    typed config or a composed Hydra config, checked against the schema, every interpolation
+    resolved. A required value left open (``???``) is a ``ValueError`` naming it; a config of another
+    kind a ``TypeError`` naming what was expected."""
     schema = SCHEMAS[entry]
     if isinstance(config, DictConfig):
-        validate(config, entry)
-        return config
-    if is_dataclass(config) and isinstance(config, schema):
+        cfg = config
+    elif is_dataclass(config) and isinstance(config, schema):
         cfg = OmegaConf.structured(config)
-        validate(cfg, entry)
-        return cfg
-    raise TypeError(f"asa.api.{entry}: expected an asa.api.{schema.__name__} (e.g. asa.api.load_config({entry!r})) "
-                    f"or a composed DictConfig, got {type(config).__name__}")
+    else:
+        raise TypeError(f"asa.api.{entry}: expected an asa.api.{schema.__name__} (e.g. asa.api.load_config({entry!r})) "
+                        f"or a composed DictConfig, got {type(config).__name__}")
+    validate(cfg, entry)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(f"asa-{entry}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required "
+                         f"({' '.join(f'{key}=...' for key in missing)})")
+    return OmegaConf.to_object(cfg)

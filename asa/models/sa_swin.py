@@ -157,8 +157,9 @@ class SASwin(SwinUNETR):
 @register_network("sa_swin", task="segmentation", encoder="swinViT")
 def sa_swin(*, img_size: Any = None, **kwargs: Any) -> SASwin:
     """:class:`SASwin` for inputs of size ``img_size`` (like SwinUNETR it takes any multiple of 32, so
-    ``img_size`` only records the input size); ``kwargs`` are ``SASwin``'s."""
+    ``img_size`` only records the input size); ``kwargs`` are ``SASwin``'s. The spec records the
+    mirrored axis the network uses, given or not."""
     size = spec_input_size("sa_swin", img_size)
     net = SASwin(**kwargs)
     net.img_size = tuple(size)
-    return record_spec(net, "sa_swin", {"img_size": size, **kwargs})
+    return record_spec(net, "sa_swin", {"img_size": size, **kwargs, "lr_axis": net.lr_axis})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from asa.api.config import ENTRY_POINTS, compose_config, config_path
 from asa.api.pretrain import _method
-from asa.api.schema import check_choices, validate
+from asa.api.schema import as_config, check_choices, validate
 from asa.methods import MaskedAutoencoderSettings
 from asa.models import ASA, PRESETS, SymmetryAwareHead, architectures, build_case_head, build_from_config
 from asa.api.common import trainer_config
@@ -48,10 +48,11 @@ def test_groups_are_complete():
         assert {"default", "paper", "smoke"} <= set(options(entry, "trainer"))
 
 
-def _build(entry: str, cfg) -> None:
-    """Build what the entry point builds from this config: the network (at a small input size), the
-    optimiser over it and the engine settings."""
-    model = OmegaConf.to_container(cfg.model, resolve=True)
+def _build(entry: str, composed) -> None:
+    """Build what the entry point builds from this config (typed, as the jobs see it): the network
+    (at a small input size), the optimiser over it and the engine settings."""
+    cfg = as_config(composed, entry)
+    model = cfg.model if isinstance(cfg.model, dict) else asdict(cfg.model)
     if entry == "pretrain":
         cfg.data.size = 32
         net = _method(cfg).build_network()  # the configured method's network
@@ -60,16 +61,15 @@ def _build(entry: str, cfg) -> None:
         net = build_case_head(model, in_channels=1, out_channels=2, patch_size=32, default_patch_size=32)
     else:
         size = 64 if model.get("arch") in ("swin_unetr", "sa_swin") else 32  # SwinUNETR downsamples by 32
-        net = build_from_config(model, OmegaConf.to_container(cfg.segmenter, resolve=True),
-                                in_channels=1, out_channels=2, patch_size=size)
+        net = build_from_config(model, asdict(cfg.segmenter), in_channels=1, out_channels=2, patch_size=size)
     opt = cfg.optim
-    extra = {k: opt[k] for k in ("momentum", "nesterov") if opt[k] is not None}
+    extra = {k: getattr(opt, k) for k in ("momentum", "nesterov") if getattr(opt, k) is not None}
     optimizer = build_optimizer(net, name=opt.name, lr=float(opt.base_lr), weight_decay=float(opt.weight_decay),
                                 **extra)
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(net.parameters()))
     config = trainer_config(cfg)
     assert (config.schedule, config.num_workers) == (opt.schedule, cfg.data.num_workers)  # from optim and data
-    assert not {"schedule", "num_workers"} & set(cfg.trainer)  # stated once, in their own groups
+    assert not {"schedule", "num_workers"} & set(asdict(cfg.trainer))  # stated once, in their own groups
 
 
 @pytest.mark.parametrize("entry, group, name", CASES, ids=[f"{e}-{g}={n}" for e, g, n in CASES])
@@ -317,7 +317,7 @@ def test_effective_lr_is_printed_with_its_rule(capsys, overrides, lr, warned):
     from asa.models import ASA
     from asa.train.distributed import DistEnv
 
-    cfg = compose_config("pretrain", overrides)
+    cfg = as_config(compose_config("pretrain", overrides), "pretrain")
     model = ASA(img_size=16, **PRESETS["tiny"])
     optimizer, got, _ = optimizer_and_config(cfg, model, DistEnv())
     err = capsys.readouterr().err

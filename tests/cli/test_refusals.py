@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from asa.api import finetune, pretrain
+from asa.api import finetune, predict, pretrain
 from asa.api.common import OptionError
 from asa.api.config import compose_config
 from asa.api.rundir import RunDirError, override
@@ -124,6 +124,14 @@ def test_printed_overrides_paste_back(value):
     words = shlex.split(override("output_dir", value))
     assert len(words) == 1
     assert OverridesParser.create().parse_override(words[0]).value() == value
+
+
+def test_a_required_value_left_open_is_refused_naming_it(tmp_path):
+    with pytest.raises(OptionError, match=r"^asa-predict: checkpoint is required \(checkpoint=\.\.\.\)$"):
+        predict(compose_config("predict", ["input=x", f"output={tmp_path / 'p'}"]))
+    with pytest.raises(OptionError, match=r"^asa-pretrain: data.root is required \(data.root=\.\.\.\)$"):
+        pretrain(compose_config("pretrain", ["data=adni", f"output_dir={tmp_path / 'r'}"]))
+    assert not (tmp_path / "p").exists() and not (tmp_path / "r").exists()
 
 
 def test_an_old_key_on_the_command_line_names_where_it_moved():

@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from asa.api import finetune, pretrain
-from asa.api.config import compose_config
+from asa.api.config import compose_config, load_config
 from asa.data import discover, load_volume
 from asa.eval.predict import Predictor, predict_cases
 from asa.io import load_checkpoint
@@ -65,12 +65,12 @@ def test_region_source_helper_says_what_auto_chose(capsys):
     from asa.api.common import region_source
     from asa.train.distributed import DistEnv
 
-    data = compose_config("finetune", ["data=ibsr"])["data"]
+    data = load_config("finetune", "data=ibsr").data
     assert region_source(data, [], network=None, env=DistEnv()) is None
     regions = region_source(data, ["loss.focal_weight=1.0"], network=None, env=DistEnv())
     assert regions.source == "cluster"
     assert "data.regions.source=auto: loss.focal_weight=1.0 need(s) region maps; using cluster" in capsys.readouterr().err
-    label = compose_config("finetune", ["data=ibsr", "data.regions.source=label"])["data"]
+    label = load_config("finetune", "data=ibsr", "data.regions.source=label").data
     assert region_source(label, ["loss.focal_weight=1.0"], network=None, env=DistEnv()).source == "label"
     assert capsys.readouterr().err == ""  # an explicit source is used as given
 

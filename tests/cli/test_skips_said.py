@@ -12,7 +12,7 @@ import pytest
 
 from asa.api import evaluate
 from asa.api.common import OptionError, load_cases
-from asa.api.config import compose_config
+from asa.api.config import compose_config, load_config
 from asa.data import discover, write_demo_dataset
 from asa.train.distributed import DistEnv
 
@@ -36,7 +36,7 @@ def test_bad_cases_skipped_are_said_with_their_count(brats, tmp_path, capsys):
     shutil.copytree(brats, root)
     bad = sorted(root.iterdir())[1]
     (bad / f"{bad.name}_t2.nii.gz").write_bytes(b"not a nifti")
-    data = compose_config("finetune", ["data=brats", f"data.root={root}", "data.on_bad_case=skip"]).data
+    data = load_config("finetune", "data=brats", f"data.root={root}", "data.on_bad_case=skip").data
     cases = load_cases(data, tmp_path, DistEnv())
     assert len(cases) == 2
     err = capsys.readouterr().err

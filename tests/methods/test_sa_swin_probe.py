@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asa.api import compose_config
+from asa.api import compose_config, load_config
 from asa.api.pretrain import _method, _probe
 from asa.data import write_demo_dataset
 from asa.eval.frozen import swin_tokens
@@ -14,8 +14,7 @@ SIZES = ["method.feature_size=12", "method.depths=[1,1,1,1]", "method.num_heads=
 
 def test_sa_swin_probe_tokens_are_the_stride_8_swin_stage(tmp_path):
     root = write_demo_dataset("ibsr", tmp_path / "ibsr", cases=2, size=32, seed=2)
-    cfg = compose_config("pretrain", ["experiment=sa_swin", "data.size=32", f"probe.data={root}", "probe.cases=2",
-                                      *SIZES])
+    cfg = load_config("pretrain", "experiment=sa_swin", "data.size=32", f"probe.data={root}", "probe.cases=2", *SIZES)
     method = _method(cfg)
     assert method.probe_patch_size == 8
     torch.manual_seed(0)
