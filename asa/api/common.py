@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from asa.api.schema import DataConfig, FinetuneConfig, PretrainConfig
+from asa.api.schema import DataConfig, FinetuneConfig, PretrainConfig, PretrainDataConfig
 from asa.api.rundir import RunDir, RunDirError, command_line, override, prepare_run_dir, shell_path
 from asa.data import (CaseError, RegionSource, detect_layout, discover, ensure_demo_dataset, make_splits,
                       subject_groups)
@@ -354,6 +354,13 @@ def report_fine_tuning(result: Any, out_dir: Path, best: str) -> None:
           f"  checkpoints: {ckpts}/{written}\n"
           f"  TensorBoard: tensorboard --logdir {shell_path(out_dir / 'tb')}\n"
           f"  next: asa-predict {override('checkpoint', use)} input=DIR output=PRED", flush=True)
+
+
+def default_crop(data: DataConfig) -> int:
+    """The fine-tuning crop edge when neither ``data.patch_size`` nor the pretrained file gives one:
+    the demo phantoms' size (demo pretraining uses it too), else asa-pretrain's default ``data.size``
+    (the paper's pretraining crop)."""
+    return int(data.demo.size) if data.root is None and data.demo else PretrainDataConfig.size
 
 
 def record_geometry(resolved: dict, model: torch.nn.Module) -> int:

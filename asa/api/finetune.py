@@ -8,11 +8,11 @@ import sys
 import torch
 from omegaconf import DictConfig
 
-from asa.api.common import (TrainingRun, check_crop_fits, dataset_root, load_cases, optimizer_and_config, record_geometry,
-                             refusing, region_source, report_fine_tuning, split_cases, trainer_config, training_ended,
-                             write_splits)
+from asa.api.common import (TrainingRun, check_crop_fits, dataset_root, default_crop, load_cases, optimizer_and_config,
+                             record_geometry, refusing, region_source, report_fine_tuning, split_cases, trainer_config,
+                             training_ended, write_splits)
 from asa.api.finetune_case import CASE_TASK, finetune_case
-from asa.api.schema import FinetuneConfig, PretrainDataConfig, as_config
+from asa.api.schema import FinetuneConfig, as_config
 from asa.data import build_segmentation_dataset, get_task
 from asa.losses import SegmentationLoss
 from asa.models import build_from_config, capabilities
@@ -47,13 +47,10 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
         regions = region_source(data, needed_by, network=network, env=env)
         task = get_task(str(data.task), root=dataset_root(data)[0])
         torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
-        # one grid: crops default to the pretraining crop (the file's, else asa-pretrain's default
-        # data.size, the paper's, or the demo phantoms' size, which demo pretraining uses too)
-        default_patch = int(data.demo.size) if data.root is None and data.demo else PretrainDataConfig.size
         model = build_from_config(cfg.model, dataclasses.asdict(cfg.segmenter),
                                   in_channels=len(task.channels), out_channels=task.num_outputs,
                                   patch_size=None if data.patch_size is None else int(data.patch_size),
-                                  default_patch_size=default_patch)
+                                  default_patch_size=default_crop(data))  # one grid: the pretraining crop
         resolved = dataclasses.asdict(cfg)
         resolved["task"] = dataclasses.asdict(task)  # asa-predict rebuilds the task from the checkpoint
         patch = record_geometry(resolved, model)  # the effective crop, position code, axis and reference grid

@@ -9,9 +9,10 @@ import sys
 import numpy as np
 import torch
 
-from asa.api.common import (OptionError, TrainingRun, dataset_root, load_cases, optimizer_and_config, record_geometry,
-                             split_cases, report_fine_tuning, trainer_config, training_ended, write_splits)
-from asa.api.schema import FinetuneConfig, PretrainDataConfig
+from asa.api.common import (OptionError, TrainingRun, dataset_root, default_crop, load_cases, optimizer_and_config,
+                             record_geometry, split_cases, report_fine_tuning, trainer_config, training_ended,
+                             write_splits)
+from asa.api.schema import FinetuneConfig
 from asa.data import build_case_crops_dataset, build_target_dataset, read_targets
 from asa.eval.case_metrics import HIGHER_IS_BETTER
 from asa.eval.case_predict import case_crop_lattice
@@ -83,7 +84,6 @@ def finetune_case(cfg: FinetuneConfig) -> FitResult:
         kind = table.kind
         _resolve_monitor(cfg, kind)
         trainer_config(cfg)  # bad trainer values stop the run before its folder is touched
-        default_patch = int(data.demo.size) if data.root is None and data.demo else PretrainDataConfig.size
         resolved = dataclasses.asdict(cfg)
         run_dir = run.prepare_dir(resolved)
         out_dir = run_dir.path
@@ -109,7 +109,7 @@ def finetune_case(cfg: FinetuneConfig) -> FitResult:
         model = build_case_head(cfg.model, in_channels=1,
                                 out_channels=out_channels,
                                 patch_size=None if data.patch_size is None else int(data.patch_size),
-                                default_patch_size=default_patch, pooling=str(head.pooling),
+                                default_patch_size=default_crop(data), pooling=str(head.pooling),
                                 hidden_dim=int(head.hidden_dim), head_dropout=float(head.dropout),
                                 target_shift=shift, target_scale=scale)
         patch = record_geometry(resolved, model)  # the effective crop (and SW-ViT's position code, axis, grid)

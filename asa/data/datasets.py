@@ -209,7 +209,7 @@ def build_segmentation_dataset(
     task: Task,
     *,
     train: bool,
-    patch_size: int | Sequence[int] = (96, 96, 96),
+    patch_size: int | Sequence[int] | None = None,
     cache_dir: str | Path | None = None,
     samples_per_case: int = 1,
     seed: int | None = None,
@@ -233,7 +233,10 @@ def build_segmentation_dataset(
     like the label. With ``store`` (written by asa-preprocess under the same settings) the items
     are read from the store: a training sample copies only its crops.
     """
-    patch = (int(patch_size),) * 3 if isinstance(patch_size, int) else tuple(int(p) for p in patch_size)
+    if train and patch_size is None:
+        raise ValueError("build_segmentation_dataset: train=True needs patch_size, the fine-tuning crop")
+    patch = None if patch_size is None else (
+        (int(patch_size),) * 3 if isinstance(patch_size, int) else tuple(int(p) for p in patch_size))
     reference = patch if reference_size is None else (
         (int(reference_size),) * 3 if isinstance(reference_size, int) else tuple(int(r) for r in reference_size))
     pre = SegmentationPreprocess(task, regions=regions)

@@ -1,5 +1,5 @@
 """ASACaseHead: the shared SW-ViT encoder, pooled tokens and a small MLP, for case-level targets
-(diagnosis classification: K logits; brain-age regression: 1 value) — issue #24."""
+(diagnosis classification: K logits; brain-age regression: 1 value)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import nn
 from asa.models.declared import Capabilities
 from asa.models.encoder import EncoderSettings
 from asa.models.patch import to_3tuple
-from asa.models.registry import architectures, build_network, register_network
+from asa.models.registry import architectures, build_network, record_spec, register_network
 from asa.models.saca import SACA_PLACES
 from asa.models.segmenter import SYMMETRY_KEYS, ASASegmenter, pretrained_geometry, set_options
 
@@ -88,58 +88,42 @@ class ASACaseHead(PooledTokenHead):
     def __init__(
         self,
         *,
-        img_size: int | tuple[int, int, int] = 128,
-        in_channels: int = 1,
         out_channels: int = 2,
-        patch_size: int = 8,
-        embed_dim: int = 384,
-        depth: int = 12,
-        num_heads: int = 6,
-        window_size: int = 32,
-        mlp_ratio: float = 4.0,
-        pos_mode: str = "mirror",
-        lr_axis: int = 0,
-        shift_mask: bool = True,
-        rel_pos_bias: bool = True,
         dropout: float = 0.0,
-        grad_checkpointing: bool = False,
         reference_grid: int | tuple[int, int, int] | None = None,
-        region_attention: str = "none",
         saca: str = "none",
         pooling: str = "mean",
         hidden_dim: int = 256,
         head_dropout: float = 0.0,
         target_shift: float = 0.0,
         target_scale: float = 1.0,
+        **encoder: Any,
     ) -> None:
         super().__init__()
-        self.network_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        settings = EncoderSettings.of("ASACaseHead", encoder)
         self.check_head("ASACaseHead", out_channels=out_channels, pooling=pooling, hidden_dim=hidden_dim,
                         target_scale=target_scale)
-        if region_attention != "none":
-            raise ValueError(f"model.region_attention={region_attention!r}: the case head takes no region maps; "
-                             "use region_attention=none")
+        if settings.region_attention != "none":
+            raise ValueError(f"model.region_attention={settings.region_attention!r}: the case head takes no region "
+                             "maps; use region_attention=none")
         if saca not in SACA_PLACES:
             raise ValueError(f"saca must be one of {SACA_PLACES}, got {saca!r}")
-        settings = EncoderSettings(
-            img_size=img_size, in_channels=in_channels, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-            num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio, pos_mode=pos_mode, lr_axis=lr_axis,
-            shift_mask=shift_mask, rel_pos_bias=rel_pos_bias, grad_checkpointing=grad_checkpointing,
-        )
         self.encoder = settings.encoder(saca=saca in ("encoder", "all"), dropout=dropout, reference_grid=reference_grid)
         enc = self.encoder
         self.img_size, self.grid, self.reference_grid = enc.img_size, enc.grid, enc.reference_grid
-        self.in_channels, self.embed_dim, self.patch_size = in_channels, embed_dim, patch_size
-        self.pos_mode, self.lr_axis = pos_mode, lr_axis
-        self.network_arch = "case_head"  # its name in the network registry, for network_spec
+        self.in_channels, self.embed_dim, self.patch_size = settings.in_channels, settings.embed_dim, settings.patch_size
+        self.pos_mode, self.lr_axis = settings.pos_mode, settings.lr_axis
         self.spe_frame = "brain"  # exports place codes on the brain frame
         # test-time crops start on the brain frame's patch lattice
-        self.capabilities = Capabilities(offsets=True, patch_size=patch_size, reference_grid=self.reference_grid,
-                                         crop_lattice=patch_size)
-        self.num_encoder_layers = depth + 1  # patch embedding = layer 0, block i = i + 1, final norm = depth + 1
-        self.network_kwargs.update(img_size=list(self.img_size), reference_grid=list(self.reference_grid))
-        self.init_head(embed_dim, out_channels=out_channels, pooling=pooling, hidden_dim=hidden_dim,
+        self.capabilities = Capabilities(offsets=True, patch_size=self.patch_size, reference_grid=self.reference_grid,
+                                         crop_lattice=self.patch_size)
+        self.num_encoder_layers = settings.depth + 1  # patch embedding = layer 0, block i = i + 1, final norm = depth + 1
+        self.init_head(settings.embed_dim, out_channels=out_channels, pooling=pooling, hidden_dim=hidden_dim,
                        head_dropout=head_dropout, target_shift=target_shift, target_scale=target_scale)
+        record_spec(self, "case_head", {
+            **settings.spec(), "out_channels": out_channels, "dropout": dropout,
+            "reference_grid": list(self.reference_grid), "saca": saca, "pooling": pooling, "hidden_dim": hidden_dim,
+            "head_dropout": head_dropout, "target_shift": target_shift, "target_scale": target_scale})
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, C, D, H, W]; offsets: [B, 3] or None -> [B, out_channels]."""

@@ -156,6 +156,8 @@ def test_segmentation_items(demo_root, layout):
     else:
         assert item["label"].shape == (1, 16, 16, 16) and item["label"].dtype == torch.int64
         assert set(item["label"].unique().tolist()) <= {-1, *range(task.num_outputs)}
+    with pytest.raises(ValueError, match="train=True needs patch_size"):  # no crop size stated twice
+        build_segmentation_dataset(cases, task, train=True)
     val = build_segmentation_dataset(cases, task, train=False)[0]
     ref = load_volume(cases[0].label)
     assert val["image"].shape[1:] == ref.shape and val["id"] == cases[0].id and val["centre"].shape == (3,)

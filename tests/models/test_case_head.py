@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import pytest
 import torch
 
 from asa.models import ASA, PRESETS, ASACaseHead, ASASegmenter, build_case_head, build_network, network_spec
-from asa.models.encoder import ENCODER_PREFIX
+from asa.models.encoder import ENCODER_PREFIX, EncoderSettings
 
 ENC = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
 
@@ -46,7 +47,8 @@ def test_spec_round_trip_rebuilds_the_same_network():
     net = ASACaseHead(img_size=32, out_channels=3, pooling="attention", hidden_dim=24, **ENC)
     spec = network_spec(net)
     assert spec["arch"] == "case_head"
-    assert set(spec["kwargs"]) == set(inspect.signature(ASACaseHead).parameters)
+    own = set(inspect.signature(ASACaseHead).parameters) - {"encoder"}  # + the encoder's settings (**encoder)
+    assert set(spec["kwargs"]) == own | {f.name for f in dataclasses.fields(EncoderSettings)}
     assert spec["kwargs"]["img_size"] == [32, 32, 32] and spec["kwargs"]["reference_grid"] == [4, 4, 4]
     rebuilt = build_network(spec)
     assert type(rebuilt) is ASACaseHead and network_spec(rebuilt) == spec
