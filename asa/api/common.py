@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from asa.api.schema import DataConfig, FinetuneConfig, PretrainConfig, PretrainDataConfig
 from asa.api.rundir import RunDir, RunDirError, command_line, override, prepare_run_dir, shell_path
+from asa.api.schema import DataConfig, FinetuneConfig, PretrainConfig, PretrainDataConfig
 from asa.data import (CaseError, RegionSource, detect_layout, discover, ensure_demo_dataset, make_splits,
                       subject_groups)
 from asa.data.datasets import CaseLoadError
@@ -211,7 +211,8 @@ def write_splits(cases: list, data: DataConfig, out_dir: Path, env: DistEnv, *, 
     barrier(env)
 
 
-def optimizer_and_config(cfg: PretrainConfig | FinetuneConfig, model: torch.nn.Module, env: DistEnv) -> tuple[torch.optim.Optimizer, float, TrainConfig]:
+def optimizer_and_config(cfg: PretrainConfig | FinetuneConfig, model: torch.nn.Module,
+                         env: DistEnv) -> tuple[torch.optim.Optimizer, float, TrainConfig]:
     """Optimiser (``cfg.optim``), its peak learning rate — scaled by the global batch
     (per-device batch × world size × accumulation) / 256 when ``optim.scale_lr`` — and the engine
     settings (``cfg.trainer``, whose schedule keys interpolate ``optim``).
