@@ -20,12 +20,11 @@ Stages (each resumable; rerun the same command to continue after an interruption
    ``dice_vs_cases.svg``, ``probes.md`` / ``probes.csv`` / ``probe_curves.svg`` (the probe values
    each pretraining run logged), ``report.json``.
 
-Scales: ``--scale full`` (default) is sized for ≲ 2 h on an otherwise idle 2-core CPU. Estimated
-time per stage there (extrapolated from pilot runs on a 2-core machine at a load of ~10, i.e.
-about 4-5x slower, so not a measurement; the report states the measured times): cohort < 1 min;
-pretraining ~6 min per arm (320 steps of batch 2 at 48³ plus 20 probe rounds); transfer ~85 min
-(24 fine-tuning runs of 60 steps at 48³, ~3 min each, then 24 × 16 test cases predicted twice
-and scored). ``--quick`` is a smoke version: ~2 min at that load. Any
+Scales: ``--scale full`` (default) is sized for ≲ 2 h on a 2-core CPU. Measured there with
+``--anatomy`` (AMD EPYC, 2 cores, bf16 autocast; the report states each run's times): cohort 20 s;
+pretraining 17-18 s per arm (320 steps of batch 2 at 48³ plus 20 probe rounds); transfer 40 min
+(24 fine-tuning runs of 60 steps at 48³, each then predicting its 16 test cases twice), over
+half of it beside another job; 41 min in all. ``--quick`` is a smoke version: minutes. Any
 field of the scale can be overridden (``--seeds``, ``--cases``, ``--steps``, ...). The settings are
 recorded in ``<out>/study.json``; a rerun with other settings into the same ``--out`` is refused.
 
