@@ -19,7 +19,7 @@ from torch import nn
 from asa.models.case_head import PooledTokenHead
 from asa.models.declared import Capabilities
 from asa.models.patch import to_3tuple
-from asa.models.registry import register_network
+from asa.models.registry import record_spec, register_network
 from asa.models.sa_swin import SASwin
 
 __all__ = ["ViTCaseNet", "SwinCaseNet"]
@@ -63,7 +63,7 @@ class ViTCaseNet(PooledTokenHead):
         target_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        self.network_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        given = {k: v for k, v in locals().items() if k not in ("self", "__class__")}  # the spec's kwargs
         self.check_head("ViTCaseNet", out_channels=out_channels, pooling=pooling, hidden_dim=hidden_dim,
                         target_scale=target_scale)
         size = to_3tuple(img_size, "img_size")
@@ -76,11 +76,10 @@ class ViTCaseNet(PooledTokenHead):
                        qkv_bias=qkv_bias)
         self.img_size, self.in_channels, self.patch_size = size, in_channels, patch_size
         self.capabilities = Capabilities(crop_lattice=patch_size)  # shifted test-time crops see whole patches
-        self.network_arch = "vit_case"
-        self.network_kwargs.update(img_size=list(size))
         self.num_encoder_layers = num_layers + 1  # patch embedding 0, block i: i + 1, final norm num_layers + 1
         self.init_head(hidden_size, out_channels=out_channels, pooling=pooling, hidden_dim=hidden_dim,
                        head_dropout=head_dropout, target_shift=target_shift, target_scale=target_scale)
+        record_spec(self, "vit_case", {**given, "img_size": list(size)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, C, D, H, W] -> [B, out_channels]."""
@@ -138,7 +137,7 @@ class SwinCaseNet(PooledTokenHead):
         target_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        self.network_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        given = {k: v for k, v in locals().items() if k not in ("self", "__class__")}  # the spec's kwargs
         self.check_head("SwinCaseNet", out_channels=out_channels, pooling=pooling, hidden_dim=hidden_dim,
                         target_scale=target_scale)
         size = to_3tuple(img_size, "img_size")
@@ -153,14 +152,14 @@ class SwinCaseNet(PooledTokenHead):
                                        use_checkpoint=use_checkpoint, spatial_dims=3, downsample="merging")
         self.img_size, self.in_channels = size, in_channels
         self.capabilities = Capabilities(crop_lattice=stride)  # shifted test-time crops keep the last stage's token grid
-        self.network_arch = "swin_case"
-        self.network_kwargs.update(img_size=list(size), depths=list(depths), num_heads=list(num_heads))
         # SwinViT blocks per stage, numbered as SASwin numbers them (encoder_layer_id)
         self._stage_depths = [len(getattr(self.swinViT, f"layers{k}")[0].blocks) for k in range(1, 5)]
         self.num_encoder_layers = sum(self._stage_depths) + 1
         self.init_head(feature_size * 2 ** len(depths), out_channels=out_channels, pooling=pooling,
                        hidden_dim=hidden_dim, head_dropout=head_dropout, target_shift=target_shift,
                        target_scale=target_scale)
+        record_spec(self, "swin_case", {**given, "img_size": list(size), "depths": list(depths),
+                                        "num_heads": list(num_heads)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, C, D, H, W] -> [B, out_channels]."""
