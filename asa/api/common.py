@@ -232,8 +232,24 @@ def optimizer_and_config(cfg: PretrainConfig | FinetuneConfig, model: torch.nn.M
              and v is not None}
     if "betas" in extra:
         extra["betas"] = tuple(extra["betas"])
+    if isinstance(cfg, FinetuneConfig):
+        extra["encoder_lr_scale"] = encoder_lr_scale(cfg)
+        if env.is_main and extra["encoder_lr_scale"] != 1.0:
+            source = "pretrained" if cfg.model.get("pretrained") else "from scratch"
+            print(f"[asa] encoder learning rate: {lr:.3g} × {extra['encoder_lr_scale']:g} = "
+                  f"{lr * extra['encoder_lr_scale']:.3g} (encoder {source}; the rest of the network at {lr:.3g})",
+                  file=sys.stderr, flush=True)
     optimizer = build_optimizer(model, name=opt.name, lr=lr, weight_decay=float(opt.weight_decay), **extra)
     return optimizer, lr, trainer_config(cfg)
+
+
+def encoder_lr_scale(cfg: FinetuneConfig) -> float:
+    """The encoder's lr multiplier of a fine-tuning run: ``optim.encoder_lr_scale`` for an encoder
+    initialised from ``model.pretrained``, else ``optim.scratch_encoder_lr_scale`` (null: the same)."""
+    opt = cfg.optim
+    if cfg.model.get("pretrained") or opt.scratch_encoder_lr_scale is None:
+        return float(opt.encoder_lr_scale)
+    return float(opt.scratch_encoder_lr_scale)
 
 
 def trainer_config(cfg: PretrainConfig | FinetuneConfig) -> TrainConfig:
@@ -241,7 +257,8 @@ def trainer_config(cfg: PretrainConfig | FinetuneConfig) -> TrainConfig:
     schedule of ``cfg.optim`` (their keys and types were checked against the schema when composed)."""
     opt = cfg.optim
     return TrainConfig(**dataclasses.asdict(cfg.trainer), num_workers=int(cfg.data.num_workers),
-                       schedule=str(opt.schedule), min_lr=float(opt.min_lr), power=float(opt.power))
+                       schedule=str(opt.schedule), min_lr=float(opt.min_lr), power=float(opt.power),
+                       warmup_fraction=float(opt.warmup_fraction))
 
 def describe_error(err: BaseException) -> str:
     """One line naming the file and the fault: the innermost asa error of the chain, or the last line

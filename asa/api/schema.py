@@ -175,13 +175,17 @@ class OptimConfig:
     schedule: str = one_of("cosine", SCHEDULES)
     min_lr: float = 0.0
     power: float = 0.9
+    warmup_fraction: float = 0.0  # linear warm-up over this fraction of the schedule (else trainer.warmup_epochs/steps)
 
 
 @dataclass
 class FinetuneOptimConfig(OptimConfig):
-    """The fine-tuning optimiser, with encoder-aware learning rates (defaults: one lr, the paper's)."""
+    """The fine-tuning optimiser, with encoder-aware learning rates: ``encoder_lr_scale`` for an encoder
+    initialised from ``model.pretrained``, ``scratch_encoder_lr_scale`` for one trained from scratch
+    (null: ``encoder_lr_scale`` too)."""
 
     encoder_lr_scale: float = 1.0
+    scratch_encoder_lr_scale: Optional[float] = None
     layer_decay: float = 1.0
     freeze_encoder_epochs: int = 0
 

@@ -35,6 +35,7 @@ from .rng import capture_rng, fork_rng, item_seed, kernel_determinism, restore_r
 from .schedule import lr_at
 from .settings import TrainConfig, TrainerSettings
 from .step import OptimizerStep, StepFn
+from .updates import RelativeUpdate, update_gap_note
 
 __all__ = ["TrainConfig", "TrainerSettings", "FitResult", "Engine", "fit", "NonFiniteLossError"]
 
@@ -118,6 +119,8 @@ class Engine:
         if self.optim_step.amp_dtype == torch.bfloat16 and self.env.device.type == "cpu":
             guard_cpu_bf16_convolutions(model)
         self.log = TrainLog(self.env, self.out_dir / "tb")
+        self.updates = RelativeUpdate.of(model)  # encoder vs decoder ‖Δw‖/‖w‖ (None: no registered encoder)
+        self._gap_noted = False
         self.tracker = Tracker(config.mode)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.nonfinite_total = self.nonfinite_run = 0
@@ -187,8 +190,12 @@ class Engine:
                 f"{cfg.batch_size * cfg.accum_steps}"
             )
         self.total_steps = cfg.epochs * self.steps_per_epoch
-        self.warmup_steps = (cfg.warmup_steps if cfg.warmup_steps is not None
-                             else round(cfg.warmup_epochs * self.steps_per_epoch))
+        if cfg.warmup_steps is not None:
+            self.warmup_steps = cfg.warmup_steps
+        elif cfg.warmup_fraction > 0:  # the recipe's warm-up, whatever the schedule's length
+            self.warmup_steps = max(1, round(cfg.warmup_fraction * self.total_steps))
+        else:
+            self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
         stop_step = self.total_steps if cfg.max_steps is None else min(cfg.max_steps, self.total_steps)
         return _Run(loader, sampler, seeded, generator, stop_step,
                     samples_per_step=cfg.batch_size * cfg.accum_steps * env.world_size)
@@ -252,6 +259,8 @@ class Engine:
                                          distributed=self.env.distributed)
         received = -1 if self._stop.received is None else self._stop.received
         bad, stop_signal = all_reduce_max_ints([acc.nonfinite, received], self.env)
+        if not bad and self.updates is not None:
+            self.updates.before()
         grad_norm = None if bad else self.optim_step.apply(self.epoch)
         if grad_norm is None:
             self._skip_nonfinite("loss" if bad else "gradient")
@@ -263,6 +272,8 @@ class Engine:
             entry["train/loss"] = acc.loss
         if grad_norm is not None and math.isfinite(grad_norm):
             entry["train/grad_norm"] = grad_norm
+        if grad_norm is not None and self.updates is not None:
+            entry.update(self.updates.after())
         scaler = self.optim_step.scaler
         if scaler.is_enabled() and grad_norm is not None:  # fp16: steps the GradScaler skipped (overflow)
             entry["train/amp_overflow"] = float(not math.isfinite(grad_norm))
@@ -272,6 +283,10 @@ class Engine:
             means = self.log.take_window(samples_per_step=run.samples_per_step, nonfinite_total=self.nonfinite_total)
             self._write_scalars(means)
             self.log.progress(means, step=self.step, epoch=self.epoch)
+            note = update_gap_note(means)
+            if note is not None and not self._gap_noted:  # once per run; the progress line keeps the figures
+                self.log.say(f"note: {note}")
+                self._gap_noted = True
         return None if stop_signal < 0 else stop_signal
 
     def _micro_batches(self, batches: Iterator) -> Iterator:

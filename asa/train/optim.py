@@ -7,6 +7,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from .updates import encoder_names
+
 __all__ = ["build_optimizer", "describe_lr", "layer_lr_scales", "param_groups", "scaled_lr", "LOW_LR", "OPTIMIZERS"]
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -35,11 +37,14 @@ def _no_decay_names(model: nn.Module) -> set[str]:
 
 
 def layer_lr_scales(model: nn.Module, *, encoder_lr_scale: float = 1.0, layer_decay: float = 1.0) -> dict[str, float]:
-    """lr multiplier per parameter name (MAE / BEiT layer-wise decay on top of an encoder multiplier).
+    """lr multiplier per parameter name: ``encoder_lr_scale`` on the encoder, 1 elsewhere (the decoder
+    and heads), with MAE / BEiT layer-wise decay on top when ``layer_decay`` < 1.
 
-    The model numbers its encoder layers with ``model.encoder_layer_id(name)``: 0 for the patch
-    embedding (and position tokens), i + 1 for encoder block i, ``model.num_encoder_layers`` (=
-    depth + 1) for the final encoder norm, None for decoder parameters. Layer l gets
+    The encoder is the network's registered encoder module (``register_network(..., encoder=...)``,
+    e.g. ``encoder`` of ASASegmenter, ``vit`` of UNETR, ``swinViT`` of SwinUNETR and SA-Swin). Layer-wise
+    decay needs the network to number its encoder layers with ``model.encoder_layer_id(name)``: 0 for
+    the patch embedding (and position tokens), i + 1 for encoder block i, ``model.num_encoder_layers``
+    (= depth + 1) for the final encoder norm, None for decoder parameters. Layer l gets
     ``encoder_lr_scale · layer_decay^(L − l)`` with L = depth + 1, so block i gets decay^(depth − i),
     the patch embedding decay^(depth + 1) and the decoder 1.
     """
@@ -48,10 +53,15 @@ def layer_lr_scales(model: nn.Module, *, encoder_lr_scale: float = 1.0, layer_de
     if not 0 < layer_decay <= 1:
         raise ValueError(f"optim.layer_decay={layer_decay}: expected a value in (0, 1]")
     layer_of = getattr(model, "encoder_layer_id", None)
+    if layer_decay == 1.0 and not callable(layer_of):
+        encoder = encoder_names(model)
+        if encoder is None:
+            raise ValueError(f"optim.encoder_lr_scale / freeze_encoder_epochs need a network with a registered encoder "
+                             f"(register_network(..., encoder=...)); {type(model).__name__} has none")
+        return {name: encoder_lr_scale if name in encoder else 1.0 for name, _ in model.named_parameters()}
     if not callable(layer_of):
-        raise ValueError(f"optim.encoder_lr_scale / layer_decay / freeze_encoder_epochs need a network with an "
-                         f"encoder that numbers its layers (model arch asa or sa_swin); {type(model).__name__} has no "
-                         f"encoder_layer_id()")
+        raise ValueError(f"optim.layer_decay needs a network with an encoder that numbers its layers (model arch asa, "
+                         f"sa_swin or a case head); {type(model).__name__} has no encoder_layer_id()")
     top = int(model.num_encoder_layers)
     scales = {}
     for name, _ in model.named_parameters():
@@ -129,7 +139,9 @@ def build_optimizer(
     scales = layer_lr_scales(model, encoder_lr_scale=encoder_lr_scale, layer_decay=layer_decay) if aware else None
     frozen = ()
     if freeze_encoder_epochs > 0:
-        frozen = [n for n, _ in model.named_parameters() if model.encoder_layer_id(n) is not None]
+        layer_of = getattr(model, "encoder_layer_id", None)
+        frozen = ([n for n, _ in model.named_parameters() if layer_of(n) is not None] if callable(layer_of)
+                  else sorted(encoder_names(model) or ()))
     groups = param_groups(model, weight_decay, lr_scales=scales, frozen=frozen, freeze_epochs=freeze_encoder_epochs)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)

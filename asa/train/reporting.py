@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .distributed import DistEnv, all_reduce_mean
+from .updates import REL_UPDATE_KEYS, update_gap_note
 
 __all__ = ["TrainLog", "scalar"]
 
@@ -116,12 +117,16 @@ class TrainLog:
     def progress(self, means: Mapping[str, float], *, step: int, epoch: int) -> None:
         """Show a window's loss, lr and throughput: in the bar, or as a line with the ETA."""
         loss, lr, sps = means.get("train/loss", float("nan")), means["train/lr"], means["train/samples_per_s"]
+        gap = update_gap_note(means) is not None  # the encoder barely moves: show both relative updates
+        enc, dec = (means.get(k, float("nan")) for k in REL_UPDATE_KEYS)
         if self.use_bar:
-            self.bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.3g}", sps=f"{sps:.3g}", refresh=False)
+            extra = {"upd_enc/dec": f"{enc:.2g}/{dec:.2g}"} if gap else {}
+            self.bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.3g}", sps=f"{sps:.3g}", **extra, refresh=False)
             return
         done = step - self._start_step
         rate = done / max(time.perf_counter() - self._t_start, 1e-9)
         eta = (self._stop_step - step) / rate if rate > 0 else float("inf")
         eta_text = str(datetime.timedelta(seconds=round(eta))) if math.isfinite(eta) else "?"
-        self.say(f"step {step}/{self._stop_step} epoch {epoch}: loss {loss:.4g}, lr {lr:.3g}, "
+        updates = f", rel. update encoder/decoder {enc:.2g}/{dec:.2g}" if gap else ""
+        self.say(f"step {step}/{self._stop_step} epoch {epoch}: loss {loss:.4g}, lr {lr:.3g}{updates}, "
                  f"{sps:.3g} samples/s, ETA {eta_text}")

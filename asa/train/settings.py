@@ -56,4 +56,13 @@ class TrainConfig(TrainerSettings):
     schedule: str = "cosine"  # cosine | poly | constant (optim.schedule)
     min_lr: float = 0.0  # (optim.min_lr)
     power: float = 0.9  # poly exponent (optim.power)
+    warmup_fraction: float = 0.0  # linear warm-up over this fraction of the schedule (optim.warmup_fraction)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"optim.warmup_fraction={self.warmup_fraction}: expected a value in [0, 1)")
+        if self.warmup_fraction > 0 and (self.warmup_steps is not None or self.warmup_epochs > 0):
+            raise ValueError(f"optim.warmup_fraction={self.warmup_fraction} and trainer.warmup_epochs="
+                             f"{self.warmup_epochs} / warmup_steps={self.warmup_steps} both set the warm-up: keep one")
 

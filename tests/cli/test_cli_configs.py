@@ -110,7 +110,7 @@ def test_config_mistakes_fail_at_compose_time_naming_the_key(entry, overrides, k
     ("pretrain", ["data=brats"], "data/brats"),
     ("finetune", ["experiment=mae"], "experiment/mae"),            # a pretraining row
     ("finetune", ["data=demo"], "data/demo"),
-    ("finetune", ["optim=adamw"], "optim/adamw"),
+    ("finetune", ["optim=adamw_demo"], "optim/adamw_demo"),
 ])
 def test_presets_of_the_other_entry_point_are_refused(entry, overrides, option):
     with pytest.raises(HydraException, match=option):
