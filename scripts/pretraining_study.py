@@ -55,7 +55,7 @@ import torch
 
 from asa.api import pretrain
 from asa.api.config import compose_config
-from asa.data import write_anatomy_dataset, write_demo_dataset
+from asa.data import LESION_NAMES, write_anatomy_dataset, write_demo_dataset
 from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
 
 _SPEC = importlib.util.spec_from_file_location("asa_transfer_study", Path(__file__).with_name("transfer_study.py"))
@@ -71,7 +71,8 @@ PROBE_METRICS = ("val/loss", "probe/r2_mean", "probe/knn_acc")  # the columns of
 @dataclasses.dataclass
 class Scale:
     """How big the study is. ``volume``: cohort edge (voxels at 1 mm); ``crop``: the pretraining crop
-    and the fine-tuning crop (the same grid, smaller than the volume)."""
+    and the fine-tuning crop (the same grid, smaller than the volume); ``steps``: the fine-tuning budget
+    of every run, chosen so that the training loss plateaus (each run's report checks it)."""
 
     subjects: int  # healthy pretraining subjects
     labeled: int  # labeled lesion cases (test + pool of training cases)
@@ -82,12 +83,20 @@ class Scale:
     steps: int  # optimiser steps per fine-tuning run
     cases: tuple[int, ...]  # labeled training cases per run
     seeds: tuple[int, ...]  # each its own draw of labeled cases and its own initialisation
+    model: str = "tiny"  # model preset of pretraining and fine-tuning
+    recipes: tuple[str, ...] = ("sgd", "adamw")  # fine-tuning recipes (configs/finetune/optim), each an arm
+    jobs: int = 1  # fine-tuning runs at once, each in its own process
 
 
 SCALES = {
-    "full": Scale(subjects=40, labeled=28, test=16, volume=64, crop=48, pretrain_epochs=20, steps=60,
-                  cases=(2, 8), seeds=(0, 1, 2)),
-    "quick": Scale(subjects=6, labeled=10, test=4, volume=32, crop=24, pretrain_epochs=2, steps=4,
+    "full": Scale(subjects=40, labeled=28, test=16, volume=48, crop=32, pretrain_epochs=100, steps=300,
+                  cases=(2, 8), seeds=(0, 1, 2, 3, 4)),
+    # one GPU (16 host cores): several fine-tuning runs at once, resumable across calls (--time-budget)
+    # (the cohort is written on one core: about 5 min at 96^3; every stage resumes, so a call that stops at
+    # --time-budget is continued by the same command on the same machine)
+    "gpu": Scale(subjects=60, labeled=48, test=16, volume=96, crop=64, pretrain_epochs=40, steps=1500,
+                 cases=(2, 4, 8, 16), seeds=(0, 1, 2, 3, 4), model="small", jobs=6),
+    "quick": Scale(subjects=6, labeled=10, test=4, volume=32, crop=24, pretrain_epochs=2, steps=8,
                    cases=(2, 4), seeds=(0, 1)),
 }
 
@@ -138,8 +147,8 @@ def write_cohort(out: Path, scale: Scale, *, layout: str, seed: int, writer: Wri
 
 # ------------------------------------------------------------------------------------------ pretraining
 def pretrain_overrides(arm: str, data: Path, run_dir: Path, scale: Scale, *, seed: int, probe_data: str | None) -> list[str]:
-    """asa-pretrain overrides of one Table 4 arm (tiny; the demo optimiser, whose lr learns at batch 2)."""
-    out = [f"experiment={arm}", "model=tiny", "data=bids", f"data.root={data}", f"data.size={scale.crop}",
+    """asa-pretrain overrides of one Table 4 arm (the scale's model; the demo optimiser, whose lr learns at batch 2)."""
+    out = [f"experiment={arm}", f"model={scale.model}", "data=bids", f"data.root={data}", f"data.size={scale.crop}",
            "data.num_workers=0", "data.split.ratios=[0.8,0.2,0.0]", "optim=adamw_demo",
            f"trainer.epochs={scale.pretrain_epochs}", "trainer.progress=false", "trainer.panel_every=0",
            "probe.every=1", f"seed={seed}", f"output_dir={run_dir}", "resume=auto"]
@@ -218,10 +227,12 @@ def report_markdown(info: Mapping[str, Any], transfer_md: str, probes_md: str) -
              "",
              f"Cohort: {sc['subjects']} healthy subjects (pretraining), {sc['labeled']} labeled cases in layout "
              f"{info['layout']} ({sc['test']} fixed test cases), {sc['volume']}³ voxels; crops {sc['crop']}³ "
-             f"(pretraining and fine-tuning). Pretraining: {', '.join(info['arms'])} at tiny, "
-             f"{sc['pretrain_epochs']} epochs. Fine-tuning: scratch and each pretrained arm, labeled cases "
+             f"(pretraining and fine-tuning). Pretraining: {', '.join(info['arms'])} at {sc['model']}, "
+             f"{sc['pretrain_epochs']} epochs. Fine-tuning: scratch and each pretrained arm under each recipe "
+             f"({', '.join(sc['recipes'])}; ARM@RECIPE, compared with scratch under the same recipe), labeled cases "
              f"{', '.join(map(str, sc['cases']))}, seeds {', '.join(map(str, sc['seeds']))} (each its own draw of "
-             f"labeled cases), {sc['steps']} optimiser steps per run.", "",
+             f"labeled cases), {sc['steps']} optimiser steps per run (the budget check below says whether each "
+             "run's training loss plateaued).", "",
              "| stage | wall time (s) | this invocation |", "| --- | ---: | --- |"]
     for stage, t in info["stages"].items():
         lines.append(f"| {stage} | {t['seconds']:.0f} | {'reused' if t['reused'] else 'ran'} |")
@@ -259,6 +270,51 @@ class Stages:
 
 
 # ------------------------------------------------------------------------------------------------- main
+def lesion_classes(anatomy: bool) -> list[str]:
+    """The classes reported as the lesion mean: the template subjects' lesion kinds (the phantoms' MSD
+    classes are all tumour classes, whose mean is the table's mean already)."""
+    return list(LESION_NAMES.values()) if anatomy else []
+
+
+def transfer_argv(args: argparse.Namespace, scale: Scale, labeled: Path, encoders: Mapping[str, Path],
+                  out: Path) -> list[str]:
+    """The transfer study's command line: scratch and every pretrained arm under every recipe."""
+    threads = args.threads or (max(1, (os.cpu_count() or 1) // scale.jobs) if scale.jobs > 1 else None)
+    argv = ["--data", args.layout, "--root", str(labeled), "--model", scale.model, "--patch-size", str(scale.crop),
+            "--cases", *map(str, scale.cases), "--seeds", *map(str, scale.seeds), "--test", str(scale.test),
+            "--split-seed", str(args.seed), "--steps", str(scale.steps), "--device", args.device, "--reuse",
+            "--n-boot", str(args.n_boot), "--out", str(out), "--recipes", *scale.recipes, "--jobs", str(scale.jobs)]
+    argv += ["--threads", str(threads)] if threads else []
+    if args.time_budget:  # what is left of this invocation's budget after the cohort and pretraining
+        argv += ["--time-budget", str(max(0.0, args.time_budget - (time.monotonic() - args.started)))]
+    argv += ["--drop-checkpoints"] if args.drop_checkpoints else []
+    lesions = lesion_classes(args.anatomy)
+    argv += ["--lesion-classes", *lesions] if lesions else []
+    for arm, path in encoders.items():
+        argv += ["--arm", f"{arm}=model.pretrained={path}"]
+    for override in args.override:
+        argv += ["--override", override]
+    return argv
+
+
+def dry_run(args: argparse.Namespace, name: str, scale: Scale, out: Path) -> int:
+    """Check every stage's configuration without writing or training anything: the pretraining
+    overrides of each arm and the fine-tuning overrides of every run (composed against the schemas)."""
+    for arm in args.arms:
+        compose_config("pretrain", pretrain_overrides(arm, out / "data" / "pretrain", out / "pretrain" / arm, scale,
+                                                      seed=args.seed, probe_data=None))
+    runs = len(scale.cases) * len(scale.seeds) * (1 + len(args.arms)) * len(scale.recipes)
+    base = ["data=" + args.layout, f"model={scale.model}", f"data.patch_size={scale.crop}", *args.override]
+    for recipe in scale.recipes:
+        compose_config("finetune", [*base, f"optim={recipe}", f"trainer.max_steps={scale.steps}"])
+    print(f"[study] dry run ({name} scale): cohort {scale.subjects} + {scale.labeled} subjects of {scale.volume}^3; "
+          f"pretraining {', '.join(args.arms)} at {scale.model}, crop {scale.crop}^3, {scale.pretrain_epochs} epochs; "
+          f"transfer {runs} runs (scratch + {len(args.arms)} arm(s) × recipes {', '.join(scale.recipes)} × cases "
+          f"{list(scale.cases)} × seeds {list(scale.seeds)}), {scale.steps} steps each, {scale.jobs} at once"
+          + (f"; lesion classes {', '.join(lesion_classes(args.anatomy))}" if args.anatomy else ""), flush=True)
+    return 0
+
+
 def parse_scale(args: argparse.Namespace) -> tuple[str, Scale]:
     name = "quick" if args.quick else args.scale
     scale = SCALES[name]
@@ -280,8 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--scale", choices=sorted(SCALES), default="full")
     p.add_argument("--quick", action="store_true", help="the smoke scale (same as --scale quick)")
     for f in dataclasses.fields(Scale):
-        many = f.name in ("cases", "seeds")
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=int, nargs="+" if many else None,
+        many = f.name in ("cases", "seeds", "recipes")
+        kind = str if f.name in ("model", "recipes") else int
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, nargs="+" if many else None,
                        help=f"override the scale's {f.name}")
     p.add_argument("--arms", nargs="+", default=list(ARMS), help="pretraining presets (configs/pretrain/experiment)")
     p.add_argument("--layout", default="msd", choices=("msd", "brats", "wmh"), help="layout of the labeled lesion cases")
@@ -290,12 +347,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="cohort and pretraining seed")
     p.add_argument("--device", default="auto")
     p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples of the CIs")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="start no new fine-tuning run after this many seconds from the start of this invocation; "
+                        "rerun the same command to continue (every finished stage and run is kept)")
+    p.add_argument("--threads", type=int, help="torch threads per fine-tuning run (default: torch's; with --jobs, "
+                                                "the cores shared out)")
+    p.add_argument("--drop-checkpoints", action="store_true",
+                   help="delete each fine-tuning run's checkpoints once it is scored: a study folder small enough "
+                        "to carry to another machine and continue there")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the settings and every run's configuration, list the stages; write and train nothing")
     p.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
                    help="asa-finetune overrides for every fine-tuning run, scratch included "
                         "(a recipe choice, e.g. segmenter.input_skip=none)")
     args = p.parse_args(argv)
+    args.started = time.monotonic()
     name, scale = parse_scale(args)
     out = Path(args.out).expanduser().absolute()
+    if args.dry_run:
+        return dry_run(args, name, scale, out)
     settings = {"scale": dataclasses.asdict(scale), "arms": args.arms, "layout": args.layout, "anatomy": args.anatomy,
                 "probe_data": args.probe_data, "seed": args.seed, "override": args.override}
     recorded = out / "study.json"
@@ -327,24 +397,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         encoders[arm] = run_dir / "checkpoints" / "encoder.pt"
 
     transfer_out = out / "transfer"
-    targv = ["--data", args.layout, "--root", str(cohort["labeled"]), "--model", "tiny", "--patch-size", str(scale.crop),
-             "--cases", *map(str, scale.cases), "--seeds", *map(str, scale.seeds), "--test", str(scale.test),
-             "--split-seed", str(args.seed), "--steps", str(scale.steps), "--device", args.device, "--reuse",
-             "--n-boot", str(args.n_boot), "--out", str(transfer_out)]
-    for arm, path in encoders.items():
-        targv += ["--arm", f"{arm}=model.pretrained={path}"]
-    for override in args.override:
-        targv += ["--override", override]
+    targv = transfer_argv(args, scale, cohort["labeled"], encoders, transfer_out)
     commands.append(f"python scripts/transfer_study.py {shlex.join(targv)}")
     def transfer() -> bool:
-        transfer_study.main(targv)  # finished runs are scored again (--reuse), unfinished ones trained
+        transfer_study.main(targv)  # finished runs are read back (--reuse), unfinished ones trained
         return False
 
     stages.run("transfer", transfer)
+    table = transfer_out / "transfer.md"
+    if not table.is_file() or table.read_text().startswith("**Partial"):
+        print(f"[study] the transfer stage is not finished (--time-budget {args.time_budget}); rerun the same "
+              "command to continue it", flush=True)
+        if not table.is_file():
+            return 0
 
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
-    for fname in ("transfer.md", "transfer.csv", "scores.csv", "dice_vs_cases.svg"):
+    for fname in ("transfer.md", "transfer.csv", "scores.csv", "runs.csv", "dice_vs_cases.svg"):
         shutil.copy2(transfer_out / fname, report / fname)
     probes_md, probes_csv, probes_svg = probes_outputs({arm: probe_history(out / "pretrain" / arm) for arm in args.arms})
     atomic_write_text(report / "probes.md", probes_md)
@@ -356,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "finished": datetime.datetime.now().isoformat(timespec="seconds")}
     atomic_write_json(report / "report.json", info)
     atomic_write_text(report / "README.md", report_markdown(info, (transfer_out / "transfer.md").read_text(), probes_md))
-    print(f"[study] report in {report}: README.md, transfer.md/.csv, scores.csv, dice_vs_cases.svg, probes.md/.csv, "
+    print(f"[study] report in {report}: README.md, transfer.md/.csv, scores.csv, runs.csv, dice_vs_cases.svg, probes.md/.csv, "
           "probe_curves.svg, report.json", flush=True)
     return 0
 

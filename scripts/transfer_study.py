@@ -27,9 +27,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
+import json
 import math
+import shutil
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +54,7 @@ from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
 
 SCRATCH, PRETRAINED = "scratch", "pretrained"
 PRESETS = ("baseline", "spe_only")  # Table 4 fine-tuning rows from scratch (configs/experiment)
+LESION = "Dice_lesion"  # mean Dice over the --lesion-classes, a score column of its own
 
 
 # ----------------------------------------------------------------------------------------- statistics
@@ -123,6 +128,8 @@ def per_seed_differences(d: np.ndarray) -> list[float]:
 def metric_keys(scores: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
     """Score columns the table reports: Dice per class and mean, then HD95 per class and mean when scored."""
     keys = [*(f"Dice_{c}" for c in names), "Dice_mean"]
+    if scores and all(LESION in s for s in scores):
+        keys.append(LESION)
     if scores and all("HD95_mean" in s for s in scores):
         keys += [*(f"HD95_{c}" for c in names), "HD95_mean"]
     return keys
@@ -133,8 +140,8 @@ def delta_prefix(key: str) -> str:
     return "delta" if key == "Dice_mean" else f"delta_{key}"
 
 
-def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str, *, n_boot: int = 10000,
-              seed: int = 0) -> list[dict]:
+def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str | Mapping[str, str], *,
+              n_boot: int = 10000, seed: int = 0) -> list[dict]:
     """One row per (arm, N): every metric (Dice, and HD95 when scored) per class and mean ± sd over seeds
     (of the per-seed test means), the encoder-zeroed mean Dice, and for every metric the paired
     difference to ``reference``: its mean, the seed × case bootstrap CI (:func:`seed_case_bootstrap`),
@@ -142,6 +149,7 @@ def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], referen
     rows = []
     keys = metric_keys(scores, names)
     arms = list(dict.fromkeys(s["arm"] for s in scores))
+    refs = reference if isinstance(reference, Mapping) else {arm: reference for arm in arms}
     for n in sorted({int(s["n"]) for s in scores}):
         for arm in arms:
             mine = [s for s in scores if s["arm"] == arm and int(s["n"]) == n]
@@ -153,11 +161,13 @@ def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], referen
                 row[key] = float(np.mean(per_seed))
                 row[key + "_sd"] = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else math.nan
             row["encoder_drop"] = row["Dice_mean"] - row["Dice_mean_zeroed"]
-            if arm != reference:
+            ref = refs.get(arm, arm)
+            if ref != arm:
+                row["reference"] = ref
                 for key in keys:
-                    d, p = paired_matrix(scores, arm, reference, n, key), delta_prefix(key)
+                    d, p = paired_matrix(scores, arm, ref, n, key), delta_prefix(key)
                     row[p], row[p + "_lo"], row[p + "_hi"] = seed_case_bootstrap(d, n_boot=n_boot, seed=seed)
-                    _, row[p + "_case_lo"], row[p + "_case_hi"] = bootstrap_ci(paired_differences(scores, arm, reference, n, key),
+                    _, row[p + "_case_lo"], row[p + "_case_hi"] = bootstrap_ci(paired_differences(scores, arm, ref, n, key),
                                                                                n_boot=n_boot, seed=seed)
                     row[p + "_per_seed"] = " ".join(f"{v:+.4f}" for v in per_seed_differences(d))
             rows.append(row)
@@ -175,7 +185,9 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], refe
     """Table-4-shaped Markdown: arm × labeled cases, Dice per class ± sd, mean, HD95 mean (when scored),
     zeroed, Δ mean Dice vs reference [95 % CI over seeds × cases], the per-seed Δ and the case-only CI."""
     hd = any("HD95_mean" in r for r in rows)
-    head = ["arm", "labeled", *names, "mean", *(["HD95 mean (mm)"] if hd else []), "encoder zeroed",
+    lesion = all(LESION in r for r in rows)
+    head = ["arm", "labeled", *names, "mean", *(["lesion mean"] if lesion else []), *(["HD95 mean (mm)"] if hd else []),
+            "encoder zeroed",
             f"Δ mean vs {reference} [95 % CI, seeds × cases]", "Δ per seed", "case-only CI",
             *([f"Δ HD95 vs {reference} [95 % CI]"] if hd else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([" --- "] * 2 + [" ---: "] * (len(head) - 2)) + "|"]
@@ -185,6 +197,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], refe
             return f"{r[key]:.{digits}f}" if math.isnan(sd) else f"{r[key]:.{digits}f} ± {sd:.{digits}f}"
 
         cells = [r["arm"], str(r["n"])] + [cell(f"Dice_{c}") for c in names] + [cell("Dice_mean")]
+        cells += [cell(LESION)] if lesion else []
         cells += [cell("HD95_mean", 1)] if hd else []
         cells.append(f"{r['Dice_mean_zeroed']:.3f} (drop {r['encoder_drop']:+.3f})")
         if "delta" not in r:
@@ -200,7 +213,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], refe
 def class_differences_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str) -> str:
     """Markdown: per arm and N, the paired difference to ``reference`` of every class's Dice (and HD95,
     when scored) with its seed × case 95 % CI."""
-    keys = [f"Dice_{c}" for c in names] + ([f"HD95_{c}" for c in names] if any("HD95_mean" in r for r in rows) else [])
+    keys = ([f"Dice_{c}" for c in names] + ([LESION] if all(LESION in r for r in rows) else [])
+            + ([f"HD95_{c}" for c in names] if any("HD95_mean" in r for r in rows) else []))
     head = ["arm", "labeled", *(f"Δ {k.replace('_', ' ')}" + (" (mm)" if k.startswith("HD95") else "") for k in keys)]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([" --- "] * 2 + [" ---: "] * len(keys)) + "|"]
     for r in rows:
@@ -250,7 +264,8 @@ def svg_plot(rows: Sequence[Mapping[str, Any]], *, width: int = 480, height: int
 
 # ------------------------------------------------------------------------------------------------ runs
 def parse_arms(args: argparse.Namespace) -> dict[str, list[str]]:
-    """Arm name -> asa-finetune overrides."""
+    """Arm name -> asa-finetune overrides; with ``--recipes`` every arm once per recipe, named
+    ``<arm>@<recipe>`` with ``optim=<recipe>`` added."""
     arms: dict[str, list[str]] = {SCRATCH: ["model.pretrained=null"]}
     if args.pretrained:
         arms[PRETRAINED] = [f"model.pretrained={Path(args.pretrained).expanduser().absolute()}"]
@@ -260,8 +275,25 @@ def parse_arms(args: argparse.Namespace) -> dict[str, list[str]]:
         if "=" not in spec:
             raise SystemExit(f"--arm {spec!r}: expected NAME=key=value[,key=value...]")
         name, overrides = spec.split("=", 1)
+        if "@" in name:
+            raise SystemExit(f"--arm {spec!r}: '@' is reserved for the recipe (--recipes); pick another name")
         arms[name] = [o for o in overrides.split(",") if o]
-    return arms
+    if not args.recipes:
+        return arms
+    return {f"{arm}@{recipe}": [*overrides, f"optim={recipe}"] for recipe in args.recipes for arm, overrides in arms.items()}
+
+
+def references(arms: Sequence[str], reference: str) -> dict[str, str]:
+    """Arm -> the arm its paired differences are taken against: ``reference`` under the arm's own recipe
+    (``scratch@adamw`` for ``pretrained@adamw``), or ``reference`` itself without recipes."""
+    out = {}
+    for arm in arms:
+        recipe = arm.partition("@")[2]
+        ref = f"{reference}@{recipe}" if recipe and "@" not in reference else reference
+        if ref not in arms:
+            raise SystemExit(f"--reference {reference}: no arm {ref!r} among {list(arms)}")
+        out[arm] = ref
+    return out
 
 
 def split_cases(ids: Sequence[str], *, test: int, seed: int) -> tuple[list[str], list[str]]:
@@ -273,60 +305,128 @@ def split_cases(ids: Sequence[str], *, test: int, seed: int) -> tuple[list[str],
     return sorted(order[:test]), order[test:]
 
 
-def run_study(args: argparse.Namespace) -> tuple[list[dict], list[str], dict[str, list[str]]]:
-    """Train (or with --reuse, find) every run and score it on the fixed test cases -> (scores, class names, arms)."""
+PLATEAU_TOL = 0.05  # relative loss drop between the last two quarters of a run below which it has plateaued
+
+
+def budget_check(losses: Sequence[float], rel_encoder: Sequence[float], rel_decoder: Sequence[float]) -> dict[str, Any]:
+    """Whether a run learned what its budget allows, from its logged training-loss windows (in step order)
+    and relative updates: ``final_loss`` (mean of the last quarter of the windows), ``loss_drop`` (relative
+    drop from the third to the last quarter), ``plateau`` (that drop < ``PLATEAU_TOL``) and the mean
+    relative update of encoder and decoder (``rel_update_encoder`` / ``_decoder``, their ratio)."""
+    v = np.asarray(losses, dtype=float)
+    if v.size < 4:
+        raise ValueError(f"budget check needs at least 4 logged loss windows, got {v.size}: lower trainer.log_every")
+    q = v.size // 4
+    third, last = v[-2 * q:-q].mean(), v[-q:].mean()
+    drop = float((third - last) / max(abs(third), 1e-12))
+    enc = float(np.mean(rel_encoder)) if len(rel_encoder) else math.nan
+    dec = float(np.mean(rel_decoder)) if len(rel_decoder) else math.nan
+    return {"final_loss": float(last), "loss_drop": drop, "plateau": drop < PLATEAU_TOL, "rel_update_encoder": enc,
+            "rel_update_decoder": dec, "rel_update_ratio": enc / dec if dec and not math.isnan(dec) else math.nan}
+
+
+def logged_budget(run_dir: Path) -> dict[str, Any]:
+    """:func:`budget_check` of a finished run, from the scalars in its TensorBoard folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    series = {t: [e.value for e in sorted(events.Scalars(t), key=lambda e: e.step)] if t in tags else []
+              for t in ("train/loss", "train/rel_update/encoder", "train/rel_update/decoder")}
+    return budget_check(series["train/loss"], series["train/rel_update/encoder"], series["train/rel_update/decoder"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One fine-tuning run of the study: an arm at N labeled cases and a seed."""
+
+    arm: str
+    n: int
+    seed: int
+    train: tuple[str, ...]
+    overrides: tuple[str, ...]  # every asa-finetune override of the run
+    run_dir: Path
+
+    @property
+    def scores_file(self) -> Path:
+        return self.run_dir / "scores.json"
+
+
+def plan_runs(args: argparse.Namespace) -> tuple[list[Run], list[str], dict[str, list[str]], Any]:
+    """Every run of the study (not trained yet) -> (runs, test ids, arms, the probe config)."""
     out = Path(args.out).expanduser().absolute()
     base = [f"data={args.data}", f"model={args.model}", "trainer.progress=false", "trainer.panel_every=0",
-            f"data.num_workers={args.workers}", f"device={args.device}", *args.override]
+            f"data.num_workers={args.workers}", f"device={args.device}",
+            f"trainer.log_every={max(1, args.steps // 40)}", *args.override]  # >= 40 loss windows per run
+    if args.threads:
+        base.append(f"trainer.threads={args.threads}")
     if args.root:
         base.append(f"data.root={args.root}")
     if args.patch_size:
         base.append(f"data.patch_size={args.patch_size}")
     probe_cfg = compose_config("finetune", base)
     root, layout = dataset_root(probe_cfg.data)
-    task = get_task(str(probe_cfg.data.task), root=root)
     cases = discover(layout, root, on_bad_case=str(probe_cfg.data.on_bad_case))
-    by_id = {c.id: c for c in cases}
-    test_ids, pool = split_cases(list(by_id), test=args.test, seed=args.split_seed)
+    test_ids, pool = split_cases([c.id for c in cases], test=args.test, seed=args.split_seed)
     if max(args.cases) > len(pool):
         raise SystemExit(f"--cases {max(args.cases)}: only {len(pool)} cases are left after the {args.test} test cases")
     arms = parse_arms(args)
-    if args.reference not in arms:
-        raise SystemExit(f"--reference {args.reference}: not one of the arms {list(arms)}")
-    atomic_write_json(out / "study.json", {"data": args.data, "root": str(root), "test": test_ids, "pool": pool,
-                                          "arms": arms, "cases": args.cases, "seeds": args.seeds, "steps": args.steps})
     batch = int(probe_cfg.trainer.batch_size)
-    scores: list[dict] = []
+    runs = []
     for n in args.cases:
         for seed in args.seeds:
-            train = sorted([pool[i] for i in np.random.default_rng(1000 + seed).permutation(len(pool))][:n])
+            train = tuple(sorted([pool[i] for i in np.random.default_rng(1000 + seed).permutation(len(pool))][:n]))
             epochs = max(1, round(args.steps / max(n // batch, 1)))
             for arm, overrides in arms.items():
                 run_dir = out / "runs" / f"{arm}-n{n}-s{seed}"
-                ckpt = run_dir / "checkpoints" / "last.pt"
-                if not (args.reuse and _finished(ckpt)):
-                    if (run_dir / "checkpoints").is_dir():  # train anew; keep the old run under another name
-                        print(f"[transfer] moved the previous run to {move_aside(run_dir)}", flush=True)
-                    rest = sorted(set(by_id) - set(train))  # test and unused cases: never seen by the run
-                    atomic_write_json(run_dir / "splits.json", {"train": train, "val": [], "test": rest,
-                                                                "dataset": str(probe_cfg.data.name), "seed": seed})
-                    print(f"[transfer] {arm}: {n} labeled case(s), seed {seed}, {epochs} epoch(s)", flush=True)
-                    result = finetune(compose_config("finetune", [*base, f"output_dir={run_dir}", f"seed={seed}",
-                                                                  f"trainer.epochs={epochs}", *overrides]))
-                    if result.preempted:  # SIGTERM/SIGUSR1: the run saved last.pt mid-schedule
-                        raise SystemExit(f"[transfer] {run_dir} was stopped by a signal at step {result.step}; "
-                                         "rerun with --reuse to train it (and the rest) again")
-                predictor = Predictor.from_checkpoint(ckpt, device=_device(args.device))
-                result = encoder_reliance(predictor, [by_id[i] for i in test_ids], hd95=True)
-                for row in result["per_case"]:
-                    entry = {"arm": arm, "n": n, "seed": seed, "case": row["id"]}
-                    for metric in ("Dice", "Dice_zeroed", "HD95"):
-                        column = (lambda c: f"Dice_{c}_zeroed") if metric == "Dice_zeroed" else (lambda c: f"{metric}_{c}")
-                        for name in task.output_names:
-                            entry[column(name)] = row[column(name)]
-                        entry[column("mean")] = float(np.mean([row[column(c)] for c in task.output_names]))
-                    scores.append(entry)
-    return scores, list(task.output_names), arms
+                runs.append(Run(arm, n, seed, train, (*base, f"output_dir={run_dir}", f"seed={seed}",
+                                                      f"trainer.epochs={epochs}", *overrides), run_dir))
+    return runs, test_ids, arms, probe_cfg
+
+
+def train_and_score(run: Run, test_ids: Sequence[str], reuse: bool, device: str,
+                    drop_checkpoints: bool = False) -> dict[str, Any]:
+    """Train ``run`` (unless ``reuse`` finds it finished) and score it on the test cases; the scores and
+    the budget check are kept in ``<run>/scores.json``, so a rerun neither trains nor predicts again
+    (``drop_checkpoints`` then deletes the run's checkpoints: a study folder small enough to carry
+    between machines). Returns {"scores": [one row per test case], "budget": {...}}."""
+    if reuse and run.scores_file.is_file():
+        return json.loads(run.scores_file.read_text())
+    ckpt = run.run_dir / "checkpoints" / "last.pt"
+    cfg = compose_config("finetune", list(run.overrides))
+    root, layout = dataset_root(cfg.data)
+    by_id = {c.id: c for c in discover(layout, root, on_bad_case=str(cfg.data.on_bad_case))}
+    if not (reuse and _finished(ckpt)):
+        if (run.run_dir / "checkpoints").is_dir():  # train anew; keep the old run under another name
+            print(f"[transfer] moved the previous run to {move_aside(run.run_dir)}", flush=True)
+        rest = sorted(set(by_id) - set(run.train))  # test and unused cases: never seen by the run
+        atomic_write_json(run.run_dir / "splits.json", {"train": list(run.train), "val": [], "test": rest,
+                                                        "dataset": str(cfg.data.name), "seed": run.seed})
+        print(f"[transfer] {run.arm}: {run.n} labeled case(s), seed {run.seed}", flush=True)
+        result = finetune(cfg)
+        if result.preempted:  # SIGTERM/SIGUSR1: the run saved last.pt mid-schedule
+            raise SystemExit(f"[transfer] {run.run_dir} was stopped by a signal at step {result.step}; "
+                             "rerun with --reuse to train it (and the rest) again")
+    predictor = Predictor.from_checkpoint(ckpt, device=_device(device))
+    task = predictor.task
+    reliance = encoder_reliance(predictor, [by_id[i] for i in test_ids], hd95=True)
+    scores = []
+    for row in reliance["per_case"]:
+        entry = {"arm": run.arm, "n": run.n, "seed": run.seed, "case": row["id"]}
+        for metric in ("Dice", "Dice_zeroed", "HD95"):
+            column = (lambda c: f"Dice_{c}_zeroed") if metric == "Dice_zeroed" else (lambda c: f"{metric}_{c}")
+            for name in task.output_names:
+                entry[column(name)] = row[column(name)]
+            entry[column("mean")] = float(np.mean([row[column(c)] for c in task.output_names]))
+        scores.append(entry)
+    budget = {"arm": run.arm, "n": run.n, "seed": run.seed, "steps": int(load_checkpoint(ckpt)["step"]),
+              **logged_budget(run.run_dir)}
+    done = {"scores": scores, "budget": budget, "names": list(task.output_names)}
+    atomic_write_json(run.scores_file, done)
+    if drop_checkpoints:
+        shutil.rmtree(run.run_dir / "checkpoints")
+    return done
 
 
 def _finished(ckpt: Path) -> bool:
@@ -341,10 +441,100 @@ def _device(name: str):
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
 
 
-def write_outputs(scores: list[dict], names: Sequence[str], reference: str, out: Path, *, n_boot: int = 10000) -> str:
-    """scores.csv, transfer.md / .csv and dice_vs_cases.svg under ``out``; returns the Markdown."""
+def _run_job(job: tuple[Run, Sequence[str], bool, str, bool]) -> dict[str, Any]:
+    return train_and_score(*job)
+
+
+def run_study(args: argparse.Namespace) -> tuple[list[dict], list[str], dict[str, list[str]], list[dict], int]:
+    """Train (or with --reuse, find) every run and score it on the fixed test cases -> (scores, class
+    names, arms, budget rows, runs left undone). ``--jobs`` > 1 trains that many runs at once in
+    separate processes (one GPU can hold several tiny runs); ``--time-budget`` starts no new run after
+    that many seconds (the rest wait for the next invocation with --reuse)."""
+    out = Path(args.out).expanduser().absolute()
+    runs, test_ids, arms, probe_cfg = plan_runs(args)
+    root, _ = dataset_root(probe_cfg.data)
+    atomic_write_json(out / "study.json", {"data": args.data, "root": str(root), "test": test_ids,
+                                          "arms": arms, "cases": args.cases, "seeds": args.seeds, "steps": args.steps})
+    start = time.monotonic()
+    due = lambda: args.time_budget is None or time.monotonic() - start < args.time_budget  # noqa: E731
+    jobs = [(run, test_ids, args.reuse, args.device, args.drop_checkpoints) for run in runs]
+    results: list[dict] = []
+    if args.jobs <= 1:
+        for job in jobs:
+            if not due():
+                break
+            results.append(_run_job(job))
+    else:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        with cf.ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
+            pending, queue = set(), list(jobs)
+            while queue or pending:
+                while queue and len(pending) < args.jobs and due():
+                    pending.add(pool.submit(_run_job, queue.pop(0)))
+                if not pending:
+                    break
+                finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                results += [f.result() for f in finished]
+    scores = [row for r in results for row in r["scores"]]
+    budgets = [r["budget"] for r in results]
+    names = results[0]["names"] if results else list(get_task(str(probe_cfg.data.task), root=root).output_names)
+    return scores, names, arms, budgets, len(runs) - len(results)
+
+
+def unlearned_classes(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
+    """One line per N and class that every arm scores Dice 0 on (mean over seeds and cases): there the
+    table shows no difference because nothing was learned, not because the arms are alike."""
+    notes = []
+    for n in sorted({int(r["n"]) for r in rows}):
+        mine = [r for r in rows if int(r["n"]) == n]
+        zero = [c for c in names if all(r[f"Dice_{c}"] <= 1e-6 for r in mine)]
+        if zero:
+            notes.append(f"At {n} labeled case(s) every arm scores Dice 0 on {', '.join(zero)}: nothing was learned "
+                         "there, so the table can say nothing about a difference between the arms on "
+                         f"{'it' if len(zero) == 1 else 'them'}.")
+    return notes
+
+
+def budget_table(budgets: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown: per arm and N, the steps, final training loss (± sd over seeds), how many runs
+    plateaued, and the mean relative update of encoder and decoder (and their ratio)."""
+    head = ["arm", "labeled", "steps", "final loss", "plateaued", "rel. update encoder", "rel. update decoder",
+            "encoder / decoder"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join([" --- "] * 2 + [" ---: "] * (len(head) - 2)) + "|"]
+    groups: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
+    for b in budgets:
+        groups.setdefault((b["arm"], int(b["n"])), []).append(b)
+    for (arm, n), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        loss = [r["final_loss"] for r in runs]
+        sd = f" ± {np.std(loss, ddof=1):.3f}" if len(loss) > 1 else ""
+        mean = lambda k: float(np.nanmean([r[k] for r in runs]))  # noqa: E731
+        lines.append(f"| {arm} | {n} | {runs[0]['steps']} | {np.mean(loss):.3f}{sd} | "
+                     f"{sum(bool(r['plateau']) for r in runs)}/{len(runs)} | {mean('rel_update_encoder'):.2g} | "
+                     f"{mean('rel_update_decoder'):.2g} | {mean('rel_update_ratio'):.2g} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(scores: list[dict], names: Sequence[str], reference: str | Mapping[str, str], out: Path, *,
+                  n_boot: int = 10000, budgets: Sequence[Mapping[str, Any]] = (), undone: int = 0) -> str:
+    """scores.csv, transfer.md / .csv, runs.csv (the budget check) and dice_vs_cases.svg under ``out``;
+    returns the Markdown. ``reference``: one arm, or arm -> its reference arm."""
     rows = summarize(scores, names, reference, n_boot=n_boot)
-    md = report_markdown(rows, names, reference, n_boot=n_boot)
+    label = (reference if isinstance(reference, str)
+             else " / ".join(dict.fromkeys(v for k, v in reference.items() if k != v)) or "reference")
+    md = report_markdown(rows, names, label, n_boot=n_boot)
+    notes = unlearned_classes(rows, names)
+    if notes:
+        md += "\n" + "\n".join(f"- {line}" for line in notes) + "\n"
+    if budgets:
+        md += ("\nBudget check (one row per arm and N; final loss = mean training loss over the last quarter of "
+               f"the run; plateaued = its drop from the third quarter is below {PLATEAU_TOL:.0%}; relative update "
+               "= ‖Δw‖/‖w‖ per optimiser step, mean over the run):\n\n" + budget_table(budgets))
+        atomic_write_text(out / "runs.csv", rows_csv(budgets))
+    if undone:
+        md = (f"**Partial: {undone} run(s) not trained yet** (rerun the same command with --reuse to continue).\n\n"
+              + md)
     atomic_write_text(out / "scores.csv", rows_csv(scores))
     atomic_write_text(out / "transfer.csv", rows_csv(rows))
     atomic_write_text(out / "transfer.md", md)
@@ -373,12 +563,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0, help="data.num_workers")
     p.add_argument("--reuse", action="store_true", help="score finished runs instead of training them again")
     p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples of the confidence intervals")
+    p.add_argument("--recipes", nargs="*", default=[], metavar="OPTIM",
+                   help="fine-tuning recipes (configs/finetune/optim: adamw sgd): every arm once per recipe, "
+                        "named ARM@RECIPE, each compared with the reference arm under its own recipe")
+    p.add_argument("--lesion-classes", nargs="*", default=[], metavar="CLASS",
+                   help="classes whose mean Dice is reported as its own column (lesion mean)")
+    p.add_argument("--threads", type=int, help="torch threads per run (trainer.threads)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="start no new run after this many seconds; rerun with --reuse to continue")
+    p.add_argument("--dry-run", action="store_true", help="check every run's configuration and list the runs; train nothing")
+    p.add_argument("--drop-checkpoints", action="store_true",
+                   help="delete each run's checkpoints once it is scored (its scores.json is what a rerun reads)")
     p.add_argument("--out", default="runs/transfer")
     args = p.parse_args(argv)
-    scores, names, _ = run_study(args)
-    md = write_outputs(scores, names, args.reference, Path(args.out).expanduser().absolute(), n_boot=args.n_boot)
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs {args.jobs}: expected >= 1")
+    out = Path(args.out).expanduser().absolute()
+    if args.dry_run:
+        runs, test_ids, arms, _ = plan_runs(args)
+        for run in runs:  # every run's overrides compose against the schema
+            compose_config("finetune", list(run.overrides))
+        print(f"[transfer] dry run: {len(runs)} runs ({len(arms)} arms × cases {args.cases} × seeds {args.seeds}), "
+              f"{len(test_ids)} test cases, {args.steps} steps each; arms: {', '.join(arms)}")
+        return 0
+    scores, names, arms, budgets, undone = run_study(args)
+    lesion = [c for c in args.lesion_classes if c not in names]
+    if lesion:
+        raise SystemExit(f"--lesion-classes {' '.join(lesion)}: not among the classes {names}")
+    if args.lesion_classes:
+        for row in scores:
+            row[LESION] = float(np.mean([row[f"Dice_{c}"] for c in args.lesion_classes]))
+    refs = references(list(arms), args.reference)
+    md = write_outputs(scores, names, refs, out, n_boot=args.n_boot, budgets=budgets, undone=undone) if scores else ""
     print(md)
-    print(f"[transfer] outputs in {Path(args.out).absolute()}: transfer.md, transfer.csv, scores.csv, dice_vs_cases.svg")
+    print(f"[transfer] outputs in {out}: transfer.md, transfer.csv, scores.csv, runs.csv, dice_vs_cases.svg")
     return 0
 
 

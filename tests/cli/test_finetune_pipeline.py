@@ -117,3 +117,32 @@ def test_monai_baselines_build_from_their_configs(model, size):
                             in_channels=2, out_channels=2, patch_size=size).eval()
     with torch.no_grad():
         assert net(torch.zeros(1, 2, size, size, size)).shape == (1, 2, size, size, size)
+
+
+def _mean_scalars(tb: Path, *tags: str) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tb))
+    events.Reload()
+    return [float(np.mean([e.value for e in events.Scalars(t)])) for t in tags]
+
+
+@pytest.mark.slow  # two 20-step runs of the tiny model at 32^3
+def test_default_recipe_moves_a_pretrained_encoder_and_the_paper_sgd_does_not(tmp_path, encoder_export):
+    """20 steps from a pretrained encoder: under the default recipe (optim=adamw) the encoder's relative
+    update is at least 0.05 of the decoder's; under the paper's one-lr SGD it is below 1/30."""
+    root = write_demo_dataset("ibsr", tmp_path / "data", cases=4, size=40, seed=1)
+    ratios = {}
+    for recipe in ("adamw", "sgd"):
+        out = tmp_path / recipe
+        cfg = compose_config("finetune", [
+            "data=ibsr", f"data.root={root}", "model=tiny", f"output_dir={out}", "device=cpu", "data.num_workers=0",
+            f"model.pretrained={encoder_export}", f"optim={recipe}", "trainer.max_steps=20", "trainer.epochs=10",
+            "trainer.log_every=5", "trainer.panel_every=0", "trainer.progress=false", "trainer.amp=off",
+            "data.split.ratios=[1.0,0.0,0.0]",
+        ])
+        assert finetune(cfg).step == 20
+        enc, dec = _mean_scalars(out / "tb", "train/rel_update/encoder", "train/rel_update/decoder")
+        ratios[recipe] = enc / dec
+    assert ratios["adamw"] >= 0.05, ratios
+    assert ratios["sgd"] < 1 / 30, ratios

@@ -17,7 +17,6 @@ study = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = study
 _spec.loader.exec_module(study)
 
-ARMS = ["scratch", "mae", "a_ssl", "asa"]
 
 
 def _csv(path: Path) -> list[dict]:
@@ -57,54 +56,72 @@ def test_anatomy_switch_names_the_extra(monkeypatch, tmp_path):
             cached.cache_clear()
 
 
-@pytest.mark.slow  # three pretraining runs and eight fine-tuning runs (about a minute on one CPU thread)
+@pytest.mark.slow  # one pretraining run and eight fine-tuning runs (about a minute on one CPU thread)
 def test_whole_study_at_toy_scale_writes_the_report_and_resumes(tmp_path, capsys):
     out = tmp_path / "study"
     argv = ["--quick", "--subjects", "5", "--labeled", "6", "--test", "4", "--cases", "2", "--seeds", "0", "1",
-            "--n-boot", "300", "--out", str(out)]
+            "--arms", "asa", "--recipes", "sgd", "adamw", "--n-boot", "300", "--out", str(out)]
     assert study.main(argv) == 0
     report = out / "report"
     assert sorted(p.name for p in report.iterdir()) == sorted(
-        ["README.md", "transfer.md", "transfer.csv", "scores.csv", "dice_vs_cases.svg", "probes.md", "probes.csv",
-         "probe_curves.svg", "report.json"])
+        ["README.md", "transfer.md", "transfer.csv", "scores.csv", "runs.csv", "dice_vs_cases.svg", "probes.md",
+         "probes.csv", "probe_curves.svg", "report.json"])
+    arms = ["scratch@sgd", "asa@sgd", "scratch@adamw", "asa@adamw"]  # every arm under every recipe
     # every arm x N x seed x test case scored, Dice and HD95 per class
     scores = _csv(report / "scores.csv")
-    assert len(scores) == len(ARMS) * 1 * 2 * 4
-    assert {r["arm"] for r in scores} == set(ARMS) and {r["seed"] for r in scores} == {"0", "1"}
+    assert len(scores) == len(arms) * 1 * 2 * 4
+    assert {r["arm"] for r in scores} == set(arms) and {r["seed"] for r in scores} == {"0", "1"}
     assert all(0.0 <= float(r["Dice_mean"]) <= 1.0 and float(r["HD95_mean"]) >= 0.0 for r in scores)
     assert len({r["case"] for r in scores}) == 4  # one fixed test split for every run
-    # the table: one row per arm, paired differences with both CIs and the two per-seed means
+    # the table: one row per arm, each pretrained arm against scratch under its own recipe
     rows = {r["arm"]: r for r in _csv(report / "transfer.csv")}
-    assert list(rows) == ARMS and rows["scratch"]["delta"] == ""
-    for arm in ARMS[1:]:
+    assert sorted(rows) == sorted(arms) and rows["scratch@sgd"]["delta"] == rows["scratch@adamw"]["delta"] == ""
+    assert rows["asa@sgd"]["reference"] == "scratch@sgd" and rows["asa@adamw"]["reference"] == "scratch@adamw"
+    for arm in ("asa@sgd", "asa@adamw"):
         r = rows[arm]
         assert float(r["delta_lo"]) <= float(r["delta"]) <= float(r["delta_hi"])
         assert len(r["delta_per_seed"].split()) == 2 and r["delta_case_lo"] and r["delta_HD95_mean_hi"]
-    # probes logged by each pretraining run
+    # the budget check: one row per run, with the recipe's optimiser visible in the encoder's update
+    runs = _csv(report / "runs.csv")
+    assert len(runs) == len(arms) * 2 and all(r["plateau"] in ("True", "False") for r in runs)
+    enc = {r["arm"]: float(r["rel_update_ratio"]) for r in runs if r["seed"] == "0"}
+    assert enc["asa@adamw"] > 3 * enc["asa@sgd"]  # the paper's one-lr SGD barely moves the encoder
+    # probes logged by the pretraining run
     probes = _csv(report / "probes.csv")
-    assert {r["arm"] for r in probes} == {"mae", "a_ssl", "asa"} and all(r["probe/r2_mean"] for r in probes)
-    assert (report / "probe_curves.svg").read_text().count("<polyline") == 3
+    assert {r["arm"] for r in probes} == {"asa"} and all(r["probe/r2_mean"] for r in probes)
     info = json.loads((report / "report.json").read_text())
-    assert list(info["stages"]) == ["cohort", "pretrain mae", "pretrain a_ssl", "pretrain asa", "transfer"]
+    assert list(info["stages"]) == ["cohort", "pretrain asa", "transfer"]
     assert not any(s["reused"] for s in info["stages"].values())
     assert info["machine"]["usable_cores"] >= 1 and info["scale"]["seeds"] == [0, 1]
     readme = (report / "README.md").read_text()
-    for text in ("asa-pretrain experiment=mae", "asa-pretrain experiment=asa", "probe.every=1", "scripts/transfer_study.py",
-                 "--arm a_ssl=model.pretrained=", "| transfer |", "Machine:", "Δ per seed", "**a_ssl**"):
+    for text in ("asa-pretrain experiment=asa", "probe.every=1", "scripts/transfer_study.py", "--recipes sgd adamw",
+                 "--arm asa=model.pretrained=", "| transfer |", "Machine:", "Δ per seed", "**asa**", "Budget check"):
         assert text in readme, text
     # fine-tuning crops smaller than the volume: the runs' configs say so
-    run_cfg = (out / "transfer" / "runs" / "mae-n2-s1" / "config.yaml").read_text()
-    assert "patch_size: 24" in run_cfg and info["scale"]["volume"] == 32
+    run_cfg = (out / "transfer" / "runs" / "asa@sgd-n2-s1" / "config.yaml").read_text()
+    assert "patch_size: 24" in run_cfg and "name: sgd" in run_cfg and info["scale"]["volume"] == 32
 
     # the same command again: every stage found done, nothing retrained, the same scores
-    ckpt = out / "transfer" / "runs" / "asa-n2-s0" / "checkpoints" / "last.pt"
+    ckpt = out / "transfer" / "runs" / "asa@adamw-n2-s0" / "checkpoints" / "last.pt"
     before = ckpt.stat().st_mtime_ns
     assert study.main(argv) == 0
     assert ckpt.stat().st_mtime_ns == before
     again = json.loads((report / "report.json").read_text())["stages"]
-    assert all(again[s]["reused"] for s in ("cohort", "pretrain mae", "pretrain a_ssl", "pretrain asa"))
+    assert all(again[s]["reused"] for s in ("cohort", "pretrain asa"))
     assert again["pretrain asa"]["seconds"] == info["stages"]["pretrain asa"]["seconds"]
     assert _csv(report / "scores.csv") == scores
     # other settings into the same folder are refused
     with pytest.raises(SystemExit, match="other settings"):
         study.main([*argv, "--steps", "5"])
+
+
+@pytest.mark.parametrize("scale", ["full", "gpu"], ids=["full-scale", "gpu-scale"])  # an id "gpu" reads as the marker
+def test_dry_run_checks_every_configuration_and_writes_nothing(tmp_path, capsys, scale):
+    out = tmp_path / "study"
+    assert study.main(["--scale", scale, "--anatomy", "--dry-run", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    runs = {"full": 2 * 5 * 4 * 2, "gpu": 4 * 5 * 4 * 2}[scale]  # cases × seeds × (scratch + 3 arms) × recipes
+    assert f"transfer {runs} runs" in text and "recipes sgd, adamw" in text and "heterotopia" in text
+    assert not out.exists()
+    with pytest.raises(SystemExit, match="--crop"):  # the scale's checks run first
+        study.main(["--scale", scale, "--crop", "256", "--dry-run", "--out", str(out)])
