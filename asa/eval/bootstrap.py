@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Estimate", "bootstrap_ci", "resampled_units"]
+__all__ = ["Estimate", "bootstrap_ci", "bootstrap_indices", "resampled_units"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,22 @@ def _units(n: int, groups: object | None, strata: object | None) -> tuple[list[n
     return units, [np.flatnonzero(of_unit == k) for k in range(len(names)) if np.any(of_unit == k)]
 
 
+def bootstrap_indices(n: int, *, n_resamples: int, seed: int = 0, strata: object | None = None,
+                      groups: object | None = None) -> Iterator[np.ndarray]:
+    """The case indices of each of ``n_resamples`` resamples of ``n`` cases, as `bootstrap_ci` draws
+    them (module docstring): cases, or with ``groups`` [n] (each case's subject) whole subjects, within
+    ``strata`` [n] if given. For designs `bootstrap_ci` does not cover (e.g. seeds × subjects)."""
+    units, by_stratum = _units(n, groups, strata)  # bad groups / strata: an error here, not at the first draw
+
+    def draws() -> Iterator[np.ndarray]:
+        rng = np.random.default_rng(seed)
+        for _ in range(n_resamples):
+            drawn = np.concatenate([k[rng.integers(0, k.size, size=k.size)] for k in by_stratum])
+            yield drawn if groups is None else np.concatenate([units[u] for u in drawn])
+
+    return draws()
+
+
 def bootstrap_ci(metric: Callable[..., float], *arrays: object, n_resamples: int = 1000, confidence: float = 0.95,
                  seed: int = 0, strata: object | None = None, groups: object | None = None) -> Estimate:
     """``metric(*arrays)`` with a percentile bootstrap interval (the first axis of every array holds
@@ -106,15 +122,9 @@ def bootstrap_ci(metric: Callable[..., float], *arrays: object, n_resamples: int
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
     if n_resamples < 0:
         raise ValueError(f"n_resamples must be >= 0, got {n_resamples}")
-    units, by_stratum = _units(n, groups, strata)
-    single = groups is None
+    draws = bootstrap_indices(n, n_resamples=n_resamples, seed=seed, strata=strata, groups=groups)
     value = float(metric(*data))
-    rng = np.random.default_rng(seed)
-    stats = []
-    for _ in range(n_resamples):
-        drawn = np.concatenate([k[rng.integers(0, k.size, size=k.size)] for k in by_stratum])
-        idx = drawn if single else np.concatenate([units[u] for u in drawn])
-        stats.append(float(metric(*(a[idx] for a in data))))
+    stats = [float(metric(*(a[idx] for a in data))) for idx in draws]
     valid = np.asarray([x for x in stats if not math.isnan(x)])
     if valid.size == 0:
         low = high = float("nan")

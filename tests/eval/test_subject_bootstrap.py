@@ -66,3 +66,19 @@ def test_case_summary_resamples_the_subjects_of_the_cases():
     assert out["metrics"]["mae"] == regression_summary(truth, pred, n_resamples=100, seed=2,
                                                        groups=subjects)["metrics"]["mae"]
     assert case_summary(predictions, targets, n_resamples=10)["bootstrap"]["resampled"] == "cases"
+
+
+def test_bootstrap_indices_draw_whole_subjects():
+    from asa.eval import bootstrap_indices
+
+    groups = np.array(["b", "a", "b", "c", "a", "b"])  # subjects of 2, 3 and 1 sessions, interleaved
+    for idx in bootstrap_indices(6, n_resamples=50, seed=1, groups=groups):
+        drawn = groups[idx]
+        for s, size in (("a", 2), ("b", 3), ("c", 1)):
+            assert (drawn == s).sum() % size == 0  # a subject comes with all its sessions or not at all
+        assert sum((drawn == s).sum() // size for s, size in (("a", 2), ("b", 3), ("c", 1))) == 3  # 3 subjects drawn
+    plain = list(bootstrap_indices(6, n_resamples=3, seed=1))
+    rng = np.random.default_rng(1)
+    assert all(np.array_equal(p, rng.integers(0, 6, size=6)) for p in plain)  # cases: the documented draws
+    with pytest.raises(ValueError, match="groups must have one entry"):
+        bootstrap_indices(6, n_resamples=0, groups=groups[:2])
