@@ -11,7 +11,8 @@ heads; a subject with one case is the case bootstrap).
   tokens): continuous targets by ridge regression (`asa.eval.probe.ridge_predict`) and k-NN
   regression (the mean target of the k most cosine-similar fitted cases): MAE, RMSE, R², Pearson r;
   class targets by logistic regression (scikit-learn's ``LogisticRegression``, lbfgs, L2 penalty
-  ``C = 1/logistic``, on the same standardised features) and k-NN (vote shares as class scores): balanced accuracy, AUROC, macro-F1 (`asa.eval.case_metrics`).
+  ``C = 1/logistic``, on the same standardised features) and k-NN (vote shares as class scores):
+  balanced accuracy, AUROC, macro-F1 (`asa.eval.case_metrics`).
 - **Voxel labels** (`token_probes`), on the tokens of each case's brain patches: per-patch class
   fractions by ridge (R² per class and their mean, pooled over the held-out patches) and the
   patch's majority class by k-NN (accuracy) — the pretraining probes (`asa.eval.probe`) under
