@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ESTIMATE_CAVEATS", "DeviceProfile", "Plan", "plan_run", "format_plan", "profile_from_json", "profile_from_markdown",
-           "samples_per_s_estimate", "bytes_per_case"]
+__all__ = ["ESTIMATE_CAVEATS", "DeviceProfile", "Plan", "plan_run", "format_plan", "profile_from_json",
+           "profile_from_markdown", "samples_per_s_estimate", "bytes_per_case"]
 
 GIB = 2**30
 
