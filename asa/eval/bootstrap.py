@@ -8,7 +8,7 @@ times with replacement and each draw brings all of that subject's cases (the clu
 Sessions of one subject are not independent: resampling them as if they were makes the interval
 too narrow: in ``scripts/interval_coverage.py`` (MAE, 40 subjects × 3 sessions, intra-subject
 correlation 0.8, 200 data sets) a nominal 95 % interval covered the truth in 78 % of the data sets
-resampling sessions, 90.5 % resampling subjects.
+resampling sessions, 90.5 % resampling subjects; for AUROC (within each class) 73 % and 92.5 %.
 
 With ``strata`` (e.g. each case's true class) the draws are made within every stratum, as many as
 it holds, strata in sorted order, so each resample keeps the stratum counts of the data (pROC's
