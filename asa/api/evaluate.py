@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from asa.api.common import cases_of_split, dataset_root, refusing
 from asa.api.schema import EvaluateConfig, as_config
 from asa.api.finetune_case import CASE_TASK
-from asa.data import discover, get_task, read_targets
+from asa.data import discover, get_task, read_targets, subject_groups
 from asa.eval.case_predict import PREDICTIONS_CSV, case_summary, read_case_predictions
 from asa.io import atomic_write_json
 from asa.eval import evaluate_cases, match_predictions
@@ -51,7 +51,8 @@ def _evaluate_case(cfg: EvaluateConfig) -> dict:
     if missing and str(cfg.on_missing) == "error":
         raise FileNotFoundError(f"pred={cfg.pred}: no prediction for {len(missing)} case(s) with a target "
                                 f"({', '.join(missing[:5])}); on_missing=skip scores the others")
-    summary = case_summary({c.id: predictions[c.id] for c in cases if c.id in predictions}, targets)
+    summary = case_summary({c.id: predictions[c.id] for c in cases if c.id in predictions}, targets,
+                           groups=subject_groups(cases))  # sessions of a subject are resampled together
     summary["n_expected"] = len([c for c in cases if c.id in targets.values])
     summary["missing_predictions"] = missing
     out = Path(str(cfg.output)).absolute()

@@ -349,7 +349,7 @@ class FrozenProbeConfig:
     logistic: float = 1.0  # L2 penalty λ of the logistic regression (scikit-learn's C = 1/λ)
     logistic_steps: int = 300  # L-BFGS iterations at most
     knn_k: int = 5
-    bootstrap: int = 1000  # bootstrap resamples of the cases (0: no intervals)
+    bootstrap: int = 1000  # bootstrap resamples of the subjects, all their sessions (0: no intervals)
     confidence: float = 0.95
     crop: Optional[int] = None  # input edge for an encoder that records none (SA-Swin pretraining exports)
     channels: List[str] = field(default_factory=lambda: ["t1"])  # input channels, as in pretraining

@@ -16,6 +16,11 @@ loader drop the remainders, as training does):
 
 When the store does not fit the page cache (``ram_bytes`` given and smaller) the loader runs at its
 cold rate (``cold_crops_per_worker``, if known).
+
+Wall time and GPU-hours are estimates: the step rate s is one GPU's, timed on synthetic batches
+(``scripts/benchmark.py``, ``python -m asa.bench.gpu``) or derived from FLOPs. They leave out DDP
+gradient communication between GPUs, validation (loss, probes), checkpoint writes and start-up,
+and they assume every epoch runs (early stopping can end the run sooner).
 """
 
 from __future__ import annotations
@@ -27,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DeviceProfile", "Plan", "plan_run", "format_plan", "profile_from_json", "profile_from_markdown",
-           "samples_per_s_estimate", "bytes_per_case"]
+__all__ = ["ESTIMATE_CAVEATS", "DeviceProfile", "Plan", "plan_run", "format_plan", "profile_from_json",
+           "profile_from_markdown", "samples_per_s_estimate", "bytes_per_case"]
 
 GIB = 2**30
 
@@ -114,16 +119,28 @@ def _duration(seconds: float) -> str:
     return f"{hours:.1f} h ({hours / 24:.1f} days)" if hours >= 24 else f"{hours:.2f} h ({seconds / 60:.0f} min)"
 
 
-def format_plan(plan: Plan, profile: DeviceProfile, *, volumes: int, epochs: int, batch: int, gpus: int) -> str:
+ESTIMATE_CAVEATS = (
+    "* estimated: epochs × steps at the profile's samples/s per GPU, a training step timed on one GPU",
+    "  with synthetic batches (or a FLOP estimate). Left out: DDP gradient communication between GPUs,",
+    "  validation and probe rounds, checkpoint writes, start-up; early stopping can end the run sooner.",
+)
+"""What the wall time and GPU-hours of `format_plan` do not count (printed under the plan)."""
+
+
+def format_plan(plan: Plan, profile: DeviceProfile, *, volumes: int, epochs: int, batch: int, gpus: int,
+                case_bytes: float | None = None) -> str:
+    """The plan as printed by ``asa-plan``: wall time and GPU-hours marked as estimates, with what
+    they leave out (`ESTIMATE_CAVEATS`); ``case_bytes``: the store bytes per case, printed if given."""
     lines = [
         f"plan: {volumes} volumes × {epochs} epochs, batch {batch} per GPU × {gpus} GPU(s) "
         f"(global batch {batch * gpus}, {plan.steps_per_epoch} steps/epoch)",
         f"  device profile ({profile.source}): {profile.samples_per_s:.1f} samples/s per GPU, "
         f"{profile.crops_per_worker:.1f} crops/s per loader worker"
         + (f" ({profile.cold_crops_per_worker:.1f} cold)" if profile.cold_crops_per_worker else ""),
-        f"  wall time            {_duration(plan.wall_s)}",
-        f"  GPU-hours            {plan.gpu_hours:.1f}",
+        f"  wall time            {_duration(plan.wall_s)}, estimated*",
+        f"  GPU-hours            {plan.gpu_hours:.1f}, estimated*",
         f"  store on disk        {plan.store_bytes / GIB:.1f} GiB",
+        *([f"  store per case       {case_bytes / 2**20:.2f} MiB"] if case_bytes is not None else []),
         f"  page cache wanted    {plan.page_cache_bytes / GIB:.1f} GiB per node (the whole store)",
         f"  loader workers       {plan.workers_needed_per_gpu} per GPU to keep up "
         f"({plan.workers_needed_per_gpu * gpus} in all)",
@@ -131,7 +148,7 @@ def format_plan(plan: Plan, profile: DeviceProfile, *, volumes: int, epochs: int
         + (f" (loader: {plan.loader_rate_per_gpu:.1f} with the workers given)" if plan.loader_rate_per_gpu else ""),
         f"  limited by           {plan.limit}",
     ]
-    return "\n".join(lines + [f"  note: {n}" for n in plan.notes])
+    return "\n".join(lines + [f"  note: {n}" for n in plan.notes] + [f"  {line}" for line in ESTIMATE_CAVEATS])
 
 
 def profile_from_json(path: str | Path) -> dict[str, Any]:

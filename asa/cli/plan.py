@@ -112,8 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"asa-plan: error: {err}", file=sys.stderr)
         return 2
     plan.notes += notes
-    print(format_plan(plan, profile, volumes=args.volumes, epochs=args.epochs, batch=args.batch, gpus=args.gpus))
-    print(f"  store per case       {case_bytes / 2**20:.2f} MiB")
+    print(format_plan(plan, profile, volumes=args.volumes, epochs=args.epochs, batch=args.batch, gpus=args.gpus,
+                      case_bytes=case_bytes))
     return 0
 
 

@@ -3,7 +3,7 @@ classification and regression metrics with bootstrap intervals."""
 
 from __future__ import annotations
 
-from asa.eval.bootstrap import Estimate, bootstrap_ci
+from asa.eval.bootstrap import Estimate, bootstrap_ci, bootstrap_indices
 from asa.eval.case_metrics import (
     CLASSIFICATION_METRICS,
     HIGHER_IS_BETTER,
@@ -46,6 +46,7 @@ __all__ = [
     "auroc",
     "balanced_accuracy",
     "bootstrap_ci",
+    "bootstrap_indices",
     "case_metric",
     "classification_summary",
     "confusion_matrix",

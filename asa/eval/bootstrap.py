@@ -1,24 +1,37 @@
-"""Percentile bootstrap confidence intervals of a case-level metric.
+"""Percentile bootstrap confidence intervals of a case-level metric, resampling cases or subjects.
 
-The cases are resampled, not voxels or crops: each of ``n_resamples`` resamples draws N case
-indices with replacement (``numpy.random.default_rng(seed).integers(0, N, size=N)``, one draw per
-resample in turn), or, with ``strata``, draws within every stratum as many cases as it holds
-(strata in sorted order, so each resample keeps e.g. the class counts of the truth; pROC's default
-for AUROC). The metric is computed on each resample; resamples where it is undefined (NaN, e.g.
-a class missing from a resample) are dropped and counted. The interval is the
-``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` percentiles of the remaining values (linear
-interpolation, numpy's default), and the point estimate is the metric on all cases.
+Each of ``n_resamples`` resamples draws units with replacement and computes the metric on the
+cases they hold. Without ``groups`` a unit is a case: N case indices are drawn
+(``numpy.random.default_rng(seed).integers(0, N, size=N)``, one draw per resample in turn). With
+``groups`` (each case's subject) a unit is a subject: the G subjects (in sorted order) are drawn G
+times with replacement and each draw brings all of that subject's cases (the cluster bootstrap).
+Sessions of one subject are not independent: resampling them as if they were makes the interval
+too narrow: in ``scripts/interval_coverage.py`` (MAE, 40 subjects × 3 sessions, intra-subject
+correlation 0.8, 200 data sets) a nominal 95 % interval covered the truth in 78 % of the data sets
+resampling sessions, 90.5 % resampling subjects; for AUROC (within each class) 73 % and 92.5 %.
+
+With ``strata`` (e.g. each case's true class) the draws are made within every stratum, as many as
+it holds, strata in sorted order, so each resample keeps the stratum counts of the data (pROC's
+default for AUROC). With ``groups`` too, a subject belongs to the most frequent stratum of its
+cases (ties to the smaller) and subjects are drawn within their stratum; the case counts per
+stratum then vary only where a subject's cases differ in stratum.
+
+The metric is computed on each resample; resamples where it is undefined (NaN, e.g. a class
+missing from a resample) are dropped and counted. The interval is the ``(1 - confidence) / 2`` and
+``(1 + confidence) / 2`` percentiles of the remaining values (linear interpolation, numpy's
+default), and the point estimate is the metric on all cases.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Estimate", "bootstrap_ci"]
+__all__ = ["Estimate", "bootstrap_ci", "bootstrap_indices", "resampled_units"]
 
 
 @dataclass(frozen=True)
@@ -42,10 +55,63 @@ class Estimate:
                 "confidence": self.confidence, "n_resamples": self.n_resamples, "n_valid": self.n_valid}
 
 
+def resampled_units(groups: object | None) -> str:
+    """What a bootstrap with these ``groups`` resamples: ``"subjects"`` when some group holds more
+    than one case, else ``"cases"`` (a group per case is the case bootstrap)."""
+    if groups is None:
+        return "cases"
+    g = np.asarray(groups)
+    return "subjects" if np.unique(g).size < g.size else "cases"
+
+
+def _units(n: int, groups: object | None, strata: object | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(the case indices of every unit, the unit indices of every stratum)."""
+    if groups is None:
+        units = [np.array([i]) for i in range(n)]
+    else:
+        g = np.asarray(groups)
+        if g.shape != (n,):
+            raise ValueError(f"groups must have one entry (a subject) per case ({n}), got shape {g.shape}")
+        _, inverse = np.unique(g, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        units = np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
+    if strata is None:
+        return units, [np.arange(len(units))]
+    s = np.asarray(strata)
+    if s.shape != (n,):
+        raise ValueError(f"strata must have one entry per case ({n}), got shape {s.shape}")
+    names = np.unique(s)
+    index = {v: i for i, v in enumerate(names.tolist())}
+    of_unit = []
+    for idx in units:  # the most frequent stratum of a unit's cases, ties to the smaller
+        counts = Counter(index[v] for v in s[idx].tolist())
+        of_unit.append(min(counts, key=lambda k: (-counts[k], k)))
+    of_unit = np.asarray(of_unit)
+    return units, [np.flatnonzero(of_unit == k) for k in range(len(names)) if np.any(of_unit == k)]
+
+
+def bootstrap_indices(n: int, *, n_resamples: int, seed: int = 0, strata: object | None = None,
+                      groups: object | None = None) -> Iterator[np.ndarray]:
+    """The case indices of each of ``n_resamples`` resamples of ``n`` cases, as `bootstrap_ci` draws
+    them (module docstring): cases, or with ``groups`` [n] (each case's subject) whole subjects, within
+    ``strata`` [n] if given. For designs `bootstrap_ci` does not cover (e.g. seeds × subjects)."""
+    units, by_stratum = _units(n, groups, strata)  # bad groups / strata: an error here, not at the first draw
+
+    def draws() -> Iterator[np.ndarray]:
+        rng = np.random.default_rng(seed)
+        for _ in range(n_resamples):
+            drawn = np.concatenate([k[rng.integers(0, k.size, size=k.size)] for k in by_stratum])
+            yield drawn if groups is None else np.concatenate([units[u] for u in drawn])
+
+    return draws()
+
+
 def bootstrap_ci(metric: Callable[..., float], *arrays: object, n_resamples: int = 1000, confidence: float = 0.95,
-                 seed: int = 0, strata: object | None = None) -> Estimate:
-    """``metric(*arrays)`` with a percentile bootstrap interval over the cases (the first axis of
-    every array; module docstring for the method). ``n_resamples=0`` gives the value alone (NaN bounds)."""
+                 seed: int = 0, strata: object | None = None, groups: object | None = None) -> Estimate:
+    """``metric(*arrays)`` with a percentile bootstrap interval (the first axis of every array holds
+    the cases; module docstring for the method). ``groups`` [N]: each case's subject, to resample
+    subjects with all their cases; ``strata`` [N]: resample within each stratum.
+    ``n_resamples=0`` gives the value alone (NaN bounds)."""
     if not arrays:
         raise ValueError("bootstrap_ci needs at least one array")
     data = [np.asarray(a) for a in arrays]
@@ -56,21 +122,9 @@ def bootstrap_ci(metric: Callable[..., float], *arrays: object, n_resamples: int
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
     if n_resamples < 0:
         raise ValueError(f"n_resamples must be >= 0, got {n_resamples}")
-    groups = None
-    if strata is not None:
-        s = np.asarray(strata)
-        if s.shape != (n,):
-            raise ValueError(f"strata must have one entry per case ({n}), got shape {s.shape}")
-        groups = [np.flatnonzero(s == g) for g in np.unique(s)]
+    draws = bootstrap_indices(n, n_resamples=n_resamples, seed=seed, strata=strata, groups=groups)
     value = float(metric(*data))
-    rng = np.random.default_rng(seed)
-    stats = []
-    for _ in range(n_resamples):
-        if groups is None:
-            idx = rng.integers(0, n, size=n)
-        else:
-            idx = np.concatenate([g[rng.integers(0, g.size, size=g.size)] for g in groups])
-        stats.append(float(metric(*(a[idx] for a in data))))
+    stats = [float(metric(*(a[idx] for a in data))) for idx in draws]
     valid = np.asarray([x for x in stats if not math.isnan(x)])
     if valid.size == 0:
         low = high = float("nan")

@@ -1,11 +1,13 @@
 """Case-level metrics by name, and the summaries with bootstrap intervals that ``summary.json`` holds.
 
 Classification takes the truth as class indices ``[N]`` and the model's output as class scores
-``[N, K]`` (probabilities or logits); the predicted class is the arg-max (ties to the lower index;
-for two classes on probabilities: class 1 when p1 > 0.5). Regression takes values ``[N]`` and
-predictions ``[N]``. Definitions and edge cases: `asa.eval.classification`,
-`asa.eval.regression`; intervals: `asa.eval.bootstrap` (classification resamples within each true
-class, so every resample keeps the class counts; regression resamples all cases).
+``[N, K]`` (probabilities or logits; AUROC reads probabilities, softmax of logits); the predicted
+class is the arg-max (ties to the lower index; for two classes on probabilities: class 1 when
+p1 > 0.5). Regression takes values ``[N]`` and predictions ``[N]``. Definitions and edge cases:
+`asa.eval.classification`, `asa.eval.regression`; intervals: `asa.eval.bootstrap` (classification
+resamples within each true class, so every resample keeps the class counts; regression resamples
+all cases). With ``groups`` (each case's subject) the intervals resample subjects with all their
+cases, as they must when a subject has several sessions.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from asa.eval.bootstrap import bootstrap_ci
+from asa.eval.bootstrap import bootstrap_ci, resampled_units
 from asa.eval.classification import auroc, balanced_accuracy, confusion_matrix, macro_f1, per_class_auroc
 from asa.eval.regression import mae, pearson_r, r2, rmse
 
@@ -62,15 +64,27 @@ def _num(x: float) -> float | None:
     return None if math.isnan(x) else float(x)
 
 
-def _bootstrap_record(n_resamples: int, confidence: float, seed: int, strata: str | None) -> dict:
+def _bootstrap_record(n_resamples: int, confidence: float, seed: int, strata: str | None, groups: object | None
+                      ) -> dict:
     return {"method": "percentile", "n_resamples": n_resamples, "confidence": confidence, "seed": seed,
-            "resampled": "cases" + (f", within each {strata}" if strata else "")}
+            "resampled": resampled_units(groups) + (f", within each {strata}" if strata else "")}
+
+
+def _groups(groups: Sequence[str] | None, n: int) -> np.ndarray | None:
+    if groups is None:
+        return None
+    g = np.asarray([str(x) for x in groups])
+    if g.shape != (n,):
+        raise ValueError(f"groups must name one subject per case ({n}), got {g.size}")
+    return g
 
 
 def classification_summary(y_true: object, scores: object, *, names: Sequence[str] | None = None,
-                           n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
+                           n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
+                           groups: Sequence[str] | None = None) -> dict:
     """Balanced accuracy, AUROC, macro-F1 with bootstrap intervals, the confusion matrix (rows true,
-    columns predicted) and per-class support / recall / precision / F1 / AUROC; NaN (undefined) as None."""
+    columns predicted) and per-class support / recall / precision / F1 / AUROC; NaN (undefined) as None.
+    ``groups`` [N]: each case's subject (intervals then resample subjects)."""
     s = np.asarray(scores, dtype=np.float64)
     y_pred = predicted_classes(s)
     k = s.shape[1]
@@ -79,8 +93,9 @@ def classification_summary(y_true: object, scores: object, *, names: Sequence[st
         raise ValueError(f"{len(names)} class names for scores of {k} classes")
     cm = confusion_matrix(y_true, y_pred, k)
     y = np.asarray(y_true)
+    g = _groups(groups, y.size)
     metrics = {m: bootstrap_ci(_classification(m), y, s, n_resamples=n_resamples, confidence=confidence, seed=seed,
-                               strata=y).to_dict() for m in CLASSIFICATION_METRICS}
+                               strata=y, groups=g).to_dict() for m in CLASSIFICATION_METRICS}
     tp = np.diag(cm).astype(float)
     support, predicted = cm.sum(axis=1), cm.sum(axis=0)
     per_auc = per_class_auroc(y, s)
@@ -92,14 +107,16 @@ def classification_summary(y_true: object, scores: object, *, names: Sequence[st
                            "f1": _num(2 * tp[i] / f1_denom) if f1_denom else None, "auroc": _num(per_auc[i])}
     return {"kind": "classification", "n": int(y.size), "names": names, "metrics": metrics,
             "confusion_matrix": cm.tolist(), "per_class": per_class,
-            "bootstrap": _bootstrap_record(n_resamples, confidence, seed, "true class")}
+            "bootstrap": _bootstrap_record(n_resamples, confidence, seed, "true class", g)}
 
 
 def regression_summary(y_true: object, y_pred: object, *, n_resamples: int = 1000, confidence: float = 0.95,
-                       seed: int = 0) -> dict:
-    """MAE, RMSE, R², Pearson r with bootstrap intervals; NaN (undefined) as None."""
+                       seed: int = 0, groups: Sequence[str] | None = None) -> dict:
+    """MAE, RMSE, R², Pearson r with bootstrap intervals; NaN (undefined) as None. ``groups`` [N]:
+    each case's subject (intervals then resample subjects)."""
     y, p = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
+    g = _groups(groups, y.size)
     metrics = {m: bootstrap_ci(_REGRESSION[m], y, p, n_resamples=n_resamples, confidence=confidence,
-                               seed=seed).to_dict() for m in REGRESSION_METRICS}
+                               seed=seed, groups=g).to_dict() for m in REGRESSION_METRICS}
     return {"kind": "regression", "n": int(y.size), "metrics": metrics,
-            "bootstrap": _bootstrap_record(n_resamples, confidence, seed, None)}
+            "bootstrap": _bootstrap_record(n_resamples, confidence, seed, None, g)}

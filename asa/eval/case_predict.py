@@ -103,23 +103,27 @@ def read_case_predictions(path: str | Path) -> dict[str, dict[str, str]]:
 
 
 def case_summary(predictions: Mapping[str, Mapping[str, str]], targets: Targets, *, n_resamples: int = 1000,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, groups: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Metrics with bootstrap intervals over the cases that have both a prediction and a target
     (`classification_summary` on the ``p_<class>`` columns in ``targets.names`` order, or
-    `regression_summary` on ``prediction``), plus ``cases`` (the ids scored)."""
+    `regression_summary` on ``prediction``), plus ``cases`` (the ids scored). ``groups``: case id
+    -> subject (`asa.data.subject_groups`); the intervals then resample subjects with all their
+    sessions (a case without an entry is its own subject)."""
     ids = sorted(i for i in predictions if i in targets.values)
     if not ids:
         raise ValueError(f"no predicted case has a target in {targets.source} column {targets.column!r}")
     truth = [targets.values[i] for i in ids]
+    subjects = [groups.get(i, f"case:{i}") for i in ids] if groups else None
+    ci = dict(n_resamples=n_resamples, seed=seed, groups=subjects)
     if targets.kind == "continuous":
         values = [float(predictions[i]["prediction"]) for i in ids]
-        summary = regression_summary(truth, values, n_resamples=n_resamples, seed=seed)
+        summary = regression_summary(truth, values, **ci)
     else:
         missing = [f"p_{n}" for n in targets.names if f"p_{n}" not in predictions[ids[0]]]
         if missing:
             raise ValueError(f"the predictions have no column(s) {missing} for the classes {list(targets.names)} "
                              "of the targets: were they predicted for another target?")
         scores = [[float(predictions[i][f"p_{n}"]) for n in targets.names] for i in ids]
-        summary = classification_summary(truth, scores, names=list(targets.names), n_resamples=n_resamples, seed=seed)
+        summary = classification_summary(truth, scores, names=list(targets.names), **ci)
     return {**summary, "target": targets.column, "target_kind": targets.kind, "cases": ids,
             "skipped": {k: v for k, v in targets.skipped.items() if k in predictions}}

@@ -5,7 +5,7 @@ brain-centred crop of the pretraining size). Every encoder token is then paired 
 class fractions. Two probes read the frozen tokens of the brain patches, fitted on half of the
 cases and scored on the other half:
 
-- ridge: per-patch class fractions regressed from the standardised tokens in closed form,
+- ridge: per-patch class fractions regressed from the standardised tokens (scikit-learn's ``Ridge``),
   ``W = (XᵀX + λI)⁻¹ XᵀY``; R² per class on the held-out patches (``probe/r2_<class>``, ``probe/r2_mean``);
 - k-NN: each held-out patch takes the majority class of its k nearest fitted patches (cosine
   similarity); accuracy ``probe/knn_acc``.
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.linear_model import Ridge
 from torch import nn
 
 from asa.data.geometry import brain_centre, crop_or_pad
@@ -39,14 +40,12 @@ def standardize(x_fit: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tenso
 
 
 def ridge_predict(x_fit: torch.Tensor, y_fit: torch.Tensor, x_test: torch.Tensor, *, lam: float = 1.0) -> torch.Tensor:
-    """Closed-form ridge regression of y on x, ``W = (AᵀA + λI)⁻¹ Aᵀ(Y − ȳ)`` with A the features
-    standardised on the fitted rows and an unpenalised intercept ȳ; predictions on the test rows
-    (float64). x_fit [n, D], y_fit [n, K], x_test [m, D] -> [m, K]."""
-    x_fit, y_fit, x_test = (t.double() for t in (x_fit, y_fit, x_test))
-    a, b = standardize(x_fit, x_test)
-    y_mu = y_fit.mean(0)
-    w = torch.linalg.solve(a.T @ a + lam * torch.eye(a.shape[1], dtype=a.dtype), a.T @ (y_fit - y_mu))
-    return b @ w + y_mu
+    """Ridge regression of y on x (scikit-learn's ``Ridge(alpha=lam)``: ``W = (AᵀA + λI)⁻¹ Aᵀ(Y − ȳ)``
+    with A the features standardised on the fitted rows and an unpenalised intercept ȳ); predictions
+    on the test rows (float64). x_fit [n, D], y_fit [n, K], x_test [m, D] -> [m, K]."""
+    a, b = (t.cpu().numpy() for t in standardize(x_fit.double(), x_test.double()))
+    y = y_fit.double().cpu().numpy()
+    return torch.from_numpy(Ridge(alpha=lam).fit(a, y).predict(b).reshape(b.shape[0], y.shape[1]))
 
 
 def r2_columns(y_true: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:

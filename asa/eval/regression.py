@@ -1,20 +1,20 @@
-"""Case-level regression metrics: MAE, RMSE, R², Pearson r.
+"""Case-level regression metrics: MAE, RMSE, R², Pearson r (`sklearn.metrics`, `scipy.stats`).
 
 ``y_true`` and ``y_pred`` are finite 1-D arrays of one length N >= 1 (e.g. ages in years; MAE and
-RMSE are in the target's unit). Conventions:
-
-- **MAE** ``mean |y - ŷ|``; **RMSE** ``sqrt(mean (y - ŷ)²)``.
-- **R²** ``1 - Σ(y - ŷ)² / Σ(y - ȳ)²``, the coefficient of determination of the predictions as
-  they are (no refit; negative when worse than predicting the mean). NaN when the truth is constant
-  (Σ(y - ȳ)² = 0, which includes N = 1): scikit-learn returns 1.0 or 0.0 there, an arbitrary
-  number we do not report.
-- **Pearson r** of truth and prediction; NaN when either is constant. It ignores bias and scale
-  (a prediction of ``2 y + 5`` has r = 1), which is why MAE and R² are reported beside it.
+RMSE are in the target's unit). R² is the coefficient of determination of the predictions as they
+are (no refit; negative when worse than predicting the mean). R² and Pearson r are NaN for a
+constant truth (and r for a constant prediction), where scikit-learn would report 1.0 or 0.0, an
+arbitrary number. Pearson r ignores bias and scale (``2 y + 5`` has r = 1), which is why MAE and
+R² are reported beside it.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from scipy import stats
+from sklearn import metrics
 
 __all__ = ["mae", "rmse", "r2", "pearson_r"]
 
@@ -32,28 +32,21 @@ def _values(y_true: object, y_pred: object) -> tuple[np.ndarray, np.ndarray]:
 
 def mae(y_true: object, y_pred: object) -> float:
     """Mean absolute error."""
-    t, p = _values(y_true, y_pred)
-    return float(np.mean(np.abs(t - p)))
+    return float(metrics.mean_absolute_error(*_values(y_true, y_pred)))
 
 
 def rmse(y_true: object, y_pred: object) -> float:
     """Root mean squared error."""
-    t, p = _values(y_true, y_pred)
-    return float(np.sqrt(np.mean((t - p) ** 2)))
+    return math.sqrt(metrics.mean_squared_error(*_values(y_true, y_pred)))
 
 
 def r2(y_true: object, y_pred: object) -> float:
     """Coefficient of determination ``1 - SS_res / SS_tot``; NaN for a constant truth."""
     t, p = _values(y_true, y_pred)
-    if np.ptp(t) == 0:  # not SS_tot == 0: the mean of equal floats can be off by an ulp
-        return float("nan")
-    return 1.0 - float(np.sum((t - p) ** 2)) / float(np.sum((t - t.mean()) ** 2))
+    return float("nan") if np.ptp(t) == 0 else float(metrics.r2_score(t, p))
 
 
 def pearson_r(y_true: object, y_pred: object) -> float:
     """Pearson correlation of truth and prediction; NaN when either is constant."""
     t, p = _values(y_true, y_pred)
-    if np.ptp(t) == 0 or np.ptp(p) == 0:
-        return float("nan")
-    dt, dp = t - t.mean(), p - p.mean()
-    return float(np.clip(np.sum(dt * dp) / np.sqrt(np.sum(dt * dt) * np.sum(dp * dp)), -1.0, 1.0))
+    return float("nan") if np.ptp(t) == 0 or np.ptp(p) == 0 else float(stats.pearsonr(t, p)[0])

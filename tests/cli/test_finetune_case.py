@@ -246,3 +246,5 @@ def test_multi_session_data_grid_crops_and_subject_split(tmp_path):
     saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
     best = next(h for h in result.history if h["step"] == result.best_step)
     assert saved["metrics"]["mae"]["value"] == pytest.approx(best["val/mae"], abs=1e-3)
+    sessions_share_a_subject = len({subject_of(c) for c in splits["val"]}) < len(splits["val"])
+    assert saved["bootstrap"]["resampled"] == ("subjects" if sessions_share_a_subject else "cases")

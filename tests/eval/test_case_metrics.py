@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import special, stats
 
 from asa.eval import (HIGHER_IS_BETTER, auroc, balanced_accuracy, bootstrap_ci, case_metric, classification_summary,
                       confusion_matrix, macro_f1, mae, pearson_r, per_class_auroc, r2, regression_summary, rmse)
@@ -155,7 +155,7 @@ def test_summaries_hold_every_metric_with_an_interval_and_write_as_json():
         assert m["ci_low"] <= m["value"] <= m["ci_high"] and m["n_resamples"] == 100
     assert out["metrics"]["balanced_accuracy"]["value"] == pytest.approx(balanced_accuracy(y, pred))
     assert out["per_class"]["AD"]["n"] == 10 and out["per_class"]["AD"]["auroc"] == pytest.approx(
-        _pairwise_auroc(y == 2, logits[:, 2]))
+        _pairwise_auroc(y == 2, special.softmax(logits, axis=1)[:, 2]))  # on the class's probability
     assert out["bootstrap"]["resampled"] == "cases, within each true class"
     age = rng.uniform(55, 90, 40)
     guess = age + rng.normal(0, 3, 40)
@@ -185,3 +185,20 @@ def test_against_scikit_learn_when_it_is_installed():
     assert r2(t, q) == pytest.approx(metrics.r2_score(t, q))
     assert mae(t, q) == pytest.approx(metrics.mean_absolute_error(t, q))
     assert rmse(t, q) == pytest.approx(math.sqrt(metrics.mean_squared_error(t, q)))
+
+
+def test_auroc_of_logits_reads_their_probabilities():
+    # two classes as logits [z0, z1]: the score of class 1 is p1 = sigmoid(z1 − z0), not z1 alone
+    y = np.array([0, 0, 0, 1, 1, 1])
+    z = np.array([[0.0, 1.0], [3.0, 2.5], [2.0, 0.5], [0.0, 2.0], [4.0, 1.5], [-1.0, 0.0]])
+    # by hand, on z1 − z0 = 1, −0.5, −1.5 (negatives) and 2, −2.5, 1 (positives): 5 of 9 pairs won, 1 tied
+    assert auroc(y, z) == pytest.approx(5.5 / 9)
+    assert auroc(y, special.softmax(z, axis=1)) == pytest.approx(5.5 / 9)
+    assert auroc(y, z[:, 1]) == pytest.approx(4 / 9)  # column 1 alone (2, 1.5, 0 vs 1, 2.5, 0.5) ranks otherwise
+    assert case_metric("auroc", y, z) == pytest.approx(5.5 / 9)
+    np.testing.assert_allclose(per_class_auroc(y, z), [5.5 / 9, 5.5 / 9])
+    rng = np.random.default_rng(2)
+    y3, z3 = rng.integers(0, 3, 40), rng.normal(size=(40, 3)) * 3
+    metrics = pytest.importorskip("sklearn.metrics")
+    assert auroc(y3, z3) == pytest.approx(metrics.roc_auc_score(y3, special.softmax(z3, axis=1), multi_class="ovr"))
+

@@ -5,59 +5,65 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression
 
 from asa.eval.bootstrap import bootstrap_ci
-from asa.eval.folds import grouped_folds
-from asa.eval.logistic import fit_logistic
-from asa.eval.probe import ProbeSet, ridge_predict
-from asa.eval.probe_cv import case_probes, token_probes
+from asa.eval.probe import ProbeSet, ridge_predict, standardize
+from asa.eval.probe_cv import case_probes, logistic_probabilities, subject_folds, token_probes
 from asa.eval.regression import mae, r2
 
 
 def test_folds_never_split_a_subject_and_spread_the_classes():
     groups = [f"sub-{i // 3}" for i in range(30)]  # 10 subjects, 3 sessions each
     classes = [(i // 3) % 2 for i in range(30)]
-    fold = grouped_folds(groups, 5, seed=3, strata=classes)
+    fold = subject_folds(groups, 5, seed=3, strata=classes)
     for g in set(groups):
         assert len({fold[i] for i in range(30) if groups[i] == g}) == 1
     assert sorted(np.bincount(fold).tolist()) == [6] * 5  # 2 subjects per fold
     for f in range(5):  # one subject of each class per fold
         assert sorted(classes[i] for i in range(30) if fold[i] == f) == [0, 0, 0, 1, 1, 1]
-    assert grouped_folds(["a", "b", "c"], 10).max() == 2  # k lowered to the number of subjects
+    assert subject_folds(["a", "b", "c"], 10).max() == 2  # k lowered to the number of subjects
     with pytest.raises(ValueError, match="at least 2 subjects"):
-        grouped_folds(["a", "a"], 2)
+        subject_folds(["a", "a"], 2)
     with pytest.raises(ValueError, match="folds=1"):
-        grouped_folds(["a", "b"], 1)
+        subject_folds(["a", "b"], 1)
 
 
-def test_logistic_regression_is_at_its_optimum_and_matches_scikit_learn():
-    g = torch.Generator().manual_seed(0)
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_logistic_probe_is_scikit_learn_at_the_documented_penalty(num_classes):
+    # C = 1/logistic for two classes as for more: a softmax over two classes fitted with λ/2 ‖W‖²
+    # would be scikit-learn's binary model at C = 2/logistic (half the penalty)
+    g = torch.Generator().manual_seed(num_classes)
     x = torch.randn(60, 5, generator=g, dtype=torch.float64) * torch.tensor([1.0, 3.0, 0.5, 2.0, 1.0], dtype=torch.float64)
-    y = torch.randint(0, 3, (60,), generator=g)
+    y = (x[:, 0] + torch.randn(60, generator=g, dtype=torch.float64) > 0).long() if num_classes == 2 else \
+        torch.randint(0, 3, (60,), generator=g)
     lam = 2.0
-    fit = fit_logistic(x, y, 3, lam=lam)
-    # the gradient of Σ CE + λ/2 ‖W‖² vanishes: Zᵀ(P − Y) + λW = 0 and Σ(P − Y) = 0
-    z = (x - x.mean(0)) / x.std(0)
-    p = fit.probabilities(x)
-    onehot = torch.nn.functional.one_hot(y, 3).double()
-    assert torch.allclose(z.T @ (p - onehot) + lam * fit.weight, torch.zeros(5, 3, dtype=torch.float64), atol=1e-5)
-    assert torch.allclose((p - onehot).sum(0), torch.zeros(3, dtype=torch.float64), atol=1e-5)
-    sklearn = pytest.importorskip("sklearn.linear_model")
-    ref = sklearn.LogisticRegression(C=1 / lam, tol=1e-10, max_iter=10000).fit(z.numpy(), y.numpy())
-    assert np.allclose(ref.predict_proba(z.numpy()), p.numpy(), atol=1e-5)
-    with pytest.raises(ValueError, match="lam > 0"):
-        fit_logistic(x, y, 3, lam=0.0)
+    p = logistic_probabilities(x[:45], y[:45], x[45:], num_classes, lam=lam)
+    z_fit, z_test = (t.numpy() for t in standardize(x[:45], x[45:]))
+    ref = LogisticRegression(C=1 / lam, tol=1e-10, max_iter=10000).fit(z_fit, y[:45].numpy())
+    assert p.shape == (15, num_classes) and np.abs(ref.predict_proba(z_test) - p).max() < 1e-4
+    # at the optimum of Σ log-loss + λ/2 ‖w‖² the gradient Zᵀ(P − Y) + λW vanishes (binary: one w)
+    onehot = np.eye(num_classes)[y[:45].numpy()]
+    model = LogisticRegression(C=1 / lam, tol=1e-10, max_iter=10000).fit(z_fit, y[:45].numpy())
+    resid = model.predict_proba(z_fit) - onehot
+    w = model.coef_.T
+    grad = z_fit.T @ resid[:, 1:] + lam * w if num_classes == 2 else z_fit.T @ resid + lam * w
+    assert np.abs(grad).max() < 1e-4
+    absent = logistic_probabilities(x[:45], torch.where(y[:45] == 2, 0, y[:45]), x[45:], 3, lam=lam)
+    assert np.all(absent[:, 2] == 0) and np.allclose(absent.sum(1), 1.0)  # a class not fitted: probability 0
+    with pytest.raises(ValueError, match="logistic=0.0"):
+        logistic_probabilities(x, y, x, num_classes, lam=0.0)
 
 
-def test_ridge_matches_scikit_learn_on_standardised_features():
+def test_ridge_is_the_closed_form_on_standardised_features():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(40, 8, generator=g, dtype=torch.float64)
-    y = x[:, :1] * 2 + 0.3 * torch.randn(40, 1, generator=g, dtype=torch.float64) + 5
+    y = torch.cat([x[:, :1] * 2, -x[:, 1:2]], 1) + 0.3 * torch.randn(40, 2, generator=g, dtype=torch.float64) + 5
     pred = ridge_predict(x[:30], y[:30], x[30:], lam=3.0)
-    sklearn = pytest.importorskip("sklearn.linear_model")
     mu, sd = x[:30].mean(0), x[:30].std(0)
-    ref = sklearn.Ridge(alpha=3.0).fit(((x[:30] - mu) / sd).numpy(), y[:30, 0].numpy())
-    assert np.allclose(ref.predict(((x[30:] - mu) / sd).numpy()), pred[:, 0].numpy(), atol=1e-8)
+    a, b = (x[:30] - mu) / sd, (x[30:] - mu) / sd
+    w = torch.linalg.solve(a.T @ a + 3.0 * torch.eye(8, dtype=torch.float64), a.T @ (y[:30] - y[:30].mean(0)))
+    assert pred.shape == (10, 2) and torch.allclose(pred, b @ w + y[:30].mean(0), atol=1e-8)
 
 
 def _case_data(n: int = 40, informative: bool = True):
@@ -82,8 +88,9 @@ def test_continuous_case_probe_out_of_fold_predictions_and_intervals():
         assert np.allclose(pred[test], ref)
     assert out["metrics"]["ridge/mae"]["value"] == pytest.approx(mae(y, pred))
     assert out["metrics"]["ridge/r2"]["value"] == pytest.approx(r2(y, pred)) and r2(y, pred) > 0.95
-    est = bootstrap_ci(r2, y, pred, n_resamples=200, seed=0)  # the package's bootstrap over the cases
+    est = bootstrap_ci(r2, y, pred, n_resamples=200, seed=0, groups=groups)  # resampling subjects, not sessions
     assert (out["metrics"]["ridge/r2"]["ci_low"], out["metrics"]["ridge/r2"]["ci_high"]) == pytest.approx((est.low, est.high))
+    assert out["details"]["ridge"]["bootstrap"]["resampled"] == "subjects"
     knn = np.asarray(out["predictions"]["knn"])
     assert out["metrics"]["knn/mae"]["value"] == pytest.approx(mae(y, knn))
     noise = case_probes(_case_data(informative=False)[0], y, kind="continuous", groups=groups, folds=4, n_resamples=50)
@@ -128,3 +135,19 @@ def test_token_probe_scores_held_out_cases_and_resamples_cases():
     assert out["metrics"]["ridge/r2_mean"]["n_resamples"] == 100
     fold = out["fold"]
     assert fold[0] == fold[1] and fold[4] == fold[5]
+
+
+def test_binary_case_probe_is_scikit_learn_logistic_regression_per_fold():
+    g = torch.Generator().manual_seed(6)
+    labels = np.arange(36) % 2
+    x = torch.randn(36, 4, generator=g, dtype=torch.float64)
+    x[:, 0] += torch.from_numpy(labels * 1.5)
+    groups = [f"s{i // 2}" for i in range(36)]
+    out = case_probes(x, labels, kind="binary", names=("CN", "AD"), groups=groups, folds=3, logistic=0.5,
+                      n_resamples=20)
+    p, fold = np.asarray(out["predictions"]["logistic"]), np.asarray(out["fold"])
+    for f in range(3):
+        fit, test = fold != f, fold == f
+        z_fit, z_test = (t.numpy() for t in standardize(x[fit], x[test]))
+        ref = LogisticRegression(C=1 / 0.5, tol=1e-10, max_iter=10000).fit(z_fit, labels[fit]).predict_proba(z_test)
+        assert np.abs(ref - p[test]).max() < 1e-4
