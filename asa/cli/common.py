@@ -17,7 +17,7 @@ from asa.api.rundir import RunDirError
 from asa.api.schema import MOVED_KEYS
 from asa.cli.launch import write_status
 from asa.data import CaseError
-from asa.data.store import StoreSettingsError
+from asa.data.store import StoreIndexError, StoreSettingsError
 from asa.train import IncompatibleCheckpointError
 from asa.train.preemption import JobSignals
 
@@ -32,7 +32,8 @@ EXIT_REFUSED = 2
 def _run(app: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> int:
     try:
         result = run(cfg)
-    except (RunDirError, IncompatibleCheckpointError, CaseError, StoreSettingsError, OptionError) as err:
+    except (RunDirError, IncompatibleCheckpointError, CaseError, StoreSettingsError, StoreIndexError,
+            OptionError) as err:
         if cfg.get("debug", False):
             raise
         print(f"[{app}] refused: {err}", file=sys.stderr, flush=True)
@@ -52,7 +53,7 @@ def _run(app: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> int:
 def entry(app: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> None:
     """Run an entry point and end the process with a documented exit code: 0 finished, 1 failed,
     2 refused before starting (a bad option or value, run-directory rules, lock, incompatible resume,
-    bad cases, a store written under other settings), 128 + N stopped by signal N. Errors print one
+    bad cases, a store written under other settings or whose index is not one asa wrote), 128 + N stopped by signal N. Errors print one
     line (``debug=true``: the full traceback).
 
     Outside training a stop signal ends the job with 128 + N, but once training has finished it is

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from asa.data.case import Case
 from asa.data.store import (CASES, FORMAT, INDEX, SETTINGS, VERSION, StoreSettingsError, case_file_stamps,
-                            describe_settings_diff, record_name, store_settings)
+                            check_record, describe_settings_diff, record_name, store_settings)
 from asa.data.preprocessing import case_to_item
 from asa.io import atomic_path, atomic_write_json
 
@@ -150,13 +150,18 @@ def _init_worker() -> None:
 
 
 def _read_records(cases_dir: Path) -> dict[str, dict[str, Any]]:
+    """The case records in ``cases_dir``, each checked (`check_record`: a record naming a file outside
+    the folder is refused, `StoreIndexError`)."""
     out = {}
     for path in cases_dir.glob("*.json"):
         try:
             record = json.loads(path.read_text())
-            out[record["id"]] = record
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError):
             continue  # not a complete record: the case is processed again
+        case_id = record.get("id") if isinstance(record, dict) else None
+        check_record(str(case_id), record, f"data.store={cases_dir.parent}: {CASES}/{path.name}")
+        if isinstance(case_id, str):
+            out[case_id] = record
     return out
 
 
@@ -216,7 +221,8 @@ def build_store(
     old_index = {}
     if (folder / INDEX).is_file():
         try:
-            old_index = json.loads((folder / INDEX).read_text()).get("cases", {})
+            old_index = json.loads((folder / INDEX).read_text())
+            old_index = old_index.get("cases", {}) if isinstance(old_index, dict) else {}
         except ValueError:
             old_index = {}
 

@@ -1,0 +1,104 @@
+"""A store is a trust boundary: its index and records are checked before use, every file they name lies
+inside the store, and the console scripts refuse a store that breaks this (exit 2, naming the entry)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from asa.api import preprocess, pretrain
+from asa.api.config import compose_config
+from asa.cli.common import EXIT_REFUSED, entry
+from asa.data.store import StoreIndexError, open_store
+
+
+def _data(cache: Path, store: Path, *extra: str) -> list[str]:
+    return ["data=demo", "data.demo.cases=3", "data.demo.size=32", f"data.demo.cache_dir={cache}",
+            f"data.store={store}", "progress=false", "workers=1", *extra]
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> tuple[Path, Path]:
+    """(demo cache, a store of its 3 cases): copied by the tests that tamper with it."""
+    base = tmp_path_factory.mktemp("store")
+    preprocess(compose_config("preprocess", _data(base / "cache", base / "store")))
+    return base / "cache", base / "store"
+
+
+def _copy(store: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(store, to)
+    return to
+
+
+def _tamper_index(store: Path, edit) -> dict:
+    index = json.loads((store / "index.json").read_text())
+    edit(index)
+    (store / "index.json").write_text(json.dumps(index))
+    return index
+
+
+@pytest.mark.parametrize("name", ["../../../outside/x.npy", "/etc/passwd", "..", "sub/x.npy"])
+def test_an_index_naming_a_file_outside_the_store_is_refused_naming_the_entry(written, tmp_path, name):
+    store = _copy(written[1], tmp_path / "store")
+    first = sorted(json.loads((store / "index.json").read_text())["cases"])[0]
+    _tamper_index(store, lambda index: index["cases"][first]["arrays"].update(image=name))
+    with pytest.raises(StoreIndexError, match=rf"index.json cases\['{first}'\]: arrays\['image'\]=.* names a file "
+                                              r"outside the store's cases folder"):
+        open_store(store)
+
+
+@pytest.mark.parametrize("index, match", [
+    ({"format": "asa-store", "version": 1}, r"index.json: missing key 'settings'"),
+    ({"format": "asa-store", "version": 1, "settings": {}}, r"index.json: missing key 'cases'"),
+    ({"format": "asa-store", "version": 1, "settings": [], "cases": {}}, r"index.json: settings is list, expected an object"),
+    ({"format": "asa-store", "version": 2}, r"not an asa-store index of version 1 \(format 'asa-store', version 2\)"),
+    ([1, 2], r"index.json: expected an object, got list"),
+    ({"format": "asa-store", "version": 1, "settings": {}, "root": None, "layout": "bids",
+      "cases": {"a": {"arrays": {"image": "a.npy"}, "shape": [4, 4], "box": [[0, 0, 0], [4, 4, 4]],
+                      "centre": [2, 2, 2], "files": [], "bytes": 1}}},
+     r"cases\['a'\]: shape=\[4, 4\] is not 3 positive integers"),
+    ({"format": "asa-store", "version": 1, "settings": {}, "root": None, "layout": "bids",
+      "cases": {"a": {"arrays": {"image": "a.npy"}, "shape": [4, 4, 4], "box": [[0, 0, 0], [4, 4, 4]],
+                      "centre": [2, 2, 2], "bytes": 1}}}, r"cases\['a'\]: missing key 'files'"),
+])
+def test_an_index_is_checked_against_its_schema_naming_the_key(tmp_path, index, match):
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    with pytest.raises(StoreIndexError, match=match):
+        open_store(tmp_path)
+
+
+def test_training_from_a_tampered_store_exits_2_naming_the_entry(written, tmp_path, capsys):
+    cache, clean = written
+    store = _copy(clean, tmp_path / "store")
+    first = sorted(json.loads((store / "index.json").read_text())["cases"])[0]
+    _tamper_index(store, lambda index: index["cases"][first]["arrays"].update(brain="../../../outside/x.npy"))
+    cfg = compose_config("pretrain", ["model=tiny", "trainer=smoke", "data.size=32", "data.demo.cases=3",
+                                      "data.demo.size=32", f"data.demo.cache_dir={cache}", "device=cpu",
+                                      "probe.every=0", f"data.store={store}", f"output_dir={tmp_path / 'run'}"])
+    with pytest.raises(SystemExit) as stop:
+        entry("asa-pretrain", pretrain, cfg)
+    err = capsys.readouterr().err
+    assert stop.value.code == EXIT_REFUSED, err
+    assert f"refused: data.store={store}: index.json cases['{first}']: arrays['brain']=" in err
+    assert "outside the store's cases folder" in err
+
+
+def test_preprocess_refuses_a_record_naming_a_file_outside_the_store(written, tmp_path, capsys):
+    cache, clean = written
+    store = _copy(clean, tmp_path / "store")
+    outside = tmp_path / "outside.npy"
+    outside.write_bytes(b"not the store's")
+    record_path = sorted((store / "cases").glob("*.json"))[0]
+    record = json.loads(record_path.read_text())
+    record["arrays"]["image"] = str(outside)  # an absolute path that exists: once taken as "unchanged"
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(SystemExit) as stop:
+        entry("asa-preprocess", preprocess, compose_config("preprocess", _data(cache, store)))
+    err = capsys.readouterr().err
+    assert stop.value.code == EXIT_REFUSED, err
+    assert f"cases/{record_path.name}: arrays['image']=" in err and "outside the store's cases folder" in err
+    assert outside.read_bytes() == b"not the store's"
