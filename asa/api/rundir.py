@@ -98,10 +98,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunLock:
-    """``<output_dir>/run.lock`` holding host, PID, start time and command of the one job writing there."""
+    """``<output_dir>/run.lock`` holding host, PID, start time and command of the one job writing there;
+    ``option`` names the folder's setting in the refusal (``data.store`` for a store)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, option: str = "output_dir") -> None:
         self.path = Path(folder) / LOCK_NAME
+        self.option = option
         self.held = False
 
     def _create(self, command: str) -> bool:
@@ -143,8 +145,8 @@ class RunLock:
                 continue
             where = "on this host" if same_host else f"on host {info.get('host')}"
             raise RunDirError(
-                f"output_dir={self.path.parent} is in use by another job: pid {pid} {where}, started "
-                f"{info.get('started')} ({info.get('command')}). Wait for it to finish or use another output_dir. "
+                f"{self.option}={self.path.parent} is in use by another job: pid {pid} {where}, started "
+                f"{info.get('started')} ({info.get('command')}). Wait for it to finish or use another {self.option}. "
                 f"If that job is gone (e.g. its host went down), delete {self.path} and rerun."
             )
         raise RunDirError(f"could not take the lock {self.path}: it keeps changing (several jobs starting at once?)")

@@ -29,18 +29,28 @@ EXIT_FAILED = 1
 EXIT_REFUSED = 2
 
 
+_REFUSALS = (RunDirError, IncompatibleCheckpointError, CaseError, StoreSettingsError, StoreIndexError, OptionError)
+
+
+def _transform_cause(err: BaseException) -> BaseException:
+    """The error a MONAI transform raised, out of MONAI's ``applying transform <object at 0x…>`` wrapper
+    (one per nested `Compose`)."""
+    while (isinstance(err, RuntimeError) and str(err).startswith("applying transform")
+           and err.__cause__ is not None):
+        err = err.__cause__
+    return err
+
+
 def _run(app: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> int:
     try:
         result = run(cfg)
-    except (RunDirError, IncompatibleCheckpointError, CaseError, StoreSettingsError, StoreIndexError,
-            OptionError) as err:
+    except Exception as raised:
         if cfg.get("debug", False):
             raise
-        print(f"[{app}] refused: {err}", file=sys.stderr, flush=True)
-        return EXIT_REFUSED
-    except Exception as err:
-        if cfg.get("debug", False):
-            raise
+        err = _transform_cause(raised)
+        if isinstance(err, _REFUSALS):
+            print(f"[{app}] refused: {err}", file=sys.stderr, flush=True)
+            return EXIT_REFUSED
         print(f"[{app}] error: {describe_error(err)}\n  (rerun with debug=true for the full traceback)",
               file=sys.stderr, flush=True)
         return EXIT_FAILED

@@ -4,6 +4,7 @@ Written by ``asa-preprocess`` (`asa.data.preprocess`), read by training with ``d
 A store folder holds::
 
     settings.json          the preprocessing settings (written first; other settings are refused)
+    run.lock               held by the one asa-preprocess writing the store (a second one is refused)
     index.json             {"settings", "root", "layout", "cases": {id: record}, "skipped": [...]}
     cases/<id>.json        one case's record, written after its arrays (the index collects them)
     cases/<id>.<token>.<array>.npy   image [C, X, Y, Z] (float16 by default), brain uint8 [X, Y, Z],

@@ -102,3 +102,48 @@ def test_preprocess_refuses_a_record_naming_a_file_outside_the_store(written, tm
     assert stop.value.code == EXIT_REFUSED, err
     assert f"cases/{record_path.name}: arrays['image']=" in err and "outside the store's cases folder" in err
     assert outside.read_bytes() == b"not the store's"
+
+
+def test_a_second_writer_to_a_store_is_refused_while_the_first_holds_its_lock(written, tmp_path, capsys):
+    import datetime
+    import os
+    import socket
+
+    cache, clean = written
+    store = _copy(clean, tmp_path / "store")
+    before = (store / "index.json").stat().st_mtime_ns
+    holder = {"host": socket.gethostname(), "pid": os.getpid(),  # a live process on this host: the first writer
+              "started": datetime.datetime.now().isoformat(timespec="seconds"), "command": "asa-preprocess data=demo"}
+    (store / "run.lock").write_text(json.dumps(holder))
+    with pytest.raises(SystemExit) as stop:
+        entry("asa-preprocess", preprocess, compose_config("preprocess", _data(cache, store)))
+    err = capsys.readouterr().err
+    assert stop.value.code == EXIT_REFUSED, err
+    assert f"refused: data.store={store} is in use by another job: pid {os.getpid()} on this host" in err
+    assert "use another data.store" in err
+    assert (store / "index.json").stat().st_mtime_ns == before and json.loads((store / "run.lock").read_text()) == holder
+    (store / "run.lock").unlink()  # the first writer finished: the next run takes the lock and gives it back
+    assert preprocess(compose_config("preprocess", _data(cache, store))).unchanged == 3
+    assert not (store / "run.lock").exists()
+
+
+def test_an_error_inside_a_transform_is_shown_by_its_own_message(written, tmp_path, capsys):
+    """MONAI wraps what a transform raises in ``applying transform <object at 0x…>``: the console shows
+    the store's own message instead."""
+    from monai.transforms import Compose
+    from omegaconf import OmegaConf
+
+    from asa.data.store import StorePretrainCrop
+
+    store = _copy(written[1], tmp_path / "store")
+    item = open_store(store).items(sorted(open_store(store).records)[:1])[0]
+    (Path(item["dir"]) / item["arrays"]["image"]).unlink()
+
+    def run(cfg):
+        return Compose([Compose([StorePretrainCrop((32, 32, 32))])])(item)
+
+    with pytest.raises(SystemExit) as stop:
+        entry("asa-pretrain", run, OmegaConf.create({}))
+    err = capsys.readouterr().err
+    assert stop.value.code == 1
+    assert f"[asa-pretrain] error: case {item['id']}: cannot map " in err and "applying transform" not in err
