@@ -4,8 +4,9 @@
 RAS+, optional resampling, brain mask, z-score in the brain, brain centre; the crop is applied when
 reading) on each case in worker processes and writes each case's arrays, then its record, each
 atomically (temporary file + rename). A rerun processes only new cases and cases whose files
-changed (size or mtime; with ``hash`` also the sha256), so an interrupted run is resumed by running
-it again, and the index it leaves is always consistent: ``index.json`` is replaced only at the end
+changed (size or mtime; with ``hash`` also the sha256) and cases whose stored arrays are broken
+(missing, truncated, another shape or dtype than the record's: `array_fault`), so an interrupted run
+is resumed by running it again, and the index it leaves is always consistent: ``index.json`` is replaced only at the end
 of a run, and the files it names are deleted only after a newer index no longer names them.
 """
 
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from asa.data.case import Case
 from asa.data.store import (CASES, FORMAT, INDEX, SETTINGS, VERSION, StoreSettingsError, case_file_stamps,
-                            check_record, describe_settings_diff, record_name, store_settings)
+                            array_fault, check_record, describe_settings_diff, record_name, store_settings)
 from asa.data.preprocessing import case_to_item
 from asa.io import atomic_path, atomic_write_json
 
@@ -43,6 +44,7 @@ class StoreReport:
     cases: int  # cases in the index
     processed: list[str] = field(default_factory=list)  # written in this run
     unchanged: int = 0  # already in the store, files unchanged
+    redone: list[dict[str, str]] = field(default_factory=list)  # {"id", "reason"}: arrays found broken, processed again
     touched: list[str] = field(default_factory=list)  # hash mode: mtime changed, content the same (record updated)
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {"id", "reason", "stage": check | preprocess}
     removed: list[str] = field(default_factory=list)  # in the previous index, no longer among the cases
@@ -55,6 +57,9 @@ class StoreReport:
                  f"({len(self.processed)} processed, {self.unchanged} unchanged"
                  f"{f', {len(self.touched)} touched (same content)' if self.touched else ''}"
                  f"{f', {len(self.removed)} removed' if self.removed else ''}) in {self.wall_s:.1f} s"]
+        if self.redone:
+            lines.append(f"redid {len(self.redone)} case(s) whose stored arrays were broken:")
+            lines += [f"  - {r['id']}: {r['reason']}" for r in self.redone[:20]]
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} case(s):")
             lines += [f"  - {s['id']} ({s['stage']}): {s['reason']}" for s in self.skipped[:20]]
@@ -154,6 +159,9 @@ def _read_records(cases_dir: Path) -> dict[str, dict[str, Any]]:
     the folder is refused, `StoreIndexError`)."""
     out = {}
     for path in cases_dir.glob("*.json"):
+        if path.name.startswith("."):  # a temporary file of a killed run (`atomic_path`), never a record
+            path.unlink(missing_ok=True)
+            continue
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -239,7 +247,10 @@ def build_store(
     records, todo = {}, []
     for case in cases:
         record, files = previous.get(case.id), stamps[case.id]
-        complete = record is not None and all((folder / CASES / n).is_file() for n in record["arrays"].values())
+        faults = [] if record is None else [f for f in (array_fault(folder, record, n) for n in record["arrays"]) if f]
+        if faults:
+            report.redone.append({"id": case.id, "reason": "; ".join(faults)})
+        complete = record is not None and not faults
         state = _compare(record["files"], files, hash) if complete else "changed"
         if state == "changed":
             todo.append(case)

@@ -41,7 +41,7 @@ from asa.data.lattice import LatticeCropd, lattice_padding, reference_origin
 
 __all__ = [
     "FORMAT", "STORE_DTYPES", "Store", "StoreError", "StoreIndexError", "StoreSettingsError", "StoreLatticeCropd",
-    "StorePretrainCrop", "StoreSegmentationLoad", "case_file_stamps", "check_index", "check_record",
+    "StorePretrainCrop", "StoreSegmentationLoad", "array_fault", "case_file_stamps", "check_index", "check_record",
     "describe_settings_diff", "open_store", "record_name", "store_settings",
 ]
 
@@ -158,6 +158,33 @@ def case_file_stamps(case: Case) -> list[dict[str, Any]]:
         st = p.stat()
         out.append({"path": str(p), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)})
     return out
+
+
+def array_fault(folder: str | os.PathLike, record: Mapping[str, Any], name: str) -> str | None:
+    """None when the stored array ``name`` of a case record is whole, else what is wrong with it: its
+    file is missing, its header unreadable, its shape or dtype not the record's (``image`` [C, *box
+    extent], ``brain`` / ``label`` / ``region`` [*box extent], ``fg`` [fg_voxels]), or its size not what
+    that header needs (a truncated file). Only the header is read."""
+    path = Path(folder) / CASES / record["arrays"][name]
+    extent = [int(b) - int(a) for a, b in zip(*record["box"])]
+    expected = {"image": [int(record.get("channels", 1)), *extent], "fg": [record.get("fg_voxels")]}.get(name, extent)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(fh)
+            offset = fh.tell()
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    except (OSError, ValueError) as err:
+        return f"{path.name} is not a .npy array ({err})"
+    if list(shape) != expected or str(dtype) != record.get("dtypes", {}).get(name, str(dtype)):
+        return f"{path.name} holds {dtype} {list(shape)}, the record says {record.get('dtypes', {}).get(name)} {expected}"
+    needed = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size != needed:
+        return f"{path.name} has {size} bytes, its header needs {needed} ({'truncated' if size < needed else 'too long'})"
+    return None
 
 
 # --- reading ------------------------------------------------------------------------------------

@@ -147,3 +147,51 @@ def test_an_error_inside_a_transform_is_shown_by_its_own_message(written, tmp_pa
     err = capsys.readouterr().err
     assert stop.value.code == 1
     assert f"[asa-pretrain] error: case {item['id']}: cannot map " in err and "applying transform" not in err
+
+
+@pytest.mark.parametrize("hash", [False, True])
+@pytest.mark.parametrize("array, cut", [("image", 100), ("brain", 1), ("image", None)])
+def test_a_rerun_redoes_a_case_whose_stored_array_is_broken(written, tmp_path, hash, array, cut):
+    """A truncated array (``cut`` bytes off its end) or one with another shape in its header is not
+    'unchanged': the rerun processes that case again, says why, and leaves arrays that load."""
+    import numpy as np
+
+    cache, clean = written
+    store = _copy(clean, tmp_path / "store")
+    preprocess(compose_config("preprocess", _data(cache, store, f"hash={str(hash).lower()}")))  # records sha256 too
+    index = json.loads((store / "index.json").read_text())
+    case_id = sorted(index["cases"])[1]
+    path = store / "cases" / index["cases"][case_id]["arrays"][array]
+    if cut is None:  # a whole .npy file of another shape in its place
+        np.save(path, np.zeros((2, 2, 2), dtype=np.load(path).dtype))
+    else:
+        path.write_bytes(path.read_bytes()[:-cut])
+    report = preprocess(compose_config("preprocess", _data(cache, store, f"hash={str(hash).lower()}")))
+    assert report.processed == [case_id] and report.unchanged == 2
+    assert [r["id"] for r in report.redone] == [case_id] and path.name in report.redone[0]["reason"]
+    assert ("truncated" if cut else "[2, 2, 2]") in report.redone[0]["reason"]
+    record = json.loads((store / "index.json").read_text())["cases"][case_id]
+    for name in record["arrays"].values():
+        np.load(store / "cases" / name)  # whole again
+    again = preprocess(compose_config("preprocess", _data(cache, store, f"hash={str(hash).lower()}")))
+    assert again.processed == [] and again.redone == []
+
+
+def test_temporary_files_of_a_killed_run_are_skipped_and_cleaned(written, tmp_path):
+    """A run killed between writing a record's temporary file and renaming it leaves
+    ``.<id>.json.<random>.tmp.json`` (a complete record) and no ``<id>.json``: the rerun must not take
+    the temporary for the record, and removes it."""
+    cache, clean = written
+    store = _copy(clean, tmp_path / "store")
+    record_path = sorted((store / "cases").glob("*.json"))[0]
+    case_id = json.loads(record_path.read_text())["id"]
+    temporary = record_path.with_name(f".{record_path.name}.k1ll3d.tmp.json")
+    record_path.rename(temporary)
+    (store / "cases" / ".other.json.x.tmp.json").write_text('{"id": "half')  # a torn temporary as well
+    report = preprocess(compose_config("preprocess", _data(cache, store)))
+    assert report.processed == [case_id] and report.unchanged == 2
+    assert record_path.is_file() and not list((store / "cases").glob(".*"))
+    index = json.loads((store / "index.json").read_text())
+    named = {n for r in index["cases"].values() for n in r["arrays"].values()}
+    assert json.loads(record_path.read_text())["arrays"] == index["cases"][case_id]["arrays"]
+    assert {p.name for p in (store / "cases").glob("*.npy")} == named
