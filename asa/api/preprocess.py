@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from asa.api.common import _check_workers, dataset_root, refusing, region_source
-from asa.api.rundir import RunLock, command_line
+from asa.api.rundir import RunLock, check_writable, command_line
 from asa.api.schema import PretrainDataConfig, PreprocessConfig, SegmentationDataConfig, as_config
 from asa.methods.choices import check_choices
 from asa.data import CaseError, discover, get_task
@@ -68,6 +68,7 @@ def preprocess(config: PreprocessConfig | DictConfig):
     else:
         pre = PretrainPreprocess(int(data.size), resample_mm=data.resample_mm, regions=regions)
         channels = tuple(data.channels)
+    check_writable(store, "data.store")
     store.mkdir(parents=True, exist_ok=True)
     lock = RunLock(store, option="data.store")  # one writer per store, as one job per run folder
     lock.acquire(command_line(APP))

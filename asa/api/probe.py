@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from asa.api.common import OptionError, cases_of_split, dataset_root, refusing
 from asa.api.finetune_case import CASE_TASK
-from asa.api.rundir import RunDirError, command_line, move_aside
+from asa.api.rundir import RunDirError, check_writable, command_line, move_aside
 from asa.api.schema import FrozenProbeConfig, as_config
 from asa.data import discover, get_task, read_targets
 from asa.eval.frozen import RANDOM, FrozenEncoder, load_frozen, pooled_features, prepare_cases, random_frozen
@@ -108,6 +108,7 @@ def probe(config: FrozenProbeConfig | DictConfig) -> dict:
         device = resolve_device(str(cfg.device))
         out = Path(str(cfg.output)).expanduser().absolute()
         _check_output(out, bool(cfg.overwrite))
+        check_writable(out, "output")  # before the probes run, not after
         encoders = _encoders(entries, cfg.names, cfg, device)
         data = cfg.data
         root, layout = dataset_root(data)

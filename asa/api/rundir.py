@@ -18,6 +18,7 @@ import re
 import shlex
 import socket
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,8 @@ from asa.train.checkpoint import flatten
 from asa.train.distributed import DistEnv, all_gather_objects
 from asa.train.resume import ResumePoint, check_training_checkpoint
 
-__all__ = ["RunDirError", "RunDir", "RunLock", "LOCK_NAME", "command_line", "move_aside", "override", "prepare_run_dir",
-           "shell_path"]
+__all__ = ["RunDirError", "RunDir", "RunLock", "LOCK_NAME", "check_writable", "command_line", "move_aside", "override",
+           "prepare_run_dir", "shell_path"]
 
 LOCK_NAME = "run.lock"
 HISTORY_NAME = "config_history.yaml"
@@ -85,6 +86,35 @@ def _with_output_dir(cmd: str, out_dir: Path) -> str:
     """``cmd`` with output_dir=... replaced (or added)."""
     parts = [p for p in shlex.split(cmd) if not p.startswith("output_dir=")]
     return " ".join([*(shlex.quote(p) for p in parts), override("output_dir", out_dir)])
+
+
+_CANNOT_WRITE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC)
+
+
+def _cannot_write(option: str, folder: Path, err: OSError) -> RunDirError:
+    """The refusal of a folder that cannot be created or written (read-only, no permission, disk full)."""
+    return RunDirError(f"{option}={folder}: cannot write there ({os.strerror(err.errno).lower()}"
+                       f"{'; a read-only folder?' if err.errno != errno.ENOSPC else ''}); choose another {option}")
+
+
+def check_writable(folder: str | os.PathLike, option: str) -> None:
+    """Refuse (`RunDirError`, as `prepare_run_dir` refuses its ``output_dir``) a folder a job cannot write:
+    a file is created and removed in ``folder``, or in its nearest existing parent when it does not
+    exist yet (the folder itself is not created: a refusal leaves nothing behind)."""
+    folder = Path(folder)
+    probe_in = folder
+    while not probe_in.exists() and probe_in.parent != probe_in:
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        return  # a file in the way: the caller's own checks name it
+    try:
+        fd, name = tempfile.mkstemp(prefix=".asa-write-check.", dir=probe_in)
+    except OSError as err:
+        if err.errno in _CANNOT_WRITE:
+            raise _cannot_write(option, folder, err) from None
+        raise
+    os.close(fd)
+    os.unlink(name)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -304,10 +334,8 @@ def prepare_run_dir(
             resume_point, moved_to = _check(out_dir, resume=resume, overwrite=overwrite,
                                             run_config=run_config, compat_keys=compat_keys, lock=lock, command=command)
         except Exception as err:
-            if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC):
-                err = RunDirError(f"output_dir={out_dir}: cannot write there ({os.strerror(err.errno).lower()}"
-                                  f"{'; a read-only folder?' if err.errno != errno.ENOSPC else ''}); "
-                                  f"choose another output_dir")
+            if isinstance(err, OSError) and err.errno in _CANNOT_WRITE:
+                err = _cannot_write("output_dir", out_dir, err)
             if lock is not None:
                 lock.release()
             if created and out_dir.is_dir() and not any(out_dir.iterdir()):
