@@ -19,7 +19,7 @@ from asa.api.schema import DataConfig, FinetuneConfig, PretrainConfig, PretrainD
 from asa.data import (CaseError, RegionSource, detect_layout, discover, ensure_demo_dataset, make_splits,
                       subject_groups)
 from asa.data.datasets import CaseLoadError
-from asa.data.store import StoreError, open_store
+from asa.data.store import StoreSettingsError, open_store
 from asa.io import CheckpointError, VolumeError, WriteError, atomic_write_json
 from asa.models import SYMMETRY_KEYS, network_spec
 from asa.models.patch import to_3tuple
@@ -139,8 +139,8 @@ def _cases_in_store(data: DataConfig, root: Path, layout: str, out_dir: Path | N
     """The cases of ``data.store`` (checked when it was written), after making sure that it was
     written from this data root and that no file under it is new or changed since."""
     store = open_store(data.store)
-    if store.root is not None and Path(store.root) != root:
-        raise StoreError(f"data.store={store.path} was written from data.root={store.root}, not {root}: "
+    if store.root is not None and Path(store.root).resolve() != root.resolve():  # one folder, however written
+        raise StoreSettingsError(f"data.store={store.path} was written from data.root={store.root}, not {root}: "
                          "write a store for this folder with asa-preprocess")
     cases, skipped = store.cases(discover(layout, root, on_bad_case="skip", validate="none"))
     if skipped and str(data.on_bad_case) == "error":

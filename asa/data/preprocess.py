@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from asa.data.case import Case
 from asa.data.store import (CASES, FORMAT, INDEX, SETTINGS, VERSION, StoreSettingsError, case_file_stamps,
-                            array_fault, check_record, describe_settings_diff, record_name, store_settings)
+                            array_fault, check_record, describe_settings_diff, record_name, stamp_key, store_settings)
 from asa.data.preprocessing import case_to_item
 from asa.io import atomic_path, atomic_write_json
 
@@ -294,10 +294,10 @@ def _compare(recorded: list[dict[str, Any]], now: list[dict[str, Any]], hash: bo
     """``unchanged`` | ``touched`` (hash mode: only the mtimes differ) | ``changed``. Without ``hash``
     a file is unchanged when its path, size and mtime are; with ``hash`` when its path, size and
     sha256 are (a record without sha256 falls back to the mtime)."""
-    stamp = [(f["path"], f["size"], f["mtime_ns"]) for f in recorded] == [(f["path"], f["size"], f["mtime_ns"]) for f in now]
+    stamp = [stamp_key(f) for f in recorded] == [stamp_key(f) for f in now]
     if not hash or not all(f.get("sha256") for f in recorded):
         return "unchanged" if stamp else "changed"
-    same = [(f["path"], f["size"], f["sha256"]) for f in recorded] == [(f["path"], f["size"], f["sha256"]) for f in now]
+    same = [(*stamp_key(f)[:2], f["sha256"]) for f in recorded] == [(*stamp_key(f)[:2], f["sha256"]) for f in now]
     return "changed" if not same else "unchanged" if stamp else "touched"
 
 

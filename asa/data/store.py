@@ -42,7 +42,7 @@ from asa.data.lattice import LatticeCropd, lattice_padding, reference_origin
 __all__ = [
     "FORMAT", "STORE_DTYPES", "Store", "StoreError", "StoreIndexError", "StoreSettingsError", "StoreLatticeCropd",
     "StorePretrainCrop", "StoreSegmentationLoad", "array_fault", "case_file_stamps", "check_index", "check_record",
-    "describe_settings_diff", "open_store", "record_name", "store_settings",
+    "describe_settings_diff", "open_store", "record_name", "stamp_key", "store_settings",
 ]
 
 FORMAT = "asa-store"
@@ -151,6 +151,12 @@ def record_name(case_id: str) -> str:
     return safe if safe == case_id else f"{safe}-{hashlib.sha1(case_id.encode()).hexdigest()[:8]}"
 
 
+def stamp_key(stamp: Mapping[str, Any]) -> tuple[str, int, int]:
+    """(resolved path, size, mtime) of a file stamp: a data root written as a relative or an absolute
+    path, or through a link, names the same files."""
+    return os.path.realpath(stamp["path"]), int(stamp["size"]), int(stamp["mtime_ns"])
+
+
 def case_file_stamps(case: Case) -> list[dict[str, Any]]:
     """Path, size and mtime (ns) of every file of a case (what a rerun compares)."""
     out = []
@@ -239,7 +245,7 @@ class Store:
                 stale.append(f"{case.id} ({err})")
                 continue
             recorded = [{k: f[k] for k in ("path", "size", "mtime_ns")} for f in record["files"]]
-            if now != recorded:
+            if [stamp_key(f) for f in now] != [stamp_key(f) for f in recorded]:
                 changed = [f["path"] for f, g in zip(now, recorded) if f != g] or [f["path"] for f in now]
                 stale.append(f"{case.id} ({changed[0]} changed)")
                 continue

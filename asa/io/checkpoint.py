@@ -29,6 +29,16 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping) -> Path:
     return path
 
 
+def _first_bytes(path: Path) -> str:
+    """What a file starts with, for a message: e.g. ``starts with 'hello'``."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(24)
+    except OSError:
+        return "unreadable"
+    return f"{path.stat().st_size} bytes, starting {head!r}"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint with `torch.load(weights_only=True)`.
 
@@ -54,6 +64,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint {path}: unreadable or truncated ({type(err).__name__}: {err})") from err
+    except Exception as err:  # any other fault of the unpickler on bytes that are no pickle (KeyError: 101 on text)
+        if zipfile.is_zipfile(path):
+            raise CheckpointError(f"checkpoint {path}: unreadable or corrupt ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f"checkpoint {path}: not a checkpoint — neither a torch.save archive nor a pickle "
+                              f"({_first_bytes(path)})") from err
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path}: expected a dict at the top level, got {type(state).__name__}")
     return state
