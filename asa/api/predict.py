@@ -192,11 +192,16 @@ def predict(config: PredictConfig | DictConfig) -> list[Path]:
                   f"({time.perf_counter() - start:.0f} s elapsed)", file=sys.stderr, flush=True)
 
     skipped: list[tuple[str, str]] = []
-    predict_cases(
-        predictor, todo, out, overlap=float(cfg.overlap), sw_batch_size=sw_batch_size,
-        tta_axes=list(cfg.tta_axes) if cfg.tta else [], save_probabilities=bool(cfg.save_probabilities),
-        on_bad_case=on_bad_case, skipped=skipped, progress=progress, on_written=on_written,
-    )
+    try:
+        predict_cases(
+            predictor, todo, out, overlap=float(cfg.overlap), sw_batch_size=sw_batch_size,
+            tta_axes=list(cfg.tta_axes) if cfg.tta else [], save_probabilities=bool(cfg.save_probabilities),
+            on_bad_case=on_bad_case, skipped=skipped, progress=progress, on_written=on_written,
+        )
+    except SystemExit as stop:  # a stop signal: the predictions written so far stay, recorded
+        stop.kept = (f"{len(written)} of {len(todo)} prediction(s) written in this run to {out}, recorded in "
+                     f"{MANIFEST}; continue with the same command and resume=true")
+        raise
     manifest["runs"][-1].update(written=len(written), kept=len(cases) - len(todo),
                                 skipped=[{"id": cid, "reason": reason} for cid, reason in skipped])
     atomic_write_json(out / MANIFEST, manifest)

@@ -84,8 +84,9 @@ def entry(app: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> None:
     except SystemExit as stop:  # a stop signal before training, or outside it
         code = stop.code if isinstance(stop.code, int) else EXIT_FAILED
         if code > 128:
-            print(f"[{app}] stopped by {signal.Signals(code - 128).name} outside training (nothing to save); "
-                  f"exit {code}", file=sys.stderr, flush=True)
+            kept = getattr(stop, "kept", None)  # what a job finished before the signal (set by the job)
+            print(f"[{app}] stopped by {signal.Signals(code - 128).name} outside training "
+                  f"({f'kept: {kept}' if kept else 'nothing to save'}); exit {code}", file=sys.stderr, flush=True)
     finally:
         write_status(code)
     sys.exit(code)

@@ -266,14 +266,20 @@ def build_store(
 
     jobs = [(c.to_dict(), preprocessor, tuple(channels), dtype, str(folder), stamps[c.id], checks) for c in todo]
     failures = []
-    with tqdm(total=len(jobs), desc="asa-preprocess", unit="case", disable=not progress or not jobs) as bar:
-        for case_id, record, fault in _run(jobs, workers):
-            if record is None:
-                failures.append({"id": case_id, "reason": fault, "stage": "preprocess"})
-            else:
-                records[case_id] = record
-                report.processed.append(case_id)
-            bar.update()
+    try:
+        with tqdm(total=len(jobs), desc="asa-preprocess", unit="case", disable=not progress or not jobs) as bar:
+            for case_id, record, fault in _run(jobs, workers):
+                if record is None:
+                    failures.append({"id": case_id, "reason": fault, "stage": "preprocess"})
+                else:
+                    records[case_id] = record
+                    report.processed.append(case_id)
+                bar.update()
+    except SystemExit as stop:  # a stop signal: what this run finished stays, for the console to say
+        stop.kept = (f"{len(report.processed)} of {len(jobs)} case(s) preprocessed in this run, their records in "
+                     f"{folder / CASES} (the index is written when a run completes); run the same command again "
+                     "to process only the rest")
+        raise
 
     ids = {c.id for c in cases}
     report.removed = sorted(i for i in old_index if i not in ids)

@@ -4,12 +4,14 @@ the console scripts exit with, and each row names a test that exists."""
 from __future__ import annotations
 
 import re
+import signal
 from pathlib import Path
 
 from asa.cli.common import EXIT_FAILED, EXIT_FINISHED, EXIT_REFUSED
 
 ROOT = Path(__file__).resolve().parents[2]
-OUTCOMES = {"refused up front": EXIT_REFUSED, "survived": EXIT_FINISHED, "failed": EXIT_FAILED}
+OUTCOMES = {"refused up front": EXIT_REFUSED, "survived": EXIT_FINISHED, "failed": EXIT_FAILED,
+            "stopped": 128 + signal.SIGTERM}  # the rows name SIGTERM; `entry` exits 128 + N
 
 
 def _rows() -> list[list[str]]:
@@ -25,6 +27,7 @@ def test_each_listed_exit_code_is_the_outcomes_constant():
     for fault, outcome, code, _ in rows:
         assert outcome in OUTCOMES, (fault, outcome)
         assert int(code) == OUTCOMES[outcome], (fault, outcome, code)
+        assert outcome != "stopped" or "SIGTERM" in fault, fault
 
 
 def test_each_row_names_a_test_that_exists():
