@@ -199,6 +199,7 @@ class RunDir:
     command: str
     moved_to: Path | None = None
     invocation: str = ""  # the full command line, resume=... included
+    created: bool = False  # the folder did not exist before this run (rank 0)
 
     def write_config(self, resolved: Mapping[str, Any]) -> None:
         """Fresh run: ``config.yaml``. Resumed run: ``config.yaml`` stays; what differs from it (and
@@ -221,9 +222,13 @@ class RunDir:
                         "resumed_from": str(self.resume.path), "changes": changes})
         atomic_write_text(history_path, yaml.safe_dump(history, sort_keys=False))
 
-    def release(self) -> None:
+    def release(self, *, refused: bool = False) -> None:
+        """Give the lock back; with ``refused`` (a check after the lock refused the run) also remove the
+        folder when this run created it and left nothing in it."""
         if self.lock is not None:
             self.lock.release()
+            if refused and self.created and self.path.is_dir() and not any(self.path.iterdir()):
+                self.path.rmdir()
 
 
 def _plain(obj: Any) -> Any:
@@ -350,7 +355,8 @@ def prepare_run_dir(
             raise
         if env.distributed:
             all_gather_objects(("ok", None if resume_point is None else str(resume_point.path)), env)
-        return RunDir(out_dir, resume_point, lock, command, moved_to, invocation=command_line(app, drop=()))
+        return RunDir(out_dir, resume_point, lock, command, moved_to, invocation=command_line(app, drop=()),
+                      created=created)
     status, value = all_gather_objects(None, env)[0]
     if status == "error":
         raise RunDirError(f"rank 0 refused the run: {value}")

@@ -85,6 +85,7 @@ def test_training_from_a_tampered_store_exits_2_naming_the_entry(written, tmp_pa
     assert stop.value.code == EXIT_REFUSED, err
     assert f"refused: data.store={store}: index.json cases['{first}']: arrays['brain']=" in err
     assert "outside the store's cases folder" in err
+    assert not (tmp_path / "run").exists()  # refused: no empty run folder left behind
 
 
 def test_preprocess_refuses_a_record_naming_a_file_outside_the_store(written, tmp_path, capsys):
