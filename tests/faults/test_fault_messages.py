@@ -20,12 +20,21 @@ def text_file(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.parametrize("text", ["not a checkpoint\n", '{"weights": 1}\n'])
+def test_any_text_file_is_said_not_to_be_a_checkpoint(tmp_path, text):
+    path = tmp_path / "notes.pt"
+    path.write_text(text)
+    with pytest.raises(CheckpointError, match=rf"^checkpoint {path}: not a checkpoint — .*starting b"):
+        load_checkpoint(path)
+
+
 def test_a_text_file_is_named_and_said_not_to_be_a_checkpoint(text_file):
     import asa
 
     for load in (load_checkpoint, asa.load_encoder):
-        with pytest.raises(CheckpointError, match=rf"^checkpoint {text_file}: not a checkpoint — neither a torch.save "
-                                                  r"archive nor a pickle \(32 bytes, starting b'hello, this"):
+        with pytest.raises(CheckpointError, match=rf"^checkpoint {text_file}: not a checkpoint — unreadable or corrupt, "
+                                                  r"neither a torch.save archive nor a pickle \(32 bytes, starting "
+                                                  r"b'hello, this"):
             load(text_file)
 
 
