@@ -148,7 +148,7 @@ def _cases_in_store(data: DataConfig, root: Path, layout: str, out_dir: Path | N
     store = open_store(data.store)
     if store.root is not None and Path(store.root).resolve() != root.resolve():  # one folder, however written
         raise StoreSettingsError(f"data.store={store.path} was written from data.root={store.root}, not {root}: "
-                         "write a store for this folder with asa-preprocess")
+                                 "write a store for this folder with asa-preprocess")
     cases, skipped = store.cases(discover(layout, root, on_bad_case="skip", validate="none"))
     if skipped and str(data.on_bad_case) == "error":
         lines = "\n".join(f"  - {p['id']}: {p['reason']}" for p in skipped[:20])

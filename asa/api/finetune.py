@@ -9,8 +9,8 @@ import torch
 from omegaconf import DictConfig
 
 from asa.api.common import (OptionError, TrainingRun, check_crop_fits, dataset_root, default_crop, load_cases,
-                             optimizer_and_config, record_geometry, refusing, region_source, report_fine_tuning, split_cases, trainer_config,
-                             training_ended, write_splits)
+                             optimizer_and_config, record_geometry, refusing, region_source, report_fine_tuning,
+                             split_cases, trainer_config, training_ended, write_splits)
 from asa.api.finetune_case import CASE_TASK, finetune_case
 from asa.api.schema import FinetuneConfig, as_config
 from asa.data import build_segmentation_dataset, get_task

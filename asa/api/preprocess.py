@@ -90,8 +90,8 @@ def _preprocess(cfg, data, store: Path, kind: str, pre, channels, root: Path, la
           f"{f', {len(rejected)} rejected' if rejected else ''}; preprocessing into {store} "
           f"({kind}, {cfg.dtype}, {workers} worker(s))", file=sys.stderr, flush=True)
     report = build_store(cases, store, preprocessor=pre, channels=channels, dtype=str(cfg.dtype), workers=workers,
-                         hash=bool(cfg.hash), checks="full", check_skipped=rejected, root=str(root.absolute()), layout=layout,
-                         progress=bool(cfg.progress))
+                         hash=bool(cfg.hash), checks="full", check_skipped=rejected, root=str(root.absolute()),
+                         layout=layout, progress=bool(cfg.progress))
     print(report.summary(), flush=True)
     failed = [s for s in report.skipped if s["stage"] == "preprocess"]
     if failed and str(data.on_bad_case) == "error":

@@ -79,7 +79,8 @@ def plan_run(profile: DeviceProfile, *, volumes: int, epochs: int, batch: int, g
     rates = {"samples/s per GPU": profile.samples_per_s, "crops/s per worker": profile.crops_per_worker,
              "cold crops/s per worker": profile.cold_crops_per_worker, "store bytes per case": case_bytes,
              "page-cache bytes": ram_bytes}
-    bad = [f"{name} {value}" for name, value in rates.items() if value is not None and not (math.isfinite(value) and value > 0)]
+    bad = [f"{name} {value}" for name, value in rates.items()
+           if value is not None and not (math.isfinite(value) and value > 0)]
     if bad:
         raise ValueError(f"{', '.join(bad)}: expected finite numbers > 0")
     steps = (volumes // gpus) // batch

@@ -63,8 +63,9 @@ def _run(app: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> int:
 def entry(app: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> None:
     """Run an entry point and end the process with a documented exit code: 0 finished, 1 failed,
     2 refused before starting (a bad option or value, run-directory rules, lock, incompatible resume,
-    bad cases, a store written under other settings or whose index is not one asa wrote), 128 + N stopped by signal N. Errors print one
-    line (``debug=true``: the full traceback).
+    bad cases, a store written under other settings or whose index is not one asa wrote), 128 + N
+    stopped by signal N (saying what the job kept). Errors print one line (``debug=true``: the full
+    traceback; an error raised inside a data transform is shown by its own message).
 
     Outside training a stop signal ends the job with 128 + N, but once training has finished it is
     only noted (`asa.train.preemption.JobSignals`). Under ``asa-torchrun`` the code is also recorded

@@ -39,7 +39,8 @@ def _number(kind: type, *, low: float, low_open: bool = False, high: float | Non
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}") from None
-        if not math.isfinite(value) or value < low or (low_open and value == low) or (high is not None and value > high):
+        if (not math.isfinite(value) or value < low or (low_open and value == low)
+                or (high is not None and value > high)):
             raise argparse.ArgumentTypeError(f"{text} is not {wanted}")
         return value
 

@@ -186,10 +186,12 @@ def array_fault(folder: str | os.PathLike, record: Mapping[str, Any], name: str)
     except (OSError, ValueError) as err:
         return f"{path.name} is not a .npy array ({err})"
     if list(shape) != expected or str(dtype) != record.get("dtypes", {}).get(name, str(dtype)):
-        return f"{path.name} holds {dtype} {list(shape)}, the record says {record.get('dtypes', {}).get(name)} {expected}"
+        return (f"{path.name} holds {dtype} {list(shape)}, the record says "
+                f"{record.get('dtypes', {}).get(name)} {expected}")
     needed = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if size != needed:
-        return f"{path.name} has {size} bytes, its header needs {needed} ({'truncated' if size < needed else 'too long'})"
+        return (f"{path.name} has {size} bytes, its header needs {needed} "
+                f"({'truncated' if size < needed else 'too long'})")
     return None
 
 
