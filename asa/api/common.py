@@ -19,7 +19,7 @@ from asa.api.schema import DataConfig, FinetuneConfig, PretrainConfig, PretrainD
 from asa.data import (CaseError, RegionSource, detect_layout, discover, ensure_demo_dataset, make_splits,
                       subject_groups)
 from asa.data.datasets import CaseLoadError
-from asa.data.store import StoreError, open_store
+from asa.data.store import StoreError, StoreSettingsError, open_store
 from asa.io import CheckpointError, VolumeError, WriteError, atomic_write_json
 from asa.models import SYMMETRY_KEYS, network_spec
 from asa.models.patch import to_3tuple
@@ -58,6 +58,13 @@ def refusing() -> Iterator[None]:
         raise OptionError(describe_error(err)) from err
 
 
+def _refused_before_writing(err: BaseException) -> bool:
+    """A refusal raised by a check that runs before a job writes (a store that cannot be used, bad cases,
+    a bad value)."""
+    return isinstance(err, (OptionError, RunDirError, CaseError, IncompatibleCheckpointError, StoreError)) or \
+        _is_refusal(err)
+
+
 class TrainingRun:
     """The set-up that pretraining and fine-tuning share: ``with TrainingRun(cfg, app) as run:`` joins
     the process group (``run.env``); ``run.prepare_dir(resolved)`` locks and checks ``cfg.output_dir``
@@ -83,8 +90,8 @@ class TrainingRun:
         return self.dir
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.dir is not None:
-            self.dir.release()
+        if self.dir is not None:  # a refusal after the folder was locked leaves no empty folder behind
+            self.dir.release(refused=exc is not None and _refused_before_writing(exc))
         cleanup_distributed(finished=exc_type is None)
         if self.dir is None and exc is not None and _is_refusal(exc):
             # the run folder was never touched: a bad option or value refuses the run (exit 2)
@@ -139,9 +146,9 @@ def _cases_in_store(data: DataConfig, root: Path, layout: str, out_dir: Path | N
     """The cases of ``data.store`` (checked when it was written), after making sure that it was
     written from this data root and that no file under it is new or changed since."""
     store = open_store(data.store)
-    if store.root is not None and Path(store.root) != root:
-        raise StoreError(f"data.store={store.path} was written from data.root={store.root}, not {root}: "
-                         "write a store for this folder with asa-preprocess")
+    if store.root is not None and Path(store.root).resolve() != root.resolve():  # one folder, however written
+        raise StoreSettingsError(f"data.store={store.path} was written from data.root={store.root}, not {root}: "
+                                 "write a store for this folder with asa-preprocess")
     cases, skipped = store.cases(discover(layout, root, on_bad_case="skip", validate="none"))
     if skipped and str(data.on_bad_case) == "error":
         lines = "\n".join(f"  - {p['id']}: {p['reason']}" for p in skipped[:20])

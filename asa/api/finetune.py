@@ -8,9 +8,9 @@ import sys
 import torch
 from omegaconf import DictConfig
 
-from asa.api.common import (TrainingRun, check_crop_fits, dataset_root, default_crop, load_cases, optimizer_and_config,
-                             record_geometry, refusing, region_source, report_fine_tuning, split_cases, trainer_config,
-                             training_ended, write_splits)
+from asa.api.common import (OptionError, TrainingRun, check_crop_fits, dataset_root, default_crop, load_cases,
+                             optimizer_and_config, record_geometry, refusing, region_source, report_fine_tuning,
+                             split_cases, trainer_config, training_ended, write_splits)
 from asa.api.finetune_case import CASE_TASK, finetune_case
 from asa.api.schema import FinetuneConfig, as_config
 from asa.data import build_segmentation_dataset, get_task
@@ -54,6 +54,8 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
         resolved = dataclasses.asdict(cfg)
         resolved["task"] = dataclasses.asdict(task)  # asa-predict rebuilds the task from the checkpoint
         patch = record_geometry(resolved, model)  # the effective crop, position code, axis and reference grid
+        if (fault := capabilities(model).crop_fault(patch)) is not None:  # before anything is written
+            raise OptionError(f"data.patch_size={patch}: {fault}")
         resolved["data"]["regions"]["source"] = "none" if regions is None else regions.source  # auto resolved
         lattice = {}
         if (grid := capabilities(model).lattice) is not None:  # crops start on the brain frame's patch lattice

@@ -103,7 +103,7 @@ def finetune_case(cfg: FinetuneConfig) -> FitResult:
         else:
             out_channels = targets.num_classes
             if bool(cfg.loss.class_weighted):
-                weights = class_weights(train_values.astype(np.int64), out_channels)
+                weights = class_weights(train_values.astype(np.int64), out_channels, targets.names)
         torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
         head = cfg.head
         model = build_case_head(cfg.model, in_channels=1,

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from asa.api.common import OptionError, cases_of_split, refusing
 from asa.api.finetune_case import CASE_TASK
 from asa.api.predict_case import predict_case
-from asa.api.rundir import RunDirError, command_line, move_aside, override
+from asa.api.rundir import RunDirError, check_writable, command_line, move_aside, override
 from asa.api.schema import PredictConfig, as_config
 from asa.eval.inference import check_sw_batch_size
 from asa.eval.predict import Predictor, gather_cases, predict_cases
@@ -155,6 +155,7 @@ def predict(config: PredictConfig | DictConfig) -> list[Path]:
         out = Path(str(cfg.output)).expanduser().absolute()
         manifest, kept = _check_output(out, inputs, overwrite=bool(cfg.overwrite), resume=bool(cfg.resume),
                                        checksum=checksum)
+        check_writable(out, "output")
     print(f"[asa] predicting {len(cases)} case(s) on {device}, precision {amp_name(amp_dtype)} (amp={cfg.amp}), "
           f"{threads} CPU threads{', torch.compile' if compile_net else ''}"
           f"{f'; the {cfg.subset} split of {cfg.split_file}' if cfg.split_file is not None else ''}", flush=True)
@@ -191,11 +192,16 @@ def predict(config: PredictConfig | DictConfig) -> list[Path]:
                   f"({time.perf_counter() - start:.0f} s elapsed)", file=sys.stderr, flush=True)
 
     skipped: list[tuple[str, str]] = []
-    predict_cases(
-        predictor, todo, out, overlap=float(cfg.overlap), sw_batch_size=sw_batch_size,
-        tta_axes=list(cfg.tta_axes) if cfg.tta else [], save_probabilities=bool(cfg.save_probabilities),
-        on_bad_case=on_bad_case, skipped=skipped, progress=progress, on_written=on_written,
-    )
+    try:
+        predict_cases(
+            predictor, todo, out, overlap=float(cfg.overlap), sw_batch_size=sw_batch_size,
+            tta_axes=list(cfg.tta_axes) if cfg.tta else [], save_probabilities=bool(cfg.save_probabilities),
+            on_bad_case=on_bad_case, skipped=skipped, progress=progress, on_written=on_written,
+        )
+    except SystemExit as stop:  # a stop signal: the predictions written so far stay, recorded
+        stop.kept = (f"{len(written)} of {len(todo)} prediction(s) written in this run to {out}, recorded in "
+                     f"{MANIFEST}; continue with the same command and resume=true")
+        raise
     manifest["runs"][-1].update(written=len(written), kept=len(cases) - len(todo),
                                 skipped=[{"id": cid, "reason": reason} for cid, reason in skipped])
     atomic_write_json(out / MANIFEST, manifest)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from asa.api.common import OptionError, cases_of_split
-from asa.api.rundir import RunDirError, move_aside
+from asa.api.rundir import RunDirError, check_writable, move_aside
 from asa.api.schema import PredictConfig
 from asa.data import detect_layout, discover
 from asa.eval.case_predict import PREDICTIONS_CSV, predict_case_rows, write_case_predictions
@@ -38,6 +38,7 @@ def predict_case(cfg: PredictConfig, state: dict, checkpoint: Path, inputs: list
     if target.exists() and not cfg.overwrite:
         raise RunDirError(f"output={out} already holds {PREDICTIONS_CSV}; use overwrite=true (it is moved aside) "
                           "or another output")
+    check_writable(out, "output")
     model = build_network(state["network"])
     model.load_state_dict(state["model"])
     print(f"[asa] predicting {task['target']} ({task['kind']}) for {len(cases)} case(s) on {device}, outputs averaged "

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from asa.api.common import _check_workers, dataset_root, refusing, region_source
+from asa.api.rundir import RunLock, check_writable, command_line
 from asa.api.schema import PretrainDataConfig, PreprocessConfig, SegmentationDataConfig, as_config
 from asa.methods.choices import check_choices
 from asa.data import CaseError, discover, get_task
@@ -67,7 +68,18 @@ def preprocess(config: PreprocessConfig | DictConfig):
     else:
         pre = PretrainPreprocess(int(data.size), resample_mm=data.resample_mm, regions=regions)
         channels = tuple(data.channels)
+    check_writable(store, "data.store")
     store.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(store, option="data.store")  # one writer per store, as one job per run folder
+    lock.acquire(command_line(APP))
+    try:
+        return _preprocess(cfg, data, store, kind, pre, channels, root, layout)
+    finally:
+        lock.release()
+
+
+def _preprocess(cfg, data, store: Path, kind: str, pre, channels, root: Path, layout: str):
+    """`preprocess` with the store's lock held."""
     bad = store / "bad_cases.json"
     bad.unlink(missing_ok=True)
     cases = discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case", report_path=bad,
@@ -78,8 +90,8 @@ def preprocess(config: PreprocessConfig | DictConfig):
           f"{f', {len(rejected)} rejected' if rejected else ''}; preprocessing into {store} "
           f"({kind}, {cfg.dtype}, {workers} worker(s))", file=sys.stderr, flush=True)
     report = build_store(cases, store, preprocessor=pre, channels=channels, dtype=str(cfg.dtype), workers=workers,
-                         hash=bool(cfg.hash), checks="full", check_skipped=rejected, root=str(root), layout=layout,
-                         progress=bool(cfg.progress))
+                         hash=bool(cfg.hash), checks="full", check_skipped=rejected, root=str(root.absolute()),
+                         layout=layout, progress=bool(cfg.progress))
     print(report.summary(), flush=True)
     failed = [s for s in report.skipped if s["stage"] == "preprocess"]
     if failed and str(data.on_bad_case) == "error":

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from asa.api.common import OptionError, cases_of_split, dataset_root, refusing
 from asa.api.finetune_case import CASE_TASK
-from asa.api.rundir import RunDirError, command_line, move_aside
+from asa.api.rundir import RunDirError, check_writable, command_line, move_aside
 from asa.api.schema import FrozenProbeConfig, as_config
 from asa.data import discover, get_task, read_targets
 from asa.eval.frozen import RANDOM, FrozenEncoder, load_frozen, pooled_features, prepare_cases, random_frozen
@@ -108,6 +108,7 @@ def probe(config: FrozenProbeConfig | DictConfig) -> dict:
         device = resolve_device(str(cfg.device))
         out = Path(str(cfg.output)).expanduser().absolute()
         _check_output(out, bool(cfg.overwrite))
+        check_writable(out, "output")  # before the probes run, not after
         encoders = _encoders(entries, cfg.names, cfg, device)
         data = cfg.data
         root, layout = dataset_root(data)
@@ -135,15 +136,22 @@ def probe(config: FrozenProbeConfig | DictConfig) -> dict:
             raise ValueError(f"data.root={root}: {len(cases)} usable case(s) of {len({*_groups(cases)})} subject(s); "
                              "cross-validation needs at least 2 subjects")
     groups = _groups(cases)
+    subjects = len({*groups})
+    folds = min(int(cfg.folds), subjects)  # a subject is never split over folds (`grouped_folds`)
     settings = {k: getattr(cfg, k) for k in ("folds", "seed", "ridge", "logistic", "logistic_steps", "knn_k", "bootstrap",
                                     "confidence", "batch_size")}
-    print(f"[asa] probing {len(encoders)} frozen encoder(s) on {len(cases)} case(s) of {len({*groups})} subject(s) "
-          f"from {root} ({target.get('column') or target['task']}, {target['kind']}), {cfg.folds}-fold "
-          f"cross-validation, {device}", flush=True)
+    settings["folds"] = folds
+    if folds < int(cfg.folds):
+        settings["folds_asked"] = int(cfg.folds)
+    fewer = (f" (folds={cfg.folds} asked, but there are only {subjects} subjects: one subject per fold)"
+             if folds < int(cfg.folds) else "")
+    print(f"[asa] probing {len(encoders)} frozen encoder(s) on {len(cases)} case(s) of {subjects} subject(s) "
+          f"from {root} ({target.get('column') or target['task']}, {target['kind']}), {folds}-fold "
+          f"cross-validation{fewer}, {device}", flush=True)
     if case_level and targets.skipped:
         print(f"[asa] {len(targets.skipped)} case(s) without a target left out (listed in probe.json)",
               file=sys.stderr, flush=True)
-    common = dict(folds=int(cfg.folds), seed=int(cfg.seed), n_resamples=int(cfg.bootstrap),
+    common = dict(folds=folds, seed=int(cfg.seed), n_resamples=int(cfg.bootstrap),
                   confidence=float(cfg.confidence), knn_k=int(cfg.knn_k), ridge=float(cfg.ridge))
     rows, prepared = [], {}
     for enc in encoders:

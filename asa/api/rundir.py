@@ -18,6 +18,7 @@ import re
 import shlex
 import socket
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,8 @@ from asa.train.checkpoint import flatten
 from asa.train.distributed import DistEnv, all_gather_objects
 from asa.train.resume import ResumePoint, check_training_checkpoint
 
-__all__ = ["RunDirError", "RunDir", "RunLock", "LOCK_NAME", "command_line", "move_aside", "override", "prepare_run_dir",
-           "shell_path"]
+__all__ = ["RunDirError", "RunDir", "RunLock", "LOCK_NAME", "check_writable", "command_line", "move_aside", "override",
+           "prepare_run_dir", "shell_path"]
 
 LOCK_NAME = "run.lock"
 HISTORY_NAME = "config_history.yaml"
@@ -87,6 +88,35 @@ def _with_output_dir(cmd: str, out_dir: Path) -> str:
     return " ".join([*(shlex.quote(p) for p in parts), override("output_dir", out_dir)])
 
 
+_CANNOT_WRITE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC)
+
+
+def _cannot_write(option: str, folder: Path, err: OSError) -> RunDirError:
+    """The refusal of a folder that cannot be created or written (read-only, no permission, disk full)."""
+    return RunDirError(f"{option}={folder}: cannot write there ({os.strerror(err.errno).lower()}"
+                       f"{'; a read-only folder?' if err.errno != errno.ENOSPC else ''}); choose another {option}")
+
+
+def check_writable(folder: str | os.PathLike, option: str) -> None:
+    """Refuse (`RunDirError`, as `prepare_run_dir` refuses its ``output_dir``) a folder a job cannot write:
+    a file is created and removed in ``folder``, or in its nearest existing parent when it does not
+    exist yet (the folder itself is not created: a refusal leaves nothing behind)."""
+    folder = Path(folder)
+    probe_in = folder
+    while not probe_in.exists() and probe_in.parent != probe_in:
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        return  # a file in the way: the caller's own checks name it
+    try:
+        fd, name = tempfile.mkstemp(prefix=".asa-write-check.", dir=probe_in)
+    except OSError as err:
+        if err.errno in _CANNOT_WRITE:
+            raise _cannot_write(option, folder, err) from None
+        raise
+    os.close(fd)
+    os.unlink(name)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -98,10 +128,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunLock:
-    """``<output_dir>/run.lock`` holding host, PID, start time and command of the one job writing there."""
+    """``<output_dir>/run.lock`` holding host, PID, start time and command of the one job writing there;
+    ``option`` names the folder's setting in the refusal (``data.store`` for a store)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, option: str = "output_dir") -> None:
         self.path = Path(folder) / LOCK_NAME
+        self.option = option
         self.held = False
 
     def _create(self, command: str) -> bool:
@@ -143,8 +175,8 @@ class RunLock:
                 continue
             where = "on this host" if same_host else f"on host {info.get('host')}"
             raise RunDirError(
-                f"output_dir={self.path.parent} is in use by another job: pid {pid} {where}, started "
-                f"{info.get('started')} ({info.get('command')}). Wait for it to finish or use another output_dir. "
+                f"{self.option}={self.path.parent} is in use by another job: pid {pid} {where}, started "
+                f"{info.get('started')} ({info.get('command')}). Wait for it to finish or use another {self.option}. "
                 f"If that job is gone (e.g. its host went down), delete {self.path} and rerun."
             )
         raise RunDirError(f"could not take the lock {self.path}: it keeps changing (several jobs starting at once?)")
@@ -167,6 +199,7 @@ class RunDir:
     command: str
     moved_to: Path | None = None
     invocation: str = ""  # the full command line, resume=... included
+    created: bool = False  # the folder did not exist before this run (rank 0)
 
     def write_config(self, resolved: Mapping[str, Any]) -> None:
         """Fresh run: ``config.yaml``. Resumed run: ``config.yaml`` stays; what differs from it (and
@@ -189,9 +222,13 @@ class RunDir:
                         "resumed_from": str(self.resume.path), "changes": changes})
         atomic_write_text(history_path, yaml.safe_dump(history, sort_keys=False))
 
-    def release(self) -> None:
+    def release(self, *, refused: bool = False) -> None:
+        """Give the lock back; with ``refused`` (a check after the lock refused the run) also remove the
+        folder when this run created it and left nothing in it."""
         if self.lock is not None:
             self.lock.release()
+            if refused and self.created and self.path.is_dir() and not any(self.path.iterdir()):
+                self.path.rmdir()
 
 
 def _plain(obj: Any) -> Any:
@@ -302,10 +339,8 @@ def prepare_run_dir(
             resume_point, moved_to = _check(out_dir, resume=resume, overwrite=overwrite,
                                             run_config=run_config, compat_keys=compat_keys, lock=lock, command=command)
         except Exception as err:
-            if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC):
-                err = RunDirError(f"output_dir={out_dir}: cannot write there ({os.strerror(err.errno).lower()}"
-                                  f"{'; a read-only folder?' if err.errno != errno.ENOSPC else ''}); "
-                                  f"choose another output_dir")
+            if isinstance(err, OSError) and err.errno in _CANNOT_WRITE:
+                err = _cannot_write("output_dir", out_dir, err)
             if lock is not None:
                 lock.release()
             if created and out_dir.is_dir() and not any(out_dir.iterdir()):
@@ -320,7 +355,8 @@ def prepare_run_dir(
             raise
         if env.distributed:
             all_gather_objects(("ok", None if resume_point is None else str(resume_point.path)), env)
-        return RunDir(out_dir, resume_point, lock, command, moved_to, invocation=command_line(app, drop=()))
+        return RunDir(out_dir, resume_point, lock, command, moved_to, invocation=command_line(app, drop=()),
+                      created=created)
     status, value = all_gather_objects(None, env)[0]
     if status == "error":
         raise RunDirError(f"rank 0 refused the run: {value}")

@@ -81,8 +81,13 @@ def plan_run(profile: DeviceProfile, *, volumes: int, epochs: int, batch: int, g
     """The plan (see the module docstring for the arithmetic)."""
     if min(volumes, epochs, batch, gpus) < 1:
         raise ValueError(f"volumes, epochs, batch and gpus must be >= 1, got {volumes}, {epochs}, {batch}, {gpus}")
-    if profile.samples_per_s <= 0 or profile.crops_per_worker <= 0:
-        raise ValueError("samples/s per GPU and crops/s per worker must be > 0")
+    rates = {"samples/s per GPU": profile.samples_per_s, "crops/s per worker": profile.crops_per_worker,
+             "cold crops/s per worker": profile.cold_crops_per_worker, "store bytes per case": case_bytes,
+             "page-cache bytes": ram_bytes}
+    bad = [f"{name} {value}" for name, value in rates.items()
+           if value is not None and not (math.isfinite(value) and value > 0)]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: expected finite numbers > 0")
     steps = (volumes // gpus) // batch
     if steps < 1:
         raise ValueError(f"{volumes} volumes on {gpus} GPU(s) at batch {batch} give no full step per epoch")

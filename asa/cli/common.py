@@ -17,7 +17,7 @@ from asa.api.rundir import RunDirError
 from asa.api.schema import MOVED_KEYS
 from asa.cli.launch import write_status
 from asa.data import CaseError
-from asa.data.store import StoreSettingsError
+from asa.data.store import StoreIndexError, StoreSettingsError
 from asa.train import IncompatibleCheckpointError
 from asa.train.preemption import JobSignals
 
@@ -29,17 +29,28 @@ EXIT_FAILED = 1
 EXIT_REFUSED = 2
 
 
+_REFUSALS = (RunDirError, IncompatibleCheckpointError, CaseError, StoreSettingsError, StoreIndexError, OptionError)
+
+
+def _transform_cause(err: BaseException) -> BaseException:
+    """The error a MONAI transform raised, out of MONAI's ``applying transform <object at 0x…>`` wrapper
+    (one per nested `Compose`)."""
+    while (isinstance(err, RuntimeError) and str(err).startswith("applying transform")
+           and err.__cause__ is not None):
+        err = err.__cause__
+    return err
+
+
 def _run(app: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> int:
     try:
         result = run(cfg)
-    except (RunDirError, IncompatibleCheckpointError, CaseError, StoreSettingsError, OptionError) as err:
+    except Exception as raised:
         if cfg.get("debug", False):
             raise
-        print(f"[{app}] refused: {err}", file=sys.stderr, flush=True)
-        return EXIT_REFUSED
-    except Exception as err:
-        if cfg.get("debug", False):
-            raise
+        err = _transform_cause(raised)
+        if isinstance(err, _REFUSALS):
+            print(f"[{app}] refused: {err}", file=sys.stderr, flush=True)
+            return EXIT_REFUSED
         print(f"[{app}] error: {describe_error(err)}\n  (rerun with debug=true for the full traceback)",
               file=sys.stderr, flush=True)
         return EXIT_FAILED
@@ -52,8 +63,9 @@ def _run(app: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> int:
 def entry(app: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> None:
     """Run an entry point and end the process with a documented exit code: 0 finished, 1 failed,
     2 refused before starting (a bad option or value, run-directory rules, lock, incompatible resume,
-    bad cases, a store written under other settings), 128 + N stopped by signal N. Errors print one
-    line (``debug=true``: the full traceback).
+    bad cases, a store written under other settings or whose index is not one asa wrote), 128 + N
+    stopped by signal N (saying what the job kept). Errors print one line (``debug=true``: the full
+    traceback; an error raised inside a data transform is shown by its own message).
 
     Outside training a stop signal ends the job with 128 + N, but once training has finished it is
     only noted (`asa.train.preemption.JobSignals`). Under ``asa-torchrun`` the code is also recorded
@@ -73,8 +85,9 @@ def entry(app: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> None:
     except SystemExit as stop:  # a stop signal before training, or outside it
         code = stop.code if isinstance(stop.code, int) else EXIT_FAILED
         if code > 128:
-            print(f"[{app}] stopped by {signal.Signals(code - 128).name} outside training (nothing to save); "
-                  f"exit {code}", file=sys.stderr, flush=True)
+            kept = getattr(stop, "kept", None)  # what a job finished before the signal (set by the job)
+            print(f"[{app}] stopped by {signal.Signals(code - 128).name} outside training "
+                  f"({f'kept: {kept}' if kept else 'nothing to save'}); exit {code}", file=sys.stderr, flush=True)
     finally:
         write_status(code)
     sys.exit(code)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 
@@ -23,31 +24,59 @@ example (the paper's setting, estimated H100 figures):
 """
 
 
+def _number(kind: type, *, low: float, low_open: bool = False, high: float | None = None):
+    """An argparse type: a finite ``kind`` value >= ``low`` (> ``low`` when ``low_open``) and <= ``high``;
+    argparse names the option in the refusal (exit 2)."""
+    if low_open:
+        wanted = f"a finite number > {low:g}"
+    else:
+        wanted = f"an integer >= {low:g}" if kind is int else f"a finite number >= {low:g}"
+    if high is not None:
+        wanted += f" and <= {high:g}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}") from None
+        if (not math.isfinite(value) or value < low or (low_open and value == low)
+                or (high is not None and value > high)):
+            raise argparse.ArgumentTypeError(f"{text} is not {wanted}")
+        return value
+
+    return parse
+
+
+_COUNT = _number(int, low=1)
+_POSITIVE = _number(float, low=0, low_open=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="asa-plan", description=__doc__.split("\n")[0].split(": ", 1)[1],
                                 epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--volumes", type=int, required=True, help="training volumes")
-    p.add_argument("--epochs", type=int, required=True)
-    p.add_argument("--batch", type=int, required=True, help="batch per GPU")
-    p.add_argument("--gpus", type=int, default=1)
-    p.add_argument("--gpus-per-node", type=int, help="GPUs per node (default: all on one node)")
-    p.add_argument("--workers-per-gpu", type=int, help="loader workers each GPU can have (CPU cores / GPUs)")
-    p.add_argument("--ram-gib", type=float, help="page cache available per node, GiB (default: enough)")
+    p.add_argument("--volumes", type=_COUNT, required=True, help="training volumes")
+    p.add_argument("--epochs", type=_COUNT, required=True)
+    p.add_argument("--batch", type=_COUNT, required=True, help="batch per GPU")
+    p.add_argument("--gpus", type=_COUNT, default=1)
+    p.add_argument("--gpus-per-node", type=_COUNT, help="GPUs per node (default: all on one node)")
+    p.add_argument("--workers-per-gpu", type=_COUNT, help="loader workers each GPU can have (CPU cores / GPUs)")
+    p.add_argument("--ram-gib", type=_POSITIVE, help="page cache available per node, GiB (default: enough)")
     d = p.add_argument_group("device profile")
     d.add_argument("--benchmarks-md", help="a BENCHMARKS.md to read figures from (with --device)")
     d.add_argument("--device", help="substring of the device column of the rows to use")
     d.add_argument("--from-json", nargs="+", default=[], help="scripts/benchmark.py --json files")
-    d.add_argument("--samples-per-s", type=float, help="training samples/s per GPU at --batch")
-    d.add_argument("--flops-per-sample", type=float, help="step FLOPs per sample (forward + backward)")
-    d.add_argument("--peak-tflops", type=float, help="the device's dense TFLOP/s at the run's precision")
-    d.add_argument("--utilization", type=float, default=0.4, help="fraction of the peak sustained (default 0.4)")
-    d.add_argument("--crops-per-worker", type=float, help="store loader crops/s per worker, page cache warm")
-    d.add_argument("--cold-crops-per-worker", type=float, help="the same, cold (used when the store exceeds --ram-gib)")
+    d.add_argument("--samples-per-s", type=_POSITIVE, help="training samples/s per GPU at --batch")
+    d.add_argument("--flops-per-sample", type=_POSITIVE, help="step FLOPs per sample (forward + backward)")
+    d.add_argument("--peak-tflops", type=_POSITIVE, help="the device's dense TFLOP/s at the run's precision")
+    d.add_argument("--utilization", type=_number(float, low=0, low_open=True, high=1), default=0.4,
+                   help="fraction of the peak sustained (default 0.4)")
+    d.add_argument("--crops-per-worker", type=_POSITIVE, help="store loader crops/s per worker, page cache warm")
+    d.add_argument("--cold-crops-per-worker", type=_POSITIVE, help="the same, cold (used when the store exceeds --ram-gib)")
     s = p.add_argument_group("store size (default: from a --loader JSON's store, else --box)")
-    s.add_argument("--case-mib", type=float, help="store MiB per case")
-    s.add_argument("--box", type=int, nargs=3, default=[144, 176, 144], metavar=("X", "Y", "Z"),
+    s.add_argument("--case-mib", type=_POSITIVE, help="store MiB per case")
+    s.add_argument("--box", type=_COUNT, nargs=3, default=[144, 176, 144], metavar=("X", "Y", "Z"),
                    help="voxels of a case's stored box (default 144 176 144: a 1 mm brain with margin)")
-    s.add_argument("--channels", type=int, default=1)
+    s.add_argument("--channels", type=_COUNT, default=1)
     s.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="the store's image precision")
     return p
 

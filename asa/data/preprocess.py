@@ -4,8 +4,9 @@
 RAS+, optional resampling, brain mask, z-score in the brain, brain centre; the crop is applied when
 reading) on each case in worker processes and writes each case's arrays, then its record, each
 atomically (temporary file + rename). A rerun processes only new cases and cases whose files
-changed (size or mtime; with ``hash`` also the sha256), so an interrupted run is resumed by running
-it again, and the index it leaves is always consistent: ``index.json`` is replaced only at the end
+changed (size or mtime; with ``hash`` also the sha256) and cases whose stored arrays are broken
+(missing, truncated, another shape or dtype than the record's: `array_fault`), so an interrupted run
+is resumed by running it again, and the index it leaves is always consistent: ``index.json`` is replaced only at the end
 of a run, and the files it names are deleted only after a newer index no longer names them.
 """
 
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from asa.data.case import Case
 from asa.data.store import (CASES, FORMAT, INDEX, SETTINGS, VERSION, StoreSettingsError, case_file_stamps,
-                            describe_settings_diff, record_name, store_settings)
+                            array_fault, check_record, describe_settings_diff, record_name, stamp_key, store_settings)
 from asa.data.preprocessing import case_to_item
 from asa.io import atomic_path, atomic_write_json
 
@@ -43,6 +44,7 @@ class StoreReport:
     cases: int  # cases in the index
     processed: list[str] = field(default_factory=list)  # written in this run
     unchanged: int = 0  # already in the store, files unchanged
+    redone: list[dict[str, str]] = field(default_factory=list)  # {"id", "reason"}: arrays found broken, processed again
     touched: list[str] = field(default_factory=list)  # hash mode: mtime changed, content the same (record updated)
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {"id", "reason", "stage": check | preprocess}
     removed: list[str] = field(default_factory=list)  # in the previous index, no longer among the cases
@@ -55,6 +57,9 @@ class StoreReport:
                  f"({len(self.processed)} processed, {self.unchanged} unchanged"
                  f"{f', {len(self.touched)} touched (same content)' if self.touched else ''}"
                  f"{f', {len(self.removed)} removed' if self.removed else ''}) in {self.wall_s:.1f} s"]
+        if self.redone:
+            lines.append(f"redid {len(self.redone)} case(s) whose stored arrays were broken:")
+            lines += [f"  - {r['id']}: {r['reason']}" for r in self.redone[:20]]
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} case(s):")
             lines += [f"  - {s['id']} ({s['stage']}): {s['reason']}" for s in self.skipped[:20]]
@@ -150,13 +155,21 @@ def _init_worker() -> None:
 
 
 def _read_records(cases_dir: Path) -> dict[str, dict[str, Any]]:
+    """The case records in ``cases_dir``, each checked (`check_record`: a record naming a file outside
+    the folder is refused, `StoreIndexError`)."""
     out = {}
     for path in cases_dir.glob("*.json"):
+        if path.name.startswith("."):  # a temporary file of a killed run (`atomic_path`), never a record
+            path.unlink(missing_ok=True)
+            continue
         try:
             record = json.loads(path.read_text())
-            out[record["id"]] = record
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError):
             continue  # not a complete record: the case is processed again
+        case_id = record.get("id") if isinstance(record, dict) else None
+        check_record(str(case_id), record, f"data.store={cases_dir.parent}: {CASES}/{path.name}")
+        if isinstance(case_id, str):
+            out[case_id] = record
     return out
 
 
@@ -216,7 +229,8 @@ def build_store(
     old_index = {}
     if (folder / INDEX).is_file():
         try:
-            old_index = json.loads((folder / INDEX).read_text()).get("cases", {})
+            old_index = json.loads((folder / INDEX).read_text())
+            old_index = old_index.get("cases", {}) if isinstance(old_index, dict) else {}
         except ValueError:
             old_index = {}
 
@@ -233,7 +247,10 @@ def build_store(
     records, todo = {}, []
     for case in cases:
         record, files = previous.get(case.id), stamps[case.id]
-        complete = record is not None and all((folder / CASES / n).is_file() for n in record["arrays"].values())
+        faults = [] if record is None else [f for f in (array_fault(folder, record, n) for n in record["arrays"]) if f]
+        if faults:
+            report.redone.append({"id": case.id, "reason": "; ".join(faults)})
+        complete = record is not None and not faults
         state = _compare(record["files"], files, hash) if complete else "changed"
         if state == "changed":
             todo.append(case)
@@ -249,14 +266,20 @@ def build_store(
 
     jobs = [(c.to_dict(), preprocessor, tuple(channels), dtype, str(folder), stamps[c.id], checks) for c in todo]
     failures = []
-    with tqdm(total=len(jobs), desc="asa-preprocess", unit="case", disable=not progress or not jobs) as bar:
-        for case_id, record, fault in _run(jobs, workers):
-            if record is None:
-                failures.append({"id": case_id, "reason": fault, "stage": "preprocess"})
-            else:
-                records[case_id] = record
-                report.processed.append(case_id)
-            bar.update()
+    try:
+        with tqdm(total=len(jobs), desc="asa-preprocess", unit="case", disable=not progress or not jobs) as bar:
+            for case_id, record, fault in _run(jobs, workers):
+                if record is None:
+                    failures.append({"id": case_id, "reason": fault, "stage": "preprocess"})
+                else:
+                    records[case_id] = record
+                    report.processed.append(case_id)
+                bar.update()
+    except SystemExit as stop:  # a stop signal: what this run finished stays, for the console to say
+        stop.kept = (f"{len(report.processed)} of {len(jobs)} case(s) preprocessed in this run, their records in "
+                     f"{folder / CASES} (the index is written when a run completes); run the same command again "
+                     "to process only the rest")
+        raise
 
     ids = {c.id for c in cases}
     report.removed = sorted(i for i in old_index if i not in ids)
@@ -277,10 +300,10 @@ def _compare(recorded: list[dict[str, Any]], now: list[dict[str, Any]], hash: bo
     """``unchanged`` | ``touched`` (hash mode: only the mtimes differ) | ``changed``. Without ``hash``
     a file is unchanged when its path, size and mtime are; with ``hash`` when its path, size and
     sha256 are (a record without sha256 falls back to the mtime)."""
-    stamp = [(f["path"], f["size"], f["mtime_ns"]) for f in recorded] == [(f["path"], f["size"], f["mtime_ns"]) for f in now]
+    stamp = [stamp_key(f) for f in recorded] == [stamp_key(f) for f in now]
     if not hash or not all(f.get("sha256") for f in recorded):
         return "unchanged" if stamp else "changed"
-    same = [(f["path"], f["size"], f["sha256"]) for f in recorded] == [(f["path"], f["size"], f["sha256"]) for f in now]
+    same = [(*stamp_key(f)[:2], f["sha256"]) for f in recorded] == [(*stamp_key(f)[:2], f["sha256"]) for f in now]
     return "changed" if not same else "unchanged" if stamp else "touched"
 
 

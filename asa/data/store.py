@@ -4,6 +4,7 @@ Written by ``asa-preprocess`` (`asa.data.preprocess`), read by training with ``d
 A store folder holds::
 
     settings.json          the preprocessing settings (written first; other settings are refused)
+    run.lock               held by the one asa-preprocess writing the store (a second one is refused)
     index.json             {"settings", "root", "layout", "cases": {id: record}, "skipped": [...]}
     cases/<id>.json        one case's record, written after its arrays (the index collects them)
     cases/<id>.<token>.<array>.npy   image [C, X, Y, Z] (float16 by default), brain uint8 [X, Y, Z],
@@ -39,8 +40,9 @@ from asa.data.geometry import crop_at
 from asa.data.lattice import LatticeCropd, lattice_padding, reference_origin
 
 __all__ = [
-    "FORMAT", "STORE_DTYPES", "Store", "StoreError", "StoreSettingsError", "StoreLatticeCropd", "StorePretrainCrop",
-    "StoreSegmentationLoad", "case_file_stamps", "describe_settings_diff", "open_store", "record_name", "store_settings",
+    "FORMAT", "STORE_DTYPES", "Store", "StoreError", "StoreIndexError", "StoreSettingsError", "StoreLatticeCropd",
+    "StorePretrainCrop", "StoreSegmentationLoad", "array_fault", "case_file_stamps", "check_index", "check_record",
+    "describe_settings_diff", "open_store", "record_name", "stamp_key", "store_settings",
 ]
 
 FORMAT = "asa-store"
@@ -55,6 +57,74 @@ class StoreError(RuntimeError):
 
 class StoreSettingsError(StoreError):
     """A store was written under other preprocessing settings than the ones asked for."""
+
+
+class StoreIndexError(StoreError):
+    """A store's index or a case record is not what asa writes (a missing or mistyped key, an array
+    named outside the store's ``cases`` folder): the store is not used."""
+
+
+def _is_int_list(value: Any, n: int | None = None) -> bool:
+    return (isinstance(value, list) and (n is None or len(value) == n)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+
+
+def _is_number_list(value: Any, n: int) -> bool:
+    return (isinstance(value, list) and len(value) == n
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+
+
+def check_record(case_id: str, record: Any, where: str) -> None:
+    """Raise `StoreIndexError` unless ``record`` is a case record as `asa.data.preprocess` writes it:
+    its grid (``shape``, ``box``, ``centre``), source ``files`` and ``arrays``, each array a bare
+    file name, so that every file it names lies inside the store's ``cases`` folder. ``where`` names
+    the entry in the message (e.g. ``data.store=DIR: index.json cases['sub-01']``)."""
+    if not isinstance(record, dict):
+        raise StoreIndexError(f"{where}: expected a case record (an object), got {type(record).__name__}")
+    checks = {
+        "arrays": (lambda v: isinstance(v, dict) and "image" in v, "an object of array files with 'image'"),
+        "shape": (lambda v: _is_int_list(v, 3) and all(x > 0 for x in v), "3 positive integers"),
+        "box": (lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int_list(b, 3) for b in v),
+                "[[start x, y, z], [stop x, y, z]] integers"),
+        "centre": (lambda v: _is_number_list(v, 3), "3 numbers"),
+        "files": (lambda v: isinstance(v, list) and all(isinstance(f, dict) and {"path", "size", "mtime_ns"} <= set(f)
+                                                        for f in v), "a list of {path, size, mtime_ns}"),
+        "bytes": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a byte count"),
+    }
+    for key, (ok, expected) in checks.items():
+        if key not in record:
+            raise StoreIndexError(f"{where}: missing key {key!r} ({expected}); rewrite the store with asa-preprocess")
+        if not ok(record[key]):
+            raise StoreIndexError(f"{where}: {key}={json.dumps(record[key])[:80]} is not {expected}; rewrite the "
+                                  "store with asa-preprocess")
+    for name, file in record["arrays"].items():
+        # a bare file name: joined to the cases folder it can only name a file in it (no '..', no absolute path)
+        if not isinstance(file, str) or not file or file in (".", "..") or Path(file).name != file or "\\" in file:
+            raise StoreIndexError(f"{where}: arrays[{name!r}]={json.dumps(file)} names a file outside the store's "
+                                  f"{CASES} folder; a store only reads its own files: rewrite it with asa-preprocess")
+
+
+def check_index(data: Any, where: str) -> None:
+    """Raise `StoreIndexError` naming the first key of a store index (``index.json``) that is missing or
+    of the wrong type, or the first case record that `check_record` refuses."""
+    if not isinstance(data, dict):
+        raise StoreIndexError(f"{where}: expected an object, got {type(data).__name__}")
+    if data.get("format") != FORMAT or data.get("version") != VERSION:
+        raise StoreIndexError(f"{where} is not an {FORMAT} index of version {VERSION} "
+                              f"(format {data.get('format')!r}, version {data.get('version')!r})")
+    checks = {"settings": (dict, "an object"), "cases": (dict, "an object of case records"),
+              "root": ((str, type(None)), "a folder or null"), "layout": ((str, type(None)), "a layout name or null"),
+              "skipped": (list, "a list")}
+    for key, (kind, expected) in checks.items():
+        if key not in data:
+            if key == "skipped":
+                continue
+            raise StoreIndexError(f"{where}: missing key {key!r} ({expected}); rewrite the store with asa-preprocess")
+        if not isinstance(data[key], kind):
+            raise StoreIndexError(f"{where}: {key} is {type(data[key]).__name__}, expected {expected}; rewrite the "
+                                  "store with asa-preprocess")
+    for case_id, record in data["cases"].items():
+        check_record(case_id, record, f"{where} cases[{case_id!r}]")
 
 
 def store_settings(pre_settings: Mapping[str, Any], *, channels: Sequence[str], dtype: str) -> dict[str, Any]:
@@ -81,6 +151,12 @@ def record_name(case_id: str) -> str:
     return safe if safe == case_id else f"{safe}-{hashlib.sha1(case_id.encode()).hexdigest()[:8]}"
 
 
+def stamp_key(stamp: Mapping[str, Any]) -> tuple[str, int, int]:
+    """(resolved path, size, mtime) of a file stamp: a data root written as a relative or an absolute
+    path, or through a link, names the same files."""
+    return os.path.realpath(stamp["path"]), int(stamp["size"]), int(stamp["mtime_ns"])
+
+
 def case_file_stamps(case: Case) -> list[dict[str, Any]]:
     """Path, size and mtime (ns) of every file of a case (what a rerun compares)."""
     out = []
@@ -88,6 +164,35 @@ def case_file_stamps(case: Case) -> list[dict[str, Any]]:
         st = p.stat()
         out.append({"path": str(p), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)})
     return out
+
+
+def array_fault(folder: str | os.PathLike, record: Mapping[str, Any], name: str) -> str | None:
+    """None when the stored array ``name`` of a case record is whole, else what is wrong with it: its
+    file is missing, its header unreadable, its shape or dtype not the record's (``image`` [C, *box
+    extent], ``brain`` / ``label`` / ``region`` [*box extent], ``fg`` [fg_voxels]), or its size not what
+    that header needs (a truncated file). Only the header is read."""
+    path = Path(folder) / CASES / record["arrays"][name]
+    extent = [int(b) - int(a) for a, b in zip(*record["box"])]
+    expected = {"image": [int(record.get("channels", 1)), *extent], "fg": [record.get("fg_voxels")]}.get(name, extent)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(fh)
+            offset = fh.tell()
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    except (OSError, ValueError) as err:
+        return f"{path.name} is not a .npy array ({err})"
+    if list(shape) != expected or str(dtype) != record.get("dtypes", {}).get(name, str(dtype)):
+        return (f"{path.name} holds {dtype} {list(shape)}, the record says "
+                f"{record.get('dtypes', {}).get(name)} {expected}")
+    needed = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size != needed:
+        return (f"{path.name} has {size} bytes, its header needs {needed} "
+                f"({'truncated' if size < needed else 'too long'})")
+    return None
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -142,7 +247,7 @@ class Store:
                 stale.append(f"{case.id} ({err})")
                 continue
             recorded = [{k: f[k] for k in ("path", "size", "mtime_ns")} for f in record["files"]]
-            if now != recorded:
+            if [stamp_key(f) for f in now] != [stamp_key(f) for f in recorded]:
                 changed = [f["path"] for f, g in zip(now, recorded) if f != g] or [f["path"] for f in now]
                 stale.append(f"{case.id} ({changed[0]} changed)")
                 continue
@@ -163,8 +268,10 @@ class Store:
 
 
 @functools.lru_cache(maxsize=8)
-def _read_index(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+def _read_index(path: str, mtime_ns: int, size: int, where: str) -> dict[str, Any]:
+    data = json.loads(Path(path).read_text())
+    check_index(data, where)  # once per version of the file (cached with it)
+    return data
 
 
 def open_store(path: str | os.PathLike | Store, option: str = "data.store") -> Store:
@@ -179,12 +286,11 @@ def open_store(path: str | os.PathLike | Store, option: str = "data.store") -> S
         raise StoreError(f"{option}={folder}: no store index {INDEX} there{hint}")
     st = index.stat()
     try:
-        data = _read_index(str(index), st.st_mtime_ns, st.st_size)
+        data = _read_index(str(index), st.st_mtime_ns, st.st_size, f"{option}={folder}: {INDEX}")
+    except StoreIndexError:
+        raise
     except ValueError as err:
-        raise StoreError(f"{option}={folder}: {index} is not a store index ({err})") from None
-    if data.get("format") != FORMAT or data.get("version") != VERSION:
-        raise StoreError(f"{option}={folder}: {index} is not an {FORMAT} index of version {VERSION} "
-                         f"(format {data.get('format')!r}, version {data.get('version')!r})")
+        raise StoreIndexError(f"{option}={folder}: {index} is not a store index ({err})") from None
     return Store(folder, data["settings"], data["cases"], data.get("root"), data.get("layout"),
                  data.get("skipped", []))
 

@@ -332,6 +332,14 @@ def _parse(raw: Raw, kind: str, classes: Sequence[object] | None, source: str, c
         found = set(labels.values())
         as_numbers = all(_number(c) is not None for c in found)
         names = tuple(sorted(found, key=lambda c: (float(c), c) if as_numbers else (0.0, c)))
+        by_case: dict[str, list[str]] = {}
+        for name in sorted(found):
+            by_case.setdefault(name.casefold(), []).append(name)
+        typos = [spellings for spellings in by_case.values() if len(spellings) > 1]
+        if typos:
+            shown = "; ".join(" and ".join(repr(n) for n in spellings) for spellings in typos)
+            raise ValueError(f"{where_col}: the classes {shown} differ only in letter case: a typo? Write each "
+                             "class one way, or pass classes=[...] to pick the classes")
     hint = "; pass classes=[...] to pick them" if classes is None else ""
     if len(names) < 2:
         raise ValueError(f"{where_col}: a class target needs at least two classes, found {list(names)}{hint}")

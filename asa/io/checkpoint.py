@@ -29,6 +29,19 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping) -> Path:
     return path
 
 
+def _not_a_checkpoint(path: Path) -> str:
+    """The message for a file that is neither a torch.save archive nor a pickle (a text file, noise),
+    with its size and first bytes."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(24)
+        seen = f"{path.stat().st_size} bytes, starting {head!r}"
+    except OSError:
+        seen = "unreadable"
+    return (f"checkpoint {path}: not a checkpoint — unreadable or corrupt, neither a torch.save archive nor a "
+            f"pickle ({seen})")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint with `torch.load(weights_only=True)`.
 
@@ -43,10 +56,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except pickle.UnpicklingError as err:
         if not zipfile.is_zipfile(path) or "Unsupported global" not in str(err):
             # random bytes / a torn file also fail in the weights-only unpickler: not a security matter
-            raise CheckpointError(
-                f"checkpoint {path}: unreadable or corrupt — not a checkpoint written by torch.save "
-                f"({str(err).splitlines()[-1][:200]})"
-            ) from err
+            raise CheckpointError(_not_a_checkpoint(path) if not zipfile.is_zipfile(path) else
+                                  f"checkpoint {path}: unreadable or corrupt — not a checkpoint written by torch.save "
+                                  f"({str(err).splitlines()[-1][:200]})") from err
         raise CheckpointError(
             f"checkpoint {path}: refused — it contains pickled Python objects that are not plain tensors or "
             f"containers (weights_only=True loading rejected it; a pickle payload could run arbitrary code). "
@@ -54,6 +66,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint {path}: unreadable or truncated ({type(err).__name__}: {err})") from err
+    except Exception as err:  # any other fault of the unpickler on bytes that are no pickle (KeyError: 101 on text)
+        if zipfile.is_zipfile(path):
+            raise CheckpointError(f"checkpoint {path}: unreadable or corrupt ({type(err).__name__}: {err})") from err
+        raise CheckpointError(_not_a_checkpoint(path)) from err
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path}: expected a dict at the top level, got {type(state).__name__}")
     return state

@@ -12,6 +12,7 @@ from typing import Any
 from monai.networks.nets import UNETR, SwinUNETR
 from torch import nn
 
+from asa.models.declared import Capabilities
 from asa.models.patch import to_3tuple
 from asa.models.registry import record_spec, register_network
 
@@ -38,4 +39,5 @@ def swin_unetr(*, img_size: Any = None, **kwargs: Any) -> nn.Module:
     size = spec_input_size("swin_unetr", img_size)
     net = SwinUNETR(**kwargs)
     net.img_size = tuple(size)
+    net.capabilities = Capabilities(crop_multiple=32, crop_min=64)  # five halvings; a 1³ bottleneck fails to normalise
     return record_spec(net, "swin_unetr", {"img_size": size, **kwargs})

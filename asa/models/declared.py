@@ -24,6 +24,17 @@ class Capabilities:
     reference_grid: tuple[int, int, int] | None = None  # the brain frame's grid, in patches
     zero_encoder: bool = False  # zero_encoder_states(): the encoder-reliance diagnostic
     crop_lattice: int | None = None  # a case network: the voxel step its shifted test-time crops keep to
+    crop_multiple: int | None = None  # every crop edge must be a multiple of it (SwinUNETR: 2^5, its five halvings)
+    crop_min: int | None = None  # and at least this (SwinUNETR: 64, a bottleneck of one voxel cannot be normalised)
+
+    def crop_fault(self, crop: int) -> str | None:
+        """Why the network cannot take crops of edge ``crop``, or None when it can."""
+        m, low = self.crop_multiple or 1, self.crop_min or 1
+        if crop >= low and crop % m == 0:
+            return None
+        wanted = " and ".join(([f"a multiple of {m}"] if m > 1 else []) + ([f"at least {low}"] if low > 1 else []))
+        fit = max(low + (-low) % m, crop - crop % m)
+        return f"the network takes crops whose edge is {wanted}: e.g. {fit}"
 
     def __post_init__(self) -> None:
         if (self.patch_size is None) != (self.reference_grid is None):

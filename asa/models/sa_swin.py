@@ -12,6 +12,7 @@ from torch import nn
 
 from asa.io import load_weights
 from asa.models.baselines import spec_input_size
+from asa.models.declared import Capabilities
 from asa.models.registry import record_spec, register_network
 from asa.models.saca import SymmetryCrossAttention
 from asa.models.segmenter import LoadReport, match_encoder_weights
@@ -56,6 +57,8 @@ class SASwin(SwinUNETR):
     ``symmetry_heads`` defaults to the last stage's ``num_heads``; other keyword arguments are those
     of ``monai.networks.nets.SwinUNETR``. x: [B, C, D, H, W] (sides divisible by 32) -> logits.
     """
+
+    capabilities = Capabilities(crop_multiple=32, crop_min=64)  # five halvings; a 1³ bottleneck fails to normalise
 
     def __init__(
         self,

@@ -31,14 +31,16 @@ def default_monitor(kind: str) -> tuple[str, str]:
     return f"val/{name}", "max" if HIGHER_IS_BETTER[name] else "min"
 
 
-def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
+def class_weights(labels: Sequence[int], num_classes: int, names: Sequence[str] = ()) -> torch.Tensor:
     """Inverse-frequency weights ``w_k = N / (K · n_k)`` (1 for every class when balanced); a class
-    absent from ``labels`` is an error (its weight would be infinite)."""
+    absent from ``labels`` is an error (its weight would be infinite), naming it by ``names`` (the
+    class names in index order) when given."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
     if (counts == 0).any():
         absent = [k for k in range(num_classes) if counts[k] == 0]
-        raise ValueError(f"no training case of class(es) {absent}: the class-weighted loss needs every class "
-                         "(change data.split or the targets)")
+        shown = ", ".join(repr(str(names[k])) for k in absent) if len(names) == num_classes else str(absent)
+        raise ValueError(f"no training case of class(es) {shown}: the class-weighted loss needs every class "
+                         "(change data.split or the targets, or set loss.class_weighted=false)")
     return torch.tensor(counts.sum() / (num_classes * counts), dtype=torch.float32)
 
 

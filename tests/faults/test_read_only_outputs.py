@@ -1,0 +1,112 @@
+"""asa-predict, asa-probe and asa-preprocess refuse an output folder they cannot write (exit 2, one line
+naming the option), before any work, as asa-pretrain / asa-finetune refuse their output_dir.
+
+The tests run as root in CI, where chmod does not stop writes: a read-only file system is simulated
+where asa creates files and folders (`tempfile.mkstemp`, `Path.mkdir`, `os.open` with O_CREAT)."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from asa.api import predict, preprocess, probe
+from asa.api.config import compose_config
+from asa.cli.common import EXIT_REFUSED, entry
+from asa.data import get_task, write_demo_dataset
+from asa.io import save_checkpoint
+from asa.models import PRESETS, build_network, network_spec
+
+
+@pytest.fixture
+def read_only(tmp_path, monkeypatch) -> Path:
+    """``tmp_path / "ro"``: an existing folder on a (simulated) read-only file system."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+
+    def inside(path) -> bool:
+        path = Path(path).absolute()
+        return path == ro or ro in path.parents
+
+    def refuse(path):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    real_mkstemp, real_mkdir, real_open = tempfile.mkstemp, Path.mkdir, os.open
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and inside(dir):
+            refuse(dir)
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    def mkdir(self, *args, **kwargs):
+        if inside(self) and not self.exists():
+            refuse(self)
+        return real_mkdir(self, *args, **kwargs)
+
+    def os_open(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and inside(path):
+            refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    monkeypatch.setattr(os, "open", os_open)
+    return ro
+
+
+def _refused(app: str, run, cfg, capsys, option: str, folder: Path) -> None:
+    with pytest.raises(SystemExit) as stop:
+        entry(app, run, cfg)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(f"[{app}]")]
+    assert stop.value.code == EXIT_REFUSED, lines
+    assert len(lines) == 1 and lines[0].startswith(f"[{app}] refused: {option}={folder}: cannot write there "
+                                                   "(read-only file system; a read-only folder?)"), lines
+    assert "Errno" not in lines[0]
+
+
+@pytest.fixture(scope="module")
+def brats(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ro-predict")
+    data = write_demo_dataset("brats", base / "brats", cases=2, size=16, seed=0)
+    task = get_task("brats")
+    tiny = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
+    torch.manual_seed(0)
+    net = build_network({"arch": "asa", "kwargs": dict(img_size=16, in_channels=len(task.channels),
+                                                      out_channels=task.num_outputs, **tiny)})
+    ckpt = save_checkpoint(base / "a.pt", {"model": net.state_dict(), "network": network_spec(net),
+                                           "config": {"task": dataclasses.asdict(task)}})
+    return data, ckpt
+
+
+@pytest.mark.parametrize("sub", ["", "preds"])  # the read-only folder itself, or a folder to create in it
+def test_predict_refuses_a_read_only_output(brats, read_only, capsys, sub):
+    data, ckpt = brats
+    out = read_only / sub if sub else read_only
+    cfg = compose_config("predict", [f"checkpoint={ckpt}", f"input={data}", f"output={out}", "device=cpu", "amp=off"])
+    _refused("asa-predict", predict, cfg, capsys, "output", out)
+
+
+def test_probe_refuses_a_read_only_output_before_probing(tmp_path, read_only, capsys, monkeypatch):
+    import importlib
+
+    api_probe = importlib.import_module("asa.api.probe")  # the module, not the function asa.api.probe
+    data = write_demo_dataset("bids", tmp_path / "bids", cases=6, size=32, seed=0, targets=True)
+    monkeypatch.setattr(api_probe, "case_probes", lambda *a, **k: pytest.fail("probed before checking the output"))
+    out = read_only / "probe"
+    cfg = compose_config("probe", ["encoders=[random:tiny]", "data=targets", f"data.root={data}", f"output={out}",
+                                   "device=cpu", "folds=2", "bootstrap=10", "knn_k=2", "data.target=age", "crop=32"])
+    _refused("asa-probe", probe, cfg, capsys, "output", out)
+
+
+def test_preprocess_refuses_a_read_only_store(tmp_path, read_only, capsys):
+    store = read_only / "store"
+    cfg = compose_config("preprocess", ["data=demo", "data.demo.cases=2", "data.demo.size=32",
+                                        f"data.demo.cache_dir={tmp_path / 'cache'}", f"data.store={store}",
+                                        "progress=false", "workers=1"])
+    _refused("asa-preprocess", preprocess, cfg, capsys, "data.store", store)
+    assert not store.exists()
