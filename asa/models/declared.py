@@ -24,6 +24,7 @@ class Capabilities:
     reference_grid: tuple[int, int, int] | None = None  # the brain frame's grid, in patches
     zero_encoder: bool = False  # zero_encoder_states(): the encoder-reliance diagnostic
     crop_lattice: int | None = None  # a case network: the voxel step its shifted test-time crops keep to
+    deep_supervision: int = 0  # > 0: in training, forward returns that many logits, finest first (nnU-Net's deep supervision)
 
     def __post_init__(self) -> None:
         if (self.patch_size is None) != (self.reference_grid is None):
