@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from asa.api.common import OptionError, describe_error
+from asa.api.export import export_model
 from asa.cli.common import EXIT_FAILED, EXIT_FINISHED, EXIT_REFUSED
 
 __all__ = ["main"]
@@ -34,8 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from asa.api.export import export_model  # after argument parsing: --help stays fast
-
     try:
         out = export_model(args.checkpoint, args.out_dir, overwrite=args.overwrite, license=args.license)
     except (OptionError, FileExistsError) as err:

@@ -16,6 +16,7 @@ place, so a reader never sees half a folder. :func:`load_model_folder` reads one
 encoder export dict that ``asa.io.load_weights`` returns for ``encoder.pt``. A hub id
 (``hf://owner/name[@revision]``) is read through ``huggingface_hub`` when it is installed (not a
 dependency of asa); without it, or offline without a cached copy, the read is refused with a message.
+:func:`load_weights` reads any of asa's weight files, model folders included.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from typing import Any
 import torch
 
 from asa.io.atomic import _fsync_dir, _umask, default_file_mode
-from asa.io.checkpoint import CheckpointError
-from asa.io.portable import load_export_safetensors, save_export_safetensors
+from asa.io.checkpoint import CheckpointError, load_checkpoint
+from asa.io.portable import SAFETENSORS_SUFFIX, load_export_safetensors, save_export_safetensors
 
 __all__ = ["CARD_FILE", "CONFIG_FILE", "FOLDER_FORMAT", "HUB_PREFIX", "MODEL_FILE", "is_model_folder",
-           "load_model_folder", "resolve_hub_id", "write_model_folder"]
+           "load_model_folder", "load_weights", "resolve_hub_id", "write_model_folder"]
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -131,3 +132,17 @@ def resolve_hub_id(ref: str) -> Path:
         raise CheckpointError(f"{ref}: {where} ({type(err).__name__}: {err}); download the folder and give its "
                               "path instead") from err
     return Path(folder)
+
+
+def load_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """A pretraining checkpoint or encoder export as a dict: ``.safetensors`` files through
+    :func:`load_export_safetensors`, a model folder of ``asa-export`` (or a hub id
+    ``hf://owner/name``, with ``huggingface_hub`` installed) through :func:`load_model_folder`,
+    anything else through ``asa.io.load_checkpoint`` (weights only)."""
+    if isinstance(path, str) and path.startswith(HUB_PREFIX):
+        path = resolve_hub_id(path)
+    if Path(path).is_dir():
+        return load_model_folder(path, map_location)
+    if Path(path).suffix.lower() == SAFETENSORS_SUFFIX:
+        return load_export_safetensors(path, map_location)
+    return load_checkpoint(path, map_location)

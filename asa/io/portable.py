@@ -26,10 +26,9 @@ from typing import Any
 import torch
 
 from asa.io.atomic import atomic_path
-from asa.io.checkpoint import CheckpointError, load_checkpoint
+from asa.io.checkpoint import CheckpointError
 
-__all__ = ["EXPORT_FORMAT", "SAFETENSORS_SUFFIX", "load_export_safetensors", "load_weights",
-           "save_export_safetensors"]
+__all__ = ["EXPORT_FORMAT", "SAFETENSORS_SUFFIX", "load_export_safetensors", "save_export_safetensors"]
 
 EXPORT_FORMAT = "asa.encoder"
 EXPORT_VERSION = "1"
@@ -101,19 +100,3 @@ def load_export_safetensors(path: str | os.PathLike, map_location: str | torch.d
     if "step" in metadata:
         export["step"] = int(metadata["step"])
     return export
-
-
-def load_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """A pretraining checkpoint or encoder export as a dict: ``.safetensors`` files through
-    :func:`load_export_safetensors`, a model folder of ``asa-export`` (or a hub id
-    ``hf://owner/name``, with ``huggingface_hub`` installed) through `asa.io.hub.load_model_folder`,
-    anything else through ``asa.io.load_checkpoint`` (weights only)."""
-    from asa.io import hub  # it builds on this module
-
-    if isinstance(path, str) and path.startswith(hub.HUB_PREFIX):
-        path = hub.resolve_hub_id(path)
-    if Path(path).is_dir():
-        return hub.load_model_folder(path, map_location)
-    if Path(path).suffix.lower() == SAFETENSORS_SUFFIX:
-        return load_export_safetensors(path, map_location)
-    return load_checkpoint(path, map_location)
