@@ -2,7 +2,8 @@
 """Aggregate several evaluation runs' ``summary.json`` into the paper's table layout.
 
 One row per run (method); columns ``Dice <name>`` for every region/class found in the summaries,
-``Dice mean``, then the same for HD95. The columns follow the output names in the summaries, so
+``Dice mean``, then the same for HD95 and NSD (normalised surface Dice; its columns appear when a
+summary holds it, ``-`` for one written before asa-evaluate scored it). The columns follow the output names in the summaries, so
 the same script gives Table 2 (BraTS: WT TC ET), Table 3 (IBSR: CSF GM WM, plus WMH when a
 method's IBSR and WMH summaries share a run name) and Table 4 (ablation rows). Cells are the
 per-name means over cases; ``mean`` is the mean over the row's names. Writes ``PREFIX.md`` and
@@ -30,14 +31,16 @@ from typing import Any
 
 from asa.io import atomic_write_text
 
-METRICS = ("Dice", "HD95")
+METRICS = ("Dice", "HD95", "NSD")
+REQUIRED = ("Dice", "HD95")  # NSD may be absent from older summaries
+HIGHER_IS_BETTER = ("Dice", "NSD")
 ABLATION_ORDER = ("baseline", "MAE", "A-SSL", "SPE only", "SPE+SSL", "ASA")
 ORDER_PRESETS = {"ablation": ABLATION_ORDER}
 MISSING = "-"
 
 
 def read_summary(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
-    """``{name: {"Dice": mean, "HD95": mean}}`` from a ``summary.json`` (or a folder holding one)."""
+    """``{name: {"Dice": mean, "HD95": mean, "NSD": mean}}`` (NSD when the summary holds it) from a ``summary.json`` (or a folder holding one)."""
     path = Path(path)
     if path.is_dir():
         path = path / "summary.json"
@@ -53,7 +56,7 @@ def read_summary(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
     out = {}
     for n in names:
         try:
-            out[n] = {m: float(data[n][m]["mean"]) for m in METRICS}
+            out[n] = {m: float(data[n][m]["mean"]) for m in METRICS if m in REQUIRED or m in data[n]}
         except (KeyError, TypeError):
             raise SystemExit(f"error: {path}: entry {n!r} lacks Dice/HD95 means") from None
     return out
@@ -111,16 +114,18 @@ def order_runs(names: Sequence[str], order: str | None) -> list[str]:
 
 
 def build_table(runs: dict[str, dict[str, dict[str, float]]], order: Sequence[str]) -> tuple[list[str], list[list[Any]]]:
-    """Header ``[Method, Dice <n>..., Dice mean, HD95 <n>..., HD95 mean]`` and rows (None = missing)."""
+    """Header ``[Method, Dice <n>..., Dice mean, HD95 <n>..., HD95 mean, NSD <n>..., NSD mean]`` and rows
+    (None = missing); the NSD columns only when some summary holds NSD."""
     names: list[str] = []
     for row in runs.values():
         names += [n for n in row if n not in names]
-    header = ["Method"] + [f"{m} {n}" for m in METRICS for n in names + ["mean"]]
+    metrics = [m for m in METRICS if m in REQUIRED or any(m in v for row in runs.values() for v in row.values())]
+    header = ["Method"] + [f"{m} {n}" for m in metrics for n in names + ["mean"]]
     rows = []
     for run in order:
         cells: list[Any] = [run]
-        for m in METRICS:
-            values = [runs[run][n][m] if n in runs[run] else None for n in names]
+        for m in metrics:
+            values = [runs[run][n].get(m) if n in runs[run] else None for n in names]
             present = [v for v in values if v is not None]
             cells += values + [sum(present) / len(present) if present else None]
         rows.append(cells)
@@ -130,20 +135,20 @@ def build_table(runs: dict[str, dict[str, dict[str, float]]], order: Sequence[st
 def _fmt(value: float | None, metric: str, percent: bool) -> str:
     if value is None:
         return MISSING
-    if metric == "Dice":
+    if metric in HIGHER_IS_BETTER:  # fractions in [0, 1]
         return f"{100 * value:.2f}" if percent else f"{value:.4f}"
     return f"{value:.2f}"
 
 
 def to_markdown(header: list[str], rows: list[list[Any]], *, percent: bool = False, bold_best: bool = False) -> str:
-    """GitHub Markdown table; Dice as fraction (4 decimals) or percent (2), HD95 in mm (2)."""
+    """GitHub Markdown table; Dice and NSD as fraction (4 decimals) or percent (2), HD95 in mm (2)."""
     metrics = [h.split(" ", 1)[0] for h in header]
     best = {}
     if bold_best and len(rows) > 1:
         for j in range(1, len(header)):
             vals = [r[j] for r in rows if r[j] is not None]
             if vals:
-                best[j] = max(vals) if metrics[j] == "Dice" else min(vals)
+                best[j] = max(vals) if metrics[j] in HIGHER_IS_BETTER else min(vals)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
     for r in rows:
         cells = [str(r[0])]
@@ -155,7 +160,7 @@ def to_markdown(header: list[str], rows: list[list[Any]], *, percent: bool = Fal
 
 
 def to_csv(header: list[str], rows: list[list[Any]]) -> str:
-    """CSV with full-precision values (Dice as a fraction, HD95 in mm); missing cells empty."""
+    """CSV with full-precision values (Dice and NSD as fractions, HD95 in mm); missing cells empty."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow([h.replace(" ", "_") for h in header])
@@ -168,7 +173,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="results_table.py",
         description="Aggregate asa-evaluate summary.json files into a Markdown + CSV results table "
-        "(one row per run; Dice and HD95 per region/class and their mean).",
+        "(one row per run; Dice, HD95 and NSD per region/class and their mean).",
     )
     p.add_argument("--run", action="append", default=[], metavar="NAME=PATH",
                    help="a run: its row name and summary.json (or its folder); repeat the name to merge "
@@ -179,8 +184,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="row order: comma-separated run names (others follow), or 'ablation' "
                    f"({', '.join(ABLATION_ORDER)})")
     p.add_argument("--out", required=True, metavar="PREFIX", help="write PREFIX.md and PREFIX.csv")
-    p.add_argument("--percent", action="store_true", help="show Dice in percent in the Markdown table")
-    p.add_argument("--bold-best", action="store_true", help="bold the best value per column (max Dice, min HD95)")
+    p.add_argument("--percent", action="store_true", help="show Dice and NSD in percent in the Markdown table")
+    p.add_argument("--bold-best", action="store_true",
+                   help="bold the best value per column (max Dice and NSD, min HD95)")
     return p.parse_args(argv)
 
 

@@ -11,6 +11,7 @@ Each job also takes a composed Hydra config (what the console scripts pass).
 
 from asa.api.config import compose_config, load_config
 from asa.api.evaluate import evaluate
+from asa.api.export import export_model
 from asa.api.finetune import finetune
 from asa.api.predict import predict
 from asa.api.preprocess import preprocess
@@ -21,5 +22,5 @@ from asa.api.schema import (EvaluateConfig, FinetuneConfig, FrozenProbeConfig, P
 
 __all__ = [
     "EvaluateConfig", "FinetuneConfig", "FrozenProbeConfig", "PredictConfig", "PreprocessConfig", "PretrainConfig",
-    "compose_config", "evaluate", "finetune", "load_config", "predict", "preprocess", "pretrain", "probe",
+    "compose_config", "evaluate", "export_model", "finetune", "load_config", "predict", "preprocess", "pretrain", "probe",
 ]

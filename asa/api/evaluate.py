@@ -1,4 +1,4 @@
-"""Evaluation as a Python function: the job behind `asa-evaluate` (Dice, HD95, encoder reliance)."""
+"""Evaluation as a Python function: the job behind `asa-evaluate` (Dice, HD95, NSD, encoder reliance)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from asa.api.common import cases_of_split, dataset_root, refusing
 from asa.api.schema import EvaluateConfig, as_config
@@ -15,7 +15,7 @@ from asa.data import discover, get_task, read_targets, subject_groups
 from asa.eval.case_predict import PREDICTIONS_CSV, case_summary, read_case_predictions
 from asa.io import atomic_write_json
 from asa.eval import evaluate_cases, match_predictions
-from asa.eval.evaluate import write_results
+from asa.eval.evaluate import nsd_tolerances, write_results
 from asa.eval.predict import Predictor
 from asa.eval.reliance import encoder_reliance, format_reliance, write_reliance
 
@@ -80,6 +80,9 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
                          "(the encoder-reliance diagnostic of a fine-tuned checkpoint), or both")
     summary: dict = {}
     if cfg.pred is not None:
+        tolerance = cfg.nsd_tolerance
+        tolerance = list(tolerance) if isinstance(tolerance, ListConfig) else tolerance
+        tolerances = nsd_tolerances(tolerance, task.output_names, option="nsd_tolerance")
         pred_dir = Path(str(cfg.pred)).expanduser()
         if not pred_dir.is_dir():
             raise FileNotFoundError(f"pred={pred_dir}: no such folder")
@@ -89,7 +92,7 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
             raise FileNotFoundError(f"pred={pred_dir}: no prediction for any of the {len(cases)} case(s) "
                                     f"(expected <case_id>.nii.gz, e.g. {cases[0].id}.nii.gz)")
         summary = evaluate_cases(pairs, task, num_workers=int(cfg.num_workers), progress=True,
-                                 hd95_convention=str(cfg.hd95))
+                                 hd95_convention=str(cfg.hd95), nsd_tolerance=tolerances)
         # what was left out is part of the result: a mean over 1 of 2 cases is not the mean over 2
         summary["n_expected"] = len(cases)
         summary["skipped"] = [{"id": cid, "reason": f"no prediction in {pred_dir} (on_missing=skip)"}
@@ -99,11 +102,13 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
             print(f"[asa] warning: {len(missing)} of {len(cases)} case(s) have no prediction and are not scored "
                   f"(on_missing=skip; listed in summary.json): {', '.join(missing[:10])}"
                   f"{' ...' if len(missing) > 10 else ''}", file=sys.stderr, flush=True)
-        print(f"[asa] {task.name}: {summary['n_cases']} of {len(cases)} case(s) scored; HD95 convention {cfg.hd95}")
+        print(f"[asa] {task.name}: {summary['n_cases']} of {len(cases)} case(s) scored; HD95 convention {cfg.hd95}; "
+              f"NSD tolerance " + ", ".join(f"{n} {t:g} mm" for n, t in tolerances.items()))
         for name in task.output_names:
             s = summary[name]
             print(f"  {name:>4}: Dice {s['Dice']['mean']:.4f} (median {s['Dice']['median']:.4f}), "
-                  f"HD95 {s['HD95']['mean']:.2f} mm (median {s['HD95']['median']:.2f})")
+                  f"HD95 {s['HD95']['mean']:.2f} mm (median {s['HD95']['median']:.2f}), "
+                  f"NSD {s['NSD']['mean']:.4f} (median {s['NSD']['median']:.4f})")
         print(f"  per-case results: {out / 'per_case.csv'}; summary: {out / 'summary.json'}", flush=True)
     if cfg.reliance.checkpoint is not None:
         summary["reliance"] = _reliance(cfg, task, cases, out)

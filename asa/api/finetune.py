@@ -14,7 +14,7 @@ from asa.api.common import (OptionError, TrainingRun, check_crop_fits, dataset_r
 from asa.api.finetune_case import CASE_TASK, finetune_case
 from asa.api.schema import FinetuneConfig, as_config
 from asa.data import build_segmentation_dataset, get_task
-from asa.losses import SegmentationLoss
+from asa.losses import DeepSupervisionLoss, SegmentationLoss
 from asa.models import build_from_config, capabilities
 from asa.train import Engine, FitResult
 from asa.train.finetune import make_dice_validator, make_segmentation_panel_fn, segmentation_step
@@ -95,9 +95,11 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
             from monai.data import list_data_collate
 
             collate = list_data_collate
+        criterion = SegmentationLoss(task.multilabel, focal_weight=focal_weight, focal_beta=float(cfg.loss.focal_beta))
+        if capabilities(model).deep_supervision:  # training outputs at several resolutions (model=dynunet)
+            criterion = DeepSupervisionLoss(criterion, capabilities(model).deep_supervision)
         engine = Engine(
-            model, optimizer, segmentation_step(SegmentationLoss(task.multilabel, focal_weight=focal_weight,
-                                               focal_beta=float(cfg.loss.focal_beta))), config=config, lr=lr,
+            model, optimizer, segmentation_step(criterion), config=config, lr=lr,
             out_dir=out_dir, env=env, seed=int(cfg.seed), validate=validate, run_config=resolved,
             resume=run_dir.resume, collate_fn=collate,
             panel_fn=panel_fn,

@@ -330,6 +330,7 @@ class EvaluateConfig:
     on_missing: str = one_of("error", ON_BAD)
     num_workers: int = 0
     hd95: str = one_of("max_directed", HD95_CONVENTIONS)
+    nsd_tolerance: Any = 1.0  # NSD tolerance in mm: one number, or a list with one per region/class
     reliance: RelianceConfig = field(default_factory=RelianceConfig)
     debug: bool = False
     data: SegmentationDataConfig = field(default_factory=SegmentationDataConfig)

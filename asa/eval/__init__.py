@@ -28,7 +28,7 @@ from asa.eval.evaluate import (
     summarize,
     write_results,
 )
-from asa.eval.metrics import EMPTY_HD95, HD95_CONVENTIONS, HD_PERCENTILE, dice, hd95
+from asa.eval.metrics import EMPTY_HD95, HD95_CONVENTIONS, HD_PERCENTILE, NSD_EMPTY, dice, hd95, normalized_surface_dice
 from asa.eval.regression import mae, pearson_r, r2, rmse
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "Estimate",
     "HIGHER_IS_BETTER",
     "HD95_CONVENTIONS",
+    "NSD_EMPTY",
     "HD_PERCENTILE",
     "METRICS",
     "PER_CASE_CSV",
@@ -55,6 +56,7 @@ __all__ = [
     "evaluate_cases",
     "evaluate_pair",
     "hd95",
+    "normalized_surface_dice",
     "ignore_mask_for",
     "macro_f1",
     "mae",

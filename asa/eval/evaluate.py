@@ -1,8 +1,9 @@
 """Evaluate predicted label maps against references: per-case CSV and summary JSON (DESIGN.md §3).
 
 Both files are loaded with :func:`asa.data.load_volume` (canonical RAS+), converted to boolean
-region/class masks with the task (``task.region_masks``), and scored with :func:`dice` and
-:func:`hd95`; the voxel spacing comes from the reference label. The task may be an
+region/class masks with the task (``task.region_masks``), and scored with :func:`dice`, :func:`hd95`
+and :func:`normalized_surface_dice` (NSD, tolerance in mm per region/class, ``nsd_tolerance``); the
+voxel spacing comes from the reference label. The task may be an
 :class:`asa.data.Task` or any object with ``name``, ``output_names``, ``region_masks(label)`` and
 ``ignore_mask(label)`` or ``ignore_label``.
 """
@@ -16,7 +17,7 @@ import json
 import os
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from itertools import repeat
 from pathlib import Path
@@ -24,10 +25,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from asa.eval.metrics import EMPTY_HD95, HD95_CONVENTIONS, HD_PERCENTILE, dice, hd95
+from asa.eval.metrics import (EMPTY_HD95, HD95_CONVENTIONS, HD_PERCENTILE, NSD_EMPTY, dice, hd95,
+                              normalized_surface_dice)
 from asa.io import NIFTI_SUFFIXES, atomic_write_text, find_nifti, load_volume
 
-METRICS: tuple[str, ...] = ("Dice", "HD95")
+METRICS: tuple[str, ...] = ("Dice", "HD95", "NSD")
+DEFAULT_NSD_TOLERANCE: float = 1.0
+"""NSD tolerance in mm when none is given: one voxel at the 1 mm grid of BraTS, IBSR and the pretraining data."""
 PER_CASE_CSV = "per_case.csv"
 SUMMARY_JSON = "summary.json"
 
@@ -83,6 +87,37 @@ def _check_label_values(task: Any, label: np.ndarray, path: Any) -> None:
                          f"(expected {', '.join(map(str, allowed))}): was it written for another dataset?")
 
 
+Tolerance = float | Sequence[float] | Mapping[str, float]
+
+
+def nsd_tolerances(tolerance: Tolerance, names: Sequence[str], *, option: str = "nsd_tolerance") -> dict[str, float]:
+    """``{name: τ in mm}``: one number for every region/class, one per name in ``names`` order, or a
+    mapping naming each of them. ``option`` names the setting in errors."""
+    names = list(names)
+    if isinstance(tolerance, Mapping):
+        missing = [n for n in names if n not in tolerance]
+        extra = [k for k in tolerance if k not in names]
+        if missing or extra:
+            raise ValueError(f"{option}: expected a tolerance in mm for each of {names}, got {dict(tolerance)}")
+        values = {n: tolerance[n] for n in names}
+    elif isinstance(tolerance, (str, bytes)) or not isinstance(tolerance, Sequence):
+        values = {n: tolerance for n in names}
+    else:
+        if len(tolerance) != len(names):
+            raise ValueError(f"{option}: {len(tolerance)} tolerance(s) {list(tolerance)} for {len(names)} "
+                             f"regions/classes {names}; give one number (mm) for all or one per name")
+        values = dict(zip(names, tolerance))
+    out = {}
+    for n, v in values.items():
+        try:
+            out[n] = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{option}: tolerance for {n} must be a number of mm, got {v!r}") from None
+        if not np.isfinite(out[n]) or out[n] < 0:
+            raise ValueError(f"{option}: tolerance for {n} must be a finite number of mm >= 0, got {v!r}")
+    return out
+
+
 def _region_masks(task: Any, label: np.ndarray, path: Any, role: str) -> dict[str, np.ndarray]:
     masks = task.region_masks(label)
     missing = [n for n in task.output_names if n not in masks]
@@ -100,13 +135,16 @@ def evaluate_arrays(
     pred_path: Any = "<pred>",
     ref_path: Any = "<label>",
     hd95_convention: str = "max_directed",
+    nsd_tolerance: Tolerance = DEFAULT_NSD_TOLERANCE,
 ) -> dict[str, float]:
     """Score one case given its raw label maps [D, H, W] (same grid).
 
-    Returns ``{"Dice_<name>": float, "HD95_<name>": float, ...}`` in ``task.output_names`` order;
-    voxels in the task's ignore mask (from the reference) are removed from both masks. HD95 uses
-    ``hd95_convention`` (``max_directed`` | ``pooled``, see `asa.eval.metrics`).
+    Returns ``{"Dice_<name>": float, "HD95_<name>": float, "NSD_<name>": float, ...}`` in
+    ``task.output_names`` order; voxels in the task's ignore mask (from the reference) are removed
+    from both masks. HD95 uses ``hd95_convention`` (``max_directed`` | ``pooled``, see
+    `asa.eval.metrics`); NSD the tolerance in mm of each name (:func:`nsd_tolerances`).
     """
+    tolerances = nsd_tolerances(nsd_tolerance, task.output_names)
     pred_label = _as_label_map(pred_label, pred_path, "prediction")
     ref_label = _as_label_map(ref_label, ref_path, "label")
     _check_label_values(task, pred_label, pred_path)
@@ -123,6 +161,8 @@ def evaluate_arrays(
         row[f"Dice_{name}"] = dice(pred_masks[name], ref_masks[name], ignore=ignore)
         row[f"HD95_{name}"] = hd95(pred_masks[name], ref_masks[name], spacing, ignore=ignore,
                                    convention=hd95_convention)
+        row[f"NSD_{name}"] = normalized_surface_dice(pred_masks[name], ref_masks[name], spacing,
+                                                     tolerance=tolerances[name], ignore=ignore)
     return row
 
 
@@ -133,6 +173,7 @@ def evaluate_pair(
     task: Any,
     loader: Callable[[Any], Any] | None = None,
     hd95_convention: str = "max_directed",
+    nsd_tolerance: Tolerance = DEFAULT_NSD_TOLERANCE,
 ) -> dict[str, Any]:
     """Load one prediction/label pair and score it: ``{"case_id": ..., "Dice_<name>": ..., ...}``."""
     load = loader or _default_loader()
@@ -145,7 +186,7 @@ def evaluate_pair(
         )
     row = evaluate_arrays(
         pred.array, ref.array, task, tuple(ref.spacing), pred_path=pred_path, ref_path=label_path,
-        hd95_convention=hd95_convention,
+        hd95_convention=hd95_convention, nsd_tolerance=nsd_tolerance,
     )
     return {"case_id": str(case_id), **row}
 
@@ -163,12 +204,14 @@ HD95_DESCRIPTIONS = {
 
 
 def summarize(
-    rows: Sequence[dict[str, Any]], names: Sequence[str], *, task_name: str = "", hd95_convention: str = "max_directed"
+    rows: Sequence[dict[str, Any]], names: Sequence[str], *, task_name: str = "", hd95_convention: str = "max_directed",
+    nsd_tolerance: Tolerance = DEFAULT_NSD_TOLERANCE,
 ) -> dict[str, Any]:
-    """Summary dict: per name ``{"Dice": {mean, median, std}, "HD95": {...}}`` over the cases.
+    """Summary dict: per name ``{"Dice": {mean, median, std}, "HD95": {...}, "NSD": {...}}`` over the cases.
 
     Also holds ``n_cases``, ``names``, ``foreground_mean`` (mean over names of the per-name
-    means), ``conventions`` (the HD95 convention used, among others) and ``per_case`` (the rows).
+    means), ``conventions`` (the HD95 convention and the NSD tolerances in mm used, among others)
+    and ``per_case`` (the rows).
     Standard deviations are population (ddof=0).
     """
     if not rows:
@@ -183,8 +226,9 @@ def summarize(
         "hd_percentile": HD_PERCENTILE,
         "hd95_convention": hd95_convention,
         "hd95": HD95_DESCRIPTIONS[hd95_convention],
-        "both_empty": {"Dice": 1.0, "HD95": 0.0},
-        "one_empty": {"Dice": 0.0, "HD95": EMPTY_HD95},
+        "nsd_tolerance_mm": nsd_tolerances(nsd_tolerance, names),
+        "both_empty": {"Dice": 1.0, "HD95": 0.0, "NSD": NSD_EMPTY["both_empty"]},
+        "one_empty": {"Dice": 0.0, "HD95": EMPTY_HD95, "NSD": NSD_EMPTY["one_empty"]},
         "std_ddof": 0,
     }
     summary["per_case"] = [dict(r) for r in rows]
@@ -192,7 +236,7 @@ def summarize(
 
 
 def per_case_columns(names: Sequence[str]) -> list[str]:
-    """CSV header: ``case_id`` then ``Dice_<name>, HD95_<name>`` for each name."""
+    """CSV header: ``case_id`` then ``Dice_<name>, HD95_<name>, NSD_<name>`` for each name."""
     return ["case_id"] + [f"{m}_{n}" for n in names for m in METRICS]
 
 
@@ -220,6 +264,7 @@ def evaluate_cases(
     progress: bool = False,
     loader: Callable[[Any], Any] | None = None,
     hd95_convention: str = "max_directed",
+    nsd_tolerance: Tolerance = DEFAULT_NSD_TOLERANCE,
 ) -> dict[str, Any]:
     """Score every ``(case_id, pred_path, label_path)`` and summarize (see :func:`summarize`).
 
@@ -231,6 +276,7 @@ def evaluate_cases(
         progress: show a tqdm progress bar.
         loader: ``path -> Volume`` (default :func:`asa.data.load_volume`).
         hd95_convention: ``max_directed`` (default) or ``pooled`` (see :mod:`asa.eval.metrics`).
+        nsd_tolerance: NSD tolerance in mm: one number, one per output name, or ``{name: mm}``.
 
     Returns:
         the summary dict, exactly as written to ``summary.json``.
@@ -245,16 +291,19 @@ def evaluate_cases(
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     if hd95_convention not in HD95_CONVENTIONS:
         raise ValueError(f"hd95={hd95_convention!r}: expected one of {', '.join(HD95_CONVENTIONS)}")
+    nsd_tolerance = nsd_tolerances(nsd_tolerance, task.output_names)  # bad values refused before any case is read
     args = ([c for c, _, _ in pairs], [p for _, p, _ in pairs], [l for _, _, l in pairs])
     if num_workers > 0:
         with ProcessPoolExecutor(max_workers=num_workers) as pool:
-            results = pool.map(evaluate_pair, *args, repeat(task), repeat(loader), repeat(hd95_convention))
+            results = pool.map(evaluate_pair, *args, repeat(task), repeat(loader), repeat(hd95_convention),
+                               repeat(nsd_tolerance))
             rows = list(_progress(results, len(pairs), progress))
     else:
-        results = map(evaluate_pair, *args, repeat(task), repeat(loader), repeat(hd95_convention))
+        results = map(evaluate_pair, *args, repeat(task), repeat(loader), repeat(hd95_convention),
+                      repeat(nsd_tolerance))
         rows = list(_progress(results, len(pairs), progress))
     summary = summarize(rows, tuple(task.output_names), task_name=str(getattr(task, "name", "")),
-                        hd95_convention=hd95_convention)
+                        hd95_convention=hd95_convention, nsd_tolerance=nsd_tolerance)
     if out_dir is not None:
         write_results(summary, out_dir)
     return summary

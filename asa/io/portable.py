@@ -26,10 +26,9 @@ from typing import Any
 import torch
 
 from asa.io.atomic import atomic_path
-from asa.io.checkpoint import CheckpointError, load_checkpoint
+from asa.io.checkpoint import CheckpointError
 
-__all__ = ["EXPORT_FORMAT", "SAFETENSORS_SUFFIX", "load_export_safetensors", "load_weights",
-           "save_export_safetensors"]
+__all__ = ["EXPORT_FORMAT", "SAFETENSORS_SUFFIX", "load_export_safetensors", "save_export_safetensors"]
 
 EXPORT_FORMAT = "asa.encoder"
 EXPORT_VERSION = "1"
@@ -101,11 +100,3 @@ def load_export_safetensors(path: str | os.PathLike, map_location: str | torch.d
     if "step" in metadata:
         export["step"] = int(metadata["step"])
     return export
-
-
-def load_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """A pretraining checkpoint or encoder export as a dict: ``.safetensors`` files through
-    :func:`load_export_safetensors`, anything else through ``asa.io.load_checkpoint`` (weights only)."""
-    if Path(path).suffix.lower() == SAFETENSORS_SUFFIX:
-        return load_export_safetensors(path, map_location)
-    return load_checkpoint(path, map_location)

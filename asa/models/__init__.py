@@ -13,6 +13,7 @@ from asa.models.case_baselines import SwinCaseNet, ViTCaseNet
 from asa.models.case_head import POOLINGS, ASACaseHead, AttentionPool, PooledTokenHead, build_case_head
 from asa.models.compiled import compile_blocks, unwrap
 from asa.models.encoder import EncoderSettings, SWViTEncoder
+from asa.models.dynunet import DeepSupervisedDynUNet, plan_dynunet
 from asa.models.layout import channels_last_inference
 from asa.models.mae import ASA, MAEOutput, MaskedAutoencoder
 from asa.models.objective import FocalRegionReconstruction, PatchReconstruction, reconstruction_objective
@@ -36,6 +37,8 @@ del _module
 
 __all__ = [
     "ENCODER_MODULES",
+    "DeepSupervisedDynUNet",
+    "plan_dynunet",
     "ASA",
     "ASASegmenter",
     "ASACaseHead",

@@ -24,6 +24,7 @@ class Capabilities:
     reference_grid: tuple[int, int, int] | None = None  # the brain frame's grid, in patches
     zero_encoder: bool = False  # zero_encoder_states(): the encoder-reliance diagnostic
     crop_lattice: int | None = None  # a case network: the voxel step its shifted test-time crops keep to
+    deep_supervision: int = 0  # > 0: in training, forward returns that many logits, finest first (nnU-Net's deep supervision)
     crop_multiple: int | None = None  # every crop edge must be a multiple of it (SwinUNETR: 2^5, its five halvings)
     crop_min: int | None = None  # and at least this (SwinUNETR: 64, a bottleneck of one voxel cannot be normalised)
 

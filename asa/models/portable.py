@@ -22,7 +22,7 @@ from asa.models.encoder import SWViTEncoder
 from asa.models.region_attention import patch_regions
 from asa.models.registry import ENCODER_MODULES, build_network
 
-__all__ = ["ENCODER_MODULES", "VolumeEncoder", "export_for_monai", "load_encoder", "network_encoder"]
+__all__ = ["ENCODER_MODULES", "VolumeEncoder", "encoder_export", "export_for_monai", "load_encoder", "network_encoder"]
 
 SWIN_ENCODER = "swinViT"  # the encoder module of the SwinViT-based networks (SwinUNETR's layout)
 
@@ -93,6 +93,17 @@ def _spec_and_weights(path: str | os.PathLike, state: Mapping) -> tuple[dict, st
     return dict(spec), ENCODER_MODULES[arch], weights
 
 
+def encoder_export(path: str | os.PathLike, state: Mapping | None = None) -> dict:
+    """The encoder export (``encoder.pt``'s dict: ``encoder`` with the module prefix kept, ``network``,
+    ``source``, ``step``) of an export or checkpoint of any network with a registered encoder
+    (pretraining or fine-tuning); ``state``: the file's content when already read."""
+    state = load_weights(path) if state is None else state
+    spec, name, weights = _spec_and_weights(path, state)
+    source = state.get("source") or Path(path).name
+    return {"encoder": {f"{name}.{k}": v for k, v in weights.items()}, "network": spec, "source": str(source),
+            "step": int(state.get("step") or 0)}
+
+
 def network_encoder(net: nn.Module, arch: str) -> nn.Module:
     """The encoder submodule of a network of ``arch`` as `load_encoder` returns it (a
     :class:`VolumeEncoder` around an SW-ViT, else the module itself), weights as they are."""
@@ -108,7 +119,8 @@ def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = 
                  state: Mapping | None = None) -> nn.Module:
     """The pretrained encoder of an export or checkpoint, weights loaded, in eval mode.
 
-    ``path``: ``encoder.safetensors`` or ``encoder.pt`` (``asa-pretrain``'s exports) or a full
+    ``path``: ``encoder.safetensors`` or ``encoder.pt`` (``asa-pretrain``'s exports), a model folder
+    of ``asa-export`` (or a hub id ``hf://owner/name`` with ``huggingface_hub`` installed) or a full
     checkpoint (``last.pt`` / ``best.pt`` of ``asa-pretrain`` or ``asa-finetune``); ``state``: its
     content when already read (`asa.io.load_weights`). The network is
     rebuilt from the spec recorded in the file; every encoder weight must be present and fit.

@@ -37,8 +37,8 @@ CASES = [(entry, group, name) for entry in ("pretrain", "finetune") for group in
 
 def test_groups_are_complete():
     assert options("pretrain", "model") == ["base", "small", "tiny"]
-    assert options("finetune", "model") == ["base", "sa_swin", "small", "swin_case", "swin_unetr", "tiny", "unetr",
-                                            "vit_case"]
+    assert options("finetune", "model") == ["base", "dynunet", "sa_swin", "small", "swin_case", "swin_unetr", "tiny",
+                                            "unetr", "vit_case"]
     assert {"adni", "demo", "oasis"} <= set(options("pretrain", "data"))
     assert options("finetune", "data") == ["brats", "ibsr", "msd", "targets", "wmh"]
     assert options("pretrain", "experiment") == sorted(

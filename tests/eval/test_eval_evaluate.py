@@ -27,11 +27,14 @@ def _cube(lo):
 def brats_cases(tmp_path):
     """Three cases sharing the reference: an ET (label 4) 4^3 cube at (2,2,2).
 
-    A: prediction identical                     -> WT, TC, ET: Dice 1, HD95 0
-    B: same cube labelled 1 (NCR) instead of 4  -> WT, TC perfect; ET pred empty: Dice 0, HD95 373.13
+    A: prediction identical                     -> WT, TC, ET: Dice 1, HD95 0, NSD 1
+    B: same cube labelled 1 (NCR) instead of 4  -> WT, TC perfect; ET pred empty: Dice 0, HD95 373.13, NSD 0
     C: ET cube shifted 2 voxels along axis 2    -> Dice 0.5 everywhere (overlap 32 of 64+64);
        HD95: the far face of each cube is 2 slices = 2 * 2 mm = 4 mm from the other surface
        (16 of 56 surface voxels, above the 95th percentile position 0.95 * 55 = 52.25) -> 4 mm.
+       NSD at 1 mm: of each surface's 56 voxels, the 12 + 12 ring voxels of the two overlapping
+       slices (0 mm) and the 4 inner voxels of the overlapped face (1 mm to a side wall) count:
+       28 + 28 of 112 = 0.5.
     """
     ref = 4 * _cube((2, 2, 2))
     preds = {"A": ref, "B": _cube((2, 2, 2)), "C": 4 * _cube((2, 2, 4))}
@@ -48,19 +51,21 @@ def test_evaluate_cases_values_csv_and_json(tmp_path, brats_cases, brats_task, l
     summary = evaluate_cases(brats_cases, brats_task, out_dir=out, loader=loader)
 
     rows = {r["case_id"]: r for r in summary["per_case"]}
-    assert rows["A"] == {"case_id": "A", **{f"{m}_{n}": v for n in ("WT", "TC", "ET") for m, v in (("Dice", 1.0), ("HD95", 0.0))}}
+    assert rows["A"] == {"case_id": "A", **{f"{m}_{n}": v for n in ("WT", "TC", "ET") for m, v in (("Dice", 1.0), ("HD95", 0.0), ("NSD", 1.0))}}
     assert (rows["B"]["Dice_WT"], rows["B"]["HD95_TC"]) == (1.0, 0.0)
-    assert (rows["B"]["Dice_ET"], rows["B"]["HD95_ET"]) == (0.0, EMPTY_HD95)
+    assert (rows["B"]["Dice_ET"], rows["B"]["HD95_ET"], rows["B"]["NSD_ET"]) == (0.0, EMPTY_HD95, 0.0)
     for n in ("WT", "TC", "ET"):
         assert rows["C"][f"Dice_{n}"] == 0.5
         assert rows["C"][f"HD95_{n}"] == pytest.approx(4.0)
+        assert rows["C"][f"NSD_{n}"] == pytest.approx(0.5)
 
     # CSV: header order and one exact row
     with open(out / "per_case.csv", newline="") as f:
         lines = list(csv.reader(f))
-    assert lines[0] == ["case_id", "Dice_WT", "HD95_WT", "Dice_TC", "HD95_TC", "Dice_ET", "HD95_ET"]
+    assert lines[0] == ["case_id", "Dice_WT", "HD95_WT", "NSD_WT", "Dice_TC", "HD95_TC", "NSD_TC",
+                        "Dice_ET", "HD95_ET", "NSD_ET"]
     assert [r[0] for r in lines[1:]] == ["A", "B", "C"]
-    assert [float(x) for x in lines[2][1:]] == [1.0, 0.0, 1.0, 0.0, 0.0, EMPTY_HD95]
+    assert [float(x) for x in lines[2][1:]] == [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, EMPTY_HD95, 0.0]
 
     # JSON: file equals the returned dict; statistics by hand
     on_disk = json.loads((out / "summary.json").read_text())
@@ -137,7 +142,7 @@ def test_wmh_ignore_label_excluded_from_metrics(wmh_task):
     ref = _cube((1, 1, 1)) + 2 * _cube((7, 7, 7))
     pred = _cube((1, 1, 1)) + _cube((7, 7, 7))
     row = evaluate_arrays(pred, ref, wmh_task, (1.0, 1.0, 3.0))
-    assert row == {"Dice_WMH": 1.0, "HD95_WMH": 0.0}
+    assert row == {"Dice_WMH": 1.0, "HD95_WMH": 0.0, "NSD_WMH": 1.0}
     # stand-in with only `ignore_label` (no `ignore_mask` method) behaves the same
     assert evaluate_arrays(pred, ref, WmhLikeTask(), (1.0, 1.0, 3.0)) == row
 

@@ -92,3 +92,18 @@ def test_errors_and_help(tmp_path, capsys):
         results_table.main(["--run", f"A={s}", "--order", "B", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="more than one summary"):
         results_table.main(["--run", f"A={s}", "--run", f"A={s}", "--out", str(tmp_path / "x")])
+
+
+def test_nsd_columns_when_a_summary_holds_nsd(tmp_path):
+    a = fake_summary(tmp_path / "a", {"WT": (0.9, 4.0), "ET": (0.7, 8.0)})
+    data = json.loads(a.read_text())
+    data["WT"]["NSD"] = {"mean": 0.95, "median": 0.95, "std": 0.0}
+    data["ET"]["NSD"] = {"mean": 0.75, "median": 0.75, "std": 0.0}
+    a.write_text(json.dumps(data))
+    old = fake_summary(tmp_path / "old", {"WT": (0.8, 5.0), "ET": (0.6, 9.0)})  # written before NSD
+    out = tmp_path / "t"
+    assert results_table.main(["--run", f"new={a}", "--run", f"old={old}", "--out", str(out), "--bold-best"]) == 0
+    md = (tmp_path / "t.md").read_text().splitlines()
+    assert md[0].endswith("| HD95 mean | NSD WT | NSD ET | NSD mean |")
+    assert md[2].endswith("| **0.9500** | **0.7500** | **0.8500** |")  # NSD: higher is better
+    assert md[3].endswith("| - | - | - |")

@@ -1,0 +1,165 @@
+"""Hub-ready model folders: the job behind `asa-export CHECKPOINT OUT_DIR`.
+
+The folder (`asa.io.hub`) holds the encoder of a checkpoint or export as ``model.safetensors``,
+what built it as ``config.json`` and a model card as ``README.md``: the layout the Hugging Face hub
+takes as is. ``asa.load_encoder(OUT_DIR)`` and ``asa-finetune model.pretrained=OUT_DIR`` read it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import asa
+from asa.api.common import refusing
+from asa.data.preprocessing import PERCENTILES
+from asa.io import load_weights, write_model_folder
+from asa.io.hub import FOLDER_FORMAT, MODEL_FILE
+from asa.models.portable import encoder_export
+
+__all__ = ["export_model", "model_card", "model_config"]
+
+DATA_KEYS = ("name", "layout", "task", "channels", "size", "patch_size", "resample_mm", "lr_centre")
+CHECKPOINT_DIR = "checkpoints"
+
+
+def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False,
+                 license: str = "other") -> Path:
+    """Write the hub-ready model folder of ``checkpoint`` to ``out_dir``; returns ``out_dir``.
+
+    Args:
+        checkpoint: a checkpoint (``last.pt`` / ``best.pt`` of asa-pretrain or asa-finetune), an
+            encoder export (``encoder.pt`` / ``encoder.safetensors``) or a model folder, of a network
+            with a registered encoder.
+        out_dir: the folder to write; an existing non-empty one is refused unless ``overwrite``.
+        overwrite: replace a non-empty ``out_dir`` as a whole.
+        license: the model card's licence field (a Hugging Face licence id, e.g. ``apache-2.0``;
+            ``other``: stated in the card's text).
+
+    A bad input is refused (`asa.api.common.OptionError`, exit 2 from the console script) before anything is written.
+    """
+    with refusing():
+        source = Path(checkpoint).expanduser()
+        if not source.exists():
+            raise FileNotFoundError(f"checkpoint {source}: no such file or folder")
+        out = Path(out_dir).expanduser()
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+            raise ValueError(f"output folder {out} exists and is not empty; choose another or pass --overwrite")
+        if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
+            raise ValueError(f"output folder {out} would replace or sit inside the input {source}")
+        if not license or any(c.isspace() for c in license):
+            raise ValueError(f"--license {license!r}: expected a licence id without spaces (e.g. apache-2.0, other)")
+        state = load_weights(source)
+        export = encoder_export(source, state)
+        config = model_config(source, state, export, license=license)
+        card = model_card(config)
+    return write_model_folder(out, export, config, card, overwrite=overwrite)
+
+
+def _git_commit() -> str | None:
+    """The commit of the asa source in use, when it is a git checkout."""
+    with contextlib.suppress(Exception):
+        repo = Path(asa.__file__).resolve().parent.parent
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        return (done.stdout.strip() or None) if done.returncode == 0 else None
+    return None
+
+
+def _run_metrics(source: Path, state: Mapping[str, Any]) -> dict[str, Any]:
+    """What the run recorded about its quality: the checkpoint's last validation round, and the means
+    of every asa-evaluate ``summary.json`` found in the run folder (``<run>/*/summary.json``)."""
+    metrics: dict[str, Any] = {}
+    history = state.get("history")
+    if isinstance(history, list) and history and isinstance(history[-1], Mapping):
+        metrics["validation"] = {k: v for k, v in history[-1].items() if isinstance(v, (int, float, str))}
+    run = source.parent.parent if source.parent.name == CHECKPOINT_DIR else None
+    for summary in sorted(run.glob("*/summary.json")) if run is not None else ():
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(summary.read_text())
+            names = data.get("names") or []
+            means = {n: {m: data[n][m]["mean"] for m in ("Dice", "HD95", "NSD") if m in data.get(n, {})}
+                     for n in names}
+            if means:
+                metrics[str(summary.parent.name)] = {"task": data.get("task"), "n_cases": data.get("n_cases"),
+                                                     "mean": means}
+    return metrics
+
+
+def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, Any], *, license: str) -> dict[str, Any]:
+    """``config.json``: the network spec and what built it (method, data, crop, spacing, orientation,
+    preprocessing), the asa version and git commit, the source and the run's metrics when known."""
+    run = state.get("model_config") or {}  # re-exporting a model folder keeps what it recorded
+    if run:
+        return {**run, "license": license, "asa_version": asa.__version__, "git_commit": _git_commit() or
+                run.get("git_commit")}
+    cfg = state.get("config") if isinstance(state.get("config"), Mapping) else {}
+    spec = dict(export["network"])
+    kwargs = spec.get("kwargs", {})
+    data = cfg.get("data") if isinstance(cfg.get("data"), Mapping) else {}
+    method = cfg.get("method", {}).get("name") if isinstance(cfg.get("method"), Mapping) else None
+    if method is None and "segmenter" in cfg:
+        method = f"asa-finetune (model arch {spec.get('arch')})"
+    resample = data.get("resample_mm")
+    return {
+        "asa_format": FOLDER_FORMAT, "format_version": 1, "weights": MODEL_FILE,
+        "network": spec, "encoder_prefix": next(iter(export["encoder"])).split(".", 1)[0] + ".",
+        "method": method,
+        "data": {k: data[k] for k in DATA_KEYS if k in data} | ({"task": cfg["task"].get("name")}
+                                                                if isinstance(cfg.get("task"), Mapping) else {}),
+        "crop": list(kwargs["img_size"]) if "img_size" in kwargs else None,
+        "patch_size": kwargs.get("patch_size"),
+        "spacing_mm": [float(resample)] * 3 if resample else None,  # None: the data's own grid (no resampling)
+        "orientation": "RAS+",
+        "preprocessing": {"reorient": "RAS+ (nibabel as_closest_canonical)",
+                          "intensity": f"clip to percentiles {list(PERCENTILES)} inside the brain, then z-score "
+                                       "there; 0 outside",
+                          "crop": "brain-centred, the mid-sagittal plane at the centre of the left-right axis",
+                          "resample_mm": resample},
+        "source": {"file": source.name, "step": int(export.get("step") or 0)},
+        "metrics": _run_metrics(source, state),
+        "license": license, "asa_version": asa.__version__, "git_commit": _git_commit(),
+    }
+
+
+def model_card(config: Mapping[str, Any]) -> str:
+    """``README.md``: Hugging Face front matter (licence, library, tags), then intended use, training
+    data, how to load, metrics when known."""
+    spec = config["network"]
+    crop = config.get("crop")
+    data = config.get("data") or {}
+    metrics = config.get("metrics") or {}
+    lines = ["---", f"license: {config['license']}", "library_name: asa",
+             "tags:", "- medical-imaging", "- 3d", "- brain-mri", "- self-supervised", f"- {spec['arch']}", "---", "",
+             f"# asa encoder ({spec['arch']})", "",
+             "## Intended use", "",
+             "A pretrained encoder for 3D brain MRI, to initialise segmentation and other downstream networks "
+             "(fine-tuning) or to extract features. Research use only: it is not a medical device and was not "
+             "validated for clinical decisions.", "",
+             "## Training", "",
+             f"- method: {config.get('method') or 'unknown'}",
+             f"- data: {data.get('name', 'unknown')}" + (f" (layout {data['layout']})" if data.get("layout") else "")
+             + (f", channels {', '.join(map(str, data['channels']))}" if data.get("channels") else ""),
+             f"- crop: {' x '.join(map(str, crop)) if crop else 'unknown'} voxels"
+             + (f", patch size {config['patch_size']}" if config.get("patch_size") else ""),
+             f"- spacing: {config['spacing_mm']} mm" if config.get("spacing_mm") else "- spacing: the data's own "
+             "(no resampling)",
+             f"- orientation: {config.get('orientation', 'RAS+')}; preprocessing: see config.json",
+             f"- asa {config.get('asa_version')}" + (f", commit {config['git_commit']}" if config.get("git_commit") else ""),
+             f"- source: {config.get('source', {}).get('file')} (step {config.get('source', {}).get('step')})", "",
+             "## Metrics", ""]
+    if metrics:
+        lines += ["```json", json.dumps(metrics, indent=2), "```", ""]
+    else:
+        lines += ["None recorded with the run.", ""]
+    lines += ["## How to use", "", "```python", "import asa", "",
+              "encoder = asa.load_encoder(\"path/to/this/folder\")  # weights loaded, eval mode", "```", "",
+              "Fine-tune it with `asa-finetune model.pretrained=path/to/this/folder`.", "",
+              "## Licence", "",
+              f"`{config['license']}`"
+              + (": the terms of the training data apply; state them here." if config["license"] == "other" else "."), ""]
+    return "\n".join(lines)

@@ -1,0 +1,55 @@
+"""``asa-export CHECKPOINT OUT_DIR``: a hub-ready model folder (:func:`asa.api.export.export_model`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from asa.api.common import OptionError, describe_error
+from asa.api.export import export_model
+from asa.cli.common import EXIT_FAILED, EXIT_FINISHED, EXIT_REFUSED
+
+__all__ = ["main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asa-export",
+        description="Write the encoder of a checkpoint as a model folder the Hugging Face hub takes as is: "
+                    "model.safetensors, config.json (network spec, method, data, crop, spacing, preprocessing, "
+                    "asa version and commit) and README.md (the model card).",
+        epilog="asa.load_encoder(OUT_DIR) and asa-finetune model.pretrained=OUT_DIR read the folder.\n"
+               "example: asa-export runs/pretrain/checkpoints/last.pt models/asa-base --license apache-2.0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("checkpoint", help="last.pt / best.pt of asa-pretrain or asa-finetune, encoder.pt, "
+                                           "encoder.safetensors or a model folder")
+    parser.add_argument("out_dir", help="the folder to write (refused when it exists and is not empty)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR as a whole")
+    parser.add_argument("--license", default="other",
+                        help="the model card's licence id (e.g. apache-2.0; default: other, the training data's terms)")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        out = export_model(args.checkpoint, args.out_dir, overwrite=args.overwrite, license=args.license)
+    except (OptionError, FileExistsError) as err:
+        if args.debug:
+            raise
+        print(f"[asa-export] refused: {err}", file=sys.stderr, flush=True)
+        return EXIT_REFUSED
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"[asa-export] error: {describe_error(err)}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    print(f"[asa-export] wrote {out}/: model.safetensors, config.json, README.md")
+    return EXIT_FINISHED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

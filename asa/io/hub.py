@@ -1,0 +1,148 @@
+"""Model folders in the layout the Hugging Face hub takes as is (imports nothing of asa outside this package).
+
+A model folder holds three files:
+
+=====================  =======================================================================
+``model.safetensors``  the encoder export (`asa.io.save_export_safetensors`: tensors, and the
+                       network spec and provenance in its metadata)
+``config.json``        what built it: ``network`` (the spec), method, data, crop, spacing,
+                       orientation, preprocessing, the asa version and git commit
+                       (``asa_format``: ``asa.model_folder``)
+``README.md``          the model card (YAML front matter with the licence and tags, then text)
+=====================  =======================================================================
+
+:func:`write_model_folder` writes them into a fresh folder beside the target and renames it into
+place, so a reader never sees half a folder. :func:`load_model_folder` reads one back as the
+encoder export dict that ``asa.io.load_weights`` returns for ``encoder.pt``. A hub id
+(``hf://owner/name[@revision]``) is read through ``huggingface_hub`` when it is installed (not a
+dependency of asa); without it, or offline without a cached copy, the read is refused with a message.
+:func:`load_weights` reads any of asa's weight files, model folders included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asa.io.atomic import _fsync_dir, _umask, default_file_mode
+from asa.io.checkpoint import CheckpointError, load_checkpoint
+from asa.io.portable import SAFETENSORS_SUFFIX, load_export_safetensors, save_export_safetensors
+
+__all__ = ["CARD_FILE", "CONFIG_FILE", "FOLDER_FORMAT", "HUB_PREFIX", "MODEL_FILE", "is_model_folder",
+           "load_model_folder", "load_weights", "resolve_hub_id", "write_model_folder"]
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+CARD_FILE = "README.md"
+FOLDER_FORMAT = "asa.model_folder"
+HUB_PREFIX = "hf://"
+
+
+def is_model_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder holding ``model.safetensors``."""
+    return Path(path).is_dir() and (Path(path) / MODEL_FILE).is_file()
+
+
+def write_model_folder(out_dir: str | os.PathLike, export: Mapping[str, Any], config: Mapping[str, Any], card: str,
+                       *, overwrite: bool = False) -> Path:
+    """Write ``model.safetensors`` (``export``: the encoder export dict), ``config.json`` and
+    ``README.md`` (``card``) as the folder ``out_dir``, atomically: all three go into a temporary
+    folder beside it, which is then renamed onto ``out_dir``. An existing non-empty ``out_dir`` is
+    refused (``FileExistsError``) unless ``overwrite``; then it is replaced as a whole."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
+    if config.get("network") != export.get("network"):
+        raise ValueError(f"model folder {out}: config.json's network spec differs from the weights' own")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        save_export_safetensors(tmp / MODEL_FILE, export)
+        for name, text in ((CONFIG_FILE, json.dumps(dict(config), indent=2) + "\n"), (CARD_FILE, card)):
+            with open(tmp / name, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp / name, default_file_mode())
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it 0o700
+        old = None
+        if out.exists():  # empty, or replaced with overwrite: keep it until the new folder is in place
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    _fsync_dir(out.parent)
+    return out
+
+
+def load_model_folder(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """A model folder -> the encoder export dict (``encoder``, ``network``, ``source``, ``step``), plus
+    ``"model_config"``: its ``config.json``. Raises CheckpointError naming the folder when a file is
+    missing or unreadable, or when config.json's network spec is not the weights' own."""
+    folder = Path(path)
+    missing = [name for name in (MODEL_FILE, CONFIG_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise CheckpointError(f"model folder {folder}: no {' or '.join(missing)} (asa-export writes {MODEL_FILE}, "
+                              f"{CONFIG_FILE} and {CARD_FILE})")
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"model folder {folder}: {CONFIG_FILE} is not readable JSON ({err})") from err
+    if not isinstance(config, dict) or config.get("asa_format") != FOLDER_FORMAT:
+        raise CheckpointError(f"model folder {folder}: {CONFIG_FILE} is not an asa model folder's "
+                              f"(no asa_format={FOLDER_FORMAT!r}); write one with asa-export")
+    export = load_export_safetensors(folder / MODEL_FILE, map_location)
+    if config.get("network") != export.get("network"):
+        raise CheckpointError(f"model folder {folder}: {CONFIG_FILE}'s network spec differs from {MODEL_FILE}'s own")
+    export["model_config"] = config
+    return export
+
+
+def resolve_hub_id(ref: str) -> Path:
+    """``hf://owner/name[@revision]`` -> the local folder of that hub repository, through
+    ``huggingface_hub`` (downloaded, or its cached copy when offline: ``HF_HUB_OFFLINE=1``).
+    Refused with a message when ``huggingface_hub`` is not installed or the model cannot be had."""
+    if not ref.startswith(HUB_PREFIX) or "/" not in ref[len(HUB_PREFIX):]:
+        raise ValueError(f"{ref!r} is not a hub id; expected {HUB_PREFIX}owner/name[@revision]")
+    repo_id, _, revision = ref[len(HUB_PREFIX):].partition("@")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(f"{ref}: reading a model from the Hugging Face hub needs huggingface_hub "
+                              "(pip install huggingface_hub); or download the folder and give its path") from None
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    try:
+        folder = snapshot_download(repo_id, revision=revision or None, local_files_only=offline,
+                                   allow_patterns=[MODEL_FILE, CONFIG_FILE, CARD_FILE])
+    except Exception as err:  # offline, unknown repository, no access: one message naming the id
+        where = "no cached copy (HF_HUB_OFFLINE is set)" if offline else "not reachable or not found"
+        raise CheckpointError(f"{ref}: {where} ({type(err).__name__}: {err}); download the folder and give its "
+                              "path instead") from err
+    return Path(folder)
+
+
+def load_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """A pretraining checkpoint or encoder export as a dict: ``.safetensors`` files through
+    :func:`load_export_safetensors`, a model folder of ``asa-export`` (or a hub id
+    ``hf://owner/name``, with ``huggingface_hub`` installed) through :func:`load_model_folder`,
+    anything else through ``asa.io.load_checkpoint`` (weights only)."""
+    if isinstance(path, str) and path.startswith(HUB_PREFIX):
+        path = resolve_hub_id(path)
+    if Path(path).is_dir():
+        return load_model_folder(path, map_location)
+    if Path(path).suffix.lower() == SAFETENSORS_SUFFIX:
+        return load_export_safetensors(path, map_location)
+    return load_checkpoint(path, map_location)
