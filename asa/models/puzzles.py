@@ -33,9 +33,9 @@ from torch import nn
 from asa.models.encoder import EncoderSettings
 from asa.models.registry import record_spec, register_network
 
-__all__ = ["CENTRE_CELL", "NEIGHBOUR_OFFSETS", "RPL_GRID", "BlockLayout", "JigsawPuzzle", "PuzzleOutput", "RelativePatchLocation",
-           "block_layout", "cut_blocks", "jigsaw_permutations", "min_hamming", "neighbour_class", "permutation_index",
-           "shuffle_blocks"]
+__all__ = ["CENTRE_CELL", "NEIGHBOUR_OFFSETS", "RPL_GRID", "BlockLayout", "JigsawPuzzle", "PuzzleOutput",
+           "RelativePatchLocation", "block_layout", "cut_blocks", "jigsaw_permutations", "min_hamming",
+           "neighbour_class", "permutation_index", "shuffle_blocks"]
 
 RPL_GRID = 3
 CENTRE_CELL = 13  # the centre of the 3 × 3 × 3 cells in raster order
@@ -204,7 +204,7 @@ class BlockPuzzle(nn.Module):
         self.encoder = settings.encoder()
         self.in_channels = settings.in_channels
         self.img_size, self.patch_size = self.encoder.img_size, self.encoder.patch_size
-        k = self.layout.block // self.patch_size
+        k = self.block_patches = self.layout.block // self.patch_size  # the block edge in patches, resolved
         codes = self.encoder.pos_embed.view(*self.encoder.grid, -1)[:k, :k, :k]  # the reference grid's corner
         self.register_buffer("block_pos", codes.reshape(k ** 3, -1).clone(), persistent=False)  # [k³, E]
 
@@ -249,8 +249,8 @@ class RelativePatchLocation(BlockPuzzle):
         super().__init__(settings, grid=RPL_GRID, block=block, jitter=jitter)
         self.pairs = pairs
         self.head = _head(2 * settings.embed_dim, hidden_dim, len(NEIGHBOUR_OFFSETS))
-        record_spec(self, "rpl_pretrain", {**settings.spec(), "block": block, "jitter": jitter, "pairs": pairs,
-                                           "hidden_dim": hidden_dim})
+        record_spec(self, "rpl_pretrain", {**settings.spec(), "block": self.block_patches, "jitter": jitter,
+                                           "pairs": pairs, "hidden_dim": hidden_dim})
 
     def forward(self, x: torch.Tensor) -> PuzzleOutput:
         blocks = self.random_blocks(x)  # [B, 27, C, b, b, b]
@@ -293,9 +293,10 @@ class JigsawPuzzle(BlockPuzzle):
         self.puzzles = puzzles
         self.register_buffer("permutations", jigsaw_permutations(grid ** 3, permutations, seed=permutation_seed))
         self.head = _head(grid ** 3 * settings.embed_dim, hidden_dim, permutations)
-        record_spec(self, "jigsaw_pretrain", {**settings.spec(), "grid": grid, "block": block, "jitter": jitter,
-                                              "permutations": permutations, "permutation_seed": permutation_seed,
-                                              "puzzles": puzzles, "hidden_dim": hidden_dim})
+        record_spec(self, "jigsaw_pretrain", {**settings.spec(), "grid": grid, "block": self.block_patches,
+                                              "jitter": jitter, "permutations": permutations,
+                                              "permutation_seed": permutation_seed, "puzzles": puzzles,
+                                              "hidden_dim": hidden_dim})
 
     def forward(self, x: torch.Tensor) -> PuzzleOutput:
         blocks = self.random_blocks(x)  # [B, K, C, b, b, b]

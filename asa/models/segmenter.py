@@ -62,9 +62,9 @@ def recorded_pretraining(checkpoint: dict, source: str | Path) -> dict:
     arch, kwargs = spec.get("arch"), spec.get("kwargs") or {}
     if (ENCODER_MODULES.get(arch) != ENCODER_PREFIX.rstrip(".") or NETWORK_TASKS.get(arch) == "case"
             or not all(key in kwargs for key in SW_VIT_GEOMETRY)):
-        raise ValueError(f"{source}: the pretrained file holds a {arch!r} network, not an ASA encoder "
-                         "(an SW-ViT network such as asa_pretrain, asa, rpl_pretrain or jigsaw_pretrain); an SA-Swin "
-                         "file initialises model=sa_swin")
+        raise ValueError(f"{source}: the pretrained file holds a {arch!r} network, not an ASA encoder (an SW-ViT "
+                         "network such as asa_pretrain, asa, rpl_pretrain or jigsaw_pretrain); an SA-Swin file "
+                         "initialises model=sa_swin")
     return {"img_size": to_3tuple(kwargs["img_size"], "img_size"), "patch_size": kwargs["patch_size"],
             "pos_mode": kwargs["pos_mode"], "lr_axis": kwargs["lr_axis"]}
 
