@@ -10,7 +10,8 @@ and the encoder export through this interface alone, alike for every method.
 
 Built in: ``asa`` (the masked autoencoder family: MAE, A-SSL, SPE-SSL, ASA and the RAT variants are
 settings of it, `asa.methods.masked_autoencoder`) and ``sa_swin`` (SA-Swin's Symmetry-Aware Head,
-`asa.methods.sa_swin`). Packages add their own through the ``asa.methods`` entry-point group (an
+`asa.methods.sa_swin`), and Taleb et al.'s block puzzles ``rpl`` (relative patch location,
+`asa.methods.rpl`) and ``jigsaw`` (`asa.methods.jigsaw`) on the same SW-ViT encoder. Packages add their own through the ``asa.methods`` entry-point group (an
 entry point naming the method class), or by calling `register_method` before composing a config.
 """
 
@@ -19,11 +20,14 @@ from __future__ import annotations
 from asa.methods.base import (METHODS, MethodContext, MethodSettings, PretrainingMethod, RegionNeeds,
                               get_method, register_method, registered_methods)
 from asa.methods.choices import check_choices, one_of
+from asa.methods.jigsaw import JigsawPretraining, JigsawSettings
 from asa.methods.masked_autoencoder import MaskedAutoencoder, MaskedAutoencoderSettings
+from asa.methods.rpl import RelativePatchLocationPretraining, RelativePatchLocationSettings
 from asa.methods.sa_swin import SymmetryAwarePretraining, SymmetryAwareSettings
 
 __all__ = [
-    "METHODS", "MaskedAutoencoder", "MaskedAutoencoderSettings", "MethodContext", "MethodSettings",
-    "PretrainingMethod", "RegionNeeds", "SymmetryAwarePretraining", "SymmetryAwareSettings", "get_method",
+    "METHODS", "JigsawPretraining", "JigsawSettings", "MaskedAutoencoder", "MaskedAutoencoderSettings",
+    "MethodContext", "MethodSettings", "PretrainingMethod", "RegionNeeds", "RelativePatchLocationPretraining",
+    "RelativePatchLocationSettings", "SymmetryAwarePretraining", "SymmetryAwareSettings", "get_method",
     "check_choices", "one_of", "register_method", "registered_methods",
 ]

@@ -20,7 +20,7 @@ from asa.models.declared import Capabilities
 from asa.models.encoder import ENCODER_PREFIX, EncoderSettings, SWViTEncoder
 from asa.models.patch import patch_grid, to_3tuple
 from asa.models.region_attention import patch_regions
-from asa.models.registry import record_spec, register_network
+from asa.models.registry import ENCODER_MODULES, NETWORK_TASKS, record_spec, register_network
 from asa.models.saca import SACA_PLACES
 
 
@@ -45,19 +45,26 @@ class LoadReport:
 SPE_FRAMES = ("brain", "crop")
 
 
+SW_VIT_GEOMETRY = ("img_size", "patch_size", "pos_mode", "lr_axis")  # what a spec records of an SW-ViT encoder
+
+
 def recorded_pretraining(checkpoint: dict, source: str | Path) -> dict:
     """What the pretraining checkpoint or encoder export ``source`` (its content: ``checkpoint``)
     records about its network, from its network spec (``{"arch", "kwargs"}``): ``img_size`` (3 ints),
-    ``patch_size``, ``pos_mode``, ``lr_axis``. A file without a spec, or with a spec of another
-    network than ASA's, raises ``ValueError`` naming ``source``."""
+    ``patch_size``, ``pos_mode``, ``lr_axis``. A file without a spec, or with a spec of a network
+    that has no SW-ViT encoder (a pretraining or segmentation network whose ``encoder`` module's
+    settings its spec records flat, as those of ``asa_pretrain``, ``asa``, ``rpl_pretrain`` and
+    ``jigsaw_pretrain`` do), raises ``ValueError`` naming ``source``."""
     spec = checkpoint.get("network")
     if spec is None:
         raise ValueError(f"{source}: records no network spec ('network': {{'arch', 'kwargs'}}), so the pretraining "
                          "grid and position code are unknown; use a checkpoint or the encoder.pt written by asa-pretrain")
-    if spec.get("arch") not in ("asa", "asa_pretrain"):
-        raise ValueError(f"{source}: the pretrained file holds a {spec.get('arch')!r} network, not an ASA encoder "
-                         "(asa_pretrain or asa); an SA-Swin file initialises model=sa_swin")
-    kwargs = spec["kwargs"]
+    arch, kwargs = spec.get("arch"), spec.get("kwargs") or {}
+    if (ENCODER_MODULES.get(arch) != ENCODER_PREFIX.rstrip(".") or NETWORK_TASKS.get(arch) == "case"
+            or not all(key in kwargs for key in SW_VIT_GEOMETRY)):
+        raise ValueError(f"{source}: the pretrained file holds a {arch!r} network, not an ASA encoder (an SW-ViT "
+                         "network such as asa_pretrain, asa, rpl_pretrain or jigsaw_pretrain); an SA-Swin file "
+                         "initialises model=sa_swin")
     return {"img_size": to_3tuple(kwargs["img_size"], "img_size"), "patch_size": kwargs["patch_size"],
             "pos_mode": kwargs["pos_mode"], "lr_axis": kwargs["lr_axis"]}
 

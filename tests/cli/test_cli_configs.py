@@ -16,9 +16,11 @@ from asa.api.pretrain import _method
 from asa.api.schema import as_config, check_choices, validate
 from asa.methods import MaskedAutoencoderSettings
 from asa.models import ASA, PRESETS, SymmetryAwareHead, architectures, build_case_head, build_from_config
+from asa.models.puzzles import JigsawPuzzle, RelativePatchLocation
 from asa.api.common import trainer_config
 from asa.train import build_optimizer
 
+PUZZLES = {"rpl": RelativePatchLocation, "jigsaw": JigsawPuzzle}
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 GROUPS = ("model", "data", "optim", "trainer", "experiment")  # the groups of asa-pretrain and asa-finetune
 EXPERIMENTS = {"mae": ("none", "uniform"), "a_ssl": ("none", "attentive"), "spe_ssl": ("mirror", "uniform"),
@@ -42,7 +44,8 @@ def test_groups_are_complete():
     assert {"adni", "demo", "oasis"} <= set(options("pretrain", "data"))
     assert options("finetune", "data") == ["brats", "ibsr", "msd", "targets", "wmh"]
     assert options("pretrain", "experiment") == sorted(
-        [*EXPERIMENTS, "focal_region", "rat_asa", "rat_msa", "asa_saca", "sa_swin"])  # + RAT parts, SA-Swin/SACA
+        [*EXPERIMENTS, "focal_region", "rat_asa", "rat_msa", "asa_saca", "sa_swin",
+         "rpl", "jigsaw"])  # + RAT parts, SA-Swin/SACA, Taleb's block puzzles
     assert options("finetune", "experiment") == ["asa_saca", "baseline", "spe_only"]
     for entry in ("pretrain", "finetune"):
         assert {"default", "paper", "smoke"} <= set(options(entry, "trainer"))
@@ -54,9 +57,9 @@ def _build(entry: str, composed) -> None:
     cfg = as_config(composed, entry)
     model = cfg.model if isinstance(cfg.model, dict) else asdict(cfg.model)
     if entry == "pretrain":
-        cfg.data.size = 32
+        cfg.data.size = 48 if cfg.method.name in PUZZLES else 32  # puzzles: 3 cells of 16 voxels, 1-patch blocks
         net = _method(cfg).build_network()  # the configured method's network
-        assert isinstance(net, SymmetryAwareHead if cfg.method.name == "sa_swin" else ASA)
+        assert isinstance(net, {"sa_swin": SymmetryAwareHead, **PUZZLES}.get(cfg.method.name, ASA))
     elif model.get("arch") in architectures("case"):  # a case network (data.task=case): pooled tokens, an MLP
         net = build_case_head(model, in_channels=1, out_channels=2, patch_size=32, default_patch_size=32)
     else:

@@ -21,6 +21,8 @@ SPECS = {
     "sa_swin": dict(img_size=64, in_channels=2, out_channels=3, feature_size=12, depths=[1, 1, 1, 1]),
     "sa_swin_pretrain": dict(in_channels=1, feature_size=12, depths=[1, 1, 1, 1], contrastive_dim=16,
                              symmetry_dim=8),
+    "rpl_pretrain": dict(img_size=48, pairs=2, hidden_dim=16, **TINY),
+    "jigsaw_pretrain": dict(img_size=48, grid=2, permutations=10, puzzles=2, hidden_dim=16, **TINY),
     "case_head": dict(img_size=32, in_channels=2, out_channels=3, pooling="attention", hidden_dim=16, lr_axis=1, **TINY),
     "vit_case": dict(img_size=32, in_channels=2, out_channels=3, patch_size=8, hidden_size=48, mlp_dim=96, num_layers=2,
                      num_heads=3, pooling="attention", hidden_dim=16, target_shift=70.0, target_scale=9.0),
@@ -97,7 +99,7 @@ def test_config_nulls_are_resolved_in_the_spec(tmp_path):
 
 def test_bad_specs_and_foreign_networks():
     assert set(ASA_NETWORKS) == {"asa", "unetr", "swin_unetr", "sa_swin", "dynunet", "asa_pretrain", "sa_swin_pretrain",
-                                 "case_head", "vit_case", "swin_case"}
+                                 "case_head", "vit_case", "swin_case", "rpl_pretrain", "jigsaw_pretrain"}
     assert {"asa", "unetr", "swin_unetr", "sa_swin"} <= set(architectures("segmentation"))
     assert ENCODER_MODULES["asa"] == ENCODER_MODULES["asa_pretrain"] == "encoder"
     with pytest.raises(ValueError, match="unknown arch 'vnet'"):
@@ -115,6 +117,12 @@ def test_an_sa_swin_pretraining_file_is_not_read_as_an_asa_encoder():
     head = build_network({"arch": "sa_swin_pretrain", "kwargs": SPECS["sa_swin_pretrain"]})
     with pytest.raises(ValueError, match="'sa_swin_pretrain' network, not an ASA encoder"):
         recorded_pretraining({"network": network_spec(head)}, "sah.pt")
+    case = build_network({"arch": "case_head", "kwargs": SPECS["case_head"]})  # an SW-ViT, but a case network
+    with pytest.raises(ValueError, match="'case_head' network, not an ASA encoder"):
+        recorded_pretraining({"network": network_spec(case)}, "case.pt")
+    puzzle = build_network({"arch": "rpl_pretrain", "kwargs": SPECS["rpl_pretrain"]})  # the shared encoder
+    assert recorded_pretraining({"network": network_spec(puzzle)}, "rpl.pt") == {
+        "img_size": (48, 48, 48), "patch_size": 8, "pos_mode": "mirror", "lr_axis": 0}
 
 
 def test_a_pretrained_file_without_a_spec_is_refused_naming_it(tmp_path):
