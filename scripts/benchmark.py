@@ -96,6 +96,7 @@ from asa.losses import SegmentationLoss, patch_informativeness
 from asa.models import (ASA, PRESETS, ASASegmenter, LinearWindowAttention, RegionAttention, SASwin, patch_regions,
                         patchify)
 from asa.models.layout import channels_last_inference
+from asa.train.optim import multi_tensor_kernel
 from asa.train.precision import AMP_CHOICES, amp_name, resolve_amp
 
 PATCH = 8
@@ -150,13 +151,18 @@ def train_workload(name: str, setup: Setup, model: nn.Module, optimizer: torch.o
 
 
 def adamw(model: nn.Module, batch: int) -> torch.optim.Optimizer:
-    """The paper's pretraining optimizer (Table 1): lr 1.5e-4 · batch / 256, β = (0.9, 0.95), wd 0.05."""
-    return torch.optim.AdamW(model.parameters(), lr=1.5e-4 * batch / 256, betas=(0.9, 0.95), weight_decay=0.05)
+    """The paper's pretraining optimizer (Table 1): lr 1.5e-4 · batch / 256, β = (0.9, 0.95), wd 0.05, with
+    the multi-tensor kernel ``asa-pretrain`` uses (fused on CPU and CUDA)."""
+    params = list(model.parameters())
+    return torch.optim.AdamW(params, lr=1.5e-4 * batch / 256, betas=(0.9, 0.95), weight_decay=0.05,
+                             **multi_tensor_kernel(params))
 
 
 def sgd(model: nn.Module) -> torch.optim.Optimizer:
-    """The paper's fine-tuning optimizer: SGD, Nesterov momentum 0.99, lr 0.01, wd 3e-5."""
-    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5)
+    """The paper's fine-tuning optimizer: SGD, Nesterov momentum 0.99, lr 0.01, wd 3e-5 (fused, as in ``asa-finetune``)."""
+    params = list(model.parameters())
+    return torch.optim.SGD(params, lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5,
+                           **multi_tensor_kernel(params))
 
 
 def asa_workloads(setup: Setup, x: torch.Tensor) -> tuple[Workload, Workload | None]:
