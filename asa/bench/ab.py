@@ -86,15 +86,15 @@ def run_ab(*, size: int, batch: int, preset: str, device: torch.device, dtype: t
     with _autocast(device, dtype):
         loss = base(x).loss
     loss.float().backward()
-    work = []
-    for name, kernel in (("optimizer_old", {}), ("optimizer_new", multi_tensor_kernel(list(base.parameters())))):
+    work, new_kernel = [], multi_tensor_kernel(list(base.parameters()))
+    for name, kernel in (("optimizer_old", {}), ("optimizer_new", new_kernel)):
         params = [p.detach().clone().requires_grad_() for p in base.parameters()]
         for p, q in zip(params, base.parameters()):
             p.grad = q.grad.clone()
         work.append(Workload(name, _adamw(params, batch, kernel).step))
     alternate(work, device, warmup=warmup, steps=steps)
     r.update(optimizer_old_s=work[0].median, optimizer_new_s=work[1].median,
-             optimizer_speedup=work[0].median / work[1].median, optimizer_new_kernel=next(iter(kernel)))
+             optimizer_speedup=work[0].median / work[1].median, optimizer_new_kernel=next(iter(new_kernel)))
     base.zero_grad(set_to_none=True)
     del work
 
