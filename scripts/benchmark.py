@@ -723,6 +723,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[bench] appended a row to {append_loader_markdown(results, args.append_md)}")
         return 0
     if args.gpu_ab:
+        if args.append_md is not None:
+            raise SystemExit("--append-md is not available with --gpu-ab (use --json)")
         return run_gpu_ab(args, device, sys.argv[1:] if argv is None else argv, load_start, start)
     if args.dry_run:
         raise SystemExit("--dry-run goes with --gpu-ab")
