@@ -6,7 +6,8 @@ Measures, alternating the compared models round by round so that load changes hi
 1. pretrain step (forward + backward + AdamW) of ``ASA`` vs MONAI's ``MaskedAutoEncoderViT`` of
    the same encoder/decoder sizes, patch size 8 and mask ratio 0.75 -> ``speedup_vs_monai_mae``;
 2. FLOPs of one step (``FlopCounterMode``) / step time over the FLOP/s of a large dense matmul
-   timed in the same rounds -> ``flop_utilization`` (and MONAI's, for context);
+   timed in the same rounds -> ``matmul_frac`` (and MONAI's, for context); over the device's datasheet
+   peak (fp16 / bf16 on a listed GPU, ``asa.bench.harness.DATASHEET_PEAKS``; else None) -> ``mfu``;
 3. ``patch_informativeness`` of the batch / ASA step time -> ``ar_weights_fraction``;
 4. fine-tune step (forward + backward + SGD, Dice + BCE) and Gaussian sliding-window inference
    of ``ASASegmenter`` vs MONAI ``UNETR`` of the same width and heads -> ``finetune_speedup_vs_unetr``,
@@ -40,6 +41,11 @@ from a store of ``--loader-volumes`` synthetic brains of ``--loader-shape`` agai
 and cold (``posix_fadvise``); resident memory per worker; start-up to the first batch with an
 ``--index-cases``-case store index.
 
+``--gpu-ab`` compares old and new code paths of the step instead (`asa.bench.ab`: the optimizer's
+kernel, SLW-MSA's window partition, each pair alternated in one process, and the AR weights' share),
+then runs ``asa-pretrain`` from a store of synthetic brains with the real loader for ``--loop-steps``;
+``--gpu-ab --dry-run`` runs all of it at toy sizes on the CPU.
+
 ``--amp`` picks the precision of every model alike, MONAI's references included, and of the
 reference matmul: ``auto`` is what ``trainer.amp=auto`` gives (fp16 + GradScaler on CUDA, bf16 on
 a CPU with native bf16 matmul, else fp32). Every figure is a median over timed repeats after warm-up.
@@ -54,6 +60,8 @@ Examples::
     python scripts/benchmark.py --symmetry --batch 1 --json sym.json      # SACA / SA-Swin step costs at 128³
     python scripts/benchmark.py --symmetry sa_swin --swin-feature-size 24   # only SA-Swin vs SwinUNETR
     python scripts/benchmark.py --loader --json loader.json --append-md   # store vs cache_dir, 200 volumes
+    python scripts/benchmark.py --gpu-ab --batch 24 --json ab.json        # old vs new step paths + 500-step asa-pretrain
+    python scripts/benchmark.py --gpu-ab --dry-run                        # the same at toy sizes on the CPU
     python scripts/benchmark.py --parts finetune inference --batch 2 --swin-unetr --amp fp16   # vs UNETR, SwinUNETR
 
 ``--parts`` picks the measurements (pretrain, finetune, inference, case, loader; default all). On
@@ -87,7 +95,7 @@ from monai.networks.nets import UNETR, MaskedAutoEncoderViT, SwinUNETR
 from torch import nn
 
 import asa
-from asa.bench.harness import (Workload, alternate, fits, largest_fitting, matmul_workload, release_memory,
+from asa.bench.harness import (Workload, alternate, datasheet_peak, fits, largest_fitting, matmul_workload, release_memory,
                                tensor_bytes)
 from asa.bench.loader import format_loader_table, run_loader_benchmark
 from asa.bench.report import append_loader_markdown, append_markdown, format_symmetry_table, format_table
@@ -96,6 +104,7 @@ from asa.losses import SegmentationLoss, patch_informativeness
 from asa.models import (ASA, PRESETS, ASASegmenter, LinearWindowAttention, RegionAttention, SASwin, patch_regions,
                         patchify)
 from asa.models.layout import channels_last_inference
+from asa.train.optim import multi_tensor_kernel
 from asa.train.precision import AMP_CHOICES, amp_name, resolve_amp
 
 PATCH = 8
@@ -150,13 +159,18 @@ def train_workload(name: str, setup: Setup, model: nn.Module, optimizer: torch.o
 
 
 def adamw(model: nn.Module, batch: int) -> torch.optim.Optimizer:
-    """The paper's pretraining optimizer (Table 1): lr 1.5e-4 · batch / 256, β = (0.9, 0.95), wd 0.05."""
-    return torch.optim.AdamW(model.parameters(), lr=1.5e-4 * batch / 256, betas=(0.9, 0.95), weight_decay=0.05)
+    """The paper's pretraining optimizer (Table 1): lr 1.5e-4 · batch / 256, β = (0.9, 0.95), wd 0.05, with
+    the multi-tensor kernel ``asa-pretrain`` uses (fused on CPU and CUDA)."""
+    params = list(model.parameters())
+    return torch.optim.AdamW(params, lr=1.5e-4 * batch / 256, betas=(0.9, 0.95), weight_decay=0.05,
+                             **multi_tensor_kernel(params))
 
 
 def sgd(model: nn.Module) -> torch.optim.Optimizer:
-    """The paper's fine-tuning optimizer: SGD, Nesterov momentum 0.99, lr 0.01, wd 3e-5."""
-    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5)
+    """The paper's fine-tuning optimizer: SGD, Nesterov momentum 0.99, lr 0.01, wd 3e-5 (fused, as in ``asa-finetune``)."""
+    params = list(model.parameters())
+    return torch.optim.SGD(params, lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5,
+                           **multi_tensor_kernel(params))
 
 
 def asa_workloads(setup: Setup, x: torch.Tensor) -> tuple[Workload, Workload | None]:
@@ -421,7 +435,10 @@ def _pretrain_rows(setup: Setup, r: dict[str, Any], times: dict[str, list[float]
     r["asa_step_s"], r["asa_samples_per_s"] = asa_w.median, batch / asa_w.median
     r["asa_step_flops"] = asa_w.flops
     r["matmul_flops_per_s"] = matmul.flops / matmul.median
-    r["flop_utilization"] = asa_w.flops / asa_w.median / r["matmul_flops_per_s"]
+    r["matmul_frac"] = asa_w.flops / asa_w.median / r["matmul_flops_per_s"]
+    peak = datasheet_peak(device, setup.dtype)
+    r["datasheet_peak_flops_per_s"] = peak
+    r["mfu"] = asa_w.flops / asa_w.median / peak if peak else None
     r["asa_pretrain_peak_mib"] = asa_w.peak_mib
     times.update({w.name: w.times for w in work if w is not fp32_w})
     if mae_w is not None:
@@ -429,7 +446,7 @@ def _pretrain_rows(setup: Setup, r: dict[str, Any], times: dict[str, list[float]
         r["monai_mae_samples_per_s"] = mae_batch / mae_w.median
         r["speedup_vs_monai_mae"] = r["asa_samples_per_s"] / r["monai_mae_samples_per_s"]
         r["monai_mae_step_flops"] = mae_w.flops
-        r["monai_mae_flop_utilization"] = mae_w.flops / mae_w.median / r["matmul_flops_per_s"]
+        r["monai_mae_matmul_frac"] = mae_w.flops / mae_w.median / r["matmul_flops_per_s"]
         r["monai_mae_peak_mib"] = mae_w.peak_mib
     del asa_w, mae_w, fp32_w, work
     release_memory(device)
@@ -622,6 +639,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--symmetry", nargs="?", const="all", choices=("all", "saca", "sa_swin"),
                    help="measure SACA in ASA (saca none/decoder/encoder) and/or SA-Swin vs SwinUNETR instead")
     p.add_argument("--swin-feature-size", type=int, default=48, help="SwinUNETR / SA-Swin feature size (default 48)")
+    g = p.add_argument_group("--gpu-ab: old vs new code paths of the step, alternated, then the asa-pretrain loop")
+    g.add_argument("--gpu-ab", action="store_true",
+                   help="A/B of the optimizer kernel and the SLW-MSA partition (old vs new in one process), the AR "
+                        "weights' share, then asa-pretrain from a store (one command, < 9 min on an H100)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="with --gpu-ab: every part at toy sizes on the CPU (tiny, 32³, batch 1, 4 loop steps)")
+    g.add_argument("--loop-steps", type=int, default=500, help="asa-pretrain steps of --gpu-ab (default 500)")
+    g.add_argument("--loop-batch", type=int, default=8, help="asa-pretrain batch of --gpu-ab (default 8)")
+    g.add_argument("--loop-workers", type=int, default=8, help="its loader workers (default 8)")
+    g.add_argument("--loop-volumes", type=int, default=64, help="synthetic brains in its store (default 64)")
     g = p.add_argument_group("--loader: the data path (crops of --size³, loader batch --batch)")
     g.add_argument("--loader", action="store_true", help="measure the store loader against the cache_dir path instead")
     g.add_argument("--loader-volumes", type=int, default=200, help="synthetic volumes (default 200)")
@@ -635,6 +662,38 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     g.add_argument("--store-dtype", default="float16", choices=("float16", "float32"))
     g.add_argument("--tmp", type=Path, help="folder for the synthetic data (default: the system's temporary folder)")
     return p.parse_args(argv)
+
+
+def run_gpu_ab(args: argparse.Namespace, device: torch.device, argv: Sequence[str], load_start: float,
+               start: float) -> int:
+    """``--gpu-ab``: `asa.bench.ab` at the run's setting (``--dry-run``: toy sizes on the CPU), then the
+    asa-pretrain loop; prints and writes (``--json``) one result dict."""
+    from asa.bench.ab import run_ab, run_pretrain_loop
+
+    if args.dry_run:
+        device = torch.device("cpu")
+        torch.set_num_threads(1)
+        size, batch, preset, steps, warmup = 32, 1, "tiny", 1, 0
+        loop = dict(steps=4, batch=1, workers=0, volumes=4, threads=1)
+    else:
+        size, batch, preset, steps, warmup = args.size, args.batch, args.preset, args.steps, args.warmup
+        loop = dict(steps=args.loop_steps, batch=args.loop_batch, workers=args.loop_workers,
+                    volumes=args.loop_volumes, threads=args.threads)
+    say = lambda msg: print(f"[bench {time.perf_counter() - start:5.0f} s] {msg}", flush=True)
+    dtype = resolve_amp(args.amp, device, option="--amp")
+    results = {**describe(device, argv), "size": size, "batch": batch, "preset": preset, "steps": steps,
+               "warmup": warmup, "amp": amp_name(dtype), "load_avg_start": load_start}
+    results.update(run_ab(size=size, batch=batch, preset=preset, device=device, dtype=dtype, steps=steps,
+                          warmup=warmup, seed=args.seed, log=say))
+    pretrain = run_pretrain_loop(size=size, preset=preset, device=device.type, log=say, **loop)
+    results.update({f"loop_{k}": v for k, v in pretrain.items()})
+    results.update(load_avg_end=os.getloadavg()[0], wall_s=time.perf_counter() - start)
+    print(json.dumps({k: v for k, v in results.items() if k not in ("times", "loop_losses")}, indent=2))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"[bench] wrote {args.json}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -663,6 +722,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.append_md is not None:
             print(f"[bench] appended a row to {append_loader_markdown(results, args.append_md)}")
         return 0
+    if args.gpu_ab:
+        if args.append_md is not None:
+            raise SystemExit("--append-md is not available with --gpu-ab (use --json)")
+        return run_gpu_ab(args, device, sys.argv[1:] if argv is None else argv, load_start, start)
+    if args.dry_run:
+        raise SystemExit("--dry-run goes with --gpu-ab")
     if args.region_attention:
         results = run_region_attention_benchmark(size=args.size, batch=args.batch, preset=args.preset, device=device,
                                                  steps=args.steps, warmup=args.warmup, seed=args.seed, amp=args.amp)

@@ -222,7 +222,7 @@ def junit_summary(path: Path) -> dict[str, Any]:
 def _benchmark_part(index: int) -> Callable[[Context], dict[str, Any]]:
     def part(ctx: Context) -> dict[str, Any]:
         """ASA vs MONAI MaskedAutoEncoderViT pretrain steps at the profile's batch, the matmul
-        reference (MFU), peak memory and the AR weights, at one precision."""
+        reference (matmul_frac), peak memory and the AR weights, at one precision."""
         p = ctx.profile
         r = _bench(ctx, f"benchmark_{index}", ["--batch", str(p.batch), "--amp", p.amps[index], "--parts", "pretrain"])
         return {"results": r, "checks": {"finite": _finite(r), "asa_measured": "asa_step_s" in r}}

@@ -16,6 +16,21 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 MIB = 2**20
+# dense fp16 / bf16 tensor-core FLOP/s of the vendors' datasheets (no sparsity), first match of the device
+# name wins; a CPU or an unlisted device has none
+DATASHEET_PEAKS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12), ("V100", 125e12))
+
+
+def datasheet_peak(device: torch.device, dtype: torch.dtype | None) -> float | None:
+    """The datasheet's dense FLOP/s of ``device`` at reduced precision ``dtype`` (fp16 / bf16; V100: fp16
+    only), or None (fp32, a CPU, an unlisted GPU): the denominator of the conventional MFU."""
+    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in DATASHEET_PEAKS:
+        if key in name:
+            return None if key == "V100" and dtype == torch.bfloat16 else peak
+    return None
 
 
 def sync(device: torch.device) -> None:

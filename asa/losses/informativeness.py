@@ -53,15 +53,15 @@ def patch_informativeness(
 
     g0, g1, g2 = d // s, h // s, w // s
     n = g0 * g1 * g2
-
-    def by_patch(t: torch.Tensor) -> torch.Tensor:  # [B, C, D, H, W] -> [B·N, C·s³]
-        t = t.reshape(b, c, g0, s, g1, s, g2, s).permute(0, 2, 4, 6, 1, 3, 5, 7)
-        return t.reshape(b * n, c * s**3)
-
-    offsets = torch.arange(b * n, device=volume.device).unsqueeze(1) * bins**2
-    index = (by_patch(bin_id) + offsets).reshape(-1)
-    hist = torch.zeros(b * n * bins**2, device=volume.device, dtype=torch.float32)
-    hist.index_add_(0, index, by_patch(mag).reshape(-1))
+    # flat histogram slot of every voxel, in the volume's own layout (no per-patch copies of the
+    # volume): (sample · N + patch) · b² + bin, the patch from the voxel's coordinates
+    dev = volume.device
+    patch = ((torch.arange(d, device=dev) // s * (g1 * g2)).view(d, 1, 1)
+             + (torch.arange(h, device=dev) // s * g2).view(h, 1) + torch.arange(w, device=dev) // s)
+    first = (torch.arange(b, device=dev) * n).view(b, 1, 1, 1, 1)
+    index = ((first + patch) * bins**2 + bin_id).reshape(-1)  # [B·C·D·H·W]
+    hist = torch.zeros(b * n * bins**2, device=dev, dtype=torch.float32)
+    hist.index_add_(0, index, mag.reshape(-1))
     hist = hist.view(b, n, bins**2)
     if normalize == "l2":
         hist = hist / torch.sqrt((hist * hist).sum(-1, keepdim=True) + EPS**2)

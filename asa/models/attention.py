@@ -17,11 +17,18 @@ class LinearWindowAttention(nn.Module):
     masked out. ``rel_pos_bias`` adds a learned bias per head indexed by the offset i − j
     (2S − 1 entries). All windows go through one batched ``scaled_dot_product_attention`` call.
 
+    The shifted windows are cut by one gather with indices built once per sequence length
+    (window slot -> token; padding slots point at a real token, their keys are masked and their
+    outputs dropped) and put back by the inverse gather after the output projection, instead of a
+    roll, a pad, a slice and a roll back. ``partition = "roll"`` selects that earlier way, kept only
+    so that the benchmark can compare the two in one process; both give the same values.
+
     x: [B, N, C] -> [B, N, C]. Windows group tokens by sequence position alone: the region ids an SW
     block hands each of its token mixers (``forward(x, regions)``) are not used.
     """
 
     uses_regions = False  # declared for SW blocks: LW-MSA needs no region ids
+    PARTITIONS = ("gather", "roll")
 
     def __init__(
         self,
@@ -60,7 +67,21 @@ class LinearWindowAttention(nn.Module):
             )
         else:
             self.rel_pos_bias = None
+        self.partition = "gather"
         self._mask_cache: dict[tuple[int, torch.device, torch.dtype], torch.Tensor | None] = {}
+        self._order_cache: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _shifted_order(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(slot -> token [P], token -> slot [n]) for the shifted, padded window layout of n tokens
+        (P = n rounded up to S): slot j holds token (j + shift) mod n, as after ``roll(-shift)``;
+        padding slots hold token 0 (masked as keys, dropped as queries). Built once per length."""
+        key = (n, device)
+        if key not in self._order_cache:
+            padded = -(-n // self.window_size) * self.window_size
+            slots = torch.arange(padded, device=device)
+            token = torch.where(slots < n, (slots + self.shift) % n, 0)
+            self._order_cache[key] = token, (torch.arange(n, device=device) - self.shift) % n
+        return self._order_cache[key]
 
     def _structural_mask(self, n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
         """Additive mask [nW, 1, S, S] (0 or -inf) for padding and the wrap-around window, or None;
@@ -100,14 +121,20 @@ class LinearWindowAttention(nn.Module):
         return blocked if bias is None else blocked + bias
 
     def forward(self, x: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
+        if self.partition not in self.PARTITIONS:
+            raise ValueError(f"partition must be one of {self.PARTITIONS}, got {self.partition!r}")
         b, n, c = x.shape
         s, h = self.window_size, self.num_heads
-        if self.shift:
-            x = torch.roll(x, -self.shift, dims=1)
         pad = -n % s
-        if pad:
-            x = F.pad(x, (0, 0, 0, pad))
         nw = (n + pad) // s
+        rolled = self.shift and self.partition == "roll"
+        if self.shift and not rolled:
+            x = x.index_select(1, self._shifted_order(n, x.device)[0])  # [B, nW·S, C], window slot order
+        else:
+            if rolled:
+                x = torch.roll(x, -self.shift, dims=1)
+            if pad:
+                x = F.pad(x, (0, 0, 0, pad))
         qkv = self.qkv(x).view(b * nw, s, 3, h, c // h)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B·nW, h, S, d]
         bias = self._attn_bias(n, q.dtype, x.device)  # [1 or nW, h, S, S]
@@ -117,8 +144,10 @@ class LinearWindowAttention(nn.Module):
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0
         )  # [B·nW, h, S, d]
-        out = out.transpose(1, 2).reshape(b, nw * s, c)[:, :n]
-        out = self.proj_drop(self.proj(out))
+        out = out.transpose(1, 2).reshape(b, nw * s, c)
+        if rolled:
+            return torch.roll(self.proj_drop(self.proj(out[:, :n])), self.shift, dims=1)
+        out = self.proj_drop(self.proj(out))  # [B, nW·S, C]; padding rows dropped below
         if self.shift:
-            out = torch.roll(out, self.shift, dims=1)
-        return out
+            return out.index_select(1, self._shifted_order(n, x.device)[1])  # back to token order
+        return out[:, :n] if pad else out

@@ -144,5 +144,14 @@ def build_optimizer(
                   else sorted(encoder_names(model) or ()))
     groups = param_groups(model, weight_decay, lr_scales=scales, frozen=frozen, freeze_epochs=freeze_encoder_epochs)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, **multi_tensor_kernel(groups))
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, **multi_tensor_kernel(groups))
+
+
+def multi_tensor_kernel(groups: Iterable[dict] | Iterable[torch.Tensor]) -> dict[str, bool]:
+    """``{"fused": True}`` when every parameter is a floating-point tensor on a CPU or CUDA device
+    (one kernel updates all of them), else ``{"foreach": True}``. Without either, torch's AdamW and
+    SGD loop over the parameters on a CPU, one small kernel per tensor and update rule."""
+    params = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return {"fused": True} if fused else {"foreach": True}

@@ -120,3 +120,37 @@ def test_attention_bias_has_the_layout_the_fused_cuda_kernels_take():
         for dtype in (torch.float32, torch.bfloat16):
             bias = layer._attn_bias(n, dtype, torch.device("cpu"))
             assert bias.dtype == dtype and bias.is_contiguous(), (shift, n, dtype, bias.stride())
+
+
+@pytest.mark.parametrize("n, shift, shift_mask", [(64, 4, True), (64, 4, False), (64, 0, True), (45, 4, True),
+                                                  (45, 0, True), (13, 4, False)])
+def test_gather_partition_reproduces_the_roll(n, shift, shift_mask):
+    """The shifted windows cut by one gather give the values of roll, pad, attend, slice, roll back:
+    bit for bit in fp32 when n is a multiple of S (then also every gradient); with padding the
+    projection bias's gradient sums its rows in another grouping (fp32 rounding)."""
+    torch.manual_seed(0)
+    new = LinearWindowAttention(32, 4, window_size=8, shift=shift, shift_mask=shift_mask)
+    old = LinearWindowAttention(32, 4, window_size=8, shift=shift, shift_mask=shift_mask)
+    old.load_state_dict(new.state_dict())
+    old.partition = "roll"
+    x = torch.randn(3, n, 32)
+    results = []
+    for attn in (new, old):
+        xi = x.clone().requires_grad_()
+        out = attn(xi)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), xi.grad, {k: p.grad for k, p in attn.named_parameters()}))
+    (out_new, gx_new, g_new), (out_old, gx_old, g_old) = results
+    assert torch.equal(out_new, out_old) and torch.equal(gx_new, gx_old)
+    for name in g_new:
+        if n % 8 == 0 or name != "proj.bias":
+            assert torch.equal(g_new[name], g_old[name]), name
+        else:
+            torch.testing.assert_close(g_new[name], g_old[name], rtol=1e-5, atol=1e-4)
+
+
+def test_unknown_partition_is_refused():
+    attn = LinearWindowAttention(8, 2, window_size=4, shift=2)
+    attn.partition = "cat"
+    with pytest.raises(ValueError, match="partition must be one of"):
+        attn(torch.randn(1, 8, 8))

@@ -31,7 +31,7 @@ TINY = ["--size", "32", "--preset", "tiny", "--batch", "1", "--steps", "1", "--w
         "--amp", "bf16" if BF16 else "off", "--case-shape", "40", "40", "36"]
 POSITIVE = [
     "asa_step_s", "monai_mae_step_s", "speedup_vs_monai_mae", "asa_samples_per_s",
-    "asa_step_flops", "monai_mae_step_flops", "matmul_flops_per_s", "flop_utilization", "monai_mae_flop_utilization",
+    "asa_step_flops", "monai_mae_step_flops", "matmul_flops_per_s", "matmul_frac", "monai_mae_matmul_frac",
     "ar_weights_s", "ar_weights_fraction",
     "asa_finetune_step_s", "unetr_finetune_step_s", "finetune_speedup_vs_unetr",
     "asa_inference_s", "unetr_inference_s", "inference_speedup_vs_unetr",
@@ -83,7 +83,8 @@ def test_ratios_are_those_of_the_recorded_times(tiny_run):
         assert r["asa_fp32_step_s"] == r["times"]["asa_fp32"][0]
     else:  # an fp32 run times no second precision
         assert "bf16_speedup" not in r and "asa_fp32" not in r["times"]
-    assert r["flop_utilization"] == pytest.approx(r["asa_step_flops"] / r["asa_step_s"] / r["matmul_flops_per_s"])
+    assert r["matmul_frac"] == pytest.approx(r["asa_step_flops"] / r["asa_step_s"] / r["matmul_flops_per_s"])
+    assert r["mfu"] is None and r["datasheet_peak_flops_per_s"] is None  # a CPU: no datasheet peak
     # each timed list holds one step; the medians are those steps
     assert r["asa_step_s"] == r["times"]["asa"][0]
     assert r["matmul_flops_per_s"] == pytest.approx(2 * 4096**3 / r["times"]["matmul"][0])  # in the run's precision
@@ -141,7 +142,7 @@ def test_cuda_run_uses_amp(tmp_path):
     benchmark.main([*TINY, "--amp", "auto", "--device", "cuda", "--skip-loader", "--json", str(tmp_path / "b.json")])
     r = json.loads((tmp_path / "b.json").read_text())
     assert r["device"] == "cuda" and r["amp"] == "fp16"
-    assert r["asa_pretrain_peak_mib"] > 0 and math.isfinite(r["flop_utilization"])
+    assert r["asa_pretrain_peak_mib"] > 0 and math.isfinite(r["matmul_frac"])
 
 
 @pytest.mark.slow
@@ -191,3 +192,35 @@ def test_loader_mode_tiny(tmp_path):
     assert len(rows) == 2 and "(" in rows[0].split("|")[9] and "(" not in rows[1].split("|")[9]
     assert "(" in rows[0].split("|")[10] and rows[0].split("|")[15].count("/") == 1  # item by item; epoch start
     assert rows[0].split("|")[5].strip() == "6 × 20×24×20"
+
+
+def test_gpu_ab_dry_run_compares_old_and_new_paths_and_runs_the_pretrain_loop(tmp_path, capsys):
+    """``--gpu-ab --dry-run``: the CPU parts of the GPU A/B at toy sizes, ratios from the recorded times,
+    and asa-pretrain from a store to its last step."""
+    out = tmp_path / "ab.json"
+    assert benchmark.main(["--gpu-ab", "--dry-run", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["device"] == "cpu" and r["preset"] == "tiny" and r["size"] == 32
+    assert r["optimizer_new_kernel"] == "fused" and r["shifted_layers"] == 3  # encoder blocks 1, 3; decoder 1
+    assert r["optimizer_speedup"] == pytest.approx(r["optimizer_old_s"] / r["optimizer_new_s"])
+    assert r["partition_speedup"] == pytest.approx(r["partition_roll_step_s"] / r["partition_gather_step_s"])
+    assert r["ar_weights_fraction"] == pytest.approx(r["ar_weights_s"] / r["partition_gather_step_s"])
+    assert r["loop_last_step"] == 4 and r["loop_steps"] == 4 and r["loop_samples_per_s"] > 0
+    assert math.isfinite(r["loop_loss_last"]) and "data.store=" in r["loop_command"]
+    assert len(r["times"]["partition_roll"]) == len(r["times"]["partition_gather"]) == 1
+
+
+def test_mfu_uses_the_datasheet_peak_and_none_elsewhere(monkeypatch):
+    from asa.bench import harness
+
+    assert harness.datasheet_peak(torch.device("cpu"), torch.bfloat16) is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert harness.datasheet_peak(torch.device("cuda"), torch.bfloat16) == 989e12
+    assert harness.datasheet_peak(torch.device("cuda"), None) is None  # fp32: no tensor-core peak listed
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
+    assert harness.datasheet_peak(torch.device("cuda"), torch.float16) == 756e12
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100-SXM2-32GB")
+    assert harness.datasheet_peak(torch.device("cuda"), torch.float16) == 125e12
+    assert harness.datasheet_peak(torch.device("cuda"), torch.bfloat16) is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GeForce RTX 4090")
+    assert harness.datasheet_peak(torch.device("cuda"), torch.float16) is None
