@@ -63,8 +63,11 @@ def build(arch: str, crop: int, classes: int, preset: str, feature_size: int, se
 
 
 def group_of(name: str, prefix: str) -> str:
-    """``encoder.blocks.3.attn.qkv.weight`` -> ``encoder.blocks.3``; ``up1.conv...`` -> ``up1``."""
+    """``encoder.blocks.3.attn.qkv.weight`` -> ``encoder.blocks.3``; ``up1.conv...`` -> ``up1``; a learned
+    position code is a group of its own."""
     parts = name.split(".")
+    if parts[-1] == "position_embeddings":  # UNETR's learned position code (ASA's is a fixed buffer)
+        return ".".join(parts[:-1]) + ".pos"
     if name.startswith(prefix):
         return ".".join(parts[:3]) if parts[1] == "blocks" else ".".join(parts[:2])
     return parts[0]
