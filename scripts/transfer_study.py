@@ -49,6 +49,7 @@ from asa.data import discover, get_task
 from asa.eval.metrics import EMPTY_HD95
 from asa.eval.predict import Predictor
 from asa.eval.reliance import encoder_reliance
+from asa.models import capabilities
 from asa.eval.svg import line_plot
 from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
 
@@ -410,7 +411,9 @@ def train_and_score(run: Run, test_ids: Sequence[str], reuse: bool, device: str,
                              "rerun with --reuse to train it (and the rest) again")
     predictor = Predictor.from_checkpoint(ckpt, device=_device(device))
     task = predictor.task
-    reliance = encoder_reliance(predictor, [by_id[i] for i in test_ids], hd95=True)
+    # a network without an encoder to zero (the DynUNet baseline) is scored without the reliance columns
+    reliance = encoder_reliance(predictor, [by_id[i] for i in test_ids], hd95=True,
+                                zeroed=capabilities(predictor.model).zero_encoder)
     scores = []
     for row in reliance["per_case"]:
         entry = {"arm": run.arm, "n": run.n, "seed": run.seed, "case": row["id"]}

@@ -41,7 +41,7 @@ def case_dice(pred_label: np.ndarray, ref_label: np.ndarray, task: Any) -> dict[
 
 def encoder_reliance(predictor, cases: Sequence, *, overlap: float = 0.5, sw_batch_size: int = 2,
                      progress: bool = False, hd95: bool = False,
-                     hd95_convention: str = "max_directed") -> dict[str, Any]:
+                     hd95_convention: str = "max_directed", zeroed: bool = True) -> dict[str, Any]:
     """Dice per class with the encoder's hidden states as trained and replaced by zeros.
 
     ``predictor``: an :class:`asa.eval.predict.Predictor` whose model has ``zero_encoder_states()``
@@ -49,11 +49,13 @@ def encoder_reliance(predictor, cases: Sequence, *, overlap: float = 0.5, sw_bat
     "Dice_<n>", "Dice_<n>_zeroed"}], "summary": {<n>: {"normal", "zeroed", "drop"}, "mean": {...}}}``
     (means over cases; drop = normal − zeroed). ``hd95``: every row also holds ``HD95_<n>`` (mm) of
     the normal prediction, scored as ``asa-evaluate`` does (``hd95_convention``: max_directed | pooled).
+    ``zeroed=False`` scores the normal prediction only (the zeroed columns are NaN): any segmentation
+    network, e.g. a CNN baseline without an encoder.
     """
     from tqdm import tqdm
 
     model, task = predictor.model, predictor.task
-    if not capabilities(model).zero_encoder:
+    if zeroed and not capabilities(model).zero_encoder:
         raise ValueError(f"encoder reliance needs an ASASegmenter (model arch asa); got {type(model).__name__}")
     rows = []
     for case in tqdm(cases, desc="reliance", unit="case", disable=not progress):
@@ -68,12 +70,14 @@ def encoder_reliance(predictor, cases: Sequence, *, overlap: float = 0.5, sw_bat
         normal = case_dice(pred, ref, task)
         distances = {} if not hd95 else evaluate_arrays(pred, ref, task, tuple(ref_volume.spacing), ref_path=case.label,
                                                         hd95_convention=hd95_convention)
-        with model.zero_encoder_states():
-            probs = predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, **extra)
-        zeroed = case_dice(task.prediction_to_label(probs), ref, task)
+        without = {name: float("nan") for name in task.output_names}
+        if zeroed:
+            with model.zero_encoder_states():
+                probs = predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, **extra)
+            without = case_dice(task.prediction_to_label(probs), ref, task)
         row: dict[str, Any] = {"id": case.id}
         for name in task.output_names:
-            row[f"Dice_{name}"], row[f"Dice_{name}_zeroed"] = normal[name], zeroed[name]
+            row[f"Dice_{name}"], row[f"Dice_{name}_zeroed"] = normal[name], without[name]
             if hd95:
                 row[f"HD95_{name}"] = distances[f"HD95_{name}"]
         rows.append(row)
