@@ -307,10 +307,16 @@ def test_demo_data_learns_at_its_batch_and_real_data_keeps_the_paper_rule():
     assert compose_config("pretrain", ["optim=adamw"]).optim.scale_lr is True  # the command line still wins
 
 
-def test_finetune_defaults_are_the_papers():
+def test_finetune_defaults_are_the_encoder_aware_recipe_and_sgd_is_the_papers():
     cfg = compose_config("finetune", [])
-    assert (cfg.optim.encoder_lr_scale, cfg.optim.layer_decay, cfg.optim.freeze_encoder_epochs) == (1.0, 1.0, 0)
-    assert cfg.segmenter.input_skip == "full"
+    opt = cfg.optim
+    assert (opt.name, opt.base_lr, opt.weight_decay, list(opt.betas), opt.schedule) == ("adamw", 1e-3, 0.05, [0.9, 0.98], "poly")
+    assert (opt.encoder_lr_scale, opt.scratch_encoder_lr_scale, opt.warmup_fraction) == (0.5, 1.0, 0.05)
+    assert cfg.trainer.clip_grad == 1.0 and cfg.segmenter.input_skip == "full"
+    paper = compose_config("finetune", ["optim=sgd"])
+    assert (paper.optim.name, paper.optim.base_lr, paper.optim.momentum, paper.optim.nesterov) == ("sgd", 0.01, 0.99, True)
+    assert (paper.optim.encoder_lr_scale, paper.optim.layer_decay, paper.optim.freeze_encoder_epochs) == (1.0, 1.0, 0)
+    assert (paper.optim.warmup_fraction, paper.trainer.clip_grad) == (0.0, None)
     assert compose_config("pretrain", []).probe.every == 1
 
 

@@ -98,3 +98,31 @@ def test_gap_note_needs_both_values_and_ignores_a_frozen_encoder():
     assert update_gap_note({enc: 0.0, dec: 0.1}) is None  # frozen (optim.freeze_encoder_epochs)
     assert update_gap_note({enc: 0.01, dec: 0.1}) is None  # 10×: within the 30× band
     assert "barely moves" in update_gap_note({enc: 0.001, dec: 0.1})
+
+
+def test_warmup_fraction_spans_the_schedule_and_excludes_the_other_warmups(tmp_path):
+    from asa.train.settings import TrainConfig as Settings
+
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        Settings(warmup_fraction=0.05, warmup_epochs=1)
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        Settings(warmup_fraction=1.0)
+    net = _segmenter()
+    opt = build_optimizer(net, name="adamw", lr=1e-3, weight_decay=0.05)
+    cfg = TrainConfig(epochs=20, max_steps=1, batch_size=2, progress=False, log_every=1, ckpt_every=1000,
+                      panel_every=0, amp="off", warmup_fraction=0.05)
+    engine = Engine(net, opt, _step, config=cfg, lr=1e-3, out_dir=tmp_path)
+    engine.fit(_Volumes())  # 2 steps per epoch: a schedule of 40 steps, 5 % of it = 2 warm-up steps
+    assert (engine.total_steps, engine.warmup_steps) == (40, 2)
+
+
+def test_encoder_lr_scale_follows_whether_the_encoder_is_pretrained():
+    from asa.api.common import encoder_lr_scale
+    from asa.api.config import compose_config
+    from asa.api.schema import as_config
+
+    scratch = as_config(compose_config("finetune", []), "finetune")
+    pretrained = as_config(compose_config("finetune", ["model.pretrained=x.pt"]), "finetune")
+    assert (encoder_lr_scale(scratch), encoder_lr_scale(pretrained)) == (1.0, 0.5)
+    paper = as_config(compose_config("finetune", ["optim=sgd", "model.pretrained=x.pt"]), "finetune")
+    assert encoder_lr_scale(paper) == 1.0
