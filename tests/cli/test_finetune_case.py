@@ -188,7 +188,7 @@ def test_a_monai_baseline_fine_tunes_predicts_and_evaluates_under_the_case_recip
     torch.manual_seed(0)
     result = _finetune(bids, out, "data.target=diagnosis", "data.patch_size=32", "trainer.amp=off",
                        "head.pooling=attention", "optim.freeze_encoder_epochs=5", "optim.layer_decay=0.5",
-                       "optim.encoder_lr_scale=0.1", *BASELINES[arch])
+                       "optim.scratch_encoder_lr_scale=0.1", *BASELINES[arch])  # a baseline starts from scratch
     ckpt = load_checkpoint(out / "checkpoints" / "best.pt")
     net = build_network(ckpt["network"])
     assert ckpt["network"]["arch"] == arch and net.pool is not None and net.out_channels == 3
