@@ -28,6 +28,10 @@ from typing import Any
 import torch
 
 from asa.bench.harness import Workload, alternate
+from asa.bench.loader import write_synthetic_bids
+from asa.data import discover
+from asa.data.preprocess import build_store
+from asa.data.preprocessing import PretrainPreprocess
 from asa.losses import patch_informativeness
 from asa.models import ASA, PRESETS, LinearWindowAttention
 from asa.train.optim import multi_tensor_kernel
@@ -120,11 +124,6 @@ def run_pretrain_loop(*, size: int, batch: int, preset: str, device: str, steps:
     """``asa-pretrain`` for ``steps`` steps from a store of ``volumes`` synthetic brains (1.25 × 1.5 ×
     1.25 × size), ``workers`` loader processes; samples/s of every progress window after the first
     (which carries the start-up), the losses, and the wall time of the run."""
-    from asa.bench.loader import write_synthetic_bids
-    from asa.data import discover
-    from asa.data.preprocess import build_store
-    from asa.data.preprocessing import PretrainPreprocess
-
     shape = (size * 5 // 4, size * 3 // 2, size * 5 // 4)
     with tempfile.TemporaryDirectory(prefix="asa-ab-", dir=tmp) as folder:
         work = Path(folder)
