@@ -65,7 +65,7 @@ def test_every_writer_delegates(tmp_path, umask):
     files = [
         save_checkpoint(tmp_path / "c.pt", {"w": torch.zeros(2)}),
         save_volume(np.zeros((16, 16, 16), np.uint8), load_volume(image), tmp_path / "p.nii.gz"),
-        *write_results({"names": ["A"], "per_case": [{"case_id": "x", "Dice_A": 1.0, "HD95_A": 0.0}]}, tmp_path / "ev"),
+        *write_results({"names": ["A"], "per_case": [{"case_id": "x", "Dice_A": 1.0, "HD95_A": 0.0, "NSD_A": 1.0}]}, tmp_path / "ev"),
     ]
     spec = importlib.util.spec_from_file_location("rt", Path(__file__).resolve().parents[2] / "scripts" / "results_table.py")
     rt = importlib.util.module_from_spec(spec)
