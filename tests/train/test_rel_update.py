@@ -5,36 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from torch.utils.data import Dataset
 
-from asa.models import PRESETS, ASASegmenter, build_network
+from asa.models import PRESETS, build_network
 from asa.train import Engine, TrainConfig, build_optimizer
 from asa.train.updates import REL_UPDATE_KEYS, RelativeUpdate, encoder_split, update_gap_note
+from test_encoder_aware import _segmenter, _step, _Volumes  # the tiny segmenter and volumes those tests train
 from toy import ToyNet
 
 ENC = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
-
-
-def _segmenter() -> ASASegmenter:
-    torch.manual_seed(0)
-    return ASASegmenter(img_size=16, out_channels=2, feature_size=4, **ENC)
-
-
-class _Volumes(Dataset):
-    def __init__(self) -> None:
-        g = torch.Generator().manual_seed(1)
-        self.x = torch.randn(4, 1, 16, 16, 16, generator=g)
-        self.y = (self.x > 0).long()[:, 0]
-
-    def __len__(self) -> int:
-        return 4
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.x[i], "label": self.y[i]}
-
-
-def _step(model, batch):
-    return torch.nn.functional.cross_entropy(model(batch["image"]), batch["label"]), {}
 
 
 def test_one_step_matches_the_hand_computed_norm_ratio():
