@@ -26,6 +26,7 @@ from asa.models.zoo import network_spec
 
 from .checkpoint import FORMAT, VERSION, prune_step_checkpoints
 from .data import build_loader, close_loader, move_to
+from .optim import load_optimizer_state
 from .distributed import DistEnv, all_gather_objects, all_reduce_max_ints, all_reduce_mean, barrier
 from .precision import amp_name, guard_cpu_bf16_convolutions, set_threads
 from .preemption import StopSignals
@@ -400,7 +401,7 @@ class Engine:
             self.model.load_state_dict(state["model"])
         except RuntimeError as err:
             raise ValueError(f"checkpoint {path}: model weights do not fit this model: {err}") from err
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         if state["scaler"]:
             self.optim_step.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])

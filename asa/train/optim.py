@@ -9,7 +9,8 @@ from torch import nn
 
 from .updates import encoder_names
 
-__all__ = ["build_optimizer", "describe_lr", "layer_lr_scales", "param_groups", "scaled_lr", "LOW_LR", "OPTIMIZERS"]
+__all__ = ["build_optimizer", "describe_lr", "layer_lr_scales", "load_optimizer_state", "param_groups", "scaled_lr", "LOW_LR",
+           "OPTIMIZERS"]
 
 OPTIMIZERS = ("adamw", "sgd")
 LOW_LR = 1e-5  # below this a peak lr usually means the scaling rule shrank it unnoticed
@@ -155,3 +156,17 @@ def multi_tensor_kernel(groups: Iterable[dict] | Iterable[torch.Tensor]) -> dict
     params = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
     return {"fused": True} if fused else {"foreach": True}
+
+
+KERNEL_FLAGS = ("fused", "foreach")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)`` keeping this optimiser's update kernel: torch restores each
+    group's saved options, ``fused``/``foreach`` included, so a state saved by the per-parameter loop
+    (or on another device) would switch a resumed run back to it. The kernel is how, not what, is
+    computed; lrs, moments and step counts come from ``state``."""
+    kernels = [{k: g.get(k) for k in KERNEL_FLAGS} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kernel in zip(optimizer.param_groups, kernels):
+        group.update(kernel)

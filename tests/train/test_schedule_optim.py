@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -112,3 +113,37 @@ def test_optimizer_kernel_falls_back_to_foreach_off_cpu_and_cuda():
     assert multi_tensor_kernel([torch.zeros(2)]) == {"fused": True}
     assert multi_tensor_kernel([{"params": [torch.zeros(2), torch.zeros(2, device="meta")]}]) == {"foreach": True}
     assert multi_tensor_kernel([torch.zeros(2, dtype=torch.int64)]) == {"foreach": True}
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_resumed_state_of_the_per_parameter_loop_keeps_the_fused_kernel(name):
+    """A state saved by the loop (``fused: None``, as checkpoints written before the fused kernel) restores
+    its moments, step and lrs, but the resumed optimiser keeps its own kernel; it then updates as the
+    loop would have."""
+    from asa.train.optim import load_optimizer_state
+
+    torch.manual_seed(0)
+    net, ref_net = ToyNet(), ToyNet()
+    ref_net.load_state_dict(net.state_dict())
+    kind = torch.optim.AdamW if name == "adamw" else torch.optim.SGD
+    extra = {"betas": (0.9, 0.95)} if name == "adamw" else {"momentum": 0.99, "nesterov": True}
+    old = kind(param_groups(ref_net, 0.05), lr=1e-2, foreach=False, **extra)
+
+    def grads(model):
+        for i, p in enumerate(model.parameters()):
+            p.grad = torch.full_like(p, 0.01 * (i + 1)) + torch.linspace(-1, 1, p.numel()).view_as(p)
+
+    grads(ref_net)
+    old.step()
+    saved = copy.deepcopy(old.state_dict())  # as read back from a checkpoint: no tensor shared with `old`
+    assert all(g["fused"] is None for g in saved["param_groups"])
+    net.load_state_dict(ref_net.state_dict())
+    opt = build_optimizer(net, name=name, lr=5e-3, weight_decay=0.05)
+    load_optimizer_state(opt, saved)
+    assert all(g["fused"] is True for g in opt.param_groups)
+    assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in saved["param_groups"]]  # the saved lrs
+    for o, model in ((opt, net), (old, ref_net)):
+        grads(model)
+        o.step()
+    for a, b in zip(net.parameters(), ref_net.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
