@@ -57,6 +57,7 @@ from asa.api import pretrain
 from asa.api.config import compose_config
 from asa.data import LESION_NAMES, write_anatomy_dataset, write_demo_dataset
 from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
+from asa.models.puzzles import RPL_GRID
 
 _SPEC = importlib.util.spec_from_file_location("asa_transfer_study", Path(__file__).with_name("transfer_study.py"))
 transfer_study = importlib.util.module_from_spec(_SPEC)
@@ -64,6 +65,8 @@ sys.modules[_SPEC.name] = transfer_study
 _SPEC.loader.exec_module(transfer_study)
 
 ARMS = ("mae", "a_ssl", "asa")  # Table 4 pretraining rows (configs/pretrain/experiment/) compared with scratch
+# networks trained from scratch under the same plan beside the SW-ViT arms (--baselines): the field's yardstick
+BASELINES = {"dynunet": "model=dynunet"}
 PROBE_CASES = 4  # --anatomy: template subjects with tissue labels for the pretraining probes (fit on half)
 PROBE_METRICS = ("val/loss", "probe/r2_mean", "probe/knn_acc")  # the columns of probes.md
 
@@ -152,7 +155,19 @@ def pretrain_overrides(arm: str, data: Path, run_dir: Path, scale: Scale, *, see
            "data.num_workers=0", "data.split.ratios=[0.8,0.2,0.0]", "optim=adamw_demo",
            f"trainer.epochs={scale.pretrain_epochs}", "trainer.progress=false", "trainer.panel_every=0",
            "probe.every=1", f"seed={seed}", f"output_dir={run_dir}", "resume=auto"]
-    return out + ([f"probe.data={probe_data}"] if probe_data else [])
+    return out + puzzle_fit(out, scale.crop) + ([f"probe.data={probe_data}"] if probe_data else [])
+
+
+def puzzle_fit(overrides: list[str], crop: int) -> list[str]:
+    """A block puzzle (rpl, jigsaw) in a crop too small for its default play: ``method.jitter`` lowered to
+    what a cell holds beside one whole-patch block (crop 32, 3 cells, 8-voxel patches: 10 − 8 = 2 voxels);
+    [] for other methods or when the default fits. Stated in the report's commands."""
+    cfg = compose_config("pretrain", overrides)
+    if "jitter" not in cfg.method:
+        return []
+    grid = cfg.method.get("grid", RPL_GRID)
+    room = crop // grid - int(cfg.model.patch_size)
+    return [f"method.jitter={max(room, 0)}"] if cfg.method.jitter > room else []
 
 
 def finished(ckpt: Path) -> bool:
@@ -292,6 +307,8 @@ def transfer_argv(args: argparse.Namespace, scale: Scale, labeled: Path, encoder
     argv += ["--lesion-classes", *lesions] if lesions else []
     for arm, path in encoders.items():
         argv += ["--arm", f"{arm}=model.pretrained={path}"]
+    for baseline in args.baselines:
+        argv += ["--arm", f"{baseline}={BASELINES[baseline]}"]
     for override in args.override:
         argv += ["--override", override]
     return argv
@@ -303,13 +320,16 @@ def dry_run(args: argparse.Namespace, name: str, scale: Scale, out: Path) -> int
     for arm in args.arms:
         compose_config("pretrain", pretrain_overrides(arm, out / "data" / "pretrain", out / "pretrain" / arm, scale,
                                                       seed=args.seed, probe_data=None))
-    runs = len(scale.cases) * len(scale.seeds) * (1 + len(args.arms)) * len(scale.recipes)
+    runs = len(scale.cases) * len(scale.seeds) * (1 + len(args.arms) + len(args.baselines)) * len(scale.recipes)
     base = ["data=" + args.layout, f"model={scale.model}", f"data.patch_size={scale.crop}", *args.override]
     for recipe in scale.recipes:
         compose_config("finetune", [*base, f"optim={recipe}", f"trainer.max_steps={scale.steps}"])
+        for baseline in args.baselines:
+            compose_config("finetune", [*base, BASELINES[baseline], f"optim={recipe}", f"trainer.max_steps={scale.steps}"])
     print(f"[study] dry run ({name} scale): cohort {scale.subjects} + {scale.labeled} subjects of {scale.volume}^3; "
           f"pretraining {', '.join(args.arms)} at {scale.model}, crop {scale.crop}^3, {scale.pretrain_epochs} epochs; "
-          f"transfer {runs} runs (scratch + {len(args.arms)} arm(s) × recipes {', '.join(scale.recipes)} × cases "
+          f"transfer {runs} runs (scratch + {len(args.arms)} arm(s)"
+          + (f" + {', '.join(args.baselines)} from scratch" if args.baselines else "") + f" × recipes {', '.join(scale.recipes)} × cases "
           f"{list(scale.cases)} × seeds {list(scale.seeds)}), {scale.steps} steps each, {scale.jobs} at once"
           + (f"; lesion classes {', '.join(lesion_classes(args.anatomy))}" if args.anatomy else ""), flush=True)
     return 0
@@ -341,6 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, nargs="+" if many else None,
                        help=f"override the scale's {f.name}")
     p.add_argument("--arms", nargs="+", default=list(ARMS), help="pretraining presets (configs/pretrain/experiment)")
+    p.add_argument("--baselines", nargs="*", default=[], choices=sorted(BASELINES),
+                   help="networks trained from scratch under the same recipes beside the SW-ViT arms "
+                        "(dynunet: MONAI's DynUNet planned as nnU-Net plans its 3D full-resolution U-Net)")
     p.add_argument("--layout", default="msd", choices=("msd", "brats", "wmh"), help="layout of the labeled lesion cases")
     p.add_argument("--anatomy", action="store_true", help="MNI152-based subjects (asa[anatomy]) instead of phantoms")
     p.add_argument("--probe-data", help="labeled folder for the pretraining probes (default: demo IBSR phantoms; with --anatomy, template subjects with tissue labels written beside the cohort)")
@@ -368,6 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return dry_run(args, name, scale, out)
     settings = {"scale": dataclasses.asdict(scale), "arms": args.arms, "layout": args.layout, "anatomy": args.anatomy,
                 "probe_data": args.probe_data, "seed": args.seed, "override": args.override}
+    if args.baselines:  # recorded only when asked, so that a study begun before --baselines existed continues
+        settings["baselines"] = args.baselines
     recorded = out / "study.json"
     if recorded.is_file() and (old := json.loads(recorded.read_text())) != json.loads(json.dumps(settings)):
         diff = sorted(k for k in settings if old.get(k) != json.loads(json.dumps(settings)).get(k))

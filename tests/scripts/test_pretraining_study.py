@@ -125,3 +125,23 @@ def test_dry_run_checks_every_configuration_and_writes_nothing(tmp_path, capsys,
     assert not out.exists()
     with pytest.raises(SystemExit, match="--crop"):  # the scale's checks run first
         study.main(["--scale", scale, "--crop", "256", "--dry-run", "--out", str(out)])
+
+
+def test_comparison_command_adds_the_from_scratch_baselines(tmp_path, capsys):
+    """README "Comparing methods": every SSL arm plus DynUNet from scratch, each run configured (dry run),
+    and the DynUNet arm handed to the transfer study as a network of its own, without a pretrained encoder."""
+    out = tmp_path / "compare"
+    argv = ["--anatomy", "--arms", "asa", "mae", "rpl", "jigsaw", "--baselines", "dynunet", "--recipes", "adamw",
+            "--cases", "8", "--seeds", "0", "1", "2", "--dry-run", "--out", str(out)]
+    assert study.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "transfer 18 runs" in text and "+ dynunet from scratch" in text and "pretraining asa, mae, rpl, jigsaw" in text
+    assert not out.exists()
+    args = study.argparse.Namespace(layout="msd", device="cpu", n_boot=10, threads=None, time_budget=None,
+                                    drop_checkpoints=False, anatomy=False, override=[], baselines=["dynunet"], seed=0)
+    scale = study.SCALES["quick"]
+    argv = study.transfer_argv(args, scale, tmp_path, {"asa": tmp_path / "encoder.pt"}, tmp_path / "t")
+    arms = [argv[i + 1] for i, a in enumerate(argv) if a == "--arm"]
+    assert arms == [f"asa=model.pretrained={tmp_path / 'encoder.pt'}", "dynunet=model=dynunet"]
+    with pytest.raises(SystemExit):  # only the known baselines
+        study.main(["--baselines", "unet", "--dry-run", "--out", str(out)])
