@@ -96,3 +96,51 @@ def test_two_gloo_workers_sigterm_143_then_refused_2(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=150)  # a new run there: refused
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
+
+
+
+# Imported by every Python process of the job (on PYTHONPATH): once the run has saved a checkpoint,
+# the first DataLoader worker that starts (the next validation loader's) sends SIGTERM to torchrun
+# (its parent's parent) right after torch set its worker signal handlers and before `worker_init_fn`,
+# then waits there, so that torchrun's killpg reaches the ranks' workers as they start.
+_SIGTERM_AS_WORKERS_START = """
+import os, signal, time
+from torch.utils.data._utils import signal_handling
+
+_original = signal_handling._set_worker_signal_handlers
+
+
+def _set_then_stop(*args):
+    _original(*args)
+    if not os.path.exists(os.environ["ASA_TEST_ARMED_BY"]):
+        return
+    try:
+        os.close(os.open(os.environ["ASA_TEST_MARK"], os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return
+    with open(f"/proc/{os.getppid()}/stat") as stat:  # the rank's parent: torchrun
+        launcher = int(stat.read().rsplit(")", 1)[1].split()[1])
+    os.kill(launcher, signal.SIGTERM)
+    time.sleep(3)
+
+
+signal_handling._set_worker_signal_handlers = _set_then_stop
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_sigterm_as_their_loader_workers_start_exits_143(tmp_path):
+    out, hook = tmp_path / "run", tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_SIGTERM_AS_WORKERS_START)
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), env["PYTHONPATH"]])
+    env.update(ASA_TEST_ARMED_BY=str(out / "checkpoints" / "last.pt"), ASA_TEST_MARK=str(tmp_path / "signalled"))
+    cmd = [sys.executable, "-m", "asa.cli.launch", "--standalone", "--nproc_per_node=2", "-m", "asa.cli.pretrain",
+           *_overrides(out, tmp_path / "demo", "trainer.batch_size=1", "trainer.max_steps=null", "trainer.epochs=100",
+                       "trainer.log_every=1", "probe.every=0", "data.num_workers=2")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert (tmp_path / "signalled").exists(), proc.stderr[-3000:]  # the hook fired
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert "exited unexpectedly" not in proc.stderr and "killed by signal" not in proc.stderr
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] >= 2 and "resume=true" in proc.stderr
