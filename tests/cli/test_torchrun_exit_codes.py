@@ -4,6 +4,7 @@ last.pt, a refused run -> 2, a finished run -> 0 even when a stop signal comes a
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,8 +14,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from asa.cli.common import entry
+from asa.cli.common import EXIT_FAILED, EXIT_FINISHED, EXIT_REFUSED, entry
 from asa.cli.launch import STATUS_ENV, job_exit_code, read_statuses
+from asa.cli.launch import main as torchrun_main
 from asa.io import load_checkpoint
 from asa.train.preemption import mark_finished
 
@@ -35,6 +37,18 @@ from test_pretrain import _env, _overrides  # noqa: E402
 ])
 def test_job_exit_code(recorded, failures, launcher_signal, expected):
     assert job_exit_code(recorded, failures, launcher_signal) == expected
+
+
+def test_help_says_what_it_is_and_its_exit_codes_before_torchruns_help(capsys):
+    with pytest.raises(SystemExit) as done:
+        torchrun_main(["--help"])
+    assert done.value.code == 0
+    head, torchrun = capsys.readouterr().out.split("torchrun's help:\n")
+    assert head.startswith("asa-torchrun: torchrun (torch.distributed.run) for asa's console scripts")
+    for code, meaning in ((EXIT_FINISHED, "finished"), (EXIT_FAILED, "failed"), (EXIT_REFUSED, "refused")):
+        assert re.search(rf"^  {code} +{meaning}", head, flags=re.M), (code, head)
+    assert f"{128 + signal.SIGTERM} for SIGTERM, {128 + signal.SIGUSR1} for SIGUSR1" in head
+    assert torchrun.startswith("usage: ") and "--nproc-per-node" in torchrun  # torchrun's own, after asa's
 
 
 @pytest.fixture(autouse=True)
