@@ -13,15 +13,30 @@ from asa.api.common import (OptionError, TrainingRun, check_crop_fits, dataset_r
                              split_cases, trainer_config, training_ended, write_splits)
 from asa.api.finetune_case import CASE_TASK, finetune_case
 from asa.api.schema import FinetuneConfig, as_config
-from asa.data import build_segmentation_dataset, get_task
+from asa.data import build_segmentation_dataset, get_task, non_mri_channels
 from asa.losses import DeepSupervisionLoss, SegmentationLoss
-from asa.models import build_from_config, capabilities
+from asa.models import Capabilities, build_from_config, capabilities
 from asa.train import Engine, FitResult
 from asa.train.finetune import make_dice_validator, make_segmentation_panel_fn, segmentation_step
 
 __all__ = ["finetune"]
 
 APP = "asa-finetune"
+
+
+def symmetry_warning(declared: Capabilities, channels: tuple[str, ...], source: str) -> str | None:
+    """Why a network's symmetric parts may not fit the data (channels that are no MRI sequence), or None.
+
+    ``declared``: the network's capabilities (its ``symmetry`` parts); ``channels``: the task's channel
+    names; ``source``: where they were read (the dataset.json or the data preset)."""
+    other = non_mri_channels(channels)
+    if not declared.symmetry or not other:
+        return None
+    return (f"{source} names the channels {list(channels)}, of which {list(other)} name no MRI sequence: "
+            f"{' and '.join(declared.symmetry)} assume a left-right symmetric brain MRI with its mid-sagittal plane "
+            "at the crop centre, which may not hold on these data (a network without these parts makes no such "
+            "assumption)")
+
 
 def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
     """Fine-tune as configured (asa-finetune); returns the engine's FitResult (rank 0 writes every file).
@@ -45,12 +60,16 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
         if focal_weight > 0:
             needed_by.append(f"loss.focal_weight={focal_weight}")
         regions = region_source(data, needed_by, network=network, env=env)
-        task = get_task(str(data.task), root=dataset_root(data)[0])
+        root = dataset_root(data)[0]
+        task = get_task(str(data.task), root=root)
         torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
         model = build_from_config(cfg.model, dataclasses.asdict(cfg.segmenter),
                                   in_channels=len(task.channels), out_channels=task.num_outputs,
                                   patch_size=None if data.patch_size is None else int(data.patch_size),
                                   default_patch_size=default_crop(data))  # one grid: the pretraining crop
+        source = str(root / "dataset.json") if task.name == "msd" else f"data={data.name}"
+        if env.is_main and (warning := symmetry_warning(capabilities(model), task.channels, source)):
+            print(f"[asa] warning: {warning}", file=sys.stderr, flush=True)
         resolved = dataclasses.asdict(cfg)
         resolved["task"] = dataclasses.asdict(task)  # asa-predict rebuilds the task from the checkpoint
         patch = record_geometry(resolved, model)  # the effective crop, position code, axis and reference grid

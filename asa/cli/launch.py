@@ -20,9 +20,23 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["STATUS_ENV", "job_exit_code", "main", "read_statuses", "write_status"]
+__all__ = ["HELP", "STATUS_ENV", "job_exit_code", "main", "read_statuses", "write_status"]
 
 STATUS_ENV = "ASA_EXIT_STATUS_DIR"
+
+# printed before torchrun's own help; the codes are asa.cli.common's EXIT_* (README "Exit codes")
+HELP = """\
+asa-torchrun: torchrun (torch.distributed.run) for asa's console scripts, ending with the job's exit code.
+  asa-torchrun --nproc_per_node=4 -m asa.cli.pretrain data=... output_dir=runs/x   (or -m asa.cli.finetune)
+The arguments, rendezvous, multi-node and elastic behaviour are torchrun's (its options below); those
+after the module are the script's own (asa-pretrain --help, asa-finetune --help).
+Exit codes, as asa's console scripts use them (plain torchrun ends with 1 whenever a worker exits
+non-zero or it is sent SIGTERM, so a scheduler could not tell a preempted run from a failed one):
+  0        finished: every worker finished (also when a stop signal came after they had)
+  1        failed: a worker failed (it printed its error in one line)
+  2        refused before starting: a bad option or value, a run folder that holds a run or is locked, ...
+  128 + N  stopped by signal N after saving last.pt: 143 for SIGTERM, 138 for SIGUSR1; continue with resume=true
+"""
 
 
 def write_status(code: int) -> None:
@@ -72,9 +86,18 @@ def job_exit_code(recorded: Mapping[int, int], failures: Mapping[int, int], laun
 def main(argv: Sequence[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
+    from torch.distributed.run import get_args_parser, run
 
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    parser = get_args_parser()
+    torchrun_help = parser.print_help
+
+    def print_help(file=None) -> None:  # -h / --help before the script: asa's lines, then torchrun's
+        print(HELP, file=file or sys.stdout)
+        print("torchrun's help:", file=file or sys.stdout)
+        torchrun_help(file)
+
+    parser.print_help = print_help  # type: ignore[method-assign]
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     failures: dict[int, int] = {}
     launcher_signal = None
     with tempfile.TemporaryDirectory(prefix="asa-exit-") as folder:

@@ -14,6 +14,7 @@ with ``regions_class_order[i]``, a later region overwriting an earlier one. For 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Task", "get_task", "painting_order", "TASKS"]
+__all__ = ["Task", "get_task", "non_mri_channels", "painting_order", "TASKS"]
 
 Array = Any  # np.ndarray | torch.Tensor
 
@@ -249,6 +250,19 @@ def _region_task(path: Path, meta: dict[str, Any], channels: tuple[str, ...], by
     values = tuple(sorted({0, *(x for r in regions for x in r)}))
     return Task("msd", channels, names, True, len(names), values, None, regions=regions,
                 regions_class_order=tuple(order))
+
+
+# how MRI sequences are named in dataset.json files (MSD: "FLAIR", "T1w", "t1gd", "T2w", "ADC", "MRI"; nnU-Net v2
+# adds free names such as "T2_FLAIR"); "CT", "PET", "US" or a normalisation scheme ("zscore", "noNorm") are not
+_MRI_NAME = re.compile(r"^(t1|t2|flair|pd|dwi|dti|adc|swi|mprage|mr|bold|asl|dce|dsc|stir)", re.IGNORECASE)
+
+
+def non_mri_channels(channels: tuple[str, ...]) -> tuple[str, ...]:
+    """The channel names that do not name an MRI sequence (empty when all of them do).
+
+    ``("FLAIR", "T1w", "t1gd", "T2w")`` -> ``()``; ``("CT",)`` -> ``("CT",)``; ``("T2", "ADC")`` -> ``()``.
+    """
+    return tuple(c for c in channels if not _MRI_NAME.match(re.sub(r"[^0-9a-z]", "", str(c).lower())))
 
 
 def get_task(name: str, root: str | Path | None = None) -> Task:

@@ -116,7 +116,7 @@ class ASACaseHead(PooledTokenHead):
         self.spe_frame = "brain"  # exports place codes on the brain frame
         # test-time crops start on the brain frame's patch lattice
         self.capabilities = Capabilities(offsets=True, patch_size=self.patch_size, reference_grid=self.reference_grid,
-                                         crop_lattice=self.patch_size)
+                                         crop_lattice=self.patch_size, symmetry=enc.symmetric_parts)
         self.num_encoder_layers = settings.depth + 1  # patch embedding = layer 0, block i = i + 1, final norm = depth + 1
         self.init_head(settings.embed_dim, out_channels=out_channels, pooling=pooling, hidden_dim=hidden_dim,
                        head_dropout=head_dropout, target_shift=target_shift, target_scale=target_scale)

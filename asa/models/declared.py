@@ -27,6 +27,9 @@ class Capabilities:
     deep_supervision: int = 0  # > 0: in training, forward returns that many logits, finest first (nnU-Net's deep supervision)
     crop_multiple: int | None = None  # every crop edge must be a multiple of it (SwinUNETR: 2^5, its five halvings)
     crop_min: int | None = None  # and at least this (SwinUNETR: 64, a bottleneck of one voxel cannot be normalised)
+    # the settings whose parts assume a left-right symmetric brain MRI with its mid-sagittal plane at the crop
+    # centre (the symmetric position code, SACA, SA-Swin's mirrored pass): asa-finetune warns on other data
+    symmetry: tuple[str, ...] = ()
 
     def crop_fault(self, crop: int) -> str | None:
         """Why the network cannot take crops of edge ``crop``, or None when it can."""

@@ -74,6 +74,12 @@ class SWViTEncoder(SWViT):
                   else self._brain_mirror(torch.zeros(1, 3, dtype=torch.long))[0])
         self.register_buffer("token_mirror", mirror, persistent=False)
 
+    @property
+    def symmetric_parts(self) -> tuple[str, ...]:
+        """The settings of this encoder that rely on the brain's left–right symmetry (empty: none)."""
+        parts = () if self.pos_mode == "none" else (f"model.pos_mode={self.pos_mode} (the symmetric position code)",)
+        return parts + (("model.saca (cross-attention to the mirror window)",) if self.saca else ())
+
     def mirror_tokens(self, offsets: torch.Tensor | None = None, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
         """Sequence position of each token's left–right mirror, for SACA, mirrored about the reference
         grid's centre along ``lr_axis`` as the position code folds (−1 where the mirror falls outside

@@ -58,7 +58,9 @@ class SASwin(SwinUNETR):
     of ``monai.networks.nets.SwinUNETR``. x: [B, C, D, H, W] (sides divisible by 32) -> logits.
     """
 
-    capabilities = Capabilities(crop_multiple=32, crop_min=64)  # five halvings; a 1³ bottleneck fails to normalise
+    # five halvings (a 1³ bottleneck fails to normalise); the bottleneck attends to the mirrored image's
+    capabilities = Capabilities(crop_multiple=32, crop_min=64,
+                                symmetry=("model=sa_swin (cross-attention to the left-right mirrored image)",))
 
     def __init__(
         self,

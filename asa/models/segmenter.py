@@ -193,7 +193,7 @@ class SWViTSegmenter(nn.Module):
         self._zero_encoder = False
         self.capabilities = Capabilities(regions=encoder.uses_regions, offsets=spe_frame == "brain",
                                          patch_size=self.patch_size, reference_grid=self.reference_grid,
-                                         zero_encoder=True)
+                                         zero_encoder=True, symmetry=encoder.symmetric_parts)
         f, embed_dim, in_channels = feature_size, encoder.embed_dim, self.in_channels
         conv = dict(spatial_dims=3, kernel_size=3, norm_name=norm_name)
         self.feature_size = f

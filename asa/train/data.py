@@ -15,9 +15,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 
 from asa.data.batching import CollatedBatch, forget_exited_workers
 
+from .preemption import stop_signals_held
 from .rng import SeededItems, item_seed, worker_init_fn
 
-__all__ = ["ResumableSampler", "available_cpus", "build_loader", "close_loader", "loader_workers", "move_to"]
+__all__ = ["ResumableSampler", "StopSafeLoader", "available_cpus", "build_loader", "close_loader", "loader_workers",
+           "move_to"]
 
 
 def available_cpus() -> int:
@@ -58,6 +60,17 @@ class ResumableSampler(DistributedSampler):
         return max(super().__len__() - self.skip, 0)
 
 
+class StopSafeLoader(DataLoader):
+    """DataLoader whose workers start with the stop signals held (`stop_signals_held`), so that a
+    job-wide SIGTERM / SIGUSR1 (torchrun, SLURM) arriving as they start waits until their
+    ``worker_init_fn`` (`leave_stop_signals_to_the_trainer`) ignores it, instead of killing them
+    and failing the training process before it can save ``last.pt``."""
+
+    def __iter__(self):
+        with stop_signals_held():  # workers are forked here (persistent ones on the first call only)
+            return super().__iter__()
+
+
 class _Collate:
     """The loader's collate function: a batch a dataset read whole (`CollatedBatch`) passes as it is
     (from a worker it travels in its shared-memory slots and arrives as a dict; in the training
@@ -93,7 +106,7 @@ def build_loader(
     generator = torch.Generator()
     generator.manual_seed(item_seed(seed, 0, rank))
     workers = loader_workers(num_workers)
-    loader = DataLoader(
+    loader = StopSafeLoader(
         seeded, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=_Collate(collate_fn),
         worker_init_fn=worker_init_fn, generator=generator, drop_last=True, pin_memory=pin_memory,
         persistent_workers=persistent_workers and workers > 0,

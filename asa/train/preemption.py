@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["JobSignals", "StopSignals", "leave_stop_signals_to_the_trainer", "mark_finished"]
+__all__ = ["JobSignals", "StopSignals", "leave_stop_signals_to_the_trainer", "mark_finished", "stop_signals_held"]
 
 
 class StopSignals:
@@ -44,7 +46,26 @@ def leave_stop_signals_to_the_trainer(worker_id: int | None = None) -> None:
     DataLoader workers watch their parent).
     """
     for sig in StopSignals.SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, signal.SIG_IGN)  # also drops one that arrived while held (`stop_signals_held`)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, StopSignals.SIGNALS)
+
+
+@contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Hold SIGTERM / SIGUSR1 in this thread meanwhile: a signal that arrives waits until the end.
+
+    DataLoader workers are forked with this thread's signal mask, so around the start of a loader's
+    workers (``iter(loader)``) a job-wide stop signal cannot reach one before its ``worker_init_fn``
+    (`leave_stop_signals_to_the_trainer`) ignores it: torch's workers first install a SIGTERM handler
+    that dies of any signal not sent by their parent (torchrun's ``killpg`` is not), which failed a
+    rank with "DataLoader worker ... exited unexpectedly" when the signal came as a validation
+    loader or the first epoch started. The training process takes its own signal when held ends.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, StopSignals.SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class JobSignals:

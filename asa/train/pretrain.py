@@ -8,13 +8,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import Dataset, default_collate
 
 from asa.io import SAFETENSORS_SUFFIX, load_checkpoint, save_checkpoint, save_export_safetensors
 from asa.models import unwrap
 from asa.models.encoder import ENCODER_PREFIX
 
-from .data import loader_workers, move_to
+from .data import StopSafeLoader, loader_workers, move_to
 from .distributed import DistEnv
 from .panels import panel_centre, slice_grid
 from .preemption import leave_stop_signals_to_the_trainer
@@ -83,8 +83,8 @@ def make_validator(
 
     def validate(model: nn.Module) -> dict[str, float]:
         total = torch.zeros(2, dtype=torch.float64, device=env.device)
-        loader = DataLoader(dataset, batch_sampler=chunks, num_workers=loader_workers(num_workers), collate_fn=_collate,
-                            worker_init_fn=leave_stop_signals_to_the_trainer)
+        loader = StopSafeLoader(dataset, batch_sampler=chunks, num_workers=loader_workers(num_workers),
+                                collate_fn=_collate, worker_init_fn=leave_stop_signals_to_the_trainer)
         if group_size is None:
             for batch in loader:
                 run(model, batch, total)

@@ -4,6 +4,7 @@ last.pt, a refused run -> 2, a finished run -> 0 even when a stop signal comes a
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,8 +14,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from asa.cli.common import entry
+from asa.cli.common import EXIT_FAILED, EXIT_FINISHED, EXIT_REFUSED, entry
 from asa.cli.launch import STATUS_ENV, job_exit_code, read_statuses
+from asa.cli.launch import main as torchrun_main
 from asa.io import load_checkpoint
 from asa.train.preemption import mark_finished
 
@@ -35,6 +37,18 @@ from test_pretrain import _env, _overrides  # noqa: E402
 ])
 def test_job_exit_code(recorded, failures, launcher_signal, expected):
     assert job_exit_code(recorded, failures, launcher_signal) == expected
+
+
+def test_help_says_what_it_is_and_its_exit_codes_before_torchruns_help(capsys):
+    with pytest.raises(SystemExit) as done:
+        torchrun_main(["--help"])
+    assert done.value.code == 0
+    head, torchrun = capsys.readouterr().out.split("torchrun's help:\n")
+    assert head.startswith("asa-torchrun: torchrun (torch.distributed.run) for asa's console scripts")
+    for code, meaning in ((EXIT_FINISHED, "finished"), (EXIT_FAILED, "failed"), (EXIT_REFUSED, "refused")):
+        assert re.search(rf"^  {code} +{meaning}", head, flags=re.M), (code, head)
+    assert f"{128 + signal.SIGTERM} for SIGTERM, {128 + signal.SIGUSR1} for SIGUSR1" in head
+    assert torchrun.startswith("usage: ") and "--nproc-per-node" in torchrun  # torchrun's own, after asa's
 
 
 @pytest.fixture(autouse=True)
@@ -96,3 +110,51 @@ def test_two_gloo_workers_sigterm_143_then_refused_2(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=150)  # a new run there: refused
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
+
+
+
+# Imported by every Python process of the job (on PYTHONPATH): once the run has saved a checkpoint,
+# the first DataLoader worker that starts (the next validation loader's) sends SIGTERM to torchrun
+# (its parent's parent) right after torch set its worker signal handlers and before `worker_init_fn`,
+# then waits there, so that torchrun's killpg reaches the ranks' workers as they start.
+_SIGTERM_AS_WORKERS_START = """
+import os, signal, time
+from torch.utils.data._utils import signal_handling
+
+_original = signal_handling._set_worker_signal_handlers
+
+
+def _set_then_stop(*args):
+    _original(*args)
+    if not os.path.exists(os.environ["ASA_TEST_ARMED_BY"]):
+        return
+    try:
+        os.close(os.open(os.environ["ASA_TEST_MARK"], os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return
+    with open(f"/proc/{os.getppid()}/stat") as stat:  # the rank's parent: torchrun
+        launcher = int(stat.read().rsplit(")", 1)[1].split()[1])
+    os.kill(launcher, signal.SIGTERM)
+    time.sleep(3)
+
+
+signal_handling._set_worker_signal_handlers = _set_then_stop
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_sigterm_as_their_loader_workers_start_exits_143(tmp_path):
+    out, hook = tmp_path / "run", tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_SIGTERM_AS_WORKERS_START)
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), env["PYTHONPATH"]])
+    env.update(ASA_TEST_ARMED_BY=str(out / "checkpoints" / "last.pt"), ASA_TEST_MARK=str(tmp_path / "signalled"))
+    cmd = [sys.executable, "-m", "asa.cli.launch", "--standalone", "--nproc_per_node=2", "-m", "asa.cli.pretrain",
+           *_overrides(out, tmp_path / "demo", "trainer.batch_size=1", "trainer.max_steps=null", "trainer.epochs=100",
+                       "trainer.log_every=1", "probe.every=0", "data.num_workers=2")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert (tmp_path / "signalled").exists(), proc.stderr[-3000:]  # the hook fired
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert "exited unexpectedly" not in proc.stderr and "killed by signal" not in proc.stderr
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] >= 2 and "resume=true" in proc.stderr
