@@ -200,7 +200,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], refe
         cells = [r["arm"], str(r["n"])] + [cell(f"Dice_{c}") for c in names] + [cell("Dice_mean")]
         cells += [cell(LESION)] if lesion else []
         cells += [cell("HD95_mean", 1)] if hd else []
-        cells.append(f"{r['Dice_mean_zeroed']:.3f} (drop {r['encoder_drop']:+.3f})")
+        cells.append("— (no encoder)" if math.isnan(r["Dice_mean_zeroed"])
+                     else f"{r['Dice_mean_zeroed']:.3f} (drop {r['encoder_drop']:+.3f})")
         if "delta" not in r:
             cells += ["—"] * (3 + hd)
         else:
@@ -512,10 +513,14 @@ def budget_table(budgets: Sequence[Mapping[str, Any]]) -> str:
     for (arm, n), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         loss = [r["final_loss"] for r in runs]
         sd = f" ± {np.std(loss, ddof=1):.3f}" if len(loss) > 1 else ""
-        mean = lambda k: float(np.nanmean([r[k] for r in runs]))  # noqa: E731
+
+        def mean(key: str) -> str:  # "—" for a network without a registered encoder (nothing logged)
+            values = [float(r[key]) for r in runs if not math.isnan(float(r[key]))]
+            return f"{np.mean(values):.2g}" if values else "—"
+
         lines.append(f"| {arm} | {n} | {runs[0]['steps']} | {np.mean(loss):.3f}{sd} | "
-                     f"{sum(bool(r['plateau']) for r in runs)}/{len(runs)} | {mean('rel_update_encoder'):.2g} | "
-                     f"{mean('rel_update_decoder'):.2g} | {mean('rel_update_ratio'):.2g} |")
+                     f"{sum(bool(r['plateau']) for r in runs)}/{len(runs)} | {mean('rel_update_encoder')} | "
+                     f"{mean('rel_update_decoder')} | {mean('rel_update_ratio')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -130,3 +130,20 @@ def test_seed_case_bootstrap_hand_computed_and_missing_pairs():
     assert 0.1 <= lo <= mean <= hi <= 0.3
     assert study.per_seed_differences(d) == pytest.approx([0.2, 0.2])
     assert all(np.isnan(study.seed_case_bootstrap(np.full((2, 2), np.nan))))
+
+
+def test_a_network_without_an_encoder_shows_no_encoder_columns(tmp_path):
+    """DynUNet has no encoder: its zeroed Dice and relative updates are not numbers, and the tables say so
+    instead of printing nan."""
+    scores = [{**r, "Dice_mean_zeroed": float("nan")} if r["arm"] == "pretrained" else r for r in _scores(0.0)]
+    md = study.write_outputs(scores, ["A", "B"], "scratch", tmp_path, n_boot=200,
+                             budgets=[{"arm": "pretrained", "n": 2, "seed": 0, "steps": 10, "final_loss": 0.5,
+                                       "loss_drop": 0.01, "plateau": True, "rel_update_encoder": float("nan"),
+                                       "rel_update_decoder": float("nan"), "rel_update_ratio": float("nan")},
+                                      {"arm": "scratch", "n": 2, "seed": 0, "steps": 10, "final_loss": 0.5,
+                                       "loss_drop": 0.01, "plateau": True, "rel_update_encoder": 0.01,
+                                       "rel_update_decoder": 0.02, "rel_update_ratio": 0.5}])
+    assert "nan" not in md
+    assert "| pretrained | 2 |" in md and "— (no encoder)" in md
+    assert "| pretrained | 2 | 10 | 0.500 | 1/1 | — | — | — |" in md
+    assert "| scratch | 2 | 10 | 0.500 | 1/1 | 0.01 | 0.02 | 0.5 |" in md
