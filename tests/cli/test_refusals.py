@@ -144,6 +144,32 @@ def test_an_old_key_on_the_command_line_names_where_it_moved():
     assert "is now" not in _compose_error(hydra_report.replace("lr_axis", "lr_axes"))
 
 
+
+@pytest.mark.parametrize("key, place", [
+    ("mae.loss_weighting", "method.loss_weighting"), ("mae.pos_mode", "model.pos_mode"),
+    ("mae.lr_axis", "model.lr_axis"), ("sa_swin.temperature", "method.temperature (with method=sa_swin)"),
+    ("mae", "method.* (mae.pos_mode: model.pos_mode, mae.lr_axis: model.lr_axis)"),
+    ("method.pos_mode", "model.pos_mode"), ("segmenter.pos_mode", "model.pos_mode"),
+    ("method.loss_weighting", None), ("maes.bins", None), ("model.pos_mode", None),
+])
+def test_moved_keys_and_sections_name_their_new_place(key, place):
+    from asa.api.schema import moved_key
+
+    assert moved_key(key) == place
+
+
+def test_a_whole_moved_section_on_the_command_line_names_the_new_place_of_each_key():
+    from asa.api.schema import validate
+    from asa.cli.common import _compose_error
+
+    report = ("Could not override 'mae.loss_weighting'.\nTo append to your config use +mae.loss_weighting=uniform\n"
+              "Key 'mae' not in 'PretrainConfig'\n    full_key: mae\n")
+    assert _compose_error(report).endswith("— mae.loss_weighting is now method.loss_weighting")
+    with pytest.raises(ValueError, match=r"invalid option mae: renamed; mae.pos_mode is now model.pos_mode; "
+                                         r"mae.bins is now method.bins$"):
+        validate(compose_config("pretrain", ["+mae={pos_mode: none, bins: 4}"]), "pretrain")
+
+
 @pytest.mark.slow
 def test_console_refusals_exit_2_with_one_line(tmp_path, demo_cache):
     def run(*extra):
@@ -152,6 +178,7 @@ def test_console_refusals_exit_2_with_one_line(tmp_path, demo_cache):
 
     for extra, words in [(["trainer.epocs=3"], "trainer.epocs"), (["model.pos_mode=mirrror"], "model.pos_mode='mirrror'"),
                          (["method.pos_mode=none"], "method.pos_mode is now model.pos_mode"),
+                         (["mae.loss_weighting=uniform"], "mae.loss_weighting is now method.loss_weighting"),
                          (["output_dir=runs/é"], "must be quoted for Hydra")]:
         proc = run(*extra)
         assert proc.returncode == 2, proc.stderr[-2000:]
