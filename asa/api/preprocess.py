@@ -13,7 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from asa.api.common import _check_workers, dataset_root, refusing, region_source
 from asa.api.rundir import RunLock, check_writable, command_line
-from asa.api.schema import PretrainDataConfig, PreprocessConfig, SegmentationDataConfig, as_config
+from asa.api.schema import PretrainDataConfig, PreprocessConfig, SegmentationDataConfig, as_config, moved_key
 from asa.methods.choices import check_choices
 from asa.data import CaseError, discover, get_task
 from asa.data.layouts import load_report
@@ -38,6 +38,8 @@ def data_preset(data: Mapping[str, Any]) -> tuple[str, PretrainDataConfig | Segm
         merged = OmegaConf.merge(schema, data)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
+        if (place := moved_key(f"data.{key}")) is not None:
+            raise ValueError(f"{APP}: invalid option data.{key}: renamed; data.{key} is now {place}") from None
         raise ValueError(f"{APP}: invalid option data.{key}: {getattr(err, 'msg', err)}") from None
     check_choices(merged, typed, "data.")
     missing = sorted(f"data.{key}" for key in OmegaConf.missing_keys(merged))
@@ -66,7 +68,7 @@ def preprocess(config: PreprocessConfig | DictConfig):
         task = get_task(str(data.task), root=root)
         pre, channels = SegmentationPreprocess(task, regions=regions), task.channels
     else:
-        pre = PretrainPreprocess(int(data.size), resample_mm=data.resample_mm, regions=regions)
+        pre = PretrainPreprocess(int(data.crop), resample_mm=data.resample_mm, regions=regions)
         channels = tuple(data.channels)
     check_writable(store, "data.store")
     store.mkdir(parents=True, exist_ok=True)

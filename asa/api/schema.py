@@ -26,7 +26,7 @@ from asa.data.store import STORE_DTYPES
 from asa.eval.metrics import HD95_CONVENTIONS
 from asa.methods import MaskedAutoencoderSettings, MethodSettings, get_method, registered_methods
 from asa.methods.choices import SCHEMA, check_choices, one_of
-from asa.models import EncoderSettings, PRESETS
+from asa.models import DEFAULT_CROP, EncoderSettings, PRESETS
 from asa.models.case_head import POOLINGS
 from asa.models.position import POSITION_MODES
 from asa.models.saca import SACA_PLACES
@@ -81,6 +81,7 @@ MOVED_KEYS = {
     "sa_swin.*": "method.* (with method=sa_swin)",  # 0.1.0's sa_swin: block
     "method.pos_mode": "model.pos_mode", "method.lr_axis": "model.lr_axis",
     "segmenter.pos_mode": "model.pos_mode", "segmenter.lr_axis": "model.lr_axis",
+    "data.size": "data.crop", "data.patch_size": "data.crop",  # the crop edge of pretraining / fine-tuning
 }
 
 
@@ -176,7 +177,7 @@ class DataConfig:
 class PretrainDataConfig(DataConfig):
     """Unlabelled T1 scans (``configs/pretrain/data``)."""
 
-    size: int = 128
+    crop: int = DEFAULT_CROP  # the crop edge (voxels), the network's img_size
     channels: List[str] = field(default_factory=lambda: ["t1"])
     resample_mm: Optional[float] = None
     augment: bool = True
@@ -189,7 +190,7 @@ class SegmentationDataConfig(DataConfig):
     """A labelled segmentation dataset (``configs/finetune/data``)."""
 
     task: str = MISSING  # a segmentation task (asa.data.get_task), or `case`: one target per case (data.target)
-    patch_size: Optional[int] = None  # null: the pretraining crop
+    crop: Optional[int] = None  # the crop edge (voxels); null: the pretraining crop
     samples_per_case: int = 1
     # task=case: classification or regression of one target per case (asa.data.read_targets)
     target: Optional[str] = None  # the target column (e.g. diagnosis, age)

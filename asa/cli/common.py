@@ -122,7 +122,7 @@ def _compose_error(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     kept = [ln for ln in lines if not ln.startswith(_HYDRA_NOISE) and not ln.startswith("^")]
     message = " ".join(kept).split(" Config search path:")[0] or "the command line could not be read"
-    key = re.search(r"Could not override '([\w.]+)'", message)
+    key = re.search(r"Could not override '([\w.]+)'", message) or re.search(r"full_key: ([\w.]+)", text)
     if key and (place := moved_key(key[1])):
         message += f" — {key[1]} is now {place}"
     if any(marker in text for marker in _QUOTING):

@@ -50,7 +50,7 @@ class MaskedAutoencoder(PretrainingMethod):
     def network_kwargs(self) -> dict:
         """The keyword arguments of `asa.models.ASA`: the ``model`` group, these settings, the crop."""
         own = {k: v for k, v in asdict(self.settings).items() if k != "name"}
-        return {**self.context.model, **own, "img_size": self.context.size}
+        return {**self.context.model, **own, "img_size": self.context.crop}
 
     def build_network(self) -> nn.Module:
         return build_network({"arch": "asa_pretrain", "kwargs": self.network_kwargs()})

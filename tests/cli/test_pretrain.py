@@ -24,7 +24,7 @@ def demo_cache(tmp_path_factory) -> Path:
 
 
 def _overrides(out: Path, cache: Path, *extra: str, device: str = "cpu") -> list[str]:
-    return ["data=demo", "model=tiny", "trainer=smoke", f"output_dir={out}", "data.size=32", "data.demo.size=40",
+    return ["data=demo", "model=tiny", "trainer=smoke", f"output_dir={out}", "data.crop=32", "data.demo.size=40",
             "data.demo.cases=6", f"data.demo.cache_dir={cache}", f"device={device}", *extra]
 
 
