@@ -15,7 +15,7 @@ from asa.api.common import (OptionError, TrainingRun, dataset_root, default_crop
 from asa.api.schema import FinetuneConfig
 from asa.data import build_case_crops_dataset, build_target_dataset, read_targets
 from asa.eval.case_metrics import HIGHER_IS_BETTER
-from asa.eval.case_predict import case_crop_lattice
+from asa.eval.case_outputs import case_crop_lattice
 from asa.io import atomic_write_json
 from asa.models import architectures, build_case_head
 from asa.models.registry import NETWORK_TASKS, NETWORKS

@@ -17,7 +17,7 @@ from asa.api.schema import PretrainDataConfig, PreprocessConfig, SegmentationDat
 from asa.methods.choices import check_choices
 from asa.data import CaseError, discover, get_task
 from asa.data.layouts import load_report
-from asa.data.preprocess import build_store
+from asa.data.store_writer import build_store
 from asa.data.preprocessing import PretrainPreprocess, SegmentationPreprocess
 from asa.train.distributed import DistEnv
 
@@ -51,7 +51,7 @@ def data_preset(data: Mapping[str, Any]) -> tuple[str, PretrainDataConfig | Segm
 
 def preprocess(config: PreprocessConfig | DictConfig):
     """Check and preprocess the dataset of ``config.data`` into the store ``config.data.store``;
-    returns the `asa.data.preprocess.StoreReport` (also printed). Cases the checks reject stop the
+    returns the `asa.data.store_writer.StoreReport` (also printed). Cases the checks reject stop the
     job (``data.on_bad_case=error``) or are skipped and listed in the index (``skip``); so are cases
     whose preprocessing fails, after every other case is written (with ``error`` the job then
     fails naming them)."""

@@ -30,7 +30,7 @@ import torch
 from asa.bench.harness import Workload, alternate
 from asa.bench.loader import write_synthetic_bids
 from asa.data import discover
-from asa.data.preprocess import build_store
+from asa.data.store_writer import build_store
 from asa.data.preprocessing import PretrainPreprocess
 from asa.losses import patch_informativeness
 from asa.models import ASA, PRESETS, LinearWindowAttention

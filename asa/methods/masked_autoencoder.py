@@ -20,7 +20,7 @@ from asa.models.mae import LOSS_WEIGHTINGS
 from asa.models.zoo import build_network
 from asa.train.pretrain import mae_step, make_panel_fn
 
-__all__ = ["MaskedAutoencoder", "MaskedAutoencoderSettings"]
+__all__ = ["MaskedAutoencoderPretraining", "MaskedAutoencoderSettings"]
 
 
 @dataclass
@@ -38,7 +38,7 @@ class MaskedAutoencoderSettings(MethodSettings):
 
 
 @register_method
-class MaskedAutoencoder(PretrainingMethod):
+class MaskedAutoencoderPretraining(PretrainingMethod):
     """The masked autoencoder: `asa.models.ASA` with its reconstruction loss (uniform, attentive or
     focal region weights); the encoder export keeps ``encoder.*``; probes read the encoder's tokens."""
 
