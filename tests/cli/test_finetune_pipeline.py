@@ -84,7 +84,7 @@ def test_scratch_rows_and_pretrained_position_mode(tmp_path, encoder_export):
 
     from asa.models import build_from_config
 
-    brats = dict(in_channels=4, out_channels=3, patch_size=32)
+    brats = dict(in_channels=4, out_channels=3, crop=32)
 
     for experiment, pos_mode in (("baseline", "none"), ("spe_only", "mirror")):
         cfg = compose_config("finetune", ["model=tiny", f"experiment={experiment}", f"data.root={root}"])
