@@ -272,7 +272,7 @@ def loader_throughput(size: int, batch: int, workers: int = 2, volumes: int = 8)
     ``workers`` processes, page cache warm, timed from the first batch on (`asa.bench.loader`)."""
     from asa.bench.loader import loader_epoch, write_synthetic_bids
     from asa.data import build_pretrain_dataset, discover
-    from asa.data.preprocess import build_store
+    from asa.data.store_writer import build_store
     from asa.data.preprocessing import PretrainPreprocess
 
     shape = (size * 5 // 4, size * 3 // 2, size * 5 // 4)

@@ -55,13 +55,13 @@ def chain(name: str, out: Path, steps: int) -> dict:
     pre.output_dir, pre.device, pre.seed = str(out / name / "pre"), "cpu", 0
     pre.probe.every = 0
     pre.trainer.max_steps = steps
-    pre.data.size, pre.data.demo.size, pre.data.demo.cases = 32, 40, 6
+    pre.data.crop, pre.data.demo.size, pre.data.demo.cases = 32, 40, 6
     pre.data.demo.cache_dir = str(out / "cache")
     pretrain(pre)
     root = write_demo_dataset("ibsr", out / name / "ibsr", cases=5, size=crop + 8, seed=1)
     ft = load_config("finetune", "data=ibsr", "trainer=smoke", *ft_overrides)
     ft.output_dir, ft.device, ft.seed = str(out / name / "ft"), "cpu", 0
-    ft.data.root, ft.data.num_workers, ft.data.patch_size = str(root), 0, crop
+    ft.data.root, ft.data.num_workers, ft.data.crop = str(root), 0, crop
     ft.model["pretrained"] = str(out / name / "pre" / "checkpoints" / "encoder.pt")
     ft.trainer.max_steps, ft.trainer.epochs = steps, steps
     finetune(ft)

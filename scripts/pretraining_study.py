@@ -151,7 +151,7 @@ def write_cohort(out: Path, scale: Scale, *, layout: str, seed: int, writer: Wri
 # ------------------------------------------------------------------------------------------ pretraining
 def pretrain_overrides(arm: str, data: Path, run_dir: Path, scale: Scale, *, seed: int, probe_data: str | None) -> list[str]:
     """asa-pretrain overrides of one Table 4 arm (the scale's model; the demo optimiser, whose lr learns at batch 2)."""
-    out = [f"experiment={arm}", f"model={scale.model}", "data=bids", f"data.root={data}", f"data.size={scale.crop}",
+    out = [f"experiment={arm}", f"model={scale.model}", "data=bids", f"data.root={data}", f"data.crop={scale.crop}",
            "data.num_workers=0", "data.split.ratios=[0.8,0.2,0.0]", "optim=adamw_demo",
            f"trainer.epochs={scale.pretrain_epochs}", "trainer.progress=false", "trainer.panel_every=0",
            "probe.every=1", f"seed={seed}", f"output_dir={run_dir}", "resume=auto"]
@@ -295,7 +295,7 @@ def transfer_argv(args: argparse.Namespace, scale: Scale, labeled: Path, encoder
                   out: Path) -> list[str]:
     """The transfer study's command line: scratch and every pretrained arm under every recipe."""
     threads = args.threads or (max(1, (os.cpu_count() or 1) // scale.jobs) if scale.jobs > 1 else None)
-    argv = ["--data", args.layout, "--root", str(labeled), "--model", scale.model, "--patch-size", str(scale.crop),
+    argv = ["--data", args.layout, "--root", str(labeled), "--model", scale.model, "--crop", str(scale.crop),
             "--cases", *map(str, scale.cases), "--seeds", *map(str, scale.seeds), "--test", str(scale.test),
             "--split-seed", str(args.seed), "--steps", str(scale.steps), "--device", args.device, "--reuse",
             "--n-boot", str(args.n_boot), "--out", str(out), "--recipes", *scale.recipes, "--jobs", str(scale.jobs)]
@@ -321,7 +321,7 @@ def dry_run(args: argparse.Namespace, name: str, scale: Scale, out: Path) -> int
         compose_config("pretrain", pretrain_overrides(arm, out / "data" / "pretrain", out / "pretrain" / arm, scale,
                                                       seed=args.seed, probe_data=None))
     runs = len(scale.cases) * len(scale.seeds) * (1 + len(args.arms) + len(args.baselines)) * len(scale.recipes)
-    base = ["data=" + args.layout, f"model={scale.model}", f"data.patch_size={scale.crop}", *args.override]
+    base = ["data=" + args.layout, f"model={scale.model}", f"data.crop={scale.crop}", *args.override]
     for recipe in scale.recipes:
         compose_config("finetune", [*base, f"optim={recipe}", f"trainer.max_steps={scale.steps}"])
         for baseline in args.baselines:

@@ -365,8 +365,8 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[Run], list[str], dict[str,
         base.append(f"trainer.threads={args.threads}")
     if args.root:
         base.append(f"data.root={args.root}")
-    if args.patch_size:
-        base.append(f"data.patch_size={args.patch_size}")
+    if args.crop:
+        base.append(f"data.crop={args.crop}")
     probe_cfg = compose_config("finetune", base)
     root, layout = dataset_root(probe_cfg.data)
     cases = discover(layout, root, on_bad_case=str(probe_cfg.data.on_bad_case))
@@ -557,7 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", default="ibsr", help="fine-tuning data preset: brats | ibsr | wmh | msd (default ibsr)")
     p.add_argument("--root", help="dataset folder (default: the preset's demo phantoms)")
     p.add_argument("--model", default="tiny", help="model preset (must match the pretrained encoder)")
-    p.add_argument("--patch-size", type=int, default=64, help="fine-tuning crop edge (data.patch_size)")
+    p.add_argument("--crop", type=int, default=64, help="fine-tuning crop edge (data.crop)")
     p.add_argument("--cases", type=int, nargs="+", default=[2, 4], help="numbers of labeled training cases")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--test", type=int, default=6, help="size of the fixed test split")

@@ -44,7 +44,7 @@ def test_pretrain_finetune_predict_evaluate_from_python(tmp_path):
     pre.output_dir = str(tmp_path / "pre")
     pre.device = "cpu"
     pre.probe.every = 0
-    pre.data.size, pre.data.demo.size, pre.data.demo.cases = 32, 40, 6
+    pre.data.crop, pre.data.demo.size, pre.data.demo.cases = 32, 40, 6
     pre.data.demo.cache_dir = str(tmp_path / "cache")
     assert pretrain(pre).step == 2
     encoder = tmp_path / "pre" / "checkpoints" / "encoder.pt"
@@ -58,7 +58,7 @@ def test_pretrain_finetune_predict_evaluate_from_python(tmp_path):
     ft.trainer.epochs = 2  # one step per epoch on the two training cases
     assert finetune(ft).step == 2
     ckpt = load_checkpoint(tmp_path / "ft" / "checkpoints" / "last.pt")
-    assert ckpt["config"]["data"]["patch_size"] == 32  # the pretraining crop, recorded in encoder.pt
+    assert ckpt["config"]["data"]["crop"] == 32  # the pretraining crop, recorded in encoder.pt
 
     pr = load_config("predict", f"checkpoint={tmp_path / 'ft' / 'checkpoints' / 'last.pt'}", f"input={root}",
                      f"output={tmp_path / 'pred'}", "device=cpu")

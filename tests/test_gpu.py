@@ -52,7 +52,7 @@ def test_pretrain_smoke_on_cuda_with_amp(tmp_path):
     from asa.api.config import compose_config
 
     cfg = compose_config("pretrain", [
-        "model=tiny", "trainer=smoke", "device=cuda", f"output_dir={tmp_path}", "data.size=32",
+        "model=tiny", "trainer=smoke", "device=cuda", f"output_dir={tmp_path}", "data.crop=32",
         "data.demo.size=40", "data.demo.cases=8", f"data.demo.cache_dir={tmp_path / 'demo'}",
     ])
     result = run(cfg)

@@ -15,13 +15,13 @@ from typing import Any
 import torch
 
 from asa.api.rundir import RunDir, RunDirError, command_line, override, prepare_run_dir, shell_path
-from asa.api.schema import DataConfig, FinetuneConfig, PretrainConfig, PretrainDataConfig
+from asa.api.schema import DataConfig, FinetuneConfig, PretrainConfig
 from asa.data import (CaseError, RegionSource, detect_layout, discover, ensure_demo_dataset, make_splits,
                       subject_groups)
 from asa.data.datasets import CaseLoadError
 from asa.data.store import StoreError, StoreSettingsError, open_store
 from asa.io import CheckpointError, VolumeError, WriteError, atomic_write_json
-from asa.models import SYMMETRY_KEYS, network_spec
+from asa.models import DEFAULT_CROP, SYMMETRY_KEYS, network_spec
 from asa.models.patch import to_3tuple
 from asa.train import IncompatibleCheckpointError, TrainConfig, build_optimizer, cleanup_distributed, setup_distributed
 from asa.train.distributed import DistEnv, all_gather_objects, barrier
@@ -314,7 +314,7 @@ def cases_of_split(cases: Sequence, split_file: str | os.PathLike | None, subset
     return chosen
 
 
-def check_crop_fits(patch: int, cases: Sequence, *, option: str = "data.patch_size") -> None:
+def check_crop_fits(patch: int, cases: Sequence, *, option: str = "data.crop") -> None:
     """Refuse a crop larger than every case's volume along every axis: the network would see mostly
     padding, at a memory cost set by the crop (a 128³ SA-Swin crop on 64³ volumes ran out of memory)."""
     import nibabel as nib
@@ -382,23 +382,23 @@ def report_fine_tuning(result: Any, out_dir: Path, best: str) -> None:
 
 
 def default_crop(data: DataConfig) -> int:
-    """The fine-tuning crop edge when neither ``data.patch_size`` nor the pretrained file gives one:
-    the demo phantoms' size (demo pretraining uses it too), else asa-pretrain's default ``data.size``
-    (the paper's pretraining crop)."""
-    return int(data.demo.size) if data.root is None and data.demo else PretrainDataConfig.size
+    """The fine-tuning crop edge when neither ``data.crop`` nor the pretrained file gives one:
+    the demo phantoms' size (demo pretraining uses it too), else `asa.models.DEFAULT_CROP`
+    (asa-pretrain's default ``data.crop``, the paper's pretraining crop)."""
+    return int(data.demo.size) if data.root is None and data.demo else DEFAULT_CROP
 
 
 def record_geometry(resolved: dict, model: torch.nn.Module) -> int:
     """Record in the run config ``resolved`` the geometry ``model`` was built with, read from its
     network spec (the settings left null follow the pretrained file, `asa.models.pretrained_geometry`):
-    the crop ``data.patch_size``, ``model.pos_mode`` / ``model.lr_axis`` where the network has them and
+    the crop ``data.crop``, ``model.pos_mode`` / ``model.lr_axis`` where the network has them and
     an SW-ViT's ``segmenter.reference_grid``. Returns the crop edge."""
     spec = network_spec(model)
     if spec is None:
         raise TypeError(f"{type(model).__name__} records no network spec, so its geometry is unknown")
     kwargs = spec["kwargs"]
     crop = int(to_3tuple(kwargs["img_size"], "img_size")[0])
-    resolved["data"]["patch_size"] = crop
+    resolved["data"]["crop"] = crop
     resolved["model"].update({key: kwargs[key] for key in SYMMETRY_KEYS if key in kwargs})
     if kwargs.get("reference_grid") is not None:
         resolved["segmenter"]["reference_grid"] = list(kwargs["reference_grid"])

@@ -12,7 +12,7 @@ from asa.api.common import cases_of_split, dataset_root, refusing
 from asa.api.schema import EvaluateConfig, as_config
 from asa.api.finetune_case import CASE_TASK
 from asa.data import discover, get_task, read_targets, subject_groups
-from asa.eval.case_predict import PREDICTIONS_CSV, case_summary, read_case_predictions
+from asa.eval.case_outputs import PREDICTIONS_CSV, case_summary, read_case_predictions
 from asa.io import atomic_write_json
 from asa.eval import evaluate_cases, match_predictions
 from asa.eval.evaluate import nsd_tolerances, write_results
@@ -33,7 +33,7 @@ def evaluate(config: EvaluateConfig | DictConfig) -> dict:
 
 def _evaluate_case(cfg: EvaluateConfig) -> dict:
     """``data.task=case``: score ``<pred>/predictions.csv`` against ``data.target`` (summary with
-    bootstrap intervals, `asa.eval.case_predict.case_summary`), written to ``<output>/summary.json``."""
+    bootstrap intervals, `asa.eval.case_outputs.case_summary`), written to ``<output>/summary.json``."""
     data = cfg.data
     if cfg.pred is None or data.target is None:
         raise ValueError("asa-evaluate with data.task=case needs pred=DIR (holding asa-predict's predictions.csv) and "

@@ -24,7 +24,8 @@ from asa.models.portable import encoder_export
 
 __all__ = ["export_model", "model_card", "model_config"]
 
-DATA_KEYS = ("name", "layout", "task", "channels", "size", "patch_size", "resample_mm", "lr_centre")
+# the run's data settings a model folder repeats; size / patch_size: the crop of runs before data.crop, as recorded
+DATA_KEYS = ("name", "layout", "task", "channels", "crop", "size", "patch_size", "resample_mm", "lr_centre")
 CHECKPOINT_DIR = "checkpoints"
 
 

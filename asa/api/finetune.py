@@ -65,8 +65,8 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
         torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
         model = build_from_config(cfg.model, dataclasses.asdict(cfg.segmenter),
                                   in_channels=len(task.channels), out_channels=task.num_outputs,
-                                  patch_size=None if data.patch_size is None else int(data.patch_size),
-                                  default_patch_size=default_crop(data))  # one grid: the pretraining crop
+                                  crop=None if data.crop is None else int(data.crop),
+                                  default_crop=default_crop(data))  # one grid: the pretraining crop
         source = str(root / "dataset.json") if task.name == "msd" else f"data={data.name}"
         if env.is_main and (warning := symmetry_warning(capabilities(model), task.channels, source)):
             print(f"[asa] warning: {warning}", file=sys.stderr, flush=True)
@@ -74,7 +74,7 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
         resolved["task"] = dataclasses.asdict(task)  # asa-predict rebuilds the task from the checkpoint
         patch = record_geometry(resolved, model)  # the effective crop, position code, axis and reference grid
         if (fault := capabilities(model).crop_fault(patch)) is not None:  # before anything is written
-            raise OptionError(f"data.patch_size={patch}: {fault}")
+            raise OptionError(f"data.crop={patch}: {fault}")
         resolved["data"]["regions"]["source"] = "none" if regions is None else regions.source  # auto resolved
         lattice = {}
         if (grid := capabilities(model).lattice) is not None:  # crops start on the brain frame's patch lattice

@@ -15,7 +15,7 @@ from asa.api.common import (OptionError, TrainingRun, dataset_root, default_crop
 from asa.api.schema import FinetuneConfig
 from asa.data import build_case_crops_dataset, build_target_dataset, read_targets
 from asa.eval.case_metrics import HIGHER_IS_BETTER
-from asa.eval.case_predict import case_crop_lattice
+from asa.eval.case_outputs import case_crop_lattice
 from asa.io import atomic_write_json
 from asa.models import architectures, build_case_head
 from asa.models.registry import NETWORK_TASKS, NETWORKS
@@ -108,8 +108,8 @@ def finetune_case(cfg: FinetuneConfig) -> FitResult:
         head = cfg.head
         model = build_case_head(cfg.model, in_channels=1,
                                 out_channels=out_channels,
-                                patch_size=None if data.patch_size is None else int(data.patch_size),
-                                default_patch_size=default_crop(data), pooling=str(head.pooling),
+                                crop=None if data.crop is None else int(data.crop),
+                                default_crop=default_crop(data), pooling=str(head.pooling),
                                 hidden_dim=int(head.hidden_dim), head_dropout=float(head.dropout),
                                 target_shift=shift, target_scale=scale)
         patch = record_geometry(resolved, model)  # the effective crop (and SW-ViT's position code, axis, grid)

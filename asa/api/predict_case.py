@@ -11,7 +11,7 @@ from asa.api.common import OptionError, cases_of_split
 from asa.api.rundir import RunDirError, check_writable, move_aside
 from asa.api.schema import PredictConfig
 from asa.data import detect_layout, discover
-from asa.eval.case_predict import PREDICTIONS_CSV, predict_case_rows, write_case_predictions
+from asa.eval.case_outputs import PREDICTIONS_CSV, predict_case_rows, write_case_predictions
 from asa.models import build_network
 
 __all__ = ["predict_case"]

@@ -13,11 +13,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from asa.api.common import _check_workers, dataset_root, refusing, region_source
 from asa.api.rundir import RunLock, check_writable, command_line
-from asa.api.schema import PretrainDataConfig, PreprocessConfig, SegmentationDataConfig, as_config
+from asa.api.schema import PretrainDataConfig, PreprocessConfig, SegmentationDataConfig, as_config, moved_key
 from asa.methods.choices import check_choices
 from asa.data import CaseError, discover, get_task
 from asa.data.layouts import load_report
-from asa.data.preprocess import build_store
+from asa.data.store_writer import build_store
 from asa.data.preprocessing import PretrainPreprocess, SegmentationPreprocess
 from asa.train.distributed import DistEnv
 
@@ -38,6 +38,8 @@ def data_preset(data: Mapping[str, Any]) -> tuple[str, PretrainDataConfig | Segm
         merged = OmegaConf.merge(schema, data)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
+        if (place := moved_key(f"data.{key}")) is not None:
+            raise ValueError(f"{APP}: invalid option data.{key}: renamed; data.{key} is now {place}") from None
         raise ValueError(f"{APP}: invalid option data.{key}: {getattr(err, 'msg', err)}") from None
     check_choices(merged, typed, "data.")
     missing = sorted(f"data.{key}" for key in OmegaConf.missing_keys(merged))
@@ -49,7 +51,7 @@ def data_preset(data: Mapping[str, Any]) -> tuple[str, PretrainDataConfig | Segm
 
 def preprocess(config: PreprocessConfig | DictConfig):
     """Check and preprocess the dataset of ``config.data`` into the store ``config.data.store``;
-    returns the `asa.data.preprocess.StoreReport` (also printed). Cases the checks reject stop the
+    returns the `asa.data.store_writer.StoreReport` (also printed). Cases the checks reject stop the
     job (``data.on_bad_case=error``) or are skipped and listed in the index (``skip``); so are cases
     whose preprocessing fails, after every other case is written (with ``error`` the job then
     fails naming them)."""
@@ -66,7 +68,7 @@ def preprocess(config: PreprocessConfig | DictConfig):
         task = get_task(str(data.task), root=root)
         pre, channels = SegmentationPreprocess(task, regions=regions), task.channels
     else:
-        pre = PretrainPreprocess(int(data.size), resample_mm=data.resample_mm, regions=regions)
+        pre = PretrainPreprocess(int(data.crop), resample_mm=data.resample_mm, regions=regions)
         channels = tuple(data.channels)
     check_writable(store, "data.store")
     store.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ def _method(cfg: PretrainConfig) -> PretrainingMethod:
     cls = get_method(cfg.method.name)
     settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.Settings), asdict(cfg.method)))
     model = asdict(cfg.model)
-    context = MethodContext(size=int(cfg.data.size), channels=tuple(cfg.data.channels),
+    context = MethodContext(crop=int(cfg.data.crop), channels=tuple(cfg.data.channels),
                             batch_size=int(cfg.trainer.batch_size), model=model)
     return cls(settings, context)
 
@@ -42,7 +42,7 @@ def _probe(cfg: PretrainConfig, method: PretrainingMethod, regions=None):
     if int(pc.every) < 1:
         return None
     if pc.data is None:
-        root = ensure_demo_dataset("ibsr", cases=int(pc.cases), size=int(cfg.data.size), seed=int(pc.seed),
+        root = ensure_demo_dataset("ibsr", cases=int(pc.cases), size=int(cfg.data.crop), seed=int(pc.seed),
                                    cache_dir=None if cfg.data.demo is None else cfg.data.demo.cache_dir)
         layout = "ibsr"
     else:
@@ -57,7 +57,7 @@ def _probe(cfg: PretrainConfig, method: PretrainingMethod, regions=None):
     task = get_task(layout, root=root)
     cases = [c for c in discover(layout, root) if c.label is not None][: int(pc.cases)]
     try:
-        probe_set = build_probe_set(cases, task, size=int(cfg.data.size), channels=list(cfg.data.channels),
+        probe_set = build_probe_set(cases, task, size=int(cfg.data.crop), channels=list(cfg.data.channels),
                                     patch_size=method.probe_patch_size, regions=regions)
     except ValueError as err:
         raise ValueError(f"probe.data={pc.data}: {err}. Point probe.data at a labeled folder with the pretraining "
@@ -121,7 +121,7 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
         out_dir = run_dir.path
         cases = load_cases(data, out_dir if env.is_main else None, env)
         splits = split_cases(cases, data, out_dir, env)
-        common = dict(size=int(data.size), cache_dir=data.cache_dir, resample_mm=data.resample_mm,
+        common = dict(size=int(data.crop), cache_dir=data.cache_dir, resample_mm=data.resample_mm,
                       channels=tuple(data.channels), regions=regions, store=data.store)
         train_ds = build_pretrain_dataset(splits["train"], augment=bool(data.augment), flip_axes=flip_axes,
                                           augment_on=augment_on, **common)

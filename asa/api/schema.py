@@ -26,7 +26,7 @@ from asa.data.store import STORE_DTYPES
 from asa.eval.metrics import HD95_CONVENTIONS
 from asa.methods import MaskedAutoencoderSettings, MethodSettings, get_method, registered_methods
 from asa.methods.choices import SCHEMA, check_choices, one_of
-from asa.models import EncoderSettings, PRESETS
+from asa.models import DEFAULT_CROP, EncoderSettings, PRESETS
 from asa.models.case_head import POOLINGS
 from asa.models.position import POSITION_MODES
 from asa.models.saca import SACA_PLACES
@@ -73,9 +73,45 @@ class EncoderConfig:
 
 DECODER_KEYS = ("decoder_dim", "decoder_depth", "decoder_num_heads")
 NOT_SIZES = ("pos_mode", "lr_axis")  # encoder settings that the model=tiny|small|base presets leave alone
-# keys of earlier versions -> where the setting is now (a command line with the old key is refused naming both)
-MOVED_KEYS = {"method.pos_mode": "model.pos_mode", "method.lr_axis": "model.lr_axis",
-              "segmenter.pos_mode": "model.pos_mode", "segmenter.lr_axis": "model.lr_axis"}
+# keys of earlier versions -> where the setting is now: a command line, a config or a resumed run with
+# the old key is refused naming both (`moved_key`). ``section.*`` moves every key under the section
+# but those listed on their own (``mae.pos_mode``); words after the new place say what it needs.
+MOVED_KEYS = {
+    "mae.*": "method.*", "mae.pos_mode": "model.pos_mode", "mae.lr_axis": "model.lr_axis",  # 0.1.0's mae: block
+    "sa_swin.*": "method.* (with method=sa_swin)",  # 0.1.0's sa_swin: block
+    "method.pos_mode": "model.pos_mode", "method.lr_axis": "model.lr_axis",
+    "segmenter.pos_mode": "model.pos_mode", "segmenter.lr_axis": "model.lr_axis",
+    "data.size": "data.crop", "data.patch_size": "data.crop",  # the crop edge of pretraining / fine-tuning
+}
+
+
+def moved_key(key: str) -> str | None:
+    """Where the setting of an earlier version's dotted ``key`` is now (None: not a moved key), e.g.
+    ``mae.loss_weighting`` -> ``method.loss_weighting``; a moved section names its exceptions too."""
+    if key in MOVED_KEYS:
+        return MOVED_KEYS[key]
+    if key + ".*" in MOVED_KEYS:
+        own = [f"{k}: {v}" for k, v in MOVED_KEYS.items() if k.startswith(key + ".") and not k.endswith(".*")]
+        return MOVED_KEYS[key + ".*"] + (f" ({', '.join(own)})" if own else "")
+    parts = key.split(".")
+    for n in range(len(parts) - 1, 0, -1):
+        section = ".".join(parts[:n])
+        if section + ".*" in MOVED_KEYS:
+            place, _, needs = MOVED_KEYS[section + ".*"].partition(" ")
+            return place.removesuffix(".*") + key[len(section):] + (f" {needs}" if needs else "")
+    return None
+
+
+def flatten_keys(node: Any) -> list[str]:
+    """The dotted keys of a mapping's leaves (``{"a": {"b": 1}}`` -> ``["a.b"]``; a leaf: none)."""
+    if not isinstance(node, (dict, DictConfig)):
+        return []
+    return [f"{k}.{sub}" if sub else str(k) for k, v in node.items() for sub in (flatten_keys(v) or [""])]
+
+
+def moved_keys(keys: Any) -> dict[str, str]:
+    """The moved ones among dotted ``keys``, each with its new place (`moved_key`)."""
+    return {key: new for key in keys if (new := moved_key(key)) is not None}
 
 
 @dataclass
@@ -141,7 +177,7 @@ class DataConfig:
 class PretrainDataConfig(DataConfig):
     """Unlabelled T1 scans (``configs/pretrain/data``)."""
 
-    size: int = 128
+    crop: int = DEFAULT_CROP  # the crop edge (voxels), the network's img_size
     channels: List[str] = field(default_factory=lambda: ["t1"])
     resample_mm: Optional[float] = None
     augment: bool = True
@@ -154,7 +190,7 @@ class SegmentationDataConfig(DataConfig):
     """A labelled segmentation dataset (``configs/finetune/data``)."""
 
     task: str = MISSING  # a segmentation task (asa.data.get_task), or `case`: one target per case (data.target)
-    patch_size: Optional[int] = None  # null: the pretraining crop
+    crop: Optional[int] = None  # the crop edge (voxels); null: the pretraining crop
     samples_per_case: int = 1
     # task=case: classification or regression of one target per case (asa.data.read_targets)
     target: Optional[str] = None  # the target column (e.g. diagnosis, age)
@@ -423,6 +459,11 @@ def validate(cfg: DictConfig, entry: str) -> None:
         OmegaConf.merge(schema, OmegaConf.to_container(cfg, resolve=False))
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
+        keys = flatten_keys(OmegaConf.select(cfg, key)) if key in cfg else {}
+        moved = moved_keys([f"{key}.{k}" for k in keys]) or moved_keys([key])
+        if moved:
+            raise ValueError(f"asa-{entry}: invalid option {key}: renamed; "
+                             + "; ".join(f"{old} is now {new}" for old, new in moved.items())) from None
         raise ValueError(f"asa-{entry}: invalid option {key}: {err.msg if hasattr(err, 'msg') else err}") from None
     check_choices(cfg, node)
 

@@ -30,7 +30,7 @@ import torch
 from asa.bench.harness import Workload, alternate
 from asa.bench.loader import write_synthetic_bids
 from asa.data import discover
-from asa.data.preprocess import build_store
+from asa.data.store_writer import build_store
 from asa.data.preprocessing import PretrainPreprocess
 from asa.losses import patch_informativeness
 from asa.models import ASA, PRESETS, LinearWindowAttention
@@ -135,7 +135,7 @@ def run_pretrain_loop(*, size: int, batch: int, preset: str, device: str, steps:
         train = max(1, int(volumes * 0.95) // batch)  # batches per epoch of the default 0.95 train split
         log_every = max(1, min(50, steps // 10))
         overrides = [
-            "data=bids", f"data.root={bids}", f"data.store={work / 'store'}", f"data.size={size}",
+            "data=bids", f"data.root={bids}", f"data.store={work / 'store'}", f"data.crop={size}",
             f"data.num_workers={workers}", f"model={preset}", f"output_dir={work / 'run'}", f"device={device}",
             f"trainer.batch_size={batch}", f"trainer.max_steps={steps}", f"trainer.epochs={-(-steps // train)}",
             f"trainer.log_every={log_every}", f"trainer.val_every={10 * steps}", "trainer.panel_every=0",

@@ -299,7 +299,7 @@ def part_pretrain_torchrun(ctx: Context) -> dict[str, Any]:
     # the schedule spans at least the run (the 0.8 train split holds at least 70 % of the cases)
     epochs = -(-p.pretrain_steps // max(1, int(p.demo_cases * 0.7) // p.pretrain_batch))
     overrides = [
-        "data=demo", f"model={p.preset}", f"data.size={p.size}", f"data.demo.size={p.demo_size}",
+        "data=demo", f"model={p.preset}", f"data.crop={p.size}", f"data.demo.size={p.demo_size}",
         f"data.demo.cases={p.demo_cases}", f"data.demo.cache_dir={ctx.work / 'demo-cache'}",
         f"data.cache_dir={ctx.work / 'preprocessed'}", f"data.num_workers={p.workers}", f"output_dir={out}",
         f"trainer.batch_size={p.pretrain_batch}", f"trainer.max_steps={p.pretrain_steps}", f"trainer.epochs={epochs}",
@@ -407,7 +407,7 @@ def part_predict_case(ctx: Context) -> dict[str, Any]:
     p, device = ctx.profile, ctx.device
     ft_out = ctx.work / "finetune"
     overrides = ["data=brats", f"data.root={ctx.work / 'brats_train'}", f"model={p.preset}", "trainer=smoke",
-                 "trainer.panel_every=0", f"data.patch_size={p.size}", f"data.num_workers={p.workers}",
+                 "trainer.panel_every=0", f"data.crop={p.size}", f"data.num_workers={p.workers}",
                  f"output_dir={ft_out}", f"device={p.device}", "overwrite=true"]
     if p.threads is not None:
         overrides.append(f"trainer.threads={p.threads}")

@@ -25,7 +25,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from asa.data import build_pretrain_dataset, discover
-from asa.data.preprocess import build_store
+from asa.data.store_writer import build_store
 from asa.data.preprocessing import PretrainPreprocess
 from asa.data.store import CASES, FORMAT, INDEX, SETTINGS, VERSION, case_file_stamps, open_store, store_settings
 from asa.io import atomic_write_json

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from asa.api.common import OptionError, describe_error
 from asa.api.config import config_path
 from asa.api.rundir import RunDirError
-from asa.api.schema import MOVED_KEYS
+from asa.api.schema import moved_key
 from asa.cli.launch import write_status
 from asa.data import CaseError
 from asa.data.store import StoreIndexError, StoreSettingsError
@@ -122,9 +122,9 @@ def _compose_error(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     kept = [ln for ln in lines if not ln.startswith(_HYDRA_NOISE) and not ln.startswith("^")]
     message = " ".join(kept).split(" Config search path:")[0] or "the command line could not be read"
-    moved = re.search(r"Could not override '([\w.]+)'", message)
-    if moved and moved[1] in MOVED_KEYS:
-        message += f" — {moved[1]} is now {MOVED_KEYS[moved[1]]}"
+    key = re.search(r"Could not override '([\w.]+)'", message) or re.search(r"full_key: ([\w.]+)", text)
+    if key and (place := moved_key(key[1])):
+        message += f" — {key[1]} is now {place}"
     if any(marker in text for marker in _QUOTING):
         message += (" — a value with spaces, non-ASCII or special characters must be quoted for Hydra inside the "
                     "shell's quotes, e.g. \"output_dir='runs/my run'\"")

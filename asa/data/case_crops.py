@@ -3,7 +3,7 @@ fine-tuning plus, where the (preprocessed) volume is larger than the crop, crops
 crop along each axis, clipped to the volume and kept on the brain frame's patch lattice.
 
 A case network sees one crop at the pretraining grid; prediction and validation average its outputs
-over these crops (`asa.eval.case_predict.case_output`).
+over these crops (`asa.eval.case_outputs.case_output`).
 """
 
 from __future__ import annotations

@@ -147,7 +147,7 @@ class StoreCropBatches(CaseDataset):
 def build_pretrain_dataset(
     cases: Sequence[Case],
     *,
-    size: int | Sequence[int] = (128, 128, 128),
+    size: int | Sequence[int],
     cache_dir: str | Path | None = None,
     augment: bool = True,
     flip_axes: Sequence[int] = (),

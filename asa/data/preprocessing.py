@@ -122,7 +122,7 @@ class PretrainPreprocess(Transform):
     (`asa.data.regions.RegionSource`) also ``"region"``: int16 [1, *size], the case's region map
     under the same crop."""
 
-    def __init__(self, size: int | Sequence[int] = 128, *, resample_mm: float | None = None, lr_centre: str = "mask",
+    def __init__(self, size: int | Sequence[int], *, resample_mm: float | None = None, lr_centre: str = "mask",
                  percentiles: tuple[float, float] = PERCENTILES, regions: RegionSource | None = None) -> None:
         if lr_centre not in LR_CENTRES:
             raise ValueError(f"lr_centre must be one of {LR_CENTRES}, got {lr_centre!r}")

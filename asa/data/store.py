@@ -1,6 +1,6 @@
 """The preprocessed store: each case as uncompressed, memory-mappable arrays, plus one index.
 
-Written by ``asa-preprocess`` (`asa.data.preprocess`), read by training with ``data.store=DIR``.
+Written by ``asa-preprocess`` (`asa.data.store_writer`), read by training with ``data.store=DIR``.
 A store folder holds::
 
     settings.json          the preprocessing settings (written first; other settings are refused)
@@ -75,7 +75,7 @@ def _is_number_list(value: Any, n: int) -> bool:
 
 
 def check_record(case_id: str, record: Any, where: str) -> None:
-    """Raise `StoreIndexError` unless ``record`` is a case record as `asa.data.preprocess` writes it:
+    """Raise `StoreIndexError` unless ``record`` is a case record as `asa.data.store_writer` writes it:
     its grid (``shape``, ``box``, ``centre``), source ``files`` and ``arrays``, each array a bare
     file name, so that every file it names lies inside the store's ``cases`` folder. ``where`` names
     the entry in the message (e.g. ``data.store=DIR: index.json cases['sub-01']``)."""

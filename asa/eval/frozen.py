@@ -29,7 +29,7 @@ from torch import nn
 from asa.data.case import Case
 from asa.data.preprocessing import PretrainPreprocess, case_to_item
 from asa.io import load_weights
-from asa.models import PRESETS, VolumeEncoder, build_network, network_encoder
+from asa.models import DEFAULT_CROP, PRESETS, VolumeEncoder, build_network, network_encoder
 from asa.models.patch import to_3tuple
 from asa.models.portable import load_encoder
 from asa.models.registry import ENCODER_MODULES
@@ -99,7 +99,7 @@ def _geometry(arch: str, module: nn.Module, spec: Mapping, state: Mapping | None
         edge = crop if crop is not None else recorded
         if edge is None:
             raise ValueError(f"{where}: a {arch!r} encoder that records no input size (an SA-Swin pretraining "
-                             "export); pass crop=N (a multiple of 32, its pretraining data.size)")
+                             "export); pass crop=N (a multiple of 32, its pretraining data.crop)")
         size = to_3tuple(edge, "crop")
         if any(s % 32 for s in size):
             raise ValueError(f"crop={list(size)}: a SwinViT needs sides divisible by 32 ({where})")
@@ -133,13 +133,13 @@ def random_frozen(entry: str, *, like: FrozenEncoder | None, seed: int = 0, crop
                   device: str | torch.device = "cpu") -> FrozenEncoder:
     """A randomly initialised encoder (seeded): ``random`` has the network spec of ``like`` (the
     first file given); ``random:<preset>`` is an ASA encoder of that size (`asa.models.PRESETS`),
-    input ``crop`` (else ``like``'s input, else 128), patch 8."""
+    input ``crop`` (else ``like``'s input, else `asa.models.DEFAULT_CROP`), patch 8."""
     _, _, preset = entry.partition(":")
     if preset:
         if preset not in PRESETS:
             raise ValueError(f"encoders: {entry!r}: unknown preset {preset!r}; expected random (the first file's "
                              f"spec) or random:<{'|'.join(PRESETS)}>")
-        edge = crop or (like.size[0] if like is not None else 128)
+        edge = crop or (like.size[0] if like is not None else DEFAULT_CROP)
         spec = {"arch": "asa_pretrain", "kwargs": {**PRESETS[preset], "img_size": edge, "patch_size": 8}}
     else:
         if like is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from asa.io.atomic import WriteError, atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, default_file_mode
 from asa.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from asa.io.portable import SAFETENSORS_SUFFIX, load_export_safetensors, save_export_safetensors
+from asa.io.export_safetensors import SAFETENSORS_SUFFIX, load_export_safetensors, save_export_safetensors
 from asa.io.hub import is_model_folder, load_model_folder, load_weights, write_model_folder
 from asa.io.nifti import (NIFTI_SUFFIXES, PREDICTION_SUFFIX, find_nifti, is_nifti, nifti_suffix, prediction_path,
                           probabilities_path, strip_nifti)

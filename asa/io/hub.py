@@ -33,7 +33,7 @@ import torch
 
 from asa.io.atomic import _fsync_dir, _umask, default_file_mode
 from asa.io.checkpoint import CheckpointError, load_checkpoint
-from asa.io.portable import SAFETENSORS_SUFFIX, load_export_safetensors, save_export_safetensors
+from asa.io.export_safetensors import SAFETENSORS_SUFFIX, load_export_safetensors, save_export_safetensors
 
 __all__ = ["CARD_FILE", "CONFIG_FILE", "FOLDER_FORMAT", "HUB_PREFIX", "MODEL_FILE", "is_model_folder",
            "load_model_folder", "load_weights", "resolve_hub_id", "write_model_folder"]

@@ -21,12 +21,12 @@ from asa.methods.base import (METHODS, MethodContext, MethodSettings, Pretrainin
                               get_method, register_method, registered_methods)
 from asa.methods.choices import check_choices, one_of
 from asa.methods.jigsaw import JigsawPretraining, JigsawSettings
-from asa.methods.masked_autoencoder import MaskedAutoencoder, MaskedAutoencoderSettings
+from asa.methods.masked_autoencoder import MaskedAutoencoderPretraining, MaskedAutoencoderSettings
 from asa.methods.rpl import RelativePatchLocationPretraining, RelativePatchLocationSettings
 from asa.methods.sa_swin import SymmetryAwarePretraining, SymmetryAwareSettings
 
 __all__ = [
-    "METHODS", "JigsawPretraining", "JigsawSettings", "MaskedAutoencoder", "MaskedAutoencoderSettings",
+    "METHODS", "JigsawPretraining", "JigsawSettings", "MaskedAutoencoderPretraining", "MaskedAutoencoderSettings",
     "MethodContext", "MethodSettings", "PretrainingMethod", "RegionNeeds", "RelativePatchLocationPretraining",
     "RelativePatchLocationSettings", "SymmetryAwarePretraining", "SymmetryAwareSettings", "get_method",
     "check_choices", "one_of", "register_method", "registered_methods",

@@ -33,12 +33,12 @@ class MethodSettings:
 class MethodContext:
     """What a method may read of the run besides its own settings.
 
-    ``size``: the crop edge; ``channels``: the input channels (names); ``batch_size``: volumes per
+    ``crop``: the crop edge (``data.crop``); ``channels``: the input channels (names); ``batch_size``: volumes per
     device and step; ``model``: the ``model`` group (SW-ViT encoder and decoder sizes), which only a
     method declaring `PretrainingMethod.uses_model_group` builds from (another may refuse options
     of it that it would ignore)."""
 
-    size: int
+    crop: int
     channels: tuple[str, ...]
     batch_size: int
     model: Mapping[str, Any] = field(default_factory=dict)

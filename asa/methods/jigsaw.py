@@ -16,7 +16,7 @@ __all__ = ["JigsawPretraining", "JigsawSettings"]
 @dataclass
 class JigsawSettings(MethodSettings):
     """`asa.models.JigsawPuzzle` settings beyond the encoder sizes of the ``model`` group: grid³ cells of
-    ⌊data.size / grid⌋ voxels, ``permutations`` classes."""
+    ⌊data.crop / grid⌋ voxels, ``permutations`` classes."""
 
     name: str = "jigsaw"
     grid: int = 3  # cells per axis (grid³ blocks)

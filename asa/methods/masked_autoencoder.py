@@ -20,7 +20,7 @@ from asa.models.mae import LOSS_WEIGHTINGS
 from asa.models.zoo import build_network
 from asa.train.pretrain import mae_step, make_panel_fn
 
-__all__ = ["MaskedAutoencoder", "MaskedAutoencoderSettings"]
+__all__ = ["MaskedAutoencoderPretraining", "MaskedAutoencoderSettings"]
 
 
 @dataclass
@@ -38,7 +38,7 @@ class MaskedAutoencoderSettings(MethodSettings):
 
 
 @register_method
-class MaskedAutoencoder(PretrainingMethod):
+class MaskedAutoencoderPretraining(PretrainingMethod):
     """The masked autoencoder: `asa.models.ASA` with its reconstruction loss (uniform, attentive or
     focal region weights); the encoder export keeps ``encoder.*``; probes read the encoder's tokens."""
 
@@ -50,7 +50,7 @@ class MaskedAutoencoder(PretrainingMethod):
     def network_kwargs(self) -> dict:
         """The keyword arguments of `asa.models.ASA`: the ``model`` group, these settings, the crop."""
         own = {k: v for k, v in asdict(self.settings).items() if k != "name"}
-        return {**self.context.model, **own, "img_size": self.context.size}
+        return {**self.context.model, **own, "img_size": self.context.crop}
 
     def build_network(self) -> nn.Module:
         return build_network({"arch": "asa_pretrain", "kwargs": self.network_kwargs()})

@@ -26,7 +26,7 @@ SW_VIT_ONLY = ("saca", "region_attention")  # model options a block cut from the
 @dataclass
 class RelativePatchLocationSettings(MethodSettings):
     """`asa.models.RelativePatchLocation` settings beyond the encoder sizes of the ``model`` group: 3 × 3 × 3
-    cells of ⌊data.size / 3⌋ voxels, 26 classes."""
+    cells of ⌊data.crop / 3⌋ voxels, 26 classes."""
 
     name: str = "rpl"
     block: Optional[int] = None  # block edge in patches; null: the most that leave `jitter` voxels of play in a cell
@@ -66,13 +66,13 @@ class BlockPuzzleMethod(PretrainingMethod):
     grid: int  # its cells per axis
 
     def check(self) -> None:
-        block_layout(self.context.size, self.grid, int(self.context.model.get("patch_size", 8)),
+        block_layout(self.context.crop, self.grid, int(self.context.model.get("patch_size", 8)),
                      block=self.settings.block, jitter=self.settings.jitter)
         self.network_kwargs()
 
     def network_kwargs(self) -> dict[str, Any]:
         own = {k: v for k, v in asdict(self.settings).items() if k != "name"}
-        return {**encoder_options(self.name, self.context.model), **own, "img_size": self.context.size,
+        return {**encoder_options(self.name, self.context.model), **own, "img_size": self.context.crop,
                 "in_channels": len(self.context.channels)}
 
     def build_network(self) -> nn.Module:

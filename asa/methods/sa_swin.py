@@ -63,9 +63,9 @@ class SymmetryAwarePretraining(PretrainingMethod):
         if unused:
             raise ValueError(f"method=sa_swin (experiment=sa_swin) trains MONAI's SwinViT, which has no "
                              f"{' or '.join(unused)}: those options set SW-ViT (method=asa); leave them at none")
-        size = self.context.size
-        if size % 32:
-            raise ValueError(f"data.size={size}: method=sa_swin needs crops that are a multiple of 32 "
+        crop = self.context.crop
+        if crop % 32:
+            raise ValueError(f"data.crop={crop}: method=sa_swin needs crops that are a multiple of 32 "
                              "(SwinViT downsamples 5 times)")
         if "contrastive" in self.settings.terms and self.context.batch_size < 2:
             raise ValueError(f"trainer.batch_size={self.context.batch_size}: SA-Swin's contrastive term needs at "

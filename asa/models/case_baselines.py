@@ -19,6 +19,7 @@ from torch import nn
 from asa.models.case_head import PooledTokenHead
 from asa.models.declared import Capabilities
 from asa.models.patch import to_3tuple
+from asa.models.presets import DEFAULT_CROP
 from asa.models.registry import record_spec, register_network
 from asa.models.sa_swin import SASwin
 
@@ -44,7 +45,7 @@ class ViTCaseNet(PooledTokenHead):
     def __init__(
         self,
         *,
-        img_size: int | Sequence[int] = 128,
+        img_size: int | Sequence[int] = DEFAULT_CROP,
         in_channels: int = 1,
         out_channels: int = 2,
         patch_size: int = 16,
@@ -68,7 +69,7 @@ class ViTCaseNet(PooledTokenHead):
                         target_scale=target_scale)
         size = to_3tuple(img_size, "img_size")
         if any(s % patch_size for s in size):
-            raise ValueError(f"data.patch_size={size[0]}: model arch vit_case needs a crop that is a multiple of its "
+            raise ValueError(f"data.crop={size[0]}: model arch vit_case needs a crop that is a multiple of its "
                              f"ViT patch_size {patch_size}")
         self.vit = ViT(in_channels=in_channels, img_size=size, patch_size=patch_size, hidden_size=hidden_size,
                        mlp_dim=mlp_dim, num_layers=num_layers, num_heads=num_heads, proj_type=proj_type,
@@ -118,7 +119,7 @@ class SwinCaseNet(PooledTokenHead):
     def __init__(
         self,
         *,
-        img_size: int | Sequence[int] = 128,
+        img_size: int | Sequence[int] = DEFAULT_CROP,
         in_channels: int = 1,
         out_channels: int = 2,
         feature_size: int = 48,
@@ -143,7 +144,7 @@ class SwinCaseNet(PooledTokenHead):
         size = to_3tuple(img_size, "img_size")
         stride = patch_size * 2 ** len(depths)  # the patch embedding, then one patch merging per stage
         if any(s % stride for s in size):
-            raise ValueError(f"data.patch_size={size[0]}: model arch swin_case needs a crop that is a multiple of "
+            raise ValueError(f"data.crop={size[0]}: model arch swin_case needs a crop that is a multiple of "
                              f"{stride} (patch_size {patch_size} x 2^{len(depths)} stages)")
         self.swinViT = SwinTransformer(in_chans=in_channels, embed_dim=feature_size, window_size=(window_size,) * 3,
                                        patch_size=(patch_size,) * 3, depths=list(depths), num_heads=list(num_heads),

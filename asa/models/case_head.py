@@ -145,8 +145,8 @@ def build_case_head(
     *,
     in_channels: int,
     out_channels: int,
-    patch_size: int | None,
-    default_patch_size: int,
+    crop: int | None,
+    default_crop: int,
     pooling: str = "mean",
     hidden_dim: int = 256,
     head_dropout: float = 0.0,
@@ -156,7 +156,7 @@ def build_case_head(
     """The case network of a run config's ``model`` section. ``model.arch`` ``asa`` / ``case_head``
     (default): :class:`ASACaseHead` with the SW-ViT sizes of the section; another case network
     (``vit_case``, ``swin_case``, `architectures("case")`) with its own keyword arguments. The crop
-    edge ``patch_size`` (None: the pretraining crop the file records, else ``default_patch_size``),
+    edge ``crop`` (None: the pretraining crop the file records, else ``default_crop``),
     ``model.pos_mode`` / ``model.lr_axis`` (SW-ViT; null: the file's, else ``mirror`` / 0), the encoder
     initialised from ``model.pretrained`` (SW-ViT: its grid must be the crop's, DESIGN §1.2;
     ``swin_case``: an SA-Swin pretraining file)."""
@@ -166,27 +166,27 @@ def build_case_head(
                 head_dropout=head_dropout, target_shift=target_shift, target_scale=target_scale)
     pretrained = model_cfg.get("pretrained")
     if arch not in ("asa", "case_head"):
-        return _build_case_baseline(arch, model_cfg, pretrained, patch_size, default_patch_size, head)
+        return _build_case_baseline(arch, model_cfg, pretrained, crop, default_crop, head)
     kwargs = {k: v for k, v in model_cfg.items() if k not in ("arch", "pretrained", "decoder_dim", "decoder_depth",
                                                               "decoder_num_heads", *SYMMETRY_KEYS)}
-    geometry = pretrained_geometry(pretrained, patch_size=patch_size, pos_mode=model_cfg.get("pos_mode"),
-                                   lr_axis=model_cfg.get("lr_axis"), default_patch_size=default_patch_size)
-    net = ASACaseHead(img_size=to_3tuple(geometry.patch_size, "data.patch_size"), pos_mode=geometry.pos_mode,
+    geometry = pretrained_geometry(pretrained, crop=crop, pos_mode=model_cfg.get("pos_mode"),
+                                   lr_axis=model_cfg.get("lr_axis"), default_crop=default_crop)
+    net = ASACaseHead(img_size=to_3tuple(geometry.crop, "data.crop"), pos_mode=geometry.pos_mode,
                       lr_axis=geometry.lr_axis, **head, **kwargs)
     if geometry.checkpoint is not None:
         net.load_pretrained(pretrained, checkpoint=geometry.checkpoint)
     return net
 
 
-def _build_case_baseline(arch: str, model_cfg: Mapping[str, Any], pretrained: str | None, patch_size: int | None,
-                         default_patch_size: int, head: dict[str, Any]) -> nn.Module:
+def _build_case_baseline(arch: str, model_cfg: Mapping[str, Any], pretrained: str | None, crop: int | None,
+                         default_crop: int, head: dict[str, Any]) -> nn.Module:
     """A registered case network other than the SW-ViT's, from its keyword arguments in ``model_cfg``."""
     names = ("asa", *architectures("case"))
     if arch not in architectures("case"):
         raise ValueError(f"model.arch={arch}: data.task=case takes a case network, one of {', '.join(names)} "
                          "(model=tiny|small|base for asa, model=vit_case, model=swin_case)")
     kwargs = {k: v for k, v in model_cfg.items() if k not in ("arch", "pretrained")}
-    size = patch_size if patch_size is not None else default_patch_size
+    size = crop if crop is not None else default_crop
     try:
         net = build_network({"arch": arch, "kwargs": {"img_size": size, **head, **kwargs}})
     except TypeError as err:  # an SW-ViT option (e.g. from an experiment preset) given to another network

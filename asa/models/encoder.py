@@ -11,7 +11,7 @@ import torch
 
 from asa.models.patch import PatchEmbed, patch_grid, to_3tuple
 from asa.models.position import brain_frame_encoding, symmetric_position_encoding
-from asa.models.presets import PRESETS
+from asa.models.presets import DEFAULT_CROP, PRESETS
 from asa.models.saca import check_mirror_windows, mirror_index
 from asa.models.swvit import REGION_LAYOUTS, SWBlock, SWViT, sw_blocks
 
@@ -149,7 +149,7 @@ class EncoderSettings:
     (:meth:`blocks`); the rest the encoder (:meth:`encoder`).
     """
 
-    img_size: int | Sequence[int] = 128
+    img_size: int | Sequence[int] = DEFAULT_CROP
     in_channels: int = 1
     patch_size: int = 8
     embed_dim: int = _BASE["embed_dim"]

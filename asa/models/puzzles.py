@@ -142,7 +142,7 @@ def block_layout(crop: int, grid: int, patch_size: int, *, block: int | None = N
     if block is None:
         block = (cell - jitter) // patch_size
         if block < 1:
-            raise ValueError(f"data.size={crop}: a cell of {crop}//{grid} = {cell} voxels holds no block of whole "
+            raise ValueError(f"data.crop={crop}: a cell of {crop}//{grid} = {cell} voxels holds no block of whole "
                              f"{patch_size}-voxel patches with method.jitter={jitter} voxels of play; lower "
                              "method.jitter, use fewer cells or a larger crop")
     elif block < 1 or block * patch_size + jitter > cell:

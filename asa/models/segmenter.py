@@ -84,7 +84,7 @@ class PretrainedGeometry(NamedTuple):
     the crop's), with the pretrained file's content (``checkpoint``, read once; None without a file)
     and what it records (`recorded_pretraining`; empty without a file)."""
 
-    patch_size: int
+    crop: int
     pos_mode: str
     lr_axis: int
     reference_grid: tuple[int, int, int] | None
@@ -92,23 +92,23 @@ class PretrainedGeometry(NamedTuple):
     recorded: dict
 
 
-def pretrained_geometry(pretrained: str | Path | None, *, patch_size: int | None, pos_mode: str | None,
-                        lr_axis: int | None, default_patch_size: int | None,
+def pretrained_geometry(pretrained: str | Path | None, *, crop: int | None, pos_mode: str | None,
+                        lr_axis: int | None, default_crop: int | None,
                         reference_grid: Sequence[int] | None = None,
                         allow_grid_change: bool = False) -> PretrainedGeometry:
     """The one place the fine-tuning geometry is resolved: each given value, else the one the
-    pretrained file records, else ``default_patch_size`` / ``mirror`` / 0 (no crop size at all is an
+    pretrained file records, else ``default_crop`` / ``mirror`` / 0 (no crop size at all is an
     error). The reference grid: the given one; with ``allow_grid_change`` and a file, the file's
     pretraining grid (the brain frame keeps it while the crop grid changes); else None."""
     checkpoint, recorded = None, {}
     if pretrained:
         checkpoint = load_weights(pretrained)
         recorded = recorded_pretraining(checkpoint, pretrained)
-    if patch_size is None:
-        patch_size = recorded["img_size"][0] if recorded.get("img_size") else default_patch_size
-    if patch_size is None:
-        raise ValueError("the crop size is unknown: give patch_size, a pretrained file that records its crop, "
-                         "or default_patch_size")
+    if crop is None:
+        crop = recorded["img_size"][0] if recorded.get("img_size") else default_crop
+    if crop is None:
+        raise ValueError("the crop size is unknown: give crop, a pretrained file that records its crop, "
+                         "or default_crop")
     if pos_mode is None:
         pos_mode = recorded.get("pos_mode") or "mirror"
     if lr_axis is None:
@@ -116,7 +116,7 @@ def pretrained_geometry(pretrained: str | Path | None, *, patch_size: int | None
     if reference_grid is None and allow_grid_change and recorded.get("img_size"):
         reference_grid = patch_grid(recorded["img_size"], int(recorded["patch_size"]))
     grid = None if reference_grid is None else to_3tuple(reference_grid, "reference_grid")
-    return PretrainedGeometry(int(patch_size), pos_mode, int(lr_axis), grid, checkpoint, recorded)
+    return PretrainedGeometry(int(crop), pos_mode, int(lr_axis), grid, checkpoint, recorded)
 
 
 class SWViTSegmenter(nn.Module):
@@ -271,7 +271,7 @@ class SWViTSegmenter(nn.Module):
         if grid != self.grid:
             message = (f"{source} was pretrained on a {name(grid)} patch grid ({name(img)} voxels), this segmenter "
                        f"has a {name(self.grid)} grid ({name(self.img_size)} voxels): the position codes and the 1D "
-                       "windows would mean other places. Fine-tune with the pretraining crop size (data.patch_size) "
+                       "windows would mean other places. Fine-tune with the pretraining crop size (data.crop) "
                        "or set segmenter.allow_grid_change=true")
             if not allow_grid_change:
                 raise ValueError(message)

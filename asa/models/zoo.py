@@ -43,15 +43,15 @@ def build_from_config(
     *,
     in_channels: int,
     out_channels: int,
-    patch_size: int | None,
-    default_patch_size: int | None = None,
+    crop: int | None,
+    default_crop: int | None = None,
 ) -> nn.Module:
     """The segmentation network of a run config's ``model`` and ``segmenter`` sections.
 
     ``model.arch`` picks the network (default ``asa``); ``model.pretrained`` initialises the ASA
     encoder (or SA-Swin's SwinViT) from a pretraining checkpoint or encoder export, read once.
-    ``patch_size`` is the crop edge (the network's input size); None takes the pretraining crop recorded in that file, else
-    ``default_patch_size``. A crop whose patch grid differs from the pretraining grid is an error
+    ``crop`` is the crop edge (the network's input size); None takes the pretraining crop recorded in that file, else
+    ``default_crop``. A crop whose patch grid differs from the pretraining grid is an error
     unless ``segmenter.allow_grid_change`` (then the brain frame keeps the pretraining grid as its
     reference). ``model.pos_mode`` / ``model.lr_axis`` null take the file's values, else
     ``mirror`` / 0 (`pretrained_geometry`). The effective values are the network's ``img_size``, ``pos_mode``, ``lr_axis``,
@@ -63,8 +63,7 @@ def build_from_config(
     if arch != "asa":
         if pretrained and arch != "sa_swin":
             raise ValueError(f"model.pretrained is only supported for model arch 'asa' and 'sa_swin', not {arch!r}")
-        size = pretrained_geometry(None, patch_size=patch_size, pos_mode=None, lr_axis=None,
-                                   default_patch_size=default_patch_size).patch_size
+        size = pretrained_geometry(None, crop=crop, pos_mode=None, lr_axis=None, default_crop=default_crop).crop
         try:
             net = build_segmentation_network(arch, img_size=(size,) * 3, in_channels=in_channels,
                                              out_channels=out_channels, **kwargs)
@@ -80,12 +79,12 @@ def build_from_config(
     for key in PRETRAINING_ONLY:
         kwargs.pop(key, None)
     allow_grid_change = bool(segmenter_cfg.get("allow_grid_change", False))
-    geometry = pretrained_geometry(pretrained, patch_size=patch_size, pos_mode=kwargs.pop("pos_mode", None),
-                                   lr_axis=kwargs.pop("lr_axis", None), default_patch_size=default_patch_size,
+    geometry = pretrained_geometry(pretrained, crop=crop, pos_mode=kwargs.pop("pos_mode", None),
+                                   lr_axis=kwargs.pop("lr_axis", None), default_crop=default_crop,
                                    reference_grid=segmenter_cfg.get("reference_grid"),
                                    allow_grid_change=allow_grid_change)
     net = ASASegmenter(
-        img_size=(geometry.patch_size,) * 3, in_channels=in_channels, out_channels=out_channels,
+        img_size=(geometry.crop,) * 3, in_channels=in_channels, out_channels=out_channels,
         pos_mode=geometry.pos_mode, lr_axis=geometry.lr_axis, feature_size=segmenter_cfg.get("feature_size", 16),
         input_skip=segmenter_cfg.get("input_skip", "full"),
         spe_frame=segmenter_cfg.get("spe_frame", "brain"), reference_grid=geometry.reference_grid, **kwargs,

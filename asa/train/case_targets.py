@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from asa.eval.case_metrics import CLASSIFICATION_METRICS, HIGHER_IS_BETTER, REGRESSION_METRICS, case_metric
-from asa.eval.case_predict import case_output
+from asa.eval.case_outputs import case_output
 from asa.models import unwrap
 from asa.train.distributed import DistEnv
 

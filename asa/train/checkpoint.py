@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from asa.io import CheckpointError
@@ -30,12 +30,26 @@ def flatten(cfg: Mapping, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def check_compatible(saved_cfg: Mapping, cfg: Mapping, keys: Iterable[str], *, source: str = "checkpoint") -> None:
-    """Refuse to resume when any config entry under `keys` (dotted prefixes, e.g. "model") differs.
+def check_compatible(saved_cfg: Mapping, cfg: Mapping, keys: Iterable[str], *, source: str = "checkpoint",
+                     moved: Callable[[str], str | None] | None = None) -> None:
+    """Refuse to resume when any config entry under `keys` (dotted prefixes, e.g. "model") differs,
+    or when the saved config holds a key that has moved since (``moved(key)``: its new place, else
+    None), which is never read into its new place.
 
-    The error lists every differing key with the saved and the requested value.
+    The error lists every differing key with the saved and the requested value, or every moved key
+    with its new place.
     """
     saved, now = flatten(saved_cfg), flatten(cfg)
+    renamed = {key: place for key in sorted(saved) if key not in now and moved is not None
+               and (place := moved(key)) is not None}
+    if renamed:
+        raise IncompatibleCheckpointError(
+            f"cannot resume from {source}: it was written by an earlier asa, and these keys have moved since: "
+            + "; ".join(f"{key} is now {place}" for key, place in renamed.items())
+            + ". Its settings are not carried to their new places (that would change the run silently); start a "
+            "new run in another output_dir, or continue this one with the asa version that wrote it. Nothing "
+            "was changed."
+        )
     diffs = []
     for prefix in keys:
         if prefix in saved and any(k.startswith(prefix + ".") for k in now):  # a value that became a section

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,12 +46,14 @@ class ResumePoint:
         return state if state is not None else load_checkpoint(self.path, map_location="cpu")
 
 
-def check_training_checkpoint(path: Path, run_config: Mapping, compat_keys: Sequence[str]) -> ResumePoint:
+def check_training_checkpoint(path: Path, run_config: Mapping, compat_keys: Sequence[str], *,
+                              moved: Callable[[str], str | None] | None = None) -> ResumePoint:
     """Read ``path`` once and check that it is an asa training checkpoint whose run config matches
-    ``run_config`` in ``compat_keys`` (`check_compatible`: `IncompatibleCheckpointError` listing the
-    keys that differ; another file: ``ValueError``); returns it as the run's resume point."""
+    ``run_config`` in ``compat_keys`` and holds no key that has moved since (``moved``; see
+    `check_compatible`: `IncompatibleCheckpointError` listing the keys; another file: ``ValueError``);
+    returns it as the run's resume point."""
     state = load_checkpoint(path, map_location="cpu")
-    check_compatible(state.get("config", {}), run_config, compat_keys, source=str(path))
+    check_compatible(state.get("config", {}), run_config, compat_keys, source=str(path), moved=moved)
     if state.get("format") != FORMAT:
         raise ValueError(f"checkpoint {path}: not an asa training checkpoint (format={state.get('format')!r})")
     return ResumePoint(Path(path), state)

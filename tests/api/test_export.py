@@ -71,7 +71,7 @@ def test_finetuning_loads_the_folder(run, tmp_path):
     assert state["network"] == network_spec(mae) and state["step"] == 7
     # model.pretrained=OUT_DIR: crop and position code from the folder's spec, the encoder's weights loaded
     net = build_from_config({"pretrained": str(out), "pos_mode": None, "lr_axis": None, **ENCODER_SIZES}, {},
-                            in_channels=2, out_channels=3, patch_size=None)
+                            in_channels=2, out_channels=3, crop=None)
     assert net.img_size == (32, 32, 32)
     assert torch.equal(net.encoder.blocks[1].attn.qkv.weight, mae.encoder.blocks[1].attn.qkv.weight)
     assert torch.equal(net.encoder.norm.weight, mae.encoder.norm.weight)

@@ -57,14 +57,14 @@ def _build(entry: str, composed) -> None:
     cfg = as_config(composed, entry)
     model = cfg.model if isinstance(cfg.model, dict) else asdict(cfg.model)
     if entry == "pretrain":
-        cfg.data.size = 48 if cfg.method.name in PUZZLES else 32  # puzzles: 3 cells of 16 voxels, 1-patch blocks
+        cfg.data.crop = 48 if cfg.method.name in PUZZLES else 32  # puzzles: 3 cells of 16 voxels, 1-patch blocks
         net = _method(cfg).build_network()  # the configured method's network
         assert isinstance(net, {"sa_swin": SymmetryAwareHead, **PUZZLES}.get(cfg.method.name, ASA))
     elif model.get("arch") in architectures("case"):  # a case network (data.task=case): pooled tokens, an MLP
-        net = build_case_head(model, in_channels=1, out_channels=2, patch_size=32, default_patch_size=32)
+        net = build_case_head(model, in_channels=1, out_channels=2, crop=32, default_crop=32)
     else:
         size = 64 if model.get("arch") in ("swin_unetr", "sa_swin") else 32  # SwinUNETR downsamples by 32
-        net = build_from_config(model, asdict(cfg.segmenter), in_channels=1, out_channels=2, patch_size=size)
+        net = build_from_config(model, asdict(cfg.segmenter), in_channels=1, out_channels=2, crop=size)
     opt = cfg.optim
     extra = {k: getattr(opt, k) for k in ("momentum", "nesterov") if getattr(opt, k) is not None}
     optimizer = build_optimizer(net, name=opt.name, lr=float(opt.base_lr), weight_decay=float(opt.weight_decay),
@@ -226,7 +226,7 @@ def test_required_root_and_defaults():
     cfg = compose_config("pretrain", ["data=adni"])
     assert OmegaConf.is_missing(cfg.data, "root")
     default = compose_config("pretrain", [])
-    assert (default.data.name, default.data.size, default.model.embed_dim) == ("demo", 64, PRESETS["tiny"]["embed_dim"])
+    assert (default.data.name, default.data.crop, default.model.embed_dim) == ("demo", 64, PRESETS["tiny"]["embed_dim"])
     assert default.device == "auto" and default.resume is False and "${" not in str(default.output_dir)
 
 
@@ -267,7 +267,7 @@ def test_command_line_mistake_names_the_key():
 
 def test_data_defaults_follow_the_paper():
     for name in options("finetune", "data"):  # fine-tuning: the pretraining crop by default
-        assert compose_config("finetune", [f"data={name}"]).data.patch_size is None
+        assert compose_config("finetune", [f"data={name}"]).data.crop is None
     for name in options("pretrain", "data"):  # pretraining: the brain-centred crop only
         cfg = compose_config("pretrain", [f"data={name}", "data.root=/some/root"])
         assert cfg.data.augment is False and list(cfg.data.channels) == ["t1"]

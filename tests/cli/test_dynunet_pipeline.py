@@ -18,7 +18,7 @@ def test_dynunet_finetune_predict_evaluate(tmp_path):
     root = write_demo_dataset("brats", tmp_path / "data", cases=4, size=32, seed=3)
     out = tmp_path / "run"
     result = finetune(compose_config("finetune", [
-        "data=brats", f"data.root={root}", "model=dynunet", "data.patch_size=32", "trainer=smoke", f"output_dir={out}",
+        "data=brats", f"data.root={root}", "model=dynunet", "data.crop=32", "trainer=smoke", f"output_dir={out}",
         "device=cpu", "data.num_workers=0", "trainer.epochs=1", "trainer.amp=off",  # fp32: CPU bf16 convs are slow
     ]))
     assert result.step >= 1 and result.nonfinite_steps == 0

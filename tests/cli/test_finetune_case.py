@@ -123,10 +123,10 @@ def test_case_runs_refuse_what_they_cannot_honour(tmp_path, bids):
     with pytest.raises(ValueError, match="head.pooling='max': expected one of mean, attention"):
         _finetune(bids, tmp_path / "e", "data.target=age", "head.pooling=max")
     with pytest.raises(ValueError, match="model.pretrained=.*'vit_case' takes no pretrained encoder"):
-        _finetune(bids, tmp_path / "f", "data.target=age", "model=vit_case", "data.patch_size=32",
+        _finetune(bids, tmp_path / "f", "data.target=age", "model=vit_case", "data.crop=32",
                   f"model.pretrained={tmp_path / 'x.pt'}")
-    with pytest.raises(ValueError, match="data.patch_size=40: model arch swin_case needs a crop that is a multiple of 32"):
-        _finetune(bids, tmp_path / "g", "data.target=age", "model=swin_case", "data.patch_size=40")
+    with pytest.raises(ValueError, match="data.crop=40: model arch swin_case needs a crop that is a multiple of 32"):
+        _finetune(bids, tmp_path / "g", "data.target=age", "model=swin_case", "data.crop=40")
     with pytest.raises(OptionError, match="validation.crops"):
         _finetune(bids, tmp_path / "h", "data.target=age", "validation.crops=all")
     assert not any((tmp_path / n).exists() for n in "abcdefh")  # refused before the run folder was touched
@@ -137,7 +137,7 @@ def test_a_regression_head_learns_age_better_than_the_mean(tmp_path):
     root = write_demo_dataset("bids", tmp_path / "data", cases=24, size=32, seed=0, targets=True)
     out = tmp_path / "run"
     cfg = compose_config("finetune", [
-        "data=targets", f"data.root={root}", "data.target=age", "data.patch_size=32", "data.split.ratios=[16,8,0]",
+        "data=targets", f"data.root={root}", "data.target=age", "data.crop=32", "data.split.ratios=[16,8,0]",
         "data.num_workers=0", "model=tiny", "optim.name=adamw", "optim.base_lr=1e-3", "optim.weight_decay=0.05",
         "optim.schedule=cosine", "trainer.epochs=60",
         "trainer.batch_size=4", "trainer.amp=off", "trainer.val_every=10", "trainer.progress=false",
@@ -186,7 +186,7 @@ def test_a_monai_baseline_fine_tunes_predicts_and_evaluates_under_the_case_recip
     output scores best.pt as validation did."""
     out = tmp_path / "run"
     torch.manual_seed(0)
-    result = _finetune(bids, out, "data.target=diagnosis", "data.patch_size=32", "trainer.amp=off",
+    result = _finetune(bids, out, "data.target=diagnosis", "data.crop=32", "trainer.amp=off",
                        "head.pooling=attention", "optim.freeze_encoder_epochs=5", "optim.layer_decay=0.5",
                        "optim.scratch_encoder_lr_scale=0.1", *BASELINES[arch])  # a baseline starts from scratch
     ckpt = load_checkpoint(out / "checkpoints" / "best.pt")
@@ -225,7 +225,7 @@ def test_multi_session_data_grid_crops_and_subject_split(tmp_path):
         header, row = table.read_text().splitlines()[:2]
         table.write_text(f"{header}\n{row}\n" + row.replace("ses-M00", "ses-M12") + "\n")
     out = tmp_path / "run"
-    result = _finetune(root, out, "data.target=age", "data.patch_size=32", "trainer.amp=off",
+    result = _finetune(root, out, "data.target=age", "data.crop=32", "trainer.amp=off",
                        "data.split.ratios=[4,2,2]")
     splits = json.loads((out / "splits.json").read_text())
     assert splits["grouped_by"] == "subject" and sum(map(len, (splits[k] for k in ("train", "val", "test")))) == 12

@@ -48,7 +48,7 @@ def test_finetune_predict_evaluate(tmp_path, encoder_export, name, cases, foregr
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ckpt["config"]["task"]["name"] == name
     assert ckpt["config"]["model"]["pos_mode"] == "mirror"  # null resolved from the pretrained export
-    assert ckpt["config"]["data"]["patch_size"] == 32  # null: the pretraining crop recorded in the export
+    assert ckpt["config"]["data"]["crop"] == 32  # null: the pretraining crop recorded in the export
     assert ckpt["config"]["segmenter"]["reference_grid"] == [4, 4, 4]
     assert (out / "checkpoints" / "best.pt").is_file() and (out / "splits.json").is_file()
 
@@ -84,7 +84,7 @@ def test_scratch_rows_and_pretrained_position_mode(tmp_path, encoder_export):
 
     from asa.models import build_from_config
 
-    brats = dict(in_channels=4, out_channels=3, patch_size=32)
+    brats = dict(in_channels=4, out_channels=3, crop=32)
 
     for experiment, pos_mode in (("baseline", "none"), ("spe_only", "mirror")):
         cfg = compose_config("finetune", ["model=tiny", f"experiment={experiment}", f"data.root={root}"])
@@ -103,7 +103,7 @@ def test_pretrained_weights_for_a_baseline_are_rejected_clearly(encoder_export):
 
     with pytest.raises(ValueError, match="only supported for model arch 'asa'"):
         build_from_config({"arch": "unetr", "pretrained": str(encoder_export)}, {}, in_channels=1, out_channels=4,
-                          patch_size=32)
+                          crop=32)
 
 
 @pytest.mark.parametrize("model, size", [("unetr", 32), ("swin_unetr", 64)])  # SwinUNETR downsamples by 32
@@ -114,7 +114,7 @@ def test_monai_baselines_build_from_their_configs(model, size):
 
     cfg = compose_config("finetune", [f"model={model}"])
     net = build_from_config(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.segmenter),
-                            in_channels=2, out_channels=2, patch_size=size).eval()
+                            in_channels=2, out_channels=2, crop=size).eval()
     with torch.no_grad():
         assert net(torch.zeros(1, 2, size, size, size)).shape == (1, 2, size, size, size)
 

@@ -50,7 +50,7 @@ def test_refusals(tmp_path, capsys):
 def test_pretraining_reads_the_store(tmp_path):
     cache, store = tmp_path / "cache", tmp_path / "store"
     preprocess(compose_config("preprocess", _data("demo", cache, store)))
-    common = ["model=tiny", "trainer=smoke", "data.size=32", "data.demo.cases=3", "data.demo.size=32",
+    common = ["model=tiny", "trainer=smoke", "data.crop=32", "data.demo.cases=3", "data.demo.size=32",
               f"data.demo.cache_dir={cache}", "device=cpu", "probe.every=0", "data.split.ratios=[2,1,0]"]
     result = pretrain(compose_config("pretrain", [*common, f"output_dir={tmp_path / 'run'}", f"data.store={store}"]))
     assert result.step == 1 and (tmp_path / "run" / "checkpoints" / "encoder.pt").is_file()

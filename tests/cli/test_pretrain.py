@@ -24,7 +24,7 @@ def demo_cache(tmp_path_factory) -> Path:
 
 
 def _overrides(out: Path, cache: Path, *extra: str, device: str = "cpu") -> list[str]:
-    return ["data=demo", "model=tiny", "trainer=smoke", f"output_dir={out}", "data.size=32", "data.demo.size=40",
+    return ["data=demo", "model=tiny", "trainer=smoke", f"output_dir={out}", "data.crop=32", "data.demo.size=40",
             "data.demo.cases=6", f"data.demo.cache_dir={cache}", f"device={device}", *extra]
 
 
@@ -123,6 +123,24 @@ def test_resume_with_another_model_is_refused(tmp_path, demo_cache):
     msg = str(info.value)
     assert "model.depth: " in msg and "model.pos_mode" in msg and "method.loss_weighting" in msg
 
+
+
+def test_resume_of_a_run_with_the_old_mae_block_names_the_moved_keys(tmp_path, demo_cache):
+    """A run folder written before method.* (its config holds 0.1.0's mae: block) is refused on resume,
+    naming where each old key went; nothing is read into the new places."""
+    run(compose_config("pretrain", _overrides(tmp_path, demo_cache)))
+    last = tmp_path / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    config = state["config"]
+    method = config.pop("method")
+    config["mae"] = {"pos_mode": config["model"].pop("pos_mode"), "loss_weighting": method["loss_weighting"]}
+    config["method"] = method["name"]
+    torch.save(state, last)
+    with pytest.raises(IncompatibleCheckpointError) as info:
+        run(compose_config("pretrain", _overrides(tmp_path, demo_cache, "resume=true")))
+    msg = str(info.value)
+    assert "mae.pos_mode is now model.pos_mode" in msg and "mae.loss_weighting is now method.loss_weighting" in msg
+    assert "<missing>" not in msg
 
 def test_encoder_export_loads_into_the_segmenter(tmp_path, demo_cache):
     from asa.models import ASASegmenter, PRESETS

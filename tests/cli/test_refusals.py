@@ -37,7 +37,7 @@ def demo_cache(tmp_path_factory) -> Path:
     (["experiment=sa_swin", "model.region_attention=all", "data.regions.source=cluster"],
      r"no model.region_attention=all"),
     (["experiment=sa_swin", "trainer.batch_size=1"], r"trainer.batch_size=1: SA-Swin's contrastive term"),
-    (["experiment=sa_swin", "data.size=48"], r"data.size=48: method=sa_swin needs crops that are a multiple of 32"),
+    (["experiment=sa_swin", "data.crop=48"], r"data.crop=48: method=sa_swin needs crops that are a multiple of 32"),
     (["data.regions.source=label", "method.loss_weighting=focal_region"], "pretraining data have no label files"),
     (["data.augment_on=gpu"], r"^data.augment_on='gpu': expected one of cpu, device"),
     (["data.flip_axes=[3]"], r"data.flip_axes: array axes 0, 1 or 2 of the crop, got \[3\]"),
@@ -53,7 +53,7 @@ def test_finetune_refuses_an_option_the_network_does_not_have(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(OptionError, match=r"model.saca=encoder: model arch 'sa_swin' has no such option"):
         finetune(compose_config("finetune", ["model=sa_swin", "experiment=asa_saca", f"output_dir={out}",
-                                             "device=cpu", "data.patch_size=32", "model.feature_size=12"]))
+                                             "device=cpu", "data.crop=32", "model.feature_size=12"]))
     assert not out.exists()
 
 
@@ -72,8 +72,8 @@ def test_finetune_refuses_a_value_outside_the_choices_before_writing(tmp_path, e
 def test_finetune_refuses_a_crop_larger_than_every_volume(tmp_path):
     root = write_demo_dataset("brats", tmp_path / "brats", cases=3, size=32, seed=0)
     out = tmp_path / "run"
-    with pytest.raises(OptionError, match=r"data.patch_size=64: the crop is larger than every volume .* 32×32×32"):
-        finetune(compose_config("finetune", ["data=brats", f"data.root={root}", "model=tiny", "data.patch_size=64",
+    with pytest.raises(OptionError, match=r"data.crop=64: the crop is larger than every volume .* 32×32×32"):
+        finetune(compose_config("finetune", ["data=brats", f"data.root={root}", "model=tiny", "data.crop=64",
                                              f"output_dir={out}", "device=cpu", "data.num_workers=0"]))
     assert not (out / "config.yaml").exists() and not (out / "splits.json").exists()
 
@@ -144,6 +144,52 @@ def test_an_old_key_on_the_command_line_names_where_it_moved():
     assert "is now" not in _compose_error(hydra_report.replace("lr_axis", "lr_axes"))
 
 
+
+@pytest.mark.parametrize("key, place", [
+    ("mae.loss_weighting", "method.loss_weighting"), ("mae.pos_mode", "model.pos_mode"),
+    ("mae.lr_axis", "model.lr_axis"), ("sa_swin.temperature", "method.temperature (with method=sa_swin)"),
+    ("mae", "method.* (mae.pos_mode: model.pos_mode, mae.lr_axis: model.lr_axis)"),
+    ("method.pos_mode", "model.pos_mode"), ("segmenter.pos_mode", "model.pos_mode"),
+    ("data.size", "data.crop"), ("data.patch_size", "data.crop"),
+    ("method.loss_weighting", None), ("maes.bins", None), ("model.pos_mode", None), ("data.demo.size", None),
+])
+def test_moved_keys_and_sections_name_their_new_place(key, place):
+    from asa.api.schema import moved_key
+
+    assert moved_key(key) == place
+
+
+def test_a_whole_moved_section_on_the_command_line_names_the_new_place_of_each_key():
+    from asa.api.schema import validate
+    from asa.cli.common import _compose_error
+
+    report = ("Could not override 'mae.loss_weighting'.\nTo append to your config use +mae.loss_weighting=uniform\n"
+              "Key 'mae' not in 'PretrainConfig'\n    full_key: mae\n")
+    assert _compose_error(report).endswith("— mae.loss_weighting is now method.loss_weighting")
+    with pytest.raises(ValueError, match=r"invalid option mae: renamed; mae.pos_mode is now model.pos_mode; "
+                                         r"mae.bins is now method.bins$"):
+        validate(compose_config("pretrain", ["+mae={pos_mode: none, bins: 4}"]), "pretrain")
+
+
+
+@pytest.mark.parametrize("entry, overrides, old", [
+    ("pretrain", ["data.size=32"], "data.size"),  # data=demo sets data.* from the global package
+    ("pretrain", ["data=bids", "data.root=x", "data.size=32"], "data.size"),
+    ("finetune", ["data=ibsr", "data.patch_size=32"], "data.patch_size"),
+])
+def test_the_old_crop_keys_are_refused_naming_data_crop(entry, overrides, old):
+    """data.size (pretraining) and data.patch_size (fine-tuning) are data.crop now: Hydra's report of
+    either, whichever way it fails to compose, ends naming the new key."""
+    from hydra.errors import HydraException
+
+    from asa.cli.common import _compose_error
+
+    with pytest.raises(HydraException) as info:
+        compose_config(entry, overrides)
+    error = info.value.__cause__ or info.value
+    report = f"{info.value}\n    full_key: {getattr(error, 'full_key', '')}\n"
+    assert _compose_error(report).endswith(f"— {old} is now data.crop")
+
 @pytest.mark.slow
 def test_console_refusals_exit_2_with_one_line(tmp_path, demo_cache):
     def run(*extra):
@@ -152,6 +198,8 @@ def test_console_refusals_exit_2_with_one_line(tmp_path, demo_cache):
 
     for extra, words in [(["trainer.epocs=3"], "trainer.epocs"), (["model.pos_mode=mirrror"], "model.pos_mode='mirrror'"),
                          (["method.pos_mode=none"], "method.pos_mode is now model.pos_mode"),
+                         (["mae.loss_weighting=uniform"], "mae.loss_weighting is now method.loss_weighting"),
+                         (["data.size=32"], "data.size is now data.crop"),
                          (["output_dir=runs/é"], "must be quoted for Hydra")]:
         proc = run(*extra)
         assert proc.returncode == 2, proc.stderr[-2000:]

@@ -99,7 +99,7 @@ def test_predictor_refuses_a_checkpoint_fed_label_regions(tmp_path):
 def test_label_regions_accepted_for_the_loss_only_focal_term(tmp_path):
     out = tmp_path / "run"
     result = finetune(compose_config("finetune", [
-        "data=ibsr", "data.demo.cases=4", "data.demo.size=32", "data.patch_size=32", "data.num_workers=0",
+        "data=ibsr", "data.demo.cases=4", "data.demo.size=32", "data.crop=32", "data.num_workers=0",
         "data.split.ratios=[3,1,0]", "data.regions.source=label", "loss.focal_weight=1.0", "trainer=smoke",
         "device=cpu", f"data.demo.cache_dir={tmp_path / 'cache'}", f"output_dir={out}"]))
     assert result.nonfinite_steps == 0 and result.step >= 1
@@ -112,13 +112,13 @@ def test_rat_presets_pretrain_then_finetune(tmp_path):
     common = ["trainer=smoke", "device=cpu", f"data.demo.cache_dir={cache}", "data.demo.size=40"]
     out = tmp_path / "pretrain"
     result = pretrain(compose_config("pretrain", [
-        "experiment=rat_asa", f"output_dir={out}", "data.size=32", "data.demo.cases=4", *common]))
+        "experiment=rat_asa", f"output_dir={out}", "data.crop=32", "data.demo.cases=4", *common]))
     assert result.nonfinite_steps == 0
     export = load_checkpoint(out / "checkpoints" / "encoder.pt")
     assert export["network"]["kwargs"]["region_attention"] == "alternate"
     ft = tmp_path / "finetune"
     result = finetune(compose_config("finetune", [
-        "data=ibsr", "data.demo.cases=5", "data.split.ratios=[3,1,1]", "data.patch_size=32", "data.num_workers=0",
+        "data=ibsr", "data.demo.cases=5", "data.split.ratios=[3,1,1]", "data.crop=32", "data.num_workers=0",
         "model.region_attention=alternate", f"model.pretrained={out / 'checkpoints' / 'encoder.pt'}",
         "loss.focal_weight=1.0", f"output_dir={ft}", *common]))  # data.regions.source=auto: cluster
     assert result.nonfinite_steps == 0 and result.best_metric is not None

@@ -123,7 +123,7 @@ def test_sigterm_stops_early_without_export_and_a_second_job_is_refused(tmp_path
 def test_damaged_volumes_stop_before_the_first_step_or_are_skipped(tmp_path):
     root = write_demo_dataset("brats", tmp_path / "brats", cases=7, size=32, seed=0)
     faults = damage(root)
-    args = ["data=brats", f"data.root={root}", "model=tiny", "trainer=smoke", "device=cpu", "data.patch_size=32",
+    args = ["data=brats", f"data.root={root}", "model=tiny", "trainer=smoke", "device=cpu", "data.crop=32",
             "data.num_workers=0", "trainer.batch_size=1"]
     out = tmp_path / "error"
     proc = _cli("asa.cli.finetune", [*args, f"output_dir={out}"])

@@ -22,7 +22,7 @@ SIZES = ["feature_size=12", "depths=[1,1,1,1]", "num_heads=[1,1,2,4]"]
 def test_sa_swin_pretrain_finetune_predict_evaluate(tmp_path):
     pre = tmp_path / "pre"
     result = pretrain(compose_config("pretrain", [
-        "experiment=sa_swin", "trainer=smoke", f"output_dir={pre}", "device=cpu", "data.size=32",
+        "experiment=sa_swin", "trainer=smoke", f"output_dir={pre}", "device=cpu", "data.crop=32",
         "data.demo.size=40", "data.demo.cases=6", f"data.demo.cache_dir={tmp_path / 'cache'}",
         "method.drop_patch=8", *(f"method.{s}" for s in SIZES),
     ]))
@@ -35,7 +35,7 @@ def test_sa_swin_pretrain_finetune_predict_evaluate(tmp_path):
     out = tmp_path / "ft"
     result = finetune(compose_config("finetune", [
         "data=brats", f"data.root={root}", "model=sa_swin", "trainer=smoke", f"output_dir={out}", "device=cpu",
-        "data.patch_size=64", "data.num_workers=0", "trainer.epochs=2", f"model.pretrained={pre}/checkpoints/encoder.safetensors",
+        "data.crop=64", "data.num_workers=0", "trainer.epochs=2", f"model.pretrained={pre}/checkpoints/encoder.safetensors",
         *(f"model.{s}" for s in SIZES),
     ]))
     assert result.step == 2

@@ -6,7 +6,7 @@ import pytest
 
 from asa.data import RegionSource, discover
 from asa.data.demo import write_demo_dataset
-from asa.data.preprocess import build_store
+from asa.data.store_writer import build_store
 from asa.data.preprocessing import PretrainPreprocess
 
 

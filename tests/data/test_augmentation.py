@@ -46,6 +46,6 @@ def test_deferring_only_what_it_can_apply():
     with pytest.raises(ValueError, match="cannot defer"):
         DeferredAugmentation(RandFlipd(keys="image", spatial_axis=(0, 1)))
     with pytest.raises(ValueError, match="augment_on must be one of"):
-        build_pretrain_dataset([], augment_on="gpu")
+        build_pretrain_dataset([], size=32, augment_on="gpu")
     with pytest.raises(ValueError, match="flip_axes"):
-        build_pretrain_dataset([], flip_axes=(3,))
+        build_pretrain_dataset([], size=32, flip_axes=(3,))

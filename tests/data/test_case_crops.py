@@ -9,7 +9,7 @@ from torch import nn
 from asa.data import build_case_crops_dataset, case_crop_origins, discover, write_demo_dataset
 from asa.data.geometry import crop_at
 from asa.data.preprocessing import PretrainPreprocess, case_to_item
-from asa.eval.case_predict import case_output
+from asa.eval.case_outputs import case_output
 from asa.models import Capabilities
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-import asa.data.preprocess as P
+import asa.data.store_writer as P
 from asa.data import RegionSource, build_pretrain_dataset, build_segmentation_dataset, discover, get_task
 from asa.data.demo import write_demo_dataset
-from asa.data.preprocess import build_store
+from asa.data.store_writer import build_store
 from asa.data.preprocessing import PretrainPreprocess, SegmentationPreprocess, case_to_item
 from asa.data.store import (StoreError, StoreSettingsError, _PaddedBackground, _PaddedForeground, open_store,
                             store_settings)

@@ -133,11 +133,11 @@ def test_pretraining_probe_reads_a_labeled_folder_given_as_probe_data(tmp_path):
     from asa.api.pretrain import _method, _probe
 
     root = write_demo_dataset("ibsr", tmp_path / "ibsr", cases=3, size=32, seed=2)
-    cfg = load_config("pretrain", "model=tiny", "data.size=32", f"probe.data={root}", "probe.cases=2")
+    cfg = load_config("pretrain", "model=tiny", "data.crop=32", f"probe.data={root}", "probe.cases=2")
     probe = _probe(cfg, _method(cfg))  # the method gives the probe its patch size and its encoder tokens
     torch.manual_seed(0)
     metrics = probe(ASA(img_size=32, **PRESETS["tiny"]).eval())
     assert set(metrics) == {"probe/r2_CSF", "probe/r2_GM", "probe/r2_WM", "probe/r2_mean", "probe/knn_acc"}
-    missing = load_config("pretrain", "model=tiny", "data.size=32", f"probe.data={tmp_path / 'nowhere'}")
+    missing = load_config("pretrain", "model=tiny", "data.crop=32", f"probe.data={tmp_path / 'nowhere'}")
     with pytest.raises(FileNotFoundError, match="probe.data="):
         _probe(missing, _method(missing))

@@ -26,8 +26,8 @@ def test_swin_networks_declare_the_crops_they_take(crop, fault):
 
 def test_finetune_refuses_a_crop_sa_swin_cannot_take_before_writing(tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(OptionError, match=r"^data.patch_size=32: the network takes crops whose edge is a multiple "
+    with pytest.raises(OptionError, match=r"^data.crop=32: the network takes crops whose edge is a multiple "
                                           r"of 32 and at least 64: e.g. 64$"):
-        finetune(compose_config("finetune", ["model=sa_swin", f"output_dir={out}", "device=cpu", "data.patch_size=32",
+        finetune(compose_config("finetune", ["model=sa_swin", f"output_dir={out}", "device=cpu", "data.crop=32",
                                              "model.feature_size=12", "data.num_workers=0"]))
     assert not out.exists()

@@ -21,7 +21,7 @@ from asa.models import PRESETS, build_network, network_spec
 
 
 def test_sigterm_during_preprocess_says_which_cases_are_kept(tmp_path, monkeypatch, capsys):
-    import asa.data.preprocess as P
+    import asa.data.store_writer as P
 
     real_run = P._run
 

@@ -76,7 +76,7 @@ def test_training_from_a_tampered_store_exits_2_naming_the_entry(written, tmp_pa
     store = _copy(clean, tmp_path / "store")
     first = sorted(json.loads((store / "index.json").read_text())["cases"])[0]
     _tamper_index(store, lambda index: index["cases"][first]["arrays"].update(brain="../../../outside/x.npy"))
-    cfg = compose_config("pretrain", ["model=tiny", "trainer=smoke", "data.size=32", "data.demo.cases=3",
+    cfg = compose_config("pretrain", ["model=tiny", "trainer=smoke", "data.crop=32", "data.demo.cases=3",
                                       "data.demo.size=32", f"data.demo.cache_dir={cache}", "device=cpu",
                                       "probe.every=0", f"data.store={store}", f"output_dir={tmp_path / 'run'}"])
     with pytest.raises(SystemExit) as stop:

@@ -71,7 +71,7 @@ def _ct_dataset(tmp_path):
 def test_finetune_warns_on_a_ct_dataset_and_trains(tmp_path, capsys):
     root = _ct_dataset(tmp_path)
     args = ["data=msd", f"data.root={root}", "model=tiny", "trainer=smoke", "device=cpu", "data.num_workers=0",
-            "data.patch_size=32", "trainer.panel_every=0"]
+            "data.crop=32", "trainer.panel_every=0"]
     result = finetune(compose_config("finetune", [*args, f"output_dir={tmp_path / 'mirror'}"]))
     assert result.step >= 1  # a warning, not a refusal
     err = capsys.readouterr().err

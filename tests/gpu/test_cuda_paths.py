@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 from asa.bench.sdpa import sdpa_backends
 from asa.data import build_pretrain_dataset, discover, write_demo_dataset
 from asa.data.augmentation import apply_deferred_augmentation
-from asa.data.preprocess import build_store
+from asa.data.store_writer import build_store
 from asa.data.preprocessing import PretrainPreprocess
 from asa.eval import inference
 from asa.eval.inference import SW_BATCH_CAP, predict_volume

@@ -31,8 +31,8 @@ def test_the_presets_select_the_method_on_the_model_groups_encoder(experiment, s
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (["experiment=rpl", "data.size=32"], "data.size=32"),
-    (["experiment=jigsaw", "method.grid=6"], "data.size=64"),
+    (["experiment=rpl", "data.crop=32"], "data.crop=32"),
+    (["experiment=jigsaw", "method.grid=6"], "data.crop=64"),
     (["experiment=rpl", "method.block=3"], "method.block=3"),
     (["experiment=rpl", "model.saca=encoder"], "model.saca=encoder"),
     (["experiment=jigsaw", "model.region_attention=alternate"], "model.region_attention=alternate"),
@@ -51,7 +51,7 @@ def _phantom_crops(n: int, size: int) -> torch.Tensor:
 def test_the_pretext_loss_falls_on_phantoms(experiment, extra):
     x = _phantom_crops(8, 48)
     torch.manual_seed(0)
-    net = _method(load_config("pretrain", f"experiment={experiment}", "model=tiny", "data.size=48", *extra)
+    net = _method(load_config("pretrain", f"experiment={experiment}", "model=tiny", "data.crop=48", *extra)
                   ).build_network()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     losses = []
@@ -67,7 +67,7 @@ def test_the_pretext_loss_falls_on_phantoms(experiment, extra):
 
 @pytest.mark.parametrize("experiment, extra", [("rpl", ["method.jitter=2"]), ("jigsaw", ["method.grid=2"])])
 def test_the_exported_encoder_fine_tunes_and_predicts_like_asas(tmp_path, experiment, extra):
-    pre = load_config("pretrain", f"experiment={experiment}", "model=tiny", "trainer=smoke", "data.size=32",
+    pre = load_config("pretrain", f"experiment={experiment}", "model=tiny", "trainer=smoke", "data.crop=32",
                       "data.demo.size=40", "data.demo.cases=6", f"data.demo.cache_dir={tmp_path / 'cache'}",
                       "probe.cases=2", "device=cpu", f"output_dir={tmp_path / 'pre'}", *extra)
     result = pretrain(pre)
@@ -80,7 +80,7 @@ def test_the_exported_encoder_fine_tunes_and_predicts_like_asas(tmp_path, experi
 
     # the export initialises the segmenter's encoder, key for key, at the pretraining grid
     seg = build_from_config({"pretrained": str(ckpts / "encoder.safetensors"), "embed_dim": 48, "depth": 4,
-                             "num_heads": 3, "window_size": 8}, {}, in_channels=1, out_channels=4, patch_size=None)
+                             "num_heads": 3, "window_size": 8}, {}, in_channels=1, out_channels=4, crop=None)
     assert isinstance(seg, ASASegmenter) and seg.img_size == (32, 32, 32)
     weights = seg.encoder.state_dict()
     assert all(torch.equal(weights[k.removeprefix("encoder.")], v) for k, v in export["encoder"].items())
@@ -92,7 +92,7 @@ def test_the_exported_encoder_fine_tunes_and_predicts_like_asas(tmp_path, experi
                      "trainer.epochs=2", "device=cpu", f"data.root={root}", "data.num_workers=0",
                      f"model.pretrained={ckpts / 'encoder.pt'}")  # one step per epoch on the two training cases
     assert finetune(ft).step == 2
-    assert load_checkpoint(tmp_path / "ft" / "checkpoints" / "last.pt")["config"]["data"]["patch_size"] == 32
+    assert load_checkpoint(tmp_path / "ft" / "checkpoints" / "last.pt")["config"]["data"]["crop"] == 32
     pr = load_config("predict", f"checkpoint={tmp_path / 'ft' / 'checkpoints' / 'last.pt'}", f"input={root}",
                      f"output={tmp_path / 'pred'}", "device=cpu")
     assert len(predict(pr)) == 4

@@ -14,7 +14,7 @@ SIZES = ["method.feature_size=12", "method.depths=[1,1,1,1]", "method.num_heads=
 
 def test_sa_swin_probe_tokens_are_the_stride_8_swin_stage(tmp_path):
     root = write_demo_dataset("ibsr", tmp_path / "ibsr", cases=2, size=32, seed=2)
-    cfg = load_config("pretrain", "experiment=sa_swin", "data.size=32", f"probe.data={root}", "probe.cases=2", *SIZES)
+    cfg = load_config("pretrain", "experiment=sa_swin", "data.crop=32", f"probe.data={root}", "probe.cases=2", *SIZES)
     method = _method(cfg)
     assert method.probe_patch_size == 8
     torch.manual_seed(0)
@@ -36,7 +36,7 @@ def test_sa_swin_pretraining_logs_probe_metrics(tmp_path):
     from asa.api import pretrain
 
     result = pretrain(compose_config("pretrain", [
-        "experiment=sa_swin", "trainer=smoke", f"output_dir={tmp_path / 'pre'}", "device=cpu", "data.size=32",
+        "experiment=sa_swin", "trainer=smoke", f"output_dir={tmp_path / 'pre'}", "device=cpu", "data.crop=32",
         "data.demo.size=40", "data.demo.cases=6", f"data.demo.cache_dir={tmp_path / 'cache'}", "method.drop_patch=8",
         "probe.cases=2", *SIZES,
     ]))

@@ -47,7 +47,7 @@ class Denoise(PretrainingMethod):
     name, Settings, encoder_prefixes, uses_model_group = "toy_denoise", DenoiseSettings, ("encoder.",), True
 
     def build_network(self) -> nn.Module:
-        kwargs = dict(img_size=self.context.size, in_channels=len(self.context.channels),
+        kwargs = dict(img_size=self.context.crop, in_channels=len(self.context.channels),
                       encoder=dict(self.context.model), noise=self.settings.noise)
         return build_network({"arch": "toy_denoise", "kwargs": kwargs})
 
@@ -65,7 +65,7 @@ def toy():
 
 
 def _overrides(out, cache, *extra):
-    return ["data=demo", "model=tiny", "trainer=smoke", f"output_dir={out}", "data.size=32", "data.demo.size=40",
+    return ["data=demo", "model=tiny", "trainer=smoke", f"output_dir={out}", "data.crop=32", "data.demo.size=40",
             "data.demo.cases=6", f"data.demo.cache_dir={cache}", "device=cpu", "method=toy_denoise", *extra]
 
 

@@ -70,7 +70,7 @@ def test_pretrained_encoder_loads_bit_exactly_with_the_segmenters_keys(tmp_path,
     seg_keys = {k for k in ASASegmenter(img_size=32, **ENC).state_dict() if k.startswith(ENCODER_PREFIX)}
     torch.manual_seed(1)
     net = build_case_head({"arch": "case_head", "pretrained": str(path), **ENC}, in_channels=1, out_channels=2,
-                          patch_size=None, default_patch_size=64)
+                          crop=None, default_crop=64)
     head_keys = {k for k in net.state_dict() if k.startswith(ENCODER_PREFIX)}
     assert head_keys == seg_keys == set(mae.encoder_state_dict())
     for key, value in mae.encoder_state_dict().items():
@@ -80,8 +80,8 @@ def test_pretrained_encoder_loads_bit_exactly_with_the_segmenters_keys(tmp_path,
     assert (kwargs["img_size"], kwargs["pos_mode"], kwargs["lr_axis"]) == ([32, 32, 32], "paper", 2)
     # a crop on another grid than the pretraining grid is refused
     with pytest.raises(ValueError, match="patch grid"):
-        build_case_head({"pretrained": str(path), **ENC}, in_channels=1, out_channels=2, patch_size=40,
-                        default_patch_size=64)
+        build_case_head({"pretrained": str(path), **ENC}, in_channels=1, out_channels=2, crop=40,
+                        default_crop=64)
 
 
 def test_encoder_layers_are_numbered_for_layer_decay():
@@ -99,7 +99,7 @@ def test_swin_case_takes_an_sa_swin_pretraining_file_bit_exactly(tmp_path):
     torch.save({"model": sah.state_dict(), "network": network_spec(sah)}, tmp_path / "sah.pt")
     torch.manual_seed(1)
     net = build_case_head({"arch": "swin_case", "pretrained": str(tmp_path / "sah.pt"), "feature_size": 12,
-                           "depths": [1, 1, 1, 1]}, in_channels=1, out_channels=2, patch_size=32, default_patch_size=64)
+                           "depths": [1, 1, 1, 1]}, in_channels=1, out_channels=2, crop=32, default_crop=64)
     own = {k: v for k, v in net.state_dict().items() if k.startswith("swinViT.")}
     assert own and all(torch.equal(v, sah.state_dict()[k]) for k, v in own.items())
     # layer ids as SA-Swin's: patch embedding 0, one per Swin block, None for the head

@@ -153,7 +153,7 @@ def test_asa_finetuning_reads_the_safetensors_export(pretrained):
     assert torch.equal(encoders[1]["blocks.0.attn.qkv.weight"], mae.encoder.blocks[0].attn.qkv.weight)
     # model.pretrained=...safetensors through the config path (crop size and position code from its spec)
     net = build_from_config({"pretrained": str(folder / "encoder.safetensors"), **ENCODER_SIZES}, {},
-                            in_channels=1, out_channels=2, patch_size=None)
+                            in_channels=1, out_channels=2, crop=None)
     assert net.img_size == (32, 32, 32) and torch.equal(net.encoder.norm.weight, mae.encoder.norm.weight)
 
 

@@ -90,7 +90,7 @@ def test_config_nulls_are_resolved_in_the_spec(tmp_path):
     mae = ASA(img_size=32, pos_mode="paper", lr_axis=2, decoder_dim=24, decoder_depth=1, decoder_num_heads=2, **TINY)
     save_checkpoint(tmp_path / "enc.pt", {"encoder": mae.encoder_state_dict(), "network": network_spec(mae)})
     net = build_from_config({"pretrained": str(tmp_path / "enc.pt"), "pos_mode": None, "lr_axis": None, **TINY}, {},
-                            in_channels=1, out_channels=2, patch_size=None)
+                            in_channels=1, out_channels=2, crop=None)
     kwargs = network_spec(net)["kwargs"]
     assert (kwargs["img_size"], kwargs["pos_mode"], kwargs["lr_axis"]) == ([32, 32, 32], "paper", 2)
     assert "pretrained" not in kwargs and torch.equal(net.encoder.blocks[0].attn.qkv.weight,
@@ -139,7 +139,7 @@ def test_a_pretrained_file_without_a_spec_is_refused_naming_it(tmp_path):
             ASASegmenter(img_size=32, **TINY).load_pretrained(tmp_path / name, verbose=False)
         with pytest.raises(ValueError, match=rf"{tmp_path / name}: records no network spec"):
             build_from_config({"pretrained": str(tmp_path / name), **TINY}, {}, in_channels=1, out_channels=2,
-                              patch_size=None)
+                              crop=None)
     with pytest.raises(ValueError, match=rf"checkpoint {tmp_path / 'last.pt'}: records no network spec"):
         export_encoder(tmp_path / "last.pt", tmp_path / "export.pt")
     assert not (tmp_path / "export.pt").exists()

@@ -106,7 +106,7 @@ def test_block_layout(crop, grid, block, jitter, expected):
 
 
 @pytest.mark.parametrize("crop, grid, block, jitter, match", [
-    (32, 3, None, 4, "data.size=32"), (64, 3, 3, 4, "method.block=3"), (64, 1, None, 4, "method.grid=1"),
+    (32, 3, None, 4, "data.crop=32"), (64, 3, 3, 4, "method.block=3"), (64, 1, None, 4, "method.grid=1"),
     (64, 3, None, -1, "method.jitter=-1"),
 ])
 def test_block_layout_refuses_blocks_that_do_not_fit(crop, grid, block, jitter, match):

@@ -114,11 +114,11 @@ def test_reference_grid_other_than_the_pretraining_grid_is_refused(tmp_path, all
     model_cfg = {**PRESETS["tiny"], "pretrained": str(path)}
     with pytest.raises(ValueError, match=both):
         build_from_config(model_cfg, {"reference_grid": [6, 6, 6], "allow_grid_change": allow_grid_change},
-                          in_channels=1, out_channels=2, patch_size=32)
+                          in_channels=1, out_channels=2, crop=32)
     # the pretraining grid itself, given or left to follow the file, is accepted
     for reference in ([4, 4, 4], None):
         net = build_from_config(model_cfg, {"reference_grid": reference, "allow_grid_change": allow_grid_change},
-                                in_channels=1, out_channels=2, patch_size=32)
+                                in_channels=1, out_channels=2, crop=32)
         assert net.reference_grid == (4, 4, 4)
 
 
@@ -129,12 +129,12 @@ def test_build_from_config_follows_the_pretrained_file(tmp_path):
     torch.save({"model": mae.state_dict(), "network": network_spec(mae)}, tmp_path / "last.pt")
     model_cfg = {**PRESETS["tiny"], "pretrained": str(tmp_path / "last.pt"), "pos_mode": None, "lr_axis": None}
     net = build_from_config(model_cfg, {}, in_channels=1, out_channels=2,
-                            patch_size=None)
+                            crop=None)
     assert (net.img_size, net.pos_mode, net.lr_axis, net.reference_grid) == ((32,) * 3, "paper", 2, (4, 4, 4))
     with pytest.raises(ValueError, match="allow_grid_change"):
-        build_from_config(model_cfg, {}, in_channels=1, out_channels=2, patch_size=64)
+        build_from_config(model_cfg, {}, in_channels=1, out_channels=2, crop=64)
     with pytest.warns(UserWarning):
-        wide = build_from_config(model_cfg, {"allow_grid_change": True}, in_channels=1, out_channels=2, patch_size=64)
+        wide = build_from_config(model_cfg, {"allow_grid_change": True}, in_channels=1, out_channels=2, crop=64)
     assert wide.grid == (8, 8, 8) and wide.reference_grid == (4, 4, 4)  # the brain frame keeps the pretraining grid
 
 

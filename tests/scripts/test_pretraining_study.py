@@ -99,7 +99,7 @@ def test_whole_study_at_toy_scale_writes_the_report_and_resumes(tmp_path, capsys
         assert text in readme, text
     # fine-tuning crops smaller than the volume: the runs' configs say so
     run_cfg = (out / "transfer" / "runs" / "asa@sgd-n2-s1" / "config.yaml").read_text()
-    assert "patch_size: 24" in run_cfg and "name: sgd" in run_cfg and info["scale"]["volume"] == 32
+    assert "crop: 24" in run_cfg and "name: sgd" in run_cfg and info["scale"]["volume"] == 32
 
     # the same command again: every stage found done, nothing retrained, the same scores
     ckpt = out / "transfer" / "runs" / "asa@adamw-n2-s0" / "checkpoints" / "last.pt"

@@ -90,6 +90,20 @@ def test_check_compatible_names_every_differing_key():
     check_compatible(saved, {**saved, "seed": 3}, ["model"])  # other keys may change
 
 
+
+def test_check_compatible_refuses_a_run_written_before_its_keys_moved():
+    """An older run's config (data.patch_size, the segmenter's pos_mode) is never read into the new
+    places: the refusal names each moved key and where it is now, not '<missing>' values."""
+    moved = {"data.patch_size": "data.crop", "segmenter.pos_mode": "model.pos_mode"}.get
+    saved = {"data": {"patch_size": 32, "task": "ibsr"}, "segmenter": {"pos_mode": "mirror"}}
+    now = {"data": {"crop": 32, "task": "ibsr"}, "segmenter": {}, "model": {"pos_mode": "mirror"}}
+    with pytest.raises(IncompatibleCheckpointError) as info:
+        check_compatible(saved, now, ["data.crop", "segmenter"], source="run/last.pt", moved=moved)
+    msg = str(info.value)
+    assert "data.patch_size is now data.crop; segmenter.pos_mode is now model.pos_mode" in msg
+    assert "<missing>" not in msg
+    check_compatible({"data": {"crop": 32}}, now, ["data.crop"], moved=moved)  # a current run resumes
+
 def test_prune_keeps_newest(tmp_path):
     for s in (1, 2, 10, 3):
         (tmp_path / f"step_{s:08d}.pt").write_bytes(b"")
