@@ -26,7 +26,7 @@ from asa.data.store import STORE_DTYPES
 from asa.eval.metrics import HD95_CONVENTIONS
 from asa.methods import MaskedAutoencoderSettings, MethodSettings, get_method, registered_methods
 from asa.methods.choices import SCHEMA, check_choices, one_of
-from asa.models import EncoderSettings, PRESETS
+from asa.models import EncoderSettings, PRESETS, SWIN_SIZES
 from asa.models.case_head import POOLINGS
 from asa.models.position import POSITION_MODES
 from asa.models.saca import SACA_PLACES
@@ -400,6 +400,9 @@ def register() -> None:
         sized = {k: v for k, v in encoder.items() if k not in NOT_SIZES}
         store.store(group="sizes/encoder", name=name, node=sized)  # a mapping: fine-tuning adds arch
         store.store(group="sizes/decoder", name=name, node={k: sizes[k] for k in DECODER_KEYS})
+    # model=swin_unetr|sa_swin|swin_case: MONAI's SwinViT sizes
+    store.store(group="sizes/swin", name="default", node={k: list(v) if isinstance(v, tuple) else v
+                                                          for k, v in SWIN_SIZES.items()})
 
 
 def validate(cfg: DictConfig, entry: str) -> None:

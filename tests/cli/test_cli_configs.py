@@ -15,7 +15,7 @@ from asa.api.config import ENTRY_POINTS, compose_config, config_path
 from asa.api.pretrain import _method
 from asa.api.schema import as_config, check_choices, validate
 from asa.methods import MaskedAutoencoderSettings
-from asa.models import ASA, PRESETS, SymmetryAwareHead, architectures, build_case_head, build_from_config
+from asa.models import ASA, PRESETS, SWIN_SIZES, SymmetryAwareHead, architectures, build_case_head, build_from_config
 from asa.models.puzzles import JigsawPuzzle, RelativePatchLocation
 from asa.api.common import trainer_config
 from asa.train import build_optimizer
@@ -91,6 +91,17 @@ def test_encoder_presets_match_the_python_presets():
         encoder = {k: v for k, v in sizes.items() if not k.startswith("decoder_")}
         assert {k: fine[k] for k in encoder} == encoder and fine.arch == "asa"
         assert not any(k.startswith("decoder_") for k in fine)
+
+
+def test_swin_presets_match_the_python_sizes():
+    """The SwinViT sizes are stated once (`asa.models.SWIN_SIZES`): the Swin networks' presets and SA-Swin's
+    pretraining default to them, so its encoder export loads into model=sa_swin|swin_case unchanged."""
+    sizes = {k: list(v) if isinstance(v, tuple) else v for k, v in SWIN_SIZES.items()}
+    for name in ("swin_unetr", "sa_swin", "swin_case"):
+        model = compose_config("finetune", [f"model={name}"]).model
+        assert {k: model[k] for k in sizes} == sizes and model.arch == name
+    method = compose_config("pretrain", ["experiment=sa_swin"]).method
+    assert {k: method[k] for k in sizes} == sizes
 
 
 @pytest.mark.parametrize("entry, overrides, key", [
