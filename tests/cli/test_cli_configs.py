@@ -148,6 +148,8 @@ CHOICE_MISTAKES = [  # (entry, key, bad value, the allowed values the message mu
     ("finetune", "data.regions.source", "clust", "auto, none, cluster, file, label"),
     ("finetune", "optim.name", "adam", "adamw, sgd"),
     ("predict", "amp", "fp61", "auto, fp16, bf16, off"),
+    ("pretrain", "trainer.amp", "fp61", "auto, fp16, bf16, off"),  # the training loop's own settings
+    ("finetune", "trainer.mode", "maximum", "min, max"),
     ("evaluate", "hd95", "pooledd", "max_directed, pooled"),
 ]
 REQUIRED = {"predict": ["checkpoint=c", "input=i", "output=o"], "evaluate": ["pred=p", "output=o"]}
