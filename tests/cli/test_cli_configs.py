@@ -8,12 +8,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from asa.api.config import ENTRY_POINTS, compose_config, config_path
 from asa.api.pretrain import _method
-from asa.api.schema import as_config, check_choices, validate
+from asa.api.schema import SCHEMAS, as_config, check_choices, validate
 from asa.methods import MaskedAutoencoderSettings
 from asa.models import ASA, PRESETS, SWIN_SIZES, SymmetryAwareHead, architectures, build_case_head, build_from_config
 from asa.models.puzzles import JigsawPuzzle, RelativePatchLocation
@@ -219,6 +220,44 @@ def test_symmetry_presets_state_only_their_differences():
     fine = compose_config("finetune", ["experiment=asa_saca"])
     assert fine.model.saca == "encoder" and compose_config("finetune", []).model.saca == "none"
     assert compose_config("finetune", ["model=sa_swin"]).model.arch == "sa_swin"
+
+
+# files that state only what differs from their entry point's schema: (entry, file, package of its keys)
+SCHEMA_FILES = [(entry, f"{entry}/{entry}.yaml", "") for entry in ENTRY_POINTS] + [
+    ("finetune", "finetune/optim/adamw.yaml", ""), ("finetune", "finetune/optim/sgd.yaml", "optim.")]
+
+
+def _leaves(mapping: dict, prefix: str = ""):
+    for key, value in mapping.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+@pytest.mark.parametrize("entry, path, package", SCHEMA_FILES, ids=[p for _, p, _ in SCHEMA_FILES])
+def test_configs_state_only_their_differences_from_the_schema(entry, path, package):
+    """A key whose value is its schema default is left to the schema (which documents it), so that a
+    default changes in one place; keys of free-form groups (model, preprocess's data) are not defaults."""
+    schema = OmegaConf.structured(SCHEMAS[entry])
+    stated = yaml.safe_load((CONFIGS / path).read_text())
+    restated = []
+    for key, value in _leaves({k: v for k, v in stated.items() if k not in ("defaults", "hydra")}, package):
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(schema, parent, default=None) if parent else schema
+        if not OmegaConf.is_dict(node) or leaf not in node:
+            continue  # not a typed field (a free-form group's key)
+        default = "???" if OmegaConf.is_missing(node, leaf) else OmegaConf.to_container(node)[leaf]
+        if value == default:
+            restated.append(f"{key}: {value}")
+    assert restated == []
+
+
+@pytest.mark.parametrize("entry", ["predict", "probe", "evaluate"])
+def test_the_defaults_of_the_jobs_without_groups_are_their_schemas(entry):
+    cfg = OmegaConf.to_container(compose_config(entry, []), resolve=False)
+    schema = OmegaConf.to_container(OmegaConf.structured(SCHEMAS[entry]), resolve=False)
+    assert {k: v for k, v in cfg.items() if k != "data"} == {k: v for k, v in schema.items() if k != "data"}
 
 
 @pytest.mark.parametrize("experiment, pos_mode", [("baseline", "none"), ("spe_only", "mirror")])
