@@ -14,11 +14,11 @@ from omegaconf.errors import OmegaConfBaseException
 from asa.api.common import _check_workers, dataset_root, refusing, region_source
 from asa.api.rundir import RunLock, check_writable, command_line
 from asa.api.schema import PretrainDataConfig, PreprocessConfig, SegmentationDataConfig, as_config, moved_key
-from asa.methods.choices import check_choices
 from asa.data import CaseError, discover, get_task
 from asa.data.layouts import load_report
 from asa.data.store_writer import build_store
 from asa.data.preprocessing import PretrainPreprocess, SegmentationPreprocess
+from asa.train.choices import check_choices
 from asa.train.distributed import DistEnv
 
 __all__ = ["preprocess", "data_preset"]

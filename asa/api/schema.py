@@ -5,7 +5,7 @@ so Hydra checks every preset and every ``key=value`` against these dataclasses w
 an unknown key (``trainer.epocs=3``), a wrong type (``trainer.epochs=ten``) or a preset of the
 other entry point fails before anything runs, with a message naming the key. ``validate`` repeats
 the check on a composed config, which also catches keys added with ``+key=value``, and refuses a
-value outside the choices a field declares with `asa.methods.choices.one_of` (naming the dotted key).
+value outside the choices a field declares with `asa.train.choices.one_of` (naming the dotted key).
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from asa.data.regions import CONFIG_SOURCES
 from asa.data.store import STORE_DTYPES
 from asa.eval.metrics import HD95_CONVENTIONS
 from asa.methods import MaskedAutoencoderSettings, MethodSettings, get_method, registered_methods
-from asa.methods.choices import SCHEMA, check_choices, one_of
-from asa.models import DEFAULT_CROP, EncoderSettings, PRESETS
+from asa.models import DEFAULT_CROP, EncoderSettings, PRESETS, SWIN_SIZES
 from asa.models.case_head import POOLINGS
 from asa.models.position import POSITION_MODES
 from asa.models.saca import SACA_PLACES
@@ -34,6 +33,7 @@ from asa.models.segmenter import INPUT_SKIPS, SPE_FRAMES
 from asa.models.swvit import REGION_LAYOUTS
 from asa.train import TrainerSettings
 from asa.train.case_targets import REGRESSION_LOSSES
+from asa.train.choices import SCHEMA, check_choices, one_of
 from asa.train.optim import OPTIMIZERS
 from asa.train.precision import AMP_CHOICES
 from asa.train.schedule import SCHEDULES
@@ -203,14 +203,14 @@ class SegmentationDataConfig(DataConfig):
 class OptimConfig:
     name: str = one_of(MISSING, OPTIMIZERS)  # adamw | sgd
     base_lr: float = MISSING
-    scale_lr: bool = False
+    scale_lr: bool = False  # true: lr = base_lr × global batch / 256; false: base_lr used as given
     weight_decay: float = 0.0
     betas: Optional[List[float]] = None  # adamw (null: (0.9, 0.95))
     momentum: Optional[float] = None  # sgd (null: 0.99)
     nesterov: Optional[bool] = None  # sgd (null: true)
     schedule: str = one_of("cosine", SCHEDULES)
     min_lr: float = 0.0
-    power: float = 0.9
+    power: float = 0.9  # poly only
     warmup_fraction: float = 0.0  # linear warm-up over this fraction of the schedule (else trainer.warmup_epochs/steps)
 
 
@@ -220,21 +220,25 @@ class FinetuneOptimConfig(OptimConfig):
     initialised from ``model.pretrained``, ``scratch_encoder_lr_scale`` for one trained from scratch
     (null: ``encoder_lr_scale`` too)."""
 
-    encoder_lr_scale: float = 1.0
+    encoder_lr_scale: float = 1.0  # lr multiplier of the pretrained encoder (patch embedding + encoder blocks)
     scratch_encoder_lr_scale: Optional[float] = None
-    layer_decay: float = 1.0
-    freeze_encoder_epochs: int = 0
+    layer_decay: float = 1.0  # MAE-style layer-wise decay: block i × decay^(depth−i), patch embedding × decay^(depth+1)
+    freeze_encoder_epochs: int = 0  # K > 0: the encoder is not updated in the first K epochs (decoder warm-up)
 
 
 @dataclass
 class SegmenterConfig:
     """``ASASegmenter`` settings beyond the encoder sizes."""
 
+    # brain (codes of the brain frame, crops/windows on its patch lattice) | crop (one fixed table per crop, ablation)
     spe_frame: str = one_of("brain", SPE_FRAMES)
-    allow_grid_change: bool = False
+    allow_grid_change: bool = False  # true: a crop grid other than the pretraining grid only warns
+    # the brain frame's grid in patches; null: the pretraining grid (the crop grid from scratch); another than
+    # model.pretrained's is refused
     reference_grid: Optional[List[int]] = None
-    feature_size: int = 16
-    input_skip: Any = one_of("full", INPUT_SKIPS, number=(0, 1))  # full | none | a factor in [0, 1]
+    feature_size: int = 16  # decoder width (UNETR blocks)
+    # full (paper) | none | a factor in [0, 1]: the decoder's full-resolution path from the raw image
+    input_skip: Any = one_of("full", INPUT_SKIPS, number=(0, 1))
 
 
 @dataclass
@@ -253,11 +257,12 @@ class ProbeConfig:
 
 @dataclass
 class RelianceConfig:
-    """The encoder-reliance diagnostic of ``asa-evaluate``."""
+    """The encoder-reliance diagnostic of ``asa-evaluate``: Dice with the encoder's hidden states as
+    trained vs zeroed."""
 
-    checkpoint: Optional[str] = None
-    overlap: float = 0.5
-    device: str = "auto"
+    checkpoint: Optional[str] = None  # a fine-tuned ASASegmenter (asa-finetune best.pt / last.pt); null: off
+    overlap: float = 0.5  # sliding-window overlap
+    device: str = "auto"  # auto | cpu | cuda
 
 
 @dataclass
@@ -273,7 +278,7 @@ class HeadConfig:
 class LossConfig:
     """Extra fine-tuning loss terms."""
 
-    focal_weight: float = 0.0  # weight of the focal region loss added to Dice + CE
+    focal_weight: float = 0.0  # > 0: add this weight times the focal region loss (RAT, §1.6b; needs data.regions)
     focal_beta: float = 1.0
     class_weighted: bool = True  # data.task=case, classes: cross-entropy weighted N / (K n_k) by training counts
     regression: str = one_of("mse", REGRESSION_LOSSES)  # data.task=case, continuous: mse | huber (on standardised targets)
@@ -289,7 +294,7 @@ def _case_crops() -> Any:
 
 @dataclass
 class ValidationConfig:
-    overlap: float = 0.5
+    overlap: float = 0.5  # sliding-window overlap
     sw_batch_size: int = 2
     crops: str = _case_crops()  # data.task=case: grid | centre (above); asa-predict's crops should match it
 
@@ -335,40 +340,53 @@ class FinetuneConfig(RunConfig):
 
 @dataclass
 class PredictConfig:
-    checkpoint: str = MISSING
-    input: Any = MISSING  # a folder, a file, or a list of files
+    """``asa-predict`` (`asa.api.predict`); ``configs/predict/predict.yaml`` states only what differs."""
+
+    checkpoint: str = MISSING  # a fine-tuning checkpoint (best.pt / last.pt): a segmenter's or a case head's
+    input: Any = MISSING  # a dataset folder in any supported layout, a folder of NIfTI files, or a list of files
+    # folder for <case_id>.nii.gz and predictions.json (which checkpoint wrote each case); a case head: predictions.csv
     output: str = MISSING
+    # auto | brats | ibsr | wmh | msd | files; a case head: auto | bids | caps | filelist
     layout: str = one_of("auto", ("auto", *LAYOUTS))
-    overlap: float = 0.5
-    sw_batch_size: Union[int, str] = "auto"  # a window count or auto (sized to memory)
-    tta: bool = False
-    tta_axes: List[int] = field(default_factory=lambda: [0, 1, 2])
-    save_probabilities: bool = False
+    overlap: float = 0.5  # sliding-window overlap
+    sw_batch_size: Union[int, str] = "auto"  # windows per forward pass; auto: 1 on a CPU, sized to free memory on CUDA
+    tta: bool = False  # flip test-time augmentation
+    tta_axes: List[int] = field(default_factory=lambda: [0, 1, 2])  # flips along every subset of these axes (2^k passes)
+    save_probabilities: bool = False  # also write <case_id>_probabilities.nii.gz (4D, one volume per output)
     crops: str = _case_crops()  # a case head: grid | centre (ValidationConfig), as validation.crops of its fine-tuning
-    overwrite: bool = False  # replace the predictions in output (the old folder is moved aside)
+    overwrite: bool = False  # replace the predictions in output (the old folder is moved to <output>.replaced-<time>)
     resume: bool = False  # keep the predictions this checkpoint already wrote in output, predict the rest
-    split_file: Optional[str] = None  # a run's splits.json: predict only the cases of `subset`
+    split_file: Optional[str] = None  # a run's splits.json: predict only the cases of `subset` (as asa-evaluate scores)
     subset: str = "test"  # a list of split_file (checked against the file, which may hold its own)
-    on_bad_case: str = one_of("error", ON_BAD)
-    device: str = "auto"
+    on_bad_case: str = one_of("error", ON_BAD)  # error | skip: predict the other cases and list the unusable ones
+    device: str = "auto"  # auto | cpu | cuda
+    # auto (fp16 on CUDA, bf16 on a CPU with native bf16 matmul, else fp32) | fp16 | bf16 | off
     amp: str = one_of("auto", AMP_CHOICES)
-    threads: Optional[int] = None
-    compile: bool = False
-    debug: bool = False
+    threads: Optional[int] = None  # torch intra-op CPU threads (null: torch's default)
+    compile: bool = False  # torch.compile the network (pays off over many windows and cases)
+    debug: bool = False  # full tracebacks instead of one-line errors
 
 
 @dataclass
 class EvaluateConfig:
-    pred: Optional[str] = None  # null: only the reliance diagnostic
-    output: str = MISSING
-    split_file: Optional[str] = None
+    """``asa-evaluate`` (`asa.api.evaluate`); ``configs/evaluate/evaluate.yaml`` states only what differs."""
+
+    # folder with <case_id>.nii.gz predictions (asa-predict output); data=targets: with predictions.csv;
+    # null: only the reliance diagnostic
+    pred: Optional[str] = None
+    output: str = MISSING  # folder for per_case.csv and summary.json (data=targets: summary.json)
+    split_file: Optional[str] = None  # a run's splits.json: evaluate only the cases of `subset`
     subset: str = "test"  # a list of split_file (checked against the file, which may hold its own)
-    on_missing: str = one_of("error", ON_BAD)
-    num_workers: int = 0
+    on_missing: str = one_of("error", ON_BAD)  # error | skip: cases without a prediction
+    num_workers: int = 0  # processes for HD95
+    # max_directed (larger directed 95th percentile; MONAI, BraTS) | pooled (95th percentile of both
+    # directions pooled; medpy, as in the ASA paper's tables)
     hd95: str = one_of("max_directed", HD95_CONVENTIONS)
-    nsd_tolerance: Any = 1.0  # NSD tolerance in mm: one number, or a list with one per region/class
+    # normalised surface Dice tolerance in mm: one number, or one per region/class in the task's order
+    # (e.g. [1, 1, 2] for WT TC ET); both empty -> 1, one empty -> 0
+    nsd_tolerance: Any = 1.0
     reliance: RelianceConfig = field(default_factory=RelianceConfig)
-    debug: bool = False
+    debug: bool = False  # full tracebacks instead of one-line errors
     data: SegmentationDataConfig = field(default_factory=SegmentationDataConfig)
 
 
@@ -376,25 +394,27 @@ class EvaluateConfig:
 class FrozenProbeConfig:
     """``asa-probe``: frozen-encoder probes of checkpoints on a labeled dataset (`asa.api.probe`)."""
 
-    encoders: List[str] = MISSING  # checkpoints / exports, and random (the first file's spec) or random:<preset>
-    names: Optional[List[str]] = None  # row names, one per encoder (null: the paths as given)
-    output: str = MISSING  # folder for probe.md, probe.csv, probe.svg, probe.json
-    overwrite: bool = False  # replace results in output (the old folder is moved aside)
-    folds: int = 5  # k of the k-fold cross-validation (subjects never split)
+    # [a.pt, b/encoder.safetensors, random]: checkpoints or exports of any asa network with an encoder, plus
+    # random (the first file's network, random init) or random:<tiny|small|base>
+    encoders: List[str] = MISSING
+    names: Optional[List[str]] = None  # row names, one per encoder (null: the entries as given)
+    output: str = MISSING  # folder for probe.md, probe.csv, probe.svg and probe.json
+    overwrite: bool = False  # replace results in output (the old folder is moved to <output>.replaced-<time>)
+    folds: int = 5  # k of the k-fold cross-validation; a subject's sessions stay in one fold
     seed: int = 0  # folds, bootstrap and random-init weights
-    ridge: float = 1.0  # ridge penalty λ on standardised features
-    logistic: float = 1.0  # L2 penalty λ of the logistic regression (scikit-learn's C = 1/λ)
-    logistic_steps: int = 300  # L-BFGS iterations at most
-    knn_k: int = 5
+    ridge: float = 1.0  # ridge penalty λ on standardised features (continuous targets, voxel labels)
+    logistic: float = 1.0  # L2 penalty λ of the logistic regression (class targets; scikit-learn's C = 1/λ)
+    logistic_steps: int = 300  # L-BFGS iterations at most (scikit-learn max_iter)
+    knn_k: int = 5  # neighbours of the k-NN probes (cosine similarity on standardised features)
     bootstrap: int = 1000  # bootstrap resamples of the subjects, all their sessions (0: no intervals)
     confidence: float = 0.95
-    crop: Optional[int] = None  # input edge for an encoder that records none (SA-Swin pretraining exports)
+    crop: Optional[int] = None  # input edge for an encoder that records none (SA-Swin pretraining exports); else its own
     channels: List[str] = field(default_factory=lambda: ["t1"])  # input channels, as in pretraining
     batch_size: int = 2  # volumes per forward pass
     split_file: Optional[str] = None  # a run's splits.json: probe only the cases of `subset`
     subset: str = "test"
-    device: str = "auto"
-    debug: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    debug: bool = False  # full tracebacks instead of one-line errors
     data: SegmentationDataConfig = field(default_factory=SegmentationDataConfig)
 
 
@@ -404,10 +424,11 @@ class PreprocessConfig:
     # SegmentationDataConfig when the job runs (a fine-tuning preset is one with a task)
     data: Any = MISSING
     workers: int = 0  # preprocessing processes (0: one per CPU core, at most 8)
-    dtype: str = one_of("float16", STORE_DTYPES)  # the images' precision in the store: float16 | float32
-    hash: bool = False  # also record (and compare on reruns) each source file's sha256
-    progress: bool = True
-    debug: bool = False
+    # the images' precision in the store: float16 | float32 (labels and brain masks: uint8)
+    dtype: str = one_of("float16", STORE_DTYPES)
+    hash: bool = False  # also record each source file's sha256; a rerun then compares contents, not mtimes
+    progress: bool = True  # a progress bar on stderr
+    debug: bool = False  # full tracebacks instead of one-line errors
     optim: Any = None  # unused: data=demo also picks an optimiser preset of asa-pretrain
 
 
@@ -436,6 +457,9 @@ def register() -> None:
         sized = {k: v for k, v in encoder.items() if k not in NOT_SIZES}
         store.store(group="sizes/encoder", name=name, node=sized)  # a mapping: fine-tuning adds arch
         store.store(group="sizes/decoder", name=name, node={k: sizes[k] for k in DECODER_KEYS})
+    # model=swin_unetr|sa_swin|swin_case: MONAI's SwinViT sizes
+    store.store(group="sizes/swin", name="default", node={k: list(v) if isinstance(v, tuple) else v
+                                                          for k, v in SWIN_SIZES.items()})
 
 
 def validate(cfg: DictConfig, entry: str) -> None:

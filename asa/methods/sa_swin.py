@@ -15,7 +15,7 @@ from torch import nn
 from asa.data import diseased_labels
 from asa.eval.frozen import SWIN_PROBE_STRIDE, swin_tokens
 from asa.methods.base import MethodSettings, PanelFn, PretrainingMethod, StepFn, register_method
-from asa.models import unwrap
+from asa.models import SWIN_SIZES, unwrap
 from asa.models.sa_swin import SA_SWIN_ENCODER_PREFIXES
 from asa.models.zoo import build_network
 from asa.train.sa_swin import make_sah_panel_fn, sah_step
@@ -27,13 +27,14 @@ SW_VIT_ONLY = ("saca", "region_attention")  # model options with no SwinViT coun
 
 @dataclass
 class SymmetryAwareSettings(MethodSettings):
-    """`asa.models.SymmetryAwareHead` settings: MONAI SwinViT sizes (``asa-finetune model=sa_swin``
-    must use the same) and the head's terms, L = L_rot + L_con + L_rec + (L_sym(x1) + L_sym(x2)) / 2."""
+    """`asa.models.SymmetryAwareHead` settings: MONAI SwinViT sizes (`asa.models.SWIN_SIZES` by default;
+    ``asa-finetune model=sa_swin`` must use the same) and the head's terms,
+    L = L_rot + L_con + L_rec + (L_sym(x1) + L_sym(x2)) / 2."""
 
     name: str = "sa_swin"
-    feature_size: int = 48
-    depths: List[int] = field(default_factory=lambda: [2, 2, 2, 2])
-    num_heads: List[int] = field(default_factory=lambda: [3, 6, 12, 24])
+    feature_size: int = SWIN_SIZES["feature_size"]
+    depths: List[int] = field(default_factory=lambda: list(SWIN_SIZES["depths"]))
+    num_heads: List[int] = field(default_factory=lambda: list(SWIN_SIZES["num_heads"]))
     window_size: int = 7
     use_checkpoint: bool = False
     lr_axis: int = 0  # the mirrored (left-right) array axis (with the SwinViT sizes; model.lr_axis in asa-finetune)

@@ -20,7 +20,7 @@ from asa.models.objective import FocalRegionReconstruction, PatchReconstruction,
 from asa.models.patch import PatchEmbed, patch_grid, patchify, unpatchify
 from asa.models.portable import ENCODER_MODULES, VolumeEncoder, export_for_monai, load_encoder, network_encoder
 from asa.models.position import brain_frame_encoding, position_index, symmetric_position_encoding
-from asa.models.presets import DEFAULT_CROP, PRESETS
+from asa.models.presets import DEFAULT_CROP, PRESETS, SWIN_SIZES
 from asa.models.region_attention import RegionAttention, patch_regions
 from asa.models.registry import NETWORKS, architectures, build_network, network_spec, record_spec, register_network
 from asa.models.sa_swin import SASwin, SymmetryAwareLayer
@@ -57,6 +57,7 @@ __all__ = [
     "NETWORKS",
     "DEFAULT_CROP",
     "PRESETS",
+    "SWIN_SIZES",
     "PatchReconstruction",
     "SPE_FRAMES",
     "SYMMETRY_KEYS",

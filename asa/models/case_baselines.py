@@ -19,7 +19,7 @@ from torch import nn
 from asa.models.case_head import PooledTokenHead
 from asa.models.declared import Capabilities
 from asa.models.patch import to_3tuple
-from asa.models.presets import DEFAULT_CROP
+from asa.models.presets import DEFAULT_CROP, SWIN_SIZES
 from asa.models.registry import record_spec, register_network
 from asa.models.sa_swin import SASwin
 
@@ -122,9 +122,9 @@ class SwinCaseNet(PooledTokenHead):
         img_size: int | Sequence[int] = DEFAULT_CROP,
         in_channels: int = 1,
         out_channels: int = 2,
-        feature_size: int = 48,
-        depths: Sequence[int] = (2, 2, 2, 2),
-        num_heads: Sequence[int] = (3, 6, 12, 24),
+        feature_size: int = SWIN_SIZES["feature_size"],
+        depths: Sequence[int] = SWIN_SIZES["depths"],
+        num_heads: Sequence[int] = SWIN_SIZES["num_heads"],
         window_size: int = 7,
         patch_size: int = 2,
         drop_rate: float = 0.0,

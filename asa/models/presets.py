@@ -1,6 +1,8 @@
-"""Named SW-ViT sizes. ``tiny`` is for tests and CPU runs; ``base`` is the paper's."""
+"""Named SW-ViT sizes, and the one MONAI SwinViT size. ``tiny`` is for tests and CPU runs; ``base`` is the paper's."""
 
 from __future__ import annotations
+
+from typing import Any
 
 # the pretraining crop edge (DESIGN §1.1: 128³ voxels at 1 mm, 16³ patches of 8): the one default of
 # asa-pretrain's data.crop, of fine-tuning without a pretrained file and of the networks' img_size
@@ -17,3 +19,8 @@ PRESETS: dict[str, dict[str, int]] = {
         embed_dim=384, depth=12, num_heads=6, decoder_dim=384, decoder_depth=8, decoder_num_heads=6, window_size=32,
     ),
 }
+
+# MONAI's SwinViT as SwinUNETR publishes it (feature size 48, 2 blocks in each of 4 stages): the sizes of
+# model=swin_unetr|sa_swin|swin_case and of SA-Swin's pretraining (method=sa_swin), which must agree for its
+# weights to load. Stored as the config group ``sizes/swin`` (`asa.api.schema.register`).
+SWIN_SIZES: dict[str, Any] = dict(feature_size=48, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24))

@@ -77,8 +77,8 @@ class SASwin(SwinUNETR):
             raise ValueError(f"lr_axis must be 0, 1 or 2, got {lr_axis}")
         self.lr_axis = lr_axis
         self.in_channels = in_channels
-        dim = 16 * int(kwargs.get("feature_size", 24))  # the last stage's output after patch merging
-        heads = symmetry_heads or tuple(kwargs.get("num_heads", (3, 6, 12, 24)))[-1]
+        dim = 2 * self.swinViT.num_features  # the last stage's output after patch merging: 16·feature_size
+        heads = symmetry_heads or self.swinViT.layers4[0].blocks[0].attn.num_heads  # the last stage's
         if dim % heads:
             raise ValueError(f"symmetry_heads {heads} must divide the bottleneck width {dim} (16·feature_size)")
         self.symmetry = SymmetryAwareLayer(dim, heads, mlp_ratio=symmetry_mlp_ratio,

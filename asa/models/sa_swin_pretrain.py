@@ -17,6 +17,7 @@ from torch import nn
 
 from asa.losses import SAH_TERMS, inpainting_loss, nt_xent, rotation_loss, symmetry_loss
 from asa.models.patch import to_3tuple
+from asa.models.presets import SWIN_SIZES
 from asa.models.registry import record_spec, register_network
 from asa.models.sa_swin import SA_SWIN_ENCODER_PREFIXES
 
@@ -57,9 +58,9 @@ class SymmetryAwareHead(nn.Module):
         self,
         *,
         in_channels: int = 1,
-        feature_size: int = 48,
-        depths: tuple[int, ...] = (2, 2, 2, 2),
-        num_heads: tuple[int, ...] = (3, 6, 12, 24),
+        feature_size: int = SWIN_SIZES["feature_size"],
+        depths: tuple[int, ...] = SWIN_SIZES["depths"],
+        num_heads: tuple[int, ...] = SWIN_SIZES["num_heads"],
         window_size: int = 7,
         mlp_ratio: float = 4.0,
         use_checkpoint: bool = False,

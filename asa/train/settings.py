@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .choices import one_of
 from .precision import AMP_CHOICES
 
 __all__ = ["TrainerSettings", "TrainConfig"]
+
+MODES = ("min", "max")  # of the monitored metric
 
 
 @dataclass
@@ -19,7 +22,7 @@ class TrainerSettings:
     accum_steps: int = 1  # micro-batches per optimiser step (no all-reduce on the others)
     warmup_epochs: float = 0.0
     warmup_steps: int | None = None  # overrides warmup_epochs when set
-    amp: str = "auto"  # auto (fp16 on CUDA, bf16 on a CPU with native bf16, else off) | fp16 | bf16 | off
+    amp: str = one_of("auto", AMP_CHOICES)  # auto (fp16 on CUDA, bf16 on a CPU with native bf16, else off) | fp16 | bf16 | off
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     compile: bool = False  # torch.compile the model's blocks (see asa.models.compile_blocks)
     clip_grad: float | None = None  # max global grad norm; the norm is logged either way
@@ -28,7 +31,7 @@ class TrainerSettings:
     keep_last: int = 0  # >0: also keep the newest k step_XXXXXXXX.pt files
     val_every: int = 1  # epochs
     monitor: str = "val/loss"
-    mode: str = "min"  # min | max
+    mode: str = one_of("min", MODES)  # min | max
     patience: int | None = None  # validation rounds without improvement before stopping
     max_nonfinite: int = 5  # consecutive non-finite steps (loss or gradient) before aborting
     panel_every: int = 0  # epochs between image panels (0 = never)
@@ -41,7 +44,7 @@ class TrainerSettings:
             raise ValueError(f"trainer.amp={self.amp!r}: expected one of {', '.join(AMP_CHOICES)}")
         if self.threads is not None and int(self.threads) < 1:
             raise ValueError(f"trainer.threads={self.threads}: expected a positive thread count or null")
-        if self.mode not in {"min", "max"}:
+        if self.mode not in MODES:
             raise ValueError(f"trainer.mode={self.mode!r}: expected 'min' or 'max'")
         for name in ("epochs", "batch_size", "accum_steps", "log_every", "val_every", "max_nonfinite"):
             if int(getattr(self, name)) < 1:

@@ -8,14 +8,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from asa.api.config import ENTRY_POINTS, compose_config, config_path
 from asa.api.pretrain import _method
-from asa.api.schema import as_config, check_choices, validate
+from asa.api.schema import SCHEMAS, as_config, check_choices, validate
 from asa.methods import MaskedAutoencoderSettings
-from asa.models import ASA, PRESETS, SymmetryAwareHead, architectures, build_case_head, build_from_config
+from asa.models import ASA, PRESETS, SWIN_SIZES, SymmetryAwareHead, architectures, build_case_head, build_from_config
 from asa.models.puzzles import JigsawPuzzle, RelativePatchLocation
 from asa.api.common import trainer_config
 from asa.train import build_optimizer
@@ -93,6 +94,17 @@ def test_encoder_presets_match_the_python_presets():
         assert not any(k.startswith("decoder_") for k in fine)
 
 
+def test_swin_presets_match_the_python_sizes():
+    """The SwinViT sizes are stated once (`asa.models.SWIN_SIZES`): the Swin networks' presets and SA-Swin's
+    pretraining default to them, so its encoder export loads into model=sa_swin|swin_case unchanged."""
+    sizes = {k: list(v) if isinstance(v, tuple) else v for k, v in SWIN_SIZES.items()}
+    for name in ("swin_unetr", "sa_swin", "swin_case"):
+        model = compose_config("finetune", [f"model={name}"]).model
+        assert {k: model[k] for k in sizes} == sizes and model.arch == name
+    method = compose_config("pretrain", ["experiment=sa_swin"]).method
+    assert {k: method[k] for k in sizes} == sizes
+
+
 @pytest.mark.parametrize("entry, overrides, key", [
     ("pretrain", ["trainer.epocs=3"], "trainer.epocs"),           # a typo
     ("finetune", ["trainer.epochs=ten"], "trainer.epochs"),        # a wrong type
@@ -137,6 +149,8 @@ CHOICE_MISTAKES = [  # (entry, key, bad value, the allowed values the message mu
     ("finetune", "data.regions.source", "clust", "auto, none, cluster, file, label"),
     ("finetune", "optim.name", "adam", "adamw, sgd"),
     ("predict", "amp", "fp61", "auto, fp16, bf16, off"),
+    ("pretrain", "trainer.amp", "fp61", "auto, fp16, bf16, off"),  # the training loop's own settings
+    ("finetune", "trainer.mode", "maximum", "min, max"),
     ("evaluate", "hd95", "pooledd", "max_directed, pooled"),
 ]
 REQUIRED = {"predict": ["checkpoint=c", "input=i", "output=o"], "evaluate": ["pred=p", "output=o"]}
@@ -206,6 +220,44 @@ def test_symmetry_presets_state_only_their_differences():
     fine = compose_config("finetune", ["experiment=asa_saca"])
     assert fine.model.saca == "encoder" and compose_config("finetune", []).model.saca == "none"
     assert compose_config("finetune", ["model=sa_swin"]).model.arch == "sa_swin"
+
+
+# files that state only what differs from their entry point's schema: (entry, file, package of its keys)
+SCHEMA_FILES = [(entry, f"{entry}/{entry}.yaml", "") for entry in ENTRY_POINTS] + [
+    ("finetune", "finetune/optim/adamw.yaml", ""), ("finetune", "finetune/optim/sgd.yaml", "optim.")]
+
+
+def _leaves(mapping: dict, prefix: str = ""):
+    for key, value in mapping.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+@pytest.mark.parametrize("entry, path, package", SCHEMA_FILES, ids=[p for _, p, _ in SCHEMA_FILES])
+def test_configs_state_only_their_differences_from_the_schema(entry, path, package):
+    """A key whose value is its schema default is left to the schema (which documents it), so that a
+    default changes in one place; keys of free-form groups (model, preprocess's data) are not defaults."""
+    schema = OmegaConf.structured(SCHEMAS[entry])
+    stated = yaml.safe_load((CONFIGS / path).read_text())
+    restated = []
+    for key, value in _leaves({k: v for k, v in stated.items() if k not in ("defaults", "hydra")}, package):
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(schema, parent, default=None) if parent else schema
+        if not OmegaConf.is_dict(node) or leaf not in node:
+            continue  # not a typed field (a free-form group's key)
+        default = "???" if OmegaConf.is_missing(node, leaf) else OmegaConf.to_container(node)[leaf]
+        if value == default:
+            restated.append(f"{key}: {value}")
+    assert restated == []
+
+
+@pytest.mark.parametrize("entry", ["predict", "probe", "evaluate"])
+def test_the_defaults_of_the_jobs_without_groups_are_their_schemas(entry):
+    cfg = OmegaConf.to_container(compose_config(entry, []), resolve=False)
+    schema = OmegaConf.to_container(OmegaConf.structured(SCHEMAS[entry]), resolve=False)
+    assert {k: v for k, v in cfg.items() if k != "data"} == {k: v for k, v in schema.items() if k != "data"}
 
 
 @pytest.mark.parametrize("experiment, pos_mode", [("baseline", "none"), ("spe_only", "mirror")])
