@@ -9,6 +9,7 @@ relative imports, ``asa.x`` reached through ``import asa`` (also the lazy ``asa.
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +62,12 @@ def imported(path: Path, own: str | None = None) -> Iterator[tuple[str, int]]:
                 yield f"asa.{node.attr}", node.lineno
 
 
+@functools.cache
+def imports_in(path: Path) -> tuple[tuple[str, int], ...]:
+    """`imported` of a file of the checkout, read once per test session."""
+    return tuple(imported(path))
+
+
 def stage_of(module: str) -> str | None:
     """The stage of a dotted ``asa`` module (a lazy attribute of ``asa``: the stage it comes from);
     None for the package root and its plain attributes (``asa.__version__``)."""
@@ -72,18 +79,19 @@ def stage_of(module: str) -> str | None:
     return parts[1] if parts[1] in LEVEL else None
 
 
-def library_imports() -> list[tuple[str, str, str]]:
+@functools.cache
+def library_imports() -> tuple[tuple[str, str, str], ...]:
     """(file:line, its stage, imported stage) for every import of another stage inside ``asa``."""
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
         stage = stage_of(module_of(path))
         if stage is None:  # asa/__init__.py: the version and the lazy names only
             continue
-        for module, line in imported(path):
+        for module, line in imports_in(path):
             target = stage_of(module)
             if target is not None and target != stage:
                 found.append((f"{path.relative_to(ROOT)}:{line}", stage, target))
-    return found
+    return tuple(found)
 
 
 def test_every_stage_is_known():
@@ -125,7 +133,7 @@ def test_the_package_imports_neither_scripts_nor_benchmarks():
     """``benchmarks/`` and ``scripts/`` are not installed with asa: an import of them works only in a
     checkout (and would tie the library to its measuring tools)."""
     found = [f"{path.relative_to(ROOT)}:{line} {module}" for path in sorted(PACKAGE.rglob("*.py"))
-             for module, line in imported(path) if module.split(".")[0] in TOOLS]
+             for module, line in imports_in(path) if module.split(".")[0] in TOOLS]
     assert found == []
 
 
@@ -145,7 +153,7 @@ def test_scripts_and_benchmarks_import_existing_stages_and_never_the_console_scr
     into_cli, missing = [], []
     for tool, folder in TOOLS.items():
         for path in sorted(folder.rglob("*.py")):
-            for module, line in imported(path):
+            for module, line in imports_in(path):
                 where = f"{path.relative_to(ROOT)}:{line} {module}"
                 if module == "asa.cli" or module.startswith("asa.cli."):
                     into_cli.append(where)
@@ -156,7 +164,7 @@ def test_scripts_and_benchmarks_import_existing_stages_and_never_the_console_scr
 
 def test_the_package_imports_only_modules_that_exist():
     missing = [f"{path.relative_to(ROOT)}:{line} {module}" for path in sorted(PACKAGE.rglob("*.py"))
-               for module, line in imported(path) if module.split(".")[0] == "asa" and not _module_exists(module)]
+               for module, line in imports_in(path) if module.split(".")[0] == "asa" and not _module_exists(module)]
     assert missing == []
 
 

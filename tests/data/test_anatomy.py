@@ -41,6 +41,7 @@ def _case_arrays(root: Path) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+@pytest.mark.slow
 def test_same_seed_same_files_other_index_other_subject(tmp_path):
     a = write_anatomy_dataset("msd", tmp_path / "a", cases=2, size=32, seed=5, lesions=True)
     b = write_demo_dataset("msd", tmp_path / "b", cases=2, size=32, seed=5, anatomy=True, lesions=True)
@@ -79,6 +80,7 @@ def test_every_layout_is_read_by_its_adapter(tmp_path, layout):
             assert values == {0, 1, 2, 3}
 
 
+@pytest.mark.slow
 def test_msd_labels_cover_tissue_and_lesion_classes(msd48):
     task = get_task("msd", msd48)
     assert task.class_values == (0, 1, 2, 3, 4, 5)
@@ -91,6 +93,7 @@ def test_msd_labels_cover_tissue_and_lesion_classes(msd48):
         assert counts[4] >= 8 and counts[5] >= 30, counts  # lesions of a few voxels at 4 mm
 
 
+@pytest.mark.slow
 def test_lesions_are_of_their_kinds():
     """Heterotopia: GM intensities, inside WM, away from CSF. Deep-grey enlargement: normal tissue
     intensities, on the side drawn."""

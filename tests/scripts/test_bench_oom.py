@@ -30,6 +30,7 @@ def test_halvings_end_at_one():
 
 
 @pytest.mark.parametrize("limit, expected", [(30, (24, None)), (7, (6, 12)), (2, (1, 3)), (0, (None, 1))])
+@pytest.mark.slow
 def test_largest_fitting_batch_and_the_oom_point(limit, expected):
     runs: list[int] = []
     w, batch, too_big = largest_fitting(lambda b: _workload(b, limit, runs), 24, CPU, probe=True)
