@@ -54,6 +54,7 @@ def test_same_seed_same_files_other_index_other_subject(tmp_path):
     assert not np.array_equal(other_seed.images["t1"], make_anatomy_subject(32, seed=5, index=0).images["t1"])
 
 
+@pytest.mark.slow
 def test_lesions_change_nothing_but_the_lesions():
     healthy, lesioned = (make_anatomy_subject(32, seed=1, index=3, lesions=flag) for flag in (False, True))
     assert set(np.unique(healthy.labels)) == {0, 1, 2, 3}
@@ -138,6 +139,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
+@pytest.mark.slow
 def test_intensity_alone_cannot_find_the_lesions(msd48):
     """A per-voxel Gaussian classifier on the 4 channel intensities, fitted on the truth of the very
     cases it is scored on (the best case for it): Dice about 0.7-0.9 on the tissues, 0 on the
