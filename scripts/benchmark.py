@@ -7,7 +7,7 @@ Measures, alternating the compared models round by round so that load changes hi
    the same encoder/decoder sizes, patch size 8 and mask ratio 0.75 -> ``speedup_vs_monai_mae``;
 2. FLOPs of one step (``FlopCounterMode``) / step time over the FLOP/s of a large dense matmul
    timed in the same rounds -> ``matmul_frac`` (and MONAI's, for context); over the device's datasheet
-   peak (fp16 / bf16 on a listed GPU, ``asa.bench.harness.DATASHEET_PEAKS``; else None) -> ``mfu``;
+   peak (fp16 / bf16 on a listed GPU, ``benchmarks.harness.DATASHEET_PEAKS``; else None) -> ``mfu``;
 3. ``patch_informativeness`` of the batch / ASA step time -> ``ar_weights_fraction``;
 4. fine-tune step (forward + backward + SGD, Dice + BCE) and Gaussian sliding-window inference
    of ``ASASegmenter`` vs MONAI ``UNETR`` of the same width and heads -> ``finetune_speedup_vs_unetr``,
@@ -35,13 +35,13 @@ step with windowed SACA in the decoder / encoder (mirror-consistent masking) aga
 -> ``saca_decoder_overhead``, ``saca_encoder_overhead``; the fine-tune step of SA-Swin against
 MONAI's SwinUNETR of the same sizes -> ``sa_swin_vs_swin_unetr`` (step time ratios, 1 = no cost).
 
-``--loader`` measures the data path instead (`asa.bench.loader`): crops/s per worker at ``size``³
+``--loader`` measures the data path instead (`benchmarks.loader`): crops/s per worker at ``size``³
 from a store of ``--loader-volumes`` synthetic brains of ``--loader-shape`` against the
 ``data.cache_dir`` path (MONAI ``PersistentDataset``), alternated round by round, page cache warm
 and cold (``posix_fadvise``); resident memory per worker; start-up to the first batch with an
 ``--index-cases``-case store index.
 
-``--gpu-ab`` compares old and new code paths of the step instead (`asa.bench.ab`: the optimizer's
+``--gpu-ab`` compares old and new code paths of the step instead (`benchmarks.ab`: the optimizer's
 kernel, SLW-MSA's window partition, each pair alternated in one process, and the AR weights' share),
 then runs ``asa-pretrain`` from a store of synthetic brains with the real loader for ``--loop-steps``;
 ``--gpu-ab --dry-run`` runs all of it at toy sizes on the CPU.
@@ -95,10 +95,6 @@ from monai.networks.nets import UNETR, MaskedAutoEncoderViT, SwinUNETR
 from torch import nn
 
 import asa
-from asa.bench.harness import (Workload, alternate, datasheet_peak, fits, largest_fitting, matmul_workload, release_memory,
-                               tensor_bytes)
-from asa.bench.loader import format_loader_table, run_loader_benchmark
-from asa.bench.report import append_loader_markdown, append_markdown, format_symmetry_table, format_table
 from asa.eval.inference import predict_volume
 from asa.losses import SegmentationLoss, patch_informativeness
 from asa.models import (ASA, PRESETS, ASASegmenter, LinearWindowAttention, RegionAttention, SASwin, patch_regions,
@@ -106,6 +102,13 @@ from asa.models import (ASA, PRESETS, ASASegmenter, LinearWindowAttention, Regio
 from asa.models.layout import channels_last_inference
 from asa.train.optim import multi_tensor_kernel
 from asa.train.precision import AMP_CHOICES, amp_name, resolve_amp
+
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # this checkout's benchmarks/, not installed with asa
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import (Workload, alternate, datasheet_peak, fits, largest_fitting,  # noqa: E402
+                                matmul_workload, release_memory, tensor_bytes)
+from benchmarks.loader import format_loader_table, run_loader_benchmark  # noqa: E402
+from benchmarks.report import append_loader_markdown, append_markdown, format_symmetry_table, format_table  # noqa: E402
 
 PATCH = 8
 MASK_RATIO = 0.75
@@ -269,11 +272,11 @@ def case_workload(setup: Setup, model: ASASegmenter, case: torch.Tensor, sw_batc
 def loader_throughput(size: int, batch: int, workers: int = 2, volumes: int = 8) -> float:
     """Crops/s of the pretraining loader reading a store (``data.store``): ``volumes`` synthetic
     brains of 1.25 × 1.5 × 1.25 × ``size`` (160 × 192 × 160 at 128), brain-centred ``size``³ crops,
-    ``workers`` processes, page cache warm, timed from the first batch on (`asa.bench.loader`)."""
-    from asa.bench.loader import loader_epoch, write_synthetic_bids
+    ``workers`` processes, page cache warm, timed from the first batch on (`benchmarks.loader`)."""
     from asa.data import build_pretrain_dataset, discover
     from asa.data.store_writer import build_store
     from asa.data.preprocessing import PretrainPreprocess
+    from benchmarks.loader import loader_epoch, write_synthetic_bids
 
     shape = (size * 5 // 4, size * 3 // 2, size * 5 // 4)
     with tempfile.TemporaryDirectory(prefix="asa-bench-") as tmp:
@@ -666,9 +669,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run_gpu_ab(args: argparse.Namespace, device: torch.device, argv: Sequence[str], load_start: float,
                start: float) -> int:
-    """``--gpu-ab``: `asa.bench.ab` at the run's setting (``--dry-run``: toy sizes on the CPU), then the
+    """``--gpu-ab``: `benchmarks.ab` at the run's setting (``--dry-run``: toy sizes on the CPU), then the
     asa-pretrain loop; prints and writes (``--json``) one result dict."""
-    from asa.bench.ab import run_ab, run_pretrain_loop
+    from benchmarks.ab import run_ab, run_pretrain_loop
 
     if args.dry_run:
         device = torch.device("cpu")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Check a CUDA machine in one command, from a fresh clone with torch already installed:
 # installs asa from this checkout (pip install -e ".[test]", torch left as it is) and runs
-# `python -m asa.bench.gpu`: the CUDA tests, the 128³ benchmarks (fp16, bf16), a torchrun (NCCL)
+# `python -m benchmarks.gpu`: the CUDA tests, the 128³ benchmarks (fp16, bf16), a torchrun (NCCL)
 # pretraining killed and resumed, asa-predict of a full-size BraTS case and the fine-tuning step
 # against MONAI's UNETR and SwinUNETR, within 9 minutes on one H100. README: "Checking a GPU machine".
 #
@@ -10,7 +10,7 @@
 #   ASA_WHEELS=.wheels scripts/gpu_check.sh OUT  # no package index: the missing packages from .wheels
 #                                                # (scripts/gpu_wheels.sh .wheels fetches them elsewhere)
 #
-# Extra arguments go to python -m asa.bench.gpu (--budget S, --parts ...). PYTHON picks the interpreter.
+# Extra arguments go to python -m benchmarks.gpu (--budget S, --parts ...). PYTHON picks the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:?usage: scripts/gpu_check.sh OUT_DIR [--dry-run] [--budget SECONDS] [--parts PART ...]}"
@@ -24,4 +24,4 @@ else
     "$PY" -m pip install -q -e ".[test]"
 fi
 echo "gpu_check: asa installed from $(pwd) in $(( $(date +%s) - start )) s (torch $("$PY" -c 'import torch; print(torch.__version__)'))"
-exec "$PY" -m asa.bench.gpu --out "$OUT" "$@"
+exec "$PY" -m benchmarks.gpu --out "$OUT" "$@"

@@ -1,53 +1,180 @@
-"""Dependencies point down the pipeline: io, then data/losses/models, then train/eval, then the
-pretraining methods (which assemble those parts), then api, then the benchmarks and the compute planner (bench, which drive the whole stack), then cli."""
+"""Dependencies point down the pipeline: io, then data / losses / models, then eval, then train (whose
+validation uses eval's metrics), then the pretraining methods (which assemble those parts), then api,
+then the compute planner, then cli. Above the package, never imported by it: ``scripts/`` and the
+measuring tools of ``benchmarks/``.
+
+Every form of import counts: ``from asa.x import y``, ``from asa import x``, ``import asa.x as y``,
+relative imports, ``asa.x`` reached through ``import asa`` (also the lazy ``asa.load_encoder``) and
+``importlib.import_module("asa.x")``, at module level or inside a function."""
 from __future__ import annotations
 
-import re
+import ast
+import functools
+from collections.abc import Iterator
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "asa"
-LEVEL = {"io": 0, "data": 1, "losses": 1, "models": 1, "train": 2, "eval": 2, "methods": 3, "api": 4, "bench": 5,
-         "cli": 6}
-IMPORT = re.compile(r"^\s*(?:from|import)\s+asa\.(\w+)", re.M)
+import asa
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "asa"
+TOOLS = {"scripts": ROOT / "scripts", "benchmarks": ROOT / "benchmarks"}  # above the package
+LEVEL = {"io": 0, "data": 1, "losses": 1, "models": 1, "eval": 2, "train": 3, "methods": 4, "api": 5,
+         "planning": 6, "cli": 7}
+# stages of one level import each other only along these edges (a cycle is never declared)
+PEERS = {("models", "losses")}
 
 
-def imports() -> list[tuple[str, str, str]]:
-    """(file, its stage, imported stage) for every ``asa.<stage>`` import, also those inside functions."""
+def module_of(path: Path) -> str:
+    """``asa/train/step.py`` -> ``asa.train.step``; a package's ``__init__.py`` -> the package."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported(path: Path, own: str | None = None) -> Iterator[tuple[str, int]]:
+    """(dotted module, line) of every import in ``path`` (the module ``own``, by default the one its
+    place names), relative ones resolved, ``from asa import x`` as ``asa.x``, the ``asa.x``
+    attributes of a plain ``import asa`` and literal ``import_module`` names."""
+    tree = ast.parse(path.read_text())
+    own = own or module_of(path)
+    package = own if path.name == "__init__.py" else own.rpartition(".")[0]
+    plain_asa = False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                plain_asa |= alias.name.split(".")[0] == "asa" and alias.asname is None
+                yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                module = node.module or ""
+            if module == "asa" or (node.level and not node.module):
+                yield from ((f"{module}.{alias.name}", node.lineno) for alias in node.names)
+            else:
+                yield module, node.lineno
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            yield node.args[0].value, node.lineno
+    if plain_asa:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "asa":
+                yield f"asa.{node.attr}", node.lineno
+
+
+@functools.cache
+def imports_in(path: Path) -> tuple[tuple[str, int], ...]:
+    """`imported` of a file of the checkout, read once per test session."""
+    return tuple(imported(path))
+
+
+def stage_of(module: str) -> str | None:
+    """The stage of a dotted ``asa`` module (a lazy attribute of ``asa``: the stage it comes from);
+    None for the package root and its plain attributes (``asa.__version__``)."""
+    parts = module.split(".")
+    if parts[0] != "asa" or len(parts) < 2:
+        return None
+    if parts[1] in getattr(asa, "_LAZY", {}):
+        return stage_of(asa._LAZY[parts[1]])
+    return parts[1] if parts[1] in LEVEL else None
+
+
+@functools.cache
+def library_imports() -> tuple[tuple[str, str, str], ...]:
+    """(file:line, its stage, imported stage) for every import of another stage inside ``asa``."""
     found = []
-    for path in PACKAGE.rglob("*.py"):
-        rel = path.relative_to(PACKAGE)
-        if len(rel.parts) < 2:
+    for path in sorted(PACKAGE.rglob("*.py")):
+        stage = stage_of(module_of(path))
+        if stage is None:  # asa/__init__.py: the version and the lazy names only
             continue
-        stage = rel.parts[0]
-        found += [(str(rel), stage, m.group(1)) for m in IMPORT.finditer(path.read_text()) if m.group(1) != stage]
-    return found
+        for module, line in imports_in(path):
+            target = stage_of(module)
+            if target is not None and target != stage:
+                found.append((f"{path.relative_to(ROOT)}:{line}", stage, target))
+    return tuple(found)
 
 
 def test_every_stage_is_known():
     stages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    stages |= {p.stem for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
     assert stages == set(LEVEL)
-    assert imports()  # the scan sees the package's imports
+    assert library_imports()  # the scan sees the package's imports
+
+
+def test_the_scan_sees_every_form_of_import(tmp_path):
+    """Each form names its stage, relative ones resolved from the file's own package."""
+    source = ("import asa\nimport asa.models as m\nfrom asa import eval\nfrom asa.data import x\n"
+              "from ..io import y\nfrom . import step\nimport importlib\nimportlib.import_module('asa.api.config')\n"
+              "def f():\n    from asa.methods import z\n    return asa.load_encoder, asa.__version__\n")
+    path = tmp_path / "probe.py"
+    path.write_text(source)
+    stages = sorted(filter(None, (stage_of(m) for m, _ in imported(path, "asa.train.probe"))))
+    assert stages == sorted(["models", "eval", "data", "io", "train", "api", "methods", "models"])
 
 
 def test_no_import_points_up_the_pipeline():
-    upward = [(f, target) for f, stage, target in imports() if LEVEL[target] > LEVEL[stage]]
+    upward = [(f, target) for f, stage, target in library_imports() if LEVEL[target] > LEVEL[stage]]
     assert upward == []
 
 
-def test_io_imports_nothing_of_asa_and_only_the_console_scripts_import_bench():
-    assert [(f, t) for f, stage, t in imports() if stage == "io"] == []
-    assert [(f, t) for f, stage, t in imports() if t == "bench" and stage != "cli"] == []
+def test_stages_of_one_level_import_each_other_only_along_declared_edges():
+    sideways = [(f, stage, target) for f, stage, target in library_imports()
+                if LEVEL[target] == LEVEL[stage] and (stage, target) not in PEERS]
+    assert sideways == []
+    assert not {(b, a) for a, b in PEERS} & PEERS
+
+
+def test_io_imports_nothing_of_asa_and_only_the_console_scripts_import_the_planner():
+    assert [(f, t) for f, stage, t in library_imports() if stage == "io"] == []
+    assert [(f, t) for f, stage, t in library_imports() if t == "planning" and stage != "cli"] == []
+
+
+def test_the_package_imports_neither_scripts_nor_benchmarks():
+    """``benchmarks/`` and ``scripts/`` are not installed with asa: an import of them works only in a
+    checkout (and would tie the library to its measuring tools)."""
+    found = [f"{path.relative_to(ROOT)}:{line} {module}" for path in sorted(PACKAGE.rglob("*.py"))
+             for module, line in imports_in(path) if module.split(".")[0] in TOOLS]
+    assert found == []
+
+
+def _module_exists(module: str) -> bool:
+    parts = module.split(".")
+    if parts[0] != "asa":
+        return True
+    if len(parts) == 2 and (parts[1] in getattr(asa, "_LAZY", {}) or hasattr(asa, parts[1])):
+        return True
+    target = ROOT.joinpath(*parts)
+    return target.with_suffix(".py").is_file() or (target / "__init__.py").is_file()
+
+
+def test_scripts_and_benchmarks_import_existing_stages_and_never_the_console_scripts():
+    """The tools drive the library through its stages (``asa.api``, ``asa.data``, ...): not through
+    ``asa.cli``, whose modules are thin entries, and never a module that has moved or gone."""
+    into_cli, missing = [], []
+    for tool, folder in TOOLS.items():
+        for path in sorted(folder.rglob("*.py")):
+            for module, line in imports_in(path):
+                where = f"{path.relative_to(ROOT)}:{line} {module}"
+                if module == "asa.cli" or module.startswith("asa.cli."):
+                    into_cli.append(where)
+                elif module.split(".")[0] == "asa" and not _module_exists(module):
+                    missing.append(where)
+    assert into_cli == [] and missing == []
+
+
+def test_the_package_imports_only_modules_that_exist():
+    missing = [f"{path.relative_to(ROOT)}:{line} {module}" for path in sorted(PACKAGE.rglob("*.py"))
+               for module, line in imports_in(path) if module.split(".")[0] == "asa" and not _module_exists(module)]
+    assert missing == []
 
 
 # modules whose functions may import asa, and why (say it in the module too)
-LOCAL_IMPORTS = {"bench/gpu_parts.py": "each GPU-check part runs in its own process and loads only its own stack"}
+LOCAL_IMPORTS: dict[str, str] = {}
 
 
 def test_asa_imports_sit_at_module_level():
     """A function-local import of asa hides a real dependency (or a cycle): every one is at the top of
     its module, but in the modules of LOCAL_IMPORTS."""
-    import ast
-
     local = []
     for path in PACKAGE.rglob("*.py"):
         if str(path.relative_to(PACKAGE)) in LOCAL_IMPORTS:

@@ -7,7 +7,7 @@ import math
 import sys
 from collections.abc import Sequence
 
-from asa.bench.planner import (GIB, DeviceProfile, bytes_per_case, format_plan, plan_run, profile_from_json,
+from asa.planning import (GIB, DeviceProfile, bytes_per_case, format_plan, plan_run, profile_from_json,
                                profile_from_markdown, samples_per_s_estimate)
 
 _EPILOG = """device profile (one of, later ones filling what earlier ones lack):

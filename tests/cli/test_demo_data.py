@@ -73,6 +73,7 @@ def test_targets_flag_writes_the_subjects_targets(tmp_path, capsys):
     assert main(["--layout", "brats", "--out", str(tmp_path / "t"), "--cases", "2", "--size", "24", "--targets"]) == 2
 
 
+@pytest.mark.slow
 def test_anatomy_flag_writes_template_subjects(tmp_path, capsys):
     pytest.importorskip("nilearn")
     out = tmp_path / "msd"

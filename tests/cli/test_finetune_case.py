@@ -45,6 +45,7 @@ def _finetune(root: Path, out: Path, *extra: str):
 
 @pytest.mark.parametrize("target, kind, monitor, outputs", [("diagnosis", "multiclass", "val/balanced_accuracy", 3),
                                                             ("age", "continuous", "val/mae", 1)])
+@pytest.mark.slow
 def test_a_tiny_case_run_writes_checkpoints_that_rebuild_the_head(tmp_path, bids, capsys, target, kind, monitor, outputs):
     torch.manual_seed(0)
     mae = ASA(img_size=32, **PRESETS["tiny"])
@@ -132,6 +133,7 @@ def test_case_runs_refuse_what_they_cannot_honour(tmp_path, bids):
     assert not any((tmp_path / n).exists() for n in "abcdefh")  # refused before the run folder was touched
 
 
+@pytest.mark.slow
 def test_a_regression_head_learns_age_better_than_the_mean(tmp_path):
     """From scratch on 16 training phantoms (32^3), held-out MAE well below predicting the training mean."""
     root = write_demo_dataset("bids", tmp_path / "data", cases=24, size=32, seed=0, targets=True)
@@ -180,6 +182,7 @@ BASELINES = {  # tiny sizes: seconds on a CPU
 
 
 @pytest.mark.parametrize("arch", sorted(BASELINES))
+@pytest.mark.slow
 def test_a_monai_baseline_fine_tunes_predicts_and_evaluates_under_the_case_recipe(tmp_path, bids, arch):
     """MONAI's ViT / SwinViT under the same head: checkpoints rebuild from themselves, the encoder-aware
     options apply (frozen encoder bit-exact, layer-wise lr scales), and asa-evaluate of asa-predict's
@@ -211,6 +214,7 @@ def test_a_monai_baseline_fine_tunes_predicts_and_evaluates_under_the_case_recip
     assert saved["metrics"]["balanced_accuracy"]["value"] == pytest.approx(best["val/balanced_accuracy"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_multi_session_data_grid_crops_and_subject_split(tmp_path):
     """Volumes larger than the crop (48^3, crop 32: 27 crops a case) with two sessions per subject: the
     split keeps a subject's sessions together, validation averages over the crops exactly as

@@ -107,6 +107,7 @@ def test_pretrained_weights_for_a_baseline_are_rejected_clearly(encoder_export):
 
 
 @pytest.mark.parametrize("model, size", [("unetr", 32), ("swin_unetr", 64)])  # SwinUNETR downsamples by 32
+@pytest.mark.slow
 def test_monai_baselines_build_from_their_configs(model, size):
     from omegaconf import OmegaConf
 

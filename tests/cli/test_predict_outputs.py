@@ -55,6 +55,7 @@ def _snapshot(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_manifest_records_the_checkpoint_of_every_prediction(setup, tmp_path, capsys):
     base, data, a, _ = setup
     out = tmp_path / "preds"
@@ -69,6 +70,7 @@ def test_manifest_records_the_checkpoint_of_every_prediction(setup, tmp_path, ca
     assert "wrote 3 prediction(s)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_folder_holding_predictions_is_refused_then_replaced_or_continued(setup, tmp_path):
     base, data, a, b = setup
     out = tmp_path / "preds"
@@ -129,6 +131,7 @@ def test_bad_options_are_refused_before_writing(setup, tmp_path, extra, match):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_windows_side_by_side_are_allowed(setup, tmp_path):
     """overlap=0 (the low end of the documented [0, 1)) predicts; it was turned into a negative overlap
     on the patch lattice, which MONAI refuses."""
@@ -147,6 +150,7 @@ def test_empty_input_list_is_refused(setup, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_one_channel_checkpoint_on_four_channels_says_which_it_reads(setup, tmp_path, capsys):
     base, data, _, _ = setup
     t1 = _checkpoint(base / "t1.pt", "ibsr", 0)  # IBSR: one channel, t1

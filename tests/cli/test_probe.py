@@ -36,6 +36,7 @@ def _overrides(root, out, *encoders, extra=()):
             "device=cpu", "folds=3", "bootstrap=50", "knn_k=3", *extra]
 
 
+@pytest.mark.slow
 def test_probe_prints_a_pretrained_and_a_random_row_with_intervals(tmp_path, aged, capsys):
     a = _checkpoint(tmp_path / "a.pt", 1)
     b = _checkpoint(tmp_path / "b.pt", 2)
@@ -66,6 +67,7 @@ def test_probe_prints_a_pretrained_and_a_random_row_with_intervals(tmp_path, age
     assert len(again["rows"]) == 1 and list(tmp_path.glob("out.replaced-*"))
 
 
+@pytest.mark.slow
 def test_probe_of_a_class_target_and_of_an_encoder_export(tmp_path, aged):
     a = _checkpoint(tmp_path / "a.pt", 1)
     export = tmp_path / "encoder.safetensors"
@@ -82,6 +84,7 @@ def test_probe_of_a_class_target_and_of_an_encoder_export(tmp_path, aged):
     assert set(result["table"]) == {"logistic/balanced_accuracy", "logistic/auroc", "knn/balanced_accuracy", "knn/auroc"}
 
 
+@pytest.mark.slow
 def test_probe_of_voxel_labels_and_an_sa_swin_encoder(tmp_path):
     root = write_demo_dataset("ibsr", tmp_path / "ibsr", cases=4, size=32, seed=1)
     sizes = dict(feature_size=12, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 4])
@@ -115,6 +118,7 @@ def test_probe_refusals_name_the_option(tmp_path, aged, extra, error, match, mon
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_console_script_refuses_with_exit_2(tmp_path):
     done = subprocess.run([sys.executable, "-m", "asa.cli.probe", "encoders=[random]", f"output={tmp_path / 'o'}"],
                           capture_output=True, text=True)

@@ -41,6 +41,7 @@ def _case_arrays(root: Path) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+@pytest.mark.slow
 def test_same_seed_same_files_other_index_other_subject(tmp_path):
     a = write_anatomy_dataset("msd", tmp_path / "a", cases=2, size=32, seed=5, lesions=True)
     b = write_demo_dataset("msd", tmp_path / "b", cases=2, size=32, seed=5, anatomy=True, lesions=True)
@@ -53,6 +54,7 @@ def test_same_seed_same_files_other_index_other_subject(tmp_path):
     assert not np.array_equal(other_seed.images["t1"], make_anatomy_subject(32, seed=5, index=0).images["t1"])
 
 
+@pytest.mark.slow
 def test_lesions_change_nothing_but_the_lesions():
     healthy, lesioned = (make_anatomy_subject(32, seed=1, index=3, lesions=flag) for flag in (False, True))
     assert set(np.unique(healthy.labels)) == {0, 1, 2, 3}
@@ -79,6 +81,7 @@ def test_every_layout_is_read_by_its_adapter(tmp_path, layout):
             assert values == {0, 1, 2, 3}
 
 
+@pytest.mark.slow
 def test_msd_labels_cover_tissue_and_lesion_classes(msd48):
     task = get_task("msd", msd48)
     assert task.class_values == (0, 1, 2, 3, 4, 5)
@@ -91,6 +94,7 @@ def test_msd_labels_cover_tissue_and_lesion_classes(msd48):
         assert counts[4] >= 8 and counts[5] >= 30, counts  # lesions of a few voxels at 4 mm
 
 
+@pytest.mark.slow
 def test_lesions_are_of_their_kinds():
     """Heterotopia: GM intensities, inside WM, away from CSF. Deep-grey enlargement: normal tissue
     intensities, on the side drawn."""
@@ -135,6 +139,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
+@pytest.mark.slow
 def test_intensity_alone_cannot_find_the_lesions(msd48):
     """A per-voxel Gaussian classifier on the 4 channel intensities, fitted on the truth of the very
     cases it is scored on (the best case for it): Dice about 0.7-0.9 on the tissues, 0 on the

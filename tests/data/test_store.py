@@ -203,6 +203,7 @@ def test_padded_indices_are_those_of_the_padded_mask():
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("size, augment", [(24, True), (40, True), (40, False)])  # inside the volume, beyond it
+@pytest.mark.slow
 def test_pretrain_crops_from_the_store_equal_the_files(bids, tmp_path, dtype, size, augment):
     from asa.train.data import move_to
 
@@ -230,6 +231,7 @@ def test_pretrain_crops_from_the_store_equal_the_files(bids, tmp_path, dtype, si
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.slow
 def test_finetune_crops_from_the_store_equal_the_files(brats, tmp_path, dtype):
     task = get_task("brats")
     cases = discover("brats", brats)

@@ -71,6 +71,7 @@ class Spy(nn.Module):
         return torch.zeros(x.shape[0], 4, *x.shape[2:]) + self.dummy
 
 
+@pytest.mark.slow
 def test_sliding_windows_start_on_the_lattice_and_carry_their_offsets(lps_case):
     case, origin = lps_case
     image, reference = preprocess_for_inference(case, get_task("ibsr"))
@@ -146,6 +147,7 @@ class LatticeProbe(nn.Module):
 
 
 @pytest.mark.parametrize("centre", [None, (20.0, 25.0, 18.0), (20.5, 25.0, 18.5)])
+@pytest.mark.slow
 def test_flip_tta_keeps_every_voxels_patch_and_code(centre):
     """Each flipped pass sees the mirror image of the unflipped lattice, so a network whose output is
     a function of the voxel's patch gives the same value under every flip: TTA changes nothing. A

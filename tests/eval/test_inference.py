@@ -148,6 +148,7 @@ def test_full_size_brats_case_stays_within_memory_bound():
     assert peak_mib < 1536, f"peak RSS {peak_mib:.0f} MiB"
 
 
+@pytest.mark.slow
 def test_bf16_prediction_matches_fp32_labels_on_a_demo_case(tmp_path):
     """The asa-predict path under bf16 autocast gives the fp32 labels on >= 99 % of the voxels."""
     from asa.data import discover, get_task, preprocess_for_inference, write_demo_dataset

@@ -28,6 +28,7 @@ def trained():
     return net, task, image, expected
 
 
+@pytest.mark.slow
 def test_predictor_rebuilds_from_the_spec_without_config_keys(tmp_path, trained):
     net, task, image, expected = trained
     save_checkpoint(tmp_path / "best.pt", {"model": net.state_dict(), "network": network_spec(net),

@@ -97,6 +97,7 @@ def test_continuous_case_probe_out_of_fold_predictions_and_intervals():
     assert noise["metrics"]["ridge/r2"]["value"] < 0.2
 
 
+@pytest.mark.slow
 def test_class_case_probe_balanced_accuracy_and_auroc():
     g = torch.Generator().manual_seed(4)
     labels = np.arange(45) % 3

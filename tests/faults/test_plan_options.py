@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from asa.bench.planner import DeviceProfile, plan_run
+from asa.planning import DeviceProfile, plan_run
 from asa.cli.common import EXIT_REFUSED
 from asa.cli.plan import main
 

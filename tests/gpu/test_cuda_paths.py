@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from asa.bench.sdpa import sdpa_backends
+from benchmarks.sdpa import sdpa_backends
 from asa.data import build_pretrain_dataset, discover, write_demo_dataset
 from asa.data.augmentation import apply_deferred_augmentation
 from asa.data.store_writer import build_store

@@ -48,6 +48,7 @@ def _phantom_crops(n: int, size: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("experiment, extra", [("rpl", ["method.pairs=8"]), ("jigsaw", [])])
+@pytest.mark.slow
 def test_the_pretext_loss_falls_on_phantoms(experiment, extra):
     x = _phantom_crops(8, 48)
     torch.manual_seed(0)
@@ -66,6 +67,7 @@ def test_the_pretext_loss_falls_on_phantoms(experiment, extra):
 
 
 @pytest.mark.parametrize("experiment, extra", [("rpl", ["method.jitter=2"]), ("jigsaw", ["method.grid=2"])])
+@pytest.mark.slow
 def test_the_exported_encoder_fine_tunes_and_predicts_like_asas(tmp_path, experiment, extra):
     pre = load_config("pretrain", f"experiment={experiment}", "model=tiny", "trainer=smoke", "data.crop=32",
                       "data.demo.size=40", "data.demo.cases=6", f"data.demo.cache_dir={tmp_path / 'cache'}",

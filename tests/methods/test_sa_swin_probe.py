@@ -12,6 +12,7 @@ from asa.eval.frozen import swin_tokens
 SIZES = ["method.feature_size=12", "method.depths=[1,1,1,1]", "method.num_heads=[1,1,2,4]"]
 
 
+@pytest.mark.slow
 def test_sa_swin_probe_tokens_are_the_stride_8_swin_stage(tmp_path):
     root = write_demo_dataset("ibsr", tmp_path / "ibsr", cases=2, size=32, seed=2)
     cfg = load_config("pretrain", "experiment=sa_swin", "data.crop=32", f"probe.data={root}", "probe.cases=2", *SIZES)

@@ -91,6 +91,7 @@ def test_a_method_registered_from_the_tests_pretrains_and_exports_through_the_ap
     _check_run(tmp_path / "run", 0.25)
 
 
+@pytest.mark.slow
 def test_a_method_registered_from_the_tests_runs_under_asa_pretrain(tmp_path, toy, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["asa-pretrain", *_overrides(tmp_path / "run", tmp_path / "cache")])
     code = 0

@@ -59,6 +59,7 @@ def test_plan_bad_arguments():
         plan_dynunet((32, 32), 1.0)
 
 
+@pytest.mark.slow
 def test_forward_backward_with_deep_supervision_32():
     torch.manual_seed(0)
     net = build_network({"arch": "dynunet", "kwargs": dict(img_size=32, in_channels=2, out_channels=3)})
@@ -79,6 +80,7 @@ def test_forward_backward_with_deep_supervision_32():
     assert isinstance(plain, torch.Tensor) and plain.shape == (2, 3, 32, 32, 32)  # predict gets plain logits
 
 
+@pytest.mark.slow
 def test_spec_records_the_plan_and_options():
     net = build_network({"arch": "dynunet", "kwargs": dict(img_size=(64, 64, 32), in_channels=1, out_channels=2,
                                                            spacing=(1.0, 1.0, 2.0), deep_supervision=False)})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 
+import pytest
 import torch
 
 from asa.models import ASA, PRESETS, ASASegmenter, EncoderSettings, SWViTEncoder
@@ -25,6 +26,7 @@ def test_both_networks_hold_the_same_encoder_module():
     assert (seg.img_size, seg.grid, seg.reference_grid) == (seg.encoder.img_size, seg.encoder.grid, seg.encoder.reference_grid)
 
 
+@pytest.mark.slow
 def test_pretraining_and_fine_tuning_paths_of_the_encoder_agree():
     enc = _mae().encoder.eval()
     x = torch.randn(2, 1, 32, 32, 32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from monai.networks.nets import UNETR
 
@@ -32,6 +33,7 @@ def _rms(net: torch.nn.Module, prefix: str, x: torch.Tensor, y: torch.Tensor) ->
     return math.sqrt(sums[True][0] / sums[True][1]), math.sqrt(sums[False][0] / sums[False][1])
 
 
+@pytest.mark.slow
 def test_decoder_takes_raw_hidden_states_and_the_normed_output():
     """UNETR's convention: the skips are the raw residual stream of blocks (k+1)·d/4 − 1 (position
     code included), only the deepest input is the encoder's final LayerNorm (unit RMS per token)."""
@@ -56,6 +58,7 @@ def test_decoder_takes_raw_hidden_states_and_the_normed_output():
     assert volume(blocks[third]).pow(2).mean() > 1.0  # raw: the residual stream carries the SPE (RMS 1/√2)
 
 
+@pytest.mark.slow
 def test_encoder_gradient_per_weight_is_within_a_factor_of_unetrs():
     """On one batch the encoder's per-weight gradient (relative to its decoder's) stays within 16x of
     UNETR's of the same width (scripts/gradient_share.py: 4.8x on random data, 5-6.5x on phantoms,

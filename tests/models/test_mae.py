@@ -95,6 +95,7 @@ def test_wrong_input_shape_and_bad_ratio_are_rejected():
         ASA(**TINY, mask_ratio=1.0)
 
 
+@pytest.mark.slow
 def test_tiny_asa_overfits_one_volume():
     torch.manual_seed(0)
     grid = torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, 32)] * 3, indexing="ij"))

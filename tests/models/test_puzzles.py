@@ -53,6 +53,7 @@ def test_three_permutations_of_three_blocks_differ_everywhere(seed):
     assert all(sorted(col.tolist()) == [0, 1, 2] for col in perms.T)
 
 
+@pytest.mark.slow
 def test_the_permutation_set_is_deterministic_and_keeps_its_claimed_distance():
     perms = jigsaw_permutations(27, 100, seed=0)  # the default set (README: least Hamming distance 24 of 27)
     assert perms.shape == (100, 27) and perms.dtype == torch.long

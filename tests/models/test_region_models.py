@@ -85,6 +85,7 @@ def test_focal_region_mae_loss_by_hand():
         ASA(img_size=32, loss_weighting="focal", **TINY)
 
 
+@pytest.mark.slow
 def test_segmenter_with_region_attention():
     torch.manual_seed(0)
     net = ASASegmenter(img_size=32, out_channels=3, region_attention="alternate", feature_size=8,

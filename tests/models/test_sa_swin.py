@@ -14,6 +14,7 @@ def net() -> SASwin:
     return SASwin(1, 3, **TINY).eval()
 
 
+@pytest.mark.slow
 def test_flipping_the_input_swaps_f_and_its_mirror(net):
     torch.manual_seed(1)
     x = torch.randn(1, 1, 64, 32, 32)  # bottleneck 2×1×1 tokens
@@ -34,6 +35,7 @@ def test_mirror_is_the_left_right_axis():
     assert SASwin(1, 2, lr_axis=2, **TINY).mirror(x)[0, 0, 0, 1, 1] == 1.0
 
 
+@pytest.mark.slow
 def test_forward_shape_and_bad_input(net):
     with torch.no_grad():
         assert net(torch.randn(2, 1, 32, 32, 64)).shape == (2, 3, 32, 32, 64)

@@ -8,6 +8,7 @@ from asa.models import SASwin, SymmetryAwareHead
 TINY = dict(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 4))
 
 
+@pytest.mark.slow
 def test_loss_is_the_sum_of_the_enabled_terms_and_trains():
     torch.manual_seed(0)
     head = SymmetryAwareHead(**TINY, drop_patch=8)
@@ -19,6 +20,7 @@ def test_loss_is_the_sum_of_the_enabled_terms_and_trains():
     assert all(p.grad is not None for p in head.parameters() if p.requires_grad)
 
 
+@pytest.mark.slow
 def test_symmetry_term_follows_its_formula():
     torch.manual_seed(0)
     head = SymmetryAwareHead(**TINY, terms=("symmetry",), drop_ratio=0.0, drop_patch=8).eval()
@@ -87,6 +89,7 @@ def test_validation_groups_keep_at_least_a_pair():
         validation_groups(3, 0)
 
 
+@pytest.mark.slow
 def test_sa_swin_validation_loss_does_not_depend_on_the_batch_split():
     """Fixed pairs (the tail joining the last one), each with its own views: the same value for any
     validation batch size, and no one-volume batch whose contrastive term is 0."""

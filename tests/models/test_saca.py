@@ -177,6 +177,7 @@ def test_segmenter_with_encoder_saca_loads_its_pretrained_saca_weights(tmp_path)
     assert seg(torch.randn(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
 
 
+@pytest.mark.slow
 def test_segmenter_mirror_follows_the_brain_frame():
     kw = dict(embed_dim=24, depth=4, num_heads=2, window_size=8)
     seg = ASASegmenter(img_size=32, out_channels=2, saca="encoder", reference_grid=(6, 4, 4), **kw)  # crop grid 4³
@@ -217,6 +218,7 @@ def _spe_pairs_are_saca_pairs(codes: torch.Tensor, mirror: torch.Tensor) -> None
 
 
 @pytest.mark.parametrize("grid", [4, (2, 4, 4)])
+@pytest.mark.slow
 def test_crop_frame_folds_about_the_crops_own_centre(grid):
     """spe_frame=crop with a crop grid other than the reference grid (allow_grid_change): the crop's
     table pairs w with G-1-w, as SACA's mirror map does (it paired 0..3 about the reference centre)."""
@@ -238,6 +240,7 @@ def test_crop_frame_folds_about_the_crops_own_centre(grid):
         assert torch.equal(seg(x, offsets=torch.tensor([[1, 0, 0]])), seg(x))
 
 
+@pytest.mark.slow
 def test_brain_frame_offset_zero_pairs_codes_as_saca_does():
     """Offsets left out mean offset 0 in the brain frame: SACA's mirror is then taken about the reference
     centre too, the fold of the codes (a 4-grid crop in a 6-grid reference: slabs 2, 3 pair)."""

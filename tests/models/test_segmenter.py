@@ -61,6 +61,7 @@ def test_mismatched_checkpoint_raises(tmp_path):
         _segmenter().load_pretrained(tmp_path / "missing.pt")
 
 
+@pytest.mark.slow
 def test_forward_takes_per_sample_brain_frame_offsets():
     torch.manual_seed(0)
     net = _segmenter(out_channels=2).eval()

@@ -38,6 +38,7 @@ def test_hidden_states_of_chosen_blocks():
         net(x, hidden_indices=(4,))
 
 
+@pytest.mark.slow
 def test_position_code_is_added_and_checkpointing_gives_same_gradients():
     torch.manual_seed(0)
     net = _vit(32, 2, 2)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from asa.bench import report
-from asa.bench.harness import Workload, fits, halvings, largest_fitting
+from benchmarks import report
+from benchmarks.harness import Workload, fits, halvings, largest_fitting
 
 CPU = torch.device("cpu")
 
@@ -30,6 +30,7 @@ def test_halvings_end_at_one():
 
 
 @pytest.mark.parametrize("limit, expected", [(30, (24, None)), (7, (6, 12)), (2, (1, 3)), (0, (None, 1))])
+@pytest.mark.slow
 def test_largest_fitting_batch_and_the_oom_point(limit, expected):
     runs: list[int] = []
     w, batch, too_big = largest_fitting(lambda b: _workload(b, limit, runs), 24, CPU, probe=True)
@@ -95,10 +96,10 @@ def test_a_row_parses_back_into_its_columns():
     r = {"date": "2026-11-22T10:00:00+00:00", "device_name": "NVIDIA H100 | 80GB", "torch_version": "2.13.0",
          "amp": "fp16", "size": 128, "batch": 24, "preset": "base", "asa_step_s": 0.25, "asa_samples_per_s": 96.0,
          "matmul_frac": 0.45, "ar_weights_fraction": 0.01, "asa_pretrain_peak_mib": 20480.0,
-         "fp16_speedup": 2.5, "command": "python -m asa.bench.gpu --out x"}
+         "fp16_speedup": 2.5, "command": "python -m benchmarks.gpu --out x"}
     row = report.parse_markdown_row(report.markdown_row(r), _header())
     assert row["device"] == "NVIDIA H100 | 80GB"  # the escaped pipe stays in its cell
     assert row["bf16×"] == "2.50" and row["matmul frac (MAE)"] == "0.45" and row["peak GiB ASA / MAE"] == "20.00 / -"
-    assert row["vs MAE"] == row["load"] == "-" and row["command"] == "`python -m asa.bench.gpu --out x`"
+    assert row["vs MAE"] == row["load"] == "-" and row["command"] == "`python -m benchmarks.gpu --out x`"
     with pytest.raises(ValueError, match="cells"):
         report.parse_markdown_row("| a | b |", _header())

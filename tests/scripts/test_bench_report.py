@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from asa.bench import report
+from benchmarks import report
 
 
 def test_a_row_goes_below_the_last_table_row_not_after_later_sections(tmp_path, monkeypatch):

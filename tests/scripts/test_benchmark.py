@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from asa.bench.harness import PeakMemory
+from benchmarks.harness import PeakMemory
 from asa.train.precision import cpu_has_native_bf16
 
 pytestmark = pytest.mark.slow  # the benchmark runs real training steps
@@ -211,7 +211,7 @@ def test_gpu_ab_dry_run_compares_old_and_new_paths_and_runs_the_pretrain_loop(tm
 
 
 def test_mfu_uses_the_datasheet_peak_and_none_elsewhere(monkeypatch):
-    from asa.bench import harness
+    from benchmarks import harness
 
     assert harness.datasheet_peak(torch.device("cpu"), torch.bfloat16) is None
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")

@@ -6,7 +6,7 @@ import re
 import shlex
 from pathlib import Path
 
-from asa.bench.planner import ESTIMATE_CAVEATS
+from asa.planning import ESTIMATE_CAVEATS
 from asa.cli.plan import main
 
 README = Path(__file__).resolve().parents[2] / "README.md"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from asa.bench.planner import (GIB, DeviceProfile, bytes_per_case, plan_run, profile_from_json,
+from asa.planning import (GIB, DeviceProfile, bytes_per_case, plan_run, profile_from_json,
                                profile_from_markdown, samples_per_s_estimate)
 from asa.cli.plan import main
 

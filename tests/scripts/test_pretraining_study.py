@@ -116,6 +116,7 @@ def test_whole_study_at_toy_scale_writes_the_report_and_resumes(tmp_path, capsys
 
 
 @pytest.mark.parametrize("scale", ["full", "gpu"], ids=["full-scale", "gpu-scale"])  # an id "gpu" reads as the marker
+@pytest.mark.slow
 def test_dry_run_checks_every_configuration_and_writes_nothing(tmp_path, capsys, scale):
     out = tmp_path / "study"
     assert study.main(["--scale", scale, "--anatomy", "--dry-run", "--out", str(out)]) == 0

@@ -111,6 +111,7 @@ def _train(tmp_path, amp: str, steps: int = 50, device: str = "cpu") -> list[flo
     return losses
 
 
+@pytest.mark.slow
 def test_bf16_training_follows_fp32(tmp_path):
     """50 steps of the tiny ASA from one seed: the bf16 loss curve stays within 2 % of the fp32 one at
     every step (measured: 0.05 %; bf16 keeps 8 mantissa bits, ~0.4 % per rounding, and the loss

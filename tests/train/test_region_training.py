@@ -56,6 +56,7 @@ def test_step_gives_regions_to_a_region_attention_network():
         segmentation_step(SegmentationLoss(multilabel=False))(net, {k: batch[k] for k in ("image", "label")})
 
 
+@pytest.mark.slow
 def test_sliding_windows_carry_the_region_map():
     torch.manual_seed(0)
     net = ASASegmenter(img_size=32, out_channels=3, region_attention="all", **SEG).eval()

@@ -2,9 +2,9 @@
 a torchrun (NCCL) pretraining killed and resumed, asa-predict of a full-size BraTS case, the
 fine-tuning step against MONAI's UNETR and SwinUNETR, and the attention kernels in use.
 
-    python -m asa.bench.gpu --out DIR             # from a checkout on a CUDA machine (budgeted: < 9 min on one H100)
-    python -m asa.bench.gpu --out DIR --dry-run   # every part at toy sizes on the CPU (seconds)
-    python -m asa.bench.gpu --rows DIR/gpu_check.json --append-md BENCHMARKS.md   # add its rows here
+    python -m benchmarks.gpu --out DIR             # from a checkout on a CUDA machine (budgeted: < 9 min on one H100)
+    python -m benchmarks.gpu --out DIR --dry-run   # every part at toy sizes on the CPU (seconds)
+    python -m benchmarks.gpu --rows DIR/gpu_check.json --append-md BENCHMARKS.md   # add its rows here
 
 ``scripts/gpu_check.sh DIR`` installs the package from the checkout first. Each part runs in its
 own process with its own time limit inside an overall budget (``--budget``); a part that fails,
@@ -40,8 +40,8 @@ from typing import Any
 import torch
 
 import asa
-from asa.bench.gpu_parts import PARTS, PROFILES, Context, reap, spawn, stop_started
-from asa.bench.report import TARGETS, append_markdown, markdown_row
+from benchmarks.gpu_parts import PARTS, PROFILES, Context, reap, spawn, stop_started
+from benchmarks.report import TARGETS, append_markdown, markdown_row
 from asa.io import atomic_write_json, atomic_write_text
 
 __all__ = ["GPU_TARGETS", "main", "run_check", "rows_of"]
@@ -66,8 +66,8 @@ GPU_TARGETS = {  # (key, comparison, bound) on the merged row of each precision
 
 def find_repo(given: Path | None) -> Path:
     """The checkout whose scripts/benchmark.py and tests/ the check runs: ``given``, else the
-    working folder, else the folder above the imported package."""
-    for candidate in ([given] if given else [Path.cwd(), Path(asa.__file__).resolve().parents[1]]):
+    working folder, else the checkout this package lies in."""
+    for candidate in ([given] if given else [Path.cwd(), Path(__file__).resolve().parents[1]]):
         if (candidate / "scripts" / "benchmark.py").is_file() and (candidate / "tests").is_dir():
             return candidate.resolve()
     raise SystemExit(f"--repo {given or Path.cwd()}: not an asa checkout (needs scripts/benchmark.py and tests/); "
@@ -80,7 +80,7 @@ def describe_machine(repo: Path, argv: Sequence[str]) -> dict[str, Any]:
 
     facts: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", "-m", "asa.bench.gpu", *argv]),
+        "command": shlex.join(["python", "-m", "benchmarks.gpu", *argv]),
         "host": platform.node(), "python": platform.python_version(), "torch_version": torch.__version__,
         "monai_version": monai.__version__, "asa_version": getattr(asa, "__version__", "unknown"),
         "cuda_available": torch.cuda.is_available(), "cuda_version": torch.version.cuda,
@@ -120,7 +120,7 @@ class Log:
 
 
 def _child_command(name: str, repo: Path, work: Path, dry_run: bool, timeout_s: float) -> list[str]:
-    return [sys.executable, "-m", "asa.bench.gpu", "--part", name, "--repo", str(repo), "--work", str(work),
+    return [sys.executable, "-m", "benchmarks.gpu", "--part", name, "--repo", str(repo), "--work", str(work),
             "--part-timeout", f"{timeout_s:.0f}", *(["--dry-run"] if dry_run else [])]
 
 
@@ -244,7 +244,7 @@ def evaluate_targets(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def write_rows(rows: list[dict[str, Any]], path: Path) -> Path:
     lines = ["<!-- BENCHMARKS.md rows of this GPU check: paste below the last row of the results table, or run",
-             "     python -m asa.bench.gpu --rows gpu_check.json --append-md BENCHMARKS.md -->"]
+             "     python -m benchmarks.gpu --rows gpu_check.json --append-md BENCHMARKS.md -->"]
     lines += [markdown_row(r) for r in rows] or ["<!-- no benchmark part finished: no row -->"]
     return atomic_write_text(path, "\n".join(lines) + "\n")
 
@@ -343,7 +343,7 @@ def _report(summary: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m asa.bench.gpu", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, help="folder for gpu_check.json, benchmarks_row.md and gpu_check.log")
     p.add_argument("--dry-run", action="store_true", help="every part at toy sizes on the CPU (gloo for NCCL)")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from asa.bench import gpu
-from asa.bench.gpu_parts import gpu_test_files, run_command
-from asa.bench.report import MD_HEADER, parse_markdown_row
+from benchmarks import gpu
+from benchmarks.gpu_parts import gpu_test_files, run_command
+from benchmarks.report import MD_HEADER, parse_markdown_row
 
 REPO = Path(__file__).resolve().parents[2]
 HEADER = next(line for line in MD_HEADER.splitlines() if line.startswith("| date |"))
@@ -32,7 +32,7 @@ def test_the_dry_run_passes_every_part_and_writes_its_files(dry_run):
     assert summary["dry_run"] and set(summary["parts"]) == {"prepare", *gpu.ORDER}
     for key in ("device_name", "torch_version", "cuda_version", "date", "command", "git_commit"):
         assert key in summary["machine"]
-    assert summary["machine"]["command"].startswith("python -m asa.bench.gpu --out")
+    assert summary["machine"]["command"].startswith("python -m benchmarks.gpu --out")
     parts = summary["parts"]
     tests = parts["cuda_tests"]
     assert tests["tests"] > 10 and tests["skipped"] == tests["tests"]  # every CUDA test collected, skipped on a CPU
@@ -69,7 +69,7 @@ def test_the_rows_parse_and_append_to_benchmarks_md(dry_run, tmp_path):
     assert (fp32["amp"], bf16["amp"]) == ("fp32", "bf16") and fp32["size"] == "32³" and fp32["preset"] == "tiny"
     assert fp32["FT vs UNETR"] != "-" and bf16["FT vs UNETR"] == "-"  # the fine-tune part ran at the first precision
     assert bf16["case s"] != "-" and bf16["bf16×"] != "-"  # asa-predict ran at bf16 (amp=auto on this CPU: see below)
-    assert fp32["command"].startswith("`python -m asa.bench.gpu")
+    assert fp32["command"].startswith("`python -m benchmarks.gpu")
     md = tmp_path / "BENCHMARKS.md"
     md.write_text((REPO / "BENCHMARKS.md").read_text())
     assert gpu.main(["--rows", str(out / "gpu_check.json"), "--append-md", str(md)]) == 0
@@ -119,7 +119,7 @@ def test_a_part_left_without_time_in_the_budget_is_skipped_and_recorded(tmp_path
 def test_a_part_stopped_from_outside_stops_what_it_started(tmp_path):
     """A timed-out part gets SIGTERM; its handler kills the process groups it started (pytest,
     torchrun and their workers), so nothing keeps running on the GPU into the next part."""
-    from asa.bench.gpu_parts import reap, spawn, stop_started
+    from benchmarks.gpu_parts import reap, spawn, stop_started
 
     with open(tmp_path / "log", "w") as log:
         proc = spawn([sys.executable, "-c", "import subprocess, sys, time; "

@@ -1,8 +1,8 @@
-"""The parts of the GPU check (`asa.bench.gpu`): each measures one thing and returns a flat dict of
+"""The parts of the GPU check (`benchmarks.gpu`): each measures one thing and returns a flat dict of
 what it measured plus ``checks`` ({name: passed}). A `Profile` holds the sizes: the paper's on a
 GPU, toy ones for the CPU dry run, so that the same code runs in both.
 
-Each part runs in a process of its own (``python -m asa.bench.gpu --part NAME``), so a part imports
+Each part runs in a process of its own (``python -m benchmarks.gpu --part NAME``), so a part imports
 the asa modules it drives inside its function: a part process loads only its own stack (the CUDA
 tests part none of MONAI, Hydra or the API), which its time limit counts."""
 
@@ -243,7 +243,7 @@ def part_finetune(ctx: Context) -> dict[str, Any]:
 def part_sdpa(ctx: Context) -> dict[str, Any]:
     """Which SDPA kernel LW-MSA (ASA, forward + backward), R-MSA and SACA get at the profile's crop,
     per precision. On CUDA the math fallback fails the check."""
-    from asa.bench.sdpa import sdpa_backends
+    from benchmarks.sdpa import sdpa_backends
     from asa.models import ASA, PRESETS, RegionAttention
     from asa.models.saca import WindowSymmetryCrossAttention, mirror_index
     from asa.train.precision import resolve_amp

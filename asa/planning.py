@@ -18,7 +18,7 @@ When the store does not fit the page cache (``ram_bytes`` given and smaller) the
 cold rate (``cold_crops_per_worker``, if known).
 
 Wall time and GPU-hours are estimates: the step rate s is one GPU's, timed on synthetic batches
-(``scripts/benchmark.py``, ``python -m asa.bench.gpu``) or derived from FLOPs. They leave out DDP
+(``scripts/benchmark.py``, ``python -m benchmarks.gpu``) or derived from FLOPs. They leave out DDP
 gradient communication between GPUs, validation (loss, probes), checkpoint writes and start-up,
 and they assume every epoch runs (early stopping can end the run sooner).
 """

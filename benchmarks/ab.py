@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from asa.bench.harness import Workload, alternate
-from asa.bench.loader import write_synthetic_bids
+from benchmarks.harness import Workload, alternate
+from benchmarks.loader import write_synthetic_bids
 from asa.data import discover
 from asa.data.store_writer import build_store
 from asa.data.preprocessing import PretrainPreprocess
