@@ -3,7 +3,7 @@
 # installs asa from this checkout (pip install -e ".[test]", torch left as it is) and runs
 # `python -m benchmarks.gpu`: the CUDA tests, the 128³ benchmarks (fp16, bf16), a torchrun (NCCL)
 # pretraining killed and resumed, asa-predict of a full-size BraTS case and the fine-tuning step
-# against MONAI's UNETR and SwinUNETR, within 9 minutes on one H100. README: "Checking a GPU machine".
+# against MONAI's UNETR and SwinUNETR, within 9 minutes on one H100. docs/gpu-check.md.
 #
 #   scripts/gpu_check.sh OUT_DIR                 # writes OUT_DIR/{gpu_check.json,benchmarks_row.md,gpu_check.log}
 #   scripts/gpu_check.sh OUT_DIR --dry-run       # toy sizes on the CPU (what CI runs)

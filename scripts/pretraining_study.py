@@ -255,7 +255,7 @@ def report_markdown(info: Mapping[str, Any], transfer_md: str, probes_md: str) -
               *info["commands"], "```", "", "## Transfer", "", transfer_md, "![Dice vs labeled cases](dice_vs_cases.svg)",
               "", "## Probes during pretraining", "",
               "Frozen-encoder probes at every validation round of each pretraining run (ridge R² of the patch "
-              "class fractions, k-NN patch accuracy; README, 'Watching training').", "", probes_md,
+              "class fractions, k-NN patch accuracy; docs/watching-training.md).", "", probes_md,
               "![probe R² during pretraining](probe_curves.svg)", ""]
     return "\n".join(lines)
 

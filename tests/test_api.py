@@ -39,7 +39,7 @@ def test_jobs_check_their_config():
 
 @pytest.mark.slow
 def test_pretrain_finetune_predict_evaluate_from_python(tmp_path):
-    """The README's notebook example: four typed configs, no Hydra objects, no command line."""
+    """The notebook example of docs/python-api.md: four typed configs, no Hydra objects, no command line."""
     pre = load_config("pretrain", "model=tiny", "trainer=smoke")
     pre.output_dir = str(tmp_path / "pre")
     pre.device = "cpu"

@@ -1,22 +1,29 @@
-"""The README's newcomer path runs as written: Quickstart then the Worked example, in one folder."""
+"""The README's newcomer path runs as written: Quickstart then the Worked example, in one folder; every
+command of the README and of the topic pages under docs/ is one the package installs, with options it takes,
+and every relative link of those pages leads to a file and heading that exist."""
 
 from __future__ import annotations
 
+import importlib
 import re
 import shlex
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 DEFAULT_OUTPUT = {"asa-pretrain": "runs/pretrain", "asa-finetune": "runs/finetune"}
+HYDRA = {"asa-pretrain": "pretrain", "asa-finetune": "finetune", "asa-predict": "predict",
+         "asa-evaluate": "evaluate", "asa-probe": "probe", "asa-preprocess": "preprocess"}
+ARGPARSE = {"asa-demo-data": "asa.cli.demo_data", "asa-plan": "asa.cli.plan", "asa-export": "asa.cli.export"}
 
 
-def _commands(section: str) -> list[list[str]]:
-    """The shell commands of a README section's bash blocks, continuation lines joined."""
-    text = README.read_text()
-    start = text.index(f"## {section}")
-    body = text[start:text.index("\n## ", start + 3)]
+def _block_commands(text: str) -> list[list[str]]:
+    """The `asa-*` shell commands of a text's bash blocks, continuation lines joined."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", body, re.S):
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         joined = re.sub(r"\\\n\s*", " ", block)
         for line in joined.splitlines():
             line = line.split("#", 1)[0].strip()
@@ -25,6 +32,17 @@ def _commands(section: str) -> list[list[str]]:
                 if words and words[0].startswith("asa-"):
                     commands.append(words)
     return commands
+
+
+def _all_commands() -> list[tuple[str, list[str]]]:
+    return [(page.relative_to(ROOT).as_posix(), words) for page in PAGES for words in _block_commands(page.read_text())]
+
+
+def _commands(section: str) -> list[list[str]]:
+    """The shell commands of a README section's bash blocks, continuation lines joined."""
+    text = README.read_text()
+    start = text.index(f"## {section}")
+    return _block_commands(text[start:text.index("\n## ", start + 3)])
 
 
 def _option(words: list[str], key: str) -> str | None:
@@ -52,3 +70,62 @@ def test_worked_example_outputs_stay_out_of_the_data_and_follow_the_runs():
     assert _option(commands["asa-evaluate"], "pred") == str(pred)
     pretrain = _option(commands["asa-pretrain"], "output_dir")
     assert _option(commands["asa-finetune"], "model.pretrained").startswith(pretrain)
+
+
+def test_the_readme_is_a_front_page_and_maps_every_topic_page():
+    text = README.read_text()
+    assert [h for h in re.findall(r"^## (.+)$", text, re.M)] == [
+        "Quickstart", "Worked example: pretrain → fine-tune → predict → evaluate", "Documentation", "Licence"]
+    mapped = set(re.findall(r"\]\(docs/([\w-]+\.md)\)", text.split("## Documentation", 1)[1]))
+    assert mapped == {p.name for p in PAGES[1:]}, "a page under docs/ that the README's map leaves out, or the reverse"
+
+
+def test_every_command_is_an_installed_script():
+    section = (ROOT / "pyproject.toml").read_text().split("[project.scripts]\n", 1)[1].split("\n\n", 1)[0]
+    scripts = set(re.findall(r"^([\w-]+) = ", section, re.M))
+    assert {"asa-pretrain", "asa-plan"} <= scripts
+    commands = _all_commands()
+    assert len(commands) >= 30 and {page for page, _ in commands} > {"README.md", "docs/planning.md"}
+    for page, words in commands:
+        assert words[0] in scripts, (page, words)
+
+
+@pytest.mark.parametrize("page,words", _all_commands(), ids=lambda v: v if isinstance(v, str) else " ".join(v)[:60])
+def test_every_command_takes_its_options(page, words):
+    """Hydra scripts: the overrides compose against the typed schema (a typo, a renamed key or another script's
+    preset is refused); argparse scripts: the arguments parse. Nothing runs."""
+    if words[0] in HYDRA:
+        from asa.api import load_config
+
+        load_config(HYDRA[words[0]], *words[1:])
+    elif words[0] in ARGPARSE:
+        importlib.import_module(ARGPARSE[words[0]]).build_parser().parse_args(words[1:])
+    else:  # asa-torchrun: torchrun's own options, then the script's module and its Hydra overrides
+        assert words[0] == "asa-torchrun" and "-m" in words, words
+        module = words[words.index("-m") + 1]
+        script = {f"asa.cli.{name}": name for name in HYDRA.values()}[module]
+        from asa.api import load_config
+
+        load_config(script, *words[words.index("-m") + 2:])
+
+
+def _anchors(text: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens (code blocks left out)."""
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+def test_relative_links_lead_to_files_and_headings_that_exist():
+    checked = 0
+    for page in PAGES:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"\w+://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            assert dest.exists(), (page.name, target)
+            if anchor:
+                assert anchor in _anchors(dest.read_text()), (page.name, target)
+            checked += 1
+    assert checked >= 20

@@ -23,7 +23,7 @@ from asa.train.preemption import JobSignals
 
 __all__ = ["EXIT_FAILED", "EXIT_FINISHED", "EXIT_REFUSED", "console_main", "entry"]
 
-# exit codes (README "Exit codes"); a run stopped by signal N exits 128 + N (SIGTERM: 143)
+# exit codes (docs/run-folders.md, "Exit codes"); a run stopped by signal N exits 128 + N (SIGTERM: 143)
 EXIT_FINISHED = 0
 EXIT_FAILED = 1
 EXIT_REFUSED = 2

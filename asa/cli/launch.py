@@ -24,7 +24,7 @@ __all__ = ["HELP", "STATUS_ENV", "job_exit_code", "main", "read_statuses", "writ
 
 STATUS_ENV = "ASA_EXIT_STATUS_DIR"
 
-# printed before torchrun's own help; the codes are asa.cli.common's EXIT_* (README "Exit codes")
+# printed before torchrun's own help; the codes are asa.cli.common's EXIT_* (docs/run-folders.md, "Exit codes")
 HELP = """\
 asa-torchrun: torchrun (torch.distributed.run) for asa's console scripts, ending with the job's exit code.
   asa-torchrun --nproc_per_node=4 -m asa.cli.pretrain data=... output_dir=runs/x   (or -m asa.cli.finetune)

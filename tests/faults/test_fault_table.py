@@ -1,4 +1,4 @@
-"""README's "What each fault gets" table agrees with the code: each outcome's exit code is the constant
+"""The "What each fault gets" table (docs/run-folders.md) agrees with the code: each outcome's exit code is the constant
 the console scripts exit with, and each row names a test that exists."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ OUTCOMES = {"refused up front": EXIT_REFUSED, "survived": EXIT_FINISHED, "failed
 
 
 def _rows() -> list[list[str]]:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("### What each fault gets", 1)[1].split("\n#", 1)[0]
+    text = (ROOT / "docs" / "run-folders.md").read_text()
+    section = text.split("\n## What each fault gets\n", 1)[1].split("\n#", 1)[0]
     lines = [ln for ln in section.splitlines() if ln.startswith("|")][2:]  # past the header and its rule
     return [[cell.strip() for cell in ln.strip("|").split(" | ")] for ln in lines]
 

@@ -55,7 +55,7 @@ def test_three_permutations_of_three_blocks_differ_everywhere(seed):
 
 @pytest.mark.slow
 def test_the_permutation_set_is_deterministic_and_keeps_its_claimed_distance():
-    perms = jigsaw_permutations(27, 100, seed=0)  # the default set (README: least Hamming distance 24 of 27)
+    perms = jigsaw_permutations(27, 100, seed=0)  # the default set (docs/configuration.md: least Hamming distance 24 of 27)
     assert perms.shape == (100, 27) and perms.dtype == torch.long
     assert torch.equal(perms.sort(1).values, torch.arange(27).expand(100, -1))  # every row a permutation
     assert min_hamming(perms) == 24

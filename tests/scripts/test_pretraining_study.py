@@ -129,8 +129,9 @@ def test_dry_run_checks_every_configuration_and_writes_nothing(tmp_path, capsys,
 
 
 def test_comparison_command_adds_the_from_scratch_baselines(tmp_path, capsys):
-    """README "Comparing methods": every SSL arm plus DynUNet from scratch, each run configured (dry run),
-    and the DynUNet arm handed to the transfer study as a network of its own, without a pretrained encoder."""
+    """The comparison command (docs/studies.md, "The whole study in one command"): every SSL arm plus DynUNet
+    from scratch, each run configured (dry run), and the DynUNet arm handed to the transfer study as a network
+    of its own, without a pretrained encoder."""
     out = tmp_path / "compare"
     argv = ["--anatomy", "--arms", "asa", "mae", "rpl", "jigsaw", "--baselines", "dynunet", "--recipes", "adamw",
             "--cases", "8", "--seeds", "0", "1", "2", "--dry-run", "--out", str(out)]
