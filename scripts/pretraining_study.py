@@ -20,11 +20,12 @@ Stages (each resumable; rerun the same command to continue after an interruption
    ``dice_vs_cases.svg``, ``probes.md`` / ``probes.csv`` / ``probe_curves.svg`` (the probe values
    each pretraining run logged), ``report.json``.
 
-Scales: ``--scale full`` (default) is sized for ≲ 2 h on a 2-core CPU. Measured there with
-``--anatomy`` (AMD EPYC, 2 cores, bf16 autocast; the report states each run's times): cohort 20 s;
-pretraining 17-18 s per arm (320 steps of batch 2 at 48³ plus 20 probe rounds); transfer 40 min
-(24 fine-tuning runs of 60 steps at 48³, each then predicting its 16 test cases twice), over
-half of it beside another job; 41 min in all. ``--quick`` is a smoke version: minutes. Any
+Scales: ``--scale full`` (default) is sized for about an hour on a 2-core CPU. Measured there with
+``--anatomy --arms asa --jobs 2 --threads 1`` (AMD EPYC, 2 cores, bf16 autocast; the report states each
+stage's time): cohort 8 s; pretraining 51 s (100 epochs of 16 steps of batch 2 at 32³ plus the probe
+rounds); transfer 40 fine-tuning runs of 300 steps, each then predicting its 16 test cases twice,
+about 85 s per run on one idle thread (6441 s on a machine shared with other jobs throughout).
+``--quick`` is a smoke version: minutes. Any
 field of the scale can be overridden (``--seeds``, ``--cases``, ``--steps``, ...). The settings are
 recorded in ``<out>/study.json``; a rerun with other settings into the same ``--out`` is refused.
 
