@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -133,8 +135,11 @@ def test_comparison_command_adds_the_from_scratch_baselines(tmp_path, capsys):
     from scratch, each run configured (dry run), and the DynUNet arm handed to the transfer study as a network
     of its own, without a pretrained encoder."""
     out = tmp_path / "compare"
-    argv = ["--anatomy", "--arms", "asa", "mae", "rpl", "jigsaw", "--baselines", "dynunet", "--recipes", "adamw",
-            "--cases", "8", "--seeds", "0", "1", "2", "--dry-run", "--out", str(out)]
+    page = (SCRIPT.parents[1] / "docs" / "studies.md").read_text()
+    block = page[page.index("## Comparing methods"):]
+    command = shlex.split(re.sub(r"\\\n\s*", " ", block.split("```bash\n", 1)[1].split("```", 1)[0]))
+    assert command[:2] == ["python", "scripts/pretraining_study.py"]  # the documented command, as written
+    argv = [*command[2:command.index("--out")], "--dry-run", "--out", str(out)]
     assert study.main(argv) == 0
     text = capsys.readouterr().out
     assert "transfer 18 runs" in text and "+ dynunet from scratch" in text and "pretraining asa, mae, rpl, jigsaw" in text
