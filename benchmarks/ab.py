@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.harness import Workload, alternate
+from benchmarks.harness import Workload, alternate, backward_step
 from benchmarks.loader import write_synthetic_bids
 from asa.data import discover
 from asa.data.store_writer import build_store
@@ -56,13 +56,7 @@ def _step(model: ASA, optimizer: torch.optim.Optimizer, x: torch.Tensor, device:
     def run() -> None:
         with _autocast(device, dtype):
             loss = model(x).loss
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        backward_step(loss, optimizer, scaler)
         optimizer.zero_grad(set_to_none=True)
 
     return run

@@ -38,6 +38,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: Any = None) -> None:
+    """One training update from ``loss``: backward and ``optimizer.step()``, through the fp16 grad
+    ``scaler`` when there is one (gradients are left for the caller to clear)."""
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+
 class PeakMemory:
     """Rise of memory over a block: on CUDA the peak allocated bytes, on CPU the process's peak
     RSS (``VmHWM``, reset through ``/proc/self/clear_refs``) over the RSS on entry. Freed heap is

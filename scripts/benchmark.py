@@ -105,7 +105,7 @@ from asa.train.precision import AMP_CHOICES, amp_name, resolve_amp
 
 if str(Path(__file__).resolve().parents[1]) not in sys.path:  # this checkout's benchmarks/, not installed with asa
     sys.path.append(str(Path(__file__).resolve().parents[1]))
-from benchmarks.harness import (Workload, alternate, datasheet_peak, fits, largest_fitting,  # noqa: E402
+from benchmarks.harness import (Workload, alternate, backward_step, datasheet_peak, fits, largest_fitting,  # noqa: E402
                                 matmul_workload, release_memory, tensor_bytes)
 from benchmarks.loader import format_loader_table, run_loader_benchmark  # noqa: E402
 from benchmarks.report import append_loader_markdown, append_markdown, format_symmetry_table, format_table  # noqa: E402
@@ -148,13 +148,7 @@ def train_workload(name: str, setup: Setup, model: nn.Module, optimizer: torch.o
         try:
             with setup.autocast():
                 loss = loss_fn()
-            if scaler is None:
-                loss.backward()
-                optimizer.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+            backward_step(loss, optimizer, scaler)
         finally:  # also after running out of memory half-way: no gradients left behind
             optimizer.zero_grad(set_to_none=True)
 
