@@ -1,7 +1,8 @@
 """Same-seed fingerprints of the pretrain -> fine-tune chain, for behaviour-preserving changes.
 
-Runs, for each path (ASA, ASA with RAT's region attention, SA-Swin), a tiny pretraining on the demo
-phantoms and a fine-tuning of its encoder on demo IBSR phantoms, then prints one JSON object with
+Runs, for each path (ASA, ASA with RAT's region attention, SA-Swin, and ASA with a case head), a tiny
+pretraining on the demo phantoms and a fine-tuning of its encoder on demo IBSR phantoms (the case path:
+a diagnosis head on demo BIDS phantoms with targets), then prints one JSON object with
 every logged training loss and the SHA-256 of each run's final weights (also written to
 ``--out``/chain.json). Run it before and after a restructuring on the same machine: equal output
 means the change kept the numbers.
@@ -24,11 +25,12 @@ from asa.api import finetune, load_config, pretrain
 from asa.data import write_demo_dataset
 from asa.io import load_checkpoint
 
-PATHS = {  # name -> (pretraining overrides, fine-tuning overrides, fine-tuning crop)
+PATHS = {  # name -> (pretraining overrides, fine-tuning overrides, fine-tuning crop); data=ibsr unless given
     "asa": (["experiment=asa"], ["model=tiny"], 32),
     "rat": (["experiment=rat_asa"], ["model=tiny", "model.region_attention=alternate", "data.regions.source=cluster"],
             32),
     "sa_swin": (["experiment=sa_swin"], ["model=sa_swin"], 64),  # SwinUNETR's bottleneck needs 64³ (2³)
+    "case": (["experiment=asa"], ["data=targets", "model=tiny", "data.target=diagnosis"], 32),
 }
 
 
@@ -58,8 +60,10 @@ def chain(name: str, out: Path, steps: int) -> dict:
     pre.data.crop, pre.data.demo.size, pre.data.demo.cases = 32, 40, 6
     pre.data.demo.cache_dir = str(out / "cache")
     pretrain(pre)
-    root = write_demo_dataset("ibsr", out / name / "ibsr", cases=5, size=crop + 8, seed=1)
-    ft = load_config("finetune", "data=ibsr", "trainer=smoke", *ft_overrides)
+    case = "data=targets" in ft_overrides
+    root = (write_demo_dataset("bids", out / name / "bids", cases=12, size=crop + 8, seed=1, targets=True) if case
+            else write_demo_dataset("ibsr", out / name / "ibsr", cases=5, size=crop + 8, seed=1))
+    ft = load_config("finetune", *([] if case else ["data=ibsr"]), "trainer=smoke", *ft_overrides)
     ft.output_dir, ft.device, ft.seed = str(out / name / "ft"), "cpu", 0
     ft.data.root, ft.data.num_workers, ft.data.crop = str(root), 0, crop
     ft.model["pretrained"] = str(out / name / "pre" / "checkpoints" / "encoder.pt")
