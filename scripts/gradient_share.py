@@ -28,7 +28,7 @@ from asa.data.preprocessing import normalize_in_brain
 from asa.losses import SegmentationLoss
 from asa.models import PRESETS, build_segmentation_network
 
-ENCODER = {"asa": "encoder.", "unetr": "vit."}  # the transformer encoder's parameter prefix
+ENCODER = {"swvit_unetr": "encoder.", "unetr": "vit."}  # the transformer encoder's parameter prefix
 
 
 def make_batch(data: str, batch: int, crop: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,7 +52,7 @@ def build(arch: str, crop: int, classes: int, preset: str, feature_size: int, se
     """The tiny-preset ASASegmenter or a UNETR of the preset's width, MLP ratio 4 and heads."""
     sizes = PRESETS[preset]
     torch.manual_seed(seed)
-    if arch == "asa":
+    if arch == "swvit_unetr":
         kwargs = {k: sizes[k] for k in ("embed_dim", "depth", "num_heads", "window_size")}
     else:
         dim = sizes["embed_dim"]
@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="SGD steps for the relative update (0: skip)")
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--momentum", type=float, default=0.99)
-    parser.add_argument("--arch", nargs="+", default=["asa", "unetr"], choices=sorted(ENCODER))
+    parser.add_argument("--arch", nargs="+", default=["swvit_unetr", "unetr"], choices=sorted(ENCODER))
     args = parser.parse_args()
     if args.crop % 16:
         parser.error(f"--crop {args.crop}: UNETR's patch is 16, so the crop must be a multiple of 16")

@@ -35,12 +35,12 @@ def _check_options(cfg: FinetuneConfig) -> None:
     if data.target is None:
         raise ValueError("data.task=case needs data.target: the column of the targets table to learn "
                          "(e.g. data.target=diagnosis or data.target=age)")
-    arch = cfg.model.get("arch", "asa")
-    if arch not in ("asa", *architectures("case")):
+    arch = cfg.model.get("arch", "swvit_unetr")
+    if arch not in ("swvit_unetr", *architectures("case")):
         raise ValueError(f"model.arch={arch}: data.task=case takes a case network: the SW-ViT (model=tiny|small|base, "
-                         "arch asa) or the MONAI baselines under the same head (model=vit_case|swin_case); "
+                         "arch swvit_unetr) or the MONAI baselines under the same head (model=vit_case|swin_case); "
                          f"{arch} is a {NETWORK_TASKS.get(arch, 'unknown')} network")
-    if cfg.model.get("pretrained") and arch != "asa" and not callable(getattr(NETWORKS[arch], "load_pretrained", None)):
+    if cfg.model.get("pretrained") and arch != "swvit_unetr" and not callable(getattr(NETWORKS[arch], "load_pretrained", None)):
         raise ValueError(f"model.pretrained={cfg.model['pretrained']}: model arch {arch!r} takes no pretrained encoder "
                          "(asa-pretrain writes SW-ViT and SA-Swin files: model=tiny|small|base or swin_case)")
     if int(data.samples_per_case) != 1:

@@ -25,7 +25,7 @@ from asa.data.regions import CONFIG_SOURCES
 from asa.data.store import STORE_DTYPES
 from asa.eval.metrics import HD95_CONVENTIONS
 from asa.methods import MaskedAutoencoderSettings, MethodSettings, get_method, registered_methods
-from asa.models import DEFAULT_CROP, EncoderSettings, PRESETS, SWIN_SIZES
+from asa.models import DEFAULT_CROP, EncoderSettings, PRESETS, RENAMED_NETWORKS, SWIN_SIZES
 from asa.models.case_head import POOLINGS
 from asa.models.position import POSITION_MODES
 from asa.models.saca import SACA_PLACES
@@ -83,6 +83,23 @@ MOVED_KEYS = {
     "segmenter.pos_mode": "model.pos_mode", "segmenter.lr_axis": "model.lr_axis",
     "data.size": "data.crop", "data.patch_size": "data.crop",  # the crop edge of pretraining / fine-tuning
 }
+
+
+# values renamed since 0.1.0, per dotted key: a run folder written before resumes under the new value,
+# a command line or preset giving the old one is refused naming the new (`renamed_value`)
+RENAMED_VALUES: dict[str, dict[str, str]] = {"model.arch": RENAMED_NETWORKS}
+
+
+def current_value(key: str, value: Any) -> Any:
+    """``value`` of the dotted ``key`` under its name now (`RENAMED_VALUES`), else as it is."""
+    renamed = RENAMED_VALUES.get(key, {})
+    return renamed.get(value, value) if isinstance(value, str) else value
+
+
+def renamed_value(key: str, value: Any) -> str | None:
+    """Why ``key=value`` is refused when ``value`` was renamed since 0.1.0 (None: it was not)."""
+    new = current_value(key, value)
+    return None if new == value else f"{key}={value}: renamed; it is now {key}={new}"
 
 
 def moved_key(key: str) -> str | None:
@@ -489,6 +506,9 @@ def validate(cfg: DictConfig, entry: str) -> None:
             raise ValueError(f"asa-{entry}: invalid option {key}: renamed; "
                              + "; ".join(f"{old} is now {new}" for old, new in moved.items())) from None
         raise ValueError(f"asa-{entry}: invalid option {key}: {err.msg if hasattr(err, 'msg') else err}") from None
+    for key in RENAMED_VALUES:
+        if (why := renamed_value(key, OmegaConf.select(cfg, key, default=None))) is not None:
+            raise ValueError(f"asa-{entry}: invalid option {why}")
     check_choices(cfg, node)
 
 

@@ -4,7 +4,7 @@ A :class:`FrozenEncoder` turns a volume [B, C, *size] (its own input grid: the b
 of pretraining) into tokens [B, N, E] on a patch grid of ``stride`` voxels, in raster order (axis 2
 fastest), for the probes (`asa.eval.probe`, `asa.eval.probe_cv`):
 
-- ASA family (``asa_pretrain``, ``asa``, ``case_head``): the SW-ViT's final normed tokens at its
+- ASA family (``asa_pretrain``, ``swvit_unetr``, ``case_head``): the SW-ViT's final normed tokens at its
   patch size (`asa.models.VolumeEncoder`);
 - SwinViT (``sa_swin_pretrain``, ``sa_swin``, ``swin_unetr``): the stage output at stride 8
   (`SWIN_PROBE_STAGE`, after two Swin stages, ``4·feature_size`` channels), the grid of SW-ViT's
@@ -32,7 +32,7 @@ from asa.io import load_weights
 from asa.models import DEFAULT_CROP, PRESETS, VolumeEncoder, build_network, network_encoder
 from asa.models.patch import to_3tuple
 from asa.models.portable import load_encoder
-from asa.models.registry import ENCODER_MODULES
+from asa.models.registry import ENCODER_MODULES, current_spec
 
 __all__ = ["SWIN_PROBE_STAGE", "SWIN_PROBE_STRIDE", "FrozenEncoder", "CaseImages", "brain_tokens", "load_frozen",
            "prepare_cases", "pooled_features", "random_frozen", "swin_tokens"]
@@ -123,7 +123,7 @@ def load_frozen(path: str | os.PathLike, *, name: str | None = None, crop: int |
         raise FileNotFoundError(f"encoders: {path}: no such file (a checkpoint or encoder export)")
     state = load_weights(path)
     module = load_encoder(path, state=state)
-    spec = dict(state["network"])
+    spec = current_spec(state["network"])
     size, stride, channels = _geometry(spec["arch"], module, spec, state, crop, str(path))
     module.to(device).eval().requires_grad_(False)
     return FrozenEncoder(name or str(path), spec["arch"], spec, module, size, stride, channels, str(path))

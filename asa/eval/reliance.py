@@ -56,7 +56,7 @@ def encoder_reliance(predictor, cases: Sequence, *, overlap: float = 0.5, sw_bat
 
     model, task = predictor.model, predictor.task
     if zeroed and not capabilities(model).zero_encoder:
-        raise ValueError(f"encoder reliance needs an ASASegmenter (model arch asa); got {type(model).__name__}")
+        raise ValueError(f"encoder reliance needs an ASASegmenter (model arch swvit_unetr); got {type(model).__name__}")
     rows = []
     for case in tqdm(cases, desc="reliance", unit="case", disable=not progress):
         if case.label is None:

@@ -22,7 +22,8 @@ from asa.models.portable import ENCODER_MODULES, VolumeEncoder, export_for_monai
 from asa.models.position import brain_frame_encoding, position_index, symmetric_position_encoding
 from asa.models.presets import DEFAULT_CROP, PRESETS, SWIN_SIZES
 from asa.models.region_attention import RegionAttention, patch_regions
-from asa.models.registry import NETWORKS, architectures, build_network, network_spec, record_spec, register_network
+from asa.models.registry import (NETWORKS, RENAMED_NETWORKS, architectures, build_network, current_spec, network_spec,
+                                 record_spec, register_network)
 from asa.models.sa_swin import SASwin, SymmetryAwareLayer
 from asa.models.sa_swin_pretrain import SAHOutput, SymmetryAwareHead
 from asa.models.saca import SymmetryCrossAttention, WindowSymmetryCrossAttention, mirror_index
@@ -55,6 +56,8 @@ __all__ = [
     "LoadReport",
     "MaskedAutoencoder",
     "NETWORKS",
+    "RENAMED_NETWORKS",
+    "current_spec",
     "DEFAULT_CROP",
     "PRESETS",
     "SWIN_SIZES",

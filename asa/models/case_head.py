@@ -153,7 +153,7 @@ def build_case_head(
     target_shift: float = 0.0,
     target_scale: float = 1.0,
 ) -> nn.Module:
-    """The case network of a run config's ``model`` section. ``model.arch`` ``asa`` / ``case_head``
+    """The case network of a run config's ``model`` section. ``model.arch`` ``swvit_unetr`` / ``case_head``
     (default): :class:`ASACaseHead` with the SW-ViT sizes of the section; another case network
     (``vit_case``, ``swin_case``, `architectures("case")`) with its own keyword arguments. The crop
     edge ``crop`` (None: the pretraining crop the file records, else ``default_crop``),
@@ -161,11 +161,11 @@ def build_case_head(
     initialised from ``model.pretrained`` (SW-ViT: its grid must be the crop's, DESIGN §1.2;
     ``swin_case``: an SA-Swin pretraining file)."""
     model_cfg = set_options(model_cfg)
-    arch = model_cfg.get("arch", "asa")
+    arch = model_cfg.get("arch", "swvit_unetr")
     head = dict(in_channels=in_channels, out_channels=out_channels, pooling=pooling, hidden_dim=hidden_dim,
                 head_dropout=head_dropout, target_shift=target_shift, target_scale=target_scale)
     pretrained = model_cfg.get("pretrained")
-    if arch not in ("asa", "case_head"):
+    if arch not in ("swvit_unetr", "case_head"):
         return _build_case_baseline(arch, model_cfg, pretrained, crop, default_crop, head)
     kwargs = {k: v for k, v in model_cfg.items() if k not in ("arch", "pretrained", "decoder_dim", "decoder_depth",
                                                               "decoder_num_heads", *SYMMETRY_KEYS)}
@@ -181,10 +181,10 @@ def build_case_head(
 def _build_case_baseline(arch: str, model_cfg: Mapping[str, Any], pretrained: str | None, crop: int | None,
                          default_crop: int, head: dict[str, Any]) -> nn.Module:
     """A registered case network other than the SW-ViT's, from its keyword arguments in ``model_cfg``."""
-    names = ("asa", *architectures("case"))
+    names = ("swvit_unetr", *architectures("case"))
     if arch not in architectures("case"):
         raise ValueError(f"model.arch={arch}: data.task=case takes a case network, one of {', '.join(names)} "
-                         "(model=tiny|small|base for asa, model=vit_case, model=swin_case)")
+                         "(model=tiny|small|base for swvit_unetr, model=vit_case, model=swin_case)")
     kwargs = {k: v for k, v in model_cfg.items() if k not in ("arch", "pretrained")}
     size = crop if crop is not None else default_crop
     try:

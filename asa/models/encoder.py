@@ -141,7 +141,7 @@ class SWViTEncoder(SWViT):
 
 @dataclass(frozen=True)
 class EncoderSettings:
-    """The SW-ViT encoder's settings as the network specs of ``asa_pretrain`` (:class:`ASA`) and ``asa``
+    """The SW-ViT encoder's settings as the network specs of ``asa_pretrain`` (:class:`ASA`) and ``swvit_unetr``
     (:class:`ASASegmenter`) record them, flat; the defaults are the ``base`` preset (the paper's sizes).
 
     ``window_size``, ``mlp_ratio``, ``shift_mask``, ``rel_pos_bias``, ``region_attention`` and

@@ -20,7 +20,7 @@ from torch import nn
 from asa.io import load_weights, save_checkpoint
 from asa.models.encoder import SWViTEncoder
 from asa.models.region_attention import patch_regions
-from asa.models.registry import ENCODER_MODULES, build_network
+from asa.models.registry import ENCODER_MODULES, build_network, current_spec
 
 __all__ = ["ENCODER_MODULES", "VolumeEncoder", "encoder_export", "export_for_monai", "load_encoder", "network_encoder"]
 
@@ -79,6 +79,7 @@ def _spec_and_weights(path: str | os.PathLike, state: Mapping) -> tuple[dict, st
         raise ValueError(
             f"{path} records no network spec ({{'arch', 'kwargs'}}), so its encoder cannot be rebuilt from the file "
             "alone; expected an encoder export or a checkpoint written by asa-pretrain / asa-finetune")
+    spec = current_spec(spec)
     arch = spec["arch"]
     if arch not in ENCODER_MODULES:
         raise ValueError(f"{path} holds a {arch!r} network; load_encoder knows the encoders of {tuple(ENCODER_MODULES)}")
@@ -124,7 +125,7 @@ def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = 
     checkpoint (``last.pt`` / ``best.pt`` of ``asa-pretrain`` or ``asa-finetune``); ``state``: its
     content when already read (`asa.io.load_weights`). The network is
     rebuilt from the spec recorded in the file; every encoder weight must be present and fit.
-    Returns, for ASA networks (``asa_pretrain``, ``asa``, ``case_head``), a :class:`VolumeEncoder`
+    Returns, for ASA networks (``asa_pretrain``, ``swvit_unetr``, ``case_head``), a :class:`VolumeEncoder`
     (x [B, C, D, H, W] -> tokens [B, N, E]); for SA-Swin and SwinUNETR MONAI's ``SwinTransformer``
     (``forward(x, normalize=True)`` -> the five stage outputs [B, F·2^k, D/2^(k+1), ...], k = 0..4);
     for UNETR MONAI's ``ViT`` (-> (tokens, hidden states)).

@@ -29,6 +29,9 @@ NETWORK_TASKS: dict[str, str] = {}
 # name -> the encoder submodule of a network that has one: its state-dict keys are "<module>.*" in
 # checkpoints and encoder exports
 ENCODER_MODULES: dict[str, str] = {}
+# a network's name before it was renamed -> its name now: the specs of files written before are read
+# under the new name (`current_spec`), a config that names the old one is refused naming the new
+RENAMED_NETWORKS = {"asa": "swvit_unetr"}  # the SW-ViT U-Net segmenter was "asa" (the package's name)
 
 
 def register_network(name: str, *, task: str, encoder: str | None = None) -> Callable[[Builder], Builder]:
@@ -54,6 +57,15 @@ def architectures(task: str) -> tuple[str, ...]:
     return tuple(name for name in NETWORKS if NETWORK_TASKS.get(name) == task)
 
 
+def current_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A network spec read from a file, with a network renamed since it was written under its name now
+    (`RENAMED_NETWORKS`); a copy, the rest as it is."""
+    spec = dict(spec)
+    if spec.get("arch") in RENAMED_NETWORKS:
+        spec["arch"] = RENAMED_NETWORKS[spec["arch"]]
+    return spec
+
+
 def record_spec(net: Net, arch: str, kwargs: Mapping[str, Any]) -> Net:
     """Record on ``net`` the spec that rebuilds it: ``arch`` and its resolved keyword arguments."""
     net.network_arch = arch
@@ -66,7 +78,7 @@ def build_network(spec: Mapping[str, Any]) -> nn.Module:
     whose builder records no keyword arguments records those it was built from."""
     if not isinstance(spec, Mapping) or not isinstance(spec.get("kwargs"), Mapping):
         raise ValueError(f"network spec must be {{'arch': name, 'kwargs': {{...}}}}, got {spec!r}")
-    arch = spec.get("arch")
+    arch = current_spec(spec).get("arch")
     if arch not in NETWORKS:
         raise ValueError(f"network spec: unknown arch {arch!r}; expected one of {tuple(NETWORKS)}")
     net = NETWORKS[arch](**spec["kwargs"])

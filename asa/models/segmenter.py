@@ -20,7 +20,7 @@ from asa.models.declared import Capabilities
 from asa.models.encoder import ENCODER_PREFIX, EncoderSettings, SWViTEncoder
 from asa.models.patch import patch_grid, to_3tuple
 from asa.models.region_attention import patch_regions
-from asa.models.registry import ENCODER_MODULES, NETWORK_TASKS, record_spec, register_network
+from asa.models.registry import ENCODER_MODULES, NETWORK_TASKS, current_spec, record_spec, register_network
 from asa.models.saca import SACA_PLACES
 
 
@@ -53,17 +53,18 @@ def recorded_pretraining(checkpoint: dict, source: str | Path) -> dict:
     records about its network, from its network spec (``{"arch", "kwargs"}``): ``img_size`` (3 ints),
     ``patch_size``, ``pos_mode``, ``lr_axis``. A file without a spec, or with a spec of a network
     that has no SW-ViT encoder (a pretraining or segmentation network whose ``encoder`` module's
-    settings its spec records flat, as those of ``asa_pretrain``, ``asa``, ``rpl_pretrain`` and
+    settings its spec records flat, as those of ``asa_pretrain``, ``swvit_unetr``, ``rpl_pretrain`` and
     ``jigsaw_pretrain`` do), raises ``ValueError`` naming ``source``."""
     spec = checkpoint.get("network")
     if spec is None:
         raise ValueError(f"{source}: records no network spec ('network': {{'arch', 'kwargs'}}), so the pretraining "
                          "grid and position code are unknown; use a checkpoint or the encoder.pt written by asa-pretrain")
+    spec = current_spec(spec)
     arch, kwargs = spec.get("arch"), spec.get("kwargs") or {}
     if (ENCODER_MODULES.get(arch) != ENCODER_PREFIX.rstrip(".") or NETWORK_TASKS.get(arch) == "case"
             or not all(key in kwargs for key in SW_VIT_GEOMETRY)):
         raise ValueError(f"{source}: the pretrained file holds a {arch!r} network, not an ASA encoder (an SW-ViT "
-                         "network such as asa_pretrain, asa, rpl_pretrain or jigsaw_pretrain); an SA-Swin file "
+                         "network such as asa_pretrain, swvit_unetr, rpl_pretrain or jigsaw_pretrain); an SA-Swin file "
                          "initialises model=sa_swin")
     return {"img_size": to_3tuple(kwargs["img_size"], "img_size"), "patch_size": kwargs["patch_size"],
             "pos_mode": kwargs["pos_mode"], "lr_axis": kwargs["lr_axis"]}
@@ -344,10 +345,10 @@ class SWViTSegmenter(nn.Module):
 
 
 
-@register_network("asa", task="segmentation", encoder="encoder")
+@register_network("swvit_unetr", task="segmentation", encoder="encoder")
 class ASASegmenter(SWViTSegmenter):
     """The segmentation network on the SW-ViT encoder (:class:`SWViTSegmenter`), built from the flat
-    settings of its network spec (``asa``): ``ASASegmenter(img_size=128, in_channels=4, out_channels=3)``.
+    settings of its network spec (``swvit_unetr``, named ``asa`` before 2026-11-23): ``ASASegmenter(img_size=128, in_channels=4, out_channels=3)``.
 
     ``**encoder`` are the encoder's settings (:class:`EncoderSettings`); ``dropout`` applies in its
     blocks. ``reference_grid`` (default: the crop's own grid, the pretraining grid) is the brain
@@ -377,7 +378,7 @@ class ASASegmenter(SWViTSegmenter):
                                        reference_grid=reference_grid if spe_frame == "brain" else None)
         super().__init__(net_encoder, out_channels=out_channels, feature_size=feature_size, norm_name=norm_name,
                          input_skip=input_skip, spe_frame=spe_frame, reference_grid=reference_grid)
-        record_spec(self, "asa", {
+        record_spec(self, "swvit_unetr", {
             **settings.spec(), "out_channels": out_channels, "feature_size": feature_size, "norm_name": norm_name,
             "dropout": dropout, "spe_frame": spe_frame, "reference_grid": list(self.reference_grid),
             "input_skip": self.input_skip, "saca": saca})

@@ -1,7 +1,7 @@
 """Segmentation networks by name, and the segmentation network of a run config.
 
 Every network registers itself by name in its own file (:mod:`asa.models.registry`); this module
-builds the segmentation networks among them (``asa``, ``unetr``, ``swin_unetr``, ``sa_swin``, ...)
+builds the segmentation networks among them (``swvit_unetr``, ``unetr``, ``swin_unetr``, ``sa_swin``, ...)
 from explicit arguments or from a run config's ``model`` and ``segmenter`` sections.
 """
 
@@ -48,7 +48,7 @@ def build_from_config(
 ) -> nn.Module:
     """The segmentation network of a run config's ``model`` and ``segmenter`` sections.
 
-    ``model.arch`` picks the network (default ``asa``); ``model.pretrained`` initialises the ASA
+    ``model.arch`` picks the network (default ``swvit_unetr``); ``model.pretrained`` initialises the ASA
     encoder (or SA-Swin's SwinViT) from a pretraining checkpoint or encoder export, read once.
     ``crop`` is the crop edge (the network's input size); None takes the pretraining crop recorded in that file, else
     ``default_crop``. A crop whose patch grid differs from the pretraining grid is an error
@@ -58,11 +58,12 @@ def build_from_config(
     ``spe_frame`` and ``reference_grid``.
     """
     kwargs = set_options(model_cfg)
-    arch = kwargs.pop("arch", "asa")
+    arch = kwargs.pop("arch", "swvit_unetr")
     pretrained = kwargs.pop("pretrained", None)
-    if arch != "asa":
+    if arch != "swvit_unetr":
         if pretrained and arch != "sa_swin":
-            raise ValueError(f"model.pretrained is only supported for model arch 'asa' and 'sa_swin', not {arch!r}")
+            raise ValueError(f"model.pretrained is only supported for model arch 'swvit_unetr' and 'sa_swin', not "
+                             f"{arch!r}")
         size = pretrained_geometry(None, crop=crop, pos_mode=None, lr_axis=None, default_crop=default_crop).crop
         try:
             net = build_segmentation_network(arch, img_size=(size,) * 3, in_channels=in_channels,

@@ -5,6 +5,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from asa.io import CheckpointError
 
@@ -31,10 +32,12 @@ def flatten(cfg: Mapping, prefix: str = "") -> dict[str, object]:
 
 
 def check_compatible(saved_cfg: Mapping, cfg: Mapping, keys: Iterable[str], *, source: str = "checkpoint",
-                     moved: Callable[[str], str | None] | None = None) -> None:
+                     moved: Callable[[str], str | None] | None = None,
+                     current: Callable[[str, Any], Any] | None = None) -> None:
     """Refuse to resume when any config entry under `keys` (dotted prefixes, e.g. "model") differs,
     or when the saved config holds a key that has moved since (``moved(key)``: its new place, else
-    None), which is never read into its new place.
+    None), which is never read into its new place. ``current(key, value)``: a saved value under the name
+    it has now (a renamed network), compared as such.
 
     The error lists every differing key with the saved and the requested value, or every moved key
     with its new place.
@@ -59,6 +62,8 @@ def check_compatible(saved_cfg: Mapping, cfg: Mapping, keys: Iterable[str], *, s
         names = {k for k in saved.keys() | now.keys() if k == prefix or k.startswith(prefix + ".")}
         for name in sorted(names):
             a, b = saved.get(name, "<missing>"), now.get(name, "<missing>")
+            if current is not None and name in saved:
+                a = current(name, a)
             if a != b:
                 diffs.append(f"{name}: {source} has {a!r}, config has {b!r}")
     if diffs:

@@ -61,7 +61,7 @@ def layer_lr_scales(model: nn.Module, *, encoder_lr_scale: float = 1.0, layer_de
                              f"(register_network(..., encoder=...)); {type(model).__name__} has none")
         return {name: encoder_lr_scale if name in encoder else 1.0 for name, _ in model.named_parameters()}
     if not callable(layer_of):
-        raise ValueError(f"optim.layer_decay needs a network with an encoder that numbers its layers (model arch asa, "
+        raise ValueError(f"optim.layer_decay needs a network with an encoder that numbers its layers (model arch swvit_unetr, "
                          f"sa_swin or a case head); {type(model).__name__} has no encoder_layer_id()")
     top = int(model.num_encoder_layers)
     scales = {}

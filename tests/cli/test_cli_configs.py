@@ -90,7 +90,7 @@ def test_encoder_presets_match_the_python_presets():
         fine = compose_config("finetune", [f"model={name}"]).model
         assert {k: pre[k] for k in sizes} == sizes
         encoder = {k: v for k, v in sizes.items() if not k.startswith("decoder_")}
-        assert {k: fine[k] for k in encoder} == encoder and fine.arch == "asa"
+        assert {k: fine[k] for k in encoder} == encoder and fine.arch == "swvit_unetr"
         assert not any(k.startswith("decoder_") for k in fine)
 
 

@@ -101,7 +101,7 @@ def test_scratch_rows_and_pretrained_position_mode(tmp_path, encoder_export):
 def test_pretrained_weights_for_a_baseline_are_rejected_clearly(encoder_export):
     from asa.models import build_from_config
 
-    with pytest.raises(ValueError, match="only supported for model arch 'asa'"):
+    with pytest.raises(ValueError, match="only supported for model arch 'swvit_unetr'"):
         build_from_config({"arch": "unetr", "pretrained": str(encoder_export)}, {}, in_channels=1, out_channels=4,
                           crop=32)
 

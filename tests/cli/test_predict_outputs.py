@@ -30,7 +30,7 @@ TINY = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
 def _checkpoint(path: Path, task_name: str, seed: int) -> Path:
     task = get_task(task_name)
     torch.manual_seed(seed)
-    net = build_network({"arch": "asa", "kwargs": dict(img_size=16, in_channels=len(task.channels),
+    net = build_network({"arch": "swvit_unetr", "kwargs": dict(img_size=16, in_channels=len(task.channels),
                                                       out_channels=task.num_outputs, **TINY)})
     return save_checkpoint(path, {"model": net.state_dict(), "network": network_spec(net),
                                   "config": {"task": dataclasses.asdict(task)}})

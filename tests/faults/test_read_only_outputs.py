@@ -76,7 +76,7 @@ def brats(tmp_path_factory):
     task = get_task("brats")
     tiny = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
     torch.manual_seed(0)
-    net = build_network({"arch": "asa", "kwargs": dict(img_size=16, in_channels=len(task.channels),
+    net = build_network({"arch": "swvit_unetr", "kwargs": dict(img_size=16, in_channels=len(task.channels),
                                                       out_channels=task.num_outputs, **tiny)})
     ckpt = save_checkpoint(base / "a.pt", {"model": net.state_dict(), "network": network_spec(net),
                                            "config": {"task": dataclasses.asdict(task)}})

@@ -54,7 +54,7 @@ def test_sigterm_during_predict_says_which_predictions_are_kept(tmp_path, monkey
     data = write_demo_dataset("brats", tmp_path / "brats", cases=3, size=16, seed=0)
     task = get_task("brats")
     tiny = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
-    net = build_network({"arch": "asa", "kwargs": dict(img_size=16, in_channels=len(task.channels),
+    net = build_network({"arch": "swvit_unetr", "kwargs": dict(img_size=16, in_channels=len(task.channels),
                                                       out_channels=task.num_outputs, **tiny)})
     ckpt = save_checkpoint(tmp_path / "a.pt", {"model": net.state_dict(), "network": network_spec(net),
                                                "config": {"task": dataclasses.asdict(task)}})

@@ -33,15 +33,15 @@ def test_channels_that_name_no_mri_sequence(channels, other):
 
 
 @pytest.mark.parametrize("arch, kwargs, parts", [
-    ("asa", {}, ["model.pos_mode=mirror (the symmetric position code)"]),
-    ("asa", {"pos_mode": "paper"}, ["model.pos_mode=paper (the symmetric position code)"]),
-    ("asa", {"pos_mode": "none"}, []),
-    ("asa", {"pos_mode": "none", "saca": "encoder"}, ["model.saca (cross-attention to the mirror window)"]),
+    ("swvit_unetr", {}, ["model.pos_mode=mirror (the symmetric position code)"]),
+    ("swvit_unetr", {"pos_mode": "paper"}, ["model.pos_mode=paper (the symmetric position code)"]),
+    ("swvit_unetr", {"pos_mode": "none"}, []),
+    ("swvit_unetr", {"pos_mode": "none", "saca": "encoder"}, ["model.saca (cross-attention to the mirror window)"]),
     ("sa_swin", {}, ["model=sa_swin (cross-attention to the left-right mirrored image)"]),
     ("swin_unetr", {}, []),
 ])
 def test_networks_declare_their_symmetric_parts(arch, kwargs, parts):
-    base = TINY_SWIN if arch != "asa" else TINY_ASA
+    base = TINY_SWIN if arch != "swvit_unetr" else TINY_ASA
     net = build_network({"arch": arch, "kwargs": {**base, **kwargs}})
     assert list(capabilities(net).symmetry) == parts
 

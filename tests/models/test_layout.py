@@ -9,8 +9,8 @@ from asa.models import PRESETS, build_segmentation_network, channels_last_infere
 TINY = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
 
 NETWORKS = [  # (arch, kwargs, input shape)
-    ("asa", dict(TINY), (2, 4, 32, 32, 32)),
-    ("asa", dict(TINY, norm_name=("instance", {"affine": True})), (1, 2, 32, 32, 32)),
+    ("swvit_unetr", dict(TINY), (2, 4, 32, 32, 32)),
+    ("swvit_unetr", dict(TINY, norm_name=("instance", {"affine": True})), (1, 2, 32, 32, 32)),
     ("unetr", dict(feature_size=8, hidden_size=48, mlp_dim=96, num_heads=3), (1, 1, 32, 32, 32)),
     pytest.param("swin_unetr", dict(feature_size=12, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1]), (1, 2, 64, 64, 64),
                  marks=pytest.mark.slow),  # a 64³ crop: SwinUNETR's bottleneck needs it

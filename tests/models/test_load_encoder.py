@@ -125,7 +125,7 @@ def test_volume_encoder_returns_tokens_hidden_states_and_feature_maps(pretrained
 
 
 @pytest.mark.parametrize("arch, kwargs, module", [
-    ("asa", dict(img_size=[32] * 3, in_channels=2, out_channels=3, **ENCODER_SIZES), VolumeEncoder),
+    ("swvit_unetr", dict(img_size=[32] * 3, in_channels=2, out_channels=3, **ENCODER_SIZES), VolumeEncoder),
     ("sa_swin", dict(img_size=[32] * 3, in_channels=1, out_channels=3, **SWIN_TINY), "SwinTransformer"),
     ("swin_unetr", dict(img_size=[32] * 3, in_channels=1, out_channels=3, **SWIN_TINY), "SwinTransformer"),
 ])
@@ -134,9 +134,9 @@ def test_a_finetuning_checkpoint_gives_its_encoder(tmp_path, arch, kwargs, modul
     save_checkpoint(tmp_path / "best.pt", {"model": net.state_dict(), "network": network_spec(net)})
     encoder = asa.load_encoder(tmp_path / "best.pt")
     assert isinstance(encoder, module) if isinstance(module, type) else type(encoder).__name__ == module
-    prefix = "encoder." if arch == "asa" else "swinViT."
+    prefix = "encoder." if arch == "swvit_unetr" else "swinViT."
     own = {k: v for k, v in net.state_dict().items() if k.startswith(prefix)}
-    got = encoder.state_dict() if arch == "asa" else {prefix + k: v for k, v in encoder.state_dict().items()}
+    got = encoder.state_dict() if arch == "swvit_unetr" else {prefix + k: v for k, v in encoder.state_dict().items()}
     assert got.keys() == own.keys() and all(torch.equal(got[k], own[k]) for k in own)
 
 

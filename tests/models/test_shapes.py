@@ -32,9 +32,9 @@ def test_asa_shapes(kwargs, shape, tokens, values):
 
 # segmentation networks: (arch, kwargs, input shape, out_channels) -> logits [B, K, D, H, W]
 SEG_CASES = [
-    ("asa", dict(ENC), (1, 1, 32, 32, 32), 2),
-    ("asa", dict(ENC, img_size=(32, 16, 48)), (2, 4, 32, 16, 48), 3),
-    ("asa", dict(ENC, feature_size=8, pos_mode="none"), (1, 2, 32, 32, 32), 4),
+    ("swvit_unetr", dict(ENC), (1, 1, 32, 32, 32), 2),
+    ("swvit_unetr", dict(ENC, img_size=(32, 16, 48)), (2, 4, 32, 16, 48), 3),
+    ("swvit_unetr", dict(ENC, feature_size=8, pos_mode="none"), (1, 2, 32, 32, 32), 4),
     ("unetr", dict(feature_size=8, hidden_size=48, mlp_dim=96, num_heads=3), (1, 1, 32, 32, 32), 2),
     pytest.param("swin_unetr", dict(feature_size=12, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1]), (1, 2, 64, 64, 64), 3,
                  marks=pytest.mark.slow),  # a 64³ crop: seconds on a CPU

@@ -31,7 +31,7 @@ def test_one_step_matches_the_hand_computed_norm_ratio():
 
 
 @pytest.mark.parametrize("arch, kwargs, module", [
-    ("asa", dict(img_size=16, out_channels=2, feature_size=4, **ENC), "encoder."),
+    ("swvit_unetr", dict(img_size=16, out_channels=2, feature_size=4, **ENC), "encoder."),
     ("unetr", dict(img_size=16, in_channels=1, out_channels=2, feature_size=4, hidden_size=32, mlp_dim=64,
                    num_heads=2), "vit."),
 ])
