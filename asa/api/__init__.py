@@ -19,8 +19,11 @@ from asa.api.pretrain import pretrain
 from asa.api.probe import probe
 from asa.api.schema import (EvaluateConfig, FinetuneConfig, FrozenProbeConfig, PredictConfig, PreprocessConfig,
                             PretrainConfig)
+from asa.api.tasks import FinetuneTask, register_finetune_task
+from asa.api import builtin_tasks  # noqa: F401  segmentation and case targets register themselves
 
 __all__ = [
-    "EvaluateConfig", "FinetuneConfig", "FrozenProbeConfig", "PredictConfig", "PreprocessConfig", "PretrainConfig",
-    "compose_config", "evaluate", "export_model", "finetune", "load_config", "predict", "preprocess", "pretrain", "probe",
+    "EvaluateConfig", "FinetuneConfig", "FinetuneTask", "FrozenProbeConfig", "PredictConfig", "PreprocessConfig",
+    "PretrainConfig", "compose_config", "evaluate", "export_model", "finetune", "load_config", "predict", "preprocess",
+    "pretrain", "probe", "register_finetune_task",
 ]

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, ListConfig
 
 from asa.api.common import cases_of_split, dataset_root, refusing
 from asa.api.schema import EvaluateConfig, as_config
-from asa.api.finetune_case import CASE_TASK
+from asa.api.tasks import finetune_task
 from asa.data import discover, get_task, read_targets, subject_groups
 from asa.eval.case_outputs import PREDICTIONS_CSV, case_summary, read_case_predictions
 from asa.io import atomic_write_json
@@ -19,19 +19,21 @@ from asa.eval.evaluate import nsd_tolerances, write_results
 from asa.eval.predict import Predictor
 from asa.eval.reliance import encoder_reliance, format_reliance, write_reliance
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "evaluate_case", "evaluate_segmentation"]
 
 
 def evaluate(config: EvaluateConfig | DictConfig) -> dict:
     """Evaluate as configured (asa-evaluate); returns the summary (also written to ``<output>/summary.json``).
 
     ``config``: the typed config (EvaluateConfig, e.g. from ``load_config("evaluate")``) or a composed
-    Hydra config; it is checked against the schema first."""
+    Hydra config; it is checked against the schema first. The fine-tuning task of ``data.task``
+    (`asa.api.tasks`) scores."""
     with refusing():  # nothing is written before the end: a bad option or input refuses the job (exit 2)
-        return _evaluate(as_config(config, "evaluate"))
+        cfg = as_config(config, "evaluate")
+        return finetune_task(str(cfg.data.task)).evaluate(cfg)
 
 
-def _evaluate_case(cfg: EvaluateConfig) -> dict:
+def evaluate_case(cfg: EvaluateConfig) -> dict:
     """``data.task=case``: score ``<pred>/predictions.csv`` against ``data.target`` (summary with
     bootstrap intervals, `asa.eval.case_outputs.case_summary`), written to ``<output>/summary.json``."""
     data = cfg.data
@@ -65,10 +67,11 @@ def _evaluate_case(cfg: EvaluateConfig) -> dict:
     return summary
 
 
-def _evaluate(cfg: EvaluateConfig) -> dict:
+def evaluate_segmentation(cfg: EvaluateConfig) -> dict:
+    """Score ``<pred>/<case>.nii.gz`` against the labels of a segmentation task (Dice, HD95, NSD per
+    region or class; ``per_case.csv`` and ``summary.json`` under ``output``), and the encoder-reliance
+    diagnostic of ``reliance.checkpoint``."""
     data = cfg.data
-    if str(data.task) == CASE_TASK:
-        return _evaluate_case(cfg)
     root, layout = dataset_root(data)
     task = get_task(str(data.task), root=root)
     cases = discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case",

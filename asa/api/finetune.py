@@ -1,4 +1,5 @@
-"""Segmentation fine-tuning as a Python function: the job behind `asa-finetune`."""
+"""Fine-tuning as a Python function: the job behind `asa-finetune`, which runs the fine-tuning task
+``data.task`` names (`asa.api.tasks`); segmentation's training is here (`finetune_segmentation`)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ from omegaconf import DictConfig
 from asa.api.common import (OptionError, TrainingRun, check_crop_fits, dataset_root, default_crop, load_cases,
                              optimizer_and_config, record_geometry, refusing, region_source, report_fine_tuning,
                              split_cases, trainer_config, training_ended, write_splits)
-from asa.api.finetune_case import CASE_TASK, finetune_case
 from asa.api.schema import FinetuneConfig, as_config
+from asa.api.tasks import finetune_task
 from asa.data import build_segmentation_dataset, get_task, non_mri_channels
 from asa.losses import DeepSupervisionLoss, SegmentationLoss
 from asa.models import Capabilities, build_from_config, capabilities
 from asa.train import Engine, FitResult
 from asa.train.finetune import make_dice_validator, make_segmentation_panel_fn, segmentation_step
 
-__all__ = ["finetune"]
+__all__ = ["finetune", "finetune_segmentation"]
 
 APP = "asa-finetune"
 
@@ -45,9 +46,13 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
     Hydra config; it is checked against the schema first."""
     with refusing():  # a key the schema does not know (e.g. added with +key=value): refused
         cfg = as_config(config, "finetune")
-    if str(cfg.data.task) == CASE_TASK:  # one target per case: classification or regression
-        return finetune_case(cfg)
+        task = finetune_task(str(cfg.data.task))
+    return task.finetune(cfg)
 
+
+def finetune_segmentation(cfg: FinetuneConfig) -> FitResult:
+    """Fine-tune a segmentation network as configured (a checked config whose ``data.task`` is a
+    segmentation task, `asa.data.get_task`); rank 0 writes every file."""
     with TrainingRun(cfg, APP) as run:
         env = run.env
         data = cfg.data

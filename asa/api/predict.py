@@ -20,17 +20,16 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from asa.api.common import OptionError, cases_of_split, refusing
-from asa.api.finetune_case import CASE_TASK
-from asa.api.predict_case import predict_case
 from asa.api.rundir import RunDirError, check_writable, command_line, move_aside, override
 from asa.api.schema import PredictConfig, as_config
+from asa.api.tasks import PredictSetup, finetune_task
 from asa.eval.inference import check_sw_batch_size
 from asa.eval.predict import Predictor, gather_cases, predict_cases
 from asa.io import atomic_write_json, is_nifti, load_checkpoint
 from asa.train.distributed import resolve_device
 from asa.train.precision import amp_name, resolve_amp, set_threads
 
-__all__ = ["MANIFEST", "predict"]
+__all__ = ["MANIFEST", "predict", "predict_segmentation"]
 
 APP = "asa-predict"
 MANIFEST = "predictions.json"
@@ -133,7 +132,8 @@ def predict(config: PredictConfig | DictConfig) -> list[Path]:
     ``config``: the typed config (PredictConfig, e.g. from ``load_config("predict")``) or a composed
     Hydra config; it is checked against the schema first. Every option is checked, the checkpoint
     loaded and the cases found before anything is written; a bad option raises `OptionError`, an
-    output folder that cannot be used `asa.api.rundir.RunDirError`."""
+    output folder that cannot be used `asa.api.rundir.RunDirError`. The fine-tuning task the checkpoint
+    records (`asa.api.tasks`) writes the predictions."""
     with refusing():
         cfg = as_config(config, "predict")
         inputs = _check_options(cfg)
@@ -141,11 +141,22 @@ def predict(config: PredictConfig | DictConfig) -> list[Path]:
         device = resolve_device(str(cfg.device))
         amp_dtype = resolve_amp(str(cfg.amp), device, option="amp")
         threads = set_threads(cfg.threads, option="threads")
-        compile_net = bool(cfg.compile)
+        setup = PredictSetup(device=device, amp_dtype=amp_dtype, threads=threads, sw_batch_size=sw_batch_size,
+                             compile=bool(cfg.compile))
         checkpoint = Path(str(cfg.checkpoint)).expanduser().absolute()
         state = load_checkpoint(checkpoint)
-        if ((state.get("config") or {}).get("task") or {}).get("name") == CASE_TASK:
-            return predict_case(cfg, state, checkpoint, inputs, device)
+        recorded = ((state.get("config") or {}).get("task") or {}).get("name")
+        task = finetune_task(str(recorded), option=f"checkpoint={checkpoint}: its task")
+    return task.predict(cfg, state, checkpoint, inputs, setup)
+
+
+def predict_segmentation(cfg: PredictConfig, state: dict, checkpoint: Path, inputs: list[str] | str,
+                         setup: PredictSetup) -> list[Path]:
+    """Write one label file per case of ``inputs`` (and the manifest) with the segmentation checkpoint
+    ``checkpoint`` (its content: ``state``); returns the files written by this call."""
+    device, amp_dtype, threads, sw_batch_size = setup.device, setup.amp_dtype, setup.threads, setup.sw_batch_size
+    compile_net = setup.compile
+    with refusing():
         predictor = Predictor.from_checkpoint(checkpoint, device=device, amp_dtype=amp_dtype, compile=compile_net,
                                               state=state)
         on_bad_case = str(cfg.on_bad_case)

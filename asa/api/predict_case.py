@@ -5,11 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 from asa.api.common import OptionError, cases_of_split
 from asa.api.rundir import RunDirError, check_writable, move_aside
 from asa.api.schema import PredictConfig
+from asa.api.tasks import PredictSetup
 from asa.data import detect_layout, discover
 from asa.eval.case_outputs import PREDICTIONS_CSV, predict_case_rows, write_case_predictions
 from asa.models import build_network
@@ -18,11 +17,12 @@ __all__ = ["predict_case"]
 
 
 def predict_case(cfg: PredictConfig, state: dict, checkpoint: Path, inputs: list[str] | str,
-                 device: torch.device) -> list[Path]:
+                 setup: PredictSetup) -> list[Path]:
     """Write ``<output>/predictions.csv`` for the cases of ``inputs`` (a BIDS / CAPS / file-list
     folder; ``split_file`` + ``subset`` select a run's split) with the case head in ``state`` (the
     checkpoint's content); returns ``[that file]``. An output holding one is refused unless
     ``overwrite=true`` (moved aside)."""
+    device = setup.device
     task = state["config"]["task"]
     if bool(cfg.resume):
         raise OptionError("resume=true: a case head writes one predictions.csv per run; predict again instead")

@@ -21,9 +21,9 @@ import torch
 from omegaconf import DictConfig
 
 from asa.api.common import OptionError, cases_of_split, dataset_root, refusing
-from asa.api.finetune_case import CASE_TASK
 from asa.api.rundir import RunDirError, check_writable, command_line, move_aside
 from asa.api.schema import FrozenProbeConfig, as_config
+from asa.api.tasks import ProbeTargets, finetune_task
 from asa.data import discover, get_task, read_targets
 from asa.eval.frozen import RANDOM, FrozenEncoder, load_frozen, pooled_features, prepare_cases, random_frozen
 from asa.eval.probe import build_probe_set
@@ -32,7 +32,7 @@ from asa.eval.svg import interval_plot
 from asa.io import atomic_write_json, atomic_write_text
 from asa.train.distributed import resolve_device
 
-__all__ = ["OUTPUTS", "probe", "probe_table"]
+__all__ = ["OUTPUTS", "case_probe_targets", "probe", "probe_table", "segmentation_probe_targets"]
 
 APP = "asa-probe"
 OUTPUTS = ("probe.md", "probe.csv", "probe.svg", "probe.json")
@@ -95,6 +95,65 @@ def _groups(cases: Sequence) -> list[str]:
     return [str(c.meta.get("subject") or c.id) for c in cases]
 
 
+def case_probe_targets(cfg: FrozenProbeConfig, root: Path, layout: str) -> ProbeTargets:
+    """``data.task=case``: the cases with a value of ``data.target``; each encoder's pooled features,
+    fitted with the case probes (ridge / logistic / k-NN, `asa.eval.probe_cv.case_probes`)."""
+    data = cfg.data
+    if data.target is None:
+        raise ValueError("data.task=case needs data.target: the column of the targets table to probe "
+                         "(e.g. data.target=age)")
+    cases = discover(layout, root, require_labels=False, on_bad_case=str(data.on_bad_case), option="data.on_bad_case")
+    cases = cases_of_split(cases, cfg.split_file, str(cfg.subset), where=str(root))
+    table = read_targets(data.targets if data.targets is not None else root, str(data.target),
+                         kind=str(data.target_kind), classes=None if data.classes is None else list(data.classes))
+    targets = table.for_cases(cases)
+    cases = [c for c in cases if c.id in targets.values]
+    target = {"column": str(data.target), "kind": targets.kind, "classes": list(targets.names),
+              "source": table.source, "skipped": dict(targets.skipped)}
+    device = resolve_device(str(cfg.device))
+    prepared: dict = {}  # inputs per encoder input size, prepared once
+
+    def score(enc: FrozenEncoder, groups: Sequence[str], common: Mapping) -> tuple[dict, torch.Tensor]:
+        if enc.size not in prepared:
+            prepared[enc.size] = prepare_cases(cases, size=enc.size, channels=list(cfg.channels))
+        features = pooled_features(enc, prepared[enc.size], batch_size=int(cfg.batch_size), device=device)
+        result = case_probes(features, [targets.values[c.id] for c in cases], kind=targets.kind, groups=groups,
+                             names=targets.names, logistic=float(cfg.logistic),
+                             logistic_steps=int(cfg.logistic_steps), **common)
+        return result, features
+
+    note = (f"{len(targets.skipped)} case(s) without a target left out (listed in probe.json)"
+            if targets.skipped else None)
+    return ProbeTargets(cases, target, "continuous" if targets.kind == "continuous" else "classes", score, note)
+
+
+def segmentation_probe_targets(cfg: FrozenProbeConfig, root: Path, layout: str) -> ProbeTargets:
+    """A segmentation task: the labelled cases; each encoder's tokens on its patch grid, fitted to the
+    label fractions of the patches (`asa.eval.probe_cv.token_probes`)."""
+    data = cfg.data
+    task = get_task(str(data.task), root=root)
+    cases = discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case")
+    cases = cases_of_split([c for c in cases if c.label is not None], cfg.split_file, str(cfg.subset),
+                           where=str(root))
+    target = {"task": task.name, "kind": "voxel", "classes": list(task.output_names)}
+    device = resolve_device(str(cfg.device))
+    prepared: dict = {}  # probe sets per encoder input size and token stride, built once
+
+    def score(enc: FrozenEncoder, groups: Sequence[str], common: Mapping) -> tuple[dict, torch.Tensor]:
+        key = (enc.size, enc.stride)
+        if key not in prepared:
+            if len(set(enc.size)) != 1:
+                raise OptionError(f"{enc.name}: voxel-label probes need a cubic input, got {list(enc.size)}")
+            prepared[key] = build_probe_set(cases, task, size=enc.size[0], channels=list(cfg.channels),
+                                            patch_size=enc.stride)
+        probe_set = prepared[key]
+        tokens = torch.cat([enc.tokens(probe_set.images[i:i + int(cfg.batch_size)].to(device)).cpu()
+                            for i in range(0, probe_set.images.shape[0], int(cfg.batch_size))])
+        return token_probes(tokens, probe_set, groups=groups, **common), tokens
+
+    return ProbeTargets(cases, target, "voxel", score)
+
+
 def probe(config: FrozenProbeConfig | DictConfig) -> dict:
     """Probe frozen encoders as configured (asa-probe); returns the result written to ``probe.json``
     (``rows``: one per encoder with its metrics, each ``{"value", "ci_low", "ci_high", ...}``).
@@ -110,28 +169,9 @@ def probe(config: FrozenProbeConfig | DictConfig) -> dict:
         _check_output(out, bool(cfg.overwrite))
         check_writable(out, "output")  # before the probes run, not after
         encoders = _encoders(entries, cfg.names, cfg, device)
-        data = cfg.data
-        root, layout = dataset_root(data)
-        case_level = str(data.task) == CASE_TASK
-        if case_level:
-            if data.target is None:
-                raise ValueError("data.task=case needs data.target: the column of the targets table to probe "
-                                 "(e.g. data.target=age)")
-            cases = discover(layout, root, require_labels=False, on_bad_case=str(data.on_bad_case),
-                             option="data.on_bad_case")
-            cases = cases_of_split(cases, cfg.split_file, str(cfg.subset), where=str(root))
-            table = read_targets(data.targets if data.targets is not None else root, str(data.target),
-                                 kind=str(data.target_kind), classes=None if data.classes is None else list(data.classes))
-            targets = table.for_cases(cases)
-            cases = [c for c in cases if c.id in targets.values]
-            target = {"column": str(data.target), "kind": targets.kind, "classes": list(targets.names),
-                      "source": table.source, "skipped": dict(targets.skipped)}
-        else:
-            task = get_task(str(data.task), root=root)
-            cases = discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case")
-            cases = cases_of_split([c for c in cases if c.label is not None], cfg.split_file, str(cfg.subset),
-                                   where=str(root))
-            target = {"task": task.name, "kind": "voxel", "classes": list(task.output_names)}
+        root, layout = dataset_root(cfg.data)
+        probed = finetune_task(str(cfg.data.task)).probe_targets(cfg, root, layout)
+        cases, target, kind = probed.cases, probed.target, probed.kind
         if len({*_groups(cases)}) < 2:
             raise ValueError(f"data.root={root}: {len(cases)} usable case(s) of {len({*_groups(cases)})} subject(s); "
                              "cross-validation needs at least 2 subjects")
@@ -148,35 +188,13 @@ def probe(config: FrozenProbeConfig | DictConfig) -> dict:
     print(f"[asa] probing {len(encoders)} frozen encoder(s) on {len(cases)} case(s) of {subjects} subject(s) "
           f"from {root} ({target.get('column') or target['task']}, {target['kind']}), {folds}-fold "
           f"cross-validation{fewer}, {device}", flush=True)
-    if case_level and targets.skipped:
-        print(f"[asa] {len(targets.skipped)} case(s) without a target left out (listed in probe.json)",
-              file=sys.stderr, flush=True)
+    if probed.note:
+        print(f"[asa] {probed.note}", file=sys.stderr, flush=True)
     common = dict(folds=folds, seed=int(cfg.seed), n_resamples=int(cfg.bootstrap),
                   confidence=float(cfg.confidence), knn_k=int(cfg.knn_k), ridge=float(cfg.ridge))
-    rows, prepared = [], {}
+    rows = []
     for enc in encoders:
-        if case_level:
-            key = enc.size
-            if key not in prepared:
-                prepared[key] = prepare_cases(cases, size=enc.size, channels=list(cfg.channels))
-            features = pooled_features(enc, prepared[key], batch_size=int(cfg.batch_size), device=device)
-            kind = "continuous" if targets.kind == "continuous" else "classes"
-            result = case_probes(features, [targets.values[c.id] for c in cases], kind=targets.kind, groups=groups,
-                                 names=targets.names, logistic=float(cfg.logistic),
-                                 logistic_steps=int(cfg.logistic_steps), **common)
-        else:
-            key = (enc.size, enc.stride)
-            if key not in prepared:
-                if len(set(enc.size)) != 1:
-                    raise OptionError(f"{enc.name}: voxel-label probes need a cubic input, got {list(enc.size)}")
-                prepared[key] = build_probe_set(cases, task, size=enc.size[0], channels=list(cfg.channels),
-                                                patch_size=enc.stride)
-            probe_set = prepared[key]
-            tokens = torch.cat([enc.tokens(probe_set.images[i:i + int(cfg.batch_size)].to(device)).cpu()
-                                for i in range(0, probe_set.images.shape[0], int(cfg.batch_size))])
-            kind = "voxel"
-            result = token_probes(tokens, probe_set, groups=groups, **common)
-            features = tokens
+        result, features = probed.score(enc, groups, common)
         row = {**enc.describe(), "dim": int(features.shape[-1]), **result}
         rows.append(row)
         print(f"[asa] {enc.name}: " + "; ".join(_cell_text(name, row["metrics"][name]) for name in TABLE_METRICS[kind]),
