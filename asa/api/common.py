@@ -390,7 +390,7 @@ def default_crop(data: DataConfig) -> int:
 
 def record_geometry(resolved: dict, model: torch.nn.Module) -> int:
     """Record in the run config ``resolved`` the geometry ``model`` was built with, read from its
-    network spec (the settings left null follow the pretrained file, `asa.models.pretrained_geometry`):
+    network spec (the settings left null follow the pretrained file, `asa.api.networks.pretrained_geometry`):
     the crop ``data.crop``, ``model.pos_mode`` / ``model.lr_axis`` where the network has them and
     an SW-ViT's ``segmenter.reference_grid``. Returns the crop edge."""
     spec = network_spec(model)

@@ -16,7 +16,8 @@ from asa.api.schema import FinetuneConfig, as_config
 from asa.api.tasks import finetune_task
 from asa.data import build_segmentation_dataset, get_task, non_mri_channels
 from asa.losses import DeepSupervisionLoss, SegmentationLoss
-from asa.models import Capabilities, build_from_config, capabilities
+from asa.api.networks import build_from_config
+from asa.models import Capabilities, capabilities
 from asa.train import Engine, FitResult
 from asa.train.finetune import make_dice_validator, make_segmentation_panel_fn, segmentation_step
 

@@ -17,8 +17,7 @@ from asa.data import build_case_crops_dataset, build_target_dataset, read_target
 from asa.eval.case_metrics import HIGHER_IS_BETTER
 from asa.eval.case_outputs import case_crop_lattice
 from asa.io import atomic_write_json
-from asa.models import architectures, build_case_head
-from asa.models.registry import NETWORK_TASKS, NETWORKS
+from asa.api.networks import build_case_network, case_arch
 from asa.train import Engine, FitResult
 from asa.train.case_targets import CaseLoss, case_metrics_of, case_step, class_weights, default_monitor, make_case_validator
 
@@ -35,14 +34,7 @@ def _check_options(cfg: FinetuneConfig) -> None:
     if data.target is None:
         raise ValueError("data.task=case needs data.target: the column of the targets table to learn "
                          "(e.g. data.target=diagnosis or data.target=age)")
-    arch = cfg.model.get("arch", "swvit_unetr")
-    if arch not in ("swvit_unetr", *architectures("case")):
-        raise ValueError(f"model.arch={arch}: data.task=case takes a case network: the SW-ViT (model=tiny|small|base, "
-                         "arch swvit_unetr) or the MONAI baselines under the same head (model=vit_case|swin_case); "
-                         f"{arch} is a {NETWORK_TASKS.get(arch, 'unknown')} network")
-    if cfg.model.get("pretrained") and arch != "swvit_unetr" and not callable(getattr(NETWORKS[arch], "load_pretrained", None)):
-        raise ValueError(f"model.pretrained={cfg.model['pretrained']}: model arch {arch!r} takes no pretrained encoder "
-                         "(asa-pretrain writes SW-ViT and SA-Swin files: model=tiny|small|base or swin_case)")
+    case_arch(cfg.model)  # a case network, and a pretrained file only for one that loads it
     if int(data.samples_per_case) != 1:
         raise ValueError(f"data.samples_per_case={data.samples_per_case}: data.task=case takes one brain-centred crop "
                          "per case; set it to 1")
@@ -106,12 +98,11 @@ def finetune_case(cfg: FinetuneConfig) -> FitResult:
                 weights = class_weights(train_values.astype(np.int64), out_channels, targets.names)
         torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
         head = cfg.head
-        model = build_case_head(cfg.model, in_channels=1,
-                                out_channels=out_channels,
-                                crop=None if data.crop is None else int(data.crop),
-                                default_crop=default_crop(data), pooling=str(head.pooling),
-                                hidden_dim=int(head.hidden_dim), head_dropout=float(head.dropout),
-                                target_shift=shift, target_scale=scale)
+        model = build_case_network(cfg.model, in_channels=1, out_channels=out_channels,
+                                   crop=None if data.crop is None else int(data.crop),
+                                   default_crop=default_crop(data), pooling=str(head.pooling),
+                                   hidden_dim=int(head.hidden_dim), head_dropout=float(head.dropout),
+                                   target_shift=shift, target_scale=scale)
         patch = record_geometry(resolved, model)  # the effective crop (and SW-ViT's position code, axis, grid)
         # asa-predict / asa-evaluate read the task from the checkpoint's run config
         resolved["task"] = {"name": CASE_TASK, "kind": kind, "target": str(data.target), "classes": list(targets.names),

@@ -24,6 +24,7 @@ from asa.data import (
 from asa.eval.inference import predict_volume
 from asa.io import VolumeError, is_nifti, load_checkpoint, prediction_path, probabilities_path, strip_nifti
 from asa.models import build_network, capabilities, channels_last_inference, compile_blocks
+from asa.models.registry import NETWORK_TASKS, current_spec
 
 CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # nnU-Net style <case>_0000
 
@@ -50,7 +51,7 @@ class Predictor:
         state = load_checkpoint(path) if state is None else state
         config = state.get("config") or {}
         spec = state.get("network")
-        if spec is None or spec["arch"] == "asa_pretrain" or "task" not in config:
+        if spec is None or NETWORK_TASKS.get(current_spec(spec)["arch"]) == "pretraining" or "task" not in config:
             raise ValueError(f"checkpoint {path} is not a fine-tuning checkpoint (no segmentation network spec and "
                              "task recorded); asa-predict needs the best.pt or last.pt written by asa-finetune")
         task = Task.from_dict(config["task"])

@@ -10,7 +10,7 @@ import pkgutil
 from asa.models.attention import LinearWindowAttention
 from asa.models.declared import Capabilities, capabilities
 from asa.models.case_baselines import SwinCaseNet, ViTCaseNet
-from asa.models.case_head import POOLINGS, ASACaseHead, AttentionPool, PooledTokenHead, build_case_head
+from asa.models.case_head import POOLINGS, ASACaseHead, AttentionPool, PooledTokenHead
 from asa.models.compiled import compile_blocks, unwrap
 from asa.models.encoder import EncoderSettings, SWViTEncoder
 from asa.models.dynunet import DeepSupervisedDynUNet, plan_dynunet
@@ -28,9 +28,9 @@ from asa.models.sa_swin import SASwin, SymmetryAwareLayer
 from asa.models.sa_swin_pretrain import SAHOutput, SymmetryAwareHead
 from asa.models.saca import SymmetryCrossAttention, WindowSymmetryCrossAttention, mirror_index
 from asa.models.segmenter import (SPE_FRAMES, SYMMETRY_KEYS, ASASegmenter, LoadReport, SWViTSegmenter,
-                                  pretrained_geometry, recorded_pretraining)
+                                  recorded_pretraining)
 from asa.models.swvit import SWBlock, SWViT, sw_blocks
-from asa.models.zoo import build_from_config, build_segmentation_network
+from asa.models.zoo import build_segmentation_network
 
 for _module in pkgutil.iter_modules(__path__):  # the networks of modules not named above register too
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -50,7 +50,6 @@ __all__ = [
     "ViTCaseNet",
     "AttentionPool",
     "POOLINGS",
-    "build_case_head",
     "EncoderSettings",
     "FocalRegionReconstruction",
     "LoadReport",
@@ -81,7 +80,6 @@ __all__ = [
     "WindowSymmetryCrossAttention",
     "architectures",
     "brain_frame_encoding",
-    "build_from_config",
     "build_network",
     "compile_blocks",
     "unwrap",
@@ -95,7 +93,6 @@ __all__ = [
     "patch_grid",
     "patch_regions",
     "patchify",
-    "pretrained_geometry",
     "recorded_pretraining",
     "reconstruction_objective",
     "record_spec",

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -12,10 +10,9 @@ from torch import nn
 
 from asa.models.declared import Capabilities
 from asa.models.encoder import EncoderSettings
-from asa.models.patch import to_3tuple
-from asa.models.registry import architectures, build_network, record_spec, register_network
+from asa.models.registry import record_spec, register_network
 from asa.models.saca import SACA_PLACES
-from asa.models.segmenter import SYMMETRY_KEYS, ASASegmenter, pretrained_geometry, set_options
+from asa.models.segmenter import ASASegmenter
 
 POOLINGS = ("mean", "attention")
 
@@ -71,7 +68,7 @@ class PooledTokenHead(nn.Module):
         return self.target_shift + self.target_scale * self.mlp(self.pool_tokens(tokens))
 
 
-@register_network("case_head", task="case", encoder="encoder")
+@register_network("case_head", task="case", encoder="encoder", follows_pretraining=True, case_of="swvit_unetr")
 class ASACaseHead(PooledTokenHead):
     """SW-ViT encoder over every token of the brain-centred crop (+ SPE, as :class:`ASASegmenter`'s,
     same ``encoder.*`` keys, so pretraining files load with :meth:`load_pretrained`), tokens pooled
@@ -138,66 +135,3 @@ class ASACaseHead(PooledTokenHead):
     load_pretrained = ASASegmenter.load_pretrained
     encoder_layer_id = ASASegmenter.encoder_layer_id
     no_weight_decay = ASASegmenter.no_weight_decay
-
-
-def build_case_head(
-    model_cfg: Mapping[str, Any],
-    *,
-    in_channels: int,
-    out_channels: int,
-    crop: int | None,
-    default_crop: int,
-    pooling: str = "mean",
-    hidden_dim: int = 256,
-    head_dropout: float = 0.0,
-    target_shift: float = 0.0,
-    target_scale: float = 1.0,
-) -> nn.Module:
-    """The case network of a run config's ``model`` section. ``model.arch`` ``swvit_unetr`` / ``case_head``
-    (default): :class:`ASACaseHead` with the SW-ViT sizes of the section; another case network
-    (``vit_case``, ``swin_case``, `architectures("case")`) with its own keyword arguments. The crop
-    edge ``crop`` (None: the pretraining crop the file records, else ``default_crop``),
-    ``model.pos_mode`` / ``model.lr_axis`` (SW-ViT; null: the file's, else ``mirror`` / 0), the encoder
-    initialised from ``model.pretrained`` (SW-ViT: its grid must be the crop's, DESIGN §1.2;
-    ``swin_case``: an SA-Swin pretraining file)."""
-    model_cfg = set_options(model_cfg)
-    arch = model_cfg.get("arch", "swvit_unetr")
-    head = dict(in_channels=in_channels, out_channels=out_channels, pooling=pooling, hidden_dim=hidden_dim,
-                head_dropout=head_dropout, target_shift=target_shift, target_scale=target_scale)
-    pretrained = model_cfg.get("pretrained")
-    if arch not in ("swvit_unetr", "case_head"):
-        return _build_case_baseline(arch, model_cfg, pretrained, crop, default_crop, head)
-    kwargs = {k: v for k, v in model_cfg.items() if k not in ("arch", "pretrained", "decoder_dim", "decoder_depth",
-                                                              "decoder_num_heads", *SYMMETRY_KEYS)}
-    geometry = pretrained_geometry(pretrained, crop=crop, pos_mode=model_cfg.get("pos_mode"),
-                                   lr_axis=model_cfg.get("lr_axis"), default_crop=default_crop)
-    net = ASACaseHead(img_size=to_3tuple(geometry.crop, "data.crop"), pos_mode=geometry.pos_mode,
-                      lr_axis=geometry.lr_axis, **head, **kwargs)
-    if geometry.checkpoint is not None:
-        net.load_pretrained(pretrained, checkpoint=geometry.checkpoint)
-    return net
-
-
-def _build_case_baseline(arch: str, model_cfg: Mapping[str, Any], pretrained: str | None, crop: int | None,
-                         default_crop: int, head: dict[str, Any]) -> nn.Module:
-    """A registered case network other than the SW-ViT's, from its keyword arguments in ``model_cfg``."""
-    names = ("swvit_unetr", *architectures("case"))
-    if arch not in architectures("case"):
-        raise ValueError(f"model.arch={arch}: data.task=case takes a case network, one of {', '.join(names)} "
-                         "(model=tiny|small|base for swvit_unetr, model=vit_case, model=swin_case)")
-    kwargs = {k: v for k, v in model_cfg.items() if k not in ("arch", "pretrained")}
-    size = crop if crop is not None else default_crop
-    try:
-        net = build_network({"arch": arch, "kwargs": {"img_size": size, **head, **kwargs}})
-    except TypeError as err:  # an SW-ViT option (e.g. from an experiment preset) given to another network
-        key = re.search(r"unexpected keyword argument '(\w+)'", str(err))
-        if key is None:
-            raise
-        raise ValueError(f"model.{key[1]}={kwargs.get(key[1])}: model arch {arch!r} has no such option; drop it, or "
-                         "the preset that sets it") from err
-    if pretrained:
-        if not callable(getattr(net, "load_pretrained", None)):
-            raise ValueError(f"model.pretrained={pretrained}: model arch {arch!r} takes no pretrained encoder "
-                             "(asa-pretrain writes SW-ViT and SA-Swin files: model=tiny|small|base or swin_case)")
-        net.load_pretrained(pretrained)
-    return net

@@ -29,15 +29,25 @@ NETWORK_TASKS: dict[str, str] = {}
 # name -> the encoder submodule of a network that has one: its state-dict keys are "<module>.*" in
 # checkpoints and encoder exports
 ENCODER_MODULES: dict[str, str] = {}
+# names of the SW-ViT networks whose input geometry follows a pretraining file: the crop edge, the
+# position code, the symmetric axis and the brain frame's reference grid (`asa.api.networks`)
+FOLLOWS_PRETRAINING: set[str] = set()
+# a segmentation network's name -> the case network on the same encoder (a model preset names the
+# segmentation network; a case run builds its case counterpart)
+CASE_COUNTERPARTS: dict[str, str] = {}
 # a network's name before it was renamed -> its name now: the specs of files written before are read
 # under the new name (`current_spec`), a config that names the old one is refused naming the new
 RENAMED_NETWORKS = {"asa": "swvit_unetr"}  # the SW-ViT U-Net segmenter was "asa" (the package's name)
 
 
-def register_network(name: str, *, task: str, encoder: str | None = None) -> Callable[[Builder], Builder]:
+def register_network(name: str, *, task: str, encoder: str | None = None, follows_pretraining: bool = False,
+                     case_of: str | None = None) -> Callable[[Builder], Builder]:
     """Register the decorated class or function as the network ``name`` of ``task``
     (``segmentation``, ``pretraining`` or ``case``); it takes the flat keyword arguments of a network spec.
-    ``encoder``: the submodule whose weights an encoder export holds, if any."""
+    ``encoder``: the submodule whose weights an encoder export holds, if any. ``follows_pretraining``:
+    an SW-ViT network whose crop, position code, symmetric axis and reference grid a pretraining file
+    sets (it takes ``img_size``, ``pos_mode``, ``lr_axis`` and ``reference_grid``). ``case_of``: the
+    segmentation network whose model presets a case run builds this case network from."""
     if task not in TASKS:
         raise ValueError(f"register_network({name!r}): task must be one of {TASKS}, got {task!r}")
 
@@ -47,6 +57,10 @@ def register_network(name: str, *, task: str, encoder: str | None = None) -> Cal
         NETWORKS[name], NETWORK_TASKS[name] = build, task
         if encoder is not None:
             ENCODER_MODULES[name] = encoder
+        if follows_pretraining:
+            FOLLOWS_PRETRAINING.add(name)
+        if case_of is not None:
+            CASE_COUNTERPARTS[case_of] = name
         return build
 
     return register

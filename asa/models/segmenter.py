@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import warnings
 
@@ -51,10 +51,12 @@ SW_VIT_GEOMETRY = ("img_size", "patch_size", "pos_mode", "lr_axis")  # what a sp
 def recorded_pretraining(checkpoint: dict, source: str | Path) -> dict:
     """What the pretraining checkpoint or encoder export ``source`` (its content: ``checkpoint``)
     records about its network, from its network spec (``{"arch", "kwargs"}``): ``img_size`` (3 ints),
-    ``patch_size``, ``pos_mode``, ``lr_axis``. A file without a spec, or with a spec of a network
-    that has no SW-ViT encoder (a pretraining or segmentation network whose ``encoder`` module's
-    settings its spec records flat, as those of ``asa_pretrain``, ``swvit_unetr``, ``rpl_pretrain`` and
-    ``jigsaw_pretrain`` do), raises ``ValueError`` naming ``source``."""
+    ``patch_size``, ``pos_mode``, ``lr_axis``. Any pretraining or segmentation network whose registered
+    encoder is the SW-ViT's (module ``encoder``) counts when its spec records the encoder's settings flat,
+    as `EncoderSettings.spec` gives them (``asa_pretrain``, ``swvit_unetr``, ``rpl_pretrain``,
+    ``jigsaw_pretrain`` and a network registered from outside that keeps to it). A file without a
+    spec, or with a spec of another network (an SA-Swin file, a case network), raises ``ValueError``
+    naming ``source``."""
     spec = checkpoint.get("network")
     if spec is None:
         raise ValueError(f"{source}: records no network spec ('network': {{'arch', 'kwargs'}}), so the pretraining "
@@ -64,60 +66,13 @@ def recorded_pretraining(checkpoint: dict, source: str | Path) -> dict:
     if (ENCODER_MODULES.get(arch) != ENCODER_PREFIX.rstrip(".") or NETWORK_TASKS.get(arch) == "case"
             or not all(key in kwargs for key in SW_VIT_GEOMETRY)):
         raise ValueError(f"{source}: the pretrained file holds a {arch!r} network, not an ASA encoder (an SW-ViT "
-                         "network such as asa_pretrain, swvit_unetr, rpl_pretrain or jigsaw_pretrain); an SA-Swin file "
-                         "initialises model=sa_swin")
+                         "network whose spec records its encoder's settings flat, such as asa_pretrain, swvit_unetr, "
+                         "rpl_pretrain or jigsaw_pretrain); an SA-Swin file initialises model=sa_swin")
     return {"img_size": to_3tuple(kwargs["img_size"], "img_size"), "patch_size": kwargs["patch_size"],
             "pos_mode": kwargs["pos_mode"], "lr_axis": kwargs["lr_axis"]}
 
 
 SYMMETRY_KEYS = ("pos_mode", "lr_axis")  # model.* settings of the symmetric encoders; null: not set
-
-
-def set_options(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """A run config's ``model`` section without the symmetry settings it leaves unset (null), so a
-    network without a symmetric position encoding or axis (UNETR, SwinUNETR) is not handed them."""
-    return {k: v for k, v in model_cfg.items() if not (k in SYMMETRY_KEYS and v is None)}
-
-
-class PretrainedGeometry(NamedTuple):
-    """The fine-tuning geometry of an SW-ViT network: the crop edge, position mode, symmetric axis
-    and the brain frame's reference grid (patches; None: the network's own, the pretraining grid or
-    the crop's), with the pretrained file's content (``checkpoint``, read once; None without a file)
-    and what it records (`recorded_pretraining`; empty without a file)."""
-
-    crop: int
-    pos_mode: str
-    lr_axis: int
-    reference_grid: tuple[int, int, int] | None
-    checkpoint: dict | None
-    recorded: dict
-
-
-def pretrained_geometry(pretrained: str | Path | None, *, crop: int | None, pos_mode: str | None,
-                        lr_axis: int | None, default_crop: int | None,
-                        reference_grid: Sequence[int] | None = None,
-                        allow_grid_change: bool = False) -> PretrainedGeometry:
-    """The one place the fine-tuning geometry is resolved: each given value, else the one the
-    pretrained file records, else ``default_crop`` / ``mirror`` / 0 (no crop size at all is an
-    error). The reference grid: the given one; with ``allow_grid_change`` and a file, the file's
-    pretraining grid (the brain frame keeps it while the crop grid changes); else None."""
-    checkpoint, recorded = None, {}
-    if pretrained:
-        checkpoint = load_weights(pretrained)
-        recorded = recorded_pretraining(checkpoint, pretrained)
-    if crop is None:
-        crop = recorded["img_size"][0] if recorded.get("img_size") else default_crop
-    if crop is None:
-        raise ValueError("the crop size is unknown: give crop, a pretrained file that records its crop, "
-                         "or default_crop")
-    if pos_mode is None:
-        pos_mode = recorded.get("pos_mode") or "mirror"
-    if lr_axis is None:
-        lr_axis = recorded.get("lr_axis") or 0
-    if reference_grid is None and allow_grid_change and recorded.get("img_size"):
-        reference_grid = patch_grid(recorded["img_size"], int(recorded["patch_size"]))
-    grid = None if reference_grid is None else to_3tuple(reference_grid, "reference_grid")
-    return PretrainedGeometry(int(crop), pos_mode, int(lr_axis), grid, checkpoint, recorded)
 
 
 class SWViTSegmenter(nn.Module):
@@ -345,7 +300,7 @@ class SWViTSegmenter(nn.Module):
 
 
 
-@register_network("swvit_unetr", task="segmentation", encoder="encoder")
+@register_network("swvit_unetr", task="segmentation", encoder="encoder", follows_pretraining=True)
 class ASASegmenter(SWViTSegmenter):
     """The segmentation network on the SW-ViT encoder (:class:`SWViTSegmenter`), built from the flat
     settings of its network spec (``swvit_unetr``, named ``asa`` before 2026-11-23): ``ASASegmenter(img_size=128, in_channels=4, out_channels=3)``.

@@ -15,7 +15,8 @@ from asa.api.common import OptionError
 from asa.api.export import export_model
 from asa.cli.export import main as export_main
 from asa.io import CheckpointError, load_weights, save_checkpoint
-from asa.models import ASA, PRESETS, build_from_config, build_network, network_spec
+from asa.api.networks import build_from_config
+from asa.models import ASA, PRESETS, build_network, network_spec
 
 ENCODER_SIZES = {k: PRESETS["tiny"][k] for k in ("embed_dim", "depth", "num_heads", "window_size")}
 

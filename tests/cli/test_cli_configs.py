@@ -16,7 +16,8 @@ from asa.api.config import ENTRY_POINTS, compose_config, config_path
 from asa.api.pretrain import _method
 from asa.api.schema import SCHEMAS, as_config, check_choices, validate
 from asa.methods import MaskedAutoencoderSettings
-from asa.models import ASA, PRESETS, SWIN_SIZES, SymmetryAwareHead, architectures, build_case_head, build_from_config
+from asa.api.networks import build_case_network, build_from_config
+from asa.models import ASA, PRESETS, SWIN_SIZES, SymmetryAwareHead, architectures
 from asa.models.puzzles import JigsawPuzzle, RelativePatchLocation
 from asa.api.common import trainer_config
 from asa.train import build_optimizer
@@ -62,7 +63,7 @@ def _build(entry: str, composed) -> None:
         net = _method(cfg).build_network()  # the configured method's network
         assert isinstance(net, {"sa_swin": SymmetryAwareHead, **PUZZLES}.get(cfg.method.name, ASA))
     elif model.get("arch") in architectures("case"):  # a case network (data.task=case): pooled tokens, an MLP
-        net = build_case_head(model, in_channels=1, out_channels=2, crop=32, default_crop=32)
+        net = build_case_network(model, in_channels=1, out_channels=2, crop=32, default_crop=32)
     else:
         size = 64 if model.get("arch") in ("swin_unetr", "sa_swin") else 32  # SwinUNETR downsamples by 32
         net = build_from_config(model, asdict(cfg.segmenter), in_channels=1, out_channels=2, crop=size)

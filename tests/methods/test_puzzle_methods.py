@@ -11,7 +11,8 @@ from asa.data import write_demo_dataset
 from asa.data.phantom import make_phantom
 from asa.io import load_checkpoint
 from asa.methods import JigsawSettings, RelativePatchLocationSettings
-from asa.models import ASASegmenter, build_from_config, load_encoder
+from asa.api.networks import build_from_config
+from asa.models import ASASegmenter, load_encoder
 from asa.models.puzzles import min_hamming
 
 

@@ -1,9 +1,10 @@
 """A pretraining method added from outside the package, with no edit under asa/: a denoising
-autoencoder on the shared SW-ViT encoder, pretrained and exported through asa-pretrain and the API."""
+autoencoder on the shared SW-ViT encoder, pretrained and exported through asa-pretrain and the API,
+and its export fine-tuned (segmentation and a case head) and probed like asa's own."""
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import pytest
 import torch
@@ -11,24 +12,32 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from torch import nn
 
-from asa.api import load_config, pretrain
+from asa.api import compose_config, finetune, load_config, pretrain, probe
 from asa.cli.pretrain import main as asa_pretrain
 from asa.io import load_checkpoint
 from asa.methods import METHODS, MethodSettings, PretrainingMethod, register_method
+from asa.data import write_demo_dataset
+from asa.api.networks import build_from_config
+from asa.models import PRESETS, EncoderSettings
 from asa.models.patch import patchify
 from asa.models.registry import ENCODER_MODULES, NETWORK_TASKS, NETWORKS, register_network
 from asa.models.zoo import build_network
 
 
+ENCODER_FIELDS = {f.name for f in fields(EncoderSettings)}  # of the model group: the encoder's settings
+
+
 class DenoisingAutoencoder(nn.Module):
     """The encoder of an ASA network of the ``model`` group's sizes, and a linear head that predicts
-    each clean patch from the tokens of the noisy volume."""
+    each clean patch from the tokens of the noisy volume. Its spec records the encoder's settings flat
+    (`EncoderSettings.spec`), which is what lets its files initialise the fine-tuning networks."""
 
-    def __init__(self, img_size: int, in_channels: int, encoder: dict, noise: float) -> None:
+    def __init__(self, img_size: int, in_channels: int, noise: float, **encoder) -> None:
         super().__init__()
-        self.network_kwargs = dict(img_size=img_size, in_channels=in_channels, encoder=encoder, noise=noise)
-        spec = {"arch": "asa_pretrain", "kwargs": {**encoder, "img_size": img_size, "in_channels": in_channels}}
-        self.encoder = build_network(spec).encoder
+        settings = EncoderSettings.of("DenoisingAutoencoder", {**encoder, "img_size": img_size,
+                                                               "in_channels": in_channels})
+        self.network_kwargs = {**settings.spec(), "noise": noise}
+        self.encoder = settings.encoder()
         self.patch_size, self.noise = encoder["patch_size"], noise
         self.head = nn.Linear(encoder["embed_dim"], self.patch_size ** 3 * in_channels)
 
@@ -47,8 +56,8 @@ class Denoise(PretrainingMethod):
     name, Settings, encoder_prefixes, uses_model_group = "toy_denoise", DenoiseSettings, ("encoder.",), True
 
     def build_network(self) -> nn.Module:
-        kwargs = dict(img_size=self.context.crop, in_channels=len(self.context.channels),
-                      encoder=dict(self.context.model), noise=self.settings.noise)
+        kwargs = dict(img_size=self.context.crop, in_channels=len(self.context.channels), noise=self.settings.noise,
+                      **{k: v for k, v in self.context.model.items() if k in ENCODER_FIELDS})
         return build_network({"arch": "toy_denoise", "kwargs": kwargs})
 
     def step_of(self, cases, root):
@@ -103,3 +112,32 @@ def test_a_method_registered_from_the_tests_runs_under_asa_pretrain(tmp_path, to
         GlobalHydra.instance().clear()
     assert code in (0, None)
     _check_run(tmp_path / "run", 0.5)
+
+
+@pytest.mark.slow
+def test_the_export_of_a_method_registered_from_the_tests_fine_tunes_and_probes(tmp_path, toy):
+    """Nothing in asa names the toy network: fine-tuning and the probes read its file as any SW-ViT's."""
+    pretrain(load_config("pretrain", *_overrides(tmp_path / "run", tmp_path / "cache")))
+    export = tmp_path / "run" / "checkpoints" / "encoder.pt"
+    encoder = load_checkpoint(export)["encoder"]
+    ibsr = write_demo_dataset("ibsr", tmp_path / "ibsr", cases=4, size=40, seed=1)
+    seg = load_config("finetune", "data=ibsr", "trainer=smoke", "model=tiny", f"model.pretrained={export}",
+                      f"output_dir={tmp_path / 'seg'}", "device=cpu", "data.num_workers=0")
+    seg.data.root = str(ibsr)
+    assert finetune(seg).step >= 1
+    tuned = load_checkpoint(tmp_path / "seg" / "checkpoints" / "last.pt")
+    assert tuned["network"]["arch"] == "swvit_unetr" and tuned["config"]["data"]["crop"] == 32  # the export's crop
+    bids = write_demo_dataset("bids", tmp_path / "bids", cases=8, size=40, seed=2, targets=True)
+    case = load_config("finetune", "data=targets", "trainer=smoke", "model=tiny", f"model.pretrained={export}",
+                       f"output_dir={tmp_path / 'case'}", "device=cpu", "data.num_workers=0", "data.target=age")
+    case.data.root = str(bids)
+    assert finetune(case).step >= 1
+    assert load_checkpoint(tmp_path / "case" / "checkpoints" / "last.pt")["network"]["arch"] == "case_head"
+    record = probe(compose_config("probe", [f"encoders=[{export}]", "data=targets", f"data.root={bids}",
+                                            "data.target=age", f"output={tmp_path / 'probe'}", "device=cpu",
+                                            "folds=2", "bootstrap=20", "knn_k=2"]))
+    assert record["rows"][0]["arch"] == "toy_denoise" and record["rows"][0]["n"] == 8
+    sizes = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder_")}
+    net = build_from_config({"pretrained": str(export), **sizes}, {}, in_channels=1, out_channels=2, crop=None)
+    state = net.state_dict()  # the segmenter's encoder is the toy's, weight for weight
+    assert all(torch.equal(state[k], v) for k, v in encoder.items())

@@ -6,7 +6,8 @@ import inspect
 import pytest
 import torch
 
-from asa.models import ASA, PRESETS, ASACaseHead, ASASegmenter, build_case_head, build_network, network_spec
+from asa.api.networks import build_case_network
+from asa.models import ASA, PRESETS, ASACaseHead, ASASegmenter, build_network, network_spec
 from asa.models.encoder import ENCODER_PREFIX, EncoderSettings
 
 ENC = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
@@ -69,7 +70,7 @@ def test_pretrained_encoder_loads_bit_exactly_with_the_segmenters_keys(tmp_path,
         torch.save({"model": {f"module.{k}": v for k, v in mae.state_dict().items()}, "network": network_spec(mae)}, path)
     seg_keys = {k for k in ASASegmenter(img_size=32, **ENC).state_dict() if k.startswith(ENCODER_PREFIX)}
     torch.manual_seed(1)
-    net = build_case_head({"arch": "case_head", "pretrained": str(path), **ENC}, in_channels=1, out_channels=2,
+    net = build_case_network({"arch": "case_head", "pretrained": str(path), **ENC}, in_channels=1, out_channels=2,
                           crop=None, default_crop=64)
     head_keys = {k for k in net.state_dict() if k.startswith(ENCODER_PREFIX)}
     assert head_keys == seg_keys == set(mae.encoder_state_dict())
@@ -80,7 +81,7 @@ def test_pretrained_encoder_loads_bit_exactly_with_the_segmenters_keys(tmp_path,
     assert (kwargs["img_size"], kwargs["pos_mode"], kwargs["lr_axis"]) == ([32, 32, 32], "paper", 2)
     # a crop on another grid than the pretraining grid is refused
     with pytest.raises(ValueError, match="patch grid"):
-        build_case_head({"pretrained": str(path), **ENC}, in_channels=1, out_channels=2, crop=40,
+        build_case_network({"pretrained": str(path), **ENC}, in_channels=1, out_channels=2, crop=40,
                         default_crop=64)
 
 
@@ -98,7 +99,7 @@ def test_swin_case_takes_an_sa_swin_pretraining_file_bit_exactly(tmp_path):
                                                                       contrastive_dim=16, symmetry_dim=8)})
     torch.save({"model": sah.state_dict(), "network": network_spec(sah)}, tmp_path / "sah.pt")
     torch.manual_seed(1)
-    net = build_case_head({"arch": "swin_case", "pretrained": str(tmp_path / "sah.pt"), "feature_size": 12,
+    net = build_case_network({"arch": "swin_case", "pretrained": str(tmp_path / "sah.pt"), "feature_size": 12,
                            "depths": [1, 1, 1, 1]}, in_channels=1, out_channels=2, crop=32, default_crop=64)
     own = {k: v for k, v in net.state_dict().items() if k.startswith("swinViT.")}
     assert own and all(torch.equal(v, sah.state_dict()[k]) for k, v in own.items())

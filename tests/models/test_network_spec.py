@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from asa.io import load_checkpoint, save_checkpoint
-from asa.models import (ASA, ENCODER_MODULES, NETWORKS, ASASegmenter, architectures, build_from_config, build_network,
-                        network_spec, record_spec, register_network)
+from asa.api.networks import build_from_config
+from asa.models import (ASA, ENCODER_MODULES, NETWORKS, ASASegmenter, architectures, build_network, network_spec,
+                        record_spec, register_network)
 from asa.models import registry
 
 TINY = dict(embed_dim=48, depth=4, num_heads=3, window_size=8)
