@@ -116,7 +116,7 @@ def dataset_root(data: DataConfig) -> tuple[Path, str]:
 def load_cases(data: DataConfig, out_dir: Path | None, env: DistEnv) -> list:
     """The validated cases of a data preset, found once on rank 0 and shared with the other ranks.
 
-    Every volume is read once (in parallel; the outcome is cached under ``data.cache_dir``) with the
+    Every volume is read once in every run (in parallel) with the
     checks of `load_volume`; bad cases stop the run or are skipped per ``data.on_bad_case`` and then
     listed in ``<out_dir>/bad_cases.json``. With ``data.store`` nothing is read: the store's
     index holds the checks' outcome, and only the files' sizes and mtimes are compared with it.
@@ -128,7 +128,7 @@ def load_cases(data: DataConfig, out_dir: Path | None, env: DistEnv) -> list:
         report = None if out_dir is None else out_dir / "bad_cases.json"
         skipped: list = []
         cases = discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case",
-                         report_path=report, cache_dir=data.cache_dir, workers=_check_workers(data),
+                         report_path=report, workers=_check_workers(data),
                          skipped=skipped)
         if skipped:  # said on the console, not only in the report
             shown = "\n".join(f"  - {p.id}: {p.reason}" for p in skipped[:10])

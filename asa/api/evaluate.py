@@ -74,8 +74,7 @@ def evaluate_segmentation(cfg: EvaluateConfig) -> dict:
     data = cfg.data
     root, layout = dataset_root(data)
     task = get_task(str(data.task), root=root)
-    cases = discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case",
-                     cache_dir=data.cache_dir)
+    cases = discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case")
     cases = cases_of_split(cases, cfg.split_file, str(cfg.subset), where=str(root))
     out = Path(str(cfg.output)).absolute()
     if cfg.pred is None and cfg.reliance.checkpoint is None:

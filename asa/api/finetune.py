@@ -93,10 +93,10 @@ def finetune_segmentation(cfg: FinetuneConfig) -> FitResult:
         check_crop_fits(patch, cases)
         splits = split_cases(cases, data, out_dir, env)
         train_ds = build_segmentation_dataset(
-            splits["train"], task, train=True, patch_size=patch, cache_dir=data.cache_dir, store=data.store,
+            splits["train"], task, train=True, patch_size=patch, store=data.store,
             samples_per_case=int(data.samples_per_case), seed=int(cfg.seed), regions=regions, **lattice,
         )
-        val_ds = (build_segmentation_dataset(splits["val"], task, train=False, cache_dir=data.cache_dir,
+        val_ds = (build_segmentation_dataset(splits["val"], task, train=False,
                                              store=data.store,
                                              regions=regions if capabilities(model).regions else None)
                   if splits["val"] else None)

@@ -108,7 +108,7 @@ def finetune_case(cfg: FinetuneConfig) -> FitResult:
         resolved["task"] = {"name": CASE_TASK, "kind": kind, "target": str(data.target), "classes": list(targets.names),
                             "target_shift": shift, "target_scale": scale}
         optimizer, lr, config = optimizer_and_config(cfg, model, env)
-        common = dict(size=patch, cache_dir=data.cache_dir, seed=int(cfg.seed), store=data.store)
+        common = dict(size=patch, seed=int(cfg.seed), store=data.store)
         train_ds = build_target_dataset(splits["train"], targets, augment=True, **common)
         # validation scores what asa-predict writes: each case's outputs averaged over its test-time crops
         val_ds = build_case_crops_dataset(splits["val"], size=patch, lattice=case_crop_lattice(model),

@@ -13,9 +13,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from asa.api.common import _check_workers, dataset_root, refusing, region_source
 from asa.api.rundir import RunLock, check_writable, command_line
-from asa.api.schema import PretrainDataConfig, PreprocessConfig, SegmentationDataConfig, as_config, moved_key
+from asa.api.schema import PretrainDataConfig, PreprocessConfig, SegmentationDataConfig, as_config, old_key
 from asa.data import CaseError, discover, get_task
 from asa.data.layouts import load_report
+from asa.data.store import passed_checks
 from asa.data.store_writer import build_store
 from asa.data.preprocessing import PretrainPreprocess, SegmentationPreprocess
 from asa.train.choices import check_choices
@@ -38,8 +39,8 @@ def data_preset(data: Mapping[str, Any]) -> tuple[str, PretrainDataConfig | Segm
         merged = OmegaConf.merge(schema, data)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
-        if (place := moved_key(f"data.{key}")) is not None:
-            raise ValueError(f"{APP}: invalid option data.{key}: renamed; data.{key} is now {place}") from None
+        if (note := old_key(f"data.{key}")) is not None:
+            raise ValueError(f"{APP}: invalid option data.{key}: data.{key} {note}") from None
         raise ValueError(f"{APP}: invalid option data.{key}: {getattr(err, 'msg', err)}") from None
     check_choices(merged, typed, "data.")
     missing = sorted(f"data.{key}" for key in OmegaConf.missing_keys(merged))
@@ -85,7 +86,7 @@ def _preprocess(cfg, data, store: Path, kind: str, pre, channels, root: Path, la
     bad = store / "bad_cases.json"
     bad.unlink(missing_ok=True)
     cases = discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case", report_path=bad,
-                     cache_dir=data.cache_dir or store, workers=_check_workers(data))
+                     checked=passed_checks(store), workers=_check_workers(data))
     rejected = load_report(bad)["skipped"] if bad.is_file() else []
     workers = int(cfg.workers) or max(1, min(8, os.cpu_count() or 1))
     print(f"[{APP}] {len(cases)} case(s) of {root} ({layout}) passed the checks"

@@ -119,6 +119,30 @@ def moved_key(key: str) -> str | None:
     return None
 
 
+# keys of earlier versions that are gone -> what took their place. Refused as a moved key is (a command
+# line, ``+key``, a preset: `old_key`); a saved run config that holds one (a resumed run, a checkpoint)
+# is read without it, said in one line. Only keys that never changed a number belong here.
+REMOVED_KEYS = {
+    "data.cache_dir": "the store is the one preprocessing cache: write one with asa-preprocess (the same data "
+                      "options and data.store=DIR), then train with data.store=DIR",
+}
+
+
+def removed_key(key: str) -> str | None:
+    """What took the place of an earlier version's removed dotted ``key`` (None: not a removed key)."""
+    return REMOVED_KEYS.get(key)
+
+
+def old_key(key: str) -> str | None:
+    """What a refusal says of an earlier version's dotted ``key``: ``is now <place>`` (`moved_key`) or
+    ``was removed; <what took its place>`` (`removed_key`); None for any other key."""
+    if (place := moved_key(key)) is not None:
+        return f"is now {place}"
+    if (instead := removed_key(key)) is not None:
+        return f"was removed; {instead}"
+    return None
+
+
 def flatten_keys(node: Any) -> list[str]:
     """The dotted keys of a mapping's leaves (``{"a": {"b": 1}}`` -> ``["a.b"]``; a leaf: none)."""
     if not isinstance(node, (dict, DictConfig)):
@@ -126,9 +150,9 @@ def flatten_keys(node: Any) -> list[str]:
     return [f"{k}.{sub}" if sub else str(k) for k, v in node.items() for sub in (flatten_keys(v) or [""])]
 
 
-def moved_keys(keys: Any) -> dict[str, str]:
-    """The moved ones among dotted ``keys``, each with its new place (`moved_key`)."""
-    return {key: new for key in keys if (new := moved_key(key)) is not None}
+def old_keys(keys: Any) -> dict[str, str]:
+    """The moved or removed ones among dotted ``keys``, each with what its refusal says (`old_key`)."""
+    return {key: note for key in keys if (note := old_key(key)) is not None}
 
 
 @dataclass
@@ -183,7 +207,6 @@ class DataConfig:
     root: Optional[str] = MISSING  # null: the demo phantoms (presets state it)
     demo: Optional[DemoConfig] = None
     on_bad_case: str = one_of("error", ON_BAD)
-    cache_dir: Optional[str] = None
     store: Optional[str] = None  # a store written by asa-preprocess (read instead of the files)
     num_workers: int = 0
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -501,10 +524,10 @@ def validate(cfg: DictConfig, entry: str) -> None:
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         keys = flatten_keys(OmegaConf.select(cfg, key)) if key in cfg else {}
-        moved = moved_keys([f"{key}.{k}" for k in keys]) or moved_keys([key])
-        if moved:
-            raise ValueError(f"asa-{entry}: invalid option {key}: renamed; "
-                             + "; ".join(f"{old} is now {new}" for old, new in moved.items())) from None
+        old = old_keys([f"{key}.{k}" for k in keys]) or old_keys([key])
+        if old:
+            raise ValueError(f"asa-{entry}: invalid option {key}: "
+                             + "; ".join(f"{name} {note}" for name, note in old.items())) from None
         raise ValueError(f"asa-{entry}: invalid option {key}: {err.msg if hasattr(err, 'msg') else err}") from None
     for key in RENAMED_VALUES:
         if (why := renamed_value(key, OmegaConf.select(cfg, key, default=None))) is not None:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from asa.api.common import OptionError, describe_error
 from asa.api.config import config_path
 from asa.api.rundir import RunDirError
-from asa.api.schema import moved_key
+from asa.api.schema import old_key
 from asa.cli.launch import write_status
 from asa.data import CaseError
 from asa.data.store import StoreIndexError, StoreSettingsError
@@ -123,8 +123,8 @@ def _compose_error(text: str) -> str:
     kept = [ln for ln in lines if not ln.startswith(_HYDRA_NOISE) and not ln.startswith("^")]
     message = " ".join(kept).split(" Config search path:")[0] or "the command line could not be read"
     key = re.search(r"Could not override '([\w.]+)'", message) or re.search(r"full_key: ([\w.]+)", text)
-    if key and (place := moved_key(key[1])):
-        message += f" — {key[1]} is now {place}"
+    if key and (note := old_key(key[1])):
+        message += f" — {key[1]} {note}"
     if any(marker in text for marker in _QUOTING):
         message += (" — a value with spaces, non-ASCII or special characters must be quoted for Hydra inside the "
                     "shell's quotes, e.g. \"output_dir='runs/my run'\"")

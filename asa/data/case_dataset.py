@@ -54,7 +54,6 @@ def build_target_dataset(
     *,
     size: int | Sequence[int],
     augment: bool,
-    cache_dir: str | Path | None = None,
     channels: Sequence[str] = ("t1",),
     seed: int | None = None,
     store: str | Path | None = None,
@@ -64,8 +63,7 @@ def build_target_dataset(
     axis 0, at the pretraining grid; ``augment`` adds its intensity augmentation), so the crop is the
     reference grid (patch offset 0). ``targets`` must hold a value for every case (`Targets.for_cases`
     reports those without one, which the caller leaves out)."""
-    base = build_pretrain_dataset(cases, size=size, cache_dir=cache_dir, augment=augment, channels=channels,
-                                  seed=seed, store=store)
+    base = build_pretrain_dataset(cases, size=size, augment=augment, channels=channels, seed=seed, store=store)
     return TargetDataset(base, targets.values, targets.kind)
 
 
@@ -88,8 +86,8 @@ def build_case_crops_dataset(
         pre = CaseCrops(size, lattice=lattice, crops=crops).pre
         opened.check_settings(store_settings(pre.settings(), channels=channels, dtype="float16"), ignore_regions=True)
         base = CaseDataset(opened.items([c.id for c in cases]),
-                           Compose([StoreCaseCrops(pre.size, lattice=lattice, crops=crops)]), cache_path=None, seed=None)
+                           Compose([StoreCaseCrops(pre.size, lattice=lattice, crops=crops)]), seed=None)
     else:
         base = CaseDataset([case_to_item(c, channels) for c in cases], Compose([CaseCrops(size, lattice=lattice, crops=crops)]),
-                           cache_path=None, seed=None)
+                           seed=None)
     return base if targets is None else TargetDataset(base, targets.values, targets.kind)

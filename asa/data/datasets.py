@@ -1,9 +1,8 @@
-"""Datasets for pretraining and fine-tuning, with an on-disk preprocessing cache.
+"""Datasets for pretraining and fine-tuning: each case preprocessed from its files, or read from a store.
 
-The deterministic preprocessing of each case is cached with MONAI ``PersistentDataset`` under
-``cache_dir/<kind>-<hash of the preprocessing settings>/``; each entry is further keyed on the case's
-file paths, modification times and sizes, so changing settings or files never reuses stale entries.
-Random augmentation runs after the cache, every time.
+The deterministic preprocessing runs on the fly for every sample, unless the dataset reads a store
+(`asa.data.store`, written once by asa-preprocess), the one preprocessing cache. Random augmentation
+runs after it, every time.
 
 Seeding: MONAI random transforms draw from their own ``RandomState``. The datasets reseed it
 (a) from ``seed`` at construction, (b) in every DataLoader worker from the worker's torch seed
@@ -14,8 +13,6 @@ share augmentation streams.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +20,6 @@ from typing import Any
 
 import torch
 from monai.data import Dataset as MonaiDataset
-from monai.data import PersistentDataset
 from monai.data.utils import set_rnd
 from monai.transforms import Compose
 from torch.utils.data import default_collate
@@ -39,7 +35,7 @@ from asa.data.tasks import Task
 from asa.io import Volume, VolumeError, load_volume
 
 __all__ = ["CaseDataset", "CaseLoadError", "StoreCropBatches", "build_pretrain_dataset", "build_segmentation_dataset",
-           "preprocess_for_inference", "region_map_for_inference", "settings_hash"]
+           "preprocess_for_inference", "region_map_for_inference"]
 
 
 class CaseLoadError(RuntimeError):
@@ -47,28 +43,16 @@ class CaseLoadError(RuntimeError):
     naming the case, the file and the fault, also when raised again from a DataLoader worker."""
 
 
-def settings_hash(settings: dict[str, Any]) -> str:
-    """Short stable hash of preprocessing settings (names the cache folder)."""
-    blob = json.dumps(settings, sort_keys=True, default=str).encode()
-    return hashlib.sha1(blob).hexdigest()[:16]
-
-
 class CaseDataset(torch.utils.data.Dataset):
     """Indexable dataset of preprocessed (and optionally augmented) cases.
 
-    Wraps a MONAI (Persistent)Dataset; reseeds the random transforms once per DataLoader worker.
-    ``cache_path`` is the folder of this settings' cache entries (None without a cache).
+    Wraps a MONAI Dataset; reseeds the random transforms once per DataLoader worker.
     """
 
-    def __init__(self, items: list[dict[str, Any]], transform: Compose, *, cache_path: Path | None, seed: int | None) -> None:
+    def __init__(self, items: list[dict[str, Any]], transform: Compose, *, seed: int | None) -> None:
         self.items = items
         self.transform = transform
-        self.cache_path = cache_path
-        if cache_path is not None:
-            cache_path.mkdir(parents=True, exist_ok=True)
-            self.inner: MonaiDataset = PersistentDataset(items, transform, cache_dir=cache_path)
-        else:
-            self.inner = MonaiDataset(items, transform)
+        self.inner = MonaiDataset(items, transform)
         if seed is not None:
             set_rnd(transform, seed)
         self._seeded_for: tuple[int, int] | None = None
@@ -113,7 +97,7 @@ class StoreCropBatches(CaseDataset):
 
     def __init__(self, items: list[dict[str, Any]], transform: Compose, *, channels: int, dtype: torch.dtype,
                  seed: int | None) -> None:
-        super().__init__(items, transform, cache_path=None, seed=seed)
+        super().__init__(items, transform, seed=seed)
         crop, *draws, finalize = transform.transforms
         if not (isinstance(crop, StorePretrainCrop) and isinstance(finalize, Finalize) and not crop.float_image
                 and all(isinstance(t, DeferredAugmentation) for t in draws)):
@@ -148,7 +132,6 @@ def build_pretrain_dataset(
     cases: Sequence[Case],
     *,
     size: int | Sequence[int],
-    cache_dir: str | Path | None = None,
     augment: bool = True,
     flip_axes: Sequence[int] = (),
     augment_on: str = "cpu",
@@ -195,13 +178,10 @@ def build_pretrain_dataset(
         steps[-1] = Finalize(keep, float_image=cpu_steps)
         items = opened.items([c.id for c in cases])
         if cpu_steps:
-            return CaseDataset(items, Compose(steps), cache_path=None, seed=seed)
+            return CaseDataset(items, Compose(steps), seed=seed)
         return StoreCropBatches(items, Compose(steps), channels=len(channels),
                                 dtype=getattr(torch, str(opened.settings["dtype"])), seed=seed)
-    items = [case_to_item(c, channels) for c in cases]
-    settings = {**pre.settings(), "channels": list(channels), "version": 2}
-    cache_path = None if cache_dir is None else Path(cache_dir) / f"pretrain-{settings_hash(settings)}"
-    return CaseDataset(items, Compose(steps), cache_path=cache_path, seed=seed)
+    return CaseDataset([case_to_item(c, channels) for c in cases], Compose(steps), seed=seed)
 
 
 def build_segmentation_dataset(
@@ -210,7 +190,6 @@ def build_segmentation_dataset(
     *,
     train: bool,
     patch_size: int | Sequence[int] | None = None,
-    cache_dir: str | Path | None = None,
     samples_per_case: int = 1,
     seed: int | None = None,
     lattice: int = 8,
@@ -259,11 +238,8 @@ def build_segmentation_dataset(
         steps[0] = StoreSegmentationLoad(pre.target, whole=not train, region=regions is not None)
         if train:
             steps[1] = StoreLatticeCropd.like(steps[1], pre.target)
-        return CaseDataset(opened.items([c.id for c in cases]), Compose(steps), cache_path=None, seed=seed)
-    items = [case_to_item(c, task.channels) for c in cases]
-    settings = {**pre.settings(), "version": 2}
-    cache_path = None if cache_dir is None else Path(cache_dir) / f"seg-{task.name}-{settings_hash(settings)}"
-    return CaseDataset(items, Compose(steps), cache_path=cache_path, seed=seed)
+        return CaseDataset(opened.items([c.id for c in cases]), Compose(steps), seed=seed)
+    return CaseDataset([case_to_item(c, task.channels) for c in cases], Compose(steps), seed=seed)
 
 
 def preprocess_for_inference(case: Case, task: Task) -> tuple[torch.Tensor, Volume]:

@@ -26,7 +26,7 @@ import json
 import os
 import re
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from asa.data.lattice import LatticeCropd, lattice_padding, reference_origin
 __all__ = [
     "FORMAT", "STORE_DTYPES", "Store", "StoreError", "StoreIndexError", "StoreSettingsError", "StoreLatticeCropd",
     "StorePretrainCrop", "StoreSegmentationLoad", "array_fault", "case_file_stamps", "check_index", "check_record",
-    "describe_settings_diff", "open_store", "record_name", "stamp_key", "store_settings",
+    "describe_settings_diff", "open_store", "passed_checks", "record_name", "stamp_key", "store_settings",
 ]
 
 FORMAT = "asa-store"
@@ -293,6 +293,28 @@ def open_store(path: str | os.PathLike | Store, option: str = "data.store") -> S
         raise StoreIndexError(f"{option}={folder}: {index} is not a store index ({err})") from None
     return Store(folder, data["settings"], data["cases"], data.get("root"), data.get("layout"),
                  data.get("skipped", []))
+
+
+def passed_checks(folder: str | os.PathLike) -> Callable[[Case], bool] | None:
+    """Whether a case passed the full checks when the store at ``folder`` was written and its files
+    are unchanged since (their sizes and mtimes as recorded): a rerun of asa-preprocess need not read
+    it again (`asa.data.discover`'s ``checked``). None while the folder holds no readable index."""
+    try:
+        records = open_store(folder).records
+    except (StoreError, OSError):
+        return None
+
+    def passed(case: Case) -> bool:
+        record = records.get(case.id)
+        if record is None or record.get("checks") != "full":
+            return False
+        try:
+            now = case_file_stamps(case)
+        except OSError:
+            return False  # a file gone: the check names it
+        return [stamp_key(f) for f in now] == [stamp_key(f) for f in record["files"]]
+
+    return passed
 
 
 def _map(item: Mapping[str, Any], name: str) -> np.ndarray:

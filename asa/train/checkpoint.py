@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,16 +34,25 @@ def flatten(cfg: Mapping, prefix: str = "") -> dict[str, object]:
 
 def check_compatible(saved_cfg: Mapping, cfg: Mapping, keys: Iterable[str], *, source: str = "checkpoint",
                      moved: Callable[[str], str | None] | None = None,
-                     current: Callable[[str, Any], Any] | None = None) -> None:
+                     current: Callable[[str, Any], Any] | None = None,
+                     removed: Callable[[str], str | None] | None = None) -> None:
     """Refuse to resume when any config entry under `keys` (dotted prefixes, e.g. "model") differs,
     or when the saved config holds a key that has moved since (``moved(key)``: its new place, else
     None), which is never read into its new place. ``current(key, value)``: a saved value under the name
-    it has now (a renamed network), compared as such.
+    it has now (a renamed network), compared as such. A saved key removed since (``removed(key)``: what
+    took its place, else None) never changed a number: it is left out, said in one line on stderr.
 
     The error lists every differing key with the saved and the requested value, or every moved key
     with its new place.
     """
     saved, now = flatten(saved_cfg), flatten(cfg)
+    gone = {key: instead for key in sorted(saved) if key not in now and removed is not None
+            and (instead := removed(key)) is not None}
+    if gone:
+        print(f"[asa] {source} was written by an earlier asa; read without "
+              + "; ".join(f"{key}={saved[key]!r} (removed since: {instead})" for key, instead in gone.items()),
+              file=sys.stderr, flush=True)
+        saved = {key: value for key, value in saved.items() if key not in gone}
     renamed = {key: place for key in sorted(saved) if key not in now and moved is not None
                and (place := moved(key)) is not None}
     if renamed:

@@ -49,14 +49,16 @@ class ResumePoint:
 
 def check_training_checkpoint(path: Path, run_config: Mapping, compat_keys: Sequence[str], *,
                               moved: Callable[[str], str | None] | None = None,
-                              current: Callable[[str, Any], Any] | None = None) -> ResumePoint:
+                              current: Callable[[str, Any], Any] | None = None,
+                              removed: Callable[[str], str | None] | None = None) -> ResumePoint:
     """Read ``path`` once and check that it is an asa training checkpoint whose run config matches
     ``run_config`` in ``compat_keys`` and holds no key that has moved since (``moved``; see
     `check_compatible`: `IncompatibleCheckpointError` listing the keys; another file: ``ValueError``; a
-    saved value renamed since is compared under its name now, ``current``);
-    returns it as the run's resume point."""
+    saved value renamed since is compared under its name now, ``current``; keys removed since,
+    ``removed``, are left out); returns it as the run's resume point."""
     state = load_checkpoint(path, map_location="cpu")
-    check_compatible(state.get("config", {}), run_config, compat_keys, source=str(path), moved=moved, current=current)
+    check_compatible(state.get("config", {}), run_config, compat_keys, source=str(path), moved=moved, current=current,
+                     removed=removed)
     if state.get("format") != FORMAT:
         raise ValueError(f"checkpoint {path}: not an asa training checkpoint (format={state.get('format')!r})")
     return ResumePoint(Path(path), state)

@@ -98,6 +98,29 @@ def test_a_folder_holding_predictions_is_refused_then_replaced_or_continued(setu
     assert {e["checkpoint"] for e in manifest["cases"].values()} == {str(b)} and len(written) == 3
 
 
+@pytest.mark.slow
+def test_a_checkpoint_written_with_data_cache_dir_predicts_and_evaluates(setup, tmp_path):
+    """A checkpoint of a run from before data.cache_dir was removed (its stored config holds the key)
+    serves asa-predict and asa-evaluate's reliance diagnostic as any other: both rebuild the network
+    from its spec and read only its task."""
+    import nibabel as nib
+
+    from asa.api import evaluate
+    from asa.io import load_checkpoint
+
+    _, data, a, _ = setup
+    state = load_checkpoint(a)
+    state["config"]["data"] = {"name": "brats", "crop": 16, "store": None, "cache_dir": "/somewhere"}
+    old = save_checkpoint(tmp_path / "old.pt", state)
+    written, same = predict(_cfg(old, data, tmp_path / "old")), predict(_cfg(a, data, tmp_path / "same"))
+    assert [p.name for p in written] == [p.name for p in same] and len(written) == 3
+    assert all((nib.load(p).get_fdata() == nib.load(q).get_fdata()).all() for p, q in zip(written, same))
+    summary = evaluate(compose_config("evaluate", ["data=brats", f"data.root={data}", f"pred={tmp_path / 'old'}",
+                                                   f"output={tmp_path / 'eval'}", f"reliance.checkpoint={old}",
+                                                   "reliance.device=cpu"]))
+    assert summary["n_cases"] == 3 and summary["reliance"]
+
+
 def test_output_inside_the_input_folder_is_refused(setup, tmp_path):
     _, data, a, _ = setup
     before = sorted(p.name for p in data.rglob("*"))

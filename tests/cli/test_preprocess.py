@@ -21,7 +21,7 @@ def _data(kind: str, cache: Path, store: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.parametrize("preset, arrays", [("ibsr", {"image", "brain", "label", "fg"}), ("demo", {"image", "brain"})])
-def test_any_preset_into_a_store_then_a_rerun_does_nothing(tmp_path, preset, arrays):
+def test_any_preset_into_a_store_then_a_rerun_does_nothing(tmp_path, monkeypatch, preset, arrays):
     store = tmp_path / "store"
     report = preprocess(compose_config("preprocess", _data(preset, tmp_path / "cache", store)))
     assert report.cases == 3 and len(report.processed) == 3 and report.bytes > 0
@@ -29,6 +29,11 @@ def test_any_preset_into_a_store_then_a_rerun_does_nothing(tmp_path, preset, arr
     assert index["layout"] == ("ibsr" if preset == "ibsr" else "bids") and Path(index["root"]).is_dir()
     assert index["settings"]["kind"] == ("segmentation" if preset == "ibsr" else "pretrain")
     assert all(set(r["arrays"]) == arrays and r["checks"] == "full" for r in index["cases"].values())
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a rerun read an unchanged volume again: the store's records hold its checks")
+
+    monkeypatch.setattr("asa.data.layouts.base.load_volume", no_reading)
     again = preprocess(compose_config("preprocess", _data(preset, tmp_path / "cache", store)))
     assert again.processed == [] and again.unchanged == 3
 

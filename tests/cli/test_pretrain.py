@@ -142,6 +142,36 @@ def test_resume_of_a_run_with_the_old_mae_block_names_the_moved_keys(tmp_path, d
     assert "mae.pos_mode is now model.pos_mode" in msg and "mae.loss_weighting is now method.loss_weighting" in msg
     assert "<missing>" not in msg
 
+
+def test_resume_of_a_run_written_with_data_cache_dir_reads_it_without_the_key(tmp_path, demo_cache, capsys):
+    """A run folder written before data.cache_dir was removed (its config.yaml and checkpoints hold the
+    key) resumes: the key never changed a number (the cached crops were the same fp32 crops), so it is
+    left out, said in one line, and the config history records that it is gone."""
+    import yaml
+
+    run(compose_config("pretrain", _overrides(tmp_path, demo_cache)))
+    record = tmp_path / "config.yaml"
+    old = yaml.safe_load(record.read_text())
+    old["data"]["cache_dir"] = "/somewhere"  # as an earlier asa wrote it
+    record.write_text(yaml.safe_dump(old, sort_keys=False))
+    last = tmp_path / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    state["config"]["data"]["cache_dir"] = "/somewhere"
+    torch.save(state, last)
+    capsys.readouterr()
+    result = run(compose_config("pretrain", _overrides(tmp_path, demo_cache, "resume=true", "trainer.max_steps=3",
+                                                       "trainer.epochs=3")))
+    assert result.step == 3
+    said = [ln for ln in capsys.readouterr().err.splitlines() if "data.cache_dir" in ln]
+    assert said == [f"[asa] {last} was written by an earlier asa; read without data.cache_dir='/somewhere' "
+                    "(removed since: the store is the one preprocessing cache: write one with asa-preprocess (the "
+                    "same data options and data.store=DIR), then train with data.store=DIR)"]
+    assert "cache_dir" not in load_checkpoint(last)["config"]["data"]
+    assert yaml.safe_load(record.read_text()) == old  # config.yaml stays as first written
+    history = yaml.safe_load((tmp_path / "config_history.yaml").read_text())
+    assert history[-1]["changes"]["data.cache_dir"] == {"was": "/somewhere", "now": "<missing>"}
+
+
 def test_encoder_export_loads_into_the_segmenter(tmp_path, demo_cache):
     from asa.models import ASASegmenter, PRESETS
 

@@ -4,6 +4,7 @@ path and the cause (disk full, read-only folder); printed commands paste back co
 from __future__ import annotations
 
 import errno
+import re
 import shlex
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from asa.api import finetune, predict, pretrain
 from asa.api.common import OptionError
@@ -166,10 +168,56 @@ def test_a_whole_moved_section_on_the_command_line_names_the_new_place_of_each_k
     report = ("Could not override 'mae.loss_weighting'.\nTo append to your config use +mae.loss_weighting=uniform\n"
               "Key 'mae' not in 'PretrainConfig'\n    full_key: mae\n")
     assert _compose_error(report).endswith("— mae.loss_weighting is now method.loss_weighting")
-    with pytest.raises(ValueError, match=r"invalid option mae: renamed; mae.pos_mode is now model.pos_mode; "
+    with pytest.raises(ValueError, match=r"invalid option mae: mae.pos_mode is now model.pos_mode; "
                                          r"mae.bins is now method.bins$"):
         validate(compose_config("pretrain", ["+mae={pos_mode: none, bins: 4}"]), "pretrain")
 
+
+
+REMOVED_CACHE_DIR = ("data.cache_dir was removed; the store is the one preprocessing cache: write one with "
+                     "asa-preprocess (the same data options and data.store=DIR), then train with data.store=DIR")
+
+
+@pytest.mark.parametrize("entry, overrides", [
+    ("pretrain", ["data.cache_dir=/x"]), ("pretrain", ["data=bids", "data.root=x", "data.cache_dir=/x"]),
+    ("finetune", ["data.cache_dir=/x"]), ("finetune", ["data=brats", "data.cache_dir=/x"]),
+    ("evaluate", ["output=o", "data.cache_dir=/x"]),
+])
+def test_data_cache_dir_is_refused_naming_the_store(entry, overrides):
+    """data.cache_dir is gone (the store is the one preprocessing cache): on the command line, with
+    + and in a data preset of asa-preprocess it is refused saying what took its place, as a moved key is."""
+    from hydra.errors import HydraException
+
+    from asa.api.preprocess import data_preset
+    from asa.api.schema import old_key, validate
+    from asa.cli.common import _compose_error
+
+    assert old_key("data.cache_dir") == REMOVED_CACHE_DIR.removeprefix("data.cache_dir ")
+    assert old_key("data.demo.cache_dir") is None  # where the demo phantoms go: a setting of today
+    with pytest.raises(HydraException) as info:
+        compose_config(entry, overrides)
+    error = info.value.__cause__ or info.value
+    report = f"{info.value}\n    full_key: {getattr(error, 'full_key', '')}\n"
+    assert _compose_error(report).endswith(f"— {REMOVED_CACHE_DIR}")
+    others = [o for o in overrides if not o.startswith("data.cache_dir")]
+    with pytest.raises(ValueError, match=rf"^asa-{entry}: invalid option data.cache_dir: {re.escape(REMOVED_CACHE_DIR)}$"):
+        validate(compose_config(entry, [*others, "+data.cache_dir=/x"]), entry)
+    if entry != "evaluate":  # a data preset given to asa-preprocess
+        data = OmegaConf.to_container(compose_config(entry, others).data)
+        with pytest.raises(ValueError, match=rf"^asa-preprocess: invalid option data.cache_dir: "
+                                             rf"{re.escape(REMOVED_CACHE_DIR)}$"):
+            data_preset({**data, "cache_dir": "/x"})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("app", ["pretrain", "finetune"])
+def test_data_cache_dir_on_the_console_exits_2_naming_the_store(tmp_path, app):
+    proc = subprocess.run([sys.executable, "-m", f"asa.cli.{app}", "data.cache_dir=/x", f"output_dir={tmp_path / 'r'}"],
+                          capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"[asa-{app}] refused:") and lines[0].endswith(REMOVED_CACHE_DIR)
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("entry, overrides, old", [

@@ -8,9 +8,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from asa.data import CaseError, discover, write_demo_dataset
+from asa.data import CaseError, discover, get_task, write_demo_dataset
 from asa.data.layouts import base
-from asa.data.preprocessing import brain_mask, flat_channels
+from asa.data.preprocessing import SegmentationPreprocess, brain_mask, flat_channels
+from asa.data.store import passed_checks
+from asa.data.store_writer import build_store
 
 
 def _rewrite(path: Path, fn) -> None:
@@ -71,23 +73,33 @@ def test_report_only_when_something_was_skipped(tmp_path):
     assert not report.exists()
 
 
-def test_checks_are_cached_per_unchanged_file(damaged, tmp_path, monkeypatch):
+def test_a_store_vouches_for_the_checks_of_its_unchanged_files_only(damaged, tmp_path, monkeypatch):
+    """The store is the one cache of the checks: a rerun of asa-preprocess (``checked=passed_checks``)
+    reads only what the store does not vouch for: the cases it rejected, and files changed since."""
     root, faults = damaged
-    cache = tmp_path / "cache"
-    first = discover("brats", root, on_bad_case="skip", cache_dir=cache)
-    assert (cache / "case_checks.json").is_file()
+    store, task = tmp_path / "store", get_task("brats")
+    assert passed_checks(store) is None  # no store yet: every case is read
+    first = discover("brats", root, on_bad_case="skip")
+    build_store(first, store, preprocessor=SegmentationPreprocess(task), channels=task.channels, progress=False)
+    read: list[str] = []
+    real = base.load_volume
 
-    def no_reading(*args, **kwargs):
-        raise AssertionError("a cached check read a volume again")
+    def reading(path, *args, **kwargs):
+        read.append(Path(path).parent.name)
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(base, "load_volume", no_reading)
-    assert [c.id for c in discover("brats", root, on_bad_case="skip", cache_dir=cache)] == [c.id for c in first]
-    monkeypatch.undo()
-    # a repaired file (new size/mtime) is checked again
+    monkeypatch.setattr(base, "load_volume", reading)
+    again = discover("brats", root, on_bad_case="skip", checked=passed_checks(store))
+    assert [c.id for c in again] == [c.id for c in first]
+    assert set(read) == set(faults)  # the rejected cases are read again, the stored ones not
+    # a stored case whose file changed is read again, and a repaired one now passes
+    kept = first[0]
+    _rewrite(kept.images["t1"], lambda a: a * 2.0)
     bad_id = next(cid for cid, (_, words) in faults.items() if words == "all zeros")
     _rewrite(faults[bad_id][0], lambda a: a + np.arange(a.size, dtype=np.float32).reshape(a.shape))  # not constant
-    again = discover("brats", root, on_bad_case="skip", cache_dir=cache)
-    assert bad_id in {c.id for c in again}
+    read.clear()
+    again = discover("brats", root, on_bad_case="skip", checked=passed_checks(store))
+    assert set(read) == set(faults) | {kept.id} and bad_id in {c.id for c in again}
 
 
 def test_flat_channels_on_hand_made_volumes():
@@ -121,7 +133,7 @@ def _constant(root: Path) -> dict[str, tuple[Path, str]]:
 
 def test_a_constant_image_is_a_bad_case_naming_the_file(tmp_path):
     """Like an all-zero image, a constant one would reach training as a brain of zeros (z-scoring divides
-    by ~0): refused with on_bad_case=error, skipped and listed with skip, the outcome cached."""
+    by ~0): refused with on_bad_case=error, skipped and listed with skip."""
     root = write_demo_dataset("brats", tmp_path / "brats", cases=3, size=24, seed=0)
     faults = _constant(root)
     with pytest.raises(CaseError) as info:
@@ -130,13 +142,11 @@ def test_a_constant_image_is_a_bad_case_naming_the_file(tmp_path):
         line = next(ln for ln in str(info.value).splitlines() if ln.strip().startswith(f"- {cid}:"))
         assert f"{path}: image is constant inside the brain" in line and words in line, line
         assert "z-scoring it would divide by ~0" in line
-    report, cache = tmp_path / "bad_cases.json", tmp_path / "cache"
-    kept = discover("brats", root, on_bad_case="skip", report_path=report, cache_dir=cache)
+    report = tmp_path / "bad_cases.json"
+    kept = discover("brats", root, on_bad_case="skip", report_path=report)
     assert [c.id for c in kept] == sorted(set(p.name for p in root.iterdir()) - set(faults))
     skipped = {s["id"]: s["reason"] for s in json.loads(report.read_text())["skipped"]}
     assert set(skipped) == set(faults) and all("constant inside the brain" in r for r in skipped.values())
-    cached = json.loads((cache / "case_checks.json").read_text()).values()
-    assert sum(r is not None and "constant inside the brain" in r for r in cached) == 2
 
 
 def test_a_constant_pretraining_scan_is_a_bad_case(tmp_path):

@@ -104,6 +104,21 @@ def test_check_compatible_refuses_a_run_written_before_its_keys_moved():
     assert "<missing>" not in msg
     check_compatible({"data": {"crop": 32}}, now, ["data.crop"], moved=moved)  # a current run resumes
 
+
+def test_check_compatible_reads_a_run_written_with_a_removed_key_without_it(capsys):
+    """A key removed since (data.cache_dir) never changed a number: the run resumes, even where its
+    section must match, and one line on stderr says the key was left out."""
+    removed = {"data.cache_dir": "the store"}.get
+    saved = {"data": {"crop": 32, "cache_dir": "/somewhere"}}
+    now = {"data": {"crop": 32}}
+    check_compatible(saved, now, ["data"], source="run/last.pt", moved={}.get, removed=removed)
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["[asa] run/last.pt was written by an earlier asa; read without "
+                   "data.cache_dir='/somewhere' (removed since: the store)"]
+    with pytest.raises(IncompatibleCheckpointError, match="data.cache_dir"):  # without the table: a difference
+        check_compatible(saved, now, ["data"], source="run/last.pt")
+
+
 def test_prune_keeps_newest(tmp_path):
     for s in (1, 2, 10, 3):
         (tmp_path / f"step_{s:08d}.pt").write_bytes(b"")

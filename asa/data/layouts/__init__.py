@@ -6,17 +6,16 @@ image/label shape or affine mismatch, label values outside the task's set, dupli
 brain: a constant image cannot be z-scored). With
 ``on_bad_case="skip"`` bad cases are dropped and listed, with reasons, in ``report_path`` (JSON).
 
-Full checks read every volume once, in parallel threads; with a ``cache_dir`` the outcome per case
-is kept in ``<cache_dir>/case_checks.json``, keyed on the files' paths, sizes and modification
-times, so a later run over unchanged files reads nothing.
+Full checks read every volume once, in parallel threads, in every call: nothing is cached here. A
+store (`asa.data.store`) keeps the outcome: training on it checks nothing, and asa-preprocess
+passes ``checked`` (`asa.data.store.passed_checks`) so that a rerun reads only new or changed files.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,7 +39,7 @@ def discover(
     require_labels: bool | None = None,
     validate: str = "full",
     option: str = "on_bad_case",
-    cache_dir: str | Path | None = None,
+    checked: Callable[[Case], bool] | None = None,
     workers: int = 1,
     skipped: list[Problem] | None = None,
 ) -> list[Case]:
@@ -50,7 +49,9 @@ def discover(
     affines only) or "none". ``require_labels`` defaults to True for segmentation layouts.
     ``report_path``: JSON with the skipped cases and reasons (written only when a case was skipped).
     ``option`` is the setting named in the error's hint (e.g. ``data.on_bad_case``). With
-    ``on_bad_case="skip"`` the skipped cases' problems are appended to ``skipped``.
+    ``on_bad_case="skip"`` the skipped cases' problems are appended to ``skipped``. A case for which
+    ``checked(case)`` is true passed the full checks before with these very files (the records of a
+    store: `asa.data.store.passed_checks`) and is not read again.
     """
     if layout not in ADAPTERS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
@@ -75,7 +76,7 @@ def discover(
             problems.append(Problem(case.id, f"duplicate case id {case.id!r} (files: {others})", [str(p) for p in case.paths()]))
         else:
             unique.append(case)
-    reasons = _check_cases(unique, found.label_values, validate, cache_dir, workers)
+    reasons = _check_cases(unique, found.label_values, validate, checked, workers)
     for case, reason in zip(unique, reasons):
         if reason:
             problems.append(Problem(case.id, reason, [str(p) for p in case.paths()]))
@@ -108,49 +109,20 @@ def discover(
     return cases
 
 
-def _stamp(case: Case, label_values: tuple[int, ...] | None, validate: str) -> str:
-    """Cache key of a case's check: its files (path, size, mtime), the label set and the check level."""
-    files = []
-    for p in case.paths():
-        st = p.stat()
-        files.append((str(p), st.st_size, st.st_mtime_ns))
-    frames = case.meta.get("frames", {})
-    blob = json.dumps([files, frames, label_values, validate, case.id, 2], default=str)  # 2: + contrast check
-    return hashlib.sha1(blob.encode()).hexdigest()
-
-
 def _check_cases(cases: Sequence[Case], label_values: tuple[int, ...] | None, validate: str,
-                 cache_dir: str | Path | None, workers: int) -> list[str | None]:
-    """Reason per case (None = usable); reads the volumes in ``workers`` threads, cached per case."""
+                 checked: Callable[[Case], bool] | None, workers: int) -> list[str | None]:
+    """Reason per case (None = usable); reads the volumes in ``workers`` threads, but for the cases
+    ``checked`` vouches for (full checks only)."""
     if validate == "none":
         return [None] * len(cases)
-    cache_file = None if cache_dir is None or validate != "full" else Path(cache_dir).expanduser() / "case_checks.json"
-    cache: dict[str, str | None] = {}
-    if cache_file is not None and cache_file.is_file():
-        try:
-            cache = json.loads(cache_file.read_text())
-        except (OSError, ValueError):
-            cache = {}
-    keys = []
-    for case in cases:
-        try:
-            keys.append(_stamp(case, label_values, validate))
-        except OSError:
-            keys.append(None)  # a file vanished: check_case reports it
-    todo = [i for i, k in enumerate(keys) if k is None or k not in cache]
+    todo = [i for i, case in enumerate(cases) if validate != "full" or checked is None or not checked(case)]
 
     def one(i: int) -> str | None:
         return check_case(cases[i], label_values, check_labels=validate == "full", contents=validate == "full")
 
     with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:  # decompression releases the GIL
-        fresh = list(pool.map(one, todo))
-    for i, reason in zip(todo, fresh):
-        if keys[i] is not None:
-            cache[keys[i]] = reason
-    if cache_file is not None and todo:
-        atomic_write_json(cache_file, cache)
-    checked = dict(zip(todo, fresh))
-    return [checked[i] if i in checked else cache[k] for i, k in enumerate(keys)]
+        fresh = dict(zip(todo, pool.map(one, todo)))
+    return [fresh.get(i) for i in range(len(cases))]
 
 
 def detect_layout(root: str | Path) -> str:
