@@ -291,17 +291,25 @@ _PROGRESS = re.compile(r"step (\d+)/(\d+) epoch (\d+): loss ([^,]+), lr ([^,]+),
 
 
 def part_pretrain_torchrun(ctx: Context) -> dict[str, Any]:
-    """``torchrun --nproc_per_node=1 -m asa.cli.pretrain`` on demo phantoms (NCCL on CUDA, gloo on a
-    CPU), AMP as ``trainer.amp=auto`` gives; SIGTERM to torchrun once the run passes ``kill_at``
-    steps, then the same command with ``resume=true`` to the end."""
+    """``asa-preprocess`` of the demo phantoms into a store, then ``torchrun --nproc_per_node=1 -m
+    asa.cli.pretrain`` reading it (NCCL on CUDA, gloo on a CPU), AMP as ``trainer.amp=auto`` gives;
+    SIGTERM to torchrun once the run passes ``kill_at`` steps, then the same command with
+    ``resume=true`` to the end."""
     p = ctx.profile
     out = ctx.work / "pretrain"
     # the schedule spans at least the run (the 0.8 train split holds at least 70 % of the cases)
     epochs = -(-p.pretrain_steps // max(1, int(p.demo_cases * 0.7) // p.pretrain_batch))
+    data = ["data=demo", f"data.demo.size={p.demo_size}", f"data.demo.cases={p.demo_cases}",
+            f"data.demo.cache_dir={ctx.work / 'demo-cache'}", f"data.store={ctx.work / 'store'}"]
+    deadline = time.monotonic() + ctx.timeout_s - 5
+    preprocess = [sys.executable, "-m", "asa.cli.preprocess", *data, "progress=false"]
+    status, code, preprocess_s = run_command(preprocess, timeout_s=deadline - time.monotonic(),
+                                             log_path=ctx.work / "preprocess.log", env=ctx.env(), cwd=ctx.repo)
+    ctx.log(f"--- preprocess.log ---\n{(ctx.work / 'preprocess.log').read_text(errors='replace')}")
+    if status != "ok":
+        raise RuntimeError(f"asa-preprocess {status} (exit code {code}); see {ctx.work / 'preprocess.log'}")
     overrides = [
-        "data=demo", f"model={p.preset}", f"data.crop={p.size}", f"data.demo.size={p.demo_size}",
-        f"data.demo.cases={p.demo_cases}", f"data.demo.cache_dir={ctx.work / 'demo-cache'}",
-        f"data.cache_dir={ctx.work / 'preprocessed'}", f"data.num_workers={p.workers}", f"output_dir={out}",
+        *data, f"model={p.preset}", f"data.crop={p.size}", f"data.num_workers={p.workers}", f"output_dir={out}",
         f"trainer.batch_size={p.pretrain_batch}", f"trainer.max_steps={p.pretrain_steps}", f"trainer.epochs={epochs}",
         f"trainer.log_every={p.log_every}", f"trainer.val_every={p.val_every}", "trainer.panel_every=0",
         "trainer.progress=false", "trainer.warmup_steps=10", "trainer.deterministic=false", "probe.every=0",
@@ -311,12 +319,12 @@ def part_pretrain_torchrun(ctx: Context) -> dict[str, Any]:
         overrides.append(f"trainer.threads={p.threads}")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m",
            "asa.cli.pretrain", *overrides]
-    deadline = time.monotonic() + ctx.timeout_s - 5
     first = _leg(ctx, cmd, "pretrain_leg1.log", deadline, kill_at=p.kill_at)
     second = _leg(ctx, cmd + ["resume=true"], "pretrain_leg2.log", deadline)
     windows = first["windows"] + second["windows"]
     steady = second["windows"][1:] or second["windows"]  # the first window after a start carries its start-up
     result = {
+        "preprocess_command": "asa-preprocess " + " ".join(preprocess[3:]), "preprocess_s": preprocess_s,
         "command": "torchrun --standalone --nproc_per_node=1 -m asa.cli.pretrain " + " ".join(overrides),
         "backend": first["backend"], "world_size": first["world_size"], "precision": first["precision"],
         "leg1_s": first["seconds"], "leg1_exit_code": first["exit_code"], "stopped_at": first["stopped_at"],

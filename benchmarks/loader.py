@@ -1,9 +1,8 @@
-"""Data-loader measurements: crops/s per worker from a store (`asa.data.store`), read a batch at a
-time (`asa.data.datasets.StoreCropBatches`) and item by item (its per-item pipeline, the path before
-whole-batch reads and the one CPU augmentation takes), against the preprocessing cache
-(``data.cache_dir``: MONAI ``PersistentDataset``), page cache warm and cold; resident memory per
-worker; the start of an epoch with persistent and with fresh workers; start-up to the first batch
-with a large store index.
+"""Data-loader measurements: crops/s per worker from a store (`asa.data.store`, the one preprocessing
+cache), read a batch at a time (`asa.data.datasets.StoreCropBatches`) against item by item (its
+per-item pipeline, the path before whole-batch reads and the one CPU augmentation takes), page cache
+warm and cold; resident memory per worker; the start of an epoch with persistent and with fresh
+workers; start-up to the first batch with a large store index.
 
 Volumes are synthetic brains of a given shape (an ellipsoid of smooth random texture, zero
 outside, stored as uncompressed int16 NIfTI in a BIDS layout), made quickly from two smooth fields
@@ -219,12 +218,12 @@ def _median_memory(memory: list[dict[str, int]], key: str) -> float:
     return statistics.median(values) / MIB if values else float("nan")
 
 
-def compare_store_and_cache(tmp: Path, *, volumes: int, shape: Sequence[int], size: int, batch: int, workers: int,
-                            rounds: int, preprocess_workers: int, cold: bool, dtype: str = "float16",
-                            log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Crops/s per worker of the store path (whole batches, and item by item) and of the ``cache_dir``
-    path side by side (alternated round by round), page cache warm (and cold), plus what building
-    each cost, and the start of an epoch from the store with persistent and with fresh workers."""
+def compare_batches_and_items(tmp: Path, *, volumes: int, shape: Sequence[int], size: int, batch: int, workers: int,
+                              rounds: int, preprocess_workers: int, cold: bool, dtype: str = "float16",
+                              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Crops/s per worker of the store read in whole batches and item by item, side by side (alternated
+    round by round), page cache warm (and cold), plus what building the store cost, and the start of
+    an epoch from the store with persistent and with fresh workers."""
     r: dict[str, Any] = {"volumes": volumes, "volume_shape": list(shape), "crop": size, "batch": batch,
                          "workers": workers, "store_dtype": dtype}
     t0 = time.perf_counter()
@@ -239,16 +238,10 @@ def compare_store_and_cache(tmp: Path, *, volumes: int, shape: Sequence[int], si
     r["store_build_s"] = time.perf_counter() - t0
     r["store_bytes"] = report.bytes
     store = build_pretrain_dataset(cases, size=size, augment=False, store=tmp / "store")
-    datasets = {"store": store, "items": ItemByItem(store),
-                "cache": build_pretrain_dataset(cases, size=size, augment=False, cache_dir=tmp / "cache")}
-    log(f"store: {report.bytes / 2**30:.2f} GiB in {r['store_build_s']:.0f} s; filling the cache_dir path "
-        f"({preprocess_workers} loader workers)")
-    t0 = time.perf_counter()
-    loader_epoch(datasets["cache"], batch=1, workers=preprocess_workers)  # the first epoch writes the cache
-    r["cache_build_s"] = time.perf_counter() - t0
-    files = {"store": files_under(tmp / "store" / "cases", (".npy",)), "cache": files_under(tmp / "cache", (".pt",))}
-    files["items"] = files["store"]
-    r["cache_bytes"] = sum(p.stat().st_size for p in files["cache"])
+    datasets = {"store": store, "items": ItemByItem(store)}
+    log(f"store: {report.bytes / 2**30:.2f} GiB in {r['store_build_s']:.0f} s")
+    stored = files_under(tmp / "store" / "cases", (".npy",))
+    files = {"store": stored, "items": stored}
     modes = ("warm", "cold") if cold else ("warm",)
     results: dict[str, list[dict[str, Any]]] = {f"{p}_{m}": [] for p in datasets for m in modes}
     for rnd in range(rounds):
@@ -270,7 +263,6 @@ def compare_store_and_cache(tmp: Path, *, volumes: int, shape: Sequence[int], si
         r[f"{key}_worker_rss_mib"] = _median_memory(memory, "Rss")
         r[f"{key}_worker_uss_mib"] = _median_memory(memory, "USS")
     for mode in modes:
-        r[f"store_vs_cache_{mode}"] = r[f"store_{mode}_crops_per_s_per_worker"] / r[f"cache_{mode}_crops_per_s_per_worker"]
         r[f"store_vs_items_{mode}"] = r[f"store_{mode}_crops_per_s_per_worker"] / r[f"items_{mode}_crops_per_s_per_worker"]
     if workers > 0:
         warm(files["store"])
@@ -338,13 +330,13 @@ def startup_with_index(tmp: Path, *, cases: int, size: int = 16, batch: int = 4,
 def run_loader_benchmark(*, volumes: int, shape: Sequence[int], size: int, batch: int, workers: int, rounds: int,
                          index_cases: int, preprocess_workers: int = 2, cold: bool = True, dtype: str = "float16",
                          tmp: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """`compare_store_and_cache` and `startup_with_index` in a temporary folder (removed after)."""
+    """`compare_batches_and_items` and `startup_with_index` in a temporary folder (removed after)."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="asa-loader-", dir=tmp) as folder:
-        r = compare_store_and_cache(Path(folder), volumes=volumes, shape=shape, size=size, batch=batch,
-                                    workers=workers, rounds=rounds, preprocess_workers=preprocess_workers, cold=cold,
-                                    dtype=dtype, log=log)
+        r = compare_batches_and_items(Path(folder), volumes=volumes, shape=shape, size=size, batch=batch,
+                                      workers=workers, rounds=rounds, preprocess_workers=preprocess_workers, cold=cold,
+                                      dtype=dtype, log=log)
         if index_cases > 0:
             r.update(startup_with_index(Path(folder), cases=index_cases, log=log))
     return r
@@ -359,18 +351,14 @@ def format_loader_table(r: dict[str, Any]) -> str:
     for mode in modes:
         lines.append(f"  crops/s per worker, page cache {mode}: store {r[f'store_{mode}_crops_per_s_per_worker']:.1f}"
                      f" / store item by item {r[f'items_{mode}_crops_per_s_per_worker']:.1f}"
-                     f" / cache_dir {r[f'cache_{mode}_crops_per_s_per_worker']:.1f} "
-                     f"(store {r[f'store_vs_items_{mode}']:.2f}× item by item, {r[f'store_vs_cache_{mode}']:.2f}× "
-                     "cache_dir)")
+                     f" (store {r[f'store_vs_items_{mode}']:.2f}× item by item)")
     lines.append(f"  CPU ms per crop, warm, workers + main process: store {r['store_warm_worker_cpu_ms_per_crop']:.2f} + "
                  f"{r['store_warm_main_cpu_ms_per_crop']:.2f} / store item by item "
-                 f"{r['items_warm_worker_cpu_ms_per_crop']:.2f} + {r['items_warm_main_cpu_ms_per_crop']:.2f} / "
-                 f"cache_dir {r['cache_warm_worker_cpu_ms_per_crop']:.2f} + {r['cache_warm_main_cpu_ms_per_crop']:.2f}")
+                 f"{r['items_warm_worker_cpu_ms_per_crop']:.2f} + {r['items_warm_main_cpu_ms_per_crop']:.2f}")
     lines.append(f"  worker memory MiB, warm, RSS (USS: its own pages): store {r['store_warm_worker_rss_mib']:.0f} "
-                 f"({r['store_warm_worker_uss_mib']:.0f}) / cache_dir {r['cache_warm_worker_rss_mib']:.0f} "
-                 f"({r['cache_warm_worker_uss_mib']:.0f})")
-    lines.append(f"  on disk: store {r['store_bytes'] / 2**30:.2f} GiB (built in {r['store_build_s']:.0f} s) / "
-                 f"cache_dir {r['cache_bytes'] / 2**30:.2f} GiB (filled in {r['cache_build_s']:.0f} s)")
+                 f"({r['store_warm_worker_uss_mib']:.0f}) / store item by item {r['items_warm_worker_rss_mib']:.0f} "
+                 f"({r['items_warm_worker_uss_mib']:.0f})")
+    lines.append(f"  on disk: store {r['store_bytes'] / 2**30:.2f} GiB (built in {r['store_build_s']:.0f} s)")
     if "epoch_start_persistent_s" in r:
         lines.append(f"  an epoch's start to its first batch: persistent workers {r['epoch_start_persistent_s']:.3f} s"
                      f" / fresh workers {r['epoch_start_fresh_s']:.3f} s")

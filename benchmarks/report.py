@@ -223,20 +223,22 @@ LOADER_HEADER = "| date | device | cpus | load | volumes | crop | batch | worker
 LOADER_SECTION = """\
 ## Data loader
 
-`scripts/benchmark.py --loader` (one row per run): the pretraining loader (brain-centred crops,
-no augmentation, `asa.train` loader) over synthetic brains (int16 smooth random texture in an
+`scripts/benchmark.py --loader` (one row per run): the pretraining loader (brain-centred crops, no
+augmentation, `asa.train` loader) over synthetic brains (int16 smooth random texture in an
 ellipsoid, zero outside, uncompressed NIfTI), read from a store (`asa-preprocess`, fp16 unless
 stated) a batch at a time (`store`: each crop copied from the memory map into a reused
-shared-memory slot of the batch) and item by item (its per-item MONAI pipeline, then collation:
-the store path before whole-batch reads, and the one CPU augmentation takes), and through
-`data.cache_dir` (MONAI `PersistentDataset`: fp32 crops, pickled), alternated round by round.
-crops/s per worker are timed from the first batch on; warm: the files read once before the round;
-cold: evicted with `posix_fadvise(DONTNEED)` before it. Worker memory: RSS, in brackets USS (the
-pages only that worker holds). Epoch start: from an epoch's start to its first batch (store, the
-workers of the row), persistent workers / fresh ones. Start-up: reading a store index of that many
-cases, listing the data root and comparing sizes/mtimes, building the dataset and loader, and the
-first batch (2 workers). On a machine shared with other jobs the `load` column (1-min load
-average at the start; ideal ≤ CPUs) says how much of the CPU the loader got.
+shared-memory slot of the batch) and item by item (its per-item MONAI pipeline, then collation: the
+store path before whole-batch reads, and the one CPU augmentation takes), alternated round by
+round. The `cache` columns are those of rows before 2026-11-23, which also read `data.cache_dir`
+(MONAI `PersistentDataset`: fp32 crops, pickled); it was removed then, the store being the one
+preprocessing cache ("-" since). crops/s per worker are timed from the first batch on; warm: the
+files read once before the round; cold: evicted with `posix_fadvise(DONTNEED)` before it. Worker
+memory: RSS, in brackets USS (the pages only that worker holds). Epoch start: from an epoch's start
+to its first batch (store, the workers of the row), persistent workers / fresh ones. Start-up:
+reading a store index of that many cases, listing the data root and comparing sizes/mtimes,
+building the dataset and loader, and the first batch (2 workers). On a machine shared with other
+jobs the `load` column (1-min load average at the start; ideal ≤ CPUs) says how much of the CPU the
+loader got.
 
 | date | device | cpus | load | volumes | crop | batch | workers | store crops/s/worker warm (cold) | store item by item warm (cold) | cache_dir warm (cold) | store / cache warm | worker MiB RSS (USS) store / cache | GiB on disk store / cache | epoch start s persistent / fresh | start-up s (index cases) | command |
 | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | --- |
@@ -244,6 +246,7 @@ average at the start; ideal ≤ CPUs) says how much of the CPU the loader got.
 
 
 def loader_markdown_row(r: dict[str, Any]) -> str:
+    """A ``--loader`` run's row; its ``cache`` cells are "-" (``data.cache_dir`` was removed on 2026-11-23)."""
     cold = "store_cold_crops_per_s_per_worker" in r
 
     def rates(path: str) -> str:
@@ -253,10 +256,9 @@ def loader_markdown_row(r: dict[str, Any]) -> str:
     cells = [
         r["date"][:10], r["device_name"], str(r.get("cpus", "")), f"{r['load_avg_start']:.1f}",
         f"{r['volumes']} × {'×'.join(map(str, r['volume_shape']))}", f"{r['crop']}³", str(r["batch"]), str(r["workers"]),
-        rates("store"), rates("items"), rates("cache"), f"{r['store_vs_cache_warm']:.2f}",
-        f"{r['store_warm_worker_rss_mib']:.0f} ({r['store_warm_worker_uss_mib']:.0f}) / "
-        f"{r['cache_warm_worker_rss_mib']:.0f} ({r['cache_warm_worker_uss_mib']:.0f})",
-        f"{r['store_bytes'] / 2**30:.2f} ({r['store_dtype']}) / {r['cache_bytes'] / 2**30:.2f}",
+        rates("store"), rates("items"), "-", "-",
+        f"{r['store_warm_worker_rss_mib']:.0f} ({r['store_warm_worker_uss_mib']:.0f}) / -",
+        f"{r['store_bytes'] / 2**30:.2f} ({r['store_dtype']}) / -",
         (f"{r['epoch_start_persistent_s']:.2f} / {r['epoch_start_fresh_s']:.2f}" if "epoch_start_persistent_s" in r
          else "-"),
         f"{r['startup_s']:.1f} ({r['index_cases']})" if "startup_s" in r else "-",

@@ -36,10 +36,9 @@ step with windowed SACA in the decoder / encoder (mirror-consistent masking) aga
 MONAI's SwinUNETR of the same sizes -> ``sa_swin_vs_swin_unetr`` (step time ratios, 1 = no cost).
 
 ``--loader`` measures the data path instead (`benchmarks.loader`): crops/s per worker at ``size``³
-from a store of ``--loader-volumes`` synthetic brains of ``--loader-shape`` against the
-``data.cache_dir`` path (MONAI ``PersistentDataset``), alternated round by round, page cache warm
-and cold (``posix_fadvise``); resident memory per worker; start-up to the first batch with an
-``--index-cases``-case store index.
+from a store of ``--loader-volumes`` synthetic brains of ``--loader-shape``, read in whole batches
+against item by item, alternated round by round, page cache warm and cold (``posix_fadvise``);
+resident memory per worker; start-up to the first batch with an ``--index-cases``-case store index.
 
 ``--gpu-ab`` compares old and new code paths of the step instead (`benchmarks.ab`: the optimizer's
 kernel, SLW-MSA's window partition, each pair alternated in one process, and the AR weights' share),
@@ -59,7 +58,7 @@ Examples::
     python scripts/benchmark.py --amp bf16 --threads 2 --append-md        # bf16 on CPU (and fp32 alongside)
     python scripts/benchmark.py --symmetry --batch 1 --json sym.json      # SACA / SA-Swin step costs at 128³
     python scripts/benchmark.py --symmetry sa_swin --swin-feature-size 24   # only SA-Swin vs SwinUNETR
-    python scripts/benchmark.py --loader --json loader.json --append-md   # store vs cache_dir, 200 volumes
+    python scripts/benchmark.py --loader --json loader.json --append-md   # store: batches vs items, 200 volumes
     python scripts/benchmark.py --gpu-ab --batch 24 --json ab.json        # old vs new step paths + 500-step asa-pretrain
     python scripts/benchmark.py --gpu-ab --dry-run                        # the same at toy sizes on the CPU
     python scripts/benchmark.py --parts finetune inference --batch 2 --swin-unetr --amp fp16   # vs UNETR, SwinUNETR
@@ -647,7 +646,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     g.add_argument("--loop-workers", type=int, default=8, help="its loader workers (default 8)")
     g.add_argument("--loop-volumes", type=int, default=64, help="synthetic brains in its store (default 64)")
     g = p.add_argument_group("--loader: the data path (crops of --size³, loader batch --batch)")
-    g.add_argument("--loader", action="store_true", help="measure the store loader against the cache_dir path instead")
+    g.add_argument("--loader", action="store_true",
+                   help="measure the store loader instead: whole batches against item by item")
     g.add_argument("--loader-volumes", type=int, default=200, help="synthetic volumes (default 200)")
     g.add_argument("--loader-shape", type=int, nargs=3, default=[160, 192, 160], metavar=("X", "Y", "Z"),
                    help="their shape at 1 mm (default 160 192 160)")

@@ -160,9 +160,9 @@ def test_symmetry_mode_ratios_are_those_of_the_recorded_times(tmp_path):
         benchmark.main([*args, "--append-md", str(tmp_path / "B.md")])
 
 
-LOADER_KEYS = [f"{p}_{m}_{k}" for p in ("store", "items", "cache") for m in ("warm", "cold")
+LOADER_KEYS = [f"{p}_{m}_{k}" for p in ("store", "items") for m in ("warm", "cold")
                for k in ("crops_per_s_per_worker", "first_batch_s", "worker_rss_mib", "worker_uss_mib")]
-CPU_KEYS = [f"{p}_{m}_{k}" for p in ("store", "items", "cache") for m in ("warm", "cold")
+CPU_KEYS = [f"{p}_{m}_{k}" for p in ("store", "items") for m in ("warm", "cold")
             for k in ("worker_cpu_ms_per_crop", "main_cpu_ms_per_crop")]  # may round to 0 on tiny volumes
 
 
@@ -175,13 +175,14 @@ def test_loader_mode_tiny(tmp_path):
             "--loader-rounds", "1", "--index-cases", "40", "--json", str(tmp_path / "l.json"), "--append-md", str(md)]
     assert benchmark.main(args) == 0
     r = json.loads((tmp_path / "l.json").read_text())
-    for key in [*LOADER_KEYS, "store_bytes", "cache_bytes", "startup_s", "open_index_s", "first_batch_s",
-                "startup_worker_rss_mib", "store_vs_cache_warm", "store_vs_cache_cold", "store_vs_items_warm",
+    for key in [*LOADER_KEYS, "store_bytes", "startup_s", "open_index_s", "first_batch_s",
+                "startup_worker_rss_mib", "store_vs_items_warm", "store_vs_items_cold",
                 "epoch_start_persistent_s", "epoch_start_fresh_s"]:
         assert isinstance(r[key], (int, float)) and math.isfinite(r[key]) and r[key] > 0, key
     assert all(math.isfinite(r[key]) and r[key] >= 0 for key in CPU_KEYS)
-    assert r["store_vs_cache_warm"] == pytest.approx(
-        r["store_warm_crops_per_s_per_worker"] / r["cache_warm_crops_per_s_per_worker"])
+    assert r["store_vs_items_warm"] == pytest.approx(
+        r["store_warm_crops_per_s_per_worker"] / r["items_warm_crops_per_s_per_worker"])
+    assert not any(key.startswith("cache") for key in r)  # data.cache_dir was removed: the store is the one cache
     assert r["index_cases"] == 40 and r["volumes"] == 6 and r["volume_shape"] == [20, 24, 20] and r["crop"] == 16
     assert r["startup_s"] == pytest.approx(r["open_index_s"] + r["find_and_compare_s"] + r["dataset_s"]
                                            + r["first_batch_s"])
@@ -191,6 +192,7 @@ def test_loader_mode_tiny(tmp_path):
     rows = [line for line in text.split("## Data loader")[1].splitlines() if line.startswith("| 20")]
     assert len(rows) == 2 and "(" in rows[0].split("|")[9] and "(" not in rows[1].split("|")[9]
     assert "(" in rows[0].split("|")[10] and rows[0].split("|")[15].count("/") == 1  # item by item; epoch start
+    assert [c.strip() for c in rows[0].split("|")[11:13]] == ["-", "-"]  # the cache_dir columns: history
     assert rows[0].split("|")[5].strip() == "6 × 20×24×20"
 
 
