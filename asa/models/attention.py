@@ -29,7 +29,8 @@ class LinearWindowAttention(nn.Module):
     dropout, the windows go through `window_attention` instead of SDPA, whose CPU kernels take no
     bias that needs a gradient and fall back to the unfused math kernel's copies; the values are
     bit-identical. ``kernel = "sdpa"`` keeps SDPA everywhere (the earlier way, kept for the benchmark's
-    A/B). CUDA always runs SDPA (its memory-efficient kernel takes the bias).
+    A/B). CUDA always runs SDPA (its memory-efficient kernel takes the bias), and so does a compiled
+    block (``trainer.compile``: the kernel's strided writes would break dynamo's graph).
 
     x: [B, N, C] -> [B, N, C]. Windows group tokens by sequence position alone: the region ids an SW
     block hands each of its token mixers (``forward(x, regions)``) are not used.
@@ -150,8 +151,8 @@ class LinearWindowAttention(nn.Module):
         qkv = self.qkv(x)  # [B, nW·S, 3C]
         bias = self._attn_bias(n, qkv.dtype, x.device)  # [1 or nW, h, S, S]
         dropout = self.attn_drop if self.training else 0.0
-        if (self.kernel == "auto" and x.device.type == "cpu" and not dropout
-                and bias is not None and bias.requires_grad):
+        if (self.kernel == "auto" and x.device.type == "cpu" and not dropout and bias is not None
+                and bias.requires_grad and not torch.compiler.is_compiling()):  # compiled: SDPA, which inductor lowers
             out = window_attention(qkv, bias, h, s)  # [B, nW·S, C]
         else:
             q, k, v = qkv.view(b * nw, s, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)  # each [B·nW, h, S, d]

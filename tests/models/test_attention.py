@@ -220,16 +220,20 @@ def test_cpu_window_kernel_is_bit_exact_with_sdpa(n, shift, shift_mask, amp):
 
 
 def test_window_kernel_only_where_sdpa_cannot_fuse():
-    """Without a gradient, with attention dropout, or without a relative bias LW-MSA keeps SDPA."""
+    """Without a gradient, with attention dropout, without a relative bias, or inside torch.compile
+    (which lowers SDPA itself) LW-MSA keeps SDPA."""
+    from contextlib import nullcontext
     from unittest import mock
 
     x = torch.randn(1, 16, 8)
+    compiling = mock.patch("torch.compiler.is_compiling", return_value=True)
     cases = [(LinearWindowAttention(8, 2, window_size=4), torch.no_grad()),
-             (LinearWindowAttention(8, 2, window_size=4, attn_drop=0.1), torch.enable_grad()),
-             (LinearWindowAttention(8, 2, window_size=4, shift=2, rel_pos_bias=False), torch.enable_grad())]
-    for attn, grad_mode in cases:
-        with grad_mode, mock.patch("asa.models.attention.window_attention",
-                                   side_effect=AssertionError("window kernel called")):
+             (LinearWindowAttention(8, 2, window_size=4, attn_drop=0.1), nullcontext()),
+             (LinearWindowAttention(8, 2, window_size=4, shift=2, rel_pos_bias=False), nullcontext()),
+             (LinearWindowAttention(8, 2, window_size=4, shift=2), compiling)]
+    for attn, context in cases:
+        with context, mock.patch("asa.models.attention.window_attention",
+                                 side_effect=AssertionError("window kernel called")):
             assert attn(x).shape == x.shape
 
 
