@@ -4,6 +4,8 @@ process (``scripts/benchmark.py --gpu-ab``), and the end-to-end ``asa-pretrain``
 - ``optimizer``: ``optimizer.step()`` of the ASA's AdamW with torch's default kernel choice (the
   per-parameter loop on a CPU, ``foreach`` on CUDA) vs the fused kernel ``asa-pretrain`` takes;
 - ``partition``: the ASA pretrain step with SLW-MSA's windows cut by ``roll`` vs by one gather;
+- ``kernel``: the same step with LW-/SLW-MSA through ``scaled_dot_product_attention`` vs the CPU window
+  kernel (`asa.models.window_kernel`; on CUDA both run SDPA, so the ratio is 1 up to noise);
 - ``ar_weights``: ``patch_informativeness`` of the batch, alternated with the (new) step, as a
   fraction of it;
 - ``pretrain_loop``: ``python -m asa.cli.pretrain`` on a store of synthetic brains with the real
@@ -62,17 +64,18 @@ def _step(model: ASA, optimizer: torch.optim.Optimizer, x: torch.Tensor, device:
     return run
 
 
-def _set_partition(model: torch.nn.Module, partition: str) -> int:
+def _set_partition(model: torch.nn.Module, partition: str, kernel: str = "auto") -> int:
     layers = [m for m in model.modules() if isinstance(m, LinearWindowAttention)]
     for layer in layers:
         layer.partition = partition
+        layer.kernel = kernel
     return sum(1 for m in layers if m.shift)
 
 
 def run_ab(*, size: int, batch: int, preset: str, device: torch.device, dtype: torch.dtype | None, steps: int,
            warmup: int, seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """The ``optimizer``, ``partition`` and ``ar_weights`` comparisons at one setting (times in s; a
-    ratio > 1 means the new code is faster)."""
+    """The ``optimizer``, ``partition``, ``kernel`` and ``ar_weights`` comparisons at one setting (times
+    in s; a ratio > 1 means the new code is faster)."""
     if preset not in PRESETS:
         raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
     torch.manual_seed(seed)
@@ -96,18 +99,21 @@ def run_ab(*, size: int, batch: int, preset: str, device: torch.device, dtype: t
     base.zero_grad(set_to_none=True)
     del work
 
-    log(f"[ab] pretrain step: SLW-MSA windows by roll vs by gather, {size}³, batch {batch}")
-    models = {p: copy.deepcopy(base) for p in ("roll", "gather")}
+    log(f"[ab] pretrain step: SLW-MSA windows by roll vs by gather; LW-MSA by SDPA vs the window kernel, {size}³, "
+        f"batch {batch}")
+    models = {p: copy.deepcopy(base) for p in ("roll", "gather", "sdpa")}
     r["shifted_layers"] = _set_partition(models["roll"], "roll")
     _set_partition(models["gather"], "gather")
-    work = [Workload(f"partition_{p}", _step(m, _adamw(list(m.parameters()), batch, multi_tensor_kernel(list(m.parameters()))),
-                                             x, device, dtype))
+    _set_partition(models["sdpa"], "gather", "sdpa")
+    names = {"roll": "partition_roll", "gather": "partition_gather", "sdpa": "kernel_sdpa"}
+    work = [Workload(names[p], _step(m, _adamw(list(m.parameters()), batch, multi_tensor_kernel(list(m.parameters()))),
+                                     x, device, dtype))
             for p, m in models.items()]
     work.append(Workload("ar_weights", lambda: patch_informativeness(x, PATCH)))
     alternate(work, device, warmup=warmup, steps=steps)
-    r.update(partition_roll_step_s=work[0].median, partition_gather_step_s=work[1].median,
-             partition_speedup=work[0].median / work[1].median, ar_weights_s=work[2].median,
-             ar_weights_fraction=work[2].median / work[1].median)
+    roll, gather, sdpa, ar = (w.median for w in work)
+    r.update(partition_roll_step_s=roll, partition_gather_step_s=gather, partition_speedup=roll / gather,
+             kernel_sdpa_step_s=sdpa, kernel_speedup=sdpa / gather, ar_weights_s=ar, ar_weights_fraction=ar / gather)
     r["times"] = {w.name: w.times for w in work}
     return r
 

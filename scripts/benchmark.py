@@ -637,7 +637,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--swin-feature-size", type=int, default=48, help="SwinUNETR / SA-Swin feature size (default 48)")
     g = p.add_argument_group("--gpu-ab: old vs new code paths of the step, alternated, then the asa-pretrain loop")
     g.add_argument("--gpu-ab", action="store_true",
-                   help="A/B of the optimizer kernel and the SLW-MSA partition (old vs new in one process), the AR "
+                   help="A/B of the optimizer kernel, the SLW-MSA partition and the CPU window kernel (old vs new in one process), the AR "
                         "weights' share, then asa-pretrain from a store (one command, < 9 min on an H100)")
     g.add_argument("--dry-run", action="store_true",
                    help="with --gpu-ab: every part at toy sizes on the CPU (tiny, 32³, batch 1, 4 loop steps)")

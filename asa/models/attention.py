@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asa.models.window_kernel import window_attention
+
 
 class LinearWindowAttention(nn.Module):
     """Self-attention within consecutive windows of ``window_size`` tokens (paper §2.2).
@@ -23,12 +25,20 @@ class LinearWindowAttention(nn.Module):
     roll, a pad, a slice and a roll back. ``partition = "roll"`` selects that earlier way, kept only
     so that the benchmark can compare the two in one process; both give the same values.
 
+    On a CPU, when the bias needs a gradient (training with ``rel_pos_bias``) and there is no attention
+    dropout, the windows go through `window_attention` instead of SDPA, whose CPU kernels take no
+    bias that needs a gradient and fall back to the unfused math kernel's copies; the values are
+    bit-identical. ``kernel = "sdpa"`` keeps SDPA everywhere (the earlier way, kept for the benchmark's
+    A/B). CUDA always runs SDPA (its memory-efficient kernel takes the bias), and so does a compiled
+    block (``trainer.compile``: the kernel's strided writes would break dynamo's graph).
+
     x: [B, N, C] -> [B, N, C]. Windows group tokens by sequence position alone: the region ids an SW
     block hands each of its token mixers (``forward(x, regions)``) are not used.
     """
 
     uses_regions = False  # declared for SW blocks: LW-MSA needs no region ids
     PARTITIONS = ("gather", "roll")
+    KERNELS = ("auto", "sdpa")
 
     def __init__(
         self,
@@ -68,6 +78,7 @@ class LinearWindowAttention(nn.Module):
         else:
             self.rel_pos_bias = None
         self.partition = "gather"
+        self.kernel = "auto"
         self._mask_cache: dict[tuple[int, torch.device, torch.dtype], torch.Tensor | None] = {}
         self._order_cache: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -123,6 +134,8 @@ class LinearWindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
         if self.partition not in self.PARTITIONS:
             raise ValueError(f"partition must be one of {self.PARTITIONS}, got {self.partition!r}")
+        if self.kernel not in self.KERNELS:
+            raise ValueError(f"kernel must be one of {self.KERNELS}, got {self.kernel!r}")
         b, n, c = x.shape
         s, h = self.window_size, self.num_heads
         pad = -n % s
@@ -135,16 +148,19 @@ class LinearWindowAttention(nn.Module):
                 x = torch.roll(x, -self.shift, dims=1)
             if pad:
                 x = F.pad(x, (0, 0, 0, pad))
-        qkv = self.qkv(x).view(b * nw, s, 3, h, c // h)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B·nW, h, S, d]
-        bias = self._attn_bias(n, q.dtype, x.device)  # [1 or nW, h, S, S]
-        if bias is not None and bias.shape[0] > 1:
-            # the fused kernels take 4D inputs only; 5D ones fall back to a much slower path
-            bias = bias.unsqueeze(0).expand(b, -1, -1, -1, -1).reshape(b * nw, h, s, s)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0
-        )  # [B·nW, h, S, d]
-        out = out.transpose(1, 2).reshape(b, nw * s, c)
+        qkv = self.qkv(x)  # [B, nW·S, 3C]
+        bias = self._attn_bias(n, qkv.dtype, x.device)  # [1 or nW, h, S, S]
+        dropout = self.attn_drop if self.training else 0.0
+        if (self.kernel == "auto" and x.device.type == "cpu" and not dropout and bias is not None
+                and bias.requires_grad and not torch.compiler.is_compiling()):  # compiled: SDPA, which inductor lowers
+            out = window_attention(qkv, bias, h, s)  # [B, nW·S, C]
+        else:
+            q, k, v = qkv.view(b * nw, s, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)  # each [B·nW, h, S, d]
+            if bias is not None and bias.shape[0] > 1:
+                # the fused kernels take 4D inputs only; 5D ones fall back to a much slower path
+                bias = bias.unsqueeze(0).expand(b, -1, -1, -1, -1).reshape(b * nw, -1, s, s)  # heads: h or 1
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)  # [B·nW, h, S, d]
+            out = out.transpose(1, 2).reshape(b, nw * s, c)
         if rolled:
             return torch.roll(self.proj_drop(self.proj(out[:, :n])), self.shift, dims=1)
         out = self.proj_drop(self.proj(out))  # [B, nW·S, C]; padding rows dropped below

@@ -154,3 +154,107 @@ def test_unknown_partition_is_refused():
     attn.partition = "cat"
     with pytest.raises(ValueError, match="partition must be one of"):
         attn(torch.randn(1, 8, 8))
+
+
+def _plain_window_attention(qkv: torch.Tensor, bias: torch.Tensor, h: int, s: int) -> torch.Tensor:
+    """softmax(q kᵀ / √d + bias) v per window, written out in fp32."""
+    b, n, c3 = qkv.shape
+    c, nw = c3 // 3, n // s
+    q, k, v = qkv.float().view(b, nw, s, 3, h, c // h).permute(3, 0, 1, 4, 2, 5)  # each [B, nW, h, S, d]
+    a = (q @ k.transpose(-1, -2) / (c // h) ** 0.5 + bias.float()).softmax(-1)
+    return (a @ v).permute(0, 1, 3, 2, 4).reshape(b, n, c)
+
+
+@pytest.mark.parametrize("windows", [1, 4])
+def test_window_kernel_matches_plain_attention(windows):
+    """`window_attention` (the CPU training path of LW-MSA) against attention written out, with a bias
+    per window (and a wrap-around mask in the last one) or one for all; gradients by autograd through
+    the plain version."""
+    from asa.models.window_kernel import window_attention
+
+    torch.manual_seed(0)
+    b, h, s, d, nw = 2, 3, 8, 4, 4
+    qkv = torch.randn(b, nw * s, 3 * h * d, dtype=torch.float64).float()
+    bias = torch.randn(windows, h, s, s) * 0.5
+    if windows > 1:
+        bias[-1, :, :3, 3:] = float("-inf")
+        bias[-1, :, 3:, :3] = float("-inf")
+    grads = []
+    for fn in (window_attention, _plain_window_attention):
+        qi, bi = qkv.clone().requires_grad_(), bias.clone().requires_grad_()
+        out = fn(qi, bi, h, s)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append((out.detach(), qi.grad, bi.grad))
+    for new, ref in zip(*grads):
+        torch.testing.assert_close(new, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n, shift, shift_mask", [(64, 4, True), (64, 0, True), (45, 4, True), (45, 0, True),
+                                                  (13, 4, False)])
+@pytest.mark.parametrize("amp", [False, True])
+def test_cpu_window_kernel_is_bit_exact_with_sdpa(n, shift, shift_mask, amp):
+    """On a CPU the training path (bias needing a gradient) skips SDPA, whose math kernel it
+    replaces: outputs and every gradient equal bit for bit, in fp32 and under bf16 autocast."""
+    from unittest import mock
+
+    torch.manual_seed(0)
+    new = LinearWindowAttention(32, 4, window_size=8, shift=shift, shift_mask=shift_mask)
+    old = LinearWindowAttention(32, 4, window_size=8, shift=shift, shift_mask=shift_mask)
+    old.load_state_dict(new.state_dict())
+    old.kernel = "sdpa"
+    x = torch.randn(3, n, 32)
+    results = []
+    for attn in (new, old):
+        xi = x.clone().requires_grad_()
+        sdpa = mock.patch("torch.nn.functional.scaled_dot_product_attention",
+                          side_effect=AssertionError("SDPA called")) if attn is new else mock.MagicMock()
+        with sdpa, torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = attn(xi)
+        (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), xi.grad, {k: p.grad for k, p in attn.named_parameters()}))
+    (out_new, gx_new, g_new), (out_old, gx_old, g_old) = results
+    assert out_new.dtype == (torch.bfloat16 if amp else torch.float32)
+    assert torch.equal(out_new, out_old) and torch.equal(gx_new, gx_old)
+    for name in g_new:
+        assert torch.equal(g_new[name], g_old[name]), name
+
+
+def test_window_kernel_only_where_sdpa_cannot_fuse():
+    """Without a gradient, with attention dropout, without a relative bias, or inside torch.compile
+    (which lowers SDPA itself) LW-MSA keeps SDPA."""
+    from contextlib import nullcontext
+    from unittest import mock
+
+    x = torch.randn(1, 16, 8)
+    compiling = mock.patch("torch.compiler.is_compiling", return_value=True)
+    cases = [(LinearWindowAttention(8, 2, window_size=4), torch.no_grad()),
+             (LinearWindowAttention(8, 2, window_size=4, attn_drop=0.1), nullcontext()),
+             (LinearWindowAttention(8, 2, window_size=4, shift=2, rel_pos_bias=False), nullcontext()),
+             (LinearWindowAttention(8, 2, window_size=4, shift=2), compiling)]
+    for attn, context in cases:
+        with context, mock.patch("asa.models.attention.window_attention",
+                                 side_effect=AssertionError("window kernel called")):
+            assert attn(x).shape == x.shape
+
+
+def test_window_kernel_refuses_bad_shapes():
+    from asa.models.window_kernel import window_attention
+
+    with pytest.raises(ValueError, match="does not split"):
+        window_attention(torch.randn(1, 16, 20), torch.zeros(1, 2, 4, 4), 2, 4)
+    with pytest.raises(ValueError, match="bias must be"):
+        window_attention(torch.randn(1, 16, 24), torch.zeros(3, 2, 4, 4), 2, 4)
+    attn = LinearWindowAttention(8, 2, window_size=4)
+    attn.kernel = "flash"
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        attn(torch.randn(1, 8, 8))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_keeps_sdpa():
+    """CUDA's memory-efficient kernel takes the bias with its gradient: the CPU window kernel is never used."""
+    from unittest import mock
+
+    attn = LinearWindowAttention(32, 4, window_size=8, shift=4).cuda()
+    with mock.patch("asa.models.attention.window_attention", side_effect=AssertionError("window kernel called")):
+        attn(torch.randn(2, 64, 32, device="cuda", requires_grad=True)).sum().backward()

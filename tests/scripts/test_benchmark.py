@@ -207,9 +207,10 @@ def test_gpu_ab_dry_run_compares_old_and_new_paths_and_runs_the_pretrain_loop(tm
     assert r["optimizer_speedup"] == pytest.approx(r["optimizer_old_s"] / r["optimizer_new_s"])
     assert r["partition_speedup"] == pytest.approx(r["partition_roll_step_s"] / r["partition_gather_step_s"])
     assert r["ar_weights_fraction"] == pytest.approx(r["ar_weights_s"] / r["partition_gather_step_s"])
+    assert r["kernel_speedup"] == pytest.approx(r["kernel_sdpa_step_s"] / r["partition_gather_step_s"])
     assert r["loop_last_step"] == 4 and r["loop_steps"] == 4 and r["loop_samples_per_s"] > 0
     assert math.isfinite(r["loop_loss_last"]) and "data.store=" in r["loop_command"]
-    assert len(r["times"]["partition_roll"]) == len(r["times"]["partition_gather"]) == 1
+    assert len(r["times"]["partition_roll"]) == len(r["times"]["partition_gather"]) == len(r["times"]["kernel_sdpa"]) == 1
 
 
 def test_mfu_uses_the_datasheet_peak_and_none_elsewhere(monkeypatch):
