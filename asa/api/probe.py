@@ -185,9 +185,9 @@ def probe(config: FrozenProbeConfig | DictConfig) -> dict:
         settings["folds_asked"] = int(cfg.folds)
     fewer = (f" (folds={cfg.folds} asked, but there are only {subjects} subjects: one subject per fold)"
              if folds < int(cfg.folds) else "")
+    what = target.get("column") or target.get("task") or cfg.data.task
     print(f"[asa] probing {len(encoders)} frozen encoder(s) on {len(cases)} case(s) of {subjects} subject(s) "
-          f"from {root} ({target.get('column') or target['task']}, {target['kind']}), {folds}-fold "
-          f"cross-validation{fewer}, {device}", flush=True)
+          f"from {root} ({what}, {target['kind']}), {folds}-fold cross-validation{fewer}, {device}", flush=True)
     if probed.note:
         print(f"[asa] {probed.note}", file=sys.stderr, flush=True)
     common = dict(folds=folds, seed=int(cfg.seed), n_resamples=int(cfg.bootstrap),
