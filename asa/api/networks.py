@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from torch import nn
 
+from asa.api.schema import SegmenterConfig
 from asa.io import load_weights
 from asa.models import RENAMED_NETWORKS, SYMMETRY_KEYS, architectures, build_network, recorded_pretraining
 from asa.models.patch import patch_grid, to_3tuple
@@ -28,7 +30,8 @@ __all__ = ["PretrainedGeometry", "build_case_network", "build_from_config", "cas
 DEFAULT_ARCH = "swvit_unetr"  # a model section that names no arch
 PRETRAINING_ONLY = ("decoder_dim", "decoder_depth", "decoder_num_heads")  # ASA decoder sizes
 SEGMENTER_OPTIONS = ("feature_size", "input_skip", "spe_frame")  # segmenter.*: the SW-ViT U-Net decoder's
-SEGMENTER_DEFAULTS = {"feature_size": 16, "input_skip": "full", "spe_frame": "brain"}  # an API caller's empty section
+# what an API caller's section leaves out: the schema's defaults, stated there only
+SEGMENTER_DEFAULTS = {key: value for key, value in asdict(SegmenterConfig()).items() if key in SEGMENTER_OPTIONS}
 
 
 def set_options(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
