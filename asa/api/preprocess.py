@@ -19,7 +19,7 @@ from asa.data.layouts import load_report
 from asa.data.store import passed_checks
 from asa.data.store_writer import build_store
 from asa.data.preprocessing import PretrainPreprocess, SegmentationPreprocess
-from asa.train.choices import check_choices
+from asa.choices import check_choices
 from asa.train.distributed import DistEnv
 
 __all__ = ["preprocess", "data_preset"]

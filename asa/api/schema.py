@@ -5,7 +5,7 @@ so Hydra checks every preset and every ``key=value`` against these dataclasses w
 an unknown key (``trainer.epocs=3``), a wrong type (``trainer.epochs=ten``) or a preset of the
 other entry point fails before anything runs, with a message naming the key. ``validate`` repeats
 the check on a composed config, which also catches keys added with ``+key=value``, and refuses a
-value outside the choices a field declares with `asa.train.choices.one_of` (naming the dotted key).
+value outside the choices a field declares with `asa.choices.one_of` (naming the dotted key).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from asa.models.segmenter import INPUT_SKIPS, SPE_FRAMES
 from asa.models.swvit import REGION_LAYOUTS
 from asa.train import TrainerSettings
 from asa.train.case_targets import REGRESSION_LOSSES
-from asa.train.choices import SCHEMA, check_choices, one_of
+from asa.choices import SCHEMA, check_choices, one_of
 from asa.train.optim import OPTIMIZERS
 from asa.train.precision import AMP_CHOICES
 from asa.train.schedule import SCHEDULES

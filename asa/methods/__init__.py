@@ -2,7 +2,7 @@
 
 A method is a subclass of `PretrainingMethod` with a settings dataclass (a subclass of
 `MethodSettings`, whose defaults are the method's defaults; a field with a fixed set of values is
-declared with `one_of` (`asa.train.choices`, re-exported here), so that ``method.<key>=<typo>`` is refused naming the key and the values). `register_method` puts it in the
+declared with `one_of` (`asa.choices`, re-exported here), so that ``method.<key>=<typo>`` is refused naming the key and the values). `register_method` puts it in the
 registry and stores its settings under the ``method`` config group of ``asa-pretrain``, so
 ``method=<name>`` selects it and ``method.<key>=value`` sets it. The pretraining job
 (`asa.api.pretrain`) builds the network, the training and validation steps, the panels, the probes
@@ -23,7 +23,7 @@ from asa.methods.jigsaw import JigsawPretraining, JigsawSettings
 from asa.methods.masked_autoencoder import MaskedAutoencoderPretraining, MaskedAutoencoderSettings
 from asa.methods.rpl import RelativePatchLocationPretraining, RelativePatchLocationSettings
 from asa.methods.sa_swin import SymmetryAwarePretraining, SymmetryAwareSettings
-from asa.train.choices import check_choices, one_of
+from asa.choices import check_choices, one_of
 
 __all__ = [
     "METHODS", "JigsawPretraining", "JigsawSettings", "MaskedAutoencoderPretraining", "MaskedAutoencoderSettings",

@@ -17,7 +17,7 @@ from asa.methods.base import MethodSettings, PanelFn, PretrainingMethod, RegionN
 from asa.models.encoder import ENCODER_PREFIX
 from asa.models.mae import LOSS_WEIGHTINGS
 from asa.models.zoo import build_network
-from asa.train.choices import one_of
+from asa.choices import one_of
 from asa.train.pretrain import mae_step, make_panel_fn
 
 __all__ = ["MaskedAutoencoderPretraining", "MaskedAutoencoderSettings"]

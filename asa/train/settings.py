@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .choices import one_of
+from asa.choices import one_of
 from .precision import AMP_CHOICES
 
 __all__ = ["TrainerSettings", "TrainConfig"]

@@ -3,9 +3,10 @@
 `one_of` declares the values a dataclass field takes (from the constant its consumer checks
 against); `check_choices` walks a config against its dataclass and refuses any other value naming
 the dotted key where the field sits (``model.pos_mode='mirrror': expected one of mirror, paper,
-none (did you mean mirror?)``), whatever group holds it. The trainer settings (`TrainerSettings`),
-the methods' settings (`MethodSettings` subclasses) and the job schemas (`asa.api.schema`) declare their
-fields this way; it sits with the lowest of them, the training loop's.
+none (did you mean mirror?)``), whatever group holds it. The networks' settings (`asa.models.NetworkSettings`
+subclasses), the trainer settings (`TrainerSettings`), the methods' settings (`MethodSettings`
+subclasses) and the job schemas (`asa.api.schema`) declare their fields this way; it sits below all
+of them (it imports nothing of asa).
 """
 
 from __future__ import annotations
