@@ -66,7 +66,7 @@ def chain(name: str, out: Path, steps: int) -> dict:
     ft = load_config("finetune", *([] if case else ["data=ibsr"]), "trainer=smoke", *ft_overrides)
     ft.output_dir, ft.device, ft.seed = str(out / name / "ft"), "cpu", 0
     ft.data.root, ft.data.num_workers, ft.data.crop = str(root), 0, crop
-    ft.model["pretrained"] = str(out / name / "pre" / "checkpoints" / "encoder.pt")
+    ft.model.pretrained = str(out / name / "pre" / "checkpoints" / "encoder.pt")
     ft.trainer.max_steps, ft.trainer.epochs = steps, steps
     finetune(ft)
     runs = {"pretrain": out / name / "pre", "finetune": out / name / "ft"}

@@ -54,7 +54,7 @@ def test_pretrain_finetune_predict_evaluate_from_python(tmp_path):
     ft = load_config("finetune", "data=ibsr", "model=tiny", "trainer=smoke")
     ft.output_dir, ft.device = str(tmp_path / "ft"), "cpu"
     ft.data.root, ft.data.num_workers = str(root), 0
-    ft.model["pretrained"] = str(encoder)
+    ft.model.pretrained = str(encoder)
     ft.trainer.epochs = 2  # one step per epoch on the two training cases
     assert finetune(ft).step == 2
     ckpt = load_checkpoint(tmp_path / "ft" / "checkpoints" / "last.pt")

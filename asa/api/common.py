@@ -242,7 +242,7 @@ def optimizer_and_config(cfg: PretrainConfig | FinetuneConfig, model: torch.nn.M
     if isinstance(cfg, FinetuneConfig):
         extra["encoder_lr_scale"] = encoder_lr_scale(cfg)
         if env.is_main and extra["encoder_lr_scale"] != 1.0:
-            source = "pretrained" if cfg.model.get("pretrained") else "from scratch"
+            source = "pretrained" if cfg.model.pretrained else "from scratch"
             print(f"[asa] encoder learning rate: {lr:.3g} × {extra['encoder_lr_scale']:g} = "
                   f"{lr * extra['encoder_lr_scale']:.3g} (encoder {source}; the rest of the network at {lr:.3g})",
                   file=sys.stderr, flush=True)
@@ -254,7 +254,7 @@ def encoder_lr_scale(cfg: FinetuneConfig) -> float:
     """The encoder's lr multiplier of a fine-tuning run: ``optim.encoder_lr_scale`` for an encoder
     initialised from ``model.pretrained``, else ``optim.scratch_encoder_lr_scale`` (null: the same)."""
     opt = cfg.optim
-    if cfg.model.get("pretrained") or opt.scratch_encoder_lr_scale is None:
+    if cfg.model.pretrained or opt.scratch_encoder_lr_scale is None:
         return float(opt.encoder_lr_scale)
     return float(opt.scratch_encoder_lr_scale)
 

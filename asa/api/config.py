@@ -70,4 +70,4 @@ def load_config(name: str, *overrides: str) -> Any:
     pass it to ``asa.api.pretrain`` etc. Interpolated values (``trainer.schedule`` follows
     ``optim.schedule``) are resolved here: change such fields together, or pass an override instead.
     Required values left open (``???``, e.g. ``checkpoint`` of predict) must be set before running."""
-    return OmegaConf.to_object(compose_config(name, overrides))
+    return OmegaConf.to_object(schema.validate(compose_config(name, overrides), name))

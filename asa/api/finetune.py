@@ -59,9 +59,8 @@ def finetune_segmentation(cfg: FinetuneConfig) -> FitResult:
         data = cfg.data
         focal_weight = float(cfg.loss.focal_weight)
         needed_by = []  # the options that need a region map per case
-        network = None  # the one that feeds it into the network (never a map made from the labels)
-        if str(cfg.model.get("region_attention", "none")) != "none":
-            network = f"model.region_attention={cfg.model['region_attention']}"
+        network = cfg.model.region_option()  # the one that feeds it into the network (never a map made from the labels)
+        if network is not None:
             needed_by.append(network)
         if focal_weight > 0:
             needed_by.append(f"loss.focal_weight={focal_weight}")

@@ -38,7 +38,7 @@ def _check_options(cfg: FinetuneConfig) -> None:
     if int(data.samples_per_case) != 1:
         raise ValueError(f"data.samples_per_case={data.samples_per_case}: data.task=case takes one brain-centred crop "
                          "per case; set it to 1")
-    if float(cfg.loss.focal_weight) > 0 or str(cfg.model.get("region_attention", "none")) != "none":
+    if float(cfg.loss.focal_weight) > 0 or cfg.model.region_option() is not None:
         raise ValueError("loss.focal_weight / model.region_attention need region maps, which data.task=case does not "
                          "read; leave them at 0 / none")
 

@@ -1,8 +1,9 @@
 """The network of a fine-tuning run config: the one place the ``model`` and ``segmenter`` sections become
 a network, and the fine-tuning geometry is resolved against a pretrained file.
 
-No branch here names an architecture: what a network takes is what it declared when it registered
-(`asa.models.register_network`): ``follows_pretraining`` (an SW-ViT whose crop, position code, axis and
+The ``model`` section arrives as the typed settings of its network (`asa.models.NetworkSettings`, checked by
+`asa.api.schema.network_settings`). No branch here names an architecture: what a network takes is what it
+declared when it registered (`asa.models.register_network`): its ``settings``, ``follows_pretraining`` (an SW-ViT whose crop, position code, axis and
 reference grid a pretraining file sets), ``case_of`` (the case network a case run builds from a
 segmentation preset), its task, and ``load_pretrained`` on the network it builds (an encoder it
 initialises from a file).
@@ -10,7 +11,6 @@ initialises from a file).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -18,26 +18,18 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
-from asa.api.schema import SegmenterConfig
+from asa.api.schema import SegmenterConfig, network_settings
 from asa.io import load_weights
-from asa.models import RENAMED_NETWORKS, SYMMETRY_KEYS, architectures, build_network, recorded_pretraining
+from asa.models import NetworkSettings, architectures, build_network, recorded_pretraining
 from asa.models.patch import patch_grid, to_3tuple
 from asa.models.registry import CASE_COUNTERPARTS, FOLLOWS_PRETRAINING, NETWORK_TASKS, NETWORKS
 
-__all__ = ["PretrainedGeometry", "build_case_network", "build_from_config", "case_arch", "pretrained_geometry",
-           "set_options"]
+__all__ = ["PretrainedGeometry", "build_case_network", "build_from_config", "case_arch", "pretrained_geometry"]
 
-DEFAULT_ARCH = "swvit_unetr"  # a model section that names no arch
-PRETRAINING_ONLY = ("decoder_dim", "decoder_depth", "decoder_num_heads")  # ASA decoder sizes
 SEGMENTER_OPTIONS = ("feature_size", "input_skip", "spe_frame")  # segmenter.*: the SW-ViT U-Net decoder's
 # what an API caller's section leaves out: the schema's defaults, stated there only
 SEGMENTER_DEFAULTS = {key: value for key, value in asdict(SegmenterConfig()).items() if key in SEGMENTER_OPTIONS}
-
-
-def set_options(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """A run config's ``model`` section without the symmetry settings it leaves unset (null), so a
-    network without a symmetric position encoding or axis (UNETR, SwinUNETR) is not handed them."""
-    return {k: v for k, v in model_cfg.items() if not (k in SYMMETRY_KEYS and v is None)}
+ModelSection = NetworkSettings | Mapping[str, Any]  # typed settings, or a mapping typed by `network_settings`
 
 
 class PretrainedGeometry(NamedTuple):
@@ -81,26 +73,6 @@ def pretrained_geometry(pretrained: str | Path | None, *, crop: int | None, pos_
     return PretrainedGeometry(int(crop), pos_mode, int(lr_axis), grid, checkpoint, recorded)
 
 
-def _arch(model_cfg: Mapping[str, Any]) -> str:
-    arch = str(model_cfg.get("arch", DEFAULT_ARCH))
-    if arch in RENAMED_NETWORKS:
-        raise ValueError(f"model.arch={arch}: renamed; it is now model.arch={RENAMED_NETWORKS[arch]}")
-    return arch
-
-
-def _build(arch: str, kwargs: dict[str, Any], options: Mapping[str, Any]) -> nn.Module:
-    """``build_network`` of ``arch``; an option the network does not take (``options``: the ones that came
-    from the ``model`` section) is refused naming it, not as a TypeError from deep inside."""
-    try:
-        return build_network({"arch": arch, "kwargs": kwargs})
-    except TypeError as err:  # e.g. an SW-ViT option from an experiment preset given to another network
-        key = re.search(r"unexpected keyword argument '(\w+)'", str(err))
-        if key is None or key[1] not in options:
-            raise
-        raise ValueError(f"model.{key[1]}={options[key[1]]}: model arch {arch!r} has no such option; drop it, or the "
-                         "preset that sets it") from err
-
-
 def _load(net: nn.Module, arch: str, pretrained: str | None, load: Callable[[], Any] | None = None) -> nn.Module:
     """Initialise ``net``'s encoder from ``pretrained`` (``load``: how, for a network whose geometry the file
     set; else its ``load_pretrained(path)``); a network without ``load_pretrained`` refuses a file."""
@@ -114,7 +86,7 @@ def _load(net: nn.Module, arch: str, pretrained: str | None, load: Callable[[], 
 
 
 def build_from_config(
-    model_cfg: Mapping[str, Any],
+    model: ModelSection,
     segmenter_cfg: Mapping[str, Any],
     *,
     in_channels: int,
@@ -124,61 +96,59 @@ def build_from_config(
 ) -> nn.Module:
     """The segmentation network of a run config's ``model`` and ``segmenter`` sections.
 
-    ``model.arch`` picks the network (default ``swvit_unetr``); ``model.pretrained`` initialises its
-    encoder from a pretraining checkpoint or encoder export, read once. ``crop`` is the crop edge (the
-    network's input size); None takes, for a network that follows its pretraining, the crop recorded in
-    that file, else ``default_crop``. For such a network a crop whose patch grid differs from the
+    ``model`` is the network's settings (`asa.models.NetworkSettings`; a mapping is typed by
+    `asa.api.schema.network_settings`): ``arch`` picks the network (default ``swvit_unetr``), ``pretrained``
+    initialises its encoder from a pretraining checkpoint or encoder export, read once. ``crop`` is the crop
+    edge (the network's input size); None takes, for a network that follows its pretraining, the crop
+    recorded in that file, else ``default_crop``. For such a network a crop whose patch grid differs from the
     pretraining grid is an error unless ``segmenter.allow_grid_change`` (then the brain frame keeps the
     pretraining grid as its reference); ``model.pos_mode`` / ``model.lr_axis`` null take the file's
     values, else ``mirror`` / 0 (`pretrained_geometry`); ``segmenter.*`` sets its decoder. The effective
     values are the network's ``img_size``, ``pos_mode``, ``lr_axis``, ``spe_frame`` and ``reference_grid``.
     """
-    kwargs = set_options(model_cfg)
-    arch = _arch(kwargs)
-    kwargs.pop("arch", None)
-    pretrained = kwargs.pop("pretrained", None)
+    settings = network_settings(model)
+    arch, pretrained, options = settings.arch, settings.pretrained, settings.options()
     if arch not in architectures("segmentation"):
-        raise ValueError(f"unknown segmentation architecture {arch!r}; expected one of "
-                         f"{architectures('segmentation')}")
+        raise ValueError(f"model.arch={arch}: not a segmentation network; expected one of "
+                         f"{', '.join(architectures('segmentation'))}")
     channels = dict(in_channels=in_channels, out_channels=out_channels)
     if arch not in FOLLOWS_PRETRAINING:
         size = pretrained_geometry(None, crop=crop, pos_mode=None, lr_axis=None, default_crop=default_crop).crop
-        net = _build(arch, {"img_size": (size,) * 3, **channels, **kwargs}, kwargs)
+        net = build_network({"arch": arch, "kwargs": {"img_size": (size,) * 3, **channels, **options}})
         return _load(net, arch, pretrained)
-    for key in PRETRAINING_ONLY:
-        kwargs.pop(key, None)
     allow_grid_change = bool(segmenter_cfg.get("allow_grid_change", False))
-    geometry = pretrained_geometry(pretrained, crop=crop, pos_mode=kwargs.pop("pos_mode", None),
-                                   lr_axis=kwargs.pop("lr_axis", None), default_crop=default_crop,
+    geometry = pretrained_geometry(pretrained, crop=crop, pos_mode=options.pop("pos_mode"),
+                                   lr_axis=options.pop("lr_axis"), default_crop=default_crop,
                                    reference_grid=segmenter_cfg.get("reference_grid"),
                                    allow_grid_change=allow_grid_change)
     decoder = {key: segmenter_cfg.get(key, SEGMENTER_DEFAULTS[key]) for key in SEGMENTER_OPTIONS}
-    net = _build(arch, {"img_size": (geometry.crop,) * 3, **channels, "pos_mode": geometry.pos_mode,
-                        "lr_axis": geometry.lr_axis, **decoder, "reference_grid": geometry.reference_grid, **kwargs},
-                 kwargs)
+    net = build_network({"arch": arch, "kwargs": {
+        "img_size": (geometry.crop,) * 3, **channels, "pos_mode": geometry.pos_mode, "lr_axis": geometry.lr_axis,
+        **decoder, "reference_grid": geometry.reference_grid, **options}})
     return _load(net, arch, pretrained, lambda: net.load_pretrained(pretrained, checkpoint=geometry.checkpoint,
                                                                     allow_grid_change=allow_grid_change))
 
 
-def case_arch(model_cfg: Mapping[str, Any]) -> str:
+def case_arch(model: ModelSection) -> str:
     """The case network a case run builds for ``model.arch``: a case network itself, or the case
     counterpart a segmentation network registered (``swvit_unetr`` -> ``case_head``); another network,
     or a pretrained file for a network that takes none, is refused naming the option."""
-    named = _arch(model_cfg)
+    settings = network_settings(model)
+    named = settings.arch
     arch = CASE_COUNTERPARTS.get(named, named)
     if NETWORK_TASKS.get(arch) != "case":
         names = (*CASE_COUNTERPARTS, *architectures("case"))
         raise ValueError(f"model.arch={named}: data.task=case takes a case network ({', '.join(names)}: "
                          f"model=tiny|small|base, model=vit_case|swin_case); {named} is a "
                          f"{NETWORK_TASKS.get(named, 'unknown')} network")
-    if model_cfg.get("pretrained") and not callable(getattr(NETWORKS[arch], "load_pretrained", None)):
-        raise ValueError(f"model.pretrained={model_cfg['pretrained']}: model arch {named!r} takes no pretrained "
+    if settings.pretrained and not callable(getattr(NETWORKS[arch], "load_pretrained", None)):
+        raise ValueError(f"model.pretrained={settings.pretrained}: model arch {named!r} takes no pretrained "
                          "encoder (asa-pretrain writes SW-ViT and SA-Swin files: model=tiny|small|base or swin_case)")
     return arch
 
 
 def build_case_network(
-    model_cfg: Mapping[str, Any],
+    model: ModelSection,
     *,
     in_channels: int,
     out_channels: int,
@@ -190,27 +160,25 @@ def build_case_network(
     target_shift: float = 0.0,
     target_scale: float = 1.0,
 ) -> nn.Module:
-    """The case network of a run config's ``model`` section: ``model.arch`` a case network
-    (`architectures("case")`: ``case_head``, ``vit_case``, ``swin_case``) or a segmentation network whose
-    case counterpart is registered (``swvit_unetr``, the default -> ``case_head``: the model presets
-    tiny|small|base serve both), with its own keyword arguments and the head's. The crop edge ``crop``
+    """The case network of a run config's ``model`` section (typed as `build_from_config`'s): ``model.arch``
+    a case network (`architectures("case")`: ``case_head``, ``vit_case``, ``swin_case``) or a segmentation
+    network whose case counterpart is registered (``swvit_unetr``, the default -> ``case_head``: the model
+    presets tiny|small|base serve both), with its own settings and the head's. The crop edge ``crop``
     (None: for a network that follows its pretraining, the crop the file records; else
     ``default_crop``); ``model.pos_mode`` / ``model.lr_axis`` (null: the file's, else ``mirror`` / 0); the
     encoder initialised from ``model.pretrained`` (an SW-ViT file's grid must be the crop's, DESIGN §1.2;
     ``swin_case``: an SA-Swin pretraining file)."""
-    model_cfg = set_options(model_cfg)
-    arch = case_arch(model_cfg)
+    settings = network_settings(model)
+    arch, pretrained, options = case_arch(settings), settings.pretrained, settings.options()
     head = dict(in_channels=in_channels, out_channels=out_channels, pooling=pooling, hidden_dim=hidden_dim,
                 head_dropout=head_dropout, target_shift=target_shift, target_scale=target_scale)
-    pretrained = model_cfg.get("pretrained")
-    kwargs = {k: v for k, v in model_cfg.items() if k not in ("arch", "pretrained")}
     if arch not in FOLLOWS_PRETRAINING:
         size = crop if crop is not None else default_crop
-        net = _build(arch, {"img_size": size, **head, **kwargs}, kwargs)
+        net = build_network({"arch": arch, "kwargs": {"img_size": size, **head, **options}})
         return _load(net, arch, pretrained)
-    kwargs = {k: v for k, v in kwargs.items() if k not in (*PRETRAINING_ONLY, *SYMMETRY_KEYS)}
-    geometry = pretrained_geometry(pretrained, crop=crop, pos_mode=model_cfg.get("pos_mode"),
-                                   lr_axis=model_cfg.get("lr_axis"), default_crop=default_crop)
-    net = _build(arch, {"img_size": to_3tuple(geometry.crop, "data.crop"), "pos_mode": geometry.pos_mode,
-                        "lr_axis": geometry.lr_axis, **head, **kwargs}, kwargs)
+    geometry = pretrained_geometry(pretrained, crop=crop, pos_mode=options.pop("pos_mode"),
+                                   lr_axis=options.pop("lr_axis"), default_crop=default_crop)
+    net = build_network({"arch": arch, "kwargs": {
+        "img_size": to_3tuple(geometry.crop, "data.crop"), "pos_mode": geometry.pos_mode, "lr_axis": geometry.lr_axis,
+        **head, **options}})
     return _load(net, arch, pretrained, lambda: net.load_pretrained(pretrained, checkpoint=geometry.checkpoint))

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from asa.api.schema import current_value, moved_key, removed_key
+from asa.api.schema import current_config, moved_key, removed_key
 from asa.io import atomic_write_text
 from asa.train.checkpoint import flatten
 from asa.train.distributed import DistEnv, all_gather_objects
@@ -312,7 +312,7 @@ def _check(out_dir: Path, *, resume: Any, overwrite: bool, run_config: Mapping, 
         print(f"[asa] overwrite=true: moved the previous run to {moved_to}", file=sys.stderr, flush=True)
     if resume_from is None:
         return None, moved_to
-    return (check_training_checkpoint(resume_from, run_config, compat_keys, moved=moved_key, current=current_value,
+    return (check_training_checkpoint(resume_from, run_config, compat_keys, moved=moved_key, current=current_config,
                                       removed=removed_key), moved_to)
 
 

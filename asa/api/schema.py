@@ -10,12 +10,14 @@ value outside the choices a field declares with `asa.choices.one_of` (naming the
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, is_dataclass
+import copy
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, List, Optional, Union
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from asa.data.augmentation import AUGMENT_ON
 from asa.data.case_crops import CASE_CROPS, DEFAULT_CASE_CROPS
@@ -24,51 +26,28 @@ from asa.data.targets import TARGET_KINDS
 from asa.data.regions import CONFIG_SOURCES
 from asa.data.store import STORE_DTYPES
 from asa.eval.metrics import HD95_CONVENTIONS
+from asa.choices import check_choices, one_of
 from asa.methods import MaskedAutoencoderSettings, MethodSettings, get_method, registered_methods
-from asa.models import DEFAULT_CROP, EncoderSettings, PRESETS, RENAMED_NETWORKS, SWIN_SIZES
+from asa.models import (DEFAULT_CROP, NETWORK_SETTINGS, PRESETS, RENAMED_NETWORKS, EncoderOptions,
+                        EncoderSettings, NetworkSettings)
 from asa.models.case_head import POOLINGS
 from asa.models.position import POSITION_MODES
-from asa.models.saca import SACA_PLACES
 from asa.models.segmenter import INPUT_SKIPS, SPE_FRAMES
-from asa.models.swvit import REGION_LAYOUTS
 from asa.train import TrainerSettings
 from asa.train.case_targets import REGRESSION_LOSSES
-from asa.choices import SCHEMA, check_choices, one_of
 from asa.train.optim import OPTIMIZERS
 from asa.train.precision import AMP_CHOICES
 from asa.train.schedule import SCHEDULES
 
 __all__ = [
-    "EvaluateConfig", "FinetuneConfig", "FrozenProbeConfig", "PredictConfig", "PreprocessConfig", "PretrainConfig", "SCHEMAS", "as_config", "register", "validate",
+    "DEFAULT_ARCH", "EvaluateConfig", "FinetuneConfig", "FrozenProbeConfig", "PredictConfig", "PreprocessConfig", "PretrainConfig",
+    "SCHEMAS", "as_config", "network_settings", "register", "settings_class", "validate",
 ]
 
 
 # --- groups ---------------------------------------------------------------------------------------
 _BASE = PRESETS["base"]
 ON_BAD = ("error", "skip")
-
-
-@dataclass
-class EncoderConfig:
-    """SW-ViT encoder settings; keyword arguments of ASA / ASASegmenter. The sizes of the ``model=``
-    presets (tiny, small, base) are `asa.models.PRESETS`, stored as the config group ``sizes/encoder``
-    (`register`); the defaults are `asa.models.EncoderSettings`' (the base preset's sizes)."""
-
-    patch_size: int = EncoderSettings.patch_size
-    embed_dim: int = EncoderSettings.embed_dim
-    depth: int = EncoderSettings.depth
-    num_heads: int = EncoderSettings.num_heads
-    window_size: int = EncoderSettings.window_size
-    mlp_ratio: float = EncoderSettings.mlp_ratio
-    shift_mask: bool = EncoderSettings.shift_mask  # mask the wrap-around window after the SLW-MSA roll
-    rel_pos_bias: bool = EncoderSettings.rel_pos_bias  # learned relative position bias per window
-    grad_checkpointing: bool = EncoderSettings.grad_checkpointing  # activation checkpointing: less memory, slower
-    region_attention: str = one_of(EncoderSettings.region_attention, REGION_LAYOUTS)  # none | alternate (LW, R, SLW, R, ...) | all: R-MSA blocks (need data.regions)
-    saca: str = one_of("none", SACA_PLACES)  # none | decoder | encoder | all: windowed symmetry-aware cross-attention in these SW-ViTs
-    # the symmetric position encoding (DESIGN §1.2) and the mirrored (left-right) array axis; fine-tuning:
-    # null takes the pretrained file's, else mirror / 0 (pretraining states them: PretrainModelConfig)
-    pos_mode: Optional[str] = one_of(None, POSITION_MODES)  # none | mirror | paper
-    lr_axis: Optional[int] = None
 
 
 DECODER_KEYS = ("decoder_dim", "decoder_depth", "decoder_num_heads")
@@ -88,12 +67,34 @@ MOVED_KEYS = {
 # values renamed since 0.1.0, per dotted key: a run folder written before resumes under the new value,
 # a command line or preset giving the old one is refused naming the new (`renamed_value`)
 RENAMED_VALUES: dict[str, dict[str, str]] = {"model.arch": RENAMED_NETWORKS}
+DEFAULT_ARCH = "swvit_unetr"  # the network of a fine-tuning model section that names none
 
 
 def current_value(key: str, value: Any) -> Any:
     """``value`` of the dotted ``key`` under its name now (`RENAMED_VALUES`), else as it is."""
     renamed = RENAMED_VALUES.get(key, {})
     return renamed.get(value, value) if isinstance(value, str) else value
+
+
+def current_config(saved: Any) -> dict[str, Any]:
+    """A run config written by this or an earlier asa (a resumed run's, a checkpoint's) as this version reads
+    it: renamed values under their names now (`RENAMED_VALUES`); a fine-tuning ``model`` section (one beside
+    a ``segmenter`` section) with each setting its network's settings gained since at its default, which
+    is what that run built with, and without the null symmetry settings earlier versions stated for every
+    network (a network without them was never handed them). A copy; the rest as it is."""
+    cfg = copy.deepcopy(dict(saved))
+    for key in RENAMED_VALUES:  # dotted keys of a section: "model.arch"
+        section, leaf = key.split(".")
+        if isinstance(node := cfg.get(section), Mapping) and leaf in node:
+            cfg[section] = {**node, leaf: current_value(key, node[leaf])}
+    model = cfg.get("model")
+    if "segmenter" in cfg and isinstance(model, Mapping):
+        cls = NETWORK_SETTINGS.get(model.get("arch", DEFAULT_ARCH))
+        if cls is not None:
+            defaults = {f.name: getattr(cls(arch=model.get("arch", DEFAULT_ARCH)), f.name) for f in fields(cls)}
+            kept = {k: v for k, v in model.items() if k in defaults or v is not None}
+            cfg["model"] = {**defaults, **kept}
+    return cfg
 
 
 def renamed_value(key: str, value: Any) -> str | None:
@@ -156,7 +157,7 @@ def old_keys(keys: Any) -> dict[str, str]:
 
 
 @dataclass
-class PretrainModelConfig(EncoderConfig):
+class PretrainModelConfig(EncoderOptions):
     """The masked autoencoder's sizes: the encoder plus the pretraining decoder (group ``sizes/decoder``)."""
 
     decoder_dim: int = _BASE["decoder_dim"]
@@ -366,10 +367,10 @@ class PretrainConfig(RunConfig):
 
 @dataclass
 class FinetuneConfig(RunConfig):
-    # the model group holds the keyword arguments of the chosen architecture (ASASegmenter, UNETR,
-    # SwinUNETR), so it is checked when the network is built rather than here; the SW-ViT options
-    # it may hold take the encoder's choices
-    model: Any = field(default_factory=dict, metadata={SCHEMA: EncoderConfig})
+    # the network's typed settings (asa.models.NetworkSettings): which class depends on model.arch, so the
+    # group's presets start from the network's settings at their defaults (config group ``network``) and
+    # `validate` checks the section against that class; `as_config` gives the instance. {}: swvit_unetr's
+    model: Any = field(default_factory=dict)
     optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
     data: SegmentationDataConfig = field(default_factory=SegmentationDataConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
@@ -492,35 +493,75 @@ def register() -> None:
         store.store(name=f"{name}_schema", node=_schema_node(name))
     for name, method in registered_methods().items():
         store.store(group="method", name=name, node=method.Settings(name=name))
+    # model=<preset>: a network's settings at their defaults, as a mapping: `validate` types the section by the
+    # network it names, so a preset or experiment setting an option the network lacks is refused naming it
+    for arch, settings in NETWORK_SETTINGS.items():
+        store.store(group="network", name=arch, node=asdict(settings(arch=arch)))
     for name, sizes in PRESETS.items():  # model=tiny|small|base: the encoder and, for pretraining, the decoder
-        encoder = asdict(EncoderConfig(**{k: v for k, v in sizes.items() if k not in DECODER_KEYS}))
+        encoder = asdict(EncoderOptions(**{k: v for k, v in sizes.items() if k not in DECODER_KEYS}))
         sized = {k: v for k, v in encoder.items() if k not in NOT_SIZES}
         store.store(group="sizes/encoder", name=name, node=sized)  # a mapping: fine-tuning adds arch
         store.store(group="sizes/decoder", name=name, node={k: sizes[k] for k in DECODER_KEYS})
-    # model=swin_unetr|sa_swin|swin_case: MONAI's SwinViT sizes
-    store.store(group="sizes/swin", name="default", node={k: list(v) if isinstance(v, tuple) else v
-                                                          for k, v in SWIN_SIZES.items()})
 
 
-def validate(cfg: DictConfig, entry: str) -> None:
+def _arch(model: Any) -> str:
+    return model.arch if isinstance(model, NetworkSettings) else model.get("arch", DEFAULT_ARCH)
+
+
+def settings_class(model: Any) -> type[NetworkSettings]:
+    """The settings class registered with the network a fine-tuning ``model`` section names
+    (``arch``; none: `DEFAULT_ARCH`); a renamed, unknown or unconfigurable one is refused naming it."""
+    arch = _arch(model)
+    if (why := renamed_value("model.arch", arch)) is not None:
+        raise ValueError(why)
+    if arch not in NETWORK_SETTINGS:
+        raise ValueError(f"model.arch={arch}: no network of that name takes a run config's model section; expected one "
+                         f"of {', '.join(NETWORK_SETTINGS)}")
+    return NETWORK_SETTINGS[arch]
+
+
+def network_settings(model: Any) -> NetworkSettings:
+    """A fine-tuning ``model`` section (a mapping, a config node or a `NetworkSettings`) as the typed settings
+    of the network it names, every field it leaves out at its default: a key the network does not take, a
+    value of the wrong type or outside a field's choices is refused naming ``model.<key>``."""
+    cls, arch = settings_class(model), _arch(model)
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(cls(arch=arch)), model)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        given = f"model.{key}={OmegaConf.select(OmegaConf.create(model), key, default='?')}"
+        if isinstance(err, ConfigKeyError):
+            raise ValueError(f"{given}: model arch {arch!r} has no such option; it takes "
+                             f"{', '.join(f.name for f in fields(cls))}") from None
+        raise ValueError(f"{given}: {str(err).splitlines()[0]}") from None
+    check_choices(typed, cls, "model.")
+    return OmegaConf.to_object(typed)
+
+
+def validate(cfg: DictConfig, entry: str) -> DictConfig:
     """Check a composed config against the entry point's schema again (catches ``+key=value``
-    additions, which Hydra lets through); raises ``ValueError`` naming the key."""
+    additions, which Hydra lets through); raises ``ValueError`` naming the key. Returns the config
+    typed by the schema (a fine-tuning ``model`` section: by its network's settings)."""
     method = None
     if entry == "pretrain":
         method = OmegaConf.select(cfg, "method.name", default=None)
         if not isinstance(method, str):
             raise ValueError("asa-pretrain: invalid option method: pick a pretraining method with method=<name> "
                              f"(one of {', '.join(sorted(registered_methods()))})")
+    for key in RENAMED_VALUES:
+        if (why := renamed_value(key, OmegaConf.select(cfg, key, default=None))) is not None:
+            raise ValueError(f"asa-{entry}: invalid option {why}")
     try:
         node = _schema_node(entry, method)
-        schema = OmegaConf.structured(node)
     except ValueError as err:
-        raise ValueError(f"asa-pretrain: invalid option {err}") from None
+        raise ValueError(f"asa-{entry}: invalid option {err}") from None
+    if entry == "finetune":  # the model section: its network's settings (refused naming model.<key>)
+        model = network_settings(cfg.model)
+        node = FinetuneConfig(model=type(model)(arch=model.arch))
+    schema = OmegaConf.structured(node)
     OmegaConf.set_struct(schema, True)
-    if entry == "finetune":
-        OmegaConf.set_struct(schema.model, False)  # the architecture's own keyword arguments
     try:
-        OmegaConf.merge(schema, OmegaConf.to_container(cfg, resolve=False))
+        typed = OmegaConf.merge(schema, OmegaConf.to_container(cfg, resolve=False))
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         keys = flatten_keys(OmegaConf.select(cfg, key)) if key in cfg else {}
@@ -529,10 +570,8 @@ def validate(cfg: DictConfig, entry: str) -> None:
             raise ValueError(f"asa-{entry}: invalid option {key}: "
                              + "; ".join(f"{name} {note}" for name, note in old.items())) from None
         raise ValueError(f"asa-{entry}: invalid option {key}: {err.msg if hasattr(err, 'msg') else err}") from None
-    for key in RENAMED_VALUES:
-        if (why := renamed_value(key, OmegaConf.select(cfg, key, default=None))) is not None:
-            raise ValueError(f"asa-{entry}: invalid option {why}")
     check_choices(cfg, node)
+    return typed
 
 
 def as_config(config: Any, entry: str) -> Any:
@@ -548,9 +587,9 @@ def as_config(config: Any, entry: str) -> Any:
     else:
         raise TypeError(f"asa.api.{entry}: expected an asa.api.{schema.__name__} (e.g. asa.api.load_config({entry!r})) "
                         f"or a composed DictConfig, got {type(config).__name__}")
-    validate(cfg, entry)
+    typed = validate(cfg, entry)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ValueError(f"asa-{entry}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required "
                          f"({' '.join(f'{key}=...' for key in missing)})")
-    return OmegaConf.to_object(cfg)
+    return OmegaConf.to_object(typed)

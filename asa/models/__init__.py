@@ -9,11 +9,12 @@ import pkgutil
 
 from asa.models.attention import LinearWindowAttention
 from asa.models.declared import Capabilities, capabilities
-from asa.models.case_baselines import SwinCaseNet, ViTCaseNet
+from asa.models.baselines import SwinSettings, SwinUNETRSettings, UNETRSettings
+from asa.models.case_baselines import SwinCaseNet, SwinCaseSettings, ViTCaseNet, ViTCaseSettings
 from asa.models.case_head import POOLINGS, ASACaseHead, AttentionPool, PooledTokenHead
 from asa.models.compiled import compile_blocks, unwrap
-from asa.models.encoder import EncoderSettings, SWViTEncoder
-from asa.models.dynunet import DeepSupervisedDynUNet, plan_dynunet
+from asa.models.encoder import EncoderOptions, EncoderSettings, SWViTEncoder, SWViTSettings
+from asa.models.dynunet import DeepSupervisedDynUNet, DynUNetSettings, plan_dynunet
 from asa.models.layout import channels_last_inference
 from asa.models.mae import ASA, MAEOutput, MaskedAutoencoder
 from asa.models.objective import FocalRegionReconstruction, PatchReconstruction, reconstruction_objective
@@ -22,9 +23,9 @@ from asa.models.portable import ENCODER_MODULES, VolumeEncoder, export_for_monai
 from asa.models.position import brain_frame_encoding, position_index, symmetric_position_encoding
 from asa.models.presets import DEFAULT_CROP, PRESETS, SWIN_SIZES
 from asa.models.region_attention import RegionAttention, patch_regions
-from asa.models.registry import (NETWORKS, RENAMED_NETWORKS, architectures, build_network, current_spec, network_spec,
-                                 record_spec, register_network)
-from asa.models.sa_swin import SASwin, SymmetryAwareLayer
+from asa.models.registry import (NETWORK_SETTINGS, NETWORKS, RENAMED_NETWORKS, NetworkSettings, architectures,
+                                 build_network, current_spec, network_spec, record_spec, register_network)
+from asa.models.sa_swin import SASwin, SASwinSettings, SymmetryAwareLayer
 from asa.models.sa_swin_pretrain import SAHOutput, SymmetryAwareHead
 from asa.models.saca import SymmetryCrossAttention, WindowSymmetryCrossAttention, mirror_index
 from asa.models.segmenter import (SPE_FRAMES, SYMMETRY_KEYS, ASASegmenter, LoadReport, SWViTSegmenter,
@@ -50,7 +51,18 @@ __all__ = [
     "ViTCaseNet",
     "AttentionPool",
     "POOLINGS",
+    "EncoderOptions",
     "EncoderSettings",
+    "NETWORK_SETTINGS",
+    "NetworkSettings",
+    "SWViTSettings",
+    "SASwinSettings",
+    "SwinCaseSettings",
+    "SwinSettings",
+    "SwinUNETRSettings",
+    "UNETRSettings",
+    "ViTCaseSettings",
+    "DynUNetSettings",
     "FocalRegionReconstruction",
     "LoadReport",
     "MaskedAutoencoder",

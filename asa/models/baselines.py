@@ -7,14 +7,16 @@ plus ``img_size``, the network's input size (SwinUNETR takes any multiple of 32,
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, List
 
 from monai.networks.nets import UNETR, SwinUNETR
 from torch import nn
 
 from asa.models.declared import Capabilities
 from asa.models.patch import to_3tuple
-from asa.models.registry import record_spec, register_network
+from asa.models.presets import SWIN_SIZES
+from asa.models.registry import NetworkSettings, record_spec, register_network
 
 
 def spec_input_size(arch: str, img_size: Any) -> list[int]:
@@ -24,7 +26,45 @@ def spec_input_size(arch: str, img_size: Any) -> list[int]:
     return list(to_3tuple(img_size, "img_size"))
 
 
-@register_network("unetr", task="segmentation", encoder="vit")
+@dataclass
+class UNETRSettings(NetworkSettings):
+    """``model=unetr``: keyword arguments of ``monai.networks.nets.UNETR``, with its defaults."""
+
+    feature_size: int = 16
+    hidden_size: int = 768
+    mlp_dim: int = 3072
+    num_heads: int = 12
+    proj_type: str = "conv"
+    norm_name: str = "instance"
+    conv_block: bool = True
+    res_block: bool = True
+    dropout_rate: float = 0.0
+    qkv_bias: bool = False
+
+
+@dataclass
+class SwinSettings(NetworkSettings):
+    """MONAI's SwinViT, as ``SwinUNETR`` builds it: the sizes (`asa.models.SWIN_SIZES`, the one Swin
+    preset) and its regularisers; the settings of the networks on it add their own."""
+
+    feature_size: int = SWIN_SIZES["feature_size"]
+    depths: List[int] = field(default_factory=lambda: list(SWIN_SIZES["depths"]))
+    num_heads: List[int] = field(default_factory=lambda: list(SWIN_SIZES["num_heads"]))
+    window_size: int = 7
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    dropout_path_rate: float = 0.0
+    use_checkpoint: bool = False  # activation checkpointing: less memory, slower
+
+
+@dataclass
+class SwinUNETRSettings(SwinSettings):
+    """``model=swin_unetr``: keyword arguments of ``monai.networks.nets.SwinUNETR``."""
+
+    norm_name: str = "instance"
+
+
+@register_network("unetr", task="segmentation", encoder="vit", settings=UNETRSettings)
 def unetr(*, img_size: Any = None, **kwargs: Any) -> nn.Module:
     """MONAI's UNETR of input size ``img_size``; ``kwargs`` are ``UNETR``'s."""
     size = spec_input_size("unetr", img_size)
@@ -33,7 +73,7 @@ def unetr(*, img_size: Any = None, **kwargs: Any) -> nn.Module:
     return record_spec(net, "unetr", {"img_size": size, **kwargs})
 
 
-@register_network("swin_unetr", task="segmentation", encoder="swinViT")
+@register_network("swin_unetr", task="segmentation", encoder="swinViT", settings=SwinUNETRSettings)
 def swin_unetr(*, img_size: Any = None, **kwargs: Any) -> nn.Module:
     """MONAI's SwinUNETR for inputs of size ``img_size``; ``kwargs`` are ``SwinUNETR``'s."""
     size = spec_input_size("swin_unetr", img_size)

@@ -10,17 +10,19 @@ layers (``encoder_layer_id``), so ``optim.encoder_lr_scale``, ``layer_decay`` an
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from monai.networks.nets import ViT
 from monai.networks.nets.swin_unetr import SwinTransformer
 from torch import nn
 
+from asa.models.baselines import SwinSettings
 from asa.models.case_head import PooledTokenHead
 from asa.models.declared import Capabilities
 from asa.models.patch import to_3tuple
 from asa.models.presets import DEFAULT_CROP, SWIN_SIZES
-from asa.models.registry import record_spec, register_network
+from asa.models.registry import NetworkSettings, record_spec, register_network
 from asa.models.sa_swin import SASwin
 
 __all__ = ["ViTCaseNet", "SwinCaseNet"]
@@ -32,7 +34,29 @@ def _check_input(net: nn.Module, x: torch.Tensor) -> None:
                          f"{', '.join(map(str, net.img_size))}], got {list(x.shape)}")
 
 
-@register_network("vit_case", task="case", encoder="vit")
+@dataclass
+class ViTCaseSettings(NetworkSettings):
+    """``model=vit_case``: the ViT's keyword arguments (:class:`ViTCaseNet`; the head's are ``head.*``)."""
+
+    patch_size: int = 16
+    hidden_size: int = 768
+    mlp_dim: int = 3072
+    num_layers: int = 12
+    num_heads: int = 12
+    proj_type: str = "conv"
+    pos_embed_type: str = "learnable"
+    dropout_rate: float = 0.0
+    qkv_bias: bool = False
+
+
+@dataclass
+class SwinCaseSettings(SwinSettings):
+    """``model=swin_case``: the SwinViT's keyword arguments (:class:`SwinCaseNet`; the head's are ``head.*``)."""
+
+    patch_size: int = 2
+
+
+@register_network("vit_case", task="case", encoder="vit", settings=ViTCaseSettings)
 class ViTCaseNet(PooledTokenHead):
     """MONAI's ViT (UNETR's encoder, module ``vit``) over the crop, its normed tokens pooled and
     passed through the case head's MLP. ``patch_size``, ``hidden_size``, ``mlp_dim``,
@@ -104,7 +128,7 @@ class ViTCaseNet(PooledTokenHead):
         return {"vit.patch_embedding.position_embeddings"}
 
 
-@register_network("swin_case", task="case", encoder="swinViT")
+@register_network("swin_case", task="case", encoder="swinViT", settings=SwinCaseSettings)
 class SwinCaseNet(PooledTokenHead):
     """SwinUNETR's SwinViT (``monai.networks.nets.swin_unetr.SwinTransformer``, module ``swinViT``,
     built as ``SwinUNETR`` builds it, so SA-Swin pretraining files load with :meth:`load_pretrained`)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from asa.models.declared import Capabilities
-from asa.models.encoder import EncoderSettings
+from asa.models.encoder import EncoderSettings, SWViTSettings
 from asa.models.registry import record_spec, register_network
 from asa.models.saca import SACA_PLACES
 from asa.models.segmenter import ASASegmenter
@@ -68,7 +68,8 @@ class PooledTokenHead(nn.Module):
         return self.target_shift + self.target_scale * self.mlp(self.pool_tokens(tokens))
 
 
-@register_network("case_head", task="case", encoder="encoder", follows_pretraining=True, case_of="swvit_unetr")
+@register_network("case_head", task="case", encoder="encoder", follows_pretraining=True, case_of="swvit_unetr",
+                  settings=SWViTSettings)
 class ASACaseHead(PooledTokenHead):
     """SW-ViT encoder over every token of the brain-centred crop (+ SPE, as :class:`ASASegmenter`'s,
     same ``encoder.*`` keys, so pretraining files load with :meth:`load_pretrained`), tokens pooled

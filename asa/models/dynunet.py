@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, List, NamedTuple, Optional
 
 import torch
 from monai.networks.nets import DynUNet
 
 from asa.models.baselines import spec_input_size
 from asa.models.declared import Capabilities
-from asa.models.registry import record_spec, register_network
+from asa.models.registry import NetworkSettings, record_spec, register_network
 
 __all__ = ["DeepSupervisedDynUNet", "DynUNetPlan", "dynunet", "plan_dynunet"]
 
@@ -137,7 +138,20 @@ class DeepSupervisedDynUNet(DynUNet):
         return out
 
 
-@register_network("dynunet", task="segmentation")
+@dataclass
+class DynUNetSettings(NetworkSettings):
+    """``model=dynunet``: the nnU-Net-style CNN's options (:func:`dynunet`); null kernels, strides and
+    filters are planned from the crop and ``spacing`` (:func:`plan_dynunet`)."""
+
+    spacing: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # the data's voxel spacing in mm
+    deep_supervision: bool = True  # nnU-Net's deep supervision: weights 1, 1/2, 1/4 ... normalised
+    res_block: bool = False  # true: residual blocks (nnU-Net's ResEnc flavour)
+    kernel_size: Optional[List[List[int]]] = None
+    strides: Optional[List[List[int]]] = None
+    filters: Optional[List[int]] = None
+
+
+@register_network("dynunet", task="segmentation", settings=DynUNetSettings)
 def dynunet(
     *,
     img_size: Any = None,

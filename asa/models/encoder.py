@@ -5,20 +5,59 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
+from asa.choices import one_of
 from asa.models.patch import PatchEmbed, patch_grid, to_3tuple
 from asa.models.position import brain_frame_encoding, symmetric_position_encoding
+from asa.models.position import POSITION_MODES
 from asa.models.presets import DEFAULT_CROP, PRESETS
-from asa.models.saca import check_mirror_windows, mirror_index
+from asa.models.registry import NetworkSettings
+from asa.models.saca import SACA_PLACES, check_mirror_windows, mirror_index
 from asa.models.swvit import REGION_LAYOUTS, SWBlock, SWViT, sw_blocks
 
 # the attribute under which ASA and ASASegmenter hold the encoder; its keys are what a file transfers
 ENCODER_PREFIX = "encoder."
 
 _BASE = PRESETS["base"]
+
+
+@dataclass
+class EncoderOptions:
+    """The SW-ViT options a run config sets (the ``model`` section of both entry points), with their
+    choices: the sizes of the ``model=tiny|small|base`` presets (`asa.models.PRESETS`; the defaults
+    are the base preset's, :class:`EncoderSettings`'), the blocks, ``saca`` (windowed symmetry-aware
+    cross-attention: none | decoder | encoder | all) and the symmetric position code ``pos_mode`` on the
+    mirrored array axis ``lr_axis`` (DESIGN §1.2). Null ``pos_mode`` / ``lr_axis``: fine-tuning takes the
+    pretrained file's, else mirror / 0 (pretraining states them)."""
+
+    patch_size: int = 8
+    embed_dim: int = _BASE["embed_dim"]
+    depth: int = _BASE["depth"]
+    num_heads: int = _BASE["num_heads"]
+    window_size: int = _BASE["window_size"]
+    mlp_ratio: float = 4.0
+    shift_mask: bool = True  # mask the wrap-around window after the SLW-MSA roll
+    rel_pos_bias: bool = True  # learned relative position bias per window
+    grad_checkpointing: bool = False  # activation checkpointing: less memory, slower
+    region_attention: str = one_of("none", REGION_LAYOUTS)  # none | alternate (LW, R, SLW, R, ...) | all: R-MSA blocks (need data.regions)
+    saca: str = one_of("none", SACA_PLACES)  # none | decoder | encoder | all: windowed SACA in these SW-ViTs
+    pos_mode: Optional[str] = one_of(None, POSITION_MODES)  # none | mirror | paper
+    lr_axis: Optional[int] = None
+
+
+@dataclass
+class SWViTSettings(EncoderOptions, NetworkSettings):
+    """The ``model`` section of the SW-ViT networks (``swvit_unetr``, its case counterpart ``case_head``):
+    the encoder's options and ``dropout`` in its blocks. The decoder of the segmenter is the run
+    config's ``segmenter`` section."""
+
+    dropout: float = 0.0
+
+    def region_option(self) -> str | None:
+        return None if self.region_attention == "none" else f"model.region_attention={self.region_attention}"
 
 
 class SWViTEncoder(SWViT):

@@ -2,6 +2,9 @@
 
 A network registers itself in its own file with :func:`register_network` (a decorator on the class or
 function that takes the spec's flat keyword arguments), so adding a network means adding a file.
+A network that a fine-tuning run config may name (``model.arch``) registers its typed settings with it
+(``settings=``, a :class:`NetworkSettings` subclass): the fields of the ``model`` section it takes,
+with their types, defaults and choices (`asa.choices.one_of`), against which a run config is checked.
 A network spec ``{"arch": name, "kwargs": {...}}`` holds every keyword argument that rebuilds the
 network, resolved (input size, channels, position code, reference grid); each network records it
 at construction (:func:`record_spec`), so every checkpoint and export asa writes carries the spec
@@ -13,8 +16,10 @@ This module imports nothing else of :mod:`asa.models`: every network file may im
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, Optional, TypeVar
 
+from omegaconf import MISSING
 from torch import nn
 
 TASKS = ("segmentation", "pretraining", "case")  # case: a classification / regression head
@@ -35,21 +40,48 @@ FOLLOWS_PRETRAINING: set[str] = set()
 # a segmentation network's name -> the case network on the same encoder (a model preset names the
 # segmentation network; a case run builds its case counterpart)
 CASE_COUNTERPARTS: dict[str, str] = {}
+# name -> the typed settings of a network a run config's ``model`` section may name
+NETWORK_SETTINGS: dict[str, type[NetworkSettings]] = {}
 # a network's name before it was renamed -> its name now: the specs of files written before are read
 # under the new name (`current_spec`), a config that names the old one is refused naming the new
 RENAMED_NETWORKS = {"asa": "swvit_unetr"}  # the SW-ViT U-Net segmenter was "asa" (the package's name)
 
 
+@dataclass
+class NetworkSettings:
+    """The ``model`` section of a fine-tuning run for one network: ``arch`` names it (the name it is
+    registered under), ``pretrained`` is a pretraining checkpoint or encoder export its encoder starts
+    from (null: from scratch; only a network with ``load_pretrained`` takes one). A network's subclass
+    adds its own keyword arguments as fields, each with the network's default, so a run config states
+    only what differs; `options` hands them to the network."""
+
+    arch: str = MISSING
+    pretrained: Optional[str] = None
+
+    def options(self) -> dict[str, Any]:
+        """The network's own keyword arguments: every field but ``arch`` and ``pretrained``."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("arch", "pretrained")}
+
+    def region_option(self) -> str | None:
+        """The option (``model.<key>=<value>``) under which the network reads a region map per case
+        (``forward(x, regions=...)``); None: these settings read none."""
+        return None
+
+
 def register_network(name: str, *, task: str, encoder: str | None = None, follows_pretraining: bool = False,
-                     case_of: str | None = None) -> Callable[[Builder], Builder]:
+                     case_of: str | None = None,
+                     settings: type[NetworkSettings] | None = None) -> Callable[[Builder], Builder]:
     """Register the decorated class or function as the network ``name`` of ``task``
     (``segmentation``, ``pretraining`` or ``case``); it takes the flat keyword arguments of a network spec.
     ``encoder``: the submodule whose weights an encoder export holds, if any. ``follows_pretraining``:
     an SW-ViT network whose crop, position code, symmetric axis and reference grid a pretraining file
     sets (it takes ``img_size``, ``pos_mode``, ``lr_axis`` and ``reference_grid``). ``case_of``: the
-    segmentation network whose model presets a case run builds this case network from."""
+    segmentation network whose model presets a case run builds this case network from. ``settings``:
+    the typed ``model`` section of a run config that names this network (None: no run config can)."""
     if task not in TASKS:
         raise ValueError(f"register_network({name!r}): task must be one of {TASKS}, got {task!r}")
+    if settings is not None and not (is_dataclass(settings) and issubclass(settings, NetworkSettings)):
+        raise TypeError(f"register_network({name!r}): settings must be a NetworkSettings dataclass, got {settings!r}")
 
     def register(build: Builder) -> Builder:
         if NETWORKS.get(name, build) is not build:
@@ -61,6 +93,8 @@ def register_network(name: str, *, task: str, encoder: str | None = None, follow
             FOLLOWS_PRETRAINING.add(name)
         if case_of is not None:
             CASE_COUNTERPARTS[case_of] = name
+        if settings is not None:
+            NETWORK_SETTINGS[name] = settings
         return build
 
     return register

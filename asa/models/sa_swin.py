@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from monai.networks.blocks import MLPBlock
@@ -11,7 +12,7 @@ from monai.networks.nets import SwinUNETR
 from torch import nn
 
 from asa.io import load_weights
-from asa.models.baselines import spec_input_size
+from asa.models.baselines import SwinUNETRSettings, spec_input_size
 from asa.models.declared import Capabilities
 from asa.models.registry import record_spec, register_network
 from asa.models.saca import SymmetryCrossAttention
@@ -159,7 +160,17 @@ class SASwin(SwinUNETR):
         return report
 
 
-@register_network("sa_swin", task="segmentation", encoder="swinViT")
+@dataclass
+class SASwinSettings(SwinUNETRSettings):
+    """``model=sa_swin``: :class:`SASwin`'s keyword arguments (SwinUNETR's and the symmetry layer's); the
+    mirrored array axis ``lr_axis`` (RAS: 0)."""
+
+    lr_axis: int = 0
+    symmetry_heads: Optional[int] = None  # null: the last stage's num_heads
+    symmetry_mlp_ratio: float = 4.0
+
+
+@register_network("sa_swin", task="segmentation", encoder="swinViT", settings=SASwinSettings)
 def sa_swin(*, img_size: Any = None, **kwargs: Any) -> SASwin:
     """:class:`SASwin` for inputs of size ``img_size`` (like SwinUNETR it takes any multiple of 32, so
     ``img_size`` only records the input size); ``kwargs`` are ``SASwin``'s. The spec records the

@@ -17,7 +17,7 @@ from torch import nn
 
 from asa.io import load_weights
 from asa.models.declared import Capabilities
-from asa.models.encoder import ENCODER_PREFIX, EncoderSettings, SWViTEncoder
+from asa.models.encoder import ENCODER_PREFIX, EncoderSettings, SWViTEncoder, SWViTSettings
 from asa.models.patch import patch_grid, to_3tuple
 from asa.models.region_attention import patch_regions
 from asa.models.registry import ENCODER_MODULES, NETWORK_TASKS, current_spec, record_spec, register_network
@@ -300,7 +300,8 @@ class SWViTSegmenter(nn.Module):
 
 
 
-@register_network("swvit_unetr", task="segmentation", encoder="encoder", follows_pretraining=True)
+@register_network("swvit_unetr", task="segmentation", encoder="encoder", follows_pretraining=True,
+                  settings=SWViTSettings)
 class ASASegmenter(SWViTSegmenter):
     """The segmentation network on the SW-ViT encoder (:class:`SWViTSegmenter`), built from the flat
     settings of its network spec (``swvit_unetr``, named ``asa`` before 2026-11-23): ``ASASegmenter(img_size=128, in_channels=4, out_channels=3)``.

@@ -6,7 +6,6 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 from asa.io import CheckpointError
 
@@ -34,18 +33,19 @@ def flatten(cfg: Mapping, prefix: str = "") -> dict[str, object]:
 
 def check_compatible(saved_cfg: Mapping, cfg: Mapping, keys: Iterable[str], *, source: str = "checkpoint",
                      moved: Callable[[str], str | None] | None = None,
-                     current: Callable[[str, Any], Any] | None = None,
+                     current: Callable[[Mapping], Mapping] | None = None,
                      removed: Callable[[str], str | None] | None = None) -> None:
     """Refuse to resume when any config entry under `keys` (dotted prefixes, e.g. "model") differs,
     or when the saved config holds a key that has moved since (``moved(key)``: its new place, else
-    None), which is never read into its new place. ``current(key, value)``: a saved value under the name
-    it has now (a renamed network), compared as such. A saved key removed since (``removed(key)``: what
+    None), which is never read into its new place. ``current(saved_cfg)``: the saved config as this version
+    reads it (a renamed value under its name now, a setting added since at the default the run had),
+    compared as such. A saved key removed since (``removed(key)``: what
     took its place, else None) never changed a number: it is left out, said in one line on stderr.
 
     The error lists every differing key with the saved and the requested value, or every moved key
     with its new place.
     """
-    saved, now = flatten(saved_cfg), flatten(cfg)
+    saved, now = flatten(saved_cfg if current is None else current(saved_cfg)), flatten(cfg)
     gone = {key: instead for key in sorted(saved) if key not in now and removed is not None
             and (instead := removed(key)) is not None}
     if gone:
@@ -72,8 +72,6 @@ def check_compatible(saved_cfg: Mapping, cfg: Mapping, keys: Iterable[str], *, s
         names = {k for k in saved.keys() | now.keys() if k == prefix or k.startswith(prefix + ".")}
         for name in sorted(names):
             a, b = saved.get(name, "<missing>"), now.get(name, "<missing>")
-            if current is not None and name in saved:
-                a = current(name, a)
             if a != b:
                 diffs.append(f"{name}: {source} has {a!r}, config has {b!r}")
     if diffs:

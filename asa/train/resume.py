@@ -5,7 +5,6 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from asa.io import load_checkpoint
 
@@ -49,12 +48,12 @@ class ResumePoint:
 
 def check_training_checkpoint(path: Path, run_config: Mapping, compat_keys: Sequence[str], *,
                               moved: Callable[[str], str | None] | None = None,
-                              current: Callable[[str, Any], Any] | None = None,
+                              current: Callable[[Mapping], Mapping] | None = None,
                               removed: Callable[[str], str | None] | None = None) -> ResumePoint:
     """Read ``path`` once and check that it is an asa training checkpoint whose run config matches
     ``run_config`` in ``compat_keys`` and holds no key that has moved since (``moved``; see
-    `check_compatible`: `IncompatibleCheckpointError` listing the keys; another file: ``ValueError``; a
-    saved value renamed since is compared under its name now, ``current``; keys removed since,
+    `check_compatible`: `IncompatibleCheckpointError` listing the keys; another file: ``ValueError``; the
+    saved config is compared as this version reads it, ``current``; keys removed since,
     ``removed``, are left out); returns it as the run's resume point."""
     state = load_checkpoint(path, map_location="cpu")
     check_compatible(state.get("config", {}), run_config, compat_keys, source=str(path), moved=moved, current=current,

@@ -64,9 +64,8 @@ def test_pretrained_encoder_loads_with_every_key_reported(tmp_path):
     source = SASwin(1, 2, **TINY)
     encoder = {k: v for k, v in source.state_dict().items() if k.startswith("swinViT.")}
     torch.save({"encoder": {**encoder, "swinViT.extra.weight": torch.zeros(1)}}, tmp_path / "enc.pt")
-    target = build_from_config({"arch": "sa_swin", "lr_axis": None, **TINY}, {}, in_channels=4, out_channels=3,
-                               crop=64)
-    assert target.lr_axis == 0  # null: the default axis
+    target = build_from_config({"arch": "sa_swin", **TINY}, {}, in_channels=4, out_channels=3, crop=64)
+    assert target.lr_axis == 0  # SASwinSettings' default axis
     report = target.load_pretrained(tmp_path / "enc.pt", verbose=False)
     assert sorted(report.loaded) == sorted(encoder)
     assert report.missing == [] and report.unexpected == ["swinViT.extra.weight"]
@@ -80,14 +79,16 @@ def test_pretrained_encoder_loads_with_every_key_reported(tmp_path):
         other.load_pretrained(tmp_path / "enc.pt", verbose=False)
 
 
-def test_the_symmetric_axis_and_position_mode_are_model_keys_of_every_network():
-    """model.lr_axis reaches SA-Swin; a network without a symmetric encoding refuses a set
-    model.pos_mode / model.lr_axis by name and ignores the unset (null) ones."""
-    swin = build_from_config({"arch": "sa_swin", "lr_axis": 2, "pos_mode": None, **TINY}, {}, in_channels=1,
-                             out_channels=2, crop=64)
+def test_the_symmetric_axis_and_position_mode_are_model_keys_of_the_networks_that_have_them():
+    """model.lr_axis reaches SA-Swin (default 0, its settings' own); a network whose settings have no
+    symmetric encoding or axis refuses model.pos_mode / model.lr_axis by name, set or null."""
+    swin = build_from_config({"arch": "sa_swin", "lr_axis": 2, **TINY}, {}, in_channels=1, out_channels=2, crop=64)
     assert swin.lr_axis == 2 and network_spec(swin)["kwargs"]["lr_axis"] == 2
+    assert build_from_config({"arch": "sa_swin", **TINY}, {}, in_channels=1, out_channels=2, crop=64).lr_axis == 0
+    with pytest.raises(ValueError, match=r"model.pos_mode=None: model arch 'sa_swin' has no such option"):
+        build_from_config({"arch": "sa_swin", "pos_mode": None, **TINY}, {}, in_channels=1, out_channels=2, crop=64)
     unetr = dict(arch="unetr", feature_size=8, hidden_size=48, mlp_dim=96, num_heads=2)
-    build_from_config({**unetr, "pos_mode": None, "lr_axis": None}, {}, in_channels=1, out_channels=2, crop=32)
-    for key, value in (("pos_mode", "none"), ("lr_axis", 1)):
-        with pytest.raises(ValueError, match=rf"model.{key}={value}: model arch 'unetr' has no such option"):
+    for key, value in (("pos_mode", "none"), ("lr_axis", 1), ("lr_axis", None)):
+        with pytest.raises(ValueError, match=rf"model.{key}={value}: model arch 'unetr' has no such option; it takes "
+                                             r"arch, pretrained, feature_size"):
             build_from_config({**unetr, key: value}, {}, in_channels=1, out_channels=2, crop=32)

@@ -112,7 +112,7 @@ def test_reference_grid_other_than_the_pretraining_grid_is_refused(tmp_path, all
     both = r"pretrained on a 4x4x4 patch grid.*segmenter.reference_grid is 6x6x6"
     with pytest.raises(ValueError, match=both):
         _segmenter(reference_grid=(6, 6, 6)).load_pretrained(path, verbose=False, allow_grid_change=allow_grid_change)
-    model_cfg = {**PRESETS["tiny"], "pretrained": str(path)}
+    model_cfg = {**ENC, "pretrained": str(path)}
     with pytest.raises(ValueError, match=both):
         build_from_config(model_cfg, {"reference_grid": [6, 6, 6], "allow_grid_change": allow_grid_change},
                           in_channels=1, out_channels=2, crop=32)
@@ -128,7 +128,7 @@ def test_build_from_config_follows_the_pretrained_file(tmp_path):
 
     mae = ASA(img_size=32, **{**PRESETS["tiny"], "pos_mode": "paper", "lr_axis": 2})
     torch.save({"model": mae.state_dict(), "network": network_spec(mae)}, tmp_path / "last.pt")
-    model_cfg = {**PRESETS["tiny"], "pretrained": str(tmp_path / "last.pt"), "pos_mode": None, "lr_axis": None}
+    model_cfg = {**ENC, "pretrained": str(tmp_path / "last.pt"), "pos_mode": None, "lr_axis": None}
     net = build_from_config(model_cfg, {}, in_channels=1, out_channels=2,
                             crop=None)
     assert (net.img_size, net.pos_mode, net.lr_axis, net.reference_grid) == ((32,) * 3, "paper", 2, (4, 4, 4))
