@@ -68,7 +68,7 @@ def finetune_segmentation(cfg: FinetuneConfig) -> FitResult:
         root = dataset_root(data)[0]
         task = get_task(str(data.task), root=root)
         torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
-        model = build_from_config(cfg.model, dataclasses.asdict(cfg.segmenter),
+        model = build_from_config(cfg.model, cfg.segmenter,
                                   in_channels=len(task.channels), out_channels=task.num_outputs,
                                   crop=None if data.crop is None else int(data.crop),
                                   default_crop=default_crop(data))  # one grid: the pretraining crop

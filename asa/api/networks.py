@@ -12,7 +12,6 @@ initialises from a file).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,8 +26,6 @@ from asa.models.registry import CASE_COUNTERPARTS, FOLLOWS_PRETRAINING, NETWORK_
 __all__ = ["PretrainedGeometry", "build_case_network", "build_from_config", "case_arch", "pretrained_geometry"]
 
 SEGMENTER_OPTIONS = ("feature_size", "input_skip", "spe_frame")  # segmenter.*: the SW-ViT U-Net decoder's
-# what an API caller's section leaves out: the schema's defaults, stated there only
-SEGMENTER_DEFAULTS = {key: value for key, value in asdict(SegmenterConfig()).items() if key in SEGMENTER_OPTIONS}
 ModelSection = NetworkSettings | Mapping[str, Any]  # typed settings, or a mapping typed by `network_settings`
 
 
@@ -87,7 +84,7 @@ def _load(net: nn.Module, arch: str, pretrained: str | None, load: Callable[[], 
 
 def build_from_config(
     model: ModelSection,
-    segmenter_cfg: Mapping[str, Any],
+    segmenter: SegmenterConfig | Mapping[str, Any],
     *,
     in_channels: int,
     out_channels: int,
@@ -116,12 +113,14 @@ def build_from_config(
         size = pretrained_geometry(None, crop=crop, pos_mode=None, lr_axis=None, default_crop=default_crop).crop
         net = build_network({"arch": arch, "kwargs": {"img_size": (size,) * 3, **channels, **options}})
         return _load(net, arch, pretrained)
-    allow_grid_change = bool(segmenter_cfg.get("allow_grid_change", False))
+    if not isinstance(segmenter, SegmenterConfig):  # a mapping: the keys it gives, the rest at the schema's defaults
+        segmenter = SegmenterConfig(**segmenter)
+    allow_grid_change = segmenter.allow_grid_change
     geometry = pretrained_geometry(pretrained, crop=crop, pos_mode=options.pop("pos_mode"),
                                    lr_axis=options.pop("lr_axis"), default_crop=default_crop,
-                                   reference_grid=segmenter_cfg.get("reference_grid"),
+                                   reference_grid=segmenter.reference_grid,
                                    allow_grid_change=allow_grid_change)
-    decoder = {key: segmenter_cfg.get(key, SEGMENTER_DEFAULTS[key]) for key in SEGMENTER_OPTIONS}
+    decoder = {key: getattr(segmenter, key) for key in SEGMENTER_OPTIONS}
     net = build_network({"arch": arch, "kwargs": {
         "img_size": (geometry.crop,) * 3, **channels, "pos_mode": geometry.pos_mode, "lr_axis": geometry.lr_axis,
         **decoder, "reference_grid": geometry.reference_grid, **options}})

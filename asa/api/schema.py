@@ -525,6 +525,8 @@ def network_settings(model: Any) -> NetworkSettings:
     of the network it names, every field it leaves out at its default: a key the network does not take, a
     value of the wrong type or outside a field's choices is refused naming ``model.<key>``."""
     cls, arch = settings_class(model), _arch(model)
+    if isinstance(model, NetworkSettings) and type(model) is not cls:  # another network's settings: its fields
+        model = asdict(model)
     try:
         typed = OmegaConf.merge(OmegaConf.structured(cls(arch=arch)), model)
     except OmegaConfBaseException as err:

@@ -9,7 +9,7 @@ import pkgutil
 
 from asa.models.attention import LinearWindowAttention
 from asa.models.declared import Capabilities, capabilities
-from asa.models.baselines import SwinSettings, SwinUNETRSettings, UNETRSettings
+from asa.models.baselines import SwinSettings, SwinUNETRSettings, UNETRSettings, ViTSettings
 from asa.models.case_baselines import SwinCaseNet, SwinCaseSettings, ViTCaseNet, ViTCaseSettings
 from asa.models.case_head import POOLINGS, ASACaseHead, AttentionPool, PooledTokenHead
 from asa.models.compiled import compile_blocks, unwrap
@@ -62,6 +62,7 @@ __all__ = [
     "SwinUNETRSettings",
     "UNETRSettings",
     "ViTCaseSettings",
+    "ViTSettings",
     "DynUNetSettings",
     "FocalRegionReconstruction",
     "LoadReport",

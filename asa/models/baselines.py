@@ -27,19 +27,26 @@ def spec_input_size(arch: str, img_size: Any) -> list[int]:
 
 
 @dataclass
-class UNETRSettings(NetworkSettings):
-    """``model=unetr``: keyword arguments of ``monai.networks.nets.UNETR``, with its defaults."""
+class ViTSettings(NetworkSettings):
+    """MONAI's ViT (UNETR's encoder, patch 16, global self-attention): its sizes and regularisers with
+    MONAI's defaults; the settings of the networks on it add their own."""
 
-    feature_size: int = 16
     hidden_size: int = 768
     mlp_dim: int = 3072
     num_heads: int = 12
     proj_type: str = "conv"
+    dropout_rate: float = 0.0
+    qkv_bias: bool = False
+
+
+@dataclass
+class UNETRSettings(ViTSettings):
+    """``model=unetr``: keyword arguments of ``monai.networks.nets.UNETR``, with its defaults."""
+
+    feature_size: int = 16
     norm_name: str = "instance"
     conv_block: bool = True
     res_block: bool = True
-    dropout_rate: float = 0.0
-    qkv_bias: bool = False
 
 
 @dataclass

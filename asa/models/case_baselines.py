@@ -17,12 +17,12 @@ from monai.networks.nets import ViT
 from monai.networks.nets.swin_unetr import SwinTransformer
 from torch import nn
 
-from asa.models.baselines import SwinSettings
+from asa.models.baselines import SwinSettings, ViTSettings
 from asa.models.case_head import PooledTokenHead
 from asa.models.declared import Capabilities
 from asa.models.patch import to_3tuple
 from asa.models.presets import DEFAULT_CROP, SWIN_SIZES
-from asa.models.registry import NetworkSettings, record_spec, register_network
+from asa.models.registry import record_spec, register_network
 from asa.models.sa_swin import SASwin
 
 __all__ = ["ViTCaseNet", "SwinCaseNet"]
@@ -35,18 +35,12 @@ def _check_input(net: nn.Module, x: torch.Tensor) -> None:
 
 
 @dataclass
-class ViTCaseSettings(NetworkSettings):
+class ViTCaseSettings(ViTSettings):
     """``model=vit_case``: the ViT's keyword arguments (:class:`ViTCaseNet`; the head's are ``head.*``)."""
 
     patch_size: int = 16
-    hidden_size: int = 768
-    mlp_dim: int = 3072
     num_layers: int = 12
-    num_heads: int = 12
-    proj_type: str = "conv"
     pos_embed_type: str = "learnable"
-    dropout_rate: float = 0.0
-    qkv_bias: bool = False
 
 
 @dataclass

@@ -24,42 +24,6 @@ ENCODER_PREFIX = "encoder."
 _BASE = PRESETS["base"]
 
 
-@dataclass
-class EncoderOptions:
-    """The SW-ViT options a run config sets (the ``model`` section of both entry points), with their
-    choices: the sizes of the ``model=tiny|small|base`` presets (`asa.models.PRESETS`; the defaults
-    are the base preset's, :class:`EncoderSettings`'), the blocks, ``saca`` (windowed symmetry-aware
-    cross-attention: none | decoder | encoder | all) and the symmetric position code ``pos_mode`` on the
-    mirrored array axis ``lr_axis`` (DESIGN §1.2). Null ``pos_mode`` / ``lr_axis``: fine-tuning takes the
-    pretrained file's, else mirror / 0 (pretraining states them)."""
-
-    patch_size: int = 8
-    embed_dim: int = _BASE["embed_dim"]
-    depth: int = _BASE["depth"]
-    num_heads: int = _BASE["num_heads"]
-    window_size: int = _BASE["window_size"]
-    mlp_ratio: float = 4.0
-    shift_mask: bool = True  # mask the wrap-around window after the SLW-MSA roll
-    rel_pos_bias: bool = True  # learned relative position bias per window
-    grad_checkpointing: bool = False  # activation checkpointing: less memory, slower
-    region_attention: str = one_of("none", REGION_LAYOUTS)  # none | alternate (LW, R, SLW, R, ...) | all: R-MSA blocks (need data.regions)
-    saca: str = one_of("none", SACA_PLACES)  # none | decoder | encoder | all: windowed SACA in these SW-ViTs
-    pos_mode: Optional[str] = one_of(None, POSITION_MODES)  # none | mirror | paper
-    lr_axis: Optional[int] = None
-
-
-@dataclass
-class SWViTSettings(EncoderOptions, NetworkSettings):
-    """The ``model`` section of the SW-ViT networks (``swvit_unetr``, its case counterpart ``case_head``):
-    the encoder's options and ``dropout`` in its blocks. The decoder of the segmenter is the run
-    config's ``segmenter`` section."""
-
-    dropout: float = 0.0
-
-    def region_option(self) -> str | None:
-        return None if self.region_attention == "none" else f"model.region_attention={self.region_attention}"
-
-
 class SWViTEncoder(SWViT):
     """Patch embedding + SPE + SW-ViT (DESIGN §1.2–1.3), shared by :class:`ASA` and :class:`ASASegmenter`.
 
@@ -236,3 +200,39 @@ class EncoderSettings:
         blocks = self.blocks(self.embed_dim, self.depth, self.num_heads, saca=saca, dropout=dropout)
         return SWViTEncoder(patch_embed, blocks, img_size=self.img_size, pos_mode=self.pos_mode, lr_axis=self.lr_axis,
                             reference_grid=reference_grid, grad_checkpointing=self.grad_checkpointing)
+
+
+@dataclass
+class EncoderOptions:
+    """The SW-ViT options a run config sets (the ``model`` section of both entry points), with their
+    choices: the sizes of the ``model=tiny|small|base`` presets (`asa.models.PRESETS`; the defaults
+    are the base preset's, :class:`EncoderSettings`'), the blocks, ``saca`` (windowed symmetry-aware
+    cross-attention: none | decoder | encoder | all) and the symmetric position code ``pos_mode`` on the
+    mirrored array axis ``lr_axis`` (DESIGN §1.2). Null ``pos_mode`` / ``lr_axis``: fine-tuning takes the
+    pretrained file's, else mirror / 0 (pretraining states them)."""
+
+    patch_size: int = EncoderSettings.patch_size
+    embed_dim: int = EncoderSettings.embed_dim
+    depth: int = EncoderSettings.depth
+    num_heads: int = EncoderSettings.num_heads
+    window_size: int = EncoderSettings.window_size
+    mlp_ratio: float = EncoderSettings.mlp_ratio
+    shift_mask: bool = EncoderSettings.shift_mask  # mask the wrap-around window after the SLW-MSA roll
+    rel_pos_bias: bool = EncoderSettings.rel_pos_bias  # learned relative position bias per window
+    grad_checkpointing: bool = EncoderSettings.grad_checkpointing  # activation checkpointing: less memory, slower
+    region_attention: str = one_of(EncoderSettings.region_attention, REGION_LAYOUTS)  # none | alternate (LW, R, SLW, R, ...) | all: R-MSA blocks (need data.regions)
+    saca: str = one_of("none", SACA_PLACES)  # none | decoder | encoder | all: windowed SACA in these SW-ViTs
+    pos_mode: Optional[str] = one_of(None, POSITION_MODES)  # none | mirror | paper
+    lr_axis: Optional[int] = None
+
+
+@dataclass
+class SWViTSettings(EncoderOptions, NetworkSettings):
+    """The ``model`` section of the SW-ViT networks (``swvit_unetr``, its case counterpart ``case_head``):
+    the encoder's options and ``dropout`` in its blocks. The decoder of the segmenter is the run
+    config's ``segmenter`` section."""
+
+    dropout: float = 0.0
+
+    def region_option(self) -> str | None:
+        return None if self.region_attention == "none" else f"model.region_attention={self.region_attention}"

@@ -90,5 +90,5 @@ def test_the_symmetric_axis_and_position_mode_are_model_keys_of_the_networks_tha
     unetr = dict(arch="unetr", feature_size=8, hidden_size=48, mlp_dim=96, num_heads=2)
     for key, value in (("pos_mode", "none"), ("lr_axis", 1), ("lr_axis", None)):
         with pytest.raises(ValueError, match=rf"model.{key}={value}: model arch 'unetr' has no such option; it takes "
-                                             r"arch, pretrained, feature_size"):
+                                             r"arch, pretrained, hidden_size"):
             build_from_config({**unetr, key: value}, {}, in_channels=1, out_channels=2, crop=32)
