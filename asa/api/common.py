@@ -85,7 +85,7 @@ class TrainingRun:
         """Lock and check the run folder for the fully resolved run config (`prepare_run_dir`); resume
         compares its ``resume_must_match`` keys."""
         cfg = self.cfg
-        self.dir = prepare_run_dir(cfg.output_dir, app=self.app, resume=cfg.resume, overwrite=bool(cfg.overwrite),
+        self.dir = prepare_run_dir(cfg.output_dir, app=self.app, resume=cfg.resume, overwrite=cfg.overwrite,
                                    run_config=resolved, compat_keys=list(resolved.get("resume_must_match", cfg.resume_must_match)), env=self.env)
         return self.dir
 
@@ -106,11 +106,11 @@ def dataset_root(data: DataConfig) -> tuple[Path, str]:
         demo = data.demo
         root = ensure_demo_dataset(demo.layout, cases=demo.cases, size=demo.size, seed=demo.seed,
                                    cache_dir=demo.cache_dir, targets=bool(demo.targets))
-        return root, str(demo.layout)
+        return root, demo.layout
     root = Path(str(data.root)).expanduser()
     if not root.exists():
         raise FileNotFoundError(f"data.root={root}: no such file or folder")
-    return root, (detect_layout(root) if data.layout == "auto" else str(data.layout))
+    return root, (detect_layout(root) if data.layout == "auto" else data.layout)
 
 
 def load_cases(data: DataConfig, out_dir: Path | None, env: DistEnv) -> list:
@@ -127,7 +127,7 @@ def load_cases(data: DataConfig, out_dir: Path | None, env: DistEnv) -> list:
             return _cases_in_store(data, root, layout, out_dir)
         report = None if out_dir is None else out_dir / "bad_cases.json"
         skipped: list = []
-        cases = discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case",
+        cases = discover(layout, root, on_bad_case=data.on_bad_case, option="data.on_bad_case",
                          report_path=report, workers=_check_workers(data),
                          skipped=skipped)
         if skipped:  # said on the console, not only in the report
@@ -150,7 +150,7 @@ def _cases_in_store(data: DataConfig, root: Path, layout: str, out_dir: Path | N
         raise StoreSettingsError(f"data.store={store.path} was written from data.root={store.root}, not {root}: "
                                  "write a store for this folder with asa-preprocess")
     cases, skipped = store.cases(discover(layout, root, on_bad_case="skip", validate="none"))
-    if skipped and str(data.on_bad_case) == "error":
+    if skipped and data.on_bad_case == "error":
         lines = "\n".join(f"  - {p['id']}: {p['reason']}" for p in skipped[:20])
         raise CaseError(f"{len(skipped)} bad case(s) in {root} (recorded in data.store={store.path}):\n{lines}\n"
                         "Nothing was trained. Fix them and rerun asa-preprocess, or set data.on_bad_case=skip")
@@ -226,8 +226,8 @@ def optimizer_and_config(cfg: PretrainConfig | FinetuneConfig, model: torch.nn.M
 
     The peak lr is printed with the rule that produced it (rank 0), with a warning below 1e-5."""
     tr, opt = cfg.trainer, cfg.optim
-    global_batch = int(tr.batch_size) * env.world_size * int(tr.accum_steps)
-    lr, rule = describe_lr(float(opt.base_lr), global_batch, bool(opt.scale_lr))
+    global_batch = tr.batch_size * env.world_size * tr.accum_steps
+    lr, rule = describe_lr(opt.base_lr, global_batch, opt.scale_lr)
     if env.is_main:
         print(f"[asa] peak learning rate: {rule}", file=sys.stderr, flush=True)
         if lr < LOW_LR:
@@ -246,7 +246,7 @@ def optimizer_and_config(cfg: PretrainConfig | FinetuneConfig, model: torch.nn.M
             print(f"[asa] encoder learning rate: {lr:.3g} × {extra['encoder_lr_scale']:g} = "
                   f"{lr * extra['encoder_lr_scale']:.3g} (encoder {source}; the rest of the network at {lr:.3g})",
                   file=sys.stderr, flush=True)
-    optimizer = build_optimizer(model, name=opt.name, lr=lr, weight_decay=float(opt.weight_decay), **extra)
+    optimizer = build_optimizer(model, name=opt.name, lr=lr, weight_decay=opt.weight_decay, **extra)
     return optimizer, lr, trainer_config(cfg)
 
 
@@ -255,7 +255,7 @@ def encoder_lr_scale(cfg: FinetuneConfig) -> float:
     initialised from ``model.pretrained``, else ``optim.scratch_encoder_lr_scale`` (null: the same)."""
     opt = cfg.optim
     if cfg.model.pretrained or opt.scratch_encoder_lr_scale is None:
-        return float(opt.encoder_lr_scale)
+        return opt.encoder_lr_scale
     return float(opt.scratch_encoder_lr_scale)
 
 
@@ -263,9 +263,9 @@ def trainer_config(cfg: PretrainConfig | FinetuneConfig) -> TrainConfig:
     """The engine settings: ``cfg.trainer`` plus the DataLoader workers of ``cfg.data`` and the
     schedule of ``cfg.optim`` (their keys and types were checked against the schema when composed)."""
     opt = cfg.optim
-    return TrainConfig(**dataclasses.asdict(cfg.trainer), num_workers=int(cfg.data.num_workers),
-                       schedule=str(opt.schedule), min_lr=float(opt.min_lr), power=float(opt.power),
-                       warmup_fraction=float(opt.warmup_fraction))
+    return TrainConfig(**dataclasses.asdict(cfg.trainer), num_workers=cfg.data.num_workers,
+                       schedule=opt.schedule, min_lr=opt.min_lr, power=opt.power,
+                       warmup_fraction=opt.warmup_fraction)
 
 def describe_error(err: BaseException) -> str:
     """One line naming the file and the fault: the innermost asa error of the chain, or the last line
@@ -385,7 +385,7 @@ def default_crop(data: DataConfig) -> int:
     """The fine-tuning crop edge when neither ``data.crop`` nor the pretrained file gives one:
     the demo phantoms' size (demo pretraining uses it too), else `asa.models.DEFAULT_CROP`
     (asa-pretrain's default ``data.crop``, the paper's pretraining crop)."""
-    return int(data.demo.size) if data.root is None and data.demo else DEFAULT_CROP
+    return data.demo.size if data.root is None and data.demo else DEFAULT_CROP
 
 
 def record_geometry(resolved: dict, model: torch.nn.Module) -> int:

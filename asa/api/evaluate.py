@@ -30,7 +30,7 @@ def evaluate(config: EvaluateConfig | DictConfig) -> dict:
     (`asa.api.tasks`) scores."""
     with refusing():  # nothing is written before the end: a bad option or input refuses the job (exit 2)
         cfg = as_config(config, "evaluate")
-        return finetune_task(str(cfg.data.task)).evaluate(cfg)
+        return finetune_task(cfg.data.task).evaluate(cfg)
 
 
 def evaluate_case(cfg: EvaluateConfig) -> dict:
@@ -43,21 +43,21 @@ def evaluate_case(cfg: EvaluateConfig) -> dict:
     if cfg.reliance.checkpoint is not None:
         raise ValueError("reliance.checkpoint: the encoder-reliance diagnostic is for segmenters, not case heads")
     root, layout = dataset_root(data)
-    cases = discover(layout, root, require_labels=False, on_bad_case=str(data.on_bad_case), option="data.on_bad_case")
-    cases = cases_of_split(cases, cfg.split_file, str(cfg.subset), where=str(root))
+    cases = discover(layout, root, require_labels=False, on_bad_case=data.on_bad_case, option="data.on_bad_case")
+    cases = cases_of_split(cases, cfg.split_file, cfg.subset, where=str(root))
     table = read_targets(data.targets if data.targets is not None else root, str(data.target),
-                         kind=str(data.target_kind), classes=None if data.classes is None else list(data.classes))
+                         kind=data.target_kind, classes=None if data.classes is None else list(data.classes))
     targets = table.for_cases(cases)
     predictions = read_case_predictions(Path(str(cfg.pred)).expanduser() / PREDICTIONS_CSV)
     missing = sorted(c.id for c in cases if c.id in targets.values and c.id not in predictions)
-    if missing and str(cfg.on_missing) == "error":
+    if missing and cfg.on_missing == "error":
         raise FileNotFoundError(f"pred={cfg.pred}: no prediction for {len(missing)} case(s) with a target "
                                 f"({', '.join(missing[:5])}); on_missing=skip scores the others")
     summary = case_summary({c.id: predictions[c.id] for c in cases if c.id in predictions}, targets,
                            groups=subject_groups(cases))  # sessions of a subject are resampled together
     summary["n_expected"] = len([c for c in cases if c.id in targets.values])
     summary["missing_predictions"] = missing
-    out = Path(str(cfg.output)).absolute()
+    out = Path(cfg.output).absolute()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "summary.json", summary)
     lines = [f"{name} {m['value']:.4g}" + (f" [{m['ci_low']:.4g}, {m['ci_high']:.4g}]" if m["ci_low"] is not None else "")
@@ -73,10 +73,10 @@ def evaluate_segmentation(cfg: EvaluateConfig) -> dict:
     diagnostic of ``reliance.checkpoint``."""
     data = cfg.data
     root, layout = dataset_root(data)
-    task = get_task(str(data.task), root=root)
-    cases = discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case")
-    cases = cases_of_split(cases, cfg.split_file, str(cfg.subset), where=str(root))
-    out = Path(str(cfg.output)).absolute()
+    task = get_task(data.task, root=root)
+    cases = discover(layout, root, on_bad_case=data.on_bad_case, option="data.on_bad_case")
+    cases = cases_of_split(cases, cfg.split_file, cfg.subset, where=str(root))
+    out = Path(cfg.output).absolute()
     if cfg.pred is None and cfg.reliance.checkpoint is None:
         raise ValueError("asa-evaluate needs pred=DIR (predictions to score) or reliance.checkpoint=CKPT "
                          "(the encoder-reliance diagnostic of a fine-tuned checkpoint), or both")
@@ -89,11 +89,11 @@ def evaluate_segmentation(cfg: EvaluateConfig) -> dict:
         if not pred_dir.is_dir():
             raise FileNotFoundError(f"pred={pred_dir}: no such folder")
         missing: list[str] = []
-        pairs = match_predictions(pred_dir, cases, on_missing=str(cfg.on_missing), missing=missing)
+        pairs = match_predictions(pred_dir, cases, on_missing=cfg.on_missing, missing=missing)
         if not pairs:
             raise FileNotFoundError(f"pred={pred_dir}: no prediction for any of the {len(cases)} case(s) "
                                     f"(expected <case_id>.nii.gz, e.g. {cases[0].id}.nii.gz)")
-        summary = evaluate_cases(pairs, task, num_workers=int(cfg.num_workers), progress=True,
+        summary = evaluate_cases(pairs, task, num_workers=cfg.num_workers, progress=True,
                                  hd95_convention=str(cfg.hd95), nsd_tolerance=tolerances)
         # what was left out is part of the result: a mean over 1 of 2 cases is not the mean over 2
         summary["n_expected"] = len(cases)
@@ -122,13 +122,13 @@ def _reliance(cfg: EvaluateConfig, task, cases: list, out: Path) -> dict:
     ckpt = Path(str(cfg.reliance.checkpoint)).expanduser()
     if not ckpt.is_file():
         raise FileNotFoundError(f"reliance.checkpoint={ckpt}: no such file (a best.pt / last.pt of asa-finetune)")
-    device = str(cfg.reliance.device)
+    device = cfg.reliance.device
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     predictor = Predictor.from_checkpoint(ckpt, device=device)
     if predictor.task.name != task.name or predictor.task.output_names != task.output_names:
         raise ValueError(f"reliance.checkpoint={ckpt} was trained on task {predictor.task.name} "
                          f"{list(predictor.task.output_names)}, but data={cfg.data.name} is {task.name}")
-    result = encoder_reliance(predictor, cases, overlap=float(cfg.reliance.overlap), progress=True)
+    result = encoder_reliance(predictor, cases, overlap=cfg.reliance.overlap, progress=True)
     csv_path, json_path = write_reliance(result, out)
     print(format_reliance(result))
     print(f"  per-case: {csv_path}; summary: {json_path}", flush=True)

@@ -47,7 +47,7 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
     Hydra config; it is checked against the schema first."""
     with refusing():  # a key the schema does not know (e.g. added with +key=value): refused
         cfg = as_config(config, "finetune")
-        task = finetune_task(str(cfg.data.task))
+        task = finetune_task(cfg.data.task)
     return task.finetune(cfg)
 
 
@@ -57,7 +57,7 @@ def finetune_segmentation(cfg: FinetuneConfig) -> FitResult:
     with TrainingRun(cfg, APP) as run:
         env = run.env
         data = cfg.data
-        focal_weight = float(cfg.loss.focal_weight)
+        focal_weight = cfg.loss.focal_weight
         needed_by = []  # the options that need a region map per case
         network = cfg.model.region_option()  # the one that feeds it into the network (never a map made from the labels)
         if network is not None:
@@ -66,8 +66,8 @@ def finetune_segmentation(cfg: FinetuneConfig) -> FitResult:
             needed_by.append(f"loss.focal_weight={focal_weight}")
         regions = region_source(data, needed_by, network=network, env=env)
         root = dataset_root(data)[0]
-        task = get_task(str(data.task), root=root)
-        torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
+        task = get_task(data.task, root=root)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = build_from_config(cfg.model, cfg.segmenter,
                                   in_channels=len(task.channels), out_channels=task.num_outputs,
                                   crop=None if data.crop is None else int(data.crop),
@@ -93,7 +93,7 @@ def finetune_segmentation(cfg: FinetuneConfig) -> FitResult:
         splits = split_cases(cases, data, out_dir, env)
         train_ds = build_segmentation_dataset(
             splits["train"], task, train=True, patch_size=patch, store=data.store,
-            samples_per_case=int(data.samples_per_case), seed=int(cfg.seed), regions=regions, **lattice,
+            samples_per_case=data.samples_per_case, seed=cfg.seed, regions=regions, **lattice,
         )
         val_ds = (build_segmentation_dataset(splits["val"], task, train=False,
                                              store=data.store,
@@ -107,24 +107,24 @@ def finetune_segmentation(cfg: FinetuneConfig) -> FitResult:
                   file=sys.stderr)
         validate = None if val_ds is None else make_dice_validator(
             val_ds, task=task, roi_size=(patch,) * 3, env=env,
-            overlap=float(cfg.validation.overlap), sw_batch_size=int(cfg.validation.sw_batch_size),
+            overlap=cfg.validation.overlap, sw_batch_size=int(cfg.validation.sw_batch_size),
         )
         panel_fn = None
         if val_ds is not None and env.is_main and config.panel_every:
             panel_fn = make_segmentation_panel_fn(val_ds[0], multilabel=task.multilabel, roi_size=(patch,) * 3,
-                                                  overlap=float(cfg.validation.overlap),
+                                                  overlap=cfg.validation.overlap,
                                                   sw_batch_size=int(cfg.validation.sw_batch_size))
         collate = None
-        if int(data.samples_per_case) > 1:
+        if data.samples_per_case > 1:
             from monai.data import list_data_collate
 
             collate = list_data_collate
-        criterion = SegmentationLoss(task.multilabel, focal_weight=focal_weight, focal_beta=float(cfg.loss.focal_beta))
+        criterion = SegmentationLoss(task.multilabel, focal_weight=focal_weight, focal_beta=cfg.loss.focal_beta)
         if capabilities(model).deep_supervision:  # training outputs at several resolutions (model=dynunet)
             criterion = DeepSupervisionLoss(criterion, capabilities(model).deep_supervision)
         engine = Engine(
             model, optimizer, segmentation_step(criterion), config=config, lr=lr,
-            out_dir=out_dir, env=env, seed=int(cfg.seed), validate=validate, run_config=resolved,
+            out_dir=out_dir, env=env, seed=cfg.seed, validate=validate, run_config=resolved,
             resume=run_dir.resume, collate_fn=collate,
             panel_fn=panel_fn,
         )

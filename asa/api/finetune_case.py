@@ -35,10 +35,10 @@ def _check_options(cfg: FinetuneConfig) -> None:
         raise ValueError("data.task=case needs data.target: the column of the targets table to learn "
                          "(e.g. data.target=diagnosis or data.target=age)")
     case_arch(cfg.model)  # a case network, and a pretrained file only for one that loads it
-    if int(data.samples_per_case) != 1:
+    if data.samples_per_case != 1:
         raise ValueError(f"data.samples_per_case={data.samples_per_case}: data.task=case takes one brain-centred crop "
                          "per case; set it to 1")
-    if float(cfg.loss.focal_weight) > 0 or cfg.model.region_option() is not None:
+    if cfg.loss.focal_weight > 0 or cfg.model.region_option() is not None:
         raise ValueError("loss.focal_weight / model.region_attention need region maps, which data.task=case does not "
                          "read; leave them at 0 / none")
 
@@ -49,15 +49,15 @@ def _resolve_monitor(cfg: FinetuneConfig, kind: str) -> None:
     monitor must be one of the kind's case metrics, with the mode of its direction."""
     tr = cfg.trainer
     names = case_metrics_of(kind)
-    if str(tr.monitor) == SEGMENTATION_MONITOR:
+    if tr.monitor == SEGMENTATION_MONITOR:
         tr.monitor, tr.mode = default_monitor(kind)
         return
-    name = str(tr.monitor).removeprefix("val/")
+    name = tr.monitor.removeprefix("val/")
     if name not in names:
         raise ValueError(f"trainer.monitor={tr.monitor}: a {kind} target is validated with "
                          f"{', '.join('val/' + n for n in names)}; pick one of them")
     mode = "max" if HIGHER_IS_BETTER[name] else "min"
-    if str(tr.mode) != mode:
+    if tr.mode != mode:
         raise ValueError(f"trainer.mode={tr.mode} with trainer.monitor={tr.monitor}: {name} is better when "
                          f"{'higher' if mode == 'max' else 'lower'}; set trainer.mode={mode}")
 
@@ -71,7 +71,7 @@ def finetune_case(cfg: FinetuneConfig) -> FitResult:
         _check_options(cfg)
         root, _ = dataset_root(data)
         source = data.targets if data.targets is not None else root
-        table = read_targets(source, str(data.target), kind=str(data.target_kind),
+        table = read_targets(source, str(data.target), kind=data.target_kind,
                              classes=None if data.classes is None else list(data.classes))
         kind = table.kind
         _resolve_monitor(cfg, kind)
@@ -94,25 +94,25 @@ def finetune_case(cfg: FinetuneConfig) -> FitResult:
             out_channels = 1
         else:
             out_channels = targets.num_classes
-            if bool(cfg.loss.class_weighted):
+            if cfg.loss.class_weighted:
                 weights = class_weights(train_values.astype(np.int64), out_channels, targets.names)
-        torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         head = cfg.head
         model = build_case_network(cfg.model, in_channels=1, out_channels=out_channels,
                                    crop=None if data.crop is None else int(data.crop),
-                                   default_crop=default_crop(data), pooling=str(head.pooling),
-                                   hidden_dim=int(head.hidden_dim), head_dropout=float(head.dropout),
+                                   default_crop=default_crop(data), pooling=head.pooling,
+                                   hidden_dim=head.hidden_dim, head_dropout=head.dropout,
                                    target_shift=shift, target_scale=scale)
         patch = record_geometry(resolved, model)  # the effective crop (and SW-ViT's position code, axis, grid)
         # asa-predict / asa-evaluate read the task from the checkpoint's run config
         resolved["task"] = {"name": CASE_TASK, "kind": kind, "target": str(data.target), "classes": list(targets.names),
                             "target_shift": shift, "target_scale": scale}
         optimizer, lr, config = optimizer_and_config(cfg, model, env)
-        common = dict(size=patch, seed=int(cfg.seed), store=data.store)
+        common = dict(size=patch, seed=cfg.seed, store=data.store)
         train_ds = build_target_dataset(splits["train"], targets, augment=True, **common)
         # validation scores what asa-predict writes: each case's outputs averaged over its test-time crops
         val_ds = build_case_crops_dataset(splits["val"], size=patch, lattice=case_crop_lattice(model),
-                                          crops=str(cfg.validation.crops), targets=targets,
+                                          crops=cfg.validation.crops, targets=targets,
                                           store=data.store) if splits["val"] else None
         run_dir.write_config(resolved)  # every check passed
         write_splits(cases, data, out_dir, env, by_subject=True)
@@ -122,10 +122,10 @@ def finetune_case(cfg: FinetuneConfig) -> FitResult:
             print(f"[asa] warning: data={data.name} has no validation cases: no best.pt, no early stopping",
                   file=sys.stderr)
         validate = None if val_ds is None else make_case_validator(val_ds, kind=kind, env=env)
-        criterion = CaseLoss(kind, weights=weights, regression=str(cfg.loss.regression),
-                             delta=float(cfg.loss.huber_delta), shift=shift, scale=scale)
+        criterion = CaseLoss(kind, weights=weights, regression=cfg.loss.regression,
+                             delta=cfg.loss.huber_delta, shift=shift, scale=scale)
         engine = Engine(model, optimizer, case_step(criterion), config=config, lr=lr, out_dir=out_dir, env=env,
-                        seed=int(cfg.seed), validate=validate, run_config=resolved, resume=run_dir.resume)
+                        seed=cfg.seed, validate=validate, run_config=resolved, resume=run_dir.resume)
         result = engine.fit(train_ds)
         if training_ended(result, env, APP) and env.is_main:
             report_fine_tuning(result, out_dir, f"{config.monitor}, {config.mode}")

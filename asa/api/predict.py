@@ -138,11 +138,11 @@ def predict(config: PredictConfig | DictConfig) -> list[Path]:
         cfg = as_config(config, "predict")
         inputs = _check_options(cfg)
         sw_batch_size = check_sw_batch_size(cfg.sw_batch_size)
-        device = resolve_device(str(cfg.device))
-        amp_dtype = resolve_amp(str(cfg.amp), device, option="amp")
+        device = resolve_device(cfg.device)
+        amp_dtype = resolve_amp(cfg.amp, device, option="amp")
         threads = set_threads(cfg.threads, option="threads")
         setup = PredictSetup(device=device, amp_dtype=amp_dtype, threads=threads, sw_batch_size=sw_batch_size,
-                             compile=bool(cfg.compile))
+                             compile=cfg.compile)
         checkpoint = Path(str(cfg.checkpoint)).expanduser().absolute()
         state = load_checkpoint(checkpoint)
         recorded = ((state.get("config") or {}).get("task") or {}).get("name")
@@ -159,12 +159,12 @@ def predict_segmentation(cfg: PredictConfig, state: dict, checkpoint: Path, inpu
     with refusing():
         predictor = Predictor.from_checkpoint(checkpoint, device=device, amp_dtype=amp_dtype, compile=compile_net,
                                               state=state)
-        on_bad_case = str(cfg.on_bad_case)
-        cases = gather_cases(inputs, predictor.task, layout=str(cfg.layout), on_bad_case=on_bad_case)
-        cases = cases_of_split(cases, cfg.split_file, str(cfg.subset), where=f"input={inputs}")
+        on_bad_case = cfg.on_bad_case
+        cases = gather_cases(inputs, predictor.task, layout=cfg.layout, on_bad_case=on_bad_case)
+        cases = cases_of_split(cases, cfg.split_file, cfg.subset, where=f"input={inputs}")
         checksum = _sha256(checkpoint)
-        out = Path(str(cfg.output)).expanduser().absolute()
-        manifest, kept = _check_output(out, inputs, overwrite=bool(cfg.overwrite), resume=bool(cfg.resume),
+        out = Path(cfg.output).expanduser().absolute()
+        manifest, kept = _check_output(out, inputs, overwrite=cfg.overwrite, resume=bool(cfg.resume),
                                        checksum=checksum)
         check_writable(out, "output")
     print(f"[asa] predicting {len(cases)} case(s) on {device}, precision {amp_name(amp_dtype)} (amp={cfg.amp}), "
@@ -181,7 +181,7 @@ def predict_segmentation(cfg: PredictConfig, state: dict, checkpoint: Path, inpu
               f"already wrote in {out}", flush=True)
     record = {
         "checkpoint": str(checkpoint), "checkpoint_sha256": checksum,
-        "settings": {"overlap": float(cfg.overlap), "tta": bool(cfg.tta),
+        "settings": {"overlap": cfg.overlap, "tta": cfg.tta,
                      "tta_axes": list(cfg.tta_axes) if cfg.tta else [], "amp": amp_name(amp_dtype)},
     }
     manifest = {"format": "asa-predictions", "version": 1, "cases": dict(manifest.get("cases", {})),
@@ -205,8 +205,8 @@ def predict_segmentation(cfg: PredictConfig, state: dict, checkpoint: Path, inpu
     skipped: list[tuple[str, str]] = []
     try:
         predict_cases(
-            predictor, todo, out, overlap=float(cfg.overlap), sw_batch_size=sw_batch_size,
-            tta_axes=list(cfg.tta_axes) if cfg.tta else [], save_probabilities=bool(cfg.save_probabilities),
+            predictor, todo, out, overlap=cfg.overlap, sw_batch_size=sw_batch_size,
+            tta_axes=list(cfg.tta_axes) if cfg.tta else [], save_probabilities=cfg.save_probabilities,
             on_bad_case=on_bad_case, skipped=skipped, progress=progress, on_written=on_written,
         )
     except SystemExit as stop:  # a stop signal: the predictions written so far stay, recorded

@@ -30,10 +30,10 @@ def predict_case(cfg: PredictConfig, state: dict, checkpoint: Path, inputs: list
         raise OptionError(f"input={inputs}: a case head predicts the cases of a dataset folder (BIDS, CAPS or a "
                           "file list), as data.root of asa-finetune")
     root = Path(inputs).expanduser()
-    layout = detect_layout(root) if str(cfg.layout) == "auto" else str(cfg.layout)
-    cases = discover(layout, root, require_labels=False, on_bad_case=str(cfg.on_bad_case))
-    cases = cases_of_split(cases, cfg.split_file, str(cfg.subset), where=f"input={inputs}")
-    out = Path(str(cfg.output)).expanduser().absolute()
+    layout = detect_layout(root) if cfg.layout == "auto" else cfg.layout
+    cases = discover(layout, root, require_labels=False, on_bad_case=cfg.on_bad_case)
+    cases = cases_of_split(cases, cfg.split_file, cfg.subset, where=f"input={inputs}")
+    out = Path(cfg.output).expanduser().absolute()
     target = out / PREDICTIONS_CSV
     if target.exists() and not cfg.overwrite:
         raise RunDirError(f"output={out} already holds {PREDICTIONS_CSV}; use overwrite=true (it is moved aside) "
@@ -43,7 +43,7 @@ def predict_case(cfg: PredictConfig, state: dict, checkpoint: Path, inputs: list
     model.load_state_dict(state["model"])
     print(f"[asa] predicting {task['target']} ({task['kind']}) for {len(cases)} case(s) on {device}, outputs averaged "
           f"over crops={cfg.crops}", flush=True)
-    rows = predict_case_rows(model, cases, task, device=device, crops=str(cfg.crops))
+    rows = predict_case_rows(model, cases, task, device=device, crops=cfg.crops)
     if target.exists():
         print(f"[asa] overwrite=true: moved the previous predictions to {move_aside(out)}", file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)

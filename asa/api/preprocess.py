@@ -66,7 +66,7 @@ def preprocess(config: PreprocessConfig | DictConfig):
     regions = region_source(data, [], network=None, env=DistEnv())
     root, layout = dataset_root(data)
     if kind == "segmentation":
-        task = get_task(str(data.task), root=root)
+        task = get_task(data.task, root=root)
         pre, channels = SegmentationPreprocess(task, regions=regions), task.channels
     else:
         pre = PretrainPreprocess(int(data.crop), resample_mm=data.resample_mm, regions=regions)
@@ -85,19 +85,19 @@ def _preprocess(cfg, data, store: Path, kind: str, pre, channels, root: Path, la
     """`preprocess` with the store's lock held."""
     bad = store / "bad_cases.json"
     bad.unlink(missing_ok=True)
-    cases = discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case", report_path=bad,
+    cases = discover(layout, root, on_bad_case=data.on_bad_case, option="data.on_bad_case", report_path=bad,
                      checked=passed_checks(store), workers=_check_workers(data))
     rejected = load_report(bad)["skipped"] if bad.is_file() else []
-    workers = int(cfg.workers) or max(1, min(8, os.cpu_count() or 1))
+    workers = cfg.workers or max(1, min(8, os.cpu_count() or 1))
     print(f"[{APP}] {len(cases)} case(s) of {root} ({layout}) passed the checks"
           f"{f', {len(rejected)} rejected' if rejected else ''}; preprocessing into {store} "
           f"({kind}, {cfg.dtype}, {workers} worker(s))", file=sys.stderr, flush=True)
-    report = build_store(cases, store, preprocessor=pre, channels=channels, dtype=str(cfg.dtype), workers=workers,
-                         hash=bool(cfg.hash), checks="full", check_skipped=rejected, root=str(root.absolute()),
-                         layout=layout, progress=bool(cfg.progress))
+    report = build_store(cases, store, preprocessor=pre, channels=channels, dtype=cfg.dtype, workers=workers,
+                         hash=cfg.hash, checks="full", check_skipped=rejected, root=str(root.absolute()),
+                         layout=layout, progress=cfg.progress)
     print(report.summary(), flush=True)
     failed = [s for s in report.skipped if s["stage"] == "preprocess"]
-    if failed and str(data.on_bad_case) == "error":
+    if failed and data.on_bad_case == "error":
         lines = "\n".join(f"  - {s['id']}: {s['reason']}" for s in failed[:20])
         raise CaseError(f"{len(failed)} case(s) failed preprocessing (the others are in the store):\n{lines}\n"
                         "Fix them and rerun (only they are processed), or set data.on_bad_case=skip")

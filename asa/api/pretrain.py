@@ -31,7 +31,7 @@ def _method(cfg: PretrainConfig) -> PretrainingMethod:
     settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.Settings), asdict(cfg.method)))
     model = asdict(cfg.model)
     context = MethodContext(crop=int(cfg.data.crop), channels=tuple(cfg.data.channels),
-                            batch_size=int(cfg.trainer.batch_size), model=model)
+                            batch_size=cfg.trainer.batch_size, model=model)
     return cls(settings, context)
 
 
@@ -39,10 +39,10 @@ def _probe(cfg: PretrainConfig, method: PretrainingMethod, regions=None):
     """probe(model) -> probe metrics (asa.eval.probe) of ``method``'s encoder tokens on ``cfg.probe``'s
     labeled cases, or None when off; ``regions``: the region source of an encoder with region attention."""
     pc = cfg.probe
-    if int(pc.every) < 1:
+    if pc.every < 1:
         return None
     if pc.data is None:
-        root = ensure_demo_dataset("ibsr", cases=int(pc.cases), size=int(cfg.data.crop), seed=int(pc.seed),
+        root = ensure_demo_dataset("ibsr", cases=pc.cases, size=int(cfg.data.crop), seed=pc.seed,
                                    cache_dir=None if cfg.data.demo is None else cfg.data.demo.cache_dir)
         layout = "ibsr"
     else:
@@ -50,19 +50,19 @@ def _probe(cfg: PretrainConfig, method: PretrainingMethod, regions=None):
         if not root.exists():
             raise FileNotFoundError(f"probe.data={root}: no such folder (a labeled dataset: "
                                     f"{', '.join(SEGMENTATION_LAYOUTS)})")
-        layout = detect_layout(root) if pc.layout == "auto" else str(pc.layout)
+        layout = detect_layout(root) if pc.layout == "auto" else pc.layout
     if layout not in SEGMENTATION_LAYOUTS:
         raise ValueError(f"probe.data={root}: layout {layout!r} has no labels; expected one of "
                          f"{', '.join(SEGMENTATION_LAYOUTS)}")
     task = get_task(layout, root=root)
-    cases = [c for c in discover(layout, root) if c.label is not None][: int(pc.cases)]
+    cases = [c for c in discover(layout, root) if c.label is not None][: pc.cases]
     try:
         probe_set = build_probe_set(cases, task, size=int(cfg.data.crop), channels=list(cfg.data.channels),
                                     patch_size=method.probe_patch_size, regions=regions)
     except ValueError as err:
         raise ValueError(f"probe.data={pc.data}: {err}. Point probe.data at a labeled folder with the pretraining "
                          f"channels, or turn the probes off with probe.every=0") from err
-    return make_probe(probe_set, lam=float(pc.ridge), k=int(pc.knn_k), tokens_of=method.probe_tokens)
+    return make_probe(probe_set, lam=pc.ridge, k=pc.knn_k, tokens_of=method.probe_tokens)
 
 
 def _with_probe(validate, probe, every: int):
@@ -93,7 +93,7 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
         with refusing():  # every option is checked (and the network built) before the run folder is touched
             resolved = asdict(cfg)
             trainer_config(cfg)
-            augment_on = str(data.augment_on)  # one of AUGMENT_ON (the schema checks it)
+            augment_on = data.augment_on  # one of AUGMENT_ON (the schema checks it)
             flip_axes = tuple(int(a) for a in data.flip_axes)
             if any(a not in (0, 1, 2) for a in flip_axes):
                 raise OptionError(f"data.flip_axes: array axes 0, 1 or 2 of the crop, got {list(flip_axes)}")
@@ -107,10 +107,10 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
             if not method.uses_model_group:  # recorded and compared on resume only where it configures the run
                 resolved.pop("model")
                 resolved["resume_must_match"] = [k for k in resolved["resume_must_match"] if k != "model"]
-            torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank
+            torch.manual_seed(cfg.seed)  # identical initial weights on every rank
             model = method.build_network()
             optimizer, lr, config = optimizer_and_config(cfg, model, env)
-            probe_every = int(cfg.probe.every) if method.probe_patch_size else 0
+            probe_every = cfg.probe.every if method.probe_patch_size else 0
             if config.monitor.startswith("probe/") and probe_every != 1:
                 raise ValueError(f"trainer.monitor={config.monitor} needs a probe in every validation round: "
                                  f"set probe.every=1 (it is {probe_every}"
@@ -123,9 +123,9 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
         splits = split_cases(cases, data, out_dir, env)
         common = dict(size=int(data.crop), resample_mm=data.resample_mm,
                       channels=tuple(data.channels), regions=regions, store=data.store)
-        train_ds = build_pretrain_dataset(splits["train"], augment=bool(data.augment), flip_axes=flip_axes,
+        train_ds = build_pretrain_dataset(splits["train"], augment=data.augment, flip_axes=flip_axes,
                                           augment_on=augment_on, **common)
-        deferred = augment_on == "device" and (bool(data.augment) or bool(flip_axes))  # applied after the transfer
+        deferred = augment_on == "device" and (data.augment or bool(flip_axes))  # applied after the transfer
         val_ds = build_pretrain_dataset(splits["val"], augment=False, **common) if splits["val"] else None
         step_fn = method.step_of(cases, dataset_root(data)[0])
         run_dir.write_config(resolved)  # every check passed
@@ -136,7 +136,7 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
                   f"{method.validation_group} volumes but the validation split has {len(val_ds)}: val/loss lacks "
                   "the terms that compare volumes (contrastive)", file=sys.stderr)
         validate = None if val_ds is None else make_validator(val_ds, batch_size=config.batch_size, env=env,
-                                                              num_workers=int(data.num_workers), step_fn=step_fn,
+                                                              num_workers=data.num_workers, step_fn=step_fn,
                                                               group_size=method.validation_group)
         if val_ds is None and not config.monitor.startswith("probe/"):
             print(f"[asa] warning: data={data.name} has no validation cases: no best.pt, no early stopping, "
@@ -145,7 +145,7 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
             validate = _with_probe(validate, probe, probe_every)
         sample = (val_ds or train_ds)[0] if (env.is_main and config.panel_every) else None
         engine = Engine(
-            model, optimizer, step_fn, config=config, lr=lr, out_dir=out_dir, env=env, seed=int(cfg.seed),
+            model, optimizer, step_fn, config=config, lr=lr, out_dir=out_dir, env=env, seed=cfg.seed,
             validate=validate,
             panel_fn=None if sample is None else method.panel(sample),
             run_config=resolved, resume=run_dir.resume,

@@ -48,11 +48,11 @@ def _check_options(cfg: FrozenProbeConfig) -> list[str]:
     if cfg.names is not None and len(cfg.names) != len(entries):
         raise OptionError(f"names: {len(cfg.names)} name(s) for {len(entries)} encoder(s); give one per encoder or "
                           "names=null")
-    checks = [("folds", int(cfg.folds) >= 2, "at least 2"), ("knn_k", int(cfg.knn_k) >= 1, "at least 1"),
-              ("ridge", float(cfg.ridge) > 0, "> 0"), ("logistic", float(cfg.logistic) > 0, "> 0"),
-              ("logistic_steps", int(cfg.logistic_steps) >= 1, "at least 1"),
-              ("bootstrap", int(cfg.bootstrap) >= 0, ">= 0"), ("confidence", 0 < float(cfg.confidence) < 1, "in (0, 1)"),
-              ("batch_size", int(cfg.batch_size) >= 1, "at least 1")]
+    checks = [("folds", cfg.folds >= 2, "at least 2"), ("knn_k", cfg.knn_k >= 1, "at least 1"),
+              ("ridge", cfg.ridge > 0, "> 0"), ("logistic", cfg.logistic > 0, "> 0"),
+              ("logistic_steps", cfg.logistic_steps >= 1, "at least 1"),
+              ("bootstrap", cfg.bootstrap >= 0, ">= 0"), ("confidence", 0 < cfg.confidence < 1, "in (0, 1)"),
+              ("batch_size", cfg.batch_size >= 1, "at least 1")]
     for key, ok, expected in checks:
         if not ok:
             raise OptionError(f"{key}={getattr(cfg, key)}: expected {expected}")
@@ -78,7 +78,7 @@ def _encoders(entries: Sequence[str], names: Sequence[str] | None, cfg: FrozenPr
     first = loaded[files[0]] if files else None
     out = []
     for i, entry in enumerate(entries):
-        enc = loaded.get(entry) or random_frozen(entry, like=first, seed=int(cfg.seed), crop=crop, device=device)
+        enc = loaded.get(entry) or random_frozen(entry, like=first, seed=cfg.seed, crop=crop, device=device)
         name = str(names[i]) if names is not None else (entry if entry in loaded else enc.name)
         out.append(FrozenEncoder(name, enc.arch, enc.spec, enc.module, enc.size, enc.stride, enc.in_channels,
                                  enc.source))
@@ -102,24 +102,24 @@ def case_probe_targets(cfg: FrozenProbeConfig, root: Path, layout: str) -> Probe
     if data.target is None:
         raise ValueError("data.task=case needs data.target: the column of the targets table to probe "
                          "(e.g. data.target=age)")
-    cases = discover(layout, root, require_labels=False, on_bad_case=str(data.on_bad_case), option="data.on_bad_case")
-    cases = cases_of_split(cases, cfg.split_file, str(cfg.subset), where=str(root))
+    cases = discover(layout, root, require_labels=False, on_bad_case=data.on_bad_case, option="data.on_bad_case")
+    cases = cases_of_split(cases, cfg.split_file, cfg.subset, where=str(root))
     table = read_targets(data.targets if data.targets is not None else root, str(data.target),
-                         kind=str(data.target_kind), classes=None if data.classes is None else list(data.classes))
+                         kind=data.target_kind, classes=None if data.classes is None else list(data.classes))
     targets = table.for_cases(cases)
     cases = [c for c in cases if c.id in targets.values]
     target = {"column": str(data.target), "kind": targets.kind, "classes": list(targets.names),
               "source": table.source, "skipped": dict(targets.skipped)}
-    device = resolve_device(str(cfg.device))
+    device = resolve_device(cfg.device)
     prepared: dict = {}  # inputs per encoder input size, prepared once
 
     def score(enc: FrozenEncoder, groups: Sequence[str], common: Mapping) -> tuple[dict, torch.Tensor]:
         if enc.size not in prepared:
             prepared[enc.size] = prepare_cases(cases, size=enc.size, channels=list(cfg.channels))
-        features = pooled_features(enc, prepared[enc.size], batch_size=int(cfg.batch_size), device=device)
+        features = pooled_features(enc, prepared[enc.size], batch_size=cfg.batch_size, device=device)
         result = case_probes(features, [targets.values[c.id] for c in cases], kind=targets.kind, groups=groups,
-                             names=targets.names, logistic=float(cfg.logistic),
-                             logistic_steps=int(cfg.logistic_steps), **common)
+                             names=targets.names, logistic=cfg.logistic,
+                             logistic_steps=cfg.logistic_steps, **common)
         return result, features
 
     note = (f"{len(targets.skipped)} case(s) without a target left out (listed in probe.json)"
@@ -131,12 +131,12 @@ def segmentation_probe_targets(cfg: FrozenProbeConfig, root: Path, layout: str) 
     """A segmentation task: the labelled cases; each encoder's tokens on its patch grid, fitted to the
     label fractions of the patches (`asa.eval.probe_cv.token_probes`)."""
     data = cfg.data
-    task = get_task(str(data.task), root=root)
-    cases = discover(layout, root, on_bad_case=str(data.on_bad_case), option="data.on_bad_case")
-    cases = cases_of_split([c for c in cases if c.label is not None], cfg.split_file, str(cfg.subset),
+    task = get_task(data.task, root=root)
+    cases = discover(layout, root, on_bad_case=data.on_bad_case, option="data.on_bad_case")
+    cases = cases_of_split([c for c in cases if c.label is not None], cfg.split_file, cfg.subset,
                            where=str(root))
     target = {"task": task.name, "kind": "voxel", "classes": list(task.output_names)}
-    device = resolve_device(str(cfg.device))
+    device = resolve_device(cfg.device)
     prepared: dict = {}  # probe sets per encoder input size and token stride, built once
 
     def score(enc: FrozenEncoder, groups: Sequence[str], common: Mapping) -> tuple[dict, torch.Tensor]:
@@ -147,8 +147,8 @@ def segmentation_probe_targets(cfg: FrozenProbeConfig, root: Path, layout: str) 
             prepared[key] = build_probe_set(cases, task, size=enc.size[0], channels=list(cfg.channels),
                                             patch_size=enc.stride)
         probe_set = prepared[key]
-        tokens = torch.cat([enc.tokens(probe_set.images[i:i + int(cfg.batch_size)].to(device)).cpu()
-                            for i in range(0, probe_set.images.shape[0], int(cfg.batch_size))])
+        tokens = torch.cat([enc.tokens(probe_set.images[i:i + cfg.batch_size].to(device)).cpu()
+                            for i in range(0, probe_set.images.shape[0], cfg.batch_size)])
         return token_probes(tokens, probe_set, groups=groups, **common), tokens
 
     return ProbeTargets(cases, target, "voxel", score)
@@ -164,34 +164,34 @@ def probe(config: FrozenProbeConfig | DictConfig) -> dict:
     with refusing():
         cfg = as_config(config, "probe")
         entries = _check_options(cfg)
-        device = resolve_device(str(cfg.device))
-        out = Path(str(cfg.output)).expanduser().absolute()
-        _check_output(out, bool(cfg.overwrite))
+        device = resolve_device(cfg.device)
+        out = Path(cfg.output).expanduser().absolute()
+        _check_output(out, cfg.overwrite)
         check_writable(out, "output")  # before the probes run, not after
         encoders = _encoders(entries, cfg.names, cfg, device)
         root, layout = dataset_root(cfg.data)
-        probed = finetune_task(str(cfg.data.task)).probe_targets(cfg, root, layout)
+        probed = finetune_task(cfg.data.task).probe_targets(cfg, root, layout)
         cases, target, kind = probed.cases, probed.target, probed.kind
         if len({*_groups(cases)}) < 2:
             raise ValueError(f"data.root={root}: {len(cases)} usable case(s) of {len({*_groups(cases)})} subject(s); "
                              "cross-validation needs at least 2 subjects")
     groups = _groups(cases)
     subjects = len({*groups})
-    folds = min(int(cfg.folds), subjects)  # a subject is never split over folds (`grouped_folds`)
+    folds = min(cfg.folds, subjects)  # a subject is never split over folds (`grouped_folds`)
     settings = {k: getattr(cfg, k) for k in ("folds", "seed", "ridge", "logistic", "logistic_steps", "knn_k", "bootstrap",
                                     "confidence", "batch_size")}
     settings["folds"] = folds
-    if folds < int(cfg.folds):
-        settings["folds_asked"] = int(cfg.folds)
+    if folds < cfg.folds:
+        settings["folds_asked"] = cfg.folds
     fewer = (f" (folds={cfg.folds} asked, but there are only {subjects} subjects: one subject per fold)"
-             if folds < int(cfg.folds) else "")
+             if folds < cfg.folds else "")
     what = target.get("column") or target.get("task") or cfg.data.task
     print(f"[asa] probing {len(encoders)} frozen encoder(s) on {len(cases)} case(s) of {subjects} subject(s) "
           f"from {root} ({what}, {target['kind']}), {folds}-fold cross-validation{fewer}, {device}", flush=True)
     if probed.note:
         print(f"[asa] {probed.note}", file=sys.stderr, flush=True)
-    common = dict(folds=folds, seed=int(cfg.seed), n_resamples=int(cfg.bootstrap),
-                  confidence=float(cfg.confidence), knn_k=int(cfg.knn_k), ridge=float(cfg.ridge))
+    common = dict(folds=folds, seed=cfg.seed, n_resamples=cfg.bootstrap,
+                  confidence=cfg.confidence, knn_k=cfg.knn_k, ridge=cfg.ridge)
     rows = []
     for enc in encoders:
         result, features = probed.score(enc, groups, common)
@@ -204,7 +204,7 @@ def probe(config: FrozenProbeConfig | DictConfig) -> dict:
                                                               "subjects": len({*groups})},
               "target": target, "settings": settings, "table": list(TABLE_METRICS[kind]),
               "cases": [c.id for c in cases], "rows": rows}
-    if bool(cfg.overwrite) and out.exists() and any(out.iterdir()):
+    if cfg.overwrite and out.exists() and any(out.iterdir()):
         aside = move_aside(out)
         print(f"[asa] overwrite=true: moved the previous results to {aside}", file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)
