@@ -125,6 +125,9 @@ def _compose_error(text: str) -> str:
     key = re.search(r"Could not override '([\w.]+)'", message) or re.search(r"full_key: ([\w.]+)", text)
     if key and (note := old_key(key[1])):
         message += f" — {key[1]} {note}"
+    elif key and key[1].startswith("model.") and "is not in struct" in message:  # a fine-tuning model section
+        message += (f" — the network the model preset builds (model.arch) has no option {key[1].removeprefix('model.')}; "
+                    "its options are the fields of its settings (asa.models.NetworkSettings)")
     if any(marker in text for marker in _QUOTING):
         message += (" — a value with spaces, non-ASCII or special characters must be quoted for Hydra inside the "
                     "shell's quotes, e.g. \"output_dir='runs/my run'\"")

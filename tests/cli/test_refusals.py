@@ -146,6 +146,20 @@ def test_an_old_key_on_the_command_line_names_where_it_moved():
     assert "is now" not in _compose_error(hydra_report.replace("lr_axis", "lr_axes"))
 
 
+def test_an_option_the_fine_tuning_network_lacks_on_the_command_line_says_so():
+    """The composed model section holds every option of its network's settings, so an override Hydra
+    cannot place there names an option the network does not have."""
+    from hydra.errors import ConfigCompositionException
+    from asa.cli.common import _compose_error
+
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config("finetune", ["model=unetr", "model.pos_mode=mirror"])
+    assert _compose_error(f"{err.value}\n{err.value.__cause__}") == (  # as Hydra reports it
+        "Could not override 'model.pos_mode'. Key 'pos_mode' is not in struct — the network the model preset "
+        "builds (model.arch) has no option pos_mode; its options are the fields of its settings "
+        "(asa.models.NetworkSettings)")
+
+
 
 @pytest.mark.parametrize("key, place", [
     ("mae.loss_weighting", "method.loss_weighting"), ("mae.pos_mode", "model.pos_mode"),
