@@ -1,4 +1,4 @@
-"""Dependencies point down the pipeline: io and the declared option choices, then data / losses / models, then eval, then train (whose
+"""Dependencies point down the pipeline: io, the declared option choices and the plug-in tables, then data / losses / models, then eval, then train (whose
 validation uses eval's metrics), then the pretraining methods (which assemble those parts), then api,
 then the compute planner, then cli. Above the package, never imported by it: ``scripts/`` and the
 measuring tools of ``benchmarks/``.
@@ -18,7 +18,7 @@ import asa
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "asa"
 TOOLS = {"scripts": ROOT / "scripts", "benchmarks": ROOT / "benchmarks"}  # above the package
-LEVEL = {"io": 0, "choices": 0, "data": 1, "losses": 1, "models": 1, "eval": 2, "train": 3, "methods": 4, "api": 5,
+LEVEL = {"io": 0, "choices": 0, "plugins": 0, "data": 1, "losses": 1, "models": 1, "eval": 2, "train": 3, "methods": 4, "api": 5,
          "planning": 6, "cli": 7}
 # stages of one level import each other only along these edges (a cycle is never declared)
 PEERS = {("models", "losses")}
@@ -125,7 +125,7 @@ def test_stages_of_one_level_import_each_other_only_along_declared_edges():
 
 
 def test_io_and_choices_import_nothing_of_asa_and_only_the_console_scripts_import_the_planner():
-    assert [(f, t) for f, stage, t in library_imports() if stage in ("io", "choices")] == []
+    assert [(f, t) for f, stage, t in library_imports() if stage in ("io", "choices", "plugins")] == []
     assert [(f, t) for f, stage, t in library_imports() if t == "planning" and stage != "cli"] == []
 
 

@@ -11,7 +11,6 @@ in the process or declared in the ``asa.finetune_tasks`` entry-point group of an
 
 from __future__ import annotations
 
-import importlib.metadata
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 
 from asa.api.schema import EvaluateConfig, FinetuneConfig, FrozenProbeConfig, PredictConfig
+from asa.plugins import Plugins
 
 __all__ = ["FINETUNE_TASKS", "FinetuneTask", "PredictSetup", "ProbeTargets", "finetune_task", "register_finetune_task"]
 
@@ -86,8 +86,7 @@ class FinetuneTask(ABC):
         """What the frozen-encoder probes fit on the data under ``root`` (``layout``)."""
 
 
-FINETUNE_TASKS: dict[str, type[FinetuneTask]] = {}
-_entry_points_loaded = False
+FINETUNE_TASKS = Plugins("fine-tuning task", ENTRY_POINT_GROUP)  # name -> FinetuneTask subclass
 
 
 def register_finetune_task(cls: type[FinetuneTask]) -> type[FinetuneTask]:
@@ -95,30 +94,14 @@ def register_finetune_task(cls: type[FinetuneTask]) -> type[FinetuneTask]:
     same name is an error, registering the same class again is a no-op."""
     if not (isinstance(cls, type) and issubclass(cls, FinetuneTask)) or not isinstance(getattr(cls, "name", None), str):
         raise TypeError(f"{cls!r}: a fine-tuning task subclasses asa.api.tasks.FinetuneTask and names itself (name)")
-    known = FINETUNE_TASKS.get(cls.name)
-    if known is not None and known is not cls:
-        raise ValueError(f"a fine-tuning task named {cls.name!r} is registered already ({known.__module__}."
-                         f"{known.__qualname__})")
-    FINETUNE_TASKS[cls.name] = cls
-    return cls
-
-
-def _load_entry_points() -> None:
-    """Tasks that installed packages declare in the ``asa.finetune_tasks`` entry-point group (once)."""
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        register_finetune_task(entry.load())
+    return FINETUNE_TASKS.add(cls.name, cls)
 
 
 def finetune_task(data_task: str, *, option: str = "data.task") -> FinetuneTask:
     """The registered task that claims ``data_task``; the ones registered last are asked first, so a
     plug-in may claim a name before the built-in ones. No task claiming it: ``ValueError`` naming
     ``option`` and the tasks known."""
-    _load_entry_points()
-    for cls in reversed(list(FINETUNE_TASKS.values())):
+    for cls in reversed(list(FINETUNE_TASKS.installed(register_finetune_task).values())):
         if cls.claims(str(data_task)):
             return cls()
     raise ValueError(f"{option}={data_task}: no fine-tuning task takes it (registered: "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,6 +11,8 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from omegaconf import MISSING
 from torch import nn
+
+from asa.plugins import Plugins
 
 __all__ = ["METHODS", "MethodContext", "MethodSettings", "PretrainingMethod", "RegionNeeds", "get_method",
            "register_method"]
@@ -109,8 +110,7 @@ class PretrainingMethod(ABC):
         return None
 
 
-METHODS: dict[str, type[PretrainingMethod]] = {}
-_entry_points_loaded = False
+METHODS = Plugins("pretraining method", ENTRY_POINT_GROUP)  # name -> PretrainingMethod subclass
 
 
 def register_method(cls: type[PretrainingMethod]) -> type[PretrainingMethod]:
@@ -121,28 +121,12 @@ def register_method(cls: type[PretrainingMethod]) -> type[PretrainingMethod]:
             raise TypeError(f"pretraining method {cls.__name__} lacks the class attribute {attr!r}")
     if not (isinstance(cls.Settings, type) and issubclass(cls.Settings, MethodSettings)):
         raise TypeError(f"method {cls.name}: Settings must subclass asa.methods.MethodSettings")
-    known = METHODS.get(cls.name)
-    if known is not None and known is not cls:
-        raise ValueError(f"a pretraining method named {cls.name!r} is registered already ({known.__module__}."
-                         f"{known.__qualname__})")
-    METHODS[cls.name] = cls
-    return cls
-
-
-def _load_entry_points() -> None:
-    """Methods that installed packages declare in the ``asa.methods`` entry-point group (once)."""
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        register_method(entry.load())
+    return METHODS.add(cls.name, cls)
 
 
 def registered_methods() -> dict[str, type[PretrainingMethod]]:
     """Every method: the built-in ones, those registered in this process and the entry points'."""
-    _load_entry_points()
-    return dict(METHODS)
+    return METHODS.installed(register_method)
 
 
 def get_method(name: str) -> type[PretrainingMethod]:
