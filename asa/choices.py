@@ -18,10 +18,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-__all__ = ["check_choices", "one_of", "SCHEMA"]
+__all__ = ["check_choices", "one_of"]
 
 _CHOICES, _NUMBER = "asa_choices", "asa_number"
-SCHEMA = "asa_schema"  # metadata of a free-form (``Any``) group: the dataclass whose choices its keys follow
 
 
 def one_of(default: Any, choices: Sequence[str], *, number: tuple[float, float] | None = None) -> Any:
@@ -58,9 +57,7 @@ def _expected(f: dataclasses.Field, value: Any) -> str:
 def check_choices(cfg: DictConfig, schema: Any, prefix: str = "") -> None:
     """Refuse (``ValueError`` naming the dotted key, the value and the allowed values) any value of
     ``cfg`` outside the `one_of` choices its ``schema`` (a dataclass or an instance of one) declares;
-    nested groups are checked under their own key (an instance's group: the dataclass it holds). A
-    free-form (``Any``) group names the dataclass whose choices its keys follow with
-    ``metadata={SCHEMA: cls}``."""
+    nested groups are checked under their own key (an instance's group: the dataclass it holds)."""
     for f in dataclasses.fields(schema):
         if f.name not in cfg:
             continue
@@ -72,8 +69,6 @@ def check_choices(cfg: DictConfig, schema: Any, prefix: str = "") -> None:
             if isinstance(value, (DictConfig, ListConfig)) or not _allowed(value, f):
                 raise ValueError(f"{key}={value!r}: {_expected(f, value)}")
             continue
-        nested = f.metadata.get(SCHEMA)
-        if nested is None:
-            nested = getattr(schema, f.name) if not isinstance(schema, type) else f.default_factory
+        nested = getattr(schema, f.name) if not isinstance(schema, type) else f.default_factory
         if dataclasses.is_dataclass(nested) and isinstance(cfg[f.name], DictConfig):
             check_choices(cfg[f.name], nested, f"{key}.")
