@@ -6,7 +6,8 @@ the dotted key where the field sits (``model.pos_mode='mirrror': expected one of
 none (did you mean mirror?)``), whatever group holds it. The networks' settings (`asa.models.NetworkSettings`
 subclasses), the trainer settings (`TrainerSettings`), the methods' settings (`MethodSettings`
 subclasses) and the job schemas (`asa.api.schema`) declare their fields this way; it sits below all
-of them (it imports nothing of asa).
+of them (it imports nothing of asa, and omegaconf only when it checks: the networks that declare
+choices load without the config machinery).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 __all__ = ["check_choices", "one_of"]
 
@@ -58,6 +60,8 @@ def check_choices(cfg: DictConfig, schema: Any, prefix: str = "") -> None:
     """Refuse (``ValueError`` naming the dotted key, the value and the allowed values) any value of
     ``cfg`` outside the `one_of` choices its ``schema`` (a dataclass or an instance of one) declares;
     nested groups are checked under their own key (an instance's group: the dataclass it holds)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf  # here: declaring choices needs no config machinery
+
     for f in dataclasses.fields(schema):
         if f.name not in cfg:
             continue

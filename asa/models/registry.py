@@ -19,10 +19,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Optional, TypeVar
 
-from omegaconf import MISSING
 from torch import nn
 
-TASKS = ("segmentation", "pretraining", "case")  # case: a classification / regression head
+TASKS = ("segmentation", "pretraining", "case")
+# omegaconf's marker of a required value, stated rather than imported: the networks (and asa.load_encoder)
+# load without the config machinery
+MISSING = "???"  # case: a classification / regression head
 
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 Net = TypeVar("Net", bound=nn.Module)
