@@ -5,7 +5,7 @@ process (``scripts/benchmark.py --gpu-ab``), and the end-to-end ``asa-pretrain``
   per-parameter loop on a CPU, ``foreach`` on CUDA) vs the fused kernel ``asa-pretrain`` takes;
 - ``partition``: the ASA pretrain step with SLW-MSA's windows cut by ``roll`` vs by one gather;
 - ``kernel``: the same step with LW-/SLW-MSA through ``scaled_dot_product_attention`` vs the CPU window
-  kernel (`asa.models.window_kernel`; on CUDA both run SDPA, so the ratio is 1 up to noise);
+  kernel (`asa.models.swvit.window_kernel`; on CUDA both run SDPA, so the ratio is 1 up to noise);
 - ``ar_weights``: ``patch_informativeness`` of the batch, alternated with the (new) step, as a
   fraction of it;
 - ``pretrain_loop``: ``python -m asa.cli.pretrain`` on a store of synthetic brains with the real

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from asa.data.phantom import make_phantom
+from asa.data.synthetic.phantom import make_phantom
 from asa.data.preprocessing import normalize_in_brain
 from asa.losses import SegmentationLoss
 from asa.models import PRESETS, build_segmentation_network

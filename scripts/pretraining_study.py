@@ -5,7 +5,7 @@ Stages (each resumable; rerun the same command to continue after an interruption
 
 1. cohort: healthy T1 subjects in BIDS (pretraining) and labeled lesion cases in ``--layout``
    (fine-tuning), written once under ``<out>/data`` (phantoms of ``asa.data.write_demo_dataset``;
-   ``--anatomy``: the MNI152-based generator ``asa.data.anatomy``, one switch in
+   ``--anatomy``: the MNI152-based generator ``asa.data.synthetic.anatomy``, one switch in
    :func:`dataset_writer`).
 2. pretraining: one ``asa-pretrain`` run per arm (``--arms``, Table 4 presets of
    ``configs/pretrain/experiment/``: mae, a_ssl, asa by default) at the ``tiny`` size, with the
@@ -58,7 +58,7 @@ from asa.api import pretrain
 from asa.api.config import compose_config
 from asa.data import LESION_NAMES, write_anatomy_dataset, write_demo_dataset
 from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
-from asa.models.puzzles import RPL_GRID
+from asa.models.heads.puzzles import RPL_GRID
 
 _SPEC = importlib.util.spec_from_file_location("asa_transfer_study", Path(__file__).with_name("transfer_study.py"))
 transfer_study = importlib.util.module_from_spec(_SPEC)

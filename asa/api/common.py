@@ -22,7 +22,7 @@ from asa.data.datasets import CaseLoadError
 from asa.data.store import StoreError, StoreSettingsError, open_store
 from asa.io import CheckpointError, VolumeError, WriteError, atomic_write_json
 from asa.models import DEFAULT_CROP, SYMMETRY_KEYS, network_spec
-from asa.models.patch import to_3tuple
+from asa.models.swvit.patch import to_3tuple
 from asa.train import IncompatibleCheckpointError, TrainConfig, build_optimizer, cleanup_distributed, setup_distributed
 from asa.train.distributed import DistEnv, all_gather_objects, barrier
 from asa.train.optim import LOW_LR, describe_lr

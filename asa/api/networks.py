@@ -20,7 +20,7 @@ from torch import nn
 from asa.api.schema import SegmenterConfig, network_settings
 from asa.io import load_weights
 from asa.models import NetworkSettings, architectures, build_network, recorded_pretraining
-from asa.models.patch import patch_grid, to_3tuple
+from asa.models.swvit.patch import patch_grid, to_3tuple
 from asa.models.registry import CASE_COUNTERPARTS, FOLLOWS_PRETRAINING, NETWORK_TASKS, NETWORKS
 
 __all__ = ["PretrainedGeometry", "build_case_network", "build_from_config", "case_arch", "pretrained_geometry"]

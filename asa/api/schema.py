@@ -30,9 +30,9 @@ from asa.choices import check_choices, one_of
 from asa.methods import MaskedAutoencoderSettings, MethodSettings, get_method, registered_methods
 from asa.models import (DEFAULT_CROP, NETWORK_SETTINGS, PRESETS, RENAMED_NETWORKS, EncoderOptions,
                         EncoderSettings, NetworkSettings)
-from asa.models.case_head import POOLINGS
-from asa.models.position import POSITION_MODES
-from asa.models.segmenter import INPUT_SKIPS, SPE_FRAMES
+from asa.models.heads.case_head import POOLINGS
+from asa.models.swvit.position import POSITION_MODES
+from asa.models.swvit.segmenter import INPUT_SKIPS, SPE_FRAMES
 from asa.train import TrainerSettings
 from asa.train.case_targets import REGRESSION_LOSSES
 from asa.train.optim import OPTIMIZERS

@@ -11,11 +11,11 @@ from asa.data.datasets import (
     preprocess_for_inference,
     region_map_for_inference,
 )
-from asa.data.anatomy import LESION_NAMES, AnatomySubject, make_anatomy_subject
-from asa.data.demo import (ANATOMY_LAYOUTS, DEMO_DIAGNOSES, TARGET_LAYOUTS, default_cache_dir, demo_subject,
-                           ensure_demo_dataset, write_anatomy_dataset, write_demo_dataset)
+from asa.data.synthetic.anatomy import LESION_NAMES, AnatomySubject, make_anatomy_subject
+from asa.data.synthetic.demo import (ANATOMY_LAYOUTS, DEMO_DIAGNOSES, TARGET_LAYOUTS, default_cache_dir, demo_subject,
+                                     ensure_demo_dataset, write_anatomy_dataset, write_demo_dataset)
 from asa.data.layouts import LAYOUTS, PRETRAIN_LAYOUTS, SEGMENTATION_LAYOUTS, CaseError, detect_layout, discover
-from asa.data.phantom import Phantom, make_phantom
+from asa.data.synthetic.phantom import Phantom, make_phantom
 from asa.data.regions import REGION_SOURCES, RegionSource, cluster_tissue
 from asa.data.splits import DEFAULT_SPLITS, make_splits
 from asa.data.subjects import diseased_labels, subject_groups

@@ -1,6 +1,6 @@
 """``method=jigsaw``: 3D jigsaw puzzles (Taleb et al., NeurIPS 2020, after Noroozi & Favaro) on the shared
 SW-ViT encoder: name the permutation, out of a fixed set far apart in Hamming distance, that shuffled
-the n³ blocks of a crop (`asa.models.puzzles`). The encoder's sizes come from the ``model`` group."""
+the n³ blocks of a crop (`asa.models.heads.puzzles`). The encoder's sizes come from the ``model`` group."""
 
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ from torch import nn
 from asa.eval.probe import encode_tokens
 from asa.losses.informativeness import NORMALIZATIONS
 from asa.methods.base import MethodSettings, PanelFn, PretrainingMethod, RegionNeeds, StepFn, register_method
-from asa.models.encoder import ENCODER_PREFIX
-from asa.models.mae import LOSS_WEIGHTINGS
+from asa.models.swvit.encoder import ENCODER_PREFIX
+from asa.models.swvit.mae import LOSS_WEIGHTINGS
 from asa.models.zoo import build_network
 from asa.choices import one_of
 from asa.train.pretrain import mae_step, make_panel_fn

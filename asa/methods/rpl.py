@@ -1,6 +1,6 @@
 """``method=rpl``: 3D relative patch location (Taleb et al., NeurIPS 2020) on the shared SW-ViT encoder:
 name which of its 26 neighbours a block is, from the features of the centre block and of that
-neighbour (`asa.models.puzzles`). The encoder's sizes come from the ``model`` group."""
+neighbour (`asa.models.heads.puzzles`). The encoder's sizes come from the ``model`` group."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from torch import nn
 
 from asa.methods.base import MethodSettings, PretrainingMethod, StepFn, register_method
 from asa.models import unwrap
-from asa.models.encoder import ENCODER_PREFIX, EncoderSettings
-from asa.models.puzzles import RPL_GRID, block_layout
+from asa.models.swvit.encoder import ENCODER_PREFIX, EncoderSettings
+from asa.models.heads.puzzles import RPL_GRID, block_layout
 from asa.models.zoo import build_network
 
 __all__ = ["RelativePatchLocationPretraining", "RelativePatchLocationSettings", "encoder_options", "puzzle_step"]
@@ -62,7 +62,7 @@ class BlockPuzzleMethod(PretrainingMethod):
 
     encoder_prefixes = (ENCODER_PREFIX,)
     uses_model_group = True
-    arch: str  # the network (`asa.models.puzzles`)
+    arch: str  # the network (`asa.models.heads.puzzles`)
     grid: int  # its cells per axis
 
     def check(self) -> None:

@@ -16,7 +16,7 @@ from asa.data import diseased_labels
 from asa.eval.frozen import SWIN_PROBE_STRIDE, swin_tokens
 from asa.methods.base import MethodSettings, PanelFn, PretrainingMethod, StepFn, register_method
 from asa.models import SWIN_SIZES, unwrap
-from asa.models.sa_swin import SA_SWIN_ENCODER_PREFIXES
+from asa.models.swin.sa_swin import SA_SWIN_ENCODER_PREFIXES
 from asa.models.zoo import build_network
 from asa.train.sa_swin import make_sah_panel_fn, sah_step
 

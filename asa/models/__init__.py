@@ -1,40 +1,41 @@
 """Networks: SW-ViT with LW-MSA/SLW-MSA, symmetric position encoding, the ASA autoencoder.
 
 Every network registers itself by name in its own module (:func:`register_network`); all modules
-of this package are imported below, so a new network is a new file here.
+of this package and its family folders (``swvit/``, ``swin/``, ``cnn/``, ``heads/``) are imported below, so a
+new network is a new file in its family.
 """
 
 import importlib
 import pkgutil
 
-from asa.models.attention import LinearWindowAttention
+from asa.models.swvit.attention import LinearWindowAttention
 from asa.models.declared import Capabilities, capabilities
-from asa.models.baselines import SwinSettings, SwinUNETRSettings, UNETRSettings, ViTSettings
-from asa.models.case_baselines import SwinCaseNet, SwinCaseSettings, ViTCaseNet, ViTCaseSettings
-from asa.models.case_head import POOLINGS, ASACaseHead, AttentionPool, PooledTokenHead
+from asa.models.swin.baselines import SwinSettings, SwinUNETRSettings, UNETRSettings, ViTSettings
+from asa.models.heads.case_baselines import SwinCaseNet, SwinCaseSettings, ViTCaseNet, ViTCaseSettings
+from asa.models.heads.case_head import POOLINGS, ASACaseHead, AttentionPool, PooledTokenHead
 from asa.models.compiled import compile_blocks, unwrap
-from asa.models.encoder import EncoderOptions, EncoderSettings, SWViTEncoder, SWViTSettings
-from asa.models.dynunet import DeepSupervisedDynUNet, DynUNetSettings, plan_dynunet
+from asa.models.swvit.encoder import EncoderOptions, EncoderSettings, SWViTEncoder, SWViTSettings
+from asa.models.cnn.dynunet import DeepSupervisedDynUNet, DynUNetSettings, plan_dynunet
 from asa.models.layout import channels_last_inference
-from asa.models.mae import ASA, MAEOutput, MaskedAutoencoder
-from asa.models.objective import FocalRegionReconstruction, PatchReconstruction, reconstruction_objective
-from asa.models.patch import PatchEmbed, patch_grid, patchify, unpatchify
+from asa.models.swvit.mae import ASA, MAEOutput, MaskedAutoencoder
+from asa.models.swvit.objective import FocalRegionReconstruction, PatchReconstruction, reconstruction_objective
+from asa.models.swvit.patch import PatchEmbed, patch_grid, patchify, unpatchify
 from asa.models.portable import ENCODER_MODULES, VolumeEncoder, export_for_monai, load_encoder, network_encoder
-from asa.models.position import brain_frame_encoding, position_index, symmetric_position_encoding
+from asa.models.swvit.position import brain_frame_encoding, position_index, symmetric_position_encoding
 from asa.models.presets import DEFAULT_CROP, PRESETS, SWIN_SIZES
-from asa.models.region_attention import RegionAttention, patch_regions
+from asa.models.swvit.region_attention import RegionAttention, patch_regions
 from asa.models.registry import (NETWORK_SETTINGS, NETWORKS, RENAMED_NETWORKS, NetworkSettings, architectures,
                                  build_network, current_spec, network_spec, record_spec, register_network)
-from asa.models.sa_swin import SASwin, SASwinSettings, SymmetryAwareLayer
-from asa.models.sa_swin_pretrain import SAHOutput, SymmetryAwareHead
-from asa.models.saca import SymmetryCrossAttention, WindowSymmetryCrossAttention, mirror_index
-from asa.models.segmenter import (SPE_FRAMES, SYMMETRY_KEYS, ASASegmenter, LoadReport, SWViTSegmenter,
-                                  recorded_pretraining)
-from asa.models.swvit import SWBlock, SWViT, sw_blocks
+from asa.models.swin.sa_swin import SASwin, SASwinSettings, SymmetryAwareLayer
+from asa.models.swin.sa_swin_pretrain import SAHOutput, SymmetryAwareHead
+from asa.models.swvit.saca import SymmetryCrossAttention, WindowSymmetryCrossAttention, mirror_index
+from asa.models.swvit.segmenter import (SPE_FRAMES, SYMMETRY_KEYS, ASASegmenter, LoadReport, SWViTSegmenter,
+                                        recorded_pretraining)
+from asa.models.swvit.swvit import SWBlock, SWViT, sw_blocks
 from asa.models.zoo import build_segmentation_network
 
-for _module in pkgutil.iter_modules(__path__):  # the networks of modules not named above register too
-    importlib.import_module(f"{__name__}.{_module.name}")
+for _module in pkgutil.walk_packages(__path__, f"{__name__}."):  # the networks of modules not named above register too
+    importlib.import_module(_module.name)
 del _module
 
 __all__ = [

@@ -6,7 +6,7 @@ from __future__ import annotations
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from torch import nn
 
-from asa.models.swvit import SWBlock
+from asa.models.swvit.swvit import SWBlock
 
 COMPILED_PARTS = (SWBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock, UnetOutBlock)
 

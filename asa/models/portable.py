@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from asa.io import load_weights, save_checkpoint
-from asa.models.encoder import SWViTEncoder
-from asa.models.region_attention import patch_regions
+from asa.models.swvit.encoder import SWViTEncoder
+from asa.models.swvit.region_attention import patch_regions
 from asa.models.registry import ENCODER_MODULES, build_network, current_spec
 
 __all__ = ["ENCODER_MODULES", "VolumeEncoder", "encoder_export", "export_for_monai", "load_encoder", "network_encoder"]

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset, default_collate
 
 from asa.io import SAFETENSORS_SUFFIX, load_checkpoint, save_checkpoint, save_export_safetensors
 from asa.models import unwrap
-from asa.models.encoder import ENCODER_PREFIX
+from asa.models.swvit.encoder import ENCODER_PREFIX
 
 from .data import StopSafeLoader, loader_workers, move_to
 from .distributed import DistEnv

@@ -18,7 +18,7 @@ from asa.api.schema import SCHEMAS, as_config, check_choices, validate
 from asa.methods import MaskedAutoencoderSettings
 from asa.api.networks import build_case_network, build_from_config
 from asa.models import ASA, PRESETS, SWIN_SIZES, SymmetryAwareHead, architectures
-from asa.models.puzzles import JigsawPuzzle, RelativePatchLocation
+from asa.models.heads.puzzles import JigsawPuzzle, RelativePatchLocation
 from asa.api.common import trainer_config
 from asa.train import build_optimizer
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from asa.data import RegionSource, discover
-from asa.data.demo import write_demo_dataset
+from asa.data.synthetic.demo import write_demo_dataset
 from asa.data.store_writer import build_store
 from asa.data.preprocessing import PretrainPreprocess
 

@@ -1,4 +1,4 @@
-"""Demo subjects from the MNI152 template (asa.data.anatomy): deterministic, written in the layouts the
+"""Demo subjects from the MNI152 template (asa.data.synthetic.anatomy): deterministic, written in the layouts the
 package reads, with tissue labels and lesions that intensity alone cannot find."""
 from __future__ import annotations
 

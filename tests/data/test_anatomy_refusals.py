@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from asa.cli import demo_data
-from asa.data import anatomy, write_demo_dataset
+from asa.data import write_demo_dataset
+from asa.data.synthetic import anatomy
 
 
 @pytest.mark.parametrize("kwargs, words", [

@@ -15,7 +15,7 @@ from asa.data import (
     save_volume,
 )
 from asa.data.geometry import brain_centre, crop_or_pad
-from asa.data.phantom import make_phantom
+from asa.data.synthetic.phantom import make_phantom
 from asa.data.preprocessing import brain_mask, normalize_in_brain
 
 
@@ -157,7 +157,7 @@ def test_inference_round_trip_to_original_space(demo_root, tmp_path):
 def test_ensure_demo_dataset_generates_once(tmp_path, monkeypatch):
     root = ensure_demo_dataset("ibsr", cases=2, size=16, seed=0, cache_dir=tmp_path)
     assert len(discover("ibsr", root)) == 2
-    import asa.data.demo as demo
+    import asa.data.synthetic.demo as demo
 
     monkeypatch.setattr(demo, "write_demo_dataset", lambda *a, **k: (_ for _ in ()).throw(AssertionError("regenerated")))
     assert ensure_demo_dataset("ibsr", cases=2, size=16, seed=0, cache_dir=tmp_path) == root

@@ -11,7 +11,7 @@ import pytest
 
 from asa.cli.demo_data import main
 from asa.data import CaseError, detect_layout, discover, get_task, load_volume
-from asa.data.demo import write_nifti
+from asa.data.synthetic.demo import write_nifti
 
 EXPECTED = {  # layout: (channels, has label, stored orientation of the first case)
     "bids": (("t1",), False, ("R", "A", "S")),
@@ -147,7 +147,7 @@ def test_missing_root_and_empty_root(tmp_path):
 
 def test_msd_4d_images(tmp_path):
     """Original MSD: one 4D image per case listed in dataset.json, channels as frames."""
-    from asa.data.phantom import make_phantom
+    from asa.data.synthetic.phantom import make_phantom
 
     ph = make_phantom(16, seed=3, tumour=True)
     stacked = np.stack([ph.images["flair"], ph.images["t1"]], axis=-1)
@@ -170,7 +170,7 @@ def test_msd_4d_images(tmp_path):
 
 def test_layout_names_are_listed_once_and_every_adapter_and_demo_writer_uses_them():
     from asa.data import LAYOUTS, PRETRAIN_LAYOUTS, SEGMENTATION_LAYOUTS
-    from asa.data.demo import _WRITERS
+    from asa.data.synthetic.demo import _WRITERS
     from asa.data.layouts.base import ADAPTERS, register
 
     assert tuple(ADAPTERS) == LAYOUTS == PRETRAIN_LAYOUTS + SEGMENTATION_LAYOUTS

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from asa.data.phantom import make_phantom
+from asa.data.synthetic.phantom import make_phantom
 
 
 def _mirror(a: np.ndarray, midline: float) -> tuple[np.ndarray, np.ndarray]:

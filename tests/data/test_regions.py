@@ -15,8 +15,8 @@ from asa.data import (
     load_volume,
 )
 from asa.data.augmentation import Finalize, segmentation_train_augmentation
-from asa.data.demo import write_nifti
-from asa.data.phantom import make_phantom
+from asa.data.synthetic.demo import write_nifti
+from asa.data.synthetic.phantom import make_phantom
 from asa.data.preprocessing import brain_mask, normalize_in_brain
 
 

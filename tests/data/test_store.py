@@ -14,7 +14,7 @@ import torch
 
 import asa.data.store_writer as P
 from asa.data import RegionSource, build_pretrain_dataset, build_segmentation_dataset, discover, get_task
-from asa.data.demo import write_demo_dataset
+from asa.data.synthetic.demo import write_demo_dataset
 from asa.data.store_writer import build_store
 from asa.data.preprocessing import PretrainPreprocess, SegmentationPreprocess, case_to_item
 from asa.data.store import (StoreError, StoreSettingsError, _PaddedBackground, _PaddedForeground, open_store,

@@ -8,7 +8,7 @@ import pytest
 
 import asa.data
 from asa.io import VolumeError, load_volume, save_volume
-from asa.data.demo import write_nifti
+from asa.data.synthetic.demo import write_nifti
 
 
 def _oblique_affine() -> np.ndarray:

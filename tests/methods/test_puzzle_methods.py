@@ -8,12 +8,12 @@ import torch
 from asa.api import finetune, load_config, predict, pretrain
 from asa.api.pretrain import _method
 from asa.data import write_demo_dataset
-from asa.data.phantom import make_phantom
+from asa.data.synthetic.phantom import make_phantom
 from asa.io import load_checkpoint
 from asa.methods import JigsawSettings, RelativePatchLocationSettings
 from asa.api.networks import build_from_config
 from asa.models import ASASegmenter, load_encoder
-from asa.models.puzzles import min_hamming
+from asa.models.heads.puzzles import min_hamming
 
 
 @pytest.mark.parametrize("experiment, settings, arch", [("rpl", RelativePatchLocationSettings, "rpl_pretrain"),

@@ -170,7 +170,7 @@ def test_window_kernel_matches_plain_attention(windows):
     """`window_attention` (the CPU training path of LW-MSA) against attention written out, with a bias
     per window (and a wrap-around mask in the last one) or one for all; gradients by autograd through
     the plain version."""
-    from asa.models.window_kernel import window_attention
+    from asa.models.swvit.window_kernel import window_attention
 
     torch.manual_seed(0)
     b, h, s, d, nw = 2, 3, 8, 4, 4
@@ -232,13 +232,13 @@ def test_window_kernel_only_where_sdpa_cannot_fuse():
              (LinearWindowAttention(8, 2, window_size=4, shift=2, rel_pos_bias=False), nullcontext()),
              (LinearWindowAttention(8, 2, window_size=4, shift=2), compiling)]
     for attn, context in cases:
-        with context, mock.patch("asa.models.attention.window_attention",
+        with context, mock.patch("asa.models.swvit.attention.window_attention",
                                  side_effect=AssertionError("window kernel called")):
             assert attn(x).shape == x.shape
 
 
 def test_window_kernel_refuses_bad_shapes():
-    from asa.models.window_kernel import window_attention
+    from asa.models.swvit.window_kernel import window_attention
 
     with pytest.raises(ValueError, match="does not split"):
         window_attention(torch.randn(1, 16, 20), torch.zeros(1, 2, 4, 4), 2, 4)
@@ -256,5 +256,5 @@ def test_cuda_keeps_sdpa():
     from unittest import mock
 
     attn = LinearWindowAttention(32, 4, window_size=8, shift=4).cuda()
-    with mock.patch("asa.models.attention.window_attention", side_effect=AssertionError("window kernel called")):
+    with mock.patch("asa.models.swvit.attention.window_attention", side_effect=AssertionError("window kernel called")):
         attn(torch.randn(2, 64, 32, device="cuda", requires_grad=True)).sum().backward()

@@ -8,7 +8,7 @@ import torch
 
 from asa.api.networks import build_case_network
 from asa.models import ASA, PRESETS, ASACaseHead, ASASegmenter, build_network, network_spec
-from asa.models.encoder import ENCODER_PREFIX, EncoderSettings
+from asa.models.swvit.encoder import ENCODER_PREFIX, EncoderSettings
 
 ENC = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
 

@@ -8,7 +8,7 @@ import torch
 
 from asa.losses import DeepSupervisionLoss, SegmentationLoss
 from asa.models import build_network, capabilities, network_spec
-from asa.models.dynunet import plan_dynunet
+from asa.models.cnn.dynunet import plan_dynunet
 
 I = (1, 1, 1)
 T = (2, 2, 2)

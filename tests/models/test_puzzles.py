@@ -1,4 +1,4 @@
-"""Block puzzles (asa.models.puzzles): hand-computed labels, the permutation set, where blocks are cut,
+"""Block puzzles (asa.models.heads.puzzles): hand-computed labels, the permutation set, where blocks are cut,
 and the networks' labels end to end against an oracle head."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from asa.models import PRESETS, build_network
-from asa.models.puzzles import (CENTRE_CELL, NEIGHBOUR_OFFSETS, JigsawPuzzle, RelativePatchLocation, block_layout,
-                                cut_blocks, jigsaw_permutations, min_hamming, neighbour_class, permutation_index,
-                                shuffle_blocks)
+from asa.models.heads.puzzles import (CENTRE_CELL, NEIGHBOUR_OFFSETS, JigsawPuzzle, RelativePatchLocation, block_layout,
+                                      cut_blocks, jigsaw_permutations, min_hamming, neighbour_class, permutation_index,
+                                      shuffle_blocks)
 
 TINY = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
 

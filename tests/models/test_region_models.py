@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from asa.models import ASA, ASASegmenter, EncoderSettings, RegionAttention, SWViT, patch_regions, patchify, unpatchify
-from asa.models.attention import LinearWindowAttention
+from asa.models.swvit.attention import LinearWindowAttention
 
 TINY = dict(embed_dim=24, depth=4, num_heads=2, decoder_dim=24, decoder_depth=2, decoder_num_heads=2, window_size=8)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from asa.data import anatomy
+from asa.data.synthetic import anatomy
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "pretraining_study.py"
 _spec = importlib.util.spec_from_file_location("asa_pretraining_study", SCRIPT)

@@ -17,13 +17,13 @@ from monai.networks.nets import ViT
 from monai.networks.nets.swin_unetr import SwinTransformer
 from torch import nn
 
-from asa.models.baselines import SwinSettings, ViTSettings
-from asa.models.case_head import PooledTokenHead
+from asa.models.swin.baselines import SwinSettings, ViTSettings
+from asa.models.heads.case_head import PooledTokenHead
 from asa.models.declared import Capabilities
-from asa.models.patch import to_3tuple
+from asa.models.swvit.patch import to_3tuple
 from asa.models.presets import DEFAULT_CROP, SWIN_SIZES
 from asa.models.registry import record_spec, register_network
-from asa.models.sa_swin import SASwin
+from asa.models.swin.sa_swin import SASwin
 
 __all__ = ["ViTCaseNet", "SwinCaseNet"]
 

@@ -14,7 +14,7 @@ from monai.networks.nets import UNETR, SwinUNETR
 from torch import nn
 
 from asa.models.declared import Capabilities
-from asa.models.patch import to_3tuple
+from asa.models.swvit.patch import to_3tuple
 from asa.models.presets import SWIN_SIZES
 from asa.models.registry import NetworkSettings, record_spec, register_network
 

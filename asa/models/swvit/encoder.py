@@ -10,13 +10,13 @@ from typing import Any, Optional
 import torch
 
 from asa.choices import one_of
-from asa.models.patch import PatchEmbed, patch_grid, to_3tuple
-from asa.models.position import brain_frame_encoding, symmetric_position_encoding
-from asa.models.position import POSITION_MODES
+from asa.models.swvit.patch import PatchEmbed, patch_grid, to_3tuple
+from asa.models.swvit.position import brain_frame_encoding, symmetric_position_encoding
+from asa.models.swvit.position import POSITION_MODES
 from asa.models.presets import DEFAULT_CROP, PRESETS
 from asa.models.registry import NetworkSettings
-from asa.models.saca import SACA_PLACES, check_mirror_windows, mirror_index
-from asa.models.swvit import REGION_LAYOUTS, SWBlock, SWViT, sw_blocks
+from asa.models.swvit.saca import SACA_PLACES, check_mirror_windows, mirror_index
+from asa.models.swvit.swvit import REGION_LAYOUTS, SWBlock, SWViT, sw_blocks
 
 # the attribute under which ASA and ASASegmenter hold the encoder; its keys are what a file transfers
 ENCODER_PREFIX = "encoder."
@@ -27,7 +27,7 @@ _BASE = PRESETS["base"]
 class SWViTEncoder(SWViT):
     """Patch embedding + SPE + SW-ViT (DESIGN §1.2–1.3), shared by :class:`ASA` and :class:`ASASegmenter`.
 
-    Built from its parts: the patch embedding, the SW blocks (:func:`asa.models.swvit.sw_blocks`)
+    Built from its parts: the patch embedding, the SW blocks (:func:`asa.models.swvit.swvit.sw_blocks`)
     and the geometry: input ``img_size``, position code ``pos_mode`` folded along ``lr_axis``,
     ``reference_grid`` (default this grid). :meth:`EncoderSettings.encoder` builds it from flat settings.
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asa.models.encoder import EncoderSettings
+from asa.models.swvit.encoder import EncoderSettings
 from asa.models.registry import record_spec, register_network
 
 __all__ = ["CENTRE_CELL", "NEIGHBOUR_OFFSETS", "RPL_GRID", "BlockLayout", "JigsawPuzzle", "PuzzleOutput",

@@ -7,7 +7,7 @@ alternating RAS/LPS/LAS, CAPS and file lists RAS (MNI-like), MSD RAS.
 With ``targets=True`` the T1 layouts (BIDS, CAPS, file list) carry case targets, as ADNI does: each
 subject gets an age, a sex and a diagnosis (CN / MCI / AD) drawn from the seed (`demo_subject`),
 and an aged phantom shows them (ventricles, sulci and hippocampi change with age, hippocampi
-shrink with the diagnosis' medial-temporal atrophy; see `asa.data.phantom.make_phantom`).
+shrink with the diagnosis' medial-temporal atrophy; see `asa.data.synthetic.phantom.make_phantom`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import numpy as np
 from nibabel.orientations import axcodes2ornt, inv_ornt_aff, ornt_transform
 
 from asa.io import atomic_write_json, atomic_write_text
-from asa.data.anatomy import LESION_NAMES, make_anatomy_subject
+from asa.data.synthetic.anatomy import LESION_NAMES, make_anatomy_subject
 from asa.data.layouts.names import LAYOUTS
-from asa.data.phantom import Phantom, make_phantom
+from asa.data.synthetic.phantom import Phantom, make_phantom
 
 __all__ = ["write_demo_dataset", "write_anatomy_dataset", "ensure_demo_dataset", "default_cache_dir", "write_nifti",
            "demo_subject", "DEMO_DIAGNOSES", "TARGET_LAYOUTS", "ANATOMY_LAYOUTS"]
@@ -46,7 +46,7 @@ DEMO_AGES = (55.0, 90.0)
 TARGET_LAYOUTS = ("bids", "caps", "filelist")
 """Layouts whose demo can carry targets (``targets=True``): the T1 cohorts' layouts."""
 ANATOMY_LAYOUTS = ("bids", "caps", "filelist", "ibsr", "msd")
-"""Layouts the template subjects (``anatomy=True``, `asa.data.anatomy`) are written in: the T1 cohorts',
+"""Layouts the template subjects (``anatomy=True``, `asa.data.synthetic.anatomy`) are written in: the T1 cohorts',
 IBSR (T1 + tissue labels) and MSD (4 channels + tissue and lesion labels)."""
 _LESION_LAYOUTS = ("bids", "caps", "filelist", "msd")
 # what a writer draws subject i from: (object with images / tissue / affine, its targets or None)
@@ -207,7 +207,7 @@ def _msd(out: Path, n: int, size: int, seed: int) -> None:
 
 def _msd_anatomy(out: Path, n: int, make: _Make, lesions: bool) -> None:
     """nnU-Net v2 raw, 4 channels as the phantoms' MSD (FLAIR, T1w, T1gd, T2w); labels 0 background,
-    1 CSF, 2 GM, 3 WM and, with ``lesions``, the lesion classes of `asa.data.anatomy.LESION_NAMES`."""
+    1 CSF, 2 GM, 3 WM and, with ``lesions``, the lesion classes of `asa.data.synthetic.anatomy.LESION_NAMES`."""
     channels = ("FLAIR", "T1w", "T1gd", "T2w")
     source = ("flair", "t1", "t1ce", "t2")
     for i in range(n):
@@ -248,10 +248,10 @@ def write_demo_dataset(layout: str, out: str | Path, *, cases: int = 4, size: in
     ageless ones, unchanged.
 
     ``anatomy`` writes subjects warped from the MNI152 template instead of phantoms
-    (`asa.data.anatomy.make_anatomy_subject`; needs ``pip install "asa[anatomy]"``), in the layouts
+    (`asa.data.synthetic.anatomy.make_anatomy_subject`; needs ``pip install "asa[anatomy]"``), in the layouts
     `ANATOMY_LAYOUTS`: ``size`` is then the grid that holds the whole brain (64 -> about 3 mm voxels),
     not 1 mm voxels. ``lesions`` (with ``anatomy``; not IBSR, whose labels hold tissue only) adds the
-    lesion kinds of `asa.data.anatomy.LESION_NAMES`, labelled 4 and 5 in the MSD layout.
+    lesion kinds of `asa.data.synthetic.anatomy.LESION_NAMES`, labelled 4 and 5 in the MSD layout.
 
     ``out`` must be missing or empty: a folder holding anything is refused (`FileExistsError`, naming
     what is there) unless ``overwrite``, since the phantoms would replace or mix with its files."""
@@ -317,7 +317,7 @@ def write_anatomy_dataset(layout: str, out: str | Path, *, cases: int = 4, size:
     channels (FLAIR, T1w, T1gd, T2w; float32, RAS) and labels 0 background, 1 CSF, 2 GM, 3 WM, plus,
     with ``lesions``, 4 heterotopia (grey-matter nodules in deep white matter) and 5
     deep_grey_enlargement (the deep grey nuclei of one hemisphere grown): lesions with the intensities of normal
-    tissue, found only from context (`asa.data.anatomy`). ``lesions`` also works for the T1 layouts
+    tissue, found only from context (`asa.data.synthetic.anatomy`). ``lesions`` also works for the T1 layouts
     (lesioned, unlabelled images); IBSR is refused (`ValueError`).
 
     ``size``: the grid, one edge or (x, y, z), that holds the whole brain isotropically (64 ->

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asa.models.window_kernel import window_attention
+from asa.models.swvit.window_kernel import window_attention
 
 
 class LinearWindowAttention(nn.Module):

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from asa.models.declared import Capabilities
-from asa.models.encoder import EncoderSettings, SWViTSettings
+from asa.models.swvit.encoder import EncoderSettings, SWViTSettings
 from asa.models.registry import record_spec, register_network
-from asa.models.saca import SACA_PLACES
-from asa.models.segmenter import ASASegmenter
+from asa.models.swvit.saca import SACA_PLACES
+from asa.models.swvit.segmenter import ASASegmenter
 
 POOLINGS = ("mean", "attention")
 
@@ -34,7 +34,7 @@ class AttentionPool(nn.Module):
 
 class PooledTokenHead(nn.Module):
     """Base of the case networks (the SW-ViT's :class:`ASACaseHead`, the MONAI baselines of
-    `asa.models.case_baselines`): an encoder's tokens [B, N, C] pooled (``pooling``: ``mean``, or
+    `asa.models.heads.case_baselines`): an encoder's tokens [B, N, C] pooled (``pooling``: ``mean``, or
     ``attention`` with one learned query, module ``pool``), then the MLP ``mlp``: LayerNorm → Linear
     → GELU → dropout → Linear to ``out_channels`` outputs, given as ``target_shift + target_scale ·
     MLP(pooled)`` (a regression head learns the standardised target). A subclass checks the options

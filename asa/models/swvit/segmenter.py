@@ -17,11 +17,11 @@ from torch import nn
 
 from asa.io import load_weights
 from asa.models.declared import Capabilities
-from asa.models.encoder import ENCODER_PREFIX, EncoderSettings, SWViTEncoder, SWViTSettings
-from asa.models.patch import patch_grid, to_3tuple
-from asa.models.region_attention import patch_regions
+from asa.models.swvit.encoder import ENCODER_PREFIX, EncoderSettings, SWViTEncoder, SWViTSettings
+from asa.models.swvit.patch import patch_grid, to_3tuple
+from asa.models.swvit.region_attention import patch_regions
 from asa.models.registry import ENCODER_MODULES, NETWORK_TASKS, current_spec, record_spec, register_network
-from asa.models.saca import SACA_PLACES
+from asa.models.swvit.saca import SACA_PLACES
 
 
 @dataclass

@@ -1,0 +1,2 @@
+"""Generated data: brain phantoms, subjects warped from the MNI152 template, and the demo datasets
+written in each real layout."""

@@ -1,0 +1,1 @@
+"""Convolutional U-Nets planned as nnU-Net plans them."""

@@ -1,0 +1,1 @@
+"""Heads on an encoder: the case heads (classification, regression) and the block puzzles' heads."""

@@ -1,0 +1,1 @@
+"""MONAI's transformer baselines (UNETR, SwinUNETR) and SA-Swin with its Symmetry-Aware Head."""
