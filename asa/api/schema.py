@@ -527,9 +527,8 @@ def register() -> None:
     # network it names, so a preset or experiment setting an option the network lacks is refused naming it
     for arch, settings in NETWORK_SETTINGS.items():
         store.store(group="network", name=arch, node=asdict(settings(arch=arch)))
-    for arch, settings in PRETRAIN_MODELS.items():  # asa-pretrain model=resenc: its settings at their defaults
-        if arch != "swvit":  # the SW-ViT's: the sizes groups below
-            store.store(group="pretrain_network", name=arch, node=asdict(settings()))
+    for arch, settings in PRETRAIN_MODELS.items():  # asa-pretrain's model presets start from these defaults
+        store.store(group="pretrain_network", name=arch, node=asdict(settings()))
     for name, sizes in PRESETS.items():  # model=tiny|small|base: the encoder and, for pretraining, the decoder
         encoder = asdict(EncoderOptions(**{k: v for k, v in sizes.items() if k not in DECODER_KEYS}))
         sized = {k: v for k, v in encoder.items() if k not in NOT_SIZES}

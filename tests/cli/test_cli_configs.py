@@ -16,6 +16,7 @@ from asa.api.config import ENTRY_POINTS, compose_config, config_path
 from asa.api.pretrain import _method
 from asa.api.schema import SCHEMAS, as_config, check_choices, validate
 from asa.methods import MaskedAutoencoderSettings
+from asa.models.cnn.masked import ResEncMaskedAutoencoder
 from asa.api.networks import build_case_network, build_from_config
 from asa.models import ASA, PRESETS, SWIN_SIZES, SymmetryAwareHead, architectures
 from asa.models.heads.puzzles import JigsawPuzzle, RelativePatchLocation
@@ -40,8 +41,8 @@ CASES = [(entry, group, name) for entry in ("pretrain", "finetune") for group in
 
 
 def test_groups_are_complete():
-    assert options("pretrain", "model") == ["base", "small", "tiny"]
-    assert options("finetune", "model") == ["base", "dynunet", "sa_swin", "small", "swin_case", "swin_unetr", "tiny",
+    assert options("pretrain", "model") == ["base", "resenc", "small", "tiny"]
+    assert options("finetune", "model") == ["base", "dynunet", "resenc", "sa_swin", "small", "swin_case", "swin_unetr", "tiny",
                                             "unetr", "vit_case"]
     assert {"adni", "demo", "oasis"} <= set(options("pretrain", "data"))
     assert options("finetune", "data") == ["brats", "ibsr", "msd", "targets", "wmh"]
@@ -61,7 +62,8 @@ def _build(entry: str, composed) -> None:
     if entry == "pretrain":
         cfg.data.crop = 48 if cfg.method.name in PUZZLES else 32  # puzzles: 3 cells of 16 voxels, 1-patch blocks
         net = _method(cfg).build_network()  # the configured method's network
-        assert isinstance(net, {"sa_swin": SymmetryAwareHead, **PUZZLES}.get(cfg.method.name, ASA))
+        masked = ResEncMaskedAutoencoder if model.get("arch") == "resenc" else ASA
+        assert isinstance(net, {"sa_swin": SymmetryAwareHead, **PUZZLES}.get(cfg.method.name, masked))
     elif model.get("arch") in architectures("case"):  # a case network (data.task=case): pooled tokens, an MLP
         net = build_case_network(model, in_channels=1, out_channels=2, crop=32, default_crop=32)
     else:

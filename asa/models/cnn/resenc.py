@@ -32,6 +32,7 @@ from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 from torch import nn
 
 from asa.choices import one_of
+from asa.models.cnn.transfer import load_resenc_encoder
 from asa.models.declared import Capabilities
 from asa.models.registry import NetworkSettings, record_spec, register_network
 
@@ -168,14 +169,12 @@ class ResEncUNet(ResidualEncoderUNet):
         out = self.decoder(self.encoder(self.with_coordinates(x, offsets)))
         return out[: self.supervised_outputs] if isinstance(out, list) else out
 
-    def load_pretrained(self, path: str | Path, checkpoint: dict | None = None) -> Any:
+    def load_pretrained(self, path: str | Path, checkpoint: dict | None = None, verbose: bool = True) -> Any:
         """Initialise the stem and encoder stages from a resenc pretraining file (checkpoint or encoder
         export); the decoder stays fresh. A 1-image-channel stem is repeated over this network's image
         channels and divided by their number (the coordinate channel's weights kept); every encoder tensor
         must match, else the error names the first keys at fault. Returns the load report."""
-        from asa.models.cnn.transfer import load_resenc_encoder  # beside the network, imported when used
-
-        return load_resenc_encoder(self, path, checkpoint=checkpoint)
+        return load_resenc_encoder(self, path, checkpoint=checkpoint, verbose=verbose)
 
 
 @register_network("resenc", task="segmentation", encoder="encoder", settings=ResEncSettings)
