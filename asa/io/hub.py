@@ -34,6 +34,7 @@ import torch
 from asa.io.atomic import _fsync_dir, _umask, default_file_mode
 from asa.io.checkpoint import CheckpointError, load_checkpoint
 from asa.io.export_safetensors import SAFETENSORS_SUFFIX, load_export_safetensors, save_export_safetensors
+from asa.io.foreign import read_foreign
 
 __all__ = ["CARD_FILE", "CONFIG_FILE", "FOLDER_FORMAT", "HUB_PREFIX", "MODEL_FILE", "is_model_folder",
            "load_model_folder", "load_weights", "resolve_hub_id", "write_model_folder"]
@@ -138,11 +139,14 @@ def load_weights(path: str | os.PathLike, map_location: str | torch.device = "cp
     """A pretraining checkpoint or encoder export as a dict: ``.safetensors`` files through
     :func:`load_export_safetensors`, a model folder of ``asa-export`` (or a hub id
     ``hf://owner/name``, with ``huggingface_hub`` installed) through :func:`load_model_folder`,
-    anything else through ``asa.io.load_checkpoint`` (weights only)."""
+    anything else through ``asa.io.load_checkpoint`` (weights only); a published residual-encoder checkpoint
+    (nnssl / OpenMind, nnU-Net v2, AMAES: `asa.io.foreign`) comes back as a ``resenc`` encoder export, its
+    adaptation plan under ``"foreign"``."""
     if isinstance(path, str) and path.startswith(HUB_PREFIX):
         path = resolve_hub_id(path)
     if Path(path).is_dir():
         return load_model_folder(path, map_location)
     if Path(path).suffix.lower() == SAFETENSORS_SUFFIX:
         return load_export_safetensors(path, map_location)
-    return load_checkpoint(path, map_location)
+    state = load_checkpoint(path, map_location)
+    return read_foreign(path, state) or state
