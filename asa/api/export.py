@@ -18,19 +18,22 @@ from typing import Any
 import asa
 from asa.api.common import refusing
 from asa.data.preprocessing import PERCENTILES
-from asa.io import load_weights, write_model_folder
+from asa.io import atomic_write_json, load_weights, save_checkpoint, write_model_folder
 from asa.io.hub import FOLDER_FORMAT, MODEL_FILE
+from asa.models.cnn.nnunet import RESENC_ARCHS, describe_nnunet, nnunet_checkpoint, nnunet_plans_snippet
 from asa.models.portable import encoder_export
 
-__all__ = ["export_model", "model_card", "model_config"]
+__all__ = ["NNUNET_PLANS", "NNUNET_WEIGHTS", "export_model", "model_card", "model_config"]
 
 # the run's data settings a model folder repeats; size / patch_size: the crop of runs before data.crop, as recorded
 DATA_KEYS = ("name", "layout", "task", "channels", "crop", "size", "patch_size", "resample_mm", "lr_centre")
 CHECKPOINT_DIR = "checkpoints"
+NNUNET_WEIGHTS = "nnunet_pretrained_weights.pth"  # a resenc encoder for nnUNetv2_train -pretrained_weights
+NNUNET_PLANS = "nnunet_plans.json"  # the plans configuration that builds the network those weights fit
 
 
 def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False,
-                 license: str = "other") -> Path:
+                 license: str = "other", nnunet_channels: int | None = None) -> Path:
     """Write the hub-ready model folder of ``checkpoint`` to ``out_dir``; returns ``out_dir``.
 
     Args:
@@ -41,6 +44,12 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         overwrite: replace a non-empty ``out_dir`` as a whole.
         license: the model card's licence field (a Hugging Face licence id, e.g. ``apache-2.0``;
             ``other``: stated in the card's text).
+        nnunet_channels: for a resenc encoder, the image channels of the nnU-Net checkpoint (a 1-channel stem
+            is repeated and divided by their number; None: the encoder's own).
+
+    A resenc encoder (without the coordinate channel) also gets ``nnunet_pretrained_weights.pth`` and
+    ``nnunet_plans.json`` (`asa.models.cnn.nnunet`): ``nnUNetv2_train ... -pretrained_weights`` loads the one
+    into the network nnU-Net builds from the other.
 
     A bad input is refused (`asa.api.common.OptionError`, exit 2 from the console script) before anything is written.
     """
@@ -59,7 +68,20 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         export = encoder_export(source, state)
         config = model_config(source, state, export, license=license)
         card = model_card(config)
-    return write_model_folder(out, export, config, card, overwrite=overwrite)
+        spec = export["network"]
+        nnunet = None
+        if spec.get("arch") in RESENC_ARCHS and not spec.get("kwargs", {}).get("coord_channel"):
+            nnunet = (nnunet_checkpoint(export, in_channels=nnunet_channels, source=str(source)),
+                      nnunet_plans_snippet(spec, str(source)))
+            card += "\n## nnU-Net v2\n\n```\n" + describe_nnunet(Path("."), NNUNET_WEIGHTS, NNUNET_PLANS) + "\n```\n"
+        if nnunet is None and nnunet_channels is not None:
+            raise ValueError(f"--nnunet-channels: {source} holds a {spec.get('arch')!r} encoder; the nnU-Net export "
+                             "takes a resenc encoder without the coordinate channel")
+    folder = write_model_folder(out, export, config, card, overwrite=overwrite)
+    if nnunet is not None:
+        save_checkpoint(folder / NNUNET_WEIGHTS, nnunet[0])
+        atomic_write_json(folder / NNUNET_PLANS, nnunet[1])
+    return folder
 
 
 def _git_commit() -> str | None:
