@@ -217,7 +217,7 @@ def describe_foreign(info: Mapping[str, Any]) -> list[str]:
         "outside the encoder (pretraining decoder, heads)",
         f"plan crop: {info['crop']} ({info['crop_from']}); asa-finetune follows it when data.crop is unset",
         "plan spacing: " + (f"{spacing} mm ({info.get('spacing_style')})" if spacing else "not recorded")
-        + "; stated, not applied: asa resamples to data.resample_mm (set it to match)",
+        + "; stated, not applied: asa-finetune uses the images' own grid (resample them to it beforehand)",
         "plan normalisation: " + (", ".join(map(str, norm)) if norm else "not recorded")
         + "; stated, not applied: asa clips to brain percentiles and z-scores inside the brain",
         f"plan input channels: {info.get('input_channels')}; a 1-channel stem is repeated over the task's "
