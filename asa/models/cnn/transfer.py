@@ -113,8 +113,8 @@ def match_resenc_encoder(own: dict[str, torch.Tensor], blob: dict, path: str | P
                    ] if report.mismatched else []
     if faults:
         hint = ("a resenc of another size or crop plan (model.size, data.crop)" if foreign is None else
-                f"a {foreign['layout']} checkpoint whose encoder is not the network's (for ResEnc-L: model.size=L "
-                "and a crop of 5 halvings, e.g. data.crop=160), or a damaged file")
+                f"a damaged {foreign['layout']} checkpoint (the network's topology is read off the file's own "
+                "encoder tensors, so every one of them should fit)")
         counts = (f"loaded {len(report.loaded)} / missing {len(report.missing)} / unexpected {len(report.unexpected)}"
                   f" / shape-mismatched {len(report.mismatched)} encoder tensors")
         raise ValueError("\n".join([f"model.pretrained={path}: refused, not every encoder tensor matched: "
