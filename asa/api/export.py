@@ -18,19 +18,24 @@ from typing import Any
 import asa
 from asa.api.common import refusing
 from asa.data.preprocessing import PERCENTILES
-from asa.io import load_weights, write_model_folder
-from asa.io.hub import FOLDER_FORMAT, MODEL_FILE
+from asa.io import atomic_write_json, load_weights, save_checkpoint, write_model_folder
+from asa.io.hub import FOLDER_FORMAT, MODEL_FILE, SEGMENTER_FILE
+from asa.models.cnn.nnunet import RESENC_ARCHS, describe_nnunet, nnunet_checkpoint, nnunet_plans_snippet
 from asa.models.portable import encoder_export
+from asa.models.registry import NETWORK_TASKS, current_spec
 
-__all__ = ["export_model", "model_card", "model_config"]
+__all__ = ["NNUNET_PLANS", "NNUNET_WEIGHTS", "export_model", "model_card", "model_config"]
 
 # the run's data settings a model folder repeats; size / patch_size: the crop of runs before data.crop, as recorded
 DATA_KEYS = ("name", "layout", "task", "channels", "crop", "size", "patch_size", "resample_mm", "lr_centre")
 CHECKPOINT_DIR = "checkpoints"
+NNUNET_WEIGHTS = "nnunet_pretrained_weights.pth"  # a resenc encoder for nnUNetv2_train -pretrained_weights
+NNUNET_PLANS = "nnunet_plans.json"  # the plans configuration that builds the network those weights fit
+COMMAND_FILE = "command.txt"  # beside config.yaml in a run folder: the command line that started the run
 
 
 def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False,
-                 license: str = "other") -> Path:
+                 license: str = "other", nnunet_channels: int | None = None) -> Path:
     """Write the hub-ready model folder of ``checkpoint`` to ``out_dir``; returns ``out_dir``.
 
     Args:
@@ -41,6 +46,15 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         overwrite: replace a non-empty ``out_dir`` as a whole.
         license: the model card's licence field (a Hugging Face licence id, e.g. ``apache-2.0``;
             ``other``: stated in the card's text).
+        nnunet_channels: for a resenc encoder, the image channels of the nnU-Net checkpoint (a 1-channel stem
+            is repeated and divided by their number; None: the encoder's own).
+
+    A fine-tuning checkpoint also gives ``segmenter.pt``, the whole network (weights, spec, run config) that
+    ``asa-predict checkpoint=OUT_DIR`` uses, and the card names its task, training data, the metrics of
+    asa-evaluate runs found in the run folder and the command that made it. A resenc encoder (without the
+    coordinate channel) also gets ``nnunet_pretrained_weights.pth`` and
+    ``nnunet_plans.json`` (`asa.models.cnn.nnunet`): ``nnUNetv2_train ... -pretrained_weights`` loads the one
+    into the network nnU-Net builds from the other.
 
     A bad input is refused (`asa.api.common.OptionError`, exit 2 from the console script) before anything is written.
     """
@@ -59,7 +73,59 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         export = encoder_export(source, state)
         config = model_config(source, state, export, license=license)
         card = model_card(config)
-    return write_model_folder(out, export, config, card, overwrite=overwrite)
+        spec = export["network"]
+        nnunet = None
+        if spec.get("arch") in RESENC_ARCHS and not spec.get("kwargs", {}).get("coord_channel"):
+            nnunet = (nnunet_checkpoint(export, in_channels=nnunet_channels, source=str(source)),
+                      nnunet_plans_snippet(spec, str(source)))
+            card += "\n## nnU-Net v2\n\n```\n" + describe_nnunet(Path("."), NNUNET_WEIGHTS, NNUNET_PLANS) + "\n```\n"
+        segmenter = _segmenter(state)
+        if segmenter is not None:
+            card += segmenter_card(source, segmenter["config"])
+        if nnunet is None and nnunet_channels is not None:
+            raise ValueError(f"--nnunet-channels: {source} holds a {spec.get('arch')!r} encoder; the nnU-Net export "
+                             "takes a resenc encoder without the coordinate channel")
+    folder = write_model_folder(out, export, config, card, overwrite=overwrite)
+    if nnunet is not None:
+        save_checkpoint(folder / NNUNET_WEIGHTS, nnunet[0])
+        atomic_write_json(folder / NNUNET_PLANS, nnunet[1])
+    if segmenter is not None:
+        save_checkpoint(folder / SEGMENTER_FILE, segmenter)
+    return folder
+
+
+def _segmenter(state: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The whole fine-tuned network of a fine-tuning checkpoint as asa-predict reads it (weights, spec, run
+    config, step; no optimiser state), or None for any other file."""
+    config = state.get("config")
+    if not isinstance(config, Mapping) or "task" not in config or not isinstance(state.get("model"), Mapping):
+        return None
+    if NETWORK_TASKS.get(current_spec(state["network"])["arch"]) == "pretraining":
+        return None
+    return {"model": dict(state["model"]), "network": state["network"], "config": dict(config),
+            "step": int(state.get("step") or 0)}
+
+
+def segmenter_card(source: Path, config: Mapping[str, Any]) -> str:
+    """The model card's section on the whole segmenter: task, training data, the command that made it."""
+    task = config.get("task") if isinstance(config.get("task"), Mapping) else {}
+    data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
+    run = source.parent.parent if source.parent.name == CHECKPOINT_DIR else None
+    command = None
+    if run is not None and (run / COMMAND_FILE).is_file():
+        command = (run / COMMAND_FILE).read_text(encoding="utf-8").strip()
+    labels = task.get("labels") or task.get("regions") or task.get("classes")
+    return "\n".join([
+        "", "## Segmenter", "",
+        f"`{SEGMENTER_FILE}` is the whole fine-tuned network ({source.name}); predict with",
+        "", "```", "asa-predict checkpoint=path/to/this/folder input=IMAGES output=PREDICTIONS", "```", "",
+        f"- task: {task.get('name', 'unknown')}" + (f", outputs {labels}" if labels else ""),
+        f"- training data: {data.get('name', 'unknown')}" + (f" at {data['root']}" if data.get("root") else "")
+        + (f", split {data['split_file']}" if data.get("split_file") else ""),
+        "- metrics on its test split: the asa-evaluate summaries under Metrics (none: not evaluated in the run "
+        "folder)",
+        f"- command: `{command}`" if command else "- command: not recorded with the run (runs before command.txt)",
+        ""])
 
 
 def _git_commit() -> str | None:

@@ -110,8 +110,16 @@ def build_from_config(
                          f"{', '.join(architectures('segmentation'))}")
     channels = dict(in_channels=in_channels, out_channels=out_channels)
     if arch not in FOLLOWS_PRETRAINING:
+        blob = load_weights(pretrained) if pretrained and arch == "resenc" else None  # read once
+        if crop is None and blob is not None and "foreign" in blob:  # a published checkpoint's recommended crop
+            crop = int(blob["foreign"]["crop"])
         size = pretrained_geometry(None, crop=crop, pos_mode=None, lr_axis=None, default_crop=default_crop).crop
+        if blob is not None and "foreign" in blob:  # the topology is the checkpoint's, whatever model.size says
+            recorded = blob["network"]["kwargs"]
+            options |= {key: recorded[key] for key in ("features", "strides", "blocks", "decoder_convs")}
         net = build_network({"arch": arch, "kwargs": {"img_size": (size,) * 3, **channels, **options}})
+        if blob is not None:
+            return _load(net, arch, pretrained, lambda: net.load_pretrained(pretrained, checkpoint=blob))
         return _load(net, arch, pretrained)
     if not isinstance(segmenter, SegmenterConfig):  # a mapping: the keys it gives, the rest at the schema's defaults
         segmenter = SegmenterConfig(**segmenter)

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR as a whole")
     parser.add_argument("--license", default="other",
                         help="the model card's licence id (e.g. apache-2.0; default: other, the training data's terms)")
+    parser.add_argument("--nnunet-channels", type=int, default=None, metavar="K",
+                        help="a resenc encoder's nnU-Net checkpoint for K image channels (a 1-channel stem repeated "
+                             "and divided by K; default: the encoder's own)")
     parser.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     return parser
 
@@ -36,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        out = export_model(args.checkpoint, args.out_dir, overwrite=args.overwrite, license=args.license)
+        out = export_model(args.checkpoint, args.out_dir, overwrite=args.overwrite, license=args.license,
+                           nnunet_channels=args.nnunet_channels)
     except (OptionError, FileExistsError) as err:
         if args.debug:
             raise
@@ -47,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"[asa-export] error: {describe_error(err)}", file=sys.stderr, flush=True)
         return EXIT_FAILED
-    print(f"[asa-export] wrote {out}/: model.safetensors, config.json, README.md")
+    extra = ", nnunet_pretrained_weights.pth, nnunet_plans.json" if (out / "nnunet_plans.json").is_file() else ""
+    print(f"[asa-export] wrote {out}/: model.safetensors, config.json, README.md{extra}")
     return EXIT_FINISHED
 
 

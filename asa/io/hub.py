@@ -11,6 +11,9 @@ A model folder holds three files:
 ``README.md``          the model card (YAML front matter with the licence and tags, then text)
 =====================  =======================================================================
 
+A folder exported from a fine-tuning checkpoint also holds ``segmenter.pt`` (the whole network, its spec and
+the run config; :func:`segmenter_checkpoint`), which ``asa-predict checkpoint=<folder>`` reads.
+
 :func:`write_model_folder` writes them into a fresh folder beside the target and renames it into
 place, so a reader never sees half a folder. :func:`load_model_folder` reads one back as the
 encoder export dict that ``asa.io.load_weights`` returns for ``encoder.pt``. A hub id
@@ -34,15 +37,30 @@ import torch
 from asa.io.atomic import _fsync_dir, _umask, default_file_mode
 from asa.io.checkpoint import CheckpointError, load_checkpoint
 from asa.io.export_safetensors import SAFETENSORS_SUFFIX, load_export_safetensors, save_export_safetensors
+from asa.io.foreign import read_foreign
 
-__all__ = ["CARD_FILE", "CONFIG_FILE", "FOLDER_FORMAT", "HUB_PREFIX", "MODEL_FILE", "is_model_folder",
-           "load_model_folder", "load_weights", "resolve_hub_id", "write_model_folder"]
+__all__ = ["CARD_FILE", "CONFIG_FILE", "FOLDER_FORMAT", "HUB_PREFIX", "MODEL_FILE", "SEGMENTER_FILE", "is_model_folder",
+           "load_model_folder", "load_weights", "resolve_hub_id", "segmenter_checkpoint", "write_model_folder"]
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 FOLDER_FORMAT = "asa.model_folder"
 HUB_PREFIX = "hf://"
+# a folder exported from a fine-tuning checkpoint also carries the whole segmenter: the network's weights, its
+# spec and the run config (task, data), as asa-predict reads a best.pt / last.pt
+SEGMENTER_FILE = "segmenter.pt"
+
+
+def segmenter_checkpoint(folder: str | os.PathLike) -> Path:
+    """The whole fine-tuned network of a model folder (``segmenter.pt``); refused, naming the folder, when it
+    carries an encoder only."""
+    path = Path(folder) / SEGMENTER_FILE
+    if not path.is_file():
+        raise CheckpointError(f"model folder {folder}: no {SEGMENTER_FILE}: it carries a pretrained encoder only; "
+                              "asa-export a fine-tuning checkpoint (asa-finetune's best.pt or last.pt) for a folder "
+                              "asa-predict can use")
+    return path
 
 
 def is_model_folder(path: str | os.PathLike) -> bool:
@@ -138,11 +156,14 @@ def load_weights(path: str | os.PathLike, map_location: str | torch.device = "cp
     """A pretraining checkpoint or encoder export as a dict: ``.safetensors`` files through
     :func:`load_export_safetensors`, a model folder of ``asa-export`` (or a hub id
     ``hf://owner/name``, with ``huggingface_hub`` installed) through :func:`load_model_folder`,
-    anything else through ``asa.io.load_checkpoint`` (weights only)."""
+    anything else through ``asa.io.load_checkpoint`` (weights only); a published residual-encoder checkpoint
+    (nnssl / OpenMind, nnU-Net v2, AMAES: `asa.io.foreign`) comes back as a ``resenc`` encoder export, its
+    adaptation plan under ``"foreign"``."""
     if isinstance(path, str) and path.startswith(HUB_PREFIX):
         path = resolve_hub_id(path)
     if Path(path).is_dir():
         return load_model_folder(path, map_location)
     if Path(path).suffix.lower() == SAFETENSORS_SUFFIX:
         return load_export_safetensors(path, map_location)
-    return load_checkpoint(path, map_location)
+    state = load_checkpoint(path, map_location)
+    return read_foreign(path, state) or state

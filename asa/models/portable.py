@@ -117,7 +117,7 @@ def network_encoder(net: nn.Module, arch: str) -> nn.Module:
 
 
 def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = "cpu",
-                 state: Mapping | None = None) -> nn.Module:
+                 state: Mapping | None = None, verbose: bool = True) -> nn.Module:
     """The pretrained encoder of an export or checkpoint, weights loaded, in eval mode.
 
     ``path``: ``encoder.safetensors`` or ``encoder.pt`` (``asa-pretrain``'s exports), a model folder
@@ -129,11 +129,28 @@ def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = 
     (x [B, C, D, H, W] -> tokens [B, N, E]); for SA-Swin and SwinUNETR MONAI's ``SwinTransformer``
     (``forward(x, normalize=True)`` -> the five stage outputs [B, F·2^k, D/2^(k+1), ...], k = 0..4);
     for UNETR MONAI's ``ViT`` (-> (tokens, hidden states)).
+
+    A published residual-encoder checkpoint (nnssl / OpenMind ResEnc-L ``checkpoint_final.pth``, an nnU-Net v2
+    checkpoint, an AMAES Lightning ``.ckpt``: `asa.io.foreign`) gives the ``resenc`` encoder
+    (dynamic-network-architectures' ``ResidualEncoder``: x [B, C, D, H, W] -> the stage outputs), its topology
+    read off the tensors; every encoder tensor of the file must fit and every one of the network be there, and
+    the load report (tensors loaded / missing / unexpected / shape-mismatched, and the checkpoint's adaptation
+    plan) is printed when ``verbose``.
     """
     state = load_weights(path, map_location) if state is None else state
     spec, name, weights = _spec_and_weights(path, state)
     net = build_network(spec)  # the whole network (a pretraining decoder too), then only its encoder is kept
     encoder = getattr(net, name)
+    if "foreign" in state:  # a published checkpoint: matched tensor by tensor, reported in one block
+        from asa.models.cnn.transfer import match_resenc_encoder
+
+        kwargs = spec["kwargs"]
+        update, report = match_resenc_encoder(encoder.state_dict(prefix=f"{name}."), dict(state), path,
+                                              image_channels=int(kwargs["in_channels"]))
+        encoder.load_state_dict({k[len(name) + 1:]: v for k, v in update.items()}, strict=True)
+        if verbose:
+            print(f"pretrained encoder from {path}:\n{report}")
+        return network_encoder(net, spec["arch"]).to(map_location).eval()
     try:
         encoder.load_state_dict(weights, strict=True)
     except RuntimeError as err:
