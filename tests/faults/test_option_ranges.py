@@ -36,3 +36,18 @@ def test_preprocess_refuses_a_file_as_the_store(tmp_path, capsys):
     err = _refused("asa-preprocess", preprocess, _store_options(tmp_path, tmp_path / "store", "workers=1"), capsys)
     assert f"data.store={tmp_path / 'store'} is a file; expected the store folder to write" in err
     assert (tmp_path / "store").read_text() == "a file"
+
+
+def _pretrain(tmp_path: Path, *extra: str) -> list[str]:
+    return ["model=tiny", "trainer=smoke", "data.demo.cases=2", "data.demo.size=32",
+            f"data.demo.cache_dir={tmp_path / 'cache'}", "device=cpu", "probe.every=0",
+            f"output_dir={tmp_path / 'run'}", *extra]
+
+
+def test_a_jigsaw_with_nothing_to_learn_is_refused(tmp_path, capsys):
+    from asa.api import pretrain
+
+    err = _refused("asa-pretrain", pretrain, _pretrain(tmp_path, "experiment=jigsaw", "data.crop=32", "method.grid=2",
+                                                       "method.permutations=1"), capsys)
+    assert "method.permutations=1: a jigsaw with fewer than 2 permutations has nothing to learn" in err
+    assert not (tmp_path / "run").exists()
