@@ -31,3 +31,24 @@ def test_finetune_refuses_a_crop_sa_swin_cannot_take_before_writing(tmp_path):
         finetune(compose_config("finetune", ["model=sa_swin", f"output_dir={out}", "device=cpu", "data.crop=32",
                                              "model.feature_size=12", "data.num_workers=0"]))
     assert not out.exists()
+
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_pretrain_refuses_a_crop_larger_than_every_volume(tmp_path, capsys, stored):
+    from asa.api import preprocess, pretrain
+    from asa.cli.common import EXIT_REFUSED, entry
+
+    data = ["data.demo.cases=3", "data.demo.size=32", f"data.demo.cache_dir={tmp_path / 'cache'}"]
+    if stored:  # a store written for this crop: its recorded grids are compared
+        preprocess(compose_config("preprocess", ["data=demo", *data, "data.crop=64", f"data.store={tmp_path / 's'}",
+                                                 "workers=1", "progress=false"]))
+        data.append(f"data.store={tmp_path / 's'}")
+    cfg = compose_config("pretrain", ["model=tiny", "trainer=smoke", "device=cpu", "probe.every=0", "data.crop=64",
+                                      f"output_dir={tmp_path / 'run'}", *data])
+    with pytest.raises(SystemExit) as stop:
+        entry("asa-pretrain", pretrain, cfg)
+    err = capsys.readouterr().err
+    assert stop.value.code == EXIT_REFUSED, err
+    assert "data.crop=64: the crop is larger than every volume along every axis (the largest, sub-DEMO" in err
+    assert "is 32×32×32" in err and "set data.crop=32 or smaller" in err
+    assert (f"in {tmp_path / 's'}" in err) == stored
