@@ -51,3 +51,25 @@ def test_a_jigsaw_with_nothing_to_learn_is_refused(tmp_path, capsys):
                                                        "method.permutations=1"), capsys)
     assert "method.permutations=1: a jigsaw with fewer than 2 permutations has nothing to learn" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.num_heads=0"], "model.num_heads=0: expected an integer >= 1"),
+    (["model=sa_swin", "model.window_size=-1"], "model.window_size=-1: expected an integer >= 1"),
+    (["model.lr_axis=3"], "model.lr_axis=3: expected an integer in [0, 2] or null"),
+    (["model=unetr", "model.hidden_size=0"], "model.hidden_size=0: expected an integer >= 1"),
+    (["model=swin_unetr", "model.drop_rate=1.5"], "model.drop_rate=1.5: expected a number in [0.0, 1.0]"),
+])
+def test_network_settings_out_of_range_are_refused_naming_the_key(tmp_path, capsys, overrides, message):
+    from asa.api import finetune
+
+    err = _refused("asa-finetune", finetune, ["trainer=smoke", "device=cpu", f"output_dir={tmp_path / 'run'}",
+                                              *overrides], capsys)
+    assert message in err and not (tmp_path / "run").exists()
+
+
+def test_pretraining_encoder_sizes_are_range_checked(tmp_path, capsys):
+    from asa.api import pretrain
+
+    err = _refused("asa-pretrain", pretrain, _pretrain(tmp_path, "model.depth=0"), capsys)
+    assert "model.depth=0: expected an integer >= 1" in err
