@@ -52,3 +52,26 @@ def test_pretrain_refuses_a_crop_larger_than_every_volume(tmp_path, capsys, stor
     assert "data.crop=64: the crop is larger than every volume along every axis (the largest, sub-DEMO" in err
     assert "is 32×32×32" in err and "set data.crop=32 or smaller" in err
     assert (f"in {tmp_path / 's'}" in err) == stored
+
+
+DYNUNET = ["data.demo.cases=4", "data.demo.size=32", "data.num_workers=0", "trainer=smoke", "device=cpu", "model=dynunet"]
+
+
+def test_dynunet_says_which_crop_its_plan_takes(tmp_path):
+    from asa.api import finetune
+
+    data = [*DYNUNET, f"data.demo.cache_dir={tmp_path / 'cache'}"]
+    with pytest.raises(OptionError, match=r"^dynunet: its plan halves axis 0 of the crop 1 time\(s\), so the crop's "
+                                          r"edge there must be divisible by 2, and 33 is not: take a crop \(data.crop\) "
+                                          r"of 32 voxels \(or another that the plan halves evenly\)$"):
+        finetune(compose_config("finetune", [*data, "data.crop=33", f"output_dir={tmp_path / 'a'}"]))
+
+
+@pytest.mark.slow
+def test_dynunet_takes_a_crop_that_is_no_multiple_of_8(tmp_path):
+    from asa.api import finetune
+
+    data = [*DYNUNET, f"data.demo.cache_dir={tmp_path / 'cache'}"]
+    # 20 = 4 · 5: planned with two poolings; crops no longer have to be multiples of a ViT's patch size 8
+    finetune(compose_config("finetune", [*data, "data.crop=20", f"output_dir={tmp_path / 'b'}"]))
+    assert (tmp_path / "b" / "checkpoints" / "last.pt").is_file()
