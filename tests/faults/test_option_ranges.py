@@ -73,3 +73,13 @@ def test_pretraining_encoder_sizes_are_range_checked(tmp_path, capsys):
 
     err = _refused("asa-pretrain", pretrain, _pretrain(tmp_path, "model.depth=0"), capsys)
     assert "model.depth=0: expected an integer >= 1" in err
+
+
+def test_another_networks_preset_under_model_arch_points_to_its_preset(tmp_path, capsys):
+    from asa.api import finetune
+
+    err = _refused("asa-finetune", finetune, ["model=tiny", "model.arch=unetr", f"output_dir={tmp_path / 'run'}"],
+                   capsys)
+    assert "model.arch=unetr: the model section holds another network's options (model.patch_size," in err
+    assert "choose the network with model=unetr instead of model.arch" in err
+    assert "model.patch_size=8: model arch" not in err  # not blamed on a key the user never typed
