@@ -157,7 +157,12 @@ def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = 
     """
     state = load_weights(path, map_location) if state is None else state
     spec, name, weights = _spec_and_weights(path, state)
-    net = build_network(spec)  # the whole network (a pretraining decoder too), then only its encoder is kept
+    try:
+        net = build_network(spec)  # the whole network (a pretraining decoder too), then only its encoder is kept
+    except (ValueError, TypeError) as err:
+        where = f"model folder {path} (model.safetensors and config.json)" if Path(path).is_dir() else str(path)
+        raise ValueError(f"{where}: the network spec recorded in it does not build its {spec['arch']!r} network "
+                         f"({err}); the file was edited or written by another tool: export it again") from err
     encoder = getattr(net, name)
     try:
         encoder.load_state_dict(weights, strict=True)
