@@ -83,3 +83,17 @@ def test_another_networks_preset_under_model_arch_points_to_its_preset(tmp_path,
     assert "model.arch=unetr: the model section holds another network's options (model.patch_size," in err
     assert "choose the network with model=unetr instead of model.arch" in err
     assert "model.patch_size=8: model arch" not in err  # not blamed on a key the user never typed
+
+
+@pytest.mark.parametrize("name, override, message", [
+    ("finetune", "model.foo=1", "Could not override 'model.foo'. Key 'foo' is not in struct — the network the model "
+                                "preset builds (model.arch) has no option foo"),
+    ("pretrain", "data.size=32", "Could not override 'data.size'. Key 'size' not in 'PretrainDataConfig' — data.size is "
+                                 "now data.crop"),
+])
+def test_load_config_gives_the_console_scripts_hints(name, override, message):
+    from asa.api import load_config
+
+    with pytest.raises(ValueError) as err:
+        load_config(name, override)
+    assert str(err.value).startswith(message) and "To append to your config" not in str(err.value)
