@@ -8,9 +8,11 @@ takes as is. ``asa.load_encoder(OUT_DIR)`` and ``asa-finetune model.pretrained=O
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,8 @@ import asa
 from asa.api.common import refusing
 from asa.data.preprocessing import PERCENTILES
 from asa.io import atomic_write_json, load_weights, save_checkpoint, write_model_folder
-from asa.io.hub import FOLDER_FORMAT, MODEL_FILE, SEGMENTER_FILE
+from asa.io.hub import (FOLDER_FILES, FOLDER_FORMAT, MODEL_FILE, NNUNET_PLANS, NNUNET_WEIGHTS, OPTIONAL_FILES,
+                        SEGMENTER_FILE, encoder_network_spec)
 from asa.models.cnn.nnunet import RESENC_ARCHS, describe_nnunet, nnunet_checkpoint, nnunet_plans_snippet
 from asa.models.portable import encoder_export
 from asa.models.registry import NETWORK_TASKS, current_spec
@@ -29,8 +32,6 @@ __all__ = ["NNUNET_PLANS", "NNUNET_WEIGHTS", "export_model", "model_card", "mode
 # the run's data settings a model folder repeats; size / patch_size: the crop of runs before data.crop, as recorded
 DATA_KEYS = ("name", "layout", "task", "channels", "crop", "size", "patch_size", "resample_mm", "lr_centre")
 CHECKPOINT_DIR = "checkpoints"
-NNUNET_WEIGHTS = "nnunet_pretrained_weights.pth"  # a resenc encoder for nnUNetv2_train -pretrained_weights
-NNUNET_PLANS = "nnunet_plans.json"  # the plans configuration that builds the network those weights fit
 COMMAND_FILE = "command.txt"  # beside config.yaml in a run folder: the command line that started the run
 
 
@@ -42,8 +43,10 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         checkpoint: a checkpoint (``last.pt`` / ``best.pt`` of asa-pretrain or asa-finetune), an
             encoder export (``encoder.pt`` / ``encoder.safetensors``) or a model folder, of a network
             with a registered encoder.
-        out_dir: the folder to write; an existing non-empty one is refused unless ``overwrite``.
-        overwrite: replace a non-empty ``out_dir`` as a whole.
+        out_dir: the folder to write (``.``: the working folder); one holding anything but an earlier
+            export's three files is refused, naming them; one holding those is refused unless ``overwrite``.
+        overwrite: move an earlier export's files in ``out_dir`` to ``<out_dir>.replaced-<time>/``
+            (never deleted) and write the new ones.
         license: the model card's licence field (a Hugging Face licence id, e.g. ``apache-2.0``;
             ``other``: stated in the card's text).
         nnunet_channels: for a resenc encoder, the image channels of the nnU-Net checkpoint (a 1-channel stem
@@ -62,11 +65,10 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         source = Path(checkpoint).expanduser()
         if not source.exists():
             raise FileNotFoundError(f"checkpoint {source}: no such file or folder")
-        out = Path(out_dir).expanduser()
-        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-            raise ValueError(f"output folder {out} exists and is not empty; choose another or pass --overwrite")
+        out = Path(out_dir).expanduser().absolute()  # ".": the working folder, by its name
         if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
             raise ValueError(f"output folder {out} would replace or sit inside the input {source}")
+        held = _held(out, overwrite=overwrite)
         if not license or any(c.isspace() for c in license):
             raise ValueError(f"--license {license!r}: expected a licence id without spaces (e.g. apache-2.0, other)")
         state = load_weights(source)
@@ -85,7 +87,10 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         if nnunet is None and nnunet_channels is not None:
             raise ValueError(f"--nnunet-channels: {source} holds a {spec.get('arch')!r} encoder; the nnU-Net export "
                              "takes a resenc encoder without the coordinate channel")
-    folder = write_model_folder(out, export, config, card, overwrite=overwrite)
+    if held:  # --overwrite: the previous export's files go aside, nothing is deleted
+        aside = _move_aside(out, held)
+        print(f"[asa-export] --overwrite: moved the previous {', '.join(held)} to {aside}", file=sys.stderr, flush=True)
+    folder = write_model_folder(out, export, config, card)
     if nnunet is not None:
         save_checkpoint(folder / NNUNET_WEIGHTS, nnunet[0])
         atomic_write_json(folder / NNUNET_PLANS, nnunet[1])
@@ -128,6 +133,38 @@ def segmenter_card(source: Path, config: Mapping[str, Any]) -> str:
         ""])
 
 
+def _held(out: Path, *, overwrite: bool) -> list[str]:
+    """The files of an earlier export in ``out`` that ``overwrite`` moves aside; a file, a folder holding
+    anything else (a run, data) or, without ``overwrite``, a non-empty folder is refused by name."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {out} is a file")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    foreign = [name for name in held if name not in FOLDER_FILES + OPTIONAL_FILES]
+    if foreign:
+        shown = ", ".join(foreign[:6]) + (f", ... ({len(foreign)} entries)" if len(foreign) > 6 else "")
+        raise ValueError(f"output folder {out} holds files asa-export did not write ({shown}); nothing was written "
+                         f"or moved: choose a new or empty folder (--overwrite replaces only an earlier export's "
+                         f"{', '.join(FOLDER_FILES)})")
+    if held and not overwrite:
+        raise ValueError(f"output folder {out} holds an earlier export ({', '.join(held)}); choose another or pass "
+                         f"--overwrite (it moves them to {out.name}.replaced-<time>/)")
+    return held
+
+
+def _move_aside(out: Path, names: list[str]) -> Path:
+    """Move the files ``names`` of ``out`` into a new ``<out>.replaced-<YYYYmmdd-HHMMSS>/`` beside it
+    (the folder itself stays: it may be the working folder); returns that folder."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    aside, n = out.with_name(f"{out.name}.replaced-{stamp}"), 1
+    while aside.exists():
+        n += 1
+        aside = out.with_name(f"{out.name}.replaced-{stamp}-{n}")
+    aside.mkdir()
+    for name in names:
+        os.replace(out / name, aside / name)
+    return aside
+
+
 def _git_commit() -> str | None:
     """The commit of the asa source in use, when it is a git checkout."""
     with contextlib.suppress(Exception):
@@ -158,10 +195,14 @@ def _run_metrics(source: Path, state: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, Any], *, license: str) -> dict[str, Any]:
-    """``config.json``: the network spec and what built it (method, data, crop, spacing, orientation,
+    """``config.json``: the spec of the network ``model.safetensors`` holds (the encoder alone:
+    `asa.io.hub.encoder_network_spec`; ``source_network``: the network it was trained in) and what built it (method, data, crop, spacing, orientation,
     preprocessing), the asa version and git commit, the source and the run's metrics when known."""
     run = state.get("model_config") or {}  # re-exporting a model folder keeps what it recorded
     if run:
+        if run.get("network") == export["network"]:  # a folder of format 1 recorded the source network
+            run = {**run, "network": encoder_network_spec(export["network"]), "source_network": export["network"],
+                   "format_version": 2}
         return {**run, "license": license, "asa_version": asa.__version__, "git_commit": _git_commit() or
                 run.get("git_commit")}
     cfg = state.get("config") if isinstance(state.get("config"), Mapping) else {}
@@ -173,11 +214,12 @@ def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, An
         method = f"asa-finetune (model arch {spec.get('arch')})"
     resample = data.get("resample_mm")
     return {
-        "asa_format": FOLDER_FORMAT, "format_version": 1, "weights": MODEL_FILE,
-        "network": spec, "encoder_prefix": next(iter(export["encoder"])).split(".", 1)[0] + ".",
+        "asa_format": FOLDER_FORMAT, "format_version": 2, "weights": MODEL_FILE,
+        "network": encoder_network_spec(spec), "source_network": spec, "encoder_prefix": next(iter(export["encoder"])).split(".", 1)[0] + ".",
         "method": method,
         "data": {k: data[k] for k in DATA_KEYS if k in data} | ({"task": cfg["task"].get("name")}
-                                                                if isinstance(cfg.get("task"), Mapping) else {}),
+                                                                if isinstance(cfg.get("task"), Mapping) else {})
+        | ({"demo_phantoms": True} if _demo(data) else {}),
         "crop": list(kwargs["img_size"]) if "img_size" in kwargs else None,
         "patch_size": kwargs.get("patch_size"),
         "spacing_mm": [float(resample)] * 3 if resample else None,  # None: the data's own grid (no resampling)
@@ -193,10 +235,15 @@ def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, An
     }
 
 
+def _demo(data: Mapping[str, Any]) -> bool:
+    """Whether the run read asa's generated demo phantoms (``data.root`` and ``data.store`` null)."""
+    return "root" in data and data.get("root") is None and data.get("store") is None
+
+
 def model_card(config: Mapping[str, Any]) -> str:
     """``README.md``: Hugging Face front matter (licence, library, tags), then intended use, training
     data, how to load, metrics when known."""
-    spec = config["network"]
+    spec = config.get("source_network") or config["network"]  # the arch the encoder was trained in
     crop = config.get("crop")
     data = config.get("data") or {}
     metrics = config.get("metrics") or {}
@@ -209,7 +256,8 @@ def model_card(config: Mapping[str, Any]) -> str:
              "validated for clinical decisions.", "",
              "## Training", "",
              f"- method: {config.get('method') or 'unknown'}",
-             f"- data: {data.get('name', 'unknown')}" + (f" (layout {data['layout']})" if data.get("layout") else "")
+             f"- data: {'demo phantoms (generated by asa, not scans)' if data.get('demo_phantoms') else data.get('name', 'unknown')}"
+             + (f" (layout {data['layout']})" if data.get("layout") else "")
              + (f", channels {', '.join(map(str, data['channels']))}" if data.get("channels") else ""),
              f"- crop: {' x '.join(map(str, crop)) if crop else 'unknown'} voxels"
              + (f", patch size {config['patch_size']}" if config.get("patch_size") else ""),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 
 import torch
@@ -81,8 +82,10 @@ def finetune_segmentation(cfg: FinetuneConfig) -> FitResult:
         if (fault := capabilities(model).crop_fault(patch)) is not None:  # before anything is written
             raise OptionError(f"data.crop={patch}: {fault}")
         resolved["data"]["regions"]["source"] = "none" if regions is None else regions.source  # auto resolved
-        lattice = {}
-        if (grid := capabilities(model).lattice) is not None:  # crops start on the brain frame's patch lattice
+        # crops start on the brain frame's patch lattice; a network without one (DynUNet) on the coarsest
+        # lattice of up to 8 voxels that its crop allows: any crop its own checks take
+        lattice = dict(lattice=math.gcd(patch, 8))
+        if (grid := capabilities(model).lattice) is not None:
             lattice = dict(lattice=grid[0], lr_axis=resolved["model"]["lr_axis"], reference_size=grid[1])
         trainer_config(cfg)  # bad trainer values stop the run before its folder is touched
         optimizer, lr, config = optimizer_and_config(cfg, model, env)

@@ -11,6 +11,7 @@ initialises from a file).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -60,6 +61,12 @@ def pretrained_geometry(pretrained: str | Path | None, *, crop: int | None, pos_
     if crop is None:
         raise ValueError("the crop size is unknown: give crop, a pretrained file that records its crop, "
                          "or default_crop")
+    for key, chosen in (("pos_mode", pos_mode), ("lr_axis", lr_axis)):  # the file's geometry, overridden: said
+        if chosen is not None and recorded.get(key) is not None and chosen != recorded[key]:
+            print(f"[asa] note: model.{key}={chosen} overrides the {key}={recorded[key]} that {pretrained} was "
+                  f"pretrained with: its encoder is fine-tuned with another "
+                  f"{'position code' if key == 'pos_mode' else 'symmetric axis'} (leave model.{key} unset to keep "
+                  "the file's)", file=sys.stderr, flush=True)
     if pos_mode is None:
         pos_mode = recorded.get("pos_mode") or "mirror"
     if lr_axis is None:

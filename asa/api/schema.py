@@ -536,6 +536,18 @@ def register() -> None:
         store.store(group="sizes/decoder", name=name, node={k: sizes[k] for k in DECODER_KEYS})
 
 
+def _preset_of(arch: str) -> str:
+    """``model=<arch>`` where a fine-tuning model preset of that name exists, else a pointer to the presets."""
+    import importlib.resources
+
+    try:
+        if (importlib.resources.files("asa.configs") / "finetune" / "model" / f"{arch}.yaml").is_file():
+            return f"model={arch}"
+    except (ModuleNotFoundError, OSError):
+        pass
+    return f"a model preset of {arch} (model=tiny|small|base for swvit_unetr; docs/configuration.md lists them)"
+
+
 def _arch(model: Any) -> str:
     return model.arch if isinstance(model, NetworkSettings) else model.get("arch", DEFAULT_ARCH)
 
@@ -565,6 +577,13 @@ def network_settings(model: Any) -> NetworkSettings:
         key = getattr(err, "full_key", None) or "?"
         given = f"model.{key}={OmegaConf.select(OmegaConf.create(model), key, default='?')}"
         if isinstance(err, ConfigKeyError):
+            taken = {f.name for f in fields(cls)}
+            alien = [k for k in (asdict(model) if is_dataclass(model) else model) if k not in taken]
+            if len(alien) > 1:  # another network's preset under model.arch: not options the user typed
+                raise ValueError(f"model.arch={arch}: the model section holds another network's options "
+                                 f"({', '.join(f'model.{k}' for k in alien[:4])}{', ...' if len(alien) > 4 else ''}, "
+                                 f"from its preset); choose the network with {_preset_of(arch)} instead of "
+                                 "model.arch") from None
             raise ValueError(f"{given}: model arch {arch!r} has no such option; it takes "
                              f"{', '.join(f.name for f in fields(cls))}") from None
         raise ValueError(f"{given}: {str(err).splitlines()[0]}") from None

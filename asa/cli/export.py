@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("checkpoint", help="last.pt / best.pt of asa-pretrain or asa-finetune, encoder.pt, "
                                            "encoder.safetensors or a model folder")
-    parser.add_argument("out_dir", help="the folder to write (refused when it exists and is not empty)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR as a whole")
+    parser.add_argument("out_dir", help="the folder to write (refused when it holds anything but an earlier export)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier export in OUT_DIR (its files are moved to OUT_DIR.replaced-<time>/)")
     parser.add_argument("--license", default="other",
                         help="the model card's licence id (e.g. apache-2.0; default: other, the training data's terms)")
     parser.add_argument("--nnunet-channels", type=int, default=None, metavar="K",

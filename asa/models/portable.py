@@ -20,9 +20,9 @@ from torch import nn
 from asa.io import load_weights, save_checkpoint
 from asa.models.swvit.encoder import SWViTEncoder
 from asa.models.swvit.region_attention import patch_regions
-from asa.models.registry import ENCODER_MODULES, build_network, current_spec
+from asa.models.registry import ENCODER_MODULES, build_network, current_spec, register_network
 
-__all__ = ["ENCODER_MODULES", "VolumeEncoder", "encoder_export", "export_for_monai", "load_encoder", "network_encoder"]
+__all__ = ["ENCODER_MODULES", "EncoderOf", "VolumeEncoder", "encoder_export", "export_for_monai", "load_encoder", "network_encoder"]
 
 SWIN_ENCODER = "swinViT"  # the encoder module of the SwinViT-based networks (SwinUNETR's layout)
 
@@ -70,6 +70,31 @@ class VolumeEncoder(nn.Module):
     def to_volume(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, N, E] -> feature map [B, E, G0, G1, G2]."""
         return tokens.transpose(1, 2).reshape(tokens.shape[0], self.embed_dim, *self.grid)
+
+
+@register_network("encoder", task="encoder")
+class EncoderOf(nn.Module):
+    """The encoder of a network alone, under the module name it has there: its state-dict keys are an
+    encoder export's (``encoder.*``, ``swinViT.*``, ``vit.*``), so the network of a model folder's
+    ``model.safetensors`` is built from its ``config.json`` and loads it with ``strict=True``.
+
+    Args:
+        network: the spec ``{"arch", "kwargs"}`` of the source network (one with a registered encoder).
+
+    ``forward`` is the encoder's as `load_encoder` returns it (`network_encoder`).
+    """
+
+    def __init__(self, network: Mapping) -> None:
+        super().__init__()
+        spec = current_spec(network)
+        if spec.get("arch") not in ENCODER_MODULES:
+            raise ValueError(f"encoder of {spec.get('arch')!r}: no registered encoder; known: {tuple(ENCODER_MODULES)}")
+        net = build_network(spec)
+        self.arch, self.spe_frame = spec["arch"], getattr(net, "spe_frame", "brain")
+        self.add_module(ENCODER_MODULES[self.arch], getattr(net, ENCODER_MODULES[self.arch]))
+
+    def forward(self, *args, **kwargs):
+        return network_encoder(self, self.arch)(*args, **kwargs)
 
 
 def _spec_and_weights(path: str | os.PathLike, state: Mapping) -> tuple[dict, str, dict[str, torch.Tensor]]:
@@ -139,7 +164,12 @@ def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = 
     """
     state = load_weights(path, map_location) if state is None else state
     spec, name, weights = _spec_and_weights(path, state)
-    net = build_network(spec)  # the whole network (a pretraining decoder too), then only its encoder is kept
+    try:
+        net = build_network(spec)  # the whole network (a pretraining decoder too), then only its encoder is kept
+    except (ValueError, TypeError) as err:
+        where = f"model folder {path} (model.safetensors and config.json)" if Path(path).is_dir() else str(path)
+        raise ValueError(f"{where}: the network spec recorded in it does not build its {spec['arch']!r} network "
+                         f"({err}); the file was edited or written by another tool: export it again") from err
     encoder = getattr(net, name)
     if "foreign" in state:  # a published checkpoint: matched tensor by tensor, reported in one block
         from asa.models.cnn.transfer import match_resenc_encoder

@@ -31,6 +31,7 @@ SPECS = {
                      num_heads=3, pooling="attention", hidden_dim=16, target_shift=70.0, target_scale=9.0),
     "swin_case": dict(img_size=32, in_channels=2, out_channels=1, feature_size=12, depths=[1, 1, 1, 1], hidden_dim=16),
 }
+SPECS["encoder"] = dict(network={"arch": "swvit_unetr", "kwargs": {**SPECS["swvit_unetr"], "img_size": 64}})  # model folders
 # every network asa itself registers (networks registered from outside, e.g. by tests, are theirs to check)
 ASA_NETWORKS = sorted(name for name, build in NETWORKS.items() if build.__module__.startswith("asa."))
 # the flat keys the specs of the ASA networks hold: a spec written with them rebuilds
@@ -108,7 +109,7 @@ def test_config_nulls_are_resolved_in_the_spec(tmp_path):
 def test_bad_specs_and_foreign_networks():
     assert set(ASA_NETWORKS) == {"swvit_unetr", "unetr", "swin_unetr", "sa_swin", "dynunet", "asa_pretrain", "sa_swin_pretrain",
                                  "case_head", "vit_case", "swin_case", "rpl_pretrain", "jigsaw_pretrain", "resenc",
-                                 "resenc_pretrain"}
+                                 "resenc_pretrain", "encoder"}
     assert {"swvit_unetr", "unetr", "swin_unetr", "sa_swin"} <= set(architectures("segmentation"))
     assert ENCODER_MODULES["swvit_unetr"] == ENCODER_MODULES["asa_pretrain"] == "encoder"
     with pytest.raises(ValueError, match="unknown arch 'vnet'"):
