@@ -193,3 +193,16 @@ def test_fine_tuning_refuses_a_file_of_another_plan_or_channel(tmp_path):
                tmp_path / "cut.pt")
     with pytest.raises(ValueError, match=r"2 encoder tensor\(s\) .* \(encoder.stages.3.blocks.0.conv2.all_modules.0.weight, "):
         seg.load_pretrained(tmp_path / "cut.pt")
+
+
+def test_zero_encoder_states_leaves_the_full_resolution_stage_alone():
+    net = build_network({"arch": "resenc", "kwargs": {"img_size": 32, "in_channels": 1, "out_channels": 2}}).eval()
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad(), net.zero_encoder_states():
+        zeroed = net(x)
+        for p in net.encoder.stages[1:].parameters():
+            p.add_(torch.randn_like(p))  # deeper stages no longer matter
+        assert torch.equal(net(x), zeroed)
+    with torch.no_grad():
+        assert not torch.equal(net(x), zeroed)  # outside the context they do
+    assert net.capabilities.zero_encoder
