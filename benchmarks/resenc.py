@@ -6,7 +6,8 @@ The dense step is the same `ResEncMaskedAutoencoder` with no mask (every block v
 and instance norms, the decoder on the encoder's skips) and the loss over every voxel; the masked step is its
 training forward (masking, visible-only norms, mask tokens, densify, attentive or uniform block loss). Both
 run forward, backward and an AdamW step on the same input, interleaved repeat by repeat, so that load on a
-shared machine falls on both; the figure is the ratio of medians. Also times the fine-tuning step of
+shared machine falls on both; the figure is the ratio of medians (wall, and process CPU time, which load on
+other processes disturbs less). Also times the fine-tuning step of
 `ResEncUNet` (deep supervision, 2 classes) at the same crop. On CUDA: peak memory per step.
 """
 from __future__ import annotations
@@ -67,19 +68,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     steps = {"masked": (masked, opt), "dense": (dense, opt), "finetune": (finetune, opt_seg)}
     times: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}  # process CPU time: steadier than wall on a loaded host
     peaks: dict[str, int] = {}
     for repeat in range(args.repeats + 1):  # the first round warms up and is not counted
         for name, (step, optimizer) in steps.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             _sync(device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             optimizer.zero_grad(set_to_none=True)
             step()
             optimizer.step()
             _sync(device)
             if repeat:
                 times[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
             if device.type == "cuda":
                 peaks[name] = torch.cuda.max_memory_allocated(device)
     median = {name: statistics.median(t) for name, t in times.items()}
@@ -91,6 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
         "samples_per_s": {k: round(args.batch / v, 3) for k, v in median.items()},
         "masked_over_dense": round(median["masked"] / median["dense"], 3),
         "paired_ratios": [round(m / d, 3) for m, d in zip(times["masked"], times["dense"])],
+        "cpu_median_s": {k: round(statistics.median(v), 4) for k, v in cpu.items()},
+        "cpu_masked_over_dense": round(statistics.median(cpu["masked"]) / statistics.median(cpu["dense"]), 3),
         "peak_memory_GiB": {k: round(v / 2**30, 2) for k, v in peaks.items()},
     }
     print(json.dumps(result, indent=1))

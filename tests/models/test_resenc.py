@@ -104,6 +104,7 @@ def test_visible_only_instance_norm_statistics():
     net = _mae()
     norm = next(m for m in net.encoder.modules() if isinstance(m, MaskedInstanceNorm3d))
     x = torch.randn(1, norm.num_features, 8, 8, 8)
+    x[:, :, 4:] = 0  # a masked convolution's output: zero at masked voxels
     net.visible.set(torch.tensor([1.0, 0.0]).view(1, 1, 2, 1, 1).expand(1, 1, 2, 2, 2).contiguous())
     try:
         out = norm(x)
