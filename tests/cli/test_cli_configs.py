@@ -271,7 +271,11 @@ def test_configs_state_only_their_differences_from_the_schema(entry, path):
     documents it), so that a default changes in one place. Two exceptions: keys of free-form groups
     (preprocess's data, a network's model keys that no schema types) are not defaults, and a preset may
     restate a default that a file of another group sets otherwise (experiment=sa_swin's batch of 2
-    against trainer=paper's 24), since it then says which one wins."""
+    against trainer=paper's 24), since it then says which one wins. The data presets are also
+    asa-preprocess's, whose data section is untyped until the job runs: there a key the preset leaves
+    out cannot be overridden (``asa-preprocess data=demo data.resample_mm=2``), so they state every key."""
+    if path.split("/")[1:2] == ["data"]:
+        pytest.skip("a data preset: asa-preprocess's command line overrides only the keys it states")
     schema = OmegaConf.structured(SCHEMAS[entry])
     file = CONFIGS / path
     content = yaml.safe_load(file.read_text()) or {}
