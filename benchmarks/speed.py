@@ -276,7 +276,7 @@ def loader_throughput(size: int, batch: int, workers: int = 2, volumes: int = 8)
         cases = discover("bids", write_synthetic_bids(Path(tmp) / "bids", volumes, shape), validate="none")
         build_store(cases, Path(tmp) / "store", preprocessor=PretrainPreprocess(size), channels=("t1",),
                     workers=workers, progress=False)
-        dataset = build_pretrain_dataset(cases * max(1, -(-4 * batch // volumes)), size=size, augment=False,
+        dataset = build_pretrain_dataset(cases * max(1, -(-4 * batch // volumes)), crop=size, augment=False,
                                          store=Path(tmp) / "store")
         return loader_epoch(dataset, batch=batch, workers=workers)["crops_per_s"]
 
