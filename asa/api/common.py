@@ -314,7 +314,7 @@ def cases_of_split(cases: Sequence, split_file: str | os.PathLike | None, subset
     return chosen
 
 
-def check_crop_fits(patch: int, cases: Sequence, *, option: str = "data.crop", store: str | os.PathLike | None = None,
+def check_crop_fits(crop: int, cases: Sequence, *, option: str = "data.crop", store: str | os.PathLike | None = None,
                     hint: str = " (with a pretrained encoder, its crop size sets it)") -> None:
     """Refuse a crop larger than every case's volume along every axis: the network would see mostly
     padding, at a memory cost set by the crop (a 128³ SA-Swin crop on 64³ volumes ran out of memory).
@@ -331,8 +331,8 @@ def check_crop_fits(patch: int, cases: Sequence, *, option: str = "data.crop", s
             continue
         if max(shape) > largest:
             largest, where = max(shape), (case.id, shape)
-    if where is not None and patch > largest:
-        raise OptionError(f"{option}={patch}: the crop is larger than every volume along every axis (the "
+    if where is not None and crop > largest:
+        raise OptionError(f"{option}={crop}: the crop is larger than every volume along every axis (the "
                           f"largest, {where[0]}, is {'×'.join(map(str, where[1]))}"
                           f"{' in ' + str(store) if case.id in records else ''}); set {option}={_fitting(largest)} "
                           f"or smaller{hint}")

@@ -122,7 +122,7 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
         cases = load_cases(data, out_dir if env.is_main else None, env)
         check_crop_fits(int(data.crop), cases, store=data.store, hint="")
         splits = split_cases(cases, data, out_dir, env)
-        common = dict(size=int(data.crop), resample_mm=data.resample_mm,
+        common = dict(crop=int(data.crop), resample_mm=data.resample_mm,
                       channels=tuple(data.channels), regions=regions, store=data.store)
         train_ds = build_pretrain_dataset(splits["train"], augment=data.augment, flip_axes=flip_axes,
                                           augment_on=augment_on, **common)
