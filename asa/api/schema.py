@@ -30,6 +30,7 @@ from asa.choices import check_choices, one_of
 from asa.methods import MaskedAutoencoderSettings, MethodSettings, get_method, registered_methods
 from asa.models import (DEFAULT_CROP, NETWORK_SETTINGS, PRESETS, RENAMED_NETWORKS, EncoderOptions,
                         EncoderSettings, NetworkSettings)
+from asa.models.cnn.resenc import RESENC_SIZES
 from asa.models.heads.case_head import POOLINGS
 from asa.models.swvit.position import POSITION_MODES
 from asa.models.swvit.segmenter import INPUT_SKIPS, SPE_FRAMES
@@ -357,8 +358,34 @@ class RunConfig:
 
 
 @dataclass
+class ResEncPretrainModel:
+    """``model=resenc`` in pretraining: nnU-Net's residual-encoder U-Net (`asa.models.cnn.resenc`), its
+    topology planned from the crop; the masking and loss are the method's (``method=mae|asa``)."""
+
+    arch: str = "resenc"
+    size: str = one_of("tiny", tuple(RESENC_SIZES))  # tiny (CPU tests) | M | L (nnU-Net's ResEnc presets)
+    lr_axis: int = 0  # the left-right axis (RAS+: 0), for mirror_visible and coord_channel
+
+
+# the pretraining model section by ``model.arch`` (the SW-ViT sizes name none)
+PRETRAIN_MODELS: dict[str, type] = {"swvit": PretrainModelConfig, "resenc": ResEncPretrainModel}
+
+
+def pretrain_model_node(model: Any) -> Any:
+    """The schema of a pretraining ``model`` section: the SW-ViT sizes, or the settings of the network its
+    ``arch`` names; an unknown arch is refused naming it."""
+    arch = model.get("arch", "swvit") if isinstance(model, Mapping) else "swvit"
+    if arch not in PRETRAIN_MODELS:
+        raise ValueError(f"model.arch={arch}: asa-pretrain pretrains {', '.join(PRETRAIN_MODELS)} "
+                         "(model=tiny|small|base or model=resenc)")
+    return PRETRAIN_MODELS[arch]()
+
+
+@dataclass
 class PretrainConfig(RunConfig):
-    model: PretrainModelConfig = field(default_factory=PretrainModelConfig)
+    # the SW-ViT sizes (PretrainModelConfig) or another network's settings (PRETRAIN_MODELS, by model.arch),
+    # typed by `validate`
+    model: Any = field(default_factory=PretrainModelConfig)
     data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
     # the pretraining method and its own settings (asa.methods; the config group ``method``)
     method: MethodSettings = field(default_factory=MaskedAutoencoderSettings)
@@ -490,13 +517,19 @@ def register() -> None:
     the ``method`` group (idempotent; called before any compose, so methods registered by then count)."""
     store = ConfigStore.instance()
     for name in SCHEMAS:
-        store.store(name=f"{name}_schema", node=_schema_node(name))
+        node = _schema_node(name)
+        if name == "pretrain":  # the model section's keys depend on its arch: `validate` types it
+            node.model = {}
+        store.store(name=f"{name}_schema", node=node)
     for name, method in registered_methods().items():
         store.store(group="method", name=name, node=method.Settings(name=name))
     # model=<preset>: a network's settings at their defaults, as a mapping: `validate` types the section by the
     # network it names, so a preset or experiment setting an option the network lacks is refused naming it
     for arch, settings in NETWORK_SETTINGS.items():
         store.store(group="network", name=arch, node=asdict(settings(arch=arch)))
+    for arch, settings in PRETRAIN_MODELS.items():  # asa-pretrain model=resenc: its settings at their defaults
+        if arch != "swvit":  # the SW-ViT's: the sizes groups below
+            store.store(group="pretrain_network", name=arch, node=asdict(settings()))
     for name, sizes in PRESETS.items():  # model=tiny|small|base: the encoder and, for pretraining, the decoder
         encoder = asdict(EncoderOptions(**{k: v for k, v in sizes.items() if k not in DECODER_KEYS}))
         sized = {k: v for k, v in encoder.items() if k not in NOT_SIZES}
@@ -560,6 +593,11 @@ def validate(cfg: DictConfig, entry: str) -> DictConfig:
     if entry == "finetune":  # the model section: its network's settings (refused naming model.<key>)
         model = network_settings(cfg.model)
         node = FinetuneConfig(model=type(model)(arch=model.arch))
+    elif entry == "pretrain":  # the model section: the SW-ViT sizes or the settings its arch names
+        try:
+            node.model = pretrain_model_node(cfg.get("model"))
+        except ValueError as err:
+            raise ValueError(f"asa-pretrain: invalid option {err}") from None
     schema = OmegaConf.structured(node)
     OmegaConf.set_struct(schema, True)
     try:

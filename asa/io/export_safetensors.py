@@ -12,6 +12,9 @@ metadata:
 ``network``        the network spec ``{"arch", "kwargs"}`` as JSON (``asa.models.build_network``)
 ``encoder_prefix`` the prefix every tensor name starts with (``encoder.`` or ``swinViT.``)
 ``source``         the checkpoint the export was taken from (file name); ``step``: its step
+``aliases``        (only when some names share one tensor, as nnU-Net's blocks name each convolution
+                   twice) JSON ``{name: the name whose tensor it shares}``; the file holds the tensor
+                   once and reading gives both names the same tensor
 =================  ============================================================================
 """
 
@@ -46,13 +49,24 @@ def save_export_safetensors(path: str | os.PathLike, export: Mapping[str, Any]) 
     (``asa.io.atomic_path``); the network spec and provenance go to the metadata (module docstring)."""
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().cpu().contiguous() for k, v in export["encoder"].items()}
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    first: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], str] = {}  # a view -> its first name
+    for name, value in export["encoder"].items():
+        view = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), tuple(value.stride()))
+        if view in first:  # the same tensor under a second name: written once
+            aliases[name] = first[view]
+            continue
+        first[view] = name
+        tensors[name] = value.detach().cpu().contiguous()
     if not tensors:
         raise ValueError(f"encoder export {path}: no tensors to write")
     if export.get("network") is None:
         raise ValueError(f"encoder export {path}: no network spec to write (an export carries its network's spec)")
     metadata = {"format": "pt", "asa_format": EXPORT_FORMAT, "asa_format_version": EXPORT_VERSION,
                 "network": json.dumps(export["network"])}
+    if aliases:
+        metadata["aliases"] = json.dumps(aliases)
     prefix = _common_prefix(list(tensors))
     if prefix:
         metadata["encoder_prefix"] = prefix
@@ -89,6 +103,11 @@ def load_export_safetensors(path: str | os.PathLike, map_location: str | torch.d
             f"encoder export {path}: a safetensors file, but not an asa encoder export (its metadata has no "
             f"asa_format={EXPORT_FORMAT!r}; found keys {sorted(metadata)}): asa needs the network spec written "
             "by asa-pretrain beside the weights")
+    try:
+        for name, shared in json.loads(metadata.get("aliases", "{}")).items():
+            tensors[name] = tensors[shared]
+    except (json.JSONDecodeError, KeyError, AttributeError) as err:
+        raise CheckpointError(f"encoder export {path}: metadata 'aliases' does not name tensors of the file ({err})") from err
     export: dict[str, Any] = {"encoder": tensors}
     if "network" in metadata:
         try:

@@ -20,13 +20,14 @@ from __future__ import annotations
 from asa.methods.base import (METHODS, MethodContext, MethodSettings, PretrainingMethod, RegionNeeds,
                               get_method, register_method, registered_methods)
 from asa.methods.jigsaw import JigsawPretraining, JigsawSettings
-from asa.methods.masked_autoencoder import MaskedAutoencoderPretraining, MaskedAutoencoderSettings
+from asa.methods.masked_autoencoder import (MAEPretraining, MAESettings, MaskedAutoencoderPretraining,
+                                            MaskedAutoencoderSettings)
 from asa.methods.rpl import RelativePatchLocationPretraining, RelativePatchLocationSettings
 from asa.methods.sa_swin import SymmetryAwarePretraining, SymmetryAwareSettings
 from asa.choices import check_choices, one_of
 
 __all__ = [
-    "METHODS", "JigsawPretraining", "JigsawSettings", "MaskedAutoencoderPretraining", "MaskedAutoencoderSettings",
+    "METHODS", "MAEPretraining", "MAESettings", "JigsawPretraining", "JigsawSettings", "MaskedAutoencoderPretraining", "MaskedAutoencoderSettings",
     "MethodContext", "MethodSettings", "PretrainingMethod", "RegionNeeds", "RelativePatchLocationPretraining",
     "RelativePatchLocationSettings", "SymmetryAwarePretraining", "SymmetryAwareSettings", "get_method",
     "check_choices", "one_of", "register_method", "registered_methods",

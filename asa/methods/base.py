@@ -62,7 +62,9 @@ class PretrainingMethod(ABC):
     ``encoder_prefixes`` (the state-dict prefixes of the transferable encoder, which the export keeps),
     ``uses_model_group`` (whether the ``model`` group configures it; when not, the run records no
     ``model`` section and resume does not compare one), ``validation_group`` (None: validation
-    scores plain batches; k: fixed groups of at least k volumes, for terms that compare volumes).
+    scores plain batches; k: fixed groups of at least k volumes, for terms that compare volumes),
+    ``model_families`` (the ``model.arch`` values it pretrains: ``swvit``, the SW-ViT sizes that name none,
+    and ``resenc``; another is refused naming both).
     """
 
     name: ClassVar[str]
@@ -70,11 +72,16 @@ class PretrainingMethod(ABC):
     encoder_prefixes: ClassVar[tuple[str, ...]]
     uses_model_group: ClassVar[bool] = False
     validation_group: ClassVar[int | None] = None
+    model_families: ClassVar[tuple[str, ...]] = ("swvit",)
 
     def __init__(self, settings: MethodSettings, context: MethodContext) -> None:
         if not isinstance(settings, self.Settings):
             raise TypeError(f"method {self.name}: settings must be {self.Settings.__name__}, got "
                             f"{type(settings).__name__}")
+        family = str(context.model.get("arch", "swvit"))
+        if family not in self.model_families:
+            raise ValueError(f"model={family}: method={self.name} does not pretrain it (it pretrains "
+                             f"{', '.join(self.model_families)}); model=resenc takes method=mae or method=asa")
         self.settings = settings
         self.context = context
         self.check()
