@@ -332,15 +332,17 @@ def write_anatomy_dataset(layout: str, out: str | Path, *, cases: int = 4, size:
 
 
 def write_noise_dataset(out: str | Path, *, cases: int = 4, size: int | tuple[int, int, int] = 64, seed: int = 0,
-                        affine: np.ndarray | None = None, overwrite: bool = False) -> Path:
-    """Write ``cases`` pure-noise T1w volumes (`asa.data.synthetic.noise.make_noise_volume`) in the BIDS
-    layout under ``out``, for pretraining a negative-control encoder; returns ``out``.
+                        affine: np.ndarray | None = None, layout: str = "bids", overwrite: bool = False) -> Path:
+    """Write ``cases`` pure-noise T1w volumes (`asa.data.synthetic.noise.make_noise_volume`) in the
+    ``layout`` bids or filelist under ``out``, for pretraining a negative-control encoder; returns ``out``.
 
     ``affine``: the grid of the cohort the control stands beside (e.g. one of its subjects' affine), so
     that voxel size and field of view match; default 1 mm. ``out`` must be missing or empty unless
     ``overwrite`` (`FileExistsError`)."""
     if cases < 1:
         raise ValueError(f"cases must be >= 1, got {cases}")
+    if layout not in ("bids", "filelist"):
+        raise ValueError(f"layout={layout!r}: noise volumes are written as a T1w cohort, 'bids' or 'filelist'")
     out = Path(out).expanduser()
     held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if held and not overwrite:
@@ -351,7 +353,10 @@ def write_noise_dataset(out: str | Path, *, cases: int = 4, size: int | tuple[in
     def make(index: int) -> tuple[Any, None]:
         return make_noise_volume(size, seed=seed, index=index, affine=affine), None
 
-    _bids(out, cases, size, seed, make=make, title="asa noise volumes (negative control)")
+    if layout == "bids":
+        _bids(out, cases, size, seed, make=make, title="asa noise volumes (negative control)")
+    else:
+        _filelist(out, cases, size, seed, make=make)
     return out
 
 
