@@ -7,7 +7,7 @@ pretraining learned from brains (an initialisation scale, a longer effective sch
 
 Each volume is Gaussian white noise smoothed by a Gaussian of ``sigma`` voxels (so that masked
 blocks cannot be copied from their neighbours beyond about a voxel), standardised, then mapped to
-mean 0.5 and sd 0.15 and clipped to [0, 1] over the whole grid: the intensity range of the template
+mean 0.5 and sd 0.15 and clipped to [0.001, 1] over the whole grid: the intensity range of the template
 subjects, everywhere non-zero (no brain mask to find). Volume ``index`` of seed ``seed`` depends on
 those two only.
 """
@@ -56,5 +56,5 @@ def make_noise_volume(size: int | tuple[int, int, int] = 64, *, seed: int = 0, i
     if sigma > 0:
         field = ndimage.gaussian_filter(field, sigma, mode="wrap")
     field = (field - field.mean()) / max(float(field.std()), 1e-12)
-    image = np.clip(0.5 + 0.15 * field, 0.0, 1.0).astype(np.float32)
+    image = np.clip(0.5 + 0.15 * field, 1e-3, 1.0).astype(np.float32)  # never 0: no background to find
     return NoiseVolume(images={"t1": image}, affine=affine.copy())
