@@ -109,13 +109,14 @@ class Scale:
     swvit: str  # SW-ViT preset of the SW-ViT rows
     jobs: int = 1
     time_budget: float | None = None  # seconds per call (None: no limit)
+    workers: int = 0  # data loader workers of the pretraining runs
 
 
 SCALES = {
     "cpu": Scale(cohorts=(40, 400), labeled=32, test=16, val=4, volume=48, crop=32, pretrain_steps=1600, steps=300,
                  cases=(2, 8), seeds=(0, 1, 2, 3, 4), size="tiny", swvit="tiny"),
     "gpu": Scale(cohorts=(40, 400), labeled=48, test=16, val=4, volume=128, crop=96, pretrain_steps=4000, steps=1000,
-                 cases=(2, 8), seeds=(0, 1, 2, 3, 4), size="M", swvit="small", jobs=3, time_budget=510.0),
+                 cases=(2, 8), seeds=(0, 1, 2, 3, 4), size="M", swvit="small", jobs=3, time_budget=510.0, workers=8),
     "quick": Scale(cohorts=(4, 8), labeled=9, test=3, val=2, volume=40, crop=32, pretrain_steps=4, steps=4,
                    cases=(2,), seeds=(0, 1), size="tiny", swvit="tiny"),
 }
@@ -163,7 +164,7 @@ def plan_pretraining(out: Path, scale: Scale, arms: Sequence[str], *, seed: int,
                      swvit_arm: bool = True) -> list[Pretraining]:
     """Every pretraining run: each ResEnc arm per cohort, the noise control, the SW-ViT ``asa`` per cohort."""
     runs = []
-    common = ["data=bids", "data.layout=filelist", f"data.crop={scale.crop}", "data.num_workers=0", "data.split.ratios=[0.8,0.2,0.0]",
+    common = ["data=bids", "data.layout=filelist", f"data.crop={scale.crop}", f"data.num_workers={scale.workers}", "data.split.ratios=[0.8,0.2,0.0]",
               "optim=adamw_demo", "trainer.progress=false", "trainer.panel_every=0", "probe.every=0", f"seed={seed}",
               "resume=auto"]
     batch = int(compose_config("pretrain", ["model=resenc", *common[:3]]).trainer.batch_size)
@@ -450,8 +451,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if state == "stopped":
             return unfinished(f"pretraining {run.name}")
     left = clock.left()
+    # start no fine-tuning run that would outlast the budget (a run cannot be cut and resumed): the longest so far
+    # with a margin for scoring, or, before any has run, half of what is left
     expected = max([json.loads(f.read_text())["train_seconds"] * 1.5 + 30
-                    for f in (out / "transfer" / "runs").glob("*/wall_time.json")] or [0.0])
+                    for f in (out / "transfer" / "runs").glob("*/wall_time.json")]
+                   or [0.5 * left if left is not None else 0.0])
     if left is not None and left - expected <= 0:
         return unfinished("the transfer stage")
     targv = transfer_argv(args, scale, runs, out, None if left is None else left - expected)
