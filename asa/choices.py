@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-__all__ = ["check_choices", "one_of"]
+__all__ = ["check_choices", "in_range", "one_of"]
 
 _CHOICES, _NUMBER = "asa_choices", "asa_number"
 
@@ -29,6 +29,12 @@ def one_of(default: Any, choices: Sequence[str], *, number: tuple[float, float] 
     """A dataclass field whose value must be one of ``choices`` (``null`` too when ``default`` is None;
     with ``number=(lo, hi)`` also a number in that closed range); checked by `check_choices`."""
     return dataclasses.field(default=default, metadata={_CHOICES: tuple(choices), _NUMBER: number})
+
+
+def in_range(default: Any, lo: float, hi: float = float("inf")) -> Any:
+    """A numeric dataclass field whose value must lie in [``lo``, ``hi``] (``null`` too when ``default``
+    is None); checked by `check_choices`: a network setting is range-checked where it is declared."""
+    return one_of(default, (), number=(lo, hi))
 
 
 def _allowed(value: Any, f: dataclasses.Field) -> bool:
@@ -46,10 +52,14 @@ def _allowed(value: Any, f: dataclasses.Field) -> bool:
 
 
 def _expected(f: dataclasses.Field, value: Any) -> str:
-    choices = f.metadata[_CHOICES]
+    choices, span = f.metadata[_CHOICES], f.metadata[_NUMBER]
+    if not choices:
+        kind = "an integer" if all(isinstance(x, int) or x == float("inf") for x in span) else "a number"
+        text = f"expected {kind} >= {span[0]}" if span[1] == float("inf") else f"expected {kind} in [{span[0]}, {span[1]}]"
+        return text + (" or null" if f.default is None else "")
     text = f"expected one of {', '.join(choices)}"
-    if f.metadata[_NUMBER] is not None:
-        text += " or a number in [{}, {}]".format(*f.metadata[_NUMBER])
+    if span is not None:
+        text += " or a number in [{}, {}]".format(*span)
     if f.default is None:
         text += " or null"
     close = difflib.get_close_matches(str(value), choices, n=1)

@@ -18,7 +18,7 @@ When the store does not fit the page cache (``ram_bytes`` given and smaller) the
 cold rate (``cold_crops_per_worker``, if known).
 
 Wall time and GPU-hours are estimates: the step rate s is one GPU's, timed on synthetic batches
-(``scripts/benchmark.py``, ``python -m benchmarks.gpu``) or derived from FLOPs. They leave out DDP
+(``benchmarks/speed.py``, ``python -m benchmarks.gpu``) or derived from FLOPs. They leave out DDP
 gradient communication between GPUs, validation (loss, probes), checkpoint writes and start-up,
 and they assume every epoch runs (early stopping can end the run sooner).
 """
@@ -157,7 +157,7 @@ def format_plan(plan: Plan, profile: DeviceProfile, *, volumes: int, epochs: int
 
 
 def profile_from_json(path: str | Path) -> dict[str, Any]:
-    """Figures from a ``scripts/benchmark.py --json`` file: ``samples_per_s`` (the ASA step's,
+    """Figures from a ``benchmarks/speed.py --json`` file: ``samples_per_s`` (the ASA step's,
     ``asa_samples_per_s``, at that run's batch), ``crops_per_worker`` / ``cold_crops_per_worker``
     (a ``--loader`` run's store figures); whichever the file has."""
     r = json.loads(Path(path).read_text())

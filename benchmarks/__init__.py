@@ -1,5 +1,5 @@
 """Measuring tools of the checkout, kept out of the installed ``asa`` package: the timing harness of
-``scripts/benchmark.py`` (alternated workloads, peak memory, FLOP counts) and its report (targets,
+``benchmarks/speed.py`` (alternated workloads, peak memory, FLOP counts) and its report (targets,
 tables, BENCHMARKS.md rows), the data-loader workload, the old-vs-new step comparison, the SDPA
 kernel census and the GPU check (``python -m benchmarks.gpu``, from the repository root).
 

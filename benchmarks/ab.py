@@ -1,5 +1,5 @@
 """Old-versus-new measurements of the step-time changes, each pair alternated round by round in one
-process (``scripts/benchmark.py --gpu-ab``), and the end-to-end ``asa-pretrain`` loop reading a store.
+process (``benchmarks/speed.py --gpu-ab``), and the end-to-end ``asa-pretrain`` loop reading a store.
 
 - ``optimizer``: ``optimizer.step()`` of the ASA's AdamW with torch's default kernel choice (the
   per-parameter loop on a CPU, ``foreach`` on CUDA) vs the fused kernel ``asa-pretrain`` takes;

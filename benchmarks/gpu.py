@@ -65,12 +65,12 @@ GPU_TARGETS = {  # (key, comparison, bound) on the merged row of each precision
 
 
 def find_repo(given: Path | None) -> Path:
-    """The checkout whose scripts/benchmark.py and tests/ the check runs: ``given``, else the
+    """The checkout whose benchmarks/speed.py and tests/ the check runs: ``given``, else the
     working folder, else the checkout this package lies in."""
     for candidate in ([given] if given else [Path.cwd(), Path(__file__).resolve().parents[1]]):
-        if (candidate / "scripts" / "benchmark.py").is_file() and (candidate / "tests").is_dir():
+        if (candidate / "benchmarks" / "speed.py").is_file() and (candidate / "tests").is_dir():
             return candidate.resolve()
-    raise SystemExit(f"--repo {given or Path.cwd()}: not an asa checkout (needs scripts/benchmark.py and tests/); "
+    raise SystemExit(f"--repo {given or Path.cwd()}: not an asa checkout (needs benchmarks/speed.py and tests/); "
                      "run from the repository root or pass --repo")
 
 

@@ -146,8 +146,8 @@ def run_command(cmd: Sequence[str], *, timeout_s: float, log_path: Path, env: di
 
 
 def _load_benchmark(repo: Path):
-    """scripts/benchmark.py of the checkout, as a module."""
-    path = repo / "scripts" / "benchmark.py"
+    """benchmarks/speed.py of the checkout, as a module."""
+    path = repo / "benchmarks" / "speed.py"
     spec = importlib.util.spec_from_file_location("asa_benchmark", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
@@ -156,14 +156,14 @@ def _load_benchmark(repo: Path):
 
 
 def _bench(ctx: Context, name: str, args: list[str], size: int | None = None) -> dict[str, Any]:
-    """scripts/benchmark.py with ``args`` at the profile's size (or ``size``) and preset; its result dict."""
+    """benchmarks/speed.py with ``args`` at the profile's size (or ``size``) and preset; its result dict."""
     p = ctx.profile
     out = ctx.work / f"{name}.json"
     argv = ["--size", str(size or p.size), "--preset", p.preset, "--steps", str(p.steps), "--warmup", str(p.warmup),
             "--device", p.device, "--json", str(out), *args]
     if p.threads is not None:
         argv += ["--threads", str(p.threads)]
-    ctx.log(f"scripts/benchmark.py {' '.join(argv)}")
+    ctx.log(f"benchmarks/speed.py {' '.join(argv)}")
     _load_benchmark(ctx.repo).main(argv)
     return json.loads(out.read_text())
 

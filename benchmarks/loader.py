@@ -237,7 +237,7 @@ def compare_batches_and_items(tmp: Path, *, volumes: int, shape: Sequence[int], 
                          workers=preprocess_workers, progress=False)
     r["store_build_s"] = time.perf_counter() - t0
     r["store_bytes"] = report.bytes
-    store = build_pretrain_dataset(cases, size=size, augment=False, store=tmp / "store")
+    store = build_pretrain_dataset(cases, crop=size, augment=False, store=tmp / "store")
     datasets = {"store": store, "items": ItemByItem(store)}
     log(f"store: {report.bytes / 2**30:.2f} GiB in {r['store_build_s']:.0f} s")
     stored = files_under(tmp / "store" / "cases", (".npy",))
@@ -311,7 +311,7 @@ def startup_with_index(tmp: Path, *, cases: int, size: int = 16, batch: int = 4,
     kept, _ = opened.cases(discover("bids", root, validate="none"))
     steps["find_and_compare_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    dataset = build_pretrain_dataset(kept, size=size, augment=False, store=opened)
+    dataset = build_pretrain_dataset(kept, crop=size, augment=False, store=opened)
     steps["dataset_s"] = time.perf_counter() - t
     t = time.perf_counter()
     loader, _, _, _ = build_loader(dataset, batch_size=batch, rank=0, world_size=1, seed=0, num_workers=workers)

@@ -105,7 +105,7 @@ def format_table(r: dict[str, Any]) -> str:
 MD_HEADER = """\
 # Benchmarks
 
-Produced by `scripts/benchmark.py` (one row per run, newest last; the command is in each row).
+Produced by `benchmarks/speed.py` (one row per run, newest last; the command is in each row).
 All figures are medians of timed repeats after warm-up; the compared models run alternately, on
 the same input, in the same process, at the same precision (`amp` column: fp32, bf16 autocast, or
 fp16 autocast + GradScaler on CUDA); the device column gives the CPU thread count.
@@ -223,7 +223,7 @@ LOADER_HEADER = "| date | device | cpus | load | volumes | crop | batch | worker
 LOADER_SECTION = """\
 ## Data loader
 
-`scripts/benchmark.py --loader` (one row per run): the pretraining loader (brain-centred crops, no
+`benchmarks/speed.py --loader` (one row per run): the pretraining loader (brain-centred crops, no
 augmentation, `asa.train` loader) over synthetic brains (int16 smooth random texture in an
 ellipsoid, zero outside, uncompressed NIfTI), read from a store (`asa-preprocess`, fp16 unless
 stated) a batch at a time (`store`: each crop copied from the memory map into a reused

@@ -46,6 +46,7 @@ from asa.api.common import dataset_root
 from asa.api.config import compose_config
 from asa.api.rundir import move_aside
 from asa.data import discover, get_task
+from asa.eval import bootstrap_ci, seed_case_bootstrap
 from asa.eval.metrics import EMPTY_HD95
 from asa.eval.predict import Predictor
 from asa.eval.reliance import encoder_reliance
@@ -59,17 +60,6 @@ LESION = "Dice_lesion"  # mean Dice over the --lesion-classes, a score column of
 
 
 # ----------------------------------------------------------------------------------------- statistics
-def bootstrap_ci(values: Sequence[float], *, n_boot: int = 10000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high): percentile bootstrap confidence interval of the mean of ``values``."""
-    v = np.asarray(values, dtype=float)
-    if v.size == 0:
-        return math.nan, math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(1)
-    alpha = (1 - level) / 2
-    return float(v.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
-
-
 def paired_matrix(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: int, key: str) -> np.ndarray:
     """D [seeds, test cases]: (arm − reference) ``key`` of the runs with the same N, seed and test case
     (seeds and cases in sorted order; NaN where one of the pair is missing)."""
@@ -90,35 +80,13 @@ def paired_differences(scores: Sequence[Mapping[str, Any]], arm: str, reference:
     return [float(np.nanmean(col)) for col in d.T if not np.isnan(col).all()]
 
 
-def seed_case_bootstrap(d: np.ndarray, *, n_boot: int = 10000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high) of the paired differences ``d`` [seeds, test cases] (NaN: missing pairs, left out).
-
-    Two-level percentile bootstrap for the study's crossed design (every seed's run is scored on the
-    same test cases): each resample draws the test cases with replacement, then the seeds (labeled
-    draws) with replacement, and takes the mean of ``d`` over the drawn seed × case grid. The interval
-    thus carries the spread between labeled draws as well as between test cases. The case indices are
-    drawn first, from the same generator and in the same way as :func:`bootstrap_ci`: with the same
-    differences for every seed the interval is exactly the case-only one. With few seeds the seed level
-    is under-dispersed (a bootstrap over S draws has (S − 1)/S of their variance): the per-seed means
-    belong next to it. The point estimate is the mean over all pairs (= mean of the per-seed means when
-    every seed has every case)."""
-    d = np.asarray(d, dtype=float)
-    valid = ~np.isnan(d)
-    if d.ndim != 2 or not valid.any():
-        return math.nan, math.nan, math.nan
-    n_seeds, n_cases = d.shape
-    rng = np.random.default_rng(seed)
-    case_draws = rng.integers(0, n_cases, size=(n_boot, n_cases))
-    seed_draws = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
-    rows = np.arange(n_boot)[:, None]
-    w_case, w_seed = np.zeros((n_boot, n_cases)), np.zeros((n_boot, n_seeds))
-    np.add.at(w_case, (rows, case_draws), 1.0)  # how often each case / seed is drawn in each resample
-    np.add.at(w_seed, (rows, seed_draws), 1.0)
-    total = np.einsum("bs,sc,bc->b", w_seed, np.where(valid, d, 0.0), w_case)
-    count = np.einsum("bs,sc,bc->b", w_seed, valid.astype(float), w_case)
-    means = total[count > 0] / count[count > 0]
-    alpha = (1 - level) / 2
-    return float(d[valid].mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+def case_interval(differences: Sequence[float], *, n_boot: int, seed: int) -> tuple[float, float]:
+    """(low, high): the case-only bootstrap CI of the mean paired difference (`asa.eval.bootstrap_ci`;
+    NaN without differences)."""
+    if not differences:
+        return math.nan, math.nan
+    est = bootstrap_ci(np.mean, np.asarray(differences, dtype=float), n_resamples=n_boot, seed=seed)
+    return est.low, est.high
 
 
 def per_seed_differences(d: np.ndarray) -> list[float]:
@@ -147,8 +115,8 @@ def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], referen
               n_boot: int = 10000, seed: int = 0) -> list[dict]:
     """One row per (arm, N): every metric (Dice, and HD95 when scored) per class and mean ± sd over seeds
     (of the per-seed test means), the encoder-zeroed mean Dice, and for every metric the paired
-    difference to ``reference``: its mean, the seed × case bootstrap CI (:func:`seed_case_bootstrap`),
-    the case-only CI (per test case averaged over seeds, :func:`bootstrap_ci`) and the per-seed means."""
+    difference to ``reference``: its mean, the seed × case bootstrap CI (`asa.eval.seed_case_bootstrap`),
+    the case-only CI (per test case averaged over seeds, :func:`case_interval`) and the per-seed means."""
     rows = []
     keys = metric_keys(scores, names)
     arms = list(dict.fromkeys(s["arm"] for s in scores))
@@ -169,9 +137,10 @@ def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], referen
                 row["reference"] = ref
                 for key in keys:
                     d, p = paired_matrix(scores, arm, ref, n, key), delta_prefix(key)
-                    row[p], row[p + "_lo"], row[p + "_hi"] = seed_case_bootstrap(d, n_boot=n_boot, seed=seed)
-                    _, row[p + "_case_lo"], row[p + "_case_hi"] = bootstrap_ci(paired_differences(scores, arm, ref, n, key),
-                                                                               n_boot=n_boot, seed=seed)
+                    both = seed_case_bootstrap(d, n_resamples=n_boot, seed=seed)
+                    row[p], row[p + "_lo"], row[p + "_hi"] = both.value, both.low, both.high
+                    row[p + "_case_lo"], row[p + "_case_hi"] = case_interval(paired_differences(scores, arm, ref, n, key),
+                                                                             n_boot=n_boot, seed=seed)
                     row[p + "_per_seed"] = " ".join(f"{v:+.4f}" for v in per_seed_differences(d))
             rows.append(row)
     return rows

@@ -314,24 +314,28 @@ def cases_of_split(cases: Sequence, split_file: str | os.PathLike | None, subset
     return chosen
 
 
-def check_crop_fits(patch: int, cases: Sequence, *, option: str = "data.crop") -> None:
+def check_crop_fits(crop: int, cases: Sequence, *, option: str = "data.crop", store: str | os.PathLike | None = None,
+                    hint: str = " (with a pretrained encoder, its crop size sets it)") -> None:
     """Refuse a crop larger than every case's volume along every axis: the network would see mostly
-    padding, at a memory cost set by the crop (a 128³ SA-Swin crop on 64³ volumes ran out of memory)."""
+    padding, at a memory cost set by the crop (a 128³ SA-Swin crop on 64³ volumes ran out of memory).
+    With ``store`` the volumes' preprocessed grids recorded in it are compared, else the files' own."""
     import nibabel as nib
 
+    records = open_store(store).records if store is not None else {}
     largest, where = 0, None
     for case in cases:
         path = next(iter(case.images.values()))
         try:
-            shape = nib.load(str(path)).shape[:3]
+            shape = tuple(records[case.id]["shape"]) if case.id in records else nib.load(str(path)).shape[:3]
         except Exception:  # unreadable files were refused by the case checks already
             continue
         if max(shape) > largest:
             largest, where = max(shape), (case.id, shape)
-    if where is not None and patch > largest:
-        raise OptionError(f"{option}={patch}: the crop is larger than every volume along every axis (the "
-                          f"largest, {where[0]}, is {'×'.join(map(str, where[1]))}); set "
-                          f"{option}={_fitting(largest)} or smaller (with a pretrained encoder, its crop size sets it)")
+    if where is not None and crop > largest:
+        raise OptionError(f"{option}={crop}: the crop is larger than every volume along every axis (the "
+                          f"largest, {where[0]}, is {'×'.join(map(str, where[1]))}"
+                          f"{' in ' + str(store) if case.id in records else ''}); set {option}={_fitting(largest)} "
+                          f"or smaller{hint}")
 
 
 def _fitting(largest: int) -> int:

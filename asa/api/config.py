@@ -9,6 +9,7 @@ pretraining and fine-tuning) on their search path. In a source checkout that is 
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from asa.api import schema
 
-__all__ = ["ENTRY_POINTS", "compose_config", "config_path", "load_config"]
+__all__ = ["ENTRY_POINTS", "compose_config", "config_path", "describe_compose_error", "load_config"]
 
 ENTRY_POINTS = ("pretrain", "finetune", "predict", "evaluate", "preprocess", "probe")
 _SOURCE_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -63,11 +64,42 @@ def compose_config(name: str = "pretrain", overrides: Sequence[str] = ()) -> Dic
         return compose(config_name=name, overrides=list(overrides))
 
 
+_HYDRA_NOISE = ("Set the environment variable HYDRA_FULL_ERROR", "To append to your config", "full_key:",
+                "reference_type=", "object_type=", "Traceback", "File \"", "hydra.errors.", "omegaconf.errors.")
+_QUOTING = ("LexerNoViableAlt", "token recognition error", "mismatched input", "extraneous input", "no viable")
+
+
+def describe_compose_error(text: str) -> str:
+    """Hydra's multi-line report of a command line that does not compose, as one line, with a hint to
+    quote when the parser choked on a value (spaces, non-ASCII characters, brackets)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    kept = [ln for ln in lines if not ln.startswith(_HYDRA_NOISE) and not ln.startswith("^")]
+    message = " ".join(kept).split(" Config search path:")[0] or "the command line could not be read"
+    key = re.search(r"Could not override '([\w.]+)'", message) or re.search(r"full_key: ([\w.]+)", text)
+    if key and (note := schema.old_key(key[1])):
+        message += f" — {key[1]} {note}"
+    elif key and key[1].startswith("model.") and "is not in struct" in message:  # a fine-tuning model section
+        message += (f" — the network the model preset builds (model.arch) has no option {key[1].removeprefix('model.')}; "
+                    "its options are the fields of its settings (asa.models.NetworkSettings)")
+    if any(marker in text for marker in _QUOTING):
+        message += (" — a value with spaces, non-ASCII or special characters must be quoted for Hydra inside the "
+                    "shell's quotes, e.g. \"output_dir='runs/my run'\"")
+    return message
+
+
 def load_config(name: str, *overrides: str) -> Any:
     """A job's typed config (``PretrainConfig``, ``FinetuneConfig``, ``PredictConfig`` or
     ``EvaluateConfig``) with the console script's defaults and these ``key=value`` overrides, e.g.
     ``load_config("pretrain", "model=small", "trainer=smoke")``; set its fields as attributes, then
     pass it to ``asa.api.pretrain`` etc. Interpolated values (``trainer.schedule`` follows
     ``optim.schedule``) are resolved here: change such fields together, or pass an override instead.
-    Required values left open (``???``, e.g. ``checkpoint`` of predict) must be set before running."""
-    return OmegaConf.to_object(schema.validate(compose_config(name, overrides), name))
+    Required values left open (``???``, e.g. ``checkpoint`` of predict) must be set before running.
+    An override that does not compose raises ``ValueError`` with the console scripts' hints (a renamed
+    key's new place, a model option the network lacks)."""
+    from hydra.errors import HydraException
+
+    try:
+        cfg = compose_config(name, overrides)
+    except HydraException as err:
+        raise ValueError(describe_compose_error(f"{err}\n{err.__cause__ or ''}")) from None
+    return OmegaConf.to_object(schema.validate(cfg, name))

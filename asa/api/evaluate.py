@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig, ListConfig
 
 from asa.api.common import cases_of_split, dataset_root, refusing
+from asa.api.rundir import check_writable
 from asa.api.schema import EvaluateConfig, as_config
 from asa.api.tasks import finetune_task
 from asa.data import discover, get_task, read_targets, subject_groups
@@ -30,6 +31,7 @@ def evaluate(config: EvaluateConfig | DictConfig) -> dict:
     (`asa.api.tasks`) scores."""
     with refusing():  # nothing is written before the end: a bad option or input refuses the job (exit 2)
         cfg = as_config(config, "evaluate")
+        check_writable(Path(cfg.output).absolute(), "output")  # before the scoring, not after it
         return finetune_task(cfg.data.task).evaluate(cfg)
 
 

@@ -8,9 +8,11 @@ takes as is. ``asa.load_encoder(OUT_DIR)`` and ``asa-finetune model.pretrained=O
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,29 +20,44 @@ from typing import Any
 import asa
 from asa.api.common import refusing
 from asa.data.preprocessing import PERCENTILES
-from asa.io import load_weights, write_model_folder
-from asa.io.hub import FOLDER_FORMAT, MODEL_FILE
+from asa.io import atomic_write_json, load_weights, save_checkpoint, write_model_folder
+from asa.io.hub import (FOLDER_FILES, FOLDER_FORMAT, MODEL_FILE, NNUNET_PLANS, NNUNET_WEIGHTS, OPTIONAL_FILES,
+                        SEGMENTER_FILE, encoder_network_spec)
+from asa.models.cnn.nnunet import RESENC_ARCHS, describe_nnunet, nnunet_checkpoint, nnunet_plans_snippet
 from asa.models.portable import encoder_export
+from asa.models.registry import NETWORK_TASKS, current_spec
 
-__all__ = ["export_model", "model_card", "model_config"]
+__all__ = ["NNUNET_PLANS", "NNUNET_WEIGHTS", "export_model", "model_card", "model_config"]
 
 # the run's data settings a model folder repeats; size / patch_size: the crop of runs before data.crop, as recorded
 DATA_KEYS = ("name", "layout", "task", "channels", "crop", "size", "patch_size", "resample_mm", "lr_centre")
 CHECKPOINT_DIR = "checkpoints"
+COMMAND_FILE = "command.txt"  # beside config.yaml in a run folder: the command line that started the run
 
 
 def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False,
-                 license: str = "other") -> Path:
+                 license: str = "other", nnunet_channels: int | None = None) -> Path:
     """Write the hub-ready model folder of ``checkpoint`` to ``out_dir``; returns ``out_dir``.
 
     Args:
         checkpoint: a checkpoint (``last.pt`` / ``best.pt`` of asa-pretrain or asa-finetune), an
             encoder export (``encoder.pt`` / ``encoder.safetensors``) or a model folder, of a network
             with a registered encoder.
-        out_dir: the folder to write; an existing non-empty one is refused unless ``overwrite``.
-        overwrite: replace a non-empty ``out_dir`` as a whole.
+        out_dir: the folder to write (``.``: the working folder); one holding anything but an earlier
+            export's three files is refused, naming them; one holding those is refused unless ``overwrite``.
+        overwrite: move an earlier export's files in ``out_dir`` to ``<out_dir>.replaced-<time>/``
+            (never deleted) and write the new ones.
         license: the model card's licence field (a Hugging Face licence id, e.g. ``apache-2.0``;
             ``other``: stated in the card's text).
+        nnunet_channels: for a resenc encoder, the image channels of the nnU-Net checkpoint (a 1-channel stem
+            is repeated and divided by their number; None: the encoder's own).
+
+    A fine-tuning checkpoint also gives ``segmenter.pt``, the whole network (weights, spec, run config) that
+    ``asa-predict checkpoint=OUT_DIR`` uses, and the card names its task, training data, the metrics of
+    asa-evaluate runs found in the run folder and the command that made it. A resenc encoder (without the
+    coordinate channel) also gets ``nnunet_pretrained_weights.pth`` and
+    ``nnunet_plans.json`` (`asa.models.cnn.nnunet`): ``nnUNetv2_train ... -pretrained_weights`` loads the one
+    into the network nnU-Net builds from the other.
 
     A bad input is refused (`asa.api.common.OptionError`, exit 2 from the console script) before anything is written.
     """
@@ -48,18 +65,104 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         source = Path(checkpoint).expanduser()
         if not source.exists():
             raise FileNotFoundError(f"checkpoint {source}: no such file or folder")
-        out = Path(out_dir).expanduser()
-        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-            raise ValueError(f"output folder {out} exists and is not empty; choose another or pass --overwrite")
+        out = Path(out_dir).expanduser().absolute()  # ".": the working folder, by its name
         if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
             raise ValueError(f"output folder {out} would replace or sit inside the input {source}")
+        held = _held(out, overwrite=overwrite)
         if not license or any(c.isspace() for c in license):
             raise ValueError(f"--license {license!r}: expected a licence id without spaces (e.g. apache-2.0, other)")
         state = load_weights(source)
         export = encoder_export(source, state)
         config = model_config(source, state, export, license=license)
         card = model_card(config)
-    return write_model_folder(out, export, config, card, overwrite=overwrite)
+        spec = export["network"]
+        nnunet = None
+        if spec.get("arch") in RESENC_ARCHS and not spec.get("kwargs", {}).get("coord_channel"):
+            nnunet = (nnunet_checkpoint(export, in_channels=nnunet_channels, source=str(source)),
+                      nnunet_plans_snippet(spec, str(source)))
+            card += "\n## nnU-Net v2\n\n```\n" + describe_nnunet(Path("."), NNUNET_WEIGHTS, NNUNET_PLANS) + "\n```\n"
+        segmenter = _segmenter(state)
+        if segmenter is not None:
+            card += segmenter_card(source, segmenter["config"])
+        if nnunet is None and nnunet_channels is not None:
+            raise ValueError(f"--nnunet-channels: {source} holds a {spec.get('arch')!r} encoder; the nnU-Net export "
+                             "takes a resenc encoder without the coordinate channel")
+    if held:  # --overwrite: the previous export's files go aside, nothing is deleted
+        aside = _move_aside(out, held)
+        print(f"[asa-export] --overwrite: moved the previous {', '.join(held)} to {aside}", file=sys.stderr, flush=True)
+    folder = write_model_folder(out, export, config, card)
+    if nnunet is not None:
+        save_checkpoint(folder / NNUNET_WEIGHTS, nnunet[0])
+        atomic_write_json(folder / NNUNET_PLANS, nnunet[1])
+    if segmenter is not None:
+        save_checkpoint(folder / SEGMENTER_FILE, segmenter)
+    return folder
+
+
+def _segmenter(state: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The whole fine-tuned network of a fine-tuning checkpoint as asa-predict reads it (weights, spec, run
+    config, step; no optimiser state), or None for any other file."""
+    config = state.get("config")
+    if not isinstance(config, Mapping) or "task" not in config or not isinstance(state.get("model"), Mapping):
+        return None
+    if NETWORK_TASKS.get(current_spec(state["network"])["arch"]) == "pretraining":
+        return None
+    return {"model": dict(state["model"]), "network": state["network"], "config": dict(config),
+            "step": int(state.get("step") or 0)}
+
+
+def segmenter_card(source: Path, config: Mapping[str, Any]) -> str:
+    """The model card's section on the whole segmenter: task, training data, the command that made it."""
+    task = config.get("task") if isinstance(config.get("task"), Mapping) else {}
+    data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
+    run = source.parent.parent if source.parent.name == CHECKPOINT_DIR else None
+    command = None
+    if run is not None and (run / COMMAND_FILE).is_file():
+        command = (run / COMMAND_FILE).read_text(encoding="utf-8").strip()
+    labels = task.get("labels") or task.get("regions") or task.get("classes")
+    return "\n".join([
+        "", "## Segmenter", "",
+        f"`{SEGMENTER_FILE}` is the whole fine-tuned network ({source.name}); predict with",
+        "", "```", "asa-predict checkpoint=path/to/this/folder input=IMAGES output=PREDICTIONS", "```", "",
+        f"- task: {task.get('name', 'unknown')}" + (f", outputs {labels}" if labels else ""),
+        f"- training data: {data.get('name', 'unknown')}" + (f" at {data['root']}" if data.get("root") else "")
+        + (f", split {data['split_file']}" if data.get("split_file") else ""),
+        "- metrics on its test split: the asa-evaluate summaries under Metrics (none: not evaluated in the run "
+        "folder)",
+        f"- command: `{command}`" if command else "- command: not recorded with the run (runs before command.txt)",
+        ""])
+
+
+def _held(out: Path, *, overwrite: bool) -> list[str]:
+    """The files of an earlier export in ``out`` that ``overwrite`` moves aside; a file, a folder holding
+    anything else (a run, data) or, without ``overwrite``, a non-empty folder is refused by name."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {out} is a file")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    foreign = [name for name in held if name not in FOLDER_FILES + OPTIONAL_FILES]
+    if foreign:
+        shown = ", ".join(foreign[:6]) + (f", ... ({len(foreign)} entries)" if len(foreign) > 6 else "")
+        raise ValueError(f"output folder {out} holds files asa-export did not write ({shown}); nothing was written "
+                         f"or moved: choose a new or empty folder (--overwrite replaces only an earlier export's "
+                         f"{', '.join(FOLDER_FILES)})")
+    if held and not overwrite:
+        raise ValueError(f"output folder {out} holds an earlier export ({', '.join(held)}); choose another or pass "
+                         f"--overwrite (it moves them to {out.name}.replaced-<time>/)")
+    return held
+
+
+def _move_aside(out: Path, names: list[str]) -> Path:
+    """Move the files ``names`` of ``out`` into a new ``<out>.replaced-<YYYYmmdd-HHMMSS>/`` beside it
+    (the folder itself stays: it may be the working folder); returns that folder."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    aside, n = out.with_name(f"{out.name}.replaced-{stamp}"), 1
+    while aside.exists():
+        n += 1
+        aside = out.with_name(f"{out.name}.replaced-{stamp}-{n}")
+    aside.mkdir()
+    for name in names:
+        os.replace(out / name, aside / name)
+    return aside
 
 
 def _git_commit() -> str | None:
@@ -92,10 +195,14 @@ def _run_metrics(source: Path, state: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, Any], *, license: str) -> dict[str, Any]:
-    """``config.json``: the network spec and what built it (method, data, crop, spacing, orientation,
+    """``config.json``: the spec of the network ``model.safetensors`` holds (the encoder alone:
+    `asa.io.hub.encoder_network_spec`; ``source_network``: the network it was trained in) and what built it (method, data, crop, spacing, orientation,
     preprocessing), the asa version and git commit, the source and the run's metrics when known."""
     run = state.get("model_config") or {}  # re-exporting a model folder keeps what it recorded
     if run:
+        if run.get("network") == export["network"]:  # a folder of format 1 recorded the source network
+            run = {**run, "network": encoder_network_spec(export["network"]), "source_network": export["network"],
+                   "format_version": 2}
         return {**run, "license": license, "asa_version": asa.__version__, "git_commit": _git_commit() or
                 run.get("git_commit")}
     cfg = state.get("config") if isinstance(state.get("config"), Mapping) else {}
@@ -107,11 +214,12 @@ def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, An
         method = f"asa-finetune (model arch {spec.get('arch')})"
     resample = data.get("resample_mm")
     return {
-        "asa_format": FOLDER_FORMAT, "format_version": 1, "weights": MODEL_FILE,
-        "network": spec, "encoder_prefix": next(iter(export["encoder"])).split(".", 1)[0] + ".",
+        "asa_format": FOLDER_FORMAT, "format_version": 2, "weights": MODEL_FILE,
+        "network": encoder_network_spec(spec), "source_network": spec, "encoder_prefix": next(iter(export["encoder"])).split(".", 1)[0] + ".",
         "method": method,
         "data": {k: data[k] for k in DATA_KEYS if k in data} | ({"task": cfg["task"].get("name")}
-                                                                if isinstance(cfg.get("task"), Mapping) else {}),
+                                                                if isinstance(cfg.get("task"), Mapping) else {})
+        | ({"demo_phantoms": True} if _demo(data) else {}),
         "crop": list(kwargs["img_size"]) if "img_size" in kwargs else None,
         "patch_size": kwargs.get("patch_size"),
         "spacing_mm": [float(resample)] * 3 if resample else None,  # None: the data's own grid (no resampling)
@@ -127,10 +235,15 @@ def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, An
     }
 
 
+def _demo(data: Mapping[str, Any]) -> bool:
+    """Whether the run read asa's generated demo phantoms (``data.root`` and ``data.store`` null)."""
+    return "root" in data and data.get("root") is None and data.get("store") is None
+
+
 def model_card(config: Mapping[str, Any]) -> str:
     """``README.md``: Hugging Face front matter (licence, library, tags), then intended use, training
     data, how to load, metrics when known."""
-    spec = config["network"]
+    spec = config.get("source_network") or config["network"]  # the arch the encoder was trained in
     crop = config.get("crop")
     data = config.get("data") or {}
     metrics = config.get("metrics") or {}
@@ -143,7 +256,8 @@ def model_card(config: Mapping[str, Any]) -> str:
              "validated for clinical decisions.", "",
              "## Training", "",
              f"- method: {config.get('method') or 'unknown'}",
-             f"- data: {data.get('name', 'unknown')}" + (f" (layout {data['layout']})" if data.get("layout") else "")
+             f"- data: {'demo phantoms (generated by asa, not scans)' if data.get('demo_phantoms') else data.get('name', 'unknown')}"
+             + (f" (layout {data['layout']})" if data.get("layout") else "")
              + (f", channels {', '.join(map(str, data['channels']))}" if data.get("channels") else ""),
              f"- crop: {' x '.join(map(str, crop)) if crop else 'unknown'} voxels"
              + (f", patch size {config['patch_size']}" if config.get("patch_size") else ""),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 
 import torch
@@ -77,22 +78,24 @@ def finetune_segmentation(cfg: FinetuneConfig) -> FitResult:
             print(f"[asa] warning: {warning}", file=sys.stderr, flush=True)
         resolved = dataclasses.asdict(cfg)
         resolved["task"] = dataclasses.asdict(task)  # asa-predict rebuilds the task from the checkpoint
-        patch = record_geometry(resolved, model)  # the effective crop, position code, axis and reference grid
-        if (fault := capabilities(model).crop_fault(patch)) is not None:  # before anything is written
-            raise OptionError(f"data.crop={patch}: {fault}")
+        crop = record_geometry(resolved, model)  # the effective crop, position code, axis and reference grid
+        if (fault := capabilities(model).crop_fault(crop)) is not None:  # before anything is written
+            raise OptionError(f"data.crop={crop}: {fault}")
         resolved["data"]["regions"]["source"] = "none" if regions is None else regions.source  # auto resolved
-        lattice = {}
-        if (grid := capabilities(model).lattice) is not None:  # crops start on the brain frame's patch lattice
+        # crops start on the brain frame's patch lattice; a network without one (DynUNet) on the coarsest
+        # lattice of up to 8 voxels that its crop allows: any crop its own checks take
+        lattice = dict(lattice=math.gcd(patch, 8))
+        if (grid := capabilities(model).lattice) is not None:
             lattice = dict(lattice=grid[0], lr_axis=resolved["model"]["lr_axis"], reference_size=grid[1])
         trainer_config(cfg)  # bad trainer values stop the run before its folder is touched
         optimizer, lr, config = optimizer_and_config(cfg, model, env)
         run_dir = run.prepare_dir(resolved)
         out_dir = run_dir.path
         cases = load_cases(data, out_dir if env.is_main else None, env)
-        check_crop_fits(patch, cases)
+        check_crop_fits(crop, cases)
         splits = split_cases(cases, data, out_dir, env)
         train_ds = build_segmentation_dataset(
-            splits["train"], task, train=True, patch_size=patch, store=data.store,
+            splits["train"], task, train=True, crop=crop, store=data.store,
             samples_per_case=data.samples_per_case, seed=cfg.seed, regions=regions, **lattice,
         )
         val_ds = (build_segmentation_dataset(splits["val"], task, train=False,
@@ -106,12 +109,12 @@ def finetune_segmentation(cfg: FinetuneConfig) -> FitResult:
             print(f"[asa] warning: data={data.name} has no validation cases: no best.pt, no early stopping",
                   file=sys.stderr)
         validate = None if val_ds is None else make_dice_validator(
-            val_ds, task=task, roi_size=(patch,) * 3, env=env,
+            val_ds, task=task, roi_size=(crop,) * 3, env=env,
             overlap=cfg.validation.overlap, sw_batch_size=int(cfg.validation.sw_batch_size),
         )
         panel_fn = None
         if val_ds is not None and env.is_main and config.panel_every:
-            panel_fn = make_segmentation_panel_fn(val_ds[0], multilabel=task.multilabel, roi_size=(patch,) * 3,
+            panel_fn = make_segmentation_panel_fn(val_ds[0], multilabel=task.multilabel, roi_size=(crop,) * 3,
                                                   overlap=cfg.validation.overlap,
                                                   sw_batch_size=int(cfg.validation.sw_batch_size))
         collate = None

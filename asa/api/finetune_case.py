@@ -103,15 +103,15 @@ def finetune_case(cfg: FinetuneConfig) -> FitResult:
                                    default_crop=default_crop(data), pooling=head.pooling,
                                    hidden_dim=head.hidden_dim, head_dropout=head.dropout,
                                    target_shift=shift, target_scale=scale)
-        patch = record_geometry(resolved, model)  # the effective crop (and SW-ViT's position code, axis, grid)
+        crop = record_geometry(resolved, model)  # the effective crop (and SW-ViT's position code, axis, grid)
         # asa-predict / asa-evaluate read the task from the checkpoint's run config
         resolved["task"] = {"name": CASE_TASK, "kind": kind, "target": str(data.target), "classes": list(targets.names),
                             "target_shift": shift, "target_scale": scale}
         optimizer, lr, config = optimizer_and_config(cfg, model, env)
-        common = dict(size=patch, seed=cfg.seed, store=data.store)
+        common = dict(crop=crop, seed=cfg.seed, store=data.store)
         train_ds = build_target_dataset(splits["train"], targets, augment=True, **common)
         # validation scores what asa-predict writes: each case's outputs averaged over its test-time crops
-        val_ds = build_case_crops_dataset(splits["val"], size=patch, lattice=case_crop_lattice(model),
+        val_ds = build_case_crops_dataset(splits["val"], crop=crop, lattice=case_crop_lattice(model),
                                           crops=cfg.validation.crops, targets=targets,
                                           store=data.store) if splits["val"] else None
         run_dir.write_config(resolved)  # every check passed

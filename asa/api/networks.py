@@ -11,6 +11,7 @@ initialises from a file).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -60,6 +61,12 @@ def pretrained_geometry(pretrained: str | Path | None, *, crop: int | None, pos_
     if crop is None:
         raise ValueError("the crop size is unknown: give crop, a pretrained file that records its crop, "
                          "or default_crop")
+    for key, chosen in (("pos_mode", pos_mode), ("lr_axis", lr_axis)):  # the file's geometry, overridden: said
+        if chosen is not None and recorded.get(key) is not None and chosen != recorded[key]:
+            print(f"[asa] note: model.{key}={chosen} overrides the {key}={recorded[key]} that {pretrained} was "
+                  f"pretrained with: its encoder is fine-tuned with another "
+                  f"{'position code' if key == 'pos_mode' else 'symmetric axis'} (leave model.{key} unset to keep "
+                  "the file's)", file=sys.stderr, flush=True)
     if pos_mode is None:
         pos_mode = recorded.get("pos_mode") or "mirror"
     if lr_axis is None:
@@ -110,8 +117,16 @@ def build_from_config(
                          f"{', '.join(architectures('segmentation'))}")
     channels = dict(in_channels=in_channels, out_channels=out_channels)
     if arch not in FOLLOWS_PRETRAINING:
+        blob = load_weights(pretrained) if pretrained and arch == "resenc" else None  # read once
+        if crop is None and blob is not None and "foreign" in blob:  # a published checkpoint's recommended crop
+            crop = int(blob["foreign"]["crop"])
         size = pretrained_geometry(None, crop=crop, pos_mode=None, lr_axis=None, default_crop=default_crop).crop
+        if blob is not None and "foreign" in blob:  # the topology is the checkpoint's, whatever model.size says
+            recorded = blob["network"]["kwargs"]
+            options |= {key: recorded[key] for key in ("features", "strides", "blocks", "decoder_convs")}
         net = build_network({"arch": arch, "kwargs": {"img_size": (size,) * 3, **channels, **options}})
+        if blob is not None:
+            return _load(net, arch, pretrained, lambda: net.load_pretrained(pretrained, checkpoint=blob))
         return _load(net, arch, pretrained)
     if not isinstance(segmenter, SegmenterConfig):  # a mapping: the keys it gives, the rest at the schema's defaults
         segmenter = SegmenterConfig(**segmenter)

@@ -26,6 +26,7 @@ from asa.api.tasks import PredictSetup, finetune_task
 from asa.eval.inference import check_sw_batch_size
 from asa.eval.predict import Predictor, gather_cases, predict_cases
 from asa.io import atomic_write_json, is_nifti, load_checkpoint
+from asa.io.hub import segmenter_checkpoint
 from asa.train.distributed import resolve_device
 from asa.train.precision import amp_name, resolve_amp, set_threads
 
@@ -144,6 +145,8 @@ def predict(config: PredictConfig | DictConfig) -> list[Path]:
         setup = PredictSetup(device=device, amp_dtype=amp_dtype, threads=threads, sw_batch_size=sw_batch_size,
                              compile=cfg.compile)
         checkpoint = Path(str(cfg.checkpoint)).expanduser().absolute()
+        if checkpoint.is_dir():  # a model folder of asa-export with the whole segmenter
+            checkpoint = segmenter_checkpoint(checkpoint)
         state = load_checkpoint(checkpoint)
         recorded = ((state.get("config") or {}).get("task") or {}).get("name")
         task = finetune_task(str(recorded), option=f"checkpoint={checkpoint}: its task")

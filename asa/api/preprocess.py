@@ -61,7 +61,13 @@ def preprocess(config: PreprocessConfig | DictConfig):
         kind, data = data_preset(cfg.data)
         if data.store is None:
             raise ValueError(f"{APP}: data.store is required: the store folder to write")
-    store = Path(str(data.store)).expanduser()
+        if cfg.workers < 0:
+            raise ValueError(f"workers={cfg.workers}: expected 0 (one process per CPU core, at most 8) or a number "
+                             "of processes")
+        store = Path(str(data.store)).expanduser()
+        if store.exists() and not store.is_dir():
+            raise ValueError(f"data.store={store} is a file; expected the store folder to write (a new or an "
+                             "existing store)")
     # no option here consumes region maps, so source=auto stores none; name cluster or file to store them
     regions = region_source(data, [], network=None, env=DistEnv())
     root, layout = dataset_root(data)

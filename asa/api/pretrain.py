@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asa.api.common import (OptionError, TrainingRun, dataset_root, load_cases, optimizer_and_config, refusing,
-                            region_source, split_cases, trainer_config, training_ended, write_splits)
+from asa.api.common import (OptionError, TrainingRun, check_crop_fits, dataset_root, load_cases, optimizer_and_config,
+                            refusing, region_source, split_cases, trainer_config, training_ended, write_splits)
 from asa.api.rundir import shell_path
 from asa.api.schema import PretrainConfig, as_config
 from asa.data import SEGMENTATION_LAYOUTS, build_pretrain_dataset, detect_layout, discover, ensure_demo_dataset, get_task
@@ -120,8 +120,9 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
         run_dir = run.prepare_dir(resolved)
         out_dir = run_dir.path
         cases = load_cases(data, out_dir if env.is_main else None, env)
+        check_crop_fits(int(data.crop), cases, store=data.store, hint="")
         splits = split_cases(cases, data, out_dir, env)
-        common = dict(size=int(data.crop), resample_mm=data.resample_mm,
+        common = dict(crop=int(data.crop), resample_mm=data.resample_mm,
                       channels=tuple(data.channels), regions=regions, store=data.store)
         train_ds = build_pretrain_dataset(splits["train"], augment=data.augment, flip_axes=flip_axes,
                                           augment_on=augment_on, **common)

@@ -195,6 +195,12 @@ def probe(config: FrozenProbeConfig | DictConfig) -> dict:
     rows = []
     for enc in encoders:
         result, features = probed.score(enc, groups, common)
+        if result["folds"] < settings["folds"]:  # lowered by the classes (`subject_folds`): said once
+            print(f"[asa] note: folds={settings['folds']}: no class has that many cases, so {result['folds']}-fold "
+                  "cross-validation (each class spread over as many folds as it has cases)", file=sys.stderr,
+                  flush=True)
+            settings.setdefault("folds_asked", cfg.folds)
+            settings["folds"] = common["folds"] = result["folds"]
         row = {**enc.describe(), "dim": int(features.shape[-1]), **result}
         rows.append(row)
         print(f"[asa] {enc.name}: " + "; ".join(_cell_text(name, row["metrics"][name]) for name in TABLE_METRICS[kind]),

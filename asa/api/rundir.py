@@ -38,6 +38,7 @@ __all__ = ["RunDirError", "RunDir", "RunLock", "LOCK_NAME", "check_writable", "c
 
 LOCK_NAME = "run.lock"
 HISTORY_NAME = "config_history.yaml"
+COMMAND_NAME = "command.txt"  # the command line that started the run
 
 
 class RunDirError(RuntimeError):
@@ -56,6 +57,20 @@ def command_line(app: str, *, drop: Sequence[str] = ("resume", "overwrite")) -> 
         pass
     kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in drop]
     return " ".join([app, *(shlex.quote(o) for o in kept)])
+
+
+def _started_by(command: str) -> str:
+    """``command.txt``: the command line of a console-script run, or for a run started from Python (no command
+    line to repeat) which function ran it, its configuration being ``config.yaml``."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return command + "\n"
+    except ImportError:
+        pass
+    app = command.split(" ", 1)[0]
+    return f"{app} run from Python (asa.api.{app.removeprefix('asa-')}) with the configuration in config.yaml\n"
 
 
 def override(key: str, value: Any) -> str:
@@ -211,6 +226,7 @@ class RunDir:
         record = self.path / "config.yaml"
         if self.resume is None or not record.is_file():
             atomic_write_text(record, text)
+            atomic_write_text(self.path / COMMAND_NAME, _started_by(self.invocation or self.command))  # cited by cards
             return
         first = yaml.safe_load(record.read_text()) or {}
         before, now = flatten(first), flatten(_plain(resolved))

@@ -527,14 +527,25 @@ def register() -> None:
     # network it names, so a preset or experiment setting an option the network lacks is refused naming it
     for arch, settings in NETWORK_SETTINGS.items():
         store.store(group="network", name=arch, node=asdict(settings(arch=arch)))
-    for arch, settings in PRETRAIN_MODELS.items():  # asa-pretrain model=resenc: its settings at their defaults
-        if arch != "swvit":  # the SW-ViT's: the sizes groups below
-            store.store(group="pretrain_network", name=arch, node=asdict(settings()))
+    for arch, settings in PRETRAIN_MODELS.items():  # asa-pretrain's model presets start from these defaults
+        store.store(group="pretrain_network", name=arch, node=asdict(settings()))
     for name, sizes in PRESETS.items():  # model=tiny|small|base: the encoder and, for pretraining, the decoder
         encoder = asdict(EncoderOptions(**{k: v for k, v in sizes.items() if k not in DECODER_KEYS}))
         sized = {k: v for k, v in encoder.items() if k not in NOT_SIZES}
         store.store(group="sizes/encoder", name=name, node=sized)  # a mapping: fine-tuning adds arch
         store.store(group="sizes/decoder", name=name, node={k: sizes[k] for k in DECODER_KEYS})
+
+
+def _preset_of(arch: str) -> str:
+    """``model=<arch>`` where a fine-tuning model preset of that name exists, else a pointer to the presets."""
+    import importlib.resources
+
+    try:
+        if (importlib.resources.files("asa.configs") / "finetune" / "model" / f"{arch}.yaml").is_file():
+            return f"model={arch}"
+    except (ModuleNotFoundError, OSError):
+        pass
+    return f"a model preset of {arch} (model=tiny|small|base for swvit_unetr; docs/configuration.md lists them)"
 
 
 def _arch(model: Any) -> str:
@@ -566,6 +577,13 @@ def network_settings(model: Any) -> NetworkSettings:
         key = getattr(err, "full_key", None) or "?"
         given = f"model.{key}={OmegaConf.select(OmegaConf.create(model), key, default='?')}"
         if isinstance(err, ConfigKeyError):
+            taken = {f.name for f in fields(cls)}
+            alien = [k for k in (asdict(model) if is_dataclass(model) else model) if k not in taken]
+            if len(alien) > 1:  # another network's preset under model.arch: not options the user typed
+                raise ValueError(f"model.arch={arch}: the model section holds another network's options "
+                                 f"({', '.join(f'model.{k}' for k in alien[:4])}{', ...' if len(alien) > 4 else ''}, "
+                                 f"from its preset); choose the network with {_preset_of(arch)} instead of "
+                                 "model.arch") from None
             raise ValueError(f"{given}: model arch {arch!r} has no such option; it takes "
                              f"{', '.join(f.name for f in fields(cls))}") from None
         raise ValueError(f"{given}: {str(err).splitlines()[0]}") from None

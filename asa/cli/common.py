@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import sys
 import threading
@@ -13,8 +12,8 @@ from omegaconf import DictConfig
 
 from asa.api.common import OptionError, describe_error
 from asa.api.config import config_path
+from asa.api.config import describe_compose_error as _compose_error  # the one line of a refused command line
 from asa.api.rundir import RunDirError
-from asa.api.schema import old_key
 from asa.cli.launch import write_status
 from asa.data import CaseError
 from asa.data.store import StoreIndexError, StoreSettingsError
@@ -109,29 +108,6 @@ class _HeldStderr:
 
     def __getattr__(self, name: str):
         return getattr(self.real, name)
-
-
-_HYDRA_NOISE = ("Set the environment variable HYDRA_FULL_ERROR", "To append to your config", "full_key:",
-                "reference_type=", "object_type=", "Traceback", "File \"", "hydra.errors.", "omegaconf.errors.")
-_QUOTING = ("LexerNoViableAlt", "token recognition error", "mismatched input", "extraneous input", "no viable")
-
-
-def _compose_error(text: str) -> str:
-    """Hydra's multi-line report of a command line that does not compose, as one line, with a hint to
-    quote when the parser choked on a value (spaces, non-ASCII characters, brackets)."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    kept = [ln for ln in lines if not ln.startswith(_HYDRA_NOISE) and not ln.startswith("^")]
-    message = " ".join(kept).split(" Config search path:")[0] or "the command line could not be read"
-    key = re.search(r"Could not override '([\w.]+)'", message) or re.search(r"full_key: ([\w.]+)", text)
-    if key and (note := old_key(key[1])):
-        message += f" — {key[1]} {note}"
-    elif key and key[1].startswith("model.") and "is not in struct" in message:  # a fine-tuning model section
-        message += (f" — the network the model preset builds (model.arch) has no option {key[1].removeprefix('model.')}; "
-                    "its options are the fields of its settings (asa.models.NetworkSettings)")
-    if any(marker in text for marker in _QUOTING):
-        message += (" — a value with spaces, non-ASCII or special characters must be quoted for Hydra inside the "
-                    "shell's quotes, e.g. \"output_dir='runs/my run'\"")
-    return message
 
 
 def console_main(app: str, name: str, run: Callable[[DictConfig], Any]) -> Callable[[], None]:

@@ -25,10 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("checkpoint", help="last.pt / best.pt of asa-pretrain or asa-finetune, encoder.pt, "
                                            "encoder.safetensors or a model folder")
-    parser.add_argument("out_dir", help="the folder to write (refused when it exists and is not empty)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR as a whole")
+    parser.add_argument("out_dir", help="the folder to write (refused when it holds anything but an earlier export)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier export in OUT_DIR (its files are moved to OUT_DIR.replaced-<time>/)")
     parser.add_argument("--license", default="other",
                         help="the model card's licence id (e.g. apache-2.0; default: other, the training data's terms)")
+    parser.add_argument("--nnunet-channels", type=int, default=None, metavar="K",
+                        help="a resenc encoder's nnU-Net checkpoint for K image channels (a 1-channel stem repeated "
+                             "and divided by K; default: the encoder's own)")
     parser.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     return parser
 
@@ -36,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        out = export_model(args.checkpoint, args.out_dir, overwrite=args.overwrite, license=args.license)
+        out = export_model(args.checkpoint, args.out_dir, overwrite=args.overwrite, license=args.license,
+                           nnunet_channels=args.nnunet_channels)
     except (OptionError, FileExistsError) as err:
         if args.debug:
             raise
@@ -47,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"[asa-export] error: {describe_error(err)}", file=sys.stderr, flush=True)
         return EXIT_FAILED
-    print(f"[asa-export] wrote {out}/: model.safetensors, config.json, README.md")
+    extra = ", nnunet_pretrained_weights.pth, nnunet_plans.json" if (out / "nnunet_plans.json").is_file() else ""
+    print(f"[asa-export] wrote {out}/: model.safetensors, config.json, README.md{extra}")
     return EXIT_FINISHED
 
 

@@ -13,7 +13,7 @@ from asa.planning import (GIB, DeviceProfile, bytes_per_case, format_plan, plan_
 _EPILOG = """device profile (one of, later ones filling what earlier ones lack):
   --benchmarks-md BENCHMARKS.md --device NAME   the last rows of that device: samples/s (results table)
                                                  and store crops/s per worker (Data loader table)
-  --from-json FILE [FILE ...]                    scripts/benchmark.py --json outputs (a step run, a --loader run)
+  --from-json FILE [FILE ...]                    benchmarks/speed.py --json outputs (a step run, a --loader run)
   --samples-per-s X --crops-per-worker Y         numbers
   --flops-per-sample F --peak-tflops T --utilization U   an estimate of samples/s without a GPU run:
                                                  T·1e12·U / F (the base step at 128³: 494 GFLOP per sample)
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = p.add_argument_group("device profile")
     d.add_argument("--benchmarks-md", help="a BENCHMARKS.md to read figures from (with --device)")
     d.add_argument("--device", help="substring of the device column of the rows to use")
-    d.add_argument("--from-json", nargs="+", default=[], help="scripts/benchmark.py --json files")
+    d.add_argument("--from-json", nargs="+", default=[], help="benchmarks/speed.py --json files")
     d.add_argument("--samples-per-s", type=_POSITIVE, help="training samples/s per GPU at --batch")
     d.add_argument("--flops-per-sample", type=_POSITIVE, help="step FLOPs per sample (forward + backward)")
     d.add_argument("--peak-tflops", type=_POSITIVE, help="the device's dense TFLOP/s at the run's precision")

@@ -170,7 +170,7 @@ def apply_deferred_augmentation(batch: dict[str, Any]) -> dict[str, Any]:
 
 def segmentation_train_augmentation(
     task: Task,
-    patch_size: Sequence[int],
+    crop: Sequence[int],
     *,
     samples_per_case: int = 1,
     pos_fraction: float = 2 / 3,
@@ -185,7 +185,7 @@ def segmentation_train_augmentation(
 ) -> Compose:
     """Fine-tuning augmentation: foreground-oversampled random crops (``pos_fraction`` of crops
     centred on a foreground voxel) starting on the brain frame's ``lattice`` (the ViT patch size)
-    around a ``reference_size`` box (the pretraining crop; default ``patch_size``) centred on the
+    around a ``reference_size`` box (the pretraining crop; default ``crop``) centred on the
     recorded brain centre, each with its patch ``"offset"``; then rotation, zoom, flips, gamma.
     ``region``: the items carry a ``"region"`` map, transformed like the label."""
     keys = ["image", "label", *(["region"] if region else [])]
@@ -193,17 +193,17 @@ def segmentation_train_augmentation(
     modes = ("bilinear", *[label_mode] * (len(keys) - 1))
     rad = float(np.deg2rad(rotate_deg))
     pos = max(pos_fraction, 0.0)
-    reference = tuple(patch_size) if reference_size is None else tuple(reference_size)
+    reference = tuple(crop) if reference_size is None else tuple(reference_size)
     return Compose(
         [
-            LatticeCropd(keys, label_key="fg", spatial_size=list(patch_size), patch=lattice,
+            LatticeCropd(keys, label_key="fg", spatial_size=list(crop), patch=lattice,
                          reference_size=reference, pos=min(pos, 1.0), num_samples=samples_per_case),
             RandRotated(keys=keys, range_x=rad, range_y=rad, range_z=rad, prob=0.2,
                         mode=modes, padding_mode="zeros"),
             RandZoomd(keys=keys, prob=0.2, min_zoom=zoom[0], max_zoom=zoom[1],
                       mode=("trilinear", *modes[1:]), padding_mode="constant", keep_size=True),
             *[LatticeFlipd(keys, spatial_axis=a, prob=0.5, lr_axis=lr_axis, reference_patches=reference[a] // lattice,
-                           crop_patches=patch_size[a] // lattice) for a in flip_axes],
+                           crop_patches=crop[a] // lattice) for a in flip_axes],
             RandAdjustContrastd(keys="image", gamma=gamma, prob=0.3, retain_stats=True),
         ]
     )

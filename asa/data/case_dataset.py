@@ -52,42 +52,42 @@ def build_target_dataset(
     cases: Sequence[Case],
     targets: Targets,
     *,
-    size: int | Sequence[int],
+    crop: int | Sequence[int],
     augment: bool,
     channels: Sequence[str] = ("t1",),
     seed: int | None = None,
     store: str | Path | None = None,
 ) -> TargetDataset:
-    """Items ``{"image": FloatTensor[C, *size], "id", "target"}``: the brain-centred crop of
+    """Items ``{"image": FloatTensor[C, *crop], "id", "target"}``: the brain-centred crop of
     pretraining (`build_pretrain_dataset`: z-scored in brain, mid-sagittal plane at the centre of
     axis 0, at the pretraining grid; ``augment`` adds its intensity augmentation), so the crop is the
     reference grid (patch offset 0). ``targets`` must hold a value for every case (`Targets.for_cases`
     reports those without one, which the caller leaves out)."""
-    base = build_pretrain_dataset(cases, size=size, augment=augment, channels=channels, seed=seed, store=store)
+    base = build_pretrain_dataset(cases, crop=crop, augment=augment, channels=channels, seed=seed, store=store)
     return TargetDataset(base, targets.values, targets.kind)
 
 
 def build_case_crops_dataset(
     cases: Sequence[Case],
     *,
-    size: int | Sequence[int],
+    crop: int | Sequence[int],
     lattice: int,
     crops: str = DEFAULT_CASE_CROPS,
     targets: Targets | None = None,
     channels: Sequence[str] = ("t1",),
     store: str | Path | None = None,
 ) -> CaseDataset | TargetDataset:
-    """Items ``{"image": FloatTensor[K, C, *size], "offset": LongTensor[K, 3], "id"[, "target"]}``: a
+    """Items ``{"image": FloatTensor[K, C, *crop], "offset": LongTensor[K, 3], "id"[, "target"]}``: a
     case's test-time crops (`asa.data.case_crops.case_crop_origins` with ``crops`` and ``lattice``,
     the network's patch lattice), crop 0 being the crop `build_target_dataset` gives without
     augmentation; with ``targets`` each item also has its ``"target"`` (as `TargetDataset`)."""
     if store is not None:
         opened = open_store(store)
-        pre = CaseCrops(size, lattice=lattice, crops=crops).pre
+        pre = CaseCrops(crop, lattice=lattice, crops=crops).pre
         opened.check_settings(store_settings(pre.settings(), channels=channels, dtype="float16"), ignore_regions=True)
         base = CaseDataset(opened.items([c.id for c in cases]),
                            Compose([StoreCaseCrops(pre.size, lattice=lattice, crops=crops)]), seed=None)
     else:
-        base = CaseDataset([case_to_item(c, channels) for c in cases], Compose([CaseCrops(size, lattice=lattice, crops=crops)]),
+        base = CaseDataset([case_to_item(c, channels) for c in cases], Compose([CaseCrops(crop, lattice=lattice, crops=crops)]),
                            seed=None)
     return base if targets is None else TargetDataset(base, targets.values, targets.kind)

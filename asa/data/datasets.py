@@ -131,7 +131,7 @@ class StoreCropBatches(CaseDataset):
 def build_pretrain_dataset(
     cases: Sequence[Case],
     *,
-    size: int | Sequence[int],
+    crop: int | Sequence[int],
     augment: bool = True,
     flip_axes: Sequence[int] = (),
     augment_on: str = "cpu",
@@ -142,10 +142,10 @@ def build_pretrain_dataset(
     regions: RegionSource | None = None,
     store: str | Path | Store | None = None,
 ) -> CaseDataset:
-    """Items ``{"image": FloatTensor[C, *size], "id": str}``: z-scored in brain, brain-centred crop
+    """Items ``{"image": FloatTensor[C, *crop], "id": str}``: z-scored in brain, brain-centred crop
     with the mid-sagittal plane at the centre of axis 0 (the paper's only augmentation); ``augment``
     adds light intensity augmentation inside the brain mask, ``flip_axes`` random flips
-    (`pretrain_augmentation`). With ``regions`` also ``"region"``: LongTensor [1, *size], the region
+    (`pretrain_augmentation`). With ``regions`` also ``"region"``: LongTensor [1, *crop], the region
     map of the crop.
 
     ``augment_on="device"``: the augmentation is drawn here but not applied; items carry the draws
@@ -159,7 +159,7 @@ def build_pretrain_dataset(
     as float32, and the dataset reads whole batches (`StoreCropBatches`)."""
     if augment_on not in AUGMENT_ON:
         raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
-    pre = PretrainPreprocess(size, resample_mm=resample_mm, lr_centre=lr_centre, regions=regions)
+    pre = PretrainPreprocess(crop, resample_mm=resample_mm, lr_centre=lr_centre, regions=regions)
     augmentation = list(pretrain_augmentation(intensity=augment, flip_axes=flip_axes,
                                               region=regions is not None).transforms)
     deferred = augment_on == "device" and bool(augmentation)
@@ -189,7 +189,7 @@ def build_segmentation_dataset(
     task: Task,
     *,
     train: bool,
-    patch_size: int | Sequence[int] | None = None,
+    crop: int | Sequence[int] | None = None,
     samples_per_case: int = 1,
     seed: int | None = None,
     lattice: int = 8,
@@ -203,7 +203,7 @@ def build_segmentation_dataset(
 
     train: ``{"image": [C, p, p, p], "label": target, "offset": int64 [3]}``: crops on the brain
     frame's patch lattice (``lattice`` = the ViT patch size, reference grid ``reference_size`` voxels
-    = the pretraining crop, default ``patch_size``, mirrored axis ``lr_axis``) with their patch
+    = the pretraining crop, default ``crop``, mirrored axis ``lr_axis``) with their patch
     offsets; with ``samples_per_case > 1`` an item is a list of such dicts (use
     ``monai.data.list_data_collate``). val: ``{"image": [C, X, Y, Z], "label": target, "id",
     "centre": [3] brain centre}``. target: multilabel float32 [K, ...]; softmax int64 [1, ...],
@@ -212,17 +212,16 @@ def build_segmentation_dataset(
     like the label. With ``store`` (written by asa-preprocess under the same settings) the items
     are read from the store: a training sample copies only its crops.
     """
-    if train and patch_size is None:
-        raise ValueError("build_segmentation_dataset: train=True needs patch_size, the fine-tuning crop")
-    patch = None if patch_size is None else (
-        (int(patch_size),) * 3 if isinstance(patch_size, int) else tuple(int(p) for p in patch_size))
-    reference = patch if reference_size is None else (
+    if train and crop is None:
+        raise ValueError("build_segmentation_dataset: train=True needs crop, the fine-tuning crop edge")
+    crop = None if crop is None else ((int(crop),) * 3 if isinstance(crop, int) else tuple(int(c) for c in crop))
+    reference = crop if reference_size is None else (
         (int(reference_size),) * 3 if isinstance(reference_size, int) else tuple(int(r) for r in reference_size))
     pre = SegmentationPreprocess(task, regions=regions)
     label_dtype = torch.float32 if task.multilabel else torch.int64
     extra = ("region",) if regions is not None else ()
     if train:
-        augment = segmentation_train_augmentation(task, patch, samples_per_case=samples_per_case, lattice=lattice,
+        augment = segmentation_train_augmentation(task, crop, samples_per_case=samples_per_case, lattice=lattice,
                                                   reference_size=reference, lr_axis=lr_axis,
                                                   region=regions is not None, **augment_kwargs)
         steps: list[Any] = [pre, *augment.transforms, Finalize(("image", "label", "offset", *extra), label_dtype)]

@@ -166,12 +166,22 @@ def case_file_stamps(case: Case) -> list[dict[str, Any]]:
     return out
 
 
+def outside_store(folder: str | os.PathLike, file: str) -> Path | None:
+    """Where the array ``file`` of the store at ``folder`` resolves to (links followed) when that is not
+    inside the store's own ``cases`` folder, else None."""
+    cases = (Path(folder) / CASES).resolve()
+    target = (Path(folder) / CASES / file).resolve()
+    return None if cases in target.parents else target
+
+
 def array_fault(folder: str | os.PathLike, record: Mapping[str, Any], name: str) -> str | None:
     """None when the stored array ``name`` of a case record is whole, else what is wrong with it: its
     file is missing, its header unreadable, its shape or dtype not the record's (``image`` [C, *box
     extent], ``brain`` / ``label`` / ``region`` [*box extent], ``fg`` [fg_voxels]), or its size not what
     that header needs (a truncated file). Only the header is read."""
     path = Path(folder) / CASES / record["arrays"][name]
+    if outside_store(folder, record["arrays"][name]) is not None:
+        return f"{path.name} is a link to a file outside the store"
     extent = [int(b) - int(a) for a, b in zip(*record["box"])]
     expected = {"image": [int(record.get("channels", 1)), *extent], "fg": [record.get("fg_voxels")]}.get(name, extent)
     try:
@@ -226,6 +236,13 @@ class Store:
         out = []
         for case_id in case_ids:
             r = self.records[case_id]
+            for name, file in r["arrays"].items():
+                where = outside_store(self.path, file)
+                if where is not None:
+                    raise StoreIndexError(
+                        f"data.store={self.path}: case {case_id!r} arrays[{name!r}]: {CASES}/{file} resolves to "
+                        f"{where}, outside the store (a link?); a store only reads its own files: rewrite it with "
+                        "asa-preprocess")
             out.append({"id": case_id, "dir": str(self.path / CASES), "arrays": r["arrays"],
                         "shape": r["shape"], "origin": r["box"][0], "centre": r["centre"]})
         return out

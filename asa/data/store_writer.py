@@ -12,6 +12,7 @@ of a run, and the files it names are deleted only after a newer index no longer 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -148,10 +149,46 @@ def _job(args: tuple) -> tuple[str, dict[str, Any] | None, str | None]:
         return case.id, None, f"{type(err).__name__}: {err}" if not isinstance(err, (ValueError, OSError)) else str(err)
 
 
-def _init_worker() -> None:
+PARENT_CHECK_S = 1.0  # how often a pool worker checks that the job that started it is alive
+
+
+def _init_worker(parent: int) -> None:
+    """A pool worker's start: one thread for torch, and death with its parent (``parent``: its pid), so
+    that a killed job leaves no worker behind blocked on the pool's pipe (and holding memory)."""
     import torch
 
     torch.set_num_threads(1)  # one process per core; forked OpenMP pools are not safe to reuse
+    _die_with_parent(parent)
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this process when ``parent`` ends: the kernel's parent-death signal where there is one
+    (Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)``), and on every system a daemon thread that checks every
+    `PARENT_CHECK_S` seconds whether this process was handed to another parent."""
+    import signal
+    import threading
+
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the signal was asked for
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="asa-parent-check", daemon=True).start()
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """A process pool of ``workers`` whose workers die with this process (`_die_with_parent`)."""
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                               initargs=(os.getpid(),))
 
 
 def _read_records(cases_dir: Path) -> dict[str, dict[str, Any]]:
@@ -313,9 +350,7 @@ def _run(jobs: list[tuple], workers: int):
         for job in jobs:
             yield _job(job)
         return
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker)
+    pool = worker_pool(min(workers, len(jobs)))
     try:
         futures = [pool.submit(_job, job) for job in jobs]
         for future in as_completed(futures):

@@ -3,7 +3,7 @@ classification and regression metrics with bootstrap intervals."""
 
 from __future__ import annotations
 
-from asa.eval.bootstrap import Estimate, bootstrap_ci, bootstrap_indices
+from asa.eval.bootstrap import Estimate, bootstrap_ci, bootstrap_indices, seed_case_bootstrap
 from asa.eval.case_metrics import (
     CLASSIFICATION_METRICS,
     HIGHER_IS_BETTER,
@@ -68,6 +68,7 @@ __all__ = [
     "r2",
     "regression_summary",
     "rmse",
+    "seed_case_bootstrap",
     "summarize",
     "write_results",
 ]

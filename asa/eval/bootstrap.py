@@ -20,6 +20,9 @@ The metric is computed on each resample; resamples where it is undefined (NaN, e
 missing from a resample) are dropped and counted. The interval is the ``(1 - confidence) / 2`` and
 ``(1 + confidence) / 2`` percentiles of the remaining values (linear interpolation, numpy's
 default), and the point estimate is the metric on all cases.
+
+`seed_case_bootstrap` is the two-level form for a crossed design of seeds (labeled draws) × test
+cases, as the transfer studies score paired differences.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Estimate", "bootstrap_ci", "bootstrap_indices", "resampled_units"]
+__all__ = ["Estimate", "bootstrap_ci", "bootstrap_indices", "resampled_units", "seed_case_bootstrap"]
 
 
 @dataclass(frozen=True)
@@ -131,3 +134,43 @@ def bootstrap_ci(metric: Callable[..., float], *arrays: object, n_resamples: int
     else:
         low, high = (float(q) for q in np.percentile(valid, [50.0 * (1 - confidence), 50.0 * (1 + confidence)]))
     return Estimate(value, low, high, float(confidence), int(n_resamples), int(valid.size))
+
+
+def seed_case_bootstrap(d: object, *, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> Estimate:
+    """The mean of paired differences ``d`` [seeds, test cases] (NaN: a missing pair, left out) with a
+    two-level percentile bootstrap interval.
+
+    For a crossed design (every seed's run scored on the same test cases) each resample draws the test
+    cases with replacement, then the seeds (labeled draws) with replacement, and takes the mean of ``d``
+    over the drawn seed × case grid, so the interval carries the spread between labeled draws as well
+    as between test cases. The case draws are `bootstrap_ci`'s (same ``seed``); the seed draws come
+    from a second stream, ``numpy.random.default_rng((seed, 1))``: with the same differences for every
+    seed the interval is exactly `bootstrap_ci`'s of the mean over cases. With few seeds the seed level
+    is under-dispersed (a bootstrap over S draws has (S − 1)/S of their variance): report the per-seed
+    means next to it. The value is the mean over all pairs; no pair at all gives NaN throughout."""
+    d = np.asarray(d, dtype=float)
+    if d.ndim != 2:
+        raise ValueError(f"d must be [seeds, test cases], got shape {d.shape}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if n_resamples < 0:
+        raise ValueError(f"n_resamples must be >= 0, got {n_resamples}")
+    valid = ~np.isnan(d)
+    nan = float("nan")
+    if not valid.any():
+        return Estimate(nan, nan, nan, float(confidence), int(n_resamples), 0)
+    n_seeds, n_cases = d.shape
+    value = float(d[valid].mean())
+    if n_resamples == 0:
+        return Estimate(value, nan, nan, float(confidence), 0, 0)
+    case_draws = np.stack(list(bootstrap_indices(n_cases, n_resamples=n_resamples, seed=seed)))
+    seed_draws = np.random.default_rng((seed, 1)).integers(0, n_seeds, size=(n_resamples, n_seeds))
+    rows = np.arange(n_resamples)[:, None]
+    w_case, w_seed = np.zeros((n_resamples, n_cases)), np.zeros((n_resamples, n_seeds))
+    np.add.at(w_case, (rows, case_draws), 1.0)  # how often each case / seed is drawn in each resample
+    np.add.at(w_seed, (rows, seed_draws), 1.0)
+    total = np.einsum("bs,sc,bc->b", w_seed, np.where(valid, d, 0.0), w_case)
+    count = np.einsum("bs,sc,bc->b", w_seed, valid.astype(float), w_case)
+    means = total[count > 0] / count[count > 0]
+    low, high = (float(q) for q in np.percentile(means, [50.0 * (1 - confidence), 50.0 * (1 + confidence)]))
+    return Estimate(value, low, high, float(confidence), int(n_resamples), int(means.size))

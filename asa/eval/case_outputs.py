@@ -62,7 +62,7 @@ def predict_case_rows(model: nn.Module, cases: Sequence[Case], task: Mapping[str
     and, for classes, ``p_<class>`` (probabilities). Each case's output is `case_output` over its
     test-time ``crops`` (``centre``: the brain-centred crop at the network's grid that fine-tuning
     trained on; ``grid``: also the shifted crops where the volume is larger), no augmentation."""
-    data = build_case_crops_dataset(cases, size=tuple(model.img_size), lattice=case_crop_lattice(model), crops=crops)
+    data = build_case_crops_dataset(cases, crop=tuple(model.img_size), lattice=case_crop_lattice(model), crops=crops)
     classes = list(task.get("classes") or [])
     model = model.to(device).eval()
     rows = []

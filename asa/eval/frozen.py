@@ -95,7 +95,8 @@ def _geometry(arch: str, module: nn.Module, spec: Mapping, state: Mapping | None
                              "that grid's); leave crop=null")
         return size, int(module.patch_size), int(module.in_channels)
     if ENCODER_MODULES.get(arch) == "swinViT":
-        recorded = kwargs.get("img_size") or ((state or {}).get("config") or {}).get("data", {}).get("size")
+        data = ((state or {}).get("config") or {}).get("data") or {}
+        recorded = kwargs.get("img_size") or data.get("crop") or data.get("size")  # size: runs before the rename
         edge = crop if crop is not None else recorded
         if edge is None:
             raise ValueError(f"{where}: a {arch!r} encoder that records no input size (an SA-Swin pretraining "

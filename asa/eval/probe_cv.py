@@ -48,8 +48,9 @@ def subject_folds(groups: Sequence[str], k: int, *, seed: int = 0, strata: Seque
     """Fold index [N] in ``[0, k)`` of each case, given its subject ``groups`` [N]: scikit-learn's
     ``StratifiedGroupKFold`` (subjects shuffled with ``seed``; ``strata``, e.g. each case's class,
     spread over the folds; without strata the folds balance their sizes), so the sessions of a
-    subject are never in two folds. ``k`` is lowered to the number of subjects; fewer than 2
-    subjects, or k < 2, is an error (nothing to hold out)."""
+    subject are never in two folds. ``k`` is lowered to the number of subjects, and with ``strata`` to
+    the cases of the largest class (a class of fewer cases than folds is spread as far as it goes);
+    fewer than 2 subjects, or k < 2, is an error (nothing to hold out)."""
     g = np.asarray([str(x) for x in groups])
     n_subjects = np.unique(g).size
     if k < 2:
@@ -60,8 +61,13 @@ def subject_folds(groups: Sequence[str], k: int, *, seed: int = 0, strata: Seque
         raise ValueError(f"strata must have one entry per case ({g.size}), got {len(strata)}")
     y = np.zeros(g.size, dtype=np.int64) if strata is None else \
         np.unique(np.asarray([str(v) for v in strata]), return_inverse=True)[1]
+    # scikit-learn deals a class to at most as many folds as it has cases, and refuses k above every class's count
+    k = min(k, n_subjects, int(np.bincount(y).max()))
+    if k < 2:
+        raise ValueError(f"{g.size} case(s), each of its own class: cross-validation with the classes spread over "
+                         "the folds needs a class with at least 2 cases")
     fold = np.empty(g.size, dtype=np.int64)
-    splitter = StratifiedGroupKFold(n_splits=min(k, n_subjects), shuffle=True, random_state=seed)
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     with warnings.catch_warnings():  # fewer cases of a class than folds: it is spread as far as it goes
         warnings.filterwarnings("ignore", message="The least populated class")
         for f, (_, test) in enumerate(splitter.split(np.zeros(g.size), y, g)):

@@ -5,14 +5,19 @@ A model folder holds three files:
 =====================  =======================================================================
 ``model.safetensors``  the encoder export (`asa.io.save_export_safetensors`: tensors, and the
                        network spec and provenance in its metadata)
-``config.json``        what built it: ``network`` (the spec), method, data, crop, spacing,
+``config.json``        what built it: ``network`` (the spec of the encoder alone, the network
+                       whose state dict is ``model.safetensors``), method, data, crop, spacing,
                        orientation, preprocessing, the asa version and git commit
                        (``asa_format``: ``asa.model_folder``)
 ``README.md``          the model card (YAML front matter with the licence and tags, then text)
 =====================  =======================================================================
 
-:func:`write_model_folder` writes them into a fresh folder beside the target and renames it into
-place, so a reader never sees half a folder. :func:`load_model_folder` reads one back as the
+A folder exported from a fine-tuning checkpoint also holds ``segmenter.pt`` (the whole network, its spec and
+the run config; :func:`segmenter_checkpoint`), which ``asa-predict checkpoint=<folder>`` reads; one exported
+from a resenc encoder, nnU-Net v2's ``nnunet_pretrained_weights.pth`` and ``nnunet_plans.json``.
+
+:func:`write_model_folder` writes them into a fresh folder beside the target and renames it (or,
+into an existing folder, each file) into place. :func:`load_model_folder` reads one back as the
 encoder export dict that ``asa.io.load_weights`` returns for ``encoder.pt``. A hub id
 (``hf://owner/name[@revision]``) is read through ``huggingface_hub`` when it is installed (not a
 dependency of asa); without it, or offline without a cached copy, the read is refused with a message.
@@ -34,15 +39,37 @@ import torch
 from asa.io.atomic import _fsync_dir, _umask, default_file_mode
 from asa.io.checkpoint import CheckpointError, load_checkpoint
 from asa.io.export_safetensors import SAFETENSORS_SUFFIX, load_export_safetensors, save_export_safetensors
+from asa.io.foreign import read_foreign
 
-__all__ = ["CARD_FILE", "CONFIG_FILE", "FOLDER_FORMAT", "HUB_PREFIX", "MODEL_FILE", "is_model_folder",
-           "load_model_folder", "load_weights", "resolve_hub_id", "write_model_folder"]
+__all__ = ["CARD_FILE", "CONFIG_FILE", "ENCODER_ARCH", "FOLDER_FILES", "FOLDER_FORMAT", "HUB_PREFIX", "MODEL_FILE",
+           "NNUNET_PLANS", "NNUNET_WEIGHTS", "OPTIONAL_FILES", "SEGMENTER_FILE", "encoder_network_spec",
+           "is_model_folder", "load_model_folder", "load_weights", "resolve_hub_id", "segmenter_checkpoint",
+           "write_model_folder"]
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 FOLDER_FORMAT = "asa.model_folder"
 HUB_PREFIX = "hf://"
+FOLDER_FILES = (CARD_FILE, CONFIG_FILE, MODEL_FILE)  # all a model folder holds, in listing order
+ENCODER_ARCH = "encoder"  # the network of a model folder's weights: a source network's encoder alone
+# a folder exported from a fine-tuning checkpoint also carries the whole segmenter: the network's weights, its
+# spec and the run config (task, data), as asa-predict reads a best.pt / last.pt
+SEGMENTER_FILE = "segmenter.pt"
+NNUNET_WEIGHTS = "nnunet_pretrained_weights.pth"  # a resenc encoder for nnUNetv2_train -pretrained_weights
+NNUNET_PLANS = "nnunet_plans.json"  # the plans configuration that builds the network those weights fit
+OPTIONAL_FILES = (SEGMENTER_FILE, NNUNET_WEIGHTS, NNUNET_PLANS)  # written by asa-export beside FOLDER_FILES
+
+
+def segmenter_checkpoint(folder: str | os.PathLike) -> Path:
+    """The whole fine-tuned network of a model folder (``segmenter.pt``); refused, naming the folder, when it
+    carries an encoder only."""
+    path = Path(folder) / SEGMENTER_FILE
+    if not path.is_file():
+        raise CheckpointError(f"model folder {folder}: no {SEGMENTER_FILE}: it carries a pretrained encoder only; "
+                              "asa-export a fine-tuning checkpoint (asa-finetune's best.pt or last.pt) for a folder "
+                              "asa-predict can use")
+    return path
 
 
 def is_model_folder(path: str | os.PathLike) -> bool:
@@ -50,18 +77,37 @@ def is_model_folder(path: str | os.PathLike) -> bool:
     return Path(path).is_dir() and (Path(path) / MODEL_FILE).is_file()
 
 
+def encoder_network_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec of the network ``model.safetensors`` holds: the encoder of the source network ``spec``
+    alone (``asa.models.portable.EncoderOf``), whose state-dict keys are the export's own."""
+    return {"arch": ENCODER_ARCH, "kwargs": {"network": dict(spec)}}
+
+
+def _described(config: Mapping[str, Any], export: Mapping[str, Any]) -> bool:
+    """Whether config.json's network is the weights' own: the encoder's spec (format 2), or the source
+    network's as folders of format 1 recorded it."""
+    return config.get("network") in (encoder_network_spec(export.get("network") or {}), export.get("network"))
+
+
 def write_model_folder(out_dir: str | os.PathLike, export: Mapping[str, Any], config: Mapping[str, Any], card: str,
                        *, overwrite: bool = False) -> Path:
     """Write ``model.safetensors`` (``export``: the encoder export dict), ``config.json`` and
-    ``README.md`` (``card``) as the folder ``out_dir``, atomically: all three go into a temporary
-    folder beside it, which is then renamed onto ``out_dir``. An existing non-empty ``out_dir`` is
-    refused (``FileExistsError``) unless ``overwrite``; then it is replaced as a whole."""
-    out = Path(out_dir)
+    ``README.md`` (``card``) as the folder ``out_dir``. A new folder is written beside it and renamed into
+    place; into an existing folder (``.`` included) each file is renamed into place from there. A folder
+    holding any other file is refused (``FileExistsError`` naming them: they are not the export's to
+    replace); one holding the export's files is refused unless ``overwrite``, which replaces them."""
+    out = Path(out_dir).absolute()  # "." gets its own name: the temporary folder goes beside it
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    foreign = [name for name in held if name not in FOLDER_FILES]
+    if foreign:
+        shown = ", ".join(foreign[:6]) + (f", ... ({len(foreign)} entries)" if len(foreign) > 6 else "")
+        raise FileExistsError(f"{out} holds files a model folder does not ({shown}); nothing was written: write the "
+                              f"model folder to a new or empty folder (--overwrite replaces only {', '.join(FOLDER_FILES)})")
+    if held and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
-    if config.get("network") != export.get("network"):
+    if not _described(config, export):
         raise ValueError(f"model folder {out}: config.json's network spec differs from the weights' own")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -74,13 +120,12 @@ def write_model_folder(out_dir: str | os.PathLike, export: Mapping[str, Any], co
                 os.fsync(fh.fileno())
             os.chmod(tmp / name, default_file_mode())
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it 0o700
-        old = None
-        if out.exists():  # empty, or replaced with overwrite: keep it until the new folder is in place
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old)
+        if out.is_dir():  # never renamed: it may be the working folder
+            for name in FOLDER_FILES:
+                os.replace(tmp / name, out / name)
+            _fsync_dir(out)
+        else:
+            os.replace(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -105,7 +150,7 @@ def load_model_folder(path: str | os.PathLike, map_location: str | torch.device 
         raise CheckpointError(f"model folder {folder}: {CONFIG_FILE} is not an asa model folder's "
                               f"(no asa_format={FOLDER_FORMAT!r}); write one with asa-export")
     export = load_export_safetensors(folder / MODEL_FILE, map_location)
-    if config.get("network") != export.get("network"):
+    if not _described(config, export):
         raise CheckpointError(f"model folder {folder}: {CONFIG_FILE}'s network spec differs from {MODEL_FILE}'s own")
     export["model_config"] = config
     return export
@@ -138,11 +183,14 @@ def load_weights(path: str | os.PathLike, map_location: str | torch.device = "cp
     """A pretraining checkpoint or encoder export as a dict: ``.safetensors`` files through
     :func:`load_export_safetensors`, a model folder of ``asa-export`` (or a hub id
     ``hf://owner/name``, with ``huggingface_hub`` installed) through :func:`load_model_folder`,
-    anything else through ``asa.io.load_checkpoint`` (weights only)."""
+    anything else through ``asa.io.load_checkpoint`` (weights only); a published residual-encoder checkpoint
+    (nnssl / OpenMind, nnU-Net v2, AMAES: `asa.io.foreign`) comes back as a ``resenc`` encoder export, its
+    adaptation plan under ``"foreign"``."""
     if isinstance(path, str) and path.startswith(HUB_PREFIX):
         path = resolve_hub_id(path)
     if Path(path).is_dir():
         return load_model_folder(path, map_location)
     if Path(path).suffix.lower() == SAFETENSORS_SUFFIX:
         return load_export_safetensors(path, map_location)
-    return load_checkpoint(path, map_location)
+    state = load_checkpoint(path, map_location)
+    return read_foreign(path, state) or state

@@ -9,6 +9,7 @@ from typing import Optional
 
 from asa.methods.base import MethodSettings, register_method
 from asa.methods.rpl import BlockPuzzleMethod
+from asa.models.heads.puzzles import check_permutations
 
 __all__ = ["JigsawPretraining", "JigsawSettings"]
 
@@ -26,6 +27,8 @@ class JigsawSettings(MethodSettings):
     permutation_seed: int = 0  # draws the set (the same seed, the same set)
     puzzles: int = 4  # permutations per volume (Taleb: 1), sharing its block features
     hidden_dim: int = 256  # the classification head's hidden width
+    shift: int = 0  # largest random offset (voxels per axis) of the volume before cutting: crops not brain-centred
+    block_norm: bool = False  # normalise each block to mean 0, std 1: its brightness no longer tells its place
 
 
 @register_method
@@ -35,6 +38,10 @@ class JigsawPretraining(BlockPuzzleMethod):
     name = "jigsaw"
     Settings = JigsawSettings
     arch = "jigsaw_pretrain"
+
+    def check(self) -> None:
+        check_permutations(int(self.settings.permutations))
+        super().check()
 
     @property
     def grid(self) -> int:  # type: ignore[override]

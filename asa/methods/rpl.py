@@ -33,6 +33,8 @@ class RelativePatchLocationSettings(MethodSettings):
     jitter: int = 4  # least random shift (voxels) of a block in its cell (Taleb's jitter; the gap is 0..2x the play)
     pairs: int = 4  # neighbours per volume (Taleb: 1), each its own 26-way example
     hidden_dim: int = 256  # the classification head's hidden width
+    shift: int = 0  # largest random offset (voxels per axis) of the volume before cutting: crops not brain-centred
+    block_norm: bool = False  # normalise each block to mean 0, std 1: its brightness no longer tells its place
 
 
 def encoder_options(method: str, model: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,9 +20,10 @@ from torch import nn
 from asa.io import load_weights, save_checkpoint
 from asa.models.swvit.encoder import SWViTEncoder
 from asa.models.swvit.region_attention import patch_regions
-from asa.models.registry import ENCODER_MODULES, build_network, current_spec
+from asa.models.registry import ENCODER_MODULES, build_network, current_spec, register_network
+from asa.models.cnn.transfer import match_resenc_encoder
 
-__all__ = ["ENCODER_MODULES", "VolumeEncoder", "encoder_export", "export_for_monai", "load_encoder", "network_encoder"]
+__all__ = ["ENCODER_MODULES", "EncoderOf", "VolumeEncoder", "encoder_export", "export_for_monai", "load_encoder", "network_encoder"]
 
 SWIN_ENCODER = "swinViT"  # the encoder module of the SwinViT-based networks (SwinUNETR's layout)
 
@@ -72,6 +73,31 @@ class VolumeEncoder(nn.Module):
         return tokens.transpose(1, 2).reshape(tokens.shape[0], self.embed_dim, *self.grid)
 
 
+@register_network("encoder", task="encoder")
+class EncoderOf(nn.Module):
+    """The encoder of a network alone, under the module name it has there: its state-dict keys are an
+    encoder export's (``encoder.*``, ``swinViT.*``, ``vit.*``), so the network of a model folder's
+    ``model.safetensors`` is built from its ``config.json`` and loads it with ``strict=True``.
+
+    Args:
+        network: the spec ``{"arch", "kwargs"}`` of the source network (one with a registered encoder).
+
+    ``forward`` is the encoder's as `load_encoder` returns it (`network_encoder`).
+    """
+
+    def __init__(self, network: Mapping) -> None:
+        super().__init__()
+        spec = current_spec(network)
+        if spec.get("arch") not in ENCODER_MODULES:
+            raise ValueError(f"encoder of {spec.get('arch')!r}: no registered encoder; known: {tuple(ENCODER_MODULES)}")
+        net = build_network(spec)
+        self.arch, self.spe_frame = spec["arch"], getattr(net, "spe_frame", "brain")
+        self.add_module(ENCODER_MODULES[self.arch], getattr(net, ENCODER_MODULES[self.arch]))
+
+    def forward(self, *args, **kwargs):
+        return network_encoder(self, self.arch)(*args, **kwargs)
+
+
 def _spec_and_weights(path: str | os.PathLike, state: Mapping) -> tuple[dict, str, dict[str, torch.Tensor]]:
     """(network spec, encoder module name, the encoder's weights without its prefix) of a file's content."""
     spec = state.get("network")
@@ -117,7 +143,7 @@ def network_encoder(net: nn.Module, arch: str) -> nn.Module:
 
 
 def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = "cpu",
-                 state: Mapping | None = None) -> nn.Module:
+                 state: Mapping | None = None, verbose: bool = True) -> nn.Module:
     """The pretrained encoder of an export or checkpoint, weights loaded, in eval mode.
 
     ``path``: ``encoder.safetensors`` or ``encoder.pt`` (``asa-pretrain``'s exports), a model folder
@@ -129,11 +155,31 @@ def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = 
     (x [B, C, D, H, W] -> tokens [B, N, E]); for SA-Swin and SwinUNETR MONAI's ``SwinTransformer``
     (``forward(x, normalize=True)`` -> the five stage outputs [B, F·2^k, D/2^(k+1), ...], k = 0..4);
     for UNETR MONAI's ``ViT`` (-> (tokens, hidden states)).
+
+    A published residual-encoder checkpoint (nnssl / OpenMind ResEnc-L ``checkpoint_final.pth``, an nnU-Net v2
+    checkpoint, an AMAES Lightning ``.ckpt``: `asa.io.foreign`) gives the ``resenc`` encoder
+    (dynamic-network-architectures' ``ResidualEncoder``: x [B, C, D, H, W] -> the stage outputs), its topology
+    read off the tensors; every encoder tensor of the file must fit and every one of the network be there, and
+    the load report (tensors loaded / missing / unexpected / shape-mismatched, and the checkpoint's adaptation
+    plan) is printed when ``verbose``.
     """
     state = load_weights(path, map_location) if state is None else state
     spec, name, weights = _spec_and_weights(path, state)
-    net = build_network(spec)  # the whole network (a pretraining decoder too), then only its encoder is kept
+    try:
+        net = build_network(spec)  # the whole network (a pretraining decoder too), then only its encoder is kept
+    except (ValueError, TypeError) as err:
+        where = f"model folder {path} (model.safetensors and config.json)" if Path(path).is_dir() else str(path)
+        raise ValueError(f"{where}: the network spec recorded in it does not build its {spec['arch']!r} network "
+                         f"({err}); the file was edited or written by another tool: export it again") from err
     encoder = getattr(net, name)
+    if "foreign" in state:  # a published checkpoint: matched tensor by tensor, reported in one block
+        kwargs = spec["kwargs"]
+        update, report = match_resenc_encoder(encoder.state_dict(prefix=f"{name}."), dict(state), path,
+                                              image_channels=int(kwargs["in_channels"]))
+        encoder.load_state_dict({k[len(name) + 1:]: v for k, v in update.items()}, strict=True)
+        if verbose:
+            print(f"pretrained encoder from {path}:\n{report}")
+        return network_encoder(net, spec["arch"]).to(map_location).eval()
     try:
         encoder.load_state_dict(weights, strict=True)
     except RuntimeError as err:

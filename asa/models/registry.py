@@ -21,7 +21,7 @@ from typing import Any, Optional, TypeVar
 
 from torch import nn
 
-TASKS = ("segmentation", "pretraining", "case")
+TASKS = ("segmentation", "pretraining", "case", "encoder")  # encoder: a network's encoder alone
 # omegaconf's marker of a required value, stated rather than imported: the networks (and asa.load_encoder)
 # load without the config machinery
 MISSING = "???"  # case: a classification / regression head

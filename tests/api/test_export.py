@@ -52,7 +52,7 @@ def test_export_then_load_encoder_gives_identical_tensors(run, tmp_path):
     with torch.no_grad():
         assert torch.equal(encoder(x), mae.encoder.encode(x))
     config = json.loads((out / "config.json").read_text())
-    assert config["network"] == network_spec(mae) and config["asa_format"] == "asa.model_folder"
+    assert config["source_network"] == network_spec(mae) and config["asa_format"] == "asa.model_folder"
     assert (config["method"], config["crop"], config["patch_size"], config["spacing_mm"]) == ("asa", [32] * 3, 8,
                                                                                               [1.0] * 3)
     assert config["data"] == {"name": "demo", "layout": "bids", "channels": ["t1"], "size": 32, "resample_mm": 1.0}
@@ -78,7 +78,7 @@ def test_finetuning_loads_the_folder(run, tmp_path):
     assert torch.equal(net.encoder.norm.weight, mae.encoder.norm.weight)
     # a folder re-exports to the same weights and configuration
     again = export_model(out, tmp_path / "again", license="other")
-    assert json.loads((again / "config.json").read_text())["network"] == network_spec(mae)
+    assert json.loads((again / "config.json").read_text())["source_network"] == network_spec(mae)
     assert torch.equal(load_file(str(again / "model.safetensors"))["encoder.norm.weight"], mae.encoder.norm.weight)
 
 
@@ -88,7 +88,7 @@ def test_refusals(run, tmp_path, capsys):
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     assert export_main([str(ckpt), str(out)]) == 2  # an existing non-empty folder
-    assert "not empty" in capsys.readouterr().err and (out / "notes.txt").read_text() == "keep me"
+    assert "notes.txt" in capsys.readouterr().err and (out / "notes.txt").read_text() == "keep me"
     assert export_main([str(tmp_path / "missing.pt"), str(tmp_path / "x")]) == 2
     assert "no such file" in capsys.readouterr().err and not (tmp_path / "x").exists()
     scratch = build_network({"arch": "dynunet", "kwargs": dict(img_size=32, in_channels=1, out_channels=2)})
@@ -97,9 +97,15 @@ def test_refusals(run, tmp_path, capsys):
     assert "dynunet" in capsys.readouterr().err and not (tmp_path / "y").exists()
     with pytest.raises(OptionError, match="licence id"):
         export_model(ckpt, tmp_path / "z", license="my licence")
-    # overwrite replaces the folder as a whole
+    # overwrite replaces an earlier export only, moving its files aside
+    (out / "notes.txt").unlink()
+    assert export_main([str(ckpt), str(out)]) == 0
+    assert export_main([str(ckpt), str(out)]) == 2 and "--overwrite" in capsys.readouterr().err
     assert export_main([str(ckpt), str(out), "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("busy.replaced-")]
+    assert len(aside) == 1 and sorted(p.name for p in aside[0].iterdir()) == ["README.md", "config.json",
+                                                                              "model.safetensors"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
     # an empty folder is fine without --overwrite
     (tmp_path / "empty").mkdir()
@@ -134,3 +140,61 @@ def test_hub_ids_need_huggingface_hub(monkeypatch):
         from asa.io.hub import resolve_hub_id
 
         resolve_hub_id("hf://nothing")
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_an_overwrite_never_touches_a_run_folder(run, tmp_path, capsys):
+    mae, ckpt = run
+    folder = tmp_path / "run"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.pt").write_bytes(ckpt.read_bytes())
+    (folder / "config.yaml").write_text("seed: 0\n")
+    before = _listing(folder)
+    # the run folder itself, holding the checkpoint: refused, naming what it holds, nothing moved
+    assert export_main([str(folder / "checkpoints" / "last.pt"), str(folder), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "did not write (checkpoints, config.yaml)" in err and "nothing was written" in err
+    assert _listing(folder) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_the_working_folder_as_out_dir(run, tmp_path, monkeypatch, capsys):
+    _, ckpt = run
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert export_main([str(ckpt), "."]) == 0
+    assert export_main([str(ckpt), ".", "--overwrite"]) == 0  # the folder stays, its old files go beside it
+    assert "moved the previous README.md, config.json, model.safetensors" in capsys.readouterr().err
+    assert sorted(p.name for p in here.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert [p.name.split("-")[0] for p in tmp_path.iterdir() if p.name != "here"] == ["here.replaced"]
+    asa.load_encoder(here)
+
+
+def test_config_json_alone_builds_the_network_of_the_weights(run, tmp_path):
+    """config.json's network is the encoder alone: built from it, model.safetensors loads strictly."""
+    mae, ckpt = run
+    out = export_model(ckpt, tmp_path / "model")
+    config = json.loads((out / "config.json").read_text())
+    net = build_network(config["network"])
+    net.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(net.eval()(x), mae.encoder.encode(x))
+
+
+def test_the_card_of_a_demo_run_says_demo_phantoms(tmp_path):
+    torch.manual_seed(0)
+    seg = build_network({"arch": "swvit_unetr", "kwargs": dict(img_size=32, in_channels=4, out_channels=3,
+                                                               **ENCODER_SIZES)})
+    config = {"data": {"name": "brats", "layout": "brats", "root": None, "store": None}, "task": {"name": "segmentation"},
+              "segmenter": {}}
+    save_checkpoint(tmp_path / "best.pt", {"model": seg.state_dict(), "network": network_spec(seg), "config": config})
+    out = export_model(tmp_path / "best.pt", tmp_path / "model")
+    card = (out / "README.md").read_text()
+    assert "- data: demo phantoms (generated by asa, not scans) (layout brats)" in card
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["demo_phantoms"] is True
+    build_network(config["network"]).load_state_dict(load_file(str(out / "model.safetensors")), strict=True)

@@ -109,8 +109,11 @@ def test_typed_settings_reach_the_network():
     assert net.vit.patch_embedding.patch_embeddings.out_channels == 48
     # a mapping is typed the same way; a dataclass of another network's settings is refused
     assert network_settings({"arch": "unetr", "feature_size": 8}) == UNETRSettings(arch="unetr", feature_size=8)
-    with pytest.raises(ValueError, match=r"model.patch_size=8: model arch 'unetr' has no such option"):
+    with pytest.raises(ValueError, match=r"model.arch=unetr: the model section holds another network's options "
+                                         r"\(model.patch_size, .*choose the network with model=unetr"):
         network_settings(SWViTSettings(arch="unetr", embed_dim=48))
+    with pytest.raises(ValueError, match=r"model.foo=1: model arch 'unetr' has no such option"):
+        network_settings({"arch": "unetr", "foo": 1})
 
 
 @dataclass

@@ -16,6 +16,7 @@ from asa.api.config import ENTRY_POINTS, compose_config, config_path
 from asa.api.pretrain import _method
 from asa.api.schema import SCHEMAS, as_config, check_choices, validate
 from asa.methods import MaskedAutoencoderSettings
+from asa.models.cnn.masked import ResEncMaskedAutoencoder
 from asa.api.networks import build_case_network, build_from_config
 from asa.models import ASA, PRESETS, SWIN_SIZES, SymmetryAwareHead, architectures
 from asa.models.heads.puzzles import JigsawPuzzle, RelativePatchLocation
@@ -40,8 +41,8 @@ CASES = [(entry, group, name) for entry in ("pretrain", "finetune") for group in
 
 
 def test_groups_are_complete():
-    assert options("pretrain", "model") == ["base", "small", "tiny"]
-    assert options("finetune", "model") == ["base", "dynunet", "sa_swin", "small", "swin_case", "swin_unetr", "tiny",
+    assert options("pretrain", "model") == ["base", "resenc", "small", "tiny"]
+    assert options("finetune", "model") == ["base", "dynunet", "resenc", "sa_swin", "small", "swin_case", "swin_unetr", "tiny",
                                             "unetr", "vit_case"]
     assert {"adni", "demo", "oasis"} <= set(options("pretrain", "data"))
     assert options("finetune", "data") == ["brats", "ibsr", "msd", "targets", "wmh"]
@@ -61,7 +62,8 @@ def _build(entry: str, composed) -> None:
     if entry == "pretrain":
         cfg.data.crop = 48 if cfg.method.name in PUZZLES else 32  # puzzles: 3 cells of 16 voxels, 1-patch blocks
         net = _method(cfg).build_network()  # the configured method's network
-        assert isinstance(net, {"sa_swin": SymmetryAwareHead, **PUZZLES}.get(cfg.method.name, ASA))
+        masked = ResEncMaskedAutoencoder if model.get("arch") == "resenc" else ASA
+        assert isinstance(net, {"sa_swin": SymmetryAwareHead, **PUZZLES}.get(cfg.method.name, masked))
     elif model.get("arch") in architectures("case"):  # a case network (data.task=case): pooled tokens, an MLP
         net = build_case_network(model, in_channels=1, out_channels=2, crop=32, default_crop=32)
     else:
@@ -223,9 +225,13 @@ def test_symmetry_presets_state_only_their_differences():
     assert compose_config("finetune", ["model=sa_swin"]).model.arch == "sa_swin"
 
 
-# files that state only what differs from their entry point's schema: (entry, file, package of its keys)
-SCHEMA_FILES = [(entry, f"{entry}/{entry}.yaml", "") for entry in ENTRY_POINTS] + [
-    ("finetune", "finetune/optim/adamw.yaml", ""), ("finetune", "finetune/optim/sgd.yaml", "optim.")]
+def _package(path: Path, text: str) -> str:
+    """The key prefix of a config file's values: global (an entry point's own file, ``# @package _global_``,
+    a file of configs/common's top) or its group's name."""
+    rel = path.relative_to(CONFIGS)
+    if "# @package _global_" in text or len(rel.parts) == 2:
+        return ""
+    return f"{rel.parts[-2]}."
 
 
 def _leaves(mapping: dict, prefix: str = ""):
@@ -236,22 +242,69 @@ def _leaves(mapping: dict, prefix: str = ""):
             yield f"{prefix}{key}", value
 
 
-@pytest.mark.parametrize("entry, path, package", SCHEMA_FILES, ids=[p for _, p, _ in SCHEMA_FILES])
-def test_configs_state_only_their_differences_from_the_schema(entry, path, package):
-    """A key whose value is its schema default is left to the schema (which documents it), so that a
-    default changes in one place; keys of free-form groups (model, preprocess's data) are not defaults."""
+def _stated(path: Path) -> dict[str, object]:
+    """A config file's values by full key (its package's prefix), its base files' (``defaults``) first."""
+    text = path.read_text()
+    content = yaml.safe_load(text) or {}
+    values: dict[str, object] = {}
+    for item in content.get("defaults") or []:
+        if isinstance(item, str) and (path.parent / f"{item}.yaml").is_file():
+            values.update(_stated(path.parent / f"{item}.yaml"))
+    values.update(_leaves({k: v for k, v in content.items() if k not in ("defaults", "hydra")}, _package(path, text)))
+    return values
+
+
+# every config file, with the entry points whose schema types it (configs/common serves asa-pretrain and asa-finetune)
+CONFIG_FILES = [(entry, path.relative_to(CONFIGS).as_posix()) for entry in ENTRY_POINTS
+                for path in sorted((CONFIGS / entry).rglob("*.yaml"))] + [
+    (entry, path.relative_to(CONFIGS).as_posix()) for path in sorted((CONFIGS / "common").rglob("*.yaml"))
+    for entry in ("pretrain", "finetune")]
+
+
+def test_every_config_file_is_checked():
+    files = {p for _, p in CONFIG_FILES}
+    assert files == {p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml")}
+    assert len(files) > 50
+
+
+@pytest.mark.parametrize("entry, path", CONFIG_FILES, ids=[f"{e}:{p}" for e, p in CONFIG_FILES])
+def test_configs_state_only_their_differences_from_the_schema(entry, path):
+    """A key whose value is its schema default (or its base file's value) is left to them (the schema
+    documents it), so that a default changes in one place. Two exceptions: keys of free-form groups
+    (preprocess's data, a network's model keys that no schema types) are not defaults, and a preset may
+    restate a default that a file of another group sets otherwise (experiment=sa_swin's batch of 2
+    against trainer=paper's 24), since it then says which one wins. The data presets are also
+    asa-preprocess's, whose data section is untyped until the job runs: there a key the preset leaves
+    out cannot be overridden (``asa-preprocess data=demo data.resample_mm=2``), so they state every key."""
+    if path.split("/")[1:2] == ["data"]:
+        pytest.skip("a data preset: asa-preprocess's command line overrides only the keys it states")
     schema = OmegaConf.structured(SCHEMAS[entry])
-    stated = yaml.safe_load((CONFIGS / path).read_text())
+    file = CONFIGS / path
+    content = yaml.safe_load(file.read_text()) or {}
+    base: dict[str, object] = {}
+    for item in content.get("defaults") or []:
+        if isinstance(item, str) and (file.parent / f"{item}.yaml").is_file():
+            base.update(_stated(file.parent / f"{item}.yaml"))
+    group = file.parent
+    elsewhere: dict[str, list] = {}
+    for other in (CONFIGS / entry).rglob("*.yaml"):
+        if other.parent != group:
+            for key, value in _stated(other).items():
+                elsewhere.setdefault(key, []).append(value)
     restated = []
-    for key, value in _leaves({k: v for k, v in stated.items() if k not in ("defaults", "hydra")}, package):
-        parent, _, leaf = key.rpartition(".")
-        node = OmegaConf.select(schema, parent, default=None) if parent else schema
-        if not OmegaConf.is_dict(node) or leaf not in node:
-            continue  # not a typed field (a free-form group's key)
-        default = "???" if OmegaConf.is_missing(node, leaf) else OmegaConf.to_container(node)[leaf]
-        if value == default:
+    for key, value in _leaves({k: v for k, v in content.items() if k not in ("defaults", "hydra")},
+                              _package(file, file.read_text())):
+        if key in base:
+            default = base[key]
+        else:
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(schema, parent, default=None) if parent else schema
+            if not OmegaConf.is_dict(node) or leaf not in node:
+                continue  # not a typed field (a free-form group's key)
+            default = "???" if OmegaConf.is_missing(node, leaf) else OmegaConf.to_container(node)[leaf]
+        if value == default and all(v == value for v in elsewhere.get(key, [])):
             restated.append(f"{key}: {value}")
-    assert restated == []
+    assert restated == [], f"{path} restates defaults (its schema's or its base file's): leave them out"
 
 
 @pytest.mark.parametrize("entry", ["predict", "probe", "evaluate"])
@@ -297,15 +350,45 @@ def test_config_path_points_at_the_entry_point_folders():
         assert (CONFIGS / entry / f"{entry}.yaml").is_file()
 
 
+# every console script's --help in one child process (one interpreter start-up instead of six)
+_HELP_ALL = """
+import runpy, sys
+from hydra.core.global_hydra import GlobalHydra
+for name in sys.argv[1:]:
+    sys.argv = ["asa-" + name, "--help"]
+    print("=== asa." + name, flush=True)
+    code = 0
+    try:
+        runpy.run_module("asa.cli." + name, run_name="__main__", alter_sys=True)
+    except SystemExit as err:
+        code = err.code or 0
+    GlobalHydra.instance().clear()
+    print("=== exit", code, flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def console_help() -> dict[str, tuple[int, str]]:
+    """(exit code, output) of ``asa-<entry> --help`` for every entry point, from a fresh process."""
+    proc = subprocess.run([sys.executable, "-c", _HELP_ALL, *ENTRY_POINTS], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = {}
+    for part in proc.stdout.split("=== asa.")[1:]:
+        name, _, rest = part.partition("\n")
+        text, _, code = rest.rpartition("=== exit ")
+        found[name] = (int(code.strip()), text)
+    return found
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ENTRY_POINTS)
-def test_console_scripts_help(name):
-    proc = subprocess.run([sys.executable, "-m", f"asa.cli.{name}", "--help"], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"asa-{name}" in proc.stdout and "Usage" in proc.stdout
+def test_console_scripts_help(console_help, name):
+    code, out = console_help[name]
+    assert code == 0, out[-2000:]
+    assert f"asa-{name}" in out and "Usage" in out
     if name == "pretrain":
-        section = proc.stdout.split("== Config groups")[1].split("==\n")[1].split("== ")[0]
+        section = out.split("== Config groups")[1].split("==\n")[1].split("== ")[0]
         groups = {line.split(":")[0]: line for line in section.splitlines() if ":" in line}
         assert all(e in groups["experiment"] for e in EXPERIMENTS) and "baseline" not in groups["experiment"]
         assert all(m in groups["model"] for m in PRESETS) and "unetr" not in groups["model"]

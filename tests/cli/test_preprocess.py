@@ -79,7 +79,7 @@ def test_regions_auto_stores_no_maps_and_training_reads_the_store(tmp_path, pres
     assert "regions" not in index["settings"] and not list((store / "cases").glob("*region*"))
     cases = [c for c in discover("bids" if preset == "demo" else "ibsr", index["root"]) if c.id in index["cases"]]
     if preset == "demo":
-        item = build_pretrain_dataset(cases, size=32, augment=False, store=store)[0]
+        item = build_pretrain_dataset(cases, crop=32, augment=False, store=store)[0]
     else:
-        item = build_segmentation_dataset(cases, get_task("ibsr"), train=True, patch_size=16, store=store)[0]
+        item = build_segmentation_dataset(cases, get_task("ibsr"), train=True, crop=16, store=store)[0]
     assert "region" not in item and open_store(store).records

@@ -66,5 +66,5 @@ def test_sa_swin_pretrain_finetune_predict_evaluate(tmp_path):
 def test_an_unknown_method_is_refused_naming_the_known_ones(tmp_path):
     with pytest.raises(Exception, match="method/byol"):  # Hydra lists the method group's options
         compose_config("pretrain", [f"output_dir={tmp_path}", "method=byol"])
-    with pytest.raises(ValueError, match="method=byol: no such pretraining method; expected one of asa, jigsaw, rpl, sa_swin"):
+    with pytest.raises(ValueError, match="method=byol: no such pretraining method; expected one of asa, jigsaw, mae, rpl, sa_swin"):
         get_method("byol")

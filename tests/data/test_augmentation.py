@@ -19,7 +19,7 @@ SEEDS = range(12)
 @pytest.mark.parametrize("augment, flip_axes", [(True, ()), (False, (0,)), (True, (0, 1, 2))])
 def test_augmentation_on_the_device_gives_the_cpu_numbers(store_cases, pretrain_stores, source, regions, augment,
                                                           flip_axes):
-    kw = dict(size=40, augment=augment, flip_axes=flip_axes, regions=RegionSource("cluster", k=3) if regions else None,
+    kw = dict(crop=40, augment=augment, flip_axes=flip_axes, regions=RegionSource("cluster", k=3) if regions else None,
               store=None if source == "files" else pretrain_stores[source])
     cpu = build_pretrain_dataset(store_cases, augment_on="cpu", **kw)
     device = build_pretrain_dataset(store_cases, augment_on="device", **kw)
@@ -46,6 +46,6 @@ def test_deferring_only_what_it_can_apply():
     with pytest.raises(ValueError, match="cannot defer"):
         DeferredAugmentation(RandFlipd(keys="image", spatial_axis=(0, 1)))
     with pytest.raises(ValueError, match="augment_on must be one of"):
-        build_pretrain_dataset([], size=32, augment_on="gpu")
+        build_pretrain_dataset([], crop=32, augment_on="gpu")
     with pytest.raises(ValueError, match="flip_axes"):
-        build_pretrain_dataset([], size=32, flip_axes=(3,))
+        build_pretrain_dataset([], crop=32, flip_axes=(3,))

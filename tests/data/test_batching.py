@@ -39,7 +39,7 @@ def test_a_batch_read_whole_equals_its_items_collated(store_cases: list, pretrai
                                                       options):
     opts = dict(options)
     regions = RegionSource("cluster", k=3) if opts.pop("regions", False) else None
-    ds = build_pretrain_dataset(store_cases, size=size, augment=opts.pop("augment", False), regions=regions,
+    ds = build_pretrain_dataset(store_cases, crop=size, augment=opts.pop("augment", False), regions=regions,
                                 store=pretrain_stores[dtype], **opts)
     assert isinstance(ds, StoreCropBatches)
     indices = [3, 0, 4, 0]
@@ -54,7 +54,7 @@ def test_a_batch_read_whole_equals_its_items_collated(store_cases: list, pretrai
 
 
 def test_cpu_augmentation_keeps_the_item_by_item_path(store_cases, pretrain_stores):
-    ds = build_pretrain_dataset(store_cases, size=SIZE, augment=True, store=pretrain_stores["float16"])
+    ds = build_pretrain_dataset(store_cases, crop=SIZE, augment=True, store=pretrain_stores["float16"])
     assert type(ds) is CaseDataset and ds[0]["image"].dtype == torch.float32
 
 
@@ -118,7 +118,7 @@ def test_a_slot_the_worker_never_sent_is_free_again(in_a_worker):
 def test_workers_deliver_the_batches_of_the_main_process(store_cases, pretrain_stores, options):
     """Two persistent workers and their slots against num_workers=0, two epochs: batches kept all at
     once (``list``: more than the slots, so some travel in fresh memory) and streamed one by one."""
-    ds = build_pretrain_dataset(store_cases * 3, size=SIZE, store=pretrain_stores["float16"], **options)
+    ds = build_pretrain_dataset(store_cases * 3, crop=SIZE, store=pretrain_stores["float16"], **options)
     assert isinstance(ds, StoreCropBatches)
     ref, ref_sampler, _, _ = build_loader(ds, batch_size=2, rank=0, world_size=1, seed=0, num_workers=0)
     loader, sampler, _, _ = build_loader(ds, batch_size=2, rank=0, world_size=1, seed=0, num_workers=2)

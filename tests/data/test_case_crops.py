@@ -62,7 +62,7 @@ def test_the_output_is_the_mean_of_the_crops_outputs(cases, kind):
     big, same = cases
     torch.manual_seed(0)
     net = _Linear(3 if kind == "multiclass" else 1).eval()
-    item = build_case_crops_dataset(big[:1], size=32, lattice=8)[0]
+    item = build_case_crops_dataset(big[:1], crop=32, lattice=8)[0]
     full = PretrainPreprocess(32).prepare(case_to_item(big[0], ("t1",)))
     starts, offsets = case_crop_origins(full["image"].shape[1:], full["centre"], (32,) * 3, lattice=8)
     assert len(starts) == item["image"].shape[0] > 1 and torch.equal(item["offset"], torch.from_numpy(offsets))
@@ -76,7 +76,7 @@ def test_the_output_is_the_mean_of_the_crops_outputs(cases, kind):
     torch.testing.assert_close(got, want)
     assert torch.equal(torch.cat(net.seen), item["offset"])  # every crop got its patch offset
     # a volume no larger than the crop: exactly the single centred crop of fine-tuning
-    one = build_case_crops_dataset(same, size=32, lattice=8)[0]
+    one = build_case_crops_dataset(same, crop=32, lattice=8)[0]
     train_crop = PretrainPreprocess(32)(case_to_item(same[0], ("t1",)))["image"]
     assert one["image"].shape[0] == 1 and torch.equal(one["image"][0], train_crop)
     single = net(train_crop[None])

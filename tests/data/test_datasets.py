@@ -79,7 +79,7 @@ def test_normalize_in_brain():
 
 def test_pretrain_items_and_lps_orientation(demo_root):
     cases = discover("brats", demo_root("brats"))
-    ds = build_pretrain_dataset(cases, size=(40, 40, 40), augment=False, channels=("t1",))
+    ds = build_pretrain_dataset(cases, crop=(40, 40, 40), augment=False, channels=("t1",))
     item = ds[0]
     assert set(item) == {"image", "id"} and item["id"] == cases[0].id
     assert item["image"].shape == (1, 40, 40, 40) and item["image"].dtype == torch.float32
@@ -87,15 +87,15 @@ def test_pretrain_items_and_lps_orientation(demo_root):
     fg = x != 0
     assert ((fg == fg[::-1]).mean()) > 0.95  # LPS on disk, yet the brain is symmetric about the centre
     assert abs(x[fg].mean()) < 0.2
-    resampled = build_pretrain_dataset(cases, size=24, augment=False, resample_mm=1.5)[0]
+    resampled = build_pretrain_dataset(cases, crop=24, augment=False, resample_mm=1.5)[0]
     assert resampled["image"].shape == (1, 24, 24, 24)
 
 
 def test_pretrain_augmentation_is_seeded(demo_root):
     cases = discover("bids", demo_root("bids"))
-    a = build_pretrain_dataset(cases, size=24, augment=True, seed=1)
-    b = build_pretrain_dataset(cases, size=24, augment=True, seed=1)
-    c = build_pretrain_dataset(cases, size=24, augment=True, seed=2)
+    a = build_pretrain_dataset(cases, crop=24, augment=True, seed=1)
+    b = build_pretrain_dataset(cases, crop=24, augment=True, seed=1)
+    c = build_pretrain_dataset(cases, crop=24, augment=True, seed=2)
     xa, xb, xc = (d[0]["image"] for d in (a, b, c))
     assert torch.equal(xa, xb) and not torch.equal(xa, xc)
     loader = torch.utils.data.DataLoader(a, batch_size=1, num_workers=2, generator=torch.Generator().manual_seed(0))
@@ -109,7 +109,7 @@ def test_segmentation_items(demo_root, layout):
     root = demo_root(layout)
     task = get_task(layout)
     cases = discover(layout, root)
-    train = build_segmentation_dataset(cases, task, train=True, patch_size=16, seed=0)
+    train = build_segmentation_dataset(cases, task, train=True, crop=16, seed=0)
     item = train[0]
     assert set(item) == {"image", "label", "offset"}
     assert item["offset"].dtype == torch.int64 and item["offset"].shape == (3,)
@@ -120,7 +120,7 @@ def test_segmentation_items(demo_root, layout):
     else:
         assert item["label"].shape == (1, 16, 16, 16) and item["label"].dtype == torch.int64
         assert set(item["label"].unique().tolist()) <= {-1, *range(task.num_outputs)}
-    with pytest.raises(ValueError, match="train=True needs patch_size"):  # no crop size stated twice
+    with pytest.raises(ValueError, match="train=True needs crop"):  # no crop size stated twice
         build_segmentation_dataset(cases, task, train=True)
     val = build_segmentation_dataset(cases, task, train=False)[0]
     ref = load_volume(cases[0].label)
@@ -133,7 +133,7 @@ def test_segmentation_items(demo_root, layout):
 
 def test_foreground_oversampling(demo_root):
     cases = discover("brats", demo_root("brats"))
-    ds = build_segmentation_dataset(cases, get_task("brats"), train=True, patch_size=8, samples_per_case=12, seed=0,
+    ds = build_segmentation_dataset(cases, get_task("brats"), train=True, crop=8, samples_per_case=12, seed=0,
                                     rotate_deg=0, zoom=(1.0, 1.0), flip_axes=())
     crops = ds[0]
     assert isinstance(crops, list) and len(crops) == 12
@@ -185,7 +185,7 @@ def test_pretraining_augmentation_cannot_fake_informativeness(demo_root):
     assert empty.sum() >= 4  # the corners of a 32³ crop around a 32³ phantom
     changed = 0
     for seed in range(4):
-        x = build_pretrain_dataset(cases[:1], size=32, augment=True, seed=seed)[0]["image"][None]
+        x = build_pretrain_dataset(cases[:1], crop=32, augment=True, seed=seed)[0]["image"][None]
         assert (x[brain.bool().expand_as(x) == 0] == 0).all()
         changed += int(not torch.equal(x[0], plain["image"]))
         weights = masked_patch_weights(torch.ones(1, 64), patch_informativeness(x))

@@ -44,7 +44,7 @@ def test_clustering_seed_only_picks_the_sample():
 
 def test_pretrain_region_map_is_cropped_with_the_image(demo_root):
     cases = discover("bids", demo_root("bids"))
-    ds = build_pretrain_dataset(cases[:1], size=(32, 32, 32), augment=False, regions=RegionSource("cluster", k=3))
+    ds = build_pretrain_dataset(cases[:1], crop=(32, 32, 32), augment=False, regions=RegionSource("cluster", k=3))
     item = ds[0]
     assert set(item) == {"image", "region", "id"} and item["region"].dtype == torch.int64
     assert item["region"].shape == (1, 32, 32, 32)

@@ -156,7 +156,7 @@ def test_interrupted_run_leaves_a_consistent_store_and_resumes(tmp_path, monkeyp
     assert _index(store) == before  # the index is replaced only at the end of a run
     _consistent(store)
     assert not [p for p in (store / "cases").iterdir() if ".tmp" in p.name]  # the torn write was removed
-    ds = build_pretrain_dataset(cases, size=SIZE, augment=False, store=store)  # still readable (old contents)
+    ds = build_pretrain_dataset(cases, crop=SIZE, augment=False, store=store)  # still readable (old contents)
     assert torch.isfinite(ds[1]["image"]).all()
     (store / "cases" / ".x.npy.abc.tmp.npy").write_bytes(b"left by a killed run")
     resumed = _write(discover("bids", root), store)
@@ -186,7 +186,7 @@ def test_other_settings_are_refused_naming_them(bids, tmp_path):
         _write(cases, tmp_path / "s", pre=_pre(resample_mm=2.0), dtype="float32")
     assert _index(tmp_path / "s") == before
     with pytest.raises(StoreSettingsError, match=r"data.store=.*channels: store \[\"t1\"\], now \[\"t1\", \"t1\"\]"):
-        build_pretrain_dataset(cases, size=SIZE, channels=("t1", "t1"), store=tmp_path / "s")
+        build_pretrain_dataset(cases, crop=SIZE, channels=("t1", "t1"), store=tmp_path / "s")
 
 
 def test_padded_indices_are_those_of_the_padded_mask():
@@ -211,8 +211,8 @@ def test_pretrain_crops_from_the_store_equal_the_files(bids, tmp_path, dtype, si
     regions = RegionSource("cluster", k=3)
     build_store(cases, tmp_path / "s", preprocessor=_pre(regions=regions), channels=("t1",), dtype=dtype,
                 progress=False)
-    files = build_pretrain_dataset(cases, size=size, augment=augment, regions=regions)
-    stored = build_pretrain_dataset(cases, size=size, augment=augment, regions=regions, store=tmp_path / "s")
+    files = build_pretrain_dataset(cases, crop=size, augment=augment, regions=regions)
+    stored = build_pretrain_dataset(cases, crop=size, augment=augment, regions=regions, store=tmp_path / "s")
     for i in range(len(cases)):
         for seed in (0, 1):
             files.reseed(seed), stored.reseed(seed)
@@ -238,7 +238,7 @@ def test_finetune_crops_from_the_store_equal_the_files(brats, tmp_path, dtype):
     regions = RegionSource("label")
     build_store(cases, tmp_path / "s", preprocessor=SegmentationPreprocess(task, regions=regions),
                 channels=task.channels, dtype=dtype, progress=False)
-    kw = dict(patch_size=16, lattice=8, reference_size=24, samples_per_case=3, regions=regions)
+    kw = dict(crop=16, lattice=8, reference_size=24, samples_per_case=3, regions=regions)
     files = build_segmentation_dataset(cases, task, train=True, **kw)
     stored = build_segmentation_dataset(cases, task, train=True, store=tmp_path / "s", **kw)
     close = (lambda a, b: torch.equal(a, b)) if dtype == "float32" else (

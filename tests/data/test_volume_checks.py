@@ -171,7 +171,7 @@ def test_a_data_worker_failure_is_one_line_naming_the_file(tmp_path, workers):
     cases = discover("bids", root)
     bad = cases[1].images["t1"]
     bad.write_bytes(bad.read_bytes()[:300])
-    ds = build_pretrain_dataset(cases, size=16, augment=False)
+    ds = build_pretrain_dataset(cases, crop=16, augment=False)
     with pytest.raises(Exception) as info:
         list(torch.utils.data.DataLoader(ds, batch_size=1, num_workers=workers))
     line = describe_error(info.value)

@@ -95,13 +95,13 @@ def test_training_crops_start_on_the_lattice(lps_case):
     case, origin = lps_case
     task = get_task("ibsr")
     image = build_segmentation_dataset([case], task, train=False)[0]["image"]
-    plain = build_segmentation_dataset([case], task, train=True, patch_size=16, samples_per_case=8, seed=0,
+    plain = build_segmentation_dataset([case], task, train=True, crop=16, samples_per_case=8, seed=0,
                                        reference_size=REF, rotate_deg=0, zoom=(1.0, 1.0), flip_axes=(), gamma=(1.0, 1.0))
     for crop in plain[0]:
         start = origin + crop["offset"].numpy() * PATCH
         # (tolerance: the no-op gamma/rotation still resample in float32; a one-voxel shift is off by O(1))
         torch.testing.assert_close(crop["image"], _region(image, start, 16), rtol=0, atol=1e-4)
-    flipped = build_segmentation_dataset([case], task, train=True, patch_size=16, samples_per_case=8, seed=0,
+    flipped = build_segmentation_dataset([case], task, train=True, crop=16, samples_per_case=8, seed=0,
                                          reference_size=REF, rotate_deg=0, zoom=(1.0, 1.0), flip_axes=(0,),
                                          gamma=(1.0, 1.0))
     mirrored = 0

@@ -152,3 +152,17 @@ def test_binary_case_probe_is_scikit_learn_logistic_regression_per_fold():
         z_fit, z_test = (t.numpy() for t in standardize(x[fit], x[test]))
         ref = LogisticRegression(C=1 / 0.5, tol=1e-10, max_iter=10000).fit(z_fit, labels[fit]).predict_proba(z_test)
         assert np.abs(ref - p[test]).max() < 1e-4
+
+
+def test_k_is_lowered_to_the_largest_class_instead_of_scikit_learns_error():
+    # 6 subjects, 3 classes of 2 cases: 5 folds cannot each hold a case of a class; 2 can
+    groups, classes = ["a", "b", "c", "d", "e", "f"], [0, 0, 1, 1, 2, 2]
+    fold = subject_folds(groups, 5, seed=0, strata=classes)
+    assert fold.max() + 1 == 2
+    assert all(sorted(fold[[i, i + 1]].tolist()) == [0, 1] for i in (0, 2, 4))  # each class in both folds
+    torch.manual_seed(0)
+    result = case_probes(torch.randn(6, 4), classes, kind="classes", groups=groups, names=["x", "y", "z"], folds=5,
+                         n_resamples=10, knn_k=1)
+    assert result["folds"] == 2
+    with pytest.raises(ValueError, match="each of its own class: cross-validation with the classes spread"):
+        subject_folds(["a", "b", "c"], 3, strata=[0, 1, 2])

@@ -31,3 +31,47 @@ def test_finetune_refuses_a_crop_sa_swin_cannot_take_before_writing(tmp_path):
         finetune(compose_config("finetune", ["model=sa_swin", f"output_dir={out}", "device=cpu", "data.crop=32",
                                              "model.feature_size=12", "data.num_workers=0"]))
     assert not out.exists()
+
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_pretrain_refuses_a_crop_larger_than_every_volume(tmp_path, capsys, stored):
+    from asa.api import preprocess, pretrain
+    from asa.cli.common import EXIT_REFUSED, entry
+
+    data = ["data.demo.cases=3", "data.demo.size=32", f"data.demo.cache_dir={tmp_path / 'cache'}"]
+    if stored:  # a store written for this crop: its recorded grids are compared
+        preprocess(compose_config("preprocess", ["data=demo", *data, "data.crop=64", f"data.store={tmp_path / 's'}",
+                                                 "workers=1", "progress=false"]))
+        data.append(f"data.store={tmp_path / 's'}")
+    cfg = compose_config("pretrain", ["model=tiny", "trainer=smoke", "device=cpu", "probe.every=0", "data.crop=64",
+                                      f"output_dir={tmp_path / 'run'}", *data])
+    with pytest.raises(SystemExit) as stop:
+        entry("asa-pretrain", pretrain, cfg)
+    err = capsys.readouterr().err
+    assert stop.value.code == EXIT_REFUSED, err
+    assert "data.crop=64: the crop is larger than every volume along every axis (the largest, sub-DEMO" in err
+    assert "is 32×32×32" in err and "set data.crop=32 or smaller" in err
+    assert (f"in {tmp_path / 's'}" in err) == stored
+
+
+DYNUNET = ["data.demo.cases=4", "data.demo.size=32", "data.num_workers=0", "trainer=smoke", "device=cpu", "model=dynunet"]
+
+
+def test_dynunet_says_which_crop_its_plan_takes(tmp_path):
+    from asa.api import finetune
+
+    data = [*DYNUNET, f"data.demo.cache_dir={tmp_path / 'cache'}"]
+    with pytest.raises(OptionError, match=r"^dynunet: its plan halves axis 0 of the crop 1 time\(s\), so the crop's "
+                                          r"edge there must be divisible by 2, and 33 is not: take a crop \(data.crop\) "
+                                          r"of 32 voxels \(or another that the plan halves evenly\)$"):
+        finetune(compose_config("finetune", [*data, "data.crop=33", f"output_dir={tmp_path / 'a'}"]))
+
+
+@pytest.mark.slow
+def test_dynunet_takes_a_crop_that_is_no_multiple_of_8(tmp_path):
+    from asa.api import finetune
+
+    data = [*DYNUNET, f"data.demo.cache_dir={tmp_path / 'cache'}"]
+    # 20 = 4 · 5: planned with two poolings; crops no longer have to be multiples of a ViT's patch size 8
+    finetune(compose_config("finetune", [*data, "data.crop=20", f"output_dir={tmp_path / 'b'}"]))
+    assert (tmp_path / "b" / "checkpoints" / "last.pt").is_file()

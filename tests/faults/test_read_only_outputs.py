@@ -1,4 +1,4 @@
-"""asa-predict, asa-probe and asa-preprocess refuse an output folder they cannot write (exit 2, one line
+"""asa-predict, asa-probe, asa-preprocess and asa-evaluate refuse an output folder they cannot write (exit 2, one line
 naming the option), before any work, as asa-pretrain / asa-finetune refuse their output_dir.
 
 The tests run as root in CI, where chmod does not stop writes: a read-only file system is simulated
@@ -110,3 +110,16 @@ def test_preprocess_refuses_a_read_only_store(tmp_path, read_only, capsys):
                                         "progress=false", "workers=1"])
     _refused("asa-preprocess", preprocess, cfg, capsys, "data.store", store)
     assert not store.exists()
+
+
+def test_evaluate_refuses_a_read_only_output_before_scoring(brats, tmp_path, read_only, capsys, monkeypatch):
+    import importlib
+
+    api_evaluate = importlib.import_module("asa.api.evaluate")  # the module, not the function asa.api.evaluate
+    data, _ = brats
+    monkeypatch.setattr(api_evaluate, "evaluate_cases", lambda *a, **k: pytest.fail("scored before checking the output"))
+    out = read_only / "eval"
+    cfg = compose_config("evaluate", ["data=brats", f"data.root={data}", f"pred={data}", f"output={out}"])
+    from asa.api import evaluate
+
+    _refused("asa-evaluate", evaluate, cfg, capsys, "output", out)

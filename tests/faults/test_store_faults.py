@@ -88,6 +88,24 @@ def test_training_from_a_tampered_store_exits_2_naming_the_entry(written, tmp_pa
     assert not (tmp_path / "run").exists()  # refused: no empty run folder left behind
 
 
+def test_an_array_linked_to_a_file_outside_the_store_is_refused_naming_the_entry(written, tmp_path, capsys):
+    cache, clean = written
+    store = _copy(clean, tmp_path / "store")
+    image = sorted((store / "cases").glob("*.image.npy"))[0]
+    outside = tmp_path / "outside.npy"
+    outside.write_bytes(image.read_bytes())  # a whole array of the right shape: only where it lies is wrong
+    image.unlink()
+    image.symlink_to(outside)
+    cfg = compose_config("pretrain", ["model=tiny", "trainer=smoke", "data.crop=32", "data.demo.cases=3",
+                                      "data.demo.size=32", f"data.demo.cache_dir={cache}", "device=cpu",
+                                      "probe.every=0", f"data.store={store}", f"output_dir={tmp_path / 'run'}"])
+    with pytest.raises(SystemExit) as stop:
+        entry("asa-pretrain", pretrain, cfg)
+    err = capsys.readouterr().err
+    assert stop.value.code == EXIT_REFUSED, err
+    assert f"arrays['image']: cases/{image.name} resolves to {outside}, outside the store" in err
+
+
 def test_preprocess_refuses_a_record_naming_a_file_outside_the_store(written, tmp_path, capsys):
     cache, clean = written
     store = _copy(clean, tmp_path / "store")

@@ -155,7 +155,7 @@ def test_store_batches_pinned_and_augmented_on_the_gpu_are_the_cpu_batches(tmp_p
     they are, epoch after epoch, the batches of the main process augmented on the CPU, bit for bit."""
     cases = discover("bids", write_demo_dataset("bids", tmp_path / "bids", cases=4, size=32, seed=0))
     build_store(cases, tmp_path / "store", preprocessor=PretrainPreprocess(32), channels=("t1",), progress=False)
-    ds = build_pretrain_dataset(cases * 4, size=32, augment=True, flip_axes=(0, 2), augment_on="device",
+    ds = build_pretrain_dataset(cases * 4, crop=32, augment=True, flip_axes=(0, 2), augment_on="device",
                                 store=tmp_path / "store")
     ref, ref_sampler, _, _ = build_loader(ds, batch_size=4, rank=0, world_size=1, seed=0, num_workers=0)
     loader, sampler, _, _ = build_loader(ds, batch_size=4, rank=0, world_size=1, seed=0, num_workers=2,

@@ -53,7 +53,7 @@ def test_plan_bad_arguments():
         plan_dynunet(32, (1.0, 1.0))
     with pytest.raises(ValueError, match="spacing must be 3 positive"):
         plan_dynunet(32, (1.0, 0.0, 1.0))
-    with pytest.raises(ValueError, match="halves axis 0 of crop 36 3 times, so that axis must be divisible by 8"):
+    with pytest.raises(ValueError, match=r"halves axis 0 of the crop 3 time\(s\), so the crop's edge there must be divisible by 8, and 36 is not"):
         plan_dynunet(36, 1.0)  # 36 -> 18 -> 9, and 9 >= 8 asks for a third halving that 9 cannot take
     with pytest.raises(ValueError, match="img_size"):
         plan_dynunet((32, 32), 1.0)

@@ -210,3 +210,21 @@ def test_bad_files_are_named(pretrained, tmp_path):
         asa.load_encoder(tmp_path / "corrupt.safetensors")
     with pytest.raises(CheckpointError, match="corrupt.safetensors"):
         ASASegmenter(img_size=32, **ENCODER_SIZES).load_pretrained(tmp_path / "corrupt.safetensors")
+
+
+def test_a_spec_that_does_not_build_is_named_with_its_file_and_folder(pretrained, tmp_path):
+    from asa.io import save_export_safetensors, write_model_folder
+    from asa.io.hub import encoder_network_spec
+
+    _, folder = pretrained["asa"]
+    export = load_checkpoint(folder / "encoder.pt")
+    export["network"]["kwargs"]["num_heads"] = 5  # the tensors' width is not divisible by it
+    save_export_safetensors(tmp_path / "edited.safetensors", export)
+    with pytest.raises(ValueError, match=r"edited.safetensors: the network spec recorded in it does not build its "
+                                         r"'asa_pretrain' network \(.*num_heads"):
+        asa.load_encoder(tmp_path / "edited.safetensors")
+    out = write_model_folder(tmp_path / "model", export, {"asa_format": "asa.model_folder",
+                                                          "network": encoder_network_spec(export["network"])}, "")
+    with pytest.raises(ValueError, match=rf"model folder {out} \(model.safetensors and config.json\): the network "
+                                         "spec recorded in it does not build"):
+        asa.load_encoder(out)

@@ -16,6 +16,8 @@ TINY = dict(embed_dim=48, depth=4, num_heads=3, window_size=8)
 SPECS = {
     "swvit_unetr": dict(img_size=32, in_channels=2, out_channels=3, pos_mode="paper", lr_axis=1, spe_frame="crop", **TINY),
     "asa_pretrain": dict(img_size=32, decoder_dim=24, decoder_depth=1, decoder_num_heads=2, mask_ratio=0.5, **TINY),
+    "resenc": dict(img_size=32, in_channels=2, out_channels=3, coord_channel=True),
+    "resenc_pretrain": dict(img_size=32, mirror_visible=0.2, loss_weighting="uniform"),
     "unetr": dict(img_size=32, in_channels=2, out_channels=3, feature_size=8, hidden_size=48, mlp_dim=96, num_heads=3),
     "dynunet": dict(img_size=32, in_channels=2, out_channels=3, spacing=[1.0, 1.0, 2.0]),
     "swin_unetr": dict(img_size=64, in_channels=2, out_channels=3, feature_size=12, depths=[1, 1, 1, 1]),  # /32
@@ -29,6 +31,7 @@ SPECS = {
                      num_heads=3, pooling="attention", hidden_dim=16, target_shift=70.0, target_scale=9.0),
     "swin_case": dict(img_size=32, in_channels=2, out_channels=1, feature_size=12, depths=[1, 1, 1, 1], hidden_dim=16),
 }
+SPECS["encoder"] = dict(network={"arch": "swvit_unetr", "kwargs": {**SPECS["swvit_unetr"], "img_size": 64}})  # model folders
 # every network asa itself registers (networks registered from outside, e.g. by tests, are theirs to check)
 ASA_NETWORKS = sorted(name for name, build in NETWORKS.items() if build.__module__.startswith("asa."))
 # the flat keys the specs of the ASA networks hold: a spec written with them rebuilds
@@ -105,7 +108,8 @@ def test_config_nulls_are_resolved_in_the_spec(tmp_path):
 
 def test_bad_specs_and_foreign_networks():
     assert set(ASA_NETWORKS) == {"swvit_unetr", "unetr", "swin_unetr", "sa_swin", "dynunet", "asa_pretrain", "sa_swin_pretrain",
-                                 "case_head", "vit_case", "swin_case", "rpl_pretrain", "jigsaw_pretrain"}
+                                 "case_head", "vit_case", "swin_case", "rpl_pretrain", "jigsaw_pretrain", "resenc",
+                                 "resenc_pretrain", "encoder"}
     assert {"swvit_unetr", "unetr", "swin_unetr", "sa_swin"} <= set(architectures("segmentation"))
     assert ENCODER_MODULES["swvit_unetr"] == ENCODER_MODULES["asa_pretrain"] == "encoder"
     with pytest.raises(ValueError, match="unknown arch 'vnet'"):

@@ -216,3 +216,37 @@ def test_networks_refuse_options_a_block_cannot_have():
         JigsawPuzzle(img_size=64, puzzles=0, **TINY)
     with pytest.raises(ValueError, match=r"expected input \[B, 1, 64, 64, 64\]"):
         RelativePatchLocation(img_size=64, **TINY)(torch.randn(1, 1, 48, 48, 48))
+
+
+def test_shift_volumes_moves_each_volume_zero_filled():
+    from asa.models.heads.puzzles import shift_volumes
+
+    x = torch.arange(2 * 4 ** 3, dtype=torch.float32).view(2, 1, 4, 4, 4) + 1
+    out = shift_volumes(x, torch.tensor([[1, 0, -2], [0, 0, 0]]))
+    assert torch.equal(out[1], x[1])  # no shift: as it was
+    assert torch.equal(out[0, :, 1:, :, :2], x[0, :, :3, :, 2:])  # out[v] = x[v - shift]
+    assert out[0, :, 0].abs().sum() == 0 and out[0, :, :, :, 2:].abs().sum() == 0  # zero-filled where nothing moved in
+
+
+def test_normalised_blocks_lose_their_brightness():
+    from asa.models.heads.puzzles import normalise_blocks
+
+    torch.manual_seed(0)
+    blocks = torch.randn(3, 2, 4, 4, 4)
+    out = normalise_blocks(blocks * 5 + 7)
+    assert torch.allclose(out.mean((-3, -2, -1)), torch.zeros(3, 2), atol=1e-5)
+    assert torch.allclose(out.std((-3, -2, -1), unbiased=False), torch.ones(3, 2), atol=1e-4)
+    assert torch.allclose(out, normalise_blocks(blocks), atol=1e-4)  # brightness and contrast gone
+    assert torch.equal(normalise_blocks(torch.full((1, 1, 2, 2, 2), 3.0)), torch.zeros(1, 1, 2, 2, 2))
+
+
+def test_the_options_reach_the_network_and_its_spec():
+    net = JigsawPuzzle(img_size=32, grid=2, permutations=4, puzzles=1, hidden_dim=8, shift=3, block_norm=True,
+                       embed_dim=16, depth=1, num_heads=2, window_size=8)
+    kwargs = net.network_kwargs
+    assert (kwargs["shift"], kwargs["block_norm"]) == (3, True)
+    assert net(torch.randn(2, 1, 32, 32, 32)).logits.shape == (2, 4)
+    with pytest.raises(ValueError, match=r"method.shift=-1: expected voxels from 0"):
+        JigsawPuzzle(img_size=32, grid=2, permutations=4, shift=-1, embed_dim=16, depth=1, num_heads=2, window_size=8)
+    with pytest.raises(ValueError, match=r"method.permutations=1: a jigsaw with fewer than 2 permutations has nothing"):
+        JigsawPuzzle(img_size=32, grid=2, permutations=1, embed_dim=16, depth=1, num_heads=2, window_size=8)

@@ -1,4 +1,4 @@
-"""scripts/transfer_study.py: bootstrap CIs, paired differences, the table and the plot on synthetic scores."""
+"""scripts/transfer_study.py: paired differences, their CIs (`asa.eval`), the table and the plot on synthetic scores."""
 from __future__ import annotations
 
 import importlib.util
@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from asa.eval import bootstrap_ci, seed_case_bootstrap
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "transfer_study.py"
 _spec = importlib.util.spec_from_file_location("asa_transfer_study", SCRIPT)
@@ -29,15 +31,6 @@ def _scores(delta: float, noise: float = 0.02, cases: int = 20, seeds: int = 3) 
                     rows.append({"arm": arm, "n": n, "seed": seed, "case": f"c{c:02d}", "Dice_A": v, "Dice_B": v,
                                  "Dice_mean": v, "Dice_mean_zeroed": v - (0.3 if arm == "pretrained" else 0.0)})
     return rows
-
-
-def test_bootstrap_ci_covers_a_known_difference():
-    rng = np.random.default_rng(1)
-    diffs = 0.05 + rng.normal(0, 0.03, size=30)
-    mean, lo, hi = study.bootstrap_ci(diffs, n_boot=4000)
-    assert lo < 0.05 < hi and lo < mean < hi
-    assert hi - lo < 0.05  # ~ ±1.96 · 0.03/√30
-    assert study.bootstrap_ci([0.1] * 5) == pytest.approx((0.1, 0.1, 0.1))
 
 
 def test_paired_table_recovers_the_planted_difference(tmp_path):
@@ -90,10 +83,13 @@ def test_seed_case_bootstrap_equals_the_case_only_interval_when_seeds_agree():
     scores = _seeded_scores([0.05, 0.05, 0.05], noise=0.02)
     d = study.paired_matrix(scores, "pretrained", "scratch", 2, "Dice_mean")
     assert d.shape == (3, 16)
-    two_level = study.seed_case_bootstrap(d, n_boot=3000, seed=4)
-    case_only = study.bootstrap_ci(study.paired_differences(scores, "pretrained", "scratch", 2, "Dice_mean"), n_boot=3000, seed=4)
-    assert two_level == pytest.approx(case_only, abs=1e-12)
-    assert two_level[2] - two_level[1] < 0.03 and two_level[1] < 0.05 < two_level[2]
+    two_level = seed_case_bootstrap(d, n_resamples=3000, seed=4)
+    diffs = study.paired_differences(scores, "pretrained", "scratch", 2, "Dice_mean")
+    case_only = bootstrap_ci(np.mean, np.asarray(diffs), n_resamples=3000, seed=4)
+    assert (two_level.value, two_level.low, two_level.high) == pytest.approx(
+        (case_only.value, case_only.low, case_only.high), abs=1e-12)
+    assert study.case_interval(diffs, n_boot=3000, seed=4) == (case_only.low, case_only.high)
+    assert two_level.high - two_level.low < 0.03 and two_level.low < 0.05 < two_level.high
 
 
 def test_seed_case_bootstrap_carries_the_spread_between_labeled_draws(tmp_path):
@@ -123,13 +119,10 @@ def test_seed_case_bootstrap_carries_the_spread_between_labeled_draws(tmp_path):
             "HD95_A", "delta_HD95_A_lo"} <= set(header)
 
 
-def test_seed_case_bootstrap_hand_computed_and_missing_pairs():
+def test_per_seed_differences_leave_missing_pairs_out():
     d = np.array([[0.1, 0.3], [0.2, np.nan]])
-    mean, lo, hi = study.seed_case_bootstrap(d, n_boot=2000)
-    assert mean == pytest.approx(0.2)  # (0.1 + 0.3 + 0.2) / 3 pairs
-    assert 0.1 <= lo <= mean <= hi <= 0.3
     assert study.per_seed_differences(d) == pytest.approx([0.2, 0.2])
-    assert all(np.isnan(study.seed_case_bootstrap(np.full((2, 2), np.nan))))
+    assert study.case_interval([], n_boot=10, seed=0) == pytest.approx((np.nan, np.nan), nan_ok=True)
 
 
 def test_a_network_without_an_encoder_shows_no_encoder_columns(tmp_path):

@@ -112,14 +112,28 @@ def plan_dynunet(
         for a in axes:
             if size[a] % 2:  # nnU-Net pads such a patch; a crop here is what the network sees
                 pools = sum(s[a] == 2 for s in strides) + 1
-                raise ValueError(f"dynunet: the plan halves axis {a} of crop {crop} {pools} times, so that axis must be "
-                                 f"divisible by {2 ** pools}; take a crop that is")
+                edge = int(spec_input_size("dynunet", crop)[a])
+                raise ValueError(f"dynunet: its plan halves axis {a} of the crop {pools} time(s), so the crop's edge "
+                                 f"there must be divisible by {2 ** pools}, and {edge} is not: take a crop (data.crop) "
+                                 f"of {_planned_edge(edge, spacing, max_pools, min_feature_size)} voxels (or another "
+                                 "that the plan halves evenly)")
             size[a] //= 2
             sp[a] *= 2
         strides.append(tuple(2 if a in axes else 1 for a in range(3)))  # type: ignore[arg-type]
         kernels.append(stage_kernel())
     filters = [min(base_filters * 2**i, max_filters) for i in range(len(strides))]
     return DynUNetPlan(kernels, strides, filters)
+
+
+def _planned_edge(edge: int, spacing: float | Sequence[float], max_pools: int, min_feature_size: int) -> int:
+    """The largest cubic crop edge below ``edge`` that the plan halves evenly (at least 1)."""
+    for candidate in range(edge - 1, 1, -1):
+        try:
+            plan_dynunet(candidate, spacing, max_pools=max_pools, min_feature_size=min_feature_size)
+            return candidate
+        except ValueError:
+            continue
+    return 1
 
 
 class DeepSupervisedDynUNet(DynUNet):

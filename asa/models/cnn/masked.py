@@ -73,11 +73,12 @@ class MaskedConv3d(nn.Conv3d):
         out = super().forward(x)
         if self.visible.blocks is None:
             return out
-        return out * self.visible.at(tuple(out.shape[2:]), out.dtype)
+        return out.mul_(self.visible.at(tuple(out.shape[2:]), out.dtype))  # in place: conv backward needs no output
 
 
 class MaskedInstanceNorm3d(nn.InstanceNorm3d):
-    """An ``InstanceNorm3d`` whose mean and variance are over visible voxels only, its output zero elsewhere."""
+    """An ``InstanceNorm3d`` whose mean and variance are over visible voxels only, its output zero elsewhere.
+    Its input must be zero at masked voxels (in the encoder every norm follows a `MaskedConv3d`)."""
 
     visible: VisibleMask
 
@@ -85,14 +86,15 @@ class MaskedInstanceNorm3d(nn.InstanceNorm3d):
         if self.visible.blocks is None:
             return super().forward(x)
         m = self.visible.at(tuple(x.shape[2:]), x.dtype)  # [B, 1, D, H, W]
+        # x is a masked convolution's output, zero at masked voxels: its plain sums are the visible voxels' sums
         count = m.sum(dim=(2, 3, 4), keepdim=True).clamp_min(1.0)
-        mean = (x * m).sum(dim=(2, 3, 4), keepdim=True) / count
-        centred = (x - mean) * m
-        var = (centred * centred).sum(dim=(2, 3, 4), keepdim=True) / count
-        out = centred * torch.rsqrt(var + self.eps)
+        mean = x.sum(dim=(2, 3, 4), keepdim=True, dtype=torch.float32) / count
+        var = ((x.float() * x).sum(dim=(2, 3, 4), keepdim=True) / count - mean * mean).clamp_min(0.0)
+        scale = torch.rsqrt(var + self.eps)  # [B, C, 1, 1, 1]
         if self.affine:
-            out = out * self.weight.view(1, -1, 1, 1, 1) + self.bias.view(1, -1, 1, 1, 1)
-        return out * m
+            scale = scale * self.weight.view(1, -1, 1, 1, 1)
+        shift = -mean * scale + (self.bias.view(1, -1, 1, 1, 1) if self.affine else 0.0)
+        return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype)).mul_(m)
 
 
 def mask_encoder(encoder: nn.Module, visible: VisibleMask) -> None:

@@ -22,7 +22,8 @@ the brain-centred reference box (pretraining crops are).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,6 +33,7 @@ from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 from torch import nn
 
 from asa.choices import one_of
+from asa.models.cnn.transfer import load_resenc_encoder
 from asa.models.declared import Capabilities
 from asa.models.registry import NetworkSettings, record_spec, register_network
 
@@ -148,11 +150,12 @@ class ResEncUNet(ResidualEncoderUNet):
         self.plan, self.img_size = plan, tuple(int(s) for s in img_size)
         self.in_channels, self.coord_channel, self.lr_axis = int(in_channels), bool(coord_channel), int(lr_axis)
         self.supervised_outputs = len(plan.features) - 2 if deep_supervision else 0
+        self._zero_encoder = False
         self.capabilities = Capabilities(
             offsets=self.coord_channel, deep_supervision=self.supervised_outputs if self.supervised_outputs > 1 else 0,
             patch_size=1 if self.coord_channel else None,
             reference_grid=self.img_size if self.coord_channel else None,  # type: ignore[arg-type]
-            crop_multiple=plan.total_stride, crop_min=plan.total_stride * 2,
+            crop_multiple=plan.total_stride, crop_min=plan.total_stride * 2, zero_encoder=True,
             symmetry=("model.coord_channel",) if self.coord_channel else ())
 
     def with_coordinates(self, x: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
@@ -165,17 +168,29 @@ class ResEncUNet(ResidualEncoderUNet):
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor | list[torch.Tensor]:
         self.decoder.deep_supervision = self.training and self.supervised_outputs > 1
-        out = self.decoder(self.encoder(self.with_coordinates(x, offsets)))
+        skips = self.encoder(self.with_coordinates(x, offsets))
+        if self._zero_encoder:  # encoder-reliance diagnostic: only the full-resolution stage reaches the decoder
+            skips = [skips[0], *(torch.zeros_like(s) for s in skips[1:])]
+        out = self.decoder(skips)
         return out[: self.supervised_outputs] if isinstance(out, list) else out
 
-    def load_pretrained(self, path: str | Path, checkpoint: dict | None = None) -> Any:
+    @contextmanager
+    def zero_encoder_states(self) -> Iterator[ResEncUNet]:
+        """Inside this context every encoder stage below full resolution hands the decoder zeros: what is left
+        is the full-resolution stage (stem and first residual block, the counterpart of the SW-ViT U-Net's
+        input skip) and the decoder (the encoder-reliance diagnostic, `asa.eval.reliance`)."""
+        previous, self._zero_encoder = self._zero_encoder, True
+        try:
+            yield self
+        finally:
+            self._zero_encoder = previous
+
+    def load_pretrained(self, path: str | Path, checkpoint: dict | None = None, verbose: bool = True) -> Any:
         """Initialise the stem and encoder stages from a resenc pretraining file (checkpoint or encoder
         export); the decoder stays fresh. A 1-image-channel stem is repeated over this network's image
         channels and divided by their number (the coordinate channel's weights kept); every encoder tensor
         must match, else the error names the first keys at fault. Returns the load report."""
-        from asa.models.cnn.transfer import load_resenc_encoder  # beside the network, imported when used
-
-        return load_resenc_encoder(self, path, checkpoint=checkpoint)
+        return load_resenc_encoder(self, path, checkpoint=checkpoint, verbose=verbose)
 
 
 @register_network("resenc", task="segmentation", encoder="encoder", settings=ResEncSettings)

@@ -6,6 +6,11 @@ takes the image channels (and the coordinate channel, last, when the network has
 channel is adapted to k by repeating that channel's weights and dividing them by k, which keeps the
 response to a volume replicated over the channels (as the SW-ViT's stem is adapted); the coordinate
 channel's weights are kept as they are.
+
+A published checkpoint (nnssl / OpenMind ResEnc-L, nnU-Net v2, AMAES ResEnc-B: `asa.io.foreign`) arrives from
+`asa.io.load_weights` as a ``resenc`` encoder export; for it the report also states the checkpoint's adaptation
+plan, and an encoder tensor of the file the network does not take (unexpected) or of another shape refuses the
+load as a missing one does, so that no published encoder is ever loaded in part.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from asa.io import load_weights
+from asa.io.foreign import describe_foreign
 from asa.models.swvit.segmenter import LoadReport, match_encoder_weights
 
 if TYPE_CHECKING:
     from asa.models.cnn.resenc import ResEncUNet
 
-__all__ = ["STEM_KEYS", "load_resenc_encoder"]
+__all__ = ["STEM_KEYS", "load_resenc_encoder", "match_resenc_encoder"]
 
 PREFIX = "encoder."
 # the stem's first convolution, under both names the package's state dict gives the one tensor
@@ -59,20 +65,58 @@ def load_resenc_encoder(net: ResEncUNet, path: str | Path, *, checkpoint: dict |
         raise ValueError(f"model.pretrained={path}: the encoder was pretrained "
                          f"{'with' if recorded else 'without'} the coordinate channel; set "
                          f"model.coord_channel={str(recorded).lower()}")
-    source = {k.removeprefix("module."): v for k, v in (blob["encoder"] if "encoder" in blob else blob["model"]).items()}
-    adapted = []
-    for key in STEM_KEYS:
-        if key in source:
-            source[key], note = _adapt_stem(source[key], net.in_channels, net.coord_channel, key)
-            adapted += [note] if note else []
     own = net.encoder.state_dict(prefix=PREFIX)
-    update, report = match_encoder_weights(own, source, (PREFIX,), STEM_KEYS[0], path)
-    report.adapted = adapted
-    if report.missing:
-        shown = ", ".join(report.missing[:5]) + (" ..." if len(report.missing) > 5 else "")
-        raise ValueError(f"model.pretrained={path}: {len(report.missing)} encoder tensor(s) of the network are not in "
-                         f"the file ({shown}): a resenc of another size or crop plan (model.size, data.crop)")
+    update, report = match_resenc_encoder(own, blob, path, image_channels=net.in_channels, coord=net.coord_channel)
     net.encoder.load_state_dict({k.removeprefix(PREFIX): v for k, v in update.items()}, strict=True)
     if verbose:
         print(f"pretrained encoder from {path}:\n{report}")
     return report
+
+
+def _first(keys: list[str], n: int = 5) -> str:
+    return ", ".join(keys[:n]) + (f" ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def match_resenc_encoder(own: dict[str, torch.Tensor], blob: dict, path: str | Path, *, image_channels: int,
+                         coord: bool = False) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """The encoder tensors of the resenc file content ``blob`` for a network whose encoder state is ``own``
+    (keys ``encoder.*``), the stem adapted to ``image_channels`` (+ the coordinate channel), and the report.
+
+    Refused (``ValueError`` naming ``path``, the option and the first keys at fault, the whole report
+    attached): any encoder tensor of the network the file does not hold; for a published checkpoint also any
+    encoder tensor of the file the network does not take, or of another shape."""
+    path = Path(path)
+    foreign = blob.get("foreign")
+    source = {k.removeprefix("module."): v for k, v in (blob["encoder"] if "encoder" in blob else blob["model"]).items()}
+    adapted = []
+    for key in STEM_KEYS:
+        if key in source:
+            source[key], note = _adapt_stem(source[key], image_channels, coord, key)
+            adapted += [note] if note else []
+    update, report = match_encoder_weights(own, source, (PREFIX,), STEM_KEYS[0], path,
+                                           refuse_mismatch=foreign is None)
+    report.adapted = adapted
+    if foreign is not None:
+        report.notes = describe_foreign(foreign)
+    faults = [f"{len(report.missing)} encoder tensor(s) of the network are not in the file ({_first(report.missing)})"
+              ] if report.missing else []
+    if foreign is not None:  # one parameter under two names (conv / all_modules.0): the file must agree with itself
+        by_storage: dict[int, str] = {}
+        for key, value in own.items():
+            first = by_storage.setdefault(value.data_ptr(), key)
+            if first != key and key in update and first in update and not torch.equal(update[key], update[first]):
+                faults.append(f"{first} and {key} are one tensor of the network but differ in the file")
+    if foreign is not None:
+        faults += [f"{len(report.unexpected)} encoder tensor(s) of the file are not in the network "
+                   f"({_first(report.unexpected)})"] if report.unexpected else []
+        faults += [f"{len(report.mismatched)} of another shape ({_first(report.mismatched, 3)})"
+                   ] if report.mismatched else []
+    if faults:
+        hint = ("a resenc of another size or crop plan (model.size, data.crop)" if foreign is None else
+                f"a damaged {foreign['layout']} checkpoint (the network's topology is read off the file's own "
+                "encoder tensors, so every one of them should fit)")
+        counts = (f"loaded {len(report.loaded)} / missing {len(report.missing)} / unexpected {len(report.unexpected)}"
+                  f" / shape-mismatched {len(report.mismatched)} encoder tensors")
+        raise ValueError("\n".join([f"model.pretrained={path}: refused, not every encoder tensor matched: "
+                                     f"{'; '.join(faults)}: {hint}", counts, *report.notes]))
+    return update, report

@@ -34,8 +34,8 @@ from asa.models.swvit.encoder import EncoderSettings
 from asa.models.registry import record_spec, register_network
 
 __all__ = ["CENTRE_CELL", "NEIGHBOUR_OFFSETS", "RPL_GRID", "BlockLayout", "JigsawPuzzle", "PuzzleOutput",
-           "RelativePatchLocation", "block_layout", "cut_blocks", "jigsaw_permutations", "min_hamming",
-           "neighbour_class", "permutation_index", "shuffle_blocks"]
+           "RelativePatchLocation", "block_layout", "check_permutations", "cut_blocks", "jigsaw_permutations", "min_hamming",
+           "neighbour_class", "normalise_blocks", "permutation_index", "shift_volumes", "shuffle_blocks"]
 
 RPL_GRID = 3
 CENTRE_CELL = 13  # the centre of the 3 × 3 × 3 cells in raster order
@@ -98,6 +98,13 @@ def jigsaw_permutations(num_blocks: int, count: int, *, seed: int = 0) -> torch.
         d = (pool != pool[j]).sum(1)
         nearest, total = torch.minimum(nearest, d), total + d
     return pool[chosen]
+
+
+def check_permutations(count: int) -> None:
+    """Refuse a jigsaw of fewer than 2 permutations: one class, nothing to learn (loss 0 from the start)."""
+    if count < 2:
+        raise ValueError(f"method.permutations={count}: a jigsaw with fewer than 2 permutations has nothing to learn "
+                         "(every puzzle has the same answer); expected at least 2 (Taleb et al.: 100)")
 
 
 def shuffle_blocks(blocks: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
@@ -183,18 +190,50 @@ def _head(in_dim: int, hidden_dim: int, classes: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, classes))
 
 
+def shift_volumes(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """x [B, C, D, H, W] moved by ``shifts`` [B, 3] voxels (each in [−s, s]), zero-filled (the background
+    of a preprocessed scan): out[i, :, v] = x[i, :, v − shifts[i]]."""
+    s = int(shifts.abs().max()) if shifts.numel() else 0
+    if s == 0:
+        return x
+    padded = F.pad(x, (s, s) * 3)
+    size = x.shape[2:]
+    return torch.stack([padded[i, :, s - d0:s - d0 + size[0], s - d1:s - d1 + size[1], s - d2:s - d2 + size[2]]
+                        for i, (d0, d1, d2) in enumerate(shifts.tolist())])
+
+
+def normalise_blocks(blocks: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """blocks [M, C, b, b, b], each channel of each block to mean 0 and standard deviation 1 over its
+    voxels (a constant block to 0): its brightness no longer tells where it was cut."""
+    mean = blocks.mean((-3, -2, -1), keepdim=True)
+    std = blocks.std((-3, -2, -1), keepdim=True, unbiased=False)
+    return (blocks - mean) / (std + eps)
+
+
 class BlockPuzzle(nn.Module):
     """The shared SW-ViT encoder (built for the whole crop) applied block by block, and a head.
+
+    In a brain-centred crop a block's place is told by what it shows (its mean brightness solves the
+    jigsaw of a 32³ crop alone). Taleb et al.'s setting takes that away: ``shift`` moves each volume by
+    a random offset before the blocks are cut, so the crop is no longer centred on the brain, and
+    ``block_norm`` normalises each block on its own.
 
     Args:
         settings: the encoder's settings; ``img_size`` is the crop (cubic).
         grid: cells per axis.
         block: block edge in patches (None: the largest with ``jitter`` voxels of play).
         jitter: least play of a block in its cell, in voxels.
+        shift: largest random offset (voxels, per axis) each volume is moved by, zero-filled (0: none).
+        block_norm: normalise every block to mean 0, standard deviation 1 per channel.
     """
 
-    def __init__(self, settings: EncoderSettings, *, grid: int, block: int | None, jitter: int) -> None:
+    def __init__(self, settings: EncoderSettings, *, grid: int, block: int | None, jitter: int, shift: int = 0,
+                 block_norm: bool = False) -> None:
         super().__init__()
+        if shift < 0 or shift >= settings.img_size[0]:
+            raise ValueError(f"method.shift={shift}: expected voxels from 0 to less than the crop "
+                             f"({settings.img_size[0]})")
+        self.shift, self.block_norm = int(shift), bool(block_norm)
         if len(set(settings.img_size)) != 1:
             raise ValueError(f"block puzzles need a cubic crop, got img_size {settings.img_size}")
         if settings.region_attention != "none":
@@ -210,6 +249,8 @@ class BlockPuzzle(nn.Module):
 
     def encode_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         """blocks [M, C, b, b, b] -> pooled features [M, E]: every block encoded alone, mean of its tokens."""
+        if self.block_norm:
+            blocks = normalise_blocks(blocks)
         tokens = self.encoder.patch_embed(blocks) + self.block_pos  # [M, k³, E]
         return self.encoder(tokens).mean(1)
 
@@ -218,6 +259,8 @@ class BlockPuzzle(nn.Module):
         if tuple(x.shape[1:]) != (self.in_channels, *self.img_size):
             raise ValueError(f"expected input [B, {self.in_channels}, {', '.join(map(str, self.img_size))}], "
                              f"got {list(x.shape)}")
+        if self.shift:
+            x = shift_volumes(x, torch.randint(-self.shift, self.shift + 1, (x.shape[0], 3)))
         offsets = torch.randint(0, self.layout.jitter + 1, (x.shape[0], self.layout.grid ** 3, 3), device=x.device)
         return cut_blocks(x, self.layout, offsets)
 
@@ -237,20 +280,21 @@ class RelativePatchLocation(BlockPuzzle):
     Args:
         pairs: neighbours per volume (Taleb: 1); each costs one more block encoding.
         hidden_dim: width of the head's hidden layer.
-        block, jitter: as :class:`BlockPuzzle`.
+        block, jitter, shift, block_norm: as :class:`BlockPuzzle`.
         **encoder: the encoder's settings (:class:`EncoderSettings`).
     """
 
     def __init__(self, *, block: int | None = None, jitter: int = 4, pairs: int = 4, hidden_dim: int = 256,
-                 **encoder: Any) -> None:
+                 shift: int = 0, block_norm: bool = False, **encoder: Any) -> None:
         settings = EncoderSettings.of("RelativePatchLocation", encoder)
         if not 1 <= pairs <= 26:
             raise ValueError(f"method.pairs={pairs}: expected 1 to 26 neighbours per volume")
-        super().__init__(settings, grid=RPL_GRID, block=block, jitter=jitter)
+        super().__init__(settings, grid=RPL_GRID, block=block, jitter=jitter, shift=shift, block_norm=block_norm)
         self.pairs = pairs
         self.head = _head(2 * settings.embed_dim, hidden_dim, len(NEIGHBOUR_OFFSETS))
         record_spec(self, "rpl_pretrain", {**settings.spec(), "block": self.block_patches, "jitter": jitter,
-                                           "pairs": pairs, "hidden_dim": hidden_dim})
+                                           "pairs": pairs, "hidden_dim": hidden_dim, "shift": shift,
+                                           "block_norm": block_norm})
 
     def forward(self, x: torch.Tensor) -> PuzzleOutput:
         blocks = self.random_blocks(x)  # [B, 27, C, b, b, b]
@@ -280,23 +324,25 @@ class JigsawPuzzle(BlockPuzzle):
         permutation_seed: the seed that draws the set.
         puzzles: permutations per volume, sharing its block features (Taleb: 1).
         hidden_dim: width of the head's hidden layer.
-        block, jitter: as :class:`BlockPuzzle`.
+        block, jitter, shift, block_norm: as :class:`BlockPuzzle`.
         **encoder: the encoder's settings (:class:`EncoderSettings`).
     """
 
     def __init__(self, *, grid: int = 3, block: int | None = None, jitter: int = 4, permutations: int = 100,
-                 permutation_seed: int = 0, puzzles: int = 4, hidden_dim: int = 256, **encoder: Any) -> None:
+                 permutation_seed: int = 0, puzzles: int = 4, hidden_dim: int = 256, shift: int = 0,
+                 block_norm: bool = False, **encoder: Any) -> None:
         settings = EncoderSettings.of("JigsawPuzzle", encoder)
         if puzzles < 1:
             raise ValueError(f"method.puzzles={puzzles}: expected at least 1 permutation per volume")
-        super().__init__(settings, grid=grid, block=block, jitter=jitter)
+        check_permutations(permutations)
+        super().__init__(settings, grid=grid, block=block, jitter=jitter, shift=shift, block_norm=block_norm)
         self.puzzles = puzzles
         self.register_buffer("permutations", jigsaw_permutations(grid ** 3, permutations, seed=permutation_seed))
         self.head = _head(grid ** 3 * settings.embed_dim, hidden_dim, permutations)
         record_spec(self, "jigsaw_pretrain", {**settings.spec(), "grid": grid, "block": self.block_patches,
                                               "jitter": jitter, "permutations": permutations,
                                               "permutation_seed": permutation_seed, "puzzles": puzzles,
-                                              "hidden_dim": hidden_dim})
+                                              "hidden_dim": hidden_dim, "shift": shift, "block_norm": block_norm})
 
     def forward(self, x: torch.Tensor) -> PuzzleOutput:
         blocks = self.random_blocks(x)  # [B, K, C, b, b, b]

@@ -13,6 +13,7 @@ from typing import Any, List
 from monai.networks.nets import UNETR, SwinUNETR
 from torch import nn
 
+from asa.choices import in_range
 from asa.models.declared import Capabilities
 from asa.models.swvit.patch import to_3tuple
 from asa.models.presets import SWIN_SIZES
@@ -31,11 +32,11 @@ class ViTSettings(NetworkSettings):
     """MONAI's ViT (UNETR's encoder, patch 16, global self-attention): its sizes and regularisers with
     MONAI's defaults; the settings of the networks on it add their own."""
 
-    hidden_size: int = 768
-    mlp_dim: int = 3072
-    num_heads: int = 12
+    hidden_size: int = in_range(768, 1)
+    mlp_dim: int = in_range(3072, 1)
+    num_heads: int = in_range(12, 1)
     proj_type: str = "conv"
-    dropout_rate: float = 0.0
+    dropout_rate: float = in_range(0.0, 0.0, 1.0)
     qkv_bias: bool = False
 
 
@@ -43,7 +44,7 @@ class ViTSettings(NetworkSettings):
 class UNETRSettings(ViTSettings):
     """``model=unetr``: keyword arguments of ``monai.networks.nets.UNETR``, with its defaults."""
 
-    feature_size: int = 16
+    feature_size: int = in_range(16, 1)
     norm_name: str = "instance"
     conv_block: bool = True
     res_block: bool = True
@@ -54,13 +55,13 @@ class SwinSettings(NetworkSettings):
     """MONAI's SwinViT, as ``SwinUNETR`` builds it: the sizes (`asa.models.SWIN_SIZES`, the one Swin
     preset) and its regularisers; the settings of the networks on it add their own."""
 
-    feature_size: int = SWIN_SIZES["feature_size"]
+    feature_size: int = in_range(SWIN_SIZES["feature_size"], 1)
     depths: List[int] = field(default_factory=lambda: list(SWIN_SIZES["depths"]))
     num_heads: List[int] = field(default_factory=lambda: list(SWIN_SIZES["num_heads"]))
-    window_size: int = 7
-    drop_rate: float = 0.0
-    attn_drop_rate: float = 0.0
-    dropout_path_rate: float = 0.0
+    window_size: int = in_range(7, 1)
+    drop_rate: float = in_range(0.0, 0.0, 1.0)
+    attn_drop_rate: float = in_range(0.0, 0.0, 1.0)
+    dropout_path_rate: float = in_range(0.0, 0.0, 1.0)
     use_checkpoint: bool = False  # activation checkpointing: less memory, slower
 
 

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import torch
 
-from asa.choices import one_of
+from asa.choices import in_range, one_of
 from asa.models.swvit.patch import PatchEmbed, patch_grid, to_3tuple
 from asa.models.swvit.position import brain_frame_encoding, symmetric_position_encoding
 from asa.models.swvit.position import POSITION_MODES
@@ -211,19 +211,19 @@ class EncoderOptions:
     mirrored array axis ``lr_axis`` (DESIGN §1.2). Null ``pos_mode`` / ``lr_axis``: fine-tuning takes the
     pretrained file's, else mirror / 0 (pretraining states them)."""
 
-    patch_size: int = EncoderSettings.patch_size
-    embed_dim: int = EncoderSettings.embed_dim
-    depth: int = EncoderSettings.depth
-    num_heads: int = EncoderSettings.num_heads
-    window_size: int = EncoderSettings.window_size
-    mlp_ratio: float = EncoderSettings.mlp_ratio
+    patch_size: int = in_range(EncoderSettings.patch_size, 1)
+    embed_dim: int = in_range(EncoderSettings.embed_dim, 1)
+    depth: int = in_range(EncoderSettings.depth, 1)
+    num_heads: int = in_range(EncoderSettings.num_heads, 1)
+    window_size: int = in_range(EncoderSettings.window_size, 1)
+    mlp_ratio: float = in_range(EncoderSettings.mlp_ratio, 0.01)
     shift_mask: bool = EncoderSettings.shift_mask  # mask the wrap-around window after the SLW-MSA roll
     rel_pos_bias: bool = EncoderSettings.rel_pos_bias  # learned relative position bias per window
     grad_checkpointing: bool = EncoderSettings.grad_checkpointing  # activation checkpointing: less memory, slower
     region_attention: str = one_of(EncoderSettings.region_attention, REGION_LAYOUTS)  # none | alternate (LW, R, SLW, R, ...) | all: R-MSA blocks (need data.regions)
     saca: str = one_of("none", SACA_PLACES)  # none | decoder | encoder | all: windowed SACA in these SW-ViTs
     pos_mode: Optional[str] = one_of(None, POSITION_MODES)  # none | mirror | paper
-    lr_axis: Optional[int] = None
+    lr_axis: Optional[int] = in_range(None, 0, 2)
 
 
 @dataclass
@@ -232,7 +232,7 @@ class SWViTSettings(EncoderOptions, NetworkSettings):
     the encoder's options and ``dropout`` in its blocks. The decoder of the segmenter is the run
     config's ``segmenter`` section."""
 
-    dropout: float = 0.0
+    dropout: float = in_range(0.0, 0.0, 1.0)
 
     def region_option(self) -> str | None:
         return None if self.region_attention == "none" else f"model.region_attention={self.region_attention}"

@@ -32,6 +32,8 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     adapted: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)  # "key: checkpoint (shape) vs model (shape)"
+    notes: list[str] = field(default_factory=list)  # a published checkpoint's adaptation plan, item by item
 
     def __str__(self) -> str:
         lines = [f"loaded {len(self.loaded)} encoder tensors"]
@@ -39,6 +41,9 @@ class LoadReport:
             lines.append(f"adapted input stem: {', '.join(self.adapted)}")
         lines.append(f"missing ({len(self.missing)}): {', '.join(self.missing) or '-'}")
         lines.append(f"unexpected ({len(self.unexpected)}): {', '.join(self.unexpected) or '-'}")
+        if self.mismatched:
+            lines.append(f"shape-mismatched ({len(self.mismatched)}): {', '.join(self.mismatched)}")
+        lines += self.notes
         return "\n".join(lines)
 
 
@@ -362,13 +367,16 @@ def match_encoder_weights(
     prefixes: tuple[str, ...],
     stem_key: str,
     path: str | Path,
+    *,
+    refuse_mismatch: bool = True,
 ) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """The tensors of ``source`` (DDP ``module.`` prefixes allowed) a network with state ``own`` takes
     over under ``prefixes``, and the report of loaded / missing / unexpected / adapted keys.
 
     A 1-channel ``stem_key`` weight is adapted to k input channels by repeating it and dividing by k
     (the response to a volume replicated over the channels is kept). Any other shape mismatch, or no
-    matching weight at all, raises ``ValueError`` naming ``path``.
+    matching weight at all, raises ``ValueError`` naming ``path`` (with ``refuse_mismatch=False`` the
+    mismatches are listed in the report's ``mismatched`` instead, for the caller to refuse with the whole report).
     """
     source = {k.removeprefix("module."): v for k, v in source.items()}
     report = LoadReport()
@@ -390,8 +398,9 @@ def match_encoder_weights(
             continue
         update[key] = value
         report.loaded.append(key)
-    if mismatched:
+    if mismatched and refuse_mismatch:
         raise ValueError(f"shape mismatch loading {path}:\n  " + "\n  ".join(mismatched))
+    report.mismatched = mismatched
     report.missing = sorted(k for k in own if k.startswith(prefixes) and k not in update)
     if not update:
         raise ValueError(f"{path} contains no encoder weights (keys starting with {prefixes})")

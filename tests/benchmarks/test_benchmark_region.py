@@ -1,4 +1,4 @@
-"""scripts/benchmark.py --region-attention: a tiny run yields consistent keys and ratios."""
+"""benchmarks/speed.py --region-attention: a tiny run yields consistent keys and ratios."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "speed.py"
 
 
 def _load():

@@ -1,4 +1,4 @@
-"""scripts/benchmark.py: one tiny run yields every key, consistent ratios, a Markdown row."""
+"""benchmarks/speed.py: one tiny run yields every key, consistent ratios, a Markdown row."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from asa.train.precision import cpu_has_native_bf16
 
 pytestmark = pytest.mark.slow  # the benchmark runs real training steps
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "speed.py"
 _spec = importlib.util.spec_from_file_location("asa_benchmark", SCRIPT)
 benchmark = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = benchmark  # dataclasses look their module up
@@ -66,7 +66,7 @@ def test_every_key_positive_and_finite(tiny_run):
     assert r["amp"] == AMP and r["threads"] == 1 and "(1 thread)" in r["device_name"]
     assert r["case_shape"] == [40, 40, 36] and len(r["times"]["case_inference"]) == 1
     assert len(r["times"]["case_inference_contiguous"]) == 1
-    assert r["command"].startswith("scripts/benchmark.py --size 32")
+    assert r["command"].startswith("benchmarks/speed.py --size 32")
     assert len(r["times"]["asa"]) == 1 and len(r["times"]["monai_mae"]) == 1
     assert r["inference_volume"] == 48  # 1.5 × size
 
@@ -110,7 +110,7 @@ def test_markdown_header_once_then_one_row_per_run(tiny_run):
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     header = [c.strip() for c in text.split("| date |")[1].splitlines()[0].strip("|").split("|")]
     assert len(cells) == len(header) + 1
-    assert cells[3] == AMP and cells[4] == "32³" and cells[6] == "tiny" and cells[-1].startswith("`scripts/benchmark.py")
+    assert cells[3] == AMP and cells[4] == "32³" and cells[6] == "tiny" and cells[-1].startswith("`benchmarks/speed.py")
     assert cells[15] == (f"{tiny_run[0]['bf16_speedup']:.2f}" if BF16 else "-")
     assert cells[16] == f"{tiny_run[0]['case_inference_s']:.1f}"
     second = [c.strip() for c in rows[1].strip("|").split("|")]

@@ -50,7 +50,7 @@ def test_only_an_out_of_memory_error_means_too_big():
 
 @pytest.fixture(scope="module")
 def benchmark():
-    script = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "speed.py"
     spec = importlib.util.spec_from_file_location("asa_benchmark_oom", script)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

@@ -51,17 +51,17 @@ a CPU with native bf16 matmul, else fp32). Every figure is a median over timed r
 
 Examples::
 
-    python scripts/benchmark.py --json bench.json --append-md      # 128³, batch 2, base (CPU: < 10 min)
-    python scripts/benchmark.py --size 64                           # quick look (CPU: < 1 min)
-    python scripts/benchmark.py --batch 24 --json gpu.json --append-md   # the paper's per-GPU batch
-    python scripts/benchmark.py --region-attention --json rmsa.json   # R-MSA vs dense mask vs LW-MSA
-    python scripts/benchmark.py --amp bf16 --threads 2 --append-md        # bf16 on CPU (and fp32 alongside)
-    python scripts/benchmark.py --symmetry --batch 1 --json sym.json      # SACA / SA-Swin step costs at 128³
-    python scripts/benchmark.py --symmetry sa_swin --swin-feature-size 24   # only SA-Swin vs SwinUNETR
-    python scripts/benchmark.py --loader --json loader.json --append-md   # store: batches vs items, 200 volumes
-    python scripts/benchmark.py --gpu-ab --batch 24 --json ab.json        # old vs new step paths + 500-step asa-pretrain
-    python scripts/benchmark.py --gpu-ab --dry-run                        # the same at toy sizes on the CPU
-    python scripts/benchmark.py --parts finetune inference --batch 2 --swin-unetr --amp fp16   # vs UNETR, SwinUNETR
+    python benchmarks/speed.py --json bench.json --append-md      # 128³, batch 2, base (CPU: < 10 min)
+    python benchmarks/speed.py --size 64                           # quick look (CPU: < 1 min)
+    python benchmarks/speed.py --batch 24 --json gpu.json --append-md   # the paper's per-GPU batch
+    python benchmarks/speed.py --region-attention --json rmsa.json   # R-MSA vs dense mask vs LW-MSA
+    python benchmarks/speed.py --amp bf16 --threads 2 --append-md        # bf16 on CPU (and fp32 alongside)
+    python benchmarks/speed.py --symmetry --batch 1 --json sym.json      # SACA / SA-Swin step costs at 128³
+    python benchmarks/speed.py --symmetry sa_swin --swin-feature-size 24   # only SA-Swin vs SwinUNETR
+    python benchmarks/speed.py --loader --json loader.json --append-md   # store: batches vs items, 200 volumes
+    python benchmarks/speed.py --gpu-ab --batch 24 --json ab.json        # old vs new step paths + 500-step asa-pretrain
+    python benchmarks/speed.py --gpu-ab --dry-run                        # the same at toy sizes on the CPU
+    python benchmarks/speed.py --parts finetune inference --batch 2 --swin-unetr --amp fp16   # vs UNETR, SwinUNETR
 
 ``--parts`` picks the measurements (pretrain, finetune, inference, case, loader; default all). On
 CUDA a MONAI MaskedAutoEncoderViT that runs out of memory at ``--batch`` is measured at the largest
@@ -276,7 +276,7 @@ def loader_throughput(size: int, batch: int, workers: int = 2, volumes: int = 8)
         cases = discover("bids", write_synthetic_bids(Path(tmp) / "bids", volumes, shape), validate="none")
         build_store(cases, Path(tmp) / "store", preprocessor=PretrainPreprocess(size), channels=("t1",),
                     workers=workers, progress=False)
-        dataset = build_pretrain_dataset(cases * max(1, -(-4 * batch // volumes)), size=size, augment=False,
+        dataset = build_pretrain_dataset(cases * max(1, -(-4 * batch // volumes)), crop=size, augment=False,
                                          store=Path(tmp) / "store")
         return loader_epoch(dataset, batch=batch, workers=workers)["crops_per_s"]
 
@@ -601,7 +601,7 @@ def describe(device: torch.device, argv: Sequence[str]) -> dict[str, Any]:
         "monai_version": monai.__version__,
         "asa_version": getattr(asa, "__version__", "unknown"),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(["scripts/benchmark.py", *argv]),
+        "command": shlex.join(["benchmarks/speed.py", *argv]),
     }
 
 

@@ -1,0 +1,225 @@
+"""Published residual-encoder checkpoints of other projects, read as asa encoder exports.
+
+Two layouts are recognised by their top-level keys (the files hold nothing else that tells them apart):
+
+``nnssl`` (nnssl / OpenMind ResEnc-L, MIC-DKFZ/nnssl)
+    ``{"network_weights": state dict, "nnssl_adaptation_plan": plan, "trainer_name", "init_args", ...}``
+    written by ``AbstractBaseTrainer.save_checkpoint`` (``src/nnssl/training/nnsslTrainer/AbstractTrainer.py``;
+    the released files went through ``src/nnssl/utilities/add_adaptation_plan.py``, which drops the optimiser
+    state). The state dict is dynamic-network-architectures' ``ResidualEncoderUNet``'s (``encoder.stem.*``,
+    ``encoder.stages.*``, ``decoder.*``): asa's ``resenc`` keys, taken as they are. The adaptation plan
+    (``src/nnssl/adaptation_planning/adaptation_plan.py``) gives the architecture (``ResEncL``, or
+    ``ResidualEncoderUNet`` with its ``arch_kwargs``), ``key_to_encoder`` / ``key_to_stem`` (must be
+    ``encoder.stages`` / ``encoder.stem``), ``pretrain_num_input_channels``,
+    ``recommended_downstream_patchsize`` and the pretraining plan's configuration (``spacing``,
+    ``normalization_schemes``, ``patch_size``). A file with ``network_weights`` and no plan (an nnU-Net v2
+    ``checkpoint_final.pth``) is read the same way, its topology from the tensors (layout ``nnunet``).
+``amaes`` (AMAES ResEnc-B: asparagus on gardening_tools, a PyTorch Lightning checkpoint)
+    ``{"state_dict": {"model.encoder.*", "model.decoder.*"}, "hyper_parameters", "epoch", ...}``
+    (``model._orig_mod.`` when the module was compiled; asparagus
+    ``asparagus/modules/lightning_modules/base_module.py``). The network is gardening_tools'
+    ``ResidualEncoderUNet`` (``gardening_tools/modules/networks/resunet.py``; encoder
+    ``components/encoders.py``, blocks ``components/blocks.py``) as ``resenc_unet_b`` builds it
+    (``asparagus/modules/networks/resenc_unet.py``: features 32..320, blocks (1, 3, 4, 6, 6, 6), stride 2,
+    3³ kernels, average-pool shortcuts): the same tensors as nnU-Net's ResEnc-L under other names, which
+    are renamed here (stem ``conv1`` -> ``convs.0``, a convolution's norm ``norm_op`` -> ``norm``; ``conv``,
+    ``all_modules.i``, ``skip.1`` and the block numbering are the same). Its decoder is gardening_tools' own
+    and is left out. The file records no spacing, normalisation or patch (its ``hyper_parameters`` may hold
+    ``target_size``).
+
+:func:`read_foreign` turns either into the encoder export dict asa's loaders take (``encoder``, ``network``,
+``source``, ``step``) plus ``foreign``: the layout, the adaptation plan as far as the file states it, and
+what was left out. Floating tensors are cast to float32 (their stored dtype is reported). This module reads
+dicts only: it imports nothing of asa outside `asa.io`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["FOREIGN_LAYOUTS", "describe_foreign", "foreign_layout", "read_foreign"]
+
+FOREIGN_LAYOUTS = ("nnssl", "nnunet", "amaes")
+ENCODER = "encoder."
+STEM = "encoder.stem.convs.0.conv.weight"
+AMAES_STEM = "encoder.stem.conv1.conv.weight"
+AMAES_PREFIXES = ("model._orig_mod.", "model.")
+RESENC_ARCHS = ("ResEncL", "ResidualEncoderUNet")  # nnssl architecture names of this network
+_BLOCK = re.compile(r"^encoder\.stages\.(\d+)\.blocks\.(\d+)\.conv1\.conv\.weight$")
+
+
+def _strip(key: str) -> str:
+    """A key without the DDP (``module.``) and torch.compile (``_orig_mod.``) prefixes."""
+    for prefix in ("module.", "_orig_mod."):
+        key = key.removeprefix(prefix)
+    return key
+
+
+def foreign_layout(blob: Mapping[str, Any]) -> str | None:
+    """The published layout of a loaded file (`FOREIGN_LAYOUTS`), None for anything else (asa's own)."""
+    if "network" in blob:  # asa's files record their network spec
+        return None
+    if isinstance(blob.get("network_weights"), Mapping):
+        return "nnssl" if isinstance(blob.get("nnssl_adaptation_plan"), Mapping) else "nnunet"
+    state = blob.get("state_dict")
+    if isinstance(state, Mapping) and any(k.startswith(p + "encoder.") for k in state for p in AMAES_PREFIXES):
+        return "amaes"
+    return None
+
+
+def _amaes_key(key: str) -> str:
+    """A gardening_tools residual-encoder key in dynamic-network-architectures' naming."""
+    key = key.replace("encoder.stem.conv1.", "encoder.stem.convs.0.", 1)
+    return key.replace(".norm_op.", ".norm.")
+
+
+def _topology(weights: Mapping[str, torch.Tensor], path: Path) -> dict[str, Any]:
+    """features / blocks per stage, kernel and input channels, read off the encoder tensors."""
+    stages: dict[int, dict[int, torch.Tensor]] = {}
+    for key, value in weights.items():
+        if (m := _BLOCK.match(key)) is not None:
+            stages.setdefault(int(m[1]), {})[int(m[2])] = value
+    if STEM not in weights or not stages:
+        raise ValueError(f"{path}: no residual-encoder stem ({STEM}) or stages (encoder.stages.<s>.blocks.<b>.*): "
+                         "not a residual-encoder U-Net checkpoint")
+    if sorted(stages) != list(range(len(stages))):
+        raise ValueError(f"{path}: encoder stages {sorted(stages)} are not numbered 0..{len(stages) - 1}")
+    kernels = {tuple(v.shape[2:]) for blocks in stages.values() for v in blocks.values()}
+    if kernels != {(3, 3, 3)}:
+        raise ValueError(f"{path}: encoder kernels {sorted(kernels)}; asa's resenc has 3x3x3 convolutions")
+    return {"features": [int(stages[s][0].shape[0]) for s in sorted(stages)],
+            "blocks": [len(stages[s]) for s in sorted(stages)],
+            "in_channels": int(weights[STEM].shape[1])}
+
+
+def _nnssl_plan(plan: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """What asa uses of an nnssl adaptation plan; refused when it is not a residual-encoder U-Net's."""
+    arch = (plan.get("architecture_plans") or {}).get("arch_class_name")
+    if str(arch).split(".")[-1] not in RESENC_ARCHS:
+        raise ValueError(f"{path}: nnssl_adaptation_plan.architecture_plans.arch_class_name={arch!r}; asa reads the "
+                         f"residual-encoder U-Net ({' / '.join(RESENC_ARCHS)}), not this architecture")
+    for field, expected in (("key_to_encoder", "encoder.stages"), ("key_to_stem", "encoder.stem")):
+        if plan.get(field) != expected:
+            raise ValueError(f"{path}: nnssl_adaptation_plan.{field}={plan.get(field)!r}, expected {expected!r}")
+    configs = (plan.get("pretrain_plan") or {}).get("configurations") or {}
+    name, config = next(iter(configs.items()), (None, {}))
+    kwargs = (plan.get("architecture_plans") or {}).get("arch_kwargs") or {}
+    strides = kwargs.get("strides")
+    return {
+        "architecture": arch, "configuration": name,
+        "spacing_mm": config.get("spacing"), "spacing_style": config.get("spacing_style"),
+        "normalization": config.get("normalization_schemes"), "pretrain_patch": config.get("patch_size"),
+        "recommended_patch": plan.get("recommended_downstream_patchsize"),
+        "input_channels": plan.get("pretrain_num_input_channels"),
+        "strides": [int(s[0]) if isinstance(s, (list, tuple)) else int(s) for s in strides] if strides else None,
+        "decoder_convs": list(kwargs["n_conv_per_stage_decoder"]) if kwargs.get("n_conv_per_stage_decoder") else None,
+    }
+
+
+def _amaes_plan(blob: Mapping[str, Any]) -> dict[str, Any]:
+    """What an AMAES Lightning checkpoint states of its pretraining (its hyper-parameters, when kept)."""
+    hp = blob.get("hyper_parameters") if isinstance(blob.get("hyper_parameters"), Mapping) else {}
+    patch = hp.get("target_size") or hp.get("pretrained_target_size")
+    return {"architecture": "gardening_tools ResidualEncoderUNet (resenc_unet_b)", "configuration": None,
+            "spacing_mm": None, "spacing_style": None, "normalization": None,
+            "pretrain_patch": list(patch) if patch else None, "recommended_patch": list(patch) if patch else None,
+            "input_channels": None, "strides": None, "decoder_convs": None}
+
+
+def _crop(plan: Mapping[str, Any], total_stride: int, path: Path) -> tuple[int, str]:
+    """The crop edge the checkpoint recommends (isotropic, a multiple of the total stride), and where it came from."""
+    for field in ("recommended_patch", "pretrain_patch"):
+        patch = plan.get(field)
+        if patch:
+            edges = [int(p) for p in patch]
+            edge = min(edges) - min(edges) % total_stride
+            if edge >= 2 * total_stride:
+                note = f"the file's {field} {edges}" + (f" -> {edge} (isotropic, a multiple of {total_stride})"
+                                                        if set(edges) != {edge} else "")
+                return edge, note
+    edge = 5 * total_stride
+    return edge, (f"not recorded in the file: 5 x the total stride {total_stride}, as AMAES pretrained ResEnc-B "
+                  "at 160 = 5 x 32")
+
+
+def read_foreign(path: str | os.PathLike, blob: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A loaded published checkpoint (``blob``, read from ``path``) as an asa ``resenc`` encoder export, or None
+    when ``blob`` is no published layout. Refused (``ValueError`` naming the file and the keys or plan field at
+    fault) when the file is not a residual-encoder U-Net's or its encoder tensors do not form one."""
+    layout = foreign_layout(blob)
+    if layout is None:
+        return None
+    path = Path(path)
+    if layout == "amaes":
+        state = blob["state_dict"]
+        prefix = next(p for p in AMAES_PREFIXES if any(k.startswith(p + "encoder.") for k in state))
+        named = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if AMAES_STEM not in named:
+            raise ValueError(f"{path}: an AMAES (Lightning) checkpoint without its stem {prefix}{AMAES_STEM}")
+        weights = {_amaes_key(k): v for k, v in named.items() if k.startswith(ENCODER)}
+        left_out = sorted(prefix + k for k in named if not k.startswith(ENCODER))
+        plan = _amaes_plan(blob)
+        step = int(blob.get("global_step") or 0)
+    else:
+        state = {_strip(k): v for k, v in blob["network_weights"].items()}
+        weights = {k: v for k, v in state.items() if k.startswith(ENCODER)}
+        left_out = sorted(k for k in state if not k.startswith(ENCODER))
+        plan = _nnssl_plan(blob["nnssl_adaptation_plan"], path) if layout == "nnssl" else _amaes_plan({})
+        if layout == "nnunet":
+            plan["architecture"] = blob.get("trainer_name") or "nnU-Net v2 network"
+        step = int(blob.get("current_epoch") or 0)
+    not_tensors = sorted(k for k, v in weights.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise ValueError(f"{path}: encoder entries that are not tensors: {', '.join(not_tensors[:5])}")
+    dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in weights.values()})
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
+    topo = _topology(weights, path)
+    stages = len(topo["features"])
+    strides = plan.get("strides") or [1] + [2] * (stages - 1)
+    decoder_convs = plan.get("decoder_convs") or [1] * (stages - 1)
+    if len(strides) != stages or len(decoder_convs) != stages - 1:
+        raise ValueError(f"{path}: the plan's strides {strides} / decoder convs {decoder_convs} do not fit the "
+                         f"{stages} encoder stages of the tensors")
+    total = 1
+    for s in strides:
+        total *= int(s)
+    crop, crop_note = _crop(plan, total, path)
+    declared = plan.get("input_channels")
+    if declared is not None and int(declared) != topo["in_channels"]:
+        raise ValueError(f"{path}: the plan declares {declared} input channel(s), the stem {STEM} takes "
+                         f"{topo['in_channels']}")
+    spec = {"arch": "resenc", "kwargs": {
+        "img_size": [crop] * 3, "in_channels": topo["in_channels"], "out_channels": topo["in_channels"],
+        "size": "L", "deep_supervision": False, "coord_channel": False, "lr_axis": 0,
+        "features": topo["features"], "strides": [int(s) for s in strides], "blocks": topo["blocks"],
+        "decoder_convs": [int(c) for c in decoder_convs]}}
+    info = {"layout": layout, "file": str(path), "dtypes": dtypes, "crop": crop, "crop_from": crop_note,
+            "left_out": left_out, **{k: plan.get(k) for k in ("architecture", "configuration", "spacing_mm",
+                                                               "spacing_style", "normalization", "pretrain_patch",
+                                                               "recommended_patch")},
+            "input_channels": topo["in_channels"]}
+    return {"encoder": weights, "network": spec, "source": f"{layout}:{path.name}", "step": step, "foreign": info}
+
+
+def describe_foreign(info: Mapping[str, Any]) -> list[str]:
+    """The adaptation plan of a published checkpoint as report lines: each item and what asa does with it."""
+    spacing = info.get("spacing_mm")
+    norm = info.get("normalization")
+    return [
+        f"published layout: {info['layout']} ({info.get('architecture')}), stored dtype "
+        f"{'/'.join(info.get('dtypes') or [])} -> float32; left out: {len(info.get('left_out') or [])} tensors "
+        "outside the encoder (pretraining decoder, heads)",
+        f"plan crop: {info['crop']} ({info['crop_from']}); asa-finetune follows it when data.crop is unset",
+        "plan spacing: " + (f"{spacing} mm ({info.get('spacing_style')})" if spacing else "not recorded")
+        + "; stated, not applied: asa-finetune uses the images' own grid (resample them to it beforehand)",
+        "plan normalisation: " + (", ".join(map(str, norm)) if norm else "not recorded")
+        + "; stated, not applied: asa clips to brain percentiles and z-scores inside the brain",
+        f"plan input channels: {info.get('input_channels')}; a 1-channel stem is repeated over the task's "
+        "channels and divided by their number",
+    ]

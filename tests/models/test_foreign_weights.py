@@ -1,0 +1,210 @@
+"""Published residual-encoder checkpoints into asa: nnssl / OpenMind (``network_weights`` +
+``nnssl_adaptation_plan``) and AMAES (a Lightning ``state_dict`` of gardening_tools' ResidualEncoderUNet),
+built here as synthetic files in each layout at the tiny 32³ plan. Each loads tensor for tensor into
+``asa.load_encoder`` and a fine-tuning ``resenc``; a damaged copy is refused with the key named."""
+from __future__ import annotations
+
+import torch
+import pytest
+
+import asa
+from asa.api.networks import build_from_config
+from asa.io import load_weights
+from asa.models.cnn.resenc import plan_resenc, resenc_unet
+
+CROP = 32
+PLAN = plan_resenc(CROP, "tiny")  # features [8, 16, 32, 64], strides [1, 2, 2, 2], one block per stage
+
+
+def _nnssl_plan() -> dict:
+    """An adaptation plan as nnssl's AdaptationPlan.serialize() writes it (src/nnssl/adaptation_planning)."""
+    n = len(PLAN.features)
+    return {
+        "architecture_plans": {
+            "arch_class_name": "ResidualEncoderUNet",
+            "arch_kwargs": {"n_stages": n, "features_per_stage": PLAN.features, "conv_op": "torch.nn.modules.conv.Conv3d",
+                            "kernel_sizes": [[3, 3, 3]] * n, "strides": [[s] * 3 for s in PLAN.strides],
+                            "n_blocks_per_stage": PLAN.blocks, "n_conv_per_stage_decoder": PLAN.decoder_convs,
+                            "conv_bias": True, "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                            "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None,
+                            "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
+            "arch_kwargs_requiring_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+        "pretrain_plan": {
+            "dataset_name": "Dataset745_OpenMind", "plans_name": "nnsslPlans",
+            "original_median_spacing_after_transp": [1, 1, 1], "image_reader_writer": "NibabelReaderWriter",
+            "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "experiment_planner_used": "ExperimentPlanner",
+            "configurations": {"onemmiso": {
+                "data_identifier": "nnsslPlans_onemmiso", "preprocessor_name": "DefaultPreprocessor",
+                "spacing_style": "onemmiso", "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False],
+                "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": {},
+                "resampling_fn_mask": "resample_data_or_seg_to_shape", "resampling_fn_mask_kwargs": {},
+                "spacing": [1.0, 1.0, 1.0], "patch_size": [CROP] * 3}}},
+        "pretrain_num_input_channels": 1,
+        "recommended_downstream_patchsize": [CROP] * 3,
+        "key_to_encoder": "encoder.stages", "key_to_stem": "encoder.stem",
+        "keys_to_in_proj": ["encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0"], "key_to_lpe": None,
+    }
+
+
+def nnssl_checkpoint(seed: int = 0) -> dict:
+    """checkpoint_final.pth of nnssl after add_adaptation_plan: the whole ResEnc U-Net's weights (decoder and the
+    decoder's reference to the encoder included) and the plan."""
+    torch.manual_seed(seed)
+    net = resenc_unet(img_size=CROP, in_channels=1, out_channels=1)
+    for p in net.parameters():  # distinct values everywhere (instance-norm init is all ones / zeros)
+        p.data.normal_()
+    return {"network_weights": net.state_dict(), "nnssl_adaptation_plan": _nnssl_plan(), "trainer_name": "BaseMAETrainer",
+            "init_args": {"fold": "all", "device": torch.device("cpu")}, "current_epoch": 1000}
+
+
+def _gardening_conv(prefix: str, cin: int, cout: int, k: int, bias: bool, gen: torch.Generator) -> dict:
+    """gardening_tools ConvDropoutNormNonlin without dropout: ``conv``, ``norm_op`` and ``all_modules`` [conv, norm]
+    naming the same tensors (components/blocks.py)."""
+    conv_w = torch.randn(cout, cin, k, k, k, generator=gen)
+    out = {f"{prefix}.conv.weight": conv_w, f"{prefix}.all_modules.0.weight": conv_w}
+    if bias:
+        conv_b = torch.randn(cout, generator=gen)
+        out |= {f"{prefix}.conv.bias": conv_b, f"{prefix}.all_modules.0.bias": conv_b}
+    norm_w, norm_b = torch.randn(cout, generator=gen), torch.randn(cout, generator=gen)
+    return out | {f"{prefix}.norm_op.weight": norm_w, f"{prefix}.norm_op.bias": norm_b,
+                  f"{prefix}.all_modules.1.weight": norm_w, f"{prefix}.all_modules.1.bias": norm_b}
+
+
+def amaes_checkpoint(prefix: str = "model.", seed: int = 0) -> dict:
+    """A Lightning checkpoint of asparagus' ResEnc U-Net (gardening_tools ResidualEncoderUNet): encoder
+    ``stem.conv1``, ``stages.<s>.blocks.<b>.conv1 / conv2 / skip.1`` (average pool, then a 1x1 conv without bias
+    when the channels change), and a decoder of its own naming."""
+    gen = torch.Generator().manual_seed(seed)
+    state = _gardening_conv(f"{prefix}encoder.stem.conv1", 1, PLAN.features[0], 3, True, gen)
+    cin = PLAN.features[0]
+    for s, (cout, n) in enumerate(zip(PLAN.features, PLAN.blocks)):
+        for b in range(n):
+            block = f"{prefix}encoder.stages.{s}.blocks.{b}"
+            state |= _gardening_conv(f"{block}.conv1", cin, cout, 3, True, gen)
+            state |= _gardening_conv(f"{block}.conv2", cout, cout, 3, True, gen)
+            if cin != cout:
+                state |= _gardening_conv(f"{block}.skip.1", cin, cout, 1, False, gen)
+            cin = cout
+    state[f"{prefix}decoder.upsample_layers.0.weight"] = torch.randn(64, 32, 2, 2, 2, generator=gen)
+    state[f"{prefix}decoder.out_conv.weight"] = torch.randn(1, 8, 1, 1, 1, generator=gen)
+    return {"state_dict": state, "epoch": 99, "global_step": 1234, "pytorch-lightning_version": "2.5.0",
+            "hyper_parameters": {"learning_rate": 1e-4, "compile_mode": None}}
+
+
+def _amaes_name(key: str) -> str:
+    """The gardening_tools name of an asa (dynamic-network-architectures) encoder key, written out for the test."""
+    return "model." + key.replace("encoder.stem.convs.0.", "encoder.stem.conv1.").replace(".norm.", ".norm_op.")
+
+
+@pytest.fixture()
+def files(tmp_path):
+    nnssl, amaes = tmp_path / "checkpoint_final.pth", tmp_path / "last.ckpt"
+    torch.save(nnssl_checkpoint(), nnssl)
+    torch.save(amaes_checkpoint(), amaes)
+    return {"nnssl": nnssl, "amaes": amaes}
+
+
+def test_nnssl_layout_loads_every_encoder_tensor(files, capsys):
+    blob = torch.load(files["nnssl"], weights_only=True)
+    encoder = asa.load_encoder(files["nnssl"])
+    report = capsys.readouterr().out
+    own = encoder.state_dict()
+    assert set(own) == {k.removeprefix("encoder.") for k in blob["network_weights"] if k.startswith("encoder.")}
+    for key, value in own.items():
+        assert torch.equal(value, blob["network_weights"]["encoder." + key]), key
+    assert f"loaded {len(own)} encoder tensors" in report
+    assert "missing (0): -" in report and "unexpected (0): -" in report
+    assert "published layout: nnssl (ResidualEncoderUNet)" in report
+    assert "plan spacing: [1.0, 1.0, 1.0] mm (onemmiso)" in report
+    assert "plan normalisation: ZScoreNormalization" in report
+    assert f"plan crop: {CROP} (the file's recommended_patch [{CROP}, {CROP}, {CROP}])" in report
+    out = encoder(torch.randn(1, 1, CROP, CROP, CROP))  # the stage outputs, finest first
+    assert [o.shape[1] for o in out] == PLAN.features
+
+
+def test_amaes_layout_loads_every_encoder_tensor(files, capsys):
+    blob = torch.load(files["amaes"], weights_only=True)["state_dict"]
+    encoder = asa.load_encoder(files["amaes"])
+    report = capsys.readouterr().out
+    own = encoder.state_dict(prefix="encoder.")
+    for key, value in own.items():
+        assert torch.equal(value, blob[_amaes_name(key)]), key
+    assert "published layout: amaes" in report and "left out: 2 tensors" in report
+    assert "plan spacing: not recorded" in report
+
+
+def test_compiled_amaes_prefix(tmp_path):
+    path = tmp_path / "compiled.ckpt"
+    torch.save(amaes_checkpoint(prefix="model._orig_mod."), path)
+    export = load_weights(path)
+    assert export["foreign"]["layout"] == "amaes"
+    assert export["network"]["kwargs"]["features"] == PLAN.features
+
+
+@pytest.mark.parametrize("layout", ["nnssl", "amaes"])
+def test_finetuning_resenc_adapts_the_stem(files, layout, capsys):
+    """model=resenc model.pretrained=FILE with 2 image channels: the crop follows the checkpoint (data.crop unset),
+    the topology too (model.size is the default), the 1-channel stem is repeated over both channels and divided
+    by 2, every other encoder tensor equal."""
+    net = build_from_config({"arch": "resenc", "size": "M", "pretrained": str(files[layout])}, {}, in_channels=2,
+                            out_channels=3, crop=None, default_crop=128)
+    assert net.img_size == ((CROP,) * 3 if layout == "nnssl" else (5 * PLAN.total_stride,) * 3)  # AMAES: 160 = 5 x 32
+    source = load_weights(files[layout])["encoder"]
+    stem = "encoder.stem.convs.0.conv.weight"
+    own = net.encoder.state_dict(prefix="encoder.")
+    assert torch.equal(own[stem], source[stem].repeat(1, 2, 1, 1, 1) / 2)
+    for key, value in own.items():
+        if key not in (stem, "encoder.stem.convs.0.all_modules.0.weight"):
+            assert torch.equal(value, source[key]), key
+    assert "1 -> 2 image channels (repeated, divided by 2)" in capsys.readouterr().out
+
+
+def _damage(layout: str, blob: dict, how: str) -> str:
+    """Damage one encoder tensor of ``blob`` in place; returns the asa name the refusal must give."""
+    key = "encoder.stages.2.blocks.0.conv2.norm.weight"
+    name = key if layout == "nnssl" else _amaes_name(key)
+    state = blob["network_weights"] if layout == "nnssl" else blob["state_dict"]
+    if how == "missing":
+        del state[name]
+    else:
+        state[name] = torch.randn(state[name].shape[0] + 1)
+    return key
+
+
+@pytest.mark.parametrize("how", ["missing", "shape"])
+@pytest.mark.parametrize("layout", ["nnssl", "amaes"])
+def test_damaged_file_is_refused_naming_the_key(tmp_path, layout, how):
+    blob = nnssl_checkpoint() if layout == "nnssl" else amaes_checkpoint()
+    key = _damage(layout, blob, how)
+    path = tmp_path / "damaged.pth"
+    torch.save(blob, path)
+    with pytest.raises(ValueError, match="refused, not every encoder tensor matched") as err:
+        asa.load_encoder(path)
+    assert key in str(err.value) and str(path) in str(err.value)
+    if how == "shape":
+        assert "of another shape" in str(err.value)
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        build_from_config({"arch": "resenc", "pretrained": str(path)}, {}, in_channels=1, out_channels=2, crop=None)
+
+
+def test_unexpected_stage_and_disagreeing_aliases_are_refused(tmp_path, files):
+    """A ResEnc file deeper than the network (a crop of fewer halvings) and a file whose two names of one tensor
+    differ are refused, never loaded in part."""
+    shallow = resenc_unet(img_size=16, in_channels=1, out_channels=2)  # 3 stages; the file has 4
+    with pytest.raises(ValueError, match=r"not in the network \(encoder\.stages\.3\."):
+        shallow.load_pretrained(files["nnssl"])
+    blob = nnssl_checkpoint()
+    blob["network_weights"]["encoder.stem.convs.0.all_modules.0.weight"] = torch.zeros(8, 1, 3, 3, 3)
+    path = tmp_path / "aliases.pth"
+    torch.save(blob, path)
+    with pytest.raises(ValueError, match="encoder.stem.convs.0.conv.weight and encoder.stem.convs.0.all_modules.0.weight"):
+        asa.load_encoder(path)
+
+
+def test_other_nnssl_architecture_is_refused(tmp_path):
+    blob = nnssl_checkpoint()
+    blob["nnssl_adaptation_plan"]["architecture_plans"]["arch_class_name"] = "PrimusM"
+    path = tmp_path / "primus.pth"
+    torch.save(blob, path)
+    with pytest.raises(ValueError, match="arch_class_name='PrimusM'"):
+        asa.load_encoder(path)

@@ -1,0 +1,209 @@
+"""The residual-encoder U-Net (``resenc``) and its masked-convolution pretraining (``resenc_pretrain``)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asa.losses import patch_informativeness
+from asa.models import build_network
+from asa.models.cnn.masked import MaskedConv3d, MaskedInstanceNorm3d, max_mirror_visible
+from asa.models.cnn.resenc import RESENC_SIZES, coordinate_channel, plan_resenc
+from asa.models.swvit.patch import patchify
+
+
+def _mae(**kwargs):
+    torch.manual_seed(0)
+    return build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": 32, **kwargs}})
+
+
+@pytest.mark.parametrize("crop, size, stages, features", [
+    (32, "tiny", 4, [8, 16, 32, 64]),
+    (64, "tiny", 5, [8, 16, 32, 64, 64]),
+    (128, "L", 6, [32, 64, 128, 256, 320, 320]),
+    (256, "M", 6, [32, 64, 128, 256, 320, 320]),  # at most 5 halvings
+    (48, "M", 4, [32, 64, 128, 256]),  # 48 -> 24 -> 12 -> 6; a fourth halving would leave 3 < 4
+])
+def test_plan_halves_to_about_four_voxels(crop, size, stages, features):
+    plan = plan_resenc(crop, size)
+    assert len(plan.features) == stages and plan.features == features
+    assert plan.strides == [1] + [2] * (stages - 1)
+    assert crop // plan.total_stride >= 4 and plan.blocks == list(RESENC_SIZES[size][2][:stages])
+    assert plan.decoder_convs == [1] * (stages - 1)
+
+
+@pytest.mark.parametrize("crop", [33, 8, 12])
+def test_plan_refuses_a_crop_without_two_halvings(crop):
+    with pytest.raises(ValueError, match=f"resenc: crop {crop} allows .* multiple of 16"):
+        plan_resenc(crop)
+
+
+def test_resenc_l_has_resenc_l_parameters_and_the_package_keys():
+    net = build_network({"arch": "resenc", "kwargs": {"img_size": 128, "in_channels": 1, "out_channels": 2,
+                                                      "size": "L"}})
+    assert round(sum(p.numel() for p in net.parameters()) / 1e6, 1) == 102.3
+    keys = list(net.state_dict())
+    assert all(k.startswith(("encoder.stem.", "encoder.stages.", "decoder.")) for k in keys)
+    assert net.network_kwargs["blocks"] == [1, 3, 4, 6, 6, 6]
+
+
+def test_rebuilt_from_its_spec_with_equal_shapes():
+    net = build_network({"arch": "resenc", "kwargs": {"img_size": 32, "in_channels": 2, "out_channels": 3}})
+    again = build_network({"arch": "resenc", "kwargs": net.network_kwargs})
+    assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in again.state_dict().items()}
+
+
+def test_deep_supervision_in_training_full_resolution_in_eval():
+    net = build_network({"arch": "resenc", "kwargs": {"img_size": 32, "in_channels": 1, "out_channels": 3}})
+    x = torch.randn(2, 1, 32, 32, 32)
+    out = net.train()(x)
+    assert [tuple(o.shape) for o in out] == [(2, 3, 32, 32, 32), (2, 3, 16, 16, 16)]
+    assert net.capabilities.deep_supervision == 2
+    assert net.eval()(x).shape == (2, 3, 32, 32, 32)
+
+
+def test_coordinate_channel_is_mirror_symmetric_with_hand_values():
+    code = coordinate_channel((1, 4, 2, 2))[0, 0, :, 0, 0]
+    assert torch.allclose(code, torch.tensor([0.75, 0.25, 0.25, 0.75]))  # |i + 0.5 - 2| / 2
+    shifted = coordinate_channel((1, 4, 2, 2), reference=8, offsets=torch.tensor([[2, 0, 0]]))[0, 0, :, 0, 0]
+    assert torch.allclose(shifted, torch.tensor([0.375, 0.125, 0.125, 0.375]))  # voxels 2..5 of an 8-box
+    wide = coordinate_channel((1, 16, 3, 3))[0, 0]
+    assert torch.equal(wide, wide.flip(0))
+
+
+def test_masking_masks_exactly_round_ratio_blocks():
+    net = _mae(mask_ratio=0.75)
+    mask = net.random_masking(5, torch.device("cpu"))
+    assert net.num_blocks == 64 and torch.equal(mask.sum(1), torch.full((5,), 48.0))
+
+
+def test_masked_encoder_ignores_the_input_inside_masked_blocks():
+    """The SparK invariant, bit for bit in fp32: input changed only inside masked blocks changes no encoder
+    stage's output at a visible position."""
+    net = _mae().eval()
+    assert any(isinstance(m, MaskedConv3d) for m in net.encoder.modules())
+    assert any(isinstance(m, MaskedInstanceNorm3d) for m in net.encoder.modules())
+    torch.manual_seed(1)
+    x = torch.randn(2, 1, 32, 32, 32)
+    mask = net.random_masking(2, x.device)
+    voxels = torch.nn.functional.interpolate(net.block_mask(mask), size=(32, 32, 32))  # 1 = visible
+    changed = x + (1 - voxels) * 10 * torch.randn_like(x)
+    with torch.no_grad():
+        a, b = net.forward_encoder(x, mask), net.forward_encoder(changed, mask)
+    for stage_a, stage_b in zip(a, b):
+        visible = torch.nn.functional.interpolate(net.block_mask(mask), size=stage_a.shape[2:]).bool()
+        visible = visible.expand_as(stage_a)
+        assert torch.equal(stage_a[visible], stage_b[visible])
+        assert not stage_a[~visible].any()  # sparse: zero at masked positions
+    # the control: a change at visible voxels does move the encoder
+    moved = x + voxels * 0.1
+    with torch.no_grad():
+        assert not torch.equal(net.forward_encoder(moved, mask)[-1], a[-1])
+
+
+def test_visible_only_instance_norm_statistics():
+    net = _mae()
+    norm = next(m for m in net.encoder.modules() if isinstance(m, MaskedInstanceNorm3d))
+    x = torch.randn(1, norm.num_features, 8, 8, 8)
+    x[:, :, 4:] = 0  # a masked convolution's output: zero at masked voxels
+    net.visible.set(torch.tensor([1.0, 0.0]).view(1, 1, 2, 1, 1).expand(1, 1, 2, 2, 2).contiguous())
+    try:
+        out = norm(x)
+    finally:
+        net.visible.set(None)
+    half = x[:, :, :4]
+    expected = (half - half.mean((2, 3, 4), keepdim=True)) / torch.sqrt(half.var((2, 3, 4), unbiased=False,
+                                                                               keepdim=True) + norm.eps)
+    expected = expected * norm.weight.view(1, -1, 1, 1, 1) + norm.bias.view(1, -1, 1, 1, 1)
+    assert torch.allclose(out[:, :, :4], expected, atol=1e-5) and not out[:, :, 4:].any()
+
+
+def test_attentive_loss_is_the_block_weighted_masked_error():
+    net = _mae(loss_weighting="attentive")
+    torch.manual_seed(2)
+    x, pred = torch.randn(2, 1, 32, 32, 32), torch.randn(2, 1, 32, 32, 32)
+    mask = net.random_masking(2, x.device)
+    loss, weights = net.forward_loss(x, pred, mask)
+    g = patch_informativeness(x, patch_size=8) * mask  # Ḡ per block, masked ones
+    p = g / g.sum(1, keepdim=True)
+    err = ((patchify(pred, 8) - patchify(x, 8)) ** 2).mean(-1)
+    assert torch.allclose(weights, p, atol=1e-6)
+    assert torch.allclose(loss, (p * err).sum(1).mean(), atol=1e-6)
+    uniform, w_uniform = _mae(loss_weighting="uniform").forward_loss(x, pred, mask)
+    assert torch.allclose(uniform, (err * mask).sum(1).div(48).mean(), atol=1e-6)
+    assert not torch.allclose(loss, uniform)
+
+
+def test_mirror_aware_masking_keeps_the_asked_fraction_of_mirrors_visible():
+    net = _mae(mirror_visible=0.33)
+    mask = net.random_masking(64, torch.device("cpu")).view(64, 4, 4, 4)
+    one_sided = (mask.bool() & ~mask.flip(1).bool()).sum((1, 2, 3))
+    assert torch.equal(one_sided, torch.full((64,), 16)) and torch.equal(mask.sum((1, 2, 3)), torch.full((64,), 48.0))
+    assert net.one_sided == round(0.33 * 48)
+    # uniform masking leaves mirrors visible by chance only: fewer on average
+    chance = _mae().random_masking(256, torch.device("cpu")).view(256, 4, 4, 4)
+    assert (chance.bool() & ~chance.flip(1).bool()).sum((1, 2, 3)).float().mean() < 14
+    paired = _mae(mirror_visible=0.0).random_masking(8, torch.device("cpu")).view(8, 4, 4, 4)
+    assert torch.equal(paired, paired.flip(1))  # q = 0: mirror pairs masked together
+
+
+def test_mirror_visible_beyond_what_the_ratio_allows_is_refused():
+    assert max_mirror_visible(64, 48) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match=r"mirror_visible=0.5: at mask_ratio 0.75 at most 0.333"):
+        _mae(mirror_visible=0.5)
+
+
+def test_pretraining_forward_and_backward_reach_encoder_and_mask_tokens():
+    net = _mae(coord_channel=True, mirror_visible=0.2)
+    out = net(torch.randn(2, 1, 32, 32, 32))
+    out.loss.backward()
+    assert out.pred.shape == (2, 1, 32, 32, 32) and torch.isfinite(out.loss)
+    assert net.encoder.stem.convs[0].conv.weight.shape[1] == 2  # image + coordinate
+    assert net.encoder.stem.convs[0].conv.weight.grad.abs().sum() > 0
+    assert net.mask_tokens[0].grad.abs().sum() > 0
+    assert set(net.encoder_state_dict()) == {f"encoder.{k}" for k in net.encoder.state_dict()}
+
+
+def test_fine_tuning_network_takes_the_encoder_tensor_for_tensor(tmp_path):
+    pre = _mae()
+    export = {"encoder": pre.encoder_state_dict(), "network": {"arch": pre.network_arch, "kwargs": pre.network_kwargs}}
+    torch.save(export, tmp_path / "encoder.pt")
+    seg = build_network({"arch": "resenc", "kwargs": {"img_size": 32, "in_channels": 1, "out_channels": 3}})
+    report = seg.load_pretrained(tmp_path / "encoder.pt")
+    assert not report.missing and not report.unexpected
+    for key, value in pre.encoder.state_dict().items():
+        assert torch.equal(seg.encoder.state_dict()[key], value), key
+    # four image channels: the 1-channel stem repeated and divided by 4, the response to a replicated volume kept
+    seg4 = build_network({"arch": "resenc", "kwargs": {"img_size": 32, "in_channels": 4, "out_channels": 3}})
+    seg4.load_pretrained(tmp_path / "encoder.pt")
+    w1, w4 = pre.encoder.stem.convs[0].conv.weight, seg4.encoder.stem.convs[0].conv.weight
+    assert torch.allclose(w4.sum(1, keepdim=True), w1, atol=1e-6)
+
+
+def test_fine_tuning_refuses_a_file_of_another_plan_or_channel(tmp_path):
+    pre = _mae(coord_channel=True)
+    torch.save({"encoder": pre.encoder_state_dict(), "network": {"arch": pre.network_arch,
+                                                                 "kwargs": pre.network_kwargs}}, tmp_path / "c.pt")
+    seg = build_network({"arch": "resenc", "kwargs": {"img_size": 32, "in_channels": 1, "out_channels": 3}})
+    with pytest.raises(ValueError, match="pretrained with the coordinate channel; set model.coord_channel=true"):
+        seg.load_pretrained(tmp_path / "c.pt")
+    small = _mae()
+    state = small.encoder_state_dict()
+    state.pop("encoder.stages.3.blocks.0.conv2.conv.weight")
+    state.pop("encoder.stages.3.blocks.0.conv2.all_modules.0.weight")
+    torch.save({"encoder": state, "network": {"arch": small.network_arch, "kwargs": small.network_kwargs}},
+               tmp_path / "cut.pt")
+    with pytest.raises(ValueError, match=r"2 encoder tensor\(s\) .* \(encoder.stages.3.blocks.0.conv2.all_modules.0.weight, "):
+        seg.load_pretrained(tmp_path / "cut.pt")
+
+
+def test_zero_encoder_states_leaves_the_full_resolution_stage_alone():
+    net = build_network({"arch": "resenc", "kwargs": {"img_size": 32, "in_channels": 1, "out_channels": 2}}).eval()
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad(), net.zero_encoder_states():
+        zeroed = net(x)
+        for p in net.encoder.stages[1:].parameters():
+            p.add_(torch.randn_like(p))  # deeper stages no longer matter
+        assert torch.equal(net(x), zeroed)
+    with torch.no_grad():
+        assert not torch.equal(net(x), zeroed)  # outside the context they do
+    assert net.capabilities.zero_encoder
