@@ -95,12 +95,14 @@ def per_seed_differences(d: np.ndarray) -> list[float]:
 
 
 def metric_keys(scores: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
-    """Score columns the table reports: Dice per class and mean, then HD95 per class and mean when scored."""
+    """Score columns the table reports: Dice per class and mean, then HD95 and NSD per class and mean when scored."""
     keys = [*(f"Dice_{c}" for c in names), "Dice_mean"]
     if scores and all(LESION in s for s in scores):
         keys.append(LESION)
     if scores and all("HD95_mean" in s for s in scores):
         keys += [*(f"HD95_{c}" for c in names), "HD95_mean"]
+    if scores and all("NSD_mean" in s for s in scores):
+        keys += [*(f"NSD_{c}" for c in names), "NSD_mean"]
     return keys
 
 
@@ -155,8 +157,10 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], refe
     """Table-4-shaped Markdown: arm × labeled cases, Dice per class ± sd, mean, HD95 mean (when scored),
     zeroed, Δ mean Dice vs reference [95 % CI over seeds × cases], the per-seed Δ and the case-only CI."""
     hd = any("HD95_mean" in r for r in rows)
+    nsd = all("NSD_mean" in r for r in rows)
     lesion = all(LESION in r for r in rows)
     head = ["arm", "labeled", *names, "mean", *(["lesion mean"] if lesion else []), *(["HD95 mean (mm)"] if hd else []),
+            *(["NSD mean"] if nsd else []),
             "encoder zeroed",
             f"Δ mean vs {reference} [95 % CI, seeds × cases]", "Δ per seed", "case-only CI",
             *([f"Δ HD95 vs {reference} [95 % CI]"] if hd else [])]
@@ -169,6 +173,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], refe
         cells = [r["arm"], str(r["n"])] + [cell(f"Dice_{c}") for c in names] + [cell("Dice_mean")]
         cells += [cell(LESION)] if lesion else []
         cells += [cell("HD95_mean", 1)] if hd else []
+        cells += [cell("NSD_mean")] if nsd else []
         cells.append("— (no encoder)" if math.isnan(r["Dice_mean_zeroed"])
                      else f"{r['Dice_mean_zeroed']:.3f} (drop {r['encoder_drop']:+.3f})")
         if "delta" not in r:
@@ -185,7 +190,8 @@ def class_differences_table(rows: Sequence[Mapping[str, Any]], names: Sequence[s
     """Markdown: per arm and N, the paired difference to ``reference`` of every class's Dice (and HD95,
     when scored) with its seed × case 95 % CI."""
     keys = ([f"Dice_{c}" for c in names] + ([LESION] if all(LESION in r for r in rows) else [])
-            + ([f"HD95_{c}" for c in names] if any("HD95_mean" in r for r in rows) else []))
+            + ([f"HD95_{c}" for c in names] if any("HD95_mean" in r for r in rows) else [])
+            + ([f"NSD_{c}" for c in names] + ["NSD_mean"] if all("NSD_mean" in r for r in rows) else []))
     head = ["arm", "labeled", *(f"Δ {k.replace('_', ' ')}" + (" (mm)" if k.startswith("HD95") else "") for k in keys)]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([" --- "] * 2 + [" ---: "] * len(keys)) + "|"]
     for r in rows:
@@ -212,6 +218,9 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], names: Sequence[str], ref
                      "the two directed 95th percentiles of surface distances (MONAI); both masks empty: 0 mm, exactly "
                      f"one empty: {EMPTY_HD95} mm (BraTS). HD95 mean averages the classes, empties included; lower is "
                      "better, so a negative Δ HD95 favours the arm.")
+    if all("NSD_mean" in r for r in rows):
+        notes.append("NSD: normalised surface Dice (the share of both surfaces within the tolerance of the other), scored "
+                     "as asa-evaluate scores it at its default tolerance; higher is better.")
     return (markdown_table(rows, names, reference) + "\n" + "\n\n".join(notes) + "\n\n"
             + "Paired differences per class [95 % CI, seeds × cases]:\n\n" + class_differences_table(rows, names, reference))
 
@@ -277,6 +286,20 @@ def split_cases(ids: Sequence[str], *, test: int, seed: int) -> tuple[list[str],
 
 
 PLATEAU_TOL = 0.05  # relative loss drop between the last two quarters of a run below which it has plateaued
+VAL_PLATEAU_TOL = 0.02  # spread (max − min) of validation Dice over a run's last 20 % within which it has plateaued
+
+
+def val_plateau(dice: Sequence[float], *, tol: float = VAL_PLATEAU_TOL, tail: float = 0.2) -> dict[str, Any]:
+    """Whether a run's validation Dice (rounds in step order) plateaued: ``val_dice`` (the last round),
+    ``val_spread`` (max − min over the last ``tail`` of the rounds, at least 2 rounds) and
+    ``val_plateau`` (that spread ≤ ``tol``); NaN / None without at least 3 rounds."""
+    v = np.asarray(dice, dtype=float)
+    if v.size < 3:
+        return {"val_dice": float(v[-1]) if v.size else math.nan, "val_spread": math.nan, "val_plateau": None}
+    last = v[-max(2, int(math.ceil(tail * v.size))):]
+    spread = float(last.max() - last.min())
+    return {"val_dice": float(v[-1]), "val_spread": spread, "val_plateau": spread <= tol}
+
 
 
 def budget_check(losses: Sequence[float], rel_encoder: Sequence[float], rel_decoder: Sequence[float]) -> dict[str, Any]:
@@ -297,15 +320,17 @@ def budget_check(losses: Sequence[float], rel_encoder: Sequence[float], rel_deco
 
 
 def logged_budget(run_dir: Path) -> dict[str, Any]:
-    """:func:`budget_check` of a finished run, from the scalars in its TensorBoard folder."""
+    """:func:`budget_check` of a finished run, from the scalars in its TensorBoard folder, with
+    :func:`val_plateau` when it validated (``--val-cases``)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     events.Reload()
     tags = set(events.Tags()["scalars"])
     series = {t: [e.value for e in sorted(events.Scalars(t), key=lambda e: e.step)] if t in tags else []
-              for t in ("train/loss", "train/rel_update/encoder", "train/rel_update/decoder")}
-    return budget_check(series["train/loss"], series["train/rel_update/encoder"], series["train/rel_update/decoder"])
+              for t in ("train/loss", "train/rel_update/encoder", "train/rel_update/decoder", "val/dice")}
+    out = budget_check(series["train/loss"], series["train/rel_update/encoder"], series["train/rel_update/decoder"])
+    return {**out, **val_plateau(series["val/dice"])} if series["val/dice"] else out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,6 +343,7 @@ class Run:
     train: tuple[str, ...]
     overrides: tuple[str, ...]  # every asa-finetune override of the run
     run_dir: Path
+    val: tuple[str, ...] = ()  # validation cases (--val-cases): the plateau check of validation Dice
 
     @property
     def scores_file(self) -> Path:
@@ -340,8 +366,11 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[Run], list[str], dict[str,
     root, layout = dataset_root(probe_cfg.data)
     cases = discover(layout, root, on_bad_case=str(probe_cfg.data.on_bad_case))
     test_ids, pool = split_cases([c.id for c in cases], test=args.test, seed=args.split_seed)
+    n_val = getattr(args, "val_cases", 0)
+    val, pool = tuple(sorted(pool[:n_val])), pool[n_val:]  # the same validation cases for every run
     if max(args.cases) > len(pool):
-        raise SystemExit(f"--cases {max(args.cases)}: only {len(pool)} cases are left after the {args.test} test cases")
+        raise SystemExit(f"--cases {max(args.cases)}: only {len(pool)} cases are left after the {args.test} test "
+                         f"cases and {n_val} validation case(s) (--val-cases)")
     arms = parse_arms(args)
     batch = int(probe_cfg.trainer.batch_size)
     runs = []
@@ -349,10 +378,12 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[Run], list[str], dict[str,
         for seed in args.seeds:
             train = tuple(sorted([pool[i] for i in np.random.default_rng(1000 + seed).permutation(len(pool))][:n]))
             epochs = max(1, round(args.steps / max(n // batch, 1)))
+            # with validation cases: about 20 rounds per run, so that its last 20 % holds 4 of them
+            checks = [f"trainer.val_every={max(1, epochs // 20)}"] if val else []
             for arm, overrides in arms.items():
                 run_dir = out / "runs" / f"{arm}-n{n}-s{seed}"
                 runs.append(Run(arm, n, seed, train, (*base, f"output_dir={run_dir}", f"seed={seed}",
-                                                      f"trainer.epochs={epochs}", *overrides), run_dir))
+                                                      f"trainer.epochs={epochs}", *checks, *overrides), run_dir, val))
     return runs, test_ids, arms, probe_cfg
 
 
@@ -372,10 +403,13 @@ def train_and_score(run: Run, test_ids: Sequence[str], reuse: bool, device: str,
         if (run.run_dir / "checkpoints").is_dir():  # train anew; keep the old run under another name
             print(f"[transfer] moved the previous run to {move_aside(run.run_dir)}", flush=True)
         rest = sorted(set(by_id) - set(run.train))  # test and unused cases: never seen by the run
-        atomic_write_json(run.run_dir / "splits.json", {"train": list(run.train), "val": [], "test": rest,
+        rest = sorted(set(rest) - set(run.val))
+        atomic_write_json(run.run_dir / "splits.json", {"train": list(run.train), "val": list(run.val), "test": rest,
                                                         "dataset": str(cfg.data.name), "seed": run.seed})
         print(f"[transfer] {run.arm}: {run.n} labeled case(s), seed {run.seed}", flush=True)
+        started = time.perf_counter()
         result = finetune(cfg)
+        atomic_write_json(run.run_dir / "wall_time.json", {"train_seconds": time.perf_counter() - started})
         if result.preempted:  # SIGTERM/SIGUSR1: the run saved last.pt mid-schedule
             raise SystemExit(f"[transfer] {run.run_dir} was stopped by a signal at step {result.step}; "
                              "rerun with --reuse to train it (and the rest) again")
@@ -387,14 +421,16 @@ def train_and_score(run: Run, test_ids: Sequence[str], reuse: bool, device: str,
     scores = []
     for row in reliance["per_case"]:
         entry = {"arm": run.arm, "n": run.n, "seed": run.seed, "case": row["id"]}
-        for metric in ("Dice", "Dice_zeroed", "HD95"):
+        for metric in ("Dice", "Dice_zeroed", "HD95", "NSD"):
             column = (lambda c: f"Dice_{c}_zeroed") if metric == "Dice_zeroed" else (lambda c: f"{metric}_{c}")
             for name in task.output_names:
                 entry[column(name)] = row[column(name)]
             entry[column("mean")] = float(np.mean([row[column(c)] for c in task.output_names]))
         scores.append(entry)
+    timed = run.run_dir / "wall_time.json"
+    seconds = json.loads(timed.read_text())["train_seconds"] if timed.is_file() else math.nan
     budget = {"arm": run.arm, "n": run.n, "seed": run.seed, "steps": int(load_checkpoint(ckpt)["step"]),
-              **logged_budget(run.run_dir)}
+              "train_seconds": seconds, **logged_budget(run.run_dir)}
     done = {"scores": scores, "budget": budget, "names": list(task.output_names)}
     atomic_write_json(run.scores_file, done)
     if drop_checkpoints:
@@ -473,8 +509,9 @@ def unlearned_classes(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -
 def budget_table(budgets: Sequence[Mapping[str, Any]]) -> str:
     """Markdown: per arm and N, the steps, final training loss (± sd over seeds), how many runs
     plateaued, and the mean relative update of encoder and decoder (and their ratio)."""
-    head = ["arm", "labeled", "steps", "final loss", "plateaued", "rel. update encoder", "rel. update decoder",
-            "encoder / decoder"]
+    val = any(b.get("val_plateau") is not None for b in budgets)
+    head = ["arm", "labeled", "steps", "final loss", "plateaued", *(["val Dice plateaued"] if val else []),
+            "rel. update encoder", "rel. update decoder", "encoder / decoder", "train s / run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([" --- "] * 2 + [" ---: "] * (len(head) - 2)) + "|"]
     groups: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
     for b in budgets:
@@ -487,9 +524,14 @@ def budget_table(budgets: Sequence[Mapping[str, Any]]) -> str:
             values = [float(r[key]) for r in runs if not math.isnan(float(r[key]))]
             return f"{np.mean(values):.2g}" if values else "—"
 
-        lines.append(f"| {arm} | {n} | {runs[0]['steps']} | {np.mean(loss):.3f}{sd} | "
-                     f"{sum(bool(r['plateau']) for r in runs)}/{len(runs)} | {mean('rel_update_encoder')} | "
-                     f"{mean('rel_update_decoder')} | {mean('rel_update_ratio')} |")
+        checked = [r for r in runs if r.get("val_plateau") is not None]
+        plateau_val = [f"{sum(bool(r['val_plateau']) for r in checked)}/{len(checked)}"] if val else []
+        secs = [float(r.get("train_seconds", math.nan)) for r in runs]
+        secs = [t for t in secs if not math.isnan(t)]
+        lines.append("| " + " | ".join([arm, str(n), str(runs[0]["steps"]), f"{np.mean(loss):.3f}{sd}",
+                                        f"{sum(bool(r['plateau']) for r in runs)}/{len(runs)}", *plateau_val,
+                                        mean("rel_update_encoder"), mean("rel_update_decoder"), mean("rel_update_ratio"),
+                                        f"{np.mean(secs):.0f}" if secs else "—"]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -506,8 +548,10 @@ def write_outputs(scores: list[dict], names: Sequence[str], reference: str | Map
         md += "\n" + "\n".join(f"- {line}" for line in notes) + "\n"
     if budgets:
         md += ("\nBudget check (one row per arm and N; final loss = mean training loss over the last quarter of "
-               f"the run; plateaued = its drop from the third quarter is below {PLATEAU_TOL:.0%}; relative update "
-               "= ‖Δw‖/‖w‖ per optimiser step, mean over the run):\n\n" + budget_table(budgets))
+               f"the run; plateaued = its drop from the third quarter is below {PLATEAU_TOL:.0%}; val Dice plateaued "
+               f"(with --val-cases) = the spread of validation Dice over the run's last 20 % of rounds is at most "
+               f"{VAL_PLATEAU_TOL}; relative update = ‖Δw‖/‖w‖ per optimiser step, mean over the run; train s / run = "
+               "wall time of the training, mean over the runs trained in this folder):\n\n" + budget_table(budgets))
         atomic_write_text(out / "runs.csv", rows_csv(budgets))
     if undone:
         md = (f"**Partial: {undone} run(s) not trained yet** (rerun the same command with --reuse to continue).\n\n"
@@ -530,6 +574,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cases", type=int, nargs="+", default=[2, 4], help="numbers of labeled training cases")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--test", type=int, default=6, help="size of the fixed test split")
+    p.add_argument("--val-cases", type=int, default=0,
+                   help="validation cases (the same for every run, never trained on or tested): each run validates "
+                        "about 20 times and the budget check says whether its validation Dice plateaued")
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=40, help="optimiser steps per run (rounded to whole epochs)")
     p.add_argument("--preset", nargs="*", default=[], choices=PRESETS, help="Table 4 fine-tuning rows as extra arms")
@@ -556,6 +603,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.jobs < 1:
         raise SystemExit(f"--jobs {args.jobs}: expected >= 1")
+    if args.val_cases < 0:
+        raise SystemExit(f"--val-cases {args.val_cases}: expected >= 0")
     out = Path(args.out).expanduser().absolute()
     if args.dry_run:
         runs, test_ids, arms, _ = plan_runs(args)

@@ -48,7 +48,8 @@ def encoder_reliance(predictor, cases: Sequence, *, overlap: float = 0.5, sw_bat
     (ASASegmenter); ``cases``: labeled cases. Returns ``{"names", "n_cases", "per_case": [{"id",
     "Dice_<n>", "Dice_<n>_zeroed"}], "summary": {<n>: {"normal", "zeroed", "drop"}, "mean": {...}}}``
     (means over cases; drop = normal − zeroed). ``hd95``: every row also holds ``HD95_<n>`` (mm) of
-    the normal prediction, scored as ``asa-evaluate`` does (``hd95_convention``: max_directed | pooled).
+    the normal prediction, scored as ``asa-evaluate`` does (``hd95_convention``: max_directed | pooled), and
+    ``NSD_<n>`` (normalised surface Dice at asa-evaluate's default tolerance).
     ``zeroed=False`` scores the normal prediction only (the zeroed columns are NaN): any segmentation
     network, e.g. a CNN baseline without an encoder.
     """
@@ -78,8 +79,8 @@ def encoder_reliance(predictor, cases: Sequence, *, overlap: float = 0.5, sw_bat
         row: dict[str, Any] = {"id": case.id}
         for name in task.output_names:
             row[f"Dice_{name}"], row[f"Dice_{name}_zeroed"] = normal[name], without[name]
-            if hd95:
-                row[f"HD95_{name}"] = distances[f"HD95_{name}"]
+            if hd95:  # the same surface distances give the NSD (asa-evaluate's tolerance)
+                row[f"HD95_{name}"], row[f"NSD_{name}"] = distances[f"HD95_{name}"], distances[f"NSD_{name}"]
         rows.append(row)
     summary: dict[str, dict[str, float]] = {}
     for name in task.output_names:

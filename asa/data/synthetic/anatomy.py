@@ -2,9 +2,10 @@
 
 Each subject is the template (T1 intensities and grey / white-matter probability maps, CSF the rest
 of the brain mask) resampled once per process onto the output grid, then, per subject: optional
-lesions drawn into the template, a random affine (rotation up to 5 degrees, scale ±6 %, shift up to
-6 mm) with a smooth random deformation field (MONAI `Rand3DElastic`, displacement of about 2 mm
-RMS), four contrasts (T1 the template's own intensities; T1ce, T2 and FLAIR from tissue tables),
+lesions drawn into the template (each in one hemisphere), a random affine (rotation up to 5
+degrees, scale ±6 %, shift up to 6 mm) with a smooth random deformation field (MONAI
+`Rand3DElastic`, displacement of about 2 mm RMS, drawn independently over the whole volume: the two
+hemispheres of the symmetric template deform differently, see `mirror_correlation`), four contrasts (T1 the template's own intensities; T1ce, T2 and FLAIR from tissue tables),
 then per contrast a smooth multiplicative bias field (`RandBiasField`), a random gamma in
 [0.8, 1.25] and Rician noise (`RandRicianNoise`); skull-stripped (zero outside the
 brain). Every random number comes from generators seeded by ``(seed, index)``: the same seed and
@@ -14,9 +15,9 @@ with ``lesions=True`` is the same head, warp and noise as without.
 Labels: 0 background, 1 CSF, 2 GM, 3 WM (argmax of the warped tissue probabilities inside the
 brain), and with ``lesions`` two lesion kinds that intensity alone cannot find (`LESION_NAMES`):
 
-* 4 ``heterotopia``: one or two nodules of grey matter inside deep white matter. In every contrast
-  they have exactly the grey-matter intensities; only their surroundings (white matter all round,
-  far from the cortex) say they are abnormal.
+* 4 ``heterotopia``: one or two nodules of grey matter inside the deep white matter of one
+  hemisphere. In every contrast they have exactly the grey-matter intensities; only their
+  surroundings (white matter all round, far from the cortex) say they are abnormal.
 * 5 ``deep_grey_enlargement``: the deep grey nuclei (thalamus, basal ganglia) of one hemisphere
   (left or right, drawn per subject) grown by 3-5 mm into the white matter around them, with their
   own grey-matter profile. The added voxels look like the nuclei, so like grey matter, in every
@@ -51,8 +52,8 @@ import torch
 from monai.transforms import Rand3DElastic, RandBiasField, RandRicianNoise
 from scipy import ndimage
 
-__all__ = ["AnatomySubject", "make_anatomy_subject", "ANATOMY_CLASSES", "LESION_NAMES", "TEMPLATE_NOTICE",
-           "INSTALL_HINT"]
+__all__ = ["AnatomySubject", "make_anatomy_subject", "mirror_correlation", "ANATOMY_CLASSES", "LESION_NAMES",
+           "TEMPLATE_NOTICE", "INSTALL_HINT"]
 
 INSTALL_HINT = 'pip install "asa[anatomy]"'
 TEMPLATE_NOTICE = ("MNI ICBM152 2009 template (nilearn's copy): Copyright (C) 1993-2009 Louis Collins, McConnell "
@@ -79,8 +80,9 @@ class AnatomySubject:
 
     ``images``: modality (`MODALITIES`) -> float32, about 0..1, zero outside the brain; ``tissue``:
     uint8 0 bg / 1 CSF / 2 GM / 3 WM; ``labels``: ``tissue`` with the lesion classes of
-    `LESION_NAMES` painted over it; ``lesions``: what was drawn, per kind (template-space centres
-    in mm, the enlarged side).
+    `LESION_NAMES` painted over it; ``hemisphere``: int8, -1 left / +1 right / 0 outside the brain,
+    the side of the template's mid-sagittal plane each voxel came from (warped with the subject);
+    ``lesions``: what was drawn, per kind (template-space centres in mm, the enlarged side).
     """
 
     images: dict[str, np.ndarray]
@@ -88,6 +90,7 @@ class AnatomySubject:
     labels: np.ndarray
     brain_mask: np.ndarray
     affine: np.ndarray
+    hemisphere: np.ndarray
     lesions: dict[str, object] = field(default_factory=dict)
 
 
@@ -159,9 +162,16 @@ def _ball(shape: tuple[int, ...], centre: np.ndarray, radius_vox: float) -> np.n
 
 
 def _heterotopia(rng: np.random.Generator, tpl: dict[str, np.ndarray]) -> tuple[np.ndarray, list[list[float]]]:
-    """One or two GM nodules (radius 6-9 mm, at least 1.6 voxels) inside deep WM: mask and centres (mm)."""
+    """One or two GM nodules (radius 6-9 mm, at least 1.6 voxels) inside deep WM of one hemisphere:
+    mask and centres (mm).
+
+    Every nodule lies at least a voxel from the mid-sagittal plane (x = 0), and a second nodule drawn
+    on the other side than the first is moved to its mirror position (the grid mirrors the template
+    exactly, so that is deep white matter too): the other hemisphere stays healthy, the evidence a
+    left-right comparison needs."""
     voxel = float(tpl["affine"][0, 0])
     shape = tpl["wm"].shape
+    x_mm = _to_world(tpl["affine"], np.c_[np.arange(shape[0]), np.zeros((shape[0], 2))])[:, 0]
     mask = np.zeros(shape, dtype=bool)
     centres = []
     for _ in range(int(rng.integers(1, 3))):
@@ -169,10 +179,21 @@ def _heterotopia(rng: np.random.Generator, tpl: dict[str, np.ndarray]) -> tuple[
         depth = np.where(mask, 0.0, tpl["wm_depth"])
         if mask.any():  # keep nodules apart
             depth = np.where(ndimage.distance_transform_edt(~mask, sampling=voxel) > radius + 2 * voxel, depth, 0.0)
+        depth = np.where(np.abs(x_mm)[:, None, None] >= radius + voxel, depth, 0.0)  # the ball stays on its side
         candidates = np.argwhere(depth >= radius + voxel)
         if not len(candidates):  # coarse grid: the deepest white matter there is
             candidates = np.argwhere(depth >= depth.max() - 1e-6)
         centre = candidates[int(rng.integers(len(candidates)))]
+        if centres and np.sign(x_mm[centre[0]]) != np.sign(centres[0][0]):
+            mirror = np.array([shape[0] - 1 - centre[0], centre[1], centre[2]])
+            if depth[tuple(mirror)] >= min(radius + voxel, depth.max() - 1e-6):
+                centre = mirror
+            else:  # the mirror is too close to the first nodule: a point of the first one's side
+                side = np.where((np.sign(x_mm) == np.sign(centres[0][0]))[:, None, None], depth, 0.0)
+                if side.max() <= 0:  # no white matter left there: one nodule
+                    break
+                same = np.argwhere(side >= min(radius + voxel, side.max() - 1e-6))
+                centre = same[int(rng.integers(len(same)))]
         mask |= _ball(shape, centre, radius / voxel) & (tpl["wm"] > 0.5)
         centres.append(_to_world(tpl["affine"], centre).round(1).tolist())
     return mask, centres
@@ -201,6 +222,7 @@ def _deep_grey_enlargement(rng: np.random.Generator, tpl: dict[str, np.ndarray],
     radius = int(np.ceil(width / voxel))
     ball = _ball((2 * radius + 1,) * 3, np.array([radius] * 3), width / voxel)
     grown = ndimage.maximum_filter(np.where(near <= voxel, tpl["gm"], 0.0), footprint=ball)
+    # a voxel's margin from the mid-sagittal plane: still one side after the warp's interpolation
     allowed = (sign * x > 0.25 * voxel) & (near <= width) & (tpl["csf"] < 0.5) & ~spare
     was_gm = (probs[1] > probs[0]) & (probs[1] > probs[2])
     gain = np.where(allowed, np.minimum(np.maximum(grown - probs[1], 0.0), probs[2]), 0.0)
@@ -255,7 +277,10 @@ def make_anatomy_subject(size: int | tuple[int, int, int] = 64, *, seed: int = 0
                                                           axes=1), 1e-3), 0.85, 1.15)
     contrasts = [t1] + [np.tensordot(np.asarray(_TABLES[m], dtype=np.float32), probs, axes=1) * texture
                         for m in MODALITIES[1:]]
-    stack = np.concatenate([np.stack(contrasts), probs, marks, tpl["brain"][None]]).astype(np.float32)
+    # template x (mm) as a channel: after the warp it says which hemisphere each voxel came from
+    x_mm = np.broadcast_to(_to_world(tpl["affine"], np.c_[np.arange(shape[0]), np.zeros((shape[0], 2))])[:, 0, None, None],
+                           shape)
+    stack = np.concatenate([np.stack(contrasts), probs, marks, tpl["brain"][None], x_mm[None]]).astype(np.float32)
 
     sigma = _SIGMA_MM / voxel
     warp = Rand3DElastic(sigma_range=(sigma, sigma), prob=1.0,
@@ -264,9 +289,10 @@ def make_anatomy_subject(size: int | tuple[int, int, int] = 64, *, seed: int = 0
                          translate_range=(6.0 / voxel,) * 3, mode="bilinear", padding_mode="zeros")
     warp.set_random_state(seed=_seed(rng))
     warped = np.asarray(torch.as_tensor(warp(torch.from_numpy(stack))).numpy(), dtype=np.float32)
-    images_w, probs_w, marks_w, brain_w = warped[:4], warped[4:7], warped[7:9], warped[9]
+    images_w, probs_w, marks_w, brain_w, x_w = warped[:4], warped[4:7], warped[7:9], warped[9], warped[10]
 
     brain = brain_w > 0.5
+    hemisphere = np.where(brain, np.sign(x_w), 0).astype(np.int8)
     background = np.clip(1.0 - probs_w.sum(0), 0.0, 1.0)
     tissue = np.where(brain, np.argmax(np.concatenate([background[None], probs_w]), axis=0), 0).astype(np.uint8)
     tissue[brain & (tissue == 0)] = 1  # inside the mask but little tissue: CSF
@@ -287,4 +313,37 @@ def make_anatomy_subject(size: int | tuple[int, int, int] = 64, *, seed: int = 0
         out = np.asarray(torch.as_tensor(noise(out)).numpy(), dtype=np.float32)
         images[name] = np.where(brain, out[0], 0.0).astype(np.float32)
     return AnatomySubject(images=images, tissue=tissue, labels=labels, brain_mask=brain,
-                          affine=tpl["affine"].copy(), lesions=drawn)
+                          affine=tpl["affine"].copy(), hemisphere=hemisphere, lesions=drawn)
+
+
+def mirror_correlation(image: np.ndarray, mask: np.ndarray | None = None, *, fit_plane: bool = False) -> float:
+    """Pearson correlation of ``image`` [X, Y, Z] with its left-right mirror (RAS axis 0) over ``mask``
+    (default: where either is non-zero).
+
+    Without ``fit_plane`` the mirror plane is the grid's centre plane (voxel i <-> X - 1 - i), the
+    template's mid-sagittal plane on the subjects' grid: the template itself scores 1.000000 there.
+    With ``fit_plane`` the plane is the best one (offset and two tilts, Powell search from three offsets):
+    a subject's own mid-sagittal plane, so its pose (rotation, shift) does not count as asymmetry."""
+    image = np.asarray(image, dtype=np.float64)
+    mask = (image != 0) | (image[::-1] != 0) if mask is None else np.asarray(mask, dtype=bool)
+    if image.ndim != 3 or mask.shape != image.shape:
+        raise ValueError(f"image must be [X, Y, Z] and mask of its shape, got {image.shape} and {mask.shape}")
+    if not fit_plane:
+        return float(np.corrcoef(image[mask], image[::-1][mask])[0, 1])
+    from scipy import optimize
+
+    centre = (np.array(image.shape) - 1) / 2
+    points = np.indices(image.shape).reshape(3, -1) - centre[:, None]  # [3, V] about the grid centre
+
+    def reflected(params: np.ndarray) -> np.ndarray:
+        offset, tilt_y, tilt_z = params  # plane n . p = offset (voxels), n tilted from the x axis
+        normal = np.array([np.cos(tilt_y) * np.cos(tilt_z), np.sin(tilt_z), np.sin(tilt_y) * np.cos(tilt_z)])
+        where = points - 2 * normal[:, None] * (normal @ points - offset)[None] + centre[:, None]
+        return ndimage.map_coordinates(image, where, order=1).reshape(image.shape)
+
+    def loss(params: np.ndarray) -> float:
+        return -float(np.corrcoef(image[mask], reflected(params)[mask])[0, 1])
+
+    best = min((optimize.minimize(loss, [start, 0.0, 0.0], method="Powell") for start in (-1.0, 0.0, 1.0)),
+               key=lambda r: r.fun)
+    return -float(best.fun)

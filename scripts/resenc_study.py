@@ -1,0 +1,484 @@
+#!/usr/bin/env python
+"""Which of ASA's ideas help a residual-encoder U-Net? One resumable command: cohorts -> masked-convolution
+pretraining of nnU-Net's ResEnc (mae, asa and each ASA ablation, per unlabeled-cohort size, plus a
+pure-noise negative control) -> fine-tuning beside scratch ResEnc and the SW-ViT rows -> one report.
+
+Stages (rerun the same command to continue; every finished unit is kept):
+
+1. cohort: labeled lesion cases (template anatomy, ``msd``: heterotopia and one-sided deep-grey
+   enlargement), unlabeled healthy T1 subjects written in chunks (``asa.data.write_anatomy_dataset``,
+   layout filelist; chunk k has its own seed, so the smaller cohort is the first subjects of the larger
+   one), each cohort a ``files.csv`` over its chunks, and pure-noise volumes on the same grid
+   (``asa.data.synthetic.demo.write_noise_dataset``) for the negative control.
+2. pretraining: ``asa-pretrain model=resenc`` per arm (`ARMS`) and cohort size, the negative control
+   (``method=mae`` on the noise volumes, as many as the largest cohort), and the SW-ViT ``asa`` preset
+   per cohort size; every arm states all of its method options, so a changed default changes no arm.
+   Each run has the same number of optimiser steps whatever the cohort size. A run cut by the time
+   budget saves ``last.pt`` (the trainer's SIGUSR1 path) and continues on the next call.
+3. transfer: ``scripts/transfer_study.py``: scratch ResEnc (the reference), every pretrained ResEnc,
+   the control, scratch SW-ViT (``scratch``) and the pretrained SW-ViT, N labeled cases × seeds, one
+   fixed test split and fixed validation cases (each run's validation-Dice plateau is checked), Dice,
+   lesion Dice, NSD and HD95, paired differences to scratch ResEnc with seed × case bootstrap CIs.
+4. report: ``<out>/report/README.md``: the settings, the wall time of every stage and pretraining
+   run, each pretraining run's validation loss first -> last (did the encoder learn?), the transfer
+   tables beside the effect sizes the literature reports, and ``report.json``.
+
+Scales: ``--scale cpu`` (default: 48³ volumes, 32³ crops, ResEnc ``tiny``, SW-ViT ``tiny``; days on a
+2-core CPU for the whole grid: narrow it with --cohorts/--seeds/--cases/--arms), ``--scale gpu``
+(128³ volumes, 96³ crops, ResEnc M, SW-ViT small; every call stops within --time-budget, 510 s by
+default, and the next call continues), ``--quick`` (a smoke test: minutes). ``--dry-run`` prints the
+plan and composes every run's configuration without writing or training anything.
+
+Example::
+
+    python scripts/resenc_study.py --dry-run --out runs/resenc
+    python scripts/resenc_study.py --cohorts 40 --seeds 0 1 --cases 2 8 --out runs/resenc   # CPU, a part
+    while ! python scripts/resenc_study.py --scale gpu --out runs/resenc-gpu; do :; done     # GPU, 9-min calls
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import importlib.util
+import json
+import math
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from asa.api import pretrain
+from asa.api.config import compose_config
+from asa.data import LESION_NAMES, load_volume
+from asa.data.synthetic.demo import write_noise_dataset
+from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
+
+_SPEC = importlib.util.spec_from_file_location("asa_pretraining_study", Path(__file__).with_name("pretraining_study.py"))
+pretraining_study = importlib.util.module_from_spec(_SPEC)
+sys.modules[_SPEC.name] = pretraining_study
+_SPEC.loader.exec_module(pretraining_study)
+transfer_study = pretraining_study.transfer_study
+
+# pretraining arms of the ResEnc: method and every ASA option stated (loss weighting, mirror-aware masking, coordinate
+# channel); "mirror" means method.mirror_visible=<--mirror-visible>, its absence null (uniform random masking)
+ARMS: dict[str, dict[str, Any]] = {
+    "mae": {"method": "mae", "loss_weighting": "uniform", "mirror": False, "coord": False},
+    "asa": {"method": "asa", "loss_weighting": "attentive", "mirror": True, "coord": True},
+    "asa-no-attentive": {"method": "asa", "loss_weighting": "uniform", "mirror": True, "coord": True},
+    "asa-no-mirror": {"method": "asa", "loss_weighting": "attentive", "mirror": False, "coord": True},
+    "asa-no-coord": {"method": "asa", "loss_weighting": "attentive", "mirror": True, "coord": False},
+}
+CONTROL = "noise"  # the negative control: ARMS["mae"] pretrained on pure-noise volumes
+REFERENCE = "resenc-scratch"
+CHUNK = 20  # subjects per cohort chunk (the unit the cohort stage resumes by)
+LITERATURE = (
+    "Expected effect sizes (literature): masked pretraining of the ResEnc U-Net (SparK-style MAE) on 39k brain "
+    "MRIs beats nnU-Net from scratch by about +3 Dice averaged over 11 test sets (Wald et al., \"Revisiting MAE "
+    "pre-training for 3D medical image segmentation\", CVPR 2025); on 114k volumes (OpenMind, ICCV 2025) "
+    "pretrained networks beat from-scratch CNNs only on select sets. ASA's attentive loss and symmetry have no "
+    "published CNN result; on the SW-ViT the ASA paper reports +1 to +2 Dice over MAE at 11,993 pretraining volumes. "
+    "This study's cohorts are tiny against those (tens to hundreds of subjects, small grids): an effect of a few "
+    "Dice points, or none, is what the literature leads one to expect.")
+
+
+@dataclasses.dataclass
+class Scale:
+    """How big the study is. ``cohorts``: unlabeled subjects per pretraining cohort (each arm is pretrained on
+    each); ``pretrain_steps``: optimiser steps of every pretraining run (epochs follow from the cohort size);
+    ``steps``: fine-tuning steps per run; ``val``: fixed validation cases for the plateau check."""
+
+    cohorts: tuple[int, ...]
+    labeled: int
+    test: int
+    val: int
+    volume: int
+    crop: int
+    pretrain_steps: int
+    steps: int
+    cases: tuple[int, ...]
+    seeds: tuple[int, ...]
+    size: str  # ResEnc size: tiny | M | L
+    swvit: str  # SW-ViT preset of the SW-ViT rows
+    jobs: int = 1
+    time_budget: float | None = None  # seconds per call (None: no limit)
+    workers: int = 0  # data loader workers of the pretraining runs
+
+
+SCALES = {
+    "cpu": Scale(cohorts=(40, 400), labeled=32, test=16, val=4, volume=48, crop=32, pretrain_steps=1600, steps=300,
+                 cases=(2, 8), seeds=(0, 1, 2, 3, 4), size="tiny", swvit="tiny"),
+    "gpu": Scale(cohorts=(40, 400), labeled=48, test=16, val=4, volume=128, crop=96, pretrain_steps=4000, steps=1000,
+                 cases=(2, 8), seeds=(0, 1, 2, 3, 4), size="M", swvit="small", jobs=3, time_budget=510.0, workers=8),
+    "quick": Scale(cohorts=(4, 8), labeled=9, test=3, val=2, volume=40, crop=32, pretrain_steps=4, steps=4,
+                   cases=(2,), seeds=(0, 1), size="tiny", swvit="tiny"),
+}
+
+
+# ------------------------------------------------------------------------------------------------ plan
+@dataclasses.dataclass(frozen=True)
+class Pretraining:
+    """One pretraining run: its name (``<arm>-c<subjects>``), the cohort it reads and its overrides."""
+
+    name: str
+    arm: str
+    cohort: int
+    data: Path
+    overrides: tuple[str, ...]
+    coord: bool = False  # the encoder takes the coordinate channel (its fine-tuning must too)
+    network: str = "resenc"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(next(o.split("=", 1)[1] for o in self.overrides if o.startswith("output_dir=")))
+
+    @property
+    def encoder(self) -> Path:
+        return self.run_dir / "checkpoints" / "encoder.pt"
+
+
+def cohort_dir(out: Path, kind: str, n: int) -> Path:
+    return out / "data" / f"{kind}-{n}"
+
+
+def method_overrides(spec: Mapping[str, Any], mirror_visible: float) -> list[str]:
+    return [f"method={spec['method']}", f"method.loss_weighting={spec['loss_weighting']}",
+            f"method.mirror_visible={mirror_visible if spec['mirror'] else 'null'}",
+            f"method.coord_channel={str(bool(spec['coord'])).lower()}"]
+
+
+def pretraining_epochs(scale: Scale, subjects: int, batch: int) -> int:
+    """Epochs giving about ``scale.pretrain_steps`` optimiser steps on ``subjects`` (80 % train split)."""
+    per_epoch = max(1, int(0.8 * subjects) // batch)
+    return max(1, round(scale.pretrain_steps / per_epoch))
+
+
+def plan_pretraining(out: Path, scale: Scale, arms: Sequence[str], *, seed: int, mirror_visible: float,
+                     swvit_arm: bool = True) -> list[Pretraining]:
+    """Every pretraining run: each ResEnc arm per cohort, the noise control, the SW-ViT ``asa`` per cohort."""
+    runs = []
+    common = ["data=bids", "data.layout=filelist", f"data.crop={scale.crop}", f"data.num_workers={scale.workers}", "data.split.ratios=[0.8,0.2,0.0]",
+              "optim=adamw_demo", "trainer.progress=false", "trainer.panel_every=0", "probe.every=0", f"seed={seed}",
+              "resume=auto"]
+    batch = int(compose_config("pretrain", ["model=resenc", *common[:3]]).trainer.batch_size)
+    cohorts = [(arm, n, cohort_dir(out, "unlabeled", n)) for n in scale.cohorts for arm in arms]
+    cohorts.append((CONTROL, max(scale.cohorts), cohort_dir(out, "noise", max(scale.cohorts))))
+    for arm, n, data in cohorts:
+        spec = ARMS["mae" if arm == CONTROL else arm]
+        name = f"{arm}-c{n}"
+        overrides = ("model=resenc", f"model.size={scale.size}", *method_overrides(spec, mirror_visible), *common,
+                     f"data.root={data}", f"trainer.epochs={pretraining_epochs(scale, n, batch)}",
+                     f"output_dir={out / 'pretrain' / name}")
+        runs.append(Pretraining(name, arm, n, data, overrides, coord=bool(spec["coord"])))
+    if swvit_arm:  # the paper's network, pretrained by the paper's method on the same cohorts
+        for n in scale.cohorts:
+            name = f"swvit-asa-c{n}"
+            overrides = ("experiment=asa", f"model={scale.swvit}", *common, f"data.root={cohort_dir(out, 'unlabeled', n)}",
+                         f"trainer.epochs={pretraining_epochs(scale, n, batch)}", f"output_dir={out / 'pretrain' / name}")
+            runs.append(Pretraining(name, "asa", n, cohort_dir(out, "unlabeled", n), overrides, network="swvit"))
+    return runs
+
+
+def finetune_arms(runs: Sequence[Pretraining], scale: Scale) -> dict[str, str]:
+    """transfer_study --arm specs: scratch ResEnc and each pretrained encoder (name -> key=value,...)."""
+    resenc = f"model=resenc,model.size={scale.size}"
+    arms = {REFERENCE: resenc}
+    for run in runs:
+        if run.network == "resenc":
+            arms[f"resenc-{run.name}"] = (f"{resenc},model.pretrained={run.encoder}"
+                                          + (",model.coord_channel=true" if run.coord else ""))
+        else:
+            arms[run.name] = f"model.pretrained={run.encoder}"
+    return arms
+
+
+def transfer_argv(args: argparse.Namespace, scale: Scale, runs: Sequence[Pretraining], out: Path,
+                  time_left: float | None) -> list[str]:
+    argv = ["--data", "msd", "--root", str(out / "data" / "labeled"), "--model", scale.swvit, "--crop", str(scale.crop),
+            "--cases", *map(str, scale.cases), "--seeds", *map(str, scale.seeds), "--test", str(scale.test),
+            "--val-cases", str(scale.val), "--split-seed", str(args.seed), "--steps", str(scale.steps),
+            "--device", args.device, "--reuse", "--n-boot", str(args.n_boot), "--out", str(out / "transfer"),
+            "--jobs", str(scale.jobs), "--reference", REFERENCE, "--lesion-classes", *LESION_NAMES.values()]
+    argv += ["--threads", str(args.threads)] if args.threads else []
+    argv += ["--time-budget", f"{max(0.0, time_left):.0f}"] if time_left is not None else []
+    argv += ["--drop-checkpoints"] if args.drop_checkpoints else []
+    for name, spec in finetune_arms(runs, scale).items():
+        argv += ["--arm", f"{name}={spec}"]
+    for override in args.override:
+        argv += ["--override", override]
+    return argv
+
+
+# ----------------------------------------------------------------------------------------------- cohort
+class Clock:
+    """The call's time budget: whether a unit expected to take ``seconds`` still fits."""
+
+    def __init__(self, budget: float | None) -> None:
+        self.start, self.budget = time.monotonic(), budget
+
+    def left(self) -> float | None:
+        return None if self.budget is None else self.budget - (time.monotonic() - self.start)
+
+    def fits(self, seconds: float = 0.0) -> bool:
+        left = self.left()
+        return left is None or left > seconds
+
+
+def write_chunks(out: Path, scale: Scale, *, seed: int, clock: Clock, times: dict[str, float]) -> bool:
+    """Labeled cases, unlabeled and noise chunks, each once (a ``.complete`` marker), then every cohort's
+    files.csv. Returns whether everything is written (False: the budget ran out; the next call continues)."""
+    data = out / "data"
+    writer = pretraining_study.dataset_writer(True)
+    units: list[tuple[str, Path, Any]] = [
+        ("labeled", data / "labeled", lambda p: writer("msd", p, cases=scale.labeled, size=scale.volume, seed=seed + 2,
+                                                       lesions=True))]
+    n_chunks = math.ceil(max(scale.cohorts) / CHUNK)
+    for k in range(n_chunks):
+        units.append(("unlabeled", data / "chunks" / f"unlabeled-{k:03d}",
+                      lambda p, k=k: writer("filelist", p, cases=CHUNK, size=scale.volume, seed=seed * 1000 + k,
+                                            lesions=False)))
+    for k in range(n_chunks):
+        units.append(("noise", data / "chunks" / f"noise-{k:03d}",
+                      lambda p, k=k: write_noise_dataset(p, cases=CHUNK, size=scale.volume, seed=seed * 1000 + 500 + k,
+                                                         affine=cohort_affine(data / "labeled"), layout="filelist",
+                                                         overwrite=True)))
+    for kind, folder, write in units:
+        if (folder / ".complete").is_file():
+            continue
+        if not clock.fits(times.get(kind, 0.0)):
+            return False
+        started = time.perf_counter()
+        print(f"[resenc-study] cohort: writing {folder.relative_to(out)}", flush=True)
+        write(folder)
+        atomic_write_text(folder / ".complete", "done\n")
+        times[kind] = max(times.get(kind, 0.0), time.perf_counter() - started)
+    for kind in ("unlabeled", "noise"):
+        for n in scale.cohorts if kind == "unlabeled" else (max(scale.cohorts),):
+            rows = []
+            for k in range(math.ceil(n / CHUNK)):
+                chunk = data / "chunks" / f"{kind}-{k:03d}"
+                with open(chunk / "files.csv", newline="") as f:
+                    rows += [(f"{kind}{k:03d}_{r['id']}", str(chunk / r["path"])) for r in csv.DictReader(f)]
+            folder = cohort_dir(out, kind, n)
+            atomic_write_text(folder / "files.csv", "id,path\n" + "".join(f"{i},{p}\n" for i, p in rows[:n]))
+    return True
+
+
+def cohort_affine(labeled: Path):
+    """The grid of the labeled cases (voxel -> mm), for the noise volumes."""
+    first = sorted((labeled / "imagesTr").glob("*_0000.nii.gz"))[0]
+    return load_volume(first).affine
+
+
+# ------------------------------------------------------------------------------------------ pretraining
+def run_pretraining(run: Pretraining, clock: Clock, times: dict[str, float]) -> str:
+    """'reused' (finished before), 'done' or 'stopped' (the budget ran out: last.pt saved, the next call
+    continues it). A run is cut by SIGUSR1 — the trainer's preemption path — when the budget ends."""
+    ckpts = run.run_dir / "checkpoints"
+    if pretraining_study.finished(ckpts / "last.pt") and run.encoder.is_file():
+        return "reused"
+    left = clock.left()
+    if left is not None and left < 30:
+        return "stopped"
+    print(f"[resenc-study] pretraining {run.name}: asa-pretrain {shlex.join(run.overrides)}", flush=True)
+    timer = None
+    if left is not None:  # save last.pt and stop a few seconds before the budget ends
+        timer = threading.Timer(max(1.0, left - 20), os.kill, (os.getpid(), signal.SIGUSR1))
+        timer.daemon = True
+        timer.start()
+    started = time.perf_counter()
+    try:
+        result = pretrain(compose_config("pretrain", list(run.overrides)))
+    finally:
+        if timer is not None:
+            timer.cancel()
+    times[run.name] = times.get(run.name, 0.0) + time.perf_counter() - started
+    if result.preempted:
+        return "stopped"
+    if not run.encoder.is_file():
+        raise SystemExit(f"[resenc-study] pretraining {run.name} ended without exporting {run.encoder}")
+    return "done"
+
+
+def pretraining_summary(run: Pretraining, seconds: float) -> dict[str, Any]:
+    """Steps, wall time and validation loss first -> last of a finished pretraining run."""
+    state = load_checkpoint(run.run_dir / "checkpoints" / "last.pt")
+    losses = [h["val/loss"] for h in state.get("history", []) if "val/loss" in h]
+    return {"run": run.name, "network": run.network, "arm": run.arm, "cohort": run.cohort, "steps": int(state["step"]),
+            "seconds": seconds, "val_loss_first": losses[0] if losses else math.nan,
+            "val_loss_last": losses[-1] if losses else math.nan}
+
+
+# ------------------------------------------------------------------------------------------------ report
+def pretraining_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    lines = ["| run | network | cohort | steps | wall time (s) | val loss first → last |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['run']} | {r['network']} | {r['cohort']} | {r['steps']} | {r['seconds']:.0f} | "
+                     f"{r['val_loss_first']:.4f} → {r['val_loss_last']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def report_markdown(info: Mapping[str, Any], pretraining_md: str, transfer_md: str) -> str:
+    m, sc = info["machine"], info["scale"]
+    return "\n".join([
+        f"# Which of ASA's ideas help a ResEnc U-Net? ({info['scale_name']} scale)", "",
+        f"Machine: {m['cpu']}, {m['usable_cores']} usable core(s), torch {m['torch']}"
+        + (f", GPU {m['gpu']}" if m["gpu"] else "") + f". Finished {info['finished']}.", "",
+        f"Template anatomy, {sc['volume']}³ volumes, {sc['crop']}³ crops; ResEnc {sc['size']}, SW-ViT {sc['swvit']}. "
+        f"Unlabeled cohorts {', '.join(map(str, sc['cohorts']))} subjects ({sc['pretrain_steps']} pretraining steps each), "
+        f"noise control on {max(sc['cohorts'])} noise volumes; mirror_visible {info['mirror_visible']}. "
+        f"Fine-tuning: {sc['steps']} steps, labeled cases {', '.join(map(str, sc['cases']))}, seeds "
+        f"{', '.join(map(str, sc['seeds']))}, {sc['test']} fixed test cases, {sc['val']} fixed validation cases.", "",
+        "| stage | wall time (s) |", "| --- | ---: |",
+        *(f"| {k} | {v:.0f} |" for k, v in info["stages"].items()), "",
+        "## Pretraining", "", pretraining_md, "## Transfer (Δ = arm − resenc-scratch)", "", transfer_md, "",
+        "## Literature", "", LITERATURE, "", "Commands:", "", "```", *info["commands"], "```", ""])
+
+
+# --------------------------------------------------------------------------------------------------- main
+def parse_scale(args: argparse.Namespace) -> tuple[str, Scale]:
+    name = "quick" if args.quick else args.scale
+    scale = SCALES[name]
+    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(Scale) if getattr(args, f.name, None) is not None}
+    scale = dataclasses.replace(scale, **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()})
+    if scale.crop >= scale.volume:
+        raise SystemExit(f"--crop {scale.crop}: must be smaller than --volume {scale.volume}")
+    if scale.labeled - scale.test - scale.val < max(scale.cases):
+        raise SystemExit(f"--labeled {scale.labeled} - --test {scale.test} - --val {scale.val} leaves too few training "
+                         f"cases for --cases {max(scale.cases)}")
+    if min(scale.cohorts) < 2:
+        raise SystemExit(f"--cohorts {list(scale.cohorts)}: each cohort needs at least 2 subjects (train and validation)")
+    return name, scale
+
+
+def dry_run(args: argparse.Namespace, name: str, scale: Scale, out: Path, runs: Sequence[Pretraining]) -> int:
+    """Print the plan and compose every configuration (pretraining and fine-tuning): nothing is written."""
+    for run in runs if not args.no_compose else ():
+        compose_config("pretrain", list(run.overrides))
+    print(f"[resenc-study] dry run ({name} scale): cohorts {list(scale.cohorts)} unlabeled + {max(scale.cohorts)} noise "
+          f"+ {scale.labeled} labeled subjects of {scale.volume}^3; {len(runs)} pretraining runs of "
+          f"{scale.pretrain_steps} steps:", flush=True)
+    for run in runs:
+        print(f"  asa-pretrain {shlex.join(run.overrides)}")
+    targv = transfer_argv(args, scale, runs, out, scale.time_budget)
+    arms = finetune_arms(runs, scale)
+    print(f"[resenc-study] transfer: {len(arms) + 1} arms (scratch SW-ViT, {', '.join(arms)}) × cases "
+          f"{list(scale.cases)} × seeds {list(scale.seeds)} = {(len(arms) + 1) * len(scale.cases) * len(scale.seeds)} "
+          f"runs of {scale.steps} steps, reference {REFERENCE}", flush=True)
+    print(f"  python scripts/transfer_study.py {shlex.join(targv)}", flush=True)
+    if not args.no_compose:  # every fine-tuning arm's configuration composes
+        for spec in arms.values():
+            compose_config("finetune", ["data=msd", f"model={scale.swvit}", f"data.crop={scale.crop}",
+                                        f"trainer.max_steps={scale.steps}", *spec.split(","), *args.override])
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--out", default="runs/resenc-study")
+    p.add_argument("--scale", choices=sorted(SCALES), default="cpu")
+    p.add_argument("--quick", action="store_true", help="the smoke scale (same as --scale quick)")
+    for f in dataclasses.fields(Scale):
+        many = f.name in ("cohorts", "cases", "seeds")
+        kind = {"size": str, "swvit": str, "time_budget": float}.get(f.name, int)
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, nargs="+" if many else None,
+                       help=f"override the scale's {f.name}")
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="ResEnc pretraining arms")
+    p.add_argument("--mirror-visible", type=float, default=0.25,
+                   help="method.mirror_visible of the arms with mirror-aware masking (fraction of masked blocks whose "
+                        "mirror block stays visible; at mask ratio 0.75 at most 1/3)")
+    p.add_argument("--no-swvit-pretraining", action="store_true", help="leave out the pretrained SW-ViT rows")
+    p.add_argument("--seed", type=int, default=0, help="cohort, split and pretraining seed")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="torch threads per fine-tuning run")
+    p.add_argument("--n-boot", type=int, default=10000)
+    p.add_argument("--drop-checkpoints", action="store_true", help="delete fine-tuning checkpoints once scored")
+    p.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE", help="asa-finetune overrides for every run")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and compose every configuration; write nothing")
+    p.add_argument("--no-compose", action="store_true", help="with --dry-run: print the plan only")
+    args = p.parse_args(argv)
+    name, scale = parse_scale(args)
+    out = Path(args.out).expanduser().absolute()
+    if not 0.0 <= args.mirror_visible <= 1.0:
+        raise SystemExit(f"--mirror-visible {args.mirror_visible}: a fraction in [0, 1]")
+    runs = plan_pretraining(out, scale, args.arms, seed=args.seed, mirror_visible=args.mirror_visible,
+                            swvit_arm=not args.no_swvit_pretraining)
+    if args.dry_run:
+        return dry_run(args, name, scale, out, runs)
+    settings = {"scale": dataclasses.asdict(scale) | {"time_budget": None}, "arms": args.arms, "seed": args.seed,
+                "mirror_visible": args.mirror_visible, "swvit_pretraining": not args.no_swvit_pretraining,
+                "override": args.override}
+    recorded = out / "study.json"
+    settings = json.loads(json.dumps(settings))
+    if recorded.is_file() and (old := json.loads(recorded.read_text())) != settings:
+        diff = sorted(k for k in settings if old.get(k) != settings.get(k))
+        raise SystemExit(f"--out {out} holds a study with other settings ({', '.join(diff)} differ; see {recorded}): "
+                         "rerun with the same options to continue it, or choose another --out")
+    atomic_write_json(recorded, settings)
+    clock = Clock(scale.time_budget)
+    times_file = out / "times.json"  # wall time per stage and per pretraining run, summed over calls
+    times = json.loads(times_file.read_text()) if times_file.is_file() else {"stages": {}, "units": {}, "runs": {}}
+
+    def stage(key: str, started: float) -> None:
+        times["stages"][key] = times["stages"].get(key, 0.0) + time.perf_counter() - started
+        atomic_write_json(times_file, times)
+
+    def unfinished(what: str) -> int:
+        atomic_write_json(times_file, times)
+        print(f"[resenc-study] the time budget ({scale.time_budget:.0f} s) ended during {what}: rerun the same command "
+              "to continue", flush=True)
+        return 3
+
+    started = time.perf_counter()
+    complete = write_chunks(out, scale, seed=args.seed, clock=clock, times=times["units"])
+    stage("cohort", started)
+    if not complete:
+        return unfinished("the cohort")
+    started = time.perf_counter()
+    for run in runs:
+        state = run_pretraining(run, clock, times["runs"])
+        stage("pretraining", started)
+        started = time.perf_counter()
+        if state == "stopped":
+            return unfinished(f"pretraining {run.name}")
+    left = clock.left()
+    # start no fine-tuning run that would outlast the budget (a run cannot be cut and resumed): the longest so far
+    # with a margin for scoring, or, before any has run, half of what is left
+    expected = max([json.loads(f.read_text())["train_seconds"] * 1.5 + 30
+                    for f in (out / "transfer" / "runs").glob("*/wall_time.json")]
+                   or [0.5 * left if left is not None else 0.0])
+    if left is not None and left - expected <= 0:
+        return unfinished("the transfer stage")
+    targv = transfer_argv(args, scale, runs, out, None if left is None else left - expected)
+    started = time.perf_counter()
+    transfer_study.main(targv)
+    stage("transfer", started)
+    table = out / "transfer" / "transfer.md"
+    if not table.is_file() or table.read_text().startswith("**Partial"):
+        return unfinished("the transfer stage")
+    rows = [pretraining_summary(run, times["runs"].get(run.name, math.nan)) for run in runs]
+    commands = [f"python scripts/resenc_study.py {shlex.join(sys.argv[1:] if argv is None else argv)}",
+                *(f"asa-pretrain {shlex.join(r.overrides)}" for r in runs),
+                f"python scripts/transfer_study.py {shlex.join(targv)}"]
+    info = {"scale_name": name, "scale": dataclasses.asdict(scale), "mirror_visible": args.mirror_visible,
+            "machine": pretraining_study.machine(), "stages": times["stages"], "commands": commands,
+            "pretraining": rows, "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+    report = out / "report"
+    atomic_write_json(report / "report.json", info)
+    atomic_write_text(report / "pretraining.md", pretraining_table(rows))
+    atomic_write_text(report / "README.md", report_markdown(info, pretraining_table(rows), table.read_text()))
+    print(f"[resenc-study] done: report in {report}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""scripts/resenc_study.py: the plan (arms, cohorts, the noise control, every option stated), its dry run,
+and resuming across calls cut by the time budget (no training: the pretraining and transfer stages are
+stood in for, the bookkeeping is the script's own)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "resenc_study.py"
+_spec = importlib.util.spec_from_file_location("asa_resenc_study", SCRIPT)
+study = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = study
+_spec.loader.exec_module(study)
+
+
+def _option(run, key: str) -> str:
+    return next(o.split("=", 1)[1] for o in run.overrides if o.startswith(key + "="))
+
+
+def test_plan_states_every_option_of_every_arm(tmp_path):
+    scale = study.SCALES["quick"]
+    runs = study.plan_pretraining(tmp_path, scale, list(study.ARMS), seed=0, mirror_visible=0.25)
+    names = [r.name for r in runs]
+    assert names == ([f"{arm}-c{n}" for n in scale.cohorts for arm in study.ARMS]
+                     + [f"noise-c{max(scale.cohorts)}"] + [f"swvit-asa-c{n}" for n in scale.cohorts])
+    for run in runs:
+        if run.network != "resenc":
+            assert _option(run, "experiment") == "asa" and _option(run, "model") == scale.swvit
+            continue
+        spec = study.ARMS["mae" if run.arm == study.CONTROL else run.arm]
+        assert _option(run, "method") == spec["method"]
+        assert _option(run, "method.loss_weighting") == spec["loss_weighting"]
+        assert _option(run, "method.mirror_visible") == ("0.25" if spec["mirror"] else "null")
+        assert _option(run, "method.coord_channel") == str(spec["coord"]).lower()
+        kind = "noise" if run.arm == study.CONTROL else "unlabeled"
+        assert _option(run, "data.root") == str(study.cohort_dir(tmp_path, kind, run.cohort))
+    # each ablation differs from asa in exactly its own option
+    asa = set(runs[names.index("asa-c4")].overrides)
+    for arm, option in (("asa-no-attentive", "method.loss_weighting"), ("asa-no-mirror", "method.mirror_visible"),
+                        ("asa-no-coord", "method.coord_channel")):
+        diff = set(runs[names.index(f"{arm}-c4")].overrides) ^ asa
+        assert {o.split("=", 1)[0] for o in diff} == {option, "output_dir"}, arm
+
+
+def test_every_cohort_gets_the_same_pretraining_steps():
+    scale = study.SCALES["cpu"]
+    for subjects in scale.cohorts:
+        epochs = study.pretraining_epochs(scale, subjects, batch=2)
+        steps = epochs * (int(0.8 * subjects) // 2)
+        assert abs(steps - scale.pretrain_steps) <= int(0.8 * subjects) // 2, (subjects, steps)
+
+
+def test_finetuning_arms_follow_their_encoders(tmp_path):
+    scale = study.SCALES["quick"]
+    runs = study.plan_pretraining(tmp_path, scale, ["mae", "asa", "asa-no-coord"], seed=0, mirror_visible=0.25)
+    arms = study.finetune_arms(runs, scale)
+    assert arms[study.REFERENCE] == "model=resenc,model.size=tiny"  # scratch: no encoder
+    for run in runs:
+        spec = arms[f"resenc-{run.name}" if run.network == "resenc" else run.name]
+        assert f"model.pretrained={run.encoder}" in spec.split(",")
+        assert ("model.coord_channel=true" in spec) == (run.network == "resenc" and run.coord)  # the channel it learned with
+    argv = study.transfer_argv(SimpleNamespace(seed=0, device="cpu", n_boot=10, threads=None, drop_checkpoints=False,
+                                               override=[]), scale, runs, tmp_path, None)
+    assert argv[argv.index("--reference") + 1] == study.REFERENCE
+    assert argv[argv.index("--val-cases") + 1] == str(scale.val)
+    assert argv.count("--arm") == len(arms)
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert study.main(["--quick", "--arms", "asa", "--cohorts", "4", "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "asa-pretrain model=resenc" in text and "data.root=" + str(out / "data" / "noise-4") in text
+    assert "resenc-asa-c4" in text and "reference resenc-scratch" in text
+    assert not out.exists()
+
+
+def test_refusals(tmp_path):
+    with pytest.raises(SystemExit, match="--crop 32: must be smaller than --volume 32"):
+        study.main(["--quick", "--volume", "32", "--out", str(tmp_path), "--dry-run"])
+    with pytest.raises(SystemExit, match="--mirror-visible 1.5"):
+        study.main(["--quick", "--mirror-visible", "1.5", "--out", str(tmp_path), "--dry-run"])
+
+
+def _fake_stages(monkeypatch, calls: list[str]):
+    """Stand-ins for the cohort writer, asa-pretrain and the transfer stage: each records its call and
+    writes what the real one leaves behind (a finished last.pt and encoder.pt; transfer.md)."""
+    monkeypatch.setattr(study, "write_chunks", lambda out, scale, **kw: True)
+
+    def pretrain(cfg):
+        run_dir = Path(cfg.output_dir)
+        calls.append(run_dir.name)
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        torch.save({"step": 4, "scheduler": {"total_steps": 4}, "history": [{"val/loss": 1.0}, {"val/loss": 0.5}]},
+                   run_dir / "checkpoints" / "last.pt")
+        torch.save({"encoder": torch.zeros(1)}, run_dir / "checkpoints" / "encoder.pt")
+        return SimpleNamespace(preempted=False, step=4)
+
+    def transfer(argv):
+        out = Path(argv[argv.index("--out") + 1])
+        calls.append("transfer")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "transfer.md").write_text("| arm | labeled |\n")
+        return 0
+
+    monkeypatch.setattr(study, "pretrain", pretrain)
+    monkeypatch.setattr(study.transfer_study, "main", transfer)
+
+
+def test_calls_cut_by_the_budget_resume_where_the_last_stopped(tmp_path, monkeypatch):
+    calls: list[str] = []
+    _fake_stages(monkeypatch, calls)
+    left = iter([])
+    monkeypatch.setattr(study.Clock, "left", lambda self: next(left, 5.0))  # then less than a run needs
+    argv = ["--quick", "--arms", "mae", "asa", "--cohorts", "4", "--no-swvit-pretraining", "--time-budget", "300",
+            "--out", str(tmp_path / "s")]
+    left = iter([300.0, 200.0])  # two pretraining runs fit in the first call
+    assert study.main(argv) == 3  # not finished: the caller runs the same command again
+    assert calls == ["mae-c4", "asa-c4"]
+    left = iter([300.0, 300.0, 300.0])  # the second call: the control, then the transfer stage
+    assert study.main(argv) == 0
+    assert calls == ["mae-c4", "asa-c4", "noise-c4", "transfer"]  # nothing done twice
+    report = json.loads((tmp_path / "s" / "report" / "report.json").read_text())
+    assert [r["run"] for r in report["pretraining"]] == ["mae-c4", "asa-c4", "noise-c4"]
+    assert all(r["val_loss_first"] == 1.0 and r["val_loss_last"] == 0.5 for r in report["pretraining"])
+    assert "Literature" in (tmp_path / "s" / "report" / "README.md").read_text()
+    # another setting in the same folder is refused, naming it
+    with pytest.raises(SystemExit, match="arms differ"):
+        study.main([*argv[:2], "mae", *argv[4:]])
+
+
+def test_noise_volumes_are_deterministic_and_free_of_anatomy():
+    from asa.data.synthetic.noise import make_noise_volume
+
+    a, b = (make_noise_volume(24, seed=3, index=1).images["t1"] for _ in range(2))
+    assert np.array_equal(a, b) and not np.array_equal(a, make_noise_volume(24, seed=3, index=2).images["t1"])
+    assert abs(a.mean() - 0.5) < 0.01 and abs(a.std() - 0.15) < 0.01 and (a > 0).all()
+    # no left-right structure: away from the mid-plane (where the smoothing links a voxel to its mirror's
+    # neighbours) a side correlates with its mirror by chance only (sd about 0.06 for 12 slices of 32², a
+    # template subject's is above 0.8)
+    c = make_noise_volume(32, seed=3, index=1).images["t1"]
+    assert abs(np.corrcoef(c[:12].ravel(), c[::-1][:12].ravel())[0, 1]) < 0.3
+    with pytest.raises(ValueError, match="at least 16"):
+        make_noise_volume(8)
