@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asa.models.cnn.resenc import ResEncUNet, plan_resenc, ResEncPlan
+from asa.models.cnn.resenc import ResEncPlan, ResEncUNet, resolve_plan
 from asa.models.declared import Capabilities
 from asa.models.registry import record_spec, register_network
 from asa.models.swvit.objective import PatchReconstruction
@@ -277,13 +277,7 @@ def resenc_pretrain(
         lr_axis: the left–right axis.
         features, strides, blocks, decoder_convs: an explicit plan (as a spec records it); None: planned.
     """
-    edge = int(img_size) if isinstance(img_size, (int, float)) else int(img_size[0])
-    if not isinstance(img_size, (int, float)) and len(set(int(s) for s in img_size)) != 1:
-        raise ValueError(f"resenc_pretrain: img_size must be one edge or three equal ones, got {img_size!r}")
-    plan = (plan_resenc(edge, size) if features is None else ResEncPlan(list(features), list(strides), list(blocks),
-                                                                         list(decoder_convs)))
-    if edge % plan.total_stride:
-        raise ValueError(f"resenc_pretrain: crop {edge} is not a multiple of the plan's total stride {plan.total_stride}")
+    edge, plan = resolve_plan("resenc_pretrain", img_size, size, features, strides, blocks, decoder_convs)
     net = ResEncMaskedAutoencoder(plan, in_channels=int(in_channels), img_size=(edge,) * 3, mask_ratio=mask_ratio,
                                   loss_weighting=loss_weighting, bins=bins, normalize=normalize,
                                   mirror_visible=mirror_visible, coord_channel=coord_channel, lr_axis=lr_axis)

@@ -38,7 +38,7 @@ from asa.models.declared import Capabilities
 from asa.models.registry import NetworkSettings, record_spec, register_network
 
 __all__ = ["RESENC_SIZES", "ResEncPlan", "ResEncSettings", "ResEncUNet", "coordinate_channel", "plan_resenc",
-           "resenc_unet"]
+           "resenc_unet", "resolve_plan"]
 
 MAX_HALVINGS = 5  # nnU-Net 3D: at most 6 stages
 MIN_FEATURE_SIZE = 4  # an axis is halved while it keeps >= 4 voxels
@@ -96,6 +96,25 @@ def plan_resenc(crop: int, size: str = "tiny") -> ResEncPlan:
     stages = halvings + 1
     return ResEncPlan(features=[min(base * 2**s, cap) for s in range(stages)], strides=[1] + [2] * halvings,
                       blocks=list(per_stage[:stages]), decoder_convs=[1] * halvings)
+
+
+def resolve_plan(name: str, img_size: Any, size: str, features: Sequence[int] | None, strides: Sequence[int] | None,
+                 blocks: Sequence[int] | None, decoder_convs: Sequence[int] | None) -> tuple[int, ResEncPlan]:
+    """(crop edge, plan) of a network spec ``name``: the plan given (all four lists, as a spec records it) or
+    :func:`plan_resenc` of the crop and ``size``; a crop that is not isotropic or not a multiple of the plan's
+    total stride is refused."""
+    sizes = [int(img_size)] * 3 if isinstance(img_size, (int, float)) else [int(s) for s in img_size]
+    if len(sizes) != 3 or len(set(sizes)) != 1:
+        raise ValueError(f"{name}: img_size must be one edge or three equal ones (an isotropic crop), got {img_size!r}")
+    given = [v is not None for v in (features, strides, blocks, decoder_convs)]
+    if any(given) and not all(given):
+        raise ValueError(f"{name}: give features, strides, blocks and decoder_convs together (an explicit plan), or none")
+    plan = (plan_resenc(sizes[0], size) if features is None else
+            ResEncPlan([int(f) for f in features], [int(s) for s in strides], [int(b) for b in blocks],
+                       [int(c) for c in decoder_convs]))
+    if sizes[0] % plan.total_stride:
+        raise ValueError(f"{name}: crop {sizes[0]} is not a multiple of the plan's total stride {plan.total_stride}")
+    return sizes[0], plan
 
 
 def coordinate_channel(shape: Sequence[int], *, lr_axis: int = 0, reference: int | None = None,
@@ -221,19 +240,10 @@ def resenc_unet(
         features, strides, blocks, decoder_convs: an explicit plan (all four, as a spec records them);
             None: :func:`plan_resenc` of the crop and ``size``.
     """
-    sizes = [int(img_size)] * 3 if isinstance(img_size, (int, float)) else [int(s) for s in img_size]
-    if len(sizes) != 3 or len(set(sizes)) != 1:
-        raise ValueError(f"resenc: img_size must be one edge or three equal ones (an isotropic crop), got {img_size!r}")
     if lr_axis not in (0, 1, 2):
         raise ValueError(f"resenc: lr_axis must be 0, 1 or 2, got {lr_axis!r}")
-    given = [v is not None for v in (features, strides, blocks, decoder_convs)]
-    if any(given) and not all(given):
-        raise ValueError("resenc: give features, strides, blocks and decoder_convs together (an explicit plan), or none")
-    plan = (plan_resenc(sizes[0], size) if features is None else
-            ResEncPlan([int(f) for f in features], [int(s) for s in strides], [int(b) for b in blocks],
-                       [int(c) for c in decoder_convs]))
-    if sizes[0] % plan.total_stride:
-        raise ValueError(f"resenc: crop {sizes[0]} is not a multiple of the plan's total stride {plan.total_stride}")
+    edge, plan = resolve_plan("resenc", img_size, size, features, strides, blocks, decoder_convs)
+    sizes = [edge] * 3
     net = ResEncUNet(plan, in_channels=in_channels, out_channels=out_channels, img_size=sizes,
                      deep_supervision=deep_supervision, coord_channel=coord_channel, lr_axis=lr_axis)
     return record_spec(net, "resenc", {
