@@ -84,7 +84,7 @@ def finetune_segmentation(cfg: FinetuneConfig) -> FitResult:
         resolved["data"]["regions"]["source"] = "none" if regions is None else regions.source  # auto resolved
         # crops start on the brain frame's patch lattice; a network without one (DynUNet) on the coarsest
         # lattice of up to 8 voxels that its crop allows: any crop its own checks take
-        lattice = dict(lattice=math.gcd(patch, 8))
+        lattice = dict(lattice=math.gcd(crop, 8))
         if (grid := capabilities(model).lattice) is not None:
             lattice = dict(lattice=grid[0], lr_axis=resolved["model"]["lr_axis"], reference_size=grid[1])
         trainer_config(cfg)  # bad trainer values stop the run before its folder is touched
