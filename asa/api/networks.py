@@ -22,7 +22,7 @@ from asa.api.schema import SegmenterConfig, network_settings
 from asa.io import load_weights
 from asa.models import NetworkSettings, architectures, build_network, recorded_pretraining
 from asa.models.swvit.patch import patch_grid, to_3tuple
-from asa.models.registry import CASE_COUNTERPARTS, FOLLOWS_PRETRAINING, NETWORK_TASKS, NETWORKS
+from asa.models.registry import NETWORK_TASKS, case_counterpart, network_record
 
 __all__ = ["PretrainedGeometry", "build_case_network", "build_from_config", "case_arch", "pretrained_geometry"]
 
@@ -116,7 +116,7 @@ def build_from_config(
         raise ValueError(f"model.arch={arch}: not a segmentation network; expected one of "
                          f"{', '.join(architectures('segmentation'))}")
     channels = dict(in_channels=in_channels, out_channels=out_channels)
-    if arch not in FOLLOWS_PRETRAINING:
+    if not network_record(arch).follows_pretraining:
         blob = load_weights(pretrained) if pretrained and arch == "resenc" else None  # read once
         if crop is None and blob is not None and "foreign" in blob:  # a published checkpoint's recommended crop
             crop = int(blob["foreign"]["crop"])
@@ -149,13 +149,13 @@ def case_arch(model: ModelSection) -> str:
     or a pretrained file for a network that takes none, is refused naming the option."""
     settings = network_settings(model)
     named = settings.arch
-    arch = CASE_COUNTERPARTS.get(named, named)
+    arch = case_counterpart(named) or named
     if NETWORK_TASKS.get(arch) != "case":
-        names = (*CASE_COUNTERPARTS, *architectures("case"))
+        names = (*(n for n in architectures("segmentation") if case_counterpart(n)), *architectures("case"))
         raise ValueError(f"model.arch={named}: data.task=case takes a case network ({', '.join(names)}: "
                          f"model=tiny|small|base, model=vit_case|swin_case); {named} is a "
                          f"{NETWORK_TASKS.get(named, 'unknown')} network")
-    if settings.pretrained and not callable(getattr(NETWORKS[arch], "load_pretrained", None)):
+    if settings.pretrained and not callable(getattr(network_record(arch).builder, "load_pretrained", None)):
         raise ValueError(f"model.pretrained={settings.pretrained}: model arch {named!r} takes no pretrained "
                          "encoder (asa-pretrain writes SW-ViT and SA-Swin files: model=tiny|small|base or swin_case)")
     return arch
@@ -186,7 +186,7 @@ def build_case_network(
     arch, pretrained, options = case_arch(settings), settings.pretrained, settings.options()
     head = dict(in_channels=in_channels, out_channels=out_channels, pooling=pooling, hidden_dim=hidden_dim,
                 head_dropout=head_dropout, target_shift=target_shift, target_scale=target_scale)
-    if arch not in FOLLOWS_PRETRAINING:
+    if not network_record(arch).follows_pretraining:
         size = crop if crop is not None else default_crop
         net = build_network({"arch": arch, "kwargs": {"img_size": size, **head, **options}})
         return _load(net, arch, pretrained)
