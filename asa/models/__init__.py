@@ -31,7 +31,7 @@ from asa.models.swin.sa_swin import SASwin, SASwinSettings, SymmetryAwareLayer
 from asa.models.swin.sa_swin_pretrain import SAHOutput, SymmetryAwareHead
 from asa.models.swvit.saca import SymmetryCrossAttention, WindowSymmetryCrossAttention, mirror_index
 from asa.models.swvit.segmenter import (SPE_FRAMES, SYMMETRY_KEYS, ASASegmenter, LoadReport, SWViTSegmenter,
-                                        recorded_pretraining)
+                                        SWViTUNetSettings, recorded_pretraining)
 from asa.models.swvit.swvit import SWBlock, SWViT, sw_blocks
 from asa.models.zoo import build_segmentation_network
 
@@ -59,6 +59,7 @@ __all__ = [
     "NetworkRecord",
     "NetworkSettings",
     "SWViTSettings",
+    "SWViTUNetSettings",
     "SASwinSettings",
     "SwinCaseSettings",
     "SwinSettings",
