@@ -181,3 +181,13 @@ def test_a_run_written_with_a_segmenter_section_resumes(tmp_path):
         cfg = config(5, True)
         cfg.model.feature_size = 16
         finetune(cfg)
+
+
+def test_the_decoder_settings_default_to_the_networks_own_defaults():
+    import inspect
+
+    from asa.models import ASASegmenter
+
+    signature = inspect.signature(ASASegmenter).parameters
+    assert {k: getattr(SWViTUNetSettings(arch="swvit_unetr"), k) for k in DECODER} == \
+        {k: signature[k].default for k in DECODER}
