@@ -1,7 +1,7 @@
 """Plug-ins of one kind registered by name: the built-in ones, those registered in this process and
-those installed packages declare in an entry-point group. The pretraining methods (`asa.methods`) and
-the fine-tuning tasks (`asa.api.tasks`) keep theirs in a `Plugins` table; it imports nothing of asa,
-so it sits below both."""
+those installed packages declare in an entry-point group. The networks (`asa.models.registry`, group
+``asa.networks``), the pretraining methods (`asa.methods`) and the fine-tuning tasks (`asa.api.tasks`) keep
+theirs in a `Plugins` table; it imports nothing of asa, so it sits below all three."""
 
 from __future__ import annotations
 

@@ -383,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="check the settings and every run's configuration, list the stages; write and train nothing")
     p.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
                    help="asa-finetune overrides for every fine-tuning run, scratch included "
-                        "(a recipe choice, e.g. segmenter.input_skip=none)")
+                        "(a recipe choice, e.g. model.input_skip=none)")
     args = p.parse_args(argv)
     args.started = time.monotonic()
     name, scale = parse_scale(args)

@@ -1,5 +1,6 @@
-"""The network of a fine-tuning run config: the one place the ``model`` and ``segmenter`` sections become
-a network, and the fine-tuning geometry is resolved against a pretrained file.
+"""The network of a fine-tuning run config: the one place the ``model`` section becomes a network, and the
+fine-tuning geometry is resolved against a pretrained file (with the ``segmenter`` section's options of
+following one).
 
 The ``model`` section arrives as the typed settings of its network (`asa.models.NetworkSettings`, checked by
 `asa.api.schema.network_settings`). No branch here names an architecture: what a network takes is what it
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,11 +24,10 @@ from asa.api.schema import SegmenterConfig, network_settings
 from asa.io import load_weights
 from asa.models import NetworkSettings, architectures, build_network, recorded_pretraining
 from asa.models.swvit.patch import patch_grid, to_3tuple
-from asa.models.registry import CASE_COUNTERPARTS, FOLLOWS_PRETRAINING, NETWORK_TASKS, NETWORKS
+from asa.models.registry import NETWORK_TASKS, case_counterpart, network_record
 
 __all__ = ["PretrainedGeometry", "build_case_network", "build_from_config", "case_arch", "pretrained_geometry"]
 
-SEGMENTER_OPTIONS = ("feature_size", "input_skip", "spe_frame")  # segmenter.*: the SW-ViT U-Net decoder's
 ModelSection = NetworkSettings | Mapping[str, Any]  # typed settings, or a mapping typed by `network_settings`
 
 
@@ -98,7 +99,8 @@ def build_from_config(
     crop: int | None,
     default_crop: int | None = None,
 ) -> nn.Module:
-    """The segmentation network of a run config's ``model`` and ``segmenter`` sections.
+    """The segmentation network of a run config's ``model`` section (``segmenter``: how it follows its
+    pretraining file, for a network registered with ``follows_pretraining``).
 
     ``model`` is the network's settings (`asa.models.NetworkSettings`; a mapping is typed by
     `asa.api.schema.network_settings`): ``arch`` picks the network (default ``swvit_unetr``), ``pretrained``
@@ -107,8 +109,10 @@ def build_from_config(
     recorded in that file, else ``default_crop``. For such a network a crop whose patch grid differs from the
     pretraining grid is an error unless ``segmenter.allow_grid_change`` (then the brain frame keeps the
     pretraining grid as its reference); ``model.pos_mode`` / ``model.lr_axis`` null take the file's
-    values, else ``mirror`` / 0 (`pretrained_geometry`); ``segmenter.*`` sets its decoder. The effective
-    values are the network's ``img_size``, ``pos_mode``, ``lr_axis``, ``spe_frame`` and ``reference_grid``.
+    values, else ``mirror`` / 0 (`pretrained_geometry`). The effective values are the network's ``img_size``,
+    ``pos_mode``, ``lr_axis`` and ``reference_grid``: what such a network takes from a pretrained file
+    besides its own settings (`asa.models.register_network`), and nothing else. A network that does not
+    follow a pretraining file refuses the ``segmenter`` options, naming them.
     """
     settings = network_settings(model)
     arch, pretrained, options = settings.arch, settings.pretrained, settings.options()
@@ -116,7 +120,13 @@ def build_from_config(
         raise ValueError(f"model.arch={arch}: not a segmentation network; expected one of "
                          f"{', '.join(architectures('segmentation'))}")
     channels = dict(in_channels=in_channels, out_channels=out_channels)
-    if arch not in FOLLOWS_PRETRAINING:
+    if not isinstance(segmenter, SegmenterConfig):  # a mapping: the keys it gives, the rest at the schema's defaults
+        segmenter = SegmenterConfig(**segmenter)
+    if not network_record(arch).follows_pretraining:
+        for key, value in asdict(segmenter).items():
+            if value != getattr(SegmenterConfig, key):
+                raise ValueError(f"segmenter.{key}={value}: model arch {arch!r} does not follow a pretraining file's "
+                                 "geometry (the segmenter options are for networks that do, e.g. model=tiny|small|base)")
         blob = load_weights(pretrained) if pretrained and arch == "resenc" else None  # read once
         if crop is None and blob is not None and "foreign" in blob:  # a published checkpoint's recommended crop
             crop = int(blob["foreign"]["crop"])
@@ -128,17 +138,14 @@ def build_from_config(
         if blob is not None:
             return _load(net, arch, pretrained, lambda: net.load_pretrained(pretrained, checkpoint=blob))
         return _load(net, arch, pretrained)
-    if not isinstance(segmenter, SegmenterConfig):  # a mapping: the keys it gives, the rest at the schema's defaults
-        segmenter = SegmenterConfig(**segmenter)
     allow_grid_change = segmenter.allow_grid_change
-    geometry = pretrained_geometry(pretrained, crop=crop, pos_mode=options.pop("pos_mode"),
-                                   lr_axis=options.pop("lr_axis"), default_crop=default_crop,
+    geometry = pretrained_geometry(pretrained, crop=crop, pos_mode=options.pop("pos_mode", None),
+                                   lr_axis=options.pop("lr_axis", None), default_crop=default_crop,
                                    reference_grid=segmenter.reference_grid,
                                    allow_grid_change=allow_grid_change)
-    decoder = {key: getattr(segmenter, key) for key in SEGMENTER_OPTIONS}
     net = build_network({"arch": arch, "kwargs": {
         "img_size": (geometry.crop,) * 3, **channels, "pos_mode": geometry.pos_mode, "lr_axis": geometry.lr_axis,
-        **decoder, "reference_grid": geometry.reference_grid, **options}})
+        "reference_grid": geometry.reference_grid, **options}})
     return _load(net, arch, pretrained, lambda: net.load_pretrained(pretrained, checkpoint=geometry.checkpoint,
                                                                     allow_grid_change=allow_grid_change))
 
@@ -149,16 +156,32 @@ def case_arch(model: ModelSection) -> str:
     or a pretrained file for a network that takes none, is refused naming the option."""
     settings = network_settings(model)
     named = settings.arch
-    arch = CASE_COUNTERPARTS.get(named, named)
+    arch = case_counterpart(named) or named
     if NETWORK_TASKS.get(arch) != "case":
-        names = (*CASE_COUNTERPARTS, *architectures("case"))
+        names = (*(n for n in architectures("segmentation") if case_counterpart(n)), *architectures("case"))
         raise ValueError(f"model.arch={named}: data.task=case takes a case network ({', '.join(names)}: "
                          f"model=tiny|small|base, model=vit_case|swin_case); {named} is a "
                          f"{NETWORK_TASKS.get(named, 'unknown')} network")
-    if settings.pretrained and not callable(getattr(NETWORKS[arch], "load_pretrained", None)):
+    if settings.pretrained and not callable(getattr(network_record(arch).builder, "load_pretrained", None)):
         raise ValueError(f"model.pretrained={settings.pretrained}: model arch {named!r} takes no pretrained "
                          "encoder (asa-pretrain writes SW-ViT and SA-Swin files: model=tiny|small|base or swin_case)")
     return arch
+
+
+def _case_options(settings: NetworkSettings, arch: str) -> dict[str, Any]:
+    """The options of ``settings`` that the case network ``arch`` takes: the fields of its own settings (those
+    of the segmentation network whose preset named it may hold more, e.g. the SW-ViT U-Net's decoder); one it
+    lacks, set to other than its default, is refused naming it."""
+    own = network_record(arch).settings
+    options = settings.options()
+    if own is None or type(settings) is own:
+        return options
+    taken, defaults = {f.name for f in fields(own)}, type(settings)(arch=settings.arch)
+    for key, value in options.items():
+        if key not in taken and value != getattr(defaults, key):
+            raise ValueError(f"model.{key}={value}: data.task=case builds the case network {arch!r}, which has no "
+                             f"such option; it takes {', '.join(f.name for f in fields(own))}")
+    return {key: value for key, value in options.items() if key in taken}
 
 
 def build_case_network(
@@ -183,15 +206,16 @@ def build_case_network(
     encoder initialised from ``model.pretrained`` (an SW-ViT file's grid must be the crop's, DESIGN §1.2;
     ``swin_case``: an SA-Swin pretraining file)."""
     settings = network_settings(model)
-    arch, pretrained, options = case_arch(settings), settings.pretrained, settings.options()
+    arch, pretrained = case_arch(settings), settings.pretrained
+    options = _case_options(settings, arch)
     head = dict(in_channels=in_channels, out_channels=out_channels, pooling=pooling, hidden_dim=hidden_dim,
                 head_dropout=head_dropout, target_shift=target_shift, target_scale=target_scale)
-    if arch not in FOLLOWS_PRETRAINING:
+    if not network_record(arch).follows_pretraining:
         size = crop if crop is not None else default_crop
         net = build_network({"arch": arch, "kwargs": {"img_size": size, **head, **options}})
         return _load(net, arch, pretrained)
-    geometry = pretrained_geometry(pretrained, crop=crop, pos_mode=options.pop("pos_mode"),
-                                   lr_axis=options.pop("lr_axis"), default_crop=default_crop)
+    geometry = pretrained_geometry(pretrained, crop=crop, pos_mode=options.pop("pos_mode", None),
+                                   lr_axis=options.pop("lr_axis", None), default_crop=default_crop)
     net = build_network({"arch": arch, "kwargs": {
         "img_size": to_3tuple(geometry.crop, "data.crop"), "pos_mode": geometry.pos_mode, "lr_axis": geometry.lr_axis,
         **head, **options}})

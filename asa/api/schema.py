@@ -32,8 +32,8 @@ from asa.models import (DEFAULT_CROP, NETWORK_SETTINGS, PRESETS, RENAMED_NETWORK
                         EncoderSettings, NetworkSettings)
 from asa.models.cnn.resenc import RESENC_SIZES
 from asa.models.heads.case_head import POOLINGS
+from asa.models.registry import network_record
 from asa.models.swvit.position import POSITION_MODES
-from asa.models.swvit.segmenter import INPUT_SKIPS, SPE_FRAMES
 from asa.train import TrainerSettings
 from asa.train.case_targets import REGRESSION_LOSSES
 from asa.train.optim import OPTIMIZERS
@@ -63,6 +63,11 @@ MOVED_KEYS = {
     "segmenter.pos_mode": "model.pos_mode", "segmenter.lr_axis": "model.lr_axis",
     "data.size": "data.crop", "data.patch_size": "data.crop",  # the crop edge of pretraining / fine-tuning
 }
+# the SW-ViT U-Net's decoder options, now its network settings (asa.models.SWViTUNetSettings): moved keys whose
+# values a saved run config carries to the new place (`current_config`), for the network that read them
+CARRIED_KEYS = {"segmenter.feature_size": "model.feature_size", "segmenter.input_skip": "model.input_skip",
+                "segmenter.spe_frame": "model.spe_frame"}
+MOVED_KEYS |= CARRIED_KEYS
 
 
 # values renamed since 0.1.0, per dotted key: a run folder written before resumes under the new value,
@@ -80,21 +85,30 @@ def current_value(key: str, value: Any) -> Any:
 def current_config(saved: Any) -> dict[str, Any]:
     """A run config written by this or an earlier asa (a resumed run's, a checkpoint's) as this version reads
     it: renamed values under their names now (`RENAMED_VALUES`); a fine-tuning ``model`` section (one beside
-    a ``segmenter`` section) with each setting its network's settings gained since at its default, which
-    is what that run built with, and without the null symmetry settings earlier versions stated for every
-    network (a network without them was never handed them). A copy; the rest as it is."""
+    a ``segmenter`` section) with the decoder options its ``segmenter`` section held (`CARRIED_KEYS`: a
+    network that follows its pretraining read them; any other never did, so they are left out), each setting
+    its network's settings gained since at its default, which is what that run built with, and without the
+    null symmetry settings earlier versions stated for every network (a network without them was never
+    handed them). A copy; the rest as it is."""
     cfg = copy.deepcopy(dict(saved))
     for key in RENAMED_VALUES:  # dotted keys of a section: "model.arch"
         section, leaf = key.split(".")
         if isinstance(node := cfg.get(section), Mapping) and leaf in node:
             cfg[section] = {**node, leaf: current_value(key, node[leaf])}
     model = cfg.get("model")
-    if "segmenter" in cfg and isinstance(model, Mapping):
-        cls = NETWORK_SETTINGS.get(model.get("arch", DEFAULT_ARCH))
+    if isinstance(segmenter := cfg.get("segmenter"), Mapping) and isinstance(model, Mapping):
+        arch = model.get("arch", DEFAULT_ARCH)
+        cls, record = NETWORK_SETTINGS.get(arch), network_record(arch)
+        taken = {f.name for f in fields(cls)} if cls is not None and record.follows_pretraining else set()
+        carried = {place.split(".")[1]: segmenter[old.split(".")[1]] for old, place in CARRIED_KEYS.items()
+                   if old.split(".")[1] in segmenter and place.split(".")[1] in taken}
+        cfg["segmenter"] = {k: v for k, v in segmenter.items() if f"segmenter.{k}" not in CARRIED_KEYS}
+        model = {**model, **carried}
         if cls is not None:
-            defaults = {f.name: getattr(cls(arch=model.get("arch", DEFAULT_ARCH)), f.name) for f in fields(cls)}
+            defaults = {f.name: getattr(cls(arch=arch), f.name) for f in fields(cls)}
             kept = {k: v for k, v in model.items() if k in defaults or v is not None}
-            cfg["model"] = {**defaults, **kept}
+            model = {**defaults, **kept}
+        cfg["model"] = model
     return cfg
 
 
@@ -270,17 +284,14 @@ class FinetuneOptimConfig(OptimConfig):
 
 @dataclass
 class SegmenterConfig:
-    """``ASASegmenter`` settings beyond the encoder sizes."""
+    """How a network that follows its pretraining (`asa.models.NetworkRecord.follows_pretraining`) keeps the
+    pretrained file's geometry: options of following a file, not of one network (its decoder's options are
+    its ``model`` settings: ``segmenter.feature_size`` is now ``model.feature_size``)."""
 
-    # brain (codes of the brain frame, crops/windows on its patch lattice) | crop (one fixed table per crop, ablation)
-    spe_frame: str = one_of("brain", SPE_FRAMES)
     allow_grid_change: bool = False  # true: a crop grid other than the pretraining grid only warns
     # the brain frame's grid in patches; null: the pretraining grid (the crop grid from scratch); another than
     # model.pretrained's is refused
     reference_grid: Optional[List[int]] = None
-    feature_size: int = 16  # decoder width (UNETR blocks)
-    # full (paper) | none | a factor in [0, 1]: the decoder's full-resolution path from the raw image
-    input_skip: Any = one_of("full", INPUT_SKIPS, number=(0, 1))
 
 
 @dataclass

@@ -24,13 +24,14 @@ from asa.models.portable import ENCODER_MODULES, VolumeEncoder, export_for_monai
 from asa.models.swvit.position import brain_frame_encoding, position_index, symmetric_position_encoding
 from asa.models.presets import DEFAULT_CROP, PRESETS, SWIN_SIZES
 from asa.models.swvit.region_attention import RegionAttention, patch_regions
-from asa.models.registry import (NETWORK_SETTINGS, NETWORKS, RENAMED_NETWORKS, NetworkSettings, architectures,
-                                 build_network, current_spec, network_spec, record_spec, register_network)
+from asa.models.registry import (NETWORK_SETTINGS, NETWORKS, RENAMED_NETWORKS, NetworkRecord, NetworkSettings,
+                                 architectures, build_network, current_spec, network_spec, record_spec,
+                                 register_network, registered_networks)
 from asa.models.swin.sa_swin import SASwin, SASwinSettings, SymmetryAwareLayer
 from asa.models.swin.sa_swin_pretrain import SAHOutput, SymmetryAwareHead
 from asa.models.swvit.saca import SymmetryCrossAttention, WindowSymmetryCrossAttention, mirror_index
 from asa.models.swvit.segmenter import (SPE_FRAMES, SYMMETRY_KEYS, ASASegmenter, LoadReport, SWViTSegmenter,
-                                        recorded_pretraining)
+                                        SWViTUNetSettings, recorded_pretraining)
 from asa.models.swvit.swvit import SWBlock, SWViT, sw_blocks
 from asa.models.zoo import build_segmentation_network
 
@@ -55,8 +56,10 @@ __all__ = [
     "EncoderOptions",
     "EncoderSettings",
     "NETWORK_SETTINGS",
+    "NetworkRecord",
     "NetworkSettings",
     "SWViTSettings",
+    "SWViTUNetSettings",
     "SASwinSettings",
     "SwinCaseSettings",
     "SwinSettings",
@@ -111,6 +114,7 @@ __all__ = [
     "reconstruction_objective",
     "record_spec",
     "register_network",
+    "registered_networks",
     "position_index",
     "sw_blocks",
     "symmetric_position_encoding",

@@ -1,7 +1,11 @@
 """Every network asa builds, by name, and the network spec that rebuilds one.
 
 A network registers itself in its own file with :func:`register_network` (a decorator on the class or
-function that takes the spec's flat keyword arguments), so adding a network means adding a file.
+function that takes the spec's flat keyword arguments), so adding a network means adding a file; an installed
+package declares its networks in the entry-point group ``asa.networks`` (each entry names a registered
+builder or the module that registers them), so they reach the console scripts too. Each network is one
+:class:`NetworkRecord` in :data:`RECORDS`; ``NETWORKS``, ``NETWORK_TASKS``, ``ENCODER_MODULES`` and
+``NETWORK_SETTINGS`` are read-only views of one column of it.
 A network that a fine-tuning run config may name (``model.arch``) registers its typed settings with it
 (``settings=``, a :class:`NetworkSettings` subclass): the fields of the ``model`` section it takes,
 with their types, defaults and choices (`asa.choices.one_of`), against which a run config is checked.
@@ -15,11 +19,14 @@ This module imports nothing else of :mod:`asa.models`: every network file may im
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields, is_dataclass
+from types import ModuleType
 from typing import Any, Optional, TypeVar
 
 from torch import nn
+
+from asa.plugins import Plugins
 
 TASKS = ("segmentation", "pretraining", "case", "encoder")  # encoder: a network's encoder alone
 # omegaconf's marker of a required value, stated rather than imported: the networks (and asa.load_encoder)
@@ -28,22 +35,8 @@ MISSING = "???"  # case: a classification / regression head
 
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 Net = TypeVar("Net", bound=nn.Module)
+ENTRY_POINT_GROUP = "asa.networks"
 
-# name -> the class or function that builds the network from a spec's flat keyword arguments
-NETWORKS: dict[str, Callable[..., nn.Module]] = {}
-# name -> "segmentation" (logits [B, K, D, H, W]) or "pretraining"
-NETWORK_TASKS: dict[str, str] = {}
-# name -> the encoder submodule of a network that has one: its state-dict keys are "<module>.*" in
-# checkpoints and encoder exports
-ENCODER_MODULES: dict[str, str] = {}
-# names of the SW-ViT networks whose input geometry follows a pretraining file: the crop edge, the
-# position code, the symmetric axis and the brain frame's reference grid (`asa.api.networks`)
-FOLLOWS_PRETRAINING: set[str] = set()
-# a segmentation network's name -> the case network on the same encoder (a model preset names the
-# segmentation network; a case run builds its case counterpart)
-CASE_COUNTERPARTS: dict[str, str] = {}
-# name -> the typed settings of a network a run config's ``model`` section may name
-NETWORK_SETTINGS: dict[str, type[NetworkSettings]] = {}
 # a network's name before it was renamed -> its name now: the specs of files written before are read
 # under the new name (`current_spec`), a config that names the old one is refused naming the new
 RENAMED_NETWORKS = {"asa": "swvit_unetr"}  # the SW-ViT U-Net segmenter was "asa" (the package's name)
@@ -70,41 +63,106 @@ class NetworkSettings:
         return None
 
 
+@dataclass(frozen=True)
+class NetworkRecord:
+    """What a network declared when it registered (`register_network`): its ``builder`` (the class or
+    function taking a spec's flat keyword arguments), its ``task``, the ``encoder`` submodule whose weights
+    an encoder export holds (None: none), whether it ``follows_pretraining`` (takes ``img_size``,
+    ``pos_mode``, ``lr_axis`` and ``reference_grid`` from a pretraining file, `asa.api.networks`),
+    the segmentation network it is the case counterpart of (``case_of``) and its run-config ``settings``."""
+
+    builder: Callable[..., nn.Module]
+    task: str
+    encoder: Optional[str] = None
+    follows_pretraining: bool = False
+    case_of: Optional[str] = None
+    settings: Optional[type[NetworkSettings]] = None
+
+
+RECORDS = Plugins("network", ENTRY_POINT_GROUP)  # name -> NetworkRecord
+
+
+def _installed(entry: Any) -> None:
+    """An entry point of ``asa.networks``, loaded (which registered its networks): a registered builder or a
+    module; anything else is refused naming it."""
+    if not (isinstance(entry, ModuleType) or any(r.builder is entry for r in RECORDS.values())):
+        raise TypeError(f"entry point of {ENTRY_POINT_GROUP}: {entry!r} is neither a module nor a builder "
+                        "registered with asa.models.register_network")
+
+
+def registered_networks() -> dict[str, NetworkRecord]:
+    """Every network: asa's, those registered in this process and those of the ``asa.networks`` entry points."""
+    return RECORDS.installed(_installed)
+
+
+def network_record(name: str) -> NetworkRecord | None:
+    """The record of the network registered as ``name`` (None: no such network)."""
+    return registered_networks().get(name)
+
+
+class _Column(Mapping):
+    """A read-only view ``name -> <one field of its record>`` of the networks whose field is set."""
+
+    def __init__(self, column: str) -> None:
+        self.column = column
+
+    def _rows(self) -> dict[str, Any]:
+        return {name: value for name, record in registered_networks().items()
+                if (value := getattr(record, self.column)) is not None}
+
+    def __getitem__(self, name: str) -> Any:
+        return self._rows()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows())
+
+    def __len__(self) -> int:
+        return len(self._rows())
+
+    def __repr__(self) -> str:
+        return f"{self._rows()!r}"
+
+
+NETWORKS: Mapping[str, Callable[..., nn.Module]] = _Column("builder")  # name -> what builds it from a spec
+NETWORK_TASKS: Mapping[str, str] = _Column("task")  # name -> segmentation | pretraining | case | encoder
+ENCODER_MODULES: Mapping[str, str] = _Column("encoder")  # name -> its encoder submodule ("<module>.*" keys)
+NETWORK_SETTINGS: Mapping[str, type[NetworkSettings]] = _Column("settings")  # name -> its model section
+
+
 def register_network(name: str, *, task: str, encoder: str | None = None, follows_pretraining: bool = False,
                      case_of: str | None = None,
                      settings: type[NetworkSettings] | None = None) -> Callable[[Builder], Builder]:
     """Register the decorated class or function as the network ``name`` of ``task``
     (``segmentation``, ``pretraining`` or ``case``); it takes the flat keyword arguments of a network spec.
     ``encoder``: the submodule whose weights an encoder export holds, if any. ``follows_pretraining``:
-    an SW-ViT network whose crop, position code, symmetric axis and reference grid a pretraining file
-    sets (it takes ``img_size``, ``pos_mode``, ``lr_axis`` and ``reference_grid``). ``case_of``: the
-    segmentation network whose model presets a case run builds this case network from. ``settings``:
-    the typed ``model`` section of a run config that names this network (None: no run config can)."""
+    a network whose crop, position code, symmetric axis and reference grid a pretraining file sets (it
+    takes ``img_size``, ``pos_mode``, ``lr_axis`` and ``reference_grid``, and nothing else from the file).
+    ``case_of``: the segmentation network whose model presets a case run builds this case network from.
+    ``settings``: the typed ``model`` section of a run config that names this network (None: no run config
+    can). Registering the same builder again is a no-op; another under a taken name is an error."""
     if task not in TASKS:
         raise ValueError(f"register_network({name!r}): task must be one of {TASKS}, got {task!r}")
     if settings is not None and not (is_dataclass(settings) and issubclass(settings, NetworkSettings)):
         raise TypeError(f"register_network({name!r}): settings must be a NetworkSettings dataclass, got {settings!r}")
 
     def register(build: Builder) -> Builder:
-        if NETWORKS.get(name, build) is not build:
-            raise ValueError(f"network {name!r} is registered already (by {NETWORKS[name].__qualname__})")
-        NETWORKS[name], NETWORK_TASKS[name] = build, task
-        if encoder is not None:
-            ENCODER_MODULES[name] = encoder
-        if follows_pretraining:
-            FOLLOWS_PRETRAINING.add(name)
-        if case_of is not None:
-            CASE_COUNTERPARTS[case_of] = name
-        if settings is not None:
-            NETWORK_SETTINGS[name] = settings
+        known = RECORDS.get(name)
+        if known is not None and known.builder is not build:
+            raise ValueError(f"network {name!r} is registered already (by {known.builder.__qualname__})")
+        RECORDS[name] = NetworkRecord(build, task, encoder, follows_pretraining, case_of, settings)
         return build
 
     return register
 
 
 def architectures(task: str) -> tuple[str, ...]:
-    """The names of the registered networks of ``task`` (``segmentation`` or ``pretraining``)."""
-    return tuple(name for name in NETWORKS if NETWORK_TASKS.get(name) == task)
+    """The names of the registered networks of ``task`` (``segmentation``, ``pretraining``, ``case``)."""
+    return tuple(name for name, record in registered_networks().items() if record.task == task)
+
+
+def case_counterpart(name: str) -> str | None:
+    """The case network registered as the counterpart (``case_of``) of the segmentation network ``name``."""
+    return next((n for n, record in registered_networks().items() if record.case_of == name), None)
 
 
 def current_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -129,9 +187,9 @@ def build_network(spec: Mapping[str, Any]) -> nn.Module:
     if not isinstance(spec, Mapping) or not isinstance(spec.get("kwargs"), Mapping):
         raise ValueError(f"network spec must be {{'arch': name, 'kwargs': {{...}}}}, got {spec!r}")
     arch = current_spec(spec).get("arch")
-    if arch not in NETWORKS:
-        raise ValueError(f"network spec: unknown arch {arch!r}; expected one of {tuple(NETWORKS)}")
-    net = NETWORKS[arch](**spec["kwargs"])
+    if (record := network_record(arch)) is None:
+        raise ValueError(f"network spec: unknown arch {arch!r}; expected one of {tuple(registered_networks())}")
+    net = record.builder(**spec["kwargs"])
     return record_spec(net, arch, getattr(net, "network_kwargs", None) or spec["kwargs"])
 
 

@@ -20,7 +20,7 @@ from asa.api.networks import build_from_config
 from asa.api.schema import as_config, current_config, network_settings
 from asa.models import (NETWORK_SETTINGS, NETWORKS, SWIN_SIZES, NetworkSettings, SASwinSettings, SWViTSettings, UNETRSettings,
                         network_spec, record_spec, register_network)
-from asa.models.registry import NETWORK_TASKS
+from asa.models.registry import NETWORK_TASKS, RECORDS
 from asa.train.checkpoint import IncompatibleCheckpointError, check_compatible
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -136,8 +136,7 @@ class _Wide(nn.Module):
 def wide_network():
     register_network("test_wide", task="segmentation", settings=_WideSettings)(_Wide)
     yield
-    for table in (NETWORKS, NETWORK_TASKS, NETWORK_SETTINGS):
-        table.pop("test_wide", None)
+    RECORDS.pop("test_wide", None)
 
 
 def test_a_network_registered_from_outside_is_checked_and_built_by_its_settings(wide_network):

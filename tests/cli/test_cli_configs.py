@@ -144,9 +144,9 @@ CHOICE_MISTAKES = [  # (entry, key, bad value, the allowed values the message mu
     ("pretrain", "optim.schedule", "cosin", "cosine, poly, constant"),
     ("pretrain", "data.on_bad_case", "skp", "error, skip"),
     ("finetune", "model.pos_mode", "mirrror", "mirror, paper, none or null"),
-    ("finetune", "segmenter.spe_frame", "brian", "brain, crop"),
-    ("finetune", "segmenter.input_skip", "fulll", "full, none or a number in [0, 1]"),
-    ("finetune", "segmenter.input_skip", "1.5", "full, none or a number in [0, 1]"),
+    ("finetune", "model.spe_frame", "brian", "brain, crop"),
+    ("finetune", "model.input_skip", "fulll", "full, none or a number in [0, 1]"),
+    ("finetune", "model.input_skip", "1.5", "full, none or a number in [0, 1]"),
     ("finetune", "model.saca", "x", "none, decoder, encoder, all"),  # the free-form model group too
     ("finetune", "model.region_attention", "al", "none, alternate, all"),
     ("finetune", "data.regions.source", "clust", "auto, none, cluster, file, label"),
@@ -448,7 +448,7 @@ def test_finetune_defaults_are_the_encoder_aware_recipe_and_sgd_is_the_papers():
     opt = cfg.optim
     assert (opt.name, opt.base_lr, opt.weight_decay, list(opt.betas), opt.schedule) == ("adamw", 1e-3, 0.05, [0.9, 0.98], "poly")
     assert (opt.encoder_lr_scale, opt.scratch_encoder_lr_scale, opt.warmup_fraction) == (0.5, 1.0, 0.05)
-    assert cfg.trainer.clip_grad == 1.0 and cfg.segmenter.input_skip == "full"
+    assert cfg.trainer.clip_grad == 1.0 and cfg.model.input_skip == "full"
     paper = compose_config("finetune", ["optim=sgd"])
     assert (paper.optim.name, paper.optim.base_lr, paper.optim.momentum, paper.optim.nesterov) == ("sgd", 0.01, 0.99, True)
     assert (paper.optim.encoder_lr_scale, paper.optim.layer_decay, paper.optim.freeze_encoder_epochs) == (1.0, 1.0, 0)

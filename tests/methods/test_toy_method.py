@@ -20,7 +20,7 @@ from asa.data import write_demo_dataset
 from asa.api.networks import build_from_config
 from asa.models import PRESETS, EncoderSettings
 from asa.models.swvit.patch import patchify
-from asa.models.registry import ENCODER_MODULES, NETWORK_TASKS, NETWORKS, register_network
+from asa.models.registry import RECORDS, register_network
 from asa.models.zoo import build_network
 
 
@@ -69,8 +69,8 @@ def toy():
     register_network("toy_denoise", task="pretraining", encoder="encoder")(DenoisingAutoencoder)
     register_method(Denoise)
     yield
-    for table in (METHODS, NETWORKS, NETWORK_TASKS, ENCODER_MODULES):
-        table.pop("toy_denoise")
+    METHODS.pop("toy_denoise")
+    RECORDS.pop("toy_denoise")
 
 
 def _overrides(out, cache, *extra):

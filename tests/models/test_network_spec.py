@@ -166,8 +166,9 @@ class _Toy(nn.Module):
 
 
 def test_a_network_registered_from_its_own_file_builds_saves_and_rebuilds(monkeypatch, tmp_path):
-    for table in ("NETWORKS", "NETWORK_TASKS", "ENCODER_MODULES"):
-        monkeypatch.setattr(registry, table, dict(getattr(registry, table)))
+    for name in ("toy", "plain"):  # gone again after the test
+        monkeypatch.setitem(registry.RECORDS, name, None)
+        monkeypatch.delitem(registry.RECORDS, name)
     register_network("toy", task="pretraining", encoder="stem")(_Toy)
     net = build_network({"arch": "toy", "kwargs": {"channels": 3}})
     assert network_spec(net) == {"arch": "toy", "kwargs": {"channels": 3}}
@@ -183,3 +184,43 @@ def test_a_network_registered_from_its_own_file_builds_saves_and_rebuilds(monkey
     register_network("plain", task="segmentation")(lambda **kw: nn.Linear(kw["width"], 2))  # records nothing
     plain = build_network({"arch": "plain", "kwargs": {"width": 4}})  # records the spec it was built from
     assert network_spec(plain) == {"arch": "plain", "kwargs": {"width": 4}}
+
+
+def test_each_network_is_one_record_and_the_tables_are_its_columns():
+    records = registry.registered_networks()
+    assert set(records) == set(NETWORKS) and all(NETWORKS[n] is r.builder for n, r in records.items())
+    assert {n: r.encoder for n, r in records.items() if r.encoder} == dict(ENCODER_MODULES)
+    assert registry.network_record("swvit_unetr").follows_pretraining and registry.case_counterpart("swvit_unetr") == "case_head"
+    with pytest.raises(TypeError):  # the views are read-only: a network is added by registering it
+        NETWORKS["x"] = nn.Identity  # type: ignore[index]
+
+
+_OUTSIDE = '''
+from torch import nn
+from asa.models import register_network
+
+@register_network("outside_seg", task="segmentation", encoder="body")
+class Outside(nn.Module):
+    def __init__(self, *, img_size, in_channels, out_channels):
+        super().__init__()
+        self.body = nn.Conv3d(in_channels, out_channels, 1)
+'''
+
+
+def test_an_installed_package_declares_its_networks_in_the_entry_point_group(monkeypatch, tmp_path):
+    import importlib.metadata
+
+    (tmp_path / "outside_networks.py").write_text(_OUTSIDE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry.RECORDS, "_read", False)  # read the group again, as a fresh process does
+    entries = {"asa.networks": [importlib.metadata.EntryPoint("outside", "outside_networks:Outside", "asa.networks")]}
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: entries.get(group, []))
+    monkeypatch.setitem(registry.RECORDS, "outside_seg", None)  # gone again after the test
+    monkeypatch.delitem(registry.RECORDS, "outside_seg")
+    assert "outside_seg" in architectures("segmentation") and ENCODER_MODULES["outside_seg"] == "body"
+    net = build_network({"arch": "outside_seg", "kwargs": {"img_size": 8, "in_channels": 2, "out_channels": 3}})
+    assert net.body.out_channels == 3 and network_spec(net)["arch"] == "outside_seg"
+    entries["asa.networks"] = [importlib.metadata.EntryPoint("bad", "outside_networks:register_network", "asa.networks")]
+    monkeypatch.setattr(registry.RECORDS, "_read", False)
+    with pytest.raises(TypeError, match="entry point of asa.networks: .* is neither a module nor a builder registered"):
+        registry.registered_networks()

@@ -57,7 +57,7 @@ def test_input_skip_scale_multiplies_the_full_resolution_features():
 
 @pytest.mark.parametrize("bad", ["half", 1.5, -0.1, True])
 def test_bad_input_skip(bad):
-    with pytest.raises(ValueError, match="segmenter.input_skip"):
+    with pytest.raises(ValueError, match="model.input_skip"):
         _net(input_skip=bad)
 
 

@@ -228,9 +228,9 @@ class EncoderOptions:
 
 @dataclass
 class SWViTSettings(EncoderOptions, NetworkSettings):
-    """The ``model`` section of the SW-ViT networks (``swvit_unetr``, its case counterpart ``case_head``):
-    the encoder's options and ``dropout`` in its blocks. The decoder of the segmenter is the run
-    config's ``segmenter`` section."""
+    """The ``model`` section of the SW-ViT networks (the case head ``case_head``; the U-Net ``swvit_unetr``
+    adds its decoder's, `asa.models.swvit.segmenter.SWViTUNetSettings`): the encoder's options and
+    ``dropout`` in its blocks."""
 
     dropout: float = in_range(0.0, 0.0, 1.0)
 

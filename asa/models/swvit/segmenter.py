@@ -15,6 +15,7 @@ import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from torch import nn
 
+from asa.choices import in_range, one_of
 from asa.io import load_weights
 from asa.models.declared import Capabilities
 from asa.models.swvit.encoder import ENCODER_PREFIX, EncoderSettings, SWViTEncoder, SWViTSettings
@@ -48,6 +49,19 @@ class LoadReport:
 
 
 SPE_FRAMES = ("brain", "crop")
+INPUT_SKIPS = ("full", "none")
+
+
+@dataclass
+class SWViTUNetSettings(SWViTSettings):
+    """The ``model`` section of the SW-ViT U-Net (``swvit_unetr``, the ``model=tiny|small|base`` presets):
+    the encoder's options (:class:`SWViTSettings`) and its decoder's (once a ``segmenter`` section)."""
+
+    feature_size: int = in_range(16, 1)  # decoder width (UNETR blocks)
+    # full (paper) | none | a factor in [0, 1]: the decoder's full-resolution path from the raw image
+    input_skip: Any = one_of("full", INPUT_SKIPS, number=(0, 1))
+    # brain (codes of the brain frame, crops/windows on its patch lattice) | crop (one fixed table per crop, ablation)
+    spe_frame: str = one_of("brain", SPE_FRAMES)
 
 
 SW_VIT_GEOMETRY = ("img_size", "patch_size", "pos_mode", "lr_axis")  # what a spec records of an SW-ViT encoder
@@ -306,7 +320,7 @@ class SWViTSegmenter(nn.Module):
 
 
 @register_network("swvit_unetr", task="segmentation", encoder="encoder", follows_pretraining=True,
-                  settings=SWViTSettings)
+                  settings=SWViTUNetSettings)
 class ASASegmenter(SWViTSegmenter):
     """The segmentation network on the SW-ViT encoder (:class:`SWViTSegmenter`), built from the flat
     settings of its network spec (``swvit_unetr``, named ``asa`` before 2026-11-23): ``ASASegmenter(img_size=128, in_channels=4, out_channels=3)``.
@@ -344,7 +358,6 @@ class ASASegmenter(SWViTSegmenter):
             "dropout": dropout, "spe_frame": spe_frame, "reference_grid": list(self.reference_grid),
             "input_skip": self.input_skip, "saca": saca})
 
-INPUT_SKIPS = ("full", "none")
 
 
 def _check_input_skip(value: str | float) -> str | float:
@@ -353,10 +366,10 @@ def _check_input_skip(value: str | float) -> str | float:
         try:
             value = float(value)
         except ValueError:
-            raise ValueError(f"segmenter.input_skip={value!r}: expected one of {INPUT_SKIPS} or a number in [0, 1]") from None
+            raise ValueError(f"model.input_skip={value!r}: expected one of {INPUT_SKIPS} or a number in [0, 1]") from None
     if not isinstance(value, str):
         if isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f"segmenter.input_skip={value!r}: expected one of {INPUT_SKIPS} or a number in [0, 1]")
+            raise ValueError(f"model.input_skip={value!r}: expected one of {INPUT_SKIPS} or a number in [0, 1]")
         value = float(value)
     return value
 
