@@ -71,14 +71,19 @@ def test_an_index_is_checked_against_its_schema_naming_the_key(tmp_path, index, 
         open_store(tmp_path)
 
 
+
+def _pretrain_on(store, cache, out):
+    """asa-pretrain's config for a tiny run on ``store`` (demo phantoms of ``cache``) into ``out``."""
+    return compose_config("pretrain", ["model=tiny", "trainer=smoke", "data.crop=32", "data.demo.cases=3",
+                                       "data.demo.size=32", f"data.demo.cache_dir={cache}", "device=cpu",
+                                       "probe.every=0", f"data.store={store}", f"output_dir={out}"])
+
 def test_training_from_a_tampered_store_exits_2_naming_the_entry(written, tmp_path, capsys):
     cache, clean = written
     store = _copy(clean, tmp_path / "store")
     first = sorted(json.loads((store / "index.json").read_text())["cases"])[0]
     _tamper_index(store, lambda index: index["cases"][first]["arrays"].update(brain="../../../outside/x.npy"))
-    cfg = compose_config("pretrain", ["model=tiny", "trainer=smoke", "data.crop=32", "data.demo.cases=3",
-                                      "data.demo.size=32", f"data.demo.cache_dir={cache}", "device=cpu",
-                                      "probe.every=0", f"data.store={store}", f"output_dir={tmp_path / 'run'}"])
+    cfg = _pretrain_on(store, cache, tmp_path / "run")
     with pytest.raises(SystemExit) as stop:
         entry("asa-pretrain", pretrain, cfg)
     err = capsys.readouterr().err
@@ -96,9 +101,7 @@ def test_an_array_linked_to_a_file_outside_the_store_is_refused_naming_the_entry
     outside.write_bytes(image.read_bytes())  # a whole array of the right shape: only where it lies is wrong
     image.unlink()
     image.symlink_to(outside)
-    cfg = compose_config("pretrain", ["model=tiny", "trainer=smoke", "data.crop=32", "data.demo.cases=3",
-                                      "data.demo.size=32", f"data.demo.cache_dir={cache}", "device=cpu",
-                                      "probe.every=0", f"data.store={store}", f"output_dir={tmp_path / 'run'}"])
+    cfg = _pretrain_on(store, cache, tmp_path / "run")
     with pytest.raises(SystemExit) as stop:
         entry("asa-pretrain", pretrain, cfg)
     err = capsys.readouterr().err

@@ -51,14 +51,14 @@ class VisibleMask:
 
     def __init__(self) -> None:
         self.blocks: torch.Tensor | None = None
-        self._cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self._cache: dict[tuple, torch.Tensor] = {}
 
     def set(self, blocks: torch.Tensor | None) -> None:
         self.blocks, self._cache = blocks, {}
 
     def at(self, size: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """The mask [B, 1, *size] in ``dtype``."""
-        key = (*size, dtype.itemsize, dtype.is_floating_point)
+        key = (*size, dtype)
         if key not in self._cache:
             self._cache[key] = F.interpolate(self.blocks, size=size, mode="nearest").to(dtype)
         return self._cache[key]
