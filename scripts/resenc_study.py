@@ -161,14 +161,20 @@ def pretraining_epochs(scale: Scale, subjects: int, batch: int) -> int:
 
 
 def plan_pretraining(out: Path, scale: Scale, arms: Sequence[str], *, seed: int, mirror_visible: float,
-                     swvit_arm: bool = True) -> list[Pretraining]:
-    """Every pretraining run: each ResEnc arm per cohort, the noise control, the SW-ViT ``asa`` per cohort."""
+                     swvit_arm: bool = True, ablation_cohorts: Sequence[int] | None = None) -> list[Pretraining]:
+    """Every pretraining run: each ResEnc arm per cohort, the noise control, the SW-ViT ``asa`` per cohort.
+    ``ablation_cohorts``: the cohorts the ablation arms (``asa-no-*``) are pretrained on (None: every cohort);
+    ``mae`` and ``asa`` are pretrained on every cohort."""
+    if ablation_cohorts is not None and (odd := sorted(set(ablation_cohorts) - set(scale.cohorts))):
+        raise SystemExit(f"--ablation-cohorts {' '.join(map(str, odd))}: not a cohort of this study "
+                         f"(cohorts: {' '.join(map(str, scale.cohorts))})")
     runs = []
     common = ["data=bids", "data.layout=filelist", f"data.crop={scale.crop}", f"data.num_workers={scale.workers}", "data.split.ratios=[0.8,0.2,0.0]",
               "optim=adamw_demo", "trainer.progress=false", "trainer.panel_every=0", "probe.every=0", f"seed={seed}",
               "resume=auto"]
     batch = int(compose_config("pretrain", ["model=resenc", *common[:3]]).trainer.batch_size)
-    cohorts = [(arm, n, cohort_dir(out, "unlabeled", n)) for n in scale.cohorts for arm in arms]
+    cohorts = [(arm, n, cohort_dir(out, "unlabeled", n)) for n in scale.cohorts for arm in arms
+               if ablation_cohorts is None or arm in ("mae", "asa") or n in ablation_cohorts]
     cohorts.append((CONTROL, max(scale.cohorts), cohort_dir(out, "noise", max(scale.cohorts))))
     for arm, n, data in cohorts:
         spec = ARMS["mae" if arm == CONTROL else arm]
@@ -393,6 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, nargs="+" if many else None,
                        help=f"override the scale's {f.name}")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="ResEnc pretraining arms")
+    p.add_argument("--ablation-cohorts", type=int, nargs="+",
+                   help="pretrain the ablation arms (asa-no-*) on these cohorts only (default: every cohort)")
     p.add_argument("--mirror-visible", type=float, default=0.25,
                    help="method.mirror_visible of the arms with mirror-aware masking (fraction of masked blocks whose "
                         "mirror block stays visible; at mask ratio 0.75 at most 1/3)")
@@ -411,11 +419,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0.0 <= args.mirror_visible <= 1.0:
         raise SystemExit(f"--mirror-visible {args.mirror_visible}: a fraction in [0, 1]")
     runs = plan_pretraining(out, scale, args.arms, seed=args.seed, mirror_visible=args.mirror_visible,
-                            swvit_arm=not args.no_swvit_pretraining)
+                            swvit_arm=not args.no_swvit_pretraining, ablation_cohorts=args.ablation_cohorts)
     if args.dry_run:
         return dry_run(args, name, scale, out, runs)
     settings = {"scale": dataclasses.asdict(scale) | {"time_budget": None}, "arms": args.arms, "seed": args.seed,
                 "mirror_visible": args.mirror_visible, "swvit_pretraining": not args.no_swvit_pretraining,
+                "ablation_cohorts": args.ablation_cohorts,
                 "override": args.override}
     recorded = out / "study.json"
     settings = json.loads(json.dumps(settings))

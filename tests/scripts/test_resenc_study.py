@@ -149,3 +149,16 @@ def test_noise_volumes_are_deterministic_and_free_of_anatomy():
     assert abs(np.corrcoef(c[:12].ravel(), c[::-1][:12].ravel())[0, 1]) < 0.3
     with pytest.raises(ValueError, match="at least 16"):
         make_noise_volume(8)
+
+
+def test_ablations_on_chosen_cohorts_only(tmp_path):
+    scale = study.SCALES["quick"]  # cohorts 4 and 8
+    runs = study.plan_pretraining(tmp_path, scale, list(study.ARMS), seed=0, mirror_visible=0.25, swvit_arm=False,
+                                  ablation_cohorts=[8])
+    names = {run.name for run in runs}
+    assert {"mae-c4", "mae-c8", "asa-c4", "asa-c8", "noise-c8"} <= names  # mae, asa and the control on every cohort
+    assert {f"{arm}-c8" for arm in study.ARMS if arm.startswith("asa-no-")} <= names
+    assert not {name for name in names if name.startswith("asa-no-") and name.endswith("-c4")}
+    assert len(runs) == 2 * 2 + 3 + 1
+    with pytest.raises(SystemExit, match="--ablation-cohorts 5: not a cohort"):
+        study.plan_pretraining(tmp_path, scale, list(study.ARMS), seed=0, mirror_visible=0.25, ablation_cohorts=[5])
