@@ -62,8 +62,8 @@ def line_plot(series: Mapping[str, Sequence[tuple[float, float, float]]], *, xla
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    points = {name: sorted((float(x), float(y), 0.0 if math.isnan(e) else float(e)) for x, y, e in pts if not math.isnan(y))
-              for name, pts in series.items()}
+    points = {name: sorted((float(x), float(y), 0.0 if math.isnan(e) else float(e))
+                           for x, y, e in pts if not math.isnan(y)) for name, pts in series.items()}
     xs = sorted({x for pts in points.values() for x, _, _ in pts})
     ys = [v for pts in points.values() for _, y, e in pts for v in (y - e, y + e)]
     with rc_context(_RC):
