@@ -51,7 +51,7 @@ from asa.eval.metrics import EMPTY_HD95
 from asa.eval.predict import Predictor
 from asa.eval.reliance import encoder_reliance
 from asa.models import capabilities
-from asa.eval.svg import line_plot
+from asa.eval.plots import line_plot
 from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
 
 SCRATCH, PRETRAINED = "scratch", "pretrained"
@@ -236,7 +236,7 @@ def rows_csv(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def svg_plot(rows: Sequence[Mapping[str, Any]], *, width: int = 480, height: int = 320) -> str:
-    """Mean Dice (± sd over seeds) against the number of labeled cases, one line per arm (plain SVG)."""
+    """Mean Dice (± sd over seeds) against the number of labeled cases, one line per arm (SVG, `asa.eval.plots`)."""
     series = {arm: [(r["n"], r["Dice_mean"], r["Dice_mean_sd"]) for r in rows if r["arm"] == arm]
               for arm in dict.fromkeys(r["arm"] for r in rows)}
     return line_plot(series, xlabel="labeled cases", ylabel="mean Dice", width=width, height=height)

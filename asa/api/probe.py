@@ -28,7 +28,7 @@ from asa.data import discover, get_task, read_targets
 from asa.eval.frozen import RANDOM, FrozenEncoder, load_frozen, pooled_features, prepare_cases, random_frozen
 from asa.eval.probe import build_probe_set
 from asa.eval.probe_cv import TABLE_METRICS, case_probes, token_probes
-from asa.eval.svg import interval_plot
+from asa.eval.plots import interval_plot
 from asa.io import atomic_write_json, atomic_write_text
 from asa.train.distributed import resolve_device
 

@@ -55,8 +55,9 @@ def test_probe_prints_a_pretrained_and_a_random_row_with_intervals(tmp_path, age
     rows = list(csv.DictReader((out / "probe.csv").open()))
     assert [r["encoder"] for r in rows] == [str(a), str(b), "random-init (asa_pretrain)"]
     assert float(rows[0]["ridge/mae_low"]) <= float(rows[0]["ridge/mae"]) <= float(rows[0]["ridge/mae_high"])
-    svg = ET.parse(out / "probe.svg").getroot()
-    assert len(svg.findall("{http://www.w3.org/2000/svg}circle")) == 3 * 4  # a dot per row and table metric
+    texts = ["".join(t.itertext()) for t in ET.parse(out / "probe.svg").getroot().iter("{http://www.w3.org/2000/svg}text")]
+    assert {r["name"] for r in result["rows"]} <= set(texts)  # the rows, named on the left
+    assert sum(t.startswith(("ridge ", "knn ")) for t in texts) == 4  # a panel per table metric
     assert json.loads((out / "probe.json").read_text())["rows"][2]["source"] == "random"
     # the random row is the first file's network, randomly initialised (seeded): its features differ from a's
     assert result["rows"][2]["metrics"]["ridge/mae"]["value"] != result["rows"][0]["metrics"]["ridge/mae"]["value"]

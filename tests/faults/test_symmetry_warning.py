@@ -11,12 +11,12 @@ import pytest
 from asa.api import compose_config, finetune
 from asa.api.finetune import symmetry_warning
 from asa.data import non_mri_channels, write_demo_dataset
-from asa.models import Capabilities, build_network, capabilities
+from asa.models import PRESETS, Capabilities, build_network, capabilities
 
 TINY_SWIN = {"img_size": 64, "in_channels": 1, "out_channels": 2, "feature_size": 12, "depths": [1, 1, 1, 1],
              "num_heads": [1, 1, 2, 4]}
-TINY_ASA = {"img_size": 32, "in_channels": 1, "out_channels": 2, "embed_dim": 48, "depth": 4, "num_heads": 3,
-            "window_size": 8}
+TINY_ASA = {"img_size": 32, "in_channels": 1, "out_channels": 2,
+            **{k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}}
 
 
 @pytest.mark.parametrize("channels, other", [

@@ -12,7 +12,7 @@ from asa.data.synthetic.phantom import make_phantom
 from asa.io import load_checkpoint
 from asa.methods import JigsawSettings, RelativePatchLocationSettings
 from asa.api.networks import build_from_config
-from asa.models import ASASegmenter, load_encoder
+from asa.models import PRESETS, ASASegmenter, load_encoder
 from asa.models.heads.puzzles import min_hamming
 
 
@@ -82,8 +82,9 @@ def test_the_exported_encoder_fine_tunes_and_predicts_like_asas(tmp_path, experi
     assert set(export["encoder"]) == {k for k in best["model"] if k.startswith("encoder.")}  # no head exported
 
     # the export initialises the segmenter's encoder, key for key, at the pretraining grid
-    seg = build_from_config({"pretrained": str(ckpts / "encoder.safetensors"), "embed_dim": 48, "depth": 4,
-                             "num_heads": 3, "window_size": 8}, {}, in_channels=1, out_channels=4, crop=None)
+    sizes = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}  # model=tiny's encoder
+    seg = build_from_config({"pretrained": str(ckpts / "encoder.safetensors"), **sizes}, {}, in_channels=1,
+                            out_channels=4, crop=None)
     assert isinstance(seg, ASASegmenter) and seg.img_size == (32, 32, 32)
     weights = seg.encoder.state_dict()
     assert all(torch.equal(weights[k.removeprefix("encoder.")], v) for k, v in export["encoder"].items())

@@ -9,12 +9,12 @@ import torch
 
 from asa.models import ASA, PRESETS, ASASegmenter, EncoderSettings, SWViTEncoder
 
-TINY = dict(img_size=32, embed_dim=48, depth=4, num_heads=3, window_size=8)
+TINY = {"img_size": 32, **{k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}}
 
 
 def _mae(seed: int = 0) -> ASA:
     torch.manual_seed(seed)
-    return ASA(**TINY, decoder_dim=48, decoder_depth=2, decoder_num_heads=3)
+    return ASA(img_size=32, **PRESETS["tiny"])
 
 
 def test_both_networks_hold_the_same_encoder_module():

@@ -8,11 +8,11 @@ from torch import nn
 
 from asa.io import load_checkpoint, save_checkpoint
 from asa.api.networks import build_from_config
-from asa.models import (ASA, ENCODER_MODULES, NETWORKS, ASASegmenter, architectures, build_network, network_spec,
-                        record_spec, register_network)
+from asa.models import (ASA, ENCODER_MODULES, NETWORKS, PRESETS, ASASegmenter, architectures, build_network,
+                        network_spec, record_spec, register_network)
 from asa.models import registry
 
-TINY = dict(embed_dim=48, depth=4, num_heads=3, window_size=8)
+TINY = {k: PRESETS["tiny"][k] for k in ("embed_dim", "depth", "num_heads", "window_size")}
 SPECS = {
     "swvit_unetr": dict(img_size=32, in_channels=2, out_channels=3, pos_mode="paper", lr_axis=1, spe_frame="crop", **TINY),
     "asa_pretrain": dict(img_size=32, decoder_dim=24, decoder_depth=1, decoder_num_heads=2, mask_ratio=0.5, **TINY),
