@@ -1,14 +1,18 @@
-"""The residual-encoder U-Net's masked pretraining step against the same network's dense step, side by side.
+"""The residual-encoder U-Net's steps beside each other and beside the SW-ViT's, in one process.
 
-    python -m benchmarks.resenc --crop 64 --size tiny --batch 2 --repeats 5 [--json out.json]
+    python -m benchmarks.resenc --crop 64 --size tiny --batch 2 --repeats 5 [--swvit tiny] [--json out.json]
+    python -m benchmarks.resenc --crop 128 --size M --batch 2 --swvit base      # the issue's 128³ rows (GPU)
 
-The dense step is the same `ResEncMaskedAutoencoder` with no mask (every block visible, plain convolutions
-and instance norms, the decoder on the encoder's skips) and the loss over every voxel; the masked step is its
-training forward (masking, visible-only norms, mask tokens, densify, attentive or uniform block loss). Both
-run forward, backward and an AdamW step on the same input, interleaved repeat by repeat, so that load on a
-shared machine falls on both; the figure is the ratio of medians (wall, and process CPU time, which load on
-other processes disturbs less). Also times the fine-tuning step of
-`ResEncUNet` (deep supervision, 2 classes) at the same crop. On CUDA: peak memory per step.
+Times, round by round (`benchmarks.harness.alternate`, so that load on a shared machine falls on every step
+alike): ``masked``, the masked-convolution pretraining step of `resenc_pretrain` (masking, visible-only norms,
+mask tokens, densify, attentive or uniform block loss); ``dense``, the same network with no mask (plain
+convolutions and instance norms, the decoder on the encoder's skips, MSE over every voxel); ``finetune``,
+`ResEncUNet`'s segmentation step (deep supervision, 2 classes); ``swvit``, the SW-ViT's ASA pretraining step at
+the same crop (``--swvit``: its preset; ``none`` leaves it out); and two references of the machine's attainable
+rate: a dense matmul and a 3³ convolution. Each step is forward, backward and AdamW, in fp32. Reported per
+step: the median wall time, samples/s, process CPU time (which load on other processes disturbs less), peak
+memory (CUDA: allocated; CPU: resident set) and the fraction of the timed convolution (CNN steps) or matmul
+(SW-ViT step) rate its counted FLOPs reach. The target of the masked step: at most 1.15× the dense step.
 """
 from __future__ import annotations
 
@@ -20,18 +24,41 @@ from pathlib import Path
 
 import torch
 
-from asa.models import build_network
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from asa.models import PRESETS, build_network
+from benchmarks.harness import Workload, alternate, matmul_workload
+from benchmarks.speed import Setup, asa_workloads, train_workload
 
 
 def dense_loss(net, x: torch.Tensor) -> torch.Tensor:
     """The unmasked step's loss: the encoder without a mask, the decoder on its skips, MSE over every voxel."""
     net.decoder.deep_supervision = False
     return torch.nn.functional.mse_loss(net.decoder(net.encoder(net.with_coordinates(x))), x)
+
+
+def conv_workload(device: torch.device, crop: int, batch: int) -> Workload:
+    """A 3³ convolution, 32 -> 32 channels at the crop's full resolution (the ResEnc's first stage): the
+    machine's attainable convolution rate (FLOPs counted by the harness)."""
+    conv = torch.nn.Conv3d(32, 32, 3, padding=1, bias=False).to(device)
+    x = torch.randn(batch, 32, crop, crop, crop, device=device)
+
+    def run() -> None:
+        with torch.no_grad():
+            conv(x)
+
+    return Workload("conv", run)
+
+
+def cpu_timed(workload: Workload, cpu: list[float]) -> Workload:
+    """``workload`` whose every run also appends its process CPU time to ``cpu``."""
+    run = workload.run
+
+    def timed() -> None:
+        start = time.process_time()
+        run()
+        cpu.append(time.process_time() - start)
+
+    workload.run = timed
+    return workload
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -41,62 +68,58 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--weighting", default="attentive", choices=("uniform", "attentive"))
+    parser.add_argument("--swvit", default="tiny", choices=(*PRESETS, "none"),
+                        help="the SW-ViT preset whose ASA pretraining step is timed beside (none: left out)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
+    setup = Setup(device, args.crop, args.batch, PRESETS["tiny" if args.swvit == "none" else args.swvit])
     net = build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": args.crop, "size": args.size,
                                                                "loss_weighting": args.weighting}}).to(device)
     seg = build_network({"arch": "resenc", "kwargs": {"img_size": args.crop, "in_channels": 1, "out_channels": 2,
                                                       "size": args.size}}).to(device).train()
     x = torch.randn(args.batch, 1, args.crop, args.crop, args.crop, device=device)
     label = torch.randint(0, 2, (args.batch, args.crop, args.crop, args.crop), device=device)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    opt_seg = torch.optim.AdamW(seg.parameters(), lr=1e-4)
 
-    def masked() -> None:
-        net(x).loss.backward()
+    def finetune_loss() -> torch.Tensor:
+        outs = seg(x)  # one output per supervised resolution (a single tensor when there is one)
+        return sum(torch.nn.functional.cross_entropy(o, torch.nn.functional.interpolate(
+            label[:, None].float(), size=o.shape[2:]).long()[:, 0]) for o in ([outs] if torch.is_tensor(outs) else outs))
 
-    def dense() -> None:
-        dense_loss(net, x).backward()
-
-    def finetune() -> None:
-        outs = seg(x)
-        sum(torch.nn.functional.cross_entropy(o, torch.nn.functional.interpolate(
-            label[:, None].float(), size=o.shape[2:]).long()[:, 0]) for o in outs).backward()
-
-    steps = {"masked": (masked, opt), "dense": (dense, opt), "finetune": (finetune, opt_seg)}
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    cpu: dict[str, list[float]] = {name: [] for name in steps}  # process CPU time: steadier than wall on a loaded host
-    peaks: dict[str, int] = {}
-    for repeat in range(args.repeats + 1):  # the first round warms up and is not counted
-        for name, (step, optimizer) in steps.items():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            _sync(device)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            optimizer.zero_grad(set_to_none=True)
-            step()
-            optimizer.step()
-            _sync(device)
-            if repeat:
-                times[name].append(time.perf_counter() - start)
-                cpu[name].append(time.process_time() - start_cpu)
-            if device.type == "cuda":
-                peaks[name] = torch.cuda.max_memory_allocated(device)
-    median = {name: statistics.median(t) for name, t in times.items()}
+    adamw = lambda model: torch.optim.AdamW(model.parameters(), lr=1e-4)
+    work = [train_workload("masked", setup, net, adamw(net), lambda: net(x).loss),
+            train_workload("dense", setup, net, adamw(net), lambda: dense_loss(net, x)),
+            train_workload("finetune", setup, seg, adamw(seg), finetune_loss)]
+    if args.swvit != "none":
+        work.append(asa_workloads(setup, x)[0])
+        work[-1].name = "swvit"
+    work += [conv_workload(device, args.crop, args.batch), matmul_workload(device, 4096 if device.type == "cpu" else 8192)]
+    cpu: dict[str, list[float]] = {w.name: [] for w in work}
+    for w in work:
+        cpu_timed(w, cpu[w.name])
+    steps = [w.name for w in work if w.name not in ("conv", "matmul")]
+    alternate(work, device, warmup=1, steps=args.repeats, count_flops=(*steps, "conv"))
+    by = {w.name: w for w in work}
+    rates = {"conv": by["conv"].flops / by["conv"].median, "matmul": by["matmul"].flops / by["matmul"].median}
+    reference = {name: "matmul" if name == "swvit" else "conv" for name in steps}
+    cpu_median = {name: statistics.median(cpu[name][-args.repeats:]) for name in steps}
     result = {
         "device": str(device), "crop": args.crop, "size": args.size, "batch": args.batch, "repeats": args.repeats,
-        "weighting": args.weighting, "threads": torch.get_num_threads(),
+        "weighting": args.weighting, "swvit": args.swvit, "threads": torch.get_num_threads(),
         "parameters_M": round(sum(p.numel() for p in seg.parameters()) / 1e6, 2),
-        "median_s": {k: round(v, 4) for k, v in median.items()},
-        "samples_per_s": {k: round(args.batch / v, 3) for k, v in median.items()},
-        "masked_over_dense": round(median["masked"] / median["dense"], 3),
-        "paired_ratios": [round(m / d, 3) for m, d in zip(times["masked"], times["dense"])],
-        "cpu_median_s": {k: round(statistics.median(v), 4) for k, v in cpu.items()},
-        "cpu_masked_over_dense": round(statistics.median(cpu["masked"]) / statistics.median(cpu["dense"]), 3),
-        "peak_memory_GiB": {k: round(v / 2**30, 2) for k, v in peaks.items()},
+        "median_s": {n: round(by[n].median, 4) for n in steps},
+        "samples_per_s": {n: round(args.batch / by[n].median, 4) for n in steps},
+        "masked_over_dense": round(by["masked"].median / by["dense"].median, 3),
+        "paired_ratios": [round(m / d, 3) for m, d in zip(by["masked"].times, by["dense"].times)],
+        "cpu_median_s": {n: round(v, 4) for n, v in cpu_median.items()},
+        "cpu_masked_over_dense": round(cpu_median["masked"] / cpu_median["dense"], 3),
+        "peak_memory_MiB": {n: round(by[n].peak_mib, 1) for n in steps},
+        "step_GFLOPs": {n: float(f"{by[n].flops / 1e9:.4g}") for n in steps},
+        "reference_GFLOPs_per_s": {k: round(v / 1e9, 2) for k, v in rates.items()},
+        "fraction_of_reference_rate": {n: float(f"{by[n].flops / by[n].median / rates[reference[n]]:.3g}") for n in steps},
+        "reference_of": reference,
     }
     print(json.dumps(result, indent=1))
     if args.json:

@@ -1,0 +1,29 @@
+"""benchmarks/resenc.py: every step timed beside the others, with its FLOPs against the machine's references."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import resenc
+
+
+@pytest.mark.slow
+def test_steps_side_by_side_with_flops_and_memory(tmp_path):
+    out = tmp_path / "r.json"
+    r = resenc.main(["--crop", "32", "--size", "tiny", "--batch", "1", "--repeats", "1", "--swvit", "tiny",
+                     "--device", "cpu", "--json", str(out)])
+    assert json.loads(out.read_text()) == r
+    steps = {"masked", "dense", "finetune", "swvit"}
+    assert set(r["median_s"]) == set(r["step_GFLOPs"]) == set(r["fraction_of_reference_rate"]) == steps
+    # the masked step runs the dense step's convolutions (masked, not skipped): about the same FLOPs
+    assert r["step_GFLOPs"]["masked"] == pytest.approx(r["step_GFLOPs"]["dense"], rel=0.1)
+    assert all(0 < f for f in r["fraction_of_reference_rate"].values())
+    assert r["reference_of"] == {"masked": "conv", "dense": "conv", "finetune": "conv", "swvit": "matmul"}
+    assert r["masked_over_dense"] == pytest.approx(r["median_s"]["masked"] / r["median_s"]["dense"], rel=1e-2)
+
+
+def test_the_swvit_step_can_be_left_out(tmp_path):
+    r = resenc.main(["--crop", "16", "--size", "tiny", "--batch", "1", "--repeats", "1", "--swvit", "none",
+                     "--device", "cpu"])
+    assert "swvit" not in r["median_s"] and r["step_GFLOPs"]["masked"] > 0
