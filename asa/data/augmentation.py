@@ -31,7 +31,7 @@ from monai.transforms import (
 )
 
 from asa.data.lattice import LatticeCropd, LatticeFlipd
-from asa.data.tasks import Task
+from asa.data.labels import Task
 
 __all__ = ["AUGMENT_ON", "BrainIntensityd", "DeferredAugmentation", "apply_deferred_augmentation", "pretrain_augmentation",
            "segmentation_train_augmentation", "Finalize"]

@@ -31,7 +31,7 @@ from asa.data.case import Case
 from asa.data.preprocessing import PretrainPreprocess, SegmentationPreprocess, case_to_item
 from asa.data.regions import RegionSource
 from asa.data.store import Store, StoreLatticeCropd, StorePretrainCrop, StoreSegmentationLoad, open_store, store_settings
-from asa.data.tasks import Task
+from asa.data.labels import Task
 from asa.io import Volume, VolumeError, load_volume
 
 __all__ = ["CaseDataset", "CaseLoadError", "StoreCropBatches", "build_pretrain_dataset", "build_segmentation_dataset",

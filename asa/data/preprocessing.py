@@ -20,7 +20,7 @@ from monai.transforms import Transform
 from asa.data.case import Case
 from asa.data.geometry import LR_CENTRES, brain_centre, crop_or_pad, resample_isotropic
 from asa.data.regions import RegionSource
-from asa.data.tasks import Task
+from asa.data.labels import Task
 from asa.io import Volume, load_volume
 
 __all__ = [

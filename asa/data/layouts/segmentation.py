@@ -9,7 +9,7 @@ from pathlib import Path
 from asa.data.case import Case
 from asa.data.layouts.base import Found, Problem, register
 from asa.io.nifti import find_nifti, strip_nifti
-from asa.data.tasks import get_task
+from asa.data.labels import get_task
 
 
 def _missing(case_id: str, what: str, folder: Path, stem: str) -> Problem:

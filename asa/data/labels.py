@@ -1,4 +1,5 @@
-"""Segmentation tasks: channels, outputs and the label <-> network-target conversions.
+"""Label schemes of the segmentation datasets (`data.task`: brats, ibsr, wmh, msd): channels, outputs and the
+label <-> network-target conversions. (A fine-tuning task, what a run trains, is `asa.api.tasks`.)
 
 BraTS is multilabel (sigmoid outputs for the nested regions WT = {1, 2, 4}, TC = {1, 4}, ET = {4});
 IBSR, WMH and MSD tasks are softmax over classes including background, unless an nnU-Net v2
