@@ -20,7 +20,9 @@ from asa.api.probe import probe
 from asa.api.schema import (EvaluateConfig, FinetuneConfig, FrozenProbeConfig, PredictConfig, PreprocessConfig,
                             PretrainConfig)
 from asa.api.tasks import FinetuneTask, register_finetune_task
-from asa.api import builtin_tasks  # noqa: F401  segmentation and case targets register themselves
+# the built-in tasks register themselves; segmentation first: it claims every name no task after it claims
+from asa.api import segmentation  # noqa: F401,I001
+from asa.api import case  # noqa: F401
 
 __all__ = [
     "EvaluateConfig", "FinetuneConfig", "FinetuneTask", "FrozenProbeConfig", "PredictConfig", "PreprocessConfig",
