@@ -19,11 +19,13 @@ from asa.api.pretrain import pretrain
 from asa.api.probe import probe
 from asa.api.schema import (EvaluateConfig, FinetuneConfig, FrozenProbeConfig, PredictConfig, PreprocessConfig,
                             PretrainConfig)
-from asa.api.tasks import FinetuneTask, register_finetune_task
-from asa.api import builtin_tasks  # noqa: F401  segmentation and case targets register themselves
+from asa.api.tasks import FinetuneTask, TaskSettings, register_finetune_task
+# the built-in tasks register themselves; segmentation first: it claims every name no task after it claims
+from asa.api import segmentation  # noqa: F401,I001
+from asa.api import case  # noqa: F401
 
 __all__ = [
     "EvaluateConfig", "FinetuneConfig", "FinetuneTask", "FrozenProbeConfig", "PredictConfig", "PreprocessConfig",
     "PretrainConfig", "compose_config", "evaluate", "export_model", "finetune", "load_config", "predict", "preprocess",
-    "pretrain", "probe", "register_finetune_task",
+    "pretrain", "probe", "register_finetune_task", "TaskSettings",
 ]

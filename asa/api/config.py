@@ -81,6 +81,9 @@ def describe_compose_error(text: str) -> str:
     elif key and key[1].startswith("model.") and "is not in struct" in message:  # a fine-tuning model section
         message += (f" — the network the model preset builds (model.arch) has no option {key[1].removeprefix('model.')}; "
                     "its options are the fields of its settings (asa.models.NetworkSettings)")
+    elif key and key[1].startswith("task.") and "not in" in message:  # a fine-tuning task section
+        message += (f" — the task settings chosen (task=<name>, segmentation unless given) have no option "
+                    f"{key[1].removeprefix('task.')}; a task's options are the fields of its Settings (asa.api.tasks)")
     if any(marker in text for marker in _QUOTING):
         message += (" — a value with spaces, non-ASCII or special characters must be quoted for Hydra inside the "
                     "shell's quotes, e.g. \"output_dir='runs/my run'\"")

@@ -19,6 +19,7 @@ from typing import Any
 
 import asa
 from asa.api.common import refusing
+from asa.api.schema import current_config
 from asa.data.preprocessing import PERCENTILES
 from asa.io import atomic_write_json, load_weights, save_checkpoint, write_model_folder
 from asa.io.hub import (FOLDER_FILES, FOLDER_FORMAT, MODEL_FILE, NNUNET_PLANS, NNUNET_WEIGHTS, OPTIONAL_FILES,
@@ -103,7 +104,10 @@ def _segmenter(state: Mapping[str, Any]) -> dict[str, Any] | None:
     """The whole fine-tuned network of a fine-tuning checkpoint as asa-predict reads it (weights, spec, run
     config, step; no optimiser state), or None for any other file."""
     config = state.get("config")
-    if not isinstance(config, Mapping) or "task" not in config or not isinstance(state.get("model"), Mapping):
+    if not isinstance(config, Mapping) or not isinstance(state.get("model"), Mapping):
+        return None
+    config = current_config(config)  # an earlier version's record of what it predicts: outputs
+    if "outputs" not in config:
         return None
     if NETWORK_TASKS.get(current_spec(state["network"])["arch"]) == "pretraining":
         return None
@@ -113,7 +117,8 @@ def _segmenter(state: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def segmenter_card(source: Path, config: Mapping[str, Any]) -> str:
     """The model card's section on the whole segmenter: task, training data, the command that made it."""
-    task = config.get("task") if isinstance(config.get("task"), Mapping) else {}
+    outputs = current_config(config).get("outputs")
+    task = outputs if isinstance(outputs, Mapping) else {}
     data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
     run = source.parent.parent if source.parent.name == CHECKPOINT_DIR else None
     command = None
@@ -205,7 +210,8 @@ def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, An
                    "format_version": 2}
         return {**run, "license": license, "asa_version": asa.__version__, "git_commit": _git_commit() or
                 run.get("git_commit")}
-    cfg = state.get("config") if isinstance(state.get("config"), Mapping) else {}
+    cfg = current_config(state["config"]) if isinstance(state.get("config"), Mapping) else {}
+    outputs = cfg.get("outputs")
     spec = dict(export["network"])
     kwargs = spec.get("kwargs", {})
     data = cfg.get("data") if isinstance(cfg.get("data"), Mapping) else {}
@@ -217,8 +223,8 @@ def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, An
         "asa_format": FOLDER_FORMAT, "format_version": 2, "weights": MODEL_FILE,
         "network": encoder_network_spec(spec), "source_network": spec, "encoder_prefix": next(iter(export["encoder"])).split(".", 1)[0] + ".",
         "method": method,
-        "data": {k: data[k] for k in DATA_KEYS if k in data} | ({"task": cfg["task"].get("name")}
-                                                                if isinstance(cfg.get("task"), Mapping) else {})
+        "data": {k: data[k] for k in DATA_KEYS if k in data} | ({"task": outputs.get("name")}
+                                                                if isinstance(outputs, Mapping) else {})
         | ({"demo_phantoms": True} if _demo(data) else {}),
         "crop": list(kwargs["img_size"]) if "img_size" in kwargs else None,
         "patch_size": kwargs.get("patch_size"),

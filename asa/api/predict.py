@@ -9,34 +9,31 @@ checkpoint: the cases it already wrote are kept). Every check runs before anythi
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
-import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from asa.api.common import OptionError, cases_of_split, refusing
-from asa.api.rundir import RunDirError, check_writable, command_line, move_aside, override
-from asa.api.schema import PredictConfig, as_config
+from asa.api.common import OptionError, refusing
+from asa.api.rundir import RunDirError, command_line, override
+from asa.api.schema import PredictConfig, as_config, current_config
 from asa.api.tasks import PredictSetup, finetune_task
 from asa.eval.inference import check_sw_batch_size
-from asa.eval.predict import Predictor, gather_cases, predict_cases
-from asa.io import atomic_write_json, is_nifti, load_checkpoint
+from asa.io import is_nifti, load_checkpoint
 from asa.io.hub import segmenter_checkpoint
 from asa.train.distributed import resolve_device
-from asa.train.precision import amp_name, resolve_amp, set_threads
+from asa.train.precision import resolve_amp, set_threads
 
-__all__ = ["MANIFEST", "predict", "predict_segmentation"]
+__all__ = ["MANIFEST", "channel_note", "check_output", "predict", "sha256"]
 
 APP = "asa-predict"
 MANIFEST = "predictions.json"
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
+    """The SHA-256 of a file (a checkpoint), as the predictions' manifest records it."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
@@ -63,7 +60,7 @@ def _check_options(cfg: PredictConfig) -> list[str] | str:
     return inputs
 
 
-def _check_output(out: Path, inputs: list[str] | str, *, overwrite: bool, resume: bool,
+def check_output(out: Path, inputs: list[str] | str, *, overwrite: bool, resume: bool,
                   checksum: str) -> tuple[dict, set[str]]:
     """Refuse an output inside an input folder, or one holding predictions unless asked; returns the
     manifest to continue (resume) and the case ids whose predictions are kept."""
@@ -116,7 +113,7 @@ def _check_output(out: Path, inputs: list[str] | str, *, overwrite: bool, resume
     return manifest, kept
 
 
-def _channel_note(cases: Sequence, task) -> str | None:
+def channel_note(cases: Sequence, task) -> str | None:
     """Which of the inputs' channels the checkpoint's task reads, when the cases hold more than it uses."""
     offered = sorted({name for c in cases for name in c.images}, key=str)
     extra = [name for name in offered if name not in task.channels]
@@ -148,82 +145,8 @@ def predict(config: PredictConfig | DictConfig) -> list[Path]:
         if checkpoint.is_dir():  # a model folder of asa-export with the whole segmenter
             checkpoint = segmenter_checkpoint(checkpoint)
         state = load_checkpoint(checkpoint)
-        recorded = ((state.get("config") or {}).get("task") or {}).get("name")
+        if isinstance(state.get("config"), Mapping):  # as this version reads it (an earlier one's record: outputs)
+            state["config"] = current_config(state["config"])
+        recorded = ((state.get("config") or {}).get("outputs") or {}).get("name")
         task = finetune_task(str(recorded), option=f"checkpoint={checkpoint}: its task")
     return task.predict(cfg, state, checkpoint, inputs, setup)
-
-
-def predict_segmentation(cfg: PredictConfig, state: dict, checkpoint: Path, inputs: list[str] | str,
-                         setup: PredictSetup) -> list[Path]:
-    """Write one label file per case of ``inputs`` (and the manifest) with the segmentation checkpoint
-    ``checkpoint`` (its content: ``state``); returns the files written by this call."""
-    device, amp_dtype, threads, sw_batch_size = setup.device, setup.amp_dtype, setup.threads, setup.sw_batch_size
-    compile_net = setup.compile
-    with refusing():
-        predictor = Predictor.from_checkpoint(checkpoint, device=device, amp_dtype=amp_dtype, compile=compile_net,
-                                              state=state)
-        on_bad_case = cfg.on_bad_case
-        cases = gather_cases(inputs, predictor.task, layout=cfg.layout, on_bad_case=on_bad_case)
-        cases = cases_of_split(cases, cfg.split_file, cfg.subset, where=f"input={inputs}")
-        checksum = _sha256(checkpoint)
-        out = Path(cfg.output).expanduser().absolute()
-        manifest, kept = _check_output(out, inputs, overwrite=cfg.overwrite, resume=bool(cfg.resume),
-                                       checksum=checksum)
-        check_writable(out, "output")
-    print(f"[asa] predicting {len(cases)} case(s) on {device}, precision {amp_name(amp_dtype)} (amp={cfg.amp}), "
-          f"{threads} CPU threads{', torch.compile' if compile_net else ''}"
-          f"{f'; the {cfg.subset} split of {cfg.split_file}' if cfg.split_file is not None else ''}", flush=True)
-    note = _channel_note(cases, predictor.task)
-    if note:
-        print(f"[asa] note: {note}", file=sys.stderr, flush=True)
-    if cfg.overwrite and out.exists() and any(out.iterdir()):
-        aside = move_aside(out)
-        print(f"[asa] overwrite=true: moved the previous predictions to {aside}", file=sys.stderr, flush=True)
-    if kept:
-        print(f"[asa] resume=true: keeping {len(kept & {c.id for c in cases})} prediction(s) this checkpoint "
-              f"already wrote in {out}", flush=True)
-    record = {
-        "checkpoint": str(checkpoint), "checkpoint_sha256": checksum,
-        "settings": {"overlap": cfg.overlap, "tta": cfg.tta,
-                     "tta_axes": list(cfg.tta_axes) if cfg.tta else [], "amp": amp_name(amp_dtype)},
-    }
-    manifest = {"format": "asa-predictions", "version": 1, "cases": dict(manifest.get("cases", {})),
-                "runs": list(manifest.get("runs", []))}
-    manifest["runs"].append({"time": datetime.datetime.now().isoformat(timespec="seconds"),
-                             "command": command_line(APP, drop=()), **record})
-    written: list[Path] = []
-    todo = [c for c in cases if c.id not in kept]
-    progress = sys.stderr.isatty()
-    start = time.perf_counter()
-
-    def on_written(case, files: list[Path]) -> None:
-        written.append(files[0])
-        manifest["cases"][case.id] = {"files": [f.name for f in files], **record,
-                                      "written": datetime.datetime.now().isoformat(timespec="seconds")}
-        atomic_write_json(out / MANIFEST, manifest)  # after each case: an interrupted batch stays recorded
-        if not progress:  # a log file: one line per case instead of the bar
-            print(f"[asa] predicted {len(written)}/{len(todo)}: {case.id} "
-                  f"({time.perf_counter() - start:.0f} s elapsed)", file=sys.stderr, flush=True)
-
-    skipped: list[tuple[str, str]] = []
-    try:
-        predict_cases(
-            predictor, todo, out, overlap=cfg.overlap, sw_batch_size=sw_batch_size,
-            tta_axes=list(cfg.tta_axes) if cfg.tta else [], save_probabilities=cfg.save_probabilities,
-            on_bad_case=on_bad_case, skipped=skipped, progress=progress, on_written=on_written,
-        )
-    except SystemExit as stop:  # a stop signal: the predictions written so far stay, recorded
-        stop.kept = (f"{len(written)} of {len(todo)} prediction(s) written in this run to {out}, recorded in "
-                     f"{MANIFEST}; continue with the same command and resume=true")
-        raise
-    manifest["runs"][-1].update(written=len(written), kept=len(cases) - len(todo),
-                                skipped=[{"id": cid, "reason": reason} for cid, reason in skipped])
-    atomic_write_json(out / MANIFEST, manifest)
-    print(f"[asa] wrote {len(written)} prediction(s) ({predictor.task.name}: "
-          f"{', '.join(predictor.task.output_names)}) to {out}"
-          f"{f', kept {len(cases) - len(todo)} from before' if len(todo) < len(cases) else ''}; "
-          f"record: {out / MANIFEST}", flush=True)
-    if skipped:
-        print(f"[asa] skipped {len(skipped)} case(s) (on_bad_case=skip; listed in {out / MANIFEST}):\n"
-              + "\n".join(f"  - {cid}: {reason}" for cid, reason in skipped), file=sys.stderr, flush=True)
-    return written

@@ -17,22 +17,19 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 
-from asa.api.common import OptionError, cases_of_split, dataset_root, refusing
+from asa.api.common import OptionError, dataset_root, refusing
 from asa.api.rundir import RunDirError, check_writable, command_line, move_aside
 from asa.api.schema import FrozenProbeConfig, as_config
-from asa.api.tasks import ProbeTargets, finetune_task
-from asa.data import discover, get_task, read_targets
-from asa.eval.frozen import RANDOM, FrozenEncoder, load_frozen, pooled_features, prepare_cases, random_frozen
-from asa.eval.probe import build_probe_set
-from asa.eval.probe_cv import TABLE_METRICS, case_probes, token_probes
+from asa.api.tasks import finetune_task
+from asa.eval.frozen import RANDOM, FrozenEncoder, load_frozen, random_frozen
 from asa.eval.plots import interval_plot
+from asa.eval.probe_cv import TABLE_METRICS
 from asa.io import atomic_write_json, atomic_write_text
 from asa.train.distributed import resolve_device
 
-__all__ = ["OUTPUTS", "case_probe_targets", "probe", "probe_table", "segmentation_probe_targets"]
+__all__ = ["OUTPUTS", "probe", "probe_table"]
 
 APP = "asa-probe"
 OUTPUTS = ("probe.md", "probe.csv", "probe.svg", "probe.json")
@@ -93,65 +90,6 @@ def _encoders(entries: Sequence[str], names: Sequence[str] | None, cfg: FrozenPr
 def _groups(cases: Sequence) -> list[str]:
     """Each case's subject (the case id where the layout records none)."""
     return [str(c.meta.get("subject") or c.id) for c in cases]
-
-
-def case_probe_targets(cfg: FrozenProbeConfig, root: Path, layout: str) -> ProbeTargets:
-    """``data.task=case``: the cases with a value of ``data.target``; each encoder's pooled features,
-    fitted with the case probes (ridge / logistic / k-NN, `asa.eval.probe_cv.case_probes`)."""
-    data = cfg.data
-    if data.target is None:
-        raise ValueError("data.task=case needs data.target: the column of the targets table to probe "
-                         "(e.g. data.target=age)")
-    cases = discover(layout, root, require_labels=False, on_bad_case=data.on_bad_case, option="data.on_bad_case")
-    cases = cases_of_split(cases, cfg.split_file, cfg.subset, where=str(root))
-    table = read_targets(data.targets if data.targets is not None else root, str(data.target),
-                         kind=data.target_kind, classes=None if data.classes is None else list(data.classes))
-    targets = table.for_cases(cases)
-    cases = [c for c in cases if c.id in targets.values]
-    target = {"column": str(data.target), "kind": targets.kind, "classes": list(targets.names),
-              "source": table.source, "skipped": dict(targets.skipped)}
-    device = resolve_device(cfg.device)
-    prepared: dict = {}  # inputs per encoder input size, prepared once
-
-    def score(enc: FrozenEncoder, groups: Sequence[str], common: Mapping) -> tuple[dict, torch.Tensor]:
-        if enc.size not in prepared:
-            prepared[enc.size] = prepare_cases(cases, size=enc.size, channels=list(cfg.channels))
-        features = pooled_features(enc, prepared[enc.size], batch_size=cfg.batch_size, device=device)
-        result = case_probes(features, [targets.values[c.id] for c in cases], kind=targets.kind, groups=groups,
-                             names=targets.names, logistic=cfg.logistic,
-                             logistic_steps=cfg.logistic_steps, **common)
-        return result, features
-
-    note = (f"{len(targets.skipped)} case(s) without a target left out (listed in probe.json)"
-            if targets.skipped else None)
-    return ProbeTargets(cases, target, "continuous" if targets.kind == "continuous" else "classes", score, note)
-
-
-def segmentation_probe_targets(cfg: FrozenProbeConfig, root: Path, layout: str) -> ProbeTargets:
-    """A segmentation task: the labelled cases; each encoder's tokens on its patch grid, fitted to the
-    label fractions of the patches (`asa.eval.probe_cv.token_probes`)."""
-    data = cfg.data
-    task = get_task(data.task, root=root)
-    cases = discover(layout, root, on_bad_case=data.on_bad_case, option="data.on_bad_case")
-    cases = cases_of_split([c for c in cases if c.label is not None], cfg.split_file, cfg.subset,
-                           where=str(root))
-    target = {"task": task.name, "kind": "voxel", "classes": list(task.output_names)}
-    device = resolve_device(cfg.device)
-    prepared: dict = {}  # probe sets per encoder input size and token stride, built once
-
-    def score(enc: FrozenEncoder, groups: Sequence[str], common: Mapping) -> tuple[dict, torch.Tensor]:
-        key = (enc.size, enc.stride)
-        if key not in prepared:
-            if len(set(enc.size)) != 1:
-                raise OptionError(f"{enc.name}: voxel-label probes need a cubic input, got {list(enc.size)}")
-            prepared[key] = build_probe_set(cases, task, size=enc.size[0], channels=list(cfg.channels),
-                                            patch_size=enc.stride)
-        probe_set = prepared[key]
-        tokens = torch.cat([enc.tokens(probe_set.images[i:i + cfg.batch_size].to(device)).cpu()
-                            for i in range(0, probe_set.images.shape[0], cfg.batch_size)])
-        return token_probes(tokens, probe_set, groups=groups, **common), tokens
-
-    return ProbeTargets(cases, target, "voxel", score)
 
 
 def probe(config: FrozenProbeConfig | DictConfig) -> dict:

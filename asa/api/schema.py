@@ -31,18 +31,16 @@ from asa.methods import MaskedAutoencoderSettings, MethodSettings, get_method, r
 from asa.models import (DEFAULT_CROP, NETWORK_SETTINGS, PRESETS, RENAMED_NETWORKS, EncoderOptions,
                         EncoderSettings, NetworkSettings)
 from asa.models.cnn.resenc import RESENC_SIZES
-from asa.models.heads.case_head import POOLINGS
 from asa.models.registry import network_record
 from asa.models.swvit.position import POSITION_MODES
 from asa.train import TrainerSettings
-from asa.train.case_targets import REGRESSION_LOSSES
 from asa.train.optim import OPTIMIZERS
 from asa.train.precision import AMP_CHOICES
 from asa.train.schedule import SCHEDULES
 
 __all__ = [
     "DEFAULT_ARCH", "EvaluateConfig", "FinetuneConfig", "FrozenProbeConfig", "PredictConfig", "PreprocessConfig", "PretrainConfig",
-    "SCHEMAS", "as_config", "network_settings", "register", "settings_class", "validate",
+    "SCHEMAS", "TaskSettings", "as_config", "network_settings", "register", "settings_class", "task_settings", "validate",
 ]
 
 
@@ -63,6 +61,17 @@ MOVED_KEYS = {
     "segmenter.pos_mode": "model.pos_mode", "segmenter.lr_axis": "model.lr_axis",
     "data.size": "data.crop", "data.patch_size": "data.crop",  # the crop edge of pretraining / fine-tuning
 }
+# a fine-tuning task's own settings, now its ``task`` section (asa.api.tasks.TaskSettings): moved keys whose
+# values a saved run config carries to the new place (`current_config`), for the task that read them
+TASK_KEYS = {
+    "segmentation": {"data.samples_per_case": "task.samples_per_case", "loss.focal_weight": "task.focal_weight",
+                     "loss.focal_beta": "task.focal_beta"},
+    "case": {"loss.class_weighted": "task.class_weighted", "loss.regression": "task.regression",
+             "loss.huber_delta": "task.huber_delta", "head.pooling": "task.head.pooling",
+             "head.hidden_dim": "task.head.hidden_dim", "head.dropout": "task.head.dropout"},
+}
+MOVED_KEYS |= {old: f"{new} (with task={task})" for task, moved in TASK_KEYS.items() for old, new in moved.items()}
+MOVED_KEYS |= {"loss.*": "task.*", "head.*": "task.head.*"}
 # the SW-ViT U-Net's decoder options, now its network settings (asa.models.SWViTUNetSettings): moved keys whose
 # values a saved run config carries to the new place (`current_config`), for the network that read them
 CARRIED_KEYS = {"segmenter.feature_size": "model.feature_size", "segmenter.input_skip": "model.input_skip",
@@ -89,8 +98,11 @@ def current_config(saved: Any) -> dict[str, Any]:
     network that follows its pretraining read them; any other never did, so they are left out), each setting
     its network's settings gained since at its default, which is what that run built with, and without the
     null symmetry settings earlier versions stated for every network (a network without them was never
-    handed them). A copy; the rest as it is."""
+    handed them). A fine-tuning config of an earlier version also gets its task's settings from where they were
+    (`TASK_KEYS`: ``data.samples_per_case``, ``loss.*``, ``head.*``) as its ``task`` section, and the record of
+    what its checkpoint predicts, which it held as ``task``, as ``outputs``. A copy; the rest as it is."""
     cfg = copy.deepcopy(dict(saved))
+    _carry_task_settings(cfg)
     for key in RENAMED_VALUES:  # dotted keys of a section: "model.arch"
         section, leaf = key.split(".")
         if isinstance(node := cfg.get(section), Mapping) and leaf in node:
@@ -110,6 +122,37 @@ def current_config(saved: Any) -> dict[str, Any]:
             model = {**defaults, **kept}
         cfg["model"] = model
     return cfg
+
+
+def _is_outputs_record(node: Any) -> bool:
+    """Whether a saved ``task`` is an earlier version's record of what a checkpoint predicts: a
+    segmentation task's (its ``channels``) or a case head's (its ``kind``)."""
+    return isinstance(node, Mapping) and ("channels" in node or "kind" in node)
+
+
+def _carry_task_settings(cfg: dict[str, Any]) -> None:
+    """In place: an earlier fine-tuning run config's record under ``task`` moved to ``outputs``, and the
+    settings of its task (`TASK_KEYS`: segmentation, or case for ``data.task=case``) from their old places
+    into ``task``; the old places are left out. Any other config is left as it is."""
+    if _is_outputs_record(cfg.get("task")) and "outputs" not in cfg:
+        cfg["outputs"] = cfg.pop("task")
+    data = cfg.get("data")
+    if not isinstance(data, Mapping) or "task" in cfg or not ({"loss", "head"} & cfg.keys() or "samples_per_case" in data):
+        return
+    name = "case" if data.get("task") == "case" else "segmentation"
+    settings: dict[str, Any] = {"name": name}
+    for old, new in TASK_KEYS[name].items():
+        section, leaf = old.split(".")
+        node = cfg.get(section)
+        if isinstance(node, Mapping) and leaf in node:
+            place = settings
+            for part in new.split(".")[1:-1]:  # task.head.pooling: the head subsection
+                place = place.setdefault(part, {})
+            place[new.split(".")[-1]] = node[leaf]
+    cfg["data"] = {k: v for k, v in data.items() if k != "samples_per_case"}
+    cfg.pop("loss", None)
+    cfg.pop("head", None)
+    cfg["task"] = settings
 
 
 def renamed_value(key: str, value: Any) -> str | None:
@@ -247,7 +290,6 @@ class SegmentationDataConfig(DataConfig):
 
     task: str = MISSING  # a segmentation task (asa.data.get_task), or `case`: one target per case (data.target)
     crop: Optional[int] = None  # the crop edge (voxels); null: the pretraining crop
-    samples_per_case: int = 1
     # task=case: classification or regression of one target per case (asa.data.read_targets)
     target: Optional[str] = None  # the target column (e.g. diagnosis, age)
     target_kind: str = one_of("auto", ("auto", *TARGET_KINDS))  # auto | binary | multiclass | continuous
@@ -318,26 +360,6 @@ class RelianceConfig:
     device: str = "auto"  # auto | cpu | cuda
 
 
-@dataclass
-class HeadConfig:
-    """The case head of ``data.task=case`` (`asa.models.ASACaseHead`): pooled encoder tokens, then an MLP."""
-
-    pooling: str = one_of("mean", POOLINGS)  # mean | attention
-    hidden_dim: int = 256
-    dropout: float = 0.0
-
-
-@dataclass
-class LossConfig:
-    """Extra fine-tuning loss terms."""
-
-    focal_weight: float = 0.0  # > 0: add this weight times the focal region loss (RAT, §1.6b; needs data.regions)
-    focal_beta: float = 1.0
-    class_weighted: bool = True  # data.task=case, classes: cross-entropy weighted N / (K n_k) by training counts
-    regression: str = one_of("mse", REGRESSION_LOSSES)  # data.task=case, continuous: mse | huber (on standardised targets)
-    huber_delta: float = 1.0  # in standard deviations of the training targets
-
-
 # data.task=case: a case's outputs (probabilities, values) averaged over its test-time crops: grid (the
 # brain-centred crop and crops shifted by half a crop along each axis where the volume is larger than
 # the crop; asa.data.case_crop_origins) | centre (the brain-centred crop alone, the one fine-tuning trains on)
@@ -404,6 +426,15 @@ class PretrainConfig(RunConfig):
 
 
 @dataclass
+class TaskSettings:
+    """The ``task`` section of ``asa-finetune``: the settings of the fine-tuning task that claims
+    ``data.task`` (`asa.api.tasks`). A task's own settings subclass this, and their defaults are the
+    task's defaults (stated nowhere else); ``name`` is the task's."""
+
+    name: str = MISSING
+
+
+@dataclass
 class FinetuneConfig(RunConfig):
     # the network's typed settings (asa.models.NetworkSettings): which class depends on model.arch, so the
     # group's presets start from the network's settings at their defaults (config group ``network``) and
@@ -412,8 +443,9 @@ class FinetuneConfig(RunConfig):
     optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
     data: SegmentationDataConfig = field(default_factory=SegmentationDataConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
-    head: HeadConfig = field(default_factory=HeadConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    # the settings of the task that claims data.task (asa.api.tasks.TaskSettings; the config group ``task``),
+    # typed by `validate`
+    task: Any = field(default_factory=dict)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
@@ -534,6 +566,10 @@ def register() -> None:
         store.store(name=f"{name}_schema", node=node)
     for name, method in registered_methods().items():
         store.store(group="method", name=name, node=method.Settings(name=name))
+    from asa.api.tasks import registered_tasks  # the task registry imports this module
+
+    for name, task in registered_tasks().items():  # task=<name>: a fine-tuning task's settings at their defaults
+        store.store(group="task", name=name, node=task.Settings(name=name))
     # model=<preset>: a network's settings at their defaults, as a mapping: `validate` types the section by the
     # network it names, so a preset or experiment setting an option the network lacks is refused naming it
     for arch, settings in NETWORK_SETTINGS.items():
@@ -602,6 +638,38 @@ def network_settings(model: Any) -> NetworkSettings:
     return OmegaConf.to_object(typed)
 
 
+def task_settings(section: Any, data_task: str) -> TaskSettings:
+    """A fine-tuning ``task`` section (a mapping, a config node or a `TaskSettings`) as the typed settings of
+    the task that claims ``data_task`` (`asa.api.tasks.task_class`), every field it leaves out at its
+    default. A section that is another task's settings at their defaults (the ``task`` group's default,
+    left alone while ``data.task`` chose another task) gives the claiming task's defaults; a key the task
+    does not take, a value of the wrong type or outside a field's choices is refused naming ``task.<key>``."""
+    from asa.api.tasks import registered_tasks, task_class  # the task registry imports this module
+
+    cls = task_class(data_task)
+    section = asdict(section) if is_dataclass(section) else dict(OmegaConf.to_container(section, resolve=True)
+                                                                 if isinstance(section, DictConfig) else section or {})
+    named = section.get("name", cls.name)
+    if named != cls.name:
+        other = registered_tasks().get(named)
+        if other is None or section != asdict(other.Settings(name=named)):
+            raise ValueError(f"task.name={named}: data.task={data_task} is trained by task {cls.name}, whose settings "
+                             f"are chosen with task={cls.name} (the task section holds task {named}'s)")
+        section = {}
+    section["name"] = cls.name
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(cls.Settings(name=cls.name)), section)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        given = f"task.{key}={OmegaConf.select(OmegaConf.create(section), key, default='?')}"
+        if isinstance(err, ConfigKeyError):
+            raise ValueError(f"{given}: task {cls.name} has no such option; it takes "
+                             f"{', '.join(f.name for f in fields(cls.Settings) if f.name != 'name')}") from None
+        raise ValueError(f"{given}: {str(err).splitlines()[0]}") from None
+    check_choices(typed, cls.Settings, "task.")
+    return OmegaConf.to_object(typed)
+
+
 def validate(cfg: DictConfig, entry: str) -> DictConfig:
     """Check a composed config against the entry point's schema again (catches ``+key=value``
     additions, which Hydra lets through); raises ``ValueError`` naming the key. Returns the config
@@ -619,9 +687,16 @@ def validate(cfg: DictConfig, entry: str) -> DictConfig:
         node = _schema_node(entry, method)
     except ValueError as err:
         raise ValueError(f"asa-{entry}: invalid option {err}") from None
+    task = None
     if entry == "finetune":  # the model section: its network's settings (refused naming model.<key>)
         model = network_settings(cfg.model)
-        node = FinetuneConfig(model=type(model)(arch=model.arch))
+        data_task = OmegaConf.select(cfg, "data.task", default=None)
+        try:  # the task section: the settings of the task that claims data.task (refused naming task.<key>)
+            task = None if data_task is None else task_settings(cfg.get("task"), str(data_task))
+        except ValueError as err:
+            raise ValueError(f"asa-finetune: invalid option {err}") from None
+        node = FinetuneConfig(model=type(model)(arch=model.arch),
+                              task=TaskSettings() if task is None else type(task)(name=task.name))
     elif entry == "pretrain":  # the model section: the SW-ViT sizes or the settings its arch names
         try:
             node.model = pretrain_model_node(cfg.get("model"))
@@ -629,8 +704,12 @@ def validate(cfg: DictConfig, entry: str) -> DictConfig:
             raise ValueError(f"asa-pretrain: invalid option {err}") from None
     schema = OmegaConf.structured(node)
     OmegaConf.set_struct(schema, True)
+    given = OmegaConf.to_container(cfg, resolve=False)
+    if task is not None:  # the task section as the claiming task reads it (checked above)
+        given["task"] = asdict(task)
+        cfg = OmegaConf.create(given)
     try:
-        typed = OmegaConf.merge(schema, OmegaConf.to_container(cfg, resolve=False))
+        typed = OmegaConf.merge(schema, given)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         keys = flatten_keys(OmegaConf.select(cfg, key)) if key in cfg else {}

@@ -111,7 +111,7 @@ class RegionSource:
         """From a run config's ``data.regions`` ({source, k, seed, dir}); None when no map is made.
 
         ``needed_by``: the options that need a region map per case (e.g.
-        ``"model.region_attention=alternate"``, ``"loss.focal_weight=1.0"``); ``network``: the one of
+        ``"model.region_attention=alternate"``, ``"task.focal_weight=1.0"``); ``network``: the one of
         them that feeds the map into the network (region attention), if any. ``source: auto`` (or
         missing) gives ``cluster`` maps when ``needed_by`` is not empty and None otherwise; ``none``
         with ``needed_by`` is an error, and so is a source made from the target (``label``) with
@@ -147,7 +147,7 @@ class RegionSource:
                 f"{consumer} feeds the region map into the network: validation Dice, best.pt and predictions would "
                 "come from a network told where the target is. Use data.regions.source=cluster (k-means tissue "
                 "classes, no labels) or file (a map per case in data.regions.dir: an atlas or tissue segmentation); "
-                f"source={self.source} is only for the loss-only focal region term (loss.focal_weight) of a network "
+                f"source={self.source} is only for the loss-only focal region term (task.focal_weight) of a network "
                 "without region attention")
 
     def settings(self) -> dict[str, Any]:

@@ -51,10 +51,11 @@ class Predictor:
         state = load_checkpoint(path) if state is None else state
         config = state.get("config") or {}
         spec = state.get("network")
-        if spec is None or NETWORK_TASKS.get(current_spec(spec)["arch"]) == "pretraining" or "task" not in config:
+        outputs = config.get("outputs", config.get("task"))  # what it predicts (an earlier version's: task)
+        if spec is None or NETWORK_TASKS.get(current_spec(spec)["arch"]) == "pretraining" or outputs is None:
             raise ValueError(f"checkpoint {path} is not a fine-tuning checkpoint (no segmentation network spec and "
                              "task recorded); asa-predict needs the best.pt or last.pt written by asa-finetune")
-        task = Task.from_dict(config["task"])
+        task = Task.from_dict(outputs)
         model = build_network(spec)
         patch = int(model.img_size[0])
         try:

@@ -40,7 +40,7 @@ def class_weights(labels: Sequence[int], num_classes: int, names: Sequence[str] 
         absent = [k for k in range(num_classes) if counts[k] == 0]
         shown = ", ".join(repr(str(names[k])) for k in absent) if len(names) == num_classes else str(absent)
         raise ValueError(f"no training case of class(es) {shown}: the class-weighted loss needs every class "
-                         "(change data.split or the targets, or set loss.class_weighted=false)")
+                         "(change data.split or the targets, or set task.class_weighted=false)")
     return torch.tensor(counts.sum() / (num_classes * counts), dtype=torch.float32)
 
 
@@ -54,7 +54,7 @@ class CaseLoss(nn.Module):
                  delta: float = 1.0, shift: float = 0.0, scale: float = 1.0) -> None:
         super().__init__()
         if regression not in REGRESSION_LOSSES:
-            raise ValueError(f"loss.regression={regression!r}: expected one of {REGRESSION_LOSSES}")
+            raise ValueError(f"task.regression={regression!r}: expected one of {REGRESSION_LOSSES}")
         self.kind, self.regression, self.delta, self.shift, self.scale = kind, regression, delta, shift, scale
         self.register_buffer("weights", weights, persistent=False)
 

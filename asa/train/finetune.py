@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
-from asa.data.tasks import Task
+from asa.data.labels import Task
 from asa.eval.inference import predict_volume
 from asa.eval.metrics import dice
 from asa.models import capabilities

@@ -37,7 +37,7 @@ def _skipped(root: Path) -> str:
 
 def _finetune(root: Path, out: Path, *extra: str):
     cfg = compose_config("finetune", [
-        "data=targets", f"data.root={root}", "model=tiny", "trainer=smoke", f"output_dir={out}", "device=cpu",
+        "data=targets", "task=case", f"data.root={root}", "model=tiny", "trainer=smoke", f"output_dir={out}", "device=cpu",
         "data.num_workers=0", "trainer.epochs=2", "trainer.max_steps=3", "data.split.ratios=[4,3,0]", *extra,
     ])
     return finetune(cfg)
@@ -52,13 +52,13 @@ def test_a_tiny_case_run_writes_checkpoints_that_rebuild_the_head(tmp_path, bids
     export = tmp_path / "encoder.pt"
     torch.save({"encoder": mae.encoder_state_dict(), "network": network_spec(mae)}, export)
     out = tmp_path / "run"
-    result = _finetune(bids, out, f"data.target={target}", f"model.pretrained={export}", "head.pooling=attention",
+    result = _finetune(bids, out, f"data.target={target}", f"model.pretrained={export}", "task.head.pooling=attention",
                        "trainer.amp=off")  # validation in fp32, as asa-predict runs
     assert result.step == 3
     logged = [h for h in result.history if monitor in h]
     assert logged and all(isinstance(h[monitor], float) for h in logged)
     ckpt = load_checkpoint(out / "checkpoints" / "best.pt")
-    task, config = ckpt["config"]["task"], ckpt["config"]
+    task, config = ckpt["config"]["outputs"], ckpt["config"]
     assert task["name"] == "case" and task["kind"] == kind and task["target"] == target
     assert (config["trainer"]["monitor"], config["trainer"]["mode"]) == (monitor, "min" if kind == "continuous" else "max")
     net = build_network(ckpt["network"])
@@ -121,8 +121,8 @@ def test_case_runs_refuse_what_they_cannot_honour(tmp_path, bids):
         _finetune(bids, tmp_path / "c", "data.target=age", "trainer.monitor=val/rmse", "trainer.mode=max")
     with pytest.raises(OptionError, match=r"model.arch=unetr: .*model=vit_case\|swin_case.*unetr is a segmentation network"):
         _finetune(bids, tmp_path / "d", "data.target=age", "model=unetr")
-    with pytest.raises(ValueError, match="head.pooling='max': expected one of mean, attention"):
-        _finetune(bids, tmp_path / "e", "data.target=age", "head.pooling=max")
+    with pytest.raises(ValueError, match="task.head.pooling='max': expected one of mean, attention"):
+        _finetune(bids, tmp_path / "e", "data.target=age", "task.head.pooling=max")
     with pytest.raises(ValueError, match="model.pretrained=.*'vit_case' takes no pretrained encoder"):
         _finetune(bids, tmp_path / "f", "data.target=age", "model=vit_case", "data.crop=32",
                   f"model.pretrained={tmp_path / 'x.pt'}")
@@ -158,7 +158,7 @@ def test_a_case_run_on_cuda_with_fp16_predicts_what_the_cpu_predicts(tmp_path, b
     """The case head trains under fp16 autocast on CUDA (finite, its steps taken) and asa-predict of
     its best.pt on CUDA writes the CPU's predictions and probabilities to rounding."""
     out = tmp_path / "run"
-    result = _finetune(bids, out, "data.target=diagnosis", "device=cuda", "trainer.amp=fp16", "head.pooling=attention")
+    result = _finetune(bids, out, "data.target=diagnosis", "device=cuda", "trainer.amp=fp16", "task.head.pooling=attention")
     assert result.step == 3 and all(torch.isfinite(torch.tensor(h["train/loss"])) for h in result.history
                                     if "train/loss" in h)
     ckpt = out / "checkpoints" / "best.pt"
@@ -190,14 +190,14 @@ def test_a_monai_baseline_fine_tunes_predicts_and_evaluates_under_the_case_recip
     out = tmp_path / "run"
     torch.manual_seed(0)
     result = _finetune(bids, out, "data.target=diagnosis", "data.crop=32", "trainer.amp=off",
-                       "head.pooling=attention", "optim.freeze_encoder_epochs=5", "optim.layer_decay=0.5",
+                       "task.head.pooling=attention", "optim.freeze_encoder_epochs=5", "optim.layer_decay=0.5",
                        "optim.scratch_encoder_lr_scale=0.1", *BASELINES[arch])  # a baseline starts from scratch
     ckpt = load_checkpoint(out / "checkpoints" / "best.pt")
     net = build_network(ckpt["network"])
     assert ckpt["network"]["arch"] == arch and net.pool is not None and net.out_channels == 3
     net.load_state_dict(ckpt["model"])
     encoder = "vit." if arch == "vit_case" else "swinViT."
-    torch.manual_seed(0)  # the run's initial weights (finetune_case seeds before building)
+    torch.manual_seed(0)  # the run's initial weights (the task seeds before building)
     initial = build_network({**ckpt["network"], "kwargs": {**ckpt["network"]["kwargs"], "target_shift": 0.0}}).state_dict()
     last = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(last[k], initial[k]) for k in initial if k.startswith(encoder))  # frozen

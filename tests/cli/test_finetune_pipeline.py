@@ -46,7 +46,7 @@ def test_finetune_predict_evaluate(tmp_path, encoder_export, name, cases, foregr
     result = _finetune(root, out, name, f"model.pretrained={encoder_export}")
     assert result.step == 2
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
-    assert ckpt["config"]["task"]["name"] == name
+    assert ckpt["config"]["outputs"]["name"] == name and ckpt["config"]["task"]["name"] == "segmentation"
     assert ckpt["config"]["model"]["pos_mode"] == "mirror"  # null resolved from the pretrained export
     assert ckpt["config"]["data"]["crop"] == 32  # null: the pretraining crop recorded in the export
     assert ckpt["config"]["segmenter"]["reference_grid"] == [4, 4, 4]

@@ -46,7 +46,7 @@ def test_region_source_defaults_to_auto():
 
 
 @pytest.mark.parametrize("entry,extra", [
-    ("finetune", ["data=brats"]), ("finetune", ["data=ibsr", "loss.focal_weight=1.0"]), ("pretrain", []),
+    ("finetune", ["data=brats"]), ("finetune", ["data=ibsr", "task.focal_weight=1.0"]), ("pretrain", []),
 ])
 @pytest.mark.parametrize("layout", ["alternate", "all"])
 def test_label_regions_refused_with_region_attention_before_anything_is_written(tmp_path, entry, extra, layout):
@@ -67,11 +67,11 @@ def test_region_source_helper_says_what_auto_chose(capsys):
 
     data = load_config("finetune", "data=ibsr").data
     assert region_source(data, [], network=None, env=DistEnv()) is None
-    regions = region_source(data, ["loss.focal_weight=1.0"], network=None, env=DistEnv())
+    regions = region_source(data, ["task.focal_weight=1.0"], network=None, env=DistEnv())
     assert regions.source == "cluster"
-    assert "data.regions.source=auto: loss.focal_weight=1.0 need(s) region maps; using cluster" in capsys.readouterr().err
+    assert "data.regions.source=auto: task.focal_weight=1.0 need(s) region maps; using cluster" in capsys.readouterr().err
     label = load_config("finetune", "data=ibsr", "data.regions.source=label").data
-    assert region_source(label, ["loss.focal_weight=1.0"], network=None, env=DistEnv()).source == "label"
+    assert region_source(label, ["task.focal_weight=1.0"], network=None, env=DistEnv()).source == "label"
     assert capsys.readouterr().err == ""  # an explicit source is used as given
 
 
@@ -100,7 +100,7 @@ def test_label_regions_accepted_for_the_loss_only_focal_term(tmp_path):
     out = tmp_path / "run"
     result = finetune(compose_config("finetune", [
         "data=ibsr", "data.demo.cases=4", "data.demo.size=32", "data.crop=32", "data.num_workers=0",
-        "data.split.ratios=[3,1,0]", "data.regions.source=label", "loss.focal_weight=1.0", "trainer=smoke",
+        "data.split.ratios=[3,1,0]", "data.regions.source=label", "task.focal_weight=1.0", "trainer=smoke",
         "device=cpu", f"data.demo.cache_dir={tmp_path / 'cache'}", f"output_dir={out}"]))
     assert result.nonfinite_steps == 0 and result.step >= 1
     assert load_checkpoint(out / "checkpoints" / "last.pt")["config"]["data"]["regions"]["source"] == "label"
@@ -120,7 +120,7 @@ def test_rat_presets_pretrain_then_finetune(tmp_path):
     result = finetune(compose_config("finetune", [
         "data=ibsr", "data.demo.cases=5", "data.split.ratios=[3,1,1]", "data.crop=32", "data.num_workers=0",
         "model.region_attention=alternate", f"model.pretrained={out / 'checkpoints' / 'encoder.pt'}",
-        "loss.focal_weight=1.0", f"output_dir={ft}", *common]))  # data.regions.source=auto: cluster
+        "task.focal_weight=1.0", f"output_dir={ft}", *common]))  # data.regions.source=auto: cluster
     assert result.nonfinite_steps == 0 and result.best_metric is not None
     assert load_checkpoint(ft / "checkpoints" / "best.pt")["config"]["data"]["regions"]["source"] == "cluster"
     # asa-predict's path rebuilds the network and its region source from the checkpoint

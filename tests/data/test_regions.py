@@ -100,9 +100,9 @@ def test_label_source_is_refused_as_a_network_input_and_kept_for_the_loss():
     spec = {"source": "label", "k": 3, "seed": 0, "dir": None}
     with pytest.raises(ValueError, match=r"source=label .*model.region_attention=alternate feeds the region map "
                                          r"into the network.*data.regions.source=cluster.*file"):
-        RegionSource.from_config(spec, needed_by=["model.region_attention=alternate", "loss.focal_weight=1.0"],
+        RegionSource.from_config(spec, needed_by=["model.region_attention=alternate", "task.focal_weight=1.0"],
                                  network="model.region_attention=alternate")
-    loss_only = RegionSource.from_config(spec, needed_by=["loss.focal_weight=1.0"])
+    loss_only = RegionSource.from_config(spec, needed_by=["task.focal_weight=1.0"])
     assert loss_only.source == "label" and loss_only.from_target
     for source in ("cluster", "file"):  # what region attention may be fed
         regions = RegionSource.from_config({**spec, "source": source, "dir": "."}, needed_by=["x"], network="x")

@@ -94,9 +94,9 @@ def test_predict_refuses_a_read_only_output(brats, read_only, capsys, sub):
 def test_probe_refuses_a_read_only_output_before_probing(tmp_path, read_only, capsys, monkeypatch):
     import importlib
 
-    api_probe = importlib.import_module("asa.api.probe")  # the module, not the function asa.api.probe
+    case_task = importlib.import_module("asa.api.case")  # the case task's probes
     data = write_demo_dataset("bids", tmp_path / "bids", cases=6, size=32, seed=0, targets=True)
-    monkeypatch.setattr(api_probe, "case_probes", lambda *a, **k: pytest.fail("probed before checking the output"))
+    monkeypatch.setattr(case_task, "case_probes", lambda *a, **k: pytest.fail("probed before checking the output"))
     out = read_only / "probe"
     cfg = compose_config("probe", ["encoders=[random:tiny]", "data=targets", f"data.root={data}", f"output={out}",
                                    "device=cpu", "folds=2", "bootstrap=10", "knn_k=2", "data.target=age", "crop=32"])
@@ -115,9 +115,9 @@ def test_preprocess_refuses_a_read_only_store(tmp_path, read_only, capsys):
 def test_evaluate_refuses_a_read_only_output_before_scoring(brats, tmp_path, read_only, capsys, monkeypatch):
     import importlib
 
-    api_evaluate = importlib.import_module("asa.api.evaluate")  # the module, not the function asa.api.evaluate
+    segmentation = importlib.import_module("asa.api.segmentation")  # the segmentation task's scoring
     data, _ = brats
-    monkeypatch.setattr(api_evaluate, "evaluate_cases", lambda *a, **k: pytest.fail("scored before checking the output"))
+    monkeypatch.setattr(segmentation, "evaluate_cases", lambda *a, **k: pytest.fail("scored before checking the output"))
     out = read_only / "eval"
     cfg = compose_config("evaluate", ["data=brats", f"data.root={data}", f"pred={data}", f"output={out}"])
     from asa.api import evaluate

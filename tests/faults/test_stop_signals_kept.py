@@ -50,7 +50,7 @@ def test_sigterm_during_preprocess_says_which_cases_are_kept(tmp_path, monkeypat
 
 
 def test_sigterm_during_predict_says_which_predictions_are_kept(tmp_path, monkeypatch, capsys):
-    api_predict = importlib.import_module("asa.api.predict")
+    segmentation = importlib.import_module("asa.api.segmentation")  # the segmentation task's prediction
     data = write_demo_dataset("brats", tmp_path / "brats", cases=3, size=16, seed=0)
     task = get_task("brats")
     tiny = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
@@ -58,7 +58,7 @@ def test_sigterm_during_predict_says_which_predictions_are_kept(tmp_path, monkey
                                                       out_channels=task.num_outputs, **tiny)})
     ckpt = save_checkpoint(tmp_path / "a.pt", {"model": net.state_dict(), "network": network_spec(net),
                                                "config": {"task": dataclasses.asdict(task)}})
-    real = api_predict.predict_cases
+    real = segmentation.predict_cases
 
     def predict_then_stop(*args, on_written, **kwargs):
         def written(case, files):
@@ -66,7 +66,7 @@ def test_sigterm_during_predict_says_which_predictions_are_kept(tmp_path, monkey
             os.kill(os.getpid(), signal.SIGTERM)  # after the first case is written and recorded
         return real(*args, on_written=written, **kwargs)
 
-    monkeypatch.setattr(api_predict, "predict_cases", predict_then_stop)
+    monkeypatch.setattr(segmentation, "predict_cases", predict_then_stop)
     out = tmp_path / "preds"
     cfg = compose_config("predict", [f"checkpoint={ckpt}", f"input={data}", f"output={out}", "device=cpu", "amp=off"])
     with pytest.raises(SystemExit) as stop:

@@ -37,7 +37,7 @@ def test_mean_pooling_is_the_token_mean_and_attention_pooling_a_convex_combinati
 
 
 def test_bad_options():
-    with pytest.raises(ValueError, match="head.pooling"):
+    with pytest.raises(ValueError, match="task.head.pooling"):
         ASACaseHead(img_size=32, pooling="max", **ENC)
     with pytest.raises(ValueError, match="region_attention"):
         ASACaseHead(img_size=32, **{**ENC, "region_attention": "all"})

@@ -32,7 +32,7 @@ def test_regression_loss_is_on_standardised_values():
     # Huber with delta 0.5 on an error of 1: 0.5 * (1 - 0.5 / 2) = 0.375 and 0 -> mean 0.1875
     huber = CaseLoss("continuous", regression="huber", delta=0.5, shift=70.0, scale=10.0)
     assert huber(pred, true).item() == pytest.approx(0.1875)
-    with pytest.raises(ValueError, match="loss.regression"):
+    with pytest.raises(ValueError, match="task.regression"):
         CaseLoss("continuous", regression="l1")
 
 

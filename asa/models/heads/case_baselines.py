@@ -36,7 +36,7 @@ def _check_input(net: nn.Module, x: torch.Tensor) -> None:
 
 @dataclass
 class ViTCaseSettings(ViTSettings):
-    """``model=vit_case``: the ViT's keyword arguments (:class:`ViTCaseNet`; the head's are ``head.*``)."""
+    """``model=vit_case``: the ViT's keyword arguments (:class:`ViTCaseNet`; the head's are ``task.head.*``)."""
 
     patch_size: int = 16
     num_layers: int = 12
@@ -45,7 +45,7 @@ class ViTCaseSettings(ViTSettings):
 
 @dataclass
 class SwinCaseSettings(SwinSettings):
-    """``model=swin_case``: the SwinViT's keyword arguments (:class:`SwinCaseNet`; the head's are ``head.*``)."""
+    """``model=swin_case``: the SwinViT's keyword arguments (:class:`SwinCaseNet`; the head's are ``task.head.*``)."""
 
     patch_size: int = 2
 

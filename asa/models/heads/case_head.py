@@ -44,7 +44,7 @@ class PooledTokenHead(nn.Module):
     @staticmethod
     def check_head(name: str, *, out_channels: int, pooling: str, hidden_dim: int, target_scale: float) -> None:
         if pooling not in POOLINGS:
-            raise ValueError(f"head.pooling={pooling!r}: expected one of {POOLINGS}")
+            raise ValueError(f"task.head.pooling={pooling!r}: expected one of {POOLINGS}")
         if not target_scale > 0:
             raise ValueError(f"{name} target_scale must be > 0, got {target_scale}")
         if out_channels < 1 or hidden_dim < 1:

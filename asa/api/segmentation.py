@@ -1,0 +1,328 @@
+"""The segmentation task (voxel labels): ``data.task`` a segmentation task of `asa.data.get_task` (``brats``,
+``ibsr``, ``wmh``, ``msd``). Its four jobs — training (the hooks of `asa.api.tasks.FinetuneTask.finetune`),
+prediction (one label file per case), evaluation (Dice, HD95, NSD, encoder reliance) and the voxel-label
+probes — and its own settings (``task.*``, `Settings`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import ListConfig
+
+from asa.api.common import (OptionError, cases_of_split, check_crop_fits, dataset_root, default_crop, record_geometry,
+                             refusing, region_source)
+from asa.api.networks import build_from_config
+from asa.api.predict import MANIFEST, channel_note, check_output, sha256
+from asa.api.rundir import check_writable, command_line, move_aside
+from asa.api.schema import EvaluateConfig, FrozenProbeConfig, PredictConfig, TaskSettings
+from asa.api.tasks import FinetuneRun, FinetuneTask, PredictSetup, ProbeTargets, register_finetune_task
+from asa.data import build_segmentation_dataset, discover, get_task, non_mri_channels
+from asa.eval import evaluate_cases, match_predictions
+from asa.eval.evaluate import nsd_tolerances, write_results
+from asa.eval.frozen import FrozenEncoder
+from asa.eval.predict import Predictor, gather_cases, predict_cases
+from asa.eval.probe import build_probe_set
+from asa.eval.probe_cv import token_probes
+from asa.eval.reliance import encoder_reliance, format_reliance, write_reliance
+from asa.io import atomic_write_json
+from asa.losses import DeepSupervisionLoss, SegmentationLoss
+from asa.models import Capabilities, capabilities
+from asa.train.distributed import resolve_device
+from asa.train.finetune import make_dice_validator, make_segmentation_panel_fn, segmentation_step
+from asa.train.precision import amp_name
+
+__all__ = ["SegmentationTask", "Settings", "symmetry_warning"]
+
+APP_PREDICT = "asa-predict"
+
+
+@dataclass
+class Settings(TaskSettings):
+    """``task.*`` of a segmentation run."""
+
+    name: str = "segmentation"
+    samples_per_case: int = 1  # random crops drawn from each case per loaded item
+    focal_weight: float = 0.0  # > 0: add this weight times the focal region loss (RAT, §1.6b; needs data.regions)
+    focal_beta: float = 1.0
+
+
+def symmetry_warning(declared: Capabilities, channels: tuple[str, ...], source: str) -> str | None:
+    """Why a network's symmetric parts may not fit the data (channels that are no MRI sequence), or None.
+
+    ``declared``: the network's capabilities (its ``symmetry`` parts); ``channels``: the task's channel
+    names; ``source``: where they were read (the dataset.json or the data preset)."""
+    other = non_mri_channels(channels)
+    if not declared.symmetry or not other:
+        return None
+    return (f"{source} names the channels {list(channels)}, of which {list(other)} name no MRI sequence: "
+            f"{' and '.join(declared.symmetry)} assume a left-right symmetric brain MRI with its mid-sagittal plane "
+            "at the crop centre, which may not hold on these data (a network without these parts makes no such "
+            "assumption)")
+
+
+@register_finetune_task
+class SegmentationTask(FinetuneTask):
+    """Voxel labels: ``data.task`` a segmentation task of `asa.data.get_task` (brats, ibsr, wmh, msd).
+    It claims every name no other task claims, and `asa.data.get_task` refuses the unknown ones."""
+
+    name = "segmentation"
+    Settings = Settings
+
+    @classmethod
+    def claims(cls, data_task: str) -> bool:
+        return True
+
+    # --- training: the hooks of FinetuneTask.finetune ---------------------------------------------------
+    def check(self, run: FinetuneRun) -> None:
+        cfg, settings = run.cfg, run.cfg.task
+        needed_by = []  # the options that need a region map per case
+        network = cfg.model.region_option()  # the one that feeds it into the network (never a map made from the labels)
+        if network is not None:
+            needed_by.append(network)
+        if settings.focal_weight > 0:
+            needed_by.append(f"task.focal_weight={settings.focal_weight}")
+        self.regions = region_source(cfg.data, needed_by, network=network, env=run.env)
+        self.root = dataset_root(cfg.data)[0]
+        self.task = get_task(cfg.data.task, root=self.root)
+
+    def build_network(self, run: FinetuneRun, splits: Mapping[str, list] | None) -> tuple[torch.nn.Module, dict]:
+        cfg, data, task = run.cfg, run.cfg.data, self.task
+        model = build_from_config(cfg.model, cfg.segmenter,
+                                  in_channels=len(task.channels), out_channels=task.num_outputs,
+                                  crop=None if data.crop is None else int(data.crop),
+                                  default_crop=default_crop(data))  # one grid: the pretraining crop
+        source = str(self.root / "dataset.json") if task.name == "msd" else f"data={data.name}"
+        if run.env.is_main and (warning := symmetry_warning(capabilities(model), task.channels, source)):
+            print(f"[asa] warning: {warning}", file=sys.stderr, flush=True)
+        run.crop = crop = record_geometry(run.resolved, model)  # the crop, position code, axis and reference grid
+        if (fault := capabilities(model).crop_fault(crop)) is not None:  # before anything is written
+            raise OptionError(f"data.crop={crop}: {fault}")
+        run.resolved["data"]["regions"]["source"] = "none" if self.regions is None else self.regions.source
+        # crops start on the brain frame's patch lattice; a network without one (DynUNet) on the coarsest
+        # lattice of up to 8 voxels that its crop allows: any crop its own checks take
+        self.lattice = dict(lattice=math.gcd(crop, 8))
+        if (grid := capabilities(model).lattice) is not None:
+            self.lattice = dict(lattice=grid[0], lr_axis=run.resolved["model"]["lr_axis"], reference_size=grid[1])
+        return model, dataclasses.asdict(task)  # asa-predict rebuilds the task from the checkpoint
+
+    def cases(self, run: FinetuneRun, cases: list) -> list:
+        check_crop_fits(run.crop, cases)
+        return cases
+
+    def datasets(self, run: FinetuneRun, splits: Mapping[str, list]) -> tuple[Any, Any | None]:
+        cfg, data = run.cfg, run.cfg.data
+        train = build_segmentation_dataset(
+            splits["train"], self.task, train=True, crop=run.crop, store=data.store,
+            samples_per_case=cfg.task.samples_per_case, seed=cfg.seed, regions=self.regions, **self.lattice,
+        )
+        val = (build_segmentation_dataset(splits["val"], self.task, train=False, store=data.store,
+                                          regions=self.regions if capabilities(run.model).regions else None)
+               if splits["val"] else None)
+        return train, val
+
+    def validator(self, run: FinetuneRun, dataset: Any):
+        return make_dice_validator(dataset, task=self.task, roi_size=(run.crop,) * 3, env=run.env,
+                                   overlap=run.cfg.validation.overlap,
+                                   sw_batch_size=int(run.cfg.validation.sw_batch_size))
+
+    def engine_options(self, run: FinetuneRun, val_dataset: Any | None) -> dict[str, Any]:
+        panel_fn = None
+        if val_dataset is not None and run.env.is_main and run.config.panel_every:
+            panel_fn = make_segmentation_panel_fn(val_dataset[0], multilabel=self.task.multilabel,
+                                                  roi_size=(run.crop,) * 3, overlap=run.cfg.validation.overlap,
+                                                  sw_batch_size=int(run.cfg.validation.sw_batch_size))
+        collate = None
+        if run.cfg.task.samples_per_case > 1:
+            from monai.data import list_data_collate
+
+            collate = list_data_collate
+        return dict(collate_fn=collate, panel_fn=panel_fn)
+
+    def training_step(self, run: FinetuneRun):
+        settings = run.cfg.task
+        criterion = SegmentationLoss(self.task.multilabel, focal_weight=settings.focal_weight,
+                                     focal_beta=settings.focal_beta)
+        if capabilities(run.model).deep_supervision:  # training outputs at several resolutions (model=dynunet)
+            criterion = DeepSupervisionLoss(criterion, capabilities(run.model).deep_supervision)
+        return segmentation_step(criterion)
+
+    def best_metric(self, run: FinetuneRun) -> str:
+        return "mean validation Dice"
+
+    # --- the other jobs ------------------------------------------------------------------------------
+    def predict(self, cfg: PredictConfig, state: dict, checkpoint: Path, inputs: list[str] | str,
+                setup: PredictSetup) -> list[Path]:
+        """Write one label file per case of ``inputs`` (and the manifest) with the segmentation checkpoint
+        ``checkpoint`` (its content: ``state``); returns the files written by this call."""
+        device, amp_dtype, threads, sw_batch_size = setup.device, setup.amp_dtype, setup.threads, setup.sw_batch_size
+        compile_net = setup.compile
+        with refusing():
+            predictor = Predictor.from_checkpoint(checkpoint, device=device, amp_dtype=amp_dtype, compile=compile_net,
+                                                  state=state)
+            on_bad_case = cfg.on_bad_case
+            cases = gather_cases(inputs, predictor.task, layout=cfg.layout, on_bad_case=on_bad_case)
+            cases = cases_of_split(cases, cfg.split_file, cfg.subset, where=f"input={inputs}")
+            checksum = sha256(checkpoint)
+            out = Path(cfg.output).expanduser().absolute()
+            manifest, kept = check_output(out, inputs, overwrite=cfg.overwrite, resume=bool(cfg.resume),
+                                          checksum=checksum)
+            check_writable(out, "output")
+        print(f"[asa] predicting {len(cases)} case(s) on {device}, precision {amp_name(amp_dtype)} (amp={cfg.amp}), "
+              f"{threads} CPU threads{', torch.compile' if compile_net else ''}"
+              f"{f'; the {cfg.subset} split of {cfg.split_file}' if cfg.split_file is not None else ''}", flush=True)
+        note = channel_note(cases, predictor.task)
+        if note:
+            print(f"[asa] note: {note}", file=sys.stderr, flush=True)
+        if cfg.overwrite and out.exists() and any(out.iterdir()):
+            aside = move_aside(out)
+            print(f"[asa] overwrite=true: moved the previous predictions to {aside}", file=sys.stderr, flush=True)
+        if kept:
+            print(f"[asa] resume=true: keeping {len(kept & {c.id for c in cases})} prediction(s) this checkpoint "
+                  f"already wrote in {out}", flush=True)
+        record = {
+            "checkpoint": str(checkpoint), "checkpoint_sha256": checksum,
+            "settings": {"overlap": cfg.overlap, "tta": cfg.tta,
+                         "tta_axes": list(cfg.tta_axes) if cfg.tta else [], "amp": amp_name(amp_dtype)},
+        }
+        manifest = {"format": "asa-predictions", "version": 1, "cases": dict(manifest.get("cases", {})),
+                    "runs": list(manifest.get("runs", []))}
+        manifest["runs"].append({"time": datetime.datetime.now().isoformat(timespec="seconds"),
+                                 "command": command_line(APP_PREDICT, drop=()), **record})
+        written: list[Path] = []
+        todo = [c for c in cases if c.id not in kept]
+        progress = sys.stderr.isatty()
+        start = time.perf_counter()
+
+        def on_written(case, files: list[Path]) -> None:
+            written.append(files[0])
+            manifest["cases"][case.id] = {"files": [f.name for f in files], **record,
+                                          "written": datetime.datetime.now().isoformat(timespec="seconds")}
+            atomic_write_json(out / MANIFEST, manifest)  # after each case: an interrupted batch stays recorded
+            if not progress:  # a log file: one line per case instead of the bar
+                print(f"[asa] predicted {len(written)}/{len(todo)}: {case.id} "
+                      f"({time.perf_counter() - start:.0f} s elapsed)", file=sys.stderr, flush=True)
+
+        skipped: list[tuple[str, str]] = []
+        try:
+            predict_cases(
+                predictor, todo, out, overlap=cfg.overlap, sw_batch_size=sw_batch_size,
+                tta_axes=list(cfg.tta_axes) if cfg.tta else [], save_probabilities=cfg.save_probabilities,
+                on_bad_case=on_bad_case, skipped=skipped, progress=progress, on_written=on_written,
+            )
+        except SystemExit as stop:  # a stop signal: the predictions written so far stay, recorded
+            stop.kept = (f"{len(written)} of {len(todo)} prediction(s) written in this run to {out}, recorded in "
+                         f"{MANIFEST}; continue with the same command and resume=true")
+            raise
+        manifest["runs"][-1].update(written=len(written), kept=len(cases) - len(todo),
+                                    skipped=[{"id": cid, "reason": reason} for cid, reason in skipped])
+        atomic_write_json(out / MANIFEST, manifest)
+        print(f"[asa] wrote {len(written)} prediction(s) ({predictor.task.name}: "
+              f"{', '.join(predictor.task.output_names)}) to {out}"
+              f"{f', kept {len(cases) - len(todo)} from before' if len(todo) < len(cases) else ''}; "
+              f"record: {out / MANIFEST}", flush=True)
+        if skipped:
+            print(f"[asa] skipped {len(skipped)} case(s) (on_bad_case=skip; listed in {out / MANIFEST}):\n"
+                  + "\n".join(f"  - {cid}: {reason}" for cid, reason in skipped), file=sys.stderr, flush=True)
+        return written
+
+    def evaluate(self, cfg: EvaluateConfig) -> dict:
+        """Score ``<pred>/<case>.nii.gz`` against the labels of a segmentation task (Dice, HD95, NSD per
+        region or class; ``per_case.csv`` and ``summary.json`` under ``output``), and the encoder-reliance
+        diagnostic of ``reliance.checkpoint``."""
+        data = cfg.data
+        root, layout = dataset_root(data)
+        task = get_task(data.task, root=root)
+        cases = discover(layout, root, on_bad_case=data.on_bad_case, option="data.on_bad_case")
+        cases = cases_of_split(cases, cfg.split_file, cfg.subset, where=str(root))
+        out = Path(cfg.output).absolute()
+        if cfg.pred is None and cfg.reliance.checkpoint is None:
+            raise ValueError("asa-evaluate needs pred=DIR (predictions to score) or reliance.checkpoint=CKPT "
+                             "(the encoder-reliance diagnostic of a fine-tuned checkpoint), or both")
+        summary: dict = {}
+        if cfg.pred is not None:
+            tolerance = cfg.nsd_tolerance
+            tolerance = list(tolerance) if isinstance(tolerance, ListConfig) else tolerance
+            tolerances = nsd_tolerances(tolerance, task.output_names, option="nsd_tolerance")
+            pred_dir = Path(str(cfg.pred)).expanduser()
+            if not pred_dir.is_dir():
+                raise FileNotFoundError(f"pred={pred_dir}: no such folder")
+            missing: list[str] = []
+            pairs = match_predictions(pred_dir, cases, on_missing=cfg.on_missing, missing=missing)
+            if not pairs:
+                raise FileNotFoundError(f"pred={pred_dir}: no prediction for any of the {len(cases)} case(s) "
+                                        f"(expected <case_id>.nii.gz, e.g. {cases[0].id}.nii.gz)")
+            summary = evaluate_cases(pairs, task, num_workers=cfg.num_workers, progress=True,
+                                     hd95_convention=str(cfg.hd95), nsd_tolerance=tolerances)
+            # what was left out is part of the result: a mean over 1 of 2 cases is not the mean over 2
+            summary["n_expected"] = len(cases)
+            summary["skipped"] = [{"id": cid, "reason": f"no prediction in {pred_dir} (on_missing=skip)"}
+                                  for cid in missing]
+            write_results(summary, out)
+            if missing:
+                print(f"[asa] warning: {len(missing)} of {len(cases)} case(s) have no prediction and are not scored "
+                      f"(on_missing=skip; listed in summary.json): {', '.join(missing[:10])}"
+                      f"{' ...' if len(missing) > 10 else ''}", file=sys.stderr, flush=True)
+            print(f"[asa] {task.name}: {summary['n_cases']} of {len(cases)} case(s) scored; HD95 convention {cfg.hd95}; "
+                  f"NSD tolerance " + ", ".join(f"{n} {t:g} mm" for n, t in tolerances.items()))
+            for name in task.output_names:
+                s = summary[name]
+                print(f"  {name:>4}: Dice {s['Dice']['mean']:.4f} (median {s['Dice']['median']:.4f}), "
+                      f"HD95 {s['HD95']['mean']:.2f} mm (median {s['HD95']['median']:.2f}), "
+                      f"NSD {s['NSD']['mean']:.4f} (median {s['NSD']['median']:.4f})")
+            print(f"  per-case results: {out / 'per_case.csv'}; summary: {out / 'summary.json'}", flush=True)
+        if cfg.reliance.checkpoint is not None:
+            summary["reliance"] = _reliance(cfg, task, cases, out)
+        return summary
+
+    def probe_targets(self, cfg: FrozenProbeConfig, root: Path, layout: str) -> ProbeTargets:
+        """The labelled cases; each encoder's tokens on its patch grid, fitted to the label fractions of
+        the patches (`asa.eval.probe_cv.token_probes`)."""
+        data = cfg.data
+        task = get_task(data.task, root=root)
+        cases = discover(layout, root, on_bad_case=data.on_bad_case, option="data.on_bad_case")
+        cases = cases_of_split([c for c in cases if c.label is not None], cfg.split_file, cfg.subset,
+                               where=str(root))
+        target = {"task": task.name, "kind": "voxel", "classes": list(task.output_names)}
+        device = resolve_device(cfg.device)
+        prepared: dict = {}  # probe sets per encoder input size and token stride, built once
+
+        def score(enc: FrozenEncoder, groups: Sequence[str], common: Mapping) -> tuple[dict, torch.Tensor]:
+            key = (enc.size, enc.stride)
+            if key not in prepared:
+                if len(set(enc.size)) != 1:
+                    raise OptionError(f"{enc.name}: voxel-label probes need a cubic input, got {list(enc.size)}")
+                prepared[key] = build_probe_set(cases, task, size=enc.size[0], channels=list(cfg.channels),
+                                                patch_size=enc.stride)
+            probe_set = prepared[key]
+            tokens = torch.cat([enc.tokens(probe_set.images[i:i + cfg.batch_size].to(device)).cpu()
+                                for i in range(0, probe_set.images.shape[0], cfg.batch_size)])
+            return token_probes(tokens, probe_set, groups=groups, **common), tokens
+
+        return ProbeTargets(cases, target, "voxel", score)
+
+
+def _reliance(cfg: EvaluateConfig, task, cases: list, out: Path) -> dict:
+    """Encoder-reliance diagnostic of ``reliance.checkpoint`` on ``cases``; writes reliance files under ``out``."""
+    ckpt = Path(str(cfg.reliance.checkpoint)).expanduser()
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"reliance.checkpoint={ckpt}: no such file (a best.pt / last.pt of asa-finetune)")
+    device = cfg.reliance.device
+    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    predictor = Predictor.from_checkpoint(ckpt, device=device)
+    if predictor.task.name != task.name or predictor.task.output_names != task.output_names:
+        raise ValueError(f"reliance.checkpoint={ckpt} was trained on task {predictor.task.name} "
+                         f"{list(predictor.task.output_names)}, but data={cfg.data.name} is {task.name}")
+    result = encoder_reliance(predictor, cases, overlap=cfg.reliance.overlap, progress=True)
+    csv_path, json_path = write_reliance(result, out)
+    print(format_reliance(result))
+    print(f"  per-case: {csv_path}; summary: {json_path}", flush=True)
+    return result

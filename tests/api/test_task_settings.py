@@ -1,0 +1,111 @@
+"""A fine-tuning task's own settings are its ``task`` section, typed by the claiming task's Settings: the
+keys that held them before are refused naming their new place, and a run config written before (a
+resumed run folder, a checkpoint) is read with their values there and its record of what it predicts as
+``outputs``."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from asa.api import finetune, load_config
+from asa.api.case import HeadSettings, Settings as CaseSettings
+from asa.api.schema import current_config
+from asa.api.segmentation import Settings as SegmentationSettings
+from asa.data import write_demo_dataset
+from asa.io import load_checkpoint, save_checkpoint
+
+MOVED = [("data.samples_per_case=2", "task.samples_per_case"), ("loss.focal_weight=1", "task.focal_weight"),
+         ("loss.focal_beta=2", "task.focal_beta"), ("loss.class_weighted=false", "task.class_weighted (with task=case)"),
+         ("loss.regression=huber", "task.regression"), ("loss.huber_delta=2", "task.huber_delta"),
+         ("head.pooling=attention", "task.head.pooling"), ("head.hidden_dim=8", "task.head.hidden_dim"),
+         ("head.dropout=0.1", "task.head.dropout")]
+SEGMENTATION_RECORD = {"name": "brats", "channels": ["t1", "t1ce", "t2", "flair"], "multilabel": True}
+CASE_RECORD = {"name": "case", "kind": "continuous", "target": "age", "classes": [], "target_shift": 70.0,
+               "target_scale": 8.0}
+
+
+@pytest.mark.parametrize("override, place", MOVED)
+def test_an_old_key_is_refused_naming_its_new_place(override, place):
+    with pytest.raises(ValueError, match=rf"{override.split('=')[0]} is now {place.replace('(', '.').replace(')', '.')}"):
+        load_config("finetune", "data=targets", override)
+
+
+@pytest.mark.parametrize("data, overrides, expected", [
+    ("brats", ["task.samples_per_case=2", "task.focal_weight=0.5"],
+     SegmentationSettings(samples_per_case=2, focal_weight=0.5)),
+    ("targets", [], CaseSettings()),  # data.task=case: the segmentation defaults give way to the case task's
+    ("targets", ["task=case", "task.head.pooling=attention", "task.regression=huber"],
+     CaseSettings(regression="huber", head=HeadSettings(pooling="attention"))),
+])
+def test_the_task_section_is_the_claiming_task_s_settings(data, overrides, expected):
+    assert load_config("finetune", f"data={data}", *overrides).task == expected
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data=brats", "+task.class_weighted=false"], "task.class_weighted=False: task segmentation has no such option"),
+    (["data=targets", "task.focal_weight=1"], "data.task=case is trained by task case, whose settings are chosen "
+                                              "with task=case"),
+    (["data=targets", "task=case", "task.regression=l1"], "task.regression='l1': expected one of mse, huber"),
+])
+def test_another_task_s_option_or_a_bad_value_is_refused_naming_it(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config("finetune", *overrides)
+
+
+def test_an_old_segmentation_run_config_is_read_with_its_settings_in_the_task_section():
+    old = {"data": {"task": "brats", "samples_per_case": 3, "crop": 32}, "task": dict(SEGMENTATION_RECORD),
+           "loss": {"focal_weight": 0.5, "focal_beta": 2.0, "class_weighted": True, "regression": "mse",
+                    "huber_delta": 1.0},
+           "head": {"pooling": "mean", "hidden_dim": 256, "dropout": 0.0}}
+    read = current_config(old)
+    assert read["outputs"] == SEGMENTATION_RECORD
+    assert read["task"] == {"name": "segmentation", "samples_per_case": 3, "focal_weight": 0.5, "focal_beta": 2.0}
+    assert read["data"] == {"task": "brats", "crop": 32} and "loss" not in read and "head" not in read
+    assert current_config(read) == read and old["task"] == SEGMENTATION_RECORD  # read once; the saved one kept
+
+
+def test_an_old_case_checkpoint_config_is_read_with_its_record_as_outputs():
+    old = {"data": {"task": "case", "samples_per_case": 1}, "task": dict(CASE_RECORD),
+           "loss": {"focal_weight": 0.0, "focal_beta": 1.0, "class_weighted": False, "regression": "huber",
+                    "huber_delta": 0.5},
+           "head": {"pooling": "attention", "hidden_dim": 64, "dropout": 0.1}}
+    read = current_config(old)
+    assert read["outputs"] == CASE_RECORD
+    assert read["task"] == {"name": "case", "class_weighted": False, "regression": "huber", "huber_delta": 0.5,
+                            "head": {"pooling": "attention", "hidden_dim": 64, "dropout": 0.1}}
+    assert current_config({"outputs": CASE_RECORD, "task": {"name": "case"}}) == {"outputs": CASE_RECORD,
+                                                                                    "task": {"name": "case"}}
+
+
+@pytest.mark.slow
+def test_a_run_written_with_the_old_keys_resumes(tmp_path):
+    root = write_demo_dataset("ibsr", tmp_path / "ibsr", cases=4, size=24, seed=1)
+
+    def config(steps: int, resume: bool):
+        cfg = load_config("finetune", "data=ibsr", "trainer=smoke", "model=tiny", "task.samples_per_case=2")
+        cfg.output_dir, cfg.device, cfg.seed, cfg.resume = str(tmp_path / "run"), "cpu", 0, resume
+        cfg.data.root, cfg.data.num_workers, cfg.data.crop = str(root), 0, 16
+        cfg.data.split.ratios = [3, 1, 0]
+        cfg.trainer.max_steps, cfg.trainer.epochs = steps, steps
+        return cfg
+
+    finetune(config(2, False))
+    run = tmp_path / "run"
+
+    def before(config: dict) -> dict:  # the layout of a run written before the task section
+        settings = config["task"]
+        return {**{k: v for k, v in config.items() if k not in ("task", "outputs")},
+                "data": {**config["data"], "samples_per_case": settings["samples_per_case"]},
+                "loss": {"focal_weight": settings["focal_weight"], "focal_beta": settings["focal_beta"],
+                         "class_weighted": True, "regression": "mse", "huber_delta": 1.0},
+                "head": {"pooling": "mean", "hidden_dim": 256, "dropout": 0.0}, "task": config["outputs"]}
+
+    for ckpt in (run / "checkpoints").glob("*.pt"):
+        state = load_checkpoint(ckpt)
+        state["config"] = before(state["config"])
+        save_checkpoint(ckpt, state)
+    (run / "config.yaml").write_text(yaml.safe_dump(before(yaml.safe_load((run / "config.yaml").read_text()))))
+    assert finetune(config(4, True)).step == 4
+    resumed = load_checkpoint(run / "checkpoints" / "last.pt")["config"]  # what it ran with, as this version reads it
+    assert resumed["task"]["samples_per_case"] == 2 and resumed["outputs"]["name"] == "ibsr"
