@@ -33,6 +33,7 @@ from asa.models import (DEFAULT_CROP, NETWORK_SETTINGS, PRESETS, RENAMED_NETWORK
 from asa.models.cnn.resenc import RESENC_SIZES
 from asa.models.registry import network_record
 from asa.models.swvit.position import POSITION_MODES
+from asa.api.task_registry import TaskSettings, registered_tasks, task_class
 from asa.train import TrainerSettings
 from asa.train.optim import OPTIMIZERS
 from asa.train.precision import AMP_CHOICES
@@ -426,15 +427,6 @@ class PretrainConfig(RunConfig):
 
 
 @dataclass
-class TaskSettings:
-    """The ``task`` section of ``asa-finetune``: the settings of the fine-tuning task that claims
-    ``data.task`` (`asa.api.tasks`). A task's own settings subclass this, and their defaults are the
-    task's defaults (stated nowhere else); ``name`` is the task's."""
-
-    name: str = MISSING
-
-
-@dataclass
 class FinetuneConfig(RunConfig):
     # the network's typed settings (asa.models.NetworkSettings): which class depends on model.arch, so the
     # group's presets start from the network's settings at their defaults (config group ``network``) and
@@ -566,8 +558,6 @@ def register() -> None:
         store.store(name=f"{name}_schema", node=node)
     for name, method in registered_methods().items():
         store.store(group="method", name=name, node=method.Settings(name=name))
-    from asa.api.tasks import registered_tasks  # the task registry imports this module
-
     for name, task in registered_tasks().items():  # task=<name>: a fine-tuning task's settings at their defaults
         store.store(group="task", name=name, node=task.Settings(name=name))
     # model=<preset>: a network's settings at their defaults, as a mapping: `validate` types the section by the
@@ -644,8 +634,6 @@ def task_settings(section: Any, data_task: str) -> TaskSettings:
     default. A section that is another task's settings at their defaults (the ``task`` group's default,
     left alone while ``data.task`` chose another task) gives the claiming task's defaults; a key the task
     does not take, a value of the wrong type or outside a field's choices is refused naming ``task.<key>``."""
-    from asa.api.tasks import registered_tasks, task_class  # the task registry imports this module
-
     cls = task_class(data_task)
     section = asdict(section) if is_dataclass(section) else dict(OmegaConf.to_container(section, resolve=True)
                                                                  if isinstance(section, DictConfig) else section or {})

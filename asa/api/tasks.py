@@ -27,15 +27,14 @@ from torch import nn
 
 from asa.api.common import (TrainingRun, load_cases, optimizer_and_config, report_fine_tuning, split_cases,
                              trainer_config, training_ended, write_splits)
-from asa.api.schema import EvaluateConfig, FinetuneConfig, FrozenProbeConfig, PredictConfig, TaskSettings
-from asa.plugins import Plugins
+from asa.api.schema import EvaluateConfig, FinetuneConfig, FrozenProbeConfig, PredictConfig
+from asa.api.task_registry import FINETUNE_TASKS, TaskSettings, add_task, task_class
 from asa.train import Engine, FitResult, TrainConfig
 from asa.train.distributed import DistEnv
 
 __all__ = ["FINETUNE_TASKS", "FinetuneRun", "FinetuneTask", "PredictSetup", "ProbeTargets", "TaskSettings",
            "finetune_task", "register_finetune_task", "task_class"]
 
-ENTRY_POINT_GROUP = "asa.finetune_tasks"
 APP = "asa-finetune"
 
 
@@ -216,33 +215,12 @@ class FinetuneTask(ABC):
         """What the frozen-encoder probes fit on the data under ``root`` (``layout``)."""
 
 
-FINETUNE_TASKS = Plugins("fine-tuning task", ENTRY_POINT_GROUP)  # name -> FinetuneTask subclass
-
-
 def register_finetune_task(cls: type[FinetuneTask]) -> type[FinetuneTask]:
     """Add ``cls`` to the registry under ``cls.name`` (usable as a class decorator); another task of the
     same name is an error, registering the same class again is a no-op."""
     if not (isinstance(cls, type) and issubclass(cls, FinetuneTask)) or not isinstance(getattr(cls, "name", None), str):
         raise TypeError(f"{cls!r}: a fine-tuning task subclasses asa.api.tasks.FinetuneTask and names itself (name)")
-    if not (isinstance(cls.Settings, type) and issubclass(cls.Settings, TaskSettings)):
-        raise TypeError(f"fine-tuning task {cls.name}: Settings must subclass asa.api.tasks.TaskSettings")
-    return FINETUNE_TASKS.add(cls.name, cls)
-
-
-def registered_tasks() -> dict[str, type[FinetuneTask]]:
-    """Every registered task by name, entry points included."""
-    return dict(FINETUNE_TASKS.installed(register_finetune_task))
-
-
-def task_class(data_task: str, *, option: str = "data.task") -> type[FinetuneTask]:
-    """The registered task class that claims ``data_task``; the ones registered last are asked first, so
-    a plug-in may claim a name before the built-in ones. No task claiming it: ``ValueError`` naming
-    ``option`` and the tasks known."""
-    for cls in reversed(list(registered_tasks().values())):
-        if cls.claims(str(data_task)):
-            return cls
-    raise ValueError(f"{option}={data_task}: no fine-tuning task takes it (registered: "
-                     f"{', '.join(FINETUNE_TASKS)})")
+    return add_task(cls)
 
 
 def finetune_task(data_task: str, *, option: str = "data.task") -> FinetuneTask:
