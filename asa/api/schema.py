@@ -628,11 +628,15 @@ def network_settings(model: Any) -> NetworkSettings:
     return OmegaConf.to_object(typed)
 
 
+DEFAULT_TASK = "segmentation"  # the ``task`` group's default (configs/finetune/finetune.yaml)
+
+
 def task_settings(section: Any, data_task: str) -> TaskSettings:
     """A fine-tuning ``task`` section (a mapping, a config node or a `TaskSettings`) as the typed settings of
     the task that claims ``data_task`` (`asa.api.tasks.task_class`), every field it leaves out at its
-    default. A section that is another task's settings at their defaults (the ``task`` group's default,
-    left alone while ``data.task`` chose another task) gives the claiming task's defaults; a key the task
+    default. The ``task`` group's default (`DEFAULT_TASK`) at its defaults, left alone while ``data.task``
+    chose another task, gives the claiming task's defaults; another task's section (``task=case`` with
+    ``data=brats``) is refused; a key the task
     does not take, a value of the wrong type or outside a field's choices is refused naming ``task.<key>``."""
     cls = task_class(data_task)
     section = asdict(section) if is_dataclass(section) else dict(OmegaConf.to_container(section, resolve=True)
@@ -640,7 +644,7 @@ def task_settings(section: Any, data_task: str) -> TaskSettings:
     named = section.get("name", cls.name)
     if named != cls.name:
         other = registered_tasks().get(named)
-        if other is None or section != asdict(other.Settings(name=named)):
+        if named != DEFAULT_TASK or other is None or section != asdict(other.Settings(name=named)):
             raise ValueError(f"task.name={named}: data.task={data_task} is trained by task {cls.name}, whose settings "
                              f"are chosen with task={cls.name} (the task section holds task {named}'s)")
         section = {}

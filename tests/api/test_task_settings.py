@@ -5,12 +5,14 @@ resumed run folder, a checkpoint) is read with their values there and its record
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
 from asa.api import finetune, load_config
 from asa.api.case import HeadSettings, Settings as CaseSettings
-from asa.api.schema import current_config
+from asa.api.schema import DEFAULT_TASK, current_config
 from asa.api.segmentation import Settings as SegmentationSettings
 from asa.data import write_demo_dataset
 from asa.io import load_checkpoint, save_checkpoint
@@ -47,6 +49,7 @@ def test_the_task_section_is_the_claiming_task_s_settings(data, overrides, expec
     (["data=targets", "task.focal_weight=1"], "data.task=case is trained by task case, whose settings are chosen "
                                               "with task=case"),
     (["data=targets", "task=case", "task.regression=l1"], "task.regression='l1': expected one of mse, huber"),
+    (["data=brats", "task=case"], "data.task=brats is trained by task segmentation"),  # not silently segmentation
 ])
 def test_another_task_s_option_or_a_bad_value_is_refused_naming_it(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -109,3 +112,8 @@ def test_a_run_written_with_the_old_keys_resumes(tmp_path):
     assert finetune(config(4, True)).step == 4
     resumed = load_checkpoint(run / "checkpoints" / "last.pt")["config"]  # what it ran with, as this version reads it
     assert resumed["task"]["samples_per_case"] == 2 and resumed["outputs"]["name"] == "ibsr"
+
+
+def test_the_task_group_default_is_the_one_that_gives_way():
+    text = (Path(__file__).resolve().parents[2] / "configs" / "finetune" / "finetune.yaml").read_text()
+    assert f"  - task: {DEFAULT_TASK} " in text
