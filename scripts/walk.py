@@ -4,7 +4,8 @@ Runs ``asa.api.finetune`` (or ``pretrain``) on a tiny demo configuration with a 
 every call made by asa's job layer (``asa.api``, ``asa.cli``) to an asa function, up to the moment the
 engine's ``fit`` is entered (what ``fit`` does is the engine's, not the job's). It prints one JSON object:
 
-- ``stays``: the distinct asa functions the job layer calls on the way (each one a place a reader visits);
+- ``stays``: the distinct asa functions the job layer calls on the way (each one a place a reader visits;
+  the methods dataclasses generate are not counted);
 - ``rooms``: the distinct modules those functions live in (files a reader opens);
 - ``climbs``: calls that enter a module already on the call stack below another module (``a -> b -> a``):
   the walk leaves a file and comes back to it, the mark of an index that delegates back into a home;
@@ -51,7 +52,7 @@ def walk(job: str, overrides: list[str]) -> dict:
                 if mine and frame.f_code.co_name == "fit" and module == "asa.train.engine":
                     raise Stop
                 if mine and caller is not None and caller.startswith(JOB_LAYER) and module != caller \
-                        and not frame.f_code.co_name.startswith("<"):
+                        and not frame.f_code.co_name.startswith("<") and "__create_fn__" not in frame.f_code.co_qualname:
                     name = f"{module}:{frame.f_code.co_qualname}"
                     path.append(name)
                     stays.setdefault(name)
