@@ -42,8 +42,8 @@ import numpy as np
 import torch
 
 from asa.api import finetune
-from asa.api.common import dataset_root
 from asa.api.config import compose_config
+from asa.api.dataset import dataset_root
 from asa.api.rundir import move_aside
 from asa.data import discover, get_task
 from asa.eval import bootstrap_ci, seed_case_bootstrap

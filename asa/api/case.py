@@ -14,12 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from asa.api.common import OptionError, cases_of_split, dataset_root, default_crop, record_geometry, refusing
+from asa.api.dataset import cases_of_split, dataset_root, default_crop
 from asa.api.networks import build_case_network, case_arch
+from asa.api.run import OptionError, refusing
 from asa.api.rundir import RunDirError, check_writable, move_aside
 from asa.api.schema import EvaluateConfig, FrozenProbeConfig, PredictConfig
 from asa.api.task_registry import TaskSettings
 from asa.api.tasks import FinetuneRun, FinetuneTask, PredictSetup, ProbeTargets, register_finetune_task
+from asa.api.training import record_geometry
 from asa.choices import one_of
 from asa.data import (build_case_crops_dataset, build_target_dataset, detect_layout, discover, read_targets,
                       subject_groups)

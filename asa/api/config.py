@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from asa.api import schema
+from asa.api import checks, compat
 
 __all__ = ["ENTRY_POINTS", "compose_config", "config_path", "describe_compose_error", "load_config"]
 
@@ -51,7 +51,7 @@ def config_path(entry: str) -> str:
     if entry not in ENTRY_POINTS:
         raise ValueError(f"unknown entry point {entry!r}; expected one of {ENTRY_POINTS}")
     _ensure_package()
-    schema.register()
+    checks.register()
     return f"pkg://asa.configs.{entry}"
 
 
@@ -76,7 +76,7 @@ def describe_compose_error(text: str) -> str:
     kept = [ln for ln in lines if not ln.startswith(_HYDRA_NOISE) and not ln.startswith("^")]
     message = " ".join(kept).split(" Config search path:")[0] or "the command line could not be read"
     key = re.search(r"Could not override '([\w.]+)'", message) or re.search(r"full_key: ([\w.]+)", text)
-    if key and (note := schema.old_key(key[1])):
+    if key and (note := compat.old_key(key[1])):
         message += f" — {key[1]} {note}"
     elif key and key[1].startswith("model.") and "is not in struct" in message:  # a fine-tuning model section
         message += (f" — the network the model preset builds (model.arch) has no option {key[1].removeprefix('model.')}; "
@@ -105,4 +105,4 @@ def load_config(name: str, *overrides: str) -> Any:
         cfg = compose_config(name, overrides)
     except HydraException as err:
         raise ValueError(describe_compose_error(f"{err}\n{err.__cause__ or ''}")) from None
-    return OmegaConf.to_object(schema.validate(cfg, name))
+    return OmegaConf.to_object(checks.validate(cfg, name))

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from asa.api.common import refusing
+from asa.api.checks import as_config
+from asa.api.run import refusing
 from asa.api.rundir import check_writable
-from asa.api.schema import EvaluateConfig, as_config
+from asa.api.schema import EvaluateConfig
 from asa.api.tasks import finetune_task
 
 __all__ = ["evaluate"]

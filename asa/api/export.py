@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import asa
-from asa.api.common import refusing
-from asa.api.schema import current_config
+from asa.api.compat import current_config
+from asa.api.run import refusing
 from asa.data.preprocessing import PERCENTILES
 from asa.io import atomic_write_json, load_weights, save_checkpoint, write_model_folder
 from asa.io.hub import (FOLDER_FILES, FOLDER_FORMAT, MODEL_FILE, NNUNET_PLANS, NNUNET_WEIGHTS, OPTIONAL_FILES,
@@ -60,7 +60,7 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
     ``nnunet_plans.json`` (`asa.models.cnn.nnunet`): ``nnUNetv2_train ... -pretrained_weights`` loads the one
     into the network nnU-Net builds from the other.
 
-    A bad input is refused (`asa.api.common.OptionError`, exit 2 from the console script) before anything is written.
+    A bad input is refused (`asa.api.run.OptionError`, exit 2 from the console script) before anything is written.
     """
     with refusing():
         source = Path(checkpoint).expanduser()

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from asa.api.common import refusing
-from asa.api.schema import FinetuneConfig, as_config
+from asa.api.checks import as_config
+from asa.api.run import refusing
+from asa.api.schema import FinetuneConfig
 from asa.api.tasks import finetune_task
 from asa.train import FitResult
 

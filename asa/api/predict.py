@@ -16,9 +16,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from asa.api.common import OptionError, refusing
+from asa.api.checks import as_config
+from asa.api.compat import current_config
+from asa.api.run import OptionError, refusing
 from asa.api.rundir import RunDirError, command_line, override
-from asa.api.schema import PredictConfig, as_config, current_config
+from asa.api.schema import PredictConfig
 from asa.api.tasks import PredictSetup, finetune_task
 from asa.eval.inference import check_sw_batch_size
 from asa.io import is_nifti, load_checkpoint

@@ -8,10 +8,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asa.api.common import (OptionError, TrainingRun, check_crop_fits, dataset_root, load_cases, optimizer_and_config,
-                            refusing, region_source, split_cases, trainer_config, training_ended, write_splits)
+from asa.api.checks import as_config
+from asa.api.dataset import check_crop_fits, dataset_root, load_cases, region_source, split_cases, write_splits
+from asa.api.run import OptionError, TrainingRun, refusing
 from asa.api.rundir import shell_path
-from asa.api.schema import PretrainConfig, as_config
+from asa.api.schema import PretrainConfig
+from asa.api.training import optimizer_and_config, trainer_config, training_ended
 from asa.data import SEGMENTATION_LAYOUTS, build_pretrain_dataset, detect_layout, discover, ensure_demo_dataset, get_task
 from asa.data.augmentation import apply_deferred_augmentation
 from asa.eval.probe import build_probe_set, make_probe

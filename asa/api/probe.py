@@ -19,9 +19,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from asa.api.common import OptionError, dataset_root, refusing
+from asa.api.checks import as_config
+from asa.api.dataset import dataset_root
+from asa.api.run import OptionError, refusing
 from asa.api.rundir import RunDirError, check_writable, command_line, move_aside
-from asa.api.schema import FrozenProbeConfig, as_config
+from asa.api.schema import FrozenProbeConfig
 from asa.api.tasks import finetune_task
 from asa.eval.frozen import RANDOM, FrozenEncoder, load_frozen, random_frozen
 from asa.eval.plots import interval_plot

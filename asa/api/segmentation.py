@@ -18,14 +18,15 @@ from typing import Any
 import torch
 from omegaconf import ListConfig
 
-from asa.api.common import (OptionError, cases_of_split, check_crop_fits, dataset_root, default_crop, record_geometry,
-                             refusing, region_source)
+from asa.api.dataset import cases_of_split, check_crop_fits, dataset_root, default_crop, region_source
 from asa.api.networks import build_from_config
 from asa.api.predict import MANIFEST, channel_note, check_output, sha256
+from asa.api.run import OptionError, refusing
 from asa.api.rundir import check_writable, command_line, move_aside
 from asa.api.schema import EvaluateConfig, FrozenProbeConfig, PredictConfig
 from asa.api.task_registry import TaskSettings
 from asa.api.tasks import FinetuneRun, FinetuneTask, PredictSetup, ProbeTargets, register_finetune_task
+from asa.api.training import record_geometry
 from asa.data import build_segmentation_dataset, discover, get_task, non_mri_channels
 from asa.eval import evaluate_cases, match_predictions
 from asa.eval.evaluate import nsd_tolerances, write_results

@@ -25,10 +25,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from asa.api.common import (TrainingRun, load_cases, optimizer_and_config, report_fine_tuning, split_cases,
-                             trainer_config, training_ended, write_splits)
+from asa.api.dataset import load_cases, split_cases, write_splits
+from asa.api.run import TrainingRun
 from asa.api.schema import EvaluateConfig, FinetuneConfig, FrozenProbeConfig, PredictConfig
 from asa.api.task_registry import FINETUNE_TASKS, TaskSettings, add_task, task_class
+from asa.api.training import optimizer_and_config, report_fine_tuning, trainer_config, training_ended
 from asa.train import Engine, FitResult, TrainConfig
 from asa.train.distributed import DistEnv
 
@@ -168,7 +169,7 @@ class FinetuneTask(ABC):
     def build_network(self, run: FinetuneRun,
                       splits: Mapping[str, list] | None) -> tuple[nn.Module, dict[str, Any]]:
         """(the network, the record of what it predicts), the run's geometry recorded in
-        ``run.resolved`` and ``run.crop`` set (`asa.api.common.record_geometry`). ``splits``: the
+        ``run.resolved`` and ``run.crop`` set (`asa.api.training.record_geometry`). ``splits``: the
         train / val / test cases with ``network_from_split``, else None."""
 
     def cases(self, run: FinetuneRun, cases: list) -> list:

@@ -10,9 +10,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from asa.api.common import OptionError, describe_error
 from asa.api.config import config_path
 from asa.api.config import describe_compose_error as _compose_error  # the one line of a refused command line
+from asa.api.run import OptionError, describe_error
 from asa.api.rundir import RunDirError
 from asa.cli.launch import write_status
 from asa.data import CaseError

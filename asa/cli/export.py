@@ -6,8 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from asa.api.common import OptionError, describe_error
 from asa.api.export import export_model
+from asa.api.run import OptionError, describe_error
 from asa.cli.common import EXIT_FAILED, EXIT_FINISHED, EXIT_REFUSED
 
 __all__ = ["main"]

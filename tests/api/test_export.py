@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 import asa
-from asa.api.common import OptionError
 from asa.api.export import export_model
+from asa.api.run import OptionError
 from asa.cli.export import main as export_main
 from asa.io import CheckpointError, load_weights, save_checkpoint
 from asa.api.networks import build_from_config

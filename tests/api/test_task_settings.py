@@ -12,7 +12,8 @@ import yaml
 
 from asa.api import finetune, load_config
 from asa.api.case import HeadSettings, Settings as CaseSettings
-from asa.api.schema import DEFAULT_TASK, current_config
+from asa.api.checks import DEFAULT_TASK
+from asa.api.compat import current_config
 from asa.api.segmentation import Settings as SegmentationSettings
 from asa.data import write_demo_dataset
 from asa.io import load_checkpoint, save_checkpoint

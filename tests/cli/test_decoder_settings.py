@@ -18,9 +18,10 @@ from hydra.errors import HydraException
 from torch import nn
 
 from asa.api import finetune, load_config
+from asa.api.checks import as_config, validate
+from asa.api.compat import current_config
 from asa.api.config import compose_config
 from asa.api.networks import build_case_network, build_from_config
-from asa.api.schema import as_config, current_config, validate
 from asa.cli.common import _compose_error
 from asa.data import write_demo_dataset
 from asa.io import load_checkpoint, save_checkpoint

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from asa.api import evaluate, finetune, predict
-from asa.api.common import OptionError
 from asa.api.config import compose_config
+from asa.api.run import OptionError
 from asa.data import discover, read_targets, write_demo_dataset
 from asa.io import load_checkpoint
 from asa.models import ASA, PRESETS, ASACaseHead, build_network, network_spec

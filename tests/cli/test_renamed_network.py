@@ -8,8 +8,8 @@ import torch
 import yaml
 
 from asa.api import finetune, load_config
+from asa.api.checks import validate
 from asa.api.config import compose_config
-from asa.api.schema import validate
 from asa.data import write_demo_dataset
 from asa.io import load_checkpoint, save_checkpoint
 from asa.models import ASASegmenter, build_network, load_encoder, network_spec

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from asa.api import evaluate, finetune, predict
-from asa.api.common import OptionError
 from asa.api.config import compose_config
 from asa.api.export import export_model
+from asa.api.run import OptionError
 from asa.data import write_demo_dataset
 from asa.io import load_volume
 

@@ -40,7 +40,7 @@ def test_a_text_file_is_named_and_said_not_to_be_a_checkpoint(text_file):
 
 def test_a_text_file_as_a_probe_encoder_is_refused_naming_it(text_file, tmp_path):
     from asa.api import compose_config, probe
-    from asa.api.common import OptionError
+    from asa.api.run import OptionError
 
     with pytest.raises(OptionError, match=rf"{text_file}: not a checkpoint"):
         probe(compose_config("probe", [f"encoders=[{text_file}]", "data=targets", f"data.root={tmp_path}",
@@ -49,7 +49,7 @@ def test_a_text_file_as_a_probe_encoder_is_refused_naming_it(text_file, tmp_path
 
 
 def test_a_store_written_from_a_relative_root_is_read_from_the_absolute_one(tmp_path, monkeypatch):
-    from asa.api.common import _cases_in_store
+    from asa.api.dataset import _cases_in_store
     from asa.data import write_demo_dataset
     from asa.data.store_writer import build_store
     from asa.data import discover

@@ -1,0 +1,241 @@
+"""A composed config checked against the schemas (`asa.api.schema`) and typed by them: `register` stores
+the schemas and their groups in Hydra's ConfigStore, so Hydra checks every preset and every ``key=value``
+while composing: an unknown key (``trainer.epocs=3``), a wrong type (``trainer.epochs=ten``) or a preset of
+the other entry point fails before anything runs, with a message naming the key. `validate` repeats the
+check on a composed config, which also catches keys added with ``+key=value``, and refuses a value outside
+the choices a field declares with `asa.choices.one_of` (naming the dotted key); a fine-tuning ``model`` or
+``task`` section is typed by the settings of the network or task it names (`network_settings`,
+`task_settings`). `as_config` gives the typed config a job runs on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, fields, is_dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from asa.api.compat import RENAMED_VALUES, flatten_keys, old_keys, renamed_value
+from asa.api.schema import DEFAULT_ARCH, PRETRAIN_MODELS, SCHEMAS, FinetuneConfig, PretrainConfig
+from asa.api.task_registry import TaskSettings, registered_tasks, task_class
+from asa.choices import check_choices
+from asa.methods import MethodSettings, get_method, registered_methods
+from asa.models import NETWORK_SETTINGS, PRESETS, EncoderOptions, NetworkSettings
+
+__all__ = [
+    "DEFAULT_TASK", "as_config", "network_settings", "pretrain_model_node", "register", "settings_class",
+    "task_settings", "validate",
+]
+
+
+DECODER_KEYS = ("decoder_dim", "decoder_depth", "decoder_num_heads")
+NOT_SIZES = ("pos_mode", "lr_axis")  # encoder settings that the model=tiny|small|base presets leave alone
+
+
+def _schema_node(entry: str, method: str | None = None) -> Any:
+    """The schema an entry point's config is checked against; for pretraining, with the settings of
+    ``method`` (None: the bare method base, which the ``method`` group's choice fills in)."""
+    if entry != "pretrain":
+        return SCHEMAS[entry]
+    return PretrainConfig(method=MethodSettings() if method is None else get_method(method).Settings())
+
+
+def register() -> None:
+    """Store each schema as ``<entry>_schema`` and each pretraining method's settings as an option of
+    the ``method`` group (idempotent; called before any compose, so methods registered by then count)."""
+    store = ConfigStore.instance()
+    for name in SCHEMAS:
+        node = _schema_node(name)
+        if name == "pretrain":  # the model section's keys depend on its arch: `validate` types it
+            node.model = {}
+        store.store(name=f"{name}_schema", node=node)
+    for name, method in registered_methods().items():
+        store.store(group="method", name=name, node=method.Settings(name=name))
+    for name, task in registered_tasks().items():  # task=<name>: a fine-tuning task's settings at their defaults
+        store.store(group="task", name=name, node=task.Settings(name=name))
+    # model=<preset>: a network's settings at their defaults, as a mapping: `validate` types the section by the
+    # network it names, so a preset or experiment setting an option the network lacks is refused naming it
+    for arch, settings in NETWORK_SETTINGS.items():
+        store.store(group="network", name=arch, node=asdict(settings(arch=arch)))
+    for arch, settings in PRETRAIN_MODELS.items():  # asa-pretrain's model presets start from these defaults
+        store.store(group="pretrain_network", name=arch, node=asdict(settings()))
+    for name, sizes in PRESETS.items():  # model=tiny|small|base: the encoder and, for pretraining, the decoder
+        encoder = asdict(EncoderOptions(**{k: v for k, v in sizes.items() if k not in DECODER_KEYS}))
+        sized = {k: v for k, v in encoder.items() if k not in NOT_SIZES}
+        store.store(group="sizes/encoder", name=name, node=sized)  # a mapping: fine-tuning adds arch
+        store.store(group="sizes/decoder", name=name, node={k: sizes[k] for k in DECODER_KEYS})
+
+
+def _preset_of(arch: str) -> str:
+    """``model=<arch>`` where a fine-tuning model preset of that name exists, else a pointer to the presets."""
+    import importlib.resources
+
+    try:
+        if (importlib.resources.files("asa.configs") / "finetune" / "model" / f"{arch}.yaml").is_file():
+            return f"model={arch}"
+    except (ModuleNotFoundError, OSError):
+        pass
+    return f"a model preset of {arch} (model=tiny|small|base for swvit_unetr; docs/configuration.md lists them)"
+
+
+def _arch(model: Any) -> str:
+    return model.arch if isinstance(model, NetworkSettings) else model.get("arch", DEFAULT_ARCH)
+
+
+def settings_class(model: Any) -> type[NetworkSettings]:
+    """The settings class registered with the network a fine-tuning ``model`` section names
+    (``arch``; none: `DEFAULT_ARCH`); a renamed, unknown or unconfigurable one is refused naming it."""
+    arch = _arch(model)
+    if (why := renamed_value("model.arch", arch)) is not None:
+        raise ValueError(why)
+    if arch not in NETWORK_SETTINGS:
+        raise ValueError(f"model.arch={arch}: no network of that name takes a run config's model section; expected one "
+                         f"of {', '.join(NETWORK_SETTINGS)}")
+    return NETWORK_SETTINGS[arch]
+
+
+def network_settings(model: Any) -> NetworkSettings:
+    """A fine-tuning ``model`` section (a mapping, a config node or a `NetworkSettings`) as the typed settings
+    of the network it names, every field it leaves out at its default: a key the network does not take, a
+    value of the wrong type or outside a field's choices is refused naming ``model.<key>``."""
+    cls, arch = settings_class(model), _arch(model)
+    if isinstance(model, NetworkSettings) and type(model) is not cls:  # another network's settings: its fields
+        model = asdict(model)
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(cls(arch=arch)), model)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        given = f"model.{key}={OmegaConf.select(OmegaConf.create(model), key, default='?')}"
+        if isinstance(err, ConfigKeyError):
+            taken = {f.name for f in fields(cls)}
+            alien = [k for k in (asdict(model) if is_dataclass(model) else model) if k not in taken]
+            if len(alien) > 1:  # another network's preset under model.arch: not options the user typed
+                raise ValueError(f"model.arch={arch}: the model section holds another network's options "
+                                 f"({', '.join(f'model.{k}' for k in alien[:4])}{', ...' if len(alien) > 4 else ''}, "
+                                 f"from its preset); choose the network with {_preset_of(arch)} instead of "
+                                 "model.arch") from None
+            raise ValueError(f"{given}: model arch {arch!r} has no such option; it takes "
+                             f"{', '.join(f.name for f in fields(cls))}") from None
+        raise ValueError(f"{given}: {str(err).splitlines()[0]}") from None
+    check_choices(typed, cls, "model.")
+    return OmegaConf.to_object(typed)
+
+
+DEFAULT_TASK = "segmentation"  # the ``task`` group's default (configs/finetune/finetune.yaml)
+
+
+def task_settings(section: Any, data_task: str) -> TaskSettings:
+    """A fine-tuning ``task`` section (a mapping, a config node or a `TaskSettings`) as the typed settings of
+    the task that claims ``data_task`` (`asa.api.tasks.task_class`), every field it leaves out at its
+    default. The ``task`` group's default (`DEFAULT_TASK`) at its defaults, left alone while ``data.task``
+    chose another task, gives the claiming task's defaults; another task's section (``task=case`` with
+    ``data=brats``) is refused; a key the task
+    does not take, a value of the wrong type or outside a field's choices is refused naming ``task.<key>``."""
+    cls = task_class(data_task)
+    section = asdict(section) if is_dataclass(section) else dict(OmegaConf.to_container(section, resolve=True)
+                                                                 if isinstance(section, DictConfig) else section or {})
+    named = section.get("name", cls.name)
+    if named != cls.name:
+        other = registered_tasks().get(named)
+        if named != DEFAULT_TASK or other is None or section != asdict(other.Settings(name=named)):
+            raise ValueError(f"task.name={named}: data.task={data_task} is trained by task {cls.name}, whose settings "
+                             f"are chosen with task={cls.name} (the task section holds task {named}'s)")
+        section = {}
+    section["name"] = cls.name
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(cls.Settings(name=cls.name)), section)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        given = f"task.{key}={OmegaConf.select(OmegaConf.create(section), key, default='?')}"
+        if isinstance(err, ConfigKeyError):
+            raise ValueError(f"{given}: task {cls.name} has no such option; it takes "
+                             f"{', '.join(f.name for f in fields(cls.Settings) if f.name != 'name')}") from None
+        raise ValueError(f"{given}: {str(err).splitlines()[0]}") from None
+    check_choices(typed, cls.Settings, "task.")
+    return OmegaConf.to_object(typed)
+
+
+def pretrain_model_node(model: Any) -> Any:
+    """The schema of a pretraining ``model`` section: the SW-ViT sizes, or the settings of the network its
+    ``arch`` names; an unknown arch is refused naming it."""
+    arch = model.get("arch", "swvit") if isinstance(model, Mapping) else "swvit"
+    if arch not in PRETRAIN_MODELS:
+        raise ValueError(f"model.arch={arch}: asa-pretrain pretrains {', '.join(PRETRAIN_MODELS)} "
+                         "(model=tiny|small|base or model=resenc)")
+    return PRETRAIN_MODELS[arch]()
+
+
+def validate(cfg: DictConfig, entry: str) -> DictConfig:
+    """Check a composed config against the entry point's schema again (catches ``+key=value``
+    additions, which Hydra lets through); raises ``ValueError`` naming the key. Returns the config
+    typed by the schema (a fine-tuning ``model`` section: by its network's settings)."""
+    method = None
+    if entry == "pretrain":
+        method = OmegaConf.select(cfg, "method.name", default=None)
+        if not isinstance(method, str):
+            raise ValueError("asa-pretrain: invalid option method: pick a pretraining method with method=<name> "
+                             f"(one of {', '.join(sorted(registered_methods()))})")
+    for key in RENAMED_VALUES:
+        if (why := renamed_value(key, OmegaConf.select(cfg, key, default=None))) is not None:
+            raise ValueError(f"asa-{entry}: invalid option {why}")
+    try:
+        node = _schema_node(entry, method)
+    except ValueError as err:
+        raise ValueError(f"asa-{entry}: invalid option {err}") from None
+    task = None
+    if entry == "finetune":  # the model section: its network's settings (refused naming model.<key>)
+        model = network_settings(cfg.model)
+        data_task = OmegaConf.select(cfg, "data.task", default=None)
+        try:  # the task section: the settings of the task that claims data.task (refused naming task.<key>)
+            task = None if data_task is None else task_settings(cfg.get("task"), str(data_task))
+        except ValueError as err:
+            raise ValueError(f"asa-finetune: invalid option {err}") from None
+        node = FinetuneConfig(model=type(model)(arch=model.arch),
+                              task=TaskSettings() if task is None else type(task)(name=task.name))
+    elif entry == "pretrain":  # the model section: the SW-ViT sizes or the settings its arch names
+        try:
+            node.model = pretrain_model_node(cfg.get("model"))
+        except ValueError as err:
+            raise ValueError(f"asa-pretrain: invalid option {err}") from None
+    schema = OmegaConf.structured(node)
+    OmegaConf.set_struct(schema, True)
+    given = OmegaConf.to_container(cfg, resolve=False)
+    if task is not None:  # the task section as the claiming task reads it (checked above)
+        given["task"] = asdict(task)
+        cfg = OmegaConf.create(given)
+    try:
+        typed = OmegaConf.merge(schema, given)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        keys = flatten_keys(OmegaConf.select(cfg, key)) if key in cfg else {}
+        old = old_keys([f"{key}.{k}" for k in keys]) or old_keys([key])
+        if old:
+            raise ValueError(f"asa-{entry}: invalid option {key}: "
+                             + "; ".join(f"{name} {note}" for name, note in old.items())) from None
+        raise ValueError(f"asa-{entry}: invalid option {key}: {err.msg if hasattr(err, 'msg') else err}") from None
+    check_choices(cfg, node)
+    return typed
+
+
+def as_config(config: Any, entry: str) -> Any:
+    """The typed config a job runs on: the entry point's dataclass (``PretrainConfig``, ...) from a
+    typed config or a composed Hydra config, checked against the schema, every interpolation
+    resolved. A required value left open (``???``) is a ``ValueError`` naming it; a config of another
+    kind a ``TypeError`` naming what was expected."""
+    schema = SCHEMAS[entry]
+    if isinstance(config, DictConfig):
+        cfg = config
+    elif is_dataclass(config) and isinstance(config, schema):
+        cfg = OmegaConf.structured(config)
+    else:
+        raise TypeError(f"asa.api.{entry}: expected an asa.api.{schema.__name__} (e.g. asa.api.load_config({entry!r})) "
+                        f"or a composed DictConfig, got {type(config).__name__}")
+    typed = validate(cfg, entry)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(f"asa-{entry}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required "
+                         f"({' '.join(f'{key}=...' for key in missing)})")
+    return OmegaConf.to_object(typed)

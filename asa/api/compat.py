@@ -1,0 +1,183 @@
+"""What earlier versions of asa wrote, read by this one: keys that moved or were removed (a command line,
+a preset or a resumed run naming one is refused naming the new place) and values that were renamed, and a
+saved run config (a resumed run's, a checkpoint's) as this version reads it (`current_config`)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
+from omegaconf import DictConfig
+
+from asa.api.schema import DEFAULT_ARCH
+from asa.models import NETWORK_SETTINGS, RENAMED_NETWORKS
+from asa.models.registry import network_record
+
+__all__ = [
+    "CARRIED_KEYS", "MOVED_KEYS", "REMOVED_KEYS", "RENAMED_VALUES", "TASK_KEYS", "current_config", "current_value",
+    "flatten_keys", "moved_key", "old_key", "old_keys", "removed_key", "renamed_value",
+]
+
+
+# keys of earlier versions -> where the setting is now: a command line, a config or a resumed run with
+# the old key is refused naming both (`moved_key`). ``section.*`` moves every key under the section
+# but those listed on their own (``mae.pos_mode``); words after the new place say what it needs.
+MOVED_KEYS = {
+    "mae.*": "method.*", "mae.pos_mode": "model.pos_mode", "mae.lr_axis": "model.lr_axis",  # 0.1.0's mae: block
+    "sa_swin.*": "method.* (with method=sa_swin)",  # 0.1.0's sa_swin: block
+    "method.pos_mode": "model.pos_mode", "method.lr_axis": "model.lr_axis",
+    "segmenter.pos_mode": "model.pos_mode", "segmenter.lr_axis": "model.lr_axis",
+    "data.size": "data.crop", "data.patch_size": "data.crop",  # the crop edge of pretraining / fine-tuning
+}
+# a fine-tuning task's own settings, now its ``task`` section (asa.api.tasks.TaskSettings): moved keys whose
+# values a saved run config carries to the new place (`current_config`), for the task that read them
+TASK_KEYS = {
+    "segmentation": {"data.samples_per_case": "task.samples_per_case", "loss.focal_weight": "task.focal_weight",
+                     "loss.focal_beta": "task.focal_beta"},
+    "case": {"loss.class_weighted": "task.class_weighted", "loss.regression": "task.regression",
+             "loss.huber_delta": "task.huber_delta", "head.pooling": "task.head.pooling",
+             "head.hidden_dim": "task.head.hidden_dim", "head.dropout": "task.head.dropout"},
+}
+MOVED_KEYS |= {old: f"{new} (with task={task})" for task, moved in TASK_KEYS.items() for old, new in moved.items()}
+MOVED_KEYS |= {"loss.*": "task.*", "head.*": "task.head.*"}
+# the SW-ViT U-Net's decoder options, now its network settings (asa.models.SWViTUNetSettings): moved keys whose
+# values a saved run config carries to the new place (`current_config`), for the network that read them
+CARRIED_KEYS = {"segmenter.feature_size": "model.feature_size", "segmenter.input_skip": "model.input_skip",
+                "segmenter.spe_frame": "model.spe_frame"}
+MOVED_KEYS |= CARRIED_KEYS
+
+
+# values renamed since 0.1.0, per dotted key: a run folder written before resumes under the new value,
+# a command line or preset giving the old one is refused naming the new (`renamed_value`)
+RENAMED_VALUES: dict[str, dict[str, str]] = {"model.arch": RENAMED_NETWORKS}
+
+
+def current_value(key: str, value: Any) -> Any:
+    """``value`` of the dotted ``key`` under its name now (`RENAMED_VALUES`), else as it is."""
+    renamed = RENAMED_VALUES.get(key, {})
+    return renamed.get(value, value) if isinstance(value, str) else value
+
+
+def current_config(saved: Any) -> dict[str, Any]:
+    """A run config written by this or an earlier asa (a resumed run's, a checkpoint's) as this version reads
+    it: renamed values under their names now (`RENAMED_VALUES`); a fine-tuning ``model`` section (one beside
+    a ``segmenter`` section) with the decoder options its ``segmenter`` section held (`CARRIED_KEYS`: a
+    network that follows its pretraining read them; any other never did, so they are left out), each setting
+    its network's settings gained since at its default, which is what that run built with, and without the
+    null symmetry settings earlier versions stated for every network (a network without them was never
+    handed them). A fine-tuning config of an earlier version also gets its task's settings from where they were
+    (`TASK_KEYS`: ``data.samples_per_case``, ``loss.*``, ``head.*``) as its ``task`` section, and the record of
+    what its checkpoint predicts, which it held as ``task``, as ``outputs``. A copy; the rest as it is."""
+    cfg = copy.deepcopy(dict(saved))
+    _carry_task_settings(cfg)
+    for key in RENAMED_VALUES:  # dotted keys of a section: "model.arch"
+        section, leaf = key.split(".")
+        if isinstance(node := cfg.get(section), Mapping) and leaf in node:
+            cfg[section] = {**node, leaf: current_value(key, node[leaf])}
+    model = cfg.get("model")
+    if isinstance(segmenter := cfg.get("segmenter"), Mapping) and isinstance(model, Mapping):
+        arch = model.get("arch", DEFAULT_ARCH)
+        cls, record = NETWORK_SETTINGS.get(arch), network_record(arch)
+        taken = {f.name for f in fields(cls)} if cls is not None and record.follows_pretraining else set()
+        carried = {place.split(".")[1]: segmenter[old.split(".")[1]] for old, place in CARRIED_KEYS.items()
+                   if old.split(".")[1] in segmenter and place.split(".")[1] in taken}
+        cfg["segmenter"] = {k: v for k, v in segmenter.items() if f"segmenter.{k}" not in CARRIED_KEYS}
+        model = {**model, **carried}
+        if cls is not None:
+            defaults = {f.name: getattr(cls(arch=arch), f.name) for f in fields(cls)}
+            kept = {k: v for k, v in model.items() if k in defaults or v is not None}
+            model = {**defaults, **kept}
+        cfg["model"] = model
+    return cfg
+
+
+def _is_outputs_record(node: Any) -> bool:
+    """Whether a saved ``task`` is an earlier version's record of what a checkpoint predicts: a
+    segmentation task's (its ``channels``) or a case head's (its ``kind``)."""
+    return isinstance(node, Mapping) and ("channels" in node or "kind" in node)
+
+
+def _carry_task_settings(cfg: dict[str, Any]) -> None:
+    """In place: an earlier fine-tuning run config's record under ``task`` moved to ``outputs``, and the
+    settings of its task (`TASK_KEYS`: segmentation, or case for ``data.task=case``) from their old places
+    into ``task``; the old places are left out. Any other config is left as it is."""
+    if _is_outputs_record(cfg.get("task")) and "outputs" not in cfg:
+        cfg["outputs"] = cfg.pop("task")
+    data = cfg.get("data")
+    if not isinstance(data, Mapping) or "task" in cfg or not ({"loss", "head"} & cfg.keys() or "samples_per_case" in data):
+        return
+    name = "case" if data.get("task") == "case" else "segmentation"
+    settings: dict[str, Any] = {"name": name}
+    for old, new in TASK_KEYS[name].items():
+        section, leaf = old.split(".")
+        node = cfg.get(section)
+        if isinstance(node, Mapping) and leaf in node:
+            place = settings
+            for part in new.split(".")[1:-1]:  # task.head.pooling: the head subsection
+                place = place.setdefault(part, {})
+            place[new.split(".")[-1]] = node[leaf]
+    cfg["data"] = {k: v for k, v in data.items() if k != "samples_per_case"}
+    cfg.pop("loss", None)
+    cfg.pop("head", None)
+    cfg["task"] = settings
+
+
+def renamed_value(key: str, value: Any) -> str | None:
+    """Why ``key=value`` is refused when ``value`` was renamed since 0.1.0 (None: it was not)."""
+    new = current_value(key, value)
+    return None if new == value else f"{key}={value}: renamed; it is now {key}={new}"
+
+
+def moved_key(key: str) -> str | None:
+    """Where the setting of an earlier version's dotted ``key`` is now (None: not a moved key), e.g.
+    ``mae.loss_weighting`` -> ``method.loss_weighting``; a moved section names its exceptions too."""
+    if key in MOVED_KEYS:
+        return MOVED_KEYS[key]
+    if key + ".*" in MOVED_KEYS:
+        own = [f"{k}: {v}" for k, v in MOVED_KEYS.items() if k.startswith(key + ".") and not k.endswith(".*")]
+        return MOVED_KEYS[key + ".*"] + (f" ({', '.join(own)})" if own else "")
+    parts = key.split(".")
+    for n in range(len(parts) - 1, 0, -1):
+        section = ".".join(parts[:n])
+        if section + ".*" in MOVED_KEYS:
+            place, _, needs = MOVED_KEYS[section + ".*"].partition(" ")
+            return place.removesuffix(".*") + key[len(section):] + (f" {needs}" if needs else "")
+    return None
+
+
+# keys of earlier versions that are gone -> what took their place. Refused as a moved key is (a command
+# line, ``+key``, a preset: `old_key`); a saved run config that holds one (a resumed run, a checkpoint)
+# is read without it, said in one line. Only keys that never changed a number belong here.
+REMOVED_KEYS = {
+    "data.cache_dir": "the store is the one preprocessing cache: write one with asa-preprocess (the same data "
+                      "options and data.store=DIR), then train with data.store=DIR",
+}
+
+
+def removed_key(key: str) -> str | None:
+    """What took the place of an earlier version's removed dotted ``key`` (None: not a removed key)."""
+    return REMOVED_KEYS.get(key)
+
+
+def old_key(key: str) -> str | None:
+    """What a refusal says of an earlier version's dotted ``key``: ``is now <place>`` (`moved_key`) or
+    ``was removed; <what took its place>`` (`removed_key`); None for any other key."""
+    if (place := moved_key(key)) is not None:
+        return f"is now {place}"
+    if (instead := removed_key(key)) is not None:
+        return f"was removed; {instead}"
+    return None
+
+
+def flatten_keys(node: Any) -> list[str]:
+    """The dotted keys of a mapping's leaves (``{"a": {"b": 1}}`` -> ``["a.b"]``; a leaf: none)."""
+    if not isinstance(node, (dict, DictConfig)):
+        return []
+    return [f"{k}.{sub}" if sub else str(k) for k, v in node.items() for sub in (flatten_keys(v) or [""])]
+
+
+def old_keys(keys: Any) -> dict[str, str]:
+    """The moved or removed ones among dotted ``keys``, each with what its refusal says (`old_key`)."""
+    return {key: note for key in keys if (note := old_key(key)) is not None}

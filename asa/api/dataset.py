@@ -1,0 +1,193 @@
+"""The data of a job from its data preset: the dataset folder, its checked cases (from the files or a
+store), the train/val/test split, the cases of a saved split, the crop checked against the volumes, the
+region maps, and the default crop edge."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from asa.api.run import OptionError, on_main_then_share
+from asa.api.schema import DataConfig
+from asa.data import CaseError, RegionSource, detect_layout, discover, ensure_demo_dataset, make_splits, subject_groups
+from asa.data.store import StoreSettingsError, open_store
+from asa.io import atomic_write_json
+from asa.models import DEFAULT_CROP
+from asa.train.distributed import DistEnv, barrier
+
+__all__ = ["cases_of_split", "check_crop_fits", "dataset_root", "default_crop", "load_cases", "region_source",
+           "split_cases", "write_splits"]
+
+
+def dataset_root(data: DataConfig) -> tuple[Path, str]:
+    """(folder, layout) of a data preset: ``data.root``, or the generated demo dataset when it is null."""
+    if data.root is None:
+        if data.demo is None:
+            raise ValueError(f"data={data.name}: data.root is required (a {data.layout} folder)")
+        demo = data.demo
+        root = ensure_demo_dataset(demo.layout, cases=demo.cases, size=demo.size, seed=demo.seed,
+                                   cache_dir=demo.cache_dir, targets=bool(demo.targets))
+        return root, demo.layout
+    root = Path(str(data.root)).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"data.root={root}: no such file or folder")
+    return root, (detect_layout(root) if data.layout == "auto" else data.layout)
+
+
+def load_cases(data: DataConfig, out_dir: Path | None, env: DistEnv) -> list:
+    """The validated cases of a data preset, found once on rank 0 and shared with the other ranks.
+
+    Every volume is read once in every run (in parallel) with the
+    checks of `load_volume`; bad cases stop the run or are skipped per ``data.on_bad_case`` and then
+    listed in ``<out_dir>/bad_cases.json``. With ``data.store`` nothing is read: the store's
+    index holds the checks' outcome, and only the files' sizes and mtimes are compared with it.
+    """
+    def find() -> list:
+        root, layout = dataset_root(data)
+        if data.store is not None:
+            return _cases_in_store(data, root, layout, out_dir)
+        report = None if out_dir is None else out_dir / "bad_cases.json"
+        skipped: list = []
+        cases = discover(layout, root, on_bad_case=data.on_bad_case, option="data.on_bad_case",
+                         report_path=report, workers=_check_workers(data),
+                         skipped=skipped)
+        if skipped:  # said on the console, not only in the report
+            shown = "\n".join(f"  - {p.id}: {p.reason}" for p in skipped[:10])
+            more = f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+            print(f"[asa] warning: skipped {len(skipped)} of {len(skipped) + len(cases)} case(s) that cannot be used "
+                  f"(data.on_bad_case=skip){f'; all listed in {report}' if report is not None else ''}:\n"
+                  f"{shown}{more}\n  data.on_bad_case=error stops the run on any bad case instead",
+                  file=sys.stderr, flush=True)
+        return cases
+
+    return on_main_then_share(find, env)
+
+
+def _cases_in_store(data: DataConfig, root: Path, layout: str, out_dir: Path | None) -> list:
+    """The cases of ``data.store`` (checked when it was written), after making sure that it was
+    written from this data root and that no file under it is new or changed since."""
+    store = open_store(data.store)
+    if store.root is not None and Path(store.root).resolve() != root.resolve():  # one folder, however written
+        raise StoreSettingsError(f"data.store={store.path} was written from data.root={store.root}, not {root}: "
+                                 "write a store for this folder with asa-preprocess")
+    cases, skipped = store.cases(discover(layout, root, on_bad_case="skip", validate="none"))
+    if skipped and data.on_bad_case == "error":
+        lines = "\n".join(f"  - {p['id']}: {p['reason']}" for p in skipped[:20])
+        raise CaseError(f"{len(skipped)} bad case(s) in {root} (recorded in data.store={store.path}):\n{lines}\n"
+                        "Nothing was trained. Fix them and rerun asa-preprocess, or set data.on_bad_case=skip")
+    if skipped and out_dir is not None:
+        atomic_write_json(out_dir / "bad_cases.json", {"layout": layout, "root": str(root), "store": str(store.path),
+                                                       "kept": len(cases), "skipped": skipped})
+    return cases
+
+
+def _check_workers(data: DataConfig) -> int:
+    return max(1, min(8, int(data.num_workers or 0) or (os.cpu_count() or 1)))
+
+
+def split_cases(cases: list, data: DataConfig, out_dir: Path, env: DistEnv, *,
+                by_subject: bool = False) -> dict[str, list]:
+    """Train/val/test cases: those of ``<out_dir>/splits.json`` when it exists (a resumed run), else a
+    new seeded split, computed on rank 0 and shared. Nothing is written here: `write_splits` records
+    a new split once every check of the run has passed. ``by_subject``: the sessions of a subject
+    stay in one part (`subject_groups`)."""
+    ratios = None if data.split.ratios is None else list(data.split.ratios)
+    path = out_dir / "splits.json"
+
+    def call() -> dict[str, list[str]]:
+        return make_splits([c.id for c in cases], dataset=data.name, seed=data.split.seed,
+                           counts_or_ratios=ratios, path=path if path.is_file() else None,
+                           groups=subject_groups(cases) if by_subject else None)
+
+    ids = on_main_then_share(call, env)
+    by_id = {c.id: c for c in cases}
+    splits = {name: [by_id[i] for i in ids[name]] for name in ("train", "val", "test")}
+    if not splits["train"]:
+        raise OptionError(f"data={data.name}: the split left no training cases (data.split.ratios)")
+    return splits
+
+
+def write_splits(cases: list, data: DataConfig, out_dir: Path, env: DistEnv, *, by_subject: bool = False) -> None:
+    """Rank 0 writes ``<out_dir>/splits.json`` for the split `split_cases` made (a kept file stays)."""
+    path = out_dir / "splits.json"
+    if env.is_main and not path.is_file():
+        make_splits([c.id for c in cases], dataset=data.name, seed=data.split.seed,
+                    counts_or_ratios=None if data.split.ratios is None else list(data.split.ratios), path=path,
+                    groups=subject_groups(cases) if by_subject else None)
+    barrier(env)
+
+
+def cases_of_split(cases: Sequence, split_file: str | os.PathLike | None, subset: str, *, where: str) -> list:
+    """The cases whose ids are in ``subset`` of a run's ``splits.json`` (all of them when ``split_file``
+    is None); ``where`` names the cases' folder in the messages. Raises naming the file or the subset."""
+    if split_file is None:
+        return list(cases)
+    path = Path(str(split_file)).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"split_file={path}: no such file (a run's splits.json)")
+    try:
+        splits = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"split_file={path}: not a splits.json ({err})") from err
+    if not isinstance(splits, dict) or not isinstance(splits.get(subset), list):
+        names = sorted(k for k, v in splits.items() if isinstance(v, list)) if isinstance(splits, dict) else []
+        raise ValueError(f"split_file={path} has no subset {subset!r} (subsets: {', '.join(names) or 'none'})")
+    wanted = set(splits[subset])
+    chosen = [c for c in cases if c.id in wanted]
+    if not chosen:
+        raise ValueError(f"subset={subset}: none of the {len(wanted)} {subset} case(s) of {path} are in {where}")
+    return chosen
+
+
+def check_crop_fits(crop: int, cases: Sequence, *, option: str = "data.crop", store: str | os.PathLike | None = None,
+                    hint: str = " (with a pretrained encoder, its crop size sets it)") -> None:
+    """Refuse a crop larger than every case's volume along every axis: the network would see mostly
+    padding, at a memory cost set by the crop (a 128³ SA-Swin crop on 64³ volumes ran out of memory).
+    With ``store`` the volumes' preprocessed grids recorded in it are compared, else the files' own."""
+    import nibabel as nib
+
+    records = open_store(store).records if store is not None else {}
+    largest, where = 0, None
+    for case in cases:
+        path = next(iter(case.images.values()))
+        try:
+            shape = tuple(records[case.id]["shape"]) if case.id in records else nib.load(str(path)).shape[:3]
+        except Exception:  # unreadable files were refused by the case checks already
+            continue
+        if max(shape) > largest:
+            largest, where = max(shape), (case.id, shape)
+    if where is not None and crop > largest:
+        raise OptionError(f"{option}={crop}: the crop is larger than every volume along every axis (the "
+                          f"largest, {where[0]}, is {'×'.join(map(str, where[1]))}"
+                          f"{' in ' + str(store) if case.id in records else ''}); set {option}={_fitting(largest)} "
+                          f"or smaller{hint}")
+
+
+def _fitting(largest: int) -> int:
+    return max(16, largest - largest % 16)
+
+
+def region_source(data: DataConfig, needed_by: list[str], *, network: str | None, env: DistEnv):
+    """The `asa.data.RegionSource` of ``data.regions`` (None when no map is made); ``needed_by``
+    names the options that need region maps (e.g. ``model.region_attention=alternate``), ``network``
+    the one that feeds them into the network (a map made from the labels is then refused). Says at
+    start-up (rank 0) which maps ``source: auto`` chose."""
+    spec = dataclasses.asdict(data.regions)
+    regions = RegionSource.from_config(spec, needed_by=needed_by, network=network)
+    if regions is not None and str(spec.get("source") or "auto") == "auto" and env.is_main:
+        print(f"[asa] data.regions.source=auto: {' and '.join(needed_by)} need(s) region maps; using "
+              f"{regions.source} (k-means, data.regions.k={regions.k} tissue classes in the brain, "
+              f"data.regions.seed={regions.seed}). Set data.regions.source=cluster or file to choose",
+              file=sys.stderr, flush=True)
+    return regions
+
+
+def default_crop(data: DataConfig) -> int:
+    """The fine-tuning crop edge when neither ``data.crop`` nor the pretrained file gives one:
+    the demo phantoms' size (demo pretraining uses it too), else `asa.models.DEFAULT_CROP`
+    (asa-pretrain's default ``data.crop``, the paper's pretraining crop)."""
+    return data.demo.size if data.root is None and data.demo else DEFAULT_CROP
