@@ -1,6 +1,7 @@
 """The data of a job from its data preset: the dataset folder, its checked cases (from the files or a
 store), the train/val/test split, the cases of a saved split, the crop checked against the volumes, the
-region maps, and the default crop edge."""
+region maps, the default crop edge, and `on_main_then_share` (a step done on rank 0 whose result or failure
+reaches every rank)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,20 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from asa.api.run import OptionError, on_main_then_share
+from asa.api.run import OptionError, describe_error
 from asa.api.schema import DataConfig
 from asa.data import CaseError, RegionSource, detect_layout, discover, ensure_demo_dataset, make_splits, subject_groups
 from asa.data.store import StoreSettingsError, open_store
 from asa.io import atomic_write_json
 from asa.models import DEFAULT_CROP
-from asa.train.distributed import DistEnv, barrier
+from asa.train.distributed import DistEnv, all_gather_objects, barrier
 
-__all__ = ["cases_of_split", "check_crop_fits", "dataset_root", "default_crop", "load_cases", "region_source",
-           "split_cases", "write_splits"]
+__all__ = ["SharedError", "cases_of_split", "check_crop_fits", "dataset_root", "default_crop", "load_cases",
+           "on_main_then_share", "region_source", "split_cases", "write_splits"]
 
 
 def dataset_root(data: DataConfig) -> tuple[Path, str]:
@@ -191,3 +193,25 @@ def default_crop(data: DataConfig) -> int:
     the demo phantoms' size (demo pretraining uses it too), else `asa.models.DEFAULT_CROP`
     (asa-pretrain's default ``data.crop``, the paper's pretraining crop)."""
     return data.demo.size if data.root is None and data.demo else DEFAULT_CROP
+
+
+def on_main_then_share(fn: Callable[[], Any], env: DistEnv) -> Any:
+    """``fn()`` on rank 0; its result (or its failure, re-raised as `SharedError`) reaches every rank."""
+    if not env.distributed:
+        return fn()
+    if env.is_main:
+        try:
+            value = fn()
+        except Exception as err:
+            all_gather_objects(("error", describe_error(err)), env)
+            raise
+        all_gather_objects(("ok", value), env)
+        return value
+    status, value = all_gather_objects(None, env)[0]
+    if status == "error":
+        raise SharedError(f"rank 0 stopped: {value}")
+    return value
+
+
+class SharedError(RuntimeError):
+    """Rank 0 failed a step whose result the other ranks wait for."""

@@ -1,11 +1,10 @@
 """The set-up of a training run and how a job is refused: `TrainingRun` (process group and run folder),
-`refusing` and `OptionError` (a bad option, exit 2), `describe_error` (one line naming the fault) and
-`on_main_then_share` (a step done on rank 0 whose result or failure reaches every rank)."""
+`refusing` and `OptionError` (a bad option, exit 2) and `describe_error` (one line naming the fault)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from asa.api.rundir import RunDir, RunDirError, prepare_run_dir
@@ -15,9 +14,9 @@ from asa.data.datasets import CaseLoadError
 from asa.data.store import StoreError
 from asa.io import CheckpointError, VolumeError, WriteError
 from asa.train import IncompatibleCheckpointError, cleanup_distributed, setup_distributed
-from asa.train.distributed import DistEnv, all_gather_objects
+from asa.train.distributed import DistEnv
 
-__all__ = ["OptionError", "SharedError", "TrainingRun", "describe_error", "on_main_then_share", "refusing"]
+__all__ = ["OptionError", "TrainingRun", "describe_error", "refusing"]
 
 
 class OptionError(ValueError):
@@ -83,28 +82,6 @@ class TrainingRun:
         if self.dir is None and exc is not None and _is_refusal(exc):
             # the run folder was never touched: a bad option or value refuses the run (exit 2)
             raise OptionError(describe_error(exc)) from exc
-
-
-def on_main_then_share(fn: Callable[[], Any], env: DistEnv) -> Any:
-    """``fn()`` on rank 0; its result (or its failure, re-raised as `SharedError`) reaches every rank."""
-    if not env.distributed:
-        return fn()
-    if env.is_main:
-        try:
-            value = fn()
-        except Exception as err:
-            all_gather_objects(("error", describe_error(err)), env)
-            raise
-        all_gather_objects(("ok", value), env)
-        return value
-    status, value = all_gather_objects(None, env)[0]
-    if status == "error":
-        raise SharedError(f"rank 0 stopped: {value}")
-    return value
-
-
-class SharedError(RuntimeError):
-    """Rank 0 failed a step whose result the other ranks wait for."""
 
 
 def describe_error(err: BaseException) -> str:
