@@ -78,6 +78,7 @@ ARMS: dict[str, dict[str, Any]] = {
 }
 CONTROL = "noise"  # the negative control: ARMS["mae"] pretrained on pure-noise volumes
 REFERENCE = "resenc-scratch"
+COORD_SCRATCH = "resenc-scratch-coord"  # scratch ResEnc with the coordinate channel: what the channel gives unpretrained
 CHUNK = 20  # subjects per cohort chunk (the unit the cohort stage resumes by)
 LITERATURE = (
     "Expected effect sizes (literature): masked pretraining of the ResEnc U-Net (SparK-style MAE) on 39k brain "
@@ -193,9 +194,13 @@ def plan_pretraining(out: Path, scale: Scale, arms: Sequence[str], *, seed: int,
 
 
 def finetune_arms(runs: Sequence[Pretraining], scale: Scale) -> dict[str, str]:
-    """transfer_study --arm specs: scratch ResEnc and each pretrained encoder (name -> key=value,...)."""
+    """transfer_study --arm specs: scratch ResEnc, each pretrained encoder (name -> key=value,...) and, when an
+    encoder was pretrained with the coordinate channel, scratch ResEnc with that channel too: the control
+    that tells what the pretraining gives from what the extra input channel gives by itself."""
     resenc = f"model=resenc,model.size={scale.size}"
     arms = {REFERENCE: resenc}
+    if any(run.network == "resenc" and run.coord for run in runs):
+        arms[COORD_SCRATCH] = f"{resenc},model.coord_channel=true"
     for run in runs:
         if run.network == "resenc":
             arms[f"resenc-{run.name}"] = (f"{resenc},model.pretrained={run.encoder}"

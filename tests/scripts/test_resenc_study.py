@@ -62,6 +62,9 @@ def test_finetuning_arms_follow_their_encoders(tmp_path):
     runs = study.plan_pretraining(tmp_path, scale, ["mae", "asa", "asa-no-coord"], seed=0, mirror_visible=0.25)
     arms = study.finetune_arms(runs, scale)
     assert arms[study.REFERENCE] == "model=resenc,model.size=tiny"  # scratch: no encoder
+    # the coordinate channel's own effect: scratch with the channel, since asa and asa-no-* learned with it
+    assert arms[study.COORD_SCRATCH] == "model=resenc,model.size=tiny,model.coord_channel=true"
+    assert study.COORD_SCRATCH not in study.finetune_arms([r for r in runs if not r.coord], scale)
     for run in runs:
         spec = arms[f"resenc-{run.name}" if run.network == "resenc" else run.name]
         assert f"model.pretrained={run.encoder}" in spec.split(",")
