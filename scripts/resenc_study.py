@@ -59,6 +59,7 @@ from asa.api import pretrain
 from asa.api.config import compose_config
 from asa.data import LESION_NAMES, load_volume
 from asa.data.synthetic.demo import write_noise_dataset
+from asa.eval import seed_case_bootstrap
 from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
 
 _SPEC = importlib.util.spec_from_file_location("asa_pretraining_study", Path(__file__).with_name("pretraining_study.py"))
@@ -337,7 +338,58 @@ def pretraining_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report_markdown(info: Mapping[str, Any], pretraining_md: str, transfer_md: str) -> str:
+# the study's questions as paired contrasts between arms (arm, reference, what the difference measures); a
+# contrast is reported when both of its arms ran, with the largest cohort standing for <c>
+CONTRASTS = (
+    ("resenc-asa-c{c}", "resenc-asa-no-attentive-c{c}", "the attentive loss (asa − asa without it)"),
+    ("resenc-asa-c{c}", "resenc-asa-no-mirror-c{c}", "mirror-aware masking (asa − asa without it)"),
+    ("resenc-asa-c{c}", "resenc-asa-no-coord-c{c}", "the coordinate channel (asa − asa without it)"),
+    ("resenc-asa-c{c}", COORD_SCRATCH, "asa's pretraining beyond its coordinate channel (asa − scratch with the channel)"),
+    (COORD_SCRATCH, REFERENCE, "the coordinate channel without pretraining (scratch with it − scratch)"),
+    ("resenc-mae-c{c}", "resenc-noise-c{c}", "what mae learned from brains (mae − the same recipe on noise)"),
+    ("resenc-asa-c{c}", "resenc-mae-c{c}", "asa against mae (all of asa's ideas together)"),
+    ("resenc-mae-c{c}", "resenc-mae-c{s}", "a 10× larger cohort, mae (largest − smallest)"),
+    ("resenc-asa-c{c}", "resenc-asa-c{s}", "a 10× larger cohort, asa (largest − smallest)"),
+)
+CONTRAST_KEYS = (("Dice_mean", "mean Dice"), ("lesion", "lesion Dice"), ("NSD_mean", "NSD"))
+
+
+def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], *, n_boot: int) -> list[dict[str, Any]]:
+    """Each contrast of `CONTRASTS` whose two arms were scored, per N: the paired difference (same N, seed and
+    test case) of mean Dice, lesion Dice (mean of the lesion classes) and NSD, with the seed × case bootstrap
+    CI, and the per-seed means of the Dice difference."""
+    scores = [{**r, "lesion": sum(float(r[f"Dice_{k}"]) for k in LESION_NAMES.values()) / len(LESION_NAMES)}
+              for r in scores]
+    arms = {r["arm"] for r in scores}
+    rows = []
+    for arm, ref, what in CONTRASTS:
+        arm, ref = (x.format(c=max(cohorts), s=min(cohorts)) for x in (arm, ref))
+        if arm == ref or not {arm, ref} <= arms:
+            continue
+        for n in sorted({int(r["n"]) for r in scores}):
+            row: dict[str, Any] = {"contrast": what, "arm": arm, "reference": ref, "n": n}
+            for key, _ in CONTRAST_KEYS:
+                d = transfer_study.paired_matrix(scores, arm, ref, n, key)
+                est = seed_case_bootstrap(d, n_resamples=n_boot)
+                row[key] = (est.value, est.low, est.high)
+                if key == "Dice_mean":
+                    row["per_seed"] = [float(x) for x in (d.mean(axis=1) if d.size else [])]
+            rows.append(row)
+    return rows
+
+
+def contrast_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    head = " | ".join(f"Δ {label} [95 % CI]" for _, label in CONTRAST_KEYS)
+    lines = [f"| what the difference measures | arm − reference | labeled | {head} | Δ mean Dice per seed |",
+             "| --- | --- | ---: | " + " | ".join("---:" for _ in CONTRAST_KEYS) + " | --- |"]
+    for r in rows:
+        cells = " | ".join(f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for v, lo, hi in (r[k] for k, _ in CONTRAST_KEYS))
+        lines.append(f"| {r['contrast']} | {r['arm']} − {r['reference']} | {r['n']} | {cells} | "
+                     f"{' '.join(f'{x:+.3f}' for x in r['per_seed'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def report_markdown(info: Mapping[str, Any], pretraining_md: str, transfer_md: str, contrasts_md: str = "") -> str:
     m, sc = info["machine"], info["scale"]
     return "\n".join([
         f"# Which of ASA's ideas help a ResEnc U-Net? ({info['scale_name']} scale)", "",
@@ -351,6 +403,9 @@ def report_markdown(info: Mapping[str, Any], pretraining_md: str, transfer_md: s
         "| stage | wall time (s) |", "| --- | ---: |",
         *(f"| {k} | {v:.0f} |" for k, v in info["stages"].items()), "",
         "## Pretraining", "", pretraining_md, "## Transfer (Δ = arm − resenc-scratch)", "", transfer_md, "",
+        *(["## Contrasts (each idea, the cohort, the controls)", "",
+           "Paired by N, seed and test case; 95 % CI: the seed × case bootstrap.", "", contrasts_md] if contrasts_md
+          else []),
         "## Literature", "", LITERATURE, "", "Commands:", "", "```", *info["commands"], "```", ""])
 
 
@@ -489,7 +544,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = out / "report"
     atomic_write_json(report / "report.json", info)
     atomic_write_text(report / "pretraining.md", pretraining_table(rows))
-    atomic_write_text(report / "README.md", report_markdown(info, pretraining_table(rows), table.read_text()))
+    scores_csv = out / "transfer" / "scores.csv"
+    contrasts = []
+    if scores_csv.is_file():
+        with open(scores_csv, newline="") as f:
+            contrasts = contrast_rows(list(csv.DictReader(f)), scale.cohorts, n_boot=args.n_boot)
+    atomic_write_json(report / "contrasts.json", contrasts)
+    atomic_write_text(report / "README.md", report_markdown(info, pretraining_table(rows), table.read_text(),
+                                                            contrast_table(contrasts) if contrasts else ""))
     print(f"[resenc-study] done: report in {report}", flush=True)
     return 0
 

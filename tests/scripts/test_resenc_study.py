@@ -165,3 +165,26 @@ def test_ablations_on_chosen_cohorts_only(tmp_path):
     assert len(runs) == 2 * 2 + 3 + 1
     with pytest.raises(SystemExit, match="--ablation-cohorts 5: not a cohort"):
         study.plan_pretraining(tmp_path, scale, list(study.ARMS), seed=0, mirror_visible=0.25, ablation_cohorts=[5])
+
+
+def test_contrasts_pair_runs_by_seed_and_case_and_skip_arms_not_run():
+    lesions = {f"Dice_{k}": 0.0 for k in study.LESION_NAMES.values()}
+
+    def row(arm, seed, case, dice):
+        return {"arm": arm, "n": "8", "seed": str(seed), "case": case, "Dice_mean": str(dice), "NSD_mean": "0.5",
+                **{k: str(v) for k, v in lesions.items()}}
+
+    scores = [row(arm, seed, case, base + 0.01 * seed + (0.02 if case == "b" else 0.0))
+              for arm, base in (("resenc-asa-c400", 0.60), ("resenc-asa-no-attentive-c400", 0.55),
+                                ("resenc-mae-c400", 0.50), ("resenc-mae-c40", 0.52))
+              for seed in (0, 1) for case in ("a", "b")]
+    rows = study.contrast_rows(scores, (40, 400), n_boot=200)
+    by = {(r["arm"], r["reference"]): r for r in rows}
+    attentive = by[("resenc-asa-c400", "resenc-asa-no-attentive-c400")]
+    assert attentive["Dice_mean"][0] == pytest.approx(0.05) and attentive["per_seed"] == pytest.approx([0.05, 0.05])
+    assert attentive["Dice_mean"][1] == pytest.approx(0.05) and attentive["Dice_mean"][2] == pytest.approx(0.05)
+    assert attentive["NSD_mean"][0] == 0.0 and attentive["lesion"][0] == 0.0
+    assert by[("resenc-mae-c400", "resenc-mae-c40")]["Dice_mean"][0] == pytest.approx(-0.02)  # largest − smallest
+    assert by[("resenc-asa-c400", "resenc-mae-c400")]["Dice_mean"][0] == pytest.approx(0.10)
+    assert ("resenc-asa-c400", "resenc-asa-no-mirror-c400") not in by  # not run: no row
+    assert "| the attentive loss" in study.contrast_table(rows)
