@@ -8,15 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
-from asa.api import finetune, load_config
+from asa.api import load_config
 from asa.api.case import HeadSettings, Settings as CaseSettings
 from asa.api.checks import DEFAULT_TASK
 from asa.api.compat import current_config
 from asa.api.segmentation import Settings as SegmentationSettings
-from asa.data import write_demo_dataset
-from asa.io import load_checkpoint, save_checkpoint
+from asa.io import load_checkpoint
 
 MOVED = [("data.samples_per_case=2", "task.samples_per_case"), ("loss.focal_weight=1", "task.focal_weight"),
          ("loss.focal_beta=2", "task.focal_beta"), ("loss.class_weighted=false", "task.class_weighted (with task=case)"),
@@ -83,19 +81,8 @@ def test_an_old_case_checkpoint_config_is_read_with_its_record_as_outputs():
 
 
 @pytest.mark.slow
-def test_a_run_written_with_the_old_keys_resumes(tmp_path):
-    root = write_demo_dataset("ibsr", tmp_path / "ibsr", cases=4, size=24, seed=1)
-
-    def config(steps: int, resume: bool):
-        cfg = load_config("finetune", "data=ibsr", "trainer=smoke", "model=tiny", "task.samples_per_case=2")
-        cfg.output_dir, cfg.device, cfg.seed, cfg.resume = str(tmp_path / "run"), "cpu", 0, resume
-        cfg.data.root, cfg.data.num_workers, cfg.data.crop = str(root), 0, 16
-        cfg.data.split.ratios = [3, 1, 0]
-        cfg.trainer.max_steps, cfg.trainer.epochs = steps, steps
-        return cfg
-
-    finetune(config(2, False))
-    run = tmp_path / "run"
+def test_a_run_written_with_the_old_keys_resumes(old_run):
+    old_run.train(2, False, "task.samples_per_case=2")
 
     def before(config: dict) -> dict:  # the layout of a run written before the task section
         settings = config["task"]
@@ -105,13 +92,9 @@ def test_a_run_written_with_the_old_keys_resumes(tmp_path):
                          "class_weighted": True, "regression": "mse", "huber_delta": 1.0},
                 "head": {"pooling": "mean", "hidden_dim": 256, "dropout": 0.0}, "task": config["outputs"]}
 
-    for ckpt in (run / "checkpoints").glob("*.pt"):
-        state = load_checkpoint(ckpt)
-        state["config"] = before(state["config"])
-        save_checkpoint(ckpt, state)
-    (run / "config.yaml").write_text(yaml.safe_dump(before(yaml.safe_load((run / "config.yaml").read_text()))))
-    assert finetune(config(4, True)).step == 4
-    resumed = load_checkpoint(run / "checkpoints" / "last.pt")["config"]  # what it ran with, as this version reads it
+    old_run.rewrite(before)
+    assert old_run.train(4, True, "task.samples_per_case=2").step == 4
+    resumed = load_checkpoint(old_run.dir / "checkpoints" / "last.pt")["config"]  # as this version reads it
     assert resumed["task"]["samples_per_case"] == 2 and resumed["outputs"]["name"] == "ibsr"
 
 

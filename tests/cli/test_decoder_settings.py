@@ -13,18 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from hydra.errors import HydraException
 from torch import nn
 
-from asa.api import finetune, load_config
+from asa.api import load_config
 from asa.api.checks import as_config, validate
 from asa.api.compat import current_config
 from asa.api.config import compose_config
 from asa.api.networks import build_case_network, build_from_config
 from asa.cli.common import _compose_error
-from asa.data import write_demo_dataset
-from asa.io import load_checkpoint, save_checkpoint
 from asa.models import NetworkSettings, SWViTUNetSettings, record_spec, register_network
 from asa.models.registry import RECORDS
 from asa.train.checkpoint import IncompatibleCheckpointError, check_compatible
@@ -153,35 +150,19 @@ def test_a_network_from_outside_that_follows_its_pretraining_gets_the_geometry_a
 
 
 @pytest.mark.slow
-def test_a_run_written_with_a_segmenter_section_resumes(tmp_path):
-    root = write_demo_dataset("ibsr", tmp_path / "ibsr", cases=4, size=24, seed=1)
-
-    def config(steps: int, resume: bool):
-        cfg = load_config("finetune", "data=ibsr", "trainer=smoke", "model=tiny", "optim=sgd", "model.feature_size=8")
-        cfg.output_dir, cfg.device, cfg.seed, cfg.resume = str(tmp_path / "run"), "cpu", 0, resume
-        cfg.data.root, cfg.data.num_workers, cfg.data.crop = str(root), 0, 16
-        cfg.data.split.ratios = [3, 1, 0]
-        cfg.trainer.max_steps, cfg.trainer.epochs = steps, steps
-        return cfg
-
-    finetune(config(2, False))
-    run = tmp_path / "run"
+def test_a_run_written_with_a_segmenter_section_resumes(old_run):
+    overrides = ("optim=sgd", "model.feature_size=8")
+    old_run.train(2, False, *overrides)
 
     def before(config: dict) -> dict:  # the layout of a run written before the decoder moved
         model = {k: v for k, v in config["model"].items() if k not in DECODER}
         moved = {k: config["model"][k] for k in DECODER}
         return {**config, "model": model, "segmenter": {**config["segmenter"], **moved}}
 
-    for ckpt in (run / "checkpoints").glob("*.pt"):
-        state = load_checkpoint(ckpt)
-        state["config"] = before(state["config"])
-        save_checkpoint(ckpt, state)
-    (run / "config.yaml").write_text(yaml.safe_dump(before(yaml.safe_load((run / "config.yaml").read_text()))))
-    assert finetune(config(4, True)).step == 4
+    old_run.rewrite(before)
+    assert old_run.train(4, True, *overrides).step == 4
     with pytest.raises(IncompatibleCheckpointError, match=r"model.feature_size: .* has 8, config has 16"):
-        cfg = config(5, True)
-        cfg.model.feature_size = 16
-        finetune(cfg)
+        old_run.train(5, True, "optim=sgd", "model.feature_size=16")
 
 
 def test_the_decoder_settings_default_to_the_networks_own_defaults():

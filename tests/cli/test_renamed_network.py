@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import yaml
 
-from asa.api import finetune, load_config
 from asa.api.checks import validate
 from asa.api.config import compose_config
-from asa.data import write_demo_dataset
 from asa.io import load_checkpoint, save_checkpoint
 from asa.models import ASASegmenter, build_network, load_encoder, network_spec
 
@@ -42,30 +39,15 @@ def test_a_file_with_the_old_name_rebuilds_the_same_network(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_written_under_the_old_name_resumes(tmp_path):
-    root = write_demo_dataset("ibsr", tmp_path / "ibsr", cases=4, size=24, seed=1)
+def test_a_run_written_under_the_old_name_resumes(old_run):
+    old_run.train(2, False, "optim=sgd")
 
-    def config(steps: int, resume: bool):
-        cfg = load_config("finetune", "data=ibsr", "trainer=smoke", "model=tiny", "optim=sgd")
-        cfg.output_dir, cfg.device, cfg.seed, cfg.resume = str(tmp_path / "run"), "cpu", 0, resume
-        cfg.data.root, cfg.data.num_workers, cfg.data.crop = str(root), 0, 16
-        cfg.data.split.ratios = [3, 1, 0]
-        cfg.trainer.max_steps, cfg.trainer.epochs = steps, steps
-        return cfg
-
-    finetune(config(2, False))
-    run = tmp_path / "run"
-    for ckpt in (run / "checkpoints").glob("*.pt"):  # the run as the version before the rename wrote it
-        state = load_checkpoint(ckpt)
+    def network(state: dict) -> None:  # the run as the version before the rename wrote it
         if "network" in state:
             state["network"] = {**state["network"], "arch": "asa"}
-        if "config" in state:
-            state["config"]["model"]["arch"] = "asa"
-        save_checkpoint(ckpt, state)
-    saved = yaml.safe_load((run / "config.yaml").read_text())
-    saved["model"]["arch"] = "asa"
-    (run / "config.yaml").write_text(yaml.safe_dump(saved))
-    result = finetune(config(4, True))
-    assert result.step == 4
+
+    old_run.rewrite(lambda config: {**config, "model": {**config["model"], "arch": "asa"}}, network)
+    assert old_run.train(4, True, "optim=sgd").step == 4
+    run = old_run.dir
     assert network_spec(build_network(load_checkpoint(run / "checkpoints" / "last.pt")["network"]))["arch"] == \
         "swvit_unetr"
