@@ -9,16 +9,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from asa.api.checks import as_config
-from asa.api.dataset import check_crop_fits, dataset_root, load_cases, region_source, split_cases, write_splits
-from asa.api.run import OptionError, TrainingRun, refusing
+from asa.api.dataset import check_crop_fits, dataset_root, region_source
+from asa.api.job import JobRun, TrainingJob
+from asa.api.run import OptionError, refusing
 from asa.api.rundir import shell_path
 from asa.api.schema import PretrainConfig
-from asa.api.training import optimizer_and_config, trainer_config, training_ended
 from asa.data import SEGMENTATION_LAYOUTS, build_pretrain_dataset, detect_layout, discover, ensure_demo_dataset, get_task
 from asa.data.augmentation import apply_deferred_augmentation
 from asa.eval.probe import build_probe_set, make_probe
 from asa.methods import MethodContext, PretrainingMethod, get_method
-from asa.train import Engine, FitResult
+from asa.train import FitResult
 from asa.train.pretrain import export_encoder, make_validator
 
 __all__ = ["pretrain"]
@@ -81,6 +81,99 @@ def _with_probe(validate, probe, every: int):
     return run
 
 
+class PretrainJob(TrainingJob):
+    """`asa-pretrain` as a training job (`asa.api.job.TrainingJob`): the configured method's network, loss
+    and validation on unlabeled scans, the frozen-encoder probes beside the validation, and the encoder
+    exported when training ends."""
+
+    app = APP
+    unsaved = ", no encoder.pt exported"
+
+    def check(self, run: JobRun) -> None:
+        cfg, data = run.cfg, run.cfg.data
+        self.flip_axes = tuple(int(a) for a in data.flip_axes)
+        if any(a not in (0, 1, 2) for a in self.flip_axes):
+            raise OptionError(f"data.flip_axes: array axes 0, 1 or 2 of the crop, got {list(self.flip_axes)}")
+        self.method = method = _method(cfg)
+        self.needs = needs = method.regions()
+        self.regions = region_source(data, list(needs.needed_by), network=needs.network, env=run.env)
+        if self.regions is not None and self.regions.source == "label":
+            raise OptionError("data.regions.source=label: pretraining data have no label files; use cluster "
+                              "(k-means tissue classes) or file (data.regions.dir)")
+
+    def record(self, run: JobRun) -> dict:
+        resolved = super().record(run)
+        resolved["data"]["regions"]["source"] = "none" if self.regions is None else self.regions.source  # auto resolved
+        if not self.method.uses_model_group:  # recorded and compared on resume only where it configures the run
+            resolved.pop("model")
+            resolved["resume_must_match"] = [k for k in resolved["resume_must_match"] if k != "model"]
+        return resolved
+
+    def network(self, run: JobRun, splits) -> torch.nn.Module:
+        cfg, method = run.cfg, self.method
+        model = method.build_network()
+        self.probe_every = cfg.probe.every if method.probe_patch_size else 0
+        monitor = cfg.trainer.monitor
+        if monitor.startswith("probe/") and self.probe_every != 1:
+            raise ValueError(f"trainer.monitor={monitor} needs a probe in every validation round: "
+                             f"set probe.every=1 (it is {self.probe_every}"
+                             + ("" if method.probe_patch_size else f"; method={method.name} gives the probes no "
+                                "encoder tokens") + ")")
+        self.probe = None if self.probe_every < 1 else _probe(cfg, method, self.regions if self.needs.network else None)
+        return model
+
+    def cases(self, run: JobRun, cases: list) -> list:
+        check_crop_fits(int(run.cfg.data.crop), cases, store=run.cfg.data.store, hint="")
+        return cases
+
+    def datasets(self, run: JobRun, splits):
+        data = run.cfg.data
+        common = dict(crop=int(data.crop), resample_mm=data.resample_mm,
+                      channels=tuple(data.channels), regions=self.regions, store=data.store)
+        train = build_pretrain_dataset(splits["train"], augment=data.augment, flip_axes=self.flip_axes,
+                                       augment_on=data.augment_on, **common)
+        # augmentation applied on the device, after the transfer
+        self.deferred = data.augment_on == "device" and (data.augment or bool(self.flip_axes))
+        val = build_pretrain_dataset(splits["val"], augment=False, **common) if splits["val"] else None
+        return train, val
+
+    def training_step(self, run: JobRun):
+        return self.method.step_of(run.cases, dataset_root(run.cfg.data)[0])
+
+    def no_validation(self, run: JobRun) -> str | None:
+        if run.config.monitor.startswith("probe/"):
+            return None
+        return "no best.pt, no early stopping, no probes (unless trainer.monitor is a probe/ metric)"
+
+    def validation(self, run: JobRun, dataset):
+        method, data = self.method, run.cfg.data
+        if dataset is not None and method.validation_group and len(dataset) < method.validation_group:
+            print(f"[asa] warning: method={method.name} scores validation in groups of "
+                  f"{method.validation_group} volumes but the validation split has {len(dataset)}: val/loss lacks "
+                  "the terms that compare volumes (contrastive)", file=sys.stderr)
+        validate = None if dataset is None else make_validator(dataset, batch_size=run.config.batch_size, env=run.env,
+                                                               num_workers=data.num_workers, step_fn=run.step,
+                                                               group_size=method.validation_group)
+        if self.probe is not None and (dataset is not None or run.config.monitor.startswith("probe/")):
+            validate = _with_probe(validate, self.probe, self.probe_every)
+        return validate
+
+    def engine_options(self, run: JobRun, train_dataset, val_dataset) -> dict:
+        sample = (val_dataset or train_dataset)[0] if (run.env.is_main and run.config.panel_every) else None
+        return dict(panel_fn=None if sample is None else self.method.panel(sample),
+                    on_device=apply_deferred_augmentation if self.deferred else None)
+
+    def finish(self, run: JobRun, result: FitResult) -> None:
+        ckpts = run.out_dir / "checkpoints"
+        source = ckpts / "best.pt" if (ckpts / "best.pt").is_file() else ckpts / "last.pt"
+        export_encoder(source, ckpts / "encoder.pt", self.method.encoder_prefixes)
+        print(f"[asa] pretraining finished at step {result.step}. Outputs in {run.out_dir}:\n"
+              f"  checkpoints: {ckpts}/last.pt, best.pt, encoder.pt and encoder.safetensors "
+              "(for asa-finetune, asa.load_encoder)\n"
+              f"  TensorBoard: tensorboard --logdir {shell_path(run.out_dir / 'tb')}\n"
+              f"  config: {run.out_dir / 'config.yaml'}, splits: {run.out_dir / 'splits.json'}", flush=True)
+
+
 def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
     """Pretrain as configured (asa-pretrain); returns the engine's FitResult (rank 0 writes every file).
 
@@ -88,81 +181,4 @@ def pretrain(config: PretrainConfig | DictConfig) -> FitResult:
     Hydra config; it is checked against the schema first."""
     with refusing():  # a key the schema does not know (e.g. added with +key=value): refused
         cfg = as_config(config, "pretrain")
-
-    with TrainingRun(cfg, APP) as run:
-        env = run.env
-        data = cfg.data
-        with refusing():  # every option is checked (and the network built) before the run folder is touched
-            resolved = asdict(cfg)
-            trainer_config(cfg)
-            augment_on = data.augment_on  # one of AUGMENT_ON (the schema checks it)
-            flip_axes = tuple(int(a) for a in data.flip_axes)
-            if any(a not in (0, 1, 2) for a in flip_axes):
-                raise OptionError(f"data.flip_axes: array axes 0, 1 or 2 of the crop, got {list(flip_axes)}")
-            method = _method(cfg)
-            needs = method.regions()
-            regions = region_source(data, list(needs.needed_by), network=needs.network, env=env)
-            if regions is not None and regions.source == "label":
-                raise OptionError("data.regions.source=label: pretraining data have no label files; use cluster "
-                                  "(k-means tissue classes) or file (data.regions.dir)")
-            resolved["data"]["regions"]["source"] = "none" if regions is None else regions.source  # auto resolved
-            if not method.uses_model_group:  # recorded and compared on resume only where it configures the run
-                resolved.pop("model")
-                resolved["resume_must_match"] = [k for k in resolved["resume_must_match"] if k != "model"]
-            torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-            model = method.build_network()
-            optimizer, lr, config = optimizer_and_config(cfg, model, env)
-            probe_every = cfg.probe.every if method.probe_patch_size else 0
-            if config.monitor.startswith("probe/") and probe_every != 1:
-                raise ValueError(f"trainer.monitor={config.monitor} needs a probe in every validation round: "
-                                 f"set probe.every=1 (it is {probe_every}"
-                                 + ("" if method.probe_patch_size else f"; method={method.name} gives the probes no "
-                                    "encoder tokens") + ")")
-            probe = None if probe_every < 1 else _probe(cfg, method, regions if needs.network else None)
-        run_dir = run.prepare_dir(resolved)
-        out_dir = run_dir.path
-        cases = load_cases(data, out_dir if env.is_main else None, env)
-        check_crop_fits(int(data.crop), cases, store=data.store, hint="")
-        splits = split_cases(cases, data, out_dir, env)
-        common = dict(crop=int(data.crop), resample_mm=data.resample_mm,
-                      channels=tuple(data.channels), regions=regions, store=data.store)
-        train_ds = build_pretrain_dataset(splits["train"], augment=data.augment, flip_axes=flip_axes,
-                                          augment_on=augment_on, **common)
-        deferred = augment_on == "device" and (data.augment or bool(flip_axes))  # applied after the transfer
-        val_ds = build_pretrain_dataset(splits["val"], augment=False, **common) if splits["val"] else None
-        step_fn = method.step_of(cases, dataset_root(data)[0])
-        run_dir.write_config(resolved)  # every check passed
-        write_splits(cases, data, out_dir, env)
-
-        if val_ds is not None and method.validation_group and len(val_ds) < method.validation_group:
-            print(f"[asa] warning: method={method.name} scores validation in groups of "
-                  f"{method.validation_group} volumes but the validation split has {len(val_ds)}: val/loss lacks "
-                  "the terms that compare volumes (contrastive)", file=sys.stderr)
-        validate = None if val_ds is None else make_validator(val_ds, batch_size=config.batch_size, env=env,
-                                                              num_workers=data.num_workers, step_fn=step_fn,
-                                                              group_size=method.validation_group)
-        if val_ds is None and not config.monitor.startswith("probe/"):
-            print(f"[asa] warning: data={data.name} has no validation cases: no best.pt, no early stopping, "
-                  "no probes (unless trainer.monitor is a probe/ metric)", file=sys.stderr)
-        elif probe is not None:
-            validate = _with_probe(validate, probe, probe_every)
-        sample = (val_ds or train_ds)[0] if (env.is_main and config.panel_every) else None
-        engine = Engine(
-            model, optimizer, step_fn, config=config, lr=lr, out_dir=out_dir, env=env, seed=cfg.seed,
-            validate=validate,
-            panel_fn=None if sample is None else method.panel(sample),
-            run_config=resolved, resume=run_dir.resume,
-            on_device=apply_deferred_augmentation if deferred else None,
-        )
-        result = engine.fit(train_ds)
-        if training_ended(result, env, APP, unsaved=", no encoder.pt exported") and env.is_main:
-            ckpts = out_dir / "checkpoints"
-            source = ckpts / "best.pt" if (ckpts / "best.pt").is_file() else ckpts / "last.pt"
-            export_encoder(source, ckpts / "encoder.pt", method.encoder_prefixes)
-            print(f"[asa] pretraining finished at step {result.step}. Outputs in {out_dir}:\n"
-                  f"  checkpoints: {ckpts}/last.pt, best.pt, encoder.pt and encoder.safetensors "
-                  "(for asa-finetune, asa.load_encoder)\n"
-                  f"  TensorBoard: tensorboard --logdir {shell_path(out_dir / 'tb')}\n"
-                  f"  config: {out_dir / 'config.yaml'}, splits: {out_dir / 'splits.json'}", flush=True)
-    return result
-
+    return PretrainJob().train(cfg)

@@ -136,7 +136,7 @@ class SegmentationTask(FinetuneTask):
                                    overlap=run.cfg.validation.overlap,
                                    sw_batch_size=int(run.cfg.validation.sw_batch_size))
 
-    def engine_options(self, run: FinetuneRun, val_dataset: Any | None) -> dict[str, Any]:
+    def engine_options(self, run: FinetuneRun, train_dataset: Any, val_dataset: Any | None) -> dict[str, Any]:
         panel_fn = None
         if val_dataset is not None and run.env.is_main and run.config.panel_every:
             panel_fn = make_segmentation_panel_fn(val_dataset[0], multilabel=self.task.multilabel,
