@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from asa.api.checks import as_config, validate
 from asa.api.config import ENTRY_POINTS, compose_config, config_path
-from asa.api.pretrain import _method
+from asa.api.pretraining import _method
 from asa.api.schema import SCHEMAS
 from asa.choices import check_choices
 from asa.methods import MaskedAutoencoderSettings

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from asa.api import finetune, load_config, predict, pretrain
-from asa.api.pretrain import _method
+from asa.api.pretraining import _method
 from asa.data import write_demo_dataset
 from asa.data.synthetic.phantom import make_phantom
 from asa.io import load_checkpoint
