@@ -78,16 +78,21 @@ def _pretrain_on(store, cache, out):
                                        "data.demo.size=32", f"data.demo.cache_dir={cache}", "device=cpu",
                                        "probe.every=0", f"data.store={store}", f"output_dir={out}"])
 
+
+def _pretraining_refused(store, cache, out, capsys) -> str:
+    """Run asa-pretrain on ``store`` (`_pretrain_on`), which must be refused (exit 2); returns its stderr."""
+    with pytest.raises(SystemExit) as stop:
+        entry("asa-pretrain", pretrain, _pretrain_on(store, cache, out))
+    err = capsys.readouterr().err
+    assert stop.value.code == EXIT_REFUSED, err
+    return err
+
 def test_training_from_a_tampered_store_exits_2_naming_the_entry(written, tmp_path, capsys):
     cache, clean = written
     store = _copy(clean, tmp_path / "store")
     first = sorted(json.loads((store / "index.json").read_text())["cases"])[0]
     _tamper_index(store, lambda index: index["cases"][first]["arrays"].update(brain="../../../outside/x.npy"))
-    cfg = _pretrain_on(store, cache, tmp_path / "run")
-    with pytest.raises(SystemExit) as stop:
-        entry("asa-pretrain", pretrain, cfg)
-    err = capsys.readouterr().err
-    assert stop.value.code == EXIT_REFUSED, err
+    err = _pretraining_refused(store, cache, tmp_path / "run", capsys)
     assert f"refused: data.store={store}: index.json cases['{first}']: arrays['brain']=" in err
     assert "outside the store's cases folder" in err
     assert not (tmp_path / "run").exists()  # refused: no empty run folder left behind
@@ -101,11 +106,7 @@ def test_an_array_linked_to_a_file_outside_the_store_is_refused_naming_the_entry
     outside.write_bytes(image.read_bytes())  # a whole array of the right shape: only where it lies is wrong
     image.unlink()
     image.symlink_to(outside)
-    cfg = _pretrain_on(store, cache, tmp_path / "run")
-    with pytest.raises(SystemExit) as stop:
-        entry("asa-pretrain", pretrain, cfg)
-    err = capsys.readouterr().err
-    assert stop.value.code == EXIT_REFUSED, err
+    err = _pretraining_refused(store, cache, tmp_path / "run", capsys)
     assert f"arrays['image']: cases/{image.name} resolves to {outside}, outside the store" in err
 
 
