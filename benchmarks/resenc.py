@@ -9,7 +9,8 @@ mask tokens, densify, attentive or uniform block loss); ``dense``, the same netw
 convolutions and instance norms, the decoder on the encoder's skips, MSE over every voxel); ``finetune``,
 `ResEncUNet`'s segmentation step (deep supervision, 2 classes); ``swvit``, the SW-ViT's ASA pretraining step at
 the same crop (``--swvit``: its preset; ``none`` leaves it out); and two references of the machine's attainable
-rate: a dense matmul and a 3³ convolution. Each step is forward, backward and AdamW, in fp32. Reported per
+rate: a dense matmul and a 3³ convolution. Each step is forward, backward and AdamW (`benchmarks.speed.adamw`,
+asa-pretrain's kernel), in fp32. Reported per
 step: the median wall time, samples/s, process CPU time (which load on other processes disturbs less), peak
 memory (CUDA: allocated; CPU: resident set) and the fraction of the timed convolution (CNN steps) or matmul
 (SW-ViT step) rate its counted FLOPs reach. The target of the masked step: at most 1.15× the dense step.
@@ -26,7 +27,7 @@ import torch
 
 from asa.models import PRESETS, build_network
 from benchmarks.harness import Workload, alternate, matmul_workload
-from benchmarks.speed import Setup, asa_workloads, train_workload
+from benchmarks.speed import Setup, adamw, asa_workloads, train_workload
 
 
 def dense_loss(net, x: torch.Tensor) -> torch.Tensor:
@@ -88,10 +89,10 @@ def main(argv: list[str] | None = None) -> dict:
         return sum(torch.nn.functional.cross_entropy(o, torch.nn.functional.interpolate(
             label[:, None].float(), size=o.shape[2:]).long()[:, 0]) for o in ([outs] if torch.is_tensor(outs) else outs))
 
-    adamw = lambda model: torch.optim.AdamW(model.parameters(), lr=1e-4)
-    work = [train_workload("masked", setup, net, adamw(net), lambda: net(x).loss),
-            train_workload("dense", setup, net, adamw(net), lambda: dense_loss(net, x)),
-            train_workload("finetune", setup, seg, adamw(seg), finetune_loss)]
+    # every step with the optimiser asa-pretrain runs (AdamW, its multi-tensor kernel), the SW-ViT's too
+    work = [train_workload("masked", setup, net, adamw(net, args.batch), lambda: net(x).loss),
+            train_workload("dense", setup, net, adamw(net, args.batch), lambda: dense_loss(net, x)),
+            train_workload("finetune", setup, seg, adamw(seg, args.batch), finetune_loss)]
     if args.swvit != "none":
         work.append(asa_workloads(setup, x)[0])
         work[-1].name = "swvit"
