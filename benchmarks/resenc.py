@@ -1,7 +1,7 @@
 """The residual-encoder U-Net's steps beside each other and beside the SW-ViT's, in one process.
 
-    python -m benchmarks.resenc --crop 64 --size tiny --batch 2 --repeats 5 [--swvit tiny] [--json out.json]
-    python -m benchmarks.resenc --crop 128 --size M --batch 2 --swvit base      # the issue's 128³ rows (GPU)
+    python -m benchmarks.resenc --crop 64 --size tiny S --batch 2 --repeats 5 [--swvit tiny] [--json out.json]
+    python -m benchmarks.resenc --crop 128 160 --size S M --batch 32 --amp bf16 --swvit none   # the GPU rows
 
 Times, round by round (`benchmarks.harness.alternate`, so that load on a shared machine falls on every step
 alike): ``masked``, the masked-convolution pretraining step of `resenc_pretrain` (masking, visible-only norms,
@@ -10,7 +10,8 @@ convolutions and instance norms, the decoder on the encoder's skips, MSE over ev
 `ResEncUNet`'s segmentation step (deep supervision, 2 classes); ``swvit``, the SW-ViT's ASA pretraining step at
 the same crop (``--swvit``: its preset; ``none`` leaves it out); and two references of the machine's attainable
 rate: a dense matmul and a 3³ convolution. Each step is forward, backward and AdamW (`benchmarks.speed.adamw`,
-asa-pretrain's kernel), in fp32. Reported per
+asa-pretrain's kernel), in fp32 or under ``--amp``'s autocast (the references in that precision); on CUDA
+the batch is the largest of ``--batch``, its half, ... whose masked step fits. Reported per
 step: the median wall time, samples/s, process CPU time (which load on other processes disturbs less), peak
 memory (CUDA: allocated; CPU: resident set) and the fraction of the timed convolution (CNN steps) or matmul
 (SW-ViT step) rate its counted FLOPs reach. The target of the masked step: at most 1.15× the dense step.
@@ -26,7 +27,9 @@ from pathlib import Path
 import torch
 
 from asa.models import PRESETS, build_network
-from benchmarks.harness import Workload, alternate, matmul_workload
+from asa.models.cnn.resenc import RESENC_SIZES
+from asa.train.precision import AMP_CHOICES, amp_name, resolve_amp
+from benchmarks.harness import Workload, alternate, largest_fitting, matmul_workload, release_memory
 from benchmarks.speed import Setup, adamw, asa_workloads, train_workload
 
 
@@ -36,11 +39,11 @@ def dense_loss(net, x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.mse_loss(net.decoder(net.encoder(net.with_coordinates(x))), x)
 
 
-def conv_workload(device: torch.device, crop: int, batch: int) -> Workload:
-    """A 3³ convolution, 32 -> 32 channels at the crop's full resolution (the ResEnc's first stage): the
-    machine's attainable convolution rate (FLOPs counted by the harness)."""
-    conv = torch.nn.Conv3d(32, 32, 3, padding=1, bias=False).to(device)
-    x = torch.randn(batch, 32, crop, crop, crop, device=device)
+def conv_workload(device: torch.device, crop: int, batch: int, dtype: torch.dtype | None = None) -> Workload:
+    """A 3³ convolution, 32 -> 32 channels at the crop's full resolution (the ResEnc's first stage), in the
+    run's precision: the machine's attainable convolution rate (FLOPs counted by the harness)."""
+    conv = torch.nn.Conv3d(32, 32, 3, padding=1, bias=False).to(device, dtype or torch.float32)
+    x = torch.randn(batch, 32, crop, crop, crop, device=device, dtype=dtype or torch.float32)
 
     def run() -> None:
         with torch.no_grad():
@@ -62,27 +65,28 @@ def cpu_timed(workload: Workload, cpu: list[float]) -> Workload:
     return workload
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--crop", type=int, default=64)
-    parser.add_argument("--size", default="tiny", choices=("tiny", "M", "L"))
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--weighting", default="attentive", choices=("uniform", "attentive"))
-    parser.add_argument("--swvit", default="tiny", choices=(*PRESETS, "none"),
-                        help="the SW-ViT preset whose ASA pretraining step is timed beside (none: left out)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
+def measure(device: torch.device, crop: int, size: str, batch: int, *, repeats: int, weighting: str, swvit: str,
+            dtype: torch.dtype | None) -> dict:
+    """The steps of one (crop, size) at the largest batch of ``batch``, ``batch // 2``, ... whose masked step
+    fits (`benchmarks.harness.largest_fitting`; CPU: ``batch`` itself): one result dict."""
     torch.manual_seed(0)
-    setup = Setup(device, args.crop, args.batch, PRESETS["tiny" if args.swvit == "none" else args.swvit])
-    net = build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": args.crop, "size": args.size,
-                                                               "loss_weighting": args.weighting}}).to(device)
-    seg = build_network({"arch": "resenc", "kwargs": {"img_size": args.crop, "in_channels": 1, "out_channels": 2,
-                                                      "size": args.size}}).to(device).train()
-    x = torch.randn(args.batch, 1, args.crop, args.crop, args.crop, device=device)
-    label = torch.randint(0, 2, (args.batch, args.crop, args.crop, args.crop), device=device)
+    setup = Setup(device, crop, batch, PRESETS["tiny" if swvit == "none" else swvit], dtype)
+    net = build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": crop, "size": size,
+                                                               "loss_weighting": weighting}}).to(device)
+    seg = build_network({"arch": "resenc", "kwargs": {"img_size": crop, "in_channels": 1, "out_channels": 2,
+                                                      "size": size}}).to(device).train()
+    inputs: dict[str, torch.Tensor] = {}
+
+    def masked_at(b: int) -> Workload:
+        inputs["x"] = torch.randn(b, 1, crop, crop, crop, device=device)
+        inputs["label"] = torch.randint(0, 2, (b, crop, crop, crop), device=device)
+        return train_workload("masked", setup.with_batch(b), net, adamw(net, b), lambda: net(inputs["x"]).loss)
+
+    masked, batch, too_big = largest_fitting(masked_at, batch, device)
+    if masked is None:
+        raise SystemExit(f"resenc {size} at {crop}³: not even one sample fits on {device}")
+    x, label = inputs["x"], inputs["label"]
+    setup = setup.with_batch(batch)
 
     def finetune_loss() -> torch.Tensor:
         outs = seg(x)  # one output per supervised resolution (a single tensor when there is one)
@@ -90,28 +94,32 @@ def main(argv: list[str] | None = None) -> dict:
             label[:, None].float(), size=o.shape[2:]).long()[:, 0]) for o in ([outs] if torch.is_tensor(outs) else outs))
 
     # every step with the optimiser asa-pretrain runs (AdamW, its multi-tensor kernel), the SW-ViT's too
-    work = [train_workload("masked", setup, net, adamw(net, args.batch), lambda: net(x).loss),
-            train_workload("dense", setup, net, adamw(net, args.batch), lambda: dense_loss(net, x)),
-            train_workload("finetune", setup, seg, adamw(seg, args.batch), finetune_loss)]
-    if args.swvit != "none":
+    work = [masked,
+            train_workload("dense", setup, net, adamw(net, batch), lambda: dense_loss(net, x)),
+            train_workload("finetune", setup, seg, adamw(seg, batch), finetune_loss)]
+    if swvit != "none":
         work.append(asa_workloads(setup, x)[0])
         work[-1].name = "swvit"
-    work += [conv_workload(device, args.crop, args.batch), matmul_workload(device, 4096 if device.type == "cpu" else 8192)]
+    work += [conv_workload(device, crop, batch, dtype), matmul_workload(device, 4096 if device.type == "cpu" else 8192, dtype)]
     cpu: dict[str, list[float]] = {w.name: [] for w in work}
     for w in work:
         cpu_timed(w, cpu[w.name])
     steps = [w.name for w in work if w.name not in ("conv", "matmul")]
-    alternate(work, device, warmup=1, steps=args.repeats, count_flops=(*steps, "conv"))
+    alternate(work, device, warmup=1, steps=repeats, count_flops=(*steps, "conv"))
     by = {w.name: w for w in work}
     rates = {"conv": by["conv"].flops / by["conv"].median, "matmul": by["matmul"].flops / by["matmul"].median}
     reference = {name: "matmul" if name == "swvit" else "conv" for name in steps}
-    cpu_median = {name: statistics.median(cpu[name][-args.repeats:]) for name in steps}
+    cpu_median = {name: statistics.median(cpu[name][-repeats:]) for name in steps}
     result = {
-        "device": str(device), "crop": args.crop, "size": args.size, "batch": args.batch, "repeats": args.repeats,
-        "weighting": args.weighting, "swvit": args.swvit, "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+        "torch": torch.__version__, "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "precision": amp_name(dtype), "crop": crop, "size": size, "batch": batch,
+        "batch_that_did_not_fit": too_big, "repeats": repeats,
+        "weighting": weighting, "swvit": swvit, "threads": torch.get_num_threads(),
         "parameters_M": round(sum(p.numel() for p in seg.parameters()) / 1e6, 2),
         "median_s": {n: round(by[n].median, 4) for n in steps},
-        "samples_per_s": {n: round(args.batch / by[n].median, 4) for n in steps},
+        "samples_per_s": {n: round(batch / by[n].median, 4) for n in steps},
         "masked_over_dense": round(by["masked"].median / by["dense"].median, 3),
         "paired_ratios": [round(m / d, 3) for m, d in zip(by["masked"].times, by["dense"].times)],
         "cpu_median_s": {n: round(v, 4) for n, v in cpu_median.items()},
@@ -122,10 +130,36 @@ def main(argv: list[str] | None = None) -> dict:
         "fraction_of_reference_rate": {n: float(f"{by[n].flops / by[n].median / rates[reference[n]]:.3g}") for n in steps},
         "reference_of": reference,
     }
-    print(json.dumps(result, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+    del work, by, masked, net, seg, inputs, x, label
+    release_memory(device)
     return result
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--crop", type=int, nargs="+", default=[64], help="crop edges (each with every --size)")
+    parser.add_argument("--size", nargs="+", default=["tiny"], choices=tuple(RESENC_SIZES))
+    parser.add_argument("--batch", type=int, default=2,
+                        help="batch, or on CUDA the largest tried (then halved until the masked step fits)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--amp", default="off", choices=AMP_CHOICES, help="autocast precision (default off: fp32)")
+    parser.add_argument("--weighting", default="attentive", choices=("uniform", "attentive"))
+    parser.add_argument("--swvit", default="tiny", choices=(*PRESETS, "none"),
+                        help="the SW-ViT preset whose ASA pretraining step is timed beside (none: left out)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", type=Path, default=None, help="write the list of results here (after each one)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    dtype = resolve_amp(args.amp, device, option="--amp")
+    results: list[dict] = []
+    for crop in args.crop:
+        for size in args.size:
+            results.append(measure(device, crop, size, args.batch, repeats=args.repeats, weighting=args.weighting,
+                                   swvit=args.swvit, dtype=dtype))
+            print(json.dumps(results[-1], indent=1), flush=True)
+            if args.json:  # every finished configuration kept, should a later one not finish
+                args.json.write_text(json.dumps(results, indent=1))
+    return results
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ def test_steps_side_by_side_with_flops_and_memory(tmp_path):
     r = resenc.main(["--crop", "32", "--size", "tiny", "--batch", "1", "--repeats", "1", "--swvit", "tiny",
                      "--device", "cpu", "--json", str(out)])
     assert json.loads(out.read_text()) == r
+    (r,) = r
     steps = {"masked", "dense", "finetune", "swvit"}
     assert set(r["median_s"]) == set(r["step_GFLOPs"]) == set(r["fraction_of_reference_rate"]) == steps
     # the masked step runs the dense step's convolutions (masked, not skipped): about the same FLOPs
@@ -25,5 +26,14 @@ def test_steps_side_by_side_with_flops_and_memory(tmp_path):
 
 def test_the_swvit_step_can_be_left_out(tmp_path):
     r = resenc.main(["--crop", "16", "--size", "tiny", "--batch", "1", "--repeats", "1", "--swvit", "none",
-                     "--device", "cpu"])
+                     "--device", "cpu"])[0]
     assert "swvit" not in r["median_s"] and r["step_GFLOPs"]["masked"] > 0
+
+
+def test_every_crop_with_every_size(tmp_path):
+    out = tmp_path / "r.json"
+    r = resenc.main(["--crop", "16", "32", "--size", "tiny", "--batch", "1", "--repeats", "1", "--swvit", "none",
+                     "--device", "cpu", "--amp", "off", "--json", str(out)])
+    assert [(x["crop"], x["size"], x["precision"]) for x in r] == [(16, "tiny", "fp32"), (32, "tiny", "fp32")]
+    assert json.loads(out.read_text()) == r
+    assert r[1]["step_GFLOPs"]["dense"] > 4 * r[0]["step_GFLOPs"]["dense"]  # 8× the voxels

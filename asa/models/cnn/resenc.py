@@ -45,6 +45,7 @@ MIN_FEATURE_SIZE = 4  # an axis is halved while it keeps >= 4 voxels
 # size -> (features of the first stage, their cap, residual blocks per stage: first, then every later one)
 RESENC_SIZES: dict[str, tuple[int, int, tuple[int, ...]]] = {
     "tiny": (8, 64, (1, 1, 1, 1, 1, 1)),
+    "S": (32, 256, (1, 1, 1, 1, 1, 1)),
     "M": (32, 320, (1, 3, 4, 6, 6, 6)),
     "L": (32, 320, (1, 3, 4, 6, 6, 6)),
 }
