@@ -23,6 +23,23 @@ def masked_patch_weights(mask: torch.Tensor, informativeness: torch.Tensor | Non
     return torch.where(total > 0, g / torch.where(total > 0, total, torch.ones_like(total)), uniform)
 
 
+def weight_spread(weights: torch.Tensor, units: torch.Tensor) -> dict[str, float]:
+    """How far the loss weights of the masked units are from uniform, averaged over the batch: ``cv``, their
+    coefficient of variation std(p) / mean(p) (population std; 0 when uniform), and ``effective_share``,
+    (Σp)² / (n · Σp²) = the effective number of units 1 / Σp² over the n masked ones for p summing to 1
+    (1 when uniform; 1/n when one unit takes all). A weighting whose cv is about 0.1 cannot move a result.
+
+    weights, units: [B, N] (units: 1 = a masked unit, whatever its weight, 0 included)."""
+    m = units.detach().float()
+    p = weights.detach().float() * m
+    n = m.sum(-1).clamp_min(1.0)
+    mean = p.sum(-1) / n
+    var = ((p - mean[:, None]).pow(2) * m).sum(-1) / n
+    cv = var.sqrt() / mean.clamp_min(1e-30)
+    share = p.sum(-1).pow(2) / (n * p.pow(2).sum(-1)).clamp_min(1e-30)
+    return {"cv": float(cv.mean()), "effective_share": float(share.mean())}
+
+
 class AttentiveReconstructionLoss(nn.Module):
     """``L = mean_batch Σ_i p_i · mean_voxels((X_i - Y_i)²)`` over masked patches (DESIGN §1.5 step 6).
 

@@ -31,8 +31,14 @@ __all__ = ["MAEPretraining", "MAESettings", "MaskedAutoencoderPretraining", "Mas
 
 # the model group's network (``model.arch``; the SW-ViT sizes name none) -> the masked network pretrained on it
 MASKED_NETWORKS = {"swvit": "asa_pretrain", "resenc": "resenc_pretrain"}
-CNN_ONLY = ("mirror_visible", "coord_channel")  # settings the SW-ViT's masked autoencoder does not take
+# settings the SW-ViT's masked autoencoder does not take
+CNN_ONLY = ("mirror_visible", "coord_channel", "mask_block", "densify", "weight_patch", "weight_power")
 CNN_OPTIONS = ("in_channels", "mask_ratio", "loss_weighting", "bins", "normalize", *CNN_ONLY)
+
+
+def _edge(crop) -> int:
+    """The crop's edge: one int, or the first of three (the residual-encoder U-Net takes isotropic crops)."""
+    return int(crop) if isinstance(crop, (int, float)) else int(list(crop)[0])
 
 
 @dataclass
@@ -50,6 +56,12 @@ class MaskedAutoencoderSettings(MethodSettings):
     # model=resenc only (the SW-ViT has the symmetric position code and SACA's mirror-consistent masking instead):
     mirror_visible: Optional[float] = None  # fraction of masked blocks whose mirror block stays visible; null: uniform
     coord_channel: bool = False  # the mirror-symmetric coordinate channel |x - x_mid| / (X/2) as an extra input
+    # the mask block's edge (nnssl's 16; half the crop when the crop is under 32); stages coarser than its grid
+    # run dense; null: the encoder's total stride (asa's form before nnssl's)
+    mask_block: Optional[int] = 16
+    densify: str = one_of("spark", ("spark", "asa"))  # spark: SparK / nnssl's Spark3D | asa: the earlier form
+    weight_patch: Optional[int] = 8  # the attentive weight's unit (the paper's 8³ patch); null: one per mask block
+    weight_power: float = 1.0  # p ∝ Ḡ^γ (1: the paper's); > 1 sharpens the attentive weights
 
 
 @dataclass
@@ -98,7 +110,10 @@ class MaskedAutoencoderPretraining(PretrainingMethod):
             return {**self.context.model, **{k: v for k, v in own.items() if k not in CNN_ONLY},
                     "img_size": self.context.crop}
         model = {k: v for k, v in self.context.model.items() if k != "arch"}
-        return {**model, **{k: own[k] for k in CNN_OPTIONS}, "img_size": self.context.crop}
+        kwargs = {**model, **{k: own[k] for k in CNN_OPTIONS}, "img_size": self.context.crop}
+        if kwargs["mask_block"] is not None:  # two blocks per axis at least: half the crop under 32
+            kwargs["mask_block"] = min(int(kwargs["mask_block"]), _edge(self.context.crop) // 2)
+        return kwargs
 
     def build_network(self) -> nn.Module:
         return build_network({"arch": MASKED_NETWORKS[self.family], "kwargs": self.network_kwargs()})

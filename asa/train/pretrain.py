@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from asa.io import SAFETENSORS_SUFFIX, load_checkpoint, save_checkpoint, save_export_safetensors
+from asa.losses.reconstruction import weight_spread
 from asa.models import unwrap
 from asa.models.swvit.encoder import ENCODER_PREFIX
 
@@ -27,7 +28,9 @@ def mae_step(model: nn.Module, batch: Mapping) -> tuple[torch.Tensor, dict]:
     """One masked-autoencoder step: batch["image"] [B,C,D,H,W] (and "region" [B,1,D,H,W] when the
     data has region maps) -> (loss, logs)."""
     out = model(batch["image"], batch.get("region"))
-    return out.loss, {}
+    units = getattr(out, "weight_units", out.mask)  # the masked units the loss weights (patches or sub-blocks)
+    spread = weight_spread(out.weights, units)
+    return out.loss, {"weights/cv": spread["cv"], "weights/effective_share": spread["effective_share"]}
 
 
 def validation_groups(count: int, size: int) -> list[list[int]]:

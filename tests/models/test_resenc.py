@@ -207,3 +207,106 @@ def test_zero_encoder_states_leaves_the_full_resolution_stage_alone():
     with torch.no_grad():
         assert not torch.equal(net(x), zeroed)  # outside the context they do
     assert net.capabilities.zero_encoder
+
+
+def _masked_inputs(net, seed=1):
+    torch.manual_seed(seed)
+    x = torch.randn(2, 1, 32, 32, 32)
+    mask = net.random_masking(2, x.device)
+    voxels = torch.nn.functional.interpolate(net.block_mask(mask), size=(32, 32, 32))  # 1 = visible
+    return x, mask, voxels
+
+
+def test_a_coarser_mask_block_leaves_the_stages_below_its_grid_dense_and_finer_ones_exact():
+    """mask_block 16 over a total stride 8: every stage (32³ … 4³) is at least as fine as the 2³ block grid and
+    keeps the SparK invariant bit for bit; with mask_block 4 (an 8³ grid) the 4³ bottleneck is coarser than
+    the grid and runs dense, as nnssl runs the stages below its 16³ mask grid."""
+    net = _mae(mask_block=16, densify="spark").eval()
+    assert net.block == 16 and net.block_grid == (2, 2, 2) and net.num_masked == 6
+    x, mask, voxels = _masked_inputs(net)
+    changed = x + (1 - voxels) * 10 * torch.randn_like(x)
+    with torch.no_grad():
+        a, b = net.forward_encoder(x, mask), net.forward_encoder(changed, mask)
+    for stage_a, stage_b in zip(a, b):  # 32, 16, 8, 4: all at or finer than the 2³ block grid
+        visible = torch.nn.functional.interpolate(net.block_mask(mask), size=stage_a.shape[2:]).bool()
+        assert torch.equal(stage_a[visible.expand_as(stage_a)], stage_b[visible.expand_as(stage_b)])
+    fine = _mae(mask_block=4).eval()  # an 8³ grid: the 4³ bottleneck is coarser, so it runs dense
+    x, mask, voxels = _masked_inputs(fine)
+    with torch.no_grad():
+        skips = fine.forward_encoder(x, mask)
+    assert fine.visible.at((4, 4, 4), torch.float32) is None
+    assert (skips[-1] != 0).float().mean() > 0.4  # dense: not zeroed at masked positions
+    assert not skips[0][~torch.nn.functional.interpolate(fine.block_mask(mask), size=(32,) * 3).bool()
+                        .expand_as(skips[0])].any()  # the full-resolution stage is masked
+
+
+def test_a_mask_block_that_does_not_divide_the_crop_or_a_weight_unit_that_does_not_divide_it_is_refused():
+    with pytest.raises(ValueError, match=r"mask_block=12: a power of two that divides the crop 32"):
+        _mae(mask_block=12)
+    with pytest.raises(ValueError, match=r"weight_patch=16: the attentive weight's unit must divide the mask block 8"):
+        _mae(weight_patch=16)
+    with pytest.raises(ValueError, match="densify must be one of"):
+        _mae(densify="sparse")
+
+
+def test_spark_densify_takes_visible_statistics_then_the_token_then_a_3_cube_conv():
+    net = _mae(mask_block=16, densify="spark")
+    assert isinstance(net.densify[0][1], torch.nn.Identity)  # none at full resolution (nnssl)
+    assert all(d[1].kernel_size == (3, 3, 3) for d in list(net.densify)[1:])
+    assert all(t.abs().max() <= 0.02 for t in net.mask_tokens)  # truncated at ±0.02
+    x, mask, voxels = _masked_inputs(net)
+    skips = net.forward_encoder(x, mask)
+    captured = []
+    hook = net.densify[0][1].register_forward_hook(lambda m, i, o: captured.append(i[0]))
+    net.forward_decoder(skips, mask)
+    hook.remove()
+    filled = captured[0]  # the full-resolution stage after norm and token, before its (identity) projection
+    masked = ~voxels.bool().expand_as(filled)
+    token = net.mask_tokens[0].expand_as(filled)
+    assert torch.equal(filled[masked], token[masked])
+    # visible positions: the visible-only norm of the skip, so per channel their mean is the norm's bias
+    norm = net.densify[0][0]
+    for i in range(2):
+        visible = filled[i][:, voxels[i, 0].bool()]  # [C, visible voxels]
+        assert torch.allclose(visible.mean(1), norm.bias.detach(), atol=1e-4)
+
+
+def test_input_masked_by_where_so_a_non_finite_voxel_in_a_masked_block_does_not_leak():
+    net = _mae(mask_block=16, densify="spark")
+    x, mask, voxels = _masked_inputs(net)
+    x = x.masked_fill(~voxels.bool(), float("inf"))
+    out = net.forward_decoder(net.forward_encoder(x, mask), mask)
+    assert torch.isfinite(out).all()
+
+
+def test_attentive_weight_at_the_papers_granularity_weights_each_8_cube_of_the_masked_blocks():
+    """weight_patch 8 inside 16³ mask blocks: p ∝ Ḡ of each masked 8³ unit (§ AR-loss steps 5–6), sharpened
+    by γ; uniform weights give the per-block loss exactly."""
+    net = _mae(mask_block=16, weight_patch=8, weight_power=2.0)
+    torch.manual_seed(2)
+    x, pred = torch.randn(2, 1, 32, 32, 32), torch.randn(2, 1, 32, 32, 32)
+    mask = net.random_masking(2, x.device)
+    units = net.weight_units(mask)
+    assert units.shape == (2, 64) and torch.equal(units.sum(1), torch.full((2,), 48.0))  # 6 blocks × 8 units
+    # a unit is masked iff the 16³ block that holds it is: compare voxel by voxel
+    unit_vox = torch.nn.functional.interpolate(units.view(2, 1, 4, 4, 4), size=(32,) * 3)
+    block_vox = torch.nn.functional.interpolate(mask.view(2, 1, 2, 2, 2), size=(32,) * 3)
+    assert torch.equal(unit_vox, block_vox)
+    loss, weights = net.forward_loss(x, pred, mask)
+    g = patch_informativeness(x, patch_size=8).pow(2) * units
+    p = g / g.sum(1, keepdim=True)
+    err = ((patchify(pred, 8) - patchify(x, 8)) ** 2).mean(-1)
+    assert torch.allclose(weights, p, atol=1e-6) and torch.allclose(loss, (p * err).sum(1).mean(), atol=1e-6)
+    per_block = _mae(mask_block=16, loss_weighting="uniform").forward_loss(x, pred, mask)[0]
+    per_unit = _mae(mask_block=16, weight_patch=8, loss_weighting="uniform").forward_loss(x, pred, mask)[0]
+    assert torch.allclose(per_block, per_unit, atol=1e-6)
+
+
+def test_weight_spread_of_uniform_one_hot_and_hand_values():
+    from asa.losses.reconstruction import weight_spread
+    units = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])
+    assert weight_spread(units / 4, units) == pytest.approx({"cv": 0.0, "effective_share": 1.0})
+    one = torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0]])
+    assert weight_spread(one, units) == pytest.approx({"cv": 3 ** 0.5, "effective_share": 0.25})
+    p = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.0]])  # mean 0.25, std sqrt(0.0125); 1/Σp² = 1/0.3
+    assert weight_spread(p, units) == pytest.approx({"cv": 0.0125 ** 0.5 / 0.25, "effective_share": (1 / 0.3) / 4})

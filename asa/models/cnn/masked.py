@@ -34,7 +34,8 @@ from torch import nn
 from asa.models.cnn.resenc import ResEncPlan, ResEncUNet, resolve_plan
 from asa.models.declared import Capabilities
 from asa.models.registry import record_spec, register_network
-from asa.models.swvit.objective import PatchReconstruction
+from asa.losses.informativeness import patch_informativeness
+from asa.losses.reconstruction import AttentiveReconstructionLoss
 from asa.models.swvit.patch import patchify
 from asa.models.swvit.saca import mirror_index
 
@@ -42,12 +43,14 @@ __all__ = ["MaskedConv3d", "MaskedInstanceNorm3d", "ResEncMaskedAutoencoder", "R
            "max_mirror_visible"]
 
 LOSS_WEIGHTINGS = ("uniform", "attentive")
+DENSIFY_FORMS = ("asa", "spark")
 
 
 class VisibleMask:
     """The visible-voxel mask of the current forward pass, shared by every masked module of one network:
     ``blocks`` [B, 1, g, g, g] (1 = visible) on the block grid, or None (a dense pass); `at` gives it at a
-    stage's resolution (nearest upsampling: every stage's voxel lies inside one block), once per size."""
+    stage's resolution (nearest upsampling: every stage's voxel lies inside one block), once per size, and
+    None at a resolution coarser than the block grid (such a stage runs dense, as nnssl's)."""
 
     def __init__(self) -> None:
         self.blocks: torch.Tensor | None = None
@@ -56,8 +59,10 @@ class VisibleMask:
     def set(self, blocks: torch.Tensor | None) -> None:
         self.blocks, self._cache = blocks, {}
 
-    def at(self, size: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """The mask [B, 1, *size] in ``dtype``."""
+    def at(self, size: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+        """The mask [B, 1, *size] in ``dtype``; None in a dense pass or below the block grid's resolution."""
+        if self.blocks is None or any(s < g for s, g in zip(size, self.blocks.shape[2:])):
+            return None
         key = (*size, dtype)
         if key not in self._cache:
             self._cache[key] = F.interpolate(self.blocks, size=size, mode="nearest").to(dtype)
@@ -71,9 +76,8 @@ class MaskedConv3d(nn.Conv3d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = super().forward(x)
-        if self.visible.blocks is None:
-            return out
-        return out.mul_(self.visible.at(tuple(out.shape[2:]), out.dtype))  # in place: conv backward needs no output
+        m = self.visible.at(tuple(out.shape[2:]), out.dtype)
+        return out if m is None else out.mul_(m)  # in place: conv backward needs no output
 
 
 class MaskedInstanceNorm3d(nn.InstanceNorm3d):
@@ -83,9 +87,9 @@ class MaskedInstanceNorm3d(nn.InstanceNorm3d):
     visible: VisibleMask
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.visible.blocks is None:
-            return super().forward(x)
         m = self.visible.at(tuple(x.shape[2:]), x.dtype)  # [B, 1, D, H, W]
+        if m is None:
+            return super().forward(x)
         # x is a masked convolution's output, zero at masked voxels: its plain sums are the visible voxels' sums
         count = m.sum(dim=(2, 3, 4), keepdim=True).clamp_min(1.0)
         mean = x.sum(dim=(2, 3, 4), keepdim=True, dtype=torch.float32) / count
@@ -117,12 +121,14 @@ def max_mirror_visible(num_blocks: int, num_masked: int) -> float:
 @dataclass
 class ResEncMAEOutput:
     """loss: scalar; pred: [B, C, D, H, W] the reconstruction; mask: [B, n] (1 = masked block, raster order);
-    weights: [B, n] each block's loss weight (0 on visible blocks)."""
+    weights: [B, n_w] each weight unit's loss weight (0 on visible units; the units are the blocks unless
+    ``weight_patch`` is finer); weight_units: [B, n_w] (1 = a masked unit)."""
 
     loss: torch.Tensor
     pred: torch.Tensor
     mask: torch.Tensor
     weights: torch.Tensor
+    weight_units: torch.Tensor
 
 
 class ResEncMaskedAutoencoder(ResEncUNet):
@@ -134,14 +140,27 @@ class ResEncMaskedAutoencoder(ResEncUNet):
 
     def __init__(self, plan: ResEncPlan, *, in_channels: int, img_size: tuple[int, int, int], mask_ratio: float,
                  loss_weighting: str, bins: int, normalize: str, mirror_visible: float | None, coord_channel: bool,
-                 lr_axis: int) -> None:
+                 lr_axis: int, mask_block: int | None = None, densify: str = "asa", weight_patch: int | None = None,
+                 weight_power: float = 1.0) -> None:
         super().__init__(plan, in_channels=in_channels, out_channels=in_channels, img_size=img_size,
                          deep_supervision=False, coord_channel=coord_channel, lr_axis=lr_axis)
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must lie in (0, 1), got {mask_ratio}")
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS} for resenc, got {loss_weighting!r}")
-        self.block = plan.total_stride
+        self.block = plan.total_stride if mask_block is None else int(mask_block)
+        if self.block < 1 or self.block & (self.block - 1) or any(e % self.block for e in self.img_size):
+            raise ValueError(f"mask_block={mask_block}: a power of two that divides the crop {self.img_size[0]} "
+                             f"(null: the total stride {plan.total_stride})")
+        if densify not in DENSIFY_FORMS:
+            raise ValueError(f"densify must be one of {DENSIFY_FORMS}, got {densify!r}")
+        self.weight_patch = self.block if weight_patch is None else int(weight_patch)
+        if self.weight_patch < 1 or self.block % self.weight_patch:
+            raise ValueError(f"weight_patch={weight_patch}: the attentive weight's unit must divide the mask block "
+                             f"{self.block} (null: the mask block itself)")
+        if not weight_power > 0:
+            raise ValueError(f"weight_power must be > 0 (1: the paper's weights), got {weight_power}")
+        self.densify_form, self.weight_power = densify, float(weight_power)
         self.block_grid = tuple(s // self.block for s in self.img_size)
         self.num_blocks = self.block_grid[0] * self.block_grid[1] * self.block_grid[2]
         self.num_masked = round(mask_ratio * self.num_blocks)
@@ -167,15 +186,40 @@ class ResEncMaskedAutoencoder(ResEncUNet):
         self.visible = VisibleMask()
         mask_encoder(self.encoder, self.visible)
         self.mask_tokens = nn.ParameterList([nn.Parameter(torch.zeros(1, c, 1, 1, 1)) for c in plan.features])
-        for token in self.mask_tokens:
-            nn.init.trunc_normal_(token, std=0.02)
-        self.densify = nn.ModuleList([
-            nn.Sequential(nn.InstanceNorm3d(c, eps=1e-5, affine=True), nn.Conv3d(c, c, kernel_size=1))
-            for c in plan.features])
-        self.objective = PatchReconstruction(self.block, weighting=loss_weighting, norm_pix_loss=False, bins=bins,
-                                             normalize=normalize)
+        spark = densify == "spark"
+        for token in self.mask_tokens:  # SparK / nnssl truncate at ±0.02, torch's default at ±2
+            nn.init.trunc_normal_(token, std=0.02, **({"a": -0.02, "b": 0.02} if spark else {}))
+        self.densify = nn.ModuleList([self._densify_stage(i, c, spark) for i, c in enumerate(plan.features)])
+        self.criterion = AttentiveReconstructionLoss(loss_weighting)
+        self.bins, self.normalize = bins, normalize
         self.loss_weighting = loss_weighting
         self.capabilities = Capabilities()
+
+    def _densify_stage(self, stage: int, channels: int, spark: bool) -> nn.Sequential:
+        """``asa``: a dense instance norm and a 1³ convolution after the mask tokens; ``spark`` (SparK, nnssl's
+        Spark3D): a visible-only norm before them, then a 3³ convolution (none at full resolution)."""
+        if not spark:
+            return nn.Sequential(nn.InstanceNorm3d(channels, eps=1e-5, affine=True), nn.Conv3d(channels, channels, 1))
+        norm = MaskedInstanceNorm3d(channels, eps=1e-5, affine=True)
+        norm.visible = self.visible
+        proj = nn.Identity() if stage == 0 else nn.Conv3d(channels, channels, 3, padding=1)
+        return nn.Sequential(norm, proj)
+
+    @property
+    def num_weight_units(self) -> int:
+        """Units the loss weights: sub-blocks of edge ``weight_patch`` over the crop."""
+        return self.num_blocks * (self.block // self.weight_patch) ** 3
+
+    def weight_units(self, mask: torch.Tensor) -> torch.Tensor:
+        """mask [B, n] on the block grid (1 = masked) -> [B, n_w] on the weight grid (raster order; a unit is
+        masked when the block holding it is)."""
+        f = self.block // self.weight_patch
+        if f == 1:
+            return mask
+        grid = mask.view(mask.shape[0], *self.block_grid)
+        for axis in (1, 2, 3):
+            grid = grid.repeat_interleave(f, dim=axis)
+        return grid.reshape(mask.shape[0], -1)
 
     # --- algorithm ----------------------------------------------------------------------
     def random_masking(self, batch: int, device: torch.device) -> torch.Tensor:
@@ -204,28 +248,45 @@ class ResEncMaskedAutoencoder(ResEncUNet):
 
     def forward_encoder(self, x: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
         """The masked encoder's skips [B, C_s, *S_s], stage by stage, zero at masked positions."""
-        visible = self.block_mask(mask)
-        self.visible.set(visible)
+        self.visible.set(self.block_mask(mask))
         try:
             x = self.with_coordinates(x)
-            return self.encoder(x * self.visible.at(tuple(x.shape[2:]), x.dtype))
+            # where, not a product: a non-finite voxel inside a masked block must not leak (0 · inf)
+            return self.encoder(torch.where(self.visible.at(tuple(x.shape[2:]), torch.bool), x, 0.0))
         finally:
             self.visible.set(None)
 
     def forward_decoder(self, skips: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         """Mask tokens into each skip's masked positions, densify, decode -> the reconstruction [B, C, D, H, W]."""
-        visible = self.block_mask(mask)
-        dense = []
-        for skip, token, densify in zip(skips, self.mask_tokens, self.densify):
-            m = F.interpolate(visible, size=skip.shape[2:], mode="nearest").to(skip.dtype)
-            dense.append(densify(skip * m + token.to(skip.dtype) * (1 - m)))
+        self.visible.set(self.block_mask(mask))
+        try:
+            dense = []
+            for skip, token, densify in zip(skips, self.mask_tokens, self.densify):
+                m = self.visible.at(tuple(skip.shape[2:]), skip.dtype)  # None: a stage coarser than the mask, dense
+                if self.densify_form == "spark":
+                    norm, proj = densify
+                    filled = norm(skip)  # statistics of the visible voxels
+                    if m is not None:
+                        filled = torch.where(m.bool(), filled, token.to(filled.dtype))
+                    dense.append(proj(filled))
+                else:
+                    dense.append(densify(skip if m is None else skip * m + token.to(skip.dtype) * (1 - m)))
+        finally:
+            self.visible.set(None)
         self.decoder.deep_supervision = False
         return self.decoder(dense)
 
     def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Squared error over masked blocks, uniform or attentive per block -> (loss, weights [B, n])."""
-        return self.objective(x, patchify(pred, self.block), mask)
+        """Squared error over the masked units (sub-blocks of edge ``weight_patch``), uniform or attentive
+        (ASA's Ḡ of each unit, raised to ``weight_power``) -> (loss, weights [B, n_w])."""
+        informativeness = None
+        if self.loss_weighting == "attentive":
+            informativeness = patch_informativeness(x, self.weight_patch, self.bins, self.normalize)
+            if self.weight_power != 1.0:
+                informativeness = informativeness.pow(self.weight_power)
+        return self.criterion(patchify(pred, self.weight_patch), patchify(x, self.weight_patch),
+                              self.weight_units(mask), informativeness)
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor | None = None) -> ResEncMAEOutput:  # type: ignore[override]
         if tuple(x.shape[1:]) != (self.in_channels, *self.img_size):
@@ -234,7 +295,7 @@ class ResEncMaskedAutoencoder(ResEncUNet):
         mask = self.random_masking(x.shape[0], x.device)
         pred = self.forward_decoder(self.forward_encoder(x, mask), mask)
         loss, weights = self.forward_loss(x, pred.float(), mask)
-        return ResEncMAEOutput(loss=loss, pred=pred, mask=mask, weights=weights)
+        return ResEncMAEOutput(loss=loss, pred=pred, mask=mask, weights=weights, weight_units=self.weight_units(mask))
 
     def no_weight_decay(self) -> set[str]:
         """The mask tokens carry no weight decay (norms and biases never do)."""
@@ -262,6 +323,10 @@ def resenc_pretrain(
     strides: list[int] | None = None,
     blocks: list[int] | None = None,
     decoder_convs: list[int] | None = None,
+    mask_block: int | None = None,
+    densify: str = "asa",
+    weight_patch: int | None = None,
+    weight_power: float = 1.0,
 ) -> ResEncMaskedAutoencoder:
     """The masked residual-encoder U-Net for crops of ``img_size`` (see the module).
 
@@ -276,13 +341,25 @@ def resenc_pretrain(
         coord_channel: append the mirror-symmetric coordinate channel.
         lr_axis: the left–right axis.
         features, strides, blocks, decoder_convs: an explicit plan (as a spec records it); None: planned.
+        mask_block: the mask block's edge, a power of two dividing the crop (nnssl: 16); stages coarser than
+            the block grid run dense. None: the encoder's total stride (the form before this option).
+        densify: ``spark`` (SparK / nnssl: visible-only norm, mask token, 3³ convolution, none at full
+            resolution) | ``asa`` (mask token, dense norm, 1³ convolution: the form before this option).
+        weight_patch: the edge of the units the loss weights (the paper's 8: the SW-ViT's patch); it divides
+            the mask block. None: the mask block (one weight per block, the form before this option).
+        weight_power: γ of p ∝ Ḡ^γ (1: the paper's; > 1 sharpens the attentive weights).
+    The defaults rebuild a network recorded before these options existed; the pretraining method's settings
+    choose nnssl's masking and the paper's weight granularity.
     """
     edge, plan = resolve_plan("resenc_pretrain", img_size, size, features, strides, blocks, decoder_convs)
     net = ResEncMaskedAutoencoder(plan, in_channels=int(in_channels), img_size=(edge,) * 3, mask_ratio=mask_ratio,
                                   loss_weighting=loss_weighting, bins=bins, normalize=normalize,
-                                  mirror_visible=mirror_visible, coord_channel=coord_channel, lr_axis=lr_axis)
+                                  mirror_visible=mirror_visible, coord_channel=coord_channel, lr_axis=lr_axis,
+                                  mask_block=mask_block, densify=densify, weight_patch=weight_patch,
+                                  weight_power=weight_power)
     return record_spec(net, "resenc_pretrain", {
         "img_size": [edge] * 3, "in_channels": int(in_channels), "size": size, "mask_ratio": mask_ratio,
         "loss_weighting": loss_weighting, "bins": bins, "normalize": normalize, "mirror_visible": mirror_visible,
-        "coord_channel": bool(coord_channel), "lr_axis": int(lr_axis),
+        "coord_channel": bool(coord_channel), "lr_axis": int(lr_axis), "mask_block": net.block, "densify": densify,
+        "weight_patch": net.weight_patch, "weight_power": float(weight_power),
         **{key: list(value) for key, value in plan._asdict().items()}})
