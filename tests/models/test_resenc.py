@@ -310,3 +310,21 @@ def test_weight_spread_of_uniform_one_hot_and_hand_values():
     assert weight_spread(one, units) == pytest.approx({"cv": 3 ** 0.5, "effective_share": 0.25})
     p = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.0]])  # mean 0.25, std sqrt(0.0125); 1/Σp² = 1/0.3
     assert weight_spread(p, units) == pytest.approx({"cv": 0.0125 ** 0.5 / 0.25, "effective_share": (1 / 0.3) / 4})
+
+
+def test_a_coordinate_channel_encoder_is_refused_at_another_crop_whose_edge_would_rescale_the_channel(tmp_path):
+    """The channel is |x − x_mid| / (X/2) with X the pretraining crop: at another crop the voxel 16.5 mm right of
+    the midline would read 16.5/24 in pretraining (48³) and 16.5/16 in fine-tuning (32³) — refused, not recoded."""
+    torch.manual_seed(0)
+    pre = build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": 48, "coord_channel": True}})
+    torch.save({"encoder": pre.encoder_state_dict(), "network": {"arch": pre.network_arch,
+                                                                 "kwargs": pre.network_kwargs}}, tmp_path / "c48.pt")
+    at32 = build_network({"arch": "resenc", "kwargs": {"img_size": 32, "in_channels": 1, "out_channels": 2,
+                                                       "coord_channel": True}})
+    with pytest.raises(ValueError, match=r"coordinate channel at a 48-voxel crop.*this network's crop is 32: "
+                                         r"set data.crop=48"):
+        at32.load_pretrained(tmp_path / "c48.pt")
+    at48 = build_network({"arch": "resenc", "kwargs": {"img_size": 48, "in_channels": 1, "out_channels": 2,
+                                                       "coord_channel": True}})
+    assert not at48.load_pretrained(tmp_path / "c48.pt", verbose=False).missing
+    assert coordinate_channel((1, 48, 1, 1), reference=48)[0, 0, 32, 0, 0] == pytest.approx((32.5 - 24) / 24)

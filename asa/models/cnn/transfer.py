@@ -65,6 +65,14 @@ def load_resenc_encoder(net: ResEncUNet, path: str | Path, *, checkpoint: dict |
         raise ValueError(f"model.pretrained={path}: the encoder was pretrained "
                          f"{'with' if recorded else 'without'} the coordinate channel; set "
                          f"model.coord_channel={str(recorded).lower()}")
+    if recorded:  # the channel's value is |x - x_mid| / (X/2) with X the pretraining crop: another X recodes every voxel
+        size = spec.get("kwargs", {}).get("img_size")
+        edge = int(size if isinstance(size, (int, float)) else size[net.lr_axis]) if size is not None else None
+        if edge is not None and edge != net.img_size[net.lr_axis]:
+            raise ValueError(f"model.pretrained={path}: the encoder was pretrained with the coordinate channel at a "
+                             f"{edge}-voxel crop, whose edge sets the channel's scale; this network's crop is "
+                             f"{net.img_size[net.lr_axis]}: set data.crop={edge} (or pretrain without "
+                             "method.coord_channel)")
     own = net.encoder.state_dict(prefix=PREFIX)
     update, report = match_resenc_encoder(own, blob, path, image_channels=net.in_channels, coord=net.coord_channel)
     net.encoder.load_state_dict({k.removeprefix(PREFIX): v for k, v in update.items()}, strict=True)
