@@ -4,8 +4,8 @@
     python -m benchmarks.resenc --crop 128 160 --size S M --batch 32 --amp bf16 --swvit none   # the GPU rows
 
 Times, round by round (`benchmarks.harness.alternate`, so that load on a shared machine falls on every step
-alike): ``masked``, the masked-convolution pretraining step of `resenc_pretrain` (masking, visible-only norms,
-mask tokens, densify, attentive or uniform block loss); ``dense``, the same network with no mask (plain
+alike): ``masked``, the masked-convolution pretraining step of `resenc_pretrain` (masking as ``asa-pretrain``'s
+defaults: 16³ blocks, SparK's densify, attentive weights per 8³; ``--earlier`` adds the earlier form); ``dense``, the same network with no mask (plain
 convolutions and instance norms, the decoder on the encoder's skips, MSE over every voxel); ``finetune``,
 `ResEncUNet`'s segmentation step (deep supervision, 2 classes); ``swvit``, the SW-ViT's ASA pretraining step at
 the same crop (``--swvit``: its preset; ``none`` leaves it out); and two references of the machine's attainable
@@ -31,6 +31,9 @@ from asa.models.cnn.resenc import RESENC_SIZES
 from asa.train.precision import AMP_CHOICES, amp_name, resolve_amp
 from benchmarks.harness import Workload, alternate, largest_fitting, matmul_workload, release_memory
 from benchmarks.speed import Setup, adamw, asa_workloads, train_workload
+
+
+DEFAULT_MASKING = {"mask_block": 16, "densify": "spark", "weight_patch": 8}  # asa-pretrain's method defaults
 
 
 def dense_loss(net, x: torch.Tensor) -> torch.Tensor:
@@ -66,13 +69,17 @@ def cpu_timed(workload: Workload, cpu: list[float]) -> Workload:
 
 
 def measure(device: torch.device, crop: int, size: str, batch: int, *, repeats: int, weighting: str, swvit: str,
-            dtype: torch.dtype | None) -> dict:
+            dtype: torch.dtype | None, masking: dict | None = None, earlier: bool = False) -> dict:
     """The steps of one (crop, size) at the largest batch of ``batch``, ``batch // 2``, ... whose masked step
     fits (`benchmarks.harness.largest_fitting`; CPU: ``batch`` itself): one result dict."""
     torch.manual_seed(0)
     setup = Setup(device, crop, batch, PRESETS["tiny" if swvit == "none" else swvit], dtype)
+    masking = dict(DEFAULT_MASKING if masking is None else masking)
+    masking["mask_block"] = min(masking["mask_block"], crop // 2)  # as the pretraining method does
     net = build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": crop, "size": size,
-                                                               "loss_weighting": weighting}}).to(device)
+                                                               "loss_weighting": weighting, **masking}}).to(device)
+    old = build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": crop, "size": size,
+                                                               "loss_weighting": weighting}}).to(device) if earlier else None
     seg = build_network({"arch": "resenc", "kwargs": {"img_size": crop, "in_channels": 1, "out_channels": 2,
                                                       "size": size}}).to(device).train()
     inputs: dict[str, torch.Tensor] = {}
@@ -97,6 +104,8 @@ def measure(device: torch.device, crop: int, size: str, batch: int, *, repeats: 
     work = [masked,
             train_workload("dense", setup, net, adamw(net, batch), lambda: dense_loss(net, x)),
             train_workload("finetune", setup, seg, adamw(seg, batch), finetune_loss)]
+    if old is not None:  # the earlier masking (mask block = total stride, asa's densify, one weight per block)
+        work.append(train_workload("masked_earlier", setup, old, adamw(old, batch), lambda: old(x).loss))
     if swvit != "none":
         work.append(asa_workloads(setup, x)[0])
         work[-1].name = "swvit"
@@ -120,7 +129,9 @@ def measure(device: torch.device, crop: int, size: str, batch: int, *, repeats: 
         "parameters_M": round(sum(p.numel() for p in seg.parameters()) / 1e6, 2),
         "median_s": {n: round(by[n].median, 4) for n in steps},
         "samples_per_s": {n: round(batch / by[n].median, 4) for n in steps},
+        "masking": {**masking, "mask_block": net.block, "weight_patch": net.weight_patch},
         "masked_over_dense": round(by["masked"].median / by["dense"].median, 3),
+        **({"earlier_over_dense": round(by["masked_earlier"].median / by["dense"].median, 3)} if old is not None else {}),
         "paired_ratios": [round(m / d, 3) for m, d in zip(by["masked"].times, by["dense"].times)],
         "cpu_median_s": {n: round(v, 4) for n, v in cpu_median.items()},
         "cpu_masked_over_dense": round(cpu_median["masked"] / cpu_median["dense"], 3),
@@ -130,7 +141,7 @@ def measure(device: torch.device, crop: int, size: str, batch: int, *, repeats: 
         "fraction_of_reference_rate": {n: float(f"{by[n].flops / by[n].median / rates[reference[n]]:.3g}") for n in steps},
         "reference_of": reference,
     }
-    del work, by, masked, net, seg, inputs, x, label
+    del work, by, masked, net, old, seg, inputs, x, label
     release_memory(device)
     return result
 
@@ -144,6 +155,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--amp", default="off", choices=AMP_CHOICES, help="autocast precision (default off: fp32)")
     parser.add_argument("--weighting", default="attentive", choices=("uniform", "attentive"))
+    parser.add_argument("--mask-block", type=int, default=DEFAULT_MASKING["mask_block"],
+                        help="mask block edge (default 16, as method.mask_block; capped at half the crop)")
+    parser.add_argument("--densify", default=DEFAULT_MASKING["densify"], choices=("spark", "asa"))
+    parser.add_argument("--weight-patch", type=int, default=DEFAULT_MASKING["weight_patch"])
+    parser.add_argument("--earlier", action="store_true",
+                        help="also time the earlier masking (block = total stride, asa densify, a weight per block)")
     parser.add_argument("--swvit", default="tiny", choices=(*PRESETS, "none"),
                         help="the SW-ViT preset whose ASA pretraining step is timed beside (none: left out)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -155,7 +172,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for crop in args.crop:
         for size in args.size:
             results.append(measure(device, crop, size, args.batch, repeats=args.repeats, weighting=args.weighting,
-                                   swvit=args.swvit, dtype=dtype))
+                                   swvit=args.swvit, dtype=dtype, earlier=args.earlier,
+                                   masking={"mask_block": args.mask_block, "densify": args.densify,
+                                            "weight_patch": args.weight_patch}))
             print(json.dumps(results[-1], indent=1), flush=True)
             if args.json:  # every finished configuration kept, should a later one not finish
                 args.json.write_text(json.dumps(results, indent=1))

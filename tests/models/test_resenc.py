@@ -235,6 +235,7 @@ def test_a_coarser_mask_block_leaves_the_stages_below_its_grid_dense_and_finer_o
     with torch.no_grad():
         skips = fine.forward_encoder(x, mask)
     assert fine.visible.at((4, 4, 4), torch.float32) is None
+    assert len(fine.mask_tokens) == 3  # no token (no parameter outside the loss) for the dense stage
     assert (skips[-1] != 0).float().mean() > 0.4  # dense: not zeroed at masked positions
     assert not skips[0][~torch.nn.functional.interpolate(fine.block_mask(mask), size=(32,) * 3).bool()
                         .expand_as(skips[0])].any()  # the full-resolution stage is masked

@@ -185,7 +185,13 @@ class ResEncMaskedAutoencoder(ResEncUNet):
         self.register_buffer("block_mirror", mirror_index(self.block_grid, lr_axis), persistent=False)
         self.visible = VisibleMask()
         mask_encoder(self.encoder, self.visible)
-        self.mask_tokens = nn.ParameterList([nn.Parameter(torch.zeros(1, c, 1, 1, 1)) for c in plan.features])
+        # one token per stage at least as fine as the block grid (the prefix of the stages); coarser stages run dense
+        stride, masked_stages = 1, 0
+        for s in plan.strides:
+            stride *= s
+            masked_stages += stride <= self.block
+        self.mask_tokens = nn.ParameterList([nn.Parameter(torch.zeros(1, c, 1, 1, 1))
+                                             for c in plan.features[:masked_stages]])
         spark = densify == "spark"
         for token in self.mask_tokens:  # SparK / nnssl truncate at ±0.02, torch's default at ±2
             nn.init.trunc_normal_(token, std=0.02, **({"a": -0.02, "b": 0.02} if spark else {}))
@@ -261,8 +267,9 @@ class ResEncMaskedAutoencoder(ResEncUNet):
         self.visible.set(self.block_mask(mask))
         try:
             dense = []
-            for skip, token, densify in zip(skips, self.mask_tokens, self.densify):
+            for stage, (skip, densify) in enumerate(zip(skips, self.densify)):
                 m = self.visible.at(tuple(skip.shape[2:]), skip.dtype)  # None: a stage coarser than the mask, dense
+                token = self.mask_tokens[stage] if m is not None else None
                 if self.densify_form == "spark":
                     norm, proj = densify
                     filled = norm(skip)  # statistics of the visible voxels
