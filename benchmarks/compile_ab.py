@@ -41,14 +41,18 @@ def family(kernel: str) -> str:
     return "other elementwise / reduce"
 
 
-def kernel_profile(run, device: torch.device) -> dict[str, float]:
-    """Device milliseconds of one step by kernel family (CUDA only; empty elsewhere)."""
+def kernel_profile(run, device: torch.device, top: int = 0) -> dict[str, float]:
+    """Device milliseconds of one step by kernel family, or with ``top`` of the ``top`` costliest operators
+    (CUDA only; empty elsewhere)."""
     if device.type != "cuda":
         return {}
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         run()
         torch.cuda.synchronize()
+    if top:
+        ops = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:top]
+        return {e.key[:90]: round(e.device_time_total / 1e3, 2) for e in ops}
     out: dict[str, float] = defaultdict(float)
     for event in prof.key_averages():
         out[family(event.key)] += event.device_time_total / 1e3
@@ -95,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup_vs_eager": {n: round(by["eager"].median / w.median, 3) for n, w in by.items()},
         "peak_memory_GiB": {n: round(w.peak_mib / 1024, 2) for n, w in by.items()},
         "eager_ms_by_kernel_family": kernel_profile(by["eager"].run, device),
+        "eager_ms_top_operators": kernel_profile(by["eager"].run, device, top=25),
     }
     # same weights, same batches, same mask draws: each variant's losses against eager's
     losses: dict[str, list[float]] = {}
@@ -113,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            losses[name].append(float(loss))
+            losses[name].append(float(loss.detach()))
     result["loss_first_last"] = {n: [round(v[0], 5), round(v[-1], 5)] for n, v in losses.items()}
     result["max_relative_loss_gap"] = {n: float(f"{max(abs(a - b) / abs(b) for a, b in zip(v, losses['eager'])):.3g}")
                                        for n, v in losses.items() if n != "eager"}
