@@ -51,3 +51,28 @@ def test_refusals_name_the_option(overrides, message):
 def test_an_unknown_pretraining_arch_is_refused():
     with pytest.raises(ValueError, match="model.arch=vnet: asa-pretrain pretrains swvit, resenc"):
         load_config("pretrain", "model=resenc", "model.arch=vnet")
+
+
+def test_nnssl_masking_and_the_papers_weight_unit_are_the_defaults_and_reach_the_network():
+    net = _method("model=resenc", "method=asa", "model.size=tiny").build_network()
+    # crop 32: nnssl's 16³ block (two per axis), SparK's densify, the attentive weight per 8³ unit
+    assert (net.block, net.densify_form, net.weight_patch, net.weight_power) == (16, "spark", 8, 1.0)
+    assert net.network_kwargs["mask_block"] == 16 and net.network_kwargs["weight_patch"] == 8
+    earlier = _method("model=resenc", "method=asa", "model.size=tiny", "method.mask_block=null",
+                      "method.densify=asa", "method.weight_patch=null", "method.weight_power=2").build_network()
+    assert (earlier.block, earlier.densify_form, earlier.weight_patch, earlier.weight_power) == (8, "asa", 8, 2.0)
+
+
+def test_the_mask_block_is_capped_at_half_the_crop():
+    cfg = load_config("pretrain", "model=resenc", "model.size=tiny")
+    cls = get_method(cfg.method.name)
+    method = cls(cfg.method, MethodContext(crop=16, channels=("t1",), batch_size=2, model=asdict(cfg.model)))
+    assert method.build_network().block == 8  # a 16³ crop holds two 8³ blocks per axis, not one 16³ block
+
+
+def test_optim_nnssl_is_nnssls_sgd_recipe():
+    cfg = load_config("pretrain", "model=resenc", "model.size=tiny", "optim=nnssl")
+    o = cfg.optim
+    assert (o.name, o.base_lr, o.scale_lr, o.weight_decay, o.momentum, o.nesterov, o.schedule, o.power) == (
+        "sgd", 0.01, False, 3e-5, 0.99, True, "poly", 0.9)
+    assert cfg.method.densify == "spark"
