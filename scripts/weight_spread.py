@@ -1,0 +1,92 @@
+#!/usr/bin/env python
+"""How far ASA's attentive weights are from uniform on the masked residual-encoder U-Net: the weights'
+coefficient of variation and effective share (`asa.losses.reconstruction.weight_spread`) under each weight
+granularity and sharpening, on template-anatomy subjects, at the CNN study's geometry (crops of volumes the
+brain fills) and at the paper's (a 128³ crop holding the whole head and its background).
+
+A weighting whose CV is about 0.1 is uniform in all but name: a study cannot read a null from it.
+
+    python scripts/weight_spread.py                        # both geometries, 4 subjects, 8 masks each
+    python scripts/weight_spread.py --geometry 48:32 --subjects 2
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from asa.data import write_anatomy_dataset
+from asa.io import load_volume
+from asa.losses.reconstruction import weight_spread
+from asa.models import build_network
+
+# name -> the masked network's weighting options (None: the mask block itself, the form before weight_patch)
+WEIGHTINGS = {
+    "one weight per mask block (total stride, earlier)": {"mask_block": None, "weight_patch": None},
+    "per 8³ unit, 16³ blocks (paper's granularity)": {"mask_block": 16, "weight_patch": 8},
+    "per 8³ unit, 16³ blocks, γ = 2": {"mask_block": 16, "weight_patch": 8, "weight_power": 2.0},
+    "per 8³ unit, 16³ blocks, γ = 4": {"mask_block": 16, "weight_patch": 8, "weight_power": 4.0},
+}
+
+
+def crops(volumes: list[torch.Tensor], crop: int, per_volume: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crops [N, 1, c, c, c] of the volumes, each volume's intensities z-scored over its nonzero voxels
+    (background stays 0, as the pretraining preprocessing leaves it constant)."""
+    out = []
+    for v in volumes:
+        brain = v != 0
+        v = torch.where(brain, (v - v[brain].mean()) / v[brain].std(), torch.zeros_like(v))
+        for _ in range(per_volume):
+            start = [int(torch.randint(0, s - crop + 1, (1,), generator=generator)) for s in v.shape]
+            out.append(v[start[0]:start[0] + crop, start[1]:start[1] + crop, start[2]:start[2] + crop])
+    return torch.stack(out)[:, None]
+
+
+def spread(x: torch.Tensor, crop: int, size: str, options: dict, masks: int) -> dict[str, float]:
+    """Mean CV and effective share of the attentive weights over ``masks`` random masks of the batch ``x``."""
+    torch.manual_seed(0)
+    net = build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": crop, "size": size, **options}})
+    cv, share = [], []
+    with torch.no_grad():
+        for _ in range(masks):
+            mask = net.random_masking(x.shape[0], x.device)
+            _, weights = net.forward_loss(x, torch.zeros_like(x), mask)
+            s = weight_spread(weights, net.weight_units(mask))
+            cv.append(s["cv"])
+            share.append(s["effective_share"])
+    return {"cv": sum(cv) / masks, "effective_share": sum(share) / masks, "block": net.block,
+            "unit": net.weight_patch, "units_masked": int(net.weight_units(mask)[0].sum())}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--geometry", nargs="+", default=["48:32", "128:128"], metavar="VOLUME:CROP",
+                   help="subject grid edge : crop edge (default: the CNN study's 48:32 and the paper's 128:128)")
+    p.add_argument("--subjects", type=int, default=4)
+    p.add_argument("--crops", type=int, default=2, help="crops per subject (default 2)")
+    p.add_argument("--masks", type=int, default=8, help="random masks per crop batch (default 8)")
+    p.add_argument("--size", default="tiny", help="ResEnc size (the weights do not depend on it; default tiny)")
+    args = p.parse_args(argv)
+    rows = []
+    generator = torch.Generator().manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for geometry in args.geometry:
+            volume, crop = (int(v) for v in geometry.split(":"))
+            folder = write_anatomy_dataset("filelist", Path(tmp) / f"v{volume}", cases=args.subjects, size=volume,
+                                           seed=0)
+            volumes = [torch.from_numpy(load_volume(f).array.astype("float32"))
+                       for f in sorted(folder.rglob("*.nii.gz"))]
+            x = crops(volumes, crop, args.crops if crop < volume else 1, generator)
+            for name, options in WEIGHTINGS.items():
+                r = spread(x, crop, args.size, options, args.masks)
+                rows.append({"volume": volume, "crop": crop, "weighting": name, **r})
+                print(f"{volume}³ → {crop}³  {name:52s} block {r['block']:3d} unit {r['unit']:3d} "
+                      f"masked units {r['units_masked']:4d}  CV {r['cv']:.3f}  effective share "
+                      f"{r['effective_share']:.3f}", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
