@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Which of ASA's ideas help a residual-encoder U-Net? One resumable command: cohorts -> masked-convolution
-pretraining of nnU-Net's ResEnc (mae, asa and each ASA ablation, per unlabeled-cohort size, plus a
-pure-noise negative control) -> fine-tuning beside scratch ResEnc and the SW-ViT rows -> one report.
+pretraining of nnU-Net's ResEnc (mae, asa and its variants, per unlabeled-cohort size, plus a
+pure-noise negative control and a supervised positive control) -> fine-tuning beside scratch ResEnc and the SW-ViT rows -> one report.
 
 Stages (rerun the same command to continue; every finished unit is kept):
 
@@ -23,7 +23,8 @@ Stages (rerun the same command to continue; every finished unit is kept):
    run, each pretraining run's validation loss first -> last (did the encoder learn?), the transfer
    tables beside the effect sizes the literature reports, and ``report.json``.
 
-Scales: ``--scale cpu`` (default: 48³ volumes, 32³ crops, ResEnc ``tiny``, SW-ViT ``tiny``; days on a
+Scales: ``--scale cpu`` (default: 48³ volumes, 32³ crops, ResEnc ``S``: nnU-Net's widths, the CPU size that
+learns the task, SW-ViT ``tiny``; days on a
 2-core CPU for the whole grid: narrow it with --cohorts/--seeds/--cases/--arms), ``--scale gpu``
 (128³ volumes, 96³ crops, ResEnc M, SW-ViT small; every call stops within --time-budget, 510 s by
 default, and the next call continues), ``--quick`` (a smoke test: minutes). ``--dry-run`` prints the
@@ -55,7 +56,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from asa.api import pretrain
+from asa.api import finetune, pretrain
 from asa.api.config import compose_config
 from asa.data import LESION_NAMES, load_volume
 from asa.data.synthetic.demo import write_noise_dataset
@@ -68,15 +69,20 @@ sys.modules[_SPEC.name] = pretraining_study
 _SPEC.loader.exec_module(pretraining_study)
 transfer_study = pretraining_study.transfer_study
 
-# pretraining arms of the ResEnc: method and every ASA option stated (loss weighting, mirror-aware masking, coordinate
-# channel); "mirror" means method.mirror_visible=<--mirror-visible>, its absence null (uniform random masking)
+# pretraining arms of the ResEnc: method and every ASA option stated (loss weighting and its exponent γ, mirror-aware
+# masking, coordinate channel; the masking itself is `MASKING` for every arm); "mirror" means
+# method.mirror_visible=<--mirror-visible>, its absence null (uniform random masking)
 ARMS: dict[str, dict[str, Any]] = {
-    "mae": {"method": "mae", "loss_weighting": "uniform", "mirror": False, "coord": False},
-    "asa": {"method": "asa", "loss_weighting": "attentive", "mirror": True, "coord": True},
-    "asa-no-attentive": {"method": "asa", "loss_weighting": "uniform", "mirror": True, "coord": True},
-    "asa-no-mirror": {"method": "asa", "loss_weighting": "attentive", "mirror": False, "coord": True},
-    "asa-no-coord": {"method": "asa", "loss_weighting": "attentive", "mirror": True, "coord": False},
+    "mae": {"method": "mae", "loss_weighting": "uniform", "power": 1.0, "mirror": False, "coord": False},
+    "asa": {"method": "asa", "loss_weighting": "attentive", "power": 1.0, "mirror": False, "coord": False},
+    # γ = 4: the attentive weight sharpened until it varies at this scale's brain-filled crops (docs/resenc.md)
+    "asa-sharp": {"method": "asa", "loss_weighting": "attentive", "power": 4.0, "mirror": False, "coord": False},
+    "asa-coord": {"method": "asa", "loss_weighting": "attentive", "power": 1.0, "mirror": False, "coord": True},
+    "asa-mirror": {"method": "asa", "loss_weighting": "attentive", "power": 1.0, "mirror": True, "coord": False},
 }
+# nnssl's masking and the paper's weight unit, stated so that a changed default changes no arm
+MASKING = ("method.mask_block=16", "method.densify=spark", "method.weight_patch=8")
+SUPERVISED = "supervised"  # the positive control: the encoder of a ResEnc trained with labels on other subjects
 CONTROL = "noise"  # the negative control: ARMS["mae"] pretrained on pure-noise volumes
 REFERENCE = "resenc-scratch"
 COORD_SCRATCH = "resenc-scratch-coord"  # scratch ResEnc with the coordinate channel: what the channel gives unpretrained
@@ -109,6 +115,7 @@ class Scale:
     seeds: tuple[int, ...]
     size: str  # ResEnc size: tiny | M | L
     swvit: str  # SW-ViT preset of the SW-ViT rows
+    supervised: int = 16  # labeled subjects outside the study's labeled cohort for the positive control
     jobs: int = 1
     time_budget: float | None = None  # seconds per call (None: no limit)
     workers: int = 0  # data loader workers of the pretraining runs
@@ -116,11 +123,11 @@ class Scale:
 
 SCALES = {
     "cpu": Scale(cohorts=(40, 400), labeled=32, test=16, val=4, volume=48, crop=32, pretrain_steps=1600, steps=300,
-                 cases=(2, 8), seeds=(0, 1, 2, 3, 4), size="tiny", swvit="tiny"),
+                 cases=(2, 8), seeds=(0, 1, 2, 3, 4), size="S", swvit="tiny"),
     "gpu": Scale(cohorts=(40, 400), labeled=48, test=16, val=4, volume=128, crop=96, pretrain_steps=4000, steps=1000,
                  cases=(2, 8), seeds=(0, 1, 2, 3, 4), size="M", swvit="small", jobs=3, time_budget=510.0, workers=8),
     "quick": Scale(cohorts=(4, 8), labeled=9, test=3, val=2, volume=40, crop=32, pretrain_steps=4, steps=4,
-                   cases=(2,), seeds=(0, 1), size="tiny", swvit="tiny"),
+                   cases=(2,), seeds=(0, 1), size="tiny", swvit="tiny", supervised=4),
 }
 
 
@@ -152,20 +159,22 @@ def cohort_dir(out: Path, kind: str, n: int) -> Path:
 
 def method_overrides(spec: Mapping[str, Any], mirror_visible: float) -> list[str]:
     return [f"method={spec['method']}", f"method.loss_weighting={spec['loss_weighting']}",
+            f"method.weight_power={spec['power']}", *MASKING,
             f"method.mirror_visible={mirror_visible if spec['mirror'] else 'null'}",
             f"method.coord_channel={str(bool(spec['coord'])).lower()}"]
 
 
-def pretraining_epochs(scale: Scale, subjects: int, batch: int) -> int:
-    """Epochs giving about ``scale.pretrain_steps`` optimiser steps on ``subjects`` (80 % train split)."""
+def pretraining_epochs(scale: Scale, subjects: int, batch: int, steps: int | None = None) -> int:
+    """Epochs giving about ``steps`` (default ``scale.pretrain_steps``) optimiser steps on ``subjects`` (80 %
+    train split)."""
     per_epoch = max(1, int(0.8 * subjects) // batch)
-    return max(1, round(scale.pretrain_steps / per_epoch))
+    return max(1, round((scale.pretrain_steps if steps is None else steps) / per_epoch))
 
 
 def plan_pretraining(out: Path, scale: Scale, arms: Sequence[str], *, seed: int, mirror_visible: float,
                      swvit_arm: bool = True, ablation_cohorts: Sequence[int] | None = None) -> list[Pretraining]:
     """Every pretraining run: each ResEnc arm per cohort, the noise control, the SW-ViT ``asa`` per cohort.
-    ``ablation_cohorts``: the cohorts the ablation arms (``asa-no-*``) are pretrained on (None: every cohort);
+    ``ablation_cohorts``: the cohorts the variant arms (``asa-sharp``, ``asa-coord``, ``asa-mirror``) are pretrained on (None: every cohort);
     ``mae`` and ``asa`` are pretrained on every cohort."""
     if ablation_cohorts is not None and (odd := sorted(set(ablation_cohorts) - set(scale.cohorts))):
         raise SystemExit(f"--ablation-cohorts {' '.join(map(str, odd))}: not a cohort of this study "
@@ -194,6 +203,20 @@ def plan_pretraining(out: Path, scale: Scale, arms: Sequence[str], *, seed: int,
     return runs
 
 
+def supervised_dir(runs: Sequence[Pretraining]) -> Path:
+    """The positive control's run folder: beside the pretraining runs."""
+    return runs[0].run_dir.parent / SUPERVISED
+
+
+def supervised_overrides(out: Path, scale: Scale, seed: int, runs: Sequence[Pretraining]) -> list[str]:
+    """asa-finetune of scratch ResEnc on the positive control's labeled subjects, ``scale.steps`` steps."""
+    batch = int(compose_config("finetune", ["data=msd", "model=resenc"]).trainer.batch_size)
+    return ["data=msd", f"data.root={out / 'data' / SUPERVISED}", "model=resenc", f"model.size={scale.size}",
+            f"data.crop={scale.crop}", f"trainer.epochs={pretraining_epochs(scale, scale.supervised, batch, scale.steps)}",
+            "trainer.progress=false", "trainer.panel_every=0", f"seed={seed}", "resume=auto",
+            f"output_dir={supervised_dir(runs)}"]
+
+
 def finetune_arms(runs: Sequence[Pretraining], scale: Scale) -> dict[str, str]:
     """transfer_study --arm specs: scratch ResEnc, each pretrained encoder (name -> key=value,...) and, when an
     encoder was pretrained with the coordinate channel, scratch ResEnc with that channel too: the control
@@ -202,6 +225,7 @@ def finetune_arms(runs: Sequence[Pretraining], scale: Scale) -> dict[str, str]:
     arms = {REFERENCE: resenc}
     if any(run.network == "resenc" and run.coord for run in runs):
         arms[COORD_SCRATCH] = f"{resenc},model.coord_channel=true"
+    arms[f"resenc-{SUPERVISED}"] = f"{resenc},model.pretrained={supervised_dir(runs) / 'checkpoints' / 'last.pt'}"
     for run in runs:
         if run.network == "resenc":
             arms[f"resenc-{run.name}"] = (f"{resenc},model.pretrained={run.encoder}"
@@ -225,6 +249,9 @@ def transfer_argv(args: argparse.Namespace, scale: Scale, runs: Sequence[Pretrai
         argv += ["--arm", f"{name}={spec}"]
     for override in args.override:
         argv += ["--override", override]
+    budget = [a.format(c=max(scale.cohorts)) for a in args.budget_arms]
+    if budget:  # the budget axis: does pretraining buy faster convergence?
+        argv += ["--budget-arms", *budget, "--budget-fractions", *map(str, args.budget_fractions)]
     return argv
 
 
@@ -251,6 +278,8 @@ def write_chunks(out: Path, scale: Scale, *, seed: int, clock: Clock, times: dic
     units: list[tuple[str, Path, Any]] = [
         ("labeled", data / "labeled", lambda p: writer("msd", p, cases=scale.labeled, size=scale.volume, seed=seed + 2,
                                                        lesions=True))]
+    units.append((SUPERVISED, data / SUPERVISED,  # other subjects (their own seed), labeled as the cohort is
+                  lambda p: writer("msd", p, cases=scale.supervised, size=scale.volume, seed=seed + 3, lesions=True)))
     n_chunks = math.ceil(max(scale.cohorts) / CHUNK)
     for k in range(n_chunks):
         units.append(("unlabeled", data / "chunks" / f"unlabeled-{k:03d}",
@@ -341,13 +370,16 @@ def pretraining_table(rows: Sequence[Mapping[str, Any]]) -> str:
 # the study's questions as paired contrasts between arms (arm, reference, what the difference measures); a
 # contrast is reported when both of its arms ran, with the largest cohort standing for <c>
 CONTRASTS = (
-    ("resenc-asa-c{c}", "resenc-asa-no-attentive-c{c}", "the attentive loss (asa − asa without it)"),
-    ("resenc-asa-c{c}", "resenc-asa-no-mirror-c{c}", "mirror-aware masking (asa − asa without it)"),
-    ("resenc-asa-c{c}", "resenc-asa-no-coord-c{c}", "the coordinate channel (asa − asa without it)"),
-    ("resenc-asa-c{c}", COORD_SCRATCH, "asa's pretraining beyond its coordinate channel (asa − scratch with the channel)"),
-    (COORD_SCRATCH, REFERENCE, "the coordinate channel without pretraining (scratch with it − scratch)"),
+    (f"resenc-{SUPERVISED}", REFERENCE, "the positive control (an encoder trained with labels − scratch): must help"),
+    ("resenc-noise-c{c}", REFERENCE, "the negative control (mae on noise − scratch): must not help"),
+    ("resenc-mae-c{c}", REFERENCE, "masked pretraining (mae − scratch)"),
     ("resenc-mae-c{c}", "resenc-noise-c{c}", "what mae learned from brains (mae − the same recipe on noise)"),
-    ("resenc-asa-c{c}", "resenc-mae-c{c}", "asa against mae (all of asa's ideas together)"),
+    ("resenc-asa-c{c}", "resenc-mae-c{c}", "the attentive loss at the paper's granularity (asa − mae)"),
+    ("resenc-asa-sharp-c{c}", "resenc-mae-c{c}", "the sharpened attentive loss, γ = 4 (asa-sharp − mae)"),
+    ("resenc-asa-coord-c{c}", "resenc-asa-c{c}", "the coordinate channel (asa-coord − asa)"),
+    ("resenc-asa-coord-c{c}", COORD_SCRATCH, "asa's pretraining beyond its coordinate channel (asa-coord − scratch with it)"),
+    (COORD_SCRATCH, REFERENCE, "the coordinate channel without pretraining (scratch with it − scratch)"),
+    ("resenc-asa-mirror-c{c}", "resenc-asa-c{c}", "mirror-aware masking (asa-mirror − asa)"),
     ("resenc-mae-c{c}", "resenc-mae-c{s}", "a 10× larger cohort, mae (largest − smallest)"),
     ("resenc-asa-c{c}", "resenc-asa-c{s}", "a 10× larger cohort, asa (largest − smallest)"),
 )
@@ -460,10 +492,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help=f"override the scale's {f.name}")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="ResEnc pretraining arms")
     p.add_argument("--ablation-cohorts", type=int, nargs="+",
-                   help="pretrain the ablation arms (asa-no-*) on these cohorts only (default: every cohort)")
+                   help="pretrain the variant arms (asa-sharp, asa-coord, asa-mirror) on these cohorts only (default: every cohort)")
     p.add_argument("--mirror-visible", type=float, default=0.25,
                    help="method.mirror_visible of the arms with mirror-aware masking (fraction of masked blocks whose "
                         "mirror block stays visible; at mask ratio 0.75 at most 1/3)")
+    p.add_argument("--budget-arms", nargs="*", default=[REFERENCE, "resenc-mae-c{c}", "resenc-asa-c{c}"],
+                   metavar="ARM", help="arms also fine-tuned at each --budget-fractions of the steps ({c}: the largest "
+                                       "cohort; default: scratch, mae and asa; none: no budget axis)")
+    p.add_argument("--budget-fractions", type=float, nargs="+", default=[0.125, 0.25, 0.5])
     p.add_argument("--no-swvit-pretraining", action="store_true", help="leave out the pretrained SW-ViT rows")
     p.add_argument("--seed", type=int, default=0, help="cohort, split and pretraining seed")
     p.add_argument("--device", default="auto")
@@ -484,7 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return dry_run(args, name, scale, out, runs)
     settings = {"scale": dataclasses.asdict(scale) | {"time_budget": None}, "arms": args.arms, "seed": args.seed,
                 "mirror_visible": args.mirror_visible, "swvit_pretraining": not args.no_swvit_pretraining,
-                "ablation_cohorts": args.ablation_cohorts,
+                "ablation_cohorts": args.ablation_cohorts, "budget_arms": args.budget_arms,
+                "budget_fractions": args.budget_fractions,
                 "override": args.override}
     recorded = out / "study.json"
     settings = json.loads(json.dumps(settings))
@@ -512,6 +549,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     stage("cohort", started)
     if not complete:
         return unfinished("the cohort")
+    started = time.perf_counter()
+    if not pretraining_study.finished(supervised_dir(runs) / "checkpoints" / "last.pt"):
+        if not clock.fits(times["runs"].get(SUPERVISED, 0.0)):
+            return unfinished("the positive control")
+        print(f"[resenc-study] positive control: asa-finetune {shlex.join(supervised_overrides(out, scale, args.seed, runs))}",
+              flush=True)
+        finetune(compose_config("finetune", supervised_overrides(out, scale, args.seed, runs)))
+        times["runs"][SUPERVISED] = time.perf_counter() - started
+    stage("positive control", started)
     started = time.perf_counter()
     for run in runs:
         state = run_pretraining(run, clock, times["runs"])

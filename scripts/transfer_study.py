@@ -258,6 +258,13 @@ def parse_arms(args: argparse.Namespace) -> dict[str, list[str]]:
         if "@" in name:
             raise SystemExit(f"--arm {spec!r}: '@' is reserved for the recipe (--recipes); pick another name")
         arms[name] = [o for o in overrides.split(",") if o]
+    for arm in getattr(args, "budget_arms", None) or ():
+        if arm not in arms:
+            raise SystemExit(f"--budget-arms {arm}: no such arm among {list(arms)}")
+        for fraction in args.budget_fractions:
+            if not 0.0 < fraction < 1.0:
+                raise SystemExit(f"--budget-fractions {fraction}: a fraction of the budget in (0, 1)")
+            arms[f"{arm}~{fraction:g}"] = list(arms[arm])
     if not args.recipes:
         return arms
     return {f"{arm}@{recipe}": [*overrides, f"optim={recipe}"] for recipe in args.recipes for arm, overrides in arms.items()}
@@ -268,8 +275,10 @@ def references(arms: Sequence[str], reference: str) -> dict[str, str]:
     (``scratch@adamw`` for ``pretrained@adamw``), or ``reference`` itself without recipes."""
     out = {}
     for arm in arms:
-        recipe = arm.partition("@")[2]
-        ref = f"{reference}@{recipe}" if recipe and "@" not in reference else reference
+        base, _, recipe = arm.partition("@")
+        fraction = base.partition("~")[2]  # a budget arm compares with the reference at the same budget
+        ref = f"{reference}~{fraction}" if fraction and "~" not in reference else reference
+        ref = f"{ref}@{recipe}" if recipe and "@" not in reference else ref
         if ref not in arms:
             raise SystemExit(f"--reference {reference}: no arm {ref!r} among {list(arms)}")
         out[arm] = ref
@@ -350,6 +359,12 @@ class Run:
         return self.run_dir / "scores.json"
 
 
+def budget_fraction(arm: str) -> float:
+    """The budget fraction of an arm named ``<arm>~<fraction>`` (`parse_arms`), else 1."""
+    fraction = arm.partition("@")[0].partition("~")[2]
+    return float(fraction) if fraction else 1.0
+
+
 def plan_runs(args: argparse.Namespace) -> tuple[list[Run], list[str], dict[str, list[str]], Any]:
     """Every run of the study (not trained yet) -> (runs, test ids, arms, the probe config)."""
     out = Path(args.out).expanduser().absolute()
@@ -379,11 +394,12 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[Run], list[str], dict[str,
             train = tuple(sorted([pool[i] for i in np.random.default_rng(1000 + seed).permutation(len(pool))][:n]))
             epochs = max(1, round(args.steps / max(n // batch, 1)))
             # with validation cases: about 20 rounds per run, so that its last 20 % holds 4 of them
-            checks = [f"trainer.val_every={max(1, epochs // 20)}"] if val else []
             for arm, overrides in arms.items():
                 run_dir = out / "runs" / f"{arm}-n{n}-s{seed}"
+                own = max(1, round(epochs * budget_fraction(arm)))  # the budget axis: a fraction of the epochs
+                own_checks = [f"trainer.val_every={max(1, own // 20)}"] if val else []
                 runs.append(Run(arm, n, seed, train, (*base, f"output_dir={run_dir}", f"seed={seed}",
-                                                      f"trainer.epochs={epochs}", *checks, *overrides), run_dir, val))
+                                                      f"trainer.epochs={own}", *own_checks, *overrides), run_dir, val))
     return runs, test_ids, arms, probe_cfg
 
 
@@ -579,6 +595,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "about 20 times and the budget check says whether its validation Dice plateaued")
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=40, help="optimiser steps per run (rounded to whole epochs)")
+    p.add_argument("--budget-arms", nargs="+", default=[], metavar="ARM",
+                   help="arms also trained at each --budget-fractions of the epochs, named ARM~FRACTION and compared "
+                        "with the reference at the same fraction (include the reference)")
+    p.add_argument("--budget-fractions", type=float, nargs="+", default=[0.125, 0.25, 0.5], metavar="F",
+                   help="fractions of the budget for --budget-arms (default 0.125 0.25 0.5)")
     p.add_argument("--preset", nargs="*", default=[], choices=PRESETS, help="Table 4 fine-tuning rows as extra arms")
     p.add_argument("--arm", action="append", default=[], help="extra arm NAME=key=value,key=value (asa-finetune overrides)")
     p.add_argument("--reference", default=SCRATCH, help="arm the paired differences are taken against")
