@@ -39,14 +39,18 @@ def test_plan_states_every_option_of_every_arm(tmp_path):
         assert _option(run, "method.loss_weighting") == spec["loss_weighting"]
         assert _option(run, "method.mirror_visible") == ("0.25" if spec["mirror"] else "null")
         assert _option(run, "method.coord_channel") == str(spec["coord"]).lower()
+        assert _option(run, "method.weight_power") == str(spec["power"])
+        assert [o for o in run.overrides if o in study.MASKING] == list(study.MASKING)  # nnssl's masking, stated
         kind = "noise" if run.arm == study.CONTROL else "unlabeled"
         assert _option(run, "data.root") == str(study.cohort_dir(tmp_path, kind, run.cohort))
-    # each ablation differs from asa in exactly its own option
+    # each variant differs from asa in exactly its own option, and asa from mae in its loss weighting
     asa = set(runs[names.index("asa-c4")].overrides)
-    for arm, option in (("asa-no-attentive", "method.loss_weighting"), ("asa-no-mirror", "method.mirror_visible"),
-                        ("asa-no-coord", "method.coord_channel")):
+    for arm, option in (("asa-sharp", "method.weight_power"), ("asa-mirror", "method.mirror_visible"),
+                        ("asa-coord", "method.coord_channel")):
         diff = set(runs[names.index(f"{arm}-c4")].overrides) ^ asa
         assert {o.split("=", 1)[0] for o in diff} == {option, "output_dir"}, arm
+    diff = set(runs[names.index("mae-c4")].overrides) ^ asa
+    assert {o.split("=", 1)[0] for o in diff} == {"method", "method.loss_weighting", "output_dir"}
 
 
 def test_every_cohort_gets_the_same_pretraining_steps():
@@ -59,21 +63,31 @@ def test_every_cohort_gets_the_same_pretraining_steps():
 
 def test_finetuning_arms_follow_their_encoders(tmp_path):
     scale = study.SCALES["quick"]
-    runs = study.plan_pretraining(tmp_path, scale, ["mae", "asa", "asa-no-coord"], seed=0, mirror_visible=0.25)
+    runs = study.plan_pretraining(tmp_path, scale, ["mae", "asa", "asa-coord"], seed=0, mirror_visible=0.25)
     arms = study.finetune_arms(runs, scale)
     assert arms[study.REFERENCE] == "model=resenc,model.size=tiny"  # scratch: no encoder
-    # the coordinate channel's own effect: scratch with the channel, since asa and asa-no-* learned with it
+    # the coordinate channel's own effect: scratch with the channel, since asa-coord learned with it
     assert arms[study.COORD_SCRATCH] == "model=resenc,model.size=tiny,model.coord_channel=true"
     assert study.COORD_SCRATCH not in study.finetune_arms([r for r in runs if not r.coord], scale)
+    # the positive control: the encoder of scratch ResEnc trained with labels on other subjects
+    supervised = study.supervised_dir(runs) / "checkpoints" / "last.pt"
+    assert arms[f"resenc-{study.SUPERVISED}"] == f"model=resenc,model.size=tiny,model.pretrained={supervised}"
+    overrides = study.supervised_overrides(tmp_path, scale, 0, runs)
+    assert f"data.root={tmp_path / 'data' / study.SUPERVISED}" in overrides and "model.pretrained=null" not in overrides
+    assert f"output_dir={study.supervised_dir(runs)}" in overrides
     for run in runs:
         spec = arms[f"resenc-{run.name}" if run.network == "resenc" else run.name]
         assert f"model.pretrained={run.encoder}" in spec.split(",")
         assert ("model.coord_channel=true" in spec) == (run.network == "resenc" and run.coord)  # the channel it learned with
     argv = study.transfer_argv(SimpleNamespace(seed=0, device="cpu", n_boot=10, threads=None, drop_checkpoints=False,
-                                               override=[]), scale, runs, tmp_path, None)
+                                               override=[], budget_arms=[study.REFERENCE, "resenc-asa-c{c}"],
+                                               budget_fractions=[0.25, 0.5]), scale, runs, tmp_path, None)
     assert argv[argv.index("--reference") + 1] == study.REFERENCE
     assert argv[argv.index("--val-cases") + 1] == str(scale.val)
     assert argv.count("--arm") == len(arms)
+    budget = argv.index("--budget-arms")
+    assert argv[budget + 1: budget + 3] == [study.REFERENCE, f"resenc-asa-c{max(scale.cohorts)}"]
+    assert argv[argv.index("--budget-fractions") + 1:][:2] == ["0.25", "0.5"]
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
@@ -113,7 +127,14 @@ def _fake_stages(monkeypatch, calls: list[str]):
         (out / "transfer.md").write_text("| arm | labeled |\n")
         return 0
 
+    def finetune(cfg):  # the positive control's supervised run
+        run_dir = Path(cfg.output_dir)
+        calls.append(run_dir.name)
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        torch.save({"step": 4, "scheduler": {"total_steps": 4}}, run_dir / "checkpoints" / "last.pt")
+
     monkeypatch.setattr(study, "pretrain", pretrain)
+    monkeypatch.setattr(study, "finetune", finetune)
     monkeypatch.setattr(study.transfer_study, "main", transfer)
 
 
@@ -124,12 +145,12 @@ def test_calls_cut_by_the_budget_resume_where_the_last_stopped(tmp_path, monkeyp
     monkeypatch.setattr(study.Clock, "left", lambda self: next(left, 5.0))  # then less than a run needs
     argv = ["--quick", "--arms", "mae", "asa", "--cohorts", "4", "--no-swvit-pretraining", "--time-budget", "300",
             "--out", str(tmp_path / "s")]
-    left = iter([300.0, 200.0])  # two pretraining runs fit in the first call
+    left = iter([300.0, 300.0, 200.0])  # the positive control and two pretraining runs fit in the first call
     assert study.main(argv) == 3  # not finished: the caller runs the same command again
-    assert calls == ["mae-c4", "asa-c4"]
-    left = iter([300.0, 300.0, 300.0])  # the second call: the control, then the transfer stage
+    assert calls == [study.SUPERVISED, "mae-c4", "asa-c4"]
+    left = iter([300.0, 300.0, 300.0])  # the second call: the noise control, then the transfer stage
     assert study.main(argv) == 0
-    assert calls == ["mae-c4", "asa-c4", "noise-c4", "transfer"]  # nothing done twice
+    assert calls == [study.SUPERVISED, "mae-c4", "asa-c4", "noise-c4", "transfer"]  # nothing done twice
     report = json.loads((tmp_path / "s" / "report" / "report.json").read_text())
     assert [r["run"] for r in report["pretraining"]] == ["mae-c4", "asa-c4", "noise-c4"]
     assert all(r["val_loss_first"] == 1.0 and r["val_loss_last"] == 0.5 for r in report["pretraining"])
@@ -160,9 +181,10 @@ def test_ablations_on_chosen_cohorts_only(tmp_path):
                                   ablation_cohorts=[8])
     names = {run.name for run in runs}
     assert {"mae-c4", "mae-c8", "asa-c4", "asa-c8", "noise-c8"} <= names  # mae, asa and the control on every cohort
-    assert {f"{arm}-c8" for arm in study.ARMS if arm.startswith("asa-no-")} <= names
-    assert not {name for name in names if name.startswith("asa-no-") and name.endswith("-c4")}
-    assert len(runs) == 2 * 2 + 3 + 1
+    variants = [arm for arm in study.ARMS if arm not in ("mae", "asa")]
+    assert {f"{arm}-c8" for arm in variants} <= names
+    assert not {f"{arm}-c4" for arm in variants} & names
+    assert len(runs) == 2 * 2 + len(variants) + 1
     with pytest.raises(SystemExit, match="--ablation-cohorts 5: not a cohort"):
         study.plan_pretraining(tmp_path, scale, list(study.ARMS), seed=0, mirror_visible=0.25, ablation_cohorts=[5])
 
@@ -175,16 +197,19 @@ def test_contrasts_pair_runs_by_seed_and_case_and_skip_arms_not_run():
                 **{k: str(v) for k, v in lesions.items()}}
 
     scores = [row(arm, seed, case, base + 0.01 * seed + (0.02 if case == "b" else 0.0))
-              for arm, base in (("resenc-asa-c400", 0.60), ("resenc-asa-no-attentive-c400", 0.55),
-                                ("resenc-mae-c400", 0.50), ("resenc-mae-c40", 0.52))
+              for arm, base in (("resenc-asa-c400", 0.60), ("resenc-asa-sharp-c400", 0.55),
+                                ("resenc-mae-c400", 0.50), ("resenc-mae-c40", 0.52), ("resenc-supervised", 0.70),
+                                (study.REFERENCE, 0.45))
               for seed in (0, 1) for case in ("a", "b")]
     rows = study.contrast_rows(scores, (40, 400), n_boot=200)
     by = {(r["arm"], r["reference"]): r for r in rows}
-    attentive = by[("resenc-asa-c400", "resenc-asa-no-attentive-c400")]
-    assert attentive["Dice_mean"][0] == pytest.approx(0.05) and attentive["per_seed"] == pytest.approx([0.05, 0.05])
-    assert attentive["Dice_mean"][1] == pytest.approx(0.05) and attentive["Dice_mean"][2] == pytest.approx(0.05)
+    attentive = by[("resenc-asa-c400", "resenc-mae-c400")]
+    assert attentive["Dice_mean"][0] == pytest.approx(0.10) and attentive["per_seed"] == pytest.approx([0.10, 0.10])
+    assert attentive["Dice_mean"][1] == pytest.approx(0.10) and attentive["Dice_mean"][2] == pytest.approx(0.10)
     assert attentive["NSD_mean"][0] == 0.0 and attentive["lesion"][0] == 0.0
+    assert by[("resenc-asa-sharp-c400", "resenc-mae-c400")]["Dice_mean"][0] == pytest.approx(0.05)
+    assert by[("resenc-supervised", study.REFERENCE)]["Dice_mean"][0] == pytest.approx(0.25)  # the positive control
     assert by[("resenc-mae-c400", "resenc-mae-c40")]["Dice_mean"][0] == pytest.approx(-0.02)  # largest − smallest
-    assert by[("resenc-asa-c400", "resenc-mae-c400")]["Dice_mean"][0] == pytest.approx(0.10)
-    assert ("resenc-asa-c400", "resenc-asa-no-mirror-c400") not in by  # not run: no row
-    assert "| the attentive loss" in study.contrast_table(rows)
+    assert ("resenc-asa-mirror-c400", "resenc-asa-c400") not in by  # not run: no row
+    assert "| the attentive loss at the paper's granularity" in study.contrast_table(rows)
+    assert "| the positive control" in study.contrast_table(rows)

@@ -142,3 +142,19 @@ def test_a_network_without_an_encoder_shows_no_encoder_columns(tmp_path):
     assert "| pretrained | 2 |" in md and "— (no encoder)" in md
     assert "| pretrained | 2 | 10 | 0.500 | 1/1 | — | — | — |" in md
     assert "| scratch | 2 | 10 | 0.500 | 1/1 | 0.01 | 0.02 | 0.5 |" in md
+
+
+def test_budget_arms_train_a_fraction_of_the_epochs_against_the_reference_at_that_fraction():
+    from types import SimpleNamespace
+    args = SimpleNamespace(pretrained=None, preset=[], arm=["mae=model.pretrained=/x/encoder.pt"], recipes=None,
+                           budget_arms=["scratch", "mae"], budget_fractions=[0.25, 0.5])
+    arms = study.parse_arms(args)
+    assert list(arms) == ["scratch", "mae", "scratch~0.25", "scratch~0.5", "mae~0.25", "mae~0.5"]
+    assert arms["mae~0.25"] == arms["mae"] == ["model.pretrained=/x/encoder.pt"]
+    assert [study.budget_fraction(a) for a in arms] == [1.0, 1.0, 0.25, 0.5, 0.25, 0.5]
+    refs = study.references(list(arms), "scratch")
+    assert refs["mae~0.25"] == "scratch~0.25" and refs["mae"] == "scratch" and refs["scratch~0.5"] == "scratch~0.5"
+    with pytest.raises(SystemExit, match="--budget-arms other: no such arm"):
+        study.parse_arms(SimpleNamespace(**{**vars(args), "budget_arms": ["other"]}))
+    with pytest.raises(SystemExit, match="--budget-fractions 1.5"):
+        study.parse_arms(SimpleNamespace(**{**vars(args), "budget_fractions": [1.5]}))
