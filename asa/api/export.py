@@ -22,8 +22,9 @@ from asa.api.compat import current_config
 from asa.api.run import refusing
 from asa.data.preprocessing import PERCENTILES
 from asa.io import atomic_write_json, load_weights, save_checkpoint, write_model_folder
-from asa.io.hub import (FOLDER_FILES, FOLDER_FORMAT, MODEL_FILE, NNUNET_PLANS, NNUNET_WEIGHTS, OPTIONAL_FILES,
-                        SEGMENTER_FILE, encoder_network_spec)
+from asa.io.hub import (FOLDER_FILES, FOLDER_FORMAT, MODEL_FILE, NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS,
+                        NNUNET_WEIGHTS, OPTIONAL_FILES, SEGMENTER_FILE, encoder_network_spec)
+from asa.models.cnn.nnssl import nnssl_checkpoint
 from asa.models.cnn.nnunet import RESENC_ARCHS, describe_nnunet, nnunet_checkpoint, nnunet_plans_snippet
 from asa.models.portable import encoder_export
 from asa.models.registry import NETWORK_TASKS, current_spec
@@ -58,7 +59,8 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
     asa-evaluate runs found in the run folder and the command that made it. A resenc encoder (without the
     coordinate channel) also gets ``nnunet_pretrained_weights.pth`` and
     ``nnunet_plans.json`` (`asa.models.cnn.nnunet`): ``nnUNetv2_train ... -pretrained_weights`` loads the one
-    into the network nnU-Net builds from the other.
+    into the network nnU-Net builds from the other; and nnssl's ``checkpoint_final.pth`` with
+    ``adaptation_plan.json`` (`asa.models.cnn.nnssl`), which nnU-Net's nnssl route reads.
 
     A bad input is refused (`asa.api.run.OptionError`, exit 2 from the console script) before anything is written.
     """
@@ -77,11 +79,16 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         config = model_config(source, state, export, license=license)
         card = model_card(config)
         spec = export["network"]
-        nnunet = None
+        nnunet = nnssl = None
         if spec.get("arch") in RESENC_ARCHS and not spec.get("kwargs", {}).get("coord_channel"):
             nnunet = (nnunet_checkpoint(export, in_channels=nnunet_channels, source=str(source)),
                       nnunet_plans_snippet(spec, str(source)))
             card += "\n## nnU-Net v2\n\n```\n" + describe_nnunet(Path("."), NNUNET_WEIGHTS, NNUNET_PLANS) + "\n```\n"
+            nnssl = nnssl_checkpoint(export, spacing_mm=config.get("spacing_mm"), source=str(source),
+                                     dataset=(config.get("data") or {}).get("name") or "asa",
+                                     trainer=f"asa-pretrain ({config.get('method') or 'unknown method'})")
+            card += (f"\n`{NNSSL_CHECKPOINT}` and `{NNSSL_PLAN}` are the encoder in nnssl's format: "
+                     "`nnUNetv2_preprocess_like_nnssl -pc` takes the file, or this folder's hub address.\n")
         segmenter = _segmenter(state)
         if segmenter is not None:
             card += segmenter_card(source, segmenter["config"])
@@ -95,6 +102,9 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
     if nnunet is not None:
         save_checkpoint(folder / NNUNET_WEIGHTS, nnunet[0])
         atomic_write_json(folder / NNUNET_PLANS, nnunet[1])
+    if nnssl is not None:  # nnssl's layout: the checkpoint, and its plan beside it with the trainer's name
+        save_checkpoint(folder / NNSSL_CHECKPOINT, nnssl)
+        atomic_write_json(folder / NNSSL_PLAN, {**nnssl["nnssl_adaptation_plan"], "trainer_name": nnssl["trainer_name"]})
     if segmenter is not None:
         save_checkpoint(folder / SEGMENTER_FILE, segmenter)
     return folder

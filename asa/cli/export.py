@@ -52,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"[asa-export] error: {describe_error(err)}", file=sys.stderr, flush=True)
         return EXIT_FAILED
-    extra = ", nnunet_pretrained_weights.pth, nnunet_plans.json" if (out / "nnunet_plans.json").is_file() else ""
+    extra = (", nnunet_pretrained_weights.pth, nnunet_plans.json, checkpoint_final.pth, adaptation_plan.json (nnssl)"
+             if (out / "nnunet_plans.json").is_file() else "")
     print(f"[asa-export] wrote {out}/: model.safetensors, config.json, README.md{extra}")
     return EXIT_FINISHED
 
