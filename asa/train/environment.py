@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+import asa
 from asa.io import atomic_write_json
 
 __all__ = ["ENVIRONMENT_FILE", "cudnn_version", "environment", "environment_warnings", "git_commit",
@@ -62,9 +63,7 @@ def _nccl_version() -> str | None:
 def git_commit() -> str | None:
     """The commit of the asa source in use when it is a git checkout, else None."""
     with contextlib.suppress(Exception):
-        import asa
-
-        repo = Path(asa.__file__).resolve().parent.parent
+        repo = Path(__file__).resolve().parents[2]  # the checkout holding asa/train/environment.py
         done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
         return (done.stdout.strip() or None) if done.returncode == 0 else None
     return None
@@ -73,14 +72,12 @@ def git_commit() -> str | None:
 def environment() -> dict[str, Any]:
     """What this process runs on: asa (version, git commit), Python, torch, CUDA, cuDNN and NCCL versions
     (None where absent), the GPUs by name and whether cuDNN may use TF32."""
-    import asa
-
     gpus: list[str] = []
     with contextlib.suppress(Exception):
         gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {
         "time": datetime.datetime.now().isoformat(timespec="seconds"),
-        "asa": getattr(asa, "__version__", None), "git_commit": git_commit(),
+        "asa": asa.__version__, "git_commit": git_commit(),
         "python": platform.python_version(), "platform": platform.platform(),
         "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": cudnn_version(), "nccl": _nccl_version(),
         "gpus": gpus, "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
