@@ -25,11 +25,12 @@ from asa.io import atomic_write_json, load_weights, save_checkpoint, write_model
 from asa.io.hub import (FOLDER_FILES, FOLDER_FORMAT, MODEL_FILE, NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS,
                         NNUNET_WEIGHTS, OPTIONAL_FILES, SEGMENTER_FILE, encoder_network_spec)
 from asa.models.cnn.nnssl import nnssl_checkpoint
-from asa.models.cnn.nnunet import RESENC_ARCHS, describe_nnunet, nnunet_checkpoint, nnunet_plans_snippet
+from asa.models.cnn.nnunet import (NNUNET_CONFIGURATION, RESENC_ARCHS, describe_nnunet, nnunet_checkpoint,
+                                   nnunet_plans_snippet)
 from asa.models.portable import encoder_export
 from asa.models.registry import NETWORK_TASKS, current_spec
 
-__all__ = ["NNUNET_PLANS", "NNUNET_WEIGHTS", "export_model", "model_card", "model_config"]
+__all__ = ["NNUNET_PLANS", "NNUNET_WEIGHTS", "export_model", "merge_nnunet_plans", "model_card", "model_config"]
 
 # the run's data settings a model folder repeats; size / patch_size: the crop of runs before data.crop, as recorded
 DATA_KEYS = ("name", "layout", "task", "channels", "crop", "size", "patch_size", "resample_mm", "lr_centre")
@@ -38,7 +39,8 @@ COMMAND_FILE = "command.txt"  # beside config.yaml in a run folder: the command 
 
 
 def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False,
-                 license: str = "other", nnunet_channels: int | None = None) -> Path:
+                 license: str = "other", nnunet_channels: int | None = None,
+                 nnunet_plans: str | os.PathLike | None = None) -> Path:
     """Write the hub-ready model folder of ``checkpoint`` to ``out_dir``; returns ``out_dir``.
 
     Args:
@@ -53,6 +55,8 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
             ``other``: stated in the card's text).
         nnunet_channels: for a resenc encoder, the image channels of the nnU-Net checkpoint (a 1-channel stem
             is repeated and divided by their number; None: the encoder's own).
+        nnunet_plans: an nnU-Net plans file (``$nnUNet_preprocessed/DatasetXXX/<plans>.json``) to add the
+            ``3d_fullres_asa`` configuration to (:func:`merge_nnunet_plans`), so that ``nnUNetv2_train`` runs it.
 
     A fine-tuning checkpoint also gives ``segmenter.pt``, the whole network (weights, spec, run config) that
     ``asa-predict checkpoint=OUT_DIR`` uses, and the card names its task, training data, the metrics of
@@ -95,6 +99,12 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         if nnunet is None and nnunet_channels is not None:
             raise ValueError(f"--nnunet-channels: {source} holds a {spec.get('arch')!r} encoder; the nnU-Net export "
                              "takes a resenc encoder without the coordinate channel")
+        merged = None
+        if nnunet_plans is not None:
+            if nnunet is None:
+                raise ValueError(f"--nnunet-plans: {source} holds a {spec.get('arch')!r} encoder; the nnU-Net export "
+                                 "takes a resenc encoder without the coordinate channel")
+            merged = merge_nnunet_plans(nnunet_plans, nnunet[1], overwrite=overwrite)
     if held:  # --overwrite: the previous export's files go aside, nothing is deleted
         aside = _move_aside(out, held)
         print(f"[asa-export] --overwrite: moved the previous {', '.join(held)} to {aside}", file=sys.stderr, flush=True)
@@ -107,7 +117,39 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         atomic_write_json(folder / NNSSL_PLAN, {**nnssl["nnssl_adaptation_plan"], "trainer_name": nnssl["trainer_name"]})
     if segmenter is not None:
         save_checkpoint(folder / SEGMENTER_FILE, segmenter)
+    if merged is not None:  # the dataset's plans gain the configuration last, once the folder is written
+        plans_path, plans = merged
+        atomic_write_json(plans_path, plans)
+        print(f"[asa-export] added configuration {NNUNET_CONFIGURATION} to {plans_path}", file=sys.stderr, flush=True)
     return folder
+
+
+def merge_nnunet_plans(path: str | os.PathLike, snippet: Mapping[str, Any], *,
+                       overwrite: bool = False) -> tuple[Path, dict[str, Any]]:
+    """The nnU-Net plans file ``path`` with the configurations of ``snippet`` (``nnunet_plans.json``) added:
+    (path, merged plans), nothing written. Refused (naming the file) when it is not a plans file, lacks the
+    configuration the snippet inherits from (``3d_fullres``: plan and preprocess the dataset first), or already
+    holds another ``3d_fullres_asa`` and not ``overwrite``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"--nnunet-plans {path}: no such file (nnUNetv2_plan_and_preprocess writes "
+                                "$nnUNet_preprocessed/DatasetXXX/<plans name>.json)")
+    try:
+        plans = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"--nnunet-plans {path}: not readable JSON ({err})") from err
+    configs = plans.get("configurations") if isinstance(plans, dict) else None
+    if not isinstance(configs, dict):
+        raise ValueError(f"--nnunet-plans {path}: no 'configurations': not an nnU-Net plans file")
+    for name, config in snippet["configurations"].items():
+        parent = config.get("inherits_from")
+        if parent is not None and parent not in configs:
+            raise ValueError(f"--nnunet-plans {path} has no configuration {parent!r}, which {name} inherits "
+                             f"(configurations: {', '.join(sorted(configs))}); plan and preprocess the dataset first")
+        if name in configs and configs[name] != config and not overwrite:
+            raise ValueError(f"--nnunet-plans {path} already holds another {name} configuration; pass --overwrite "
+                             "to replace it")
+    return path, {**plans, "configurations": {**configs, **snippet["configurations"]}}
 
 
 def _segmenter(state: Mapping[str, Any]) -> dict[str, Any] | None:
