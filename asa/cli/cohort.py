@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--accept-overlap", action="store_true",
                         help="report test cases found in the cohort without refusing (exit 0)")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the whole report as JSON")
-    parser.add_argument("--workers", type=int, default=4, help="threads reading the images (default 4)")
+    parser.add_argument("--workers", type=int, default=4, help="processes reading the images (default 4)")
     return parser
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from asa.data.case import Case
+from asa.data.store_writer import worker_pool
 
 __all__ = ["COHORT_FORMAT", "DIGEST", "SEEN_PARTS", "case_subject", "cohort_overlap", "cohort_record",
            "describe_overlap", "image_digests", "volume_digest"]
@@ -50,13 +50,19 @@ def case_subject(case: Case) -> str:
     return str(subject).removeprefix("sub-") if subject else case.id
 
 
-def image_digests(cases: Sequence[Case], *, workers: int = 4,
-                  digest: Callable[[str | os.PathLike, int | None], str] = volume_digest) -> dict[str, dict[str, str]]:
-    """Case id -> {channel: digest} of every image of ``cases``, read with ``workers`` threads (decoding
-    gzip and numpy release the GIL)."""
-    jobs = [(c.id, ch, path, c.frame(ch)) for c in cases for ch, path in c.images.items()]
-    with ThreadPoolExecutor(max(1, int(workers))) as pool:
-        values = list(pool.map(lambda job: digest(job[2], job[3]), jobs))
+def _digest(job: tuple[str, str, str, int | None]) -> str:
+    return volume_digest(job[2], job[3])
+
+
+def image_digests(cases: Sequence[Case], *, workers: int = 4) -> dict[str, dict[str, str]]:
+    """Case id -> {channel: digest} of every image of ``cases``, read by ``workers`` processes (1: in this one;
+    threads gain nothing: nibabel's gzip reading holds the GIL)."""
+    jobs = [(c.id, ch, str(path), c.frame(ch)) for c in cases for ch, path in c.images.items()]
+    if int(workers) > 1 and len(jobs) > 1:
+        with worker_pool(min(int(workers), len(jobs))) as pool:
+            values = list(pool.map(_digest, jobs, chunksize=max(1, len(jobs) // (8 * int(workers)))))
+    else:
+        values = [_digest(job) for job in jobs]
     out: dict[str, dict[str, str]] = {}
     for (case_id, channel, _, _), value in zip(jobs, values):
         out.setdefault(case_id, {})[channel] = value
