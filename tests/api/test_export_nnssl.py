@@ -139,11 +139,24 @@ def test_asa_reads_its_nnssl_export_back_strictly(exported, capsys):
     assert all(torch.equal(v, ours["encoder." + k]) for k, v in encoder.state_dict().items())
 
 
-def test_spacing_of_a_resampled_run_is_recorded():
-    from asa.models.cnn.nnssl import nnssl_checkpoint
+def test_masked_pretraining_checkpoint_exports_and_reads_back(tmp_path):
+    """asa-pretrain model=resenc's own network (resenc_pretrain, masked convolutions): its encoder in nnssl's
+    format, the run's method and 1 mm resampling in the plan, read back with 0 encoder tensors differing."""
+    from asa.models import build_network
 
-    net = resenc_unet(img_size=32, in_channels=1, out_channels=1)
-    export = {"encoder": {k: v for k, v in net.state_dict().items() if k.startswith("encoder.")},
-              "network": network_spec(net), "source": "x", "step": 0}
-    plan = nnssl_checkpoint(export, spacing_mm=[1.0, 1.0, 1.0])["nnssl_adaptation_plan"]
+    torch.manual_seed(2)
+    net = build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": 32, "size": "tiny"}})
+    for p in net.parameters():
+        p.data.normal_()
+    save_checkpoint(tmp_path / "last.pt", {"model": net.state_dict(), "network": network_spec(net), "step": 4,
+                                           "config": {"method": {"name": "masked_conv"},
+                                                      "data": {"name": "oasis", "root": "/data", "resample_mm": 1.0}}})
+    out = export_model(tmp_path / "last.pt", tmp_path / "m")
+    blob = torch.load(out / NNSSL_CHECKPOINT, weights_only=True)
+    plan = blob["nnssl_adaptation_plan"]
+    assert blob["trainer_name"] == "asa-pretrain (masked_conv)" and blob["current_epoch"] == 4
+    assert plan["pretrain_plan"]["dataset_name"] == "oasis"
     assert plan["pretrain_plan"]["configurations"]["onemmiso"]["spacing"] == [1.0, 1.0, 1.0]
+    back = load_weights(out / NNSSL_CHECKPOINT)["encoder"]
+    ours = {k: v for k, v in net.state_dict().items() if k.startswith("encoder.")}
+    assert set(back) == set(ours) and [k for k, v in ours.items() if not torch.equal(back[k], v)] == []
