@@ -88,3 +88,22 @@ def test_a_new_run_folder_records_its_environment(tmp_path):
     (start,) = json.loads((tmp_path / "run" / ENVIRONMENT_FILE).read_text())["starts"]
     assert start["torch"] == torch.__version__ and start["cudnn"] == cudnn_version()
     assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_predict_warns_on_a_known_bad_cuda_setup(monkeypatch, capsys):
+    """asa-predict says the warning before it reads the checkpoint (here: a missing one, refused after)."""
+    import importlib
+
+    from asa.api import load_config
+
+    predict = importlib.import_module("asa.api.predict")  # the module (asa.api.predict is also its function)
+
+    _fake(monkeypatch, torch_version="2.9.0", cudnn=91002)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    monkeypatch.setattr(predict, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(predict, "resolve_amp", lambda amp, device, option: torch.float16)
+    with pytest.raises(Exception):
+        predict.predict(load_config("predict", "checkpoint=/nonexistent/best.pt", "input=/nonexistent",
+                                    "output=/nonexistent/out"))
+    err = capsys.readouterr().err
+    assert "[asa-predict] warning: torch 2.9.0" in err and "[asa-predict] warning: cuDNN 9.10.2" in err
