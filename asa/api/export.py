@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import asa
+from asa.api.cohort import COHORT_FILE
 from asa.api.compat import current_config
 from asa.api.run import refusing
+from asa.data.cohort import cohort_digest
 from asa.data.preprocessing import PERCENTILES
 from asa.io import atomic_write_json, load_weights, save_checkpoint, write_model_folder
 from asa.io.hub import (FOLDER_FILES, FOLDER_FORMAT, MODEL_FILE, NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS,
@@ -289,8 +291,20 @@ def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, An
                           "resample_mm": resample},
         "source": {"file": source.name, "step": int(export.get("step") or 0)},
         "metrics": _run_metrics(source, state),
+        **_cohort(source),
         "license": license, "asa_version": asa.__version__, "git_commit": _git_commit(),
     }
+
+
+def _cohort(source: Path) -> dict[str, Any]:
+    """``{"pretraining_cohort": ...}`` (`asa.data.cohort.cohort_digest`) when the checkpoint's run folder holds
+    the cohort asa-cohort recorded (``cohort.json``), else nothing."""
+    run = source.parent.parent if source.parent.name == CHECKPOINT_DIR else None
+    if run is None or not (run / COHORT_FILE).is_file():
+        return {}
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return {"pretraining_cohort": cohort_digest(json.loads((run / COHORT_FILE).read_text()))}
+    return {}
 
 
 def _demo(data: Mapping[str, Any]) -> bool:
@@ -323,7 +337,10 @@ def model_card(config: Mapping[str, Any]) -> str:
              "(no resampling)",
              f"- orientation: {config.get('orientation', 'RAS+')}; preprocessing: see config.json",
              f"- asa {config.get('asa_version')}" + (f", commit {config['git_commit']}" if config.get("git_commit") else ""),
-             f"- source: {config.get('source', {}).get('file')} (step {config.get('source', {}).get('step')})", "",
+             f"- source: {config.get('source', {}).get('file')} (step {config.get('source', {}).get('step')})",
+             *([f"- pretraining cohort: {cohort['cases']} cases, {cohort['images']} images, digest "
+                f"`{cohort['digest']}` (asa-cohort checks evaluation cases against the run's {COHORT_FILE})"]
+               if (cohort := config.get("pretraining_cohort")) else []), "",
              "## Metrics", ""]
     if metrics:
         lines += ["```json", json.dumps(metrics, indent=2), "```", ""]

@@ -22,7 +22,7 @@ import numpy as np
 from asa.data.case import Case
 from asa.data.store_writer import worker_pool
 
-__all__ = ["COHORT_FORMAT", "DIGEST", "SEEN_PARTS", "case_subject", "cohort_overlap", "cohort_record",
+__all__ = ["COHORT_FORMAT", "DIGEST", "SEEN_PARTS", "case_subject", "cohort_digest", "cohort_overlap", "cohort_record",
            "describe_overlap", "image_digests", "volume_digest"]
 
 COHORT_FORMAT = "asa.cohort"
@@ -79,6 +79,16 @@ def cohort_record(cases: Sequence[Case], parts: Mapping[str, Sequence[str]], *, 
     return {"format": COHORT_FORMAT, "digest": DIGEST, "seen_parts": list(SEEN_PARTS), **dict(source or {}),
             "cases": {c.id: {"part": part_of[c.id], "subject": case_subject(c), "images": digests.get(c.id, {})}
                       for c in chosen}}
+
+
+def cohort_digest(cohort: Mapping[str, Any]) -> dict[str, Any]:
+    """One digest of the whole seen cohort (the sha256 of its image digests, sorted, one per line) with its
+    case and image counts: what a model card states so that a cohort can be compared without its list."""
+    seen = set(cohort.get("seen_parts") or SEEN_PARTS)
+    members = [v for v in (cohort.get("cases") or {}).values() if v.get("part") in seen]
+    digests = sorted(d for v in members for d in (v.get("images") or {}).values())
+    return {"cases": len(members), "images": len(digests),
+            "digest": "sha256:" + hashlib.sha256("\n".join(digests).encode()).hexdigest(), "of": DIGEST}
 
 
 def cohort_overlap(cohort: Mapping[str, Any], subsets: Mapping[str, Sequence[Case]], *, workers: int = 4,

@@ -120,3 +120,23 @@ def test_same_subject_id_counts_and_cohort_is_reused(tmp_path):
 def test_not_a_run_folder_is_refused(tmp_path, capsys):
     assert cohort_main([str(tmp_path), str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_model_card_states_the_cohort_digest(tmp_path):
+    """An encoder exported from a pretraining run whose cohort was recorded names it in config.json and the card:
+    the seen cases and images and one digest of them all."""
+    from asa.api.export import export_model
+    from asa.data.cohort import cohort_digest
+    from asa.io import save_checkpoint
+    from asa.models import network_spec
+    from asa.models.cnn.resenc import resenc_unet
+
+    pre = _pretraining(tmp_path)
+    cohort = pretraining_cohort(pre, workers=1)
+    net = resenc_unet(img_size=32, in_channels=1, out_channels=1)
+    (pre / "checkpoints").mkdir()
+    save_checkpoint(pre / "checkpoints" / "last.pt", {"model": net.state_dict(), "network": network_spec(net)})
+    out = export_model(pre / "checkpoints" / "last.pt", tmp_path / "model")
+    recorded = json.loads((out / "config.json").read_text())["pretraining_cohort"]
+    assert recorded == cohort_digest(cohort) and (recorded["cases"], recorded["images"]) == (3, 3)
+    assert f"pretraining cohort: 3 cases, 3 images, digest `{recorded['digest']}`" in (out / "README.md").read_text()
