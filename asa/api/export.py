@@ -92,7 +92,7 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
             card += "\n## nnU-Net v2\n\n```\n" + describe_nnunet(Path("."), NNUNET_WEIGHTS, NNUNET_PLANS) + "\n```\n"
             nnssl = nnssl_checkpoint(export, spacing_mm=config.get("spacing_mm"), source=str(source),
                                      dataset=(config.get("data") or {}).get("name") or "asa",
-                                     trainer=f"asa-pretrain ({config.get('method') or 'unknown method'})")
+                                     trainer=f"asa:{config.get('method') or 'unknown method'}")
             card += (f"\n`{NNSSL_CHECKPOINT}` and `{NNSSL_PLAN}` are the encoder in nnssl's format: "
                      "`nnUNetv2_preprocess_like_nnssl -pc` takes the file, or this folder's hub address.\n")
         segmenter = _segmenter(state)

@@ -12,10 +12,10 @@ Two layouts are recognised by their top-level keys (the files hold nothing else 
     ``ResidualEncoderUNet`` with its ``arch_kwargs``), ``key_to_encoder`` / ``key_to_stem`` (must be
     ``encoder.stages`` / ``encoder.stem``), ``pretrain_num_input_channels``,
     ``recommended_downstream_patchsize`` and the pretraining plan's configuration (``spacing``,
-    ``normalization_schemes``, ``patch_size``); a ``ResEncL`` plan without ``arch_kwargs`` (the released files) has the
-preset's strides. nnssl's SparK3D trainers save a convolution's ``conv`` and ``all_modules.0`` (one module here) as
-two, training only the latter: for their files the ``all_modules`` twin is taken and the report says so. A file
-with ``network_weights`` and no plan (an nnU-Net v2
+    ``normalization_schemes``, ``patch_size``); a ``ResEncL`` plan without ``arch_kwargs`` (the released
+    files) has the preset's strides. nnssl's SparK3D trainers save a convolution's ``conv`` and
+    ``all_modules.0`` (one module here) as two, training only the latter: for their files the ``all_modules``
+    twin is taken and the report says so. A file with ``network_weights`` and no plan (an nnU-Net v2
     ``checkpoint_final.pth``) is read the same way, its topology from the tensors (layout ``nnunet``).
 ``amaes`` (AMAES ResEnc-B: asparagus on gardening_tools, a PyTorch Lightning checkpoint)
     ``{"state_dict": {"model.encoder.*", "model.decoder.*"}, "hyper_parameters", "epoch", ...}``

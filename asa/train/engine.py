@@ -27,8 +27,8 @@ from asa.models.zoo import network_spec
 from .checkpoint import FORMAT, VERSION, prune_step_checkpoints
 from .data import build_loader, close_loader, move_to
 from .distributed import DistEnv, all_gather_objects, all_reduce_max_ints, all_reduce_mean, barrier
-from .optim import load_optimizer_state
 from .environment import environment, environment_warnings
+from .optim import load_optimizer_state
 from .precision import amp_name, guard_cpu_bf16_convolutions, set_threads
 from .preemption import StopSignals
 from .reporting import TrainLog, scalar

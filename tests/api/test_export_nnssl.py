@@ -149,12 +149,12 @@ def test_masked_pretraining_checkpoint_exports_and_reads_back(tmp_path):
     for p in net.parameters():
         p.data.normal_()
     save_checkpoint(tmp_path / "last.pt", {"model": net.state_dict(), "network": network_spec(net), "step": 4,
-                                           "config": {"method": {"name": "masked_conv"},
+                                           "config": {"method": {"name": "mae"},
                                                       "data": {"name": "oasis", "root": "/data", "resample_mm": 1.0}}})
     out = export_model(tmp_path / "last.pt", tmp_path / "m")
     blob = torch.load(out / NNSSL_CHECKPOINT, weights_only=True)
     plan = blob["nnssl_adaptation_plan"]
-    assert blob["trainer_name"] == "asa-pretrain (masked_conv)" and blob["current_epoch"] == 4
+    assert blob["trainer_name"] == "asa:mae" and blob["current_epoch"] == 4
     assert plan["pretrain_plan"]["dataset_name"] == "oasis"
     assert plan["pretrain_plan"]["configurations"]["onemmiso"]["spacing"] == [1.0, 1.0, 1.0]
     back = load_weights(out / NNSSL_CHECKPOINT)["encoder"]
