@@ -17,7 +17,8 @@ PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 DEFAULT_OUTPUT = {"asa-pretrain": "runs/pretrain", "asa-finetune": "runs/finetune"}
 HYDRA = {"asa-pretrain": "pretrain", "asa-finetune": "finetune", "asa-predict": "predict",
          "asa-evaluate": "evaluate", "asa-probe": "probe", "asa-preprocess": "preprocess"}
-ARGPARSE = {"asa-demo-data": "asa.cli.demo_data", "asa-plan": "asa.cli.plan", "asa-export": "asa.cli.export"}
+ARGPARSE = {"asa-demo-data": "asa.cli.demo_data", "asa-plan": "asa.cli.plan", "asa-export": "asa.cli.export",
+            "asa-cohort": "asa.cli.cohort"}
 
 
 def _block_commands(text: str) -> list[list[str]]:

@@ -18,17 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import asa
+from asa.api.cohort import COHORT_FILE
 from asa.api.compat import current_config
 from asa.api.run import refusing
+from asa.data.cohort import cohort_digest
 from asa.data.preprocessing import PERCENTILES
 from asa.io import atomic_write_json, load_weights, save_checkpoint, write_model_folder
-from asa.io.hub import (FOLDER_FILES, FOLDER_FORMAT, MODEL_FILE, NNUNET_PLANS, NNUNET_WEIGHTS, OPTIONAL_FILES,
-                        SEGMENTER_FILE, encoder_network_spec)
-from asa.models.cnn.nnunet import RESENC_ARCHS, describe_nnunet, nnunet_checkpoint, nnunet_plans_snippet
+from asa.io.hub import (FOLDER_FILES, FOLDER_FORMAT, MODEL_FILE, NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS,
+                        NNUNET_WEIGHTS, OPTIONAL_FILES, SEGMENTER_FILE, encoder_network_spec)
+from asa.models.cnn.nnssl import nnssl_checkpoint
+from asa.models.cnn.nnunet import (NNUNET_CONFIGURATION, RESENC_ARCHS, describe_nnunet, nnunet_checkpoint,
+                                   nnunet_plans_snippet)
 from asa.models.portable import encoder_export
 from asa.models.registry import NETWORK_TASKS, current_spec
 
-__all__ = ["NNUNET_PLANS", "NNUNET_WEIGHTS", "export_model", "model_card", "model_config"]
+__all__ = ["NNUNET_PLANS", "NNUNET_WEIGHTS", "export_model", "merge_nnunet_plans", "model_card", "model_config"]
 
 # the run's data settings a model folder repeats; size / patch_size: the crop of runs before data.crop, as recorded
 DATA_KEYS = ("name", "layout", "task", "channels", "crop", "size", "patch_size", "resample_mm", "lr_centre")
@@ -37,7 +41,8 @@ COMMAND_FILE = "command.txt"  # beside config.yaml in a run folder: the command 
 
 
 def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False,
-                 license: str = "other", nnunet_channels: int | None = None) -> Path:
+                 license: str = "other", nnunet_channels: int | None = None,
+                 nnunet_plans: str | os.PathLike | None = None) -> Path:
     """Write the hub-ready model folder of ``checkpoint`` to ``out_dir``; returns ``out_dir``.
 
     Args:
@@ -52,13 +57,16 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
             ``other``: stated in the card's text).
         nnunet_channels: for a resenc encoder, the image channels of the nnU-Net checkpoint (a 1-channel stem
             is repeated and divided by their number; None: the encoder's own).
+        nnunet_plans: an nnU-Net plans file (``$nnUNet_preprocessed/DatasetXXX/<plans>.json``) to add the
+            ``3d_fullres_asa`` configuration to (:func:`merge_nnunet_plans`), so that ``nnUNetv2_train`` runs it.
 
     A fine-tuning checkpoint also gives ``segmenter.pt``, the whole network (weights, spec, run config) that
     ``asa-predict checkpoint=OUT_DIR`` uses, and the card names its task, training data, the metrics of
     asa-evaluate runs found in the run folder and the command that made it. A resenc encoder (without the
     coordinate channel) also gets ``nnunet_pretrained_weights.pth`` and
     ``nnunet_plans.json`` (`asa.models.cnn.nnunet`): ``nnUNetv2_train ... -pretrained_weights`` loads the one
-    into the network nnU-Net builds from the other.
+    into the network nnU-Net builds from the other; and nnssl's ``checkpoint_final.pth`` with
+    ``adaptation_plan.json`` (`asa.models.cnn.nnssl`), which nnU-Net's nnssl route reads.
 
     A bad input is refused (`asa.api.run.OptionError`, exit 2 from the console script) before anything is written.
     """
@@ -77,17 +85,28 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         config = model_config(source, state, export, license=license)
         card = model_card(config)
         spec = export["network"]
-        nnunet = None
+        nnunet = nnssl = None
         if spec.get("arch") in RESENC_ARCHS and not spec.get("kwargs", {}).get("coord_channel"):
             nnunet = (nnunet_checkpoint(export, in_channels=nnunet_channels, source=str(source)),
                       nnunet_plans_snippet(spec, str(source)))
             card += "\n## nnU-Net v2\n\n```\n" + describe_nnunet(Path("."), NNUNET_WEIGHTS, NNUNET_PLANS) + "\n```\n"
+            nnssl = nnssl_checkpoint(export, spacing_mm=config.get("spacing_mm"), source=str(source),
+                                     dataset=(config.get("data") or {}).get("name") or "asa",
+                                     trainer=f"asa:{config.get('method') or 'unknown method'}")
+            card += (f"\n`{NNSSL_CHECKPOINT}` and `{NNSSL_PLAN}` are the encoder in nnssl's format: "
+                     "`nnUNetv2_preprocess_like_nnssl -pc` takes the file, or this folder's hub address.\n")
         segmenter = _segmenter(state)
         if segmenter is not None:
             card += segmenter_card(source, segmenter["config"])
         if nnunet is None and nnunet_channels is not None:
             raise ValueError(f"--nnunet-channels: {source} holds a {spec.get('arch')!r} encoder; the nnU-Net export "
                              "takes a resenc encoder without the coordinate channel")
+        merged = None
+        if nnunet_plans is not None:
+            if nnunet is None:
+                raise ValueError(f"--nnunet-plans: {source} holds a {spec.get('arch')!r} encoder; the nnU-Net export "
+                                 "takes a resenc encoder without the coordinate channel")
+            merged = merge_nnunet_plans(nnunet_plans, nnunet[1], overwrite=overwrite)
     if held:  # --overwrite: the previous export's files go aside, nothing is deleted
         aside = _move_aside(out, held)
         print(f"[asa-export] --overwrite: moved the previous {', '.join(held)} to {aside}", file=sys.stderr, flush=True)
@@ -95,9 +114,44 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
     if nnunet is not None:
         save_checkpoint(folder / NNUNET_WEIGHTS, nnunet[0])
         atomic_write_json(folder / NNUNET_PLANS, nnunet[1])
+    if nnssl is not None:  # nnssl's layout: the checkpoint, and its plan beside it with the trainer's name
+        save_checkpoint(folder / NNSSL_CHECKPOINT, nnssl)
+        atomic_write_json(folder / NNSSL_PLAN, {**nnssl["nnssl_adaptation_plan"], "trainer_name": nnssl["trainer_name"]})
     if segmenter is not None:
         save_checkpoint(folder / SEGMENTER_FILE, segmenter)
+    if merged is not None:  # the dataset's plans gain the configuration last, once the folder is written
+        plans_path, plans = merged
+        atomic_write_json(plans_path, plans)
+        print(f"[asa-export] added configuration {NNUNET_CONFIGURATION} to {plans_path}", file=sys.stderr, flush=True)
     return folder
+
+
+def merge_nnunet_plans(path: str | os.PathLike, snippet: Mapping[str, Any], *,
+                       overwrite: bool = False) -> tuple[Path, dict[str, Any]]:
+    """The nnU-Net plans file ``path`` with the configurations of ``snippet`` (``nnunet_plans.json``) added:
+    (path, merged plans), nothing written. Refused (naming the file) when it is not a plans file, lacks the
+    configuration the snippet inherits from (``3d_fullres``: plan and preprocess the dataset first), or already
+    holds another ``3d_fullres_asa`` and not ``overwrite``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"--nnunet-plans {path}: no such file (nnUNetv2_plan_and_preprocess writes "
+                                "$nnUNet_preprocessed/DatasetXXX/<plans name>.json)")
+    try:
+        plans = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"--nnunet-plans {path}: not readable JSON ({err})") from err
+    configs = plans.get("configurations") if isinstance(plans, dict) else None
+    if not isinstance(configs, dict):
+        raise ValueError(f"--nnunet-plans {path}: no 'configurations': not an nnU-Net plans file")
+    for name, config in snippet["configurations"].items():
+        parent = config.get("inherits_from")
+        if parent is not None and parent not in configs:
+            raise ValueError(f"--nnunet-plans {path} has no configuration {parent!r}, which {name} inherits "
+                             f"(configurations: {', '.join(sorted(configs))}); plan and preprocess the dataset first")
+        if name in configs and configs[name] != config and not overwrite:
+            raise ValueError(f"--nnunet-plans {path} already holds another {name} configuration; pass --overwrite "
+                             "to replace it")
+    return path, {**plans, "configurations": {**configs, **snippet["configurations"]}}
 
 
 def _segmenter(state: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -237,8 +291,20 @@ def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, An
                           "resample_mm": resample},
         "source": {"file": source.name, "step": int(export.get("step") or 0)},
         "metrics": _run_metrics(source, state),
+        **_cohort(source),
         "license": license, "asa_version": asa.__version__, "git_commit": _git_commit(),
     }
+
+
+def _cohort(source: Path) -> dict[str, Any]:
+    """``{"pretraining_cohort": ...}`` (`asa.data.cohort.cohort_digest`) when the checkpoint's run folder holds
+    the cohort asa-cohort recorded (``cohort.json``), else nothing."""
+    run = source.parent.parent if source.parent.name == CHECKPOINT_DIR else None
+    if run is None or not (run / COHORT_FILE).is_file():
+        return {}
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return {"pretraining_cohort": cohort_digest(json.loads((run / COHORT_FILE).read_text()))}
+    return {}
 
 
 def _demo(data: Mapping[str, Any]) -> bool:
@@ -271,7 +337,10 @@ def model_card(config: Mapping[str, Any]) -> str:
              "(no resampling)",
              f"- orientation: {config.get('orientation', 'RAS+')}; preprocessing: see config.json",
              f"- asa {config.get('asa_version')}" + (f", commit {config['git_commit']}" if config.get("git_commit") else ""),
-             f"- source: {config.get('source', {}).get('file')} (step {config.get('source', {}).get('step')})", "",
+             f"- source: {config.get('source', {}).get('file')} (step {config.get('source', {}).get('step')})",
+             *([f"- pretraining cohort: {cohort['cases']} cases, {cohort['images']} images, digest "
+                f"`{cohort['digest']}` (asa-cohort checks evaluation cases against the run's {COHORT_FILE})"]
+               if (cohort := config.get("pretraining_cohort")) else []), "",
              "## Metrics", ""]
     if metrics:
         lines += ["```json", json.dumps(metrics, indent=2), "```", ""]

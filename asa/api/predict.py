@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from asa.eval.inference import check_sw_batch_size
 from asa.io import is_nifti, load_checkpoint
 from asa.io.hub import segmenter_checkpoint
 from asa.train.distributed import resolve_device
+from asa.train.environment import environment, environment_warnings
 from asa.train.precision import resolve_amp, set_threads
 
 __all__ = ["MANIFEST", "channel_note", "check_output", "predict", "sha256"]
@@ -140,6 +142,9 @@ def predict(config: PredictConfig | DictConfig) -> list[Path]:
         sw_batch_size = check_sw_batch_size(cfg.sw_batch_size)
         device = resolve_device(cfg.device)
         amp_dtype = resolve_amp(cfg.amp, device, option="amp")
+        if device.type == "cuda":  # known-bad torch / cuDNN versions for 3D convolutions, each with its fix
+            for line in environment_warnings(environment(), device=device, amp=amp_dtype):
+                print(f"[asa-predict] warning: {line}", file=sys.stderr, flush=True)
         threads = set_threads(cfg.threads, option="threads")
         setup = PredictSetup(device=device, amp_dtype=amp_dtype, threads=threads, sw_batch_size=sw_batch_size,
                              compile=cfg.compile)

@@ -31,6 +31,7 @@ from asa.api.compat import current_config, moved_key, removed_key
 from asa.io import atomic_write_text
 from asa.train.checkpoint import flatten
 from asa.train.distributed import DistEnv, all_gather_objects
+from asa.train.environment import record_environment
 from asa.train.resume import ResumePoint, check_training_checkpoint
 
 __all__ = ["RunDirError", "RunDir", "RunLock", "LOCK_NAME", "check_writable", "command_line", "move_aside", "override",
@@ -219,11 +220,14 @@ class RunDir:
 
     def write_config(self, resolved: Mapping[str, Any]) -> None:
         """Fresh run: ``config.yaml``. Resumed run: ``config.yaml`` stays; what differs from it (and
-        when, and from which checkpoint) is appended to ``config_history.yaml``. Rank 0 only."""
+        when, and from which checkpoint) is appended to ``config_history.yaml``. Either way this start's
+        software (``environment.json``: `asa.train.environment`) is appended. Rank 0 only."""
         if self.lock is None:
             return
         text = OmegaConf.to_yaml(OmegaConf.create(_plain(resolved)))
         record = self.path / "config.yaml"
+        # torch / CUDA / cuDNN / NCCL / GPUs / asa commit of this start, appended on resume
+        record_environment(self.path, resumed_from=str(self.resume.path) if self.resume is not None else None)
         if self.resume is None or not record.is_file():
             atomic_write_text(record, text)
             atomic_write_text(self.path / COMMAND_NAME, _started_by(self.invocation or self.command))  # cited by cards

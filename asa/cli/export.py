@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nnunet-channels", type=int, default=None, metavar="K",
                         help="a resenc encoder's nnU-Net checkpoint for K image channels (a 1-channel stem repeated "
                              "and divided by K; default: the encoder's own)")
+    parser.add_argument("--nnunet-plans", default=None, metavar="PLANS_JSON",
+                        help="add the 3d_fullres_asa configuration to this nnU-Net plans file "
+                             "($nnUNet_preprocessed/DatasetXXX/<plans>.json), so that nnUNetv2_train runs it "
+                             "(--overwrite replaces an earlier 3d_fullres_asa there)")
     parser.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     return parser
 
@@ -41,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         out = export_model(args.checkpoint, args.out_dir, overwrite=args.overwrite, license=args.license,
-                           nnunet_channels=args.nnunet_channels)
+                           nnunet_channels=args.nnunet_channels, nnunet_plans=args.nnunet_plans)
     except (OptionError, FileExistsError) as err:
         if args.debug:
             raise
@@ -52,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"[asa-export] error: {describe_error(err)}", file=sys.stderr, flush=True)
         return EXIT_FAILED
-    extra = ", nnunet_pretrained_weights.pth, nnunet_plans.json" if (out / "nnunet_plans.json").is_file() else ""
+    extra = (", nnunet_pretrained_weights.pth, nnunet_plans.json, checkpoint_final.pth, adaptation_plan.json (nnssl)"
+             if (out / "nnunet_plans.json").is_file() else "")
     print(f"[asa-export] wrote {out}/: model.safetensors, config.json, README.md{extra}")
     return EXIT_FINISHED
 

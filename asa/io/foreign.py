@@ -12,7 +12,10 @@ Two layouts are recognised by their top-level keys (the files hold nothing else 
     ``ResidualEncoderUNet`` with its ``arch_kwargs``), ``key_to_encoder`` / ``key_to_stem`` (must be
     ``encoder.stages`` / ``encoder.stem``), ``pretrain_num_input_channels``,
     ``recommended_downstream_patchsize`` and the pretraining plan's configuration (``spacing``,
-    ``normalization_schemes``, ``patch_size``). A file with ``network_weights`` and no plan (an nnU-Net v2
+    ``normalization_schemes``, ``patch_size``); a ``ResEncL`` plan without ``arch_kwargs`` (the released
+    files) has the preset's strides. nnssl's SparK3D trainers save a convolution's ``conv`` and
+    ``all_modules.0`` (one module here) as two, training only the latter: for their files the ``all_modules``
+    twin is taken and the report says so. A file with ``network_weights`` and no plan (an nnU-Net v2
     ``checkpoint_final.pth``) is read the same way, its topology from the tensors (layout ``nnunet``).
 ``amaes`` (AMAES ResEnc-B: asparagus on gardening_tools, a PyTorch Lightning checkpoint)
     ``{"state_dict": {"model.encoder.*", "model.decoder.*"}, "hyper_parameters", "epoch", ...}``
@@ -122,6 +125,30 @@ def _nnssl_plan(plan: Mapping[str, Any], path: Path) -> dict[str, Any]:
     }
 
 
+# one module under two names in dynamic-network-architectures' ConvDropoutNormReLU (``all_modules`` is
+# [conv, norm, nonlin] without dropout); nnssl's SparK3D conversion (src/nnssl/architectures/spark_utils.py,
+# convert_to_spark_cnn) rebuilds each name as its own module, and only the ``all_modules`` copy is trained
+_ALIASES = ((".conv.", ".all_modules.0."), (".norm.", ".all_modules.1."))
+
+
+def _resolve_aliases(weights: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``weights`` with every ``conv`` / ``norm`` tensor that differs from its ``all_modules`` twin replaced by
+    the twin (the trained copy of a SparK3D file; nnU-Net's loader ends with it too), and the keys replaced.
+    Applied to files of nnssl's Spark trainers only (``trainer_name``): elsewhere twins that differ mean a
+    damaged file, which the transfer refuses."""
+    replaced = []
+    for key in sorted(weights):
+        for own, twin in _ALIASES:
+            if own in key:
+                other = key.replace(own, twin, 1)
+                value, trained = weights[key], weights.get(other)
+                if (isinstance(trained, torch.Tensor) and trained.shape == value.shape
+                        and not torch.equal(trained, value)):
+                    weights[key] = trained
+                    replaced.append(key)
+    return weights, replaced
+
+
 def _amaes_plan(blob: Mapping[str, Any]) -> dict[str, Any]:
     """What an AMAES Lightning checkpoint states of its pretraining (its hyper-parameters, when kept)."""
     hp = blob.get("hyper_parameters") if isinstance(blob.get("hyper_parameters"), Mapping) else {}
@@ -179,6 +206,9 @@ def read_foreign(path: str | os.PathLike, blob: Mapping[str, Any]) -> dict[str, 
         raise ValueError(f"{path}: encoder entries that are not tensors: {', '.join(not_tensors[:5])}")
     dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in weights.values()})
     weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
+    aliased: list[str] = []
+    if "spark" in str(blob.get("trainer_name") or "").lower():  # only nnssl's SparK3D trainers train one twin
+        weights, aliased = _resolve_aliases(weights)
     topo = _topology(weights, path)
     stages = len(topo["features"])
     strides = plan.get("strides") or [1] + [2] * (stages - 1)
@@ -203,7 +233,7 @@ def read_foreign(path: str | os.PathLike, blob: Mapping[str, Any]) -> dict[str, 
             "left_out": left_out, **{k: plan.get(k) for k in ("architecture", "configuration", "spacing_mm",
                                                                "spacing_style", "normalization", "pretrain_patch",
                                                                "recommended_patch")},
-            "input_channels": topo["in_channels"]}
+            "input_channels": topo["in_channels"], "aliases_resolved": aliased}
     return {"encoder": weights, "network": spec, "source": f"{layout}:{path.name}", "step": step, "foreign": info}
 
 
@@ -222,4 +252,7 @@ def describe_foreign(info: Mapping[str, Any]) -> list[str]:
         + "; stated, not applied: asa clips to brain percentiles and z-scores inside the brain",
         f"plan input channels: {info.get('input_channels')}; a 1-channel stem is repeated over the task's "
         "channels and divided by their number",
-    ]
+    ] + ([f"{len(info['aliases_resolved'])} conv / norm tensors differed from their all_modules twin (one module of "
+          "the network; a SparK3D conversion trains only the all_modules copy): the all_modules tensors were taken "
+          f"({', '.join(info['aliases_resolved'][:2])}{' ...' if len(info['aliases_resolved']) > 2 else ''})"]
+         if info.get("aliases_resolved") else [])

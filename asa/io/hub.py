@@ -14,7 +14,8 @@ A model folder holds three files:
 
 A folder exported from a fine-tuning checkpoint also holds ``segmenter.pt`` (the whole network, its spec and
 the run config; :func:`segmenter_checkpoint`), which ``asa-predict checkpoint=<folder>`` reads; one exported
-from a resenc encoder, nnU-Net v2's ``nnunet_pretrained_weights.pth`` and ``nnunet_plans.json``.
+from a resenc encoder, nnU-Net v2's ``nnunet_pretrained_weights.pth`` and ``nnunet_plans.json``, and nnssl's
+``checkpoint_final.pth`` and ``adaptation_plan.json`` (with ``config.json``, what nnU-Net's nnssl route downloads).
 
 :func:`write_model_folder` writes them into a fresh folder beside the target and renames it (or,
 into an existing folder, each file) into place. :func:`load_model_folder` reads one back as the
@@ -42,7 +43,7 @@ from asa.io.export_safetensors import SAFETENSORS_SUFFIX, load_export_safetensor
 from asa.io.foreign import read_foreign
 
 __all__ = ["CARD_FILE", "CONFIG_FILE", "ENCODER_ARCH", "FOLDER_FILES", "FOLDER_FORMAT", "HUB_PREFIX", "MODEL_FILE",
-           "NNUNET_PLANS", "NNUNET_WEIGHTS", "OPTIONAL_FILES", "SEGMENTER_FILE", "encoder_network_spec",
+           "NNSSL_CHECKPOINT", "NNSSL_PLAN", "NNUNET_PLANS", "NNUNET_WEIGHTS", "OPTIONAL_FILES", "SEGMENTER_FILE", "encoder_network_spec",
            "is_model_folder", "load_model_folder", "load_weights", "resolve_hub_id", "segmenter_checkpoint",
            "write_model_folder"]
 
@@ -58,7 +59,10 @@ ENCODER_ARCH = "encoder"  # the network of a model folder's weights: a source ne
 SEGMENTER_FILE = "segmenter.pt"
 NNUNET_WEIGHTS = "nnunet_pretrained_weights.pth"  # a resenc encoder for nnUNetv2_train -pretrained_weights
 NNUNET_PLANS = "nnunet_plans.json"  # the plans configuration that builds the network those weights fit
-OPTIONAL_FILES = (SEGMENTER_FILE, NNUNET_WEIGHTS, NNUNET_PLANS)  # written by asa-export beside FOLDER_FILES
+# nnssl's checkpoint and adaptation plan: with config.json, the files nnU-Net's nnssl route downloads from the hub
+NNSSL_CHECKPOINT = "checkpoint_final.pth"
+NNSSL_PLAN = "adaptation_plan.json"
+OPTIONAL_FILES = (SEGMENTER_FILE, NNUNET_WEIGHTS, NNUNET_PLANS, NNSSL_CHECKPOINT, NNSSL_PLAN)  # beside FOLDER_FILES
 
 
 def segmenter_checkpoint(folder: str | os.PathLike) -> Path:

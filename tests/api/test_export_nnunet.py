@@ -99,3 +99,35 @@ def test_published_checkpoint_exports_to_nnunet(tmp_path):
         if key.startswith("encoder."):
             assert torch.equal(weights[key], value), key
     assert load_weights(tmp_path / "m")["network"]["kwargs"]["features"] == [8, 16, 32, 64]
+
+
+def _plans_file(path):
+    plans = {"dataset_name": "Dataset137_BraTS2021", "plans_name": "nnUNetResEncUNetLPlans",
+             "configurations": {"3d_fullres": {"data_identifier": "nnUNetPlans_3d_fullres", "patch_size": [128] * 3}},
+             "foreground_intensity_properties_per_channel": {"0": {"mean": 1.0}}}
+    path.write_text(json.dumps(plans))
+    return plans
+
+
+def test_nnunet_plans_option_adds_the_configuration(resenc_export, tmp_path, capsys):
+    """--nnunet-plans writes 3d_fullres_asa into the dataset's plans (every other key kept), so nnUNetv2_train
+    runs it as it is; a second export with another network there needs --overwrite; a plans file without
+    3d_fullres (not planned yet) is refused with nothing written."""
+    root, out, _ = resenc_export
+    plans_path = tmp_path / "nnUNetResEncUNetLPlans.json"
+    before = _plans_file(plans_path)
+    assert export_main([str(root / "last.pt"), str(tmp_path / "m"), "--nnunet-plans", str(plans_path)]) == 0
+    plans = json.loads(plans_path.read_text())
+    snippet = json.loads((out / NNUNET_PLANS).read_text())["configurations"]
+    assert plans == {**before, "configurations": {**before["configurations"], **snippet}}
+    assert f"added configuration {NNUNET_CONFIGURATION}" in capsys.readouterr().err
+
+    changed = {**plans, "configurations": {**plans["configurations"], NNUNET_CONFIGURATION: {"inherits_from": "x"}}}
+    plans_path.write_text(json.dumps(changed))
+    assert export_main([str(root / "last.pt"), str(tmp_path / "m2"), "--nnunet-plans", str(plans_path)]) == 2
+    assert "already holds another 3d_fullres_asa" in capsys.readouterr().err and not (tmp_path / "m2").exists()
+
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"configurations": {"2d": {}}}))
+    assert export_main([str(root / "last.pt"), str(tmp_path / "m3"), "--nnunet-plans", str(bare)]) == 2
+    assert "has no configuration '3d_fullres'" in capsys.readouterr().err and not (tmp_path / "m3").exists()

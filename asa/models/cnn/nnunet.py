@@ -25,7 +25,8 @@ from torch import nn
 
 from asa.models.cnn.transfer import match_resenc_encoder
 
-__all__ = ["NNUNET_CLASS", "NNUNET_CONFIGURATION", "nnunet_architecture", "nnunet_checkpoint", "nnunet_plans_snippet"]
+__all__ = ["NNUNET_CLASS", "NNUNET_CONFIGURATION", "nnunet_architecture", "nnunet_checkpoint", "nnunet_network",
+           "nnunet_plans_snippet"]
 
 NNUNET_CLASS = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
 NNUNET_CONFIGURATION = "3d_fullres_asa"
@@ -79,12 +80,12 @@ def nnunet_plans_snippet(spec: Mapping[str, Any], source: str = "the export") ->
     return {"configurations": {NNUNET_CONFIGURATION: config}}
 
 
-def nnunet_checkpoint(export: Mapping[str, Any], *, in_channels: int | None = None, source: str = "the export",
-                      seed: int = 0) -> dict[str, Any]:
-    """``{"network_weights": state dict}`` of nnU-Net's ``ResidualEncoderUNet`` built from
-    :func:`nnunet_architecture` of the encoder export ``export`` (``encoder``, ``network``): every encoder tensor
-    from the export (the stem adapted to ``in_channels`` image channels; None: the export's own), the decoder as
-    nnU-Net initialises it (seeded with ``seed``), the segmentation heads left out (nnU-Net skips them)."""
+def nnunet_network(export: Mapping[str, Any], *, in_channels: int | None = None, source: str = "the export",
+                   seed: int = 0) -> ResidualEncoderUNet:
+    """dynamic-network-architectures' ``ResidualEncoderUNet`` of :func:`nnunet_architecture` of the encoder export
+    ``export`` (``encoder``, ``network``), 2 output classes, deep supervision: every stem and encoder tensor from
+    the export (the stem adapted to ``in_channels`` image channels; None: the export's own), the rest as nnU-Net
+    initialises it (He init, seeded with ``seed``)."""
     block = nnunet_architecture(export["network"], source)
     own_channels = int(export["network"]["kwargs"]["in_channels"])
     channels = own_channels if in_channels is None else int(in_channels)
@@ -99,6 +100,18 @@ def nnunet_checkpoint(export: Mapping[str, Any], *, in_channels: int | None = No
     update, _ = match_resenc_encoder(net.encoder.state_dict(prefix="encoder."), dict(export), source,
                                      image_channels=channels)
     net.encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in update.items()}, strict=True)
+    return net
+
+
+def nnunet_checkpoint(export: Mapping[str, Any], *, in_channels: int | None = None, source: str = "the export",
+                      seed: int = 0) -> dict[str, Any]:
+    """``{"network_weights": state dict}`` of nnU-Net's ``ResidualEncoderUNet`` built from
+    :func:`nnunet_architecture` of the encoder export ``export`` (``encoder``, ``network``): every encoder tensor
+    from the export (the stem adapted to ``in_channels`` image channels; None: the export's own), the decoder as
+    nnU-Net initialises it (seeded with ``seed``), the segmentation heads left out (nnU-Net skips them)."""
+    block = nnunet_architecture(export["network"], source)
+    net = nnunet_network(export, in_channels=in_channels, source=source, seed=seed)
+    channels = net.encoder.stem.convs[0].conv.in_channels
     weights = {k: v for k, v in net.state_dict().items() if ".seg_layers." not in k}
     return {"network_weights": weights,
             "asa": {"source": str(export.get("source") or source), "architecture": block, "in_channels": channels,

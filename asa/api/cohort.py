@@ -1,0 +1,95 @@
+"""Was an evaluation case in the pretraining cohort? The check behind ``asa-cohort PRETRAIN_RUN FINETUNE_RUN``.
+
+A run folder records its data (``config.yaml``: ``data.root``, ``data.layout``, the demo settings) and its split
+(``splits.json``). :func:`pretraining_cohort` turns a pretraining run's into its cohort (`asa.data.cohort`:
+each case's part, subject and image content digests) and keeps it as ``cohort.json`` in that folder, so the
+images are read once; :func:`check_cohort` compares a fine-tuning run's validation and test cases with it, by
+case id, by subject and by image content (a renamed copy counts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+
+from asa.api.dataset import dataset_root
+from asa.data import discover
+from asa.data.case import Case
+from asa.data.cohort import COHORT_FORMAT, DIGEST, cohort_overlap, cohort_record, describe_overlap
+from asa.io import atomic_write_json
+
+__all__ = ["COHORT_FILE", "check_cohort", "pretraining_cohort", "run_cases", "run_folder"]
+
+COHORT_FILE = "cohort.json"
+
+
+def run_folder(path: str | os.PathLike) -> Path:
+    """The run folder of ``path``: the folder itself, or the run of a checkpoint in its ``checkpoints/``."""
+    path = Path(path).expanduser()
+    if path.is_file() and path.parent.name == "checkpoints":
+        path = path.parent.parent
+    if not (path / "config.yaml").is_file() or not (path / "splits.json").is_file():
+        raise FileNotFoundError(f"{path}: not a run folder (asa-pretrain / asa-finetune write config.yaml and "
+                                "splits.json there)")
+    return path
+
+
+def run_cases(run: str | os.PathLike) -> tuple[list[Case], dict[str, list[str]], dict[str, Any]]:
+    """(cases, splits, data settings) of a run folder: the cases found in its recorded ``data`` (root and
+    layout, or the demo phantoms it generated), its ``splits.json`` and the ``data`` section of ``config.yaml``."""
+    run = run_folder(run)
+    config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    data = config.get("data")
+    if not isinstance(data, dict):
+        raise ValueError(f"{run / 'config.yaml'}: no data section")
+    root, layout = dataset_root(OmegaConf.create(data))
+    cases = discover(layout, root, on_bad_case="skip", validate="none")
+    splits = json.loads((run / "splits.json").read_text())
+    missing = sorted({i for part in ("train", "val", "test") for i in splits.get(part, [])} - {c.id for c in cases})
+    if missing:
+        raise FileNotFoundError(f"{run}: {len(missing)} case(s) of its splits.json are not in data.root={root} "
+                                f"any more ({', '.join(missing[:5])})")
+    return cases, {k: v for k, v in splits.items() if isinstance(v, list)}, {"root": str(root), "layout": layout,
+                                                                            "name": data.get("name")}
+
+
+def pretraining_cohort(run: str | os.PathLike, *, workers: int = 4, refresh: bool = False) -> dict[str, Any]:
+    """The cohort of the pretraining run ``run`` (a run folder or a checkpoint in it): its ``cohort.json`` when
+    it matches the run's split (and not ``refresh``), else made from the run's data and written there."""
+    run = run_folder(run)
+    path = run / COHORT_FILE
+    splits = json.loads((run / "splits.json").read_text())
+    wanted = {i for part in ("train", "val", "test") for i in splits.get(part, [])}
+    if path.is_file() and not refresh:
+        kept = json.loads(path.read_text())
+        if kept.get("format") == COHORT_FORMAT and kept.get("digest") == DIGEST and set(kept.get("cases", {})) == wanted:
+            return kept
+    cases, parts, data = run_cases(run)
+    cohort = cohort_record(cases, parts, workers=workers, source={"run": str(run.resolve()), "data": data})
+    atomic_write_json(path, cohort)
+    return cohort
+
+
+def check_cohort(pretrain_run: str | os.PathLike, finetune_run: str | os.PathLike, *,
+                 subsets: Sequence[str] = ("val", "test"), workers: int = 4) -> dict[str, Any]:
+    """Which of ``subsets`` of the fine-tuning run's split were in the pretraining run's cohort (its train and val
+    parts): ``{"pretraining": run, "finetuning": run, "cohort_size", "subsets": {name: overlap}, "lines"}``, the
+    overlap as `asa.data.cohort.cohort_overlap` gives it, ``lines`` the report."""
+    cohort = pretraining_cohort(pretrain_run, workers=workers)
+    cases, splits, _ = run_cases(finetune_run)
+    by_id = {c.id: c for c in cases}
+    unknown = [s for s in subsets if s not in splits]
+    if unknown:
+        raise ValueError(f"{run_folder(finetune_run) / 'splits.json'} has no subset {', '.join(unknown)} "
+                         f"(subsets: {', '.join(sorted(splits))})")
+    overlap = cohort_overlap(cohort, {s: [by_id[i] for i in splits[s]] for s in subsets}, workers=workers)
+    seen = sum(1 for v in cohort["cases"].values() if v.get("part") in cohort.get("seen_parts", ()))
+    lines = describe_overlap(overlap, cohort_size=seen)
+    return {"pretraining": str(run_folder(pretrain_run)), "finetuning": str(run_folder(finetune_run)),
+            "cohort_size": seen, "subsets": overlap, "lines": lines}

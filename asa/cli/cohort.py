@@ -1,0 +1,66 @@
+"""``asa-cohort PRETRAIN_RUN FINETUNE_RUN``: were validation or test cases in the pretraining cohort
+(:func:`asa.api.cohort.check_cohort`)?"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from asa.api.cohort import COHORT_FILE, check_cohort
+from asa.api.run import describe_error
+from asa.cli.common import EXIT_FAILED, EXIT_FINISHED, EXIT_REFUSED
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asa-cohort",
+        description="Say how many validation and test cases of a fine-tuning run were in the cohort of the "
+                    "pretraining run its encoder comes from (that run's train and val parts), by case id, by "
+                    "subject and by image content (the sha256 of the RAS+ voxels: renamed copies count). The "
+                    f"cohort's digests are kept as {COHORT_FILE} in the pretraining run folder.",
+        epilog="exit codes: 0 no test case in the cohort; 2 a test case was in it (unless --accept-overlap) or a "
+               "refused input; 1 an error.\n"
+               "example: asa-cohort runs/pretrain runs/brats --json runs/brats/cohort_overlap.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("pretrain_run", help="the pretraining run folder (or a checkpoint in its checkpoints/)")
+    parser.add_argument("finetune_run", help="the fine-tuning run folder whose splits.json is checked")
+    parser.add_argument("--subsets", nargs="+", default=["val", "test"], metavar="SUBSET",
+                        help="the parts of the fine-tuning split to check (default: val test)")
+    parser.add_argument("--accept-overlap", action="store_true",
+                        help="report test cases found in the cohort without refusing (exit 0)")
+    parser.add_argument("--json", metavar="FILE", default=None, help="also write the whole report as JSON")
+    parser.add_argument("--workers", type=int, default=4, help="processes reading the images (default 4)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = check_cohort(args.pretrain_run, args.finetune_run, subsets=args.subsets, workers=args.workers)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"[asa-cohort] refused: {describe_error(err)}", file=sys.stderr, flush=True)
+        return EXIT_REFUSED
+    except Exception as err:
+        print(f"[asa-cohort] error: {describe_error(err)}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    for line in report["lines"]:
+        print(f"[asa-cohort] {line}", flush=True)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2)
+    test = report["subsets"].get("test", {}).get("overlapping", [])
+    if test and not args.accept_overlap:
+        print(f"[asa-cohort] refused: {len(test)} test case(s) were in the pretraining cohort, so test metrics of "
+              "this encoder are not held out; re-split the fine-tuning data without them, or pass "
+              "--accept-overlap to report them anyway", file=sys.stderr, flush=True)
+        return EXIT_REFUSED
+    return EXIT_FINISHED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

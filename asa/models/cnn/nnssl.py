@@ -1,0 +1,103 @@
+"""A resenc encoder in nnssl's checkpoint format, as nnssl's tools and nnU-Net's nnssl route read it.
+
+nnssl (MIC-DKFZ/nnssl) saves ``checkpoint_final.pth`` as ``{"network_weights": state dict,
+"nnssl_adaptation_plan": plan, "trainer_name", ...}`` (``AbstractBaseTrainer.save_checkpoint`` in
+``src/nnssl/training/nnsslTrainer/AbstractTrainer.py``); the plan is ``AdaptationPlan.serialize()``
+(``src/nnssl/adaptation_planning/adaptation_plan.py``): ``architecture_plans`` (``arch_class_name``,
+``arch_kwargs``: the fields of ``DynamicArchitecturePlans``, op classes as dotted names,
+``arch_kwargs_requiring_import``: the string-valued ones), ``pretrain_plan`` (the fields of ``Plan`` and one
+``ConfigurationPlan`` per configuration, ``src/nnssl/experiment_planning/experiment_planners/plan.py``;
+``Plan.from_dict`` takes exactly those keys), ``pretrain_num_input_channels``,
+``recommended_downstream_patchsize``, ``key_to_encoder``, ``key_to_stem``, ``keys_to_in_proj``, ``key_to_lpe``.
+Its released folders (``src/nnssl/utilities/add_adaptation_plan.py``) hold ``checkpoint_final.pth`` and
+``adaptation_plan.json`` (the plan plus ``trainer_name``).
+
+nnU-Net's route (MIC-DKFZ/nnUNet ``nnunetv2/experiment_planning/like_nnssl.py``,
+``nnunetv2/training/nnUNetTrainer/pretraining/pretrainedTrainer.py``, ``dynamicPretrainedTrainer.py``) loads
+the file with ``torch.load(weights_only=True)``, reads the plan's fields above unconditionally (and pops
+``arch_kwargs_requiring_import``), takes ``network_weights`` under ``key_to_encoder`` / ``key_to_stem`` into the
+network's encoder and stem with ``load_state_dict`` (strict), repeats the first of ``keys_to_in_proj`` over the
+task's channels, and reads two fields nnssl never writes: ``pretrain_patch_size`` and ``architecture_kwargs``
+(``n_stages``, ``kernel_sizes``; without it the dynamic route guesses the stages and assumes 3³ kernels). From
+the hub it downloads ``adaptation_plan.json``, ``checkpoint_final.pth`` and ``config.json``.
+
+The transfer keys are the network's own declarations (dynamic-network-architectures sets ``key_to_encoder``,
+``key_to_stem`` and ``keys_to_in_proj`` on ``ResidualEncoderUNet``), read off the built network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from asa.io.hub import NNSSL_CHECKPOINT, NNSSL_PLAN
+from asa.models.cnn.nnunet import nnunet_architecture, nnunet_network
+
+__all__ = ["NNSSL_CHECKPOINT", "NNSSL_PLAN", "nnssl_adaptation_plan", "nnssl_checkpoint"]
+
+ARCH_CLASS = "ResidualEncoderUNet"  # nnssl's name of the dynamic residual-encoder U-Net (DYN_ARCHITECTURE_PRESETS)
+# the op classes as nnssl's DynamicArchitecturePlans.serialize writes them (module + class name)
+_OPS = {"conv_op": "torch.nn.modules.conv.Conv3d", "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+        "nonlin": "torch.nn.modules.activation.LeakyReLU"}
+
+
+def _configuration(crop: Sequence[int], spacing_mm: Sequence[float] | None, channels: int) -> tuple[str, dict]:
+    """The pretraining plan's one configuration (nnssl's ``ConfigurationPlan`` fields, no others)."""
+    iso = spacing_mm is not None and len(set(map(float, spacing_mm))) == 1
+    style = "noresample" if spacing_mm is None else "onemmiso" if iso and float(spacing_mm[0]) == 1.0 else "fixed"
+    resample = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
+    return style, {
+        "data_identifier": f"asa_{style}", "preprocessor_name": "DefaultPreprocessor", "spacing_style": style,
+        # asa z-scores inside the brain and sets 0 outside: nnU-Net's ZScoreNormalization with the mask
+        "normalization_schemes": ["ZScoreNormalization"] * channels, "use_mask_for_norm": [True] * channels,
+        "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": resample,
+        "resampling_fn_mask": "resample_data_or_seg_to_shape", "resampling_fn_mask_kwargs": {**resample, "order": 1},
+        "spacing": [float(s) for s in spacing_mm] if spacing_mm is not None else None,
+        "patch_size": [int(c) for c in crop],
+    }
+
+
+def nnssl_adaptation_plan(spec: Mapping[str, Any], net: torch.nn.Module, *, spacing_mm: Sequence[float] | None,
+                          dataset: str = "asa", source: str = "the export") -> dict[str, Any]:
+    """The ``nnssl_adaptation_plan`` of the resenc network ``spec`` built as ``net`` (nnU-Net's
+    ``ResidualEncoderUNet``, whose declared transfer keys it records), pretrained at ``spacing_mm`` (None: the
+    images' own grid) on the data named ``dataset``; plus nnU-Net's ``pretrain_patch_size`` and
+    ``architecture_kwargs``."""
+    arch_kwargs = dict(nnunet_architecture(spec, source)["arch_kwargs"]) | _OPS
+    kwargs = spec.get("kwargs") or {}
+    crop = [int(c) for c in kwargs["img_size"]]
+    channels = int(kwargs["in_channels"])
+    name, config = _configuration(crop, spacing_mm, channels)
+    return {
+        "architecture_plans": {"arch_class_name": ARCH_CLASS, "arch_kwargs": arch_kwargs,
+                               "arch_kwargs_requiring_import": [k for k, v in arch_kwargs.items() if isinstance(v, str)]},
+        "pretrain_plan": {
+            "dataset_name": str(dataset), "plans_name": "asaPlans",
+            "original_median_spacing_after_transp": config["spacing"],
+            "image_reader_writer": "NibabelReaderWriter", "transpose_forward": [0, 1, 2],
+            "transpose_backward": [0, 1, 2], "configurations": {name: config},
+            "experiment_planner_used": "asa-pretrain"},
+        "pretrain_num_input_channels": channels,
+        "recommended_downstream_patchsize": crop,
+        "key_to_encoder": net.key_to_encoder, "key_to_stem": net.key_to_stem,
+        "keys_to_in_proj": list(net.keys_to_in_proj), "key_to_lpe": getattr(net, "key_to_lpe", None),
+        # read by nnU-Net's PretrainedTrainer / DynamicPretrainedTrainer, never written by nnssl
+        "pretrain_patch_size": crop,
+        "architecture_kwargs": dict(arch_kwargs),
+    }
+
+
+def nnssl_checkpoint(export: Mapping[str, Any], *, spacing_mm: Sequence[float] | None = None, dataset: str = "asa",
+                     trainer: str = "asa-pretrain", source: str = "the export", seed: int = 0) -> dict[str, Any]:
+    """``checkpoint_final.pth`` of nnssl for the resenc encoder export ``export``: ``network_weights`` (the whole
+    ``ResidualEncoderUNet`` at the encoder's own channels: stem and encoder from the export, the decoder and heads
+    as nnU-Net initialises them, seeded, since nnU-Net takes only the stem and encoder), the adaptation plan
+    (:func:`nnssl_adaptation_plan`), ``trainer_name`` and ``current_epoch`` (the export's step). Tensors, strings,
+    numbers, None and plain containers only, so ``torch.load(weights_only=True)`` reads it."""
+    net = nnunet_network(export, source=source, seed=seed)
+    weights = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
+    plan = nnssl_adaptation_plan(export["network"], net, spacing_mm=spacing_mm, dataset=dataset, source=source)
+    return {"network_weights": weights, "nnssl_adaptation_plan": plan, "trainer_name": str(trainer),
+            "current_epoch": int(export.get("step") or 0), "init_args": {"source": str(export.get("source") or source)}}

@@ -1,0 +1,162 @@
+"""asa-export of a resenc encoder in nnssl's checkpoint format: the folder nnU-Net's nnssl route downloads
+(``adaptation_plan.json``, ``checkpoint_final.pth``, ``config.json``), a file that ``torch.load(weights_only=True)``
+reads, a plan with exactly the fields nnssl's dataclasses take, loaded by the rules of nnU-Net's
+``PretrainedTrainer.load_pretrained_weights`` (restated here, nnU-Net 2.8.1 lacks that route), and read back by
+asa's own nnssl reader with every encoder tensor equal."""
+from __future__ import annotations
+
+import json
+import pydoc
+
+import pytest
+import torch
+
+from asa.api.export import export_model
+from asa.io import load_weights, save_checkpoint
+from asa.io.hub import CONFIG_FILE, NNSSL_CHECKPOINT, NNSSL_PLAN
+from asa.models import network_spec
+from asa.models.cnn.resenc import resenc_unet
+
+# field names of nnssl's dataclasses (MIC-DKFZ/nnssl, commit 7044864): AdaptationPlan and DynamicArchitecturePlans in
+# src/nnssl/adaptation_planning/adaptation_plan.py, Plan and ConfigurationPlan in
+# src/nnssl/experiment_planning/experiment_planners/plan.py (Plan.from_dict / ConfigurationPlan(**v) take no others)
+ADAPTATION_PLAN = {"architecture_plans", "pretrain_plan", "pretrain_num_input_channels",
+                   "recommended_downstream_patchsize", "key_to_encoder", "key_to_stem", "keys_to_in_proj", "key_to_lpe"}
+ARCHITECTURE_PLANS = {"arch_class_name", "arch_kwargs", "arch_kwargs_requiring_import"}
+DYNAMIC_ARCH = {"n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides", "n_blocks_per_stage",
+                "n_conv_per_stage_decoder", "conv_bias", "norm_op", "norm_op_kwargs", "dropout_op", "dropout_op_kwargs",
+                "nonlin", "nonlin_kwargs"}
+PLAN = {"dataset_name", "plans_name", "original_median_spacing_after_transp", "image_reader_writer",
+        "transpose_forward", "transpose_backward", "configurations", "experiment_planner_used"}
+CONFIGURATION_PLAN = {"data_identifier", "preprocessor_name", "spacing_style", "normalization_schemes",
+                      "use_mask_for_norm", "resampling_fn_data", "resampling_fn_data_kwargs", "resampling_fn_mask",
+                      "resampling_fn_mask_kwargs", "spacing", "patch_size"}
+# what MIC-DKFZ/nnUNet reads besides (commit 0e49508): nnunetv2/training/nnUNetTrainer/pretraining/pretrainedTrainer.py
+# (pretrain_patch_size) and dynamicPretrainedTrainer.py (architecture_kwargs: n_stages, kernel_sizes)
+NNUNET_EXTRA = {"pretrain_patch_size", "architecture_kwargs"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nnssl")
+    torch.manual_seed(5)
+    net = resenc_unet(img_size=32, in_channels=1, out_channels=1)
+    for p in net.parameters():  # distinct values everywhere (norm weights start as ones)
+        p.data.normal_()
+    save_checkpoint(root / "last.pt", {"model": net.state_dict(), "network": network_spec(net), "step": 11})
+    out = export_model(root / "last.pt", root / "model")
+    return out, net
+
+
+def test_folder_is_the_hub_layout_nnunet_downloads(exported):
+    out, _ = exported
+    for name in (NNSSL_PLAN, NNSSL_CHECKPOINT, CONFIG_FILE):  # like_nnssl.maybe_download_pretrained_weights
+        assert (out / name).is_file(), name
+    blob = torch.load(out / NNSSL_CHECKPOINT, weights_only=True)  # tensors and plain containers only
+    plan = json.loads((out / NNSSL_PLAN).read_text())
+    assert plan.pop("trainer_name") == blob["trainer_name"]  # add_adaptation_plan.py writes the plan + trainer
+    assert plan == json.loads(json.dumps(blob["nnssl_adaptation_plan"]))
+
+
+def test_plan_has_the_fields_nnssl_and_nnunet_read(exported):
+    out, net = exported
+    blob = torch.load(out / NNSSL_CHECKPOINT, weights_only=True)
+    assert {"network_weights", "nnssl_adaptation_plan", "trainer_name"} <= blob.keys()
+    plan = blob["nnssl_adaptation_plan"]
+    assert set(plan) == ADAPTATION_PLAN | NNUNET_EXTRA
+    arch = plan["architecture_plans"]
+    assert set(arch) == ARCHITECTURE_PLANS and arch["arch_class_name"] == "ResidualEncoderUNet"
+    assert set(arch["arch_kwargs"]) == DYNAMIC_ARCH
+    # DynamicArchitecturePlans.get_kwargs_requiring_import: the string-valued ones
+    assert arch["arch_kwargs_requiring_import"] == ["conv_op", "norm_op", "nonlin"]
+    assert set(plan["pretrain_plan"]) == PLAN
+    ((name, config),) = plan["pretrain_plan"]["configurations"].items()
+    assert set(config) == CONFIGURATION_PLAN and config["spacing_style"] == name
+    assert config["patch_size"] == [32] * 3 == plan["pretrain_patch_size"] == plan["recommended_downstream_patchsize"]
+    assert config["spacing"] is None and name == "noresample"  # the demo run kept the images' own grid
+    assert config["normalization_schemes"] == ["ZScoreNormalization"]
+    assert plan["pretrain_num_input_channels"] == 1
+    assert plan["architecture_kwargs"]["n_stages"] == len(net.plan.features)
+    assert plan["architecture_kwargs"]["kernel_sizes"] == [[3, 3, 3]] * len(net.plan.features)
+    # the network's own declarations (dynamic-network-architectures' ResidualEncoderUNet)
+    assert (plan["key_to_encoder"], plan["key_to_stem"], plan["key_to_lpe"]) == ("encoder.stages", "encoder.stem", None)
+    assert plan["keys_to_in_proj"] == ["encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0"]
+
+
+def _nnunet_rules_load(path, channels: int) -> torch.nn.Module:
+    """nnU-Net's nnssl route restated: the plan's architecture built as get_network_from_plans builds it (dotted
+    names located), then PretrainedTrainer.load_pretrained_weights' rules for a separate stem: the tensors under
+    key_to_encoder / key_to_stem, prefixes stripped, the first in-projection repeated over the channels and divided
+    by their number, each loaded strictly into the network's own encoder and stem."""
+    blob = torch.load(path, weights_only=True)
+    plan, weights = blob["nnssl_adaptation_plan"], blob["network_weights"]
+    arch = plan["architecture_plans"]
+    kwargs = dict(arch["arch_kwargs"])
+    for key in arch["arch_kwargs_requiring_import"]:
+        kwargs[key] = pydoc.locate(kwargs[key])
+    cls = pydoc.locate(f"dynamic_network_architectures.architectures.unet.{arch['arch_class_name']}")
+    net = cls(input_channels=channels, num_classes=3, deep_supervision=False, **kwargs)
+    enc_key, stem_key = plan["key_to_encoder"], plan["key_to_stem"]
+    assert stem_key not in weights  # a separate stem: the route's second branch
+    encoder = {k[len(enc_key):].lstrip("."): v for k, v in weights.items() if k.startswith(enc_key)}
+    stem = {k: v for k, v in weights.items() if k.startswith(stem_key)}
+    if channels > plan["pretrain_num_input_channels"]:
+        proj = stem[plan["keys_to_in_proj"][0] + ".weight"].repeat(1, channels, 1, 1, 1) / channels
+        for key in plan["keys_to_in_proj"]:
+            stem[key + ".weight"] = proj
+    stem = {k[len(stem_key):].lstrip("."): v for k, v in stem.items()}
+    net.get_submodule(net.key_to_encoder).load_state_dict(encoder)  # strict
+    net.get_submodule(net.key_to_stem).load_state_dict(stem)
+    return net
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_nnunet_rules_load_every_encoder_tensor(exported, channels):
+    out, net = exported
+    loaded = _nnunet_rules_load(out / NNSSL_CHECKPOINT, channels).state_dict()
+    ours = {k: v for k, v in net.state_dict().items() if k.startswith("encoder.")}
+    differ = [k for k, v in ours.items()
+              if not torch.equal(loaded[k], v.repeat(1, channels, 1, 1, 1) / channels if ".stem.convs.0." in k
+                                 and k.endswith(".weight") and v.dim() == 5 else v)]
+    assert differ == [] and len(ours) > 50
+
+
+def test_asa_reads_its_nnssl_export_back_strictly(exported, capsys):
+    out, net = exported
+    back = load_weights(out / NNSSL_CHECKPOINT)
+    assert back["foreign"]["layout"] == "nnssl"
+    ours = {k: v for k, v in net.state_dict().items() if k.startswith("encoder.")}
+    assert set(back["encoder"]) == set(ours)
+    assert [k for k, v in ours.items() if not torch.equal(back["encoder"][k], v)] == []  # 0 tensors differ
+    kwargs = back["network"]["kwargs"]
+    assert (kwargs["features"], kwargs["strides"], kwargs["blocks"], kwargs["decoder_convs"]) == (
+        net.plan.features, net.plan.strides, net.plan.blocks, net.plan.decoder_convs)
+    assert kwargs["img_size"] == [32] * 3
+    import asa
+
+    encoder = asa.load_encoder(out / NNSSL_CHECKPOINT)  # the strict load: every tensor matched
+    assert "missing (0): -" in capsys.readouterr().out
+    assert all(torch.equal(v, ours["encoder." + k]) for k, v in encoder.state_dict().items())
+
+
+def test_masked_pretraining_checkpoint_exports_and_reads_back(tmp_path):
+    """asa-pretrain model=resenc's own network (resenc_pretrain, masked convolutions): its encoder in nnssl's
+    format, the run's method and 1 mm resampling in the plan, read back with 0 encoder tensors differing."""
+    from asa.models import build_network
+
+    torch.manual_seed(2)
+    net = build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": 32, "size": "tiny"}})
+    for p in net.parameters():
+        p.data.normal_()
+    save_checkpoint(tmp_path / "last.pt", {"model": net.state_dict(), "network": network_spec(net), "step": 4,
+                                           "config": {"method": {"name": "mae"},
+                                                      "data": {"name": "oasis", "root": "/data", "resample_mm": 1.0}}})
+    out = export_model(tmp_path / "last.pt", tmp_path / "m")
+    blob = torch.load(out / NNSSL_CHECKPOINT, weights_only=True)
+    plan = blob["nnssl_adaptation_plan"]
+    assert blob["trainer_name"] == "asa:mae" and blob["current_epoch"] == 4
+    assert plan["pretrain_plan"]["dataset_name"] == "oasis"
+    assert plan["pretrain_plan"]["configurations"]["onemmiso"]["spacing"] == [1.0, 1.0, 1.0]
+    back = load_weights(out / NNSSL_CHECKPOINT)["encoder"]
+    ours = {k: v for k, v in net.state_dict().items() if k.startswith("encoder.")}
+    assert set(back) == set(ours) and [k for k, v in ours.items() if not torch.equal(back[k], v)] == []
