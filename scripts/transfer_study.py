@@ -264,7 +264,7 @@ def parse_arms(args: argparse.Namespace) -> dict[str, list[str]]:
         for fraction in args.budget_fractions:
             if not 0.0 < fraction < 1.0:
                 raise SystemExit(f"--budget-fractions {fraction}: a fraction of the budget in (0, 1)")
-            arms[f"{arm}~{fraction:g}"] = list(arms[arm])
+            arms[f"{arm}{BUDGET_MARK}{fraction:g}"] = list(arms[arm])
     if not args.recipes:
         return arms
     return {f"{arm}@{recipe}": [*overrides, f"optim={recipe}"] for recipe in args.recipes for arm, overrides in arms.items()}
@@ -276,8 +276,8 @@ def references(arms: Sequence[str], reference: str) -> dict[str, str]:
     out = {}
     for arm in arms:
         base, _, recipe = arm.partition("@")
-        fraction = base.partition("~")[2]  # a budget arm compares with the reference at the same budget
-        ref = f"{reference}~{fraction}" if fraction and "~" not in reference else reference
+        fraction = base.partition(BUDGET_MARK)[2]  # a budget arm compares with the reference at the same budget
+        ref = f"{reference}{BUDGET_MARK}{fraction}" if fraction and BUDGET_MARK not in reference else reference
         ref = f"{ref}@{recipe}" if recipe and "@" not in reference else ref
         if ref not in arms:
             raise SystemExit(f"--reference {reference}: no arm {ref!r} among {list(arms)}")
@@ -359,9 +359,12 @@ class Run:
         return self.run_dir / "scores.json"
 
 
+BUDGET_MARK = "_x"  # <arm>_x<fraction>: the arm at a fraction of the budget (a name Hydra takes in output_dir=)
+
+
 def budget_fraction(arm: str) -> float:
-    """The budget fraction of an arm named ``<arm>~<fraction>`` (`parse_arms`), else 1."""
-    fraction = arm.partition("@")[0].partition("~")[2]
+    """The budget fraction of an arm named ``<arm>_x<fraction>`` (`parse_arms`), else 1."""
+    fraction = arm.partition("@")[0].partition(BUDGET_MARK)[2]
     return float(fraction) if fraction else 1.0
 
 
@@ -596,7 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=40, help="optimiser steps per run (rounded to whole epochs)")
     p.add_argument("--budget-arms", nargs="+", default=[], metavar="ARM",
-                   help="arms also trained at each --budget-fractions of the epochs, named ARM~FRACTION and compared "
+                   help="arms also trained at each --budget-fractions of the epochs, named ARM_xFRACTION and compared "
                         "with the reference at the same fraction (include the reference)")
     p.add_argument("--budget-fractions", type=float, nargs="+", default=[0.125, 0.25, 0.5], metavar="F",
                    help="fractions of the budget for --budget-arms (default 0.125 0.25 0.5)")

@@ -149,11 +149,11 @@ def test_budget_arms_train_a_fraction_of_the_epochs_against_the_reference_at_tha
     args = SimpleNamespace(pretrained=None, preset=[], arm=["mae=model.pretrained=/x/encoder.pt"], recipes=None,
                            budget_arms=["scratch", "mae"], budget_fractions=[0.25, 0.5])
     arms = study.parse_arms(args)
-    assert list(arms) == ["scratch", "mae", "scratch~0.25", "scratch~0.5", "mae~0.25", "mae~0.5"]
-    assert arms["mae~0.25"] == arms["mae"] == ["model.pretrained=/x/encoder.pt"]
+    assert list(arms) == ["scratch", "mae", "scratch_x0.25", "scratch_x0.5", "mae_x0.25", "mae_x0.5"]
+    assert arms["mae_x0.25"] == arms["mae"] == ["model.pretrained=/x/encoder.pt"]
     assert [study.budget_fraction(a) for a in arms] == [1.0, 1.0, 0.25, 0.5, 0.25, 0.5]
     refs = study.references(list(arms), "scratch")
-    assert refs["mae~0.25"] == "scratch~0.25" and refs["mae"] == "scratch" and refs["scratch~0.5"] == "scratch~0.5"
+    assert refs["mae_x0.25"] == "scratch_x0.25" and refs["mae"] == "scratch" and refs["scratch_x0.5"] == "scratch_x0.5"
     with pytest.raises(SystemExit, match="--budget-arms other: no such arm"):
         study.parse_arms(SimpleNamespace(**{**vars(args), "budget_arms": ["other"]}))
     with pytest.raises(SystemExit, match="--budget-fractions 1.5"):
