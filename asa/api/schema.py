@@ -225,7 +225,8 @@ class ResEncPretrainModel:
     topology planned from the crop; the masking and loss are the method's (``method=mae|asa``)."""
 
     arch: str = "resenc"
-    size: str = one_of("tiny", tuple(RESENC_SIZES))  # tiny (CPU tests) | M | L (nnU-Net's ResEnc presets)
+    # tiny (unit tests) | S (the CPU size that learns) | M | L (nnU-Net's ResEnc presets); model=resenc: M
+    size: str = one_of("tiny", tuple(RESENC_SIZES))
     lr_axis: int = 0  # the left-right axis (RAS+: 0), for mirror_visible and coord_channel
 
 
