@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """How much of the fine-tuning gradient reaches the transformer encoder: ``ASASegmenter`` against
-MONAI's UNETR of the same crop and width, on one batch, under the Dice + CE loss.
+MONAI's UNETR of the same crop and width, on one batch, under the Dice + CE loss (Dice over
+every class, background included, as when its numbers were taken).
 
 For each network it prints, per module group (patch embedding, each encoder block, the final
 norm, each decoder part), the gradient norm ``‖g‖``, the per-weight RMS gradient ``‖g‖/√n`` and the
@@ -76,7 +77,7 @@ def group_of(name: str, prefix: str) -> str:
 def gradients(net: nn.Module, prefix: str, x: torch.Tensor, y: torch.Tensor) -> OrderedDict[str, tuple[float, int]]:
     """Per group: (sum of squared gradients, number of weights) of the loss on (x, y)."""
     net.zero_grad()
-    SegmentationLoss(multilabel=False)(net(x), y).backward()
+    SegmentationLoss(multilabel=False, dice_background=True)(net(x), y).backward()
     groups: OrderedDict[str, tuple[float, int]] = OrderedDict()
     for name, p in net.named_parameters():
         if p.grad is None:
@@ -105,7 +106,7 @@ def relative_update(net: nn.Module, prefix: str, x: torch.Tensor, y: torch.Tenso
     """‖Δw‖/‖w‖ of encoder and decoder after ``steps`` SGD steps (Nesterov, one lr, weight decay 3e-5)."""
     start = {k: p.detach().clone() for k, p in net.named_parameters()}
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, nesterov=True, weight_decay=3e-5)
-    loss_fn = SegmentationLoss(multilabel=False)
+    loss_fn = SegmentationLoss(multilabel=False, dice_background=True)
     for _ in range(steps):
         opt.zero_grad()
         loss_fn(net(x), y).backward()

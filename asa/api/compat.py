@@ -42,6 +42,9 @@ TASK_KEYS = {
 }
 MOVED_KEYS |= {old: f"{new} (with task={task})" for task, moved in TASK_KEYS.items() for old, new in moved.items()}
 MOVED_KEYS |= {"loss.*": "task.*", "head.*": "task.head.*"}
+# the segmentation task's settings added with nnU-Net's sampling and Dice, at what a run saved before them trained
+# with: crops on any labelled voxel (2/3 of them), Dice over the background too
+SEGMENTATION_BEFORE = {"sampling": "foreground", "foreground_fraction": None, "dice_background": True}
 # the SW-ViT U-Net's decoder options, now its network settings (asa.models.SWViTUNetSettings): moved keys whose
 # values a saved run config carries to the new place (`current_config`), for the network that read them
 CARRIED_KEYS = {"segmenter.feature_size": "model.feature_size", "segmenter.input_skip": "model.input_skip",
@@ -69,7 +72,9 @@ def current_config(saved: Any) -> dict[str, Any]:
     null symmetry settings earlier versions stated for every network (a network without them was never
     handed them). A fine-tuning config of an earlier version also gets its task's settings from where they were
     (`TASK_KEYS`: ``data.samples_per_case``, ``loss.*``, ``head.*``) as its ``task`` section, and the record of
-    what its checkpoint predicts, which it held as ``task``, as ``outputs``. A copy; the rest as it is."""
+    what its checkpoint predicts, which it held as ``task``, as ``outputs``; a segmentation ``task`` section
+    without the sampler and Dice settings gets those the run trained with (`SEGMENTATION_BEFORE`). A copy; the
+    rest as it is."""
     cfg = copy.deepcopy(dict(saved))
     _carry_task_settings(cfg)
     for key in RENAMED_VALUES:  # dotted keys of a section: "model.arch"
@@ -90,6 +95,9 @@ def current_config(saved: Any) -> dict[str, Any]:
             kept = {k: v for k, v in model.items() if k in defaults or v is not None}
             model = {**defaults, **kept}
         cfg["model"] = model
+    task = cfg.get("task")
+    if isinstance(task, Mapping) and task.get("name") == "segmentation":
+        cfg["task"] = {**SEGMENTATION_BEFORE, **task}
     return cfg
 
 

@@ -144,8 +144,9 @@ class OptimConfig:
 class FinetuneOptimConfig(OptimConfig):
     """The fine-tuning optimiser, with encoder-aware learning rates: ``encoder_lr_scale`` for an encoder
     initialised from ``model.pretrained``, ``scratch_encoder_lr_scale`` for one trained from scratch
-    (null: ``encoder_lr_scale`` too)."""
+    (null: ``encoder_lr_scale`` too); ``scratch_base_lr`` the peak lr of a run from scratch (null: ``base_lr``)."""
 
+    scratch_base_lr: Optional[float] = None  # the base lr without model.pretrained (optim=nnunet: 1e-2; null: base_lr)
     encoder_lr_scale: float = 1.0  # lr multiplier of the pretrained encoder (patch embedding + encoder blocks)
     scratch_encoder_lr_scale: Optional[float] = None
     layer_decay: float = 1.0  # MAE-style layer-wise decay: block i × decay^(depth−i), patch embedding × decay^(depth+1)
@@ -224,7 +225,8 @@ class ResEncPretrainModel:
     topology planned from the crop; the masking and loss are the method's (``method=mae|asa``)."""
 
     arch: str = "resenc"
-    size: str = one_of("tiny", tuple(RESENC_SIZES))  # tiny (CPU tests) | M | L (nnU-Net's ResEnc presets)
+    # tiny (unit tests) | S (the CPU size that learns) | M | L (nnU-Net's ResEnc presets); model=resenc: M
+    size: str = one_of("tiny", tuple(RESENC_SIZES))
     lr_axis: int = 0  # the left-right axis (RAS+: 0), for mirror_visible and coord_channel
 
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from omegaconf import ListConfig
@@ -27,7 +27,9 @@ from asa.api.schema import EvaluateConfig, FrozenProbeConfig, PredictConfig
 from asa.api.task_registry import TaskSettings
 from asa.api.tasks import FinetuneRun, FinetuneTask, PredictSetup, ProbeTargets, register_finetune_task
 from asa.api.training import record_geometry
+from asa.choices import one_of
 from asa.data import build_segmentation_dataset, discover, get_task, non_mri_channels
+from asa.data.lattice import SAMPLINGS
 from asa.eval import evaluate_cases, match_predictions
 from asa.eval.evaluate import nsd_tolerances, write_results
 from asa.eval.frozen import FrozenEncoder
@@ -53,6 +55,14 @@ class Settings(TaskSettings):
 
     name: str = "segmentation"
     samples_per_case: int = 1  # random crops drawn from each case per loaded item
+    # classes (nnU-Net's): a share of crops centred on a voxel of a class drawn uniformly among the classes present,
+    # the rest placed uniformly | foreground (asa's earlier sampler): a share centred on any labelled voxel, the rest on an
+    # unlabelled one (asa.data.lattice.LatticeCropd)
+    sampling: str = one_of("classes", SAMPLINGS)
+    foreground_fraction: Optional[float] = None  # the forced share; null: 0.33 (classes, nnU-Net's) or 2/3 (foreground)
+    # true: the Dice term counts the background class too (asa's earlier loss); false: nnU-Net's (do_bg=False).
+    # Multilabel tasks (BraTS regions) have no background channel: every region counts either way
+    dice_background: bool = False
     focal_weight: float = 0.0  # > 0: add this weight times the focal region loss (RAT, §1.6b; needs data.regions)
     focal_beta: float = 1.0
 
@@ -125,6 +135,7 @@ class SegmentationTask(FinetuneTask):
         train = build_segmentation_dataset(
             splits["train"], self.task, train=True, crop=run.crop, store=data.store,
             samples_per_case=cfg.task.samples_per_case, seed=cfg.seed, regions=self.regions, **self.lattice,
+            sampling=cfg.task.sampling, pos_fraction=cfg.task.foreground_fraction,
         )
         val = (build_segmentation_dataset(splits["val"], self.task, train=False, store=data.store,
                                           regions=self.regions if capabilities(run.model).regions else None)
@@ -152,7 +163,7 @@ class SegmentationTask(FinetuneTask):
     def training_step(self, run: FinetuneRun):
         settings = run.cfg.task
         criterion = SegmentationLoss(self.task.multilabel, focal_weight=settings.focal_weight,
-                                     focal_beta=settings.focal_beta)
+                                     focal_beta=settings.focal_beta, dice_background=settings.dice_background)
         if capabilities(run.model).deep_supervision:  # training outputs at several resolutions (model=dynunet)
             criterion = DeepSupervisionLoss(criterion, capabilities(run.model).deep_supervision)
         return segmentation_step(criterion)

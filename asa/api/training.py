@@ -20,7 +20,7 @@ from asa.train.distributed import DistEnv
 from asa.train.optim import LOW_LR, describe_lr
 from asa.train.preemption import mark_finished
 
-__all__ = ["encoder_lr_scale", "optimizer_and_config", "record_geometry", "report_fine_tuning", "trainer_config",
+__all__ = ["encoder_lr_scale", "optimizer_and_config", "peak_base_lr", "record_geometry", "report_fine_tuning", "trainer_config",
            "training_ended"]
 
 
@@ -33,7 +33,8 @@ def optimizer_and_config(cfg: PretrainConfig | FinetuneConfig, model: torch.nn.M
     The peak lr is printed with the rule that produced it (rank 0), with a warning below 1e-5."""
     tr, opt = cfg.trainer, cfg.optim
     global_batch = tr.batch_size * env.world_size * tr.accum_steps
-    lr, rule = describe_lr(opt.base_lr, global_batch, opt.scale_lr)
+    base_lr, key = peak_base_lr(cfg)
+    lr, rule = describe_lr(base_lr, global_batch, opt.scale_lr, key=key)
     if env.is_main:
         print(f"[asa] peak learning rate: {rule}", file=sys.stderr, flush=True)
         if lr < LOW_LR:
@@ -54,6 +55,16 @@ def optimizer_and_config(cfg: PretrainConfig | FinetuneConfig, model: torch.nn.M
                   file=sys.stderr, flush=True)
     optimizer = build_optimizer(model, name=opt.name, lr=lr, weight_decay=opt.weight_decay, **extra)
     return optimizer, lr, trainer_config(cfg)
+
+
+def peak_base_lr(cfg: PretrainConfig | FinetuneConfig) -> tuple[float, str]:
+    """(base lr, the option it comes from): ``optim.scratch_base_lr`` for a fine-tuning run without
+    ``model.pretrained`` where it is set (nnU-Net's PretrainedTrainer: 1e-3 pretrained, 1e-2 from scratch),
+    else ``optim.base_lr``."""
+    opt = cfg.optim
+    if isinstance(cfg, FinetuneConfig) and not cfg.model.pretrained and opt.scratch_base_lr is not None:
+        return float(opt.scratch_base_lr), "optim.scratch_base_lr"
+    return float(opt.base_lr), "optim.base_lr"
 
 
 def encoder_lr_scale(cfg: FinetuneConfig) -> float:

@@ -173,7 +173,8 @@ def segmentation_train_augmentation(
     crop: Sequence[int],
     *,
     samples_per_case: int = 1,
-    pos_fraction: float = 2 / 3,
+    sampling: str = "classes",
+    pos_fraction: float | None = None,
     rotate_deg: float = 15.0,
     zoom: tuple[float, float] = (0.85, 1.25),
     flip_axes: Sequence[int] = (0, 1, 2),
@@ -183,21 +184,22 @@ def segmentation_train_augmentation(
     lr_axis: int = 0,
     region: bool = False,
 ) -> Compose:
-    """Fine-tuning augmentation: foreground-oversampled random crops (``pos_fraction`` of crops
-    centred on a foreground voxel) starting on the brain frame's ``lattice`` (the ViT patch size)
-    around a ``reference_size`` box (the pretraining crop; default ``crop``) centred on the
+    """Fine-tuning augmentation: foreground-oversampled random crops (`LatticeCropd`; ``sampling="classes"``,
+    nnU-Net's: a ``pos_fraction`` of crops (null: 0.33) centred on a voxel of a class drawn uniformly among the
+    classes present, the rest placed uniformly; ``"foreground"``, asa's earlier form: a ``pos_fraction`` (null:
+    2/3) centred on any labelled voxel, the rest on an unlabelled one) starting on the brain frame's ``lattice``
+    (the ViT patch size) around a ``reference_size`` box (the pretraining crop; default ``crop``) centred on the
     recorded brain centre, each with its patch ``"offset"``; then rotation, zoom, flips, gamma.
     ``region``: the items carry a ``"region"`` map, transformed like the label."""
     keys = ["image", "label", *(["region"] if region else [])]
     label_mode = "nearest"
     modes = ("bilinear", *[label_mode] * (len(keys) - 1))
     rad = float(np.deg2rad(rotate_deg))
-    pos = max(pos_fraction, 0.0)
     reference = tuple(crop) if reference_size is None else tuple(reference_size)
     return Compose(
         [
-            LatticeCropd(keys, label_key="fg", spatial_size=list(crop), patch=lattice,
-                         reference_size=reference, pos=min(pos, 1.0), num_samples=samples_per_case),
+            LatticeCropd(keys, label_key="fg", spatial_size=list(crop), patch=lattice, reference_size=reference,
+                         pos=pos_fraction, num_samples=samples_per_case, sampling=sampling),
             RandRotated(keys=keys, range_x=rad, range_y=rad, range_z=rad, prob=0.2,
                         mode=modes, padding_mode="zeros"),
             RandZoomd(keys=keys, prob=0.2, min_zoom=zoom[0], max_zoom=zoom[1],

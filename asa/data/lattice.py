@@ -16,9 +16,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.transforms import MapTransform, RandFlipd, Randomizable
-from monai.transforms.utils import generate_pos_neg_label_crop_centers, map_binary_to_indices
+from monai.transforms.utils import (
+    generate_label_classes_crop_centers,
+    generate_pos_neg_label_crop_centers,
+    map_binary_to_indices,
+)
 
-__all__ = ["reference_origin", "mirrored_origin", "lattice_padding", "pad_to_lattice", "LatticeCropd", "LatticeFlipd"]
+__all__ = ["reference_origin", "mirrored_origin", "lattice_padding", "pad_to_lattice", "class_indices", "LatticeCropd",
+           "LatticeFlipd", "SAMPLINGS", "FOREGROUND_FRACTION"]
+
+# how fine-tuning crops find the labels: classes (nnU-Net's: a forced share of crops centred on a voxel of a class
+# drawn uniformly among the classes present, the rest placed uniformly) | foreground (the pos/neg draw of MONAI's
+# RandCropByPosNegLabeld: a share centred on any labelled voxel, the rest on an unlabelled one)
+SAMPLINGS = ("classes", "foreground")
+# the forced share by sampling: nnU-Net's oversample_foreground_percent 0.33; asa's earlier 2/3
+FOREGROUND_FRACTION = {"classes": 0.33, "foreground": 2 / 3}
 
 
 def reference_origin(centre: Sequence[float], size: Sequence[int]) -> np.ndarray:
@@ -67,26 +79,67 @@ def pad_to_lattice(
     return F.pad(image, pad), before, origin + before
 
 
+def class_indices(target: Any) -> list[np.ndarray]:
+    """The increasing flat indices of the voxels of each class present in ``target`` [C, X, Y, Z]: with one
+    channel, of each value > 0 (a softmax task's classes; -1, ignored, is none); with several, of each
+    channel's voxels > 0 (a multilabel task's regions, as nnU-Net samples regions). Absent classes are left out."""
+    t = np.asarray(target)
+    if t.shape[0] == 1:
+        flat = t[0].reshape(-1)
+        return [np.flatnonzero(flat == v) for v in np.unique(flat) if v > 0]
+    return [idx for c in t if (idx := np.flatnonzero(c.reshape(-1) > 0)).size]
+
+
+class _CropCentres:
+    """The flat indices, in a volume of ``shape``, of every centre that keeps a ``size`` crop inside
+    (MONAI's convention: centre = start + size // 2), read one at a time: a uniform draw among them is a
+    uniformly placed crop, nnU-Net's unforced crop."""
+
+    def __init__(self, shape: Sequence[int], size: Sequence[int]) -> None:
+        self.shape, self.size = tuple(int(n) for n in shape), tuple(int(s) for s in size)
+        self.starts = tuple(max(n - s + 1, 1) for n, s in zip(self.shape, self.size))
+
+    def __len__(self) -> int:
+        return int(np.prod(self.starts))
+
+    def __getitem__(self, k: int) -> int:
+        start = np.unravel_index(int(k), self.starts)
+        centre = tuple(min(int(a) + s // 2, n - 1) for a, s, n in zip(start, self.size, self.shape))
+        return int(np.ravel_multi_index(centre, self.shape))
+
+
 class LatticeCropd(Randomizable, MapTransform):
     """Foreground-oversampled random crops that start on the brain frame's patch lattice.
 
-    Crop centres are drawn as `monai.transforms.RandCropByPosNegLabeld` draws them (``pos`` of
-    the crops centred on a ``label_key`` voxel > 0, the rest on one = 0), then each crop's start is
-    moved to the nearest lattice point inside the (lattice-padded) volume. Each output gets
-    ``"offset"``: int64 [3], its origin in patches from the reference grid's origin.
-    Input: channel-first tensors [C, X, Y, Z] under ``keys`` and ``label_key``, ``"centre"`` [3].
+    ``sampling="classes"`` (nnU-Net's, the default): a share ``pos`` of the crops (nnU-Net's
+    oversample_foreground_percent, 0.33) is centred on a voxel of a class drawn uniformly among the classes
+    present in the case (`class_indices` of ``class_key``, the target), the rest placed uniformly; the draw is
+    `monai.transforms.RandCropByLabelClassesd`'s with ratios (1 − pos, pos / n, …, pos / n) over the uniform
+    placements and the n classes present. nnU-Net forces the last round(0.33·B) crops of each batch of B;
+    here each crop is forced with probability ``pos``, the same share in expectation.
+    ``sampling="foreground"``: centres drawn as `monai.transforms.RandCropByPosNegLabeld` draws them
+    (``pos`` of the crops centred on a ``label_key`` voxel > 0, any class, the rest on one = 0).
+    Either way each crop's start is then moved to the nearest lattice point inside the (lattice-padded)
+    volume. Each output gets ``"offset"``: int64 [3], its origin in patches from the reference grid's origin.
+    Input: channel-first tensors [C, X, Y, Z] under ``keys``, ``label_key`` and ``class_key``, ``"centre"`` [3].
     """
 
     def __init__(self, keys: Sequence[str], *, label_key: str, spatial_size: Sequence[int], patch: int,
-                 reference_size: Sequence[int], pos: float = 2 / 3, num_samples: int = 1) -> None:
+                 reference_size: Sequence[int], pos: float | None = None, num_samples: int = 1,
+                 sampling: str = "classes", class_key: str = "label") -> None:
         MapTransform.__init__(self, keys)
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"LatticeCropd: sampling={sampling!r}: expected one of {', '.join(SAMPLINGS)}")
+        self.sampling, self.class_key = sampling, class_key
         self.label_key = label_key
         self.spatial_size = tuple(int(s) for s in spatial_size)
         if any(s % patch for s in self.spatial_size):
             raise ValueError(f"crop size {self.spatial_size} must be a multiple of the patch size {patch}")
         self.patch = int(patch)
         self.reference_size = tuple(int(s) for s in reference_size)
-        self.pos = float(pos)
+        self.pos = FOREGROUND_FRACTION[sampling] if pos is None else float(pos)
+        if not 0.0 <= self.pos <= 1.0:
+            raise ValueError(f"LatticeCropd: the foreground fraction pos={self.pos} must be in [0, 1]")
         self.num_samples = int(num_samples)
 
     def randomize(self, data: Any = None) -> None:  # the draws happen in __call__ (they need the data)
@@ -101,6 +154,21 @@ class LatticeCropd(Randomizable, MapTransform):
         pos = self.pos if len(fg) else 0.0
         pos = pos if len(bg) else 1.0
         centres = generate_pos_neg_label_crop_centers(self.spatial_size, self.num_samples, pos, shape, fg, bg, self.R)
+        return self._on_lattice(centres, shape)
+
+    def draw_class_starts(self, shape: Sequence[int], classes: Sequence[Any]) -> list[list[int]]:
+        """Crop starts (lattice points) in the padded volume of ``shape``, nnU-Net's way: ``classes`` holds the
+        flat indices of each class present (``len`` and indexing suffice); a crop is forced with probability
+        ``pos`` onto a voxel of a class drawn uniformly among them, else placed uniformly."""
+        present = [c for c in classes if len(c)]
+        indices = [_CropCentres(shape, self.spatial_size), *present]
+        ratios = [1.0 - self.pos, *[self.pos / len(present)] * len(present)] if present else [1.0]
+        centres = generate_label_classes_crop_centers(self.spatial_size, self.num_samples, shape, indices, ratios,
+                                                      self.R, warn=False)
+        return self._on_lattice(centres, shape)
+
+    def _on_lattice(self, centres: Sequence[Sequence[int]], shape: Sequence[int]) -> list[list[int]]:
+        """Each centre's crop start moved to the nearest lattice point that keeps the crop inside."""
         starts = []
         for centre in centres:
             start = [int(c) - s // 2 for c, s in zip(centre, self.spatial_size)]
@@ -112,13 +180,16 @@ class LatticeCropd(Randomizable, MapTransform):
         d = dict(data)
         padded = {}
         box = reference_origin(d["centre"], self.reference_size)
-        for key in (*self.keys, self.label_key):
+        for key in dict.fromkeys((*self.keys, self.label_key, self.class_key)):
             padded[key], _, origin = pad_to_lattice(torch.as_tensor(d[key]), box, patch=self.patch,
                                                     min_size=self.spatial_size)
         shape = padded[self.label_key].shape[1:]
-        fg, bg = map_binary_to_indices(padded[self.label_key] > 0)
+        if self.sampling == "classes":
+            starts = self.draw_class_starts(shape, class_indices(padded[self.class_key]))
+        else:
+            starts = self.draw_starts(shape, *map_binary_to_indices(padded[self.label_key] > 0))
         out = []
-        for start in self.draw_starts(shape, fg, bg):
+        for start in starts:
             window = tuple(slice(v, v + s) for v, s in zip(start, self.spatial_size))
             sample = {k: v for k, v in d.items() if k not in padded}
             for key in self.keys:

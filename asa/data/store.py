@@ -37,7 +37,7 @@ from monai.transforms import Transform
 
 from asa.data.case import Case
 from asa.data.geometry import crop_at
-from asa.data.lattice import LatticeCropd, lattice_padding, reference_origin
+from asa.data.lattice import LatticeCropd, class_indices, lattice_padding, reference_origin
 
 __all__ = [
     "FORMAT", "STORE_DTYPES", "Store", "StoreError", "StoreIndexError", "StoreSettingsError", "StoreLatticeCropd",
@@ -449,8 +449,9 @@ class _PaddedBackground:
 
 class StoreLatticeCropd(LatticeCropd):
     """`LatticeCropd` over a store item: the same random draws (the crop centres come from the
-    stored foreground indices, mapped into the padded volume) and the same crops, read from the
-    memory-mapped arrays; the label crop becomes the target with ``target_fn``."""
+    stored foreground indices, or with ``sampling="classes"`` from the classes of the stored label, mapped
+    into the padded volume) and the same crops, read from the memory-mapped arrays; the label crop becomes
+    the target with ``target_fn``."""
 
     def __init__(self, keys: Sequence[str], *, target_fn, **kwargs: Any) -> None:
         super().__init__(keys, label_key="fg", **kwargs)
@@ -460,7 +461,8 @@ class StoreLatticeCropd(LatticeCropd):
     def like(cls, crop: LatticeCropd, target_fn) -> "StoreLatticeCropd":
         """The store twin of a configured `LatticeCropd` (same keys, sizes, lattice and ratio)."""
         return cls(list(crop.keys), target_fn=target_fn, spatial_size=crop.spatial_size, patch=crop.patch,
-                   reference_size=crop.reference_size, pos=crop.pos, num_samples=crop.num_samples)
+                   reference_size=crop.reference_size, pos=crop.pos, num_samples=crop.num_samples,
+                   sampling=crop.sampling, class_key=crop.class_key)
 
     def __call__(self, data: Mapping[str, Any]) -> list[dict]:
         d = dict(data)
@@ -468,10 +470,16 @@ class StoreLatticeCropd(LatticeCropd):
         before, after = lattice_padding(shape, reference_origin(d["centre"], self.reference_size), self.patch,
                                         self.spatial_size)
         padded = tuple(int(s) for s in np.asarray(shape) + before + after)
-        fg = _PaddedForeground(_map(d, "fg"), shape, before, padded)
         origin = reference_origin(d["centre"], self.reference_size) + before
+        if self.sampling == "classes":  # the classes of the whole target, as the plain LatticeCropd finds them
+            target = self.target_fn(_crop(d, "label", (0, 0, 0), shape)[0].astype(np.int64))
+            starts = self.draw_class_starts(padded, [_PaddedForeground(idx, shape, before, padded)
+                                                     for idx in class_indices(target)])
+        else:
+            fg = _PaddedForeground(_map(d, "fg"), shape, before, padded)
+            starts = self.draw_starts(padded, fg, _PaddedBackground(fg))
         out = []
-        for start in self.draw_starts(padded, fg, _PaddedBackground(fg)):
+        for start in starts:
             grid_start = np.asarray(start) - before
             sample = {k: v for k, v in d.items() if k in ("centre", "id")}
             for key in self.keys:

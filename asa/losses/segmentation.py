@@ -19,6 +19,11 @@ class SegmentationLoss(nn.Module):
     logits: [B, K, ...]. target: multilabel float [B, K, ...]; softmax int64 [B, 1, ...] with
     ``-1`` for ignored voxels (WMH label 2), which are left out of both terms.
 
+    ``dice_background``: the Dice term of a softmax task counts the background class (channel 0) too;
+    false (the default) leaves it out, as nnU-Net's Dice does (``do_bg=False``; MONAI's
+    ``include_background=False``): background Dice is near 1 from the first steps and dilutes the small
+    classes' share of the gradient. Multilabel tasks have no background channel: every region counts.
+
     ``focal_weight`` λ > 0 adds ``λ · FocalRegionLoss(β = focal_beta)`` between the probabilities
     (softmax, or sigmoid for multilabel tasks) and the one-hot target, over the ``regions`` map
     [B, 1, ...] passed to forward (ignored voxels left out).
@@ -29,7 +34,8 @@ class SegmentationLoss(nn.Module):
     without ignored voxels.
     """
 
-    def __init__(self, multilabel: bool, *, focal_weight: float = 0.0, focal_beta: float = 1.0) -> None:
+    def __init__(self, multilabel: bool, *, focal_weight: float = 0.0, focal_beta: float = 1.0,
+                 dice_background: bool = False) -> None:
         super().__init__()
         if focal_weight < 0:
             raise ValueError(f"focal region weight must be >= 0, got {focal_weight}")
@@ -38,7 +44,8 @@ class SegmentationLoss(nn.Module):
         self.focal = FocalRegionLoss(focal_beta) if focal_weight > 0 else None
         # one-hot here, before the mask: MONAI would one-hot the masked class map and count every
         # ignored voxel as background
-        self.dice = MaskedDiceLoss(sigmoid=multilabel, softmax=not multilabel)
+        self.dice = MaskedDiceLoss(sigmoid=multilabel, softmax=not multilabel,
+                                   include_background=multilabel or dice_background)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
         loss = self.base(logits.float(), target)

@@ -23,13 +23,14 @@ def scaled_lr(base_lr: float, global_batch: int) -> float:
     return base_lr * global_batch / 256.0
 
 
-def describe_lr(base_lr: float, global_batch: int, scale: bool) -> tuple[float, str]:
+def describe_lr(base_lr: float, global_batch: int, scale: bool, *, key: str = "optim.base_lr") -> tuple[float, str]:
     """(peak lr, one line saying which rule produced it), e.g.
-    ``"optim.base_lr 0.00015 × global batch 2 / 256 = 1.17e-06 (optim.scale_lr=true)"``."""
+    ``"optim.base_lr 0.00015 × global batch 2 / 256 = 1.17e-06 (optim.scale_lr=true)"``; ``key``: the
+    option ``base_lr`` came from (``optim.scratch_base_lr`` for a fine-tuning run from scratch)."""
     if not scale:
-        return float(base_lr), f"optim.base_lr {base_lr:g} used as given (optim.scale_lr=false) = {base_lr:.3g}"
+        return float(base_lr), f"{key} {base_lr:g} used as given (optim.scale_lr=false) = {base_lr:.3g}"
     lr = scaled_lr(base_lr, global_batch)
-    return lr, f"optim.base_lr {base_lr:g} × global batch {global_batch} / 256 = {lr:.3g} (optim.scale_lr=true)"
+    return lr, f"{key} {base_lr:g} × global batch {global_batch} / 256 = {lr:.3g} (optim.scale_lr=true)"
 
 
 def _no_decay_names(model: nn.Module) -> set[str]:

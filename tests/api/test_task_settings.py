@@ -12,7 +12,7 @@ import pytest
 from asa.api import load_config
 from asa.api.case import HeadSettings, Settings as CaseSettings
 from asa.api.checks import DEFAULT_TASK
-from asa.api.compat import current_config
+from asa.api.compat import SEGMENTATION_BEFORE, current_config
 from asa.api.segmentation import Settings as SegmentationSettings
 from asa.io import load_checkpoint
 
@@ -62,9 +62,25 @@ def test_an_old_segmentation_run_config_is_read_with_its_settings_in_the_task_se
            "head": {"pooling": "mean", "hidden_dim": 256, "dropout": 0.0}}
     read = current_config(old)
     assert read["outputs"] == SEGMENTATION_RECORD
-    assert read["task"] == {"name": "segmentation", "samples_per_case": 3, "focal_weight": 0.5, "focal_beta": 2.0}
+    assert read["task"] == {"name": "segmentation", "samples_per_case": 3, "focal_weight": 0.5, "focal_beta": 2.0,
+                            **SEGMENTATION_BEFORE}  # the sampler and Dice it trained with
     assert read["data"] == {"task": "brats", "crop": 32} and "loss" not in read and "head" not in read
     assert current_config(read) == read and old["task"] == SEGMENTATION_RECORD  # read once; the saved one kept
+
+
+def test_segmentation_samples_and_scores_as_nnunet_unless_asked_and_old_runs_keep_theirs():
+    settings = load_config("finetune", "data=ibsr").task
+    assert (settings.sampling, settings.foreground_fraction, settings.dice_background) == ("classes", None, False)
+    old = load_config("finetune", "data=ibsr", "task.sampling=foreground", "task.dice_background=true").task
+    assert (old.sampling, old.dice_background) == ("foreground", True)
+    saved = {"data": {"task": "ibsr"}, "task": {"name": "segmentation", "samples_per_case": 1}}  # before the keys
+    assert current_config(saved)["task"] == {"name": "segmentation", "samples_per_case": 1, "sampling": "foreground",
+                                             "foreground_fraction": None, "dice_background": True}
+    now = {"data": {"task": "ibsr"}, "task": {"name": "segmentation", "sampling": "classes", "dice_background": False}}
+    assert current_config(now)["task"]["sampling"] == "classes"  # a run of this version as it is
+    assert "sampling" not in current_config({"task": {"name": "case"}})["task"]
+    with pytest.raises(ValueError, match="task.sampling='random': expected one of classes, foreground"):
+        load_config("finetune", "data=ibsr", "task.sampling=random")
 
 
 def test_an_old_case_checkpoint_config_is_read_with_its_record_as_outputs():
@@ -93,7 +109,11 @@ def test_a_run_written_with_the_old_keys_resumes(old_run):
                 "head": {"pooling": "mean", "hidden_dim": 256, "dropout": 0.0}, "task": config["outputs"]}
 
     old_run.rewrite(before)
-    assert old_run.train(4, True, "task.samples_per_case=2").step == 4
+    # a run saved before nnU-Net's sampling and Dice became the default resumes only with the ones it had
+    with pytest.raises(Exception, match="task.sampling: .*last.pt has 'foreground', config has 'classes'"):
+        old_run.train(4, True, "task.samples_per_case=2")
+    assert old_run.train(4, True, "task.samples_per_case=2", "task.sampling=foreground",
+                         "task.dice_background=true").step == 4
     resumed = load_checkpoint(old_run.dir / "checkpoints" / "last.pt")["config"]  # as this version reads it
     assert resumed["task"]["samples_per_case"] == 2 and resumed["outputs"]["name"] == "ibsr"
 

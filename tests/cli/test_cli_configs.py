@@ -40,6 +40,8 @@ def options(entry: str, group: str) -> list[str]:
 
 CASES = [(entry, group, name) for entry in ("pretrain", "finetune") for group in GROUPS
          for name in options(entry, group)]
+# options made for other networks than the default's: nnU-Net's recipe turns a CNN's deep supervision off
+NEEDS = {("finetune", "optim", "nnunet"): ["model=dynunet"]}
 
 
 def test_groups_are_complete():
@@ -84,6 +86,7 @@ def _build(entry: str, composed) -> None:
 @pytest.mark.parametrize("entry, group, name", CASES, ids=[f"{e}-{g}={n}" for e, g, n in CASES])
 def test_every_option_composes_and_builds(entry, group, name):
     overrides = [f"{group}={name}"] + (["data.root=/some/root"] if group == "data" else [])
+    overrides += NEEDS.get((entry, group, name), [])
     cfg = compose_config(entry, overrides)
     validate(cfg, entry)
     _build(entry, cfg)

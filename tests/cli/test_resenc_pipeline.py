@@ -18,7 +18,7 @@ from asa.models import build_network
 def test_resenc_pretrain_finetune_predict(tmp_path, method, coord):
     pre = tmp_path / "pre"
     pretrain(compose_config("pretrain", [
-        "model=resenc", f"method={method}", f"method.coord_channel={str(coord).lower()}", "data.crop=32",
+        "model=resenc", "model.size=tiny", f"method={method}", f"method.coord_channel={str(coord).lower()}", "data.crop=32",
         "data.demo.size=40", "data.demo.cases=4", "trainer=smoke", "probe.every=0", f"output_dir={pre}",
         "device=cpu", "trainer.amp=off"]))
     export = load_weights(pre / "checkpoints" / "encoder.safetensors")
@@ -29,7 +29,7 @@ def test_resenc_pretrain_finetune_predict(tmp_path, method, coord):
     root = write_demo_dataset("ibsr", tmp_path / "data", cases=4, size=32, seed=3)
     run = tmp_path / "ft"
     result = finetune(compose_config("finetune", [
-        "data=ibsr", f"data.root={root}", "model=resenc", f"model.coord_channel={str(coord).lower()}",
+        "data=ibsr", f"data.root={root}", "model=resenc", "model.size=tiny", f"model.coord_channel={str(coord).lower()}",
         f"model.pretrained={pre / 'checkpoints' / 'encoder.safetensors'}", "data.crop=32", "trainer=smoke",
         "trainer.max_steps=1", f"output_dir={run}", "device=cpu", "data.num_workers=0", "trainer.amp=off"]))
     assert result.step == 1

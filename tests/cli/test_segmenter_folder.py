@@ -19,7 +19,7 @@ def test_exported_segmenter_predicts_like_its_checkpoint(tmp_path):
     root = write_demo_dataset("brats", tmp_path / "data", cases=4, size=32, seed=5)
     run = tmp_path / "run"
     finetune(compose_config("finetune", [
-        "data=brats", f"data.root={root}", "model=resenc", "data.crop=32", "trainer=smoke", f"output_dir={run}",
+        "data=brats", f"data.root={root}", "model=resenc", "model.size=tiny", "data.crop=32", "trainer=smoke", f"output_dir={run}",
         "device=cpu", "data.num_workers=0", "trainer.epochs=1", "trainer.amp=off"]))
     last = run / "checkpoints" / "last.pt"
     by_file = predict(compose_config("predict", [f"checkpoint={last}", f"input={root}", f"output={tmp_path / 'p1'}",

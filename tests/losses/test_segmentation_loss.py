@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from asa.losses import SegmentationLoss
@@ -38,3 +39,20 @@ def test_perfect_prediction_with_ignored_voxels_has_zero_loss():
     logits[:, 1][target[:, 0] == -1] = 200.0  # whatever is predicted in the ignored half
     loss = SegmentationLoss(multilabel=False)(logits, target)
     assert loss.item() == 0.0
+
+
+def test_dice_leaves_the_background_out_as_nnunet_and_counts_it_on_request():
+    # hand-computed: 8 of 64 voxels class 1, a saturated all-background prediction. Dice of class 1 is 0
+    # (loss 1); background's is 2·56 / (64 + 56) = 14/15 (loss 1/15). MONAI's smoothing (1e-5) is below the tolerance.
+    target = torch.zeros(1, 1, 4, 4, 4, dtype=torch.long)
+    target[:, :, :2, :2, :2] = 1
+    logits = torch.zeros(1, 2, 4, 4, 4)
+    logits[:, 0] = 200.0
+    ce = torch.nn.functional.cross_entropy(logits, target[:, 0])
+    nnunet, old = SegmentationLoss(False), SegmentationLoss(False, dice_background=True)
+    assert (nnunet(logits, target) - ce).item() == pytest.approx(1.0, abs=1e-5)
+    assert (old(logits, target) - ce).item() == pytest.approx((1.0 + 1 / 15) / 2, abs=1e-5)
+    # regions (multilabel) have no background channel: the option changes nothing
+    regions = (torch.rand(1, 3, 4, 4, 4) > 0.5).float()
+    pred = torch.randn(1, 3, 4, 4, 4)
+    assert SegmentationLoss(True)(pred, regions) == SegmentationLoss(True, dice_background=True)(pred, regions)

@@ -16,7 +16,7 @@ def _method(*overrides):
 
 
 def test_mae_is_uniform_and_asa_attentive_on_resenc():
-    mae, asa = _method("model=resenc", "method=mae"), _method("model=resenc", "method=asa")
+    mae, asa = _method("model=resenc", "model.size=tiny", "method=mae"), _method("model=resenc", "model.size=tiny", "method=asa")
     assert mae.build_network().loss_weighting == "uniform"
     net = asa.build_network()
     assert net.network_arch == "resenc_pretrain" and net.loss_weighting == "attentive"
@@ -25,9 +25,15 @@ def test_mae_is_uniform_and_asa_attentive_on_resenc():
 
 
 def test_symmetry_options_reach_the_network():
-    net = _method("model=resenc", "method=asa", "method.mirror_visible=0.25", "method.coord_channel=true",
-                  "model.size=tiny").build_network()
+    net = _method("model=resenc", "model.size=tiny", "method=asa", "method.mirror_visible=0.25",
+                  "method.coord_channel=true").build_network()
     assert net.mirror_visible == 0.25 and net.coord_channel and net.network_kwargs["size"] == "tiny"
+
+
+def test_model_resenc_is_nnunets_m_unless_a_size_is_named():
+    assert load_config("pretrain", "model=resenc").model.size == "M"
+    assert load_config("finetune", "model=resenc").model.size == "M"
+    assert load_config("finetune", "model=resenc", "model.size=S").model.size == "S"
 
 
 def test_the_sw_vit_path_is_unchanged():
