@@ -250,6 +250,10 @@ def transfer_argv(args: argparse.Namespace, scale: Scale, runs: Sequence[Pretrai
     for override in args.override:
         argv += ["--override", override]
     budget = [a.format(c=max(scale.cohorts)) for a in args.budget_arms]
+    if budget and scale.steps * min(args.budget_fractions) < 4:
+        print(f"[resenc-study] no budget axis: {min(args.budget_fractions)} × {scale.steps} steps is under the 4 "
+              "steps a run's budget check needs", flush=True)
+        budget = []
     if budget:  # the budget axis: does pretraining buy faster convergence?
         argv += ["--budget-arms", *budget, "--budget-fractions", *map(str, args.budget_fractions)]
     return argv

@@ -264,6 +264,11 @@ def parse_arms(args: argparse.Namespace) -> dict[str, list[str]]:
         for fraction in args.budget_fractions:
             if not 0.0 < fraction < 1.0:
                 raise SystemExit(f"--budget-fractions {fraction}: a fraction of the budget in (0, 1)")
+            steps = getattr(args, "steps", None)
+            if steps is not None and round(steps * fraction) < 4:
+                raise SystemExit(f"--budget-fractions {fraction}: {fraction} × --steps {steps} leaves "
+                                 f"{round(steps * fraction)} step(s), fewer than the 4 loss windows a run's budget "
+                                 "check needs; raise --steps or leave this fraction out")
             arms[f"{arm}{BUDGET_MARK}{fraction:g}"] = list(arms[arm])
     if not args.recipes:
         return arms
@@ -401,6 +406,8 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[Run], list[str], dict[str,
                 run_dir = out / "runs" / f"{arm}-n{n}-s{seed}"
                 own = max(1, round(epochs * budget_fraction(arm)))  # the budget axis: a fraction of the epochs
                 own_checks = [f"trainer.val_every={max(1, own // 20)}"] if val else []
+                if budget_fraction(arm) < 1.0:  # >= 40 loss windows at its own budget too
+                    own_checks.append(f"trainer.log_every={max(1, round(args.steps * budget_fraction(arm)) // 40)}")
                 runs.append(Run(arm, n, seed, train, (*base, f"output_dir={run_dir}", f"seed={seed}",
                                                       f"trainer.epochs={own}", *own_checks, *overrides), run_dir, val))
     return runs, test_ids, arms, probe_cfg

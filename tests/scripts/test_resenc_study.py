@@ -3,6 +3,7 @@ and resuming across calls cut by the time budget (no training: the pretraining a
 stood in for, the bookkeeping is the script's own)."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -81,7 +82,8 @@ def test_finetuning_arms_follow_their_encoders(tmp_path):
         assert ("model.coord_channel=true" in spec) == (run.network == "resenc" and run.coord)  # the channel it learned with
     argv = study.transfer_argv(SimpleNamespace(seed=0, device="cpu", n_boot=10, threads=None, drop_checkpoints=False,
                                                override=[], budget_arms=[study.REFERENCE, "resenc-asa-c{c}"],
-                                               budget_fractions=[0.25, 0.5]), scale, runs, tmp_path, None)
+                                               budget_fractions=[0.25, 0.5]),
+                               dataclasses.replace(scale, steps=40), runs, tmp_path, None)
     assert argv[argv.index("--reference") + 1] == study.REFERENCE
     assert argv[argv.index("--val-cases") + 1] == str(scale.val)
     assert argv.count("--arm") == len(arms)

@@ -158,3 +158,12 @@ def test_budget_arms_train_a_fraction_of_the_epochs_against_the_reference_at_tha
         study.parse_arms(SimpleNamespace(**{**vars(args), "budget_arms": ["other"]}))
     with pytest.raises(SystemExit, match="--budget-fractions 1.5"):
         study.parse_arms(SimpleNamespace(**{**vars(args), "budget_fractions": [1.5]}))
+
+
+def test_a_budget_fraction_too_short_for_the_budget_check_is_refused():
+    from types import SimpleNamespace
+    args = SimpleNamespace(pretrained=None, preset=[], arm=[], recipes=None, budget_arms=["scratch"],
+                           budget_fractions=[0.125], steps=24)
+    with pytest.raises(SystemExit, match=r"--budget-fractions 0.125: 0.125 × --steps 24 leaves 3 step\(s\)"):
+        study.parse_arms(args)
+    assert "scratch_x0.125" in study.parse_arms(SimpleNamespace(**{**vars(args), "steps": 32}))
