@@ -36,11 +36,6 @@ CNN_ONLY = ("mirror_visible", "coord_channel", "mask_block", "densify", "weight_
 CNN_OPTIONS = ("in_channels", "mask_ratio", "loss_weighting", "bins", "normalize", *CNN_ONLY)
 
 
-def _edge(crop) -> int:
-    """The crop's edge: one int, or the first of three (the residual-encoder U-Net takes isotropic crops)."""
-    return int(crop) if isinstance(crop, (int, float)) else int(list(crop)[0])
-
-
 @dataclass
 class MaskedAutoencoderSettings(MethodSettings):
     """``asa.models.ASA`` settings beyond the encoder / decoder sizes of the ``model`` group."""
@@ -110,10 +105,7 @@ class MaskedAutoencoderPretraining(PretrainingMethod):
             return {**self.context.model, **{k: v for k, v in own.items() if k not in CNN_ONLY},
                     "img_size": self.context.crop}
         model = {k: v for k, v in self.context.model.items() if k != "arch"}
-        kwargs = {**model, **{k: own[k] for k in CNN_OPTIONS}, "img_size": self.context.crop}
-        if kwargs["mask_block"] is not None:  # two blocks per axis at least: half the crop under 32
-            kwargs["mask_block"] = min(int(kwargs["mask_block"]), _edge(self.context.crop) // 2)
-        return kwargs
+        return {**model, **{k: own[k] for k in CNN_OPTIONS}, "img_size": self.context.crop}
 
     def build_network(self) -> nn.Module:
         return build_network({"arch": MASKED_NETWORKS[self.family], "kwargs": self.network_kwargs()})

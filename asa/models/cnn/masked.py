@@ -348,8 +348,9 @@ def resenc_pretrain(
         coord_channel: append the mirror-symmetric coordinate channel.
         lr_axis: the left–right axis.
         features, strides, blocks, decoder_convs: an explicit plan (as a spec records it); None: planned.
-        mask_block: the mask block's edge, a power of two dividing the crop (nnssl: 16); stages coarser than
-            the block grid run dense. None: the encoder's total stride (the form before this option).
+        mask_block: the mask block's edge, a power of two dividing the crop (nnssl: 16), at most half the crop
+            (a larger one is taken as half); stages coarser than the block grid run dense. None: the encoder's
+            total stride (the form before this option).
         densify: ``spark`` (SparK / nnssl: visible-only norm, mask token, 3³ convolution, none at full
             resolution) | ``asa`` (mask token, dense norm, 1³ convolution: the form before this option).
         weight_patch: the edge of the units the loss weights (the paper's 8: the SW-ViT's patch); it divides
@@ -359,6 +360,8 @@ def resenc_pretrain(
     choose nnssl's masking and the paper's weight granularity.
     """
     edge, plan = resolve_plan("resenc_pretrain", img_size, size, features, strides, blocks, decoder_convs)
+    if mask_block is not None:  # two blocks per axis at least (the spec records the block used)
+        mask_block = min(int(mask_block), edge // 2)
     net = ResEncMaskedAutoencoder(plan, in_channels=int(in_channels), img_size=(edge,) * 3, mask_ratio=mask_ratio,
                                   loss_weighting=loss_weighting, bins=bins, normalize=normalize,
                                   mirror_visible=mirror_visible, coord_channel=coord_channel, lr_axis=lr_axis,
