@@ -163,8 +163,8 @@ def pretrain_model_node(model: Any) -> Any:
     ``arch`` names; an unknown arch is refused naming it."""
     arch = model.get("arch", "swvit") if isinstance(model, Mapping) else "swvit"
     if arch not in PRETRAIN_MODELS:
-        raise ValueError(f"model.arch={arch}: asa-pretrain pretrains {', '.join(PRETRAIN_MODELS)} "
-                         "(model=tiny|small|base or model=resenc)")
+        raise ValueError(f"model.arch={arch}: asa-pretrain pretrains {', '.join(PRETRAIN_MODELS)}: the families "
+                         "whose masked network is registered (asa.models.register_network's masked_of)")
     return PRETRAIN_MODELS[arch]()
 
 

@@ -25,7 +25,7 @@ from asa.api.schema import SegmenterConfig
 from asa.io import load_weights
 from asa.models import NetworkSettings, architectures, build_network, recorded_pretraining
 from asa.models.swvit.patch import patch_grid, to_3tuple
-from asa.models.registry import NETWORK_TASKS, case_counterpart, network_record
+from asa.models.registry import NETWORK_TASKS, case_counterpart, network_record, pretrains
 
 __all__ = ["PretrainedGeometry", "build_case_network", "build_from_config", "case_arch", "pretrained_geometry"]
 
@@ -85,8 +85,9 @@ def _load(net: nn.Module, arch: str, pretrained: str | None, load: Callable[[], 
     if not pretrained:
         return net
     if not callable(getattr(net, "load_pretrained", None)):
-        raise ValueError(f"model.pretrained={pretrained}: model arch {arch!r} takes no pretrained encoder "
-                         "(asa-pretrain writes SW-ViT and SA-Swin files: model=tiny|small|base, sa_swin or swin_case)")
+        raise ValueError(f"model.pretrained={pretrained}: model arch {arch!r} takes no pretrained encoder (its "
+                         "network has no load_pretrained); leave model.pretrained unset, or choose a network that "
+                         "takes one")
     load() if load is not None else net.load_pretrained(pretrained)
     return net
 
@@ -128,13 +129,15 @@ def build_from_config(
             if value != getattr(SegmenterConfig, key):
                 raise ValueError(f"segmenter.{key}={value}: model arch {arch!r} does not follow a pretraining file's "
                                  "geometry (the segmenter options are for networks that do, e.g. model=tiny|small|base)")
-        blob = load_weights(pretrained) if pretrained and arch == "resenc" else None  # read once
-        if crop is None and blob is not None and "foreign" in blob:  # a published checkpoint's recommended crop
+        blob = load_weights(pretrained) if pretrained and network_record(arch).encoder else None  # read once
+        published = blob is not None and "foreign" in blob and pretrains(blob["network"]["arch"], arch)
+        if crop is None and published:  # a published checkpoint's recommended crop
             crop = int(blob["foreign"]["crop"])
         size = pretrained_geometry(None, crop=crop, pos_mode=None, lr_axis=None, default_crop=default_crop).crop
-        if blob is not None and "foreign" in blob:  # the topology is the checkpoint's, whatever model.size says
-            recorded = blob["network"]["kwargs"]
-            options |= {key: recorded[key] for key in ("features", "strides", "blocks", "decoder_convs")}
+        if published:  # the topology is the checkpoint's, whatever the settings say: what its spec records beyond
+            recorded = blob["network"]["kwargs"]  # the crop, the channels and the options the settings hold
+            options |= {key: value for key, value in recorded.items()
+                        if key not in options and key not in ("img_size", *channels)}
         net = build_network({"arch": arch, "kwargs": {"img_size": (size,) * 3, **channels, **options}})
         if blob is not None:
             return _load(net, arch, pretrained, lambda: net.load_pretrained(pretrained, checkpoint=blob))
@@ -165,7 +168,8 @@ def case_arch(model: ModelSection) -> str:
                          f"{NETWORK_TASKS.get(named, 'unknown')} network")
     if settings.pretrained and not callable(getattr(network_record(arch).builder, "load_pretrained", None)):
         raise ValueError(f"model.pretrained={settings.pretrained}: model arch {named!r} takes no pretrained "
-                         "encoder (asa-pretrain writes SW-ViT and SA-Swin files: model=tiny|small|base or swin_case)")
+                         f"encoder (its case network {arch!r} has no load_pretrained); leave model.pretrained unset, "
+                         "or choose a network that takes one")
     return arch
 
 

@@ -9,6 +9,7 @@ config. What earlier versions wrote (moved keys, old run configs) is read by `as
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from typing import Any, List, Optional, Union
 
 from omegaconf import MISSING
@@ -22,9 +23,9 @@ from asa.data.store import STORE_DTYPES
 from asa.eval.metrics import HD95_CONVENTIONS
 from asa.choices import one_of
 from asa.methods import MaskedAutoencoderSettings, MethodSettings
-from asa.models import DEFAULT_CROP, PRESETS, EncoderOptions, EncoderSettings
-from asa.models.cnn.resenc import RESENC_SIZES
-from asa.models.swvit.position import POSITION_MODES
+from asa.models import DEFAULT_CROP
+from asa.models.registry import pretrain_model_sections
+from asa.models.swvit.mae import PretrainModelConfig
 from asa.train import TrainerSettings
 from asa.train.optim import OPTIMIZERS
 from asa.train.precision import AMP_CHOICES
@@ -37,20 +38,8 @@ __all__ = [
 
 
 # --- groups ---------------------------------------------------------------------------------------
-_BASE = PRESETS["base"]
 ON_BAD = ("error", "skip")
 DEFAULT_ARCH = "swvit_unetr"  # the network of a fine-tuning model section that names none
-
-
-@dataclass
-class PretrainModelConfig(EncoderOptions):
-    """The masked autoencoder's sizes: the encoder plus the pretraining decoder (group ``sizes/decoder``)."""
-
-    decoder_dim: int = _BASE["decoder_dim"]
-    decoder_depth: int = _BASE["decoder_depth"]
-    decoder_num_heads: int = _BASE["decoder_num_heads"]
-    pos_mode: str = one_of(EncoderSettings.pos_mode, POSITION_MODES)  # none | mirror | paper
-    lr_axis: int = EncoderSettings.lr_axis
 
 
 @dataclass
@@ -219,25 +208,27 @@ class RunConfig:
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
 
 
-@dataclass
-class ResEncPretrainModel:
-    """``model=resenc`` in pretraining: nnU-Net's residual-encoder U-Net (`asa.models.cnn.resenc`), its
-    topology planned from the crop; the masking and loss are the method's (``method=mae|asa``)."""
+class _PretrainModels(Mapping):
+    """asa-pretrain's ``model.arch`` -> the dataclass of its ``model`` section: a read-only view of what each
+    masked-pretraining network declared (`asa.models.register_network`'s ``masked_of``, ``pretrain_settings``)."""
 
-    arch: str = "resenc"
-    # tiny (unit tests) | S (the CPU size that learns) | M | L (nnU-Net's ResEnc presets); model=resenc: M
-    size: str = one_of("tiny", tuple(RESENC_SIZES))
-    lr_axis: int = 0  # the left-right axis (RAS+: 0), for mirror_visible and coord_channel
+    def __getitem__(self, arch: str) -> type:
+        return pretrain_model_sections()[arch]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(pretrain_model_sections())
+
+    def __len__(self) -> int:
+        return len(pretrain_model_sections())
 
 
-# the pretraining model section by ``model.arch`` (the SW-ViT sizes name none)
-PRETRAIN_MODELS: dict[str, type] = {"swvit": PretrainModelConfig, "resenc": ResEncPretrainModel}
+PRETRAIN_MODELS: Mapping[str, type] = _PretrainModels()
 
 
 @dataclass
 class PretrainConfig(RunConfig):
-    # the SW-ViT sizes (PretrainModelConfig) or another network's settings (PRETRAIN_MODELS, by model.arch),
-    # typed by `validate`
+    # the model section its masked network declared (PRETRAIN_MODELS, by model.arch; the SW-ViT sizes by
+    # default), typed by `validate`
     model: Any = field(default_factory=PretrainModelConfig)
     data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
     # the pretraining method and its own settings (asa.methods; the config group ``method``)

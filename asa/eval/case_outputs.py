@@ -15,7 +15,7 @@ from torch import nn
 from asa.data import DEFAULT_CASE_CROPS, Case, Targets, build_case_crops_dataset
 from asa.eval.case_metrics import classification_summary, regression_summary
 from asa.io import atomic_write_text
-from asa.models import capabilities
+from asa.models import capabilities, input_size
 
 __all__ = ["PREDICTIONS_CSV", "CROP_BATCH", "case_crop_lattice", "case_output", "predict_case_rows", "write_case_predictions", "read_case_predictions",
            "case_summary"]
@@ -62,7 +62,7 @@ def predict_case_rows(model: nn.Module, cases: Sequence[Case], task: Mapping[str
     and, for classes, ``p_<class>`` (probabilities). Each case's output is `case_output` over its
     test-time ``crops`` (``centre``: the brain-centred crop at the network's grid that fine-tuning
     trained on; ``grid``: also the shifted crops where the volume is larger), no augmentation."""
-    data = build_case_crops_dataset(cases, crop=tuple(model.img_size), lattice=case_crop_lattice(model), crops=crops)
+    data = build_case_crops_dataset(cases, crop=input_size(model), lattice=case_crop_lattice(model), crops=crops)
     classes = list(task.get("classes") or [])
     model = model.to(device).eval()
     rows = []

@@ -23,7 +23,7 @@ from asa.data import (
 )
 from asa.eval.inference import predict_volume
 from asa.io import VolumeError, is_nifti, load_checkpoint, prediction_path, probabilities_path, strip_nifti
-from asa.models import build_network, capabilities, channels_last_inference, compile_blocks
+from asa.models import build_network, capabilities, channels_last_inference, compile_blocks, input_size
 from asa.models.registry import NETWORK_TASKS, current_spec
 
 CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # nnU-Net style <case>_0000
@@ -57,7 +57,7 @@ class Predictor:
                              "task recorded); asa-predict needs the best.pt or last.pt written by asa-finetune")
         task = Task.from_dict(outputs)
         model = build_network(spec)
-        patch = int(model.img_size[0])
+        patch = input_size(model)[0]
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as err:

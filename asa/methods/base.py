@@ -63,8 +63,8 @@ class PretrainingMethod(ABC):
     ``uses_model_group`` (whether the ``model`` group configures it; when not, the run records no
     ``model`` section and resume does not compare one), ``validation_group`` (None: validation
     scores plain batches; k: fixed groups of at least k volumes, for terms that compare volumes),
-    ``model_families`` (the ``model.arch`` values it pretrains: ``swvit``, the SW-ViT sizes that name none,
-    and ``resenc``; another is refused naming both).
+    ``model_families`` (the ``model.arch`` values it pretrains, `pretrained_families`: ``swvit``, the SW-ViT
+    sizes that name none; another is refused naming the methods that pretrain it).
     """
 
     name: ClassVar[str]
@@ -79,12 +79,19 @@ class PretrainingMethod(ABC):
             raise TypeError(f"method {self.name}: settings must be {self.Settings.__name__}, got "
                             f"{type(settings).__name__}")
         family = str(context.model.get("arch", "swvit"))
-        if family not in self.model_families:
-            raise ValueError(f"model={family}: method={self.name} does not pretrain it (it pretrains "
-                             f"{', '.join(self.model_families)}); model=resenc takes method=mae or method=asa")
+        if family not in self.pretrained_families():
+            others = sorted(n for n, m in registered_methods().items() if family in m.pretrained_families())
+            raise ValueError(f"model.arch={family}: method={self.name} does not pretrain it (it pretrains "
+                             f"{', '.join(self.pretrained_families())}); "
+                             + (f"method={' or method='.join(others)} does" if others else "no method pretrains it"))
         self.settings = settings
         self.context = context
         self.check()
+
+    @classmethod
+    def pretrained_families(cls) -> tuple[str, ...]:
+        """The ``model.arch`` values this method pretrains (``model_families``; the SW-ViT sizes: ``swvit``)."""
+        return cls.model_families
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the option for settings this method cannot train with."""

@@ -11,7 +11,7 @@ on the residual-encoder U-Net, the CVPR 2025 recipe; on the SW-ViT the position 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional
 
@@ -23,17 +23,12 @@ from asa.losses.informativeness import NORMALIZATIONS
 from asa.methods.base import MethodSettings, PanelFn, PretrainingMethod, RegionNeeds, StepFn, register_method
 from asa.models.swvit.encoder import ENCODER_PREFIX
 from asa.models.swvit.mae import LOSS_WEIGHTINGS
+from asa.models.registry import keyword_options, masked_network, network_record, pretrain_model_sections
 from asa.models.zoo import build_network
 from asa.choices import one_of
 from asa.train.pretrain import mae_step, make_panel_fn
 
 __all__ = ["MAEPretraining", "MAESettings", "MaskedAutoencoderPretraining", "MaskedAutoencoderSettings"]
-
-# the model group's network (``model.arch``; the SW-ViT sizes name none) -> the masked network pretrained on it
-MASKED_NETWORKS = {"swvit": "asa_pretrain", "resenc": "resenc_pretrain"}
-# settings the SW-ViT's masked autoencoder does not take
-CNN_ONLY = ("mirror_visible", "coord_channel", "mask_block", "densify", "weight_patch", "weight_power")
-CNN_OPTIONS = ("in_channels", "mask_ratio", "loss_weighting", "bins", "normalize", *CNN_ONLY)
 
 
 @dataclass
@@ -76,39 +71,52 @@ class MaskedAutoencoderPretraining(PretrainingMethod):
     Settings = MaskedAutoencoderSettings
     encoder_prefixes = (ENCODER_PREFIX,)
     uses_model_group = True
-    model_families = tuple(MASKED_NETWORKS)
+
+    @classmethod
+    def pretrained_families(cls) -> tuple[str, ...]:
+        """Every ``model.arch`` whose network registered a masked-pretraining twin (``masked_of``)."""
+        return tuple(pretrain_model_sections())
 
     @property
     def family(self) -> str:
-        """The network family of the ``model`` group: ``swvit`` or ``resenc``."""
+        """The ``model.arch`` of the ``model`` group (the SW-ViT sizes: ``swvit``)."""
         return str(self.context.model.get("arch", "swvit"))
 
+    @property
+    def masked_arch(self) -> str:
+        """The masked network registered for the family (``masked_of``)."""
+        return str(masked_network(self.family))
+
     def check(self) -> None:
-        s = self.settings
-        if self.family == "swvit":
-            for key in CNN_ONLY:
-                if getattr(s, key) != getattr(type(s)(), key):
-                    raise ValueError(f"method.{key}={getattr(s, key)}: an option of model=resenc; the SW-ViT's symmetry "
-                                     "is its position code (model.pos_mode) and SACA (model.saca)")
-            return
-        if s.loss_weighting not in ("uniform", "attentive"):
-            raise ValueError(f"method.loss_weighting={s.loss_weighting}: model=resenc takes uniform or attentive")
-        if s.norm_pix_loss:
-            raise ValueError("method.norm_pix_loss=true: model=resenc reconstructs the voxels themselves (false)")
-        if s.mirror_visible is not None and not 0.0 <= s.mirror_visible <= 1.0:
-            raise ValueError(f"method.mirror_visible={s.mirror_visible}: a fraction in [0, 1], or null (uniform masking)")
+        """Refuse a method option the family's masked network does not take, set to other than its default
+        (naming the families whose network does), then what that network's ``check_options`` refuses."""
+        s, defaults = self.settings, type(self.settings)()
+        taken = keyword_options(self.masked_arch)
+        for key in (f.name for f in fields(s) if f.name != "name" and f.name not in taken):
+            if getattr(s, key) != getattr(defaults, key):
+                others = [f for f in self.pretrained_families() if key in keyword_options(str(masked_network(f)))]
+                raise ValueError(f"method.{key}={getattr(s, key)}: an option of "
+                                 f"{' or '.join(f'model={f}' for f in others) or 'no masked network'}; the masked "
+                                 f"network of model.arch={self.family} ({self.masked_arch}) does not take it")
+        check_options = getattr(network_record(self.masked_arch).builder, "check_options", None)
+        if check_options is not None:
+            try:
+                check_options(**self._own_options())
+            except ValueError as err:
+                raise ValueError(f"method.{err}") from None
+
+    def _own_options(self) -> dict:
+        """The method settings the masked network takes, in the settings' order."""
+        taken = keyword_options(self.masked_arch)
+        return {k: v for k, v in asdict(self.settings).items() if k != "name" and k in taken}
 
     def network_kwargs(self) -> dict:
         """The keyword arguments of the masked network: the ``model`` group, these settings, the crop."""
-        own = {k: v for k, v in asdict(self.settings).items() if k != "name"}
-        if self.family == "swvit":
-            return {**self.context.model, **{k: v for k, v in own.items() if k not in CNN_ONLY},
-                    "img_size": self.context.crop}
         model = {k: v for k, v in self.context.model.items() if k != "arch"}
-        return {**model, **{k: own[k] for k in CNN_OPTIONS}, "img_size": self.context.crop}
+        return {**model, **self._own_options(), "img_size": self.context.crop}
 
     def build_network(self) -> nn.Module:
-        return build_network({"arch": MASKED_NETWORKS[self.family], "kwargs": self.network_kwargs()})
+        return build_network({"arch": self.masked_arch, "kwargs": self.network_kwargs()})
 
     def step_of(self, cases: Sequence, root: Path | None) -> StepFn:
         return mae_step
@@ -122,7 +130,9 @@ class MaskedAutoencoderPretraining(PretrainingMethod):
         return RegionNeeds(tuple(needed), network)
 
     def panel(self, sample: Mapping) -> PanelFn | None:
-        return make_panel_fn(sample["image"], sample.get("region")) if self.family == "swvit" else None
+        # the panels show a reconstruction of patch tokens: for a masked network that unpatchifies them
+        patches = callable(getattr(network_record(self.masked_arch).builder, "unpatchify", None))
+        return make_panel_fn(sample["image"], sample.get("region")) if patches else None
 
     def probe_tokens(self, model: nn.Module, x: torch.Tensor, patch_regions: torch.Tensor | None = None
                      ) -> torch.Tensor:
@@ -130,7 +140,8 @@ class MaskedAutoencoderPretraining(PretrainingMethod):
 
     @property
     def probe_patch_size(self) -> int | None:
-        return int(self.context.model["patch_size"]) if self.family == "swvit" else None
+        patch = self.context.model.get("patch_size")  # a token network's patch edge (a CNN's section has none)
+        return None if patch is None else int(patch)
 
 
 @register_method

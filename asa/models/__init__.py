@@ -9,7 +9,7 @@ import importlib
 import pkgutil
 
 from asa.models.swvit.attention import LinearWindowAttention
-from asa.models.declared import Capabilities, capabilities
+from asa.models.declared import Capabilities, capabilities, input_size
 from asa.models.swin.baselines import SwinSettings, SwinUNETRSettings, UNETRSettings, ViTSettings
 from asa.models.heads.case_baselines import SwinCaseNet, SwinCaseSettings, ViTCaseNet, ViTCaseSettings
 from asa.models.heads.case_head import POOLINGS, ASACaseHead, AttentionPool, PooledTokenHead
@@ -48,6 +48,7 @@ __all__ = [
     "ASACaseHead",
     "Capabilities",
     "capabilities",
+    "input_size",
     "PooledTokenHead",
     "SwinCaseNet",
     "ViTCaseNet",

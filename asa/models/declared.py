@@ -3,7 +3,7 @@
 A network sets ``self.capabilities = Capabilities(...)`` in its constructor (or on its class); the training steps,
 sliding-window inference, prediction and the diagnostics read it with :func:`capabilities`, never
 by probing for attributes. A network that declares nothing (MONAI's UNETR, SwinUNETR) takes the
-image alone and offers nothing more.
+image alone and offers nothing more. The crop a network takes is :func:`input_size`.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import nn
 
 from asa.models.compiled import unwrap
 
-__all__ = ["Capabilities", "capabilities"]
+__all__ = ["Capabilities", "capabilities", "input_size"]
 
 
 @dataclass(frozen=True)
@@ -63,3 +63,20 @@ def capabilities(model: nn.Module) -> Capabilities:
         raise TypeError(f"{type(unwrap(model)).__name__}.capabilities must be an asa.models.Capabilities, "
                         f"got {type(declared).__name__}")
     return declared
+
+
+def input_size(model: nn.Module) -> tuple[int, int, int]:
+    """The crop ``model`` (or the network inside its wrapper) takes, voxels per axis: its declared ``img_size``
+    attribute, else the ``img_size`` of the spec it was built from (every network asa builds is handed its
+    crop as ``img_size``, `asa.models.register_network`); one edge means a cube."""
+    net = unwrap(model)
+    size = getattr(net, "img_size", None)
+    if size is None:
+        size = (getattr(net, "network_kwargs", None) or {}).get("img_size")
+    if size is None:
+        raise ValueError(f"{type(net).__name__}: no input size declared (an img_size attribute, or an img_size "
+                         "keyword argument in its network spec)")
+    edges = (int(size),) * 3 if isinstance(size, (int, float)) else tuple(int(s) for s in size)
+    if len(edges) != 3:
+        raise ValueError(f"{type(net).__name__}: img_size must be one edge or three, got {size!r}")
+    return edges  # type: ignore[return-value]

@@ -21,7 +21,7 @@ from asa.io import load_weights, save_checkpoint
 from asa.models.swvit.encoder import SWViTEncoder
 from asa.models.swvit.region_attention import patch_regions
 from asa.models.registry import ENCODER_MODULES, build_network, current_spec, register_network
-from asa.models.cnn.transfer import match_resenc_encoder
+from asa.models.cnn.transfer import in_proj_keys, match_resenc_encoder
 
 __all__ = ["ENCODER_MODULES", "EncoderOf", "VolumeEncoder", "encoder_export", "export_for_monai", "load_encoder", "network_encoder"]
 
@@ -175,7 +175,7 @@ def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = 
     if "foreign" in state:  # a published checkpoint: matched tensor by tensor, reported in one block
         kwargs = spec["kwargs"]
         update, report = match_resenc_encoder(encoder.state_dict(prefix=f"{name}."), dict(state), path,
-                                              image_channels=int(kwargs["in_channels"]))
+                                              in_proj=in_proj_keys(net), image_channels=int(kwargs["in_channels"]))
         encoder.load_state_dict({k[len(name) + 1:]: v for k, v in update.items()}, strict=True)
         if verbose:
             print(f"pretrained encoder from {path}:\n{report}")

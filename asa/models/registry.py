@@ -6,6 +6,10 @@ package declares its networks in the entry-point group ``asa.networks`` (each en
 builder or the module that registers them), so they reach the console scripts too. Each network is one
 :class:`NetworkRecord` in :data:`RECORDS`; ``NETWORKS``, ``NETWORK_TASKS``, ``ENCODER_MODULES`` and
 ``NETWORK_SETTINGS`` are read-only views of one column of it.
+A masked-pretraining network names the network family it pretrains (``masked_of``: the ``model.arch`` of
+``asa-pretrain``, e.g. ``resenc``) and the typed ``model`` section asa-pretrain takes for it
+(``pretrain_settings``); `masked_network` and `pretrain_model_sections` read them, and a file of such a
+network initialises the encoder of its family's fine-tuning network (`pretrains`).
 A network that a fine-tuning run config may name (``model.arch``) registers its typed settings with it
 (``settings=``, a :class:`NetworkSettings` subclass): the fields of the ``model`` section it takes,
 with their types, defaults and choices (`asa.choices.one_of`), against which a run config is checked.
@@ -19,6 +23,7 @@ This module imports nothing else of :mod:`asa.models`: every network file may im
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from types import ModuleType
@@ -69,7 +74,9 @@ class NetworkRecord:
     function taking a spec's flat keyword arguments), its ``task``, the ``encoder`` submodule whose weights
     an encoder export holds (None: none), whether it ``follows_pretraining`` (takes ``img_size``,
     ``pos_mode``, ``lr_axis`` and ``reference_grid`` from a pretraining file, `asa.api.networks`),
-    the segmentation network it is the case counterpart of (``case_of``) and its run-config ``settings``."""
+    the segmentation network it is the case counterpart of (``case_of``) and its run-config ``settings``;
+    for a masked-pretraining network, the ``model.arch`` of asa-pretrain it is built for (``masked_of``)
+    with the dataclass of that ``model`` section (``pretrain_settings``)."""
 
     builder: Callable[..., nn.Module]
     task: str
@@ -77,6 +84,8 @@ class NetworkRecord:
     follows_pretraining: bool = False
     case_of: Optional[str] = None
     settings: Optional[type[NetworkSettings]] = None
+    masked_of: Optional[str] = None
+    pretrain_settings: Optional[type] = None
 
 
 RECORDS = Plugins("network", ENTRY_POINT_GROUP)  # name -> NetworkRecord
@@ -130,8 +139,9 @@ NETWORK_SETTINGS: Mapping[str, type[NetworkSettings]] = _Column("settings")  # n
 
 
 def register_network(name: str, *, task: str, encoder: str | None = None, follows_pretraining: bool = False,
-                     case_of: str | None = None,
-                     settings: type[NetworkSettings] | None = None) -> Callable[[Builder], Builder]:
+                     case_of: str | None = None, settings: type[NetworkSettings] | None = None,
+                     masked_of: str | None = None,
+                     pretrain_settings: type | None = None) -> Callable[[Builder], Builder]:
     """Register the decorated class or function as the network ``name`` of ``task``
     (``segmentation``, ``pretraining`` or ``case``); it takes the flat keyword arguments of a network spec.
     ``encoder``: the submodule whose weights an encoder export holds, if any. ``follows_pretraining``:
@@ -139,17 +149,26 @@ def register_network(name: str, *, task: str, encoder: str | None = None, follow
     takes ``img_size``, ``pos_mode``, ``lr_axis`` and ``reference_grid``, and nothing else from the file).
     ``case_of``: the segmentation network whose model presets a case run builds this case network from.
     ``settings``: the typed ``model`` section of a run config that names this network (None: no run config
-    can). Registering the same builder again is a no-op; another under a taken name is an error."""
+    can). ``masked_of`` (a pretraining network): the ``model.arch`` of asa-pretrain whose masked autoencoder
+    this network is (the SW-ViT sizes: ``swvit``), with ``pretrain_settings``, the dataclass of that
+    ``model`` section; its files initialise the encoder of the network registered as ``masked_of``.
+    Registering the same builder again is a no-op; another under a taken name is an error."""
     if task not in TASKS:
         raise ValueError(f"register_network({name!r}): task must be one of {TASKS}, got {task!r}")
     if settings is not None and not (is_dataclass(settings) and issubclass(settings, NetworkSettings)):
         raise TypeError(f"register_network({name!r}): settings must be a NetworkSettings dataclass, got {settings!r}")
+    if (masked_of is None) != (pretrain_settings is None) or (masked_of is not None and task != "pretraining"):
+        raise ValueError(f"register_network({name!r}): masked_of and pretrain_settings come together, on a "
+                         "pretraining network")
+    if pretrain_settings is not None and not is_dataclass(pretrain_settings):
+        raise TypeError(f"register_network({name!r}): pretrain_settings must be a dataclass, got {pretrain_settings!r}")
 
     def register(build: Builder) -> Builder:
         known = RECORDS.get(name)
         if known is not None and known.builder is not build:
             raise ValueError(f"network {name!r} is registered already (by {known.builder.__qualname__})")
-        RECORDS[name] = NetworkRecord(build, task, encoder, follows_pretraining, case_of, settings)
+        RECORDS[name] = NetworkRecord(build, task, encoder, follows_pretraining, case_of, settings, masked_of,
+                                      pretrain_settings)
         return build
 
     return register
@@ -163,6 +182,34 @@ def architectures(task: str) -> tuple[str, ...]:
 def case_counterpart(name: str) -> str | None:
     """The case network registered as the counterpart (``case_of``) of the segmentation network ``name``."""
     return next((n for n, record in registered_networks().items() if record.case_of == name), None)
+
+
+def masked_network(family: str) -> str | None:
+    """The masked-pretraining network registered for asa-pretrain's ``model.arch=<family>`` (None: none)."""
+    return next((n for n, record in registered_networks().items() if record.masked_of == family), None)
+
+
+def pretrain_model_sections() -> dict[str, type]:
+    """asa-pretrain's ``model.arch`` -> the dataclass of its ``model`` section, one per masked network."""
+    return {record.masked_of: record.pretrain_settings for record in registered_networks().values()
+            if record.masked_of is not None}
+
+
+def pretrains(arch: str | None, network: str) -> bool:
+    """Whether a file of the network ``arch`` holds an encoder for the network ``network``: a file of that
+    network itself, or of a pretraining network registered as its masked autoencoder (``masked_of``)."""
+    record = network_record(arch) if arch else None
+    return arch == network or (record is not None and record.masked_of == network)
+
+
+def keyword_options(name: str) -> frozenset[str]:
+    """The keyword arguments the builder of the network ``name`` takes: those its signature names (a class:
+    its ``__init__``'s) and, for one that gathers the rest (``**kwargs``), those it declares in its
+    ``keyword_options`` attribute."""
+    builder = registered_networks()[name].builder
+    named = {p.name for p in inspect.signature(builder).parameters.values()
+             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return frozenset(named) | frozenset(getattr(builder, "keyword_options", ()))
 
 
 def current_spec(spec: Mapping[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ def test_the_sw_vit_path_is_unchanged():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (("model=resenc", "method=rpl"), "model=resenc: method=rpl does not pretrain it"),
+    (("model=resenc", "method=rpl"), "model.arch=resenc: method=rpl does not pretrain it .*method=asa or method=mae does"),
     (("model=tiny", "method.coord_channel=true"), "method.coord_channel=True: an option of model=resenc"),
     (("model=resenc", "method.loss_weighting=focal_region"), "model=resenc takes uniform or attentive"),
     (("model=resenc", "method.mirror_visible=2"), r"method.mirror_visible=2.0: a fraction in \[0, 1\]"),

@@ -224,3 +224,32 @@ def test_an_installed_package_declares_its_networks_in_the_entry_point_group(mon
     monkeypatch.setattr(registry.RECORDS, "_read", False)
     with pytest.raises(TypeError, match="entry point of asa.networks: .* is neither a module nor a builder registered"):
         registry.registered_networks()
+
+
+def test_a_masked_network_declares_the_family_it_pretrains_and_its_model_section():
+    from asa.models.cnn.masked import ResEncPretrainModel
+    from asa.models.swvit.mae import PretrainModelConfig
+
+    assert registry.masked_network("resenc") == "resenc_pretrain" and registry.masked_network("swvit") == "asa_pretrain"
+    assert registry.pretrain_model_sections() == {"swvit": PretrainModelConfig, "resenc": ResEncPretrainModel}
+    assert registry.masked_network("dynunet") is None
+    # a file of the network or of its masked twin initialises its encoder; another network's does not
+    assert registry.pretrains("resenc", "resenc") and registry.pretrains("resenc_pretrain", "resenc")
+    assert not registry.pretrains("asa_pretrain", "resenc") and not registry.pretrains(None, "resenc")
+    # the options a builder takes: its signature's, and what it gathers in **kwargs as it declares
+    assert {"mirror_visible", "coord_channel"} <= registry.keyword_options("resenc_pretrain")
+    assert {"patch_size", "norm_pix_loss"} <= registry.keyword_options("asa_pretrain")
+    assert "mirror_visible" not in registry.keyword_options("asa_pretrain")
+    with pytest.raises(ValueError, match="masked_of and pretrain_settings come together, on a pretraining network"):
+        registry.register_network("half_declared", task="pretraining", masked_of="resenc")
+    with pytest.raises(ValueError, match="masked_of and pretrain_settings come together, on a pretraining network"):
+        registry.register_network("wrong_task", task="segmentation", masked_of="resenc",
+                                  pretrain_settings=ResEncPretrainModel)
+
+
+def test_a_resenc_file_of_another_network_is_refused_naming_the_twin(tmp_path):
+    net = build_network({"arch": "resenc", "kwargs": {"img_size": 32, "in_channels": 1, "out_channels": 2}})
+    blob = {"model": {}, "network": {"arch": "asa_pretrain", "kwargs": {}}}
+    with pytest.raises(ValueError, match="a file of network 'asa_pretrain'; model=resenc takes a file of resenc or of "
+                                         "its masked twin resenc_pretrain"):
+        net.load_pretrained(tmp_path / "x.pt", checkpoint=blob)

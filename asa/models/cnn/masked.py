@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asa.models.cnn.resenc import ResEncPlan, ResEncUNet, resolve_plan
+from asa.choices import one_of
+from asa.models.cnn.resenc import RESENC_SIZES, ResEncPlan, ResEncUNet, resolve_plan
 from asa.models.declared import Capabilities
 from asa.models.registry import record_spec, register_network
 from asa.losses.informativeness import patch_informativeness
@@ -313,7 +314,19 @@ class ResEncMaskedAutoencoder(ResEncUNet):
         return self.encoder.state_dict(prefix="encoder.")
 
 
-@register_network("resenc_pretrain", task="pretraining", encoder="encoder")
+@dataclass
+class ResEncPretrainModel:
+    """``model=resenc`` in pretraining: nnU-Net's residual-encoder U-Net (`asa.models.cnn.resenc`), its
+    topology planned from the crop; the masking and loss are the method's (``method=mae|asa``)."""
+
+    arch: str = "resenc"
+    # tiny (unit tests) | S (the CPU size that learns) | M | L (nnU-Net's ResEnc presets); model=resenc: M
+    size: str = one_of("tiny", tuple(RESENC_SIZES))
+    lr_axis: int = 0  # the left-right axis (RAS+: 0), for mirror_visible and coord_channel
+
+
+@register_network("resenc_pretrain", task="pretraining", encoder="encoder", masked_of="resenc",
+                  pretrain_settings=ResEncPretrainModel)
 def resenc_pretrain(
     *,
     img_size: Any,
@@ -373,3 +386,16 @@ def resenc_pretrain(
         "coord_channel": bool(coord_channel), "lr_axis": int(lr_axis), "mask_block": net.block, "densify": densify,
         "weight_patch": net.weight_patch, "weight_power": float(weight_power),
         **{key: list(value) for key, value in plan._asdict().items()}})
+
+
+def _check_options(*, loss_weighting: str = "attentive", mirror_visible: float | None = None, **_: Any) -> None:
+    """What the masked network refuses before it is built, as ``<option>=<value>: why`` (the method names
+    its section)."""
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss_weighting={loss_weighting}: model=resenc takes {' or '.join(LOSS_WEIGHTINGS)}")
+    if mirror_visible is not None and not 0.0 <= mirror_visible <= 1.0:
+        raise ValueError(f"mirror_visible={mirror_visible}: a fraction in [0, 1], or null (uniform masking)")
+
+
+resenc_pretrain.check_options = _check_options  # type: ignore[attr-defined]
+

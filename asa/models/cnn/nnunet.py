@@ -23,7 +23,7 @@ import torch
 from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 from torch import nn
 
-from asa.models.cnn.transfer import match_resenc_encoder
+from asa.models.cnn.transfer import in_proj_keys, match_resenc_encoder
 
 __all__ = ["NNUNET_CLASS", "NNUNET_CONFIGURATION", "nnunet_architecture", "nnunet_checkpoint", "nnunet_network",
            "nnunet_plans_snippet"]
@@ -98,7 +98,7 @@ def nnunet_network(export: Mapping[str, Any], *, in_channels: int | None = None,
         net = ResidualEncoderUNet(input_channels=channels, num_classes=2, deep_supervision=True, **kwargs)
         net.apply(net.initialize)  # nnU-Net's own initialisation (get_network_from_plans, allow_init=True)
     update, _ = match_resenc_encoder(net.encoder.state_dict(prefix="encoder."), dict(export), source,
-                                     image_channels=channels)
+                                     in_proj=in_proj_keys(net), image_channels=channels)
     net.encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in update.items()}, strict=True)
     return net
 

@@ -1,7 +1,9 @@
 """A resenc pretraining file into a `ResEncUNet`: the stem and encoder stages, every tensor matched.
 
 The file is an asa pretraining checkpoint (``{"model": ..., "network": spec}``) or encoder export
-(``{"encoder": ..., "network": spec}``) of ``resenc_pretrain`` or ``resenc``. The stem's first convolution
+(``{"encoder": ..., "network": spec}``) of the network itself or of a pretraining network registered as its
+masked twin (`asa.models.register_network`'s ``masked_of``). The input projection is the one the network
+declares (dynamic-network-architectures' ``keys_to_in_proj``). The stem's first convolution
 takes the image channels (and the coordinate channel, last, when the network has one): a file of one image
 channel is adapted to k by repeating that channel's weights and dividing them by k, which keeps the
 response to a volume replicated over the channels (as the SW-ViT's stem is adapted); the coordinate
@@ -15,6 +17,7 @@ load as a missing one does, so that no published encoder is ever loaded in part.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,17 +25,21 @@ import torch
 
 from asa.io import load_weights
 from asa.io.foreign import describe_foreign
+from asa.models.registry import masked_network, pretrains
 from asa.models.swvit.segmenter import LoadReport, match_encoder_weights
 
 if TYPE_CHECKING:
     from asa.models.cnn.resenc import ResEncUNet
 
-__all__ = ["STEM_KEYS", "load_resenc_encoder", "match_resenc_encoder"]
+__all__ = ["in_proj_keys", "load_resenc_encoder", "match_resenc_encoder"]
 
 PREFIX = "encoder."
-# the stem's first convolution, under both names the package's state dict gives the one tensor
-STEM_KEYS = ("encoder.stem.convs.0.conv.weight", "encoder.stem.convs.0.all_modules.0.weight")
-RESENC_FILES = ("resenc", "resenc_pretrain")
+
+
+def in_proj_keys(net: object) -> tuple[str, ...]:
+    """The weight keys of the input projection ``net`` declares (dynamic-network-architectures'
+    ``keys_to_in_proj``: the stem's first convolution, under every name its state dict gives the one tensor)."""
+    return tuple(f"{key}.weight" for key in net.keys_to_in_proj)  # type: ignore[attr-defined]
 
 
 def _adapt_stem(value: torch.Tensor, image_channels: int, coord: bool, key: str) -> tuple[torch.Tensor, str | None]:
@@ -56,10 +63,11 @@ def load_resenc_encoder(net: ResEncUNet, path: str | Path, *, checkpoint: dict |
     if not ({"model", "encoder"} & blob.keys()):
         raise ValueError(f"{path} holds neither a 'model' nor an 'encoder' state dict")
     spec = blob.get("network") or {}
-    arch = spec.get("arch")
-    if arch not in RESENC_FILES:
-        raise ValueError(f"model.pretrained={path}: a file of network {arch!r}; model=resenc takes a resenc pretraining "
-                         f"file (asa-pretrain model=resenc: {' or '.join(RESENC_FILES)})")
+    arch, own = spec.get("arch"), getattr(net, "network_arch", "resenc")
+    if not pretrains(arch, own):
+        twin = masked_network(own)
+        raise ValueError(f"model.pretrained={path}: a file of network {arch!r}; model={own} takes a file of {own}"
+                         + (f" or of its masked twin {twin} (asa-pretrain model={own})" if twin else ""))
     recorded = bool(spec.get("kwargs", {}).get("coord_channel", False))
     if recorded != net.coord_channel:
         raise ValueError(f"model.pretrained={path}: the encoder was pretrained "
@@ -73,8 +81,8 @@ def load_resenc_encoder(net: ResEncUNet, path: str | Path, *, checkpoint: dict |
                              f"{edge}-voxel crop, whose edge sets the channel's scale; this network's crop is "
                              f"{net.img_size[net.lr_axis]}: set data.crop={edge} (or pretrain without "
                              "method.coord_channel)")
-    own = net.encoder.state_dict(prefix=PREFIX)
-    update, report = match_resenc_encoder(own, blob, path, image_channels=net.in_channels, coord=net.coord_channel)
+    update, report = match_resenc_encoder(net.encoder.state_dict(prefix=PREFIX), blob, path, in_proj=in_proj_keys(net),
+                                          image_channels=net.in_channels, coord=net.coord_channel)
     net.encoder.load_state_dict({k.removeprefix(PREFIX): v for k, v in update.items()}, strict=True)
     if verbose:
         print(f"pretrained encoder from {path}:\n{report}")
@@ -85,10 +93,11 @@ def _first(keys: list[str], n: int = 5) -> str:
     return ", ".join(keys[:n]) + (f" ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
-def match_resenc_encoder(own: dict[str, torch.Tensor], blob: dict, path: str | Path, *, image_channels: int,
-                         coord: bool = False) -> tuple[dict[str, torch.Tensor], LoadReport]:
+def match_resenc_encoder(own: dict[str, torch.Tensor], blob: dict, path: str | Path, *, in_proj: Sequence[str],
+                         image_channels: int, coord: bool = False) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """The encoder tensors of the resenc file content ``blob`` for a network whose encoder state is ``own``
-    (keys ``encoder.*``), the stem adapted to ``image_channels`` (+ the coordinate channel), and the report.
+    (keys ``encoder.*``), the input projection (``in_proj``: its weight keys, `in_proj_keys`) adapted to
+    ``image_channels`` (+ the coordinate channel), and the report.
 
     Refused (``ValueError`` naming ``path``, the option and the first keys at fault, the whole report
     attached): any encoder tensor of the network the file does not hold; for a published checkpoint also any
@@ -97,11 +106,11 @@ def match_resenc_encoder(own: dict[str, torch.Tensor], blob: dict, path: str | P
     foreign = blob.get("foreign")
     source = {k.removeprefix("module."): v for k, v in (blob["encoder"] if "encoder" in blob else blob["model"]).items()}
     adapted = []
-    for key in STEM_KEYS:
+    for key in in_proj:
         if key in source:
             source[key], note = _adapt_stem(source[key], image_channels, coord, key)
             adapted += [note] if note else []
-    update, report = match_encoder_weights(own, source, (PREFIX,), STEM_KEYS[0], path,
+    update, report = match_encoder_weights(own, source, (PREFIX,), in_proj[0], path,
                                            refuse_mismatch=foreign is None)
     report.adapted = adapted
     if foreign is not None:

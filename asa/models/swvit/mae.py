@@ -6,17 +6,18 @@ settings a network spec (``asa_pretrain``) records.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
 
+from asa.choices import one_of
 from asa.models.declared import Capabilities
-from asa.models.swvit.encoder import ENCODER_PREFIX, EncoderSettings, SWViTEncoder
+from asa.models.swvit.encoder import ENCODER_PREFIX, EncoderOptions, EncoderSettings, SWViTEncoder
 from asa.models.swvit.objective import LOSS_WEIGHTINGS, reconstruction_objective
 from asa.models.swvit.patch import patchify, unpatchify
-from asa.models.swvit.position import symmetric_position_encoding
+from asa.models.swvit.position import POSITION_MODES, symmetric_position_encoding
 from asa.models.presets import PRESETS
 from asa.models.swvit.region_attention import patch_regions
 from asa.models.registry import record_spec, register_network
@@ -220,7 +221,20 @@ class MaskedAutoencoder(nn.Module):
 _BASE = PRESETS["base"]
 
 
-@register_network("asa_pretrain", task="pretraining", encoder="encoder")
+@dataclass
+class PretrainModelConfig(EncoderOptions):
+    """asa-pretrain's ``model`` section of the SW-ViT sizes (``model=tiny|small|base``, ``model.arch`` swvit):
+    the encoder plus the pretraining decoder (group ``sizes/decoder``)."""
+
+    decoder_dim: int = _BASE["decoder_dim"]
+    decoder_depth: int = _BASE["decoder_depth"]
+    decoder_num_heads: int = _BASE["decoder_num_heads"]
+    pos_mode: str = one_of(EncoderSettings.pos_mode, POSITION_MODES)  # none | mirror | paper
+    lr_axis: int = EncoderSettings.lr_axis
+
+
+@register_network("asa_pretrain", task="pretraining", encoder="encoder", masked_of="swvit",
+                  pretrain_settings=PretrainModelConfig)
 class ASA(MaskedAutoencoder):
     """Attentive Symmetric Autoencoder, built from the flat settings of its network spec
     (``asa_pretrain``): ``ASA(img_size=128, **PRESETS["base"])``.
@@ -244,6 +258,8 @@ class ASA(MaskedAutoencoder):
     blocks of the chosen SW-ViTs (DESIGN §1.6b); with the encoder among them the masking is
     mirror-consistent (see :class:`MaskedAutoencoder`).
     """
+
+    keyword_options = frozenset(f.name for f in fields(EncoderSettings))  # what ``**encoder`` takes
 
     def __init__(
         self,
