@@ -5,6 +5,9 @@ A run folder records its data (``config.yaml``: ``data.root``, ``data.layout``, 
 each case's part, subject and image content digests) and keeps it as ``cohort.json`` in that folder, so the
 images are read once; :func:`check_cohort` compares a fine-tuning run's validation and test cases with it, by
 case id, by subject and by image content (a renamed copy counts).
+
+An encoder export carries the recorded cohort's digests (``"cohort"``, :func:`recorded_cohort`), so a fine-tuning
+run with only ``model.pretrained=<file>`` checks its own split (:func:`check_pretraining_overlap`).
 """
 
 from __future__ import annotations
@@ -18,13 +21,19 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from asa.api.dataset import dataset_root
+from asa.api.dataset import dataset_root, on_main_then_share
+from asa.api.run import OptionError
 from asa.data import discover
 from asa.data.case import Case
-from asa.data.cohort import COHORT_FORMAT, DIGEST, cohort_overlap, cohort_record, describe_overlap
-from asa.io import atomic_write_json
+from asa.data.cohort import (COHORT_FORMAT, DIGEST, carried_cohort, cohort_overlap, cohort_record, describe_overlap,
+                             export_cohort, overlap_line)
+from asa.io import atomic_write_json, load_weights
+from asa.train.distributed import DistEnv
 
-__all__ = ["COHORT_FILE", "check_cohort", "pretraining_cohort", "run_cases", "run_folder"]
+__all__ = ["ACCEPT_OPTION", "COHORT_FILE", "check_cohort", "check_pretraining_overlap", "pretraining_cohort",
+           "recorded_cohort", "run_cases", "run_folder"]
+
+ACCEPT_OPTION = "data.accept_pretraining_overlap"  # asa-finetune's option that accepts test cases seen in pretraining
 
 COHORT_FILE = "cohort.json"
 
@@ -93,3 +102,46 @@ def check_cohort(pretrain_run: str | os.PathLike, finetune_run: str | os.PathLik
     lines = describe_overlap(overlap, cohort_size=seen)
     return {"pretraining": str(run_folder(pretrain_run)), "finetuning": str(run_folder(finetune_run)),
             "cohort_size": seen, "subsets": overlap, "lines": lines}
+
+
+def recorded_cohort(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
+    """The cohort digests an encoder export of ``checkpoint`` carries (`asa.data.cohort.export_cohort`): those
+    of the ``cohort.json`` recorded in its run folder (``<run>/checkpoints/<file>``), None without one."""
+    path = Path(checkpoint).expanduser()
+    run = path.parent.parent if path.parent.name == "checkpoints" else None
+    if run is None or not (run / COHORT_FILE).is_file():
+        return None
+    try:
+        kept = json.loads((run / COHORT_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{run / COHORT_FILE}: not readable JSON ({err}); asa-cohort writes it again") from err
+    # one of another digest: asa-cohort records it again
+    return export_cohort(kept) if kept.get("format") == COHORT_FORMAT and kept.get("digest") == DIGEST else None
+
+
+def check_pretraining_overlap(pretrained: str | os.PathLike, splits: dict[str, Sequence[Case]], *, accept: bool,
+                              env: DistEnv | None = None, workers: int = 1) -> dict[str, Any] | None:
+    """Say in one line how many validation and test cases of ``splits`` were in the pretraining cohort that the
+    encoder file ``pretrained`` carries (by case id, subject and image content; each case's images are digested
+    once, on rank 0); refuse (`OptionError`, naming ``data.accept_pretraining_overlap``) when a test case was,
+    unless ``accept``. Returns the overlap report (`asa.data.cohort.cohort_overlap`), or None when the file
+    carries no cohort (said in the line: nothing was checked)."""
+    env = env or DistEnv()
+    cohort = carried_cohort(load_weights(pretrained), f"model.pretrained={pretrained}")
+    if cohort is None:
+        if env.is_main:
+            print(f"[asa] pretraining cohort: model.pretrained={pretrained} carries no cohort digests, so the "
+                  "validation and test cases were not checked against it (record them with asa-cohort PRETRAIN_RUN, "
+                  "then export with asa-export)", flush=True)
+        return None
+    subsets = {name: list(splits.get(name) or []) for name in ("val", "test")}
+    report = on_main_then_share(lambda: cohort_overlap(cohort, subsets, workers=workers), env)
+    if env.is_main:
+        print(f"[asa] pretraining cohort: {overlap_line(report)}", flush=True)
+    test = report["test"]["overlapping"]
+    if test and not accept:
+        raise OptionError(f"model.pretrained={pretrained}: {len(test)} of the {report['test']['n']} test case(s) "
+                          f"({', '.join(test[:5])}{' ...' if len(test) > 5 else ''}) were in the encoder's "
+                          "pretraining cohort, so its test metrics would not be held out; split the data without "
+                          f"them, or set {ACCEPT_OPTION}=true to train anyway")
+    return report

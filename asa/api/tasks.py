@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from asa.api.cohort import check_pretraining_overlap
 from asa.api.job import JobRun, TrainingJob
 from asa.api.schema import EvaluateConfig, FrozenProbeConfig, PredictConfig
 from asa.api.task_registry import FINETUNE_TASKS, TaskSettings, add_task, task_class
@@ -103,6 +104,13 @@ class FinetuneTask(TrainingJob):
     def best_metric(self, run: FinetuneRun) -> str:
         """What ``best.pt`` follows, as the closing report says it."""
         return f"{run.config.monitor}, {run.config.mode}"
+
+    def check_split(self, run: FinetuneRun, splits: Mapping[str, list]) -> None:
+        """With ``model.pretrained``: one line on how many validation and test cases were in the encoder's
+        pretraining cohort, and a refusal when a test case was (unless ``data.accept_pretraining_overlap``)."""
+        if run.cfg.model.pretrained:
+            check_pretraining_overlap(run.cfg.model.pretrained, splits, accept=run.cfg.data.accept_pretraining_overlap,
+                                      env=run.env, workers=max(1, run.cfg.data.num_workers))
 
     def network(self, run: FinetuneRun, splits: Mapping[str, list] | None) -> nn.Module:
         model, outputs = self.build_network(run, splits)
