@@ -1,0 +1,105 @@
+"""The pretraining cohort travels with the encoder: the export carries each seen case's subject and image digests
+(read back with ``weights_only=True``), and asa-finetune with ``model.pretrained`` says in one line how many of its
+validation and test cases were in that cohort, refusing a test case (also a renamed copy, found by content) unless
+``data.accept_pretraining_overlap``. Tiny demo phantoms (32³, 5 BraTS cases) and the tiny ASA preset."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from asa.api import finetune
+from asa.api.cohort import ACCEPT_OPTION, COHORT_FILE, check_pretraining_overlap
+from asa.api.config import compose_config
+from asa.api.export import export_model
+from asa.api.run import OptionError
+from asa.data import discover, write_demo_dataset
+from asa.data.cohort import DIGEST, COHORT_FORMAT, export_cohort, image_digests
+from asa.io import load_weights, save_checkpoint
+from asa.models import ASA, PRESETS, network_spec
+from asa.train.pretrain import export_encoder
+
+
+@pytest.fixture(scope="module")
+def brats(tmp_path_factory) -> Path:
+    return write_demo_dataset("brats", tmp_path_factory.mktemp("data") / "brats", cases=5, size=32, seed=1)
+
+
+def _cohort(entries: dict[str, tuple[str, dict[str, str]]]) -> dict:
+    """A cohort record: case id -> (subject, {channel: digest}), all in the pretraining train part."""
+    return {"format": COHORT_FORMAT, "digest": DIGEST, "seen_parts": ["train", "val"],
+            "cases": {k: {"part": "train", "subject": s, "images": im} for k, (s, im) in entries.items()}}
+
+
+def _encoder(folder: Path, cohort: dict | None) -> Path:
+    """encoder.pt (and encoder.safetensors) of a tiny ASA network, as asa-pretrain's export writes it."""
+    torch.manual_seed(0)
+    mae = ASA(img_size=32, **PRESETS["tiny"])
+    ckpt = save_checkpoint(folder / "checkpoints" / "last.pt", {"model": mae.state_dict(), "network": network_spec(mae),
+                                                                "step": 3})
+    return export_encoder(ckpt, folder / "checkpoints" / "encoder.pt", cohort=cohort)
+
+
+def _finetune(root: Path, out: Path, pretrained: Path, *extra: str):
+    return finetune(compose_config("finetune", [
+        "data=brats", f"data.root={root}", "model=tiny", "trainer=smoke", "trainer.max_steps=1", "trainer.panel_every=0",
+        f"output_dir={out}", "device=cpu", "data.num_workers=0", f"model.pretrained={pretrained}", *extra]))
+
+
+def test_export_carries_the_cohort_and_loads_weights_only(tmp_path, brats):
+    cases = discover("brats", brats)
+    digests = image_digests(cases, workers=1)
+    cohort = export_cohort(_cohort({c.id: (c.id, digests[c.id]) for c in cases}))
+    pt = _encoder(tmp_path / "pre", cohort)
+    state = torch.load(pt, map_location="cpu", weights_only=True)
+    assert state["cohort"] == cohort and len(state["cohort"]["cases"]) == 5
+    assert load_weights(pt.with_suffix(".safetensors"))["cohort"] == cohort  # the metadata, as JSON
+    # asa-export of a checkpoint whose run recorded cohort.json: the model folder carries it and states its digest
+    (tmp_path / "pre" / COHORT_FILE).write_text(json.dumps({**cohort, "run": "elsewhere"}))
+    folder = export_model(tmp_path / "pre" / "checkpoints" / "last.pt", tmp_path / "model")
+    assert load_weights(folder)["cohort"] == cohort
+    config = json.loads((folder / "config.json").read_text())
+    assert config["pretraining_cohort"]["cases"] == 5 and config["pretraining_cohort"]["images"] == 20
+    assert config["pretraining_cohort"]["digest"] in (folder / "README.md").read_text()
+
+
+def test_a_test_case_in_the_cohort_is_refused_also_as_a_renamed_copy(tmp_path, brats, capsys):
+    cases = discover("brats", brats)
+    digests = image_digests(cases, workers=1)
+    # every case under another id and subject, with one image's content: the same scans renamed
+    renamed = _cohort({f"sub-{k:02d}": (f"{k:02d}", {"T1w": digests[c.id]["t1"]}) for k, c in enumerate(cases)})
+    pt = _encoder(tmp_path / "pre", renamed)
+    out = tmp_path / "run"
+    with pytest.raises(OptionError, match=rf"test case\(s\).*were in the encoder's pretraining cohort.*{ACCEPT_OPTION}=true"):
+        _finetune(brats, out, pt)
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[asa] pretraining cohort:")]
+    assert len(line) == 1 and "by id 0 / subject 0 / content" in line[0] and " = sub-" in line[0]
+    assert not (out / "config.yaml").exists() and not (out / "checkpoints").exists()  # refused before training
+    # accepted: the same check says its line and lets the split through
+    splits = {"val": cases[:1], "test": cases[1:2]}
+    report = check_pretraining_overlap(pt, splits, accept=True)
+    assert report["test"]["overlapping"] == [cases[1].id] and report["val"]["overlapping"] == [cases[0].id]
+    assert "1 of the 1 validation cases and 1 of the 1 test cases" in capsys.readouterr().out
+
+
+def test_a_disjoint_cohort_trains_and_says_so(tmp_path, brats, capsys):
+    other = write_demo_dataset("brats", tmp_path / "other", cases=2, size=32, seed=7)
+    elsewhere = discover("brats", other)
+    digests = image_digests(elsewhere, workers=1)
+    pt = _encoder(tmp_path / "pre", _cohort({f"x{c.id}": (f"x{c.id}", digests[c.id]) for c in elsewhere}))
+    result = _finetune(brats, tmp_path / "run", pt)
+    assert result.step == 1
+    split = json.loads((tmp_path / "run" / "splits.json").read_text())
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[asa] pretraining cohort:")]
+    assert line == [f"[asa] pretraining cohort: 0 of the {len(split['val'])} validation cases and 0 of the "
+                    f"{len(split['test'])} test cases were in the encoder's pretraining cohort "
+                    "(by id 0 / subject 0 / content 0)"]
+
+
+def test_a_file_without_a_cohort_says_it_was_not_checked(tmp_path, brats, capsys):
+    pt = _encoder(tmp_path / "pre", None)
+    assert "cohort" not in torch.load(pt, map_location="cpu", weights_only=True)
+    assert check_pretraining_overlap(pt, {"val": [], "test": discover("brats", brats)[:1]}, accept=False) is None
+    assert "carries no cohort digests" in capsys.readouterr().out
