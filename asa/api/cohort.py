@@ -26,12 +26,12 @@ from asa.api.run import OptionError
 from asa.data import discover
 from asa.data.case import Case
 from asa.data.cohort import (COHORT_FORMAT, DIGEST, carried_cohort, cohort_overlap, cohort_record, describe_overlap,
-                             export_cohort, overlap_line)
+                             export_cohort, image_digests, overlap_line)
 from asa.io import atomic_write_json, load_weights
 from asa.train.distributed import DistEnv
 
-__all__ = ["ACCEPT_OPTION", "COHORT_FILE", "check_cohort", "check_pretraining_overlap", "pretraining_cohort",
-           "recorded_cohort", "run_cases", "run_folder"]
+__all__ = ["ACCEPT_OPTION", "COHORT_FILE", "check_cohort", "check_pretraining_overlap", "check_probe_overlap",
+           "encoder_cohort", "pretraining_cohort", "recorded_cohort", "run_cases", "run_folder"]
 
 ACCEPT_OPTION = "data.accept_pretraining_overlap"  # asa-finetune's option that accepts test cases seen in pretraining
 
@@ -119,6 +119,12 @@ def recorded_cohort(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
     return export_cohort(kept) if kept.get("format") == COHORT_FORMAT and kept.get("digest") == DIGEST else None
 
 
+def encoder_cohort(path: str | os.PathLike, *, option: str) -> dict[str, Any] | None:
+    """The pretraining cohort the encoder file ``path`` carries (`asa.data.cohort.carried_cohort`), or None;
+    ``option`` names where the file was given, in messages."""
+    return carried_cohort(load_weights(path), f"{option}={path}")
+
+
 def check_pretraining_overlap(pretrained: str | os.PathLike, splits: dict[str, Sequence[Case]], *, accept: bool,
                               env: DistEnv | None = None, workers: int = 1) -> dict[str, Any] | None:
     """Say in one line how many validation and test cases of ``splits`` were in the pretraining cohort that the
@@ -127,7 +133,7 @@ def check_pretraining_overlap(pretrained: str | os.PathLike, splits: dict[str, S
     unless ``accept``. Returns the overlap report (`asa.data.cohort.cohort_overlap`), or None when the file
     carries no cohort (said in the line: nothing was checked)."""
     env = env or DistEnv()
-    cohort = carried_cohort(load_weights(pretrained), f"model.pretrained={pretrained}")
+    cohort = encoder_cohort(pretrained, option="model.pretrained")
     if cohort is None:
         if env.is_main:
             print(f"[asa] pretraining cohort: model.pretrained={pretrained} carries no cohort digests, so the "
@@ -145,3 +151,26 @@ def check_pretraining_overlap(pretrained: str | os.PathLike, splits: dict[str, S
                           "pretraining cohort, so its test metrics would not be held out; split the data without "
                           f"them, or set {ACCEPT_OPTION}=true to train anyway")
     return report
+
+
+def check_probe_overlap(entries: Sequence[str], cases: Sequence[Case], *, accept: bool,
+                        workers: int = 1) -> dict[str, dict[str, Any]]:
+    """asa-probe's check: each probed case is held out in one fold, so each of ``cases`` found in the
+    pretraining cohort of an encoder file of ``entries`` (by id, subject or content; the images digested once
+    for all encoders) is said in one line per encoder and refused (`OptionError`) unless ``accept``
+    (``data.accept_pretraining_overlap``). Returns {entry: overlap report} of the files that carry a cohort."""
+    cohorts = {e: c for e in dict.fromkeys(entries) if (c := encoder_cohort(e, option="encoders")) is not None}
+    if not cohorts:
+        return {}
+    digests = image_digests(cases, workers=workers)
+    reports = {}
+    for entry, cohort in cohorts.items():
+        report = reports[entry] = cohort_overlap(cohort, {"probed": cases}, digests=digests)
+        print(f"[asa] pretraining cohort of {entry}: {overlap_line(report)}", flush=True)
+        found = report["probed"]["overlapping"]
+        if found and not accept:
+            raise OptionError(f"encoders: {entry}: {len(found)} of the {len(cases)} probed case(s) "
+                              f"({', '.join(found[:5])}{' ...' if len(found) > 5 else ''}) were in its pretraining "
+                              "cohort, and every probed case is held out in one fold, so its scores would not be held "
+                              f"out; probe other cases (split_file, subset), or set {ACCEPT_OPTION}=true to probe anyway")
+    return reports

@@ -118,11 +118,14 @@ def carried_cohort(state: Mapping[str, Any], where: str) -> dict[str, Any] | Non
 
 
 def cohort_overlap(cohort: Mapping[str, Any], subsets: Mapping[str, Sequence[Case]], *, workers: int = 4,
-                   seen_parts: Iterable[str] | None = None) -> dict[str, Any]:
+                   seen_parts: Iterable[str] | None = None,
+                   digests: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, Any]:
     """For each subset (``{"val": cases, "test": cases}``), the cases that were in the cohort's seen parts
     (``cohort["seen_parts"]``, default train and val): by case id, by subject and by image content (any image
     of the case with the digest of a cohort image). Returns ``{subset: {"n", "by_id", "by_subject",
-    "by_content", "overlapping"}}``, the matches listed as ``{"case", "matches": [cohort case, ...]}``."""
+    "by_content", "overlapping"}}``, the matches listed as ``{"case", "matches": [cohort case, ...]}``.
+    ``digests``: the cases' image digests when already read (:func:`image_digests`), so that several cohorts
+    are compared with one reading."""
     seen = set(seen_parts or cohort.get("seen_parts") or SEEN_PARTS)
     members = {k: v for k, v in (cohort.get("cases") or {}).items() if v.get("part") in seen}
     by_subject: dict[str, list[str]] = {}
@@ -133,13 +136,13 @@ def cohort_overlap(cohort: Mapping[str, Any], subsets: Mapping[str, Sequence[Cas
             by_digest.setdefault(value, []).append(case_id)
     report: dict[str, Any] = {}
     for name, cases in subsets.items():
-        digests = image_digests(cases, workers=workers)
+        read = image_digests(cases, workers=workers) if digests is None else digests
         ids = [{"case": c.id, "matches": [c.id]} for c in cases if c.id in members]
         subjects = [{"case": c.id, "matches": sorted(by_subject[case_subject(c)])} for c in cases
                     if case_subject(c) in by_subject]
         content = []
         for c in cases:
-            hits = sorted({m for d in digests.get(c.id, {}).values() for m in by_digest.get(d, [])})
+            hits = sorted({m for d in read.get(c.id, {}).values() for m in by_digest.get(d, [])})
             if hits:
                 content.append({"case": c.id, "matches": hits})
         overlapping = sorted({m["case"] for m in ids + subjects + content})
@@ -167,11 +170,11 @@ def describe_overlap(report: Mapping[str, Any], *, cohort_size: int | None = Non
 
 
 def overlap_line(report: Mapping[str, Any], *, show: int = 3) -> str:
-    """One line on the ``val`` and ``test`` subsets of an overlap report (:func:`cohort_overlap`): how many of
-    each were in the cohort, by id / subject / content over both, and the first matches."""
+    """One line on the subsets of an overlap report (:func:`cohort_overlap`; ``val`` and ``test`` named
+    validation and test): how many of each were in the cohort, by id / subject / content over both, and the first matches."""
     names = {"val": "validation", "test": "test"}
-    counts = " and ".join(f"{len(report[s]['overlapping'])} of the {report[s]['n']} {names[s]} cases"
-                          for s in ("val", "test") if s in report)
+    counts = " and ".join(f"{len(report[s]['overlapping'])} of the {report[s]['n']} {names.get(s, s)} cases"
+                          for s in report)
     kinds = {kind: sum(len(report[s][kind]) for s in report) for kind in ("by_id", "by_subject", "by_content")}
     line = (f"{counts} were in the encoder's pretraining cohort (by id {kinds['by_id']} / subject "
             f"{kinds['by_subject']} / content {kinds['by_content']})")

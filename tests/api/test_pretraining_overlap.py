@@ -103,3 +103,23 @@ def test_a_file_without_a_cohort_says_it_was_not_checked(tmp_path, brats, capsys
     assert "cohort" not in torch.load(pt, map_location="cpu", weights_only=True)
     assert check_pretraining_overlap(pt, {"val": [], "test": discover("brats", brats)[:1]}, accept=False) is None
     assert "carries no cohort digests" in capsys.readouterr().out
+
+
+def test_probe_refuses_an_encoder_whose_cohort_holds_a_probed_case(tmp_path, capsys):
+    from asa.api import probe
+
+    aged = write_demo_dataset("bids", tmp_path / "bids", cases=4, size=32, seed=0, targets=True)
+    cases = discover("bids", aged)
+    digests = image_digests(cases[:1], workers=1)
+    torch.manual_seed(0)
+    mae = ASA(img_size=32, **PRESETS["tiny"])
+    state = {"model": mae.state_dict(), "network": network_spec(mae), "step": 1,
+             "cohort": export_cohort(_cohort({"renamed": ("someone", digests[cases[0].id])}))}
+    ckpt = save_checkpoint(tmp_path / "a.pt", state)
+    overrides = [f"encoders=[{ckpt},random]", "data=targets", f"data.root={aged}", "data.target=age",
+                 f"output={tmp_path / 'out'}", "device=cpu", "folds=2", "bootstrap=0"]
+    with pytest.raises(OptionError, match=rf"1 of the 4 probed case\(s\) \({cases[0].id}\).*{ACCEPT_OPTION}=true"):
+        probe(compose_config("probe", overrides))
+    assert f"[asa] pretraining cohort of {ckpt}: 1 of the 4 probed cases were in the encoder's pretraining cohort " \
+           f"(by id 0 / subject 0 / content 1): {cases[0].id} = renamed" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
