@@ -25,17 +25,19 @@ from asa.api.dataset import dataset_root, on_main_then_share
 from asa.api.run import OptionError
 from asa.data import discover
 from asa.data.case import Case
-from asa.data.cohort import (COHORT_FORMAT, DIGEST, carried_cohort, cohort_overlap, cohort_record, describe_overlap,
+from asa.data.cohort import (COHORT_FORMAT, DIGEST, carried_cohort, cohort_digest, cohort_overlap, cohort_record,
+                             describe_overlap,
                              export_cohort, image_digests, overlap_line)
 from asa.io import atomic_write_json, load_weights
 from asa.train.distributed import DistEnv
 
-__all__ = ["ACCEPT_OPTION", "COHORT_FILE", "check_cohort", "check_pretraining_overlap", "check_probe_overlap",
-           "encoder_cohort", "pretraining_cohort", "recorded_cohort", "run_cases", "run_folder"]
+__all__ = ["ACCEPT_OPTION", "COHORT_FILE", "OVERLAP_FILE", "check_cohort", "evaluated_overlap_line", "check_pretraining_overlap", "check_probe_overlap",
+           "encoder_cohort", "pretraining_cohort", "recorded_cohort", "run_cases", "run_folder", "write_overlap"]
 
 ACCEPT_OPTION = "data.accept_pretraining_overlap"  # asa-finetune's option that accepts test cases seen in pretraining
 
 COHORT_FILE = "cohort.json"
+OVERLAP_FILE = "pretraining_overlap.json"  # beside a fine-tuning run's splits.json: what check_pretraining_overlap found
 
 
 def run_folder(path: str | os.PathLike) -> Path:
@@ -130,7 +132,8 @@ def check_pretraining_overlap(pretrained: str | os.PathLike, splits: dict[str, S
     """Say in one line how many validation and test cases of ``splits`` were in the pretraining cohort that the
     encoder file ``pretrained`` carries (by case id, subject and image content; each case's images are digested
     once, on rank 0); refuse (`OptionError`, naming ``data.accept_pretraining_overlap``) when a test case was,
-    unless ``accept``. Returns the overlap report (`asa.data.cohort.cohort_overlap`), or None when the file
+    unless ``accept``. Returns ``{"pretrained", "cohort": its digest, "subsets": the overlap report}``
+    (`asa.data.cohort.cohort_overlap`; :func:`write_overlap` keeps it in the run folder), or None when the file
     carries no cohort (said in the line: nothing was checked)."""
     env = env or DistEnv()
     cohort = encoder_cohort(pretrained, option="model.pretrained")
@@ -144,9 +147,10 @@ def check_pretraining_overlap(pretrained: str | os.PathLike, splits: dict[str, S
     report = on_main_then_share(lambda: cohort_overlap(cohort, subsets, workers=workers), env)
     if env.is_main:
         print(f"[asa] pretraining cohort: {overlap_line(report)}", flush=True)
-    test = report["test"]["overlapping"]
+    report = {"pretrained": str(pretrained), "cohort": cohort_digest(cohort), "subsets": report}
+    test, n_test = report["subsets"]["test"]["overlapping"], report["subsets"]["test"]["n"]
     if test and not accept:
-        raise OptionError(f"model.pretrained={pretrained}: {len(test)} of the {report['test']['n']} test case(s) "
+        raise OptionError(f"model.pretrained={pretrained}: {len(test)} of the {n_test} test case(s) "
                           f"({', '.join(test[:5])}{' ...' if len(test) > 5 else ''}) were in the encoder's "
                           "pretraining cohort, so its test metrics would not be held out; split the data without "
                           f"them, or set {ACCEPT_OPTION}=true to train anyway")
@@ -172,5 +176,29 @@ def check_probe_overlap(entries: Sequence[str], cases: Sequence[Case], *, accept
             raise OptionError(f"encoders: {entry}: {len(found)} of the {len(cases)} probed case(s) "
                               f"({', '.join(found[:5])}{' ...' if len(found) > 5 else ''}) were in its pretraining "
                               "cohort, and every probed case is held out in one fold, so its scores would not be held "
-                              f"out; probe other cases (split_file, subset), or set {ACCEPT_OPTION}=true to probe anyway")
+                              f"out; probe other cases (split_file, subset), or set {ACCEPT_OPTION}=true to probe "
+                              "anyway")
     return reports
+
+
+def write_overlap(out_dir: str | os.PathLike, report: dict[str, Any]) -> Path:
+    """Keep a fine-tuning run's overlap report (:func:`check_pretraining_overlap`) as ``pretraining_overlap.json``
+    beside its ``splits.json``, where asa-evaluate finds it."""
+    return atomic_write_json(Path(out_dir) / OVERLAP_FILE, report)
+
+
+def evaluated_overlap_line(split_file: str | os.PathLike | None, subsets: Sequence[str] | str) -> str | None:
+    """asa-evaluate's line: how many of the evaluated ``subsets`` of ``split_file`` were in the pretraining cohort,
+    as asa-finetune found and recorded it beside that file (``pretraining_overlap.json``); None without a record."""
+    if split_file is None:
+        return None
+    path = Path(str(split_file)).expanduser().parent / OVERLAP_FILE
+    try:
+        recorded = json.loads(path.read_text())
+        found = {s: recorded["subsets"][s] for s in ([subsets] if isinstance(subsets, str) else subsets)
+                 if s in recorded["subsets"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not found:
+        return None
+    return f"{overlap_line(found)} (asa-finetune's check of {recorded.get('pretrained')}, {path})"

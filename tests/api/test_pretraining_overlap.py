@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from asa.api import finetune
-from asa.api.cohort import ACCEPT_OPTION, COHORT_FILE, check_pretraining_overlap
+from asa.api.cohort import ACCEPT_OPTION, COHORT_FILE, OVERLAP_FILE, check_pretraining_overlap, evaluated_overlap_line
 from asa.api.config import compose_config
 from asa.api.export import export_model
 from asa.api.run import OptionError
@@ -80,7 +80,8 @@ def test_a_test_case_in_the_cohort_is_refused_also_as_a_renamed_copy(tmp_path, b
     # accepted: the same check says its line and lets the split through
     splits = {"val": cases[:1], "test": cases[1:2]}
     report = check_pretraining_overlap(pt, splits, accept=True)
-    assert report["test"]["overlapping"] == [cases[1].id] and report["val"]["overlapping"] == [cases[0].id]
+    assert report["subsets"]["test"]["overlapping"] == [cases[1].id]
+    assert report["subsets"]["val"]["overlapping"] == [cases[0].id]
     assert "1 of the 1 validation cases and 1 of the 1 test cases" in capsys.readouterr().out
 
 
@@ -96,6 +97,12 @@ def test_a_disjoint_cohort_trains_and_says_so(tmp_path, brats, capsys):
     assert line == [f"[asa] pretraining cohort: 0 of the {len(split['val'])} validation cases and 0 of the "
                     f"{len(split['test'])} test cases were in the encoder's pretraining cohort "
                     "(by id 0 / subject 0 / content 0)"]
+    # kept beside splits.json, where asa-evaluate of that split says it again without reading images
+    recorded = json.loads((tmp_path / "run" / OVERLAP_FILE).read_text())
+    assert recorded["pretrained"] == str(pt) and recorded["cohort"]["cases"] == 2
+    assert evaluated_overlap_line(tmp_path / "run" / "splits.json", "test").startswith(
+        f"0 of the {len(split['test'])} test cases were in the encoder's pretraining cohort (by id 0 / subject 0 / "
+        f"content 0) (asa-finetune's check of {pt}")
 
 
 def test_a_file_without_a_cohort_says_it_was_not_checked(tmp_path, brats, capsys):
