@@ -156,6 +156,7 @@ class CaseTask(FinetuneTask):
         return train, val
 
     def write_records(self, run: FinetuneRun) -> None:
+        super().write_records(run)
         atomic_write_json(run.out_dir / "targets.json", {**self.targets.to_dict(), "kind": self.table.kind})
 
     def validator(self, run: FinetuneRun, dataset: Any):

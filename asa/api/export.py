@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import asa
-from asa.api.cohort import COHORT_FILE
+from asa.api.cohort import recorded_cohort
 from asa.api.compat import current_config
 from asa.api.run import refusing
 from asa.data.cohort import cohort_digest
@@ -82,6 +82,8 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
             raise ValueError(f"--license {license!r}: expected a licence id without spaces (e.g. apache-2.0, other)")
         state = load_weights(source)
         export = encoder_export(source, state)
+        if export.get("cohort") is None and (cohort := recorded_cohort(source)) is not None:
+            export["cohort"] = cohort  # the run's cohort.json: fine-tuning checks its held-out cases against it
         config = model_config(source, state, export, license=license)
         card = model_card(config)
         spec = export["network"]
@@ -291,20 +293,9 @@ def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, An
                           "resample_mm": resample},
         "source": {"file": source.name, "step": int(export.get("step") or 0)},
         "metrics": _run_metrics(source, state),
-        **_cohort(source),
+        **({"pretraining_cohort": cohort_digest(export["cohort"])} if export.get("cohort") else {}),
         "license": license, "asa_version": asa.__version__, "git_commit": _git_commit(),
     }
-
-
-def _cohort(source: Path) -> dict[str, Any]:
-    """``{"pretraining_cohort": ...}`` (`asa.data.cohort.cohort_digest`) when the checkpoint's run folder holds
-    the cohort asa-cohort recorded (``cohort.json``), else nothing."""
-    run = source.parent.parent if source.parent.name == CHECKPOINT_DIR else None
-    if run is None or not (run / COHORT_FILE).is_file():
-        return {}
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        return {"pretraining_cohort": cohort_digest(json.loads((run / COHORT_FILE).read_text()))}
-    return {}
 
 
 def _demo(data: Mapping[str, Any]) -> bool:
@@ -339,7 +330,8 @@ def model_card(config: Mapping[str, Any]) -> str:
              f"- asa {config.get('asa_version')}" + (f", commit {config['git_commit']}" if config.get("git_commit") else ""),
              f"- source: {config.get('source', {}).get('file')} (step {config.get('source', {}).get('step')})",
              *([f"- pretraining cohort: {cohort['cases']} cases, {cohort['images']} images, digest "
-                f"`{cohort['digest']}` (asa-cohort checks evaluation cases against the run's {COHORT_FILE})"]
+                f"`{cohort['digest']}`; `{MODEL_FILE}` carries each case's subject and image digests, against "
+                "which asa-finetune checks its validation and test cases"]
                if (cohort := config.get("pretraining_cohort")) else []), "",
              "## Metrics", ""]
     if metrics:

@@ -64,7 +64,8 @@ class TrainingJob(ABC):
            and the optimiser — here, before the run folder is touched, unless the network depends on the
            training split (``network_from_split``: step 4);
         3. the run folder locked and checked against the run config (a resumed run's keys compared);
-        4. the cases (`cases`: those the job can use) and their split (a resumed run's own);
+        4. the cases (`cases`: those the job can use) and their split (a resumed run's own), checked
+           (`check_split`: e.g. held-out cases the pretrained encoder saw);
         5. the datasets (`datasets`) and the training step (`training_step`), whose checks end the checking;
         6. then the files, on rank 0 only: ``config.yaml`` (written once every check passed), the split and
            the job's own records (`write_records`);
@@ -84,6 +85,7 @@ class TrainingJob(ABC):
             run.out_dir = run_dir.path
             run.cases = self.cases(run, load_cases(cfg.data, run.out_dir if run.env.is_main else None, run.env))
             splits = split_cases(run.cases, cfg.data, run.out_dir, run.env, by_subject=self.by_subject)
+            self.check_split(run, splits)
             if self.network_from_split:
                 self._network(run, splits)
             train_ds, val_ds = self.datasets(run, splits)
@@ -126,6 +128,10 @@ class TrainingJob(ABC):
     def cases(self, run: JobRun, cases: list) -> list:
         """The cases of ``data`` this job trains and validates on (all of them unless it says)."""
         return cases
+
+    def check_split(self, run: JobRun, splits: Mapping[str, list]) -> None:
+        """Refuse a split this job cannot train with (``splits``: the train / val / test cases); nothing but
+        the locked run folder is written yet."""
 
     @abstractmethod
     def datasets(self, run: JobRun, splits: Mapping[str, list]) -> tuple[Any, Any | None]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from asa.api.cohort import recorded_cohort
 from asa.api.dataset import check_crop_fits, dataset_root, region_source
 from asa.api.job import JobRun, TrainingJob
 from asa.api.run import OptionError
@@ -167,7 +168,7 @@ class PretrainJob(TrainingJob):
     def finish(self, run: JobRun, result: FitResult) -> None:
         ckpts = run.out_dir / "checkpoints"
         source = ckpts / "best.pt" if (ckpts / "best.pt").is_file() else ckpts / "last.pt"
-        export_encoder(source, ckpts / "encoder.pt", self.method.encoder_prefixes)
+        export_encoder(source, ckpts / "encoder.pt", self.method.encoder_prefixes, cohort=recorded_cohort(source))
         print(f"[asa] pretraining finished at step {result.step}. Outputs in {run.out_dir}:\n"
               f"  checkpoints: {ckpts}/last.pt, best.pt, encoder.pt and encoder.safetensors "
               "(for asa-finetune, asa.load_encoder)\n"

@@ -20,6 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from asa.api.checks import as_config
+from asa.api.cohort import check_probe_overlap
 from asa.api.dataset import dataset_root
 from asa.api.run import OptionError, refusing
 from asa.api.rundir import RunDirError, check_writable, command_line, move_aside
@@ -112,6 +113,8 @@ def probe(config: FrozenProbeConfig | DictConfig) -> dict:
         root, layout = dataset_root(cfg.data)
         probed = finetune_task(cfg.data.task).probe_targets(cfg, root, layout)
         cases, target, kind = probed.cases, probed.target, probed.kind
+        check_probe_overlap([e for e in entries if not (e == RANDOM or e.startswith(RANDOM + ":"))], cases,
+                            accept=cfg.data.accept_pretraining_overlap)
         if len({*_groups(cases)}) < 2:
             raise ValueError(f"data.root={root}: {len(cases)} usable case(s) of {len({*_groups(cases)})} subject(s); "
                              "cross-validation needs at least 2 subjects")

@@ -112,6 +112,8 @@ class SegmentationDataConfig(DataConfig):
     target_kind: str = one_of("auto", ("auto", *TARGET_KINDS))  # auto | binary | multiclass | continuous
     targets: Optional[str] = None  # the table (participants.tsv, a CSV/TSV, dataset.json); null: data.root's
     classes: Optional[List[str]] = None  # class names in index order (binary: the positive class last); null: sorted
+    # true: train although test cases were in model.pretrained's pretraining cohort (asa.api.cohort); false: refused
+    accept_pretraining_overlap: bool = False
 
 
 @dataclass

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from asa.api.cohort import check_pretraining_overlap, write_overlap
 from asa.api.job import JobRun, TrainingJob
 from asa.api.schema import EvaluateConfig, FrozenProbeConfig, PredictConfig
 from asa.api.task_registry import FINETUNE_TASKS, TaskSettings, add_task, task_class
@@ -103,6 +104,21 @@ class FinetuneTask(TrainingJob):
     def best_metric(self, run: FinetuneRun) -> str:
         """What ``best.pt`` follows, as the closing report says it."""
         return f"{run.config.monitor}, {run.config.mode}"
+
+    def check_split(self, run: FinetuneRun, splits: Mapping[str, list]) -> None:
+        """With ``model.pretrained``: one line on how many validation and test cases were in the encoder's
+        pretraining cohort, and a refusal when a test case was (unless ``data.accept_pretraining_overlap``)."""
+        self.overlap = None
+        if run.cfg.model.pretrained:
+            self.overlap = check_pretraining_overlap(run.cfg.model.pretrained, splits, env=run.env,
+                                                     accept=run.cfg.data.accept_pretraining_overlap,
+                                                     workers=max(1, run.cfg.data.num_workers))
+
+    def write_records(self, run: FinetuneRun) -> None:
+        """The pretraining-overlap report beside ``splits.json`` (``pretraining_overlap.json``: asa-evaluate says
+        it again), when the encoder file carried a cohort; a task's own records follow (call this first)."""
+        if getattr(self, "overlap", None) is not None:
+            write_overlap(run.out_dir, self.overlap)
 
     def network(self, run: FinetuneRun, splits: Mapping[str, list] | None) -> nn.Module:
         model, outputs = self.build_network(run, splits)

@@ -8,9 +8,10 @@ import json
 import sys
 from collections.abc import Sequence
 
-from asa.api.cohort import COHORT_FILE, check_cohort
+from asa.api.cohort import COHORT_FILE, check_cohort, pretraining_cohort, run_folder
 from asa.api.run import describe_error
 from asa.cli.common import EXIT_FAILED, EXIT_FINISHED, EXIT_REFUSED
+from asa.data.cohort import cohort_digest
 
 __all__ = ["build_parser", "main"]
 
@@ -24,11 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
                     f"cohort's digests are kept as {COHORT_FILE} in the pretraining run folder.",
         epilog="exit codes: 0 no test case in the cohort; 2 a test case was in it (unless --accept-overlap) or a "
                "refused input; 1 an error.\n"
-               "example: asa-cohort runs/pretrain runs/brats --json runs/brats/cohort_overlap.json",
+               "example: asa-cohort runs/pretrain runs/brats --json runs/brats/cohort_overlap.json\n"
+               "         asa-cohort runs/pretrain  (record the cohort; then asa-export runs/pretrain/checkpoints/best.pt "
+               "OUT carries it)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("pretrain_run", help="the pretraining run folder (or a checkpoint in its checkpoints/)")
-    parser.add_argument("finetune_run", help="the fine-tuning run folder whose splits.json is checked")
+    parser.add_argument("finetune_run", nargs="?", default=None,
+                        help="the fine-tuning run folder whose splits.json is checked (left out: only record the "
+                             f"pretraining run's {COHORT_FILE}, which asa-export then carries in the encoder export)")
     parser.add_argument("--subsets", nargs="+", default=["val", "test"], metavar="SUBSET",
                         help="the parts of the fine-tuning split to check (default: val test)")
     parser.add_argument("--accept-overlap", action="store_true",
@@ -40,6 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.finetune_run is None:
+        try:
+            cohort = pretraining_cohort(args.pretrain_run, workers=args.workers)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"[asa-cohort] refused: {describe_error(err)}", file=sys.stderr, flush=True)
+            return EXIT_REFUSED
+        size = cohort_digest(cohort)
+        print(f"[asa-cohort] recorded {size['cases']} seen case(s), {size['images']} image digest(s) in "
+              f"{run_folder(args.pretrain_run) / COHORT_FILE}; asa-export of a checkpoint of this run carries them, "
+              "and asa-finetune / asa-probe with that export check their held-out cases", flush=True)
+        return EXIT_FINISHED
     try:
         report = check_cohort(args.pretrain_run, args.finetune_run, subsets=args.subsets, workers=args.workers)
     except (FileNotFoundError, ValueError) as err:

@@ -22,8 +22,8 @@ import numpy as np
 from asa.data.case import Case
 from asa.data.store_writer import worker_pool
 
-__all__ = ["COHORT_FORMAT", "DIGEST", "SEEN_PARTS", "case_subject", "cohort_digest", "cohort_overlap", "cohort_record",
-           "describe_overlap", "image_digests", "volume_digest"]
+__all__ = ["COHORT_FORMAT", "DIGEST", "SEEN_PARTS", "carried_cohort", "case_subject", "cohort_digest", "cohort_overlap",
+           "cohort_record", "describe_overlap", "export_cohort", "image_digests", "overlap_line", "volume_digest"]
 
 COHORT_FORMAT = "asa.cohort"
 DIGEST = "sha256 of the RAS+ voxels as float32 with the grid shape (asa.data.cohort.volume_digest)"
@@ -91,12 +91,41 @@ def cohort_digest(cohort: Mapping[str, Any]) -> dict[str, Any]:
             "digest": "sha256:" + hashlib.sha256("\n".join(digests).encode()).hexdigest(), "of": DIGEST}
 
 
+def export_cohort(cohort: Mapping[str, Any]) -> dict[str, Any]:
+    """What an encoder export carries of a cohort record: the seen cases (id -> part, subject, image digests) and
+    what the digests are, as plain strings, lists and dicts (``torch.load(weights_only=True)`` reads them; no
+    data paths)."""
+    seen = [str(p) for p in (cohort.get("seen_parts") or SEEN_PARTS)]
+    cases = {str(k): {"part": str(v.get("part")), "subject": str(v.get("subject") or k),
+                      "images": {str(ch): str(d) for ch, d in (v.get("images") or {}).items()}}
+             for k, v in (cohort.get("cases") or {}).items() if v.get("part") in seen}
+    return {"format": COHORT_FORMAT, "digest": DIGEST, "seen_parts": seen, "cases": cases}
+
+
+def carried_cohort(state: Mapping[str, Any], where: str) -> dict[str, Any] | None:
+    """The cohort an encoder export or checkpoint carries (``state["cohort"]``, :func:`export_cohort`), None when
+    it carries none; one of another format or digest is refused naming ``where`` (its digests would match nothing)."""
+    cohort = state.get("cohort")
+    if cohort is None:
+        return None
+    if not isinstance(cohort, Mapping) or not isinstance(cohort.get("cases"), Mapping):
+        raise ValueError(f"{where}: its 'cohort' is not a cohort record (expected {{'format': {COHORT_FORMAT!r}, "
+                         "'cases': {...}}, as asa-export writes it)")
+    if cohort.get("format") != COHORT_FORMAT or cohort.get("digest") != DIGEST:
+        raise ValueError(f"{where}: its cohort is of format {cohort.get('format')!r} with digest "
+                         f"{cohort.get('digest')!r}; this asa compares {COHORT_FORMAT!r} records of {DIGEST}")
+    return dict(cohort)
+
+
 def cohort_overlap(cohort: Mapping[str, Any], subsets: Mapping[str, Sequence[Case]], *, workers: int = 4,
-                   seen_parts: Iterable[str] | None = None) -> dict[str, Any]:
+                   seen_parts: Iterable[str] | None = None,
+                   digests: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, Any]:
     """For each subset (``{"val": cases, "test": cases}``), the cases that were in the cohort's seen parts
     (``cohort["seen_parts"]``, default train and val): by case id, by subject and by image content (any image
     of the case with the digest of a cohort image). Returns ``{subset: {"n", "by_id", "by_subject",
-    "by_content", "overlapping"}}``, the matches listed as ``{"case", "matches": [cohort case, ...]}``."""
+    "by_content", "overlapping"}}``, the matches listed as ``{"case", "matches": [cohort case, ...]}``.
+    ``digests``: the cases' image digests when already read (:func:`image_digests`), so that several cohorts
+    are compared with one reading."""
     seen = set(seen_parts or cohort.get("seen_parts") or SEEN_PARTS)
     members = {k: v for k, v in (cohort.get("cases") or {}).items() if v.get("part") in seen}
     by_subject: dict[str, list[str]] = {}
@@ -107,13 +136,13 @@ def cohort_overlap(cohort: Mapping[str, Any], subsets: Mapping[str, Sequence[Cas
             by_digest.setdefault(value, []).append(case_id)
     report: dict[str, Any] = {}
     for name, cases in subsets.items():
-        digests = image_digests(cases, workers=workers)
+        read = image_digests(cases, workers=workers) if digests is None else digests
         ids = [{"case": c.id, "matches": [c.id]} for c in cases if c.id in members]
         subjects = [{"case": c.id, "matches": sorted(by_subject[case_subject(c)])} for c in cases
                     if case_subject(c) in by_subject]
         content = []
         for c in cases:
-            hits = sorted({m for d in digests.get(c.id, {}).values() for m in by_digest.get(d, [])})
+            hits = sorted({m for d in read.get(c.id, {}).values() for m in by_digest.get(d, [])})
             if hits:
                 content.append({"case": c.id, "matches": hits})
         overlapping = sorted({m["case"] for m in ids + subjects + content})
@@ -138,3 +167,20 @@ def describe_overlap(report: Mapping[str, Any], *, cohort_size: int | None = Non
             line += "; " + "; ".join(shown) + (" ..." if n_over > show else "")
         lines.append(line)
     return lines
+
+
+def overlap_line(report: Mapping[str, Any], *, show: int = 3) -> str:
+    """One line on the subsets of an overlap report (:func:`cohort_overlap`; ``val`` and ``test`` named
+    validation and test): how many of each were in the cohort, by id / subject / content over both, and the first matches."""
+    names = {"val": "validation", "test": "test"}
+    counts = " and ".join(f"{len(report[s]['overlapping'])} of the {report[s]['n']} {names.get(s, s)} cases"
+                          for s in report)
+    kinds = {kind: sum(len(report[s][kind]) for s in report) for kind in ("by_id", "by_subject", "by_content")}
+    line = (f"{counts} were in the encoder's pretraining cohort (by id {kinds['by_id']} / subject "
+            f"{kinds['by_subject']} / content {kinds['by_content']})")
+    found = {m["case"]: m["matches"] for s in report for kind in ("by_id", "by_subject", "by_content")
+             for m in report[s][kind]}
+    if found:
+        shown = [f"{case} = {', '.join(found[case][:3])}" for case in sorted(found)[:show]]
+        line += ": " + "; ".join(shown) + (" ..." if len(found) > show else "")
+    return line

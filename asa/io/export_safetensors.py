@@ -15,6 +15,8 @@ metadata:
 ``aliases``        (only when some names share one tensor, as nnU-Net's blocks name each convolution
                    twice) JSON ``{name: the name whose tensor it shares}``; the file holds the tensor
                    once and reading gives both names the same tensor
+``cohort``         (only when the pretraining run recorded one) JSON of the pretraining cohort: each
+                   seen case's part, subject and image content digests (`asa.data.cohort.export_cohort`)
 =================  ============================================================================
 """
 
@@ -74,6 +76,8 @@ def save_export_safetensors(path: str | os.PathLike, export: Mapping[str, Any]) 
         metadata["source"] = str(export["source"])
     if export.get("step") is not None:
         metadata["step"] = str(int(export["step"]))
+    if export.get("cohort") is not None:
+        metadata["cohort"] = json.dumps(export["cohort"])
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return Path(path)
@@ -81,7 +85,7 @@ def save_export_safetensors(path: str | os.PathLike, export: Mapping[str, Any]) 
 
 def load_export_safetensors(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """An ``encoder.safetensors`` file -> the export dict in ``encoder.pt``'s layout (``encoder``,
-    ``network``, ``source``, ``step``). No pickle is involved.
+    ``network``, ``source``, ``step``, and ``cohort`` when it carries one). No pickle is involved.
 
     Raises CheckpointError naming the file when it is missing, not a safetensors file (corrupt,
     truncated) or a safetensors file that is not an asa encoder export.
@@ -118,4 +122,9 @@ def load_export_safetensors(path: str | os.PathLike, map_location: str | torch.d
         export["source"] = metadata["source"]
     if "step" in metadata:
         export["step"] = int(metadata["step"])
+    if "cohort" in metadata:
+        try:
+            export["cohort"] = json.loads(metadata["cohort"])
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"encoder export {path}: metadata 'cohort' is not valid JSON ({err})") from err
     return export

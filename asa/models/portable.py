@@ -122,13 +122,16 @@ def _spec_and_weights(path: str | os.PathLike, state: Mapping) -> tuple[dict, st
 
 def encoder_export(path: str | os.PathLike, state: Mapping | None = None) -> dict:
     """The encoder export (``encoder.pt``'s dict: ``encoder`` with the module prefix kept, ``network``,
-    ``source``, ``step``) of an export or checkpoint of any network with a registered encoder
+    ``source``, ``step``, ``cohort`` when the file carries one) of an export or checkpoint of any network with a registered encoder
     (pretraining or fine-tuning); ``state``: the file's content when already read."""
     state = load_weights(path) if state is None else state
     spec, name, weights = _spec_and_weights(path, state)
     source = state.get("source") or Path(path).name
-    return {"encoder": {f"{name}.{k}": v for k, v in weights.items()}, "network": spec, "source": str(source),
-            "step": int(state.get("step") or 0)}
+    export = {"encoder": {f"{name}.{k}": v for k, v in weights.items()}, "network": spec, "source": str(source),
+              "step": int(state.get("step") or 0)}
+    if state.get("cohort") is not None:  # the pretraining cohort's digests travel with the encoder
+        export["cohort"] = state["cohort"]
+    return export
 
 
 def network_encoder(net: nn.Module, arch: str) -> nn.Module:

@@ -144,14 +144,15 @@ def make_panel_fn(
     return panel
 
 
-def export_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike, prefixes: tuple[str, ...] = (ENCODER_PREFIX,)
-                   ) -> Path:
+def export_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike, prefixes: tuple[str, ...] = (ENCODER_PREFIX,),
+                   *, cohort: Mapping | None = None) -> Path:
     """Write {"encoder": the weights under ``prefixes`` (ASA: the encoder module's ``encoder.*``;
     SA-Swin: ``swinViT.*``), "network": the pretraining network's spec, "source", "step"} taken from
     a training checkpoint, which must record its network spec. The same export is written beside
     ``out`` as ``<stem>.safetensors`` (no pickle; spec and provenance in its metadata,
     `asa.io.save_export_safetensors`). ``load_pretrained`` of `asa.models.ASASegmenter` /
-    `asa.models.SASwin` and `asa.load_encoder` read either file."""
+    `asa.models.SASwin` and `asa.load_encoder` read either file. ``cohort``: the pretraining cohort's digests
+    (`asa.data.cohort.export_cohort`), carried as ``"cohort"`` so that fine-tuning can check its held-out cases."""
     state = load_checkpoint(checkpoint)
     if not state.get("network"):
         raise ValueError(f"checkpoint {checkpoint}: records no network spec ('network': {{'arch', 'kwargs'}}); "
@@ -162,5 +163,7 @@ def export_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike, prefix
         raise ValueError(f"checkpoint {checkpoint}: no weights starting with {prefixes}")
     export = {"encoder": encoder, "network": state["network"], "source": str(Path(checkpoint).name),
               "step": int(state.get("step", 0))}
+    if cohort is not None:
+        export["cohort"] = dict(cohort)
     save_export_safetensors(Path(out).with_suffix(SAFETENSORS_SUFFIX), export)
     return save_checkpoint(out, export)

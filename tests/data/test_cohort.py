@@ -140,3 +140,10 @@ def test_model_card_states_the_cohort_digest(tmp_path):
     recorded = json.loads((out / "config.json").read_text())["pretraining_cohort"]
     assert recorded == cohort_digest(cohort) and (recorded["cases"], recorded["images"]) == (3, 3)
     assert f"pretraining cohort: 3 cases, 3 images, digest `{recorded['digest']}`" in (out / "README.md").read_text()
+
+
+def test_the_pretraining_run_alone_records_its_cohort(tmp_path, capsys):
+    pre = _pretraining(tmp_path)
+    assert cohort_main([str(pre)]) == 0
+    assert "recorded 3 seen case(s), 3 image digest(s)" in capsys.readouterr().out
+    assert set(json.loads((pre / COHORT_FILE).read_text())["cases"]) == {"sub-01", "sub-02", "sub-03", "sub-04"}

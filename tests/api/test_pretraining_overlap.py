@@ -1,0 +1,132 @@
+"""The pretraining cohort travels with the encoder: the export carries each seen case's subject and image digests
+(read back with ``weights_only=True``), and asa-finetune with ``model.pretrained`` says in one line how many of its
+validation and test cases were in that cohort, refusing a test case (also a renamed copy, found by content) unless
+``data.accept_pretraining_overlap``. Tiny demo phantoms (32³, 5 BraTS cases) and the tiny ASA preset."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from asa.api import finetune
+from asa.api.cohort import ACCEPT_OPTION, COHORT_FILE, OVERLAP_FILE, check_pretraining_overlap, evaluated_overlap_line
+from asa.api.config import compose_config
+from asa.api.export import export_model
+from asa.api.run import OptionError
+from asa.data import discover, write_demo_dataset
+from asa.data.cohort import DIGEST, COHORT_FORMAT, export_cohort, image_digests
+from asa.io import load_weights, save_checkpoint
+from asa.models import ASA, PRESETS, network_spec
+from asa.train.pretrain import export_encoder
+
+
+@pytest.fixture(scope="module")
+def brats(tmp_path_factory) -> Path:
+    return write_demo_dataset("brats", tmp_path_factory.mktemp("data") / "brats", cases=5, size=32, seed=1)
+
+
+def _cohort(entries: dict[str, tuple[str, dict[str, str]]]) -> dict:
+    """A cohort record: case id -> (subject, {channel: digest}), all in the pretraining train part."""
+    return {"format": COHORT_FORMAT, "digest": DIGEST, "seen_parts": ["train", "val"],
+            "cases": {k: {"part": "train", "subject": s, "images": im} for k, (s, im) in entries.items()}}
+
+
+def _encoder(folder: Path, cohort: dict | None) -> Path:
+    """encoder.pt (and encoder.safetensors) of a tiny ASA network, as asa-pretrain's export writes it."""
+    torch.manual_seed(0)
+    mae = ASA(img_size=32, **PRESETS["tiny"])
+    ckpt = save_checkpoint(folder / "checkpoints" / "last.pt", {"model": mae.state_dict(), "network": network_spec(mae),
+                                                                "step": 3})
+    return export_encoder(ckpt, folder / "checkpoints" / "encoder.pt", cohort=cohort)
+
+
+def _finetune(root: Path, out: Path, pretrained: Path, *extra: str):
+    return finetune(compose_config("finetune", [
+        "data=brats", f"data.root={root}", "model=tiny", "trainer=smoke", "trainer.max_steps=1", "trainer.panel_every=0",
+        f"output_dir={out}", "device=cpu", "data.num_workers=0", f"model.pretrained={pretrained}", *extra]))
+
+
+def test_export_carries_the_cohort_and_loads_weights_only(tmp_path, brats):
+    cases = discover("brats", brats)
+    digests = image_digests(cases, workers=1)
+    cohort = export_cohort(_cohort({c.id: (c.id, digests[c.id]) for c in cases}))
+    pt = _encoder(tmp_path / "pre", cohort)
+    state = torch.load(pt, map_location="cpu", weights_only=True)
+    assert state["cohort"] == cohort and len(state["cohort"]["cases"]) == 5
+    assert load_weights(pt.with_suffix(".safetensors"))["cohort"] == cohort  # the metadata, as JSON
+    # asa-export of a checkpoint whose run recorded cohort.json: the model folder carries it and states its digest
+    (tmp_path / "pre" / COHORT_FILE).write_text(json.dumps({**cohort, "run": "elsewhere"}))
+    folder = export_model(tmp_path / "pre" / "checkpoints" / "last.pt", tmp_path / "model")
+    assert load_weights(folder)["cohort"] == cohort
+    config = json.loads((folder / "config.json").read_text())
+    assert config["pretraining_cohort"]["cases"] == 5 and config["pretraining_cohort"]["images"] == 20
+    assert config["pretraining_cohort"]["digest"] in (folder / "README.md").read_text()
+
+
+def test_a_test_case_in_the_cohort_is_refused_also_as_a_renamed_copy(tmp_path, brats, capsys):
+    cases = discover("brats", brats)
+    digests = image_digests(cases, workers=1)
+    # every case under another id and subject, with one image's content: the same scans renamed
+    renamed = _cohort({f"sub-{k:02d}": (f"{k:02d}", {"T1w": digests[c.id]["t1"]}) for k, c in enumerate(cases)})
+    pt = _encoder(tmp_path / "pre", renamed)
+    out = tmp_path / "run"
+    with pytest.raises(OptionError, match=rf"test case\(s\).*were in the encoder's pretraining cohort.*{ACCEPT_OPTION}=true"):
+        _finetune(brats, out, pt)
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[asa] pretraining cohort:")]
+    assert len(line) == 1 and "by id 0 / subject 0 / content" in line[0] and " = sub-" in line[0]
+    assert not (out / "config.yaml").exists() and not (out / "checkpoints").exists()  # refused before training
+    # accepted: the same check says its line and lets the split through
+    splits = {"val": cases[:1], "test": cases[1:2]}
+    report = check_pretraining_overlap(pt, splits, accept=True)
+    assert report["subsets"]["test"]["overlapping"] == [cases[1].id]
+    assert report["subsets"]["val"]["overlapping"] == [cases[0].id]
+    assert "1 of the 1 validation cases and 1 of the 1 test cases" in capsys.readouterr().out
+
+
+def test_a_disjoint_cohort_trains_and_says_so(tmp_path, brats, capsys):
+    other = write_demo_dataset("brats", tmp_path / "other", cases=2, size=32, seed=7)
+    elsewhere = discover("brats", other)
+    digests = image_digests(elsewhere, workers=1)
+    pt = _encoder(tmp_path / "pre", _cohort({f"x{c.id}": (f"x{c.id}", digests[c.id]) for c in elsewhere}))
+    result = _finetune(brats, tmp_path / "run", pt)
+    assert result.step == 1
+    split = json.loads((tmp_path / "run" / "splits.json").read_text())
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[asa] pretraining cohort:")]
+    assert line == [f"[asa] pretraining cohort: 0 of the {len(split['val'])} validation cases and 0 of the "
+                    f"{len(split['test'])} test cases were in the encoder's pretraining cohort "
+                    "(by id 0 / subject 0 / content 0)"]
+    # kept beside splits.json, where asa-evaluate of that split says it again without reading images
+    recorded = json.loads((tmp_path / "run" / OVERLAP_FILE).read_text())
+    assert recorded["pretrained"] == str(pt) and recorded["cohort"]["cases"] == 2
+    assert evaluated_overlap_line(tmp_path / "run" / "splits.json", "test").startswith(
+        f"0 of the {len(split['test'])} test cases were in the encoder's pretraining cohort (by id 0 / subject 0 / "
+        f"content 0) (asa-finetune's check of {pt}")
+
+
+def test_a_file_without_a_cohort_says_it_was_not_checked(tmp_path, brats, capsys):
+    pt = _encoder(tmp_path / "pre", None)
+    assert "cohort" not in torch.load(pt, map_location="cpu", weights_only=True)
+    assert check_pretraining_overlap(pt, {"val": [], "test": discover("brats", brats)[:1]}, accept=False) is None
+    assert "carries no cohort digests" in capsys.readouterr().out
+
+
+def test_probe_refuses_an_encoder_whose_cohort_holds_a_probed_case(tmp_path, capsys):
+    from asa.api import probe
+
+    aged = write_demo_dataset("bids", tmp_path / "bids", cases=4, size=32, seed=0, targets=True)
+    cases = discover("bids", aged)
+    digests = image_digests(cases[:1], workers=1)
+    torch.manual_seed(0)
+    mae = ASA(img_size=32, **PRESETS["tiny"])
+    state = {"model": mae.state_dict(), "network": network_spec(mae), "step": 1,
+             "cohort": export_cohort(_cohort({"renamed": ("someone", digests[cases[0].id])}))}
+    ckpt = save_checkpoint(tmp_path / "a.pt", state)
+    overrides = [f"encoders=[{ckpt},random]", "data=targets", f"data.root={aged}", "data.target=age",
+                 f"output={tmp_path / 'out'}", "device=cpu", "folds=2", "bootstrap=0"]
+    with pytest.raises(OptionError, match=rf"1 of the 4 probed case\(s\) \({cases[0].id}\).*{ACCEPT_OPTION}=true"):
+        probe(compose_config("probe", overrides))
+    assert f"[asa] pretraining cohort of {ckpt}: 1 of the 4 probed cases were in the encoder's pretraining cohort " \
+           f"(by id 0 / subject 0 / content 1): {cases[0].id} = renamed" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
