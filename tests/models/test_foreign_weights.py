@@ -4,12 +4,13 @@ built here as synthetic files in each layout at the tiny 32³ plan. Each loads t
 ``asa.load_encoder`` and a fine-tuning ``resenc``; a damaged copy is refused with the key named."""
 from __future__ import annotations
 
-import torch
+import numpy as np
 import pytest
+import torch
 
 import asa
 from asa.api.networks import build_from_config
-from asa.io import load_weights
+from asa.io import CheckpointError, load_checkpoint, load_weights
 from asa.models.cnn.resenc import plan_resenc, resenc_unet
 
 CROP = 32
@@ -120,6 +121,50 @@ def test_nnssl_layout_loads_every_encoder_tensor(files, capsys):
     assert f"plan crop: {CROP} (the file's recommended_patch [{CROP}, {CROP}, {CROP}])" in report
     out = encoder(torch.randn(1, 1, CROP, CROP, CROP))  # the stage outputs, finest first
     assert [o.shape[1] for o in out] == PLAN.features
+
+
+def nnunet_trainer_checkpoint(seed: int = 0) -> dict:
+    """checkpoint_final.pth as nnU-Net v2's ``nnUNetTrainer.save_checkpoint`` writes it
+    (nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py): the network's and the SGD optimiser's states, the
+    logger's lists (numpy.float64 / float32 values: np.mean and np.nanmean of its per-batch arrays), ``_best_ema``
+    (numpy.float64), the init arguments (the plans, a torch.device) and the mirroring axes."""
+    net = resenc_unet(img_size=CROP, in_channels=1, out_channels=4)
+    torch.manual_seed(seed)
+    for p in net.parameters():
+        p.data.normal_()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5)
+    net.train()(torch.randn(1, 1, CROP, CROP, CROP))[0].mean().backward()
+    optimizer.step()
+    dice = [np.float64(0.81), np.float64(0.77), np.float64(0.9)]
+    logging = {"mean_fg_dice": [np.nanmean(dice)], "ema_fg_dice": [np.float64(0.8)], "dice_per_class_or_region": [dice],
+               "train_losses": [np.mean(np.array([-0.5, -0.7], dtype=np.float32))],
+               "val_losses": [np.mean(np.array([-0.4], dtype=np.float32))], "lrs": [0.01],
+               "epoch_start_timestamps": [1.7e9], "epoch_end_timestamps": [1.7e9 + 80.0]}
+    return {"network_weights": net.state_dict(), "optimizer_state": optimizer.state_dict(), "grad_scaler_state": None,
+            "logging": logging, "_best_ema": np.float64(0.8), "current_epoch": 1000,
+            "init_args": {"plans": {"dataset_name": "Dataset004_Hippocampus", "plans_name": "nnUNetResEncUNetMPlans"},
+                          "configuration": "3d_fullres", "fold": 0, "dataset_json": {"channel_names": {"0": "T1"}},
+                          "device": torch.device("cpu")},
+            "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": (0, 1, 2)}
+
+
+def test_nnunet_trainer_checkpoint_with_numpy_values_loads_every_encoder_tensor(tmp_path, capsys):
+    """nnU-Net's own checkpoint keeps numpy scalars: read with weights-only loading, numpy's scalar and dtype
+    reconstructors allowed and nothing else (a numpy array in the same file is still refused)."""
+    path = tmp_path / "checkpoint_final.pth"
+    blob = nnunet_trainer_checkpoint()
+    torch.save(blob, path)
+    encoder = asa.load_encoder(path)
+    assert "published layout: nnunet (nnUNetTrainer)" in capsys.readouterr().out
+    own = encoder.state_dict(prefix="encoder.")
+    assert own and all(torch.equal(value, blob["network_weights"][key]) for key, value in own.items())
+    state = load_checkpoint(path)
+    assert state["_best_ema"] == 0.8 and isinstance(state["_best_ema"], np.float64)
+    assert state["logging"]["train_losses"][0].dtype == np.float32
+    torch.save({**blob, "array": np.zeros(3)}, path)
+    with pytest.raises(CheckpointError, match=r"checkpoint_final\.pth: refused, nothing in it was run — it asks to "
+                                              r"call numpy\._core\.multiarray\._reconstruct"):
+        load_checkpoint(path)
 
 
 def test_amaes_layout_loads_every_encoder_tensor(files, capsys):
