@@ -12,12 +12,13 @@ from typing import Any
 from omegaconf import DictConfig
 
 from asa.api.schema import DEFAULT_ARCH
+from asa.methods import get_method
 from asa.models import NETWORK_SETTINGS, RENAMED_NETWORKS
 from asa.models.registry import network_record
 
 __all__ = [
-    "CARRIED_KEYS", "MOVED_KEYS", "REMOVED_KEYS", "RENAMED_VALUES", "TASK_KEYS", "current_config", "current_value",
-    "flatten_keys", "moved_key", "old_key", "old_keys", "removed_key", "renamed_value",
+    "CARRIED_KEYS", "MOVED_KEYS", "REMOVED_KEYS", "RENAMED_VALUES", "TASK_KEYS", "added_settings", "current_config",
+    "current_value", "flatten_keys", "moved_key", "old_key", "old_keys", "read_config", "removed_key", "renamed_value",
 ]
 
 
@@ -61,6 +62,34 @@ def current_value(key: str, value: Any) -> Any:
 
 
 def current_config(saved: Any) -> dict[str, Any]:
+    """A run config written by this or an earlier asa as this version reads it (see `read_config`)."""
+    return read_config(saved)[0]
+
+
+def added_settings(saved: Any) -> dict[str, Any]:
+    """The settings of a saved run config's network (``model``) and pretraining method (``method``) that were
+    added since it was written, dotted, each with the value this version gives it: the one that run built with
+    (see `read_config`)."""
+    return read_config(saved)[1]
+
+
+def _with_defaults(section: Mapping[str, Any], settings: Any, prefix: str, added: dict[str, Any]) -> dict[str, Any]:
+    """``section`` with every field of the ``settings`` instance it lacks at that instance's value (recorded in
+    ``added`` under ``prefix.field``)."""
+    defaults = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    added |= {f"{prefix}.{k}": v for k, v in defaults.items() if k not in section}
+    return {**defaults, **section}
+
+
+def _method_settings(name: Any) -> Any:
+    """The default settings of the registered pretraining method ``name`` (None: not one)."""
+    try:
+        return get_method(str(name)).Settings()
+    except Exception:  # an unknown or unregistered name: the run's own checks refuse it, not this reading
+        return None
+
+
+def read_config(saved: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """A run config written by this or an earlier asa (a resumed run's, a checkpoint's) as this version reads
     it: renamed values under their names now (`RENAMED_VALUES`); a fine-tuning ``model`` section (one beside
     a ``segmenter`` section) with the decoder options its ``segmenter`` section held (`CARRIED_KEYS`: a
@@ -69,8 +98,12 @@ def current_config(saved: Any) -> dict[str, Any]:
     null symmetry settings earlier versions stated for every network (a network without them was never
     handed them). A fine-tuning config of an earlier version also gets its task's settings from where they were
     (`TASK_KEYS`: ``data.samples_per_case``, ``loss.*``, ``head.*``) as its ``task`` section, and the record of
-    what its checkpoint predicts, which it held as ``task``, as ``outputs``. A copy; the rest as it is."""
+    what its checkpoint predicts, which it held as ``task``, as ``outputs``. A pretraining ``method`` section
+    gets each setting its method gained since at its default, which is what that run trained with (a run
+    written before model=resenc lacks ``method.coord_channel`` and ``method.mirror_visible``: off, as it was).
+    Returns (the config, a copy, the rest as it is; the settings added since, dotted key -> value)."""
     cfg = copy.deepcopy(dict(saved))
+    added: dict[str, Any] = {}
     _carry_task_settings(cfg)
     for key in RENAMED_VALUES:  # dotted keys of a section: "model.arch"
         section, leaf = key.split(".")
@@ -86,11 +119,14 @@ def current_config(saved: Any) -> dict[str, Any]:
         cfg["segmenter"] = {k: v for k, v in segmenter.items() if f"segmenter.{k}" not in CARRIED_KEYS}
         model = {**model, **carried}
         if cls is not None:
-            defaults = {f.name: getattr(cls(arch=arch), f.name) for f in fields(cls)}
-            kept = {k: v for k, v in model.items() if k in defaults or v is not None}
-            model = {**defaults, **kept}
+            names = {f.name for f in fields(cls)}
+            kept = {k: v for k, v in model.items() if k in names or v is not None}
+            model = _with_defaults(kept, cls(arch=arch), "model", added)
         cfg["model"] = model
-    return cfg
+    method = cfg.get("method")
+    if isinstance(method, Mapping) and (settings := _method_settings(method.get("name"))) is not None:
+        cfg["method"] = _with_defaults(method, settings, "method", added)
+    return cfg, added
 
 
 def _is_outputs_record(node: Any) -> bool:
