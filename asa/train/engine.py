@@ -401,7 +401,7 @@ class Engine:
             self.model.load_state_dict(state["model"])
         except RuntimeError as err:
             raise ValueError(f"checkpoint {path}: model weights do not fit this model: {err}") from err
-        load_optimizer_state(self.optimizer, state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"], self.model)
         if state["scaler"]:
             self.optim_step.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
