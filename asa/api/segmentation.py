@@ -37,6 +37,7 @@ from asa.eval.probe_cv import token_probes
 from asa.eval.reliance import encoder_reliance, format_reliance, write_reliance
 from asa.io import atomic_write_json
 from asa.losses import DeepSupervisionLoss, SegmentationLoss
+from asa.choices import in_range
 from asa.models import Capabilities, capabilities
 from asa.train.distributed import resolve_device
 from asa.train.finetune import make_dice_validator, make_segmentation_panel_fn, segmentation_step
@@ -52,9 +53,9 @@ class Settings(TaskSettings):
     """``task.*`` of a segmentation run."""
 
     name: str = "segmentation"
-    samples_per_case: int = 1  # random crops drawn from each case per loaded item
-    focal_weight: float = 0.0  # > 0: add this weight times the focal region loss (RAT, §1.6b; needs data.regions)
-    focal_beta: float = 1.0
+    samples_per_case: int = in_range(1, 1)  # random crops drawn from each case per loaded item
+    focal_weight: float = in_range(0.0, 0.0)  # > 0: add this weight times the focal region loss (RAT, §1.6b; needs data.regions)
+    focal_beta: float = in_range(1.0, 0.0)
 
 
 def symmetry_warning(declared: Capabilities, channels: tuple[str, ...], source: str) -> str | None:

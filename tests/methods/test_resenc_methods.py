@@ -40,8 +40,8 @@ def test_the_sw_vit_path_is_unchanged():
     (("model=resenc", "method=rpl"), "model=resenc: method=rpl does not pretrain it"),
     (("model=tiny", "method.coord_channel=true"), "method.coord_channel=True: an option of model=resenc"),
     (("model=resenc", "method.loss_weighting=focal_region"), "model=resenc takes uniform or attentive"),
-    (("model=resenc", "method.mirror_visible=2"), r"method.mirror_visible=2.0: a fraction in \[0, 1\]"),
-    (("model=resenc", "model.size=XL"), "model.size='XL': expected one of tiny, M, L"),
+    (("model=resenc", "method.mirror_visible=2"), r"method.mirror_visible=2.0: expected a number in \[0.0, 1.0\] or null"),
+    (("model=resenc", "model.size=XL"), "model.size='XL': expected one of tiny, S, M, L"),
 ])
 def test_refusals_name_the_option(overrides, message):
     with pytest.raises(ValueError, match=message):

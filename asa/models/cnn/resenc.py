@@ -32,7 +32,7 @@ import torch
 from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 from torch import nn
 
-from asa.choices import one_of
+from asa.choices import in_range, one_of
 from asa.models.cnn.transfer import load_resenc_encoder
 from asa.models.declared import Capabilities
 from asa.models.registry import NetworkSettings, record_spec, register_network
@@ -149,7 +149,7 @@ class ResEncSettings(NetworkSettings):
     size: str = one_of("tiny", tuple(RESENC_SIZES))  # tiny (CPU tests) | M | L (nnU-Net's ResEnc presets)
     deep_supervision: bool = True  # nnU-Net's deep supervision: weights 1, 1/2, 1/4 ... normalised
     coord_channel: bool = False  # the mirror-symmetric coordinate channel (needed by an encoder pretrained with it)
-    lr_axis: int = 0  # the left-right axis of the brain frame (RAS+: 0), for the coordinate channel
+    lr_axis: int = in_range(0, 0, 2)  # the left-right axis of the brain frame (RAS+: 0), for the coordinate channel
 
 
 class ResEncUNet(ResidualEncoderUNet):
