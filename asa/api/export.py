@@ -19,6 +19,7 @@ from typing import Any
 
 import asa
 from asa.api.compat import current_config
+from asa.api.rundir import check_writable
 from asa.api.run import refusing
 from asa.data.preprocessing import PERCENTILES
 from asa.io import atomic_write_json, load_weights, save_checkpoint, write_model_folder
@@ -70,6 +71,7 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
             raise ValueError(f"output folder {out} would replace or sit inside the input {source}")
         held = _held(out, overwrite=overwrite)
+        check_writable(out, "OUT_DIR")  # as the training and prediction jobs refuse their output folders
         if not license or any(c.isspace() for c in license):
             raise ValueError(f"--license {license!r}: expected a licence id without spaces (e.g. apache-2.0, other)")
         state = load_weights(source)
