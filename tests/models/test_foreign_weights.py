@@ -253,3 +253,17 @@ def test_other_nnssl_architecture_is_refused(tmp_path):
     torch.save(blob, path)
     with pytest.raises(ValueError, match="arch_class_name='PrimusM'"):
         asa.load_encoder(path)
+
+
+def test_a_file_of_other_image_channels_is_said_to_differ_not_to_be_damaged(tmp_path):
+    """A 4-channel nnU-Net checkpoint (BraTS) fine-tuned on 1-channel data: the channels differ, the file is fine."""
+    blob = nnunet_trainer_checkpoint()
+    stem = "encoder.stem.convs.0.conv.weight"
+    four = blob["network_weights"][stem].repeat(1, 4, 1, 1, 1)
+    blob["network_weights"] |= {stem: four, "encoder.stem.convs.0.all_modules.0.weight": four}
+    path = tmp_path / "checkpoint_final.pth"
+    torch.save(blob, path)
+    with pytest.raises(ValueError, match=rf"model.pretrained={path}: its encoder takes 4 image channel\(s\), this "
+                                         r"network 1 \(the data's channels\); the file is fine, the channels differ"):
+        build_from_config({"arch": "resenc", "pretrained": str(path)}, {}, in_channels=1, out_channels=3, crop=None,
+                          default_crop=128)

@@ -93,6 +93,13 @@ def match_resenc_encoder(own: dict[str, torch.Tensor], blob: dict, path: str | P
         if key in source:
             source[key], note = _adapt_stem(source[key], image_channels, coord, key)
             adapted += [note] if note else []
+    stem = source.get(STEM_KEYS[0])
+    if stem is not None and STEM_KEYS[0] in own and stem.shape[1] != own[STEM_KEYS[0]].shape[1]:
+        file_channels = stem.shape[1] - int(coord)
+        raise ValueError(f"model.pretrained={path}: its encoder takes {file_channels} image channel(s), this network "
+                         f"{image_channels} (the data's channels); the file is fine, the channels differ: a stem is "
+                         "adapted from a 1-channel file only, so fine-tune it on data with "
+                         f"{file_channels} channel(s), or take a 1-channel encoder")
     update, report = match_encoder_weights(own, source, (PREFIX,), STEM_KEYS[0], path,
                                            refuse_mismatch=foreign is None)
     report.adapted = adapted
