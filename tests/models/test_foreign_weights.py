@@ -142,7 +142,9 @@ def nnunet_trainer_checkpoint(seed: int = 0) -> dict:
                "epoch_start_timestamps": [1.7e9], "epoch_end_timestamps": [1.7e9 + 80.0]}
     return {"network_weights": net.state_dict(), "optimizer_state": optimizer.state_dict(), "grad_scaler_state": None,
             "logging": logging, "_best_ema": np.float64(0.8), "current_epoch": 1000,
-            "init_args": {"plans": {"dataset_name": "Dataset004_Hippocampus", "plans_name": "nnUNetResEncUNetMPlans"},
+            "init_args": {"plans": {"dataset_name": "Dataset004_Hippocampus", "plans_name": "nnUNetResEncUNetMPlans",
+                                    "configurations": {"3d_fullres": {"patch_size": [CROP, CROP, CROP + 8],
+                                                                      "spacing": [1.0, 1.0, 1.0]}}},
                           "configuration": "3d_fullres", "fold": 0, "dataset_json": {"channel_names": {"0": "T1"}},
                           "device": torch.device("cpu")},
             "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": (0, 1, 2)}
@@ -155,7 +157,14 @@ def test_nnunet_trainer_checkpoint_with_numpy_values_loads_every_encoder_tensor(
     blob = nnunet_trainer_checkpoint()
     torch.save(blob, path)
     encoder = asa.load_encoder(path)
-    assert "published layout: nnunet (nnUNetTrainer)" in capsys.readouterr().out
+    report = capsys.readouterr().out
+    assert "published layout: nnunet (nnUNetTrainer)" in report
+    assert f"plan crop: {CROP} (the file's pretrain_patch [{CROP}, {CROP}, {CROP + 8}] -> {CROP}" in report  # its plans'
+    del blob["init_args"]["plans"]["configurations"]
+    torch.save(blob, tmp_path / "no_plans.pth")
+    asa.load_encoder(tmp_path / "no_plans.pth")
+    report = capsys.readouterr().out
+    assert "not recorded in the file: 5 x the total stride 8" in report and "AMAES" not in report
     own = encoder.state_dict(prefix="encoder.")
     assert own and all(torch.equal(value, blob["network_weights"][key]) for key, value in own.items())
     state = load_checkpoint(path)
