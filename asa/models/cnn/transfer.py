@@ -78,14 +78,17 @@ def _first(keys: list[str], n: int = 5) -> str:
 
 
 def match_resenc_encoder(own: dict[str, torch.Tensor], blob: dict, path: str | Path, *, image_channels: int,
-                         coord: bool = False) -> tuple[dict[str, torch.Tensor], LoadReport]:
+                         coord: bool = False, where: str | None = None
+                         ) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """The encoder tensors of the resenc file content ``blob`` for a network whose encoder state is ``own``
     (keys ``encoder.*``), the stem adapted to ``image_channels`` (+ the coordinate channel), and the report.
 
     Refused (``ValueError`` naming ``path``, the option and the first keys at fault, the whole report
     attached): any encoder tensor of the network the file does not hold; for a published checkpoint also any
-    encoder tensor of the file the network does not take, or of another shape."""
+    encoder tensor of the file the network does not take, or of another shape. ``where``: how the refusal names
+    the file (default ``model.pretrained=<path>``)."""
     path = Path(path)
+    where = where or f"model.pretrained={path}"
     foreign = blob.get("foreign")
     source = {k.removeprefix("module."): v for k, v in (blob["encoder"] if "encoder" in blob else blob["model"]).items()}
     adapted = []
@@ -96,7 +99,7 @@ def match_resenc_encoder(own: dict[str, torch.Tensor], blob: dict, path: str | P
     stem = source.get(STEM_KEYS[0])
     if stem is not None and STEM_KEYS[0] in own and stem.shape[1] != own[STEM_KEYS[0]].shape[1]:
         file_channels = stem.shape[1] - int(coord)
-        raise ValueError(f"model.pretrained={path}: its encoder takes {file_channels} image channel(s), this network "
+        raise ValueError(f"{where}: its encoder takes {file_channels} image channel(s), this network "
                          f"{image_channels} (the data's channels); the file is fine, the channels differ: a stem is "
                          "adapted from a 1-channel file only, so fine-tune it on data with "
                          f"{file_channels} channel(s), or take a 1-channel encoder")
@@ -124,6 +127,6 @@ def match_resenc_encoder(own: dict[str, torch.Tensor], blob: dict, path: str | P
                 "encoder tensors, so every one of them should fit)")
         counts = (f"loaded {len(report.loaded)} / missing {len(report.missing)} / unexpected {len(report.unexpected)}"
                   f" / shape-mismatched {len(report.mismatched)} encoder tensors")
-        raise ValueError("\n".join([f"model.pretrained={path}: refused, not every encoder tensor matched: "
+        raise ValueError("\n".join([f"{where}: refused, not every encoder tensor matched: "
                                      f"{'; '.join(faults)}: {hint}", counts, *report.notes]))
     return update, report
