@@ -129,8 +129,9 @@ def build_from_config(
                 raise ValueError(f"segmenter.{key}={value}: model arch {arch!r} does not follow a pretraining file's "
                                  "geometry (the segmenter options are for networks that do, e.g. model=tiny|small|base)")
         blob = load_weights(pretrained) if pretrained and arch == "resenc" else None  # read once
-        if crop is None and blob is not None and "foreign" in blob:  # a published checkpoint's recommended crop
-            crop = int(blob["foreign"]["crop"])
+        if crop is None and blob is not None:  # the file's crop: a published checkpoint's recommended one, or the
+            recorded = blob.get("network", {}).get("kwargs", {}).get("img_size")  # pretraining crop asa recorded
+            crop = int(blob["foreign"]["crop"]) if "foreign" in blob else int(recorded[0]) if recorded else None
         size = pretrained_geometry(None, crop=crop, pos_mode=None, lr_axis=None, default_crop=default_crop).crop
         if blob is not None and "foreign" in blob:  # the topology is the checkpoint's, whatever model.size says
             recorded = blob["network"]["kwargs"]

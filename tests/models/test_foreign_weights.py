@@ -277,3 +277,18 @@ def test_a_file_of_other_image_channels_is_said_to_differ_not_to_be_damaged(tmp_
                                          r"network 1 \(the data's channels\); the file is fine, the channels differ"):
         build_from_config({"arch": "resenc", "pretrained": str(path)}, {}, in_channels=1, out_channels=3, crop=None,
                           default_crop=128)
+
+
+def test_asas_own_resenc_export_sets_the_fine_tuning_crop(tmp_path):
+    """data.crop unset: the crop of the pretraining run that wrote the file, as for an SW-ViT export and a
+    published checkpoint (it used to be the default crop)."""
+    from asa.io import save_checkpoint
+    from asa.models import build_network, network_spec
+
+    mae = build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": 64}})
+    path = save_checkpoint(tmp_path / "encoder.pt", {"network": network_spec(mae), "encoder": mae.encoder_state_dict(),
+                                                     "step": 1})
+    net = build_from_config({"arch": "resenc", "pretrained": str(path)}, {}, in_channels=1, out_channels=2, crop=None,
+                            default_crop=128)
+    assert net.img_size == (64, 64, 64)
+    assert torch.equal(net.encoder.stem.convs[0].conv.weight, mae.encoder.stem.convs[0].conv.weight)
