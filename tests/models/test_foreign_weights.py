@@ -114,7 +114,7 @@ def test_nnssl_layout_loads_every_encoder_tensor(files, capsys):
     for key, value in own.items():
         assert torch.equal(value, blob["network_weights"]["encoder." + key]), key
     assert f"loaded {len(own)} encoder tensors" in report
-    assert "missing (0): -" in report and "unexpected (0): -" in report
+    assert "missing (0): -" in report and "unexpected (0): -" in report and "shape-mismatched (0): -" in report
     assert "published layout: nnssl (ResidualEncoderUNet)" in report
     assert "plan spacing: [1.0, 1.0, 1.0] mm (onemmiso)" in report
     assert "plan normalisation: ZScoreNormalization" in report
