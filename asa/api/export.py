@@ -93,13 +93,13 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
     if held:  # --overwrite: the previous export's files go aside, nothing is deleted
         aside = _move_aside(out, held)
         print(f"[asa-export] --overwrite: moved the previous {', '.join(held)} to {aside}", file=sys.stderr, flush=True)
-    folder = write_model_folder(out, export, config, card)
+    extra: dict[str, Any] = {}
     if nnunet is not None:
-        save_checkpoint(folder / NNUNET_WEIGHTS, nnunet[0])
-        atomic_write_json(folder / NNUNET_PLANS, nnunet[1])
+        extra[NNUNET_WEIGHTS] = lambda path: save_checkpoint(path, nnunet[0])
+        extra[NNUNET_PLANS] = lambda path: atomic_write_json(path, nnunet[1])
     if segmenter is not None:
-        save_checkpoint(folder / SEGMENTER_FILE, segmenter)
-    return folder
+        extra[SEGMENTER_FILE] = lambda path: save_checkpoint(path, segmenter)
+    return write_model_folder(out, export, config, card, extra=extra)  # all files, or no folder
 
 
 def _segmenter(state: Mapping[str, Any]) -> dict[str, Any] | None:
