@@ -12,12 +12,13 @@ from typing import Any
 from omegaconf import DictConfig
 
 from asa.api.schema import DEFAULT_ARCH
+from asa.methods import get_method
 from asa.models import NETWORK_SETTINGS, RENAMED_NETWORKS
 from asa.models.registry import network_record
 
 __all__ = [
-    "CARRIED_KEYS", "MOVED_KEYS", "REMOVED_KEYS", "RENAMED_VALUES", "TASK_KEYS", "current_config", "current_value",
-    "flatten_keys", "moved_key", "old_key", "old_keys", "removed_key", "renamed_value",
+    "CARRIED_KEYS", "MOVED_KEYS", "REMOVED_KEYS", "RENAMED_VALUES", "TASK_KEYS", "added_settings", "current_config",
+    "current_value", "flatten_keys", "moved_key", "old_key", "old_keys", "read_config", "removed_key", "renamed_value",
 ]
 
 
@@ -45,6 +46,9 @@ MOVED_KEYS |= {"loss.*": "task.*", "head.*": "task.head.*"}
 # the segmentation task's settings added with nnU-Net's sampling and Dice, at what a run saved before them trained
 # with: crops on any labelled voxel (2/3 of them), Dice over the background too
 SEGMENTATION_BEFORE = {"sampling": "foreground", "foreground_fraction": None, "dice_background": True}
+# the masking of a model=resenc pretraining run written before nnssl's (mask block = total stride, asa's densify,
+# one attentive weight per block): what a run lacking these settings trained with
+MASKING_BEFORE = {"mask_block": None, "densify": "asa", "weight_patch": None}
 # the SW-ViT U-Net's decoder options, now its network settings (asa.models.SWViTUNetSettings): moved keys whose
 # values a saved run config carries to the new place (`current_config`), for the network that read them
 CARRIED_KEYS = {"segmenter.feature_size": "model.feature_size", "segmenter.input_skip": "model.input_skip",
@@ -64,6 +68,34 @@ def current_value(key: str, value: Any) -> Any:
 
 
 def current_config(saved: Any) -> dict[str, Any]:
+    """A run config written by this or an earlier asa as this version reads it (see `read_config`)."""
+    return read_config(saved)[0]
+
+
+def added_settings(saved: Any) -> dict[str, Any]:
+    """The settings of a saved run config's network (``model``) and pretraining method (``method``) that were
+    added since it was written, dotted, each with the value this version gives it: the one that run built with
+    (see `read_config`)."""
+    return read_config(saved)[1]
+
+
+def _with_defaults(section: Mapping[str, Any], settings: Any, prefix: str, added: dict[str, Any]) -> dict[str, Any]:
+    """``section`` with every field of the ``settings`` instance it lacks at that instance's value (recorded in
+    ``added`` under ``prefix.field``)."""
+    defaults = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    added |= {f"{prefix}.{k}": v for k, v in defaults.items() if k not in section}
+    return {**defaults, **section}
+
+
+def _method_settings(name: Any) -> Any:
+    """The default settings of the registered pretraining method ``name`` (None: not one)."""
+    try:
+        return get_method(str(name)).Settings()
+    except Exception:  # an unknown or unregistered name: the run's own checks refuse it, not this reading
+        return None
+
+
+def read_config(saved: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """A run config written by this or an earlier asa (a resumed run's, a checkpoint's) as this version reads
     it: renamed values under their names now (`RENAMED_VALUES`); a fine-tuning ``model`` section (one beside
     a ``segmenter`` section) with the decoder options its ``segmenter`` section held (`CARRIED_KEYS`: a
@@ -73,9 +105,14 @@ def current_config(saved: Any) -> dict[str, Any]:
     handed them). A fine-tuning config of an earlier version also gets its task's settings from where they were
     (`TASK_KEYS`: ``data.samples_per_case``, ``loss.*``, ``head.*``) as its ``task`` section, and the record of
     what its checkpoint predicts, which it held as ``task``, as ``outputs``; a segmentation ``task`` section
-    without the sampler and Dice settings gets those the run trained with (`SEGMENTATION_BEFORE`). A copy; the
-    rest as it is."""
+    without the sampler and Dice settings gets those the run trained with (`SEGMENTATION_BEFORE`). A
+    pretraining ``method`` section gets each setting its method gained since at its default, which is what that
+    run trained with (a run written before model=resenc lacks ``method.coord_channel`` and
+    ``method.mirror_visible``: off, as it was), except the masking a resenc run had before nnssl's
+    (`MASKING_BEFORE`). Returns (the config, a copy, the rest as it is; the settings added since, dotted key
+    -> value)."""
     cfg = copy.deepcopy(dict(saved))
+    added: dict[str, Any] = {}
     _carry_task_settings(cfg)
     for key in RENAMED_VALUES:  # dotted keys of a section: "model.arch"
         section, leaf = key.split(".")
@@ -91,14 +128,21 @@ def current_config(saved: Any) -> dict[str, Any]:
         cfg["segmenter"] = {k: v for k, v in segmenter.items() if f"segmenter.{k}" not in CARRIED_KEYS}
         model = {**model, **carried}
         if cls is not None:
-            defaults = {f.name: getattr(cls(arch=arch), f.name) for f in fields(cls)}
-            kept = {k: v for k, v in model.items() if k in defaults or v is not None}
-            model = {**defaults, **kept}
+            names = {f.name for f in fields(cls)}
+            kept = {k: v for k, v in model.items() if k in names or v is not None}
+            model = _with_defaults(kept, cls(arch=arch), "model", added)
         cfg["model"] = model
     task = cfg.get("task")
     if isinstance(task, Mapping) and task.get("name") == "segmentation":
         cfg["task"] = {**SEGMENTATION_BEFORE, **task}
-    return cfg
+    method = cfg.get("method")
+    if isinstance(method, Mapping) and (settings := _method_settings(method.get("name"))) is not None:
+        if isinstance(model, Mapping) and model.get("arch") == "resenc":
+            before = {k: v for k, v in MASKING_BEFORE.items() if k not in method}
+            added |= {f"method.{k}": v for k, v in before.items()}
+            method = {**method, **before}
+        cfg["method"] = _with_defaults(method, settings, "method", added)
+    return cfg, added
 
 
 def _is_outputs_record(node: Any) -> bool:

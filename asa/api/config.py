@@ -8,6 +8,8 @@ pretraining and fine-tuning) on their search path. In a source checkout that is 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import importlib.util
 import re
 import sys
@@ -69,6 +71,14 @@ _HYDRA_NOISE = ("Set the environment variable HYDRA_FULL_ERROR", "To append to y
 _QUOTING = ("LexerNoViableAlt", "token recognition error", "mismatched input", "extraneous input", "no viable")
 
 
+def _methods_with(option: str) -> list[str]:
+    """The registered pretraining methods whose settings have ``option`` (``coord_channel``: asa, mae)."""
+    from asa.methods.base import registered_methods
+
+    return sorted(name for name, cls in registered_methods().items()
+                  if option in {f.name for f in dataclasses.fields(cls.Settings)})
+
+
 def describe_compose_error(text: str) -> str:
     """Hydra's multi-line report of a command line that does not compose, as one line, with a hint to
     quote when the parser choked on a value (spaces, non-ASCII characters, brackets)."""
@@ -79,8 +89,11 @@ def describe_compose_error(text: str) -> str:
     if key and (note := compat.old_key(key[1])):
         message += f" — {key[1]} {note}"
     elif key and key[1].startswith("model.") and "is not in struct" in message:  # a fine-tuning model section
-        message += (f" — the network the model preset builds (model.arch) has no option {key[1].removeprefix('model.')}; "
+        leaf = key[1].removeprefix("model.")
+        message += (f" — the network the model preset builds (model.arch) has no option {leaf}; "
                     "its options are the fields of its settings (asa.models.NetworkSettings)")
+        if methods := _methods_with(leaf):  # a pretraining method's option that fine-tuning sets on the network
+            message += f"; {leaf} is a pretraining option there: method.{leaf} (method={' or '.join(methods)})"
     elif key and key[1].startswith("task.") and "not in" in message:  # a fine-tuning task section
         message += (f" — the task settings chosen (task=<name>, segmentation unless given) have no option "
                     f"{key[1].removeprefix('task.')}; a task's options are the fields of its Settings (asa.api.tasks)")

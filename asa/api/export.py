@@ -20,6 +20,7 @@ from typing import Any
 import asa
 from asa.api.cohort import recorded_cohort
 from asa.api.compat import current_config
+from asa.api.rundir import check_writable
 from asa.api.run import refusing
 from asa.data.cohort import cohort_digest
 from asa.data.preprocessing import PERCENTILES
@@ -78,6 +79,7 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
             raise ValueError(f"output folder {out} would replace or sit inside the input {source}")
         held = _held(out, overwrite=overwrite)
+        check_writable(out, "OUT_DIR")  # as the training and prediction jobs refuse their output folders
         if not license or any(c.isspace() for c in license):
             raise ValueError(f"--license {license!r}: expected a licence id without spaces (e.g. apache-2.0, other)")
         state = load_weights(source)
@@ -112,15 +114,17 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
     if held:  # --overwrite: the previous export's files go aside, nothing is deleted
         aside = _move_aside(out, held)
         print(f"[asa-export] --overwrite: moved the previous {', '.join(held)} to {aside}", file=sys.stderr, flush=True)
-    folder = write_model_folder(out, export, config, card)
+    extra: dict[str, Any] = {}
     if nnunet is not None:
-        save_checkpoint(folder / NNUNET_WEIGHTS, nnunet[0])
-        atomic_write_json(folder / NNUNET_PLANS, nnunet[1])
+        extra[NNUNET_WEIGHTS] = lambda path: save_checkpoint(path, nnunet[0])
+        extra[NNUNET_PLANS] = lambda path: atomic_write_json(path, nnunet[1])
     if nnssl is not None:  # nnssl's layout: the checkpoint, and its plan beside it with the trainer's name
-        save_checkpoint(folder / NNSSL_CHECKPOINT, nnssl)
-        atomic_write_json(folder / NNSSL_PLAN, {**nnssl["nnssl_adaptation_plan"], "trainer_name": nnssl["trainer_name"]})
+        extra[NNSSL_CHECKPOINT] = lambda path: save_checkpoint(path, nnssl)
+        extra[NNSSL_PLAN] = lambda path: atomic_write_json(
+            path, {**nnssl["nnssl_adaptation_plan"], "trainer_name": nnssl["trainer_name"]})
     if segmenter is not None:
-        save_checkpoint(folder / SEGMENTER_FILE, segmenter)
+        extra[SEGMENTER_FILE] = lambda path: save_checkpoint(path, segmenter)
+    folder = write_model_folder(out, export, config, card, extra=extra)  # all files, or no folder
     if merged is not None:  # the dataset's plans gain the configuration last, once the folder is written
         plans_path, plans = merged
         atomic_write_json(plans_path, plans)

@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from asa.api.dataset import load_cases, split_cases, write_splits
-from asa.api.run import TrainingRun
+from asa.api.run import OptionError, TrainingRun
 from asa.api.schema import FinetuneConfig, PretrainConfig
 from asa.api.training import optimizer_and_config, trainer_config, training_ended
 from asa.train import Engine, FitResult, TrainConfig
+from asa.train.engine import epoch_fault
 from asa.train.distributed import DistEnv
 
 __all__ = ["JobRun", "TrainingJob"]
@@ -89,6 +90,8 @@ class TrainingJob(ABC):
             if self.network_from_split:
                 self._network(run, splits)
             train_ds, val_ds = self.datasets(run, splits)
+            if (fault := epoch_fault(len(train_ds), run.config, run.env.world_size)) is not None:
+                raise OptionError(f"data: {fault}")  # before the run folder records anything
             run.step = self.training_step(run)
             run_dir.write_config(run.resolved)  # every check passed
             write_splits(run.cases, cfg.data, run.out_dir, run.env, by_subject=self.by_subject)

@@ -131,8 +131,11 @@ def build_from_config(
                                  "geometry (the segmenter options are for networks that do, e.g. model=tiny|small|base)")
         blob = load_weights(pretrained) if pretrained and network_record(arch).encoder else None  # read once
         published = blob is not None and "foreign" in blob and pretrains(blob["network"]["arch"], arch)
-        if crop is None and published:  # a published checkpoint's recommended crop
-            crop = int(blob["foreign"]["crop"])
+        if crop is None and blob is not None and pretrains((blob.get("network") or {}).get("arch"), arch):
+            # the file's crop: a published checkpoint's recommended one, or the pretraining crop asa recorded
+            recorded = blob["network"].get("kwargs", {}).get("img_size")
+            recorded = recorded if recorded is None or isinstance(recorded, (int, float)) else recorded[0]
+            crop = int(blob["foreign"]["crop"]) if published else int(recorded) if recorded is not None else None
         size = pretrained_geometry(None, crop=crop, pos_mode=None, lr_axis=None, default_crop=default_crop).crop
         if published:  # the topology is the checkpoint's, whatever the settings say: what its spec records beyond
             recorded = blob["network"]["kwargs"]  # the crop, the channels and the options the settings hold

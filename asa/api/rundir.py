@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from asa.api.compat import current_config, moved_key, removed_key
+from asa.api.compat import added_settings, current_config, moved_key, removed_key
 from asa.io import atomic_write_text
 from asa.train.checkpoint import flatten
 from asa.train.distributed import DistEnv, all_gather_objects
@@ -333,7 +333,7 @@ def _check(out_dir: Path, *, resume: Any, overwrite: bool, run_config: Mapping, 
     if resume_from is None:
         return None, moved_to
     return (check_training_checkpoint(resume_from, run_config, compat_keys, moved=moved_key, current=current_config,
-                                      removed=removed_key), moved_to)
+                                      removed=removed_key, added=added_settings), moved_to)
 
 
 def prepare_run_dir(

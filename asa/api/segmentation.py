@@ -39,6 +39,7 @@ from asa.eval.probe_cv import token_probes
 from asa.eval.reliance import encoder_reliance, format_reliance, write_reliance
 from asa.io import atomic_write_json
 from asa.losses import DeepSupervisionLoss, SegmentationLoss
+from asa.choices import in_range
 from asa.models import Capabilities, capabilities
 from asa.train.distributed import resolve_device
 from asa.train.finetune import make_dice_validator, make_segmentation_panel_fn, segmentation_step
@@ -54,7 +55,7 @@ class Settings(TaskSettings):
     """``task.*`` of a segmentation run."""
 
     name: str = "segmentation"
-    samples_per_case: int = 1  # random crops drawn from each case per loaded item
+    samples_per_case: int = in_range(1, 1)  # random crops drawn from each case per loaded item
     # classes (nnU-Net's): a share of crops centred on a voxel of a class drawn uniformly among the classes present,
     # the rest placed uniformly | foreground (asa's earlier sampler): a share centred on any labelled voxel, the rest on an
     # unlabelled one (asa.data.lattice.LatticeCropd)
@@ -63,8 +64,8 @@ class Settings(TaskSettings):
     # true: the Dice term counts the background class too (asa's earlier loss); false: nnU-Net's (do_bg=False).
     # Multilabel tasks (BraTS regions) have no background channel: every region counts either way
     dice_background: bool = False
-    focal_weight: float = 0.0  # > 0: add this weight times the focal region loss (RAT, §1.6b; needs data.regions)
-    focal_beta: float = 1.0
+    focal_weight: float = in_range(0.0, 0.0)  # > 0: add this weight times the focal region loss (RAT, §1.6b; needs data.regions)
+    focal_beta: float = in_range(1.0, 0.0)
 
 
 def symmetry_warning(declared: Capabilities, channels: tuple[str, ...], source: str) -> str | None:

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 from asa.api.export import export_model
 from asa.api.run import OptionError, describe_error
+from asa.api.rundir import RunDirError
+from asa.io.hub import NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS, NNUNET_WEIGHTS, SEGMENTER_FILE
 from asa.cli.common import EXIT_FAILED, EXIT_FINISHED, EXIT_REFUSED
 
 __all__ = ["main"]
@@ -46,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         out = export_model(args.checkpoint, args.out_dir, overwrite=args.overwrite, license=args.license,
                            nnunet_channels=args.nnunet_channels, nnunet_plans=args.nnunet_plans)
-    except (OptionError, FileExistsError) as err:
+    except (OptionError, RunDirError, FileExistsError) as err:
         if args.debug:
             raise
         print(f"[asa-export] refused: {err}", file=sys.stderr, flush=True)
@@ -56,9 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"[asa-export] error: {describe_error(err)}", file=sys.stderr, flush=True)
         return EXIT_FAILED
-    extra = (", nnunet_pretrained_weights.pth, nnunet_plans.json, checkpoint_final.pth, adaptation_plan.json (nnssl)"
-             if (out / "nnunet_plans.json").is_file() else "")
-    print(f"[asa-export] wrote {out}/: model.safetensors, config.json, README.md{extra}")
+    written = [name for name in (SEGMENTER_FILE, NNUNET_WEIGHTS, NNUNET_PLANS, NNSSL_CHECKPOINT, NNSSL_PLAN)
+               if (out / name).is_file()]
+    print(f"[asa-export] wrote {out}/: {', '.join(['model.safetensors', 'config.json', 'README.md', *written])}")
     return EXIT_FINISHED
 
 

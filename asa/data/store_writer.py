@@ -32,7 +32,7 @@ from asa.data.case import Case
 from asa.data.store import (CASES, FORMAT, INDEX, SETTINGS, VERSION, StoreSettingsError, case_file_stamps,
                             array_fault, check_record, describe_settings_diff, record_name, stamp_key, store_settings)
 from asa.data.preprocessing import case_to_item
-from asa.io import atomic_path, atomic_write_json
+from asa.io import WriteError, atomic_path, atomic_write_json
 
 __all__ = ["StoreReport", "build_store", "file_sha256"]
 
@@ -145,6 +145,8 @@ def _job(args: tuple) -> tuple[str, dict[str, Any] | None, str | None]:
     try:
         full = pre.prepare(case_to_item(case, channels))
         return case.id, _write_case(Path(folder), case, files, full, dtype, checks), None
+    except WriteError:  # the store cannot be written (a full disk): no case is at fault, the job stops here
+        raise
     except Exception as err:  # one bad case must not stop the others; it is reported and skipped
         return case.id, None, f"{type(err).__name__}: {err}" if not isinstance(err, (ValueError, OSError)) else str(err)
 

@@ -10,13 +10,17 @@ fastest), for the probes (`asa.eval.probe`, `asa.eval.probe_cv`):
   (`SWIN_PROBE_STAGE`, after two Swin stages, ``4·feature_size`` channels), the grid of SW-ViT's
   default patch size, so both families are probed at one resolution (`swin_tokens`; SA-Swin's
   pretraining probes read the same tokens);
-- UNETR: the ViT's final tokens at its patch size (16).
+- UNETR: the ViT's final tokens at its patch size (16);
+- the residual-encoder U-Net (``resenc``, ``resenc_pretrain``, published nnssl / nnU-Net / AMAES files): the
+  bottleneck stage's voxels as tokens, at the encoder's total stride (its feature map of the crop, pooled as
+  the transformers' tokens are).
 
 Features are computed without gradients, in eval mode.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +34,7 @@ from asa.data.case import Case
 from asa.data.preprocessing import PretrainPreprocess, case_to_item
 from asa.io import load_weights
 from asa.models import DEFAULT_CROP, PRESETS, VolumeEncoder, build_network, network_encoder
+from asa.models.cnn.nnunet import RESENC_ARCHS
 from asa.models.swvit.patch import to_3tuple
 from asa.models.portable import load_encoder
 from asa.models.registry import ENCODER_MODULES, current_spec
@@ -71,8 +76,10 @@ class FrozenEncoder:
             out = module(x)
         elif ENCODER_MODULES.get(self.arch) == "swinViT":
             out = swin_tokens(module, x)
+        elif isinstance(out := module(x), (list, tuple)) and out[0].ndim == 5:  # a CNN's stages, finest first
+            out = out[-1].flatten(2).transpose(1, 2)  # the bottleneck [B, C, d, h, w] -> [B, d·h·w, C], raster order
         else:  # MONAI ViT (UNETR): (tokens, hidden states)
-            out = module(x)[0]
+            out = out[0]
         return out.float()
 
     def describe(self) -> dict[str, Any]:
@@ -105,6 +112,16 @@ def _geometry(arch: str, module: nn.Module, spec: Mapping, state: Mapping | None
         if any(s % 32 for s in size):
             raise ValueError(f"crop={list(size)}: a SwinViT needs sides divisible by 32 ({where})")
         return size, SWIN_PROBE_STRIDE, int(module.patch_embed.proj.in_channels)
+    if arch in RESENC_ARCHS:
+        if kwargs.get("coord_channel"):
+            raise ValueError(f"{where}: a resenc encoder with the coordinate channel, which the frozen-encoder probes "
+                             "do not feed (they give the image channels only); probe one pretrained without it")
+        stride = math.prod(int(s) for s in kwargs["strides"])
+        size = to_3tuple(crop if crop is not None else kwargs["img_size"], "crop")
+        if any(s % stride for s in size):
+            raise ValueError(f"crop={list(size)}: {where} holds a resenc encoder of total stride {stride}; take a "
+                             f"crop that is a multiple of it")
+        return size, stride, int(kwargs.get("in_channels", 1))
     patch = tuple(getattr(module, "patch_size", None) or to_3tuple(16, "patch_size"))
     if len(set(patch)) != 1:
         raise ValueError(f"{where}: the probes need cubic patches, got {list(patch)}")

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 _NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
 # what torch.save's zip writer says when a write comes up short (e.g. on a full disk): it gives no errno
 _TORCH_SHORT_WRITE = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
+_NUMPY_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")  # numpy's OSError for a write cut short
 _LOW_SPACE = 64 * 2**20
 
 
@@ -38,7 +40,8 @@ def _describe_write_failure(err: BaseException, path: Path) -> WriteError | None
     not a write failure."""
     folder = path.parent
     code = getattr(err, "errno", None)
-    short = isinstance(err, RuntimeError) and any(s in str(err) for s in _TORCH_SHORT_WRITE)
+    short = (isinstance(err, RuntimeError) and any(s in str(err) for s in _TORCH_SHORT_WRITE)) or (
+        isinstance(err, OSError) and code is None and _NUMPY_SHORT_WRITE.search(str(err)) is not None)
     if not (code in _NO_SPACE or code in _NOT_WRITABLE or short):
         return None
     try:

@@ -156,7 +156,19 @@ def _amaes_plan(blob: Mapping[str, Any]) -> dict[str, Any]:
     return {"architecture": "gardening_tools ResidualEncoderUNet (resenc_unet_b)", "configuration": None,
             "spacing_mm": None, "spacing_style": None, "normalization": None,
             "pretrain_patch": list(patch) if patch else None, "recommended_patch": list(patch) if patch else None,
-            "input_channels": None, "strides": None, "decoder_convs": None}
+            "input_channels": None, "strides": None, "decoder_convs": None, "amaes": True}
+
+
+def _nnunet_plan(blob: Mapping[str, Any]) -> dict[str, Any]:
+    """What an nnU-Net v2 checkpoint states of its training: the configuration its ``init_args`` name, and that
+    configuration's patch and spacing in the plans it carries (nnUNetTrainer.save_checkpoint keeps both)."""
+    init = blob.get("init_args") if isinstance(blob.get("init_args"), Mapping) else {}
+    name, plans = init.get("configuration"), init.get("plans")
+    configs = plans.get("configurations") if isinstance(plans, Mapping) else None
+    config = configs.get(name) if isinstance(configs, Mapping) and isinstance(name, str) else None
+    if not isinstance(config, Mapping):
+        return {}
+    return {"configuration": name, "pretrain_patch": config.get("patch_size"), "spacing_mm": config.get("spacing")}
 
 
 def _crop(plan: Mapping[str, Any], total_stride: int, path: Path) -> tuple[int, str]:
@@ -171,8 +183,8 @@ def _crop(plan: Mapping[str, Any], total_stride: int, path: Path) -> tuple[int, 
                                                         if set(edges) != {edge} else "")
                 return edge, note
     edge = 5 * total_stride
-    return edge, (f"not recorded in the file: 5 x the total stride {total_stride}, as AMAES pretrained ResEnc-B "
-                  "at 160 = 5 x 32")
+    return edge, (f"not recorded in the file: 5 x the total stride {total_stride}"
+                  + (" (as AMAES pretrained ResEnc-B at 160 = 5 x 32)" if plan.get("amaes") else ""))
 
 
 def read_foreign(path: str | os.PathLike, blob: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -197,7 +209,7 @@ def read_foreign(path: str | os.PathLike, blob: Mapping[str, Any]) -> dict[str, 
         state = {_strip(k): v for k, v in blob["network_weights"].items()}
         weights = {k: v for k, v in state.items() if k.startswith(ENCODER)}
         left_out = sorted(k for k in state if not k.startswith(ENCODER))
-        plan = _nnssl_plan(blob["nnssl_adaptation_plan"], path) if layout == "nnssl" else _amaes_plan({})
+        plan = _nnssl_plan(blob["nnssl_adaptation_plan"], path) if layout == "nnssl" else _nnunet_plan(blob)
         if layout == "nnunet":
             plan["architecture"] = blob.get("trainer_name") or "nnU-Net v2 network"
         step = int(blob.get("current_epoch") or 0)

@@ -31,7 +31,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,10 +94,12 @@ def _described(config: Mapping[str, Any], export: Mapping[str, Any]) -> bool:
 
 
 def write_model_folder(out_dir: str | os.PathLike, export: Mapping[str, Any], config: Mapping[str, Any], card: str,
-                       *, overwrite: bool = False) -> Path:
+                       *, overwrite: bool = False, extra: Mapping[str, Callable[[Path], Any]] | None = None) -> Path:
     """Write ``model.safetensors`` (``export``: the encoder export dict), ``config.json`` and
-    ``README.md`` (``card``) as the folder ``out_dir``. A new folder is written beside it and renamed into
-    place; into an existing folder (``.`` included) each file is renamed into place from there. A folder
+    ``README.md`` (``card``) as the folder ``out_dir``, and each of ``extra`` (an `OPTIONAL_FILES` name ->
+    its writer, called with the path to write). A new folder is written beside it and renamed into
+    place, so a write that fails (a full disk) leaves no folder that looks finished; into an existing folder
+    (``.`` included) each file is renamed into place from there once every one was written. A folder
     holding any other file is refused (``FileExistsError`` naming them: they are not the export's to
     replace); one holding the export's files is refused unless ``overwrite``, which replaces them."""
     out = Path(out_dir).absolute()  # "." gets its own name: the temporary folder goes beside it
@@ -111,6 +113,9 @@ def write_model_folder(out_dir: str | os.PathLike, export: Mapping[str, Any], co
                               f"model folder to a new or empty folder (--overwrite replaces only {', '.join(FOLDER_FILES)})")
     if held and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
+    extra = dict(extra or {})
+    if unknown := sorted(set(extra) - set(OPTIONAL_FILES)):
+        raise ValueError(f"model folder {out}: {', '.join(unknown)} is not a file of a model folder")
     if not _described(config, export):
         raise ValueError(f"model folder {out}: config.json's network spec differs from the weights' own")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -123,9 +128,11 @@ def write_model_folder(out_dir: str | os.PathLike, export: Mapping[str, Any], co
                 fh.flush()
                 os.fsync(fh.fileno())
             os.chmod(tmp / name, default_file_mode())
+        for name, write in extra.items():
+            write(tmp / name)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it 0o700
         if out.is_dir():  # never renamed: it may be the working folder
-            for name in FOLDER_FILES:
+            for name in (*FOLDER_FILES, *extra):
                 os.replace(tmp / name, out / name)
             _fsync_dir(out)
         else:

@@ -25,7 +25,7 @@ from asa.models.swvit.encoder import ENCODER_PREFIX
 from asa.models.swvit.mae import LOSS_WEIGHTINGS
 from asa.models.registry import keyword_options, masked_network, network_record, pretrain_model_sections
 from asa.models.zoo import build_network
-from asa.choices import one_of
+from asa.choices import in_range, one_of
 from asa.train.pretrain import mae_step, make_panel_fn
 
 __all__ = ["MAEPretraining", "MAESettings", "MaskedAutoencoderPretraining", "MaskedAutoencoderSettings"]
@@ -36,15 +36,15 @@ class MaskedAutoencoderSettings(MethodSettings):
     """``asa.models.ASA`` settings beyond the encoder / decoder sizes of the ``model`` group."""
 
     name: str = "asa"
-    in_channels: int = 1
+    in_channels: int = in_range(1, 1)
     mask_ratio: float = 0.75
     loss_weighting: str = one_of("attentive", LOSS_WEIGHTINGS)  # uniform | attentive (AR-loss, §1.5) | focal_region (RAT, §1.6b)
     norm_pix_loss: bool = False
-    bins: int = 8
+    bins: int = in_range(8, 1)  # orientation bins per angle of the attentive weight (b × b, §1.5)
     normalize: str = one_of("l2", NORMALIZATIONS)  # l2 | none
-    focal_beta: float = 1.0  # focal_region: weight β of the region error term
+    focal_beta: float = in_range(1.0, 0.0)  # focal_region: weight β of the region error term
     # model=resenc only (the SW-ViT has the symmetric position code and SACA's mirror-consistent masking instead):
-    mirror_visible: Optional[float] = None  # fraction of masked blocks whose mirror block stays visible; null: uniform
+    mirror_visible: Optional[float] = in_range(None, 0.0, 1.0)  # fraction of masked blocks whose mirror block stays visible; null: uniform
     coord_channel: bool = False  # the mirror-symmetric coordinate channel |x - x_mid| / (X/2) as an extra input
     # the mask block's edge (nnssl's 16; half the crop when the crop is under 32); stages coarser than its grid
     # run dense; null: the encoder's total stride (asa's form before nnssl's)
@@ -116,7 +116,13 @@ class MaskedAutoencoderPretraining(PretrainingMethod):
         return {**model, **self._own_options(), "img_size": self.context.crop}
 
     def build_network(self) -> nn.Module:
-        return build_network({"arch": self.masked_arch, "kwargs": self.network_kwargs()})
+        try:
+            return build_network({"arch": self.masked_arch, "kwargs": self.network_kwargs()})
+        except ValueError as err:  # the network names its own argument: said as the option that set it
+            for section, keys in (("method", tuple(self._own_options())), ("model", tuple(self.context.model))):
+                if any(str(err).startswith((f"{k}=", f"{k} ", f"{k}:")) for k in keys):
+                    raise ValueError(f"{section}.{err}") from None
+            raise
 
     def step_of(self, cases: Sequence, root: Path | None) -> StepFn:
         return mae_step

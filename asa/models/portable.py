@@ -178,7 +178,8 @@ def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = 
     if "foreign" in state:  # a published checkpoint: matched tensor by tensor, reported in one block
         kwargs = spec["kwargs"]
         update, report = match_resenc_encoder(encoder.state_dict(prefix=f"{name}."), dict(state), path,
-                                              in_proj=in_proj_keys(net), image_channels=int(kwargs["in_channels"]))
+                                              in_proj=in_proj_keys(net), image_channels=int(kwargs["in_channels"]),
+                                              where=f"asa.load_encoder({str(path)!r})")
         encoder.load_state_dict({k[len(name) + 1:]: v for k, v in update.items()}, strict=True)
         if verbose:
             print(f"pretrained encoder from {path}:\n{report}")

@@ -34,13 +34,16 @@ def flatten(cfg: Mapping, prefix: str = "") -> dict[str, object]:
 def check_compatible(saved_cfg: Mapping, cfg: Mapping, keys: Iterable[str], *, source: str = "checkpoint",
                      moved: Callable[[str], str | None] | None = None,
                      current: Callable[[Mapping], Mapping] | None = None,
-                     removed: Callable[[str], str | None] | None = None) -> None:
+                     removed: Callable[[str], str | None] | None = None,
+                     added: Callable[[Mapping], Mapping] | None = None) -> None:
     """Refuse to resume when any config entry under `keys` (dotted prefixes, e.g. "model") differs,
     or when the saved config holds a key that has moved since (``moved(key)``: its new place, else
     None), which is never read into its new place. ``current(saved_cfg)``: the saved config as this version
     reads it (a renamed value under its name now, a setting added since at the default the run had),
     compared as such. A saved key removed since (``removed(key)``: what
-    took its place, else None) never changed a number: it is left out, said in one line on stderr.
+    took its place, else None) never changed a number: it is left out, said in one line on stderr. The
+    settings added since (``added(saved_cfg)``: dotted key -> the value ``current`` gave it, the one the run
+    had) are said in one line too.
 
     The error lists every differing key with the saved and the requested value, or every moved key
     with its new place.
@@ -53,6 +56,10 @@ def check_compatible(saved_cfg: Mapping, cfg: Mapping, keys: Iterable[str], *, s
               + "; ".join(f"{key}={saved[key]!r} (removed since: {instead})" for key, instead in gone.items()),
               file=sys.stderr, flush=True)
         saved = {key: value for key, value in saved.items() if key not in gone}
+    new = dict(added(saved_cfg)) if added is not None else {}
+    if new:
+        print(f"[asa] {source} was written by an earlier asa; settings added since take the values that run had: "
+              + ", ".join(f"{key}={value!r}" for key, value in sorted(new.items())), file=sys.stderr, flush=True)
     renamed = {key: place for key in sorted(saved) if key not in now and moved is not None
                and (place := moved(key)) is not None}
     if renamed:

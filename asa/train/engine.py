@@ -185,12 +185,8 @@ class Engine:
             self.log.say(f"data.num_workers={cfg.num_workers} capped to the {loader.num_workers} CPU(s) available")
         micro_per_epoch = sampler.full_length() // cfg.batch_size
         self.steps_per_epoch = micro_per_epoch // cfg.accum_steps
-        if self.steps_per_epoch < 1:
-            raise ValueError(
-                f"training set too small: {len(train_data)} samples give {sampler.full_length()} per rank "  # type: ignore[arg-type]
-                f"(world_size={env.world_size}), fewer than trainer.batch_size × trainer.accum_steps = "
-                f"{cfg.batch_size * cfg.accum_steps}"
-            )
+        if (fault := epoch_fault(len(train_data), cfg, env.world_size)) is not None:  # type: ignore[arg-type]
+            raise ValueError(fault)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.warmup_steps is not None:
             self.warmup_steps = cfg.warmup_steps
@@ -405,7 +401,7 @@ class Engine:
             self.model.load_state_dict(state["model"])
         except RuntimeError as err:
             raise ValueError(f"checkpoint {path}: model weights do not fit this model: {err}") from err
-        load_optimizer_state(self.optimizer, state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"], self.model)
         if state["scaler"]:
             self.optim_step.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
@@ -466,6 +462,16 @@ class Engine:
             images = self.panel_fn(self.model, self.step)
         self.model.train()
         self.log.images(images, self.step)
+
+
+def epoch_fault(num_samples: int, cfg: TrainConfig, world_size: int) -> str | None:
+    """Why ``num_samples`` training samples make no optimisation step per epoch on ``world_size`` ranks (each
+    rank takes ``num_samples // world_size``, the rest dropped), or None; a job asks before writing its folder."""
+    per_rank = num_samples // world_size
+    if per_rank // cfg.batch_size // cfg.accum_steps >= 1:
+        return None
+    return (f"training set too small: {num_samples} samples give {per_rank} per rank (world_size={world_size}), "
+            f"fewer than trainer.batch_size × trainer.accum_steps = {cfg.batch_size * cfg.accum_steps}")
 
 
 def fit(model: nn.Module, train_data: Dataset, optimizer: torch.optim.Optimizer, step_fn: StepFn, **kwargs) -> FitResult:

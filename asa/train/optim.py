@@ -2,6 +2,8 @@
 fine-tuning groups (encoder lr multiplier, MAE-style layer-wise lr decay, encoder freeze)."""
 from __future__ import annotations
 
+import sys
+
 from collections.abc import Iterable
 
 import torch
@@ -36,6 +38,11 @@ def describe_lr(base_lr: float, global_batch: int, scale: bool, *, key: str = "o
 def _no_decay_names(model: nn.Module) -> set[str]:
     fn = getattr(model, "no_weight_decay", None)
     return set(fn()) if callable(fn) else set()
+
+
+def _undecayed(name: str, p: nn.Parameter, skip_names: set[str]) -> bool:
+    """Whether `param_groups` puts the parameter in an undecayed group (norms, biases, listed names)."""
+    return p.ndim <= 1 or name.endswith(".bias") or any(name == s or name.endswith("." + s) for s in skip_names)
 
 
 def layer_lr_scales(model: nn.Module, *, encoder_lr_scale: float = 1.0, layer_decay: float = 1.0) -> dict[str, float]:
@@ -95,9 +102,7 @@ def param_groups(
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        skipped = p.ndim <= 1 or name.endswith(".bias") or any(
-            name == s or name.endswith("." + s) for s in skip_names
-        )
+        skipped = _undecayed(name, p, skip_names)
         scale = 1.0 if lr_scales is None else float(lr_scales[name])
         key = (skipped, scale, name in frozen)
         if key not in groups:
@@ -162,12 +167,58 @@ def multi_tensor_kernel(groups: Iterable[dict] | Iterable[torch.Tensor]) -> dict
 KERNEL_FLAGS = ("fused", "foreach")
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+def _without_frozen(optimizer: torch.optim.Optimizer, state: dict, model: nn.Module) -> dict | None:
+    """``state`` renumbered for ``optimizer`` when it was saved with the parameters of ``model`` that are frozen
+    now still in its groups (a resenc run written before its unused segmentation heads were frozen): each
+    frozen parameter sat, in ``model.named_parameters()`` order, in the first group of its kind (decayed or
+    not, lr scale 1, not frozen for early epochs), with no optimiser state (it never had a gradient). None
+    when ``state`` does not differ from the optimiser that way."""
+    named = list(model.named_parameters())
+    order = {id(p): i for i, (_, p) in enumerate(named)}
+    skip_names = _no_decay_names(model)
+    frozen = [(name, p) for name, p in named if not p.requires_grad]
+    numbered = optimizer.state_dict()["param_groups"]
+    saved_groups, out = state["param_groups"], {"state": {}, "param_groups": []}
+    if not frozen or len(saved_groups) != len(numbered):
+        return None
+    taken: set[int] = set()
+    for group, ids, saved in zip(optimizer.param_groups, numbered, saved_groups):
+        params = list(group["params"])
+        extra = len(saved["params"]) - len(params)
+        if extra:
+            kind = _undecayed(next(n for n, p in named if p is params[0]), params[0], skip_names)
+            plain = group.get("lr_scale", 1.0) == 1.0 and not group.get("freeze_epochs")
+            found = [p for name, p in frozen if plain and id(p) not in taken and _undecayed(name, p, skip_names) == kind]
+            if len(found) != extra:
+                return None
+            taken |= {id(p) for p in found}
+            params = sorted(params + found, key=lambda p: order[id(p)])
+        before = dict(zip((id(p) for p in params), saved["params"]))
+        if any(before[id(p)] in state["state"] for p in params if not p.requires_grad):
+            return None
+        for p, new_id in zip(group["params"], ids["params"]):
+            if before[id(p)] in state["state"]:
+                out["state"][new_id] = state["state"][before[id(p)]]
+        out["param_groups"].append({**saved, "params": ids["params"]})
+    return out if len(taken) == len(frozen) else None
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, model: nn.Module | None = None) -> None:
     """``optimizer.load_state_dict(state)`` keeping this optimiser's update kernel: torch restores each
     group's saved options, ``fused``/``foreach`` included, so a state saved by the per-parameter loop
     (or on another device) would switch a resumed run back to it. The kernel is how, not what, is
-    computed; lrs, moments and step counts come from ``state``."""
+    computed; lrs, moments and step counts come from ``state``. With ``model``, a state saved while
+    parameters frozen now were still trained (`_without_frozen`) is read without them, said in one line."""
     kernels = [{k: g.get(k) for k in KERNEL_FLAGS} for g in optimizer.param_groups]
+    sizes = [len(g["params"]) for g in optimizer.param_groups]
+    if model is not None and [len(g["params"]) for g in state["param_groups"]] != sizes:
+        renumbered = _without_frozen(optimizer, state, model)
+        if renumbered is not None:
+            names = [name for name, p in model.named_parameters() if not p.requires_grad]
+            print(f"[asa] the optimiser state was written by an earlier asa that still listed {len(names)} parameter(s) "
+                  f"frozen now ({', '.join(names[:4])}{', …' if len(names) > 4 else ''}: no loss reads them, they "
+                  "never had a gradient); read without them", file=sys.stderr, flush=True)
+            state = renumbered
     optimizer.load_state_dict(state)
     for group, kernel in zip(optimizer.param_groups, kernels):
         group.update(kernel)

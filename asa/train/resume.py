@@ -49,15 +49,16 @@ class ResumePoint:
 def check_training_checkpoint(path: Path, run_config: Mapping, compat_keys: Sequence[str], *,
                               moved: Callable[[str], str | None] | None = None,
                               current: Callable[[Mapping], Mapping] | None = None,
-                              removed: Callable[[str], str | None] | None = None) -> ResumePoint:
+                              removed: Callable[[str], str | None] | None = None,
+                              added: Callable[[Mapping], Mapping] | None = None) -> ResumePoint:
     """Read ``path`` once and check that it is an asa training checkpoint whose run config matches
     ``run_config`` in ``compat_keys`` and holds no key that has moved since (``moved``; see
     `check_compatible`: `IncompatibleCheckpointError` listing the keys; another file: ``ValueError``; the
     saved config is compared as this version reads it, ``current``; keys removed since,
-    ``removed``, are left out); returns it as the run's resume point."""
+    ``removed``, are left out; settings added since, ``added``, are said); returns it as the run's resume point."""
     state = load_checkpoint(path, map_location="cpu")
     check_compatible(state.get("config", {}), run_config, compat_keys, source=str(path), moved=moved, current=current,
-                     removed=removed)
+                     removed=removed, added=added)
     if state.get("format") != FORMAT:
         raise ValueError(f"checkpoint {path}: not an asa training checkpoint (format={state.get('format')!r})")
     return ResumePoint(Path(path), state)

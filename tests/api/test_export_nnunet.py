@@ -131,3 +131,24 @@ def test_nnunet_plans_option_adds_the_configuration(resenc_export, tmp_path, cap
     bare.write_text(json.dumps({"configurations": {"2d": {}}}))
     assert export_main([str(root / "last.pt"), str(tmp_path / "m3"), "--nnunet-plans", str(bare)]) == 2
     assert "has no configuration '3d_fullres'" in capsys.readouterr().err and not (tmp_path / "m3").exists()
+
+
+def test_a_full_disk_leaves_no_folder_that_looks_finished(tmp_path, monkeypatch, capsys):
+    """The nnU-Net pair (and segmenter.pt) are written with the three files, before the folder is renamed into
+    place: a failing write leaves no folder, and no temporary one."""
+    import errno
+
+    import asa.api.export as export_module
+    from asa.models import build_network, network_spec
+
+    net = build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": 32}})
+    ckpt = save_checkpoint(tmp_path / "last.pt", {"network": network_spec(net), "model": net.state_dict(), "step": 1})
+
+    def full(path, state):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(export_module, "save_checkpoint", full)
+    out = tmp_path / "model"
+    assert export_main([str(ckpt), str(out)]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -77,7 +77,8 @@ def _build(entry: str, composed) -> None:
     extra = {k: getattr(opt, k) for k in ("momentum", "nesterov") if getattr(opt, k) is not None}
     optimizer = build_optimizer(net, name=opt.name, lr=float(opt.base_lr), weight_decay=float(opt.weight_decay),
                                 **extra)
-    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(net.parameters()))
+    trainable = [p for p in net.parameters() if p.requires_grad]  # resenc: the heads no loss reads are frozen
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable)
     config = trainer_config(cfg)
     assert (config.schedule, config.num_workers) == (opt.schedule, cfg.data.num_workers)  # from optim and data
     assert not {"schedule", "num_workers"} & set(asdict(cfg.trainer))  # stated once, in their own groups

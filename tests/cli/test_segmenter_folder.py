@@ -10,12 +10,13 @@ from asa.api import evaluate, finetune, predict
 from asa.api.config import compose_config
 from asa.api.export import export_model
 from asa.api.run import OptionError
+from asa.cli.export import main as export_main
 from asa.data import write_demo_dataset
 from asa.io import load_volume
 
 
 @pytest.mark.slow
-def test_exported_segmenter_predicts_like_its_checkpoint(tmp_path):
+def test_exported_segmenter_predicts_like_its_checkpoint(tmp_path, capsys):
     root = write_demo_dataset("brats", tmp_path / "data", cases=4, size=32, seed=5)
     run = tmp_path / "run"
     finetune(compose_config("finetune", [
@@ -27,7 +28,10 @@ def test_exported_segmenter_predicts_like_its_checkpoint(tmp_path):
     evaluate(compose_config("evaluate", ["data=brats", f"data.root={root}", f"pred={tmp_path / 'p1'}",
                                          f"output={run / 'eval_test'}", f"split_file={run / 'splits.json'}",
                                          "subset=test"]))
-    folder = export_model(last, tmp_path / "model")
+    folder = tmp_path / "model"
+    assert export_main([str(last), str(folder)]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"wrote {folder}/: model.safetensors, config.json, README.md, "
+                                                    "segmenter.pt, nnunet_pretrained_weights.pth, nnunet_plans.json")
     assert (folder / "segmenter.pt").is_file()
     card = (folder / "README.md").read_text()
     assert "## Segmenter" in card and "- task: brats" in card and "- training data: brats" in card

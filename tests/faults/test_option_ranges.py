@@ -97,3 +97,50 @@ def test_load_config_gives_the_console_scripts_hints(name, override, message):
     with pytest.raises(ValueError) as err:
         load_config(name, override)
     assert str(err.value).startswith(message) and "To append to your config" not in str(err.value)
+
+
+@pytest.mark.parametrize("app, overrides, message", [
+    ("asa-finetune", ["task.samples_per_case=0"], "task.samples_per_case=0: expected an integer >= 1"),
+    ("asa-finetune", ["task.samples_per_case=-2"], "task.samples_per_case=-2: expected an integer >= 1"),
+    ("asa-finetune", ["task.focal_weight=-1"], "task.focal_weight=-1.0: expected a number >= 0.0"),
+    ("asa-pretrain", ["method.bins=0"], "method.bins=0: expected an integer >= 1"),
+    ("asa-pretrain", ["model=resenc", "method.mirror_visible=1.5"],
+     "method.mirror_visible=1.5: expected a number in [0.0, 1.0] or null"),
+    ("asa-pretrain", ["model=resenc", "method.mask_ratio=1.2"], "method.mask_ratio must lie in (0, 1), got 1.2"),
+    ("asa-pretrain", ["model=resenc", "method.mirror_visible=0.9"],
+     "method.mirror_visible=0.9: at mask_ratio 0.75 at most 0.333 of the masked blocks can keep a visible mirror"),
+    ("asa-pretrain", ["model=resenc", "model.lr_axis=3"], "model.lr_axis must be 0, 1 or 2, got 3"),
+])
+def test_task_and_method_options_are_refused_by_name_before_anything_is_written(tmp_path, capsys, app, overrides,
+                                                                                 message):
+    """These used to stop with exit 1 after the run folder was written (samples_per_case: an AttributeError)
+    or to name the option without its section."""
+    from asa.api import finetune, pretrain
+
+    if app == "asa-pretrain":
+        err = _refused(app, pretrain, _pretrain(tmp_path, "data.crop=32", *overrides), capsys)
+    else:
+        err = _refused(app, finetune, ["trainer=smoke", "device=cpu", f"output_dir={tmp_path / 'run'}", *overrides],
+                       capsys)
+    assert message in err and not (tmp_path / "run").exists()
+
+
+def test_a_pretraining_method_option_under_model_points_to_the_method():
+    from asa.api import load_config
+
+    with pytest.raises(ValueError) as err:
+        load_config("pretrain", "model=resenc", "model.coord_channel=true")
+    assert str(err.value).endswith("has no option coord_channel; its options are the fields of its settings "
+                                   "(asa.models.NetworkSettings); coord_channel is a pretraining option there: "
+                                   "method.coord_channel (method=asa or mae)")
+
+
+def test_a_training_set_too_small_for_one_step_is_refused_before_the_folder_is_written(old_run):
+    """3 training cases at batch 4 (as 3 cases on 2 ranks at batch 2): exit 2 before config.yaml and splits.json
+    (it used to stop with exit 1 inside the engine, after both were written)."""
+    from asa.api.run import OptionError
+
+    with pytest.raises(OptionError, match=r"^data: training set too small: 3 samples give 3 per rank \(world_size=1\), "
+                                          r"fewer than trainer.batch_size × trainer.accum_steps = 4$"):
+        old_run.train(1, False, "trainer.batch_size=4")
+    assert not old_run.dir.exists()

@@ -123,3 +123,16 @@ def test_evaluate_refuses_a_read_only_output_before_scoring(brats, tmp_path, rea
     from asa.api import evaluate
 
     _refused("asa-evaluate", evaluate, cfg, capsys, "output", out)
+
+
+def test_export_refuses_a_read_only_out_dir(read_only, tmp_path, capsys):
+    """It used to end with exit 1 and a raw OSError, as the other scripts no longer do."""
+    from asa.cli.export import main as export_main
+
+    source = tmp_path / "encoder.pt"
+    source.write_bytes(b"")  # refused before it is read
+    assert export_main([str(source), str(read_only / "model")]) == EXIT_REFUSED
+    assert capsys.readouterr().err.strip() == (f"[asa-export] refused: OUT_DIR={read_only / 'model'}: cannot write "
+                                               "there (read-only file system; a read-only folder?); choose another "
+                                               "OUT_DIR")
+    assert not (read_only / "model").exists()

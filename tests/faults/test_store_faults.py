@@ -218,3 +218,29 @@ def test_temporary_files_of_a_killed_run_are_skipped_and_cleaned(written, tmp_pa
     named = {n for r in index["cases"].values() for n in r["arrays"].values()}
     assert json.loads(record_path.read_text())["arrays"] == index["cases"][case_id]["arrays"]
     assert {p.name for p in (store / "cases").glob("*.npy")} == named
+
+
+def test_a_full_disk_stops_preprocessing_naming_the_folder_and_keeps_the_store(written, tmp_path, monkeypatch, capsys):
+    """numpy's short write ('125856 requested and 61312 written') on a nearly full disk: an error naming the
+    store's folder and the free space (it used to skip every case and exit 0); the index stays the previous one."""
+    from collections import namedtuple
+
+    import asa.data.store_writer as writer
+    import asa.io.atomic as atomic
+    from asa.api import preprocess
+
+    cache, store = written[0], _copy(written[1], tmp_path / "store")
+    index = (store / "index.json").read_bytes()
+
+    def short_write(fh, array, **kwargs):
+        raise OSError("125856 requested and 61312 written")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(writer.np, "save", short_write)
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda folder: usage(2**30, 2**30 - 2**20, 2**20))
+    with pytest.raises(SystemExit) as stop:
+        entry("asa-preprocess", preprocess, compose_config("preprocess", _data(cache, store, "workers=0",
+                                                                               "data.demo.size=40")))
+    err = capsys.readouterr().err
+    assert stop.value.code == 1 and f"no space left on {store / 'cases'}" in err and "1 MiB free" in err, err
+    assert "skipped" not in err and (store / "index.json").read_bytes() == index

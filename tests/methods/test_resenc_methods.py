@@ -46,7 +46,7 @@ def test_the_sw_vit_path_is_unchanged():
     (("model=resenc", "method=rpl"), "model.arch=resenc: method=rpl does not pretrain it .*method=asa or method=mae does"),
     (("model=tiny", "method.coord_channel=true"), "method.coord_channel=True: an option of model=resenc"),
     (("model=resenc", "method.loss_weighting=focal_region"), "model=resenc takes uniform or attentive"),
-    (("model=resenc", "method.mirror_visible=2"), r"method.mirror_visible=2.0: a fraction in \[0, 1\]"),
+    (("model=resenc", "method.mirror_visible=2"), r"method.mirror_visible=2.0: expected a number in \[0.0, 1.0\] or null"),
     (("model=resenc", "model.size=XL"), "model.size='XL': expected one of tiny, S, M, L"),
 ])
 def test_refusals_name_the_option(overrides, message):
@@ -82,3 +82,20 @@ def test_optim_nnssl_is_nnssls_sgd_recipe():
     assert (o.name, o.base_lr, o.scale_lr, o.weight_decay, o.momentum, o.nesterov, o.schedule, o.power) == (
         "sgd", 0.01, False, 3e-5, 0.99, True, "poly", 0.9)
     assert cfg.method.densify == "spark"
+
+
+def test_a_resenc_run_written_before_nnssls_masking_reads_with_the_masking_it_trained_with():
+    """A pretraining config of an earlier version (no mask_block, densify, weight_patch, weight_power) resumes
+    with the earlier form, not with today's defaults, which would build another network; an SW-ViT run gets the
+    defaults, which its masked network never reads."""
+    from asa.api.compat import added_settings, current_config
+    old = {"model": {"arch": "resenc", "size": "tiny", "lr_axis": 0},
+           "method": {"name": "asa", "in_channels": 1, "mask_ratio": 0.75, "loss_weighting": "attentive",
+                      "norm_pix_loss": False, "bins": 8, "normalize": "l2", "focal_beta": 1.0,
+                      "mirror_visible": None, "coord_channel": False}}
+    method = current_config(old)["method"]
+    assert (method["mask_block"], method["densify"], method["weight_patch"], method["weight_power"]) == (
+        None, "asa", None, 1.0)
+    assert added_settings(old)["method.densify"] == "asa"
+    swvit = current_config({**old, "model": {"arch": "swvit"}})["method"]
+    assert (swvit["mask_block"], swvit["densify"]) == (16, "spark")

@@ -4,12 +4,13 @@ built here as synthetic files in each layout at the tiny 32³ plan. Each loads t
 ``asa.load_encoder`` and a fine-tuning ``resenc``; a damaged copy is refused with the key named."""
 from __future__ import annotations
 
-import torch
+import numpy as np
 import pytest
+import torch
 
 import asa
 from asa.api.networks import build_from_config
-from asa.io import load_weights
+from asa.io import CheckpointError, load_checkpoint, load_weights
 from asa.models.cnn.resenc import plan_resenc, resenc_unet
 
 CROP = 32
@@ -113,13 +114,66 @@ def test_nnssl_layout_loads_every_encoder_tensor(files, capsys):
     for key, value in own.items():
         assert torch.equal(value, blob["network_weights"]["encoder." + key]), key
     assert f"loaded {len(own)} encoder tensors" in report
-    assert "missing (0): -" in report and "unexpected (0): -" in report
+    assert "missing (0): -" in report and "unexpected (0): -" in report and "shape-mismatched (0): -" in report
     assert "published layout: nnssl (ResidualEncoderUNet)" in report
     assert "plan spacing: [1.0, 1.0, 1.0] mm (onemmiso)" in report
     assert "plan normalisation: ZScoreNormalization" in report
     assert f"plan crop: {CROP} (the file's recommended_patch [{CROP}, {CROP}, {CROP}])" in report
     out = encoder(torch.randn(1, 1, CROP, CROP, CROP))  # the stage outputs, finest first
     assert [o.shape[1] for o in out] == PLAN.features
+
+
+def nnunet_trainer_checkpoint(seed: int = 0) -> dict:
+    """checkpoint_final.pth as nnU-Net v2's ``nnUNetTrainer.save_checkpoint`` writes it
+    (nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py): the network's and the SGD optimiser's states, the
+    logger's lists (numpy.float64 / float32 values: np.mean and np.nanmean of its per-batch arrays), ``_best_ema``
+    (numpy.float64), the init arguments (the plans, a torch.device) and the mirroring axes."""
+    net = resenc_unet(img_size=CROP, in_channels=1, out_channels=4)
+    torch.manual_seed(seed)
+    for p in net.parameters():
+        p.data.normal_()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5)
+    net.train()(torch.randn(1, 1, CROP, CROP, CROP))[0].mean().backward()
+    optimizer.step()
+    dice = [np.float64(0.81), np.float64(0.77), np.float64(0.9)]
+    logging = {"mean_fg_dice": [np.nanmean(dice)], "ema_fg_dice": [np.float64(0.8)], "dice_per_class_or_region": [dice],
+               "train_losses": [np.mean(np.array([-0.5, -0.7], dtype=np.float32))],
+               "val_losses": [np.mean(np.array([-0.4], dtype=np.float32))], "lrs": [0.01],
+               "epoch_start_timestamps": [1.7e9], "epoch_end_timestamps": [1.7e9 + 80.0]}
+    return {"network_weights": net.state_dict(), "optimizer_state": optimizer.state_dict(), "grad_scaler_state": None,
+            "logging": logging, "_best_ema": np.float64(0.8), "current_epoch": 1000,
+            "init_args": {"plans": {"dataset_name": "Dataset004_Hippocampus", "plans_name": "nnUNetResEncUNetMPlans",
+                                    "configurations": {"3d_fullres": {"patch_size": [CROP, CROP, CROP + 8],
+                                                                      "spacing": [1.0, 1.0, 1.0]}}},
+                          "configuration": "3d_fullres", "fold": 0, "dataset_json": {"channel_names": {"0": "T1"}},
+                          "device": torch.device("cpu")},
+            "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": (0, 1, 2)}
+
+
+def test_nnunet_trainer_checkpoint_with_numpy_values_loads_every_encoder_tensor(tmp_path, capsys):
+    """nnU-Net's own checkpoint keeps numpy scalars: read with weights-only loading, numpy's scalar and dtype
+    reconstructors allowed and nothing else (a numpy array in the same file is still refused)."""
+    path = tmp_path / "checkpoint_final.pth"
+    blob = nnunet_trainer_checkpoint()
+    torch.save(blob, path)
+    encoder = asa.load_encoder(path)
+    report = capsys.readouterr().out
+    assert "published layout: nnunet (nnUNetTrainer)" in report
+    assert f"plan crop: {CROP} (the file's pretrain_patch [{CROP}, {CROP}, {CROP + 8}] -> {CROP}" in report  # its plans'
+    del blob["init_args"]["plans"]["configurations"]
+    torch.save(blob, tmp_path / "no_plans.pth")
+    asa.load_encoder(tmp_path / "no_plans.pth")
+    report = capsys.readouterr().out
+    assert "not recorded in the file: 5 x the total stride 8" in report and "AMAES" not in report
+    own = encoder.state_dict(prefix="encoder.")
+    assert own and all(torch.equal(value, blob["network_weights"][key]) for key, value in own.items())
+    state = load_checkpoint(path)
+    assert state["_best_ema"] == 0.8 and isinstance(state["_best_ema"], np.float64)
+    assert state["logging"]["train_losses"][0].dtype == np.float32
+    torch.save({**blob, "array": np.zeros(3)}, path)
+    with pytest.raises(CheckpointError, match=r"checkpoint_final\.pth: refused, nothing in it was run — it asks to "
+                                              r"call numpy\._core\.multiarray\._reconstruct"):
+        load_checkpoint(path)
 
 
 def test_amaes_layout_loads_every_encoder_tensor(files, capsys):
@@ -180,11 +234,12 @@ def test_damaged_file_is_refused_naming_the_key(tmp_path, layout, how):
     torch.save(blob, path)
     with pytest.raises(ValueError, match="refused, not every encoder tensor matched") as err:
         asa.load_encoder(path)
-    assert key in str(err.value) and str(path) in str(err.value)
+    assert key in str(err.value) and str(err.value).startswith(f"asa.load_encoder('{path}'): refused")
     if how == "shape":
         assert "of another shape" in str(err.value)
-    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")) as err:
         build_from_config({"arch": "resenc", "pretrained": str(path)}, {}, in_channels=1, out_channels=2, crop=None)
+    assert f"model.pretrained={path}" in str(err.value)
 
 
 def test_unexpected_stage_and_disagreeing_aliases_are_refused(tmp_path, files):
@@ -208,3 +263,32 @@ def test_other_nnssl_architecture_is_refused(tmp_path):
     torch.save(blob, path)
     with pytest.raises(ValueError, match="arch_class_name='PrimusM'"):
         asa.load_encoder(path)
+
+
+def test_a_file_of_other_image_channels_is_said_to_differ_not_to_be_damaged(tmp_path):
+    """A 4-channel nnU-Net checkpoint (BraTS) fine-tuned on 1-channel data: the channels differ, the file is fine."""
+    blob = nnunet_trainer_checkpoint()
+    stem = "encoder.stem.convs.0.conv.weight"
+    four = blob["network_weights"][stem].repeat(1, 4, 1, 1, 1)
+    blob["network_weights"] |= {stem: four, "encoder.stem.convs.0.all_modules.0.weight": four}
+    path = tmp_path / "checkpoint_final.pth"
+    torch.save(blob, path)
+    with pytest.raises(ValueError, match=rf"model.pretrained={path}: its encoder takes 4 image channel\(s\), this "
+                                         r"network 1 \(the data's channels\); the file is fine, the channels differ"):
+        build_from_config({"arch": "resenc", "pretrained": str(path)}, {}, in_channels=1, out_channels=3, crop=None,
+                          default_crop=128)
+
+
+def test_asas_own_resenc_export_sets_the_fine_tuning_crop(tmp_path):
+    """data.crop unset: the crop of the pretraining run that wrote the file, as for an SW-ViT export and a
+    published checkpoint (it used to be the default crop)."""
+    from asa.io import save_checkpoint
+    from asa.models import build_network, network_spec
+
+    mae = build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": 64}})
+    path = save_checkpoint(tmp_path / "encoder.pt", {"network": network_spec(mae), "encoder": mae.encoder_state_dict(),
+                                                     "step": 1})
+    net = build_from_config({"arch": "resenc", "pretrained": str(path)}, {}, in_channels=1, out_channels=2, crop=None,
+                            default_crop=128)
+    assert net.img_size == (64, 64, 64)
+    assert torch.equal(net.encoder.stem.convs[0].conv.weight, mae.encoder.stem.convs[0].conv.weight)

@@ -61,6 +61,28 @@ def test_deep_supervision_in_training_full_resolution_in_eval():
     assert net.eval()(x).shape == (2, 3, 32, 32, 32)
 
 
+@pytest.mark.parametrize("spec, expected_frozen", [
+    ({"arch": "resenc", "kwargs": {"img_size": 32, "in_channels": 1, "out_channels": 3}}, {0}),
+    ({"arch": "resenc", "kwargs": {"img_size": 32, "in_channels": 1, "out_channels": 3, "deep_supervision": False}},
+     {0, 1}),
+    ({"arch": "resenc_pretrain", "kwargs": {"img_size": 32}}, {0, 1}),
+])
+def test_every_trainable_parameter_is_in_the_loss(spec, expected_frozen):
+    """What DistributedDataParallel needs at every step: a gradient for each trainable parameter; the heads
+    no output reaches are frozen and keep their nnU-Net keys."""
+    torch.manual_seed(0)
+    net = build_network(spec).train()
+    x = torch.randn(2, 1, 32, 32, 32)
+    out = net(x)
+    loss = out.loss if hasattr(out, "loss") else sum(o.float().mean() for o in out)
+    loss.backward()
+    missing = [name for name, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+    frozen = {name for name, p in net.named_parameters() if not p.requires_grad}
+    assert frozen == {f"decoder.seg_layers.{i}.{w}" for i in expected_frozen for w in ("weight", "bias")}
+    assert {f"decoder.seg_layers.{i}.weight" for i in range(3)} <= set(net.state_dict())
+
+
 def test_coordinate_channel_is_mirror_symmetric_with_hand_values():
     code = coordinate_channel((1, 4, 2, 2))[0, 0, :, 0, 0]
     assert torch.allclose(code, torch.tensor([0.75, 0.25, 0.25, 0.75]))  # |i + 0.5 - 2| / 2

@@ -147,3 +147,40 @@ def test_resumed_state_of_the_per_parameter_loop_keeps_the_fused_kernel(name):
         o.step()
     for a, b in zip(net.parameters(), ref_net.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_optimizer_state_of_a_run_that_still_trained_the_frozen_heads_is_read_without_them(capsys):
+    """A resenc run written before its unused segmentation heads were frozen listed them in its optimiser's
+    groups (never with a state: they had no gradient); it resumes with this version's groups, every other
+    parameter's moments where they were."""
+    from asa.models import build_network
+    from asa.train.optim import load_optimizer_state
+
+    def step(net, opt):
+        torch.manual_seed(1)
+        net.train()(torch.randn(1, 1, 32, 32, 32)).loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    torch.manual_seed(0)
+    net = build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": 32}})
+    frozen = [p for p in net.parameters() if not p.requires_grad]
+    assert len(frozen) == 4
+    for p in frozen:  # as the earlier version built it
+        p.requires_grad_(True)
+    old = build_optimizer(net, lr=1e-3, weight_decay=0.05)
+    for p in frozen:
+        p.requires_grad_(False)
+    now = build_optimizer(net, lr=1e-3, weight_decay=0.05)
+    step(net, old)
+    saved = copy.deepcopy(old.state_dict())
+    assert sum(len(g["params"]) for g in saved["param_groups"]) == sum(len(g["params"]) for g in now.param_groups) + 4
+    with pytest.raises(ValueError, match="doesn't match the size"):
+        load_optimizer_state(now, saved)  # without the model: torch's refusal
+    load_optimizer_state(now, saved, net)
+    assert "still listed 4 parameter(s) frozen now (decoder.seg_layers.0.weight" in capsys.readouterr().err
+    for p in net.parameters():
+        if p.requires_grad:
+            assert torch.equal(now.state[p]["exp_avg"], old.state[p]["exp_avg"])
+        else:
+            assert p not in now.state

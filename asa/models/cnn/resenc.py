@@ -32,7 +32,7 @@ import torch
 from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 from torch import nn
 
-from asa.choices import one_of
+from asa.choices import in_range, one_of
 from asa.models.cnn.transfer import load_resenc_encoder
 from asa.models.declared import Capabilities
 from asa.models.registry import NetworkSettings, record_spec, register_network
@@ -149,7 +149,7 @@ class ResEncSettings(NetworkSettings):
     size: str = one_of("tiny", tuple(RESENC_SIZES))  # tiny (CPU tests) | M | L (nnU-Net's ResEnc presets)
     deep_supervision: bool = True  # nnU-Net's deep supervision: weights 1, 1/2, 1/4 ... normalised
     coord_channel: bool = False  # the mirror-symmetric coordinate channel (needed by an encoder pretrained with it)
-    lr_axis: int = 0  # the left-right axis of the brain frame (RAS+: 0), for the coordinate channel
+    lr_axis: int = in_range(0, 0, 2)  # the left-right axis of the brain frame (RAS+: 0), for the coordinate channel
 
 
 class ResEncUNet(ResidualEncoderUNet):
@@ -170,6 +170,8 @@ class ResEncUNet(ResidualEncoderUNet):
         self.plan, self.img_size = plan, tuple(int(s) for s in img_size)
         self.in_channels, self.coord_channel, self.lr_axis = int(in_channels), bool(coord_channel), int(lr_axis)
         self.supervised_outputs = len(plan.features) - 2 if deep_supervision else 0
+        for head in self.unused_heads():
+            head.requires_grad_(False)  # no loss reads them: trained, they would stall DDP's gradient reduction
         self._zero_encoder = False
         self.capabilities = Capabilities(
             offsets=self.coord_channel, deep_supervision=self.supervised_outputs if self.supervised_outputs > 1 else 0,
@@ -177,6 +179,16 @@ class ResEncUNet(ResidualEncoderUNet):
             reference_grid=self.img_size if self.coord_channel else None,  # type: ignore[arg-type]
             crop_multiple=plan.total_stride, crop_min=plan.total_stride * 2, zero_encoder=True,
             symmetry=("model.coord_channel",) if self.coord_channel else ())
+
+    def unused_heads(self) -> list[nn.Module]:
+        """The decoder's segmentation heads that no output reaches, hence no loss: with deep supervision the
+        lowest-resolution one (nnU-Net's lowest output, weight 0), without it every head but the top one
+        (nnU-Net then computes the top head only). They stay in the state dict under nnU-Net's keys
+        (``decoder.seg_layers.*``, which nnU-Net loads strictly) and are frozen at their initial values, which
+        is what an unused head keeps in a one-process run (it never has a gradient); trainable, they would
+        be parameters outside the loss, which DistributedDataParallel refuses at its second step."""
+        heads = list(self.decoder.seg_layers)
+        return heads[:1] if self.supervised_outputs > 1 else heads[:-1]
 
     def with_coordinates(self, x: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, C, D, H, W] with the coordinate channel appended when the network takes one."""

@@ -94,15 +94,18 @@ def _first(keys: list[str], n: int = 5) -> str:
 
 
 def match_resenc_encoder(own: dict[str, torch.Tensor], blob: dict, path: str | Path, *, in_proj: Sequence[str],
-                         image_channels: int, coord: bool = False) -> tuple[dict[str, torch.Tensor], LoadReport]:
+                         image_channels: int, coord: bool = False, where: str | None = None
+                         ) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """The encoder tensors of the resenc file content ``blob`` for a network whose encoder state is ``own``
     (keys ``encoder.*``), the input projection (``in_proj``: its weight keys, `in_proj_keys`) adapted to
     ``image_channels`` (+ the coordinate channel), and the report.
 
     Refused (``ValueError`` naming ``path``, the option and the first keys at fault, the whole report
     attached): any encoder tensor of the network the file does not hold; for a published checkpoint also any
-    encoder tensor of the file the network does not take, or of another shape."""
+    encoder tensor of the file the network does not take, or of another shape. ``where``: how the refusal names
+    the file (default ``model.pretrained=<path>``)."""
     path = Path(path)
+    where = where or f"model.pretrained={path}"
     foreign = blob.get("foreign")
     source = {k.removeprefix("module."): v for k, v in (blob["encoder"] if "encoder" in blob else blob["model"]).items()}
     adapted = []
@@ -110,6 +113,13 @@ def match_resenc_encoder(own: dict[str, torch.Tensor], blob: dict, path: str | P
         if key in source:
             source[key], note = _adapt_stem(source[key], image_channels, coord, key)
             adapted += [note] if note else []
+    stem = source.get(in_proj[0])
+    if stem is not None and in_proj[0] in own and stem.shape[1] != own[in_proj[0]].shape[1]:
+        file_channels = stem.shape[1] - int(coord)
+        raise ValueError(f"{where}: its encoder takes {file_channels} image channel(s), this network "
+                         f"{image_channels} (the data's channels); the file is fine, the channels differ: a stem is "
+                         "adapted from a 1-channel file only, so fine-tune it on data with "
+                         f"{file_channels} channel(s), or take a 1-channel encoder")
     update, report = match_encoder_weights(own, source, (PREFIX,), in_proj[0], path,
                                            refuse_mismatch=foreign is None)
     report.adapted = adapted
@@ -134,6 +144,6 @@ def match_resenc_encoder(own: dict[str, torch.Tensor], blob: dict, path: str | P
                 "encoder tensors, so every one of them should fit)")
         counts = (f"loaded {len(report.loaded)} / missing {len(report.missing)} / unexpected {len(report.unexpected)}"
                   f" / shape-mismatched {len(report.mismatched)} encoder tensors")
-        raise ValueError("\n".join([f"model.pretrained={path}: refused, not every encoder tensor matched: "
+        raise ValueError("\n".join([f"{where}: refused, not every encoder tensor matched: "
                                      f"{'; '.join(faults)}: {hint}", counts, *report.notes]))
     return update, report

@@ -42,8 +42,8 @@ class LoadReport:
             lines.append(f"adapted input stem: {', '.join(self.adapted)}")
         lines.append(f"missing ({len(self.missing)}): {', '.join(self.missing) or '-'}")
         lines.append(f"unexpected ({len(self.unexpected)}): {', '.join(self.unexpected) or '-'}")
-        if self.mismatched:
-            lines.append(f"shape-mismatched ({len(self.mismatched)}): {', '.join(self.mismatched)}")
+        if self.mismatched or self.notes:  # a published checkpoint's tensors are matched by shape: always said
+            lines.append(f"shape-mismatched ({len(self.mismatched)}): {', '.join(self.mismatched) or '-'}")
         lines += self.notes
         return "\n".join(lines)
 

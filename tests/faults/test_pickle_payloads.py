@@ -1,0 +1,100 @@
+"""A checkpoint that would run code when loaded (a pickle calling ``os.system``, which torch 2.13's weights-only
+unpickler words as ``unsupported GLOBAL posix.system whose module posix is blocked``) is refused on every path
+that reads one: the message names the file and the callable and says nothing was run, and nothing was."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import asa
+from asa.api import compose_config, finetune, predict, probe
+from asa.api.run import OptionError
+from asa.cli.export import main as export_main
+from asa.data import write_demo_dataset
+from asa.io import CheckpointError, load_checkpoint
+
+
+class _System:
+    """Unpickled, it would run ``touch <marker>``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _refusal(path: Path) -> str:
+    return rf"checkpoint {re.escape(str(path))}: refused, nothing in it was run — it asks to call posix\.system"
+
+
+@pytest.fixture
+def payload(tmp_path) -> tuple[Path, Path]:
+    """(a torch.save archive whose ``model`` runs the payload, the marker file it would create)."""
+    marker, path = tmp_path / "pwned", tmp_path / "evil.pt"
+    torch.save({"model": _System(marker), "encoder": {}, "network": {"arch": "resenc", "kwargs": {}}}, path)
+    return path, marker
+
+
+def test_the_wording_of_this_torch_is_the_one_matched(payload):
+    path, marker = payload
+    with pytest.raises(pickle.UnpicklingError, match="GLOBAL posix.system"):
+        torch.load(path, weights_only=True)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["torch.save", "pickle"])
+def test_load_checkpoint_names_the_file_and_the_callable(tmp_path, kind):
+    marker, path = tmp_path / "pwned", tmp_path / "evil.pt"
+    if kind == "torch.save":
+        torch.save({"model": _System(marker)}, path)
+    else:  # a plain pickle: it used to be called "neither a torch.save archive nor a pickle"
+        path.write_bytes(pickle.dumps({"model": _System(marker)}, protocol=2))
+    with pytest.raises(CheckpointError, match=_refusal(path)):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_load_encoder(payload):
+    path, marker = payload
+    with pytest.raises(CheckpointError, match=_refusal(path)):
+        asa.load_encoder(path)
+    assert not marker.exists()
+
+
+def test_asa_export_refuses_with_exit_2_and_writes_nothing(payload, tmp_path, capsys):
+    path, marker = payload
+    assert export_main([str(path), str(tmp_path / "out")]) == 2
+    assert re.search(_refusal(path), capsys.readouterr().err)
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_asa_predict_and_asa_probe(payload, tmp_path):
+    path, marker = payload
+    root = write_demo_dataset("ibsr", tmp_path / "ibsr", cases=1, size=24, seed=0)
+    with pytest.raises(OptionError, match=_refusal(path)):
+        predict(compose_config("predict", [f"checkpoint={path}", f"input={root}", f"output={tmp_path / 'pred'}",
+                                           "device=cpu"]))
+    with pytest.raises(OptionError, match=_refusal(path)):
+        probe(compose_config("probe", [f"encoders=[{path}]", "data=targets", f"data.root={tmp_path}",
+                                       f"output={tmp_path / 'probe'}", "device=cpu", "data.target=age"]))
+    assert not marker.exists() and not (tmp_path / "pred").exists() and not (tmp_path / "probe").exists()
+
+
+def test_model_pretrained_and_resume(payload, old_run):
+    path, marker = payload
+    with pytest.raises(OptionError, match=_refusal(path)):
+        old_run.train(1, False, f"model.pretrained={path}")
+    assert not old_run.dir.exists()
+    old_run.train(1, False)
+    last = old_run.dir / "checkpoints" / "last.pt"
+    last.write_bytes(path.read_bytes())
+    with pytest.raises(OptionError, match=_refusal(last)):
+        old_run.train(2, True)
+    assert not marker.exists()
