@@ -21,7 +21,7 @@ from test_pretrain import _env  # noqa: E402
 
 pytestmark = pytest.mark.slow
 LAUNCH = [sys.executable, "-m", "asa.cli.launch", "--standalone", "--nproc_per_node=2", "-m"]
-COMMON = ["model=resenc", "data.crop=32", "device=cpu", "trainer.amp=off", "trainer.batch_size=1",
+COMMON = ["model=resenc", "model.size=tiny", "data.crop=32", "device=cpu", "trainer.amp=off", "trainer.batch_size=1",
           "trainer.panel_every=0", "trainer.log_every=1", "trainer.progress=false"]
 
 

@@ -104,12 +104,12 @@ def test_load_config_gives_the_console_scripts_hints(name, override, message):
     ("asa-finetune", ["task.samples_per_case=-2"], "task.samples_per_case=-2: expected an integer >= 1"),
     ("asa-finetune", ["task.focal_weight=-1"], "task.focal_weight=-1.0: expected a number >= 0.0"),
     ("asa-pretrain", ["method.bins=0"], "method.bins=0: expected an integer >= 1"),
-    ("asa-pretrain", ["model=resenc", "method.mirror_visible=1.5"],
+    ("asa-pretrain", ["model=resenc", "model.size=tiny", "method.mirror_visible=1.5"],
      "method.mirror_visible=1.5: expected a number in [0.0, 1.0] or null"),
-    ("asa-pretrain", ["model=resenc", "method.mask_ratio=1.2"], "method.mask_ratio must lie in (0, 1), got 1.2"),
-    ("asa-pretrain", ["model=resenc", "method.mirror_visible=0.9"],
+    ("asa-pretrain", ["model=resenc", "model.size=tiny", "method.mask_ratio=1.2"], "method.mask_ratio must lie in (0, 1), got 1.2"),
+    ("asa-pretrain", ["model=resenc", "model.size=tiny", "method.mirror_visible=0.9"],
      "method.mirror_visible=0.9: at mask_ratio 0.75 at most 0.333 of the masked blocks can keep a visible mirror"),
-    ("asa-pretrain", ["model=resenc", "model.lr_axis=3"], "model.lr_axis must be 0, 1 or 2, got 3"),
+    ("asa-pretrain", ["model=resenc", "model.size=tiny", "model.lr_axis=3"], "model.lr_axis must be 0, 1 or 2, got 3"),
 ])
 def test_task_and_method_options_are_refused_by_name_before_anything_is_written(tmp_path, capsys, app, overrides,
                                                                                  message):
