@@ -20,6 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from asa.api import checks, compat
+from asa.methods.base import registered_methods
 
 __all__ = ["ENTRY_POINTS", "compose_config", "config_path", "describe_compose_error", "load_config"]
 
@@ -73,8 +74,6 @@ _QUOTING = ("LexerNoViableAlt", "token recognition error", "mismatched input", "
 
 def _methods_with(option: str) -> list[str]:
     """The registered pretraining methods whose settings have ``option`` (``coord_channel``: asa, mae)."""
-    from asa.methods.base import registered_methods
-
     return sorted(name for name, cls in registered_methods().items()
                   if option in {f.name for f in dataclasses.fields(cls.Settings)})
 

@@ -17,8 +17,9 @@ def test_steps_side_by_side_with_flops_and_memory(tmp_path):
     (r,) = r
     steps = {"masked", "dense", "finetune", "swvit"}
     assert set(r["median_s"]) == set(r["step_GFLOPs"]) == set(r["fraction_of_reference_rate"]) == steps
-    # the masked step runs the dense step's convolutions (masked, not skipped): about the same FLOPs
-    assert r["step_GFLOPs"]["masked"] == pytest.approx(r["step_GFLOPs"]["dense"], rel=0.1)
+    # the masked step runs the dense step's convolutions (masked, not skipped) plus SparK's 3³ densify
+    # convolutions: a little more than the dense step's FLOPs
+    assert 1.0 < r["step_GFLOPs"]["masked"] / r["step_GFLOPs"]["dense"] < 1.2
     assert all(0 < f for f in r["fraction_of_reference_rate"].values())
     assert r["reference_of"] == {"masked": "conv", "dense": "conv", "finetune": "conv", "swvit": "matmul"}
     assert r["masked_over_dense"] == pytest.approx(r["median_s"]["masked"] / r["median_s"]["dense"], rel=1e-2)

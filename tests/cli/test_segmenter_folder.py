@@ -31,7 +31,8 @@ def test_exported_segmenter_predicts_like_its_checkpoint(tmp_path, capsys):
     folder = tmp_path / "model"
     assert export_main([str(last), str(folder)]) == 0
     assert capsys.readouterr().out.strip().endswith(f"wrote {folder}/: model.safetensors, config.json, README.md, "
-                                                    "segmenter.pt, nnunet_pretrained_weights.pth, nnunet_plans.json")
+                                                    "segmenter.pt, nnunet_pretrained_weights.pth, nnunet_plans.json, "
+                                                    "checkpoint_final.pth, adaptation_plan.json")
     assert (folder / "segmenter.pt").is_file()
     card = (folder / "README.md").read_text()
     assert "## Segmenter" in card and "- task: brats" in card and "- training data: brats" in card
