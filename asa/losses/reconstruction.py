@@ -37,7 +37,8 @@ def weight_spread(weights: torch.Tensor, units: torch.Tensor) -> dict[str, float
     var = ((p - mean[:, None]).pow(2) * m).sum(-1) / n
     cv = var.sqrt() / mean.clamp_min(1e-30)
     share = p.sum(-1).pow(2) / (n * p.pow(2).sum(-1)).clamp_min(1e-30)
-    return {"cv": float(cv.mean()), "effective_share": float(share.mean())}
+    cv_mean, share_mean = torch.stack([cv.mean(), share.mean()]).tolist()  # one device sync per step, not two
+    return {"cv": cv_mean, "effective_share": share_mean}
 
 
 class AttentiveReconstructionLoss(nn.Module):
