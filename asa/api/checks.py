@@ -10,7 +10,7 @@ the choices a field declares with `asa.choices.one_of` (naming the dotted key); 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, fields, is_dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from asa.methods import MethodSettings, get_method, registered_methods
 from asa.models import NETWORK_SETTINGS, PRESETS, EncoderOptions, NetworkSettings
 
 __all__ = [
-    "DEFAULT_TASK", "as_config", "network_settings", "pretrain_model_node", "register", "settings_class",
+    "DEFAULT_TASK", "as_config", "check_task_choice", "network_settings", "pretrain_model_node", "register", "settings_class",
     "task_settings", "validate",
 ]
 
@@ -156,6 +156,20 @@ def task_settings(section: Any, data_task: str) -> TaskSettings:
         raise ValueError(f"{given}: {str(err).splitlines()[0]}") from None
     check_choices(typed, cls.Settings, "task.")
     return OmegaConf.to_object(typed)
+
+
+def check_task_choice(cfg: Any, overrides: Sequence[str]) -> None:
+    """Refuse a fine-tuning command line that chooses the settings of a task other than the one that claims
+    ``data.task`` (``data=targets task=segmentation``): those settings would give way to the claiming task's
+    without a word (`task_settings` cannot tell a chosen default from the group's default)."""
+    chosen = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").split("=", 1)[0] == "task" and "=" in o]
+    data_task = OmegaConf.select(cfg, "data.task", default=None) if "task" in cfg else None
+    if not chosen or data_task is None:
+        return
+    cls = task_class(str(data_task))
+    if chosen[-1] != cls.name:
+        raise ValueError(f"task={chosen[-1]}: data.task={data_task} is trained by task {cls.name}; choose "
+                         f"task={cls.name} or leave task= out")
 
 
 def pretrain_model_node(model: Any) -> Any:

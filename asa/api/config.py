@@ -117,4 +117,5 @@ def load_config(name: str, *overrides: str) -> Any:
         cfg = compose_config(name, overrides)
     except HydraException as err:
         raise ValueError(describe_compose_error(f"{err}\n{err.__cause__ or ''}")) from None
+    checks.check_task_choice(cfg, overrides)
     return OmegaConf.to_object(checks.validate(cfg, name))

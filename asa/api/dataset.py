@@ -169,6 +169,29 @@ def check_crop_fits(crop: int, cases: Sequence, *, option: str = "data.crop", st
                           f"or smaller{hint}")
 
 
+def check_labels_present(cases: Sequence, *, where: str) -> None:
+    """Refuse a labelled dataset whose every label map is empty (no voxel above 0): it would train to Dice 0
+    without a word. The label files are read in order until the first that holds a voxel, so a dataset with
+    labels costs one read; files that cannot be read here are left to the dataset's own checks."""
+    import nibabel as nib
+    import numpy as np
+
+    read = []
+    for case in cases:
+        if case.label is None or not Path(case.label).is_file():
+            continue
+        try:
+            if np.asanyarray(nib.load(str(case.label)).dataobj).any():
+                return
+        except Exception:  # unreadable files are refused by the case checks and the dataset
+            continue
+        read.append(case.label)
+    if read:
+        raise OptionError(f"{where}: every label map of the {len(read)} labelled case(s) is empty (no voxel above 0, "
+                          f"e.g. {read[0]}): there is nothing to segment and training would end at Dice 0; "
+                          "check the label files (or data.task, if these are not segmentation labels)")
+
+
 def _fitting(largest: int) -> int:
     return max(16, largest - largest % 16)
 

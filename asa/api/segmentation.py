@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import ListConfig
 
-from asa.api.dataset import cases_of_split, check_crop_fits, dataset_root, default_crop, region_source
+from asa.api.dataset import cases_of_split, check_crop_fits, check_labels_present, dataset_root, default_crop, region_source
 from asa.api.networks import build_from_config
 from asa.api.predict import MANIFEST, channel_note, check_output, sha256
 from asa.api.run import OptionError, refusing
@@ -129,6 +129,7 @@ class SegmentationTask(FinetuneTask):
 
     def cases(self, run: FinetuneRun, cases: list) -> list:
         check_crop_fits(run.crop, cases)
+        check_labels_present(cases, where=f"data={run.cfg.data.name} data.root={self.root}")
         return cases
 
     def datasets(self, run: FinetuneRun, splits: Mapping[str, list]) -> tuple[Any, Any | None]:

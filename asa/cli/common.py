@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from asa.api.checks import check_task_choice
 from asa.api.config import config_path
 from asa.api.config import describe_compose_error as _compose_error  # the one line of a refused command line
 from asa.api.run import OptionError, describe_error
@@ -116,6 +117,7 @@ def console_main(app: str, name: str, run: Callable[[DictConfig], Any]) -> Calla
     wrong type, a missing preset, an unquoted path with spaces); that is a refused option, so it
     ends here with 2 and one line."""
     import hydra
+    from hydra.core.hydra_config import HydraConfig
 
 
     held = _HeldStderr(sys.stderr)
@@ -125,7 +127,16 @@ def console_main(app: str, name: str, run: Callable[[DictConfig], Any]) -> Calla
         sys.stderr = held.real  # composed: from here on the job writes as usual
         held.real.write("".join(held.held))
         held.held.clear()
-        entry(app, run, cfg)
+        overrides = list(HydraConfig.get().overrides.task)
+
+        def checked(cfg: DictConfig) -> Any:
+            try:  # a group chosen on the command line that the composed config would drop
+                check_task_choice(cfg, overrides)
+            except ValueError as err:
+                raise OptionError(str(err)) from None
+            return run(cfg)
+
+        entry(app, checked, cfg)
 
     def main() -> None:
         sys.stderr = held
