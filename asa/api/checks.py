@@ -47,6 +47,7 @@ def register() -> None:
     """Store each schema as ``<entry>_schema`` and each pretraining method's settings as an option of
     the ``method`` group (idempotent; called before any compose, so methods registered by then count)."""
     store = ConfigStore.instance()
+    presets = _model_presets()
     for name in SCHEMAS:
         node = _schema_node(name)
         if name == "pretrain":  # the model section's keys depend on its arch: `validate` types it
@@ -60,6 +61,8 @@ def register() -> None:
     # network it names, so a preset or experiment setting an option the network lacks is refused naming it
     for arch, settings in NETWORK_SETTINGS.items():
         store.store(group="network", name=arch, node=asdict(settings(arch=arch)))
+        if arch not in presets:  # model=<arch> for every registered network, a plug-in's too
+            store.store(group="model", name=arch, node=asdict(settings(arch=arch)))
     for arch, settings in PRETRAIN_MODELS.items():  # asa-pretrain's model presets start from these defaults
         store.store(group="pretrain_network", name=arch, node=asdict(settings()))
     for name, sizes in PRESETS.items():  # model=tiny|small|base: the encoder and, for pretraining, the decoder
@@ -69,16 +72,21 @@ def register() -> None:
         store.store(group="sizes/decoder", name=name, node={k: sizes[k] for k in DECODER_KEYS})
 
 
-def _preset_of(arch: str) -> str:
-    """``model=<arch>`` where a fine-tuning model preset of that name exists, else a pointer to the presets."""
+def _model_presets() -> set[str]:
+    """The names of the ``model`` preset files of every entry point (``model=resenc`` is one in both trees): a
+    network's own ``model=<arch>`` option is stored only where no file has its name (a file and a stored node of
+    one name would be merged by Hydra, the stored one as the file's schema)."""
     import importlib.resources
 
+    names = set()
     try:
-        if (importlib.resources.files("asa.configs") / "finetune" / "model" / f"{arch}.yaml").is_file():
-            return f"model={arch}"
+        root = importlib.resources.files("asa.configs")
+        for entry in ("finetune", "pretrain"):
+            folder = root / entry / "model"
+            names |= {p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")}
     except (ModuleNotFoundError, OSError):
         pass
-    return f"a model preset of {arch} (model=tiny|small|base for swvit_unetr; docs/configuration.md lists them)"
+    return names
 
 
 def _arch(model: Any) -> str:
@@ -115,8 +123,7 @@ def network_settings(model: Any) -> NetworkSettings:
             if len(alien) > 1:  # another network's preset under model.arch: not options the user typed
                 raise ValueError(f"model.arch={arch}: the model section holds another network's options "
                                  f"({', '.join(f'model.{k}' for k in alien[:4])}{', ...' if len(alien) > 4 else ''}, "
-                                 f"from its preset); choose the network with {_preset_of(arch)} instead of "
-                                 "model.arch") from None
+                                 f"from its preset); choose the network with model={arch} instead of model.arch") from None
             raise ValueError(f"{given}: model arch {arch!r} has no such option; it takes "
                              f"{', '.join(f.name for f in fields(cls))}") from None
         raise ValueError(f"{given}: {str(err).splitlines()[0]}") from None

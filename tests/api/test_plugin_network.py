@@ -81,7 +81,7 @@ def test_the_input_size_is_declared_by_the_spec_asa_built_it_from(installed):
 def test_a_plugin_network_is_fine_tuned_predicted_and_fine_tuned_from_its_own_run(installed, tmp_path):
     root = write_demo_dataset("ibsr", tmp_path / "data", cases=4, size=20, seed=1)
     common = ["data=ibsr", f"data.root={root}", "data.crop=16", "trainer=smoke", "device=cpu", "data.num_workers=0",
-              "trainer.max_steps=2", "trainer.epochs=2", "trainer.amp=off", "~model", "+network@model=plain_unet"]
+              "trainer.max_steps=2", "trainer.epochs=2", "trainer.amp=off", "model=plain_unet"]
     first = tmp_path / "first"
     result = finetune(compose_config("finetune", [*common, "model.features=2", f"output_dir={first}"]))
     assert result.step == 2 and result.nonfinite_steps == 0

@@ -12,6 +12,7 @@ import yaml
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
+from asa.api import load_config
 from asa.api.checks import as_config, validate
 from asa.api.config import ENTRY_POINTS, compose_config, config_path
 from asa.api.pretraining import _method
@@ -20,7 +21,7 @@ from asa.choices import check_choices
 from asa.methods import MaskedAutoencoderSettings
 from asa.models.cnn.masked import ResEncMaskedAutoencoder
 from asa.api.networks import build_case_network, build_from_config
-from asa.models import ASA, PRESETS, SWIN_SIZES, SymmetryAwareHead, architectures
+from asa.models import ASA, NETWORK_SETTINGS, PRESETS, SWIN_SIZES, SymmetryAwareHead, architectures
 from asa.models.heads.puzzles import JigsawPuzzle, RelativePatchLocation
 from asa.api.training import trainer_config
 from asa.train import build_optimizer
@@ -44,10 +45,18 @@ CASES = [(entry, group, name) for entry in ("pretrain", "finetune") for group in
 NEEDS = {("finetune", "optim", "nnunet"): ["model=dynunet"]}
 
 
+@pytest.mark.parametrize("arch", sorted(NETWORK_SETTINGS))
+def test_every_registered_network_is_a_model_option_at_its_defaults(arch):
+    data = "data=targets" if arch in architectures("case") else "data=ibsr"
+    model = load_config("finetune", f"model={arch}", data).model
+    assert model.arch == arch
+    if arch not in options("finetune", "model"):  # no preset file: the network's own defaults, nothing else
+        assert model == NETWORK_SETTINGS[arch](arch=arch)
+
+
 def test_groups_are_complete():
     assert options("pretrain", "model") == ["base", "resenc", "small", "tiny"]
-    assert options("finetune", "model") == ["base", "dynunet", "resenc", "sa_swin", "small", "swin_case", "swin_unetr", "tiny",
-                                            "unetr", "vit_case"]
+    assert options("finetune", "model") == ["base", "resenc", "small", "tiny"]  # sizes, or settings beyond the defaults
     assert {"adni", "demo", "oasis"} <= set(options("pretrain", "data"))
     assert options("finetune", "data") == ["brats", "ibsr", "msd", "targets", "wmh"]
     assert options("pretrain", "experiment") == sorted(
@@ -130,7 +139,6 @@ def test_config_mistakes_fail_at_compose_time_naming_the_key(entry, overrides, k
 
 @pytest.mark.parametrize("entry, overrides, option", [
     ("pretrain", ["experiment=baseline"], "experiment/baseline"),  # a fine-tuning row
-    ("pretrain", ["model=unetr"], "model/unetr"),                  # a fine-tuning baseline network
     ("pretrain", ["data=brats"], "data/brats"),
     ("finetune", ["experiment=mae"], "experiment/mae"),            # a pretraining row
     ("finetune", ["data=demo"], "data/demo"),
@@ -139,6 +147,11 @@ def test_config_mistakes_fail_at_compose_time_naming_the_key(entry, overrides, k
 def test_presets_of_the_other_entry_point_are_refused(entry, overrides, option):
     with pytest.raises(HydraException, match=option):
         compose_config(entry, overrides)
+
+
+def test_a_fine_tuning_network_is_refused_by_pretraining_naming_what_it_pretrains():
+    with pytest.raises(ValueError, match="model.arch=unetr: asa-pretrain pretrains swvit, resenc"):
+        load_config("pretrain", "model=unetr")  # model=<arch> is every network's option; pretraining types it
 
 
 CHOICE_MISTAKES = [  # (entry, key, bad value, the allowed values the message must list)
