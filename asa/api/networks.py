@@ -211,7 +211,7 @@ def build_case_network(
     presets tiny|small|base serve both), with its own settings and the head's. The crop edge ``crop``
     (None: for a network that follows its pretraining, the crop the file records; else
     ``default_crop``); ``model.pos_mode`` / ``model.lr_axis`` (null: the file's, else ``mirror`` / 0); the
-    encoder initialised from ``model.pretrained`` (an SW-ViT file's grid must be the crop's, DESIGN §1.2;
+    encoder initialised from ``model.pretrained`` (an SW-ViT file's grid must be the crop's, docs/method.md §1.2;
     ``swin_case``: an SA-Swin pretraining file)."""
     settings = network_settings(model)
     arch, pretrained = case_arch(settings), settings.pretrained

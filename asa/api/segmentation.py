@@ -64,7 +64,8 @@ class Settings(TaskSettings):
     # true: the Dice term counts the background class too (asa's earlier loss); false: nnU-Net's (do_bg=False).
     # Multilabel tasks (BraTS regions) have no background channel: every region counts either way
     dice_background: bool = False
-    focal_weight: float = in_range(0.0, 0.0)  # > 0: add this weight times the focal region loss (RAT, §1.6b; needs data.regions)
+    # > 0: add this weight times the focal region loss (RAT, docs/method.md §1.6b; needs data.regions)
+    focal_weight: float = in_range(0.0, 0.0)
     focal_beta: float = in_range(1.0, 0.0)
 
 

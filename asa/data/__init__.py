@@ -23,7 +23,7 @@ from asa.data.case_crops import CASE_CROPS, DEFAULT_CASE_CROPS, case_crop_origin
 from asa.data.case_dataset import TargetDataset, build_case_crops_dataset, build_target_dataset
 from asa.data.targets import MISSING_VALUES, TARGET_KINDS, Targets, read_targets
 from asa.data.labels import TASKS, Task, get_task, non_mri_channels
-from asa.io import load_volume, save_volume  # the data stage's public NIfTI reader and writer (DESIGN §4)
+from asa.io import load_volume, save_volume  # the data stage's public NIfTI reader and writer (docs/python-api.md)
 
 __all__ = [
     "ANATOMY_LAYOUTS",

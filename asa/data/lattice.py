@@ -1,4 +1,4 @@
-"""The brain frame's patch lattice (DESIGN §1.2): reference grid, lattice padding, lattice crops.
+"""The brain frame's patch lattice (docs/method.md §1.2): reference grid, lattice padding, lattice crops.
 
 The reference grid is a box of the pretraining crop size centred on the brain centre recorded at
 preprocessing, placed exactly as the pretraining crop is (`reference_origin`). Its patch lattice

@@ -1,4 +1,4 @@
-"""Region maps for region attention and the focal region loss (RAT, DESIGN §1.6b).
+"""Region maps for region attention and the focal region loss (RAT, docs/method.md §1.6b).
 
 A region map is an integer label per voxel, on the same grid as the preprocessed image; the
 models take the majority label of each patch (`asa.models.patch_regions`). Three sources:
@@ -11,7 +11,7 @@ models take the majority label of each patch (`asa.models.patch_regions`). Three
 - ``label``: the dataset's own label file of the case, as stored (e.g. BraTS 0/1/2/4). It is the
   segmentation target, so it may feed a loss term that sees the labels anyway (the focal region
   term), never the network: region attention fed the label would be told where the target is
-  (DESIGN §1.6b), and `RegionSource.from_config` refuses it there.
+  (docs/method.md §1.6b), and `RegionSource.from_config` refuses it there.
 
 In a run config (``data.regions.source``) two more values choose no map: ``auto`` (the default)
 makes ``cluster`` maps when an option needs regions and none otherwise; ``none`` makes none, and an
@@ -140,7 +140,7 @@ class RegionSource:
 
     def check_network_input(self, consumer: str) -> None:
         """Refuse a map made from the target where ``consumer`` (e.g. ``"model.region_attention=all"``)
-        feeds it into the network (DESIGN §1.6b: regions never come from the target)."""
+        feeds it into the network (docs/method.md §1.6b: regions never come from the target)."""
         if self.from_target:
             raise ValueError(
                 f"data.regions.source={self.source} makes each case's region map from its own segmentation label, and "

@@ -1,4 +1,4 @@
-"""Evaluation: Dice and HD95 per region/class, per-case CSV and summary JSON (DESIGN.md §3); case-level
+"""Evaluation: Dice and HD95 per region/class, per-case CSV and summary JSON (docs/method.md §3); case-level
 classification and regression metrics with bootstrap intervals."""
 
 from __future__ import annotations

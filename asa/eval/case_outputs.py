@@ -43,7 +43,7 @@ def case_output(model: nn.Module, crops: torch.Tensor, offsets: torch.Tensor, *,
     offsets [K, 3] (`asa.data.build_case_crops_dataset`) -> class probabilities [num_classes] (the
     mean of each crop's softmax) or the value [] (the mean of each crop's value, in the target's
     units). A network that takes offsets (`asa.models.capabilities`: the brain frame) gets each
-    crop's, so each patch keeps its pretraining position code (DESIGN §1.2). The crops pass in
+    crop's, so each patch keeps its pretraining position code (docs/method.md §1.2). The crops pass in
     batches of `CROP_BATCH`."""
     brain_frame = capabilities(model).offsets
     outputs = []

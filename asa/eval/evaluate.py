@@ -1,4 +1,4 @@
-"""Evaluate predicted label maps against references: per-case CSV and summary JSON (DESIGN.md §3).
+"""Evaluate predicted label maps against references: per-case CSV and summary JSON (docs/method.md §3).
 
 Both files are loaded with :func:`asa.data.load_volume` (canonical RAS+), converted to boolean
 region/class masks with the task (``task.region_masks``), and scored with :func:`dice`, :func:`hd95`

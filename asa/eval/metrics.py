@@ -1,4 +1,4 @@
-"""Overlap and surface-distance metrics on boolean masks (DESIGN.md §3).
+"""Overlap and surface-distance metrics on boolean masks (docs/method.md §3).
 
 Conventions (BraTS challenge):
 

@@ -130,7 +130,7 @@ class ProbeSet:
 
 def build_probe_set(cases: Sequence, task, *, size: int, channels: Sequence[str], patch_size: int = 8,
                     regions: RegionSource | None = None) -> ProbeSet:
-    """Preprocess labeled cases as pretraining crops (DESIGN §1.1) with their labels cropped alike.
+    """Preprocess labeled cases as pretraining crops (docs/method.md §1.1) with their labels cropped alike.
 
     Softmax tasks: one column per non-background class; multilabel tasks: one per region. The
     majority class of a patch (0 = background / no region) is its k-NN label. ``channels`` are the

@@ -1,4 +1,4 @@
-"""Focal region loss (RAT, DESIGN §1.6b): an L1 loss weighted toward the regions reconstructed worst."""
+"""Focal region loss (RAT, docs/method.md §1.6b): an L1 loss weighted toward the regions reconstructed worst."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def region_error_weights(error: torch.Tensor, regions: torch.Tensor, mask: torch
 
 
 class FocalRegionLoss(nn.Module):
-    """``L = mean(e ⊙ (1 + β·w))`` with ``e = |X − Y|`` and w from `region_error_weights` (DESIGN §1.6b).
+    """``L = mean(e ⊙ (1 + β·w))`` with ``e = |X − Y|`` and w from `region_error_weights` (docs/method.md §1.6b).
 
     w carries no gradient, so the gradient flows through e only; β = 0 gives the L1 loss. RAT's
     class default is β = 1 (its training script uses 1e-3, which is L1 in effect). With ``mask``

@@ -1,4 +1,4 @@
-"""Per-patch informativeness Ḡ from gradient-orientation histograms (AR-loss steps 1–4, DESIGN §1.5)."""
+"""Per-patch informativeness Ḡ from gradient-orientation histograms (AR-loss steps 1–4, docs/method.md §1.5)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ WEIGHTINGS = ("attentive", "uniform")
 
 
 def masked_patch_weights(mask: torch.Tensor, informativeness: torch.Tensor | None = None) -> torch.Tensor:
-    """Weights p over the masked patches of each sample, summing to 1 (DESIGN §1.5 step 5).
+    """Weights p over the masked patches of each sample, summing to 1 (docs/method.md §1.5 step 5).
 
     ``p_i = Ḡ_i / Σ_j Ḡ_j`` over masked patches; uniform ``1 / #masked`` without ``informativeness``
     or when all masked Ḡ are 0. Visible patches get 0. mask, informativeness: [B, N] -> [B, N].
@@ -42,7 +42,7 @@ def weight_spread(weights: torch.Tensor, units: torch.Tensor) -> dict[str, float
 
 
 class AttentiveReconstructionLoss(nn.Module):
-    """``L = mean_batch Σ_i p_i · mean_voxels((X_i - Y_i)²)`` over masked patches (DESIGN §1.5 step 6).
+    """``L = mean_batch Σ_i p_i · mean_voxels((X_i - Y_i)²)`` over masked patches (docs/method.md §1.5 step 6).
 
     ``weighting="attentive"`` takes p from the informativeness Ḡ (the ASA / A-SSL rows),
     ``"uniform"`` is plain masked MSE (the MAE / SPE+SSL rows). ``norm_pix_loss`` normalises each

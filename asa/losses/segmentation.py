@@ -1,5 +1,5 @@
 """Fine-tuning loss: Dice + cross-entropy (softmax tasks) or Dice + BCE (overlapping regions), with an
-optional focal region term (RAT, DESIGN §1.6b)."""
+optional focal region term (RAT, docs/method.md §1.6b)."""
 
 from __future__ import annotations
 

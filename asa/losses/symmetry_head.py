@@ -1,4 +1,4 @@
-"""The four terms of SA-Swin's Symmetry-Aware Head (Ma et al.; DESIGN §1.6b).
+"""The four terms of SA-Swin's Symmetry-Aware Head (Ma et al.; docs/method.md §1.6b).
 
 ``L = L_rot + L_con + L_rec + ½ (L_sym(x₁) + L_sym(x₂))``: 4-way rotation cross-entropy, NT-Xent
 between two augmented views, L1 inpainting reconstruction after patch drop-out, and the symmetry

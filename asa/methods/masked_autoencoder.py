@@ -1,8 +1,8 @@
 """``method=asa`` and ``method=mae``: the masked autoencoder on the network of the ``model`` group.
 
-On the SW-ViT (``model=tiny|small|base``; DESIGN §1) it is the paper's `asa.models.ASA`: MAE, A-SSL, SPE-SSL,
+On the SW-ViT (``model=tiny|small|base``; docs/method.md §1) it is the paper's `asa.models.ASA`: MAE, A-SSL, SPE-SSL,
 ASA and the RAT variants are settings of it (``experiment=`` presets). On nnU-Net's residual-encoder U-Net
-(``model=resenc``; DESIGN §1.8, beyond the paper) it is masked-convolution pretraining
+(``model=resenc``; docs/method.md §1.8, beyond the paper) it is masked-convolution pretraining
 (`asa.models.cnn.masked`), with ASA's attentive weight per mask block and the symmetry options
 ``mirror_visible`` and ``coord_channel``. ``method=mae`` is the same method with the uniform loss by default:
 on the residual-encoder U-Net, the CVPR 2025 recipe; on the SW-ViT the position code stays ``model.pos_mode``
@@ -38,9 +38,10 @@ class MaskedAutoencoderSettings(MethodSettings):
     name: str = "asa"
     in_channels: int = in_range(1, 1)
     mask_ratio: float = 0.75
-    loss_weighting: str = one_of("attentive", LOSS_WEIGHTINGS)  # uniform | attentive (AR-loss, §1.5) | focal_region (RAT, §1.6b)
+    # uniform | attentive (AR-loss, docs/method.md §1.5) | focal_region (RAT, docs/method.md §1.6b)
+    loss_weighting: str = one_of("attentive", LOSS_WEIGHTINGS)
     norm_pix_loss: bool = False
-    bins: int = in_range(8, 1)  # orientation bins per angle of the attentive weight (b × b, §1.5)
+    bins: int = in_range(8, 1)  # orientation bins per angle of the attentive weight (b × b, docs/method.md §1.5)
     normalize: str = one_of("l2", NORMALIZATIONS)  # l2 | none
     focal_beta: float = in_range(1.0, 0.0)  # focal_region: weight β of the region error term
     # model=resenc only (the SW-ViT has the symmetric position code and SACA's mirror-consistent masking instead):

@@ -1,4 +1,4 @@
-"""``method=sa_swin``: SA-Swin's Symmetry-Aware Head on MONAI's SwinViT (DESIGN §1.6b): rotation,
+"""``method=sa_swin``: SA-Swin's Symmetry-Aware Head on MONAI's SwinViT (docs/method.md §1.6b): rotation,
 contrastive, inpainting and symmetry terms. Its sizes are its own settings; the ``model`` group
 (SW-ViT) does not apply."""
 

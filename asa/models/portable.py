@@ -37,7 +37,7 @@ class VolumeEncoder(nn.Module):
     With ``hidden_indices`` it returns ``(tokens, [hidden state [B, N, E] of each listed block,
     before the final norm])``, as the segmenter's skips use them. D, H, W must be ``img_size`` (the
     position code is the pretraining grid's). ``offsets`` [B, 3]: the crop's patch offset from the
-    brain-centred reference grid (DESIGN §1.2; None = the reference grid itself, as in
+    brain-centred reference grid (docs/method.md §1.2; None = the reference grid itself, as in
     pretraining). ``regions`` [B, 1, D, H, W]: an integer label per voxel, needed by encoders with
     region attention. :meth:`to_volume` turns tokens into a feature map [B, E, G0, G1, G2].
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# the pretraining crop edge (DESIGN §1.1: 128³ voxels at 1 mm, 16³ patches of 8): the one default of
+# the pretraining crop edge (docs/method.md §1.1: 128³ voxels at 1 mm, 16³ patches of 8): the one default of
 # asa-pretrain's data.crop, of fine-tuning without a pretrained file and of the networks' img_size
 DEFAULT_CROP = 128
 

@@ -1,4 +1,4 @@
-"""Optimisers with the paper's recipes (DESIGN §1.7), the linear lr scaling rule, and encoder-aware
+"""Optimisers with the paper's recipes (docs/method.md §1.7), the linear lr scaling rule, and encoder-aware
 fine-tuning groups (encoder lr multiplier, MAE-style layer-wise lr decay, encoder freeze)."""
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Whether a network's encoder learns: the relative update ‖Δw‖/‖w‖ of every optimiser step, for the
-encoder's parameters and for everything else (DESIGN §1.7).
+encoder's parameters and for everything else (docs/method.md §1.7).
 
 Under the paper's one-lr SGD the encoder's relative update is ~1/1000 of the decoder's: a "trained"
 encoder then stays where pretraining (or the initialisation) left it. Every fine-tuning run logs

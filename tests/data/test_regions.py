@@ -95,7 +95,7 @@ def test_region_map_follows_flips_and_rotations():
 
 
 def test_label_source_is_refused_as_a_network_input_and_kept_for_the_loss():
-    """A map made from the target never feeds region attention (DESIGN §1.6b); the loss-only focal
+    """A map made from the target never feeds region attention (docs/method.md §1.6b); the loss-only focal
     term, which sees the labels anyway, may use it."""
     spec = {"source": "label", "k": 3, "seed": 0, "dir": None}
     with pytest.raises(ValueError, match=r"source=label .*model.region_attention=alternate feeds the region map "

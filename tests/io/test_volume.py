@@ -146,5 +146,6 @@ def test_4d_frames_and_empty_labels(tmp_path):
 
 
 def test_the_data_stage_reexports_the_public_reader_and_writer():
-    """DESIGN §4 promises ``asa.data.load_volume`` / ``asa.data.save_volume``: the same functions as asa.io's."""
+    """docs/python-api.md promises ``asa.data.load_volume`` / ``asa.data.save_volume``: the same functions as
+    asa.io's."""
     assert asa.data.load_volume is load_volume and asa.data.save_volume is save_volume

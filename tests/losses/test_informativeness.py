@@ -10,7 +10,7 @@ from asa.losses import patch_informativeness
 
 
 def _literal(volume: np.ndarray, s: int, b: int, normalize: str) -> np.ndarray:
-    """DESIGN §1.5 steps 1-4, voxel by voxel, patch by patch."""
+    """docs/method.md §1.5 steps 1-4, voxel by voxel, patch by patch."""
     bsz, c, d, h, w = volume.shape
     out = np.zeros((bsz, (d // s) * (h // s) * (w // s)))
 
@@ -77,7 +77,7 @@ def test_l2_bounds_and_no_gradient():
     volume = torch.randn(1, 1, 16, 16, 16, requires_grad=True)
     g = patch_informativeness(volume, patch_size=8, bins=8)
     assert not g.requires_grad
-    assert (g >= 1 / 64 - 1e-6).all() and (g <= 1 / 8 + 1e-6).all()  # DESIGN §1.5: [1/b², 1/b]
+    assert (g >= 1 / 64 - 1e-6).all() and (g <= 1 / 8 + 1e-6).all()  # docs/method.md §1.5: [1/b², 1/b]
 
 
 @pytest.mark.parametrize(

@@ -59,4 +59,4 @@ def test_the_base_preset_is_the_one_source_of_the_default_sizes():
     decoder = {name: p.default for name, p in inspect.signature(ASA).parameters.items() if name.startswith("decoder")}
     assert decoder == {k: v for k, v in base.items() if k.startswith("decoder")}
     assert base == dict(embed_dim=384, depth=12, num_heads=6, decoder_dim=384, decoder_depth=8, decoder_num_heads=6,
-                        window_size=32)  # DESIGN §1.3
+                        window_size=32)  # docs/method.md §1.3

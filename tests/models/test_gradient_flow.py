@@ -62,8 +62,9 @@ def test_decoder_takes_raw_hidden_states_and_the_normed_output():
 def test_encoder_gradient_per_weight_is_within_a_factor_of_unetrs():
     """On one batch the encoder's per-weight gradient (relative to its decoder's) stays within 16x of
     UNETR's of the same width (scripts/gradient_share.py: 4.8x on random data, 5-6.5x on phantoms,
-    from the design's 8³ patches, unit sinusoidal code and Xavier stem); every encoder block gets
-    gradient; and the raw-image skip takes the rest: without it the encoder's share grows."""
+    from the method's 8³ patches, unit sinusoidal code and Xavier stem, docs/method.md §1.1–1.3); every
+    encoder block gets gradient; and the raw-image skip takes the rest: without it the encoder's share
+    grows."""
     x, y = _batch()
     torch.manual_seed(0)
     asa = ASASegmenter(img_size=32, out_channels=4, **ENC)

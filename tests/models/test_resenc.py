@@ -303,8 +303,8 @@ def test_input_masked_by_where_so_a_non_finite_voxel_in_a_masked_block_does_not_
 
 
 def test_attentive_weight_at_the_papers_granularity_weights_each_8_cube_of_the_masked_blocks():
-    """weight_patch 8 inside 16³ mask blocks: p ∝ Ḡ of each masked 8³ unit (§ AR-loss steps 5–6), sharpened
-    by γ; uniform weights give the per-block loss exactly."""
+    """weight_patch 8 inside 16³ mask blocks: p ∝ Ḡ of each masked 8³ unit (AR-loss, docs/method.md §1.5
+    steps 5–6), sharpened by γ; uniform weights give the per-block loss exactly."""
     net = _mae(mask_block=16, weight_patch=8, weight_power=2.0)
     torch.manual_seed(2)
     x, pred = torch.randn(2, 1, 32, 32, 32), torch.randn(2, 1, 32, 32, 32)

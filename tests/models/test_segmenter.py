@@ -105,7 +105,7 @@ def _grid4_encoder(path):
 
 @pytest.mark.parametrize("allow_grid_change", [False, True])
 def test_reference_grid_other_than_the_pretraining_grid_is_refused(tmp_path, allow_grid_change):
-    """DESIGN §1.2: the reference grid is the pretraining grid; on another one every code changes."""
+    """docs/method.md §1.2: the reference grid is the pretraining grid; on another one every code changes."""
     from asa.api.networks import build_from_config
 
     path = _grid4_encoder(tmp_path / "enc.pt")

@@ -1,4 +1,4 @@
-"""Masked-convolution pretraining of the residual-encoder U-Net (``resenc_pretrain``; DESIGN §1.8).
+"""Masked-convolution pretraining of the residual-encoder U-Net (``resenc_pretrain``; docs/method.md §1.8).
 
 SparK's recipe (ICLR 2023; nnssl's Spark3D) in dense form, which ConvNeXt-V2 shows equals sparse
 convolution, so no sparse-convolution library: a binary mask on blocks whose edge is the encoder's
@@ -7,7 +7,7 @@ encoder convolution's output multiplied by the mask at its stage's resolution; i
 variance over visible voxels only. Before decoding, each skip's masked positions take a learned mask
 token of that stage, then a "densify" norm and 1³ convolution; the U-Net decoder reconstructs the input
 and the loss is the squared error over masked blocks: uniform (MAE) or ASA's attentive weight per block
-(DESIGN §1.5, the orientation histograms over each block's voxels; `asa.models.PatchReconstruction`).
+(docs/method.md §1.5, the orientation histograms over each block's voxels; `asa.models.PatchReconstruction`).
 
 Invariant (tested): changing the input inside masked blocks changes no encoder output at a visible position.
 
@@ -356,7 +356,7 @@ def resenc_pretrain(
         size: ``tiny`` | ``M`` | ``L`` (`asa.models.cnn.resenc.RESENC_SIZES`).
         mask_ratio: fraction of blocks masked (exactly round(ratio·n) per sample).
         loss_weighting: ``uniform`` (MAE) | ``attentive`` (ASA's per-block weight).
-        bins, normalize: the attentive weight's histogram bins and normalisation (DESIGN §1.5).
+        bins, normalize: the attentive weight's histogram bins and normalisation (docs/method.md §1.5).
         mirror_visible: fraction of masked blocks whose mirror stays visible (None: uniform masking).
         coord_channel: append the mirror-symmetric coordinate channel.
         lr_axis: the left–right axis.

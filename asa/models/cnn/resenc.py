@@ -12,7 +12,7 @@ are that package's (``encoder.stem.*``, ``encoder.stages.*``, ``decoder.*``) and
 from nnU-Net v2 and nnssl unchanged. Its spec records the resolved plan, so a checkpoint rebuilds the
 network it was trained with whatever this rule becomes.
 
-The optional mirror-symmetric coordinate channel (DESIGN §1.8, beyond the paper) is
+The optional mirror-symmetric coordinate channel (docs/method.md §1.8, beyond the paper) is
 ``c(v) = |x(v) − x_mid| / (X/2)`` along the left–right axis of the brain frame: one value for a voxel
 and its mirror, the CNN counterpart of the symmetric position code. It is appended to the image
 channels; ``offsets`` (the crop's origin in voxels on the brain frame, as sliding-window inference and

@@ -1,4 +1,4 @@
-"""SA-Swin: MONAI's SwinUNETR with a symmetry-aware layer on the bottleneck (Ma et al.; DESIGN §1.6b)."""
+"""SA-Swin: MONAI's SwinUNETR with a symmetry-aware layer on the bottleneck (Ma et al.; docs/method.md §1.6b)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SA-Swin pretraining: MONAI's SwinViT under the Symmetry-Aware Head (Ma et al.; DESIGN §1.6b).
+"""SA-Swin pretraining: MONAI's SwinViT under the Symmetry-Aware Head (Ma et al.; docs/method.md §1.6b).
 
 Two views of each volume are made by a random 90° rotation in the plane of the two axes other than
 ``lr_axis`` (so the left–right mirror stays a left–right mirror) and patch drop-out. The shared

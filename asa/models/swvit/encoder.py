@@ -25,7 +25,7 @@ _BASE = PRESETS["base"]
 
 
 class SWViTEncoder(SWViT):
-    """Patch embedding + SPE + SW-ViT (DESIGN §1.2–1.3), shared by :class:`ASA` and :class:`ASASegmenter`.
+    """Patch embedding + SPE + SW-ViT (docs/method.md §1.2–1.3), shared by :class:`ASA` and :class:`ASASegmenter`.
 
     Built from its parts: the patch embedding, the SW blocks (:func:`asa.models.swvit.swvit.sw_blocks`)
     and the geometry: input ``img_size``, position code ``pos_mode`` folded along ``lr_axis``,
@@ -37,7 +37,7 @@ class SWViTEncoder(SWViT):
     token, per-crop patch ``offsets`` [B, 3] from the reference grid and asks for
     ``hidden_indices``. ``forward`` is :class:`SWViT`'s, on tokens.
 
-    With SACA blocks (DESIGN §1.6b) ``encode`` gives them each token's left–right mirror
+    With SACA blocks (docs/method.md §1.6b) ``encode`` gives them each token's left–right mirror
     (:meth:`mirror_tokens`), in the brain frame with offsets.
     """
 
@@ -208,7 +208,7 @@ class EncoderOptions:
     choices: the sizes of the ``model=tiny|small|base`` presets (`asa.models.PRESETS`; the defaults
     are the base preset's, :class:`EncoderSettings`'), the blocks, ``saca`` (windowed symmetry-aware
     cross-attention: none | decoder | encoder | all) and the symmetric position code ``pos_mode`` on the
-    mirrored array axis ``lr_axis`` (DESIGN §1.2). Null ``pos_mode`` / ``lr_axis``: fine-tuning takes the
+    mirrored array axis ``lr_axis`` (docs/method.md §1.2). Null ``pos_mode`` / ``lr_axis``: fine-tuning takes the
     pretrained file's, else mirror / 0 (pretraining states them)."""
 
     patch_size: int = in_range(EncoderSettings.patch_size, 1)

@@ -37,7 +37,7 @@ class MAEOutput:
 
 
 class MaskedAutoencoder(nn.Module):
-    """The masked autoencoder (DESIGN §1.4) from its parts, in the order a volume passes them:
+    """The masked autoencoder (docs/method.md §1.4) from its parts, in the order a volume passes them:
 
     - ``encoder``: :class:`SWViTEncoder` (patch embedding, SPE, SW-ViT) on the visible patches;
     - ``decoder_embed``: linear map from the encoder width to the decoder width;
@@ -249,13 +249,13 @@ class ASA(MaskedAutoencoder):
     ``grad_checkpointing``, ``region_attention``); the decoder is an SW-ViT of the same blocks at
     ``decoder_dim`` × ``decoder_depth`` with ``decoder_num_heads`` heads, under the same position code.
 
-    RAT's parts (DESIGN §1.6b): ``region_attention`` (``alternate`` | ``all``) puts R-MSA blocks in
+    RAT's parts (docs/method.md §1.6b): ``region_attention`` (``alternate`` | ``all``) puts R-MSA blocks in
     the encoder and decoder; ``loss_weighting="focal_region"`` replaces the masked MSE by the focal
     region loss (β = ``focal_beta``) over the masked patches. Both need a region map per input
     (``forward(x, regions)``, one integer label per voxel); R-MSA takes each patch's majority label.
 
     ``saca`` (``none | decoder | encoder | all``) adds windowed symmetry-aware cross-attention to the
-    blocks of the chosen SW-ViTs (DESIGN §1.6b); with the encoder among them the masking is
+    blocks of the chosen SW-ViTs (docs/method.md §1.6b); with the encoder among them the masking is
     mirror-consistent (see :class:`MaskedAutoencoder`).
     """
 

@@ -20,7 +20,7 @@ LOSS_WEIGHTINGS = (*WEIGHTINGS, "focal_region")
 
 class PatchReconstruction(nn.Module):
     """Masked MSE over the masked patches, their weights uniform (MAE) or the attentive ones of the
-    AR-loss (DESIGN §1.5: Ḡ from ``bins`` × ``bins`` orientation histograms, ``normalize``d);
+    AR-loss (docs/method.md §1.5: Ḡ from ``bins`` × ``bins`` orientation histograms, ``normalize``d);
     ``norm_pix_loss`` normalises each target patch first. weights: p [B, N] (0 on visible patches)."""
 
     uses_regions = False
@@ -40,7 +40,7 @@ class PatchReconstruction(nn.Module):
 
 
 class FocalRegionReconstruction(nn.Module):
-    """RAT's focal region loss (β = ``beta``, DESIGN §1.6b) over the voxels of the masked patches, the
+    """RAT's focal region loss (β = ``beta``, docs/method.md §1.6b) over the voxels of the masked patches, the
     regions being the voxel labels; ``norm_pix_loss`` normalises each target patch first.
     weights: the mean focal weight w of each masked patch [B, N] (0 on visible patches)."""
 

@@ -1,4 +1,4 @@
-"""Symmetric position encoding (SPE), paper eq. 3, in the crop frame or the brain frame (DESIGN §1.2)."""
+"""Symmetric position encoding (SPE), paper eq. 3, in the crop frame or the brain frame (docs/method.md §1.2)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ POSITION_MODES = ("mirror", "paper", "none")
 
 
 def _fold(w: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-    """The fold f(w) along the mirrored axis of a reference grid of length ``size`` (DESIGN §1.2), on
+    """The fold f(w) along the mirrored axis of a reference grid of length ``size`` (docs/method.md §1.2), on
     int64 coordinates; defined for every integer w, also outside [0, size), where it goes on linearly.
     Exact integers: ``mirror`` ``c − |w − c|`` with c = (size − 1)/2, ``paper`` ``size/2 − |size/2 − w|``."""
     if mode == "mirror":  # w and its exact mirror size-1-w meet; = min(w, size-1-w) inside

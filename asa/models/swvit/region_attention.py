@@ -1,4 +1,4 @@
-"""R-MSA: multi-head self-attention restricted to tokens of the same region (RAT, DESIGN §1.6b).
+"""R-MSA: multi-head self-attention restricted to tokens of the same region (RAT, docs/method.md §1.6b).
 
 Regions are integer ids per token (the majority label of each patch, `patch_regions`). A token
 attends to the tokens of its own region, in chunks: the region's tokens, in raster order, are cut

@@ -1,4 +1,4 @@
-"""Symmetry-aware cross-attention (SACA, SA-Swin; DESIGN §1.6b) and the token mirror map.
+"""Symmetry-aware cross-attention (SACA, SA-Swin; docs/method.md §1.6b) and the token mirror map.
 
 ``SACA(f, f̃) = softmax(Q K̃ᵀ/√d) Ṽ`` with ``Q = f W_Q``, ``K̃ = f̃ W_K``, ``Ṽ = f̃ W_V``: the tokens of
 a brain attend to the tokens of its left–right mirror image. :class:`SymmetryCrossAttention` is the

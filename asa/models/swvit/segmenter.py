@@ -1,4 +1,4 @@
-"""The segmentation network on the SW-ViT encoder: a UNETR-style U-Net (DESIGN §1.6), from parts
+"""The segmentation network on the SW-ViT encoder: a UNETR-style U-Net (docs/method.md §1.6), from parts
 (:class:`SWViTSegmenter`) or from a network spec's flat settings (:class:`ASASegmenter`)."""
 
 from __future__ import annotations
@@ -95,12 +95,12 @@ SYMMETRY_KEYS = ("pos_mode", "lr_axis")  # model.* settings of the symmetric enc
 
 
 class SWViTSegmenter(nn.Module):
-    """UNETR-style U-Net on an SW-ViT encoder (DESIGN §1.6), from its parts: the ``encoder``
+    """UNETR-style U-Net on an SW-ViT encoder (docs/method.md §1.6), from its parts: the ``encoder``
     (:class:`SWViTEncoder`, over all tokens, its patch size 8 and depth at least 4) and the
     decoder's settings; four evenly spaced hidden states of the encoder form the skips.
     :class:`ASASegmenter` builds it from the flat settings of a network spec.
 
-    Position codes (DESIGN §1.2): with ``spe_frame="brain"`` each crop's codes are those of the
+    Position codes (docs/method.md §1.2): with ``spe_frame="brain"`` each crop's codes are those of the
     encoder's reference grid (the pretraining grid) at the crop's patch offset, folded about the
     brain's mid-sagittal plane; ``forward`` takes the offsets. ``spe_frame="crop"`` (ablation)
     uses one fixed table per crop and ignores offsets: the table of the crop's own grid (the
@@ -237,7 +237,7 @@ class SWViTSegmenter(nn.Module):
     def check_grid(self, recorded: dict, source: str | Path, *, allow_grid_change: bool = False) -> None:
         """Raise unless the pretraining grid recorded in ``recorded`` (see `recorded_pretraining`) is
         this network's grid (``allow_grid_change`` turns that error into a warning) and its reference
-        grid (always an error: the brain frame's reference grid is the pretraining grid, DESIGN §1.2)."""
+        grid (always an error: the brain frame's reference grid is the pretraining grid, docs/method.md §1.2)."""
         img, patch = recorded.get("img_size"), recorded.get("patch_size") or self.patch_size
         if img is None:
             return

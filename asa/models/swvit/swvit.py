@@ -1,5 +1,5 @@
 """SW-ViT: pre-norm transformer blocks alternating LW-MSA and SLW-MSA (paper §2.2), optionally
-with region attention (R-MSA, DESIGN §1.6b) in some or all blocks and windowed symmetry-aware
+with region attention (R-MSA, docs/method.md §1.6b) in some or all blocks and windowed symmetry-aware
 cross-attention (SACA) in every block.
 
 A block is put together from its parts (token mixer, MLP, optional SACA); :func:`sw_blocks` lays
