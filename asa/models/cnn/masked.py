@@ -1,13 +1,17 @@
 """Masked-convolution pretraining of the residual-encoder U-Net (``resenc_pretrain``; docs/method.md §1.8).
 
 SparK's recipe (ICLR 2023; nnssl's Spark3D) in dense form, which ConvNeXt-V2 shows equals sparse
-convolution, so no sparse-convolution library: a binary mask on blocks whose edge is the encoder's
-total stride, exactly round(ratio·n) blocks masked per sample; the input zeroed in masked blocks; every
-encoder convolution's output multiplied by the mask at its stage's resolution; instance-norm mean and
-variance over visible voxels only. Before decoding, each skip's masked positions take a learned mask
-token of that stage, then a "densify" norm and 1³ convolution; the U-Net decoder reconstructs the input
-and the loss is the squared error over masked blocks: uniform (MAE) or ASA's attentive weight per block
-(docs/method.md §1.5, the orientation histograms over each block's voxels; `asa.models.PatchReconstruction`).
+convolution, so no sparse-convolution library: a binary mask on blocks of ``mask_block`` voxels (the
+methods' default 16, nnssl's; the builder's own default the encoder's total stride), exactly
+round(ratio·n) blocks masked per sample; the input zeroed in masked blocks; every encoder convolution's
+output multiplied by the mask at its stage's resolution (stages coarser than the block stay dense);
+instance-norm mean and variance over visible voxels only. Before decoding, each masked skip's masked
+positions take a learned mask token of that stage, then a "densify" step (``densify``: ``spark``, nnssl's
+visible-only norm before the tokens and a 3³ convolution after, the methods' default; ``asa``, a norm and a
+1³ convolution after the tokens); the U-Net decoder reconstructs
+the input and the loss is the squared error over masked voxels: uniform (MAE) or ASA's attentive weight
+per ``weight_patch``³ unit (docs/method.md §1.5, the orientation histograms over each unit's voxels,
+raised to ``weight_power``; `asa.models.PatchReconstruction`).
 
 Invariant (tested): changing the input inside masked blocks changes no encoder output at a visible position.
 
