@@ -24,11 +24,12 @@ from asa.api.predict import MANIFEST, channel_note, check_output, sha256
 from asa.api.run import OptionError, refusing
 from asa.api.rundir import check_writable, command_line, move_aside
 from asa.api.schema import EvaluateConfig, FrozenProbeConfig, PredictConfig
-from asa.api.task_registry import TaskSettings
+from asa.api.task_registry import TaskSettings, registered_tasks
 from asa.api.tasks import FinetuneRun, FinetuneTask, PredictSetup, ProbeTargets, register_finetune_task
 from asa.api.training import record_geometry
 from asa.choices import one_of
 from asa.data import build_segmentation_dataset, discover, get_task, non_mri_channels
+from asa.data.labels import TASKS
 from asa.data.lattice import SAMPLINGS
 from asa.eval import evaluate_cases, match_predictions
 from asa.eval.evaluate import nsd_tolerances, write_results
@@ -106,6 +107,11 @@ class SegmentationTask(FinetuneTask):
             needed_by.append(f"task.focal_weight={settings.focal_weight}")
         self.regions = region_source(cfg.data, needed_by, network=network, env=run.env)
         self.root = dataset_root(cfg.data)[0]
+        if str(cfg.data.task).lower() not in (*TASKS, "msd"):  # this task takes any name a checkpoint records
+            others = [name for name in registered_tasks() if name != self.name]
+            raise OptionError(f"data.task={cfg.data.task}: no fine-tuning task takes it (segmentation takes "
+                              f"{', '.join(sorted([*TASKS, 'msd']))}; the other tasks registered: "
+                              f"{', '.join(others) or 'none'}, e.g. data.task=case with data=targets)")
         self.task = get_task(cfg.data.task, root=self.root)
 
     def build_network(self, run: FinetuneRun, splits: Mapping[str, list] | None) -> tuple[torch.nn.Module, dict]:

@@ -63,3 +63,11 @@ def test_a_dataset_whose_every_label_map_is_empty_is_refused_before_writing(tmp_
     from asa.data import discover
 
     check_labels_present(discover("ibsr", root), where="data=ibsr")
+
+
+def test_a_mistyped_data_task_is_refused_naming_every_task_before_writing(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(OptionError, match=r"data.task=brat: no fine-tuning task takes it \(segmentation takes brats, "
+                                          r"ibsr, msd, wmh; the other tasks registered: case"):
+        finetune(load_config("finetune", "data.task=brat", f"output_dir={out}"))
+    assert not out.exists()
