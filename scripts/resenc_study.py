@@ -75,7 +75,8 @@ transfer_study = pretraining_study.transfer_study
 ARMS: dict[str, dict[str, Any]] = {
     "mae": {"method": "mae", "loss_weighting": "uniform", "power": 1.0, "mirror": False, "coord": False},
     "asa": {"method": "asa", "loss_weighting": "attentive", "power": 1.0, "mirror": False, "coord": False},
-    # γ = 4: the attentive weight sharpened until it varies at this scale's brain-filled crops (docs/resenc.md)
+    # γ = 4: the attentive weight sharpened (CPU scale, pipeline crops: CV 0.88 -> 1.38 at the whole-head crop,
+    # 0.14 -> 0.45 inside the brain; `python scripts/weight_spread.py`, docs/resenc.md)
     "asa-sharp": {"method": "asa", "loss_weighting": "attentive", "power": 4.0, "mirror": False, "coord": False},
     "asa-coord": {"method": "asa", "loss_weighting": "attentive", "power": 1.0, "mirror": False, "coord": True},
     "asa-mirror": {"method": "asa", "loss_weighting": "attentive", "power": 1.0, "mirror": True, "coord": False},
@@ -118,14 +119,21 @@ class Scale:
     supervised: int = 16  # labeled subjects outside the study's labeled cohort for the positive control
     jobs: int = 1
     time_budget: float | None = None  # seconds per call (None: no limit)
+    # the ResEnc pretraining crop (None: ``crop``). The attentive weight varies only where a crop holds background:
+    # the brain-centred crop of the whole head (crop = volume, as the paper's 128³ crop holds the head) gives it
+    # the paper's spread, a crop inside the brain makes it uniform (docs/resenc.md). A convolutional encoder takes
+    # any crop, so it is fine-tuned at ``crop``; the encoders tied to their crop (the coordinate channel's, the
+    # SW-ViT's position code) are pretrained at ``crop``.
+    pretrain_crop: int | None = None
     workers: int = 0  # data loader workers of the pretraining runs
 
 
 SCALES = {
     "cpu": Scale(cohorts=(40, 400), labeled=32, test=16, val=4, volume=48, crop=32, pretrain_steps=1600, steps=300,
-                 cases=(2, 8), seeds=(0, 1, 2, 3, 4), size="S", swvit="tiny"),
+                 cases=(2, 8), seeds=(0, 1, 2, 3, 4), size="S", swvit="tiny", pretrain_crop=48),
     "gpu": Scale(cohorts=(40, 400), labeled=48, test=16, val=4, volume=128, crop=96, pretrain_steps=4000, steps=1000,
-                 cases=(2, 8), seeds=(0, 1, 2, 3, 4), size="M", swvit="small", jobs=3, time_budget=510.0, workers=8),
+                 cases=(2, 8), seeds=(0, 1, 2, 3, 4), size="M", swvit="small", jobs=3, time_budget=510.0, workers=8,
+                 pretrain_crop=128),
     "quick": Scale(cohorts=(4, 8), labeled=9, test=3, val=2, volume=40, crop=32, pretrain_steps=4, steps=4,
                    cases=(2,), seeds=(0, 1), size="tiny", swvit="tiny", supervised=4),
 }
@@ -180,24 +188,26 @@ def plan_pretraining(out: Path, scale: Scale, arms: Sequence[str], *, seed: int,
         raise SystemExit(f"--ablation-cohorts {' '.join(map(str, odd))}: not a cohort of this study "
                          f"(cohorts: {' '.join(map(str, scale.cohorts))})")
     runs = []
-    common = ["data=bids", "data.layout=filelist", f"data.crop={scale.crop}", f"data.num_workers={scale.workers}", "data.split.ratios=[0.8,0.2,0.0]",
+    common = ["data=bids", "data.layout=filelist", f"data.num_workers={scale.workers}", "data.split.ratios=[0.8,0.2,0.0]",
               "optim=adamw_demo", "trainer.progress=false", "trainer.panel_every=0", "probe.every=0", f"seed={seed}",
               "resume=auto"]
-    batch = int(compose_config("pretrain", ["model=resenc", *common[:3]]).trainer.batch_size)
+    batch = int(compose_config("pretrain", ["model=resenc", *common[:2], f"data.crop={scale.crop}"]).trainer.batch_size)
     cohorts = [(arm, n, cohort_dir(out, "unlabeled", n)) for n in scale.cohorts for arm in arms
                if ablation_cohorts is None or arm in ("mae", "asa") or n in ablation_cohorts]
     cohorts.append((CONTROL, max(scale.cohorts), cohort_dir(out, "noise", max(scale.cohorts))))
     for arm, n, data in cohorts:
         spec = ARMS["mae" if arm == CONTROL else arm]
         name = f"{arm}-c{n}"
+        crop = scale.crop if spec["coord"] else scale.pretrain_crop or scale.crop  # the channel ties it to its crop
         overrides = ("model=resenc", f"model.size={scale.size}", *method_overrides(spec, mirror_visible), *common,
-                     f"data.root={data}", f"trainer.epochs={pretraining_epochs(scale, n, batch)}",
+                     f"data.crop={crop}", f"data.root={data}", f"trainer.epochs={pretraining_epochs(scale, n, batch)}",
                      f"output_dir={out / 'pretrain' / name}")
         runs.append(Pretraining(name, arm, n, data, overrides, coord=bool(spec["coord"])))
     if swvit_arm:  # the paper's network, pretrained by the paper's method on the same cohorts
         for n in scale.cohorts:
             name = f"swvit-asa-c{n}"
-            overrides = ("experiment=asa", f"model={scale.swvit}", *common, f"data.root={cohort_dir(out, 'unlabeled', n)}",
+            overrides = ("experiment=asa", f"model={scale.swvit}", *common, f"data.crop={scale.crop}",
+                         f"data.root={cohort_dir(out, 'unlabeled', n)}",
                          f"trainer.epochs={pretraining_epochs(scale, n, batch)}", f"output_dir={out / 'pretrain' / name}")
             runs.append(Pretraining(name, "asa", n, cohort_dir(out, "unlabeled", n), overrides, network="swvit"))
     return runs
@@ -380,7 +390,8 @@ CONTRASTS = (
     ("resenc-mae-c{c}", "resenc-noise-c{c}", "what mae learned from brains (mae − the same recipe on noise)"),
     ("resenc-asa-c{c}", "resenc-mae-c{c}", "the attentive loss at the paper's granularity (asa − mae)"),
     ("resenc-asa-sharp-c{c}", "resenc-mae-c{c}", "the sharpened attentive loss, γ = 4 (asa-sharp − mae)"),
-    ("resenc-asa-coord-c{c}", "resenc-asa-c{c}", "the coordinate channel (asa-coord − asa)"),
+    ("resenc-asa-coord-c{c}", "resenc-asa-c{c}", "the coordinate channel (asa-coord − asa; with a --pretrain-crop "
+     "other than --crop also the pretraining crop, which the channel's encoder cannot change)"),
     ("resenc-asa-coord-c{c}", COORD_SCRATCH, "asa's pretraining beyond its coordinate channel (asa-coord − scratch with it)"),
     (COORD_SCRATCH, REFERENCE, "the coordinate channel without pretraining (scratch with it − scratch)"),
     ("resenc-asa-mirror-c{c}", "resenc-asa-c{c}", "mirror-aware masking (asa-mirror − asa)"),
@@ -453,6 +464,9 @@ def parse_scale(args: argparse.Namespace) -> tuple[str, Scale]:
     scale = dataclasses.replace(scale, **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()})
     if scale.crop >= scale.volume:
         raise SystemExit(f"--crop {scale.crop}: must be smaller than --volume {scale.volume}")
+    if scale.pretrain_crop is not None and not scale.crop <= scale.pretrain_crop <= scale.volume:
+        raise SystemExit(f"--pretrain-crop {scale.pretrain_crop}: between --crop {scale.crop} and --volume "
+                         f"{scale.volume} (the whole head)")
     if scale.labeled - scale.test - scale.val < max(scale.cases):
         raise SystemExit(f"--labeled {scale.labeled} - --test {scale.test} - --val {scale.val} leaves too few training "
                          f"cases for --cases {max(scale.cases)}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from asa.data import write_anatomy_dataset
+from asa.data import build_pretrain_dataset, discover, write_anatomy_dataset
 from asa.io import load_volume
 from asa.losses.reconstruction import weight_spread
 from asa.models import build_network
@@ -28,7 +28,16 @@ WEIGHTINGS = {
     "per 8³ unit, 16³ blocks (paper's granularity)": {"mask_block": 16, "weight_patch": 8},
     "per 8³ unit, 16³ blocks, γ = 2": {"mask_block": 16, "weight_patch": 8, "weight_power": 2.0},
     "per 8³ unit, 16³ blocks, γ = 4": {"mask_block": 16, "weight_patch": 8, "weight_power": 4.0},
+    "per 8³ unit, 16³ blocks, γ = 8": {"mask_block": 16, "weight_patch": 8, "weight_power": 8.0},
 }
+
+
+def pipeline_crops(folder: Path, crop: int) -> torch.Tensor:
+    """The crops asa-pretrain trains on: each subject's brain-centred crop, z-scored in the brain
+    (`asa.data.build_pretrain_dataset` without augmentation), [N, 1, c, c, c]."""
+    cases = discover("filelist", folder)
+    data = build_pretrain_dataset(cases, crop=crop, augment=False, seed=0)
+    return torch.stack([data[i]["image"] for i in range(len(data))])
 
 
 def crops(volumes: list[torch.Tensor], crop: int, per_volume: int, generator: torch.Generator) -> torch.Tensor:
@@ -65,7 +74,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--geometry", nargs="+", default=["48:32", "128:128"], metavar="VOLUME:CROP",
                    help="subject grid edge : crop edge (default: the CNN study's 48:32 and the paper's 128:128)")
     p.add_argument("--subjects", type=int, default=4)
-    p.add_argument("--crops", type=int, default=2, help="crops per subject (default 2)")
+    p.add_argument("--placement", choices=("pipeline", "random"), default="pipeline",
+                   help="pipeline (default): the brain-centred crop asa-pretrain trains on; random: crops anywhere "
+                        "in the volume, background included")
+    p.add_argument("--crops", type=int, default=2, help="random placement: crops per subject (default 2)")
     p.add_argument("--masks", type=int, default=8, help="random masks per crop batch (default 8)")
     p.add_argument("--size", default="tiny", help="ResEnc size (the weights do not depend on it; default tiny)")
     args = p.parse_args(argv)
@@ -74,15 +86,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for geometry in args.geometry:
             volume, crop = (int(v) for v in geometry.split(":"))
-            folder = write_anatomy_dataset("filelist", Path(tmp) / f"v{volume}", cases=args.subjects, size=volume,
-                                           seed=0)
-            volumes = [torch.from_numpy(load_volume(f).array.astype("float32"))
-                       for f in sorted(folder.rglob("*.nii.gz"))]
-            x = crops(volumes, crop, args.crops if crop < volume else 1, generator)
+            folder = Path(tmp) / f"v{volume}"  # one cohort per subject grid, shared by its crops
+            if not folder.exists():
+                write_anatomy_dataset("filelist", folder, cases=args.subjects, size=volume, seed=0)
+            if args.placement == "pipeline":
+                x = pipeline_crops(folder, crop)
+            else:
+                volumes = [torch.from_numpy(load_volume(f).array.astype("float32"))
+                           for f in sorted(folder.rglob("*.nii.gz"))]
+                x = crops(volumes, crop, args.crops if crop < volume else 1, generator)
             for name, options in WEIGHTINGS.items():
                 r = spread(x, crop, args.size, options, args.masks)
-                rows.append({"volume": volume, "crop": crop, "weighting": name, **r})
-                print(f"{volume}³ → {crop}³  {name:52s} block {r['block']:3d} unit {r['unit']:3d} "
+                rows.append({"volume": volume, "crop": crop, "placement": args.placement, "weighting": name, **r})
+                print(f"{volume}³ → {crop}³ {args.placement}  {name:52s} block {r['block']:3d} unit {r['unit']:3d} "
                       f"masked units {r['units_masked']:4d}  CV {r['cv']:.3f}  effective share "
                       f"{r['effective_share']:.3f}", flush=True)
     return rows

@@ -54,6 +54,18 @@ def test_plan_states_every_option_of_every_arm(tmp_path):
     assert {o.split("=", 1)[0] for o in diff} == {"method", "method.loss_weighting", "output_dir"}
 
 
+def test_resenc_arms_pretrain_on_the_whole_head_unless_their_encoder_is_tied_to_the_crop(tmp_path):
+    scale = study.SCALES["cpu"]
+    assert (scale.crop, scale.pretrain_crop) == (32, scale.volume)  # the attentive weight varies at the whole head
+    runs = study.plan_pretraining(tmp_path, scale, list(study.ARMS), seed=0, mirror_visible=0.25)
+    crops = {run.name: _option(run, "data.crop") for run in runs}
+    assert {name for name, crop in crops.items() if crop == "32"} == {
+        f"{arm}-c{n}" for n in scale.cohorts for arm in ("asa-coord", "swvit-asa")}  # the channel, the position code
+    assert all(crop in ("32", "48") for crop in crops.values())
+    with pytest.raises(SystemExit, match="--pretrain-crop 64: between --crop 32 and --volume 48"):
+        study.main(["--pretrain-crop", "64", "--out", str(tmp_path), "--dry-run"])
+
+
 def test_every_cohort_gets_the_same_pretraining_steps():
     scale = study.SCALES["cpu"]
     for subjects in scale.cohorts:
