@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from asa.api.cohort import recorded_cohort
+from asa.api.cohort import COHORT_FILE, pretraining_cohort, recorded_cohort
 from asa.api.dataset import check_crop_fits, dataset_root, region_source
 from asa.api.job import JobRun, TrainingJob
 from asa.api.run import OptionError
@@ -168,6 +168,13 @@ class PretrainJob(TrainingJob):
     def finish(self, run: JobRun, result: FitResult) -> None:
         ckpts = run.out_dir / "checkpoints"
         source = ckpts / "best.pt" if (ckpts / "best.pt").is_file() else ckpts / "last.pt"
+        try:  # the cohort's content digests (cohort.json), which the encoder export carries for the overlap checks
+            cohort = pretraining_cohort(run.out_dir, workers=max(1, int(run.cfg.data.num_workers)))
+            print(f"[asa] pretraining cohort: {len(cohort['cases'])} case(s) with their image digests in "
+                  f"{run.out_dir / COHORT_FILE}", flush=True)
+        except (OSError, ValueError) as err:
+            print(f"[asa] warning: the pretraining cohort was not recorded ({err}); the encoder export carries none "
+                  f"(asa-cohort {shell_path(run.out_dir)} records it later)", file=sys.stderr, flush=True)
         export_encoder(source, ckpts / "encoder.pt", self.method.encoder_prefixes, cohort=recorded_cohort(source))
         print(f"[asa] pretraining finished at step {result.step}. Outputs in {run.out_dir}:\n"
               f"  checkpoints: {ckpts}/last.pt, best.pt, encoder.pt and encoder.safetensors "

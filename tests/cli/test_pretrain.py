@@ -1,6 +1,8 @@
 """asa-pretrain end to end on tiny demo phantoms (CPU, 32^3 crops, a few steps)."""
 from __future__ import annotations
 
+import json
+
 import os
 import subprocess
 import sys
@@ -211,6 +213,13 @@ def test_encoder_export_loads_into_the_segmenter(tmp_path, demo_cache):
     seg = ASASegmenter(img_size=32, in_channels=4, out_channels=3, **sizes)
     report = seg.load_pretrained(tmp_path / "checkpoints" / "encoder.pt", verbose=False)
     assert report.loaded and not report.unexpected
+    # the run records its cohort (every split case with its image digests), and the export carries it
+    cohort = json.loads((tmp_path / "cohort.json").read_text())
+    splits = json.loads((tmp_path / "splits.json").read_text())
+    assert set(cohort["cases"]) == {i for part in ("train", "val", "test") for i in splits[part]}
+    assert all(case["images"]["t1"].startswith("sha256:") for case in cohort["cases"].values())
+    carried = load_checkpoint(tmp_path / "checkpoints" / "encoder.pt")["cohort"]
+    assert {c for c, v in carried["cases"].items()} == set(cohort["cases"])
 
 
 @pytest.mark.slow

@@ -135,7 +135,9 @@ def test_the_export_of_a_method_registered_from_the_tests_fine_tunes_and_probes(
     assert load_checkpoint(tmp_path / "case" / "checkpoints" / "last.pt")["network"]["arch"] == "case_head"
     record = probe(compose_config("probe", [f"encoders=[{export}]", "data=targets", f"data.root={bids}",
                                             "data.target=age", f"output={tmp_path / 'probe'}", "device=cpu",
-                                            "folds=2", "bootstrap=20", "knn_k=2"]))
+                                            "folds=2", "bootstrap=20", "knn_k=2",
+                                            # the same demo subject ids as the pretraining cohort: said and accepted
+                                            "data.accept_pretraining_overlap=true"]))
     assert record["rows"][0]["arch"] == "toy_denoise" and record["rows"][0]["n"] == 8
     sizes = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder_")}
     net = build_from_config({"pretrained": str(export), **sizes}, {}, in_channels=1, out_channels=2, crop=None)
