@@ -43,7 +43,7 @@ def _schema_node(entry: str, method: str | None = None) -> Any:
     return PretrainConfig(method=MethodSettings() if method is None else get_method(method).Settings())
 
 
-def register() -> None:
+def register(entry: str = "finetune") -> None:
     """Store each schema as ``<entry>_schema`` and each pretraining method's settings as an option of
     the ``method`` group (idempotent; called before any compose, so methods registered by then count)."""
     store = ConfigStore.instance()
@@ -61,8 +61,12 @@ def register() -> None:
     # network it names, so a preset or experiment setting an option the network lacks is refused naming it
     for arch, settings in NETWORK_SETTINGS.items():
         store.store(group="network", name=arch, node=asdict(settings(arch=arch)))
-        if arch not in presets:  # model=<arch> for every registered network, a plug-in's too
+        # model=<arch> for every registered network, a plug-in's too: asa-finetune's options only (the store is
+        # one per process; another entry point's --help and composition must not list networks it cannot train)
+        if arch not in presets and entry == "finetune":
             store.store(group="model", name=arch, node=asdict(settings(arch=arch)))
+        elif arch not in presets:
+            store.repo.get("model", {}).pop(f"{arch}.yaml", None)
     for arch, settings in PRETRAIN_MODELS.items():  # asa-pretrain's model presets start from these defaults
         store.store(group="pretrain_network", name=arch, node=asdict(settings()))
     for name, sizes in PRESETS.items():  # model=tiny|small|base: the encoder and, for pretraining, the decoder

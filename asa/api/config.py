@@ -54,7 +54,7 @@ def config_path(entry: str) -> str:
     if entry not in ENTRY_POINTS:
         raise ValueError(f"unknown entry point {entry!r}; expected one of {ENTRY_POINTS}")
     _ensure_package()
-    checks.register()
+    checks.register(entry)
     return f"pkg://asa.configs.{entry}"
 
 
