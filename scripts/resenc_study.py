@@ -46,17 +46,17 @@ import datetime
 import importlib.util
 import json
 import math
-import os
 import shlex
 import signal
+import subprocess
 import sys
-import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from asa.api import finetune, pretrain
+import numpy as np
+
 from asa.api.config import compose_config
 from asa.data import LESION_NAMES, load_volume
 from asa.data.synthetic.demo import write_noise_dataset
@@ -83,6 +83,7 @@ ARMS: dict[str, dict[str, Any]] = {
 }
 # nnssl's masking and the paper's weight unit, stated so that a changed default changes no arm
 MASKING = ("method.mask_block=16", "method.densify=spark", "method.weight_patch=8")
+PILOT = "pilot"  # the constant-lr scratch run whose validation curve sets the fine-tuning budget
 SUPERVISED = "supervised"  # the positive control: the encoder of a ResEnc trained with labels on other subjects
 CONTROL = "noise"  # the negative control: ARMS["mae"] pretrained on pure-noise volumes
 REFERENCE = "resenc-scratch"
@@ -111,7 +112,7 @@ class Scale:
     volume: int
     crop: int
     pretrain_steps: int
-    steps: int
+    steps: int | None  # fine-tuning steps per run; None: the converged budget the pilot finds
     cases: tuple[int, ...]
     seeds: tuple[int, ...]
     size: str  # ResEnc size: tiny | M | L
@@ -126,16 +127,20 @@ class Scale:
     # SW-ViT's position code) are pretrained at ``crop``.
     pretrain_crop: int | None = None
     workers: int = 0  # data loader workers of the pretraining runs
+    # the pilot (with ``steps`` None): scratch ResEnc at the largest N, seed 0, the recipe's warm-up then a
+    # constant lr for this many steps, validated about 20 times; the study's budget is the step at which its
+    # validation Dice stopped rising (`transfer_study.converged_budget`). The positive control trains this long.
+    pilot_steps: int | None = None
 
 
 SCALES = {
-    "cpu": Scale(cohorts=(40, 400), labeled=32, test=16, val=4, volume=48, crop=32, pretrain_steps=1600, steps=300,
-                 cases=(2, 8), seeds=(0, 1, 2, 3, 4), size="S", swvit="tiny", pretrain_crop=48),
-    "gpu": Scale(cohorts=(40, 400), labeled=48, test=16, val=4, volume=128, crop=96, pretrain_steps=4000, steps=1000,
+    "cpu": Scale(cohorts=(40, 400), labeled=32, test=16, val=4, volume=48, crop=32, pretrain_steps=1600, steps=None,
+                 cases=(2, 8), seeds=(0, 1, 2, 3, 4), size="S", swvit="tiny", pretrain_crop=48, pilot_steps=2400),
+    "gpu": Scale(cohorts=(40, 400), labeled=48, test=16, val=4, volume=128, crop=96, pretrain_steps=4000, steps=None,
                  cases=(2, 8), seeds=(0, 1, 2, 3, 4), size="M", swvit="small", jobs=3, time_budget=510.0, workers=8,
-                 pretrain_crop=128),
-    "quick": Scale(cohorts=(4, 8), labeled=9, test=3, val=2, volume=40, crop=32, pretrain_steps=4, steps=4,
-                   cases=(2,), seeds=(0, 1), size="tiny", swvit="tiny", supervised=4),
+                 pretrain_crop=128, pilot_steps=4000),
+    "quick": Scale(cohorts=(4, 8), labeled=9, test=3, val=2, volume=40, crop=32, pretrain_steps=4, steps=None,
+                   cases=(2,), seeds=(0, 1), size="tiny", swvit="tiny", supervised=4, pilot_steps=12),
 }
 
 
@@ -219,10 +224,11 @@ def supervised_dir(runs: Sequence[Pretraining]) -> Path:
 
 
 def supervised_overrides(out: Path, scale: Scale, seed: int, runs: Sequence[Pretraining]) -> list[str]:
-    """asa-finetune of scratch ResEnc on the positive control's labeled subjects, ``scale.steps`` steps."""
+    """asa-finetune of scratch ResEnc on the positive control's labeled subjects, for the pilot's steps (the
+    longest budget of the study; ``scale.steps`` without a pilot)."""
     batch = int(compose_config("finetune", ["data=msd", "model=resenc"]).trainer.batch_size)
     return ["data=msd", f"data.root={out / 'data' / SUPERVISED}", "model=resenc", f"model.size={scale.size}",
-            f"data.crop={scale.crop}", f"trainer.epochs={pretraining_epochs(scale, scale.supervised, batch, scale.steps)}",
+            f"data.crop={scale.crop}", f"trainer.epochs={pretraining_epochs(scale, scale.supervised, batch, scale.pilot_steps or scale.steps)}",
             "trainer.progress=false", "trainer.panel_every=0", f"seed={seed}", "resume=auto",
             f"output_dir={supervised_dir(runs)}"]
 
@@ -243,6 +249,51 @@ def finetune_arms(runs: Sequence[Pretraining], scale: Scale) -> dict[str, str]:
         else:
             arms[run.name] = f"model.pretrained={run.encoder}"
     return arms
+
+
+def pilot_dir(out: Path) -> Path:
+    return out / PILOT
+
+
+def pilot_argv(args: argparse.Namespace, scale: Scale, out: Path) -> list[str]:
+    """transfer_study arguments of the pilot: scratch ResEnc (its ``scratch`` arm) at the largest N, seed 0, the
+    recipe's warm-up then a constant lr for ``scale.pilot_steps`` steps, on the study's labeled cases and split."""
+    argv = ["--data", "msd", "--root", str(out / "data" / "labeled"), "--model", "resenc", "--crop", str(scale.crop),
+            "--cases", str(max(scale.cases)), "--seeds", "0", "--test", str(scale.test), "--val-cases", str(scale.val),
+            "--split-seed", str(args.seed), "--steps", str(scale.pilot_steps), "--device", args.device, "--reuse",
+            "--n-boot", "1000", "--out", str(pilot_dir(out)), "--lesion-classes", *LESION_NAMES.values(),
+            "--override", f"model.size={scale.size}", "--override", "optim.schedule=constant"]
+    argv += ["--threads", str(args.threads)] if args.threads else []
+    for override in args.override:
+        argv += ["--override", override]
+    return argv
+
+
+def pilot_scores(out: Path, scale: Scale) -> Path:
+    return pilot_dir(out) / "runs" / f"{transfer_study.SCRATCH}-n{max(scale.cases)}-s0" / "scores.json"
+
+
+def pilot_budget(out: Path, scale: Scale) -> dict[str, Any]:
+    """The pilot's validation curve and the converged budget found on it (`transfer_study.converged_budget`);
+    ``steps``: the study's fine-tuning steps, the budget rounded up to ten steps, or the pilot's length when
+    the curve was still rising at its end."""
+    curve = json.loads(pilot_scores(out, scale).read_text())["budget"].get("val_curve") or []
+    found = transfer_study.converged_budget(curve)
+    steps = int(10 * math.ceil(found["budget"] / 10)) if found["converged"] else int(scale.pilot_steps)
+    return {**found, "steps": max(steps, 10), "pilot_steps": scale.pilot_steps, "curve": curve}
+
+
+def pilot_markdown(pilot: Mapping[str, Any]) -> str:
+    verdict = (f"its validation Dice stopped rising at step {pilot['budget']} (trailing mean over {pilot['window']} "
+               f"rounds within {pilot['tol']} of its best, {pilot['best']:.3f}, and flat for at least the last quarter "
+               f"of the pilot): the study fine-tunes {pilot['steps']} steps" if pilot["converged"] else
+               f"its validation Dice was still rising in the last quarter of the pilot (best {pilot['best']:.3f}): no "
+               f"converged budget was found, and the study fine-tunes the pilot's {pilot['steps']} steps")
+    lines = [f"Scratch ResEnc, warm-up then a constant lr for {pilot['pilot_steps']} steps: {verdict}.", "",
+             "| step | " + " | ".join(str(s) for s, _ in pilot["curve"]) + " |",
+             "| --- | " + " | ".join("---:" for _ in pilot["curve"]) + " |",
+             "| val Dice | " + " | ".join(f"{d:.3f}" for _, d in pilot["curve"]) + " |"]
+    return "\n".join(lines) + "\n"
 
 
 def transfer_argv(args: argparse.Namespace, scale: Scale, runs: Sequence[Pretraining], out: Path,
@@ -284,36 +335,67 @@ class Clock:
         return left is None or left > seconds
 
 
+def write_unit(kind: str, folder: str, cases: int, size: int, seed: int, labeled: str) -> None:
+    """Write one cohort unit (a module-level function, so that a process pool can run it)."""
+    if kind == "noise":
+        write_noise_dataset(folder, cases=cases, size=size, seed=seed, affine=cohort_affine(Path(labeled)),
+                            layout="filelist", overwrite=True)
+    else:
+        layout, lesions = ("filelist", False) if kind == "unlabeled" else ("msd", True)
+        pretraining_study.dataset_writer(True)(layout, Path(folder), cases=cases, size=size, seed=seed, lesions=lesions)
+    atomic_write_text(Path(folder) / ".complete", "done\n")
+
+
 def write_chunks(out: Path, scale: Scale, *, seed: int, clock: Clock, times: dict[str, float]) -> bool:
     """Labeled cases, unlabeled and noise chunks, each once (a ``.complete`` marker), then every cohort's
-    files.csv. Returns whether everything is written (False: the budget ran out; the next call continues)."""
+    files.csv; with ``scale.jobs`` > 1 the chunks are written that many at once (the labeled cases first: the
+    noise volumes take their grid). Returns whether everything is written (False: the budget ran out; the next
+    call continues)."""
     data = out / "data"
-    writer = pretraining_study.dataset_writer(True)
-    units: list[tuple[str, Path, Any]] = [
-        ("labeled", data / "labeled", lambda p: writer("msd", p, cases=scale.labeled, size=scale.volume, seed=seed + 2,
-                                                       lesions=True))]
-    units.append((SUPERVISED, data / SUPERVISED,  # other subjects (their own seed), labeled as the cohort is
-                  lambda p: writer("msd", p, cases=scale.supervised, size=scale.volume, seed=seed + 3, lesions=True)))
     n_chunks = math.ceil(max(scale.cohorts) / CHUNK)
-    for k in range(n_chunks):
-        units.append(("unlabeled", data / "chunks" / f"unlabeled-{k:03d}",
-                      lambda p, k=k: writer("filelist", p, cases=CHUNK, size=scale.volume, seed=seed * 1000 + k,
-                                            lesions=False)))
-    for k in range(n_chunks):
-        units.append(("noise", data / "chunks" / f"noise-{k:03d}",
-                      lambda p, k=k: write_noise_dataset(p, cases=CHUNK, size=scale.volume, seed=seed * 1000 + 500 + k,
-                                                         affine=cohort_affine(data / "labeled"), layout="filelist",
-                                                         overwrite=True)))
-    for kind, folder, write in units:
-        if (folder / ".complete").is_file():
-            continue
-        if not clock.fits(times.get(kind, 0.0)):
+    units = [("labeled", data / "labeled", scale.labeled, seed + 2),
+             # other subjects (their own seed), labeled as the cohort is
+             (SUPERVISED, data / SUPERVISED, scale.supervised, seed + 3),
+             *(("unlabeled", data / "chunks" / f"unlabeled-{k:03d}", CHUNK, seed * 1000 + k) for k in range(n_chunks)),
+             *(("noise", data / "chunks" / f"noise-{k:03d}", CHUNK, seed * 1000 + 500 + k) for k in range(n_chunks))]
+    todo = [u for u in units if not (u[1] / ".complete").is_file()]
+    if todo and todo[0][0] == "labeled":
+        first = todo.pop(0)
+        if not clock.fits(times.get("labeled", 0.0)):
             return False
         started = time.perf_counter()
-        print(f"[resenc-study] cohort: writing {folder.relative_to(out)}", flush=True)
-        write(folder)
-        atomic_write_text(folder / ".complete", "done\n")
-        times[kind] = max(times.get(kind, 0.0), time.perf_counter() - started)
+        print(f"[resenc-study] cohort: writing {first[1].relative_to(out)}", flush=True)
+        write_unit(first[0], str(first[1]), first[2], scale.volume, first[3], str(data / "labeled"))
+        times["labeled"] = time.perf_counter() - started
+    if todo and scale.jobs <= 1:
+        for kind, folder, cases, unit_seed in todo:
+            if not clock.fits(times.get(kind, 0.0)):
+                return False
+            started = time.perf_counter()
+            print(f"[resenc-study] cohort: writing {folder.relative_to(out)}", flush=True)
+            write_unit(kind, str(folder), cases, scale.volume, unit_seed, str(data / "labeled"))
+            times[kind] = max(times.get(kind, 0.0), time.perf_counter() - started)
+    elif todo:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        print(f"[resenc-study] cohort: writing {len(todo)} chunk(s), {scale.jobs} at once", flush=True)
+        with cf.ProcessPoolExecutor(max(1, scale.jobs), mp_context=mp.get_context("spawn")) as pool:
+            pending, queue = set(), list(todo)
+            while queue or pending:
+                while queue and len(pending) < max(1, scale.jobs) and clock.fits(times.get(queue[0][0], 0.0)):
+                    kind, folder, cases, unit_seed = queue.pop(0)
+                    future = pool.submit(write_unit, kind, str(folder), cases, scale.volume, unit_seed,
+                                         str(data / "labeled"))
+                    future.meta = (kind, time.perf_counter())  # type: ignore[attr-defined]
+                    pending.add(future)
+                if not pending:
+                    return False
+                finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for future in finished:
+                    future.result()
+                    kind, started = future.meta  # type: ignore[attr-defined]
+                    times[kind] = max(times.get(kind, 0.0), time.perf_counter() - started)
     for kind in ("unlabeled", "noise"):
         for n in scale.cohorts if kind == "unlabeled" else (max(scale.cohorts),):
             rows = []
@@ -332,52 +414,94 @@ def cohort_affine(labeled: Path):
     return load_volume(first).affine
 
 
-# ------------------------------------------------------------------------------------------ pretraining
-def run_pretraining(run: Pretraining, clock: Clock, times: dict[str, float]) -> str:
-    """'reused' (finished before), 'done' or 'stopped' (the budget ran out: last.pt saved, the next call
-    continues it). A run is cut by SIGUSR1 — the trainer's preemption path — when the budget ends."""
-    ckpts = run.run_dir / "checkpoints"
-    if pretraining_study.finished(ckpts / "last.pt") and run.encoder.is_file():
-        return "reused"
-    left = clock.left()
-    if left is not None and left < 30:
-        return "stopped"
-    print(f"[resenc-study] pretraining {run.name}: asa-pretrain {shlex.join(run.overrides)}", flush=True)
-    timer = None
-    if left is not None:  # save last.pt and stop a few seconds before the budget ends
-        timer = threading.Timer(max(1.0, left - 20), os.kill, (os.getpid(), signal.SIGUSR1))
-        timer.daemon = True
-        timer.start()
-    started = time.perf_counter()
-    try:
-        result = pretrain(compose_config("pretrain", list(run.overrides)))
-    finally:
-        if timer is not None:
-            timer.cancel()
-    times[run.name] = times.get(run.name, 0.0) + time.perf_counter() - started
-    if result.preempted:
-        return "stopped"
-    if not run.encoder.is_file():
-        raise SystemExit(f"[resenc-study] pretraining {run.name} ended without exporting {run.encoder}")
-    return "done"
+# ------------------------------------------------------------------------------------- the run stage
+STOP_MARGIN = 25.0  # seconds before the budget ends at which running units are told to save and stop
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One process of the run stage: the pilot, the positive control or a pretraining run. ``done``: whether a
+    finished result is on disk; ``resumable``: whether a unit stopped by SIGUSR1 (the trainers' preemption
+    path: last.pt saved) continues where it stopped on the next call (a pilot does not: it is started only
+    when its expected time fits)."""
+
+    name: str
+    argv: tuple[str, ...]
+    done: Callable[[], bool]
+    log: Path
+    resumable: bool = True
+
+
+def launch(unit: Unit) -> subprocess.Popen:
+    """Start ``unit`` with its output in its log (the one place a unit's process is made)."""
+    unit.log.parent.mkdir(parents=True, exist_ok=True)
+    with open(unit.log, "a") as log:
+        return subprocess.Popen(list(unit.argv), stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop(running: Mapping[Any, tuple[Unit, float]], times: dict[str, float]) -> None:
+    """Tell every running unit to save and stop (SIGUSR1), and wait for each."""
+    for proc in running:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGUSR1)
+    for proc, (unit, started) in running.items():
+        proc.wait()
+        times[unit.name] = times.get(unit.name, 0.0) + time.perf_counter() - started
+
+
+def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, float]) -> bool:
+    """Run the units not done yet, ``jobs`` at once, in order. When the budget is about to end every running
+    unit gets SIGUSR1 and the call stops (False: the next call continues); a unit that fails ends the study
+    naming its log. Returns whether every unit is done."""
+    pending = [u for u in units if not u.done()]
+    running: dict[Any, tuple[Unit, float]] = {}
+    while pending or running:
+        while pending and len(running) < max(1, jobs):
+            unit = pending[0]
+            if not clock.fits(STOP_MARGIN + (0.0 if unit.resumable else times.get(unit.name, 0.0) * 1.2)):
+                break
+            pending.pop(0)
+            print(f"[resenc-study] {unit.name}: {shlex.join(unit.argv)} (log {unit.log})", flush=True)
+            running[launch(unit)] = (unit, time.perf_counter())
+        if not running:
+            return False
+        time.sleep(0.5)
+        for proc in [p for p in running if p.poll() is not None]:
+            unit, started = running.pop(proc)
+            times[unit.name] = times.get(unit.name, 0.0) + time.perf_counter() - started
+            if proc.returncode != 0 or not unit.done():
+                stop(running, times)
+                raise SystemExit(f"[resenc-study] {unit.name} failed (exit {proc.returncode}): see {unit.log}")
+        left = clock.left()
+        if left is not None and left < STOP_MARGIN and running:
+            stop(running, times)
+            return False
+    return True
 
 
 def pretraining_summary(run: Pretraining, seconds: float) -> dict[str, Any]:
-    """Steps, wall time and validation loss first -> last of a finished pretraining run."""
+    """Steps, wall time, validation loss first -> last of a finished pretraining run, and the spread of its
+    loss weights over the run (mean of the logged ``train/weights/cv`` and ``effective_share``: a uniform
+    weight, CV 0 and share 1, cannot show what weighting does)."""
     state = load_checkpoint(run.run_dir / "checkpoints" / "last.pt")
     losses = [h["val/loss"] for h in state.get("history", []) if "val/loss" in h]
+    spread = transfer_study.logged_series(run.run_dir, ("train/weights/cv", "train/weights/effective_share"))
+    mean = lambda tag: float(np.mean([v for _, v in spread[tag]])) if spread[tag] else math.nan  # noqa: E731
     return {"run": run.name, "network": run.network, "arm": run.arm, "cohort": run.cohort, "steps": int(state["step"]),
             "seconds": seconds, "val_loss_first": losses[0] if losses else math.nan,
-            "val_loss_last": losses[-1] if losses else math.nan}
+            "val_loss_last": losses[-1] if losses else math.nan, "weights_cv": mean("train/weights/cv"),
+            "weights_share": mean("train/weights/effective_share")}
 
 
 # ------------------------------------------------------------------------------------------------ report
 def pretraining_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    lines = ["| run | network | cohort | steps | wall time (s) | val loss first → last |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| run | network | cohort | steps | wall time (s) | val loss first → last | loss weights CV | "
+             "effective share |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
+        cv, share = (r.get(k, math.nan) for k in ("weights_cv", "weights_share"))
         lines.append(f"| {r['run']} | {r['network']} | {r['cohort']} | {r['steps']} | {r['seconds']:.0f} | "
-                     f"{r['val_loss_first']:.4f} → {r['val_loss_last']:.4f} |")
+                     f"{r['val_loss_first']:.4f} → {r['val_loss_last']:.4f} | "
+                     f"{'—' if math.isnan(cv) else f'{cv:.2f}'} | {'—' if math.isnan(share) else f'{share:.2f}'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -436,7 +560,8 @@ def contrast_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report_markdown(info: Mapping[str, Any], pretraining_md: str, transfer_md: str, contrasts_md: str = "") -> str:
+def report_markdown(info: Mapping[str, Any], pretraining_md: str, transfer_md: str, contrasts_md: str = "",
+                    pilot_md: str = "") -> str:
     m, sc = info["machine"], info["scale"]
     return "\n".join([
         f"# Which of ASA's ideas help a ResEnc U-Net? ({info['scale_name']} scale)", "",
@@ -449,6 +574,7 @@ def report_markdown(info: Mapping[str, Any], pretraining_md: str, transfer_md: s
         f"{', '.join(map(str, sc['seeds']))}, {sc['test']} fixed test cases, {sc['val']} fixed validation cases.", "",
         "| stage | wall time (s) |", "| --- | ---: |",
         *(f"| {k} | {v:.0f} |" for k, v in info["stages"].items()), "",
+        *(["## The budget (the pilot)", "", pilot_md] if pilot_md else []),
         "## Pretraining", "", pretraining_md, "## Transfer (Δ = arm − resenc-scratch)", "", transfer_md, "",
         *(["## Contrasts (each idea, the cohort, the controls)", "",
            "Paired by N, seed and test case; 95 % CI: the seed × case bootstrap.", "", contrasts_md] if contrasts_md
@@ -476,7 +602,12 @@ def parse_scale(args: argparse.Namespace) -> tuple[str, Scale]:
 
 
 def dry_run(args: argparse.Namespace, name: str, scale: Scale, out: Path, runs: Sequence[Pretraining]) -> int:
-    """Print the plan and compose every configuration (pretraining and fine-tuning): nothing is written."""
+    """Print the plan and compose every configuration (pretraining and fine-tuning): nothing is written. The
+    fine-tuning runs are shown at the pilot's length when the pilot sets their budget."""
+    if scale.steps is None:
+        print(f"[resenc-study] the pilot (scratch ResEnc, constant lr, {scale.pilot_steps} steps) sets the fine-tuning "
+              f"budget; shown below at its length", flush=True)
+        scale = dataclasses.replace(scale, steps=scale.pilot_steps)
     for run in runs if not args.no_compose else ():
         compose_config("pretrain", list(run.overrides))
     print(f"[resenc-study] dry run ({name} scale): cohorts {list(scale.cohorts)} unlabeled + {max(scale.cohorts)} noise "
@@ -521,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-swvit-pretraining", action="store_true", help="leave out the pretrained SW-ViT rows")
     p.add_argument("--seed", type=int, default=0, help="cohort, split and pretraining seed")
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, help="torch threads per fine-tuning run")
+    p.add_argument("--threads", type=int, help="torch threads per run (pretraining and fine-tuning)")
     p.add_argument("--n-boot", type=int, default=10000)
     p.add_argument("--drop-checkpoints", action="store_true", help="delete fine-tuning checkpoints once scored")
     p.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE", help="asa-finetune overrides for every run")
@@ -568,21 +699,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not complete:
         return unfinished("the cohort")
     started = time.perf_counter()
-    if not pretraining_study.finished(supervised_dir(runs) / "checkpoints" / "last.pt"):
-        if not clock.fits(times["runs"].get(SUPERVISED, 0.0)):
-            return unfinished("the positive control")
-        print(f"[resenc-study] positive control: asa-finetune {shlex.join(supervised_overrides(out, scale, args.seed, runs))}",
-              flush=True)
-        finetune(compose_config("finetune", supervised_overrides(out, scale, args.seed, runs)))
-        times["runs"][SUPERVISED] = time.perf_counter() - started
-    stage("positive control", started)
-    started = time.perf_counter()
+    python = sys.executable
+    units = []
+    if scale.steps is None:  # the pilot first: the other units do not wait for it, the transfer stage does
+        units.append(Unit(PILOT, (python, str(Path(transfer_study.__file__)), *pilot_argv(args, scale, out)),
+                          lambda: pilot_scores(out, scale).is_file(), out / "logs" / f"{PILOT}.log", resumable=False))
+    threads = [f"trainer.threads={args.threads}"] if args.threads else []
+    supervised = supervised_overrides(out, scale, args.seed, runs)
+    units.append(Unit(SUPERVISED, (python, "-m", "asa.cli.finetune", *supervised, *threads),
+                      lambda: pretraining_study.finished(supervised_dir(runs) / "checkpoints" / "last.pt"),
+                      out / "logs" / f"{SUPERVISED}.log"))
     for run in runs:
-        state = run_pretraining(run, clock, times["runs"])
-        stage("pretraining", started)
-        started = time.perf_counter()
-        if state == "stopped":
-            return unfinished(f"pretraining {run.name}")
+        units.append(Unit(run.name, (python, "-m", "asa.cli.pretrain", *run.overrides, *threads),
+                          lambda run=run: pretraining_study.finished(run.run_dir / "checkpoints" / "last.pt")
+                          and run.encoder.is_file(), out / "logs" / f"{run.name}.log"))
+    complete = run_units(units, scale.jobs, clock, times["runs"])
+    stage("pilot, positive control and pretraining", started)
+    if not complete:
+        return unfinished("the pilot, the positive control and the pretraining runs")
+    pilot = None
+    if scale.steps is None:
+        pilot = pilot_budget(out, scale)
+        atomic_write_json(out / "pilot.json", pilot)
+        scale = dataclasses.replace(scale, steps=pilot["steps"])
+        print(f"[resenc-study] pilot: {pilot_markdown(pilot).splitlines()[0]}", flush=True)
     left = clock.left()
     # start no fine-tuning run that would outlast the budget (a run cannot be cut and resumed): the longest so far
     # with a margin for scoring, or, before any has run, half of what is left
@@ -593,8 +733,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return unfinished("the transfer stage")
     targv = transfer_argv(args, scale, runs, out, None if left is None else left - expected)
     started = time.perf_counter()
-    transfer_study.main(targv)
+    transfer = Unit("transfer", (python, str(Path(transfer_study.__file__)), *targv), lambda: True,
+                    out / "logs" / "transfer.log")
+    code = launch(transfer).wait()
     stage("transfer", started)
+    if code != 0:
+        raise SystemExit(f"[resenc-study] the transfer stage failed (exit {code}): see {transfer.log}")
     table = out / "transfer" / "transfer.md"
     if not table.is_file() or table.read_text().startswith("**Partial"):
         return unfinished("the transfer stage")
@@ -604,7 +748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"python scripts/transfer_study.py {shlex.join(targv)}"]
     info = {"scale_name": name, "scale": dataclasses.asdict(scale), "mirror_visible": args.mirror_visible,
             "machine": pretraining_study.machine(), "stages": times["stages"], "commands": commands,
-            "pretraining": rows, "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+            "pretraining": rows, "pilot": pilot, "finished": datetime.datetime.now().isoformat(timespec="seconds")}
     report = out / "report"
     atomic_write_json(report / "report.json", info)
     atomic_write_text(report / "pretraining.md", pretraining_table(rows))
@@ -615,7 +759,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             contrasts = contrast_rows(list(csv.DictReader(f)), scale.cohorts, n_boot=args.n_boot)
     atomic_write_json(report / "contrasts.json", contrasts)
     atomic_write_text(report / "README.md", report_markdown(info, pretraining_table(rows), table.read_text(),
-                                                            contrast_table(contrasts) if contrasts else ""))
+                                                            contrast_table(contrasts) if contrasts else "",
+                                                            pilot_markdown(pilot) if pilot else ""))
     print(f"[resenc-study] done: report in {report}", flush=True)
     return 0
 

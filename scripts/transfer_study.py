@@ -333,18 +333,47 @@ def budget_check(losses: Sequence[float], rel_encoder: Sequence[float], rel_deco
             "rel_update_decoder": dec, "rel_update_ratio": enc / dec if dec and not math.isnan(dec) else math.nan}
 
 
-def logged_budget(run_dir: Path) -> dict[str, Any]:
-    """:func:`budget_check` of a finished run, from the scalars in its TensorBoard folder, with
-    :func:`val_plateau` when it validated (``--val-cases``)."""
+def logged_series(run_dir: Path, tags: Sequence[str]) -> dict[str, list[tuple[int, float]]]:
+    """The (step, value) pairs of each scalar ``tags`` in a run's TensorBoard folder, in step order (empty
+    when the run did not log it, or wrote no TensorBoard folder)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    if not (run_dir / "tb").is_dir():
+        return {t: [] for t in tags}
     events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     events.Reload()
-    tags = set(events.Tags()["scalars"])
-    series = {t: [e.value for e in sorted(events.Scalars(t), key=lambda e: e.step)] if t in tags else []
-              for t in ("train/loss", "train/rel_update/encoder", "train/rel_update/decoder", "val/dice")}
-    out = budget_check(series["train/loss"], series["train/rel_update/encoder"], series["train/rel_update/decoder"])
-    return {**out, **val_plateau(series["val/dice"])} if series["val/dice"] else out
+    have = set(events.Tags()["scalars"])
+    return {t: [(int(e.step), float(e.value)) for e in sorted(events.Scalars(t), key=lambda e: e.step)]
+            if t in have else [] for t in tags}
+
+
+def logged_budget(run_dir: Path) -> dict[str, Any]:
+    """:func:`budget_check` of a finished run, from the scalars in its TensorBoard folder, with
+    :func:`val_plateau` and the validation curve (``val_curve``: [step, Dice] per round) when it validated
+    (``--val-cases``)."""
+    tags = ("train/loss", "train/rel_update/encoder", "train/rel_update/decoder", "val/dice")
+    series = logged_series(run_dir, tags)
+    values = {t: [v for _, v in series[t]] for t in tags}
+    out = budget_check(values["train/loss"], values["train/rel_update/encoder"], values["train/rel_update/decoder"])
+    if not series["val/dice"]:
+        return out
+    return {**out, **val_plateau(values["val/dice"]), "val_curve": [list(x) for x in series["val/dice"]]}
+
+
+def converged_budget(curve: Sequence[Sequence[float]], *, tol: float = 0.01, window: int = 3) -> dict[str, Any]:
+    """The step at which a validation-Dice curve ([step, Dice] per round, in step order) stopped rising: the
+    first round whose trailing mean over ``window`` rounds comes within ``tol`` of the curve's best trailing
+    mean. ``converged``: that round lies in the first three quarters of the rounds, so the curve stayed flat
+    for at least the last quarter (False: it was still rising, and the budget is only a lower bound)."""
+    if len(curve) < 2 * window:
+        raise ValueError(f"converged_budget needs at least {2 * window} validation rounds, got {len(curve)}")
+    steps = np.asarray([c[0] for c in curve], dtype=int)
+    dice = np.asarray([c[1] for c in curve], dtype=float)
+    smooth = np.array([dice[max(0, i - window + 1):i + 1].mean() for i in range(dice.size)])
+    best = float(smooth.max())
+    first = int(np.flatnonzero(smooth >= best - tol)[0])
+    return {"budget": int(steps[first]), "converged": bool(first < 0.75 * dice.size), "best": best, "tol": tol,
+            "window": window}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -532,11 +561,25 @@ def unlearned_classes(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -
     return notes
 
 
+CURVE_FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
+CURVE_HEAD = "val Dice at " + " / ".join(f"{f:.0%}" for f in CURVE_FRACTIONS) + " of the run"
+
+
+def curve_cell(runs: Sequence[Mapping[str, Any]]) -> str:
+    """The validation curve of runs of one arm and N: mean Dice over the runs at the round nearest each of
+    `CURVE_FRACTIONS` of the run ("—" without validation rounds)."""
+    curves = [r["val_curve"] for r in runs if r.get("val_curve")]
+    if not curves:
+        return "—"
+    points = [np.mean([c[min(len(c) - 1, max(0, round(f * len(c)) - 1))][1] for c in curves]) for f in CURVE_FRACTIONS]
+    return " / ".join(f"{x:.3f}" for x in points)
+
+
 def budget_table(budgets: Sequence[Mapping[str, Any]]) -> str:
     """Markdown: per arm and N, the steps, final training loss (± sd over seeds), how many runs
     plateaued, and the mean relative update of encoder and decoder (and their ratio)."""
     val = any(b.get("val_plateau") is not None for b in budgets)
-    head = ["arm", "labeled", "steps", "final loss", "plateaued", *(["val Dice plateaued"] if val else []),
+    head = ["arm", "labeled", "steps", "final loss", "plateaued", *(["val Dice plateaued", CURVE_HEAD] if val else []),
             "rel. update encoder", "rel. update decoder", "encoder / decoder", "train s / run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([" --- "] * 2 + [" ---: "] * (len(head) - 2)) + "|"]
     groups: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
@@ -551,7 +594,7 @@ def budget_table(budgets: Sequence[Mapping[str, Any]]) -> str:
             return f"{np.mean(values):.2g}" if values else "—"
 
         checked = [r for r in runs if r.get("val_plateau") is not None]
-        plateau_val = [f"{sum(bool(r['val_plateau']) for r in checked)}/{len(checked)}"] if val else []
+        plateau_val = [f"{sum(bool(r['val_plateau']) for r in checked)}/{len(checked)}", curve_cell(checked)] if val else []
         secs = [float(r.get("train_seconds", math.nan)) for r in runs]
         secs = [t for t in secs if not math.isnan(t)]
         lines.append("| " + " | ".join([arm, str(n), str(runs[0]["steps"]), f"{np.mean(loss):.3f}{sd}",

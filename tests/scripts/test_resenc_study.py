@@ -120,58 +120,114 @@ def test_refusals(tmp_path):
         study.main(["--quick", "--mirror-visible", "1.5", "--out", str(tmp_path), "--dry-run"])
 
 
-def _fake_stages(monkeypatch, calls: list[str]):
-    """Stand-ins for the cohort writer, asa-pretrain and the transfer stage: each records its call and
-    writes what the real one leaves behind (a finished last.pt and encoder.pt; transfer.md)."""
-    monkeypatch.setattr(study, "write_chunks", lambda out, scale, **kw: True)
+class _Done:
+    """A finished process of the run stage."""
 
-    def pretrain(cfg):
-        run_dir = Path(cfg.output_dir)
-        calls.append(run_dir.name)
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        torch.save({"step": 4, "scheduler": {"total_steps": 4}, "history": [{"val/loss": 1.0}, {"val/loss": 0.5}]},
-                   run_dir / "checkpoints" / "last.pt")
-        torch.save({"encoder": torch.zeros(1)}, run_dir / "checkpoints" / "encoder.pt")
-        return SimpleNamespace(preempted=False, step=4)
+    returncode = 0
 
-    def transfer(argv):
-        out = Path(argv[argv.index("--out") + 1])
-        calls.append("transfer")
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "transfer.md").write_text("| arm | labeled |\n")
+    def poll(self):
         return 0
 
-    def finetune(cfg):  # the positive control's supervised run
-        run_dir = Path(cfg.output_dir)
-        calls.append(run_dir.name)
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        torch.save({"step": 4, "scheduler": {"total_steps": 4}}, run_dir / "checkpoints" / "last.pt")
+    def wait(self):
+        return 0
 
-    monkeypatch.setattr(study, "pretrain", pretrain)
-    monkeypatch.setattr(study, "finetune", finetune)
-    monkeypatch.setattr(study.transfer_study, "main", transfer)
+    def send_signal(self, signum):
+        raise AssertionError("a finished unit is not signalled")
+
+
+# a validation curve that rises, then stays flat from step 60 (of 120): its trailing mean of 3 rounds is flat from 80
+CURVE = [[10 * (k + 1), min(0.6, 0.1 * (k + 1))] for k in range(12)]
+
+
+def _fake_stages(monkeypatch, calls: list[str]):
+    """Stand-in for the processes of the study (`study.launch`) and the cohort writer: each unit records its
+    call and writes what the real one leaves behind (the pilot's scores.json with its validation curve; a
+    finished last.pt and encoder.pt; transfer.md)."""
+    monkeypatch.setattr(study, "write_chunks", lambda out, scale, **kw: True)
+
+    def launch(unit):
+        argv = list(unit.argv)
+        calls.append(unit.name)
+        if unit.name == study.PILOT:
+            out = Path(argv[argv.index("--out") + 1])
+            n = argv[argv.index("--cases") + 1]
+            scores = out / "runs" / f"scratch-n{n}-s0" / "scores.json"
+            scores.parent.mkdir(parents=True)
+            scores.write_text(json.dumps({"scores": [], "budget": {"val_curve": CURVE}}))
+        elif unit.name == "transfer":
+            out = Path(argv[argv.index("--out") + 1])
+            assert argv[argv.index("--steps") + 1] == "80"  # the pilot's converged budget (trailing mean of 3)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "transfer.md").write_text("| arm | labeled |\n")
+        else:  # a pretraining run or the positive control: output_dir=
+            run_dir = Path(next(a.split("=", 1)[1] for a in argv if a.startswith("output_dir=")))
+            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            torch.save({"step": 4, "scheduler": {"total_steps": 4}, "history": [{"val/loss": 1.0}, {"val/loss": 0.5}]},
+                       run_dir / "checkpoints" / "last.pt")
+            torch.save({"encoder": torch.zeros(1)}, run_dir / "checkpoints" / "encoder.pt")
+        return _Done()
+
+    monkeypatch.setattr(study, "launch", launch)
+    monkeypatch.setattr(study.time, "sleep", lambda s: None)
 
 
 def test_calls_cut_by_the_budget_resume_where_the_last_stopped(tmp_path, monkeypatch):
     calls: list[str] = []
     _fake_stages(monkeypatch, calls)
-    left = iter([])
-    monkeypatch.setattr(study.Clock, "left", lambda self: next(left, 5.0))  # then less than a run needs
+    budget = {"left": 300.0}
+    monkeypatch.setattr(study.Clock, "left", lambda self: budget["left"])
     argv = ["--quick", "--arms", "mae", "asa", "--cohorts", "4", "--no-swvit-pretraining", "--time-budget", "300",
-            "--out", str(tmp_path / "s")]
-    left = iter([300.0, 300.0, 200.0])  # the positive control and two pretraining runs fit in the first call
+            "--jobs", "1", "--out", str(tmp_path / "s")]
+    real_launch = study.launch
+
+    def launch_then_run_out(unit):  # the budget ends after the third unit
+        proc = real_launch(unit)
+        if len(calls) == 3:
+            budget["left"] = 5.0
+        return proc
+
+    monkeypatch.setattr(study, "launch", launch_then_run_out)
     assert study.main(argv) == 3  # not finished: the caller runs the same command again
-    assert calls == [study.SUPERVISED, "mae-c4", "asa-c4"]
-    left = iter([300.0, 300.0, 300.0])  # the second call: the noise control, then the transfer stage
+    assert calls == [study.PILOT, study.SUPERVISED, "mae-c4"]
+    budget["left"] = 300.0
+    monkeypatch.setattr(study, "launch", real_launch)
     assert study.main(argv) == 0
-    assert calls == [study.SUPERVISED, "mae-c4", "asa-c4", "noise-c4", "transfer"]  # nothing done twice
+    assert calls == [study.PILOT, study.SUPERVISED, "mae-c4", "asa-c4", "noise-c4", "transfer"]  # nothing twice
     report = json.loads((tmp_path / "s" / "report" / "report.json").read_text())
     assert [r["run"] for r in report["pretraining"]] == ["mae-c4", "asa-c4", "noise-c4"]
     assert all(r["val_loss_first"] == 1.0 and r["val_loss_last"] == 0.5 for r in report["pretraining"])
-    assert "Literature" in (tmp_path / "s" / "report" / "README.md").read_text()
+    assert report["pilot"]["budget"] == 80 and report["pilot"]["converged"] and report["scale"]["steps"] == 80
+    readme = (tmp_path / "s" / "report" / "README.md").read_text()
+    assert "Literature" in readme and "stopped rising at step 80" in readme
     # another setting in the same folder is refused, naming it
     with pytest.raises(SystemExit, match="arms differ"):
         study.main([*argv[:2], "mae", *argv[4:]])
+
+
+def test_a_failed_unit_ends_the_study_naming_its_log(tmp_path, monkeypatch):
+    calls: list[str] = []
+    _fake_stages(monkeypatch, calls)
+
+    class Failed(_Done):
+        returncode = 1
+
+        def poll(self):
+            return 1
+
+    monkeypatch.setattr(study, "launch", lambda unit: calls.append(unit.name) or Failed())
+    with pytest.raises(SystemExit, match=r"pilot failed \(exit 1\): see .*pilot\.log"):
+        study.main(["--quick", "--arms", "mae", "--cohorts", "4", "--no-swvit-pretraining", "--jobs", "1",
+                    "--out", str(tmp_path / "s")])
+
+
+def test_the_converged_budget_is_where_validation_dice_stops_rising():
+    found = study.transfer_study.converged_budget(CURVE)
+    assert found["budget"] == 80 and found["converged"] and found["best"] == pytest.approx(0.6)
+    rising = [[10 * (k + 1), 0.05 * (k + 1)] for k in range(12)]  # still rising at the end: not converged
+    found = study.transfer_study.converged_budget(rising)
+    assert found["budget"] == 120 and not found["converged"]
+    with pytest.raises(ValueError, match="at least 6 validation rounds"):
+        study.transfer_study.converged_budget(CURVE[:5])
 
 
 def test_noise_volumes_are_deterministic_and_free_of_anatomy():
