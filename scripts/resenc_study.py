@@ -46,6 +46,7 @@ import datetime
 import importlib.util
 import json
 import math
+import os
 import shlex
 import signal
 import subprocess
@@ -82,7 +83,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "asa-mirror": {"method": "asa", "loss_weighting": "attentive", "power": 1.0, "mirror": True, "coord": False},
 }
 # nnssl's masking and the paper's weight unit, stated so that a changed default changes no arm
-MASKING = ("method.mask_block=16", "method.densify=spark", "method.weight_patch=8")
+MASK_BLOCK = 16
+MASKING = (f"method.mask_block={MASK_BLOCK}", "method.densify=spark", "method.weight_patch=8")
 PILOT = "pilot"  # the constant-lr scratch run whose validation curve sets the fine-tuning budget
 SUPERVISED = "supervised"  # the positive control: the encoder of a ResEnc trained with labels on other subjects
 CONTROL = "noise"  # the negative control: ARMS["mae"] pretrained on pure-noise volumes
@@ -203,7 +205,11 @@ def plan_pretraining(out: Path, scale: Scale, arms: Sequence[str], *, seed: int,
     for arm, n, data in cohorts:
         spec = ARMS["mae" if arm == CONTROL else arm]
         name = f"{arm}-c{n}"
-        crop = scale.crop if spec["coord"] else scale.pretrain_crop or scale.crop  # the channel ties it to its crop
+        # the coordinate channel ties an encoder to its crop; mirror-aware masking pairs each block with its mirror,
+        # so it needs an even block grid along the left-right axis (16³ blocks: 32³ crops, not 48³)
+        crop = scale.pretrain_crop or scale.crop
+        if spec["coord"] or (spec["mirror"] and (crop // MASK_BLOCK) % 2):
+            crop = scale.crop
         overrides = ("model=resenc", f"model.size={scale.size}", *method_overrides(spec, mirror_visible), *common,
                      f"data.crop={crop}", f"data.root={data}", f"trainer.epochs={pretraining_epochs(scale, n, batch)}",
                      f"output_dir={out / 'pretrain' / name}")
@@ -380,7 +386,12 @@ def write_chunks(out: Path, scale: Scale, *, seed: int, clock: Clock, times: dic
         import multiprocessing as mp
 
         print(f"[resenc-study] cohort: writing {len(todo)} chunk(s), {scale.jobs} at once", flush=True)
-        with cf.ProcessPoolExecutor(max(1, scale.jobs), mp_context=mp.get_context("spawn")) as pool:
+        saved = {k: os.environ.get(k) for k in THREAD_VARS}
+        os.environ.update({k: "1" for k in THREAD_VARS})  # the writers' processes inherit it: one core each
+        pool = cf.ProcessPoolExecutor(max(1, scale.jobs), mp_context=mp.get_context("spawn"))
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        with pool:
             pending, queue = set(), list(todo)
             while queue or pending:
                 while queue and len(pending) < max(1, scale.jobs) and clock.fits(times.get(queue[0][0], 0.0)):
@@ -416,6 +427,7 @@ def cohort_affine(labeled: Path):
 
 # ------------------------------------------------------------------------------------- the run stage
 STOP_MARGIN = 25.0  # seconds before the budget ends at which running units are told to save and stop
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -430,13 +442,17 @@ class Unit:
     done: Callable[[], bool]
     log: Path
     resumable: bool = True
+    threads: int | None = None  # CPU threads of the process (None: the libraries' defaults)
 
 
 def launch(unit: Unit) -> subprocess.Popen:
-    """Start ``unit`` with its output in its log (the one place a unit's process is made)."""
+    """Start ``unit`` with its output in its log (the one place a unit's process is made); with ``threads`` the
+    numerical libraries' own thread pools (OpenMP, BLAS) are held to that many too, so that several units
+    at once do not oversubscribe the cores."""
     unit.log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **({k: str(unit.threads) for k in THREAD_VARS} if unit.threads else {})}
     with open(unit.log, "a") as log:
-        return subprocess.Popen(list(unit.argv), stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(list(unit.argv), stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def stop(running: Mapping[Any, tuple[Unit, float]], times: dict[str, float]) -> None:
@@ -703,16 +719,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     units = []
     if scale.steps is None:  # the pilot first: the other units do not wait for it, the transfer stage does
         units.append(Unit(PILOT, (python, str(Path(transfer_study.__file__)), *pilot_argv(args, scale, out)),
-                          lambda: pilot_scores(out, scale).is_file(), out / "logs" / f"{PILOT}.log", resumable=False))
+                          lambda: pilot_scores(out, scale).is_file(), out / "logs" / f"{PILOT}.log", resumable=False,
+                          threads=args.threads))
     threads = [f"trainer.threads={args.threads}"] if args.threads else []
     supervised = supervised_overrides(out, scale, args.seed, runs)
     units.append(Unit(SUPERVISED, (python, "-m", "asa.cli.finetune", *supervised, *threads),
                       lambda: pretraining_study.finished(supervised_dir(runs) / "checkpoints" / "last.pt"),
-                      out / "logs" / f"{SUPERVISED}.log"))
+                      out / "logs" / f"{SUPERVISED}.log", threads=args.threads))
     for run in runs:
         units.append(Unit(run.name, (python, "-m", "asa.cli.pretrain", *run.overrides, *threads),
                           lambda run=run: pretraining_study.finished(run.run_dir / "checkpoints" / "last.pt")
-                          and run.encoder.is_file(), out / "logs" / f"{run.name}.log"))
+                          and run.encoder.is_file(), out / "logs" / f"{run.name}.log", threads=args.threads))
     complete = run_units(units, scale.jobs, clock, times["runs"])
     stage("pilot, positive control and pretraining", started)
     if not complete:
@@ -725,16 +742,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[resenc-study] pilot: {pilot_markdown(pilot).splitlines()[0]}", flush=True)
     left = clock.left()
     # start no fine-tuning run that would outlast the budget (a run cannot be cut and resumed): the longest so far
-    # with a margin for scoring, or, before any has run, half of what is left
+    # with a margin for scoring; before any has run, the pilot's training time scaled to the budget, or half of
+    # what is left
+    pilot_time = pilot_scores(out, scale).with_name("wall_time.json")
+    first = ([json.loads(pilot_time.read_text())["train_seconds"] * scale.steps / scale.pilot_steps * 1.5 + 60]
+             if pilot is not None and pilot_time.is_file() else [0.5 * left if left is not None else 0.0])
     expected = max([json.loads(f.read_text())["train_seconds"] * 1.5 + 30
-                    for f in (out / "transfer" / "runs").glob("*/wall_time.json")]
-                   or [0.5 * left if left is not None else 0.0])
+                    for f in (out / "transfer" / "runs").glob("*/wall_time.json")] or first)
     if left is not None and left - expected <= 0:
         return unfinished("the transfer stage")
     targv = transfer_argv(args, scale, runs, out, None if left is None else left - expected)
     started = time.perf_counter()
     transfer = Unit("transfer", (python, str(Path(transfer_study.__file__)), *targv), lambda: True,
-                    out / "logs" / "transfer.log")
+                    out / "logs" / "transfer.log", threads=args.threads)
     code = launch(transfer).wait()
     stage("transfer", started)
     if code != 0:

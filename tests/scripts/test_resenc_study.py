@@ -60,7 +60,8 @@ def test_resenc_arms_pretrain_on_the_whole_head_unless_their_encoder_is_tied_to_
     runs = study.plan_pretraining(tmp_path, scale, list(study.ARMS), seed=0, mirror_visible=0.25)
     crops = {run.name: _option(run, "data.crop") for run in runs}
     assert {name for name, crop in crops.items() if crop == "32"} == {
-        f"{arm}-c{n}" for n in scale.cohorts for arm in ("asa-coord", "swvit-asa")}  # the channel, the position code
+        f"{arm}-c{n}" for n in scale.cohorts  # the channel, the position code, the mirror pairs (3 blocks at 48³)
+        for arm in ("asa-coord", "swvit-asa", "asa-mirror")}
     assert all(crop in ("32", "48") for crop in crops.values())
     with pytest.raises(SystemExit, match="--pretrain-crop 64: between --crop 32 and --volume 48"):
         study.main(["--pretrain-crop", "64", "--out", str(tmp_path), "--dry-run"])
