@@ -534,7 +534,9 @@ CONTRASTS = (
      "other than --crop also the pretraining crop, which the channel's encoder cannot change)"),
     ("resenc-asa-coord-c{c}", COORD_SCRATCH, "asa's pretraining beyond its coordinate channel (asa-coord − scratch with it)"),
     (COORD_SCRATCH, REFERENCE, "the coordinate channel without pretraining (scratch with it − scratch)"),
-    ("resenc-asa-mirror-c{c}", "resenc-asa-c{c}", "mirror-aware masking (asa-mirror − asa)"),
+    ("resenc-asa-mirror-c{c}", "resenc-asa-c{c}", "mirror-aware masking (asa-mirror − asa; where the pretraining "
+     "crop gives an odd block grid, as 48³ does with 16³ blocks, the mirror arm pretrains at --crop, and the "
+     "difference also carries the crop)"),
     ("resenc-mae-c{c}", "resenc-mae-c{s}", "a 10× larger cohort, mae (largest − smallest)"),
     ("resenc-asa-c{c}", "resenc-asa-c{s}", "a 10× larger cohort, asa (largest − smallest)"),
 )
