@@ -233,10 +233,11 @@ def supervised_overrides(out: Path, scale: Scale, seed: int, runs: Sequence[Pret
     """asa-finetune of scratch ResEnc on the positive control's labeled subjects, for the pilot's steps (the
     longest budget of the study; ``scale.steps`` without a pilot)."""
     batch = int(compose_config("finetune", ["data=msd", "model=resenc"]).trainer.batch_size)
+    epochs = pretraining_epochs(scale, scale.supervised, batch, scale.pilot_steps or scale.steps)
     return ["data=msd", f"data.root={out / 'data' / SUPERVISED}", "model=resenc", f"model.size={scale.size}",
-            f"data.crop={scale.crop}", f"trainer.epochs={pretraining_epochs(scale, scale.supervised, batch, scale.pilot_steps or scale.steps)}",
+            f"data.crop={scale.crop}", f"trainer.epochs={epochs}", f"trainer.val_every={max(1, epochs // 20)}",
             "trainer.progress=false", "trainer.panel_every=0", f"seed={seed}", "resume=auto",
-            f"output_dir={supervised_dir(runs)}"]
+            f"output_dir={supervised_dir(runs)}"]  # about 20 validation rounds, as every fine-tuning run of the study
 
 
 def finetune_arms(runs: Sequence[Pretraining], scale: Scale) -> dict[str, str]:
