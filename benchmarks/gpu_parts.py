@@ -245,7 +245,7 @@ def part_sdpa(ctx: Context) -> dict[str, Any]:
     per precision. On CUDA the math fallback fails the check."""
     from benchmarks.sdpa import sdpa_backends
     from asa.models import ASA, PRESETS, RegionAttention
-    from asa.models.swvit.saca import WindowSymmetryCrossAttention, mirror_index
+    from asa.models.blocks.saca import WindowSymmetryCrossAttention, mirror_index
     from asa.train.precision import resolve_amp
 
     p, device = ctx.profile, ctx.device

@@ -67,6 +67,7 @@ def chain(name: str, out: Path, steps: int) -> dict:
     ft.output_dir, ft.device, ft.seed = str(out / name / "ft"), "cpu", 0
     ft.data.root, ft.data.num_workers, ft.data.crop = str(root), 0, crop
     ft.model.pretrained = str(out / name / "pre" / "checkpoints" / "encoder.pt")
+    ft.data.accept_pretraining_overlap = case  # the demo BIDS phantoms reuse the pretraining phantoms' ids
     ft.trainer.max_steps, ft.trainer.epochs = steps, steps
     finetune(ft)
     runs = {"pretrain": out / name / "pre", "finetune": out / name / "ft"}

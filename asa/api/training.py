@@ -14,7 +14,7 @@ import torch
 from asa.api.rundir import command_line, override, shell_path
 from asa.api.schema import FinetuneConfig, PretrainConfig
 from asa.models import SYMMETRY_KEYS, network_spec
-from asa.models.swvit.patch import to_3tuple
+from asa.models.blocks.sizes import to_3tuple
 from asa.train import TrainConfig, build_optimizer
 from asa.train.distributed import DistEnv
 from asa.train.optim import LOW_LR, describe_lr

@@ -35,7 +35,7 @@ from asa.data.preprocessing import PretrainPreprocess, case_to_item
 from asa.io import load_weights
 from asa.models import DEFAULT_CROP, PRESETS, VolumeEncoder, build_network, network_encoder
 from asa.models.cnn.nnunet import RESENC_ARCHS
-from asa.models.swvit.patch import to_3tuple
+from asa.models.blocks.sizes import to_3tuple
 from asa.models.portable import load_encoder
 from asa.models.registry import ENCODER_MODULES, current_spec
 

@@ -1,25 +1,27 @@
 """Networks: SW-ViT with LW-MSA/SLW-MSA, symmetric position encoding, the ASA autoencoder.
 
 Every network registers itself by name in its own module (:func:`register_network`); all modules
-of this package and its family folders (``swvit/``, ``swin/``, ``cnn/``, ``heads/``) are imported below, so a
-new network is a new file in its family.
+of this package and its folders are imported below, so a new network is a new file in its family. The
+network families (``swvit/``, ``swin/``, ``vit/``, ``cnn/``) share the parts of ``blocks/`` and import no
+other family; the heads (``heads/``) sit on a family's encoder (``tests/models/test_model_layering.py``).
 """
 
 import importlib
 import pkgutil
 
 from asa.models.swvit.attention import LinearWindowAttention
-from asa.models.declared import Capabilities, capabilities, input_size
-from asa.models.swin.baselines import SwinSettings, SwinUNETRSettings, UNETRSettings, ViTSettings
+from asa.models.declared import Capabilities, capabilities, input_size, unwrap
+from asa.models.vit.unetr import UNETRSettings, ViTSettings
+from asa.models.swin.swin_unetr import SwinSettings, SwinUNETRSettings
 from asa.models.heads.case_baselines import SwinCaseNet, SwinCaseSettings, ViTCaseNet, ViTCaseSettings
 from asa.models.heads.case_head import POOLINGS, ASACaseHead, AttentionPool, PooledTokenHead
-from asa.models.compiled import compile_blocks, unwrap
+from asa.models.compiled import compile_blocks
 from asa.models.swvit.encoder import EncoderOptions, EncoderSettings, SWViTEncoder, SWViTSettings
 from asa.models.cnn.dynunet import DeepSupervisedDynUNet, DynUNetSettings, plan_dynunet
 from asa.models.layout import channels_last_inference
 from asa.models.swvit.mae import ASA, MAEOutput, MaskedAutoencoder
-from asa.models.swvit.objective import FocalRegionReconstruction, PatchReconstruction, reconstruction_objective
-from asa.models.swvit.patch import PatchEmbed, patch_grid, patchify, unpatchify
+from asa.models.blocks.objective import FocalRegionReconstruction, PatchReconstruction, reconstruction_objective
+from asa.models.blocks.patch import PatchEmbed, patch_grid, patchify, unpatchify
 from asa.models.portable import ENCODER_MODULES, VolumeEncoder, export_for_monai, load_encoder, network_encoder
 from asa.models.swvit.position import brain_frame_encoding, position_index, symmetric_position_encoding
 from asa.models.presets import DEFAULT_CROP, PRESETS, SWIN_SIZES
@@ -29,9 +31,10 @@ from asa.models.registry import (NETWORK_SETTINGS, NETWORKS, RENAMED_NETWORKS, N
                                  register_network, registered_networks)
 from asa.models.swin.sa_swin import SASwin, SASwinSettings, SymmetryAwareLayer
 from asa.models.swin.sa_swin_pretrain import SAHOutput, SymmetryAwareHead
-from asa.models.swvit.saca import SymmetryCrossAttention, WindowSymmetryCrossAttention, mirror_index
-from asa.models.swvit.segmenter import (SPE_FRAMES, SYMMETRY_KEYS, ASASegmenter, LoadReport, SWViTSegmenter,
-                                        SWViTUNetSettings, recorded_pretraining)
+from asa.models.blocks.saca import SymmetryCrossAttention, WindowSymmetryCrossAttention, mirror_index
+from asa.models.swvit.segmenter import (SPE_FRAMES, SYMMETRY_KEYS, ASASegmenter, SWViTSegmenter, SWViTUNetSettings,
+                                        recorded_pretraining)
+from asa.models.blocks.encoder_weights import LoadReport
 from asa.models.swvit.swvit import SWBlock, SWViT, sw_blocks
 from asa.models.zoo import build_segmentation_network
 

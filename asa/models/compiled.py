@@ -1,5 +1,4 @@
-"""``torch.compile`` for the networks' repeated parts, keeping parameter names (and checkpoints) unchanged;
-`unwrap`, the network inside the wrappers training puts around it."""
+"""``torch.compile`` for the networks' repeated parts, keeping parameter names (and checkpoints) unchanged."""
 
 from __future__ import annotations
 
@@ -30,14 +29,3 @@ def compile_blocks(model: nn.Module, *, dynamic: bool = False) -> int:
         part.compile(dynamic=dynamic)
     return len(parts)
 
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The network itself: ``model`` without DistributedDataParallel's (or DataParallel's) wrapper
-    and without a whole-model ``torch.compile`` wrapper (block-wise `compile_blocks` keeps the module)."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and type(model).__name__ == "OptimizedModule":
-            model = model._orig_mod
-        else:
-            return model

@@ -3,7 +3,8 @@
 A network sets ``self.capabilities = Capabilities(...)`` in its constructor (or on its class); the training steps,
 sliding-window inference, prediction and the diagnostics read it with :func:`capabilities`, never
 by probing for attributes. A network that declares nothing (MONAI's UNETR, SwinUNETR) takes the
-image alone and offers nothing more. The crop a network takes is :func:`input_size`.
+image alone and offers nothing more. The crop a network takes is :func:`input_size`; both read the network
+inside the wrappers training puts around it (:func:`unwrap`).
 """
 from __future__ import annotations
 
@@ -11,9 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from asa.models.compiled import unwrap
-
-__all__ = ["Capabilities", "capabilities", "input_size"]
+__all__ = ["Capabilities", "capabilities", "input_size", "unwrap"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +50,18 @@ class Capabilities:
         if self.patch_size is None or self.reference_grid is None:
             return None
         return self.patch_size, tuple(int(g) * self.patch_size for g in self.reference_grid)  # type: ignore[return-value]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network itself: ``model`` without DistributedDataParallel's (or DataParallel's) wrapper
+    and without a whole-model ``torch.compile`` wrapper (block-wise `compile_blocks` keeps the module)."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and type(model).__name__ == "OptimizedModule":
+            model = model._orig_mod
+        else:
+            return model
 
 
 NOTHING = Capabilities()

@@ -26,5 +26,5 @@ PRESETS: dict[str, dict[str, int]] = {
 
 # MONAI's SwinViT as SwinUNETR publishes it (feature size 48, 2 blocks in each of 4 stages): the sizes of
 # model=swin_unetr|sa_swin|swin_case and of SA-Swin's pretraining (method=sa_swin), which must agree for its
-# weights to load: the defaults of their settings (`asa.models.swin.baselines.SwinSettings`).
+# weights to load: the defaults of their settings (`asa.models.swin.swin_unetr.SwinSettings`).
 SWIN_SIZES: dict[str, Any] = dict(feature_size=48, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24))

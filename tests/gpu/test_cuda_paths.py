@@ -17,7 +17,7 @@ from asa.data.preprocessing import PretrainPreprocess
 from asa.eval import inference
 from asa.eval.inference import SW_BATCH_CAP, predict_volume
 from asa.models import ASA, PRESETS, ASASegmenter, RegionAttention, channels_last_inference, compile_blocks
-from asa.models.swvit.saca import WindowSymmetryCrossAttention, mirror_index
+from asa.models.blocks.saca import WindowSymmetryCrossAttention, mirror_index
 from asa.train.data import build_loader, close_loader, move_to
 
 pytestmark = pytest.mark.gpu

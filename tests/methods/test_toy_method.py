@@ -19,7 +19,7 @@ from asa.methods import METHODS, MethodSettings, PretrainingMethod, register_met
 from asa.data import write_demo_dataset
 from asa.api.networks import build_from_config
 from asa.models import PRESETS, EncoderSettings
-from asa.models.swvit.patch import patchify
+from asa.models.blocks.patch import patchify
 from asa.models.registry import RECORDS, register_network
 from asa.models.zoo import build_network
 

@@ -8,7 +8,7 @@ from asa.losses import patch_informativeness
 from asa.models import build_network
 from asa.models.cnn.masked import MaskedConv3d, MaskedInstanceNorm3d, max_mirror_visible
 from asa.models.cnn.resenc import RESENC_SIZES, coordinate_channel, plan_resenc
-from asa.models.swvit.patch import patchify
+from asa.models.blocks.patch import patchify
 
 
 def _mae(**kwargs):

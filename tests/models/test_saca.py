@@ -5,7 +5,7 @@ import torch
 
 from asa.models import (ASA, ASASegmenter, SymmetryCrossAttention, WindowSymmetryCrossAttention, network_spec,
                         symmetric_position_encoding)
-from asa.models.swvit.saca import check_mirror_windows, mirror_index
+from asa.models.blocks.saca import check_mirror_windows, mirror_index
 
 
 def _reference_cross(attn: SymmetryCrossAttention, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from typing import Any, List, NamedTuple, Optional
 import torch
 from monai.networks.nets import DynUNet
 
-from asa.models.swin.baselines import spec_input_size
+from asa.models.blocks.sizes import spec_input_size
 from asa.models.declared import Capabilities
 from asa.models.registry import NetworkSettings, record_spec, register_network
 

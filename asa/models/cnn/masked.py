@@ -36,13 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from asa.choices import one_of
+from asa.losses.informativeness import patch_informativeness
+from asa.losses.reconstruction import AttentiveReconstructionLoss
+from asa.models.blocks.patch import patchify
+from asa.models.blocks.saca import mirror_index
 from asa.models.cnn.resenc import RESENC_SIZES, ResEncPlan, ResEncUNet, resolve_plan
 from asa.models.declared import Capabilities
 from asa.models.registry import record_spec, register_network
-from asa.losses.informativeness import patch_informativeness
-from asa.losses.reconstruction import AttentiveReconstructionLoss
-from asa.models.swvit.patch import patchify
-from asa.models.swvit.saca import mirror_index
 
 __all__ = ["MaskedConv3d", "MaskedInstanceNorm3d", "ResEncMaskedAutoencoder", "ResEncMAEOutput", "VisibleMask",
            "max_mirror_visible"]

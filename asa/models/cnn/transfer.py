@@ -19,17 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from asa.io import load_weights
 from asa.io.foreign import describe_foreign
+from asa.models.blocks.encoder_weights import LoadReport, match_encoder_weights
 from asa.models.registry import masked_network, pretrains
-from asa.models.swvit.segmenter import LoadReport, match_encoder_weights
-
-if TYPE_CHECKING:
-    from asa.models.cnn.resenc import ResEncUNet
 
 __all__ = ["in_proj_keys", "load_resenc_encoder", "match_resenc_encoder"]
 
@@ -52,11 +49,12 @@ def _adapt_stem(value: torch.Tensor, image_channels: int, coord: bool, key: str)
     return adapted, f"{key} 1 -> {image_channels} image channels (repeated, divided by {image_channels})"
 
 
-def load_resenc_encoder(net: ResEncUNet, path: str | Path, *, checkpoint: dict | None = None,
+def load_resenc_encoder(net: nn.Module, path: str | Path, *, checkpoint: dict | None = None,
                         verbose: bool = True) -> LoadReport:
-    """Initialise ``net``'s stem and encoder stages from the resenc file ``path`` (its content ``checkpoint``
-    when read already). Refused, naming the file and the option or keys at fault: a file of another network,
-    a coordinate channel in the file and not in the network (or the reverse), any shape mismatch, and any
+    """Initialise the stem and encoder stages of ``net`` (a `asa.models.cnn.resenc.ResEncUNet`, whose
+    ``load_pretrained`` this is) from the resenc file ``path`` (its content ``checkpoint`` when read
+    already). Refused, naming the file and the option or keys at fault: a file of another network, a
+    coordinate channel in the file and not in the network (or the reverse), any shape mismatch, and any
     encoder tensor of ``net`` the file does not hold."""
     path = Path(path)
     blob = load_weights(path) if checkpoint is None else checkpoint

@@ -17,13 +17,14 @@ from monai.networks.nets import ViT
 from monai.networks.nets.swin_unetr import SwinTransformer
 from torch import nn
 
-from asa.models.swin.baselines import SwinSettings, ViTSettings
-from asa.models.heads.case_head import PooledTokenHead
+from asa.models.blocks.sizes import to_3tuple
 from asa.models.declared import Capabilities
-from asa.models.swvit.patch import to_3tuple
+from asa.models.heads.case_head import PooledTokenHead
 from asa.models.presets import DEFAULT_CROP, SWIN_SIZES
 from asa.models.registry import record_spec, register_network
 from asa.models.swin.sa_swin import SASwin
+from asa.models.swin.swin_unetr import SwinSettings
+from asa.models.vit.unetr import ViTSettings
 
 __all__ = ["ViTCaseNet", "SwinCaseNet"]
 

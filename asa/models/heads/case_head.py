@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from asa.models.blocks.saca import SACA_PLACES
 from asa.models.declared import Capabilities
-from asa.models.swvit.encoder import EncoderSettings, SWViTSettings
 from asa.models.registry import record_spec, register_network
-from asa.models.swvit.saca import SACA_PLACES
+from asa.models.swvit.encoder import EncoderSettings, SWViTSettings
 from asa.models.swvit.segmenter import ASASegmenter
 
 POOLINGS = ("mean", "attention")

@@ -12,11 +12,12 @@ from monai.networks.nets import SwinUNETR
 from torch import nn
 
 from asa.io import load_weights
-from asa.models.swin.baselines import SwinUNETRSettings, spec_input_size
+from asa.models.blocks.encoder_weights import LoadReport, match_encoder_weights
+from asa.models.blocks.saca import SymmetryCrossAttention
+from asa.models.blocks.sizes import spec_input_size
 from asa.models.declared import Capabilities
 from asa.models.registry import record_spec, register_network
-from asa.models.swvit.saca import SymmetryCrossAttention
-from asa.models.swvit.segmenter import LoadReport, match_encoder_weights
+from asa.models.swin.swin_unetr import SwinUNETRSettings
 
 # the parameters SA-Swin takes over from its Symmetry-Aware Head pretraining (the shared SwinViT)
 SA_SWIN_ENCODER_PREFIXES = ("swinViT.",)

@@ -16,7 +16,7 @@ from monai.networks.nets.swin_unetr import MERGING_MODE, SwinTransformer
 from torch import nn
 
 from asa.losses import SAH_TERMS, inpainting_loss, nt_xent, rotation_loss, symmetry_loss
-from asa.models.swvit.patch import to_3tuple
+from asa.models.blocks.sizes import to_3tuple
 from asa.models.presets import SWIN_SIZES
 from asa.models.registry import record_spec, register_network
 from asa.models.swin.sa_swin import SA_SWIN_ENCODER_PREFIXES

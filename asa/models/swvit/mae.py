@@ -13,15 +13,15 @@ import torch
 from torch import nn
 
 from asa.choices import one_of
+from asa.models.blocks.objective import LOSS_WEIGHTINGS, reconstruction_objective
+from asa.models.blocks.patch import patchify, unpatchify
+from asa.models.blocks.saca import SACA_PLACES, check_mirror_windows, mirror_index
 from asa.models.declared import Capabilities
-from asa.models.swvit.encoder import ENCODER_PREFIX, EncoderOptions, EncoderSettings, SWViTEncoder
-from asa.models.swvit.objective import LOSS_WEIGHTINGS, reconstruction_objective
-from asa.models.swvit.patch import patchify, unpatchify
-from asa.models.swvit.position import POSITION_MODES, symmetric_position_encoding
 from asa.models.presets import PRESETS
-from asa.models.swvit.region_attention import patch_regions
 from asa.models.registry import record_spec, register_network
-from asa.models.swvit.saca import SACA_PLACES, check_mirror_windows, mirror_index
+from asa.models.swvit.encoder import ENCODER_PREFIX, EncoderOptions, EncoderSettings, SWViTEncoder
+from asa.models.swvit.position import POSITION_MODES, symmetric_position_encoding
+from asa.models.swvit.region_attention import patch_regions
 from asa.models.swvit.swvit import SWViT
 
 __all__ = ["ASA", "LOSS_WEIGHTINGS", "MAEOutput", "MaskedAutoencoder"]
@@ -44,7 +44,7 @@ class MaskedAutoencoder(nn.Module):
     - ``decoder``: :class:`SWViT` on the full sequence (projected visible tokens, mask token + SPE
       elsewhere, in raster order);
     - ``decoder_pred``: linear map from the decoder width to the patch values (s³·C);
-    - ``objective``: the reconstruction loss (:mod:`asa.models.swvit.objective`).
+    - ``objective``: the reconstruction loss (:mod:`asa.models.blocks.objective`).
 
     ``mask_ratio`` of the patches are masked, exactly round(mask_ratio·N) per sample. When the
     encoder has SACA blocks the masking is mirror-consistent: a token and its left–right mirror

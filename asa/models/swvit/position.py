@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from asa.models.swvit.patch import to_3tuple
+from asa.models.blocks.sizes import to_3tuple
 
 POSITION_MODES = ("mirror", "paper", "none")
 

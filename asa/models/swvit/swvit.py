@@ -15,9 +15,9 @@ from monai.networks.blocks import MLPBlock
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from asa.models.blocks.saca import WindowSymmetryCrossAttention
 from asa.models.swvit.attention import LinearWindowAttention
 from asa.models.swvit.region_attention import RegionAttention
-from asa.models.swvit.saca import WindowSymmetryCrossAttention
 
 REGION_LAYOUTS = ("none", "alternate", "all")
 

@@ -7,18 +7,9 @@ patch the values are ordered (s0, s1, s2, C), as in the MAE reference.
 from __future__ import annotations
 
 import torch
-from monai.utils import ensure_tuple_rep
 from torch import nn
 
-Size3 = tuple[int, int, int]
-
-
-def to_3tuple(value: int | tuple[int, ...] | list[int], name: str = "size") -> Size3:
-    """Return ``value`` as a 3-tuple of ints (an int is repeated)."""
-    try:
-        return tuple(int(v) for v in ensure_tuple_rep(value, 3))  # type: ignore[return-value]
-    except ValueError:
-        raise ValueError(f"{name} must be an int or 3 ints, got {value!r}") from None
+from asa.models.blocks.sizes import Size3, to_3tuple
 
 
 def patch_grid(img_size: int | tuple[int, ...], patch_size: int) -> Size3:

@@ -13,7 +13,7 @@ from torch import nn
 
 from asa.losses import AttentiveReconstructionLoss, FocalRegionLoss, patch_informativeness
 from asa.losses.reconstruction import WEIGHTINGS
-from asa.models.swvit.patch import patchify
+from asa.models.blocks.patch import patchify
 
 LOSS_WEIGHTINGS = (*WEIGHTINGS, "focal_region")
 

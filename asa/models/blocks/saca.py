@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asa.models.swvit.patch import to_3tuple
+from asa.models.blocks.sizes import to_3tuple
 
 SACA_PLACES = ("none", "decoder", "encoder", "all")
 
