@@ -44,7 +44,6 @@ import dataclasses
 import datetime
 import json
 import math
-import os
 import shlex
 import signal
 import subprocess
@@ -62,7 +61,8 @@ from asa.eval import seed_case_bootstrap
 from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
 from studies import pretraining, transfer
 from studies.common import (Clock, add_scale_options, child_env, command, finished, machine, machine_line,
-                            markdown_table, module_argv, parser, record_settings, scale_from_args, table_row)
+                            markdown_table, module_argv, parser, record_settings, run_tasks, scale_from_args,
+                            table_row)
 from studies.noise import write_noise_dataset
 
 # pretraining arms of the ResEnc: method and every ASA option stated (loss weighting and its exponent γ, mirror-aware
@@ -331,49 +331,21 @@ def write_chunks(out: Path, scale: Scale, *, seed: int, clock: Clock, times: dic
              (SUPERVISED, data / SUPERVISED, scale.supervised, seed + 3),
              *(("unlabeled", data / "chunks" / f"unlabeled-{k:03d}", CHUNK, seed * 1000 + k) for k in range(n_chunks)),
              *(("noise", data / "chunks" / f"noise-{k:03d}", CHUNK, seed * 1000 + 500 + k) for k in range(n_chunks))]
-    todo = [u for u in units if not (u[1] / ".complete").is_file()]
-    if todo and todo[0][0] == "labeled":
-        first = todo.pop(0)
-        if not clock.fits(times.get("labeled", 0.0)):
-            return False
-        started = time.perf_counter()
-        print(f"[resenc-study] cohort: writing {first[1].relative_to(out)}", flush=True)
-        write_unit(first[0], str(first[1]), first[2], scale.volume, first[3], str(data / "labeled"))
-        times["labeled"] = time.perf_counter() - started
-    if todo and scale.jobs <= 1:
-        for kind, folder, cases, unit_seed in todo:
-            if not clock.fits(times.get(kind, 0.0)):
-                return False
-            started = time.perf_counter()
-            print(f"[resenc-study] cohort: writing {folder.relative_to(out)}", flush=True)
-            write_unit(kind, str(folder), cases, scale.volume, unit_seed, str(data / "labeled"))
-            times[kind] = max(times.get(kind, 0.0), time.perf_counter() - started)
-    elif todo:
-        import concurrent.futures as cf
-        import multiprocessing as mp
+    todo = [(kind, str(folder), cases, scale.volume, unit_seed, str(data / "labeled"))
+            for kind, folder, cases, unit_seed in units if not (folder / ".complete").is_file()]
 
-        print(f"[resenc-study] cohort: writing {len(todo)} chunk(s), {scale.jobs} at once", flush=True)
-        saved = {k: os.environ.get(k) for k in THREAD_VARS}
-        os.environ.update({k: "1" for k in THREAD_VARS})  # the writers' processes inherit it: one core each
-        pool = cf.ProcessPoolExecutor(max(1, scale.jobs), mp_context=mp.get_context("spawn"))
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-        with pool:
-            pending, queue = set(), list(todo)
-            while queue or pending:
-                while queue and len(pending) < max(1, scale.jobs) and clock.fits(times.get(queue[0][0], 0.0)):
-                    kind, folder, cases, unit_seed = queue.pop(0)
-                    future = pool.submit(write_unit, kind, str(folder), cases, scale.volume, unit_seed,
-                                         str(data / "labeled"))
-                    future.meta = (kind, time.perf_counter())  # type: ignore[attr-defined]
-                    pending.add(future)
-                if not pending:
-                    return False
-                done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                for future in done:
-                    future.result()
-                    kind, started = future.meta  # type: ignore[attr-defined]
-                    times[kind] = max(times.get(kind, 0.0), time.perf_counter() - started)
+    def took(unit: tuple, _: Any, seconds: float) -> None:
+        times[unit[0]] = max(times.get(unit[0], 0.0), seconds)
+
+    # the labeled cases first, here: the noise volumes take their grid
+    first, rest = (todo[:1], todo[1:]) if todo and todo[0][0] == "labeled" else ([], todo)
+    for part, jobs in ((first, 1), (rest, scale.jobs)):
+        if part:
+            print(f"[resenc-study] cohort: writing {len(part)} unit(s), {jobs} at once", flush=True)
+        _, complete = run_tasks(write_unit, part, jobs=jobs, fits=lambda unit: clock.fits(times.get(unit[0], 0.0)),
+                                env={k: "1" for k in THREAD_VARS}, done=took)  # the writers' processes: one core each
+        if not complete:
+            return False
     for kind in ("unlabeled", "noise"):
         for n in scale.cohorts if kind == "unlabeled" else (max(scale.cohorts),):
             rows = []

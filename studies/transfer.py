@@ -50,7 +50,7 @@ from asa.eval.reliance import encoder_reliance
 from asa.models import capabilities
 from asa.eval.plots import line_plot
 from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
-from studies.common import Clock, finished, markdown_table as table, parser, rows_csv
+from studies.common import Clock, finished, markdown_table as table, parser, rows_csv, run_tasks
 
 SCRATCH, PRETRAINED = "scratch", "pretrained"
 PRESETS = ("baseline", "spe_only")  # Table 4 fine-tuning rows from scratch (configs/experiment)
@@ -508,10 +508,6 @@ def _device(name: str):
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
 
 
-def _run_job(job: tuple[Run, Sequence[str], bool, str, bool]) -> dict[str, Any]:
-    return train_and_score(*job)
-
-
 def run_study(args: argparse.Namespace) -> tuple[list[dict], list[str], dict[str, list[str]], list[dict], int]:
     """Train (or with --reuse, find) every run and score it on the fixed test cases -> (scores, class
     names, arms, budget rows, runs left undone). ``--jobs`` > 1 trains that many runs at once in
@@ -524,25 +520,7 @@ def run_study(args: argparse.Namespace) -> tuple[list[dict], list[str], dict[str
                                           "arms": arms, "cases": args.cases, "seeds": args.seeds, "steps": args.steps})
     clock = Clock(args.time_budget)
     jobs = [(run, test_ids, args.reuse, args.device, args.drop_checkpoints) for run in runs]
-    results: list[dict] = []
-    if args.jobs <= 1:
-        for job in jobs:
-            if not clock.fits():
-                break
-            results.append(_run_job(job))
-    else:
-        import concurrent.futures as cf
-        import multiprocessing as mp
-
-        with cf.ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
-            pending, queue = set(), list(jobs)
-            while queue or pending:
-                while queue and len(pending) < args.jobs and clock.fits():
-                    pending.add(pool.submit(_run_job, queue.pop(0)))
-                if not pending:
-                    break
-                done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                results += [f.result() for f in done]
+    results, _ = run_tasks(train_and_score, jobs, jobs=args.jobs, fits=lambda job: clock.fits())
     scores = [row for r in results for row in r["scores"]]
     budgets = [r["budget"] for r in results]
     names = results[0]["names"] if results else list(get_task(str(probe_cfg.data.task), root=root).output_names)
