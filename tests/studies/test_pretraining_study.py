@@ -18,8 +18,6 @@ from studies import pretraining as study
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
-
 def _csv(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))

@@ -8,13 +8,11 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
 from studies import resenc as study
 from studies import transfer
-
 
 
 def _option(run, key: str) -> str:

@@ -10,7 +10,6 @@ from asa.eval import bootstrap_ci, seed_case_bootstrap
 from studies import transfer as study
 
 
-
 def _scores(delta: float, noise: float = 0.02, cases: int = 20, seeds: int = 3) -> list[dict]:
     """Per-case scores where 'pretrained' beats 'scratch' by exactly `delta` on average per case."""
     rng = np.random.default_rng(0)
