@@ -27,10 +27,9 @@ from nibabel.orientations import axcodes2ornt, inv_ornt_aff, ornt_transform
 from asa.io import atomic_write_json, atomic_write_text
 from asa.data.synthetic.anatomy import LESION_NAMES, make_anatomy_subject
 from asa.data.layouts.names import LAYOUTS
-from asa.data.synthetic.noise import make_noise_volume
 from asa.data.synthetic.phantom import Phantom, make_phantom
 
-__all__ = ["write_demo_dataset", "write_anatomy_dataset", "write_noise_dataset", "ensure_demo_dataset", "default_cache_dir", "write_nifti",
+__all__ = ["write_demo_dataset", "write_anatomy_dataset", "ensure_demo_dataset", "default_cache_dir", "write_nifti",
            "demo_subject", "DEMO_DIAGNOSES", "TARGET_LAYOUTS", "ANATOMY_LAYOUTS"]
 
 DEMO_VERSION = 3  # 2: synthetic BraTS/MSD case ids; 3: synthetic ids in every layout
@@ -329,35 +328,6 @@ def write_anatomy_dataset(layout: str, out: str | Path, *, cases: int = 4, size:
     ``overwrite`` (`FileExistsError`). Same as ``write_demo_dataset(layout, out, ..., anatomy=True)``."""
     return write_demo_dataset(layout, out, cases=cases, size=size, seed=seed, overwrite=overwrite, anatomy=True,
                               lesions=lesions)
-
-
-def write_noise_dataset(out: str | Path, *, cases: int = 4, size: int | tuple[int, int, int] = 64, seed: int = 0,
-                        affine: np.ndarray | None = None, layout: str = "bids", overwrite: bool = False) -> Path:
-    """Write ``cases`` pure-noise T1w volumes (`asa.data.synthetic.noise.make_noise_volume`) in the
-    ``layout`` bids or filelist under ``out``, for pretraining a negative-control encoder; returns ``out``.
-
-    ``affine``: the grid of the cohort the control stands beside (e.g. one of its subjects' affine), so
-    that voxel size and field of view match; default 1 mm. ``out`` must be missing or empty unless
-    ``overwrite`` (`FileExistsError`)."""
-    if cases < 1:
-        raise ValueError(f"cases must be >= 1, got {cases}")
-    if layout not in ("bids", "filelist"):
-        raise ValueError(f"layout={layout!r}: noise volumes are written as a T1w cohort, 'bids' or 'filelist'")
-    out = Path(out).expanduser()
-    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    if held and not overwrite:
-        raise FileExistsError(f"--out {out} is not empty ({', '.join(held[:5])}): choose a new folder, or pass "
-                              "overwrite=True to write into it anyway")
-    out.mkdir(parents=True, exist_ok=True)
-
-    def make(index: int) -> tuple[Any, None]:
-        return make_noise_volume(size, seed=seed, index=index, affine=affine), None
-
-    if layout == "bids":
-        _bids(out, cases, size, seed, make=make, title="asa noise volumes (negative control)")
-    else:
-        _filelist(out, cases, size, seed, make=make)
-    return out
 
 
 def ensure_demo_dataset(layout: str, *, cases: int = 4, size: int = 64, seed: int = 0,

@@ -1,24 +1,18 @@
-"""scripts/resenc_study.py: the plan (arms, cohorts, the noise control, every option stated), its dry run,
+"""studies/resenc.py: the plan (arms, cohorts, the noise control, every option stated), its dry run,
 and resuming across calls cut by the time budget (no training: the pretraining and transfer stages are
 stood in for, the bookkeeping is the script's own)."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "resenc_study.py"
-_spec = importlib.util.spec_from_file_location("asa_resenc_study", SCRIPT)
-study = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = study
-_spec.loader.exec_module(study)
+from studies import resenc as study
+from studies import transfer
 
 
 def _option(run, key: str) -> str:
@@ -222,28 +216,13 @@ def test_a_failed_unit_ends_the_study_naming_its_log(tmp_path, monkeypatch):
 
 
 def test_the_converged_budget_is_where_validation_dice_stops_rising():
-    found = study.transfer_study.converged_budget(CURVE)
+    found = transfer.converged_budget(CURVE)
     assert found["budget"] == 80 and found["converged"] and found["best"] == pytest.approx(0.6)
     rising = [[10 * (k + 1), 0.05 * (k + 1)] for k in range(12)]  # still rising at the end: not converged
-    found = study.transfer_study.converged_budget(rising)
+    found = transfer.converged_budget(rising)
     assert found["budget"] == 120 and not found["converged"]
     with pytest.raises(ValueError, match="at least 6 validation rounds"):
-        study.transfer_study.converged_budget(CURVE[:5])
-
-
-def test_noise_volumes_are_deterministic_and_free_of_anatomy():
-    from asa.data.synthetic.noise import make_noise_volume
-
-    a, b = (make_noise_volume(24, seed=3, index=1).images["t1"] for _ in range(2))
-    assert np.array_equal(a, b) and not np.array_equal(a, make_noise_volume(24, seed=3, index=2).images["t1"])
-    assert abs(a.mean() - 0.5) < 0.01 and abs(a.std() - 0.15) < 0.01 and (a > 0).all()
-    # no left-right structure: away from the mid-plane (where the smoothing links a voxel to its mirror's
-    # neighbours) a side correlates with its mirror by chance only (sd about 0.06 for 12 slices of 32², a
-    # template subject's is above 0.8)
-    c = make_noise_volume(32, seed=3, index=1).images["t1"]
-    assert abs(np.corrcoef(c[:12].ravel(), c[::-1][:12].ravel())[0, 1]) < 0.3
-    with pytest.raises(ValueError, match="at least 16"):
-        make_noise_volume(8)
+        transfer.converged_budget(CURVE[:5])
 
 
 def test_ablations_on_chosen_cohorts_only(tmp_path):

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Which of ASA's ideas help a residual-encoder U-Net? One resumable command: cohorts -> masked-convolution
 pretraining of nnU-Net's ResEnc (mae, asa and its variants, per unlabeled-cohort size, plus a
 pure-noise negative control and a supervised positive control) -> fine-tuning beside scratch ResEnc and the SW-ViT rows -> one report.
@@ -9,13 +8,13 @@ Stages (rerun the same command to continue; every finished unit is kept):
    enlargement), unlabeled healthy T1 subjects written in chunks (``asa.data.write_anatomy_dataset``,
    layout filelist; chunk k has its own seed, so the smaller cohort is the first subjects of the larger
    one), each cohort a ``files.csv`` over its chunks, and pure-noise volumes on the same grid
-   (``asa.data.synthetic.demo.write_noise_dataset``) for the negative control.
+   (``studies.noise.write_noise_dataset``) for the negative control.
 2. pretraining: ``asa-pretrain model=resenc`` per arm (`ARMS`) and cohort size, the negative control
    (``method=mae`` on the noise volumes, as many as the largest cohort), and the SW-ViT ``asa`` preset
    per cohort size; every arm states all of its method options, so a changed default changes no arm.
    Each run has the same number of optimiser steps whatever the cohort size. A run cut by the time
    budget saves ``last.pt`` (the trainer's SIGUSR1 path) and continues on the next call.
-3. transfer: ``scripts/transfer_study.py``: scratch ResEnc (the reference), every pretrained ResEnc,
+3. transfer: ``python -m studies.transfer``: scratch ResEnc (the reference), every pretrained ResEnc,
    the control, scratch SW-ViT (``scratch``) and the pretrained SW-ViT, N labeled cases × seeds, one
    fixed test split and fixed validation cases (each run's validation-Dice plateau is checked), Dice,
    lesion Dice, NSD and HD95, paired differences to scratch ResEnc with seed × case bootstrap CIs.
@@ -32,9 +31,9 @@ plan and composes every run's configuration without writing or training anything
 
 Example::
 
-    python scripts/resenc_study.py --dry-run --out runs/resenc
-    python scripts/resenc_study.py --cohorts 40 --seeds 0 1 --cases 2 8 --out runs/resenc   # CPU, a part
-    while ! python scripts/resenc_study.py --scale gpu --out runs/resenc-gpu; do :; done     # GPU, 9-min calls
+    python -m studies.resenc --dry-run --out runs/resenc
+    python -m studies.resenc --cohorts 40 --seeds 0 1 --cases 2 8 --out runs/resenc   # CPU, a part
+    while ! python -m studies.resenc --scale gpu --out runs/resenc-gpu; do :; done     # GPU, 9-min calls
 """
 
 from __future__ import annotations
@@ -43,10 +42,8 @@ import argparse
 import csv
 import dataclasses
 import datetime
-import importlib.util
 import json
 import math
-import os
 import shlex
 import signal
 import subprocess
@@ -60,15 +57,13 @@ import numpy as np
 
 from asa.api.config import compose_config
 from asa.data import LESION_NAMES, load_volume
-from asa.data.synthetic.demo import write_noise_dataset
 from asa.eval import seed_case_bootstrap
 from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
-
-_SPEC = importlib.util.spec_from_file_location("asa_pretraining_study", Path(__file__).with_name("pretraining_study.py"))
-pretraining_study = importlib.util.module_from_spec(_SPEC)
-sys.modules[_SPEC.name] = pretraining_study
-_SPEC.loader.exec_module(pretraining_study)
-transfer_study = pretraining_study.transfer_study
+from studies import pretraining, transfer
+from studies.common import (Clock, add_scale_options, child_env, command, finished, machine, machine_line,
+                            markdown_table, module_argv, parser, record_settings, run_tasks, scale_from_args,
+                            table_row)
+from studies.noise import write_noise_dataset
 
 # pretraining arms of the ResEnc: method and every ASA option stated (loss weighting and its exponent γ, mirror-aware
 # masking, coordinate channel; the masking itself is `MASKING` for every arm); "mirror" means
@@ -131,7 +126,7 @@ class Scale:
     workers: int = 0  # data loader workers of the pretraining runs
     # the pilot (with ``steps`` None): scratch ResEnc at the largest N, seed 0, the recipe's warm-up then a
     # constant lr for this many steps, validated about 20 times; the study's budget is the step at which its
-    # validation Dice stopped rising (`transfer_study.converged_budget`). The positive control trains this long.
+    # validation Dice stopped rising (`transfer.converged_budget`). The positive control trains this long.
     pilot_steps: int | None = None
 
 
@@ -241,7 +236,7 @@ def supervised_overrides(out: Path, scale: Scale, seed: int, runs: Sequence[Pret
 
 
 def finetune_arms(runs: Sequence[Pretraining], scale: Scale) -> dict[str, str]:
-    """transfer_study --arm specs: scratch ResEnc, each pretrained encoder (name -> key=value,...) and, when an
+    """`studies.transfer` --arm specs: scratch ResEnc, each pretrained encoder (name -> key=value,...) and, when an
     encoder was pretrained with the coordinate channel, scratch ResEnc with that channel too: the control
     that tells what the pretraining gives from what the extra input channel gives by itself."""
     resenc = f"model=resenc,model.size={scale.size}"
@@ -263,29 +258,25 @@ def pilot_dir(out: Path) -> Path:
 
 
 def pilot_argv(args: argparse.Namespace, scale: Scale, out: Path) -> list[str]:
-    """transfer_study arguments of the pilot: scratch ResEnc (its ``scratch`` arm) at the largest N, seed 0, the
+    """`studies.transfer` arguments of the pilot: scratch ResEnc (its ``scratch`` arm) at the largest N, seed 0, the
     recipe's warm-up then a constant lr for ``scale.pilot_steps`` steps, on the study's labeled cases and split."""
-    argv = ["--data", "msd", "--root", str(out / "data" / "labeled"), "--model", "resenc", "--crop", str(scale.crop),
-            "--cases", str(max(scale.cases)), "--seeds", "0", "--test", str(scale.test), "--val-cases", str(scale.val),
-            "--split-seed", str(args.seed), "--steps", str(scale.pilot_steps), "--device", args.device, "--reuse",
-            "--n-boot", "1000", "--out", str(pilot_dir(out)), "--lesion-classes", *LESION_NAMES.values(),
-            "--override", f"model.size={scale.size}", "--override", "optim.schedule=constant"]
-    argv += ["--threads", str(args.threads)] if args.threads else []
-    for override in args.override:
-        argv += ["--override", override]
-    return argv
+    return transfer.command_line(
+        data="msd", root=out / "data" / "labeled", model="resenc", crop=scale.crop, cases=[max(scale.cases)], seeds=[0],
+        test=scale.test, val_cases=scale.val, split_seed=args.seed, steps=scale.pilot_steps, device=args.device,
+        n_boot=1000, out=pilot_dir(out), lesion_classes=list(LESION_NAMES.values()), threads=args.threads,
+        overrides=[f"model.size={scale.size}", "optim.schedule=constant", *args.override])
 
 
 def pilot_scores(out: Path, scale: Scale) -> Path:
-    return pilot_dir(out) / "runs" / f"{transfer_study.SCRATCH}-n{max(scale.cases)}-s0" / "scores.json"
+    return pilot_dir(out) / "runs" / f"{transfer.SCRATCH}-n{max(scale.cases)}-s0" / "scores.json"
 
 
 def pilot_budget(out: Path, scale: Scale) -> dict[str, Any]:
-    """The pilot's validation curve and the converged budget found on it (`transfer_study.converged_budget`);
+    """The pilot's validation curve and the converged budget found on it (`transfer.converged_budget`);
     ``steps``: the study's fine-tuning steps, the budget rounded up to ten steps, or the pilot's length when
     the curve was still rising at its end."""
     curve = json.loads(pilot_scores(out, scale).read_text())["budget"].get("val_curve") or []
-    found = transfer_study.converged_budget(curve)
+    found = transfer.converged_budget(curve)
     steps = int(10 * math.ceil(found["budget"] / 10)) if found["converged"] else int(scale.pilot_steps)
     return {**found, "steps": max(steps, 10), "pilot_steps": scale.pilot_steps, "curve": curve}
 
@@ -296,60 +287,35 @@ def pilot_markdown(pilot: Mapping[str, Any]) -> str:
                f"of the pilot): the study fine-tunes {pilot['steps']} steps" if pilot["converged"] else
                f"its validation Dice was still rising in the last quarter of the pilot (best {pilot['best']:.3f}): no "
                f"converged budget was found, and the study fine-tunes the pilot's {pilot['steps']} steps")
-    lines = [f"Scratch ResEnc, warm-up then a constant lr for {pilot['pilot_steps']} steps: {verdict}.", "",
-             "| step | " + " | ".join(str(s) for s, _ in pilot["curve"]) + " |",
-             "| --- | " + " | ".join("---:" for _ in pilot["curve"]) + " |",
-             "| val Dice | " + " | ".join(f"{d:.3f}" for _, d in pilot["curve"]) + " |"]
-    return "\n".join(lines) + "\n"
+    return (f"Scratch ResEnc, warm-up then a constant lr for {pilot['pilot_steps']} steps: {verdict}.\n\n"
+            + markdown_table(["step", *(str(s) for s, _ in pilot["curve"])],
+                             [["val Dice", *(f"{d:.3f}" for _, d in pilot["curve"])]], left=1))
 
 
 def transfer_argv(args: argparse.Namespace, scale: Scale, runs: Sequence[Pretraining], out: Path,
                   time_left: float | None) -> list[str]:
-    argv = ["--data", "msd", "--root", str(out / "data" / "labeled"), "--model", scale.swvit, "--crop", str(scale.crop),
-            "--cases", *map(str, scale.cases), "--seeds", *map(str, scale.seeds), "--test", str(scale.test),
-            "--val-cases", str(scale.val), "--split-seed", str(args.seed), "--steps", str(scale.steps),
-            "--device", args.device, "--reuse", "--n-boot", str(args.n_boot), "--out", str(out / "transfer"),
-            "--jobs", str(scale.jobs), "--reference", REFERENCE, "--lesion-classes", *LESION_NAMES.values()]
-    argv += ["--threads", str(args.threads)] if args.threads else []
-    argv += ["--time-budget", f"{max(0.0, time_left):.0f}"] if time_left is not None else []
-    argv += ["--drop-checkpoints"] if args.drop_checkpoints else []
-    for name, spec in finetune_arms(runs, scale).items():
-        argv += ["--arm", f"{name}={spec}"]
-    for override in args.override:
-        argv += ["--override", override]
-    budget = [a.format(c=max(scale.cohorts)) for a in args.budget_arms]
-    if budget and scale.steps * min(args.budget_fractions) < 4:
+    budget = [a.format(c=max(scale.cohorts)) for a in args.budget_arms]  # the budget axis: does pretraining buy
+    if budget and scale.steps * min(args.budget_fractions) < 4:           # faster convergence?
         print(f"[resenc-study] no budget axis: {min(args.budget_fractions)} × {scale.steps} steps is under the 4 "
               "steps a run's budget check needs", flush=True)
         budget = []
-    if budget:  # the budget axis: does pretraining buy faster convergence?
-        argv += ["--budget-arms", *budget, "--budget-fractions", *map(str, args.budget_fractions)]
-    return argv
+    return transfer.command_line(
+        data="msd", root=out / "data" / "labeled", model=scale.swvit, crop=scale.crop, cases=scale.cases,
+        seeds=scale.seeds, test=scale.test, val_cases=scale.val, split_seed=args.seed, steps=scale.steps,
+        device=args.device, n_boot=args.n_boot, out=out / "transfer", jobs=scale.jobs, reference=REFERENCE,
+        lesion_classes=list(LESION_NAMES.values()), threads=args.threads, time_budget=time_left,
+        drop_checkpoints=args.drop_checkpoints, arms=finetune_arms(runs, scale), overrides=args.override,
+        budget_arms=budget, budget_fractions=args.budget_fractions)
 
 
 # ----------------------------------------------------------------------------------------------- cohort
-class Clock:
-    """The call's time budget: whether a unit expected to take ``seconds`` still fits."""
-
-    def __init__(self, budget: float | None) -> None:
-        self.start, self.budget = time.monotonic(), budget
-
-    def left(self) -> float | None:
-        return None if self.budget is None else self.budget - (time.monotonic() - self.start)
-
-    def fits(self, seconds: float = 0.0) -> bool:
-        left = self.left()
-        return left is None or left > seconds
-
-
 def write_unit(kind: str, folder: str, cases: int, size: int, seed: int, labeled: str) -> None:
     """Write one cohort unit (a module-level function, so that a process pool can run it)."""
     if kind == "noise":
-        write_noise_dataset(folder, cases=cases, size=size, seed=seed, affine=cohort_affine(Path(labeled)),
-                            layout="filelist", overwrite=True)
+        write_noise_dataset(folder, cases=cases, size=size, seed=seed, affine=cohort_affine(Path(labeled)), overwrite=True)
     else:
         layout, lesions = ("filelist", False) if kind == "unlabeled" else ("msd", True)
-        pretraining_study.dataset_writer(True)(layout, Path(folder), cases=cases, size=size, seed=seed, lesions=lesions)
+        pretraining.dataset_writer(True)(layout, Path(folder), cases=cases, size=size, seed=seed, lesions=lesions)
     atomic_write_text(Path(folder) / ".complete", "done\n")
 
 
@@ -365,49 +331,21 @@ def write_chunks(out: Path, scale: Scale, *, seed: int, clock: Clock, times: dic
              (SUPERVISED, data / SUPERVISED, scale.supervised, seed + 3),
              *(("unlabeled", data / "chunks" / f"unlabeled-{k:03d}", CHUNK, seed * 1000 + k) for k in range(n_chunks)),
              *(("noise", data / "chunks" / f"noise-{k:03d}", CHUNK, seed * 1000 + 500 + k) for k in range(n_chunks))]
-    todo = [u for u in units if not (u[1] / ".complete").is_file()]
-    if todo and todo[0][0] == "labeled":
-        first = todo.pop(0)
-        if not clock.fits(times.get("labeled", 0.0)):
-            return False
-        started = time.perf_counter()
-        print(f"[resenc-study] cohort: writing {first[1].relative_to(out)}", flush=True)
-        write_unit(first[0], str(first[1]), first[2], scale.volume, first[3], str(data / "labeled"))
-        times["labeled"] = time.perf_counter() - started
-    if todo and scale.jobs <= 1:
-        for kind, folder, cases, unit_seed in todo:
-            if not clock.fits(times.get(kind, 0.0)):
-                return False
-            started = time.perf_counter()
-            print(f"[resenc-study] cohort: writing {folder.relative_to(out)}", flush=True)
-            write_unit(kind, str(folder), cases, scale.volume, unit_seed, str(data / "labeled"))
-            times[kind] = max(times.get(kind, 0.0), time.perf_counter() - started)
-    elif todo:
-        import concurrent.futures as cf
-        import multiprocessing as mp
+    todo = [(kind, str(folder), cases, scale.volume, unit_seed, str(data / "labeled"))
+            for kind, folder, cases, unit_seed in units if not (folder / ".complete").is_file()]
 
-        print(f"[resenc-study] cohort: writing {len(todo)} chunk(s), {scale.jobs} at once", flush=True)
-        saved = {k: os.environ.get(k) for k in THREAD_VARS}
-        os.environ.update({k: "1" for k in THREAD_VARS})  # the writers' processes inherit it: one core each
-        pool = cf.ProcessPoolExecutor(max(1, scale.jobs), mp_context=mp.get_context("spawn"))
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-        with pool:
-            pending, queue = set(), list(todo)
-            while queue or pending:
-                while queue and len(pending) < max(1, scale.jobs) and clock.fits(times.get(queue[0][0], 0.0)):
-                    kind, folder, cases, unit_seed = queue.pop(0)
-                    future = pool.submit(write_unit, kind, str(folder), cases, scale.volume, unit_seed,
-                                         str(data / "labeled"))
-                    future.meta = (kind, time.perf_counter())  # type: ignore[attr-defined]
-                    pending.add(future)
-                if not pending:
-                    return False
-                finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                for future in finished:
-                    future.result()
-                    kind, started = future.meta  # type: ignore[attr-defined]
-                    times[kind] = max(times.get(kind, 0.0), time.perf_counter() - started)
+    def took(unit: tuple, _: Any, seconds: float) -> None:
+        times[unit[0]] = max(times.get(unit[0], 0.0), seconds)
+
+    # the labeled cases first, here: the noise volumes take their grid
+    first, rest = (todo[:1], todo[1:]) if todo and todo[0][0] == "labeled" else ([], todo)
+    for part, jobs in ((first, 1), (rest, scale.jobs)):
+        if part:
+            print(f"[resenc-study] cohort: writing {len(part)} unit(s), {jobs} at once", flush=True)
+        _, complete = run_tasks(write_unit, part, jobs=jobs, fits=lambda unit: clock.fits(times.get(unit[0], 0.0)),
+                                env={k: "1" for k in THREAD_VARS}, done=took)  # the writers' processes: one core each
+        if not complete:
+            return False
     for kind in ("unlabeled", "noise"):
         for n in scale.cohorts if kind == "unlabeled" else (max(scale.cohorts),):
             rows = []
@@ -451,7 +389,7 @@ def launch(unit: Unit) -> subprocess.Popen:
     numerical libraries' own thread pools (OpenMP, BLAS) are held to that many too, so that several units
     at once do not oversubscribe the cores."""
     unit.log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **({k: str(unit.threads) for k in THREAD_VARS} if unit.threads else {})}
+    env = child_env(**({k: str(unit.threads) for k in THREAD_VARS} if unit.threads else {}))
     with open(unit.log, "a") as log:
         return subprocess.Popen(list(unit.argv), stdout=log, stderr=subprocess.STDOUT, env=env)
 
@@ -502,7 +440,7 @@ def pretraining_summary(run: Pretraining, seconds: float) -> dict[str, Any]:
     weight, CV 0 and share 1, cannot show what weighting does)."""
     state = load_checkpoint(run.run_dir / "checkpoints" / "last.pt")
     losses = [h["val/loss"] for h in state.get("history", []) if "val/loss" in h]
-    spread = transfer_study.logged_series(run.run_dir, ("train/weights/cv", "train/weights/effective_share"))
+    spread = transfer.logged_series(run.run_dir, ("train/weights/cv", "train/weights/effective_share"))
     mean = lambda tag: float(np.mean([v for _, v in spread[tag]])) if spread[tag] else math.nan  # noqa: E731
     return {"run": run.name, "network": run.network, "arm": run.arm, "cohort": run.cohort, "steps": int(state["step"]),
             "seconds": seconds, "val_loss_first": losses[0] if losses else math.nan,
@@ -512,14 +450,15 @@ def pretraining_summary(run: Pretraining, seconds: float) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ report
 def pretraining_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    lines = ["| run | network | cohort | steps | wall time (s) | val loss first → last | loss weights CV | "
-             "effective share |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    """Markdown: one row per pretraining run (`pretraining_summary`)."""
+    cells = []
     for r in rows:
         cv, share = (r.get(k, math.nan) for k in ("weights_cv", "weights_share"))
-        lines.append(f"| {r['run']} | {r['network']} | {r['cohort']} | {r['steps']} | {r['seconds']:.0f} | "
-                     f"{r['val_loss_first']:.4f} → {r['val_loss_last']:.4f} | "
-                     f"{'—' if math.isnan(cv) else f'{cv:.2f}'} | {'—' if math.isnan(share) else f'{share:.2f}'} |")
-    return "\n".join(lines) + "\n"
+        cells.append([r["run"], r["network"], str(r["cohort"]), str(r["steps"]), f"{r['seconds']:.0f}",
+                      f"{r['val_loss_first']:.4f} → {r['val_loss_last']:.4f}", "—" if math.isnan(cv) else f"{cv:.2f}",
+                      "—" if math.isnan(share) else f"{share:.2f}"])
+    return markdown_table(["run", "network", "cohort", "steps", "wall time (s)", "val loss first → last",
+                           "loss weights CV", "effective share"], cells)
 
 
 # the study's questions as paired contrasts between arms (arm, reference, what the difference measures); a
@@ -559,7 +498,7 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], *
         for n in sorted({int(r["n"]) for r in scores}):
             row: dict[str, Any] = {"contrast": what, "arm": arm, "reference": ref, "n": n}
             for key, _ in CONTRAST_KEYS:
-                d = transfer_study.paired_matrix(scores, arm, ref, n, key)
+                d = transfer.paired_matrix(scores, arm, ref, n, key)
                 est = seed_case_bootstrap(d, n_resamples=n_boot)
                 row[key] = (est.value, est.low, est.high)
                 if key == "Dice_mean":
@@ -574,8 +513,8 @@ def contrast_table(rows: Sequence[Mapping[str, Any]]) -> str:
              "| --- | --- | ---: | " + " | ".join("---:" for _ in CONTRAST_KEYS) + " | --- |"]
     for r in rows:
         cells = " | ".join(f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for v, lo, hi in (r[k] for k, _ in CONTRAST_KEYS))
-        lines.append(f"| {r['contrast']} | {r['arm']} − {r['reference']} | {r['n']} | {cells} | "
-                     f"{' '.join(f'{x:+.3f}' for x in r['per_seed'])} |")
+        lines.append(table_row([r["contrast"], f"{r['arm']} − {r['reference']}", str(r["n"]), cells,
+                          " ".join(f"{x:+.3f}" for x in r["per_seed"])]))
     return "\n".join(lines) + "\n"
 
 
@@ -584,15 +523,13 @@ def report_markdown(info: Mapping[str, Any], pretraining_md: str, transfer_md: s
     m, sc = info["machine"], info["scale"]
     return "\n".join([
         f"# Which of ASA's ideas help a ResEnc U-Net? ({info['scale_name']} scale)", "",
-        f"Machine: {m['cpu']}, {m['usable_cores']} usable core(s), torch {m['torch']}"
-        + (f", GPU {m['gpu']}" if m["gpu"] else "") + f". Finished {info['finished']}.", "",
+        machine_line(m, info["finished"]), "",
         f"Template anatomy, {sc['volume']}³ volumes, {sc['crop']}³ crops; ResEnc {sc['size']}, SW-ViT {sc['swvit']}. "
         f"Unlabeled cohorts {', '.join(map(str, sc['cohorts']))} subjects ({sc['pretrain_steps']} pretraining steps each), "
         f"noise control on {max(sc['cohorts'])} noise volumes; mirror_visible {info['mirror_visible']}. "
         f"Fine-tuning: {sc['steps']} steps, labeled cases {', '.join(map(str, sc['cases']))}, seeds "
         f"{', '.join(map(str, sc['seeds']))}, {sc['test']} fixed test cases, {sc['val']} fixed validation cases.", "",
-        "| stage | wall time (s) |", "| --- | ---: |",
-        *(f"| {k} | {v:.0f} |" for k, v in info["stages"].items()), "",
+        markdown_table(["stage", "wall time (s)"], [[k, f"{v:.0f}"] for k, v in info["stages"].items()], left=1),
         *(["## The budget (the pilot)", "", pilot_md] if pilot_md else []),
         "## Pretraining", "", pretraining_md, "## Transfer (Δ = arm − resenc-scratch)", "", transfer_md, "",
         *(["## Contrasts (each idea, the cohort, the controls)", "",
@@ -603,10 +540,8 @@ def report_markdown(info: Mapping[str, Any], pretraining_md: str, transfer_md: s
 
 # --------------------------------------------------------------------------------------------------- main
 def parse_scale(args: argparse.Namespace) -> tuple[str, Scale]:
-    name = "quick" if args.quick else args.scale
-    scale = SCALES[name]
-    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(Scale) if getattr(args, f.name, None) is not None}
-    scale = dataclasses.replace(scale, **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()})
+    """(name, scale) of the command line, refused where the grid or the cohort cannot hold the plan."""
+    name, scale = scale_from_args(args, SCALES)
     if scale.crop >= scale.volume:
         raise SystemExit(f"--crop {scale.crop}: must be smaller than --volume {scale.volume}")
     if scale.pretrain_crop is not None and not scale.crop <= scale.pretrain_crop <= scale.volume:
@@ -639,7 +574,7 @@ def dry_run(args: argparse.Namespace, name: str, scale: Scale, out: Path, runs: 
     print(f"[resenc-study] transfer: {len(arms) + 1} arms (scratch SW-ViT, {', '.join(arms)}) × cases "
           f"{list(scale.cases)} × seeds {list(scale.seeds)} = {(len(arms) + 1) * len(scale.cases) * len(scale.seeds)} "
           f"runs of {scale.steps} steps, reference {REFERENCE}", flush=True)
-    print(f"  python scripts/transfer_study.py {shlex.join(targv)}", flush=True)
+    print(f"  {command('studies.transfer', targv)}", flush=True)
     if not args.no_compose:  # every fine-tuning arm's configuration composes
         for spec in arms.values():
             compose_config("finetune", ["data=msd", f"model={scale.swvit}", f"data.crop={scale.crop}",
@@ -648,16 +583,9 @@ def dry_run(args: argparse.Namespace, name: str, scale: Scale, out: Path, runs: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = parser("studies.resenc", __doc__)
     p.add_argument("--out", default="runs/resenc-study")
-    p.add_argument("--scale", choices=sorted(SCALES), default="cpu")
-    p.add_argument("--quick", action="store_true", help="the smoke scale (same as --scale quick)")
-    for f in dataclasses.fields(Scale):
-        many = f.name in ("cohorts", "cases", "seeds")
-        kind = {"size": str, "swvit": str, "time_budget": float}.get(f.name, int)
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, nargs="+" if many else None,
-                       help=f"override the scale's {f.name}")
+    add_scale_options(p, Scale, SCALES, "cpu")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="ResEnc pretraining arms")
     p.add_argument("--ablation-cohorts", type=int, nargs="+",
                    help="pretrain the variant arms (asa-sharp, asa-coord, asa-mirror) on these cohorts only (default: every cohort)")
@@ -691,13 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ablation_cohorts": args.ablation_cohorts, "budget_arms": args.budget_arms,
                 "budget_fractions": args.budget_fractions,
                 "override": args.override}
-    recorded = out / "study.json"
-    settings = json.loads(json.dumps(settings))
-    if recorded.is_file() and (old := json.loads(recorded.read_text())) != settings:
-        diff = sorted(k for k in settings if old.get(k) != settings.get(k))
-        raise SystemExit(f"--out {out} holds a study with other settings ({', '.join(diff)} differ; see {recorded}): "
-                         "rerun with the same options to continue it, or choose another --out")
-    atomic_write_json(recorded, settings)
+    record_settings(out, settings)
     clock = Clock(scale.time_budget)
     times_file = out / "times.json"  # wall time per stage and per pretraining run, summed over calls
     times = json.loads(times_file.read_text()) if times_file.is_file() else {"stages": {}, "units": {}, "runs": {}}
@@ -718,20 +640,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not complete:
         return unfinished("the cohort")
     started = time.perf_counter()
-    python = sys.executable
     units = []
     if scale.steps is None:  # the pilot first: the other units do not wait for it, the transfer stage does
-        units.append(Unit(PILOT, (python, str(Path(transfer_study.__file__)), *pilot_argv(args, scale, out)),
+        units.append(Unit(PILOT, module_argv("studies.transfer", *pilot_argv(args, scale, out)),
                           lambda: pilot_scores(out, scale).is_file(), out / "logs" / f"{PILOT}.log", resumable=False,
                           threads=args.threads))
     threads = [f"trainer.threads={args.threads}"] if args.threads else []
     supervised = supervised_overrides(out, scale, args.seed, runs)
-    units.append(Unit(SUPERVISED, (python, "-m", "asa.cli.finetune", *supervised, *threads),
-                      lambda: pretraining_study.finished(supervised_dir(runs) / "checkpoints" / "last.pt"),
+    units.append(Unit(SUPERVISED, module_argv("asa.cli.finetune", *supervised, *threads),
+                      lambda: finished(supervised_dir(runs) / "checkpoints" / "last.pt"),
                       out / "logs" / f"{SUPERVISED}.log", threads=args.threads))
     for run in runs:
-        units.append(Unit(run.name, (python, "-m", "asa.cli.pretrain", *run.overrides, *threads),
-                          lambda run=run: pretraining_study.finished(run.run_dir / "checkpoints" / "last.pt")
+        units.append(Unit(run.name, module_argv("asa.cli.pretrain", *run.overrides, *threads),
+                          lambda run=run: finished(run.run_dir / "checkpoints" / "last.pt")
                           and run.encoder.is_file(), out / "logs" / f"{run.name}.log", threads=args.threads))
     complete = run_units(units, scale.jobs, clock, times["runs"])
     stage("pilot, positive control and pretraining", started)
@@ -756,21 +677,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return unfinished("the transfer stage")
     targv = transfer_argv(args, scale, runs, out, None if left is None else left - expected)
     started = time.perf_counter()
-    transfer = Unit("transfer", (python, str(Path(transfer_study.__file__)), *targv), lambda: True,
-                    out / "logs" / "transfer.log", threads=args.threads)
-    code = launch(transfer).wait()
+    fine_tune = Unit("transfer", module_argv("studies.transfer", *targv), lambda: True, out / "logs" / "transfer.log",
+                     threads=args.threads)
+    code = launch(fine_tune).wait()
     stage("transfer", started)
     if code != 0:
-        raise SystemExit(f"[resenc-study] the transfer stage failed (exit {code}): see {transfer.log}")
+        raise SystemExit(f"[resenc-study] the transfer stage failed (exit {code}): see {fine_tune.log}")
     table = out / "transfer" / "transfer.md"
     if not table.is_file() or table.read_text().startswith("**Partial"):
         return unfinished("the transfer stage")
     rows = [pretraining_summary(run, times["runs"].get(run.name, math.nan)) for run in runs]
-    commands = [f"python scripts/resenc_study.py {shlex.join(sys.argv[1:] if argv is None else argv)}",
-                *(f"asa-pretrain {shlex.join(r.overrides)}" for r in runs),
-                f"python scripts/transfer_study.py {shlex.join(targv)}"]
+    commands = [command("studies.resenc", argv), *(f"asa-pretrain {shlex.join(r.overrides)}" for r in runs),
+                command("studies.transfer", targv)]
     info = {"scale_name": name, "scale": dataclasses.asdict(scale), "mirror_visible": args.mirror_visible,
-            "machine": pretraining_study.machine(), "stages": times["stages"], "commands": commands,
+            "machine": machine(), "stages": times["stages"], "commands": commands,
             "pretraining": rows, "pilot": pilot, "finished": datetime.datetime.now().isoformat(timespec="seconds")}
     report = out / "report"
     atomic_write_json(report / "report.json", info)

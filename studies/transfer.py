@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Does pretraining help? Fine-tune several arms over N labeled cases × seeds, test on one fixed split.
 
 Arms are named sets of ``asa-finetune`` overrides: ``scratch`` (no pretrained encoder) and
@@ -19,16 +18,14 @@ paired difference to the reference arm with a 95 % CI from a bootstrap that resa
 Example (demo IBSR phantoms, CPU, minutes)::
 
     asa-pretrain output_dir=runs/pretrain trainer.epochs=50
-    python scripts/transfer_study.py --pretrained runs/pretrain/checkpoints/encoder.pt --data ibsr \\
+    python -m studies.transfer --pretrained runs/pretrain/checkpoints/encoder.pt --data ibsr \\
         --cases 2 4 --seeds 0 1 --steps 40 --out runs/transfer
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import json
 import math
 import shutil
@@ -53,6 +50,7 @@ from asa.eval.reliance import encoder_reliance
 from asa.models import capabilities
 from asa.eval.plots import line_plot
 from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
+from studies.common import Clock, finished, markdown_table as table, parser, rows_csv, run_tasks
 
 SCRATCH, PRETRAINED = "scratch", "pretrained"
 PRESETS = ("baseline", "spe_only")  # Table 4 fine-tuning rows from scratch (configs/experiment)
@@ -164,7 +162,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], refe
             "encoder zeroed",
             f"Δ mean vs {reference} [95 % CI, seeds × cases]", "Δ per seed", "case-only CI",
             *([f"Δ HD95 vs {reference} [95 % CI]"] if hd else [])]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join([" --- "] * 2 + [" ---: "] * (len(head) - 2)) + "|"]
+    lines = []
     for r in rows:
         def cell(key: str, digits: int = 3) -> str:  # ± sd over seeds, when there are several
             sd = r[key + "_sd"]
@@ -182,8 +180,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], refe
             cells += [_ci(r, "delta"), " ".join(f"{float(v):+.3f}" for v in r["delta_per_seed"].split()),
                       f"[{r['delta_case_lo']:+.3f}, {r['delta_case_hi']:+.3f}]"]
             cells += [_ci(r, "delta_HD95_mean", 1)] if hd else []
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append(cells)
+    return table(head, lines)
 
 
 def class_differences_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str) -> str:
@@ -193,12 +191,8 @@ def class_differences_table(rows: Sequence[Mapping[str, Any]], names: Sequence[s
             + ([f"HD95_{c}" for c in names] if any("HD95_mean" in r for r in rows) else [])
             + ([f"NSD_{c}" for c in names] + ["NSD_mean"] if all("NSD_mean" in r for r in rows) else []))
     head = ["arm", "labeled", *(f"Δ {k.replace('_', ' ')}" + (" (mm)" if k.startswith("HD95") else "") for k in keys)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join([" --- "] * 2 + [" ---: "] * len(keys)) + "|"]
-    for r in rows:
-        if "delta" in r:
-            cells = [r["arm"], str(r["n"])] + [_ci(r, delta_prefix(k), 1 if k.startswith("HD95") else 3) for k in keys]
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return table(head, [[r["arm"], str(r["n"])] + [_ci(r, delta_prefix(k), 1 if k.startswith("HD95") else 3) for k in keys]
+                        for r in rows if "delta" in r])
 
 
 def report_markdown(rows: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str, *, n_boot: int) -> str:
@@ -223,16 +217,6 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], names: Sequence[str], ref
                      "as asa-evaluate scores it at its default tolerance; higher is better.")
     return (markdown_table(rows, names, reference) + "\n" + "\n\n".join(notes) + "\n\n"
             + "Paired differences per class [95 % CI, seeds × cases]:\n\n" + class_differences_table(rows, names, reference))
-
-
-def rows_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
-    return buf.getvalue()
 
 
 def svg_plot(rows: Sequence[Mapping[str, Any]], *, width: int = 480, height: int = 320) -> str:
@@ -273,6 +257,33 @@ def parse_arms(args: argparse.Namespace) -> dict[str, list[str]]:
     if not args.recipes:
         return arms
     return {f"{arm}@{recipe}": [*overrides, f"optim={recipe}"] for recipe in args.recipes for arm, overrides in arms.items()}
+
+
+def command_line(*, data: str, root: Path, model: str, crop: int, cases: Sequence[int], seeds: Sequence[int], test: int,
+                 split_seed: int, steps: int, device: str, n_boot: int, out: Path, val_cases: int = 0, jobs: int = 1,
+                 recipes: Sequence[str] = (), reference: str | None = None, lesion_classes: Sequence[str] = (),
+                 threads: int | None = None, time_budget: float | None = None, drop_checkpoints: bool = False,
+                 arms: Mapping[str, str] | None = None, overrides: Sequence[str] = (), budget_arms: Sequence[str] = (),
+                 budget_fractions: Sequence[float] = ()) -> list[str]:
+    """The arguments of :func:`main` for a study that hands its fine-tuning to this one, ``--reuse`` always
+    (finished runs are read back). ``arms``: name -> asa-finetune overrides ``key=value,...`` (``--arm``)."""
+    argv = ["--data", data, "--root", str(root), "--model", model, "--crop", str(crop), "--cases", *map(str, cases),
+            "--seeds", *map(str, seeds), "--test", str(test), "--val-cases", str(val_cases), "--split-seed",
+            str(split_seed), "--steps", str(steps), "--device", device, "--reuse", "--n-boot", str(n_boot),
+            "--out", str(out), "--jobs", str(jobs)]
+    argv += ["--recipes", *recipes] if recipes else []
+    argv += ["--reference", reference] if reference else []
+    argv += ["--lesion-classes", *lesion_classes] if lesion_classes else []
+    argv += ["--threads", str(threads)] if threads else []
+    argv += ["--time-budget", f"{max(0.0, time_budget):.0f}"] if time_budget is not None else []
+    argv += ["--drop-checkpoints"] if drop_checkpoints else []
+    for name, spec in (arms or {}).items():
+        argv += ["--arm", f"{name}={spec}"]
+    for override in overrides:
+        argv += ["--override", override]
+    if budget_arms:
+        argv += ["--budget-arms", *budget_arms, "--budget-fractions", *map(str, budget_fractions)]
+    return argv
 
 
 def references(arms: Sequence[str], reference: str) -> dict[str, str]:
@@ -454,7 +465,7 @@ def train_and_score(run: Run, test_ids: Sequence[str], reuse: bool, device: str,
     cfg = compose_config("finetune", list(run.overrides))
     root, layout = dataset_root(cfg.data)
     by_id = {c.id: c for c in discover(layout, root, on_bad_case=str(cfg.data.on_bad_case))}
-    if not (reuse and _finished(ckpt)):
+    if not (reuse and finished(ckpt)):
         if (run.run_dir / "checkpoints").is_dir():  # train anew; keep the old run under another name
             print(f"[transfer] moved the previous run to {move_aside(run.run_dir)}", flush=True)
         rest = sorted(set(by_id) - set(run.train))  # test and unused cases: never seen by the run
@@ -493,20 +504,8 @@ def train_and_score(run: Run, test_ids: Sequence[str], reuse: bool, device: str,
     return done
 
 
-def _finished(ckpt: Path) -> bool:
-    """Whether ``ckpt`` is the last.pt of a run that went through its whole schedule."""
-    if not ckpt.is_file():
-        return False
-    state = load_checkpoint(ckpt)
-    return int(state["step"]) >= int(state["scheduler"]["total_steps"])
-
-
 def _device(name: str):
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
-
-
-def _run_job(job: tuple[Run, Sequence[str], bool, str, bool]) -> dict[str, Any]:
-    return train_and_score(*job)
 
 
 def run_study(args: argparse.Namespace) -> tuple[list[dict], list[str], dict[str, list[str]], list[dict], int]:
@@ -519,28 +518,9 @@ def run_study(args: argparse.Namespace) -> tuple[list[dict], list[str], dict[str
     root, _ = dataset_root(probe_cfg.data)
     atomic_write_json(out / "study.json", {"data": args.data, "root": str(root), "test": test_ids,
                                           "arms": arms, "cases": args.cases, "seeds": args.seeds, "steps": args.steps})
-    start = time.monotonic()
-    due = lambda: args.time_budget is None or time.monotonic() - start < args.time_budget  # noqa: E731
+    clock = Clock(args.time_budget)
     jobs = [(run, test_ids, args.reuse, args.device, args.drop_checkpoints) for run in runs]
-    results: list[dict] = []
-    if args.jobs <= 1:
-        for job in jobs:
-            if not due():
-                break
-            results.append(_run_job(job))
-    else:
-        import concurrent.futures as cf
-        import multiprocessing as mp
-
-        with cf.ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
-            pending, queue = set(), list(jobs)
-            while queue or pending:
-                while queue and len(pending) < args.jobs and due():
-                    pending.add(pool.submit(_run_job, queue.pop(0)))
-                if not pending:
-                    break
-                finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                results += [f.result() for f in finished]
+    results, _ = run_tasks(train_and_score, jobs, jobs=args.jobs, fits=lambda job: clock.fits())
     scores = [row for r in results for row in r["scores"]]
     budgets = [r["budget"] for r in results]
     names = results[0]["names"] if results else list(get_task(str(probe_cfg.data.task), root=root).output_names)
@@ -581,7 +561,7 @@ def budget_table(budgets: Sequence[Mapping[str, Any]]) -> str:
     val = any(b.get("val_plateau") is not None for b in budgets)
     head = ["arm", "labeled", "steps", "final loss", "plateaued", *(["val Dice plateaued", CURVE_HEAD] if val else []),
             "rel. update encoder", "rel. update decoder", "encoder / decoder", "train s / run"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join([" --- "] * 2 + [" ---: "] * (len(head) - 2)) + "|"]
+    lines = []
     groups: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
     for b in budgets:
         groups.setdefault((b["arm"], int(b["n"])), []).append(b)
@@ -597,11 +577,11 @@ def budget_table(budgets: Sequence[Mapping[str, Any]]) -> str:
         plateau_val = [f"{sum(bool(r['val_plateau']) for r in checked)}/{len(checked)}", curve_cell(checked)] if val else []
         secs = [float(r.get("train_seconds", math.nan)) for r in runs]
         secs = [t for t in secs if not math.isnan(t)]
-        lines.append("| " + " | ".join([arm, str(n), str(runs[0]["steps"]), f"{np.mean(loss):.3f}{sd}",
-                                        f"{sum(bool(r['plateau']) for r in runs)}/{len(runs)}", *plateau_val,
-                                        mean("rel_update_encoder"), mean("rel_update_decoder"), mean("rel_update_ratio"),
-                                        f"{np.mean(secs):.0f}" if secs else "—"]) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append([arm, str(n), str(runs[0]["steps"]), f"{np.mean(loss):.3f}{sd}",
+                      f"{sum(bool(r['plateau']) for r in runs)}/{len(runs)}", *plateau_val,
+                      mean("rel_update_encoder"), mean("rel_update_decoder"), mean("rel_update_ratio"),
+                      f"{np.mean(secs):.0f}" if secs else "—"])
+    return table(head, lines)
 
 
 def write_outputs(scores: list[dict], names: Sequence[str], reference: str | Mapping[str, str], out: Path, *,
@@ -633,8 +613,7 @@ def write_outputs(scores: list[dict], names: Sequence[str], reference: str | Map
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = parser("studies.transfer", __doc__)
     p.add_argument("--pretrained", help="encoder export or pretraining checkpoint for the 'pretrained' arm")
     p.add_argument("--data", default="ibsr", help="fine-tuning data preset: brats | ibsr | wmh | msd (default ibsr)")
     p.add_argument("--root", help="dataset folder (default: the preset's demo phantoms)")

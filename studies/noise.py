@@ -1,4 +1,4 @@
-"""Pure-noise volumes: the negative control of a pretraining study.
+"""Pure-noise volumes: the negative control of a pretraining study (`studies.resenc`).
 
 An encoder pretrained on these has seen no anatomy: no tissue, no edges, no symmetry, nothing a
 segmenter of brains could reuse beyond local intensity statistics. If such an encoder helps the
@@ -15,11 +15,15 @@ those two only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["NoiseVolume", "make_noise_volume"]
+from asa.data.synthetic.demo import write_nifti
+from asa.io import atomic_write_text
+
+__all__ = ["NoiseVolume", "make_noise_volume", "write_noise_dataset"]
 
 
 @dataclass
@@ -58,3 +62,32 @@ def make_noise_volume(size: int | tuple[int, int, int] = 64, *, seed: int = 0, i
     field = (field - field.mean()) / max(float(field.std()), 1e-12)
     image = np.clip(0.5 + 0.15 * field, 1e-3, 1.0).astype(np.float32)  # never 0: no background to find
     return NoiseVolume(images={"t1": image}, affine=affine.copy())
+
+
+def write_noise_dataset(out: str | Path, *, cases: int = 4, size: int | tuple[int, int, int] = 64, seed: int = 0,
+                        affine: np.ndarray | None = None, overwrite: bool = False) -> Path:
+    """Write ``cases`` noise volumes (`make_noise_volume`) as a T1w file list under ``out`` (``images/`` and
+    ``files.csv``, the ``filelist`` layout), for pretraining a negative-control encoder; returns ``out``.
+
+    Args:
+        out: the folder; it must be missing or empty unless ``overwrite`` (`FileExistsError`).
+        cases: number of volumes, at least 1.
+        size, seed: as `make_noise_volume`; volume i is ``make_noise_volume(size, seed=seed, index=i)``.
+        affine: the grid of the cohort the control stands beside (e.g. one of its subjects' affine), so that
+            voxel size and field of view match; default 1 mm.
+        overwrite: write into a folder that holds files.
+    """
+    if cases < 1:
+        raise ValueError(f"cases must be >= 1, got {cases}")
+    out = Path(out).expanduser()
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not overwrite:
+        raise FileExistsError(f"--out {out} is not empty ({', '.join(held[:5])}): choose a new folder, or pass "
+                              "overwrite=True to write into it anyway")
+    rows = []
+    for index in range(cases):
+        volume, cid = make_noise_volume(size, seed=seed, index=index, affine=affine), f"DEMO_{index:03d}"
+        write_nifti(volume.images["t1"], volume.affine, out / "images" / f"{cid}.nii.gz", "RAS", np.float32)
+        rows.append(f"{cid},images/{cid}.nii.gz\n")
+    atomic_write_text(out / "files.csv", "id,path\n" + "".join(rows))
+    return out

@@ -1,21 +1,13 @@
-"""scripts/transfer_study.py: paired differences, their CIs (`asa.eval`), the table and the plot on synthetic scores."""
+"""studies/transfer.py: paired differences, their CIs (`asa.eval`), the table and the plot on synthetic scores."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from asa.eval import bootstrap_ci, seed_case_bootstrap
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "transfer_study.py"
-_spec = importlib.util.spec_from_file_location("asa_transfer_study", SCRIPT)
-study = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = study
-_spec.loader.exec_module(study)
+from studies import transfer as study
 
 
 def _scores(delta: float, noise: float = 0.02, cases: int = 20, seeds: int = 3) -> list[dict]:

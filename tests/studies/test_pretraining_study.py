@@ -1,8 +1,8 @@
-"""scripts/pretraining_study.py: the one-command study on phantoms at toy scale, its report, resume and refusals."""
+"""studies/pretraining.py: the one-command study on phantoms at toy scale, its report, resume and refusals."""
 from __future__ import annotations
 
+import argparse
 import csv
-import importlib.util
 import json
 import re
 import shlex
@@ -13,13 +13,9 @@ from pathlib import Path
 import pytest
 
 from asa.data.synthetic import anatomy
+from studies import pretraining as study
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "pretraining_study.py"
-_spec = importlib.util.spec_from_file_location("asa_pretraining_study", SCRIPT)
-study = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = study
-_spec.loader.exec_module(study)
-
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _csv(path: Path) -> list[dict]:
@@ -98,7 +94,7 @@ def test_whole_study_at_toy_scale_writes_the_report_and_resumes(tmp_path, capsys
     assert not any(s["reused"] for s in info["stages"].values())
     assert info["machine"]["usable_cores"] >= 1 and info["scale"]["seeds"] == [0, 1]
     readme = (report / "README.md").read_text()
-    for text in ("asa-pretrain experiment=asa", "probe.every=1", "scripts/transfer_study.py", "--recipes sgd adamw",
+    for text in ("asa-pretrain experiment=asa", "probe.every=1", "python -m studies.transfer", "--recipes sgd adamw",
                  "--arm asa=model.pretrained=", "| transfer |", "Machine:", "Δ per seed", "**asa**", "Budget check"):
         assert text in readme, text
     # fine-tuning crops smaller than the volume: the runs' configs say so
@@ -137,17 +133,17 @@ def test_comparison_command_adds_the_from_scratch_baselines(tmp_path, capsys):
     from scratch, each run configured (dry run), and the DynUNet arm handed to the transfer study as a network
     of its own, without a pretrained encoder."""
     out = tmp_path / "compare"
-    page = (SCRIPT.parents[1] / "docs" / "studies.md").read_text()
+    page = (ROOT / "docs" / "studies.md").read_text()
     block = page[page.index("## Comparing methods"):]
     command = shlex.split(re.sub(r"\\\n\s*", " ", block.split("```bash\n", 1)[1].split("```", 1)[0]))
-    assert command[:2] == ["python", "scripts/pretraining_study.py"]  # the documented command, as written
-    argv = [*command[2:command.index("--out")], "--dry-run", "--out", str(out)]
+    assert command[:3] == ["python", "-m", "studies.pretraining"]  # the documented command, as written
+    argv = [*command[3:command.index("--out")], "--dry-run", "--out", str(out)]
     assert study.main(argv) == 0
     text = capsys.readouterr().out
     assert "transfer 18 runs" in text and "+ dynunet from scratch" in text and "pretraining asa, mae, rpl, jigsaw" in text
     assert not out.exists()
-    args = study.argparse.Namespace(layout="msd", device="cpu", n_boot=10, threads=None, time_budget=None,
-                                    drop_checkpoints=False, anatomy=False, override=[], baselines=["dynunet"], seed=0)
+    args = argparse.Namespace(layout="msd", device="cpu", n_boot=10, threads=None, time_budget=None,
+                              drop_checkpoints=False, anatomy=False, override=[], baselines=["dynunet"], seed=0)
     scale = study.SCALES["quick"]
     argv = study.transfer_argv(args, scale, tmp_path, {"asa": tmp_path / "encoder.pt"}, tmp_path / "t")
     arms = [argv[i + 1] for i, a in enumerate(argv) if a == "--arm"]

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Does pretraining help? One command: cohort -> Table 4 pretraining arms -> transfer study -> one report.
 
 Stages (each resumable; rerun the same command to continue after an interruption):
@@ -11,7 +10,7 @@ Stages (each resumable; rerun the same command to continue after an interruption
    ``configs/pretrain/experiment/``: mae, a_ssl, asa by default) at the ``tiny`` size, with the
    frozen-encoder probes at every validation round (``probe.every=1``); each exports
    ``checkpoints/encoder.pt``. An unfinished run continues from its ``last.pt`` (``resume=auto``).
-3. transfer: ``scripts/transfer_study.py`` with scratch and each pretrained arm, every seed its own
+3. transfer: ``python -m studies.transfer`` with scratch and each pretrained arm, every seed its own
    draw of labeled cases, a fixed test split, fine-tuning crops smaller than the volume (so the
    foreground-oversampled crops act), Dice and HD95 per class, encoder-zeroed Dice and the paired
    differences to scratch with seed × case bootstrap CIs; ``--reuse`` scores finished runs.
@@ -31,8 +30,8 @@ recorded in ``<out>/study.json``; a rerun with other settings into the same ``--
 
 Example::
 
-    python scripts/pretraining_study.py --out runs/study            # full scale
-    python scripts/pretraining_study.py --quick --out runs/study-quick
+    python -m studies.pretraining --out runs/study            # full scale
+    python -m studies.pretraining --quick --out runs/study-quick
 """
 
 from __future__ import annotations
@@ -40,10 +39,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib.util
 import json
 import os
-import platform
 import shlex
 import shutil
 import sys
@@ -52,18 +49,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from asa.api import pretrain
 from asa.api.config import compose_config
 from asa.data import LESION_NAMES, write_anatomy_dataset, write_demo_dataset
 from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
 from asa.models.heads.puzzles import RPL_GRID
-
-_SPEC = importlib.util.spec_from_file_location("asa_transfer_study", Path(__file__).with_name("transfer_study.py"))
-transfer_study = importlib.util.module_from_spec(_SPEC)
-sys.modules[_SPEC.name] = transfer_study
-_SPEC.loader.exec_module(transfer_study)
+from studies import transfer
+from studies.common import (Clock, add_scale_options, command, finished, machine, machine_line, markdown_table,
+                            parser, record_settings, rows_csv, scale_from_args)
 
 ARMS = ("mae", "a_ssl", "asa")  # Table 4 pretraining rows (configs/pretrain/experiment/) compared with scratch
 # networks trained from scratch under the same plan beside the SW-ViT arms (--baselines): the field's yardstick
@@ -171,14 +164,6 @@ def puzzle_fit(overrides: list[str], crop: int) -> list[str]:
     return [f"method.jitter={max(room, 0)}"] if cfg.method.jitter > room else []
 
 
-def finished(ckpt: Path) -> bool:
-    """Whether ``ckpt`` is the last.pt of a run that went through its whole schedule."""
-    if not ckpt.is_file():
-        return False
-    state = load_checkpoint(ckpt)
-    return int(state["step"]) >= int(state["scheduler"]["total_steps"])
-
-
 def run_pretraining(arm: str, overrides: list[str], run_dir: Path) -> bool:
     """Pretrain one arm unless it finished before (then True: reused); returns whether it was reused."""
     ckpts = run_dir / "checkpoints"
@@ -203,44 +188,24 @@ def probes_outputs(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> tupl
     metrics = [m for m in PROBE_METRICS if any(m in r for r in rows)]
     lines = []
     for arm, hist in histories.items():
-        lines += [f"**{arm}**", "", "| epoch | step | " + " | ".join(metrics) + " |",
-                  "| ---: | ---: |" + " ---: |" * len(metrics)]
-        for h in hist:
-            cells = [f"{h[m]:.4f}" if m in h else "—" for m in metrics]
-            lines.append(f"| {h['epoch']} | {h['step']} | " + " | ".join(cells) + " |")
-        lines.append("")
+        cells = [[str(h["epoch"]), str(h["step"]), *(f"{h[m]:.4f}" if m in h else "—" for m in metrics)] for h in hist]
+        lines += [f"**{arm}**", "", markdown_table(["epoch", "step", *metrics], cells, left=0)]
     others = sorted({k for r in rows for k in r if k.startswith("probe/") and k not in metrics})
     if others:
         lines.append(f"Also logged (probes.csv): {', '.join(others)}.")
     series = {arm: [(h["epoch"], h["probe/r2_mean"], 0.0) for h in hist if "probe/r2_mean" in h]
               for arm, hist in histories.items()}
-    svg = transfer_study.line_plot(series, xlabel="pretraining epoch", ylabel="probe R² (mean over classes)",
-                                   categorical=False, clip=None)
-    return "\n".join(lines) + "\n", transfer_study.rows_csv(rows), svg
+    svg = transfer.line_plot(series, xlabel="pretraining epoch", ylabel="probe R² (mean over classes)",
+                             categorical=False, clip=None)
+    return "\n".join(lines) + "\n", rows_csv(rows), svg
 
 
 # ------------------------------------------------------------------------------------------------ report
-def machine() -> dict[str, Any]:
-    """CPU model, cores and threads, torch and the GPU if any."""
-    model = platform.processor() or platform.machine()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": model, "cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-            "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
 def report_markdown(info: Mapping[str, Any], transfer_md: str, probes_md: str) -> str:
     """report/README.md: what was run, where, how long each stage took, and the tables."""
     m, sc = info["machine"], info["scale"]
     lines = [f"# Does pretraining help? ({info['scale_name']} scale, {info['generator']})", "",
-             f"Machine: {m['cpu']}, {m['usable_cores']} usable core(s) of {m['cpu_count']}, {m['torch_threads']} torch "
-             f"thread(s), torch {m['torch']}" + (f", GPU {m['gpu']}" if m["gpu"] else "") + f". Finished {info['finished']}.",
-             "",
+             machine_line(m, info["finished"]), "",
              f"Cohort: {sc['subjects']} healthy subjects (pretraining), {sc['labeled']} labeled cases in layout "
              f"{info['layout']} ({sc['test']} fixed test cases), {sc['volume']}³ voxels; crops {sc['crop']}³ "
              f"(pretraining and fine-tuning). Pretraining: {', '.join(info['arms'])} at {sc['model']}, "
@@ -292,27 +257,19 @@ def lesion_classes(anatomy: bool) -> list[str]:
     return list(LESION_NAMES.values()) if anatomy else []
 
 
-def transfer_argv(args: argparse.Namespace, scale: Scale, labeled: Path, encoders: Mapping[str, Path],
-                  out: Path) -> list[str]:
-    """The transfer study's command line: scratch and every pretrained arm under every recipe."""
+def transfer_argv(args: argparse.Namespace, scale: Scale, labeled: Path, encoders: Mapping[str, Path], out: Path,
+                  time_left: float | None = None) -> list[str]:
+    """The transfer study's command line: scratch and every pretrained arm under every recipe; ``time_left``:
+    what is left of this invocation's budget after the cohort and pretraining."""
     threads = args.threads or (max(1, (os.cpu_count() or 1) // scale.jobs) if scale.jobs > 1 else None)
-    argv = ["--data", args.layout, "--root", str(labeled), "--model", scale.model, "--crop", str(scale.crop),
-            "--cases", *map(str, scale.cases), "--seeds", *map(str, scale.seeds), "--test", str(scale.test),
-            "--split-seed", str(args.seed), "--steps", str(scale.steps), "--device", args.device, "--reuse",
-            "--n-boot", str(args.n_boot), "--out", str(out), "--recipes", *scale.recipes, "--jobs", str(scale.jobs)]
-    argv += ["--threads", str(threads)] if threads else []
-    if args.time_budget:  # what is left of this invocation's budget after the cohort and pretraining
-        argv += ["--time-budget", str(max(0.0, args.time_budget - (time.monotonic() - args.started)))]
-    argv += ["--drop-checkpoints"] if args.drop_checkpoints else []
-    lesions = lesion_classes(args.anatomy)
-    argv += ["--lesion-classes", *lesions] if lesions else []
-    for arm, path in encoders.items():
-        argv += ["--arm", f"{arm}=model.pretrained={path}"]
-    for baseline in args.baselines:
-        argv += ["--arm", f"{baseline}={BASELINES[baseline]}"]
-    for override in args.override:
-        argv += ["--override", override]
-    return argv
+    arms = {**{arm: f"model.pretrained={path}" for arm, path in encoders.items()},
+            **{baseline: BASELINES[baseline] for baseline in args.baselines}}
+    return transfer.command_line(
+        data=args.layout, root=labeled, model=scale.model, crop=scale.crop, cases=scale.cases, seeds=scale.seeds,
+        test=scale.test, split_seed=args.seed, steps=scale.steps, device=args.device, n_boot=args.n_boot, out=out,
+        recipes=scale.recipes, jobs=scale.jobs, threads=threads, time_budget=time_left,
+        drop_checkpoints=args.drop_checkpoints, lesion_classes=lesion_classes(args.anatomy), arms=arms,
+        overrides=args.override)
 
 
 def dry_run(args: argparse.Namespace, name: str, scale: Scale, out: Path) -> int:
@@ -337,10 +294,8 @@ def dry_run(args: argparse.Namespace, name: str, scale: Scale, out: Path) -> int
 
 
 def parse_scale(args: argparse.Namespace) -> tuple[str, Scale]:
-    name = "quick" if args.quick else args.scale
-    scale = SCALES[name]
-    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(Scale) if getattr(args, f.name) is not None}
-    scale = dataclasses.replace(scale, **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()})
+    """(name, scale) of the command line, refused where the cohort cannot hold the plan."""
+    name, scale = scale_from_args(args, SCALES)
     if scale.crop >= scale.volume:
         raise SystemExit(f"--crop {scale.crop}: must be smaller than --volume {scale.volume} so that the "
                          "fine-tuning crops sample the volume (foreground oversampling)")
@@ -351,16 +306,9 @@ def parse_scale(args: argparse.Namespace) -> tuple[str, Scale]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = parser("studies.pretraining", __doc__)
     p.add_argument("--out", default="runs/study", help="study folder: data/, pretrain/, transfer/, report/")
-    p.add_argument("--scale", choices=sorted(SCALES), default="full")
-    p.add_argument("--quick", action="store_true", help="the smoke scale (same as --scale quick)")
-    for f in dataclasses.fields(Scale):
-        many = f.name in ("cases", "seeds", "recipes")
-        kind = str if f.name in ("model", "recipes") else int
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, nargs="+" if many else None,
-                       help=f"override the scale's {f.name}")
+    add_scale_options(p, Scale, SCALES, "full")
     p.add_argument("--arms", nargs="+", default=list(ARMS), help="pretraining presets (configs/pretrain/experiment)")
     p.add_argument("--baselines", nargs="*", default=[], choices=sorted(BASELINES),
                    help="networks trained from scratch under the same recipes beside the SW-ViT arms "
@@ -385,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="asa-finetune overrides for every fine-tuning run, scratch included "
                         "(a recipe choice, e.g. model.input_skip=none)")
     args = p.parse_args(argv)
-    args.started = time.monotonic()
+    clock = Clock(args.time_budget)
     name, scale = parse_scale(args)
     out = Path(args.out).expanduser().absolute()
     if args.dry_run:
@@ -394,14 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "probe_data": args.probe_data, "seed": args.seed, "override": args.override}
     if args.baselines:  # recorded only when asked, so that a study begun before --baselines existed continues
         settings["baselines"] = args.baselines
-    recorded = out / "study.json"
-    if recorded.is_file() and (old := json.loads(recorded.read_text())) != json.loads(json.dumps(settings)):
-        diff = sorted(k for k in settings if old.get(k) != json.loads(json.dumps(settings)).get(k))
-        raise SystemExit(f"--out {out} holds a study with other settings ({', '.join(diff)} differ; see {recorded}): "
-                         "rerun with the same options to continue it, or choose another --out")
-    atomic_write_json(recorded, settings)
+    record_settings(out, settings)
     stages = Stages(out / "stages.json")
-    commands = [f"python scripts/pretraining_study.py {shlex.join(sys.argv[1:] if argv is None else argv)}"]
+    commands = [command("studies.pretraining", argv)]
     writer = dataset_writer(args.anatomy)
     probe_own = args.anatomy and not args.probe_data  # the probes read tissue labels of the same anatomy
     probe_data = str(out / "data" / "probe") if probe_own else args.probe_data
@@ -423,13 +366,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         encoders[arm] = run_dir / "checkpoints" / "encoder.pt"
 
     transfer_out = out / "transfer"
-    targv = transfer_argv(args, scale, cohort["labeled"], encoders, transfer_out)
-    commands.append(f"python scripts/transfer_study.py {shlex.join(targv)}")
-    def transfer() -> bool:
-        transfer_study.main(targv)  # finished runs are read back (--reuse), unfinished ones trained
+    targv = transfer_argv(args, scale, cohort["labeled"], encoders, transfer_out, clock.left())
+    commands.append(command("studies.transfer", targv))
+
+    def fine_tune() -> bool:
+        transfer.main(targv)  # finished runs are read back (--reuse), unfinished ones trained
         return False
 
-    stages.run("transfer", transfer)
+    stages.run("transfer", fine_tune)
     table = transfer_out / "transfer.md"
     if not table.is_file() or table.read_text().startswith("**Partial"):
         print(f"[study] the transfer stage is not finished (--time-budget {args.time_budget}); rerun the same "

@@ -1,0 +1,198 @@
+"""What the studies share: the command line of a `Scale`, the record of a study's settings, the time budget
+of a call, whether a run finished, the machine it ran on, and the Markdown and CSV of its report."""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import csv
+import dataclasses
+import io
+import json
+import multiprocessing as mp
+import os
+import platform
+import shlex
+import sys
+import time
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from asa.io import atomic_write_json, load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]  # the checkout: `studies` is importable from here, not installed
+S = TypeVar("S")
+
+
+# ------------------------------------------------------------------------------------------ command line
+def parser(module: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of ``python -m <module>``: its docstring's first paragraph as the description, the rest as the
+    epilog."""
+    return argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc.split("\n\n", 1)[1])
+
+
+def add_scale_options(p: argparse.ArgumentParser, scale: type, scales: Mapping[str, Any], default: str) -> None:
+    """``--scale`` (one of ``scales``), ``--quick`` and one ``--<field>`` per field of the ``scale`` dataclass
+    that overrides it; a field's type gives the option's (``tuple[int, ...]``: one or more ints)."""
+    p.add_argument("--scale", choices=sorted(scales), default=default)
+    p.add_argument("--quick", action="store_true", help="the smoke scale (same as --scale quick)")
+    hints = typing.get_type_hints(scale)
+    for f in dataclasses.fields(scale):
+        hint = hints[f.name]
+        many = typing.get_origin(hint) is tuple
+        kind = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, nargs="+" if many else None,
+                       help=f"override the scale's {f.name}")
+
+
+def scale_from_args(args: argparse.Namespace, scales: Mapping[str, S]) -> tuple[str, S]:
+    """(name, scale): the chosen scale with every ``--<field>`` given on the command line in place."""
+    name = "quick" if args.quick else args.scale
+    scale = scales[name]
+    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(scale) if getattr(args, f.name, None) is not None}
+    return name, dataclasses.replace(scale, **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()})
+
+
+def command(module: str, argv: Sequence[str] | None) -> str:
+    """How this call is written in a report: ``python -m <module> <argv>`` (``argv`` None: this process's)."""
+    return f"python -m {module} {shlex.join(sys.argv[1:] if argv is None else argv)}"
+
+
+def module_argv(module: str, *args: str) -> tuple[str, ...]:
+    """The argv of a child process that runs ``python -m <module>`` with this interpreter (`child_env` makes
+    ``studies`` importable there)."""
+    return (sys.executable, "-m", module, *args)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This process's environment with the checkout first on PYTHONPATH, so that a child finds ``studies``
+    whatever its working directory."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+# ----------------------------------------------------------------------------------------------- settings
+def record_settings(out: Path, settings: Mapping[str, Any]) -> None:
+    """Keep ``settings`` in ``<out>/study.json``; a folder that holds a study with other settings is refused,
+    naming the ones that differ (a rerun with the same options continues the study)."""
+    recorded = out / "study.json"
+    settings = json.loads(json.dumps(settings))
+    if recorded.is_file() and (old := json.loads(recorded.read_text())) != settings:
+        diff = sorted(k for k in settings if old.get(k) != settings.get(k))
+        raise SystemExit(f"--out {out} holds a study with other settings ({', '.join(diff)} differ; see {recorded}): "
+                         "rerun with the same options to continue it, or choose another --out")
+    atomic_write_json(recorded, settings)
+
+
+class Clock:
+    """The call's time budget: whether a unit expected to take ``seconds`` still fits."""
+
+    def __init__(self, budget: float | None) -> None:
+        self.start, self.budget = time.monotonic(), budget
+
+    def left(self) -> float | None:
+        return None if self.budget is None else self.budget - (time.monotonic() - self.start)
+
+    def fits(self, seconds: float = 0.0) -> bool:
+        left = self.left()
+        return left is None or left > seconds
+
+
+def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], *, jobs: int = 1,
+              fits: Callable[[tuple], bool] = lambda task: True, env: Mapping[str, str] | None = None,
+              done: Callable[[tuple, Any, float], None] | None = None) -> tuple[list[Any], bool]:
+    """``fn(*task)`` for every task in order, ``jobs`` at once in spawned processes (``fn`` a module-level
+    function, so that a worker imports it), here with ``jobs`` <= 1; a task starts only while ``fits(task)``.
+    ``env``: variables the workers start with (set while the pool lives: workers are spawned on demand, and a
+    library reads e.g. OMP_NUM_THREADS once, when it loads). ``done(task, result, seconds)`` as each finishes.
+    Returns (results in the order they finished, whether every task ran)."""
+    results: list[Any] = []
+
+    def finish(task: tuple, result: Any, started: float) -> None:
+        results.append(result)
+        if done is not None:
+            done(task, result, time.perf_counter() - started)
+
+    if jobs <= 1:
+        for task in tasks:
+            if not fits(task):
+                return results, False
+            started = time.perf_counter()
+            finish(task, fn(*task), started)
+        return results, True
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    try:
+        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            pending: dict[cf.Future, tuple[tuple, float]] = {}
+            queue = list(tasks)
+            while queue or pending:
+                while queue and len(pending) < jobs and fits(queue[0]):
+                    task = queue.pop(0)
+                    pending[pool.submit(fn, *task)] = (task, time.perf_counter())
+                if not pending:
+                    return results, False
+                ready, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for future in ready:
+                    task, started = pending.pop(future)
+                    finish(task, future.result(), started)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return results, True
+
+
+def finished(ckpt: Path) -> bool:
+    """Whether ``ckpt`` is the last.pt of a run that went through its whole schedule."""
+    if not ckpt.is_file():
+        return False
+    state = load_checkpoint(ckpt)
+    return int(state["step"]) >= int(state["scheduler"]["total_steps"])
+
+
+# ------------------------------------------------------------------------------------------------- report
+def machine() -> dict[str, Any]:
+    """CPU model, cores and threads, torch and the GPU if any."""
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": model, "cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def machine_line(m: Mapping[str, Any], finished_at: str) -> str:
+    """The report's line on where the study ran (`machine`) and when it finished."""
+    return (f"Machine: {m['cpu']}, {m['usable_cores']} usable core(s) of {m['cpu_count']}, {m['torch_threads']} torch "
+            f"thread(s), torch {m['torch']}" + (f", GPU {m['gpu']}" if m["gpu"] else "") + f". Finished {finished_at}.")
+
+
+def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]], *, left: int = 2) -> str:
+    """A Markdown table: the first ``left`` columns aligned left, the others (numbers) right."""
+    lines = [table_row(head), "|" + "|".join([" --- "] * left + [" ---: "] * (len(head) - left)) + "|"]
+    return "\n".join([*lines, *(table_row(r) for r in rows)]) + "\n"
+
+
+def table_row(cells: Sequence[str]) -> str:
+    """One Markdown table row."""
+    return "| " + " | ".join(cells) + " |"
+
+
+def rows_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """CSV of dict rows (the union of their keys as the header; floats to six decimals)."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()

@@ -1,0 +1,63 @@
+"""studies/common.py: a scale's command line, the settings record, the run of tasks under a time budget and
+the Markdown of the reports."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+
+import pytest
+
+from studies.common import (add_scale_options, markdown_table, record_settings, run_tasks, scale_from_args,
+                            table_row)
+
+
+@dataclasses.dataclass
+class Scale:
+    cases: tuple[int, ...]
+    size: str
+    steps: int | None = None
+    budget: float | None = None
+
+
+SCALES = {"full": Scale(cases=(2, 8), size="S"), "quick": Scale(cases=(2,), size="tiny", steps=4)}
+
+
+def _parse(*argv: str) -> tuple[str, Scale]:
+    p = argparse.ArgumentParser()
+    add_scale_options(p, Scale, SCALES, "full")
+    return scale_from_args(p.parse_args(argv), SCALES)
+
+
+def test_every_field_of_the_scale_is_an_option_of_its_type():
+    assert _parse() == ("full", SCALES["full"])
+    assert _parse("--quick", "--cases", "4", "16") == ("quick", Scale(cases=(4, 16), size="tiny", steps=4))
+    assert _parse("--scale", "quick", "--budget", "2.5", "--size", "M")[1] == Scale((2,), "M", 4, 2.5)
+    with pytest.raises(SystemExit):  # an int field takes ints only
+        _parse("--steps", "many")
+
+
+def test_a_folder_holds_one_study_naming_the_settings_that_differ(tmp_path):
+    record_settings(tmp_path, {"arms": ["asa"], "seed": 0})
+    record_settings(tmp_path, {"arms": ("asa",), "seed": 0})  # the same settings once written as JSON
+    with pytest.raises(SystemExit, match=r"other settings \(seed differ"):
+        record_settings(tmp_path, {"arms": ["asa"], "seed": 1})
+
+
+def test_tasks_run_in_order_until_the_budget_says_no():
+    seen = []
+    results, complete = run_tasks(pow, [(2, 1), (2, 2), (2, 3)], fits=lambda task: task[1] < 3,
+                                  done=lambda task, result, seconds: seen.append((task, result)))
+    assert results == [2, 4] and not complete and seen == [((2, 1), 2), ((2, 2), 4)]
+    assert run_tasks(pow, [(3, 2)]) == ([9], True)
+
+
+@pytest.mark.slow  # spawns worker processes
+def test_pool_workers_start_with_the_given_environment():
+    results, complete = run_tasks(os.getenv, [("ASA_STUDY_VAR",)] * 3, jobs=2, env={"ASA_STUDY_VAR": "1"})
+    assert results == ["1"] * 3 and complete and "ASA_STUDY_VAR" not in os.environ
+
+
+def test_markdown_table_aligns_the_numbers_right():
+    assert markdown_table(["arm", "Dice"], [["asa", "0.5"]], left=1) == "| arm | Dice |\n| --- | ---: |\n| asa | 0.5 |\n"
+    assert table_row(["a", "b"]) == "| a | b |"
