@@ -56,6 +56,9 @@ class Profile:
     case_shape: tuple[int, int, int]
     finetune_cases: int
     threads: int | None = None
+    # the reference matmul's edge and the sliding-window inference volume's (None: benchmarks/speed.py's own)
+    matmul_size: int | None = None
+    inference_volume: int | None = None
 
 
 PROFILES = {
@@ -66,7 +69,8 @@ PROFILES = {
     "dry": Profile(device="cpu", size=32, preset="tiny", batch=2, amps=("off", "bf16"), steps=1, warmup=0,
                    finetune_batch=1, finetune_size=64, swin_feature_size=12,
                    demo_cases=8, demo_size=32, pretrain_batch=2, pretrain_steps=24, kill_at=3, workers=0,
-                   log_every=1, val_every=100, case_shape=(40, 40, 36), finetune_cases=4, threads=1),
+                   log_every=1, val_every=100, case_shape=(40, 40, 36), finetune_cases=4, threads=1,
+                   matmul_size=512, inference_volume=64),  # inference: one window of finetune_size
 }
 
 
@@ -163,6 +167,8 @@ def _bench(ctx: Context, name: str, args: list[str], size: int | None = None) ->
             "--device", p.device, "--json", str(out), *args]
     if p.threads is not None:
         argv += ["--threads", str(p.threads)]
+    if p.matmul_size is not None:
+        argv += ["--matmul-size", str(p.matmul_size)]
     ctx.log(f"benchmarks/speed.py {' '.join(argv)}")
     _load_benchmark(ctx.repo).main(argv)
     return json.loads(out.read_text())
@@ -234,9 +240,10 @@ def part_finetune(ctx: Context) -> dict[str, Any]:
     """Fine-tune steps of ASASegmenter vs MONAI UNETR and SwinUNETR, and sliding-window inference vs
     UNETR, at the fine-tuning batch and the first precision."""
     p = ctx.profile
+    volume = [] if p.inference_volume is None else ["--inference-volume", str(p.inference_volume)]
     r = _bench(ctx, "finetune", ["--batch", str(p.finetune_batch), "--amp", p.amps[0], "--parts", "finetune",
-                                 "inference", "--swin-unetr", "--swin-feature-size", str(p.swin_feature_size)],
-               size=p.finetune_size)
+                                 "inference", "--swin-unetr", "--swin-feature-size", str(p.swin_feature_size),
+                                 *volume], size=p.finetune_size)
     return {"results": r, "checks": {"finite": _finite(r), "swin_unetr_measured": "swin_unetr_finetune_step_s" in r}}
 
 

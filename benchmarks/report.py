@@ -115,10 +115,10 @@ fp16 autocast + GradScaler on CUDA); the device column gives the CPU thread coun
 | step s | ASA pretrain step (forward + backward + AdamW), seconds | |
 | samples/s | batch / step s | |
 | vs MAE | `speedup_vs_monai_mae`: MONAI `MaskedAutoEncoderViT` step / ASA step, same encoder/decoder width, depth, heads, patch 8, mask ratio 0.75, same precision | ≥ 5 |
-| matmul frac | `matmul_frac` (`flop_utilization` before 2026-11-23, column "MFU"): ASA step FLOPs (`FlopCounterMode`, fwd + bwd) / step time / FLOP/s of a dense matmul at the run's precision (4096² on CPU, 8192² on CUDA) timed in the same run; MONAI's in brackets | ≥ 0.8 |
+| matmul frac | `matmul_frac` (`flop_utilization` before 2026-11-23, column "MFU"): ASA step FLOPs (`FlopCounterMode`, fwd + bwd) / step time / FLOP/s of a dense matmul at the run's precision (4096² on CPU, 8192² on CUDA, unless `--matmul-size`) timed in the same run; MONAI's in brackets | ≥ 0.8 |
 | AR | `ar_weights_fraction`: `patch_informativeness` of the batch / ASA step | ≤ 0.03 |
 | FT vs UNETR | `finetune_speedup_vs_unetr`: UNETR / ASASegmenter fine-tune step (fwd + bwd + SGD, Dice + BCE, 4 → 3 channels); UNETR's ViT is fixed at 16³ patches and 12 layers | ≥ 1 |
-| inf vs UNETR | `inference_speedup_vs_unetr`: Gaussian sliding-window inference (overlap 0.5) over a (1.5·size)³ volume | ≥ 1 |
+| inf vs UNETR | `inference_speedup_vs_unetr`: Gaussian sliding-window inference (overlap 0.5) over a (1.5·size)³ volume (unless `--inference-volume`) | ≥ 1 |
 | peak GiB | pretrain peak memory ASA / MONAI MAE: parameters + optimizer state + peak rise during a step (CPU: RSS; CUDA: allocated) | ≤ 30 on GPU at batch 24 |
 | loader | `loader_headroom`: crops/s of the pretraining loader reading a store (2 workers, synthetic 1.25 × 1.5 × 1.25 × size volumes, page cache warm) / samples/s of the ASA step, both on the machine of the row (a CPU row is the CPU's own ratio; for a GPU see "Data loader" below). Rows before 2026-11-23: batches/s of the demo `cache_dir` loader × step s | ≥ 2 |
 | bf16× | `bf16_speedup` (in an fp16 row `fp16_speedup`): ASA fp32 step / ASA step at the row's precision, timed alternately in the same run | ≥ 1.7 (bf16) |

@@ -297,13 +297,16 @@ PARTS = ("pretrain", "finetune", "inference", "case", "loader")
 def run_benchmark(*, size: int, batch: int, preset: str, device: torch.device, steps: int, warmup: int,
                   loader: bool = True, seed: int = 0, amp: str = "auto", case_shape: Sequence[int] | None = CASE_SHAPE,
                   parts: Sequence[str] = PARTS, finetune_batch: int | None = None, swin_unetr: bool = False,
-                  swin_feature_size: int = 48, log: Callable[[str], None] = print) -> dict[str, Any]:
+                  swin_feature_size: int = 48, matmul_size: int | None = None, inference_volume: int | None = None,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """All measurements at one setting; returns the flat result dict (times in s, memory in MiB).
 
     ``parts``: which of `PARTS` to measure (``loader=False`` or ``case_shape=None`` leave those out
     too). ``finetune_batch`` (default ``batch``): the batch of the fine-tune steps and the window
     batch of the sliding-window inference; ``swin_unetr`` adds MONAI's SwinUNETR (``swin_feature_size``)
-    to the fine-tune rounds. On CUDA a model whose pretrain step does not fit at ``batch`` is
+    to the fine-tune rounds. ``matmul_size``: the edge of the reference matmul (default 8192 on CUDA,
+    4096 on a CPU); ``inference_volume``: the edge of the sliding-window inference volume (default
+    1.5 × ``size``: 8 windows). On CUDA a model whose pretrain step does not fit at ``batch`` is
     measured at the largest of batch/2, batch/4, ... that fits (``monai_mae_batch``,
     ``monai_mae_oom_batch``; ``speedup_vs_monai_mae`` then compares samples/s); the fp32 ASA step
     beside a reduced-precision run is left out when it does not fit (``asa_fp32_oom_batch``)."""
@@ -322,6 +325,11 @@ def run_benchmark(*, size: int, batch: int, preset: str, device: torch.device, s
              and not (x == "case" and case_shape is None)]
     if swin_unetr and size % 32:
         raise ValueError(f"--swin-unetr needs --size a multiple of 32 (SwinUNETR), got {size}")
+    inference_volume = (3 * size) // 2 if inference_volume is None else inference_volume
+    if inference_volume < size:
+        raise ValueError(f"--inference-volume must be at least --size ({size}, one window), got {inference_volume}")
+    if matmul_size is not None and matmul_size < 1:
+        raise ValueError(f"--matmul-size must be positive, got {matmul_size}")
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     say = lambda msg: log(f"[bench {time.perf_counter() - t0:5.0f} s] {msg}")
@@ -330,7 +338,7 @@ def run_benchmark(*, size: int, batch: int, preset: str, device: torch.device, s
     times: dict[str, list[float]] = {}
 
     if "pretrain" in parts:
-        _pretrain_rows(setup, r, times, steps=steps, warmup=warmup, say=say)
+        _pretrain_rows(setup, r, times, steps=steps, warmup=warmup, say=say, matmul_size=matmul_size)
 
     if "finetune" in parts or "inference" in parts:
         fsetup = setup.with_batch(finetune_batch)
@@ -359,7 +367,7 @@ def run_benchmark(*, size: int, batch: int, preset: str, device: torch.device, s
 
     if "inference" in parts:
         say("sliding-window inference: ASASegmenter vs MONAI UNETR")
-        side = (3 * size) // 2
+        side = inference_volume
         volume = torch.randn(1, IN_SEG, side, side, side, device=device)
         inf = inference_workloads(fsetup, models, volume)
         # the fine-tune rounds, when they ran, already ran both on windows of this shape
@@ -402,13 +410,14 @@ def run_benchmark(*, size: int, batch: int, preset: str, device: torch.device, s
 
 
 def _pretrain_rows(setup: Setup, r: dict[str, Any], times: dict[str, list[float]], *, steps: int, warmup: int,
-                   say: Callable[[str], None]) -> None:
+                   say: Callable[[str], None], matmul_size: int | None = None) -> None:
     """ASA vs MONAI MaskedAutoEncoderViT pretrain steps, the matmul reference, the fp32 ASA step
     beside a reduced-precision run, and the AR weights; fills ``r`` and ``times``."""
     size, batch, device = setup.size, setup.batch, setup.device
     say(f"pretrain steps: ASA vs MONAI MaskedAutoEncoderViT, {size}³, batch {batch}, {r['amp']}")
     x = torch.randn(batch, 1, size, size, size, device=device)
-    matmul = matmul_workload(device, 8192 if device.type == "cuda" else 4096, setup.dtype)
+    n = matmul_size or (8192 if device.type == "cuda" else 4096)
+    matmul = matmul_workload(device, n, setup.dtype)
     asa_w, fp32_w = asa_workloads(setup, x)
     if not fits(asa_w, device):
         raise RuntimeError(f"the ASA pretrain step ({size}³, batch {batch}, {r['amp']}) does not fit in the memory "
@@ -430,7 +439,7 @@ def _pretrain_rows(setup: Setup, r: dict[str, Any], times: dict[str, list[float]
         times["asa_fp32"] = fp32_w.times
     r["asa_step_s"], r["asa_samples_per_s"] = asa_w.median, batch / asa_w.median
     r["asa_step_flops"] = asa_w.flops
-    r["matmul_flops_per_s"] = matmul.flops / matmul.median
+    r["matmul_size"], r["matmul_flops_per_s"] = n, matmul.flops / matmul.median
     r["matmul_frac"] = asa_w.flops / asa_w.median / r["matmul_flops_per_s"]
     peak = datasheet_peak(device, setup.dtype)
     r["datasheet_peak_flops_per_s"] = peak
@@ -635,6 +644,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--symmetry", nargs="?", const="all", choices=("all", "saca", "sa_swin"),
                    help="measure SACA in ASA (saca none/decoder/encoder) and/or SA-Swin vs SwinUNETR instead")
     p.add_argument("--swin-feature-size", type=int, default=48, help="SwinUNETR / SA-Swin feature size (default 48)")
+    p.add_argument("--matmul-size", type=int,
+                   help="edge of the reference matmul of matmul_frac (default 8192 on CUDA, 4096 on a CPU)")
+    p.add_argument("--inference-volume", type=int,
+                   help="edge of the sliding-window inference volume (default 1.5 × --size: 8 windows)")
     g = p.add_argument_group("--gpu-ab: old vs new code paths of the step, alternated, then the asa-pretrain loop")
     g.add_argument("--gpu-ab", action="store_true",
                    help="A/B of the optimizer kernel, the SLW-MSA partition and the CPU window kernel (old vs new in one process), the AR "
@@ -756,7 +769,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             warmup=args.warmup, loader=not args.skip_loader, seed=args.seed, amp=args.amp,
                             case_shape=None if args.skip_case else args.case_shape, parts=args.parts,
                             finetune_batch=args.finetune_batch, swin_unetr=args.swin_unetr,
-                            swin_feature_size=args.swin_feature_size)
+                            swin_feature_size=args.swin_feature_size, matmul_size=args.matmul_size,
+                            inference_volume=args.inference_volume)
     facts = describe(device, sys.argv[1:] if argv is None else argv)
     results = {**facts, "size": args.size, "batch": args.batch, "preset": args.preset, "steps": args.steps,
                "warmup": args.warmup, "threads": torch.get_num_threads(), "load_avg_start": load_start, **results,

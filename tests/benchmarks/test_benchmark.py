@@ -28,7 +28,7 @@ _spec.loader.exec_module(benchmark)
 BF16 = cpu_has_native_bf16()
 AMP = "bf16" if BF16 else "fp32"
 TINY = ["--size", "32", "--preset", "tiny", "--batch", "1", "--steps", "1", "--warmup", "0", "--threads", "1",
-        "--amp", "bf16" if BF16 else "off", "--case-shape", "40", "40", "36"]
+        "--amp", "bf16" if BF16 else "off", "--case-shape", "40", "40", "36", "--matmul-size", "512"]
 POSITIVE = [
     "asa_step_s", "monai_mae_step_s", "speedup_vs_monai_mae", "asa_samples_per_s",
     "asa_step_flops", "monai_mae_step_flops", "matmul_flops_per_s", "matmul_frac", "monai_mae_matmul_frac",
@@ -87,7 +87,8 @@ def test_ratios_are_those_of_the_recorded_times(tiny_run):
     assert r["mfu"] is None and r["datasheet_peak_flops_per_s"] is None  # a CPU: no datasheet peak
     # each timed list holds one step; the medians are those steps
     assert r["asa_step_s"] == r["times"]["asa"][0]
-    assert r["matmul_flops_per_s"] == pytest.approx(2 * 4096**3 / r["times"]["matmul"][0])  # in the run's precision
+    assert r["matmul_size"] == 512  # --matmul-size (4096 by default on a CPU: seconds on one thread)
+    assert r["matmul_flops_per_s"] == pytest.approx(2 * 512**3 / r["times"]["matmul"][0])  # in the run's precision
 
 
 def test_flops_count_the_model(tiny_run):
@@ -127,7 +128,9 @@ def test_peak_memory_sees_an_allocation():
 @pytest.mark.parametrize(
     "argv, match",
     [(["--size", "40"], "multiple of 16"), (["--steps", "0"], "--steps"), (["--device", "cuda:0"], "CUDA"),
-     (["--device", "cpu", "--amp", "fp16"], "--amp=fp16 needs a CUDA device")],
+     (["--device", "cpu", "--amp", "fp16"], "--amp=fp16 needs a CUDA device"),
+     (["--inference-volume", "16"], "--inference-volume must be at least --size"),
+     (["--matmul-size", "0"], "--matmul-size must be positive")],
 )
 def test_bad_options(argv, match):
     if "cuda:0" in argv and torch.cuda.is_available():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import gpu
-from benchmarks.gpu_parts import gpu_test_files, run_command
+from benchmarks.gpu_parts import PROFILES, gpu_test_files, run_command
 from benchmarks.report import MD_HEADER, parse_markdown_row
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,10 +44,12 @@ def test_the_dry_run_passes_every_part_and_writes_its_files(dry_run):
         assert r["size"] == 32 and r["preset"] == "tiny" and r["parts"] == ["pretrain"]
         assert r["asa_samples_per_s"] > 0 and r["matmul_frac"] > 0 and r["asa_pretrain_peak_mib"] > 0
         assert r["speedup_vs_monai_mae"] > 0 and r["monai_mae_batch"] == r["batch"]
+        assert r["matmul_size"] == PROFILES["dry"].matmul_size  # the dry profile's, not the 4096 of a CPU run
     assert parts["benchmark_bf16"]["results"]["bf16_speedup"] > 0
     ft = parts["finetune"]["results"]
     assert ft["finetune_speedup_vs_unetr"] > 0 and ft["finetune_speedup_vs_swin_unetr"] > 0
     assert ft["inference_speedup_vs_unetr"] > 0
+    assert ft["inference_volume"] == ft["size"] == 64  # one window, the fine-tuning crop (SwinUNETR needs 64)
     pre = parts["pretrain_torchrun"]
     assert pre["backend"] == "gloo" and pre["world_size"] == 1
     assert 0 < pre["stopped_at"] == pre["resumed_at"] < pre["finished_at"] == 24
