@@ -63,7 +63,7 @@ def test_nnunet_trains_from_the_asa_export_with_its_encoder_at_the_start(tmp_pat
     planned = _run("""
         import sys
         from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import plan_and_preprocess_entry
-        sys.argv = ["nnUNetv2_plan_and_preprocess", "-d", "997", "-c", "3d_fullres", "-np", "1"]
+        sys.argv = ["nnUNetv2_plan_and_preprocess", "-d", "997", "-c", "3d_fullres", "-np", "1", "-npfp", "1"]
         plan_and_preprocess_entry()
     """, env)
     assert planned.returncode == 0, planned.stderr[-3000:]
@@ -89,7 +89,7 @@ def test_nnunet_trains_from_the_asa_export_with_its_encoder_at_the_start(tmp_pat
         differ = [k for k, v in ref.items() if not torch.equal(start[k], v)]
         print("encoder tensors", len(ref), "differing at the start", len(differ), flush=True)
         assert not differ, differ[:5]
-        trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = 1, 4, 2
+        trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = 1, 2, 1
         trainer.run_training()
         end = trainer.network.state_dict()
         moved = sum(not torch.equal(end[k], v) for k, v in ref.items())

@@ -135,13 +135,14 @@ def test_case_runs_refuse_what_they_cannot_honour(tmp_path, bids):
 
 @pytest.mark.slow
 def test_a_regression_head_learns_age_better_than_the_mean(tmp_path):
-    """From scratch on 16 training phantoms (32^3), held-out MAE well below predicting the training mean."""
+    """From scratch on 16 training phantoms (32^3), held-out MAE well below predicting the training mean
+    (30 epochs: about 0.73 of the mean's MAE from epoch 10 on; 60 gave 0.62 at twice the time)."""
     root = write_demo_dataset("bids", tmp_path / "data", cases=24, size=32, seed=0, targets=True)
     out = tmp_path / "run"
     cfg = compose_config("finetune", [
         "data=targets", f"data.root={root}", "data.target=age", "data.crop=32", "data.split.ratios=[16,8,0]",
         "data.num_workers=0", "model=tiny", "optim.name=adamw", "optim.base_lr=1e-3", "optim.weight_decay=0.05",
-        "optim.schedule=cosine", "trainer.epochs=60",
+        "optim.schedule=cosine", "trainer.epochs=30",
         "trainer.batch_size=4", "trainer.amp=off", "trainer.val_every=10", "trainer.progress=false",
         "trainer.panel_every=0", f"output_dir={out}", "device=cpu",
     ])

@@ -155,9 +155,11 @@ def test_bf16_prediction_matches_fp32_labels_on_a_demo_case(tmp_path):
     from asa.eval.predict import Predictor
     from asa.models import PRESETS, ASASegmenter, channels_last_inference
 
-    root = write_demo_dataset("brats", tmp_path / "brats", cases=1, size=40, seed=3)
+    # 40 × 32 × 32: two 32³ windows blended along x (a CPU without native bf16 emulates it, voxel by voxel)
+    root = write_demo_dataset("brats", tmp_path / "brats", cases=1, size=(40, 32, 32), seed=3)
     task = get_task("brats")
     image, _ = preprocess_for_inference(discover("brats", root)[0], task)
+    assert image.shape[1:] == (40, 32, 32)
     torch.manual_seed(0)
     tiny = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
     model = ASASegmenter(img_size=32, in_channels=4, out_channels=task.num_outputs, **tiny).eval()
@@ -166,10 +168,10 @@ def test_bf16_prediction_matches_fp32_labels_on_a_demo_case(tmp_path):
     labels = {}
     for name, net, dtype in (("fp32", model, None), ("bf16", model, torch.bfloat16),
                              ("bf16 channels-last", laid_out, torch.bfloat16)):
-        # the case's 8 windows in one batch: one window at a time (auto on a CPU) sends these toy 32³ windows to
-        # PyTorch's im2col conv3d (its oneDNN path starts at batch > 1 or C·D·H > 20480), about 10x slower here;
-        # the window batch does not change the blended probabilities (fp32: 1e-6 apart)
-        probs = Predictor(net, task, (32, 32, 32), torch.device("cpu"), dtype)(image, sw_batch_size=8)
+        # both windows in one batch: one at a time (auto on a CPU) sends these toy 32³ windows to PyTorch's
+        # im2col conv3d (its oneDNN path starts at batch > 1 or C·D·H > 20480), several times slower; the window
+        # batch does not change the blended probabilities (fp32: 1e-6 apart)
+        probs = Predictor(net, task, (32, 32, 32), torch.device("cpu"), dtype)(image, sw_batch_size=2)
         assert probs.dtype == torch.float32
         labels[name] = torch.as_tensor(task.prediction_to_label(probs))
     fp32 = labels["fp32"]
