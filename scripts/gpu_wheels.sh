@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Fetch, here, the packages asa needs that a GPU machine's image may lack (MONAI, nibabel, Hydra,
 # OmegaConf and its ANTLR runtime, safetensors, importlib-resources before Python 3.12, nnU-Net's
-# dynamic-network-architectures for model=resenc, nilearn for the template-anatomy cohorts of the studies; torch, NumPy, SciPy,
-# TensorBoard, tqdm, einops and pytest are usually there), at the versions installed here, for a
-# GPU machine without a package index (a 5 MB folder, checked offline with a venv holding only those):
+# dynamic-network-architectures for model=resenc, nilearn for the studies' template anatomy; torch,
+# NumPy, SciPy, TensorBoard, tqdm, einops and pytest are usually there), at the versions installed
+# here, for a GPU machine without a package index (about 17 MB, nilearn's templates most of it):
 #
 #   scripts/gpu_wheels.sh .wheels                          # here (pure Python, and safetensors' abi3 Linux wheel)
 #   ASA_WHEELS=.wheels scripts/gpu_check.sh OUT_DIR        # there, with .wheels copied along
