@@ -13,7 +13,7 @@ import importlib.metadata
 import pytest
 import torch
 
-from asa.api import export_model, finetune, predict, pretrain
+from asa.api import evaluate, export_model, finetune, predict, pretrain, probe
 from asa.api.config import compose_config
 from asa.api.networks import build_from_config
 from asa.data import discover, write_demo_dataset
@@ -137,6 +137,9 @@ def test_a_plugin_network_is_fine_tuned_predicted_and_fine_tuned_from_its_own_ru
     written = predict(compose_config("predict", [
         f"checkpoint={first / 'checkpoints' / 'last.pt'}", f"input={root}", f"output={preds}", "device=cpu", "amp=off"]))
     assert sorted(p.name for p in written) == sorted(f"{c.id}.nii.gz" for c in discover("ibsr", root))
+    summary = evaluate(compose_config("evaluate", ["data=ibsr", f"data.root={root}", f"pred={preds}",
+                                                   f"output={tmp_path / 'eval'}"]))
+    assert 0 <= summary["GM"]["Dice"]["mean"] <= 1
 
     # its own checkpoint starts another network's encoder: every encoder tensor taken (the decoder fresh)
     net = build_from_config({"arch": "plain_unet", "features": 2, "pretrained": str(first / "checkpoints" / "last.pt")},
@@ -171,3 +174,12 @@ def test_a_plugin_network_is_pretrained_by_its_masked_twin_exported_and_fine_tun
                            encoder["encoder"]["encoder.stages.0.0.convs.0.conv.weight"])
     fresh.load_pretrained(export, verbose=False)
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in encoder["encoder"].items())
+
+    # the fine-tuned network exports its encoder too, and the probes read both exports' features
+    export_model(run / "checkpoints" / "last.pt", tmp_path / "tuned")
+    tuned = load_weights(tmp_path / "tuned")
+    assert tuned["network"]["arch"] == "plain_unet" and tuned["encoder"].keys() == encoder["encoder"].keys()
+    record = probe(compose_config("probe", [f"encoders=[{export},{tmp_path / 'tuned'}]", "data=ibsr", f"data.root={root}",
+                                            f"output={tmp_path / 'probe'}", "device=cpu", "folds=2", "bootstrap=20",
+                                            "knn_k=2", "data.accept_pretraining_overlap=true"]))
+    assert [row["arch"] for row in record["rows"]] == ["plain_unet_pretrain", "plain_unet"]
