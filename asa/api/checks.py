@@ -61,14 +61,19 @@ def register(entry: str = "finetune") -> None:
     # network it names, so a preset or experiment setting an option the network lacks is refused naming it
     for arch, settings in NETWORK_SETTINGS.items():
         store.store(group="network", name=arch, node=asdict(settings(arch=arch)))
-        # model=<arch> for every registered network, a plug-in's too: asa-finetune's options only (the store is
-        # one per process; another entry point's --help and composition must not list networks it cannot train)
-        if arch not in presets and entry == "finetune":
-            store.store(group="model", name=arch, node=asdict(settings(arch=arch)))
-        elif arch not in presets:
-            store.repo.get("model", {}).pop(f"{arch}.yaml", None)
     for arch, settings in PRETRAIN_MODELS.items():  # asa-pretrain's model presets start from these defaults
         store.store(group="pretrain_network", name=arch, node=asdict(settings()))
+    # model=<arch> with no preset file, a plug-in's too: asa-finetune's every network with settings, asa-pretrain's
+    # every family with a masked twin (`masked_of`), at their defaults; the store is one per process, so the other
+    # entry point's (and those of the entry points with no model group) go: --help lists what the entry point takes
+    own = {"finetune": {arch: asdict(settings(arch=arch)) for arch, settings in NETWORK_SETTINGS.items()},
+           "pretrain": {arch: asdict(settings()) for arch, settings in PRETRAIN_MODELS.items()}}.get(entry, {})
+    group = store.repo.get("model", {})
+    for name in [name for name in group if name.endswith(".yaml") and name.removesuffix(".yaml") not in presets]:
+        group.pop(name)
+    for arch, node in own.items():
+        if arch not in presets:
+            store.store(group="model", name=arch, node=node)
     for name, sizes in PRESETS.items():  # model=tiny|small|base: the encoder and, for pretraining, the decoder
         encoder = asdict(EncoderOptions(**{k: v for k, v in sizes.items() if k not in DECODER_KEYS}))
         sized = {k: v for k, v in encoder.items() if k not in NOT_SIZES}

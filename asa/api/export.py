@@ -28,6 +28,7 @@ from asa.io import atomic_write_json, load_weights, save_checkpoint, write_model
 from asa.io.hub import (FOLDER_FILES, FOLDER_FORMAT, MODEL_FILE, NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS,
                         NNUNET_WEIGHTS, OPTIONAL_FILES, SEGMENTER_FILE, encoder_network_spec)
 from asa.models.cnn.nnssl import nnssl_checkpoint
+from asa.models.declared import crop_edges
 from asa.models.cnn.nnunet import (NNUNET_CONFIGURATION, RESENC_ARCHS, describe_nnunet, nnunet_checkpoint,
                                    nnunet_plans_snippet)
 from asa.models.portable import encoder_export
@@ -286,7 +287,7 @@ def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, An
         "data": {k: data[k] for k in DATA_KEYS if k in data} | ({"task": outputs.get("name")}
                                                                 if isinstance(outputs, Mapping) else {})
         | ({"demo_phantoms": True} if _demo(data) else {}),
-        "crop": list(kwargs["img_size"]) if "img_size" in kwargs else None,
+        "crop": list(crop_edges(kwargs["img_size"])) if "img_size" in kwargs else None,
         "patch_size": kwargs.get("patch_size"),
         "spacing_mm": [float(resample)] * 3 if resample else None,  # None: the data's own grid (no resampling)
         "orientation": "RAS+",

@@ -11,7 +11,8 @@ fastest), for the probes (`asa.eval.probe`, `asa.eval.probe_cv`):
   default patch size, so both families are probed at one resolution (`swin_tokens`; SA-Swin's
   pretraining probes read the same tokens);
 - UNETR: the ViT's final tokens at its patch size (16);
-- the residual-encoder U-Net (``resenc``, ``resenc_pretrain``, published nnssl / nnU-Net / AMAES files): the
+- a dynamic-network-architectures encoder, read off its declared stage ``strides`` (the residual-encoder U-Net
+  ``resenc`` and ``resenc_pretrain``, published nnssl / nnU-Net / AMAES files, a plug-in's U-Net): the
   bottleneck stage's voxels as tokens, at the encoder's total stride (its feature map of the crop, pooled as
   the transformers' tokens are).
 
@@ -34,7 +35,6 @@ from asa.data.case import Case
 from asa.data.preprocessing import PretrainPreprocess, case_to_item
 from asa.io import load_weights
 from asa.models import DEFAULT_CROP, PRESETS, VolumeEncoder, build_network, network_encoder
-from asa.models.cnn.nnunet import RESENC_ARCHS
 from asa.models.blocks.sizes import to_3tuple
 from asa.models.portable import load_encoder
 from asa.models.registry import ENCODER_MODULES, current_spec
@@ -112,14 +112,14 @@ def _geometry(arch: str, module: nn.Module, spec: Mapping, state: Mapping | None
         if any(s % 32 for s in size):
             raise ValueError(f"crop={list(size)}: a SwinViT needs sides divisible by 32 ({where})")
         return size, SWIN_PROBE_STRIDE, int(module.patch_embed.proj.in_channels)
-    if arch in RESENC_ARCHS:
+    if getattr(module, "strides", None) is not None:  # a dynamic-network-architectures encoder: its stages' strides
         if kwargs.get("coord_channel"):
-            raise ValueError(f"{where}: a resenc encoder with the coordinate channel, which the frozen-encoder probes "
+            raise ValueError(f"{where}: a CNN encoder with the coordinate channel, which the frozen-encoder probes "
                              "do not feed (they give the image channels only); probe one pretrained without it")
-        stride = math.prod(int(s) for s in kwargs["strides"])
+        stride = math.prod(to_3tuple(s, "strides")[0] for s in module.strides)
         size = to_3tuple(crop if crop is not None else kwargs["img_size"], "crop")
         if any(s % stride for s in size):
-            raise ValueError(f"crop={list(size)}: {where} holds a resenc encoder of total stride {stride}; take a "
+            raise ValueError(f"crop={list(size)}: {where} holds a CNN encoder of total stride {stride}; take a "
                              f"crop that is a multiple of it")
         return size, stride, int(kwargs.get("in_channels", 1))
     patch = tuple(getattr(module, "patch_size", None) or to_3tuple(16, "patch_size"))
@@ -134,11 +134,11 @@ def _geometry(arch: str, module: nn.Module, spec: Mapping, state: Mapping | None
 def load_frozen(path: str | os.PathLike, *, name: str | None = None, crop: int | None = None,
                 device: str | torch.device = "cpu") -> FrozenEncoder:
     """The encoder of a checkpoint or export (`asa.load_encoder`: pretraining, fine-tuning and case
-    checkpoints, ``encoder.pt``, ``encoder.safetensors``), frozen. ``crop``: the input edge for an
-    encoder that records none (SA-Swin pretraining exports)."""
+    checkpoints, ``encoder.pt``, ``encoder.safetensors``, an asa-export model folder), frozen. ``crop``: the
+    input edge for an encoder that records none (SA-Swin pretraining exports)."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"encoders: {path}: no such file (a checkpoint or encoder export)")
+    if not path.exists():
+        raise FileNotFoundError(f"encoders: {path}: no such file (a checkpoint, encoder export or model folder)")
     state = load_weights(path)
     module = load_encoder(path, state=state)
     spec = current_spec(state["network"])

@@ -8,6 +8,7 @@ inside the wrappers training puts around it (:func:`unwrap`).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -76,6 +77,11 @@ def capabilities(model: nn.Module) -> Capabilities:
     return declared
 
 
+def crop_edges(size: int | float | Sequence[int]) -> tuple[int, ...]:
+    """A crop as a spec records it, one edge (a cube) or one per axis, as its edges per axis."""
+    return (int(size),) * 3 if isinstance(size, (int, float)) else tuple(int(s) for s in size)
+
+
 def input_size(model: nn.Module) -> tuple[int, int, int]:
     """The crop ``model`` (or the network inside its wrapper) takes, voxels per axis: its declared ``img_size``
     attribute, else the ``img_size`` of the spec it was built from (every network asa builds is handed its
@@ -87,7 +93,7 @@ def input_size(model: nn.Module) -> tuple[int, int, int]:
     if size is None:
         raise ValueError(f"{type(net).__name__}: no input size declared (an img_size attribute, or an img_size "
                          "keyword argument in its network spec)")
-    edges = (int(size),) * 3 if isinstance(size, (int, float)) else tuple(int(s) for s in size)
+    edges = crop_edges(size)
     if len(edges) != 3:
         raise ValueError(f"{type(net).__name__}: img_size must be one edge or three, got {size!r}")
     return edges  # type: ignore[return-value]

@@ -1,6 +1,7 @@
 """A network registered from outside the package, as a third party ships one: dynamic-network-architectures'
 ``PlainConvUNet`` declared in its own module and installed through the ``asa.networks`` entry point, then
-fine-tuned, predicted and fine-tuned again from its own checkpoint with no asa constant patched. Its input
+fine-tuned, predicted and fine-tuned again from its own checkpoint with no asa constant patched; its masked twin
+(``masked_of``, on asa's masked convolutions) is pretrained with ``model=plain_unet``, exported and fine-tuned from. Its input
 size is read off the spec asa built it from (`asa.models.input_size`), its encoder off its record, and the
 encoder loader it uses is the one every dynamic-network-architectures encoder takes: the input projection
 the network declares (``keys_to_in_proj``)."""
@@ -12,11 +13,11 @@ import importlib.metadata
 import pytest
 import torch
 
-from asa.api import finetune, predict
+from asa.api import evaluate, export_model, finetune, predict, pretrain, probe
 from asa.api.config import compose_config
 from asa.api.networks import build_from_config
 from asa.data import discover, write_demo_dataset
-from asa.io import load_checkpoint
+from asa.io import load_checkpoint, load_weights
 from asa.models import build_network, input_size, registry
 
 # the plug-in: one module of the third party's package (what the asa.networks entry point names)
@@ -27,8 +28,10 @@ from pathlib import Path
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 
+import torch
 from asa.io import load_weights
 from asa.models import NetworkSettings, register_network
+from asa.models.cnn.masked import ResEncMAEOutput, VisibleMask, mask_encoder
 from asa.models.cnn.transfer import in_proj_keys, match_resenc_encoder
 
 
@@ -46,11 +49,52 @@ class PlainUNet(PlainConvUNet):
         return report
 
 
+def _unet(cls: type[PlainUNet], in_channels: int, out_channels: int, features: int) -> PlainUNet:
+    return cls(in_channels, 3, [features, 2 * features, 4 * features], nn.Conv3d, 3, [1, 2, 2], 2,
+               out_channels, 1, conv_bias=True, norm_op=nn.InstanceNorm3d, norm_op_kwargs={"affine": True},
+               nonlin=nn.LeakyReLU, deep_supervision=False)
+
+
 @register_network("plain_unet", task="segmentation", encoder="encoder", settings=PlainUNetSettings)
 def plain_unet(*, img_size, in_channels: int, out_channels: int, features: int = 4) -> PlainUNet:
-    return PlainUNet(in_channels, 3, [features, 2 * features, 4 * features], nn.Conv3d, 3, [1, 2, 2], 2,
-                     out_channels, 1, conv_bias=True, norm_op=nn.InstanceNorm3d, norm_op_kwargs={"affine": True},
-                     nonlin=nn.LeakyReLU, deep_supervision=False)
+    return _unet(PlainUNet, in_channels, out_channels, features)
+
+
+@dataclass
+class PlainUNetPretrainSettings:  # asa-pretrain model=plain_unet
+    arch: str = "plain_unet"
+    features: int = 4
+
+
+class MaskedPlainUNet(PlainUNet):
+    """The U-Net as a masked autoencoder on asa's masked convolutions: blocks of ``mask_block`` voxels hidden
+    from the encoder, the image reconstructed, the squared error over the hidden voxels."""
+
+    def masked(self, edge: int, mask_ratio: float, mask_block: int) -> "MaskedPlainUNet":
+        self.grid = (edge // min(mask_block, edge // 2),) * 3  # two blocks per axis at least
+        self.num_masked = round(mask_ratio * self.grid[0] ** 3)
+        self.visible = VisibleMask()
+        mask_encoder(self.encoder, self.visible)
+        return self
+
+    def forward(self, x: torch.Tensor, regions: torch.Tensor | None = None) -> ResEncMAEOutput:
+        order = torch.rand(x.shape[0], self.grid[0] ** 3, device=x.device).argsort(dim=1)
+        mask = torch.zeros_like(order, dtype=x.dtype).scatter_(1, order[:, : self.num_masked], 1.0)  # [B, n] 1: hidden
+        self.visible.set((1 - mask).view(-1, 1, *self.grid))
+        try:
+            hidden = 1 - self.visible.at(tuple(x.shape[2:]), x.dtype)  # [B, 1, D, H, W]
+            pred = self.decoder(self.encoder(x * (1 - hidden)))
+        finally:
+            self.visible.set(None)
+        loss = ((pred - x) ** 2 * hidden).sum() / (hidden.sum() * x.shape[1])
+        return ResEncMAEOutput(loss, pred, mask, mask / mask.sum(dim=1, keepdim=True), mask)
+
+
+@register_network("plain_unet_pretrain", task="pretraining", encoder="encoder", masked_of="plain_unet",
+                  pretrain_settings=PlainUNetPretrainSettings)
+def plain_unet_pretrain(*, img_size, in_channels: int = 1, features: int = 4, mask_ratio: float = 0.75,
+                        mask_block: int = 16) -> MaskedPlainUNet:
+    return _unet(MaskedPlainUNet, in_channels, in_channels, features).masked(int(img_size), mask_ratio, mask_block)
 '''
 
 
@@ -64,8 +108,9 @@ def installed(monkeypatch, tmp_path):
         "plain_unet", "plain_unet_plugin:plain_unet", registry.ENTRY_POINT_GROUP)]}
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: entries.get(group, []))
     monkeypatch.setattr(registry.RECORDS, "_read", False)
-    monkeypatch.setitem(registry.RECORDS, "plain_unet", None)  # restored (removed) after the test
-    monkeypatch.delitem(registry.RECORDS, "plain_unet")
+    for name in ("plain_unet", "plain_unet_pretrain"):
+        monkeypatch.setitem(registry.RECORDS, name, None)  # restored (removed) after the test
+        monkeypatch.delitem(registry.RECORDS, name)
     monkeypatch.delitem(__import__("sys").modules, "plain_unet_plugin", raising=False)
 
 
@@ -92,6 +137,9 @@ def test_a_plugin_network_is_fine_tuned_predicted_and_fine_tuned_from_its_own_ru
     written = predict(compose_config("predict", [
         f"checkpoint={first / 'checkpoints' / 'last.pt'}", f"input={root}", f"output={preds}", "device=cpu", "amp=off"]))
     assert sorted(p.name for p in written) == sorted(f"{c.id}.nii.gz" for c in discover("ibsr", root))
+    summary = evaluate(compose_config("evaluate", ["data=ibsr", f"data.root={root}", f"pred={preds}",
+                                                   f"output={tmp_path / 'eval'}"]))
+    assert 0 <= summary["GM"]["Dice"]["mean"] <= 1
 
     # its own checkpoint starts another network's encoder: every encoder tensor taken (the decoder fresh)
     net = build_from_config({"arch": "plain_unet", "features": 2, "pretrained": str(first / "checkpoints" / "last.pt")},
@@ -99,3 +147,39 @@ def test_a_plugin_network_is_fine_tuned_predicted_and_fine_tuned_from_its_own_ru
     assert input_size(net) == (16, 16, 16)
     saved = {k.removeprefix("encoder."): v for k, v in ckpt["model"].items() if k.startswith("encoder.")}
     assert saved and all(torch.equal(v, saved[k]) for k, v in net.encoder.state_dict().items())
+
+
+@pytest.mark.slow
+def test_a_plugin_network_is_pretrained_by_its_masked_twin_exported_and_fine_tuned_from_the_export(installed, tmp_path):
+    pre = tmp_path / "pre"
+    pretrain(compose_config("pretrain", [
+        "model=plain_unet", "model.features=2", "method=mae", "data.crop=32", "data.demo.size=40", "data.demo.cases=4",
+        f"data.demo.cache_dir={tmp_path / 'cache'}", "trainer=smoke", "trainer.max_steps=2", "probe.every=0",
+        f"output_dir={pre}", "device=cpu", "trainer.amp=off"]))
+    export = tmp_path / "export"
+    export_model(pre / "checkpoints" / "last.pt", export)
+    encoder = load_weights(export)
+    assert encoder["network"]["arch"] == "plain_unet_pretrain" and all(k.startswith("encoder.") for k in encoder["encoder"])
+
+    root = write_demo_dataset("ibsr", tmp_path / "data", cases=4, size=32, seed=3)
+    run = tmp_path / "ft"
+    result = finetune(compose_config("finetune", [
+        "data=ibsr", f"data.root={root}", "data.crop=32", "model=plain_unet", "model.features=2",
+        f"model.pretrained={export}", "trainer=smoke", "trainer.max_steps=1", f"output_dir={run}", "device=cpu",
+        "data.num_workers=0", "trainer.amp=off"]))
+    assert result.step == 1 and result.nonfinite_steps == 0
+    # before its first step the fine-tuning network held the export's encoder, tensor for tensor: rebuild that
+    fresh = build_network(load_checkpoint(run / "checkpoints" / "last.pt")["network"])
+    assert not torch.equal(fresh.state_dict()["encoder.stages.0.0.convs.0.conv.weight"],
+                           encoder["encoder"]["encoder.stages.0.0.convs.0.conv.weight"])
+    fresh.load_pretrained(export, verbose=False)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in encoder["encoder"].items())
+
+    # the fine-tuned network exports its encoder too, and the probes read both exports' features
+    export_model(run / "checkpoints" / "last.pt", tmp_path / "tuned")
+    tuned = load_weights(tmp_path / "tuned")
+    assert tuned["network"]["arch"] == "plain_unet" and tuned["encoder"].keys() == encoder["encoder"].keys()
+    record = probe(compose_config("probe", [f"encoders=[{export},{tmp_path / 'tuned'}]", "data=ibsr", f"data.root={root}",
+                                            f"output={tmp_path / 'probe'}", "device=cpu", "folds=2", "bootstrap=20",
+                                            "knn_k=2", "data.accept_pretraining_overlap=true"]))
+    assert [row["arch"] for row in record["rows"]] == ["plain_unet_pretrain", "plain_unet"]

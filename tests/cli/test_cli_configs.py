@@ -16,12 +16,13 @@ from asa.api import load_config
 from asa.api.checks import as_config, validate
 from asa.api.config import ENTRY_POINTS, compose_config, config_path
 from asa.api.pretraining import _method
-from asa.api.schema import SCHEMAS
+from asa.api.schema import PRETRAIN_MODELS, SCHEMAS
 from asa.choices import check_choices
 from asa.methods import MaskedAutoencoderSettings
 from asa.models.cnn.masked import ResEncMaskedAutoencoder
 from asa.api.networks import build_case_network, build_from_config
 from asa.models import ASA, NETWORK_SETTINGS, PRESETS, SWIN_SIZES, SymmetryAwareHead, architectures
+from asa.models import registry
 from asa.models.heads.puzzles import JigsawPuzzle, RelativePatchLocation
 from asa.api.training import trainer_config
 from asa.train import build_optimizer
@@ -52,6 +53,32 @@ def test_every_registered_network_is_a_model_option_at_its_defaults(arch):
     assert model.arch == arch
     if arch not in options("finetune", "model"):  # no preset file: the network's own defaults, nothing else
         assert model == NETWORK_SETTINGS[arch](arch=arch)
+
+
+@dataclass
+class _ToySection:  # asa-pretrain's model section of a masked twin registered in a test (a plug-in's, say)
+    arch: str = "toy_family"
+    width: int = 3
+
+
+@pytest.fixture
+def toy_masked_twin(monkeypatch):
+    """A pretraining network registered as the masked twin of the family ``toy_family``, gone after the test."""
+    monkeypatch.setitem(registry.RECORDS, "toy_masked", registry.NetworkRecord(
+        lambda **kwargs: None, "pretraining", "encoder", masked_of="toy_family", pretrain_settings=_ToySection))
+
+
+def test_every_family_with_a_masked_twin_is_a_model_option_of_asa_pretrain_at_its_defaults(toy_masked_twin):
+    assert as_config(compose_config("pretrain", ["model=toy_family", "model.width=5"]), "pretrain").model == _ToySection(
+        width=5)
+    with pytest.raises(HydraException, match="Could not find 'model/dynunet'") as info:  # fine-tuning's network only
+        compose_config("pretrain", ["model=dynunet"])
+    listed = {line.strip() for line in str(info.value).split("Available options in 'model':")[1].split("Config search")[0]
+              .splitlines()} - {""}
+    assert listed == {*options("pretrain", "model"), *PRETRAIN_MODELS}  # the files, and the declared families
+    assert "toy_family" in listed and compose_config("finetune", ["model=dynunet"]).model.arch == "dynunet"
+    with pytest.raises(HydraException, match="Could not find 'model/toy_family'"):  # pretraining's only
+        compose_config("finetune", ["model=toy_family"])
 
 
 def test_groups_are_complete():

@@ -140,5 +140,5 @@ def test_probe_of_a_resenc_encoder_pools_its_bottleneck(tmp_path, aged):
     assert result["rows"][0]["dim"] == 64  # the bottleneck's channels (tiny plan at 32³: 8 … 64)
     assert all(math.isfinite(r["metrics"]["ridge/mae"]["value"]) for r in result["rows"])
     coord = _checkpoint(tmp_path / "coord.pt", 1, "resenc_pretrain", img_size=32, coord_channel=True)
-    with pytest.raises(OptionError, match=rf"{coord}: a resenc encoder with the coordinate channel"):
+    with pytest.raises(OptionError, match=rf"{coord}: a CNN encoder with the coordinate channel"):
         probe(compose_config("probe", _overrides(aged, tmp_path / "out2", coord, extra=["data.target=age"])))
