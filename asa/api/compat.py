@@ -36,10 +36,13 @@ MOVED_KEYS = {
 # values a saved run config carries to the new place (`current_config`), for the task that read them
 TASK_KEYS = {
     "segmentation": {"data.samples_per_case": "task.samples_per_case", "loss.focal_weight": "task.focal_weight",
-                     "loss.focal_beta": "task.focal_beta"},
+                     "loss.focal_beta": "task.focal_beta", "validation.overlap": "task.overlap",
+                     "validation.sw_batch_size": "task.sw_batch_size"},
     "case": {"loss.class_weighted": "task.class_weighted", "loss.regression": "task.regression",
              "loss.huber_delta": "task.huber_delta", "head.pooling": "task.head.pooling",
-             "head.hidden_dim": "task.head.hidden_dim", "head.dropout": "task.head.dropout"},
+             "head.hidden_dim": "task.head.hidden_dim", "head.dropout": "task.head.dropout",
+             "data.target": "task.target", "data.target_kind": "task.target_kind", "data.targets": "task.targets",
+             "data.classes": "task.classes", "validation.crops": "task.crops"},
 }
 MOVED_KEYS |= {old: f"{new} (with task={task})" for task, moved in TASK_KEYS.items() for old, new in moved.items()}
 MOVED_KEYS |= {"loss.*": "task.*", "head.*": "task.head.*"}
@@ -153,24 +156,35 @@ def _is_outputs_record(node: Any) -> bool:
 
 def _carry_task_settings(cfg: dict[str, Any]) -> None:
     """In place: an earlier fine-tuning run config's record under ``task`` moved to ``outputs``, and the
-    settings of its task (`TASK_KEYS`: segmentation, or case for ``data.task=case``) from their old places
-    into ``task``; the old places are left out. Any other config is left as it is."""
+    settings of its task (`TASK_KEYS`: the task its ``task`` section names, else segmentation, or case for
+    ``data.task=case``) from their old places into ``task`` (a value the section holds already stays); the old
+    places of every task's settings are left out (another task's never configured the run). Any other config
+    is left as it is."""
     if _is_outputs_record(cfg.get("task")) and "outputs" not in cfg:
         cfg["outputs"] = cfg.pop("task")
     data = cfg.get("data")
-    if not isinstance(data, Mapping) or "task" in cfg or not ({"loss", "head"} & cfg.keys() or "samples_per_case" in data):
+    held = [old for moved in TASK_KEYS.values() for old in moved
+            if isinstance(node := cfg.get(old.split(".")[0]), Mapping) and old.split(".")[1] in node]
+    if not isinstance(data, Mapping) or not held:
         return
-    name = "case" if data.get("task") == "case" else "segmentation"
-    settings: dict[str, Any] = {"name": name}
-    for old, new in TASK_KEYS[name].items():
+    task = cfg.get("task") if isinstance(cfg.get("task"), Mapping) else {}
+    name = task.get("name") or ("case" if data.get("task") == "case" else "segmentation")
+    settings: dict[str, Any] = copy.deepcopy({"name": name, **task})
+    for old, new in TASK_KEYS.get(name, {}).items():
         section, leaf = old.split(".")
         node = cfg.get(section)
         if isinstance(node, Mapping) and leaf in node:
             place = settings
             for part in new.split(".")[1:-1]:  # task.head.pooling: the head subsection
                 place = place.setdefault(part, {})
-            place[new.split(".")[-1]] = node[leaf]
-    cfg["data"] = {k: v for k, v in data.items() if k != "samples_per_case"}
+            place.setdefault(new.split(".")[-1], node[leaf])
+    for section in {old.split(".")[0] for old in held}:
+        leaves = {old.split(".")[1] for old in held if old.startswith(section + ".")}
+        kept = {k: v for k, v in cfg[section].items() if k not in leaves}
+        if kept or section == "data":
+            cfg[section] = kept
+        else:
+            cfg.pop(section)
     cfg.pop("loss", None)
     cfg.pop("head", None)
     cfg["task"] = settings
