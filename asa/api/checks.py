@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from asa.api.compat import RENAMED_VALUES, flatten_keys, old_keys, renamed_value
-from asa.api.schema import DEFAULT_ARCH, PRETRAIN_MODELS, SCHEMAS, PretrainConfig
+from asa.api.schema import CONFIG_VERSION, DEFAULT_ARCH, PRETRAIN_MODELS, SCHEMAS, PretrainConfig
 from asa.api.task_registry import TaskSettings, registered_tasks, task_class
 from asa.choices import check_choices
 from asa.methods import MethodSettings, get_method, registered_methods
@@ -244,6 +244,10 @@ def validate(cfg: DictConfig, entry: str) -> DictConfig:
                              + "; ".join(f"{name} {note}" for name, note in old.items())) from None
         raise ValueError(f"asa-{entry}: invalid option {key}: {err.msg if hasattr(err, 'msg') else err}") from None
     check_choices(cfg, node)
+    if entry in ("pretrain", "finetune") and typed.version != CONFIG_VERSION:
+        raise ValueError(f"asa-{entry}: invalid option version={typed.version}: the layout version of a run config "
+                         f"is this asa's ({CONFIG_VERSION}), which it records; a saved config of an earlier version is "
+                         "read through asa.api.compat's migrations")
     return typed
 
 

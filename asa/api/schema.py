@@ -31,13 +31,16 @@ from asa.train.precision import AMP_CHOICES
 from asa.train.schedule import SCHEDULES
 
 __all__ = [
-    "DEFAULT_ARCH", "EvaluateConfig", "FinetuneConfig", "FrozenProbeConfig", "PredictConfig", "PreprocessConfig", "PretrainConfig",
+    "CONFIG_VERSION", "DEFAULT_ARCH", "EvaluateConfig", "FinetuneConfig", "FrozenProbeConfig", "PredictConfig", "PreprocessConfig", "PretrainConfig",
     "PRETRAIN_MODELS", "SCHEMAS",
 ]
 
 
 # --- groups ---------------------------------------------------------------------------------------
 ON_BAD = ("error", "skip")
+# the layout version of a saved run config (config.yaml, a checkpoint's config): one more with each change to the
+# layout, whose numbered migration (asa.api.compat.MIGRATIONS) reads the one before
+CONFIG_VERSION = 5
 DEFAULT_ARCH = "swvit_unetr"  # the network of a fine-tuning model section that names none
 
 
@@ -181,6 +184,7 @@ class RelianceConfig:
 class RunConfig:
     """Keys of every training run."""
 
+    version: int = CONFIG_VERSION  # the layout of the saved run config (set by asa; docs/run-folders.md)
     output_dir: str = MISSING
     resume: Any = False  # false | true | auto | a .pt path
     overwrite: bool = False  # start anew in a folder holding a run, moving that run aside

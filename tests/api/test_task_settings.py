@@ -13,6 +13,7 @@ from asa.api import load_config
 from asa.api.case import HeadSettings, Settings as CaseSettings
 from asa.api.checks import DEFAULT_TASK
 from asa.api.compat import SEGMENTATION_BEFORE, current_config
+from asa.api.schema import CONFIG_VERSION
 from asa.api.segmentation import Settings as SegmentationSettings
 from asa.io import load_checkpoint
 
@@ -96,8 +97,8 @@ def test_an_old_case_checkpoint_config_is_read_with_its_record_as_outputs():
     assert read["outputs"] == CASE_RECORD
     assert read["task"] == {"name": "case", "class_weighted": False, "regression": "huber", "huber_delta": 0.5,
                             "head": {"pooling": "attention", "hidden_dim": 64, "dropout": 0.1}}
-    assert current_config({"outputs": CASE_RECORD, "task": {"name": "case"}}) == {"outputs": CASE_RECORD,
-                                                                                    "task": {"name": "case"}}
+    assert current_config({"outputs": CASE_RECORD, "task": {"name": "case"}}) == {
+        "version": CONFIG_VERSION, "outputs": CASE_RECORD, "task": {"name": "case"}}
 
 
 @pytest.mark.slow
