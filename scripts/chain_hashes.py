@@ -30,7 +30,8 @@ PATHS = {  # name -> (pretraining overrides, fine-tuning overrides, fine-tuning 
     "rat": (["experiment=rat_asa"], ["model=tiny", "model.region_attention=alternate", "data.regions.source=cluster"],
             32),
     "sa_swin": (["experiment=sa_swin"], ["model=sa_swin"], 64),  # SwinUNETR's bottleneck needs 64³ (2³)
-    "case": (["experiment=asa"], ["data=targets", "model=tiny", "data.target=diagnosis"], 32),
+    "case": (["experiment=asa"], ["data=targets", "model=tiny", "task=case", "task.target=diagnosis",
+                                   "data.accept_pretraining_overlap=true"], 32),  # the demo phantoms share ids
 }
 
 

@@ -12,7 +12,7 @@ engine's ``fit`` is entered (what ``fit`` does is the engine's, not the job's). 
 - ``path``: the stays in call order, ``module:function``.
 
     python scripts/walk.py                                  # asa-finetune, segmentation on demo IBSR phantoms
-    python scripts/walk.py data=targets data.target=diagnosis   # the case task
+    python scripts/walk.py data=targets task=case task.target=diagnosis   # the case task
     python scripts/walk.py --job pretrain experiment=asa
 """
 from __future__ import annotations

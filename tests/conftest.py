@@ -46,17 +46,21 @@ class OldRun:
         return finetune(self.config(steps, resume, *overrides))
 
     def rewrite(self, config, state=None) -> None:
-        """``config(run config) -> the older one`` on every checkpoint and config.yaml; ``state(checkpoint)``
+        """``config(run config) -> the older one`` on every checkpoint and config.yaml, without the version of its
+        layout (written before run configs recorded one: read through every migration); ``state(checkpoint)``
         edits the rest of a checkpoint in place."""
+        def older(saved: dict) -> dict:
+            return {k: v for k, v in config(saved).items() if k != "version"}
+
         for ckpt in (self.dir / "checkpoints").glob("*.pt"):
             saved = load_checkpoint(ckpt)
             if "config" in saved:
-                saved["config"] = config(saved["config"])
+                saved["config"] = older(saved["config"])
             if state is not None:
                 state(saved)
             save_checkpoint(ckpt, saved)
         path = self.dir / "config.yaml"
-        path.write_text(yaml.safe_dump(config(yaml.safe_load(path.read_text()))))
+        path.write_text(yaml.safe_dump(older(yaml.safe_load(path.read_text()))))
 
 
 @pytest.fixture

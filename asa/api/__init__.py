@@ -20,7 +20,7 @@ from asa.api.probe import probe
 from asa.api.schema import (EvaluateConfig, FinetuneConfig, FrozenProbeConfig, PredictConfig, PreprocessConfig,
                             PretrainConfig)
 from asa.api.tasks import FinetuneTask, TaskSettings, register_finetune_task
-# the built-in tasks register themselves; segmentation first: it claims every name no task after it claims
+# the built-in tasks register themselves
 from asa.api import segmentation  # noqa: F401,I001
 from asa.api import case  # noqa: F401
 

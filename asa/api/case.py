@@ -9,25 +9,26 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, List, Optional
 
 import numpy as np
 import torch
 
 from asa.api.dataset import cases_of_split, dataset_root, default_crop
 from asa.api.networks import build_case_network, case_arch
-from asa.api.run import OptionError, refusing
-from asa.api.rundir import RunDirError, check_writable, move_aside
+from asa.api.prediction import PredictSetup
+from asa.api.run import OptionError
 from asa.api.schema import EvaluateConfig, FrozenProbeConfig, PredictConfig
 from asa.api.task_registry import TaskSettings
-from asa.api.tasks import FinetuneRun, FinetuneTask, PredictSetup, ProbeTargets, register_finetune_task
+from asa.api.tasks import FinetuneRun, FinetuneTask, ProbeTargets, register_finetune_task
 from asa.api.training import record_geometry
 from asa.choices import one_of
-from asa.data import (build_case_crops_dataset, build_target_dataset, detect_layout, discover, read_targets,
-                      subject_groups)
+from asa.data import (CASE_CROPS, DEFAULT_CASE_CROPS, Targets, build_case_crops_dataset, build_target_dataset,
+                      detect_layout, discover, read_targets, subject_groups)
+from asa.data.targets import TARGET_KINDS
 from asa.eval.case_metrics import HIGHER_IS_BETTER
-from asa.eval.case_outputs import (PREDICTIONS_CSV, case_crop_lattice, case_summary, predict_case_rows,
-                                   read_case_predictions, write_case_predictions)
+from asa.eval.case_outputs import (PREDICTIONS_CSV, case_crop_lattice, case_row, case_summary, read_case_predictions,
+                                   write_case_predictions)
 from asa.eval.frozen import FrozenEncoder, pooled_features, prepare_cases
 from asa.eval.probe_cv import case_probes
 from asa.io import atomic_write_json
@@ -61,6 +62,18 @@ class Settings(TaskSettings):
     regression: str = one_of("mse", REGRESSION_LOSSES)  # continuous: mse | huber (on standardised targets)
     huber_delta: float = 1.0  # in standard deviations of the training targets
     head: HeadSettings = field(default_factory=HeadSettings)
+    # the target: classification or regression of one value per case (asa.data.read_targets)
+    target: Optional[str] = "diagnosis"  # the column of the targets table (e.g. diagnosis, age)
+    target_kind: str = one_of("auto", ("auto", *TARGET_KINDS))  # auto | binary | multiclass | continuous
+    targets: Optional[str] = None  # the table (participants.tsv, a CSV/TSV, dataset.json); null: data.root's
+    classes: Optional[List[str]] = None  # class names in index order (binary: the positive class last); null: sorted
+    # validation: a case's outputs averaged over its test-time crops, as asa-predict's crops (asa.api.schema.PredictConfig)
+    crops: str = one_of(DEFAULT_CASE_CROPS, CASE_CROPS)
+
+
+def _no_target(data_task: str, job: str) -> str:
+    return (f"data.task={data_task} needs task.target: the column of the targets table to {job} "
+            "(e.g. task.target=diagnosis or task.target=age)")
 
 
 def _resolve_monitor(cfg, kind: str) -> None:
@@ -85,7 +98,7 @@ def _resolve_monitor(cfg, kind: str) -> None:
 @register_finetune_task
 class CaseTask(FinetuneTask):
     """One target per case (``data.task=case``): diagnosis classification or brain-age regression from
-    ``data.target`` with a pooled-token head. Its network's outputs (the number of classes, the targets'
+    ``task.target`` with a pooled-token head. Its network's outputs (the number of classes, the targets'
     standardisation) follow the training split, so it is built once the cases are split; a subject's
     sessions stay in one part of the split. Writes ``targets.json`` (what was read and skipped)."""
 
@@ -96,22 +109,27 @@ class CaseTask(FinetuneTask):
 
     @classmethod
     def claims(cls, data_task: str) -> bool:
-        return data_task == CASE_TASK
+        return data_task == cls.name
+
+    def targets_table(self, settings: Settings, root: Path, data_task: str, job: str) -> Targets:
+        """The table of ``task.target`` (``task.targets``, else the dataset's own under ``root``), as every job
+        of the task reads it; ``job``: what the target is for, said when none is given."""
+        if settings.target is None:
+            raise ValueError(_no_target(data_task, job))
+        return read_targets(settings.targets if settings.targets is not None else root, str(settings.target),
+                            kind=settings.target_kind, classes=None if settings.classes is None else list(settings.classes))
 
     # --- training: the hooks of FinetuneTask.finetune ---------------------------------------------------
     def check(self, run: FinetuneRun) -> None:
         cfg, data = run.cfg, run.cfg.data
-        if data.target is None:
-            raise ValueError("data.task=case needs data.target: the column of the targets table to learn "
-                             "(e.g. data.target=diagnosis or data.target=age)")
+        if cfg.task.target is None:
+            raise ValueError(_no_target(data.task, "learn"))
         case_arch(cfg.model)  # a case network, and a pretrained file only for one that loads it
         if cfg.model.region_option() is not None:
             raise ValueError("model.region_attention needs region maps, which data.task=case does not read; "
                              "leave it at none")
         self.root = dataset_root(data)[0]
-        source = data.targets if data.targets is not None else self.root
-        self.table = read_targets(source, str(data.target), kind=data.target_kind,
-                                  classes=None if data.classes is None else list(data.classes))
+        self.table = self.targets_table(cfg.task, self.root, data.task, "learn")
         _resolve_monitor(cfg, self.table.kind)
 
     def cases(self, run: FinetuneRun, cases: list) -> list:
@@ -120,7 +138,7 @@ class CaseTask(FinetuneTask):
             print(f"[asa] targets: {self.targets.summary()}", file=sys.stderr, flush=True)
         cases = [c for c in cases if c.id in self.targets.values]
         if not cases:
-            raise OptionError(f"data.target={run.cfg.data.target}: no case of {self.root} has a target in "
+            raise OptionError(f"task.target={run.cfg.task.target}: no case of {self.root} has a target in "
                               f"{self.table.source}")
         return cases
 
@@ -142,7 +160,7 @@ class CaseTask(FinetuneTask):
                                    hidden_dim=head.hidden_dim, head_dropout=head.dropout,
                                    target_shift=self.shift, target_scale=self.scale)
         run.crop = record_geometry(run.resolved, model)  # the effective crop (and SW-ViT's position code, axis, grid)
-        return model, {"name": CASE_TASK, "kind": kind, "target": str(data.target), "classes": list(targets.names),
+        return model, {"name": self.name, "kind": kind, "target": str(settings.target), "classes": list(targets.names),
                        "target_shift": self.shift, "target_scale": self.scale}
 
     def datasets(self, run: FinetuneRun, splits: Mapping[str, list]) -> tuple[Any, Any | None]:
@@ -151,7 +169,7 @@ class CaseTask(FinetuneTask):
                                      store=data.store)
         # validation scores what asa-predict writes: each case's outputs averaged over its test-time crops
         val = build_case_crops_dataset(splits["val"], crop=run.crop, lattice=case_crop_lattice(run.model),
-                                       crops=run.cfg.validation.crops, targets=self.targets,
+                                       crops=run.cfg.task.crops, targets=self.targets,
                                        store=data.store) if splits["val"] else None
         return train, val
 
@@ -168,57 +186,59 @@ class CaseTask(FinetuneTask):
                                   delta=settings.huber_delta, shift=self.shift, scale=self.scale))
 
     # --- the other jobs ------------------------------------------------------------------------------
-    def predict(self, cfg: PredictConfig, state: dict, checkpoint: Path, inputs: list[str] | str,
-                setup: PredictSetup) -> list[Path]:
-        """Write ``<output>/predictions.csv`` for the cases of ``inputs`` (a BIDS / CAPS / file-list
-        folder; ``split_file`` + ``subset`` select a run's split) with the case head in ``state`` (the
-        checkpoint's content); returns ``[that file]``. An output holding one is refused unless
-        ``overwrite=true`` (moved aside). Every check runs before its one file is written."""
-        with refusing():
-            outputs = state["config"]["outputs"]
-            if bool(cfg.resume):
-                raise OptionError("resume=true: a case head writes one predictions.csv per run; predict again instead")
-            if not isinstance(inputs, str) or not Path(inputs).expanduser().is_dir():
-                raise OptionError(f"input={inputs}: a case head predicts the cases of a dataset folder (BIDS, CAPS or "
-                                  "a file list), as data.root of asa-finetune")
-            root = Path(inputs).expanduser()
-            layout = detect_layout(root) if cfg.layout == "auto" else cfg.layout
-            cases = discover(layout, root, require_labels=False, on_bad_case=cfg.on_bad_case)
-            cases = cases_of_split(cases, cfg.split_file, cfg.subset, where=f"input={inputs}")
-            out = Path(cfg.output).expanduser().absolute()
-            target = out / PREDICTIONS_CSV
-            if target.exists() and not cfg.overwrite:
-                raise RunDirError(f"output={out} already holds {PREDICTIONS_CSV}; use overwrite=true (it is moved "
-                                  "aside) or another output")
-            check_writable(out, "output")
-            model = build_network(state["network"])
-            model.load_state_dict(state["model"])
-            print(f"[asa] predicting {outputs['target']} ({outputs['kind']}) for {len(cases)} case(s) on "
-                  f"{setup.device}, outputs averaged over crops={cfg.crops}", flush=True)
-            rows = predict_case_rows(model, cases, outputs, device=setup.device, crops=cfg.crops)
-            if target.exists():
-                print(f"[asa] overwrite=true: moved the previous predictions to {move_aside(out)}", file=sys.stderr,
-                      flush=True)
-            out.mkdir(parents=True, exist_ok=True)
-            write_case_predictions(rows, target)
-        print(f"[asa] wrote {len(rows)} prediction(s) of {outputs['target']} to {target}", flush=True)
-        return [target]
+    def load_predictor(self, cfg: PredictConfig, state: dict, checkpoint: Path, setup: PredictSetup) -> None:
+        self.outputs = state["config"]["outputs"]
+        self.model = build_network(state["network"])
+        self.model.load_state_dict(state["model"])
+        self.model = self.model.to(setup.device).eval()
+
+    def prediction_cases(self, cfg: PredictConfig, inputs: list[str] | str) -> list:
+        """The cases of a dataset folder (BIDS, CAPS or a file list), as ``data.root`` of asa-finetune."""
+        if not isinstance(inputs, str) or not Path(inputs).expanduser().is_dir():
+            raise OptionError(f"input={inputs}: a case head predicts the cases of a dataset folder (BIDS, CAPS or "
+                              "a file list), as data.root of asa-finetune")
+        root = Path(inputs).expanduser()
+        layout = detect_layout(root) if cfg.layout == "auto" else cfg.layout
+        return discover(layout, root, require_labels=False, on_bad_case=cfg.on_bad_case)
+
+    def prediction_files(self, out: Path) -> list[str]:
+        return [PREDICTIONS_CSV] if (out / PREDICTIONS_CSV).exists() else []
+
+    def describe(self, cfg: PredictConfig, cases: list, setup: PredictSetup) -> str:
+        return (f"[asa] predicting {self.outputs['target']} ({self.outputs['kind']}) for {len(cases)} case(s) on "
+                f"{setup.device}, outputs averaged over crops={cfg.crops}")
+
+    def prediction_settings(self, cfg: PredictConfig, setup: PredictSetup) -> dict[str, Any]:
+        return {"crops": cfg.crops}
+
+    def start(self, cfg: PredictConfig, out: Path, kept: set[str]) -> None:
+        """The rows of the kept cases, read back from ``predictions.csv`` (a resumed prediction)."""
+        held = read_case_predictions(out / PREDICTIONS_CSV) if kept else {}
+        self.rows = {cid: row for cid, row in held.items() if cid in kept}
+
+    def predict_case(self, cfg: PredictConfig, case: Any, out: Path, setup: PredictSetup) -> list[Path]:
+        """The case's row (its outputs averaged over its test-time crops), ``predictions.csv`` written again
+        with every row so far (the kept ones first)."""
+        self.rows[case.id] = case_row(self.model, case, self.outputs, device=setup.device, crops=cfg.crops)
+        return [write_case_predictions(list(self.rows.values()), out / PREDICTIONS_CSV)]
+
+    def summary(self, out: Path, written: int, kept: int) -> str:
+        return (f"[asa] wrote {written} prediction(s) of {self.outputs['target']} to {out / PREDICTIONS_CSV}"
+                f"{f', kept {kept} from before' if kept else ''}")
 
     def evaluate(self, cfg: EvaluateConfig) -> dict:
-        """Score ``<pred>/predictions.csv`` against ``data.target`` (summary with bootstrap intervals,
+        """Score ``<pred>/predictions.csv`` against ``task.target`` (summary with bootstrap intervals,
         `asa.eval.case_outputs.case_summary`), written to ``<output>/summary.json``."""
         data = cfg.data
-        if cfg.pred is None or data.target is None:
-            raise ValueError("asa-evaluate with data.task=case needs pred=DIR (holding asa-predict's predictions.csv) "
-                             "and data.target=COLUMN")
+        if cfg.pred is None:
+            raise ValueError(f"asa-evaluate with data.task={data.task} needs pred=DIR (holding asa-predict's "
+                             "predictions.csv)")
         if cfg.reliance.checkpoint is not None:
             raise ValueError("reliance.checkpoint: the encoder-reliance diagnostic is for segmenters, not case heads")
         root, layout = dataset_root(data)
         cases = discover(layout, root, require_labels=False, on_bad_case=data.on_bad_case, option="data.on_bad_case")
         cases = cases_of_split(cases, cfg.split_file, cfg.subset, where=str(root))
-        table = read_targets(data.targets if data.targets is not None else root, str(data.target),
-                             kind=data.target_kind, classes=None if data.classes is None else list(data.classes))
-        targets = table.for_cases(cases)
+        targets = self.targets_table(cfg.task, root, data.task, "score").for_cases(cases)
         predictions = read_case_predictions(Path(str(cfg.pred)).expanduser() / PREDICTIONS_CSV)
         missing = sorted(c.id for c in cases if c.id in targets.values and c.id not in predictions)
         if missing and cfg.on_missing == "error":
@@ -234,24 +254,20 @@ class CaseTask(FinetuneTask):
         lines = [f"{name} {m['value']:.4g}" + (f" [{m['ci_low']:.4g}, {m['ci_high']:.4g}]"
                                                if m["ci_low"] is not None else "")
                  if m["value"] is not None else f"{name} undefined" for name, m in summary["metrics"].items()]
-        print(f"[asa] {summary['n']} case(s), {data.target} ({targets.kind}): " + "; ".join(lines)
+        print(f"[asa] {summary['n']} case(s), {cfg.task.target} ({targets.kind}): " + "; ".join(lines)
               + f"\n[asa] wrote {out / 'summary.json'}", flush=True)
         return summary
 
     def probe_targets(self, cfg: FrozenProbeConfig, root: Path, layout: str) -> ProbeTargets:
-        """The cases with a value of ``data.target``; each encoder's pooled features, fitted with the case
+        """The cases with a value of ``task.target``; each encoder's pooled features, fitted with the case
         probes (ridge / logistic / k-NN, `asa.eval.probe_cv.case_probes`)."""
         data = cfg.data
-        if data.target is None:
-            raise ValueError("data.task=case needs data.target: the column of the targets table to probe "
-                             "(e.g. data.target=age)")
+        table = self.targets_table(cfg.task, root, data.task, "probe")
         cases = discover(layout, root, require_labels=False, on_bad_case=data.on_bad_case, option="data.on_bad_case")
         cases = cases_of_split(cases, cfg.split_file, cfg.subset, where=str(root))
-        table = read_targets(data.targets if data.targets is not None else root, str(data.target),
-                             kind=data.target_kind, classes=None if data.classes is None else list(data.classes))
         targets = table.for_cases(cases)
         cases = [c for c in cases if c.id in targets.values]
-        target = {"column": str(data.target), "kind": targets.kind, "classes": list(targets.names),
+        target = {"column": str(cfg.task.target), "kind": targets.kind, "classes": list(targets.names),
                   "source": table.source, "skipped": dict(targets.skipped)}
         device = resolve_device(cfg.device)
         prepared: dict = {}  # inputs per encoder input size, prepared once

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from asa.api.compat import RENAMED_VALUES, flatten_keys, old_keys, renamed_value
-from asa.api.schema import DEFAULT_ARCH, PRETRAIN_MODELS, SCHEMAS, FinetuneConfig, PretrainConfig
+from asa.api.schema import CONFIG_VERSION, DEFAULT_ARCH, PRETRAIN_MODELS, SCHEMAS, PretrainConfig
 from asa.api.task_registry import TaskSettings, registered_tasks, task_class
 from asa.choices import check_choices
 from asa.methods import MethodSettings, get_method, registered_methods
@@ -140,7 +140,8 @@ def network_settings(model: Any) -> NetworkSettings:
     return OmegaConf.to_object(typed)
 
 
-DEFAULT_TASK = "segmentation"  # the ``task`` group's default (configs/finetune/finetune.yaml)
+DEFAULT_TASK = "segmentation"  # the ``task`` group's default (configs/{finetune,evaluate,probe}/*.yaml)
+TASK_ENTRIES = ("finetune", "evaluate", "probe")  # the entry points whose config has a task section
 
 
 def task_settings(section: Any, data_task: str) -> TaskSettings:
@@ -216,15 +217,16 @@ def validate(cfg: DictConfig, entry: str) -> DictConfig:
     except ValueError as err:
         raise ValueError(f"asa-{entry}: invalid option {err}") from None
     task = None
-    if entry == "finetune":  # the model section: its network's settings (refused naming model.<key>)
-        model = network_settings(cfg.model)
+    if entry in TASK_ENTRIES:  # the task section: the settings of the task that claims data.task (task.<key>)
         data_task = OmegaConf.select(cfg, "data.task", default=None)
-        try:  # the task section: the settings of the task that claims data.task (refused naming task.<key>)
+        try:
             task = None if data_task is None else task_settings(cfg.get("task"), str(data_task))
         except ValueError as err:
-            raise ValueError(f"asa-finetune: invalid option {err}") from None
-        node = FinetuneConfig(model=type(model)(arch=model.arch),
-                              task=TaskSettings() if task is None else type(task)(name=task.name))
+            raise ValueError(f"asa-{entry}: invalid option {err}") from None
+        node = SCHEMAS[entry](task=TaskSettings() if task is None else type(task)(name=task.name))
+    if entry == "finetune":  # the model section: its network's settings (refused naming model.<key>)
+        model = network_settings(cfg.model)
+        node.model = type(model)(arch=model.arch)
     elif entry == "pretrain":  # the model section: the SW-ViT sizes or the settings its arch names
         try:
             node.model = pretrain_model_node(cfg.get("model"))
@@ -247,6 +249,10 @@ def validate(cfg: DictConfig, entry: str) -> DictConfig:
                              + "; ".join(f"{name} {note}" for name, note in old.items())) from None
         raise ValueError(f"asa-{entry}: invalid option {key}: {err.msg if hasattr(err, 'msg') else err}") from None
     check_choices(cfg, node)
+    if entry in ("pretrain", "finetune") and typed.version != CONFIG_VERSION:
+        raise ValueError(f"asa-{entry}: invalid option version={typed.version}: the layout version of a run config "
+                         f"is this asa's ({CONFIG_VERSION}), which it records; a saved config of an earlier version is "
+                         "read through asa.api.compat's migrations")
     return typed
 
 

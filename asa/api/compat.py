@@ -1,6 +1,12 @@
-"""What earlier versions of asa wrote, read by this one: keys that moved or were removed (a command line,
-a preset or a resumed run naming one is refused naming the new place) and values that were renamed, and a
-saved run config (a resumed run's, a checkpoint's) as this version reads it (`current_config`)."""
+"""What earlier versions of asa wrote, read by this one. A saved run config (a run's ``config.yaml``, the config
+in its checkpoints) records the version of its layout (``version``: `asa.api.schema.CONFIG_VERSION`); one of an
+earlier version is read through the numbered migrations (`MIGRATIONS`: version k -> k + 1, applied in order),
+a record without a version (written before versions were recorded) as version 0, through all of them, each
+migrating only the shape it knows (`read_config`, `current_config`; docs/run-folders.md lists the layouts).
+Keys that moved or were removed (a command line, a preset or a resumed run naming one is refused naming the
+new place) and values that were renamed are listed here too.
+
+"""
 
 from __future__ import annotations
 
@@ -11,13 +17,14 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from asa.api.schema import DEFAULT_ARCH
+from asa.api.schema import CONFIG_VERSION, DEFAULT_ARCH
 from asa.methods import get_method
 from asa.models import NETWORK_SETTINGS, RENAMED_NETWORKS
 from asa.models.registry import network_record
 
 __all__ = [
-    "CARRIED_KEYS", "MOVED_KEYS", "REMOVED_KEYS", "RENAMED_VALUES", "TASK_KEYS", "added_settings", "current_config",
+    "CARRIED_KEYS", "MIGRATIONS", "MOVED_KEYS", "REMOVED_KEYS", "RENAMED_VALUES", "TASK_KEYS", "added_settings",
+    "current_config",
     "current_value", "flatten_keys", "moved_key", "old_key", "old_keys", "read_config", "removed_key", "renamed_value",
 ]
 
@@ -32,15 +39,21 @@ MOVED_KEYS = {
     "segmenter.pos_mode": "model.pos_mode", "segmenter.lr_axis": "model.lr_axis",
     "data.size": "data.crop", "data.patch_size": "data.crop",  # the crop edge of pretraining / fine-tuning
 }
-# a fine-tuning task's own settings, now its ``task`` section (asa.api.tasks.TaskSettings): moved keys whose
-# values a saved run config carries to the new place (`current_config`), for the task that read them
-TASK_KEYS = {
-    "segmentation": {"data.samples_per_case": "task.samples_per_case", "loss.focal_weight": "task.focal_weight",
-                     "loss.focal_beta": "task.focal_beta"},
-    "case": {"loss.class_weighted": "task.class_weighted", "loss.regression": "task.regression",
-             "loss.huber_delta": "task.huber_delta", "head.pooling": "task.head.pooling",
-             "head.hidden_dim": "task.head.hidden_dim", "head.dropout": "task.head.dropout"},
+# a fine-tuning task's own settings, now its ``task`` section (asa.api.tasks.TaskSettings), by the version that
+# moved them there: moved keys whose values a saved run config carries to the new place (`current_config`), for
+# the task that read them
+TASK_KEYS_BY_VERSION = {
+    1: {"segmentation": {"data.samples_per_case": "task.samples_per_case", "loss.focal_weight": "task.focal_weight",
+                         "loss.focal_beta": "task.focal_beta"},
+        "case": {"loss.class_weighted": "task.class_weighted", "loss.regression": "task.regression",
+                 "loss.huber_delta": "task.huber_delta", "head.pooling": "task.head.pooling",
+                 "head.hidden_dim": "task.head.hidden_dim", "head.dropout": "task.head.dropout"}},
+    5: {"segmentation": {"validation.overlap": "task.overlap", "validation.sw_batch_size": "task.sw_batch_size"},
+        "case": {"data.target": "task.target", "data.target_kind": "task.target_kind", "data.targets": "task.targets",
+                 "data.classes": "task.classes", "validation.crops": "task.crops"}},
 }
+TASK_KEYS = {task: {old: new for moved in TASK_KEYS_BY_VERSION.values() for old, new in moved.get(task, {}).items()}
+             for task in ("segmentation", "case")}
 MOVED_KEYS |= {old: f"{new} (with task={task})" for task, moved in TASK_KEYS.items() for old, new in moved.items()}
 MOVED_KEYS |= {"loss.*": "task.*", "head.*": "task.head.*"}
 # the segmentation task's settings added with nnU-Net's sampling and Dice, at what a run saved before them trained
@@ -95,54 +108,35 @@ def _method_settings(name: Any) -> Any:
         return None
 
 
-def read_config(saved: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A run config written by this or an earlier asa (a resumed run's, a checkpoint's) as this version reads
-    it: renamed values under their names now (`RENAMED_VALUES`); a fine-tuning ``model`` section (one beside
-    a ``segmenter`` section) with the decoder options its ``segmenter`` section held (`CARRIED_KEYS`: a
-    network that follows its pretraining read them; any other never did, so they are left out), each setting
-    its network's settings gained since at its default, which is what that run built with, and without the
-    null symmetry settings earlier versions stated for every network (a network without them was never
-    handed them). A fine-tuning config of an earlier version also gets its task's settings from where they were
-    (`TASK_KEYS`: ``data.samples_per_case``, ``loss.*``, ``head.*``) as its ``task`` section, and the record of
-    what its checkpoint predicts, which it held as ``task``, as ``outputs``; a segmentation ``task`` section
-    without the sampler and Dice settings gets those the run trained with (`SEGMENTATION_BEFORE`). A
-    pretraining ``method`` section gets each setting its method gained since at its default, which is what that
-    run trained with (a run written before model=resenc lacks ``method.coord_channel`` and
-    ``method.mirror_visible``: off, as it was), except the masking a resenc run had before nnssl's
-    (`MASKING_BEFORE`). Returns (the config, a copy, the rest as it is; the settings added since, dotted key
-    -> value)."""
-    cfg = copy.deepcopy(dict(saved))
-    added: dict[str, Any] = {}
-    _carry_task_settings(cfg)
-    for key in RENAMED_VALUES:  # dotted keys of a section: "model.arch"
-        section, leaf = key.split(".")
-        if isinstance(node := cfg.get(section), Mapping) and leaf in node:
-            cfg[section] = {**node, leaf: current_value(key, node[leaf])}
-    model = cfg.get("model")
-    if isinstance(segmenter := cfg.get("segmenter"), Mapping) and isinstance(model, Mapping):
-        arch = model.get("arch", DEFAULT_ARCH)
-        cls, record = NETWORK_SETTINGS.get(arch), network_record(arch)
-        taken = {f.name for f in fields(cls)} if cls is not None and record.follows_pretraining else set()
-        carried = {place.split(".")[1]: segmenter[old.split(".")[1]] for old, place in CARRIED_KEYS.items()
-                   if old.split(".")[1] in segmenter and place.split(".")[1] in taken}
-        cfg["segmenter"] = {k: v for k, v in segmenter.items() if f"segmenter.{k}" not in CARRIED_KEYS}
-        model = {**model, **carried}
-        if cls is not None:
-            names = {f.name for f in fields(cls)}
-            kept = {k: v for k, v in model.items() if k in names or v is not None}
-            model = _with_defaults(kept, cls(arch=arch), "model", added)
-        cfg["model"] = model
-    task = cfg.get("task")
-    if isinstance(task, Mapping) and task.get("name") == "segmentation":
-        cfg["task"] = {**SEGMENTATION_BEFORE, **task}
-    method = cfg.get("method")
-    if isinstance(method, Mapping) and (settings := _method_settings(method.get("name"))) is not None:
-        if isinstance(model, Mapping) and model.get("arch") == "resenc":
-            before = {k: v for k, v in MASKING_BEFORE.items() if k not in method}
-            added |= {f"method.{k}": v for k, v in before.items()}
-            method = {**method, **before}
-        cfg["method"] = _with_defaults(method, settings, "method", added)
-    return cfg, added
+def _move_task_keys(cfg: dict[str, Any], moved: Mapping[str, Mapping[str, str]]) -> None:
+    """In place: the settings of a fine-tuning run config's task (the one its ``task`` section names, else
+    segmentation, or case for ``data.task=case``) from their old places in ``moved`` (task -> old key -> new
+    key) into ``task`` (a value the section holds already stays); the old places of every task's settings
+    are left out (another task's never configured the run), and a section left empty with them."""
+    held = [old for keys in moved.values() for old in keys
+            if isinstance(node := cfg.get(old.split(".")[0]), Mapping) and old.split(".")[1] in node]
+    data = cfg.get("data")
+    if not isinstance(data, Mapping) or not held:
+        return
+    task = cfg.get("task") if isinstance(cfg.get("task"), Mapping) else {}
+    name = task.get("name") or ("case" if data.get("task") == "case" else "segmentation")
+    settings: dict[str, Any] = copy.deepcopy({"name": name, **task})
+    for old, new in moved.get(name, {}).items():
+        section, leaf = old.split(".")
+        node = cfg.get(section)
+        if isinstance(node, Mapping) and leaf in node:
+            place = settings
+            for part in new.split(".")[1:-1]:  # task.head.pooling: the head subsection
+                place = place.setdefault(part, {})
+            place.setdefault(new.split(".")[-1], node[leaf])
+    for section in {old.split(".")[0] for old in held}:
+        leaves = {old.split(".")[1] for old in held if old.startswith(section + ".")}
+        kept = {k: v for k, v in cfg[section].items() if k not in leaves}
+        if kept or section == "data":
+            cfg[section] = kept
+        else:
+            cfg.pop(section)
+    cfg["task"] = settings
 
 
 def _is_outputs_record(node: Any) -> bool:
@@ -151,29 +145,101 @@ def _is_outputs_record(node: Any) -> bool:
     return isinstance(node, Mapping) and ("channels" in node or "kind" in node)
 
 
-def _carry_task_settings(cfg: dict[str, Any]) -> None:
-    """In place: an earlier fine-tuning run config's record under ``task`` moved to ``outputs``, and the
-    settings of its task (`TASK_KEYS`: segmentation, or case for ``data.task=case``) from their old places
-    into ``task``; the old places are left out. Any other config is left as it is."""
+# --- the migrations: version k -> k + 1, each in place on a run config of version k ---------------------------
+def _task_section(cfg: dict[str, Any], added: dict[str, Any]) -> None:
+    """0 -> 1: a fine-tuning task's own settings become its ``task`` section (`TASK_KEYS_BY_VERSION`: from
+    ``data.samples_per_case``, ``loss.*``, ``head.*``), and the record of what the checkpoint predicts, which
+    ``task`` held, becomes ``outputs``."""
     if _is_outputs_record(cfg.get("task")) and "outputs" not in cfg:
         cfg["outputs"] = cfg.pop("task")
-    data = cfg.get("data")
-    if not isinstance(data, Mapping) or "task" in cfg or not ({"loss", "head"} & cfg.keys() or "samples_per_case" in data):
+    if "task" in cfg:
         return
-    name = "case" if data.get("task") == "case" else "segmentation"
-    settings: dict[str, Any] = {"name": name}
-    for old, new in TASK_KEYS[name].items():
-        section, leaf = old.split(".")
-        node = cfg.get(section)
-        if isinstance(node, Mapping) and leaf in node:
-            place = settings
-            for part in new.split(".")[1:-1]:  # task.head.pooling: the head subsection
-                place = place.setdefault(part, {})
-            place[new.split(".")[-1]] = node[leaf]
-    cfg["data"] = {k: v for k, v in data.items() if k != "samples_per_case"}
-    cfg.pop("loss", None)
-    cfg.pop("head", None)
-    cfg["task"] = settings
+    _move_task_keys(cfg, TASK_KEYS_BY_VERSION[1])
+    if "task" in cfg:
+        cfg.pop("loss", None)
+        cfg.pop("head", None)
+
+
+def _network_settings(cfg: dict[str, Any], added: dict[str, Any]) -> None:
+    """1 -> 2: a fine-tuning ``model`` section (one beside a ``segmenter`` section) holds its network's own
+    settings: the decoder options its ``segmenter`` section held (`CARRIED_KEYS`: a network that follows its
+    pretraining read them; any other never did, so they are left out), and not the null symmetry settings
+    earlier versions stated for every network (a network without them was never handed them)."""
+    model, segmenter = cfg.get("model"), cfg.get("segmenter")
+    if not (isinstance(segmenter, Mapping) and isinstance(model, Mapping)):
+        return
+    arch = model.get("arch", DEFAULT_ARCH)
+    cls, record = NETWORK_SETTINGS.get(arch), network_record(arch)
+    taken = {f.name for f in fields(cls)} if cls is not None and record.follows_pretraining else set()
+    carried = {place.split(".")[1]: segmenter[old.split(".")[1]] for old, place in CARRIED_KEYS.items()
+               if old.split(".")[1] in segmenter and place.split(".")[1] in taken}
+    cfg["segmenter"] = {k: v for k, v in segmenter.items() if f"segmenter.{k}" not in CARRIED_KEYS}
+    model = {**model, **carried}
+    if cls is not None:
+        names = {f.name for f in fields(cls)}
+        model = {k: v for k, v in model.items() if k in names or v is not None}
+    cfg["model"] = model
+
+
+def _segmentation_sampling(cfg: dict[str, Any], added: dict[str, Any]) -> None:
+    """2 -> 3: a segmentation ``task`` section gets the sampler and Dice settings the run trained with before
+    nnU-Net's became the default (`SEGMENTATION_BEFORE`)."""
+    task = cfg.get("task")
+    if isinstance(task, Mapping) and task.get("name") == "segmentation":
+        cfg["task"] = {**SEGMENTATION_BEFORE, **task}
+
+
+def _resenc_masking(cfg: dict[str, Any], added: dict[str, Any]) -> None:
+    """3 -> 4: a model=resenc pretraining ``method`` section gets the masking it trained with before nnssl's
+    (`MASKING_BEFORE`), said as settings added since."""
+    model, method = cfg.get("model"), cfg.get("method")
+    if isinstance(method, Mapping) and isinstance(model, Mapping) and model.get("arch") == "resenc":
+        before = {k: v for k, v in MASKING_BEFORE.items() if k not in method}
+        added |= {f"method.{k}": v for k, v in before.items()}
+        cfg["method"] = {**method, **before}
+
+
+def _task_validation_and_target(cfg: dict[str, Any], added: dict[str, Any]) -> None:
+    """4 -> 5: a task's validation settings (``validation.*``) and the case task's target (``data.target``,
+    ``data.target_kind``, ``data.targets``, ``data.classes``) move into its ``task`` section
+    (`TASK_KEYS_BY_VERSION`)."""
+    _move_task_keys(cfg, TASK_KEYS_BY_VERSION[5])
+
+
+MIGRATIONS = (_task_section, _network_settings, _segmentation_sampling, _resenc_masking, _task_validation_and_target)
+assert len(MIGRATIONS) == CONFIG_VERSION  # one migration per version since the first
+
+
+def read_config(saved: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run config written by this or an earlier asa (a resumed run's, a checkpoint's) as this version reads
+    it: renamed values under their names now (`RENAMED_VALUES`), the migrations after its ``version`` (none
+    recorded: 0) applied in order (`MIGRATIONS`), then a fine-tuning ``model`` section with each setting its
+    network gained since at its default, and a pretraining ``method`` section with each setting its method
+    gained since at its default: what that run built and trained with (a run written before model=resenc
+    lacks ``method.coord_channel`` and ``method.mirror_visible``: off, as it was). A version newer than this
+    asa's is refused (``ValueError``). Returns (the config at `CONFIG_VERSION`, a copy, the rest as it is; the
+    settings added since, dotted key -> value)."""
+    cfg = copy.deepcopy(dict(saved))
+    added: dict[str, Any] = {}
+    version = cfg.pop("version", 0)
+    if not isinstance(version, int) or not 0 <= version <= CONFIG_VERSION:
+        raise ValueError(f"a run config of version {version!r}: this asa reads versions 0 to {CONFIG_VERSION} (a "
+                         "newer asa wrote it: read it with that version)")
+    for key in RENAMED_VALUES:  # dotted keys of a section: "model.arch"
+        section, leaf = key.split(".")
+        if isinstance(node := cfg.get(section), Mapping) and leaf in node:
+            cfg[section] = {**node, leaf: current_value(key, node[leaf])}
+    for migrate in MIGRATIONS[version:]:
+        migrate(cfg, added)
+    model = cfg.get("model")
+    if isinstance(cfg.get("segmenter"), Mapping) and isinstance(model, Mapping):
+        arch = model.get("arch", DEFAULT_ARCH)
+        if (cls := NETWORK_SETTINGS.get(arch)) is not None:
+            cfg["model"] = _with_defaults(model, cls(arch=arch), "model", added)
+    method = cfg.get("method")
+    if isinstance(method, Mapping) and (settings := _method_settings(method.get("name"))) is not None:
+        cfg["method"] = _with_defaults(method, settings, "method", added)
+    return {"version": CONFIG_VERSION, **cfg}, added
 
 
 def renamed_value(key: str, value: Any) -> str | None:

@@ -17,7 +17,6 @@ from omegaconf import MISSING
 from asa.data.augmentation import AUGMENT_ON
 from asa.data.case_crops import CASE_CROPS, DEFAULT_CASE_CROPS
 from asa.data.layouts import LAYOUTS, SEGMENTATION_LAYOUTS
-from asa.data.targets import TARGET_KINDS
 from asa.data.regions import CONFIG_SOURCES
 from asa.data.store import STORE_DTYPES
 from asa.eval.metrics import HD95_CONVENTIONS
@@ -32,13 +31,16 @@ from asa.train.precision import AMP_CHOICES
 from asa.train.schedule import SCHEDULES
 
 __all__ = [
-    "DEFAULT_ARCH", "EvaluateConfig", "FinetuneConfig", "FrozenProbeConfig", "PredictConfig", "PreprocessConfig", "PretrainConfig",
+    "CONFIG_VERSION", "DEFAULT_ARCH", "EvaluateConfig", "FinetuneConfig", "FrozenProbeConfig", "PredictConfig", "PreprocessConfig", "PretrainConfig",
     "PRETRAIN_MODELS", "SCHEMAS",
 ]
 
 
 # --- groups ---------------------------------------------------------------------------------------
 ON_BAD = ("error", "skip")
+# the layout version of a saved run config (config.yaml, a checkpoint's config): one more with each change to the
+# layout, whose numbered migration (asa.api.compat.MIGRATIONS) reads the one before
+CONFIG_VERSION = 5
 DEFAULT_ARCH = "swvit_unetr"  # the network of a fine-tuning model section that names none
 
 
@@ -105,13 +107,10 @@ class PretrainDataConfig(DataConfig):
 class SegmentationDataConfig(DataConfig):
     """A labelled segmentation dataset (``configs/finetune/data``)."""
 
-    task: str = MISSING  # a segmentation task (asa.data.get_task), or `case`: one target per case (data.target)
+    # the fine-tuning task that claims it (asa.api.tasks): a segmentation task (asa.data.get_task), or `case`: one
+    # target per case (task.target); its own settings are the ``task`` section
+    task: str = MISSING
     crop: Optional[int] = None  # the crop edge (voxels); null: the pretraining crop
-    # task=case: classification or regression of one target per case (asa.data.read_targets)
-    target: Optional[str] = None  # the target column (e.g. diagnosis, age)
-    target_kind: str = one_of("auto", ("auto", *TARGET_KINDS))  # auto | binary | multiclass | continuous
-    targets: Optional[str] = None  # the table (participants.tsv, a CSV/TSV, dataset.json); null: data.root's
-    classes: Optional[List[str]] = None  # class names in index order (binary: the positive class last); null: sorted
     # true: train although test cases were in model.pretrained's pretraining cohort (asa.api.cohort); false: refused
     accept_pretraining_overlap: bool = False
 
@@ -180,25 +179,12 @@ class RelianceConfig:
     device: str = "auto"  # auto | cpu | cuda
 
 
-# data.task=case: a case's outputs (probabilities, values) averaged over its test-time crops: grid (the
-# brain-centred crop and crops shifted by half a crop along each axis where the volume is larger than
-# the crop; asa.data.case_crop_origins) | centre (the brain-centred crop alone, the one fine-tuning trains on)
-def _case_crops() -> Any:
-    return one_of(DEFAULT_CASE_CROPS, CASE_CROPS)
-
-
-@dataclass
-class ValidationConfig:
-    overlap: float = 0.5  # sliding-window overlap
-    sw_batch_size: int = 2
-    crops: str = _case_crops()  # data.task=case: grid | centre (above); asa-predict's crops should match it
-
-
 # --- entry points ---------------------------------------------------------------------------------
 @dataclass
 class RunConfig:
     """Keys of every training run."""
 
+    version: int = CONFIG_VERSION  # the layout of the saved run config (set by asa; docs/run-folders.md)
     output_dir: str = MISSING
     resume: Any = False  # false | true | auto | a .pt path
     overwrite: bool = False  # start anew in a folder holding a run, moving that run aside
@@ -250,7 +236,6 @@ class FinetuneConfig(RunConfig):
     # the settings of the task that claims data.task (asa.api.tasks.TaskSettings; the config group ``task``),
     # typed by `validate`
     task: Any = field(default_factory=dict)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
 @dataclass
@@ -268,7 +253,10 @@ class PredictConfig:
     tta: bool = False  # flip test-time augmentation
     tta_axes: List[int] = field(default_factory=lambda: [0, 1, 2])  # flips along every subset of these axes (2^k passes)
     save_probabilities: bool = False  # also write <case_id>_probabilities.nii.gz (4D, one volume per output)
-    crops: str = _case_crops()  # a case head: grid | centre (ValidationConfig), as validation.crops of its fine-tuning
+    # a case head: a case's outputs averaged over its test-time crops, as task.crops of its fine-tuning: grid (the
+    # brain-centred crop and crops shifted by half a crop along each axis where the volume is larger than the
+    # crop; asa.data.case_crop_origins) | centre (the brain-centred crop alone, the one fine-tuning trains on)
+    crops: str = one_of(DEFAULT_CASE_CROPS, CASE_CROPS)
     overwrite: bool = False  # replace the predictions in output (the old folder is moved to <output>.replaced-<time>)
     resume: bool = False  # keep the predictions this checkpoint already wrote in output, predict the rest
     split_file: Optional[str] = None  # a run's splits.json: predict only the cases of `subset` (as asa-evaluate scores)
@@ -303,6 +291,8 @@ class EvaluateConfig:
     reliance: RelianceConfig = field(default_factory=RelianceConfig)
     debug: bool = False  # full tracebacks instead of one-line errors
     data: SegmentationDataConfig = field(default_factory=SegmentationDataConfig)
+    # the settings of the task that claims data.task (case: task.target, the targets table), typed by `validate`
+    task: Any = field(default_factory=dict)
 
 
 @dataclass
@@ -331,6 +321,8 @@ class FrozenProbeConfig:
     device: str = "auto"  # auto | cpu | cuda
     debug: bool = False  # full tracebacks instead of one-line errors
     data: SegmentationDataConfig = field(default_factory=SegmentationDataConfig)
+    # the settings of the task that claims data.task (case: task.target, the targets table), typed by `validate`
+    task: Any = field(default_factory=dict)
 
 
 @dataclass

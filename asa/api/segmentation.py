@@ -6,10 +6,8 @@ probes — and its own settings (``task.*``, `Settings`)."""
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import math
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +18,11 @@ from omegaconf import ListConfig
 
 from asa.api.dataset import cases_of_split, check_crop_fits, check_labels_present, dataset_root, default_crop, region_source
 from asa.api.networks import build_from_config
-from asa.api.predict import MANIFEST, channel_note, check_output, sha256
-from asa.api.run import OptionError, refusing
-from asa.api.rundir import check_writable, command_line, move_aside
+from asa.api.prediction import PredictSetup
+from asa.api.run import OptionError
 from asa.api.schema import EvaluateConfig, FrozenProbeConfig, PredictConfig
-from asa.api.task_registry import TaskSettings, registered_tasks
-from asa.api.tasks import FinetuneRun, FinetuneTask, PredictSetup, ProbeTargets, register_finetune_task
+from asa.api.task_registry import TaskSettings
+from asa.api.tasks import FinetuneRun, FinetuneTask, ProbeTargets, register_finetune_task
 from asa.api.training import record_geometry
 from asa.choices import one_of
 from asa.data import build_segmentation_dataset, discover, get_task, non_mri_channels
@@ -34,11 +31,11 @@ from asa.data.lattice import SAMPLINGS
 from asa.eval import evaluate_cases, match_predictions
 from asa.eval.evaluate import nsd_tolerances, write_results
 from asa.eval.frozen import FrozenEncoder
-from asa.eval.predict import Predictor, gather_cases, predict_cases
+from asa.eval.predict import Predictor, gather_cases, predict_case
 from asa.eval.probe import build_probe_set
 from asa.eval.probe_cv import token_probes
 from asa.eval.reliance import encoder_reliance, format_reliance, write_reliance
-from asa.io import atomic_write_json
+from asa.io import is_nifti
 from asa.losses import DeepSupervisionLoss, SegmentationLoss
 from asa.choices import in_range
 from asa.models import Capabilities, capabilities
@@ -46,9 +43,7 @@ from asa.train.distributed import resolve_device
 from asa.train.finetune import make_dice_validator, make_segmentation_panel_fn, segmentation_step
 from asa.train.precision import amp_name
 
-__all__ = ["SegmentationTask", "Settings", "symmetry_warning"]
-
-APP_PREDICT = "asa-predict"
+__all__ = ["SegmentationTask", "Settings", "channel_note", "symmetry_warning"]
 
 
 @dataclass
@@ -68,6 +63,18 @@ class Settings(TaskSettings):
     # > 0: add this weight times the focal region loss (RAT, docs/method.md §1.6b; needs data.regions)
     focal_weight: float = in_range(0.0, 0.0)
     focal_beta: float = in_range(1.0, 0.0)
+    overlap: float = 0.5  # sliding-window overlap of validation
+    sw_batch_size: int = 2  # validation windows per forward pass
+
+
+def channel_note(cases: Sequence, task) -> str | None:
+    """Which of the inputs' channels the checkpoint's task reads, when the cases hold more than it uses."""
+    offered = sorted({name for c in cases for name in c.images}, key=str)
+    extra = [name for name in offered if name not in task.channels]
+    if not extra:
+        return None
+    return (f"the checkpoint's task {task.name} reads {len(task.channels)} channel(s): {', '.join(task.channels)}; "
+            f"the inputs also hold {', '.join(extra)}, which are not used")
 
 
 def symmetry_warning(declared: Capabilities, channels: tuple[str, ...], source: str) -> str | None:
@@ -86,15 +93,16 @@ def symmetry_warning(declared: Capabilities, channels: tuple[str, ...], source: 
 
 @register_finetune_task
 class SegmentationTask(FinetuneTask):
-    """Voxel labels: ``data.task`` a segmentation task of `asa.data.get_task` (brats, ibsr, wmh, msd).
-    It claims every name no other task claims, and `asa.data.get_task` refuses the unknown ones."""
+    """Voxel labels: ``data.task`` a segmentation task of `asa.data.get_task` (brats, ibsr, wmh, msd), the name
+    its checkpoints record."""
 
     name = "segmentation"
     Settings = Settings
+    data_tasks = tuple(sorted([*TASKS, "msd"]))
 
     @classmethod
     def claims(cls, data_task: str) -> bool:
-        return True
+        return data_task.lower() in cls.data_tasks
 
     # --- training: the hooks of FinetuneTask.finetune ---------------------------------------------------
     def check(self, run: FinetuneRun) -> None:
@@ -107,11 +115,6 @@ class SegmentationTask(FinetuneTask):
             needed_by.append(f"task.focal_weight={settings.focal_weight}")
         self.regions = region_source(cfg.data, needed_by, network=network, env=run.env)
         self.root = dataset_root(cfg.data)[0]
-        if str(cfg.data.task).lower() not in (*TASKS, "msd"):  # this task takes any name a checkpoint records
-            others = [name for name in registered_tasks() if name != self.name]
-            raise OptionError(f"data.task={cfg.data.task}: no fine-tuning task takes it (segmentation takes "
-                              f"{', '.join(sorted([*TASKS, 'msd']))}; the other tasks registered: "
-                              f"{', '.join(others) or 'none'}, e.g. data.task=case with data=targets)")
         self.task = get_task(cfg.data.task, root=self.root)
 
     def build_network(self, run: FinetuneRun, splits: Mapping[str, list] | None) -> tuple[torch.nn.Module, dict]:
@@ -153,15 +156,15 @@ class SegmentationTask(FinetuneTask):
 
     def validator(self, run: FinetuneRun, dataset: Any):
         return make_dice_validator(dataset, task=self.task, roi_size=(run.crop,) * 3, env=run.env,
-                                   overlap=run.cfg.validation.overlap,
-                                   sw_batch_size=int(run.cfg.validation.sw_batch_size))
+                                   overlap=run.cfg.task.overlap,
+                                   sw_batch_size=int(run.cfg.task.sw_batch_size))
 
     def engine_options(self, run: FinetuneRun, train_dataset: Any, val_dataset: Any | None) -> dict[str, Any]:
         panel_fn = None
         if val_dataset is not None and run.env.is_main and run.config.panel_every:
             panel_fn = make_segmentation_panel_fn(val_dataset[0], multilabel=self.task.multilabel,
-                                                  roi_size=(run.crop,) * 3, overlap=run.cfg.validation.overlap,
-                                                  sw_batch_size=int(run.cfg.validation.sw_batch_size))
+                                                  roi_size=(run.crop,) * 3, overlap=run.cfg.task.overlap,
+                                                  sw_batch_size=int(run.cfg.task.sw_batch_size))
         collate = None
         if run.cfg.task.samples_per_case > 1:
             from monai.data import list_data_collate
@@ -181,80 +184,36 @@ class SegmentationTask(FinetuneTask):
         return "mean validation Dice"
 
     # --- the other jobs ------------------------------------------------------------------------------
-    def predict(self, cfg: PredictConfig, state: dict, checkpoint: Path, inputs: list[str] | str,
-                setup: PredictSetup) -> list[Path]:
-        """Write one label file per case of ``inputs`` (and the manifest) with the segmentation checkpoint
-        ``checkpoint`` (its content: ``state``); returns the files written by this call."""
-        device, amp_dtype, threads, sw_batch_size = setup.device, setup.amp_dtype, setup.threads, setup.sw_batch_size
-        compile_net = setup.compile
-        with refusing():
-            predictor = Predictor.from_checkpoint(checkpoint, device=device, amp_dtype=amp_dtype, compile=compile_net,
-                                                  state=state)
-            on_bad_case = cfg.on_bad_case
-            cases = gather_cases(inputs, predictor.task, layout=cfg.layout, on_bad_case=on_bad_case)
-            cases = cases_of_split(cases, cfg.split_file, cfg.subset, where=f"input={inputs}")
-            checksum = sha256(checkpoint)
-            out = Path(cfg.output).expanduser().absolute()
-            manifest, kept = check_output(out, inputs, overwrite=cfg.overwrite, resume=bool(cfg.resume),
-                                          checksum=checksum)
-            check_writable(out, "output")
-        print(f"[asa] predicting {len(cases)} case(s) on {device}, precision {amp_name(amp_dtype)} (amp={cfg.amp}), "
-              f"{threads} CPU threads{', torch.compile' if compile_net else ''}"
-              f"{f'; the {cfg.subset} split of {cfg.split_file}' if cfg.split_file is not None else ''}", flush=True)
-        note = channel_note(cases, predictor.task)
-        if note:
+    def load_predictor(self, cfg: PredictConfig, state: dict, checkpoint: Path, setup: PredictSetup) -> None:
+        self.predictor = Predictor.from_checkpoint(checkpoint, device=setup.device, amp_dtype=setup.amp_dtype,
+                                                   compile=setup.compile, state=state)
+
+    def prediction_cases(self, cfg: PredictConfig, inputs: list[str] | str) -> list:
+        return gather_cases(inputs, self.predictor.task, layout=cfg.layout, on_bad_case=cfg.on_bad_case)
+
+    def prediction_files(self, out: Path) -> list[str]:
+        return [p.name for p in out.iterdir() if is_nifti(p)]
+
+    def describe(self, cfg: PredictConfig, cases: list, setup: PredictSetup) -> str:
+        if note := channel_note(cases, self.predictor.task):
             print(f"[asa] note: {note}", file=sys.stderr, flush=True)
-        if cfg.overwrite and out.exists() and any(out.iterdir()):
-            aside = move_aside(out)
-            print(f"[asa] overwrite=true: moved the previous predictions to {aside}", file=sys.stderr, flush=True)
-        if kept:
-            print(f"[asa] resume=true: keeping {len(kept & {c.id for c in cases})} prediction(s) this checkpoint "
-                  f"already wrote in {out}", flush=True)
-        record = {
-            "checkpoint": str(checkpoint), "checkpoint_sha256": checksum,
-            "settings": {"overlap": cfg.overlap, "tta": cfg.tta,
-                         "tta_axes": list(cfg.tta_axes) if cfg.tta else [], "amp": amp_name(amp_dtype)},
-        }
-        manifest = {"format": "asa-predictions", "version": 1, "cases": dict(manifest.get("cases", {})),
-                    "runs": list(manifest.get("runs", []))}
-        manifest["runs"].append({"time": datetime.datetime.now().isoformat(timespec="seconds"),
-                                 "command": command_line(APP_PREDICT, drop=()), **record})
-        written: list[Path] = []
-        todo = [c for c in cases if c.id not in kept]
-        progress = sys.stderr.isatty()
-        start = time.perf_counter()
+        return (f"[asa] predicting {len(cases)} case(s) on {setup.device}, precision {amp_name(setup.amp_dtype)} "
+                f"(amp={cfg.amp}), {setup.threads} CPU threads{', torch.compile' if setup.compile else ''}"
+                f"{f'; the {cfg.subset} split of {cfg.split_file}' if cfg.split_file is not None else ''}")
 
-        def on_written(case, files: list[Path]) -> None:
-            written.append(files[0])
-            manifest["cases"][case.id] = {"files": [f.name for f in files], **record,
-                                          "written": datetime.datetime.now().isoformat(timespec="seconds")}
-            atomic_write_json(out / MANIFEST, manifest)  # after each case: an interrupted batch stays recorded
-            if not progress:  # a log file: one line per case instead of the bar
-                print(f"[asa] predicted {len(written)}/{len(todo)}: {case.id} "
-                      f"({time.perf_counter() - start:.0f} s elapsed)", file=sys.stderr, flush=True)
+    def prediction_settings(self, cfg: PredictConfig, setup: PredictSetup) -> dict[str, Any]:
+        return {"overlap": cfg.overlap, "tta": cfg.tta, "tta_axes": list(cfg.tta_axes) if cfg.tta else [],
+                "amp": amp_name(setup.amp_dtype)}
 
-        skipped: list[tuple[str, str]] = []
-        try:
-            predict_cases(
-                predictor, todo, out, overlap=cfg.overlap, sw_batch_size=sw_batch_size,
-                tta_axes=list(cfg.tta_axes) if cfg.tta else [], save_probabilities=cfg.save_probabilities,
-                on_bad_case=on_bad_case, skipped=skipped, progress=progress, on_written=on_written,
-            )
-        except SystemExit as stop:  # a stop signal: the predictions written so far stay, recorded
-            stop.kept = (f"{len(written)} of {len(todo)} prediction(s) written in this run to {out}, recorded in "
-                         f"{MANIFEST}; continue with the same command and resume=true")
-            raise
-        manifest["runs"][-1].update(written=len(written), kept=len(cases) - len(todo),
-                                    skipped=[{"id": cid, "reason": reason} for cid, reason in skipped])
-        atomic_write_json(out / MANIFEST, manifest)
-        print(f"[asa] wrote {len(written)} prediction(s) ({predictor.task.name}: "
-              f"{', '.join(predictor.task.output_names)}) to {out}"
-              f"{f', kept {len(cases) - len(todo)} from before' if len(todo) < len(cases) else ''}; "
-              f"record: {out / MANIFEST}", flush=True)
-        if skipped:
-            print(f"[asa] skipped {len(skipped)} case(s) (on_bad_case=skip; listed in {out / MANIFEST}):\n"
-                  + "\n".join(f"  - {cid}: {reason}" for cid, reason in skipped), file=sys.stderr, flush=True)
-        return written
+    def predict_case(self, cfg: PredictConfig, case: Any, out: Path, setup: PredictSetup) -> list[Path]:
+        """One label file per case (and its probabilities with ``save_probabilities``)."""
+        return predict_case(self.predictor, case, out, overlap=cfg.overlap, sw_batch_size=setup.sw_batch_size,
+                            tta_axes=list(cfg.tta_axes) if cfg.tta else [], save_probabilities=cfg.save_probabilities)
+
+    def summary(self, out: Path, written: int, kept: int) -> str:
+        task = self.predictor.task
+        return (f"[asa] wrote {written} prediction(s) ({task.name}: {', '.join(task.output_names)}) to {out}"
+                f"{f', kept {kept} from before' if kept else ''}")
 
     def evaluate(self, cfg: EvaluateConfig) -> dict:
         """Score ``<pred>/<case>.nii.gz`` against the labels of a segmentation task (Dice, HD95, NSD per

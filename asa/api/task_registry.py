@@ -54,5 +54,6 @@ def task_class(data_task: str, *, option: str = "data.task") -> Any:
     for cls in reversed(list(registered_tasks().values())):
         if cls.claims(str(data_task)):
             return cls
-    raise ValueError(f"{option}={data_task}: no fine-tuning task takes it (registered: "
-                     f"{', '.join(FINETUNE_TASKS)})")
+    takes = [f"{cls.name} takes {', '.join(cls.data_tasks)}" if getattr(cls, "data_tasks", ()) else cls.name
+             for cls in registered_tasks().values()]
+    raise ValueError(f"{option}={data_task}: no fine-tuning task takes it (registered: {'; '.join(takes)})")

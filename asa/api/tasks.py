@@ -25,7 +25,8 @@ from torch import nn
 
 from asa.api.cohort import check_pretraining_overlap, write_overlap
 from asa.api.job import JobRun, TrainingJob
-from asa.api.schema import EvaluateConfig, FrozenProbeConfig, PredictConfig
+from asa.api.prediction import PredictionJob, PredictSetup
+from asa.api.schema import EvaluateConfig, FrozenProbeConfig
 from asa.api.task_registry import FINETUNE_TASKS, TaskSettings, add_task, task_class
 from asa.api.training import report_fine_tuning
 from asa.train import FitResult
@@ -34,18 +35,6 @@ __all__ = ["FINETUNE_TASKS", "FinetuneRun", "FinetuneTask", "PredictSetup", "Pro
            "finetune_task", "register_finetune_task", "task_class"]
 
 APP = "asa-finetune"
-
-
-@dataclass(frozen=True)
-class PredictSetup:
-    """What `asa-predict` resolved before it read which task a checkpoint holds: the device, the autocast
-    precision (None: fp32), the CPU threads, the sliding-window batch and whether to compile."""
-
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    threads: int
-    sw_batch_size: int
-    compile: bool
 
 
 @dataclass
@@ -65,9 +54,11 @@ class ProbeTargets:
 FinetuneRun = JobRun  # what the hooks of one fine-tuning run share (``run.cfg`` is a FinetuneConfig)
 
 
-class FinetuneTask(TrainingJob):
+class FinetuneTask(TrainingJob, PredictionJob):
     """One kind of fine-tuning target: how a run trains it, how its checkpoints predict, how predictions
-    are scored against the data, and what the frozen-encoder probes fit.
+    are scored against the data, and what the frozen-encoder probes fit. Training and prediction each run one
+    skeleton (`asa.api.job.TrainingJob.train`, `asa.api.prediction.PredictionJob.predict`) with the hooks a
+    task overrides.
 
     Class attributes: ``name`` (the task's name, which checkpoints record), ``Settings`` (its
     `TaskSettings` subclass: the ``task`` section of a fine-tuning config), and those of
@@ -76,6 +67,7 @@ class FinetuneTask(TrainingJob):
 
     app = APP
     name: ClassVar[str]
+    data_tasks: ClassVar[tuple[str, ...]] = ()  # the data.task names it claims, as a refusal lists them (none: its name)
     Settings: ClassVar[type[TaskSettings]] = TaskSettings
 
     @classmethod
@@ -132,12 +124,9 @@ class FinetuneTask(TrainingJob):
         report_fine_tuning(result, run.out_dir, self.best_metric(run))
 
     # --- the other jobs ----------------------------------------------------------------------------
-    @abstractmethod
-    def predict(self, cfg: PredictConfig, state: dict, checkpoint: Path, inputs: list[str] | str,
-                setup: PredictSetup) -> list[Path]:
-        """Predict with the fine-tuning checkpoint ``checkpoint`` (its content: ``state``, its run config
-        as this version reads it) on ``inputs``; returns the files written."""
-
+    # Predict with a fine-tuning checkpoint of this task (`asa.api.prediction.PredictionJob.predict`: the output
+    # folder, its manifest, resume and overwrite are every task's); a task writes each case's predictions
+    # (`predict_case`) after reading the network and the cases (`load_predictor`, `prediction_cases`).
     @abstractmethod
     def evaluate(self, cfg: EvaluateConfig) -> dict:
         """Score ``cfg.pred`` against the data (and what else the task evaluates); returns the summary

@@ -17,7 +17,7 @@ from asa.eval.case_metrics import classification_summary, regression_summary
 from asa.io import atomic_write_text
 from asa.models import capabilities, input_size
 
-__all__ = ["PREDICTIONS_CSV", "CROP_BATCH", "case_crop_lattice", "case_output", "predict_case_rows", "write_case_predictions", "read_case_predictions",
+__all__ = ["PREDICTIONS_CSV", "CROP_BATCH", "case_crop_lattice", "case_output", "case_row", "write_case_predictions", "read_case_predictions",
            "case_summary"]
 
 PREDICTIONS_CSV = "predictions.csv"
@@ -56,30 +56,23 @@ def case_output(model: nn.Module, crops: torch.Tensor, offsets: torch.Tensor, *,
 
 
 @torch.no_grad()
-def predict_case_rows(model: nn.Module, cases: Sequence[Case], task: Mapping[str, Any], *,
-                      device: torch.device, crops: str = DEFAULT_CASE_CROPS) -> list[dict[str, Any]]:
-    """One row per case: ``case_id``, ``prediction`` (class name, or value in the target's units)
-    and, for classes, ``p_<class>`` (probabilities). Each case's output is `case_output` over its
-    test-time ``crops`` (``centre``: the brain-centred crop at the network's grid that fine-tuning
-    trained on; ``grid``: also the shifted crops where the volume is larger), no augmentation."""
-    data = build_case_crops_dataset(cases, crop=input_size(model), lattice=case_crop_lattice(model), crops=crops)
-    classes = list(task.get("classes") or [])
-    model = model.to(device).eval()
-    rows = []
-    for i in range(len(data)):
-        item = data[i]
-        out = case_output(model, item["image"], item["offset"], kind=task["kind"], device=device)
-        if task["kind"] == "continuous":
-            rows.append({"case_id": item["id"], "prediction": float(out)})
-        else:
-            probs = out.tolist()
-            rows.append({"case_id": item["id"], "prediction": classes[int(np.argmax(probs))],
-                         **{f"p_{name}": p for name, p in zip(classes, probs)}})
-    return rows
+def case_row(model: nn.Module, case: Case, task: Mapping[str, Any], *, device: torch.device,
+             crops: str = DEFAULT_CASE_CROPS) -> dict[str, Any]:
+    """The case's row: ``case_id``, ``prediction`` (class name, or value in the target's units) and, for
+    classes, ``p_<class>`` (probabilities). Its output is `case_output` over its test-time ``crops``
+    (``centre``: the brain-centred crop at the network's grid that fine-tuning trained on; ``grid``: also the
+    shifted crops where the volume is larger), no augmentation; ``model`` is on ``device``, in eval mode."""
+    item = build_case_crops_dataset([case], crop=input_size(model), lattice=case_crop_lattice(model), crops=crops)[0]
+    out = case_output(model, item["image"], item["offset"], kind=task["kind"], device=device)
+    if task["kind"] == "continuous":
+        return {"case_id": item["id"], "prediction": float(out)}
+    classes, probs = list(task.get("classes") or []), out.tolist()
+    return {"case_id": item["id"], "prediction": classes[int(np.argmax(probs))],
+            **{f"p_{name}": p for name, p in zip(classes, probs)}}
 
 
 def write_case_predictions(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Write ``rows`` (from `predict_case_rows`) as a CSV with a header, atomically."""
+    """Write ``rows`` (from `case_row`) as a CSV with a header, atomically."""
     if not rows:
         raise ValueError(f"{path}: no case to write")
     fields = list(rows[0])

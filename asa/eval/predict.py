@@ -142,6 +142,26 @@ def gather_cases(inputs: str | Path | Sequence[str | Path], task: Task, layout: 
     return cases_from_files(items, task)
 
 
+def predict_case(predictor: Predictor, case: Case, output: Path, *, overlap: float = 0.5,
+                 sw_batch_size: int | str = "auto", tta_axes: Sequence[int] = (),
+                 save_probabilities: bool = False) -> list[Path]:
+    """Segment one case and write ``<output>/<case_id>.nii.gz`` in the input's own space (labels in the
+    dataset's own values), and with ``save_probabilities`` ``<case_id>_probabilities.nii.gz`` ([X, Y, Z, K]
+    floats); returns the files, the label file first. Files are written atomically (a file of the same name
+    is replaced: `asa.api.prediction` decides which folder may be written). A case whose volumes cannot be
+    used raises `VolumeError` (truncated, not NIfTI, wrong dimensionality, NaN/Inf, all zeros)."""
+    image, reference = preprocess_for_inference(case, predictor.task)
+    regions = predictor.regions_of(case)  # region attention networks
+    probs = predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, tta_axes=tta_axes,
+                      centre=reference.meta.get("brain_centre"), regions=regions)
+    target = prediction_path(output, case.id)
+    save_volume(predictor.task.prediction_to_label(probs), reference, target)
+    files = [target]
+    if save_probabilities:
+        files.append(save_volume(probs.permute(1, 2, 3, 0).numpy(), reference, probabilities_path(output, case.id)))
+    return files
+
+
 def predict_cases(
     predictor: Predictor,
     cases: Sequence[Case],
@@ -154,26 +174,20 @@ def predict_cases(
     progress: bool = True,
     on_bad_case: str = "error",
     skipped: list[tuple[str, str]] | None = None,
-    on_written: Callable[[Case, list[Path]], None] | None = None,
 ) -> list[Path]:
-    """Segment every case and write ``<output>/<case_id>.nii.gz`` in the input's own space (labels in
-    the dataset's own values); optionally ``<case_id>_probabilities.nii.gz`` ([X, Y, Z, K] floats).
-    Files are written atomically (a file of the same name is replaced: `asa.api.predict` decides
-    which folder may be written); ``on_written(case, files)`` is called after each case's files.
+    """`predict_case` for every case into ``output``; returns the label files written.
 
-    A case whose volumes cannot be used (`VolumeError`: truncated, not NIfTI, wrong dimensionality,
-    NaN/Inf, all zeros) stops the batch with ``on_bad_case="error"``; with ``"skip"`` the others are
-    predicted and ``(case id, reason)`` is appended to ``skipped``."""
+    A case whose volumes cannot be used (`VolumeError`) stops the batch with ``on_bad_case="error"``; with
+    ``"skip"`` the others are predicted and ``(case id, reason)`` is appended to ``skipped``."""
     if on_bad_case not in ("error", "skip"):
         raise ValueError(f"on_bad_case={on_bad_case!r}: expected 'error' or 'skip'")
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
-        target = prediction_path(out_dir, case.id)
         try:
-            image, reference = preprocess_for_inference(case, predictor.task)
-            regions = predictor.regions_of(case)  # region attention networks
+            files = predict_case(predictor, case, out_dir, overlap=overlap, sw_batch_size=sw_batch_size,
+                                 tta_axes=tta_axes, save_probabilities=save_probabilities)
         except VolumeError as err:
             if on_bad_case == "error":
                 raise VolumeError(err.path, f"{err.fault} (case {case.id}; on_bad_case=skip predicts the other "
@@ -181,14 +195,6 @@ def predict_cases(
             if skipped is not None:
                 skipped.append((case.id, str(err)))
             continue
-        probs = predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, tta_axes=tta_axes,
-                          centre=reference.meta.get("brain_centre"), regions=regions)
-        save_volume(predictor.task.prediction_to_label(probs), reference, target)
-        files = [target]
-        if save_probabilities:
-            files.append(save_volume(probs.permute(1, 2, 3, 0).numpy(), reference, probabilities_path(out_dir, case.id)))
-        written.append(target)
-        if on_written is not None:
-            on_written(case, files)
+        written.append(files[0])
     return written
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from asa.api.checks import as_config, network_settings
 from asa.api.compat import current_config
+from asa.api.schema import CONFIG_VERSION
 from asa.api.config import compose_config, load_config
 from asa.api.networks import build_from_config
 from asa.models import (NETWORK_SETTINGS, NETWORKS, SWIN_SIZES, NetworkSettings, SASwinSettings, SWViTSettings, UNETRSettings,
@@ -173,4 +174,4 @@ def test_a_saved_run_config_is_read_with_settings_added_since_at_their_defaults(
                          current=current_config)
     # a renamed network is read under its name now; a pretraining config (no segmenter) is left as it is
     assert current_config({"segmenter": {}, "model": {"arch": "asa"}})["model"]["arch"] == "swvit_unetr"
-    assert current_config({"model": {"embed_dim": 48}}) == {"model": {"embed_dim": 48}}
+    assert current_config({"model": {"embed_dim": 48}}) == {"version": CONFIG_VERSION, "model": {"embed_dim": 48}}

@@ -123,7 +123,7 @@ def test_probe_refuses_an_encoder_whose_cohort_holds_a_probed_case(tmp_path, cap
     state = {"model": mae.state_dict(), "network": network_spec(mae), "step": 1,
              "cohort": export_cohort(_cohort({"renamed": ("someone", digests[cases[0].id])}))}
     ckpt = save_checkpoint(tmp_path / "a.pt", state)
-    overrides = [f"encoders=[{ckpt},random]", "data=targets", f"data.root={aged}", "data.target=age",
+    overrides = [f"encoders=[{ckpt},random]", "data=targets", f"data.root={aged}", "task=case", "task.target=age",
                  f"output={tmp_path / 'out'}", "device=cpu", "folds=2", "bootstrap=0"]
     with pytest.raises(OptionError, match=rf"1 of the 4 probed case\(s\) \({cases[0].id}\).*{ACCEPT_OPTION}=true"):
         probe(compose_config("probe", overrides))

@@ -13,6 +13,7 @@ from asa.api import load_config
 from asa.api.case import HeadSettings, Settings as CaseSettings
 from asa.api.checks import DEFAULT_TASK
 from asa.api.compat import SEGMENTATION_BEFORE, current_config
+from asa.api.schema import CONFIG_VERSION
 from asa.api.segmentation import Settings as SegmentationSettings
 from asa.io import load_checkpoint
 
@@ -20,7 +21,11 @@ MOVED = [("data.samples_per_case=2", "task.samples_per_case"), ("loss.focal_weig
          ("loss.focal_beta=2", "task.focal_beta"), ("loss.class_weighted=false", "task.class_weighted (with task=case)"),
          ("loss.regression=huber", "task.regression"), ("loss.huber_delta=2", "task.huber_delta"),
          ("head.pooling=attention", "task.head.pooling"), ("head.hidden_dim=8", "task.head.hidden_dim"),
-         ("head.dropout=0.1", "task.head.dropout")]
+         ("head.dropout=0.1", "task.head.dropout"), ("data.target=age", "task.target (with task=case)"),
+         ("data.target_kind=continuous", "task.target_kind"), ("data.targets=t.tsv", "task.targets"),
+         ("data.classes=[a,b]", "task.classes"), ("validation.crops=centre", "task.crops (with task=case)"),
+         ("validation.overlap=0.25", "task.overlap (with task=segmentation)"),
+         ("validation.sw_batch_size=1", "task.sw_batch_size (with task=segmentation)")]
 SEGMENTATION_RECORD = {"name": "brats", "channels": ["t1", "t1ce", "t2", "flair"], "multilabel": True}
 CASE_RECORD = {"name": "case", "kind": "continuous", "target": "age", "classes": [], "target_shift": 70.0,
                "target_scale": 8.0}
@@ -92,8 +97,8 @@ def test_an_old_case_checkpoint_config_is_read_with_its_record_as_outputs():
     assert read["outputs"] == CASE_RECORD
     assert read["task"] == {"name": "case", "class_weighted": False, "regression": "huber", "huber_delta": 0.5,
                             "head": {"pooling": "attention", "hidden_dim": 64, "dropout": 0.1}}
-    assert current_config({"outputs": CASE_RECORD, "task": {"name": "case"}}) == {"outputs": CASE_RECORD,
-                                                                                    "task": {"name": "case"}}
+    assert current_config({"outputs": CASE_RECORD, "task": {"name": "case"}}) == {
+        "version": CONFIG_VERSION, "outputs": CASE_RECORD, "task": {"name": "case"}}
 
 
 @pytest.mark.slow
@@ -121,3 +126,22 @@ def test_a_run_written_with_the_old_keys_resumes(old_run):
 def test_the_task_group_default_is_the_one_that_gives_way():
     text = (Path(__file__).resolve().parents[2] / "configs" / "finetune" / "finetune.yaml").read_text()
     assert f"  - task: {DEFAULT_TASK} " in text
+
+
+def test_a_run_config_with_validation_and_target_keys_is_read_with_them_in_its_task_section():
+    """A run config of the layout before the task's validation and target settings moved (``validation.*``,
+    ``data.target``, ...): each task gets its own, the other task's (which never configured the run) are left out."""
+    old_data = {"task": "case", "crop": 32, "target": "age", "target_kind": "auto", "targets": None, "classes": None}
+    case = {"data": old_data, "task": {"name": "case", "class_weighted": True},
+            "validation": {"overlap": 0.5, "sw_batch_size": 2, "crops": "centre"}}
+    read = current_config(case)
+    assert read["task"] == {"name": "case", "class_weighted": True, "target": "age", "target_kind": "auto",
+                            "targets": None, "classes": None, "crops": "centre"}
+    assert read["data"] == {"task": "case", "crop": 32} and "validation" not in read
+    segmentation = {"data": {**old_data, "task": "ibsr", "target": None},
+                    "task": {"name": "segmentation", "sampling": "classes", "dice_background": False},
+                    "validation": {"overlap": 0.25, "sw_batch_size": 1, "crops": "grid"}}
+    read = current_config(segmentation)
+    assert read["task"] == {"name": "segmentation", "sampling": "classes", "dice_background": False, "overlap": 0.25,
+                            "sw_batch_size": 1, "foreground_fraction": None}
+    assert read["data"] == {"task": "ibsr", "crop": 32} and current_config(read) == read

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from asa.api import FinetuneTask, compose_config, evaluate, finetune, load_config, predict, probe, register_finetune_task
+from asa.api.case import CaseTask, Settings as CaseSettings
 from asa.api.dataset import cases_of_split
 from asa.api.run import OptionError
 from asa.api.tasks import FINETUNE_TASKS, ProbeTargets, TaskSettings, finetune_task
@@ -195,3 +196,33 @@ def test_the_probes_fit_the_task_s_target(toy, tmp_path):
     assert record["target"] == {"column": "brain share", "kind": "continuous"}
     assert record["table"] == ["ridge/r2", "ridge/mae", "knn/r2", "knn/mae"] and record["data"]["n"] == 8
     assert (tmp_path / "probe" / "probe.json").is_file()
+
+
+@dataclass
+class MyCaseSettings(CaseSettings):
+    name: str = "my_case"
+
+
+class MyCaseTask(CaseTask):
+    """A plug-in case task: the built-in one's jobs under its own name."""
+
+    name = "my_case"
+    Settings = MyCaseSettings
+
+
+def test_a_plug_in_case_task_s_checkpoints_record_its_own_name_and_predict_as_it(tmp_path):
+    register_finetune_task(MyCaseTask)
+    try:
+        root = write_demo_dataset("bids", tmp_path / "bids", cases=6, size=32, seed=0, targets=True)
+        finetune(compose_config("finetune", [
+            "data=targets", "data.task=my_case", "task=my_case", "task.target=age", f"data.root={root}", "model=tiny",
+            "data.crop=32", "trainer=smoke", "trainer.max_steps=1", "data.split.ratios=[4,2,0]", "data.num_workers=0",
+            "device=cpu", f"output_dir={tmp_path / 'run'}"]))
+        ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+        assert load_checkpoint(ckpt)["config"]["outputs"]["name"] == "my_case"
+        assert isinstance(finetune_task("my_case"), MyCaseTask) and not MyCaseTask.claims("case")
+        written = predict(compose_config("predict", [f"checkpoint={ckpt}", f"input={root}", "device=cpu",
+                                                     f"output={tmp_path / 'pred'}", "crops=centre"]))
+        assert written == [tmp_path / "pred" / "predictions.csv"] and len(written[0].read_text().splitlines()) == 7
+    finally:
+        FINETUNE_TASKS.pop("my_case", None)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from asa.api import evaluate, finetune, predict
 from asa.api.config import compose_config
+from asa.api.rundir import RunDirError
 from asa.api.run import OptionError
 from asa.data import discover, read_targets, write_demo_dataset
 from asa.io import load_checkpoint
@@ -52,7 +54,7 @@ def test_a_tiny_case_run_writes_checkpoints_that_rebuild_the_head(tmp_path, bids
     export = tmp_path / "encoder.pt"
     torch.save({"encoder": mae.encoder_state_dict(), "network": network_spec(mae)}, export)
     out = tmp_path / "run"
-    result = _finetune(bids, out, f"data.target={target}", f"model.pretrained={export}", "task.head.pooling=attention",
+    result = _finetune(bids, out, f"task.target={target}", f"model.pretrained={export}", "task.head.pooling=attention",
                        "trainer.amp=off")  # validation in fp32, as asa-predict runs
     assert result.step == 3
     logged = [h for h in result.history if monitor in h]
@@ -83,7 +85,7 @@ def test_a_tiny_case_run_writes_checkpoints_that_rebuild_the_head(tmp_path, bids
     assert header == ("case_id,prediction" + ("".join(f",p_{c}" for c in task["classes"]) if outputs > 1 else ""))
     assert sorted(r.split(",")[0] for r in rows) == sorted(splits["val"])
     summary = evaluate(compose_config("evaluate", [f"pred={tmp_path / 'pred'}", "data=targets", f"data.root={bids}",
-                                                   f"data.target={target}", f"output={tmp_path / 'eval'}", *split]))
+                                                   "task=case", f"task.target={target}", f"output={tmp_path / 'eval'}", *split]))
     saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
     metric = monitor.removeprefix("val/")
     best = next(h for h in result.history if h["step"] == result.best_step)
@@ -99,7 +101,7 @@ def test_encoder_aware_options_apply_to_the_case_head(tmp_path, bids):
     export = tmp_path / "encoder.pt"
     torch.save({"encoder": mae.encoder_state_dict(), "network": network_spec(mae)}, export)
     out = tmp_path / "run"
-    _finetune(bids, out, "data.target=age", f"model.pretrained={export}", "optim.freeze_encoder_epochs=5",
+    _finetune(bids, out, "task.target=age", f"model.pretrained={export}", "optim.freeze_encoder_epochs=5",
               "optim.layer_decay=0.5", "optim.encoder_lr_scale=0.1")
     state = load_checkpoint(out / "checkpoints" / "last.pt")
     for key, value in mae.encoder_state_dict().items():
@@ -113,23 +115,23 @@ def test_encoder_aware_options_apply_to_the_case_head(tmp_path, bids):
 
 
 def test_case_runs_refuse_what_they_cannot_honour(tmp_path, bids):
-    with pytest.raises(OptionError, match="data.task=case needs data.target"):
-        _finetune(bids, tmp_path / "a", "data.target=null")
+    with pytest.raises(OptionError, match="data.task=case needs task.target"):
+        _finetune(bids, tmp_path / "a", "task.target=null")
     with pytest.raises(OptionError, match="trainer.monitor=val/dice_x"):
-        _finetune(bids, tmp_path / "b", "data.target=age", "trainer.monitor=val/dice_x")
+        _finetune(bids, tmp_path / "b", "task.target=age", "trainer.monitor=val/dice_x")
     with pytest.raises(OptionError, match="set trainer.mode=min"):
-        _finetune(bids, tmp_path / "c", "data.target=age", "trainer.monitor=val/rmse", "trainer.mode=max")
+        _finetune(bids, tmp_path / "c", "task.target=age", "trainer.monitor=val/rmse", "trainer.mode=max")
     with pytest.raises(OptionError, match=r"model.arch=unetr: .*model=vit_case\|swin_case.*unetr is a segmentation network"):
-        _finetune(bids, tmp_path / "d", "data.target=age", "model=unetr")
+        _finetune(bids, tmp_path / "d", "task.target=age", "model=unetr")
     with pytest.raises(ValueError, match="task.head.pooling='max': expected one of mean, attention"):
-        _finetune(bids, tmp_path / "e", "data.target=age", "task.head.pooling=max")
+        _finetune(bids, tmp_path / "e", "task.target=age", "task.head.pooling=max")
     with pytest.raises(ValueError, match="model.pretrained=.*'vit_case' takes no pretrained encoder"):
-        _finetune(bids, tmp_path / "f", "data.target=age", "model=vit_case", "data.crop=32",
+        _finetune(bids, tmp_path / "f", "task.target=age", "model=vit_case", "data.crop=32",
                   f"model.pretrained={tmp_path / 'x.pt'}")
     with pytest.raises(ValueError, match="data.crop=40: model arch swin_case needs a crop that is a multiple of 32"):
-        _finetune(bids, tmp_path / "g", "data.target=age", "model=swin_case", "data.crop=40")
-    with pytest.raises(OptionError, match="validation.crops"):
-        _finetune(bids, tmp_path / "h", "data.target=age", "validation.crops=all")
+        _finetune(bids, tmp_path / "g", "task.target=age", "model=swin_case", "data.crop=40")
+    with pytest.raises(OptionError, match="task.crops"):
+        _finetune(bids, tmp_path / "h", "task.target=age", "task.crops=all")
     assert not any((tmp_path / n).exists() for n in "abcdefh")  # refused before the run folder was touched
 
 
@@ -140,7 +142,7 @@ def test_a_regression_head_learns_age_better_than_the_mean(tmp_path):
     root = write_demo_dataset("bids", tmp_path / "data", cases=24, size=32, seed=0, targets=True)
     out = tmp_path / "run"
     cfg = compose_config("finetune", [
-        "data=targets", f"data.root={root}", "data.target=age", "data.crop=32", "data.split.ratios=[16,8,0]",
+        "data=targets", f"data.root={root}", "task=case", "task.target=age", "data.crop=32", "data.split.ratios=[16,8,0]",
         "data.num_workers=0", "model=tiny", "optim.name=adamw", "optim.base_lr=1e-3", "optim.weight_decay=0.05",
         "optim.schedule=cosine", "trainer.epochs=30",
         "trainer.batch_size=4", "trainer.amp=off", "trainer.val_every=10", "trainer.progress=false",
@@ -159,7 +161,7 @@ def test_a_case_run_on_cuda_with_fp16_predicts_what_the_cpu_predicts(tmp_path, b
     """The case head trains under fp16 autocast on CUDA (finite, its steps taken) and asa-predict of
     its best.pt on CUDA writes the CPU's predictions and probabilities to rounding."""
     out = tmp_path / "run"
-    result = _finetune(bids, out, "data.target=diagnosis", "device=cuda", "trainer.amp=fp16", "task.head.pooling=attention")
+    result = _finetune(bids, out, "task.target=diagnosis", "device=cuda", "trainer.amp=fp16", "task.head.pooling=attention")
     assert result.step == 3 and all(torch.isfinite(torch.tensor(h["train/loss"])) for h in result.history
                                     if "train/loss" in h)
     ckpt = out / "checkpoints" / "best.pt"
@@ -190,7 +192,7 @@ def test_a_monai_baseline_fine_tunes_predicts_and_evaluates_under_the_case_recip
     output scores best.pt as validation did."""
     out = tmp_path / "run"
     torch.manual_seed(0)
-    result = _finetune(bids, out, "data.target=diagnosis", "data.crop=32", "trainer.amp=off",
+    result = _finetune(bids, out, "task.target=diagnosis", "data.crop=32", "trainer.amp=off",
                        "task.head.pooling=attention", "optim.freeze_encoder_epochs=5", "optim.layer_decay=0.5",
                        "optim.scratch_encoder_lr_scale=0.1", *BASELINES[arch])  # a baseline starts from scratch
     ckpt = load_checkpoint(out / "checkpoints" / "best.pt")
@@ -209,7 +211,7 @@ def test_a_monai_baseline_fine_tunes_predicts_and_evaluates_under_the_case_recip
     predict(compose_config("predict", [f"checkpoint={out / 'checkpoints' / 'best.pt'}", f"input={bids}",
                                        f"output={tmp_path / 'pred'}", "device=cpu", *split]))
     evaluate(compose_config("evaluate", [f"pred={tmp_path / 'pred'}", "data=targets", f"data.root={bids}",
-                                         "data.target=diagnosis", f"output={tmp_path / 'eval'}", *split]))
+                                         "task=case", "task.target=diagnosis", f"output={tmp_path / 'eval'}", *split]))
     saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
     best = next(h for h in result.history if h["step"] == result.best_step)
     assert saved["metrics"]["balanced_accuracy"]["value"] == pytest.approx(best["val/balanced_accuracy"], abs=1e-3)
@@ -230,7 +232,7 @@ def test_multi_session_data_grid_crops_and_subject_split(tmp_path):
         header, row = table.read_text().splitlines()[:2]
         table.write_text(f"{header}\n{row}\n" + row.replace("ses-M00", "ses-M12") + "\n")
     out = tmp_path / "run"
-    result = _finetune(root, out, "data.target=age", "data.crop=32", "trainer.amp=off",
+    result = _finetune(root, out, "task.target=age", "data.crop=32", "trainer.amp=off",
                        "data.split.ratios=[4,2,2]")
     splits = json.loads((out / "splits.json").read_text())
     assert splits["grouped_by"] == "subject" and sum(map(len, (splits[k] for k in ("train", "val", "test")))) == 12
@@ -247,9 +249,52 @@ def test_multi_session_data_grid_crops_and_subject_split(tmp_path):
         rows[crops] = {r.split(",")[0]: float(r.split(",")[1]) for r in written[0].read_text().splitlines()[1:]}
     assert rows["grid"].keys() == rows["centre"].keys() and rows["grid"] != rows["centre"]
     evaluate(compose_config("evaluate", [f"pred={tmp_path / 'grid'}", "data=targets", f"data.root={root}",
-                                         "data.target=age", f"output={tmp_path / 'eval'}", *split]))
+                                         "task=case", "task.target=age", f"output={tmp_path / 'eval'}", *split]))
     saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
     best = next(h for h in result.history if h["step"] == result.best_step)
     assert saved["metrics"]["mae"]["value"] == pytest.approx(best["val/mae"], abs=1e-3)
     sessions_share_a_subject = len({subject_of(c) for c in splits["val"]}) < len(splits["val"])
     assert saved["bootstrap"]["resampled"] == ("subjects" if sessions_share_a_subject else "cases")
+
+
+def test_a_case_prediction_stopped_by_a_signal_is_resumed_to_what_one_run_writes(tmp_path, bids, monkeypatch, capsys):
+    """asa-predict of a case head keeps the rows written before SIGTERM, recorded in predictions.json, and
+    ``resume=true`` predicts the others: predictions.csv then holds every case, as one uninterrupted run writes."""
+    import signal
+
+    import asa.api.case as case_task
+    from asa.cli.common import entry
+
+    out = tmp_path / "run"
+    _finetune(bids, out, "task.target=age", "model=vit_case", "data.crop=32", "model.patch_size=8",
+              "model.hidden_size=24", "model.mlp_dim=48", "model.num_layers=1", "model.num_heads=2", "trainer.max_steps=1")
+    ckpt = out / "checkpoints" / "last.pt"
+
+    def cfg(output: Path, *extra: str):
+        return compose_config("predict", [f"checkpoint={ckpt}", f"input={bids}", f"output={output}", "device=cpu",
+                                          "crops=centre", *extra])
+
+    whole = predict(cfg(tmp_path / "whole"))[0].read_text()
+    real, calls = case_task.case_row, []
+
+    def stop_at_the_third(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(case_task, "case_row", stop_at_the_third)
+    with pytest.raises(SystemExit) as stop:
+        entry("asa-predict", predict, cfg(tmp_path / "pred"))
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert "(kept: 2 of 8 prediction(s) written in this run" in capsys.readouterr().err
+    manifest = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert len(manifest["cases"]) == 2 and len((tmp_path / "pred" / "predictions.csv").read_text().splitlines()) == 3
+    with pytest.raises(RunDirError, match="already holds predictions"):  # neither resume nor overwrite: refused
+        predict(cfg(tmp_path / "pred"))
+    monkeypatch.setattr(case_task, "case_row", real)
+    written = predict(cfg(tmp_path / "pred", "resume=true"))
+    assert written == [tmp_path / "pred" / "predictions.csv"]
+    assert sorted(written[0].read_text().splitlines()) == sorted(whole.splitlines())
+    manifest = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert len(manifest["cases"]) == 8 and manifest["runs"][-1]["kept"] == 2 and manifest["runs"][-1]["written"] == 6

@@ -42,7 +42,7 @@ def test_probe_prints_a_pretrained_and_a_random_row_with_intervals(tmp_path, age
     a = _checkpoint(tmp_path / "a.pt", 1)
     b = _checkpoint(tmp_path / "b.pt", 2)
     out = tmp_path / "out"
-    result = probe(compose_config("probe", _overrides(aged, out, a, b, "random", extra=["data.target=age"])))
+    result = probe(compose_config("probe", _overrides(aged, out, a, b, "random", extra=["task=case", "task.target=age"])))
     printed = capsys.readouterr().out
     assert [r["name"] for r in result["rows"]] == [str(a), str(b), "random-init (asa_pretrain)"]
     assert "| random-init (asa_pretrain) | asa_pretrain | 10 |" in printed and f"| {a} | asa_pretrain | 10 |" in printed
@@ -64,8 +64,8 @@ def test_probe_prints_a_pretrained_and_a_random_row_with_intervals(tmp_path, age
     assert result["rows"][2]["metrics"]["ridge/mae"]["value"] != result["rows"][0]["metrics"]["ridge/mae"]["value"]
 
     with pytest.raises(RunDirError, match=r"output=.* already holds results \(probe.md"):
-        probe(compose_config("probe", _overrides(aged, out, a, extra=["data.target=age"])))
-    again = probe(compose_config("probe", _overrides(aged, out, a, extra=["data.target=age", "overwrite=true"])))
+        probe(compose_config("probe", _overrides(aged, out, a, extra=["task=case", "task.target=age"])))
+    again = probe(compose_config("probe", _overrides(aged, out, a, extra=["task=case", "task.target=age", "overwrite=true"])))
     assert len(again["rows"]) == 1 and list(tmp_path.glob("out.replaced-*"))
 
 
@@ -77,7 +77,7 @@ def test_probe_of_a_class_target_and_of_an_encoder_export(tmp_path, aged):
     save_export_safetensors(export, {"encoder": {k: v for k, v in state["model"].items() if k.startswith("encoder.")},
                                      "network": state["network"]})
     result = probe(compose_config("probe", _overrides(aged, tmp_path / "dx", export, a, extra=[
-        "data.target=diagnosis", "names=[export,checkpoint]"])))
+        "task=case", "task.target=diagnosis", "names=[export,checkpoint]"])))
     assert result["target"]["kind"] == "multiclass" and result["target"]["classes"] == ["AD", "CN", "MCI"]
     export_row, ckpt_row = result["rows"]
     assert (export_row["name"], ckpt_row["name"]) == ("export", "checkpoint")
@@ -107,13 +107,13 @@ def test_probe_of_voxel_labels_and_an_sa_swin_encoder(tmp_path):
     (["encoders=[nowhere.pt]"], OptionError, r"encoders: nowhere.pt: no such file"),
     (["names=[a,b]"], OptionError, r"names: 2 name\(s\) for 1 encoder"),
     (["folds=1"], OptionError, r"folds=1: expected at least 2"),
-    (["data.target=null"], OptionError, r"needs data.target"),
+    (["task=case", "task.target=null"], OptionError, r"needs task.target"),
     (["channels=[t1,flair]"], OptionError, r"channels=\['t1', 'flair'\]"),
 ])
 def test_probe_refusals_name_the_option(tmp_path, aged, extra, error, match, monkeypatch):
     monkeypatch.chdir(tmp_path)
     a = _checkpoint(tmp_path / "a.pt", 1)
-    overrides = _overrides(aged, tmp_path / "out", a, extra=["data.target=age"])
+    overrides = _overrides(aged, tmp_path / "out", a, extra=["task=case", "task.target=age"])
     overrides = [o for o in overrides if not any(o.split("=")[0] == e.split("=")[0] for e in extra)] + extra
     with pytest.raises(error, match=match):
         probe(compose_config("probe", overrides))
@@ -134,11 +134,11 @@ def test_probe_of_a_resenc_encoder_pools_its_bottleneck(tmp_path, aged):
     refused by name."""
     plain = _checkpoint(tmp_path / "resenc.pt", 1, "resenc_pretrain", img_size=32)
     result = probe(compose_config("probe", _overrides(aged, tmp_path / "out", plain, "random",
-                                                      extra=["data.target=age"])))
+                                                      extra=["task=case", "task.target=age"])))
     assert [r["name"] for r in result["rows"]] == [str(plain), "random-init (resenc_pretrain)"]
     assert result["rows"][0]["stride"] == 8 and result["rows"][0]["size"] == [32] * 3
     assert result["rows"][0]["dim"] == 64  # the bottleneck's channels (tiny plan at 32³: 8 … 64)
     assert all(math.isfinite(r["metrics"]["ridge/mae"]["value"]) for r in result["rows"])
     coord = _checkpoint(tmp_path / "coord.pt", 1, "resenc_pretrain", img_size=32, coord_channel=True)
     with pytest.raises(OptionError, match=rf"{coord}: a CNN encoder with the coordinate channel"):
-        probe(compose_config("probe", _overrides(aged, tmp_path / "out2", coord, extra=["data.target=age"])))
+        probe(compose_config("probe", _overrides(aged, tmp_path / "out2", coord, extra=["task=case", "task.target=age"])))

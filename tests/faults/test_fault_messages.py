@@ -44,7 +44,7 @@ def test_a_text_file_as_a_probe_encoder_is_refused_naming_it(text_file, tmp_path
 
     with pytest.raises(OptionError, match=rf"{text_file}: not a checkpoint"):
         probe(compose_config("probe", [f"encoders=[{text_file}]", "data=targets", f"data.root={tmp_path}",
-                                       f"output={tmp_path / 'out'}", "device=cpu", "data.target=age"]))
+                                       f"output={tmp_path / 'out'}", "device=cpu", "task=case", "task.target=age"]))
     assert not (tmp_path / "out").exists()
 
 
@@ -76,7 +76,7 @@ def test_more_folds_than_subjects_is_said_once_and_recorded(tmp_path, capsys):
     data = write_demo_dataset("bids", tmp_path / "bids", cases=6, size=32, seed=0, targets=True)
     record = probe(compose_config("probe", ["encoders=[random:tiny]", "data=targets", f"data.root={data}",
                                             f"output={tmp_path / 'out'}", "device=cpu", "folds=20", "bootstrap=10",
-                                            "knn_k=2", "data.target=age", "crop=32"]))
+                                            "knn_k=2", "task=case", "task.target=age", "crop=32"]))
     out = capsys.readouterr().out
     assert "6-fold cross-validation (folds=20 asked, but there are only 6 subjects: one subject per fold)" in out
     assert "20-fold" not in out

@@ -30,5 +30,5 @@ def test_evaluate_help_says_how_case_targets_are_scored(monkeypatch, capsys):
     text = _help(evaluate.main, "asa-evaluate", monkeypatch, capsys)
     head = text.split("== Configuration")[0]
     assert "data=brats|ibsr|wmh|msd|targets" in head
-    assert "<pred>/predictions.csv against the\ncolumn data.target" in head and "bootstrap" in head
-    assert "data=targets data.root=/data/ADNI_BIDS data.target=diagnosis pred=" in head  # an example of it
+    assert "<pred>/predictions.csv against the\ncolumn task.target" in head and "bootstrap" in head
+    assert "data=targets data.root=/data/ADNI_BIDS task=case task.target=diagnosis pred=" in head  # an example of it

@@ -83,7 +83,7 @@ def test_asa_predict_and_asa_probe(payload, tmp_path):
                                            "device=cpu"]))
     with pytest.raises(OptionError, match=_refusal(path)):
         probe(compose_config("probe", [f"encoders=[{path}]", "data=targets", f"data.root={tmp_path}",
-                                       f"output={tmp_path / 'probe'}", "device=cpu", "data.target=age"]))
+                                       f"output={tmp_path / 'probe'}", "device=cpu", "task=case", "task.target=age"]))
     assert not marker.exists() and not (tmp_path / "pred").exists() and not (tmp_path / "probe").exists()
 
 

@@ -99,7 +99,7 @@ def test_probe_refuses_a_read_only_output_before_probing(tmp_path, read_only, ca
     monkeypatch.setattr(case_task, "case_probes", lambda *a, **k: pytest.fail("probed before checking the output"))
     out = read_only / "probe"
     cfg = compose_config("probe", ["encoders=[random:tiny]", "data=targets", f"data.root={data}", f"output={out}",
-                                   "device=cpu", "folds=2", "bootstrap=10", "knn_k=2", "data.target=age", "crop=32"])
+                                   "device=cpu", "folds=2", "bootstrap=10", "knn_k=2", "task=case", "task.target=age", "crop=32"])
     _refused("asa-probe", probe, cfg, capsys, "output", out)
 
 

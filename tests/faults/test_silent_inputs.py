@@ -67,7 +67,10 @@ def test_a_dataset_whose_every_label_map_is_empty_is_refused_before_writing(tmp_
 
 def test_a_mistyped_data_task_is_refused_naming_every_task_before_writing(tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(OptionError, match=r"data.task=brat: no fine-tuning task takes it \(segmentation takes brats, "
-                                          r"ibsr, msd, wmh; the other tasks registered: case"):
+    with pytest.raises(ValueError, match=r"data.task=brat: no fine-tuning task takes it \(registered: segmentation takes "
+                                         r"brats, ibsr, msd, wmh; case"):
         finetune(load_config("finetune", "data.task=brat", f"output_dir={out}"))
     assert not out.exists()
+    for entry in ("evaluate", "probe"):  # every job of a task is chosen by data.task
+        with pytest.raises(ValueError, match=r"data.task=brat: no fine-tuning task takes it \(registered: segmentation"):
+            load_config(entry, "data.task=brat", f"output={out}")

@@ -58,15 +58,15 @@ def test_sigterm_during_predict_says_which_predictions_are_kept(tmp_path, monkey
                                                       out_channels=task.num_outputs, **tiny)})
     ckpt = save_checkpoint(tmp_path / "a.pt", {"model": net.state_dict(), "network": network_spec(net),
                                                "config": {"task": dataclasses.asdict(task)}})
-    real = segmentation.predict_cases
+    real, calls = segmentation.predict_case, []
 
-    def predict_then_stop(*args, on_written, **kwargs):
-        def written(case, files):
-            on_written(case, files)
+    def stop_at_the_second(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
             os.kill(os.getpid(), signal.SIGTERM)  # after the first case is written and recorded
-        return real(*args, on_written=written, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(segmentation, "predict_cases", predict_then_stop)
+    monkeypatch.setattr(segmentation, "predict_case", stop_at_the_second)
     out = tmp_path / "preds"
     cfg = compose_config("predict", [f"checkpoint={ckpt}", f"input={data}", f"output={out}", "device=cpu", "amp=off"])
     with pytest.raises(SystemExit) as stop:

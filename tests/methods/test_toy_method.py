@@ -129,12 +129,12 @@ def test_the_export_of_a_method_registered_from_the_tests_fine_tunes_and_probes(
     assert tuned["network"]["arch"] == "swvit_unetr" and tuned["config"]["data"]["crop"] == 32  # the export's crop
     bids = write_demo_dataset("bids", tmp_path / "bids", cases=8, size=40, seed=2, targets=True)
     case = load_config("finetune", "data=targets", "trainer=smoke", "model=tiny", f"model.pretrained={export}",
-                       f"output_dir={tmp_path / 'case'}", "device=cpu", "data.num_workers=0", "data.target=age")
+                       f"output_dir={tmp_path / 'case'}", "device=cpu", "data.num_workers=0", "task=case", "task.target=age")
     case.data.root = str(bids)
     assert finetune(case).step >= 1
     assert load_checkpoint(tmp_path / "case" / "checkpoints" / "last.pt")["network"]["arch"] == "case_head"
     record = probe(compose_config("probe", [f"encoders=[{export}]", "data=targets", f"data.root={bids}",
-                                            "data.target=age", f"output={tmp_path / 'probe'}", "device=cpu",
+                                            "task=case", "task.target=age", f"output={tmp_path / 'probe'}", "device=cpu",
                                             "folds=2", "bootstrap=20", "knn_k=2",
                                             # the same demo subject ids as the pretraining cohort: said and accepted
                                             "data.accept_pretraining_overlap=true"]))

@@ -17,7 +17,7 @@ _spec.loader.exec_module(walk)
 
 
 @pytest.mark.parametrize("overrides, home", [([], "asa.api.segmentation"),
-                                             (["data=targets", "data.target=diagnosis"], "asa.api.case")])
+                                             (["data=targets", "task=case", "task.target=diagnosis"], "asa.api.case")])
 def test_each_task_s_walk_has_no_climb_and_passes_its_home(overrides, home):
     w = walk.walk("finetune", overrides)
     assert w["climbs"] == 0, w["climb_calls"]
