@@ -4,6 +4,7 @@ path and the cause (disk full, read-only folder); printed commands paste back co
 from __future__ import annotations
 
 import errno
+import json
 import re
 import shlex
 import subprocess
@@ -253,19 +254,41 @@ def test_the_old_crop_keys_are_refused_naming_data_crop(entry, overrides, old):
     report = f"{info.value}\n    full_key: {getattr(error, 'full_key', '')}\n"
     assert _compose_error(report).endswith(f"— {old} is now data.crop")
 
+# asa-pretrain's console main on several command lines in one child process (one interpreter start-up for all),
+# each run's stderr and exit code between markers
+_PRETRAIN_EACH = """
+import json, runpy, sys
+from hydra.core.global_hydra import GlobalHydra
+base, runs = json.loads(sys.argv[1])
+for extra in runs:
+    sys.argv = ["asa-pretrain", *base, *extra]
+    print("=== run", file=sys.stderr, flush=True)
+    code = 0
+    try:
+        runpy.run_module("asa.cli.pretrain", run_name="__main__", alter_sys=True)
+    except SystemExit as err:
+        code = err.code
+    GlobalHydra.instance().clear()
+    print("=== exit", code, file=sys.stderr, flush=True)
+"""
+
+
 @pytest.mark.slow
 def test_console_refusals_exit_2_with_one_line(tmp_path, demo_cache):
-    def run(*extra):
-        return subprocess.run([sys.executable, "-m", "asa.cli.pretrain", *_overrides(tmp_path / "r", demo_cache),
-                               *extra], capture_output=True, text=True, env=_env(), timeout=300)
-
-    for extra, words in [(["trainer.epocs=3"], "trainer.epocs"), (["model.pos_mode=mirrror"], "model.pos_mode='mirrror'"),
-                         (["method.pos_mode=none"], "method.pos_mode is now model.pos_mode"),
-                         (["mae.loss_weighting=uniform"], "mae.loss_weighting is now method.loss_weighting"),
-                         (["data.size=32"], "data.size is now data.crop"),
-                         (["output_dir=runs/é"], "must be quoted for Hydra")]:
-        proc = run(*extra)
-        assert proc.returncode == 2, proc.stderr[-2000:]
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("[asa] peak")]
+    cases = [(["trainer.epocs=3"], "trainer.epocs"), (["model.pos_mode=mirrror"], "model.pos_mode='mirrror'"),
+             (["method.pos_mode=none"], "method.pos_mode is now model.pos_mode"),
+             (["mae.loss_weighting=uniform"], "mae.loss_weighting is now method.loss_weighting"),
+             (["data.size=32"], "data.size is now data.crop"),
+             (["output_dir=runs/é"], "must be quoted for Hydra")]
+    runs = json.dumps([_overrides(tmp_path / "r", demo_cache), [extra for extra, _ in cases]])
+    proc = subprocess.run([sys.executable, "-c", _PRETRAIN_EACH, runs], capture_output=True, text=True, env=_env(),
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    outputs = proc.stderr.split("=== run\n")[1:]
+    assert len(outputs) == len(cases), proc.stderr[-2000:]
+    for (extra, words), output in zip(cases, outputs):
+        stderr, _, code = output.rpartition("=== exit ")
+        assert code.strip() == "2", (extra, output[-2000:])
+        lines = [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("[asa] peak")]
         assert len(lines) == 1 and lines[0].startswith("[asa-pretrain] refused:") and words in lines[0], lines
     assert not (tmp_path / "r").exists()
