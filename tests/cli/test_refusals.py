@@ -4,7 +4,6 @@ path and the cause (disk full, read-only folder); printed commands paste back co
 from __future__ import annotations
 
 import errno
-import json
 import re
 import shlex
 import subprocess
@@ -24,6 +23,7 @@ from asa.io import WriteError, atomic_write_text, save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_pretrain import _env, _overrides  # noqa: E402
+from console import run_each  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -254,25 +254,6 @@ def test_the_old_crop_keys_are_refused_naming_data_crop(entry, overrides, old):
     report = f"{info.value}\n    full_key: {getattr(error, 'full_key', '')}\n"
     assert _compose_error(report).endswith(f"— {old} is now data.crop")
 
-# asa-pretrain's console main on several command lines in one child process (one interpreter start-up for all),
-# each run's stderr and exit code between markers
-_PRETRAIN_EACH = """
-import json, runpy, sys
-from hydra.core.global_hydra import GlobalHydra
-base, runs = json.loads(sys.argv[1])
-for extra in runs:
-    sys.argv = ["asa-pretrain", *base, *extra]
-    print("=== run", file=sys.stderr, flush=True)
-    code = 0
-    try:
-        runpy.run_module("asa.cli.pretrain", run_name="__main__", alter_sys=True)
-    except SystemExit as err:
-        code = err.code
-    GlobalHydra.instance().clear()
-    print("=== exit", code, file=sys.stderr, flush=True)
-"""
-
-
 @pytest.mark.slow
 def test_console_refusals_exit_2_with_one_line(tmp_path, demo_cache):
     cases = [(["trainer.epocs=3"], "trainer.epocs"), (["model.pos_mode=mirrror"], "model.pos_mode='mirrror'"),
@@ -280,15 +261,10 @@ def test_console_refusals_exit_2_with_one_line(tmp_path, demo_cache):
              (["mae.loss_weighting=uniform"], "mae.loss_weighting is now method.loss_weighting"),
              (["data.size=32"], "data.size is now data.crop"),
              (["output_dir=runs/é"], "must be quoted for Hydra")]
-    runs = json.dumps([_overrides(tmp_path / "r", demo_cache), [extra for extra, _ in cases]])
-    proc = subprocess.run([sys.executable, "-c", _PRETRAIN_EACH, runs], capture_output=True, text=True, env=_env(),
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    outputs = proc.stderr.split("=== run\n")[1:]
-    assert len(outputs) == len(cases), proc.stderr[-2000:]
-    for (extra, words), output in zip(cases, outputs):
-        stderr, _, code = output.rpartition("=== exit ")
-        assert code.strip() == "2", (extra, output[-2000:])
+    base = _overrides(tmp_path / "r", demo_cache)
+    results = run_each("asa.cli.pretrain", [[*base, *extra] for extra, _ in cases], _env())  # one interpreter start-up
+    for (extra, words), (code, stderr) in zip(cases, results):
+        assert code == 2, (extra, stderr[-2000:])
         lines = [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("[asa] peak")]
         assert len(lines) == 1 and lines[0].startswith("[asa-pretrain] refused:") and words in lines[0], lines
     assert not (tmp_path / "r").exists()
