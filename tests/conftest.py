@@ -40,6 +40,7 @@ class OldRun:
         cfg.data.root, cfg.data.num_workers, cfg.data.crop = str(self.root), 0, 16
         cfg.data.split.ratios = [3, 1, 0]
         cfg.trainer.max_steps, cfg.trainer.epochs = steps, steps
+        cfg.trainer.panel_every = 0  # trainer=smoke draws a panel (a whole-case prediction) every epoch: not resumed state
         return cfg
 
     def train(self, steps: int, resume: bool, *overrides: str):

@@ -23,6 +23,7 @@ from asa.io import save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_pretrain import _env  # noqa: E402
+from console import run_each  # noqa: E402
 
 TINY = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
 
@@ -186,12 +187,11 @@ def test_one_channel_checkpoint_on_four_channels_says_which_it_reads(setup, tmp_
 def test_console_script_exit_codes_and_per_case_lines(setup, tmp_path):
     """Refused -> 2 with one line; a log file (no terminal) gets one line per case."""
     _, data, a, _ = setup
-    args = [sys.executable, "-m", "asa.cli.predict", f"checkpoint={a}", f"input={data}", "device=cpu", "amp=off"]
-    proc = subprocess.run([*args, f"output={tmp_path / 'p'}"], capture_output=True, text=True, env=_env(), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stderr.count("[asa] predicted ") == 3 and "predicted 3/3" in proc.stderr
-    proc = subprocess.run([*args, f"output={tmp_path / 'p'}"], capture_output=True, text=True, env=_env(), timeout=300)
-    assert proc.returncode == 2 and "already holds predictions" in proc.stderr
-    proc = subprocess.run([*args, f"output={tmp_path / 'q'}", "overlap=-0.5"], capture_output=True, text=True,
-                          env=_env(), timeout=300)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("[asa-predict] refused: overlap=-0.5")
+    args = [f"checkpoint={a}", f"input={data}", "device=cpu", "amp=off"]
+    (code, stderr), (again, refused), (bad, overlap) = run_each(  # in turn, in one child process (one start-up)
+        "asa.cli.predict", [[*args, f"output={tmp_path / 'p'}"], [*args, f"output={tmp_path / 'p'}"],
+                            [*args, f"output={tmp_path / 'q'}", "overlap=-0.5"]], _env())
+    assert code == 0, stderr[-2000:]
+    assert stderr.count("[asa] predicted ") == 3 and "predicted 3/3" in stderr
+    assert again == 2 and "already holds predictions" in refused
+    assert bad == 2 and overlap.strip().splitlines()[-1].startswith("[asa-predict] refused: overlap=-0.5")

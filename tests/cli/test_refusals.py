@@ -23,6 +23,7 @@ from asa.io import WriteError, atomic_write_text, save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_pretrain import _env, _overrides  # noqa: E402
+from console import run_each  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -255,17 +256,15 @@ def test_the_old_crop_keys_are_refused_naming_data_crop(entry, overrides, old):
 
 @pytest.mark.slow
 def test_console_refusals_exit_2_with_one_line(tmp_path, demo_cache):
-    def run(*extra):
-        return subprocess.run([sys.executable, "-m", "asa.cli.pretrain", *_overrides(tmp_path / "r", demo_cache),
-                               *extra], capture_output=True, text=True, env=_env(), timeout=300)
-
-    for extra, words in [(["trainer.epocs=3"], "trainer.epocs"), (["model.pos_mode=mirrror"], "model.pos_mode='mirrror'"),
-                         (["method.pos_mode=none"], "method.pos_mode is now model.pos_mode"),
-                         (["mae.loss_weighting=uniform"], "mae.loss_weighting is now method.loss_weighting"),
-                         (["data.size=32"], "data.size is now data.crop"),
-                         (["output_dir=runs/é"], "must be quoted for Hydra")]:
-        proc = run(*extra)
-        assert proc.returncode == 2, proc.stderr[-2000:]
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("[asa] peak")]
+    cases = [(["trainer.epocs=3"], "trainer.epocs"), (["model.pos_mode=mirrror"], "model.pos_mode='mirrror'"),
+             (["method.pos_mode=none"], "method.pos_mode is now model.pos_mode"),
+             (["mae.loss_weighting=uniform"], "mae.loss_weighting is now method.loss_weighting"),
+             (["data.size=32"], "data.size is now data.crop"),
+             (["output_dir=runs/é"], "must be quoted for Hydra")]
+    base = _overrides(tmp_path / "r", demo_cache)
+    results = run_each("asa.cli.pretrain", [[*base, *extra] for extra, _ in cases], _env())  # one interpreter start-up
+    for (extra, words), (code, stderr) in zip(cases, results):
+        assert code == 2, (extra, stderr[-2000:])
+        lines = [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("[asa] peak")]
         assert len(lines) == 1 and lines[0].startswith("[asa-pretrain] refused:") and words in lines[0], lines
     assert not (tmp_path / "r").exists()
