@@ -14,7 +14,7 @@ import torch
 
 from asa.api import finetune, predict
 from asa.api.config import compose_config
-from asa.api.networks import build_from_config
+from asa.api.machinery.networks import build_from_config
 from asa.data import discover, write_demo_dataset
 from asa.io import load_checkpoint
 from asa.models import build_network, input_size, registry
