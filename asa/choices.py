@@ -5,7 +5,7 @@ against); `check_choices` walks a config against its dataclass and refuses any o
 the dotted key where the field sits (``model.pos_mode='mirrror': expected one of mirror, paper,
 none (did you mean mirror?)``), whatever group holds it. The networks' settings (`asa.models.NetworkSettings`
 subclasses), the trainer settings (`TrainerSettings`), the methods' settings (`MethodSettings`
-subclasses) and the job schemas (`asa.api.schema`) declare their fields this way; it sits below all
+subclasses) and the job schemas (`asa.api.configuration.schema`) declare their fields this way; it sits below all
 of them (it imports nothing of asa, and omegaconf only when it checks: the networks that declare
 choices load without the config machinery).
 """

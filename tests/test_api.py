@@ -73,7 +73,7 @@ def test_pretrain_finetune_predict_evaluate_from_python(tmp_path):
 
 
 def test_training_run_releases_the_run_folder_also_when_the_job_fails(tmp_path):
-    from asa.api.run import TrainingRun
+    from asa.api.machinery.run import TrainingRun
     from asa.api.rundir import LOCK_NAME
 
     cfg = OmegaConf.create({"device": "cpu", "output_dir": str(tmp_path / "run"), "resume": False,
@@ -95,7 +95,7 @@ def test_training_ended_says_how_to_resume_also_when_a_peer_rank_was_signalled(c
     resume line instead of failing on the number; a finished run is marked finished."""
     from types import SimpleNamespace
 
-    from asa.api.training import training_ended
+    from asa.api.machinery.training import training_ended
     from asa.train.distributed import DistEnv
 
     stopped = SimpleNamespace(preempted=True, step=7, signal=0)

@@ -17,12 +17,12 @@ from asa.api.predict import predict
 from asa.api.preprocess import preprocess
 from asa.api.pretrain import pretrain
 from asa.api.probe import probe
-from asa.api.schema import (EvaluateConfig, FinetuneConfig, FrozenProbeConfig, PredictConfig, PreprocessConfig,
+from asa.api.configuration.schema import (EvaluateConfig, FinetuneConfig, FrozenProbeConfig, PredictConfig, PreprocessConfig,
                             PretrainConfig)
 from asa.api.tasks import FinetuneTask, TaskSettings, register_finetune_task
 # the built-in tasks register themselves
-from asa.api import segmentation  # noqa: F401,I001
-from asa.api import case  # noqa: F401
+from asa.api.tasks import segmentation  # noqa: F401,I001
+from asa.api.tasks import case  # noqa: F401
 
 __all__ = [
     "EvaluateConfig", "FinetuneConfig", "FinetuneTask", "FrozenProbeConfig", "PredictConfig", "PreprocessConfig",

@@ -1,90 +1,16 @@
-"""Was an evaluation case in the pretraining cohort? The check behind ``asa-cohort PRETRAIN_RUN FINETUNE_RUN``.
-
-A run folder records its data (``config.yaml``: ``data.root``, ``data.layout``, the demo settings) and its split
-(``splits.json``). :func:`pretraining_cohort` turns a pretraining run's into its cohort (`asa.data.cohort`:
-each case's part, subject and image content digests) and keeps it as ``cohort.json`` in that folder, so the
-images are read once; :func:`check_cohort` compares a fine-tuning run's validation and test cases with it, by
-case id, by subject and by image content (a renamed copy counts).
-
-An encoder export carries the recorded cohort's digests (``"cohort"``, :func:`recorded_cohort`), so a fine-tuning
-run with only ``model.pretrained=<file>`` checks its own split (:func:`check_pretraining_overlap`).
-"""
+"""Was an evaluation case in the pretraining cohort? The job behind ``asa-cohort PRETRAIN_RUN FINETUNE_RUN``
+(the records and checks it shares with the training jobs: `asa.api.machinery.cohort`)."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import yaml
-from omegaconf import OmegaConf
+from asa.api.machinery.cohort import pretraining_cohort, run_cases, run_folder
+from asa.data.cohort import cohort_overlap, describe_overlap
 
-from asa.api.dataset import dataset_root, on_main_then_share
-from asa.api.run import OptionError
-from asa.data import discover
-from asa.data.case import Case
-from asa.data.cohort import (COHORT_FORMAT, DIGEST, carried_cohort, cohort_digest, cohort_overlap, cohort_record,
-                             describe_overlap,
-                             export_cohort, image_digests, overlap_line)
-from asa.io import atomic_write_json, load_weights
-from asa.train.distributed import DistEnv
-
-__all__ = ["ACCEPT_OPTION", "COHORT_FILE", "OVERLAP_FILE", "check_cohort", "evaluated_overlap_line", "check_pretraining_overlap", "check_probe_overlap",
-           "encoder_cohort", "pretraining_cohort", "recorded_cohort", "run_cases", "run_folder", "write_overlap"]
-
-ACCEPT_OPTION = "data.accept_pretraining_overlap"  # asa-finetune's option that accepts test cases seen in pretraining
-
-COHORT_FILE = "cohort.json"
-OVERLAP_FILE = "pretraining_overlap.json"  # beside a fine-tuning run's splits.json: what check_pretraining_overlap found
-
-
-def run_folder(path: str | os.PathLike) -> Path:
-    """The run folder of ``path``: the folder itself, or the run of a checkpoint in its ``checkpoints/``."""
-    path = Path(path).expanduser()
-    if path.is_file() and path.parent.name == "checkpoints":
-        path = path.parent.parent
-    if not (path / "config.yaml").is_file() or not (path / "splits.json").is_file():
-        raise FileNotFoundError(f"{path}: not a run folder (asa-pretrain / asa-finetune write config.yaml and "
-                                "splits.json there)")
-    return path
-
-
-def run_cases(run: str | os.PathLike) -> tuple[list[Case], dict[str, list[str]], dict[str, Any]]:
-    """(cases, splits, data settings) of a run folder: the cases found in its recorded ``data`` (root and
-    layout, or the demo phantoms it generated), its ``splits.json`` and the ``data`` section of ``config.yaml``."""
-    run = run_folder(run)
-    config = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    data = config.get("data")
-    if not isinstance(data, dict):
-        raise ValueError(f"{run / 'config.yaml'}: no data section")
-    root, layout = dataset_root(OmegaConf.create(data))
-    cases = discover(layout, root, on_bad_case="skip", validate="none")
-    splits = json.loads((run / "splits.json").read_text())
-    missing = sorted({i for part in ("train", "val", "test") for i in splits.get(part, [])} - {c.id for c in cases})
-    if missing:
-        raise FileNotFoundError(f"{run}: {len(missing)} case(s) of its splits.json are not in data.root={root} "
-                                f"any more ({', '.join(missing[:5])})")
-    return cases, {k: v for k, v in splits.items() if isinstance(v, list)}, {"root": str(root), "layout": layout,
-                                                                            "name": data.get("name")}
-
-
-def pretraining_cohort(run: str | os.PathLike, *, workers: int = 4, refresh: bool = False) -> dict[str, Any]:
-    """The cohort of the pretraining run ``run`` (a run folder or a checkpoint in it): its ``cohort.json`` when
-    it matches the run's split (and not ``refresh``), else made from the run's data and written there."""
-    run = run_folder(run)
-    path = run / COHORT_FILE
-    splits = json.loads((run / "splits.json").read_text())
-    wanted = {i for part in ("train", "val", "test") for i in splits.get(part, [])}
-    if path.is_file() and not refresh:
-        kept = json.loads(path.read_text())
-        if kept.get("format") == COHORT_FORMAT and kept.get("digest") == DIGEST and set(kept.get("cases", {})) == wanted:
-            return kept
-    cases, parts, data = run_cases(run)
-    cohort = cohort_record(cases, parts, workers=workers, source={"run": str(run.resolve()), "data": data})
-    atomic_write_json(path, cohort)
-    return cohort
+__all__ = ["check_cohort"]
 
 
 def check_cohort(pretrain_run: str | os.PathLike, finetune_run: str | os.PathLike, *,
@@ -104,101 +30,3 @@ def check_cohort(pretrain_run: str | os.PathLike, finetune_run: str | os.PathLik
     lines = describe_overlap(overlap, cohort_size=seen)
     return {"pretraining": str(run_folder(pretrain_run)), "finetuning": str(run_folder(finetune_run)),
             "cohort_size": seen, "subsets": overlap, "lines": lines}
-
-
-def recorded_cohort(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
-    """The cohort digests an encoder export of ``checkpoint`` carries (`asa.data.cohort.export_cohort`): those
-    of the ``cohort.json`` recorded in its run folder (``<run>/checkpoints/<file>``), None without one."""
-    path = Path(checkpoint).expanduser()
-    run = path.parent.parent if path.parent.name == "checkpoints" else None
-    if run is None or not (run / COHORT_FILE).is_file():
-        return None
-    try:
-        kept = json.loads((run / COHORT_FILE).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{run / COHORT_FILE}: not readable JSON ({err}); asa-cohort writes it again") from err
-    # one of another digest: asa-cohort records it again
-    return export_cohort(kept) if kept.get("format") == COHORT_FORMAT and kept.get("digest") == DIGEST else None
-
-
-def encoder_cohort(path: str | os.PathLike, *, option: str) -> dict[str, Any] | None:
-    """The pretraining cohort the encoder file ``path`` carries (`asa.data.cohort.carried_cohort`), or None;
-    ``option`` names where the file was given, in messages."""
-    return carried_cohort(load_weights(path), f"{option}={path}")
-
-
-def check_pretraining_overlap(pretrained: str | os.PathLike, splits: dict[str, Sequence[Case]], *, accept: bool,
-                              env: DistEnv | None = None, workers: int = 1) -> dict[str, Any] | None:
-    """Say in one line how many validation and test cases of ``splits`` were in the pretraining cohort that the
-    encoder file ``pretrained`` carries (by case id, subject and image content; each case's images are digested
-    once, on rank 0); refuse (`OptionError`, naming ``data.accept_pretraining_overlap``) when a test case was,
-    unless ``accept``. Returns ``{"pretrained", "cohort": its digest, "subsets": the overlap report}``
-    (`asa.data.cohort.cohort_overlap`; :func:`write_overlap` keeps it in the run folder), or None when the file
-    carries no cohort (said in the line: nothing was checked)."""
-    env = env or DistEnv()
-    cohort = encoder_cohort(pretrained, option="model.pretrained")
-    if cohort is None:
-        if env.is_main:
-            print(f"[asa] pretraining cohort: model.pretrained={pretrained} carries no cohort digests, so the "
-                  "validation and test cases were not checked against it (record them with asa-cohort PRETRAIN_RUN, "
-                  "then export with asa-export)", flush=True)
-        return None
-    subsets = {name: list(splits.get(name) or []) for name in ("val", "test")}
-    report = on_main_then_share(lambda: cohort_overlap(cohort, subsets, workers=workers), env)
-    if env.is_main:
-        print(f"[asa] pretraining cohort: {overlap_line(report)}", flush=True)
-    report = {"pretrained": str(pretrained), "cohort": cohort_digest(cohort), "subsets": report}
-    test, n_test = report["subsets"]["test"]["overlapping"], report["subsets"]["test"]["n"]
-    if test and not accept:
-        raise OptionError(f"model.pretrained={pretrained}: {len(test)} of the {n_test} test case(s) "
-                          f"({', '.join(test[:5])}{' ...' if len(test) > 5 else ''}) were in the encoder's "
-                          "pretraining cohort, so its test metrics would not be held out; split the data without "
-                          f"them, or set {ACCEPT_OPTION}=true to train anyway")
-    return report
-
-
-def check_probe_overlap(entries: Sequence[str], cases: Sequence[Case], *, accept: bool,
-                        workers: int = 1) -> dict[str, dict[str, Any]]:
-    """asa-probe's check: each probed case is held out in one fold, so each of ``cases`` found in the
-    pretraining cohort of an encoder file of ``entries`` (by id, subject or content; the images digested once
-    for all encoders) is said in one line per encoder and refused (`OptionError`) unless ``accept``
-    (``data.accept_pretraining_overlap``). Returns {entry: overlap report} of the files that carry a cohort."""
-    cohorts = {e: c for e in dict.fromkeys(entries) if (c := encoder_cohort(e, option="encoders")) is not None}
-    if not cohorts:
-        return {}
-    digests = image_digests(cases, workers=workers)
-    reports = {}
-    for entry, cohort in cohorts.items():
-        report = reports[entry] = cohort_overlap(cohort, {"probed": cases}, digests=digests)
-        print(f"[asa] pretraining cohort of {entry}: {overlap_line(report)}", flush=True)
-        found = report["probed"]["overlapping"]
-        if found and not accept:
-            raise OptionError(f"encoders: {entry}: {len(found)} of the {len(cases)} probed case(s) "
-                              f"({', '.join(found[:5])}{' ...' if len(found) > 5 else ''}) were in its pretraining "
-                              "cohort, and every probed case is held out in one fold, so its scores would not be held "
-                              f"out; probe other cases (split_file, subset), or set {ACCEPT_OPTION}=true to probe "
-                              "anyway")
-    return reports
-
-
-def write_overlap(out_dir: str | os.PathLike, report: dict[str, Any]) -> Path:
-    """Keep a fine-tuning run's overlap report (:func:`check_pretraining_overlap`) as ``pretraining_overlap.json``
-    beside its ``splits.json``, where asa-evaluate finds it."""
-    return atomic_write_json(Path(out_dir) / OVERLAP_FILE, report)
-
-
-def evaluated_overlap_line(split_file: str | os.PathLike | None, subsets: Sequence[str] | str) -> str | None:
-    """asa-evaluate's line: how many of the evaluated ``subsets`` of ``split_file`` were in the pretraining cohort,
-    as asa-finetune found and recorded it beside that file (``pretraining_overlap.json``); None without a record."""
-    if split_file is None:
-        return None
-    path = Path(str(split_file)).expanduser().parent / OVERLAP_FILE
-    try:
-        recorded = json.loads(path.read_text())
-        found = {s: recorded["subsets"][s] for s in ([subsets] if isinstance(subsets, str) else subsets)
-                 if s in recorded["subsets"]}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not found:
-        return None
-    return f"{overlap_line(found)} (asa-finetune's check of {recorded.get('pretrained')}, {path})"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from asa.api import checks, compat
+from asa.api.configuration import checks, compat
 from asa.methods.base import registered_methods
 
 __all__ = ["ENTRY_POINTS", "compose_config", "config_path", "describe_compose_error", "load_config"]

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from asa.api.run import OptionError, describe_error
-from asa.api.schema import DataConfig
+from asa.api.machinery.run import OptionError, describe_error
+from asa.api.configuration.schema import DataConfig
 from asa.data import CaseError, RegionSource, detect_layout, discover, ensure_demo_dataset, make_splits, subject_groups
 from asa.data.store import StoreSettingsError, open_store
 from asa.io import atomic_write_json

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from asa.api.checks import as_config
-from asa.api.cohort import evaluated_overlap_line
-from asa.api.run import refusing
+from asa.api.configuration.checks import as_config
+from asa.api.machinery.cohort import evaluated_overlap_line
+from asa.api.machinery.run import refusing
 from asa.api.rundir import check_writable
-from asa.api.schema import EvaluateConfig
+from asa.api.configuration.schema import EvaluateConfig
 from asa.api.tasks import finetune_task
 
 __all__ = ["evaluate"]

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import asa
-from asa.api.cohort import recorded_cohort
-from asa.api.compat import current_config
+from asa.api.machinery.cohort import recorded_cohort
+from asa.api.configuration.compat import current_config
 from asa.api.rundir import check_writable
-from asa.api.run import refusing
+from asa.api.machinery.run import refusing
 from asa.data.cohort import cohort_digest
 from asa.data.preprocessing import PERCENTILES
 from asa.io import atomic_write_json, load_weights, save_checkpoint, write_model_folder
@@ -70,7 +70,7 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
     into the network nnU-Net builds from the other; and nnssl's ``checkpoint_final.pth`` with
     ``adaptation_plan.json`` (`asa.models.cnn.nnssl`), which nnU-Net's nnssl route reads.
 
-    A bad input is refused (`asa.api.run.OptionError`, exit 2 from the console script) before anything is written.
+    A bad input is refused (`asa.api.machinery.run.OptionError`, exit 2 from the console script) before anything is written.
     """
     with refusing():
         source = Path(checkpoint).expanduser()

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from asa.api.checks import as_config
-from asa.api.run import refusing
-from asa.api.schema import FinetuneConfig
+from asa.api.configuration.checks import as_config
+from asa.api.machinery.run import refusing
+from asa.api.configuration.schema import FinetuneConfig
 from asa.api.tasks import finetune_task
 from asa.train import FitResult
 

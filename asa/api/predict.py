@@ -1,5 +1,5 @@
 """Prediction as a Python function: the job behind `asa-predict` (outputs in each input's own space), which
-the fine-tuning task a checkpoint records runs (`asa.api.prediction.PredictionJob.predict`: the output folder,
+the fine-tuning task a checkpoint records runs (`asa.api.machinery.prediction.PredictionJob.predict`: the output folder,
 its manifest, resume and overwrite)."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from asa.api.checks import as_config
-from asa.api.compat import current_config
-from asa.api.run import OptionError, refusing
-from asa.api.prediction import PredictSetup
-from asa.api.schema import PredictConfig
+from asa.api.configuration.checks import as_config
+from asa.api.configuration.compat import current_config
+from asa.api.machinery.run import OptionError, refusing
+from asa.api.machinery.prediction import PredictSetup
+from asa.api.configuration.schema import PredictConfig
 from asa.api.tasks import finetune_task
 from asa.eval.inference import check_sw_batch_size
 from asa.io import load_checkpoint

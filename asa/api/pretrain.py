@@ -1,12 +1,12 @@
-"""ASA pretraining as a Python function: the job behind `asa-pretrain` (its hooks: `asa.api.pretraining`)."""
+"""ASA pretraining as a Python function: the job behind `asa-pretrain` (its hooks: `asa.api.machinery.pretraining`)."""
 from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from asa.api.checks import as_config
-from asa.api.pretraining import PretrainJob
-from asa.api.run import refusing
-from asa.api.schema import PretrainConfig
+from asa.api.configuration.checks import as_config
+from asa.api.machinery.pretraining import PretrainJob
+from asa.api.machinery.run import refusing
+from asa.api.configuration.schema import PretrainConfig
 from asa.train import FitResult
 
 __all__ = ["pretrain"]

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from asa.api.compat import added_settings, current_config, moved_key, removed_key
+from asa.api.configuration.compat import added_settings, current_config, moved_key, removed_key
 from asa.io import atomic_write_text
 from asa.train.checkpoint import flatten
 from asa.train.distributed import DistEnv, all_gather_objects

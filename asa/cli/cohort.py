@@ -8,8 +8,9 @@ import json
 import sys
 from collections.abc import Sequence
 
-from asa.api.cohort import COHORT_FILE, check_cohort, pretraining_cohort, run_folder
-from asa.api.run import describe_error
+from asa.api.cohort import check_cohort
+from asa.api.machinery.cohort import COHORT_FILE, pretraining_cohort, run_folder
+from asa.api.machinery.run import describe_error
 from asa.cli.common import EXIT_FAILED, EXIT_FINISHED, EXIT_REFUSED
 from asa.data.cohort import cohort_digest
 

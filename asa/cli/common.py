@@ -10,10 +10,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from asa.api.checks import check_task_choice
+from asa.api.configuration.checks import check_task_choice
 from asa.api.config import config_path
 from asa.api.config import describe_compose_error as _compose_error  # the one line of a refused command line
-from asa.api.run import OptionError, describe_error
+from asa.api.machinery.run import OptionError, describe_error
 from asa.api.rundir import RunDirError
 from asa.cli.launch import write_status
 from asa.data import CaseError

@@ -148,7 +148,7 @@ def predict_case(predictor: Predictor, case: Case, output: Path, *, overlap: flo
     """Segment one case and write ``<output>/<case_id>.nii.gz`` in the input's own space (labels in the
     dataset's own values), and with ``save_probabilities`` ``<case_id>_probabilities.nii.gz`` ([X, Y, Z, K]
     floats); returns the files, the label file first. Files are written atomically (a file of the same name
-    is replaced: `asa.api.prediction` decides which folder may be written). A case whose volumes cannot be
+    is replaced: `asa.api.machinery.prediction` decides which folder may be written). A case whose volumes cannot be
     used raises `VolumeError` (truncated, not NIfTI, wrong dimensionality, NaN/Inf, all zeros)."""
     image, reference = preprocess_for_inference(case, predictor.task)
     regions = predictor.regions_of(case)  # region attention networks

@@ -11,7 +11,7 @@ DEFAULT_CROP = 128
 # the one table of the SW-ViT sizes (model=tiny|small|base); everything else derives from it: the defaults of
 # EncoderSettings / EncoderOptions (asa.models.swvit.encoder), of ASA's decoder (asa.models.swvit.mae) and of
 # asa-pretrain's model section (asa.models.swvit.mae.PretrainModelConfig) are the base row, and the config groups
-# sizes/encoder and sizes/decoder that the model presets name are stored from its rows (asa.api.checks.register)
+# sizes/encoder and sizes/decoder that the model presets name are stored from its rows (asa.api.configuration.checks.register)
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(
         embed_dim=48, depth=4, num_heads=3, decoder_dim=48, decoder_depth=2, decoder_num_heads=3, window_size=8,

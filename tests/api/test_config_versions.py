@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from asa.api import finetune, load_config
-from asa.api.compat import MIGRATIONS, SEGMENTATION_BEFORE, current_config, read_config
-from asa.api.schema import CONFIG_VERSION
+from asa.api.configuration.compat import MIGRATIONS, SEGMENTATION_BEFORE, current_config, read_config
+from asa.api.configuration.schema import CONFIG_VERSION
 from asa.data import write_demo_dataset
 from asa.io import load_checkpoint
 

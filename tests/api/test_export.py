@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 
 import asa
 from asa.api.export import export_model
-from asa.api.run import OptionError
+from asa.api.machinery.run import OptionError
 from asa.cli.export import main as export_main
 from asa.io import CheckpointError, load_weights, save_checkpoint
-from asa.api.networks import build_from_config
+from asa.api.machinery.networks import build_from_config
 from asa.models import ASA, PRESETS, build_network, network_spec
 
 ENCODER_SIZES = {k: PRESETS["tiny"][k] for k in ("embed_dim", "depth", "num_heads", "window_size")}

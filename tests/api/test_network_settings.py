@@ -15,11 +15,11 @@ import yaml
 from monai.networks.nets import UNETR, SwinUNETR
 from torch import nn
 
-from asa.api.checks import as_config, network_settings
-from asa.api.compat import current_config
-from asa.api.schema import CONFIG_VERSION
+from asa.api.configuration.checks import as_config, network_settings
+from asa.api.configuration.compat import current_config
+from asa.api.configuration.schema import CONFIG_VERSION
 from asa.api.config import compose_config, load_config
-from asa.api.networks import build_from_config
+from asa.api.machinery.networks import build_from_config
 from asa.models import (NETWORK_SETTINGS, NETWORKS, SWIN_SIZES, NetworkSettings, SASwinSettings, SWViTSettings, UNETRSettings,
                         network_spec, record_spec, register_network)
 from asa.models.registry import NETWORK_TASKS, RECORDS

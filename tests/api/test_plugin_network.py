@@ -15,7 +15,7 @@ import torch
 
 from asa.api import evaluate, export_model, finetune, predict, pretrain, probe
 from asa.api.config import compose_config
-from asa.api.networks import build_from_config
+from asa.api.machinery.networks import build_from_config
 from asa.data import discover, write_demo_dataset
 from asa.io import load_checkpoint, load_weights
 from asa.models import build_network, input_size, registry

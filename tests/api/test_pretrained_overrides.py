@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asa.api.networks import build_from_config
+from asa.api.machinery.networks import build_from_config
 from asa.io import save_checkpoint
 from asa.models import ASA, network_spec
 

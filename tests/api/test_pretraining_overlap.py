@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from asa.api import finetune
-from asa.api.cohort import ACCEPT_OPTION, COHORT_FILE, OVERLAP_FILE, check_pretraining_overlap, evaluated_overlap_line
+from asa.api.machinery.cohort import ACCEPT_OPTION, COHORT_FILE, OVERLAP_FILE, check_pretraining_overlap, evaluated_overlap_line
 from asa.api.config import compose_config
 from asa.api.export import export_model
-from asa.api.run import OptionError
+from asa.api.machinery.run import OptionError
 from asa.data import discover, write_demo_dataset
 from asa.data.cohort import DIGEST, COHORT_FORMAT, export_cohort, image_digests
 from asa.io import load_weights, save_checkpoint

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from asa.api import load_config
-from asa.api.case import HeadSettings, Settings as CaseSettings
-from asa.api.checks import DEFAULT_TASK
-from asa.api.compat import SEGMENTATION_BEFORE, current_config
-from asa.api.schema import CONFIG_VERSION
-from asa.api.segmentation import Settings as SegmentationSettings
+from asa.api.tasks.case import HeadSettings, Settings as CaseSettings
+from asa.api.configuration.checks import DEFAULT_TASK
+from asa.api.configuration.compat import SEGMENTATION_BEFORE, current_config
+from asa.api.configuration.schema import CONFIG_VERSION
+from asa.api.tasks.segmentation import Settings as SegmentationSettings
 from asa.io import load_checkpoint
 
 MOVED = [("data.samples_per_case=2", "task.samples_per_case"), ("loss.focal_weight=1", "task.focal_weight"),

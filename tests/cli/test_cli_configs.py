@@ -13,18 +13,18 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from asa.api import load_config
-from asa.api.checks import as_config, validate
+from asa.api.configuration.checks import as_config, validate
 from asa.api.config import ENTRY_POINTS, compose_config, config_path
-from asa.api.pretraining import _method
-from asa.api.schema import PRETRAIN_MODELS, SCHEMAS
+from asa.api.machinery.pretraining import _method
+from asa.api.configuration.schema import PRETRAIN_MODELS, SCHEMAS
 from asa.choices import check_choices
 from asa.methods import MaskedAutoencoderSettings
 from asa.models.cnn.masked import ResEncMaskedAutoencoder
-from asa.api.networks import build_case_network, build_from_config
+from asa.api.machinery.networks import build_case_network, build_from_config
 from asa.models import ASA, NETWORK_SETTINGS, PRESETS, SWIN_SIZES, SymmetryAwareHead, architectures
 from asa.models import registry
 from asa.models.heads.puzzles import JigsawPuzzle, RelativePatchLocation
-from asa.api.training import trainer_config
+from asa.api.machinery.training import trainer_config
 from asa.train import build_optimizer
 
 PUZZLES = {"rpl": RelativePatchLocation, "jigsaw": JigsawPuzzle}
@@ -502,7 +502,7 @@ def test_finetune_defaults_are_the_encoder_aware_recipe_and_sgd_is_the_papers():
 
 @pytest.mark.parametrize("overrides, lr, warned", [(["optim=adamw"], 1.5e-4 * 2 / 256, True), ([], 3e-3, False)])
 def test_effective_lr_is_printed_with_its_rule(capsys, overrides, lr, warned):
-    from asa.api.training import optimizer_and_config
+    from asa.api.machinery.training import optimizer_and_config
     from asa.models import ASA
     from asa.train.distributed import DistEnv
 

@@ -17,10 +17,10 @@ from hydra.errors import HydraException
 from torch import nn
 
 from asa.api import load_config
-from asa.api.checks import as_config, validate
-from asa.api.compat import current_config
+from asa.api.configuration.checks import as_config, validate
+from asa.api.configuration.compat import current_config
 from asa.api.config import compose_config
-from asa.api.networks import build_case_network, build_from_config
+from asa.api.machinery.networks import build_case_network, build_from_config
 from asa.cli.common import _compose_error
 from asa.models import NetworkSettings, SWViTUNetSettings, record_spec, register_network
 from asa.models.registry import RECORDS

@@ -11,7 +11,7 @@ import torch
 from asa.api import evaluate, finetune, predict
 from asa.api.config import compose_config
 from asa.api.rundir import RunDirError
-from asa.api.run import OptionError
+from asa.api.machinery.run import OptionError
 from asa.data import discover, read_targets, write_demo_dataset
 from asa.io import load_checkpoint
 from asa.models import ASA, PRESETS, ASACaseHead, build_network, network_spec
@@ -262,7 +262,7 @@ def test_a_case_prediction_stopped_by_a_signal_is_resumed_to_what_one_run_writes
     ``resume=true`` predicts the others: predictions.csv then holds every case, as one uninterrupted run writes."""
     import signal
 
-    import asa.api.case as case_task
+    import asa.api.tasks.case as case_task
     from asa.cli.common import entry
 
     out = tmp_path / "run"

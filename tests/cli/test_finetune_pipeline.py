@@ -84,7 +84,7 @@ def test_scratch_rows_and_pretrained_position_mode(tmp_path, encoder_export):
     root = write_demo_dataset("brats", tmp_path / "data", cases=4, size=32, seed=2)
     from omegaconf import OmegaConf
 
-    from asa.api.networks import build_from_config
+    from asa.api.machinery.networks import build_from_config
 
     brats = dict(in_channels=4, out_channels=3, crop=32)
 
@@ -101,7 +101,7 @@ def test_scratch_rows_and_pretrained_position_mode(tmp_path, encoder_export):
 
 
 def test_pretrained_weights_for_a_baseline_are_rejected_clearly(encoder_export):
-    from asa.api.networks import build_from_config
+    from asa.api.machinery.networks import build_from_config
 
     with pytest.raises(ValueError, match="model arch 'unetr' takes no pretrained encoder"):
         build_from_config({"arch": "unetr", "pretrained": str(encoder_export)}, {}, in_channels=1, out_channels=4,
@@ -113,7 +113,7 @@ def test_pretrained_weights_for_a_baseline_are_rejected_clearly(encoder_export):
 def test_monai_baselines_build_from_their_configs(model, size):
     from omegaconf import OmegaConf
 
-    from asa.api.networks import build_from_config
+    from asa.api.machinery.networks import build_from_config
 
     cfg = compose_config("finetune", [f"model={model}"])
     net = build_from_config(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.segmenter),

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from asa.api import compose_config, probe
-from asa.api.run import OptionError
+from asa.api.machinery.run import OptionError
 from asa.api.rundir import RunDirError
 from asa.data import write_demo_dataset
 from asa.io import save_checkpoint, save_export_safetensors

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from asa.api import finetune, predict, pretrain
 from asa.api.config import compose_config
-from asa.api.run import OptionError
+from asa.api.machinery.run import OptionError
 from asa.api.rundir import RunDirError, override
 from asa.data import write_demo_dataset
 from asa.io import WriteError, atomic_write_text, save_checkpoint
@@ -171,13 +171,13 @@ def test_an_option_the_fine_tuning_network_lacks_on_the_command_line_says_so():
     ("method.loss_weighting", None), ("maes.bins", None), ("model.pos_mode", None), ("data.demo.size", None),
 ])
 def test_moved_keys_and_sections_name_their_new_place(key, place):
-    from asa.api.compat import moved_key
+    from asa.api.configuration.compat import moved_key
 
     assert moved_key(key) == place
 
 
 def test_a_whole_moved_section_on_the_command_line_names_the_new_place_of_each_key():
-    from asa.api.checks import validate
+    from asa.api.configuration.checks import validate
     from asa.cli.common import _compose_error
 
     report = ("Could not override 'mae.loss_weighting'.\nTo append to your config use +mae.loss_weighting=uniform\n"
@@ -203,8 +203,8 @@ def test_data_cache_dir_is_refused_naming_the_store(entry, overrides):
     + and in a data preset of asa-preprocess it is refused saying what took its place, as a moved key is."""
     from hydra.errors import HydraException
 
-    from asa.api.checks import validate
-    from asa.api.compat import old_key
+    from asa.api.configuration.checks import validate
+    from asa.api.configuration.compat import old_key
     from asa.api.preprocess import data_preset
     from asa.cli.common import _compose_error
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asa.api.checks import validate
+from asa.api.configuration.checks import validate
 from asa.api.config import compose_config
 from asa.io import load_checkpoint, save_checkpoint
 from asa.models import ASASegmenter, build_network, load_encoder, network_spec

@@ -9,7 +9,7 @@ import pytest
 from asa.api import evaluate, finetune, predict
 from asa.api.config import compose_config
 from asa.api.export import export_model
-from asa.api.run import OptionError
+from asa.api.machinery.run import OptionError
 from asa.cli.export import main as export_main
 from asa.data import write_demo_dataset
 from asa.io import load_volume

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from asa.api.cohort import COHORT_FILE, check_cohort, pretraining_cohort
+from asa.api.cohort import check_cohort
+from asa.api.machinery.cohort import COHORT_FILE, pretraining_cohort
 from asa.cli.cohort import main as cohort_main
 from asa.data.cohort import volume_digest
 

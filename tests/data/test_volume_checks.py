@@ -164,7 +164,7 @@ def test_a_data_worker_failure_is_one_line_naming_the_file(tmp_path, workers):
     """A file damaged after the upfront check: the error names the case, the file and the fault."""
     import torch
 
-    from asa.api.run import describe_error
+    from asa.api.machinery.run import describe_error
     from asa.data import build_pretrain_dataset
 
     root = write_demo_dataset("bids", tmp_path / "bids", cases=2, size=16, seed=0)

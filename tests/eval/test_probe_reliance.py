@@ -130,7 +130,7 @@ def test_reliance_scores_hd95_as_asa_evaluate(tmp_path, blank, distance):
 def test_pretraining_probe_reads_a_labeled_folder_given_as_probe_data(tmp_path):
     """``asa-pretrain probe.data=<folder>``: the probe set comes from that folder (not the demo phantoms)."""
     from asa.api import load_config
-    from asa.api.pretraining import _method, _probe
+    from asa.api.machinery.pretraining import _method, _probe
 
     root = write_demo_dataset("ibsr", tmp_path / "ibsr", cases=3, size=32, seed=2)
     cfg = load_config("pretrain", "model=tiny", "data.crop=32", f"probe.data={root}", "probe.cases=2")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from asa.api import compose_config, finetune
-from asa.api.run import OptionError
+from asa.api.machinery.run import OptionError
 from asa.models import Capabilities, build_network, capabilities
 
 

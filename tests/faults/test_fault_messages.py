@@ -40,7 +40,7 @@ def test_a_text_file_is_named_and_said_not_to_be_a_checkpoint(text_file):
 
 def test_a_text_file_as_a_probe_encoder_is_refused_naming_it(text_file, tmp_path):
     from asa.api import compose_config, probe
-    from asa.api.run import OptionError
+    from asa.api.machinery.run import OptionError
 
     with pytest.raises(OptionError, match=rf"{text_file}: not a checkpoint"):
         probe(compose_config("probe", [f"encoders=[{text_file}]", "data=targets", f"data.root={tmp_path}",

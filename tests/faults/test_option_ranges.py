@@ -138,7 +138,7 @@ def test_a_pretraining_method_option_under_model_points_to_the_method():
 def test_a_training_set_too_small_for_one_step_is_refused_before_the_folder_is_written(old_run):
     """3 training cases at batch 4 (as 3 cases on 2 ranks at batch 2): exit 2 before config.yaml and splits.json
     (it used to stop with exit 1 inside the engine, after both were written)."""
-    from asa.api.run import OptionError
+    from asa.api.machinery.run import OptionError
 
     with pytest.raises(OptionError, match=r"^data: training set too small: 3 samples give 3 per rank \(world_size=1\), "
                                           r"fewer than trainer.batch_size × trainer.accum_steps = 4$"):

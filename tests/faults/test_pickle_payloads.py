@@ -14,7 +14,7 @@ import torch
 
 import asa
 from asa.api import compose_config, finetune, predict, probe
-from asa.api.run import OptionError
+from asa.api.machinery.run import OptionError
 from asa.cli.export import main as export_main
 from asa.data import write_demo_dataset
 from asa.io import CheckpointError, load_checkpoint

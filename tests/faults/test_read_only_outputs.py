@@ -94,7 +94,7 @@ def test_predict_refuses_a_read_only_output(brats, read_only, capsys, sub):
 def test_probe_refuses_a_read_only_output_before_probing(tmp_path, read_only, capsys, monkeypatch):
     import importlib
 
-    case_task = importlib.import_module("asa.api.case")  # the case task's probes
+    case_task = importlib.import_module("asa.api.tasks.case")  # the case task's probes
     data = write_demo_dataset("bids", tmp_path / "bids", cases=6, size=32, seed=0, targets=True)
     monkeypatch.setattr(case_task, "case_probes", lambda *a, **k: pytest.fail("probed before checking the output"))
     out = read_only / "probe"
@@ -115,7 +115,7 @@ def test_preprocess_refuses_a_read_only_store(tmp_path, read_only, capsys):
 def test_evaluate_refuses_a_read_only_output_before_scoring(brats, tmp_path, read_only, capsys, monkeypatch):
     import importlib
 
-    segmentation = importlib.import_module("asa.api.segmentation")  # the segmentation task's scoring
+    segmentation = importlib.import_module("asa.api.tasks.segmentation")  # the segmentation task's scoring
     data, _ = brats
     monkeypatch.setattr(segmentation, "evaluate_cases", lambda *a, **k: pytest.fail("scored before checking the output"))
     out = read_only / "eval"

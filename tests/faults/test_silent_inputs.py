@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from asa.api import finetune, load_config
-from asa.api.run import OptionError
+from asa.api.machinery.run import OptionError
 from asa.data import write_demo_dataset
 
 

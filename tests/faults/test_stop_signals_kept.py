@@ -50,7 +50,7 @@ def test_sigterm_during_preprocess_says_which_cases_are_kept(tmp_path, monkeypat
 
 
 def test_sigterm_during_predict_says_which_predictions_are_kept(tmp_path, monkeypatch, capsys):
-    segmentation = importlib.import_module("asa.api.segmentation")  # the segmentation task's prediction
+    segmentation = importlib.import_module("asa.api.tasks.segmentation")  # the segmentation task's prediction
     data = write_demo_dataset("brats", tmp_path / "brats", cases=3, size=16, seed=0)
     task = get_task("brats")
     tiny = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from asa.api import compose_config, finetune
-from asa.api.segmentation import symmetry_warning
+from asa.api.tasks.segmentation import symmetry_warning
 from asa.data import non_mri_channels, write_demo_dataset
 from asa.models import PRESETS, Capabilities, build_network, capabilities
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from asa.api import finetune, load_config, predict, pretrain
-from asa.api.pretraining import _method
+from asa.api.machinery.pretraining import _method
 from asa.data import write_demo_dataset
 from asa.data.synthetic.phantom import make_phantom
 from asa.io import load_checkpoint
 from asa.methods import JigsawSettings, RelativePatchLocationSettings
-from asa.api.networks import build_from_config
+from asa.api.machinery.networks import build_from_config
 from asa.models import PRESETS, ASASegmenter, load_encoder
 from asa.models.heads.puzzles import min_hamming
 

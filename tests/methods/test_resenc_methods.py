@@ -88,7 +88,7 @@ def test_a_resenc_run_written_before_nnssls_masking_reads_with_the_masking_it_tr
     """A pretraining config of an earlier version (no mask_block, densify, weight_patch, weight_power) resumes
     with the earlier form, not with today's defaults, which would build another network; an SW-ViT run gets the
     defaults, which its masked network never reads."""
-    from asa.api.compat import added_settings, current_config
+    from asa.api.configuration.compat import added_settings, current_config
     old = {"model": {"arch": "resenc", "size": "tiny", "lr_axis": 0},
            "method": {"name": "asa", "in_channels": 1, "mask_ratio": 0.75, "loss_weighting": "attentive",
                       "norm_pix_loss": False, "bins": 8, "normalize": "l2", "focal_beta": 1.0,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from asa.api import compose_config, load_config
-from asa.api.pretraining import _method, _probe
+from asa.api.machinery.pretraining import _method, _probe
 from asa.data import write_demo_dataset
 from asa.eval.frozen import swin_tokens
 

@@ -17,7 +17,7 @@ from asa.cli.pretrain import main as asa_pretrain
 from asa.io import load_checkpoint
 from asa.methods import METHODS, MethodSettings, PretrainingMethod, register_method
 from asa.data import write_demo_dataset
-from asa.api.networks import build_from_config
+from asa.api.machinery.networks import build_from_config
 from asa.models import PRESETS, EncoderSettings
 from asa.models.blocks.patch import patchify
 from asa.models.registry import RECORDS, register_network

@@ -6,7 +6,7 @@ import inspect
 import pytest
 import torch
 
-from asa.api.networks import build_case_network
+from asa.api.machinery.networks import build_case_network
 from asa.models import ASA, PRESETS, ASACaseHead, ASASegmenter, build_network, network_spec
 from asa.models.swvit.encoder import ENCODER_PREFIX, EncoderSettings
 

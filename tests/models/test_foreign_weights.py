@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import asa
-from asa.api.networks import build_from_config
+from asa.api.machinery.networks import build_from_config
 from asa.io import CheckpointError, load_checkpoint, load_weights
 from asa.models.cnn.resenc import plan_resenc, resenc_unet
 

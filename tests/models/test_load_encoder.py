@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import asa
 from asa.io import CheckpointError, load_checkpoint, save_checkpoint
-from asa.api.networks import build_from_config
+from asa.api.machinery.networks import build_from_config
 from asa.models import (ASA, PRESETS, ASASegmenter, SASwin, SymmetryAwareHead, VolumeEncoder, build_network,
                         export_for_monai, network_spec)
 from asa.train.pretrain import export_encoder

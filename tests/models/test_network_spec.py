@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from asa.io import load_checkpoint, save_checkpoint
-from asa.api.networks import build_from_config
+from asa.api.machinery.networks import build_from_config
 from asa.models import (ASA, ENCODER_MODULES, NETWORKS, PRESETS, ASASegmenter, architectures, build_network,
                         network_spec, record_spec, register_network)
 from asa.models import registry

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asa.api.networks import build_from_config
+from asa.api.machinery.networks import build_from_config
 from asa.models import SASwin, network_spec
 
 TINY = dict(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 4))

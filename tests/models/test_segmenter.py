@@ -106,7 +106,7 @@ def _grid4_encoder(path):
 @pytest.mark.parametrize("allow_grid_change", [False, True])
 def test_reference_grid_other_than_the_pretraining_grid_is_refused(tmp_path, allow_grid_change):
     """docs/method.md §1.2: the reference grid is the pretraining grid; on another one every code changes."""
-    from asa.api.networks import build_from_config
+    from asa.api.machinery.networks import build_from_config
 
     path = _grid4_encoder(tmp_path / "enc.pt")
     both = r"pretrained on a 4x4x4 patch grid.*segmenter.reference_grid is 6x6x6"
@@ -124,7 +124,7 @@ def test_reference_grid_other_than_the_pretraining_grid_is_refused(tmp_path, all
 
 
 def test_build_from_config_follows_the_pretrained_file(tmp_path):
-    from asa.api.networks import build_from_config
+    from asa.api.machinery.networks import build_from_config
 
     mae = ASA(img_size=32, **{**PRESETS["tiny"], "pos_mode": "paper", "lr_axis": 2})
     torch.save({"model": mae.state_dict(), "network": network_spec(mae)}, tmp_path / "last.pt")

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from asa.api.checks import as_config
+from asa.api.configuration.checks import as_config
 from asa.api.config import compose_config
-from asa.api.networks import build_from_config
-from asa.api.training import optimizer_and_config
+from asa.api.machinery.networks import build_from_config
+from asa.api.machinery.training import optimizer_and_config
 from asa.models import capabilities
 from asa.train import Engine
 from asa.train.distributed import DistEnv

@@ -95,9 +95,9 @@ def test_warmup_fraction_spans_the_schedule_and_excludes_the_other_warmups(tmp_p
 
 
 def test_encoder_lr_scale_follows_whether_the_encoder_is_pretrained():
-    from asa.api.checks import as_config
+    from asa.api.configuration.checks import as_config
     from asa.api.config import compose_config
-    from asa.api.training import encoder_lr_scale
+    from asa.api.machinery.training import encoder_lr_scale
 
     scratch = as_config(compose_config("finetune", []), "finetune")
     pretrained = as_config(compose_config("finetune", ["model.pretrained=x.pt"]), "finetune")

@@ -1,9 +1,9 @@
 """Structured-config schemas of the jobs: the typed configs (dataclasses) of every entry point and their sections.
 
 Each primary config (``configs/<entry>/<entry>.yaml``) starts its defaults list with its schema (stored in
-Hydra's ConfigStore by `asa.api.checks.register`), so Hydra checks every preset and every ``key=value``
-against these dataclasses while composing; `asa.api.checks.validate` repeats the check on a composed
-config. What earlier versions wrote (moved keys, old run configs) is read by `asa.api.compat`.
+Hydra's ConfigStore by `asa.api.configuration.checks.register`), so Hydra checks every preset and every ``key=value``
+against these dataclasses while composing; `asa.api.configuration.checks.validate` repeats the check on a composed
+config. What earlier versions wrote (moved keys, old run configs) is read by `asa.api.configuration.compat`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ __all__ = [
 # --- groups ---------------------------------------------------------------------------------------
 ON_BAD = ("error", "skip")
 # the layout version of a saved run config (config.yaml, a checkpoint's config): one more with each change to the
-# layout, whose numbered migration (asa.api.compat.MIGRATIONS) reads the one before
+# layout, whose numbered migration (asa.api.configuration.compat.MIGRATIONS) reads the one before
 CONFIG_VERSION = 5
 DEFAULT_ARCH = "swvit_unetr"  # the network of a fine-tuning model section that names none
 
@@ -111,7 +111,7 @@ class SegmentationDataConfig(DataConfig):
     # target per case (task.target); its own settings are the ``task`` section
     task: str = MISSING
     crop: Optional[int] = None  # the crop edge (voxels); null: the pretraining crop
-    # true: train although test cases were in model.pretrained's pretraining cohort (asa.api.cohort); false: refused
+    # true: train although test cases were in model.pretrained's pretraining cohort (asa.api.machinery.cohort); false: refused
     accept_pretraining_overlap: bool = False
 
 

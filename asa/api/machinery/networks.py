@@ -3,7 +3,7 @@ fine-tuning geometry is resolved against a pretrained file (with the ``segmenter
 following one).
 
 The ``model`` section arrives as the typed settings of its network (`asa.models.NetworkSettings`, checked by
-`asa.api.checks.network_settings`). No branch here names an architecture: what a network takes is what it
+`asa.api.configuration.checks.network_settings`). No branch here names an architecture: what a network takes is what it
 declared when it registered (`asa.models.register_network`): its ``settings``, ``follows_pretraining`` (an SW-ViT whose crop, position code, axis and
 reference grid a pretraining file sets), ``case_of`` (the case network a case run builds from a
 segmentation preset), its task, and ``load_pretrained`` on the network it builds (an encoder it
@@ -20,8 +20,8 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
-from asa.api.checks import network_settings
-from asa.api.schema import SegmenterConfig
+from asa.api.configuration.checks import network_settings
+from asa.api.configuration.schema import SegmenterConfig
 from asa.io import load_weights
 from asa.models import NetworkSettings, architectures, build_network, recorded_pretraining
 from asa.models.blocks.patch import patch_grid
@@ -106,7 +106,7 @@ def build_from_config(
     pretraining file, for a network registered with ``follows_pretraining``).
 
     ``model`` is the network's settings (`asa.models.NetworkSettings`; a mapping is typed by
-    `asa.api.checks.network_settings`): ``arch`` picks the network (default ``swvit_unetr``), ``pretrained``
+    `asa.api.configuration.checks.network_settings`): ``arch`` picks the network (default ``swvit_unetr``), ``pretrained``
     initialises its encoder from a pretraining checkpoint or encoder export, read once. ``crop`` is the crop
     edge (the network's input size); None takes, for a network that follows its pretraining, the crop
     recorded in that file, else ``default_crop``. For such a network a crop whose patch grid differs from the

@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from asa.api.dataset import cases_of_split
 from asa.api.rundir import RunDirError, check_writable, command_line, move_aside, override
-from asa.api.run import refusing
-from asa.api.schema import PredictConfig
+from asa.api.machinery.run import refusing
+from asa.api.configuration.schema import PredictConfig
 from asa.io import atomic_write_json
 from asa.io import VolumeError
 

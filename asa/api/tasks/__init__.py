@@ -5,8 +5,8 @@ A task is chosen by ``data.task`` (of a fine-tuning, evaluation or probe config)
 by the task a fine-tuning checkpoint records (``outputs.name``): the registered task that
 `FinetuneTask.claims` the name. Its own settings are the ``task`` section of a fine-tuning config,
 typed by its `TaskSettings` subclass (``Settings``; the config group ``task``). Built in:
-``segmentation`` (`asa.api.segmentation`: voxel labels of ``brats``, ``ibsr``, ``wmh``, ``msd``,
-`asa.data.get_task`) and ``case`` (`asa.api.case`: one target per case, classification or regression).
+``segmentation`` (`asa.api.tasks.segmentation`: voxel labels of ``brats``, ``ibsr``, ``wmh``, ``msd``,
+`asa.data.get_task`) and ``case`` (`asa.api.tasks.case`: one target per case, classification or regression).
 Another one is a class with the four jobs, registered with :func:`register_finetune_task` in the process
 or declared in the ``asa.finetune_tasks`` entry-point group of an installed package; its training is
 the skeleton `FinetuneTask.finetune` with the hooks it overrides.
@@ -23,12 +23,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from asa.api.cohort import check_pretraining_overlap, write_overlap
-from asa.api.job import JobRun, TrainingJob
-from asa.api.prediction import PredictionJob, PredictSetup
-from asa.api.schema import EvaluateConfig, FrozenProbeConfig
-from asa.api.task_registry import FINETUNE_TASKS, TaskSettings, add_task, task_class
-from asa.api.training import report_fine_tuning
+from asa.api.machinery.cohort import check_pretraining_overlap, write_overlap
+from asa.api.machinery.job import JobRun, TrainingJob
+from asa.api.machinery.prediction import PredictionJob, PredictSetup
+from asa.api.configuration.schema import EvaluateConfig, FrozenProbeConfig
+from asa.api.tasks.task_registry import FINETUNE_TASKS, TaskSettings, add_task, task_class
+from asa.api.machinery.training import report_fine_tuning
 from asa.train import FitResult
 
 __all__ = ["FINETUNE_TASKS", "FinetuneRun", "FinetuneTask", "PredictSetup", "ProbeTargets", "TaskSettings",
@@ -57,12 +57,12 @@ FinetuneRun = JobRun  # what the hooks of one fine-tuning run share (``run.cfg``
 class FinetuneTask(TrainingJob, PredictionJob):
     """One kind of fine-tuning target: how a run trains it, how its checkpoints predict, how predictions
     are scored against the data, and what the frozen-encoder probes fit. Training and prediction each run one
-    skeleton (`asa.api.job.TrainingJob.train`, `asa.api.prediction.PredictionJob.predict`) with the hooks a
+    skeleton (`asa.api.machinery.job.TrainingJob.train`, `asa.api.machinery.prediction.PredictionJob.predict`) with the hooks a
     task overrides.
 
     Class attributes: ``name`` (the task's name, which checkpoints record), ``Settings`` (its
     `TaskSettings` subclass: the ``task`` section of a fine-tuning config), and those of
-    `asa.api.job.TrainingJob` (``by_subject``, ``network_from_split``). A task instance serves one job
+    `asa.api.machinery.job.TrainingJob` (``by_subject``, ``network_from_split``). A task instance serves one job
     (`finetune_task` makes a new one), so its hooks may keep on it what they read for later hooks."""
 
     app = APP
@@ -86,7 +86,7 @@ class FinetuneTask(TrainingJob, PredictionJob):
     def build_network(self, run: FinetuneRun,
                       splits: Mapping[str, list] | None) -> tuple[nn.Module, dict[str, Any]]:
         """(the network, the record of what it predicts), the run's geometry recorded in
-        ``run.resolved`` and ``run.crop`` set (`asa.api.training.record_geometry`). ``splits``: the
+        ``run.resolved`` and ``run.crop`` set (`asa.api.machinery.training.record_geometry`). ``splits``: the
         train / val / test cases with ``network_from_split``, else None."""
 
     @abstractmethod
@@ -124,7 +124,7 @@ class FinetuneTask(TrainingJob, PredictionJob):
         report_fine_tuning(result, run.out_dir, self.best_metric(run))
 
     # --- the other jobs ----------------------------------------------------------------------------
-    # Predict with a fine-tuning checkpoint of this task (`asa.api.prediction.PredictionJob.predict`: the output
+    # Predict with a fine-tuning checkpoint of this task (`asa.api.machinery.prediction.PredictionJob.predict`: the output
     # folder, its manifest, resume and overwrite are every task's); a task writes each case's predictions
     # (`predict_case`) after reading the network and the cases (`load_predictor`, `prediction_cases`).
     @abstractmethod

@@ -17,13 +17,13 @@ import torch
 from omegaconf import ListConfig
 
 from asa.api.dataset import cases_of_split, check_crop_fits, check_labels_present, dataset_root, default_crop, region_source
-from asa.api.networks import build_from_config
-from asa.api.prediction import PredictSetup
-from asa.api.run import OptionError
-from asa.api.schema import EvaluateConfig, FrozenProbeConfig, PredictConfig
-from asa.api.task_registry import TaskSettings
+from asa.api.machinery.networks import build_from_config
+from asa.api.machinery.prediction import PredictSetup
+from asa.api.machinery.run import OptionError
+from asa.api.configuration.schema import EvaluateConfig, FrozenProbeConfig, PredictConfig
+from asa.api.tasks.task_registry import TaskSettings
 from asa.api.tasks import FinetuneRun, FinetuneTask, ProbeTargets, register_finetune_task
-from asa.api.training import record_geometry
+from asa.api.machinery.training import record_geometry
 from asa.choices import one_of
 from asa.data import build_segmentation_dataset, discover, get_task, non_mri_channels
 from asa.data.labels import TASKS

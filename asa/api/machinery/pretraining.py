@@ -1,4 +1,4 @@
-"""Pretraining as a training job (`asa.api.job.TrainingJob`): the configured method's network, loss and
+"""Pretraining as a training job (`asa.api.machinery.job.TrainingJob`): the configured method's network, loss and
 validation on unlabeled scans, the frozen-encoder probes beside the validation, and the encoder exported
 when training ends — what `asa.api.pretrain` runs."""
 from __future__ import annotations
@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from asa.api.cohort import COHORT_FILE, pretraining_cohort, recorded_cohort
+from asa.api.machinery.cohort import COHORT_FILE, pretraining_cohort, recorded_cohort
 from asa.api.dataset import check_crop_fits, dataset_root, region_source
-from asa.api.job import JobRun, TrainingJob
-from asa.api.run import OptionError
+from asa.api.machinery.job import JobRun, TrainingJob
+from asa.api.machinery.run import OptionError
 from asa.api.rundir import shell_path
-from asa.api.schema import PretrainConfig
+from asa.api.configuration.schema import PretrainConfig
 from asa.data import SEGMENTATION_LAYOUTS, build_pretrain_dataset, detect_layout, discover, ensure_demo_dataset, get_task
 from asa.data.augmentation import apply_deferred_augmentation
 from asa.eval.probe import build_probe_set, make_probe
@@ -84,7 +84,7 @@ def _with_probe(validate, probe, every: int):
 
 
 class PretrainJob(TrainingJob):
-    """`asa-pretrain` as a training job (`asa.api.job.TrainingJob`): the configured method's network, loss
+    """`asa-pretrain` as a training job (`asa.api.machinery.job.TrainingJob`): the configured method's network, loss
     and validation on unlabeled scans, the frozen-encoder probes beside the validation, and the encoder
     exported when training ends."""
 

@@ -1,4 +1,4 @@
-"""A composed config checked against the schemas (`asa.api.schema`) and typed by them: `register` stores
+"""A composed config checked against the schemas (`asa.api.configuration.schema`) and typed by them: `register` stores
 the schemas and their groups in Hydra's ConfigStore, so Hydra checks every preset and every ``key=value``
 while composing: an unknown key (``trainer.epocs=3``), a wrong type (``trainer.epochs=ten``) or a preset of
 the other entry point fails before anything runs, with a message naming the key. `validate` repeats the
@@ -18,9 +18,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from asa.api.compat import RENAMED_VALUES, flatten_keys, old_keys, renamed_value
-from asa.api.schema import CONFIG_VERSION, DEFAULT_ARCH, PRETRAIN_MODELS, SCHEMAS, PretrainConfig
-from asa.api.task_registry import TaskSettings, registered_tasks, task_class
+from asa.api.configuration.compat import RENAMED_VALUES, flatten_keys, old_keys, renamed_value
+from asa.api.configuration.schema import CONFIG_VERSION, DEFAULT_ARCH, PRETRAIN_MODELS, SCHEMAS, PretrainConfig
+from asa.api.tasks.task_registry import TaskSettings, registered_tasks, task_class
 from asa.choices import check_choices
 from asa.methods import MethodSettings, get_method, registered_methods
 from asa.models import NETWORK_SETTINGS, PRESETS, EncoderOptions, NetworkSettings
@@ -252,7 +252,7 @@ def validate(cfg: DictConfig, entry: str) -> DictConfig:
     if entry in ("pretrain", "finetune") and typed.version != CONFIG_VERSION:
         raise ValueError(f"asa-{entry}: invalid option version={typed.version}: the layout version of a run config "
                          f"is this asa's ({CONFIG_VERSION}), which it records; a saved config of an earlier version is "
-                         "read through asa.api.compat's migrations")
+                         "read through asa.api.configuration.compat's migrations")
     return typed
 
 

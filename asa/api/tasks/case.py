@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 from asa.api.dataset import cases_of_split, dataset_root, default_crop
-from asa.api.networks import build_case_network, case_arch
-from asa.api.prediction import PredictSetup
-from asa.api.run import OptionError
-from asa.api.schema import EvaluateConfig, FrozenProbeConfig, PredictConfig
-from asa.api.task_registry import TaskSettings
+from asa.api.machinery.networks import build_case_network, case_arch
+from asa.api.machinery.prediction import PredictSetup
+from asa.api.machinery.run import OptionError
+from asa.api.configuration.schema import EvaluateConfig, FrozenProbeConfig, PredictConfig
+from asa.api.tasks.task_registry import TaskSettings
 from asa.api.tasks import FinetuneRun, FinetuneTask, ProbeTargets, register_finetune_task
-from asa.api.training import record_geometry
+from asa.api.machinery.training import record_geometry
 from asa.choices import one_of
 from asa.data import (CASE_CROPS, DEFAULT_CASE_CROPS, Targets, build_case_crops_dataset, build_target_dataset,
                       detect_layout, discover, read_targets, subject_groups)
@@ -67,7 +67,7 @@ class Settings(TaskSettings):
     target_kind: str = one_of("auto", ("auto", *TARGET_KINDS))  # auto | binary | multiclass | continuous
     targets: Optional[str] = None  # the table (participants.tsv, a CSV/TSV, dataset.json); null: data.root's
     classes: Optional[List[str]] = None  # class names in index order (binary: the positive class last); null: sorted
-    # validation: a case's outputs averaged over its test-time crops, as asa-predict's crops (asa.api.schema.PredictConfig)
+    # validation: a case's outputs averaged over its test-time crops, as asa-predict's crops (asa.api.configuration.schema.PredictConfig)
     crops: str = one_of(DEFAULT_CASE_CROPS, CASE_CROPS)
 
 

@@ -1,5 +1,5 @@
 """What earlier versions of asa wrote, read by this one. A saved run config (a run's ``config.yaml``, the config
-in its checkpoints) records the version of its layout (``version``: `asa.api.schema.CONFIG_VERSION`); one of an
+in its checkpoints) records the version of its layout (``version``: `asa.api.configuration.schema.CONFIG_VERSION`); one of an
 earlier version is read through the numbered migrations (`MIGRATIONS`: version k -> k + 1, applied in order),
 a record without a version (written before versions were recorded) as version 0, through all of them, each
 migrating only the shape it knows (`read_config`, `current_config`; docs/run-folders.md lists the layouts).
@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from asa.api.schema import CONFIG_VERSION, DEFAULT_ARCH
+from asa.api.configuration.schema import CONFIG_VERSION, DEFAULT_ARCH
 from asa.methods import get_method
 from asa.models import NETWORK_SETTINGS, RENAMED_NETWORKS
 from asa.models.registry import network_record

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from asa.api.rundir import command_line, override, shell_path
-from asa.api.schema import FinetuneConfig, PretrainConfig
+from asa.api.configuration.schema import FinetuneConfig, PretrainConfig
 from asa.models import SYMMETRY_KEYS, network_spec
 from asa.models.blocks.sizes import to_3tuple
 from asa.train import TrainConfig, build_optimizer
@@ -115,7 +115,7 @@ def report_fine_tuning(result: Any, out_dir: Path, best: str) -> None:
 
 def record_geometry(resolved: dict, model: torch.nn.Module) -> int:
     """Record in the run config ``resolved`` the geometry ``model`` was built with, read from its
-    network spec (the settings left null follow the pretrained file, `asa.api.networks.pretrained_geometry`):
+    network spec (the settings left null follow the pretrained file, `asa.api.machinery.networks.pretrained_geometry`):
     the crop ``data.crop``, ``model.pos_mode`` / ``model.lr_axis`` where the network has them and
     an SW-ViT's ``segmenter.reference_grid``. Returns the crop edge."""
     spec = network_spec(model)

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from asa.api.dataset import load_cases, split_cases, write_splits
-from asa.api.run import OptionError, TrainingRun
-from asa.api.schema import FinetuneConfig, PretrainConfig
-from asa.api.training import optimizer_and_config, trainer_config, training_ended
+from asa.api.machinery.run import OptionError, TrainingRun
+from asa.api.configuration.schema import FinetuneConfig, PretrainConfig
+from asa.api.machinery.training import optimizer_and_config, trainer_config, training_ended
 from asa.train import Engine, FitResult, TrainConfig
 from asa.train.engine import epoch_fault
 from asa.train.distributed import DistEnv
