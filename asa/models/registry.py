@@ -73,7 +73,7 @@ class NetworkRecord:
     """What a network declared when it registered (`register_network`): its ``builder`` (the class or
     function taking a spec's flat keyword arguments), its ``task``, the ``encoder`` submodule whose weights
     an encoder export holds (None: none), whether it ``follows_pretraining`` (takes ``img_size``,
-    ``pos_mode``, ``lr_axis`` and ``reference_grid`` from a pretraining file, `asa.api.networks`),
+    ``pos_mode``, ``lr_axis`` and ``reference_grid`` from a pretraining file, `asa.api.machinery.networks`),
     the segmentation network it is the case counterpart of (``case_of``) and its run-config ``settings``;
     for a masked-pretraining network, the ``model.arch`` of asa-pretrain it is built for (``masked_of``)
     with the dataclass of that ``model`` section (``pretrain_settings``)."""

@@ -2,7 +2,7 @@
 
 Every network registers itself by name in its own file (:mod:`asa.models.registry`); this module
 builds the segmentation networks among them (``swvit_unetr``, ``unetr``, ``swin_unetr``, ``sa_swin``, ...)
-from explicit arguments. The network of a run config is `asa.api.networks`'s.
+from explicit arguments. The network of a run config is `asa.api.machinery.networks`'s.
 """
 
 from __future__ import annotations
