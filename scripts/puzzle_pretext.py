@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from asa.api.dataset import dataset_root
+from asa.api.machinery.dataset import dataset_root
 from asa.data import build_pretrain_dataset, discover
 from asa.io import load_checkpoint
 from asa.models import build_network

@@ -40,8 +40,8 @@ import torch
 
 from asa.api import finetune
 from asa.api.config import compose_config
-from asa.api.dataset import dataset_root
-from asa.api.rundir import move_aside
+from asa.api.machinery.dataset import dataset_root
+from asa.api.machinery.rundir import move_aside
 from asa.data import discover, get_task
 from asa.eval import bootstrap_ci, seed_case_bootstrap
 from asa.eval.metrics import EMPTY_HD95

@@ -74,7 +74,7 @@ def test_pretrain_finetune_predict_evaluate_from_python(tmp_path):
 
 def test_training_run_releases_the_run_folder_also_when_the_job_fails(tmp_path):
     from asa.api.machinery.run import TrainingRun
-    from asa.api.rundir import LOCK_NAME
+    from asa.api.machinery.rundir import LOCK_NAME
 
     cfg = OmegaConf.create({"device": "cpu", "output_dir": str(tmp_path / "run"), "resume": False,
                             "overwrite": False, "resume_must_match": ["model"]})

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from asa.api.configuration.checks import as_config
 from asa.api.machinery.cohort import evaluated_overlap_line
 from asa.api.machinery.run import refusing
-from asa.api.rundir import check_writable
+from asa.api.machinery.rundir import check_writable
 from asa.api.configuration.schema import EvaluateConfig
 from asa.api.tasks import finetune_task
 

@@ -20,7 +20,7 @@ from typing import Any
 import asa
 from asa.api.machinery.cohort import recorded_cohort
 from asa.api.configuration.compat import current_config
-from asa.api.rundir import check_writable
+from asa.api.machinery.rundir import check_writable
 from asa.api.machinery.run import refusing
 from asa.data.cohort import cohort_digest
 from asa.data.preprocessing import PERCENTILES

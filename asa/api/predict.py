@@ -48,7 +48,7 @@ def predict(config: PredictConfig | DictConfig) -> list[Path]:
     ``config``: the typed config (PredictConfig, e.g. from ``load_config("predict")``) or a composed
     Hydra config; it is checked against the schema first. Every option is checked, the checkpoint
     loaded and the cases found before anything is written; a bad option raises `OptionError`, an
-    output folder that cannot be used `asa.api.rundir.RunDirError`. The fine-tuning task the checkpoint
+    output folder that cannot be used `asa.api.machinery.rundir.RunDirError`. The fine-tuning task the checkpoint
     records (`asa.api.tasks`) writes the predictions."""
     with refusing():
         cfg = as_config(config, "predict")

@@ -13,9 +13,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from asa.api.configuration.checks import as_config
 from asa.api.configuration.compat import old_key
-from asa.api.dataset import _check_workers, dataset_root, region_source
+from asa.api.machinery.dataset import _check_workers, dataset_root, region_source
 from asa.api.machinery.run import refusing
-from asa.api.rundir import RunLock, check_writable, command_line
+from asa.api.machinery.rundir import RunLock, check_writable, command_line
 from asa.api.configuration.schema import PretrainDataConfig, PreprocessConfig, SegmentationDataConfig
 from asa.data import CaseError, discover, get_task
 from asa.data.layouts import load_report

@@ -21,9 +21,9 @@ from omegaconf import DictConfig
 
 from asa.api.configuration.checks import as_config
 from asa.api.machinery.cohort import check_probe_overlap
-from asa.api.dataset import dataset_root
+from asa.api.machinery.dataset import dataset_root
 from asa.api.machinery.run import OptionError, refusing
-from asa.api.rundir import RunDirError, check_writable, command_line, move_aside
+from asa.api.machinery.rundir import RunDirError, check_writable, command_line, move_aside
 from asa.api.configuration.schema import FrozenProbeConfig
 from asa.api.tasks import finetune_task
 from asa.eval.frozen import RANDOM, FrozenEncoder, load_frozen, random_frozen

@@ -14,7 +14,7 @@ from asa.api.configuration.checks import check_task_choice
 from asa.api.config import config_path
 from asa.api.config import describe_compose_error as _compose_error  # the one line of a refused command line
 from asa.api.machinery.run import OptionError, describe_error
-from asa.api.rundir import RunDirError
+from asa.api.machinery.rundir import RunDirError
 from asa.cli.launch import write_status
 from asa.data import CaseError
 from asa.data.store import StoreIndexError, StoreSettingsError

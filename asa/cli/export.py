@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from asa.api.export import export_model
 from asa.api.machinery.run import OptionError, describe_error
-from asa.api.rundir import RunDirError
+from asa.api.machinery.rundir import RunDirError
 from asa.io.hub import NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS, NNUNET_WEIGHTS, SEGMENTER_FILE
 from asa.cli.common import EXIT_FAILED, EXIT_FINISHED, EXIT_REFUSED
 

@@ -34,7 +34,7 @@ class Tracker:
 @dataclass
 class ResumePoint:
     """The training checkpoint a run continues from, chosen and checked once before the run starts
-    (`asa.api.rundir.prepare_run_dir` on rank 0, with :func:`check_training_checkpoint`). ``state``:
+    (`asa.api.machinery.rundir.prepare_run_dir` on rank 0, with :func:`check_training_checkpoint`). ``state``:
     the content that check read; None on the other ranks, which read the file themselves."""
 
     path: Path

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from asa.api import FinetuneTask, compose_config, evaluate, finetune, load_config, predict, probe, register_finetune_task
 from asa.api.tasks.case import CaseTask, Settings as CaseSettings
-from asa.api.dataset import cases_of_split
+from asa.api.machinery.dataset import cases_of_split
 from asa.api.machinery.run import OptionError
 from asa.api.tasks import FINETUNE_TASKS, ProbeTargets, TaskSettings, finetune_task
 from asa.data import discover, write_demo_dataset

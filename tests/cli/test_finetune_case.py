@@ -10,7 +10,7 @@ import torch
 
 from asa.api import evaluate, finetune, predict
 from asa.api.config import compose_config
-from asa.api.rundir import RunDirError
+from asa.api.machinery.rundir import RunDirError
 from asa.api.machinery.run import OptionError
 from asa.data import discover, read_targets, write_demo_dataset
 from asa.io import load_checkpoint

@@ -16,7 +16,7 @@ import torch
 from asa.api import predict
 from asa.api.config import compose_config
 from asa.api.machinery.run import OptionError
-from asa.api.rundir import RunDirError
+from asa.api.machinery.rundir import RunDirError
 from asa.data import get_task, write_demo_dataset
 from asa.models import PRESETS, build_network, network_spec
 from asa.io import save_checkpoint

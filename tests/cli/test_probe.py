@@ -14,7 +14,7 @@ import torch
 
 from asa.api import compose_config, probe
 from asa.api.machinery.run import OptionError
-from asa.api.rundir import RunDirError
+from asa.api.machinery.rundir import RunDirError
 from asa.data import write_demo_dataset
 from asa.io import save_checkpoint, save_export_safetensors
 from asa.models import PRESETS, build_network, network_spec

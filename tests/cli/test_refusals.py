@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from asa.api import finetune, predict, pretrain
 from asa.api.config import compose_config
 from asa.api.machinery.run import OptionError
-from asa.api.rundir import RunDirError, override
+from asa.api.machinery.rundir import RunDirError, override
 from asa.data import write_demo_dataset
 from asa.io import WriteError, atomic_write_text, save_checkpoint
 

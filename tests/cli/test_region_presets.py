@@ -62,7 +62,7 @@ def test_label_regions_refused_with_region_attention_before_anything_is_written(
 
 
 def test_region_source_helper_says_what_auto_chose(capsys):
-    from asa.api.dataset import region_source
+    from asa.api.machinery.dataset import region_source
     from asa.train.distributed import DistEnv
 
     data = load_config("finetune", "data=ibsr").data

@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from asa.api import finetune
 from asa.api import pretrain
-from asa.api.rundir import LOCK_NAME, RunDirError, RunLock
+from asa.api.machinery.rundir import LOCK_NAME, RunDirError, RunLock
 from asa.data import write_demo_dataset
 from asa.io import load_checkpoint
 from asa.train import IncompatibleCheckpointError
@@ -159,7 +159,7 @@ def test_resume_is_decided_and_checked_once_by_the_run_directory(tmp_path, monke
     """prepare_run_dir picks the checkpoint (resume=true|auto|PATH), checks it and reads it once; the
     engine continues from that read instead of deciding and loading again."""
     import asa.train.resume
-    from asa.api.rundir import prepare_run_dir
+    from asa.api.machinery.rundir import prepare_run_dir
     from asa.io import save_checkpoint
     from asa.train import TrainConfig
     from asa.train.distributed import DistEnv

@@ -12,7 +12,7 @@ import pytest
 
 from asa.api import evaluate
 from asa.api.config import compose_config, load_config
-from asa.api.dataset import load_cases
+from asa.api.machinery.dataset import load_cases
 from asa.api.machinery.run import OptionError
 from asa.data import discover, write_demo_dataset
 from asa.train.distributed import DistEnv

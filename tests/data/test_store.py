@@ -260,7 +260,7 @@ def test_finetune_crops_from_the_store_equal_the_files(brats, tmp_path, dtype):
 def test_training_refuses_a_stale_or_foreign_store(tmp_path):
     from omegaconf import OmegaConf
 
-    from asa.api.dataset import _cases_in_store
+    from asa.api.machinery.dataset import _cases_in_store
 
     root = write_demo_dataset("bids", tmp_path / "bids", cases=2, size=SIZE, seed=6)
     cases = discover("bids", root)

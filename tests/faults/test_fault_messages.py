@@ -49,7 +49,7 @@ def test_a_text_file_as_a_probe_encoder_is_refused_naming_it(text_file, tmp_path
 
 
 def test_a_store_written_from_a_relative_root_is_read_from_the_absolute_one(tmp_path, monkeypatch):
-    from asa.api.dataset import _cases_in_store
+    from asa.api.machinery.dataset import _cases_in_store
     from asa.data import write_demo_dataset
     from asa.data.store_writer import build_store
     from asa.data import discover

@@ -59,7 +59,7 @@ def test_a_dataset_whose_every_label_map_is_empty_is_refused_before_writing(tmp_
     data = np.zeros(img.shape, np.uint8)
     data[16, 16, 16] = 1
     nib.save(nib.Nifti1Image(data, img.affine), str(labels[-1]))
-    from asa.api.dataset import check_labels_present
+    from asa.api.machinery.dataset import check_labels_present
     from asa.data import discover
 
     check_labels_present(discover("ibsr", root), where="data=ibsr")

@@ -76,7 +76,7 @@ def test_each_start_is_appended(tmp_path, monkeypatch):
 
 
 def test_a_new_run_folder_records_its_environment(tmp_path):
-    from asa.api.rundir import prepare_run_dir
+    from asa.api.machinery.rundir import prepare_run_dir
     from asa.train.distributed import DistEnv
 
     run = prepare_run_dir(tmp_path / "run", app="asa-pretrain", resume=False, overwrite=False,

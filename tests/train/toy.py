@@ -62,7 +62,7 @@ def step_fn(model: nn.Module, batch: dict):
 def make_engine(out_dir, *, config: TrainConfig, seed: int = 0, dropout: float = 0.1, resume: bool = False,
                 validate=None, run_config=None, env=None, lr: float = 0.05, step=step_fn) -> Engine:
     """A toy engine; ``resume``: continue from ``out_dir/checkpoints/last.pt``, checked against
-    ``run_config`` in its ``model`` keys (as `asa.api.rundir.prepare_run_dir` checks it for the jobs)."""
+    ``run_config`` in its ``model`` keys (as `asa.api.machinery.rundir.prepare_run_dir` checks it for the jobs)."""
     torch.manual_seed(seed)
     model = ToyNet(dropout)
     opt = build_optimizer(model, name="adamw", lr=lr, weight_decay=0.05)

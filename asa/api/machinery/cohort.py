@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from asa.api.dataset import dataset_root, on_main_then_share
+from asa.api.machinery.dataset import dataset_root, on_main_then_share
 from asa.api.machinery.run import OptionError
 from asa.data import discover
 from asa.data.case import Case

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from asa.api.dataset import load_cases, split_cases, write_splits
+from asa.api.machinery.dataset import load_cases, split_cases, write_splits
 from asa.api.machinery.run import OptionError, TrainingRun
 from asa.api.configuration.schema import FinetuneConfig, PretrainConfig
 from asa.api.machinery.training import optimizer_and_config, trainer_config, training_ended

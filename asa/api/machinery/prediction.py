@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from asa.api.dataset import cases_of_split
-from asa.api.rundir import RunDirError, check_writable, command_line, move_aside, override
+from asa.api.machinery.dataset import cases_of_split
+from asa.api.machinery.rundir import RunDirError, check_writable, command_line, move_aside, override
 from asa.api.machinery.run import refusing
 from asa.api.configuration.schema import PredictConfig
 from asa.io import atomic_write_json

@@ -11,10 +11,10 @@ import torch
 from omegaconf import OmegaConf
 
 from asa.api.machinery.cohort import COHORT_FILE, pretraining_cohort, recorded_cohort
-from asa.api.dataset import check_crop_fits, dataset_root, region_source
+from asa.api.machinery.dataset import check_crop_fits, dataset_root, region_source
 from asa.api.machinery.job import JobRun, TrainingJob
 from asa.api.machinery.run import OptionError
-from asa.api.rundir import shell_path
+from asa.api.machinery.rundir import shell_path
 from asa.api.configuration.schema import PretrainConfig
 from asa.data import SEGMENTATION_LAYOUTS, build_pretrain_dataset, detect_layout, discover, ensure_demo_dataset, get_task
 from asa.data.augmentation import apply_deferred_augmentation

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from asa.api.rundir import RunDir, RunDirError, prepare_run_dir
+from asa.api.machinery.rundir import RunDir, RunDirError, prepare_run_dir
 from asa.api.configuration.schema import FinetuneConfig, PretrainConfig
 from asa.data import CaseError
 from asa.data.datasets import CaseLoadError

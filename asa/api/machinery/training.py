@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from asa.api.rundir import command_line, override, shell_path
+from asa.api.machinery.rundir import command_line, override, shell_path
 from asa.api.configuration.schema import FinetuneConfig, PretrainConfig
 from asa.models import SYMMETRY_KEYS, network_spec
 from asa.models.blocks.sizes import to_3tuple

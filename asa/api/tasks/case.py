@@ -14,7 +14,7 @@ from typing import Any, List, Optional
 import numpy as np
 import torch
 
-from asa.api.dataset import cases_of_split, dataset_root, default_crop
+from asa.api.machinery.dataset import cases_of_split, dataset_root, default_crop
 from asa.api.machinery.networks import build_case_network, case_arch
 from asa.api.machinery.prediction import PredictSetup
 from asa.api.machinery.run import OptionError

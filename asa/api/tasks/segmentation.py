@@ -16,7 +16,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import ListConfig
 
-from asa.api.dataset import cases_of_split, check_crop_fits, check_labels_present, dataset_root, default_crop, region_source
+from asa.api.machinery.dataset import cases_of_split, check_crop_fits, check_labels_present, dataset_root, default_crop, region_source
 from asa.api.machinery.networks import build_from_config
 from asa.api.machinery.prediction import PredictSetup
 from asa.api.machinery.run import OptionError
