@@ -305,7 +305,7 @@ def transfer_argv(args: argparse.Namespace, scale: Scale, runs: Sequence[Pretrai
         device=args.device, n_boot=args.n_boot, out=out / "transfer", jobs=scale.jobs, reference=REFERENCE,
         lesion_classes=list(LESION_NAMES.values()), threads=args.threads, time_budget=time_left,
         drop_checkpoints=args.drop_checkpoints, arms=finetune_arms(runs, scale), overrides=args.override,
-        budget_arms=budget, budget_fractions=args.budget_fractions)
+        budget_arms=budget, budget_fractions=args.budget_fractions, scratch=not args.no_swvit)
 
 
 # ----------------------------------------------------------------------------------------------- cohort
@@ -571,8 +571,9 @@ def dry_run(args: argparse.Namespace, name: str, scale: Scale, out: Path, runs: 
         print(f"  asa-pretrain {shlex.join(run.overrides)}")
     targv = transfer_argv(args, scale, runs, out, scale.time_budget)
     arms = finetune_arms(runs, scale)
-    print(f"[resenc-study] transfer: {len(arms) + 1} arms (scratch SW-ViT, {', '.join(arms)}) × cases "
-          f"{list(scale.cases)} × seeds {list(scale.seeds)} = {(len(arms) + 1) * len(scale.cases) * len(scale.seeds)} "
+    names = [*([] if args.no_swvit else ["scratch SW-ViT"]), *arms]
+    print(f"[resenc-study] transfer: {len(names)} arms ({', '.join(names)}) × cases "
+          f"{list(scale.cases)} × seeds {list(scale.seeds)} = {len(names) * len(scale.cases) * len(scale.seeds)} "
           f"runs of {scale.steps} steps, reference {REFERENCE}", flush=True)
     print(f"  {command('studies.transfer', targv)}", flush=True)
     if not args.no_compose:  # every fine-tuning arm's configuration composes
@@ -597,6 +598,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        "cohort; default: scratch, mae and asa; none: no budget axis)")
     p.add_argument("--budget-fractions", type=float, nargs="+", default=[0.125, 0.25, 0.5])
     p.add_argument("--no-swvit-pretraining", action="store_true", help="leave out the pretrained SW-ViT rows")
+    p.add_argument("--no-swvit", action="store_true",
+                   help="leave out both SW-ViT rows (scratch and pretrained): ResEnc arms only")
     p.add_argument("--seed", type=int, default=0, help="cohort, split and pretraining seed")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="torch threads per run (pretraining and fine-tuning)")
@@ -611,11 +614,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0.0 <= args.mirror_visible <= 1.0:
         raise SystemExit(f"--mirror-visible {args.mirror_visible}: a fraction in [0, 1]")
     runs = plan_pretraining(out, scale, args.arms, seed=args.seed, mirror_visible=args.mirror_visible,
-                            swvit_arm=not args.no_swvit_pretraining, ablation_cohorts=args.ablation_cohorts)
+                            swvit_arm=not (args.no_swvit_pretraining or args.no_swvit), ablation_cohorts=args.ablation_cohorts)
     if args.dry_run:
         return dry_run(args, name, scale, out, runs)
     settings = {"scale": dataclasses.asdict(scale) | {"time_budget": None}, "arms": args.arms, "seed": args.seed,
-                "mirror_visible": args.mirror_visible, "swvit_pretraining": not args.no_swvit_pretraining,
+                "mirror_visible": args.mirror_visible, "swvit_pretraining": not (args.no_swvit_pretraining or args.no_swvit), "swvit": not args.no_swvit,
                 "ablation_cohorts": args.ablation_cohorts, "budget_arms": args.budget_arms,
                 "budget_fractions": args.budget_fractions,
                 "override": args.override}

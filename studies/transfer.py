@@ -230,7 +230,7 @@ def svg_plot(rows: Sequence[Mapping[str, Any]], *, width: int = 480, height: int
 def parse_arms(args: argparse.Namespace) -> dict[str, list[str]]:
     """Arm name -> asa-finetune overrides; with ``--recipes`` every arm once per recipe, named
     ``<arm>@<recipe>`` with ``optim=<recipe>`` added."""
-    arms: dict[str, list[str]] = {SCRATCH: ["model.pretrained=null"]}
+    arms: dict[str, list[str]] = {} if getattr(args, "no_scratch", False) else {SCRATCH: ["model.pretrained=null"]}
     if args.pretrained:
         arms[PRETRAINED] = [f"model.pretrained={Path(args.pretrained).expanduser().absolute()}"]
     for preset in args.preset:
@@ -264,7 +264,7 @@ def command_line(*, data: str, root: Path, model: str, crop: int, cases: Sequenc
                  recipes: Sequence[str] = (), reference: str | None = None, lesion_classes: Sequence[str] = (),
                  threads: int | None = None, time_budget: float | None = None, drop_checkpoints: bool = False,
                  arms: Mapping[str, str] | None = None, overrides: Sequence[str] = (), budget_arms: Sequence[str] = (),
-                 budget_fractions: Sequence[float] = ()) -> list[str]:
+                 budget_fractions: Sequence[float] = (), scratch: bool = True) -> list[str]:
     """The arguments of :func:`main` for a study that hands its fine-tuning to this one, ``--reuse`` always
     (finished runs are read back). ``arms``: name -> asa-finetune overrides ``key=value,...`` (``--arm``)."""
     argv = ["--data", data, "--root", str(root), "--model", model, "--crop", str(crop), "--cases", *map(str, cases),
@@ -277,6 +277,7 @@ def command_line(*, data: str, root: Path, model: str, crop: int, cases: Sequenc
     argv += ["--threads", str(threads)] if threads else []
     argv += ["--time-budget", f"{max(0.0, time_budget):.0f}"] if time_budget is not None else []
     argv += ["--drop-checkpoints"] if drop_checkpoints else []
+    argv += [] if scratch else ["--no-scratch"]
     for name, spec in (arms or {}).items():
         argv += ["--arm", f"{name}={spec}"]
     for override in overrides:
@@ -634,6 +635,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="fractions of the budget for --budget-arms (default 0.125 0.25 0.5)")
     p.add_argument("--preset", nargs="*", default=[], choices=PRESETS, help="Table 4 fine-tuning rows as extra arms")
     p.add_argument("--arm", action="append", default=[], help="extra arm NAME=key=value,key=value (asa-finetune overrides)")
+    p.add_argument("--no-scratch", action="store_true",
+                   help="leave out the built-in 'scratch' arm (--model from scratch); --reference then names another arm")
     p.add_argument("--reference", default=SCRATCH, help="arm the paired differences are taken against")
     p.add_argument("--override", action="append", default=[], help="asa-finetune override for every arm")
     p.add_argument("--device", default="auto")
@@ -658,6 +661,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--jobs {args.jobs}: expected >= 1")
     if args.val_cases < 0:
         raise SystemExit(f"--val-cases {args.val_cases}: expected >= 0")
+    if args.no_scratch and args.reference == SCRATCH:
+        raise SystemExit("--no-scratch leaves out the 'scratch' arm: name another arm with --reference")
     out = Path(args.out).expanduser().absolute()
     if args.dry_run:
         runs, test_ids, arms, _ = plan_runs(args)

@@ -87,10 +87,14 @@ def test_finetuning_arms_follow_their_encoders(tmp_path):
         spec = arms[f"resenc-{run.name}" if run.network == "resenc" else run.name]
         assert f"model.pretrained={run.encoder}" in spec.split(",")
         assert ("model.coord_channel=true" in spec) == (run.network == "resenc" and run.coord)  # the channel it learned with
-    argv = study.transfer_argv(SimpleNamespace(seed=0, device="cpu", n_boot=10, threads=None, drop_checkpoints=False,
-                                               override=[], budget_arms=[study.REFERENCE, "resenc-asa-c{c}"],
-                                               budget_fractions=[0.25, 0.5]),
-                               dataclasses.replace(scale, steps=40), runs, tmp_path, None)
+    options = SimpleNamespace(seed=0, device="cpu", n_boot=10, threads=None, drop_checkpoints=False, override=[],
+                              budget_arms=[study.REFERENCE, "resenc-asa-c{c}"], budget_fractions=[0.25, 0.5],
+                              no_swvit=False)
+    argv = study.transfer_argv(options, dataclasses.replace(scale, steps=40), runs, tmp_path, None)
+    assert "--no-scratch" not in argv  # the SW-ViT from scratch is transfer's built-in 'scratch' arm
+    without = study.transfer_argv(SimpleNamespace(**{**vars(options), "no_swvit": True}),
+                                  dataclasses.replace(scale, steps=40), runs, tmp_path, None)
+    assert without == [*argv[:argv.index("--arm")], "--no-scratch", *argv[argv.index("--arm"):]]
     assert argv[argv.index("--reference") + 1] == study.REFERENCE
     assert argv[argv.index("--val-cases") + 1] == str(scale.val)
     assert argv.count("--arm") == len(arms)

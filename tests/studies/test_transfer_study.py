@@ -159,3 +159,14 @@ def test_a_budget_fraction_too_short_for_the_budget_check_is_refused():
     with pytest.raises(SystemExit, match=r"--budget-fractions 0.125: 0.125 × --steps 24 leaves 3 step\(s\)"):
         study.parse_arms(args)
     assert "scratch_x0.125" in study.parse_arms(SimpleNamespace(**{**vars(args), "steps": 32}))
+
+
+def test_no_scratch_leaves_out_the_built_in_arm_and_needs_another_reference(tmp_path):
+    from types import SimpleNamespace
+    args = SimpleNamespace(pretrained=None, preset=[], arm=["resenc=model=resenc"], recipes=None, budget_arms=[],
+                           budget_fractions=[], no_scratch=True)
+    assert list(study.parse_arms(args)) == ["resenc"]
+    assert list(study.parse_arms(SimpleNamespace(**{**vars(args), "no_scratch": False}))) == ["scratch", "resenc"]
+    with pytest.raises(SystemExit, match="--no-scratch leaves out the 'scratch' arm"):
+        study.main(["--no-scratch", "--arm", "resenc=model=resenc", "--out", str(tmp_path / "t"), "--dry-run"])
+    assert not (tmp_path / "t").exists()
