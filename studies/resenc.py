@@ -271,22 +271,29 @@ def pilot_scores(out: Path, scale: Scale) -> Path:
     return pilot_dir(out) / "runs" / f"{transfer.SCRATCH}-n{max(scale.cases)}-s0" / "scores.json"
 
 
-def pilot_budget(out: Path, scale: Scale) -> dict[str, Any]:
+def pilot_budget(out: Path, scale: Scale, cap: int | None = None) -> dict[str, Any]:
     """The pilot's validation curve and the converged budget found on it (`transfer.converged_budget`);
     ``steps``: the study's fine-tuning steps, the budget rounded up to ten steps, or the pilot's length when
-    the curve was still rising at its end."""
+    the curve was still rising at its end; at most ``cap`` (``--budget-cap``: what a machine's time allows),
+    and then ``capped`` says the study fine-tunes less than the pilot asks for."""
     curve = json.loads(pilot_scores(out, scale).read_text())["budget"].get("val_curve") or []
     found = transfer.converged_budget(curve)
-    steps = int(10 * math.ceil(found["budget"] / 10)) if found["converged"] else int(scale.pilot_steps)
-    return {**found, "steps": max(steps, 10), "pilot_steps": scale.pilot_steps, "curve": curve}
+    steps = max(int(10 * math.ceil(found["budget"] / 10)) if found["converged"] else int(scale.pilot_steps), 10)
+    capped = cap is not None and cap < steps
+    return {**found, "steps": cap if capped else steps, "capped": capped, "asked": steps,
+            "pilot_steps": scale.pilot_steps, "curve": curve}
 
 
 def pilot_markdown(pilot: Mapping[str, Any]) -> str:
+    asked = pilot.get("asked", pilot["steps"])
     verdict = (f"its validation Dice stopped rising at step {pilot['budget']} (trailing mean over {pilot['window']} "
                f"rounds within {pilot['tol']} of its best, {pilot['best']:.3f}, and flat for at least the last quarter "
-               f"of the pilot): the study fine-tunes {pilot['steps']} steps" if pilot["converged"] else
+               f"of the pilot), a budget of {asked} steps" if pilot["converged"] else
                f"its validation Dice was still rising in the last quarter of the pilot (best {pilot['best']:.3f}): no "
-               f"converged budget was found, and the study fine-tunes the pilot's {pilot['steps']} steps")
+               f"converged budget was found, so the budget is the pilot's {asked} steps")
+    verdict += (f"; `--budget-cap` holds the study to {pilot['steps']} steps, so every run stops before the scratch "
+                "twin's curve has levelled off and the arms compare at that budget, not at their end points"
+                if pilot.get("capped") else f"; the study fine-tunes {pilot['steps']} steps")
     return (f"Scratch ResEnc, warm-up then a constant lr for {pilot['pilot_steps']} steps: {verdict}.\n\n"
             + markdown_table(["step", *(str(s) for s, _ in pilot["curve"])],
                              [["val Dice", *(f"{d:.3f}" for _, d in pilot["curve"])]], left=1))
@@ -305,7 +312,8 @@ def transfer_argv(args: argparse.Namespace, scale: Scale, runs: Sequence[Pretrai
         device=args.device, n_boot=args.n_boot, out=out / "transfer", jobs=scale.jobs, reference=REFERENCE,
         lesion_classes=list(LESION_NAMES.values()), threads=args.threads, time_budget=time_left,
         drop_checkpoints=args.drop_checkpoints, arms=finetune_arms(runs, scale), overrides=args.override,
-        budget_arms=budget, budget_fractions=args.budget_fractions, scratch=not args.no_swvit)
+        budget_arms=budget, budget_fractions=args.budget_fractions, budget_cases=args.budget_cases,
+        scratch=not args.no_swvit)
 
 
 # ----------------------------------------------------------------------------------------------- cohort
@@ -597,6 +605,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    metavar="ARM", help="arms also fine-tuned at each --budget-fractions of the steps ({c}: the largest "
                                        "cohort; default: scratch, mae and asa; none: no budget axis)")
     p.add_argument("--budget-fractions", type=float, nargs="+", default=[0.125, 0.25, 0.5])
+    p.add_argument("--budget-cases", type=int, nargs="+", metavar="N",
+                   help="the budget axis at these numbers of labeled cases only (default: every --cases)")
+    p.add_argument("--budget-cap", type=int, metavar="STEPS",
+                   help="fine-tune at most STEPS steps whatever the pilot asks for (a machine's time limit; the "
+                        "report says so)")
     p.add_argument("--no-swvit-pretraining", action="store_true", help="leave out the pretrained SW-ViT rows")
     p.add_argument("--no-swvit", action="store_true",
                    help="leave out both SW-ViT rows (scratch and pretrained): ResEnc arms only")
@@ -613,6 +626,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out).expanduser().absolute()
     if not 0.0 <= args.mirror_visible <= 1.0:
         raise SystemExit(f"--mirror-visible {args.mirror_visible}: a fraction in [0, 1]")
+    if args.budget_cap is not None and (args.budget_cap < 10 or scale.steps is not None):
+        raise SystemExit(f"--budget-cap {args.budget_cap}: " + ("--steps sets the budget itself; the cap holds the "
+                                                                 "pilot's budget" if scale.steps is not None else
+                                                                 "expected at least 10 steps"))
     runs = plan_pretraining(out, scale, args.arms, seed=args.seed, mirror_visible=args.mirror_visible,
                             swvit_arm=not (args.no_swvit_pretraining or args.no_swvit), ablation_cohorts=args.ablation_cohorts)
     if args.dry_run:
@@ -620,7 +637,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = {"scale": dataclasses.asdict(scale) | {"time_budget": None}, "arms": args.arms, "seed": args.seed,
                 "mirror_visible": args.mirror_visible, "swvit_pretraining": not (args.no_swvit_pretraining or args.no_swvit), "swvit": not args.no_swvit,
                 "ablation_cohorts": args.ablation_cohorts, "budget_arms": args.budget_arms,
-                "budget_fractions": args.budget_fractions,
+                "budget_fractions": args.budget_fractions, "budget_cap": args.budget_cap,
+                "budget_cases": args.budget_cases,
                 "override": args.override}
     record_settings(out, settings)
     clock = Clock(scale.time_budget)
@@ -663,7 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return unfinished("the pilot, the positive control and the pretraining runs")
     pilot = None
     if scale.steps is None:
-        pilot = pilot_budget(out, scale)
+        pilot = pilot_budget(out, scale, args.budget_cap)
         atomic_write_json(out / "pilot.json", pilot)
         scale = dataclasses.replace(scale, steps=pilot["steps"])
         print(f"[resenc-study] pilot: {pilot_markdown(pilot).splitlines()[0]}", flush=True)

@@ -264,7 +264,8 @@ def command_line(*, data: str, root: Path, model: str, crop: int, cases: Sequenc
                  recipes: Sequence[str] = (), reference: str | None = None, lesion_classes: Sequence[str] = (),
                  threads: int | None = None, time_budget: float | None = None, drop_checkpoints: bool = False,
                  arms: Mapping[str, str] | None = None, overrides: Sequence[str] = (), budget_arms: Sequence[str] = (),
-                 budget_fractions: Sequence[float] = (), scratch: bool = True) -> list[str]:
+                 budget_fractions: Sequence[float] = (), budget_cases: Sequence[int] | None = None,
+                 scratch: bool = True) -> list[str]:
     """The arguments of :func:`main` for a study that hands its fine-tuning to this one, ``--reuse`` always
     (finished runs are read back). ``arms``: name -> asa-finetune overrides ``key=value,...`` (``--arm``)."""
     argv = ["--data", data, "--root", str(root), "--model", model, "--crop", str(crop), "--cases", *map(str, cases),
@@ -284,6 +285,7 @@ def command_line(*, data: str, root: Path, model: str, crop: int, cases: Sequenc
         argv += ["--override", override]
     if budget_arms:
         argv += ["--budget-arms", *budget_arms, "--budget-fractions", *map(str, budget_fractions)]
+        argv += ["--budget-cases", *map(str, budget_cases)] if budget_cases else []
     return argv
 
 
@@ -436,6 +438,9 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[Run], list[str], dict[str,
         raise SystemExit(f"--cases {max(args.cases)}: only {len(pool)} cases are left after the {args.test} test "
                          f"cases and {n_val} validation case(s) (--val-cases)")
     arms = parse_arms(args)
+    budget_cases = getattr(args, "budget_cases", None)
+    if budget_cases and (odd := sorted(set(budget_cases) - set(args.cases))):
+        raise SystemExit(f"--budget-cases {' '.join(map(str, odd))}: not among --cases {' '.join(map(str, args.cases))}")
     batch = int(probe_cfg.trainer.batch_size)
     runs = []
     for n in args.cases:
@@ -444,6 +449,8 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[Run], list[str], dict[str,
             epochs = max(1, round(args.steps / max(n // batch, 1)))
             # with validation cases: about 20 rounds per run, so that its last 20 % holds 4 of them
             for arm, overrides in arms.items():
+                if budget_fraction(arm) < 1.0 and budget_cases is not None and n not in budget_cases:
+                    continue
                 run_dir = out / "runs" / f"{arm}-n{n}-s{seed}"
                 own = max(1, round(epochs * budget_fraction(arm)))  # the budget axis: a fraction of the epochs
                 own_checks = [f"trainer.val_every={max(1, own // 20)}"] if val else []
@@ -633,6 +640,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "with the reference at the same fraction (include the reference)")
     p.add_argument("--budget-fractions", type=float, nargs="+", default=[0.125, 0.25, 0.5], metavar="F",
                    help="fractions of the budget for --budget-arms (default 0.125 0.25 0.5)")
+    p.add_argument("--budget-cases", type=int, nargs="+", metavar="N",
+                   help="train the budget arms at these numbers of labeled cases only (default: every --cases)")
     p.add_argument("--preset", nargs="*", default=[], choices=PRESETS, help="Table 4 fine-tuning rows as extra arms")
     p.add_argument("--arm", action="append", default=[], help="extra arm NAME=key=value,key=value (asa-finetune overrides)")
     p.add_argument("--no-scratch", action="store_true",

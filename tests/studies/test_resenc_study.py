@@ -89,12 +89,15 @@ def test_finetuning_arms_follow_their_encoders(tmp_path):
         assert ("model.coord_channel=true" in spec) == (run.network == "resenc" and run.coord)  # the channel it learned with
     options = SimpleNamespace(seed=0, device="cpu", n_boot=10, threads=None, drop_checkpoints=False, override=[],
                               budget_arms=[study.REFERENCE, "resenc-asa-c{c}"], budget_fractions=[0.25, 0.5],
-                              no_swvit=False)
+                              budget_cases=None, no_swvit=False)
     argv = study.transfer_argv(options, dataclasses.replace(scale, steps=40), runs, tmp_path, None)
     assert "--no-scratch" not in argv  # the SW-ViT from scratch is transfer's built-in 'scratch' arm
     without = study.transfer_argv(SimpleNamespace(**{**vars(options), "no_swvit": True}),
                                   dataclasses.replace(scale, steps=40), runs, tmp_path, None)
     assert without == [*argv[:argv.index("--arm")], "--no-scratch", *argv[argv.index("--arm"):]]
+    at_two = study.transfer_argv(SimpleNamespace(**{**vars(options), "budget_cases": [2]}),
+                                 dataclasses.replace(scale, steps=40), runs, tmp_path, None)
+    assert at_two == [*argv, "--budget-cases", "2"]
     assert argv[argv.index("--reference") + 1] == study.REFERENCE
     assert argv[argv.index("--val-cases") + 1] == str(scale.val)
     assert argv.count("--arm") == len(arms)
@@ -227,6 +230,28 @@ def test_the_converged_budget_is_where_validation_dice_stops_rising():
     assert found["budget"] == 120 and not found["converged"]
     with pytest.raises(ValueError, match="at least 6 validation rounds"):
         transfer.converged_budget(CURVE[:5])
+
+
+def test_the_pilot_sets_the_budget_and_a_cap_holds_it_and_says_so(tmp_path):
+    scale = dataclasses.replace(study.SCALES["quick"], pilot_steps=120)
+    scores = study.pilot_scores(tmp_path, scale)
+    scores.parent.mkdir(parents=True)
+    rising = [[10 * (k + 1), 0.05 * (k + 1)] for k in range(12)]
+    for curve, asked in ((CURVE, 80), (rising, 120)):  # converged at 80; still rising: the pilot's length
+        scores.write_text(json.dumps({"budget": {"val_curve": curve}}))
+        pilot = study.pilot_budget(tmp_path, scale)
+        assert (pilot["steps"], pilot["asked"], pilot["capped"]) == (asked, asked, False)
+        assert f"the study fine-tunes {asked} steps" in study.pilot_markdown(pilot)
+        capped = study.pilot_budget(tmp_path, scale, cap=60)
+        assert (capped["steps"], capped["asked"], capped["capped"]) == (60, asked, True)
+        text = study.pilot_markdown(capped).split("\n")[0]
+        assert f"budget is the pilot's {asked} steps" in text or f"a budget of {asked} steps" in text
+        assert "`--budget-cap` holds the study to 60 steps" in text and "not at their end points" in text
+        assert not study.pilot_budget(tmp_path, scale, cap=500)["capped"]  # a cap above the budget changes nothing
+    with pytest.raises(SystemExit, match="--budget-cap 40: --steps sets the budget itself"):
+        study.main(["--quick", "--steps", "20", "--budget-cap", "40", "--out", str(tmp_path / "s"), "--dry-run"])
+    with pytest.raises(SystemExit, match="--budget-cap 5: expected at least 10 steps"):
+        study.main(["--quick", "--budget-cap", "5", "--out", str(tmp_path / "s"), "--dry-run"])
 
 
 def test_ablations_on_chosen_cohorts_only(tmp_path):
