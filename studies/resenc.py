@@ -532,7 +532,8 @@ def report_markdown(info: Mapping[str, Any], pretraining_md: str, transfer_md: s
     return "\n".join([
         f"# Which of ASA's ideas help a ResEnc U-Net? ({info['scale_name']} scale)", "",
         machine_line(m, info["finished"]), "",
-        f"Template anatomy, {sc['volume']}³ volumes, {sc['crop']}³ crops; ResEnc {sc['size']}, SW-ViT {sc['swvit']}. "
+        f"Template anatomy, {sc['volume']}³ volumes, {sc['crop']}³ crops; ResEnc {sc['size']}"
+        + (f", SW-ViT {sc['swvit']}. " if info.get("swvit", True) else " (no SW-ViT rows). ") +
         f"Unlabeled cohorts {', '.join(map(str, sc['cohorts']))} subjects ({sc['pretrain_steps']} pretraining steps each), "
         f"noise control on {max(sc['cohorts'])} noise volumes; mirror_visible {info['mirror_visible']}. "
         f"Fine-tuning: {sc['steps']} steps, labeled cases {', '.join(map(str, sc['cases']))}, seeds "
@@ -711,6 +712,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = [command("studies.resenc", argv), *(f"asa-pretrain {shlex.join(r.overrides)}" for r in runs),
                 command("studies.transfer", targv)]
     info = {"scale_name": name, "scale": dataclasses.asdict(scale), "mirror_visible": args.mirror_visible,
+            "swvit": not args.no_swvit,
             "machine": machine(), "stages": times["stages"], "commands": commands,
             "pretraining": rows, "pilot": pilot, "finished": datetime.datetime.now().isoformat(timespec="seconds")}
     report = out / "report"
