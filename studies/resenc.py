@@ -23,8 +23,9 @@ Stages (rerun the same command to continue; every finished unit is kept):
    tables beside the effect sizes the literature reports, and ``report.json``.
 
 Scales: ``--scale cpu`` (default: 48³ volumes, 32³ crops, ResEnc ``S``: nnU-Net's widths, the CPU size that
-learns the task, SW-ViT ``tiny``; days on a
-2-core CPU for the whole grid: narrow it with --cohorts/--seeds/--cases/--arms), ``--scale gpu``
+learns the task, SW-ViT ``tiny``; roughly a day of a
+2-core CPU for the whole grid: narrow it with --cohorts/--seeds/--cases/--arms/--budget-cases and, where the
+pilot asks for more steps than the machine has time for, --budget-cap; docs/studies.md times a 2-hour grid), ``--scale gpu``
 (128³ volumes, 96³ crops, ResEnc M, SW-ViT small; every call stops within --time-budget, 510 s by
 default, and the next call continues), ``--quick`` (a smoke test: minutes). ``--dry-run`` prints the
 plan and composes every run's configuration without writing or training anything.
