@@ -77,15 +77,38 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------- settings
-def record_settings(out: Path, settings: Mapping[str, Any]) -> None:
+def record_settings(out: Path, settings: Mapping[str, Any], *, grows: Sequence[str] = (),
+                    recorded_as: Callable[[dict[str, Any]], dict[str, Any]] = lambda old: old) -> None:
     """Keep ``settings`` in ``<out>/study.json``; a folder that holds a study with other settings is refused,
-    naming the ones that differ (a rerun with the same options continues the study)."""
+    naming the ones that differ (a rerun with the same options continues the study). ``grows``: the keys
+    (``a.b`` for a nested one) of lists a rerun may extend: every recorded entry kept, new ones added, so the
+    study continues with more units and the finished ones stay as they are; a list that loses an entry is refused.
+    ``recorded_as``: the recorded settings in the form the caller now writes (an older record read as today's)."""
     recorded = out / "study.json"
     settings = json.loads(json.dumps(settings))
-    if recorded.is_file() and (old := json.loads(recorded.read_text())) != settings:
-        diff = sorted(k for k in settings if old.get(k) != settings.get(k))
-        raise SystemExit(f"--out {out} holds a study with other settings ({', '.join(diff)} differ; see {recorded}): "
-                         "rerun with the same options to continue it, or choose another --out")
+    if not recorded.is_file():
+        atomic_write_json(recorded, settings)
+        return
+    old = recorded_as(json.loads(recorded.read_text()))
+
+    def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        items: dict[str, Any] = {}
+        for k, v in d.items():
+            items.update(flat(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+        return items
+
+    before, now = flat(old), flat(settings)
+    differ = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    fixed = [k for k in differ if k not in grows]
+    lost = [k for k in differ if k in grows and not (isinstance(before.get(k), list) and isinstance(now.get(k), list)
+                                                      and all(v in now[k] for v in before[k]))]
+    if fixed or lost:
+        raise SystemExit(f"--out {out} holds a study with other settings ({', '.join(fixed + lost)} differ"
+                         + (f"; {', '.join(lost)} may gain entries but not lose them" if lost else "")
+                         + f"; see {recorded}): rerun with the same options to continue it, or choose another --out")
+    if differ:
+        print(f"[study] {out}: extending the study ({'; '.join(f'{k}: {before[k]} -> {now[k]}' for k in differ)}); "
+              "finished units are kept", flush=True)
     atomic_write_json(recorded, settings)
 
 

@@ -2,7 +2,8 @@
 pretraining of nnU-Net's ResEnc (mae, asa and its variants, per unlabeled-cohort size, plus a
 pure-noise negative control and a supervised positive control) -> fine-tuning beside scratch ResEnc and the SW-ViT rows -> one report.
 
-Stages (rerun the same command to continue; every finished unit is kept):
+Stages (rerun the same command to continue; every finished unit is kept; a rerun may also add arms, seeds, budget
+points, and cohorts and N below the largest (`GROWS`): the new units run, the finished ones are read as they are):
 
 1. cohort: labeled lesion cases (template anatomy, ``msd``: heterotopia and one-sided deep-grey
    enlargement), unlabeled healthy T1 subjects written in chunks (``asa.data.write_anatomy_dataset``,
@@ -565,6 +566,17 @@ def parse_scale(args: argparse.Namespace) -> tuple[str, Scale]:
     return name, scale
 
 
+# what a rerun into the same --out may add to (more arms, cohorts, cases, seeds, budget points: more units, the
+# finished ones kept); everything else, and the largest cohort and N (`extremes`), stays as recorded
+GROWS = ("arms", "scale.cohorts", "scale.cases", "scale.seeds", "ablation_cohorts", "budget_arms", "budget_fractions")
+
+
+def extremes(cohorts: Sequence[int], cases: Sequence[int]) -> dict[str, int]:
+    """What finished units depend on beyond their own options: the largest cohort (the noise control's size, the
+    cohort the contrasts and the budget axis read) and the largest N (the pilot's, which sets the budget)."""
+    return {"largest_cohort": max(cohorts), "pilot_cases": max(cases)}
+
+
 def dry_run(args: argparse.Namespace, name: str, scale: Scale, out: Path, runs: Sequence[Pretraining]) -> int:
     """Print the plan and compose every configuration (pretraining and fine-tuning): nothing is written. The
     fine-tuning runs are shown at the pilot's length when the pilot sets their budget."""
@@ -638,11 +650,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return dry_run(args, name, scale, out, runs)
     settings = {"scale": dataclasses.asdict(scale) | {"time_budget": None}, "arms": args.arms, "seed": args.seed,
                 "mirror_visible": args.mirror_visible, "swvit_pretraining": not (args.no_swvit_pretraining or args.no_swvit), "swvit": not args.no_swvit,
-                "ablation_cohorts": args.ablation_cohorts, "budget_arms": args.budget_arms,
+                "ablation_cohorts": sorted(args.ablation_cohorts or scale.cohorts), "budget_arms": args.budget_arms,
                 "budget_fractions": args.budget_fractions, "budget_cap": args.budget_cap,
-                "budget_cases": args.budget_cases,
-                "override": args.override}
-    record_settings(out, settings)
+                "budget_cases": args.budget_cases, "override": args.override,
+                **extremes(scale.cohorts, scale.cases)}
+    record_settings(out, settings, grows=GROWS, recorded_as=lambda old: old | {
+        "ablation_cohorts": sorted(old["ablation_cohorts"] or old["scale"]["cohorts"]),
+        **extremes(old["scale"]["cohorts"], old["scale"]["cases"])})
     clock = Clock(scale.time_budget)
     times_file = out / "times.json"  # wall time per stage and per pretraining run, summed over calls
     times = json.loads(times_file.read_text()) if times_file.is_file() else {"stages": {}, "units": {}, "runs": {}}

@@ -206,6 +206,40 @@ def test_calls_cut_by_the_budget_resume_where_the_last_stopped(tmp_path, monkeyp
         study.main([*argv[:2], "mae", *argv[4:]])
 
 
+def test_a_rerun_may_add_arms_smaller_cohorts_and_seeds_and_runs_only_the_new_units(tmp_path, monkeypatch):
+    calls: list[str] = []
+    _fake_stages(monkeypatch, calls)
+    out = tmp_path / "s"
+    base = ["--quick", "--no-swvit-pretraining", "--jobs", "1", "--out", str(out)]
+    assert study.main([*base, "--arms", "mae", "asa", "--cohorts", "4"]) == 0
+    assert calls == [study.PILOT, study.SUPERVISED, "mae-c4", "asa-c4", "noise-c4", "transfer"]
+    # a record written before the extremes were recorded, and with "every cohort" as null, reads as today's
+    record = json.loads((out / "study.json").read_text())
+    for key in ("largest_cohort", "pilot_cases"):
+        del record[key]
+    (out / "study.json").write_text(json.dumps(record | {"ablation_cohorts": None}))
+    calls.clear()
+    assert study.main([*base, "--arms", "mae", "asa", "--cohorts", "4"]) == 0
+    assert calls == ["transfer"]  # the same study: nothing trained again
+    calls.clear()
+    grid = ["--arms", "mae", "asa", "asa-coord", "--ablation-cohorts", "4", "--seeds", "0", "1", "2"]
+    extended = [*base, *grid, "--cohorts", "2", "4"]
+    assert study.main(extended) == 0
+    assert calls == ["mae-c2", "asa-c2", "asa-coord-c4", "transfer"]  # only the new units
+    recorded = json.loads((out / "study.json").read_text())
+    assert recorded["arms"] == ["mae", "asa", "asa-coord"] and recorded["scale"]["cohorts"] == [2, 4]
+    assert recorded["scale"]["seeds"] == [0, 1, 2] and recorded["ablation_cohorts"] == [4]
+    # what finished units were made with stays: a larger cohort (another noise control), a larger N (another
+    # pilot), a dropped arm, another seed of the cohorts
+    for argv, differ in (([*base, *grid, "--cohorts", "2", "4", "8"], "largest_cohort"),
+                         ([*extended, "--cases", "2", "4"], "pilot_cases"),
+                         ([*base, "--arms", "mae", "asa", "--cohorts", "2", "4", "--seeds", "0", "1", "2"],
+                          "arms may gain entries but not lose them"),
+                         ([*extended, "--seed", "1"], "seed differ")):
+        with pytest.raises(SystemExit, match=differ):
+            study.main(argv)
+
+
 def test_a_failed_unit_ends_the_study_naming_its_log(tmp_path, monkeypatch):
     calls: list[str] = []
     _fake_stages(monkeypatch, calls)
