@@ -278,12 +278,19 @@ def pilot_budget(out: Path, scale: Scale, cap: int | None = None) -> dict[str, A
     ``steps``: the study's fine-tuning steps, the budget rounded up to ten steps, or the pilot's length when
     the curve was still rising at its end; at most ``cap`` (``--budget-cap``: what a machine's time allows),
     and then ``capped`` says the study fine-tunes less than the pilot asks for."""
-    curve = json.loads(pilot_scores(out, scale).read_text())["budget"].get("val_curve") or []
+    record = json.loads(pilot_scores(out, scale).read_text())
+    curve = record["budget"].get("val_curve") or []
     found = transfer.converged_budget(curve)
     steps = max(int(10 * math.ceil(found["budget"] / 10)) if found["converged"] else int(scale.pilot_steps), 10)
     capped = cap is not None and cap < steps
+    rows = record.get("scores") or []
+    test = {name: float(np.mean([float(r[f"Dice_{name}"]) for r in rows]))
+            for name in record.get("names", []) if rows and f"Dice_{name}" in rows[0]}
     return {**found, "steps": cap if capped else steps, "capped": capped, "asked": steps,
-            "pilot_steps": scale.pilot_steps, "curve": curve}
+            "pilot_steps": scale.pilot_steps, "curve": curve, "test": test, "test_cases": len(rows)}
+
+
+FOUND = 0.1  # mean test Dice under which the pilot is said not to find a class (its arms can say nothing there)
 
 
 def pilot_markdown(pilot: Mapping[str, Any]) -> str:
@@ -296,9 +303,16 @@ def pilot_markdown(pilot: Mapping[str, Any]) -> str:
     verdict += (f"; `--budget-cap` holds the study to {pilot['steps']} steps, so every run stops before the scratch "
                 "twin's curve has levelled off and the arms compare at that budget, not at their end points"
                 if pilot.get("capped") else f"; the study fine-tunes {pilot['steps']} steps")
+    test = pilot.get("test") or {}
+    lesions = [name for name in LESION_NAMES.values() if name in test]
+    missed = [name for name in lesions if test[name] < FOUND]
+    scored = (f"\n\nOn the {pilot['test_cases']} test cases after its {pilot['pilot_steps']} steps (mean Dice per class; "
+              + ("the host finds every lesion kind" if not missed else
+                 f"the host does not find {', '.join(missed)} (Dice under {FOUND}): no arm can show a difference there")
+              + "):\n\n" + markdown_table(list(test), [[f"{v:.3f}" for v in test.values()]], left=0)) if test else ""
     return (f"Scratch ResEnc, warm-up then a constant lr for {pilot['pilot_steps']} steps: {verdict}.\n\n"
             + markdown_table(["step", *(str(s) for s, _ in pilot["curve"])],
-                             [["val Dice", *(f"{d:.3f}" for _, d in pilot["curve"])]], left=1))
+                             [["val Dice", *(f"{d:.3f}" for _, d in pilot["curve"])]], left=1) + scored)
 
 
 def transfer_argv(args: argparse.Namespace, scale: Scale, runs: Sequence[Pretraining], out: Path,

@@ -282,6 +282,19 @@ def test_the_pilot_sets_the_budget_and_a_cap_holds_it_and_says_so(tmp_path):
         assert f"budget is the pilot's {asked} steps" in text or f"a budget of {asked} steps" in text
         assert "`--budget-cap` holds the study to 60 steps" in text and "not at their end points" in text
         assert not study.pilot_budget(tmp_path, scale, cap=500)["capped"]  # a cap above the budget changes nothing
+    # the pilot's test scores per class, and whether the host finds each lesion kind (its own positive control)
+    cases = [{"Dice_GM": 0.9, "Dice_heterotopia": h, "Dice_deep_grey_enlargement": d} for h, d in ((0.8, 0.1), (0.6, 0.0))]
+    scores.write_text(json.dumps({"budget": {"val_curve": CURVE}, "scores": cases,
+                                  "names": ["GM", "heterotopia", "deep_grey_enlargement"]}))
+    pilot = study.pilot_budget(tmp_path, scale)
+    assert pilot["test"] == pytest.approx({"GM": 0.9, "heterotopia": 0.7, "deep_grey_enlargement": 0.05})
+    text = study.pilot_markdown(pilot)
+    assert "On the 2 test cases" in text and "does not find deep_grey_enlargement (Dice under 0.1)" in text
+    assert "| 0.900 | 0.700 | 0.050 |" in text
+    cases[1]["Dice_deep_grey_enlargement"] = 0.3
+    scores.write_text(json.dumps({"budget": {"val_curve": CURVE}, "scores": cases,
+                                  "names": ["GM", "heterotopia", "deep_grey_enlargement"]}))
+    assert "the host finds every lesion kind" in study.pilot_markdown(study.pilot_budget(tmp_path, scale))
     with pytest.raises(SystemExit, match="--budget-cap 40: --steps sets the budget itself"):
         study.main(["--quick", "--steps", "20", "--budget-cap", "40", "--out", str(tmp_path / "s"), "--dry-run"])
     with pytest.raises(SystemExit, match="--budget-cap 5: expected at least 10 steps"):
