@@ -175,6 +175,7 @@ def segmentation_train_augmentation(
     samples_per_case: int = 1,
     sampling: str = "classes",
     pos_fraction: float | None = None,
+    oversampling: str = "batch",
     rotate_deg: float = 15.0,
     zoom: tuple[float, float] = (0.85, 1.25),
     flip_axes: Sequence[int] = (0, 1, 2),
@@ -187,7 +188,8 @@ def segmentation_train_augmentation(
     """Fine-tuning augmentation: foreground-oversampled random crops (`LatticeCropd`; ``sampling="classes"``,
     nnU-Net's: a ``pos_fraction`` of crops (null: 0.33) centred on a voxel of a class drawn uniformly among the
     classes present, the rest placed uniformly; ``"foreground"``, asa's earlier form: a ``pos_fraction`` (null:
-    2/3) centred on any labelled voxel, the rest on an unlabelled one) starting on the brain frame's ``lattice``
+    2/3) centred on any labelled voxel, the rest on an unlabelled one; ``oversampling`` "batch", nnU-Net's: that share
+    forced in every batch, or "crop": each crop forced with that probability) starting on the brain frame's ``lattice``
     (the ViT patch size) around a ``reference_size`` box (the pretraining crop; default ``crop``) centred on the
     recorded brain centre, each with its patch ``"offset"``; then rotation, zoom, flips, gamma.
     ``region``: the items carry a ``"region"`` map, transformed like the label."""
@@ -199,7 +201,7 @@ def segmentation_train_augmentation(
     return Compose(
         [
             LatticeCropd(keys, label_key="fg", spatial_size=list(crop), patch=lattice, reference_size=reference,
-                         pos=pos_fraction, num_samples=samples_per_case, sampling=sampling),
+                         pos=pos_fraction, num_samples=samples_per_case, sampling=sampling, oversampling=oversampling),
             RandRotated(keys=keys, range_x=rad, range_y=rad, range_z=rad, prob=0.2,
                         mode=modes, padding_mode="zeros"),
             RandZoomd(keys=keys, prob=0.2, min_zoom=zoom[0], max_zoom=zoom[1],

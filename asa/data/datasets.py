@@ -28,6 +28,7 @@ from asa.data.augmentation import (AUGMENT_ON, DeferredAugmentation, Finalize, p
                                    segmentation_train_augmentation)
 from asa.data.batching import CollatedBatch, batch_buffer
 from asa.data.case import Case
+from asa.data.lattice import LatticeCropd
 from asa.data.preprocessing import PretrainPreprocess, SegmentationPreprocess, case_to_item
 from asa.data.regions import RegionSource
 from asa.data.store import Store, StoreLatticeCropd, StorePretrainCrop, StoreSegmentationLoad, open_store, store_settings
@@ -70,6 +71,19 @@ class CaseDataset(torch.utils.data.Dataset):
         set_rnd(self.transform, seed % (2**32))
         info = torch.utils.data.get_worker_info()
         self._seeded_for = None if info is None else (os.getpid(), info.seed)
+
+    def item_in_batch(self, index: int, position: int, batch_size: int) -> Any:
+        """Item ``index`` read as the ``position``-th of a batch of ``batch_size`` items (what `asa.train.rng.SeededItems`
+        asks for when it reads a batch): its crops know their place in the batch, for nnU-Net's per-batch forced
+        share (`asa.data.lattice.LatticeCropd`, ``oversampling="batch"``)."""
+        crops = [t for t in self.transform.transforms if isinstance(t, LatticeCropd)]
+        for crop in crops:
+            crop.batch_slot = (int(position), int(batch_size))
+        try:
+            return self[index]
+        finally:
+            for crop in crops:
+                crop.batch_slot = None
 
     def __getitem__(self, index: int) -> Any:
         info = torch.utils.data.get_worker_info()

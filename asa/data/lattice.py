@@ -22,8 +22,8 @@ from monai.transforms.utils import (
     map_binary_to_indices,
 )
 
-__all__ = ["reference_origin", "mirrored_origin", "lattice_padding", "pad_to_lattice", "class_indices", "LatticeCropd",
-           "LatticeFlipd", "SAMPLINGS", "FOREGROUND_FRACTION"]
+__all__ = ["reference_origin", "mirrored_origin", "lattice_padding", "pad_to_lattice", "class_indices", "forced_crops",
+           "LatticeCropd", "LatticeFlipd", "SAMPLINGS", "OVERSAMPLINGS", "FOREGROUND_FRACTION"]
 
 # how fine-tuning crops find the labels: classes (nnU-Net's: a forced share of crops centred on a voxel of a class
 # drawn uniformly among the classes present, the rest placed uniformly) | foreground (the pos/neg draw of MONAI's
@@ -31,6 +31,19 @@ __all__ = ["reference_origin", "mirrored_origin", "lattice_padding", "pad_to_lat
 SAMPLINGS = ("classes", "foreground")
 # the forced share by sampling: nnU-Net's oversample_foreground_percent 0.33; asa's earlier 2/3
 FOREGROUND_FRACTION = {"classes": 0.33, "foreground": 2 / 3}
+# which crops are forced: batch (nnU-Net's: the last B - round(B·(1 - share)) crops of every batch of B, a fixed
+# number per batch) | crop (asa's earlier: each crop forced with probability share, the share only in expectation)
+OVERSAMPLINGS = ("batch", "crop")
+
+
+def forced_crops(position: int, batch_size: int, crops: int, share: float) -> list[bool]:
+    """Which of an item's ``crops`` crops are forced onto a class, nnU-Net's way: the item at ``position`` of a
+    batch of ``batch_size`` items holds the batch's crops ``position·crops`` to ``position·crops + crops - 1``, and
+    of a batch's n crops the last ``n - round(n·(1 - share))`` are forced (nnU-Net's
+    ``_oversample_last_XX_percent``, Python's rounding: at n = 2 and share 0.33, the second)."""
+    n = int(batch_size) * int(crops)
+    first = round(n * (1.0 - float(share)))
+    return [position * crops + k >= first for k in range(crops)]
 
 
 def reference_origin(centre: Sequence[float], size: Sequence[int]) -> np.ndarray:
@@ -115,22 +128,32 @@ class LatticeCropd(Randomizable, MapTransform):
     oversample_foreground_percent, 0.33) is centred on a voxel of a class drawn uniformly among the classes
     present in the case (`class_indices` of ``class_key``, the target), the rest placed uniformly; the draw is
     `monai.transforms.RandCropByLabelClassesd`'s with ratios (1 − pos, pos / n, …, pos / n) over the uniform
-    placements and the n classes present. nnU-Net forces the last round(0.33·B) crops of each batch of B;
-    here each crop is forced with probability ``pos``, the same share in expectation.
-    ``sampling="foreground"``: centres drawn as `monai.transforms.RandCropByPosNegLabeld` draws them
-    (``pos`` of the crops centred on a ``label_key`` voxel > 0, any class, the rest on one = 0).
+    placements and the n classes present (a forced crop draws with ratios (0, 1 / n, …, 1 / n), an unforced one is
+    placed uniformly). ``sampling="foreground"``: centres drawn as `monai.transforms.RandCropByPosNegLabeld` draws
+    them (a forced crop centred on a ``label_key`` voxel > 0, any class, an unforced one on a voxel = 0).
+
+    Which crops are forced: ``oversampling="batch"`` (nnU-Net's, the default) forces a fixed number of each batch
+    (`forced_crops`): the loader tells the transform where its item sits in the batch (``batch_slot``, set by
+    `asa.data.CaseDataset.item_in_batch`); an item read on its own is a batch of its ``num_samples`` crops.
+    ``oversampling="crop"`` (asa's earlier) forces each crop with probability ``pos``: the share holds only in
+    expectation (at batch 2, 45 % of the batches hold no forced crop and 11 % two; nnU-Net's hold one each).
+
     Either way each crop's start is then moved to the nearest lattice point inside the (lattice-padded)
-    volume. Each output gets ``"offset"``: int64 [3], its origin in patches from the reference grid's origin.
+    volume; with ``patch=1`` (a network with no patch lattice) that is any voxel, nnU-Net's crops. Each output
+    gets ``"offset"``: int64 [3], its origin in patches from the reference grid's origin.
     Input: channel-first tensors [C, X, Y, Z] under ``keys``, ``label_key`` and ``class_key``, ``"centre"`` [3].
     """
 
     def __init__(self, keys: Sequence[str], *, label_key: str, spatial_size: Sequence[int], patch: int,
                  reference_size: Sequence[int], pos: float | None = None, num_samples: int = 1,
-                 sampling: str = "classes", class_key: str = "label") -> None:
+                 sampling: str = "classes", class_key: str = "label", oversampling: str = "batch") -> None:
         MapTransform.__init__(self, keys)
         if sampling not in SAMPLINGS:
             raise ValueError(f"LatticeCropd: sampling={sampling!r}: expected one of {', '.join(SAMPLINGS)}")
-        self.sampling, self.class_key = sampling, class_key
+        if oversampling not in OVERSAMPLINGS:
+            raise ValueError(f"LatticeCropd: oversampling={oversampling!r}: expected one of {', '.join(OVERSAMPLINGS)}")
+        self.sampling, self.class_key, self.oversampling = sampling, class_key, oversampling
+        self.batch_slot: tuple[int, int] | None = None  # (position, batch size) of the item being read, if known
         self.label_key = label_key
         self.spatial_size = tuple(int(s) for s in spatial_size)
         if any(s % patch for s in self.spatial_size):
@@ -145,26 +168,47 @@ class LatticeCropd(Randomizable, MapTransform):
     def randomize(self, data: Any = None) -> None:  # the draws happen in __call__ (they need the data)
         pass
 
+    def forced(self) -> list[bool] | None:
+        """Which of the next item's crops are forced (``oversampling="batch"``), or None: each crop forced with
+        probability ``pos`` (``"crop"``)."""
+        if self.oversampling == "crop":
+            return None
+        position, size = self.batch_slot if self.batch_slot is not None else (0, 1)
+        return forced_crops(position, size, self.num_samples, self.pos)
+
     def draw_starts(self, shape: Sequence[int], fg: Any, bg: Any) -> list[list[int]]:
         """Crop starts (lattice points) in the padded volume of ``shape``, from its foreground and
         background flat indices (``len`` and indexing suffice): centres drawn as MONAI draws them,
         each start moved to the nearest lattice point that keeps the crop inside."""
         if len(fg) == 0 and len(bg) == 0:
             raise ValueError("LatticeCropd: empty label volume")
-        pos = self.pos if len(fg) else 0.0
-        pos = pos if len(bg) else 1.0
-        centres = generate_pos_neg_label_crop_centers(self.spatial_size, self.num_samples, pos, shape, fg, bg, self.R)
+        forced = self.forced()
+        if forced is None:
+            pos = self.pos if len(fg) else 0.0
+            pos = pos if len(bg) else 1.0
+            centres = generate_pos_neg_label_crop_centers(self.spatial_size, self.num_samples, pos, shape, fg, bg,
+                                                          self.R)
+        else:  # a forced crop on a labelled voxel (none: an unlabelled one), an unforced one on an unlabelled voxel
+            centres = [generate_pos_neg_label_crop_centers(self.spatial_size, 1, float(f and len(fg) > 0 or not len(bg)),
+                                                           shape, fg, bg, self.R)[0] for f in forced]
         return self._on_lattice(centres, shape)
 
     def draw_class_starts(self, shape: Sequence[int], classes: Sequence[Any]) -> list[list[int]]:
         """Crop starts (lattice points) in the padded volume of ``shape``, nnU-Net's way: ``classes`` holds the
-        flat indices of each class present (``len`` and indexing suffice); a crop is forced with probability
-        ``pos`` onto a voxel of a class drawn uniformly among them, else placed uniformly."""
+        flat indices of each class present (``len`` and indexing suffice); a forced crop is centred on a voxel of
+        a class drawn uniformly among them (none present: placed uniformly, as nnU-Net does), an unforced one
+        placed uniformly."""
         present = [c for c in classes if len(c)]
         indices = [_CropCentres(shape, self.spatial_size), *present]
-        ratios = [1.0 - self.pos, *[self.pos / len(present)] * len(present)] if present else [1.0]
-        centres = generate_label_classes_crop_centers(self.spatial_size, self.num_samples, shape, indices, ratios,
-                                                      self.R, warn=False)
+
+        def draw(count: int, share: float) -> list:
+            ratios = [1.0 - share, *[share / len(present)] * len(present)] if present else [1.0]
+            return generate_label_classes_crop_centers(self.spatial_size, count, shape, indices, ratios, self.R,
+                                                       warn=False)
+
+        forced = self.forced()
+        centres = (draw(self.num_samples, self.pos) if forced is None
+                   else [draw(1, 1.0 if f else 0.0)[0] for f in forced])
         return self._on_lattice(centres, shape)
 
     def _on_lattice(self, centres: Sequence[Sequence[int]], shape: Sequence[int]) -> list[list[int]]:

@@ -459,10 +459,10 @@ class StoreLatticeCropd(LatticeCropd):
 
     @classmethod
     def like(cls, crop: LatticeCropd, target_fn) -> "StoreLatticeCropd":
-        """The store twin of a configured `LatticeCropd` (same keys, sizes, lattice and ratio)."""
+        """The store twin of a configured `LatticeCropd` (same keys, sizes, lattice, ratio and oversampling)."""
         return cls(list(crop.keys), target_fn=target_fn, spatial_size=crop.spatial_size, patch=crop.patch,
                    reference_size=crop.reference_size, pos=crop.pos, num_samples=crop.num_samples,
-                   sampling=crop.sampling, class_key=crop.class_key)
+                   sampling=crop.sampling, class_key=crop.class_key, oversampling=crop.oversampling)
 
     def __call__(self, data: Mapping[str, Any]) -> list[dict]:
         d = dict(data)

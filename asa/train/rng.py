@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -154,20 +155,28 @@ class SeededItems(Dataset):
             set_rnd(target, s)
 
     def __getitem__(self, key):
+        return self._get(key, self.dataset.__getitem__)
+
+    def _get(self, key, read: Callable[[int], Any]) -> Any:
         epoch, index = self._key(key)
         if self._in_worker:
             self._seed_item(epoch, index)
-            return self.dataset[index]
+            return read(index)
         with fork_rng():
             self._seed_item(epoch, index)
-            return self.dataset[index]
+            return read(index)
 
     def __getitems__(self, keys: list) -> Any:
         """A batch of items (what the DataLoader's fetcher asks for): ``read_batch``'s collated batch
-        when the dataset reads whole batches, else the items one by one."""
+        when the dataset reads whole batches, else the items one by one, each told its place in the batch
+        when the dataset takes it (``item_in_batch``: nnU-Net's per-batch forced crops)."""
         read_batch = getattr(self.dataset, "read_batch", None)
         if read_batch is None:
-            return [self[k] for k in keys]
+            in_batch = getattr(self.dataset, "item_in_batch", None)
+            if in_batch is None:
+                return [self[k] for k in keys]
+            return [self._get(k, functools.partial(in_batch, position=j, batch_size=len(keys)))
+                    for j, k in enumerate(keys)]
         pairs = [self._key(k) for k in keys]
         return read_batch([i for _, i in pairs], [item_seed(self.seed, e, i) for e, i in pairs])
 

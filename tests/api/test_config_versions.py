@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from asa.api import finetune, load_config
-from asa.api.configuration.compat import MIGRATIONS, SEGMENTATION_BEFORE, current_config, read_config
+from asa.api.configuration.compat import (MIGRATIONS, OVERSAMPLING_BEFORE, SEGMENTATION_BEFORE, current_config,
+                                          read_config)
 from asa.api.configuration.schema import CONFIG_VERSION
 from asa.data import write_demo_dataset
 from asa.io import load_checkpoint
@@ -27,7 +28,7 @@ def test_a_record_without_a_version_goes_through_every_migration():
     read = current_config(OLD_SEGMENTATION)
     assert read["version"] == CONFIG_VERSION and "loss" not in read and "validation" not in read
     assert read["task"] == {"name": "segmentation", "samples_per_case": 2, "focal_weight": 0.0, "focal_beta": 1.0,
-                            "overlap": 0.25, **SEGMENTATION_BEFORE}
+                            "overlap": 0.25, **SEGMENTATION_BEFORE, **OVERSAMPLING_BEFORE}
     assert read["data"] == {"task": "ibsr"} and current_config(read) == read
 
 
@@ -37,6 +38,12 @@ def test_a_versioned_record_gets_only_the_migrations_after_its_version(version, 
     of version 3 or later lacks them because they are at their defaults elsewhere, and is left so."""
     read = current_config({"version": version, "data": {"task": "ibsr"}, "task": {"name": "segmentation"}})
     assert ("sampling" in read["task"]) == migrated and read["version"] == CONFIG_VERSION
+
+
+@pytest.mark.parametrize("version, oversampling", [(5, "crop"), (6, None)])
+def test_a_run_saved_before_the_per_batch_forced_share_resumes_with_the_per_crop_one(version, oversampling):
+    read = current_config({"version": version, "data": {"task": "ibsr"}, "task": {"name": "segmentation"}})
+    assert read["task"].get("oversampling") == oversampling
 
 
 @pytest.mark.parametrize("version", [CONFIG_VERSION + 1, -1, "2"])

@@ -12,7 +12,7 @@ import pytest
 from asa.api import load_config
 from asa.api.tasks.case import HeadSettings, Settings as CaseSettings
 from asa.api.configuration.checks import DEFAULT_TASK
-from asa.api.configuration.compat import SEGMENTATION_BEFORE, current_config
+from asa.api.configuration.compat import OVERSAMPLING_BEFORE, SEGMENTATION_BEFORE, current_config
 from asa.api.configuration.schema import CONFIG_VERSION
 from asa.api.tasks.segmentation import Settings as SegmentationSettings
 from asa.io import load_checkpoint
@@ -68,24 +68,28 @@ def test_an_old_segmentation_run_config_is_read_with_its_settings_in_the_task_se
     read = current_config(old)
     assert read["outputs"] == SEGMENTATION_RECORD
     assert read["task"] == {"name": "segmentation", "samples_per_case": 3, "focal_weight": 0.5, "focal_beta": 2.0,
-                            **SEGMENTATION_BEFORE}  # the sampler and Dice it trained with
+                            **SEGMENTATION_BEFORE, **OVERSAMPLING_BEFORE}  # the sampler and Dice it trained with
     assert read["data"] == {"task": "brats", "crop": 32} and "loss" not in read and "head" not in read
     assert current_config(read) == read and old["task"] == SEGMENTATION_RECORD  # read once; the saved one kept
 
 
 def test_segmentation_samples_and_scores_as_nnunet_unless_asked_and_old_runs_keep_theirs():
     settings = load_config("finetune", "data=ibsr").task
-    assert (settings.sampling, settings.foreground_fraction, settings.dice_background) == ("classes", None, False)
+    assert (settings.sampling, settings.foreground_fraction, settings.dice_background, settings.oversampling) == (
+        "classes", None, False, "batch")
     old = load_config("finetune", "data=ibsr", "task.sampling=foreground", "task.dice_background=true").task
     assert (old.sampling, old.dice_background) == ("foreground", True)
     saved = {"data": {"task": "ibsr"}, "task": {"name": "segmentation", "samples_per_case": 1}}  # before the keys
     assert current_config(saved)["task"] == {"name": "segmentation", "samples_per_case": 1, "sampling": "foreground",
-                                             "foreground_fraction": None, "dice_background": True}
+                                             "foreground_fraction": None, "dice_background": True,
+                                             "oversampling": "crop"}
     now = {"data": {"task": "ibsr"}, "task": {"name": "segmentation", "sampling": "classes", "dice_background": False}}
     assert current_config(now)["task"]["sampling"] == "classes"  # a run of this version as it is
     assert "sampling" not in current_config({"task": {"name": "case"}})["task"]
     with pytest.raises(ValueError, match="task.sampling='random': expected one of classes, foreground"):
         load_config("finetune", "data=ibsr", "task.sampling=random")
+    with pytest.raises(ValueError, match="task.oversampling='item': expected one of batch, crop"):
+        load_config("finetune", "data=ibsr", "task.oversampling=item")
 
 
 def test_an_old_case_checkpoint_config_is_read_with_its_record_as_outputs():
@@ -143,5 +147,5 @@ def test_a_run_config_with_validation_and_target_keys_is_read_with_them_in_its_t
                     "validation": {"overlap": 0.25, "sw_batch_size": 1, "crops": "grid"}}
     read = current_config(segmentation)
     assert read["task"] == {"name": "segmentation", "sampling": "classes", "dice_background": False, "overlap": 0.25,
-                            "sw_batch_size": 1, "foreground_fraction": None}
+                            "sw_batch_size": 1, "foreground_fraction": None, "oversampling": "crop"}
     assert read["data"] == {"task": "ibsr", "crop": 32} and current_config(read) == read

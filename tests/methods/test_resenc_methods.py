@@ -81,6 +81,8 @@ def test_optim_nnssl_is_nnssls_sgd_recipe():
     o = cfg.optim
     assert (o.name, o.base_lr, o.scale_lr, o.weight_decay, o.momentum, o.nesterov, o.schedule, o.power) == (
         "sgd", 0.01, False, 3e-5, 0.99, True, "poly", 0.9)
+    assert (cfg.trainer.clip_grad, cfg.trainer.warmup_epochs) == (12.0, 0.0)  # SparkTrainer's clip, no warm-up
+    assert load_config("pretrain", "model=resenc", "optim=nnssl", "trainer=paper").trainer.warmup_epochs == 0.0
     assert cfg.method.densify == "spark"
 
 

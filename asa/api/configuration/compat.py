@@ -59,6 +59,9 @@ MOVED_KEYS |= {"loss.*": "task.*", "head.*": "task.head.*"}
 # the segmentation task's settings added with nnU-Net's sampling and Dice, at what a run saved before them trained
 # with: crops on any labelled voxel (2/3 of them), Dice over the background too
 SEGMENTATION_BEFORE = {"sampling": "foreground", "foreground_fraction": None, "dice_background": True}
+# the segmentation task's setting added with nnU-Net's per-batch forced share: a run saved before it forced each crop
+# with the share's probability
+OVERSAMPLING_BEFORE = {"oversampling": "crop"}
 # the masking of a model=resenc pretraining run written before nnssl's (mask block = total stride, asa's densify,
 # one attentive weight per block): what a run lacking these settings trained with
 MASKING_BEFORE = {"mask_block": None, "densify": "asa", "weight_patch": None}
@@ -206,7 +209,18 @@ def _task_validation_and_target(cfg: dict[str, Any], added: dict[str, Any]) -> N
     _move_task_keys(cfg, TASK_KEYS_BY_VERSION[5])
 
 
-MIGRATIONS = (_task_section, _network_settings, _segmentation_sampling, _resenc_masking, _task_validation_and_target)
+def _segmentation_oversampling(cfg: dict[str, Any], added: dict[str, Any]) -> None:
+    """5 -> 6: a segmentation ``task`` section gets the per-crop forced share it trained with before nnU-Net's
+    per-batch one became the default (`OVERSAMPLING_BEFORE`). Its crops were then placed on a lattice of up to 8
+    voxels for a network without a patch lattice; they are now placed at any voxel (nnU-Net's crops), which is
+    no setting: such a run resumed draws its remaining crops at any voxel."""
+    task = cfg.get("task")
+    if isinstance(task, Mapping) and task.get("name") == "segmentation":
+        cfg["task"] = {**OVERSAMPLING_BEFORE, **task}
+
+
+MIGRATIONS = (_task_section, _network_settings, _segmentation_sampling, _resenc_masking, _task_validation_and_target,
+              _segmentation_oversampling)
 assert len(MIGRATIONS) == CONFIG_VERSION  # one migration per version since the first
 
 

@@ -6,7 +6,6 @@ probes — and its own settings (``task.*``, `Settings`)."""
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from asa.api.machinery.training import record_geometry
 from asa.choices import one_of
 from asa.data import build_segmentation_dataset, discover, get_task, non_mri_channels
 from asa.data.labels import TASKS
-from asa.data.lattice import SAMPLINGS
+from asa.data.lattice import OVERSAMPLINGS, SAMPLINGS
 from asa.eval import evaluate_cases, match_predictions
 from asa.eval.evaluate import nsd_tolerances, write_results
 from asa.eval.frozen import FrozenEncoder
@@ -43,7 +42,7 @@ from asa.train.distributed import resolve_device
 from asa.train.finetune import make_dice_validator, make_segmentation_panel_fn, segmentation_step
 from asa.train.precision import amp_name
 
-__all__ = ["SegmentationTask", "Settings", "channel_note", "symmetry_warning"]
+__all__ = ["SegmentationTask", "Settings", "channel_note", "crop_grid", "symmetry_warning"]
 
 
 @dataclass
@@ -57,6 +56,9 @@ class Settings(TaskSettings):
     # unlabelled one (asa.data.lattice.LatticeCropd)
     sampling: str = one_of("classes", SAMPLINGS)
     foreground_fraction: Optional[float] = None  # the forced share; null: 0.33 (classes, nnU-Net's) or 2/3 (foreground)
+    # batch (nnU-Net's): that share of every batch's crops is forced, a fixed number per batch | crop (asa's earlier):
+    # each crop forced with that probability (asa.data.lattice.forced_crops)
+    oversampling: str = one_of("batch", OVERSAMPLINGS)
     # true: the Dice term counts the background class too (asa's earlier loss); false: nnU-Net's (do_bg=False).
     # Multilabel tasks (BraTS regions) have no background channel: every region counts either way
     dice_background: bool = False
@@ -89,6 +91,16 @@ def symmetry_warning(declared: Capabilities, channels: tuple[str, ...], source: 
             f"{' and '.join(declared.symmetry)} assume a left-right symmetric brain MRI with its mid-sagittal plane "
             "at the crop centre, which may not hold on these data (a network without these parts makes no such "
             "assumption)")
+
+
+def crop_grid(model: torch.nn.Module, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Where a network's training crops may start (`build_segmentation_dataset`'s ``lattice``, ``lr_axis`` and
+    ``reference_size``): on the brain frame's patch lattice where the network declares one (the SW-ViT's
+    patches, the coordinate channel's voxel grid), else at any voxel, as nnU-Net crops (DynUNet, ResEnc, a
+    plug-in). ``settings``: the run's resolved ``model`` section (its ``lr_axis``, the brain frame's mirror axis)."""
+    if (grid := capabilities(model).lattice) is None:
+        return dict(lattice=1)
+    return dict(lattice=grid[0], lr_axis=settings["lr_axis"], reference_size=grid[1])
 
 
 @register_finetune_task
@@ -130,11 +142,7 @@ class SegmentationTask(FinetuneTask):
         if (fault := capabilities(model).crop_fault(crop)) is not None:  # before anything is written
             raise OptionError(f"data.crop={crop}: {fault}")
         run.resolved["data"]["regions"]["source"] = "none" if self.regions is None else self.regions.source
-        # crops start on the brain frame's patch lattice; a network without one (DynUNet) on the coarsest
-        # lattice of up to 8 voxels that its crop allows: any crop its own checks take
-        self.lattice = dict(lattice=math.gcd(crop, 8))
-        if (grid := capabilities(model).lattice) is not None:
-            self.lattice = dict(lattice=grid[0], lr_axis=run.resolved["model"]["lr_axis"], reference_size=grid[1])
+        self.lattice = crop_grid(model, run.resolved["model"])
         return model, dataclasses.asdict(task)  # asa-predict rebuilds the task from the checkpoint
 
     def cases(self, run: FinetuneRun, cases: list) -> list:
@@ -147,7 +155,7 @@ class SegmentationTask(FinetuneTask):
         train = build_segmentation_dataset(
             splits["train"], self.task, train=True, crop=run.crop, store=data.store,
             samples_per_case=cfg.task.samples_per_case, seed=cfg.seed, regions=self.regions, **self.lattice,
-            sampling=cfg.task.sampling, pos_fraction=cfg.task.foreground_fraction,
+            sampling=cfg.task.sampling, pos_fraction=cfg.task.foreground_fraction, oversampling=cfg.task.oversampling,
         )
         val = (build_segmentation_dataset(splits["val"], self.task, train=False, store=data.store,
                                           regions=self.regions if capabilities(run.model).regions else None)
