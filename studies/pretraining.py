@@ -10,7 +10,7 @@ Stages (each resumable; rerun the same command to continue after an interruption
    ``configs/pretrain/experiment/``: mae, a_ssl, asa by default) at the ``tiny`` size, with the
    frozen-encoder probes at every validation round (``probe.every=1``); each exports
    ``checkpoints/encoder.pt``. An unfinished run continues from its ``last.pt`` (``resume=auto``).
-3. transfer: ``python -m studies.transfer`` with scratch and each pretrained arm, every seed its own
+3. transfer: ``python -m asa.study.transfer`` with scratch and each pretrained arm, every seed its own
    draw of labeled cases, a fixed test split, fine-tuning crops smaller than the volume (so the
    foreground-oversampled crops act), Dice and HD95 per class, encoder-zeroed Dice and the paired
    differences to scratch with seed × case bootstrap CIs; ``--reuse`` scores finished runs.
@@ -54,8 +54,8 @@ from asa.api.config import compose_config
 from asa.data import LESION_NAMES, write_anatomy_dataset, write_demo_dataset
 from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
 from asa.models.heads.puzzles import RPL_GRID
-from studies import transfer
-from studies.common import (Clock, add_scale_options, command, finished, machine, machine_line, markdown_table,
+from asa.study import transfer
+from asa.study.common import (Clock, add_scale_options, command, finished, machine, machine_line, markdown_table,
                             parser, record_settings, rows_csv, scale_from_args)
 
 ARMS = ("mae", "a_ssl", "asa")  # Table 4 pretraining rows (configs/pretrain/experiment/) compared with scratch
@@ -367,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     transfer_out = out / "transfer"
     targv = transfer_argv(args, scale, cohort["labeled"], encoders, transfer_out, clock.left())
-    commands.append(command("studies.transfer", targv))
+    commands.append(command("asa.study.transfer", targv))
 
     def fine_tune() -> bool:
         transfer.main(targv)  # finished runs are read back (--reuse), unfinished ones trained

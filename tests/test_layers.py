@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "asa"
 TOOLS = {"scripts": ROOT / "scripts", "benchmarks": ROOT / "benchmarks", "studies": ROOT / "studies"}  # above the package
 LEVEL = {"io": 0, "choices": 0, "plugins": 0, "data": 1, "losses": 1, "models": 1, "eval": 2, "train": 3, "methods": 4, "api": 5,
-         "planning": 6, "cli": 7}
+         "planning": 6, "study": 6, "cli": 7}
 # stages of one level import each other only along these edges (a cycle is never declared)
 PEERS = {("models", "losses")}
 

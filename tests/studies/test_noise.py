@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from asa.data import discover
-from studies.noise import make_noise_volume, write_noise_dataset
+from asa.study.noise import make_noise_volume, write_noise_dataset
 
 
 def test_noise_volumes_are_deterministic_and_free_of_anatomy():

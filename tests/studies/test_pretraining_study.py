@@ -94,7 +94,7 @@ def test_whole_study_at_toy_scale_writes_the_report_and_resumes(tmp_path, capsys
     assert not any(s["reused"] for s in info["stages"].values())
     assert info["machine"]["usable_cores"] >= 1 and info["scale"]["seeds"] == [0, 1]
     readme = (report / "README.md").read_text()
-    for text in ("asa-pretrain experiment=asa", "probe.every=1", "python -m studies.transfer", "--recipes sgd adamw",
+    for text in ("asa-pretrain experiment=asa", "probe.every=1", "python -m asa.study.transfer", "--recipes sgd adamw",
                  "--arm asa=model.pretrained=", "| transfer |", "Machine:", "Δ per seed", "**asa**", "Budget check"):
         assert text in readme, text
     # fine-tuning crops smaller than the volume: the runs' configs say so

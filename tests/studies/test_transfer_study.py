@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from asa.eval import bootstrap_ci, seed_case_bootstrap
-from studies import transfer as study
+from asa.study import transfer as study
 
 
 def _scores(delta: float, noise: float = 0.02, cases: int = 20, seeds: int = 3) -> list[dict]:

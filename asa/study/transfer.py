@@ -18,7 +18,7 @@ paired difference to the reference arm with a 95 % CI from a bootstrap that resa
 Example (demo IBSR phantoms, CPU, minutes)::
 
     asa-pretrain output_dir=runs/pretrain trainer.epochs=50
-    python -m studies.transfer --pretrained runs/pretrain/checkpoints/encoder.pt --data ibsr \\
+    python -m asa.study.transfer --pretrained runs/pretrain/checkpoints/encoder.pt --data ibsr \\
         --cases 2 4 --seeds 0 1 --steps 40 --out runs/transfer
 """
 
@@ -50,7 +50,7 @@ from asa.eval.reliance import encoder_reliance
 from asa.models import capabilities
 from asa.eval.plots import line_plot
 from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
-from studies.common import Clock, finished, markdown_table as table, parser, rows_csv, run_tasks
+from asa.study.common import Clock, finished, markdown_table as table, parser, refuse, rows_csv, run_tasks
 
 SCRATCH, PRETRAINED = "scratch", "pretrained"
 PRESETS = ("baseline", "spe_only")  # Table 4 fine-tuning rows from scratch (configs/experiment)
@@ -237,22 +237,22 @@ def parse_arms(args: argparse.Namespace) -> dict[str, list[str]]:
         arms[preset] = [f"experiment={preset}"]
     for spec in args.arm:
         if "=" not in spec:
-            raise SystemExit(f"--arm {spec!r}: expected NAME=key=value[,key=value...]")
+            refuse(f"--arm {spec!r}: expected NAME=key=value[,key=value...]")
         name, overrides = spec.split("=", 1)
         if "@" in name:
-            raise SystemExit(f"--arm {spec!r}: '@' is reserved for the recipe (--recipes); pick another name")
+            refuse(f"--arm {spec!r}: '@' is reserved for the recipe (--recipes); pick another name")
         arms[name] = [o for o in overrides.split(",") if o]
     for arm in getattr(args, "budget_arms", None) or ():
         if arm not in arms:
-            raise SystemExit(f"--budget-arms {arm}: no such arm among {list(arms)}")
+            refuse(f"--budget-arms {arm}: no such arm among {list(arms)}")
         for fraction in args.budget_fractions:
             if not 0.0 < fraction < 1.0:
-                raise SystemExit(f"--budget-fractions {fraction}: a fraction of the budget in (0, 1)")
+                refuse(f"--budget-fractions {fraction}: a fraction of the budget in (0, 1)")
             steps = getattr(args, "steps", None)
             if steps is not None and round(steps * fraction) < 4:
-                raise SystemExit(f"--budget-fractions {fraction}: {fraction} × --steps {steps} leaves "
-                                 f"{round(steps * fraction)} step(s), fewer than the 4 loss windows a run's budget "
-                                 "check needs; raise --steps or leave this fraction out")
+                refuse(f"--budget-fractions {fraction}: {fraction} × --steps {steps} leaves "
+                       f"{round(steps * fraction)} step(s), fewer than the 4 loss windows a run's budget "
+                       "check needs; raise --steps or leave this fraction out")
             arms[f"{arm}{BUDGET_MARK}{fraction:g}"] = list(arms[arm])
     if not args.recipes:
         return arms
@@ -265,7 +265,7 @@ def command_line(*, data: str, root: Path, model: str, crop: int, cases: Sequenc
                  threads: int | None = None, time_budget: float | None = None, drop_checkpoints: bool = False,
                  arms: Mapping[str, str] | None = None, overrides: Sequence[str] = (), budget_arms: Sequence[str] = (),
                  budget_fractions: Sequence[float] = (), budget_cases: Sequence[int] | None = None,
-                 scratch: bool = True) -> list[str]:
+                 scratch: bool = True, hold_out: Sequence[str] = ()) -> list[str]:
     """The arguments of :func:`main` for a study that hands its fine-tuning to this one, ``--reuse`` always
     (finished runs are read back). ``arms``: name -> asa-finetune overrides ``key=value,...`` (``--arm``)."""
     argv = ["--data", data, "--root", str(root), "--model", model, "--crop", str(crop), "--cases", *map(str, cases),
@@ -279,6 +279,7 @@ def command_line(*, data: str, root: Path, model: str, crop: int, cases: Sequenc
     argv += ["--time-budget", f"{max(0.0, time_budget):.0f}"] if time_budget is not None else []
     argv += ["--drop-checkpoints"] if drop_checkpoints else []
     argv += [] if scratch else ["--no-scratch"]
+    argv += ["--hold-out", *hold_out] if hold_out else []
     for name, spec in (arms or {}).items():
         argv += ["--arm", f"{name}={spec}"]
     for override in overrides:
@@ -299,7 +300,7 @@ def references(arms: Sequence[str], reference: str) -> dict[str, str]:
         ref = f"{reference}{BUDGET_MARK}{fraction}" if fraction and BUDGET_MARK not in reference else reference
         ref = f"{ref}@{recipe}" if recipe and "@" not in reference else ref
         if ref not in arms:
-            raise SystemExit(f"--reference {reference}: no arm {ref!r} among {list(arms)}")
+            refuse(f"--reference {reference}: no arm {ref!r} among {list(arms)}")
         out[arm] = ref
     return out
 
@@ -308,7 +309,7 @@ def split_cases(ids: Sequence[str], *, test: int, seed: int) -> tuple[list[str],
     """(fixed test ids, pool of training ids in a seeded order)."""
     ids = sorted(ids)
     if test < 1 or test >= len(ids):
-        raise SystemExit(f"--test {test}: expected 1 .. {len(ids) - 1} for a dataset of {len(ids)} cases")
+        refuse(f"--test {test}: expected 1 .. {len(ids) - 1} for a dataset of {len(ids)} cases")
     order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
     return sorted(order[:test]), order[test:]
 
@@ -434,13 +435,17 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[Run], list[str], dict[str,
     test_ids, pool = split_cases([c.id for c in cases], test=args.test, seed=args.split_seed)
     n_val = getattr(args, "val_cases", 0)
     val, pool = tuple(sorted(pool[:n_val])), pool[n_val:]  # the same validation cases for every run
+    held = set(getattr(args, "hold_out", None) or ())  # never drawn by a run (another study's control trains on them)
+    if odd := sorted(held & (set(test_ids) | set(val)) | (held - {c.id for c in cases})):
+        refuse(f"--hold-out {' '.join(odd)}: not cases of the training pool (test, validation or unknown cases)")
+    pool = [i for i in pool if i not in held]
     if max(args.cases) > len(pool):
-        raise SystemExit(f"--cases {max(args.cases)}: only {len(pool)} cases are left after the {args.test} test "
-                         f"cases and {n_val} validation case(s) (--val-cases)")
+        refuse(f"--cases {max(args.cases)}: only {len(pool)} cases are left after the {args.test} test "
+               f"cases, {n_val} validation case(s) (--val-cases) and {len(held)} held out (--hold-out)")
     arms = parse_arms(args)
     budget_cases = getattr(args, "budget_cases", None)
     if budget_cases and (odd := sorted(set(budget_cases) - set(args.cases))):
-        raise SystemExit(f"--budget-cases {' '.join(map(str, odd))}: not among --cases {' '.join(map(str, args.cases))}")
+        refuse(f"--budget-cases {' '.join(map(str, odd))}: not among --cases {' '.join(map(str, args.cases))}")
     batch = int(probe_cfg.trainer.batch_size)
     runs = []
     for n in args.cases:
@@ -621,7 +626,7 @@ def write_outputs(scores: list[dict], names: Sequence[str], reference: str | Map
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = parser("studies.transfer", __doc__)
+    p = parser("asa.study.transfer", __doc__)
     p.add_argument("--pretrained", help="encoder export or pretraining checkpoint for the 'pretrained' arm")
     p.add_argument("--data", default="ibsr", help="fine-tuning data preset: brats | ibsr | wmh | msd (default ibsr)")
     p.add_argument("--root", help="dataset folder (default: the preset's demo phantoms)")
@@ -634,6 +639,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="validation cases (the same for every run, never trained on or tested): each run validates "
                         "about 20 times and the budget check says whether its validation Dice plateaued")
     p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--hold-out", nargs="+", default=[], metavar="ID",
+                   help="cases of the training pool no run draws (a study's positive control trains on them)")
     p.add_argument("--steps", type=int, default=40, help="optimiser steps per run (rounded to whole epochs)")
     p.add_argument("--budget-arms", nargs="+", default=[], metavar="ARM",
                    help="arms also trained at each --budget-fractions of the epochs, named ARM_xFRACTION and compared "
@@ -667,11 +674,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="runs/transfer")
     args = p.parse_args(argv)
     if args.jobs < 1:
-        raise SystemExit(f"--jobs {args.jobs}: expected >= 1")
+        refuse(f"--jobs {args.jobs}: expected >= 1")
     if args.val_cases < 0:
-        raise SystemExit(f"--val-cases {args.val_cases}: expected >= 0")
-    if args.no_scratch and args.reference == SCRATCH:
-        raise SystemExit("--no-scratch leaves out the 'scratch' arm: name another arm with --reference")
+        refuse(f"--val-cases {args.val_cases}: expected >= 0")
+    if args.no_scratch and args.reference == SCRATCH and SCRATCH not in (a.split("=", 1)[0] for a in args.arm):
+        refuse("--no-scratch leaves out the 'scratch' arm: name another arm with --reference")
     out = Path(args.out).expanduser().absolute()
     if args.dry_run:
         runs, test_ids, arms, _ = plan_runs(args)
@@ -683,7 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scores, names, arms, budgets, undone = run_study(args)
     lesion = [c for c in args.lesion_classes if c not in names]
     if lesion:
-        raise SystemExit(f"--lesion-classes {' '.join(lesion)}: not among the classes {names}")
+        refuse(f"--lesion-classes {' '.join(lesion)}: not among the classes {names}")
     if args.lesion_classes:
         for row in scores:
             row[LESION] = float(np.mean([row[f"Dice_{c}"] for c in args.lesion_classes]))

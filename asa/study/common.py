@@ -1,5 +1,5 @@
-"""What the studies share: the command line of a `Scale`, the record of a study's settings, the time budget
-of a call, whether a run finished, the machine it ran on, and the Markdown and CSV of its report."""
+"""What the studies share: the command line of a `Scale`, refusals, the record of a study's settings, the time
+budget of a call, whether a run finished, the machine it ran on, and the Markdown and CSV of its report."""
 
 from __future__ import annotations
 
@@ -24,11 +24,20 @@ import torch
 
 from asa.io import atomic_write_json, load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]  # the checkout: `studies` is importable from here, not installed
 S = TypeVar("S")
+REFUSED = 2  # the exit code of a refused command line or study folder, as every asa console script
 
 
 # ------------------------------------------------------------------------------------------ command line
+def refuse(message: str) -> typing.NoReturn:
+    """Refuse the command line or the study folder: ``message`` on stderr, exit 2 before anything is written (the
+    exception's text is the message, its code 2)."""
+    print(message, file=sys.stderr, flush=True)
+    refusal = SystemExit(message)
+    refusal.code = REFUSED
+    raise refusal
+
+
 def parser(module: str, doc: str) -> argparse.ArgumentParser:
     """The parser of ``python -m <module>``: its docstring's first paragraph as the description, the rest as the
     epilog."""
@@ -64,16 +73,13 @@ def command(module: str, argv: Sequence[str] | None) -> str:
 
 
 def module_argv(module: str, *args: str) -> tuple[str, ...]:
-    """The argv of a child process that runs ``python -m <module>`` with this interpreter (`child_env` makes
-    ``studies`` importable there)."""
+    """The argv of a child process that runs ``python -m <module>`` with this interpreter."""
     return (sys.executable, "-m", module, *args)
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    """This process's environment with the checkout first on PYTHONPATH, so that a child finds ``studies``
-    whatever its working directory."""
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "PYTHONPATH": path, **extra}
+    """This process's environment with ``extra`` set (a child's thread counts)."""
+    return {**os.environ, **extra}
 
 
 # ----------------------------------------------------------------------------------------------- settings
@@ -103,9 +109,10 @@ def record_settings(out: Path, settings: Mapping[str, Any], *, grows: Sequence[s
     lost = [k for k in differ if k in grows and not (isinstance(before.get(k), list) and isinstance(now.get(k), list)
                                                       and all(v in now[k] for v in before[k]))]
     if fixed or lost:
-        raise SystemExit(f"--out {out} holds a study with other settings ({', '.join(fixed + lost)} differ"
-                         + (f"; {', '.join(lost)} may gain entries but not lose them" if lost else "")
-                         + f"; see {recorded}): rerun with the same options to continue it, or choose another --out")
+        changed = "; ".join(f"{k}: {json.dumps(before.get(k))} -> {json.dumps(now.get(k))}" for k in fixed + lost)
+        refuse(f"--out {out} holds a study with other settings ({changed}"
+               + (f"; {', '.join(lost)} may gain entries but not lose them" if lost else "")
+               + f"; see {recorded}): rerun with the same options to continue it, or choose another --out")
     if differ:
         print(f"[study] {out}: extending the study ({'; '.join(f'{k}: {before[k]} -> {now[k]}' for k in differ)}); "
               "finished units are kept", flush=True)

@@ -1,0 +1,667 @@
+"""asa-study: does pretraining help on my data? One resumable command over your own pretraining cohort and
+labeled set: the pilot that sets the fine-tuning budget, the pretraining arms, a negative and a positive control,
+fine-tuning of every arm beside its scratch twin over N labeled cases × seeds, and a report with plots.
+
+Stages (rerun the same command to continue; every finished unit is kept; a rerun may also add arms, seeds,
+budget points, and cohorts and N below the largest: the new units run, the finished ones are read as they are):
+
+0. checks, before anything trains: the study's fixed test and validation cases against the pretraining cohort
+   (same id, subject or image content: refused, exit 2, unless --accept-overlap); which channels each arm
+   pretrains and fine-tunes on and how a pretrained stem meets the fine-tuning channels; whether the labeled pool
+   holds the positive control's cases beside the study's (else the control is left out, and the report says so).
+1. the pilot: the scratch twin at the largest N, the recipe's warm-up then a constant lr; the fine-tuning budget is
+   the step at which its validation Dice stops rising (a --budget-cap below it is said in the report);
+   pretraining: ``asa-pretrain`` per arm (``mae``, ``asa``, ``asa-coord``) and cohort size, each arm's options all
+   stated; the negative control (``noise``: mae's recipe on pure-noise volumes on the cohort's grid); the positive
+   control (``supervised``: the same network trained with labels on labeled cases no study run sees).
+2. transfer: every arm fine-tuned for the budget at each N and seed with the same recipe and encoder lr, scored on
+   the fixed test cases (Dice, NSD, HD95), paired differences to the scratch twin with seed × case bootstrap CIs.
+3. report: ``<out>/report/README.md`` (with SVG plots) and ``report.json``: the checks, the pilot's curve, each
+   pretraining run's held-out masked loss with a plateau check, Dice against N per arm, per-class differences, the
+   attentive weights' spread, each control's verdict, each contrast's CI, the cost per arm, one line per question.
+
+Scales: ``--scale cpu`` (ResEnc S, 32³ crops), ``--scale gpu`` (ResEnc M, 96³ crops; each call stops within
+``--time-budget``, 510 s by default, and the next call continues), ``--scale quick`` (a smoke test: minutes).
+SIGTERM or SIGINT stops every child (each saves what it can), then the study exits 143 or 130; a refusal exits 2.
+
+Example::
+
+    asa-demo-data --layout bids --out cohort --cases 40 --size 48
+    asa-demo-data --layout msd --out labeled --cases 32 --size 48
+    asa-study --pretrain-data cohort --data msd --root labeled --out study --scale quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asa.api.config import compose_config
+from asa.data import discover, get_task, load_volume
+from asa.data.cohort import cohort_overlap, cohort_record, describe_overlap
+from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
+from asa.study import report, transfer
+from asa.study.common import (Clock, add_scale_options, child_env, finished, machine, module_argv, refuse,
+                              record_settings, scale_from_args)
+from asa.study.noise import write_noise_dataset
+
+# the pretraining arms of the CNN: method and every ASA option stated (loss weighting and its exponent, the coordinate
+# channel), so that a changed default changes no arm; the masking is `MASKING` for every arm
+ARMS: dict[str, dict[str, Any]] = {
+    "mae": {"method": "mae", "loss_weighting": "uniform", "power": 1.0, "coord": False},
+    "asa": {"method": "asa", "loss_weighting": "attentive", "power": 1.0, "coord": False},
+    "asa-coord": {"method": "asa", "loss_weighting": "attentive", "power": 1.0, "coord": True},
+}
+SWVIT_ARMS = ("mae", "asa")  # the SW-ViT's: the paper's Table 4 rows (configs/pretrain/experiment)
+CONTROL, SUPERVISED = "noise", "supervised"  # the negative and the positive control
+CHOICES = (*ARMS, CONTROL, SUPERVISED)
+MASK_BLOCK = 16
+MASKING = (f"method.mask_block={MASK_BLOCK}", "method.densify=spark", "method.weight_patch=8", "method.mirror_visible=null")
+SCRATCH, COORD_SCRATCH = "scratch", "scratch-coord"  # the scratch twin; with the coordinate channel (asa-coord's twin)
+PILOT = "pilot"
+RECIPES = {"adamw": "optim=adamw", "nnunet": "optim=nnunet"}
+PLATEAU_TOL = 0.05  # relative drop of the held-out masked loss over the last quarter of a run below which it has levelled
+
+
+@dataclasses.dataclass
+class Scale:
+    """How big the study is. ``cohorts``: pretraining subjects per cohort size (empty: the whole cohort);
+    ``pretrain_steps``: optimiser steps of every pretraining run; ``pilot_steps``: the pilot's constant-lr steps;
+    ``cases``: labeled training cases N; ``test`` / ``val``: the fixed test and validation cases; ``supervised``:
+    labeled cases of the positive control, apart from all of those."""
+
+    crop: int
+    pretrain_steps: int
+    pilot_steps: int
+    cases: tuple[int, ...]
+    seeds: tuple[int, ...]
+    test: int
+    val: int
+    supervised: int
+    resenc: str  # the ResEnc size of --network resenc
+    swvit: str  # the SW-ViT preset of --network swvit
+    cohorts: tuple[int, ...] = ()
+    pretrain_crop: int | None = None  # the pretraining crop (None: crop; the coordinate channel's arm always at crop)
+    jobs: int = 1
+    time_budget: float | None = None  # seconds per call (None: no limit)
+    workers: int = 0
+
+
+SCALES = {
+    "cpu": Scale(crop=32, pretrain_steps=1600, pilot_steps=2400, cases=(2, 8), seeds=(0, 1, 2), test=16, val=4,
+                 supervised=8, resenc="S", swvit="tiny"),
+    "gpu": Scale(crop=96, pretrain_steps=4000, pilot_steps=4000, cases=(2, 8), seeds=(0, 1, 2, 3, 4), test=16, val=4,
+                 supervised=16, resenc="M", swvit="small", jobs=3, time_budget=510.0, workers=8),
+    "quick": Scale(crop=32, pretrain_steps=4, pilot_steps=12, cases=(2,), seeds=(0, 1), test=3, val=2, supervised=2,
+                   resenc="tiny", swvit="tiny"),
+}
+# what a rerun into the same --out may add to (more units, the finished ones kept)
+GROWS = ("arms", "encoders", "scale.cohorts", "scale.cases", "scale.seeds")
+
+
+# ------------------------------------------------------------------------------------------------- plan
+@dataclasses.dataclass(frozen=True)
+class Pretraining:
+    """One pretraining run: ``<arm>-c<subjects>``, the cohort it reads and its overrides."""
+
+    name: str
+    arm: str
+    cohort: int
+    overrides: tuple[str, ...]
+    coord: bool = False
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(next(o.split("=", 1)[1] for o in self.overrides if o.startswith("output_dir=")))
+
+    @property
+    def encoder(self) -> Path:
+        return self.run_dir / "checkpoints" / "encoder.pt"
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """The network every arm shares: its family (``resenc`` | ``swvit``) and size or preset."""
+
+    family: str
+    size: str
+
+    @property
+    def finetune(self) -> list[str]:
+        return ["model=resenc", f"model.size={self.size}"] if self.family == "resenc" else [f"model={self.size}"]
+
+    def pretrain(self, arm: str) -> list[str]:
+        if self.family == "swvit":
+            return [f"experiment={arm}", f"model={self.size}"]
+        spec = ARMS[arm]
+        return ["model=resenc", f"model.size={self.size}", f"method={spec['method']}",
+                f"method.loss_weighting={spec['loss_weighting']}", f"method.weight_power={spec['power']}", *MASKING,
+                f"method.coord_channel={str(bool(spec['coord'])).lower()}"]
+
+    @property
+    def name(self) -> str:
+        return f"{self.family}-{self.size}"
+
+
+def parse_network(text: str, scale: Scale) -> Network:
+    """``resenc`` / ``swvit`` (the scale's size) or ``resenc-S|M|L|tiny``, ``swvit-tiny|small|base``."""
+    family, _, size = text.partition("-")
+    sizes = {"resenc": ("tiny", "S", "M", "L"), "swvit": ("tiny", "small", "base")}
+    if family not in sizes or (size and size not in sizes[family]):
+        refuse(f"--network {text}: expected resenc or swvit, optionally with a size: "
+               + "; ".join(f"{f}-{'|'.join(s)}" for f, s in sizes.items()))
+    return Network(family, size or (scale.resenc if family == "resenc" else scale.swvit))
+
+
+def pretrain_layout(path: Path) -> tuple[str, Path]:
+    """(layout, root) of a pretraining cohort: a BIDS or CAPS folder, or a file list (a .csv/.tsv/.txt file, or a
+    folder holding files.csv)."""
+    if path.is_file():
+        return "filelist", path
+    if not path.is_dir():
+        refuse(f"--pretrain-data {path}: no such file or folder (expected a BIDS or CAPS folder or a file list)")
+    if any(path.glob("sub-*/anat")) or any(path.glob("sub-*/ses-*/anat")):
+        return "bids", path
+    if (path / "subjects").is_dir():
+        return "caps", path
+    if any((path / name).is_file() for name in ("files.csv", "files.tsv", "files.txt", "filelist.csv", "filelist.txt")):
+        return "filelist", path
+    refuse(f"--pretrain-data {path}: neither a BIDS folder (sub-*/[ses-*/]anat/*_T1w.nii.gz), a CAPS folder "
+           "(subjects/) nor a file list (files.csv)")
+
+
+def cohort_order(ids: Sequence[str], seed: int) -> list[str]:
+    """The cohort's subjects in a seeded order: a cohort of n is the first n, so a smaller cohort is part of a larger."""
+    ids = sorted(ids)
+    return [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+
+
+def write_cohorts(out: Path, cases: Sequence, sizes: Sequence[int], seed: int) -> dict[int, Path]:
+    """One file list per cohort size (``<out>/data/cohort-<n>/files.csv``, the first n subjects of `cohort_order`)."""
+    by_id = {c.id: c for c in cases}
+    order = cohort_order(list(by_id), seed)
+    folders = {}
+    for n in sizes:
+        folder = out / "data" / f"cohort-{n}"
+        rows = "".join(f"{i},{by_id[i].images['t1']}\n" for i in order[:n])
+        if not (folder / "files.csv").is_file() or (folder / "files.csv").read_text() != "id,path\n" + rows:
+            atomic_write_text(folder / "files.csv", "id,path\n" + rows)
+        folders[n] = folder
+    return folders
+
+
+def write_noise(out: Path, cases: Sequence, n: int, seed: int) -> Path:
+    """The negative control's pure-noise volumes, as many as the largest cohort, on the grid of the cohort's first
+    image (written once)."""
+    folder = out / "data" / f"noise-{n}"
+    if not (folder / ".complete").is_file():
+        first = load_volume(cases[0].images["t1"])
+        shape = tuple(int(s) for s in first.array.shape[-3:])
+        write_noise_dataset(folder, cases=n, size=shape, seed=seed + 7919, affine=first.affine, overwrite=True)
+        atomic_write_text(folder / ".complete", "done\n")
+    return folder
+
+
+def pretraining_epochs(steps: int, subjects: int, batch: int) -> int:
+    """Epochs giving about ``steps`` optimiser steps on ``subjects`` (80 % train split)."""
+    return max(1, round(steps / max(1, int(0.8 * subjects) // batch)))
+
+
+def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[str], cohorts: Mapping[int, Path],
+                     noise: Path | None, *, seed: int) -> list[Pretraining]:
+    """Every pretraining run: each pretraining arm per cohort size, and the negative control on the noise volumes
+    (mae's recipe, as many volumes as the largest cohort)."""
+    common = ["data=bids", "data.layout=filelist", f"data.num_workers={scale.workers}", "data.split.ratios=[0.8,0.2,0.0]",
+              "optim=adamw_demo", "trainer.progress=false", "trainer.panel_every=0", "probe.every=0", f"seed={seed}",
+              "resume=auto"]
+    batch = int(compose_config("pretrain", [*network.pretrain("mae"), *common[:2], f"data.crop={scale.crop}"])
+                .trainer.batch_size)
+    units = [(arm, n, folder) for n, folder in cohorts.items() for arm in arms if arm in ARMS]
+    if noise is not None:
+        units.append((CONTROL, max(cohorts), noise))
+    runs = []
+    for arm, n, data in units:
+        spec = ARMS["mae" if arm == CONTROL else arm]
+        crop = scale.crop if spec["coord"] else (scale.pretrain_crop or scale.crop)  # the channel ties it to the crop
+        overrides = (*network.pretrain("mae" if arm == CONTROL else arm), *common, f"data.crop={crop}",
+                     f"data.root={data}", f"trainer.epochs={pretraining_epochs(scale.pretrain_steps, n, batch)}",
+                     f"output_dir={out / 'pretrain' / f'{arm}-c{n}'}")
+        runs.append(Pretraining(f"{arm}-c{n}", arm, n, overrides, coord=bool(spec["coord"])))
+    return runs
+
+
+def finetune_arms(runs: Sequence[Pretraining], network: Network, supervised: Path | None,
+                  encoders: Mapping[str, Path]) -> dict[str, str]:
+    """`asa.study.transfer` --arm specs (name -> ``key=value,...``): the scratch twin, with the coordinate channel too
+    when an arm pretrains with it, the positive control, every pretrained encoder and every --encoder file."""
+    base = ",".join(network.finetune)
+    arms = {SCRATCH: base}
+    if any(run.coord for run in runs):
+        arms[COORD_SCRATCH] = f"{base},model.coord_channel=true"
+    if supervised is not None:
+        arms[SUPERVISED] = f"{base},model.pretrained={supervised / 'checkpoints' / 'last.pt'}"
+    for run in runs:
+        arms[run.name] = f"{base},model.pretrained={run.encoder}" + (",model.coord_channel=true" if run.coord else "")
+    for name, path in encoders.items():
+        arms[name] = f"{base},model.pretrained={path}"
+    return arms
+
+
+# ------------------------------------------------------------------------------------------------ checks
+def labeled_split(cases: Sequence, scale: Scale, seed: int) -> dict[str, list[str]]:
+    """The study's fixed split of the labeled pool, as `asa.study.transfer` makes it: test, validation, the training
+    pool, and the positive control's cases (the last of the pool, never drawn by a run: `transfer --hold-out`)."""
+    ids = [c.id for c in cases]
+    need = scale.test + scale.val + max(scale.cases)
+    if len(ids) < need:
+        refuse(f"--root: {len(ids)} labeled cases; the study needs at least {need} (--test {scale.test} + --val "
+               f"{scale.val} + the largest of --cases {max(scale.cases)})")
+    test, pool = transfer.split_cases(ids, test=scale.test, seed=seed)
+    val, pool = sorted(pool[:scale.val]), pool[scale.val:]
+    spare = len(pool) - max(scale.cases)
+    held = sorted(pool[len(pool) - scale.supervised:]) if spare >= scale.supervised else []
+    return {"test": test, "val": val, "pool": sorted(set(pool) - set(held)), "supervised": held}
+
+
+def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: Mapping[str, list[str]], *,
+                  accept: bool) -> dict[str, Any]:
+    """The study's test and validation cases against the pretraining cohort (by id, subject and image content);
+    refused (exit 2) when any was in it, unless ``accept``. The cohort's digests are kept in the study folder."""
+    record_file = out / "checks" / "cohort.json"
+    ids = sorted(c.id for c in cohort_cases)
+    record = json.loads(record_file.read_text()) if record_file.is_file() else None
+    if record is None or sorted(record["cases"]) != ids:
+        record = cohort_record(cohort_cases, {"train": ids}, workers=2, source={"study": str(out)})
+        atomic_write_json(record_file, record)
+    by_id = {c.id: c for c in labeled}
+    overlap = cohort_overlap(record, {name: [by_id[i] for i in split[name]] for name in ("test", "val")}, workers=2)
+    lines = describe_overlap(overlap, cohort_size=len(ids))
+    found = sorted({c for part in overlap.values() for c in part["overlapping"]})
+    if found and not accept:
+        refuse("[study] the pretraining cohort holds labeled cases the study tests or validates on:\n  "
+               + "\n  ".join(lines) + "\npretraining on them would score the arms on what they have seen: remove them "
+               "from --pretrain-data, or pass --accept-overlap to run anyway (the report says so)")
+    return {"lines": lines, "overlapping": found, "accepted": bool(found)}
+
+
+def channel_lines(network: Network, fine: Sequence[str], pretrain: Sequence[str]) -> list[str]:
+    """How each arm meets the fine-tuning channels: the pretrained arms through their pretraining channels, the
+    positive control and the scratch twin through the fine-tuning ones."""
+    if list(pretrain) == list(fine):
+        return [f"Every arm pretrains and fine-tunes on the same channels ({', '.join(fine)})."]
+    return [f"The pretraining cohort gives {', '.join(pretrain)}; fine-tuning reads {', '.join(fine)}: every "
+            f"pretrained arm (and the negative control) enters through its {len(pretrain)}-channel stem adapted to "
+            f"{len(fine)} channels (the pretrained kernel copied to each channel and divided by {len(fine)}, asa's "
+            "stem adaptation), while the scratch twin and the positive control are trained on the fine-tuning "
+            "channels from the start and take no adaptation: a deficit of the pretrained arms may be the adaptation's."]
+
+
+# --------------------------------------------------------------------------------------------- the units
+STOP_MARGIN = 25.0  # seconds before the budget ends at which running units are told to save and stop
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+RUNNING: dict[subprocess.Popen, str] = {}  # every child process of this study, and its name
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One process: the pilot, the positive control, a pretraining run or the transfer stage. ``done``: whether its
+    result is on disk; ``resumable``: a unit stopped by SIGUSR1 (last.pt saved) continues on the next call."""
+
+    name: str
+    argv: tuple[str, ...]
+    done: Callable[[], bool]
+    log: Path
+    resumable: bool = True
+    threads: int | None = None
+
+
+def launch(unit: Unit) -> subprocess.Popen:
+    """Start ``unit`` in its own process group (the study forwards a stop signal to the whole group), its output in
+    its log."""
+    unit.log.parent.mkdir(parents=True, exist_ok=True)
+    env = child_env(**({k: str(unit.threads) for k in THREAD_VARS} if unit.threads else {}))
+    with open(unit.log, "a") as log:
+        proc = subprocess.Popen(list(unit.argv), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    RUNNING[proc] = unit.name
+    return proc
+
+
+def signal_children(sig: int) -> None:
+    """Send ``sig`` to every running child's process group (its own workers included)."""
+    for proc in list(RUNNING):
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def wait_children(timeout: float = 300.0) -> list[str]:
+    """Wait for every child (SIGKILL to a group still running after ``timeout`` s); the names of those that ran."""
+    deadline = time.monotonic() + timeout
+    names = []
+    for proc, name in list(RUNNING.items()):
+        try:
+            proc.wait(max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        names.append(name)
+        RUNNING.pop(proc, None)
+    return names
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT reached the study."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise Stopped(signum)
+
+
+def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, float]) -> bool:
+    """Run the units not done yet, ``jobs`` at once, in order; when the budget is about to end every running unit
+    gets SIGUSR1 (save and stop) and the call stops (False: the next call continues); a failed unit ends the study
+    naming its log."""
+    pending = [u for u in units if not u.done()]
+    running: dict[subprocess.Popen, tuple[Unit, float]] = {}
+
+    def stop_all() -> None:
+        signal_children(signal.SIGUSR1)
+        for proc, (unit, started) in running.items():
+            proc.wait()
+            RUNNING.pop(proc, None)
+            times[unit.name] = times.get(unit.name, 0.0) + time.perf_counter() - started
+
+    while pending or running:
+        while pending and len(running) < max(1, jobs):
+            unit = pending[0]
+            if not clock.fits(STOP_MARGIN + (0.0 if unit.resumable else times.get(unit.name, 0.0) * 1.2)):
+                break
+            pending.pop(0)
+            print(f"[study] {unit.name}: {shlex.join(unit.argv)} (log {unit.log})", flush=True)
+            running[launch(unit)] = (unit, time.perf_counter())
+        if not running:
+            return False
+        time.sleep(0.5)
+        for proc in [p for p in running if p.poll() is not None]:
+            unit, started = running.pop(proc)
+            RUNNING.pop(proc, None)
+            times[unit.name] = times.get(unit.name, 0.0) + time.perf_counter() - started
+            if proc.returncode != 0 or not unit.done():
+                stop_all()
+                raise SystemExit(f"[study] {unit.name} failed (exit {proc.returncode}): see {unit.log}")
+        left = clock.left()
+        if left is not None and left < STOP_MARGIN and running:
+            stop_all()
+            return False
+    return True
+
+
+# ------------------------------------------------------------------------------------------ the pilot
+def pilot_scores(out: Path, scale: Scale) -> Path:
+    return out / PILOT / "runs" / f"{SCRATCH}-n{max(scale.cases)}-s0" / "scores.json"
+
+
+def pilot_budget(out: Path, scale: Scale, cap: int | None = None) -> dict[str, Any]:
+    """The pilot's validation curve and the converged budget found on it (`transfer.converged_budget`): the study's
+    fine-tuning steps, rounded up to ten, or the pilot's length when still rising at its end; at most ``cap``,
+    and then ``capped`` says the arms compare before the scratch twin levels off."""
+    record = json.loads(pilot_scores(out, scale).read_text())
+    curve = record["budget"].get("val_curve") or []
+    found = transfer.converged_budget(curve)
+    steps = max(int(10 * math.ceil(found["budget"] / 10)) if found["converged"] else int(scale.pilot_steps), 10)
+    capped = cap is not None and cap < steps
+    rows = record.get("scores") or []
+    test = {name: float(np.mean([float(r[f"Dice_{name}"]) for r in rows]))
+            for name in record.get("names", []) if rows and f"Dice_{name}" in rows[0]}
+    return {**found, "steps": cap if capped else steps, "capped": capped, "asked": steps,
+            "pilot_steps": scale.pilot_steps, "curve": curve, "test": test, "test_cases": len(rows)}
+
+
+def pretraining_summary(run: Pretraining, seconds: float) -> dict[str, Any]:
+    """Steps, wall time, the held-out masked loss curve with its plateau check (the relative drop over the last
+    quarter of the run under `PLATEAU_TOL`), and the loss weights' spread (mean logged CV and effective share)."""
+    state = load_checkpoint(run.run_dir / "checkpoints" / "last.pt")
+    curve = [(int(h.get("step", i)), float(h["val/loss"])) for i, h in enumerate(state.get("history", []))
+             if "val/loss" in h]
+    spread = transfer.logged_series(run.run_dir, ("train/weights/cv", "train/weights/effective_share"))
+    mean = lambda tag: float(np.mean([v for _, v in spread[tag]])) if spread[tag] else math.nan  # noqa: E731
+    return {"run": run.name, "arm": run.arm, "cohort": run.cohort, "steps": int(state["step"]), "seconds": seconds,
+            "val_curve": curve, **loss_plateau([v for _, v in curve]), "weights_cv": mean("train/weights/cv"),
+            "weights_share": mean("train/weights/effective_share")}
+
+
+def loss_plateau(losses: Sequence[float], *, tol: float = PLATEAU_TOL) -> dict[str, Any]:
+    """Whether a held-out loss curve levelled off: its relative drop from the value at 3/4 of the run to the end
+    is under ``tol`` (needs at least 4 points; fewer: ``plateau`` None, not checked)."""
+    if len(losses) < 4:
+        return {"plateau": None, "loss_drop": math.nan}
+    start = losses[(3 * len(losses)) // 4 - 1]
+    drop = (start - min(losses[(3 * len(losses)) // 4:])) / abs(start) if start else 0.0
+    return {"plateau": bool(drop < tol), "loss_drop": float(drop)}
+
+
+# -------------------------------------------------------------------------------------------------- main
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="asa-study", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--pretrain-data", type=Path,
+                   help="the unlabeled pretraining cohort: a BIDS or CAPS folder or a file list (files.csv)")
+    p.add_argument("--data", required=True, help="the labeled set's preset: brats | ibsr | wmh | msd (nnU-Net raw)")
+    p.add_argument("--root", type=Path, required=True, help="the labeled set's folder")
+    p.add_argument("--out", type=Path, required=True, help="the study folder (a rerun continues it)")
+    p.add_argument("--network", default="resenc", help="resenc[-tiny|-S|-M|-L] or swvit[-tiny|-small|-base] "
+                                                      "(default: resenc at the scale's size)")
+    p.add_argument("--arms", nargs="*", default=["mae", "asa", CONTROL, SUPERVISED], choices=CHOICES,
+                   help="pretraining arms and controls beside the scratch twin (default: mae asa noise supervised)")
+    p.add_argument("--encoder", action="append", default=[], metavar="NAME=FILE",
+                   help="an arm fine-tuned from any file asa loads (an asa encoder, an nnssl/OpenMind or nnU-Net "
+                        "checkpoint); repeatable")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="adamw",
+                   help="the fine-tuning recipe of every arm: adamw (asa's, one encoder lr for all arms) or nnunet "
+                        "(nnU-Net's PretrainedTrainer: 1e-3 for a pretrained network, 1e-2 from scratch)")
+    p.add_argument("--encoder-lr-scale", type=float, default=1.0,
+                   help="with --recipe adamw: the encoder's lr over the decoder's, the same for every arm (default 1)")
+    add_scale_options(p, Scale, SCALES, "cpu")
+    p.add_argument("--budget-cap", type=int, metavar="STEPS",
+                   help="fine-tune at most STEPS steps whatever the pilot asks for (the report says so)")
+    p.add_argument("--accept-overlap", action="store_true",
+                   help="run although test or validation cases are in the pretraining cohort (the report says so)")
+    p.add_argument("--seed", type=int, default=0, help="split, cohort order and pretraining seed")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="torch threads per run")
+    p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples of the CIs")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="an asa-finetune override for every fine-tuning run")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    name, scale = scale_from_args(args, SCALES)
+    network = parse_network(args.network, scale)
+    out = args.out.expanduser().absolute()
+    encoders = {}
+    for spec in args.encoder:
+        key, _, path = spec.partition("=")
+        if not key or not path or key in (*CHOICES, SCRATCH, COORD_SCRATCH, PILOT) or not Path(path).is_file():
+            refuse(f"--encoder {spec}: expected NAME=FILE with a name of its own and an existing file")
+        encoders[key] = str(Path(path).expanduser().absolute())
+    pretraining_arms = [a for a in args.arms if a in ARMS]
+    if network.family == "swvit" and (odd := [a for a in args.arms if a not in (*SWVIT_ARMS, CONTROL)]):
+        refuse(f"--arms {' '.join(odd)}: with --network swvit the arms are {', '.join((*SWVIT_ARMS, CONTROL))}")
+    if (pretraining_arms or CONTROL in args.arms) and args.pretrain_data is None:
+        refuse(f"--arms {' '.join(args.arms)}: pretraining arms need --pretrain-data (or name only --encoder arms "
+               "and supervised)")
+    if args.budget_cap is not None and args.budget_cap < 10:
+        refuse(f"--budget-cap {args.budget_cap}: expected at least 10 steps")
+    if not args.root.is_dir():
+        refuse(f"--root {args.root}: no such folder (the labeled set, in the layout of --data {args.data})")
+    probe = compose_config("finetune", [f"data={args.data}", f"data.root={args.root.expanduser().absolute()}",
+                                        *network.finetune])
+    labeled = discover(str(probe.data.layout) if "layout" in probe.data else args.data, args.root.expanduser().absolute())
+    split = labeled_split(labeled, scale, args.seed)
+    task = get_task(str(probe.data.task), root=args.root.expanduser().absolute())
+
+    settings = {"scale": dataclasses.asdict(scale) | {"time_budget": None, "jobs": None}, "network": network.name,
+                "arms": sorted(args.arms), "encoders": sorted(f"{k}={v}" for k, v in encoders.items()),
+                "data": args.data, "root": str(args.root.expanduser().absolute()),
+                "pretrain_data": str(args.pretrain_data.expanduser().absolute()) if args.pretrain_data else None,
+                "recipe": args.recipe, "encoder_lr_scale": args.encoder_lr_scale, "seed": args.seed,
+                "budget_cap": args.budget_cap, "override": args.override,
+                "largest_cohort": max(scale.cohorts) if scale.cohorts else None, "pilot_cases": max(scale.cases)}
+    out.mkdir(parents=True, exist_ok=True)
+    record_settings(out, settings, grows=GROWS)
+
+    # --- checks, before anything trains
+    cohort_cases, cohorts, noise = [], {}, None
+    checks: dict[str, Any] = {"overlap": {"lines": ["no pretraining cohort (only --encoder arms)"], "accepted": False}}
+    if args.pretrain_data is not None:
+        layout, root = pretrain_layout(args.pretrain_data.expanduser().absolute())
+        cohort_cases = discover(layout, root, on_bad_case="skip")
+        if len(cohort_cases) < 2:
+            refuse(f"--pretrain-data {args.pretrain_data}: {len(cohort_cases)} readable scan(s) ({layout}); the "
+                   "pretraining runs need at least 2 (train and held-out)")
+        sizes = [n for n in scale.cohorts if n <= len(cohort_cases)] or [len(cohort_cases)]
+        if odd := [n for n in scale.cohorts if n > len(cohort_cases)]:
+            refuse(f"--cohorts {' '.join(map(str, odd))}: the cohort holds {len(cohort_cases)} scans")
+        checks["overlap"] = check_overlap(out, cohort_cases, labeled, split, accept=args.accept_overlap)
+        cohorts = write_cohorts(out, cohort_cases, sizes, args.seed)
+        if CONTROL in args.arms:
+            noise = write_noise(out, cohort_cases, max(sizes), args.seed)
+    checks["channels"] = channel_lines(network, task.channels, ("t1",))
+    supervised_dir = out / "pretrain" / SUPERVISED
+    if SUPERVISED in args.arms and not split["supervised"]:
+        checks["supervised"] = (f"The positive control is left out: the labeled pool holds {len(labeled)} cases, and "
+                                f"after {scale.test} test, {scale.val} validation and the {max(scale.cases)} a run "
+                                f"draws from, fewer than the {scale.supervised} it needs (--supervised) are left.")
+    elif SUPERVISED in args.arms:
+        checks["supervised"] = (f"The positive control trains on {len(split['supervised'])} labeled cases no other run "
+                                "sees (held out of the training pool).")
+    atomic_write_json(out / "checks" / "checks.json", {**checks, "split": split})
+    for line in [*checks["overlap"]["lines"], *checks["channels"], *([checks["supervised"]] if "supervised" in checks else [])]:
+        print(f"[study] {line}", flush=True)
+    if not split["supervised"]:
+        supervised_dir = None
+
+    runs = plan_pretraining(out, scale, network, pretraining_arms, cohorts, noise, seed=args.seed)
+    recipe = [RECIPES[args.recipe]] + ([f"optim.encoder_lr_scale={args.encoder_lr_scale}"]
+                                       if args.recipe == "adamw" else [])
+    overrides = [*recipe, *args.override]
+    clock = Clock(scale.time_budget)
+    times_file = out / "times.json"
+    times = json.loads(times_file.read_text()) if times_file.is_file() else {"stages": {}, "runs": {}}
+    previous = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _run(args, out, scale, network, runs, split, checks, encoders, supervised_dir, overrides, clock,
+                    times, times_file, name, task)
+    except Stopped as stop:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal_children(signal.SIGTERM)
+        stopped = wait_children()
+        atomic_write_json(times_file, times)
+        print(f"[study] {stop}: stopped {', '.join(stopped) or 'no run'}; finished runs and the checkpoints the "
+              f"stopped ones saved are kept in {out}: rerun the same command to continue", file=sys.stderr, flush=True)
+        return 128 + stop.signum
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining], split: Mapping[str, list[str]],
+         checks: Mapping[str, Any], encoders: Mapping[str, str], supervised_dir: Path | None, overrides: list[str],
+         clock: Clock, times: dict[str, Any], times_file: Path, name: str, task) -> int:
+    def stage(key: str, started: float) -> None:
+        times["stages"][key] = times["stages"].get(key, 0.0) + time.perf_counter() - started
+        atomic_write_json(times_file, times)
+
+    def unfinished(what: str) -> int:
+        atomic_write_json(times_file, times)
+        print(f"[study] the time budget ({scale.time_budget:.0f} s) ended during {what}: rerun the same command to "
+              "continue", flush=True)
+        return 3
+
+    data = dict(data=args.data, root=args.root.expanduser().absolute(), model=network.finetune[-1].split("=", 1)[1]
+                if network.family == "swvit" else "resenc", crop=scale.crop, test=scale.test, val_cases=scale.val,
+                split_seed=args.seed, device=args.device, threads=args.threads, hold_out=split["supervised"])
+    resenc = [f"model.size={network.size}"] if network.family == "resenc" else []
+    started = time.perf_counter()
+    units = [Unit(PILOT, module_argv("asa.study.transfer", *transfer.command_line(
+        **data, cases=[max(scale.cases)], seeds=[0], steps=scale.pilot_steps, n_boot=1000, out=out / PILOT,
+        overrides=[*resenc, *overrides, "optim.schedule=constant"])), lambda: pilot_scores(out, scale).is_file(),
+        out / "logs" / f"{PILOT}.log", resumable=False, threads=args.threads)]
+    threads = [f"trainer.threads={args.threads}"] if args.threads else []
+    if supervised_dir is not None:
+        others = sorted({*split["test"], *split["val"], *split["pool"]})  # never seen by the control
+        atomic_write_json(supervised_dir / "splits.json", {"train": split["supervised"], "val": [], "test": others,
+                                                           "dataset": args.data, "seed": args.seed})
+        batch = int(compose_config("finetune", [f"data={args.data}", *network.finetune]).trainer.batch_size)
+        epochs = pretraining_epochs(scale.pilot_steps, max(2, round(len(split["supervised"]) / 0.8)), batch)
+        sup = [f"data={args.data}", f"data.root={data['root']}", *network.finetune, f"data.crop={scale.crop}",
+               f"trainer.epochs={epochs}", "trainer.progress=false", "trainer.panel_every=0", f"seed={args.seed}",
+               "resume=auto", *overrides, f"output_dir={supervised_dir}"]
+        units.append(Unit(SUPERVISED, module_argv("asa.cli.finetune", *sup, *threads),
+                          lambda: finished(supervised_dir / "checkpoints" / "last.pt"),
+                          out / "logs" / f"{SUPERVISED}.log", threads=args.threads))
+    for run in runs:
+        units.append(Unit(run.name, module_argv("asa.cli.pretrain", *run.overrides, *threads),
+                          lambda run=run: finished(run.run_dir / "checkpoints" / "last.pt") and run.encoder.is_file(),
+                          out / "logs" / f"{run.name}.log", threads=args.threads))
+    complete = run_units(units, scale.jobs, clock, times["runs"])
+    stage("pilot, controls and pretraining", started)
+    if not complete:
+        return unfinished("the pilot, the controls and the pretraining runs")
+    pilot = pilot_budget(out, scale, args.budget_cap)
+    atomic_write_json(out / "pilot.json", pilot)
+    steps = pilot["steps"]
+    left = clock.left()
+    arms = finetune_arms(runs, network, supervised_dir, encoders)
+    targv = transfer.command_line(**data, cases=scale.cases, seeds=scale.seeds, steps=steps, n_boot=args.n_boot,
+                                  out=out / "transfer", jobs=scale.jobs, reference=SCRATCH, arms=arms,
+                                  overrides=overrides, scratch=False, time_budget=None if left is None else left - 60)
+    started = time.perf_counter()
+    unit = Unit("transfer", module_argv("asa.study.transfer", *targv), lambda: True, out / "logs" / "transfer.log",
+                threads=args.threads)
+    print(f"[study] transfer: {len(arms)} arms × N {list(scale.cases)} × seeds {list(scale.seeds)}, {steps} steps "
+          f"each (log {unit.log})", flush=True)
+    proc = launch(unit)
+    code = proc.wait()
+    RUNNING.pop(proc, None)
+    stage("transfer", started)
+    if code != 0:
+        raise SystemExit(f"[study] the transfer stage failed (exit {code}): see {unit.log}")
+    table = out / "transfer" / "transfer.md"
+    if not table.is_file() or table.read_text().startswith("**Partial"):
+        return unfinished("the transfer stage")
+    pretrained = [pretraining_summary(run, times["runs"].get(run.name, math.nan)) for run in runs]
+    info = {"scale_name": name, "scale": dataclasses.asdict(scale), "network": network.name, "steps": steps,
+            "recipe": args.recipe, "encoder_lr_scale": args.encoder_lr_scale, "machine": machine(),
+            "stages": times["stages"], "runs": times["runs"], "checks": checks, "pilot": pilot,
+            "pretraining": pretrained, "classes": list(task.output_names),
+            "encoders": [f"{k}={v}" for k, v in encoders.items()],
+            "commands": ["asa-study " + shlex.join(sys.argv[1:]),
+                         *(f"asa-pretrain {shlex.join(r.overrides)}" for r in runs),
+                         f"python -m asa.study.transfer {shlex.join(targv)}"],
+            "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+    folder = report.write_report(out, info, n_boot=args.n_boot)
+    print(f"[study] done: report in {folder / 'README.md'}", flush=True)
+    return 0
