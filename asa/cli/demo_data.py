@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from asa.data import LAYOUTS, write_demo_dataset
+from asa.data import BIDS_CONTRASTS, LAYOUTS, PLACEMENTS, write_demo_dataset
 
 _LAYOUT_HELP = """layouts:
   bids      sub-XXX/[ses-M00/]anat/sub-XXX[_ses-M00]_T1w.nii.gz           (pretraining, T1)
@@ -28,10 +28,23 @@ filelist, ibsr or msd; --size is then the grid holding the whole brain (64 -> ab
 --lesions adds grey-matter heterotopia (msd label 4) and enlarged deep grey nuclei on one side (label 5),
 lesions with normal tissue intensities (bids, caps, filelist, msd).
 
+Realism options of the template subjects (defaults: the subjects as ever, byte for byte):
+  --placement free  lesions with no location prior: heterotopia anywhere in the white matter and a
+                    grey-matter enlargement anywhere on the grey / white border (cortex or nuclei),
+                    either hemisphere, sizes drawn (msd labels 4 heterotopia, 5 grey_enlargement);
+                    fixed (default): deep white matter, the deep grey nuclei of one side
+  --skull           whole heads (skull, scalp, neck) in air with Rician noise, as a T1 before brain
+                    extraction; --size is then the grid holding the head (64 -> about 3.6 mm voxels)
+  --contrasts t1 t1ce t2 flair
+                    bids: more contrasts per subject beside the T1w (_ce-gadolinium_T1w, _T2w, _FLAIR),
+                    a pretraining cohort with the fine-tuning channels (phantoms too)
+
 example:
   asa-demo-data --layout brats --out /tmp/brats_demo --cases 6 --size 64 --seed 0
   asa-demo-data --layout brats --out /tmp/brats_case --cases 1 --size 240 240 155   # full BraTS size
   asa-demo-data --layout msd --anatomy --lesions --out /tmp/mni_msd --cases 8 --size 64
+  asa-demo-data --layout msd --anatomy --lesions --placement free --skull --out /tmp/heads --size 64
+  asa-demo-data --layout bids --anatomy --contrasts t1 t1ce t2 flair --out /tmp/cohort --cases 40
 """
 
 
@@ -58,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lesions", action="store_true",
                         help="with --anatomy: grey-matter heterotopia and one-sided enlarged deep grey nuclei "
                              "(msd labels 4 and 5)")
+    parser.add_argument("--placement", choices=PLACEMENTS, default="fixed",
+                        help="with --lesions: fixed (default: deep white matter, the deep grey nuclei) or free "
+                             "(anywhere in the tissue, either hemisphere, sizes drawn)")
+    parser.add_argument("--skull", action="store_true",
+                        help="with --anatomy: whole heads (skull, scalp, neck) in air with Rician noise, not "
+                             "skull-stripped brains (bids, caps, filelist, msd)")
+    parser.add_argument("--contrasts", nargs="+", choices=tuple(BIDS_CONTRASTS), default=["t1"], metavar="C",
+                        help=f"bids: the contrasts per subject, t1 first, of {', '.join(BIDS_CONTRASTS)} "
+                             "(default: t1)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty --out (files of the same name are replaced)")
     return parser
@@ -72,13 +94,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         out = write_demo_dataset(args.layout, args.out, cases=args.cases, size=size, seed=args.seed,
                                  overwrite=args.overwrite, targets=args.targets, anatomy=args.anatomy,
-                                 lesions=args.lesions)
+                                 lesions=args.lesions, placement=args.placement, skull=args.skull,
+                                 contrasts=args.contrasts)
     except (ValueError, FileExistsError, ImportError) as err:
         print(f"asa-demo-data: error: {err}", file=sys.stderr)
         return 2
     shape = f"{size}^3" if isinstance(size, int) else " x ".join(map(str, size))
     with_targets = " with age, sex and diagnosis" if args.targets else ""
     source = (" MNI152 template subject(s)" + (" with lesions" if args.lesions else "")) if args.anatomy else " case(s)"
+    source += (f" ({args.placement} placement)" if args.placement != "fixed" else "") + \
+        (" with skull, scalp and neck" if args.skull else "") + \
+        (f" in {len(args.contrasts)} contrasts" if args.contrasts != ["t1"] else "")
     print(f"wrote {args.cases} {args.layout}{source} of {shape} voxels{with_targets} to {out}")
     return 0
 

@@ -11,9 +11,10 @@ from asa.data.datasets import (
     preprocess_for_inference,
     region_map_for_inference,
 )
-from asa.data.synthetic.anatomy import LESION_NAMES, AnatomySubject, make_anatomy_subject
-from asa.data.synthetic.demo import (ANATOMY_LAYOUTS, DEMO_DIAGNOSES, TARGET_LAYOUTS, default_cache_dir, demo_subject,
-                                     ensure_demo_dataset, write_anatomy_dataset, write_demo_dataset)
+from asa.data.synthetic.anatomy import (FREE_LESION_NAMES, LESION_NAMES, PLACEMENTS, AnatomySubject, lesion_names,
+                                        make_anatomy_subject)
+from asa.data.synthetic.demo import (ANATOMY_LAYOUTS, BIDS_CONTRASTS, DEMO_DIAGNOSES, TARGET_LAYOUTS, default_cache_dir,
+                                     demo_subject, ensure_demo_dataset, write_anatomy_dataset, write_demo_dataset)
 from asa.data.layouts import LAYOUTS, PRETRAIN_LAYOUTS, SEGMENTATION_LAYOUTS, CaseError, detect_layout, discover
 from asa.data.synthetic.phantom import Phantom, make_phantom
 from asa.data.regions import REGION_SOURCES, RegionSource, cluster_tissue
@@ -29,6 +30,10 @@ __all__ = [
     "ANATOMY_LAYOUTS",
     "AnatomySubject",
     "LESION_NAMES",
+    "FREE_LESION_NAMES",
+    "PLACEMENTS",
+    "lesion_names",
+    "BIDS_CONTRASTS",
     "make_anatomy_subject",
     "write_anatomy_dataset",
     "Case",

@@ -1,4 +1,5 @@
-"""Pretraining layouts (T1 only, no labels): BIDS raw, Clinica CAPS ``t1_linear``, plain file list."""
+"""Pretraining layouts (no labels): BIDS raw (the T1, with the other contrasts beside it), Clinica CAPS
+``t1_linear``, plain file list (T1 only)."""
 
 from __future__ import annotations
 
@@ -17,17 +18,39 @@ def _entities(name: str) -> dict[str, str]:
     return dict(_ENTITY.findall(name))
 
 
+_CE = re.compile(r"_ce-[A-Za-z0-9]+")
+_SIBLINGS = {"t1ce": "_T1w", "t2": "_T2w", "flair": "_FLAIR"}  # channel -> suffix of the files beside a T1w
+
+
+def _siblings(t1w: Path, case_id: str) -> dict[str, Path]:
+    """The other contrasts of a ``*_T1w`` case in its folder: ``t2`` (``<id>_T2w``), ``flair``
+    (``<id>_FLAIR``) and ``t1ce`` (``<id>`` with a ``ce-<label>`` entity, ``_T1w``)."""
+    found = {}
+    for f in t1w.parent.iterdir():
+        if not is_nifti(f.name) or f == t1w:
+            continue
+        stem = strip_nifti(f.name)
+        for channel, suffix in _SIBLINGS.items():
+            if stem.endswith(suffix) and bool(_CE.search(stem)) == (channel == "t1ce") \
+                    and _CE.sub("", stem[: -len(suffix)]) == case_id:
+                found[channel] = f
+    return dict(sorted(found.items()))
+
+
 @register("bids", "sub-*/[ses-*/]anat/*_T1w.nii[.gz]")
 def bids(root: Path, *, require_labels: bool = False) -> Found:
-    """BIDS raw: one case per ``*_T1w`` file; id = file name without ``_T1w`` (keeps run/acq)."""
+    """BIDS raw: one case per ``*_T1w`` file without a ``ce`` entity; id = file name without ``_T1w``
+    (keeps run/acq). Its channel ``t1``, plus ``t1ce`` / ``t2`` / ``flair`` where the folder holds the
+    same name with a ``ce-<label>`` entity (``*_ce-gadolinium_T1w``), ``_T2w`` or ``_FLAIR`` instead."""
     files = sorted({*root.glob("sub-*/anat/*_T1w.nii*"), *root.glob("sub-*/ses-*/anat/*_T1w.nii*")})
     cases = []
     for f in files:
-        if not is_nifti(f.name):
+        if not is_nifti(f.name) or _CE.search(f.name):  # a contrast-enhanced T1 is a channel of its case
             continue
         case_id = strip_nifti(f.name)[: -len("_T1w")]
         ent = _entities(case_id)
-        cases.append(Case(case_id, {"t1": f}, None, {"subject": ent.get("sub"), "session": ent.get("ses"), "layout": "bids"}))
+        cases.append(Case(case_id, {"t1": f, **_siblings(f, case_id)}, None,
+                          {"subject": ent.get("sub"), "session": ent.get("ses"), "layout": "bids"}))
     return Found(cases)
 
 

@@ -8,7 +8,7 @@ degrees, scale ±6 %, shift up to 6 mm) with a smooth random deformation field (
 hemispheres of the symmetric template deform differently, see `mirror_correlation`), four contrasts (T1 the template's own intensities; T1ce, T2 and FLAIR from tissue tables),
 then per contrast a smooth multiplicative bias field (`RandBiasField`), a random gamma in
 [0.8, 1.25] and Rician noise (`RandRicianNoise`); skull-stripped (zero outside the
-brain). Every random number comes from generators seeded by ``(seed, index)``: the same seed and
+brain), or with ``skull`` the whole head in air (`asa.data.synthetic.head`). Every random number comes from generators seeded by ``(seed, index)``: the same seed and
 index give the same arrays, bit for bit; the lesion draws have a stream of their own, so a subject
 with ``lesions=True`` is the same head, warp and noise as without.
 
@@ -52,8 +52,10 @@ import torch
 from monai.transforms import Rand3DElastic, RandBiasField, RandRicianNoise
 from scipy import ndimage
 
-__all__ = ["AnatomySubject", "make_anatomy_subject", "mirror_correlation", "ANATOMY_CLASSES", "LESION_NAMES",
-           "TEMPLATE_NOTICE", "INSTALL_HINT"]
+from asa.data.synthetic.head import HEAD_MARGIN_MM, NECK_MM, head_hull_distance, head_images
+
+__all__ = ["AnatomySubject", "make_anatomy_subject", "mirror_correlation", "lesion_names", "ANATOMY_CLASSES",
+           "LESION_NAMES", "FREE_LESION_NAMES", "PLACEMENTS", "TEMPLATE_NOTICE", "INSTALL_HINT"]
 
 INSTALL_HINT = 'pip install "asa[anatomy]"'
 TEMPLATE_NOTICE = ("MNI ICBM152 2009 template (nilearn's copy): Copyright (C) 1993-2009 Louis Collins, McConnell "
@@ -61,7 +63,12 @@ TEMPLATE_NOTICE = ("MNI ICBM152 2009 template (nilearn's copy): Copyright (C) 19
 ANATOMY_CLASSES = ("background", "csf", "gm", "wm")
 """Tissue label values 0..3 (IBSR's)."""
 LESION_NAMES = {4: "heterotopia", 5: "deep_grey_enlargement"}
-"""Lesion label values of subjects made with ``lesions=True``."""
+"""Lesion label values of subjects made with ``lesions=True`` (and the default ``placement="fixed"``)."""
+PLACEMENTS = ("fixed", "free")
+"""Lesion placements: ``fixed`` the deep white matter and the deep grey nuclei (`LESION_NAMES`), ``free``
+anywhere in the tissue with no location prior (`FREE_LESION_NAMES`); see `make_anatomy_subject`."""
+FREE_LESION_NAMES = {4: "heterotopia", 5: "grey_enlargement"}
+"""Lesion label values of subjects made with ``lesions=True, placement="free"``."""
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 # relative signal of CSF, GM, WM per derived contrast (T1 is the template's own image)
 _TABLES = {
@@ -78,7 +85,8 @@ _SIGMA_MM = 12.0  # smoothness of the elastic displacement
 class AnatomySubject:
     """Arrays [X, Y, Z] on an isotropic RAS+ grid (``affine``: voxel -> MNI mm, before the subject's warp).
 
-    ``images``: modality (`MODALITIES`) -> float32, about 0..1, zero outside the brain; ``tissue``:
+    ``images``: modality (`MODALITIES`) -> float32, about 0..1, zero outside the brain (with ``skull``: the
+    head and the noisy air round it); ``tissue``:
     uint8 0 bg / 1 CSF / 2 GM / 3 WM; ``labels``: ``tissue`` with the lesion classes of
     `LESION_NAMES` painted over it; ``hemisphere``: int8, -1 left / +1 right / 0 outside the brain,
     the side of the template's mid-sagittal plane each voxel came from (warped with the subject);
@@ -111,13 +119,18 @@ def _load_template() -> dict[str, np.ndarray | float]:
     return {"t1": t1, "gm": gm, "wm": wm, "csf": csf, "brain": brain.astype(np.float32), "affine": t1_img.affine}
 
 
-def _grid(shape: tuple[int, int, int]) -> np.ndarray:
-    """Affine of the isotropic grid ``shape`` that holds the template's brain, centred on x = 0 so
+def _grid(shape: tuple[int, int, int], skull: bool = False) -> np.ndarray:
+    """Affine of the isotropic grid ``shape`` that holds the template's brain (with ``skull``: the
+    head, `HEAD_MARGIN_MM` beyond the brain and `NECK_MM` of neck below it), centred on x = 0 so
     that voxel i mirrors voxel shape[0] - 1 - i (the template is left-right symmetric about x = 0)."""
     tpl = _load_template()
     idx = np.argwhere(tpl["brain"] > 0)
     lo, hi = (_to_world(tpl["affine"], idx.min(0)), _to_world(tpl["affine"], idx.max(0)))
-    extent = (hi - lo + 1.0) * _MARGIN
+    if skull:
+        lo, hi = lo - np.array([HEAD_MARGIN_MM, HEAD_MARGIN_MM, NECK_MM]), hi + HEAD_MARGIN_MM
+        extent = hi - lo + 1.0
+    else:
+        extent = (hi - lo + 1.0) * _MARGIN
     voxel = float(np.max(extent / np.array(shape)))
     centre = (lo + hi) / 2
     centre[0] = 0.0
@@ -132,11 +145,12 @@ def _to_world(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=4)
-def _template_on_grid(shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
-    """The template resampled onto `_grid` (anti-aliased, trilinear), computed once per shape and
-    process: channels ``t1, csf, gm, wm, brain``, plus the T1 mean of each tissue (``t1_means``)."""
+def _template_on_grid(shape: tuple[int, int, int], skull: bool = False) -> dict[str, np.ndarray]:
+    """The template resampled onto `_grid` (anti-aliased, trilinear), computed once per shape, field
+    of view and process: channels ``t1, csf, gm, wm, brain``, plus the T1 mean of each tissue
+    (``t1_means``) and, with ``skull``, the distance to the brain's hull (``hull``, mm)."""
     tpl = _load_template()
-    affine = _grid(shape)
+    affine = _grid(shape, skull)
     voxel = affine[0, 0]
     sigma = 0.5 * np.sqrt(max(voxel**2 - 1.0, 0.0))  # template voxels are 1 mm
     to_template = np.linalg.inv(tpl["affine"]) @ affine
@@ -151,6 +165,8 @@ def _template_on_grid(shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
     brain = out["brain"] > 0.5
     out["depth"] = ndimage.distance_transform_edt(brain, sampling=voxel).astype(np.float32)  # mm to the outside
     out["wm_depth"] = ndimage.distance_transform_edt(out["wm"] > 0.5, sampling=voxel).astype(np.float32)
+    if skull:
+        out["hull"] = head_hull_distance(brain, voxel)
     for value in out.values():
         value.flags.writeable = False  # shared by every subject of the process
     return out
@@ -218,18 +234,72 @@ def _deep_grey_enlargement(rng: np.random.Generator, tpl: dict[str, np.ndarray],
                          "use a larger size")
     nuclei = parts == 1 + int(np.argmax(ndimage.sum_labels(np.ones(shape), parts, index=np.arange(1, n + 1))))
     width = max(float(rng.uniform(3.0, 5.0)), 1.2 * voxel)
-    near = ndimage.distance_transform_edt(~nuclei, sampling=voxel)
+    # a voxel's margin from the mid-sagittal plane: still one side after the warp's interpolation
+    return _grow_grey(tpl, probs, nuclei, width, (sign * x > 0.25 * voxel) & ~spare), side
+
+
+def _grow_grey(tpl: dict[str, np.ndarray], probs: np.ndarray, source: np.ndarray, width: float,
+               allowed: np.ndarray) -> np.ndarray:
+    """Grow the grey matter of ``source`` (bool [X, Y, Z]) by ``width`` mm into the white matter
+    around it (a grey-level dilation of its GM probability), only where ``allowed`` and not CSF:
+    updates ``probs`` [CSF, GM, WM] in place (GM taken from WM) and returns the voxels that became GM."""
+    voxel = float(tpl["affine"][0, 0])
+    near = ndimage.distance_transform_edt(~source, sampling=voxel)
     radius = int(np.ceil(width / voxel))
     ball = _ball((2 * radius + 1,) * 3, np.array([radius] * 3), width / voxel)
     grown = ndimage.maximum_filter(np.where(near <= voxel, tpl["gm"], 0.0), footprint=ball)
-    # a voxel's margin from the mid-sagittal plane: still one side after the warp's interpolation
-    allowed = (sign * x > 0.25 * voxel) & (near <= width) & (tpl["csf"] < 0.5) & ~spare
+    allowed = allowed & (near <= width) & (tpl["csf"] < 0.5)
     was_gm = (probs[1] > probs[0]) & (probs[1] > probs[2])
     gain = np.where(allowed, np.minimum(np.maximum(grown - probs[1], 0.0), probs[2]), 0.0)
     probs[1] += gain
     probs[2] -= gain
-    became = (probs[1] > probs[0]) & (probs[1] > probs[2]) & ~was_gm
-    return became, side
+    return (probs[1] > probs[0]) & (probs[1] > probs[2]) & ~was_gm
+
+
+def _pick(rng: np.random.Generator, where: np.ndarray) -> np.ndarray:
+    """A point drawn uniformly in the voxels of ``where`` (bool [X, Y, Z]): a voxel, then a uniform
+    offset within it, so that centres take any position, not the grid's alone. Voxel coordinates [3]."""
+    candidates = np.argwhere(where)
+    return candidates[int(rng.integers(len(candidates)))] + rng.uniform(-0.5, 0.5, 3)
+
+
+def _free_heterotopia(rng: np.random.Generator, tpl: dict[str, np.ndarray]) -> tuple[np.ndarray, list[list[float]]]:
+    """One to three GM nodules (radius 3-10 mm, at least 1.2 voxels) anywhere in the white matter, either
+    hemisphere each, the centre at least half the radius (and a voxel) deep in the white matter, so that
+    white matter encloses the nodule's core: mask and centres (mm)."""
+    voxel = float(tpl["affine"][0, 0])
+    shape = tpl["wm"].shape
+    mask = np.zeros(shape, dtype=bool)
+    centres = []
+    for _ in range(int(rng.integers(1, 4))):
+        radius = max(float(rng.uniform(3.0, 10.0)), 1.2 * voxel)
+        depth = tpl["wm_depth"]
+        if mask.any():  # keep nodules apart
+            depth = np.where(ndimage.distance_transform_edt(~mask, sampling=voxel) > radius + voxel, depth, 0.0)
+        room = depth >= max(0.5 * radius, voxel)
+        if not room.any():
+            break
+        centre = _pick(rng, room)
+        mask |= _ball(shape, centre, radius / voxel) & (tpl["wm"] > 0.5)
+        centres.append(_to_world(tpl["affine"], centre).round(1).tolist())
+    return mask, centres
+
+
+def _free_grey_enlargement(rng: np.random.Generator, tpl: dict[str, np.ndarray], probs: np.ndarray,
+                           spare: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """The grey matter (cortex or deep nuclei, either hemisphere) within 8-16 mm of a point drawn
+    anywhere on the grey / white-matter border, grown by 3-5 mm (at least 1.2 voxels) into the white
+    matter there: updates ``probs`` as `_grow_grey` and returns the voxels that became GM and the centre (mm)."""
+    voxel = float(tpl["affine"][0, 0])
+    shape = tpl["gm"].shape
+    wm = tpl["wm"] > 0.5
+    border = (tpl["gm"] > 0.5) & (ndimage.distance_transform_edt(~wm, sampling=voxel) <= 1.5 * voxel) & ~spare
+    centre = _pick(rng, border)
+    reach = max(float(rng.uniform(8.0, 16.0)), 2.0 * voxel)
+    width = max(float(rng.uniform(3.0, 5.0)), 1.2 * voxel)
+    source = _ball(shape, centre, reach / voxel) & (tpl["gm"] > 0.5)
+    became = _grow_grey(tpl, probs, source, width, _ball(shape, centre, (reach + width) / voxel) & ~spare)
+    return became, _to_world(tpl["affine"], centre).round(1).tolist()
 
 
 def _displacement_scale(sigma_vox: float) -> float:
@@ -242,19 +312,45 @@ def _seed(rng: np.random.Generator) -> int:
     return int(rng.integers(2**31 - 1))
 
 
+def lesion_names(placement: str = "fixed") -> dict[int, str]:
+    """Lesion label value -> name under ``placement`` (one of `PLACEMENTS`)."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    return dict(LESION_NAMES if placement == "fixed" else FREE_LESION_NAMES)
+
+
 def make_anatomy_subject(size: int | tuple[int, int, int] = 64, *, seed: int = 0, index: int = 0,
-                         lesions: bool = False) -> AnatomySubject:
+                         lesions: bool = False, placement: str = "fixed", skull: bool = False) -> AnatomySubject:
     """Demo subject ``index`` of a dataset of seed ``seed`` on a grid of ``size``^3 (or ``size``
     (x, y, z)) voxels covering the brain isotropically (64 -> about 3 mm voxels, 32 -> 6 mm).
 
-    ``lesions`` draws the lesion kinds of `LESION_NAMES` (see the module docstring) into the
-    template before the warp; everything else is the same as without. Needs nilearn
-    (``pip install "asa[anatomy]"``): `ImportError` saying so otherwise. The first subject of a
-    process loads and resamples the template (a few seconds); later ones reuse it."""
+    ``lesions`` draws two lesion kinds into the template before the warp; everything else is the
+    same as without. Where (``placement``, one of `PLACEMENTS`):
+
+    * ``"fixed"`` (the default): `LESION_NAMES`, as the module docstring says: heterotopia in the
+      deepest white matter of one hemisphere (on a coarse grid few positions are deep enough), the
+      deep grey nuclei of one side grown (the same nuclei in every subject).
+    * ``"free"``: no location prior, `FREE_LESION_NAMES`: 1-3 heterotopia nodules of radius 3-10 mm,
+      each centred anywhere in the white matter at least half its radius deep, either hemisphere;
+      ``grey_enlargement``: the grey matter (cortex or nuclei) within 8-16 mm of a point drawn
+      anywhere on the grey / white-matter border, either hemisphere, grown 3-5 mm into the white
+      matter. Centres are drawn to a fraction of a voxel.
+
+    ``skull``: the head as a T1 shows it before brain extraction (`asa.data.synthetic.head`: CSF,
+    skull with its marrow, scalp, a neck with the cord, vertebrae and airway) in a field of view
+    that holds the head (so ``size`` 64 gives about 3.6 mm voxels, 48 about 4.8 mm), and the
+    background is air: the Rician noise (noise std drawn in [0.01, 0.03]) fills it, as in a
+    magnitude image. ``brain_mask``, ``tissue`` and ``labels`` stay the brain's (0 outside it);
+    without ``skull`` every image is 0 outside the brain (skull-stripped).
+
+    Needs nilearn (``pip install "asa[anatomy]"``): `ImportError` saying so otherwise. The first subject
+    of a process loads and resamples the template (a few seconds); later ones reuse it."""
     shape = (int(size),) * 3 if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
     if len(shape) != 3 or min(shape) < 16:
         raise ValueError(f"size must be one edge or three (x, y, z) of at least 16 voxels, got {size}")
-    tpl = _template_on_grid(shape)
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    tpl = _template_on_grid(shape, bool(skull))
     voxel = float(tpl["affine"][0, 0])
     rng = np.random.default_rng([seed, index, 26])
     lesion_rng = np.random.default_rng([seed, index, 26, 1])  # its own stream: lesions change nothing else
@@ -263,12 +359,13 @@ def make_anatomy_subject(size: int | tuple[int, int, int] = 64, *, seed: int = 0
     marks = np.zeros((2,) + shape, dtype=np.float32)
     drawn: dict[str, object] = {}
     if lesions:
-        nodules, centres = _heterotopia(lesion_rng, tpl)
+        free = placement == "free"
+        nodules, centres = (_free_heterotopia if free else _heterotopia)(lesion_rng, tpl)
         probs[:, nodules] = np.array([[0.0], [1.0], [0.0]], dtype=np.float32)
         spare = ndimage.binary_dilation(nodules, iterations=2)
-        grown, side = _deep_grey_enlargement(lesion_rng, tpl, probs, spare)
+        grown, where = (_free_grey_enlargement if free else _deep_grey_enlargement)(lesion_rng, tpl, probs, spare)
         marks[0], marks[1] = nodules, grown
-        drawn = {"heterotopia": centres, "deep_grey_enlargement": side}
+        drawn = dict(zip(lesion_names(placement).values(), (centres, where)))
     # T1: the template's image, changed by the tissue it lost or gained; the others from tissue tables,
     # with the template's within-tissue texture (its T1 over the T1 its tissue mix predicts)
     means = tpl["t1_means"]
@@ -277,6 +374,10 @@ def make_anatomy_subject(size: int | tuple[int, int, int] = 64, *, seed: int = 0
                                                           axes=1), 1e-3), 0.85, 1.15)
     contrasts = [t1] + [np.tensordot(np.asarray(_TABLES[m], dtype=np.float32), probs, axes=1) * texture
                         for m in MODALITIES[1:]]
+    if skull:  # the head fills what the brain leaves (its partial-volume edge included)
+        head = head_images(np.random.default_rng([seed, index, 26, 2]), hull_distance=tpl["hull"],
+                           brain=tpl["brain"] > 0.5, affine=tpl["affine"])
+        contrasts = [image + layer * (1.0 - tpl["brain"]) for image, layer in zip(contrasts, head)]
     # template x (mm) as a channel: after the warp it says which hemisphere each voxel came from
     x_mm = np.broadcast_to(_to_world(tpl["affine"], np.c_[np.arange(shape[0]), np.zeros((shape[0], 2))])[:, 0, None, None],
                            shape)
@@ -303,7 +404,9 @@ def make_anatomy_subject(size: int | tuple[int, int, int] = 64, *, seed: int = 0
     images = {}
     for name, image in zip(MODALITIES, images_w):
         bias = RandBiasField(degree=3, coeff_range=(-0.04, 0.04), prob=1.0)
-        noise = RandRicianNoise(prob=1.0, std=0.03, sample_std=True)
+        # a whole head's air shows the noise: its std has a floor there (a stripped brain's may be near 0)
+        noise = (RandRicianNoise(prob=1.0, std=float(rng.uniform(0.01, 0.03)), sample_std=False) if skull
+                 else RandRicianNoise(prob=1.0, std=0.03, sample_std=True))
         bias.set_random_state(seed=_seed(rng))
         out = np.asarray(torch.as_tensor(bias(image[None])).numpy(), dtype=np.float32)
         # gamma on the fixed 0..1 scale, not MONAI's RandAdjustContrast (which rescales by the image's own
@@ -311,7 +414,7 @@ def make_anatomy_subject(size: int | tuple[int, int, int] = 64, *, seed: int = 0
         out = np.maximum(out, 0.0) ** np.float32(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
         noise.set_random_state(seed=_seed(rng))
         out = np.asarray(torch.as_tensor(noise(out)).numpy(), dtype=np.float32)
-        images[name] = np.where(brain, out[0], 0.0).astype(np.float32)
+        images[name] = (out[0] if skull else np.where(brain, out[0], 0.0)).astype(np.float32)
     return AnatomySubject(images=images, tissue=tissue, labels=labels, brain_mask=brain,
                           affine=tpl["affine"].copy(), hemisphere=hemisphere, lesions=drawn)
 

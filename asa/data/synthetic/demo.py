@@ -25,12 +25,12 @@ import numpy as np
 from nibabel.orientations import axcodes2ornt, inv_ornt_aff, ornt_transform
 
 from asa.io import atomic_write_json, atomic_write_text
-from asa.data.synthetic.anatomy import LESION_NAMES, make_anatomy_subject
+from asa.data.synthetic.anatomy import MODALITIES, PLACEMENTS, lesion_names, make_anatomy_subject
 from asa.data.layouts.names import LAYOUTS
 from asa.data.synthetic.phantom import Phantom, make_phantom
 
 __all__ = ["write_demo_dataset", "write_anatomy_dataset", "ensure_demo_dataset", "default_cache_dir", "write_nifti",
-           "demo_subject", "DEMO_DIAGNOSES", "TARGET_LAYOUTS", "ANATOMY_LAYOUTS"]
+           "demo_subject", "DEMO_DIAGNOSES", "TARGET_LAYOUTS", "ANATOMY_LAYOUTS", "BIDS_CONTRASTS"]
 
 DEMO_VERSION = 3  # 2: synthetic BraTS/MSD case ids; 3: synthetic ids in every layout
 _RAS = axcodes2ornt(("R", "A", "S"))
@@ -49,6 +49,10 @@ ANATOMY_LAYOUTS = ("bids", "caps", "filelist", "ibsr", "msd")
 """Layouts the template subjects (``anatomy=True``, `asa.data.synthetic.anatomy`) are written in: the T1 cohorts',
 IBSR (T1 + tissue labels) and MSD (4 channels + tissue and lesion labels)."""
 _LESION_LAYOUTS = ("bids", "caps", "filelist", "msd")
+_SKULL_LAYOUTS = ("bids", "caps", "filelist", "msd")  # IBSR's images are the skull-stripped `_ana_strip`
+BIDS_CONTRASTS = {"t1": "T1w", "t1ce": "ce-gadolinium_T1w", "t2": "T2w", "flair": "FLAIR"}
+"""Contrast -> BIDS suffix (with the ``ce`` entity for the contrast-enhanced T1) of the BIDS demo's
+``contrasts``; asa's BIDS reader gives a ``*_T1w`` case the others beside it as channels of these names."""
 # what a writer draws subject i from: (object with images / tissue / affine, its targets or None)
 _Make = Callable[[int], tuple[Any, "dict[str, object] | None"]]
 
@@ -113,7 +117,7 @@ _TARGET_COLUMNS = ("age", "sex", "diagnosis")
 
 
 def _bids(out: Path, n: int, size: int, seed: int, targets: bool = False, make: _Make | None = None,
-          title: str = "asa demo (phantoms)") -> None:
+          title: str = "asa demo (phantoms)", contrasts: tuple[str, ...] = ("t1",)) -> None:
     atomic_write_json(out / "dataset_description.json", {"Name": title, "BIDSVersion": "1.8.0"})
     rows = []
     orients = ("RAS", "LPS", "LAS")
@@ -122,8 +126,10 @@ def _bids(out: Path, n: int, size: int, seed: int, targets: bool = False, make: 
         ph, subject = make(i) if make else _t1_phantom(size, seed, i, targets)
         rows.append((sub,) + (tuple(subject[c] for c in _TARGET_COLUMNS) if targets else ()))
         anat = out / sub / ("ses-M00/anat" if i % 2 == 0 else "anat")
-        name = f"{sub}_ses-M00_T1w.nii.gz" if i % 2 == 0 else f"{sub}_T1w.nii.gz"
-        write_nifti(ph.images["t1"], ph.affine, anat / name, orients[i % 3], np.float32)
+        stem = f"{sub}_ses-M00" if i % 2 == 0 else sub
+        for contrast in contrasts:
+            name = f"{stem}_{BIDS_CONTRASTS[contrast]}.nii.gz"
+            write_nifti(ph.images[contrast], ph.affine, anat / name, orients[i % 3], np.float32)
         if targets and i % 2 == 0:  # session-level values where the subject has sessions (BIDS sessions.tsv)
             session = ("ses-M00", subject["age"], subject["diagnosis"])
             atomic_write_text(out / sub / f"{sub}_sessions.tsv", _table(("session_id", "age", "diagnosis"), [session]))
@@ -205,9 +211,10 @@ def _msd(out: Path, n: int, size: int, seed: int) -> None:
     )
 
 
-def _msd_anatomy(out: Path, n: int, make: _Make, lesions: bool) -> None:
+def _msd_anatomy(out: Path, n: int, make: _Make, lesions: bool, placement: str = "fixed") -> None:
     """nnU-Net v2 raw, 4 channels as the phantoms' MSD (FLAIR, T1w, T1gd, T2w); labels 0 background,
-    1 CSF, 2 GM, 3 WM and, with ``lesions``, the lesion classes of `asa.data.synthetic.anatomy.LESION_NAMES`."""
+    1 CSF, 2 GM, 3 WM and, with ``lesions``, the lesion classes of ``placement``
+    (`asa.data.synthetic.anatomy.lesion_names`)."""
     channels = ("FLAIR", "T1w", "T1gd", "T2w")
     source = ("flair", "t1", "t1ce", "t2")
     for i in range(n):
@@ -219,7 +226,7 @@ def _msd_anatomy(out: Path, n: int, make: _Make, lesions: bool) -> None:
         write_nifti(subject.labels, subject.affine, out / "labelsTr" / f"{cid}.nii.gz", "RAS", np.uint8)
     labels = {"background": 0, "CSF": 1, "GM": 2, "WM": 3}
     if lesions:
-        labels.update({name: value for value, name in LESION_NAMES.items()})
+        labels.update({name: value for value, name in lesion_names(placement).items()})
     atomic_write_json(
         out / "dataset.json",
         {
@@ -237,7 +244,8 @@ _WRITERS = {"bids": _bids, "caps": _caps, "filelist": _filelist, "brats": _brats
 
 def write_demo_dataset(layout: str, out: str | Path, *, cases: int = 4, size: int | tuple[int, int, int] = 64,
                        seed: int = 0, overwrite: bool = False, targets: bool = False, anatomy: bool = False,
-                       lesions: bool = False) -> Path:
+                       lesions: bool = False, placement: str = "fixed", skull: bool = False,
+                       contrasts: tuple[str, ...] | list[str] = ("t1",)) -> Path:
     """Write ``cases`` phantoms of ``size``^3, or of shape ``size`` (x, y, z) in RAS voxels, e.g.
     (240, 240, 155) for a full BraTS case (1 mm), in ``layout`` under ``out``; returns ``out``.
 
@@ -251,7 +259,14 @@ def write_demo_dataset(layout: str, out: str | Path, *, cases: int = 4, size: in
     (`asa.data.synthetic.anatomy.make_anatomy_subject`; needs ``pip install "asa[anatomy]"``), in the layouts
     `ANATOMY_LAYOUTS`: ``size`` is then the grid that holds the whole brain (64 -> about 3 mm voxels),
     not 1 mm voxels. ``lesions`` (with ``anatomy``; not IBSR, whose labels hold tissue only) adds the
-    lesion kinds of `asa.data.synthetic.anatomy.LESION_NAMES`, labelled 4 and 5 in the MSD layout.
+    lesion kinds of `asa.data.synthetic.anatomy.LESION_NAMES`, labelled 4 and 5 in the MSD layout;
+    ``placement="free"`` (with ``lesions``) draws them with no location prior
+    (`asa.data.synthetic.anatomy.FREE_LESION_NAMES`); ``skull`` (with ``anatomy``; not IBSR, whose
+    images are skull-stripped) writes whole heads in noisy air instead of skull-stripped brains.
+
+    ``contrasts`` (``bids`` only; phantoms or template subjects): the contrasts written per subject,
+    ``t1`` first, of ``t1, t1ce, t2, flair`` (BIDS suffixes `BIDS_CONTRASTS`: ``_T1w``,
+    ``_ce-gadolinium_T1w``, ``_T2w``, ``_FLAIR``), e.g. a pretraining cohort with the fine-tuning channels.
 
     ``out`` must be missing or empty: a folder holding anything is refused (`FileExistsError`, naming
     what is there) unless ``overwrite``, since the phantoms would replace or mix with its files."""
@@ -268,6 +283,25 @@ def write_demo_dataset(layout: str, out: str | Path, *, cases: int = 4, size: in
         raise ValueError(f"lesions=True (--lesions) is for the layouts {_LESION_LAYOUTS}, not {layout!r}: its labels "
                          "hold the tissue classes only (1 CSF, 2 GM, 3 WM), and unlabelled lesions would be "
                          "mislabelled tissue; use 'msd' for labelled lesions")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement (--placement) must be one of {PLACEMENTS}, got {placement!r}")
+    if placement != "fixed" and not lesions:
+        raise ValueError(f"placement={placement!r} (--placement) says where lesions go: it needs lesions=True "
+                         "(--lesions)")
+    if skull and not anatomy:
+        raise ValueError("skull=True (--skull) is for the template subjects (anatomy=True, --anatomy); the phantoms "
+                         "are skull-stripped")
+    if skull and layout not in _SKULL_LAYOUTS:
+        raise ValueError(f"skull=True (--skull) is for the layouts {_SKULL_LAYOUTS}, not {layout!r}: its images are "
+                         "skull-stripped by definition (IBSR's _ana_strip)")
+    contrasts = tuple(contrasts)
+    if not contrasts or contrasts[0] != "t1" or len(set(contrasts)) != len(contrasts) or \
+            not set(contrasts) <= set(MODALITIES):
+        raise ValueError(f"contrasts (--contrasts) must be t1 then any of {MODALITIES[1:]}, each once, "
+                         f"got {list(contrasts)}")
+    if contrasts != ("t1",) and layout != "bids":
+        raise ValueError(f"contrasts={list(contrasts)} (--contrasts) is for the bids layout, not {layout!r}: "
+                         "caps (t1_linear) and file lists hold one T1 per case; msd and brats always hold 4 channels")
     if anatomy and targets:
         raise ValueError("targets=True (--targets) is for the phantoms, not the template subjects (anatomy=True, "
                          "--anatomy), which carry no age, sex or diagnosis")
@@ -291,23 +325,26 @@ def write_demo_dataset(layout: str, out: str | Path, *, cases: int = 4, size: in
         raise FileExistsError(f"--out {out} is not empty ({shown}): the phantoms would replace or mix with its "
                               "files. Choose a new folder, or pass --overwrite to write into it anyway")
     out.mkdir(parents=True, exist_ok=True)
+    options = {"contrasts": contrasts} if contrasts != ("t1",) else {}
     if not anatomy:
-        _WRITERS[layout](out, cases, size, seed, **({"targets": True} if targets else {}))
+        _WRITERS[layout](out, cases, size, seed, **({"targets": True} if targets else {}), **options)
         return out
 
     def make(index: int) -> tuple[Any, None]:
-        return make_anatomy_subject(size, seed=seed, index=index, lesions=lesions), None
+        return make_anatomy_subject(size, seed=seed, index=index, lesions=lesions, placement=placement,
+                                    skull=skull), None
 
     if layout == "msd":
-        _msd_anatomy(out, cases, make, lesions)
+        _msd_anatomy(out, cases, make, lesions, placement)
     else:
         title = {"title": "asa demo (MNI ICBM152 2009 template subjects)"} if layout == "bids" else {}
-        _WRITERS[layout](out, cases, size, seed, make=make, **title)
+        _WRITERS[layout](out, cases, size, seed, make=make, **title, **options)
     return out
 
 
 def write_anatomy_dataset(layout: str, out: str | Path, *, cases: int = 4, size: int | tuple[int, int, int] = 64,
-                          seed: int = 0, lesions: bool = False, overwrite: bool = False) -> Path:
+                          seed: int = 0, lesions: bool = False, overwrite: bool = False, placement: str = "fixed",
+                          skull: bool = False, contrasts: tuple[str, ...] | list[str] = ("t1",)) -> Path:
     """Write ``cases`` subjects warped from the MNI ICBM152 2009 template in ``layout`` under ``out``;
     returns ``out``. Needs nilearn: ``pip install "asa[anatomy]"`` (`ImportError` naming it otherwise).
 
@@ -320,6 +357,13 @@ def write_anatomy_dataset(layout: str, out: str | Path, *, cases: int = 4, size:
     tissue, found only from context (`asa.data.synthetic.anatomy`). ``lesions`` also works for the T1 layouts
     (lesioned, unlabelled images); IBSR is refused (`ValueError`).
 
+    Realism options (defaults: today's subjects, byte for byte): ``placement="free"`` (with
+    ``lesions``): lesions anywhere in the tissue, either hemisphere, sizes drawn, labelled 4
+    heterotopia and 5 grey_enlargement; ``skull``: whole heads (skull, scalp, neck) in air with
+    Rician noise, as a T1 before brain extraction (not IBSR); ``contrasts`` (``bids``): more
+    contrasts per subject beside the T1w, e.g. ``("t1", "t1ce", "t2", "flair")``, the MSD channels.
+    See `asa.data.synthetic.anatomy.make_anatomy_subject`.
+
     ``size``: the grid, one edge or (x, y, z), that holds the whole brain isotropically (64 ->
     about 3 mm voxels, 32 -> 6 mm; at least 16). Subject i depends on ``seed`` and i only (same
     seed -> identical files; a subject with ``lesions`` is the same head, warp and noise as
@@ -327,21 +371,25 @@ def write_anatomy_dataset(layout: str, out: str | Path, *, cases: int = 4, size:
     0.1-0.5 s per subject at 32-64 voxels on one CPU core. ``out`` must be missing or empty unless
     ``overwrite`` (`FileExistsError`). Same as ``write_demo_dataset(layout, out, ..., anatomy=True)``."""
     return write_demo_dataset(layout, out, cases=cases, size=size, seed=seed, overwrite=overwrite, anatomy=True,
-                              lesions=lesions)
+                              lesions=lesions, placement=placement, skull=skull, contrasts=contrasts)
 
 
 def ensure_demo_dataset(layout: str, *, cases: int = 4, size: int = 64, seed: int = 0,
                         cache_dir: str | Path | None = None, targets: bool = False, anatomy: bool = False,
-                        lesions: bool = False) -> Path:
+                        lesions: bool = False, placement: str = "fixed", skull: bool = False,
+                        contrasts: tuple[str, ...] | list[str] = ("t1",)) -> Path:
     """Demo dataset in ``cache_dir/demo/<layout>-n<cases>-s<size>-seed<seed>-v<version>[-targets]``
-    (``[-anatomy[-lesions]]`` for template subjects), generated once (``targets``, ``anatomy``,
-    ``lesions``: see `write_demo_dataset`).
+    (``[-anatomy[-lesions][-free][-skull]]`` for template subjects, ``[-<contrasts>]`` beyond the T1),
+    generated once (``targets``, ``anatomy``, ``lesions``, ``placement``, ``skull``, ``contrasts``: see
+    `write_demo_dataset`).
 
     Generation happens in a temporary sibling folder renamed into place, so concurrent callers
     (e.g. several DDP ranks) never see a half-written dataset.
     """
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    source = ("-anatomy" + ("-lesions" if lesions else "")) if anatomy else ""
+    source = ("-anatomy" + ("-lesions" if lesions else "") + ("" if placement == "fixed" else f"-{placement}")
+              + ("-skull" if skull else "")) if anatomy else ""
+    source += "" if tuple(contrasts) == ("t1",) else "-" + "-".join(contrasts)
     name = f"{layout}-n{cases}-s{size}-seed{seed}-v{DEMO_VERSION}{'-targets' if targets else ''}{source}"
     target = base / "demo" / name
     if (target / ".complete").is_file():
@@ -350,11 +398,15 @@ def ensure_demo_dataset(layout: str, *, cases: int = 4, size: int = 64, seed: in
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         write_demo_dataset(layout, tmp, cases=cases, size=size, seed=seed, targets=targets, anatomy=anatomy,
-                           lesions=lesions)
+                           lesions=lesions, placement=placement, skull=skull, contrasts=contrasts)
         (tmp / ".complete").write_text(json.dumps({"layout": layout, "cases": cases, "size": size, "seed": seed,
                                                    **({"targets": True} if targets else {}),
                                                    **({"anatomy": True} if anatomy else {}),
-                                                   **({"lesions": True} if lesions else {})}))
+                                                   **({"lesions": True} if lesions else {}),
+                                                   **({"placement": placement} if placement != "fixed" else {}),
+                                                   **({"skull": True} if skull else {}),
+                                                   **({"contrasts": list(contrasts)} if tuple(contrasts) != ("t1",)
+                                                      else {})}))
         if target.exists() and not (target / ".complete").is_file():
             shutil.rmtree(target, ignore_errors=True)  # leftover of an interrupted older writer
         try:
