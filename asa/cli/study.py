@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from asa.study.study import main as study
+from asa.study.study import build_parser, main as study
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
 def main() -> None:

@@ -461,7 +461,8 @@ def loss_plateau(losses: Sequence[float], *, tol: float = PLATEAU_TOL) -> dict[s
 
 
 # -------------------------------------------------------------------------------------------------- main
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``asa-study``."""
     p = argparse.ArgumentParser(prog="asa-study", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--pretrain-data", type=Path,
@@ -492,11 +493,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples of the CIs")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="an asa-finetune override for every fine-tuning run")
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     name, scale = scale_from_args(args, SCALES)
     network = parse_network(args.network, scale)
     out = args.out.expanduser().absolute()

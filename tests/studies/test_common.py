@@ -1,4 +1,4 @@
-"""studies/common.py: a scale's command line, the settings record, the run of tasks under a time budget and
+"""asa/study/common.py: a scale's command line, the settings record, the run of tasks under a time budget and
 the Markdown of the reports."""
 from __future__ import annotations
 

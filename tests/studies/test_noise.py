@@ -1,4 +1,4 @@
-"""studies/noise.py: the negative control's volumes (deterministic, no anatomy) and the cohort written of them."""
+"""asa/study/noise.py: the negative control's volumes (deterministic, no anatomy) and the cohort written of them."""
 from __future__ import annotations
 
 import nibabel as nib
