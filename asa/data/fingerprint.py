@@ -43,7 +43,7 @@ FOREGROUND = 0.1  # head voxels: above background + 0.1 * (99th percentile - bac
 ERODE_MM = 4.0  # the erosion that parts the brain from scalp and fat across the skull
 DETAIL_SIGMA = 1.5  # samples: the smooth shape every brain shares, taken away
 BOX_SPREAD = 2.2  # the box: the brain's centroid +- 2.2 standard deviations per axis (an ellipsoid reaches 2.24)
-NEAR_THRESHOLD = 0.84  # a score at or above it is a near-duplicate (docs/finetuning.md: the scores that set it)
+NEAR_THRESHOLD = 0.845  # a score at or above it is a near-duplicate (docs/finetuning.md: the scores that set it)
 FINGERPRINT = (f"int8 {GRID}^3 detail map of the brain box (asa.data.fingerprint: reduce {REDUCE_MM} mm, "
                f"foreground {FOREGROUND}, erode {ERODE_MM} mm, box {BOX_SPREAD} sd, smooth {SMOOTH}, "
                f"detail sigma {DETAIL_SIGMA})")
