@@ -4,10 +4,14 @@ A pretraining run records its cases in ``splits.json`` (ids per part) and its da
 miss the same scan under another name (a renamed copy, a dataset that redistributes another), so every image
 also gets a content digest: the sha256 of its voxels in asa's frame (RAS+, as nibabel's ``as_closest_canonical``
 gives them), cast to float32, with the grid's shape. A renamed, re-compressed, re-typed (int16 -> float32) or
-re-oriented copy has the same digest; a resampled, cropped or re-normalised one does not.
+re-oriented copy has the same digest; a resampled, cropped or re-normalised one does not. Beside the digest each
+image gets a content fingerprint (`asa.data.fingerprint`: its brain at low resolution in its own box), which a
+resampled, cropped, rescaled, skull-stripped or defaced copy keeps: a case whose fingerprint correlates with a
+cohort image's at ``NEAR_THRESHOLD`` or more is a near-duplicate, reported with its score.
 
 :func:`cohort_record` is the record (``cohort.json`` in a pretraining run folder); :func:`cohort_overlap`
-compares cases against it; :func:`describe_overlap` says the outcome in report lines.
+compares cases against it; :func:`describe_overlap` says the outcome in report lines; :func:`near_duplicates`
+compares two lists of image files (or files with a recorded cohort).
 """
 
 from __future__ import annotations
@@ -15,33 +19,57 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from asa.data.case import Case
+from asa.data.fingerprint import (FINGERPRINT, NEAR_THRESHOLD, decode_fingerprint, encode_fingerprint,
+                                  fingerprint_scores, image_fingerprint)
 from asa.data.store_writer import worker_pool
 
 __all__ = ["COHORT_FORMAT", "DIGEST", "SEEN_PARTS", "carried_cohort", "case_subject", "cohort_digest", "cohort_overlap",
-           "cohort_record", "describe_overlap", "export_cohort", "image_digests", "overlap_line", "volume_digest"]
+           "cohort_record", "describe_overlap", "export_cohort", "image_digests", "image_signatures", "near_duplicates",
+           "overlap_line", "volume_digest", "volume_signature"]
 
 COHORT_FORMAT = "asa.cohort"
 DIGEST = "sha256 of the RAS+ voxels as float32 with the grid shape (asa.data.cohort.volume_digest)"
 SEEN_PARTS = ("train", "val")  # the parts of a pretraining split whose images the encoder was trained or selected on
 
 
-def volume_digest(path: str | os.PathLike, frame: int | None = None) -> str:
-    """``sha256:<hex>`` of the image at ``path`` (``frame``: a volume of a 4D file): its voxels reoriented to RAS+,
-    cast to float32 (C order), prefixed by the grid's shape."""
+def _ras_voxels(path: str | os.PathLike, frame: int | None) -> tuple[np.ndarray, tuple[float, ...]]:
     import nibabel as nib
 
     img = nib.as_closest_canonical(nib.load(str(path)))
     data = np.asarray(img.dataobj, dtype=np.float32)
     if frame is not None and data.ndim == 4:
         data = data[..., int(frame)]
+    return data, tuple(float(z) for z in img.header.get_zooms()[:3])
+
+
+def _sha(data: np.ndarray) -> str:
     h = hashlib.sha256(("x".join(map(str, data.shape)) + "|").encode())
     h.update(np.ascontiguousarray(data).tobytes())
     return "sha256:" + h.hexdigest()
+
+
+def volume_digest(path: str | os.PathLike, frame: int | None = None) -> str:
+    """``sha256:<hex>`` of the image at ``path`` (``frame``: a volume of a 4D file): its voxels reoriented to RAS+,
+    cast to float32 (C order), prefixed by the grid's shape."""
+    return _sha(_ras_voxels(path, frame)[0])
+
+
+def volume_signature(path: str | os.PathLike, frame: int | None = None) -> tuple[str, str]:
+    """(digest, fingerprint as text) of the image at ``path``, read once: :func:`volume_digest` and
+    `asa.data.fingerprint.image_fingerprint` (``encode_fingerprint``'s text). An image without a brain to
+    fingerprint (a label map, a constant volume) gets the fingerprint ``""``, which matches nothing."""
+    data, zooms = _ras_voxels(path, frame)
+    try:
+        fingerprint = encode_fingerprint(image_fingerprint(data if data.ndim == 3 else data[..., 0], zooms))
+    except ValueError:
+        fingerprint = ""
+    return _sha(data), fingerprint
 
 
 def case_subject(case: Case) -> str:
@@ -54,31 +82,50 @@ def _digest(job: tuple[str, str, str, int | None]) -> str:
     return volume_digest(job[2], job[3])
 
 
-def image_digests(cases: Sequence[Case], *, workers: int = 4) -> dict[str, dict[str, str]]:
-    """Case id -> {channel: digest} of every image of ``cases``, read by ``workers`` processes (1: in this one;
+def _signature(job: tuple[str, str, str, int | None]) -> tuple[str, str]:
+    return volume_signature(job[2], job[3])
+
+
+def _per_image(cases: Sequence[Case], read, workers: int) -> dict[str, dict[str, Any]]:
+    """Case id -> {channel: read(job)} over every image of ``cases``, by ``workers`` processes (1: in this one;
     threads gain nothing: nibabel's gzip reading holds the GIL)."""
     jobs = [(c.id, ch, str(path), c.frame(ch)) for c in cases for ch, path in c.images.items()]
     if int(workers) > 1 and len(jobs) > 1:
         with worker_pool(min(int(workers), len(jobs))) as pool:
-            values = list(pool.map(_digest, jobs, chunksize=max(1, len(jobs) // (8 * int(workers)))))
+            values = list(pool.map(read, jobs, chunksize=max(1, len(jobs) // (8 * int(workers)))))
     else:
-        values = [_digest(job) for job in jobs]
-    out: dict[str, dict[str, str]] = {}
+        values = [read(job) for job in jobs]
+    out: dict[str, dict[str, Any]] = {}
     for (case_id, channel, _, _), value in zip(jobs, values):
         out.setdefault(case_id, {})[channel] = value
     return out
 
 
+def image_digests(cases: Sequence[Case], *, workers: int = 4) -> dict[str, dict[str, str]]:
+    """Case id -> {channel: digest} of every image of ``cases``, read by ``workers`` processes."""
+    return _per_image(cases, _digest, workers)
+
+
+def image_signatures(cases: Sequence[Case], *, workers: int = 4) -> tuple[dict[str, dict[str, str]],
+                                                                           dict[str, dict[str, str]]]:
+    """(case id -> {channel: digest}, case id -> {channel: fingerprint text}) of every image of ``cases``, each
+    image read once (:func:`volume_signature`) by ``workers`` processes."""
+    both = _per_image(cases, _signature, workers)
+    return ({c: {ch: v[0] for ch, v in chans.items()} for c, chans in both.items()},
+            {c: {ch: v[1] for ch, v in chans.items()} for c, chans in both.items()})
+
+
 def cohort_record(cases: Sequence[Case], parts: Mapping[str, Sequence[str]], *, workers: int = 4,
                   source: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The cohort of a pretraining run: each case of ``parts`` (``splits.json``: part -> case ids) with its part,
-    subject and image digests (:func:`image_digests`); ``source`` says where the cases came from."""
+    subject, image digests and fingerprints (:func:`image_signatures`); ``source`` says where the cases came from."""
     part_of = {case_id: part for part, ids in parts.items() if isinstance(ids, list) for case_id in ids}
     chosen = [c for c in cases if c.id in part_of]
-    digests = image_digests(chosen, workers=workers)
-    return {"format": COHORT_FORMAT, "digest": DIGEST, "seen_parts": list(SEEN_PARTS), **dict(source or {}),
-            "cases": {c.id: {"part": part_of[c.id], "subject": case_subject(c), "images": digests.get(c.id, {})}
-                      for c in chosen}}
+    digests, prints = image_signatures(chosen, workers=workers)
+    return {"format": COHORT_FORMAT, "digest": DIGEST, "fingerprint": FINGERPRINT, "seen_parts": list(SEEN_PARTS),
+            **dict(source or {}),
+            "cases": {c.id: {"part": part_of[c.id], "subject": case_subject(c), "images": digests.get(c.id, {}),
+                             "fingerprints": prints.get(c.id, {})} for c in chosen}}
 
 
 def cohort_digest(cohort: Mapping[str, Any]) -> dict[str, Any]:
@@ -92,14 +139,18 @@ def cohort_digest(cohort: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def export_cohort(cohort: Mapping[str, Any]) -> dict[str, Any]:
-    """What an encoder export carries of a cohort record: the seen cases (id -> part, subject, image digests) and
-    what the digests are, as plain strings, lists and dicts (``torch.load(weights_only=True)`` reads them; no
-    data paths)."""
+    """What an encoder export carries of a cohort record: the seen cases (id -> part, subject, image digests and
+    fingerprints when recorded) and what the digests and fingerprints are, as plain strings, lists and dicts
+    (``torch.load(weights_only=True)`` reads them; no data paths)."""
     seen = [str(p) for p in (cohort.get("seen_parts") or SEEN_PARTS)]
+    prints = cohort.get("fingerprint") == FINGERPRINT
     cases = {str(k): {"part": str(v.get("part")), "subject": str(v.get("subject") or k),
-                      "images": {str(ch): str(d) for ch, d in (v.get("images") or {}).items()}}
+                      "images": {str(ch): str(d) for ch, d in (v.get("images") or {}).items()},
+                      **({"fingerprints": {str(ch): str(f) for ch, f in (v.get("fingerprints") or {}).items()}}
+                         if prints else {})}
              for k, v in (cohort.get("cases") or {}).items() if v.get("part") in seen}
-    return {"format": COHORT_FORMAT, "digest": DIGEST, "seen_parts": seen, "cases": cases}
+    return {"format": COHORT_FORMAT, "digest": DIGEST, **({"fingerprint": FINGERPRINT} if prints else {}),
+            "seen_parts": seen, "cases": cases}
 
 
 def carried_cohort(state: Mapping[str, Any], where: str) -> dict[str, Any] | None:
@@ -117,15 +168,44 @@ def carried_cohort(state: Mapping[str, Any], where: str) -> dict[str, Any] | Non
     return dict(cohort)
 
 
+def _cohort_prints(members: Mapping[str, Any]) -> tuple[list[str], np.ndarray]:
+    """(cohort case of each row, [n, GRID^3] int8) of the recorded fingerprints of ``members``."""
+    owners, rows = [], []
+    for case_id, entry in members.items():
+        for text in (entry.get("fingerprints") or {}).values():
+            if text:
+                owners.append(case_id)
+                rows.append(decode_fingerprint(text))
+    return owners, (np.stack(rows) if rows else np.zeros((0, 1), dtype=np.int8))
+
+
+def _near(prints: Mapping[str, str], owners: list[str], table: np.ndarray, threshold: float) -> dict[str, float]:
+    """Cohort case -> its best score against the case's fingerprints ``prints`` (channel -> text), those at or
+    above ``threshold``."""
+    rows = [decode_fingerprint(t) for t in prints.values() if t]
+    if not rows or not owners:
+        return {}
+    scores = fingerprint_scores(np.stack(rows), table).max(axis=0)
+    best: dict[str, float] = {}
+    for owner, score in zip(owners, scores):
+        if score >= threshold:
+            best[owner] = max(best.get(owner, -1.0), round(float(score), 4))
+    return best
+
+
 def cohort_overlap(cohort: Mapping[str, Any], subsets: Mapping[str, Sequence[Case]], *, workers: int = 4,
                    seen_parts: Iterable[str] | None = None,
-                   digests: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, Any]:
+                   digests: Mapping[str, Mapping[str, str]] | None = None,
+                   fingerprints: Mapping[str, Mapping[str, str]] | None = None,
+                   threshold: float = NEAR_THRESHOLD) -> dict[str, Any]:
     """For each subset (``{"val": cases, "test": cases}``), the cases that were in the cohort's seen parts
-    (``cohort["seen_parts"]``, default train and val): by case id, by subject and by image content (any image
-    of the case with the digest of a cohort image). Returns ``{subset: {"n", "by_id", "by_subject",
-    "by_content", "overlapping"}}``, the matches listed as ``{"case", "matches": [cohort case, ...]}``.
-    ``digests``: the cases' image digests when already read (:func:`image_digests`), so that several cohorts
-    are compared with one reading."""
+    (``cohort["seen_parts"]``, default train and val): by case id, by subject, by image content (any image
+    of the case with the digest of a cohort image) and by near content (a fingerprint correlating with a cohort
+    image's at ``threshold`` or more, `asa.data.fingerprint`; only when the cohort records fingerprints). Returns
+    ``{subset: {"n", "by_id", "by_subject", "by_content", "by_near_content", "near_checked", "overlapping"}}``,
+    the matches listed as ``{"case", "matches": [cohort case, ...]}`` (near ones with ``"scores": {cohort case:
+    score}``, exact copies left to ``by_content``). ``digests`` and ``fingerprints``: the cases' signatures when
+    already read (:func:`image_signatures`), so that several cohorts are compared with one reading."""
     seen = set(seen_parts or cohort.get("seen_parts") or SEEN_PARTS)
     members = {k: v for k, v in (cohort.get("cases") or {}).items() if v.get("part") in seen}
     by_subject: dict[str, list[str]] = {}
@@ -134,21 +214,87 @@ def cohort_overlap(cohort: Mapping[str, Any], subsets: Mapping[str, Sequence[Cas
         by_subject.setdefault(str(entry.get("subject") or case_id), []).append(case_id)
         for value in (entry.get("images") or {}).values():
             by_digest.setdefault(value, []).append(case_id)
+    near_checked = cohort.get("fingerprint") == FINGERPRINT
+    owners, table = _cohort_prints(members) if near_checked else ([], None)
     report: dict[str, Any] = {}
     for name, cases in subsets.items():
-        read = image_digests(cases, workers=workers) if digests is None else digests
+        if digests is None:
+            read, prints = image_signatures(cases, workers=workers) if near_checked else \
+                (image_digests(cases, workers=workers), {})
+        else:
+            read, prints = digests, (fingerprints or {})
         ids = [{"case": c.id, "matches": [c.id]} for c in cases if c.id in members]
         subjects = [{"case": c.id, "matches": sorted(by_subject[case_subject(c)])} for c in cases
                     if case_subject(c) in by_subject]
-        content = []
+        content, near = [], []
         for c in cases:
             hits = sorted({m for d in read.get(c.id, {}).values() for m in by_digest.get(d, [])})
             if hits:
                 content.append({"case": c.id, "matches": hits})
-        overlapping = sorted({m["case"] for m in ids + subjects + content})
+            close = {k: v for k, v in _near(prints.get(c.id, {}), owners, table, threshold).items() if k not in hits}
+            if close:
+                ranked = sorted(close, key=lambda k: (-close[k], k))
+                near.append({"case": c.id, "matches": ranked, "scores": {k: close[k] for k in ranked}})
+        overlapping = sorted({m["case"] for m in ids + subjects + content + near})
         report[name] = {"n": len(cases), "by_id": ids, "by_subject": subjects, "by_content": content,
+                        "by_near_content": near, "near_checked": near_checked and bool(prints),
                         "overlapping": overlapping}
     return report
+
+
+def near_duplicates(queries: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike],
+                    references: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike] | Mapping[str, Any], *,
+                    threshold: float = NEAR_THRESHOLD, workers: int = 1) -> list[dict[str, Any]]:
+    """The images of ``queries`` that are copies of images of ``references``: ``[{"query", "reference", "score",
+    "kind"}]``, ``kind`` ``"exact"`` (same digest, score 1.0) or ``"near"`` (fingerprint correlation at
+    ``threshold`` or more, `asa.data.fingerprint`), best first per query. ``queries`` and ``references``: image
+    files, as {id: path} or a list of paths (the path is the id); ``references`` may instead be a cohort record
+    (:func:`cohort_record` / :func:`export_cohort`: its seen cases, by their recorded digests and fingerprints;
+    one without fingerprints is refused, since near copies could not be found)."""
+    def as_cases(files) -> list[Case]:
+        items = files.items() if isinstance(files, Mapping) else ((str(p), p) for p in files)
+        return [Case(id=str(k), images={"image": Path(v)}) for k, v in items]
+
+    q_digests, q_prints = image_signatures(as_cases(queries), workers=workers)
+    if isinstance(references, Mapping) and isinstance(references.get("cases"), Mapping):
+        if references.get("fingerprint") != FINGERPRINT:
+            raise ValueError(f"references: a cohort record without fingerprints of {FINGERPRINT!r} (recorded by an "
+                             "older asa; asa-cohort PRETRAIN_RUN records them again)")
+        seen = set(references.get("seen_parts") or SEEN_PARTS)
+        members = {k: v for k, v in references["cases"].items() if v.get("part") in seen}
+    else:
+        r_digests, r_prints = image_signatures(as_cases(references), workers=workers)
+        members = {k: {"images": r_digests[k], "fingerprints": r_prints.get(k, {})} for k in r_digests}
+    owners, table = _cohort_prints(members)
+    by_digest: dict[str, set[str]] = {}
+    for case_id, entry in members.items():
+        for value in (entry.get("images") or {}).values():
+            by_digest.setdefault(value, set()).add(case_id)
+    out = []
+    for query, chans in q_digests.items():
+        exact = {m for d in chans.values() for m in by_digest.get(d, ())}
+        rows = [{"query": query, "reference": m, "score": 1.0, "kind": "exact"} for m in sorted(exact)]
+        close = _near(q_prints.get(query, {}), owners, table, threshold)
+        rows += sorted(({"query": query, "reference": m, "score": v, "kind": "near"} for m, v in close.items()
+                        if m not in exact), key=lambda r: (-r["score"], r["reference"]))
+        out += rows
+    return out
+
+
+KINDS = ("by_near_content", "by_id", "by_subject", "by_content")  # later kinds name a case's matches first
+
+
+def _shown(match: Mapping[str, Any]) -> list[str]:
+    """A match's cohort cases, a near one's with its score."""
+    scores = match.get("scores") or {}
+    return [f"{m} (near, {scores[m]:.3f})" if m in scores else m for m in match["matches"]]
+
+
+def _near_words(part: Mapping[str, Any]) -> str:
+    if not part.get("near_checked"):
+        return "by near content not checked (the cohort records no fingerprints)"
+    return (f"by near content {len(part['by_near_content'])} "
+            f"(fingerprint correlation >= {NEAR_THRESHOLD})")
 
 
 def describe_overlap(report: Mapping[str, Any], *, cohort_size: int | None = None, show: int = 5) -> list[str]:
@@ -160,9 +306,9 @@ def describe_overlap(report: Mapping[str, Any], *, cohort_size: int | None = Non
         line = (f"{name}: {n_over} of {part['n']} case(s) in the pretraining cohort"
                 + (f" ({cohort_size} cases)" if cohort_size is not None else "")
                 + f": by id {len(part['by_id'])}, by subject {len(part['by_subject'])}, "
-                  f"by image content {len(part['by_content'])}")
+                  f"by image content {len(part['by_content'])}, " + _near_words(part))
         if n_over:
-            found = {m["case"]: m["matches"] for kind in ("by_content", "by_subject", "by_id") for m in part[kind]}
+            found = {m["case"]: _shown(m) for kind in KINDS for m in part.get(kind, [])}
             shown = [f"{case} = {', '.join(found[case][:3])}" for case in part["overlapping"][:show]]
             line += "; " + "; ".join(shown) + (" ..." if n_over > show else "")
         lines.append(line)
@@ -175,11 +321,12 @@ def overlap_line(report: Mapping[str, Any], *, show: int = 3) -> str:
     names = {"val": "validation", "test": "test"}
     counts = " and ".join(f"{len(report[s]['overlapping'])} of the {report[s]['n']} {names.get(s, s)} cases"
                           for s in report)
-    kinds = {kind: sum(len(report[s][kind]) for s in report) for kind in ("by_id", "by_subject", "by_content")}
+    kinds = {kind: sum(len(report[s].get(kind, [])) for s in report) for kind in KINDS}
+    near = (f"near content {kinds['by_near_content']}" if all(report[s].get("near_checked") for s in report)
+            else "near content not checked")
     line = (f"{counts} were in the encoder's pretraining cohort (by id {kinds['by_id']} / subject "
-            f"{kinds['by_subject']} / content {kinds['by_content']})")
-    found = {m["case"]: m["matches"] for s in report for kind in ("by_id", "by_subject", "by_content")
-             for m in report[s][kind]}
+            f"{kinds['by_subject']} / content {kinds['by_content']} / {near})")
+    found = {m["case"]: _shown(m) for s in report for kind in KINDS for m in report[s].get(kind, [])}
     if found:
         shown = [f"{case} = {', '.join(found[case][:3])}" for case in sorted(found)[:show]]
         line += ": " + "; ".join(shown) + (" ..." if len(found) > show else "")

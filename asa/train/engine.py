@@ -27,7 +27,7 @@ from asa.models.zoo import network_spec
 from .checkpoint import FORMAT, VERSION, prune_step_checkpoints
 from .data import build_loader, close_loader, move_to
 from .distributed import DistEnv, all_gather_objects, all_reduce_max_ints, all_reduce_mean, barrier
-from .environment import environment, environment_warnings
+from .environment import environment, environment_warnings, record_warnings
 from .optim import load_optimizer_state
 from .precision import amp_name, guard_cpu_bf16_convolutions, set_threads
 from .preemption import StopSignals
@@ -218,8 +218,11 @@ class Engine:
                      f"{amp_name(self.optim_step.amp_dtype)} (trainer.amp={cfg.amp}), {torch.get_num_threads()} "
                      f"CPU threads")
         if env.is_main and env.device.type == "cuda":  # known-bad torch / cuDNN versions, each with its fix
-            for line in environment_warnings(environment(), device=env.device, amp=self.optim_step.amp_dtype):
+            lines = environment_warnings(environment(), device=env.device, amp=self.optim_step.amp_dtype)
+            for line in lines:
                 self.log.say(f"warning: {line}")
+            if lines:
+                record_warnings(self.out_dir, lines)
         if run.stop_step < self.total_steps:
             self.log.say(f"note: trainer.max_steps={cfg.max_steps} stops the run at step {run.stop_step} of a "
                          f"schedule that spans trainer.epochs={cfg.epochs} ({self.total_steps} steps): the lr there "

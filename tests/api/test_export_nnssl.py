@@ -160,3 +160,22 @@ def test_masked_pretraining_checkpoint_exports_and_reads_back(tmp_path):
     back = load_weights(out / NNSSL_CHECKPOINT)["encoder"]
     ours = {k: v for k, v in net.state_dict().items() if k.startswith("encoder.")}
     assert set(back) == set(ours) and [k for k, v in ours.items() if not torch.equal(back[k], v)] == []
+
+
+def test_nnssl_file_keeps_shared_storages(exported, tmp_path):
+    """nnU-Net's decoder holds the encoder, so its state dict names each encoder tensor twice over one storage:
+    the file keeps them shared, the size of ``torch.save`` of the network's own state dict (what nnssl's
+    ``save_checkpoint`` writes), not one copy per key."""
+    from asa.models.cnn.nnssl import nnssl_checkpoint, nnunet_network
+
+    out, _ = exported
+    saved = torch.load(out / NNSSL_CHECKPOINT, weights_only=True)["network_weights"]
+    shared = [k for k in saved if k.startswith("decoder.encoder.")]
+    assert shared and all(saved[k].data_ptr() == saved[k.removeprefix("decoder.")].data_ptr() for k in shared)
+    export = load_weights(out)
+    torch.save(nnssl_checkpoint(export)["network_weights"], tmp_path / "ours.pth")
+    torch.save(nnunet_network(export, source="test", seed=0).state_dict(), tmp_path / "plain.pth")
+    ratio = (tmp_path / "ours.pth").stat().st_size / (tmp_path / "plain.pth").stat().st_size
+    print(f"nnssl file {ratio:.3f}x the plain state dict")
+    assert ratio <= 1.05, ratio
+    assert (out / NNSSL_CHECKPOINT).stat().st_size <= 1.05 * (tmp_path / "plain.pth").stat().st_size

@@ -96,13 +96,13 @@ def test_a_disjoint_cohort_trains_and_says_so(tmp_path, brats, capsys):
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[asa] pretraining cohort:")]
     assert line == [f"[asa] pretraining cohort: 0 of the {len(split['val'])} validation cases and 0 of the "
                     f"{len(split['test'])} test cases were in the encoder's pretraining cohort "
-                    "(by id 0 / subject 0 / content 0)"]
+                    "(by id 0 / subject 0 / content 0 / near content not checked)"]
     # kept beside splits.json, where asa-evaluate of that split says it again without reading images
     recorded = json.loads((tmp_path / "run" / OVERLAP_FILE).read_text())
     assert recorded["pretrained"] == str(pt) and recorded["cohort"]["cases"] == 2
     assert evaluated_overlap_line(tmp_path / "run" / "splits.json", "test").startswith(
         f"0 of the {len(split['test'])} test cases were in the encoder's pretraining cohort (by id 0 / subject 0 / "
-        f"content 0) (asa-finetune's check of {pt}")
+        f"content 0 / near content not checked) (asa-finetune's check of {pt}")
 
 
 def test_a_file_without_a_cohort_says_it_was_not_checked(tmp_path, brats, capsys):
@@ -128,5 +128,5 @@ def test_probe_refuses_an_encoder_whose_cohort_holds_a_probed_case(tmp_path, cap
     with pytest.raises(OptionError, match=rf"1 of the 4 probed case\(s\) \({cases[0].id}\).*{ACCEPT_OPTION}=true"):
         probe(compose_config("probe", overrides))
     assert f"[asa] pretraining cohort of {ckpt}: 1 of the 4 probed cases were in the encoder's pretraining cohort " \
-           f"(by id 0 / subject 0 / content 1): {cases[0].id} = renamed" in capsys.readouterr().out
+           f"(by id 0 / subject 0 / content 1 / near content not checked): {cases[0].id} = renamed" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()

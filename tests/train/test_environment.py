@@ -107,3 +107,63 @@ def test_predict_warns_on_a_known_bad_cuda_setup(monkeypatch, capsys):
                                     "output=/nonexistent/out"))
     err = capsys.readouterr().err
     assert "[asa-predict] warning: torch 2.9.0" in err and "[asa-predict] warning: cuDNN 9.10.2" in err
+
+
+@pytest.fixture
+def precisions():
+    """The torch >= 2.9 ``fp32_precision`` settings, restored after the test (they are no plain attributes
+    monkeypatch could restore)."""
+    if not hasattr(torch.backends.cudnn, "conv"):
+        pytest.skip("torch without the fp32_precision API")
+    nodes = (torch.backends.cudnn.conv, torch.backends.cuda.matmul, torch.backends)
+    saved = [node.fp32_precision for node in nodes]
+    yield
+    for node, value in zip(nodes, saved):
+        node.fp32_precision = value
+
+
+def test_the_new_tf32_api_is_read_and_never_crashes(monkeypatch, precisions):
+    """torch >= 2.9: after ``cudnn.conv.fp32_precision = "ieee"`` the legacy cuDNN flag raises when read (conv and
+    RNN differ); the record reads the new API instead, and a run on a bad cuDNN is not warned (TF32 is off)."""
+    _fake(monkeypatch, torch_version="2.10.0", cudnn=91002)
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    with pytest.raises(RuntimeError):
+        bool(torch.backends.cudnn.allow_tf32)  # what the record read before
+    record = environment()
+    assert record["cudnn_allow_tf32"] is False
+    assert environment_warnings(record, device="cuda", amp=None) == []
+    torch.backends.cudnn.conv.fp32_precision = "none"  # unset: inherits from its parents
+    torch.backends.fp32_precision = "tf32"
+    assert environment()["cudnn_allow_tf32"] is True and environment()["cuda_matmul_allow_tf32"] is True
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    assert environment()["cuda_matmul_allow_tf32"] is False
+    assert environment_warnings(environment(), device="cuda", amp=None)[0].startswith("cuDNN 9.10.2")
+
+
+@pytest.mark.parametrize("torch_version, cudnn, expected", [
+    ("2.9.1", 91500, ["cuDNN 9.15.0"]),        # 2.9.1 uses cuDNN for half 3D convolutions from cuDNN 9.15 on
+    ("2.9.1", 91600, []),
+    ("2.9.0", 91600, ["torch 2.9.0"]),          # 2.9.0 does not, whatever the cuDNN
+])
+def test_torch_291_with_a_new_cudnn_is_not_warned(monkeypatch, torch_version, cudnn, expected):
+    _fake(monkeypatch, torch_version=torch_version, cudnn=cudnn)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    lines = environment_warnings(environment(), device="cuda", amp=torch.bfloat16)
+    assert [line.split(" has ")[0].split(" runs ")[0] for line in lines] == expected
+    # the advice never lands on a version the other warning names
+    assert all("install torch 2.8" not in line for line in lines)
+
+
+def test_warnings_are_added_to_this_start(tmp_path, monkeypatch):
+    from asa.train.environment import record_warnings
+
+    _fake(monkeypatch, torch_version="2.8.0", cudnn=91002)
+    record_environment(tmp_path)
+    record_environment(tmp_path, resumed_from="last.pt")
+    record_warnings(tmp_path, ["cuDNN 9.10.2 has a broken TF32 kernel"])
+    starts = json.loads((tmp_path / ENVIRONMENT_FILE).read_text())["starts"]
+    assert "warnings" not in starts[0] and starts[1]["warnings"] == ["cuDNN 9.10.2 has a broken TF32 kernel"]
+    (tmp_path / "fresh").mkdir()
+    record_warnings(tmp_path / "fresh", ["x"])
+    (fresh,) = json.loads((tmp_path / "fresh" / ENVIRONMENT_FILE).read_text())["starts"]
+    assert fresh["warnings"] == ["x"] and fresh["torch"] == "2.8.0"

@@ -27,7 +27,8 @@ from asa.api.machinery.run import OptionError
 from asa.data import discover
 from asa.data.case import Case
 from asa.data.cohort import (COHORT_FORMAT, DIGEST, carried_cohort, cohort_digest, cohort_overlap, cohort_record,
-                             export_cohort, image_digests, overlap_line)
+                             export_cohort, image_signatures, overlap_line)
+from asa.data.fingerprint import FINGERPRINT
 from asa.io import atomic_write_json, load_weights
 from asa.train.distributed import DistEnv
 
@@ -79,7 +80,8 @@ def pretraining_cohort(run: str | os.PathLike, *, workers: int = 4, refresh: boo
     wanted = {i for part in ("train", "val", "test") for i in splits.get(part, [])}
     if path.is_file() and not refresh:
         kept = json.loads(path.read_text())
-        if kept.get("format") == COHORT_FORMAT and kept.get("digest") == DIGEST and set(kept.get("cases", {})) == wanted:
+        if (kept.get("format") == COHORT_FORMAT and kept.get("digest") == DIGEST
+                and kept.get("fingerprint") == FINGERPRINT and set(kept.get("cases", {})) == wanted):
             return kept
     cases, parts, data = run_cases(run)
     cohort = cohort_record(cases, parts, workers=workers, source={"run": str(run.resolve()), "data": data})
@@ -111,7 +113,7 @@ def encoder_cohort(path: str | os.PathLike, *, option: str) -> dict[str, Any] | 
 def check_pretraining_overlap(pretrained: str | os.PathLike, splits: dict[str, Sequence[Case]], *, accept: bool,
                               env: DistEnv | None = None, workers: int = 1) -> dict[str, Any] | None:
     """Say in one line how many validation and test cases of ``splits`` were in the pretraining cohort that the
-    encoder file ``pretrained`` carries (by case id, subject and image content; each case's images are digested
+    encoder file ``pretrained`` carries (by case id, subject, image content and near content; each case's images are read
     once, on rank 0); refuse (`OptionError`, naming ``data.accept_pretraining_overlap``) when a test case was,
     unless ``accept``. Returns ``{"pretrained", "cohort": its digest, "subsets": the overlap report}``
     (`asa.data.cohort.cohort_overlap`; :func:`write_overlap` keeps it in the run folder), or None when the file
@@ -147,10 +149,10 @@ def check_probe_overlap(entries: Sequence[str], cases: Sequence[Case], *, accept
     cohorts = {e: c for e in dict.fromkeys(entries) if (c := encoder_cohort(e, option="encoders")) is not None}
     if not cohorts:
         return {}
-    digests = image_digests(cases, workers=workers)
+    digests, prints = image_signatures(cases, workers=workers)
     reports = {}
     for entry, cohort in cohorts.items():
-        report = reports[entry] = cohort_overlap(cohort, {"probed": cases}, digests=digests)
+        report = reports[entry] = cohort_overlap(cohort, {"probed": cases}, digests=digests, fingerprints=prints)
         print(f"[asa] pretraining cohort of {entry}: {overlap_line(report)}", flush=True)
         found = report["probed"]["overlapping"]
         if found and not accept:

@@ -95,9 +95,10 @@ def nnssl_checkpoint(export: Mapping[str, Any], *, spacing_mm: Sequence[float] |
     ``ResidualEncoderUNet`` at the encoder's own channels: stem and encoder from the export, the decoder and heads
     as nnU-Net initialises them, seeded, since nnU-Net takes only the stem and encoder), the adaptation plan
     (:func:`nnssl_adaptation_plan`), ``trainer_name`` and ``current_epoch`` (the export's step). Tensors, strings,
-    numbers, None and plain containers only, so ``torch.load(weights_only=True)`` reads it."""
+    numbers, None and plain containers only, so ``torch.load(weights_only=True)`` reads it; tensors that share
+    storage (nnU-Net's decoder holds the encoder) stay shared, so the file is the size of nnssl's own."""
     net = nnunet_network(export, source=source, seed=seed)
-    weights = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
+    weights = dict(net.state_dict())  # detached, the network's own: a tensor held under two keys is saved once
     plan = nnssl_adaptation_plan(export["network"], net, spacing_mm=spacing_mm, dataset=dataset, source=source)
     return {"network_weights": weights, "nnssl_adaptation_plan": plan, "trainer_name": str(trainer),
             "current_epoch": int(export.get("step") or 0), "init_args": {"source": str(export.get("source") or source)}}
