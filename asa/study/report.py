@@ -39,6 +39,12 @@ CONTRASTS = (
     ("asa-c{c}", "asa-c{s}", "does a larger cohort help asa? (largest − smallest cohort)", "question"),
 )
 KEYS = (("Dice_mean", "mean Dice"), ("NSD_mean", "NSD"))
+LESION_KEY = (transfer.LESION, "lesion Dice")  # with --lesion-classes: the mean Dice of those classes
+
+
+def keys_of(scores: Sequence[Mapping[str, Any]]) -> tuple[tuple[str, str], ...]:
+    """The contrasted scores: mean Dice and NSD, and the lesion Dice when the study names lesion classes."""
+    return KEYS + ((LESION_KEY,) if scores and all(LESION_KEY[0] in r for r in scores) else ())
 
 
 def verdict(low: float, high: float) -> str:
@@ -62,7 +68,7 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], e
             continue
         for n in sorted({int(r["n"]) for r in scores}):
             row: dict[str, Any] = {"question": question, "kind": kind, "arm": arm, "reference": ref, "n": n}
-            for key, _ in KEYS:
+            for key, _ in keys_of(scores):
                 d = transfer.paired_matrix(scores, arm, ref, n, key)
                 est = seed_case_bootstrap(d, n_resamples=n_boot)
                 row[key] = [est.value, est.low, est.high]
@@ -105,14 +111,19 @@ def instrument_faults(contrasts: Sequence[Mapping[str, Any]], pilot: Mapping[str
 
 def question_line(row: Mapping[str, Any]) -> str:
     v, lo, hi = row["Dice_mean"]
-    said = {"helped": "helped", "hurt": "hurt", "no difference": "made no difference this study can detect"}[row["verdict"]]
-    return f"{row['question']} At N = {row['n']}: {said} (Δ mean Dice {v:+.3f} [{lo:+.3f}, {hi:+.3f}])."
+    said = {"helped": "helped", "hurt": "hurt", "no difference": "made no difference this study can detect"}
+    line = f"{row['question']} At N = {row['n']}: {said[row['verdict']]} (Δ mean Dice {v:+.3f} [{lo:+.3f}, {hi:+.3f}])"
+    if LESION_KEY[0] in row:
+        v, lo, hi = row[LESION_KEY[0]]
+        line += f"; on the lesions it {said[verdict(lo, hi)]} (Δ lesion Dice {v:+.3f} [{lo:+.3f}, {hi:+.3f}])"
+    return line + "."
 
 
 def contrast_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    head = ["question", "arm − reference", "N", *(f"Δ {label} [95 % CI]" for _, label in KEYS), "verdict"]
+    keys = [(k, label) for k, label in (*KEYS, LESION_KEY) if rows and k in rows[0]]
+    head = ["question", "arm − reference", "N", *(f"Δ {label} [95 % CI]" for _, label in keys), "verdict"]
     cells = [[r["question"], f"{r['arm']} − {r['reference']}", str(r["n"]),
-              *(f"{r[k][0]:+.3f} [{r[k][1]:+.3f}, {r[k][2]:+.3f}]" for k, _ in KEYS), r["verdict"]] for r in rows]
+              *(f"{r[k][0]:+.3f} [{r[k][1]:+.3f}, {r[k][2]:+.3f}]" for k, _ in keys), r["verdict"]] for r in rows]
     return markdown_table(head, cells, left=2)
 
 
@@ -186,7 +197,7 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
          for arm in dict.fromkeys(r["arm"] for r in rows)}, xlabel="labeled cases N", ylabel="mean Dice (± sd over seeds)")
     if contrasts:
         plots["contrasts.svg"] = interval_plot([f"{r['arm']} − {r['reference']}, N = {r['n']}" for r in contrasts],
-                                               {label: [tuple(r[k]) for r in contrasts] for k, label in KEYS})
+                                               {label: [tuple(r[k]) for r in contrasts] for k, label in keys_of(scores)})
     classes = list(info.get("classes", []))
     deltas = [r for r in rows if "delta" in r and isinstance(r.get("delta"), float)]
     if classes and deltas:

@@ -491,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="torch threads per run")
     p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples of the CIs")
+    p.add_argument("--lesion-classes", nargs="+", default=[], metavar="CLASS",
+                   help="classes whose mean Dice is read as a contrast of its own (lesion Dice), e.g. the lesions of a "
+                        "task that also labels tissue")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="an asa-finetune override for every fine-tuning run")
     return p
@@ -522,13 +525,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     labeled = discover(str(probe.data.layout) if "layout" in probe.data else args.data, args.root.expanduser().absolute())
     split = labeled_split(labeled, scale, args.seed)
     task = get_task(str(probe.data.task), root=args.root.expanduser().absolute())
+    if odd := [c for c in args.lesion_classes if c not in task.output_names]:
+        refuse(f"--lesion-classes {' '.join(odd)}: not classes of {args.root} (its classes: "
+               f"{', '.join(task.output_names)})")
 
     settings = {"scale": dataclasses.asdict(scale) | {"time_budget": None, "jobs": None}, "network": network.name,
                 "arms": sorted(args.arms), "encoders": sorted(f"{k}={v}" for k, v in encoders.items()),
                 "data": args.data, "root": str(args.root.expanduser().absolute()),
                 "pretrain_data": str(args.pretrain_data.expanduser().absolute()) if args.pretrain_data else None,
                 "recipe": args.recipe, "encoder_lr_scale": args.encoder_lr_scale, "seed": args.seed,
-                "budget_cap": args.budget_cap, "override": args.override,
+                "budget_cap": args.budget_cap, "override": args.override, "lesion_classes": args.lesion_classes,
                 "largest_cohort": max(scale.cohorts) if scale.cohorts else None, "pilot_cases": max(scale.cases)}
     out.mkdir(parents=True, exist_ok=True)
     record_settings(out, settings, grows=GROWS)
@@ -603,7 +609,8 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
 
     data = dict(data=args.data, root=args.root.expanduser().absolute(), model=network.finetune[-1].split("=", 1)[1]
                 if network.family == "swvit" else "resenc", crop=scale.crop, test=scale.test, val_cases=scale.val,
-                split_seed=args.seed, device=args.device, threads=args.threads, hold_out=split["supervised"])
+                split_seed=args.seed, device=args.device, threads=args.threads, hold_out=split["supervised"],
+                lesion_classes=args.lesion_classes)
     resenc = [f"model.size={network.size}"] if network.family == "resenc" else []
     started = time.perf_counter()
     units = [Unit(PILOT, module_argv("asa.study.transfer", *transfer.command_line(
