@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from asa.api.configuration.compat import added_settings, current_config, moved_key, removed_key
+from asa.api.configuration.compat import added_settings, current_config, moved_key, removed_key, version_refusal
 from asa.io import atomic_write_text
 from asa.train.checkpoint import flatten
 from asa.train.distributed import DistEnv, all_gather_objects
@@ -288,6 +288,24 @@ def move_aside(out_dir: Path) -> Path:
     return aside
 
 
+def _check_saved_config(record: Path) -> None:
+    """Refuse to resume into a folder whose ``config.yaml`` (the run config a resumed run keeps and compares
+    with) this asa cannot read: not YAML, not a mapping, or a ``version`` it does not read (`version_refusal`:
+    newer, or none asa writes). No ``config.yaml`` (a run refused before writing one): nothing to check."""
+    if not record.is_file():
+        return
+    try:
+        saved = yaml.safe_load(record.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise RunDirError(f"cannot resume: {record} is unreadable ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}). Nothing was changed.") from None
+    if not isinstance(saved, Mapping):
+        raise RunDirError(f"cannot resume: {record} is unreadable: it holds {type(saved).__name__}, not a run config "
+                          "(a mapping of settings). Nothing was changed.")
+    if (why := version_refusal(saved.get("version", 0))) is not None:
+        raise RunDirError(f"cannot resume: {record} has {why}. Nothing was changed.")
+
+
 def _check(out_dir: Path, *, resume: Any, overwrite: bool, run_config: Mapping, compat_keys: Sequence[str],
            lock: RunLock, command: str) -> tuple[ResumePoint | None, Path | None]:
     """Rank 0's checks with the lock held: the one place that decides which checkpoint a run continues
@@ -332,6 +350,7 @@ def _check(out_dir: Path, *, resume: Any, overwrite: bool, run_config: Mapping, 
         print(f"[asa] overwrite=true: moved the previous run to {moved_to}", file=sys.stderr, flush=True)
     if resume_from is None:
         return None, moved_to
+    _check_saved_config(out_dir / "config.yaml")
     return (check_training_checkpoint(resume_from, run_config, compat_keys, moved=moved_key, current=current_config,
                                       removed=removed_key, added=added_settings), moved_to)
 
