@@ -34,8 +34,8 @@ from asa.train.distributed import DistEnv, all_gather_objects
 from asa.train.environment import record_environment
 from asa.train.resume import ResumePoint, check_training_checkpoint
 
-__all__ = ["RunDirError", "RunDir", "RunLock", "LOCK_NAME", "check_writable", "command_line", "move_aside", "override",
-           "prepare_run_dir", "shell_path"]
+__all__ = ["RunDirError", "RunDir", "RunLock", "LOCK_NAME", "check_writable", "command_line", "launcher", "move_aside",
+           "override", "prepare_run_dir", "shell_path"]
 
 LOCK_NAME = "run.lock"
 HISTORY_NAME = "config_history.yaml"
@@ -46,8 +46,25 @@ class RunDirError(RuntimeError):
     """The run directory cannot be used as asked; nothing was written."""
 
 
+def launcher(app: str) -> str:
+    """The words that start ``app`` as this process was started: under torchrun (its ``LOCAL_WORLD_SIZE``
+    and ``WORLD_SIZE``), ``asa-torchrun --nproc_per_node=N -m <the script's module>`` (``--nnodes=M`` too on
+    several nodes), so that a printed command runs the job on as many processes as it had (its schedule and
+    global batch depend on it); else ``app``."""
+    local, world = os.environ.get("LOCAL_WORLD_SIZE"), os.environ.get("WORLD_SIZE")
+    if not (local and world and local.isdigit() and world.isdigit() and int(local) > 0):
+        return app
+    main = getattr(sys.modules.get("__main__"), "__spec__", None)
+    module = main.name if main is not None and main.name.startswith("asa.cli.") else \
+        f"asa.cli.{app.removeprefix('asa-').replace('-', '_')}"
+    nodes = int(world) // int(local)
+    return " ".join(["asa-torchrun", *([f"--nnodes={nodes}"] if nodes > 1 else []), f"--nproc_per_node={local}",
+                     "-m", module])
+
+
 def command_line(app: str, *, drop: Sequence[str] = ("resume", "overwrite")) -> str:
-    """``app`` followed by this job's command-line overrides (Hydra's), without the keys in ``drop``."""
+    """``app`` (as it was launched: `launcher`) followed by this job's command-line overrides (Hydra's),
+    without the keys in ``drop``."""
     overrides: list[str] = []
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -57,7 +74,7 @@ def command_line(app: str, *, drop: Sequence[str] = ("resume", "overwrite")) -> 
     except (ImportError, ValueError):
         pass
     kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in drop]
-    return " ".join([app, *(shlex.quote(o) for o in kept)])
+    return " ".join([launcher(app), *(shlex.quote(o) for o in kept)])
 
 
 def _started_by(command: str) -> str:
@@ -70,7 +87,8 @@ def _started_by(command: str) -> str:
             return command + "\n"
     except ImportError:
         pass
-    app = command.split(" ", 1)[0]
+    words = command.split()
+    app = f"asa-{words[words.index('-m') + 1].rsplit('.', 1)[-1]}" if "-m" in words else words[0]  # `launcher`'s
     return f"{app} run from Python (asa.api.{app.removeprefix('asa-')}) with the configuration in config.yaml\n"
 
 
