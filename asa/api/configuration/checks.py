@@ -249,6 +249,14 @@ def validate(cfg: DictConfig, entry: str) -> DictConfig:
                              + "; ".join(f"{name} {note}" for name, note in old.items())) from None
         raise ValueError(f"asa-{entry}: invalid option {key}: {err.msg if hasattr(err, 'msg') else err}") from None
     check_choices(cfg, node)
+    output_dir = OmegaConf.select(typed, "output_dir", default=None)
+    if isinstance(output_dir, str) and not output_dir.strip():  # would be the working folder
+        raise ValueError(f"asa-{entry}: invalid option output_dir={output_dir!r}: empty; name the folder the run "
+                         "writes in (output_dir=runs/NAME), which it creates")
+    crop = OmegaConf.select(typed, "data.crop", default=None)
+    if isinstance(crop, int) and crop < 1:  # a network built on it fails in torch's words
+        raise ValueError(f"asa-{entry}: invalid option data.crop={crop}: expected the crop's edge in voxels, a "
+                         "positive whole number (e.g. data.crop=96)")
     if entry in ("pretrain", "finetune") and typed.version != CONFIG_VERSION:
         raise ValueError(f"asa-{entry}: invalid option version={typed.version}: the layout version of a run config "
                          f"is this asa's ({CONFIG_VERSION}), which it records; a saved config of an earlier version is "
