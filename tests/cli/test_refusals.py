@@ -65,6 +65,28 @@ def test_a_pretraining_run_refused_after_skipping_cases_leaves_no_bad_cases_json
     assert not out.exists()
 
 
+@pytest.mark.parametrize("saved, model, refusal", [
+    ("resenc", {"width": 16}, "a pretraining run of the resenc family (model.arch=resenc), not of swvit"),
+    ("swvit", {"arch": "resenc"}, "a pretraining run of the swvit family (model.arch=swvit), not of resenc"),
+])
+def test_resuming_another_network_family_says_which_the_file_is(tmp_path, saved, model, refusal):
+    """resume= of a pretraining run of another family names that family, not every key that differs."""
+    from asa.api.machinery.rundir import prepare_run_dir
+    from asa.models.registry import masked_network
+    from asa.train import IncompatibleCheckpointError
+    from asa.train.checkpoint import FORMAT
+    from asa.train.distributed import DistEnv
+
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, {"format": FORMAT, "network": {"arch": masked_network(saved), "kwargs": {}},
+                            "config": {"model": {"depth": 4}}})
+    out = tmp_path / "run"
+    with pytest.raises(IncompatibleCheckpointError, match=rf"^cannot resume from {other}: that file is {re.escape(refusal)}"):
+        prepare_run_dir(out, app="asa-pretrain", resume=str(other), overwrite=False, run_config={"model": model},
+                        compat_keys=["model"], env=DistEnv())
+    assert not out.exists()
+
+
 def test_finetune_refuses_an_option_the_network_does_not_have(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(OptionError, match=r"model.saca=encoder: model arch 'sa_swin' has no such option"):

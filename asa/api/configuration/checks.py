@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from asa.api.configuration.compat import RENAMED_VALUES, flatten_keys, old_keys, renamed_value
-from asa.api.configuration.schema import CONFIG_VERSION, DEFAULT_ARCH, PRETRAIN_MODELS, SCHEMAS, PretrainConfig
+from asa.api.configuration.schema import (CONFIG_VERSION, DEFAULT_ARCH, PRETRAIN_MODELS, SCHEMAS, PretrainConfig,
+                                          pretrain_family)
 from asa.api.tasks.task_registry import TaskSettings, registered_tasks, task_class
 from asa.choices import check_choices
 from asa.methods import MethodSettings, get_method, registered_methods
@@ -192,7 +193,7 @@ def check_task_choice(cfg: Any, overrides: Sequence[str]) -> None:
 def pretrain_model_node(model: Any) -> Any:
     """The schema of a pretraining ``model`` section: the SW-ViT sizes, or the settings of the network its
     ``arch`` names; an unknown arch is refused naming it."""
-    arch = model.get("arch", "swvit") if isinstance(model, Mapping) else "swvit"
+    arch = pretrain_family(model)
     if arch not in PRETRAIN_MODELS:
         raise ValueError(f"model.arch={arch}: asa-pretrain pretrains {', '.join(PRETRAIN_MODELS)}: the families "
                          "whose masked network is registered (asa.models.register_network's masked_of)")

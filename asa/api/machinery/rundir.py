@@ -28,6 +28,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from asa.api.configuration.compat import added_settings, current_config, moved_key, removed_key, version_refusal
+from asa.api.configuration.schema import pretrain_family
 from asa.io import atomic_write_text
 from asa.train.checkpoint import flatten
 from asa.train.distributed import DistEnv, all_gather_objects
@@ -324,7 +325,7 @@ def _check_saved_config(record: Path) -> None:
         raise RunDirError(f"cannot resume: {record} has {why}. Nothing was changed.")
 
 
-def _check(out_dir: Path, *, resume: Any, overwrite: bool, run_config: Mapping, compat_keys: Sequence[str],
+def _check(out_dir: Path, *, app: str, resume: Any, overwrite: bool, run_config: Mapping, compat_keys: Sequence[str],
            lock: RunLock, command: str) -> tuple[ResumePoint | None, Path | None]:
     """Rank 0's checks with the lock held: the one place that decides which checkpoint a run continues
     from and checks it (read once); returns (resume point, moved_to)."""
@@ -369,8 +370,9 @@ def _check(out_dir: Path, *, resume: Any, overwrite: bool, run_config: Mapping, 
     if resume_from is None:
         return None, moved_to
     _check_saved_config(out_dir / "config.yaml")
+    family = pretrain_family(run_config.get("model")) if app == "asa-pretrain" and "model" in run_config else None
     return (check_training_checkpoint(resume_from, run_config, compat_keys, moved=moved_key, current=current_config,
-                                      removed=removed_key, added=added_settings), moved_to)
+                                      removed=removed_key, added=added_settings, family=family), moved_to)
 
 
 def prepare_run_dir(
@@ -395,7 +397,7 @@ def prepare_run_dir(
             out_dir.mkdir(parents=True, exist_ok=True)
             lock = RunLock(out_dir)
             lock.acquire(command)
-            resume_point, moved_to = _check(out_dir, resume=resume, overwrite=overwrite,
+            resume_point, moved_to = _check(out_dir, app=app, resume=resume, overwrite=overwrite,
                                             run_config=run_config, compat_keys=compat_keys, lock=lock, command=command)
         except Exception as err:
             if isinstance(err, OSError) and err.errno in _CANNOT_WRITE:
