@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,13 @@ def dataset_root(data: DataConfig) -> tuple[Path, str]:
         if data.demo is None:
             raise ValueError(f"data={data.name}: data.root is required (a {data.layout} folder)")
         demo = data.demo
+        started = time.time()
         root = ensure_demo_dataset(demo.layout, cases=demo.cases, size=demo.size, seed=demo.seed,
                                    cache_dir=demo.cache_dir, targets=bool(demo.targets))
+        if (root / ".complete").stat().st_mtime >= started:  # written by this call, not found in the cache
+            where = "data.demo.cache_dir" if demo.cache_dir is not None else "$ASA_CACHE, default ~/.cache/asa"
+            print(f"[asa] generated the demo data (data=demo: {demo.cases} phantom scans, {demo.size}³ voxels, "
+                  f"layout {demo.layout}) in {root} ({where}); later runs reuse them", file=sys.stderr, flush=True)
         return root, demo.layout
     root = Path(str(data.root)).expanduser()
     if not root.exists():
