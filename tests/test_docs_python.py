@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(?:<!-- not run: (?P<reason>[^\n]*?) -->\n)?```python\n(?P<code>.*?)```", re.S)
-NOT_RUN = re.compile(r"<!-- not run")
+NOT_RUN = re.compile(r"^<!-- not run", re.M)  # a marker on a line of its own
 
 
 def _blocks(page: Path) -> list[tuple[str, str | None]]:
