@@ -23,7 +23,8 @@ from asa.io import atomic_write_json
 from asa.models import DEFAULT_CROP
 from asa.train.distributed import DistEnv, all_gather_objects, barrier
 
-__all__ = ["BAD_CASES", "SharedError", "cases_of_split", "check_crop_fits", "dataset_root", "default_crop", "load_cases",
+__all__ = ["BAD_CASES", "SharedError", "cases_of_split", "check_crop_fits", "dataset_root", "default_crop", "grid_affines",
+           "load_cases",
            "on_main_then_share", "region_source", "split_cases", "write_bad_cases", "write_splits"]
 
 
@@ -79,6 +80,20 @@ def load_cases(data: DataConfig, out_dir: Path | None, env: DistEnv) -> tuple[li
         return cases, skipped_report(layout, root, len(cases), skipped)
 
     return on_main_then_share(find, env)
+
+
+def grid_affines(cases: Sequence) -> dict[str, Any]:
+    """Case id -> the affine of its first image, read from the header alone (a file that cannot be read is
+    left out: the case checks name it)."""
+    import nibabel as nib
+
+    affines = {}
+    for case in cases:
+        try:
+            affines[case.id] = nib.load(str(next(iter(case.images.values())))).affine
+        except (StopIteration, OSError, ValueError, nib.filebasedimages.ImageFileError):
+            continue
+    return affines
 
 
 def write_bad_cases(out_dir: Path, record: dict | None) -> None:

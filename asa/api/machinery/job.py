@@ -14,10 +14,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from asa.api.machinery.dataset import load_cases, split_cases, write_bad_cases, write_splits
+from asa.api.machinery.dataset import grid_affines, load_cases, split_cases, write_bad_cases, write_splits
 from asa.api.machinery.run import OptionError, TrainingRun
 from asa.api.configuration.schema import FinetuneConfig, PretrainConfig
 from asa.api.machinery.training import optimizer_and_config, trainer_config, training_ended
+from asa.data.geometry import grid_note
 from asa.train import Engine, FitResult, TrainConfig
 from asa.train.engine import epoch_fault
 from asa.train.distributed import DistEnv
@@ -86,6 +87,8 @@ class TrainingJob(ABC):
             run.out_dir = run_dir.path
             cases, bad_cases = load_cases(cfg.data, run.out_dir if run.env.is_main else None, run.env)
             run.cases = self.cases(run, cases)
+            if run.env.is_main and (note := grid_note(grid_affines(run.cases))) is not None:  # once per run
+                print(f"[asa] note: {note}", file=sys.stderr, flush=True)
             splits = split_cases(run.cases, cfg.data, run.out_dir, run.env, by_subject=self.by_subject)
             self.check_split(run, splits)
             if self.network_from_split:
