@@ -52,6 +52,7 @@ def test_pretrain_refuses_before_writing(tmp_path, demo_cache, extra, match):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_pretraining_run_refused_after_skipping_cases_leaves_no_bad_cases_json(tmp_path):
     """Cases skipped (data.on_bad_case=skip) are recorded once every check passed: a run refused after
     they were found (here: fewer training cases than one batch) leaves no folder and no bad_cases.json."""
