@@ -90,6 +90,29 @@ def test_training_run_releases_the_run_folder_also_when_the_job_fails(tmp_path):
     assert not (tmp_path / "run" / LOCK_NAME).exists()
 
 
+@pytest.mark.parametrize("local, world, resume", [
+    (None, None, "asa-pretrain resume=true"),
+    ("2", "2", "asa-torchrun --nproc_per_node=2 -m asa.cli.pretrain resume=true"),
+    ("4", "8", "asa-torchrun --nnodes=2 --nproc_per_node=4 -m asa.cli.pretrain resume=true"),
+])
+def test_the_resume_line_is_the_command_that_resumes_under_torchrun(capsys, monkeypatch, local, world, resume):
+    """Under torchrun the resume line names the launcher and its process count: the same script run as one
+    process would continue on another schedule (its steps per epoch follow the world size)."""
+    from types import SimpleNamespace
+
+    from asa.api.machinery.training import training_ended
+    from asa.train.distributed import DistEnv
+
+    for name, value in (("LOCAL_WORLD_SIZE", local), ("WORLD_SIZE", world)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    env = DistEnv(world_size=int(world or 1), backend="gloo" if world else None)
+    assert training_ended(SimpleNamespace(preempted=True, step=4, signal=15), env, "asa-pretrain") is False
+    assert capsys.readouterr().err.rstrip().endswith(f"Resume with: {resume}")
+
+
 def test_training_ended_says_how_to_resume_also_when_a_peer_rank_was_signalled(capsys):
     """A run stopped by a signal that reached another rank (signal number 0, unknown) prints the
     resume line instead of failing on the number; a finished run is marked finished."""

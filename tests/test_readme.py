@@ -73,6 +73,25 @@ def test_worked_example_outputs_stay_out_of_the_data_and_follow_the_runs():
     assert _option(commands["asa-finetune"], "model.pretrained").startswith(pretrain)
 
 
+def test_the_quickstart_starts_by_installing_the_torch_pair_the_tests_pin():
+    """Its first line installs the torch the tests run against with its torchvision, not the newest torch
+    (which the test extra's pinned torchvision would replace with another build on the next line)."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    torchvision = re.search(r'"torchvision==([\d.]+)"', pyproject).group(1)
+    torch_minor = re.search(r"the tests run against torch (\d+\.\d+)", pyproject).group(1)
+    text = README.read_text()
+    block = re.search(r"```bash\n(.*?)```", text[text.index("## Quickstart"):], re.S).group(1)
+    first = shlex.split(block.splitlines()[0].split("#", 1)[0])
+    assert first[:2] == ["pip", "install"] and f"torchvision=={torchvision}" in first, first
+    assert any(re.fullmatch(rf"torch=={re.escape(torch_minor)}\.\d+", w) for w in first), first
+
+
+def test_no_page_cites_an_issue_number():
+    """Issue numbers are the tracker's, which a reader of the repository cannot open."""
+    for page in PAGES:
+        assert not re.search(r"\bissues? #?\d+", page.read_text(), re.I), page
+
+
 def test_the_readme_is_a_front_page_and_maps_every_topic_page():
     text = README.read_text()
     assert [h for h in re.findall(r"^## (.+)$", text, re.M)] == [

@@ -16,9 +16,11 @@ from monai.transforms.utils import generate_spatial_bounding_box
 
 from asa.data.lattice import reference_origin
 
-__all__ = ["LR_CENTRES", "brain_centre", "crop_at", "crop_or_pad", "resample_isotropic"]
+__all__ = ["LR_CENTRES", "brain_centre", "crop_at", "crop_or_pad", "grid_note", "resample_isotropic"]
 
 LR_CENTRES = ("mask", "world")
+ANISOTROPY = 1.5  # largest / smallest voxel edge above which a grid is anisotropic (1 × 1 × 3 mm: 3)
+OBLIQUE_DEG = 10.0  # a voxel axis this far from its nearest world (RAS) axis: an oblique grid
 
 
 def brain_centre(mask: np.ndarray, affine: np.ndarray | None = None, lr_centre: str = "mask") -> np.ndarray:
@@ -80,3 +82,29 @@ def resample_isotropic(image: np.ndarray, affine: np.ndarray, mm: float, mode: s
     mt = MetaTensor(torch.as_tensor(image), affine=torch.as_tensor(affine, dtype=torch.float64))
     out = Spacing(pixdim=(mm, mm, mm), mode=mode, dtype=np.float32)(mt)
     return out.as_tensor().numpy().astype(image.dtype, copy=False), out.affine.numpy()
+
+
+def grid_note(affines: dict[str, np.ndarray]) -> str | None:
+    """One note on the cases whose voxel grid (``affines``: case id -> its image's [4, 4] affine) is
+    anisotropic (edges differing more than `ANISOTROPY` times) or oblique (a voxel axis more than
+    `OBLIQUE_DEG` degrees off the world axes), saying what the brain frame assumes and how to resample;
+    None when every grid is near-isotropic and aligned."""
+    anisotropic, oblique = {}, {}
+    for case, affine in affines.items():
+        axes = np.asarray(affine, dtype=np.float64)[:3, :3]
+        spacing = np.linalg.norm(axes, axis=0)
+        if spacing.min() > 0 and spacing.max() / spacing.min() > ANISOTROPY:
+            anisotropic[case] = " × ".join(f"{s:g}" for s in np.round(spacing, 2)) + " mm"
+        angle = float(np.degrees(np.arccos(np.clip(np.abs(axes / spacing).max(axis=0).min(), 0.0, 1.0))))
+        if angle > OBLIQUE_DEG:
+            oblique[case] = f"{angle:.0f}° off the RAS axes"
+    if not anisotropic and not oblique:
+        return None
+    found = [f"{len(found)} of {len(affines)} case(s) {what} (e.g. {next(iter(found))}: {next(iter(found.values()))})"
+             for found, what in ((anisotropic, "have anisotropic voxels"), (oblique, "are oblique")) if found]
+    return ("; ".join(found) + ". The brain frame (the crop centred on the brain, the symmetric position code of "
+            "model.pos_mode=mirror, the coordinate channel) assumes near-isotropic voxels with the mid-sagittal "
+            "plane across array axis 0 (left-right). data.resample_mm=1, in training or asa-preprocess, resamples "
+            "to 1 mm isotropic voxels but keeps the grid's axes: reslice oblique scans to the scanner's or a "
+            "template's axes (a rigid registration, e.g. to MNI) first")
+

@@ -119,6 +119,20 @@ def cases_from_files(paths: Sequence[Path], task: Task) -> list[Case]:
     return cases
 
 
+def _with_channels(cases: list[Case], task: Task, where: str) -> list[Case]:
+    """``cases``, each holding every channel ``task`` reads (a layout's cases share its channels); else refused
+    (``ValueError``, before any case is predicted) naming the channels read and found."""
+    lacking = {c.id: [ch for ch in task.channels if ch not in c.images] for c in cases}
+    lacking = {cid: missing for cid, missing in lacking.items() if missing}
+    if not lacking:
+        return cases
+    found = sorted({name for c in cases for name in c.images}, key=str)
+    raise ValueError(f"{where}: the checkpoint's task {task.name} reads {len(task.channels)} channel(s) "
+                     f"({', '.join(task.channels)}); {len(lacking)} of {len(cases)} case(s) lack some (e.g. "
+                     f"{next(iter(lacking))}: missing {', '.join(next(iter(lacking.values())))}; the inputs hold "
+                     f"{', '.join(found) or 'none'}). Predict with a checkpoint trained on these channels")
+
+
 def gather_cases(inputs: str | Path | Sequence[str | Path], task: Task, layout: str = "auto",
                  on_bad_case: str = "error") -> list[Case]:
     """Cases to predict from a dataset folder (any supported layout), a folder of NIfTI files, or files."""
@@ -134,7 +148,8 @@ def gather_cases(inputs: str | Path | Sequence[str | Path], task: Task, layout: 
             except ValueError:
                 layout = "files"
         if layout != "files":
-            return discover(layout, root, require_labels=False, validate="header", on_bad_case=on_bad_case)
+            cases = discover(layout, root, require_labels=False, validate="header", on_bad_case=on_bad_case)
+            return _with_channels(cases, task, f"input={root} (layout {layout})")
         files = sorted(p for p in root.iterdir() if is_nifti(p))
         if not files:
             raise FileNotFoundError(f"input {root}: no dataset layout recognised and no .nii/.nii.gz files in it")

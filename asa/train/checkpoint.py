@@ -40,7 +40,7 @@ def check_compatible(saved_cfg: Mapping, cfg: Mapping, keys: Iterable[str], *, s
     or when the saved config holds a key that has moved since (``moved(key)``: its new place, else
     None), which is never read into its new place. ``current(saved_cfg)``: the saved config as this version
     reads it (a renamed value under its name now, a setting added since at the default the run had),
-    compared as such. A saved key removed since (``removed(key)``: what
+    compared as such; a ``ValueError`` of ``current`` (a version it cannot read) refuses naming ``source``. A saved key removed since (``removed(key)``: what
     took its place, else None) never changed a number: it is left out, said in one line on stderr. The
     settings added since (``added(saved_cfg)``: dotted key -> the value ``current`` gave it, the one the run
     had) are said in one line too.
@@ -48,7 +48,12 @@ def check_compatible(saved_cfg: Mapping, cfg: Mapping, keys: Iterable[str], *, s
     The error lists every differing key with the saved and the requested value, or every moved key
     with its new place.
     """
-    saved, now = flatten(saved_cfg if current is None else current(saved_cfg)), flatten(cfg)
+    try:
+        read = saved_cfg if current is None else current(saved_cfg)
+    except ValueError as err:  # a version this asa cannot read: newer, or none asa writes
+        raise IncompatibleCheckpointError(f"cannot resume from {source}: the run config saved in it has {err}. "
+                                          "Nothing was changed.") from None
+    saved, now = flatten(read), flatten(cfg)
     gone = {key: instead for key in sorted(saved) if key not in now and removed is not None
             and (instead := removed(key)) is not None}
     if gone:

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asa.io import load_checkpoint
+from asa.models import RENAMED_NETWORKS
+from asa.models.registry import network_record
 
-from .checkpoint import FORMAT, check_compatible
+from .checkpoint import FORMAT, IncompatibleCheckpointError, check_compatible
 
-__all__ = ["ResumePoint", "Tracker", "check_training_checkpoint"]
+__all__ = ["ResumePoint", "Tracker", "check_training_checkpoint", "pretrained_family"]
 
 
 class Tracker:
@@ -46,17 +48,35 @@ class ResumePoint:
         return state if state is not None else load_checkpoint(self.path, map_location="cpu")
 
 
+def pretrained_family(state: Mapping) -> str | None:
+    """The network family (asa-pretrain's ``model.arch``) of the masked network a checkpoint holds, as it
+    declared itself (`asa.models.NetworkRecord.masked_of`); None: no masked-pretraining network."""
+    network = state.get("network")
+    arch = network.get("arch") if isinstance(network, Mapping) else None
+    record = network_record(RENAMED_NETWORKS.get(arch, arch)) if isinstance(arch, str) else None
+    return None if record is None else record.masked_of
+
+
 def check_training_checkpoint(path: Path, run_config: Mapping, compat_keys: Sequence[str], *,
                               moved: Callable[[str], str | None] | None = None,
                               current: Callable[[Mapping], Mapping] | None = None,
                               removed: Callable[[str], str | None] | None = None,
-                              added: Callable[[Mapping], Mapping] | None = None) -> ResumePoint:
+                              added: Callable[[Mapping], Mapping] | None = None,
+                              family: str | None = None) -> ResumePoint:
     """Read ``path`` once and check that it is an asa training checkpoint whose run config matches
     ``run_config`` in ``compat_keys`` and holds no key that has moved since (``moved``; see
     `check_compatible`: `IncompatibleCheckpointError` listing the keys; another file: ``ValueError``; the
     saved config is compared as this version reads it, ``current``; keys removed since,
-    ``removed``, are left out; settings added since, ``added``, are said); returns it as the run's resume point."""
+    ``removed``, are left out; settings added since, ``added``, are said); returns it as the run's resume point.
+    ``family``: the network family a pretraining run trains (its ``model.arch``): a pretraining checkpoint of
+    another family is refused saying which it is (`pretrained_family`)."""
     state = load_checkpoint(path, map_location="cpu")
+    saved = pretrained_family(state)
+    if family is not None and saved is not None and saved != family:  # not a list of every key that differs
+        raise IncompatibleCheckpointError(
+            f"cannot resume from {path}: that file is a pretraining run of the {saved} family (model.arch={saved}), "
+            f"not of {family}, which this command pretrains. Resume it with the model preset it was started with "
+            f"(its run folder's config.yaml), or start the {family} run without resume=. Nothing was changed.")
     check_compatible(state.get("config", {}), run_config, compat_keys, source=str(path), moved=moved, current=current,
                      removed=removed, added=added)
     if state.get("format") != FORMAT:

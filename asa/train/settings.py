@@ -49,6 +49,9 @@ class TrainerSettings:
         for name in ("epochs", "batch_size", "accum_steps", "log_every", "val_every", "max_nonfinite"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"trainer.{name}={getattr(self, name)}: expected >= 1")
+        if self.max_steps is not None and int(self.max_steps) < 1:  # 0 or fewer steps: an untrained export
+            raise ValueError(f"trainer.max_steps={self.max_steps}: expected >= 1, or null to train the whole "
+                             "schedule (trainer.epochs)")
 
 
 @dataclass

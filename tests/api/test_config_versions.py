@@ -46,10 +46,69 @@ def test_a_run_saved_before_the_per_batch_forced_share_resumes_with_the_per_crop
     assert read["task"].get("oversampling") == oversampling
 
 
-@pytest.mark.parametrize("version", [CONFIG_VERSION + 1, -1, "2"])
-def test_a_version_this_asa_cannot_read_is_refused(version):
-    with pytest.raises(ValueError, match=rf"version {version!r}: this asa reads versions 0 to {CONFIG_VERSION}"):
+@pytest.mark.parametrize("version, why", [
+    (CONFIG_VERSION + 1, rf"^version: {CONFIG_VERSION + 1} is newer than this asa reads \(versions 0 to {CONFIG_VERSION}\): "
+                         "a newer asa wrote it"),
+    (-1, r"^version: -1 is unreadable: asa writes a whole number"), ("2", r"^version: '2' is unreadable"),
+    ("five", r"^version: 'five' is unreadable"), (2.5, r"^version: 2.5 is unreadable"),
+    (True, r"^version: True is unreadable"),
+])
+def test_a_version_this_asa_cannot_read_is_refused(version, why):
+    """A whole number above this asa's is newer; anything else that is no whole number from 0 is unreadable."""
+    with pytest.raises(ValueError, match=why):
         read_config({"version": version})
+
+
+def _saved_run(out, config_version, checkpoint_version):
+    """A run folder as a stopped run leaves it: config.yaml and checkpoints/last.pt, each with its version."""
+    from asa.io import save_checkpoint
+    from asa.train.checkpoint import FORMAT
+
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "config.yaml").write_text(yaml.safe_dump({"version": config_version, "model": {"width": 16}}))
+    save_checkpoint(out / "checkpoints" / "last.pt", {"format": FORMAT, "step": 1,
+                                                      "config": {"version": checkpoint_version, "model": {"width": 16}}})
+
+
+@pytest.mark.parametrize("config_version, checkpoint_version, refusal", [
+    (CONFIG_VERSION + 1, CONFIG_VERSION, rf"cannot resume: \S+/config.yaml has version: {CONFIG_VERSION + 1} is newer "
+                                         "than this asa reads"),
+    ("five", CONFIG_VERSION, r"cannot resume: \S+/config.yaml has version: 'five' is unreadable"),
+    (-1, CONFIG_VERSION, r"cannot resume: \S+/config.yaml has version: -1 is unreadable"),
+    (CONFIG_VERSION, CONFIG_VERSION + 1, rf"cannot resume from \S+/checkpoints/last.pt: the run config saved in it "
+                                         rf"has version: {CONFIG_VERSION + 1} is newer than this asa reads"),
+    (CONFIG_VERSION, "five", r"cannot resume from \S+/checkpoints/last.pt: the run config saved in it has version: "
+                             r"'five' is unreadable"),
+])
+def test_a_resumed_run_refuses_a_version_it_cannot_read_in_either_file(tmp_path, config_version, checkpoint_version,
+                                                                       refusal):
+    """config.yaml's version is checked as last.pt's is; each refusal names its file; nothing is changed."""
+    from asa.api.machinery.rundir import RunDirError, prepare_run_dir
+    from asa.train import IncompatibleCheckpointError
+    from asa.train.distributed import DistEnv
+
+    out = tmp_path / "run"
+    _saved_run(out, config_version, checkpoint_version)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises((RunDirError, IncompatibleCheckpointError), match=refusal):
+        prepare_run_dir(out, app="asa-pretrain", resume=True, overwrite=False,
+                        run_config={"version": CONFIG_VERSION, "model": {"width": 16}}, compat_keys=["model"],
+                        env=DistEnv())
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # no lock, no history left behind
+    assert yaml.safe_load((out / "config.yaml").read_text())["version"] == config_version
+
+
+def test_a_resumed_run_of_this_version_passes_both_checks(tmp_path):
+    from asa.api.machinery.rundir import prepare_run_dir
+    from asa.train.distributed import DistEnv
+
+    out = tmp_path / "run"
+    _saved_run(out, CONFIG_VERSION, CONFIG_VERSION)
+    run_dir = prepare_run_dir(out, app="asa-pretrain", resume=True, overwrite=False,
+                              run_config={"version": CONFIG_VERSION, "model": {"width": 16}}, compat_keys=["model"],
+                              env=DistEnv())
+    assert run_dir.resume is not None and run_dir.resume.path == out / "checkpoints" / "last.pt"
+    run_dir.release()
 
 
 def test_the_version_is_recorded_by_asa_not_chosen():

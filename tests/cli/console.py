@@ -25,11 +25,12 @@ for argv in runs:
 """
 
 
-def run_each(module: str, runs: Sequence[Sequence[str]], env: dict, timeout: float = 300) -> list[tuple[int, str]]:
+def run_each(module: str, runs: Sequence[Sequence[str]], env: dict, timeout: float = 300,
+             cwd: str | None = None) -> list[tuple[int, str]]:
     """(exit code, stderr) of ``python -m <module> <argv>`` for each argv of ``runs``, in order, from one
-    child process (the runs share it: a later run sees the files an earlier one wrote)."""
+    child process working in ``cwd`` (the runs share it: a later run sees the files an earlier one wrote)."""
     proc = subprocess.run([sys.executable, "-c", _EACH, json.dumps([module, [list(r) for r in runs]])],
-                          capture_output=True, text=True, env=env, timeout=timeout)
+                          capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-2000:]
     outputs = proc.stderr.split("=== run\n")[1:]
     assert len(outputs) == len(runs), proc.stderr[-2000:]

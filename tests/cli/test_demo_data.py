@@ -80,3 +80,19 @@ def test_anatomy_flag_writes_template_subjects(tmp_path, capsys):
     assert main(["--layout", "msd", "--anatomy", "--lesions", "--cases", "2", "--size", "32", "--out", str(out)]) == 0
     assert "MNI152 template subject(s) with lesions" in capsys.readouterr().out
     assert [c.id for c in discover("msd", out)] == ["MNI_DEMO_001", "MNI_DEMO_002"]
+
+
+def test_the_first_run_on_the_demo_data_says_it_generated_them_and_where(tmp_path, monkeypatch, capsys):
+    """The phantoms are written on first use into $ASA_CACHE: said once, with the folder; a later run reuses
+    them without a word."""
+    from asa.api import load_config
+    from asa.api.machinery.dataset import dataset_root
+
+    monkeypatch.setenv("ASA_CACHE", str(tmp_path / "cache"))
+    data = load_config("pretrain", "data=demo", "data.demo.cases=2", "data.demo.size=16").data
+    root, layout = dataset_root(data)
+    said = capsys.readouterr().err
+    assert root.is_relative_to(tmp_path / "cache") and layout == "bids"
+    assert f"[asa] generated the demo data (data=demo: 2 phantom scans, 16³ voxels, layout bids) in {root} " \
+           "($ASA_CACHE, default ~/.cache/asa); later runs reuse them" in said
+    assert dataset_root(data) == (root, layout) and "generated" not in capsys.readouterr().err

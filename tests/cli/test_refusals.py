@@ -52,6 +52,42 @@ def test_pretrain_refuses_before_writing(tmp_path, demo_cache, extra, match):
     assert not out.exists()
 
 
+@pytest.mark.slow
+def test_a_pretraining_run_refused_after_skipping_cases_leaves_no_bad_cases_json(tmp_path):
+    """Cases skipped (data.on_bad_case=skip) are recorded once every check passed: a run refused after
+    they were found (here: fewer training cases than one batch) leaves no folder and no bad_cases.json."""
+    root = write_demo_dataset("bids", tmp_path / "bids", cases=4, size=24, seed=0)
+    next(root.rglob("*.nii.gz")).write_bytes(b"not a nifti")
+    out = tmp_path / "run"
+    cfg = compose_config("pretrain", ["data=demo", f"data.root={root}", "model=tiny", "trainer=smoke", "device=cpu",
+                                      f"output_dir={out}", "data.crop=16", "trainer.batch_size=8"])
+    with pytest.raises(OptionError, match=r"^data: "):
+        pretrain(cfg)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("saved, model, refusal", [
+    ("resenc", {"width": 16}, "a pretraining run of the resenc family (model.arch=resenc), not of swvit"),
+    ("swvit", {"arch": "resenc"}, "a pretraining run of the swvit family (model.arch=swvit), not of resenc"),
+])
+def test_resuming_another_network_family_says_which_the_file_is(tmp_path, saved, model, refusal):
+    """resume= of a pretraining run of another family names that family, not every key that differs."""
+    from asa.api.machinery.rundir import prepare_run_dir
+    from asa.models.registry import masked_network
+    from asa.train import IncompatibleCheckpointError
+    from asa.train.checkpoint import FORMAT
+    from asa.train.distributed import DistEnv
+
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, {"format": FORMAT, "network": {"arch": masked_network(saved), "kwargs": {}},
+                            "config": {"model": {"depth": 4}}})
+    out = tmp_path / "run"
+    with pytest.raises(IncompatibleCheckpointError, match=rf"^cannot resume from {other}: that file is {re.escape(refusal)}"):
+        prepare_run_dir(out, app="asa-pretrain", resume=str(other), overwrite=False, run_config={"model": model},
+                        compat_keys=["model"], env=DistEnv())
+    assert not out.exists()
+
+
 def test_finetune_refuses_an_option_the_network_does_not_have(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(OptionError, match=r"model.saca=encoder: model arch 'sa_swin' has no such option"):
@@ -260,11 +296,19 @@ def test_console_refusals_exit_2_with_one_line(tmp_path, demo_cache):
              (["method.pos_mode=none"], "method.pos_mode is now model.pos_mode"),
              (["mae.loss_weighting=uniform"], "mae.loss_weighting is now method.loss_weighting"),
              (["data.size=32"], "data.size is now data.crop"),
-             (["output_dir=runs/é"], "must be quoted for Hydra")]
+             (["output_dir=runs/é"], "must be quoted for Hydra"),
+             (["trainer.max_steps=-5"], "trainer.max_steps=-5: expected >= 1, or null to train the whole schedule"),
+             (["trainer.max_steps=0"], "trainer.max_steps=0: expected >= 1"),
+             (["optim.base_lr=-1"], "optim.base_lr=-1: expected a positive learning rate"),  # no warning before
+             (["data.crop=-32"], "data.crop=-32: expected the crop's edge in voxels, a positive whole number"),
+             (["output_dir="], "output_dir='': empty; name the folder the run writes in")]
     base = _overrides(tmp_path / "r", demo_cache)
-    results = run_each("asa.cli.pretrain", [[*base, *extra] for extra, _ in cases], _env())  # one interpreter start-up
+    here = tmp_path / "here"  # the working folder, which an empty output_dir= would write a run into
+    here.mkdir()
+    results = run_each("asa.cli.pretrain", [[*base, *extra] for extra, _ in cases], _env(),  # one interpreter start-up
+                       cwd=str(here))
     for (extra, words), (code, stderr) in zip(cases, results):
         assert code == 2, (extra, stderr[-2000:])
         lines = [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("[asa] peak")]
         assert len(lines) == 1 and lines[0].startswith("[asa-pretrain] refused:") and words in lines[0], lines
-    assert not (tmp_path / "r").exists()
+    assert not (tmp_path / "r").exists() and not any(here.iterdir())

@@ -12,7 +12,7 @@ import pytest
 
 from asa.api import evaluate
 from asa.api.config import compose_config, load_config
-from asa.api.machinery.dataset import load_cases
+from asa.api.machinery.dataset import load_cases, write_bad_cases
 from asa.api.machinery.run import OptionError
 from asa.data import discover, write_demo_dataset
 from asa.train.distributed import DistEnv
@@ -38,11 +38,14 @@ def test_bad_cases_skipped_are_said_with_their_count(brats, tmp_path, capsys):
     bad = sorted(root.iterdir())[1]
     (bad / f"{bad.name}_t2.nii.gz").write_bytes(b"not a nifti")
     data = load_config("finetune", "data=brats", f"data.root={root}", "data.on_bad_case=skip").data
-    cases = load_cases(data, tmp_path, DistEnv())
+    cases, record = load_cases(data, tmp_path, DistEnv())
     assert len(cases) == 2
     err = capsys.readouterr().err
     assert "skipped 1 of 3 case(s)" in err and bad.name in err and str(tmp_path / "bad_cases.json") in err
+    assert not (tmp_path / "bad_cases.json").exists()  # written by the job once every check passed
+    write_bad_cases(tmp_path, record)
     assert [s["id"] for s in json.loads((tmp_path / "bad_cases.json").read_text())["skipped"]] == [bad.name]
+    assert json.loads((tmp_path / "bad_cases.json").read_text())["kept"] == 2
 
 
 def test_on_missing_skip_is_printed_and_recorded_in_the_summary(brats, tmp_path, capsys):

@@ -106,10 +106,13 @@ def test_two_gloo_workers_sigterm_143_then_refused_2(tmp_path):
         proc.communicate(timeout=120)
     text = log.read_text()
     assert proc.returncode == 143, text[-3000:]
-    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] >= 2 and "resume=true" in text
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] >= 2
+    assert "Resume with: asa-torchrun --nproc_per_node=2 -m asa.cli.pretrain data=demo" in text  # the launcher too
+    assert text.split("Resume with: ")[1].splitlines()[0].endswith(" resume=true")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=150)  # a new run there: refused
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
+    assert "continue that run:  asa-torchrun --nproc_per_node=2 -m asa.cli.pretrain " in proc.stderr
 
 
 

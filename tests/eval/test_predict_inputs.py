@@ -70,3 +70,14 @@ def test_on_bad_case_skip_predicts_the_others_and_lists_the_bad_one(tmp_path):
     written = predict_cases(predictor, cases, tmp_path / "out", progress=False, on_bad_case="skip", skipped=skipped)
     assert sorted(p.name for p in written) == sorted(f"{c.id}.nii.gz" for c in cases if c.id != bad_id)
     assert [cid for cid, _ in skipped] == [bad_id] and "all zeros" in skipped[0][1]
+
+
+def test_a_dataset_without_the_channels_the_checkpoint_reads_is_refused_before_predicting(tmp_path):
+    """A 4-channel (brats) checkpoint on 1-channel (ibsr) data: refused naming the channels read and found, before
+    any case is predicted (asa-predict: exit 2, nothing written)."""
+    root = write_demo_dataset("ibsr", tmp_path / "ibsr", cases=2, size=16, seed=0)
+    with pytest.raises(ValueError, match=rf"^input={root} \(layout ibsr\): the checkpoint's task brats reads 4 "
+                                         r"channel\(s\) \(t1, t1ce, t2, flair\); 2 of 2 case\(s\) lack some \(e.g. "
+                                         r"IBSR_DEMO_01: missing t1ce, t2, flair; the inputs hold t1\)"):
+        gather_cases(root, get_task("brats"))
+    assert [c.id for c in gather_cases(root, get_task("ibsr"))] == ["IBSR_DEMO_01", "IBSR_DEMO_02"]

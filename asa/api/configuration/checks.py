@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from asa.api.configuration.compat import RENAMED_VALUES, flatten_keys, old_keys, renamed_value
-from asa.api.configuration.schema import CONFIG_VERSION, DEFAULT_ARCH, PRETRAIN_MODELS, SCHEMAS, PretrainConfig
+from asa.api.configuration.schema import (CONFIG_VERSION, DEFAULT_ARCH, PRETRAIN_MODELS, SCHEMAS, PretrainConfig,
+                                          pretrain_family)
 from asa.api.tasks.task_registry import TaskSettings, registered_tasks, task_class
 from asa.choices import check_choices
 from asa.methods import MethodSettings, get_method, registered_methods
@@ -192,7 +193,7 @@ def check_task_choice(cfg: Any, overrides: Sequence[str]) -> None:
 def pretrain_model_node(model: Any) -> Any:
     """The schema of a pretraining ``model`` section: the SW-ViT sizes, or the settings of the network its
     ``arch`` names; an unknown arch is refused naming it."""
-    arch = model.get("arch", "swvit") if isinstance(model, Mapping) else "swvit"
+    arch = pretrain_family(model)
     if arch not in PRETRAIN_MODELS:
         raise ValueError(f"model.arch={arch}: asa-pretrain pretrains {', '.join(PRETRAIN_MODELS)}: the families "
                          "whose masked network is registered (asa.models.register_network's masked_of)")
@@ -249,6 +250,14 @@ def validate(cfg: DictConfig, entry: str) -> DictConfig:
                              + "; ".join(f"{name} {note}" for name, note in old.items())) from None
         raise ValueError(f"asa-{entry}: invalid option {key}: {err.msg if hasattr(err, 'msg') else err}") from None
     check_choices(cfg, node)
+    output_dir = OmegaConf.select(typed, "output_dir", default=None)
+    if isinstance(output_dir, str) and not output_dir.strip():  # would be the working folder
+        raise ValueError(f"asa-{entry}: invalid option output_dir={output_dir!r}: empty; name the folder the run "
+                         "writes in (output_dir=runs/NAME), which it creates")
+    crop = OmegaConf.select(typed, "data.crop", default=None)
+    if isinstance(crop, int) and crop < 1:  # a network built on it fails in torch's words
+        raise ValueError(f"asa-{entry}: invalid option data.crop={crop}: expected the crop's edge in voxels, a "
+                         "positive whole number (e.g. data.crop=96)")
     if entry in ("pretrain", "finetune") and typed.version != CONFIG_VERSION:
         raise ValueError(f"asa-{entry}: invalid option version={typed.version}: the layout version of a run config "
                          f"is this asa's ({CONFIG_VERSION}), which it records; a saved config of an earlier version is "

@@ -26,6 +26,7 @@ __all__ = [
     "CARRIED_KEYS", "MIGRATIONS", "MOVED_KEYS", "REMOVED_KEYS", "RENAMED_VALUES", "TASK_KEYS", "added_settings",
     "current_config",
     "current_value", "flatten_keys", "moved_key", "old_key", "old_keys", "read_config", "removed_key", "renamed_value",
+    "version_refusal",
 ]
 
 
@@ -224,6 +225,20 @@ MIGRATIONS = (_task_section, _network_settings, _segmentation_sampling, _resenc_
 assert len(MIGRATIONS) == CONFIG_VERSION  # one migration per version since the first
 
 
+def version_refusal(version: Any) -> str | None:
+    """Why a saved run config whose ``version`` is ``version`` cannot be read (None: it can): a whole number
+    above `CONFIG_VERSION` was written by a newer asa; anything else that is not a whole number from 0 up
+    (``five``, ``-1``, ``2.5``, ``true``) is no version asa writes, so the record is unreadable."""
+    if isinstance(version, int) and not isinstance(version, bool):
+        if 0 <= version <= CONFIG_VERSION:
+            return None
+        if version > CONFIG_VERSION:
+            return (f"version: {version} is newer than this asa reads (versions 0 to {CONFIG_VERSION}): a newer asa "
+                    "wrote it; use that asa")
+    return (f"version: {version!r} is unreadable: asa writes a whole number from 0 to {CONFIG_VERSION} there, so the "
+            "file was edited or damaged; restore the version it was written with")
+
+
 def read_config(saved: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """A run config written by this or an earlier asa (a resumed run's, a checkpoint's) as this version reads
     it: renamed values under their names now (`RENAMED_VALUES`), the migrations after its ``version`` (none
@@ -231,14 +246,14 @@ def read_config(saved: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     network gained since at its default, and a pretraining ``method`` section with each setting its method
     gained since at its default: what that run built and trained with (a run written before model=resenc
     lacks ``method.coord_channel`` and ``method.mirror_visible``: off, as it was). A version newer than this
-    asa's is refused (``ValueError``). Returns (the config at `CONFIG_VERSION`, a copy, the rest as it is; the
+    asa's, or one that is no version, is refused (``ValueError``: `version_refusal`, naming no file: the caller
+    names it). Returns (the config at `CONFIG_VERSION`, a copy, the rest as it is; the
     settings added since, dotted key -> value)."""
     cfg = copy.deepcopy(dict(saved))
     added: dict[str, Any] = {}
     version = cfg.pop("version", 0)
-    if not isinstance(version, int) or not 0 <= version <= CONFIG_VERSION:
-        raise ValueError(f"a run config of version {version!r}: this asa reads versions 0 to {CONFIG_VERSION} (a "
-                         "newer asa wrote it: read it with that version)")
+    if (why := version_refusal(version)) is not None:
+        raise ValueError(why)
     for key in RENAMED_VALUES:  # dotted keys of a section: "model.arch"
         section, leaf = key.split(".")
         if isinstance(node := cfg.get(section), Mapping) and leaf in node:

@@ -32,7 +32,7 @@ from asa.train.schedule import SCHEDULES
 
 __all__ = [
     "CONFIG_VERSION", "DEFAULT_ARCH", "EvaluateConfig", "FinetuneConfig", "FrozenProbeConfig", "PredictConfig", "PreprocessConfig", "PretrainConfig",
-    "PRETRAIN_MODELS", "SCHEMAS",
+    "PRETRAIN_MODELS", "SCHEMAS", "pretrain_family",
 ]
 
 
@@ -211,6 +211,12 @@ class _PretrainModels(Mapping):
 
 
 PRETRAIN_MODELS: Mapping[str, type] = _PretrainModels()
+
+
+def pretrain_family(model: Any) -> str:
+    """The network family a pretraining ``model`` section trains: its ``arch``; none: the SW-ViT's sizes."""
+    return model.get("arch", "swvit") if isinstance(model, Mapping) else "swvit"
+
 
 
 @dataclass

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,15 @@ from typing import Any
 from asa.api.machinery.run import OptionError, describe_error
 from asa.api.configuration.schema import DataConfig
 from asa.data import CaseError, RegionSource, detect_layout, discover, ensure_demo_dataset, make_splits, subject_groups
+from asa.data.layouts import skipped_report
 from asa.data.store import StoreSettingsError, open_store
 from asa.io import atomic_write_json
 from asa.models import DEFAULT_CROP
 from asa.train.distributed import DistEnv, all_gather_objects, barrier
 
-__all__ = ["SharedError", "cases_of_split", "check_crop_fits", "dataset_root", "default_crop", "load_cases",
-           "on_main_then_share", "region_source", "split_cases", "write_splits"]
+__all__ = ["BAD_CASES", "SharedError", "cases_of_split", "check_crop_fits", "dataset_root", "default_crop", "grid_affines",
+           "load_cases",
+           "on_main_then_share", "region_source", "split_cases", "write_bad_cases", "write_splits"]
 
 
 def dataset_root(data: DataConfig) -> tuple[Path, str]:
@@ -31,8 +34,13 @@ def dataset_root(data: DataConfig) -> tuple[Path, str]:
         if data.demo is None:
             raise ValueError(f"data={data.name}: data.root is required (a {data.layout} folder)")
         demo = data.demo
+        started = time.time()
         root = ensure_demo_dataset(demo.layout, cases=demo.cases, size=demo.size, seed=demo.seed,
                                    cache_dir=demo.cache_dir, targets=bool(demo.targets))
+        if (root / ".complete").stat().st_mtime >= started:  # written by this call, not found in the cache
+            where = "data.demo.cache_dir" if demo.cache_dir is not None else "$ASA_CACHE, default ~/.cache/asa"
+            print(f"[asa] generated the demo data (data=demo: {demo.cases} phantom scans, {demo.size}³ voxels, "
+                  f"layout {demo.layout}) in {root} ({where}); later runs reuse them", file=sys.stderr, flush=True)
         return root, demo.layout
     root = Path(str(data.root)).expanduser()
     if not root.exists():
@@ -40,38 +48,64 @@ def dataset_root(data: DataConfig) -> tuple[Path, str]:
     return root, (detect_layout(root) if data.layout == "auto" else data.layout)
 
 
-def load_cases(data: DataConfig, out_dir: Path | None, env: DistEnv) -> list:
-    """The validated cases of a data preset, found once on rank 0 and shared with the other ranks.
+BAD_CASES = "bad_cases.json"  # in the run folder: the cases a run skipped, with reasons
+
+
+def load_cases(data: DataConfig, out_dir: Path | None, env: DistEnv) -> tuple[list, dict | None]:
+    """The validated cases of a data preset, found once on rank 0 and shared with the other ranks, and
+    the record of the cases skipped (None: none was), which the job writes to ``<out_dir>/bad_cases.json``
+    (`write_bad_cases`) once every check of the run passed: a refused run leaves none.
 
     Every volume is read once in every run (in parallel) with the
-    checks of `load_volume`; bad cases stop the run or are skipped per ``data.on_bad_case`` and then
-    listed in ``<out_dir>/bad_cases.json``. With ``data.store`` nothing is read: the store's
-    index holds the checks' outcome, and only the files' sizes and mtimes are compared with it.
+    checks of `load_volume`; bad cases stop the run or are skipped per ``data.on_bad_case``. With
+    ``data.store`` nothing is read: the store's index holds the checks' outcome, and only the files'
+    sizes and mtimes are compared with it.
     """
-    def find() -> list:
+    def find() -> tuple[list, dict | None]:
         root, layout = dataset_root(data)
         if data.store is not None:
-            return _cases_in_store(data, root, layout, out_dir)
-        report = None if out_dir is None else out_dir / "bad_cases.json"
+            return _cases_in_store(data, root, layout)
+        report = None if out_dir is None else out_dir / BAD_CASES
         skipped: list = []
         cases = discover(layout, root, on_bad_case=data.on_bad_case, option="data.on_bad_case",
-                         report_path=report, workers=_check_workers(data),
-                         skipped=skipped)
-        if skipped:  # said on the console, not only in the report
-            shown = "\n".join(f"  - {p.id}: {p.reason}" for p in skipped[:10])
-            more = f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
-            print(f"[asa] warning: skipped {len(skipped)} of {len(skipped) + len(cases)} case(s) that cannot be used "
-                  f"(data.on_bad_case=skip){f'; all listed in {report}' if report is not None else ''}:\n"
-                  f"{shown}{more}\n  data.on_bad_case=error stops the run on any bad case instead",
-                  file=sys.stderr, flush=True)
-        return cases
+                         workers=_check_workers(data), skipped=skipped)
+        if not skipped:
+            return cases, None
+        shown = "\n".join(f"  - {p.id}: {p.reason}" for p in skipped[:10])  # said on the console, not only in the report
+        more = f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        print(f"[asa] warning: skipped {len(skipped)} of {len(skipped) + len(cases)} case(s) that cannot be used "
+              f"(data.on_bad_case=skip){f'; all listed in {report}' if report is not None else ''}:\n"
+              f"{shown}{more}\n  data.on_bad_case=error stops the run on any bad case instead",
+              file=sys.stderr, flush=True)
+        return cases, skipped_report(layout, root, len(cases), skipped)
 
     return on_main_then_share(find, env)
 
 
-def _cases_in_store(data: DataConfig, root: Path, layout: str, out_dir: Path | None) -> list:
+def grid_affines(cases: Sequence) -> dict[str, Any]:
+    """Case id -> the affine of its first image, read from the header alone (a file that cannot be read is
+    left out: the case checks name it)."""
+    import nibabel as nib
+
+    affines = {}
+    for case in cases:
+        try:
+            affines[case.id] = nib.load(str(next(iter(case.images.values())))).affine
+        except (StopIteration, OSError, ValueError, nib.filebasedimages.ImageFileError):
+            continue
+    return affines
+
+
+def write_bad_cases(out_dir: Path, record: dict | None) -> None:
+    """``<out_dir>/bad_cases.json``: the cases the run skipped (``record`` from `load_cases`; None: none)."""
+    if record is not None:
+        atomic_write_json(out_dir / BAD_CASES, record)
+
+
+def _cases_in_store(data: DataConfig, root: Path, layout: str) -> tuple[list, dict | None]:
     """The cases of ``data.store`` (checked when it was written), after making sure that it was
-    written from this data root and that no file under it is new or changed since."""
+    written from this data root and that no file under it is new or changed since, and the record of
+    the cases it skipped (None: none)."""
     store = open_store(data.store)
     if store.root is not None and Path(store.root).resolve() != root.resolve():  # one folder, however written
         raise StoreSettingsError(f"data.store={store.path} was written from data.root={store.root}, not {root}: "
@@ -81,10 +115,8 @@ def _cases_in_store(data: DataConfig, root: Path, layout: str, out_dir: Path | N
         lines = "\n".join(f"  - {p['id']}: {p['reason']}" for p in skipped[:20])
         raise CaseError(f"{len(skipped)} bad case(s) in {root} (recorded in data.store={store.path}):\n{lines}\n"
                         "Nothing was trained. Fix them and rerun asa-preprocess, or set data.on_bad_case=skip")
-    if skipped and out_dir is not None:
-        atomic_write_json(out_dir / "bad_cases.json", {"layout": layout, "root": str(root), "store": str(store.path),
-                                                       "kept": len(cases), "skipped": skipped})
-    return cases
+    record = {"layout": layout, "root": str(root), "store": str(store.path), "kept": len(cases), "skipped": skipped}
+    return cases, record if skipped else None
 
 
 def _check_workers(data: DataConfig) -> int:

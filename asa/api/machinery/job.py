@@ -14,10 +14,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from asa.api.machinery.dataset import load_cases, split_cases, write_splits
+from asa.api.machinery.dataset import grid_affines, load_cases, split_cases, write_bad_cases, write_splits
 from asa.api.machinery.run import OptionError, TrainingRun
 from asa.api.configuration.schema import FinetuneConfig, PretrainConfig
 from asa.api.machinery.training import optimizer_and_config, trainer_config, training_ended
+from asa.data.geometry import grid_note
 from asa.train import Engine, FitResult, TrainConfig
 from asa.train.engine import epoch_fault
 from asa.train.distributed import DistEnv
@@ -68,8 +69,8 @@ class TrainingJob(ABC):
         4. the cases (`cases`: those the job can use) and their split (a resumed run's own), checked
            (`check_split`: e.g. held-out cases the pretrained encoder saw);
         5. the datasets (`datasets`) and the training step (`training_step`), whose checks end the checking;
-        6. then the files, on rank 0 only: ``config.yaml`` (written once every check passed), the split and
-           the job's own records (`write_records`);
+        6. then the files, on rank 0 only: ``config.yaml`` (written once every check passed), the split, the
+           cases skipped (``bad_cases.json``) and the job's own records (`write_records`);
         7. training with the job's validation (`validation`) and engine options, then `finish` (rank 0:
            exports, the closing report) unless a stop signal ended it.
 
@@ -84,7 +85,10 @@ class TrainingJob(ABC):
                 self._network(run, None)
             run_dir = job.prepare_dir(run.resolved)
             run.out_dir = run_dir.path
-            run.cases = self.cases(run, load_cases(cfg.data, run.out_dir if run.env.is_main else None, run.env))
+            cases, bad_cases = load_cases(cfg.data, run.out_dir if run.env.is_main else None, run.env)
+            run.cases = self.cases(run, cases)
+            if run.env.is_main and (note := grid_note(grid_affines(run.cases))) is not None:  # once per run
+                print(f"[asa] note: {note}", file=sys.stderr, flush=True)
             splits = split_cases(run.cases, cfg.data, run.out_dir, run.env, by_subject=self.by_subject)
             self.check_split(run, splits)
             if self.network_from_split:
@@ -96,6 +100,7 @@ class TrainingJob(ABC):
             run_dir.write_config(run.resolved)  # every check passed
             write_splits(run.cases, cfg.data, run.out_dir, run.env, by_subject=self.by_subject)
             if run.env.is_main:
+                write_bad_cases(run.out_dir, bad_cases)
                 self.write_records(run)
             if val_ds is None and (warning := self.no_validation(run)) is not None:
                 print(f"[asa] warning: data={cfg.data.name} has no validation cases: {warning}", file=sys.stderr)

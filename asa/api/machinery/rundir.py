@@ -27,15 +27,16 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from asa.api.configuration.compat import added_settings, current_config, moved_key, removed_key
+from asa.api.configuration.compat import added_settings, current_config, moved_key, removed_key, version_refusal
+from asa.api.configuration.schema import pretrain_family
 from asa.io import atomic_write_text
 from asa.train.checkpoint import flatten
 from asa.train.distributed import DistEnv, all_gather_objects
 from asa.train.environment import record_environment
 from asa.train.resume import ResumePoint, check_training_checkpoint
 
-__all__ = ["RunDirError", "RunDir", "RunLock", "LOCK_NAME", "check_writable", "command_line", "move_aside", "override",
-           "prepare_run_dir", "shell_path"]
+__all__ = ["RunDirError", "RunDir", "RunLock", "LOCK_NAME", "check_writable", "command_line", "launcher", "move_aside",
+           "override", "prepare_run_dir", "shell_path"]
 
 LOCK_NAME = "run.lock"
 HISTORY_NAME = "config_history.yaml"
@@ -46,8 +47,25 @@ class RunDirError(RuntimeError):
     """The run directory cannot be used as asked; nothing was written."""
 
 
+def launcher(app: str) -> str:
+    """The words that start ``app`` as this process was started: under torchrun (its ``LOCAL_WORLD_SIZE``
+    and ``WORLD_SIZE``), ``asa-torchrun --nproc_per_node=N -m <the script's module>`` (``--nnodes=M`` too on
+    several nodes), so that a printed command runs the job on as many processes as it had (its schedule and
+    global batch depend on it); else ``app``."""
+    local, world = os.environ.get("LOCAL_WORLD_SIZE"), os.environ.get("WORLD_SIZE")
+    if not (local and world and local.isdigit() and world.isdigit() and int(local) > 0):
+        return app
+    main = getattr(sys.modules.get("__main__"), "__spec__", None)
+    module = main.name if main is not None and main.name.startswith("asa.cli.") else \
+        f"asa.cli.{app.removeprefix('asa-').replace('-', '_')}"
+    nodes = int(world) // int(local)
+    return " ".join(["asa-torchrun", *([f"--nnodes={nodes}"] if nodes > 1 else []), f"--nproc_per_node={local}",
+                     "-m", module])
+
+
 def command_line(app: str, *, drop: Sequence[str] = ("resume", "overwrite")) -> str:
-    """``app`` followed by this job's command-line overrides (Hydra's), without the keys in ``drop``."""
+    """``app`` (as it was launched: `launcher`) followed by this job's command-line overrides (Hydra's),
+    without the keys in ``drop``."""
     overrides: list[str] = []
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -57,7 +75,7 @@ def command_line(app: str, *, drop: Sequence[str] = ("resume", "overwrite")) -> 
     except (ImportError, ValueError):
         pass
     kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in drop]
-    return " ".join([app, *(shlex.quote(o) for o in kept)])
+    return " ".join([launcher(app), *(shlex.quote(o) for o in kept)])
 
 
 def _started_by(command: str) -> str:
@@ -70,7 +88,8 @@ def _started_by(command: str) -> str:
             return command + "\n"
     except ImportError:
         pass
-    app = command.split(" ", 1)[0]
+    words = command.split()
+    app = f"asa-{words[words.index('-m') + 1].rsplit('.', 1)[-1]}" if "-m" in words else words[0]  # `launcher`'s
     return f"{app} run from Python (asa.api.{app.removeprefix('asa-')}) with the configuration in config.yaml\n"
 
 
@@ -288,7 +307,25 @@ def move_aside(out_dir: Path) -> Path:
     return aside
 
 
-def _check(out_dir: Path, *, resume: Any, overwrite: bool, run_config: Mapping, compat_keys: Sequence[str],
+def _check_saved_config(record: Path) -> None:
+    """Refuse to resume into a folder whose ``config.yaml`` (the run config a resumed run keeps and compares
+    with) this asa cannot read: not YAML, not a mapping, or a ``version`` it does not read (`version_refusal`:
+    newer, or none asa writes). No ``config.yaml`` (a run refused before writing one): nothing to check."""
+    if not record.is_file():
+        return
+    try:
+        saved = yaml.safe_load(record.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise RunDirError(f"cannot resume: {record} is unreadable ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}). Nothing was changed.") from None
+    if not isinstance(saved, Mapping):
+        raise RunDirError(f"cannot resume: {record} is unreadable: it holds {type(saved).__name__}, not a run config "
+                          "(a mapping of settings). Nothing was changed.")
+    if (why := version_refusal(saved.get("version", 0))) is not None:
+        raise RunDirError(f"cannot resume: {record} has {why}. Nothing was changed.")
+
+
+def _check(out_dir: Path, *, app: str, resume: Any, overwrite: bool, run_config: Mapping, compat_keys: Sequence[str],
            lock: RunLock, command: str) -> tuple[ResumePoint | None, Path | None]:
     """Rank 0's checks with the lock held: the one place that decides which checkpoint a run continues
     from and checks it (read once); returns (resume point, moved_to)."""
@@ -332,8 +369,10 @@ def _check(out_dir: Path, *, resume: Any, overwrite: bool, run_config: Mapping, 
         print(f"[asa] overwrite=true: moved the previous run to {moved_to}", file=sys.stderr, flush=True)
     if resume_from is None:
         return None, moved_to
+    _check_saved_config(out_dir / "config.yaml")
+    family = pretrain_family(run_config.get("model")) if app == "asa-pretrain" and "model" in run_config else None
     return (check_training_checkpoint(resume_from, run_config, compat_keys, moved=moved_key, current=current_config,
-                                      removed=removed_key, added=added_settings), moved_to)
+                                      removed=removed_key, added=added_settings, family=family), moved_to)
 
 
 def prepare_run_dir(
@@ -358,7 +397,7 @@ def prepare_run_dir(
             out_dir.mkdir(parents=True, exist_ok=True)
             lock = RunLock(out_dir)
             lock.acquire(command)
-            resume_point, moved_to = _check(out_dir, resume=resume, overwrite=overwrite,
+            resume_point, moved_to = _check(out_dir, app=app, resume=resume, overwrite=overwrite,
                                             run_config=run_config, compat_keys=compat_keys, lock=lock, command=command)
         except Exception as err:
             if isinstance(err, OSError) and err.errno in _CANNOT_WRITE:

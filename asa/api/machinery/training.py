@@ -34,13 +34,15 @@ def optimizer_and_config(cfg: PretrainConfig | FinetuneConfig, model: torch.nn.M
     tr, opt = cfg.trainer, cfg.optim
     global_batch = tr.batch_size * env.world_size * tr.accum_steps
     base_lr, key = peak_base_lr(cfg)
+    if not 0 < base_lr < float("inf"):  # before any word about it: the optimiser would refuse it in its own
+        raise ValueError(f"{key}={base_lr:g}: expected a positive learning rate (e.g. {key}=1e-4)")
     lr, rule = describe_lr(base_lr, global_batch, opt.scale_lr, key=key)
     if env.is_main:
         print(f"[asa] peak learning rate: {rule}", file=sys.stderr, flush=True)
         if lr < LOW_LR:
+            unscaled = ", or set optim.scale_lr=false to use it as given" if opt.scale_lr else ""
             print(f"[asa] warning: the peak learning rate {lr:.3g} is below {LOW_LR:g}: the run will barely learn. "
-                  f"Raise optim.base_lr, or set optim.scale_lr=false to use optim.base_lr as given",
-                  file=sys.stderr, flush=True)
+                  f"Raise {key}{unscaled}", file=sys.stderr, flush=True)
     extra = {k: v for k, v in dataclasses.asdict(opt).items()
              if k in ("betas", "momentum", "nesterov", "encoder_lr_scale", "layer_decay", "freeze_encoder_epochs")
              and v is not None}

@@ -25,7 +25,7 @@ from asa.data.layouts import pretrain, segmentation  # noqa: F401  (register the
 from asa.data.layouts.base import ADAPTERS, PATTERNS, CaseError, Problem, check_case
 from asa.data.layouts.names import LAYOUTS, PRETRAIN_LAYOUTS, SEGMENTATION_LAYOUTS
 
-__all__ = ["discover", "detect_layout", "LAYOUTS", "PRETRAIN_LAYOUTS", "SEGMENTATION_LAYOUTS", "CaseError", "Problem"]
+__all__ = ["discover", "detect_layout", "skipped_report", "LAYOUTS", "PRETRAIN_LAYOUTS", "SEGMENTATION_LAYOUTS", "CaseError", "Problem"]
 
 _VALIDATE = ("full", "header", "none")
 
@@ -85,16 +85,7 @@ def discover(
     cases.sort(key=lambda c: c.id)
 
     if report_path is not None and problems and on_bad_case == "skip":
-        atomic_write_json(
-            report_path,
-            {
-                "layout": layout,
-                "root": str(root),
-                "found": len(cases) + len(problems),
-                "kept": len(cases),
-                "skipped": [p.to_dict() for p in problems],
-            },
-        )
+        atomic_write_json(report_path, skipped_report(layout, root, len(cases), problems))
     if problems and on_bad_case == "skip" and skipped is not None:
         skipped.extend(problems)
     if problems and on_bad_case == "error":
@@ -107,6 +98,13 @@ def discover(
     if not cases:
         raise FileNotFoundError(f"no usable cases under {root} for layout {layout!r} (expected {PATTERNS[layout]})")
     return cases
+
+
+def skipped_report(layout: str, root: str | Path, kept: int, problems: Sequence[Problem]) -> dict:
+    """The record of the cases `discover` skipped (``bad_cases.json``): layout, root, how many were found and
+    kept, and each skipped case with its reason."""
+    return {"layout": layout, "root": str(root), "found": kept + len(problems), "kept": kept,
+            "skipped": [p.to_dict() for p in problems]}
 
 
 def _check_cases(cases: Sequence[Case], label_values: tuple[int, ...] | None, validate: str,
