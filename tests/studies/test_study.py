@@ -133,6 +133,9 @@ def test_the_installed_script_runs_a_quick_study_from_outside_the_checkout_and_s
     assert stopped.wait(300) == 143
     assert "SIGTERM: stopped" in stopped.stderr.read()
     assert _children_of(out) == []  # every child waited for
+    written = {f: f.stat().st_mtime_ns for f in out.rglob("*") if f.is_file()}
+    time.sleep(3)
+    assert {f: f.stat().st_mtime_ns for f in out.rglob("*") if f.is_file()} == written  # nothing written after the exit
     done = subprocess.run([*argv, "--threads", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     page = (out / "report" / "README.md").read_text()
