@@ -248,7 +248,7 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
         *(f"- {line}" for line in [*controls, *flags]),
         f"- Overlap of the pretraining cohort with the test and validation cases: {'; '.join(overlap['lines'])}"
         + (" — **accepted with --accept-overlap: these cases' scores are not held out.**" if overlap.get("accepted") else ""),
-        *(f"- {line}" for line in checks["channels"]),
+        *(f"- {line}" for line in [*checks["channels"], *checks.get("skull", [])]),
         *([f"- {checks['supervised']}"] if "supervised" in checks else []),
         *([f"- {budget}"] if budget else []), "",
         "## Contrasts", "", "Paired by N, seed and test case; 95 % CI: the seed × case bootstrap "

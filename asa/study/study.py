@@ -310,6 +310,23 @@ def channel_lines(network: Network, fine: Sequence[str], pretrain: Sequence[str]
             "channels from the start and take no adaptation: a deficit of the pretrained arms may be the adaptation's."]
 
 
+STRIPPED = 0.9  # the share of non-zero voxels above which asa's brain mask takes a scan for a whole head
+
+
+def skull_lines(sets: Mapping[str, Sequence], sample: int = 3) -> list[str]:
+    """One line per set of cases whose first ``sample`` scans are whole heads (more than `STRIPPED` of their
+    voxels non-zero): asa's brain mask, brain centre and in-brain z-score assume skull-stripped scans."""
+    lines = []
+    for name, cases in sets.items():
+        shares = [float((load_volume(next(iter(c.images.values()))).array != 0).mean()) for c in list(cases)[:sample]]
+        if shares and min(shares) > STRIPPED:
+            lines.append(f"{name}: the scans are not skull-stripped ({min(shares):.0%} or more of their voxels are "
+                         "non-zero): asa's brain mask, brain centre and in-brain z-score assume skull-stripped scans, "
+                         "and on whole heads the mask takes in scalp and neck (docs/data-and-orientation.md); strip "
+                         "the skulls first, or read every arm's numbers as made on a mis-centred, mis-normalised crop.")
+    return lines
+
+
 # --------------------------------------------------------------------------------------------- the units
 STOP_MARGIN = 25.0  # seconds before the budget ends at which running units are told to save and stop
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -556,6 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if CONTROL in args.arms:
             noise = write_noise(out, cohort_cases, max(sizes), args.seed)
     checks["channels"] = channel_lines(network, task.channels, ("t1",))
+    checks["skull"] = skull_lines({"--pretrain-data": cohort_cases, "--root": labeled})
     supervised_dir = out / "pretrain" / SUPERVISED
     if SUPERVISED in args.arms and not split["supervised"]:
         checks["supervised"] = (f"The positive control is left out: the labeled pool holds {len(labeled)} cases, and "
@@ -565,7 +583,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         checks["supervised"] = (f"The positive control trains on {len(split['supervised'])} labeled cases no other run "
                                 "sees (held out of the training pool).")
     atomic_write_json(out / "checks" / "checks.json", {**checks, "split": split})
-    for line in [*checks["overlap"]["lines"], *checks["channels"], *([checks["supervised"]] if "supervised" in checks else [])]:
+    for line in [*checks["overlap"]["lines"], *checks["channels"], *checks["skull"],
+                 *([checks["supervised"]] if "supervised" in checks else [])]:
         print(f"[study] {line}", flush=True)
     if not split["supervised"]:
         supervised_dir = None

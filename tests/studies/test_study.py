@@ -143,3 +143,19 @@ def test_the_installed_script_runs_a_quick_study_from_outside_the_checkout_and_s
     assert (out / "report" / "dice_vs_n.svg").read_text().startswith("<?xml")
     contrasts = json.loads((out / "report" / "contrasts.json").read_text())
     assert {c["arm"] for c in contrasts} >= {"supervised", "mae-c4"} and all("verdict" in c for c in contrasts)
+
+
+def test_whole_heads_are_said_before_anything_trains(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from asa.data.case import Case
+
+    def case(name: str, background: float) -> Case:
+        image = np.full((16, 16, 16), background, np.float32)
+        image[4:12, 4:12, 4:12] = 1.0  # the brain
+        nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / f"{name}.nii.gz")
+        return Case(name, {"t1": tmp_path / f"{name}.nii.gz"}, None, {})
+
+    lines = study.skull_lines({"--pretrain-data": [case("head", 0.05)], "--root": [case("stripped", 0.0)]})
+    assert len(lines) == 1 and lines[0].startswith("--pretrain-data: the scans are not skull-stripped (100%")
