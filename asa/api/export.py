@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib.metadata
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -40,6 +42,7 @@ __all__ = ["NNUNET_PLANS", "NNUNET_WEIGHTS", "export_model", "merge_nnunet_plans
 # the run's data settings a model folder repeats; size / patch_size: the crop of runs before data.crop, as recorded
 DATA_KEYS = ("name", "layout", "task", "channels", "crop", "size", "patch_size", "resample_mm", "lr_centre")
 CHECKPOINT_DIR = "checkpoints"
+SOFTWARE = ("torch", "monai", "numpy", "dynamic-network-architectures")  # their versions in config.json
 _LOCAL_PATH = re.compile(r"(?<![\w.~/-])(?:~|[A-Za-z]:)?[/\\][^\s'\"`,;]*")  # an absolute path, up to a space or quote
 CARRIED = {  # the card's words on what the folder carries of its cohort (asa-export --cohort)
     "full": f"`{MODEL_FILE}` carries each case's id, subject, image digests and fingerprints, against which "
@@ -313,7 +316,8 @@ def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, An
                    "format_version": 2}
         if cohort is None and isinstance(run.get("pretraining_cohort"), Mapping):  # a folder that carried none
             cohort = {**run["pretraining_cohort"], "carried": "none"}
-        return {**run, **({"pretraining_cohort": dict(cohort)} if cohort else {}), "license": license, "asa_version": asa.__version__, "git_commit": _git_commit() or
+        return {**run, **({"pretraining_cohort": dict(cohort)} if cohort else {}), "software": _software(),
+                "license": license, "asa_version": asa.__version__, "git_commit": _git_commit() or
                 run.get("git_commit")}
     cfg = current_config(state["config"]) if isinstance(state.get("config"), Mapping) else {}
     outputs = cfg.get("outputs")
@@ -343,8 +347,21 @@ def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, An
         "source": {"file": source.name, "step": int(export.get("step") or 0)},
         "metrics": _run_metrics(source, state),
         **({"pretraining_cohort": dict(cohort)} if cohort else {}),
-        "license": license, "asa_version": asa.__version__, "git_commit": _git_commit(),
+        "license": license, "asa_version": asa.__version__, "git_commit": _git_commit(), "software": _software(),
     }
+
+
+def _software() -> dict[str, str | None]:
+    """The versions of the packages that wrote the folder and that read its weights again (``config.json``'s
+    ``software``): Python, torch, MONAI, numpy and dynamic-network-architectures (nnU-Net's networks; None when
+    not installed)."""
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in SOFTWARE:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def _demo(data: Mapping[str, Any]) -> bool:
@@ -376,7 +393,9 @@ def model_card(config: Mapping[str, Any]) -> str:
              f"- spacing: {config['spacing_mm']} mm" if config.get("spacing_mm") else "- spacing: the data's own "
              "(no resampling)",
              f"- orientation: {config.get('orientation', 'RAS+')}; preprocessing: see config.json",
-             f"- asa {config.get('asa_version')}" + (f", commit {config['git_commit']}" if config.get("git_commit") else ""),
+             f"- asa {config.get('asa_version')}" + (f", commit {config['git_commit']}" if config.get("git_commit") else "")
+             + (", exported with " + ", ".join(f"{k} {v}" for k, v in config["software"].items() if v)
+                if config.get("software") else ""),
              f"- source: {config.get('source', {}).get('file')} (step {config.get('source', {}).get('step')})",
              *([f"- pretraining cohort: {cohort['cases']} cases, {cohort['images']} images, digest "
                 f"`{cohort['digest']}`; " + CARRIED.get(cohort.get("carried", "full"), CARRIED["full"])]
