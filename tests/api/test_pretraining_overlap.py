@@ -178,6 +178,9 @@ def test_export_cohort_none_and_digests_write_no_participant_id(tmp_path, public
         summaries[level] = config["pretraining_cohort"]
         assert config["pretraining_cohort"]["carried"] == level
     assert "cohort" not in load_weights(tmp_path / "none")
+    assert check_pretraining_overlap(tmp_path / "none", {"val": [], "test": []}, accept=False) is None
+    assert "(it was exported with asa-export --cohort none: its config.json states only the cohort's digest " \
+           f"{summaries['none']['digest']}; export with --cohort digests to check)" in capsys.readouterr().out
     assert summaries["none"]["digest"] == summaries["digests"]["digest"] == cohort_digest(cohort)["digest"]  # one cohort
     # digests: opaque keys, and an exact copy of a pretraining scan under another name is still found
     carried = load_weights(tmp_path / "digests")["cohort"]
