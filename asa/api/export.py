@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib.metadata
 import json
 import os
+import platform
+import re
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -22,7 +25,7 @@ from asa.api.machinery.cohort import recorded_cohort
 from asa.api.configuration.compat import current_config
 from asa.api.machinery.rundir import check_writable
 from asa.api.machinery.run import refusing
-from asa.data.cohort import cohort_digest
+from asa.data.cohort import COHORT_LEVELS, IDS_WITHHELD, cohort_digest, export_cohort
 from asa.data.preprocessing import PERCENTILES
 from asa.io import atomic_write_json, load_weights, save_checkpoint, write_model_folder
 from asa.io.hub import (FOLDER_FILES, FOLDER_FORMAT, MODEL_FILE, NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS,
@@ -39,12 +42,21 @@ __all__ = ["NNUNET_PLANS", "NNUNET_WEIGHTS", "export_model", "merge_nnunet_plans
 # the run's data settings a model folder repeats; size / patch_size: the crop of runs before data.crop, as recorded
 DATA_KEYS = ("name", "layout", "task", "channels", "crop", "size", "patch_size", "resample_mm", "lr_centre")
 CHECKPOINT_DIR = "checkpoints"
+SOFTWARE = ("torch", "monai", "numpy", "dynamic-network-architectures")  # their versions in config.json
+_LOCAL_PATH = re.compile(r"(?<![\w.~/-])(?:~|[A-Za-z]:)?[/\\][^\s'\"`,;]*")  # an absolute path, up to a space or quote
+CARRIED = {  # the card's words on what the folder carries of its cohort (asa-export --cohort)
+    "full": f"`{MODEL_FILE}` carries each case's id, subject, image digests and fingerprints, against which "
+            "asa-finetune and asa-probe check their held-out cases",
+    "digests": f"`{MODEL_FILE}` carries each case's image digests and fingerprints under opaque keys (no case or "
+               "subject id), against which asa-finetune and asa-probe check their held-out cases by content",
+    "none": "this folder carries no cohort list (exported with --cohort none): held-out cases are not checked "
+            "against it; compare a cohort with this digest"}
 COMMAND_FILE = "command.txt"  # beside config.yaml in a run folder: the command line that started the run
 
 
 def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False,
                  license: str = "other", nnunet_channels: int | None = None,
-                 nnunet_plans: str | os.PathLike | None = None) -> Path:
+                 nnunet_plans: str | os.PathLike | None = None, cohort: str = "digests") -> Path:
     """Write the hub-ready model folder of ``checkpoint`` to ``out_dir``; returns ``out_dir``.
 
     Args:
@@ -61,6 +73,11 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
             is repeated and divided by their number; None: the encoder's own).
         nnunet_plans: an nnU-Net plans file (``$nnUNet_preprocessed/DatasetXXX/<plans>.json``) to add the
             ``3d_fullres_asa`` configuration to (:func:`merge_nnunet_plans`), so that ``nnUNetv2_train`` runs it.
+        cohort: what the folder carries of the pretraining cohort (`asa.data.cohort.COHORT_LEVELS`): ``full``,
+            each case's id, subject, image digests and fingerprints; ``digests`` (the default), the digests and
+            fingerprints under opaque keys (``case-0001``, ...) and no subject, so that a public folder names no
+            participant while asa-finetune and asa-probe still find a copy of a pretraining scan among their
+            held-out cases; ``none``, no cohort, only its summary digest in ``config.json`` (nothing is checked).
 
     A fine-tuning checkpoint also gives ``segmenter.pt``, the whole network (weights, spec, run config) that
     ``asa-predict checkpoint=OUT_DIR`` uses, and the card names its task, training data, the metrics of
@@ -81,13 +98,16 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
             raise ValueError(f"output folder {out} would replace or sit inside the input {source}")
         held = _held(out, overwrite=overwrite)
         check_writable(out, "OUT_DIR")  # as the training and prediction jobs refuse their output folders
+        if cohort not in COHORT_LEVELS:
+            raise ValueError(f"--cohort {cohort!r}: expected one of {', '.join(COHORT_LEVELS)}")
         if not license or any(c.isspace() for c in license):
             raise ValueError(f"--license {license!r}: expected a licence id without spaces (e.g. apache-2.0, other)")
         state = load_weights(source)
         export = encoder_export(source, state)
-        if export.get("cohort") is None and (cohort := recorded_cohort(source)) is not None:
-            export["cohort"] = cohort  # the run's cohort.json: fine-tuning checks its held-out cases against it
-        config = model_config(source, state, export, license=license)
+        if export.get("cohort") is None and (recorded := recorded_cohort(source)) is not None:
+            export["cohort"] = recorded  # the run's cohort.json: fine-tuning checks its held-out cases against it
+        summary = _carry_cohort(export, cohort)
+        config = model_config(source, state, export, license=license, cohort=summary)
         card = model_card(config)
         spec = export["network"]
         nnunet = nnssl = None
@@ -161,6 +181,22 @@ def merge_nnunet_plans(path: str | os.PathLike, snippet: Mapping[str, Any], *,
     return path, {**plans, "configurations": {**configs, **snippet["configurations"]}}
 
 
+def _carry_cohort(export: dict[str, Any], level: str) -> dict[str, Any] | None:
+    """Leave in ``export`` what ``level`` (``asa-export --cohort``) keeps of its cohort; returns the summary that
+    ``config.json`` states (`asa.data.cohort.cohort_digest`, with ``"carried"``: what the folder holds of it), None
+    when the export carries no cohort."""
+    if export.get("cohort") is None:
+        return None
+    summary = cohort_digest(export["cohort"])
+    if level == "none":
+        del export["cohort"]
+    else:
+        export["cohort"] = export_cohort(export["cohort"], ids=level == "full")
+    carried = "none" if level == "none" else \
+        ("digests" if export["cohort"].get("ids") == IDS_WITHHELD else "full")
+    return {**summary, "carried": carried}
+
+
 def _segmenter(state: Mapping[str, Any]) -> dict[str, Any] | None:
     """The whole fine-tuned network of a fine-tuning checkpoint as asa-predict reads it (weights, spec, run
     config, step; no optimiser state), or None for any other file."""
@@ -191,12 +227,19 @@ def segmenter_card(source: Path, config: Mapping[str, Any]) -> str:
         f"`{SEGMENTER_FILE}` is the whole fine-tuned network ({source.name}); predict with",
         "", "```", "asa-predict checkpoint=path/to/this/folder input=IMAGES output=PREDICTIONS", "```", "",
         f"- task: {task.get('name', 'unknown')}" + (f", outputs {labels}" if labels else ""),
-        f"- training data: {data.get('name', 'unknown')}" + (f" at {data['root']}" if data.get("root") else "")
-        + (f", split {data['split_file']}" if data.get("split_file") else ""),
+        f"- training data: {data.get('name', 'unknown')}" + (f" at {_public(str(data['root']))}" if data.get("root")
+                                                             else "")
+        + (f", split {_public(str(data['split_file']))}" if data.get("split_file") else ""),
         "- metrics on its test split: the asa-evaluate summaries under Metrics (none: not evaluated in the run "
         "folder)",
-        f"- command: `{command}`" if command else "- command: not recorded with the run (runs before command.txt)",
+        f"- command: `{_public(command)}`" if command else "- command: not recorded with the run (runs before command.txt)",
         ""])
+
+
+def _public(text: str) -> str:
+    """``text`` with each absolute or home-relative local path (``/home/me/data/brats``, ``~/data``) cut to
+    ``<local>/`` and its last name: a card is public, the folders of the machine that made it are not."""
+    return _LOCAL_PATH.sub(lambda m: "<local>/" + Path(m.group(0).rstrip("/")).name, text)
 
 
 def _held(out: Path, *, overwrite: bool) -> list[str]:
@@ -260,16 +303,21 @@ def _run_metrics(source: Path, state: Mapping[str, Any]) -> dict[str, Any]:
     return metrics
 
 
-def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, Any], *, license: str) -> dict[str, Any]:
+def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, Any], *, license: str,
+                 cohort: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``config.json``: the spec of the network ``model.safetensors`` holds (the encoder alone:
     `asa.io.hub.encoder_network_spec`; ``source_network``: the network it was trained in) and what built it (method, data, crop, spacing, orientation,
-    preprocessing), the asa version and git commit, the source and the run's metrics when known."""
+    preprocessing), the asa version and git commit, the source and the run's metrics when known; ``cohort``: the
+    pretraining cohort's summary (:func:`_carry_cohort`), stated as ``pretraining_cohort``."""
     run = state.get("model_config") or {}  # re-exporting a model folder keeps what it recorded
     if run:
         if run.get("network") == export["network"]:  # a folder of format 1 recorded the source network
             run = {**run, "network": encoder_network_spec(export["network"]), "source_network": export["network"],
                    "format_version": 2}
-        return {**run, "license": license, "asa_version": asa.__version__, "git_commit": _git_commit() or
+        if cohort is None and isinstance(run.get("pretraining_cohort"), Mapping):  # a folder that carried none
+            cohort = {**run["pretraining_cohort"], "carried": "none"}
+        return {**run, **({"pretraining_cohort": dict(cohort)} if cohort else {}), "software": _software(),
+                "license": license, "asa_version": asa.__version__, "git_commit": _git_commit() or
                 run.get("git_commit")}
     cfg = current_config(state["config"]) if isinstance(state.get("config"), Mapping) else {}
     outputs = cfg.get("outputs")
@@ -298,9 +346,22 @@ def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, An
                           "resample_mm": resample},
         "source": {"file": source.name, "step": int(export.get("step") or 0)},
         "metrics": _run_metrics(source, state),
-        **({"pretraining_cohort": cohort_digest(export["cohort"])} if export.get("cohort") else {}),
-        "license": license, "asa_version": asa.__version__, "git_commit": _git_commit(),
+        **({"pretraining_cohort": dict(cohort)} if cohort else {}),
+        "license": license, "asa_version": asa.__version__, "git_commit": _git_commit(), "software": _software(),
     }
+
+
+def _software() -> dict[str, str | None]:
+    """The versions of the packages that wrote the folder and that read its weights again (``config.json``'s
+    ``software``): Python, torch, MONAI, numpy and dynamic-network-architectures (nnU-Net's networks; None when
+    not installed)."""
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in SOFTWARE:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def _demo(data: Mapping[str, Any]) -> bool:
@@ -332,11 +393,12 @@ def model_card(config: Mapping[str, Any]) -> str:
              f"- spacing: {config['spacing_mm']} mm" if config.get("spacing_mm") else "- spacing: the data's own "
              "(no resampling)",
              f"- orientation: {config.get('orientation', 'RAS+')}; preprocessing: see config.json",
-             f"- asa {config.get('asa_version')}" + (f", commit {config['git_commit']}" if config.get("git_commit") else ""),
+             f"- asa {config.get('asa_version')}" + (f", commit {config['git_commit']}" if config.get("git_commit") else "")
+             + (", exported with " + ", ".join(f"{k} {v}" for k, v in config["software"].items() if v)
+                if config.get("software") else ""),
              f"- source: {config.get('source', {}).get('file')} (step {config.get('source', {}).get('step')})",
              *([f"- pretraining cohort: {cohort['cases']} cases, {cohort['images']} images, digest "
-                f"`{cohort['digest']}`; `{MODEL_FILE}` carries each case's subject and image digests, against "
-                "which asa-finetune checks its validation and test cases"]
+                f"`{cohort['digest']}`; " + CARRIED.get(cohort.get("carried", "full"), CARRIED["full"])]
                if (cohort := config.get("pretraining_cohort")) else []), "",
              "## Metrics", ""]
     if metrics:

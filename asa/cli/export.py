@@ -10,6 +10,7 @@ from asa.api.export import export_model
 from asa.api.machinery.run import OptionError, describe_error
 from asa.api.machinery.rundir import RunDirError
 from asa.io.hub import NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS, NNUNET_WEIGHTS, SEGMENTER_FILE
+from asa.data.cohort import COHORT_LEVELS
 from asa.cli.common import EXIT_FAILED, EXIT_FINISHED, EXIT_REFUSED
 
 __all__ = ["main"]
@@ -39,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="add the 3d_fullres_asa configuration to this nnU-Net plans file "
                              "($nnUNet_preprocessed/DatasetXXX/<plans>.json), so that nnUNetv2_train runs it "
                              "(--overwrite replaces an earlier 3d_fullres_asa there)")
+    parser.add_argument("--cohort", choices=COHORT_LEVELS, default="digests",
+                        help="what the folder carries of the pretraining cohort: full (each case's id, subject, image "
+                             "digests and fingerprints), digests (default: the digests and fingerprints under opaque "
+                             "keys, no case or subject id: a public folder names no participant, and asa-finetune / "
+                             "asa-probe still find a copy of a pretraining scan among their held-out cases) or none "
+                             "(only the cohort's summary digest in config.json; nothing is checked against it)")
     parser.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     return parser
 
@@ -47,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         out = export_model(args.checkpoint, args.out_dir, overwrite=args.overwrite, license=args.license,
-                           nnunet_channels=args.nnunet_channels, nnunet_plans=args.nnunet_plans)
+                           nnunet_channels=args.nnunet_channels, nnunet_plans=args.nnunet_plans, cohort=args.cohort)
     except (OptionError, RunDirError, FileExistsError) as err:
         if args.debug:
             raise

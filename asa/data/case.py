@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-__all__ = ["Case"]
+__all__ = ["Case", "match_channels"]
 
 
 @dataclass
@@ -46,3 +46,18 @@ class Case:
             "label": None if self.label is None else str(self.label),
             "meta": self.meta,
         }
+
+
+def match_channels(wanted: Sequence[str], available: Sequence[str], *, option: str, where: str) -> list[str]:
+    """Each channel of ``wanted`` (an option's, e.g. asa-probe's ``channels=[t1]``) by its name in ``available``
+    (the data's: an nnU-Net ``dataset.json`` may say ``T1``), matched without regard to case; one with no match
+    (or two, ``T1`` and ``t1``) is refused naming ``option`` and ``where``."""
+    out = []
+    for name in wanted:
+        found = [a for a in available if str(a).casefold() == str(name).casefold()]
+        if len(found) != 1:
+            why = "two channels of that name in different case" if found else "no such channel"
+            raise ValueError(f"{option}={list(wanted)}: {where} has channels {list(available)}; {name!r}: {why} "
+                             f"(names match without regard to case; set {option} to the data's channels)")
+        out.append(str(found[0]))
+    return out

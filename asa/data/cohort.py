@@ -29,13 +29,17 @@ from asa.data.fingerprint import (FINGERPRINT, NEAR_THRESHOLD, decode_fingerprin
                                   fingerprint_scores, image_fingerprint)
 from asa.data.store_writer import worker_pool
 
-__all__ = ["COHORT_FORMAT", "DIGEST", "SEEN_PARTS", "carried_cohort", "case_subject", "cohort_digest", "cohort_overlap",
+__all__ = ["COHORT_FORMAT", "COHORT_LEVELS", "DIGEST", "IDS_WITHHELD", "SEEN_PARTS", "carried_cohort", "case_subject", "cohort_digest", "cohort_overlap",
            "cohort_record", "describe_overlap", "export_cohort", "image_digests", "image_signatures", "near_duplicates",
            "overlap_line", "volume_digest", "volume_signature"]
 
 COHORT_FORMAT = "asa.cohort"
 DIGEST = "sha256 of the RAS+ voxels as float32 with the grid shape (asa.data.cohort.volume_digest)"
 SEEN_PARTS = ("train", "val")  # the parts of a pretraining split whose images the encoder was trained or selected on
+# what an exported model folder carries of its cohort (asa-export --cohort; docs/weights-elsewhere.md): every case's
+# id, subject, digests and fingerprints; the digests and fingerprints under opaque keys; nothing but the summary digest
+COHORT_LEVELS = ("full", "digests", "none")
+IDS_WITHHELD = "withheld"  # a cohort record's "ids" when its keys are opaque and it names no subject
 
 
 def _ras_voxels(path: str | os.PathLike, frame: int | None) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -138,19 +142,25 @@ def cohort_digest(cohort: Mapping[str, Any]) -> dict[str, Any]:
             "digest": "sha256:" + hashlib.sha256("\n".join(digests).encode()).hexdigest(), "of": DIGEST}
 
 
-def export_cohort(cohort: Mapping[str, Any]) -> dict[str, Any]:
+def export_cohort(cohort: Mapping[str, Any], *, ids: bool = True) -> dict[str, Any]:
     """What an encoder export carries of a cohort record: the seen cases (id -> part, subject, image digests and
     fingerprints when recorded) and what the digests and fingerprints are, as plain strings, lists and dicts
-    (``torch.load(weights_only=True)`` reads them; no data paths)."""
+    (``torch.load(weights_only=True)`` reads them; no data paths). Without ``ids`` (``asa-export --cohort
+    digests``, :data:`COHORT_LEVELS`) the cases are keyed ``case-0001``, ``case-0002``, ... in the record's order
+    and carry no subject: the digests and fingerprints still find a copy of a cohort scan, a case id or subject
+    no longer (the record says ``"ids": "withheld"``; a record that withholds them keeps doing so)."""
     seen = [str(p) for p in (cohort.get("seen_parts") or SEEN_PARTS)]
     prints = cohort.get("fingerprint") == FINGERPRINT
-    cases = {str(k): {"part": str(v.get("part")), "subject": str(v.get("subject") or k),
-                      "images": {str(ch): str(d) for ch, d in (v.get("images") or {}).items()},
-                      **({"fingerprints": {str(ch): str(f) for ch, f in (v.get("fingerprints") or {}).items()}}
-                         if prints else {})}
-             for k, v in (cohort.get("cases") or {}).items() if v.get("part") in seen}
+    ids = ids and cohort.get("ids") != IDS_WITHHELD
+    members = [(str(k), v) for k, v in (cohort.get("cases") or {}).items() if v.get("part") in seen]
+    cases = {(k if ids else f"case-{n:04d}"):
+             {"part": str(v.get("part")), **({"subject": str(v.get("subject") or k)} if ids else {}),
+              "images": {str(ch): str(d) for ch, d in (v.get("images") or {}).items()},
+              **({"fingerprints": {str(ch): str(f) for ch, f in (v.get("fingerprints") or {}).items()}}
+                 if prints else {})}
+             for n, (k, v) in enumerate(members, start=1)}
     return {"format": COHORT_FORMAT, "digest": DIGEST, **({"fingerprint": FINGERPRINT} if prints else {}),
-            "seen_parts": seen, "cases": cases}
+            **({} if ids else {"ids": IDS_WITHHELD}), "seen_parts": seen, "cases": cases}
 
 
 def carried_cohort(state: Mapping[str, Any], where: str) -> dict[str, Any] | None:
@@ -201,8 +211,10 @@ def cohort_overlap(cohort: Mapping[str, Any], subsets: Mapping[str, Sequence[Cas
     """For each subset (``{"val": cases, "test": cases}``), the cases that were in the cohort's seen parts
     (``cohort["seen_parts"]``, default train and val): by case id, by subject, by image content (any image
     of the case with the digest of a cohort image) and by near content (a fingerprint correlating with a cohort
-    image's at ``threshold`` or more, `asa.data.fingerprint`; only when the cohort records fingerprints). Returns
-    ``{subset: {"n", "by_id", "by_subject", "by_content", "by_near_content", "near_checked", "overlapping"}}``,
+    image's at ``threshold`` or more, `asa.data.fingerprint`; only when the cohort records fingerprints); by id and
+    subject only when the cohort names them (not a record of :func:`export_cohort` without ``ids``). Returns
+    ``{subset: {"n", "by_id", "by_subject", "by_content", "by_near_content", "near_checked", "ids_checked",
+    "overlapping"}}``,
     the matches listed as ``{"case", "matches": [cohort case, ...]}`` (near ones with ``"scores": {cohort case:
     score}``, exact copies left to ``by_content``). ``digests`` and ``fingerprints``: the cases' signatures when
     already read (:func:`image_signatures`), so that several cohorts are compared with one reading."""
@@ -215,6 +227,7 @@ def cohort_overlap(cohort: Mapping[str, Any], subsets: Mapping[str, Sequence[Cas
         for value in (entry.get("images") or {}).values():
             by_digest.setdefault(value, []).append(case_id)
     near_checked = cohort.get("fingerprint") == FINGERPRINT
+    ids_checked = cohort.get("ids") != IDS_WITHHELD  # opaque keys name no case or subject of the query's data
     owners, table = _cohort_prints(members) if near_checked else ([], None)
     report: dict[str, Any] = {}
     for name, cases in subsets.items():
@@ -223,9 +236,9 @@ def cohort_overlap(cohort: Mapping[str, Any], subsets: Mapping[str, Sequence[Cas
                 (image_digests(cases, workers=workers), {})
         else:
             read, prints = digests, (fingerprints or {})
-        ids = [{"case": c.id, "matches": [c.id]} for c in cases if c.id in members]
+        ids = [{"case": c.id, "matches": [c.id]} for c in cases if ids_checked and c.id in members]
         subjects = [{"case": c.id, "matches": sorted(by_subject[case_subject(c)])} for c in cases
-                    if case_subject(c) in by_subject]
+                    if ids_checked and case_subject(c) in by_subject]
         content, near = [], []
         for c in cases:
             hits = sorted({m for d in read.get(c.id, {}).values() for m in by_digest.get(d, [])})
@@ -237,7 +250,8 @@ def cohort_overlap(cohort: Mapping[str, Any], subsets: Mapping[str, Sequence[Cas
                 near.append({"case": c.id, "matches": ranked, "scores": {k: close[k] for k in ranked}})
         overlapping = sorted({m["case"] for m in ids + subjects + content + near})
         report[name] = {"n": len(cases), "by_id": ids, "by_subject": subjects, "by_content": content,
-                        "by_near_content": near, "near_checked": near_checked and bool(prints),
+                        "by_near_content": near, "near_checked": near_checked and (bool(prints) or not cases),  # an empty subset: nothing unchecked
+                        "ids_checked": ids_checked,
                         "overlapping": overlapping}
     return report
 
@@ -305,8 +319,10 @@ def describe_overlap(report: Mapping[str, Any], *, cohort_size: int | None = Non
         n_over = len(part["overlapping"])
         line = (f"{name}: {n_over} of {part['n']} case(s) in the pretraining cohort"
                 + (f" ({cohort_size} cases)" if cohort_size is not None else "")
-                + f": by id {len(part['by_id'])}, by subject {len(part['by_subject'])}, "
-                  f"by image content {len(part['by_content'])}, " + _near_words(part))
+                + (f": by id {len(part['by_id'])}, by subject {len(part['by_subject'])}, "
+                   if part.get("ids_checked", True) else ": by id and subject not checked (the cohort withholds "
+                   "them), ")
+                + f"by image content {len(part['by_content'])}, " + _near_words(part))
         if n_over:
             found = {m["case"]: _shown(m) for kind in KINDS for m in part.get(kind, [])}
             shown = [f"{case} = {', '.join(found[case][:3])}" for case in part["overlapping"][:show]]
@@ -324,8 +340,9 @@ def overlap_line(report: Mapping[str, Any], *, show: int = 3) -> str:
     kinds = {kind: sum(len(report[s].get(kind, [])) for s in report) for kind in KINDS}
     near = (f"near content {kinds['by_near_content']}" if all(report[s].get("near_checked") for s in report)
             else "near content not checked")
-    line = (f"{counts} were in the encoder's pretraining cohort (by id {kinds['by_id']} / subject "
-            f"{kinds['by_subject']} / content {kinds['by_content']} / {near})")
+    named = (f"by id {kinds['by_id']} / subject {kinds['by_subject']}"
+             if all(report[s].get("ids_checked", True) for s in report) else "id and subject withheld")
+    line = (f"{counts} were in the encoder's pretraining cohort ({named} / content {kinds['by_content']} / {near})")
     found = {m["case"]: _shown(m) for s in report for kind in KINDS for m in report[s].get(kind, [])}
     if found:
         shown = [f"{case} = {', '.join(found[case][:3])}" for case in sorted(found)[:show]]

@@ -33,8 +33,8 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping) -> Path:
 
 
 def _not_a_checkpoint(path: Path) -> str:
-    """The message for a file that is neither a torch.save archive nor a pickle (a text file, noise),
-    with its size and first bytes."""
+    """The message for a file that is neither a torch.save archive nor a pickle (a text file, noise; a plain
+    pickle gets :func:`_plain_pickle`'s), with its size and first bytes."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(24)
@@ -43,6 +43,71 @@ def _not_a_checkpoint(path: Path) -> str:
         seen = "unreadable"
     return (f"checkpoint {path}: not a checkpoint — unreadable or corrupt, neither a torch.save archive nor a "
             f"pickle ({seen})")
+
+
+def _refused(path: Path, callable_: str, kind: str = "") -> str:
+    """The message for a file that asks to call ``callable_`` on loading (never run)."""
+    return (f"checkpoint {path}: refused, nothing in it was run — {kind}it asks to call {callable_}, which is not a "
+            f"tensor, container or plain value (a pickle can run any code when it is loaded; weights-only loading "
+            f"blocked it). Load only checkpoints you trust; asa's files and published weights call nothing")
+
+
+# the modules whose callables torch.save itself writes into a pickle (tensor and container rebuilders)
+_WRITER_MODULES = ("torch", "collections", "numpy")
+_STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
+               "BINUNICODE8"}
+
+
+def _pickle_globals(path: Path) -> tuple[int, list[str]] | None:
+    """(protocol, the callables it names, ``module.name``) of the first pickle in ``path``, read opcode by opcode
+    (`pickletools.genops` parses, it builds and calls nothing); None when the bytes are no pickle."""
+    import pickletools
+
+    strings: list = []  # recent string pushes (STACK_GLOBAL takes its module and name from them)
+    memo: dict = {}
+    names, protocol = [], 0
+    try:
+        with open(path, "rb") as fh:
+            for op, arg, _ in pickletools.genops(fh):
+                if op.name == "PROTO":
+                    protocol = int(arg)
+                elif op.name in _STRING_OPS:
+                    strings.append(arg)
+                elif op.name == "MEMOIZE":
+                    memo[len(memo)] = strings[-1] if strings else None
+                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[arg] = strings[-1] if strings else None
+                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                    strings.append(memo.get(arg))
+                elif op.name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL":
+                    names.append(".".join(map(str, strings[-2:])) if len(strings) >= 2 else "an unnamed global")
+    except Exception:  # not a pickle, or torn: genops stops at the first byte it cannot parse
+        return None
+    return protocol, names
+
+
+def _plain_pickle(path: Path, err: BaseException) -> str | None:
+    """The message for a plain pickle (not a torch.save archive) that torch's weights-only loader refused: the
+    callables it asks for, never run, or what the loader could not read; None when ``path`` is no pickle."""
+    found = _pickle_globals(path)
+    if found is None:
+        return None
+    protocol, names = found
+    foreign = list(dict.fromkeys(n for n in names if n.split(".", 1)[0] not in _WRITER_MODULES))
+    if foreign:
+        return _refused(path, ", ".join(foreign[:3]), f"a plain pickle (protocol {protocol}, not a torch.save "
+                                                      "archive): ")
+    return (f"checkpoint {path}: a plain pickle (protocol {protocol}), not a torch.save archive, that torch's "
+            f"weights-only loader cannot read ({_reason(err)}); nothing in it was run. Save the weights with "
+            "torch.save")
+
+
+def _reason(err: BaseException) -> str:
+    """The line of a weights-only refusal that says what it could not read (``Unsupported operand 149``)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return next((ln for ln in lines if "unsupported" in ln.lower()), lines[-1] if lines else repr(err))[:160]
 
 
 # numpy scalars and dtypes, which nnU-Net's trainer writes into its checkpoints (``_best_ema`` and the log values
@@ -89,20 +154,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except pickle.UnpicklingError as err:
         if (callable_ := refused_callable(err)) is None:
             # random bytes / a torn file also fail in the weights-only unpickler: not a security matter
-            raise CheckpointError(_not_a_checkpoint(path) if not zipfile.is_zipfile(path) else
-                                  f"checkpoint {path}: unreadable or corrupt — not a checkpoint written by torch.save "
-                                  f"({str(err).splitlines()[-1][:200]})") from err
-        raise CheckpointError(
-            f"checkpoint {path}: refused, nothing in it was run — it asks to call {callable_}, which is not a "
-            f"tensor, container or plain value (a pickle can run any code when it is loaded; weights-only loading "
-            f"blocked it). Load only checkpoints you trust; asa's files and published weights call nothing"
-        ) from err
+            if zipfile.is_zipfile(path):
+                raise CheckpointError(f"checkpoint {path}: unreadable or corrupt — not a checkpoint written by "
+                                      f"torch.save ({str(err).splitlines()[-1][:200]})") from err
+            raise CheckpointError(_plain_pickle(path, err) or _not_a_checkpoint(path)) from err
+        raise CheckpointError(_refused(path, callable_)) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint {path}: unreadable or truncated ({type(err).__name__}: {err})") from err
     except Exception as err:  # any other fault of the unpickler on bytes that are no pickle (KeyError: 101 on text)
         if zipfile.is_zipfile(path):
             raise CheckpointError(f"checkpoint {path}: unreadable or corrupt ({type(err).__name__}: {err})") from err
-        raise CheckpointError(_not_a_checkpoint(path)) from err
+        raise CheckpointError(_plain_pickle(path, err) or _not_a_checkpoint(path)) from err
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path}: expected a dict at the top level, got {type(state).__name__}")
     return state

@@ -4,8 +4,11 @@ asa.load_encoder and asa-finetune model.pretrained read, written atomically; the
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
+import monai
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -57,12 +60,17 @@ def test_export_then_load_encoder_gives_identical_tensors(run, tmp_path):
                                                                                               [1.0] * 3)
     assert config["data"] == {"name": "demo", "layout": "bids", "channels": ["t1"], "size": 32, "resample_mm": 1.0}
     assert config["orientation"] == "RAS+" and config["asa_version"] == asa.__version__
+    # the software that wrote the folder, as the installed distributions name their versions
+    assert config["software"]["torch"] == torch.__version__ and config["software"]["numpy"] == np.__version__
+    assert config["software"]["monai"] == monai.__version__ and set(config["software"]) == {
+        "python", "torch", "monai", "numpy", "dynamic-network-architectures"}
     assert config["source"] == {"file": "last.pt", "step": 7} and config["license"] == "apache-2.0"
     assert config["metrics"]["validation"] == {"val/loss": 0.5}
     assert config["metrics"]["eval"]["mean"] == {"WT": {"Dice": 0.8, "HD95": 3.0, "NSD": 0.9}}
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlicense: apache-2.0\nlibrary_name: asa\n") and "## Intended use" in card
     assert "- data: demo (layout bids), channels t1" in card and '"NSD": 0.9' in card
+    assert f"exported with python {platform.python_version()}, torch {torch.__version__}, monai {monai.__version__}" in card
 
 
 def test_finetuning_loads_the_folder(run, tmp_path):

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nibabel as nib
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from asa.api import finetune
 from asa.api.machinery.cohort import ACCEPT_OPTION, COHORT_FILE, OVERLAP_FILE, check_pretraining_overlap, evaluated_overlap_line
@@ -16,7 +18,8 @@ from asa.api.config import compose_config
 from asa.api.export import export_model
 from asa.api.machinery.run import OptionError
 from asa.data import discover, write_demo_dataset
-from asa.data.cohort import DIGEST, COHORT_FORMAT, export_cohort, image_digests
+from asa.data.case import Case
+from asa.data.cohort import DIGEST, COHORT_FORMAT, cohort_digest, cohort_record, export_cohort, image_digests
 from asa.io import load_weights, save_checkpoint
 from asa.models import ASA, PRESETS, network_spec
 from asa.train.pretrain import export_encoder
@@ -58,7 +61,7 @@ def test_export_carries_the_cohort_and_loads_weights_only(tmp_path, brats):
     assert load_weights(pt.with_suffix(".safetensors"))["cohort"] == cohort  # the metadata, as JSON
     # asa-export of a checkpoint whose run recorded cohort.json: the model folder carries it and states its digest
     (tmp_path / "pre" / COHORT_FILE).write_text(json.dumps({**cohort, "run": "elsewhere"}))
-    folder = export_model(tmp_path / "pre" / "checkpoints" / "last.pt", tmp_path / "model")
+    folder = export_model(tmp_path / "pre" / "checkpoints" / "last.pt", tmp_path / "model", cohort="full")
     assert load_weights(folder)["cohort"] == cohort
     config = json.loads((folder / "config.json").read_text())
     assert config["pretraining_cohort"]["cases"] == 5 and config["pretraining_cohort"]["images"] == 20
@@ -129,4 +132,77 @@ def test_probe_refuses_an_encoder_whose_cohort_holds_a_probed_case(tmp_path, cap
         probe(compose_config("probe", overrides))
     assert f"[asa] pretraining cohort of {ckpt}: 1 of the 4 probed cases were in the encoder's pretraining cohort " \
            f"(by id 0 / subject 0 / content 1 / near content not checked): {cases[0].id} = renamed" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def public_run(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """A tiny pretraining run as asa-pretrain leaves it: checkpoints/last.pt (with its run config, data.root an
+    absolute path) and cohort.json of four BIDS cases (subjects, digests and fingerprints), all in the train part."""
+    base = tmp_path_factory.mktemp("public")
+    root = write_demo_dataset("bids", base / "bids", cases=4, size=32, seed=0)
+    cases = discover("bids", root)
+    cohort = cohort_record(cases, {"train": [c.id for c in cases]}, workers=1,
+                           source={"run": str(base / "pre"), "data": {"root": str(root)}})
+    run = base / "pre"
+    torch.manual_seed(0)
+    mae = ASA(img_size=32, **PRESETS["tiny"])
+    config = OmegaConf.to_container(compose_config("pretrain", ["data=bids", f"data.root={root}", "model=tiny"]))
+    save_checkpoint(run / "checkpoints" / "last.pt", {"model": mae.state_dict(), "network": network_spec(mae),
+                                                      "step": 3, "config": config})
+    (run / COHORT_FILE).write_text(json.dumps(cohort))
+    return run / "checkpoints" / "last.pt", root, cohort
+
+
+def _names(cohort: dict) -> set[str]:
+    """Every case id and subject id of a cohort record."""
+    return set(cohort["cases"]) | {v["subject"] for v in cohort["cases"].values()}
+
+
+def test_export_cohort_none_and_digests_write_no_participant_id(tmp_path, public_run, capsys):
+    ckpt, root, cohort = public_run
+    names = _names(cohort)
+    assert len(names) >= 4 and all(len(n) >= 4 for n in names)  # ids long enough that a byte match means them
+    full = export_model(ckpt, tmp_path / "full", cohort="full")
+    assert all(n.encode() in (full / "model.safetensors").read_bytes() for n in names)  # what the grep would see
+    summaries = {}
+    for level in ("none", "digests"):
+        folder = export_model(ckpt, tmp_path / level, cohort=level)
+        for path in folder.iterdir():  # every file's bytes: no case id, no subject id
+            data = path.read_bytes()
+            assert not [n for n in names if n.encode() in data], (level, path.name)
+        for name in ("README.md", "config.json"):  # no folder of this machine
+            text = (folder / name).read_text()
+            assert str(tmp_path.parent) not in text and str(root) not in text and str(Path.home()) + "/" not in text
+        config = json.loads((folder / "config.json").read_text())
+        summaries[level] = config["pretraining_cohort"]
+        assert config["pretraining_cohort"]["carried"] == level
+    assert "cohort" not in load_weights(tmp_path / "none")
+    assert check_pretraining_overlap(tmp_path / "none", {"val": [], "test": []}, accept=False) is None
+    assert "(it was exported with asa-export --cohort none: its config.json states only the cohort's digest " \
+           f"{summaries['none']['digest']}; export with --cohort digests to check)" in capsys.readouterr().out
+    assert summaries["none"]["digest"] == summaries["digests"]["digest"] == cohort_digest(cohort)["digest"]  # one cohort
+    # digests: opaque keys, and an exact copy of a pretraining scan under another name is still found
+    carried = load_weights(tmp_path / "digests")["cohort"]
+    assert sorted(carried["cases"]) == [f"case-{k:04d}" for k in range(1, 5)] and carried["ids"] == "withheld"
+    assert all(set(v) == {"part", "images", "fingerprints"} for v in carried["cases"].values())
+    first, second = discover("bids", root)[:2]
+    copy = Case(id="held-out-01", images=dict(first.images), meta={"subject": "someone-else"})
+    image = nib.load(next(iter(second.images.values())))  # and a rescaled, shifted copy: found by near content
+    nib.save(nib.Nifti1Image(image.get_fdata() * 1.7 + 3.0, image.affine), tmp_path / "scaled.nii.gz")
+    near = Case(id="held-out-02", images={"t1": tmp_path / "scaled.nii.gz"}, meta={"subject": "another"})
+    with pytest.raises(OptionError, match=r"2 of the 2 test case\(s\) \(held-out-01, held-out-02\)"):
+        check_pretraining_overlap(tmp_path / "digests", {"val": [], "test": [copy, near]}, accept=False)
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[asa] pretraining cohort:")][-1]
+    assert "(id and subject withheld / content 1 / near content 1): held-out-01 = case-0001; held-out-02 = " \
+           "case-0002 (near, " in line
+    # re-exporting the public folder with --cohort full cannot bring the ids back
+    again = export_model(tmp_path / "digests", tmp_path / "again", cohort="full")
+    assert load_weights(again)["cohort"] == carried
+    assert json.loads((again / "config.json").read_text())["pretraining_cohort"]["carried"] == "digests"
+
+
+def test_export_refuses_an_unknown_cohort_level(tmp_path, public_run):
+    with pytest.raises(OptionError, match=r"--cohort 'ids'.*full, digests, none"):
+        export_model(public_run[0], tmp_path / "out", cohort="ids")
     assert not (tmp_path / "out").exists()

@@ -142,3 +142,20 @@ def test_probe_of_a_resenc_encoder_pools_its_bottleneck(tmp_path, aged):
     coord = _checkpoint(tmp_path / "coord.pt", 1, "resenc_pretrain", img_size=32, coord_channel=True)
     with pytest.raises(OptionError, match=rf"{coord}: a CNN encoder with the coordinate channel"):
         probe(compose_config("probe", _overrides(aged, tmp_path / "out2", coord, extra=["task=case", "task.target=age"])))
+
+
+def test_probe_matches_channel_names_without_regard_to_case(tmp_path):
+    """An nnU-Net raw set whose dataset.json names its channel ``T1`` is probed with ``channels=[t1]`` (the
+    default); a channel the data lacks is refused naming ``channels=`` and the data's channels."""
+    root = write_demo_dataset("msd", tmp_path / "msd", cases=4, size=32, seed=1)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["channel_names"] = {"0": "FLAIR", "1": "T1", "2": "T1gd", "3": "T2w"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    a = _checkpoint(tmp_path / "a.pt", 1)
+    base = [f"encoders=[{a}]", "data=msd", f"data.root={root}", "device=cpu", "folds=2", "bootstrap=0", "knn_k=3"]
+    with pytest.raises(OptionError, match=r"channels=\['t2'\]: the .* task has channels \['FLAIR', 'T1', 'T1gd', "
+                                          r"'T2w'\]; 't2': no such channel"):
+        probe(compose_config("probe", [*base, "channels=[t2]", f"output={tmp_path / 'x'}"]))
+    assert not (tmp_path / "x").exists()
+    result = probe(compose_config("probe", [*base, f"output={tmp_path / 'out'}"]))
+    assert result["rows"][0]["kind"] == "voxel" and result["rows"][0]["metrics"]["ridge/r2_mean"]["value"] is not None

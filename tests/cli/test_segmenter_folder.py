@@ -36,6 +36,9 @@ def test_exported_segmenter_predicts_like_its_checkpoint(tmp_path, capsys):
     assert (folder / "segmenter.pt").is_file()
     card = (folder / "README.md").read_text()
     assert "## Segmenter" in card and "- task: brats" in card and "- training data: brats" in card
+    # a public card and config.json name no folder of this machine: the data root by its last name only
+    assert "- training data: brats at <local>/data" in card and str(tmp_path) not in card
+    assert str(tmp_path) not in (folder / "config.json").read_text()
     # run from Python here: no command line, the function and config.yaml named (asa-finetune writes its command)
     assert "- command: `asa-finetune run from Python (asa.api.finetune) with the configuration in config.yaml`" in card
     assert '"eval_test"' in card and '"Dice"' in card  # the run's test-split summary under Metrics

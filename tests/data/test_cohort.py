@@ -139,7 +139,7 @@ def test_model_card_states_the_cohort_digest(tmp_path):
     save_checkpoint(pre / "checkpoints" / "last.pt", {"model": net.state_dict(), "network": network_spec(net)})
     out = export_model(pre / "checkpoints" / "last.pt", tmp_path / "model")
     recorded = json.loads((out / "config.json").read_text())["pretraining_cohort"]
-    assert recorded == cohort_digest(cohort) and (recorded["cases"], recorded["images"]) == (3, 3)
+    assert recorded == {**cohort_digest(cohort), "carried": "digests"} and (recorded["cases"], recorded["images"]) == (3, 3)
     assert f"pretraining cohort: 3 cases, 3 images, digest `{recorded['digest']}`" in (out / "README.md").read_text()
 
 

@@ -31,7 +31,8 @@ class _System:
 
 
 def _refusal(path: Path) -> str:
-    return rf"checkpoint {re.escape(str(path))}: refused, nothing in it was run — it asks to call posix\.system"
+    return (rf"checkpoint {re.escape(str(path))}: refused, nothing in it was run — "
+            rf"(a plain pickle \(protocol \d, not a torch\.save archive\): )?it asks to call posix\.system")
 
 
 @pytest.fixture
@@ -49,16 +50,37 @@ def test_the_wording_of_this_torch_is_the_one_matched(payload):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("kind", ["torch.save", "pickle"])
-def test_load_checkpoint_names_the_file_and_the_callable(tmp_path, kind):
+@pytest.mark.parametrize("kind, protocol", [("torch.save", None), ("pickle", 2), ("pickle", 0), ("pickle", 4),
+                                            ("pickle", pickle.DEFAULT_PROTOCOL), ("top-level pickle", 5)])
+def test_load_checkpoint_names_the_file_and_the_callable(tmp_path, kind, protocol):
     marker, path = tmp_path / "pwned", tmp_path / "evil.pt"
     if kind == "torch.save":
         torch.save({"model": _System(marker)}, path)
-    else:  # a plain pickle: it used to be called "neither a torch.save archive nor a pickle"
-        path.write_bytes(pickle.dumps({"model": _System(marker)}, protocol=2))
-    with pytest.raises(CheckpointError, match=_refusal(path)):
+    else:  # a plain pickle: protocols 0, 4 and 5 (Python's default) used to be called "neither a torch.save
+        # archive nor a pickle", since torch's weights-only loader stops at an opcode before it sees the callable
+        obj = _System(marker) if kind == "top-level pickle" else {"model": _System(marker)}
+        path.write_bytes(pickle.dumps(obj, protocol=protocol))
+    with pytest.raises(CheckpointError, match=_refusal(path)) as err:
         load_checkpoint(path)
+    assert "neither a torch.save archive nor a pickle" not in str(err.value)
+    if kind != "torch.save" and protocol in (0, 4, 5):  # named a plain pickle by its protocol
+        assert f"a plain pickle (protocol {protocol}, not a torch.save archive): it asks to call posix.system" \
+            in str(err.value)
     assert not marker.exists()
+
+
+def test_a_plain_pickle_of_plain_values_is_named_a_pickle(tmp_path):
+    """A pickle of protocol 4 calls nothing, and torch's weights-only loader still cannot read it: the message
+    says it is a pickle (not noise) and what the loader stopped at; text is still neither."""
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps({"model": {"w": [1.0, 2.0]}}, protocol=4))
+    with pytest.raises(CheckpointError, match=rf"checkpoint {re.escape(str(path))}: a plain pickle \(protocol 4\), "
+                                              r"not a torch\.save archive, that torch's weights-only loader cannot "
+                                              r"read \(Unsupported operand 149\); nothing in it was run"):
+        load_checkpoint(path)
+    path.write_text("model: weights\n")
+    with pytest.raises(CheckpointError, match=r"neither a torch\.save archive nor a pickle \(15 bytes"):
+        load_checkpoint(path)
 
 
 def test_load_encoder(payload):

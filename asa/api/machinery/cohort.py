@@ -119,12 +119,17 @@ def check_pretraining_overlap(pretrained: str | os.PathLike, splits: dict[str, S
     (`asa.data.cohort.cohort_overlap`; :func:`write_overlap` keeps it in the run folder), or None when the file
     carries no cohort (said in the line: nothing was checked)."""
     env = env or DistEnv()
-    cohort = encoder_cohort(pretrained, option="model.pretrained")
+    state = load_weights(pretrained)
+    cohort = carried_cohort(state, f"model.pretrained={pretrained}")
     if cohort is None:
+        summary = (state.get("model_config") or {}).get("pretraining_cohort")
+        how = (f"it was exported with asa-export --cohort none: its config.json states only the cohort's digest "
+               f"{summary.get('digest')}; export with --cohort digests to check" if isinstance(summary, dict)
+               and summary.get("carried") == "none" else
+               "record them with asa-cohort PRETRAIN_RUN, then export with asa-export")
         if env.is_main:
             print(f"[asa] pretraining cohort: model.pretrained={pretrained} carries no cohort digests, so the "
-                  "validation and test cases were not checked against it (record them with asa-cohort PRETRAIN_RUN, "
-                  "then export with asa-export)", flush=True)
+                  f"validation and test cases were not checked against it ({how})", flush=True)
         return None
     subsets = {name: list(splits.get(name) or []) for name in ("val", "test")}
     report = on_main_then_share(lambda: cohort_overlap(cohort, subsets, workers=workers), env)

@@ -25,6 +25,7 @@ from asa.api.machinery.training import record_geometry
 from asa.choices import one_of
 from asa.data import (CASE_CROPS, DEFAULT_CASE_CROPS, Targets, build_case_crops_dataset, build_target_dataset,
                       detect_layout, discover, read_targets, subject_groups)
+from asa.data.case import match_channels
 from asa.data.targets import TARGET_KINDS
 from asa.eval.case_metrics import HIGHER_IS_BETTER
 from asa.eval.case_outputs import (PREDICTIONS_CSV, case_crop_lattice, case_row, case_summary, read_case_predictions,
@@ -269,12 +270,14 @@ class CaseTask(FinetuneTask):
         cases = [c for c in cases if c.id in targets.values]
         target = {"column": str(cfg.task.target), "kind": targets.kind, "classes": list(targets.names),
                   "source": table.source, "skipped": dict(targets.skipped)}
+        channels = match_channels(cfg.channels, list(cases[0].images), option="channels",
+                                  where=f"case {cases[0].id} of data.root={root}") if cases else list(cfg.channels)
         device = resolve_device(cfg.device)
         prepared: dict = {}  # inputs per encoder input size, prepared once
 
         def score(enc: FrozenEncoder, groups: Sequence[str], common: Mapping) -> tuple[dict, torch.Tensor]:
             if enc.size not in prepared:
-                prepared[enc.size] = prepare_cases(cases, size=enc.size, channels=list(cfg.channels))
+                prepared[enc.size] = prepare_cases(cases, size=enc.size, channels=channels)
             features = pooled_features(enc, prepared[enc.size], batch_size=cfg.batch_size, device=device)
             result = case_probes(features, [targets.values[c.id] for c in cases], kind=targets.kind, groups=groups,
                                  names=targets.names, logistic=cfg.logistic,

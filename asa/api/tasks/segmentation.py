@@ -25,6 +25,7 @@ from asa.api.tasks import FinetuneRun, FinetuneTask, ProbeTargets, register_fine
 from asa.api.machinery.training import record_geometry
 from asa.choices import one_of
 from asa.data import build_segmentation_dataset, discover, get_task, non_mri_channels
+from asa.data.case import match_channels
 from asa.data.labels import TASKS
 from asa.data.lattice import OVERSAMPLINGS, SAMPLINGS
 from asa.eval import evaluate_cases, match_predictions
@@ -281,6 +282,7 @@ class SegmentationTask(FinetuneTask):
         cases = cases_of_split([c for c in cases if c.label is not None], cfg.split_file, cfg.subset,
                                where=str(root))
         target = {"task": task.name, "kind": "voxel", "classes": list(task.output_names)}
+        channels = match_channels(cfg.channels, task.channels, option="channels", where=f"the {task.name} task")
         device = resolve_device(cfg.device)
         prepared: dict = {}  # probe sets per encoder input size and token stride, built once
 
@@ -289,7 +291,7 @@ class SegmentationTask(FinetuneTask):
             if key not in prepared:
                 if len(set(enc.size)) != 1:
                     raise OptionError(f"{enc.name}: voxel-label probes need a cubic input, got {list(enc.size)}")
-                prepared[key] = build_probe_set(cases, task, size=enc.size[0], channels=list(cfg.channels),
+                prepared[key] = build_probe_set(cases, task, size=enc.size[0], channels=channels,
                                                 patch_size=enc.stride)
             probe_set = prepared[key]
             tokens = torch.cat([enc.tokens(probe_set.images[i:i + cfg.batch_size].to(device)).cpu()
