@@ -19,7 +19,9 @@ _LAYOUT_HELP = """layouts:
 
 Phantoms are deterministic in --seed, 1 mm voxels, skull-stripped; files are stored in non-RAS
 orientations for some layouts (BraTS LPS, IBSR LIA, WMH LAS) as real data are. Case ids are
-synthetic (BraTS2021_DEMO_00000, BRATS_DEMO_001), never a real dataset's. A non-empty --out is
+synthetic (BraTS2021_DEMO_00000, BRATS_DEMO_001), never a real dataset's. The labeled layouts (brats,
+ibsr, wmh, msd) hold other subjects than the pretraining ones (bids, caps, filelist), whatever the
+seeds: a demo labeled set is never made of a demo cohort's heads. A non-empty --out is
 refused unless --overwrite.
 
 --anatomy writes subjects warped from the MNI ICBM152 2009 template (needs

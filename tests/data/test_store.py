@@ -267,11 +267,11 @@ def test_training_refuses_a_stale_or_foreign_store(tmp_path):
     store = tmp_path / "s"
     _write(cases, store, root=str(root), layout="bids")
     data = OmegaConf.create({"store": str(store), "on_bad_case": "error"})
-    assert [c.id for c in _cases_in_store(data, root, "bids", None)] == [c.id for c in cases]
+    assert [c.id for c in _cases_in_store(data, root, "bids")[0]] == [c.id for c in cases]
     with pytest.raises(StoreError, match="written from data.root="):
-        _cases_in_store(data, tmp_path, "bids", None)
+        _cases_in_store(data, tmp_path, "bids")
     _rewrite(cases[0].images["t1"], 2.0)
     with pytest.raises(StoreError, match=rf"out of date: 1 case\(s\) changed .*{cases[0].id}.*Rerun asa-preprocess"):
-        _cases_in_store(data, root, "bids", None)
+        _cases_in_store(data, root, "bids")
     with pytest.raises(StoreError, match="no store index"):
         open_store(tmp_path / "nowhere")

@@ -62,11 +62,11 @@ def test_a_store_written_from_a_relative_root_is_read_from_the_absolute_one(tmp_
     build_store(discover("bids", relative), tmp_path / "store", preprocessor=PretrainPreprocess(32), channels=("t1",),
                 progress=False, root=str(relative), layout="bids")  # an index of an older asa-preprocess
     data = types.SimpleNamespace(store=str(tmp_path / "store"), on_bad_case="error")
-    cases = _cases_in_store(data, root.absolute(), "bids", None)
+    cases = _cases_in_store(data, root.absolute(), "bids")[0]
     assert sorted(c.id for c in cases) == sorted(json.loads((tmp_path / "store" / "index.json").read_text())["cases"])
     other = write_demo_dataset("bids", tmp_path / "other", cases=2, size=32, seed=1)
     with pytest.raises(StoreSettingsError, match=r"was written from data.root=d/bids60, not .*other"):
-        _cases_in_store(data, other, "bids", None)
+        _cases_in_store(data, other, "bids")
 
 
 def test_more_folds_than_subjects_is_said_once_and_recorded(tmp_path, capsys):

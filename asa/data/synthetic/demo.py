@@ -32,7 +32,13 @@ from asa.data.synthetic.phantom import Phantom, make_phantom
 __all__ = ["write_demo_dataset", "write_anatomy_dataset", "ensure_demo_dataset", "default_cache_dir", "write_nifti",
            "demo_subject", "DEMO_DIAGNOSES", "TARGET_LAYOUTS", "ANATOMY_LAYOUTS", "BIDS_CONTRASTS"]
 
-DEMO_VERSION = 3  # 2: synthetic BraTS/MSD case ids; 3: synthetic ids in every layout
+DEMO_VERSION = 4  # 2: synthetic BraTS/MSD case ids; 3: synthetic ids in every layout; 4: labeled subjects of their own
+# the labeled layouts draw their subjects from a stream of their own (seed + LABELED_STREAM), so that a labeled set is
+# never made of the heads of a pretraining cohort: subject k of seed s in brats/ibsr/wmh/msd is no subject of any
+# pretraining layout (bids/caps/filelist) of a seed below LABELED_STREAM, whatever the two seeds (before version 4
+# subject k was the same head in every layout, so a demo fine-tuning set was tested on the demo cohort's subjects)
+LABELED_STREAM = 500_000
+LABELED_LAYOUTS = ("brats", "ibsr", "wmh", "msd")
 _RAS = axcodes2ornt(("R", "A", "S"))
 # phantom case ids are never those of a real dataset (BraTS2021_00000 is a real BraTS 2021 case,
 # IBSR_01 a real IBSR one, Utrecht/0 a real WMH one): every id carries DEMO, so phantoms cannot pass
@@ -268,6 +274,9 @@ def write_demo_dataset(layout: str, out: str | Path, *, cases: int = 4, size: in
     ``t1`` first, of ``t1, t1ce, t2, flair`` (BIDS suffixes `BIDS_CONTRASTS`: ``_T1w``,
     ``_ce-gadolinium_T1w``, ``_T2w``, ``_FLAIR``), e.g. a pretraining cohort with the fine-tuning channels.
 
+    The labeled layouts (`LABELED_LAYOUTS`) draw their subjects from a stream of their own (`LABELED_STREAM`): a
+    labeled set never holds the heads of a pretraining cohort, whatever the seeds.
+
     ``out`` must be missing or empty: a folder holding anything is refused (`FileExistsError`, naming
     what is there) unless ``overwrite``, since the phantoms would replace or mix with its files."""
     if layout not in _WRITERS:
@@ -326,6 +335,7 @@ def write_demo_dataset(layout: str, out: str | Path, *, cases: int = 4, size: in
                               "files. Choose a new folder, or pass --overwrite to write into it anyway")
     out.mkdir(parents=True, exist_ok=True)
     options = {"contrasts": contrasts} if contrasts != ("t1",) else {}
+    seed = seed + LABELED_STREAM if layout in LABELED_LAYOUTS else seed  # disjoint from every pretraining cohort
     if not anatomy:
         _WRITERS[layout](out, cases, size, seed, **({"targets": True} if targets else {}), **options)
         return out
@@ -367,7 +377,8 @@ def write_anatomy_dataset(layout: str, out: str | Path, *, cases: int = 4, size:
     ``size``: the grid, one edge or (x, y, z), that holds the whole brain isotropically (64 ->
     about 3 mm voxels, 32 -> 6 mm; at least 16). Subject i depends on ``seed`` and i only (same
     seed -> identical files; a subject with ``lesions`` is the same head, warp and noise as
-    without). The template is loaded and resampled once per process (a few seconds); then about
+    without, in a layout of the same kind: the labeled layouts hold other subjects than the pretraining
+    layouts, `LABELED_STREAM`). The template is loaded and resampled once per process (a few seconds); then about
     0.1-0.5 s per subject at 32-64 voxels on one CPU core. ``out`` must be missing or empty unless
     ``overwrite`` (`FileExistsError`). Same as ``write_demo_dataset(layout, out, ..., anatomy=True)``."""
     return write_demo_dataset(layout, out, cases=cases, size=size, seed=seed, overwrite=overwrite, anatomy=True,
