@@ -32,7 +32,7 @@ import base64
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["BOX_SPREAD", "DETAIL_SIGMA", "ERODE_MM", "FINGERPRINT", "FOREGROUND", "GRID", "NEAR_THRESHOLD",
+__all__ = ["BOX_SPREAD", "DETAIL_SIGMA", "ERODE_MM", "FINGERPRINT", "FOREGROUND", "GRID", "MIN_BOX_MM", "NEAR_THRESHOLD",
            "REDUCE_MM", "SMOOTH", "decode_fingerprint", "encode_fingerprint", "fingerprint_scores",
            "image_fingerprint"]
 
@@ -44,9 +44,13 @@ ERODE_MM = 4.0  # the erosion that parts the brain from scalp and fat across the
 DETAIL_SIGMA = 1.5  # samples: the smooth shape every brain shares, taken away
 BOX_SPREAD = 2.2  # the box: the brain's centroid +- 2.2 standard deviations per axis (an ellipsoid reaches 2.24)
 NEAR_THRESHOLD = 0.845  # a score at or above it is a near-duplicate (docs/finetuning.md: the scores that set it)
+# the smallest brain box (mm along its shortest axis) the threshold holds for: it was set on brain-sized images, and a
+# smaller object (asa's 1 mm phantoms of 32-64 voxels) sampled at GRID^3 points gives distinct objects scores above
+# it. Such an image gets the zero fingerprint, which scores 0 against everything: no near check, its digest still is
+MIN_BOX_MM = 90.0
 FINGERPRINT = (f"int8 {GRID}^3 detail map of the brain box (asa.data.fingerprint: reduce {REDUCE_MM} mm, "
                f"foreground {FOREGROUND}, erode {ERODE_MM} mm, box {BOX_SPREAD} sd, smooth {SMOOTH}, "
-               f"detail sigma {DETAIL_SIGMA})")
+               f"detail sigma {DETAIL_SIGMA}, boxes under {MIN_BOX_MM:g} mm not fingerprinted)")
 
 
 def _reduce(data: np.ndarray, zooms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -81,8 +85,8 @@ def _brain(data: np.ndarray, zooms: np.ndarray) -> np.ndarray:
 
 def image_fingerprint(data: np.ndarray, zooms) -> np.ndarray:
     """The fingerprint of one volume ``data`` [X, Y, Z] in RAS+ with voxel sizes ``zooms`` (mm): ``GRID``^3 int8
-    values, unit norm times 127 (the module docstring gives the steps). A volume with no foreground is refused
-    (`ValueError`)."""
+    values, unit norm times 127 (the module docstring gives the steps); zeros (no near match with anything) for an
+    object whose box is under ``MIN_BOX_MM`` along an axis. A volume with no foreground is refused (`ValueError`)."""
     data = np.asarray(data, dtype=np.float32)
     if data.ndim != 3:
         raise ValueError(f"a fingerprint needs one 3D volume, got shape {data.shape}")
@@ -96,6 +100,8 @@ def image_fingerprint(data: np.ndarray, zooms) -> np.ndarray:
     centre = np.array([i.mean() for i in idx])
     spread = np.sqrt(np.array([i.var() for i in idx]) + 1 / 12)  # with a voxel's own width: the same on any grid
     step = 2 * BOX_SPREAD * spread / GRID  # voxels per sample along each axis
+    if float(np.min(2 * BOX_SPREAD * spread * zooms)) < MIN_BOX_MM:  # smaller than a brain: not fingerprinted
+        return np.zeros(GRID**3, dtype=np.int8)
     background = np.percentile(data, 1.0)
     inside = np.where(brain, data - background, 0.0).astype(np.float32)
     sigma = np.maximum(step * SMOOTH, 0.5)

@@ -26,8 +26,8 @@ SIGTERM or SIGINT stops every child (each saves what it can), then the study exi
 
 Example::
 
-    asa-demo-data --layout bids --out cohort --cases 40 --size 48 --seed 1   # another seed than the labeled set's:
-    asa-demo-data --layout msd --out labeled --cases 32 --size 48 --seed 2  # the same seed writes the same subjects
+    asa-demo-data --layout bids --out cohort --cases 40 --size 48
+    asa-demo-data --layout msd --out labeled --cases 32 --size 48
     asa-study --pretrain-data cohort --data msd --root labeled --out study --scale quick
 """
 

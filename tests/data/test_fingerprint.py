@@ -22,9 +22,12 @@ def test_scale_and_shift_of_intensity_and_text_round_trip_change_nothing():
     rng = np.random.default_rng(0)
     image = np.zeros((40, 40, 40), dtype=np.float32)
     image[8:32, 6:34, 9:30] = rng.uniform(0.5, 1.0, (24, 28, 21))
-    a = image_fingerprint(image, (1.0, 1.0, 1.0))
-    assert a.dtype == np.int8 and a.shape == (GRID**3,)
-    assert np.array_equal(a, image_fingerprint(image * 3.5 + 200.0, (1.0, 1.0, 1.0)))
+    a = image_fingerprint(image, (6.0, 6.0, 6.0))  # a brain-sized object: 144 x 168 x 126 mm
+    assert a.dtype == np.int8 and a.shape == (GRID**3,) and np.abs(a).max() > 0
+    assert np.array_equal(a, image_fingerprint(image * 3.5 + 200.0, (6.0, 6.0, 6.0)))
+    # the same object at 1 mm is smaller than any brain: no fingerprint to match (it scores 0 against everything)
+    small = image_fingerprint(image, (1.0, 1.0, 1.0))
+    assert not small.any() and fingerprint_scores(small[None], a[None])[0, 0] == 0.0
     assert np.array_equal(decode_fingerprint(encode_fingerprint(a)), a)
     assert fingerprint_scores(a[None], a[None])[0, 0] == pytest.approx(1.0, abs=1e-3)
     with pytest.raises(ValueError, match="no foreground"):
