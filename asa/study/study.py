@@ -642,7 +642,7 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
         atomic_write_json(supervised_dir / "splits.json", {"train": split["supervised"], "val": [], "test": others,
                                                            "dataset": args.data, "seed": args.seed})
         batch = int(compose_config("finetune", [f"data={args.data}", *network.finetune]).trainer.batch_size)
-        epochs = pretraining_epochs(scale.pilot_steps, max(2, round(len(split["supervised"]) / 0.8)), batch)
+        epochs = max(1, round(scale.pilot_steps / max(1, len(split["supervised"]) // batch)))  # all its cases train
         sup = [f"data={args.data}", f"data.root={data['root']}", *network.finetune, f"data.crop={scale.crop}",
                f"trainer.epochs={epochs}", "trainer.progress=false", "trainer.panel_every=0", f"seed={args.seed}",
                "resume=auto", *overrides, f"output_dir={supervised_dir}"]
