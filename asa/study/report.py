@@ -35,6 +35,8 @@ CONTRASTS = (
      "(asa-coord − scratch with the channel)", "question"),
     ("scratch-coord", "scratch", "does the coordinate channel help without pretraining? (scratch with it − scratch)",
      "question"),
+    ("asa-coord-c{c}", "asa-c{c}", "does the coordinate channel help a pretrained encoder? (asa-coord − asa, both "
+     "pretrained)", "question"),
     ("mae-c{c}", "mae-c{s}", "does a larger cohort help mae? (largest − smallest cohort)", "question"),
     ("asa-c{c}", "asa-c{s}", "does a larger cohort help asa? (largest − smallest cohort)", "question"),
 )

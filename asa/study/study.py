@@ -586,7 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in [*checks["overlap"]["lines"], *checks["channels"], *checks["skull"],
                  *([checks["supervised"]] if "supervised" in checks else [])]:
         print(f"[study] {line}", flush=True)
-    if not split["supervised"]:
+    if SUPERVISED not in args.arms or not split["supervised"]:  # the split holds its cases out either way
         supervised_dir = None
 
     runs = plan_pretraining(out, scale, network, pretraining_arms, cohorts, noise, seed=args.seed)
