@@ -37,7 +37,6 @@ import contextlib
 import functools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from benchmarks.gpu_parts import run_command
 
 __all__ = ["LoopProfile", "PARTS", "SYNC_CALLS", "format_table", "main", "make_data", "pretrain_overrides",
            "profile_pretrain"]
@@ -323,7 +324,7 @@ def pretrain_overrides(*, model: str, size: str | None, crop: int, batch: int, w
                        data: str | None, store: str | None, steps: int, out_dir: str | os.PathLike,
                        extra: Sequence[str] = ()) -> list[str]:
     """asa-pretrain's overrides for a profile run of ``steps`` steps (``data``: a BIDS folder, or None for
-    the demo phantoms; ``store``: a store of it written for this crop)."""
+    the demo phantoms; ``store``: its store, written by asa-preprocess)."""
     overrides = [f"model={model}", f"data.crop={crop}", f"trainer.batch_size={batch}", f"data.num_workers={workers}",
                  f"trainer.max_steps={steps}", "trainer.epochs=1000", "probe.every=0", f"device={device}",
                  f"output_dir={out_dir}", "overwrite=true"]
@@ -393,33 +394,30 @@ def format_table(r: dict[str, Any]) -> str:
 
 
 # --- data ----------------------------------------------------------------------------------------
-def make_data(folder: str | os.PathLike, *, cases: int, size: int, crops: Sequence[int], workers: int = 0,
+def make_data(folder: str | os.PathLike, *, cases: int, size: int, workers: int = 0,
               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """``cases`` synthetic brains of ``size``³ in ``folder/bids`` (`benchmarks.loader.write_synthetic_bids`: the
-    loader benchmark's, 0.5 s a 160³ volume where a demo phantom takes 5) and one store per crop
-    (``folder/store-<crop>``, written by ``asa-preprocess`` with ``workers`` processes); reused when there."""
+    """``cases`` synthetic brains of ``size``³ in ``folder/bids-…`` (`benchmarks.loader.write_synthetic_bids`: the
+    loader benchmark's, 0.2 s a 160³ volume where a demo phantom takes 5) and their store ``folder/store-…``
+    (``asa-preprocess`` with ``workers`` processes; it keeps whole volumes, so it serves every crop up to
+    ``size``); both reused when already there."""
     from asa.api import preprocess
     from asa.api.config import compose_config
-
     from benchmarks.loader import write_synthetic_bids
 
     folder = Path(folder)
-    bids = folder / f"bids-n{cases}-s{size}"
-    out: dict[str, Any] = {"bids": str(bids), "cases": cases, "size": size}
+    bids, store = folder / f"bids-n{cases}-s{size}", folder / f"store-n{cases}-s{size}"
     begin = time.perf_counter()
     if not (bids / ".complete").is_file():
         write_synthetic_bids(bids, cases, (size,) * 3)
         (bids / ".complete").write_text("")
-    out["bids_s"] = time.perf_counter() - begin
+    out: dict[str, Any] = {"bids": str(bids), "store": str(store), "cases": cases, "size": size,
+                           "bids_s": time.perf_counter() - begin}
     log(f"{cases} synthetic brains of {size}³ in {bids} ({out['bids_s']:.1f} s)")
-    for crop in crops:
-        begin = time.perf_counter()
-        store = folder / f"store-n{cases}-s{size}-c{crop}"
-        preprocess(compose_config("preprocess", ["data=bids", f"data.root={bids}", f"data.crop={crop}",
-                                                 f"data.store={store}", f"workers={workers}", "progress=false"]))
-        out[f"store_{crop}"] = str(store)
-        out[f"store_{crop}_s"] = time.perf_counter() - begin
-        log(f"store for {crop}³ crops in {store} ({out[f'store_{crop}_s']:.1f} s)")
+    begin = time.perf_counter()
+    preprocess(compose_config("preprocess", ["data=bids", f"data.root={bids}", f"data.crop={size}",
+                                             f"data.store={store}", f"workers={workers}", "progress=false"]))
+    out["store_s"] = time.perf_counter() - begin
+    log(f"their store in {store} ({out['store_s']:.1f} s)")
     return out
 
 
@@ -434,29 +432,30 @@ def _write(result: dict[str, Any], out: Path) -> None:
     out.with_suffix(".txt").write_text(format_table(result) + "\n")
 
 
-def gpu_suite(out: Path, *, cases: int, batch: int, workers: int, warmup: int) -> int:
-    """Data, then each `GPU_SUITE` row with the real and the no-op step, each run in a process of its own;
-    results in ``out/<row>[_noop].json`` and ``.txt``, all tables in ``out/summary.txt``."""
+def gpu_suite(out: Path, *, cases: int, batch: int, workers: int, warmup: int, timeout_s: float,
+              rows: Sequence[tuple] = GPU_SUITE, device: str = "cuda", extra: Sequence[str] = ()) -> int:
+    """Data, then each row (``GPU_SUITE``) with the real and the no-op step, each run in a process of its own
+    (stopped after ``timeout_s``); results in ``out/<row>[_noop].json`` and ``.txt``, all tables in
+    ``out/summary.txt``, each run's output in ``out/<row>[_noop].log``."""
     out.mkdir(parents=True, exist_ok=True)
-    made = make_data(out / "data", cases=cases, size=max(c for *_, c, _ in GPU_SUITE),
-                     crops=sorted({c for *_, c, _ in GPU_SUITE}))
+    made = make_data(out / "data", cases=cases, size=max(crop for *_, crop, _ in rows))
     (out / "data.json").write_text(json.dumps(made, indent=2))
     failed = 0
     tables = []
-    for name, model, size, crop, steps in GPU_SUITE:
+    for name, model, size, crop, steps in rows:
         for noop in (False, True):
             tag = f"{name}{'_noop' if noop else ''}"
             cmd = [sys.executable, "-m", "benchmarks.loop", "--model", model, "--crop", str(crop), "--batch",
                    str(batch), "--workers", str(workers), "--steps", str(steps), "--warmup", str(warmup),
-                   "--data", made["bids"], "--store", made[f"store_{crop}"], "--device", "cuda",
+                   "--data", made["bids"], "--store", made["store"], "--device", device,
                    "--run-dir", str(out / "runs" / tag), "--out", str(out / f"{tag}.json"),
-                   *(["--size", size] if size else []), *(["--noop"] if noop else [])]
+                   *(["--size", size] if size else []), *(["--noop"] if noop else []), *extra]
             print("$ " + " ".join(cmd), flush=True)
-            with open(out / f"{tag}.log", "w") as log:
-                code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
-            if code != 0:
+            status, code, seconds = run_command(cmd, timeout_s=timeout_s, log_path=out / f"{tag}.log",
+                                                cwd=Path(__file__).resolve().parents[1])
+            if status != "ok":
                 failed += 1
-                tables.append(f"{tag}: exit code {code}, see {out / f'{tag}.log'}")
+                tables.append(f"{tag}: {status} (exit code {code}) after {seconds:.0f} s, see {out / f'{tag}.log'}")
             else:
                 tables.append((out / f"{tag}.txt").read_text())
             print(tables[-1], flush=True)
@@ -483,11 +482,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="steps before the timed ones")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--noop", action="store_true", help="a no-op step: loader, copy, logging and cadence only")
+    parser.add_argument("--timeout", type=float, default=150, help="seconds each --gpu-suite run may take (default 150)")
     parser.add_argument("--run-dir", type=Path, help="the run's output_dir (default: a temporary folder)")
-    parser.add_argument("overrides", nargs="*", help="more asa-pretrain overrides (key=value)")
+    parser.add_argument("overrides", nargs="*", help="more asa-pretrain overrides (key=value), also of each --gpu-suite run")
     args = parser.parse_args(argv)
     if args.gpu_suite is not None:
-        return gpu_suite(args.gpu_suite, cases=args.cases, batch=args.batch, workers=args.workers, warmup=args.warmup)
+        return gpu_suite(args.gpu_suite, cases=args.cases, batch=args.batch, workers=args.workers, warmup=args.warmup,
+                         timeout_s=args.timeout, extra=args.overrides)
     if args.out is None:
         parser.error("--out FILE is required (or --gpu-suite OUT)")
     if args.make_data is not None:
@@ -495,8 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--make-data writes its own data: leave out --data and --store")
         if args.volume < args.crop:
             parser.error(f"--volume {args.volume} is smaller than --crop {args.crop}")
-        made = make_data(args.make_data, cases=args.cases, size=args.volume, crops=[args.crop])
-        args.data, args.store = made["bids"], made[f"store_{args.crop}"]
+        made = make_data(args.make_data, cases=args.cases, size=args.volume)
+        args.data, args.store = made["bids"], made["store"]
     with contextlib.ExitStack() as stack:
         run_dir = args.run_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="asa-loop-")))
         overrides = pretrain_overrides(model=args.model, size=args.size, crop=args.crop, batch=args.batch,

@@ -7,8 +7,40 @@ import math
 
 import pytest
 import torch
+from torch import nn
+from torch.utils.data import Dataset
 
+from asa.train import Engine, TrainConfig
 from benchmarks.loop import PARTS, LoopProfile, pretrain_overrides, profile_pretrain
+
+
+class _Pairs(Dataset):
+    def __init__(self, n: int) -> None:
+        self.x = torch.randn(n, 4, generator=torch.Generator().manual_seed(1))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"x": self.x[i], "y": self.x[i].sum(0, keepdim=True)}
+
+
+def _profiled_engine(out_dir, *, noop: bool) -> tuple[dict, nn.Module, dict]:
+    """The engine on a linear model (4 steps an epoch, 7 steps, validation every epoch) under a profile."""
+    model = nn.Linear(4, 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def step(net, batch):
+        loss = (net(batch["x"]) - batch["y"]).square().mean()
+        return loss, {"mse": loss.detach()}  # a tensor log: one .item() per step (asa.train.reporting.scalar)
+
+    cfg = TrainConfig(epochs=10, max_steps=7, batch_size=2, log_every=2, progress=False, warmup_steps=0)
+    engine = Engine(model, torch.optim.SGD(model.parameters(), lr=0.1), step, config=cfg, lr=0.1, out_dir=out_dir,
+                    validate=lambda net: {"loss": 1.0})
+    profile = LoopProfile(torch.device("cpu"), noop=noop)
+    with profile.installed():
+        engine.fit(_Pairs(8))
+    return profile.summary(warmup=1, samples_per_step=2), model, before
 
 
 def test_a_planted_item_is_counted_in_its_part_and_the_loaders_own_are_not():
@@ -52,6 +84,23 @@ def test_nested_parts_are_exclusive_and_sum_to_the_wall_time():
     assert math.isclose(r["samples_per_s"], 8 / r["wall_s"])
 
 
+def test_the_engine_profile_counts_the_steps_syncs_and_a_noop_step_changes_nothing(tmp_path):
+    real, trained, initial = _profiled_engine(tmp_path / "real", noop=False)
+    noop, untouched, same = _profiled_engine(tmp_path / "noop", noop=True)
+    for r in (real, noop):
+        assert r["timed_steps"] == 5  # steps 1..5: the last step's interval would end after the run
+        assert r["part_s"]["other"] >= -1e-9 and math.isclose(sum(r["part_s"].values()), r["wall_s"], rel_tol=1e-9)
+        assert r["validations"] == 1 and r["checkpoints"] == 1  # the epoch's end after step 4
+        assert r["loader"]["num_workers"] == 0 and r["loader"]["pin_memory"] is False
+    # the finite check (bool), the loss and the gradient norm (float), the "mse" log (item)
+    step_syncs = {k: v for k, v in real["host_syncs_by_call"].items() if k.startswith("step:")}
+    assert step_syncs == {"step:__bool__": 1.0, "step:__float__": 2.0, "step:item": 1.0}
+    assert set(noop["host_syncs_per_step_by_part"]) <= {"validation"}  # best.pt's RNG state: not the step's
+    assert any(not torch.equal(trained.state_dict()[k], v) for k, v in initial.items())
+    assert all(torch.equal(untouched.state_dict()[k], v) for k, v in same.items())  # no update
+    assert noop["part_s"]["step"] < 0.05 * noop["wall_s"]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The real asa-pretrain loop (tiny model, 32³ demo phantoms, no workers) profiled with the real and
@@ -68,6 +117,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # two asa-pretrain runs
 def test_the_real_loop_profile_splits_the_wall_time_and_counts_the_steps_syncs(runs):
     real, noop = runs[False], runs[True]
     for r in (real, noop):
