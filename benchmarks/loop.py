@@ -309,7 +309,7 @@ class LoopProfile:
             "samples_per_s": samples_per_step * n / wall,
             # the same steps without the epoch ends' validation and checkpoints (what a long epoch approaches)
             "samples_per_s_between_epoch_ends": samples_per_step * n / (wall - parts["validation"] - parts["checkpoint"]),
-            "step_samples_per_s": samples_per_step / step_s if step_s > 0 else None,
+            "step_samples_per_s": samples_per_step / step_s if step_s > 0 and not self.noop else None,
             "host_syncs_per_step": hooked / n, "host_syncs_per_step_by_part": by_part,
             "host_syncs_by_call": {k: v / n for k, v in sorted(syncs.items()) if not k.endswith(":cuda")},
             "cuda_sync_debug_per_step": cuda / n if self.device.type == "cuda" else None,
@@ -388,7 +388,8 @@ def format_table(r: dict[str, Any]) -> str:
                  f"batch {copy.get('dtype')} {copy.get('shape')}, pinned {copy.get('pinned')}")
     lines.append(f"  cadence: {cadence.get('steps_per_epoch')} steps/epoch, log every {cadence.get('log_every')}, "
                  f"checkpoint every {cadence.get('ckpt_every')} steps and each epoch, validation every "
-                 f"{cadence.get('val_every')} epoch(s); in the timed steps {r['validations']} validation(s), "
+                 f"{cadence.get('val_every')} epoch(s) (in it, panels every {cadence.get('panel_every')}); in the "
+                 f"timed steps {r['validations']} validation(s), "
                  f"{r['checkpoints']} checkpoint(s)")
     return "\n".join(lines)
 
@@ -423,7 +424,7 @@ def make_data(folder: str | os.PathLike, *, cases: int, size: int, workers: int 
 
 # --- command line --------------------------------------------------------------------------------
 # The GPU rows: (name, model, model.size, crop, timed steps); batch 8 and 8 loader workers each.
-GPU_SUITE = (("swvit_base_128", "base", None, 128, 40), ("resenc_L_160", "resenc", "L", 160, 20))
+GPU_SUITE = (("swvit_base_128", "base", None, 128, 30), ("resenc_L_160", "resenc", "L", 160, 15))
 
 
 def _write(result: dict[str, Any], out: Path) -> None:
@@ -432,13 +433,14 @@ def _write(result: dict[str, Any], out: Path) -> None:
     out.with_suffix(".txt").write_text(format_table(result) + "\n")
 
 
-def gpu_suite(out: Path, *, cases: int, batch: int, workers: int, warmup: int, timeout_s: float,
+def gpu_suite(out: Path, work: Path, *, cases: int, batch: int, workers: int, warmup: int, timeout_s: float,
               rows: Sequence[tuple] = GPU_SUITE, device: str = "cuda", extra: Sequence[str] = ()) -> int:
-    """Data, then each row (``GPU_SUITE``) with the real and the no-op step, each run in a process of its own
-    (stopped after ``timeout_s``); results in ``out/<row>[_noop].json`` and ``.txt``, all tables in
-    ``out/summary.txt``, each run's output in ``out/<row>[_noop].log``."""
+    """Data (in ``work``, with the runs' folders: gigabytes of volumes and checkpoints), then each row
+    (``GPU_SUITE``) with the real and the no-op step, each run in a process of its own (stopped after
+    ``timeout_s``); results in ``out/<row>[_noop].json`` and ``.txt``, all tables in ``out/summary.txt``,
+    each run's output in ``out/<row>[_noop].log``."""
     out.mkdir(parents=True, exist_ok=True)
-    made = make_data(out / "data", cases=cases, size=max(crop for *_, crop, _ in rows))
+    made = make_data(work / "data", cases=cases, size=max(crop for *_, crop, _ in rows))
     (out / "data.json").write_text(json.dumps(made, indent=2))
     failed = 0
     tables = []
@@ -448,7 +450,7 @@ def gpu_suite(out: Path, *, cases: int, batch: int, workers: int, warmup: int, t
             cmd = [sys.executable, "-m", "benchmarks.loop", "--model", model, "--crop", str(crop), "--batch",
                    str(batch), "--workers", str(workers), "--steps", str(steps), "--warmup", str(warmup),
                    "--data", made["bids"], "--store", made["store"], "--device", device,
-                   "--run-dir", str(out / "runs" / tag), "--out", str(out / f"{tag}.json"),
+                   "--run-dir", str(work / "runs" / tag), "--out", str(out / f"{tag}.json"),
                    *(["--size", size] if size else []), *(["--noop"] if noop else []), *extra]
             print("$ " + " ".join(cmd), flush=True)
             status, code, seconds = run_command(cmd, timeout_s=timeout_s, log_path=out / f"{tag}.log",
@@ -482,13 +484,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="steps before the timed ones")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--noop", action="store_true", help="a no-op step: loader, copy, logging and cadence only")
-    parser.add_argument("--timeout", type=float, default=150, help="seconds each --gpu-suite run may take (default 150)")
+    parser.add_argument("--timeout", type=float, default=130, help="seconds each --gpu-suite run may take (default 130)")
+    parser.add_argument("--work", type=Path, help="data and run folders of --gpu-suite (default: a temporary folder)")
     parser.add_argument("--run-dir", type=Path, help="the run's output_dir (default: a temporary folder)")
     parser.add_argument("overrides", nargs="*", help="more asa-pretrain overrides (key=value), also of each --gpu-suite run")
     args = parser.parse_args(argv)
     if args.gpu_suite is not None:
-        return gpu_suite(args.gpu_suite, cases=args.cases, batch=args.batch, workers=args.workers, warmup=args.warmup,
-                         timeout_s=args.timeout, extra=args.overrides)
+        with contextlib.ExitStack() as stack:
+            work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="asa-loop-")))
+            return gpu_suite(args.gpu_suite, work, cases=args.cases, batch=args.batch, workers=args.workers,
+                             warmup=args.warmup, timeout_s=args.timeout, extra=args.overrides)
     if args.out is None:
         parser.error("--out FILE is required (or --gpu-suite OUT)")
     if args.make_data is not None:
