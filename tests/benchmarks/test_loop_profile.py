@@ -1,0 +1,136 @@
+"""benchmarks/loop.py: the loop profile's split covers each step's wall time exactly once, a no-op step
+takes no time of its own, and host syncs are counted where they happen."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from asa.train import Engine, TrainConfig
+from benchmarks.loop import PARTS, LoopProfile, pretrain_overrides, profile_pretrain
+
+
+class _Pairs(Dataset):
+    def __init__(self, n: int) -> None:
+        self.x = torch.randn(n, 4, generator=torch.Generator().manual_seed(1))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"x": self.x[i], "y": self.x[i].sum(0, keepdim=True)}
+
+
+def _profiled_engine(out_dir, *, noop: bool) -> tuple[dict, nn.Module, dict]:
+    """The engine on a linear model (4 steps an epoch, 7 steps, validation every epoch) under a profile."""
+    model = nn.Linear(4, 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def step(net, batch):
+        loss = (net(batch["x"]) - batch["y"]).square().mean()
+        return loss, {"mse": loss.detach()}  # a tensor log: one .item() per step (asa.train.reporting.scalar)
+
+    cfg = TrainConfig(epochs=10, max_steps=7, batch_size=2, log_every=2, progress=False, warmup_steps=0)
+    engine = Engine(model, torch.optim.SGD(model.parameters(), lr=0.1), step, config=cfg, lr=0.1, out_dir=out_dir,
+                    validate=lambda net: {"loss": 1.0})
+    profile = LoopProfile(torch.device("cpu"), noop=noop)
+    with profile.installed():
+        engine.fit(_Pairs(8))
+    return profile.summary(warmup=1, samples_per_step=2), model, before
+
+
+def test_a_planted_item_is_counted_in_its_part_and_the_loaders_own_are_not():
+    profile = LoopProfile(torch.device("cpu"))
+    x = torch.ones(3)
+
+    def step():
+        return x.sum().item() + float(x[0]) + bool(x[1])  # three host syncs
+
+    def data():
+        return int(x[2])  # the loader's own CPU work on a CPU run: not a device sync
+
+    with profile.installed():
+        for _ in range(3):
+            profile.step_started()
+            profile.timed("data", data)()
+            profile.timed("step", profile.timed("logging", step))()
+        profile.step_started()
+    r = profile.summary(warmup=1, samples_per_step=1)
+    assert r["timed_steps"] == 2
+    assert r["host_syncs_per_step_by_part"] == {"logging": 3.0}  # the innermost part
+    assert r["host_syncs_by_call"] == {"logging:item": 1.0, "logging:__float__": 1.0, "logging:__bool__": 1.0}
+    assert float(x.sum()) == 3.0 and not hasattr(torch.Tensor, "_profiled")  # the hooks are gone
+    assert "item" not in torch.Tensor.__dict__ and "to" not in torch.Tensor.__dict__
+
+
+def test_nested_parts_are_exclusive_and_sum_to_the_wall_time():
+    profile = LoopProfile(torch.device("cpu"))
+    with profile.installed():
+        for _ in range(4):
+            profile.step_started()
+            profile.timed("step", lambda: profile.timed("data", sum)(range(20000)))()
+            profile.timed("checkpoint", lambda: profile.timed("copy", sum)(range(20000)))()  # absorbed
+        profile.step_started()
+    r = profile.summary(warmup=0, samples_per_step=2)
+    assert r["timed_steps"] == 4
+    assert r["part_s"]["copy"] == 0.0 and r["part_s"]["data"] > 0 and r["part_s"]["checkpoint"] > 0
+    assert all(r["part_s"][p] >= 0 for p in PARTS if p != "other")
+    assert r["part_s"]["other"] >= -1e-9  # no time counted twice
+    assert math.isclose(sum(r["part_s"].values()), r["wall_s"], rel_tol=1e-9)
+    assert math.isclose(r["samples_per_s"], 8 / r["wall_s"])
+
+
+def test_the_engine_profile_counts_the_steps_syncs_and_a_noop_step_changes_nothing(tmp_path):
+    real, trained, initial = _profiled_engine(tmp_path / "real", noop=False)
+    noop, untouched, same = _profiled_engine(tmp_path / "noop", noop=True)
+    for r in (real, noop):
+        assert r["timed_steps"] == 5  # steps 1..5: the last step's interval would end after the run
+        assert r["part_s"]["other"] >= -1e-9 and math.isclose(sum(r["part_s"].values()), r["wall_s"], rel_tol=1e-9)
+        assert r["validations"] == 1 and r["checkpoints"] == 1  # the epoch's end after step 4
+        assert r["loader"]["num_workers"] == 0 and r["loader"]["pin_memory"] is False
+    # the finite check (bool), the loss and the gradient norm (float), the "mse" log (item)
+    step_syncs = {k: v for k, v in real["host_syncs_by_call"].items() if k.startswith("step:")}
+    assert step_syncs == {"step:__bool__": 1.0, "step:__float__": 2.0, "step:item": 1.0}
+    assert set(noop["host_syncs_per_step_by_part"]) <= {"validation"}  # best.pt's RNG state: not the step's
+    assert any(not torch.equal(trained.state_dict()[k], v) for k, v in initial.items())
+    assert all(torch.equal(untouched.state_dict()[k], v) for k, v in same.items())  # no update
+    assert noop["part_s"]["step"] < 0.05 * noop["wall_s"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The real asa-pretrain loop (tiny model, 32³ demo phantoms, no workers) profiled with the real and
+    the no-op step."""
+    tmp = tmp_path_factory.mktemp("loop")
+    out = {}
+    for noop in (False, True):
+        overrides = pretrain_overrides(model="tiny", size=None, crop=32, batch=2, workers=0, device="cpu", data=None,
+                                       store=None, steps=5, out_dir=tmp / f"run{noop}",
+                                       extra=["data.demo.cases=6", "data.demo.size=32", f"data.demo.cache_dir={tmp}",
+                                              "trainer.threads=1", "trainer.amp=off", "trainer.log_every=2",
+                                              "trainer.progress=false", "trainer.panel_every=0"])
+        out[noop] = profile_pretrain(overrides, warmup=1, steps=3, noop=noop)
+    return out
+
+
+@pytest.mark.slow  # two asa-pretrain runs
+def test_the_real_loop_profile_splits_the_wall_time_and_counts_the_steps_syncs(runs):
+    real, noop = runs[False], runs[True]
+    for r in (real, noop):
+        assert r["timed_steps"] == 3
+        assert r["part_s"]["other"] >= -1e-9 and math.isclose(sum(r["part_s"].values()), r["wall_s"], rel_tol=1e-9)
+        assert r["part_s"]["data"] > 0 and r["part_s"]["copy"] > 0
+        assert r["loader"] == {"batch_size": 2, "num_workers": 0, "pin_memory": False, "persistent_workers": False,
+                               "prefetch_factor": None, "requested_workers": 0}
+        assert r["copy"]["non_blocking"] is True and r["copy"]["shape"][:2] == [2, 1]
+        assert r["cadence"]["steps_per_epoch"] == 2  # 4 training cases of 6 at batch 2: an epoch's end is timed
+        assert r["validations"] >= 1 and r["checkpoints"] >= 1
+    assert real["part_s"]["step"] > 10 * noop["part_s"]["step"]  # forward + backward vs a loop over the batches
+    assert noop["part_s"]["step"] < 0.05 * noop["wall_s"]
+    # the real step's syncs: the finite check, the loss, the two weight logs and the gradient norm
+    assert real["host_syncs_per_step_by_part"]["step"] >= 4
+    assert noop["host_syncs_per_step_by_part"].get("step", 0) == 0
