@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import asa
-from asa.api.machinery.cohort import recorded_cohort
+from asa.api.machinery.cohort import overlap_statement, recorded_cohort, recorded_overlap
 from asa.api.configuration.compat import current_config
 from asa.api.machinery.rundir import check_writable
 from asa.api.machinery.run import refusing
@@ -45,9 +45,9 @@ CHECKPOINT_DIR = "checkpoints"
 SOFTWARE = ("torch", "monai", "numpy", "dynamic-network-architectures")  # their versions in config.json
 _LOCAL_PATH = re.compile(r"(?<![\w.~/-])(?:~|[A-Za-z]:)?[/\\][^\s'\"`,;]*")  # an absolute path, up to a space or quote
 CARRIED = {  # the card's words on what the folder carries of its cohort (asa-export --cohort)
-    "full": f"`{MODEL_FILE}` carries each case's id, subject, image digests and fingerprints, against which "
+    "full": f"`{MODEL_FILE}` (and the nnssl and nnU-Net files beside it) carries each case's id, subject, image digests and fingerprints, against which "
             "asa-finetune and asa-probe check their held-out cases",
-    "digests": f"`{MODEL_FILE}` carries each case's image digests and fingerprints under opaque keys (no case or "
+    "digests": f"`{MODEL_FILE}` (and the nnssl and nnU-Net files beside it) carries each case's image digests and fingerprints under opaque keys (no case or "
                "subject id), against which asa-finetune and asa-probe check their held-out cases by content",
     "none": "this folder carries no cohort list (exported with --cohort none): held-out cases are not checked "
             "against it; compare a cohort with this digest"}
@@ -118,11 +118,14 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
                       nnunet_plans_snippet(spec, str(source)))
             if published:  # nnU-Net's file names the plan it came from too
                 nnunet[0]["asa"]["published"] = dict(published)
+            if export.get("cohort") is not None:  # as --cohort left it: asa-finetune / asa-probe read it from here too
+                nnunet[0]["cohort"] = export["cohort"]
             card += "\n## nnU-Net v2\n\n```\n" + describe_nnunet(Path("."), NNUNET_WEIGHTS, NNUNET_PLANS) + "\n```\n"
             nnssl = nnssl_checkpoint(export, spacing_mm=config.get("spacing_mm"), source=str(source),
                                      dataset=(config.get("data") or {}).get("name") or "asa",
                                      trainer=f"asa:{config.get('method') or 'unknown method'}", published=published,
-                                     extra={"license": config["license"]})
+                                     extra={"license": config["license"],
+                                            **({"cohort": export["cohort"]} if export.get("cohort") is not None else {})})
             card += (f"\n`{NNSSL_CHECKPOINT}` and `{NNSSL_PLAN}` are the encoder in nnssl's format: "
                      "`nnUNetv2_preprocess_like_nnssl -pc` takes the file, or this folder's hub address.\n")
         segmenter = _segmenter(state)
@@ -296,6 +299,9 @@ def _run_metrics(source: Path, state: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(history, list) and history and isinstance(history[-1], Mapping):
         metrics["validation"] = {k: v for k, v in history[-1].items() if isinstance(v, (int, float, str))}
     run = source.parent.parent if source.parent.name == CHECKPOINT_DIR else None
+    recorded = recorded_overlap(run) if run is not None else None  # asa-finetune's check of its split
+    if recorded is not None and (statement := overlap_statement(recorded)) is not None:
+        metrics["pretraining_overlap"] = statement
     for summary in sorted(run.glob("*/summary.json")) if run is not None else ():
         with contextlib.suppress(OSError, ValueError):
             data = json.loads(summary.read_text())
@@ -304,7 +310,9 @@ def _run_metrics(source: Path, state: Mapping[str, Any]) -> dict[str, Any]:
                      for n in names}
             if means:
                 metrics[str(summary.parent.name)] = {"task": data.get("task"), "n_cases": data.get("n_cases"),
-                                                     "mean": means}
+                                                     "mean": means,
+                                                     **({"pretraining_overlap": data["pretraining_overlap"]}
+                                                        if data.get("pretraining_overlap") else {})}
     return metrics
 
 
@@ -461,6 +469,10 @@ def model_card(config: Mapping[str, Any]) -> str:
                 f"`{cohort['digest']}`; " + CARRIED.get(cohort.get("carried", "full"), CARRIED["full"])]
                if (cohort := config.get("pretraining_cohort")) else []), "",
              "## Metrics", ""]
+    overlap = metrics.get("pretraining_overlap")
+    if overlap and overlap.get("accepted"):  # metrics over cases the encoder saw in pretraining: said, not only kept
+        lines += [f"**Not held out:** {overlap['text']}: those test metrics include cases the encoder was pretrained "
+                  "on.", ""]
     if metrics:
         lines += ["```json", json.dumps(metrics, indent=2), "```", ""]
     else:
