@@ -32,8 +32,8 @@ from asa.io.hub import (FOLDER_FILES, FOLDER_FORMAT, MODEL_FILE, NNSSL_CHECKPOIN
                         NNUNET_WEIGHTS, OPTIONAL_FILES, SEGMENTER_FILE, encoder_network_spec)
 from asa.models.cnn.nnssl import nnssl_checkpoint
 from asa.models.declared import crop_edges
-from asa.models.cnn.nnunet import (NNUNET_CONFIGURATION, RESENC_ARCHS, describe_nnunet, nnunet_checkpoint,
-                                   nnunet_plans_snippet)
+from asa.models.cnn.nnunet import (NNUNET_CONFIGURATION, READING_NOTE, RESENC_ARCHS, describe_nnunet,
+                                   nnunet_checkpoint, nnunet_plans_snippet)
 from asa.models.portable import encoder_export
 from asa.models.registry import NETWORK_TASKS, current_spec
 
@@ -120,7 +120,8 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
                 nnunet[0]["asa"]["published"] = dict(published)
             if export.get("cohort") is not None:  # as --cohort left it: asa-finetune / asa-probe read it from here too
                 nnunet[0]["cohort"] = export["cohort"]
-            card += "\n## nnU-Net v2\n\n```\n" + describe_nnunet(Path("."), NNUNET_WEIGHTS, NNUNET_PLANS) + "\n```\n"
+            card += ("\n## nnU-Net v2\n\n```\n" + describe_nnunet(Path("."), NNUNET_WEIGHTS, NNUNET_PLANS) + "\n```\n\n"
+                     + READING_NOTE + "\n")
             nnssl = nnssl_checkpoint(export, spacing_mm=config.get("spacing_mm"), source=str(source),
                                      dataset=(config.get("data") or {}).get("name") or "asa",
                                      trainer=f"asa:{config.get('method') or 'unknown method'}", published=published,

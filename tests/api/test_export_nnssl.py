@@ -296,3 +296,41 @@ def test_own_plan_names_a_reader_nnssl_resolves_and_the_transpose_asa_did(export
     assert np.array_equal(read.transpose(plan["transpose_forward"]), ours)
     assert np.array_equal(ours, data[::-1])  # asa's axis 0 runs left -> right
     assert plan["transpose_backward"] == plan["transpose_forward"] == [2, 1, 0]
+
+
+@pytest.mark.parametrize("codes", [("L", "A", "S"), ("L", "I", "A")])
+def test_nnunet_readers_hand_the_encoder_what_the_card_says(tmp_path, codes):
+    """The card's axis note (asa.models.cnn.nnunet.READING_NOTE) checked with nnU-Net's own readers on a LAS and a
+    LIA file: SimpleITKIO gives the stored order reversed (left-right on axis 2, right to left), while
+    NibabelIOWithReorient and then transpose_forward [2, 1, 0] give exactly asa's RAS+ array."""
+    readers = pytest.importorskip("nnunetv2.imageio.nibabel_reader_writer")
+    sitk_io = pytest.importorskip("nnunetv2.imageio.simpleitk_reader_writer")
+    import nibabel as nib
+    import numpy as np
+
+    from asa.io import load_volume
+    from asa.models.cnn.nnunet import READING_NOTE
+
+    affine = np.zeros((4, 4))
+    affine[3, 3] = 1
+    for k, (axis, sign) in enumerate(nib.orientations.axcodes2ornt(codes)):  # stored axis k along RAS axis `axis`
+        affine[int(axis), k] = sign
+    ijk = np.stack(np.meshgrid(*map(np.arange, (5, 6, 7)), indexing="ij"), -1)
+    world_x = (ijk @ affine[:3, :3].T)[..., 0]  # RAS x of each voxel: grows from left to right
+    data = (world_x + np.random.default_rng(0).uniform(0, 0.1, size=(5, 6, 7))).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "img.nii.gz")
+
+    def left_right(array):  # (the axis along which x changes, whether it grows from left to right)
+        steps = [np.diff(array, axis=a).mean() for a in range(3)]
+        axis = int(np.argmax(np.abs(steps)))
+        return axis, bool(steps[axis] > 0)
+
+    ours = load_volume(tmp_path / "img.nii.gz", label=False).array
+    assert left_right(ours) == (0, True)  # asa: axis 0, left to right
+    default = sitk_io.SimpleITKIO().read_images([str(tmp_path / "img.nii.gz")])[0][0]
+    assert np.array_equal(default, data.transpose(2, 1, 0))  # the stored order, reversed
+    assert left_right(default) == (2, False)  # LAS, LIA: axis 2, right to left (flipped)
+    reoriented = readers.NibabelIOWithReorient().read_images([str(tmp_path / "img.nii.gz")])[0][0]
+    assert left_right(reoriented) == (2, True)
+    assert np.array_equal(reoriented.transpose(2, 1, 0), ours)  # with transpose_forward [2, 1, 0]: asa's array
+    assert "NibabelIOWithReorient" in READING_NOTE and "[2, 1, 0]" in READING_NOTE
