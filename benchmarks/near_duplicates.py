@@ -10,9 +10,11 @@ subjects over every pair of ``--subjects`` (template-warped anatomy subjects of 
 hard case: every one is the same template, warped; and ``--phantoms`` geometric phantoms), with their scalps and
 without. Cost: the seconds per file of :func:`asa.data.cohort.volume_signature` (one read, the digest and the
 fingerprint) on T1-sized volumes
-(182 x 218 x 182 int16, gzip, as `benchmarks.cohort` times the digest), given for 10^4 files.
+(182 x 218 x 182 int16, gzip, as `benchmarks.cohort` times the digest), given for 10^4 files; with ``--pairs N``,
+the comparison of N fingerprints with a cohort of N.
 
     python -m benchmarks.near_duplicates --subjects 1000 --phantoms 1000 --copies 50 --workers 2
+    python -m benchmarks.near_duplicates --subjects 0 --phantoms 0 --files 6 --workers 1 --pairs 10000
 """
 
 from __future__ import annotations
@@ -130,6 +132,24 @@ def cost(n: int) -> float:
         return (time.perf_counter() - start) / n
 
 
+def pair_cost(n: int) -> float:
+    """Seconds to compare ``n`` query fingerprints with a cohort of ``n`` (every pair, as `asa.data.cohort`'s near
+    check does: `asa.data.cohort._near`); random fingerprints, each query an exact copy of one cohort row, which
+    must be found."""
+    from asa.data.cohort import _near
+    from asa.data.fingerprint import GRID, encode_fingerprint
+
+    table = np.random.default_rng(0).integers(-127, 128, size=(n, GRID**3), dtype=np.int8)
+    owners = [f"c{i}" for i in range(n)]
+    queries = {f"q{i}": {"t1": encode_fingerprint(table[i])} for i in range(n)}
+    start = time.perf_counter()
+    found = _near(queries, owners, table, NEAR_THRESHOLD)
+    seconds = time.perf_counter() - start
+    if found != {f"q{i}": {f"c{i}": 1.0} for i in range(n)}:
+        raise AssertionError("the pair comparison missed a copy or matched random fingerprints")
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--subjects", type=int, default=100, help="distinct anatomy subjects (default 100)")
@@ -139,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--copies", type=int, default=20, help="subjects of each kind whose edited copies are scored")
     p.add_argument("--files", type=int, default=8, help="T1-sized files the cost is timed on (0: not timed)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--pairs", type=int, default=0, help="time the comparison of N queries with a cohort of N (0: not)")
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     args = p.parse_args(argv)
     result: dict = {"threshold": NEAR_THRESHOLD}
@@ -164,6 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.files:
         result["seconds per T1-sized file"] = round(cost(args.files), 3)
         result["hours for 10^4 files, one process"] = round(result["seconds per T1-sized file"] * 1e4 / 3600, 2)
+    if args.pairs:
+        result[f"seconds to compare {args.pairs} x {args.pairs} fingerprints"] = round(pair_cost(args.pairs), 2)
     print(json.dumps(result, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import asa
-from asa.api.machinery.cohort import recorded_cohort
+from asa.api.machinery.cohort import overlap_statement, recorded_cohort, recorded_overlap
 from asa.api.configuration.compat import current_config
 from asa.api.machinery.rundir import check_writable
 from asa.api.machinery.run import refusing
@@ -32,8 +32,8 @@ from asa.io.hub import (FOLDER_FILES, FOLDER_FORMAT, MODEL_FILE, NNSSL_CHECKPOIN
                         NNUNET_WEIGHTS, OPTIONAL_FILES, SEGMENTER_FILE, encoder_network_spec)
 from asa.models.cnn.nnssl import nnssl_checkpoint
 from asa.models.declared import crop_edges
-from asa.models.cnn.nnunet import (NNUNET_CONFIGURATION, RESENC_ARCHS, describe_nnunet, nnunet_checkpoint,
-                                   nnunet_plans_snippet)
+from asa.models.cnn.nnunet import (NNUNET_CONFIGURATION, READING_NOTE, RESENC_ARCHS, describe_nnunet,
+                                   nnunet_checkpoint, nnunet_plans_snippet)
 from asa.models.portable import encoder_export
 from asa.models.registry import NETWORK_TASKS, current_spec
 
@@ -45,9 +45,9 @@ CHECKPOINT_DIR = "checkpoints"
 SOFTWARE = ("torch", "monai", "numpy", "dynamic-network-architectures")  # their versions in config.json
 _LOCAL_PATH = re.compile(r"(?<![\w.~/-])(?:~|[A-Za-z]:)?[/\\][^\s'\"`,;]*")  # an absolute path, up to a space or quote
 CARRIED = {  # the card's words on what the folder carries of its cohort (asa-export --cohort)
-    "full": f"`{MODEL_FILE}` carries each case's id, subject, image digests and fingerprints, against which "
+    "full": f"`{MODEL_FILE}` (and the nnssl and nnU-Net files beside it) carries each case's id, subject, image digests and fingerprints, against which "
             "asa-finetune and asa-probe check their held-out cases",
-    "digests": f"`{MODEL_FILE}` carries each case's image digests and fingerprints under opaque keys (no case or "
+    "digests": f"`{MODEL_FILE}` (and the nnssl and nnU-Net files beside it) carries each case's image digests and fingerprints under opaque keys (no case or "
                "subject id), against which asa-finetune and asa-probe check their held-out cases by content",
     "none": "this folder carries no cohort list (exported with --cohort none): held-out cases are not checked "
             "against it; compare a cohort with this digest"}
@@ -55,7 +55,7 @@ COMMAND_FILE = "command.txt"  # beside config.yaml in a run folder: the command 
 
 
 def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False,
-                 license: str = "other", nnunet_channels: int | None = None,
+                 license: str | None = None, nnunet_channels: int | None = None,
                  nnunet_plans: str | os.PathLike | None = None, cohort: str = "digests") -> Path:
     """Write the hub-ready model folder of ``checkpoint`` to ``out_dir``; returns ``out_dir``.
 
@@ -68,7 +68,8 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         overwrite: move an earlier export's files in ``out_dir`` to ``<out_dir>.replaced-<time>/``
             (never deleted) and write the new ones.
         license: the model card's licence field (a Hugging Face licence id, e.g. ``apache-2.0``;
-            ``other``: stated in the card's text).
+            ``other``: stated in the card's text). None: the one the source records (a published file's, an earlier
+            folder's), else ``other``; a published file's recorded licence is kept, another one is refused.
         nnunet_channels: for a resenc encoder, the image channels of the nnU-Net checkpoint (a 1-channel stem
             is repeated and divided by their number; None: the encoder's own).
         nnunet_plans: an nnU-Net plans file (``$nnUNet_preprocessed/DatasetXXX/<plans>.json``) to add the
@@ -100,7 +101,7 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         check_writable(out, "OUT_DIR")  # as the training and prediction jobs refuse their output folders
         if cohort not in COHORT_LEVELS:
             raise ValueError(f"--cohort {cohort!r}: expected one of {', '.join(COHORT_LEVELS)}")
-        if not license or any(c.isspace() for c in license):
+        if license is not None and (not license or any(c.isspace() for c in license)):
             raise ValueError(f"--license {license!r}: expected a licence id without spaces (e.g. apache-2.0, other)")
         state = load_weights(source)
         export = encoder_export(source, state)
@@ -110,14 +111,22 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         config = model_config(source, state, export, license=license, cohort=summary)
         card = model_card(config)
         spec = export["network"]
+        published = config.get("published")  # a published file's own plan, trainer, citations and licence
         nnunet = nnssl = None
         if spec.get("arch") in RESENC_ARCHS and not spec.get("kwargs", {}).get("coord_channel"):
             nnunet = (nnunet_checkpoint(export, in_channels=nnunet_channels, source=str(source)),
                       nnunet_plans_snippet(spec, str(source)))
-            card += "\n## nnU-Net v2\n\n```\n" + describe_nnunet(Path("."), NNUNET_WEIGHTS, NNUNET_PLANS) + "\n```\n"
+            if published:  # nnU-Net's file names the plan it came from too
+                nnunet[0]["asa"]["published"] = dict(published)
+            if export.get("cohort") is not None:  # as --cohort left it: asa-finetune / asa-probe read it from here too
+                nnunet[0]["cohort"] = export["cohort"]
+            card += ("\n## nnU-Net v2\n\n```\n" + describe_nnunet(Path("."), NNUNET_WEIGHTS, NNUNET_PLANS) + "\n```\n\n"
+                     + READING_NOTE + "\n")
             nnssl = nnssl_checkpoint(export, spacing_mm=config.get("spacing_mm"), source=str(source),
                                      dataset=(config.get("data") or {}).get("name") or "asa",
-                                     trainer=f"asa:{config.get('method') or 'unknown method'}")
+                                     trainer=f"asa:{config.get('method') or 'unknown method'}", published=published,
+                                     extra={"license": config["license"],
+                                            **({"cohort": export["cohort"]} if export.get("cohort") is not None else {})})
             card += (f"\n`{NNSSL_CHECKPOINT}` and `{NNSSL_PLAN}` are the encoder in nnssl's format: "
                      "`nnUNetv2_preprocess_like_nnssl -pc` takes the file, or this folder's hub address.\n")
         segmenter = _segmenter(state)
@@ -291,6 +300,9 @@ def _run_metrics(source: Path, state: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(history, list) and history and isinstance(history[-1], Mapping):
         metrics["validation"] = {k: v for k, v in history[-1].items() if isinstance(v, (int, float, str))}
     run = source.parent.parent if source.parent.name == CHECKPOINT_DIR else None
+    recorded = recorded_overlap(run) if run is not None else None  # asa-finetune's check of its split
+    if recorded is not None and (statement := overlap_statement(recorded)) is not None:
+        metrics["pretraining_overlap"] = statement
     for summary in sorted(run.glob("*/summary.json")) if run is not None else ():
         with contextlib.suppress(OSError, ValueError):
             data = json.loads(summary.read_text())
@@ -299,16 +311,32 @@ def _run_metrics(source: Path, state: Mapping[str, Any]) -> dict[str, Any]:
                      for n in names}
             if means:
                 metrics[str(summary.parent.name)] = {"task": data.get("task"), "n_cases": data.get("n_cases"),
-                                                     "mean": means}
+                                                     "mean": means,
+                                                     **({"pretraining_overlap": data["pretraining_overlap"]}
+                                                        if data.get("pretraining_overlap") else {})}
     return metrics
 
 
-def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, Any], *, license: str,
+def _licence(given: str | None, source: Path, *, recorded: str | None = None, kept: str | None = None) -> str:
+    """The licence of the folder: ``given`` (``--license``) or, when None, the one the published file ``recorded``,
+    an earlier folder ``kept``, else ``other``; a published file's recorded licence is not replaced (refused)."""
+    recorded = None if recorded == "other" else recorded  # "other" names no licence
+    if given is None:
+        return recorded or kept or "other"
+    if recorded and given != recorded:
+        raise ValueError(f"--license {given}: {source} was published under {recorded!r}, which a re-export keeps; "
+                         "leave --license out")
+    return given
+
+
+def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, Any], *, license: str | None,
                  cohort: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``config.json``: the spec of the network ``model.safetensors`` holds (the encoder alone:
     `asa.io.hub.encoder_network_spec`; ``source_network``: the network it was trained in) and what built it (method, data, crop, spacing, orientation,
     preprocessing), the asa version and git commit, the source and the run's metrics when known; ``cohort``: the
-    pretraining cohort's summary (:func:`_carry_cohort`), stated as ``pretraining_cohort``."""
+    pretraining cohort's summary (:func:`_carry_cohort`), stated as ``pretraining_cohort``; ``license``: the
+    ``--license`` given (None: :func:`_licence`). A published file (`asa.io.foreign`) states its own plan, trainer,
+    dataset, citations and licence (:func:`_published_config`): they are kept, not replaced by asa's."""
     run = state.get("model_config") or {}  # re-exporting a model folder keeps what it recorded
     if run:
         if run.get("network") == export["network"]:  # a folder of format 1 recorded the source network
@@ -316,9 +344,12 @@ def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, An
                    "format_version": 2}
         if cohort is None and isinstance(run.get("pretraining_cohort"), Mapping):  # a folder that carried none
             cohort = {**run["pretraining_cohort"], "carried": "none"}
+        recorded = (run.get("published") or {}).get("license")
         return {**run, **({"pretraining_cohort": dict(cohort)} if cohort else {}), "software": _software(),
-                "license": license, "asa_version": asa.__version__, "git_commit": _git_commit() or
-                run.get("git_commit")}
+                "license": _licence(license, source, recorded=recorded, kept=run.get("license")),
+                "asa_version": asa.__version__, "git_commit": _git_commit() or run.get("git_commit")}
+    if isinstance(state.get("foreign"), Mapping) and state["foreign"].get("published"):
+        return _published_config(source, state["foreign"], export, license=license, cohort=cohort)
     cfg = current_config(state["config"]) if isinstance(state.get("config"), Mapping) else {}
     outputs = cfg.get("outputs")
     spec = dict(export["network"])
@@ -347,7 +378,43 @@ def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, An
         "source": {"file": source.name, "step": int(export.get("step") or 0)},
         "metrics": _run_metrics(source, state),
         **({"pretraining_cohort": dict(cohort)} if cohort else {}),
-        "license": license, "asa_version": asa.__version__, "git_commit": _git_commit(), "software": _software(),
+        "license": _licence(license, source), "asa_version": asa.__version__, "git_commit": _git_commit(),
+        "software": _software(),
+    }
+
+
+def _published_config(source: Path, foreign: Mapping[str, Any], export: Mapping[str, Any], *, license: str | None,
+                      cohort: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``config.json`` of a published file (``foreign``: `asa.io.foreign`'s account of it): what its own plan
+    states (trainer, dataset, spacing, normalisation, reader and transposes), not asa's preprocessing, which it
+    never went through; ``published``: its adaptation plan, trainer, citations and licence as the file holds them,
+    which the nnssl and nnU-Net files of the folder carry again unchanged."""
+    published = dict(foreign["published"])
+    pretrain = (published.get("adaptation_plan") or {}).get("pretrain_plan") or {}
+    name, conf = next(iter((pretrain.get("configurations") or {}).items()), (None, {}))
+    spec = dict(export["network"])
+    spacing = foreign.get("spacing_mm")
+    reader = pretrain.get("image_reader_writer")
+    return {
+        "asa_format": FOLDER_FORMAT, "format_version": 2, "weights": MODEL_FILE,
+        "network": encoder_network_spec(spec), "source_network": spec,
+        "encoder_prefix": next(iter(export["encoder"])).split(".", 1)[0] + ".",
+        "method": published.get("trainer_name") or foreign.get("architecture"),
+        "data": {"name": pretrain["dataset_name"]} if pretrain.get("dataset_name") else {},
+        "crop": list(crop_edges(spec["kwargs"]["img_size"])), "patch_size": None,
+        "spacing_mm": [float(z) for z in spacing] if spacing else None,
+        "orientation": (f"as {reader} reads a file, then transpose_forward {pretrain.get('transpose_forward')} "
+                        "(the published plan's)" if reader else "not recorded in the published file"),
+        "preprocessing": {"plan": f"the published file's own ({foreign['layout']}), not asa's",
+                          "configuration": name, "spacing_style": conf.get("spacing_style"),
+                          "normalization_schemes": conf.get("normalization_schemes"),
+                          "use_mask_for_norm": conf.get("use_mask_for_norm"), "image_reader_writer": reader,
+                          "transpose_forward": pretrain.get("transpose_forward")},
+        "source": {"file": source.name, "step": int(export.get("step") or 0), "layout": foreign["layout"]},
+        "published": published, "metrics": {},
+        **({"pretraining_cohort": dict(cohort)} if cohort else {}),
+        "license": _licence(license, source, recorded=published.get("license")), "asa_version": asa.__version__,
+        "git_commit": _git_commit(), "software": _software(),
     }
 
 
@@ -376,6 +443,7 @@ def model_card(config: Mapping[str, Any]) -> str:
     crop = config.get("crop")
     data = config.get("data") or {}
     metrics = config.get("metrics") or {}
+    published = config.get("published")
     lines = ["---", f"license: {config['license']}", "library_name: asa",
              "tags:", "- medical-imaging", "- 3d", "- brain-mri", "- self-supervised", f"- {spec['arch']}", "---", "",
              f"# asa encoder ({spec['arch']})", "",
@@ -384,7 +452,7 @@ def model_card(config: Mapping[str, Any]) -> str:
              "(fine-tuning) or to extract features. Research use only: it is not a medical device and was not "
              "validated for clinical decisions.", "",
              "## Training", "",
-             f"- method: {config.get('method') or 'unknown'}",
+             f"- method: {config.get('method') or 'unknown'}" + (" (the published file's trainer)" if published else ""),
              f"- data: {'demo phantoms (generated by asa, not scans)' if data.get('demo_phantoms') else data.get('name', 'unknown')}"
              + (f" (layout {data['layout']})" if data.get("layout") else "")
              + (f", channels {', '.join(map(str, data['channels']))}" if data.get("channels") else ""),
@@ -393,22 +461,60 @@ def model_card(config: Mapping[str, Any]) -> str:
              f"- spacing: {config['spacing_mm']} mm" if config.get("spacing_mm") else "- spacing: the data's own "
              "(no resampling)",
              f"- orientation: {config.get('orientation', 'RAS+')}; preprocessing: see config.json",
+             f"- intensity: {_intensity(config)}",
              f"- asa {config.get('asa_version')}" + (f", commit {config['git_commit']}" if config.get("git_commit") else "")
              + (", exported with " + ", ".join(f"{k} {v}" for k, v in config["software"].items() if v)
                 if config.get("software") else ""),
-             f"- source: {config.get('source', {}).get('file')} (step {config.get('source', {}).get('step')})",
+             _source_line(config),
              *([f"- pretraining cohort: {cohort['cases']} cases, {cohort['images']} images, digest "
                 f"`{cohort['digest']}`; " + CARRIED.get(cohort.get("carried", "full"), CARRIED["full"])]
                if (cohort := config.get("pretraining_cohort")) else []), "",
              "## Metrics", ""]
+    overlap = metrics.get("pretraining_overlap")
+    if overlap and overlap.get("accepted"):  # metrics over cases the encoder saw in pretraining: said, not only kept
+        lines += [f"**Not held out:** {overlap['text']}: those test metrics include cases the encoder was pretrained "
+                  "on.", ""]
     if metrics:
         lines += ["```json", json.dumps(metrics, indent=2), "```", ""]
     else:
         lines += ["None recorded with the run.", ""]
+    if published and published.get("citations"):
+        lines += ["## Citations", "", "The published file asks that these be cited (as nnU-Net's PretrainedTrainer "
+                  "prints them):", ""]
+        lines += [f"- {c.get('type', '?')} `{c.get('name', '?')}`: "
+                  + " ".join(c.get("apa_citations") or c.get("bibtex_citations") or []) if isinstance(c, Mapping)
+                  else f"- {c}" for c in published["citations"]] + [""]
     lines += ["## How to use", "", "```python", "import asa", "",
               "encoder = asa.load_encoder(\"path/to/this/folder\")  # weights loaded, eval mode", "```", "",
               "Fine-tune it with `asa-finetune model.pretrained=path/to/this/folder`.", "",
               "## Licence", "",
-              f"`{config['license']}`"
-              + (": the terms of the training data apply; state them here." if config["license"] == "other" else "."), ""]
+              f"`{config['license']}`" + (("." if config["license"] != "other" else
+                                          ": the published file records no licence; the terms its publisher released it "
+                                          "under apply, state them here." if published else
+                                          ": the terms of the training data apply; state them here.")), ""]
     return "\n".join(lines)
+
+
+def _intensity(config: Mapping[str, Any]) -> str:
+    """The card's words on the intensity normalisation the encoder was pretrained with."""
+    pre = config.get("preprocessing") or {}
+    if config.get("published"):
+        schemes, masks = pre.get("normalization_schemes"), pre.get("use_mask_for_norm")
+        return (f"{', '.join(map(str, schemes))} (use_mask_for_norm {masks}), as the published plan states"
+                if schemes else "not recorded in the published file")
+    return pre.get("intensity") or "see config.json"
+
+
+def _source_line(config: Mapping[str, Any]) -> str:
+    """The card's line naming the file the weights came from; a published one's plan is carried unchanged."""
+    src = config.get("source") or {}
+    line = f"- source: {src.get('file')} (step {src.get('step')})"
+    published = config.get("published")
+    if not published:
+        return line
+    plan = (published.get("adaptation_plan") or {}).get("pretrain_plan") or {}
+    return (f"- source: a published {published.get('layout')} checkpoint, {src.get('file')} (step {src.get('step')}, "
+            f"trainer {published.get('trainer_name') or 'not recorded'}, dataset "
+            f"{plan.get('dataset_name') or 'not recorded'}), re-exported by asa: its plan (spacing, normalisation, "
+            "reader, transposes, dataset), trainer, citations and licence are carried unchanged into "
+            f"`{NNSSL_CHECKPOINT}`, `{NNSSL_PLAN}` and `config.json` (`published`)")

@@ -31,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("out_dir", help="the folder to write (refused when it holds anything but an earlier export)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier export in OUT_DIR (its files are moved to OUT_DIR.replaced-<time>/)")
-    parser.add_argument("--license", default="other",
-                        help="the model card's licence id (e.g. apache-2.0; default: other, the training data's terms)")
+    parser.add_argument("--license", default=None,
+                        help="the model card's licence id (e.g. apache-2.0; default: the one the source records, "
+                             "else other, the training data's terms); a published file's recorded licence is kept")
     parser.add_argument("--nnunet-channels", type=int, default=None, metavar="K",
                         help="a resenc encoder's nnU-Net checkpoint for K image channels (a 1-channel stem repeated "
                              "and divided by K; default: the encoder's own)")

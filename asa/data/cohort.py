@@ -26,7 +26,7 @@ import numpy as np
 
 from asa.data.case import Case
 from asa.data.fingerprint import (FINGERPRINT, NEAR_THRESHOLD, decode_fingerprint, encode_fingerprint,
-                                  fingerprint_scores, image_fingerprint)
+                                  image_fingerprint, unit_fingerprints)
 from asa.data.store_writer import worker_pool
 
 __all__ = ["COHORT_FORMAT", "COHORT_LEVELS", "DIGEST", "IDS_WITHHELD", "SEEN_PARTS", "carried_cohort", "case_subject", "cohort_digest", "cohort_overlap",
@@ -189,17 +189,30 @@ def _cohort_prints(members: Mapping[str, Any]) -> tuple[list[str], np.ndarray]:
     return owners, (np.stack(rows) if rows else np.zeros((0, 1), dtype=np.int8))
 
 
-def _near(prints: Mapping[str, str], owners: list[str], table: np.ndarray, threshold: float) -> dict[str, float]:
-    """Cohort case -> its best score against the case's fingerprints ``prints`` (channel -> text), those at or
-    above ``threshold``."""
-    rows = [decode_fingerprint(t) for t in prints.values() if t]
+NEAR_BLOCK = 1024  # query fingerprints scored per matrix product: [1024, R] float32 scores, 40 MB at R = 10^4
+
+
+def _near(prints: Mapping[str, Mapping[str, str]], owners: list[str], table: np.ndarray,
+          threshold: float) -> dict[str, dict[str, float]]:
+    """Query case -> {cohort case: its best score, those at or above ``threshold``} for every query's fingerprints
+    ``prints`` (case -> channel -> text) against the cohort ``table`` (rows owned by ``owners``): the table
+    normalised once, the queries scored ``NEAR_BLOCK`` at a time in one matrix product each, and only the pairs at
+    or above the threshold looked at one by one (all pairs of 10^4 x 10^4 in seconds, BENCHMARKS.md)."""
+    whose, rows = [], []
+    for case, chans in prints.items():
+        for text in chans.values():
+            if text:
+                whose.append(case)
+                rows.append(decode_fingerprint(text))
+    best: dict[str, dict[str, float]] = {}
     if not rows or not owners:
-        return {}
-    scores = fingerprint_scores(np.stack(rows), table).max(axis=0)
-    best: dict[str, float] = {}
-    for owner, score in zip(owners, scores):
-        if score >= threshold:
-            best[owner] = max(best.get(owner, -1.0), round(float(score), 4))
+        return best
+    reference = unit_fingerprints(table)
+    for start in range(0, len(rows), NEAR_BLOCK):
+        scores = unit_fingerprints(np.stack(rows[start:start + NEAR_BLOCK])) @ reference.T
+        for q, r in zip(*np.nonzero(scores >= threshold)):
+            found = best.setdefault(whose[start + q], {})
+            found[owners[r]] = max(found.get(owners[r], -1.0), round(float(scores[q, r]), 4))
     return best
 
 
@@ -236,6 +249,7 @@ def cohort_overlap(cohort: Mapping[str, Any], subsets: Mapping[str, Sequence[Cas
                 (image_digests(cases, workers=workers), {})
         else:
             read, prints = digests, (fingerprints or {})
+        near_scores = _near({c.id: prints.get(c.id, {}) for c in cases}, owners, table, threshold)
         ids = [{"case": c.id, "matches": [c.id]} for c in cases if ids_checked and c.id in members]
         subjects = [{"case": c.id, "matches": sorted(by_subject[case_subject(c)])} for c in cases
                     if ids_checked and case_subject(c) in by_subject]
@@ -244,7 +258,7 @@ def cohort_overlap(cohort: Mapping[str, Any], subsets: Mapping[str, Sequence[Cas
             hits = sorted({m for d in read.get(c.id, {}).values() for m in by_digest.get(d, [])})
             if hits:
                 content.append({"case": c.id, "matches": hits})
-            close = {k: v for k, v in _near(prints.get(c.id, {}), owners, table, threshold).items() if k not in hits}
+            close = {k: v for k, v in near_scores.get(c.id, {}).items() if k not in hits}
             if close:
                 ranked = sorted(close, key=lambda k: (-close[k], k))
                 near.append({"case": c.id, "matches": ranked, "scores": {k: close[k] for k in ranked}})
@@ -284,11 +298,12 @@ def near_duplicates(queries: Mapping[str, str | os.PathLike] | Sequence[str | os
     for case_id, entry in members.items():
         for value in (entry.get("images") or {}).values():
             by_digest.setdefault(value, set()).add(case_id)
+    near_scores = _near(q_prints, owners, table, threshold)
     out = []
     for query, chans in q_digests.items():
         exact = {m for d in chans.values() for m in by_digest.get(d, ())}
         rows = [{"query": query, "reference": m, "score": 1.0, "kind": "exact"} for m in sorted(exact)]
-        close = _near(q_prints.get(query, {}), owners, table, threshold)
+        close = near_scores.get(query, {})
         rows += sorted(({"query": query, "reference": m, "score": v, "kind": "near"} for m, v in close.items()
                         if m not in exact), key=lambda r: (-r["score"], r["reference"]))
         out += rows

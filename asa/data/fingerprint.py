@@ -34,7 +34,7 @@ from scipy import ndimage
 
 __all__ = ["BOX_SPREAD", "DETAIL_SIGMA", "ERODE_MM", "FINGERPRINT", "FOREGROUND", "GRID", "MIN_BOX_MM", "NEAR_THRESHOLD",
            "REDUCE_MM", "SMOOTH", "decode_fingerprint", "encode_fingerprint", "fingerprint_scores",
-           "image_fingerprint"]
+           "image_fingerprint", "unit_fingerprints"]
 
 GRID = 16  # samples per edge of the brain box
 SMOOTH = 0.5  # the Gaussian before sampling, in samples
@@ -141,11 +141,14 @@ def decode_fingerprint(text: str) -> np.ndarray:
     return raw
 
 
+def unit_fingerprints(fingerprints: np.ndarray) -> np.ndarray:
+    """[N, GRID^3] int8 fingerprints -> [N, GRID^3] float32 unit vectors (the zero fingerprint stays zero), so that
+    a table of references is normalised once and scored against many queries."""
+    x = np.asarray(fingerprints, dtype=np.float32).reshape(len(fingerprints), -1)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)
+
+
 def fingerprint_scores(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
     """Scores of every pair: ``queries`` [Q, GRID^3] and ``references`` [R, GRID^3] int8 fingerprints ->
     [Q, R] correlations in [-1, 1] (dot products of the unit vectors the int8 values round)."""
-    q = np.asarray(queries, dtype=np.float32).reshape(len(queries), -1)
-    r = np.asarray(references, dtype=np.float32).reshape(len(references), -1)
-    q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-6)
-    r /= np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-6)
-    return q @ r.T
+    return unit_fingerprints(queries) @ unit_fingerprints(references).T

@@ -31,8 +31,9 @@ Two layouts are recognised by their top-level keys (the files hold nothing else 
     ``target_size``).
 
 :func:`read_foreign` turns either into the encoder export dict asa's loaders take (``encoder``, ``network``,
-``source``, ``step``) plus ``foreign``: the layout, the adaptation plan as far as the file states it, and
-what was left out. Floating tensors are cast to float32 (their stored dtype is reported). This module reads
+``source``, ``step``, and ``cohort`` when the file carries asa's cohort record) plus ``foreign``: the layout, the
+adaptation plan as far as the file states it, what was left out, and ``published``: the file's own plan, trainer,
+citations and licence as it holds them, which asa-export writes again unchanged. Floating tensors are cast to float32 (their stored dtype is reported). This module reads
 dicts only: it imports nothing of asa outside `asa.io`.
 """
 
@@ -245,8 +246,38 @@ def read_foreign(path: str | os.PathLike, blob: Mapping[str, Any]) -> dict[str, 
             "left_out": left_out, **{k: plan.get(k) for k in ("architecture", "configuration", "spacing_mm",
                                                                "spacing_style", "normalization", "pretrain_patch",
                                                                "recommended_patch")},
-            "input_channels": topo["in_channels"], "aliases_resolved": aliased}
-    return {"encoder": weights, "network": spec, "source": f"{layout}:{path.name}", "step": step, "foreign": info}
+            "input_channels": topo["in_channels"], "aliases_resolved": aliased, "published": _published(blob, layout)}
+    export = {"encoder": weights, "network": spec, "source": f"{layout}:{path.name}", "step": step, "foreign": info}
+    if blob.get("cohort") is not None:  # asa-export's nnssl / nnU-Net files carry the pretraining cohort (plain strings)
+        export["cohort"] = blob["cohort"]
+    return export
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON holds it: mappings, lists, strings, numbers, booleans and None (tuples become lists, any
+    other object its text), so that a published plan can be written again unchanged into JSON and torch files."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # a numpy or torch scalar
+        return value.item()
+    return str(value)
+
+
+def _published(blob: Mapping[str, Any], layout: str) -> dict[str, Any]:
+    """What a published file states of itself, kept as it is so that a re-export writes it again: nnssl's
+    ``nnssl_adaptation_plan`` (the pretraining plan: dataset, spacing, normalisation, reader, transposes),
+    ``trainer_name``, ``citations`` (the papers nnU-Net's ``PretrainedTrainer`` prints) and a ``license`` when the
+    file records one (nnssl writes none; asa-export's files do)."""
+    plan = blob.get("nnssl_adaptation_plan") if layout == "nnssl" else None
+    license_id = blob.get("license")
+    return {"layout": layout, "trainer_name": str(blob["trainer_name"]) if blob.get("trainer_name") else None,
+            "adaptation_plan": _plain(plan) if isinstance(plan, Mapping) else None,
+            "citations": _plain(blob["citations"]) if isinstance(blob.get("citations"), (list, tuple)) else [],
+            "license": str(license_id) if isinstance(license_id, str) and license_id else None}
 
 
 def describe_foreign(info: Mapping[str, Any]) -> list[str]:

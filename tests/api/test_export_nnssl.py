@@ -179,3 +179,158 @@ def test_nnssl_file_keeps_shared_storages(exported, tmp_path):
     print(f"nnssl file {ratio:.3f}x the plain state dict")
     assert ratio <= 1.05, ratio
     assert (out / NNSSL_CHECKPOINT).stat().st_size <= 1.05 * (tmp_path / "plain.pth").stat().st_size
+
+
+# --- a re-export keeps the published file's own plan --------------------------------------------------------------
+
+OPENMIND_CITATION = {"type": "pretraining", "name": "OpenMind MAE",
+                     "apa_citations": ["Wald, T. et al. (2024). An OpenMind for 3D medical vision self-supervised learning."]}
+
+
+def _openmind_file(path, *, license_id=None):
+    """An nnssl file in the OpenMind release's form: ``arch_class_name: ResEncL`` with no kwargs, an ``onemmiso``
+    plan at 1 mm with nnssl's unmasked z-score, its own dataset, trainer and citations (what nnU-Net's
+    PretrainedTrainer prints); with ``license_id`` a top-level ``license``."""
+    from tests.models.test_foreign_weights import nnssl_checkpoint as openmind_form
+
+    blob = openmind_form(seed=3)
+    plan = blob["nnssl_adaptation_plan"]
+    plan["architecture_plans"] = {"arch_class_name": "ResEncL", "arch_kwargs": None, "arch_kwargs_requiring_import": []}
+    plan["pretrain_plan"]["image_reader_writer"] = "SimpleITKIO"
+    blob |= {"trainer_name": "BaseMAETrainer_BS8", "citations": [OPENMIND_CITATION]}
+    if license_id:
+        blob["license"] = license_id
+    torch.save(blob, path)
+    return blob
+
+
+def _like_pretrained_spacing(checkpoint, dataset_spacing):
+    """nnU-Net's ``nnUNetv2_preprocess_like_nnssl -am like_pretrained`` (nnunetv2/experiment_planning/like_nnssl.py,
+    new_spacing_from_mode), restated: the spacing of the plan's first configuration, or the dataset's own when the
+    pretraining did not resample (spacing None)."""
+    plan = torch.load(checkpoint, weights_only=True)["nnssl_adaptation_plan"]
+    spacing = next(iter(plan["pretrain_plan"]["configurations"].values()))["spacing"]
+    return list(dataset_spacing) if spacing is None else spacing
+
+
+def test_reexport_keeps_spacing_normalisation_dataset_and_trainer(tmp_path):
+    """A 1 mm OpenMind-form file re-exported: every format carries its plan unchanged (spacing, normalisation, reader,
+    dataset, trainer, citations), the card names its source, and nnU-Net's like_pretrained preprocessing of a 1.5 mm
+    dataset goes to 1 mm with the re-export as with the original."""
+    source = _openmind_file(tmp_path / "checkpoint_final.pth")
+    out = export_model(tmp_path / "checkpoint_final.pth", tmp_path / "m")
+    blob = torch.load(out / NNSSL_CHECKPOINT, weights_only=True)
+    plan, original = blob["nnssl_adaptation_plan"], source["nnssl_adaptation_plan"]
+    assert plan["pretrain_plan"] == original["pretrain_plan"]  # spacing, normalisation, reader, dataset: unchanged
+    assert plan["architecture_plans"] == original["architecture_plans"]
+    assert {k: plan[k] for k in original} == original  # nothing the file stated is rewritten
+    assert plan["pretrain_patch_size"] == [32] * 3 and plan["architecture_kwargs"]["n_stages"] == 4  # nnU-Net's extras
+    assert blob["trainer_name"] == "BaseMAETrainer_BS8" and blob["citations"] == [OPENMIND_CITATION]
+    assert json.loads((out / NNSSL_PLAN).read_text())["pretrain_plan"] == original["pretrain_plan"]
+    assert _like_pretrained_spacing(tmp_path / "checkpoint_final.pth", [1.5] * 3) == [1.0, 1.0, 1.0]
+    assert _like_pretrained_spacing(out / NNSSL_CHECKPOINT, [1.5] * 3) == [1.0, 1.0, 1.0]
+    config = json.loads((out / CONFIG_FILE).read_text())
+    assert config["spacing_mm"] == [1.0, 1.0, 1.0] and config["data"] == {"name": "Dataset745_OpenMind"}
+    assert config["method"] == "BaseMAETrainer_BS8" and config["license"] == "other"
+    assert config["preprocessing"]["use_mask_for_norm"] == [False]
+    nnunet = torch.load(out / "nnunet_pretrained_weights.pth", weights_only=True)["asa"]["published"]
+    assert nnunet["adaptation_plan"]["pretrain_plan"] == original["pretrain_plan"]
+    card = (out / "README.md").read_text()
+    assert "a published nnssl checkpoint, checkpoint_final.pth" in card and "Dataset745_OpenMind" in card
+    assert "ZScoreNormalization (use_mask_for_norm [False])" in card and "no resampling" not in card
+    assert "Wald, T. et al. (2024)" in card and "records no licence" in card
+    again = export_model(out, tmp_path / "again")  # the folder re-exported: the plan still the source's
+    assert torch.load(again / NNSSL_CHECKPOINT, weights_only=True)["nnssl_adaptation_plan"]["pretrain_plan"] == \
+        original["pretrain_plan"]
+
+
+def test_reexport_keeps_a_recorded_licence(tmp_path):
+    from asa.api.machinery.run import OptionError
+
+    _openmind_file(tmp_path / "ckpt.pth", license_id="cc-by-4.0")
+    out = export_model(tmp_path / "ckpt.pth", tmp_path / "m")
+    assert "license: cc-by-4.0" in (out / "README.md").read_text()
+    assert torch.load(out / NNSSL_CHECKPOINT, weights_only=True)["license"] == "cc-by-4.0"
+    with pytest.raises(OptionError, match="published under 'cc-by-4.0'"):
+        export_model(tmp_path / "ckpt.pth", tmp_path / "m2", license="apache-2.0")
+    assert not (tmp_path / "m2").exists()
+
+
+# nnssl's reader registry (MIC-DKFZ/nnssl 7044864, src/nnssl/imageio/reader_writer_registry.py,
+# recursive_find_reader_writer_by_name via src/nnssl/utilities/find_class_by_name.py): Plan.image_reader_writer_class()
+# imports each module of nnssl.imageio in turn and takes the first attribute of that name, else raises. The reader
+# classes those modules define:
+NNSSL_IMAGEIO = {"base_reader_writer": {"BaseReaderWriter"}, "nibabel_reader_writer": {"NibabelIO", "NibabelIOWithReorient"},
+                 "reader_writer_registry": {"NibabelIO", "NibabelIOWithReorient", "SimpleITKIO", "Tiff3DIO"},
+                 "simpleitk_reader_writer": {"SimpleITKIO"}, "tif_reader_writer": {"Tiff3DIO"}}
+
+
+def _nnssl_reader(name: str) -> str:
+    """Plan.image_reader_writer_class()'s rule, restated: the module of nnssl.imageio that has ``name``, or the
+    RuntimeError nnssl raises."""
+    for module in sorted(NNSSL_IMAGEIO):
+        if name in NNSSL_IMAGEIO[module]:
+            return f"nnssl.imageio.{module}.{name}"
+    raise RuntimeError(f"Unable to find reader writer class '{name}'")
+
+
+def test_own_plan_names_a_reader_nnssl_resolves_and_the_transpose_asa_did(exported, tmp_path):
+    """asa's own plan: a reader nnssl's registry finds (NibabelIOWithReorient) and the transpose that, after it,
+    gives the array asa's reader gives (RAS+, axis 0 left-right): checked on a LAS file with distinct voxels."""
+    import nibabel as nib
+    import numpy as np
+
+    from asa.io import load_volume
+
+    out, _ = exported
+    plan = json.loads((out / NNSSL_PLAN).read_text())["pretrain_plan"]
+    assert _nnssl_reader(plan["image_reader_writer"]).endswith("nibabel_reader_writer.NibabelIOWithReorient")
+    with pytest.raises(RuntimeError):
+        _nnssl_reader("NibabelReaderWriter")  # what earlier exports wrote
+    data = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7)
+    affine = np.diag([-1.0, 1.0, 1.0, 1.0])  # LAS: the stored axis 0 runs right -> left
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "las.nii.gz")
+    img = nib.load(tmp_path / "las.nii.gz")  # NibabelIOWithReorient: to RAS, then axes (2, 1, 0)
+    read = np.asarray(img.as_reoriented(nib.io_orientation(img.affine)).get_fdata(), dtype=np.float32).transpose(2, 1, 0)
+    ours = load_volume(tmp_path / "las.nii.gz", label=False).array
+    assert np.array_equal(read.transpose(plan["transpose_forward"]), ours)
+    assert np.array_equal(ours, data[::-1])  # asa's axis 0 runs left -> right
+    assert plan["transpose_backward"] == plan["transpose_forward"] == [2, 1, 0]
+
+
+@pytest.mark.parametrize("codes", [("L", "A", "S"), ("L", "I", "A")])
+def test_nnunet_readers_hand_the_encoder_what_the_card_says(tmp_path, codes):
+    """The card's axis note (asa.models.cnn.nnunet.READING_NOTE) checked with nnU-Net's own readers on a LAS and a
+    LIA file: SimpleITKIO gives the stored order reversed (left-right on axis 2, right to left), while
+    NibabelIOWithReorient and then transpose_forward [2, 1, 0] give exactly asa's RAS+ array."""
+    readers = pytest.importorskip("nnunetv2.imageio.nibabel_reader_writer")
+    sitk_io = pytest.importorskip("nnunetv2.imageio.simpleitk_reader_writer")
+    import nibabel as nib
+    import numpy as np
+
+    from asa.io import load_volume
+    from asa.models.cnn.nnunet import READING_NOTE
+
+    affine = np.zeros((4, 4))
+    affine[3, 3] = 1
+    for k, (axis, sign) in enumerate(nib.orientations.axcodes2ornt(codes)):  # stored axis k along RAS axis `axis`
+        affine[int(axis), k] = sign
+    ijk = np.stack(np.meshgrid(*map(np.arange, (5, 6, 7)), indexing="ij"), -1)
+    world_x = (ijk @ affine[:3, :3].T)[..., 0]  # RAS x of each voxel: grows from left to right
+    data = (world_x + np.random.default_rng(0).uniform(0, 0.1, size=(5, 6, 7))).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "img.nii.gz")
+
+    def left_right(array):  # (the axis along which x changes, whether it grows from left to right)
+        steps = [np.diff(array, axis=a).mean() for a in range(3)]
+        axis = int(np.argmax(np.abs(steps)))
+        return axis, bool(steps[axis] > 0)
+
+    ours = load_volume(tmp_path / "img.nii.gz", label=False).array
+    assert left_right(ours) == (0, True)  # asa: axis 0, left to right
+    default = sitk_io.SimpleITKIO().read_images([str(tmp_path / "img.nii.gz")])[0][0]
+    assert np.array_equal(default, data.transpose(2, 1, 0))  # the stored order, reversed
+    assert left_right(default) == (2, False)  # LAS, LIA: axis 2, right to left (flipped)
+    reoriented = readers.NibabelIOWithReorient().read_images([str(tmp_path / "img.nii.gz")])[0][0]
+    assert left_right(reoriented) == (2, True)
+    assert np.array_equal(reoriented.transpose(2, 1, 0), ours)  # with transpose_forward [2, 1, 0]: asa's array
+    assert "NibabelIOWithReorient" in READING_NOTE and "[2, 1, 0]" in READING_NOTE

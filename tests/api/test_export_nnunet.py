@@ -41,7 +41,9 @@ def test_plans_block_is_nnunets_resenc_block(resenc_export):
     assert arch["arch_kwargs"]["strides"] == [[s] * 3 for s in net.plan.strides]
     assert arch["arch_kwargs"]["n_blocks_per_stage"] == net.plan.blocks
     card = (out / "README.md").read_text()
-    assert f"nnUNetv2_train DatasetXXX {NNUNET_CONFIGURATION} FOLD -pretrained_weights" in card
+    assert f"nnUNetv2_train DatasetXXX {NNUNET_CONFIGURATION} FOLD -p <plans> -tr nnUNetTrainer_warmup " \
+           "-pretrained_weights" in card  # the trainer docs/weights-elsewhere.md recommends
+    assert '"overwrite_image_reader_writer": "NibabelIOWithReorient"' in card
 
 
 def test_nnunet_loader_fills_every_encoder_tensor(resenc_export):

@@ -208,3 +208,74 @@ def test_export_refuses_an_unknown_cohort_level(tmp_path, public_run):
     with pytest.raises(OptionError, match=r"--cohort 'ids'.*full, digests, none"):
         export_model(public_run[0], tmp_path / "out", cohort="ids")
     assert not (tmp_path / "out").exists()
+
+
+# --- the cohort in every format, and an accepted overlap said where the metrics are kept ----------------------------
+
+def test_nnssl_and_nnunet_files_carry_the_cohort_as_chosen(tmp_path, public_run, capsys):
+    """A resenc run's export: checkpoint_final.pth (nnssl) and nnunet_pretrained_weights.pth carry the cohort as
+    --cohort leaves it (weights_only-readable; digests: no participant id in any file), and fine-tuning or probing
+    from either file checks its cases against it, as from asa's own checkpoint."""
+    from asa.api.machinery.cohort import check_probe_overlap
+    from asa.models.cnn.resenc import resenc_unet
+
+    ckpt, root, cohort = public_run
+    run = tmp_path / "pre"
+    torch.manual_seed(1)
+    net = resenc_unet(img_size=32, in_channels=1, out_channels=1)
+    save_checkpoint(run / "checkpoints" / "last.pt", {"model": net.state_dict(), "network": network_spec(net), "step": 2})
+    (run / COHORT_FILE).write_text(json.dumps(cohort))
+    names = _names(cohort)
+    for level in ("full", "digests", "none"):
+        folder = export_model(run / "checkpoints" / "last.pt", tmp_path / level, cohort=level)
+        for name in ("checkpoint_final.pth", "nnunet_pretrained_weights.pth"):
+            blob = torch.load(folder / name, weights_only=True)
+            assert blob.get("cohort") == load_weights(folder).get("cohort"), (level, name)  # None for none
+            assert (load_weights(folder / name).get("cohort") is None) == (level == "none")
+            if level == "digests":
+                assert not [n for n in names if n.encode() in (folder / name).read_bytes()]
+    first = discover("bids", root)[0]
+    copy = Case(id="held-out-01", images=dict(first.images), meta={"subject": "someone-else"})
+    with pytest.raises(OptionError, match=r"1 of the 1 test case\(s\) \(held-out-01\)"):
+        check_pretraining_overlap(tmp_path / "digests" / "checkpoint_final.pth", {"val": [], "test": [copy]},
+                                  accept=False)
+    assert "carries no cohort digests" not in capsys.readouterr().out
+    entries = [str(tmp_path / "digests" / "nnunet_pretrained_weights.pth"), str(tmp_path / "none" / "checkpoint_final.pth")]
+    reports = check_probe_overlap(entries, [copy], accept=True)
+    assert reports[entries[0]]["probed"]["overlapping"] == ["held-out-01"] and entries[1] not in reports
+    out = capsys.readouterr().out
+    assert f"[asa] pretraining cohort of {entries[0]}: 1 of the 1 probed cases" in out
+    assert f"[asa] pretraining cohort of {entries[1]}: the file carries no cohort digests" in out
+
+
+def test_an_accepted_overlap_is_stated_in_summary_and_card(tmp_path, brats):
+    """A run that accepted test cases of the cohort (data.accept_pretraining_overlap=true): asa-evaluate's
+    summary.json and the exported card say how many of the test cases were in the cohort, and that it was accepted."""
+    from asa.api import evaluate
+    from asa.api.machinery.cohort import write_overlap
+
+    cases = discover("brats", brats)
+    digests = image_digests(cases[1:3], workers=1)
+    run = tmp_path / "run"
+    pt = _encoder(run, _cohort({f"s{c.id}": (f"s{c.id}", digests[c.id]) for c in cases[1:3]}))
+    splits = {"train": [cases[4].id], "val": [cases[0].id], "test": [c.id for c in cases[1:4]]}
+    (run / "splits.json").write_text(json.dumps(splits))
+    by_id = {c.id: c for c in cases}
+    report = check_pretraining_overlap(pt, {k: [by_id[i] for i in v] for k, v in splits.items()}, accept=True)
+    assert report["accepted"] is True
+    write_overlap(run, report)
+    preds = tmp_path / "pred"
+    preds.mkdir()
+    for c in cases[1:4]:  # perfect predictions: the labels themselves
+        (preds / f"{c.id}.nii.gz").write_bytes(c.label.read_bytes())
+    summary = evaluate(compose_config("evaluate", ["data=brats", f"data.root={brats}", f"pred={preds}",
+                                                   f"output={run / 'eval_test'}", f"split_file={run / 'splits.json'}",
+                                                   "subset=test"]))
+    said = "2 of 3 test cases were in the pretraining cohort, accepted (data.accept_pretraining_overlap=true)"
+    written = json.loads((run / "eval_test" / "summary.json").read_text())
+    assert written["pretraining_overlap"]["text"] == summary["pretraining_overlap"]["text"] == said
+    assert written["pretraining_overlap"]["test"] == {"cases": 2, "of": 3} and "WT" in written  # the metrics kept
+    card = (export_model(run / "checkpoints" / "last.pt", tmp_path / "model") / "README.md").read_text()
+    assert f"**Not held out:** 0 of 1 validation cases were in the pretraining cohort; {said}" in card
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["metrics"]["eval_test"][
+        "pretraining_overlap"]["accepted"] is True

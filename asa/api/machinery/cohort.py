@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ from asa.io import atomic_write_json, load_weights
 from asa.train.distributed import DistEnv
 
 __all__ = ["ACCEPT_OPTION", "COHORT_FILE", "OVERLAP_FILE", "evaluated_overlap_line", "check_pretraining_overlap", "check_probe_overlap",
-           "encoder_cohort", "pretraining_cohort", "recorded_cohort", "run_cases", "run_folder", "write_overlap"]
+           "encoder_cohort", "overlap_statement", "pretraining_cohort", "recorded_cohort", "recorded_overlap", "run_cases",
+           "run_folder", "write_overlap"]
 
 ACCEPT_OPTION = "data.accept_pretraining_overlap"  # asa-finetune's option that accepts test cases seen in pretraining
 
@@ -135,8 +136,9 @@ def check_pretraining_overlap(pretrained: str | os.PathLike, splits: dict[str, S
     report = on_main_then_share(lambda: cohort_overlap(cohort, subsets, workers=workers), env)
     if env.is_main:
         print(f"[asa] pretraining cohort: {overlap_line(report)}", flush=True)
-    report = {"pretrained": str(pretrained), "cohort": cohort_digest(cohort), "subsets": report}
-    test, n_test = report["subsets"]["test"]["overlapping"], report["subsets"]["test"]["n"]
+    test, n_test = report["test"]["overlapping"], report["test"]["n"]
+    report = {"pretrained": str(pretrained), "cohort": cohort_digest(cohort), "subsets": report,
+              "accepted": bool(test) and bool(accept)}  # test cases of the cohort kept, with ACCEPT_OPTION
     if test and not accept:
         raise OptionError(f"model.pretrained={pretrained}: {len(test)} of the {n_test} test case(s) "
                           f"({', '.join(test[:5])}{' ...' if len(test) > 5 else ''}) were in the encoder's "
@@ -151,7 +153,11 @@ def check_probe_overlap(entries: Sequence[str], cases: Sequence[Case], *, accept
     pretraining cohort of an encoder file of ``entries`` (by id, subject or content; the images digested once
     for all encoders) is said in one line per encoder and refused (`OptionError`) unless ``accept``
     (``data.accept_pretraining_overlap``). Returns {entry: overlap report} of the files that carry a cohort."""
-    cohorts = {e: c for e in dict.fromkeys(entries) if (c := encoder_cohort(e, option="encoders")) is not None}
+    cohorts = {e: encoder_cohort(e, option="encoders") for e in dict.fromkeys(entries)}
+    for entry in [e for e, c in cohorts.items() if c is None]:
+        print(f"[asa] pretraining cohort of {entry}: the file carries no cohort digests, so the probed cases were not "
+              "checked against it", flush=True)
+        del cohorts[entry]
     if not cohorts:
         return {}
     digests, prints = image_signatures(cases, workers=workers)
@@ -175,18 +181,44 @@ def write_overlap(out_dir: str | os.PathLike, report: dict[str, Any]) -> Path:
     return atomic_write_json(Path(out_dir) / OVERLAP_FILE, report)
 
 
+def overlap_statement(recorded: Mapping[str, Any], subsets: Sequence[str] | str | None = None) -> dict[str, Any] | None:
+    """What a fine-tuning run's overlap report (:func:`check_pretraining_overlap`, ``pretraining_overlap.json``)
+    says of ``subsets`` (None: all it holds), for ``summary.json`` and the model card: ``{"pretrained", subset:
+    {"cases", "of"}, "accepted", "text"}``, the text e.g. "5 of 9 test cases were in the pretraining cohort,
+    accepted (data.accept_pretraining_overlap=true)"; None when the report holds none of them."""
+    parts = recorded.get("subsets") if isinstance(recorded.get("subsets"), Mapping) else {}
+    names = list(parts) if subsets is None else [subsets] if isinstance(subsets, str) else list(subsets)
+    found = {s: {"cases": len(parts[s]["overlapping"]), "of": int(parts[s]["n"])} for s in names if s in parts}
+    if not found:
+        return None
+    named = {"val": "validation", "test": "test"}
+    test = found.get("test", {}).get("cases", 0)
+    # a run whose test cases were in the cohort was refused unless accepted: written before "accepted" was recorded
+    accepted = bool(recorded.get("accepted", test > 0)) and test > 0
+    text = "; ".join(f"{v['cases']} of {v['of']} {named.get(s, s)} cases were in the pretraining cohort"
+                     + (f", accepted ({ACCEPT_OPTION}=true)" if s == "test" and accepted else "")
+                     for s, v in found.items())
+    return {"pretrained": recorded.get("pretrained"), **found, "accepted": accepted, "text": text}
+
+
+def recorded_overlap(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The overlap report a fine-tuning run kept in ``folder`` (``pretraining_overlap.json``), None without one."""
+    try:
+        recorded = json.loads((Path(folder) / OVERLAP_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return recorded if isinstance(recorded, dict) and isinstance(recorded.get("subsets"), dict) else None
+
+
 def evaluated_overlap_line(split_file: str | os.PathLike | None, subsets: Sequence[str] | str) -> str | None:
     """asa-evaluate's line: how many of the evaluated ``subsets`` of ``split_file`` were in the pretraining cohort,
     as asa-finetune found and recorded it beside that file (``pretraining_overlap.json``); None without a record."""
     if split_file is None:
         return None
     path = Path(str(split_file)).expanduser().parent / OVERLAP_FILE
-    try:
-        recorded = json.loads(path.read_text())
-        found = {s: recorded["subsets"][s] for s in ([subsets] if isinstance(subsets, str) else subsets)
-                 if s in recorded["subsets"]}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    recorded = recorded_overlap(path.parent)
+    found = {s: recorded["subsets"][s] for s in ([subsets] if isinstance(subsets, str) else subsets)
+             if s in recorded["subsets"]} if recorded is not None else {}
     if not found:
         return None
     return f"{overlap_line(found)} (asa-finetune's check of {recorded.get('pretrained')}, {path})"

@@ -27,6 +27,7 @@ The transfer keys are the network's own declarations (dynamic-network-architectu
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,8 +36,14 @@ import torch
 from asa.io.hub import NNSSL_CHECKPOINT, NNSSL_PLAN
 from asa.models.cnn.nnunet import nnunet_architecture, nnunet_network
 
-__all__ = ["NNSSL_CHECKPOINT", "NNSSL_PLAN", "nnssl_adaptation_plan", "nnssl_checkpoint"]
+__all__ = ["NNSSL_CHECKPOINT", "NNSSL_PLAN", "READER", "TRANSPOSE", "nnssl_adaptation_plan", "nnssl_checkpoint",
+           "published_plan"]
 
+# asa's frame in nnssl's terms: nnssl's NibabelIOWithReorient (src/nnssl/imageio/nibabel_reader_writer.py) reorients
+# to RAS, as asa does, then transposes the array to (S-I, A-P, L-R) for SimpleITK's axis order; the plan's
+# transpose_forward (2, 1, 0) turns that back into asa's (L-R, P-A, I-S) array: what the encoder saw (its own inverse)
+READER = "NibabelIOWithReorient"
+TRANSPOSE = (2, 1, 0)
 ARCH_CLASS = "ResidualEncoderUNet"  # nnssl's name of the dynamic residual-encoder U-Net (DYN_ARCHITECTURE_PRESETS)
 # the op classes as nnssl's DynamicArchitecturePlans.serialize writes them (module + class name)
 _OPS = {"conv_op": "torch.nn.modules.conv.Conv3d", "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
@@ -76,8 +83,8 @@ def nnssl_adaptation_plan(spec: Mapping[str, Any], net: torch.nn.Module, *, spac
         "pretrain_plan": {
             "dataset_name": str(dataset), "plans_name": "asaPlans",
             "original_median_spacing_after_transp": config["spacing"],
-            "image_reader_writer": "NibabelReaderWriter", "transpose_forward": [0, 1, 2],
-            "transpose_backward": [0, 1, 2], "configurations": {name: config},
+            "image_reader_writer": READER, "transpose_forward": list(TRANSPOSE),
+            "transpose_backward": list(TRANSPOSE), "configurations": {name: config},
             "experiment_planner_used": "asa-pretrain"},
         "pretrain_num_input_channels": channels,
         "recommended_downstream_patchsize": crop,
@@ -89,16 +96,41 @@ def nnssl_adaptation_plan(spec: Mapping[str, Any], net: torch.nn.Module, *, spac
     }
 
 
+def published_plan(published: Mapping[str, Any], spec: Mapping[str, Any], source: str = "the export") -> dict[str, Any]:
+    """The adaptation plan of a published file (``published["adaptation_plan"]``, `asa.io.foreign`) as it is, every
+    field it states unchanged (architecture, pretraining plan, transfer keys), plus the two fields nnU-Net reads
+    and nnssl never writes when the file lacks them: ``pretrain_patch_size`` (its configuration's patch) and
+    ``architecture_kwargs`` (the topology asa read off its tensors)."""
+    plan = copy.deepcopy(dict(published["adaptation_plan"]))
+    configs = (plan.get("pretrain_plan") or {}).get("configurations") or {}
+    patch = next(iter(configs.values()), {}).get("patch_size") if configs else None
+    crop = [int(c) for c in spec["kwargs"]["img_size"]]
+    plan.setdefault("pretrain_patch_size", list(patch) if patch else crop)
+    plan.setdefault("architecture_kwargs", dict(nnunet_architecture(spec, source)["arch_kwargs"]) | _OPS)
+    return plan
+
+
 def nnssl_checkpoint(export: Mapping[str, Any], *, spacing_mm: Sequence[float] | None = None, dataset: str = "asa",
-                     trainer: str = "asa-pretrain", source: str = "the export", seed: int = 0) -> dict[str, Any]:
+                     trainer: str = "asa-pretrain", source: str = "the export", seed: int = 0,
+                     published: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None
+                     ) -> dict[str, Any]:
     """``checkpoint_final.pth`` of nnssl for the resenc encoder export ``export``: ``network_weights`` (the whole
     ``ResidualEncoderUNet`` at the encoder's own channels: stem and encoder from the export, the decoder and heads
-    as nnU-Net initialises them, seeded, since nnU-Net takes only the stem and encoder), the adaptation plan
-    (:func:`nnssl_adaptation_plan`), ``trainer_name`` and ``current_epoch`` (the export's step). Tensors, strings,
-    numbers, None and plain containers only, so ``torch.load(weights_only=True)`` reads it; tensors that share
-    storage (nnU-Net's decoder holds the encoder) stay shared, so the file is the size of nnssl's own."""
+    as nnU-Net initialises them, seeded, since nnU-Net takes only the stem and encoder), the adaptation plan,
+    ``trainer_name`` and ``current_epoch`` (the export's step). The plan and trainer are asa's
+    (:func:`nnssl_adaptation_plan`, ``spacing_mm``, ``dataset``, ``trainer``) unless ``published`` holds a published
+    file's own (`asa.io.foreign`'s ``published``: its plan, trainer and ``citations``, written again unchanged,
+    :func:`published_plan`). ``extra``: more top-level entries (asa-export's ``cohort`` and ``license``). Tensors,
+    strings, numbers, None and plain containers only, so ``torch.load(weights_only=True)`` reads it; tensors that
+    share storage (nnU-Net's decoder holds the encoder) stay shared, so the file is the size of nnssl's own."""
     net = nnunet_network(export, source=source, seed=seed)
     weights = dict(net.state_dict())  # detached, the network's own: a tensor held under two keys is saved once
-    plan = nnssl_adaptation_plan(export["network"], net, spacing_mm=spacing_mm, dataset=dataset, source=source)
+    if published is not None and published.get("adaptation_plan"):
+        plan = published_plan(published, export["network"], source)
+        trainer = published.get("trainer_name") or trainer
+    else:
+        plan = nnssl_adaptation_plan(export["network"], net, spacing_mm=spacing_mm, dataset=dataset, source=source)
+    citations = list((published or {}).get("citations") or [])
     return {"network_weights": weights, "nnssl_adaptation_plan": plan, "trainer_name": str(trainer),
-            "current_epoch": int(export.get("step") or 0), "init_args": {"source": str(export.get("source") or source)}}
+            "current_epoch": int(export.get("step") or 0), "init_args": {"source": str(export.get("source") or source)},
+            **({"citations": citations} if citations else {}), **dict(extra or {})}

@@ -25,7 +25,7 @@ from torch import nn
 
 from asa.models.cnn.transfer import in_proj_keys, match_resenc_encoder
 
-__all__ = ["NNUNET_CLASS", "NNUNET_CONFIGURATION", "nnunet_architecture", "nnunet_checkpoint", "nnunet_network",
+__all__ = ["NNUNET_CLASS", "NNUNET_CONFIGURATION", "NNUNET_TRAINER", "READING_NOTE", "nnunet_architecture", "nnunet_checkpoint", "nnunet_network",
            "nnunet_plans_snippet"]
 
 NNUNET_CLASS = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
@@ -118,7 +118,26 @@ def nnunet_checkpoint(export: Mapping[str, Any], *, in_channels: int | None = No
                     "decoder": f"nnU-Net's initialisation, seed {seed} (not pretrained)"}}
 
 
+NNUNET_TRAINER = "nnUNetTrainer_warmup"  # in nnU-Net's 2.8.1 wheel: the whole network warmed up, then poly decay
+# how nnU-Net hands an image to the network, against asa's RAS+ array (axis 0 left -> right), as measured with
+# nnunetv2 2.8.1's readers on RAS, LAS, LIA and PIR files (docs/weights-elsewhere.md; tests/api/test_export_nnssl.py)
+READING_NOTE = (
+    "Axis order and intensity: asa pretrained on RAS+ arrays, left-right on array axis 0 (left to right). nnU-Net's "
+    "default reader for NIfTI (SimpleITKIO) keeps a file's stored order, reversed: left-right lands on array axis 2 "
+    "for RAS, LAS and LIA files, running right to left for LAS and LIA (flipped), and on axis 0 for a sagittal PIR "
+    "file. With `\"overwrite_image_reader_writer\": \"NibabelIOWithReorient\"` in the dataset's `dataset.json`, "
+    "every file is reoriented to RAS first: left-right on axis 2, left to right, whatever the file's orientation; "
+    "setting `transpose_forward` and `transpose_backward` to `[2, 1, 0]` in the plans before preprocessing "
+    "(isotropic spacing and patch: nothing else changes) puts it on axis 0, as asa pretrained. Intensity: asa clips "
+    "each image to its brain's 0.5-99.5 percentiles and z-scores it inside the brain, 0 outside; nnU-Net's "
+    "ZScoreNormalization with use_mask_for_norm (which its planner sets for skull-stripped images) z-scores the "
+    "nonzero region, 0 outside, without the clip.")
+
+
 def describe_nnunet(folder: Path, weights_file: str, plans_file: str) -> str:
-    """The command lines that use an export in nnU-Net v2 (for the model card and the console)."""
-    return (f"merge {folder / plans_file} into nnUNet_preprocessed/DatasetXXX/nnUNetPlans.json, then\n"
-            f"nnUNetv2_train DatasetXXX {NNUNET_CONFIGURATION} FOLD -pretrained_weights {folder / weights_file}")
+    """The command lines that use an export in nnU-Net v2 (for the model card and the console): the plans merged,
+    then ``nnUNetv2_train`` with the warm-up trainer the docs recommend (``NNUNET_TRAINER``)."""
+    return (f"merge {folder / plans_file} into nnUNet_preprocessed/DatasetXXX/<plans>.json "
+            "(asa-export --nnunet-plans does it), then\n"
+            f"nnUNetv2_train DatasetXXX {NNUNET_CONFIGURATION} FOLD -p <plans> -tr {NNUNET_TRAINER} "
+            f"-pretrained_weights {folder / weights_file}")
