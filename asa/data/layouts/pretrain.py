@@ -116,7 +116,7 @@ def filelist(root: Path, *, require_labels: bool = False) -> Found:
             key = next((c for c in ("path", "t1", "image") if c in cols), None)
             if key is None:
                 raise ValueError(f"filelist {listing}: needs a 'path', 't1' or 'image' column, found {cols}")
-            extra = [c for c in _SIBLINGS if c in cols]  # channel columns beside the T1's
+            extra = [c for c in cols if c in _SIBLINGS]  # channel columns beside the T1's, in their order
             for row in reader:
                 rows.append({"path": row[key], "id": row.get("id") or "", "label": row.get("label") or "",
                              "channels": {c: row[c] for c in extra if row.get(c)},
