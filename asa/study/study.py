@@ -7,7 +7,9 @@ budget points, and cohorts and N below the largest: the new units run, the finis
 
 0. checks, before anything trains: the study's fixed test and validation cases against the pretraining cohort
    (same id, subject or image content: refused, exit 2, unless --accept-overlap); which channels each arm
-   pretrains and fine-tunes on and how a pretrained stem meets the fine-tuning channels; whether the labeled pool
+   pretrains and fine-tunes on (the fine-tuning channels, in their order, when every cohort case has them;
+   else the T1, through an adapted stem: --pretrain-channels) and how a pretrained stem meets the fine-tuning
+   channels; whether the labeled pool
    holds the positive control's cases beside the study's (else the control is left out, and the report says so).
 1. the pilot: the scratch twin at the largest N, the recipe's warm-up then a constant lr; the fine-tuning budget is
    the step at which its validation Dice stops rising (a --budget-cap below it is said in the report);
@@ -53,6 +55,7 @@ import numpy as np
 from asa.api.config import compose_config
 from asa.data import discover, get_task, load_volume
 from asa.data.cohort import cohort_overlap, cohort_record, describe_overlap
+from asa.data.layouts.pretrain import CHANNELS, channel_of
 from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
 from asa.study import report, transfer
 from asa.study.common import (Clock, add_scale_options, child_env, finished, machine, module_argv, refuse,
@@ -190,30 +193,64 @@ def cohort_order(ids: Sequence[str], seed: int) -> list[str]:
     return [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
 
 
-def write_cohorts(out: Path, cases: Sequence, sizes: Sequence[int], seed: int) -> dict[int, Path]:
-    """One file list per cohort size (``<out>/data/cohort-<n>/files.csv``, the first n subjects of `cohort_order`)."""
+def write_cohorts(out: Path, cases: Sequence, sizes: Sequence[int], seed: int,
+                  channels: Sequence[str] = ("t1",)) -> dict[int, Path]:
+    """One file list per cohort size (``<out>/data/cohort-<n>/files.csv``, the first n subjects of `cohort_order`):
+    the T1 in ``path``, each other of ``channels`` in a column of its name, in their order (the filelist layout)."""
     by_id = {c.id: c for c in cases}
     order = cohort_order(list(by_id), seed)
+    others = [c for c in channels if c != "t1"]
+    head = ",".join(["id", "path", *others]) + "\n"
     folders = {}
     for n in sizes:
         folder = out / "data" / f"cohort-{n}"
-        rows = "".join(f"{i},{by_id[i].images['t1']}\n" for i in order[:n])
-        if not (folder / "files.csv").is_file() or (folder / "files.csv").read_text() != "id,path\n" + rows:
-            atomic_write_text(folder / "files.csv", "id,path\n" + rows)
+        rows = "".join(",".join([i, *(str(by_id[i].images[c]) for c in ("t1", *others))]) + "\n" for i in order[:n])
+        if not (folder / "files.csv").is_file() or (folder / "files.csv").read_text() != head + rows:
+            atomic_write_text(folder / "files.csv", head + rows)
         folders[n] = folder
     return folders
 
 
-def write_noise(out: Path, cases: Sequence, n: int, seed: int) -> Path:
+def write_noise(out: Path, cases: Sequence, n: int, seed: int, channels: Sequence[str] = ("t1",)) -> Path:
     """The negative control's pure-noise volumes, as many as the largest cohort, on the grid of the cohort's first
-    image (written once)."""
+    image, with a noise channel for each of ``channels`` (the T1 always, as a file list needs it; written once)."""
     folder = out / "data" / f"noise-{n}"
     if not (folder / ".complete").is_file():
         first = load_volume(cases[0].images["t1"])
         shape = tuple(int(s) for s in first.array.shape[-3:])
-        write_noise_dataset(folder, cases=n, size=shape, seed=seed + 7919, affine=first.affine, overwrite=True)
+        write_noise_dataset(folder, cases=n, size=shape, seed=seed + 7919, affine=first.affine, overwrite=True,
+                            channels=["t1", *(c for c in channels if c != "t1")])
         atomic_write_text(folder / ".complete", "done\n")
     return folder
+
+
+def cohort_channels(cases: Sequence) -> list[str]:
+    """The channels every case of the cohort has (`CHANNELS`' order)."""
+    return [c for c in CHANNELS if all(c in case.images for case in cases)]
+
+
+def pretraining_channels(held: Sequence[str], fine: Sequence[str], choice: str | None) -> list[str]:
+    """The cohort channels the pretraining runs read, in the order of the fine-tuning channels ``fine`` (the
+    labeled set's names, matched by meaning, `channel_of`), so that the pretrained stem's channel k is fine-tuning
+    channel k: all of them when ``choice`` is ``all``, or None and the cohort (its channels ``held``) has them; the
+    T1 alone when ``choice`` is ``t1``, or None and the cohort lacks one. ``all`` on a cohort that lacks one is
+    refused (exit 2)."""
+    wanted = [channel_of(name) for name in fine]
+    lacking = [name for name, c in zip(fine, wanted) if c is None or c not in held]
+    if len(set(wanted)) != len(wanted):  # two fine-tuning channels of one meaning: no order to keep
+        lacking = list(fine)
+    if choice == "all" and lacking:
+        refuse(f"--pretrain-channels all: the pretraining cohort's cases all have {', '.join(held)}; the fine-tuning "
+               f"channels {', '.join(lacking)} have no channel of the cohort ({', '.join(CHANNELS)}, the meanings "
+               "asa reads) in every case: give the cohort those contrasts, or pass --pretrain-channels t1")
+    return list(wanted) if choice == "all" or (choice is None and not lacking) else ["t1"]
+
+
+def channel_overrides(channels: Sequence[str]) -> list[str]:
+    """The pretraining overrides that read ``channels`` (none for the T1 alone, the default of every preset): the
+    data's channels, in that order, and the masked network's input channels."""
+    return [] if list(channels) == ["t1"] else [f"data.channels=[{','.join(channels)}]",
+                                                f"method.in_channels={len(channels)}"]
 
 
 def pretraining_epochs(steps: int, subjects: int, batch: int) -> int:
@@ -222,12 +259,13 @@ def pretraining_epochs(steps: int, subjects: int, batch: int) -> int:
 
 
 def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[str], cohorts: Mapping[int, Path],
-                     noise: Path | None, *, seed: int) -> list[Pretraining]:
+                     noise: Path | None, *, seed: int, channels: Sequence[str] = ("t1",)) -> list[Pretraining]:
     """Every pretraining run: each pretraining arm per cohort size, and the negative control on the noise volumes
-    (mae's recipe, as many volumes as the largest cohort)."""
-    common = ["data=bids", "data.layout=filelist", f"data.num_workers={scale.workers}", "data.split.ratios=[0.8,0.2,0.0]",
-              "optim=adamw_demo", "trainer.progress=false", "trainer.panel_every=0", "probe.every=0", f"seed={seed}",
-              "resume=auto"]
+    (mae's recipe, as many volumes as the largest cohort), all reading ``channels`` in their order
+    (`pretraining_channels`)."""
+    common = ["data=bids", "data.layout=filelist", *channel_overrides(channels), f"data.num_workers={scale.workers}",
+              "data.split.ratios=[0.8,0.2,0.0]", "optim=adamw_demo", "trainer.progress=false", "trainer.panel_every=0",
+              "probe.every=0", f"seed={seed}", "resume=auto"]
     batch = int(compose_config("pretrain", [*network.pretrain("mae"), *common[:2], f"data.crop={scale.crop}"])
                 .trainer.batch_size)
     units = [(arm, n, folder) for n, folder in cohorts.items() for arm in arms if arm in ARMS]
@@ -298,16 +336,26 @@ def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: M
     return {"lines": lines, "overlapping": found, "accepted": bool(found)}
 
 
-def channel_lines(network: Network, fine: Sequence[str], pretrain: Sequence[str]) -> list[str]:
-    """How each arm meets the fine-tuning channels: the pretrained arms through their pretraining channels, the
-    positive control and the scratch twin through the fine-tuning ones."""
-    if list(pretrain) == list(fine):
-        return [f"Every arm pretrains and fine-tunes on the same channels ({', '.join(fine)})."]
-    return [f"The pretraining cohort gives {', '.join(pretrain)}; fine-tuning reads {', '.join(fine)}: every "
-            f"pretrained arm (and the negative control) enters through its {len(pretrain)}-channel stem adapted to "
-            f"{len(fine)} channels (the pretrained kernel copied to each channel and divided by {len(fine)}, asa's "
-            "stem adaptation), while the scratch twin and the positive control are trained on the fine-tuning "
-            "channels from the start and take no adaptation: a deficit of the pretrained arms may be the adaptation's."]
+def channel_lines(fine: Sequence[str], pretrain: Sequence[str], held: Sequence[str]) -> list[str]:
+    """How each arm meets the fine-tuning channels ``fine``: the pretrained arms and the negative control through
+    the cohort's channels ``pretrain`` they read (`pretraining_channels`), the positive control and the scratch twin
+    through the fine-tuning ones. ``held``: the channels every cohort case has."""
+    if [channel_of(name) for name in fine] == list(pretrain):
+        pairs = ", ".join(f"{c} as {name}" for c, name in zip(pretrain, fine))
+        return [f"Every arm pretrains and fine-tunes on the same channels: the pretraining runs read the cohort's "
+                f"{pairs}, in the fine-tuning order, so the pretrained stem's channel k is fine-tuning channel k and "
+                f"no stem is adapted (the negative control's noise volumes have {len(pretrain)} channel(s) too)."]
+    why = ("--pretrain-channels t1" if not [n for n in fine if channel_of(n) not in held] else
+           f"the cohort lacks {', '.join(n for n in fine if channel_of(n) not in held)} in some or all cases")
+    if len(fine) == 1:
+        return [f"The pretraining runs read the cohort's t1 only ({why}); fine-tuning reads {fine[0]}: every "
+                "pretrained arm (and the negative control) enters through its T1 stem as it is, on another contrast, "
+                "while the scratch twin and the positive control are trained on it from the start."]
+    return [f"The pretraining runs read the cohort's t1 only ({why}); fine-tuning reads {', '.join(fine)}: every "
+            f"pretrained arm (and the negative control) enters through its 1-channel stem adapted to {len(fine)} "
+            f"channels (the pretrained kernel copied to each channel and divided by {len(fine)}, asa's stem "
+            "adaptation), while the scratch twin and the positive control are trained on the fine-tuning channels "
+            "from the start and take no adaptation: a deficit of the pretrained arms may be the adaptation's."]
 
 
 STRIPPED = 0.9  # the share of non-zero voxels above which asa's brain mask takes a scan for a whole head
@@ -489,6 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="the study folder (a rerun continues it)")
     p.add_argument("--network", default="resenc", help="resenc[-tiny|-S|-M|-L] or swvit[-tiny|-small|-base] "
                                                       "(default: resenc at the scale's size)")
+    p.add_argument("--pretrain-channels", choices=("t1", "all"),
+                   help="the channels the pretraining runs (and the negative control) read: all (the fine-tuning "
+                        "channels, in their order, matched by meaning: T1gd is t1ce) or t1 (its stem adapted to the "
+                        "fine-tuning channels); default: all when every cohort case has them, else t1")
     p.add_argument("--arms", nargs="*", default=["mae", "asa", CONTROL, SUPERVISED], choices=CHOICES,
                    help="pretraining arms and controls beside the scratch twin (default: mae asa noise supervised)")
     p.add_argument("--encoder", action="append", default=[], metavar="NAME=FILE",
@@ -545,6 +597,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if odd := [c for c in args.lesion_classes if c not in task.output_names]:
         refuse(f"--lesion-classes {' '.join(odd)}: not classes of {args.root} (its classes: "
                f"{', '.join(task.output_names)})")
+    cohort_cases, held, channels = [], [], None
+    if args.pretrain_data is not None:
+        layout, root = pretrain_layout(args.pretrain_data.expanduser().absolute())
+        cohort_cases = discover(layout, root, on_bad_case="skip")
+        if len(cohort_cases) < 2:
+            refuse(f"--pretrain-data {args.pretrain_data}: {len(cohort_cases)} readable scan(s) ({layout}); the "
+                   "pretraining runs need at least 2 (train and held-out)")
+        held = cohort_channels(cohort_cases)
+        channels = pretraining_channels(held, task.channels, args.pretrain_channels)
+    elif args.pretrain_channels is not None:
+        refuse(f"--pretrain-channels {args.pretrain_channels}: no --pretrain-data to read them from")
 
     settings = {"scale": dataclasses.asdict(scale) | {"time_budget": None, "jobs": None}, "network": network.name,
                 "arms": sorted(args.arms), "encoders": sorted(f"{k}={v}" for k, v in encoders.items()),
@@ -552,27 +615,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "pretrain_data": str(args.pretrain_data.expanduser().absolute()) if args.pretrain_data else None,
                 "recipe": args.recipe, "encoder_lr_scale": args.encoder_lr_scale, "seed": args.seed,
                 "budget_cap": args.budget_cap, "override": args.override, "lesion_classes": args.lesion_classes,
-                "largest_cohort": max(scale.cohorts) if scale.cohorts else None, "pilot_cases": max(scale.cases)}
+                "largest_cohort": max(scale.cohorts) if scale.cohorts else None, "pilot_cases": max(scale.cases),
+                "pretrain_channels": channels}
     out.mkdir(parents=True, exist_ok=True)
-    record_settings(out, settings, grows=GROWS)
+    # a study recorded before the option pretrained on the T1 alone
+    record_settings(out, settings, grows=GROWS, recorded_as=lambda old: {
+        "pretrain_channels": ["t1"] if old.get("pretrain_data") else None, **old})
 
     # --- checks, before anything trains
-    cohort_cases, cohorts, noise = [], {}, None
+    cohorts, noise = {}, None
     checks: dict[str, Any] = {"overlap": {"lines": ["no pretraining cohort (only --encoder arms)"], "accepted": False}}
     if args.pretrain_data is not None:
-        layout, root = pretrain_layout(args.pretrain_data.expanduser().absolute())
-        cohort_cases = discover(layout, root, on_bad_case="skip")
-        if len(cohort_cases) < 2:
-            refuse(f"--pretrain-data {args.pretrain_data}: {len(cohort_cases)} readable scan(s) ({layout}); the "
-                   "pretraining runs need at least 2 (train and held-out)")
         sizes = [n for n in scale.cohorts if n <= len(cohort_cases)] or [len(cohort_cases)]
         if odd := [n for n in scale.cohorts if n > len(cohort_cases)]:
             refuse(f"--cohorts {' '.join(map(str, odd))}: the cohort holds {len(cohort_cases)} scans")
         checks["overlap"] = check_overlap(out, cohort_cases, labeled, split, accept=args.accept_overlap)
-        cohorts = write_cohorts(out, cohort_cases, sizes, args.seed)
+        cohorts = write_cohorts(out, cohort_cases, sizes, args.seed, channels)
         if CONTROL in args.arms:
-            noise = write_noise(out, cohort_cases, max(sizes), args.seed)
-    checks["channels"] = channel_lines(network, task.channels, ("t1",))
+            noise = write_noise(out, cohort_cases, max(sizes), args.seed, channels)
+    checks["channels"] = (channel_lines(task.channels, channels, held) if channels is not None else
+                          [f"No pretraining cohort: an --encoder file's 1-channel stem is adapted to the "
+                           f"{len(task.channels)} fine-tuning channels ({', '.join(task.channels)}; copied to each "
+                           "and divided by their number), a file of that many channels is loaded as it is."])
     checks["skull"] = skull_lines({"--pretrain-data": cohort_cases, "--root": labeled})
     supervised_dir = out / "pretrain" / SUPERVISED
     if SUPERVISED in args.arms and not split["supervised"]:
@@ -589,7 +653,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if SUPERVISED not in args.arms or not split["supervised"]:  # the split holds its cases out either way
         supervised_dir = None
 
-    runs = plan_pretraining(out, scale, network, pretraining_arms, cohorts, noise, seed=args.seed)
+    runs = plan_pretraining(out, scale, network, pretraining_arms, cohorts, noise, seed=args.seed,
+                            channels=channels or ("t1",))
     recipe = [RECIPES[args.recipe]] + ([f"optim.encoder_lr_scale={args.encoder_lr_scale}"]
                                        if args.recipe == "adamw" else [])
     overrides = [*recipe, *args.override]

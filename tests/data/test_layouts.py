@@ -178,3 +178,33 @@ def test_layout_names_are_listed_once_and_every_adapter_and_demo_writer_uses_the
     assert {name for name in LAYOUTS if EXPECTED[name][1]} == set(SEGMENTATION_LAYOUTS)  # the labelled ones
     with pytest.raises(ValueError, match="'nifti_dir' is not in asa.data.layouts.names.LAYOUTS"):
         register("nifti_dir", "*.nii.gz")
+
+
+def test_a_file_list_carries_the_other_contrasts_in_columns_of_their_own(tmp_path):
+    """Columns t1ce / t2 / flair beside path are channels (an empty cell: the case lacks it); a listed file that
+    is missing skips its case naming the file and the channel; columns of no channel are not read."""
+    rng = np.random.default_rng(0)
+    for name in ("a_T1w", "a_T2w", "a_FLAIR", "b_T1w", "b_T2w", "c_T1w"):
+        image = rng.uniform(0.5, 1.0, (8, 8, 8)).astype(np.float32)
+        write_nifti(image, np.eye(4), tmp_path / f"{name}.nii.gz", "RAS", np.float32)
+    (tmp_path / "files.csv").write_text("id,path,flair,t2,age\n"
+                                        "a,a_T1w.nii.gz,a_FLAIR.nii.gz,a_T2w.nii.gz,70\n"
+                                        "b,b_T1w.nii.gz,,b_T2w.nii.gz,71\n"
+                                        "c,c_T1w.nii.gz,,c_T2w.nii.gz,72\n")
+    report = tmp_path / "skipped.json"
+    cases = {c.id: c for c in discover("filelist", tmp_path, on_bad_case="skip", report_path=report)}
+    assert sorted(cases) == ["a", "b"]
+    assert cases["a"].images == {"t1": tmp_path / "a_T1w.nii.gz", "flair": tmp_path / "a_FLAIR.nii.gz",
+                                 "t2": tmp_path / "a_T2w.nii.gz"}
+    assert cases["b"].channels == ("t1", "t2")
+    (skipped,) = json.loads(report.read_text())["skipped"]
+    assert skipped["id"] == "c" and f"{tmp_path / 'c_T2w.nii.gz'} (t2)" in skipped["reason"]
+
+
+@pytest.mark.parametrize("name, channel", [("T1w", "t1"), ("t1", "t1"), ("T1gd", "t1ce"), ("t1ce", "t1ce"),
+                                           ("T1c", "t1ce"), ("T2w", "t2"), ("FLAIR", "flair"), ("T2_FLAIR", "flair"),
+                                           ("ADC", None), ("CT", None), ("T2star", None)])
+def test_a_labeled_sets_channel_names_are_read_as_the_pretraining_channels(name, channel):
+    from asa.data.layouts.pretrain import channel_of
+
+    assert channel_of(name) == channel

@@ -35,3 +35,18 @@ def test_the_noise_cohort_is_a_file_list_on_the_given_grid(tmp_path):
     write_noise_dataset(out, cases=1, size=16, overwrite=True)
     with pytest.raises(ValueError, match="cases must be >= 1"):
         write_noise_dataset(tmp_path / "none", cases=0)
+
+
+def test_a_noise_cohort_of_several_channels_draws_each_apart_and_keeps_the_t1_of_one(tmp_path):
+    single = write_noise_dataset(tmp_path / "one", cases=1, size=16, seed=3)
+    several = write_noise_dataset(tmp_path / "four", cases=1, size=16, seed=3, channels=("t1", "flair", "t1ce", "t2"))
+    assert (several / "files.csv").read_text().splitlines()[0] == "id,path,flair,t1ce,t2"
+    (case,) = discover("filelist", several)
+    assert case.channels == ("t1", "flair", "t1ce", "t2")
+    read = {ch: nib.load(path).get_fdata() for ch, path in case.images.items()}
+    # the first channel is the single-channel volume, bit for bit; the others are independent draws
+    assert np.array_equal(read["t1"], nib.load(single / "images" / "DEMO_000.nii.gz").get_fdata())
+    for ch in ("flair", "t1ce", "t2"):
+        assert abs(np.corrcoef(read["t1"].ravel(), read[ch].ravel())[0, 1]) < 0.2
+    with pytest.raises(ValueError, match="channels must be t1, then any of"):
+        write_noise_dataset(tmp_path / "bad", cases=1, size=16, channels=("t2", "t1"))

@@ -159,3 +159,131 @@ def test_whole_heads_are_said_before_anything_trains(tmp_path):
 
     lines = study.skull_lines({"--pretrain-data": [case("head", 0.05)], "--root": [case("stripped", 0.0)]})
     assert len(lines) == 1 and lines[0].startswith("--pretrain-data: the scans are not skull-stripped (100%")
+
+
+
+FOUR = ("t1", "t1ce", "t2", "flair")
+MSD = ("FLAIR", "T1w", "T1gd", "T2w")  # the demo msd set's channels, in its dataset.json's order
+# the BIDS file each of them means (hand-written)
+MEANS = {"FLAIR": "_FLAIR.nii.gz", "T1w": "_T1w.nii.gz", "T1gd": "_ce-gadolinium_T1w.nii.gz", "T2w": "_T2w.nii.gz"}
+BEFORE = ("data=bids", "data.layout=filelist", "data.num_workers=0", "data.split.ratios=[0.8,0.2,0.0]",
+          "optim=adamw_demo", "trainer.progress=false", "trainer.panel_every=0", "probe.every=0", "seed=0", "resume=auto")
+
+
+@pytest.fixture(scope="module")
+def four(tmp_path_factory):
+    return write_demo_dataset("bids", tmp_path_factory.mktemp("study-four") / "cohort", cases=4, size=32, seed=5,
+                              contrasts=FOUR)
+
+
+def test_the_pretraining_channels_are_the_fine_tuning_ones_in_their_order_or_the_t1(capsys):
+    assert study.pretraining_channels(FOUR, MSD, None) == study.pretraining_channels(FOUR, MSD, "all") == \
+        ["flair", "t1", "t1ce", "t2"]
+    assert study.pretraining_channels(FOUR, MSD, "t1") == ["t1"]
+    assert study.pretraining_channels(("t1", "t2"), MSD, None) == ["t1"]  # a channel lacking: the T1
+    assert study.pretraining_channels(("t1",), ("T1w",), None) == ["t1"]
+    assert study.pretraining_channels(FOUR, ("t2", "T1"), None) == ["t2", "t1"]
+    with pytest.raises(SystemExit) as err:
+        study.pretraining_channels(("t1", "t2"), MSD, "all")
+    assert err.value.code == 2 and "FLAIR, T1gd have no channel of the cohort" in capsys.readouterr().err
+    (same,) = study.channel_lines(MSD, ["flair", "t1", "t1ce", "t2"], FOUR)
+    assert "flair as FLAIR, t1 as T1w, t1ce as T1gd, t2 as T2w, in the fine-tuning order" in same
+    assert "noise volumes have 4 channel(s)" in same
+    (lacking,) = study.channel_lines(MSD, ["t1"], ("t1", "t2"))
+    assert "t1 only (the cohort lacks FLAIR, T1gd in some or all cases)" in lacking and "adapted to 4" in lacking
+    (chosen,) = study.channel_lines(MSD, ["t1"], FOUR)
+    assert "t1 only (--pretrain-channels t1)" in chosen
+
+
+def test_a_multi_contrast_cohort_is_pretrained_on_the_fine_tuning_channels_in_their_order(four, tmp_path):
+    """The written file lists, the runs' data.channels, the stacked channels and the pretrained stem's
+    channel k loaded as fine-tuning channel k."""
+    import torch
+
+    from asa.api.config import load_config
+    from asa.api.machinery.pretraining import _method
+    from asa.data.preprocessing import case_to_item
+    from asa.models import build_network
+
+    cases = discover("bids", four)
+    channels = study.pretraining_channels(study.cohort_channels(cases), MSD, None)
+    cohorts = study.write_cohorts(tmp_path, cases, [4], seed=0, channels=channels)
+    noise = study.write_noise(tmp_path, cases, 4, seed=0, channels=channels)
+    assert (cohorts[4] / "files.csv").read_text().startswith("id,path,flair,t1ce,t2\n")
+    network = study.Network("resenc", "tiny")
+    runs = study.plan_pretraining(tmp_path, study.SCALES["quick"], network, ["mae"], cohorts, noise, seed=0,
+                                  channels=channels)
+    assert [r.name for r in runs] == ["mae-c4", "noise-c4"]
+    for run in runs:  # the negative control too reads the four channels in the fine-tuning order
+        assert run.overrides[len(network.pretrain("mae")):][:4] == (
+            "data=bids", "data.layout=filelist", "data.channels=[flair,t1,t1ce,t2]", "method.in_channels=4")
+        root = Path(next(o.split("=", 1)[1] for o in run.overrides if o.startswith("data.root=")))
+        for case in discover("filelist", root):  # what the dataset stacks: channel k is the file channel k means
+            images = case_to_item(case, channels)["images"]
+            assert len(set(images)) == 4
+            if run.arm != "noise":
+                assert [Path(p).name.removeprefix(case.id) for p in images] == [MEANS[name] for name in MSD]
+    # the pretraining network's stem takes the four channels; the fine-tuning network's channel k is its channel k
+    pre = _method(load_config("pretrain", *runs[0].overrides)).build_network()
+    stem = pre.encoder.stem.convs[0].conv.weight
+    assert stem.shape[1] == 4
+    with torch.no_grad():
+        stem.copy_(torch.arange(4.0).view(1, 4, 1, 1, 1).expand_as(stem))
+    torch.save({"encoder": pre.encoder_state_dict(), "network": {"arch": pre.network_arch,
+                                                                 "kwargs": pre.network_kwargs}}, tmp_path / "enc.pt")
+    seg = build_network({"arch": "resenc", "kwargs": {"img_size": 32, "in_channels": len(MSD), "out_channels": 3,
+                                                      "size": "tiny"}})
+    seg.load_pretrained(tmp_path / "enc.pt")
+    got = seg.encoder.stem.convs[0].conv.weight
+    assert [float(got[:, k].unique()) for k in range(4)] == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_a_t1_cohort_is_pretrained_with_the_overrides_and_file_lists_of_before(data, tmp_path):
+    cases = discover("bids", data[0])
+    assert study.cohort_channels(cases) == ["t1"]
+    channels = study.pretraining_channels(["t1"], MSD, None)
+    cohorts = study.write_cohorts(tmp_path, cases, [4], seed=0, channels=channels)
+    noise = study.write_noise(tmp_path, cases, 4, seed=0, channels=channels)
+    network = study.Network("resenc", "tiny")
+    runs = study.plan_pretraining(tmp_path, study.SCALES["quick"], network, ["mae"], cohorts, noise, seed=0,
+                                  channels=channels)
+    assert runs == study.plan_pretraining(tmp_path, study.SCALES["quick"], network, ["mae"], cohorts, noise, seed=0)
+    for run in runs:
+        assert run.overrides[len(network.pretrain("mae")):][:10] == BEFORE
+        assert len(run.overrides) == len(network.pretrain("mae")) + len(BEFORE) + 4  # crop, root, epochs, output_dir
+    for folder in (cohorts[4], noise):
+        rows = (folder / "files.csv").read_text().splitlines()
+        assert rows[0] == "id,path" and all(len(r.split(",")) == 2 for r in rows[1:])
+
+
+def _planned(monkeypatch, argv: list[str]) -> list:
+    """asa-study's checks and plan, not its units: the pretraining runs it would start."""
+    planned = []
+    monkeypatch.setattr(study, "_run", lambda args, out, scale, network, runs, *rest: planned.extend(runs) or 0)
+    assert study.main(argv) == 0
+    return planned
+
+
+@pytest.mark.slow
+def test_the_study_records_its_channels_says_them_and_refuses_all_on_a_t1_cohort(data, four, tmp_path, monkeypatch,
+                                                                                 capsys):
+    cohort, labeled = data
+    argv = ["--data", "msd", "--root", str(labeled), *QUICK, "--network", "resenc-tiny", "--arms", "mae", "noise"]
+    runs = _planned(monkeypatch, ["--pretrain-data", str(four), "--out", str(tmp_path / "four"), *argv])
+    assert all("data.channels=[flair,t1,t1ce,t2]" in run.overrides for run in runs) and len(runs) == 2
+    assert json.loads((tmp_path / "four" / "study.json").read_text())["pretrain_channels"] == ["flair", "t1", "t1ce", "t2"]
+    (line,) = json.loads((tmp_path / "four" / "checks" / "checks.json").read_text())["channels"]
+    assert "in the fine-tuning order" in line
+    out = tmp_path / "t1"
+    runs = _planned(monkeypatch, ["--pretrain-data", str(cohort), "--out", str(out), *argv])
+    assert all(run.overrides[len(study.Network("resenc", "tiny").pretrain("mae")):][:10] == BEFORE for run in runs)
+    assert json.loads((out / "study.json").read_text())["pretrain_channels"] == ["t1"]
+    # a study recorded before the option pretrained on the T1: its folder continues
+    record = json.loads((out / "study.json").read_text())
+    record.pop("pretrain_channels")
+    (out / "study.json").write_text(json.dumps(record))
+    assert len(_planned(monkeypatch, ["--pretrain-data", str(cohort), "--out", str(out), *argv])) == 2
+    with pytest.raises(SystemExit) as err:
+        study.main(["--pretrain-data", str(cohort), "--out", str(tmp_path / "all"), "--pretrain-channels", "all", *argv])
+    assert err.value.code == 2 and not (tmp_path / "all").exists()
+    assert "FLAIR, T1gd, T2w have no channel of the cohort" in capsys.readouterr().err

@@ -1,5 +1,8 @@
 """Pretraining layouts (no labels): BIDS raw (the T1, with the other contrasts beside it), Clinica CAPS
-``t1_linear``, plain file list (T1 only)."""
+``t1_linear``, plain file list (the T1, with the other contrasts in columns of their own).
+
+Their channels are ``t1`` and, where the data hold them, ``t1ce``, ``t2`` and ``flair`` (`CHANNELS`);
+`channel_of` says which of them a labeled set's channel name means (MSD's ``T1gd`` is ``t1ce``)."""
 
 from __future__ import annotations
 
@@ -20,6 +23,24 @@ def _entities(name: str) -> dict[str, str]:
 
 _CE = re.compile(r"_ce-[A-Za-z0-9]+")
 _SIBLINGS = {"t1ce": "_T1w", "t2": "_T2w", "flair": "_FLAIR"}  # channel -> suffix of the files beside a T1w
+
+# the channels of the pretraining layouts, each with the names a labeled set gives that sequence (BraTS's t1, t1ce,
+# t2, flair; the MSD's T1w, T1gd, T2w, FLAIR; nnU-Net v2's free names such as T1c, T2_FLAIR), compared in lower
+# case without -, _ or spaces
+CHANNELS: dict[str, tuple[str, ...]] = {
+    "t1": ("t1", "t1w"),
+    "t1ce": ("t1ce", "t1gd", "t1c", "t1wce", "cet1w", "t1post", "t1contrast"),
+    "t2": ("t2", "t2w"),
+    "flair": ("flair", "t2flair", "t2wflair"),
+}
+
+
+def channel_of(name: str) -> str | None:
+    """The pretraining layouts' channel (`CHANNELS`) a labeled set's channel ``name`` means, or None.
+
+    ``"T1gd"`` -> ``"t1ce"``; ``"FLAIR"`` -> ``"flair"``; ``"T2w"`` -> ``"t2"``; ``"ADC"`` -> None."""
+    key = re.sub(r"[-_\s]", "", str(name).lower())
+    return next((channel for channel, names in CHANNELS.items() if key in names), None)
 
 
 def _siblings(t1w: Path, case_id: str) -> dict[str, Path]:
@@ -79,12 +100,15 @@ def _list_file(root: Path) -> Path:
     raise FileNotFoundError(f"filelist: {root} is not a file and holds none of files.csv/files.tsv/files.txt/filelist.csv/filelist.txt")
 
 
-@register("filelist", "a .txt (one path per line) or .csv/.tsv (columns id?, path|t1|image, label?, diseased?) file")
+@register("filelist", "a .txt (one path per line) or .csv/.tsv (columns id?, path|t1|image, t1ce?, t2?, flair?, "
+                      "label?, diseased?) file")
 def filelist(root: Path, *, require_labels: bool = False) -> Found:
-    """Plain list of T1 images; relative paths are resolved against the list's folder."""
+    """Plain list of T1 images; relative paths are resolved against the list's folder. A .csv/.tsv may give
+    the other contrasts of each case in columns ``t1ce``, ``t2``, ``flair`` (the channels of `CHANNELS`, as
+    the BIDS reader names them); an empty cell: the case lacks that channel; other columns are not read."""
     listing = _list_file(root)
     folder = listing.parent
-    rows: list[dict[str, str]] = []
+    rows: list[dict] = []
     if listing.suffix.lower() in (".csv", ".tsv"):
         with open(listing, newline="") as fh:
             reader = csv.DictReader(fh, delimiter="\t" if listing.suffix.lower() == ".tsv" else ",")
@@ -92,28 +116,33 @@ def filelist(root: Path, *, require_labels: bool = False) -> Found:
             key = next((c for c in ("path", "t1", "image") if c in cols), None)
             if key is None:
                 raise ValueError(f"filelist {listing}: needs a 'path', 't1' or 'image' column, found {cols}")
+            extra = [c for c in cols if c in _SIBLINGS]  # channel columns beside the T1's, in their order
             for row in reader:
                 rows.append({"path": row[key], "id": row.get("id") or "", "label": row.get("label") or "",
+                             "channels": {c: row[c] for c in extra if row.get(c)},
                              **({"diseased": row["diseased"]} if "diseased" in cols else {})})
     else:
         for line in listing.read_text().splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
-                rows.append({"path": line, "id": "", "label": ""})
+                rows.append({"path": line, "id": "", "label": "", "channels": {}})
+
+    def resolve(text: str) -> Path:
+        path = Path(text).expanduser()
+        return path if path.is_absolute() else folder / path
+
     cases, problems = [], []
     for row in rows:
-        path = Path(row["path"]).expanduser()
-        path = path if path.is_absolute() else folder / path
-        case_id = row["id"] or strip_nifti(path.name)
-        label = None
-        if row["label"]:
-            label = Path(row["label"]).expanduser()
-            label = label if label.is_absolute() else folder / label
-        if not path.is_file():
-            problems.append(Problem(case_id, f"missing image {path} (listed in {listing})", [str(path)]))
+        images = {"t1": resolve(row["path"]), **{c: resolve(p) for c, p in row["channels"].items()}}
+        case_id = row["id"] or strip_nifti(images["t1"].name)
+        label = resolve(row["label"]) if row["label"] else None
+        if missing := {c: p for c, p in images.items() if not p.is_file()}:
+            said = ", ".join(f"{p} ({c})" for c, p in missing.items())
+            problems.append(Problem(case_id, f"missing image {said} (listed in {listing})",
+                                    [str(p) for p in missing.values()]))
             continue
         meta = {"layout": "filelist", "list": str(listing)}
         if "diseased" in row:  # optional per-subject column (SA-Swin's symmetry term)
             meta["diseased"] = row["diseased"]
-        cases.append(Case(case_id, {"t1": path}, label, meta))
+        cases.append(Case(case_id, images, label, meta))
     return Found(cases, problems)
