@@ -132,6 +132,7 @@ class Engine:
         self._last_val_step: int | None = None
         self._last_panel_step: int | None = None
         self._step_ckpt_due = False  # a step_XXXXXXXX.pt fell due at an epoch's last step
+        self._saved_step = 0  # the step of the last last.pt write (or of the resumed checkpoint)
 
     # ------------------------------------------------------------------------------------------- fit
     def fit(self, train_data: Dataset) -> FitResult:
@@ -330,7 +331,11 @@ class Engine:
         if cfg.panel_every and self.epoch % cfg.panel_every == 0:
             self._panels()
             self._last_panel_step = self.step
-        if self.step < run.stop_step and not stopped and self.nonfinite_run == 0:
+        # last.pt at an epoch's end when `ckpt_every` steps have passed since it was last written (or a step
+        # checkpoint fell due here): epochs of a step or a few (a small cohort or labeled set) would otherwise
+        # write the whole training state at nearly every step
+        due = self._step_ckpt_due or not cfg.ckpt_every or self.step - self._saved_step >= cfg.ckpt_every
+        if self.step < run.stop_step and not stopped and self.nonfinite_run == 0 and due:
             self.save("last.pt", *([f"step_{self.step:08d}.pt"] if self._step_ckpt_due else []))
         self._step_ckpt_due = False
         return stopped
@@ -390,6 +395,8 @@ class Engine:
     def save(self, *names: str) -> None:
         """Write the current state to checkpoints/<name> for each name (rank 0; collective call)."""
         state = self._state()
+        if "last.pt" in names:
+            self._saved_step = self.step
         if state is not None:
             for name in names:
                 save_checkpoint(self.ckpt_dir / name, state)
@@ -408,6 +415,7 @@ class Engine:
         if state["scaler"]:
             self.optim_step.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self._saved_step = self.step
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self.tracker.load(state["tracker"])
         self.nonfinite_total = int(state["nonfinite_total"])

@@ -27,7 +27,8 @@ class TrainerSettings:
     compile: bool = False  # torch.compile the model's blocks (see asa.models.compile_blocks)
     clip_grad: float | None = None  # max global grad norm; the norm is logged either way
     log_every: int = 10  # steps
-    ckpt_every: int = 100  # steps between last.pt writes (also written at the end and every epoch)
+    ckpt_every: int = 100  # steps between last.pt writes (also at the end, on a stop signal, and at an epoch's end
+    # when ckpt_every steps have passed since the last write; 0: at every epoch's end instead)
     keep_last: int = 0  # >0: also keep the newest k step_XXXXXXXX.pt files
     val_every: int = 1  # epochs
     monitor: str = "val/loss"
