@@ -30,7 +30,9 @@ def patch_informativeness(
     4. ``G / sqrt(ΣG² + ε²)`` (``normalize="l2"``, the paper's) or G as is (``"none"``),
        then Ḡ = mean of G over its b² bins.
 
-    volume: [B, C, D, H, W] -> [B, N] (raster order over the patch grid), no gradient.
+    volume: [B, C, D, H, W] -> [B, N] (raster order over the patch grid), no gradient. On a CPU steps 1–3 run
+    in cache-sized chunks of about ``SLAB_VOXELS`` voxels (fresh volume-sized intermediates cost more in page
+    faults than in arithmetic there); the values are those of one pass, bit for bit.
     """
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")

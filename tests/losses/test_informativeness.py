@@ -103,7 +103,7 @@ def test_chunked_pass_gives_the_same_bits_whatever_the_chunk(shape, monkeypatch)
     row = 8 * voxels // shape[2]  # one row of patches
     plans = {1: (1, 8), row: (1, 8), 2 * row: (1, 16), voxels: (1, shape[2]), 2 * voxels: (2, shape[2]),
              10**9: (shape[0], shape[2])}  # 2 rows of 3 at depth 24: a shorter last chunk; 2 samples of 3 likewise
-    got = {}
+    got, threads = {}, torch.get_num_threads()
     for budget, plan in plans.items():
         monkeypatch.setattr(informativeness, "SLAB_VOXELS", budget)
         assert informativeness._chunk(volume, 8) == plan
@@ -111,3 +111,4 @@ def test_chunked_pass_gives_the_same_bits_whatever_the_chunk(shape, monkeypatch)
             got[budget, normalize] = patch_informativeness(volume, patch_size=8, bins=4, normalize=normalize)
     for (budget, normalize), g in got.items():
         assert torch.equal(g, got[10**9, normalize]), (budget, normalize)
+    assert torch.get_num_threads() == threads  # the chunked pass's one thread is given back
