@@ -88,7 +88,7 @@ def _chunk(volume: torch.Tensor, s: int) -> tuple[int, int]:
 def _one_thread(chunked: bool) -> Iterator[None]:
     """One intra-op thread for a chunked pass: its 20-odd operations per cache-sized chunk are too small to
     share among threads (each would wait for every thread to be scheduled, which on a loaded machine costs
-    more than the work, 2-5× the one-pass time on 2 busy cores); the user's setting is restored after."""
+    more than the work: 1.4-2.9× the one-pass time on 2 busy cores); the user's setting is restored after."""
     threads = torch.get_num_threads()
     if not chunked or threads == 1:
         yield
