@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from asa.losses import patch_informativeness
+from asa.losses.informativeness import NORMALIZATIONS as NORMALIZE
 
 
 def _literal(volume: np.ndarray, s: int, b: int, normalize: str) -> np.ndarray:
@@ -87,3 +88,27 @@ def test_l2_bounds_and_no_gradient():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         patch_informativeness(torch.zeros(1, 1, 8, 8, 8), **kwargs)
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 16, 8, 24), (2, 1, 24, 16, 16)])
+def test_chunked_pass_gives_the_same_bits_whatever_the_chunk(shape, monkeypatch):
+    """On a CPU the histogram pass runs in cache-sized chunks; a patch lies in one chunk and each slot is summed
+    in the voxels' order, so rows of patches of one sample, whole samples and the whole batch at once per chunk
+    (the plans (samples, voxel layers) below, checked by hand) give the same bits."""
+    from asa.losses import informativeness
+
+    volume = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    volume[:, :, :8, :8, :8] = 0.0  # a flat patch as well
+    voxels = shape[1] * shape[2] * shape[3] * shape[4]  # one sample, all its channels
+    row = 8 * voxels // shape[2]  # one row of patches
+    plans = {1: (1, 8), row: (1, 8), 2 * row: (1, 16), voxels: (1, shape[2]), 2 * voxels: (2, shape[2]),
+             10**9: (shape[0], shape[2])}  # 2 rows of 3 at depth 24: a shorter last chunk; 2 samples of 3 likewise
+    got, threads = {}, torch.get_num_threads()
+    for budget, plan in plans.items():
+        monkeypatch.setattr(informativeness, "SLAB_VOXELS", budget)
+        assert informativeness._chunk(volume, 8) == plan
+        for normalize in NORMALIZE:
+            got[budget, normalize] = patch_informativeness(volume, patch_size=8, bins=4, normalize=normalize)
+    for (budget, normalize), g in got.items():
+        assert torch.equal(g, got[10**9, normalize]), (budget, normalize)
+    assert torch.get_num_threads() == threads  # the chunked pass's one thread is given back
