@@ -387,7 +387,8 @@ def format_table(r: dict[str, Any]) -> str:
                  f"prefetch_factor {loader.get('prefetch_factor')}; copy non_blocking {copy.get('non_blocking')}, "
                  f"batch {copy.get('dtype')} {copy.get('shape')}, pinned {copy.get('pinned')}")
     lines.append(f"  cadence: {cadence.get('steps_per_epoch')} steps/epoch, log every {cadence.get('log_every')}, "
-                 f"checkpoint every {cadence.get('ckpt_every')} steps and each epoch, validation every "
+                 f"checkpoint every {cadence.get('ckpt_every') or 'epoch'}{' steps' if cadence.get('ckpt_every') else ''}, "
+                 f"validation every "
                  f"{cadence.get('val_every')} epoch(s) (in it, panels every {cadence.get('panel_every')}); in the "
                  f"timed steps {r['validations']} validation(s), "
                  f"{r['checkpoints']} checkpoint(s)")
