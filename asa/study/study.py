@@ -77,7 +77,7 @@ MASKING = (f"method.mask_block={MASK_BLOCK}", "method.densify=spark", "method.we
 SCRATCH, COORD_SCRATCH = "scratch", "scratch-coord"  # the scratch twin; with the coordinate channel (asa-coord's twin)
 PILOT = "pilot"
 RECIPES = {"adamw": "optim=adamw", "nnunet": "optim=nnunet"}
-PLATEAU_TOL = 0.05  # relative drop of the held-out masked loss over the last quarter of a run below which it has levelled
+PLATEAU_TOL = transfer.PLATEAU_TOL  # relative drop (and rise from the best) of the held-out masked loss over the last quarter of a run below which it has levelled
 
 
 @dataclasses.dataclass
@@ -517,12 +517,16 @@ def pretraining_summary(run: Pretraining, seconds: float) -> dict[str, Any]:
 
 def loss_plateau(losses: Sequence[float], *, tol: float = PLATEAU_TOL) -> dict[str, Any]:
     """Whether a held-out loss curve levelled off: its relative drop from the value at 3/4 of the run to the end
-    is under ``tol`` (needs at least 4 points; fewer: ``plateau`` None, not checked)."""
+    is under ``tol``, and its last value is within ``tol`` of the run's lowest (``loss_rise``: a curve that climbed
+    back from its best, as an encoder that memorises its training volumes gives, has not levelled either). Needs at
+    least 4 points; fewer: ``plateau`` None, not checked."""
     if len(losses) < 4:
-        return {"plateau": None, "loss_drop": math.nan}
+        return {"plateau": None, "loss_drop": math.nan, "loss_rise": math.nan}
     start = losses[(3 * len(losses)) // 4 - 1]
     drop = (start - min(losses[(3 * len(losses)) // 4:])) / abs(start) if start else 0.0
-    return {"plateau": bool(drop < tol), "loss_drop": float(drop)}
+    best = min(losses)
+    rise = (losses[-1] - best) / abs(best) if best else 0.0
+    return {"plateau": bool(drop < tol and rise < tol), "loss_drop": float(drop), "loss_rise": float(rise)}
 
 
 # -------------------------------------------------------------------------------------------------- main
