@@ -16,7 +16,7 @@ import platform
 import re
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ from asa.models.cnn.nnunet import (NNUNET_CONFIGURATION, READING_NOTE, RESENC_AR
 from asa.models.portable import encoder_export
 from asa.models.registry import NETWORK_TASKS, current_spec
 
+HUB_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*")  # a Hugging Face repository id
+
 __all__ = ["NNUNET_PLANS", "NNUNET_WEIGHTS", "export_model", "merge_nnunet_plans", "model_card", "model_config"]
 
 # the run's data settings a model folder repeats; size / patch_size: the crop of runs before data.crop, as recorded
@@ -56,7 +58,8 @@ COMMAND_FILE = "command.txt"  # beside config.yaml in a run folder: the command 
 
 def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False,
                  license: str | None = None, nnunet_channels: int | None = None,
-                 nnunet_plans: str | os.PathLike | None = None, cohort: str = "digests") -> Path:
+                 nnunet_plans: str | os.PathLike | None = None, cohort: str = "digests",
+                 base_model: str | None = None, datasets: Sequence[str] = ()) -> Path:
     """Write the hub-ready model folder of ``checkpoint`` to ``out_dir``; returns ``out_dir``.
 
     Args:
@@ -103,13 +106,18 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
             raise ValueError(f"--cohort {cohort!r}: expected one of {', '.join(COHORT_LEVELS)}")
         if license is not None and (not license or any(c.isspace() for c in license)):
             raise ValueError(f"--license {license!r}: expected a licence id without spaces (e.g. apache-2.0, other)")
+        for given, what in ((base_model, "--base-model"), *((d, "--dataset") for d in datasets)):
+            if given is not None and not HUB_ID.fullmatch(given):
+                raise ValueError(f"{what} {given!r}: expected a Hugging Face repository id (owner/name or name)")
         state = load_weights(source)
         export = encoder_export(source, state)
         if export.get("cohort") is None and (recorded := recorded_cohort(source)) is not None:
             export["cohort"] = recorded  # the run's cohort.json: fine-tuning checks its held-out cases against it
         summary = _carry_cohort(export, cohort)
         config = model_config(source, state, export, license=license, cohort=summary)
-        card = model_card(config)
+        config.update({k: v for k, v in (("base_model", base_model), ("datasets", list(datasets))) if v})
+        segmenter = _segmenter(state)
+        card = model_card(config, segmenter=None if segmenter is None else segmenter["config"])
         spec = export["network"]
         published = config.get("published")  # a published file's own plan, trainer, citations and licence
         nnunet = nnssl = None
@@ -129,9 +137,8 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
                                             **({"cohort": export["cohort"]} if export.get("cohort") is not None else {})})
             card += (f"\n`{NNSSL_CHECKPOINT}` and `{NNSSL_PLAN}` are the encoder in nnssl's format: "
                      "`nnUNetv2_preprocess_like_nnssl -pc` takes the file, or this folder's hub address.\n")
-        segmenter = _segmenter(state)
         if segmenter is not None:
-            card += segmenter_card(source, segmenter["config"])
+            card += segmenter_card(source, segmenter["config"], base_model=config.get("base_model"))
         if nnunet is None and nnunet_channels is not None:
             raise ValueError(f"--nnunet-channels: {source} holds a {spec.get('arch')!r} encoder; the nnU-Net export "
                              "takes a resenc encoder without the coordinate channel")
@@ -221,8 +228,9 @@ def _segmenter(state: Mapping[str, Any]) -> dict[str, Any] | None:
             "step": int(state.get("step") or 0)}
 
 
-def segmenter_card(source: Path, config: Mapping[str, Any]) -> str:
-    """The model card's section on the whole segmenter: task, training data, the command that made it."""
+def segmenter_card(source: Path, config: Mapping[str, Any], *, base_model: str | None = None) -> str:
+    """The model card's section on the whole segmenter: task, training data, the encoder it started from (the
+    hub id ``base_model`` when given, else the file's name), the command that made it."""
     outputs = current_config(config).get("outputs")
     task = outputs if isinstance(outputs, Mapping) else {}
     data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
@@ -239,10 +247,25 @@ def segmenter_card(source: Path, config: Mapping[str, Any]) -> str:
         f"- training data: {data.get('name', 'unknown')}" + (f" at {_public(str(data['root']))}" if data.get("root")
                                                              else "")
         + (f", split {_public(str(data['split_file']))}" if data.get("split_file") else ""),
+        _encoder_line(config, base_model),
         "- metrics on its test split: the asa-evaluate summaries under Metrics (none: not evaluated in the run "
         "folder)",
         f"- command: `{_public(command)}`" if command else "- command: not recorded with the run (runs before command.txt)",
         ""])
+
+
+def _encoder_line(config: Mapping[str, Any], base_model: str | None) -> str:
+    """The segmenter card's line on the encoder it was fine-tuned from: its hub page when ``base_model`` names
+    it, else the pretrained file's name (``model.pretrained``), or that it trained from scratch."""
+    model = config.get("model") if isinstance(config.get("model"), Mapping) else {}
+    pretrained = model.get("pretrained")
+    if base_model:
+        return (f"- encoder: fine-tuned from [{base_model}](https://huggingface.co/{base_model})"
+                + (f" (`{_public(str(pretrained))}`)" if pretrained else ""))
+    if pretrained:
+        return (f"- encoder: fine-tuned from `{_public(str(pretrained))}` (publish that encoder and give its hub id "
+                "with `asa-export --base-model` to link it)")
+    return "- encoder: trained from scratch (no pretrained encoder)"
 
 
 def _public(text: str) -> str:
@@ -436,16 +459,16 @@ def _demo(data: Mapping[str, Any]) -> bool:
     return "root" in data and data.get("root") is None and data.get("store") is None
 
 
-def model_card(config: Mapping[str, Any]) -> str:
-    """``README.md``: Hugging Face front matter (licence, library, tags), then intended use, training
-    data, how to load, metrics when known."""
+def model_card(config: Mapping[str, Any], *, segmenter: Mapping[str, Any] | None = None) -> str:
+    """``README.md``: Hugging Face front matter (licence, library, pipeline tag, ``base_model`` and ``datasets``
+    when given, tags, and for a segmenter evaluated in its run folder a ``model-index`` of its mean Dice), then
+    intended use, training data, how to load, metrics when known."""
     spec = config.get("source_network") or config["network"]  # the arch the encoder was trained in
     crop = config.get("crop")
     data = config.get("data") or {}
     metrics = config.get("metrics") or {}
     published = config.get("published")
-    lines = ["---", f"license: {config['license']}", "library_name: asa",
-             "tags:", "- medical-imaging", "- 3d", "- brain-mri", "- self-supervised", f"- {spec['arch']}", "---", "",
+    lines = ["---", *front_matter(config, segmenter), "---", "",
              f"# asa encoder ({spec['arch']})", "",
              "## Intended use", "",
              "A pretrained encoder for 3D brain MRI, to initialise segmentation and other downstream networks "
@@ -493,6 +516,34 @@ def model_card(config: Mapping[str, Any]) -> str:
                                           "under apply, state them here." if published else
                                           ": the terms of the training data apply; state them here.")), ""]
     return "\n".join(lines)
+
+
+def front_matter(config: Mapping[str, Any], segmenter: Mapping[str, Any] | None = None) -> list[str]:
+    """The card's YAML front matter, one line each (Hugging Face's model-card metadata): ``pipeline_tag``
+    ``image-segmentation`` for a whole segmenter, ``image-feature-extraction`` for an encoder; ``base_model`` and
+    ``datasets`` as given to the export (hub ids); ``model-index`` (in YAML's JSON form) with each asa-evaluate
+    summary of the run folder as a result: the mean Dice over the task's outputs on that many cases."""
+    spec = config.get("source_network") or config["network"]
+    lines = [f"license: {config['license']}", "library_name: asa",
+             f"pipeline_tag: {'image-segmentation' if segmenter is not None else 'image-feature-extraction'}"]
+    if config.get("base_model"):
+        lines.append(f"base_model: {config['base_model']}")
+    if config.get("datasets"):
+        lines += ["datasets:", *(f"- {d}" for d in config["datasets"])]
+    lines += ["tags:", "- medical-imaging", "- 3d", "- brain-mri", "- self-supervised", f"- {spec['arch']}"]
+    results = []
+    for split, summary in sorted((config.get("metrics") or {}).items()):
+        means = summary.get("mean") if isinstance(summary, Mapping) else None
+        dice = [m["Dice"] for m in (means or {}).values() if isinstance(m, Mapping) and "Dice" in m]
+        if segmenter is None or not dice:
+            continue
+        name = (config.get("data") or {}).get("name") or "unknown"
+        results.append({"task": {"type": "image-segmentation"}, "dataset": {"name": name, "type": name, "split": split},
+                        "metrics": [{"type": "dice", "name": f"mean Dice over {len(dice)} outputs, {summary.get('n_cases')} "
+                                     "cases", "value": round(float(sum(dice) / len(dice)), 4)}]})
+    if results:
+        lines.append("model-index: " + json.dumps([{"name": f"asa {spec['arch']}", "results": results}]))
+    return lines
 
 
 def _intensity(config: Mapping[str, Any]) -> str:

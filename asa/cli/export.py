@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "keys, no case or subject id: a public folder names no participant, and asa-finetune / "
                              "asa-probe still find a copy of a pretraining scan among their held-out cases) or none "
                              "(only the cohort's summary digest in config.json; nothing is checked against it)")
+    parser.add_argument("--base-model", default=None, metavar="REPO_ID",
+                        help="the card's base_model: the Hugging Face repository of the encoder a fine-tuned network "
+                             "started from (its card links it)")
+    parser.add_argument("--dataset", action="append", default=[], metavar="REPO_ID",
+                        help="a Hugging Face dataset id for the card's datasets list (repeatable)")
     parser.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     return parser
 
@@ -55,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         out = export_model(args.checkpoint, args.out_dir, overwrite=args.overwrite, license=args.license,
-                           nnunet_channels=args.nnunet_channels, nnunet_plans=args.nnunet_plans, cohort=args.cohort)
+                           nnunet_channels=args.nnunet_channels, nnunet_plans=args.nnunet_plans, cohort=args.cohort,
+                           base_model=args.base_model, datasets=args.dataset)
     except (OptionError, RunDirError, FileExistsError) as err:
         if args.debug:
             raise

@@ -46,6 +46,8 @@ def test_export_then_load_encoder_gives_identical_tensors(run, tmp_path):
     mae, ckpt = run
     out = export_model(ckpt, tmp_path / "model", license="apache-2.0")
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    front = (out / "README.md").read_text().split("---")[1]  # an encoder: a feature extractor, no results to index
+    assert "pipeline_tag: image-feature-extraction" in front and "model-index" not in front
     tensors = load_file(str(out / "model.safetensors"))
     own = {k: v for k, v in mae.state_dict().items() if k.startswith("encoder.")}
     assert tensors.keys() == own.keys() and all(torch.equal(tensors[k], own[k]) for k in own)
@@ -206,3 +208,36 @@ def test_the_card_of_a_demo_run_says_demo_phantoms(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["data"]["demo_phantoms"] is True
     build_network(config["network"]).load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
+
+
+def test_the_card_front_matter_follows_the_hub_conventions(tmp_path):
+    torch.manual_seed(0)
+    seg = build_network({"arch": "swvit_unetr", "kwargs": dict(img_size=32, in_channels=4, out_channels=3,
+                                                               **ENCODER_SIZES)})
+    run = tmp_path / "run"
+    config = {"data": {"name": "brats", "layout": "brats", "root": "/home/me/brats", "store": None},
+              "task": {"name": "brats", "channels": ["t1", "t1ce", "t2", "flair"]}, "segmenter": {},
+              "model": {"pretrained": "/home/me/enc/encoder.pt"}}
+    save_checkpoint(run / "checkpoints" / "best.pt", {"model": seg.state_dict(), "network": network_spec(seg),
+                                                      "config": config})
+    # an asa-evaluate summary in the run folder: two outputs with mean Dice 0.8 and 0.6 on 5 cases
+    (run / "eval_test").mkdir(parents=True)
+    (run / "eval_test" / "summary.json").write_text(json.dumps({
+        "task": "brats", "n_cases": 5, "names": ["TC", "WT"],
+        "TC": {"Dice": {"mean": 0.8}}, "WT": {"Dice": {"mean": 0.6}}}))
+    out = export_model(run / "checkpoints" / "best.pt", tmp_path / "model", base_model="someone/asa-encoder",
+                       datasets=["someone/brats-demo"])
+    card = (out / "README.md").read_text()
+    front = card.split("---")[1]
+    assert "pipeline_tag: image-segmentation" in front and "base_model: someone/asa-encoder" in front
+    assert "datasets:\n- someone/brats-demo" in front
+    index = json.loads(next(line for line in front.splitlines() if line.startswith("model-index: "))[13:])
+    metric = index[0]["results"][0]["metrics"][0]
+    assert metric["type"] == "dice" and metric["value"] == pytest.approx(0.7)
+    assert index[0]["results"][0]["dataset"]["split"] == "eval_test"
+    assert "- encoder: fine-tuned from [someone/asa-encoder](https://huggingface.co/someone/asa-encoder)" in card
+    assert "/home/me" not in card
+    # a bad id is refused before anything is written
+    with pytest.raises(Exception, match="--base-model 'not a repo'"):
+        export_model(run / "checkpoints" / "best.pt", tmp_path / "bad", base_model="not a repo")
+    assert not (tmp_path / "bad").exists()
