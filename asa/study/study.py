@@ -101,7 +101,7 @@ class Scale:
     pretrain_crop: int | None = None  # the pretraining crop (None: crop; the coordinate channel's arm always at crop)
     jobs: int = 1
     time_budget: float | None = None  # seconds per call (None: no limit)
-    workers: int = 0
+    workers: int = 0  # loader workers of every run (pretraining, pilot, fine-tuning, the positive control)
 
 
 SCALES = {
@@ -698,6 +698,7 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
     data = dict(data=args.data, root=args.root.expanduser().absolute(), model=network.finetune[-1].split("=", 1)[1]
                 if network.family == "swvit" else "resenc", crop=scale.crop, test=scale.test, val_cases=scale.val,
                 split_seed=args.seed, device=args.device, threads=args.threads, hold_out=split["supervised"],
+                workers=scale.workers,
                 lesion_classes=args.lesion_classes)
     resenc = [f"model.size={network.size}"] if network.family == "resenc" else []
     started = time.perf_counter()
@@ -713,6 +714,7 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
         batch = int(compose_config("finetune", [f"data={args.data}", *network.finetune]).trainer.batch_size)
         epochs = max(1, round(scale.pilot_steps / max(1, len(split["supervised"]) // batch)))  # all its cases train
         sup = [f"data={args.data}", f"data.root={data['root']}", *network.finetune, f"data.crop={scale.crop}",
+               f"data.num_workers={scale.workers}",
                f"trainer.epochs={epochs}", "trainer.progress=false", "trainer.panel_every=0", f"seed={args.seed}",
                "resume=auto", *overrides, f"output_dir={supervised_dir}"]
         units.append(Unit(SUPERVISED, module_argv("asa.cli.finetune", *sup, *threads),

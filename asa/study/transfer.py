@@ -265,7 +265,7 @@ def command_line(*, data: str, root: Path, model: str, crop: int, cases: Sequenc
                  threads: int | None = None, time_budget: float | None = None, drop_checkpoints: bool = False,
                  arms: Mapping[str, str] | None = None, overrides: Sequence[str] = (), budget_arms: Sequence[str] = (),
                  budget_fractions: Sequence[float] = (), budget_cases: Sequence[int] | None = None,
-                 scratch: bool = True, hold_out: Sequence[str] = ()) -> list[str]:
+                 scratch: bool = True, hold_out: Sequence[str] = (), workers: int = 0) -> list[str]:
     """The arguments of :func:`main` for a study that hands its fine-tuning to this one, ``--reuse`` always
     (finished runs are read back). ``arms``: name -> asa-finetune overrides ``key=value,...`` (``--arm``)."""
     argv = ["--data", data, "--root", str(root), "--model", model, "--crop", str(crop), "--cases", *map(str, cases),
@@ -276,6 +276,7 @@ def command_line(*, data: str, root: Path, model: str, crop: int, cases: Sequenc
     argv += ["--reference", reference] if reference else []
     argv += ["--lesion-classes", *lesion_classes] if lesion_classes else []
     argv += ["--threads", str(threads)] if threads else []
+    argv += ["--workers", str(workers)] if workers else []
     argv += ["--time-budget", f"{max(0.0, time_budget):.0f}"] if time_budget is not None else []
     argv += ["--drop-checkpoints"] if drop_checkpoints else []
     argv += [] if scratch else ["--no-scratch"]

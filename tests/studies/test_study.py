@@ -304,3 +304,12 @@ def test_the_report_flags_a_pretraining_run_whose_held_out_loss_climbed_back():
     assert "levelled" in table and "rose from its best" in table and "still falling" in table
     assert len(flags) == 2 and flags[0].startswith("noise-c40: its held-out masked loss ended 53.3% above")
     assert flags[1].startswith("mae-c40 was pretrained far from its plateau")
+
+
+def test_the_fine_tuning_runs_get_the_scale_s_loader_workers():
+    from asa.study import transfer
+    common = dict(data="msd", root=Path("/d"), model="resenc", crop=32, cases=[2], seeds=[0], test=4, split_seed=0,
+                  steps=10, device="cpu", n_boot=10, out=Path("/o"))
+    argv = transfer.command_line(**common, workers=8)
+    assert argv[argv.index("--workers") + 1] == "8"
+    assert "--workers" not in transfer.command_line(**common)  # 0: in the training process, as before
