@@ -34,7 +34,7 @@ def _profiled_engine(out_dir, *, noop: bool) -> tuple[dict, nn.Module, dict]:
         loss = (net(batch["x"]) - batch["y"]).square().mean()
         return loss, {"mse": loss.detach()}  # a tensor log: one .item() per step (asa.train.reporting.scalar)
 
-    cfg = TrainConfig(epochs=10, max_steps=7, batch_size=2, log_every=2, progress=False, warmup_steps=0)
+    cfg = TrainConfig(epochs=10, max_steps=7, batch_size=2, log_every=2, ckpt_every=4, progress=False, warmup_steps=0)
     engine = Engine(model, torch.optim.SGD(model.parameters(), lr=0.1), step, config=cfg, lr=0.1, out_dir=out_dir,
                     validate=lambda net: {"loss": 1.0})
     profile = LoopProfile(torch.device("cpu"), noop=noop)
@@ -90,7 +90,7 @@ def test_the_engine_profile_counts_the_steps_syncs_and_a_noop_step_changes_nothi
     for r in (real, noop):
         assert r["timed_steps"] == 5  # steps 1..5: the last step's interval would end after the run
         assert r["part_s"]["other"] >= -1e-9 and math.isclose(sum(r["part_s"].values()), r["wall_s"], rel_tol=1e-9)
-        assert r["validations"] == 1 and r["checkpoints"] == 1  # the epoch's end after step 4
+        assert r["validations"] == 1 and r["checkpoints"] == 1  # the epoch's end after step 4 (ckpt_every 4)
         assert r["loader"]["num_workers"] == 0 and r["loader"]["pin_memory"] is False
     # the finite check (bool), the loss and the gradient norm (float), the "mse" log (item)
     step_syncs = {k: v for k, v in real["host_syncs_by_call"].items() if k.startswith("step:")}
@@ -112,7 +112,7 @@ def runs(tmp_path_factory):
                                        store=None, steps=5, out_dir=tmp / f"run{noop}",
                                        extra=["data.demo.cases=6", "data.demo.size=32", f"data.demo.cache_dir={tmp}",
                                               "trainer.threads=1", "trainer.amp=off", "trainer.log_every=2",
-                                              "trainer.progress=false", "trainer.panel_every=0"])
+                                              "trainer.progress=false", "trainer.panel_every=0", "trainer.ckpt_every=2"])
         out[noop] = profile_pretrain(overrides, warmup=1, steps=3, noop=noop)
     return out
 
