@@ -139,6 +139,7 @@ def console_main(app: str, name: str, run: Callable[[DictConfig], Any]) -> Calla
         entry(app, checked, cfg)
 
     def main() -> None:
+        config_path(name)  # the store again, now: methods, tasks and networks registered after this module's import count
         sys.stderr = held
         try:
             _main()
