@@ -155,14 +155,14 @@ def test_bf16_prediction_matches_fp32_labels_on_a_demo_case(tmp_path):
     from asa.eval.predict import Predictor
     from asa.models import PRESETS, ASASegmenter, channels_last_inference
 
-    # 40 × 32 × 32: two 32³ windows blended along x (a CPU without native bf16 emulates it, voxel by voxel)
-    root = write_demo_dataset("brats", tmp_path / "brats", cases=1, size=(40, 32, 32), seed=3)
+    # 24 × 16 × 16: two 16³ windows blended along x (a CPU without native bf16 emulates it, voxel by voxel: small)
+    root = write_demo_dataset("brats", tmp_path / "brats", cases=1, size=(24, 16, 16), seed=3)
     task = get_task("brats")
     image, _ = preprocess_for_inference(discover("brats", root)[0], task)
-    assert image.shape[1:] == (40, 32, 32)
+    assert image.shape[1:] == (24, 16, 16)
     torch.manual_seed(0)
     tiny = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
-    model = ASASegmenter(img_size=32, in_channels=4, out_channels=task.num_outputs, **tiny).eval()
+    model = ASASegmenter(img_size=16, in_channels=4, out_channels=task.num_outputs, **tiny).eval()
     laid_out = copy.deepcopy(model)
     channels_last_inference(laid_out)  # what Predictor.from_checkpoint does for bf16 on a CPU
     labels = {}
@@ -171,7 +171,7 @@ def test_bf16_prediction_matches_fp32_labels_on_a_demo_case(tmp_path):
         # both windows in one batch: one at a time (auto on a CPU) sends these toy 32³ windows to PyTorch's
         # im2col conv3d (its oneDNN path starts at batch > 1 or C·D·H > 20480), several times slower; the window
         # batch does not change the blended probabilities (fp32: 1e-6 apart)
-        probs = Predictor(net, task, (32, 32, 32), torch.device("cpu"), dtype)(image, sw_batch_size=2)
+        probs = Predictor(net, task, (16, 16, 16), torch.device("cpu"), dtype)(image, sw_batch_size=2)
         assert probs.dtype == torch.float32
         labels[name] = torch.as_tensor(task.prediction_to_label(probs))
     fp32 = labels["fp32"]
