@@ -32,8 +32,8 @@ from asa.io.hub import (FOLDER_FILES, FOLDER_FORMAT, MODEL_FILE, NNSSL_CHECKPOIN
                         NNUNET_WEIGHTS, OPTIONAL_FILES, SEGMENTER_FILE, encoder_network_spec)
 from asa.models.cnn.nnssl import nnssl_checkpoint
 from asa.models.declared import crop_edges
-from asa.models.cnn.nnunet import (NNUNET_CONFIGURATION, READING_NOTE, RESENC_ARCHS, describe_nnunet,
-                                   nnunet_checkpoint, nnunet_plans_snippet)
+from asa.models.cnn.nnunet import (NNUNET_CONFIGURATION, READING_NOTE, describe_nnunet, nnunet_checkpoint,
+                                   nnunet_fault, nnunet_plans_snippet)
 from asa.models.portable import encoder_export
 from asa.models.registry import NETWORK_TASKS, current_spec
 
@@ -121,7 +121,8 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         spec = export["network"]
         published = config.get("published")  # a published file's own plan, trainer, citations and licence
         nnunet = nnssl = None
-        if spec.get("arch") in RESENC_ARCHS and not spec.get("kwargs", {}).get("coord_channel"):
+        fault = nnunet_fault(spec)  # the formats the encoder's family declares
+        if fault is None:
             nnunet = (nnunet_checkpoint(export, in_channels=nnunet_channels, source=str(source)),
                       nnunet_plans_snippet(spec, str(source)))
             if published:  # nnU-Net's file names the plan it came from too
@@ -140,13 +141,11 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         if segmenter is not None:
             card += segmenter_card(source, segmenter["config"], base_model=config.get("base_model"))
         if nnunet is None and nnunet_channels is not None:
-            raise ValueError(f"--nnunet-channels: {source} holds a {spec.get('arch')!r} encoder; the nnU-Net export "
-                             "takes a resenc encoder without the coordinate channel")
+            raise ValueError(f"--nnunet-channels: {source} holds {fault}")
         merged = None
         if nnunet_plans is not None:
             if nnunet is None:
-                raise ValueError(f"--nnunet-plans: {source} holds a {spec.get('arch')!r} encoder; the nnU-Net export "
-                                 "takes a resenc encoder without the coordinate channel")
+                raise ValueError(f"--nnunet-plans: {source} holds {fault}")
             merged = merge_nnunet_plans(nnunet_plans, nnunet[1], overwrite=overwrite)
     if held:  # --overwrite: the previous export's files go aside, nothing is deleted
         aside = _move_aside(out, held)

@@ -11,6 +11,7 @@ results is refused unless ``overwrite=true`` (the old folder is moved aside, not
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime
 import io
 import sys
@@ -80,8 +81,7 @@ def _encoders(entries: Sequence[str], names: Sequence[str] | None, cfg: FrozenPr
     for i, entry in enumerate(entries):
         enc = loaded.get(entry) or random_frozen(entry, like=first, seed=cfg.seed, crop=crop, device=device)
         name = str(names[i]) if names is not None else (entry if entry in loaded else enc.name)
-        out.append(FrozenEncoder(name, enc.arch, enc.spec, enc.module, enc.size, enc.stride, enc.in_channels,
-                                 enc.source))
+        out.append(dataclasses.replace(enc, name=name))
     channels = len(cfg.channels)
     wrong = [e.name for e in out if e.in_channels != channels]
     if wrong:

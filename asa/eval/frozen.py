@@ -2,17 +2,18 @@
 
 A :class:`FrozenEncoder` turns a volume [B, C, *size] (its own input grid: the brain-centred crop
 of pretraining) into tokens [B, N, E] on a patch grid of ``stride`` voxels, in raster order (axis 2
-fastest), for the probes (`asa.eval.probe`, `asa.eval.probe_cv`):
+fastest), for the probes (`asa.eval.probe`, `asa.eval.probe_cv`), as the encoder's family declares its face
+(`asa.models.family.EncoderFace`):
 
-- ASA family (``asa_pretrain``, ``swvit_unetr``, ``case_head``): the SW-ViT's final normed tokens at its
+- the SW-ViT family (``asa_pretrain``, ``swvit_unetr``, ``case_head``): the final normed tokens at its
   patch size (`asa.models.VolumeEncoder`);
-- SwinViT (``sa_swin_pretrain``, ``sa_swin``, ``swin_unetr``): the stage output at stride 8
+- the SwinViT family (``sa_swin_pretrain``, ``sa_swin``, ``swin_unetr``): the stage output at stride 8
   (`SWIN_PROBE_STAGE`, after two Swin stages, ``4·feature_size`` channels), the grid of SW-ViT's
   default patch size, so both families are probed at one resolution (`swin_tokens`; SA-Swin's
   pretraining probes read the same tokens);
-- UNETR: the ViT's final tokens at its patch size (16);
-- a dynamic-network-architectures encoder, read off its declared stage ``strides`` (the residual-encoder U-Net
-  ``resenc`` and ``resenc_pretrain``, published nnssl / nnU-Net / AMAES files, a plug-in's U-Net): the
+- the ViT family (UNETR): the ViT's final tokens at its patch size (16);
+- a dynamic-network-architectures encoder (the residual-encoder U-Net ``resenc`` and ``resenc_pretrain``,
+  published nnssl / nnU-Net / AMAES files, a plug-in's U-Net that declares `asa.models.family.StageTokens`): the
   bottleneck stage's voxels as tokens, at the encoder's total stride (its feature map of the crop, pooled as
   the transformers' tokens are).
 
@@ -21,9 +22,8 @@ Features are computed without gradients, in eval mode.
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,30 +34,24 @@ from torch import nn
 from asa.data.case import Case
 from asa.data.preprocessing import PretrainPreprocess, case_to_item
 from asa.io import load_weights
-from asa.models import DEFAULT_CROP, PRESETS, VolumeEncoder, build_network, network_encoder
-from asa.models.blocks.sizes import to_3tuple
+from asa.models import DEFAULT_CROP, build_network, network_encoder
+from asa.models.family import DEFAULT_FAMILY, EncoderFace, Family, families, family_of
 from asa.models.portable import load_encoder
-from asa.models.registry import ENCODER_MODULES, current_spec
+from asa.models.registry import current_spec
+from asa.models.swin.family import SWIN_PROBE_STAGE, SWIN_PROBE_STRIDE, swin_tokens
 
 __all__ = ["SWIN_PROBE_STAGE", "SWIN_PROBE_STRIDE", "FrozenEncoder", "CaseImages", "brain_tokens", "load_frozen",
            "prepare_cases", "pooled_features", "random_frozen", "swin_tokens"]
 
-SWIN_PROBE_STAGE = 2  # MONAI SwinViT's stage outputs: k = 0..4 at stride 2^(k+1)
-SWIN_PROBE_STRIDE = 2 ** (SWIN_PROBE_STAGE + 1)
 RANDOM = "random"  # the `encoders` entry of a random-init encoder (random, random:<preset>)
-
-
-def swin_tokens(swin: nn.Module, x: torch.Tensor, stage: int = SWIN_PROBE_STAGE) -> torch.Tensor:
-    """MONAI SwinViT's (normalised) stage-``stage`` output as tokens: x [B, C, D, H, W] ->
-    [B, N, C'] with N = (D·H·W) / stride³, stride 2^(stage+1), raster order."""
-    return swin(x, normalize=True)[stage].flatten(2).transpose(1, 2)
 
 
 @dataclass
 class FrozenEncoder:
     """An encoder to probe: ``name`` (its table row), ``arch`` (network spec arch), ``spec`` (the
     network spec it was built from), ``module`` (eval mode), ``size`` (its input edge, 3 ints),
-    ``stride`` (voxels per token along each axis), ``in_channels``, ``source`` (file or ``random``)."""
+    ``stride`` (voxels per token along each axis), ``in_channels``, ``source`` (file or ``random``), ``face``
+    (how its family reads its tokens)."""
 
     name: str
     arch: str
@@ -67,20 +61,12 @@ class FrozenEncoder:
     stride: int
     in_channels: int
     source: str
+    face: EncoderFace
 
     @torch.no_grad()
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, C, *size] -> tokens [B, N, E] (float32)."""
-        module = self.module
-        if isinstance(module, VolumeEncoder):
-            out = module(x)
-        elif ENCODER_MODULES.get(self.arch) == "swinViT":
-            out = swin_tokens(module, x)
-        elif isinstance(out := module(x), (list, tuple)) and out[0].ndim == 5:  # a CNN's stages, finest first
-            out = out[-1].flatten(2).transpose(1, 2)  # the bottleneck [B, C, d, h, w] -> [B, d·h·w, C], raster order
-        else:  # MONAI ViT (UNETR): (tokens, hidden states)
-            out = out[0]
-        return out.float()
+        return self.face.tokens(self.module, x).float()
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly: name, arch, source, input size, token stride."""
@@ -88,47 +74,13 @@ class FrozenEncoder:
                 "stride": self.stride}
 
 
-def _geometry(arch: str, module: nn.Module, spec: Mapping, state: Mapping | None, crop: int | None,
-              where: str) -> tuple[tuple[int, int, int], int, int]:
-    """(input size, token stride, input channels) of an encoder; refuses what the probes cannot feed."""
-    kwargs = spec.get("kwargs", {})
-    if isinstance(module, VolumeEncoder):
-        if module.encoder.uses_regions:
-            raise ValueError(f"{where}: this SW-ViT has region attention, which needs a region map per case; the "
-                             "frozen-encoder probes do not feed one (probe it during pretraining, probe.every)")
-        size = tuple(module.img_size)
-        if crop is not None and (crop,) * 3 != size:
-            raise ValueError(f"crop={crop}: {where} holds an SW-ViT of input {list(size)} (its position code is "
-                             "that grid's); leave crop=null")
-        return size, int(module.patch_size), int(module.in_channels)
-    if ENCODER_MODULES.get(arch) == "swinViT":
-        data = ((state or {}).get("config") or {}).get("data") or {}
-        recorded = kwargs.get("img_size") or data.get("crop") or data.get("size")  # size: runs before the rename
-        edge = crop if crop is not None else recorded
-        if edge is None:
-            raise ValueError(f"{where}: a {arch!r} encoder that records no input size (an SA-Swin pretraining "
-                             "export); pass crop=N (a multiple of 32, its pretraining data.crop)")
-        size = to_3tuple(edge, "crop")
-        if any(s % 32 for s in size):
-            raise ValueError(f"crop={list(size)}: a SwinViT needs sides divisible by 32 ({where})")
-        return size, SWIN_PROBE_STRIDE, int(module.patch_embed.proj.in_channels)
-    if getattr(module, "strides", None) is not None:  # a dynamic-network-architectures encoder: its stages' strides
-        if kwargs.get("coord_channel"):
-            raise ValueError(f"{where}: a CNN encoder with the coordinate channel, which the frozen-encoder probes "
-                             "do not feed (they give the image channels only); probe one pretrained without it")
-        stride = math.prod(to_3tuple(s, "strides")[0] for s in module.strides)
-        size = to_3tuple(crop if crop is not None else kwargs["img_size"], "crop")
-        if any(s % stride for s in size):
-            raise ValueError(f"crop={list(size)}: {where} holds a CNN encoder of total stride {stride}; take a "
-                             f"crop that is a multiple of it")
-        return size, stride, int(kwargs.get("in_channels", 1))
-    patch = tuple(getattr(module, "patch_size", None) or to_3tuple(16, "patch_size"))
-    if len(set(patch)) != 1:
-        raise ValueError(f"{where}: the probes need cubic patches, got {list(patch)}")
-    size = to_3tuple(kwargs["img_size"], "img_size")
-    if crop is not None and (crop,) * 3 != size:
-        raise ValueError(f"crop={crop}: {where} holds a ViT of input {list(size)}; leave crop=null")
-    return size, int(patch[0]), int(kwargs.get("in_channels", 1))
+def _face(arch: str, where: str) -> EncoderFace:
+    """The encoder face of the family of ``arch``; a network whose family declares none is refused."""
+    family = family_of(arch)
+    if family is None or family.face is None:
+        raise ValueError(f"{where}: a {arch!r} network, whose family declares no encoder face the probes can read "
+                         "(asa.models.family.Family's face)")
+    return family.face
 
 
 def load_frozen(path: str | os.PathLike, *, name: str | None = None, crop: int | None = None,
@@ -142,23 +94,38 @@ def load_frozen(path: str | os.PathLike, *, name: str | None = None, crop: int |
     state = load_weights(path)
     module = load_encoder(path, state=state)
     spec = current_spec(state["network"])
-    size, stride, channels = _geometry(spec["arch"], module, spec, state, crop, str(path))
+    face = _face(spec["arch"], str(path))
+    size, stride, channels = face.geometry(module, spec, state, crop, str(path))
     module.to(device).eval().requires_grad_(False)
-    return FrozenEncoder(name or str(path), spec["arch"], spec, module, size, stride, channels, str(path))
+    return FrozenEncoder(name or str(path), spec["arch"], spec, module, size, stride, channels, str(path), face)
+
+
+def _random_family(entry: str, family: str, like: FrozenEncoder | None) -> Family:
+    """The family of ``random:[<family>:]<size>``: the named one, else the first file's, else the default."""
+    known = families()
+    if family:
+        if family not in known:
+            raise ValueError(f"encoders: {entry!r}: unknown family {family!r}; expected one of {', '.join(known)}")
+        return known[family]
+    return (family_of(like.arch) if like is not None else None) or known[DEFAULT_FAMILY]
 
 
 def random_frozen(entry: str, *, like: FrozenEncoder | None, seed: int = 0, crop: int | None = None,
                   device: str | torch.device = "cpu") -> FrozenEncoder:
     """A randomly initialised encoder (seeded): ``random`` has the network spec of ``like`` (the
-    first file given); ``random:<preset>`` is an ASA encoder of that size (`asa.models.PRESETS`),
-    input ``crop`` (else ``like``'s input, else `asa.models.DEFAULT_CROP`), patch 8."""
+    first file given); ``random:<size>`` is the masked twin of that size of ``like``'s family (else the SW-ViT's,
+    patch 8: ``random:tiny|small|base``), ``random:<family>:<size>`` of the family named (`asa.models.family`'s
+    ``presets``), input ``crop`` (else ``like``'s input, else `asa.models.DEFAULT_CROP`)."""
     _, _, preset = entry.partition(":")
     if preset:
-        if preset not in PRESETS:
-            raise ValueError(f"encoders: {entry!r}: unknown preset {preset!r}; expected random (the first file's "
-                             f"spec) or random:<{'|'.join(PRESETS)}>")
+        named, _, size = preset.rpartition(":")
+        family = _random_family(entry, named, like)
+        if size not in family.presets:
+            raise ValueError(f"encoders: {entry!r}: unknown preset {size!r}; expected random (the first file's "
+                             f"spec) or random:<{'|'.join(family.presets)}> (the {family.name} family's sizes) or "
+                             "random:<family>:<size>")
         edge = crop or (like.size[0] if like is not None else DEFAULT_CROP)
-        spec = {"arch": "asa_pretrain", "kwargs": {**PRESETS[preset], "img_size": edge, "patch_size": 8}}
+        spec = family.random_spec(size, edge)
     else:
         if like is None:
             raise ValueError(f"encoders: {entry!r} takes the network spec of the first checkpoint or export given, "
@@ -169,10 +136,11 @@ def random_frozen(entry: str, *, like: FrozenEncoder | None, seed: int = 0, crop
         torch.manual_seed(seed)
         net = build_network(spec)
     module = network_encoder(net, spec["arch"])
-    size, stride, channels = _geometry(spec["arch"], module, spec, None, crop, f"encoders: {entry}")
+    face = _face(spec["arch"], f"encoders: {entry}")
+    size, stride, channels = face.geometry(module, spec, None, crop, f"encoders: {entry}")
     module.to(device).eval().requires_grad_(False)
     name = f"random-init ({preset or spec['arch']})"
-    return FrozenEncoder(name, spec["arch"], dict(spec), module, size, stride, channels, entry)
+    return FrozenEncoder(name, spec["arch"], dict(spec), module, size, stride, channels, entry, face)
 
 
 @dataclass

@@ -12,6 +12,7 @@ import torch
 from omegaconf import MISSING
 from torch import nn
 
+from asa.models.family import DEFAULT_FAMILY
 from asa.plugins import Plugins
 
 __all__ = ["METHODS", "MethodContext", "MethodSettings", "PretrainingMethod", "RegionNeeds", "get_method",
@@ -72,13 +73,13 @@ class PretrainingMethod(ABC):
     encoder_prefixes: ClassVar[tuple[str, ...]]
     uses_model_group: ClassVar[bool] = False
     validation_group: ClassVar[int | None] = None
-    model_families: ClassVar[tuple[str, ...]] = ("swvit",)
+    model_families: ClassVar[tuple[str, ...]] = (DEFAULT_FAMILY,)
 
     def __init__(self, settings: MethodSettings, context: MethodContext) -> None:
         if not isinstance(settings, self.Settings):
             raise TypeError(f"method {self.name}: settings must be {self.Settings.__name__}, got "
                             f"{type(settings).__name__}")
-        family = str(context.model.get("arch", "swvit"))
+        family = str(context.model.get("arch", DEFAULT_FAMILY))
         if family not in self.pretrained_families():
             others = sorted(n for n, m in registered_methods().items() if family in m.pretrained_families())
             raise ValueError(f"model.arch={family}: method={self.name} does not pretrain it (it pretrains "

@@ -23,7 +23,8 @@ from asa.losses.informativeness import NORMALIZATIONS
 from asa.methods.base import MethodSettings, PanelFn, PretrainingMethod, RegionNeeds, StepFn, register_method
 from asa.models.swvit.encoder import ENCODER_PREFIX
 from asa.models.swvit.mae import LOSS_WEIGHTINGS
-from asa.models.registry import keyword_options, masked_network, network_record, pretrain_model_sections
+from asa.models.family import DEFAULT_FAMILY, masked_network, pretrain_model_sections
+from asa.models.registry import keyword_options, network_record
 from asa.models.zoo import build_network
 from asa.choices import in_range, one_of
 from asa.train.pretrain import mae_step, make_panel_fn
@@ -75,17 +76,17 @@ class MaskedAutoencoderPretraining(PretrainingMethod):
 
     @classmethod
     def pretrained_families(cls) -> tuple[str, ...]:
-        """Every ``model.arch`` whose network registered a masked-pretraining twin (``masked_of``)."""
+        """Every ``model.arch`` whose family declared a masked twin (`asa.models.family.Family`'s ``masked``)."""
         return tuple(pretrain_model_sections())
 
     @property
     def family(self) -> str:
         """The ``model.arch`` of the ``model`` group (the SW-ViT sizes: ``swvit``)."""
-        return str(self.context.model.get("arch", "swvit"))
+        return str(self.context.model.get("arch", DEFAULT_FAMILY))
 
     @property
     def masked_arch(self) -> str:
-        """The masked network registered for the family (``masked_of``)."""
+        """The masked twin the family declared."""
         return str(masked_network(self.family))
 
     def check(self) -> None:

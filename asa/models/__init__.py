@@ -11,6 +11,7 @@ import pkgutil
 
 from asa.models.swvit.attention import LinearWindowAttention
 from asa.models.declared import Capabilities, capabilities, input_size, unwrap
+from asa.models.family import EncoderFace, Family, StageTokens, families, family_of, register_family
 from asa.models.vit.unetr import UNETRSettings, ViTSettings
 from asa.models.swin.swin_unetr import SwinSettings, SwinUNETRSettings
 from asa.models.heads.case_baselines import SwinCaseNet, SwinCaseSettings, ViTCaseNet, ViTCaseSettings
@@ -37,6 +38,10 @@ from asa.models.swvit.segmenter import (SPE_FRAMES, SYMMETRY_KEYS, ASASegmenter,
 from asa.models.blocks.encoder_weights import LoadReport
 from asa.models.swvit.swvit import SWBlock, SWViT, sw_blocks
 from asa.models.zoo import build_segmentation_network
+from asa.models.swvit.family import SWVIT  # the families in the order their names are listed
+from asa.models.swin.family import SWIN
+from asa.models.vit.family import VIT
+from asa.models.cnn.family import DYNUNET, RESENC
 
 for _module in pkgutil.walk_packages(__path__, f"{__name__}."):  # the networks of modules not named above register too
     importlib.import_module(_module.name)
@@ -44,6 +49,12 @@ del _module
 
 __all__ = [
     "ENCODER_MODULES",
+    "EncoderFace",
+    "Family",
+    "StageTokens",
+    "families",
+    "family_of",
+    "register_family",
     "DeepSupervisedDynUNet",
     "plan_dynunet",
     "ASA",

@@ -18,59 +18,13 @@ import torch
 from torch import nn
 
 from asa.io import load_weights, save_checkpoint
-from asa.models.swvit.encoder import SWViTEncoder
-from asa.models.swvit.region_attention import patch_regions
+from asa.models.swvit.volume import VolumeEncoder
+from asa.models.family import family_of
 from asa.models.registry import ENCODER_MODULES, build_network, current_spec, register_network
 from asa.models.cnn.transfer import in_proj_keys, match_resenc_encoder
 
 __all__ = ["ENCODER_MODULES", "EncoderOf", "VolumeEncoder", "encoder_export", "export_for_monai", "load_encoder", "network_encoder"]
 
-SWIN_ENCODER = "swinViT"  # the encoder module of the SwinViT-based networks (SwinUNETR's layout)
-
-
-class VolumeEncoder(nn.Module):
-    """The pretrained SW-ViT encoder (patch embedding + symmetric position code + blocks + final
-    norm) as a module on volumes.
-
-    ``forward(x [B, C, D, H, W])`` -> the final normed tokens [B, N, E], N = G0·G1·G2 patches of the
-    ``grid`` (``img_size`` / ``patch_size``) in raster order (axis 2 fastest), E = ``embed_dim``.
-    With ``hidden_indices`` it returns ``(tokens, [hidden state [B, N, E] of each listed block,
-    before the final norm])``, as the segmenter's skips use them. D, H, W must be ``img_size`` (the
-    position code is the pretraining grid's). ``offsets`` [B, 3]: the crop's patch offset from the
-    brain-centred reference grid (docs/method.md §1.2; None = the reference grid itself, as in
-    pretraining). ``regions`` [B, 1, D, H, W]: an integer label per voxel, needed by encoders with
-    region attention. :meth:`to_volume` turns tokens into a feature map [B, E, G0, G1, G2].
-
-    Its state-dict keys are the export's (``encoder.*``), so ``load_state_dict`` takes an export's
-    tensors as they are.
-    """
-
-    def __init__(self, encoder: SWViTEncoder, *, spe_frame: str = "brain") -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.spe_frame = spe_frame  # "crop": one table per crop, offsets ignored (as ASASegmenter does)
-        self.img_size, self.grid, self.patch_size = encoder.img_size, encoder.grid, encoder.patch_size
-        self.in_channels = encoder.patch_embed.proj.in_channels
-        self.embed_dim = encoder.embed_dim
-
-    def forward(
-        self, x: torch.Tensor, offsets: torch.Tensor | None = None, *, hidden_indices: Sequence[int] = (),
-        regions: torch.Tensor | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        if x.ndim != 5 or tuple(x.shape[1:]) != (self.in_channels, *self.img_size):
-            raise ValueError(f"the encoder expects input [B, {self.in_channels}, {', '.join(map(str, self.img_size))}] "
-                             f"(its pretraining crop), got {list(x.shape)}")
-        patch_ids = None
-        if self.encoder.uses_regions:
-            if regions is None:
-                raise ValueError("this encoder has region attention: forward needs regions [B, 1, D, H, W]")
-            patch_ids = patch_regions(regions, self.patch_size)  # [B, N]
-        return self.encoder.encode(x, offsets=None if self.spe_frame == "crop" else offsets,
-                                   hidden_indices=hidden_indices, patch_ids=patch_ids)
-
-    def to_volume(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B, N, E] -> feature map [B, E, G0, G1, G2]."""
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], self.embed_dim, *self.grid)
 
 
 @register_network("encoder", task="encoder")
@@ -135,14 +89,14 @@ def encoder_export(path: str | os.PathLike, state: Mapping | None = None) -> dic
 
 
 def network_encoder(net: nn.Module, arch: str) -> nn.Module:
-    """The encoder submodule of a network of ``arch`` as `load_encoder` returns it (a
-    :class:`VolumeEncoder` around an SW-ViT, else the module itself), weights as they are."""
+    """The encoder submodule of a network of ``arch`` as `load_encoder` returns it: as its family's encoder face
+    gives it (`asa.models.family.EncoderFace.module`: a :class:`VolumeEncoder` around an SW-ViT), else the
+    module itself; weights as they are."""
     if arch not in ENCODER_MODULES:
         raise ValueError(f"a {arch!r} network has no registered encoder; known: {tuple(ENCODER_MODULES)}")
     encoder = getattr(net, ENCODER_MODULES[arch])
-    if isinstance(encoder, SWViTEncoder):
-        encoder = VolumeEncoder(encoder, spe_frame=getattr(net, "spe_frame", "brain"))
-    return encoder
+    family = family_of(arch)
+    return encoder if family is None or family.face is None else family.face.module(encoder, net)
 
 
 def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = "cpu",
@@ -210,8 +164,8 @@ def export_for_monai(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     keys need no conversion). A plain ``torch.save`` file of tensors, written atomically."""
     state = load_weights(path)
     spec, name, weights = _spec_and_weights(path, state)
-    if name != SWIN_ENCODER:
-        swin_archs = tuple(arch for arch, module in ENCODER_MODULES.items() if module == SWIN_ENCODER)
-        raise ValueError(f"{path} holds a {spec['arch']!r} network: only SwinViT-based networks {swin_archs} have "
-                         "SwinUNETR's layout; load an ASA encoder with asa.load_encoder")
+    family = family_of(spec["arch"])
+    fault = "it belongs to no network family" if family is None else family.export_fault("monai", spec)
+    if fault is not None:
+        raise ValueError(f"{path} holds {fault} (SwinUNETR's layout); load its encoder with asa.load_encoder")
     return save_checkpoint(out, {"state_dict": {_monai_name(k): v for k, v in weights.items()}})

@@ -6,10 +6,9 @@ package declares its networks in the entry-point group ``asa.networks`` (each en
 builder or the module that registers them), so they reach the console scripts too. Each network is one
 :class:`NetworkRecord` in :data:`RECORDS`; ``NETWORKS``, ``NETWORK_TASKS``, ``ENCODER_MODULES`` and
 ``NETWORK_SETTINGS`` are read-only views of one column of it.
-A masked-pretraining network names the network family it pretrains (``masked_of``: the ``model.arch`` of
-``asa-pretrain``, e.g. ``resenc``) and the typed ``model`` section asa-pretrain takes for it
-(``pretrain_settings``); `masked_network` and `pretrain_model_sections` read them, and a file of such a
-network initialises the encoder of its family's fine-tuning network (`pretrains`).
+A network names the family it belongs to (``family``: the networks that share one encoder); the family
+declares once what asa reads of it after training, its masked twin and its export formats
+(`asa.models.family`, kept in :data:`FAMILIES`).
 A network that a fine-tuning run config may name (``model.arch``) registers its typed settings with it
 (``settings=``, a :class:`NetworkSettings` subclass): the fields of the ``model`` section it takes,
 with their types, defaults and choices (`asa.choices.one_of`), against which a run config is checked.
@@ -74,9 +73,8 @@ class NetworkRecord:
     function taking a spec's flat keyword arguments), its ``task``, the ``encoder`` submodule whose weights
     an encoder export holds (None: none), whether it ``follows_pretraining`` (takes ``img_size``,
     ``pos_mode``, ``lr_axis`` and ``reference_grid`` from a pretraining file, `asa.api.machinery.networks`),
-    the segmentation network it is the case counterpart of (``case_of``) and its run-config ``settings``;
-    for a masked-pretraining network, the ``model.arch`` of asa-pretrain it is built for (``masked_of``)
-    with the dataclass of that ``model`` section (``pretrain_settings``)."""
+    the segmentation network it is the case counterpart of (``case_of``), its run-config ``settings`` and
+    its ``family`` (`asa.models.family`)."""
 
     builder: Callable[..., nn.Module]
     task: str
@@ -84,11 +82,11 @@ class NetworkRecord:
     follows_pretraining: bool = False
     case_of: Optional[str] = None
     settings: Optional[type[NetworkSettings]] = None
-    masked_of: Optional[str] = None
-    pretrain_settings: Optional[type] = None
+    family: Optional[str] = None
 
 
 RECORDS = Plugins("network", ENTRY_POINT_GROUP)  # name -> NetworkRecord
+FAMILIES: dict[str, Any] = {}  # family name -> its asa.models.family.Family (declared by its folder or plug-in)
 
 
 def _installed(entry: Any) -> None:
@@ -140,8 +138,7 @@ NETWORK_SETTINGS: Mapping[str, type[NetworkSettings]] = _Column("settings")  # n
 
 def register_network(name: str, *, task: str, encoder: str | None = None, follows_pretraining: bool = False,
                      case_of: str | None = None, settings: type[NetworkSettings] | None = None,
-                     masked_of: str | None = None,
-                     pretrain_settings: type | None = None) -> Callable[[Builder], Builder]:
+                     family: str | None = None) -> Callable[[Builder], Builder]:
     """Register the decorated class or function as the network ``name`` of ``task``
     (``segmentation``, ``pretraining`` or ``case``); it takes the flat keyword arguments of a network spec.
     ``encoder``: the submodule whose weights an encoder export holds, if any. ``follows_pretraining``:
@@ -149,26 +146,18 @@ def register_network(name: str, *, task: str, encoder: str | None = None, follow
     takes ``img_size``, ``pos_mode``, ``lr_axis`` and ``reference_grid``, and nothing else from the file).
     ``case_of``: the segmentation network whose model presets a case run builds this case network from.
     ``settings``: the typed ``model`` section of a run config that names this network (None: no run config
-    can). ``masked_of`` (a pretraining network): the ``model.arch`` of asa-pretrain whose masked autoencoder
-    this network is (the SW-ViT sizes: ``swvit``), with ``pretrain_settings``, the dataclass of that
-    ``model`` section; its files initialise the encoder of the network registered as ``masked_of``.
+    can). ``family``: the network family it belongs to (`asa.models.family.register_family` declares it).
     Registering the same builder again is a no-op; another under a taken name is an error."""
     if task not in TASKS:
         raise ValueError(f"register_network({name!r}): task must be one of {TASKS}, got {task!r}")
     if settings is not None and not (is_dataclass(settings) and issubclass(settings, NetworkSettings)):
         raise TypeError(f"register_network({name!r}): settings must be a NetworkSettings dataclass, got {settings!r}")
-    if (masked_of is None) != (pretrain_settings is None) or (masked_of is not None and task != "pretraining"):
-        raise ValueError(f"register_network({name!r}): masked_of and pretrain_settings come together, on a "
-                         "pretraining network")
-    if pretrain_settings is not None and not is_dataclass(pretrain_settings):
-        raise TypeError(f"register_network({name!r}): pretrain_settings must be a dataclass, got {pretrain_settings!r}")
 
     def register(build: Builder) -> Builder:
         known = RECORDS.get(name)
         if known is not None and known.builder is not build:
             raise ValueError(f"network {name!r} is registered already (by {known.builder.__qualname__})")
-        RECORDS[name] = NetworkRecord(build, task, encoder, follows_pretraining, case_of, settings, masked_of,
-                                      pretrain_settings)
+        RECORDS[name] = NetworkRecord(build, task, encoder, follows_pretraining, case_of, settings, family)
         return build
 
     return register
@@ -182,24 +171,6 @@ def architectures(task: str) -> tuple[str, ...]:
 def case_counterpart(name: str) -> str | None:
     """The case network registered as the counterpart (``case_of``) of the segmentation network ``name``."""
     return next((n for n, record in registered_networks().items() if record.case_of == name), None)
-
-
-def masked_network(family: str) -> str | None:
-    """The masked-pretraining network registered for asa-pretrain's ``model.arch=<family>`` (None: none)."""
-    return next((n for n, record in registered_networks().items() if record.masked_of == family), None)
-
-
-def pretrain_model_sections() -> dict[str, type]:
-    """asa-pretrain's ``model.arch`` -> the dataclass of its ``model`` section, one per masked network."""
-    return {record.masked_of: record.pretrain_settings for record in registered_networks().values()
-            if record.masked_of is not None}
-
-
-def pretrains(arch: str | None, network: str) -> bool:
-    """Whether a file of the network ``arch`` holds an encoder for the network ``network``: a file of that
-    network itself, or of a pretraining network registered as its masked autoencoder (``masked_of``)."""
-    record = network_record(arch) if arch else None
-    return arch == network or (record is not None and record.masked_of == network)
 
 
 def keyword_options(name: str) -> frozenset[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from asa.io import load_checkpoint
 from asa.models import RENAMED_NETWORKS
-from asa.models.registry import network_record
+from asa.models.family import family_of
 
 from .checkpoint import FORMAT, IncompatibleCheckpointError, check_compatible
 
@@ -49,12 +49,13 @@ class ResumePoint:
 
 
 def pretrained_family(state: Mapping) -> str | None:
-    """The network family (asa-pretrain's ``model.arch``) of the masked network a checkpoint holds, as it
-    declared itself (`asa.models.NetworkRecord.masked_of`); None: no masked-pretraining network."""
+    """The network family (asa-pretrain's ``model.arch``) of the masked network a checkpoint holds: the family
+    that declared it its masked twin (`asa.models.family`); None: no masked-pretraining network."""
     network = state.get("network")
     arch = network.get("arch") if isinstance(network, Mapping) else None
-    record = network_record(RENAMED_NETWORKS.get(arch, arch)) if isinstance(arch, str) else None
-    return None if record is None else record.masked_of
+    arch = RENAMED_NETWORKS.get(arch, arch) if isinstance(arch, str) else None
+    family = family_of(arch) if arch is not None else None
+    return family.name if family is not None and family.masked == arch else None
 
 
 def check_training_checkpoint(path: Path, run_config: Mapping, compat_keys: Sequence[str], *,

@@ -1,7 +1,8 @@
 """A network registered from outside the package, as a third party ships one: dynamic-network-architectures'
 ``PlainConvUNet`` declared in its own module and installed through the ``asa.networks`` entry point, then
-fine-tuned, predicted and fine-tuned again from its own checkpoint with no asa constant patched; its masked twin
-(``masked_of``, on asa's masked convolutions) is pretrained with ``model=plain_unet``, exported and fine-tuned from. Its input
+fine-tuned, predicted and fine-tuned again from its own checkpoint with no asa constant patched; its family, declared
+once in the module (`asa.models.Family`: its masked twin on asa's masked convolutions, its encoder read as nnU-Net's
+stages), is pretrained with ``model=plain_unet``, exported, probed and fine-tuned from. Its input
 size is read off the spec asa built it from (`asa.models.input_size`), its encoder off its record, and the
 encoder loader it uses is the one every dynamic-network-architectures encoder takes: the input projection
 the network declares (``keys_to_in_proj``)."""
@@ -30,7 +31,7 @@ from torch import nn
 
 import torch
 from asa.io import load_weights
-from asa.models import NetworkSettings, register_network
+from asa.models import Family, NetworkSettings, StageTokens, register_family, register_network
 from asa.models.cnn.masked import ResEncMAEOutput, VisibleMask, mask_encoder
 from asa.models.cnn.transfer import in_proj_keys, match_resenc_encoder
 
@@ -55,7 +56,7 @@ def _unet(cls: type[PlainUNet], in_channels: int, out_channels: int, features: i
                nonlin=nn.LeakyReLU, deep_supervision=False)
 
 
-@register_network("plain_unet", task="segmentation", encoder="encoder", settings=PlainUNetSettings)
+@register_network("plain_unet", task="segmentation", encoder="encoder", settings=PlainUNetSettings, family="plain_unet")
 def plain_unet(*, img_size, in_channels: int, out_channels: int, features: int = 4) -> PlainUNet:
     return _unet(PlainUNet, in_channels, out_channels, features)
 
@@ -90,11 +91,15 @@ class MaskedPlainUNet(PlainUNet):
         return ResEncMAEOutput(loss, pred, mask, mask / mask.sum(dim=1, keepdim=True), mask)
 
 
-@register_network("plain_unet_pretrain", task="pretraining", encoder="encoder", masked_of="plain_unet",
-                  pretrain_settings=PlainUNetPretrainSettings)
+@register_network("plain_unet_pretrain", task="pretraining", encoder="encoder", family="plain_unet")
 def plain_unet_pretrain(*, img_size, in_channels: int = 1, features: int = 4, mask_ratio: float = 0.75,
                         mask_block: int = 16) -> MaskedPlainUNet:
     return _unet(MaskedPlainUNet, in_channels, in_channels, features).masked(int(img_size), mask_ratio, mask_block)
+
+
+# the family, declared once: asa-pretrain model=plain_unet builds its masked twin; its encoder is read as nnU-Net's
+register_family(Family("plain_unet", face=StageTokens(), masked="plain_unet_pretrain",
+                       pretrain_settings=PlainUNetPretrainSettings))
 '''
 
 
@@ -111,6 +116,8 @@ def installed(monkeypatch, tmp_path):
     for name in ("plain_unet", "plain_unet_pretrain"):
         monkeypatch.setitem(registry.RECORDS, name, None)  # restored (removed) after the test
         monkeypatch.delitem(registry.RECORDS, name)
+    monkeypatch.setitem(registry.FAMILIES, "plain_unet", None)
+    monkeypatch.delitem(registry.FAMILIES, "plain_unet")
     monkeypatch.delitem(__import__("sys").modules, "plain_unet_plugin", raising=False)
 
 

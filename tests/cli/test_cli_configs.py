@@ -22,7 +22,7 @@ from asa.methods import MaskedAutoencoderSettings
 from asa.models.cnn.masked import ResEncMaskedAutoencoder
 from asa.api.machinery.networks import build_case_network, build_from_config
 from asa.models import ASA, NETWORK_SETTINGS, PRESETS, SWIN_SIZES, SymmetryAwareHead, architectures
-from asa.models import registry
+from asa.models import Family, registry
 from asa.models.heads.puzzles import JigsawPuzzle, RelativePatchLocation
 from asa.api.machinery.training import trainer_config
 from asa.train import build_optimizer
@@ -63,9 +63,11 @@ class _ToySection:  # asa-pretrain's model section of a masked twin registered i
 
 @pytest.fixture
 def toy_masked_twin(monkeypatch):
-    """A pretraining network registered as the masked twin of the family ``toy_family``, gone after the test."""
+    """A pretraining network declared the masked twin of the family ``toy_family``, gone after the test."""
     monkeypatch.setitem(registry.RECORDS, "toy_masked", registry.NetworkRecord(
-        lambda **kwargs: None, "pretraining", "encoder", masked_of="toy_family", pretrain_settings=_ToySection))
+        lambda **kwargs: None, "pretraining", "encoder", family="toy_family"))
+    monkeypatch.setitem(registry.FAMILIES, "toy_family", Family("toy_family", masked="toy_masked",
+                                                                 pretrain_settings=_ToySection))
 
 
 def test_every_family_with_a_masked_twin_is_a_model_option_of_asa_pretrain_at_its_defaults(toy_masked_twin):

@@ -73,7 +73,7 @@ def test_a_pretraining_run_refused_after_skipping_cases_leaves_no_bad_cases_json
 def test_resuming_another_network_family_says_which_the_file_is(tmp_path, saved, model, refusal):
     """resume= of a pretraining run of another family names that family, not every key that differs."""
     from asa.api.machinery.rundir import prepare_run_dir
-    from asa.models.registry import masked_network
+    from asa.models.family import masked_network
     from asa.train import IncompatibleCheckpointError
     from asa.train.checkpoint import FORMAT
     from asa.train.distributed import DistEnv

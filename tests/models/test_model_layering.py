@@ -23,7 +23,7 @@ FOLDERS: dict[str, set[str]] = {
     "cnn": {"blocks"},
     "heads": {"blocks", "swvit", "swin", "vit"},  # heads on a family's encoder
 }
-SHARED = {"registry", "declared", "presets"}  # top-level modules every folder may import; they import no folder
+SHARED = {"registry", "family", "declared", "presets"}  # top-level modules every folder may import; they import no folder
 
 
 def modules(root: Path) -> Iterator[tuple[Path, str]]:

@@ -10,7 +10,7 @@ from asa.io import load_checkpoint, save_checkpoint
 from asa.api.machinery.networks import build_from_config
 from asa.models import (ASA, ENCODER_MODULES, NETWORKS, PRESETS, ASASegmenter, architectures, build_network,
                         network_spec, record_spec, register_network)
-from asa.models import registry
+from asa.models import family, registry
 
 TINY = {k: PRESETS["tiny"][k] for k in ("embed_dim", "depth", "num_heads", "window_size")}
 SPECS = {
@@ -230,21 +230,25 @@ def test_a_masked_network_declares_the_family_it_pretrains_and_its_model_section
     from asa.models.cnn.masked import ResEncPretrainModel
     from asa.models.swvit.mae import PretrainModelConfig
 
-    assert registry.masked_network("resenc") == "resenc_pretrain" and registry.masked_network("swvit") == "asa_pretrain"
-    assert registry.pretrain_model_sections() == {"swvit": PretrainModelConfig, "resenc": ResEncPretrainModel}
-    assert registry.masked_network("dynunet") is None
-    # a file of the network or of its masked twin initialises its encoder; another network's does not
-    assert registry.pretrains("resenc", "resenc") and registry.pretrains("resenc_pretrain", "resenc")
-    assert not registry.pretrains("asa_pretrain", "resenc") and not registry.pretrains(None, "resenc")
+    assert family.masked_network("resenc") == "resenc_pretrain" and family.masked_network("swvit") == "asa_pretrain"
+    assert family.pretrain_model_sections() == {"swvit": PretrainModelConfig, "resenc": ResEncPretrainModel}
+    assert family.masked_network("dynunet") is None
+    # a file of the network or of its family's masked twin initialises its encoder; another network's does not
+    assert family.pretrains("resenc", "resenc") and family.pretrains("resenc_pretrain", "resenc")
+    assert family.pretrains("asa_pretrain", "swvit_unetr") and family.pretrains("asa_pretrain", "case_head")
+    assert not family.pretrains("asa_pretrain", "resenc") and not family.pretrains(None, "resenc")
     # the options a builder takes: its signature's, and what it gathers in **kwargs as it declares
     assert {"mirror_visible", "coord_channel"} <= registry.keyword_options("resenc_pretrain")
     assert {"patch_size", "norm_pix_loss"} <= registry.keyword_options("asa_pretrain")
     assert "mirror_visible" not in registry.keyword_options("asa_pretrain")
-    with pytest.raises(ValueError, match="masked_of and pretrain_settings come together, on a pretraining network"):
-        registry.register_network("half_declared", task="pretraining", masked_of="resenc")
-    with pytest.raises(ValueError, match="masked_of and pretrain_settings come together, on a pretraining network"):
-        registry.register_network("wrong_task", task="segmentation", masked_of="resenc",
-                                  pretrain_settings=ResEncPretrainModel)
+    with pytest.raises(ValueError, match="masked and pretrain_settings come together"):
+        family.Family("half_declared", masked="resenc_pretrain")
+    with pytest.raises(TypeError, match="pretrain_settings must be a dataclass"):
+        family.Family("odd", masked="resenc_pretrain", pretrain_settings=int)
+    with pytest.raises(ValueError, match=r"exports \['onnx'\]; known: nnunet, nnssl, monai"):
+        family.Family("odd", exports=("onnx",))
+    with pytest.raises(ValueError, match="family 'resenc' is declared already"):
+        family.register_family(family.Family("resenc"))
 
 
 def test_a_resenc_file_of_another_network_is_refused_naming_the_twin(tmp_path):

@@ -65,8 +65,8 @@ def register(entry: str = "finetune") -> None:
     for arch, settings in PRETRAIN_MODELS.items():  # asa-pretrain's model presets start from these defaults
         store.store(group="pretrain_network", name=arch, node=asdict(settings()))
     # model=<arch> with no preset file, a plug-in's too: asa-finetune's every network with settings, asa-pretrain's
-    # every family with a masked twin (`masked_of`), at their defaults; the store is one per process, so the other
-    # entry point's (and those of the entry points with no model group) go: --help lists what the entry point takes
+    # every family with a masked twin (`asa.models.family.Family.masked`), at their defaults; the store is one per
+    # process, so the other entry point's (and those of the entry points with no model group) go: --help lists what the entry point takes
     own = {"finetune": {arch: asdict(settings(arch=arch)) for arch, settings in NETWORK_SETTINGS.items()},
            "pretrain": {arch: asdict(settings()) for arch, settings in PRETRAIN_MODELS.items()}}.get(entry, {})
     group = store.repo.get("model", {})
@@ -196,7 +196,7 @@ def pretrain_model_node(model: Any) -> Any:
     arch = pretrain_family(model)
     if arch not in PRETRAIN_MODELS:
         raise ValueError(f"model.arch={arch}: asa-pretrain pretrains {', '.join(PRETRAIN_MODELS)}: the families "
-                         "whose masked network is registered (asa.models.register_network's masked_of)")
+                         "that declare a masked twin (asa.models.family.Family's masked)")
     return PRETRAIN_MODELS[arch]()
 
 

@@ -23,7 +23,7 @@ from asa.eval.metrics import HD95_CONVENTIONS
 from asa.choices import one_of
 from asa.methods import MaskedAutoencoderSettings, MethodSettings
 from asa.models import DEFAULT_CROP
-from asa.models.registry import pretrain_model_sections
+from asa.models.family import DEFAULT_FAMILY, pretrain_model_sections
 from asa.models.swvit.mae import PretrainModelConfig
 from asa.train import TrainerSettings
 from asa.train.optim import OPTIMIZERS
@@ -198,7 +198,7 @@ class RunConfig:
 
 class _PretrainModels(Mapping):
     """asa-pretrain's ``model.arch`` -> the dataclass of its ``model`` section: a read-only view of what each
-    masked-pretraining network declared (`asa.models.register_network`'s ``masked_of``, ``pretrain_settings``)."""
+    network family with a masked twin declared (`asa.models.family.Family`'s ``masked``, ``pretrain_settings``)."""
 
     def __getitem__(self, arch: str) -> type:
         return pretrain_model_sections()[arch]
@@ -215,7 +215,7 @@ PRETRAIN_MODELS: Mapping[str, type] = _PretrainModels()
 
 def pretrain_family(model: Any) -> str:
     """The network family a pretraining ``model`` section trains: its ``arch``; none: the SW-ViT's sizes."""
-    return model.get("arch", "swvit") if isinstance(model, Mapping) else "swvit"
+    return model.get("arch", DEFAULT_FAMILY) if isinstance(model, Mapping) else DEFAULT_FAMILY
 
 
 

@@ -26,7 +26,8 @@ from asa.io import load_weights
 from asa.models import NetworkSettings, architectures, build_network, recorded_pretraining
 from asa.models.blocks.patch import patch_grid
 from asa.models.blocks.sizes import to_3tuple
-from asa.models.registry import NETWORK_TASKS, case_counterpart, network_record, pretrains
+from asa.models.family import pretrains
+from asa.models.registry import NETWORK_TASKS, case_counterpart, network_record
 
 __all__ = ["PretrainedGeometry", "build_case_network", "build_from_config", "case_arch", "pretrained_geometry"]
 

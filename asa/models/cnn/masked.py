@@ -329,8 +329,7 @@ class ResEncPretrainModel:
     lr_axis: int = 0  # the left-right axis (RAS+: 0), for mirror_visible and coord_channel
 
 
-@register_network("resenc_pretrain", task="pretraining", encoder="encoder", masked_of="resenc",
-                  pretrain_settings=ResEncPretrainModel)
+@register_network("resenc_pretrain", task="pretraining", encoder="encoder", family="resenc")
 def resenc_pretrain(
     *,
     img_size: Any,

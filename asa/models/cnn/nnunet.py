@@ -24,27 +24,31 @@ from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 from torch import nn
 
 from asa.models.cnn.transfer import in_proj_keys, match_resenc_encoder
+from asa.models.family import family_of
 
-__all__ = ["NNUNET_CLASS", "NNUNET_CONFIGURATION", "NNUNET_TRAINER", "READING_NOTE", "nnunet_architecture", "nnunet_checkpoint", "nnunet_network",
-           "nnunet_plans_snippet"]
+__all__ = ["NNUNET_CLASS", "NNUNET_CONFIGURATION", "NNUNET_TRAINER", "READING_NOTE", "nnunet_architecture",
+           "nnunet_checkpoint", "nnunet_fault", "nnunet_network", "nnunet_plans_snippet"]
 
 NNUNET_CLASS = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
 NNUNET_CONFIGURATION = "3d_fullres_asa"
 REQUIRES_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]
-RESENC_ARCHS = ("resenc", "resenc_pretrain")
 # what the kwargs-with-classes of the block resolve to (nnU-Net locates them with pydoc from the strings)
 _CLASSES = {"conv_op": nn.Conv3d, "norm_op": nn.InstanceNorm3d, "dropout_op": None, "nonlin": nn.LeakyReLU}
 
 
+def nnunet_fault(spec: Mapping[str, Any]) -> str | None:
+    """Why the network ``spec`` has no nnU-Net export, as its family declares (None: it has one)."""
+    family = family_of(spec.get("arch"))
+    if family is None:
+        return f"a {spec.get('arch')!r} network, of no declared family; the nnunet export takes the resenc family"
+    return family.export_fault("nnunet", spec)
+
+
 def _plan(spec: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """The resolved resenc plan of a network spec; refused for another network or a coordinate channel."""
-    if spec.get("arch") not in RESENC_ARCHS:
-        raise ValueError(f"{source}: a {spec.get('arch')!r} network; the nnU-Net export takes a resenc encoder "
-                         f"({' / '.join(RESENC_ARCHS)})")
+    """The resolved resenc plan of a network spec; refused for a network whose family has no nnU-Net export."""
+    if (fault := nnunet_fault(spec)) is not None:
+        raise ValueError(f"{source}: {fault}")
     kwargs = spec.get("kwargs") or {}
-    if kwargs.get("coord_channel"):
-        raise ValueError(f"{source}: the encoder was pretrained with the coordinate channel (model.coord_channel=true), "
-                         "which nnU-Net does not feed; export an encoder pretrained without it")
     missing = [k for k in ("features", "strides", "blocks", "decoder_convs") if k not in kwargs]
     if missing:
         raise ValueError(f"{source}: the network spec records no {', '.join(missing)}; re-save it with this asa")

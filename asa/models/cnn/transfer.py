@@ -2,7 +2,7 @@
 
 The file is an asa pretraining checkpoint (``{"model": ..., "network": spec}``) or encoder export
 (``{"encoder": ..., "network": spec}``) of the network itself or of a pretraining network registered as its
-masked twin (`asa.models.register_network`'s ``masked_of``). The input projection is the one the network
+masked twin (`asa.models.family`). The input projection is the one the network
 declares (dynamic-network-architectures' ``keys_to_in_proj``). The stem's first convolution
 takes the image channels (and the coordinate channel, last, when the network has one): a file of one image
 channel is adapted to k by repeating that channel's weights and dividing them by k, which keeps the
@@ -26,7 +26,7 @@ from torch import nn
 from asa.io import load_weights
 from asa.io.foreign import describe_foreign
 from asa.models.blocks.encoder_weights import LoadReport, match_encoder_weights
-from asa.models.registry import masked_network, pretrains
+from asa.models.family import masked_network, pretrains
 
 __all__ = ["in_proj_keys", "load_resenc_encoder", "match_resenc_encoder"]
 

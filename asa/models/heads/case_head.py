@@ -69,7 +69,7 @@ class PooledTokenHead(nn.Module):
 
 
 @register_network("case_head", task="case", encoder="encoder", follows_pretraining=True, case_of="swvit_unetr",
-                  settings=SWViTSettings)
+                  settings=SWViTSettings, family="swvit")
 class ASACaseHead(PooledTokenHead):
     """SW-ViT encoder over every token of the brain-centred crop (+ SPE, as :class:`ASASegmenter`'s,
     same ``encoder.*`` keys, so pretraining files load with :meth:`load_pretrained`), tokens pooled

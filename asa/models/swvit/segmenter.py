@@ -299,7 +299,7 @@ class SWViTSegmenter(nn.Module):
 
 
 @register_network("swvit_unetr", task="segmentation", encoder="encoder", follows_pretraining=True,
-                  settings=SWViTUNetSettings)
+                  settings=SWViTUNetSettings, family="swvit")
 class ASASegmenter(SWViTSegmenter):
     """The segmentation network on the SW-ViT encoder (:class:`SWViTSegmenter`), built from the flat
     settings of its network spec (``swvit_unetr``, named ``asa`` before 2026-11-23): ``ASASegmenter(img_size=128, in_channels=4, out_channels=3)``.

@@ -1,0 +1,176 @@
+"""Network families: what asa reads of a network after training, declared once per family.
+
+A family is the set of networks that share one encoder: the SW-ViT's (``swvit``: the masked autoencoder
+``asa_pretrain``, the U-Net ``swvit_unetr``, the case head, the puzzle pretexts), MONAI's SwinViT (``swin``),
+MONAI's ViT (``vit``), nnU-Net's residual-encoder U-Net (``resenc``), a plug-in's U-Net. Each network names its
+family when it registers (`asa.models.register_network`'s ``family``); each family declares itself once with
+:func:`register_family`, in its own folder (``models/<family>/family.py``, or a plug-in's one module):
+
+- ``name``: the family's ``model.arch`` in asa-pretrain (``swvit``: the SW-ViT sizes, which name no arch);
+- ``masked``: its masked twin, the network asa-pretrain's masked autoencoder builds for ``model.arch=<name>``,
+  with ``pretrain_settings``, the dataclass of that ``model`` section; a file of the twin initialises the encoder
+  of the family's networks;
+- ``face``: its encoder's face (an :class:`EncoderFace`): the encoder as `asa.load_encoder` returns it, the
+  tokens the frozen-encoder probes read and the geometry they feed;
+- ``exports``: the formats asa-export writes for it beyond asa's own (``nnunet``, ``nnssl``: nnU-Net's and
+  nnssl's files; ``monai``: SwinUNETR's ``load_from`` layout), each refused for a spec that cannot take it
+  (:meth:`Family.export_fault`);
+- ``presets``: the sizes a random-init encoder of the family takes (``asa-probe encoders=[random:<size>]``), each
+  as the network spec of the masked twin (:meth:`Family.random_spec`).
+
+Callers ask :func:`family_of` for the family of a network and name none. This module imports only the registry.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, is_dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from asa.models.registry import FAMILIES, network_record, registered_networks
+
+__all__ = ["DEFAULT_FAMILY", "EncoderFace", "Family", "Geometry", "StageTokens", "families", "family_of",
+           "masked_network", "pretrain_model_sections", "pretrains", "register_family"]
+
+DEFAULT_FAMILY = "swvit"  # asa-pretrain's model section without an arch: the SW-ViT sizes (model=tiny|small|base)
+EXPORTS = ("nnunet", "nnssl", "monai")  # the formats asa-export writes beyond asa's own
+
+Geometry = tuple[tuple[int, int, int], int, int]  # (input size, token stride, input channels)
+
+
+class EncoderFace:
+    """How asa reads a family's encoder after training (the frozen-encoder probes, `asa.load_encoder`).
+
+    :meth:`module` is the encoder as `asa.load_encoder` returns it (the submodule itself unless the family wraps
+    it); :meth:`tokens` turns a volume [B, C, *size] into tokens [B, N, E] on a grid of ``stride`` voxels, raster
+    order (axis 2 fastest); :meth:`geometry` is (input size, token stride, input channels) of an encoder, and
+    refuses, naming ``where``, one the probes cannot feed."""
+
+    def module(self, encoder: nn.Module, net: nn.Module) -> nn.Module:
+        """The encoder submodule ``encoder`` of ``net`` as a module on volumes."""
+        return encoder
+
+    def tokens(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__}.tokens")
+
+    def geometry(self, module: nn.Module, spec: Mapping[str, Any], state: Mapping | None, crop: int | None,
+                 where: str) -> Geometry:
+        raise NotImplementedError(f"{type(self).__name__}.geometry")
+
+
+def _edges(size: Any, what: str) -> tuple[int, int, int]:
+    edges = (int(size),) * 3 if isinstance(size, (int, float)) else tuple(int(s) for s in size)
+    if len(edges) != 3:
+        raise ValueError(f"{what} must be one edge or three, got {size!r}")
+    return edges  # type: ignore[return-value]
+
+
+class StageTokens(EncoderFace):
+    """A dynamic-network-architectures encoder (nnU-Net's U-Nets: it returns its stages' outputs, finest first,
+    and declares its stage ``strides``): the bottleneck stage's voxels as tokens, at the encoder's total stride
+    (its feature map of the crop, pooled as the transformers' tokens are)."""
+
+    def tokens(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return module(x)[-1].flatten(2).transpose(1, 2)  # the bottleneck [B, C, d, h, w] -> [B, d·h·w, C]
+
+    def geometry(self, module: nn.Module, spec: Mapping[str, Any], state: Mapping | None, crop: int | None,
+                 where: str) -> Geometry:
+        kwargs = spec.get("kwargs", {})
+        if kwargs.get("coord_channel"):
+            raise ValueError(f"{where}: a CNN encoder with the coordinate channel, which the frozen-encoder probes "
+                             "do not feed (they give the image channels only); probe one pretrained without it")
+        stride = math.prod(_edges(s, "strides")[0] for s in module.strides)
+        size = _edges(crop if crop is not None else kwargs["img_size"], "crop")
+        if any(s % stride for s in size):
+            raise ValueError(f"crop={list(size)}: {where} holds a CNN encoder of total stride {stride}; take a "
+                             f"crop that is a multiple of it")
+        return size, stride, int(kwargs.get("in_channels", 1))
+
+
+@dataclass(frozen=True)
+class Family:
+    """One network family's declaration (see the module)."""
+
+    name: str
+    face: Optional[EncoderFace] = None
+    masked: Optional[str] = None
+    pretrain_settings: Optional[type] = None
+    exports: tuple[str, ...] = ()
+    # size -> the masked twin's keyword arguments of that size (img_size added): a random-init encoder's spec
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # why a spec of the family cannot take an export format (None: it can); by default every one declared can
+    export_check: Optional[Callable[[str, Mapping[str, Any]], Optional[str]]] = None
+
+    def __post_init__(self) -> None:
+        if (self.masked is None) != (self.pretrain_settings is None):
+            raise ValueError(f"family {self.name!r}: masked and pretrain_settings come together")
+        if self.pretrain_settings is not None and not is_dataclass(self.pretrain_settings):
+            raise TypeError(f"family {self.name!r}: pretrain_settings must be a dataclass, got {self.pretrain_settings!r}")
+        if unknown := [e for e in self.exports if e not in EXPORTS]:
+            raise ValueError(f"family {self.name!r}: exports {unknown}; known: {', '.join(EXPORTS)}")
+        if self.presets and self.masked is None:
+            raise ValueError(f"family {self.name!r}: presets are sizes of its masked twin; it declares none")
+
+    def export_fault(self, form: str, spec: Mapping[str, Any]) -> str | None:
+        """Why the network ``spec`` of this family cannot be exported as ``form`` (None: it can)."""
+        if form not in self.exports:
+            takers = [f.name for f in families().values() if form in f.exports]
+            return (f"a {spec.get('arch')!r} network ({self.name} family); the {form} export takes the "
+                    f"{' / '.join(takers) or 'no'} family")
+        return None if self.export_check is None else self.export_check(form, spec)
+
+    def random_spec(self, size: str, edge: int) -> dict[str, Any]:
+        """The network spec of a random-init masked twin of preset ``size`` for crops of ``edge``."""
+        if size not in self.presets:
+            raise ValueError(f"random:{size}: the {self.name} family's sizes are {', '.join(self.presets) or 'none'}")
+        return {"arch": self.masked, "kwargs": {**self.presets[size], "img_size": edge}}
+
+
+def register_family(family: Family) -> Family:
+    """Declare ``family``; declaring the same again is a no-op, another under a taken name an error."""
+    known = FAMILIES.get(family.name)
+    if known is not None and known != family:
+        raise ValueError(f"network family {family.name!r} is declared already")
+    FAMILIES[family.name] = family
+    return family
+
+
+def families() -> dict[str, Family]:
+    """Every family: asa's and those of the installed plug-ins (whose networks declare them)."""
+    registered_networks()  # reads the plug-ins' entry points, whose modules declare their families
+    return dict(FAMILIES)
+
+
+def family_of(arch: str | None) -> Family | None:
+    """The family of the network registered as ``arch`` (None: no such network, or one of no family); a network
+    naming a family nobody declared is refused, naming both."""
+    record = network_record(arch) if arch else None
+    if record is None or record.family is None:
+        return None
+    declared = families().get(record.family)
+    if declared is None:
+        raise ValueError(f"network {arch!r} names the family {record.family!r}, which no module declares "
+                         "(asa.models.register_family)")
+    return declared
+
+
+def masked_network(family: str) -> str | None:
+    """The masked twin of asa-pretrain's ``model.arch=<family>`` (None: the family has none)."""
+    declared = families().get(family)
+    return None if declared is None else declared.masked
+
+
+def pretrain_model_sections() -> dict[str, type]:
+    """asa-pretrain's ``model.arch`` -> the dataclass of its ``model`` section, one per family with a masked twin."""
+    return {name: f.pretrain_settings for name, f in families().items() if f.masked is not None}
+
+
+def pretrains(arch: str | None, network: str) -> bool:
+    """Whether a file of the network ``arch`` holds an encoder for the network ``network``: a file of that
+    network itself, or of the masked twin of ``network``'s family."""
+    family = family_of(network)
+    return arch == network or (arch is not None and family is not None and family.masked == arch)
