@@ -46,6 +46,34 @@ def test_a_run_saved_before_the_per_batch_forced_share_resumes_with_the_per_crop
     assert read["task"].get("oversampling") == oversampling
 
 
+def test_migration_2_reads_the_networks_as_it_knew_them_not_as_registered_today(monkeypatch):
+    """Migration 2 (1 -> 2) carries the segmenter's decoder options into the model section of a network that
+    followed its pretraining, and drops null keys another network never took. It reads a frozen table: a network
+    renamed in, or a field added to today's settings, leaves a version-1 record's meaning as it was."""
+    from asa.api.configuration import compat
+    from asa.models import registry
+
+    old = {"version": 1, "data": {"task": "ibsr"}, "task": {"name": "segmentation"},
+           "segmenter": {"feature_size": 24, "input_skip": False, "allow_grid_change": False},
+           "model": {"arch": "swvit_unetr", "patch_size": 8, "pos_mode": None, "not_a_field": None}}
+    before = current_config(old)
+    assert before["model"]["feature_size"] == 24 and before["model"]["input_skip"] is False
+    assert "not_a_field" not in before["model"] and before["model"]["pos_mode"] is None
+    assert before["segmenter"] == {"allow_grid_change": False}
+    resenc = {"version": 1, "data": {"task": "ibsr"}, "task": {"name": "segmentation"},
+              "segmenter": {"feature_size": 24}, "model": {"arch": "resenc", "size": "S", "spacing": None}}
+    read = current_config(resenc)["model"]
+    assert (read["arch"], read["size"]) == ("resenc", "S") and "spacing" not in read
+    assert "feature_size" not in read  # resenc never followed a pretraining file
+    # today's registry changed under it: swvit_unetr no longer follows its pretraining, resenc gains a field
+    record = registry.RECORDS["swvit_unetr"]
+    monkeypatch.setitem(registry.RECORDS, "swvit_unetr", type(record)(**{**vars(record), "follows_pretraining": False}))
+    assert compat.V2_NETWORKS["swvit_unetr"][0] and current_config(old) == before
+    migrated = {"segmenter": dict(resenc["segmenter"]), "model": dict(resenc["model"])}
+    compat.MIGRATIONS[1](migrated, {})
+    assert migrated["model"] == {"arch": "resenc", "size": "S"}  # the null key no resenc setting took is dropped
+
+
 @pytest.mark.parametrize("version, why", [
     (CONFIG_VERSION + 1, rf"^version: {CONFIG_VERSION + 1} is newer than this asa reads \(versions 0 to {CONFIG_VERSION}\): "
                          "a newer asa wrote it"),

@@ -20,7 +20,6 @@ from omegaconf import DictConfig
 from asa.api.configuration.schema import CONFIG_VERSION, DEFAULT_ARCH
 from asa.methods import get_method
 from asa.models import NETWORK_SETTINGS, RENAMED_NETWORKS
-from asa.models.registry import network_record
 
 __all__ = [
     "CARRIED_KEYS", "MIGRATIONS", "MOVED_KEYS", "REMOVED_KEYS", "RENAMED_VALUES", "TASK_KEYS", "added_settings",
@@ -164,23 +163,46 @@ def _task_section(cfg: dict[str, Any], added: dict[str, Any]) -> None:
         cfg.pop("head", None)
 
 
+# what migration 1 -> 2 reads of the networks, frozen as it was written (a network registered or changed later does
+# not change what a version-1 record means): the network a model section naming none built, and each network's
+# model-section fields with whether it follows its pretraining file (then it read the segmenter's decoder options)
+V2_DEFAULT_ARCH = "swvit_unetr"
+_SWVIT_FIELDS = ("arch", "pretrained", "patch_size", "embed_dim", "depth", "num_heads", "window_size", "mlp_ratio",
+                 "shift_mask", "rel_pos_bias", "grad_checkpointing", "region_attention", "saca", "pos_mode", "lr_axis",
+                 "dropout")
+_SWIN_FIELDS = ("arch", "pretrained", "feature_size", "depths", "num_heads", "window_size", "drop_rate",
+                "attn_drop_rate", "dropout_path_rate", "use_checkpoint")
+_VIT_FIELDS = ("arch", "pretrained", "hidden_size", "mlp_dim", "num_heads", "proj_type", "dropout_rate", "qkv_bias")
+V2_NETWORKS: Mapping[str, tuple[bool, frozenset[str]]] = {  # arch -> (follows its pretraining, model fields)
+    "unetr": (False, frozenset(_VIT_FIELDS + ("feature_size", "norm_name", "conv_block", "res_block"))),
+    "swin_unetr": (False, frozenset(_SWIN_FIELDS + ("norm_name",))),
+    "swvit_unetr": (True, frozenset(_SWVIT_FIELDS + ("feature_size", "input_skip", "spe_frame"))),
+    "case_head": (True, frozenset(_SWVIT_FIELDS)),
+    "sa_swin": (False, frozenset(_SWIN_FIELDS + ("norm_name", "lr_axis", "symmetry_heads", "symmetry_mlp_ratio"))),
+    "vit_case": (False, frozenset(_VIT_FIELDS + ("patch_size", "num_layers", "pos_embed_type"))),
+    "swin_case": (False, frozenset(_SWIN_FIELDS + ("patch_size",))),
+    "dynunet": (False, frozenset(("arch", "pretrained", "spacing", "deep_supervision", "res_block", "kernel_size",
+                                  "strides", "filters"))),
+    "resenc": (False, frozenset(("arch", "pretrained", "size", "deep_supervision", "coord_channel", "lr_axis"))),
+}
+
+
 def _network_settings(cfg: dict[str, Any], added: dict[str, Any]) -> None:
     """1 -> 2: a fine-tuning ``model`` section (one beside a ``segmenter`` section) holds its network's own
     settings: the decoder options its ``segmenter`` section held (`CARRIED_KEYS`: a network that follows its
     pretraining read them; any other never did, so they are left out), and not the null symmetry settings
-    earlier versions stated for every network (a network without them was never handed them)."""
+    earlier versions stated for every network (a network without them was never handed them). The networks are
+    read as this migration knew them (`V2_NETWORKS`); another network's section is left as it is."""
     model, segmenter = cfg.get("model"), cfg.get("segmenter")
     if not (isinstance(segmenter, Mapping) and isinstance(model, Mapping)):
         return
-    arch = model.get("arch", DEFAULT_ARCH)
-    cls, record = NETWORK_SETTINGS.get(arch), network_record(arch)
-    taken = {f.name for f in fields(cls)} if cls is not None and record.follows_pretraining else set()
+    follows, names = V2_NETWORKS.get(model.get("arch", V2_DEFAULT_ARCH), (False, None))
+    taken = names if names is not None and follows else frozenset()
     carried = {place.split(".")[1]: segmenter[old.split(".")[1]] for old, place in CARRIED_KEYS.items()
                if old.split(".")[1] in segmenter and place.split(".")[1] in taken}
     cfg["segmenter"] = {k: v for k, v in segmenter.items() if f"segmenter.{k}" not in CARRIED_KEYS}
     model = {**model, **carried}
-    if cls is not None:
-        names = {f.name for f in fields(cls)}
+    if names is not None:
         model = {k: v for k, v in model.items() if k in names or v is not None}
     cfg["model"] = model
 
