@@ -21,7 +21,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from asa.api.configuration.compat import RENAMED_VALUES, flatten_keys, old_keys, renamed_value
 from asa.api.configuration.schema import (CONFIG_VERSION, DEFAULT_ARCH, PRETRAIN_MODELS, SCHEMAS, PretrainConfig,
                                           pretrain_family)
-from asa.api.tasks.task_registry import TaskSettings, registered_tasks, task_class
+from asa.api.configuration.tasks import TaskSettings, registered_tasks, task_class
 from asa.choices import check_choices
 from asa.methods import MethodSettings, get_method, registered_methods
 from asa.models import NETWORK_SETTINGS, PRESETS, EncoderOptions, NetworkSettings

@@ -27,7 +27,7 @@ from asa.api.machinery.cohort import check_pretraining_overlap, write_overlap
 from asa.api.machinery.job import JobRun, TrainingJob
 from asa.api.machinery.prediction import PredictionJob, PredictSetup
 from asa.api.configuration.schema import EvaluateConfig, FrozenProbeConfig
-from asa.api.tasks.task_registry import FINETUNE_TASKS, TaskSettings, add_task, task_class
+from asa.api.configuration.tasks import FINETUNE_TASKS, TaskSettings, add_task, task_class
 from asa.api.machinery.training import report_fine_tuning
 from asa.train import FitResult
 

@@ -19,7 +19,7 @@ from asa.api.machinery.networks import build_case_network, case_arch
 from asa.api.machinery.prediction import PredictSetup
 from asa.api.machinery.run import OptionError
 from asa.api.configuration.schema import EvaluateConfig, FrozenProbeConfig, PredictConfig
-from asa.api.tasks.task_registry import TaskSettings
+from asa.api.configuration.tasks import TaskSettings
 from asa.api.tasks import FinetuneRun, FinetuneTask, ProbeTargets, register_finetune_task
 from asa.api.machinery.training import record_geometry
 from asa.choices import one_of

@@ -1,6 +1,6 @@
-"""The fine-tuning tasks by name (`asa.api.tasks`), below the schema that types a task's ``task`` section by
-the task that claims ``data.task``: the table, the settings base and the lookups, importing nothing of asa's
-jobs (a task's class, which does, is registered into it from above)."""
+"""The fine-tuning tasks by name (`asa.api.tasks`), on the config floor: the schema types a task's ``task`` section
+by the task that claims ``data.task``, so the table, the settings base and the lookups live here, importing nothing
+of asa's jobs (a task's class, which does, is registered into it from above)."""
 
 from __future__ import annotations
 
