@@ -253,6 +253,7 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
         *(f"- {q}" for q in questions or ["No pretraining arm was scored."]), "",
         "## The instruments", "",
         *(f"- {line}" for line in [*controls, *flags]),
+        *([f"- {checks['cohort']}"] if "cohort" in checks else []),
         f"- Overlap of the pretraining cohort with the test and validation cases: {'; '.join(overlap['lines'])}"
         + (" — **accepted with --accept-overlap: these cases' scores are not held out.**" if overlap.get("accepted") else ""),
         *(f"- {line}" for line in [*checks["channels"], *checks.get("skull", [])]),

@@ -6,10 +6,11 @@ Stages (rerun the same command to continue; every finished unit is kept; a rerun
 budget points, and cohorts and N below the largest: the new units run, the finished ones are read as they are):
 
 0. checks, before anything trains: the study's fixed test and validation cases against the pretraining cohort
-   (same id, subject or image content: refused, exit 2, unless --accept-overlap); which channels each arm
-   pretrains and fine-tunes on (the fine-tuning channels, in their order, when every cohort case has them;
-   else the T1, through an adapted stem: --pretrain-channels) and how a pretrained stem meets the fine-tuning
-   channels; whether the labeled pool
+   (a BIDS or CAPS folder, a file list, or a store written by asa-preprocess; same id, subject or image content:
+   refused, exit 2, unless --accept-overlap); which channels each arm pretrains and fine-tunes on (the
+   fine-tuning channels, in their order, when every cohort case has them; else the T1, through an adapted stem:
+   --pretrain-channels) and how a pretrained stem meets the fine-tuning channels (the positive control then
+   trains on the T1 alone and takes the same adapted stem); whether the labeled pool
    holds the positive control's cases beside the study's (else the control is left out, and the report says so).
 1. the pilot: the scratch twin at the largest N, the recipe's warm-up then a constant lr; the fine-tuning budget is
    the step at which its validation Dice stops rising (a --budget-cap below it is said in the report);
@@ -42,6 +43,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,14 +55,21 @@ from typing import Any
 import numpy as np
 
 from asa.api.config import compose_config
+from asa.api.machinery.dataset import load_cases
 from asa.data import discover, get_task, load_volume
+from asa.data.case import Case
 from asa.data.cohort import cohort_overlap, cohort_record, describe_overlap
+from asa.data.labels import Task
 from asa.data.layouts.pretrain import CHANNELS, channel_of
+from asa.data.preprocessing import PretrainPreprocess
+from asa.data.splits import make_splits
+from asa.data.store import INDEX, SETTINGS, StoreError, open_store, store_settings
 from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
 from asa.study import report, transfer
 from asa.study.common import (Clock, add_scale_options, child_env, finished, machine, module_argv, refuse,
                               record_settings, scale_from_args)
 from asa.study.noise import write_noise_dataset
+from asa.train.distributed import DistEnv
 
 # the pretraining arms of the CNN: method and every ASA option stated (loss weighting and its exponent, the coordinate
 # channel), so that a changed default changes no arm; the masking is `MASKING` for every arm
@@ -171,12 +180,16 @@ def parse_network(text: str, scale: Scale) -> Network:
 
 
 def pretrain_layout(path: Path) -> tuple[str, Path]:
-    """(layout, root) of a pretraining cohort: a BIDS or CAPS folder, or a file list (a .csv/.tsv/.txt file, or a
-    folder holding files.csv)."""
+    """(layout, root) of a pretraining cohort: a BIDS or CAPS folder, a file list (a .csv/.tsv/.txt file, or a
+    folder holding files.csv), or a store written by asa-preprocess (``store``: a folder holding its index.json,
+    or the settings.json of an unfinished one, which `read_store` refuses with asa's hint)."""
     if path.is_file():
         return "filelist", path
     if not path.is_dir():
-        refuse(f"--pretrain-data {path}: no such file or folder (expected a BIDS or CAPS folder or a file list)")
+        refuse(f"--pretrain-data {path}: no such file or folder (expected a BIDS or CAPS folder, a file list or a "
+               "store written by asa-preprocess)")
+    if (path / INDEX).is_file() or (path / SETTINGS).is_file():
+        return "store", path
     if any(path.glob("sub-*/anat")) or any(path.glob("sub-*/ses-*/anat")):
         return "bids", path
     if (path / "subjects").is_dir():
@@ -184,7 +197,56 @@ def pretrain_layout(path: Path) -> tuple[str, Path]:
     if any((path / name).is_file() for name in ("files.csv", "files.tsv", "files.txt", "filelist.csv", "filelist.txt")):
         return "filelist", path
     refuse(f"--pretrain-data {path}: neither a BIDS folder (sub-*/[ses-*/]anat/*_T1w.nii.gz), a CAPS folder "
-           "(subjects/) nor a file list (files.csv)")
+           f"(subjects/), a file list (files.csv) nor a store written by asa-preprocess ({INDEX})")
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreCohort:
+    """A pretraining cohort held in a store of asa-preprocess: its folder, the data root and layout it was written
+    from (the files its records were checked against), its channels in their order and its resampling. A run
+    reads a store only with the options it was written under, so these are the runs' data options."""
+
+    path: Path
+    root: Path
+    layout: str
+    channels: tuple[str, ...]
+    resample_mm: float | None = None
+
+    def data(self) -> list[str]:
+        """A pretraining run's overrides that read the store (the layout aside: `plan_pretraining` places it);
+        which of its cases a run reads is the run's ``splits.json`` (`write_store_splits`)."""
+        return [f"data.root={self.root}", f"data.store={self.path}"]
+
+    def resampling(self) -> list[str]:
+        """The store's resampling, for every run of the study (the noise volumes sit on the resampled grid too)."""
+        return [] if self.resample_mm is None else [f"data.resample_mm={self.resample_mm}"]
+
+
+def read_store(path: Path) -> tuple[StoreCohort, list[Case]]:
+    """The store of asa-preprocess at ``path`` as a pretraining cohort, and its cases as asa-pretrain finds them
+    (`asa.api.machinery.dataset.load_cases`: the cases of its data root it holds, their files unchanged since).
+    Refused (exit 2, naming the folder): an unfinished or broken store, a fine-tuning preset's store, one written
+    under preprocessing settings a pretraining run does not take, one out of date with its files."""
+    try:
+        store = open_store(path, option="--pretrain-data")
+    except StoreError as err:
+        refuse(str(err))
+    settings = store.settings
+    if settings.get("kind") != "pretrain" or store.root is None or store.layout is None:
+        refuse(f"--pretrain-data {path}: a store of asa-preprocess written from a fine-tuning preset (kind "
+               f"{settings.get('kind')!r}); expected one of a pretraining preset (asa-preprocess data=bids "
+               "data.root=COHORT data.store=STORE)")
+    cohort = StoreCohort(path, Path(store.root), str(store.layout), tuple(settings.get("channels") or ("t1",)),
+                         settings.get("resample_mm"))
+    wanted = PretrainPreprocess(1, resample_mm=cohort.resample_mm).settings()  # the crop is not a store setting
+    try:
+        store.check_settings(store_settings(wanted, channels=cohort.channels, dtype="float16"), ignore_regions=True,
+                             option="--pretrain-data")
+        data = compose_config("pretrain", ["data=bids", f"data.layout={cohort.layout}", *cohort.data()]).data
+        cases, _ = load_cases(data, None, DistEnv())
+    except (StoreError, OSError, ValueError) as err:
+        refuse(f"--pretrain-data {path}: {err}")
+    return cohort, list(cases)
 
 
 def cohort_order(ids: Sequence[str], seed: int) -> list[str]:
@@ -259,10 +321,12 @@ def pretraining_epochs(steps: int, subjects: int, batch: int) -> int:
 
 
 def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[str], cohorts: Mapping[int, Path],
-                     noise: Path | None, *, seed: int, channels: Sequence[str] = ("t1",)) -> list[Pretraining]:
+                     noise: Path | None, *, seed: int, channels: Sequence[str] = ("t1",),
+                     store: StoreCohort | None = None) -> list[Pretraining]:
     """Every pretraining run: each pretraining arm per cohort size, and the negative control on the noise volumes
     (mae's recipe, as many volumes as the largest cohort), all reading ``channels`` in their order
-    (`pretraining_channels`)."""
+    (`pretraining_channels`). The arms read ``cohorts`` (size -> its file list's folder, `write_cohorts`) or, with
+    ``store``, the store (its cases of a cohort size chosen by the run's ``splits.json``, `write_store_splits`)."""
     common = ["data=bids", "data.layout=filelist", *channel_overrides(channels), f"data.num_workers={scale.workers}",
               "data.split.ratios=[0.8,0.2,0.0]", "optim=adamw_demo", "trainer.progress=false", "trainer.panel_every=0",
               "probe.every=0", f"seed={seed}", "resume=auto"]
@@ -275,11 +339,125 @@ def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[s
     for arm, n, data in units:
         spec = ARMS["mae" if arm == CONTROL else arm]
         crop = scale.crop if spec["coord"] else (scale.pretrain_crop or scale.crop)  # the channel ties it to the crop
-        overrides = (*network.pretrain("mae" if arm == CONTROL else arm), *common, f"data.crop={crop}",
-                     f"data.root={data}", f"trainer.epochs={pretraining_epochs(scale.pretrain_steps, n, batch)}",
+        stored = store is not None and arm != CONTROL  # the noise control reads its own volumes' file list
+        resampling = store.resampling() if store is not None else []
+        source = [*store.data(), *resampling] if stored else [f"data.root={data}", *resampling]
+        layout = [f"data.layout={store.layout}"] if stored else common[1:2]
+        epochs = pretraining_epochs(scale.pretrain_steps, n, batch)
+        overrides = (*network.pretrain("mae" if arm == CONTROL else arm), common[0], *layout, *common[2:],
+                     f"data.crop={crop}", *source, f"trainer.epochs={epochs}",
                      f"output_dir={out / 'pretrain' / f'{arm}-c{n}'}")
         runs.append(Pretraining(f"{arm}-c{n}", arm, n, overrides, coord=bool(spec["coord"])))
     return runs
+
+
+def write_store_splits(runs: Sequence[Pretraining], ids: Sequence[str], seed: int) -> None:
+    """The ``splits.json`` of each run that reads a store, before it starts: the train and validation cases its
+    own split would make of its cohort's subjects (the first n of `cohort_order`, split as the run's data options
+    say), and the store's other cases as its test part, which pretraining never reads (a run sees the whole store,
+    and its split must name every case). A run's existing file is kept (a started run keeps its split)."""
+    order = cohort_order(ids, seed)
+    for run in runs:
+        path = run.run_dir / "splits.json"
+        if not any(o.startswith("data.store=") for o in run.overrides) or path.is_file():
+            continue
+        data = compose_config("pretrain", list(run.overrides)).data
+        shares = list(data.split.ratios)
+        parts = make_splits(order[:run.cohort], dataset=str(data.name), seed=int(data.split.seed),
+                            counts_or_ratios=shares)
+        rest = sorted(set(ids) - set(order[:run.cohort]))
+        atomic_write_json(path, {"train": parts["train"], "val": parts["val"], "test": sorted([*parts["test"], *rest]),
+                                 "dataset": str(data.name), "seed": int(data.split.seed), "shares": shares})
+
+
+# ---------------------------------------------------------------------------------- the positive control
+@dataclasses.dataclass(frozen=True)
+class Supervised:
+    """The positive control: its run folder, the labeled set it trains on (the ``data`` preset at ``root``: the
+    study's, or the T1 view of its cases, `write_t1_view`), its cases, and with ``channel`` the one fine-tuning
+    channel it reads (None: all of them)."""
+
+    run_dir: Path
+    data: str
+    root: Path
+    cases: tuple[str, ...]
+    channel: str | None = None
+
+
+def supervised_channel(fine: Sequence[str], pretrain: Sequence[str] | None) -> str | None:
+    """The fine-tuning channel the positive control trains on alone, or None (all of ``fine``): the one of ``fine``
+    that means t1 (`channel_of`) when the pretraining runs read the T1 alone (``pretrain`` ``["t1"]``) and the task
+    has more channels, so that its encoder reaches the task through the stem adaptation the pretrained arms take."""
+    if pretrain is None or list(pretrain) != ["t1"] or len(fine) < 2:
+        return None
+    t1 = [name for name in fine if channel_of(name) == "t1"]
+    return t1[0] if len(t1) == 1 else None
+
+
+def task_json(task: Task, channel: str, cases: int) -> dict[str, Any]:
+    """An nnU-Net v2 ``dataset.json`` of ``task`` on the one channel ``channel``: its classes (and its ignore label),
+    or its regions and their painting order, so that ``get_task("msd", folder)`` reads the same task on that
+    channel (`asa.data.labels`; the name aside)."""
+    if task.multilabel:
+        labels = {"background": 0, **{n: list(r) for n, r in zip(task.output_names, task.regions)}}
+        order = {"regions_class_order": list(task.regions_class_order)}
+    else:
+        labels = {"background": task.class_values[0], **dict(zip(task.output_names, task.class_values[1:])),
+                  **({"ignore": task.ignore_label} if task.ignore_label is not None else {})}
+        order = {}
+    return {"channel_names": {"0": channel}, "labels": labels, **order, "numTraining": cases,
+            "file_ending": ".nii.gz"}
+
+
+def _place(source: Path, frame: int | None, target: Path) -> None:
+    """``target`` (.nii.gz) holds the volume of ``source`` (its ``frame`` of a 4D file): a link to a 3D .nii.gz,
+    else the volume written out."""
+    import nibabel as nib
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if frame is None and str(source).endswith(".nii.gz"):
+        target.symlink_to(Path(source).resolve())
+        return
+    image = nib.load(str(source))
+    array = np.asanyarray(image.dataobj)
+    nib.save(nib.Nifti1Image(array if frame is None else array[..., frame], image.affine, image.header), str(target))
+
+
+def write_t1_view(folder: Path, cases: Sequence[Case], task: Task, channel: str) -> Path:
+    """The positive control's labeled ``cases`` with their channel ``channel`` alone, as an nnU-Net raw folder that
+    ``asa-finetune data=msd`` reads as ``task`` on that one channel (`task_json`): ``imagesTr/<id>_0000.nii.gz``
+    and ``labelsTr/<id>.nii.gz`` (links to the files, or their volumes written out of a 4D file or a .nii) and
+    ``dataset.json``. Written again only when its cases or task change."""
+    stamp = json.dumps({"cases": sorted(c.id for c in cases), "dataset": task_json(task, channel, len(cases))},
+                       sort_keys=True)
+    if (folder / ".complete").is_file() and (folder / ".complete").read_text() == stamp:
+        return folder
+    if folder.exists():
+        shutil.rmtree(folder)
+    for case in cases:
+        _place(case.images[channel], case.frame(channel), folder / "imagesTr" / f"{case.id}_0000.nii.gz")
+        _place(case.label, None, folder / "labelsTr" / f"{case.id}.nii.gz")
+    atomic_write_json(folder / "dataset.json", task_json(task, channel, len(cases)))
+    atomic_write_text(folder / ".complete", stamp)
+    return folder
+
+
+def supervised_overrides(control: Supervised, network: Network, scale: Scale, seed: int,
+                         overrides: Sequence[str]) -> list[str]:
+    """The positive control's asa-finetune overrides: its labeled set (`Supervised`), every case of it training,
+    for about the pilot's steps, with the study's fine-tuning ``overrides``."""
+    batch = int(compose_config("finetune", [f"data={control.data}", *network.finetune]).trainer.batch_size)
+    epochs = max(1, round(scale.pilot_steps / max(1, len(control.cases) // batch)))  # all its cases train
+    return [f"data={control.data}", f"data.root={control.root}", *network.finetune, f"data.crop={scale.crop}",
+            f"data.num_workers={scale.workers}", f"trainer.epochs={epochs}", "trainer.progress=false",
+            "trainer.panel_every=0", f"seed={seed}", "resume=auto", *overrides, f"output_dir={control.run_dir}"]
+
+
+def supervised_splits(control: Supervised, split: Mapping[str, list[str]], seed: int) -> dict[str, Any]:
+    """The positive control's ``splits.json``: its cases train; every other labeled case is its test part (never
+    seen by it), or, in the T1 view (which holds its cases only), none."""
+    others = [] if control.channel else sorted({*split["test"], *split["val"], *split["pool"]})
+    return {"train": list(control.cases), "val": [], "test": others, "dataset": control.data, "seed": seed}
 
 
 def finetune_arms(runs: Sequence[Pretraining], network: Network, supervised: Path | None,
@@ -336,26 +514,36 @@ def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: M
     return {"lines": lines, "overlapping": found, "accepted": bool(found)}
 
 
-def channel_lines(fine: Sequence[str], pretrain: Sequence[str], held: Sequence[str]) -> list[str]:
+def channel_lines(fine: Sequence[str], pretrain: Sequence[str], held: Sequence[str], *,
+                  store: bool = False) -> list[str]:
     """How each arm meets the fine-tuning channels ``fine``: the pretrained arms and the negative control through
-    the cohort's channels ``pretrain`` they read (`pretraining_channels`), the positive control and the scratch twin
-    through the fine-tuning ones. ``held``: the channels every cohort case has."""
+    the cohort's channels ``pretrain`` they read (`pretraining_channels`), the scratch twin through the fine-tuning
+    ones, the positive control through the pretrained arms' path when they read the T1 alone
+    (`supervised_channel`), else through the fine-tuning channels. ``held``: the channels every cohort case has
+    (with ``store``: the channels the store holds)."""
     if [channel_of(name) for name in fine] == list(pretrain):
         pairs = ", ".join(f"{c} as {name}" for c, name in zip(pretrain, fine))
         return [f"Every arm pretrains and fine-tunes on the same channels: the pretraining runs read the cohort's "
                 f"{pairs}, in the fine-tuning order, so the pretrained stem's channel k is fine-tuning channel k and "
                 f"no stem is adapted (the negative control's noise volumes have {len(pretrain)} channel(s) too)."]
-    why = ("--pretrain-channels t1" if not [n for n in fine if channel_of(n) not in held] else
-           f"the cohort lacks {', '.join(n for n in fine if channel_of(n) not in held)} in some or all cases")
+    lacking = [n for n in fine if channel_of(n) not in held]
+    why = ("--pretrain-channels t1" if not lacking else f"the store holds {', '.join(held)} only" if store else
+           f"the cohort lacks {', '.join(lacking)} in some or all cases")
     if len(fine) == 1:
         return [f"The pretraining runs read the cohort's t1 only ({why}); fine-tuning reads {fine[0]}: every "
                 "pretrained arm (and the negative control) enters through its T1 stem as it is, on another contrast, "
                 "while the scratch twin and the positive control are trained on it from the start."]
-    return [f"The pretraining runs read the cohort's t1 only ({why}); fine-tuning reads {', '.join(fine)}: every "
+    head = (f"The pretraining runs read the cohort's t1 only ({why}); fine-tuning reads {', '.join(fine)}: every "
             f"pretrained arm (and the negative control) enters through its 1-channel stem adapted to {len(fine)} "
             f"channels (the pretrained kernel copied to each channel and divided by {len(fine)}, asa's stem "
-            "adaptation), while the scratch twin and the positive control are trained on the fine-tuning channels "
-            "from the start and take no adaptation: a deficit of the pretrained arms may be the adaptation's."]
+            "adaptation)")
+    if (t1 := supervised_channel(fine, pretrain)) is not None:
+        return [f"{head}, and so does the positive control, trained with labels on {t1} alone; the scratch twin is "
+                "trained on the fine-tuning channels from the start and takes no adaptation: a deficit of the "
+                "pretrained arms against scratch may be the adaptation's, one against the positive control is not."]
+    return [f"{head}, while the scratch twin and the positive control are trained on the fine-tuning channels from "
+            "the start and take no adaptation (no fine-tuning channel is the T1 the control could train on alone): "
+            "a deficit of the pretrained arms may be the adaptation's."]
 
 
 STRIPPED = 0.9  # the share of non-zero voxels above which asa's brain mask takes a scan for a whole head
@@ -535,7 +723,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="asa-study", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--pretrain-data", type=Path,
-                   help="the unlabeled pretraining cohort: a BIDS or CAPS folder or a file list (files.csv)")
+                   help="the unlabeled pretraining cohort: a BIDS or CAPS folder, a file list (files.csv), or a store "
+                        "written by asa-preprocess from a pretraining preset (read as it was written: its channels, "
+                        "its resampling)")
     p.add_argument("--data", required=True, help="the labeled set's preset: brats | ibsr | wmh | msd (nnU-Net raw)")
     p.add_argument("--root", type=Path, required=True, help="the labeled set's folder")
     p.add_argument("--out", type=Path, required=True, help="the study folder (a rerun continues it)")
@@ -601,17 +791,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if odd := [c for c in args.lesion_classes if c not in task.output_names]:
         refuse(f"--lesion-classes {' '.join(odd)}: not classes of {args.root} (its classes: "
                f"{', '.join(task.output_names)})")
-    cohort_cases, held, channels = [], [], None
+    cohort_cases, held, channels, store = [], [], None, None
     if args.pretrain_data is not None:
         layout, root = pretrain_layout(args.pretrain_data.expanduser().absolute())
-        cohort_cases = discover(layout, root, on_bad_case="skip")
+        if layout == "store":
+            store, cohort_cases = read_store(root)
+        else:
+            cohort_cases = discover(layout, root, on_bad_case="skip")
         if len(cohort_cases) < 2:
             refuse(f"--pretrain-data {args.pretrain_data}: {len(cohort_cases)} readable scan(s) ({layout}); the "
                    "pretraining runs need at least 2 (train and held-out)")
-        held = cohort_channels(cohort_cases)
+        held = list(store.channels) if store is not None else cohort_channels(cohort_cases)
         channels = pretraining_channels(held, task.channels, args.pretrain_channels)
+        if store is not None and channels != held:  # a run reads a store with the channels it was written with
+            refuse(f"--pretrain-data {args.pretrain_data}: the store holds {', '.join(held)} (asa-preprocess "
+                   f"data.channels), and a run reads a store with the channels it was written with; the pretraining "
+                   f"runs read {', '.join(channels)} here (for the fine-tuning channels {', '.join(task.channels)}"
+                   + (f", --pretrain-channels {args.pretrain_channels}" if args.pretrain_channels else "")
+                   + f"): write a store with data.channels=[{','.join(channels)}]")
     elif args.pretrain_channels is not None:
         refuse(f"--pretrain-channels {args.pretrain_channels}: no --pretrain-data to read them from")
+    # the positive control takes the pretrained arms' T1-and-adapted-stem path when they read the T1 alone
+    control_channel = supervised_channel(task.channels, channels)
 
     settings = {"scale": dataclasses.asdict(scale) | {"time_budget": None, "jobs": None}, "network": network.name,
                 "arms": sorted(args.arms), "encoders": sorted(f"{k}={v}" for k, v in encoders.items()),
@@ -620,11 +821,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "recipe": args.recipe, "encoder_lr_scale": args.encoder_lr_scale, "seed": args.seed,
                 "budget_cap": args.budget_cap, "override": args.override, "lesion_classes": args.lesion_classes,
                 "largest_cohort": max(scale.cohorts) if scale.cohorts else None, "pilot_cases": max(scale.cases),
-                "pretrain_channels": channels}
+                "pretrain_channels": channels,
+                "supervised_channels": ([control_channel] if control_channel else list(task.channels))
+                if SUPERVISED in args.arms else None,
+                **({"pretrain_store": {"root": str(store.root), "layout": store.layout}} if store else {})}
     out.mkdir(parents=True, exist_ok=True)
-    # a study recorded before the option pretrained on the T1 alone
+    # a study recorded before the options pretrained on the T1 alone and trained the positive control on every
+    # fine-tuning channel
     record_settings(out, settings, grows=GROWS, recorded_as=lambda old: {
-        "pretrain_channels": ["t1"] if old.get("pretrain_data") else None, **old})
+        "pretrain_channels": ["t1"] if old.get("pretrain_data") else None,
+        "supervised_channels": list(task.channels) if SUPERVISED in old.get("arms", []) else None, **old})
 
     # --- checks, before anything trains
     cohorts, noise = {}, None
@@ -634,31 +840,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         if odd := [n for n in scale.cohorts if n > len(cohort_cases)]:
             refuse(f"--cohorts {' '.join(map(str, odd))}: the cohort holds {len(cohort_cases)} scans")
         checks["overlap"] = check_overlap(out, cohort_cases, labeled, split, accept=args.accept_overlap)
-        cohorts = write_cohorts(out, cohort_cases, sizes, args.seed, channels)
+        if store is None:
+            cohorts = write_cohorts(out, cohort_cases, sizes, args.seed, channels)
+        else:
+            cohorts = {n: store.path for n in sizes}
+            checks["cohort"] = (f"The pretraining cohort is a store of asa-preprocess ({store.path}): "
+                                f"{len(cohort_cases)} cases of {store.root} ({store.layout}), channels "
+                                f"{', '.join(store.channels)}" + (f", resampled to {store.resample_mm} mm"
+                                                                  if store.resample_mm else "")
+                                + "; each pretraining run reads its cohort's cases from it (their split in the "
+                                "run's splits.json, the store's other cases as its unread test part).")
         if CONTROL in args.arms:
             noise = write_noise(out, cohort_cases, max(sizes), args.seed, channels)
-    checks["channels"] = (channel_lines(task.channels, channels, held) if channels is not None else
+    checks["channels"] = (channel_lines(task.channels, channels, held, store=store is not None)
+                          if channels is not None else
                           [f"No pretraining cohort: an --encoder file's 1-channel stem is adapted to the "
                            f"{len(task.channels)} fine-tuning channels ({', '.join(task.channels)}; copied to each "
                            "and divided by their number), a file of that many channels is loaded as it is."])
     checks["skull"] = skull_lines({"--pretrain-data": cohort_cases, "--root": labeled})
-    supervised_dir = out / "pretrain" / SUPERVISED
+    supervised = None  # the split holds its cases out either way
     if SUPERVISED in args.arms and not split["supervised"]:
         checks["supervised"] = (f"The positive control is left out: the labeled pool holds {len(labeled)} cases, and "
                                 f"after {scale.test} test, {scale.val} validation and the {max(scale.cases)} a run "
                                 f"draws from, fewer than the {scale.supervised} it needs (--supervised) are left.")
     elif SUPERVISED in args.arms:
-        checks["supervised"] = (f"The positive control trains on {len(split['supervised'])} labeled cases no other run "
-                                "sees (held out of the training pool).")
+        run_dir, ids = out / "pretrain" / SUPERVISED, tuple(split["supervised"])
+        checks["supervised"] = (f"The positive control trains on {len(ids)} labeled cases no other run sees (held "
+                                "out of the training pool)")
+        if control_channel is None:
+            supervised = Supervised(run_dir, args.data, args.root.expanduser().absolute(), ids)
+            checks["supervised"] += "."
+        else:
+            by_id = {c.id: c for c in labeled}
+            view = write_t1_view(out / "data" / f"{SUPERVISED}-t1", [by_id[i] for i in ids], task, control_channel)
+            supervised = Supervised(run_dir, "msd", view, ids, control_channel)
+            k = len(task.channels)
+            checks["supervised"] += (f", on their {control_channel} alone, as the pretraining runs read the T1: its "
+                                     f"1-channel encoder enters the {k}-channel fine-tuning through the pretrained "
+                                     f"arms' adapted stem (its kernel copied to each channel and divided by {k}), so "
+                                     f"that it controls their path (its cases' {control_channel} in {view}).")
     atomic_write_json(out / "checks" / "checks.json", {**checks, "split": split})
-    for line in [*checks["overlap"]["lines"], *checks["channels"], *checks["skull"],
-                 *([checks["supervised"]] if "supervised" in checks else [])]:
+    for line in [*([checks["cohort"]] if "cohort" in checks else []), *checks["overlap"]["lines"],
+                 *checks["channels"], *checks["skull"], *([checks["supervised"]] if "supervised" in checks else [])]:
         print(f"[study] {line}", flush=True)
-    if SUPERVISED not in args.arms or not split["supervised"]:  # the split holds its cases out either way
-        supervised_dir = None
 
     runs = plan_pretraining(out, scale, network, pretraining_arms, cohorts, noise, seed=args.seed,
-                            channels=channels or ("t1",))
+                            channels=channels or ("t1",), store=store)
+    if store is not None:
+        write_store_splits(runs, [c.id for c in cohort_cases], args.seed)
     recipe = [RECIPES[args.recipe]] + ([f"optim.encoder_lr_scale={args.encoder_lr_scale}"]
                                        if args.recipe == "adamw" else [])
     overrides = [*recipe, *args.override]
@@ -667,7 +896,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     times = json.loads(times_file.read_text()) if times_file.is_file() else {"stages": {}, "runs": {}}
     previous = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return _run(args, out, scale, network, runs, split, checks, encoders, supervised_dir, overrides, clock,
+        return _run(args, out, scale, network, runs, split, checks, encoders, supervised, overrides, clock,
                     times, times_file, name, task)
     except Stopped as stop:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -683,7 +912,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining], split: Mapping[str, list[str]],
-         checks: Mapping[str, Any], encoders: Mapping[str, str], supervised_dir: Path | None, overrides: list[str],
+         checks: Mapping[str, Any], encoders: Mapping[str, str], supervised: Supervised | None, overrides: list[str],
          clock: Clock, times: dict[str, Any], times_file: Path, name: str, task) -> int:
     def stage(key: str, started: float) -> None:
         times["stages"][key] = times["stages"].get(key, 0.0) + time.perf_counter() - started
@@ -707,18 +936,11 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
         overrides=[*resenc, *overrides, "optim.schedule=constant"])), lambda: pilot_scores(out, scale).is_file(),
         out / "logs" / f"{PILOT}.log", resumable=False, threads=args.threads)]
     threads = [f"trainer.threads={args.threads}"] if args.threads else []
-    if supervised_dir is not None:
-        others = sorted({*split["test"], *split["val"], *split["pool"]})  # never seen by the control
-        atomic_write_json(supervised_dir / "splits.json", {"train": split["supervised"], "val": [], "test": others,
-                                                           "dataset": args.data, "seed": args.seed})
-        batch = int(compose_config("finetune", [f"data={args.data}", *network.finetune]).trainer.batch_size)
-        epochs = max(1, round(scale.pilot_steps / max(1, len(split["supervised"]) // batch)))  # all its cases train
-        sup = [f"data={args.data}", f"data.root={data['root']}", *network.finetune, f"data.crop={scale.crop}",
-               f"data.num_workers={scale.workers}",
-               f"trainer.epochs={epochs}", "trainer.progress=false", "trainer.panel_every=0", f"seed={args.seed}",
-               "resume=auto", *overrides, f"output_dir={supervised_dir}"]
+    if supervised is not None:
+        atomic_write_json(supervised.run_dir / "splits.json", supervised_splits(supervised, split, args.seed))
+        sup = supervised_overrides(supervised, network, scale, args.seed, overrides)
         units.append(Unit(SUPERVISED, module_argv("asa.cli.finetune", *sup, *threads),
-                          lambda: finished(supervised_dir / "checkpoints" / "last.pt"),
+                          lambda: finished(supervised.run_dir / "checkpoints" / "last.pt"),
                           out / "logs" / f"{SUPERVISED}.log", threads=args.threads))
     for run in runs:
         units.append(Unit(run.name, module_argv("asa.cli.pretrain", *run.overrides, *threads),
@@ -732,7 +954,7 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
     atomic_write_json(out / "pilot.json", pilot)
     steps = pilot["steps"]
     left = clock.left()
-    arms = finetune_arms(runs, network, supervised_dir, encoders)
+    arms = finetune_arms(runs, network, None if supervised is None else supervised.run_dir, encoders)
     targv = transfer.command_line(**data, cases=scale.cases, seeds=scale.seeds, steps=steps, n_boot=args.n_boot,
                                   out=out / "transfer", jobs=scale.jobs, reference=SCRATCH, arms=arms,
                                   overrides=overrides, scratch=False, time_budget=None if left is None else left - 60)

@@ -1,9 +1,11 @@
 """asa-study (asa.study.study): the split and its held-out positive control, the overlap check that refuses a test
 case planted in the pretraining cohort (exit 2, before anything trains), refusals of a changed study folder (exit 2,
 old -> new), the plateau check, the report's verdicts and instrument checks, and the installed script end to end
-from a folder outside the checkout, stopped by SIGTERM with no child left."""
+from a folder outside the checkout, stopped by SIGTERM with no child left; a store of asa-preprocess as the cohort,
+and the positive control on the T1 alone, through the adapted stem, when the pretraining reads the T1 alone."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from asa.data import discover
+from asa.data import discover, get_task
 from asa.data.synthetic.demo import write_demo_dataset
 from asa.study import report, study
 from asa.study.common import record_settings
@@ -313,3 +315,143 @@ def test_the_fine_tuning_runs_get_the_scale_s_loader_workers():
     argv = transfer.command_line(**common, workers=8)
     assert argv[argv.index("--workers") + 1] == "8"
     assert "--workers" not in transfer.command_line(**common)  # 0: in the training process, as before
+
+
+def _store(cohort: Path, store: Path, *options: str) -> Path:
+    """``cohort`` preprocessed into a pretraining store by asa-preprocess."""
+    from asa.api import compose_config, preprocess
+
+    preprocess(compose_config("preprocess", ["data=bids", f"data.root={cohort}", f"data.store={store}",
+                                             "progress=false", *options]))
+    return store
+
+
+def test_a_store_of_asa_preprocess_is_a_pretraining_cohort(data, tmp_path, monkeypatch, capsys):
+    """The checks accept it, study.json records it, every arm reads it (its cohort's cases named by its
+    splits.json), the noise control its own file list; a folder that is no source is refused naming it."""
+    cohort, labeled = data
+    store = _store(cohort, tmp_path / "store")
+    out = tmp_path / "out"
+    argv = ["--data", "msd", "--root", str(labeled), *QUICK, "--network", "resenc-tiny", "--arms", "mae", "noise"]
+    runs = _planned(monkeypatch, ["--pretrain-data", str(store), "--out", str(out), "--cohorts", "3", *argv])
+    assert [r.name for r in runs] == ["mae-c3", "noise-c3"]
+    pretrain = len(study.Network("resenc", "tiny").pretrain("mae"))
+    mae, noise = (r.overrides[pretrain:] for r in runs)
+    assert mae[:2] == ("data=bids", "data.layout=bids") and mae[2:10] == BEFORE[2:]
+    assert mae[11:13] == (f"data.root={cohort}", f"data.store={store}")  # after data.crop: the store's own root
+    assert noise[:10] == BEFORE and not any(o.startswith("data.store=") for o in noise)
+    recorded = json.loads((out / "study.json").read_text())
+    assert recorded["pretrain_data"] == str(store) and recorded["pretrain_channels"] == ["t1"]
+    assert recorded["pretrain_store"] == {"root": str(cohort), "layout": "bids"}
+    assert "a store of asa-preprocess" in json.loads((out / "checks" / "checks.json").read_text())["cohort"]
+    # the run's split of its cohort (the first 3 of the cohort order) and the store's other case, never read
+    ids = [c.id for c in discover("bids", cohort)]
+    first = study.cohort_order(ids, seed=0)[:3]
+    split = json.loads((runs[0].run_dir / "splits.json").read_text())
+    assert sorted(split["train"] + split["val"]) == sorted(first) and len(split["val"]) == 1
+    assert split["test"] == sorted(set(ids) - set(first))
+    assert not (runs[1].run_dir / "splits.json").exists()  # the noise control splits its own volumes
+    with pytest.raises(SystemExit) as err:  # a t1 store cannot give the four fine-tuning channels
+        study.main(["--pretrain-data", str(store), "--out", str(tmp_path / "all"), "--pretrain-channels", "all", *argv])
+    assert err.value.code == 2 and "FLAIR, T1gd, T2w have no channel of the cohort" in capsys.readouterr().err
+    (tmp_path / "neither").mkdir()
+    with pytest.raises(SystemExit) as err:
+        study.main(["--pretrain-data", str(tmp_path / "neither"), "--out", str(tmp_path / "n"), *argv])
+    said = capsys.readouterr().err
+    assert err.value.code == 2 and str(tmp_path / "neither") in said and "a store written by asa-preprocess" in said
+
+
+def test_a_test_case_planted_in_a_store_is_refused_before_anything_trains(data, tmp_path, capsys):
+    cohort, labeled = data
+    split = study.labeled_split(discover("msd", labeled), study.SCALES["quick"], seed=0)
+    test_case = next(c for c in discover("msd", labeled) if c.id == split["test"][0])
+    planted = tmp_path / "cohort.csv"  # the cohort's scans and the T1 channel of one test case, renamed
+    planted.write_text("id,path\n" + "".join(f"{c.id},{c.images['t1']}\n" for c in discover("bids", cohort))
+                       + f"someone,{test_case.images['T1w']}\n")
+    store = _store(planted, tmp_path / "store", "data.layout=filelist")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as err:
+        study.main(["--pretrain-data", str(store), "--data", "msd", "--root", str(labeled), "--out", str(out), *QUICK])
+    said = capsys.readouterr().err
+    assert err.value.code == 2 and f"{test_case.id} = someone" in said and "--accept-overlap" in said
+    assert not (out / "pretrain").exists() and not (out / "pilot").exists()  # nothing trained
+
+
+TASKS = [get_task(name) for name in ("brats", "wmh", "ibsr")]
+
+
+@pytest.mark.parametrize("task", TASKS, ids=[t.name for t in TASKS])
+def test_the_one_channel_dataset_json_states_the_same_task(task, tmp_path):
+    (tmp_path / "dataset.json").write_text(json.dumps(study.task_json(task, "T1w", 2)))
+    read = get_task("msd", tmp_path)
+    assert read.channels == ("T1w",) and dataclasses.replace(read, name=task.name, channels=task.channels) == task
+
+
+def test_the_positive_control_takes_the_t1_and_the_adapted_stem_when_the_pretraining_reads_the_t1(data, tmp_path):
+    """Its overrides as before when the pretraining reads every fine-tuning channel; on a T1 cohort its cases'
+    T1 alone (the same task on one channel), and its 1-channel encoder loaded into the 4-channel fine-tuning
+    network through the pretrained arms' adapted stem."""
+    import numpy as np
+    import torch
+
+    from asa.data import load_volume
+    from asa.models import build_network
+    from asa.models.registry import network_spec
+
+    labeled = data[1]
+    cases = discover("msd", labeled)
+    task = get_task("msd", labeled)
+    split = study.labeled_split(cases, study.SCALES["quick"], seed=0)
+    network, scale = study.Network("resenc", "tiny"), study.SCALES["quick"]
+    recipe = ["optim=adamw", "optim.encoder_lr_scale=1.0"]
+    assert study.supervised_channel(MSD, ["flair", "t1", "t1ce", "t2"]) is None  # every channel pretrained
+    assert study.supervised_channel(MSD, None) is None and study.supervised_channel(("T1w",), ["t1"]) is None
+    assert study.supervised_channel(("FLAIR", "T2w"), ["t1"]) is None  # no T1 to train on alone
+    assert study.supervised_channel(MSD, ["t1"]) == "T1w"
+    run_dir = tmp_path / "pretrain" / "supervised"
+    every = study.Supervised(run_dir, "msd", labeled, tuple(split["supervised"]))
+    # the overrides of before (hand-written): the study's labeled set, every case training for the pilot's steps
+    assert study.supervised_overrides(every, network, scale, 0, recipe) == [
+        "data=msd", f"data.root={labeled}", "model=resenc", "model.size=tiny", "data.crop=32", "data.num_workers=0",
+        "trainer.epochs=12", "trainer.progress=false", "trainer.panel_every=0", "seed=0", "resume=auto", *recipe,
+        f"output_dir={run_dir}"]
+    assert study.supervised_splits(every, split, 0) == {
+        "train": split["supervised"], "val": [], "test": sorted(split["test"] + split["val"] + split["pool"]),
+        "dataset": "msd", "seed": 0}
+    by_id = {c.id: c for c in cases}
+    view = study.write_t1_view(tmp_path / "t1", [by_id[i] for i in split["supervised"]], task, "T1w")
+    one = study.Supervised(run_dir, "msd", view, tuple(split["supervised"]), "T1w")
+    sup = study.supervised_overrides(one, network, scale, 0, recipe)
+    assert sup[:2] == ["data=msd", f"data.root={view}"] and sup[2:] == study.supervised_overrides(
+        every, network, scale, 0, recipe)[2:]
+    assert study.supervised_splits(one, split, 0)["test"] == []  # the view holds the control's cases only
+    seen = get_task("msd", view)
+    assert seen.channels == ("T1w",) and dataclasses.replace(seen, channels=task.channels) == task
+    found = discover("msd", view)
+    assert [c.id for c in found] == split["supervised"]
+    for case in found:
+        assert np.array_equal(load_volume(case.images["T1w"]).array, load_volume(by_id[case.id].images["T1w"]).array)
+    # what the control's asa-finetune builds (the view's one channel) loaded into the study's 4-channel network
+    kwargs = {"img_size": 32, "out_channels": task.num_outputs, "size": "tiny"}
+    control = build_network({"arch": "resenc", "kwargs": {**kwargs, "in_channels": len(seen.channels)}})
+    torch.save({"model": control.state_dict(), "network": network_spec(control)}, tmp_path / "last.pt")
+    seg = build_network({"arch": "resenc", "kwargs": {**kwargs, "in_channels": len(task.channels)}})
+    report = seg.load_pretrained(tmp_path / "last.pt")
+    assert report.adapted and "1 -> 4 image channels" in report.adapted[0]
+    stem, got = control.encoder.stem.convs[0].conv.weight, seg.encoder.stem.convs[0].conv.weight
+    assert stem.shape[1] == 1 and got.shape[1] == 4
+    assert all(torch.allclose(got[:, k:k + 1], stem / 4) for k in range(4))
+
+
+def test_the_study_records_which_channels_the_positive_control_reads(data, four, tmp_path, monkeypatch):
+    cohort, labeled = data
+    argv = ["--data", "msd", "--root", str(labeled), *QUICK, "--network", "resenc-tiny", "--arms", "supervised"]
+    _planned(monkeypatch, ["--pretrain-data", str(cohort), "--out", str(tmp_path / "t1"), *argv])
+    assert json.loads((tmp_path / "t1" / "study.json").read_text())["supervised_channels"] == ["T1w"]
+    checks = json.loads((tmp_path / "t1" / "checks" / "checks.json").read_text())
+    assert "on their T1w alone" in checks["supervised"] and "so does the positive control" in checks["channels"][0]
+    _planned(monkeypatch, ["--pretrain-data", str(four), "--out", str(tmp_path / "four"), *argv])
+    assert json.loads((tmp_path / "four" / "study.json").read_text())["supervised_channels"] == list(MSD)
+    checks = json.loads((tmp_path / "four" / "checks" / "checks.json").read_text())
+    assert checks["supervised"].endswith("(held out of the training pool).")
+    assert not (tmp_path / "four" / "data" / "supervised-t1").exists()
