@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--amp", default="off", choices=AMP_CHOICES, help="autocast precision (default off: fp32)")
     parser.add_argument("--weighting", default="attentive", choices=("uniform", "attentive"))
     parser.add_argument("--mask-block", type=int, default=DEFAULT_MASKING["mask_block"],
-                        help="mask block edge (default 16, as method.mask_block; capped at half the crop)")
+                        help="mask block edge (default 16, as model.mask_block; capped at half the crop)")
     parser.add_argument("--densify", default=DEFAULT_MASKING["densify"], choices=("spark", "asa"))
     parser.add_argument("--weight-patch", type=int, default=DEFAULT_MASKING["weight_patch"])
     parser.add_argument("--earlier", action="store_true",

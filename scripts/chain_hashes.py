@@ -42,8 +42,8 @@ PATHS = {  # name -> (pretraining overrides or None: from scratch, fine-tuning o
     "case": (["experiment=asa"], ["data=targets", "model=tiny", "task=case", "task.target=diagnosis",
                                    "data.accept_pretraining_overlap=true"], 32),  # the demo phantoms share ids
     "resenc_mae": (["model=resenc", "model.size=tiny", "method=mae"], ["model=resenc", "model.size=tiny"], 32),
-    "resenc_asa_sym": (["model=resenc", "model.size=tiny", "method=asa", "method.mirror_visible=0.33",
-                        "method.coord_channel=true"], ["model=resenc", "model.size=tiny", "model.coord_channel=true"], 32),
+    "resenc_asa_sym": (["model=resenc", "model.size=tiny", "method=asa", "model.mirror_visible=0.33",
+                        "model.coord_channel=true"], ["model=resenc", "model.size=tiny", "model.coord_channel=true"], 32),
     "dynunet": (None, ["model=dynunet"], 32),
 }
 FOREIGN_PATHS = ("resenc_mae",)  # fine-tuned again from their nnssl export (the published-file route)

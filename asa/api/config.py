@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from asa.api.configuration import checks, compat
 from asa.methods.base import registered_methods
+from asa.models import NETWORK_SETTINGS
+from asa.models.family import pretrain_model_sections
 
 __all__ = ["ENTRY_POINTS", "compose_config", "config_path", "describe_compose_error", "load_config"]
 
@@ -72,10 +74,16 @@ _HYDRA_NOISE = ("Set the environment variable HYDRA_FULL_ERROR", "To append to y
 _QUOTING = ("LexerNoViableAlt", "token recognition error", "mismatched input", "extraneous input", "no viable")
 
 
-def _methods_with(option: str) -> list[str]:
-    """The registered pretraining methods whose settings have ``option`` (``coord_channel``: asa, mae)."""
-    return sorted(name for name, cls in registered_methods().items()
-                  if option in {f.name for f in dataclasses.fields(cls.Settings)})
+def _pretraining_with(option: str) -> list[str]:
+    """Where asa-pretrain takes ``option``, which no fine-tuning network does: ``method=<name>`` for each registered
+    method whose settings have it, ``model=<family>`` for each family whose pretraining model section has it
+    (``mask_block``: model=resenc)."""
+    if any(option in {f.name for f in dataclasses.fields(cls)} for cls in NETWORK_SETTINGS.values()):
+        return []
+    methods = [f"method={name}" for name, cls in sorted(registered_methods().items())
+               if option in {f.name for f in dataclasses.fields(cls.Settings)}]
+    return methods + [f"model={name}" for name, cls in pretrain_model_sections().items()
+                      if option in {f.name for f in dataclasses.fields(cls)}]
 
 
 def describe_compose_error(text: str) -> str:
@@ -91,8 +99,8 @@ def describe_compose_error(text: str) -> str:
         leaf = key[1].removeprefix("model.")
         message += (f" — the network the model preset builds (model.arch) has no option {leaf}; "
                     "its options are the fields of its settings (asa.models.NetworkSettings)")
-        if methods := _methods_with(leaf):  # a pretraining method's option that fine-tuning sets on the network
-            message += f"; {leaf} is a pretraining option there: method.{leaf} (method={' or '.join(methods)})"
+        if places := _pretraining_with(leaf):  # an option asa-pretrain takes that fine-tuning does not
+            message += f"; {leaf} is an option of asa-pretrain's {' or '.join(places)}"
     elif key and key[1].startswith("task.") and "not in" in message:  # a fine-tuning task section
         message += (f" — the task settings chosen (task=<name>, segmentation unless given) have no option "
                     f"{key[1].removeprefix('task.')}; a task's options are the fields of its Settings (asa.api.tasks)")

@@ -3,8 +3,8 @@
 On the SW-ViT (``model=tiny|small|base``; docs/method.md §1) it is the paper's `asa.models.ASA`: MAE, A-SSL, SPE-SSL,
 ASA and the RAT variants are settings of it (``experiment=`` presets). On nnU-Net's residual-encoder U-Net
 (``model=resenc``; docs/method.md §1.8, beyond the paper) it is masked-convolution pretraining
-(`asa.models.cnn.masked`), with ASA's attentive weight per mask block and the symmetry options
-``mirror_visible`` and ``coord_channel``. ``method=mae`` is the same method with the uniform loss by default:
+(`asa.models.cnn.masked`), with ASA's attentive weight per mask block; the masking and the symmetry options
+(``model.mirror_visible``, ``model.coord_channel``) are the network's, in its ``model`` section. ``method=mae`` is the same method with the uniform loss by default:
 on the residual-encoder U-Net, the CVPR 2025 recipe; on the SW-ViT the position code stays ``model.pos_mode``
 (``experiment=mae`` also sets that to ``none``, the paper's MAE row)."""
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
@@ -45,15 +44,9 @@ class MaskedAutoencoderSettings(MethodSettings):
     bins: int = in_range(8, 1)  # orientation bins per angle of the attentive weight (b × b, docs/method.md §1.5)
     normalize: str = one_of("l2", NORMALIZATIONS)  # l2 | none
     focal_beta: float = in_range(1.0, 0.0)  # focal_region: weight β of the region error term
-    # model=resenc only (the SW-ViT has the symmetric position code and SACA's mirror-consistent masking instead):
-    mirror_visible: Optional[float] = in_range(None, 0.0, 1.0)  # fraction of masked blocks whose mirror block stays visible; null: uniform
-    coord_channel: bool = False  # the mirror-symmetric coordinate channel |x - x_mid| / (X/2) as an extra input
-    # the mask block's edge (nnssl's 16; half the crop when the crop is under 32); stages coarser than its grid
-    # run dense; null: the encoder's total stride (asa's form before nnssl's)
-    mask_block: Optional[int] = 16
-    densify: str = one_of("spark", ("spark", "asa"))  # spark: SparK / nnssl's Spark3D | asa: the earlier form
-    weight_patch: Optional[int] = 8  # the attentive weight's unit (the paper's 8³ patch); null: one per mask block
-    weight_power: float = 1.0  # p ∝ Ḡ^γ (1: the paper's); > 1 sharpens the attentive weights
+    # the masking and the attentive weight's unit on a CNN, and ASA's symmetry there, are the network's own
+    # options (model.mask_block, model.densify, model.weight_patch, model.weight_power, model.mirror_visible,
+    # model.coord_channel with model=resenc: asa.models.cnn.masked.ResEncPretrainModel)
 
 
 @dataclass

@@ -82,7 +82,7 @@ SWVIT_ARMS = ("mae", "asa")  # the SW-ViT's: the paper's Table 4 rows (configs/p
 CONTROL, SUPERVISED = "noise", "supervised"  # the negative and the positive control
 CHOICES = (*ARMS, CONTROL, SUPERVISED)
 MASK_BLOCK = 16
-MASKING = (f"method.mask_block={MASK_BLOCK}", "method.densify=spark", "method.weight_patch=8", "method.mirror_visible=null")
+MASKING = (f"model.mask_block={MASK_BLOCK}", "model.densify=spark", "model.weight_patch=8", "model.mirror_visible=null")
 SCRATCH, COORD_SCRATCH = "scratch", "scratch-coord"  # the scratch twin; with the coordinate channel (asa-coord's twin)
 PILOT = "pilot"
 RECIPES = {"adamw": "optim=adamw", "nnunet": "optim=nnunet"}
@@ -161,8 +161,8 @@ class Network:
             return [f"experiment={arm}", f"model={self.size}"]
         spec = ARMS[arm]
         return ["model=resenc", f"model.size={self.size}", f"method={spec['method']}",
-                f"method.loss_weighting={spec['loss_weighting']}", f"method.weight_power={spec['power']}", *MASKING,
-                f"method.coord_channel={str(bool(spec['coord'])).lower()}"]
+                f"method.loss_weighting={spec['loss_weighting']}", f"model.weight_power={spec['power']}", *MASKING,
+                f"model.coord_channel={str(bool(spec['coord'])).lower()}"]
 
     @property
     def name(self) -> str:

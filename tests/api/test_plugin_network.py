@@ -62,9 +62,10 @@ def plain_unet(*, img_size, in_channels: int, out_channels: int, features: int =
 
 
 @dataclass
-class PlainUNetPretrainSettings:  # asa-pretrain model=plain_unet
+class PlainUNetPretrainSettings:  # asa-pretrain model=plain_unet (its masking is its own: model.mask_block)
     arch: str = "plain_unet"
     features: int = 4
+    mask_block: int = 16
 
 
 class MaskedPlainUNet(PlainUNet):
@@ -160,13 +161,15 @@ def test_a_plugin_network_is_fine_tuned_predicted_and_fine_tuned_from_its_own_ru
 def test_a_plugin_network_is_pretrained_by_its_masked_twin_exported_and_fine_tuned_from_the_export(installed, tmp_path):
     pre = tmp_path / "pre"
     pretrain(compose_config("pretrain", [
-        "model=plain_unet", "model.features=2", "method=mae", "data.crop=32", "data.demo.size=40", "data.demo.cases=4",
-        f"data.demo.cache_dir={tmp_path / 'cache'}", "trainer=smoke", "trainer.max_steps=2", "probe.every=0",
+        "model=plain_unet", "model.features=2", "model.mask_block=8", "method=mae", "data.crop=32", "data.demo.size=40",
+        "data.demo.cases=4", f"data.demo.cache_dir={tmp_path / 'cache'}", "trainer=smoke", "trainer.max_steps=2",
+        "probe.every=0",
         f"output_dir={pre}", "device=cpu", "trainer.amp=off"]))
     export = tmp_path / "export"
     export_model(pre / "checkpoints" / "last.pt", export)
     encoder = load_weights(export)
     assert encoder["network"]["arch"] == "plain_unet_pretrain" and all(k.startswith("encoder.") for k in encoder["encoder"])
+    assert encoder["network"]["kwargs"]["mask_block"] == 8  # the family's masking option, named in its model section
 
     root = write_demo_dataset("ibsr", tmp_path / "data", cases=4, size=32, seed=3)
     run = tmp_path / "ft"

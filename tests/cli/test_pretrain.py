@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from asa.api import pretrain as run
+from asa.api.configuration.schema import CONFIG_VERSION
 from asa.io import load_checkpoint
 from asa.train import IncompatibleCheckpointError
 from asa.api.config import compose_config
@@ -174,10 +175,11 @@ def test_resume_of_a_run_written_with_data_cache_dir_reads_it_without_the_key(tm
     assert history[-1]["changes"]["data.cache_dir"] == {"was": "/somewhere", "now": "<missing>"}
 
 
-def test_a_run_written_before_the_resenc_method_settings_resumes_as_it_was(tmp_path, demo_cache, capsys):
-    """A SW-ViT run of the previous version (its method section without coord_channel and mirror_visible, which
-    came with model=resenc) stopped at step 2 resumes: the new settings take the values that run had (off), said
-    in one line, and it ends with the weights of a run never stopped."""
+def test_a_run_written_with_the_masking_options_in_its_method_resumes_as_it_was(tmp_path, demo_cache, capsys):
+    """A SW-ViT run of version 6 (its method section holding the masked CNN's six masking and symmetry options,
+    at their defaults, which its network never took) stopped at step 2 resumes: they are read out of the method
+    section (version 7 has them in a resenc model section), nothing is said added, and it ends with the weights
+    of a run never stopped."""
     import yaml
 
     extra = ("trainer.batch_size=1", "trainer.epochs=2", "probe.every=0")
@@ -186,21 +188,22 @@ def test_a_run_written_before_the_resenc_method_settings_resumes_as_it_was(tmp_p
     run(compose_config("pretrain", _overrides(out, demo_cache, *extra, "trainer.max_steps=2")))
     record = out / "config.yaml"
     old = yaml.safe_load(record.read_text())
-    for name in ("coord_channel", "mirror_visible"):  # as the previous version wrote them: absent
-        del old["method"][name]
+    old["version"] = 6  # as version 6 wrote them: the masked CNN's options in every masked autoencoder's method
+    old["method"] |= {"mirror_visible": None, "coord_channel": False, "mask_block": 16, "densify": "spark",
+                      "weight_patch": 8, "weight_power": 1.0}
     record.write_text(yaml.safe_dump(old, sort_keys=False))
     for ckpt in (out / "checkpoints").glob("*.pt"):
         state = load_checkpoint(ckpt)
         if "config" in state:
-            state["config"]["method"] = dict(old["method"])
+            state["config"] |= {"version": 6, "method": dict(old["method"])}
             torch.save(state, ckpt)
     capsys.readouterr()
     assert run(compose_config("pretrain", _overrides(out, demo_cache, *extra, "trainer.max_steps=4",
                                                      "resume=true"))).step == 4
     last = out / "checkpoints" / "last.pt"
-    said = [ln for ln in capsys.readouterr().err.splitlines() if "added since" in ln]
-    assert said == [f"[asa] {last} was written by an earlier asa; settings added since take the values that run had: "
-                    "method.coord_channel=False, method.mirror_visible=None"]
+    assert not [ln for ln in capsys.readouterr().err.splitlines() if "added since" in ln]
+    assert load_checkpoint(last)["config"]["version"] == CONFIG_VERSION and "mask_block" not in load_checkpoint(
+        last)["config"]["method"]
     a, b = (load_checkpoint(d / "checkpoints" / "last.pt")["model"] for d in (tmp_path / "full", out))
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -18,7 +18,7 @@ from asa.models import build_network
 def test_resenc_pretrain_finetune_predict(tmp_path, method, coord):
     pre = tmp_path / "pre"
     pretrain(compose_config("pretrain", [
-        "model=resenc", "model.size=tiny", f"method={method}", f"method.coord_channel={str(coord).lower()}", "data.crop=32",
+        "model=resenc", "model.size=tiny", f"method={method}", f"model.coord_channel={str(coord).lower()}", "data.crop=32",
         "data.demo.size=40", "data.demo.cases=4", "trainer=smoke", "probe.every=0", f"output_dir={pre}",
         "device=cpu", "trainer.amp=off"]))
     export = load_weights(pre / "checkpoints" / "encoder.safetensors")

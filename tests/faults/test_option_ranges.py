@@ -104,11 +104,11 @@ def test_load_config_gives_the_console_scripts_hints(name, override, message):
     ("asa-finetune", ["task.samples_per_case=-2"], "task.samples_per_case=-2: expected an integer >= 1"),
     ("asa-finetune", ["task.focal_weight=-1"], "task.focal_weight=-1.0: expected a number >= 0.0"),
     ("asa-pretrain", ["method.bins=0"], "method.bins=0: expected an integer >= 1"),
-    ("asa-pretrain", ["model=resenc", "model.size=tiny", "method.mirror_visible=1.5"],
-     "method.mirror_visible=1.5: expected a number in [0.0, 1.0] or null"),
+    ("asa-pretrain", ["model=resenc", "model.size=tiny", "model.mirror_visible=1.5"],
+     "model.mirror_visible=1.5: expected a number in [0.0, 1.0] or null"),
     ("asa-pretrain", ["model=resenc", "model.size=tiny", "method.mask_ratio=1.2"], "method.mask_ratio must lie in (0, 1), got 1.2"),
-    ("asa-pretrain", ["model=resenc", "model.size=tiny", "method.mirror_visible=0.9"],
-     "method.mirror_visible=0.9: at mask_ratio 0.75 at most 0.333 of the masked blocks can keep a visible mirror"),
+    ("asa-pretrain", ["model=resenc", "model.size=tiny", "model.mirror_visible=0.9"],
+     "model.mirror_visible=0.9: at mask_ratio 0.75 at most 0.333 of the masked blocks can keep a visible mirror"),
     ("asa-pretrain", ["model=resenc", "model.size=tiny", "model.lr_axis=3"], "model.lr_axis must be 0, 1 or 2, got 3"),
 ])
 def test_task_and_method_options_are_refused_by_name_before_anything_is_written(tmp_path, capsys, app, overrides,
@@ -125,14 +125,24 @@ def test_task_and_method_options_are_refused_by_name_before_anything_is_written(
     assert message in err and not (tmp_path / "run").exists()
 
 
-def test_a_pretraining_method_option_under_model_points_to_the_method():
+def test_a_pretraining_only_option_in_fine_tuning_points_to_asa_pretrain():
+    """model.mask_block is the masked twin's (asa-pretrain model=resenc); fine-tuning's ResEnc has no mask."""
     from asa.api import load_config
 
     with pytest.raises(ValueError) as err:
-        load_config("pretrain", "model=resenc", "model.coord_channel=true")
-    assert str(err.value).endswith("has no option coord_channel; its options are the fields of its settings "
-                                   "(asa.models.NetworkSettings); coord_channel is a pretraining option there: "
-                                   "method.coord_channel (method=asa or mae)")
+        load_config("finetune", "model=resenc", "model.mask_block=8")
+    assert str(err.value).endswith("has no option mask_block; its options are the fields of its settings "
+                                   "(asa.models.NetworkSettings); mask_block is an option of asa-pretrain's "
+                                   "model=resenc")
+
+
+@pytest.mark.parametrize("key", ["coord_channel", "mirror_visible", "mask_block", "densify", "weight_patch",
+                                 "weight_power"])
+def test_a_masking_option_under_method_is_refused_naming_its_place_in_the_model_section(key):
+    from asa.api import load_config
+
+    with pytest.raises(ValueError, match=rf"method.{key} is now model.{key} \(with model=resenc\)"):
+        load_config("pretrain", "model=resenc", f"method.{key}=null")
 
 
 def test_a_training_set_too_small_for_one_step_is_refused_before_the_folder_is_written(old_run):

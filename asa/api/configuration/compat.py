@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from asa.api.configuration.schema import CONFIG_VERSION, DEFAULT_ARCH
 from asa.methods import get_method
 from asa.models import NETWORK_SETTINGS, RENAMED_NETWORKS
+from asa.models.family import DEFAULT_FAMILY, pretrain_model_sections
 
 __all__ = [
     "CARRIED_KEYS", "MIGRATIONS", "MOVED_KEYS", "REMOVED_KEYS", "RENAMED_VALUES", "TASK_KEYS", "added_settings",
@@ -70,6 +71,10 @@ MASKING_BEFORE = {"mask_block": None, "densify": "asa", "weight_patch": None}
 CARRIED_KEYS = {"segmenter.feature_size": "model.feature_size", "segmenter.input_skip": "model.input_skip",
                 "segmenter.spe_frame": "model.spe_frame"}
 MOVED_KEYS |= CARRIED_KEYS
+# a masked CNN's masking and ASA's symmetry options, the network's since version 7 (asa-pretrain's model section,
+# as model.coord_channel is in fine-tuning): where a model=resenc pretraining's method section held them
+NETWORK_MASKING = ("mirror_visible", "coord_channel", "mask_block", "densify", "weight_patch", "weight_power")
+MOVED_KEYS |= {f"method.{key}": f"model.{key} (with model=resenc)" for key in NETWORK_MASKING}
 
 
 # values renamed since 0.1.0, per dotted key: a run folder written before resumes under the new value,
@@ -242,8 +247,28 @@ def _segmentation_oversampling(cfg: dict[str, Any], added: dict[str, Any]) -> No
         cfg["task"] = {**OVERSAMPLING_BEFORE, **task}
 
 
+def _network_masking(cfg: dict[str, Any], added: dict[str, Any]) -> None:
+    """6 -> 7: a pretraining run's masking and symmetry options (`NETWORK_MASKING`) leave its ``method`` section:
+    into the ``model`` section of a network that names its arch (``model=resenc``, a plug-in's family: the
+    method handed them to that network), dropped for the SW-ViT (a model section naming no arch, or ``swvit``,
+    whose network never took them: they were at their defaults). Settings said as added since move with them."""
+    model, method = cfg.get("model"), cfg.get("method")
+    if not (isinstance(method, Mapping) and isinstance(model, Mapping)):
+        return
+    held = {k: method[k] for k in NETWORK_MASKING if k in method}
+    cfg["method"] = {k: v for k, v in method.items() if k not in held}
+    network = model.get("arch", "swvit") != "swvit"  # the SW-ViT sizes name no arch (or swvit, the family)
+    if network:
+        cfg["model"] = {**model, **{k: v for k, v in held.items() if k not in model}}
+    for key in NETWORK_MASKING:
+        if f"method.{key}" in added:
+            value = added.pop(f"method.{key}")
+            if network:
+                added[f"model.{key}"] = value
+
+
 MIGRATIONS = (_task_section, _network_settings, _segmentation_sampling, _resenc_masking, _task_validation_and_target,
-              _segmentation_oversampling)
+              _segmentation_oversampling, _network_masking)
 assert len(MIGRATIONS) == CONFIG_VERSION  # one migration per version since the first
 
 
@@ -266,9 +291,10 @@ def read_config(saved: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     it: renamed values under their names now (`RENAMED_VALUES`), the migrations after its ``version`` (none
     recorded: 0) applied in order (`MIGRATIONS`), then a fine-tuning ``model`` section with each setting its
     network gained since at its default, and a pretraining ``method`` section with each setting its method
-    gained since at its default: what that run built and trained with (a run written before model=resenc
-    lacks ``method.coord_channel`` and ``method.mirror_visible``: off, as it was). A version newer than this
-    asa's, or one that is no version, is refused (``ValueError``: `version_refusal`, naming no file: the caller
+    gained since at its default, and a pretraining ``model`` section naming its arch with each setting its
+    family's section gained since at its default: what that run built and trained with (a run written before
+    model=resenc's symmetry options lacks ``model.coord_channel`` and ``model.mirror_visible``: off, as it was).
+    A version newer than this asa's, or one that is no version, is refused (``ValueError``: `version_refusal`, naming no file: the caller
     names it). Returns (the config at `CONFIG_VERSION`, a copy, the rest as it is; the
     settings added since, dotted key -> value)."""
     cfg = copy.deepcopy(dict(saved))
@@ -290,6 +316,9 @@ def read_config(saved: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     method = cfg.get("method")
     if isinstance(method, Mapping) and (settings := _method_settings(method.get("name"))) is not None:
         cfg["method"] = _with_defaults(method, settings, "method", added)
+        arch = model.get("arch", DEFAULT_FAMILY) if isinstance(model, Mapping) else DEFAULT_FAMILY
+        if arch != DEFAULT_FAMILY and (section := pretrain_model_sections().get(arch)) is not None:
+            cfg["model"] = _with_defaults(model, section(), "model", added)  # the SW-ViT's sizes are left as read
     return {"version": CONFIG_VERSION, **cfg}, added
 
 

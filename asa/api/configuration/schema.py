@@ -40,7 +40,7 @@ __all__ = [
 ON_BAD = ("error", "skip")
 # the layout version of a saved run config (config.yaml, a checkpoint's config): one more with each change to the
 # layout, whose numbered migration (asa.api.configuration.compat.MIGRATIONS) reads the one before
-CONFIG_VERSION = 6
+CONFIG_VERSION = 7
 DEFAULT_ARCH = "swvit_unetr"  # the network of a fine-tuning model section that names none
 
 

@@ -29,13 +29,13 @@ the encoder export loads into `asa.models.cnn.resenc.ResEncUNet` and nnU-Net's n
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asa.choices import one_of
+from asa.choices import in_range, one_of
 from asa.losses.informativeness import patch_informativeness
 from asa.losses.reconstruction import AttentiveReconstructionLoss
 from asa.models.blocks.patch import patchify
@@ -321,12 +321,23 @@ class ResEncMaskedAutoencoder(ResEncUNet):
 @dataclass
 class ResEncPretrainModel:
     """``model=resenc`` in pretraining: nnU-Net's residual-encoder U-Net (`asa.models.cnn.resenc`), its
-    topology planned from the crop; the masking and loss are the method's (``method=mae|asa``)."""
+    topology planned from the crop, with its masking and ASA's symmetry options (the loss is the method's:
+    ``method=mae|asa``). The same names reach the network and its file (``model.coord_channel`` here, in the
+    fine-tuning ``model`` section and in the spec)."""
 
     arch: str = "resenc"
     # tiny (unit tests) | S (the CPU size that learns) | M | L (nnU-Net's ResEnc presets); model=resenc: M
     size: str = one_of("tiny", tuple(RESENC_SIZES))
     lr_axis: int = 0  # the left-right axis (RAS+: 0), for mirror_visible and coord_channel
+    # fraction of masked blocks whose mirror block stays visible; null: uniform masking
+    mirror_visible: Optional[float] = in_range(None, 0.0, 1.0)
+    coord_channel: bool = False  # the mirror-symmetric coordinate channel |x - x_mid| / (X/2) as an extra input
+    # the mask block's edge (nnssl's 16; half the crop when the crop is under 32); stages coarser than its grid
+    # run dense; null: the encoder's total stride (asa's form before nnssl's)
+    mask_block: Optional[int] = 16
+    densify: str = one_of("spark", DENSIFY_FORMS)  # spark: SparK / nnssl's Spark3D | asa: the earlier form
+    weight_patch: Optional[int] = 8  # the attentive weight's unit (the paper's 8³ patch); null: one per mask block
+    weight_power: float = 1.0  # p ∝ Ḡ^γ (1: the paper's); > 1 sharpens the attentive weights
 
 
 @register_network("resenc_pretrain", task="pretraining", encoder="encoder", family="resenc")

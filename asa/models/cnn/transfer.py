@@ -78,7 +78,7 @@ def load_resenc_encoder(net: nn.Module, path: str | Path, *, checkpoint: dict | 
             raise ValueError(f"model.pretrained={path}: the encoder was pretrained with the coordinate channel at a "
                              f"{edge}-voxel crop, whose edge sets the channel's scale; this network's crop is "
                              f"{net.img_size[net.lr_axis]}: set data.crop={edge} (or pretrain without "
-                             "method.coord_channel)")
+                             "model.coord_channel)")
     update, report = match_resenc_encoder(net.encoder.state_dict(prefix=PREFIX), blob, path, in_proj=in_proj_keys(net),
                                           image_channels=net.in_channels, coord=net.coord_channel)
     net.encoder.load_state_dict({k.removeprefix(PREFIX): v for k, v in update.items()}, strict=True)
