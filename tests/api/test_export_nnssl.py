@@ -40,7 +40,7 @@ NNUNET_EXTRA = {"pretrain_patch_size", "architecture_kwargs"}
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("nnssl")
     torch.manual_seed(5)
-    net = resenc_unet(img_size=32, in_channels=1, out_channels=1)
+    net = resenc_unet(img_size=32, in_channels=1, out_channels=1, size="tiny")
     for p in net.parameters():  # distinct values everywhere (norm weights start as ones)
         p.data.normal_()
     save_checkpoint(root / "last.pt", {"model": net.state_dict(), "network": network_spec(net), "step": 11})

@@ -22,7 +22,7 @@ STEM = "encoder.stem.convs.0.conv.weight"
 def resenc_export(tmp_path_factory):
     root = tmp_path_factory.mktemp("resenc")
     torch.manual_seed(3)
-    net = resenc_unet(img_size=32, in_channels=1, out_channels=1)
+    net = resenc_unet(img_size=32, in_channels=1, out_channels=1, size="tiny")
     for p in net.parameters():
         p.data.normal_()
     save_checkpoint(root / "last.pt", {"model": net.state_dict(), "network": network_spec(net), "step": 7})

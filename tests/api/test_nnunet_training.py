@@ -70,7 +70,7 @@ def test_nnunet_trains_from_the_asa_export_with_its_encoder_at_the_start(tmp_pat
     plans = tmp_path / "pre" / DATASET / "nnUNetPlans.json"
 
     torch.manual_seed(5)
-    net = resenc_unet(img_size=32, in_channels=1, out_channels=3)
+    net = resenc_unet(img_size=32, in_channels=1, out_channels=3, size="tiny")
     save_checkpoint(tmp_path / "last.pt", {"model": net.state_dict(), "network": network_spec(net), "step": 3})
     export_main([str(tmp_path / "last.pt"), str(tmp_path / "model"), "--nnunet-plans", str(plans)])
     assert NNUNET_CONFIGURATION in json.loads(plans.read_text())["configurations"]

@@ -222,7 +222,7 @@ def test_nnssl_and_nnunet_files_carry_the_cohort_as_chosen(tmp_path, public_run,
     ckpt, root, cohort = public_run
     run = tmp_path / "pre"
     torch.manual_seed(1)
-    net = resenc_unet(img_size=32, in_channels=1, out_channels=1)
+    net = resenc_unet(img_size=32, in_channels=1, out_channels=1, size="tiny")
     save_checkpoint(run / "checkpoints" / "last.pt", {"model": net.state_dict(), "network": network_spec(net), "step": 2})
     (run / COHORT_FILE).write_text(json.dumps(cohort))
     names = _names(cohort)

@@ -84,8 +84,9 @@ def test_every_family_with_a_masked_twin_is_a_model_option_of_asa_pretrain_at_it
 
 
 def test_groups_are_complete():
-    assert options("pretrain", "model") == ["base", "resenc", "small", "tiny"]
-    assert options("finetune", "model") == ["base", "resenc", "small", "tiny"]  # sizes, or settings beyond the defaults
+    # preset files: the SW-ViT sizes; every other network is model=<arch> at its settings' defaults, stored
+    assert options("pretrain", "model") == ["base", "small", "tiny"]
+    assert options("finetune", "model") == ["base", "small", "tiny"]
     assert {"adni", "demo", "oasis"} <= set(options("pretrain", "data"))
     assert options("finetune", "data") == ["brats", "ibsr", "msd", "targets", "wmh"]
     assert options("pretrain", "experiment") == sorted(
@@ -309,7 +310,7 @@ CONFIG_FILES = [(entry, path.relative_to(CONFIGS).as_posix()) for entry in ENTRY
 def test_every_config_file_is_checked():
     files = {p for _, p in CONFIG_FILES}
     assert files == {p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml")}
-    assert len(files) > 50
+    assert len(files) > 40
 
 
 @pytest.mark.parametrize("entry, path", CONFIG_FILES, ids=[f"{e}:{p}" for e, p in CONFIG_FILES])

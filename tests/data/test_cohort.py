@@ -134,7 +134,7 @@ def test_model_card_states_the_cohort_digest(tmp_path):
 
     pre = _pretraining(tmp_path)
     cohort = pretraining_cohort(pre, workers=1)
-    net = resenc_unet(img_size=32, in_channels=1, out_channels=1)
+    net = resenc_unet(img_size=32, in_channels=1, out_channels=1, size="tiny")
     (pre / "checkpoints").mkdir()
     save_checkpoint(pre / "checkpoints" / "last.pt", {"model": net.state_dict(), "network": network_spec(net)})
     out = export_model(pre / "checkpoints" / "last.pt", tmp_path / "model")

@@ -35,7 +35,7 @@ def _prepared(dataset) -> tuple[dict, object]:
 
 @pytest.mark.parametrize("network", [
     lambda: dynunet(img_size=CROP, in_channels=4, out_channels=3),
-    lambda: resenc_unet(img_size=CROP, in_channels=4, out_channels=3),
+    lambda: resenc_unet(img_size=CROP, in_channels=4, out_channels=3, size="tiny"),
 ], ids=["dynunet", "resenc"])
 def test_a_network_without_a_patch_lattice_crops_at_any_voxel(brats48, network):
     cases, task = brats48

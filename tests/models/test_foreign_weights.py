@@ -51,7 +51,7 @@ def nnssl_checkpoint(seed: int = 0) -> dict:
     """checkpoint_final.pth of nnssl after add_adaptation_plan: the whole ResEnc U-Net's weights (decoder and the
     decoder's reference to the encoder included) and the plan."""
     torch.manual_seed(seed)
-    net = resenc_unet(img_size=CROP, in_channels=1, out_channels=1)
+    net = resenc_unet(img_size=CROP, in_channels=1, out_channels=1, size="tiny")
     for p in net.parameters():  # distinct values everywhere (instance-norm init is all ones / zeros)
         p.data.normal_()
     return {"network_weights": net.state_dict(), "nnssl_adaptation_plan": _nnssl_plan(), "trainer_name": "BaseMAETrainer",
@@ -128,7 +128,7 @@ def nnunet_trainer_checkpoint(seed: int = 0) -> dict:
     (nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py): the network's and the SGD optimiser's states, the
     logger's lists (numpy.float64 / float32 values: np.mean and np.nanmean of its per-batch arrays), ``_best_ema``
     (numpy.float64), the init arguments (the plans, a torch.device) and the mirroring axes."""
-    net = resenc_unet(img_size=CROP, in_channels=1, out_channels=4)
+    net = resenc_unet(img_size=CROP, in_channels=1, out_channels=4, size="tiny")
     torch.manual_seed(seed)
     for p in net.parameters():
         p.data.normal_()
@@ -245,7 +245,7 @@ def test_damaged_file_is_refused_naming_the_key(tmp_path, layout, how):
 def test_unexpected_stage_and_disagreeing_aliases_are_refused(tmp_path, files):
     """A ResEnc file deeper than the network (a crop of fewer halvings) and a file whose two names of one tensor
     differ are refused, never loaded in part."""
-    shallow = resenc_unet(img_size=16, in_channels=1, out_channels=2)  # 3 stages; the file has 4
+    shallow = resenc_unet(img_size=16, in_channels=1, out_channels=2, size="tiny")  # 3 stages; the file has 4
     with pytest.raises(ValueError, match=r"not in the network \(encoder\.stages\.3\."):
         shallow.load_pretrained(files["nnssl"])
     blob = nnssl_checkpoint()

@@ -326,8 +326,8 @@ class ResEncPretrainModel:
     fine-tuning ``model`` section and in the spec)."""
 
     arch: str = "resenc"
-    # tiny (unit tests) | S (the CPU size that learns) | M | L (nnU-Net's ResEnc presets); model=resenc: M
-    size: str = one_of("tiny", tuple(RESENC_SIZES))
+    # M (nnU-Net's ResEnc M, model=resenc's) | L | S (the CPU size that learns) | tiny (unit tests)
+    size: str = one_of("M", tuple(RESENC_SIZES))
     lr_axis: int = 0  # the left-right axis (RAS+: 0), for mirror_visible and coord_channel
     # fraction of masked blocks whose mirror block stays visible; null: uniform masking
     mirror_visible: Optional[float] = in_range(None, 0.0, 1.0)
@@ -345,7 +345,7 @@ def resenc_pretrain(
     *,
     img_size: Any,
     in_channels: int = 1,
-    size: str = "tiny",
+    size: str = "M",
     mask_ratio: float = 0.75,
     loss_weighting: str = "attentive",
     bins: int = 8,

@@ -72,7 +72,7 @@ class ResEncPlan(NamedTuple):
         return out
 
 
-def plan_resenc(crop: int, size: str = "tiny") -> ResEncPlan:
+def plan_resenc(crop: int, size: str = "M") -> ResEncPlan:
     """nnU-Net's ResEnc topology for an isotropic crop of edge ``crop`` voxels at 1 mm.
 
     Halving stops when the next map would be under 4 voxels, the edge is odd, or after 5 halvings.
@@ -146,7 +146,7 @@ class ResEncSettings(NetworkSettings):
     """``model=resenc``: the residual-encoder U-Net's options (:func:`resenc_unet`); the topology is planned
     from the crop (:func:`plan_resenc`)."""
 
-    size: str = one_of("tiny", tuple(RESENC_SIZES))  # tiny (CPU tests) | M | L (nnU-Net's ResEnc presets)
+    size: str = one_of("M", tuple(RESENC_SIZES))  # M (nnU-Net's ResEnc M, model=resenc's) | L | S (CPU) | tiny (tests)
     deep_supervision: bool = True  # nnU-Net's deep supervision: weights 1, 1/2, 1/4 ... normalised
     coord_channel: bool = False  # the mirror-symmetric coordinate channel (needed by an encoder pretrained with it)
     lr_axis: int = in_range(0, 0, 2)  # the left-right axis of the brain frame (RAS+: 0), for the coordinate channel
@@ -231,7 +231,7 @@ def resenc_unet(
     img_size: Any,
     in_channels: int,
     out_channels: int,
-    size: str = "tiny",
+    size: str = "M",
     deep_supervision: bool = True,
     coord_channel: bool = False,
     lr_axis: int = 0,
