@@ -10,6 +10,8 @@ family when it registers (`asa.models.register_network`'s ``family``); each fami
 - ``masked``: its masked twin, the network asa-pretrain's masked autoencoder builds for ``model.arch=<name>``,
   with ``pretrain_settings``, the dataclass of that ``model`` section; a file of the twin initialises the encoder
   of the family's networks;
+- ``segmenter``: the segmentation network asa-finetune builds on the family's encoder (``model.arch``), the one a
+  study fine-tunes every arm of the family with;
 - ``face``: its encoder's face (an :class:`EncoderFace`): the encoder as `asa.load_encoder` returns it, the
   tokens the frozen-encoder probes read and the geometry they feed;
 - ``exports``: the formats asa-export writes for it beyond asa's own (``nnunet``, ``nnssl``: nnU-Net's and
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
 import torch
@@ -99,6 +101,7 @@ class Family:
     face: Optional[EncoderFace] = None
     masked: Optional[str] = None
     pretrain_settings: Optional[type] = None
+    segmenter: Optional[str] = None
     exports: tuple[str, ...] = ()
     # size -> the masked twin's keyword arguments of that size (img_size added): a random-init encoder's spec
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -122,6 +125,10 @@ class Family:
             return (f"a {spec.get('arch')!r} network ({self.name} family); the {form} export takes the "
                     f"{' / '.join(takers) or 'no'} family")
         return None if self.export_check is None else self.export_check(form, spec)
+
+    def options(self) -> frozenset[str]:
+        """The fields of the family's pretraining ``model`` section (none: no masked twin)."""
+        return frozenset(f.name for f in fields(self.pretrain_settings)) if self.pretrain_settings else frozenset()
 
     def random_spec(self, size: str, edge: int) -> dict[str, Any]:
         """The network spec of a random-init masked twin of preset ``size`` for crops of ``edge``."""

@@ -50,7 +50,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -65,6 +65,8 @@ from asa.data.preprocessing import PretrainPreprocess
 from asa.data.splits import make_splits
 from asa.data.store import INDEX, SETTINGS, StoreError, open_store, store_settings
 from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
+from asa.models.family import Family, families
+from asa.models.registry import keyword_options
 from asa.study import report, transfer
 from asa.study.common import (Clock, add_scale_options, child_env, finished, machine, module_argv, refuse,
                               record_settings, scale_from_args)
@@ -147,36 +149,60 @@ class Pretraining:
 
 @dataclasses.dataclass(frozen=True)
 class Network:
-    """The network every arm shares: its family (``resenc`` | ``swvit``) and size or preset."""
+    """The network every arm shares: a network family with a masked twin and a segmentation network
+    (`asa.models.family`: ``resenc``, ``swvit``, a plug-in's) and one of its sizes (None: it declares none)."""
 
     family: str
-    size: str
+    size: Optional[str]
+
+    @property
+    def declared(self) -> Family:
+        return families()[self.family]
+
+    @property
+    def by_preset(self) -> bool:
+        """Whether the family's sizes are ``model`` presets whose pretraining section names no arch (the SW-ViT's
+        ``model=tiny|small|base``, pretrained through the paper's ``experiment`` presets), not ``model.size``."""
+        return "arch" not in self.declared.options()
 
     @property
     def finetune(self) -> list[str]:
-        return ["model=resenc", f"model.size={self.size}"] if self.family == "resenc" else [f"model={self.size}"]
+        if self.by_preset:
+            return [f"model={self.size}"]
+        return [f"model={self.declared.segmenter}", *([f"model.size={self.size}"] if self.size else [])]
+
+    def missing(self, arm: str) -> list[str]:
+        """What the pretraining arm ``arm`` needs that the family's masked twin does not take (none: it can run)."""
+        if self.by_preset or arm not in ARMS:
+            return []
+        spec, taken = ARMS[arm], keyword_options(str(self.declared.masked))
+        needs = ["loss_weighting"] if spec["loss_weighting"] != "uniform" else []
+        return [k for k in (*needs, *(["coord_channel"] if spec["coord"] else [])) if k not in taken]
 
     def pretrain(self, arm: str) -> list[str]:
-        if self.family == "swvit":
+        if self.by_preset:
             return [f"experiment={arm}", f"model={self.size}"]
-        spec = ARMS[arm]
-        return ["model=resenc", f"model.size={self.size}", f"method={spec['method']}",
-                f"method.loss_weighting={spec['loss_weighting']}", f"model.weight_power={spec['power']}", *MASKING,
-                f"model.coord_channel={str(bool(spec['coord'])).lower()}"]
+        spec, section = ARMS[arm], self.declared.options()
+        stated = [f"model.weight_power={spec['power']}", *MASKING, f"model.coord_channel={str(bool(spec['coord'])).lower()}"]
+        return [f"model={self.family}", *([f"model.size={self.size}"] if self.size else []), f"method={spec['method']}",
+                f"method.loss_weighting={spec['loss_weighting']}",
+                *(o for o in stated if o.split("=")[0].removeprefix("model.") in section)]  # the section's own
 
     @property
     def name(self) -> str:
-        return f"{self.family}-{self.size}"
+        return f"{self.family}-{self.size}" if self.size else self.family
 
 
 def parse_network(text: str, scale: Scale) -> Network:
-    """``resenc`` / ``swvit`` (the scale's size) or ``resenc-S|M|L|tiny``, ``swvit-tiny|small|base``."""
+    """``<family>`` (the scale's size of it: ``resenc``, ``swvit``) or ``<family>-<size>`` (``resenc-S|M|L|tiny``,
+    ``swvit-tiny|small|base``) for every family that declares a masked twin and a segmentation network."""
     family, _, size = text.partition("-")
-    sizes = {"resenc": ("tiny", "S", "M", "L"), "swvit": ("tiny", "small", "base")}
-    if family not in sizes or (size and size not in sizes[family]):
-        refuse(f"--network {text}: expected resenc or swvit, optionally with a size: "
-               + "; ".join(f"{f}-{'|'.join(s)}" for f, s in sizes.items()))
-    return Network(family, size or (scale.resenc if family == "resenc" else scale.swvit))
+    studied = {name: f for name, f in families().items() if f.masked and f.segmenter}
+    sizes = {name: tuple(f.presets) for name, f in studied.items()}
+    if family not in studied or (size and size not in sizes[family]):
+        refuse(f"--network {text}: expected a network family with a masked twin, optionally with a size: "
+               + "; ".join(f"{f}-{'|'.join(s)}" if s else f for f, s in sizes.items()))
+    return Network(family, size or getattr(scale, family, None))
 
 
 def pretrain_layout(path: Path) -> tuple[str, Path]:
@@ -729,8 +755,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="the labeled set's preset: brats | ibsr | wmh | msd (nnU-Net raw)")
     p.add_argument("--root", type=Path, required=True, help="the labeled set's folder")
     p.add_argument("--out", type=Path, required=True, help="the study folder (a rerun continues it)")
-    p.add_argument("--network", default="resenc", help="resenc[-tiny|-S|-M|-L] or swvit[-tiny|-small|-base] "
-                                                      "(default: resenc at the scale's size)")
+    p.add_argument("--network", default="resenc",
+                   help="a network family with a masked twin, optionally with one of its sizes: resenc[-tiny|-S|-M|-L], "
+                        "swvit[-tiny|-small|-base] or a plug-in's family (asa.models.Family); default: resenc at the "
+                        "scale's size")
     p.add_argument("--pretrain-channels", choices=("t1", "all"),
                    help="the channels the pretraining runs (and the negative control) read: all (the fine-tuning "
                         "channels, in their order, matched by meaning: T1gd is t1ce) or t1 (its stem adapted to the "
@@ -774,8 +802,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             refuse(f"--encoder {spec}: expected NAME=FILE with a name of its own and an existing file")
         encoders[key] = str(Path(path).expanduser().absolute())
     pretraining_arms = [a for a in args.arms if a in ARMS]
-    if network.family == "swvit" and (odd := [a for a in args.arms if a not in (*SWVIT_ARMS, CONTROL)]):
-        refuse(f"--arms {' '.join(odd)}: with --network swvit the arms are {', '.join((*SWVIT_ARMS, CONTROL))}")
+    if network.by_preset and (odd := [a for a in args.arms if a not in (*SWVIT_ARMS, CONTROL)]):
+        refuse(f"--arms {' '.join(odd)}: with --network {network.family} the arms are "
+               f"{', '.join((*SWVIT_ARMS, CONTROL))}")
+    if lacking := {arm: need for arm in args.arms if (need := network.missing(arm))}:
+        refuse("--arms: " + "; ".join(f"{arm} needs {', '.join(need)}, which the {network.family} family's masked twin "
+                                      f"({network.declared.masked}) does not take" for arm, need in lacking.items()))
     if (pretraining_arms or CONTROL in args.arms) and args.pretrain_data is None:
         refuse(f"--arms {' '.join(args.arms)}: pretraining arms need --pretrain-data (or name only --encoder arms "
                "and supervised)")
@@ -924,12 +956,12 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
               "continue", flush=True)
         return 3
 
-    data = dict(data=args.data, root=args.root.expanduser().absolute(), model=network.finetune[-1].split("=", 1)[1]
-                if network.family == "swvit" else "resenc", crop=scale.crop, test=scale.test, val_cases=scale.val,
+    data = dict(data=args.data, root=args.root.expanduser().absolute(), model=network.finetune[0].split("=", 1)[1],
+                crop=scale.crop, test=scale.test, val_cases=scale.val,
                 split_seed=args.seed, device=args.device, threads=args.threads, hold_out=split["supervised"],
                 workers=scale.workers,
                 lesion_classes=args.lesion_classes)
-    resenc = [f"model.size={network.size}"] if network.family == "resenc" else []
+    resenc = network.finetune[1:]  # model.size beside the model preset, for a family sized by option
     started = time.perf_counter()
     units = [Unit(PILOT, module_argv("asa.study.transfer", *transfer.command_line(
         **data, cases=[max(scale.cases)], seeds=[0], steps=scale.pilot_steps, n_boot=1000, out=out / PILOT,

@@ -100,7 +100,7 @@ def plain_unet_pretrain(*, img_size, in_channels: int = 1, features: int = 4, ma
 
 # the family, declared once: asa-pretrain model=plain_unet builds its masked twin; its encoder is read as nnU-Net's
 register_family(Family("plain_unet", face=StageTokens(), masked="plain_unet_pretrain",
-                       pretrain_settings=PlainUNetPretrainSettings))
+                       pretrain_settings=PlainUNetPretrainSettings, segmenter="plain_unet"))
 '''
 
 

@@ -455,3 +455,45 @@ def test_the_study_records_which_channels_the_positive_control_reads(data, four,
     checks = json.loads((tmp_path / "four" / "checks" / "checks.json").read_text())
     assert checks["supervised"].endswith("(held out of the training pool).")
     assert not (tmp_path / "four" / "data" / "supervised-t1").exists()
+
+
+@dataclasses.dataclass
+class _ToySection:  # asa-pretrain model=toy: a masked twin that takes its mask block and nothing of ASA's
+    arch: str = "toy"
+    mask_block: int = 16
+
+
+def _toy_masked(*, img_size, in_channels: int = 1, mask_ratio: float = 0.75, mask_block: int = 16):
+    raise AssertionError("not built: the study only names it")
+
+
+@pytest.fixture
+def toy_family(monkeypatch):
+    """A family declared from outside asa (its masked twin, its section, DynUNet as its segmenter), gone after."""
+    from asa.models import Family, registry
+
+    monkeypatch.setitem(registry.RECORDS, "toy_masked", registry.NetworkRecord(_toy_masked, "pretraining", "encoder",
+                                                                               family="toy"))
+    monkeypatch.setitem(registry.FAMILIES, "toy", Family("toy", masked="toy_masked", pretrain_settings=_ToySection,
+                                                         segmenter="dynunet"))
+
+
+def test_any_family_with_a_masked_twin_is_a_network_of_the_study(toy_family, tmp_path):
+    """--network takes every declared family with a masked twin and a segmenter, not a list of names: each arm
+    states the options its family's section has, and an arm needing what the masked twin does not take (ASA's
+    attentive weight, the coordinate channel) is refused before anything runs."""
+    net = study.parse_network("toy", study.SCALES["cpu"])
+    assert (net.name, net.finetune, net.by_preset) == ("toy", ["model=dynunet"], False)
+    assert net.pretrain("mae") == ["model=toy", "method=mae", "method.loss_weighting=uniform", "model.mask_block=16"]
+    assert net.missing("mae") == [] and net.missing("asa-coord") == ["loss_weighting", "coord_channel"]
+    resenc = study.parse_network("resenc", study.SCALES["cpu"])
+    assert resenc.missing("asa-coord") == [] and "model.coord_channel=true" in resenc.pretrain("asa-coord")
+    with pytest.raises(SystemExit) as refused:
+        study.parse_network("toy-S", study.SCALES["cpu"])  # the toy family declares no sizes
+    assert refused.value.code == 2 and "toy" in str(refused.value)
+    with pytest.raises(SystemExit) as refused:
+        study.main(["--network", "toy", "--arms", "mae", "asa", "--pretrain-data", str(tmp_path), "--data", "msd",
+                    "--root", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert refused.value.code == 2 and str(refused.value) == (
+        "--arms: asa needs loss_weighting, which the toy family's masked twin (toy_masked) does not take")
+    assert not (tmp_path / "out").exists()

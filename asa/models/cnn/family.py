@@ -23,6 +23,6 @@ def _resenc_export(form: str, spec: Mapping[str, Any]) -> str | None:
 
 
 RESENC = register_family(Family(
-    "resenc", face=StageTokens(), masked="resenc_pretrain", pretrain_settings=ResEncPretrainModel,
+    "resenc", face=StageTokens(), masked="resenc_pretrain", pretrain_settings=ResEncPretrainModel, segmenter="resenc",
     exports=("nnunet", "nnssl"), export_check=_resenc_export, presets={size: {"size": size} for size in RESENC_SIZES}))
 DYNUNET = register_family(Family("dynunet"))

@@ -40,4 +40,5 @@ class SWViTTokens(EncoderFace):
 
 SWVIT = register_family(Family(
     DEFAULT_FAMILY, face=SWViTTokens(), masked="asa_pretrain", pretrain_settings=PretrainModelConfig,
+    segmenter="swvit_unetr",
     presets={size: {**sizes, "patch_size": 8} for size, sizes in PRESETS.items()}))
