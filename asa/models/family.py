@@ -26,17 +26,17 @@ Callers ask :func:`family_of` for the family of a network and name none. This mo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import nn
 
 from asa.models.registry import FAMILIES, network_record, registered_networks
 
-__all__ = ["DEFAULT_FAMILY", "EncoderFace", "Family", "Geometry", "StageTokens", "families", "family_of",
-           "masked_network", "pretrain_model_sections", "pretrains", "register_family"]
+__all__ = ["DEFAULT_FAMILY", "EncoderFace", "Family", "FileSettings", "Geometry", "StageTokens", "families", "family_of",
+           "file_settings", "masked_network", "pretrain_model_sections", "pretrains", "register_family"]
 
 DEFAULT_FAMILY = "swvit"  # asa-pretrain's model section without an arch: the SW-ViT sizes (model=tiny|small|base)
 EXPORTS = ("nnunet", "nnssl", "monai")  # the formats asa-export writes beyond asa's own
@@ -174,6 +174,31 @@ def masked_network(family: str) -> str | None:
 def pretrain_model_sections() -> dict[str, type]:
     """asa-pretrain's ``model.arch`` -> the dataclass of its ``model`` section, one per family with a masked twin."""
     return {name: f.pretrain_settings for name, f in families().items() if f.masked is not None}
+
+
+class FileSettings(NamedTuple):
+    """What a pretraining file sets for a network beyond the run's settings (`file_settings`)."""
+
+    crop: int | None  # the crop edge the file was made for (None: it records none, or holds no encoder of the network)
+    options: dict[str, Any]  # spec options it sets whatever the settings say (a published checkpoint's topology)
+
+
+def file_settings(blob: Mapping[str, Any], network: str, taken: Collection[str]) -> FileSettings:
+    """What the pretraining file ``blob`` (as `asa.io.load_weights` reads it) sets for the network ``network``, whose
+    settings hold the options ``taken``: nothing when the file holds no encoder of it (`pretrains`); else the crop
+    it was made for, a published checkpoint's recommended one (`asa.io.foreign`: the file's ``foreign`` record) or
+    the input size asa recorded, and for a published checkpoint every option its spec records beyond the crop, the
+    channels and ``taken``: its topology, which the network must have whatever its settings say."""
+    spec = blob.get("network") or {}
+    if not pretrains(spec.get("arch"), network):
+        return FileSettings(None, {})
+    kwargs = spec.get("kwargs", {})
+    if "foreign" in blob:
+        return FileSettings(int(blob["foreign"]["crop"]), {k: v for k, v in kwargs.items() if k not in taken and k
+                                                           not in ("img_size", "in_channels", "out_channels")})
+    recorded = kwargs.get("img_size")
+    recorded = recorded if recorded is None or isinstance(recorded, (int, float)) else recorded[0]
+    return FileSettings(None if recorded is None else int(recorded), {})
 
 
 def pretrains(arch: str | None, network: str) -> bool:

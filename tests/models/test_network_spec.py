@@ -257,3 +257,18 @@ def test_a_resenc_file_of_another_network_is_refused_naming_the_twin(tmp_path):
     with pytest.raises(ValueError, match="a file of network 'asa_pretrain'; model=resenc takes a file of resenc or of "
                                          "its masked twin resenc_pretrain"):
         net.load_pretrained(tmp_path / "x.pt", checkpoint=blob)
+
+
+def test_what_a_pretraining_file_sets_for_a_network():
+    """The crop a file was made for (a published checkpoint's recommended one, else the input size asa recorded)
+    and a published checkpoint's topology beyond the settings' options; nothing from another network's file."""
+    topology = {"features": [32, 64], "strides": [1, 2], "blocks": [1, 1], "decoder_convs": [1]}
+    asa_file = {"network": {"arch": "resenc_pretrain", "kwargs": {"img_size": [48, 48, 48], "size": "S", **topology}}}
+    assert family.file_settings(asa_file, "resenc", {"size"}) == family.FileSettings(48, {})
+    published = {"network": {"arch": "resenc", "kwargs": {"img_size": [160] * 3, "in_channels": 1, "out_channels": 1,
+                                                          "size": "L", "lr_axis": 0, **topology}},
+                 "foreign": {"crop": 128}}
+    assert family.file_settings(published, "resenc", {"size", "lr_axis"}) == family.FileSettings(128, topology)
+    assert family.file_settings(asa_file, "dynunet", set()) == family.FileSettings(None, {})
+    assert family.file_settings({"network": {"arch": "asa_pretrain", "kwargs": {"img_size": 64}}},
+                                "swvit_unetr", set()).crop == 64

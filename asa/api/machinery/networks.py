@@ -26,7 +26,7 @@ from asa.io import load_weights
 from asa.models import NetworkSettings, architectures, build_network, recorded_pretraining
 from asa.models.blocks.patch import patch_grid
 from asa.models.blocks.sizes import to_3tuple
-from asa.models.family import pretrains
+from asa.models.family import FileSettings, file_settings
 from asa.models.registry import NETWORK_TASKS, case_counterpart, network_record
 
 __all__ = ["PretrainedGeometry", "build_case_network", "build_from_config", "case_arch", "pretrained_geometry"]
@@ -132,17 +132,10 @@ def build_from_config(
                 raise ValueError(f"segmenter.{key}={value}: model arch {arch!r} does not follow a pretraining file's "
                                  "geometry (the segmenter options are for networks that do, e.g. model=tiny|small|base)")
         blob = load_weights(pretrained) if pretrained and network_record(arch).encoder else None  # read once
-        published = blob is not None and "foreign" in blob and pretrains(blob["network"]["arch"], arch)
-        if crop is None and blob is not None and pretrains((blob.get("network") or {}).get("arch"), arch):
-            # the file's crop: a published checkpoint's recommended one, or the pretraining crop asa recorded
-            recorded = blob["network"].get("kwargs", {}).get("img_size")
-            recorded = recorded if recorded is None or isinstance(recorded, (int, float)) else recorded[0]
-            crop = int(blob["foreign"]["crop"]) if published else int(recorded) if recorded is not None else None
+        sets = file_settings(blob, arch, options) if blob is not None else FileSettings(None, {})
+        crop = sets.crop if crop is None else crop  # the file's crop unless the run names one
         size = pretrained_geometry(None, crop=crop, pos_mode=None, lr_axis=None, default_crop=default_crop).crop
-        if published:  # the topology is the checkpoint's, whatever the settings say: what its spec records beyond
-            recorded = blob["network"]["kwargs"]  # the crop, the channels and the options the settings hold
-            options |= {key: value for key, value in recorded.items()
-                        if key not in options and key not in ("img_size", *channels)}
+        options |= sets.options  # a published checkpoint's topology
         net = build_network({"arch": arch, "kwargs": {"img_size": (size,) * 3, **channels, **options}})
         if blob is not None:
             return _load(net, arch, pretrained, lambda: net.load_pretrained(pretrained, checkpoint=blob))
