@@ -6,11 +6,12 @@ ASA and the RAT variants are settings of it (``experiment=`` presets). On nnU-Ne
 (`asa.models.cnn.masked`), with ASA's attentive weight per mask block; the masking and the symmetry options
 (``model.mirror_visible``, ``model.coord_channel``) are the network's, in its ``model`` section. ``method=mae`` is the same method with the uniform loss by default:
 on the residual-encoder U-Net, the CVPR 2025 recipe; on the SW-ViT the position code stays ``model.pos_mode``
-(``experiment=mae`` also sets that to ``none``, the paper's MAE row)."""
+(``experiment=mae`` also sets that to ``none``, the paper's MAE row). Its training step (`mae_step`) and its
+image panels (`make_panel_fn`) are here too."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -19,16 +20,68 @@ from torch import nn
 
 from asa.eval.probe import encode_tokens
 from asa.losses.informativeness import NORMALIZATIONS
+from asa.losses.reconstruction import weight_spread
 from asa.methods.base import MethodSettings, PanelFn, PretrainingMethod, RegionNeeds, StepFn, register_method
 from asa.models.swvit.encoder import ENCODER_PREFIX
 from asa.models.swvit.mae import LOSS_WEIGHTINGS
 from asa.models.family import DEFAULT_FAMILY, masked_network, pretrain_model_sections
+from asa.models import unwrap
 from asa.models.registry import keyword_options, network_record
 from asa.models.zoo import build_network
 from asa.choices import in_range, one_of
-from asa.train.pretrain import mae_step, make_panel_fn
+from asa.train.panels import panel_centre, slice_grid
 
-__all__ = ["MAEPretraining", "MAESettings", "MaskedAutoencoderPretraining", "MaskedAutoencoderSettings"]
+__all__ = ["MAEPretraining", "MAESettings", "MaskedAutoencoderPretraining", "MaskedAutoencoderSettings", "PANEL_ROWS",
+           "mae_step", "make_panel_fn"]
+
+
+def mae_step(model: nn.Module, batch: Mapping) -> tuple[torch.Tensor, dict]:
+    """One masked-autoencoder step: batch["image"] [B,C,D,H,W] (and "region" [B,1,D,H,W] when the
+    data has region maps) -> (loss, logs)."""
+    out = model(batch["image"], batch.get("region"))
+    units = getattr(out, "weight_units", out.mask)  # the masked units the loss weights (patches or sub-blocks)
+    spread = weight_spread(out.weights, units)
+    return out.loss, {"weights/cv": spread["cv"], "weights/effective_share": spread["effective_share"]}
+
+
+PANEL_ROWS = ("1_input", "2_masked", "3_reconstruction", "4_ar_weights")
+_WEIGHT_NAMES = {"attentive": "AR weights", "uniform": "loss weights (uniform)", "focal_region": "focal weights"}
+
+
+def make_panel_fn(
+    sample: torch.Tensor, regions: torch.Tensor | None = None
+) -> Callable[[nn.Module, int], dict[str, torch.Tensor]]:
+    """panel(model, step) -> {"pretrain/<row>": [1, h, w]}, one labelled image per row (`PANEL_ROWS`):
+    the input, the masked input, the reconstruction and the loss-weight map (AR or focal region
+    weights) of the first channel of one fixed sample; sagittal, coronal and axial slices through the
+    centre of mass of the loss weights inside the brain (else of the brain), captioned with their
+    index (`asa.train.panels.slice_grid`). ``regions`` [1, D, H, W]: the sample's region map, for
+    models that use one."""
+
+    def panel(model: nn.Module, step: int) -> dict[str, torch.Tensor]:
+        core = unwrap(model)
+        device = next(core.parameters()).device
+        x = sample[None].to(device).float()  # [1,C,D,H,W]
+        out = core(x, None if regions is None else regions[None].to(device))
+        values = out.pred.shape[-1]
+        recon = core.unpatchify(out.pred.float())
+        mask = core.unpatchify(out.mask.float()[..., None].expand(-1, -1, values))
+        weights = out.weights.float()
+        weights = weights / weights.max().clamp_min(1e-12)
+        wmap = core.unpatchify(weights[..., None].expand(-1, -1, values))
+        lo, hi = x.min(), x.max()
+
+        def scale(v: torch.Tensor) -> torch.Tensor:
+            return ((v - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
+
+        brain = (x[0] != 0).any(0).float()  # z-scored inputs are 0 outside the brain
+        at = panel_centre(x.shape, wmap[0, 0] * brain, brain)
+        names = ("input", "masked input", "reconstruction", _WEIGHT_NAMES.get(getattr(core, "loss_weighting", ""),
+                                                                               "loss weights"))
+        rows = [scale(x)[0, 0], (scale(x) * (1 - mask))[0, 0], scale(recon)[0, 0], wmap[0, 0].clamp(0, 1)]
+        return {f"pretrain/{tag}": slice_grid({name: row}, at) for tag, name, row in zip(PANEL_ROWS, names, rows)}
+
+    return panel
 
 
 @dataclass

@@ -1,6 +1,9 @@
 """Training infrastructure shared by pretraining and fine-tuning: distributed setup, optimisers,
-schedules, the training-checkpoint format and resume checks, seeding and the generic `Engine` (checkpoint
-files are read and written by `asa.io`)."""
+schedules, precision, the training-checkpoint format and resume checks, seeding, data loading, preemption,
+reporting, image panels and the generic `Engine` (checkpoint files are read and written by `asa.io`); and,
+in `asa.train.pretrain`, what every pretraining method shares (validation by its loss, the encoder export).
+A method's own step and panels live with the method (`asa.methods`), a task's own loss, step and
+validation with the task (`asa.api.tasks`)."""
 from __future__ import annotations
 
 from .checkpoint import IncompatibleCheckpointError, check_compatible

@@ -1,4 +1,5 @@
-"""Pretraining pieces for the engine: the MAE step, validation, image panels and the encoder export."""
+"""Pretraining pieces every method shares: validation by the method's own loss and the encoder export (a
+method's step and panels are its module's, `asa.methods`)."""
 from __future__ import annotations
 
 import os
@@ -11,26 +12,14 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from asa.io import SAFETENSORS_SUFFIX, load_checkpoint, save_checkpoint, save_export_safetensors
-from asa.losses.reconstruction import weight_spread
-from asa.models import unwrap
 from asa.models.swvit.encoder import ENCODER_PREFIX
 
 from .data import StopSafeLoader, loader_workers, move_to
 from .distributed import DistEnv
-from .panels import panel_centre, slice_grid
 from .preemption import leave_stop_signals_to_the_trainer
 from .rng import fork_rng, item_seed, seed_everything
 
-__all__ = ["mae_step", "make_validator", "validation_groups", "make_panel_fn", "export_encoder", "PANEL_ROWS"]
-
-
-def mae_step(model: nn.Module, batch: Mapping) -> tuple[torch.Tensor, dict]:
-    """One masked-autoencoder step: batch["image"] [B,C,D,H,W] (and "region" [B,1,D,H,W] when the
-    data has region maps) -> (loss, logs)."""
-    out = model(batch["image"], batch.get("region"))
-    units = getattr(out, "weight_units", out.mask)  # the masked units the loss weights (patches or sub-blocks)
-    spread = weight_spread(out.weights, units)
-    return out.loss, {"weights/cv": spread["cv"], "weights/effective_share": spread["effective_share"]}
+__all__ = ["make_validator", "validation_groups", "export_encoder"]
 
 
 def validation_groups(count: int, size: int) -> list[list[int]]:
@@ -52,15 +41,14 @@ def _collate(samples: list) -> Mapping:
 
 
 def make_validator(
-    dataset: Dataset, *, batch_size: int, env: DistEnv, num_workers: int = 0,
-    step_fn: Callable[[nn.Module, Mapping], tuple[torch.Tensor, Mapping]] | None = None,
-    group_size: int | None = None,
+    dataset: Dataset, *, step_fn: Callable[[nn.Module, Mapping], tuple[torch.Tensor, Mapping]], batch_size: int,
+    env: DistEnv, num_workers: int = 0, group_size: int | None = None,
 ) -> Callable[[nn.Module], dict[str, float]]:
     """validate(model) -> {"loss": mean pretraining loss over the whole validation set}.
 
     Each rank takes every world_size-th case (group); sums and counts are all-reduced, so the value is the
-    exact per-sample mean whatever the number of ranks. ``step_fn`` (default: :func:`mae_step`)
-    gives the loss of a batch.
+    exact per-sample mean whatever the number of ranks. ``step_fn`` (the method's training step,
+    `asa.methods.PretrainingMethod.step_of`) gives the loss of a batch.
 
     ``group_size``: for a loss that depends on which cases share a batch (SA-Swin's contrastive
     term takes its negatives from the batch, and is 0 for a single volume), the batches are the
@@ -68,7 +56,6 @@ def make_validator(
     its random views from its own seed, so the value does not depend on ``batch_size``, the
     number of ranks or a one-volume tail batch.
     """
-    step_fn = step_fn or mae_step
     if group_size is None:
         shard = list(range(env.rank, len(dataset), env.world_size))  # type: ignore[arg-type]
         chunks = [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
@@ -102,46 +89,6 @@ def make_validator(
         return {"loss": float(total[0] / total[1].clamp_min(1))}
 
     return validate
-
-
-PANEL_ROWS = ("1_input", "2_masked", "3_reconstruction", "4_ar_weights")
-_WEIGHT_NAMES = {"attentive": "AR weights", "uniform": "loss weights (uniform)", "focal_region": "focal weights"}
-
-
-def make_panel_fn(
-    sample: torch.Tensor, regions: torch.Tensor | None = None
-) -> Callable[[nn.Module, int], dict[str, torch.Tensor]]:
-    """panel(model, step) -> {"pretrain/<row>": [1, h, w]}, one labelled image per row (`PANEL_ROWS`):
-    the input, the masked input, the reconstruction and the loss-weight map (AR or focal region
-    weights) of the first channel of one fixed sample; sagittal, coronal and axial slices through the
-    centre of mass of the loss weights inside the brain (else of the brain), captioned with their
-    index (`asa.train.panels.slice_grid`). ``regions`` [1, D, H, W]: the sample's region map, for
-    models that use one."""
-
-    def panel(model: nn.Module, step: int) -> dict[str, torch.Tensor]:
-        core = unwrap(model)
-        device = next(core.parameters()).device
-        x = sample[None].to(device).float()  # [1,C,D,H,W]
-        out = core(x, None if regions is None else regions[None].to(device))
-        values = out.pred.shape[-1]
-        recon = core.unpatchify(out.pred.float())
-        mask = core.unpatchify(out.mask.float()[..., None].expand(-1, -1, values))
-        weights = out.weights.float()
-        weights = weights / weights.max().clamp_min(1e-12)
-        wmap = core.unpatchify(weights[..., None].expand(-1, -1, values))
-        lo, hi = x.min(), x.max()
-
-        def scale(v: torch.Tensor) -> torch.Tensor:
-            return ((v - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
-
-        brain = (x[0] != 0).any(0).float()  # z-scored inputs are 0 outside the brain
-        at = panel_centre(x.shape, wmap[0, 0] * brain, brain)
-        names = ("input", "masked input", "reconstruction", _WEIGHT_NAMES.get(getattr(core, "loss_weighting", ""),
-                                                                               "loss weights"))
-        rows = [scale(x)[0, 0], (scale(x) * (1 - mask))[0, 0], scale(recon)[0, 0], wmap[0, 0].clamp(0, 1)]
-        return {f"pretrain/{tag}": slice_grid({name: row}, at) for tag, name, row in zip(PANEL_ROWS, names, rows)}
-
-    return panel
 
 
 def export_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike, prefixes: tuple[str, ...] = (ENCODER_PREFIX,),

@@ -86,7 +86,7 @@ def test_more_folds_than_subjects_is_said_once_and_recorded(tmp_path, capsys):
 
 
 def test_absent_training_classes_are_named():
-    from asa.train.case_targets import class_weights
+    from asa.api.tasks.case import class_weights
 
     with pytest.raises(ValueError, match=r"no training case of class\(es\) 'MCI', 'AD':"):
         class_weights([0, 0, 1], 4, names=("CN", "SMC", "MCI", "AD"))

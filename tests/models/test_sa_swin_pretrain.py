@@ -93,10 +93,10 @@ def test_validation_groups_keep_at_least_a_pair():
 def test_sa_swin_validation_loss_does_not_depend_on_the_batch_split():
     """Fixed pairs (the tail joining the last one), each with its own views: the same value for any
     validation batch size, and no one-volume batch whose contrastive term is 0."""
+    from asa.methods.sa_swin import sah_step
     from asa.train.distributed import DistEnv
     from asa.train.pretrain import make_validator
     from asa.train.rng import fork_rng
-    from asa.train.sa_swin import sah_step
 
     torch.manual_seed(0)
     head = SymmetryAwareHead(**TINY, drop_patch=16).eval()

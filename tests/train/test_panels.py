@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from asa.api.tasks.segmentation import make_segmentation_panel_fn
+from asa.methods.masked_autoencoder import PANEL_ROWS, make_panel_fn
 from asa.models import ASA
-from asa.train.finetune import make_segmentation_panel_fn
 from asa.train.panels import centre_of_mass, panel_centre, slice_captions, slice_grid
-from asa.train.pretrain import PANEL_ROWS, make_panel_fn
 
 SHAPE = (32, 32, 32)
 
@@ -112,7 +112,7 @@ def test_pretraining_panel_cuts_through_the_loss_weights_inside_the_brain():
 
 def test_sa_swin_panel_is_one_labelled_grid_through_the_views_brain():
     from asa.models import SymmetryAwareHead
-    from asa.train.sa_swin import make_sah_panel_fn
+    from asa.methods.sa_swin import make_sah_panel_fn
 
     torch.manual_seed(0)
     head = SymmetryAwareHead(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 4), drop_patch=8).eval()

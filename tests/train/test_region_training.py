@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from asa.api.tasks.segmentation import segmentation_step
 from asa.eval.inference import predict_volume
 from asa.losses import FocalRegionLoss, SegmentationLoss
 from asa.models import ASASegmenter
-from asa.train.finetune import segmentation_step
 
 SEG = dict(feature_size=8, embed_dim=24, depth=4, num_heads=2, window_size=8)
 

@@ -7,9 +7,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from asa.api.tasks.segmentation import make_dice_validator
 from asa.data import Task, get_task
 from asa.train.distributed import DistEnv
-from asa.train.finetune import make_dice_validator
 
 
 class Echo(nn.Module):

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asa.train.case_targets import CaseLoss, case_metrics_of, class_weights, default_monitor
+from asa.api.tasks.case import CaseLoss, case_metrics_of, class_weights, default_monitor
 
 
 def test_class_weights_are_inverse_frequency():
