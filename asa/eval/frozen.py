@@ -78,8 +78,8 @@ def _face(arch: str, where: str) -> EncoderFace:
     """The encoder face of the family of ``arch``; a network whose family declares none is refused."""
     family = family_of(arch)
     if family is None or family.face is None:
-        raise ValueError(f"{where}: a {arch!r} network, whose family declares no encoder face the probes can read "
-                         "(asa.models.family.Family's face)")
+        raise ValueError(f"{where}: a {arch!r} network, which names no family (asa.models.register_network's family=) "
+                         "or whose family declares no encoder face the probes can read (asa.models.Family's face)")
     return family.face
 
 

@@ -132,14 +132,14 @@ def test_probe_of_a_resenc_encoder_pools_its_bottleneck(tmp_path, aged):
     """A residual-encoder U-Net (asa's own or a published file) is probed on its bottleneck's voxels at the
     encoder's total stride (it used to stop with a tensor size mismatch); one with the coordinate channel is
     refused by name."""
-    plain = _checkpoint(tmp_path / "resenc.pt", 1, "resenc_pretrain", img_size=32)
+    plain = _checkpoint(tmp_path / "resenc.pt", 1, "resenc_pretrain", img_size=32, size="tiny")
     result = probe(compose_config("probe", _overrides(aged, tmp_path / "out", plain, "random",
                                                       extra=["task=case", "task.target=age"])))
     assert [r["name"] for r in result["rows"]] == [str(plain), "random-init (resenc_pretrain)"]
     assert result["rows"][0]["stride"] == 8 and result["rows"][0]["size"] == [32] * 3
     assert result["rows"][0]["dim"] == 64  # the bottleneck's channels (tiny plan at 32³: 8 … 64)
     assert all(math.isfinite(r["metrics"]["ridge/mae"]["value"]) for r in result["rows"])
-    coord = _checkpoint(tmp_path / "coord.pt", 1, "resenc_pretrain", img_size=32, coord_channel=True)
+    coord = _checkpoint(tmp_path / "coord.pt", 1, "resenc_pretrain", img_size=32, coord_channel=True, size="tiny")
     with pytest.raises(OptionError, match=rf"{coord}: a CNN encoder with the coordinate channel"):
         probe(compose_config("probe", _overrides(aged, tmp_path / "out2", coord, extra=["task=case", "task.target=age"])))
 

@@ -86,7 +86,7 @@ def test_each_format_loads_in_a_fresh_process_bit_for_bit(pretrained, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = torch.load(tmp_path / "outputs.pt", weights_only=True)
-    expected_class = {"asa": "asa.models.portable.VolumeEncoder",
+    expected_class = {"asa": "asa.models.swvit.volume.VolumeEncoder",
                       "sa_swin": "monai.networks.nets.swin_unetr.SwinTransformer"}
     for family, (net, _) in pretrained.items():
         original = _original_outputs(net, x)
