@@ -113,6 +113,7 @@ class Scale:
     jobs: int = 1
     time_budget: float | None = None  # seconds per call (None: no limit)
     workers: int = 0  # loader workers of every run (pretraining, pilot, fine-tuning, the positive control)
+    nproc: int = 1  # processes (GPUs) of each pretraining run, through torchrun; the global batch stays the recipe's
 
 
 SCALES = {
@@ -358,6 +359,10 @@ def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[s
               "probe.every=0", f"seed={seed}", "resume=auto"]
     batch = int(compose_config("pretrain", [*network.pretrain("mae"), *common[:2], f"data.crop={scale.crop}"])
                 .trainer.batch_size)
+    if scale.nproc < 1 or batch % scale.nproc:
+        refuse(f"--nproc {scale.nproc}: the pretraining's global batch is {batch}; take a number of processes that "
+               "divides it (each process takes an equal share, so the recipe stays the one-process run's)")
+    per_rank = [f"trainer.batch_size={batch // scale.nproc}"] if scale.nproc > 1 else []
     units = [(arm, n, folder) for n, folder in cohorts.items() for arm in arms if arm in ARMS]
     if noise is not None:
         units.append((CONTROL, max(cohorts), noise))
@@ -371,10 +376,20 @@ def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[s
         layout = [f"data.layout={store.layout}"] if stored else common[1:2]
         epochs = pretraining_epochs(scale.pretrain_steps, n, batch)
         overrides = (*network.pretrain("mae" if arm == CONTROL else arm), common[0], *layout, *common[2:],
-                     f"data.crop={crop}", *source, f"trainer.epochs={epochs}",
+                     f"data.crop={crop}", *source, f"trainer.epochs={epochs}", *per_rank,
                      f"output_dir={out / 'pretrain' / f'{arm}-c{n}'}")
         runs.append(Pretraining(f"{arm}-c{n}", arm, n, overrides, coord=bool(spec["coord"])))
     return runs
+
+
+def pretraining_argv(nproc: int, *overrides: str) -> tuple[str, ...]:
+    """The argv of a pretraining run: asa-pretrain in this interpreter, or with ``nproc`` > 1 its ``nproc``
+    processes through asa-torchrun (torchrun on one machine, ending with the job's exit code: 143 after a stop
+    signal, so the study can tell a stopped run from a failed one)."""
+    if nproc == 1:
+        return module_argv("asa.cli.pretrain", *overrides)
+    return module_argv("asa.cli.launch", "--standalone", f"--nproc_per_node={nproc}", "-m", "asa.cli.pretrain",
+                       *overrides)
 
 
 def write_store_splits(runs: Sequence[Pretraining], ids: Sequence[str], seed: int) -> None:
@@ -858,11 +873,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if SUPERVISED in args.arms else None,
                 **({"pretrain_store": {"root": str(store.root), "layout": store.layout}} if store else {})}
     out.mkdir(parents=True, exist_ok=True)
-    # a study recorded before the options pretrained on the T1 alone and trained the positive control on every
-    # fine-tuning channel
+    # a study recorded before the options pretrained on the T1 alone, trained the positive control on every
+    # fine-tuning channel and ran each pretraining in one process
     record_settings(out, settings, grows=GROWS, recorded_as=lambda old: {
         "pretrain_channels": ["t1"] if old.get("pretrain_data") else None,
-        "supervised_channels": list(task.channels) if SUPERVISED in old.get("arms", []) else None, **old})
+        "supervised_channels": list(task.channels) if SUPERVISED in old.get("arms", []) else None, **old,
+        **({"scale": {"nproc": 1, **old["scale"]}} if isinstance(old.get("scale"), dict) else {})})  # one process
 
     # --- checks, before anything trains
     cohorts, noise = {}, None
@@ -975,7 +991,7 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
                           lambda: finished(supervised.run_dir / "checkpoints" / "last.pt"),
                           out / "logs" / f"{SUPERVISED}.log", threads=args.threads))
     for run in runs:
-        units.append(Unit(run.name, module_argv("asa.cli.pretrain", *run.overrides, *threads),
+        units.append(Unit(run.name, pretraining_argv(scale.nproc, *run.overrides, *threads),
                           lambda run=run: finished(run.run_dir / "checkpoints" / "last.pt") and run.encoder.is_file(),
                           out / "logs" / f"{run.name}.log", threads=args.threads))
     complete = run_units(units, scale.jobs, clock, times["runs"])

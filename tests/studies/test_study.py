@@ -497,3 +497,30 @@ def test_any_family_with_a_masked_twin_is_a_network_of_the_study(toy_family, tmp
     assert refused.value.code == 2 and str(refused.value) == (
         "--arms: asa needs loss_weighting, which the toy family's masked twin (toy_masked) does not take")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_pretraining_runs_on_several_processes_keep_the_global_batch(data, tmp_path, monkeypatch):
+    """--nproc 2: every pretraining run is asa-pretrain's two processes through asa-torchrun, each taking half the
+    recipe's global batch (so steps, epochs and lr are the one-process run's); one process is the plain script with
+    the overrides as before; a global batch the processes cannot share is refused; a folder recorded before the
+    option (one process) continues."""
+    cohort, labeled = data
+    argv = ["--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), *QUICK, "--network", "resenc-tiny",
+            "--arms", "mae"]
+    one = _planned(monkeypatch, [*argv, "--out", str(tmp_path / "one")])
+    two = _planned(monkeypatch, [*argv, "--out", str(tmp_path / "two"), "--nproc", "2"])
+    (a,), (b,) = one, two
+    same = [o.replace(str(tmp_path / "one"), "OUT") for o in a.overrides]
+    assert [o.replace(str(tmp_path / "two"), "OUT") for o in b.overrides] == [*same[:-1], "trainer.batch_size=1",
+                                                                            same[-1]]
+    assert study.pretraining_argv(1, *a.overrides) == (sys.executable, "-m", "asa.cli.pretrain", *a.overrides)
+    assert study.pretraining_argv(2, "x=1") == (sys.executable, "-m", "asa.cli.launch", "--standalone",
+                                                "--nproc_per_node=2", "-m", "asa.cli.pretrain", "x=1")
+    with pytest.raises(SystemExit) as refused:
+        _planned(monkeypatch, [*argv, "--out", str(tmp_path / "three"), "--nproc", "3"])
+    assert refused.value.code == 2 and "--nproc 3: the pretraining's global batch is 2" in str(refused.value)
+    record = json.loads((tmp_path / "one" / "study.json").read_text())
+    record["scale"].pop("nproc")  # as a study recorded before the option
+    (tmp_path / "one" / "study.json").write_text(json.dumps(record))
+    assert len(_planned(monkeypatch, [*argv, "--out", str(tmp_path / "one")])) == 1
