@@ -66,7 +66,8 @@ def register(entry: str = "finetune") -> None:
         store.store(group="pretrain_network", name=arch, node=asdict(settings()))
     # model=<arch> with no preset file, a plug-in's too: asa-finetune's every network with settings, asa-pretrain's
     # every family with a masked twin (`asa.models.family.Family.masked`), at their defaults; the store is one per
-    # process, so the other entry point's (and those of the entry points with no model group) go: --help lists what the entry point takes
+    # process, so the other entry point's (and those of the entry points with no model group) go: --help lists
+    # what the entry point takes
     own = {"finetune": {arch: asdict(settings(arch=arch)) for arch, settings in NETWORK_SETTINGS.items()},
            "pretrain": {arch: asdict(settings()) for arch, settings in PRETRAIN_MODELS.items()}}.get(entry, {})
     group = store.repo.get("model", {})

@@ -294,9 +294,9 @@ def read_config(saved: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     gained since at its default, and a pretraining ``model`` section naming its arch with each setting its
     family's section gained since at its default: what that run built and trained with (a run written before
     model=resenc's symmetry options lacks ``model.coord_channel`` and ``model.mirror_visible``: off, as it was).
-    A version newer than this asa's, or one that is no version, is refused (``ValueError``: `version_refusal`, naming no file: the caller
-    names it). Returns (the config at `CONFIG_VERSION`, a copy, the rest as it is; the
-    settings added since, dotted key -> value)."""
+    A version newer than this asa's, or one that is no version, is refused (``ValueError``: `version_refusal`,
+    naming no file: the caller names it). Returns (the config at `CONFIG_VERSION`, a copy, the rest as it is;
+    the settings added since, dotted key -> value)."""
     cfg = copy.deepcopy(dict(saved))
     added: dict[str, Any] = {}
     version = cfg.pop("version", 0)
