@@ -98,7 +98,7 @@ def export_hash(checkpoint: Path, out: Path) -> dict[str, str]:
     result = {}
     for path in sorted(out.iterdir()):
         if path.suffix in (".pt", ".pth"):
-            result[path.name] = tensors_hash(torch.load(path, map_location="cpu", weights_only=False))
+            result[path.name] = tensors_hash(torch.load(path, map_location="cpu", weights_only=True))
         elif path.suffix == ".safetensors":
             result[path.name] = tensors_hash(load_file(path))
         elif path.suffix == ".json" and path.name != "config.json":

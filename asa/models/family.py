@@ -20,7 +20,8 @@ family when it registers (`asa.models.register_network`'s ``family``); each fami
 - ``presets``: the sizes a random-init encoder of the family takes (``asa-probe encoders=[random:<size>]``), each
   as the network spec of the masked twin (:meth:`Family.random_spec`).
 
-Callers ask :func:`family_of` for the family of a network and name none. This module imports only the registry.
+Callers ask :func:`family_of` for the family of a network and name none. This module imports only the registry
+and `asa.models.declared`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any, NamedTuple, Optional
 import torch
 from torch import nn
 
+from asa.models.declared import crop_edges
 from asa.models.registry import FAMILIES, network_record, registered_networks
 
 __all__ = ["DEFAULT_FAMILY", "EncoderFace", "Family", "FileSettings", "Geometry", "StageTokens", "families", "family_of",
@@ -64,13 +66,6 @@ class EncoderFace:
         raise NotImplementedError(f"{type(self).__name__}.geometry")
 
 
-def _edges(size: Any, what: str) -> tuple[int, int, int]:
-    edges = (int(size),) * 3 if isinstance(size, (int, float)) else tuple(int(s) for s in size)
-    if len(edges) != 3:
-        raise ValueError(f"{what} must be one edge or three, got {size!r}")
-    return edges  # type: ignore[return-value]
-
-
 class StageTokens(EncoderFace):
     """A dynamic-network-architectures encoder (nnU-Net's U-Nets: it returns its stages' outputs, finest first,
     and declares its stage ``strides``): the bottleneck stage's voxels as tokens, at the encoder's total stride
@@ -85,8 +80,8 @@ class StageTokens(EncoderFace):
         if kwargs.get("coord_channel"):
             raise ValueError(f"{where}: a CNN encoder with the coordinate channel, which the frozen-encoder probes "
                              "do not feed (they give the image channels only); probe one pretrained without it")
-        stride = math.prod(_edges(s, "strides")[0] for s in module.strides)
-        size = _edges(crop if crop is not None else kwargs["img_size"], "crop")
+        stride = math.prod(crop_edges(s)[0] for s in module.strides)
+        size = crop_edges(crop if crop is not None else kwargs["img_size"])
         if any(s % stride for s in size):
             raise ValueError(f"crop={list(size)}: {where} holds a CNN encoder of total stride {stride}; take a "
                              f"crop that is a multiple of it")
