@@ -27,7 +27,8 @@ from asa.api.machinery.rundir import check_writable
 from asa.api.machinery.run import refusing
 from asa.data.cohort import COHORT_LEVELS, IDS_WITHHELD, cohort_digest, export_cohort
 from asa.data.preprocessing import PERCENTILES
-from asa.io import atomic_write_json, load_weights, save_checkpoint, write_model_folder
+from asa.io import atomic_write_json, save_checkpoint, write_model_folder
+from asa.models import load_weights
 from asa.io.hub import (FOLDER_FILES, FOLDER_FORMAT, MODEL_FILE, NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS,
                         NNUNET_WEIGHTS, OPTIONAL_FILES, SEGMENTER_FILE, encoder_network_spec)
 from asa.models.cnn.nnssl import nnssl_checkpoint
@@ -73,8 +74,8 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         license: the model card's licence field (a Hugging Face licence id, e.g. ``apache-2.0``;
             ``other``: stated in the card's text). None: the one the source records (a published file's, an earlier
             folder's), else ``other``; a published file's recorded licence is kept, another one is refused.
-        nnunet_channels: for a resenc encoder, the image channels of the nnU-Net checkpoint (a 1-channel stem
-            is repeated and divided by their number; None: the encoder's own).
+        nnunet_channels: for an encoder with an nnU-Net export, the image channels of the nnU-Net checkpoint (a
+            1-channel stem is repeated and divided by their number; None: the encoder's own).
         nnunet_plans: an nnU-Net plans file (``$nnUNet_preprocessed/DatasetXXX/<plans>.json``) to add the
             ``3d_fullres_asa`` configuration to (:func:`merge_nnunet_plans`), so that ``nnUNetv2_train`` runs it.
         cohort: what the folder carries of the pretraining cohort (`asa.data.cohort.COHORT_LEVELS`): ``full``,
@@ -85,8 +86,9 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
 
     A fine-tuning checkpoint also gives ``segmenter.pt``, the whole network (weights, spec, run config) that
     ``asa-predict checkpoint=OUT_DIR`` uses, and the card names its task, training data, the metrics of
-    asa-evaluate runs found in the run folder and the command that made it. A resenc encoder (without the
-    coordinate channel) also gets ``nnunet_pretrained_weights.pth`` and
+    asa-evaluate runs found in the run folder and the command that made it. An encoder whose family declares
+    the network nnU-Net builds of it (`asa.models.family.NNUNetForm`: resenc without the coordinate channel, a
+    plug-in's U-Net) also gets ``nnunet_pretrained_weights.pth`` and
     ``nnunet_plans.json`` (`asa.models.cnn.nnunet`): ``nnUNetv2_train ... -pretrained_weights`` loads the one
     into the network nnU-Net builds from the other; and nnssl's ``checkpoint_final.pth`` with
     ``adaptation_plan.json`` (`asa.models.cnn.nnssl`), which nnU-Net's nnssl route reads.

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the model card's licence id (e.g. apache-2.0; default: the one the source records, "
                              "else other, the training data's terms); a published file's recorded licence is kept")
     parser.add_argument("--nnunet-channels", type=int, default=None, metavar="K",
-                        help="a resenc encoder's nnU-Net checkpoint for K image channels (a 1-channel stem repeated "
+                        help="the nnU-Net checkpoint for K image channels (a 1-channel stem repeated "
                              "and divided by K; default: the encoder's own)")
     parser.add_argument("--nnunet-plans", default=None, metavar="PLANS_JSON",
                         help="add the 3d_fullres_asa configuration to this nnU-Net plans file "

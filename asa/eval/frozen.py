@@ -33,8 +33,7 @@ from torch import nn
 
 from asa.data.case import Case
 from asa.data.preprocessing import PretrainPreprocess, case_to_item
-from asa.io import load_weights
-from asa.models import DEFAULT_CROP, build_network, network_encoder
+from asa.models import DEFAULT_CROP, build_network, load_weights, network_encoder
 from asa.models.family import DEFAULT_FAMILY, EncoderFace, Family, families, family_of
 from asa.models.portable import load_encoder
 from asa.models.registry import current_spec

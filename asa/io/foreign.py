@@ -1,4 +1,5 @@
-"""Published residual-encoder checkpoints of other projects, read as asa encoder exports.
+"""Published nnU-Net-family checkpoints of other projects (residual-encoder U-Nets above all), read as encoder
+exports.
 
 Two layouts are recognised by their top-level keys (the files hold nothing else that tells them apart):
 
@@ -8,9 +9,9 @@ Two layouts are recognised by their top-level keys (the files hold nothing else 
     the released files went through ``src/nnssl/utilities/add_adaptation_plan.py``, which drops the optimiser
     state). The state dict is dynamic-network-architectures' ``ResidualEncoderUNet``'s (``encoder.stem.*``,
     ``encoder.stages.*``, ``decoder.*``): asa's ``resenc`` keys, taken as they are. The adaptation plan
-    (``src/nnssl/adaptation_planning/adaptation_plan.py``) gives the architecture (``ResEncL``, or
-    ``ResidualEncoderUNet`` with its ``arch_kwargs``), ``key_to_encoder`` / ``key_to_stem`` (must be
-    ``encoder.stages`` / ``encoder.stem``), ``pretrain_num_input_channels``,
+    (``src/nnssl/adaptation_planning/adaptation_plan.py``) gives the architecture (``ResEncL``, or a dynamic class,
+    ``ResidualEncoderUNet`` or ``PlainConvUNet``, with its ``arch_kwargs``), ``key_to_encoder`` / ``key_to_stem``
+    (must be ``encoder.stages`` / a key under ``encoder.``), ``pretrain_num_input_channels``,
     ``recommended_downstream_patchsize`` and the pretraining plan's configuration (``spacing``,
     ``normalization_schemes``, ``patch_size``); a ``ResEncL`` plan without ``arch_kwargs`` (the released
     files) has the preset's strides. nnssl's SparK3D trainers save a convolution's ``conv`` and
@@ -30,11 +31,14 @@ Two layouts are recognised by their top-level keys (the files hold nothing else 
     and is left out. The file records no spacing, normalisation or patch (its ``hyper_parameters`` may hold
     ``target_size``).
 
-:func:`read_foreign` turns either into the encoder export dict asa's loaders take (``encoder``, ``network``,
-``source``, ``step``, and ``cohort`` when the file carries asa's cohort record) plus ``foreign``: the layout, the
+:func:`read_foreign` turns either into an encoder export without its network spec (``encoder``, ``source``,
+``step``, and ``cohort`` when the file carries asa's cohort record) plus ``foreign``: the layout, the network in
+nnU-Net's terms (``network_class``: the dynamic-network-architectures class, ``arch_kwargs``: its topology as the
+plan states it or, for the residual-encoder U-Net, as its tensors show it; ``input_channels``; ``crop``), the
 adaptation plan as far as the file states it, what was left out, and ``published``: the file's own plan, trainer,
-citations and licence as it holds them, which asa-export writes again unchanged. Floating tensors are cast to float32 (their stored dtype is reported). This module reads
-dicts only: it imports nothing of asa outside `asa.io`.
+citations and licence as it holds them, which asa-export writes again unchanged. The network family that
+declares that class for nnU-Net gives the spec (`asa.models.load_weights`). Floating tensors are cast to
+float32 (their stored dtype is reported). This module reads dicts only: it imports nothing of asa outside `asa.io`.
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ ENCODER = "encoder."
 STEM = "encoder.stem.convs.0.conv.weight"
 AMAES_STEM = "encoder.stem.conv1.conv.weight"
 AMAES_PREFIXES = ("model._orig_mod.", "model.")
-RESENC_ARCHS = ("ResEncL", "ResidualEncoderUNet")  # nnssl architecture names of this network
+RESENC = "ResidualEncoderUNet"  # dynamic-network-architectures' residual-encoder U-Net, nnU-Net's ResEnc
+RESENC_ARCHS = ("ResEncL", RESENC)  # nnssl's names of it: its ResEnc-L preset and the dynamic class
 _BLOCK = re.compile(r"^encoder\.stages\.(\d+)\.blocks\.(\d+)\.conv1\.conv\.weight$")
 
 
@@ -103,24 +108,26 @@ def _topology(weights: Mapping[str, torch.Tensor], path: Path) -> dict[str, Any]
 
 
 def _nnssl_plan(plan: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    """What asa uses of an nnssl adaptation plan; refused when it is not a residual-encoder U-Net's."""
+    """What asa uses of an nnssl adaptation plan: the architecture (its class, and the ``arch_kwargs`` it states),
+    the pretraining configuration and the transfer keys, which must name the encoder under ``encoder.``."""
     arch = (plan.get("architecture_plans") or {}).get("arch_class_name")
-    if str(arch).split(".")[-1] not in RESENC_ARCHS:
-        raise ValueError(f"{path}: nnssl_adaptation_plan.architecture_plans.arch_class_name={arch!r}; asa reads the "
-                         f"residual-encoder U-Net ({' / '.join(RESENC_ARCHS)}), not this architecture")
-    for field, expected in (("key_to_encoder", "encoder.stages"), ("key_to_stem", "encoder.stem")):
-        if plan.get(field) != expected:
-            raise ValueError(f"{path}: nnssl_adaptation_plan.{field}={plan.get(field)!r}, expected {expected!r}")
+    for field, ok in (("key_to_encoder", lambda key: key == "encoder.stages"),
+                      ("key_to_stem", lambda key: isinstance(key, str) and key.startswith(ENCODER))):
+        if not ok(plan.get(field)):
+            raise ValueError(f"{path}: nnssl_adaptation_plan.{field}={plan.get(field)!r}, expected "
+                             + ("'encoder.stages'" if field == "key_to_encoder" else "a key under 'encoder.'"))
     configs = (plan.get("pretrain_plan") or {}).get("configurations") or {}
     name, config = next(iter(configs.items()), (None, {}))
     kwargs = (plan.get("architecture_plans") or {}).get("arch_kwargs") or {}
     strides = kwargs.get("strides")
     return {
-        "architecture": arch, "configuration": name,
+        "architecture": arch, "network_class": RESENC if str(arch).split(".")[-1] in RESENC_ARCHS
+        else str(arch).split(".")[-1], "arch_kwargs": dict(kwargs) or None, "configuration": name,
         "spacing_mm": config.get("spacing"), "spacing_style": config.get("spacing_style"),
         "normalization": config.get("normalization_schemes"), "pretrain_patch": config.get("patch_size"),
         "recommended_patch": plan.get("recommended_downstream_patchsize"),
         "input_channels": plan.get("pretrain_num_input_channels"),
+        "in_proj": [f"{k}.weight" for k in plan.get("keys_to_in_proj") or ()],
         "strides": [int(s[0]) if isinstance(s, (list, tuple)) else int(s) for s in strides] if strides else None,
         "decoder_convs": list(kwargs["n_conv_per_stage_decoder"]) if kwargs.get("n_conv_per_stage_decoder") else None,
     }
@@ -189,9 +196,9 @@ def _crop(plan: Mapping[str, Any], total_stride: int, path: Path) -> tuple[int, 
 
 
 def read_foreign(path: str | os.PathLike, blob: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A loaded published checkpoint (``blob``, read from ``path``) as an asa ``resenc`` encoder export, or None
-    when ``blob`` is no published layout. Refused (``ValueError`` naming the file and the keys or plan field at
-    fault) when the file is not a residual-encoder U-Net's or its encoder tensors do not form one."""
+    """A loaded published checkpoint (``blob``, read from ``path``) as an encoder export whose network is said in
+    nnU-Net's terms (see the module), or None when ``blob`` is no published layout. Refused (``ValueError`` naming
+    the file and the keys or plan field at fault) when its encoder tensors do not form the network it states."""
     layout = foreign_layout(blob)
     if layout is None:
         return None
@@ -222,32 +229,47 @@ def read_foreign(path: str | os.PathLike, blob: Mapping[str, Any]) -> dict[str, 
     aliased: list[str] = []
     if "spark" in str(blob.get("trainer_name") or "").lower():  # only nnssl's SparK3D trainers train one twin
         weights, aliased = _resolve_aliases(weights)
-    topo = _topology(weights, path)
-    stages = len(topo["features"])
-    strides = plan.get("strides") or [1] + [2] * (stages - 1)
-    decoder_convs = plan.get("decoder_convs") or [1] * (stages - 1)
-    if len(strides) != stages or len(decoder_convs) != stages - 1:
-        raise ValueError(f"{path}: the plan's strides {strides} / decoder convs {decoder_convs} do not fit the "
-                         f"{stages} encoder stages of the tensors")
+    network_class = plan.get("network_class") or RESENC  # nnU-Net's and AMAES's files: the residual encoder's
+    if network_class == RESENC:  # the topology read off the tensors (a ResEnc-L plan states none)
+        topo = _topology(weights, path)
+        in_channels = topo["in_channels"]
+        stages = len(topo["features"])
+        strides = plan.get("strides") or [1] + [2] * (stages - 1)
+        decoder_convs = plan.get("decoder_convs") or [1] * (stages - 1)
+        if len(strides) != stages or len(decoder_convs) != stages - 1:
+            raise ValueError(f"{path}: the plan's strides {strides} / decoder convs {decoder_convs} do not fit the "
+                             f"{stages} encoder stages of the tensors")
+        arch_kwargs = {"n_stages": stages, "features_per_stage": topo["features"],
+                       "strides": [int(s) for s in strides], "n_blocks_per_stage": topo["blocks"],
+                       "n_conv_per_stage_decoder": [int(c) for c in decoder_convs]}
+        where = STEM
+    else:  # another architecture: as the plan states it, the input channels off its input projection
+        arch_kwargs = plan.get("arch_kwargs")
+        if not arch_kwargs or not arch_kwargs.get("strides"):
+            raise ValueError(f"{path}: nnssl_adaptation_plan.architecture_plans.arch_kwargs states no strides of the "
+                             f"{network_class}; asa reads an architecture other than the residual-encoder U-Net "
+                             "from its plan's arch_kwargs")
+        where = next((k for k in plan.get("in_proj") or () if k in weights), None)
+        if where is None:
+            raise ValueError(f"{path}: no input projection of the plan's keys_to_in_proj "
+                             f"({', '.join(plan.get('in_proj') or ()) or 'none'}) among the encoder tensors")
+        in_channels = int(weights[where].shape[1])
+        strides = [int(s[0]) if isinstance(s, (list, tuple)) else int(s) for s in arch_kwargs["strides"]]
     total = 1
     for s in strides:
         total *= int(s)
     crop, crop_note = _crop(plan, total, path)
     declared = plan.get("input_channels")
-    if declared is not None and int(declared) != topo["in_channels"]:
-        raise ValueError(f"{path}: the plan declares {declared} input channel(s), the stem {STEM} takes "
-                         f"{topo['in_channels']}")
-    spec = {"arch": "resenc", "kwargs": {
-        "img_size": [crop] * 3, "in_channels": topo["in_channels"], "out_channels": topo["in_channels"],
-        "size": "L", "deep_supervision": False, "coord_channel": False, "lr_axis": 0,
-        "features": topo["features"], "strides": [int(s) for s in strides], "blocks": topo["blocks"],
-        "decoder_convs": [int(c) for c in decoder_convs]}}
+    if declared is not None and int(declared) != in_channels:
+        raise ValueError(f"{path}: the plan declares {declared} input channel(s), the stem {where} takes "
+                         f"{in_channels}")
     info = {"layout": layout, "file": str(path), "dtypes": dtypes, "crop": crop, "crop_from": crop_note,
             "left_out": left_out, **{k: plan.get(k) for k in ("architecture", "configuration", "spacing_mm",
                                                                "spacing_style", "normalization", "pretrain_patch",
                                                                "recommended_patch")},
-            "input_channels": topo["in_channels"], "aliases_resolved": aliased, "published": _published(blob, layout)}
-    export = {"encoder": weights, "network": spec, "source": f"{layout}:{path.name}", "step": step, "foreign": info}
+            "input_channels": in_channels, "network_class": network_class, "arch_kwargs": _plain(arch_kwargs),
+            "aliases_resolved": aliased, "published": _published(blob, layout)}
+    export = {"encoder": weights, "source": f"{layout}:{path.name}", "step": step, "foreign": info}
     if blob.get("cohort") is not None:  # asa-export's nnssl / nnU-Net files carry the pretraining cohort (plain strings)
         export["cohort"] = blob["cohort"]
     return export

@@ -14,15 +14,17 @@ A model folder holds three files:
 
 A folder exported from a fine-tuning checkpoint also holds ``segmenter.pt`` (the whole network, its spec and
 the run config; :func:`segmenter_checkpoint`), which ``asa-predict checkpoint=<folder>`` reads; one exported
-from a resenc encoder, nnU-Net v2's ``nnunet_pretrained_weights.pth`` and ``nnunet_plans.json``, and nnssl's
-``checkpoint_final.pth`` and ``adaptation_plan.json`` (with ``config.json``, what nnU-Net's nnssl route downloads).
+from an encoder that nnU-Net builds (`asa.models.family.NNUNetForm`), nnU-Net v2's ``nnunet_pretrained_weights.pth``
+and ``nnunet_plans.json``, and nnssl's ``checkpoint_final.pth`` and ``adaptation_plan.json`` (with ``config.json``,
+what nnU-Net's nnssl route downloads).
 
 :func:`write_model_folder` writes them into a fresh folder beside the target and renames it (or,
 into an existing folder, each file) into place. :func:`load_model_folder` reads one back as the
-encoder export dict that ``asa.io.load_weights`` returns for ``encoder.pt``. A hub id
+encoder export dict that :func:`read_weights` returns for ``encoder.pt``. A hub id
 (``hf://owner/name[@revision]``) is read through ``huggingface_hub`` when it is installed (not a
 dependency of asa); without it, or offline without a cached copy, the read is refused with a message.
-:func:`load_weights` reads any of asa's weight files, model folders included.
+:func:`read_weights` reads any of asa's weight files, model folders included, and published ones in nnU-Net's
+terms (`asa.models.load_weights` adds their network spec).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from asa.io.foreign import read_foreign
 
 __all__ = ["CARD_FILE", "CONFIG_FILE", "ENCODER_ARCH", "FOLDER_FILES", "FOLDER_FORMAT", "HUB_PREFIX", "MODEL_FILE",
            "NNSSL_CHECKPOINT", "NNSSL_PLAN", "NNUNET_PLANS", "NNUNET_WEIGHTS", "OPTIONAL_FILES", "SEGMENTER_FILE", "encoder_network_spec",
-           "is_model_folder", "load_model_folder", "load_weights", "resolve_hub_id", "segmenter_checkpoint",
+           "is_model_folder", "load_model_folder", "read_weights", "resolve_hub_id", "segmenter_checkpoint",
            "write_model_folder"]
 
 MODEL_FILE = "model.safetensors"
@@ -57,7 +59,7 @@ ENCODER_ARCH = "encoder"  # the network of a model folder's weights: a source ne
 # a folder exported from a fine-tuning checkpoint also carries the whole segmenter: the network's weights, its
 # spec and the run config (task, data), as asa-predict reads a best.pt / last.pt
 SEGMENTER_FILE = "segmenter.pt"
-NNUNET_WEIGHTS = "nnunet_pretrained_weights.pth"  # a resenc encoder for nnUNetv2_train -pretrained_weights
+NNUNET_WEIGHTS = "nnunet_pretrained_weights.pth"  # the encoder for nnUNetv2_train -pretrained_weights
 NNUNET_PLANS = "nnunet_plans.json"  # the plans configuration that builds the network those weights fit
 # nnssl's checkpoint and adaptation plan: with config.json, the files nnU-Net's nnssl route downloads from the hub
 NNSSL_CHECKPOINT = "checkpoint_final.pth"
@@ -190,13 +192,13 @@ def resolve_hub_id(ref: str) -> Path:
     return Path(folder)
 
 
-def load_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+def read_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """A pretraining checkpoint or encoder export as a dict: ``.safetensors`` files through
     :func:`load_export_safetensors`, a model folder of ``asa-export`` (or a hub id
     ``hf://owner/name``, with ``huggingface_hub`` installed) through :func:`load_model_folder`,
-    anything else through ``asa.io.load_checkpoint`` (weights only); a published residual-encoder checkpoint
-    (nnssl / OpenMind, nnU-Net v2, AMAES: `asa.io.foreign`) comes back as a ``resenc`` encoder export, its
-    adaptation plan under ``"foreign"``."""
+    anything else through ``asa.io.load_checkpoint`` (weights only); a published checkpoint (nnssl / OpenMind,
+    nnU-Net v2, AMAES: `asa.io.foreign`) comes back as an encoder export without its network spec, its network
+    in nnU-Net's terms and its adaptation plan under ``"foreign"`` (`asa.models.load_weights`: with the spec)."""
     if isinstance(path, str) and path.startswith(HUB_PREFIX):
         path = resolve_hub_id(path)
     if Path(path).is_dir():

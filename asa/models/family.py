@@ -17,6 +17,8 @@ family when it registers (`asa.models.register_network`'s ``family``); each fami
 - ``exports``: the formats asa-export writes for it beyond asa's own (``nnunet``, ``nnssl``: nnU-Net's and
   nnssl's files; ``monai``: SwinUNETR's ``load_from`` layout), each refused for a spec that cannot take it
   (:meth:`Family.export_fault`);
+- ``nnunet``: how nnU-Net builds the family's networks (an :class:`NNUNetForm`), which the ``nnunet`` and
+  ``nnssl`` exports write and a published file of that architecture is read back through;
 - ``presets``: the sizes a random-init encoder of the family takes (``asa-probe encoders=[random:<size>]``), each
   as the network spec of the masked twin (:meth:`Family.random_spec`).
 
@@ -37,8 +39,9 @@ from torch import nn
 from asa.models.declared import crop_edges
 from asa.models.registry import FAMILIES, network_record, registered_networks
 
-__all__ = ["DEFAULT_FAMILY", "EncoderFace", "Family", "FileSettings", "Geometry", "StageTokens", "families", "family_of",
-           "file_settings", "masked_network", "pretrain_model_sections", "pretrains", "register_family"]
+__all__ = ["DEFAULT_FAMILY", "EncoderFace", "Family", "FileSettings", "Geometry", "NNUNetForm", "StageTokens",
+           "families", "family_of", "file_settings", "masked_network", "pretrain_model_sections", "pretrains",
+           "published_spec", "register_family"]
 
 DEFAULT_FAMILY = "swvit"  # asa-pretrain's model section without an arch: the SW-ViT sizes (model=tiny|small|base)
 EXPORTS = ("nnunet", "nnssl", "monai")  # the formats asa-export writes beyond asa's own
@@ -89,6 +92,26 @@ class StageTokens(EncoderFace):
 
 
 @dataclass(frozen=True)
+class NNUNetForm:
+    """How nnU-Net builds the networks of a family: ``network_class``, the dotted name of the class an nnU-Net plans
+    file names (``network_class_name``; nnssl names it by its last part); ``arch_kwargs``, (spec, source) -> the
+    plans' ``arch_kwargs`` of a network spec of the family, the op classes as dotted names (``requires_import``:
+    the keys that hold them), refused naming ``source`` for a spec it cannot write; ``spec``, the inverse:
+    (arch_kwargs, input channels, crop edge) -> the spec of the family's network whose encoder a file of that
+    architecture initialises (a published or exported nnU-Net / nnssl file read back, `asa.models.load_weights`)."""
+
+    network_class: str
+    arch_kwargs: Callable[[Mapping[str, Any], str], dict[str, Any]]
+    spec: Callable[[Mapping[str, Any], int, int], dict[str, Any]]
+    requires_import: tuple[str, ...] = ("conv_op", "norm_op", "dropout_op", "nonlin")
+
+    @property
+    def class_name(self) -> str:
+        """The class's own name, as nnssl's adaptation plans name it (``arch_class_name``)."""
+        return self.network_class.rsplit(".", 1)[-1]
+
+
+@dataclass(frozen=True)
 class Family:
     """One network family's declaration (see the module)."""
 
@@ -98,6 +121,7 @@ class Family:
     pretrain_settings: Optional[type] = None
     segmenter: Optional[str] = None
     exports: tuple[str, ...] = ()
+    nnunet: Optional[NNUNetForm] = None  # how nnU-Net builds its networks: needed by the nnunet and nnssl exports
     # size -> the masked twin's keyword arguments of that size (img_size added): a random-init encoder's spec
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # why a spec of the family cannot take an export format (None: it can); by default every one declared can
@@ -110,6 +134,9 @@ class Family:
             raise TypeError(f"family {self.name!r}: pretrain_settings must be a dataclass, got {self.pretrain_settings!r}")
         if unknown := [e for e in self.exports if e not in EXPORTS]:
             raise ValueError(f"family {self.name!r}: exports {unknown}; known: {', '.join(EXPORTS)}")
+        if {"nnunet", "nnssl"} & set(self.exports) and self.nnunet is None:
+            raise ValueError(f"family {self.name!r}: the nnunet and nnssl exports write the network nnU-Net builds; "
+                             "declare it (nnunet=NNUNetForm(...))")
         if self.presets and self.masked is None:
             raise ValueError(f"family {self.name!r}: presets are sizes of its masked twin; it declares none")
 
@@ -169,6 +196,20 @@ def masked_network(family: str) -> str | None:
 def pretrain_model_sections() -> dict[str, type]:
     """asa-pretrain's ``model.arch`` -> the dataclass of its ``model`` section, one per family with a masked twin."""
     return {name: f.pretrain_settings for name, f in families().items() if f.masked is not None}
+
+
+def published_spec(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The network spec of a published file read in nnU-Net's terms (`asa.io.foreign`'s ``foreign`` record:
+    ``network_class``, ``arch_kwargs``, ``input_channels``, ``crop``), as the family that declares that class for
+    nnU-Net gives it (:attr:`NNUNetForm.spec`); a class no family declares is refused, naming the file, the
+    architecture it states and the classes asa reads."""
+    readers = {f.nnunet.class_name: f.nnunet for f in families().values() if f.nnunet is not None}
+    form = readers.get(info["network_class"])
+    if form is None:
+        raise ValueError(f"{info['file']}: nnssl_adaptation_plan.architecture_plans.arch_class_name="
+                         f"{info.get('architecture')!r}; asa reads {' / '.join(readers)} (the architectures its "
+                         "network families declare for nnU-Net), not this architecture")
+    return form.spec(info["arch_kwargs"], int(info["input_channels"]), int(info["crop"]))
 
 
 class FileSettings(NamedTuple):

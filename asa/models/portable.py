@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from asa.io import load_weights, save_checkpoint
+from asa.io import save_checkpoint
+from asa.models.weights import load_weights
 from asa.models.swvit.volume import VolumeEncoder
 from asa.models.family import family_of
 from asa.models.registry import ENCODER_MODULES, build_network, current_spec, register_network
@@ -106,7 +107,7 @@ def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = 
     ``path``: ``encoder.safetensors`` or ``encoder.pt`` (``asa-pretrain``'s exports), a model folder
     of ``asa-export`` (or a hub id ``hf://owner/name`` with ``huggingface_hub`` installed) or a full
     checkpoint (``last.pt`` / ``best.pt`` of ``asa-pretrain`` or ``asa-finetune``); ``state``: its
-    content when already read (`asa.io.load_weights`). The network is
+    content when already read (`asa.models.load_weights`). The network is
     rebuilt from the spec recorded in the file; every encoder weight must be present and fit.
     Returns, for ASA networks (``asa_pretrain``, ``swvit_unetr``, ``case_head``), a :class:`VolumeEncoder`
     (x [B, C, D, H, W] -> tokens [B, N, E]); for SA-Swin and SwinUNETR MONAI's ``SwinTransformer``

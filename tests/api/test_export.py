@@ -17,9 +17,9 @@ import asa
 from asa.api.export import export_model
 from asa.api.machinery.run import OptionError
 from asa.cli.export import main as export_main
-from asa.io import CheckpointError, load_weights, save_checkpoint
+from asa.io import CheckpointError, save_checkpoint
 from asa.api.machinery.networks import build_from_config
-from asa.models import ASA, PRESETS, build_network, network_spec
+from asa.models import ASA, PRESETS, build_network, load_weights, network_spec
 
 ENCODER_SIZES = {k: PRESETS["tiny"][k] for k in ("embed_dim", "depth", "num_heads", "window_size")}
 

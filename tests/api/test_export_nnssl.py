@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from asa.api.export import export_model
-from asa.io import load_weights, save_checkpoint
+from asa.io import save_checkpoint
 from asa.io.hub import CONFIG_FILE, NNSSL_CHECKPOINT, NNSSL_PLAN
-from asa.models import network_spec
+from asa.models import load_weights, network_spec
 from asa.models.cnn.resenc import resenc_unet
 
 # field names of nnssl's dataclasses (MIC-DKFZ/nnssl, commit 7044864): AdaptationPlan and DynamicArchitecturePlans in

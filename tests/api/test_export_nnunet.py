@@ -10,9 +10,10 @@ import torch
 
 from asa.api.export import NNUNET_PLANS, NNUNET_WEIGHTS, export_model
 from asa.cli.export import main as export_main
-from asa.io import load_weights, save_checkpoint
-from asa.models import network_spec
-from asa.models.cnn.nnunet import NNUNET_CLASS, NNUNET_CONFIGURATION
+from asa.io import save_checkpoint
+from asa.models import load_weights, network_spec
+from asa.models.cnn.family import RESENC_NNUNET
+from asa.models.cnn.nnunet import NNUNET_CONFIGURATION
 from asa.models.cnn.resenc import resenc_unet
 
 STEM = "encoder.stem.convs.0.conv.weight"
@@ -35,7 +36,7 @@ def test_plans_block_is_nnunets_resenc_block(resenc_export):
     config = json.loads((out / NNUNET_PLANS).read_text())["configurations"][NNUNET_CONFIGURATION]
     arch = config["architecture"]
     assert config["inherits_from"] == "3d_fullres" and config["patch_size"] == [32, 32, 32]
-    assert arch["network_class_name"] == NNUNET_CLASS
+    assert arch["network_class_name"] == RESENC_NNUNET.network_class
     assert arch["_kw_requires_import"] == ["conv_op", "norm_op", "dropout_op", "nonlin"]
     assert arch["arch_kwargs"]["features_per_stage"] == net.plan.features
     assert arch["arch_kwargs"]["strides"] == [[s] * 3 for s in net.plan.strides]

@@ -2,7 +2,9 @@
 ``PlainConvUNet`` declared in its own module and installed through the ``asa.networks`` entry point, then
 fine-tuned, predicted and fine-tuned again from its own checkpoint with no asa constant patched; its family, declared
 once in the module (`asa.models.Family`: its masked twin on asa's masked convolutions, its encoder read as nnU-Net's
-stages), is pretrained with ``model=plain_unet``, exported, probed and fine-tuned from. Its input
+stages, the network nnU-Net builds of it: dynamic-network-architectures' ``PlainConvUNet``), is pretrained with
+``model=plain_unet``, exported (asa's files, nnU-Net's, which nnU-Net's own loader fills its network from, and
+nnssl's, which asa reads back), probed and fine-tuned from asa's export and from the nnssl file. Its input
 size is read off the spec asa built it from (`asa.models.input_size`), its encoder off its record, and the
 encoder loader it uses is the one every dynamic-network-architectures encoder takes: the input projection
 the network declares (``keys_to_in_proj``)."""
@@ -10,16 +12,20 @@ the network declares (``keys_to_in_proj``)."""
 from __future__ import annotations
 
 import importlib.metadata
+import json
 
 import pytest
 import torch
 
 from asa.api import evaluate, export_model, finetune, predict, pretrain, probe
+from asa.api.export import NNUNET_PLANS, NNUNET_WEIGHTS
 from asa.api.config import compose_config
 from asa.api.machinery.networks import build_from_config
 from asa.data import discover, write_demo_dataset
-from asa.io import load_checkpoint, load_weights
-from asa.models import build_network, input_size, registry
+from asa.io.hub import NNSSL_CHECKPOINT
+from asa.io import load_checkpoint
+from asa.models import build_network, input_size, load_weights, registry
+from asa.models.cnn.nnunet import NNUNET_CONFIGURATION
 
 # the plug-in: one module of the third party's package (what the asa.networks entry point names)
 PLUGIN = '''
@@ -30,8 +36,8 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 
 import torch
-from asa.io import load_weights
-from asa.models import Family, NetworkSettings, StageTokens, register_family, register_network
+from asa.models import (Family, NetworkSettings, NNUNetForm, StageTokens, load_weights, register_family,
+                        register_network)
 from asa.models.cnn.masked import ResEncMAEOutput, VisibleMask, mask_encoder
 from asa.models.cnn.transfer import in_proj_keys, match_resenc_encoder
 
@@ -48,6 +54,21 @@ class PlainUNet(PlainConvUNet):
         update, report = match_resenc_encoder(own, blob, path, in_proj=in_proj_keys(self), image_channels=1)
         self.encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in update.items()}, strict=True)
         return report
+
+
+def _arch_kwargs(spec: dict, source: str) -> dict:  # the U-Net of _unet below in nnU-Net's plans
+    f = int(spec["kwargs"].get("features", 4))
+    return {"n_stages": 3, "features_per_stage": [f, 2 * f, 4 * f], "conv_op": "torch.nn.Conv3d",
+            "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]], "n_conv_per_stage": [2] * 3,
+            "n_conv_per_stage_decoder": [1, 1], "conv_bias": True, "norm_op": "torch.nn.InstanceNorm3d",
+            "norm_op_kwargs": {"affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
+            "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": None}
+
+
+def _spec(arch_kwargs: dict, in_channels: int, crop: int) -> dict:  # an nnU-Net / nnssl file of it, read back
+    return {"arch": "plain_unet", "kwargs": {"img_size": [crop] * 3, "in_channels": in_channels,
+                                             "out_channels": in_channels,
+                                             "features": int(arch_kwargs["features_per_stage"][0])}}
 
 
 def _unet(cls: type[PlainUNet], in_channels: int, out_channels: int, features: int) -> PlainUNet:
@@ -99,8 +120,12 @@ def plain_unet_pretrain(*, img_size, in_channels: int = 1, features: int = 4, ma
 
 
 # the family, declared once: asa-pretrain model=plain_unet builds its masked twin; its encoder is read as nnU-Net's
+# stages; nnU-Net builds it as dynamic-network-architectures' PlainConvUNet, so asa-export writes nnU-Net's and nnssl's
+# files of it, and reads such files back
 register_family(Family("plain_unet", face=StageTokens(), masked="plain_unet_pretrain",
-                       pretrain_settings=PlainUNetPretrainSettings, segmenter="plain_unet"))
+                       pretrain_settings=PlainUNetPretrainSettings, segmenter="plain_unet", exports=("nnunet", "nnssl"),
+                       nnunet=NNUNetForm("dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                                         _arch_kwargs, _spec)))
 '''
 
 
@@ -157,6 +182,30 @@ def test_a_plugin_network_is_fine_tuned_predicted_and_fine_tuned_from_its_own_ru
     assert saved and all(torch.equal(v, saved[k]) for k, v in net.encoder.state_dict().items())
 
 
+def _nnunet_takes_it(export, encoder) -> None:
+    """nnU-Net's own plans reader builds the network of the exported configuration (a PlainConvUNet, as the family
+    declares) and its own ``-pretrained_weights`` loader fills it: every encoder tensor is the export's."""
+    snippet = json.loads((export / NNUNET_PLANS).read_text())["configurations"][NNUNET_CONFIGURATION]
+    assert snippet["architecture"]["network_class_name"].endswith(".PlainConvUNet")
+    assert snippet["patch_size"] == [32] * 3
+    assert torch.load(export / NNSSL_CHECKPOINT, weights_only=True)["nnssl_adaptation_plan"]["architecture_plans"][
+        "arch_class_name"] == "PlainConvUNet"
+    pytest.importorskip("nnunetv2")
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    manager = PlansManager({"dataset_name": "Dataset001_Brain", "plans_name": "nnUNetPlans", "configurations": {
+        "3d_fullres": {"data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
+                       "patch_size": [64] * 3, "spacing": [1.0] * 3},
+        NNUNET_CONFIGURATION: snippet}})
+    net = nnUNetTrainer.build_network_architecture(manager, manager.get_configuration(NNUNET_CONFIGURATION), 1, 3, True)
+    assert type(net).__name__ == "PlainConvUNet"
+    load_pretrained_weights(net, str(export / NNUNET_WEIGHTS))
+    loaded = net.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in encoder["encoder"].items())
+
+
 @pytest.mark.slow
 def test_a_plugin_network_is_pretrained_by_its_masked_twin_exported_and_fine_tuned_from_the_export(installed, tmp_path):
     pre = tmp_path / "pre"
@@ -170,6 +219,14 @@ def test_a_plugin_network_is_pretrained_by_its_masked_twin_exported_and_fine_tun
     encoder = load_weights(export)
     assert encoder["network"]["arch"] == "plain_unet_pretrain" and all(k.startswith("encoder.") for k in encoder["encoder"])
     assert encoder["network"]["kwargs"]["mask_block"] == 8  # the family's masking option, named in its model section
+    _nnunet_takes_it(export, encoder)
+
+    # the nnssl file asa-export wrote is read back as the family's segmenter, every encoder tensor the export's
+    published = load_weights(export / NNSSL_CHECKPOINT)
+    assert published["network"] == {"arch": "plain_unet", "kwargs": {"img_size": [32] * 3, "in_channels": 1,
+                                                                    "out_channels": 1, "features": 2}}
+    assert published["encoder"].keys() == encoder["encoder"].keys()
+    assert all(torch.equal(v, encoder["encoder"][k]) for k, v in published["encoder"].items())
 
     root = write_demo_dataset("ibsr", tmp_path / "data", cases=4, size=32, seed=3)
     run = tmp_path / "ft"
@@ -183,6 +240,14 @@ def test_a_plugin_network_is_pretrained_by_its_masked_twin_exported_and_fine_tun
     assert not torch.equal(fresh.state_dict()["encoder.stages.0.0.convs.0.conv.weight"],
                            encoder["encoder"]["encoder.stages.0.0.convs.0.conv.weight"])
     fresh.load_pretrained(export, verbose=False)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in encoder["encoder"].items())
+    # and from the nnssl file: fine-tuned as from asa's own export, the same encoder to start from
+    result = finetune(compose_config("finetune", [
+        "data=ibsr", f"data.root={root}", "data.crop=32", "model=plain_unet", "model.features=2",
+        f"model.pretrained={export / NNSSL_CHECKPOINT}", "trainer=smoke", "trainer.max_steps=1",
+        f"output_dir={tmp_path / 'ft-nnssl'}", "device=cpu", "data.num_workers=0", "trainer.amp=off"]))
+    assert result.step == 1 and result.nonfinite_steps == 0
+    fresh.load_pretrained(export / NNSSL_CHECKPOINT, verbose=False)
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in encoder["encoder"].items())
 
     # the fine-tuned network exports its encoder too, and the probes read both exports' features

@@ -20,8 +20,8 @@ from asa.api.machinery.run import OptionError
 from asa.data import discover, write_demo_dataset
 from asa.data.case import Case
 from asa.data.cohort import DIGEST, COHORT_FORMAT, cohort_digest, cohort_record, export_cohort, image_digests
-from asa.io import load_weights, save_checkpoint
-from asa.models import ASA, PRESETS, network_spec
+from asa.io import save_checkpoint
+from asa.models import ASA, PRESETS, load_weights, network_spec
 from asa.train.pretrain import export_encoder
 
 

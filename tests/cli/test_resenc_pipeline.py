@@ -9,8 +9,8 @@ import torch
 from asa.api import finetune, predict, pretrain
 from asa.api.config import compose_config
 from asa.data import discover, write_demo_dataset
-from asa.io import load_checkpoint, load_weights
-from asa.models import build_network
+from asa.io import load_checkpoint
+from asa.models import build_network, load_weights
 
 
 @pytest.mark.slow

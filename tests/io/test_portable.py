@@ -10,7 +10,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from asa.io import CheckpointError, load_export_safetensors, load_weights, save_checkpoint, save_export_safetensors
+from asa.io import CheckpointError, load_export_safetensors, save_checkpoint, save_export_safetensors
+from asa.models import load_weights
 
 SPEC = {"arch": "asa_pretrain", "kwargs": {"img_size": [32, 32, 32], "embed_dim": 8, "pos_mode": "mirror"}}
 

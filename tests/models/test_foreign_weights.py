@@ -10,7 +10,8 @@ import torch
 
 import asa
 from asa.api.machinery.networks import build_from_config
-from asa.io import CheckpointError, load_checkpoint, load_weights
+from asa.io import CheckpointError, load_checkpoint
+from asa.models import load_weights
 from asa.models.cnn.resenc import plan_resenc, resenc_unet
 
 CROP = 32

@@ -103,7 +103,7 @@ def test_safetensors_export_matches_the_pt_export(pretrained):
         pt = load_checkpoint(folder / "encoder.pt")
         tensors = load_file(folder / "encoder.safetensors")  # safetensors alone, no pickle
         assert tensors.keys() == pt["encoder"].keys() and all(torch.equal(tensors[k], pt["encoder"][k]) for k in tensors)
-        back = asa.io.load_weights(folder / "encoder.safetensors")
+        back = asa.models.load_weights(folder / "encoder.safetensors")
         assert back["network"] == pt["network"] == network_spec(net)
         assert (back["source"], back["step"]) == ("last.pt", 5)
 

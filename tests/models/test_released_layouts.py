@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import asa
-from asa.io import load_weights
+from asa.models import load_weights
 from tests.models.test_foreign_weights import CROP, PLAN, nnssl_checkpoint
 
 

@@ -29,7 +29,8 @@ from asa.data.case import Case
 from asa.data.cohort import (COHORT_FORMAT, DIGEST, carried_cohort, cohort_digest, cohort_overlap, cohort_record,
                              export_cohort, image_signatures, overlap_line)
 from asa.data.fingerprint import FINGERPRINT
-from asa.io import atomic_write_json, load_weights
+from asa.io import atomic_write_json
+from asa.models import load_weights
 from asa.train.distributed import DistEnv
 
 __all__ = ["ACCEPT_OPTION", "COHORT_FILE", "OVERLAP_FILE", "evaluated_overlap_line", "check_pretraining_overlap", "check_probe_overlap",

@@ -22,8 +22,7 @@ from torch import nn
 
 from asa.api.configuration.checks import network_settings
 from asa.api.configuration.schema import SegmenterConfig
-from asa.io import load_weights
-from asa.models import NetworkSettings, architectures, build_network, recorded_pretraining
+from asa.models import NetworkSettings, architectures, build_network, load_weights, recorded_pretraining
 from asa.models.blocks.patch import patch_grid
 from asa.models.blocks.sizes import to_3tuple
 from asa.models.family import FileSettings, file_settings

@@ -1,4 +1,4 @@
-"""A resenc encoder in nnssl's checkpoint format, as nnssl's tools and nnU-Net's nnssl route read it.
+"""An encoder in nnssl's checkpoint format, as nnssl's tools and nnU-Net's nnssl route read it.
 
 nnssl (MIC-DKFZ/nnssl) saves ``checkpoint_final.pth`` as ``{"network_weights": state dict,
 "nnssl_adaptation_plan": plan, "trainer_name", ...}`` (``AbstractBaseTrainer.save_checkpoint`` in
@@ -21,8 +21,10 @@ task's channels, and reads two fields nnssl never writes: ``pretrain_patch_size`
 (``n_stages``, ``kernel_sizes``; without it the dynamic route guesses the stages and assumes 3³ kernels). From
 the hub it downloads ``adaptation_plan.json``, ``checkpoint_final.pth`` and ``config.json``.
 
+The architecture is the one the network's family declares for nnU-Net (`asa.models.family.NNUNetForm`; nnssl
+names the class by its last part: ``ResidualEncoderUNet``, ``PlainConvUNet``, the dynamic architectures it builds).
 The transfer keys are the network's own declarations (dynamic-network-architectures sets ``key_to_encoder``,
-``key_to_stem`` and ``keys_to_in_proj`` on ``ResidualEncoderUNet``), read off the built network.
+``key_to_stem`` and ``keys_to_in_proj`` on its U-Nets), read off the built network.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from typing import Any
 import torch
 
 from asa.io.hub import NNSSL_CHECKPOINT, NNSSL_PLAN
-from asa.models.cnn.nnunet import nnunet_architecture, nnunet_network
+from asa.models.cnn.nnunet import located, nnunet_architecture, nnunet_network
+from asa.models.declared import crop_edges
 
 __all__ = ["NNSSL_CHECKPOINT", "NNSSL_PLAN", "READER", "TRANSPOSE", "nnssl_adaptation_plan", "nnssl_checkpoint",
            "published_plan"]
@@ -44,10 +47,19 @@ __all__ = ["NNSSL_CHECKPOINT", "NNSSL_PLAN", "READER", "TRANSPOSE", "nnssl_adapt
 # transpose_forward (2, 1, 0) turns that back into asa's (L-R, P-A, I-S) array: what the encoder saw (its own inverse)
 READER = "NibabelIOWithReorient"
 TRANSPOSE = (2, 1, 0)
-ARCH_CLASS = "ResidualEncoderUNet"  # nnssl's name of the dynamic residual-encoder U-Net (DYN_ARCHITECTURE_PRESETS)
-# the op classes as nnssl's DynamicArchitecturePlans.serialize writes them (module + class name)
-_OPS = {"conv_op": "torch.nn.modules.conv.Conv3d", "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "nonlin": "torch.nn.modules.activation.LeakyReLU"}
+
+
+def _nnssl_arch(spec: Mapping[str, Any], source: str) -> tuple[str, dict[str, Any]]:
+    """nnssl's ``arch_class_name`` and ``arch_kwargs`` of the network ``spec``: nnU-Net's block, the class by its
+    last name and each op class by its module and name, as nnssl's ``DynamicArchitecturePlans.serialize`` writes
+    them (``torch.nn.modules.activation.LeakyReLU``)."""
+    block = nnunet_architecture(spec, source)
+    _, resolved = located(block)
+    kwargs = dict(block["arch_kwargs"])
+    for key in block["_kw_requires_import"]:
+        if resolved.get(key) is not None:
+            kwargs[key] = f"{resolved[key].__module__}.{resolved[key].__qualname__}"
+    return block["network_class_name"].rsplit(".", 1)[-1], kwargs
 
 
 def _configuration(crop: Sequence[int], spacing_mm: Sequence[float] | None, channels: int) -> tuple[str, dict]:
@@ -68,17 +80,16 @@ def _configuration(crop: Sequence[int], spacing_mm: Sequence[float] | None, chan
 
 def nnssl_adaptation_plan(spec: Mapping[str, Any], net: torch.nn.Module, *, spacing_mm: Sequence[float] | None,
                           dataset: str = "asa", source: str = "the export") -> dict[str, Any]:
-    """The ``nnssl_adaptation_plan`` of the resenc network ``spec`` built as ``net`` (nnU-Net's
-    ``ResidualEncoderUNet``, whose declared transfer keys it records), pretrained at ``spacing_mm`` (None: the
-    images' own grid) on the data named ``dataset``; plus nnU-Net's ``pretrain_patch_size`` and
-    ``architecture_kwargs``."""
-    arch_kwargs = dict(nnunet_architecture(spec, source)["arch_kwargs"]) | _OPS
+    """The ``nnssl_adaptation_plan`` of the network ``spec`` built as ``net`` (the network nnU-Net builds of it,
+    whose declared transfer keys it records), pretrained at ``spacing_mm`` (None: the images' own grid) on the data
+    named ``dataset``; plus nnU-Net's ``pretrain_patch_size`` and ``architecture_kwargs``."""
+    arch_class, arch_kwargs = _nnssl_arch(spec, source)
     kwargs = spec.get("kwargs") or {}
-    crop = [int(c) for c in kwargs["img_size"]]
-    channels = int(kwargs["in_channels"])
+    crop = list(crop_edges(kwargs["img_size"]))
+    channels = int(kwargs.get("in_channels", 1))
     name, config = _configuration(crop, spacing_mm, channels)
     return {
-        "architecture_plans": {"arch_class_name": ARCH_CLASS, "arch_kwargs": arch_kwargs,
+        "architecture_plans": {"arch_class_name": arch_class, "arch_kwargs": arch_kwargs,
                                "arch_kwargs_requiring_import": [k for k, v in arch_kwargs.items() if isinstance(v, str)]},
         "pretrain_plan": {
             "dataset_name": str(dataset), "plans_name": "asaPlans",
@@ -104,9 +115,9 @@ def published_plan(published: Mapping[str, Any], spec: Mapping[str, Any], source
     plan = copy.deepcopy(dict(published["adaptation_plan"]))
     configs = (plan.get("pretrain_plan") or {}).get("configurations") or {}
     patch = next(iter(configs.values()), {}).get("patch_size") if configs else None
-    crop = [int(c) for c in spec["kwargs"]["img_size"]]
+    crop = list(crop_edges(spec["kwargs"]["img_size"]))
     plan.setdefault("pretrain_patch_size", list(patch) if patch else crop)
-    plan.setdefault("architecture_kwargs", dict(nnunet_architecture(spec, source)["arch_kwargs"]) | _OPS)
+    plan.setdefault("architecture_kwargs", _nnssl_arch(spec, source)[1])
     return plan
 
 
@@ -114,8 +125,8 @@ def nnssl_checkpoint(export: Mapping[str, Any], *, spacing_mm: Sequence[float] |
                      trainer: str = "asa-pretrain", source: str = "the export", seed: int = 0,
                      published: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None
                      ) -> dict[str, Any]:
-    """``checkpoint_final.pth`` of nnssl for the resenc encoder export ``export``: ``network_weights`` (the whole
-    ``ResidualEncoderUNet`` at the encoder's own channels: stem and encoder from the export, the decoder and heads
+    """``checkpoint_final.pth`` of nnssl for the encoder export ``export``: ``network_weights`` (the whole network
+    nnU-Net builds of it, at the encoder's own channels: stem and encoder from the export, the decoder and heads
     as nnU-Net initialises them, seeded, since nnU-Net takes only the stem and encoder), the adaptation plan,
     ``trainer_name`` and ``current_epoch`` (the export's step). The plan and trainer are asa's
     (:func:`nnssl_adaptation_plan`, ``spacing_mm``, ``dataset``, ``trainer``) unless ``published`` holds a published

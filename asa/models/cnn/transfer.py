@@ -10,7 +10,8 @@ response to a volume replicated over the channels (as the SW-ViT's stem is adapt
 channel's weights are kept as they are.
 
 A published checkpoint (nnssl / OpenMind ResEnc-L, nnU-Net v2, AMAES ResEnc-B: `asa.io.foreign`) arrives from
-`asa.io.load_weights` as a ``resenc`` encoder export; for it the report also states the checkpoint's adaptation
+`asa.models.load_weights` as a ``resenc`` encoder export (the spec its family gives nnU-Net's residual-encoder
+U-Net); for it the report also states the checkpoint's adaptation
 plan, and an encoder tensor of the file the network does not take (unexpected) or of another shape refuses the
 load as a missing one does, so that no published encoder is ever loaded in part.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from asa.io import load_weights
+from asa.models.weights import load_weights
 from asa.io.foreign import describe_foreign
 from asa.models.blocks.encoder_weights import LoadReport, match_encoder_weights
 from asa.models.family import masked_network, pretrains

@@ -11,7 +11,7 @@ from monai.networks.blocks import MLPBlock
 from monai.networks.nets import SwinUNETR
 from torch import nn
 
-from asa.io import load_weights
+from asa.models.weights import load_weights
 from asa.models.blocks.encoder_weights import LoadReport, match_encoder_weights
 from asa.models.blocks.saca import SymmetryCrossAttention
 from asa.models.blocks.sizes import spec_input_size
@@ -145,7 +145,7 @@ class SASwin(SwinUNETR):
     ) -> LoadReport:
         """Initialise the SwinViT from an SA-Swin pretraining checkpoint (``{"model": ...}``, DDP
         prefixes allowed) or its encoder export (``{"encoder": {"swinViT.*": ...}}``, ``encoder.pt`` or
-        ``encoder.safetensors``, `asa.io.load_weights`); the 1-channel
+        ``encoder.safetensors``, `asa.models.load_weights`); the 1-channel
         stem is adapted to k channels; a shape mismatch raises ``ValueError``. Returns the key report."""
         path = Path(path)
         if checkpoint is None:

@@ -16,7 +16,7 @@ from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock,
 from torch import nn
 
 from asa.choices import in_range, one_of
-from asa.io import load_weights
+from asa.models.weights import load_weights
 from asa.models.blocks.encoder_weights import LoadReport, match_encoder_weights
 from asa.models.blocks.patch import patch_grid
 from asa.models.blocks.saca import SACA_PLACES
@@ -274,7 +274,7 @@ class SWViTSegmenter(nn.Module):
 
         Accepts ``{"model": ASA state dict}`` (pretraining checkpoint, DDP ``module.`` prefixes
         allowed) or ``{"encoder": {...}}`` (encoder export, ``encoder.pt`` or ``encoder.safetensors``,
-        `asa.io.load_weights`); ``checkpoint`` is the file's content
+        `asa.models.load_weights`); ``checkpoint`` is the file's content
         when the caller has read it already. A 1-channel stem is adapted to this network's k
         channels by repeating its weights and dividing by k, which keeps the response to a volume
         replicated over the channels. Any other shape mismatch raises ``ValueError``, and so does a

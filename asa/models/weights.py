@@ -1,0 +1,29 @@
+"""Weights files read as encoder exports, whatever wrote them.
+
+`asa.io.read_weights` reads the file: asa's own checkpoints, exports and model folders as they are, a published
+checkpoint (nnssl / OpenMind, nnU-Net v2, AMAES: `asa.io.foreign`) with its network in nnU-Net's terms. Here the
+network family that declares that architecture for nnU-Net (`asa.models.family.NNUNetForm`) gives such a file its
+network spec, so every caller above the file layer reads one kind of dict: ``network`` (the spec), ``encoder`` or
+``model`` (the tensors), and what else the file records.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from asa.io import read_weights
+from asa.models.family import published_spec
+
+__all__ = ["load_weights"]
+
+
+def load_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """A pretraining checkpoint, encoder export, model folder (or hub id) or published checkpoint as a dict with
+    its network spec (`asa.io.read_weights`; a published file's spec from its family, its adaptation plan under
+    ``"foreign"``)."""
+    blob = read_weights(path, map_location)
+    if "foreign" in blob and "network" not in blob:
+        blob["network"] = published_spec(blob["foreign"])
+    return blob
