@@ -1,20 +1,21 @@
 """Where the Hydra configs live, and composing them as the command line would.
 
-The configs are the package ``asa.configs`` (the top-level ``configs/`` folder, shipped in the
-wheel): one folder per entry point (``pretrain/``, ``finetune/``, ``predict/``, ``evaluate/``),
-each with its own config groups, plus ``common/`` (encoder sizes and the trainer base shared by
-pretraining and fine-tuning) on their search path. In a source checkout that is not installed,
-``configs/`` is registered as ``asa.configs`` so that the same ``pkg://`` paths work.
+The configs are the top-level ``configs/`` folder, shipped in the wheel as the package ``asa.configs``: one
+folder per entry point (``pretrain/``, ``finetune/``, ``predict/``, ``evaluate/``, ...), each with its own config
+groups, plus ``common/`` (the trainer base shared by pretraining and fine-tuning, and Hydra's settings) that their
+primary configs put on the search path as ``pkg://asa.configs.<folder>``. Installed (a wheel, or an editable
+install) Hydra reads them from the package; in a source checkout that is not installed, `config_path` names the
+checkout's folder instead and `search_path` the same folders of the checkout in place of those ``pkg://`` ones.
 """
 from __future__ import annotations
 
 import dataclasses
 
+import importlib.resources
 import importlib.util
 import re
-import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -24,49 +25,82 @@ from asa.methods.base import registered_methods
 from asa.models import NETWORK_SETTINGS
 from asa.models.family import pretrain_model_sections
 
-__all__ = ["ENTRY_POINTS", "compose_config", "config_path", "describe_compose_error", "load_config"]
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+__all__ = ["ENTRY_POINTS", "compose_config", "config_folder", "config_path", "describe_compose_error", "load_config",
+           "search_path"]
 
 ENTRY_POINTS = ("pretrain", "finetune", "predict", "evaluate", "preprocess", "probe")
+_PACKAGE = "asa.configs"
 _SOURCE_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-def _ensure_package() -> None:
-    """Make ``asa.configs`` importable: installed, or the checkout's ``configs/`` folder."""
-    if "asa.configs" in sys.modules:
-        return
+def _installed() -> bool:
+    """Whether the package ``asa.configs`` is importable (asa installed); if not, the checkout's ``configs/``
+    folder is read. Raises ``FileNotFoundError`` when neither is there."""
     try:
-        if importlib.util.find_spec("asa.configs") is not None:
-            return
+        if importlib.util.find_spec(_PACKAGE) is not None:
+            return True
     except ModuleNotFoundError:
         pass
-    init = _SOURCE_CONFIGS / "__init__.py"
-    if not init.is_file():
+    if not (_SOURCE_CONFIGS / "__init__.py").is_file():
         raise FileNotFoundError(
-            f"asa's Hydra configs were not found: neither the package asa.configs nor {_SOURCE_CONFIGS} exists; "
+            f"asa's Hydra configs were not found: neither the package {_PACKAGE} nor {_SOURCE_CONFIGS} exists; "
             "reinstall asa (pip install .)"
         )
-    spec = importlib.util.spec_from_file_location("asa.configs", init, submodule_search_locations=[str(_SOURCE_CONFIGS)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["asa.configs"] = module
-    spec.loader.exec_module(module)
+    return False
+
+
+def _check_entry(entry: str) -> None:
+    if entry not in ENTRY_POINTS:
+        raise ValueError(f"unknown entry point {entry!r}; expected one of {ENTRY_POINTS}")
+
+
+def config_folder(entry: str) -> Traversable:
+    """The config folder of one entry point: the package's (installed) or the checkout's ``configs/<entry>``."""
+    _check_entry(entry)
+    return importlib.resources.files(f"{_PACKAGE}.{entry}") if _installed() else _SOURCE_CONFIGS / entry
 
 
 def config_path(entry: str) -> str:
-    """``pkg://asa.configs.<entry>``: the config folder of one entry point (schemas registered)."""
-    if entry not in ENTRY_POINTS:
-        raise ValueError(f"unknown entry point {entry!r}; expected one of {ENTRY_POINTS}")
-    _ensure_package()
-    checks.register(entry)
-    return f"pkg://asa.configs.{entry}"
+    """The config folder of one entry point as Hydra's ``config_path`` takes it: ``pkg://asa.configs.<entry>``
+    where asa is installed, else the checkout's ``configs/<entry>`` folder (an absolute path)."""
+    _check_entry(entry)
+    return f"pkg://{_PACKAGE}.{entry}" if _installed() else str(_SOURCE_CONFIGS / entry)
+
+
+def search_path(entry: str) -> list[str]:
+    """The overrides that put an entry point's search path (its primary config's ``hydra.searchpath``) where
+    `config_path` is: none where asa is installed; in a checkout that is not installed, ``hydra.searchpath``
+    with each ``pkg://asa.configs.<folder>`` of the primary config as the checkout's ``file://`` folder."""
+    if config_path(entry).startswith("pkg://"):
+        return []
+    primary = OmegaConf.load(_SOURCE_CONFIGS / entry / f"{entry}.yaml")
+    given = OmegaConf.select(primary, "hydra.searchpath", default=None)
+    if not given:
+        return []
+    folders = []
+    for path in given:
+        if path.startswith(f"pkg://{_PACKAGE}."):
+            path = f"file://{_SOURCE_CONFIGS.joinpath(*path.removeprefix(f'pkg://{_PACKAGE}.').split('.'))}"
+        folders.append("'" + path.replace("'", "\\'") + "'")  # quoted: a folder's name may hold spaces
+    return [f"hydra.searchpath=[{','.join(folders)}]"]
 
 
 def compose_config(name: str = "pretrain", overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose an entry point's config as its command line would (for notebooks and tests), without running it."""
-    from hydra import compose, initialize_config_module
+    """Compose an entry point's config as its command line would (for notebooks and tests), without running it;
+    in Hydra's ConfigStore as the entry point composes with it (`checks.entry_store`), left as it was."""
+    from hydra import compose, initialize_config_dir, initialize_config_module
 
-    module = config_path(name).removeprefix("pkg://")
-    with initialize_config_module(config_module=module, version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
+    path = config_path(name)
+    with checks.entry_store(name, config_folder(name)):
+        if path.startswith("pkg://"):
+            init = initialize_config_module(config_module=path.removeprefix("pkg://"), version_base="1.3")
+        else:
+            init = initialize_config_dir(config_dir=path, version_base="1.3")
+        with init:
+            return compose(config_name=name, overrides=[*overrides, *search_path(name)])
 
 
 _HYDRA_NOISE = ("Set the environment variable HYDRA_FULL_ERROR", "To append to your config", "full_key:",

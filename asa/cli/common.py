@@ -10,8 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from asa.api.configuration.checks import check_task_choice
-from asa.api.config import config_path
+from asa.api.configuration.checks import check_task_choice, entry_store
+from asa.api.config import config_folder, config_path, search_path
 from asa.api.config import describe_compose_error as _compose_error  # the one line of a refused command line
 from asa.api.machinery.run import OptionError, describe_error
 from asa.api.machinery.rundir import RunDirError
@@ -139,10 +139,13 @@ def console_main(app: str, name: str, run: Callable[[DictConfig], Any]) -> Calla
         entry(app, checked, cfg)
 
     def main() -> None:
-        config_path(name)  # the store again, now: methods, tasks and networks registered after this module's import count
+        # Hydra's store as this entry point composes with it, filled now: methods, tasks and networks registered after
+        # this module's import count; the search path's folders, where asa is not installed, on the command line
+        argv, sys.argv = sys.argv, [*sys.argv, *search_path(name)]
         sys.stderr = held
         try:
-            _main()
+            with entry_store(name, config_folder(name)):
+                _main()
         except SystemExit as stop:
             if sys.stderr is held and stop.code == EXIT_FAILED:  # Hydra's own exit: it did not compose
                 sys.stderr = held.real
@@ -150,6 +153,7 @@ def console_main(app: str, name: str, run: Callable[[DictConfig], Any]) -> Calla
                 sys.exit(EXIT_REFUSED)
             raise
         finally:
+            sys.argv = argv
             if sys.stderr is held:
                 sys.stderr = held.real
                 held.real.write("".join(held.held))

@@ -1,20 +1,22 @@
-"""A composed config checked against the schemas (`asa.api.configuration.schema`) and typed by them: `register` stores
-the schemas and their groups in Hydra's ConfigStore, so Hydra checks every preset and every ``key=value``
-while composing: an unknown key (``trainer.epocs=3``), a wrong type (``trainer.epochs=ten``) or a preset of
-the other entry point fails before anything runs, with a message naming the key. `validate` repeats the
-check on a composed config, which also catches keys added with ``+key=value``, and refuses a value outside
-the choices a field declares with `asa.choices.one_of` (naming the dotted key); a fine-tuning ``model`` or
-``task`` section is typed by the settings of the network or task it names (`network_settings`,
-`task_settings`). `as_config` gives the typed config a job runs on.
+"""A composed config checked against the schemas (`asa.api.configuration.schema`) and typed by them: `entry_store`
+stores the schemas and their groups in Hydra's ConfigStore while an entry point composes (`register`), so Hydra
+checks every preset and every ``key=value`` while composing: an unknown key (``trainer.epocs=3``), a wrong type
+(``trainer.epochs=ten``) or a preset of the other entry point fails before anything runs, with a message naming
+the key. `validate` repeats the check on a composed config, which also catches keys added with ``+key=value``, and
+refuses a value outside the choices a field declares with `asa.choices.one_of` (naming the dotted key); a
+fine-tuning ``model`` or ``task`` section is typed by the settings of the network or task it names
+(`network_settings`, `task_settings`). `as_config` gives the typed config a job runs on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, fields, is_dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.singleton import Singleton
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
@@ -26,9 +28,12 @@ from asa.choices import check_choices
 from asa.methods import MethodSettings, get_method, registered_methods
 from asa.models import NETWORK_SETTINGS, PRESETS, EncoderOptions, NetworkSettings
 
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
 __all__ = [
-    "DEFAULT_TASK", "as_config", "check_task_choice", "network_settings", "pretrain_model_node", "register", "settings_class",
-    "task_settings", "validate",
+    "DEFAULT_TASK", "as_config", "check_task_choice", "entry_store", "network_settings", "pretrain_model_node", "register",
+    "settings_class", "task_settings", "validate",
 ]
 
 
@@ -44,11 +49,13 @@ def _schema_node(entry: str, method: str | None = None) -> Any:
     return PretrainConfig(method=MethodSettings() if method is None else get_method(method).Settings())
 
 
-def register(entry: str = "finetune") -> None:
-    """Store each schema as ``<entry>_schema`` and each pretraining method's settings as an option of
-    the ``method`` group (idempotent; called before any compose, so methods registered by then count)."""
+def register(entry: str = "finetune", folder: Traversable | None = None) -> None:
+    """Store, in Hydra's ConfigStore, each schema as ``<entry>_schema``, each pretraining method's settings as an
+    option of the ``method`` group, each task's as one of ``task`` and ``entry``'s own ``model=<arch>`` options
+    (the methods, tasks and networks registered by then count); ``folder``: the entry point's config folder, whose
+    ``model`` preset files take precedence (`_model_presets`). Called inside `entry_store`, which gives the store
+    back as it was once the composition is done, so that each entry point composes its own store."""
     store = ConfigStore.instance()
-    presets = _model_presets()
     for name in SCHEMAS:
         node = _schema_node(name)
         if name == "pretrain":  # the model section's keys depend on its arch: `validate` types it
@@ -65,14 +72,12 @@ def register(entry: str = "finetune") -> None:
     for arch, settings in PRETRAIN_MODELS.items():  # asa-pretrain's model presets start from these defaults
         store.store(group="pretrain_network", name=arch, node=asdict(settings()))
     # model=<arch> with no preset file, a plug-in's too: asa-finetune's every network with settings, asa-pretrain's
-    # every family with a masked twin (`asa.models.family.Family.masked`), at their defaults; the store is one per
-    # process, so the other entry point's (and those of the entry points with no model group) go: --help lists
-    # what the entry point takes
+    # every family with a masked twin (`asa.models.family.Family.masked`), at their defaults; the other entry
+    # point's are not in this store (nor in those of the entry points with no model group): --help lists what the
+    # entry point takes
     own = {"finetune": {arch: asdict(settings(arch=arch)) for arch, settings in NETWORK_SETTINGS.items()},
            "pretrain": {arch: asdict(settings()) for arch, settings in PRETRAIN_MODELS.items()}}.get(entry, {})
-    group = store.repo.get("model", {})
-    for name in [name for name in group if name.endswith(".yaml") and name.removesuffix(".yaml") not in presets]:
-        group.pop(name)
+    presets = _model_presets(folder)
     for arch, node in own.items():
         if arch not in presets:
             store.store(group="model", name=arch, node=node)
@@ -83,21 +88,30 @@ def register(entry: str = "finetune") -> None:
         store.store(group="sizes/decoder", name=name, node={k: sizes[k] for k in DECODER_KEYS})
 
 
-def _model_presets() -> set[str]:
-    """The names of the ``model`` preset files of every entry point (``model=resenc`` is one in both trees): a
-    network's own ``model=<arch>`` option is stored only where no file has its name (a file and a stored node of
-    one name would be merged by Hydra, the stored one as the file's schema)."""
-    import importlib.resources
-
-    names = set()
+@contextmanager
+def entry_store(entry: str, folder: Traversable | None = None) -> Iterator[None]:
+    """Hydra's ConfigStore as ``entry`` composes with it, for the time of the block: the store as the process holds
+    it (what a plug-in stored there included) with `register`'s nodes for ``entry`` added (``folder``: its config
+    folder, `asa.api.config.config_folder`); on leaving, Hydra's singletons, the store among them, are set back to
+    their state before the block by Hydra's own ``Singleton.get_state``/``set_state``. The store is one per
+    process: kept apart so, asa-pretrain's and asa-finetune's ``model=<arch>`` options, which share the group's
+    name, compose in any order, and each entry point's --help lists its own."""
+    before = Singleton.get_state()
     try:
-        root = importlib.resources.files("asa.configs")
-        for entry in ("finetune", "pretrain"):
-            folder = root / entry / "model"
-            names |= {p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")}
-    except (ModuleNotFoundError, OSError):
-        pass
-    return names
+        register(entry, folder)
+        yield
+    finally:
+        Singleton.set_state(before)
+
+
+def _model_presets(folder: Traversable | None) -> set[str]:
+    """The names of the ``model`` preset files in an entry point's config folder (``configs/<entry>/model/*.yaml``):
+    a network's own ``model=<arch>`` option is stored only where no file has its name (a file and a stored node of
+    one name would be merged by Hydra, the stored one as the file's schema)."""
+    presets = None if folder is None else folder / "model"
+    if presets is None or not presets.is_dir():
+        return set()
+    return {p.name.removesuffix(".yaml") for p in presets.iterdir() if p.name.endswith(".yaml")}
 
 
 def _arch(model: Any) -> str:
