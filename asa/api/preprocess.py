@@ -17,6 +17,7 @@ from asa.api.machinery.dataset import _check_workers, dataset_root, region_sourc
 from asa.api.machinery.run import refusing
 from asa.api.machinery.rundir import RunLock, check_writable, command_line
 from asa.api.configuration.schema import PretrainDataConfig, PreprocessConfig, SegmentationDataConfig
+from asa.api.tasks.segmentation import reading_channels
 from asa.data import CaseError, discover, get_task
 from asa.data.layouts import load_report
 from asa.data.store import passed_checks
@@ -75,7 +76,7 @@ def preprocess(config: PreprocessConfig | DictConfig):
     regions = region_source(data, [], network=None, env=DistEnv())
     root, layout = dataset_root(data)
     if kind == "segmentation":
-        task = get_task(data.task, root=root)
+        task = reading_channels(get_task(data.task, root=root), data.channels, where=f"the {data.task} task")
         pre, channels = SegmentationPreprocess(task, regions=regions), task.channels
     else:
         pre = PretrainPreprocess(int(data.crop), resample_mm=data.resample_mm, regions=regions)

@@ -46,6 +46,9 @@ def _check_options(cfg: FrozenProbeConfig) -> list[str]:
     entries = [str(e) for e in cfg.encoders]
     if not entries:
         raise OptionError("encoders=[]: give at least one checkpoint or export (and random for a random-init row)")
+    if cfg.data.channels is not None:
+        raise OptionError(f"data.channels={list(cfg.data.channels)}: asa-probe reads the channels of its own option; "
+                          f"set channels={list(cfg.data.channels)} instead")
     if cfg.names is not None and len(cfg.names) != len(entries):
         raise OptionError(f"names: {len(cfg.names)} name(s) for {len(entries)} encoder(s); give one per encoder or "
                           "names=null")

@@ -43,7 +43,6 @@ import json
 import math
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -59,7 +58,6 @@ from asa.api.machinery.dataset import load_cases
 from asa.data import discover, get_task, load_volume
 from asa.data.case import Case
 from asa.data.cohort import cohort_overlap, cohort_record, describe_overlap
-from asa.data.labels import Task
 from asa.data.layouts.pretrain import CHANNELS, channel_of
 from asa.data.preprocessing import PretrainPreprocess
 from asa.data.splits import make_splits
@@ -414,9 +412,9 @@ def write_store_splits(runs: Sequence[Pretraining], ids: Sequence[str], seed: in
 # ---------------------------------------------------------------------------------- the positive control
 @dataclasses.dataclass(frozen=True)
 class Supervised:
-    """The positive control: its run folder, the labeled set it trains on (the ``data`` preset at ``root``: the
-    study's, or the T1 view of its cases, `write_t1_view`), its cases, and with ``channel`` the one fine-tuning
-    channel it reads (None: all of them)."""
+    """The positive control: its run folder, the labeled set it trains on (the study's ``data`` preset at ``root``),
+    its cases, and with ``channel`` the one fine-tuning channel it reads (``data.channels=[<channel>]``; None: all
+    of them)."""
 
     run_dir: Path
     data: str
@@ -435,69 +433,22 @@ def supervised_channel(fine: Sequence[str], pretrain: Sequence[str] | None) -> s
     return t1[0] if len(t1) == 1 else None
 
 
-def task_json(task: Task, channel: str, cases: int) -> dict[str, Any]:
-    """An nnU-Net v2 ``dataset.json`` of ``task`` on the one channel ``channel``: its classes (and its ignore label),
-    or its regions and their painting order, so that ``get_task("msd", folder)`` reads the same task on that
-    channel (`asa.data.labels`; the name aside)."""
-    if task.multilabel:
-        labels = {"background": 0, **{n: list(r) for n, r in zip(task.output_names, task.regions)}}
-        order = {"regions_class_order": list(task.regions_class_order)}
-    else:
-        labels = {"background": task.class_values[0], **dict(zip(task.output_names, task.class_values[1:])),
-                  **({"ignore": task.ignore_label} if task.ignore_label is not None else {})}
-        order = {}
-    return {"channel_names": {"0": channel}, "labels": labels, **order, "numTraining": cases,
-            "file_ending": ".nii.gz"}
-
-
-def _place(source: Path, frame: int | None, target: Path) -> None:
-    """``target`` (.nii.gz) holds the volume of ``source`` (its ``frame`` of a 4D file): a link to a 3D .nii.gz,
-    else the volume written out."""
-    import nibabel as nib
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if frame is None and str(source).endswith(".nii.gz"):
-        target.symlink_to(Path(source).resolve())
-        return
-    image = nib.load(str(source))
-    array = np.asanyarray(image.dataobj)
-    nib.save(nib.Nifti1Image(array if frame is None else array[..., frame], image.affine, image.header), str(target))
-
-
-def write_t1_view(folder: Path, cases: Sequence[Case], task: Task, channel: str) -> Path:
-    """The positive control's labeled ``cases`` with their channel ``channel`` alone, as an nnU-Net raw folder that
-    ``asa-finetune data=msd`` reads as ``task`` on that one channel (`task_json`): ``imagesTr/<id>_0000.nii.gz``
-    and ``labelsTr/<id>.nii.gz`` (links to the files, or their volumes written out of a 4D file or a .nii) and
-    ``dataset.json``. Written again only when its cases or task change."""
-    stamp = json.dumps({"cases": sorted(c.id for c in cases), "dataset": task_json(task, channel, len(cases))},
-                       sort_keys=True)
-    if (folder / ".complete").is_file() and (folder / ".complete").read_text() == stamp:
-        return folder
-    if folder.exists():
-        shutil.rmtree(folder)
-    for case in cases:
-        _place(case.images[channel], case.frame(channel), folder / "imagesTr" / f"{case.id}_0000.nii.gz")
-        _place(case.label, None, folder / "labelsTr" / f"{case.id}.nii.gz")
-    atomic_write_json(folder / "dataset.json", task_json(task, channel, len(cases)))
-    atomic_write_text(folder / ".complete", stamp)
-    return folder
-
-
 def supervised_overrides(control: Supervised, network: Network, scale: Scale, seed: int,
                          overrides: Sequence[str]) -> list[str]:
     """The positive control's asa-finetune overrides: its labeled set (`Supervised`), every case of it training,
     for about the pilot's steps, with the study's fine-tuning ``overrides``."""
     batch = int(compose_config("finetune", [f"data={control.data}", *network.finetune]).trainer.batch_size)
     epochs = max(1, round(scale.pilot_steps / max(1, len(control.cases) // batch)))  # all its cases train
-    return [f"data={control.data}", f"data.root={control.root}", *network.finetune, f"data.crop={scale.crop}",
-            f"data.num_workers={scale.workers}", f"trainer.epochs={epochs}", "trainer.progress=false",
+    return [f"data={control.data}", f"data.root={control.root}",
+            *([f"data.channels=[{control.channel}]"] if control.channel else []), *network.finetune,
+            f"data.crop={scale.crop}", f"data.num_workers={scale.workers}", f"trainer.epochs={epochs}", "trainer.progress=false",
             "trainer.panel_every=0", f"seed={seed}", "resume=auto", *overrides, f"output_dir={control.run_dir}"]
 
 
 def supervised_splits(control: Supervised, split: Mapping[str, list[str]], seed: int) -> dict[str, Any]:
     """The positive control's ``splits.json``: its cases train; every other labeled case is its test part (never
-    seen by it), or, in the T1 view (which holds its cases only), none."""
-    others = [] if control.channel else sorted({*split["test"], *split["val"], *split["pool"]})
+    seen by it)."""
+    others = sorted({*split["test"], *split["val"], *split["pool"]})
     return {"train": list(control.cases), "val": [], "test": others, "dataset": control.data, "seed": seed}
 
 
@@ -915,18 +866,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_dir, ids = out / "pretrain" / SUPERVISED, tuple(split["supervised"])
         checks["supervised"] = (f"The positive control trains on {len(ids)} labeled cases no other run sees (held "
                                 "out of the training pool)")
+        supervised = Supervised(run_dir, args.data, args.root.expanduser().absolute(), ids, control_channel)
         if control_channel is None:
-            supervised = Supervised(run_dir, args.data, args.root.expanduser().absolute(), ids)
             checks["supervised"] += "."
         else:
-            by_id = {c.id: c for c in labeled}
-            view = write_t1_view(out / "data" / f"{SUPERVISED}-t1", [by_id[i] for i in ids], task, control_channel)
-            supervised = Supervised(run_dir, "msd", view, ids, control_channel)
             k = len(task.channels)
-            checks["supervised"] += (f", on their {control_channel} alone, as the pretraining runs read the T1: its "
-                                     f"1-channel encoder enters the {k}-channel fine-tuning through the pretrained "
-                                     f"arms' adapted stem (its kernel copied to each channel and divided by {k}), so "
-                                     f"that it controls their path (its cases' {control_channel} in {view}).")
+            checks["supervised"] += (f", on their {control_channel} alone (data.channels=[{control_channel}]), as the "
+                                     f"pretraining runs read the T1: its 1-channel encoder enters the {k}-channel "
+                                     "fine-tuning through the pretrained arms' adapted stem (its kernel copied to each "
+                                     f"channel and divided by {k}), so that it controls their path.")
     atomic_write_json(out / "checks" / "checks.json", {**checks, "split": split})
     for line in [*([checks["cohort"]] if "cohort" in checks else []), *checks["overlap"]["lines"],
                  *checks["channels"], *checks["skull"], *([checks["supervised"]] if "supervised" in checks else [])]:

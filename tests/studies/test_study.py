@@ -377,24 +377,14 @@ def test_a_test_case_planted_in_a_store_is_refused_before_anything_trains(data, 
     assert not (out / "pretrain").exists() and not (out / "pilot").exists()  # nothing trained
 
 
-TASKS = [get_task(name) for name in ("brats", "wmh", "ibsr")]
-
-
-@pytest.mark.parametrize("task", TASKS, ids=[t.name for t in TASKS])
-def test_the_one_channel_dataset_json_states_the_same_task(task, tmp_path):
-    (tmp_path / "dataset.json").write_text(json.dumps(study.task_json(task, "T1w", 2)))
-    read = get_task("msd", tmp_path)
-    assert read.channels == ("T1w",) and dataclasses.replace(read, name=task.name, channels=task.channels) == task
-
-
 def test_the_positive_control_takes_the_t1_and_the_adapted_stem_when_the_pretraining_reads_the_t1(data, tmp_path):
     """Its overrides as before when the pretraining reads every fine-tuning channel; on a T1 cohort its cases'
-    T1 alone (the same task on one channel), and its 1-channel encoder loaded into the 4-channel fine-tuning
-    network through the pretrained arms' adapted stem."""
-    import numpy as np
+    T1 alone (``data.channels``: the same task on one channel), and its 1-channel encoder loaded into the 4-channel
+    fine-tuning network through the pretrained arms' adapted stem."""
     import torch
 
-    from asa.data import load_volume
+    from asa.api.config import compose_config
+    from asa.api.tasks.segmentation import reading_channels
     from asa.models import build_network
     from asa.models.registry import network_spec
 
@@ -418,20 +408,16 @@ def test_the_positive_control_takes_the_t1_and_the_adapted_stem_when_the_pretrai
     assert study.supervised_splits(every, split, 0) == {
         "train": split["supervised"], "val": [], "test": sorted(split["test"] + split["val"] + split["pool"]),
         "dataset": "msd", "seed": 0}
-    by_id = {c.id: c for c in cases}
-    view = study.write_t1_view(tmp_path / "t1", [by_id[i] for i in split["supervised"]], task, "T1w")
-    one = study.Supervised(run_dir, "msd", view, tuple(split["supervised"]), "T1w")
+    one = study.Supervised(run_dir, "msd", labeled, tuple(split["supervised"]), "T1w")
     sup = study.supervised_overrides(one, network, scale, 0, recipe)
-    assert sup[:2] == ["data=msd", f"data.root={view}"] and sup[2:] == study.supervised_overrides(
-        every, network, scale, 0, recipe)[2:]
-    assert study.supervised_splits(one, split, 0)["test"] == []  # the view holds the control's cases only
-    seen = get_task("msd", view)
+    assert sup[:3] == ["data=msd", f"data.root={labeled}", "data.channels=[T1w]"] and sup[3:] == \
+        study.supervised_overrides(every, network, scale, 0, recipe)[2:]
+    assert study.supervised_splits(one, split, 0) == study.supervised_splits(every, split, 0)
+    seen = compose_config("finetune", sup[:3])
+    assert list(seen.data.channels) == ["T1w"]
+    seen = reading_channels(task, seen.data.channels, where="the msd task")  # the task its asa-finetune reads
     assert seen.channels == ("T1w",) and dataclasses.replace(seen, channels=task.channels) == task
-    found = discover("msd", view)
-    assert [c.id for c in found] == split["supervised"]
-    for case in found:
-        assert np.array_equal(load_volume(case.images["T1w"]).array, load_volume(by_id[case.id].images["T1w"]).array)
-    # what the control's asa-finetune builds (the view's one channel) loaded into the study's 4-channel network
+    # what the control's asa-finetune builds (one channel) loaded into the study's 4-channel network
     kwargs = {"img_size": 32, "out_channels": task.num_outputs, "size": "tiny"}
     control = build_network({"arch": "resenc", "kwargs": {**kwargs, "in_channels": len(seen.channels)}})
     torch.save({"model": control.state_dict(), "network": network_spec(control)}, tmp_path / "last.pt")
@@ -454,7 +440,6 @@ def test_the_study_records_which_channels_the_positive_control_reads(data, four,
     assert json.loads((tmp_path / "four" / "study.json").read_text())["supervised_channels"] == list(MSD)
     checks = json.loads((tmp_path / "four" / "checks" / "checks.json").read_text())
     assert checks["supervised"].endswith("(held out of the training pool).")
-    assert not (tmp_path / "four" / "data" / "supervised-t1").exists()
 
 
 @dataclasses.dataclass

@@ -111,6 +111,10 @@ class SegmentationDataConfig(DataConfig):
     # target per case (task.target); its own settings are the ``task`` section
     task: str = MISSING
     crop: Optional[int] = None  # the crop edge (voxels); null: the pretraining crop
+    # the image channels a segmentation task reads, by the names the task gives them (e.g. [T1] of a 4-channel
+    # nnU-Net raw set), in this order; null: all of them. Read by asa-finetune and asa-preprocess (asa-probe
+    # takes its own channels option); the checkpoint's task records them, so asa-predict reads the same
+    channels: Optional[List[str]] = None
     # true: train although test cases were in model.pretrained's pretraining cohort (asa.api.machinery.cohort); false: refused
     accept_pretraining_overlap: bool = False
 

@@ -226,6 +226,9 @@ class CaseTask(FinetuneTask):
         if cfg.task.target is None:
             raise ValueError(_no_target(data.task, "learn"))
         case_arch(cfg.model)  # a case network, and a pretrained file only for one that loads it
+        if data.channels is not None:
+            raise ValueError(f"data.channels={list(data.channels)}: data.task=case reads each case's T1 alone; "
+                             "leave data.channels unset")
         if cfg.model.region_option() is not None:
             raise ValueError("model.region_attention needs region maps, which data.task=case does not read; "
                              "leave it at none")

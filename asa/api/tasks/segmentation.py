@@ -78,6 +78,19 @@ class Settings(TaskSettings):
     sw_batch_size: int = 2  # validation windows per forward pass
 
 
+def reading_channels(task: Task, channels: Sequence[str] | None, *, where: str) -> Task:
+    """``task`` reading the image channels ``channels`` alone, in that order (``data.channels``: names as the task
+    gives them, matched without regard to case); None: ``task`` as it is. A channel the task lacks, one named twice
+    or none at all is refused naming ``data.channels`` and ``where`` (the data's task)."""
+    if channels is None:
+        return task
+    names = match_channels(list(channels), task.channels, option="data.channels", where=where)
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"data.channels={list(channels)}: name each channel to read once, at least one, of "
+                         f"{where}'s {', '.join(task.channels)}")
+    return dataclasses.replace(task, channels=tuple(names))
+
+
 def channel_note(cases: Sequence, task) -> str | None:
     """Which of the inputs' channels the checkpoint's task reads, when the cases hold more than it uses."""
     offered = sorted({name for c in cases for name in c.images}, key=str)
@@ -249,7 +262,8 @@ class SegmentationTask(FinetuneTask):
             needed_by.append(f"task.focal_weight={settings.focal_weight}")
         self.regions = region_source(cfg.data, needed_by, network=network, env=run.env)
         self.root = dataset_root(cfg.data)[0]
-        self.task = get_task(cfg.data.task, root=self.root)
+        self.task = reading_channels(get_task(cfg.data.task, root=self.root), cfg.data.channels,
+                                     where=f"the {cfg.data.task} task")
 
     def build_network(self, run: FinetuneRun, splits: Mapping[str, list] | None) -> tuple[torch.nn.Module, dict]:
         cfg, data, task = run.cfg, run.cfg.data, self.task
