@@ -36,7 +36,7 @@ from asa.models.declared import crop_edges
 from asa.models.cnn.nnunet import (NNUNET_CONFIGURATION, READING_NOTE, describe_nnunet, nnunet_checkpoint,
                                    nnunet_fault, nnunet_plans_snippet)
 from asa.models.portable import encoder_export
-from asa.models.registry import NETWORK_TASKS, current_spec
+from asa.models.registry import NETWORK_KINDS, current_spec
 
 HUB_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*")  # a Hugging Face repository id
 
@@ -223,7 +223,7 @@ def _segmenter(state: Mapping[str, Any]) -> dict[str, Any] | None:
     config = current_config(config)  # an earlier version's record of what it predicts: outputs
     if "outputs" not in config:
         return None
-    if NETWORK_TASKS.get(current_spec(state["network"])["arch"]) == "pretraining":
+    if NETWORK_KINDS.get(current_spec(state["network"])["arch"]) == "pretraining":
         return None
     return {"model": dict(state["model"]), "network": state["network"], "config": dict(config),
             "step": int(state.get("step") or 0)}

@@ -24,7 +24,7 @@ from asa.data import (
 from asa.eval.inference import predict_volume
 from asa.io import VolumeError, is_nifti, load_checkpoint, prediction_path, probabilities_path, strip_nifti
 from asa.models import build_network, capabilities, channels_last_inference, compile_blocks, input_size
-from asa.models.registry import NETWORK_TASKS, current_spec
+from asa.models.registry import NETWORK_KINDS, current_spec
 
 CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # nnU-Net style <case>_0000
 
@@ -52,7 +52,7 @@ class Predictor:
         config = state.get("config") or {}
         spec = state.get("network")
         outputs = config.get("outputs", config.get("task"))  # what it predicts (an earlier version's: task)
-        if spec is None or NETWORK_TASKS.get(current_spec(spec)["arch"]) == "pretraining" or outputs is None:
+        if spec is None or NETWORK_KINDS.get(current_spec(spec)["arch"]) == "pretraining" or outputs is None:
             raise ValueError(f"checkpoint {path} is not a fine-tuning checkpoint (no segmentation network spec and "
                              "task recorded); asa-predict needs the best.pt or last.pt written by asa-finetune")
         task = Task.from_dict(outputs)

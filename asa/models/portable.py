@@ -28,7 +28,7 @@ __all__ = ["ENCODER_MODULES", "EncoderOf", "VolumeEncoder", "encoder_export", "e
 
 
 
-@register_network("encoder", task="encoder")
+@register_network("encoder", kind="encoder")
 class EncoderOf(nn.Module):
     """The encoder of a network alone, under the module name it has there: its state-dict keys are an
     encoder export's (``encoder.*``, ``swinViT.*``, ``vit.*``), so the network of a model folder's

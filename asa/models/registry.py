@@ -4,7 +4,7 @@ A network registers itself in its own file with :func:`register_network` (a deco
 function that takes the spec's flat keyword arguments), so adding a network means adding a file; an installed
 package declares its networks in the entry-point group ``asa.networks`` (each entry names a registered
 builder or the module that registers them), so they reach the console scripts too. Each network is one
-:class:`NetworkRecord` in :data:`RECORDS`; ``NETWORKS``, ``NETWORK_TASKS``, ``ENCODER_MODULES`` and
+:class:`NetworkRecord` in :data:`RECORDS`; ``NETWORKS``, ``NETWORK_KINDS``, ``ENCODER_MODULES`` and
 ``NETWORK_SETTINGS`` are read-only views of one column of it.
 A network names the family it belongs to (``family``: the networks that share one encoder); the family
 declares once what asa reads of it after training, its masked twin and its export formats
@@ -32,10 +32,12 @@ from torch import nn
 
 from asa.plugins import Plugins
 
-TASKS = ("segmentation", "pretraining", "case", "encoder")  # encoder: a network's encoder alone
+# what a network is for (its kind; a fine-tuning task is `asa.api.tasks`', a dataset's labels `asa.data.get_task`'s):
+# encoder: a network's encoder alone; case: a classification / regression head
+KINDS = ("segmentation", "pretraining", "case", "encoder")
 # omegaconf's marker of a required value, stated rather than imported: the networks (and asa.load_encoder)
 # load without the config machinery
-MISSING = "???"  # case: a classification / regression head
+MISSING = "???"
 
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 Net = TypeVar("Net", bound=nn.Module)
@@ -70,14 +72,14 @@ class NetworkSettings:
 @dataclass(frozen=True)
 class NetworkRecord:
     """What a network declared when it registered (`register_network`): its ``builder`` (the class or
-    function taking a spec's flat keyword arguments), its ``task``, the ``encoder`` submodule whose weights
+    function taking a spec's flat keyword arguments), its ``kind``, the ``encoder`` submodule whose weights
     an encoder export holds (None: none), whether it ``follows_pretraining`` (takes ``img_size``,
     ``pos_mode``, ``lr_axis`` and ``reference_grid`` from a pretraining file, `asa.api.machinery.networks`),
     the segmentation network it is the case counterpart of (``case_of``), its run-config ``settings`` and
     its ``family`` (`asa.models.family`)."""
 
     builder: Callable[..., nn.Module]
-    task: str
+    kind: str
     encoder: Optional[str] = None
     follows_pretraining: bool = False
     case_of: Optional[str] = None
@@ -131,25 +133,31 @@ class _Column(Mapping):
 
 
 NETWORKS: Mapping[str, Callable[..., nn.Module]] = _Column("builder")  # name -> what builds it from a spec
-NETWORK_TASKS: Mapping[str, str] = _Column("task")  # name -> segmentation | pretraining | case | encoder
+NETWORK_KINDS: Mapping[str, str] = _Column("kind")  # name -> segmentation | pretraining | case | encoder
 ENCODER_MODULES: Mapping[str, str] = _Column("encoder")  # name -> its encoder submodule ("<module>.*" keys)
 NETWORK_SETTINGS: Mapping[str, type[NetworkSettings]] = _Column("settings")  # name -> its model section
 
 
-def register_network(name: str, *, task: str, encoder: str | None = None, follows_pretraining: bool = False,
+def register_network(name: str, *, kind: str | None = None, encoder: str | None = None, follows_pretraining: bool = False,
                      case_of: str | None = None, settings: type[NetworkSettings] | None = None,
-                     family: str | None = None) -> Callable[[Builder], Builder]:
-    """Register the decorated class or function as the network ``name`` of ``task``
-    (``segmentation``, ``pretraining`` or ``case``); it takes the flat keyword arguments of a network spec.
+                     family: str | None = None, **renamed: Any) -> Callable[[Builder], Builder]:
+    """Register the decorated class or function as the network ``name`` of ``kind``
+    (``segmentation``, ``pretraining``, ``case`` or ``encoder``); it takes the flat keyword arguments of a network
+    spec.
     ``encoder``: the submodule whose weights an encoder export holds, if any. ``follows_pretraining``:
     a network whose crop, position code, symmetric axis and reference grid a pretraining file sets (it
     takes ``img_size``, ``pos_mode``, ``lr_axis`` and ``reference_grid``, and nothing else from the file).
     ``case_of``: the segmentation network whose model presets a case run builds this case network from.
     ``settings``: the typed ``model`` section of a run config that names this network (None: no run config
     can). ``family``: the network family it belongs to (`asa.models.family.register_family` declares it).
-    Registering the same builder again is a no-op; another under a taken name is an error."""
-    if task not in TASKS:
-        raise ValueError(f"register_network({name!r}): task must be one of {TASKS}, got {task!r}")
+    Registering the same builder again is a no-op; another under a taken name is an error; ``task=``, the
+    earlier name of ``kind=``, is refused naming it."""
+    if renamed:
+        given = ", ".join(f"{k}={v!r}" for k, v in renamed.items())
+        raise TypeError(f"register_network({name!r}, {given}): " + ("task= is kind= now (what the network is for)"
+                        if "task" in renamed else "no such argument"))
+    if kind not in KINDS:
+        raise ValueError(f"register_network({name!r}): kind must be one of {KINDS}, got {kind!r}")
     if settings is not None and not (is_dataclass(settings) and issubclass(settings, NetworkSettings)):
         raise TypeError(f"register_network({name!r}): settings must be a NetworkSettings dataclass, got {settings!r}")
 
@@ -157,15 +165,15 @@ def register_network(name: str, *, task: str, encoder: str | None = None, follow
         known = RECORDS.get(name)
         if known is not None and known.builder is not build:
             raise ValueError(f"network {name!r} is registered already (by {known.builder.__qualname__})")
-        RECORDS[name] = NetworkRecord(build, task, encoder, follows_pretraining, case_of, settings, family)
+        RECORDS[name] = NetworkRecord(build, kind, encoder, follows_pretraining, case_of, settings, family)
         return build
 
     return register
 
 
-def architectures(task: str) -> tuple[str, ...]:
-    """The names of the registered networks of ``task`` (``segmentation``, ``pretraining``, ``case``)."""
-    return tuple(name for name, record in registered_networks().items() if record.task == task)
+def architectures(kind: str) -> tuple[str, ...]:
+    """The names of the registered networks of ``kind`` (``segmentation``, ``pretraining``, ``case``)."""
+    return tuple(name for name, record in registered_networks().items() if record.kind == kind)
 
 
 def case_counterpart(name: str) -> str | None:

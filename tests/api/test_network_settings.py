@@ -22,7 +22,7 @@ from asa.api.config import compose_config, load_config
 from asa.api.machinery.networks import build_from_config
 from asa.models import (NETWORK_SETTINGS, NETWORKS, SWIN_SIZES, NetworkSettings, SASwinSettings, SWViTSettings, UNETRSettings,
                         network_spec, record_spec, register_network)
-from asa.models.registry import NETWORK_TASKS, RECORDS
+from asa.models.registry import NETWORK_KINDS, RECORDS
 from asa.train.checkpoint import IncompatibleCheckpointError, check_compatible
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -69,7 +69,7 @@ def test_the_sw_vit_and_sa_swin_settings_default_to_their_networks():
 
 
 def test_every_configurable_network_is_a_fine_tuning_network():
-    assert {NETWORK_TASKS[a] for a in NETWORK_SETTINGS} == {"segmentation", "case"}
+    assert {NETWORK_KINDS[a] for a in NETWORK_SETTINGS} == {"segmentation", "case"}
     assert "asa_pretrain" not in NETWORK_SETTINGS  # pretraining networks are built by their methods
 
 
@@ -136,7 +136,7 @@ class _Wide(nn.Module):
 
 @pytest.fixture
 def wide_network():
-    register_network("test_wide", task="segmentation", settings=_WideSettings)(_Wide)
+    register_network("test_wide", kind="segmentation", settings=_WideSettings)(_Wide)
     yield
     RECORDS.pop("test_wide", None)
 

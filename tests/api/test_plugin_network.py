@@ -77,7 +77,7 @@ def _unet(cls: type[PlainUNet], in_channels: int, out_channels: int, features: i
                nonlin=nn.LeakyReLU, deep_supervision=False)
 
 
-@register_network("plain_unet", task="segmentation", encoder="encoder", settings=PlainUNetSettings, family="plain_unet")
+@register_network("plain_unet", kind="segmentation", encoder="encoder", settings=PlainUNetSettings, family="plain_unet")
 def plain_unet(*, img_size, in_channels: int, out_channels: int, features: int = 4) -> PlainUNet:
     return _unet(PlainUNet, in_channels, out_channels, features)
 
@@ -113,7 +113,7 @@ class MaskedPlainUNet(PlainUNet):
         return ResEncMAEOutput(loss, pred, mask, mask / mask.sum(dim=1, keepdim=True), mask)
 
 
-@register_network("plain_unet_pretrain", task="pretraining", encoder="encoder", family="plain_unet")
+@register_network("plain_unet_pretrain", kind="pretraining", encoder="encoder", family="plain_unet")
 def plain_unet_pretrain(*, img_size, in_channels: int = 1, features: int = 4, mask_ratio: float = 0.75,
                         mask_block: int = 16) -> MaskedPlainUNet:
     return _unet(MaskedPlainUNet, in_channels, in_channels, features).masked(int(img_size), mask_ratio, mask_block)

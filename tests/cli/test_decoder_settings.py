@@ -134,7 +134,7 @@ class _Follower(nn.Module):
 
 @pytest.fixture
 def follower():
-    register_network("test_follower", task="segmentation", follows_pretraining=True,
+    register_network("test_follower", kind="segmentation", follows_pretraining=True,
                      settings=_FollowerSettings)(_Follower)
     yield
     RECORDS.pop("test_follower", None)

@@ -67,7 +67,7 @@ class Denoise(PretrainingMethod):
 @pytest.fixture
 def toy():
     # a network on the SW-ViT's encoder: of its family, whose encoder face the probes read
-    register_network("toy_denoise", task="pretraining", encoder="encoder", family="swvit")(DenoisingAutoencoder)
+    register_network("toy_denoise", kind="pretraining", encoder="encoder", family="swvit")(DenoisingAutoencoder)
     register_method(Denoise)
     yield
     METHODS.pop("toy_denoise")

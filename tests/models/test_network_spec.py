@@ -169,19 +169,21 @@ def test_a_network_registered_from_its_own_file_builds_saves_and_rebuilds(monkey
     for name in ("toy", "plain"):  # gone again after the test
         monkeypatch.setitem(registry.RECORDS, name, None)
         monkeypatch.delitem(registry.RECORDS, name)
-    register_network("toy", task="pretraining", encoder="stem")(_Toy)
+    register_network("toy", kind="pretraining", encoder="stem")(_Toy)
     net = build_network({"arch": "toy", "kwargs": {"channels": 3}})
     assert network_spec(net) == {"arch": "toy", "kwargs": {"channels": 3}}
     assert registry.ENCODER_MODULES["toy"] == "stem" and "toy" in architectures("pretraining")
     save_checkpoint(tmp_path / "toy.pt", {"network": network_spec(net), "model": net.state_dict()})
     again = build_network(load_checkpoint(tmp_path / "toy.pt")["network"])
     assert isinstance(again, _Toy) and again.stem.out_channels == 3
-    register_network("toy", task="pretraining", encoder="stem")(_Toy)  # the same builder again: no-op
+    register_network("toy", kind="pretraining", encoder="stem")(_Toy)  # the same builder again: no-op
     with pytest.raises(ValueError, match="'toy' is registered already"):
-        register_network("toy", task="pretraining")(lambda **kw: _Toy(**kw))
-    with pytest.raises(ValueError, match="task must be one of"):
-        register_network("toy2", task="detection")
-    register_network("plain", task="segmentation")(lambda **kw: nn.Linear(kw["width"], 2))  # records nothing
+        register_network("toy", kind="pretraining")(lambda **kw: _Toy(**kw))
+    with pytest.raises(ValueError, match="kind must be one of"):
+        register_network("toy2", kind="detection")
+    with pytest.raises(TypeError, match=r"task= is kind= now"):  # the earlier name, refused naming the new one
+        register_network("toy2", task="segmentation")
+    register_network("plain", kind="segmentation")(lambda **kw: nn.Linear(kw["width"], 2))  # records nothing
     plain = build_network({"arch": "plain", "kwargs": {"width": 4}})  # records the spec it was built from
     assert network_spec(plain) == {"arch": "plain", "kwargs": {"width": 4}}
 
@@ -199,7 +201,7 @@ _OUTSIDE = '''
 from torch import nn
 from asa.models import register_network
 
-@register_network("outside_seg", task="segmentation", encoder="body")
+@register_network("outside_seg", kind="segmentation", encoder="body")
 class Outside(nn.Module):
     def __init__(self, *, img_size, in_channels, out_channels):
         super().__init__()

@@ -6,7 +6,7 @@ The ``model`` section arrives as the typed settings of its network (`asa.models.
 `asa.api.configuration.checks.network_settings`). No branch here names an architecture: what a network takes is what it
 declared when it registered (`asa.models.register_network`): its ``settings``, ``follows_pretraining`` (an SW-ViT whose crop, position code, axis and
 reference grid a pretraining file sets), ``case_of`` (the case network a case run builds from a
-segmentation preset), its task, and ``load_pretrained`` on the network it builds (an encoder it
+segmentation preset), its kind, and ``load_pretrained`` on the network it builds (an encoder it
 initialises from a file).
 """
 
@@ -26,7 +26,7 @@ from asa.models import NetworkSettings, architectures, build_network, load_weigh
 from asa.models.blocks.patch import patch_grid
 from asa.models.blocks.sizes import to_3tuple
 from asa.models.family import FileSettings, file_settings
-from asa.models.registry import NETWORK_TASKS, case_counterpart, network_record
+from asa.models.registry import NETWORK_KINDS, case_counterpart, network_record
 
 __all__ = ["PretrainedGeometry", "build_case_network", "build_from_config", "case_arch", "pretrained_geometry"]
 
@@ -158,11 +158,11 @@ def case_arch(model: ModelSection) -> str:
     settings = network_settings(model)
     named = settings.arch
     arch = case_counterpart(named) or named
-    if NETWORK_TASKS.get(arch) != "case":
+    if NETWORK_KINDS.get(arch) != "case":
         names = (*(n for n in architectures("segmentation") if case_counterpart(n)), *architectures("case"))
         raise ValueError(f"model.arch={named}: data.task=case takes a case network ({', '.join(names)}: "
                          f"model=tiny|small|base, model=vit_case|swin_case); {named} is a "
-                         f"{NETWORK_TASKS.get(named, 'unknown')} network")
+                         f"{NETWORK_KINDS.get(named, 'unknown')} network")
     if settings.pretrained and not callable(getattr(network_record(arch).builder, "load_pretrained", None)):
         raise ValueError(f"model.pretrained={settings.pretrained}: model arch {named!r} takes no pretrained "
                          f"encoder (its case network {arch!r} has no load_pretrained); leave model.pretrained unset, "

@@ -165,7 +165,7 @@ class DynUNetSettings(NetworkSettings):
     filters: Optional[List[int]] = None
 
 
-@register_network("dynunet", task="segmentation", settings=DynUNetSettings, family="dynunet")
+@register_network("dynunet", kind="segmentation", settings=DynUNetSettings, family="dynunet")
 def dynunet(
     *,
     img_size: Any = None,

@@ -340,7 +340,7 @@ class ResEncPretrainModel:
     weight_power: float = 1.0  # p ∝ Ḡ^γ (1: the paper's); > 1 sharpens the attentive weights
 
 
-@register_network("resenc_pretrain", task="pretraining", encoder="encoder", family="resenc")
+@register_network("resenc_pretrain", kind="pretraining", encoder="encoder", family="resenc")
 def resenc_pretrain(
     *,
     img_size: Any,

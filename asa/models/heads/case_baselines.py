@@ -51,7 +51,7 @@ class SwinCaseSettings(SwinSettings):
     patch_size: int = 2
 
 
-@register_network("vit_case", task="case", encoder="vit", settings=ViTCaseSettings, family="vit")
+@register_network("vit_case", kind="case", encoder="vit", settings=ViTCaseSettings, family="vit")
 class ViTCaseNet(PooledTokenHead):
     """MONAI's ViT (UNETR's encoder, module ``vit``) over the crop, its normed tokens pooled and
     passed through the case head's MLP. ``patch_size``, ``hidden_size``, ``mlp_dim``,
@@ -123,7 +123,7 @@ class ViTCaseNet(PooledTokenHead):
         return {"vit.patch_embedding.position_embeddings"}
 
 
-@register_network("swin_case", task="case", encoder="swinViT", settings=SwinCaseSettings, family="swin")
+@register_network("swin_case", kind="case", encoder="swinViT", settings=SwinCaseSettings, family="swin")
 class SwinCaseNet(PooledTokenHead):
     """SwinUNETR's SwinViT (``monai.networks.nets.swin_unetr.SwinTransformer``, module ``swinViT``,
     built as ``SwinUNETR`` builds it, so SA-Swin pretraining files load with :meth:`load_pretrained`)

@@ -269,7 +269,7 @@ class BlockPuzzle(nn.Module):
         return {name for name, _ in self.named_parameters() if name.endswith("rel_pos_bias")}
 
 
-@register_network("rpl_pretrain", task="pretraining", encoder="encoder", family="swvit")
+@register_network("rpl_pretrain", kind="pretraining", encoder="encoder", family="swvit")
 class RelativePatchLocation(BlockPuzzle):
     """3D-RPL: from the 3 × 3 × 3 blocks of a crop, the centre block and ``pairs`` of its 26 neighbours
     (distinct, uniformly drawn) are encoded; the head reads [centre features, neighbour features] and
@@ -309,7 +309,7 @@ class RelativePatchLocation(BlockPuzzle):
         return PuzzleOutput(F.cross_entropy(logits.float(), target), logits, target)
 
 
-@register_network("jigsaw_pretrain", task="pretraining", encoder="encoder", family="swvit")
+@register_network("jigsaw_pretrain", kind="pretraining", encoder="encoder", family="swvit")
 class JigsawPuzzle(BlockPuzzle):
     """3D-Jig: the n³ blocks of a crop are encoded once, then shown in the order of ``puzzles``
     permutations drawn from a fixed set of ``permutations`` (`jigsaw_permutations`, kept in the

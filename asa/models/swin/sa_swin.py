@@ -171,7 +171,7 @@ class SASwinSettings(SwinUNETRSettings):
     symmetry_mlp_ratio: float = 4.0
 
 
-@register_network("sa_swin", task="segmentation", encoder="swinViT", settings=SASwinSettings, family="swin")
+@register_network("sa_swin", kind="segmentation", encoder="swinViT", settings=SASwinSettings, family="swin")
 def sa_swin(*, img_size: Any = None, **kwargs: Any) -> SASwin:
     """:class:`SASwin` for inputs of size ``img_size`` (like SwinUNETR it takes any multiple of 32, so
     ``img_size`` only records the input size); ``kwargs`` are ``SASwin``'s. The spec records the

@@ -46,7 +46,7 @@ def _reconstruction_head(dim: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-@register_network("sa_swin_pretrain", task="pretraining", encoder="swinViT", family="swin")
+@register_network("sa_swin_pretrain", kind="pretraining", encoder="swinViT", family="swin")
 class SymmetryAwareHead(nn.Module):
     """SwinViT encoder + rotation, contrastive, inpainting and symmetry heads.
 

@@ -42,7 +42,7 @@ class SwinUNETRSettings(SwinSettings):
     norm_name: str = "instance"
 
 
-@register_network("swin_unetr", task="segmentation", encoder="swinViT", settings=SwinUNETRSettings, family="swin")
+@register_network("swin_unetr", kind="segmentation", encoder="swinViT", settings=SwinUNETRSettings, family="swin")
 def swin_unetr(*, img_size: Any = None, **kwargs: Any) -> nn.Module:
     """MONAI's SwinUNETR for inputs of size ``img_size``; ``kwargs`` are ``SwinUNETR``'s."""
     size = spec_input_size("swin_unetr", img_size)

@@ -233,7 +233,7 @@ class PretrainModelConfig(EncoderOptions):
     lr_axis: int = EncoderSettings.lr_axis
 
 
-@register_network("asa_pretrain", task="pretraining", encoder="encoder", family="swvit")
+@register_network("asa_pretrain", kind="pretraining", encoder="encoder", family="swvit")
 class ASA(MaskedAutoencoder):
     """Attentive Symmetric Autoencoder, built from the flat settings of its network spec
     (``asa_pretrain``): ``ASA(img_size=128, **PRESETS["base"])``.

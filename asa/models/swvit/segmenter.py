@@ -22,7 +22,7 @@ from asa.models.blocks.patch import patch_grid
 from asa.models.blocks.saca import SACA_PLACES
 from asa.models.blocks.sizes import to_3tuple
 from asa.models.declared import Capabilities
-from asa.models.registry import ENCODER_MODULES, NETWORK_TASKS, current_spec, record_spec, register_network
+from asa.models.registry import ENCODER_MODULES, NETWORK_KINDS, current_spec, record_spec, register_network
 from asa.models.swvit.encoder import ENCODER_PREFIX, EncoderSettings, SWViTEncoder, SWViTSettings
 from asa.models.swvit.region_attention import patch_regions
 
@@ -61,7 +61,7 @@ def recorded_pretraining(checkpoint: dict, source: str | Path) -> dict:
                          "grid and position code are unknown; use a checkpoint or the encoder.pt written by asa-pretrain")
     spec = current_spec(spec)
     arch, kwargs = spec.get("arch"), spec.get("kwargs") or {}
-    if (ENCODER_MODULES.get(arch) != ENCODER_PREFIX.rstrip(".") or NETWORK_TASKS.get(arch) == "case"
+    if (ENCODER_MODULES.get(arch) != ENCODER_PREFIX.rstrip(".") or NETWORK_KINDS.get(arch) == "case"
             or not all(key in kwargs for key in SW_VIT_GEOMETRY)):
         raise ValueError(f"{source}: the pretrained file holds a {arch!r} network, not an ASA encoder (an SW-ViT "
                          "network whose spec records its encoder's settings flat, such as asa_pretrain, swvit_unetr, "
@@ -298,7 +298,7 @@ class SWViTSegmenter(nn.Module):
 
 
 
-@register_network("swvit_unetr", task="segmentation", encoder="encoder", follows_pretraining=True,
+@register_network("swvit_unetr", kind="segmentation", encoder="encoder", follows_pretraining=True,
                   settings=SWViTUNetSettings, family="swvit")
 class ASASegmenter(SWViTSegmenter):
     """The segmentation network on the SW-ViT encoder (:class:`SWViTSegmenter`), built from the flat

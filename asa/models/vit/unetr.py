@@ -40,7 +40,7 @@ class UNETRSettings(ViTSettings):
     res_block: bool = True
 
 
-@register_network("unetr", task="segmentation", encoder="vit", settings=UNETRSettings, family="vit")
+@register_network("unetr", kind="segmentation", encoder="vit", settings=UNETRSettings, family="vit")
 def unetr(*, img_size: Any = None, **kwargs: Any) -> nn.Module:
     """MONAI's UNETR of input size ``img_size``; ``kwargs`` are ``UNETR``'s."""
     size = spec_input_size("unetr", img_size)
