@@ -1,6 +1,7 @@
 """The folders of ``asa/models`` keep to their layers: the shared parts (``blocks/`` and the modules of
-SHARED: the registry, the declarations, the presets) import no network family; a family (``swvit/``,
-``swin/``, ``vit/``, ``cnn/``) imports its own files and the shared parts only, never another family;
+SHARED: the registry, the families' declarations, the network declarations, the presets, the weights reader)
+import no network family; a family (``swvit/``, ``swin/``, ``vit/``, ``cnn/``) imports its own files and the
+shared parts only, never another family;
 the heads (``heads/``) sit on the families' encoders, and nothing below imports them. The modules that
 act on whole networks (``compiled``, ``portable``, ``zoo``, the package itself) sit above every folder.
 No module of ``asa.models`` is part of an import cycle, not even through an import for the type checker.
@@ -23,7 +24,8 @@ FOLDERS: dict[str, set[str]] = {
     "cnn": {"blocks"},
     "heads": {"blocks", "swvit", "swin", "vit"},  # heads on a family's encoder
 }
-SHARED = {"registry", "family", "declared", "presets"}  # top-level modules every folder may import; they import no folder
+# top-level modules every folder may import; they import no folder
+SHARED = {"registry", "family", "declared", "presets", "weights"}
 
 
 def modules(root: Path) -> Iterator[tuple[Path, str]]:
