@@ -109,7 +109,9 @@ def test_load_config_gives_the_console_scripts_hints(name, override, message):
     ("asa-pretrain", ["model=resenc", "model.size=tiny", "method.mask_ratio=1.2"], "method.mask_ratio must lie in (0, 1), got 1.2"),
     ("asa-pretrain", ["model=resenc", "model.size=tiny", "model.mirror_visible=0.9"],
      "model.mirror_visible=0.9: at mask_ratio 0.75 at most 0.333 of the masked blocks can keep a visible mirror"),
-    ("asa-pretrain", ["model=resenc", "model.size=tiny", "model.lr_axis=3"], "model.lr_axis must be 0, 1 or 2, got 3"),
+    # the residual-encoder options are declared once for both trees (ResEncOptions): the same check as fine-tuning's
+    ("asa-pretrain", ["model=resenc", "model.size=tiny", "model.lr_axis=3"],
+     "model.lr_axis=3: expected an integer in [0, 2]"),
 ])
 def test_task_and_method_options_are_refused_by_name_before_anything_is_written(tmp_path, capsys, app, overrides,
                                                                                  message):

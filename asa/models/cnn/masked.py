@@ -40,7 +40,7 @@ from asa.losses.informativeness import patch_informativeness
 from asa.losses.reconstruction import AttentiveReconstructionLoss
 from asa.models.blocks.patch import patchify
 from asa.models.blocks.saca import mirror_index
-from asa.models.cnn.resenc import RESENC_SIZES, ResEncPlan, ResEncUNet, resolve_plan
+from asa.models.cnn.resenc import ResEncOptions, ResEncPlan, ResEncUNet, resolve_plan
 from asa.models.declared import Capabilities
 from asa.models.registry import record_spec, register_network
 
@@ -319,19 +319,17 @@ class ResEncMaskedAutoencoder(ResEncUNet):
 
 
 @dataclass
-class ResEncPretrainModel:
-    """``model=resenc`` in pretraining: nnU-Net's residual-encoder U-Net (`asa.models.cnn.resenc`), its
-    topology planned from the crop, with its masking and ASA's symmetry options (the loss is the method's:
-    ``method=mae|asa``). The same names reach the network and its file (``model.coord_channel`` here, in the
-    fine-tuning ``model`` section and in the spec)."""
+class _Arch:
+    arch: str = "resenc"  # first in the section, as a fine-tuning section's
 
-    arch: str = "resenc"
-    # M (nnU-Net's ResEnc M, model=resenc's) | L | S (the CPU size that learns) | tiny (unit tests)
-    size: str = one_of("M", tuple(RESENC_SIZES))
-    lr_axis: int = 0  # the left-right axis (RAS+: 0), for mirror_visible and coord_channel
+
+@dataclass
+class ResEncPretrainModel(ResEncOptions, _Arch):
+    """``model=resenc`` of asa-pretrain: the residual-encoder U-Net's options (`asa.models.cnn.resenc.ResEncOptions`,
+    as in fine-tuning) with its masking and ASA's mirror masking (the loss is the method's: ``method=mae|asa``)."""
+
     # fraction of masked blocks whose mirror block stays visible; null: uniform masking
     mirror_visible: Optional[float] = in_range(None, 0.0, 1.0)
-    coord_channel: bool = False  # the mirror-symmetric coordinate channel |x - x_mid| / (X/2) as an extra input
     # the mask block's edge (nnssl's 16; half the crop when the crop is under 32); stages coarser than its grid
     # run dense; null: the encoder's total stride (asa's form before nnssl's)
     mask_block: Optional[int] = 16

@@ -37,8 +37,8 @@ from asa.models.cnn.transfer import load_resenc_encoder
 from asa.models.declared import Capabilities
 from asa.models.registry import NetworkSettings, record_spec, register_network
 
-__all__ = ["RESENC_SIZES", "ResEncPlan", "ResEncSettings", "ResEncUNet", "coordinate_channel", "plan_resenc",
-           "resenc_unet", "resolve_plan"]
+__all__ = ["RESENC_SIZES", "ResEncOptions", "ResEncPlan", "ResEncSettings", "ResEncUNet", "coordinate_channel",
+           "plan_resenc", "resenc_unet", "resolve_plan"]
 
 MAX_HALVINGS = 5  # nnU-Net 3D: at most 6 stages
 MIN_FEATURE_SIZE = 4  # an axis is halved while it keeps >= 4 voxels
@@ -142,14 +142,25 @@ def coordinate_channel(shape: Sequence[int], *, lr_axis: int = 0, reference: int
 
 
 @dataclass
-class ResEncSettings(NetworkSettings):
-    """``model=resenc``: the residual-encoder U-Net's options (:func:`resenc_unet`); the topology is planned
-    from the crop (:func:`plan_resenc`)."""
+class ResEncOptions:
+    """The residual-encoder U-Net's options in both trees, declared once: the ``model=resenc`` section of
+    asa-pretrain (`asa.models.cnn.masked.ResEncPretrainModel`, with the masking) and of asa-finetune
+    (:class:`ResEncSettings`, with deep supervision) start from these; the topology is planned from the crop
+    (:func:`plan_resenc`), and the same names reach the network's spec and file."""
 
     size: str = one_of("M", tuple(RESENC_SIZES))  # M (nnU-Net's ResEnc M, model=resenc's) | L | S (CPU) | tiny (tests)
+    # the mirror-symmetric coordinate channel |x - x_mid| / (X/2) as an extra input (a fine-tuning network needs it
+    # when its encoder was pretrained with it)
+    coord_channel: bool = False
+    lr_axis: int = in_range(0, 0, 2)  # the left-right axis of the brain frame (RAS+: 0), for the symmetry options
+
+
+@dataclass
+class ResEncSettings(ResEncOptions, NetworkSettings):
+    """``model=resenc`` of asa-finetune: :class:`ResEncOptions` and nnU-Net's deep supervision
+    (:func:`resenc_unet`)."""
+
     deep_supervision: bool = True  # nnU-Net's deep supervision: weights 1, 1/2, 1/4 ... normalised
-    coord_channel: bool = False  # the mirror-symmetric coordinate channel (needed by an encoder pretrained with it)
-    lr_axis: int = in_range(0, 0, 2)  # the left-right axis of the brain frame (RAS+: 0), for the coordinate channel
 
 
 class ResEncUNet(ResidualEncoderUNet):
