@@ -59,7 +59,7 @@ STEM = "encoder.stem.convs.0.conv.weight"
 AMAES_STEM = "encoder.stem.conv1.conv.weight"
 AMAES_PREFIXES = ("model._orig_mod.", "model.")
 RESENC = "ResidualEncoderUNet"  # dynamic-network-architectures' residual-encoder U-Net, nnU-Net's ResEnc
-RESENC_ARCHS = ("ResEncL", RESENC)  # nnssl's names of it: its ResEnc-L preset and the dynamic class
+PRESET_CLASSES = {"ResEncL": RESENC}  # nnssl's architecture presets (architecture_registry.py) -> the class they build
 _BLOCK = re.compile(r"^encoder\.stages\.(\d+)\.blocks\.(\d+)\.conv1\.conv\.weight$")
 
 
@@ -120,9 +120,10 @@ def _nnssl_plan(plan: Mapping[str, Any], path: Path) -> dict[str, Any]:
     name, config = next(iter(configs.items()), (None, {}))
     kwargs = (plan.get("architecture_plans") or {}).get("arch_kwargs") or {}
     strides = kwargs.get("strides")
+    named = str(arch).split(".")[-1]
     return {
-        "architecture": arch, "network_class": RESENC if str(arch).split(".")[-1] in RESENC_ARCHS
-        else str(arch).split(".")[-1], "arch_kwargs": dict(kwargs) or None, "configuration": name,
+        "architecture": arch, "network_class": PRESET_CLASSES.get(named, named), "arch_kwargs": dict(kwargs) or None,
+        "configuration": name,
         "spacing_mm": config.get("spacing"), "spacing_style": config.get("spacing_style"),
         "normalization": config.get("normalization_schemes"), "pretrain_patch": config.get("patch_size"),
         "recommended_patch": plan.get("recommended_downstream_patchsize"),
