@@ -768,9 +768,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             refuse(f"--encoder {spec}: expected NAME=FILE with a name of its own and an existing file")
         encoders[key] = str(Path(path).expanduser().absolute())
     pretraining_arms = [a for a in args.arms if a in ARMS]
-    if network.by_preset and (odd := [a for a in args.arms if a not in (*SWVIT_ARMS, CONTROL)]):
+    if network.by_preset and (odd := [a for a in args.arms if a not in (*SWVIT_ARMS, CONTROL, SUPERVISED)]):
         refuse(f"--arms {' '.join(odd)}: with --network {network.family} the arms are "
-               f"{', '.join((*SWVIT_ARMS, CONTROL))}")
+               f"{', '.join((*SWVIT_ARMS, CONTROL, SUPERVISED))}")
     if lacking := {arm: need for arm in args.arms if (need := network.missing(arm))}:
         refuse("--arms: " + "; ".join(f"{arm} needs {', '.join(need)}, which the {network.family} family's masked twin "
                                       f"({network.declared.masked}) does not take" for arm, need in lacking.items()))

@@ -452,6 +452,28 @@ def _toy_masked(*, img_size, in_channels: int = 1, mask_ratio: float = 0.75, mas
     raise AssertionError("not built: the study only names it")
 
 
+def test_the_swvit_takes_the_positive_control_and_refuses_the_coordinate_channel(data, tmp_path, monkeypatch):
+    """--network swvit: the paper's two pretraining arms, the noise control and the positive control (an SW-ViT
+    U-Net trained with labels, whose encoder its fine-tuning arm starts from); asa-coord, the residual encoder's
+    coordinate channel, is refused before anything is written."""
+    cohort, labeled = data
+    argv = ["--data", "msd", "--root", str(labeled), *QUICK, "--network", "swvit-tiny"]
+    with pytest.raises(SystemExit) as refused:
+        study.main([*argv, "--pretrain-data", str(cohort), "--arms", "asa-coord", "--out", str(tmp_path / "coord")])
+    assert refused.value.code == 2 and "the arms are mae, asa, noise, supervised" in str(refused.value)
+    assert not (tmp_path / "coord").exists()
+    seen = {}
+    monkeypatch.setattr(study, "_run", lambda args, out, scale, network, runs, split, checks, encoders, supervised,
+                        *rest: seen.update(network=network, supervised=supervised) or 0)
+    assert study.main([*argv, "--arms", "supervised", "--out", str(tmp_path / "sup")]) == 0
+    control, network = seen["supervised"], seen["network"]
+    assert network.finetune == ["model=tiny"] and control.channel is None
+    overrides = study.supervised_overrides(control, network, study.SCALES["quick"], 0, [])
+    assert overrides[:3] == ["data=msd", f"data.root={labeled}", "model=tiny"]
+    arms = study.finetune_arms([], network, control.run_dir, {})
+    assert arms["supervised"] == f"model=tiny,model.pretrained={control.run_dir / 'checkpoints' / 'last.pt'}"
+
+
 @pytest.fixture
 def toy_family(monkeypatch):
     """A family declared from outside asa (its masked twin, its section, DynUNet as its segmenter), gone after."""
