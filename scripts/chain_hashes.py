@@ -12,6 +12,11 @@ restructuring on the same machine: equal output means the change kept the number
 
     python scripts/chain_hashes.py --out /tmp/chain_before
     diff /tmp/chain_before/chain.json /tmp/chain_after/chain.json
+
+For the "before" side, a clean worktree of the earlier commit run with ``PYTHONPATH=<worktree>`` takes that commit's
+code; its configs must be that commit's too. An editable install of another checkout serves that checkout's
+``configs/`` as ``asa.configs``, so the script refuses to run when the configs it would compose are not the ones
+beside the code it imports (link ``<worktree>/asa/configs`` to ``../configs``, as a wheel lays them out).
 """
 from __future__ import annotations
 
@@ -154,12 +159,30 @@ def chain(name: str, out: Path, steps: int) -> dict:
     return result
 
 
+def check_configs() -> None:
+    """Exit when the Hydra configs asa composes are not the ones beside the asa imported (see the module)."""
+    import importlib.util
+
+    import asa
+
+    beside = Path(asa.__file__).resolve().parents[1] / "configs"
+    try:
+        spec = importlib.util.find_spec("asa.configs")
+    except ModuleNotFoundError:
+        spec = None
+    served = Path(spec.submodule_search_locations[0]).resolve() if spec and spec.submodule_search_locations else None
+    if beside.is_dir() and served is not None and served != beside.resolve():
+        sys.exit(f"the configs composed would be {served}, not {beside} beside the code imported "
+                 f"({Path(asa.__file__).parent}): link {Path(asa.__file__).parent / 'configs'} to ../configs")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="a new folder for the runs")
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
     parser.add_argument("--steps", type=int, default=3, help="optimisation steps per run")
     args = parser.parse_args(argv)
+    check_configs()
     if args.out.exists() and any(args.out.iterdir()):
         sys.exit(f"--out {args.out}: not empty; give a new folder")
     result = {name: chain(name, args.out, args.steps) for name in args.paths}
