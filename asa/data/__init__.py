@@ -20,8 +20,6 @@ from asa.data.synthetic.phantom import Phantom, make_phantom
 from asa.data.regions import REGION_SOURCES, RegionSource, cluster_tissue
 from asa.data.splits import DEFAULT_SPLITS, make_splits
 from asa.data.subjects import diseased_labels, subject_groups
-from asa.data.case_crops import CASE_CROPS, DEFAULT_CASE_CROPS, case_crop_origins
-from asa.data.case_dataset import TargetDataset, build_case_crops_dataset, build_target_dataset
 from asa.data.targets import MISSING_VALUES, TARGET_KINDS, Targets, read_targets
 from asa.data.labels import TASKS, Task, get_task, non_mri_channels
 from asa.io import load_volume, save_volume  # the data stage's public NIfTI reader and writer (docs/python-api.md)
@@ -38,12 +36,6 @@ __all__ = [
     "write_anatomy_dataset",
     "Case",
     "CaseDataset",
-    "TargetDataset",
-    "build_target_dataset",
-    "build_case_crops_dataset",
-    "CASE_CROPS",
-    "DEFAULT_CASE_CROPS",
-    "case_crop_origins",
     "CaseError",
     "DEFAULT_SPLITS",
     "DEMO_DIAGNOSES",

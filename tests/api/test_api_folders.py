@@ -44,8 +44,9 @@ def _upward(api: Path) -> list[str]:
     for floor, folder in enumerate(FOLDERS):
         above = tuple(f"asa.api.{f}" for f in FOLDERS[floor + 1:])
         below = tuple(f"asa.api.{f}" for f in FOLDERS[:floor + 1])
-        for path in sorted((api / folder).glob("*.py")):
-            for module, line in _imports(path, f"asa.api.{folder}"):
+        for path in sorted((api / folder).rglob("*.py")):  # a task's own package (tasks/case/) too
+            package = ".".join(("asa", "api", *path.relative_to(api).parent.parts))
+            for module, line in _imports(path, package):
                 up = module.startswith(above) and module.split(".")[2] in FOLDERS[floor + 1:]
                 if up or (module in doors and not module.startswith(below)):
                     back.append(f"{path.relative_to(api.parent)}:{line} imports {module}")
@@ -77,3 +78,11 @@ def test_the_floor_check_sees_a_planted_upward_import(tmp_path, planted, line):
     (api / "configuration" / "bad.py").write_text(planted + "\n")
     found = [f.removeprefix("api/") for f in _upward(api)]
     assert line in found and all(f.startswith("configuration/bad.py:") for f in found)
+
+
+def test_a_tasks_own_package_is_checked_too(tmp_path):
+    """A module of a task's package (tasks/case/) that reaches a door, by a relative import: the check names it."""
+    api = tmp_path / "api"
+    shutil.copytree(API, api, ignore=shutil.ignore_patterns("__pycache__"))
+    (api / "tasks" / "case" / "bad.py").write_text("from ...finetune import finetune\n")
+    assert _upward(api) == ["api/tasks/case/bad.py:1 imports asa.api.finetune"]

@@ -50,7 +50,7 @@ def test_summaries_resample_subjects_when_given():
 
 def test_case_summary_resamples_the_subjects_of_the_cases():
     from asa.data import Targets
-    from asa.eval.case_outputs import case_summary
+    from asa.api.tasks.case.outputs import case_summary
 
     rng = np.random.default_rng(1)
     ids = [f"sub-{i}_ses-{j}" for i in range(8) for j in range(3)]

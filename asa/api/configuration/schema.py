@@ -15,7 +15,6 @@ from typing import Any, List, Optional, Union
 from omegaconf import MISSING
 
 from asa.data.augmentation import AUGMENT_ON
-from asa.data.case_crops import CASE_CROPS, DEFAULT_CASE_CROPS
 from asa.data.layouts import LAYOUTS, SEGMENTATION_LAYOUTS
 from asa.data.regions import CONFIG_SOURCES
 from asa.data.store import STORE_DTYPES
@@ -42,6 +41,10 @@ ON_BAD = ("error", "skip")
 # layout, whose numbered migration (asa.api.configuration.compat.MIGRATIONS) reads the one before
 CONFIG_VERSION = 7
 DEFAULT_ARCH = "swvit_unetr"  # the network of a fine-tuning model section that names none
+# a case head's test-time crops (the case task's, asa.api.tasks.case.crops): grid, the centred crop and the shifted
+# ones (up to 3 positions per axis, 27 crops); centre, the brain-centred crop alone, the crop fine-tuning trains on
+CASE_CROPS = ("grid", "centre")
+DEFAULT_CASE_CROPS = "grid"
 
 
 @dataclass
@@ -265,7 +268,7 @@ class PredictConfig:
     save_probabilities: bool = False  # also write <case_id>_probabilities.nii.gz (4D, one volume per output)
     # a case head: a case's outputs averaged over its test-time crops, as task.crops of its fine-tuning: grid (the
     # brain-centred crop and crops shifted by half a crop along each axis where the volume is larger than the
-    # crop; asa.data.case_crop_origins) | centre (the brain-centred crop alone, the one fine-tuning trains on)
+    # crop; asa.api.tasks.case.crops.case_crop_origins) | centre (the brain-centred crop alone, the one fine-tuning trains on)
     crops: str = one_of(DEFAULT_CASE_CROPS, CASE_CROPS)
     overwrite: bool = False  # replace the predictions in output (the old folder is moved to <output>.replaced-<time>)
     resume: bool = False  # keep the predictions this checkpoint already wrote in output, predict the rest

@@ -12,7 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from asa.data import DEFAULT_CASE_CROPS, Case, Targets, build_case_crops_dataset
+from asa.api.tasks.case.crops import DEFAULT_CASE_CROPS
+from asa.api.tasks.case.dataset import build_case_crops_dataset
+from asa.data import Case, Targets
 from asa.eval.case_metrics import classification_summary, regression_summary
 from asa.io import atomic_write_text
 from asa.models import capabilities, input_size

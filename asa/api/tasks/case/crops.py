@@ -3,7 +3,7 @@ fine-tuning plus, where the (preprocessed) volume is larger than the crop, crops
 crop along each axis, clipped to the volume and kept on the brain frame's patch lattice.
 
 A case network sees one crop at the pretraining grid; prediction and validation average its outputs
-over these crops (`asa.eval.case_outputs.case_output`).
+over these crops (`asa.api.tasks.case.outputs.case_output`).
 """
 
 from __future__ import annotations
@@ -16,17 +16,13 @@ import numpy as np
 import torch
 from monai.transforms import Transform
 
+from asa.api.configuration.schema import CASE_CROPS, DEFAULT_CASE_CROPS
 from asa.data.geometry import crop_at
 from asa.data.lattice import reference_origin
 from asa.data.preprocessing import PretrainPreprocess
 from asa.data.store import _crop as store_crop  # a window of a stored array
 
 __all__ = ["CASE_CROPS", "DEFAULT_CASE_CROPS", "case_crop_origins", "CaseCrops", "StoreCaseCrops"]
-
-CASE_CROPS = ("grid", "centre")
-"""``grid``: the centred crop and the shifted ones (up to 3 positions per axis, 27 crops); ``centre``:
-the brain-centred crop alone, the crop fine-tuning trains on."""
-DEFAULT_CASE_CROPS = "grid"
 
 
 def case_crop_origins(

@@ -6,10 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from asa.data import build_case_crops_dataset, case_crop_origins, discover, write_demo_dataset
+from asa.api.tasks.case.crops import case_crop_origins
+from asa.api.tasks.case.dataset import build_case_crops_dataset
+from asa.data import discover, write_demo_dataset
 from asa.data.geometry import crop_at
 from asa.data.preprocessing import PretrainPreprocess, case_to_item
-from asa.eval.case_outputs import case_output
+from asa.api.tasks.case.outputs import case_output
 from asa.models import Capabilities
 
 

@@ -3,7 +3,12 @@ regression — learnt by a pooled-token head on the (pretrained) encoder. Its fo
 of `asa.api.tasks.FinetuneTask.finetune`, with the task's loss (class-weighted cross-entropy; MSE or Huber on
 standardised values), step and validation with the case metrics of `asa.eval`), prediction (one
 ``predictions.csv``), evaluation (metrics with bootstrap intervals) and the case probes — and its own settings
-(``task.*``, `Settings`)."""
+(``task.*``, `Settings`).
+
+The task's package holds what only it uses: a case's test-time crops (`crops`), the datasets of cases with
+their targets (`dataset`) and the case outputs and ``predictions.csv`` (`outputs`). What it shares stays where the
+others read it: the targets table (`asa.data.targets`: the probes, the demo data), the case metrics
+(`asa.eval.case_metrics`: the probes), the case networks (`asa.models.heads`: registered as every network is)."""
 
 from __future__ import annotations
 
@@ -27,14 +32,15 @@ from asa.api.configuration.schema import EvaluateConfig, FrozenProbeConfig, Pred
 from asa.api.configuration.tasks import TaskSettings
 from asa.api.tasks import FinetuneRun, FinetuneTask, ProbeTargets, register_finetune_task
 from asa.api.machinery.training import record_geometry
+from asa.api.tasks.case.crops import CASE_CROPS, DEFAULT_CASE_CROPS
+from asa.api.tasks.case.dataset import build_case_crops_dataset, build_target_dataset
+from asa.api.tasks.case.outputs import (PREDICTIONS_CSV, case_crop_lattice, case_output, case_row, case_summary,
+                                        read_case_predictions, write_case_predictions)
 from asa.choices import one_of
-from asa.data import (CASE_CROPS, DEFAULT_CASE_CROPS, Targets, build_case_crops_dataset, build_target_dataset,
-                      detect_layout, discover, read_targets, subject_groups)
+from asa.data import Targets, detect_layout, discover, read_targets, subject_groups
 from asa.data.case import match_channels
 from asa.data.targets import TARGET_KINDS
 from asa.eval.case_metrics import CLASSIFICATION_METRICS, HIGHER_IS_BETTER, REGRESSION_METRICS, case_metric
-from asa.eval.case_outputs import (PREDICTIONS_CSV, case_crop_lattice, case_output, case_row, case_summary,
-                                   read_case_predictions, write_case_predictions)
 from asa.eval.frozen import FrozenEncoder, pooled_features, prepare_cases
 from asa.eval.probe_cv import case_probes
 from asa.io import atomic_write_json

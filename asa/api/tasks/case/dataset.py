@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from monai.transforms import Compose
 
+from asa.api.tasks.case.crops import DEFAULT_CASE_CROPS, CaseCrops, StoreCaseCrops
 from asa.data.case import Case
-from asa.data.case_crops import DEFAULT_CASE_CROPS, CaseCrops, StoreCaseCrops
 from asa.data.datasets import CaseDataset, build_pretrain_dataset
 from asa.data.preprocessing import case_to_item
 from asa.data.store import open_store, store_settings
