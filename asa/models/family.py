@@ -220,8 +220,8 @@ class FileSettings(NamedTuple):
 
 
 def file_settings(blob: Mapping[str, Any], network: str, taken: Collection[str]) -> FileSettings:
-    """What the pretraining file ``blob`` (as `asa.io.load_weights` reads it) sets for the network ``network``, whose
-    settings hold the options ``taken``: nothing when the file holds no encoder of it (`pretrains`); else the crop
+    """What the pretraining file ``blob`` (as `asa.models.load_weights` reads it) sets for the network ``network``,
+    whose settings hold the options ``taken``: nothing when the file holds no encoder of it (`pretrains`); else the crop
     it was made for, a published checkpoint's recommended one (`asa.io.foreign`: the file's ``foreign`` record) or
     the input size asa recorded, and for a published checkpoint every option its spec records beyond the crop, the
     channels and ``taken``: its topology, which the network must have whatever its settings say."""

@@ -338,7 +338,7 @@ class CaseTask(FinetuneTask):
 
     def evaluate(self, cfg: EvaluateConfig) -> dict:
         """Score ``<pred>/predictions.csv`` against ``task.target`` (summary with bootstrap intervals,
-        `asa.eval.case_outputs.case_summary`), written to ``<output>/summary.json``."""
+        `asa.api.tasks.case.outputs.case_summary`), written to ``<output>/summary.json``."""
         data = cfg.data
         if cfg.pred is None:
             raise ValueError(f"asa-evaluate with data.task={data.task} needs pred=DIR (holding asa-predict's "

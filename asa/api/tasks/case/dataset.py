@@ -78,7 +78,7 @@ def build_case_crops_dataset(
     store: str | Path | None = None,
 ) -> CaseDataset | TargetDataset:
     """Items ``{"image": FloatTensor[K, C, *crop], "offset": LongTensor[K, 3], "id"[, "target"]}``: a
-    case's test-time crops (`asa.data.case_crops.case_crop_origins` with ``crops`` and ``lattice``,
+    case's test-time crops (`asa.api.tasks.case.crops.case_crop_origins` with ``crops`` and ``lattice``,
     the network's patch lattice), crop 0 being the crop `build_target_dataset` gives without
     augmentation; with ``targets`` each item also has its ``"target"`` (as `TargetDataset`)."""
     if store is not None:
