@@ -54,10 +54,11 @@ from typing import Any, Optional
 import numpy as np
 
 from asa.api.config import compose_config
+from asa.api.machinery.cohort import ACCEPT_OPTION, encoder_cohort
 from asa.api.machinery.dataset import load_cases
 from asa.data import discover, get_task, load_volume
 from asa.data.case import Case
-from asa.data.cohort import cohort_overlap, cohort_record, describe_overlap
+from asa.data.cohort import cohort_overlap, cohort_record, describe_overlap, image_signatures
 from asa.data.layouts.pretrain import CHANNELS, channel_of
 from asa.data.preprocessing import PretrainPreprocess
 from asa.data.splits import make_splits
@@ -66,10 +67,11 @@ from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
 from asa.models.family import Family, families
 from asa.models.registry import keyword_options
 from asa.study import report, transfer
-from asa.study.common import (Clock, add_scale_options, child_env, finished, machine, module_argv, refuse,
+from asa.study.common import (REFUSED, Clock, add_scale_options, child_env, finished, machine, module_argv, refuse,
                               record_settings, scale_from_args)
 from asa.study.noise import write_noise_dataset
 from asa.train.distributed import DistEnv
+from asa.train.schedule import lr_at
 
 # the pretraining arms of the CNN: method and every ASA option stated (loss weighting and its exponent, the coordinate
 # channel), so that a changed default changes no arm; the masking is `MASKING` for every arm
@@ -86,7 +88,10 @@ MASKING = (f"model.mask_block={MASK_BLOCK}", "model.densify=spark", "model.weigh
 SCRATCH, COORD_SCRATCH = "scratch", "scratch-coord"  # the scratch twin; with the coordinate channel (asa-coord's twin)
 PILOT = "pilot"
 RECIPES = {"adamw": "optim=adamw", "nnunet": "optim=nnunet"}
-PLATEAU_TOL = transfer.PLATEAU_TOL  # relative drop (and rise from the best) of the held-out masked loss over the last quarter of a run below which it has levelled
+# relative drop (and rise from the best) of the held-out masked loss over the last quarter of the optimiser's progress
+# below which a pretraining run has levelled: a held-out loss on fixed volumes is not noisy, and 5 % let through a
+# curve still falling
+PLATEAU_TOL = 0.02
 
 
 @dataclasses.dataclass
@@ -485,25 +490,66 @@ def labeled_split(cases: Sequence, scale: Scale, seed: int) -> dict[str, list[st
     return {"test": test, "val": val, "pool": sorted(set(pool) - set(held)), "supervised": held}
 
 
-def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: Mapping[str, list[str]], *,
-                  accept: bool) -> dict[str, Any]:
-    """The study's test and validation cases against the pretraining cohort (by id, subject and image content);
-    refused (exit 2) when any was in it, unless ``accept``. The cohort's digests are kept in the study folder."""
-    record_file = out / "checks" / "cohort.json"
-    ids = sorted(c.id for c in cohort_cases)
-    record = json.loads(record_file.read_text()) if record_file.is_file() else None
-    if record is None or sorted(record["cases"]) != ids:
-        record = cohort_record(cohort_cases, {"train": ids}, workers=2, source={"study": str(out)})
-        atomic_write_json(record_file, record)
+# the parts of the labeled pool the overlap check reads, as its lines name them: every case a run scores, validates on,
+# trains on in one run and holds out in another (each fine-tuning run checks every case it does not train on)
+LABELED_PARTS = {"test": "test", "val": "validation", "supervised": "positive control", "pool": "training pool"}
+
+
+def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: Mapping[str, list[str]],
+                  encoders: Mapping[str, str] | None = None, *, accept: bool) -> dict[str, Any]:
+    """The study's one overlap check, before anything trains: every labeled case (test, validation, the positive
+    control's and the training pool's: `LABELED_PARTS`) against the pretraining cohort and the cohort each
+    ``encoders`` file carries (by id, subject, image content and near content: `asa.data.cohort.cohort_overlap`, the
+    rule each fine-tuning run applies to the cases it does not train on). Refused (exit 2) when any case was in one,
+    unless ``accept``; accepted cases are listed, and every run is told to accept them (`overlap_overrides`). The
+    cohort's digests are kept in the study folder."""
     by_id = {c.id: c for c in labeled}
-    overlap = cohort_overlap(record, {name: [by_id[i] for i in split[name]] for name in ("test", "val")}, workers=2)
-    lines = describe_overlap(overlap, cohort_size=len(ids))
-    found = sorted({c for part in overlap.values() for c in part["overlapping"]})
-    if found and not accept:
-        refuse("[study] the pretraining cohort holds labeled cases the study tests or validates on:\n  "
+    parts = {LABELED_PARTS[k]: [by_id[i] for i in split[k]] for k in LABELED_PARTS if split.get(k)}
+    cohorts: dict[str, dict[str, Any]] = {}
+    if cohort_cases:
+        record_file = out / "checks" / "cohort.json"
+        ids = sorted(c.id for c in cohort_cases)
+        record = json.loads(record_file.read_text()) if record_file.is_file() else None
+        if record is None or sorted(record["cases"]) != ids:
+            record = cohort_record(cohort_cases, {"train": ids}, workers=2, source={"study": str(out)})
+            atomic_write_json(record_file, record)
+        cohorts["--pretrain-data"] = record
+    for name, path in (encoders or {}).items():
+        if (carried := encoder_cohort(path, option=f"--encoder {name}")) is not None:
+            cohorts[f"--encoder {name}"] = carried
+    if not cohorts:
+        return {"lines": ["no cohort to check (the --encoder files carry none)"], "overlapping": [], "accepted": False}
+    digests, prints = image_signatures([c for cases in parts.values() for c in cases], workers=2)
+    lines, found = [], set()
+    for source, cohort in cohorts.items():
+        overlap = cohort_overlap(cohort, parts, digests=digests, fingerprints=prints)
+        size = len(cohort.get("cases") or {})
+        lines += [f"{source}: {line}" for line in describe_overlap(overlap, cohort_size=size)]
+        found |= {c for part in overlap.values() for c in part["overlapping"]}
+    found_ids = sorted(found)
+    if found_ids and not accept:
+        refuse("[study] the pretraining cohort holds labeled cases the study's runs score, validate on or hold out:\n  "
                + "\n  ".join(lines) + "\npretraining on them would score the arms on what they have seen: remove them "
-               "from --pretrain-data, or pass --accept-overlap to run anyway (the report says so)")
-    return {"lines": lines, "overlapping": found, "accepted": bool(found)}
+               "from --pretrain-data, or pass --accept-overlap to run anyway (every run then accepts them, and the "
+               "report lists them)")
+    if found_ids:
+        lines.append(f"accepted with --accept-overlap ({len(found_ids)} case(s), every run told so): "
+                     + ", ".join(found_ids))
+    return {"lines": lines, "overlapping": found_ids, "accepted": bool(found_ids)}
+
+
+def recipe_overrides(recipe: str, encoder_lr_scale: float) -> list[str]:
+    """The fine-tuning recipe of every run of the study: ``optim=<recipe>`` and, for ``adamw``, one encoder lr scale
+    for every arm, the pretrained arms' (``optim.encoder_lr_scale``) and the scratch twins' (the preset keeps a
+    scale of its own for an encoder from scratch, ``optim.scratch_encoder_lr_scale``)."""
+    scales = [f"optim.encoder_lr_scale={encoder_lr_scale}", f"optim.scratch_encoder_lr_scale={encoder_lr_scale}"]
+    return [RECIPES[recipe], *(scales if recipe == "adamw" else [])]
+
+
+def overlap_overrides(overlap: Mapping[str, Any]) -> list[str]:
+    """The fine-tuning overrides that carry an accepted overlap to every run (each run checks the cases it does not
+    train on by the same rule, and would refuse what the study accepted): none when nothing was accepted."""
+    return [f"{ACCEPT_OPTION}=true"] if overlap.get("accepted") else []
 
 
 def channel_lines(fine: Sequence[str], pretrain: Sequence[str], held: Sequence[str], *,
@@ -666,47 +712,105 @@ def pilot_scores(out: Path, scale: Scale) -> Path:
     return out / PILOT / "runs" / f"{SCRATCH}-n{max(scale.cases)}-s0" / "scores.json"
 
 
-def pilot_budget(out: Path, scale: Scale, cap: int | None = None) -> dict[str, Any]:
-    """The pilot's validation curve and the converged budget found on it (`transfer.converged_budget`): the study's
-    fine-tuning steps, rounded up to ten, or the pilot's length when still rising at its end; at most ``cap``,
-    and then ``capped`` says the arms compare before the scratch twin levels off."""
+PILOT_FLOOR = 0.1  # the pilot's best validation Dice (mean, and the lesion classes' when named) under which it did not learn
+
+
+def pilot_budget(out: Path, scale: Scale, cap: int | None = None, *,
+                 lesion_classes: Sequence[str] = ()) -> dict[str, Any]:
+    """The pilot's validation curve, whether it learned, and the converged budget found on it
+    (`transfer.converged_budget`). ``learned``: its best validation Dice reached `PILOT_FLOOR`, and so did the mean
+    Dice of ``lesion_classes`` when named (``lesion_curve``); a curve that stayed under it did not learn, and has no
+    budget to level off at (``converged`` False). ``steps``: the study's fine-tuning steps, rounded up to ten, or
+    the pilot's length when still rising at its end; at most ``cap``, and then ``capped`` says the arms compare
+    before the scratch twin levels off."""
     record = json.loads(pilot_scores(out, scale).read_text())
     curve = record["budget"].get("val_curve") or []
+    lesion = pilot_lesion_curve(out / PILOT / "runs" / f"{SCRATCH}-n{max(scale.cases)}-s0", lesion_classes)
+    best = max((d for _, d in curve), default=0.0)
+    best_lesion = max((d for _, d in lesion), default=math.nan)
+    learned = best >= PILOT_FLOOR and (not lesion_classes or best_lesion >= PILOT_FLOOR)
     found = transfer.converged_budget(curve)
+    found["converged"] = found["converged"] and learned
     steps = max(int(10 * math.ceil(found["budget"] / 10)) if found["converged"] else int(scale.pilot_steps), 10)
     capped = cap is not None and cap < steps
     rows = record.get("scores") or []
     test = {name: float(np.mean([float(r[f"Dice_{name}"]) for r in rows]))
             for name in record.get("names", []) if rows and f"Dice_{name}" in rows[0]}
     return {**found, "steps": cap if capped else steps, "capped": capped, "asked": steps,
-            "pilot_steps": scale.pilot_steps, "curve": curve, "test": test, "test_cases": len(rows)}
+            "pilot_steps": scale.pilot_steps, "curve": curve, "test": test, "test_cases": len(rows),
+            "learned": learned, "floor": PILOT_FLOOR, "best_dice": best, "lesion_classes": list(lesion_classes),
+            "lesion_curve": lesion, "best_lesion_dice": best_lesion}
+
+
+def pilot_lesion_curve(run_dir: Path, classes: Sequence[str]) -> list[list[float]]:
+    """[step, mean validation Dice of ``classes``] per round of the pilot (its logged ``val/dice_<class>``); empty
+    without classes."""
+    if not classes:
+        return []
+    series = transfer.logged_series(run_dir, [f"val/dice_{c}" for c in classes])
+    rounds = [dict(series[f"val/dice_{c}"]) for c in classes]
+    steps = sorted(set.intersection(*(set(r) for r in rounds)))
+    return [[step, float(np.mean([r[step] for r in rounds]))] for step in steps]
+
+
+def pilot_reading(pilot: Mapping[str, Any]) -> str:
+    """What the pilot's curve says, in words: its best validation Dice (and the lesions'), against the floor."""
+    said = f"best validation Dice {pilot['best_dice']:.3f}"
+    if pilot.get("lesion_classes"):
+        said += f", lesion Dice ({', '.join(pilot['lesion_classes'])}) {pilot['best_lesion_dice']:.3f}"
+    return said + f" over {pilot['pilot_steps']} steps (the floor: {pilot['floor']})"
 
 
 def pretraining_summary(run: Pretraining, seconds: float) -> dict[str, Any]:
-    """Steps, wall time, the held-out masked loss curve with its plateau check (the relative drop over the last
-    quarter of the run under `PLATEAU_TOL`), and the loss weights' spread (mean logged CV and effective share)."""
+    """Steps, wall time, the held-out masked loss curve with its plateau check (`loss_plateau`, read against the
+    optimiser's progress, `optimiser_progress`), and the loss weights' spread (mean logged CV and effective share)."""
     state = load_checkpoint(run.run_dir / "checkpoints" / "last.pt")
     curve = [(int(h.get("step", i)), float(h["val/loss"])) for i, h in enumerate(state.get("history", []))
              if "val/loss" in h]
+    optim = (state.get("config") or {}).get("optim") or {}
+    progress = optimiser_progress([s for s, _ in curve], state["scheduler"], min_lr=float(optim.get("min_lr", 0.0)),
+                                  power=float(optim.get("power", 0.9)))
     spread = transfer.logged_series(run.run_dir, ("train/weights/cv", "train/weights/effective_share"))
     mean = lambda tag: float(np.mean([v for _, v in spread[tag]])) if spread[tag] else math.nan  # noqa: E731
     return {"run": run.name, "arm": run.arm, "cohort": run.cohort, "steps": int(state["step"]), "seconds": seconds,
-            "val_curve": curve, **loss_plateau([v for _, v in curve]), "weights_cv": mean("train/weights/cv"),
-            "weights_share": mean("train/weights/effective_share")}
+            "val_curve": curve, **loss_plateau([v for _, v in curve], progress=progress),
+            "weights_cv": mean("train/weights/cv"), "weights_share": mean("train/weights/effective_share")}
 
 
-def loss_plateau(losses: Sequence[float], *, tol: float = PLATEAU_TOL) -> dict[str, Any]:
-    """Whether a held-out loss curve levelled off: its relative drop from the value at 3/4 of the run to the end
-    is under ``tol``, and its last value is within ``tol`` of the run's lowest (``loss_rise``: a curve that climbed
-    back from its best, as an encoder that memorises its training volumes gives, has not levelled either). Needs at
-    least 4 points; fewer: ``plateau`` None, not checked."""
+def optimiser_progress(steps: Sequence[int], scheduler: Mapping[str, Any], *, min_lr: float = 0.0,
+                       power: float = 0.9) -> list[float]:
+    """How far the optimiser had moved by each of ``steps``: the learning rate summed over the steps before it,
+    over the sum of the whole schedule (``scheduler``: a checkpoint's record of it, `asa.train.schedule.lr_at`).
+    A constant lr gives step / total; under a cosine decay the last quarter of the steps holds a twentieth of it,
+    so a loss that flattens there has been given no lr to fall with, not levelled."""
+    total = int(scheduler["total_steps"])
+    lrs = np.array([lr_at(t, total_steps=total, warmup_steps=int(scheduler.get("warmup_steps", 0)),
+                          base_lr=float(scheduler.get("base_lr", 1.0)), schedule=str(scheduler.get("name", "constant")),
+                          min_lr=min_lr, power=power) for t in range(total)])
+    summed = np.concatenate([[0.0], np.cumsum(lrs)])
+    return [float(summed[min(max(int(s), 0), total)] / summed[-1]) if summed[-1] > 0 else 0.0 for s in steps]
+
+
+def loss_plateau(losses: Sequence[float], *, tol: float = PLATEAU_TOL,
+                 progress: Sequence[float] | None = None) -> dict[str, Any]:
+    """Whether a held-out loss curve levelled off: its relative drop over the last quarter of the optimiser's
+    progress (from the last value at or before 3/4 of it to the lowest after) is under ``tol``, and its last value
+    is within ``tol`` of the run's lowest (``loss_rise``: a curve that climbed back from its best, as an encoder
+    that memorises its training volumes gives, has not levelled either). ``progress``: each value's share of the
+    schedule's summed learning rate (`optimiser_progress`); None: evenly spaced rounds of a constant lr (round i of
+    n at (i + 1) / n). Needs at least 4 points; fewer: ``plateau`` None, not checked."""
     if len(losses) < 4:
-        return {"plateau": None, "loss_drop": math.nan, "loss_rise": math.nan}
-    start = losses[(3 * len(losses)) // 4 - 1]
-    drop = (start - min(losses[(3 * len(losses)) // 4:])) / abs(start) if start else 0.0
+        return {"plateau": None, "loss_drop": math.nan, "loss_rise": math.nan, "tol": tol}
+    n = len(losses)
+    at = np.asarray(progress if progress is not None else [(i + 1) / n for i in range(n)], dtype=float)
+    edge = 0.75 * at[-1]
+    first = max(1, int(np.searchsorted(at, edge, side="right")))  # the first value past 3/4 of the progress
+    first = min(first, n - 1)  # at least one value in the last quarter
+    start = losses[first - 1]
+    drop = (start - min(losses[first:])) / abs(start) if start else 0.0
     best = min(losses)
     rise = (losses[-1] - best) / abs(best) if best else 0.0
-    return {"plateau": bool(drop < tol and rise < tol), "loss_drop": float(drop), "loss_rise": float(rise)}
+    return {"plateau": bool(drop < tol and rise < tol), "loss_drop": float(drop), "loss_rise": float(rise), "tol": tol}
 
 
 # -------------------------------------------------------------------------------------------------- main
@@ -743,11 +847,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-cap", type=int, metavar="STEPS",
                    help="fine-tune at most STEPS steps whatever the pilot asks for (the report says so)")
     p.add_argument("--accept-overlap", action="store_true",
-                   help="run although test or validation cases are in the pretraining cohort (the report says so)")
+                   help="run although labeled cases (test, validation, the positive control's or the training pool's) "
+                        "are in the pretraining cohort: every run accepts them, and the report lists them")
+    p.add_argument("--accept-unlearned", action="store_true",
+                   help="go on when the pilot did not learn the task (its best validation Dice under "
+                        f"{PILOT_FLOOR}): the study then pretrains and fine-tunes, and its report reads no answer")
     p.add_argument("--seed", type=int, default=0, help="split, cohort order and pretraining seed")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="torch threads per run")
     p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples of the CIs")
+    p.add_argument("--min-effect", type=float, default=0.01, metavar="DICE",
+                   help="the smallest difference in Dice the study reads as an effect: a contrast whose estimate is "
+                        "smaller is 'no difference this study can detect', whatever its CI (default 0.01)")
     p.add_argument("--lesion-classes", nargs="+", default=[], metavar="CLASS",
                    help="classes whose mean Dice is read as a contrast of its own (lesion Dice), e.g. the lesions of a "
                         "task that also labels tissue")
@@ -777,6 +888,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (pretraining_arms or CONTROL in args.arms) and args.pretrain_data is None:
         refuse(f"--arms {' '.join(args.arms)}: pretraining arms need --pretrain-data (or name only --encoder arms "
                "and supervised)")
+    if not 0.0 <= args.min_effect < 1.0:
+        refuse(f"--min-effect {args.min_effect}: expected a difference in Dice in [0, 1)")
     if args.budget_cap is not None and args.budget_cap < 10:
         refuse(f"--budget-cap {args.budget_cap}: expected at least 10 steps")
     if not args.root.is_dir():
@@ -833,12 +946,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # --- checks, before anything trains
     cohorts, noise = {}, None
-    checks: dict[str, Any] = {"overlap": {"lines": ["no pretraining cohort (only --encoder arms)"], "accepted": False}}
+    checks: dict[str, Any] = {"overlap": check_overlap(out, cohort_cases, labeled, split, encoders,
+                                                       accept=args.accept_overlap)}
     if args.pretrain_data is not None:
         sizes = [n for n in scale.cohorts if n <= len(cohort_cases)] or [len(cohort_cases)]
         if odd := [n for n in scale.cohorts if n > len(cohort_cases)]:
             refuse(f"--cohorts {' '.join(map(str, odd))}: the cohort holds {len(cohort_cases)} scans")
-        checks["overlap"] = check_overlap(out, cohort_cases, labeled, split, accept=args.accept_overlap)
         if store is None:
             cohorts = write_cohorts(out, cohort_cases, sizes, args.seed, channels)
         else:
@@ -884,9 +997,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             channels=channels or ("t1",), store=store)
     if store is not None:
         write_store_splits(runs, [c.id for c in cohort_cases], args.seed)
-    recipe = [RECIPES[args.recipe]] + ([f"optim.encoder_lr_scale={args.encoder_lr_scale}"]
-                                       if args.recipe == "adamw" else [])
-    overrides = [*recipe, *args.override]
+    overrides = [*recipe_overrides(args.recipe, args.encoder_lr_scale), *overlap_overrides(checks["overlap"]),
+                 *args.override]
     clock = Clock(scale.time_budget)
     times_file = out / "times.json"
     times = json.loads(times_file.read_text()) if times_file.is_file() else {"stages": {}, "runs": {}}
@@ -938,16 +1050,31 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
         units.append(Unit(SUPERVISED, module_argv("asa.cli.finetune", *sup, *threads),
                           lambda: finished(supervised.run_dir / "checkpoints" / "last.pt"),
                           out / "logs" / f"{SUPERVISED}.log", threads=args.threads))
-    for run in runs:
-        units.append(Unit(run.name, pretraining_argv(scale.nproc, *run.overrides, *threads),
-                          lambda run=run: finished(run.run_dir / "checkpoints" / "last.pt") and run.encoder.is_file(),
-                          out / "logs" / f"{run.name}.log", threads=args.threads))
+    # the pilot (and the positive control, a labeled run) before any pretraining: a scratch twin that does not learn
+    # the task makes every contrast noise, and the study stops before it spends the pretraining
     complete = run_units(units, scale.jobs, clock, times["runs"])
-    stage("pilot, controls and pretraining", started)
+    stage("pilot and positive control", started)
     if not complete:
-        return unfinished("the pilot, the controls and the pretraining runs")
-    pilot = pilot_budget(out, scale, args.budget_cap)
+        return unfinished("the pilot and the positive control")
+    pilot = pilot_budget(out, scale, args.budget_cap, lesion_classes=args.lesion_classes)
     atomic_write_json(out / "pilot.json", pilot)
+    if not pilot["learned"]:
+        line = (f"[study] the pilot did not learn the task: {pilot_reading(pilot)}; every contrast would be noise, so "
+                "the study stops before any pretraining (make the task learnable: more labeled cases, --pilot-steps, "
+                "a larger --crop; or pass --accept-unlearned to run it anyway, its report then reads no answer)")
+        if not (args.accept_unlearned or name == "quick"):  # the quick scale checks the plumbing, not the task
+            print(line, file=sys.stderr, flush=True)
+            return REFUSED
+        print(line.split(";")[0] + ("; the quick scale checks the plumbing: going on" if name == "quick" else
+                                    "; --accept-unlearned: going on"), flush=True)
+    started = time.perf_counter()
+    units = [Unit(run.name, pretraining_argv(scale.nproc, *run.overrides, *threads),
+                  lambda run=run: finished(run.run_dir / "checkpoints" / "last.pt") and run.encoder.is_file(),
+                  out / "logs" / f"{run.name}.log", threads=args.threads) for run in runs]
+    complete = run_units(units, scale.jobs, clock, times["runs"])
+    stage("pretraining", started)
+    if not complete:
+        return unfinished("the pretraining runs")
     steps = pilot["steps"]
     left = clock.left()
     arms = finetune_arms(runs, network, None if supervised is None else supervised.run_dir, encoders)
@@ -970,7 +1097,8 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
         return unfinished("the transfer stage")
     pretrained = [pretraining_summary(run, times["runs"].get(run.name, math.nan)) for run in runs]
     info = {"scale_name": name, "scale": dataclasses.asdict(scale), "network": network.name, "steps": steps,
-            "recipe": args.recipe, "encoder_lr_scale": args.encoder_lr_scale, "machine": machine(),
+            "recipe": args.recipe, "encoder_lr_scale": args.encoder_lr_scale, "min_effect": args.min_effect,
+            "machine": machine(),
             "stages": times["stages"], "runs": times["runs"], "checks": checks, "pilot": pilot,
             "pretraining": pretrained, "classes": list(task.output_names),
             "encoders": [f"{k}={v}" for k, v in encoders.items()],

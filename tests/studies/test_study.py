@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -531,3 +532,102 @@ def test_pretraining_runs_on_several_processes_keep_the_global_batch(data, tmp_p
     record["scale"].pop("nproc")  # as a study recorded before the option
     (tmp_path / "one" / "study.json").write_text(json.dumps(record))
     assert len(_planned(monkeypatch, [*argv, "--out", str(tmp_path / "one")])) == 1
+
+
+def test_a_case_planted_among_the_positive_control_s_cases_is_refused_before_the_pilot(data, tmp_path, capsys):
+    """The one overlap check reads every labeled case a run scores, validates on or holds out (the positive
+    control's cases and the training pool too: each fine-tuning run checks every case it does not train on), before
+    anything trains; --accept-overlap lists the accepted cases and tells every run to accept them."""
+    cohort, labeled = data
+    cases = discover("msd", labeled)
+    split = study.labeled_split(cases, study.SCALES["quick"], seed=0)
+    held = next(c for c in cases if c.id == split["supervised"][0])
+    planted = tmp_path / "cohort.csv"  # the cohort's scans and the T1 channel of one of the control's cases, renamed
+    planted.write_text("id,path\n" + "".join(f"{c.id},{c.images['t1']}\n" for c in discover("bids", cohort))
+                       + f"someone,{held.images['T1w']}\n")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as err:
+        study.main(["--pretrain-data", str(planted), "--data", "msd", "--root", str(labeled), "--out", str(out), *QUICK])
+    said = capsys.readouterr().err
+    assert err.value.code == 2 and f"positive control: 1 of 2 case(s)" in said and f"{held.id} = someone" in said
+    assert not (out / "pilot").exists() and not (out / "pretrain").exists()  # nothing trained
+    accepted = study.check_overlap(out, discover("filelist", planted), cases, split, accept=True)
+    assert accepted["overlapping"] == [held.id] and accepted["lines"][-1].endswith(f"every run told so): {held.id}")
+    assert study.overlap_overrides(accepted) == ["data.accept_pretraining_overlap=true"]
+    assert study.overlap_overrides({"accepted": False}) == []
+
+
+def test_one_encoder_lr_for_every_arm():
+    """--encoder-lr-scale reaches the scratch twins as well as the pretrained arms (the adamw preset keeps a scale
+    of its own for an encoder from scratch), so the report's "for every arm" holds."""
+    from asa.api.config import compose_config
+    from asa.api.machinery.training import encoder_lr_scale
+
+    recipe = study.recipe_overrides("adamw", 0.5)
+    scratch = compose_config("finetune", ["data=msd", "model=resenc", *recipe])
+    pretrained = compose_config("finetune", ["data=msd", "model=resenc", *recipe, "model.pretrained=enc.pt"])
+    assert encoder_lr_scale(scratch) == encoder_lr_scale(pretrained) == 0.5
+    preset = compose_config("finetune", ["data=msd", "model=resenc", "optim=adamw"])
+    assert encoder_lr_scale(preset) == 1.0  # the preset alone: scratch at 1, which the option now overrides
+    assert study.recipe_overrides("nnunet", 0.5) == ["optim=nnunet"]
+
+
+def test_the_plateau_check_reads_the_encoder_not_the_lr_schedule():
+    """Under a cosine schedule the last quarter of the steps holds a twentieth of the summed lr, so every curve
+    flattens there: read against the steps, an encoder still far from its plateau (here a held-out loss falling as
+    0.45 + 0.32 exp(-progress / 0.4), 0.66 -> 0.47 over 200 steps) read "levelled"; read against the optimiser's
+    progress (the summed lr) it is flagged. Under a constant lr both readings are the same."""
+    from asa.train.schedule import lr_at
+
+    cosine = {"name": "cosine", "total_steps": 200, "warmup_steps": 10, "base_lr": 1e-3}
+    steps = list(range(20, 201, 20))
+    progress = study.optimiser_progress(steps, cosine)
+    lrs = [lr_at(t, total_steps=200, warmup_steps=10, base_lr=1e-3, schedule="cosine") for t in range(200)]
+    assert progress[-1] == 1.0 and progress[6] == pytest.approx(sum(lrs[:140]) / sum(lrs))  # steps[6] = 140
+    assert progress[6] > 0.95  # step 140 of 200: the optimiser has moved 95 % of its way
+    losses = [0.45 + 0.32 * math.exp(-p / 0.4) for p in progress]
+    by_steps = study.loss_plateau(losses)
+    assert by_steps["plateau"] is True and by_steps["loss_drop"] < 0.01  # the old reading: levelled
+    by_progress = study.loss_plateau(losses, progress=progress)
+    assert by_progress["plateau"] is False and by_progress["loss_drop"] > 0.05
+    # the first value past 3/4 of the progress is step 100's (0.801): the drop is from step 80's to the lowest
+    assert by_progress["loss_drop"] == pytest.approx((losses[3] - losses[-1]) / losses[3])
+    constant = {"name": "constant", "total_steps": 200, "warmup_steps": 0, "base_lr": 1e-3}
+    even = study.optimiser_progress(steps, constant)
+    assert even == pytest.approx([s / 200 for s in steps])
+    assert study.loss_plateau(losses, progress=even) == study.loss_plateau(losses)
+
+
+def test_a_pilot_that_does_not_learn_stops_the_study_before_any_pretraining(data, tmp_path, monkeypatch, capsys):
+    """A pilot whose best validation Dice stays under the floor did not learn (not "levelled off"): the study
+    stops with exit 2 and one line before it spends any pretraining, unless told to go on; a pilot that learned
+    goes on to the pretraining."""
+    cohort, labeled = data
+    started: list[str] = []
+
+    def fake_units(flat: bool):
+        def run_units(units, jobs, clock, times):
+            for unit in units:
+                started.append(unit.name)
+                if unit.name == study.PILOT:
+                    curve = [[10 * (i + 1), 0.001 if flat else min(0.6, 0.1 * i)] for i in range(8)]
+                    atomic = study.pilot_scores(tmp_path / ("flat" if flat else "learns"), study.SCALES["quick"])
+                    atomic.parent.mkdir(parents=True, exist_ok=True)
+                    atomic.write_text(json.dumps({"budget": {"val_curve": curve}, "scores": [], "names": []}))
+            return unit.name == study.PILOT or False  # stop after the pretraining stage is asked for
+        return run_units
+
+    argv = ["--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), "--arms", "mae", "--scale", "cpu",
+            "--network", "resenc-tiny", "--cases", "2", "--test", "3", "--val", "2", "--seeds", "0", "--time-budget", "9999"]
+    monkeypatch.setattr(study, "run_units", fake_units(flat=True))
+    assert study.main([*argv, "--out", str(tmp_path / "flat")]) == 2
+    said = capsys.readouterr().err
+    assert "the pilot did not learn the task: best validation Dice 0.001" in said and "--accept-unlearned" in said
+    assert started == [study.PILOT]  # no pretraining unit was asked for
+    assert json.loads((tmp_path / "flat" / "pilot.json").read_text())["learned"] is False
+    started.clear()
+    monkeypatch.setattr(study, "run_units", fake_units(flat=False))
+    assert study.main([*argv, "--out", str(tmp_path / "learns")]) == 3  # went on to the pretraining (stopped there)
+    assert started == [study.PILOT, "mae-c4"]
+    pilot = json.loads((tmp_path / "learns" / "pilot.json").read_text())
+    assert pilot["learned"] is True and pilot["best_dice"] == pytest.approx(0.6)
