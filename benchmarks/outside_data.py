@@ -11,8 +11,9 @@ and skull, an optional marrow line, a bright scalp; both thicknesses vary over t
 and a neck, so that a brain extraction has work to do. `lesion_case` adds 1-3 smooth blobs in white matter
 (6-20 mm, hypo- or hyperintense) and their label map. Nothing here imports `asa.data.synthetic`.
 
-One subject at 3 mm takes about 0.1 s on one core (0.12 s with ``head``; measured on the development machine
-after the template is cached, which takes about 3 s once per process).
+Cost at 3 mm (68 x 80 x 72 voxels), one core, once the template is cached (about 2.5 s once per process):
+0.06 s of CPU time per subject, 0.07 s with ``head``, 0.08-0.09 s per lesion case (medians of 20; wall time
+0.13-0.24 s on a 2-core machine shared with other jobs).
 
 The command line writes a BIDS cohort of healthy T1 subjects (``DIR/cohort``, read by
 ``asa.data.discover("bids", ...)``) and an nnU-Net v2 raw dataset of lesion cases (``DIR/labeled``, read by
@@ -39,7 +40,7 @@ FOV = (204.0, 240.0, 216.0)  # mm, RAS; the whole head with some neck
 CENTRE = np.array([0.0, -18.0, 6.0])  # mm, the field of view's centre in MNI space
 BRAIN_CENTRE = np.array([0.0, -17.0, 5.0])  # mm, where the affine's rotation and scale are centred
 PAD_MM = (32.0, 32.0, 48.0)  # zero margin round nilearn's grid, room for the head and neck (more below)
-HEAD_MM = 30.0  # the head is built on voxels at most this far from the brain
+HEAD_MM = 22.0  # the head is built on voxels at most this far from the brain
 
 
 @dataclass(frozen=True)
