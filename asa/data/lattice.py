@@ -16,14 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.transforms import MapTransform, RandFlipd, Randomizable
-from monai.transforms.utils import (
-    generate_label_classes_crop_centers,
-    generate_pos_neg_label_crop_centers,
-    map_binary_to_indices,
-)
+from monai.transforms.utils import generate_pos_neg_label_crop_centers, map_binary_to_indices
 
 __all__ = ["reference_origin", "mirrored_origin", "lattice_padding", "pad_to_lattice", "class_indices", "forced_crops",
-           "LatticeCropd", "LatticeFlipd", "SAMPLINGS", "OVERSAMPLINGS", "FOREGROUND_FRACTION"]
+           "crop_start_bounds", "LatticeCropd", "LatticeFlipd", "SAMPLINGS", "OVERSAMPLINGS", "FOREGROUND_FRACTION"]
 
 # how fine-tuning crops find the labels: classes (nnU-Net's: a forced share of crops centred on a voxel of a class
 # drawn uniformly among the classes present, the rest placed uniformly) | foreground (the pos/neg draw of MONAI's
@@ -103,22 +99,32 @@ def class_indices(target: Any) -> list[np.ndarray]:
     return [idx for c in t if (idx := np.flatnonzero(c.reshape(-1) > 0)).size]
 
 
-class _CropCentres:
-    """The flat indices, in a volume of ``shape``, of every centre that keeps a ``size`` crop inside
-    (MONAI's convention: centre = start + size // 2), read one at a time: a uniform draw among them is a
-    uniformly placed crop, nnU-Net's unforced crop."""
+def crop_start_bounds(shape: Sequence[int], size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(lowest [3], highest [3]) start of a ``size`` crop in a volume of ``shape``, nnU-Net's
+    (``nnUNetDataLoader.get_bbox``): ``need = max(size - shape, 0)`` voxels are missing, and the bounds are
+    ``-ceil(need / 2)`` and ``shape - size + ceil(need / 2)``. A volume at least the crop: 0 and ``shape - size``;
+    a smaller one: the crop holds the whole volume, in its middle (a start that leaves an odd ``need`` is one of
+    two). nnU-Net's training loader draws an enlarged patch and its spatial transform cuts the network's patch
+    from the middle: the network's patch then has these bounds (to a voxel, by parity); asa crops at the
+    network's size and rotates and zooms the crop itself."""
+    shape, size = np.asarray(shape, dtype=np.int64), np.asarray(size, dtype=np.int64)
+    need = np.maximum(size - shape, 0)
+    return -need // 2, shape - size + need // 2 + need % 2
 
-    def __init__(self, shape: Sequence[int], size: Sequence[int]) -> None:
-        self.shape, self.size = tuple(int(n) for n in shape), tuple(int(s) for s in size)
-        self.starts = tuple(max(n - s + 1, 1) for n, s in zip(self.shape, self.size))
 
-    def __len__(self) -> int:
-        return int(np.prod(self.starts))
-
-    def __getitem__(self, k: int) -> int:
-        start = np.unravel_index(int(k), self.starts)
-        centre = tuple(min(int(a) + s // 2, n - 1) for a, s, n in zip(start, self.size, self.shape))
-        return int(np.ravel_multi_index(centre, self.shape))
+def _window(x: torch.Tensor, start: Sequence[int], size: Sequence[int]) -> torch.Tensor:
+    """x [C, X, Y, Z] -> [C, *size] from voxel ``start`` (any integer: what lies outside ``x`` is 0)."""
+    inside, pad = [], []
+    for n, a, s in zip(x.shape[1:], start, size):
+        lo = min(max(int(a), 0), n)
+        hi = min(max(int(a) + s, lo), n)
+        before = min(max(-int(a), 0), s)
+        inside.append(slice(lo, hi))
+        pad.append((before, s - before - (hi - lo)))
+    out = x[(slice(None), *inside)]
+    if any(b or e for b, e in pad):
+        out = F.pad(out, [v for b, e in reversed(pad) for v in (b, e)])  # F.pad wants the last axis first
+    return out
 
 
 class LatticeCropd(Randomizable, MapTransform):
@@ -126,11 +132,21 @@ class LatticeCropd(Randomizable, MapTransform):
 
     ``sampling="classes"`` (nnU-Net's, the default): a share ``pos`` of the crops (nnU-Net's
     oversample_foreground_percent, 0.33) is centred on a voxel of a class drawn uniformly among the classes
-    present in the case (`class_indices` of ``class_key``, the target), the rest placed uniformly; the draw is
-    `monai.transforms.RandCropByLabelClassesd`'s with ratios (1 − pos, pos / n, …, pos / n) over the uniform
-    placements and the n classes present (a forced crop draws with ratios (0, 1 / n, …, 1 / n), an unforced one is
-    placed uniformly). ``sampling="foreground"``: centres drawn as `monai.transforms.RandCropByPosNegLabeld` draws
-    them (a forced crop centred on a ``label_key`` voxel > 0, any class, an unforced one on a voxel = 0).
+    present in the case (`class_indices` of ``class_key``, the target), the rest placed uniformly; the class is
+    drawn as `monai.transforms.RandCropByLabelClassesd` draws it, with ratios (1 − pos, pos / n, …, pos / n) over
+    the uniform placements and the n classes present (a forced crop draws with ratios (0, 1 / n, …, 1 / n), an
+    unforced one is placed uniformly). Where the crop may lie is nnU-Net's (``nnUNetDataLoader.get_bbox``,
+    `crop_start_bounds`): an unforced crop starts anywhere from the lowest to the highest start, inside the
+    volume (a volume smaller than the crop sits in the crop's middle); a forced crop starts ``size // 2`` before
+    its voxel (the voxel at index ``size // 2``: the middle, or for an even size the upper of the two middle
+    voxels) and no lower than the lowest start, with no upper bound: near the volume's far border it runs past
+    it, near the near border it starts at the border. What lies past the volume is 0: the image as nnU-Net pads
+    it, and the target as nnU-Net trains on it (its loader pads the segmentation with -1 and its transforms
+    turn -1 into 0, background, before the loss), so a padded voxel is background, not asa's ignored -1.
+
+    ``sampling="foreground"`` (asa's earlier): centres drawn as `monai.transforms.RandCropByPosNegLabeld` draws
+    them (a forced crop centred on a ``label_key`` voxel > 0, any class, an unforced one on a voxel = 0), each
+    crop moved inside the (lattice-padded) volume, as MONAI moves it.
 
     Which crops are forced: ``oversampling="batch"`` (nnU-Net's, the default) forces a fixed number of each batch
     (`forced_crops`): the loader tells the transform where its item sits in the batch (``batch_slot``, set by
@@ -138,9 +154,10 @@ class LatticeCropd(Randomizable, MapTransform):
     ``oversampling="crop"`` (asa's earlier) forces each crop with probability ``pos``: the share holds only in
     expectation (at batch 2, 45 % of the batches hold no forced crop and 11 % two; nnU-Net's hold one each).
 
-    Either way each crop's start is then moved to the nearest lattice point inside the (lattice-padded)
-    volume; with ``patch=1`` (a network with no patch lattice) that is any voxel, nnU-Net's crops. Each output
-    gets ``"offset"``: int64 [3], its origin in patches from the reference grid's origin.
+    Either way each crop's start is then moved to the nearest lattice point (a forced crop's no lower than the
+    lattice point at or below the lowest start), so with a lattice a forced voxel lies within ``patch / 2`` of
+    the crop's middle; with ``patch=1`` (a network with no patch lattice) starts are any voxel, nnU-Net's crops.
+    Each output gets ``"offset"``: int64 [3], its origin in patches from the reference grid's origin.
     Input: channel-first tensors [C, X, Y, Z] under ``keys``, ``label_key`` and ``class_key``, ``"centre"`` [3].
     """
 
@@ -193,23 +210,48 @@ class LatticeCropd(Randomizable, MapTransform):
                                                            shape, fg, bg, self.R)[0] for f in forced]
         return self._on_lattice(centres, shape)
 
-    def draw_class_starts(self, shape: Sequence[int], classes: Sequence[Any]) -> list[list[int]]:
-        """Crop starts (lattice points) in the padded volume of ``shape``, nnU-Net's way: ``classes`` holds the
-        flat indices of each class present (``len`` and indexing suffice); a forced crop is centred on a voxel of
-        a class drawn uniformly among them (none present: placed uniformly, as nnU-Net does), an unforced one
-        placed uniformly."""
-        present = [c for c in classes if len(c)]
-        indices = [_CropCentres(shape, self.spatial_size), *present]
+    def draw_class_starts(self, padded: Sequence[int], classes: Sequence[Any], *, shape: Sequence[int],
+                          before: Sequence[int]) -> list[list[int]]:
+        """Crop starts (lattice points) in the lattice-padded volume of shape ``padded``, nnU-Net's way.
 
-        def draw(count: int, share: float) -> list:
-            ratios = [1.0 - share, *[share / len(present)] * len(present)] if present else [1.0]
-            return generate_label_classes_crop_centers(self.spatial_size, count, shape, indices, ratios, self.R,
-                                                       warn=False)
+        A forced crop is centred on a voxel of a class drawn uniformly among those present (none present: placed
+        uniformly, as nnU-Net does), an unforced one placed uniformly, within nnU-Net's bounds
+        (`crop_start_bounds`; the class draw and the placement consume the random state as MONAI's
+        `generate_label_classes_crop_centers` does).
+
+        Args:
+            padded: the padded volume's shape [3].
+            classes: the flat indices (in ``padded``) of each class present; ``len`` and indexing suffice.
+            shape: the volume's own shape [3], before the lattice padding.
+            before: the lattice padding in front [3] (`lattice_padding`).
+        """
+        present = [c for c in classes if len(c)]
+        lowest, highest = crop_start_bounds(shape, self.spatial_size)
+        p = self.patch
+        # the lattice points around nnU-Net's bounds (a volume at least the crop: the padded volume's first and last)
+        lo = (np.asarray(before) + lowest) // p * p
+        hi = -(-(np.asarray(before) + highest) // p) * p
+        places = tuple(int(n) for n in hi - lo + 1)
+        half = np.asarray(self.spatial_size) // 2
+
+        def draw(count: int, share: float) -> list[list[int]]:
+            ratios = np.asarray([1.0 - share, *[share / len(present)] * len(present)] if present else [1.0])
+            picks = self.R.choice(len(ratios), size=count, p=ratios / np.sum(ratios))
+            starts = []
+            for i in picks:
+                if i == 0:  # uniform: any start between the bounds, on its nearest lattice point
+                    start = lo + np.asarray(np.unravel_index(self.R.randint(int(np.prod(places))), places))
+                    starts.append([int(round(v / p)) * p for v in start])
+                else:  # forced: centred on the voxel, no lower than the lowest start, past the far border if need be
+                    idx = present[i - 1]
+                    voxel = np.asarray(np.unravel_index(int(idx[self.R.randint(len(idx))]), tuple(padded)))
+                    starts.append([max(int(round(v / p)) * p, int(b)) for v, b in zip(voxel - half, lo)])
+            return starts
 
         forced = self.forced()
-        centres = (draw(self.num_samples, self.pos) if forced is None
-                   else [draw(1, 1.0 if f else 0.0)[0] for f in forced])
-        return self._on_lattice(centres, shape)
+        if forced is None:
+            return draw(self.num_samples, self.pos)
+        return [draw(1, 1.0 if f else 0.0)[0] for f in forced]
 
     def _on_lattice(self, centres: Sequence[Sequence[int]], shape: Sequence[int]) -> list[list[int]]:
         """Each centre's crop start moved to the nearest lattice point that keeps the crop inside."""
@@ -225,19 +267,19 @@ class LatticeCropd(Randomizable, MapTransform):
         padded = {}
         box = reference_origin(d["centre"], self.reference_size)
         for key in dict.fromkeys((*self.keys, self.label_key, self.class_key)):
-            padded[key], _, origin = pad_to_lattice(torch.as_tensor(d[key]), box, patch=self.patch,
+            padded[key], before, origin = pad_to_lattice(torch.as_tensor(d[key]), box, patch=self.patch,
                                                     min_size=self.spatial_size)
         shape = padded[self.label_key].shape[1:]
         if self.sampling == "classes":
-            starts = self.draw_class_starts(shape, class_indices(padded[self.class_key]))
+            starts = self.draw_class_starts(shape, class_indices(padded[self.class_key]),
+                                            shape=torch.as_tensor(d[self.label_key]).shape[1:], before=before)
         else:
             starts = self.draw_starts(shape, *map_binary_to_indices(padded[self.label_key] > 0))
         out = []
         for start in starts:
-            window = tuple(slice(v, v + s) for v, s in zip(start, self.spatial_size))
             sample = {k: v for k, v in d.items() if k not in padded}
-            for key in self.keys:
-                sample[key] = padded[key][(slice(None), *window)]
+            for key in self.keys:  # a crop past the padded volume: 0 there (the class docstring says why)
+                sample[key] = _window(padded[key], start, self.spatial_size)
             sample["offset"] = torch.as_tensor((np.asarray(start) - origin) // self.patch, dtype=torch.int64)
             out.append(sample)
         return out

@@ -474,7 +474,7 @@ class StoreLatticeCropd(LatticeCropd):
         if self.sampling == "classes":  # the classes of the whole target, as the plain LatticeCropd finds them
             target = self.target_fn(_crop(d, "label", (0, 0, 0), shape)[0].astype(np.int64))
             starts = self.draw_class_starts(padded, [_PaddedForeground(idx, shape, before, padded)
-                                                     for idx in class_indices(target)])
+                                                     for idx in class_indices(target)], shape=shape, before=before)
         else:
             fg = _PaddedForeground(_map(d, "fg"), shape, before, padded)
             starts = self.draw_starts(padded, fg, _PaddedBackground(fg))

@@ -16,6 +16,7 @@ import asa.data.store_writer as P
 from asa.data import RegionSource, build_pretrain_dataset, build_segmentation_dataset, discover, get_task
 from asa.data.synthetic.demo import write_demo_dataset
 from asa.data.store_writer import build_store
+from asa.data.lattice import reference_origin
 from asa.data.preprocessing import PretrainPreprocess, SegmentationPreprocess, case_to_item
 from asa.data.store import (StoreError, StoreSettingsError, _PaddedBackground, _PaddedForeground, open_store,
                             store_settings)
@@ -255,6 +256,31 @@ def test_finetune_crops_from_the_store_equal_the_files(brats, tmp_path, dtype):
     a, b = whole_files[0], whole_stored[0]
     assert a.keys() == b.keys() and torch.equal(a["label"], b["label"]) and torch.equal(a["centre"], b["centre"])
     assert close(a["image"], b["image"])
+
+
+@pytest.mark.parametrize("lattice", [1, 8])
+def test_forced_crops_past_the_far_border_read_the_same_from_the_store(tmp_path, lattice):
+    root = write_demo_dataset("msd", tmp_path / "msd", cases=1, size=SIZE, seed=0)
+    cases, task = discover("msd", root), get_task("msd", root=root)
+    label = np.zeros(nib.load(cases[0].label).shape, np.int16)
+    label[-2:, -3:, -2:] = 1  # a blob in the far corner: a crop centred on it runs past the volume
+    nib.save(nib.Nifti1Image(label, nib.load(cases[0].label).affine), cases[0].label)
+    build_store(cases, tmp_path / "s", preprocessor=SegmentationPreprocess(task), channels=task.channels,
+                dtype="float32", progress=False)
+    crops, cases_as_read = [], []
+    for store in (None, tmp_path / "s"):
+        dataset = build_segmentation_dataset(cases, task, train=True, store=store, crop=16, lattice=lattice,
+                                             samples_per_case=8, pos_fraction=1.0)
+        preprocess, crop = dataset.transform.transforms[:2]  # the crops alone, without the augmentation
+        cases_as_read.append(preprocess(dataset.items[0]))
+        crop.set_random_state(0)
+        crops.append(crop(cases_as_read[-1]))
+    case = cases_as_read[0]
+    ends = [reference_origin(case["centre"], (16,) * 3) + c["offset"].numpy() * lattice + 16 for c in crops[0]]
+    assert any((end > np.asarray(case["image"].shape[1:])).any() for end in ends)  # some run past the far border
+    for a, b in zip(*crops, strict=True):
+        assert torch.equal(a["offset"], b["offset"]) and torch.equal(a["label"], b["label"])
+        assert torch.equal(a["image"], b["image"])
 
 
 def test_training_refuses_a_stale_or_foreign_store(tmp_path):
