@@ -3,7 +3,8 @@ classification and regression metrics with bootstrap intervals."""
 
 from __future__ import annotations
 
-from asa.eval.bootstrap import Estimate, bootstrap_ci, bootstrap_indices, seed_case_bootstrap
+from asa.eval.bootstrap import (Estimate, bootstrap_ci, bootstrap_indices, bootstrap_p, seed_case_bootstrap,
+                                seed_case_means)
 from asa.eval.case_metrics import (
     CLASSIFICATION_METRICS,
     HIGHER_IS_BETTER,
@@ -48,6 +49,7 @@ __all__ = [
     "balanced_accuracy",
     "bootstrap_ci",
     "bootstrap_indices",
+    "bootstrap_p",
     "case_metric",
     "classification_summary",
     "confusion_matrix",
@@ -69,6 +71,7 @@ __all__ = [
     "regression_summary",
     "rmse",
     "seed_case_bootstrap",
+    "seed_case_means",
     "summarize",
     "write_results",
 ]

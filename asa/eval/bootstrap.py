@@ -22,7 +22,8 @@ missing from a resample) are dropped and counted. The interval is the ``(1 - con
 default), and the point estimate is the metric on all cases.
 
 `seed_case_bootstrap` is the two-level form for a crossed design of seeds (labeled draws) × test
-cases, as the transfer studies score paired differences.
+cases, as the transfer studies score paired differences; `seed_case_means` gives its resampled means and
+`bootstrap_p` the two-sided p of a zero difference read off them.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Estimate", "bootstrap_ci", "bootstrap_indices", "resampled_units", "seed_case_bootstrap"]
+__all__ = ["Estimate", "bootstrap_ci", "bootstrap_indices", "bootstrap_p", "resampled_units", "seed_case_bootstrap",
+           "seed_case_means"]
 
 
 @dataclass(frozen=True)
@@ -159,10 +161,25 @@ def seed_case_bootstrap(d: object, *, n_resamples: int = 1000, confidence: float
     nan = float("nan")
     if not valid.any():
         return Estimate(nan, nan, nan, float(confidence), int(n_resamples), 0)
-    n_seeds, n_cases = d.shape
     value = float(d[valid].mean())
     if n_resamples == 0:
         return Estimate(value, nan, nan, float(confidence), 0, 0)
+    means = seed_case_means(d, n_resamples=n_resamples, seed=seed)
+    low, high = (float(q) for q in np.percentile(means, [50.0 * (1 - confidence), 50.0 * (1 + confidence)]))
+    return Estimate(value, low, high, float(confidence), int(n_resamples), int(means.size))
+
+
+def seed_case_means(d: object, *, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """The resampled means of paired differences ``d`` [seeds, test cases] that `seed_case_bootstrap` takes its
+    interval from (the same draws for the same ``seed``): one per resample that drew at least one pair, [<= n_resamples];
+    empty without a pair."""
+    d = np.asarray(d, dtype=float)
+    if d.ndim != 2:
+        raise ValueError(f"d must be [seeds, test cases], got shape {d.shape}")
+    valid = ~np.isnan(d)
+    if not valid.any() or n_resamples <= 0:
+        return np.zeros(0)
+    n_seeds, n_cases = d.shape
     case_draws = np.stack(list(bootstrap_indices(n_cases, n_resamples=n_resamples, seed=seed)))
     seed_draws = np.random.default_rng((seed, 1)).integers(0, n_seeds, size=(n_resamples, n_seeds))
     rows = np.arange(n_resamples)[:, None]
@@ -171,6 +188,17 @@ def seed_case_bootstrap(d: object, *, n_resamples: int = 1000, confidence: float
     np.add.at(w_seed, (rows, seed_draws), 1.0)
     total = np.einsum("bs,sc,bc->b", w_seed, np.where(valid, d, 0.0), w_case)
     count = np.einsum("bs,sc,bc->b", w_seed, valid.astype(float), w_case)
-    means = total[count > 0] / count[count > 0]
-    low, high = (float(q) for q in np.percentile(means, [50.0 * (1 - confidence), 50.0 * (1 + confidence)]))
-    return Estimate(value, low, high, float(confidence), int(n_resamples), int(means.size))
+    return total[count > 0] / count[count > 0]
+
+
+def bootstrap_p(means: object) -> float:
+    """Two-sided bootstrap p of "the mean difference is 0" from resampled means [B] (`seed_case_means`):
+    ``min(1, 2 (k + 1) / (B + 1))`` with k the resamples on the rarer side of 0 (``min(#{m <= 0}, #{m >= 0})``). It is
+    the percentile interval's dual: the 1 − p interval just reaches 0, so p < 0.05 where the 95 % interval excludes 0
+    (the + 1 keeps p above 0 when no resample crosses; with every resample above 0, p = 2 / (B + 1)). NaN without
+    resamples."""
+    m = np.asarray(means, dtype=float).ravel()
+    if m.size == 0:
+        return float("nan")
+    k = min(int(np.sum(m <= 0)), int(np.sum(m >= 0)))
+    return float(min(1.0, 2.0 * (k + 1) / (m.size + 1)))

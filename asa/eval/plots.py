@@ -44,8 +44,8 @@ def _svg(fig: Figure) -> str:
 
 
 def line_plot(series: Mapping[str, Sequence[tuple[float, float, float]]], *, xlabel: str, ylabel: str,
-              categorical: bool = True, clip: tuple[float, float] | None = (0.0, 1.0), width: int = 480,
-              height: int = 320) -> str:
+              categorical: bool = True, clip: tuple[float, float] | None = (0.0, 1.0), dodge: bool = False,
+              width: int = 480, height: int = 320) -> str:
     """SVG of one line per series name, each a list of (x, y, error bar half-height; 0 or NaN: none),
     with the names in a legend on the right.
 
@@ -54,6 +54,8 @@ def line_plot(series: Mapping[str, Sequence[tuple[float, float, float]]], *, xla
         xlabel: the x axis label.
         ylabel: the y axis label.
         categorical: the distinct x values evenly spaced (e.g. labeled cases 2, 8), else a linear x axis.
+        dodge: with ``categorical``, each series drawn a little apart along x around its category, so that points
+            and error bars of several series at one x stay apart (one N: one column of points, side by side).
         clip: bounds of the y axis range (None: the data's own).
         width: figure width in pixels.
         height: figure height in pixels.
@@ -69,8 +71,10 @@ def line_plot(series: Mapping[str, Sequence[tuple[float, float, float]]], *, xla
     with rc_context(_RC):
         fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
         ax = fig.add_subplot()
-        for name, pts in points.items():
-            at = [xs.index(x) if categorical else x for x, _, _ in pts]
+        step = min(0.6 / len(points), 0.15) if dodge and categorical and points else 0.0
+        for k, (name, pts) in enumerate(points.items()):
+            shift = (k - (len(points) - 1) / 2) * step  # the series spread symmetrically around their category
+            at = [xs.index(x) + shift if categorical else x for x, _, _ in pts]
             errors = [e for _, _, e in pts]
             ax.errorbar(at, [y for _, y, _ in pts], yerr=errors if any(errors) else None, marker="o", markersize=4,
                         linewidth=2, label=str(name))
@@ -92,7 +96,8 @@ def line_plot(series: Mapping[str, Sequence[tuple[float, float, float]]], *, xla
 
 
 def interval_plot(rows: Sequence[str], panels: Mapping[str, Sequence[tuple[float | None, float | None, float | None]]],
-                  *, panel_width: int = 200, row_height: int = 26, label_width: int = 190) -> str:
+                  *, xlabels: Mapping[str, str] | None = None, zero: bool = False, panel_width: int = 200,
+                  row_height: int = 26, label_width: int = 190) -> str:
     """SVG of a forest plot: one panel per metric, side by side, each row a dot at its value with a
     whisker over [low, high], in the row's colour; the row names on the left, first row on top.
     Missing or NaN values draw nothing (the row stays, empty).
@@ -100,6 +105,9 @@ def interval_plot(rows: Sequence[str], panels: Mapping[str, Sequence[tuple[float
     Args:
         rows: the row names.
         panels: panel title -> one (value, low, high) per row.
+        xlabels: panel title -> its x axis label (e.g. "Δ mean Dice"); a panel left out has none.
+        zero: mark x = 0 in every panel with a vertical line (its SVG id "zero"), kept in view: a difference's
+            sign is read against it.
         panel_width: width of a panel in pixels.
         row_height: height of a row in pixels.
         label_width: width of the row names' column in pixels.
@@ -107,8 +115,9 @@ def interval_plot(rows: Sequence[str], panels: Mapping[str, Sequence[tuple[float
     from matplotlib import rc_context
     from matplotlib.figure import Figure
 
+    xlabels = dict(xlabels or {})
     width = label_width + max(len(panels), 1) * panel_width
-    height = 70 + row_height * len(rows)
+    height = 70 + (16 if xlabels else 0) + row_height * len(rows)
     with rc_context(_RC):
         fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
         axes = fig.subplots(1, max(len(panels), 1), sharey=True, squeeze=False)[0]
@@ -118,7 +127,11 @@ def interval_plot(rows: Sequence[str], panels: Mapping[str, Sequence[tuple[float
                     ax.hlines(r, low, high, color=f"C{r % 10}", linewidth=2)
                 if _finite(value):
                     ax.plot([value], [r], "o", color=f"C{r % 10}", markersize=6)
+            if zero:
+                ax.axvline(0.0, color="#444", linewidth=1, linestyle="--", gid="zero")
             ax.set_title(title)
+            if title in xlabels:
+                ax.set_xlabel(xlabels[title])
             ax.grid(axis="x", color="#ddd")
             ax.set_axisbelow(True)
         names = axes[0]

@@ -54,7 +54,10 @@ from asa.study.common import Clock, finished, markdown_table as table, parser, r
 
 SCRATCH, PRETRAINED = "scratch", "pretrained"
 PRESETS = ("baseline", "spe_only")  # Table 4 fine-tuning rows from scratch (configs/experiment)
-LESION = "Dice_lesion"  # mean Dice over the --lesion-classes, a score column of its own
+# mean Dice over the --lesion-classes, a score column of its own: every per-class column starts with its metric
+# (Dice_<class>, HD95_<class>, NSD_<class>), so no class name (a class may be called "lesion") can write over this one
+LESION = "lesion_Dice"
+OLD_LESION = "Dice_lesion"  # its name in scores.csv files written before, where a class named "lesion" wrote over it
 
 
 # ----------------------------------------------------------------------------------------- statistics
@@ -151,6 +154,12 @@ def _ci(r: Mapping[str, Any], p: str, digits: int = 3) -> str:
     return f"{f.format(r[p])} [{f.format(r[p + '_lo'])}, {f.format(r[p + '_hi'])}]"
 
 
+def _arm(r: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
+    """An arm's cell: its name, and the arm its Δ is taken against where the rows' references differ (a twin)."""
+    several = len({x["reference"] for x in rows if "reference" in x}) > 1
+    return f"{r['arm']} (Δ vs {r['reference']})" if several and "reference" in r else str(r["arm"])
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str) -> str:
     """Table-4-shaped Markdown: arm × labeled cases, Dice per class ± sd, mean, HD95 mean (when scored),
     zeroed, Δ mean Dice vs reference [95 % CI over seeds × cases], the per-seed Δ and the case-only CI."""
@@ -168,7 +177,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], refe
             sd = r[key + "_sd"]
             return f"{r[key]:.{digits}f}" if math.isnan(sd) else f"{r[key]:.{digits}f} ± {sd:.{digits}f}"
 
-        cells = [r["arm"], str(r["n"])] + [cell(f"Dice_{c}") for c in names] + [cell("Dice_mean")]
+        cells = [_arm(r, rows), str(r["n"])] + [cell(f"Dice_{c}") for c in names] + [cell("Dice_mean")]
         cells += [cell(LESION)] if lesion else []
         cells += [cell("HD95_mean", 1)] if hd else []
         cells += [cell("NSD_mean")] if nsd else []
@@ -191,7 +200,7 @@ def class_differences_table(rows: Sequence[Mapping[str, Any]], names: Sequence[s
             + ([f"HD95_{c}" for c in names] if any("HD95_mean" in r for r in rows) else [])
             + ([f"NSD_{c}" for c in names] + ["NSD_mean"] if all("NSD_mean" in r for r in rows) else []))
     head = ["arm", "labeled", *(f"Δ {k.replace('_', ' ')}" + (" (mm)" if k.startswith("HD95") else "") for k in keys)]
-    return table(head, [[r["arm"], str(r["n"])] + [_ci(r, delta_prefix(k), 1 if k.startswith("HD95") else 3) for k in keys]
+    return table(head, [[_arm(r, rows), str(r["n"])] + [_ci(r, delta_prefix(k), 1 if k.startswith("HD95") else 3) for k in keys]
                         for r in rows if "delta" in r])
 
 
@@ -291,19 +300,38 @@ def command_line(*, data: str, root: Path, model: str, crop: int, cases: Sequenc
     return argv
 
 
-def references(arms: Sequence[str], reference: str) -> dict[str, str]:
+def references(arms: Sequence[str] | Mapping[str, Sequence[str]], reference: str) -> dict[str, str]:
     """Arm -> the arm its paired differences are taken against: ``reference`` under the arm's own recipe
-    (``scratch@adamw`` for ``pretrained@adamw``), or ``reference`` itself without recipes."""
+    (``scratch@adamw`` for ``pretrained@adamw``) and budget fraction, or ``reference`` itself without them.
+
+    Given the arms' overrides (name -> asa-finetune overrides), an arm that loads an encoder and differs from
+    ``reference`` by more than its encoder is compared with its twin instead: the arm that loads none and whose other
+    overrides are exactly the arm's (an encoder pretrained with the coordinate channel against scratch with the
+    channel), so that every Δ measures the encoder alone. The twin must hold every override of ``reference``: an
+    arm is never moved off a reference it was meant to be read against."""
+    names = list(arms)
+    settings = {a: _settings(arms[a]) for a in names} if isinstance(arms, Mapping) else {}
     out = {}
-    for arm in arms:
+    for arm in names:
         base, _, recipe = arm.partition("@")
         fraction = base.partition(BUDGET_MARK)[2]  # a budget arm compares with the reference at the same budget
         ref = f"{reference}{BUDGET_MARK}{fraction}" if fraction and BUDGET_MARK not in reference else reference
         ref = f"{ref}@{recipe}" if recipe and "@" not in reference else ref
-        if ref not in arms:
-            refuse(f"--reference {reference}: no arm {ref!r} among {list(arms)}")
+        if ref not in names:
+            refuse(f"--reference {reference}: no arm {ref!r} among {list(names)}")
+        if arm in settings and settings[arm][1] and settings[ref][0] != settings[arm][0]:
+            twins = [t for t in names if settings[t] == (settings[arm][0], False) and t.partition("@")[2] == recipe
+                     and t.partition("@")[0].partition(BUDGET_MARK)[2] == fraction]
+            ref = twins[0] if twins and settings[ref][0] <= settings[arm][0] else ref
         out[arm] = ref
     return out
+
+
+def _settings(overrides: Sequence[str]) -> tuple[frozenset[str], bool]:
+    """(an arm's overrides other than its encoder's file, whether it loads an encoder: model.pretrained not null)."""
+    encoder = [o for o in overrides if o.startswith("model.pretrained=")]
+    return (frozenset(o for o in overrides if o not in encoder),
+            any(o.split("=", 1)[1] not in ("null", "None", "") for o in encoder))
 
 
 def split_cases(ids: Sequence[str], *, test: int, seed: int) -> tuple[list[str], list[str]]:
@@ -695,7 +723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.lesion_classes:
         for row in scores:
             row[LESION] = float(np.mean([row[f"Dice_{c}"] for c in args.lesion_classes]))
-    refs = references(list(arms), args.reference)
+    refs = references(arms, args.reference)
     md = write_outputs(scores, names, refs, out, n_boot=args.n_boot, budgets=budgets, undone=undone) if scores else ""
     print(md)
     print(f"[transfer] outputs in {out}: transfer.md, transfer.csv, scores.csv, runs.csv, dice_vs_cases.svg")

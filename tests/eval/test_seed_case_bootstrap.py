@@ -51,3 +51,20 @@ def test_bad_arguments_are_named(args, match):
 def test_no_resamples_gives_the_value_alone():
     est = seed_case_bootstrap(np.array([[0.1, 0.2]]), n_resamples=0)
     assert est.value == pytest.approx(0.15) and np.isnan(est.low) and np.isnan(est.high)
+
+
+def test_the_resampled_means_are_the_intervals_and_the_p_is_its_dual():
+    from asa.eval import bootstrap_indices, bootstrap_p, seed_case_means
+    d = np.array([[-1.0, 1.0, 1.0]])  # one seed: only the cases are drawn
+    means = seed_case_means(d, n_resamples=500, seed=3)
+    by_hand = np.array([d[0, idx].mean() for idx in bootstrap_indices(3, n_resamples=500, seed=3)])
+    assert means == pytest.approx(by_hand)
+    est = seed_case_bootstrap(d, n_resamples=500, seed=3)
+    assert (est.low, est.high) == pytest.approx(tuple(np.percentile(by_hand, [2.5, 97.5])))
+    k = min(int((by_hand <= 0).sum()), int((by_hand >= 0).sum()))
+    assert bootstrap_p(means) == pytest.approx(min(1.0, 2 * (k + 1) / 501))
+    # by hand: every resample above 0 -> 2 / (B + 1); a difference of 0 everywhere -> 1; symmetric in the sign
+    assert bootstrap_p([0.1, 0.2, 0.3]) == pytest.approx(0.5) and bootstrap_p(np.full(999, 0.2)) == pytest.approx(0.002)
+    assert bootstrap_p(np.zeros(10)) == 1.0 and bootstrap_p([-0.1, 0.2, 0.3, 0.4]) == pytest.approx(2 * 2 / 5)
+    assert bootstrap_p(-means) == bootstrap_p(means) and np.isnan(bootstrap_p([]))
+    assert seed_case_means(np.full((2, 2), np.nan)).size == 0

@@ -170,3 +170,20 @@ def test_no_scratch_leaves_out_the_built_in_arm_and_needs_another_reference(tmp_
     with pytest.raises(SystemExit, match="--no-scratch leaves out the 'scratch' arm"):
         study.main(["--no-scratch", "--arm", "resenc=model=resenc", "--out", str(tmp_path / "t"), "--dry-run"])
     assert not (tmp_path / "t").exists()
+
+
+def test_an_arm_with_more_than_its_encoder_is_compared_with_its_twin():
+    base = ["model=resenc", "model.pretrained=null"]
+    arms = {"scratch": base, "scratch-coord": [*base, "model.coord_channel=true"],
+            "mae": ["model=resenc", "model.pretrained=/x/mae.pt"],
+            "asa-coord": ["model=resenc", "model.pretrained=/x/asa.pt", "model.coord_channel=true"],
+            "lr": [*base, "optim.lr=1e-3"]}
+    refs = study.references(arms, "scratch")
+    assert refs == {"scratch": "scratch", "scratch-coord": "scratch", "mae": "scratch", "asa-coord": "scratch-coord",
+                    "lr": "scratch"}
+    assert study.references(list(arms), "scratch")["asa-coord"] == "scratch"  # names alone: no twin to find
+    # an arm is never moved off a reference it was meant against: with --reference lr, asa-coord (which lacks
+    # optim.lr) stays on it, and with recipes each twin is the one under the arm's recipe
+    assert study.references(arms, "lr")["asa-coord"] == "lr"
+    recipes = {f"{a}@{r}": [*o, f"optim={r}"] for r in ("adamw", "sgd") for a, o in arms.items()}
+    assert study.references(recipes, "scratch")["asa-coord@sgd"] == "scratch-coord@sgd"

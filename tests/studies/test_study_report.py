@@ -1,0 +1,185 @@
+"""The report of asa-study (asa.study.report), built from hand-made scores: a verdict needs its CI off 0 and an effect
+of at least the minimum; one primary question, the exploratory ones under Holm; a failed instrument or the quick scale
+leaves no verdict; each arm against its own twin; a class named "lesion" beside the lesion Dice; the plots' axes."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from asa.eval.plots import line_plot
+from asa.study import report, transfer
+
+CLASSES = ["CSF", "lesion", "tumour"]
+LESION_CLASSES = ["lesion", "tumour"]  # the lesion Dice: the mean of these, next to the class "lesion"'s own Dice
+MACHINE = {"cpu": "test", "usable_cores": 1, "cpu_count": 1, "torch_threads": 1, "torch": "2", "gpu": None}
+
+
+def _scores(effects: dict[str, tuple[float, float]], *, cases: str = "abcdef", ns=(2,)) -> list[dict]:
+    """Scores of scratch and every arm of ``effects`` (arm -> (Δ Dice on every class, spread over the cases)), three
+    seeds; the class "lesion" scores apart from the others so that its Dice and the lesion Dice differ."""
+    rows = []
+    for n in ns:
+        for arm, (delta, spread) in {"scratch": (0.0, 0.0), **effects}.items():
+            for seed in (0, 1, 2):
+                for k, case in enumerate(cases):
+                    d = delta + spread * (k - (len(cases) - 1) / 2)
+                    dice = {"CSF": 0.6 + 0.01 * k + d, "lesion": 0.2 + d, "tumour": 0.4 + 0.02 * seed + d}
+                    row = {"arm": arm, "n": n, "seed": seed, "case": case, **{f"Dice_{c}": v for c, v in dice.items()},
+                           "Dice_mean": sum(dice.values()) / 3, "NSD_mean": 0.5 + d, "Dice_mean_zeroed": 0.1}
+                    row.update({f"Dice_{c}_zeroed": 0.1 for c in CLASSES} | {f"NSD_{c}": 0.5 + d for c in CLASSES})
+                    row[transfer.LESION] = sum(dice[c] for c in LESION_CLASSES) / len(LESION_CLASSES)
+                    rows.append(row)
+    return rows
+
+
+def _run(name: str, arm: str, steps: int) -> dict:
+    return {"run": name, "arm": arm, "cohort": 4, "steps": steps, "seconds": 10.0, "val_curve": [[1, 0.9], [steps, 0.8]],
+            "plateau": None, "loss_drop": math.nan, "loss_rise": math.nan}
+
+
+def _study(tmp_path: Path, effects: dict[str, tuple[float, float]], *, scale: str = "cpu", pilot_dice: float = 0.7,
+           pilot: dict | None = None, n_boot: int = 2000, ns=(2,)) -> tuple[str, list[dict], Path]:
+    """A study folder written by hand (transfer outputs from `transfer.write_outputs`, each arm against its twin) and
+    its report -> (README.md, contrasts.json, the report folder)."""
+    out = tmp_path / "study"
+    scores = _scores(effects, ns=ns)
+    arms = list(dict.fromkeys(r["arm"] for r in scores))
+    transfer.write_outputs(scores, CLASSES, {a: report.twin_of(a) if report.twin_of(a) in arms else a for a in arms},
+                           out / "transfer", n_boot=200)
+    runs = [_run(f"{arm}-c4", arm, steps) for arm, steps in (("mae", 3), ("asa", 5), ("asa-coord", 5), ("noise", 5))
+            if f"{arm}-c4" in arms]
+    info = {"scale_name": scale, "network": "resenc", "machine": MACHINE, "finished": "2026-11-25T22:00:00",
+            "scale": {"crop": 32, "cases": list(ns), "seeds": [0, 1, 2], "test": 6, "val": 2, "pretrain_steps": 250},
+            "steps": 40, "recipe": "adamw", "encoder_lr_scale": 1.0, "min_effect": 0.01, "classes": CLASSES,
+            "pilot": {"test": {c: pilot_dice for c in CLASSES}, **(pilot or {})}, "pretraining": runs, "encoders": [],
+            "checks": {"overlap": {"lines": ["none"]}, "channels": []}, "commands": ["asa-study ..."], "runs": {}}
+    folder = report.write_report(out, info, n_boot=n_boot)
+    return (folder / "README.md").read_text(), json.loads((folder / "contrasts.json").read_text()), folder
+
+
+CONTROLS = {"supervised": (0.1, 0.01), "noise-c4": (0.0, 0.02)}
+
+
+def _row(contrasts: list[dict], arm: str, reference: str = "scratch") -> dict:
+    return next(r for r in contrasts if r["arm"] == arm and r["reference"] == reference)
+
+
+def test_a_ci_above_zero_under_the_minimum_effect_reads_no_difference(tmp_path):
+    page, contrasts, _ = _study(tmp_path, {**CONTROLS, "mae-c4": (0.05, 0.002), "asa-c4": (0.001, 0.0)})
+    primary = _row(contrasts, "asa-c4")
+    assert primary["role"] == "primary" and primary["Dice_mean"][1] > 0  # the CI is above 0 ...
+    assert primary["verdict"] == "no difference" and primary["why"] == "minimum effect"  # ... the effect too small
+    assert "no difference this study can detect (smaller than the minimum effect 0.01 Dice)" in page
+    assert "**Primary:** does ASA's pretraining help? (asa − scratch) At N = 2: no difference" in page
+    assert "minimum effect 0.01 Dice" in page.split("## Answers")[0]  # stated up front
+    # every other question is exploratory, read under Holm; mae's clear +0.05 clears it
+    mae = _row(contrasts, "mae-c4")
+    assert mae["role"] == "exploratory" and mae["p_holm"] < 0.05 and mae["verdict"] == "helped"
+    asked = [r for r in contrasts if r["kind"] == "question"]
+    assert f"this page reads {len(asked)} question(s)" in page and "Holm correction across those " \
+        f"{len(asked) - 1}" in page and "NSD and lesion Dice are shown as information" in page
+    assert _row(contrasts, "supervised")["verdict"] == "helped" and "Not interpretable" not in page
+
+
+def test_a_failed_instrument_leaves_every_verdict_not_interpretable(tmp_path):
+    for pilot_dice, pilot in ((0.001, {}), (0.7, {"learned": False})):
+        page, contrasts, _ = _study(tmp_path / str(pilot_dice), {**CONTROLS, "mae-c4": (0.05, 0.002)},
+                                    pilot_dice=pilot_dice, pilot=pilot, n_boot=300)
+        assert {r["verdict"] for r in contrasts} == {"not interpretable"}
+        answers = page.split("## Answers")[1].split("## The instruments")[0]
+        lines = [line for line in answers.splitlines() if line.startswith("- ")]
+        assert lines and all(": not interpretable (Δ mean Dice" in line for line in lines)
+        assert not re.search(r"\b(helped|hurt)\b", answers)
+        table = page.split("## Contrasts")[1].split("## Dice against N")[0]
+        assert [row.rsplit("|", 2)[1].strip() for row in table.splitlines() if row.startswith("| ")][2:] == \
+            ["not interpretable"] * len(contrasts)
+        assert "Positive control moved, as it must" in page  # the instruments keep their own reading
+        top = page.split("## Answers")[0]
+        assert page.count("the scratch twin does not learn the task") == 1 and "does not learn" in top
+
+
+def test_the_quick_scale_is_a_plumbing_check_with_no_verdict(tmp_path):
+    # a negative control that beats scratch and a clear gain: both would read as verdicts at a real scale
+    page, contrasts, _ = _study(tmp_path, {"supervised": (0.1, 0.01), "noise-c4": (0.05, 0.0),
+                                           "mae-c4": (-0.05, 0.0), "asa-c4": (0.05, 0.0)}, scale="quick", n_boot=300)
+    assert "Plumbing check: no answer can come from this page" in page.split("## Answers")[0]
+    assert not re.search(r"helped|hurt", page, re.IGNORECASE)
+    assert {r["verdict"] for r in contrasts} == {"— (plumbing check)"}
+
+
+def test_holm_on_hand_computed_p_values():
+    # sorted: 0.005 × 4 = 0.02, 0.01 × 3 = 0.03, 0.03 × 2 = 0.06, 0.04 × 1 = 0.04 -> 0.06 (never below an earlier one)
+    assert report.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = report.holm([0.02, math.nan, 0.04])  # NaN: not counted in m = 2
+    assert adjusted[0] == pytest.approx(0.04) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.04)
+    assert report.holm([0.6, 0.7]) == [1.0, 1.0] and report.holm([]) == []
+
+    def row(arm: str, p: float, value: float = 0.05) -> dict:
+        return {"question": arm, "kind": "question", "arm": arm, "reference": "scratch", "n": 2, "p": p,
+                "Dice_mean": [value, value / 2, 2 * value], "verdict": "helped", "why": None}
+
+    rows = [row("asa-c4", 0.5), row("mae-c4", 0.01), row("x", 0.02), row("y", 0.03)]
+    primary = report.read_family(rows, [4], min_effect=0.01)
+    assert primary is rows[0] and rows[0]["verdict"] == "helped" and "p_holm" not in rows[0]  # read at 95 % alone
+    assert [r["p_holm"] for r in rows[1:]] == pytest.approx([0.03, 0.04, 0.04])
+    assert all(r["verdict"] == "helped" for r in rows)
+    rows = [row("mae-c4", 0.2), row("x", 0.02), row("y", 0.03)]  # mae is primary (no asa); x and y: m = 2
+    report.read_family(rows, [4], min_effect=0.01)
+    assert [r["p_holm"] for r in rows[1:]] == pytest.approx([0.04, 0.04])
+    rows = [row("mae-c4", 0.2), row("x", 0.01), row("y", 0.03), row("z", 0.02)]  # m = 3: y's 0.03 × 1 -> 0.04
+    report.read_family(rows, [4], min_effect=0.01)
+    assert [r["p_holm"] for r in rows[1:]] == pytest.approx([0.03, 0.04, 0.04])
+    rows = [row("mae-c4", 0.2), row("x", 0.01), row("y", 0.02), row("z", 0.021), row("w", 0.5)]  # m = 4
+    report.read_family(rows, [4], min_effect=0.01)  # 0.01 × 4, 0.02 × 3, 0.021 × 2 = 0.042 -> 0.06 (non-decreasing)
+    assert [r["p_holm"] for r in rows[1:]] == pytest.approx([0.04, 0.06, 0.06, 0.5])
+    assert [r["verdict"] for r in rows[1:]] == ["helped", "no difference", "no difference", "no difference"]
+    assert rows[2]["why"] == "holm" and "p = 0.060 after Holm" in report.reading(rows[2], min_effect=0.01)
+
+
+def test_a_class_named_lesion_keeps_its_dice_beside_the_lesion_dice(tmp_path):
+    _, contrasts, _ = _study(tmp_path, {**CONTROLS, "asa-c4": (0.05, 0.002)}, n_boot=300)
+    scores = report.read_scores(tmp_path / "study" / "transfer" / "scores.csv", CLASSES)
+    assert scores[0]["Dice_lesion"] == pytest.approx(0.2) and scores[0][transfer.LESION] == pytest.approx(0.3)
+    table = (tmp_path / "study" / "transfer" / "transfer.md").read_text()
+    assert "| lesion |" in table and "lesion mean" in table
+    assert transfer.LESION in _row(contrasts, "asa-c4")
+    # a scores.csv written before the rename: its Dice_lesion is the lesion Dice where no class is called "lesion"
+    old = tmp_path / "old.csv"
+    old.write_text("arm,n,seed,case,Dice_CSF,Dice_mean,Dice_lesion\nscratch,2,0,a,0.5,0.5,0.25\n")
+    assert report.read_scores(old, ["CSF"])[0][transfer.LESION] == 0.25
+    assert transfer.LESION not in report.read_scores(old, ["CSF", "lesion"])[0]
+
+
+def test_the_plots_mark_zero_name_their_axes_and_compare_each_arm_with_its_twin(tmp_path):
+    page, _, folder = _study(tmp_path, {**CONTROLS, "mae-c4": (0.0, 0.002), "asa-c4": (0.05, 0.002),
+                                        "asa-coord-c4": (0.08, 0.002), "scratch-coord": (0.03, 0.002)}, n_boot=300)
+    contrasts = (folder / "contrasts.svg").read_text()
+    assert "Δ mean Dice" in contrasts and "Δ NSD" in contrasts and 'id="zero' in contrasts
+    classes = (folder / "classes.svg").read_text()
+    assert "asa-coord-c4 − scratch-coord, N = 2" in classes and "asa-coord-c4 − scratch," not in classes
+    assert 'id="zero' in classes and "Δ Dice lesion" in classes
+    assert "asa-coord-c4 (Δ vs scratch-coord)" in page  # the transfer table, each arm against its twin
+    # the header gives the runs' recorded steps (3 and 5), not the scale's 250
+    assert "pretraining 3–5 steps per run" in page and "250 steps" not in page
+    assert "cannot move a result" not in page
+
+
+def _marker_x(svg: str) -> dict[str, float]:
+    """The x of each series' first marker, by colour (the legend's come after the plot's)."""
+    found: dict[str, float] = {}
+    for at, colour in re.findall(r'<use xlink:href="#m[0-9a-f]+" x="([\d.]+)" y="[\d.]+" style="fill: (#[0-9a-f]+)', svg):
+        found.setdefault(colour, float(at))
+    return found
+
+
+def test_series_at_one_n_are_drawn_apart():
+    series = {"a": [(2, 0.5, 0.1)], "b": [(2, 0.6, 0.1)], "c": [(2, 0.4, 0.05)]}
+    apart = _marker_x(line_plot(series, xlabel="N", ylabel="Dice", dodge=True))
+    assert len(apart) == 3 and len(set(apart.values())) == 3  # three series, three places
+    together = _marker_x(line_plot(series, xlabel="N", ylabel="Dice"))
+    assert len(together) == 3 and len(set(together.values())) == 1  # without dodge: one place
+    assert sorted(apart.values())[1] == pytest.approx(together["#1f77b4"])  # spread around the category
