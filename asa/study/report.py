@@ -275,7 +275,8 @@ def pretraining_lines(runs: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]
     for r in runs:
         curve = r.get("val_curve") or []
         first, last = (f"{curve[0][1]:.4f}", f"{curve[-1][1]:.4f}") if curve else ("—", "—")
-        rising = r.get("loss_rise", 0.0) >= transfer.PLATEAU_TOL  # NaN (older records, short runs): not rising
+        # the run's own tolerance (older records: the fine-tuning budget check's); NaN (short runs): not rising
+        rising = r.get("loss_rise", 0.0) >= r.get("tol", transfer.PLATEAU_TOL)
         level = {None: "not checked (< 4 rounds)", True: "levelled",
                  False: "rose from its best" if rising else "still falling"}[r.get("plateau")]
         cv, share = r.get("weights_cv", math.nan), r.get("weights_share", math.nan)
@@ -287,7 +288,8 @@ def pretraining_lines(runs: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]
                          "encoder fits its training volumes, not the held-out ones; its contrasts read that encoder.")
         elif r.get("plateau") is False:
             flags.append(f"{r['run']} was pretrained far from its plateau: its held-out masked loss still fell "
-                         f"{r['loss_drop']:.1%} over the last quarter of the run; its contrasts read an unfinished encoder.")
+                         f"{r['loss_drop']:.1%} over the last quarter of the optimiser's progress (its summed lr); its "
+                         "contrasts read an unfinished encoder.")
     head = ["run", "cohort", "steps", "wall time (s)", "held-out loss first → last", "last quarter",
             "loss weights CV", "effective share"]
     return markdown_table(head, cells), flags
@@ -424,7 +426,9 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
     questions = [question_line(r, min_effect=min_effect) for r in ordered]
     sc, checks = info["scale"], info["checks"]
     budget = (f"The pilot (scratch, constant lr, {pilot.get('pilot_steps')} steps) "
-              + (f"levelled off at step {pilot.get('budget')}" if pilot.get("converged") else "was still rising at its end")
+              + ("did not learn the task (its best validation Dice stayed under the floor, so it has no level to "
+                 "find)" if pilot.get("learned") is False else f"levelled off at step {pilot.get('budget')}"
+                 if pilot.get("converged") else "was still rising at its end")
               + f"; every arm fine-tunes {info['steps']} steps"
               + (f" — held there by --budget-cap, below the {pilot.get('asked')} the pilot asked for: the arms are "
                  "compared before the scratch twin levels off, not at their end points" if pilot.get("capped") else "")

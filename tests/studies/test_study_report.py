@@ -100,6 +100,8 @@ def test_a_failed_instrument_leaves_every_verdict_not_interpretable(tmp_path):
         assert "Positive control moved, as it must" in page  # the instruments keep their own reading
         top = page.split("## Answers")[0]
         assert page.count("the scratch twin does not learn the task") == 1 and "does not learn" in top
+        if pilot:  # a flat pilot curve is not said to have levelled off
+            assert "did not learn the task" in page and "levelled off" not in page
 
 
 def test_the_quick_scale_is_a_plumbing_check_with_no_verdict(tmp_path):
