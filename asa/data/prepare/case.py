@@ -8,6 +8,7 @@ a record is complete."""
 from __future__ import annotations
 
 import os
+import resource
 import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -116,29 +117,23 @@ def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=4)
-def _fixed(spacing: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The template T1, its brain mask dilated by 8 mm (the metric's region for a head) and the grid's
-    affine, on the template's whole-brain box at ``spacing`` mm (at least 1): the registration's target."""
-    tpl = load_template()
+def _fixed(spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    """The template T1 and the grid's affine, on the template's whole-brain box at ``spacing`` mm (at least
+    1): the registration's target."""
     shape, affine = prepared_grid(box="template", spacing=max(spacing, 1.0))
-    voxel = affine[0, 0]
-    where = np.linalg.inv(tpl.affine) @ affine
-    coords = np.indices(shape, dtype=np.float64).reshape(3, -1)
-    coords = where[:3, :3] @ coords + where[:3, 3:]
-    sigma = 0.5 * np.sqrt(max(voxel**2 - 1.0, 0.0))  # anti-aliasing: the template's voxels are 1 mm
-    t1 = ndimage.gaussian_filter(tpl.t1, sigma) if sigma else tpl.t1
-    t1 = ndimage.map_coordinates(t1, coords, order=1).reshape(shape).astype(np.float32)
-    brain = ndimage.map_coordinates(tpl.brain.astype(np.float32), coords, order=1).reshape(shape) > 0.5
-    head = ndimage.distance_transform_edt(~brain, sampling=voxel) <= 8.0
-    return t1, head, affine
+    return _template_on(shape, affine)[0], affine
 
 
 def _template_on(shape: tuple[int, int, int], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The template T1 and brain mask on a prepared grid (trilinear; the mask where it is over one half)."""
+    """The template T1 (anti-aliased, trilinear) and brain mask (where over one half) on the grid (``shape``,
+    ``affine``, axis-aligned)."""
     tpl = load_template()
     where = np.linalg.inv(tpl.affine) @ affine
     coords = where[:3, :3] @ np.indices(shape, dtype=np.float64).reshape(3, -1) + where[:3, 3:]
-    t1 = ndimage.map_coordinates(tpl.t1, coords, order=1).reshape(shape)
+    voxel = float(np.abs(affine[0, 0]))
+    sigma = 0.5 * np.sqrt(max(voxel**2 - 1.0, 0.0))  # the template's voxels are 1 mm
+    t1 = ndimage.gaussian_filter(tpl.t1, sigma) if sigma else tpl.t1
+    t1 = ndimage.map_coordinates(t1, coords, order=1).reshape(shape).astype(np.float32)
     brain = ndimage.map_coordinates(tpl.brain.astype(np.float32), coords, order=1).reshape(shape) > 0.5
     return t1, brain
 
@@ -162,6 +157,13 @@ def _save(data: np.ndarray, affine: np.ndarray, path: Path, dtype=np.float32) ->
     os.replace(part, path)
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (ROBEX runs as one): a stage's cost on one
+    core, whatever else the machine runs."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _source(path: Path) -> dict[str, Any]:
     stat = path.stat()
     return {"path": str(path.absolute()), "size": stat.st_size, "mtime": stat.st_mtime}
@@ -175,13 +177,15 @@ def prepare_case(case: Case, out: Path, settings: PrepareSettings) -> dict[str, 
         raise ValueError(f"case {case.id}: no T1 (channels {list(case.images)}); asa-prepare registers the T1")
     files = case_files(case)
     seconds: dict[str, float] = {}
-    clock = time.perf_counter()
+    cpu_seconds: dict[str, float] = {}
+    clock, cpu = time.perf_counter(), _cpu()
 
     def lap(stage: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
+        nonlocal clock, cpu
+        now, now_cpu = time.perf_counter(), _cpu()
         seconds[stage] = round(seconds.get(stage, 0.0) + now - clock, 3)
-        clock = now
+        cpu_seconds[stage] = round(cpu_seconds.get(stage, 0.0) + now_cpu - cpu, 3)
+        clock, cpu = now, now_cpu
 
     t1, affine = read_volume(case.images["t1"])
     lap("read")
@@ -191,37 +195,35 @@ def prepare_case(case: Case, out: Path, settings: PrepareSettings) -> dict[str, 
     lap("n4")
     brain = extract_brain(t1, affine, settings.brain)
     lap("brain")
-    fixed_t1, fixed_head, fixed_affine = _fixed(settings.spacing)
+    fixed_t1, fixed_affine = _fixed(settings.spacing)
     shape, grid = prepared_grid(box=settings.box, crop=settings.crop, spacing=settings.spacing)
     written: dict[str, str] = {}
     with scratch() as tmp:
-        stripped = settings.brain != "none"
-        moving = (t1 * brain, affine) if stripped else (t1, affine)
-        reg = register((fixed_t1, fixed_affine), moving, transform=settings.transform, folder=Path(tmp) / "t1",
-                       fixed_mask=None if stripped else fixed_head)
+        # the brain onto the template's brain (the template is stripped: a head would be shrunk onto it)
+        reg = register((fixed_t1, fixed_affine), (t1 * brain, affine), transform=settings.transform,
+                       folder=Path(tmp) / "t1")
         lap("register")
-        image = resample(t1, affine, reg.transforms, shape=shape, target=grid)
         mask = resample(brain.astype(np.float32), affine, reg.transforms, shape=shape, target=grid) >= 0.5
-        if stripped:
-            image = image * mask
+        image = resample(t1, affine, reg.transforms, shape=shape, target=grid) * mask
         lap("resample")
         images = {"t1": image}
         transforms = {"t1": reg.transforms}
         for channel in [c for c in case.images if c != "t1"]:
             data, own = read_volume(case.images[channel])
             data = n4(data, own, shrink=shrink)
+            # head onto head (the same subject): the contrast's own scalp and skull help the rigid fit
             rigid = register((t1, affine), (data, own), transform="rigid", folder=Path(tmp) / channel,
-                             fixed_mask=ndimage.binary_dilation(brain, iterations=2) if stripped else None)
+                             fixed_mask=ndimage.binary_dilation(brain, iterations=2))
             moved = resample(data, own, list(reg.transforms) + list(rigid.transforms), shape=shape, target=grid)
-            images[channel] = moved * mask if stripped else moved
+            images[channel] = moved * mask
             transforms[channel] = rigid.transforms
         if len(case.images) > 1:
             lap("contrasts")
         template_t1, template_brain = _template_on(shape, grid)
-        region = template_brain & mask if stripped else template_brain
+        region = template_brain & mask
         qc = {
-            "symmetry": mirror_score(images["t1"], mask if stripped else template_brain),
-            "brain_ml": float(brain.sum() * abs(np.linalg.det(affine[:3, :3])) / 1000.0) if stripped else None,
+            "symmetry": mirror_score(images["t1"], mask),
+            "brain_ml": float(brain.sum() * abs(np.linalg.det(affine[:3, :3])) / 1000.0),
             "similarity": float(np.corrcoef(images["t1"][region], template_t1[region])[0, 1]),
         }
         lap("qc")
@@ -241,7 +243,7 @@ def prepare_case(case: Case, out: Path, settings: PrepareSettings) -> dict[str, 
         "id": case.id, "files": written, "mask": str(files.mask),
         "transforms": {c: str(files.transform(c)) for c in transforms},
         "sources": {c: _source(Path(p)) for c, p in case.images.items()},
-        "settings": settings.as_dict(), "qc": qc, "seconds": seconds,
+        "settings": settings.as_dict(), "qc": qc, "seconds": seconds, "cpu_seconds": cpu_seconds,
     }
     atomic_write_json(out / files.record, record)
     return record

