@@ -7,7 +7,8 @@ gives them), cast to float32, with the grid's shape. A renamed, re-compressed, r
 re-oriented copy has the same digest; a resampled, cropped or re-normalised one does not. Beside the digest each
 image gets a content fingerprint (`asa.data.fingerprint`: its brain at low resolution in its own box), which a
 resampled, cropped, rescaled, skull-stripped or defaced copy keeps: a case whose fingerprint correlates with a
-cohort image's at ``NEAR_THRESHOLD`` or more is a near-duplicate, reported with its score.
+cohort image's of the same contrast at that contrast's threshold (``NEAR_THRESHOLDS``) or more is a near-duplicate,
+reported with its score.
 
 :func:`cohort_record` is the record (``cohort.json`` in a pretraining run folder); :func:`cohort_overlap`
 compares cases against it; :func:`describe_overlap` says the outcome in report lines; :func:`near_duplicates`
@@ -25,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from asa.data.case import Case
-from asa.data.fingerprint import (FINGERPRINT, NEAR_THRESHOLD, decode_fingerprint, encode_fingerprint,
+from asa.data.fingerprint import (FINGERPRINT, NEAR_THRESHOLDS, decode_fingerprint, encode_fingerprint,
                                   image_fingerprint, unit_fingerprints)
+from asa.data.layouts.pretrain import channel_of
 from asa.data.store_writer import worker_pool
 
 __all__ = ["COHORT_FORMAT", "COHORT_LEVELS", "DIGEST", "IDS_WITHHELD", "SEEN_PARTS", "carried_cohort", "case_subject", "cohort_digest", "cohort_overlap",
@@ -178,41 +180,65 @@ def carried_cohort(state: Mapping[str, Any], where: str) -> dict[str, Any] | Non
     return dict(cohort)
 
 
-def _cohort_prints(members: Mapping[str, Any]) -> tuple[list[str], np.ndarray]:
-    """(cohort case of each row, [n, GRID^3] int8) of the recorded fingerprints of ``members``."""
-    owners, rows = [], []
+def _cohort_prints(members: Mapping[str, Any]) -> tuple[list[str], list[str | None], np.ndarray]:
+    """(cohort case of each row, its contrast, [n, GRID^3] int8) of the recorded fingerprints of ``members``; the
+    contrast is what the image's channel name means (`asa.data.layouts.pretrain.channel_of`: t1, t1ce, t2, flair),
+    None when it names none of them."""
+    owners, contrasts, rows = [], [], []
     for case_id, entry in members.items():
-        for text in (entry.get("fingerprints") or {}).values():
+        for channel, text in (entry.get("fingerprints") or {}).items():
             if text:
                 owners.append(case_id)
+                contrasts.append(channel_of(channel))
                 rows.append(decode_fingerprint(text))
-    return owners, (np.stack(rows) if rows else np.zeros((0, 1), dtype=np.int8))
+    return owners, contrasts, (np.stack(rows) if rows else np.zeros((0, 1), dtype=np.int8))
 
 
 NEAR_BLOCK = 1024  # query fingerprints scored per matrix product: [1024, R] float32 scores, 40 MB at R = 10^4
 
 
-def _near(prints: Mapping[str, Mapping[str, str]], owners: list[str], table: np.ndarray,
-          threshold: float) -> dict[str, dict[str, float]]:
-    """Query case -> {cohort case: its best score, those at or above ``threshold``} for every query's fingerprints
-    ``prints`` (case -> channel -> text) against the cohort ``table`` (rows owned by ``owners``): the table
-    normalised once, the queries scored ``NEAR_BLOCK`` at a time in one matrix product each, and only the pairs at
-    or above the threshold looked at one by one (all pairs of 10^4 x 10^4 in seconds, BENCHMARKS.md)."""
-    whose, rows = [], []
+def _pair_thresholds(queries: Sequence[str | None], references: Sequence[str | None],
+                     thresholds: Mapping[str, float | None]) -> np.ndarray:
+    """[Q, R] the score at or above which each pair is a near-duplicate: the contrast's threshold when both images
+    have it, none (infinity) when their contrasts differ or the contrast decides nothing (a threshold of None), the
+    strictest of ``thresholds`` when either image's contrast is unknown."""
+    known = [c for c in thresholds if thresholds[c] is not None]
+    strictest = max(float(thresholds[c]) for c in known)
+    codes = {c: k for k, c in enumerate(thresholds)}
+    per_code = np.array([np.inf if thresholds[c] is None else float(thresholds[c]) for c in thresholds] + [np.inf])
+    q = np.array([codes.get(c, -1) if c is not None else -1 for c in queries])
+    r = np.array([codes.get(c, -1) if c is not None else -1 for c in references])
+    same = np.where(q[:, None] == r[None, :], per_code[q][:, None], np.inf)
+    return np.where((q[:, None] < 0) | (r[None, :] < 0), strictest, same).astype(np.float32)
+
+
+def _near(prints: Mapping[str, Mapping[str, str]], owners: list[str], contrasts: list[str | None], table: np.ndarray,
+          thresholds: Mapping[str, float | None]) -> dict[str, dict[str, tuple[float, str]]]:
+    """Query case -> {cohort case: (its best score, the contrast it was scored in)}, those at or above the pair's
+    threshold (:func:`_pair_thresholds`: an image is compared with the cohort's images of its own contrast, at that
+    contrast's threshold) for every query's fingerprints ``prints`` (case -> channel -> text) against the cohort
+    ``table`` (rows owned by ``owners``, of ``contrasts``): the table normalised once, the queries scored
+    ``NEAR_BLOCK`` at a time in one matrix product each, and only the pairs at or above their threshold looked at one
+    by one (all pairs of 10^4 x 10^4 in seconds, BENCHMARKS.md)."""
+    whose, kinds, rows = [], [], []
     for case, chans in prints.items():
-        for text in chans.values():
+        for channel, text in chans.items():
             if text:
                 whose.append(case)
+                kinds.append(channel_of(channel))
                 rows.append(decode_fingerprint(text))
-    best: dict[str, dict[str, float]] = {}
+    best: dict[str, dict[str, tuple[float, str]]] = {}
     if not rows or not owners:
         return best
     reference = unit_fingerprints(table)
     for start in range(0, len(rows), NEAR_BLOCK):
-        scores = unit_fingerprints(np.stack(rows[start:start + NEAR_BLOCK])) @ reference.T
-        for q, r in zip(*np.nonzero(scores >= threshold)):
+        stop = start + NEAR_BLOCK
+        scores = unit_fingerprints(np.stack(rows[start:stop])) @ reference.T
+        for q, r in zip(*np.nonzero(scores >= _pair_thresholds(kinds[start:stop], contrasts, thresholds))):
             found = best.setdefault(whose[start + q], {})
-            found[owners[r]] = max(found.get(owners[r], -1.0), round(float(scores[q, r]), 4))
+            score = round(float(scores[q, r]), 4)
+            if score > found.get(owners[r], (-1.0, ""))[0]:
+                found[owners[r]] = (score, kinds[start + q] or contrasts[r] or "any")
     return best
 
 
@@ -220,16 +246,18 @@ def cohort_overlap(cohort: Mapping[str, Any], subsets: Mapping[str, Sequence[Cas
                    seen_parts: Iterable[str] | None = None,
                    digests: Mapping[str, Mapping[str, str]] | None = None,
                    fingerprints: Mapping[str, Mapping[str, str]] | None = None,
-                   threshold: float = NEAR_THRESHOLD) -> dict[str, Any]:
+                   thresholds: Mapping[str, float | None] = NEAR_THRESHOLDS) -> dict[str, Any]:
     """For each subset (``{"val": cases, "test": cases}``), the cases that were in the cohort's seen parts
     (``cohort["seen_parts"]``, default train and val): by case id, by subject, by image content (any image
     of the case with the digest of a cohort image) and by near content (a fingerprint correlating with a cohort
-    image's at ``threshold`` or more, `asa.data.fingerprint`; only when the cohort records fingerprints); by id and
+    image's of the same contrast at that contrast's threshold or more, ``thresholds``: `asa.data.fingerprint`'s
+    ``NEAR_THRESHOLDS``; an image of no known contrast against every image at the strictest; only when the cohort
+    records fingerprints of this asa's kind, ``FINGERPRINT``: a record of another compares digests only); by id and
     subject only when the cohort names them (not a record of :func:`export_cohort` without ``ids``). Returns
     ``{subset: {"n", "by_id", "by_subject", "by_content", "by_near_content", "near_checked", "ids_checked",
     "overlapping"}}``,
     the matches listed as ``{"case", "matches": [cohort case, ...]}`` (near ones with ``"scores": {cohort case:
-    score}``, exact copies left to ``by_content``). ``digests`` and ``fingerprints``: the cases' signatures when
+    score}`` and ``"contrasts": {cohort case: the contrast scored}``, exact copies left to ``by_content``). ``digests`` and ``fingerprints``: the cases' signatures when
     already read (:func:`image_signatures`), so that several cohorts are compared with one reading."""
     seen = set(seen_parts or cohort.get("seen_parts") or SEEN_PARTS)
     members = {k: v for k, v in (cohort.get("cases") or {}).items() if v.get("part") in seen}
@@ -241,7 +269,7 @@ def cohort_overlap(cohort: Mapping[str, Any], subsets: Mapping[str, Sequence[Cas
             by_digest.setdefault(value, []).append(case_id)
     near_checked = cohort.get("fingerprint") == FINGERPRINT
     ids_checked = cohort.get("ids") != IDS_WITHHELD  # opaque keys name no case or subject of the query's data
-    owners, table = _cohort_prints(members) if near_checked else ([], None)
+    owners, contrasts, table = _cohort_prints(members) if near_checked else ([], [], None)
     report: dict[str, Any] = {}
     for name, cases in subsets.items():
         if digests is None:
@@ -249,7 +277,7 @@ def cohort_overlap(cohort: Mapping[str, Any], subsets: Mapping[str, Sequence[Cas
                 (image_digests(cases, workers=workers), {})
         else:
             read, prints = digests, (fingerprints or {})
-        near_scores = _near({c.id: prints.get(c.id, {}) for c in cases}, owners, table, threshold)
+        near_scores = _near({c.id: prints.get(c.id, {}) for c in cases}, owners, contrasts, table, thresholds)
         ids = [{"case": c.id, "matches": [c.id]} for c in cases if ids_checked and c.id in members]
         subjects = [{"case": c.id, "matches": sorted(by_subject[case_subject(c)])} for c in cases
                     if ids_checked and case_subject(c) in by_subject]
@@ -260,8 +288,9 @@ def cohort_overlap(cohort: Mapping[str, Any], subsets: Mapping[str, Sequence[Cas
                 content.append({"case": c.id, "matches": hits})
             close = {k: v for k, v in near_scores.get(c.id, {}).items() if k not in hits}
             if close:
-                ranked = sorted(close, key=lambda k: (-close[k], k))
-                near.append({"case": c.id, "matches": ranked, "scores": {k: close[k] for k in ranked}})
+                ranked = sorted(close, key=lambda k: (-close[k][0], k))
+                near.append({"case": c.id, "matches": ranked, "scores": {k: close[k][0] for k in ranked},
+                             "contrasts": {k: close[k][1] for k in ranked}})
         overlapping = sorted({m["case"] for m in ids + subjects + content + near})
         report[name] = {"n": len(cases), "by_id": ids, "by_subject": subjects, "by_content": content,
                         "by_near_content": near, "near_checked": near_checked and (bool(prints) or not cases),  # an empty subset: nothing unchecked
@@ -272,10 +301,12 @@ def cohort_overlap(cohort: Mapping[str, Any], subsets: Mapping[str, Sequence[Cas
 
 def near_duplicates(queries: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike],
                     references: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike] | Mapping[str, Any], *,
-                    threshold: float = NEAR_THRESHOLD, workers: int = 1) -> list[dict[str, Any]]:
+                    thresholds: Mapping[str, float | None] = NEAR_THRESHOLDS,
+                    workers: int = 1) -> list[dict[str, Any]]:
     """The images of ``queries`` that are copies of images of ``references``: ``[{"query", "reference", "score",
-    "kind"}]``, ``kind`` ``"exact"`` (same digest, score 1.0) or ``"near"`` (fingerprint correlation at
-    ``threshold`` or more, `asa.data.fingerprint`), best first per query. ``queries`` and ``references``: image
+    "kind"}]``, ``kind`` ``"exact"`` (same digest, score 1.0) or ``"near"`` (fingerprint correlation at the
+    threshold or more, `asa.data.fingerprint`: plain files name no contrast, so every pair is compared at the
+    strictest of ``thresholds``; a cohort record's images at their contrast's), best first per query. ``queries`` and ``references``: image
     files, as {id: path} or a list of paths (the path is the id); ``references`` may instead be a cohort record
     (:func:`cohort_record` / :func:`export_cohort`: its seen cases, by their recorded digests and fingerprints;
     one without fingerprints is refused, since near copies could not be found)."""
@@ -293,18 +324,18 @@ def near_duplicates(queries: Mapping[str, str | os.PathLike] | Sequence[str | os
     else:
         r_digests, r_prints = image_signatures(as_cases(references), workers=workers)
         members = {k: {"images": r_digests[k], "fingerprints": r_prints.get(k, {})} for k in r_digests}
-    owners, table = _cohort_prints(members)
+    owners, contrasts, table = _cohort_prints(members)
     by_digest: dict[str, set[str]] = {}
     for case_id, entry in members.items():
         for value in (entry.get("images") or {}).values():
             by_digest.setdefault(value, set()).add(case_id)
-    near_scores = _near(q_prints, owners, table, threshold)
+    near_scores = _near(q_prints, owners, contrasts, table, thresholds)
     out = []
     for query, chans in q_digests.items():
         exact = {m for d in chans.values() for m in by_digest.get(d, ())}
         rows = [{"query": query, "reference": m, "score": 1.0, "kind": "exact"} for m in sorted(exact)]
         close = near_scores.get(query, {})
-        rows += sorted(({"query": query, "reference": m, "score": v, "kind": "near"} for m, v in close.items()
+        rows += sorted(({"query": query, "reference": m, "score": v[0], "kind": "near"} for m, v in close.items()
                         if m not in exact), key=lambda r: (-r["score"], r["reference"]))
         out += rows
     return out
@@ -316,14 +347,16 @@ KINDS = ("by_near_content", "by_id", "by_subject", "by_content")  # later kinds 
 def _shown(match: Mapping[str, Any]) -> list[str]:
     """A match's cohort cases, a near one's with its score."""
     scores = match.get("scores") or {}
-    return [f"{m} (near, {scores[m]:.3f})" if m in scores else m for m in match["matches"]]
+    contrasts = match.get("contrasts") or {}
+    return [f"{m} (near {contrasts.get(m, '')}, {scores[m]:.3f})".replace(" ,", ",") if m in scores else m
+            for m in match["matches"]]
 
 
 def _near_words(part: Mapping[str, Any]) -> str:
     if not part.get("near_checked"):
-        return "by near content not checked (the cohort records no fingerprints)"
-    return (f"by near content {len(part['by_near_content'])} "
-            f"(fingerprint correlation >= {NEAR_THRESHOLD})")
+        return "by near content not checked (the cohort records no fingerprints of this asa's kind)"
+    limits = ", ".join(f"{c} {t}" for c, t in NEAR_THRESHOLDS.items() if t is not None)
+    return f"by near content {len(part['by_near_content'])} (fingerprint correlation, same contrast, >= {limits})"
 
 
 def describe_overlap(report: Mapping[str, Any], *, cohort_size: int | None = None, show: int = 5) -> list[str]:
