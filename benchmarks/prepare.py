@@ -93,12 +93,13 @@ def _bias(shape: tuple[int, ...], rng: np.random.Generator, strength: float = 0.
 
 
 def posed_head(size: int, *, seed: int, index: int, grid: str, rng: np.random.Generator, noise: float = 0.02,
-               **bounds: float) -> PosedHead:
+               skull: bool = True, **bounds: float) -> PosedHead:
     """Head ``index`` of ``seed`` at ``size`` (the generator's grid edge), under a pose drawn from ``rng``
-    (``bounds``: `draw_pose`'s), on a scanner grid of kind ``grid`` (`GRIDS`)."""
+    (``bounds``: `draw_pose`'s), on a scanner grid of kind ``grid`` (`GRIDS`). Without ``skull`` the
+    skull-stripped brain, its noise inside the brain only (zero outside, as a stripped scan)."""
     if grid not in GRIDS:
         raise ValueError(f"grid={grid!r}: expected one of {GRIDS}")
-    subject = make_anatomy_subject(size, seed=seed, index=index, skull=True)
+    subject = make_anatomy_subject(size, seed=seed, index=index, skull=skull)
     source = subject.affine
     voxel = float(source[0, 0])
     centre = source[:3, :3] @ ((np.asarray(subject.brain_mask.shape) - 1) / 2) + source[:3, 3]
@@ -130,7 +131,8 @@ def posed_head(size: int, *, seed: int, index: int, grid: str, rng: np.random.Ge
         affine[:3, 2] *= thick
         affine[:3, 3] += fine[:3, 2] * (thick - 1) / 2
     t1 = t1 * _bias(t1.shape, rng)
-    t1 = np.hypot(t1 + rng.normal(0, noise, t1.shape), rng.normal(0, noise, t1.shape)).astype(np.float32)
+    noisy = np.hypot(t1 + rng.normal(0, noise, t1.shape), rng.normal(0, noise, t1.shape)).astype(np.float32)
+    t1 = noisy if skull else np.where(t1 > 0, noisy, 0.0).astype(np.float32)
     return PosedHead(t1=t1, brain=brain >= 0.5, hemisphere=np.rint(hemisphere).astype(np.int8), affine=affine,
                      pose=pose)
 
@@ -167,14 +169,15 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * int((a & b).sum()) / total if total else 1.0
 
 
-def write_heads(out: Path, *, size: int, poses: int, seed: int, grids: Sequence[str]) -> list[dict]:
+def write_heads(out: Path, *, size: int, poses: int, seed: int, grids: Sequence[str], skull: bool = True
+                ) -> list[dict]:
     """Posed heads as a raw BIDS folder ``out/raw`` (one subject per head) with their truth in ``out/truth``;
     returns one row per head (its id, grid, pose and the plane's angle and offset in the scanner's grid)."""
     rng = np.random.default_rng([seed, 7])
     rows = []
     kinds = ["iso"] * poses + [g for g in grids if g != "iso"]
     for k, grid in enumerate(kinds):
-        head = posed_head(size, seed=seed, index=k, grid=grid, rng=rng)
+        head = posed_head(size, seed=seed, index=k, grid=grid, rng=rng, skull=skull)
         sub = f"sub-POSE{k:02d}"
         anat = out / "raw" / sub / "anat"
         anat.mkdir(parents=True, exist_ok=True)
@@ -222,9 +225,9 @@ def run(out: str | Path, *, size: int = 80, poses: int = 4, seed: int = 0, tools
         grids: Sequence[str] = GRIDS, spacing: float = 2.0, box: str = "template", crop: int = 64,
         transform: str = "affine", workers: int = 1) -> list[dict]:
     """Write the posed heads, prepare them with each brain tool of ``tools`` and measure; one row per head
-    and tool."""
+    and tool. ``tools`` ``("none",)`` alone: skull-stripped brains (what ``--brain none`` takes)."""
     out = Path(out)
-    heads = write_heads(out, size=size, poses=poses, seed=seed, grids=grids)
+    heads = write_heads(out, size=size, poses=poses, seed=seed, grids=grids, skull=list(tools) != ["none"])
     rows = []
     for tool in tools:
         settings = PrepareSettings(transform=transform, brain=tool, spacing=spacing, box=box, crop=crop)

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = PrepareSettings()
     parser.add_argument("source", help="a raw BIDS folder or a file list (files.csv: id,path[,t1ce,t2,flair])")
     parser.add_argument("out", help="the prepared folder to write (never inside the source)")
-    parser.add_argument("--layout", choices=INPUT_LAYOUTS, default="auto", help="how to read the source (default: auto)")
+    parser.add_argument("--layout", choices=INPUT_LAYOUTS, default="auto",
+                        help="how to read the source (default: auto)")
     parser.add_argument("--transform", choices=TRANSFORMS, default=defaults.transform,
                         help=f"registration of the T1 to the template (default: {defaults.transform})")
     parser.add_argument("--brain", choices=BRAIN_TOOLS, default=defaults.brain,

@@ -93,6 +93,14 @@ def _thumbnail(record: dict[str, Any], out: Path, png: Path) -> None:
     part.replace(png)
 
 
+def _tsv(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ",".join(value)
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def _cell(value: float | None, z: float | None, digits: int) -> str:
     if value is None:
         return "<td>-</td>"
@@ -113,9 +121,7 @@ def write_qc(out: Path) -> Path | None:
     header = ["id", *QC_MEASURES, *(f"{m}_z" for m in QC_MEASURES), "flags"]
     lines = ["\t".join(header)]
     for row in rows:
-        lines.append("\t".join("" if row[k] is None else (",".join(row[k]) if k == "flags" else
-                                                          (f"{row[k]:.4f}" if isinstance(row[k], float) else str(row[k])))
-                               for k in header))
+        lines.append("\t".join(_tsv(row[k]) for k in header))
     atomic_write_text(folder / "qc.tsv", "\n".join(lines) + "\n")
     body = []
     for record, row in zip(records, rows):
