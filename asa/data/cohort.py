@@ -257,8 +257,9 @@ def cohort_overlap(cohort: Mapping[str, Any], subsets: Mapping[str, Sequence[Cas
     ``{subset: {"n", "by_id", "by_subject", "by_content", "by_near_content", "near_checked", "ids_checked",
     "overlapping"}}``,
     the matches listed as ``{"case", "matches": [cohort case, ...]}`` (near ones with ``"scores": {cohort case:
-    score}`` and ``"contrasts": {cohort case: the contrast scored}``, exact copies left to ``by_content``). ``digests`` and ``fingerprints``: the cases' signatures when
-    already read (:func:`image_signatures`), so that several cohorts are compared with one reading."""
+    score}`` and ``"contrasts": {cohort case: the contrast scored}``, exact copies left to ``by_content``).
+    ``digests`` and ``fingerprints``: the cases' signatures when already read (:func:`image_signatures`), so that
+    several cohorts are compared with one reading."""
     seen = set(seen_parts or cohort.get("seen_parts") or SEEN_PARTS)
     members = {k: v for k, v in (cohort.get("cases") or {}).items() if v.get("part") in seen}
     by_subject: dict[str, list[str]] = {}
@@ -306,8 +307,9 @@ def near_duplicates(queries: Mapping[str, str | os.PathLike] | Sequence[str | os
     """The images of ``queries`` that are copies of images of ``references``: ``[{"query", "reference", "score",
     "kind"}]``, ``kind`` ``"exact"`` (same digest, score 1.0) or ``"near"`` (fingerprint correlation at the
     threshold or more, `asa.data.fingerprint`: plain files name no contrast, so every pair is compared at the
-    strictest of ``thresholds``; a cohort record's images at their contrast's), best first per query. ``queries`` and ``references``: image
-    files, as {id: path} or a list of paths (the path is the id); ``references`` may instead be a cohort record
+    strictest of ``thresholds``; a cohort record's images at their contrast's), best first per query. ``queries``
+    and ``references``: image files, as {id: path} or a list of paths (the path is the id); ``references`` may
+    instead be a cohort record
     (:func:`cohort_record` / :func:`export_cohort`: its seen cases, by their recorded digests and fingerprints;
     one without fingerprints is refused, since near copies could not be found)."""
     def as_cases(files) -> list[Case]:

@@ -61,7 +61,8 @@ SAMPLE_RADIUS = 0.8  # the samples kept: those in the ellipsoid of 0.8 of the bo
 # a score at or above its contrast's threshold, between two images of that contrast, is a near-duplicate: the highest
 # score between distinct subjects of the contrast plus a margin (docs/weights-elsewhere.md: the scores that set them)
 NEAR_THRESHOLDS: dict[str, float | None] = {"t1": 0.956, "t1ce": 0.949, "t2": 0.956, "flair": 0.938}
-NEAR_THRESHOLD = max(t for t in NEAR_THRESHOLDS.values() if t is not None)  # an image of no known contrast: the strictest
+# an image of no known contrast (an ADC, a plain file): the strictest
+NEAR_THRESHOLD = max(t for t in NEAR_THRESHOLDS.values() if t is not None)
 # the smallest brain box (mm along its shortest axis) the threshold holds for: it was set on brain-sized images, and a
 # smaller object (asa's 1 mm phantoms of 32-64 voxels) sampled at GRID^3 points gives distinct objects scores above
 # it. Such an image gets the zero fingerprint, which scores 0 against everything: no near check, its digest still is
@@ -108,10 +109,10 @@ def _brain(data: np.ndarray, zooms: np.ndarray) -> np.ndarray:
     head = ndimage.binary_fill_holes(_largest(above))
     if head.sum() * float(np.prod(zooms)) / 1000.0 >= HEAD_ML:
         # scalp, skull and the CSF round the brain: a layer of about HEAD_DEPTH_MM whose dark bone a grid of 4 mm
-        # voxels no longer shows, so the brain is found by depth, not by intensity
-        # a block of the lowest value (a defacing mask: a face set to zero; one of 5 % of the head or more) is not air the depth counts from
-        # where it lies within twice HEAD_DEPTH_MM of the head (where the face was), unless it is half or more of
-        # what is outside the head (a head masked to zero all round)
+        # voxels no longer shows, so the brain is found by depth, not by intensity. A block of the lowest value (a
+        # defacing mask: a face set to zero; 5 % of the head or more) is no air the depth counts from where it lies
+        # within twice HEAD_DEPTH_MM of the head (where the face was), unless it is half or more of what is outside
+        # the head (a head masked to zero all round)
         labels, n = ndimage.label(data <= data.min())
         sizes = np.bincount(labels.ravel())
         blank = np.isin(labels, np.nonzero(sizes >= 0.05 * head.sum())[0]) & (labels > 0)

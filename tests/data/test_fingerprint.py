@@ -77,7 +77,8 @@ def test_an_image_is_compared_with_the_cohort_images_of_its_own_contrast_only():
     if low < NEAR_THRESHOLD - 0.01:
         contrast = next(c for c, t in NEAR_THRESHOLDS.items() if t == low)
         ref, copy = _pair(0.5 * (low + NEAR_THRESHOLD), seed=1)
-        record = dict(cohort, cases={"c": {"part": "train", "images": {}, "fingerprints": {contrast: encode_fingerprint(ref)}}})
+        entry = {"part": "train", "images": {}, "fingerprints": {contrast: encode_fingerprint(ref)}}
+        record = dict(cohort, cases={"c": entry})
         found = cohort_overlap(record, {"test": cases[:2]}, digests={c.id: {} for c in cases[:2]},
                                fingerprints={"BRATS_001": {contrast: encode_fingerprint(copy)},
                                              "BRATS_002": {"ADC": encode_fingerprint(copy)}})["test"]
@@ -90,7 +91,8 @@ def test_an_older_fingerprint_is_compared_by_digest_only():
     cohort = {"format": COHORT_FORMAT, "digest": DIGEST, "fingerprint": FINGERPRINT.replace("samples within", "x"),
               "cases": {"a": {"part": "train", "images": {"t1": "sha256:a"}, "fingerprints": {"t1": text}}}}
     case = Case(id="q", images={"t1": "q.nii.gz"})
-    report = cohort_overlap(cohort, {"test": [case]}, digests={"q": {"t1": "sha256:a"}}, fingerprints={"q": {"t1": text}})
+    report = cohort_overlap(cohort, {"test": [case]}, digests={"q": {"t1": "sha256:a"}},
+                            fingerprints={"q": {"t1": text}})
     assert report["test"]["near_checked"] is False and report["test"]["overlapping"] == ["q"]  # by its digest
     assert "near content not checked" in describe_overlap(report)[0]
 
@@ -121,7 +123,7 @@ def test_the_brain_of_a_whole_head_is_read_under_its_scalp_and_its_copies_point_
         found, itself = _brain(head, zoom), _brain(stripped, zoom)
         assert 2 * (found & truth).sum() / (found.sum() + truth.sum()) >= 0.9
         assert 2 * (itself & truth).sum() / (itself.sum() + truth.sum()) >= 0.99
-        heads = np.stack([image_fingerprint(head, zoom)] + [image_fingerprint(o.images[contrast], zoom) for o in others])
+        heads = np.stack([image_fingerprint(v, zoom) for v in [head] + [o.images[contrast] for o in others]])
         for copy in (head[1:], head * 1.7 + 120.0):
             assert fingerprint_scores(image_fingerprint(copy, zoom)[None], heads[:1])[0, 0] >= NEAR_THRESHOLDS[contrast]
         for copy in (stripped, deface(head, truth)):
