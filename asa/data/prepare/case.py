@@ -157,6 +157,11 @@ def _save(data: np.ndarray, affine: np.ndarray, path: Path, dtype=np.float32) ->
     os.replace(part, path)
 
 
+def _shrink(affine: np.ndarray) -> int:
+    """N4's shrink factor: its field is fitted on a grid of at least 4 mm (ANTs' factor 4 at 1 mm), being smooth."""
+    return max(1, int(np.ceil(4.0 / float(np.min(np.linalg.norm(affine[:3, :3], axis=0))) - 1e-6)))
+
+
 def _cpu() -> float:
     """CPU seconds of this process and its finished children (ROBEX runs as one): a stage's cost on one
     core, whatever else the machine runs."""
@@ -189,9 +194,7 @@ def prepare_case(case: Case, out: Path, settings: PrepareSettings) -> dict[str, 
 
     t1, affine = read_volume(case.images["t1"])
     lap("read")
-    # N4 fits its field on a grid of at least 4 mm (ANTs' shrink factor 4 at 1 mm): the field is smooth
-    shrink = max(1, int(np.ceil(4.0 / float(np.min(np.linalg.norm(affine[:3, :3], axis=0))) - 1e-6)))
-    t1 = n4(t1, affine, shrink=shrink)
+    t1 = n4(t1, affine, shrink=_shrink(affine))
     lap("n4")
     brain = extract_brain(t1, affine, settings.brain)
     lap("brain")
@@ -210,7 +213,7 @@ def prepare_case(case: Case, out: Path, settings: PrepareSettings) -> dict[str, 
         transforms = {"t1": reg.transforms}
         for channel in [c for c in case.images if c != "t1"]:
             data, own = read_volume(case.images[channel])
-            data = n4(data, own, shrink=shrink)
+            data = n4(data, own, shrink=_shrink(own))
             # head onto head (the same subject): the contrast's own scalp and skull help the rigid fit
             rigid = register((t1, affine), (data, own), transform="rigid", folder=Path(tmp) / channel,
                              fixed_mask=ndimage.binary_dilation(brain, iterations=2))

@@ -78,15 +78,17 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def find_cases(source: Path, layout: str = "auto") -> tuple[list[Case], str, list[Problem]]:
-    """The raw cases of ``source``, the layout read (`INPUT_LAYOUTS`) and the cases that cannot be read,
-    with the reason (asa's own readers and checks, headers only)."""
+    """The raw cases of ``source``, the layout read (`INPUT_LAYOUTS`) and the cases that cannot be used,
+    with the reason (asa's own readers: a file list's missing file)."""
     if layout not in INPUT_LAYOUTS:
         raise ValueError(f"layout={layout!r}: expected one of {INPUT_LAYOUTS}")
     if layout == "auto":
         listed = source.is_file() or any((source / n).is_file() for n in ("files.csv", "files.tsv", "files.txt"))
         layout = "filelist" if listed else "bids"
     problems: list[Problem] = []
-    cases = discover(layout, source, validate="header", on_bad_case="skip", skipped=problems)
+    # no header checks: a raw case's contrasts may lie on other grids than its T1 (the registration's point);
+    # a file that cannot be read fails its case when it is prepared
+    cases = discover(layout, source, validate="none", on_bad_case="skip", skipped=problems)
     return cases, layout, problems
 
 
