@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--transform", choices=TRANSFORMS, default=defaults.transform,
                         help=f"registration of the T1 to the template (default: {defaults.transform})")
     parser.add_argument("--brain", choices=BRAIN_TOOLS, default=defaults.brain,
-                        help=f"brain extraction (default: {defaults.brain}; none keeps the head)")
+                        help=f"brain extraction (default: {defaults.brain}; none: the inputs are skull-stripped "
+                             "already, the brain their non-zero voxels)")
     parser.add_argument("--spacing", type=float, default=defaults.spacing,
                         help=f"voxel edge of the prepared images in mm (default: {defaults.spacing:g})")
     parser.add_argument("--box", choices=BOXES, default=defaults.box,
