@@ -245,9 +245,13 @@ def prepare(source: str | Path, out: str | Path, *, settings: PrepareSettings | 
             context = multiprocessing.get_context("spawn")  # ITK and torch threads are set before either starts
             with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_worker_start,
                                      initargs=(seed,)) as pool:
-                futures = [pool.submit(_run_case, case, out, settings, seed) for case in todo]
+                futures = {pool.submit(_run_case, case, out, settings, seed): case for case in todo}
                 for future in as_completed(futures):
-                    _count(report, *future.result(), bar)
+                    try:
+                        outcome = future.result()
+                    except Exception as err:  # a worker that died (out of memory, a crash in ITK)
+                        outcome = futures[future].id, f"the worker process stopped: {type(err).__name__}: {err}"
+                    _count(report, *outcome, bar)
     if report.failed:
         atomic_write_json(failed_path, {"failed": [{"id": k, "reason": v} for k, v in sorted(report.failed.items())]})
     elif failed_path.is_file():
