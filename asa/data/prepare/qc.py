@@ -18,25 +18,30 @@ import numpy as np
 
 from asa.io.atomic import atomic_write_text
 
-__all__ = ["QC_MEASURES", "OUTLIER_Z", "robust_z", "read_records", "qc_table", "write_qc"]
+__all__ = ["QC_MEASURES", "OUTLIER_Z", "MIN_COHORT", "SPREAD_FLOOR", "robust_z", "read_records", "qc_table", "write_qc"]
 
 QC_MEASURES = ("symmetry", "brain_ml", "similarity")
 OUTLIER_Z = 3.5
 """A case is flagged where a measure's robust z is beyond this (Iglewicz and Hoaglin's cut-off)."""
+MIN_COHORT = 8
+"""Fewer cases than this flag nothing: their median and MAD say too little about the cohort."""
+SPREAD_FLOOR = 0.05
+"""The robust z's scale is at least this fraction of the median: a tight cohort (four demo heads whose
+symmetry spans 0.65-0.71) does not make a 7 % difference an outlier."""
 _LOW_IS_BAD = {"symmetry", "similarity"}  # a high symmetry or similarity is never an outlier
 
 
-def robust_z(values: list[float | None]) -> list[float | None]:
-    """(x - median) / (1.4826 MAD) of each value over the finite ones (None where a value is missing or
-    the MAD is 0)."""
+def robust_z(values: list[float | None], *, floor: float = 0.0) -> list[float | None]:
+    """(x - median) / max(1.4826 MAD, ``floor`` |median|) of each value over the finite ones (None where a
+    value is missing, fewer than three are given or the scale is 0)."""
     finite = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
     if finite.size < 3:
         return [None] * len(values)
     median = float(np.median(finite))
-    mad = 1.4826 * float(np.median(np.abs(finite - median)))
-    if mad <= 0:
+    scale = max(1.4826 * float(np.median(np.abs(finite - median))), floor * abs(median))
+    if scale <= 0:
         return [None] * len(values)
-    return [None if v is None or not math.isfinite(v) else (v - median) / mad for v in values]
+    return [None if v is None or not math.isfinite(v) else (v - median) / scale for v in values]
 
 
 def read_records(out: Path) -> list[dict[str, Any]]:
@@ -53,12 +58,14 @@ def read_records(out: Path) -> list[dict[str, Any]]:
 
 
 def qc_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per case: its measures, their robust z and the measures flagged (`OUTLIER_Z`)."""
+    """One row per case: its measures, their robust z (`robust_z` with `SPREAD_FLOOR`) and the measures
+    flagged (beyond `OUTLIER_Z`, in a cohort of `MIN_COHORT` cases or more)."""
     rows = [{"id": r["id"], **{m: r["qc"].get(m) for m in QC_MEASURES}, "flags": []} for r in records]
+    judge = len(rows) >= MIN_COHORT
     for measure in QC_MEASURES:
-        for row, z in zip(rows, robust_z([row[measure] for row in rows])):
+        for row, z in zip(rows, robust_z([row[measure] for row in rows], floor=SPREAD_FLOOR)):
             row[f"{measure}_z"] = z
-            if z is not None and (z < -OUTLIER_Z or (z > OUTLIER_Z and measure not in _LOW_IS_BAD)):
+            if judge and z is not None and (z < -OUTLIER_Z or (z > OUTLIER_Z and measure not in _LOW_IS_BAD)):
                 row["flags"].append(measure)
     return rows
 
@@ -137,7 +144,8 @@ def write_qc(out: Path) -> Path | None:
 <style>body{{font-family:sans-serif}} td{{padding:2px 8px;vertical-align:middle}} .bad{{color:#c00}}</style>
 <h1>asa-prepare QC: {html.escape(str(out))}</h1>
 <p>{len(rows)} case(s), {flagged} flagged (robust z beyond {OUTLIER_Z} against this cohort: low symmetry or
-similarity, or an unusual brain volume). Symmetry: correlation of the prepared T1 with its left-right mirror
+similarity, or an unusual brain volume; from {MIN_COHORT} cases on, differences under {SPREAD_FLOOR:.0%} of the
+median never). Symmetry: correlation of the prepared T1 with its left-right mirror
 about the template's mid-sagittal plane (orange); similarity: correlation with the template over the
 common brain; brain volume in native space (mL). Blue: the brain mask.</p>
 <table><tr><th>case</th><th>symmetry</th><th>brain (mL)</th><th>similarity</th><th>flags</th><th>mid-axial,

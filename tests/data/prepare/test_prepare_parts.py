@@ -78,6 +78,8 @@ def test_robust_z_by_hand():
     assert z[:5] == pytest.approx([-2 / 1.4826, -1 / 1.4826, 0.0, 1 / 1.4826, 2 / 1.4826])
     assert z[5] is None
     assert robust_z([1.0, 1.0]) == [None, None]  # too few to judge
+    # the floor: a scale of at least 5 % of the median (3 -> 0.15 here is below 1.4826, so no change)
+    assert robust_z([10.0, 10.1, 10.0, 9.9, 10.0], floor=0.05)[1] == pytest.approx(0.1 / 0.5)
 
 
 def test_qc_flags_the_outlier_of_the_cohort():
@@ -87,6 +89,12 @@ def test_qc_flags_the_outlier_of_the_cohort():
     rows = {row["id"]: row for row in qc_table(records)}
     assert rows["sub-bad"]["flags"] == ["symmetry"]
     assert all(not rows[f"sub-{k}"]["flags"] for k in range(9))
+    # four cases flag nothing (their spread says too little), nor does a 7 % lower symmetry in a tight cohort
+    assert not any(row["flags"] for row in qc_table(records[:3] + records[-1:]))
+    tight = [{"id": f"sub-{k}", "qc": {"symmetry": 0.705 + 0.001 * k, "brain_ml": 2000.0, "similarity": 0.7}}
+             for k in range(9)]
+    tight.append({"id": "sub-lower", "qc": {"symmetry": 0.652, "brain_ml": 2000.0, "similarity": 0.7}})
+    assert not any(row["flags"] for row in qc_table(tight))
 
 
 def test_mirror_score_is_one_for_a_symmetric_brain_and_lower_for_a_shifted_one():
