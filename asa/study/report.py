@@ -460,7 +460,7 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
         "## The instruments", "",
         *(f"- {line}" for line in [*controls, *flags]),
         *([f"- {checks['cohort']}"] if "cohort" in checks else []),
-        f"- Overlap of the pretraining cohort with the test and validation cases: {'; '.join(overlap['lines'])}"
+        f"- Overlap of the pretraining cohort with the labeled cases: {'; '.join(overlap['lines'])}"
         + (" — **accepted with --accept-overlap: these cases' scores are not held out.**" if overlap.get("accepted") else ""),
         *(f"- {line}" for line in [*checks["channels"], *checks.get("skull", [])]),
         *([f"- {checks['supervised']}"] if "supervised" in checks else []),

@@ -88,7 +88,7 @@ def test_an_image_is_compared_with_the_cohort_images_of_its_own_contrast_only():
 def test_an_older_fingerprint_is_compared_by_digest_only():
     """A record written with another fingerprint (its ``fingerprint`` descriptor differs) is not near-checked."""
     text = encode_fingerprint(_pair(0.99)[0])
-    cohort = {"format": COHORT_FORMAT, "digest": DIGEST, "fingerprint": FINGERPRINT.replace("samples within", "x"),
+    cohort = {"format": COHORT_FORMAT, "digest": DIGEST, "fingerprint": FINGERPRINT.replace("heads from", "x"),
               "cases": {"a": {"part": "train", "images": {"t1": "sha256:a"}, "fingerprints": {"t1": text}}}}
     case = Case(id="q", images={"t1": "q.nii.gz"})
     report = cohort_overlap(cohort, {"test": [case]}, digests={"q": {"t1": "sha256:a"}},
@@ -109,8 +109,8 @@ def test_the_brain_of_a_whole_head_is_read_under_its_scalp_and_its_copies_point_
     """An ``asa-demo-data --skull`` head (48^3, 4.8 mm voxels): the brain the fingerprint reads overlaps the
     generator's brain mask (Dice >= 0.9, where the whole head is twice the brain), a skull-stripped brain is read as
     itself; its crop and intensity-edited copies are found at their contrast's threshold, and its skull-stripped and
-    defaced copies score higher against it than against other subjects' heads (on these template subjects, whose
-    distinct pairs reach 0.93, the thresholds miss most of them: docs/weights-elsewhere.md)."""
+    defaced copies score higher against it than against other subjects' heads (below the thresholds on these template
+    subjects, which miss most of them: docs/weights-elsewhere.md)."""
     from asa.data.synthetic.anatomy import make_anatomy_subject
 
     s = skull_subject
@@ -128,7 +128,7 @@ def test_the_brain_of_a_whole_head_is_read_under_its_scalp_and_its_copies_point_
             assert fingerprint_scores(image_fingerprint(copy, zoom)[None], heads[:1])[0, 0] >= NEAR_THRESHOLDS[contrast]
         for copy in (stripped, deface(head, truth)):
             scores = fingerprint_scores(image_fingerprint(copy, zoom)[None], heads)[0]
-            assert scores[0] > 0.85 and scores[0] > scores[1:].max(), (contrast, scores)
+            assert scores[0] > scores[1:].max() + 0.05, (contrast, scores)
 
 
 def test_distinct_subjects_stay_below_their_contrast_threshold():
