@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from functools import lru_cache
 from types import ModuleType
 
@@ -28,7 +29,11 @@ def need(module: str, what: str) -> ModuleType:
 
 
 def ants() -> ModuleType:
-    """ANTsPy (N4 bias correction, registration, resampling)."""
+    """ANTsPy (N4 bias correction, registration, resampling), its ITK on one thread: ITK reads its thread
+    count once, when it loads, and more threads change a registration's result from run to run (the
+    parallelism of asa-prepare is its worker processes)."""
+    if "ants" not in sys.modules:
+        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
     return need("ants", "asa-prepare (N4 bias correction and registration)")
 
 
@@ -36,8 +41,9 @@ def ants() -> ModuleType:
 def single_thread(seed: int = 0) -> None:
     """One thread per process for ITK and torch, and ANTs' random sampling seeded: a worker of
     `asa-prepare` uses one core, and the same input gives the same transform."""
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
-    need("ants.config", "asa-prepare").set_ants_deterministic(True, seed)
+    ants()
+    # ANTs reads a random seed of 0 as "seed from the clock": asa's seeds 0, 1, ... are ANTs' 1, 2, ...
+    need("ants.config", "asa-prepare").set_ants_deterministic(True, seed + 1)
     try:
         import torch
         torch.set_num_threads(1)

@@ -59,6 +59,20 @@ def test_the_prepared_folder_is_read_by_asa_with_its_channels(raw, prepared):
     assert (prepared / "qc" / "index.html").is_file() and (prepared / "qc" / "qc.tsv").is_file()
 
 
+def test_the_same_seed_gives_the_same_files(raw, prepared, tmp_path):
+    """ANTs' sampling is seeded (ANTs reads a seed of 0 as the clock: asa passes seed + 1), so preparing
+    a case again writes the same images."""
+    case = discover("bids", raw)[0]
+    source = tmp_path / "raw"
+    shutil.copytree(raw / "sub-DEMO001", source / "sub-DEMO001")
+    out = tmp_path / "again"
+    assert prepare(source, out, settings=SETTINGS, progress=False).failed == {}
+    for channel in ("t1", "t2"):
+        name = case_files(case).image(channel)
+        assert np.array_equal(np.asarray(nib.load(str(prepared / name)).dataobj),
+                              np.asarray(nib.load(str(out / name)).dataobj))
+
+
 def test_a_rerun_prepares_only_what_is_missing(raw, prepared):
     again = prepare(raw, prepared, settings=SETTINGS, progress=False)
     assert again.prepared == [] and len(again.done) == 2
@@ -129,3 +143,16 @@ def test_a_moved_contrast_is_registered_back_onto_its_t1(raw, prepared, tmp_path
     # without the rigid step the moved T2 would lie 14 mm (over two voxels) and 8 degrees off its T1
     unmoved = np.roll(still, 2, axis=0)
     assert np.corrcoef(still[both], unmoved[both])[0, 1] < np.corrcoef(still[both], moved[both])[0, 1]
+
+
+@pytest.mark.slow
+def test_workers_give_the_files_of_one_process(raw, prepared, tmp_path):
+    """Two worker processes (one thread each, ANTs' sampling seeded) write what one process wrote."""
+    out = tmp_path / "prepared"
+    report = prepare(raw, out, settings=SETTINGS, workers=2, progress=False)
+    assert report.failed == {} and sorted(report.prepared) == sorted(c.id for c in discover("bids", raw))
+    for case in discover("bids", raw):
+        name = case_files(case).image("t1")
+        one = np.asarray(nib.load(str(prepared / name)).dataobj)
+        two = np.asarray(nib.load(str(out / name)).dataobj)
+        assert np.array_equal(one, two)
