@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from asa.data.prepare.tools import ants, need
+from asa.data.prepare.tools import ants, need, torch_threads
 
 __all__ = ["BRAIN_TOOLS", "TRANSFORMS", "Registration", "to_ants", "from_ants", "grid_image", "n4", "extract_brain",
            "register", "resample"]
@@ -80,7 +80,8 @@ def extract_brain(data: np.ndarray, affine: np.ndarray, tool: str) -> np.ndarray
         _, mask = robex.robex(image)
         brain = np.asarray(mask.get_fdata()) > 0
     else:
-        _, mask, _ = _deepbet().run(image)
+        with torch_threads(1):  # one core per worker, as ITK
+            _, mask, _ = _deepbet().run(image)
         brain = np.asarray(mask.dataobj) > 0
     if brain.shape != data.shape:
         raise RuntimeError(f"{tool} returned a mask of shape {brain.shape} for an image of {data.shape}")

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import importlib
 import os
+import random
 import sys
-from functools import lru_cache
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
-__all__ = ["INSTALL_HINT", "MissingTool", "need", "ants", "single_thread"]
+import numpy as np
+
+__all__ = ["INSTALL_HINT", "MissingTool", "need", "ants", "single_thread", "torch_threads"]
 
 INSTALL_HINT = 'pip install "asa[prepare]"'
 
@@ -37,15 +41,26 @@ def ants() -> ModuleType:
     return need("ants", "asa-prepare (N4 bias correction and registration)")
 
 
-@lru_cache(maxsize=None)
 def single_thread(seed: int = 0) -> None:
-    """One thread per process for ITK and torch, and ANTs' random sampling seeded: a worker of
-    `asa-prepare` uses one core, and the same input gives the same transform."""
+    """ITK on one thread and ANTs' random sampling seeded: a worker of `asa-prepare` uses one core, and the
+    same input gives the same transform. The process's own random states (numpy's, Python's), which ANTsPy's
+    switch also seeds, are left as they were."""
     ants()
+    numpy_state, python_state = np.random.get_state(), random.getstate()
     # ANTs reads a random seed of 0 as "seed from the clock": asa's seeds 0, 1, ... are ANTs' 1, 2, ...
     need("ants.config", "asa-prepare").set_ants_deterministic(True, seed + 1)
+    np.random.set_state(numpy_state)
+    random.setstate(python_state)
+
+
+@contextmanager
+def torch_threads(count: int = 1) -> Iterator[None]:
+    """torch on ``count`` threads inside the block (deepbet's network), as it was after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
     try:
-        import torch
-        torch.set_num_threads(1)
-    except ImportError:  # torch is a dependency of asa; deepbet is its only user here
-        pass
+        yield
+    finally:
+        torch.set_num_threads(before)
