@@ -156,3 +156,17 @@ def test_workers_give_the_files_of_one_process(raw, prepared, tmp_path):
         one = np.asarray(nib.load(str(prepared / name)).dataobj)
         two = np.asarray(nib.load(str(out / name)).dataobj)
         assert np.array_equal(one, two)
+
+
+def test_seeding_ants_leaves_the_process_random_states():
+    import random
+
+    from asa.data.prepare.tools import single_thread
+
+    np.random.seed(5)
+    random.seed(5)
+    expected = np.random.random(), random.random()
+    np.random.seed(5)
+    random.seed(5)
+    single_thread(3)
+    assert (np.random.random(), random.random()) == expected
