@@ -600,7 +600,9 @@ def skull_lines(sets: Mapping[str, Sequence], sample: int = 3) -> list[str]:
             lines.append(f"{name}: the scans are not skull-stripped ({min(shares):.0%} or more of their voxels are "
                          "non-zero): asa's brain mask, brain centre and in-brain z-score assume skull-stripped scans, "
                          "and on whole heads the mask takes in scalp and neck (docs/data-and-orientation.md); strip "
-                         "the skulls first, or read every arm's numbers as made on a mis-centred, mis-normalised crop.")
+                         "the skulls first (asa-prepare: N4, alignment to the symmetric MNI template and brain "
+                         "extraction, docs/own-data.md), or read every arm's numbers as made on a mis-centred, "
+                         "mis-normalised crop.")
     return lines
 
 

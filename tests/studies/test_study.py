@@ -166,6 +166,7 @@ def test_whole_heads_are_said_before_anything_trains(tmp_path):
 
     lines = study.skull_lines({"--pretrain-data": [case("head", 0.05)], "--root": [case("stripped", 0.0)]})
     assert len(lines) == 1 and lines[0].startswith("--pretrain-data: the scans are not skull-stripped (100%")
+    assert "asa-prepare" in lines[0]  # the command that strips them
 
 
 
