@@ -214,9 +214,11 @@ def prepare_case(case: Case, out: Path, settings: PrepareSettings) -> dict[str, 
         for channel in [c for c in case.images if c != "t1"]:
             data, own = read_volume(case.images[channel])
             data = n4(data, own, shrink=_shrink(own))
-            # head onto head (the same subject): the contrast's own scalp and skull help the rigid fit
+            # head onto head (the same subject): the contrast's own scalp and skull help the rigid fit; every voxel
+            # sampled, as a seeded random sample let a small head settle 8 degrees off (correlation 0.74 with the
+            # contrast that did not move, tests/data/prepare)
             rigid = register((t1, affine), (data, own), transform="rigid", folder=Path(tmp) / channel,
-                             fixed_mask=ndimage.binary_dilation(brain, iterations=2))
+                             fixed_mask=ndimage.binary_dilation(brain, iterations=2), dense=True)
             moved = resample(data, own, list(reg.transforms) + list(rigid.transforms), shape=shape, target=grid)
             images[channel] = moved * mask
             transforms[channel] = rigid.transforms

@@ -101,16 +101,20 @@ class Registration:
 
 
 def register(fixed: tuple[np.ndarray, np.ndarray], moving: tuple[np.ndarray, np.ndarray], *, transform: str,
-             folder: Path, fixed_mask: np.ndarray | None = None) -> Registration:
+             folder: Path, fixed_mask: np.ndarray | None = None, dense: bool = False) -> Registration:
     """ANTs registration of ``moving`` onto ``fixed`` (each (data, RAS affine)), Mattes mutual information,
     multi-resolution, centres of mass aligned first; ``transform`` one of `TRANSFORMS`; ``fixed_mask``:
-    where the metric is computed. The transform files are written into ``folder``."""
+    where the metric is computed; ``dense`` (rigid only): the metric on every voxel (ANTs' DenseRigid) instead of
+    a random sample. The transform files are written into ``folder``."""
     if transform not in TRANSFORMS:
         raise ValueError(f"transform={transform!r}: expected one of {TRANSFORMS}")
+    if dense and transform != "rigid":
+        raise ValueError(f"dense=True: ANTs samples every voxel for a rigid transform only, not {transform!r}")
     fixed_image = to_ants(*fixed)
     mask = None if fixed_mask is None else to_ants(fixed_mask.astype(np.float32), fixed[1])
     folder.mkdir(parents=True, exist_ok=True)
-    out = ants().registration(fixed_image, to_ants(*moving), type_of_transform=transform.capitalize(),
+    out = ants().registration(fixed_image, to_ants(*moving),
+                              type_of_transform=("Dense" if dense else "") + transform.capitalize(),
                               mask=mask, outprefix=str(folder / f"{transform}_"))
     return Registration(transforms=tuple(out["fwdtransforms"]), warped=out["warpedmovout"].numpy().astype(np.float32))
 
