@@ -60,6 +60,7 @@ from asa.api.machinery.dataset import load_cases
 from asa.data import discover, get_task, load_volume
 from asa.data.case import Case
 from asa.data.cohort import cohort_overlap, cohort_record, describe_overlap, image_signatures
+from asa.data.fingerprint import FINGERPRINT
 from asa.data.layouts.pretrain import CHANNELS, channel_of
 from asa.data.preprocessing import PretrainPreprocess
 from asa.data.splits import make_splits
@@ -513,7 +514,8 @@ def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: M
         record_file = out / "checks" / "cohort.json"
         ids = sorted(c.id for c in cohort_cases)
         record = json.loads(record_file.read_text()) if record_file.is_file() else None
-        if record is None or sorted(record["cases"]) != ids:
+        # written again for other cases, or by an asa whose fingerprint differs (it would leave near content unchecked)
+        if record is None or sorted(record["cases"]) != ids or record.get("fingerprint") != FINGERPRINT:
             record = cohort_record(cohort_cases, {"train": ids}, workers=2, source={"study": str(out)})
             atomic_write_json(record_file, record)
         cohorts["--pretrain-data"] = record

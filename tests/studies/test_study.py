@@ -556,6 +556,12 @@ def test_a_case_planted_among_the_positive_control_s_cases_is_refused_before_the
     assert accepted["overlapping"] == [held.id] and accepted["lines"][-1].endswith(f"every run told so): {held.id}")
     assert study.overlap_overrides(accepted) == ["data.accept_pretraining_overlap=true"]
     assert study.overlap_overrides({"accepted": False}) == []
+    # a record kept by an asa whose fingerprint differs is written again: the near check is not left undone
+    record = out / "checks" / "cohort.json"
+    record.write_text(record.read_text().replace('"fingerprint": "int8', '"fingerprint": "older int8'))
+    again = study.check_overlap(out, discover("filelist", planted), cases, split, accept=True)
+    assert again["overlapping"] == [held.id] and "not checked" not in " ".join(again["lines"])
+    assert json.loads(record.read_text())["fingerprint"].startswith("int8")
 
 
 def test_one_encoder_lr_for_every_arm():
