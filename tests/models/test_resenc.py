@@ -351,3 +351,28 @@ def test_a_coordinate_channel_encoder_is_refused_at_another_crop_whose_edge_woul
                                                        "coord_channel": True}})
     assert not at48.load_pretrained(tmp_path / "c48.pt", verbose=False).missing
     assert coordinate_channel((1, 48, 1, 1), reference=48)[0, 0, 32, 0, 0] == pytest.approx((32.5 - 24) / 24)
+
+
+def test_visible_only_instance_norm_in_bf16_is_the_exact_norm_rounded_once():
+    """Under bf16 the statistics still accumulate in fp32 (the squares rounded one by one, no fp32 copy of the
+    activation): the output stays within bf16's rounding of the exact (float64) visible-only norm."""
+    net = _mae()
+    norm = next(m for m in net.encoder.modules() if isinstance(m, MaskedInstanceNorm3d))
+    torch.manual_seed(3)
+    blocks = (torch.rand(2, 1, 4, 4, 4) > 0.5).float()
+    visible = torch.nn.functional.interpolate(blocks, size=(32, 32, 32)).double()
+    x = ((torch.randn(2, norm.num_features, 32, 32, 32) * 3 + 2).double() * visible).bfloat16()
+    net.visible.set(blocks)
+    try:
+        out = norm(x).double()
+    finally:
+        net.visible.set(None)
+    exact = x.double()
+    count = visible.sum((2, 3, 4), keepdim=True)
+    mean = exact.sum((2, 3, 4), keepdim=True) / count
+    var = (exact * exact).sum((2, 3, 4), keepdim=True) / count - mean ** 2
+    expected = ((exact - mean) / torch.sqrt(var + norm.eps) * norm.weight.double().view(1, -1, 1, 1, 1)
+                + norm.bias.double().view(1, -1, 1, 1, 1)) * visible
+    # one bf16 rounding of the result (8 significant bits) plus that of the scale and shift: 2**-7 relative
+    assert ((out - expected).abs() <= 2 ** -7 * expected.abs() + 2 ** -7).all()
+    assert not out[visible.expand_as(out) == 0].any()

@@ -95,10 +95,13 @@ class MaskedInstanceNorm3d(nn.InstanceNorm3d):
         m = self.visible.at(tuple(x.shape[2:]), x.dtype)  # [B, 1, D, H, W]
         if m is None:
             return super().forward(x)
-        # x is a masked convolution's output, zero at masked voxels: its plain sums are the visible voxels' sums
-        count = m.sum(dim=(2, 3, 4), keepdim=True).clamp_min(1.0)
+        # x is a masked convolution's output, zero at masked voxels: its plain sums are the visible voxels' sums.
+        # Both sums accumulate in fp32 from x's own dtype (CUDA reads bf16/fp16 and adds in fp32 in one kernel); the
+        # squares are rounded to x's dtype one by one (unbiased, so their fp32 sum keeps its precision): no fp32
+        # copy of the activation is written, nor kept for the backward pass.
+        count = m.sum(dim=(2, 3, 4), keepdim=True, dtype=torch.float32).clamp_min(1.0)
         mean = x.sum(dim=(2, 3, 4), keepdim=True, dtype=torch.float32) / count
-        var = ((x.float() * x).sum(dim=(2, 3, 4), keepdim=True) / count - mean * mean).clamp_min(0.0)
+        var = (x.square().sum(dim=(2, 3, 4), keepdim=True, dtype=torch.float32) / count - mean * mean).clamp_min(0.0)
         scale = torch.rsqrt(var + self.eps)  # [B, C, 1, 1, 1]
         if self.affine:
             scale = scale * self.weight.view(1, -1, 1, 1, 1)
