@@ -480,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", default=None, help="model.size= of model=resenc (S | M | L)")
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=8, help="loader workers (and --make-data's store writers)")
     parser.add_argument("--steps", type=int, default=60, help="timed steps")
     parser.add_argument("--warmup", type=int, default=5, help="steps before the timed ones")
     parser.add_argument("--device", default="auto")
@@ -502,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--make-data writes its own data: leave out --data and --store")
         if args.volume < args.crop:
             parser.error(f"--volume {args.volume} is smaller than --crop {args.crop}")
-        made = make_data(args.make_data, cases=args.cases, size=args.volume)
+        made = make_data(args.make_data, cases=args.cases, size=args.volume, workers=args.workers)
         args.data, args.store = made["bids"], made["store"]
     with contextlib.ExitStack() as stack:
         run_dir = args.run_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="asa-loop-")))

@@ -5,7 +5,9 @@
 
 Times, round by round (`benchmarks.harness.alternate`, so that load on a shared machine falls on every step
 alike): ``masked``, the masked-convolution pretraining step of `resenc_pretrain` (masking as ``asa-pretrain``'s
-defaults: 16³ blocks, SparK's densify, attentive weights per 8³; ``--earlier`` adds the earlier form); ``dense``, the same network with no mask (plain
+defaults: 16³ blocks, SparK's densify, attentive weights per 8³; ``--earlier`` adds the earlier form; ``--fp32-norm``
+the same step with the visible-only norm's earlier statistics, an fp32 copy of each activation squared, kept for
+the backward pass); ``dense``, the same network with no mask (plain
 convolutions and instance norms, the decoder on the encoder's skips, MSE over every voxel); ``finetune``,
 `ResEncUNet`'s segmentation step (deep supervision, 2 classes); ``swvit``, the SW-ViT's ASA pretraining step at
 the same crop (``--swvit``: its preset; ``none`` leaves it out); and two references of the machine's attainable
@@ -27,6 +29,7 @@ from pathlib import Path
 import torch
 
 from asa.models import PRESETS, build_network
+from asa.models.cnn.masked import MaskedInstanceNorm3d
 from asa.models.cnn.resenc import RESENC_SIZES
 from asa.train.precision import AMP_CHOICES, amp_name, resolve_amp
 from benchmarks.harness import Workload, alternate, largest_fitting, matmul_workload, release_memory
@@ -55,6 +58,36 @@ def conv_workload(device: torch.device, crop: int, batch: int, dtype: torch.dtyp
     return Workload("conv", run)
 
 
+class Fp32StatsNorm(MaskedInstanceNorm3d):
+    """The visible-only norm's earlier statistics (``--fp32-norm``): the sum of squares from an fp32 copy of the
+    activation, which autograd keeps for the backward pass; the count summed in the mask's dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.visible.at(tuple(x.shape[2:]), x.dtype)
+        if m is None:
+            return torch.nn.InstanceNorm3d.forward(self, x)
+        count = m.sum(dim=(2, 3, 4), keepdim=True).clamp_min(1.0)
+        mean = x.sum(dim=(2, 3, 4), keepdim=True, dtype=torch.float32) / count
+        var = ((x.float() * x).sum(dim=(2, 3, 4), keepdim=True) / count - mean * mean).clamp_min(0.0)
+        scale = torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1, 1)
+        shift = -mean * scale + self.bias.view(1, -1, 1, 1, 1)
+        return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype)).mul_(m)
+
+
+def with_norm(net: torch.nn.Module, norm: type, workload: Workload) -> Workload:
+    """``workload`` run with every visible-only norm of ``net`` of class ``norm`` (swapped in before each run)."""
+    run = workload.run
+
+    def swapped() -> None:
+        for module in net.modules():
+            if isinstance(module, MaskedInstanceNorm3d):
+                module.__class__ = norm
+        run()
+
+    workload.run = swapped
+    return workload
+
+
 def cpu_timed(workload: Workload, cpu: list[float]) -> Workload:
     """``workload`` whose every run also appends its process CPU time to ``cpu``."""
     run = workload.run
@@ -69,7 +102,8 @@ def cpu_timed(workload: Workload, cpu: list[float]) -> Workload:
 
 
 def measure(device: torch.device, crop: int, size: str, batch: int, *, repeats: int, weighting: str, swvit: str,
-            dtype: torch.dtype | None, masking: dict | None = None, earlier: bool = False) -> dict:
+            dtype: torch.dtype | None, masking: dict | None = None, earlier: bool = False,
+            fp32_norm: bool = False) -> dict:
     """The steps of one (crop, size) at the largest batch of ``batch``, ``batch // 2``, ... whose masked step
     fits (`benchmarks.harness.largest_fitting`; CPU: ``batch`` itself): one result dict."""
     torch.manual_seed(0)
@@ -87,7 +121,8 @@ def measure(device: torch.device, crop: int, size: str, batch: int, *, repeats: 
     def masked_at(b: int) -> Workload:
         inputs["x"] = torch.randn(b, 1, crop, crop, crop, device=device)
         inputs["label"] = torch.randint(0, 2, (b, crop, crop, crop), device=device)
-        return train_workload("masked", setup.with_batch(b), net, adamw(net, b), lambda: net(inputs["x"]).loss)
+        return with_norm(net, MaskedInstanceNorm3d, train_workload("masked", setup.with_batch(b), net, adamw(net, b),
+                                                                   lambda: net(inputs["x"]).loss))
 
     masked, batch, too_big = largest_fitting(masked_at, batch, device)
     if masked is None:
@@ -104,6 +139,9 @@ def measure(device: torch.device, crop: int, size: str, batch: int, *, repeats: 
     work = [masked,
             train_workload("dense", setup, net, adamw(net, batch), lambda: dense_loss(net, x)),
             train_workload("finetune", setup, seg, adamw(seg, batch), finetune_loss)]
+    if fp32_norm:  # the same step with the norm's earlier statistics (an fp32 copy of each activation)
+        work.append(with_norm(net, Fp32StatsNorm, train_workload("masked_fp32_norm", setup, net, adamw(net, batch),
+                                                                  lambda: net(x).loss)))
     if old is not None:  # the earlier masking (mask block = total stride, asa's densify, one weight per block)
         work.append(train_workload("masked_earlier", setup, old, adamw(old, batch), lambda: old(x).loss))
     if swvit != "none":
@@ -131,6 +169,7 @@ def measure(device: torch.device, crop: int, size: str, batch: int, *, repeats: 
         "samples_per_s": {n: round(batch / by[n].median, 4) for n in steps},
         "masking": {**masking, "mask_block": net.block, "weight_patch": net.weight_patch},
         "masked_over_dense": round(by["masked"].median / by["dense"].median, 3),
+        **({"fp32_norm_over_dense": round(by["masked_fp32_norm"].median / by["dense"].median, 3)} if fp32_norm else {}),
         **({"earlier_over_dense": round(by["masked_earlier"].median / by["dense"].median, 3)} if old is not None else {}),
         "paired_ratios": [round(m / d, 3) for m, d in zip(by["masked"].times, by["dense"].times)],
         "cpu_median_s": {n: round(v, 4) for n, v in cpu_median.items()},
@@ -161,6 +200,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--weight-patch", type=int, default=DEFAULT_MASKING["weight_patch"])
     parser.add_argument("--earlier", action="store_true",
                         help="also time the earlier masking (block = total stride, asa densify, a weight per block)")
+    parser.add_argument("--fp32-norm", action="store_true",
+                        help="also time the masked step with the visible-only norm's earlier fp32 statistics")
     parser.add_argument("--swvit", default="tiny", choices=(*PRESETS, "none"),
                         help="the SW-ViT preset whose ASA pretraining step is timed beside (none: left out)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -173,6 +214,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for size in args.size:
             results.append(measure(device, crop, size, args.batch, repeats=args.repeats, weighting=args.weighting,
                                    swvit=args.swvit, dtype=dtype, earlier=args.earlier,
+                                   fp32_norm=args.fp32_norm,
                                    masking={"mask_block": args.mask_block, "densify": args.densify,
                                             "weight_patch": args.weight_patch}))
             print(json.dumps(results[-1], indent=1), flush=True)
