@@ -19,14 +19,16 @@ from asa.cli.launch import write_status
 from asa.data import CaseError
 from asa.data.store import StoreIndexError, StoreSettingsError
 from asa.train import IncompatibleCheckpointError
-from asa.train.preemption import JobSignals
+from asa.train.preemption import JobSignals, StopSignals
 
-__all__ = ["EXIT_FAILED", "EXIT_FINISHED", "EXIT_REFUSED", "console_main", "entry"]
+__all__ = ["EXIT_FAILED", "EXIT_FINISHED", "EXIT_INTERRUPTED", "EXIT_REFUSED", "console_main", "entry"]
 
-# exit codes (docs/run-folders.md, "Exit codes"); a run stopped by signal N exits 128 + N (SIGTERM: 143)
+# exit codes (docs/run-folders.md, "Exit codes"); a run stopped by signal N exits 128 + N (SIGTERM: 143, Ctrl-C's
+# SIGINT: 130)
 EXIT_FINISHED = 0
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 
 _REFUSALS = (RunDirError, IncompatibleCheckpointError, CaseError, StoreSettingsError, StoreIndexError, OptionError)
@@ -77,7 +79,7 @@ def entry(app: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> None:
             if code == EXIT_FINISHED:  # done: a stop signal from now until the process ends changes nothing
                 signals.finished = True
         if code == EXIT_FINISHED and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGUSR1):
+            for sig in StopSignals.SIGNALS:
                 signal.signal(sig, signal.SIG_IGN)
         if signals.received is not None and code == EXIT_FINISHED:
             print(f"[{app}] received {signal.Signals(signals.received).name} after the run had finished: "
@@ -86,8 +88,9 @@ def entry(app: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> None:
         code = stop.code if isinstance(stop.code, int) else EXIT_FAILED
         if code > 128:
             kept = getattr(stop, "kept", None)  # what a job finished before the signal (set by the job)
-            print(f"[{app}] stopped by {signal.Signals(code - 128).name} outside training "
-                  f"({f'kept: {kept}' if kept else 'nothing to save'}); exit {code}", file=sys.stderr, flush=True)
+            print(f"[{app}] stopped by {signal.Signals(code - 128).name} "
+                  f"({f'kept: {kept}' if kept else 'before anything was written: nothing to save'}); exit {code}",
+                  file=sys.stderr, flush=True)
     finally:
         write_status(code)
     sys.exit(code)
@@ -146,6 +149,11 @@ def console_main(app: str, name: str, run: Callable[[DictConfig], Any]) -> Calla
         try:
             with entry_store(name, config_folder(name)):
                 _main()
+        except KeyboardInterrupt:  # Ctrl-C before the job took the stop signals (while Hydra composed)
+            sys.stderr = held.real
+            print(f"[{app}] stopped by SIGINT before the job started: nothing to save; exit {EXIT_INTERRUPTED}",
+                  file=sys.stderr, flush=True)
+            sys.exit(EXIT_INTERRUPTED)
         except SystemExit as stop:
             if sys.stderr is held and stop.code == EXIT_FAILED:  # Hydra's own exit: it did not compose
                 sys.stderr = held.real

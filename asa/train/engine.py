@@ -4,6 +4,11 @@ The loop reads top to bottom: `Engine.fit` → `_prepare` and `_start` → `_run
 → `_end_epoch` → `_finish`. Its collaborators do one thing each: `OptimizerStep` (precision,
 accumulation, the update), `TrainLog` (messages, progress, TensorBoard), `ResumePoint` (the checked
 checkpoint a run continues from) and `StopSignals` (preemption).
+
+A stop signal (SIGTERM, SIGUSR1, a user's SIGINT) is acted on at the end of the step it arrives in: the run
+saves last.pt there and stops, with no validation and no further step, so that it fits a scheduler's grace
+period. One that arrives during a validation round ends the round at once (one process; under DDP the
+round finishes first) and last.pt is saved as of before it: the resumed run validates again.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import math
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +36,7 @@ from .distributed import DistEnv, all_gather_objects, all_reduce_max_ints, all_r
 from .environment import environment, environment_warnings, record_warnings
 from .optim import load_optimizer_state
 from .precision import amp_name, guard_cpu_bf16_convolutions, set_threads
-from .preemption import StopSignals
+from .preemption import StopRequested, StopSignals
 from .reporting import TrainLog, scalar
 from .resume import ResumePoint, Tracker
 from .rng import capture_rng, fork_rng, item_seed, kernel_determinism, restore_rng, seed_everything
@@ -56,7 +62,7 @@ class FitResult:
     nonfinite_steps: int
     history: list[dict] = field(default_factory=list)  # one dict of validation metrics per round
     checkpoint_dir: Path | None = None
-    preempted: bool = False  # stopped by SIGTERM/SIGUSR1 after saving last.pt (resume to continue)
+    preempted: bool = False  # stopped by SIGTERM/SIGUSR1/SIGINT after saving last.pt (resume to continue)
     signal: int | None = None  # the stopping signal's number when preempted (0: a peer rank's, number unknown)
 
 
@@ -133,6 +139,9 @@ class Engine:
         self._last_panel_step: int | None = None
         self._step_ckpt_due = False  # a step_XXXXXXXX.pt fell due at an epoch's last step
         self._saved_step = 0  # the step of the last last.pt write (or of the resumed checkpoint)
+        self._saved_at = time.monotonic()  # when last.pt was last written (or training started)
+        self._wrote_last = False  # last.pt written since this start: else the first epoch's end writes it
+        self._overdue = False  # trainer.ckpt_minutes passed at an epoch's last step: `_end_epoch` saves
 
     # ------------------------------------------------------------------------------------------- fit
     def fit(self, train_data: Dataset) -> FitResult:
@@ -153,22 +162,28 @@ class Engine:
 
     def _fit(self, train_data: Dataset) -> FitResult:
         run = self._prepare(train_data)
+        stopped, stop_signal = False, None
         try:
             self._start(run)
-            stopped, stop_signal = False, None
+            self._saved_at = time.monotonic()  # the time bound counts from the first step
             while self.step < run.stop_step and not stopped:
                 stop_signal = self._run_epoch(run)
                 if stop_signal is not None:
                     break
                 if self.batch_in_epoch >= self.steps_per_epoch * self.cfg.accum_steps:  # epoch complete
                     stopped = self._end_epoch(run)
+        except StopRequested as stop:  # during the validation at an epoch's end
+            stop_signal = stop.signum
         finally:
             close_loader(run.loader)  # its persistent workers end with the training, not at garbage collection
         self.log.close_bar()
-        if stop_signal is not None:
-            self.save("last.pt")
-            return self._result(stopped=False, preempted=True, signum=stop_signal)
-        return self._finish(stopped)
+        if stop_signal is None:
+            try:
+                return self._finish(stopped)
+            except StopRequested as stop:  # during the final validation: resumed, the run validates again
+                stop_signal = stop.signum
+        self.save("last.pt")
+        return self._result(stopped=False, preempted=True, signum=stop_signal)
 
     def _prepare(self, train_data: Dataset) -> _Run:
         """Threads, device, compiled blocks, the resumable loader and the schedule's length."""
@@ -235,35 +250,57 @@ class Engine:
         self.model.train()
 
     def _run_epoch(self, run: _Run) -> int | None:
-        """Optimiser steps until the epoch or the run ends; returns a stop signal's number when one arrived."""
+        """Optimiser steps until the epoch or the run ends; returns a stop signal's number when one arrived
+        (checked before the epoch's first step, for one that came during the last epoch's end or the start,
+        and after every step)."""
         cfg = self.cfg
+        full = self.steps_per_epoch * cfg.accum_steps
+        stop_signal, _ = self._agreed()
+        if stop_signal is not None:
+            return self._stopping(stop_signal)
+        if self.batch_in_epoch >= full:  # resumed from a stop before this epoch's end: `_end_epoch` is next
+            return None
         run.sampler.set_position(self.epoch, self.batch_in_epoch * cfg.batch_size)
         run.generator.manual_seed(item_seed(self.seed, self.epoch, self.env.rank))
         batches = iter(run.loader)
-        while self.batch_in_epoch < self.steps_per_epoch * cfg.accum_steps and self.step < run.stop_step:
-            stop_signal = self._train_step(run, batches)
+        while self.batch_in_epoch < full and self.step < run.stop_step:
+            self._train_step(run, batches)
+            stop_signal, overdue = self._agreed()
             if stop_signal is not None:
-                name = signal.Signals(stop_signal).name if stop_signal else "a stop signal on another rank"
-                self.log.say(f"received {name}: saving last.pt at step {self.step} and stopping")
-                return stop_signal
+                return self._stopping(stop_signal)
             healthy = self.nonfinite_run == 0  # never checkpoint in the middle of a non-finite streak
-            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < run.stop_step and healthy:
-                if self.batch_in_epoch >= self.steps_per_epoch * cfg.accum_steps:
+            step_due = bool(cfg.ckpt_every) and self.step % cfg.ckpt_every == 0
+            if (step_due or overdue) and self.step < run.stop_step and healthy:
+                if self.batch_in_epoch >= full:
                     # the epoch ends at this step: `_end_epoch` saves after its validation, so that a
                     # checkpoint follows everything logged at its step (a resume re-logs nothing twice)
-                    self._step_ckpt_due = cfg.keep_last > 0
+                    self._step_ckpt_due = step_due and cfg.keep_last > 0
+                    self._overdue = overdue
                 else:
-                    self.save("last.pt", *([f"step_{self.step:08d}.pt"] if cfg.keep_last > 0 else []))
+                    self.save("last.pt", *([f"step_{self.step:08d}.pt"] if step_due and cfg.keep_last > 0 else []))
         return None
 
-    def _train_step(self, run: _Run, batches: Iterator) -> int | None:
-        """One optimiser step (or a skipped non-finite one) and its logs; returns a stop signal's number
-        when any rank received one (all ranks agree, so they stop at the same step)."""
+    def _agreed(self) -> tuple[int | None, bool]:
+        """(the stop signal received, or None; whether ``trainer.ckpt_minutes`` have passed since last.pt was
+        written), the same on every rank (one collective under DDP), so that all ranks stop or save at the
+        same step. A signal number of 0: one that another rank received."""
+        received = -1 if self._stop.received is None else self._stop.received
+        minutes = self.cfg.ckpt_minutes
+        overdue = bool(minutes) and time.monotonic() - self._saved_at >= 60.0 * minutes
+        received, overdue = all_reduce_max_ints([received, int(overdue)], self.env)
+        return (None if received < 0 else received), bool(overdue)
+
+    def _stopping(self, stop_signal: int, during: str = "") -> int:
+        name = signal.Signals(stop_signal).name if stop_signal else "a stop signal on another rank"
+        self.log.say(f"received {name}{during}: saving last.pt at step {self.step} and stopping")
+        return stop_signal
+
+    def _train_step(self, run: _Run, batches: Iterator) -> None:
+        """One optimiser step (or a skipped non-finite one) and its logs."""
         lr = self._set_lr()
         acc = self.optim_step.accumulate(run.net, self.step_fn, self._micro_batches(batches),
                                          distributed=self.env.distributed)
-        received = -1 if self._stop.received is None else self._stop.received
-        bad, stop_signal = all_reduce_max_ints([acc.nonfinite, received], self.env)
+        bad, = all_reduce_max_ints([acc.nonfinite], self.env)
         if not bad and self.updates is not None:
             self.updates.before()
         grad_norm = None if bad else self.optim_step.apply(self.epoch)
@@ -292,7 +329,6 @@ class Engine:
             if note is not None and not self._gap_noted:  # once per run; the progress line keeps the figures
                 self.log.say(f"note: {note}")
                 self._gap_noted = True
-        return None if stop_signal < 0 else stop_signal
 
     def _micro_batches(self, batches: Iterator) -> Iterator:
         """The next `accum_steps` batches on the device, counted into the epoch's position."""
@@ -320,30 +356,43 @@ class Engine:
                      f"({self.nonfinite_run} in a row, {self.nonfinite_total} in total)")
 
     def _end_epoch(self, run: _Run) -> bool:
-        """Validation, panels and last.pt at an epoch's end; returns True when early stopping triggers."""
+        """Validation, panels and last.pt at an epoch's end; returns True when early stopping triggers. A stop
+        signal during the validation raises `StopRequested` with the epoch's end undone (resumed, it runs again)."""
         cfg = self.cfg
         self.epoch += 1
         self.batch_in_epoch = 0
         stopped = False
         if self.epoch % cfg.val_every == 0:
-            stopped = self._validate(count_patience=True)
+            try:
+                stopped = self._validate(count_patience=True)
+            except StopRequested as stop:
+                self.epoch -= 1
+                self.batch_in_epoch = self.steps_per_epoch * cfg.accum_steps
+                self._stopping(stop.signum, " during validation")
+                raise
             self._last_val_step = self.step
         if cfg.panel_every and self.epoch % cfg.panel_every == 0:
             self._panels()
             self._last_panel_step = self.step
-        # last.pt at an epoch's end when `ckpt_every` steps have passed since it was last written (or a step
-        # checkpoint fell due here): epochs of a step or a few (a small cohort or labeled set) would otherwise
-        # write the whole training state at nearly every step
-        due = self._step_ckpt_due or not cfg.ckpt_every or self.step - self._saved_step >= cfg.ckpt_every
+        # last.pt at an epoch's end when `ckpt_every` steps or `ckpt_minutes` have passed since it was last
+        # written (or a step checkpoint fell due here), and at the first epoch's end of a start, so that a run
+        # killed before `ckpt_every` steps keeps its first epoch: epochs of a step or a few (a small cohort or
+        # labeled set) would otherwise write the whole training state at nearly every step
+        due = (self._step_ckpt_due or self._overdue or not self._wrote_last or not cfg.ckpt_every
+               or self.step - self._saved_step >= cfg.ckpt_every)
         if self.step < run.stop_step and not stopped and self.nonfinite_run == 0 and due:
             self.save("last.pt", *([f"step_{self.step:08d}.pt"] if self._step_ckpt_due else []))
-        self._step_ckpt_due = False
+        self._step_ckpt_due = self._overdue = False
         return stopped
 
     def _finish(self, stopped: bool) -> FitResult:
         """A last validation and panel unless the final step just had them, then last.pt."""
         if self.validate is not None and self._last_val_step != self.step:
-            self._validate(count_patience=False)
+            try:
+                self._validate(count_patience=False)
+            except StopRequested as stop:
+                self._stopping(stop.signum, " during the final validation")
+                raise
         if self.cfg.panel_every and self._last_panel_step != self.step:
             self._panels()  # a final panel, also for runs shorter than panel_every epochs
         self.save("last.pt")
@@ -396,7 +445,7 @@ class Engine:
         """Write the current state to checkpoints/<name> for each name (rank 0; collective call)."""
         state = self._state()
         if "last.pt" in names:
-            self._saved_step = self.step
+            self._saved_step, self._wrote_last = self.step, True
         if state is not None:
             for name in names:
                 save_checkpoint(self.ckpt_dir / name, state)
@@ -404,6 +453,8 @@ class Engine:
                 prune_step_checkpoints(self.ckpt_dir, self.cfg.keep_last)
             self.log.flush()  # what the checkpoint holds, TensorBoard shows (also after SIGKILL)
         barrier(self.env)
+        if "last.pt" in names:
+            self._saved_at = time.monotonic()  # the time bound counts from the end of the write
 
     def _load(self, resume: ResumePoint) -> None:
         path, state = resume.path, resume.read()
@@ -440,9 +491,12 @@ class Engine:
         if self.validate is None:
             return False
         self.model.eval()
-        with fork_rng(self.seed + 1_000_003), torch.no_grad(), self.optim_step.autocast():
-            raw = self.validate(self.model)
-        self.model.train()
+        try:  # one process: a stop signal drops the round (every rank must finish it under DDP)
+            with (fork_rng(self.seed + 1_000_003), torch.no_grad(), self.optim_step.autocast(),
+                  self._stop.interruptible(not self.env.distributed)):  # innermost: the RNG is put back whole
+                raw = self.validate(self.model)
+        finally:
+            self.model.train()
         metrics = {(k if "/" in k else f"val/{k}"): scalar(v) for k, v in raw.items()}
         metrics = all_reduce_mean(metrics, self.env)
         if self.cfg.monitor not in metrics:

@@ -27,8 +27,10 @@ class TrainerSettings:
     compile: bool = False  # torch.compile the model's blocks (see asa.models.compile_blocks)
     clip_grad: float | None = None  # max global grad norm; the norm is logged either way
     log_every: int = 10  # steps
-    ckpt_every: int = 100  # steps between last.pt writes (also at the end, on a stop signal, and at an epoch's end
-    # when ckpt_every steps have passed since the last write; 0: at every epoch's end instead)
+    ckpt_every: int = 100  # steps between last.pt writes (also at the end, on a stop signal, at the first epoch's
+    # end, and at an epoch's end when ckpt_every steps have passed since the last write; 0: at every epoch's end)
+    ckpt_minutes: float = 10.0  # last.pt also once this many minutes have passed since it was last written, so
+    # that a SIGKILL loses at most that much (0: steps only); docs/run-folders.md gives the write's measured cost
     keep_last: int = 0  # >0: also keep the newest k step_XXXXXXXX.pt files
     val_every: int = 1  # epochs
     monitor: str = "val/loss"
@@ -50,6 +52,8 @@ class TrainerSettings:
         for name in ("epochs", "batch_size", "accum_steps", "log_every", "val_every", "max_nonfinite"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"trainer.{name}={getattr(self, name)}: expected >= 1")
+        if not float(self.ckpt_minutes) >= 0:  # also NaN
+            raise ValueError(f"trainer.ckpt_minutes={self.ckpt_minutes}: expected minutes >= 0 (0: by steps only)")
         if self.max_steps is not None and int(self.max_steps) < 1:  # 0 or fewer steps: an untrained export
             raise ValueError(f"trainer.max_steps={self.max_steps}: expected >= 1, or null to train the whole "
                              "schedule (trainer.epochs)")

@@ -41,7 +41,7 @@ def test_sigterm_during_preprocess_says_which_cases_are_kept(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert stop.value.code == 128 + signal.SIGTERM
     assert "nothing to save" not in err
-    assert "stopped by SIGTERM outside training (kept: 1 of 3 case(s) preprocessed in this run" in err
+    assert "stopped by SIGTERM (kept: 1 of 3 case(s) preprocessed in this run" in err
     assert len([p for p in (store / "cases").glob("*.json") if not p.name.startswith(".")]) == 1
     assert not (store / "run.lock").exists()  # the lock was given back on the way out
     monkeypatch.setattr(P, "_run", real_run)

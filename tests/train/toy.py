@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--accum", type=int, default=1)
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--ckpt-every", type=int, default=1)
+    ap.add_argument("--ckpt-minutes", type=float, default=TrainConfig.ckpt_minutes)
     ap.add_argument("--sleep", type=float, default=0.0)
     ap.add_argument("--dropout", type=float, default=0.0)
     ap.add_argument("--resume", default="false")
@@ -91,7 +92,7 @@ def main() -> None:
     args = ap.parse_args()
     env = setup_distributed(args.device)
     cfg = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
-                      accum_steps=args.accum, ckpt_every=args.ckpt_every, progress=False, log_every=1, amp=args.amp)
+                      accum_steps=args.accum, ckpt_every=args.ckpt_every, ckpt_minutes=args.ckpt_minutes, progress=False, log_every=1, amp=args.amp)
     engine = make_engine(args.out, config=cfg, dropout=args.dropout, resume=args.resume == "true", env=env)
     inner, calls = engine.step_fn, [0]
 
