@@ -28,9 +28,12 @@ from asa.api.machinery.run import refusing
 from asa.data.cohort import COHORT_LEVELS, IDS_WITHHELD, cohort_digest, export_cohort
 from asa.data.preprocessing import PERCENTILES
 from asa.io import atomic_write_json, save_checkpoint, write_model_folder
+from asa.io.atomic import atomic_write_bytes
 from asa.models import load_weights
 from asa.io.hub import (FOLDER_FILES, FOLDER_FORMAT, MODEL_FILE, NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS,
                         NNUNET_WEIGHTS, OPTIONAL_FILES, SEGMENTER_FILE, encoder_network_spec)
+from asa.api.exports.nnunet_results import RESULTS_FILES, nnunet_results, results_card, write_nnunet_results
+from asa.api.exports.onnx import ONNX_FILE, export_onnx, onnx_card
 from asa.models.cnn.nnssl import nnssl_checkpoint
 from asa.models.declared import crop_edges
 from asa.models.cnn.nnunet import (NNUNET_CONFIGURATION, READING_NOTE, describe_nnunet, nnunet_checkpoint,
@@ -40,7 +43,8 @@ from asa.models.registry import NETWORK_KINDS, current_spec
 
 HUB_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*")  # a Hugging Face repository id
 
-__all__ = ["NNUNET_PLANS", "NNUNET_WEIGHTS", "export_model", "merge_nnunet_plans", "model_card", "model_config"]
+__all__ = ["FORMATS", "NNUNET_PLANS", "NNUNET_WEIGHTS", "export_model", "merge_nnunet_plans", "model_card",
+           "model_config", "provenance"]
 
 # the run's data settings a model folder repeats; size / patch_size: the crop of runs before data.crop, as recorded
 DATA_KEYS = ("name", "layout", "task", "channels", "crop", "size", "patch_size", "resample_mm", "lr_centre")
@@ -54,13 +58,14 @@ CARRIED = {  # the card's words on what the folder carries of its cohort (asa-ex
                "subject id), against which asa-finetune and asa-probe check their held-out cases by content",
     "none": "this folder carries no cohort list (exported with --cohort none): held-out cases are not checked "
             "against it; compare a cohort with this digest"}
+FORMATS = ("hub", "onnx", "nnunet-results")  # asa-export --format
 COMMAND_FILE = "command.txt"  # beside config.yaml in a run folder: the command line that started the run
 
 
 def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False,
                  license: str | None = None, nnunet_channels: int | None = None,
                  nnunet_plans: str | os.PathLike | None = None, cohort: str = "digests",
-                 base_model: str | None = None, datasets: Sequence[str] = ()) -> Path:
+                 base_model: str | None = None, datasets: Sequence[str] = (), format: str = "hub") -> Path:
     """Write the hub-ready model folder of ``checkpoint`` to ``out_dir``; returns ``out_dir``.
 
     Args:
@@ -83,6 +88,11 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
             fingerprints under opaque keys (``case-0001``, ...) and no subject, so that a public folder names no
             participant while asa-finetune and asa-probe still find a copy of a pretraining scan among their
             held-out cases; ``none``, no cohort, only its summary digest in ``config.json`` (nothing is checked).
+        format: `FORMATS`: ``hub``, the model folder; ``onnx``, the folder and ``model.onnx``, the fine-tuned
+            segmenter that onnxruntime runs (`asa.api.exports.onnx`); ``nnunet-results``, instead of the folder an
+            nnU-Net v2 results folder of the segmenter that nnU-Net's own predictor runs
+            (`asa.api.exports.nnunet_results`). Both carry the card's provenance (:func:`provenance`) and refuse a
+            network they cannot represent, naming it, before anything is written.
 
     A fine-tuning checkpoint also gives ``segmenter.pt``, the whole network (weights, spec, run config) that
     ``asa-predict checkpoint=OUT_DIR`` uses, and the card names its task, training data, the metrics of
@@ -102,8 +112,10 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         out = Path(out_dir).expanduser().absolute()  # ".": the working folder, by its name
         if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
             raise ValueError(f"output folder {out} would replace or sit inside the input {source}")
-        held = _held(out, overwrite=overwrite)
+        held = _held(out, overwrite=overwrite, format=format)
         check_writable(out, "OUT_DIR")  # as the training and prediction jobs refuse their output folders
+        if format not in FORMATS:
+            raise ValueError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
         if cohort not in COHORT_LEVELS:
             raise ValueError(f"--cohort {cohort!r}: expected one of {', '.join(COHORT_LEVELS)}")
         if license is not None and (not license or any(c.isspace() for c in license)):
@@ -149,6 +161,17 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
             if nnunet is None:
                 raise ValueError(f"--nnunet-plans: {source} holds {fault}")
             merged = merge_nnunet_plans(nnunet_plans, nnunet[1], overwrite=overwrite)
+        onnx = None
+        if format != "hub" and segmenter is None:
+            raise ValueError(f"--format {format}: {source} holds no fine-tuned segmenter (an encoder only); export "
+                             "the last.pt / best.pt of asa-finetune or a model folder holding segmenter.pt")
+        if format == "onnx":  # built, checked and measured before anything is written
+            onnx = export_onnx(segmenter, provenance=provenance(config, segmenter["config"]), source=str(source))
+            card += onnx_card(onnx.record)
+        elif format == "nnunet-results":
+            results = nnunet_results(segmenter, provenance=provenance(config, segmenter["config"]),
+                                     source=str(source))
+            card += results_card(results)
     if held:  # --overwrite: the previous export's files go aside, nothing is deleted
         aside = _move_aside(out, held)
         print(f"[asa-export] --overwrite: moved the previous {', '.join(held)} to {aside}", file=sys.stderr, flush=True)
@@ -162,7 +185,11 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
             path, {**nnssl["nnssl_adaptation_plan"], "trainer_name": nnssl["trainer_name"]})
     if segmenter is not None:
         extra[SEGMENTER_FILE] = lambda path: save_checkpoint(path, segmenter)
+    if format == "nnunet-results":  # nnU-Net's folder in place of the model folder, with the card
+        return write_nnunet_results(out, results, card)
     folder = write_model_folder(out, export, config, card, extra=extra)  # all files, or no folder
+    if onnx is not None:  # last: a folder without it is the model folder of format hub
+        atomic_write_bytes(folder / ONNX_FILE, onnx.data)
     if merged is not None:  # the dataset's plans gain the configuration last, once the folder is written
         plans_path, plans = merged
         atomic_write_json(plans_path, plans)
@@ -255,6 +282,20 @@ def segmenter_card(source: Path, config: Mapping[str, Any], *, base_model: str |
         ""])
 
 
+def provenance(config: Mapping[str, Any], segmenter: Mapping[str, Any]) -> dict[str, Any]:
+    """What an exported segmenter carries of the card (``model.onnx``'s metadata, nnU-Net's ``dataset.json`` and
+    checkpoint): the encoder it was fine-tuned from (``base_model`` when given), the pretraining cohort's summary
+    digest, the licence, the task and training data, the source file and step, asa's version and commit.
+    ``config``: the folder's ``config.json`` (:func:`model_config`); ``segmenter``: the run config."""
+    outputs = segmenter.get("outputs") if isinstance(segmenter.get("outputs"), Mapping) else {}
+    data = segmenter.get("data") if isinstance(segmenter.get("data"), Mapping) else {}
+    return {"encoder": _encoder_line(segmenter, config.get("base_model")).removeprefix("- encoder: "),
+            "base_model": config.get("base_model"),
+            "pretraining_cohort": config.get("pretraining_cohort"), "license": config.get("license"),
+            "task": outputs.get("name"), "training_data": data.get("name"), "source": config.get("source"),
+            "asa_version": config.get("asa_version"), "git_commit": config.get("git_commit")}
+
+
 def _encoder_line(config: Mapping[str, Any], base_model: str | None) -> str:
     """The segmenter card's line on the encoder it was fine-tuned from: its hub page when ``base_model`` names
     it, else the pretrained file's name (``model.pretrained``), or that it trained from scratch."""
@@ -275,13 +316,14 @@ def _public(text: str) -> str:
     return _LOCAL_PATH.sub(lambda m: "<local>/" + Path(m.group(0).rstrip("/")).name, text)
 
 
-def _held(out: Path, *, overwrite: bool) -> list[str]:
+def _held(out: Path, *, overwrite: bool, format: str = "hub") -> list[str]:
     """The files of an earlier export in ``out`` that ``overwrite`` moves aside; a file, a folder holding
     anything else (a run, data) or, without ``overwrite``, a non-empty folder is refused by name."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"output folder {out} is a file")
     held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    foreign = [name for name in held if name not in FOLDER_FILES + OPTIONAL_FILES]
+    known = RESULTS_FILES if format == "nnunet-results" else FOLDER_FILES + OPTIONAL_FILES + (ONNX_FILE,)
+    foreign = [name for name in held if name not in known]
     if foreign:
         shown = ", ".join(foreign[:6]) + (f", ... ({len(foreign)} entries)" if len(foreign) > 6 else "")
         raise ValueError(f"output folder {out} holds files asa-export did not write ({shown}); nothing was written "

@@ -4,6 +4,7 @@ its manifest, resume and overwrite)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,7 @@ from asa.api.machinery.prediction import PredictSetup
 from asa.api.configuration.schema import PredictConfig
 from asa.api.tasks import finetune_task
 from asa.eval.inference import check_sw_batch_size
+from asa.eval.onnx_network import onnx_state
 from asa.io import load_checkpoint
 from asa.io.hub import segmenter_checkpoint
 from asa.train.distributed import resolve_device
@@ -65,7 +67,11 @@ def predict(config: PredictConfig | DictConfig) -> list[Path]:
         checkpoint = Path(str(cfg.checkpoint)).expanduser().absolute()
         if checkpoint.is_dir():  # a model folder of asa-export with the whole segmenter
             checkpoint = segmenter_checkpoint(checkpoint)
-        state = load_checkpoint(checkpoint)
+        if checkpoint.suffix == ".onnx":  # asa-export --format onnx: the network runs in onnxruntime (CPU, fp32)
+            state = onnx_state(checkpoint)
+            setup = dataclasses.replace(setup, device=resolve_device("cpu"), amp_dtype=None, compile=False)
+        else:
+            state = load_checkpoint(checkpoint)
         if isinstance(state.get("config"), Mapping):  # as this version reads it (an earlier one's record: outputs)
             state["config"] = current_config(state["config"])
         recorded = ((state.get("config") or {}).get("outputs") or {}).get("name")

@@ -6,7 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from asa.api.export import export_model
+from asa.api.export import FORMATS, export_model
+from asa.api.exports.nnunet_results import RESULTS_FILES
+from asa.api.exports.onnx import ONNX_FILE
 from asa.api.machinery.run import OptionError, describe_error
 from asa.api.machinery.rundir import RunDirError
 from asa.io.hub import NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS, NNUNET_WEIGHTS, SEGMENTER_FILE
@@ -52,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "started from (its card links it)")
     parser.add_argument("--dataset", action="append", default=[], metavar="REPO_ID",
                         help="a Hugging Face dataset id for the card's datasets list (repeatable)")
+    parser.add_argument("--format", choices=FORMATS, default="hub",
+                        help="hub (default): the model folder; onnx: the folder and model.onnx, the fine-tuned "
+                             "segmenter that onnxruntime and asa-predict checkpoint=OUT_DIR/model.onnx run; "
+                             "nnunet-results: instead of the folder, an nnU-Net v2 results folder (dataset.json, "
+                             "plans.json, fold_all/checkpoint_final.pth) that nnUNetv2_predict_from_modelfolder runs")
     parser.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     return parser
 
@@ -61,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         out = export_model(args.checkpoint, args.out_dir, overwrite=args.overwrite, license=args.license,
                            nnunet_channels=args.nnunet_channels, nnunet_plans=args.nnunet_plans, cohort=args.cohort,
-                           base_model=args.base_model, datasets=args.dataset)
+                           base_model=args.base_model, datasets=args.dataset, format=args.format)
     except (OptionError, RunDirError, FileExistsError) as err:
         if args.debug:
             raise
@@ -72,7 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"[asa-export] error: {describe_error(err)}", file=sys.stderr, flush=True)
         return EXIT_FAILED
-    written = [name for name in (SEGMENTER_FILE, NNUNET_WEIGHTS, NNUNET_PLANS, NNSSL_CHECKPOINT, NNSSL_PLAN)
+    if args.format == "nnunet-results":
+        print(f"[asa-export] wrote {out}/: {', '.join(RESULTS_FILES)}")
+        return EXIT_FINISHED
+    written = [name for name in (SEGMENTER_FILE, NNUNET_WEIGHTS, NNUNET_PLANS, NNSSL_CHECKPOINT, NNSSL_PLAN, ONNX_FILE)
                if (out / name).is_file()]
     print(f"[asa-export] wrote {out}/: {', '.join(['model.safetensors', 'config.json', 'README.md', *written])}")
     return EXIT_FINISHED

@@ -22,6 +22,7 @@ from asa.data import (
     save_volume,
 )
 from asa.eval.inference import predict_volume
+from asa.eval.onnx_network import OnnxNetwork
 from asa.io import VolumeError, is_nifti, load_checkpoint, prediction_path, probabilities_path, strip_nifti
 from asa.models import build_network, capabilities, channels_last_inference, compile_blocks, input_size
 from asa.models.registry import NETWORK_KINDS, current_spec
@@ -56,16 +57,19 @@ class Predictor:
             raise ValueError(f"checkpoint {path} is not a fine-tuning checkpoint (no segmentation network spec and "
                              "task recorded); asa-predict needs the best.pt or last.pt written by asa-finetune")
         task = Task.from_dict(outputs)
-        model = build_network(spec)
+        if "onnx" in state:  # model.onnx of asa-export --format onnx (`asa.eval.onnx_network.onnx_state`)
+            model = OnnxNetwork(path)
+        else:
+            model = build_network(spec)
+            try:
+                model.load_state_dict(state["model"])
+            except RuntimeError as err:
+                raise ValueError(f"checkpoint {path}: weights do not fit the recorded network: {err}") from err
         patch = input_size(model)[0]
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as err:
-            raise ValueError(f"checkpoint {path}: weights do not fit the recorded network: {err}") from err
         model = model.to(device).eval()
-        if device.type == "cpu" and amp_dtype is not None:  # bf16 on CPU: channels-last convolutions are faster
-            channels_last_inference(model)
-        if compile:
+        if device.type == "cpu" and amp_dtype is not None and "onnx" not in state:
+            channels_last_inference(model)  # bf16 on CPU: channels-last convolutions are faster
+        if compile and "onnx" not in state:
             compile_blocks(model)
         regions = None
         if capabilities(model).regions:
