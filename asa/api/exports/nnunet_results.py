@@ -1,5 +1,198 @@
-"""placeholder"""
-RESULTS_FILES = ()
-def nnunet_results(*a, **k): raise NotImplementedError
-def results_card(*a, **k): raise NotImplementedError
-def write_nnunet_results(*a, **k): raise NotImplementedError
+"""``asa-export RUN OUT --format nnunet-results``: a fine-tuned segmenter as an nnU-Net v2 results folder.
+
+``OUT`` holds what nnU-Net's predictor reads of a trained model (``nnUNetPredictor.initialize_from_trained_model_folder``,
+``nnUNetv2_predict_from_modelfolder -i IN -o OUT -m FOLDER -f all``): ``dataset.json``, ``plans.json`` and
+``fold_all/checkpoint_final.pth`` (the fine-tuned weights under ``network_weights``, ``trainer_name`` nnUNetTrainer,
+the configuration ``3d_fullres``), with the model card as ``README.md``.
+
+The network is the one nnU-Net builds from the plans' architecture block, as the network's family declares it for
+nnU-Net (`asa.models.family.NNUNetForm`, written by `asa.models.cnn.nnunet.nnunet_architecture`): the resenc family's
+``ResidualEncoderUNet``, whose keys asa's ResEnc U-Net shares, so the weights load as they are. A network of a family
+that declares no nnU-Net form is refused, naming it: the SW-ViT U-Net cannot be named in a plans file, since nnU-Net
+builds a class as ``cls(input_channels=, num_classes=, deep_supervision=, **arch_kwargs)`` and runs it on windows
+without their place in the brain frame, which the SW-ViT U-Net's position code and windows need.
+
+The plans reproduce asa's reading of a scan with nnU-Net's own parts: ``NibabelIOWithReorient`` (every file
+reoriented to RAS) with ``transpose_forward`` [2, 1, 0] puts left-right on array axis 0 as asa reads it; the crop to
+the nonzero region and ``ZScoreNormalization`` with ``use_mask_for_norm`` z-score the nonzero (brain) voxels, 0
+outside, as asa does, without asa's clip to the brain's 0.5-99.5 percentiles (nnU-Net has no per-image clip); the
+spacing is the training data's (asa predicts on each scan's own grid; nnU-Net resamples to the plans' spacing, a
+no-op for scans of that spacing); the patch is the network's crop, windows overlap by half a window with Gaussian
+weights in both. Labels: a region task (BraTS) as nnU-Net's regions with ``regions_class_order``; a class task needs
+its classes to be 0..K-1 (nnU-Net writes the argmax index), else it is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from asa.data import Task, discover
+from asa.io import atomic_write_json, load_volume, save_checkpoint
+from asa.models.cnn.nnunet import nnunet_architecture
+from asa.models.declared import crop_edges
+
+__all__ = ["CONFIGURATION", "RESULTS_FILES", "NNUnetResults", "nnunet_results", "results_card", "write_nnunet_results"]
+
+CONFIGURATION = "3d_fullres"
+FOLD = "fold_all"
+CHECKPOINT = "checkpoint_final.pth"
+TRAINER = "nnUNetTrainer"
+PLANS_NAME = "nnUNetPlans"
+READER = "NibabelIOWithReorient"
+TRANSPOSE = [2, 1, 0]  # NibabelIOWithReorient's arrays are (z, y, x) of RAS; asa's are (x, y, z)
+DATASET_ID = 975  # the folder's place under $nnUNet_results: Dataset975_asa_<task>
+RESULTS_FILES = ("README.md", "dataset.json", "plans.json", FOLD)
+MIRRORING = (0, 1, 2)  # nnU-Net's default test-time mirroring (nnUNetPredictor use_mirroring=True)
+
+
+class NNUnetResults(NamedTuple):
+    """What the results folder holds, built before anything is written."""
+
+    dataset: dict[str, Any]
+    plans: dict[str, Any]
+    checkpoint: dict[str, Any]
+    spacing_from: str  # where the plans' spacing came from, for the card
+
+
+def _labels(task: Task, source: str) -> dict[str, Any]:
+    """dataset.json's ``labels`` (and ``regions_class_order``) of ``task``; a class task whose values are not
+    0..K-1 is refused (nnU-Net writes the argmax index as the label)."""
+    if task.multilabel:
+        labels: dict[str, Any] = {"background": 0}
+        labels.update({name: sorted(int(v) for v in region) if len(region) > 1 else int(region[0])
+                       for name, region in zip(task.output_names, task.regions)})
+        extra = {"regions_class_order": [int(v) for v in task.regions_class_order]}
+    else:
+        values = [int(v) for v in task.class_values]
+        if values != list(range(len(values))):
+            raise ValueError(f"--format nnunet-results: {source} predicts the label values {values}; nnU-Net writes "
+                             f"a class's index as its label, so its classes must be 0..{len(values) - 1}")
+        labels = {"background": 0, **{name: v for name, v in zip(task.output_names, values[1:])}}
+        extra = {}
+    if task.ignore_label is not None:
+        labels["ignore"] = int(task.ignore_label)
+    return {"labels": labels, **extra}
+
+
+def _spacing(config: Mapping[str, Any], source: str) -> tuple[list[float], str]:
+    """The plans' spacing (asa's axis order, after ``transpose_forward``) and where it came from: the run's
+    ``data.resample_mm`` when recorded, else the first training case's voxel size; refused when neither is known."""
+    data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
+    if data.get("resample_mm"):
+        return [float(data["resample_mm"])] * 3, "the run's data.resample_mm"
+    root, layout = data.get("root"), data.get("layout") or data.get("name")
+    if root is None and data.get("store") is None:  # asa's demo phantoms (asa.data.synthetic): 1 mm voxels
+        return [1.0, 1.0, 1.0], "asa's demo phantoms (1 mm)"
+    try:
+        case = discover(str(layout), Path(str(root)), require_labels=False, validate="header")[0]
+        first = load_volume(next(iter(case.images.values())), label=False)
+    except Exception as err:
+        raise ValueError(f"--format nnunet-results: the training data of {source} ({layout} at {root}) cannot be "
+                         f"read for its voxel spacing ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                         "nnU-Net resamples every scan to the plans' spacing, so it must be known") from err
+    return [round(float(s), 6) for s in first.spacing], f"the training data's first case ({case.id})"
+
+
+def nnunet_results(segmenter: Mapping[str, Any], *, provenance: Mapping[str, Any], source: str) -> NNUnetResults:
+    """The results folder of a fine-tuned segmenter (``segmenter``: weights ``model``, spec ``network``, run
+    ``config``, ``step``); ``provenance`` (the card's encoder, pretraining cohort and licence) goes into
+    ``dataset.json`` and the checkpoint under ``asa``. Refused (``ValueError``, naming ``source``) for a network
+    nnU-Net cannot build or a label layout it cannot write, before anything is written."""
+    spec, config = segmenter["network"], segmenter["config"]
+    architecture = nnunet_architecture(spec, f"--format nnunet-results: {source}")
+    kwargs = spec.get("kwargs") or {}
+    task = Task.from_dict(config["outputs"])
+    if kwargs.get("deep_supervision") is None and "deep_supervision" in architecture["arch_kwargs"]:
+        architecture["arch_kwargs"].pop("deep_supervision")
+    spacing, spacing_from = _spacing(config, source)
+    patch = list(crop_edges(kwargs["img_size"]))
+    channels = len(task.channels)
+    dataset = {"channel_names": {str(i): name for i, name in enumerate(task.channels)}, **_labels(task, source),
+               "numTraining": 0, "file_ending": ".nii.gz", "overwrite_image_reader_writer": READER,
+               "name": f"asa_{task.name}", "description": f"asa fine-tuned {spec['arch']} segmenter ({task.name})",
+               "asa": dict(provenance)}
+    plans = {
+        "dataset_name": f"Dataset{DATASET_ID:03d}_asa_{task.name}", "plans_name": PLANS_NAME,
+        "original_median_spacing_after_transp": spacing, "original_median_shape_after_transp": patch,
+        "image_reader_writer": READER, "transpose_forward": TRANSPOSE, "transpose_backward": TRANSPOSE,
+        "experiment_planner_used": "asa-export (asa.api.exports.nnunet_results)", "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {str(i): {} for i in range(channels)},
+        "configurations": {CONFIGURATION: {
+            "data_identifier": f"{PLANS_NAME}_{CONFIGURATION}", "preprocessor_name": "DefaultPreprocessor",
+            "batch_size": 2, "patch_size": patch, "median_image_size_in_voxels": patch, "spacing": spacing,
+            "normalization_schemes": ["ZScoreNormalization"] * channels, "use_mask_for_norm": [True] * channels,
+            "resampling_fn_data": "resample_data_or_seg_to_shape",
+            "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_seg": "resample_data_or_seg_to_shape",
+            "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+            "architecture": architecture, "batch_dice": False}}}
+    weights = {k: v.detach().clone() for k, v in segmenter["model"].items() if isinstance(v, torch.Tensor)}
+    checkpoint = {"network_weights": weights, "trainer_name": TRAINER, "current_epoch": 0,
+                  "init_args": {"plans": plans, "configuration": CONFIGURATION, "fold": "all",
+                                "dataset_json": dataset, "device": "cpu"},
+                  "inference_allowed_mirroring_axes": MIRRORING,
+                  "asa": {**dict(provenance), "network": dict(spec), "step": int(segmenter.get("step") or 0)}}
+    return NNUnetResults(dataset, plans, checkpoint, spacing_from)
+
+
+def write_nnunet_results(out: Path, results: NNUnetResults, card: str) -> Path:
+    """Write ``results`` and the model card as the folder ``out`` (emptied beforehand by the caller): all files in a
+    new folder beside it, then moved into place, so a failed write leaves no folder that looks finished."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        (tmp / FOLD).mkdir()
+        atomic_write_json(tmp / "dataset.json", results.dataset)
+        atomic_write_json(tmp / "plans.json", results.plans)
+        save_checkpoint(tmp / FOLD / CHECKPOINT, results.checkpoint)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        os.chmod(tmp, 0o777 & ~_umask())
+        if out.is_dir():  # the caller moved an earlier export aside; the folder itself may be the working folder
+            for name in RESULTS_FILES:
+                os.replace(tmp / name, out / name)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def results_card(results: NNUnetResults) -> str:
+    """The model card's section on the results folder: how nnU-Net's predictor and 3D Slicer run it, and what
+    differs from asa-predict's reading of a scan."""
+    conf = results.plans["configurations"][CONFIGURATION]
+    return "\n".join([
+        "", "## nnU-Net v2 results folder", "",
+        f"This folder is an nnU-Net v2 results folder ({TRAINER}, configuration {CONFIGURATION}, fold all) of the "
+        f"fine-tuned segmenter ({conf['architecture']['network_class_name'].rsplit('.', 1)[-1]}), which nnU-Net's own "
+        "predictor runs:", "",
+        "```", "nnUNetv2_predict_from_modelfolder -i IMAGES -o PREDICTIONS -m path/to/this/folder -f all", "```", "",
+        f"or, placed as `$nnUNet_results/{results.plans['dataset_name']}/{TRAINER}__{PLANS_NAME}__{CONFIGURATION}/`, "
+        f"`nnUNetv2_predict -d {DATASET_ID} -c {CONFIGURATION} -f all` and 3D Slicer's nnU-Net extension "
+        "(docs/weights-elsewhere.md). Images are named `<case>_0000.nii.gz`, ... in the channel order "
+        f"{', '.join(results.dataset['channel_names'].values())}.", "",
+        f"- reading: {READER} and transpose_forward {TRANSPOSE} (left-right on array axis 0, as asa reads a scan)",
+        f"- spacing: {conf['spacing']} mm, from {results.spacing_from}; patch {conf['patch_size']}",
+        "- intensity: nnU-Net's ZScoreNormalization over the nonzero region (use_mask_for_norm), 0 outside; asa "
+        "also clips each image to its brain's 0.5-99.5 percentiles first, which nnU-Net cannot state",
+        f"- test-time mirroring: nnU-Net's default mirrors along axes {list(MIRRORING)}; asa-predict mirrors only "
+        "with tta=true (`--disable_tta` gives asa-predict's default)",
+        "- provenance (encoder, pretraining cohort digest, licence): `dataset.json` and the checkpoint, under `asa`",
+        ""])
