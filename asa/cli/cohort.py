@@ -13,6 +13,7 @@ from asa.api.machinery.cohort import COHORT_FILE, pretraining_cohort, run_folder
 from asa.api.machinery.run import describe_error
 from asa.cli.common import EXIT_FAILED, EXIT_FINISHED, EXIT_REFUSED
 from asa.data.cohort import cohort_digest
+from asa.cli.interrupted import ctrl_c_exits
 
 __all__ = ["build_parser", "main"]
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@ctrl_c_exits("asa-cohort", "no report; run the same command again")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.finetune_run is None:

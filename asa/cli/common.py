@@ -15,6 +15,7 @@ from asa.api.config import config_folder, config_path, search_path
 from asa.api.config import describe_compose_error as _compose_error  # the one line of a refused command line
 from asa.api.machinery.run import OptionError, describe_error
 from asa.api.machinery.rundir import RunDirError
+from asa.cli.interrupted import EXIT_INTERRUPTED
 from asa.cli.launch import write_status
 from asa.data import CaseError
 from asa.data.store import StoreIndexError, StoreSettingsError
@@ -28,7 +29,6 @@ __all__ = ["EXIT_FAILED", "EXIT_FINISHED", "EXIT_INTERRUPTED", "EXIT_REFUSED", "
 EXIT_FINISHED = 0
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
-EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 
 _REFUSALS = (RunDirError, IncompatibleCheckpointError, CaseError, StoreSettingsError, StoreIndexError, OptionError)

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from asa.data import BIDS_CONTRASTS, LAYOUTS, PLACEMENTS, write_demo_dataset
+from asa.cli.interrupted import ctrl_c_exits
 
 _LAYOUT_HELP = """layouts:
   bids      sub-XXX/[ses-M00/]anat/sub-XXX[_ses-M00]_T1w.nii.gz           (pretraining, T1)
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@ctrl_c_exits("asa-demo-data", "the folder may hold some of the cases; run the same command again with --overwrite")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -14,6 +14,7 @@ from asa.api.machinery.rundir import RunDirError
 from asa.io.hub import NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS, NNUNET_WEIGHTS, SEGMENTER_FILE
 from asa.data.cohort import COHORT_LEVELS
 from asa.cli.common import EXIT_FAILED, EXIT_FINISHED, EXIT_REFUSED
+from asa.cli.interrupted import ctrl_c_exits
 
 __all__ = ["main"]
 
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@ctrl_c_exits("asa-export", "an export stopped part-way may lack files; run the same command again with --overwrite")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from asa.data import CaseError
 from asa.data.prepare import BOXES, BRAIN_TOOLS, INPUT_LAYOUTS, TRANSFORMS, MissingTool, PrepareSettings, \
     PrepareSettingsError, prepare
+from asa.cli.interrupted import ctrl_c_exits
 
 _EPILOG = """per case: N4 bias correction (ANTs), brain extraction (--brain), registration of the T1 to the
 symmetric MNI152 2009 template (ANTs, --transform), resampling to --spacing mm and the crop (--box); the
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@ctrl_c_exits("asa-prepare", "the cases prepared so far stay, recorded; run the same command again to prepare the rest")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -1,0 +1,98 @@
+"""A user's Ctrl-C (SIGINT) is a stop like a scheduler's SIGTERM in every console script: what the docs
+promise is kept, one line says so (with the resume command where there is one), exit 130, no
+``KeyboardInterrupt`` traceback."""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from asa.api import predict
+from asa.api.config import compose_config
+from asa.cli.common import entry
+from asa.data import get_task, write_demo_dataset
+from asa.io import load_checkpoint, save_checkpoint
+from asa.models import PRESETS, build_network, network_spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_pretrain import _env, _overrides  # noqa: E402  (the same tiny pretraining setup)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_pretraining_saves_last_pt_and_the_resume_continues(tmp_path):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    args = _overrides(out, cache, "trainer.max_steps=null", "trainer.epochs=200", "trainer.log_every=1",
+                      "data.num_workers=1")
+    log = tmp_path / "stderr.log"
+    with open(log, "w") as err:  # its own process group, as a terminal's foreground job: the loader's worker gets it too
+        proc = subprocess.Popen([sys.executable, "-m", "asa.cli.pretrain", *args], stdout=subprocess.DEVNULL,
+                                stderr=err, env=_env(), start_new_session=True)
+        deadline = time.time() + 120
+        while "step 3/" not in log.read_text() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=120)
+    text = log.read_text()
+    assert proc.returncode == 128 + signal.SIGINT, text[-2000:]
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text
+    step = load_checkpoint(out / "checkpoints" / "last.pt")["step"]
+    said = [ln for ln in text.splitlines() if "Resume with:" in ln]
+    assert len(said) == 1 and f"stopped early at step {step} (SIGINT); last.pt saved" in said[0]
+    assert said[0].endswith("resume=true") and not (out / "checkpoints" / "encoder.pt").exists()
+    proc = subprocess.run([sys.executable, "-m", "asa.cli.pretrain", *args[:-1], "resume=true",
+                           f"trainer.max_steps={step + 1}"], capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"at step {step} (epoch" in proc.stderr  # resumed where the Ctrl-C left it
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == step + 1
+
+
+def test_ctrl_c_during_predict_keeps_the_written_predictions(tmp_path, monkeypatch, capsys):
+    segmentation = importlib.import_module("asa.api.tasks.segmentation")
+    data = write_demo_dataset("brats", tmp_path / "brats", cases=3, size=16, seed=0)
+    task = get_task("brats")
+    tiny = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
+    net = build_network({"arch": "swvit_unetr", "kwargs": dict(img_size=16, in_channels=len(task.channels),
+                                                               out_channels=task.num_outputs, **tiny)})
+    ckpt = save_checkpoint(tmp_path / "a.pt", {"model": net.state_dict(), "network": network_spec(net),
+                                               "config": {"task": dataclasses.asdict(task)}})
+    real, calls = segmentation.predict_case, []
+
+    def ctrl_c_at_the_second(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # after the first case is written and recorded
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(segmentation, "predict_case", ctrl_c_at_the_second)
+    out = tmp_path / "preds"
+    cfg = compose_config("predict", [f"checkpoint={ckpt}", f"input={data}", f"output={out}", "device=cpu", "amp=off"])
+    with pytest.raises(SystemExit) as stop:
+        entry("asa-predict", predict, cfg)
+    err = capsys.readouterr().err
+    assert stop.value.code == 130 and "Traceback" not in err
+    assert "stopped by SIGINT (kept: 1 of 3 prediction(s) written in this run" in err and "resume=true" in err
+    assert len(json.loads((out / "predictions.json").read_text())["cases"]) == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
+
+
+@pytest.mark.parametrize("module, target", [("asa.cli.demo_data", "write_demo_dataset"), ("asa.cli.prepare", "prepare")])
+def test_ctrl_c_in_a_script_without_hydra_is_one_line_and_130(module, target, tmp_path, monkeypatch, capsys):
+    cli = importlib.import_module(module)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, target, interrupted)
+    argv = {"asa.cli.demo_data": ["--layout", "ibsr", "--out", str(tmp_path / "d")],
+            "asa.cli.prepare": [str(tmp_path), str(tmp_path / "p")]}[module]
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stopped by SIGINT (" in err[0] and err[0].endswith("exit 130")
