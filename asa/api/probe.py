@@ -139,18 +139,13 @@ def probe(config: FrozenProbeConfig | DictConfig) -> dict:
     common = dict(folds=folds, seed=cfg.seed, n_resamples=cfg.bootstrap,
                   confidence=cfg.confidence, knn_k=cfg.knn_k, ridge=cfg.ridge)
     rows = []
-    for enc in encoders:
-        result, features = probed.score(enc, groups, common)
-        if result["folds"] < settings["folds"]:  # lowered by the classes (`subject_folds`): said once
-            print(f"[asa] note: folds={settings['folds']}: no class has that many cases, so {result['folds']}-fold "
-                  "cross-validation (each class spread over as many folds as it has cases)", file=sys.stderr,
-                  flush=True)
-            settings.setdefault("folds_asked", cfg.folds)
-            settings["folds"] = common["folds"] = result["folds"]
-        row = {**enc.describe(), "dim": int(features.shape[-1]), **result}
-        rows.append(row)
-        print(f"[asa] {enc.name}: " + "; ".join(_cell_text(name, row["metrics"][name]) for name in TABLE_METRICS[kind]),
-              flush=True)
+    try:
+        for enc in encoders:
+            rows.append(_probe_one(probed, enc, groups, common, settings, cfg, kind))
+    except SystemExit as stop:  # a stop signal: the tables are written only once every encoder is probed
+        stop.kept = (f"nothing written to output={out}: {len(rows)} of {len(encoders)} encoder(s) probed, the "
+                     "tables are written once all are; run the same command again")
+        raise
     record = {"format": "asa-probe", "version": 1, "time": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": command_line(APP, drop=()), "data": {"root": str(root), "layout": layout, "n": len(cases),
                                                               "subjects": len({*groups})},
@@ -168,6 +163,23 @@ def probe(config: FrozenProbeConfig | DictConfig) -> dict:
     print(table_md, end="", flush=True)
     print(f"[asa] wrote {', '.join(str(out / name) for name in OUTPUTS)}", flush=True)
     return record
+
+
+def _probe_one(probed, enc: FrozenEncoder, groups: list[str], common: dict, settings: dict,
+               cfg: FrozenProbeConfig, kind: str) -> dict:
+    """One encoder's row of the table, printed as it is scored (``settings`` and ``common`` take the folds the
+    classes allow, said once)."""
+    result, features = probed.score(enc, groups, common)
+    if result["folds"] < settings["folds"]:  # lowered by the classes (`subject_folds`): said once
+        print(f"[asa] note: folds={settings['folds']}: no class has that many cases, so {result['folds']}-fold "
+              "cross-validation (each class spread over as many folds as it has cases)", file=sys.stderr,
+              flush=True)
+        settings.setdefault("folds_asked", cfg.folds)
+        settings["folds"] = common["folds"] = result["folds"]
+    row = {**enc.describe(), "dim": int(features.shape[-1]), **result}
+    print(f"[asa] {enc.name}: " + "; ".join(_cell_text(name, row["metrics"][name]) for name in TABLE_METRICS[kind]),
+          flush=True)
+    return row
 
 
 def _label(metric: str) -> str:

@@ -96,3 +96,29 @@ def test_ctrl_c_in_a_script_without_hydra_is_one_line_and_130(module, target, tm
     assert cli.main(argv) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "stopped by SIGINT (" in err[0] and err[0].endswith("exit 130")
+
+
+def test_ctrl_c_during_probe_says_nothing_was_written(tmp_path, monkeypatch, capsys):
+    probe_module = importlib.import_module("asa.api.probe")  # asa.api.probe is also the function
+    from test_probe import _checkpoint
+    from test_probe import _overrides as probe_overrides
+
+    root = write_demo_dataset("bids", tmp_path / "bids", cases=6, size=32, seed=0, targets=True)
+    real, calls = probe_module._probe_one, []
+
+    def ctrl_c_at_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(probe_module, "_probe_one", ctrl_c_at_the_second)
+    out = tmp_path / "out"
+    a, b = _checkpoint(tmp_path / "a.pt", 1), _checkpoint(tmp_path / "b.pt", 2)
+    cfg = compose_config("probe", probe_overrides(root, out, a, b, extra=["task=case", "task.target=age", "folds=2"]))
+    with pytest.raises(SystemExit) as stop:
+        entry("asa-probe", probe_module.probe, cfg)
+    err = capsys.readouterr().err
+    assert stop.value.code == 130 and "Traceback" not in err
+    assert f"stopped by SIGINT (kept: nothing written to output={out}: 1 of 2 encoder(s) probed" in err
+    assert not out.exists() or not any(out.iterdir())
