@@ -3,6 +3,7 @@ method's step and panels are its module's, `asa.methods`)."""
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from torch.utils.data import Dataset, default_collate
 from asa.io import SAFETENSORS_SUFFIX, load_checkpoint, save_checkpoint, save_export_safetensors
 from asa.models.swvit.encoder import ENCODER_PREFIX
 
-from .data import StopSafeLoader, loader_workers, move_to
+from .data import StopSafeLoader, close_loader, loader_workers, move_to
 from .distributed import DistEnv
 from .preemption import leave_stop_signals_to_the_trainer
 from .rng import fork_rng, item_seed, seed_everything
@@ -68,13 +69,21 @@ def make_validator(
         if "region" in batch:
             batch["region"] = batch["region"].to(env.device)
         loss, _ = step_fn(model, batch)
-        total[0] += float(loss) * x.shape[0]
+        total[0] += loss.detach().double() * x.shape[0]  # summed on the device: one host sync per round
         total[1] += x.shape[0]
+
+    # One loader for every round: its workers (when data.num_workers > 0) start once and stay, rather than start
+    # and stop at each validation (on a GPU that took longer than the round's forward passes); the crops are not
+    # random, so a worker's state carries nothing from one round to the next. Its own generator: starting an
+    # iterator draws nothing from the caller's RNG, so the masks a round draws are the same at every round, after
+    # a resume and for any number of workers.
+    workers = loader_workers(num_workers)
+    loader = StopSafeLoader(dataset, batch_sampler=chunks, num_workers=workers, collate_fn=_collate,
+                            worker_init_fn=leave_stop_signals_to_the_trainer, persistent_workers=workers > 0,
+                            pin_memory=env.device.type == "cuda", generator=torch.Generator().manual_seed(0))
 
     def validate(model: nn.Module) -> dict[str, float]:
         total = torch.zeros(2, dtype=torch.float64, device=env.device)
-        loader = StopSafeLoader(dataset, batch_sampler=chunks, num_workers=loader_workers(num_workers),
-                                collate_fn=_collate, worker_init_fn=leave_stop_signals_to_the_trainer)
         if group_size is None:
             for batch in loader:
                 run(model, batch, total)
@@ -88,6 +97,8 @@ def make_validator(
             dist.all_reduce(total)
         return {"loss": float(total[0] / total[1].clamp_min(1))}
 
+    if workers > 0:  # the persistent workers end with the validator (the training job's end), not at exit
+        weakref.finalize(validate, close_loader, loader)
     return validate
 
 

@@ -88,9 +88,10 @@ class TrainLog:
             self.bar.close()
 
     # ------------------------------------------------------------------------------- logging windows
-    def add_step(self, entry: Mapping[str, float]) -> None:
+    def add_step(self, entry: Mapping[str, float | torch.Tensor]) -> None:
         """Count one optimiser step's values into the current window (a step may leave a key out,
-        e.g. the loss of a skipped non-finite step: that key's mean is over the steps that have it)."""
+        e.g. the loss of a skipped non-finite step: that key's mean is over the steps that have it). A value
+        may be a 0-dim tensor on the device: it is summed there and read once, when the window closes."""
         for k, v in entry.items():
             self._window[k] = self._window.get(k, 0.0) + v
             self._counts[k] = self._counts.get(k, 0) + 1
@@ -104,7 +105,7 @@ class TrainLog:
         reset at each window's start)."""
         elapsed = max(time.perf_counter() - self._t_window, 1e-9)
         steps = self._window_steps
-        means = {k: v / self._counts[k] for k, v in self._window.items()}
+        means = {k: float(v) / self._counts[k] for k, v in self._window.items()}
         means = all_reduce_mean(means, self.env) if self.env.distributed else means
         means["train/samples_per_s"] = samples_per_step * steps / elapsed
         if self.env.device.type == "cuda":

@@ -66,8 +66,10 @@ class RelativeUpdate:
         self._snapshot = {name: [p.detach().clone() for p in params] for name, params in self.groups.items()}
 
     @torch.no_grad()
-    def after(self) -> dict[str, float]:
-        """{"train/rel_update/<group>": ‖w_after − w_before‖ / ‖w_before‖} for the step since :meth:`before`."""
+    def after(self) -> dict[str, torch.Tensor]:
+        """{"train/rel_update/<group>": ‖w_after − w_before‖ / ‖w_before‖} for the step since :meth:`before`, as
+        0-dim tensors on the parameters' device: no host sync here (`asa.train.reporting.TrainLog` reads a
+        logging window's sum once)."""
         if self._snapshot is None:
             raise RuntimeError("RelativeUpdate.after() without before()")
         out = {}
@@ -76,7 +78,7 @@ class RelativeUpdate:
             delta = torch._foreach_sub([p.detach() for p in params], old)
             num = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(delta)).float())
             den = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(old)).float())
-            out[f"train/rel_update/{name}"] = float(num / den.clamp_min(1e-12))
+            out[f"train/rel_update/{name}"] = num / den.clamp_min(1e-12)
         self._snapshot = None
         return out
 

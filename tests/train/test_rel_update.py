@@ -24,8 +24,8 @@ def test_one_step_matches_the_hand_computed_norm_ratio():
         b += torch.tensor([[0.0, -0.4]])
     got = monitor.after()
     # ‖Δ‖ = ‖(0.3, 0, 0, -0.4)‖ = 0.5, ‖w‖ = ‖(3, 4, 0, 12)‖ = 13; decoder: 0.4 / 12
-    assert got["train/rel_update/encoder"] == pytest.approx(0.5 / 13)
-    assert got["train/rel_update/decoder"] == pytest.approx(0.4 / 12)
+    assert float(got["train/rel_update/encoder"]) == pytest.approx(0.5 / 13)
+    assert float(got["train/rel_update/decoder"]) == pytest.approx(0.4 / 12)
     with pytest.raises(RuntimeError, match="before"):
         monitor.after()
 
