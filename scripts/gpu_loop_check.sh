@@ -3,8 +3,8 @@
 # (BENCHMARKS.md, "The asa-pretrain loop at the defaults"): installs asa from this checkout (torch left as it is;
 # ASA_WHEELS=DIR for a machine without a package index, see scripts/gpu_wheels.sh), then, each part with a time
 # limit and its figures in OUT_DIR as soon as it ends:
-#   1. masked / dense: the masked-convolution step beside the dense one, ResEnc S and L (M at 160³) at 160³, batch
-#      8, bf16, with the visible-only norm's earlier fp32 statistics timed beside (benchmarks.resenc --fp32-norm);
+#   1. masked / dense: the masked-convolution step beside the dense one, ResEnc S (batch 8) and L (M at 160³, batch
+#      4) at 160³, bf16, with the visible-only norm's earlier fp32 statistics timed beside (benchmarks.resenc --fp32-norm);
 #   2. the loop at asa-pretrain's defaults (trainer=default: deterministic kernels, validation every epoch, last.pt
 #      every trainer.ckpt_every steps): SW-ViT base 128³ on 192 cases (24 steps an epoch at batch 8), then the same
 #      with trainer.deterministic=false, then ResEnc-L 160³ on 64 cases (benchmarks.loop).
@@ -34,9 +34,13 @@ part() {  # NAME LIMIT_S command...: run with a time limit, output in OUT/NAME.l
     tar czf "$OUT/results.tgz" -C "$WORK" results
 }
 
-part masked 150 "$PY" -m benchmarks.resenc --crop 160 --size S M --batch 8 --amp bf16 --swvit none --repeats 4 \
-    --fp32-norm --json "$RES/masked.json"
-grep -h -E '"(size|batch|masked_over_dense|fp32_norm_over_dense)"' "$RES/masked.log"
+masked() {  # NAME SIZE BATCH
+    part "$1" 120 "$PY" -m benchmarks.resenc --crop 160 --size "$2" --batch "$3" --amp bf16 --swvit none --repeats 4 \
+        --fp32-norm --json "$RES/$1.json"
+    grep -h -E '"(size|batch|masked_over_dense|fp32_norm_over_dense)"' "$RES/$1.log"
+}
+masked masked_S S 8
+masked masked_L M 4  # ResEnc-L at batch 4: at 8 it holds 70 of the 80 GiB and every step runs at a fifth of its rate
 loop() {  # NAME CASES VOLUME benchmarks.loop options...
     local name="$1" cases="$2" volume="$3"; shift 3
     part "$name" 150 "$PY" -m benchmarks.loop --make-data "$WORK/data" --cases "$cases" --volume "$volume" \
