@@ -18,6 +18,7 @@ import json
 import multiprocessing
 import os
 import secrets
+import signal
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -160,6 +161,7 @@ def _init_worker(parent: int) -> None:
     import torch
 
     torch.set_num_threads(1)  # one process per core; forked OpenMP pools are not safe to reuse
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the workers too: the job decides
     _die_with_parent(parent)
 
 
@@ -305,9 +307,10 @@ def build_store(
 
     jobs = [(c.to_dict(), preprocessor, tuple(channels), dtype, str(folder), stamps[c.id], checks) for c in todo]
     failures = []
+    results = _run(jobs, workers)
     try:
         with tqdm(total=len(jobs), desc="asa-preprocess", unit="case", disable=not progress or not jobs) as bar:
-            for case_id, record, fault in _run(jobs, workers):
+            for case_id, record, fault in results:
                 if record is None:
                     failures.append({"id": case_id, "reason": fault, "stage": "preprocess"})
                 else:
@@ -315,7 +318,9 @@ def build_store(
                     report.processed.append(case_id)
                 bar.update()
     except SystemExit as stop:  # a stop signal: what this run finished stays, for the console to say
-        stop.kept = (f"{len(report.processed)} of {len(jobs)} case(s) preprocessed in this run, their records in "
+        results.close()  # the pool's shutdown: its workers finish the cases they had taken first
+        done = sum(_written(folder, c.id, stamps[c.id]) for c in todo)  # counted on disk, those included
+        stop.kept = (f"{done} of {len(jobs)} case(s) preprocessed in this run, their records in "
                      f"{folder / CASES} (the index is written when a run completes); run the same command again "
                      "to process only the rest")
         raise
@@ -333,6 +338,14 @@ def build_store(
     report.bytes = sum(int(r["bytes"]) for r in records.values())
     report.wall_s = time.perf_counter() - start_time
     return report
+
+
+def _written(folder: Path, case_id: str, files: list[dict[str, Any]]) -> bool:
+    """Whether the store holds a record of ``case_id`` written from ``files`` (this run's, not an older one)."""
+    try:
+        return json.loads((folder / CASES / f"{record_name(case_id)}.json").read_text()).get("files") == files
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _compare(recorded: list[dict[str, Any]], now: list[dict[str, Any]], hash: bool) -> str:
