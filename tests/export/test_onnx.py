@@ -23,7 +23,9 @@ from asa.eval.onnx_network import OnnxNetwork, onnx_record  # noqa: E402
 from asa.io import load_checkpoint, load_volume  # noqa: E402
 from asa.models import build_network  # noqa: E402
 
-NETWORKS = {"resenc": ["model=resenc", "model.size=tiny"], "swvit_unetr": ["model=tiny"]}
+NETWORKS = {"resenc": ["model=resenc", "model.size=tiny"], "swvit_unetr": ["model=tiny"],
+            "unetr": ["model=unetr", "model.hidden_size=48", "model.mlp_dim=96", "model.num_heads=3",
+                      "model.feature_size=8"]}
 
 
 def _run(tmp_path, model: list[str]):
