@@ -12,7 +12,7 @@ from asa.models.family import family_of
 
 from .checkpoint import FORMAT, IncompatibleCheckpointError, check_compatible
 
-__all__ = ["ResumePoint", "Tracker", "check_training_checkpoint", "pretrained_family"]
+__all__ = ["ResumePoint", "Tracker", "check_training_checkpoint", "written_by", "pretrained_family"]
 
 
 class Tracker:
@@ -58,20 +58,41 @@ def pretrained_family(state: Mapping) -> str | None:
     return family.name if family is not None and family.masked == arch else None
 
 
+def written_by(state: Mapping) -> str | None:
+    """The console script whose run wrote a training checkpoint, read off its run config: ``asa-pretrain`` (a
+    pretraining method, or a masked network) or ``asa-finetune`` (a task); None: neither is recorded."""
+    config = state.get("config")
+    config = config if isinstance(config, Mapping) else {}
+    if "method" in config or pretrained_family(state) is not None:
+        return "asa-pretrain"
+    if "task" in config:
+        return "asa-finetune"
+    return None
+
+
 def check_training_checkpoint(path: Path, run_config: Mapping, compat_keys: Sequence[str], *,
                               moved: Callable[[str], str | None] | None = None,
                               current: Callable[[Mapping], Mapping] | None = None,
                               removed: Callable[[str], str | None] | None = None,
                               added: Callable[[Mapping], Mapping] | None = None,
-                              family: str | None = None) -> ResumePoint:
+                              family: str | None = None, app: str | None = None) -> ResumePoint:
     """Read ``path`` once and check that it is an asa training checkpoint whose run config matches
     ``run_config`` in ``compat_keys`` and holds no key that has moved since (``moved``; see
     `check_compatible`: `IncompatibleCheckpointError` listing the keys; another file: ``ValueError``; the
     saved config is compared as this version reads it, ``current``; keys removed since,
     ``removed``, are left out; settings added since, ``added``, are said); returns it as the run's resume point.
     ``family``: the network family a pretraining run trains (its ``model.arch``): a pretraining checkpoint of
-    another family is refused saying which it is (`pretrained_family`)."""
+    another family is refused saying which it is (`pretrained_family`). ``app``: the console script resuming; a
+    checkpoint another one wrote (`written_by`: a pretraining run's given to asa-finetune) is refused saying so."""
     state = load_checkpoint(path, map_location="cpu")
+    kind = written_by(state)
+    if app in ("asa-pretrain", "asa-finetune") and kind is not None and kind != app:  # not every key that differs
+        instead = {"asa-finetune": "to fine-tune from that pretraining, give its encoder (model.pretrained=<its "
+                                   "run>/checkpoints/encoder.pt) and leave resume= out",
+                   "asa-pretrain": "a fine-tuned network is not pretrained further; resume that run with asa-finetune"}
+        raise IncompatibleCheckpointError(
+            f"cannot resume from {path}: that file is a checkpoint of an {kind} run, and {app} resumes only its own "
+            f"runs: {instead.get(app, f'resume it with {kind}')}. Nothing was changed.")
     saved = pretrained_family(state)
     if family is not None and saved is not None and saved != family:  # not a list of every key that differs
         raise IncompatibleCheckpointError(

@@ -269,6 +269,11 @@ def validate(cfg: DictConfig, entry: str) -> DictConfig:
     if isinstance(output_dir, str) and not output_dir.strip():  # would be the working folder
         raise ValueError(f"asa-{entry}: invalid option output_dir={output_dir!r}: empty; name the folder the run "
                          "writes in (output_dir=runs/NAME), which it creates")
+    for key, what in (("data.root", "the dataset's folder"), ("data.store", "the store's folder")):
+        value = OmegaConf.select(typed, key, default=None)
+        if isinstance(value, str) and not value.strip():  # would be the working folder too
+            optional = "" if (entry, key) == ("preprocess", "data.store") else f" or leave {key} out (null)"
+            raise ValueError(f"asa-{entry}: invalid option {key}={value!r}: empty; name {what} ({key}=PATH){optional}")
     crop = OmegaConf.select(typed, "data.crop", default=None)
     if isinstance(crop, int) and crop < 1:  # a network built on it fails in torch's words
         raise ValueError(f"asa-{entry}: invalid option data.crop={crop}: expected the crop's edge in voxels, a "

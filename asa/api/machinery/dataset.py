@@ -73,8 +73,10 @@ def load_cases(data: DataConfig, out_dir: Path | None, env: DistEnv) -> tuple[li
             return cases, None
         shown = "\n".join(f"  - {p.id}: {p.reason}" for p in skipped[:10])  # said on the console, not only in the report
         more = f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        # the report is written once every check of the run passed (`write_bad_cases`): a refused run leaves none
+        listed = "" if report is None else f"; {report} lists them all once every check of the run has passed"
         print(f"[asa] warning: skipped {len(skipped)} of {len(skipped) + len(cases)} case(s) that cannot be used "
-              f"(data.on_bad_case=skip){f'; all listed in {report}' if report is not None else ''}:\n"
+              f"(data.on_bad_case=skip){listed}:\n"
               f"{shown}{more}\n  data.on_bad_case=error stops the run on any bad case instead",
               file=sys.stderr, flush=True)
         return cases, skipped_report(layout, root, len(cases), skipped)

@@ -372,7 +372,7 @@ def _check(out_dir: Path, *, app: str, resume: Any, overwrite: bool, run_config:
     _check_saved_config(out_dir / "config.yaml")
     family = pretrain_family(run_config.get("model")) if app == "asa-pretrain" and "model" in run_config else None
     return (check_training_checkpoint(resume_from, run_config, compat_keys, moved=moved_key, current=current_config,
-                                      removed=removed_key, added=added_settings, family=family), moved_to)
+                                      removed=removed_key, added=added_settings, family=family, app=app), moved_to)
 
 
 def prepare_run_dir(
