@@ -33,13 +33,14 @@ from asa.models import load_weights
 from asa.io.hub import (FOLDER_FILES, FOLDER_FORMAT, MODEL_FILE, NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS,
                         NNUNET_WEIGHTS, OPTIONAL_FILES, SEGMENTER_FILE, encoder_network_spec)
 from asa.api.exports.nnunet_results import RESULTS_FILES, nnunet_results, results_card, write_nnunet_results
-from asa.api.exports.onnx import ONNX_FILE, export_onnx, onnx_card
+from asa.api.exports.onnx import (ONNX_FILE, OnnxExport, export_onnx, onnx_alone_card, onnx_card,
+                                  write_onnx_folder)
 from asa.models.cnn.nnssl import nnssl_checkpoint
 from asa.models.declared import crop_edges
 from asa.models.cnn.nnunet import (NNUNET_CONFIGURATION, READING_NOTE, describe_nnunet, nnunet_checkpoint,
                                    nnunet_fault, nnunet_plans_snippet)
 from asa.models.portable import encoder_export
-from asa.models.registry import NETWORK_KINDS, current_spec
+from asa.models.registry import NETWORK_KINDS, current_spec, network_record
 
 HUB_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*")  # a Hugging Face repository id
 
@@ -124,6 +125,14 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
             if given is not None and not HUB_ID.fullmatch(given):
                 raise ValueError(f"{what} {given!r}: expected a Hugging Face repository id (owner/name or name)")
         state = load_weights(source)
+        whole = _segmenter(state)
+        record = None if whole is None else network_record(current_spec(whole["network"])["arch"])
+        if format == "onnx" and record is not None and record.encoder is None:  # DynUNet: no encoder, no folder
+            onnx = _onnx_alone(source, whole, license=license, base_model=base_model)
+            if held:
+                print(f"[asa-export] --overwrite: moved the previous {', '.join(held)} to {_move_aside(out, held)}",
+                      file=sys.stderr, flush=True)
+            return write_onnx_folder(out, onnx.data, onnx_alone_card(onnx.record, whole["network"]["arch"]))
         export = encoder_export(source, state)
         if export.get("cohort") is None and (recorded := recorded_cohort(source)) is not None:
             export["cohort"] = recorded  # the run's cohort.json: fine-tuning checks its held-out cases against it
@@ -280,6 +289,15 @@ def segmenter_card(source: Path, config: Mapping[str, Any], *, base_model: str |
         "folder)",
         f"- command: `{_public(command)}`" if command else "- command: not recorded with the run (runs before command.txt)",
         ""])
+
+
+def _onnx_alone(source: Path, segmenter: Mapping[str, Any], *, license: str | None,
+                base_model: str | None) -> OnnxExport:
+    """``model.onnx`` of a segmenter whose network has no encoder (DynUNet), so no model folder: its provenance is
+    the licence, the source and asa's version (no encoder, no pretraining cohort)."""
+    config = {"license": _licence(license, source), "base_model": base_model, "asa_version": asa.__version__,
+              "git_commit": _git_commit(), "source": {"file": source.name, "step": int(segmenter.get("step") or 0)}}
+    return export_onnx(segmenter, provenance=provenance(config, segmenter["config"]), source=str(source))
 
 
 def provenance(config: Mapping[str, Any], segmenter: Mapping[str, Any]) -> dict[str, Any]:

@@ -84,9 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.format == "nnunet-results":
         print(f"[asa-export] wrote {out}/: {', '.join(RESULTS_FILES)}")
         return EXIT_FINISHED
-    written = [name for name in (SEGMENTER_FILE, NNUNET_WEIGHTS, NNUNET_PLANS, NNSSL_CHECKPOINT, NNSSL_PLAN, ONNX_FILE)
-               if (out / name).is_file()]
-    print(f"[asa-export] wrote {out}/: {', '.join(['model.safetensors', 'config.json', 'README.md', *written])}")
+    written = [name for name in ("model.safetensors", "config.json", "README.md", SEGMENTER_FILE, NNUNET_WEIGHTS,
+                                 NNUNET_PLANS, NNSSL_CHECKPOINT, NNSSL_PLAN, ONNX_FILE) if (out / name).is_file()]
+    print(f"[asa-export] wrote {out}/: {', '.join(written)}")
     return EXIT_FINISHED
 
 

@@ -22,7 +22,7 @@ from asa.data import (
     save_volume,
 )
 from asa.eval.inference import predict_volume
-from asa.eval.onnx_network import OnnxNetwork
+from asa.eval.onnx_network import OnnxNetwork, onnx_state
 from asa.io import VolumeError, is_nifti, load_checkpoint, prediction_path, probabilities_path, strip_nifti
 from asa.models import build_network, capabilities, channels_last_inference, compile_blocks, input_size
 from asa.models.registry import NETWORK_KINDS, current_spec
@@ -49,7 +49,8 @@ class Predictor:
         its blocks (:func:`asa.models.compile_blocks`). With bf16 on a CPU the network is laid out
         channels-last (:func:`asa.models.channels_last_inference`). ``state``: the file's content, when
         the caller has read it already."""
-        state = load_checkpoint(path) if state is None else state
+        if state is None:  # a model.onnx of asa-export --format onnx carries its record in its metadata
+            state = onnx_state(path) if Path(path).suffix == ".onnx" else load_checkpoint(path)
         config = state.get("config") or {}
         spec = state.get("network")
         outputs = config.get("outputs", config.get("task"))  # what it predicts (an earlier version's: task)

@@ -25,7 +25,8 @@ from asa.models import build_network  # noqa: E402
 
 NETWORKS = {"resenc": ["model=resenc", "model.size=tiny"], "swvit_unetr": ["model=tiny"],
             "unetr": ["model=unetr", "model.hidden_size=48", "model.mlp_dim=96", "model.num_heads=3",
-                      "model.feature_size=8"]}
+                      "model.feature_size=8"],
+            "dynunet": ["model=dynunet"]}  # no encoder, so no model folder: model.onnx and README.md alone
 
 
 def _run(tmp_path, model: list[str]):
@@ -48,6 +49,8 @@ def test_onnx_matches_torch_on_windows_and_cases(tmp_path, arch):
     assert record["provenance"]["license"] == "apache-2.0" and record["provenance"]["task"] == "brats"
     assert record["parity"]["relative"] <= LOGIT_TOLERANCE
     assert "## ONNX" in (folder / "README.md").read_text()
+    if arch == "dynunet":
+        assert sorted(p.name for p in folder.iterdir()) == ["README.md", ONNX_FILE]
 
     # a window batch of another size than the trace's, offsets off the reference grid included
     state = load_checkpoint(last)

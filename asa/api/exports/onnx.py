@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -29,7 +33,8 @@ from torch import nn
 from asa.eval.onnx_network import INPUTS, ONNX_FORMAT, ONNX_METADATA_KEY, OUTPUT
 from asa.models import build_network, capabilities, input_size
 
-__all__ = ["LOGIT_TOLERANCE", "ONNX_FILE", "OPSET", "OnnxExport", "export_onnx"]
+__all__ = ["LOGIT_TOLERANCE", "ONNX_FILE", "OPSET", "OnnxExport", "export_onnx", "onnx_alone_card", "onnx_card",
+           "write_onnx_folder"]
 
 ONNX_FILE = "model.onnx"
 OPSET = 17  # onnxruntime >= 1.14 runs it; the TorchScript exporter's most tested opset
@@ -167,3 +172,41 @@ def onnx_card(record: Mapping[str, Any]) -> str:
         "```", f"asa-predict checkpoint=path/to/this/folder/{ONNX_FILE} input=IMAGES output=PREDICTIONS", "```", "",
         f"Its metadata (`{ONNX_METADATA_KEY}`) carries the run config, the network spec and the provenance "
         "(encoder, pretraining cohort digest, licence).", ""])
+
+
+def onnx_alone_card(record: Mapping[str, Any], arch: str) -> str:
+    """``README.md`` beside a ``model.onnx`` that has no model folder (a network without an encoder: DynUNet): the
+    front matter, the provenance and :func:`onnx_card`."""
+    prov = record["provenance"]
+    source = prov.get("source") or {}
+    return "\n".join([
+        "---", f"license: {prov.get('license')}", "library_name: asa", "pipeline_tag: image-segmentation", "tags:",
+        "- medical-imaging", "- 3d", "- brain-mri", "- onnx", f"- {arch}", "---", "",
+        f"# asa segmenter ({arch})", "",
+        "A fine-tuned 3D brain-MRI segmenter. Research use only: it is not a medical device and was not validated "
+        "for clinical decisions.", "",
+        f"- task: {prov.get('task')}; training data: {prov.get('training_data')}",
+        f"- encoder: {prov.get('encoder')}",
+        f"- source: {source.get('file')} (step {source.get('step')}); asa {prov.get('asa_version')}"
+        + (f", commit {prov['git_commit']}" if prov.get("git_commit") else ""),
+        f"- licence: `{prov.get('license')}`", onnx_card(record)])
+
+
+def write_onnx_folder(out: Path, data: bytes, card: str) -> Path:
+    """``model.onnx`` and ``README.md`` as the folder ``out`` (emptied beforehand by the caller), written beside it
+    and moved into place, so a failed write leaves no folder that looks finished."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        (tmp / ONNX_FILE).write_bytes(data)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        if out.is_dir():
+            for name in (ONNX_FILE, "README.md"):
+                os.replace(tmp / name, out / name)
+        else:
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
