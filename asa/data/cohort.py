@@ -33,7 +33,7 @@ from asa.data.store_writer import worker_pool
 
 __all__ = ["COHORT_FORMAT", "COHORT_LEVELS", "DIGEST", "IDS_WITHHELD", "SEEN_PARTS", "carried_cohort", "case_subject", "cohort_digest", "cohort_overlap",
            "cohort_record", "describe_overlap", "export_cohort", "image_digests", "image_signatures", "near_duplicates",
-           "overlap_line", "volume_digest", "volume_signature"]
+           "overlap_line", "ras_voxels", "volume_digest", "volume_signature"]
 
 COHORT_FORMAT = "asa.cohort"
 DIGEST = "sha256 of the RAS+ voxels as float32 with the grid shape (asa.data.cohort.volume_digest)"
@@ -44,7 +44,9 @@ COHORT_LEVELS = ("full", "digests", "none")
 IDS_WITHHELD = "withheld"  # a cohort record's "ids" when its keys are opaque and it names no subject
 
 
-def _ras_voxels(path: str | os.PathLike, frame: int | None) -> tuple[np.ndarray, tuple[float, ...]]:
+def ras_voxels(path: str | os.PathLike, frame: int | None) -> tuple[np.ndarray, tuple[float, ...]]:
+    """The voxels of the image at ``path`` in asa's frame (RAS+, nibabel's ``as_closest_canonical``) as float32
+    (``frame``: a volume of a 4D file), and its voxel sizes: what the digest and the fingerprint read."""
     import nibabel as nib
 
     img = nib.as_closest_canonical(nib.load(str(path)))
@@ -63,14 +65,14 @@ def _sha(data: np.ndarray) -> str:
 def volume_digest(path: str | os.PathLike, frame: int | None = None) -> str:
     """``sha256:<hex>`` of the image at ``path`` (``frame``: a volume of a 4D file): its voxels reoriented to RAS+,
     cast to float32 (C order), prefixed by the grid's shape."""
-    return _sha(_ras_voxels(path, frame)[0])
+    return _sha(ras_voxels(path, frame)[0])
 
 
 def volume_signature(path: str | os.PathLike, frame: int | None = None) -> tuple[str, str]:
     """(digest, fingerprint as text) of the image at ``path``, read once: :func:`volume_digest` and
     `asa.data.fingerprint.image_fingerprint` (``encode_fingerprint``'s text). An image without a brain to
     fingerprint (a label map, a constant volume) gets the fingerprint ``""``, which matches nothing."""
-    data, zooms = _ras_voxels(path, frame)
+    data, zooms = ras_voxels(path, frame)
     try:
         fingerprint = encode_fingerprint(image_fingerprint(data if data.ndim == 3 else data[..., 0], zooms))
     except ValueError:

@@ -62,6 +62,7 @@ from asa.data.case import Case
 from asa.data.cohort import cohort_overlap, cohort_record, describe_overlap, image_signatures
 from asa.data.fingerprint import FINGERPRINT
 from asa.data.layouts.pretrain import CHANNELS, channel_of
+from asa.data.masked_copies import describe_masked, masked_copies
 from asa.data.preprocessing import PretrainPreprocess
 from asa.data.splits import make_splits
 from asa.data.store import INDEX, SETTINGS, StoreError, open_store, store_settings
@@ -504,7 +505,9 @@ def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: M
     """The study's one overlap check, before anything trains: every labeled case (test, validation, the positive
     control's and the training pool's: `LABELED_PARTS`) against the pretraining cohort and the cohort each
     ``encoders`` file carries (by id, subject, image content and near content: `asa.data.cohort.cohort_overlap`, the
-    rule each fine-tuning run applies to the cases it does not train on). Refused (exit 2) when any case was in one,
+    rule each fine-tuning run applies to the cases it does not train on), and against the pretraining cohort's files
+    for skull-stripped or defaced copies on their grid (`asa.data.masked_copies`, which the fingerprint misses; the
+    runs' own check cannot see them). Refused (exit 2) when any case was in one,
     unless ``accept``; accepted cases are listed, and every run is told to accept them (`overlap_overrides`). The
     cohort's digests are kept in the study folder."""
     by_id = {c.id: c for c in labeled}
@@ -524,13 +527,18 @@ def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: M
             cohorts[f"--encoder {name}"] = carried
     if not cohorts:
         return {"lines": ["no cohort to check (the --encoder files carry none)"], "overlapping": [], "accepted": False}
-    digests, prints = image_signatures([c for cases in parts.values() for c in cases], workers=2)
+    everyone = [c for cases in parts.values() for c in cases]
+    digests, prints = image_signatures(everyone, workers=2)
     lines, found = [], set()
     for source, cohort in cohorts.items():
         overlap = cohort_overlap(cohort, parts, digests=digests, fingerprints=prints)
         size = len(cohort.get("cases") or {})
         lines += [f"{source}: {line}" for line in describe_overlap(overlap, cohort_size=size)]
         found |= {c for part in overlap.values() for c in part["overlapping"]}
+    if cohort_cases:  # on disk: skull-stripped and defaced copies on the cohort's grid, which the fingerprint misses
+        copies = masked_copies(everyone, cohort_cases)
+        lines.append(f"--pretrain-data: {describe_masked(copies, len(everyone))}")
+        found |= set(copies)
     found_ids = sorted(found)
     if found_ids and not accept:
         refuse("[study] the pretraining cohort holds labeled cases the study's runs score, validate on or hold out:\n  "

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from asa.data import discover, get_task
@@ -562,6 +564,37 @@ def test_a_case_planted_among_the_positive_control_s_cases_is_refused_before_the
     again = study.check_overlap(out, discover("filelist", planted), cases, split, accept=True)
     assert again["overlapping"] == [held.id] and "not checked" not in " ".join(again["lines"])
     assert json.loads(record.read_text())["fingerprint"].startswith("int8")
+
+
+def test_a_skull_stripped_copy_of_a_cohort_head_among_the_test_cases_is_refused_before_training(data, tmp_path,
+                                                                                                 capsys):
+    """The pretraining cohort holds a whole head whose skull-stripped brain is one of the test cases (on the head's
+    grid): the digest and the fingerprint miss such a copy, the check on the cohort's files finds it, and the study
+    stops with exit 2 naming it before the pilot."""
+    from scipy import ndimage
+
+    cohort, labeled = data
+    cases = discover("msd", labeled)
+    split = study.labeled_split(cases, study.SCALES["quick"], seed=0)
+    test_case = next(c for c in cases if c.id == split["test"][0])
+    image = nib.load(str(test_case.images["T1w"]))
+    brain = np.asarray(image.dataobj, dtype=np.float32)[..., test_case.frame("T1w")]
+    inside = brain > 0
+    scalp = ndimage.binary_dilation(inside, iterations=3) & ~ndimage.binary_dilation(inside, iterations=1)
+    head = np.where(scalp, 0.9 * brain.max() * (1 + 0.05 * np.random.default_rng(0).standard_normal(brain.shape)),
+                    brain)
+    nib.save(nib.Nifti1Image(head.astype(np.float32), image.affine), str(tmp_path / "head.nii.gz"))
+    planted = tmp_path / "cohort.csv"
+    planted.write_text("id,path\n" + "".join(f"{c.id},{c.images['t1']}\n" for c in discover("bids", cohort))
+                       + f"someone-head,{tmp_path / 'head.nii.gz'}\n")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as err:
+        study.main(["--pretrain-data", str(planted), "--data", "msd", "--root", str(labeled), "--out", str(out), *QUICK])
+    said = capsys.readouterr().err
+    assert err.value.code == 2, said
+    assert "by image content 0, by near content 0" in said  # the digest and the fingerprint miss it
+    assert f"masked copies (skull-stripped or defaced, same grid): 1 of 9 case(s): {test_case.id} = someone-head" in said
+    assert not (out / "pilot").exists() and not (out / "pretrain").exists()  # nothing trained
 
 
 def test_one_encoder_lr_for_every_arm():
