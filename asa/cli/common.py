@@ -89,7 +89,7 @@ def entry(app: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> None:
         if code > 128:
             kept = getattr(stop, "kept", None)  # what a job finished before the signal (set by the job)
             print(f"[{app}] stopped by {signal.Signals(code - 128).name} "
-                  f"({f'kept: {kept}' if kept else 'before anything was written: nothing to save'}); exit {code}",
+                  f"({f'kept: {kept}' if kept else 'nothing to save'}); exit {code}",
                   file=sys.stderr, flush=True)
     finally:
         write_status(code)
