@@ -180,7 +180,7 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         elif format == "nnunet-results":
             results = nnunet_results(segmenter, provenance=provenance(config, segmenter["config"]),
                                      source=str(source))
-            card += results_card(results)
+            card = results_card(results, config.get("metrics"))  # the folder holds nnU-Net's files, not asa's
     if held:  # --overwrite: the previous export's files go aside, nothing is deleted
         aside = _move_aside(out, held)
         print(f"[asa-export] --overwrite: moved the previous {', '.join(held)} to {aside}", file=sys.stderr, flush=True)

@@ -73,6 +73,8 @@ def test_nnunet_predictor_agrees_with_asa_predict(tmp_path, layout):
     assert dataset["asa"]["license"] == "apache-2.0" and dataset["asa"]["task"] == layout
     checkpoint = load_checkpoint(folder / "fold_all" / "checkpoint_final.pth")
     assert checkpoint["asa"]["license"] == "apache-2.0" and checkpoint["trainer_name"] == "nnUNetTrainer"
+    card = (folder / "README.md").read_text()
+    assert "- licence: `apache-2.0`" in card and "nnUNetv2_predict_from_modelfolder" in card
     task = Task.from_dict(load_checkpoint(last)["config"]["outputs"])
     if task.multilabel:
         assert dataset["regions_class_order"] == [2, 1, 4] and dataset["labels"]["WT"] == [1, 2, 4]

@@ -174,14 +174,33 @@ def _umask() -> int:
     return mask
 
 
-def results_card(results: NNUnetResults) -> str:
-    """The model card's section on the results folder: how nnU-Net's predictor and 3D Slicer run it, and what
-    differs from asa-predict's reading of a scan."""
+def results_card(results: NNUnetResults, metrics: Mapping[str, Any] | None = None) -> str:
+    """``README.md`` of the results folder: front matter, the provenance (encoder, pretraining cohort digest,
+    licence, task, training data, source), the run's asa-evaluate summaries (``metrics``), how nnU-Net's predictor
+    and 3D Slicer run the folder and what differs from asa-predict's reading of a scan."""
     conf = results.plans["configurations"][CONFIGURATION]
+    prov = results.dataset["asa"]
+    arch = conf["architecture"]["network_class_name"].rsplit(".", 1)[-1]
+    cohort = prov.get("pretraining_cohort") or {}
+    source = prov.get("source") or {}
     return "\n".join([
+        "---", f"license: {prov.get('license')}", "library_name: nnunet", "pipeline_tag: image-segmentation", "tags:",
+        "- medical-imaging", "- 3d", "- brain-mri", "- nnunet", "---", "",
+        f"# asa segmenter ({prov.get('task')}) as an nnU-Net v2 results folder", "",
+        "A fine-tuned 3D brain-MRI segmenter. Research use only: it is not a medical device and was not validated "
+        "for clinical decisions.", "",
+        f"- task: {prov.get('task')}; training data: {prov.get('training_data')}",
+        f"- encoder: {prov.get('encoder')}",
+        (f"- pretraining cohort: {cohort.get('cases')} cases, {cohort.get('images')} images, digest "
+         f"`{cohort.get('digest')}`" if cohort else "- pretraining cohort: none recorded"),
+        f"- source: {source.get('file')} (step {source.get('step')}); asa {prov.get('asa_version')}"
+        + (f", commit {prov['git_commit']}" if prov.get("git_commit") else ""),
+        f"- licence: `{prov.get('license')}`",
+        *(["", "## Metrics (asa-evaluate in the run folder)", "", "```json", json.dumps(dict(metrics), indent=2), "```"]
+          if metrics else []),
         "", "## nnU-Net v2 results folder", "",
         f"This folder is an nnU-Net v2 results folder ({TRAINER}, configuration {CONFIGURATION}, fold all) of the "
-        f"fine-tuned segmenter ({conf['architecture']['network_class_name'].rsplit('.', 1)[-1]}), which nnU-Net's own "
+        f"fine-tuned segmenter ({arch}), which nnU-Net's own "
         "predictor runs:", "",
         "```", "nnUNetv2_predict_from_modelfolder -i IMAGES -o PREDICTIONS -m path/to/this/folder -f all", "```", "",
         f"or, placed as `$nnUNet_results/{results.plans['dataset_name']}/{TRAINER}__{PLANS_NAME}__{CONFIGURATION}/`, "
