@@ -35,7 +35,8 @@ non-zero or it is sent SIGTERM, so a scheduler could not tell a preempted run fr
   0        finished: every worker finished (also when a stop signal came after they had)
   1        failed: a worker failed (it printed its error in one line)
   2        refused before starting: a bad option or value, a run folder that holds a run or is locked, ...
-  128 + N  stopped by signal N after saving last.pt: 143 for SIGTERM, 138 for SIGUSR1; continue with resume=true
+  128 + N  stopped by signal N after saving last.pt: 143 for SIGTERM, 138 for SIGUSR1, 130 for
+           Ctrl-C (SIGINT); continue with resume=true
 """
 
 
