@@ -282,8 +282,8 @@ class Engine:
 
     def _agreed(self) -> tuple[int | None, bool]:
         """(the stop signal received, or None; whether ``trainer.ckpt_minutes`` have passed since last.pt was
-        written), the same on every rank (one collective under DDP), so that all ranks stop or save at the
-        same step. A signal number of 0: one that another rank received."""
+        written), the same on every rank (one collective under DDP: the largest signal number any rank
+        received), so that all ranks stop or save at the same step."""
         received = -1 if self._stop.received is None else self._stop.received
         minutes = self.cfg.ckpt_minutes
         overdue = bool(minutes) and time.monotonic() - self._saved_at >= 60.0 * minutes
@@ -291,6 +291,7 @@ class Engine:
         return (None if received < 0 else received), bool(overdue)
 
     def _stopping(self, stop_signal: int, during: str = "") -> int:
+        """Say that the run saves last.pt at this step and stops; returns ``stop_signal``."""
         name = signal.Signals(stop_signal).name if stop_signal else "a stop signal on another rank"
         self.log.say(f"received {name}{during}: saving last.pt at step {self.step} and stopping")
         return stop_signal
