@@ -113,10 +113,10 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         out = Path(out_dir).expanduser().absolute()  # ".": the working folder, by its name
         if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
             raise ValueError(f"output folder {out} would replace or sit inside the input {source}")
-        held = _held(out, overwrite=overwrite, format=format)
-        check_writable(out, "OUT_DIR")  # as the training and prediction jobs refuse their output folders
         if format not in FORMATS:
             raise ValueError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
+        held = _held(out, overwrite=overwrite, format=format)
+        check_writable(out, "OUT_DIR")  # as the training and prediction jobs refuse their output folders
         if cohort not in COHORT_LEVELS:
             raise ValueError(f"--cohort {cohort!r}: expected one of {', '.join(COHORT_LEVELS)}")
         if license is not None and (not license or any(c.isspace() for c in license)):
