@@ -89,7 +89,8 @@ class MaskedAutoencoderSettings(MethodSettings):
     """``asa.models.ASA`` settings beyond the encoder / decoder sizes of the ``model`` group."""
 
     name: str = "asa"
-    in_channels: int = in_range(1, 1)
+    # the masked network's input channels are the data's (len(data.channels)), as every method reads them: no
+    # setting here (method.in_channels was one, refused naming data.channels: asa.api.configuration.compat)
     mask_ratio: float = 0.75
     # uniform | attentive (AR-loss, docs/method.md §1.5) | focal_region (RAT, docs/method.md §1.6b)
     loss_weighting: str = one_of("attentive", LOSS_WEIGHTINGS)
@@ -152,6 +153,10 @@ class MaskedAutoencoderPretraining(PretrainingMethod):
                 check_options(**self._own_options())
             except ValueError as err:
                 raise ValueError(f"method.{err}") from None
+        channels = self.context.channels
+        if len(channels) != 1 and "in_channels" not in taken:
+            raise ValueError(f"data.channels={list(channels)}: {len(channels)} channels, but the masked network of "
+                             f"model.arch={self.family} ({self.masked_arch}) takes one (it has no in_channels)")
 
     def _own_options(self) -> dict:
         """The method settings the masked network takes, in the settings' order."""
@@ -159,9 +164,12 @@ class MaskedAutoencoderPretraining(PretrainingMethod):
         return {k: v for k, v in asdict(self.settings).items() if k != "name" and k in taken}
 
     def network_kwargs(self) -> dict:
-        """The keyword arguments of the masked network: the ``model`` group, these settings, the crop."""
+        """The keyword arguments of the masked network: the ``model`` group, these settings, the crop and the
+        data's channel count (``len(data.channels)``, for a network that takes ``in_channels``)."""
         model = {k: v for k, v in self.context.model.items() if k != "arch"}
-        return {**model, **self._own_options(), "img_size": self.context.crop}
+        channels = {"in_channels": len(self.context.channels)} if "in_channels" in keyword_options(self.masked_arch) \
+            else {}
+        return {**model, **self._own_options(), **channels, "img_size": self.context.crop}
 
     def build_network(self) -> nn.Module:
         try:

@@ -345,9 +345,8 @@ def pretraining_channels(held: Sequence[str], fine: Sequence[str], choice: str |
 
 def channel_overrides(channels: Sequence[str]) -> list[str]:
     """The pretraining overrides that read ``channels`` (none for the T1 alone, the default of every preset): the
-    data's channels, in that order, and the masked network's input channels."""
-    return [] if list(channels) == ["t1"] else [f"data.channels=[{','.join(channels)}]",
-                                                f"method.in_channels={len(channels)}"]
+    data's channels, in that order; every method's network takes its input channels from them."""
+    return [] if list(channels) == ["t1"] else [f"data.channels=[{','.join(channels)}]"]
 
 
 def pretraining_epochs(steps: int, subjects: int, batch: int) -> int:

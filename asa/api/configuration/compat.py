@@ -347,8 +347,12 @@ def moved_key(key: str) -> str | None:
 
 # keys of earlier versions that are gone -> what took their place. Refused as a moved key is (a command
 # line, ``+key``, a preset: `old_key`); a saved run config that holds one (a resumed run, a checkpoint)
-# is read without it, said in one line. Only keys that never changed a number belong here.
+# is read without it, said in one line. Only keys that never changed a number belong here: method.in_channels built
+# the masked network's stem, whose input is the data's channels, so a run that took a step had it at
+# len(data.channels), the count that network is built with now (a saved run of either resumes).
 REMOVED_KEYS = {
+    "method.in_channels": "the masked network's input channels are the data's: list them in data.channels "
+                          "(data.channels=[t1,t2] builds 2 input channels)",
     "data.cache_dir": "the store is the one preprocessing cache: write one with asa-preprocess (the same data "
                       "options and data.store=DIR), then train with data.store=DIR",
 }
