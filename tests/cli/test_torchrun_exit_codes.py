@@ -116,12 +116,13 @@ def test_two_gloo_workers_sigterm_143_then_refused_2(tmp_path):
 
 
 
-# Imported by every Python process of the job (on PYTHONPATH): once the run has saved a checkpoint,
-# the first DataLoader worker that starts (the next validation loader's) sends SIGTERM to torchrun
-# (its parent's parent) right after torch set its worker signal handlers and before `worker_init_fn`,
-# then waits there, so that torchrun's killpg reaches the ranks' workers as they start.
+# Imported by every Python process of the job (on PYTHONPATH): the first DataLoader worker of a validation loader
+# (its dataset is not the training loader's SeededItems; the validation loader starts its workers once, at the first
+# validation, after the training steps of the first epoch) sends SIGTERM to torchrun (its parent's parent) right
+# after torch set its worker signal handlers and before `worker_init_fn`, then waits there, so that torchrun's
+# killpg reaches the ranks' workers as they start.
 _SIGTERM_AS_WORKERS_START = """
-import os, signal, time
+import os, signal, sys, time
 from torch.utils.data._utils import signal_handling
 
 _original = signal_handling._set_worker_signal_handlers
@@ -129,7 +130,8 @@ _original = signal_handling._set_worker_signal_handlers
 
 def _set_then_stop(*args):
     _original(*args)
-    if not os.path.exists(os.environ["ASA_TEST_ARMED_BY"]):
+    dataset = sys._getframe(1).f_locals.get("dataset")  # the worker loop's
+    if dataset is None or type(dataset).__name__ == "SeededItems":  # a training loader's worker
         return
     try:
         os.close(os.open(os.environ["ASA_TEST_MARK"], os.O_CREAT | os.O_EXCL))
@@ -152,7 +154,7 @@ def test_two_ranks_sigterm_as_their_loader_workers_start_exits_143(tmp_path):
     (hook / "sitecustomize.py").write_text(_SIGTERM_AS_WORKERS_START)
     env = _env()
     env["PYTHONPATH"] = os.pathsep.join([str(hook), env["PYTHONPATH"]])
-    env.update(ASA_TEST_ARMED_BY=str(out / "checkpoints" / "last.pt"), ASA_TEST_MARK=str(tmp_path / "signalled"))
+    env.update(ASA_TEST_MARK=str(tmp_path / "signalled"))
     cmd = [sys.executable, "-m", "asa.cli.launch", "--standalone", "--nproc_per_node=2", "-m", "asa.cli.pretrain",
            *_overrides(out, tmp_path / "demo", "trainer.batch_size=1", "trainer.max_steps=null", "trainer.epochs=100",
                        "trainer.log_every=1", "probe.every=0", "data.num_workers=2")]
