@@ -1,0 +1,127 @@
+"""asa-study's checks, before anything trains: the labeled cases against the pretraining cohort and the cohorts the
+--encoder files carry (one overlap check, masked copies included), how each arm meets the fine-tuning channels, and
+whether the scans are skull-stripped."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from asa.api.machinery.cohort import encoder_cohort
+from asa.data import load_volume
+from asa.data.cohort import cohort_overlap, cohort_record, describe_overlap, image_signatures
+from asa.data.fingerprint import FINGERPRINT
+from asa.data.layouts.pretrain import channel_of
+from asa.data.masked_copies import describe_masked, masked_copies
+from asa.io import atomic_write_json
+from asa.study.common import refuse
+from asa.study.plan import supervised_channel
+
+# the parts of the labeled pool the overlap check reads, as its lines name them: every case a run scores, validates on,
+# trains on in one run and holds out in another (each fine-tuning run checks every case it does not train on)
+LABELED_PARTS = {"test": "test", "val": "validation", "supervised": "positive control", "pool": "training pool"}
+
+
+def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: Mapping[str, list[str]],
+                  encoders: Mapping[str, str] | None = None, *, accept: bool) -> dict[str, Any]:
+    """The study's one overlap check, before anything trains: every labeled case (test, validation, the positive
+    control's and the training pool's: `LABELED_PARTS`) against the pretraining cohort and the cohort each
+    ``encoders`` file carries (by id, subject, image content and near content: `asa.data.cohort.cohort_overlap`, the
+    rule each fine-tuning run applies to the cases it does not train on), and against the pretraining cohort's files
+    for skull-stripped or defaced copies on their grid (`asa.data.masked_copies`, which the fingerprint misses; the
+    runs' own check cannot see them). Refused (exit 2) when any case was in one,
+    unless ``accept``; accepted cases are listed, and every run is told to accept them (`overlap_overrides`). The
+    cohort's digests are kept in the study folder."""
+    by_id = {c.id: c for c in labeled}
+    parts = {LABELED_PARTS[k]: [by_id[i] for i in split[k]] for k in LABELED_PARTS if split.get(k)}
+    cohorts: dict[str, dict[str, Any]] = {}
+    if cohort_cases:
+        record_file = out / "checks" / "cohort.json"
+        ids = sorted(c.id for c in cohort_cases)
+        record = json.loads(record_file.read_text()) if record_file.is_file() else None
+        # written again for other cases, or by an asa whose fingerprint differs (it would leave near content unchecked)
+        if record is None or sorted(record["cases"]) != ids or record.get("fingerprint") != FINGERPRINT:
+            record = cohort_record(cohort_cases, {"train": ids}, workers=2, source={"study": str(out)})
+            atomic_write_json(record_file, record)
+        cohorts["--pretrain-data"] = record
+    for name, path in (encoders or {}).items():
+        if (carried := encoder_cohort(path, option=f"--encoder {name}")) is not None:
+            cohorts[f"--encoder {name}"] = carried
+    if not cohorts:
+        return {"lines": ["no cohort to check (the --encoder files carry none)"], "overlapping": [], "accepted": False}
+    everyone = [c for cases in parts.values() for c in cases]
+    digests, prints = image_signatures(everyone, workers=2)
+    lines, found = [], set()
+    for source, cohort in cohorts.items():
+        overlap = cohort_overlap(cohort, parts, digests=digests, fingerprints=prints)
+        size = len(cohort.get("cases") or {})
+        lines += [f"{source}: {line}" for line in describe_overlap(overlap, cohort_size=size)]
+        found |= {c for part in overlap.values() for c in part["overlapping"]}
+    if cohort_cases:  # on disk: skull-stripped and defaced copies on the cohort's grid, which the fingerprint misses
+        copies = masked_copies(everyone, cohort_cases)
+        lines.append(f"--pretrain-data: {describe_masked(copies, len(everyone))}")
+        found |= set(copies)
+    found_ids = sorted(found)
+    if found_ids and not accept:
+        refuse("[study] the pretraining cohort holds labeled cases the study's runs score, validate on or hold out:\n  "
+               + "\n  ".join(lines) + "\npretraining on them would score the arms on what they have seen: remove them "
+               "from --pretrain-data, or pass --accept-overlap to run anyway (every run then accepts them, and the "
+               "report lists them)")
+    if found_ids:
+        lines.append(f"accepted with --accept-overlap ({len(found_ids)} case(s), every run told so): "
+                     + ", ".join(found_ids))
+    return {"lines": lines, "overlapping": found_ids, "accepted": bool(found_ids)}
+
+
+
+def channel_lines(fine: Sequence[str], pretrain: Sequence[str], held: Sequence[str], *,
+                  store: bool = False) -> list[str]:
+    """How each arm meets the fine-tuning channels ``fine``: the pretrained arms and the negative control through
+    the cohort's channels ``pretrain`` they read (`pretraining_channels`), the scratch twin through the fine-tuning
+    ones, the positive control through the pretrained arms' path when they read the T1 alone
+    (`supervised_channel`), else through the fine-tuning channels. ``held``: the channels every cohort case has
+    (with ``store``: the channels the store holds)."""
+    if [channel_of(name) for name in fine] == list(pretrain):
+        pairs = ", ".join(f"{c} as {name}" for c, name in zip(pretrain, fine))
+        return [f"Every arm pretrains and fine-tunes on the same channels: the pretraining runs read the cohort's "
+                f"{pairs}, in the fine-tuning order, so the pretrained stem's channel k is fine-tuning channel k and "
+                f"no stem is adapted (the negative control's noise volumes have {len(pretrain)} channel(s) too)."]
+    lacking = [n for n in fine if channel_of(n) not in held]
+    why = ("--pretrain-channels t1" if not lacking else f"the store holds {', '.join(held)} only" if store else
+           f"the cohort lacks {', '.join(lacking)} in some or all cases")
+    if len(fine) == 1:
+        return [f"The pretraining runs read the cohort's t1 only ({why}); fine-tuning reads {fine[0]}: every "
+                "pretrained arm (and the negative control) enters through its T1 stem as it is, on another contrast, "
+                "while the scratch twin and the positive control are trained on it from the start."]
+    head = (f"The pretraining runs read the cohort's t1 only ({why}); fine-tuning reads {', '.join(fine)}: every "
+            f"pretrained arm (and the negative control) enters through its 1-channel stem adapted to {len(fine)} "
+            f"channels (the pretrained kernel copied to each channel and divided by {len(fine)}, asa's stem "
+            "adaptation)")
+    if (t1 := supervised_channel(fine, pretrain)) is not None:
+        return [f"{head}, and so does the positive control, trained with labels on {t1} alone; the scratch twin is "
+                "trained on the fine-tuning channels from the start and takes no adaptation: a deficit of the "
+                "pretrained arms against scratch may be the adaptation's, one against the positive control is not."]
+    return [f"{head}, while the scratch twin and the positive control are trained on the fine-tuning channels from "
+            "the start and take no adaptation (no fine-tuning channel is the T1 the control could train on alone): "
+            "a deficit of the pretrained arms may be the adaptation's."]
+
+
+STRIPPED = 0.9  # the share of non-zero voxels above which asa's brain mask takes a scan for a whole head
+
+
+def skull_lines(sets: Mapping[str, Sequence], sample: int = 3) -> list[str]:
+    """One line per set of cases whose first ``sample`` scans are whole heads (more than `STRIPPED` of their
+    voxels non-zero): asa's brain mask, brain centre and in-brain z-score assume skull-stripped scans."""
+    lines = []
+    for name, cases in sets.items():
+        shares = [float((load_volume(next(iter(c.images.values()))).array != 0).mean()) for c in list(cases)[:sample]]
+        if shares and min(shares) > STRIPPED:
+            lines.append(f"{name}: the scans are not skull-stripped ({min(shares):.0%} or more of their voxels are "
+                         "non-zero): asa's brain mask, brain centre and in-brain z-score assume skull-stripped scans, "
+                         "and on whole heads the mask takes in scalp and neck (docs/data-and-orientation.md); strip "
+                         "the skulls first (asa-prepare: N4, alignment to the symmetric MNI template and brain "
+                         "extraction, docs/own-data.md), or read every arm's numbers as made on a mis-centred, "
+                         "mis-normalised crop.")
+    return lines

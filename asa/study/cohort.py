@@ -1,0 +1,151 @@
+"""The pretraining cohort of asa-study: where it is (a BIDS or CAPS folder, a file list, a store of
+asa-preprocess), its cohorts of each size (the first n subjects of one seeded order), the negative control's noise
+volumes on its grid, and the channels the pretraining runs read of it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from asa.api.config import compose_config
+from asa.api.machinery.dataset import load_cases
+from asa.data import load_volume
+from asa.data.case import Case
+from asa.data.layouts.pretrain import CHANNELS, channel_of
+from asa.data.preprocessing import PretrainPreprocess
+from asa.data.store import INDEX, SETTINGS, StoreError, open_store, store_settings
+from asa.io import atomic_write_text
+from asa.study.common import refuse
+from asa.study.noise import write_noise_dataset
+from asa.train.distributed import DistEnv
+
+def pretrain_layout(path: Path) -> tuple[str, Path]:
+    """(layout, root) of a pretraining cohort: a BIDS or CAPS folder, a file list (a .csv/.tsv/.txt file, or a
+    folder holding files.csv), or a store written by asa-preprocess (``store``: a folder holding its index.json,
+    or the settings.json of an unfinished one, which `read_store` refuses with asa's hint)."""
+    if path.is_file():
+        return "filelist", path
+    if not path.is_dir():
+        refuse(f"--pretrain-data {path}: no such file or folder (expected a BIDS or CAPS folder, a file list or a "
+               "store written by asa-preprocess)")
+    if (path / INDEX).is_file() or (path / SETTINGS).is_file():
+        return "store", path
+    if any(path.glob("sub-*/anat")) or any(path.glob("sub-*/ses-*/anat")):
+        return "bids", path
+    if (path / "subjects").is_dir():
+        return "caps", path
+    if any((path / name).is_file() for name in ("files.csv", "files.tsv", "files.txt", "filelist.csv", "filelist.txt")):
+        return "filelist", path
+    refuse(f"--pretrain-data {path}: neither a BIDS folder (sub-*/[ses-*/]anat/*_T1w.nii.gz), a CAPS folder "
+           f"(subjects/), a file list (files.csv) nor a store written by asa-preprocess ({INDEX})")
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreCohort:
+    """A pretraining cohort held in a store of asa-preprocess: its folder, the data root and layout it was written
+    from (the files its records were checked against), its channels in their order and its resampling. A run
+    reads a store only with the options it was written under, so these are the runs' data options."""
+
+    path: Path
+    root: Path
+    layout: str
+    channels: tuple[str, ...]
+    resample_mm: float | None = None
+
+    def data(self) -> list[str]:
+        """A pretraining run's overrides that read the store (the layout aside: `plan_pretraining` places it);
+        which of its cases a run reads is the run's ``splits.json`` (`write_store_splits`)."""
+        return [f"data.root={self.root}", f"data.store={self.path}"]
+
+    def resampling(self) -> list[str]:
+        """The store's resampling, for every run of the study (the noise volumes sit on the resampled grid too)."""
+        return [] if self.resample_mm is None else [f"data.resample_mm={self.resample_mm}"]
+
+
+def read_store(path: Path) -> tuple[StoreCohort, list[Case]]:
+    """The store of asa-preprocess at ``path`` as a pretraining cohort, and its cases as asa-pretrain finds them
+    (`asa.api.machinery.dataset.load_cases`: the cases of its data root it holds, their files unchanged since).
+    Refused (exit 2, naming the folder): an unfinished or broken store, a fine-tuning preset's store, one written
+    under preprocessing settings a pretraining run does not take, one out of date with its files."""
+    try:
+        store = open_store(path, option="--pretrain-data")
+    except StoreError as err:
+        refuse(str(err))
+    settings = store.settings
+    if settings.get("kind") != "pretrain" or store.root is None or store.layout is None:
+        refuse(f"--pretrain-data {path}: a store of asa-preprocess written from a fine-tuning preset (kind "
+               f"{settings.get('kind')!r}); expected one of a pretraining preset (asa-preprocess data=bids "
+               "data.root=COHORT data.store=STORE)")
+    cohort = StoreCohort(path, Path(store.root), str(store.layout), tuple(settings.get("channels") or ("t1",)),
+                         settings.get("resample_mm"))
+    wanted = PretrainPreprocess(1, resample_mm=cohort.resample_mm).settings()  # the crop is not a store setting
+    try:
+        store.check_settings(store_settings(wanted, channels=cohort.channels, dtype="float16"), ignore_regions=True,
+                             option="--pretrain-data")
+        data = compose_config("pretrain", ["data=bids", f"data.layout={cohort.layout}", *cohort.data()]).data
+        cases, _ = load_cases(data, None, DistEnv())
+    except (StoreError, OSError, ValueError) as err:
+        refuse(f"--pretrain-data {path}: {err}")
+    return cohort, list(cases)
+
+
+def cohort_order(ids: Sequence[str], seed: int) -> list[str]:
+    """The cohort's subjects in a seeded order: a cohort of n is the first n, so a smaller cohort is part of a larger."""
+    ids = sorted(ids)
+    return [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+
+
+def write_cohorts(out: Path, cases: Sequence, sizes: Sequence[int], seed: int,
+                  channels: Sequence[str] = ("t1",)) -> dict[int, Path]:
+    """One file list per cohort size (``<out>/data/cohort-<n>/files.csv``, the first n subjects of `cohort_order`):
+    the T1 in ``path``, each other of ``channels`` in a column of its name, in their order (the filelist layout)."""
+    by_id = {c.id: c for c in cases}
+    order = cohort_order(list(by_id), seed)
+    others = [c for c in channels if c != "t1"]
+    head = ",".join(["id", "path", *others]) + "\n"
+    folders = {}
+    for n in sizes:
+        folder = out / "data" / f"cohort-{n}"
+        rows = "".join(",".join([i, *(str(by_id[i].images[c]) for c in ("t1", *others))]) + "\n" for i in order[:n])
+        if not (folder / "files.csv").is_file() or (folder / "files.csv").read_text() != head + rows:
+            atomic_write_text(folder / "files.csv", head + rows)
+        folders[n] = folder
+    return folders
+
+
+def write_noise(out: Path, cases: Sequence, n: int, seed: int, channels: Sequence[str] = ("t1",)) -> Path:
+    """The negative control's pure-noise volumes, as many as the largest cohort, on the grid of the cohort's first
+    image, with a noise channel for each of ``channels`` (the T1 always, as a file list needs it; written once)."""
+    folder = out / "data" / f"noise-{n}"
+    if not (folder / ".complete").is_file():
+        first = load_volume(cases[0].images["t1"])
+        shape = tuple(int(s) for s in first.array.shape[-3:])
+        write_noise_dataset(folder, cases=n, size=shape, seed=seed + 7919, affine=first.affine, overwrite=True,
+                            channels=["t1", *(c for c in channels if c != "t1")])
+        atomic_write_text(folder / ".complete", "done\n")
+    return folder
+
+
+def cohort_channels(cases: Sequence) -> list[str]:
+    """The channels every case of the cohort has (`CHANNELS`' order)."""
+    return [c for c in CHANNELS if all(c in case.images for case in cases)]
+
+
+def pretraining_channels(held: Sequence[str], fine: Sequence[str], choice: str | None) -> list[str]:
+    """The cohort channels the pretraining runs read, in the order of the fine-tuning channels ``fine`` (the
+    labeled set's names, matched by meaning, `channel_of`), so that the pretrained stem's channel k is fine-tuning
+    channel k: all of them when ``choice`` is ``all``, or None and the cohort (its channels ``held``) has them; the
+    T1 alone when ``choice`` is ``t1``, or None and the cohort lacks one. ``all`` on a cohort that lacks one is
+    refused (exit 2)."""
+    wanted = [channel_of(name) for name in fine]
+    lacking = [name for name, c in zip(fine, wanted) if c is None or c not in held]
+    if len(set(wanted)) != len(wanted):  # two fine-tuning channels of one meaning: no order to keep
+        lacking = list(fine)
+    if choice == "all" and lacking:
+        refuse(f"--pretrain-channels all: the pretraining cohort's cases all have {', '.join(held)}; the fine-tuning "
+               f"channels {', '.join(lacking)} have no channel of the cohort ({', '.join(CHANNELS)}, the meanings "
+               "asa reads) in every case: give the cohort those contrasts, or pass --pretrain-channels t1")
+    return list(wanted) if choice == "all" or (choice is None and not lacking) else ["t1"]

@@ -1,0 +1,325 @@
+"""asa-study's plan: its scales, the network and arms every run shares, the pretraining runs (each arm per cohort
+size, and the negative control), the positive control, the fine-tuning arms handed to `asa.study.transfer`, the fixed
+split of the labeled set and the overrides every fine-tuning run takes. Pure: it starts nothing (`asa.study.scheduler`
+runs the units, `asa.study.study` is the command)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from asa.api.config import compose_config
+from asa.api.machinery.cohort import ACCEPT_OPTION
+from asa.data.layouts.pretrain import channel_of
+from asa.data.splits import make_splits
+from asa.io import atomic_write_json
+from asa.models.family import Family, families
+from asa.models.registry import keyword_options
+from asa.study import transfer
+from asa.study.cohort import StoreCohort, cohort_order
+from asa.study.common import module_argv, refuse
+
+# the pretraining arms of the CNN: method and every ASA option stated (loss weighting and its exponent, the coordinate
+# channel), so that a changed default changes no arm; the masking is `MASKING` for every arm
+ARMS: dict[str, dict[str, Any]] = {
+    "mae": {"method": "mae", "loss_weighting": "uniform", "power": 1.0, "coord": False},
+    "asa": {"method": "asa", "loss_weighting": "attentive", "power": 1.0, "coord": False},
+    "asa-coord": {"method": "asa", "loss_weighting": "attentive", "power": 1.0, "coord": True},
+}
+SWVIT_ARMS = ("mae", "asa")  # the SW-ViT's: the paper's Table 4 rows (configs/pretrain/experiment)
+CONTROL, SUPERVISED = "noise", "supervised"  # the negative and the positive control
+CHOICES = (*ARMS, CONTROL, SUPERVISED)
+MASK_BLOCK = 16
+MASKING = (f"model.mask_block={MASK_BLOCK}", "model.densify=spark", "model.weight_patch=8", "model.mirror_visible=null")
+SCRATCH, COORD_SCRATCH = "scratch", "scratch-coord"  # the scratch twin; with the coordinate channel (asa-coord's twin)
+PILOT = "pilot"
+RECIPES = {"adamw": "optim=adamw", "nnunet": "optim=nnunet"}
+
+
+@dataclasses.dataclass
+class Scale:
+    """How big the study is. ``cohorts``: pretraining subjects per cohort size (empty: the whole cohort);
+    ``pretrain_steps``: optimiser steps of every pretraining run; ``pilot_steps``: the pilot's constant-lr steps;
+    ``cases``: labeled training cases N; ``test`` / ``val``: the fixed test and validation cases; ``supervised``:
+    labeled cases of the positive control, apart from all of those."""
+
+    crop: int
+    pretrain_steps: int
+    pilot_steps: int
+    cases: tuple[int, ...]
+    seeds: tuple[int, ...]
+    test: int
+    val: int
+    supervised: int
+    resenc: str  # the ResEnc size of --network resenc
+    swvit: str  # the SW-ViT preset of --network swvit
+    cohorts: tuple[int, ...] = ()
+    pretrain_crop: int | None = None  # the pretraining crop (None: crop; the coordinate channel's arm always at crop)
+    jobs: int = 1
+    time_budget: float | None = None  # seconds per call (None: no limit)
+    workers: int = 0  # loader workers of every run (pretraining, pilot, fine-tuning, the positive control)
+    nproc: int = 1  # processes (GPUs) of each pretraining run, through torchrun; the global batch stays the recipe's
+
+
+SCALES = {
+    # two CPU cores, one sitting: the pilot and the positive control side by side, then the pretraining runs two at a
+    # time, then every fine-tuning run two at a time (docs/studies.md: the cost table these were chosen from)
+    "cpu": Scale(crop=32, pretrain_steps=800, pilot_steps=1200, cases=(8,), seeds=(0, 1, 2), test=16, val=4,
+                 supervised=8, resenc="S", swvit="tiny", jobs=2),
+    "gpu": Scale(crop=96, pretrain_steps=4000, pilot_steps=4000, cases=(2, 8), seeds=(0, 1, 2, 3, 4), test=16, val=4,
+                 supervised=16, resenc="M", swvit="small", jobs=3, time_budget=510.0, workers=8),
+    "quick": Scale(crop=32, pretrain_steps=4, pilot_steps=12, cases=(2,), seeds=(0, 1), test=3, val=2, supervised=2,
+                   resenc="tiny", swvit="tiny"),
+}
+# what a rerun into the same --out may add to (more units, the finished ones kept)
+GROWS = ("arms", "encoders", "scale.cohorts", "scale.cases", "scale.seeds")
+
+
+# ------------------------------------------------------------------------------------------------- plan
+@dataclasses.dataclass(frozen=True)
+class Pretraining:
+    """One pretraining run: ``<arm>-c<subjects>``, the cohort it reads and its overrides."""
+
+    name: str
+    arm: str
+    cohort: int
+    overrides: tuple[str, ...]
+    coord: bool = False
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(next(o.split("=", 1)[1] for o in self.overrides if o.startswith("output_dir=")))
+
+    @property
+    def encoder(self) -> Path:
+        return self.run_dir / "checkpoints" / "encoder.pt"
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """The network every arm shares: a network family with a masked twin and a segmentation network
+    (`asa.models.family`: ``resenc``, ``swvit``, a plug-in's) and one of its sizes (None: it declares none)."""
+
+    family: str
+    size: Optional[str]
+
+    @property
+    def declared(self) -> Family:
+        return families()[self.family]
+
+    @property
+    def by_preset(self) -> bool:
+        """Whether the family's sizes are ``model`` presets whose pretraining section names no arch (the SW-ViT's
+        ``model=tiny|small|base``, pretrained through the paper's ``experiment`` presets), not ``model.size``."""
+        return "arch" not in self.declared.options()
+
+    @property
+    def finetune(self) -> list[str]:
+        if self.by_preset:
+            return [f"model={self.size}"]
+        return [f"model={self.declared.segmenter}", *([f"model.size={self.size}"] if self.size else [])]
+
+    def missing(self, arm: str) -> list[str]:
+        """What the pretraining arm ``arm`` needs that the family's masked twin does not take (none: it can run)."""
+        if self.by_preset or arm not in ARMS:
+            return []
+        spec, taken = ARMS[arm], keyword_options(str(self.declared.masked))
+        needs = ["loss_weighting"] if spec["loss_weighting"] != "uniform" else []
+        return [k for k in (*needs, *(["coord_channel"] if spec["coord"] else [])) if k not in taken]
+
+    def pretrain(self, arm: str) -> list[str]:
+        if self.by_preset:
+            return [f"experiment={arm}", f"model={self.size}"]
+        spec, section = ARMS[arm], self.declared.options()
+        stated = [f"model.weight_power={spec['power']}", *MASKING, f"model.coord_channel={str(bool(spec['coord'])).lower()}"]
+        return [f"model={self.family}", *([f"model.size={self.size}"] if self.size else []), f"method={spec['method']}",
+                f"method.loss_weighting={spec['loss_weighting']}",
+                *(o for o in stated if o.split("=")[0].removeprefix("model.") in section)]  # the section's own
+
+    @property
+    def name(self) -> str:
+        return f"{self.family}-{self.size}" if self.size else self.family
+
+
+def parse_network(text: str, scale: Scale) -> Network:
+    """``<family>`` (the scale's size of it: ``resenc``, ``swvit``) or ``<family>-<size>`` (``resenc-S|M|L|tiny``,
+    ``swvit-tiny|small|base``) for every family that declares a masked twin and a segmentation network."""
+    family, _, size = text.partition("-")
+    studied = {name: f for name, f in families().items() if f.masked and f.segmenter}
+    sizes = {name: tuple(f.presets) for name, f in studied.items()}
+    if family not in studied or (size and size not in sizes[family]):
+        refuse(f"--network {text}: expected a network family with a masked twin, optionally with a size: "
+               + "; ".join(f"{f}-{'|'.join(s)}" if s else f for f, s in sizes.items()))
+    return Network(family, size or getattr(scale, family, None))
+
+
+
+def channel_overrides(channels: Sequence[str]) -> list[str]:
+    """The pretraining overrides that read ``channels`` (none for the T1 alone, the default of every preset): the
+    data's channels, in that order; every method's network takes its input channels from them."""
+    return [] if list(channels) == ["t1"] else [f"data.channels=[{','.join(channels)}]"]
+
+
+def pretraining_epochs(steps: int, subjects: int, batch: int) -> int:
+    """Epochs giving about ``steps`` optimiser steps on ``subjects`` (80 % train split)."""
+    return max(1, round(steps / max(1, int(0.8 * subjects) // batch)))
+
+
+def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[str], cohorts: Mapping[int, Path],
+                     noise: Path | None, *, seed: int, channels: Sequence[str] = ("t1",),
+                     store: StoreCohort | None = None) -> list[Pretraining]:
+    """Every pretraining run: each pretraining arm per cohort size, and the negative control on the noise volumes
+    (mae's recipe, as many volumes as the largest cohort), all reading ``channels`` in their order
+    (`pretraining_channels`). The arms read ``cohorts`` (size -> its file list's folder, `write_cohorts`) or, with
+    ``store``, the store (its cases of a cohort size chosen by the run's ``splits.json``, `write_store_splits`)."""
+    common = ["data=bids", "data.layout=filelist", *channel_overrides(channels), f"data.num_workers={scale.workers}",
+              "data.split.ratios=[0.8,0.2,0.0]", "optim=adamw_demo", "trainer.progress=false", "trainer.panel_every=0",
+              "probe.every=0", f"seed={seed}", "resume=auto"]
+    batch = int(compose_config("pretrain", [*network.pretrain("mae"), *common[:2], f"data.crop={scale.crop}"])
+                .trainer.batch_size)
+    if scale.nproc < 1 or batch % scale.nproc:
+        refuse(f"--nproc {scale.nproc}: the pretraining's global batch is {batch}; take a number of processes that "
+               "divides it (each process takes an equal share, so the recipe stays the one-process run's)")
+    per_rank = [f"trainer.batch_size={batch // scale.nproc}"] if scale.nproc > 1 else []
+    units = [(arm, n, folder) for n, folder in cohorts.items() for arm in arms if arm in ARMS]
+    if noise is not None:
+        units.append((CONTROL, max(cohorts), noise))
+    runs = []
+    for arm, n, data in units:
+        spec = ARMS["mae" if arm == CONTROL else arm]
+        crop = scale.crop if spec["coord"] else (scale.pretrain_crop or scale.crop)  # the channel ties it to the crop
+        stored = store is not None and arm != CONTROL  # the noise control reads its own volumes' file list
+        resampling = store.resampling() if store is not None else []
+        source = [*store.data(), *resampling] if stored else [f"data.root={data}", *resampling]
+        layout = [f"data.layout={store.layout}"] if stored else common[1:2]
+        epochs = pretraining_epochs(scale.pretrain_steps, n, batch)
+        overrides = (*network.pretrain("mae" if arm == CONTROL else arm), common[0], *layout, *common[2:],
+                     f"data.crop={crop}", *source, f"trainer.epochs={epochs}", *per_rank,
+                     f"output_dir={out / 'pretrain' / f'{arm}-c{n}'}")
+        runs.append(Pretraining(f"{arm}-c{n}", arm, n, overrides, coord=bool(spec["coord"])))
+    return runs
+
+
+def pretraining_argv(nproc: int, *overrides: str) -> tuple[str, ...]:
+    """The argv of a pretraining run: asa-pretrain in this interpreter, or with ``nproc`` > 1 its ``nproc``
+    processes through asa-torchrun (torchrun on one machine, ending with the job's exit code: 143 after a stop
+    signal, so the study can tell a stopped run from a failed one)."""
+    if nproc == 1:
+        return module_argv("asa.cli.pretrain", *overrides)
+    return module_argv("asa.cli.launch", "--standalone", f"--nproc_per_node={nproc}", "-m", "asa.cli.pretrain",
+                       *overrides)
+
+
+def write_store_splits(runs: Sequence[Pretraining], ids: Sequence[str], seed: int) -> None:
+    """The ``splits.json`` of each run that reads a store, before it starts: the train and validation cases its
+    own split would make of its cohort's subjects (the first n of `cohort_order`, split as the run's data options
+    say), and the store's other cases as its test part, which pretraining never reads (a run sees the whole store,
+    and its split must name every case). A run's existing file is kept (a started run keeps its split)."""
+    order = cohort_order(ids, seed)
+    for run in runs:
+        path = run.run_dir / "splits.json"
+        if not any(o.startswith("data.store=") for o in run.overrides) or path.is_file():
+            continue
+        data = compose_config("pretrain", list(run.overrides)).data
+        shares = list(data.split.ratios)
+        parts = make_splits(order[:run.cohort], dataset=str(data.name), seed=int(data.split.seed),
+                            counts_or_ratios=shares)
+        rest = sorted(set(ids) - set(order[:run.cohort]))
+        atomic_write_json(path, {"train": parts["train"], "val": parts["val"], "test": sorted([*parts["test"], *rest]),
+                                 "dataset": str(data.name), "seed": int(data.split.seed), "shares": shares})
+
+
+# ---------------------------------------------------------------------------------- the positive control
+@dataclasses.dataclass(frozen=True)
+class Supervised:
+    """The positive control: its run folder, the labeled set it trains on (the study's ``data`` preset at ``root``),
+    its cases, and with ``channel`` the one fine-tuning channel it reads (``data.channels=[<channel>]``; None: all
+    of them)."""
+
+    run_dir: Path
+    data: str
+    root: Path
+    cases: tuple[str, ...]
+    channel: str | None = None
+
+
+def supervised_channel(fine: Sequence[str], pretrain: Sequence[str] | None) -> str | None:
+    """The fine-tuning channel the positive control trains on alone, or None (all of ``fine``): the one of ``fine``
+    that means t1 (`channel_of`) when the pretraining runs read the T1 alone (``pretrain`` ``["t1"]``) and the task
+    has more channels, so that its encoder reaches the task through the stem adaptation the pretrained arms take."""
+    if pretrain is None or list(pretrain) != ["t1"] or len(fine) < 2:
+        return None
+    t1 = [name for name in fine if channel_of(name) == "t1"]
+    return t1[0] if len(t1) == 1 else None
+
+
+def supervised_overrides(control: Supervised, network: Network, scale: Scale, seed: int,
+                         overrides: Sequence[str]) -> list[str]:
+    """The positive control's asa-finetune overrides: its labeled set (`Supervised`), every case of it training,
+    for about the pilot's steps, with the study's fine-tuning ``overrides``."""
+    batch = int(compose_config("finetune", [f"data={control.data}", *network.finetune]).trainer.batch_size)
+    epochs = max(1, round(scale.pilot_steps / max(1, len(control.cases) // batch)))  # all its cases train
+    return [f"data={control.data}", f"data.root={control.root}",
+            *([f"data.channels=[{control.channel}]"] if control.channel else []), *network.finetune,
+            f"data.crop={scale.crop}", f"data.num_workers={scale.workers}", f"trainer.epochs={epochs}", "trainer.progress=false",
+            "trainer.panel_every=0", f"seed={seed}", "resume=auto", *overrides, f"output_dir={control.run_dir}"]
+
+
+def supervised_splits(control: Supervised, split: Mapping[str, list[str]], seed: int) -> dict[str, Any]:
+    """The positive control's ``splits.json``: its cases train; every other labeled case is its test part (never
+    seen by it)."""
+    others = sorted({*split["test"], *split["val"], *split["pool"]})
+    return {"train": list(control.cases), "val": [], "test": others, "dataset": control.data, "seed": seed}
+
+
+def finetune_arms(runs: Sequence[Pretraining], network: Network, supervised: Path | None,
+                  encoders: Mapping[str, Path]) -> dict[str, str]:
+    """`asa.study.transfer` --arm specs (name -> ``key=value,...``): the scratch twin, with the coordinate channel too
+    when an arm pretrains with it, the positive control, every pretrained encoder and every --encoder file."""
+    base = ",".join(network.finetune)
+    arms = {SCRATCH: base}
+    if any(run.coord for run in runs):
+        arms[COORD_SCRATCH] = f"{base},model.coord_channel=true"
+    if supervised is not None:
+        arms[SUPERVISED] = f"{base},model.pretrained={supervised / 'checkpoints' / 'last.pt'}"
+    for run in runs:
+        arms[run.name] = f"{base},model.pretrained={run.encoder}" + (",model.coord_channel=true" if run.coord else "")
+    for name, path in encoders.items():
+        arms[name] = f"{base},model.pretrained={path}"
+    return arms
+
+
+
+
+# ------------------------------------------------------------------------------------------------ the split
+def labeled_split(cases: Sequence, scale: Scale, seed: int) -> dict[str, list[str]]:
+    """The study's fixed split of the labeled pool, as `asa.study.transfer` makes it: test, validation, the training
+    pool, and the positive control's cases (the last of the pool, never drawn by a run: `transfer --hold-out`)."""
+    ids = [c.id for c in cases]
+    need = scale.test + scale.val + max(scale.cases)
+    if len(ids) < need:
+        refuse(f"--root: {len(ids)} labeled cases; the study needs at least {need} (--test {scale.test} + --val "
+               f"{scale.val} + the largest of --cases {max(scale.cases)})")
+    test, pool = transfer.split_cases(ids, test=scale.test, seed=seed)
+    val, pool = sorted(pool[:scale.val]), pool[scale.val:]
+    spare = len(pool) - max(scale.cases)
+    held = sorted(pool[len(pool) - scale.supervised:]) if spare >= scale.supervised else []
+    return {"test": test, "val": val, "pool": sorted(set(pool) - set(held)), "supervised": held}
+
+
+def recipe_overrides(recipe: str, encoder_lr_scale: float) -> list[str]:
+    """The fine-tuning recipe of every run of the study: ``optim=<recipe>`` and, for ``adamw``, one encoder lr scale
+    for every arm, the pretrained arms' (``optim.encoder_lr_scale``) and the scratch twins' (the preset keeps a
+    scale of its own for an encoder from scratch, ``optim.scratch_encoder_lr_scale``)."""
+    scales = [f"optim.encoder_lr_scale={encoder_lr_scale}", f"optim.scratch_encoder_lr_scale={encoder_lr_scale}"]
+    return [RECIPES[recipe], *(scales if recipe == "adamw" else [])]
+
+
+def overlap_overrides(overlap: Mapping[str, Any]) -> list[str]:
+    """The fine-tuning overrides that carry an accepted overlap to every run (each run checks the cases it does not
+    train on by the same rule, and would refuse what the study accepted): none when nothing was accepted."""
+    return [f"{ACCEPT_OPTION}=true"] if overlap.get("accepted") else []
+
+

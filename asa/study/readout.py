@@ -1,0 +1,127 @@
+"""What asa-study reads off its finished units: the pilot's validation curve and the fine-tuning budget found on it,
+and each pretraining run's held-out masked loss with its plateau check (read against the optimiser's progress)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asa.io import load_checkpoint
+from asa.study import transfer
+from asa.study.plan import PILOT, SCRATCH, Pretraining, Scale
+from asa.train.schedule import lr_at
+
+# relative drop (and rise from the best) of the held-out masked loss over the last quarter of the optimiser's progress
+# below which a pretraining run has levelled: a held-out loss on fixed volumes is not noisy, and 5 % let through a
+# curve still falling
+PLATEAU_TOL = 0.02
+
+
+def pilot_scores(out: Path, scale: Scale) -> Path:
+    return out / PILOT / "runs" / f"{SCRATCH}-n{max(scale.cases)}-s0" / "scores.json"
+
+
+PILOT_FLOOR = 0.1  # the pilot's best validation Dice (mean, and the lesion classes' when named) under which it did not learn
+
+
+def pilot_budget(out: Path, scale: Scale, cap: int | None = None, *,
+                 lesion_classes: Sequence[str] = ()) -> dict[str, Any]:
+    """The pilot's validation curve, whether it learned, and the converged budget found on it
+    (`transfer.converged_budget`). ``learned``: its best validation Dice reached `PILOT_FLOOR`, and so did the mean
+    Dice of ``lesion_classes`` when named (``lesion_curve``); a curve that stayed under it did not learn, and has no
+    budget to level off at (``converged`` False). ``steps``: the study's fine-tuning steps, rounded up to ten, or
+    the pilot's length when still rising at its end; at most ``cap``, and then ``capped`` says the arms compare
+    before the scratch twin levels off."""
+    record = json.loads(pilot_scores(out, scale).read_text())
+    curve = record["budget"].get("val_curve") or []
+    lesion = pilot_lesion_curve(out / PILOT / "runs" / f"{SCRATCH}-n{max(scale.cases)}-s0", lesion_classes)
+    best = max((d for _, d in curve), default=0.0)
+    best_lesion = max((d for _, d in lesion), default=math.nan)
+    learned = best >= PILOT_FLOOR and (not lesion_classes or best_lesion >= PILOT_FLOOR)
+    found = transfer.converged_budget(curve)
+    found["converged"] = found["converged"] and learned
+    steps = max(int(10 * math.ceil(found["budget"] / 10)) if found["converged"] else int(scale.pilot_steps), 10)
+    capped = cap is not None and cap < steps
+    rows = record.get("scores") or []
+    test = {name: float(np.mean([float(r[f"Dice_{name}"]) for r in rows]))
+            for name in record.get("names", []) if rows and f"Dice_{name}" in rows[0]}
+    return {**found, "steps": cap if capped else steps, "capped": capped, "asked": steps,
+            "pilot_steps": scale.pilot_steps, "curve": curve, "test": test, "test_cases": len(rows),
+            "learned": learned, "floor": PILOT_FLOOR, "best_dice": best, "lesion_classes": list(lesion_classes),
+            "lesion_curve": lesion, "best_lesion_dice": best_lesion}
+
+
+def pilot_lesion_curve(run_dir: Path, classes: Sequence[str]) -> list[list[float]]:
+    """[step, mean validation Dice of ``classes``] per round of the pilot (its logged ``val/dice_<class>``); empty
+    without classes."""
+    if not classes:
+        return []
+    series = transfer.logged_series(run_dir, [f"val/dice_{c}" for c in classes])
+    rounds = [dict(series[f"val/dice_{c}"]) for c in classes]
+    steps = sorted(set.intersection(*(set(r) for r in rounds)))
+    return [[step, float(np.mean([r[step] for r in rounds]))] for step in steps]
+
+
+def pilot_reading(pilot: Mapping[str, Any]) -> str:
+    """What the pilot's curve says, in words: its best validation Dice (and the lesions'), against the floor."""
+    said = f"best validation Dice {pilot['best_dice']:.3f}"
+    if pilot.get("lesion_classes"):
+        said += f", lesion Dice ({', '.join(pilot['lesion_classes'])}) {pilot['best_lesion_dice']:.3f}"
+    return said + f" over {pilot['pilot_steps']} steps (the floor: {pilot['floor']})"
+
+
+def pretraining_summary(run: Pretraining, seconds: float) -> dict[str, Any]:
+    """Steps, wall time, the held-out masked loss curve with its plateau check (`loss_plateau`, read against the
+    optimiser's progress, `optimiser_progress`), and the loss weights' spread (mean logged CV and effective share)."""
+    state = load_checkpoint(run.run_dir / "checkpoints" / "last.pt")
+    curve = [(int(h.get("step", i)), float(h["val/loss"])) for i, h in enumerate(state.get("history", []))
+             if "val/loss" in h]
+    optim = (state.get("config") or {}).get("optim") or {}
+    progress = optimiser_progress([s for s, _ in curve], state["scheduler"], min_lr=float(optim.get("min_lr", 0.0)),
+                                  power=float(optim.get("power", 0.9)))
+    spread = transfer.logged_series(run.run_dir, ("train/weights/cv", "train/weights/effective_share"))
+    mean = lambda tag: float(np.mean([v for _, v in spread[tag]])) if spread[tag] else math.nan  # noqa: E731
+    return {"run": run.name, "arm": run.arm, "cohort": run.cohort, "steps": int(state["step"]), "seconds": seconds,
+            "val_curve": curve, **loss_plateau([v for _, v in curve], progress=progress),
+            "weights_cv": mean("train/weights/cv"), "weights_share": mean("train/weights/effective_share")}
+
+
+def optimiser_progress(steps: Sequence[int], scheduler: Mapping[str, Any], *, min_lr: float = 0.0,
+                       power: float = 0.9) -> list[float]:
+    """How far the optimiser had moved by each of ``steps``: the learning rate summed over the steps before it,
+    over the sum of the whole schedule (``scheduler``: a checkpoint's record of it, `asa.train.schedule.lr_at`).
+    A constant lr gives step / total; under a cosine decay the last quarter of the steps holds a twentieth of it,
+    so a loss that flattens there has been given no lr to fall with, not levelled."""
+    total = int(scheduler["total_steps"])
+    lrs = np.array([lr_at(t, total_steps=total, warmup_steps=int(scheduler.get("warmup_steps", 0)),
+                          base_lr=float(scheduler.get("base_lr", 1.0)), schedule=str(scheduler.get("name", "constant")),
+                          min_lr=min_lr, power=power) for t in range(total)])
+    summed = np.concatenate([[0.0], np.cumsum(lrs)])
+    return [float(summed[min(max(int(s), 0), total)] / summed[-1]) if summed[-1] > 0 else 0.0 for s in steps]
+
+
+def loss_plateau(losses: Sequence[float], *, tol: float = PLATEAU_TOL,
+                 progress: Sequence[float] | None = None) -> dict[str, Any]:
+    """Whether a held-out loss curve levelled off: its relative drop over the last quarter of the optimiser's
+    progress (from the last value at or before 3/4 of it to the lowest after) is under ``tol``, and its last value
+    is within ``tol`` of the run's lowest (``loss_rise``: a curve that climbed back from its best, as an encoder
+    that memorises its training volumes gives, has not levelled either). ``progress``: each value's share of the
+    schedule's summed learning rate (`optimiser_progress`); None: evenly spaced rounds of a constant lr (round i of
+    n at (i + 1) / n). Needs at least 4 points; fewer: ``plateau`` None, not checked."""
+    if len(losses) < 4:
+        return {"plateau": None, "loss_drop": math.nan, "loss_rise": math.nan, "tol": tol}
+    n = len(losses)
+    at = np.asarray(progress if progress is not None else [(i + 1) / n for i in range(n)], dtype=float)
+    edge = 0.75 * at[-1]
+    first = max(1, int(np.searchsorted(at, edge, side="right")))  # the first value past 3/4 of the progress
+    first = min(first, n - 1)  # at least one value in the last quarter
+    start = losses[first - 1]
+    drop = (start - min(losses[first:])) / abs(start) if start else 0.0
+    best = min(losses)
+    rise = (losses[-1] - best) / abs(best) if best else 0.0
+    return {"plateau": bool(drop < tol and rise < tol), "loss_drop": float(drop), "loss_rise": float(rise), "tol": tol}

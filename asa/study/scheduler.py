@@ -1,0 +1,148 @@
+"""asa-study's one scheduler: every unit (the pilot, the positive control, a pretraining run, the transfer stage)
+is a child process in its own process group, its output in its log; units not done yet run ``jobs`` at once within
+the call's time budget (SIGUSR1 tells running units to save and stop before it ends, and the next call resumes
+them); SIGTERM or SIGINT reaching the study is forwarded to every child (`stop_on_signals`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from asa.study.common import Clock, child_env
+
+STOP_MARGIN = 25.0  # seconds before the budget ends at which running units are told to save and stop
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+RUNNING: dict[subprocess.Popen, str] = {}  # every child process of this study, and its name
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One process: the pilot, the positive control, a pretraining run or the transfer stage. ``done``: whether its
+    result is on disk; ``resumable``: a unit stopped by SIGUSR1 (last.pt saved) continues on the next call."""
+
+    name: str
+    argv: tuple[str, ...]
+    done: Callable[[], bool]
+    log: Path
+    resumable: bool = True
+    threads: int | None = None
+
+
+def launch(unit: Unit) -> subprocess.Popen:
+    """Start ``unit`` in its own process group (the study forwards a stop signal to the whole group), its output in
+    its log."""
+    unit.log.parent.mkdir(parents=True, exist_ok=True)
+    env = child_env(**({k: str(unit.threads) for k in THREAD_VARS} if unit.threads else {}))
+    with open(unit.log, "a") as log:
+        proc = subprocess.Popen(list(unit.argv), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    RUNNING[proc] = unit.name
+    return proc
+
+
+def signal_children(sig: int) -> None:
+    """Send ``sig`` to every running child's process group (its own workers included)."""
+    for proc in list(RUNNING):
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def wait_children(timeout: float = 300.0) -> list[str]:
+    """Wait for every child (SIGKILL to a group still running after ``timeout`` s); the names of those that ran."""
+    deadline = time.monotonic() + timeout
+    names = []
+    for proc, name in list(RUNNING.items()):
+        try:
+            proc.wait(max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        names.append(name)
+        RUNNING.pop(proc, None)
+    return names
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT reached the study."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise Stopped(signum)
+
+
+def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, float]) -> bool:
+    """Run the units not done yet, ``jobs`` at once, in order; when the budget is about to end every running unit
+    gets SIGUSR1 (save and stop) and the call stops (False: the next call continues); a failed unit ends the study
+    naming its log."""
+    pending = [u for u in units if not u.done()]
+    running: dict[subprocess.Popen, tuple[Unit, float]] = {}
+
+    def stop_all() -> None:
+        signal_children(signal.SIGUSR1)
+        for proc, (unit, started) in running.items():
+            proc.wait()
+            RUNNING.pop(proc, None)
+            times[unit.name] = times.get(unit.name, 0.0) + time.perf_counter() - started
+
+    while pending or running:
+        while pending and len(running) < max(1, jobs):
+            unit = pending[0]
+            if not clock.fits(STOP_MARGIN + (0.0 if unit.resumable else times.get(unit.name, 0.0) * 1.2)):
+                break
+            pending.pop(0)
+            print(f"[study] {unit.name}: {shlex.join(unit.argv)} (log {unit.log})", flush=True)
+            running[launch(unit)] = (unit, time.perf_counter())
+        if not running:
+            return False
+        time.sleep(0.5)
+        for proc in [p for p in running if p.poll() is not None]:
+            unit, started = running.pop(proc)
+            RUNNING.pop(proc, None)
+            times[unit.name] = times.get(unit.name, 0.0) + time.perf_counter() - started
+            if proc.returncode != 0 or not unit.done():
+                stop_all()
+                raise SystemExit(f"[study] {unit.name} failed (exit {proc.returncode}): see {unit.log}")
+        left = clock.left()
+        if left is not None and left < STOP_MARGIN and running:
+            stop_all()
+            return False
+    return True
+
+
+def run_unit(unit: Unit) -> int:
+    """Run ``unit`` to its end, whatever the call's time budget (the transfer stage keeps its own); its exit code."""
+    proc = launch(unit)
+    code = proc.wait()
+    RUNNING.pop(proc, None)
+    return code
+
+
+def stop_on_signals(work: Callable[[], int], stopped: Callable[[Stopped, list[str]], None]) -> int:
+    """``work()``'s exit code. SIGTERM or SIGINT arriving meanwhile is forwarded to every running child as SIGTERM
+    (a further SIGINT is ignored while they save), the children are waited for, ``stopped(signal, the names of the
+    children that ran)`` says what was kept, and the code is 128 + the signal's number (143, 130). The handlers
+    that were there before are restored."""
+    previous = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return work()
+    except Stopped as stop:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal_children(signal.SIGTERM)
+        stopped(stop, wait_children())
+        return 128 + stop.signum
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
