@@ -24,7 +24,7 @@ import numpy as np
 from asa.eval import bootstrap_p, seed_case_bootstrap, seed_case_means
 from asa.eval.plots import interval_plot, line_plot
 from asa.io import atomic_write_json, atomic_write_text
-from asa.study import transfer
+from asa.study import statistics, transfer
 from asa.study.common import machine_line, markdown_table
 
 __all__ = ["CONTRASTS", "contrast_rows", "holm", "instrument_faults", "read_family", "verdict", "write_report"]
@@ -55,7 +55,7 @@ SCRATCH = "scratch"
 # arm (its cohort left out) -> its twin, the reference of its first contrast (reversed: the first one stays)
 TWINS = {arm.removesuffix("-c{c}"): ref for arm, ref, _, _ in reversed(CONTRASTS)}
 KEYS = (("Dice_mean", "mean Dice"), ("NSD_mean", "NSD"))
-LESION_KEY = (transfer.LESION, "lesion Dice")  # with --lesion-classes: the mean Dice of those classes
+LESION_KEY = (statistics.LESION, "lesion Dice")  # with --lesion-classes: the mean Dice of those classes
 ALPHA = 0.05  # the primary question's CI is 1 − ALPHA; the exploratory questions' family-wise error rate (Holm)
 LEVEL = f"{100 * (1 - ALPHA):g} %"
 PLUMBING, UNREADABLE = "— (plumbing check)", "not interpretable"
@@ -117,7 +117,7 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], e
         for n in sorted({int(r["n"]) for r in scores}):
             row: dict[str, Any] = {"question": question, "kind": kind, "arm": arm, "reference": ref, "n": n}
             for key, _ in keys_of(scores):
-                d = transfer.paired_matrix(scores, arm, ref, n, key)
+                d = statistics.paired_matrix(scores, arm, ref, n, key)
                 est = seed_case_bootstrap(d, n_resamples=n_boot)
                 row[key] = [est.value, est.low, est.high]
                 if key == "Dice_mean":
@@ -332,14 +332,14 @@ def _number(v: str) -> Any:
 
 
 def read_scores(path: Path, classes: Sequence[str]) -> list[dict[str, Any]]:
-    """scores.csv, its lesion Dice under `transfer.LESION` whatever the file's age: a file written before the column
+    """scores.csv, its lesion Dice under `statistics.LESION` whatever the file's age: a file written before the column
     was renamed holds it as ``Dice_lesion`` (read as the lesion Dice unless a class is called ``lesion``: there the
     column is that class's Dice)."""
     scores = _read_csv(path)
     if "lesion" not in classes:
         for row in scores:
-            if transfer.OLD_LESION in row and transfer.LESION not in row:
-                row[transfer.LESION] = row.pop(transfer.OLD_LESION)
+            if statistics.OLD_LESION in row and statistics.LESION not in row:
+                row[statistics.LESION] = row.pop(statistics.OLD_LESION)
     return scores
 
 
@@ -355,7 +355,7 @@ def class_rows(scores: Sequence[Mapping[str, Any]], classes: Sequence[str], *, n
                 continue
             row: dict[str, Any] = {"arm": arm, "reference": ref, "n": n}
             for c in classes:
-                est = seed_case_bootstrap(transfer.paired_matrix(scores, arm, ref, n, f"Dice_{c}"), n_resamples=n_boot)
+                est = seed_case_bootstrap(statistics.paired_matrix(scores, arm, ref, n, f"Dice_{c}"), n_resamples=n_boot)
                 row[f"Dice_{c}"] = [est.value, est.low, est.high]
             rows.append(row)
     return rows

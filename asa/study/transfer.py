@@ -43,7 +43,6 @@ from asa.api.config import compose_config
 from asa.api.machinery.dataset import dataset_root
 from asa.api.machinery.rundir import move_aside
 from asa.data import discover, get_task
-from asa.eval import bootstrap_ci, seed_case_bootstrap
 from asa.eval.metrics import EMPTY_HD95
 from asa.eval.predict import Predictor
 from asa.eval.reliance import encoder_reliance
@@ -51,100 +50,12 @@ from asa.models import capabilities
 from asa.eval.plots import line_plot
 from asa.io import atomic_write_json, atomic_write_text, load_checkpoint
 from asa.study.common import Clock, finished, markdown_table as table, parser, refuse, rows_csv, run_tasks
+# the statistics beside the report (asa.study.statistics), importable from here as before
+from asa.study.statistics import (LESION, OLD_LESION, case_interval, delta_prefix, metric_keys,  # noqa: F401
+                                  paired_differences, paired_matrix, per_seed_differences, summarize)
 
 SCRATCH, PRETRAINED = "scratch", "pretrained"
 PRESETS = ("baseline", "spe_only")  # Table 4 fine-tuning rows from scratch (configs/experiment)
-# mean Dice over the --lesion-classes, a score column of its own: every per-class column starts with its metric
-# (Dice_<class>, HD95_<class>, NSD_<class>), so no class name (a class may be called "lesion") can write over this one
-LESION = "lesion_Dice"
-OLD_LESION = "Dice_lesion"  # its name in scores.csv files written before, where a class named "lesion" wrote over it
-
-
-# ----------------------------------------------------------------------------------------- statistics
-def paired_matrix(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: int, key: str) -> np.ndarray:
-    """D [seeds, test cases]: (arm − reference) ``key`` of the runs with the same N, seed and test case
-    (seeds and cases in sorted order; NaN where one of the pair is missing)."""
-    table = {(s["arm"], s["seed"], s["case"]): float(s[key]) for s in scores if int(s["n"]) == n and key in s}
-    seeds = sorted({seed for a, seed, _ in table if a == arm})
-    cases = sorted({case for a, _, case in table if a == arm})
-    d = np.full((len(seeds), len(cases)), math.nan)
-    for i, seed in enumerate(seeds):
-        for j, case in enumerate(cases):
-            if (arm, seed, case) in table and (reference, seed, case) in table:
-                d[i, j] = table[(arm, seed, case)] - table[(reference, seed, case)]
-    return d
-
-
-def paired_differences(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: int, key: str) -> list[float]:
-    """Per test case: mean over seeds of (arm − reference) ``key``, pairing runs of the same N, seed and case."""
-    d = paired_matrix(scores, arm, reference, n, key)
-    return [float(np.nanmean(col)) for col in d.T if not np.isnan(col).all()]
-
-
-def case_interval(differences: Sequence[float], *, n_boot: int, seed: int) -> tuple[float, float]:
-    """(low, high): the case-only bootstrap CI of the mean paired difference (`asa.eval.bootstrap_ci`;
-    NaN without differences)."""
-    if not differences:
-        return math.nan, math.nan
-    est = bootstrap_ci(np.mean, np.asarray(differences, dtype=float), n_resamples=n_boot, seed=seed)
-    return est.low, est.high
-
-
-def per_seed_differences(d: np.ndarray) -> list[float]:
-    """Mean paired difference of every seed (labeled draw): the rows of ``d`` [seeds, test cases]."""
-    return [float(np.nanmean(row)) for row in np.asarray(d, dtype=float) if not np.isnan(row).all()]
-
-
-def metric_keys(scores: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
-    """Score columns the table reports: Dice per class and mean, then HD95 and NSD per class and mean when scored."""
-    keys = [*(f"Dice_{c}" for c in names), "Dice_mean"]
-    if scores and all(LESION in s for s in scores):
-        keys.append(LESION)
-    if scores and all("HD95_mean" in s for s in scores):
-        keys += [*(f"HD95_{c}" for c in names), "HD95_mean"]
-    if scores and all("NSD_mean" in s for s in scores):
-        keys += [*(f"NSD_{c}" for c in names), "NSD_mean"]
-    return keys
-
-
-def delta_prefix(key: str) -> str:
-    """Column prefix of the paired difference of ``key``: ``delta`` for the headline Dice_mean, else delta_<key>."""
-    return "delta" if key == "Dice_mean" else f"delta_{key}"
-
-
-def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str | Mapping[str, str], *,
-              n_boot: int = 10000, seed: int = 0) -> list[dict]:
-    """One row per (arm, N): every metric (Dice, and HD95 when scored) per class and mean ± sd over seeds
-    (of the per-seed test means), the encoder-zeroed mean Dice, and for every metric the paired
-    difference to ``reference``: its mean, the seed × case bootstrap CI (`asa.eval.seed_case_bootstrap`),
-    the case-only CI (per test case averaged over seeds, :func:`case_interval`) and the per-seed means."""
-    rows = []
-    keys = metric_keys(scores, names)
-    arms = list(dict.fromkeys(s["arm"] for s in scores))
-    refs = reference if isinstance(reference, Mapping) else {arm: reference for arm in arms}
-    for n in sorted({int(s["n"]) for s in scores}):
-        for arm in arms:
-            mine = [s for s in scores if s["arm"] == arm and int(s["n"]) == n]
-            if not mine:
-                continue
-            row: dict[str, Any] = {"arm": arm, "n": n, "seeds": len({s["seed"] for s in mine}), "test_cases": len({s["case"] for s in mine})}
-            for key in [*keys, "Dice_mean_zeroed"]:
-                per_seed = [np.mean([float(s[key]) for s in mine if s["seed"] == seed]) for seed in sorted({s["seed"] for s in mine})]
-                row[key] = float(np.mean(per_seed))
-                row[key + "_sd"] = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else math.nan
-            row["encoder_drop"] = row["Dice_mean"] - row["Dice_mean_zeroed"]
-            ref = refs.get(arm, arm)
-            if ref != arm:
-                row["reference"] = ref
-                for key in keys:
-                    d, p = paired_matrix(scores, arm, ref, n, key), delta_prefix(key)
-                    both = seed_case_bootstrap(d, n_resamples=n_boot, seed=seed)
-                    row[p], row[p + "_lo"], row[p + "_hi"] = both.value, both.low, both.high
-                    row[p + "_case_lo"], row[p + "_case_hi"] = case_interval(paired_differences(scores, arm, ref, n, key),
-                                                                             n_boot=n_boot, seed=seed)
-                    row[p + "_per_seed"] = " ".join(f"{v:+.4f}" for v in per_seed_differences(d))
-            rows.append(row)
-    return rows
 
 
 # -------------------------------------------------------------------------------------------- outputs
