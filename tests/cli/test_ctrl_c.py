@@ -1,11 +1,9 @@
 """A user's Ctrl-C (SIGINT) is a stop like a scheduler's SIGTERM in every console script: what the docs
 promise is kept, one line says so (with the resume command where there is one), exit 130, no
-``KeyboardInterrupt`` traceback."""
+``KeyboardInterrupt`` traceback. Ctrl-C during asa-predict: tests/faults/test_stop_signals_kept.py, with SIGTERM."""
 from __future__ import annotations
 
-import dataclasses
 import importlib
-import json
 import os
 import signal
 import subprocess
@@ -15,12 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from asa.api import predict
 from asa.api.config import compose_config
 from asa.cli.common import entry
-from asa.data import get_task, write_demo_dataset
-from asa.io import load_checkpoint, save_checkpoint
-from asa.models import PRESETS, build_network, network_spec
+from asa.data import write_demo_dataset
+from asa.io import load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_pretrain import _env, _overrides  # noqa: E402  (the same tiny pretraining setup)
@@ -52,35 +48,6 @@ def test_ctrl_c_during_pretraining_saves_last_pt_and_the_resume_continues(tmp_pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"at step {step} (epoch" in proc.stderr  # resumed where the Ctrl-C left it
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == step + 1
-
-
-def test_ctrl_c_during_predict_keeps_the_written_predictions(tmp_path, monkeypatch, capsys):
-    segmentation = importlib.import_module("asa.api.tasks.segmentation")
-    data = write_demo_dataset("brats", tmp_path / "brats", cases=3, size=16, seed=0)
-    task = get_task("brats")
-    tiny = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
-    net = build_network({"arch": "swvit_unetr", "kwargs": dict(img_size=16, in_channels=len(task.channels),
-                                                               out_channels=task.num_outputs, **tiny)})
-    ckpt = save_checkpoint(tmp_path / "a.pt", {"model": net.state_dict(), "network": network_spec(net),
-                                               "config": {"task": dataclasses.asdict(task)}})
-    real, calls = segmentation.predict_case, []
-
-    def ctrl_c_at_the_second(*args, **kwargs):
-        calls.append(args)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGINT)  # after the first case is written and recorded
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(segmentation, "predict_case", ctrl_c_at_the_second)
-    out = tmp_path / "preds"
-    cfg = compose_config("predict", [f"checkpoint={ckpt}", f"input={data}", f"output={out}", "device=cpu", "amp=off"])
-    with pytest.raises(SystemExit) as stop:
-        entry("asa-predict", predict, cfg)
-    err = capsys.readouterr().err
-    assert stop.value.code == 130 and "Traceback" not in err
-    assert "stopped by SIGINT (kept: 1 of 3 prediction(s) written in this run" in err and "resume=true" in err
-    assert len(json.loads((out / "predictions.json").read_text())["cases"]) == 1
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
 
 
 @pytest.mark.parametrize("module, target", [("asa.cli.demo_data", "write_demo_dataset"), ("asa.cli.prepare", "prepare")])

@@ -49,7 +49,8 @@ def test_sigterm_during_preprocess_says_which_cases_are_kept(tmp_path, monkeypat
     assert len(report.processed) == 2 and report.unchanged == 1
 
 
-def test_sigterm_during_predict_says_which_predictions_are_kept(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])  # Ctrl-C as SIGTERM
+def test_a_stop_signal_during_predict_says_which_predictions_are_kept(signum, code, tmp_path, monkeypatch, capsys):
     segmentation = importlib.import_module("asa.api.tasks.segmentation")  # the segmentation task's prediction
     data = write_demo_dataset("brats", tmp_path / "brats", cases=3, size=16, seed=0)
     task = get_task("brats")
@@ -63,7 +64,7 @@ def test_sigterm_during_predict_says_which_predictions_are_kept(tmp_path, monkey
     def stop_at_the_second(*args, **kwargs):
         calls.append(args)
         if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)  # after the first case is written and recorded
+            os.kill(os.getpid(), signum)  # after the first case is written and recorded
         return real(*args, **kwargs)
 
     monkeypatch.setattr(segmentation, "predict_case", stop_at_the_second)
@@ -72,6 +73,7 @@ def test_sigterm_during_predict_says_which_predictions_are_kept(tmp_path, monkey
     with pytest.raises(SystemExit) as stop:
         entry("asa-predict", predict, cfg)
     err = capsys.readouterr().err
-    assert stop.value.code == 128 + signal.SIGTERM and "nothing to save" not in err
-    assert f"(kept: 1 of 3 prediction(s) written in this run to {out}, recorded in predictions.json; continue " in err
+    assert stop.value.code == code and "nothing to save" not in err and "Traceback" not in err
+    assert f"stopped by {signum.name} (kept: 1 of 3 prediction(s) written in this run to {out}, recorded in " \
+           "predictions.json; continue " in err and "resume=true" in err
     assert len(json.loads((out / "predictions.json").read_text())["cases"]) == 1
