@@ -328,8 +328,9 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
 
     def unfinished(what: str) -> int:
         atomic_write_json(times_file, times)
-        print(f"[study] the time budget ({scale.time_budget:.0f} s) ended during {what}: rerun the same command to "
-              "continue", flush=True)
+        why = (f"{what} did not finish" if scale.time_budget is None else
+               f"the time budget ({scale.time_budget:.0f} s) ended during {what}")
+        print(f"[study] {why}: rerun the same command to continue", flush=True)
         return 3
 
     data = dict(data=args.data, root=args.root.expanduser().absolute(), model=network.finetune[0].split("=", 1)[1],
