@@ -107,3 +107,23 @@ def test_nnunet_results_refuses_what_nnunet_cannot_build(tmp_path):
     with pytest.raises(OptionError, match="--format nnunet-results: .*'swvit_unetr' network"):
         export_model(last, tmp_path / "results", format="nnunet-results")
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("task, expected", [
+    (Task("brats", ("t1",), ("WT", "TC", "ET"), True, 3, (0, 1, 2, 4), regions=((1, 2, 4), (1, 4), (4,))),
+     {"labels": {"background": 0, "WT": [1, 2, 4], "TC": [1, 4], "ET": 4}, "regions_class_order": [2, 1, 4]}),
+    (Task("msd", ("t1",), ("a", "b"), False, 3, (0, 1, 2), class_values=(0, 1, 2)),
+     {"labels": {"background": 0, "a": 1, "b": 2}}),
+    (Task("wmh", ("t1",), ("wmh",), False, 2, (0, 1, 2), ignore_label=2, class_values=(0, 1)),
+     {"labels": {"background": 0, "wmh": 1, "ignore": 2}}),
+])
+def test_label_layouts_as_nnunet_states_them(task, expected):
+    from asa.api.exports.nnunet_results import _labels
+    assert _labels(task, "run") == expected
+
+
+def test_a_class_task_nnunet_cannot_write_is_refused():
+    from asa.api.exports.nnunet_results import _labels
+    task = Task("odd", ("t1",), ("a", "b"), False, 3, (0, 1, 4), class_values=(0, 1, 4))
+    with pytest.raises(ValueError, match=r"run predicts the label values \[0, 1, 4\]; .* must be 0..2"):
+        _labels(task, "run")
