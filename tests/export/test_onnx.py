@@ -91,3 +91,16 @@ def test_onnx_refuses_before_writing(tmp_path, monkeypatch):
     with pytest.raises(OptionError, match="'resenc' network that torch's ONNX exporter .* cannot trace: .*made_up"):
         export_model(last, tmp_path / "refused", format="onnx")
     assert not (tmp_path / "refused").exists()
+
+
+def test_an_op_the_exporter_lacks_is_refused_naming_it():
+    from asa.api.exports.onnx import export_onnx
+    from asa.models.presets import PRESETS
+
+    sizes = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
+    spec = {"arch": "swvit_unetr", "kwargs": {**sizes, "img_size": 32, "in_channels": 1, "out_channels": 2,
+                                              "region_attention": "alternate"}}  # its region ids: an in-place scatter
+    net = build_network(spec)
+    with pytest.raises(ValueError, match=r"'swvit_unetr' network that torch's ONNX exporter \(opset 17\) cannot trace: "
+                                         r".*aten::scatter_"):
+        export_onnx({"model": net.state_dict(), "network": spec, "config": {}}, provenance={}, source="run")
