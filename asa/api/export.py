@@ -21,16 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import asa
-from asa.api.machinery.cohort import overlap_statement, recorded_cohort, recorded_overlap
+from asa.api.machinery.cohort import overlap_statement, recorded_cohort, recorded_overlap, weights_folder
 from asa.api.configuration.compat import current_config
 from asa.api.machinery.rundir import check_writable
 from asa.api.machinery.run import refusing
-from asa.data.cohort import COHORT_LEVELS, IDS_WITHHELD, cohort_digest, export_cohort
+from asa.data.cohort import (COHORT_LEVELS, IDS_WITHHELD, CohortListMissing, carried_cohort, cohort_digest,
+                             cohort_summary, export_cohort, write_cohort_list)
 from asa.data.preprocessing import PERCENTILES
 from asa.io import atomic_write_json, save_checkpoint, write_model_folder
 from asa.io.atomic import atomic_write_bytes
 from asa.models import load_weights
-from asa.io.hub import (FOLDER_FILES, FOLDER_FORMAT, MODEL_FILE, NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS,
+from asa.io.hub import (COHORT_LIST, FOLDER_FILES, FOLDER_FORMAT, MODEL_FILE, NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS,
                         NNUNET_WEIGHTS, OPTIONAL_FILES, SEGMENTER_FILE, encoder_network_spec)
 from asa.api.exports.nnunet_results import RESULTS_FILES, nnunet_results, results_card, write_nnunet_results
 from asa.api.exports.onnx import (ONNX_FILE, OnnxExport, export_onnx, onnx_alone_card, onnx_card,
@@ -53,10 +54,12 @@ CHECKPOINT_DIR = "checkpoints"
 SOFTWARE = ("torch", "monai", "numpy", "dynamic-network-architectures")  # their versions in config.json
 _LOCAL_PATH = re.compile(r"(?<![\w.~/-])(?:~|[A-Za-z]:)?[/\\][^\s'\"`,;]*")  # an absolute path, up to a space or quote
 CARRIED = {  # the card's words on what the folder carries of its cohort (asa-export --cohort)
-    "full": f"`{MODEL_FILE}` (and the nnssl and nnU-Net files beside it) carries each case's id, subject, image digests and fingerprints, against which "
-            "asa-finetune and asa-probe check their held-out cases",
-    "digests": f"`{MODEL_FILE}` (and the nnssl and nnU-Net files beside it) carries each case's image digests and fingerprints under opaque keys (no case or "
-               "subject id), against which asa-finetune and asa-probe check their held-out cases by content",
+    "full": f"`{COHORT_LIST}` lists each case's id, subject, image digests and fingerprints (`{MODEL_FILE}` and the nnssl "
+            "and nnU-Net files carry its summary), against which asa-finetune and asa-probe check their held-out "
+            "cases: keep it beside them",
+    "digests": f"`{COHORT_LIST}` lists each case's image digests and fingerprints under opaque keys (no case or subject "
+               f"id; `{MODEL_FILE}` and the nnssl and nnU-Net files carry its summary), against which asa-finetune "
+               "and asa-probe check their held-out cases by content: keep it beside them",
     "none": "this folder carries no cohort list (exported with --cohort none): held-out cases are not checked "
             "against it; compare a cohort with this digest"}
 FORMATS = ("hub", "onnx", "nnunet-results")  # asa-export --format
@@ -65,7 +68,7 @@ COMMAND_FILE = "command.txt"  # beside config.yaml in a run folder: the command 
 
 def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False,
                  license: str | None = None, nnunet_channels: int | None = None,
-                 nnunet_plans: str | os.PathLike | None = None, cohort: str = "digests",
+                 nnunet_plans: str | os.PathLike | None = None, cohort: str | None = None,
                  base_model: str | None = None, datasets: Sequence[str] = (), format: str = "hub") -> Path:
     """Write the hub-ready model folder of ``checkpoint`` to ``out_dir``; returns ``out_dir``.
 
@@ -89,6 +92,9 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
             fingerprints under opaque keys (``case-0001``, ...) and no subject, so that a public folder names no
             participant while asa-finetune and asa-probe still find a copy of a pretraining scan among their
             held-out cases; ``none``, no cohort, only its summary digest in ``config.json`` (nothing is checked).
+            The list is ``cohort.json.gz`` in the folder, the weight files carry its summary
+            (`asa.data.cohort.cohort_summary`). None: ``digests`` when the source carries a cohort; ``full`` or
+            ``digests`` of a source that carries none (a folder exported with ``none``) is refused.
         format: `FORMATS`: ``hub``, the model folder; ``onnx``, the folder and ``model.onnx``, the fine-tuned
             segmenter that onnxruntime runs (`asa.api.exports.onnx`); ``nnunet-results``, instead of the folder an
             nnU-Net v2 results folder of the segmenter that nnU-Net's own predictor runs
@@ -117,7 +123,7 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
             raise ValueError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
         held = _held(out, overwrite=overwrite, format=format)
         check_writable(out, "OUT_DIR")  # as the training and prediction jobs refuse their output folders
-        if cohort not in COHORT_LEVELS:
+        if cohort is not None and cohort not in COHORT_LEVELS:
             raise ValueError(f"--cohort {cohort!r}: expected one of {', '.join(COHORT_LEVELS)}")
         if license is not None and (not license or any(c.isspace() for c in license)):
             raise ValueError(f"--license {license!r}: expected a licence id without spaces (e.g. apache-2.0, other)")
@@ -134,9 +140,10 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
                       file=sys.stderr, flush=True)
             return write_onnx_folder(out, onnx.data, onnx_alone_card(onnx.record, whole["network"]["arch"]))
         export = encoder_export(source, state)
-        if export.get("cohort") is None and (recorded := recorded_cohort(source)) is not None:
-            export["cohort"] = recorded  # the run's cohort.json: fine-tuning checks its held-out cases against it
-        summary = _carry_cohort(export, cohort)
+        summary = _carry_cohort(export, *_source_cohort(source, state, cohort), cohort or "digests")
+        listed = export.pop("cohort", None)  # the list goes beside the weights, which carry its summary
+        if listed is not None:
+            export["cohort"] = cohort_summary(listed)
         config = model_config(source, state, export, license=license, cohort=summary)
         config.update({k: v for k, v in (("base_model", base_model), ("datasets", list(datasets))) if v})
         segmenter = _segmenter(state)
@@ -185,6 +192,8 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         aside = _move_aside(out, held)
         print(f"[asa-export] --overwrite: moved the previous {', '.join(held)} to {aside}", file=sys.stderr, flush=True)
     extra: dict[str, Any] = {}
+    if listed is not None:
+        extra[COHORT_LIST] = lambda path: write_cohort_list(path.parent, listed, path.name)
     if nnunet is not None:
         extra[NNUNET_WEIGHTS] = lambda path: save_checkpoint(path, nnunet[0])
         extra[NNUNET_PLANS] = lambda path: atomic_write_json(path, nnunet[1])
@@ -234,20 +243,46 @@ def merge_nnunet_plans(path: str | os.PathLike, snippet: Mapping[str, Any], *,
     return path, {**plans, "configurations": {**configs, **snippet["configurations"]}}
 
 
-def _carry_cohort(export: dict[str, Any], level: str) -> dict[str, Any] | None:
-    """Leave in ``export`` what ``level`` (``asa-export --cohort``) keeps of its cohort; returns the summary that
-    ``config.json`` states (`asa.data.cohort.cohort_digest`, with ``"carried"``: what the folder holds of it), None
-    when the export carries no cohort."""
-    if export.get("cohort") is None:
-        return None
-    summary = cohort_digest(export["cohort"])
+def _source_cohort(source: Path, state: Mapping[str, Any],
+                   level: str | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(the cohort list the source carries, its summary when only that is at hand) for ``asa-export --cohort
+    level``: the list beside a weight file (`asa.data.cohort.carried_cohort`) or its run folder's record
+    (`asa.api.machinery.cohort.recorded_cohort`: a pretraining run's cohort.json, a fine-tuning run's encoder's).
+    A list that is not beside its file is refused unless ``level`` is ``none`` (the summary is enough); ``full``
+    or ``digests`` of a source carrying no cohort is refused, saying what it carries."""
+    try:
+        cohort = carried_cohort(state, f"checkpoint {source}", weights_folder(source))
+    except CohortListMissing as err:
+        if level == "none":
+            return None, dict(state["cohort"]["summary"])
+        raise CohortListMissing(f"{err}; or export with --cohort none (config.json then states the summary "
+                                "alone)") from None
+    if cohort is None:
+        cohort = recorded_cohort(source)
+    if cohort is None and level in ("full", "digests"):
+        stated = (state.get("model_config") or {}).get("pretraining_cohort") or {}
+        raise ValueError(f"--cohort {level}: {source} carries no pretraining cohort "
+                         + (f"(exported with --cohort none: its config.json states only the digest {stated.get('digest')} "
+                            f"of {stated.get('cases')} cases; export the pretraining run's checkpoint or encoder again)"
+                            if stated.get("carried") == "none" else
+                            "(asa-cohort PRETRAIN_RUN records one; then export that run's checkpoint)"))
+    return cohort, None
+
+
+def _carry_cohort(export: dict[str, Any], cohort: Mapping[str, Any] | None, stated: Mapping[str, Any] | None,
+                  level: str) -> dict[str, Any] | None:
+    """Leave in ``export`` what ``level`` (``asa-export --cohort``) keeps of the cohort list ``cohort``
+    (`asa.data.cohort.export_cohort`: ids kept for ``full``); returns the summary that ``config.json`` states
+    (`asa.data.cohort.cohort_digest`, with ``"carried"``: what the folder holds of it; ``stated``: the summary
+    alone, of a source whose list is not at hand), None when there is no cohort."""
+    export.pop("cohort", None)
+    if cohort is None:
+        return None if stated is None else {**stated, "carried": "none"}
+    summary = cohort_digest(cohort)
     if level == "none":
-        del export["cohort"]
-    else:
-        export["cohort"] = export_cohort(export["cohort"], ids=level == "full")
-    carried = "none" if level == "none" else \
-        ("digests" if export["cohort"].get("ids") == IDS_WITHHELD else "full")
-    return {**summary, "carried": carried}
+        return {**summary, "carried": "none"}
+    export["cohort"] = export_cohort(cohort, ids=level == "full")
+    return {**summary, "carried": "digests" if export["cohort"].get("ids") == IDS_WITHHELD else "full"}
 
 
 def _segmenter(state: Mapping[str, Any]) -> dict[str, Any] | None:

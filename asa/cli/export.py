@@ -11,7 +11,7 @@ from asa.api.exports.nnunet_results import RESULTS_FILES
 from asa.api.exports.onnx import ONNX_FILE
 from asa.api.machinery.run import OptionError, describe_error
 from asa.api.machinery.rundir import RunDirError
-from asa.io.hub import NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS, NNUNET_WEIGHTS, SEGMENTER_FILE
+from asa.io.hub import COHORT_LIST, NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS, NNUNET_WEIGHTS, SEGMENTER_FILE
 from asa.data.cohort import COHORT_LEVELS
 from asa.cli.common import EXIT_FAILED, EXIT_FINISHED, EXIT_REFUSED
 from asa.cli.interrupted import ctrl_c_exits
@@ -44,9 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="add the 3d_fullres_asa configuration to this nnU-Net plans file "
                              "($nnUNet_preprocessed/DatasetXXX/<plans>.json), so that nnUNetv2_train runs it "
                              "(--overwrite replaces an earlier 3d_fullres_asa there)")
-    parser.add_argument("--cohort", choices=COHORT_LEVELS, default="digests",
-                        help="what the folder carries of the pretraining cohort: full (each case's id, subject, image "
-                             "digests and fingerprints), digests (default: the digests and fingerprints under opaque "
+    parser.add_argument("--cohort", choices=COHORT_LEVELS, default=None,
+                        help="what the folder carries of the pretraining cohort, listed in cohort.json.gz (the weight "
+                             "files carry its summary): full (each case's id, subject, image "
+                             "digests and fingerprints), digests (default when the source carries one: the digests and fingerprints under opaque "
                              "keys, no case or subject id: a public folder names no participant, and asa-finetune / "
                              "asa-probe still find a copy of a pretraining scan among their held-out cases) or none "
                              "(only the cohort's summary digest in config.json; nothing is checked against it)")
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[asa-export] wrote {out}/: {', '.join(RESULTS_FILES)}")
         return EXIT_FINISHED
     written = [name for name in ("model.safetensors", "config.json", "README.md", SEGMENTER_FILE, NNUNET_WEIGHTS,
-                                 NNUNET_PLANS, NNSSL_CHECKPOINT, NNSSL_PLAN, ONNX_FILE) if (out / name).is_file()]
+                                 NNUNET_PLANS, NNSSL_CHECKPOINT, NNSSL_PLAN, COHORT_LIST, ONNX_FILE) if (out / name).is_file()]
     print(f"[asa-export] wrote {out}/: {', '.join(written)}")
     return EXIT_FINISHED
 

@@ -13,11 +13,19 @@ reported with its score.
 :func:`cohort_record` is the record (``cohort.json`` in a pretraining run folder); :func:`cohort_overlap`
 compares cases against it; :func:`describe_overlap` says the outcome in report lines; :func:`near_duplicates`
 compares two lists of image files (or files with a recorded cohort).
+
+A weight file carries a cohort's summary (:func:`cohort_summary`: counts, one digest of the list, the name of the
+list's file), never the list: each case adds about 5.7 KB of digests and fingerprints, so OpenMind's 114k volumes
+would make a 650 MB safetensors header (refused above 100 MB). The list lives beside the file as ``cohort.json.gz``
+(:func:`write_cohort_list`); :func:`carried_cohort` reads it back, checks it against the summary's digest and says
+when it is missing (:class:`CohortListMissing`).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -30,10 +38,13 @@ from asa.data.fingerprint import (FINGERPRINT, NEAR_THRESHOLDS, decode_fingerpri
                                   image_fingerprint, unit_fingerprints)
 from asa.data.layouts.pretrain import channel_of
 from asa.data.store_writer import worker_pool
+from asa.io.atomic import atomic_write_bytes
+from asa.io.hub import COHORT_LIST
 
-__all__ = ["COHORT_FORMAT", "COHORT_LEVELS", "DIGEST", "IDS_WITHHELD", "SEEN_PARTS", "carried_cohort", "case_subject", "cohort_digest", "cohort_overlap",
-           "cohort_record", "describe_overlap", "export_cohort", "image_digests", "image_signatures", "near_duplicates",
-           "overlap_line", "ras_voxels", "volume_digest", "volume_signature"]
+__all__ = ["COHORT_FORMAT", "COHORT_LEVELS", "COHORT_LIST", "CohortListMissing", "DIGEST", "IDS_WITHHELD", "SEEN_PARTS",
+           "carried_cohort", "case_subject", "cohort_digest", "cohort_overlap", "cohort_record", "cohort_summary",
+           "describe_overlap", "export_cohort", "image_digests", "image_signatures", "near_duplicates", "overlap_line",
+           "ras_voxels", "read_cohort_list", "volume_digest", "volume_signature", "write_cohort_list"]
 
 COHORT_FORMAT = "asa.cohort"
 DIGEST = "sha256 of the RAS+ voxels as float32 with the grid shape (asa.data.cohort.volume_digest)"
@@ -167,19 +178,76 @@ def export_cohort(cohort: Mapping[str, Any], *, ids: bool = True) -> dict[str, A
             **({} if ids else {"ids": IDS_WITHHELD}), "seen_parts": seen, "cases": cases}
 
 
-def carried_cohort(state: Mapping[str, Any], where: str) -> dict[str, Any] | None:
-    """The cohort an encoder export or checkpoint carries (``state["cohort"]``, :func:`export_cohort`), None when
-    it carries none; one of another format or digest is refused naming ``where`` (its digests would match nothing)."""
+class CohortListMissing(FileNotFoundError):
+    """A weight file states a pretraining cohort (its summary) whose list is not beside it: its held-out cases
+    cannot be checked, which is said, never taken for "no overlap"."""
+
+
+def cohort_summary(cohort: Mapping[str, Any]) -> dict[str, Any]:
+    """What a weight file carries of the cohort ``cohort`` (an :func:`export_cohort` record) in place of its list: what
+    the list holds (format, digest and fingerprint descriptors, ``ids`` when withheld, the seen parts), its case and
+    image counts with one digest of its image digests (``summary``: :func:`cohort_digest`), and the name of the file
+    beside the weights that holds it (``list``: ``cohort.json.gz``, :func:`write_cohort_list`). A few hundred bytes
+    at any cohort size."""
+    return {"format": COHORT_FORMAT, "digest": DIGEST,
+            **({"fingerprint": FINGERPRINT} if cohort.get("fingerprint") == FINGERPRINT else {}),
+            **({"ids": IDS_WITHHELD} if cohort.get("ids") == IDS_WITHHELD else {}),
+            "seen_parts": [str(p) for p in (cohort.get("seen_parts") or SEEN_PARTS)],
+            "summary": cohort_digest(cohort), "list": COHORT_LIST}
+
+
+def write_cohort_list(folder: str | os.PathLike, cohort: Mapping[str, Any], name: str = COHORT_LIST) -> Path:
+    """Write the cohort record ``cohort`` into ``folder`` as gzipped JSON (``name``, atomically; gzip level 1 and no
+    time stamp, so the same cohort gives the same bytes): about 1.5 KB per case with fingerprints, 0.1 KB without."""
+    text = json.dumps(cohort, separators=(",", ":")).encode()
+    return atomic_write_bytes(Path(folder) / name, gzip.compress(text, compresslevel=1, mtime=0))
+
+
+def read_cohort_list(path: str | os.PathLike) -> dict[str, Any]:
+    """The cohort record of a list written by :func:`write_cohort_list`; refused (ValueError naming the file) when
+    it is not gzipped JSON of a cohort record."""
+    try:
+        record = json.loads(gzip.decompress(Path(path).read_bytes()))
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable cohort list (gzipped JSON, as asa writes it): {err}") from err
+    if not isinstance(record, dict) or not isinstance(record.get("cases"), dict):
+        raise ValueError(f"{path}: not a cohort list (expected {{'format': {COHORT_FORMAT!r}, 'cases': {{...}}}})")
+    return record
+
+
+def carried_cohort(state: Mapping[str, Any], where: str, beside: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The cohort an encoder export or checkpoint carries, None when it carries none: its list, read from the
+    file its summary names (:func:`cohort_summary`) in the folder ``beside`` (the weight file's own, or the model
+    folder) and checked against the summary's digest; or the list itself, as files written before the summary carry
+    it (:func:`export_cohort`). Raises :class:`CohortListMissing` (naming ``where`` and the list's path) when the
+    list is not there; refuses, naming ``where``, a cohort of another format or digest (its digests would match
+    nothing) and a list whose digest is not the summary's (another export's)."""
     cohort = state.get("cohort")
     if cohort is None:
         return None
-    if not isinstance(cohort, Mapping) or not isinstance(cohort.get("cases"), Mapping):
+    if not isinstance(cohort, Mapping) or not (isinstance(cohort.get("cases"), Mapping)
+                                               or isinstance(cohort.get("summary"), Mapping)):
         raise ValueError(f"{where}: its 'cohort' is not a cohort record (expected {{'format': {COHORT_FORMAT!r}, "
-                         "'cases': {...}}, as asa-export writes it)")
+                         "'summary': {...}, 'list': 'cohort.json.gz'}, as asa-export writes it)")
     if cohort.get("format") != COHORT_FORMAT or cohort.get("digest") != DIGEST:
         raise ValueError(f"{where}: its cohort is of format {cohort.get('format')!r} with digest "
                          f"{cohort.get('digest')!r}; this asa compares {COHORT_FORMAT!r} records of {DIGEST}")
-    return dict(cohort)
+    if isinstance(cohort.get("cases"), Mapping):
+        return dict(cohort)
+    summary, name = cohort["summary"], str(cohort.get("list") or COHORT_LIST)
+    if Path(name).name != name:
+        raise ValueError(f"{where}: its cohort names the list {name!r}; expected a file name beside the weights")
+    path = Path(beside if beside is not None else ".") / name
+    if not path.is_file():
+        raise CohortListMissing(
+            f"{where} states a pretraining cohort of {summary.get('cases')} cases (digest {summary.get('digest')}) "
+            f"whose list {name} is not beside it ({path}): copy {name} from where the file came from")
+    listed = read_cohort_list(path)
+    found = cohort_digest(listed)
+    if found["digest"] != summary.get("digest"):
+        raise ValueError(f"{path}: the list of another cohort ({found['cases']} cases, digest {found['digest']}); "
+                         f"{where} states {summary.get('cases')} cases, digest {summary.get('digest')}")
+    return listed
 
 
 def _cohort_prints(members: Mapping[str, Any]) -> tuple[list[str], list[str | None], np.ndarray]:

@@ -14,9 +14,14 @@ metadata:
 ``source``         the checkpoint the export was taken from (file name); ``step``: its step
 ``aliases``        (only when some names share one tensor, as nnU-Net's blocks name each convolution
                    twice) JSON ``{name: the name whose tensor it shares}``; the file holds the tensor
-                   once and reading gives both names the same tensor
-``cohort``         (only when the pretraining run recorded one) JSON of the pretraining cohort: each
-                   seen case's part, subject and image content digests (`asa.data.cohort.export_cohort`)
+                   once and reading gives both names the same tensor (plain torch: safetensors'
+                   ``load_model(network, path, strict=True)`` skips the second names, since the
+                   network shares those tensors too; docs/weights-elsewhere.md)
+``cohort``         (only when the pretraining run recorded one) JSON of the pretraining cohort's summary
+                   (`asa.data.cohort.cohort_summary`: its counts, one digest of its image digests and
+                   the name of its list beside the file, ``cohort.json.gz``), a few hundred bytes at any
+                   cohort size; files written before it carry the list itself
+                   (`asa.data.cohort.export_cohort`), which `asa.data.cohort.carried_cohort` still reads
 =================  ============================================================================
 """
 

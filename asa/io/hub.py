@@ -16,7 +16,9 @@ A folder exported from a fine-tuning checkpoint also holds ``segmenter.pt`` (the
 the run config; :func:`segmenter_checkpoint`), which ``asa-predict checkpoint=<folder>`` reads; one exported
 from an encoder that nnU-Net builds (`asa.models.family.NNUNetForm`), nnU-Net v2's ``nnunet_pretrained_weights.pth``
 and ``nnunet_plans.json``, and nnssl's ``checkpoint_final.pth`` and ``adaptation_plan.json`` (with ``config.json``,
-what nnU-Net's nnssl route downloads).
+what nnU-Net's nnssl route downloads). A folder whose weights carry a pretraining cohort holds its list as
+``cohort.json.gz`` (`COHORT_LIST`): the weight files carry only its summary, bounded whatever the cohort's size
+(`asa.data.cohort.cohort_summary`).
 
 :func:`write_model_folder` writes them into a fresh folder beside the target and renames it (or,
 into an existing folder, each file) into place. :func:`load_model_folder` reads one back as the
@@ -45,7 +47,7 @@ from asa.io.export_safetensors import SAFETENSORS_SUFFIX, load_export_safetensor
 from asa.io.foreign import read_foreign
 
 __all__ = ["CARD_FILE", "CONFIG_FILE", "ENCODER_ARCH", "FOLDER_FILES", "FOLDER_FORMAT", "HUB_PREFIX", "MODEL_FILE",
-           "NNSSL_CHECKPOINT", "NNSSL_PLAN", "NNUNET_PLANS", "NNUNET_WEIGHTS", "OPTIONAL_FILES", "SEGMENTER_FILE", "encoder_network_spec",
+           "COHORT_LIST", "NNSSL_CHECKPOINT", "NNSSL_PLAN", "NNUNET_PLANS", "NNUNET_WEIGHTS", "OPTIONAL_FILES", "SEGMENTER_FILE", "encoder_network_spec",
            "is_model_folder", "load_model_folder", "read_weights", "resolve_hub_id", "segmenter_checkpoint",
            "write_model_folder"]
 
@@ -64,7 +66,9 @@ NNUNET_PLANS = "nnunet_plans.json"  # the plans configuration that builds the ne
 # nnssl's checkpoint and adaptation plan: with config.json, the files nnU-Net's nnssl route downloads from the hub
 NNSSL_CHECKPOINT = "checkpoint_final.pth"
 NNSSL_PLAN = "adaptation_plan.json"
-OPTIONAL_FILES = (SEGMENTER_FILE, NNUNET_WEIGHTS, NNUNET_PLANS, NNSSL_CHECKPOINT, NNSSL_PLAN)  # beside FOLDER_FILES
+# beside a weight file that carries a pretraining cohort: its list (the weight files hold its summary and this name)
+COHORT_LIST = "cohort.json.gz"
+OPTIONAL_FILES = (SEGMENTER_FILE, NNUNET_WEIGHTS, NNUNET_PLANS, NNSSL_CHECKPOINT, NNSSL_PLAN, COHORT_LIST)  # beside FOLDER_FILES
 
 
 def segmenter_checkpoint(folder: str | os.PathLike) -> Path:
@@ -184,7 +188,7 @@ def resolve_hub_id(ref: str) -> Path:
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     try:
         folder = snapshot_download(repo_id, revision=revision or None, local_files_only=offline,
-                                   allow_patterns=[MODEL_FILE, CONFIG_FILE, CARD_FILE])
+                                   allow_patterns=[MODEL_FILE, CONFIG_FILE, CARD_FILE, COHORT_LIST])
     except Exception as err:  # offline, unknown repository, no access: one message naming the id
         where = "no cached copy (HF_HUB_OFFLINE is set)" if offline else "not reachable or not found"
         raise CheckpointError(f"{ref}: {where} ({type(err).__name__}: {err}); download the folder and give its "

@@ -12,6 +12,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
+from asa.data.cohort import cohort_summary, write_cohort_list
 from asa.io import SAFETENSORS_SUFFIX, load_checkpoint, save_checkpoint, save_export_safetensors
 from asa.models.swvit.encoder import ENCODER_PREFIX
 
@@ -110,7 +111,9 @@ def export_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike, prefix
     ``out`` as ``<stem>.safetensors`` (no pickle; spec and provenance in its metadata,
     `asa.io.save_export_safetensors`). ``load_pretrained`` of `asa.models.ASASegmenter` /
     `asa.models.SASwin` and `asa.load_encoder` read either file. ``cohort``: the pretraining cohort's digests
-    (`asa.data.cohort.export_cohort`), carried as ``"cohort"`` so that fine-tuning can check its held-out cases."""
+    (`asa.data.cohort.export_cohort`), so that fine-tuning can check its held-out cases: its list goes beside
+    ``out`` as ``cohort.json.gz`` (first, so no export names a list that is not there) and both files carry its
+    summary as ``"cohort"`` (`asa.data.cohort.cohort_summary`: bounded at any cohort size)."""
     state = load_checkpoint(checkpoint)
     if not state.get("network"):
         raise ValueError(f"checkpoint {checkpoint}: records no network spec ('network': {{'arch', 'kwargs'}}); "
@@ -122,6 +125,7 @@ def export_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike, prefix
     export = {"encoder": encoder, "network": state["network"], "source": str(Path(checkpoint).name),
               "step": int(state.get("step", 0))}
     if cohort is not None:
-        export["cohort"] = dict(cohort)
+        write_cohort_list(Path(out).parent, cohort)
+        export["cohort"] = cohort_summary(cohort)
     save_export_safetensors(Path(out).with_suffix(SAFETENSORS_SUFFIX), export)
     return save_checkpoint(out, export)

@@ -4,6 +4,7 @@ validation and test cases were in that cohort, refusing a test case (also a rena
 ``data.accept_pretraining_overlap``. Tiny demo phantoms (32³, 5 BraTS cases) and the tiny ASA preset."""
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from asa.api.export import export_model
 from asa.api.machinery.run import OptionError
 from asa.data import discover, write_demo_dataset
 from asa.data.case import Case
-from asa.data.cohort import DIGEST, COHORT_FORMAT, cohort_digest, cohort_record, export_cohort, image_digests
+from asa.data.cohort import (DIGEST, COHORT_FORMAT, carried_cohort, cohort_digest, cohort_record, cohort_summary,
+                             export_cohort, image_digests)
 from asa.io import save_checkpoint
 from asa.models import ASA, PRESETS, load_weights, network_spec
 from asa.train.pretrain import export_encoder
@@ -57,12 +59,15 @@ def test_export_carries_the_cohort_and_loads_weights_only(tmp_path, brats):
     cohort = export_cohort(_cohort({c.id: (c.id, digests[c.id]) for c in cases}))
     pt = _encoder(tmp_path / "pre", cohort)
     state = torch.load(pt, map_location="cpu", weights_only=True)
-    assert state["cohort"] == cohort and len(state["cohort"]["cases"]) == 5
-    assert load_weights(pt.with_suffix(".safetensors"))["cohort"] == cohort  # the metadata, as JSON
+    # the file carries the summary; the list is cohort.json.gz beside it, read back by carried_cohort
+    assert state["cohort"] == cohort_summary(cohort) and state["cohort"]["summary"]["cases"] == 5
+    assert "cases" not in state["cohort"] and (pt.parent / "cohort.json.gz").is_file()
+    assert carried_cohort(state, "encoder.pt", pt.parent) == cohort
+    assert load_weights(pt.with_suffix(".safetensors"))["cohort"] == cohort_summary(cohort)  # the metadata, as JSON
     # asa-export of a checkpoint whose run recorded cohort.json: the model folder carries it and states its digest
     (tmp_path / "pre" / COHORT_FILE).write_text(json.dumps({**cohort, "run": "elsewhere"}))
     folder = export_model(tmp_path / "pre" / "checkpoints" / "last.pt", tmp_path / "model", cohort="full")
-    assert load_weights(folder)["cohort"] == cohort
+    assert carried_cohort(load_weights(folder), "folder", folder) == cohort
     config = json.loads((folder / "config.json").read_text())
     assert config["pretraining_cohort"]["cases"] == 5 and config["pretraining_cohort"]["images"] == 20
     assert config["pretraining_cohort"]["digest"] in (folder / "README.md").read_text()
@@ -154,6 +159,11 @@ def public_run(tmp_path_factory) -> tuple[Path, Path, dict]:
     return run / "checkpoints" / "last.pt", root, cohort
 
 
+def _bytes(path: Path) -> bytes:
+    """A file's bytes, a gzipped one's uncompressed."""
+    return gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+
+
 def _names(cohort: dict) -> set[str]:
     """Every case id and subject id of a cohort record."""
     return set(cohort["cases"]) | {v["subject"] for v in cohort["cases"].values()}
@@ -164,12 +174,12 @@ def test_export_cohort_none_and_digests_write_no_participant_id(tmp_path, public
     names = _names(cohort)
     assert len(names) >= 4 and all(len(n) >= 4 for n in names)  # ids long enough that a byte match means them
     full = export_model(ckpt, tmp_path / "full", cohort="full")
-    assert all(n.encode() in (full / "model.safetensors").read_bytes() for n in names)  # what the grep would see
+    assert all(n.encode() in _bytes(full / "cohort.json.gz") for n in names)  # what the grep would see
     summaries = {}
     for level in ("none", "digests"):
         folder = export_model(ckpt, tmp_path / level, cohort=level)
-        for path in folder.iterdir():  # every file's bytes: no case id, no subject id
-            data = path.read_bytes()
+        for path in folder.iterdir():  # every file's bytes (the list's uncompressed): no case id, no subject id
+            data = _bytes(path)
             assert not [n for n in names if n.encode() in data], (level, path.name)
         for name in ("README.md", "config.json"):  # no folder of this machine
             text = (folder / name).read_text()
@@ -183,7 +193,7 @@ def test_export_cohort_none_and_digests_write_no_participant_id(tmp_path, public
            f"{summaries['none']['digest']}; export with --cohort digests to check)" in capsys.readouterr().out
     assert summaries["none"]["digest"] == summaries["digests"]["digest"] == cohort_digest(cohort)["digest"]  # one cohort
     # digests: opaque keys, and an exact copy of a pretraining scan under another name is still found
-    carried = load_weights(tmp_path / "digests")["cohort"]
+    carried = carried_cohort(load_weights(tmp_path / "digests"), "digests", tmp_path / "digests")
     assert sorted(carried["cases"]) == [f"case-{k:04d}" for k in range(1, 5)] and carried["ids"] == "withheld"
     assert all(set(v) == {"part", "images", "fingerprints"} for v in carried["cases"].values())
     first, second = discover("bids", root)[:2]
@@ -200,7 +210,7 @@ def test_export_cohort_none_and_digests_write_no_participant_id(tmp_path, public
     assert "(id and subject withheld / content 1 / near content 0): held-out-01 = case-0001" in line
     # re-exporting the public folder with --cohort full cannot bring the ids back
     again = export_model(tmp_path / "digests", tmp_path / "again", cohort="full")
-    assert load_weights(again)["cohort"] == carried
+    assert carried_cohort(load_weights(again), "again", again) == carried
     assert json.loads((again / "config.json").read_text())["pretraining_cohort"]["carried"] == "digests"
 
 
@@ -233,7 +243,8 @@ def test_nnssl_and_nnunet_files_carry_the_cohort_as_chosen(tmp_path, public_run,
             assert blob.get("cohort") == load_weights(folder).get("cohort"), (level, name)  # None for none
             assert (load_weights(folder / name).get("cohort") is None) == (level == "none")
             if level == "digests":
-                assert not [n for n in names if n.encode() in (folder / name).read_bytes()]
+                assert not [n for n in names if n.encode() in _bytes(folder / name)]
+                assert not [n for n in names if n.encode() in _bytes(folder / "cohort.json.gz")]
     first = discover("bids", root)[0]
     copy = Case(id="held-out-01", images=dict(first.images), meta={"subject": "someone-else"})
     with pytest.raises(OptionError, match=r"1 of the 1 test case\(s\) \(held-out-01\)"):

@@ -221,7 +221,11 @@ def test_encoder_export_loads_into_the_segmenter(tmp_path, demo_cache):
     splits = json.loads((tmp_path / "splits.json").read_text())
     assert set(cohort["cases"]) == {i for part in ("train", "val", "test") for i in splits[part]}
     assert all(case["images"]["t1"].startswith("sha256:") for case in cohort["cases"].values())
-    carried = load_checkpoint(tmp_path / "checkpoints" / "encoder.pt")["cohort"]
+    from asa.data.cohort import carried_cohort
+
+    state = load_checkpoint(tmp_path / "checkpoints" / "encoder.pt")
+    assert state["cohort"]["summary"]["cases"] == len(cohort["cases"])  # the summary; the list beside it
+    carried = carried_cohort(state, "encoder.pt", tmp_path / "checkpoints")
     assert {c for c, v in carried["cases"].items()} == set(cohort["cases"])
 
 

@@ -7,14 +7,17 @@ each case's part, subject and image content digests) and keeps it as ``cohort.js
 images are read once; `asa.api.cohort.check_cohort` compares a fine-tuning run's validation and test cases with it,
 by case id, by subject and by image content (a renamed copy counts).
 
-An encoder export carries the recorded cohort's digests (``"cohort"``, :func:`recorded_cohort`), so a fine-tuning
-run with only ``model.pretrained=<file>`` checks its own split (:func:`check_pretraining_overlap`).
+An encoder export carries the recorded cohort's summary (``"cohort"``, `asa.data.cohort.cohort_summary`) and its
+list beside it (``cohort.json.gz``), so a fine-tuning run with only ``model.pretrained=<file>`` checks its own split
+(:func:`check_pretraining_overlap`); a file whose list is missing is said to be unchecked. A fine-tuning run keeps
+its encoder's list (``pretraining_cohort.json.gz``), so an export of its checkpoints carries that cohort on.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,14 +29,16 @@ from asa.api.machinery.dataset import dataset_root, on_main_then_share
 from asa.api.machinery.run import OptionError
 from asa.data import discover
 from asa.data.case import Case
-from asa.data.cohort import (COHORT_FORMAT, DIGEST, carried_cohort, cohort_digest, cohort_overlap, cohort_record,
-                             export_cohort, image_signatures, overlap_line)
+from asa.data.cohort import (COHORT_FORMAT, DIGEST, CohortListMissing, carried_cohort, cohort_digest, cohort_overlap,
+                             cohort_record, export_cohort, image_signatures, overlap_line, read_cohort_list,
+                             write_cohort_list)
 from asa.data.fingerprint import FINGERPRINT
 from asa.io import atomic_write_json
+from asa.io.hub import HUB_PREFIX, resolve_hub_id
 from asa.models import load_weights
 from asa.train.distributed import DistEnv
 
-__all__ = ["ACCEPT_OPTION", "COHORT_FILE", "OVERLAP_FILE", "evaluated_overlap_line", "check_pretraining_overlap", "check_probe_overlap",
+__all__ = ["ACCEPT_OPTION", "COHORT_FILE", "ENCODER_COHORT_FILE", "OVERLAP_FILE", "weights_folder", "evaluated_overlap_line", "check_pretraining_overlap", "check_probe_overlap",
            "encoder_cohort", "overlap_statement", "pretraining_cohort", "recorded_cohort", "recorded_overlap", "run_cases",
            "run_folder", "write_overlap"]
 
@@ -41,6 +46,8 @@ ACCEPT_OPTION = "data.accept_pretraining_overlap"  # asa-finetune's option that 
 
 COHORT_FILE = "cohort.json"
 OVERLAP_FILE = "pretraining_overlap.json"  # beside a fine-tuning run's splits.json: what check_pretraining_overlap found
+# beside it: the list of the encoder's cohort (the file's summary and list as read), which an export of the run carries on
+ENCODER_COHORT_FILE = "pretraining_cohort.json.gz"
 
 
 def run_folder(path: str | os.PathLike) -> Path:
@@ -92,10 +99,13 @@ def pretraining_cohort(run: str | os.PathLike, *, workers: int = 4, refresh: boo
 
 
 def recorded_cohort(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
-    """The cohort digests an encoder export of ``checkpoint`` carries (`asa.data.cohort.export_cohort`): those
-    of the ``cohort.json`` recorded in its run folder (``<run>/checkpoints/<file>``), None without one."""
+    """The cohort an encoder export of ``checkpoint`` carries (`asa.data.cohort.export_cohort`), as its run folder
+    (``<run>/checkpoints/<file>``) records it: a pretraining run's ``cohort.json``, or the cohort of the encoder a
+    fine-tuning run started from (``pretraining_cohort.json.gz``, :func:`write_overlap`); None without one."""
     path = Path(checkpoint).expanduser()
     run = path.parent.parent if path.parent.name == "checkpoints" else None
+    if run is not None and (run / ENCODER_COHORT_FILE).is_file() and not (run / COHORT_FILE).is_file():
+        return export_cohort(read_cohort_list(run / ENCODER_COHORT_FILE))
     if run is None or not (run / COHORT_FILE).is_file():
         return None
     try:
@@ -106,10 +116,20 @@ def recorded_cohort(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
     return export_cohort(kept) if kept.get("format") == COHORT_FORMAT and kept.get("digest") == DIGEST else None
 
 
+def weights_folder(path: str | os.PathLike) -> Path:
+    """The folder a weight file's cohort list sits in: a model folder itself (a hub id's downloaded copy), else
+    the file's folder."""
+    if isinstance(path, str) and path.startswith(HUB_PREFIX):
+        return resolve_hub_id(path)
+    path = Path(path).expanduser()
+    return path if path.is_dir() else path.parent
+
+
 def encoder_cohort(path: str | os.PathLike, *, option: str) -> dict[str, Any] | None:
-    """The pretraining cohort the encoder file ``path`` carries (`asa.data.cohort.carried_cohort`), or None;
-    ``option`` names where the file was given, in messages."""
-    return carried_cohort(load_weights(path), f"{option}={path}")
+    """The pretraining cohort the encoder file ``path`` carries (`asa.data.cohort.carried_cohort`: its list, read
+    from beside it), or None; ``option`` names where the file was given, in messages. A list that is not beside
+    the file raises `asa.data.cohort.CohortListMissing`."""
+    return carried_cohort(load_weights(path), f"{option}={path}", weights_folder(path))
 
 
 def check_pretraining_overlap(pretrained: str | os.PathLike, splits: dict[str, Sequence[Case]], *, accept: bool,
@@ -119,10 +139,16 @@ def check_pretraining_overlap(pretrained: str | os.PathLike, splits: dict[str, S
     once, on rank 0); refuse (`OptionError`, naming ``data.accept_pretraining_overlap``) when a test case was,
     unless ``accept``. Returns ``{"pretrained", "cohort": its digest, "subsets": the overlap report}``
     (`asa.data.cohort.cohort_overlap`; :func:`write_overlap` keeps it in the run folder), or None when the file
-    carries no cohort (said in the line: nothing was checked)."""
+    carries no cohort or its list is not beside it (said in the line: nothing was checked)."""
     env = env or DistEnv()
     state = load_weights(pretrained)
-    cohort = carried_cohort(state, f"model.pretrained={pretrained}")
+    try:
+        cohort = carried_cohort(state, f"model.pretrained={pretrained}", weights_folder(pretrained))
+    except CohortListMissing as err:
+        if env.is_main:
+            print(f"[asa] pretraining cohort: {err}; the validation and test cases were not checked against it",
+                  flush=True)
+        return None
     if cohort is None:
         summary = (state.get("model_config") or {}).get("pretraining_cohort")
         how = (f"it was exported with asa-export --cohort none: its config.json states only the cohort's digest "
@@ -154,7 +180,13 @@ def check_probe_overlap(entries: Sequence[str], cases: Sequence[Case], *, accept
     pretraining cohort of an encoder file of ``entries`` (by id, subject or content; the images digested once
     for all encoders) is said in one line per encoder and refused (`OptionError`) unless ``accept``
     (``data.accept_pretraining_overlap``). Returns {entry: overlap report} of the files that carry a cohort."""
-    cohorts = {e: encoder_cohort(e, option="encoders") for e in dict.fromkeys(entries)}
+    cohorts = {}
+    for entry in dict.fromkeys(entries):
+        try:
+            cohorts[entry] = encoder_cohort(entry, option="encoders")
+        except CohortListMissing as err:
+            print(f"[asa] pretraining cohort of {entry}: {err}; the probed cases were not checked against it",
+                  flush=True)
     for entry in [e for e, c in cohorts.items() if c is None]:
         print(f"[asa] pretraining cohort of {entry}: the file carries no cohort digests, so the probed cases were not "
               "checked against it", flush=True)
@@ -178,7 +210,17 @@ def check_probe_overlap(entries: Sequence[str], cases: Sequence[Case], *, accept
 
 def write_overlap(out_dir: str | os.PathLike, report: dict[str, Any]) -> Path:
     """Keep a fine-tuning run's overlap report (:func:`check_pretraining_overlap`) as ``pretraining_overlap.json``
-    beside its ``splits.json``, where asa-evaluate finds it."""
+    beside its ``splits.json``, where asa-evaluate finds it, and the list of the encoder's cohort as
+    ``pretraining_cohort.json.gz`` (read again from the encoder file), which asa-export of the run's checkpoints
+    carries on (:func:`recorded_cohort`), so that a second fine-tuning or a probe of the exported folder is checked."""
+    try:
+        cohort = encoder_cohort(report["pretrained"], option="model.pretrained")
+    except (CohortListMissing, ValueError, OSError) as err:  # moved since the check: the report is kept all the same
+        print(f"[asa] warning: the encoder's cohort list was not kept in {out_dir} ({err}); an export of this run "
+              "carries no cohort", file=sys.stderr, flush=True)
+        cohort = None
+    if cohort is not None and cohort_digest(cohort)["digest"] == (report.get("cohort") or {}).get("digest"):
+        write_cohort_list(out_dir, export_cohort(cohort), ENCODER_COHORT_FILE)
     return atomic_write_json(Path(out_dir) / OVERLAP_FILE, report)
 
 
