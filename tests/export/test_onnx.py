@@ -33,7 +33,8 @@ def _run(tmp_path, model: list[str]):
     root = write_demo_dataset("brats", tmp_path / "data", cases=4, size=32, seed=5)
     run = tmp_path / "run"
     finetune(compose_config("finetune", ["data=brats", f"data.root={root}", *model, "data.crop=32", "trainer=smoke",
-                                         f"output_dir={run}", "device=cpu", "data.num_workers=0", "trainer.epochs=1", "trainer.amp=off"]))
+                                         f"output_dir={run}", "device=cpu", "data.num_workers=0", "trainer.epochs=1",
+                                         "trainer.amp=off"]))
     return root, run / "checkpoints" / "last.pt"
 
 

@@ -1,7 +1,8 @@
 """``asa-export RUN OUT --format nnunet-results``: a fine-tuned segmenter as an nnU-Net v2 results folder.
 
-``OUT`` holds what nnU-Net's predictor reads of a trained model (``nnUNetPredictor.initialize_from_trained_model_folder``,
-``nnUNetv2_predict_from_modelfolder -i IN -o OUT -m FOLDER -f all``): ``dataset.json``, ``plans.json`` and
+``OUT`` holds what nnU-Net's predictor reads of a trained model
+(``nnUNetPredictor.initialize_from_trained_model_folder``, ``nnUNetv2_predict_from_modelfolder -i IN -o OUT -m FOLDER
+-f all``): ``dataset.json``, ``plans.json`` and
 ``fold_all/checkpoint_final.pth`` (the fine-tuned weights under ``network_weights``, ``trainer_name`` nnUNetTrainer,
 the configuration ``3d_fullres``), with the model card as ``README.md``.
 
@@ -95,8 +96,9 @@ def _spacing(config: Mapping[str, Any], source: str) -> tuple[list[float], str]:
         case = discover(str(layout), Path(str(root)), require_labels=False, validate="header")[0]
         first = load_volume(next(iter(case.images.values())), label=False)
     except Exception as err:
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(f"--format nnunet-results: the training data of {source} ({layout} at {root}) cannot be "
-                         f"read for its voxel spacing ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                         f"read for its voxel spacing ({why}); "
                          "nnU-Net resamples every scan to the plans' spacing, so it must be known") from err
     return [round(float(s), 6) for s in first.spacing], f"the training data's first case ({case.id})"
 

@@ -129,7 +129,8 @@ def export_onnx(segmenter: Mapping[str, Any], *, provenance: Mapping[str, Any], 
               "software": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__}}
     entry = model.metadata_props.add()
     entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(record, default=str)
-    model.producer_name, model.doc_string = "asa", f"asa fine-tuned {arch} segmenter (see metadata {ONNX_METADATA_KEY!r})"
+    model.producer_name = "asa"
+    model.doc_string = f"asa fine-tuned {arch} segmenter (see metadata {ONNX_METADATA_KEY!r})"
     return OnnxExport(model.SerializeToString(), record)
 
 
