@@ -63,6 +63,21 @@ CARRIED = {  # the card's words on what the folder carries of its cohort (asa-ex
     "none": "this folder carries no cohort list (exported with --cohort none): held-out cases are not checked "
             "against it; compare a cohort with this digest"}
 FORMATS = ("hub", "onnx", "nnunet-results")  # asa-export --format
+# what asa's own files ask to be cited (config.json, nnssl's checkpoint_final.pth and the card), in the form nnssl's
+# files give theirs (nnU-Net's PretrainedTrainer prints them); a published file keeps its own
+ASA_CITATION = {
+    "type": "method", "name": "ASA (Attentive Symmetric Autoencoder)",
+    "apa_citations": ["Huang, J., Li, H., Li, G., & Wan, X. (2022). Attentive Symmetric Autoencoder for Brain MRI "
+                      "Segmentation. In Medical Image Computing and Computer Assisted Intervention - MICCAI 2022, "
+                      "LNCS 13435 (pp. 203-213). Springer. https://doi.org/10.1007/978-3-031-16443-9_20"],
+    "bibtex_citations": ["@inproceedings{huang2022asa, title={Attentive Symmetric Autoencoder for Brain MRI "
+                         "Segmentation}, author={Huang, Junjia and Li, Haofeng and Li, Guanbin and Wan, Xiang}, "
+                         "booktitle={Medical Image Computing and Computer Assisted Intervention -- MICCAI 2022}, "
+                         "series={LNCS}, volume={13435}, pages={203--213}, publisher={Springer}, year={2022}, "
+                         "doi={10.1007/978-3-031-16443-9_20}}"]}
+# license: other names the terms it stands for (Hugging Face's license_name / license_link): the card's Licence section
+OTHER_LICENCE = {"asa": "training-data-terms", "published": "publisher-terms"}
+CARD_LINK = "README.md"  # license_link of license: other: the card, whose Licence section states the terms
 COMMAND_FILE = "command.txt"  # beside config.yaml in a run folder: the command line that started the run
 
 
@@ -165,6 +180,7 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
                                      dataset=(config.get("data") or {}).get("name") or "asa",
                                      trainer=f"asa:{config.get('method') or 'unknown method'}", published=published,
                                      extra={"license": config["license"],
+                                            **({"citations": config["citations"]} if config.get("citations") and not published else {}),
                                             **({"cohort": export["cohort"]} if export.get("cohort") is not None else {})})
             card += (f"\n`{NNSSL_CHECKPOINT}` and `{NNSSL_PLAN}` are the encoder in nnssl's format: "
                      "`nnUNetv2_preprocess_like_nnssl -pc` takes the file, or this folder's hub address.\n")
@@ -464,6 +480,8 @@ def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, An
         if cohort is None and isinstance(run.get("pretraining_cohort"), Mapping):  # a folder that carried none
             cohort = {**run["pretraining_cohort"], "carried": "none"}
         recorded = (run.get("published") or {}).get("license")
+        if not run.get("published"):  # asa's own folder, exported before it carried its citation
+            run = {"citations": [dict(ASA_CITATION)], **run}
         return {**run, **({"pretraining_cohort": dict(cohort)} if cohort else {}), "software": _software(),
                 "license": _licence(license, source, recorded=recorded, kept=run.get("license")),
                 "asa_version": asa.__version__, "git_commit": _git_commit() or run.get("git_commit")}
@@ -498,7 +516,7 @@ def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, An
         "metrics": _run_metrics(source, state),
         **({"pretraining_cohort": dict(cohort)} if cohort else {}),
         "license": _licence(license, source), "asa_version": asa.__version__, "git_commit": _git_commit(),
-        "software": _software(),
+        "software": _software(), "citations": [dict(ASA_CITATION)],
     }
 
 
@@ -558,18 +576,24 @@ def _demo(data: Mapping[str, Any]) -> bool:
 def model_card(config: Mapping[str, Any], *, segmenter: Mapping[str, Any] | None = None) -> str:
     """``README.md``: Hugging Face front matter (licence, library, pipeline tag, ``base_model`` and ``datasets``
     when given, tags, and for a segmenter evaluated in its run folder a ``model-index`` of its mean Dice), then
-    intended use, training data, how to load, metrics when known."""
+    what it is (an encoder, or a segmenter of its task), intended use, training data, metrics when known, the
+    citations (a published file's own, else asa's paper) and how to load it (also strictly with safetensors alone)."""
     spec = config.get("source_network") or config["network"]  # the arch the encoder was trained in
     crop = config.get("crop")
     data = config.get("data") or {}
     metrics = config.get("metrics") or {}
     published = config.get("published")
+    outputs = current_config(segmenter).get("outputs") if segmenter is not None else None
+    task = outputs.get("name", "unknown task") if isinstance(outputs, Mapping) else "unknown task"
     lines = ["---", *front_matter(config, segmenter), "---", "",
-             f"# asa encoder ({spec['arch']})", "",
-             "## Intended use", "",
-             "A pretrained encoder for 3D brain MRI, to initialise segmentation and other downstream networks "
-             "(fine-tuning) or to extract features. Research use only: it is not a medical device and was not "
-             "validated for clinical decisions.", "",
+             *([f"# asa encoder ({spec['arch']})", "", "## Intended use", "",
+                "A pretrained encoder for 3D brain MRI, to initialise segmentation and other downstream networks "
+                "(fine-tuning) or to extract features."] if segmenter is None else
+               [f"# {task} segmenter ({spec['arch']}, fine-tuned with asa)", "", "## Intended use", "",
+                f"A 3D brain-MRI segmenter ({task}): `{SEGMENTER_FILE}` is the whole fine-tuned network, which "
+                f"`asa-predict` runs (Segmenter, below); `{MODEL_FILE}` is its encoder alone, to initialise other "
+                "networks."]),
+             "Research use only: it is not a medical device and was not validated for clinical decisions.", "",
              "## Training", "",
              f"- method: {config.get('method') or 'unknown'}" + (" (the published file's trainer)" if published else ""),
              f"- data: {'demo phantoms (generated by asa, not scans)' if data.get('demo_phantoms') else data.get('name', 'unknown')}"
@@ -597,14 +621,20 @@ def model_card(config: Mapping[str, Any], *, segmenter: Mapping[str, Any] | None
         lines += ["```json", json.dumps(metrics, indent=2), "```", ""]
     else:
         lines += ["None recorded with the run.", ""]
-    if published and published.get("citations"):
-        lines += ["## Citations", "", "The published file asks that these be cited (as nnU-Net's PretrainedTrainer "
-                  "prints them):", ""]
+    citations = (published or {}).get("citations") if published else config.get("citations")
+    if citations:
+        lines += ["## Citations", "", ("The published file asks that these be cited (as nnU-Net's PretrainedTrainer "
+                  "prints them):" if published else "Please cite:"), ""]
         lines += [f"- {c.get('type', '?')} `{c.get('name', '?')}`: "
                   + " ".join(c.get("apa_citations") or c.get("bibtex_citations") or []) if isinstance(c, Mapping)
-                  else f"- {c}" for c in published["citations"]] + [""]
+                  else f"- {c}" for c in citations] + [""]
     lines += ["## How to use", "", "```python", "import asa", "",
               "encoder = asa.load_encoder(\"path/to/this/folder\")  # weights loaded, eval mode", "```", "",
+              f"Or with torch and safetensors alone, strictly: `{MODEL_FILE}` holds a tensor that two names share "
+              "once, and safetensors' `load_model` leaves out the second names, which the network shares as well:", "",
+              "```python", "import json", "from safetensors.torch import load_model", "from asa.models import build_network",
+              "", "encoder = build_network(json.load(open(\"config.json\"))[\"network\"])",
+              f"load_model(encoder, \"{MODEL_FILE}\", strict=True)", "```", "",
               "Fine-tune it with `asa-finetune model.pretrained=path/to/this/folder`.", "",
               "## Licence", "",
               f"`{config['license']}`" + (("." if config["license"] != "other" else
@@ -617,10 +647,15 @@ def model_card(config: Mapping[str, Any], *, segmenter: Mapping[str, Any] | None
 def front_matter(config: Mapping[str, Any], segmenter: Mapping[str, Any] | None = None) -> list[str]:
     """The card's YAML front matter, one line each (Hugging Face's model-card metadata): ``pipeline_tag``
     ``image-segmentation`` for a whole segmenter, ``image-feature-extraction`` for an encoder; ``base_model`` and
-    ``datasets`` as given to the export (hub ids); ``model-index`` (in YAML's JSON form) with each asa-evaluate
-    summary of the run folder as a result: the mean Dice over the task's outputs on that many cases."""
+    ``datasets`` as given to the export (hub ids); ``license: other`` with ``license_name`` and ``license_link`` (the
+    card, whose Licence section states the terms); ``model-index`` (in YAML's JSON form) with each asa-evaluate
+    summary of the run folder as a result: the mean Dice over the task's outputs on that many cases, its name saying
+    "not held out" when test cases of the pretraining cohort were accepted."""
     spec = config.get("source_network") or config["network"]
-    lines = [f"license: {config['license']}", "library_name: asa",
+    lines = [f"license: {config['license']}",
+             *([f"license_name: {OTHER_LICENCE['published' if config.get('published') else 'asa']}",
+                f"license_link: {CARD_LINK}"] if config["license"] == "other" else []),
+             "library_name: asa",
              f"pipeline_tag: {'image-segmentation' if segmenter is not None else 'image-feature-extraction'}"]
     if config.get("base_model"):
         lines.append(f"base_model: {config['base_model']}")
@@ -634,9 +669,11 @@ def front_matter(config: Mapping[str, Any], segmenter: Mapping[str, Any] | None 
         if segmenter is None or not dice:
             continue
         name = (config.get("data") or {}).get("name") or "unknown"
+        overlap = summary.get("pretraining_overlap") or {}
+        flag = f" (not held out: {overlap['text']})" if overlap.get("accepted") else ""
         results.append({"task": {"type": "image-segmentation"}, "dataset": {"name": name, "type": name, "split": split},
                         "metrics": [{"type": "dice", "name": f"mean Dice over {len(dice)} outputs, {summary.get('n_cases')} "
-                                     "cases", "value": round(float(sum(dice) / len(dice)), 4)}]})
+                                     f"cases{flag}", "value": round(float(sum(dice) / len(dice)), 4)}]})
     if results:
         lines.append("model-index: " + json.dumps([{"name": f"asa {spec['arch']}", "results": results}]))
     return lines
