@@ -180,7 +180,8 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
                                      dataset=(config.get("data") or {}).get("name") or "asa",
                                      trainer=f"asa:{config.get('method') or 'unknown method'}", published=published,
                                      extra={"license": config["license"],
-                                            **({"citations": config["citations"]} if config.get("citations") and not published else {}),
+                                            **({"citations": config["citations"]}
+                                               if config.get("citations") and not published else {}),
                                             **({"cohort": export["cohort"]} if export.get("cohort") is not None else {})})
             card += (f"\n`{NNSSL_CHECKPOINT}` and `{NNSSL_PLAN}` are the encoder in nnssl's format: "
                      "`nnUNetv2_preprocess_like_nnssl -pc` takes the file, or this folder's hub address.\n")
@@ -278,8 +279,9 @@ def _source_cohort(source: Path, state: Mapping[str, Any],
     if cohort is None and level in ("full", "digests"):
         stated = (state.get("model_config") or {}).get("pretraining_cohort") or {}
         raise ValueError(f"--cohort {level}: {source} carries no pretraining cohort "
-                         + (f"(exported with --cohort none: its config.json states only the digest {stated.get('digest')} "
-                            f"of {stated.get('cases')} cases; export the pretraining run's checkpoint or encoder again)"
+                         + (f"(exported with --cohort none: its config.json states only the digest "
+                            f"{stated.get('digest')} of {stated.get('cases')} cases; export the pretraining run's "
+                            "checkpoint or encoder again)"
                             if stated.get("carried") == "none" else
                             "(asa-cohort PRETRAIN_RUN records one; then export that run's checkpoint)"))
     return cohort, None
@@ -632,8 +634,8 @@ def model_card(config: Mapping[str, Any], *, segmenter: Mapping[str, Any] | None
               "encoder = asa.load_encoder(\"path/to/this/folder\")  # weights loaded, eval mode", "```", "",
               f"Or with torch and safetensors alone, strictly: `{MODEL_FILE}` holds a tensor that two names share "
               "once, and safetensors' `load_model` leaves out the second names, which the network shares as well:", "",
-              "```python", "import json", "from safetensors.torch import load_model", "from asa.models import build_network",
-              "", "encoder = build_network(json.load(open(\"config.json\"))[\"network\"])",
+              "```python", "import json", "from safetensors.torch import load_model",
+              "from asa.models import build_network", "", "encoder = build_network(json.load(open(\"config.json\"))[\"network\"])",
               f"load_model(encoder, \"{MODEL_FILE}\", strict=True)", "```", "",
               "Fine-tune it with `asa-finetune model.pretrained=path/to/this/folder`.", "",
               "## Licence", "",

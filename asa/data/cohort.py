@@ -215,7 +215,8 @@ def read_cohort_list(path: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
-def carried_cohort(state: Mapping[str, Any], where: str, beside: str | os.PathLike | None = None) -> dict[str, Any] | None:
+def carried_cohort(state: Mapping[str, Any], where: str,
+                   beside: str | os.PathLike | None = None) -> dict[str, Any] | None:
     """The cohort an encoder export or checkpoint carries, None when it carries none: its list, read from the
     file its summary names (:func:`cohort_summary`) in the folder ``beside`` (the weight file's own, or the model
     folder) and checked against the summary's digest; or the list itself, as files written before the summary carry

@@ -38,15 +38,16 @@ from asa.io.hub import HUB_PREFIX, resolve_hub_id
 from asa.models import load_weights
 from asa.train.distributed import DistEnv
 
-__all__ = ["ACCEPT_OPTION", "COHORT_FILE", "ENCODER_COHORT_FILE", "OVERLAP_FILE", "weights_folder", "evaluated_overlap_line", "check_pretraining_overlap", "check_probe_overlap",
+__all__ = ["ACCEPT_OPTION", "COHORT_FILE", "ENCODER_COHORT_FILE", "OVERLAP_FILE", "evaluated_overlap_line",
+           "check_pretraining_overlap", "check_probe_overlap",
            "encoder_cohort", "overlap_statement", "pretraining_cohort", "recorded_cohort", "recorded_overlap", "run_cases",
-           "run_folder", "write_overlap"]
+           "run_folder", "weights_folder", "write_overlap"]
 
 ACCEPT_OPTION = "data.accept_pretraining_overlap"  # asa-finetune's option that accepts test cases seen in pretraining
 
 COHORT_FILE = "cohort.json"
 OVERLAP_FILE = "pretraining_overlap.json"  # beside a fine-tuning run's splits.json: what check_pretraining_overlap found
-# beside it: the list of the encoder's cohort (the file's summary and list as read), which an export of the run carries on
+# beside it: the list of the encoder's cohort, which an export of the run's checkpoints carries on
 ENCODER_COHORT_FILE = "pretraining_cohort.json.gz"
 
 
