@@ -11,7 +11,7 @@ from typing import Any
 
 from asa.api.machinery.cohort import encoder_cohort
 from asa.data import load_volume
-from asa.data.cohort import cohort_overlap, cohort_record, describe_overlap, image_signatures
+from asa.data.cohort import CohortListMissing, cohort_overlap, cohort_record, describe_overlap, image_signatures
 from asa.data.fingerprint import FINGERPRINT
 from asa.data.layouts.pretrain import channel_of
 from asa.data.masked_copies import describe_masked, masked_copies
@@ -46,14 +46,21 @@ def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: M
             record = cohort_record(cohort_cases, {"train": ids}, workers=2, source={"study": str(out)})
             atomic_write_json(record_file, record)
         cohorts["--pretrain-data"] = record
+    unchecked = []
     for name, path in (encoders or {}).items():
-        if (carried := encoder_cohort(path, option=f"--encoder {name}")) is not None:
+        try:
+            carried = encoder_cohort(path, option=f"--encoder {name}")
+        except CohortListMissing as missing:  # said, never taken for "no overlap"
+            unchecked.append(f"--encoder {name}: not checked: {missing}")
+            continue
+        if carried is not None:
             cohorts[f"--encoder {name}"] = carried
     if not cohorts:
-        return {"lines": ["no cohort to check (the --encoder files carry none)"], "overlapping": [], "accepted": False}
+        return {"lines": unchecked or ["no cohort to check (the --encoder files carry none)"], "overlapping": [],
+                "accepted": False}
     everyone = [c for cases in parts.values() for c in cases]
     digests, prints = image_signatures(everyone, workers=2)
-    lines, found = [], set()
+    lines, found = list(unchecked), set()
     for source, cohort in cohorts.items():
         overlap = cohort_overlap(cohort, parts, digests=digests, fingerprints=prints)
         size = len(cohort.get("cases") or {})

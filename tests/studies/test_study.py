@@ -599,6 +599,28 @@ def test_a_skull_stripped_copy_of_a_cohort_head_among_the_test_cases_is_refused_
     assert not (out / "pilot").exists() and not (out / "pretrain").exists()  # nothing trained
 
 
+def test_an_encoder_whose_cohort_list_is_missing_is_said_unchecked(data, tmp_path, monkeypatch):
+    """An --encoder file that states a cohort whose list is not beside it: the check says it could not check that
+    cohort (never "no overlap"), and checks the others."""
+    from asa.data.cohort import CohortListMissing
+    from asa.study import checks
+
+    cohort, labeled = data
+    cases = discover("msd", labeled)
+    split = study.labeled_split(cases, study.SCALES["quick"], seed=0)
+
+    def missing(path, option):
+        raise CohortListMissing(f"{option}={path} states a pretraining cohort of 3 cases whose list is not beside it")
+
+    monkeypatch.setattr(checks, "encoder_cohort", missing)
+    alone = study.check_overlap(tmp_path / "a", [], cases, split, {"enc": "enc.pt"}, accept=False)
+    assert alone["lines"] == ["--encoder enc: not checked: --encoder enc=enc.pt states a pretraining cohort of 3 "
+                              "cases whose list is not beside it"] and alone["overlapping"] == []
+    both = study.check_overlap(tmp_path / "b", discover("bids", cohort), cases, split, {"enc": "enc.pt"}, accept=False)
+    assert both["lines"][0].startswith("--encoder enc: not checked: ")
+    assert any(line.startswith("--pretrain-data: ") for line in both["lines"][1:])
+
+
 def test_one_encoder_lr_for_every_arm():
     """--encoder-lr-scale reaches the scratch twins as well as the pretrained arms (the adamw preset keeps a scale
     of its own for an encoder from scratch), so the report's "for every arm" holds."""
