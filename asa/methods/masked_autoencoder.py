@@ -22,9 +22,8 @@ from asa.eval.probe import encode_tokens
 from asa.losses.informativeness import NORMALIZATIONS
 from asa.losses.reconstruction import weight_spread
 from asa.methods.base import MethodSettings, PanelFn, PretrainingMethod, RegionNeeds, StepFn, register_method
-from asa.models.swvit.encoder import ENCODER_PREFIX
 from asa.models.swvit.mae import LOSS_WEIGHTINGS
-from asa.models.family import DEFAULT_FAMILY, masked_network, pretrain_model_sections
+from asa.models.family import DEFAULT_FAMILY, families, masked_network, pretrain_model_sections
 from asa.models import unwrap
 from asa.models.registry import keyword_options, network_record
 from asa.models.zoo import build_network
@@ -114,12 +113,20 @@ class MAESettings(MaskedAutoencoderSettings):
 @register_method
 class MaskedAutoencoderPretraining(PretrainingMethod):
     """The masked autoencoder: `asa.models.ASA` with its reconstruction loss (uniform, attentive or
-    focal region weights); the encoder export keeps ``encoder.*``; probes read the encoder's tokens."""
+    focal region weights); the encoder export keeps the encoder's keys as the family declares them
+    (`encoder_prefixes`); probes read the encoder's tokens."""
 
     name = "asa"
     Settings = MaskedAutoencoderSettings
-    encoder_prefixes = (ENCODER_PREFIX,)
     uses_model_group = True
+    _built: nn.Module | None = None  # the masked network, once built: the keys it declares name its encoder
+
+    @property
+    def encoder_prefixes(self) -> tuple[str, ...]:  # type: ignore[override]
+        """The state-dict prefixes of the masked network's encoder and stem, as the network declares them
+        (dynamic-network-architectures' ``key_to_encoder``, ``key_to_stem``) or else its family
+        (`asa.models.family.Family.encoder_keys`)."""
+        return families()[self.family].encoder_keys(self._built).prefixes
 
     @classmethod
     def pretrained_families(cls) -> tuple[str, ...]:
@@ -173,7 +180,8 @@ class MaskedAutoencoderPretraining(PretrainingMethod):
 
     def build_network(self) -> nn.Module:
         try:
-            return build_network({"arch": self.masked_arch, "kwargs": self.network_kwargs()})
+            self._built = build_network({"arch": self.masked_arch, "kwargs": self.network_kwargs()})
+            return self._built
         except ValueError as err:  # the network names its own argument: said as the option that set it
             for section, keys in (("method", tuple(self._own_options())), ("model", tuple(self.context.model))):
                 if any(str(err).startswith((f"{k}=", f"{k} ", f"{k}:")) for k in keys):

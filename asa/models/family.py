@@ -20,10 +20,15 @@ family when it registers (`asa.models.register_network`'s ``family``); each fami
 - ``nnunet``: how nnU-Net builds the family's networks (an :class:`NNUNetForm`), which the ``nnunet`` and
   ``nnssl`` exports write and a published file of that architecture is read back through;
 - ``presets``: the sizes a random-init encoder of the family takes (``asa-probe encoders=[random:<size>]``), each
-  as the network spec of the masked twin (:meth:`Family.random_spec`).
+  as the network spec of the masked twin (:meth:`Family.random_spec`);
+- ``keys``: where its networks keep the encoder and its stem in their state dicts (an :class:`EncoderKeys`), for a
+  network that does not declare them itself as dynamic-network-architectures' do (:meth:`Family.encoder_keys`);
+- ``road``: how a file becomes one of its networks (a :class:`FileRoad`: what the file sets of the network and how
+  its encoder is loaded; :meth:`Family.from_file`).
 
-Callers ask :func:`family_of` for the family of a network and name none. This module imports only the registry
-and `asa.models.declared`.
+Callers ask :func:`family_of` for the family of a network and name none; :func:`network_from_file` is the one road
+from a run's settings and its pretrained file to a network, whatever its family. This module imports only the
+registry and `asa.models.declared` (and `asa.models.weights`, which imports it, where a file is read).
 """
 
 from __future__ import annotations
@@ -37,11 +42,11 @@ import torch
 from torch import nn
 
 from asa.models.declared import crop_edges
-from asa.models.registry import FAMILIES, network_record, registered_networks
+from asa.models.registry import FAMILIES, build_network, network_record, registered_networks
 
-__all__ = ["DEFAULT_FAMILY", "EncoderFace", "Family", "FileSettings", "Geometry", "NNUNetForm", "StageTokens",
-           "families", "family_of", "file_settings", "masked_network", "pretrain_model_sections", "pretrains",
-           "published_spec", "register_family"]
+__all__ = ["DEFAULT_FAMILY", "EncoderFace", "EncoderKeys", "Family", "FileRoad", "FileSettings", "Geometry", "NNUNetForm",
+           "StageTokens", "families", "family_of", "file_settings", "masked_network", "network_from_file",
+           "pretrain_model_sections", "pretrains", "published_spec", "register_family"]
 
 DEFAULT_FAMILY = "swvit"  # asa-pretrain's model section without an arch: the SW-ViT sizes (model=tiny|small|base)
 EXPORTS = ("nnunet", "nnssl", "monai")  # the formats asa-export writes beyond asa's own
@@ -112,6 +117,113 @@ class NNUNetForm:
 
 
 @dataclass(frozen=True)
+class EncoderKeys:
+    """Where a network keeps its transferable encoder in its state dict, as dynamic-network-architectures declares
+    it on its networks (``key_to_encoder``, ``key_to_stem``, ``keys_to_in_proj``).
+
+    Args:
+        encoder: the encoder's module key (``encoder.stages`` of a residual-encoder U-Net).
+        stem: the stem's module key, inside the encoder or beside it (None: the encoder holds it).
+        in_proj: the input projection's module keys: the stem's first layer, under every name the state dict
+            gives its one tensor.
+    """
+
+    encoder: str
+    stem: Optional[str] = None
+    in_proj: tuple[str, ...] = ()
+
+    @classmethod
+    def declared(cls, net: object) -> EncoderKeys | None:
+        """The keys ``net`` declares itself (None: it declares no ``key_to_encoder``)."""
+        encoder = getattr(net, "key_to_encoder", None)
+        if encoder is None:
+            return None
+        return cls(encoder, getattr(net, "key_to_stem", None), tuple(getattr(net, "keys_to_in_proj", ())))
+
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        """The state-dict prefixes of the encoder and its stem (``"<key>."``; a stem inside the encoder adds none)."""
+        keys = [self.encoder]
+        if self.stem is not None and not self.stem.startswith(self.encoder + "."):
+            keys.append(self.stem)
+        return tuple(f"{key}." for key in keys)
+
+    @property
+    def in_proj_weights(self) -> tuple[str, ...]:
+        """The weight keys of the input projection (its one tensor under every name)."""
+        return tuple(f"{key}.weight" for key in self.in_proj)
+
+    def state(self, net: nn.Module) -> dict[str, torch.Tensor]:
+        """The encoder's (and stem's) tensors of ``net``, under their keys in ``net``'s state dict."""
+        return {key: value for key, value in net.state_dict().items() if key.startswith(self.prefixes)}
+
+    def load(self, net: nn.Module, update: Mapping[str, torch.Tensor]) -> None:
+        """Load ``update`` into ``net``: every encoder tensor, nothing else (else ``RuntimeError``, naming the keys)."""
+        missing = sorted(set(self.state(net)) - set(update))
+        outside = sorted(k for k in update if not k.startswith(self.prefixes))
+        if missing or outside:
+            raise RuntimeError(f"encoder load: missing {missing[:5]}, outside the encoder {outside[:5]}")
+        net.load_state_dict(dict(update), strict=False)
+
+
+class FileRoad:
+    """How a run's settings and a file (``model.pretrained``) become a network of a family (:meth:`Family.from_file`).
+
+    This road, every family's unless it declares another: the file sets the crop it was made for and a published
+    checkpoint's topology (`file_settings`), when it holds an encoder of the network; the network loads it with its
+    ``load_pretrained``. A family whose networks take more from their file (the SW-ViT's grid, position code and
+    symmetric axis) declares a subclass. ``follow``: the options of following a file (the run's ``segmenter``
+    section, those set to other than their defaults); this road takes none."""
+
+    def segmenter(self, arch: str, pretrained: str | None, *, options: dict[str, Any], channels: Mapping[str, int],
+                  crop: int | None, default_crop: int | None, follow: Mapping[str, Any]) -> nn.Module:
+        """The segmentation network ``arch`` of ``options`` (its settings), ``channels`` (in / out) and ``crop``."""
+        for key, value in follow.items():
+            raise ValueError(f"segmenter.{key}={value}: model arch {arch!r} does not follow a pretraining file's "
+                             "geometry (the segmenter options are for networks that do, e.g. model=tiny|small|base)")
+        record = network_record(arch)
+        blob = None
+        if pretrained and record is not None and record.encoder:
+            from asa.models.weights import load_weights  # imports this module: read here, once
+            blob = load_weights(pretrained)
+        sets = file_settings(blob, arch, options) if blob is not None else FileSettings(None, {})
+        crop = sets.crop if crop is None else crop  # the file's crop unless the run names one
+        size = crop if crop is not None else default_crop
+        if size is None:
+            raise ValueError("the crop size is unknown: give crop, a pretrained file that records its crop, "
+                             "or default_crop")
+        options = {**options, **sets.options}  # a published checkpoint's topology
+        net = build_network({"arch": arch, "kwargs": {"img_size": (int(size),) * 3, **channels, **options}})
+        if blob is not None:
+            return load_pretrained(net, arch, pretrained, lambda: net.load_pretrained(pretrained, checkpoint=blob))
+        return load_pretrained(net, arch, pretrained)
+
+    def case(self, arch: str, pretrained: str | None, *, options: dict[str, Any], head: Mapping[str, Any],
+             crop: int | None, default_crop: int) -> nn.Module:
+        """The case network ``arch`` of ``options`` (its settings) and ``head`` (channels and the head's settings)."""
+        size = crop if crop is not None else default_crop
+        net = build_network({"arch": arch, "kwargs": {"img_size": size, **head, **options}})
+        return load_pretrained(net, arch, pretrained)
+
+
+def load_pretrained(net: nn.Module, arch: str, pretrained: str | None, load: Callable[[], Any] | None = None
+                    ) -> nn.Module:
+    """Initialise ``net``'s encoder from ``pretrained`` (``load``: how, when the road read the file; else its
+    ``load_pretrained(path)``); a network without ``load_pretrained`` refuses a file."""
+    if not pretrained:
+        return net
+    if not callable(getattr(net, "load_pretrained", None)):
+        raise ValueError(f"model.pretrained={pretrained}: model arch {arch!r} takes no pretrained encoder (its "
+                         "network has no load_pretrained); leave model.pretrained unset, or choose a network that "
+                         "takes one")
+    load() if load is not None else net.load_pretrained(pretrained)
+    return net
+
+
+FILE_ROAD = FileRoad()
+
+
+@dataclass(frozen=True)
 class Family:
     """One network family's declaration (see the module)."""
 
@@ -126,6 +238,8 @@ class Family:
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # why a spec of the family cannot take an export format (None: it can); by default every one declared can
     export_check: Optional[Callable[[str, Mapping[str, Any]], Optional[str]]] = None
+    keys: Optional[EncoderKeys] = None  # where its networks keep the encoder, for those that declare it not themselves
+    road: FileRoad = FILE_ROAD  # how a file becomes one of its networks
 
     def __post_init__(self) -> None:
         if (self.masked is None) != (self.pretrain_settings is None):
@@ -147,6 +261,29 @@ class Family:
             return (f"a {spec.get('arch')!r} network ({self.name} family); the {form} export takes the "
                     f"{' / '.join(takers) or 'no'} family")
         return None if self.export_check is None else self.export_check(form, spec)
+
+    def encoder_keys(self, net: object = None) -> EncoderKeys:
+        """Where ``net`` (a network of the family; None: any) keeps its encoder: as it declares itself
+        (dynamic-network-architectures' ``key_to_encoder``, ``key_to_stem``, ``keys_to_in_proj``), else as the
+        family declares it (``keys``); a family that declares none is refused, naming it."""
+        keys = EncoderKeys.declared(net) if net is not None else None
+        keys = keys or self.keys
+        if keys is None:
+            raise ValueError(f"network family {self.name!r} declares no encoder keys (Family(keys=EncoderKeys(...)))")
+        return keys
+
+    def from_file(self, arch: str, pretrained: str | None, *, options: dict[str, Any], crop: int | None,
+                  default_crop: int | None, channels: Mapping[str, int] | None = None,
+                  head: Mapping[str, Any] | None = None, follow: Mapping[str, Any] | None = None) -> nn.Module:
+        """The network ``arch`` of this family from a run's settings (``options``, the crop) and the file
+        ``pretrained`` (None: from scratch) along the family's road: a segmenter of ``channels`` (in / out) or, given
+        ``head`` (channels and the head's settings), a case network. ``follow``: the options of following the file
+        that the run set (its ``segmenter`` section's, those not at their defaults)."""
+        if head is not None:
+            return self.road.case(arch, pretrained, options=dict(options), head=head, crop=crop,
+                                  default_crop=default_crop)  # type: ignore[arg-type]
+        return self.road.segmenter(arch, pretrained, options=dict(options), channels=channels or {}, crop=crop,
+                                   default_crop=default_crop, follow=follow or {})
 
     def options(self) -> frozenset[str]:
         """The fields of the family's pretraining ``model`` section (none: no masked twin)."""
@@ -185,6 +322,15 @@ def family_of(arch: str | None) -> Family | None:
         raise ValueError(f"network {arch!r} names the family {record.family!r}, which no module declares "
                          "(asa.models.register_family)")
     return declared
+
+
+NO_FAMILY = Family("")  # a network that names no family takes the plain road (`FileRoad`)
+
+
+def network_from_file(arch: str, pretrained: str | None, **settings: Any) -> nn.Module:
+    """The network ``arch`` from a run's settings and its pretrained file, along its family's road
+    (:meth:`Family.from_file`, whose arguments ``settings`` are; a network of no family: the plain `FileRoad`)."""
+    return (family_of(arch) or NO_FAMILY).from_file(arch, pretrained, **settings)
 
 
 def masked_network(family: str) -> str | None:

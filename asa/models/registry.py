@@ -73,15 +73,13 @@ class NetworkSettings:
 class NetworkRecord:
     """What a network declared when it registered (`register_network`): its ``builder`` (the class or
     function taking a spec's flat keyword arguments), its ``kind``, the ``encoder`` submodule whose weights
-    an encoder export holds (None: none), whether it ``follows_pretraining`` (takes ``img_size``,
-    ``pos_mode``, ``lr_axis`` and ``reference_grid`` from a pretraining file, `asa.api.machinery.networks`),
-    the segmentation network it is the case counterpart of (``case_of``), its run-config ``settings`` and
-    its ``family`` (`asa.models.family`)."""
+    an encoder export holds (None: none), the segmentation network it is the case counterpart of (``case_of``),
+    its run-config ``settings`` and its ``family`` (`asa.models.family`: what it takes from a pretraining file is
+    its family's road)."""
 
     builder: Callable[..., nn.Module]
     kind: str
     encoder: Optional[str] = None
-    follows_pretraining: bool = False
     case_of: Optional[str] = None
     settings: Optional[type[NetworkSettings]] = None
     family: Optional[str] = None
@@ -138,24 +136,24 @@ ENCODER_MODULES: Mapping[str, str] = _Column("encoder")  # name -> its encoder s
 NETWORK_SETTINGS: Mapping[str, type[NetworkSettings]] = _Column("settings")  # name -> its model section
 
 
-def register_network(name: str, *, kind: str | None = None, encoder: str | None = None, follows_pretraining: bool = False,
-                     case_of: str | None = None, settings: type[NetworkSettings] | None = None,
+def register_network(name: str, *, kind: str | None = None, encoder: str | None = None, case_of: str | None = None, settings: type[NetworkSettings] | None = None,
                      family: str | None = None, **renamed: Any) -> Callable[[Builder], Builder]:
     """Register the decorated class or function as the network ``name`` of ``kind``
     (``segmentation``, ``pretraining``, ``case`` or ``encoder``); it takes the flat keyword arguments of a network
     spec.
-    ``encoder``: the submodule whose weights an encoder export holds, if any. ``follows_pretraining``:
-    a network whose crop, position code, symmetric axis and reference grid a pretraining file sets (it
-    takes ``img_size``, ``pos_mode``, ``lr_axis`` and ``reference_grid``, and nothing else from the file).
+    ``encoder``: the submodule whose weights an encoder export holds, if any.
     ``case_of``: the segmentation network whose model presets a case run builds this case network from.
     ``settings``: the typed ``model`` section of a run config that names this network (None: no run config
     can). ``family``: the network family it belongs to (`asa.models.family.register_family` declares it).
     Registering the same builder again is a no-op; another under a taken name is an error; ``task=``, the
-    earlier name of ``kind=``, is refused naming it."""
+    earlier name of ``kind=``, and ``follows_pretraining=``, now its family's road, are refused naming them."""
     if renamed:
         given = ", ".join(f"{k}={v!r}" for k, v in renamed.items())
-        raise TypeError(f"register_network({name!r}, {given}): " + ("task= is kind= now (what the network is for)"
-                        if "task" in renamed else "no such argument"))
+        raise TypeError(f"register_network({name!r}, {given}): " + (
+            "task= is kind= now (what the network is for)" if "task" in renamed else
+            "follows_pretraining= is the family's road now (family=, and asa.models.register_family(Family(..., "
+            "road=...)): an SW-ViT's is asa.models.swvit.family.SWViTRoad)" if "follows_pretraining" in renamed else
+            "no such argument"))
     if kind not in KINDS:
         raise ValueError(f"register_network({name!r}): kind must be one of {KINDS}, got {kind!r}")
     if settings is not None and not (is_dataclass(settings) and issubclass(settings, NetworkSettings)):
@@ -165,7 +163,7 @@ def register_network(name: str, *, kind: str | None = None, encoder: str | None 
         known = RECORDS.get(name)
         if known is not None and known.builder is not build:
             raise ValueError(f"network {name!r} is registered already (by {known.builder.__qualname__})")
-        RECORDS[name] = NetworkRecord(build, kind, encoder, follows_pretraining, case_of, settings, family)
+        RECORDS[name] = NetworkRecord(build, kind, encoder, case_of, settings, family)
         return build
 
     return register

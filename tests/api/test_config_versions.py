@@ -65,9 +65,9 @@ def test_migration_2_reads_the_networks_as_it_knew_them_not_as_registered_today(
     read = current_config(resenc)["model"]
     assert (read["arch"], read["size"]) == ("resenc", "S") and "spacing" not in read
     assert "feature_size" not in read  # resenc never followed a pretraining file
-    # today's registry changed under it: swvit_unetr no longer follows its pretraining, resenc gains a field
+    # today's registry changed under it: swvit_unetr no longer follows its pretraining (no family, no road), resenc gains a field
     record = registry.RECORDS["swvit_unetr"]
-    monkeypatch.setitem(registry.RECORDS, "swvit_unetr", type(record)(**{**vars(record), "follows_pretraining": False}))
+    monkeypatch.setitem(registry.RECORDS, "swvit_unetr", type(record)(**{**vars(record), "family": None}))
     assert compat.V2_NETWORKS["swvit_unetr"][0] and current_config(old) == before
     migrated = {"segmenter": dict(resenc["segmenter"]), "model": dict(resenc["model"])}
     compat.MIGRATIONS[1](migrated, {})

@@ -23,7 +23,9 @@ from asa.api.config import compose_config
 from asa.api.machinery.networks import build_case_network, build_from_config
 from asa.cli.common import _compose_error
 from asa.models import NetworkSettings, SWViTUNetSettings, record_spec, register_network
-from asa.models.registry import RECORDS
+from asa.models.family import Family, register_family
+from asa.models.registry import FAMILIES, RECORDS
+from asa.models.swvit.family import SWViTRoad
 from asa.train.checkpoint import IncompatibleCheckpointError, check_compatible
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -134,10 +136,17 @@ class _Follower(nn.Module):
 
 @pytest.fixture
 def follower():
-    register_network("test_follower", kind="segmentation", follows_pretraining=True,
-                     settings=_FollowerSettings)(_Follower)
+    """The network in a family of its own whose road is the SW-ViT's (it follows its pretraining file)."""
+    register_family(Family("test_follower", road=SWViTRoad()))
+    register_network("test_follower", kind="segmentation", settings=_FollowerSettings, family="test_follower")(_Follower)
     yield
     RECORDS.pop("test_follower", None)
+    FAMILIES.pop("test_follower", None)
+
+
+def test_follows_pretraining_is_refused_naming_the_family_road():
+    with pytest.raises(TypeError, match=r"follows_pretraining= is the family's road now"):
+        register_network("test_old_follower", kind="segmentation", follows_pretraining=True)
 
 
 def test_a_network_from_outside_that_follows_its_pretraining_gets_the_geometry_and_its_own_options(follower):

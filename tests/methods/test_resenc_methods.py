@@ -21,7 +21,11 @@ def test_mae_is_uniform_and_asa_attentive_on_resenc():
     net = asa.build_network()
     assert net.network_arch == "resenc_pretrain" and net.loss_weighting == "attentive"
     assert net.mirror_visible is None and not net.coord_channel  # symmetry off unless asked
-    assert asa.probe_patch_size is None and asa.encoder_prefixes == ("encoder.",)
+    assert asa.probe_patch_size is None
+    # the export keeps the keys the network declares (key_to_encoder, key_to_stem): its encoder module, whole
+    assert asa.encoder_prefixes == (f"{net.key_to_encoder}.", f"{net.key_to_stem}.")
+    assert {k for k in net.state_dict() if k.startswith(asa.encoder_prefixes)} == set(net.encoder_state_dict()) \
+        == {f"encoder.{k}" for k in net.encoder.state_dict()}
 
 
 def test_symmetry_options_reach_the_network():

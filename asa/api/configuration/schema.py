@@ -152,7 +152,7 @@ class FinetuneOptimConfig(OptimConfig):
 
 @dataclass
 class SegmenterConfig:
-    """How a network that follows its pretraining (`asa.models.NetworkRecord.follows_pretraining`) keeps the
+    """How a network that follows its pretraining (its family's road: `asa.models.swvit.family.SWViTRoad`) keeps the
     pretrained file's geometry: options of following a file, not of one network (its decoder's options are
     its ``model`` settings: ``segmenter.feature_size`` is now ``model.feature_size``)."""
 

@@ -117,7 +117,7 @@ def report_fine_tuning(result: Any, out_dir: Path, best: str) -> None:
 
 def record_geometry(resolved: dict, model: torch.nn.Module) -> int:
     """Record in the run config ``resolved`` the geometry ``model`` was built with, read from its
-    network spec (the settings left null follow the pretrained file, `asa.api.machinery.networks.pretrained_geometry`):
+    network spec (the settings left null follow the pretrained file, `asa.models.swvit.family.pretrained_geometry`):
     the crop ``data.crop``, ``model.pos_mode`` / ``model.lr_axis`` where the network has them and
     an SW-ViT's ``segmenter.reference_grid``. Returns the crop edge."""
     spec = network_spec(model)

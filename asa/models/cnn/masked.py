@@ -42,6 +42,7 @@ from asa.models.blocks.patch import patchify
 from asa.models.blocks.saca import mirror_index
 from asa.models.cnn.resenc import ResEncOptions, ResEncPlan, ResEncUNet, resolve_plan
 from asa.models.declared import Capabilities
+from asa.models.family import EncoderKeys
 from asa.models.registry import record_spec, register_network
 
 __all__ = ["MaskedConv3d", "MaskedInstanceNorm3d", "ResEncMaskedAutoencoder", "ResEncMAEOutput", "VisibleMask",
@@ -317,8 +318,9 @@ class ResEncMaskedAutoencoder(ResEncUNet):
         return {name for name, _ in self.named_parameters() if name.startswith("mask_tokens")}
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights a `ResEncUNet` takes over: stem and stages, as ``encoder.*``."""
-        return self.encoder.state_dict(prefix="encoder.")
+        """The weights a `ResEncUNet` takes over: stem and stages, under the keys the network declares
+        (dynamic-network-architectures' ``key_to_encoder``, ``key_to_stem``)."""
+        return EncoderKeys.declared(self).state(self)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from torch import nn
 
 from asa.models.cnn.transfer import in_proj_keys, match_resenc_encoder
 from asa.models.declared import crop_edges
-from asa.models.family import NNUNetForm, families, family_of
+from asa.models.family import EncoderKeys, NNUNetForm, families, family_of
 
 __all__ = ["NNUNET_CONFIGURATION", "NNUNET_TRAINER", "READING_NOTE", "located", "nnunet_architecture",
            "nnunet_checkpoint", "nnunet_fault", "nnunet_network", "nnunet_plans_snippet"]
@@ -86,9 +86,10 @@ def nnunet_network(export: Mapping[str, Any], *, in_channels: int | None = None,
         net = cls(input_channels=channels, num_classes=2, deep_supervision=True, **kwargs)
         if hasattr(net, "initialize"):
             net.apply(net.initialize)  # nnU-Net's own initialisation (get_network_from_plans, allow_init=True)
-    update, _ = match_resenc_encoder(net.encoder.state_dict(prefix="encoder."), dict(export), source,
-                                     in_proj=in_proj_keys(net), image_channels=channels)
-    net.encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in update.items()}, strict=True)
+    keys = EncoderKeys.declared(net)  # nnU-Net's network declares its encoder (key_to_encoder, key_to_stem, ...)
+    update, _ = match_resenc_encoder(keys.state(net), dict(export), source, in_proj=keys.in_proj_weights,
+                                     image_channels=channels)
+    keys.load(net, update)
     return net
 
 

@@ -18,7 +18,7 @@ load as a missing one does, so that no published encoder is ever loaded in part.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -27,17 +27,24 @@ from torch import nn
 from asa.models.weights import load_weights
 from asa.io.foreign import describe_foreign
 from asa.models.blocks.encoder_weights import LoadReport, match_encoder_weights
-from asa.models.family import masked_network, pretrains
+from asa.models.family import EncoderKeys, family_of, masked_network, pretrains
 
 __all__ = ["in_proj_keys", "load_resenc_encoder", "match_resenc_encoder"]
-
-PREFIX = "encoder."
 
 
 def in_proj_keys(net: object) -> tuple[str, ...]:
     """The weight keys of the input projection ``net`` declares (dynamic-network-architectures'
     ``keys_to_in_proj``: the stem's first convolution, under every name its state dict gives the one tensor)."""
-    return tuple(f"{key}.weight" for key in net.keys_to_in_proj)  # type: ignore[attr-defined]
+    keys = EncoderKeys.declared(net)
+    if keys is None or not keys.in_proj:
+        raise ValueError(f"a {type(net).__name__} declares no input projection (keys_to_in_proj)")
+    return keys.in_proj_weights
+
+
+def _module_prefixes(own: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
+    """The top-level modules (``"<name>."``) the encoder state ``own`` lives under: a file's tensors under them are
+    the encoder's, those of the network or not."""
+    return tuple(sorted({key.split(".", 1)[0] + "." for key in own}))
 
 
 def _adapt_stem(value: torch.Tensor, image_channels: int, coord: bool, key: str) -> tuple[torch.Tensor, str | None]:
@@ -80,9 +87,10 @@ def load_resenc_encoder(net: nn.Module, path: str | Path, *, checkpoint: dict | 
                              f"{edge}-voxel crop, whose edge sets the channel's scale; this network's crop is "
                              f"{net.img_size[net.lr_axis]}: set data.crop={edge} (or pretrain without "
                              "model.coord_channel)")
-    update, report = match_resenc_encoder(net.encoder.state_dict(prefix=PREFIX), blob, path, in_proj=in_proj_keys(net),
+    keys = family_of(own).encoder_keys(net)  # as the network declares them (key_to_encoder, key_to_stem, ...)
+    update, report = match_resenc_encoder(keys.state(net), blob, path, in_proj=keys.in_proj_weights,
                                           image_channels=net.in_channels, coord=net.coord_channel)
-    net.encoder.load_state_dict({k.removeprefix(PREFIX): v for k, v in update.items()}, strict=True)
+    keys.load(net, update)
     if verbose:
         print(f"pretrained encoder from {path}:\n{report}")
     return report
@@ -96,7 +104,8 @@ def match_resenc_encoder(own: dict[str, torch.Tensor], blob: dict, path: str | P
                          image_channels: int, coord: bool = False, where: str | None = None
                          ) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """The encoder tensors of the resenc file content ``blob`` for a network whose encoder state is ``own``
-    (keys ``encoder.*``), the input projection (``in_proj``: its weight keys, `in_proj_keys`) adapted to
+    (its keys in the network, `asa.models.family.EncoderKeys.state`; the file's tensors under the same top-level
+    modules are the encoder's), the input projection (``in_proj``: its weight keys, `in_proj_keys`) adapted to
     ``image_channels`` (+ the coordinate channel), and the report.
 
     Refused (``ValueError`` naming ``path``, the option and the first keys at fault, the whole report
@@ -119,7 +128,7 @@ def match_resenc_encoder(own: dict[str, torch.Tensor], blob: dict, path: str | P
                          f"{image_channels} (the data's channels); the file is fine, the channels differ: a stem is "
                          "adapted from a 1-channel file only, so fine-tune it on data with "
                          f"{file_channels} channel(s), or take a 1-channel encoder")
-    update, report = match_encoder_weights(own, source, (PREFIX,), in_proj[0], path,
+    update, report = match_encoder_weights(own, source, _module_prefixes(own), in_proj[0], path,
                                            refuse_mismatch=foreign is None)
     report.adapted = adapted
     if foreign is not None:

@@ -68,7 +68,7 @@ class PooledTokenHead(nn.Module):
         return self.target_shift + self.target_scale * self.mlp(self.pool_tokens(tokens))
 
 
-@register_network("case_head", kind="case", encoder="encoder", follows_pretraining=True, case_of="swvit_unetr",
+@register_network("case_head", kind="case", encoder="encoder", case_of="swvit_unetr",
                   settings=SWViTSettings, family="swvit")
 class ASACaseHead(PooledTokenHead):
     """SW-ViT encoder over every token of the brain-centred crop (+ SPE, as :class:`ASASegmenter`'s,

@@ -298,7 +298,7 @@ class SWViTSegmenter(nn.Module):
 
 
 
-@register_network("swvit_unetr", kind="segmentation", encoder="encoder", follows_pretraining=True,
+@register_network("swvit_unetr", kind="segmentation", encoder="encoder",
                   settings=SWViTUNetSettings, family="swvit")
 class ASASegmenter(SWViTSegmenter):
     """The segmentation network on the SW-ViT encoder (:class:`SWViTSegmenter`), built from the flat
