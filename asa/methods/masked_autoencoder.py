@@ -26,6 +26,7 @@ from asa.models.swvit.mae import LOSS_WEIGHTINGS
 from asa.models.family import DEFAULT_FAMILY, families, masked_network, pretrain_model_sections
 from asa.models import unwrap
 from asa.models.registry import keyword_options, network_record
+from asa.models.twin import MaskedOutput, twin_class
 from asa.models.zoo import build_network
 from asa.choices import in_range, one_of
 from asa.train.panels import panel_centre, slice_grid
@@ -35,11 +36,10 @@ __all__ = ["MAEPretraining", "MAESettings", "MaskedAutoencoderPretraining", "Mas
 
 
 def mae_step(model: nn.Module, batch: Mapping) -> tuple[torch.Tensor, dict]:
-    """One masked-autoencoder step: batch["image"] [B,C,D,H,W] (and "region" [B,1,D,H,W] when the
-    data has region maps) -> (loss, logs)."""
-    out = model(batch["image"], batch.get("region"))
-    units = getattr(out, "weight_units", out.mask)  # the masked units the loss weights (patches or sub-blocks)
-    spread = weight_spread(out.weights, units)
+    """One masked-autoencoder step of a masked twin (`asa.models.twin.MaskedTwin`): batch["image"] [B,C,D,H,W]
+    (and "region" [B,1,D,H,W] when the data has region maps) -> (loss, logs)."""
+    out: MaskedOutput = model(batch["image"], batch.get("region"))
+    spread = weight_spread(out.weights, out.units)  # over the masked units the loss weights (patches or sub-blocks)
     return out.loss, {"weights/cv": spread["cv"], "weights/effective_share": spread["effective_share"]}
 
 
@@ -61,7 +61,7 @@ def make_panel_fn(
         core = unwrap(model)
         device = next(core.parameters()).device
         x = sample[None].to(device).float()  # [1,C,D,H,W]
-        out = core(x, None if regions is None else regions[None].to(device))
+        out: MaskedOutput = core(x, None if regions is None else regions[None].to(device))
         values = out.pred.shape[-1]
         recon = core.unpatchify(out.pred.float())
         mask = core.unpatchify(out.mask.float()[..., None].expand(-1, -1, values))
@@ -154,7 +154,7 @@ class MaskedAutoencoderPretraining(PretrainingMethod):
                 raise ValueError(f"method.{key}={getattr(s, key)}: an option of "
                                  f"{' or '.join(f'model={f}' for f in others) or 'no masked network'}; the masked "
                                  f"network of model.arch={self.family} ({self.masked_arch}) does not take it")
-        check_options = getattr(network_record(self.masked_arch).builder, "check_options", None)
+        check_options = getattr(twin_class(network_record(self.masked_arch).builder), "check_options", None)
         if check_options is not None:
             try:
                 check_options(**self._own_options())

@@ -42,7 +42,8 @@ import torch
 from torch import nn
 
 from asa.models.declared import crop_edges
-from asa.models.registry import FAMILIES, build_network, network_record, registered_networks
+from asa.models.registry import FAMILIES, RECORDS, build_network, network_record, registered_networks
+from asa.models.twin import twin_fault
 
 __all__ = ["DEFAULT_FAMILY", "EncoderFace", "EncoderKeys", "Family", "FileRoad", "FileSettings", "Geometry", "NNUNetForm",
            "StageTokens", "families", "family_of", "file_settings", "masked_network", "network_from_file",
@@ -285,6 +286,12 @@ class Family:
         return self.road.segmenter(arch, pretrained, options=dict(options), channels=channels or {}, crop=crop,
                                    default_crop=default_crop, follow=follow or {})
 
+    def refuse_twin(self, builder: Callable[..., nn.Module]) -> None:
+        """Refuse, in one line, a masked twin ``builder`` that keeps no `asa.models.twin` contract."""
+        fault = twin_fault(builder)
+        if fault is not None:
+            raise TypeError(f"network family {self.name!r}: its masked twin {self.masked!r} is refused: {fault}")
+
     def options(self) -> frozenset[str]:
         """The fields of the family's pretraining ``model`` section (none: no masked twin)."""
         return frozenset(f.name for f in fields(self.pretrain_settings)) if self.pretrain_settings else frozenset()
@@ -297,10 +304,14 @@ class Family:
 
 
 def register_family(family: Family) -> Family:
-    """Declare ``family``; declaring the same again is a no-op, another under a taken name an error."""
+    """Declare ``family``; declaring the same again is a no-op, another under a taken name an error, and a masked
+    twin that keeps no `asa.models.twin` contract is refused (`Family.refuse_twin`)."""
     known = FAMILIES.get(family.name)
     if known is not None and known != family:
         raise ValueError(f"network family {family.name!r} is declared already")
+    twin = RECORDS.get(family.masked) if family.masked else None
+    if twin is not None:  # a twin registered later is checked when it registers (`register_network`)
+        family.refuse_twin(twin.builder)
     FAMILIES[family.name] = family
     return family
 

@@ -163,6 +163,9 @@ def register_network(name: str, *, kind: str | None = None, encoder: str | None 
         known = RECORDS.get(name)
         if known is not None and known.builder is not build:
             raise ValueError(f"network {name!r} is registered already (by {known.builder.__qualname__})")
+        declared = FAMILIES.get(family) if family else None
+        if declared is not None and declared.masked == name:  # the family's masked twin keeps its contract
+            declared.refuse_twin(build)
         RECORDS[name] = NetworkRecord(build, kind, encoder, case_of, settings, family)
         return build
 

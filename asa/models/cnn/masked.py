@@ -43,6 +43,7 @@ from asa.models.blocks.saca import mirror_index
 from asa.models.cnn.resenc import ResEncOptions, ResEncPlan, ResEncUNet, resolve_plan
 from asa.models.declared import Capabilities
 from asa.models.family import EncoderKeys
+from asa.models.twin import MaskedOutput
 from asa.models.registry import record_spec, register_network
 
 __all__ = ["MaskedConv3d", "MaskedInstanceNorm3d", "ResEncMaskedAutoencoder", "ResEncMAEOutput", "VisibleMask",
@@ -128,16 +129,16 @@ def max_mirror_visible(num_blocks: int, num_masked: int) -> float:
 
 
 @dataclass
-class ResEncMAEOutput:
-    """loss: scalar; pred: [B, C, D, H, W] the reconstruction; mask: [B, n] (1 = masked block, raster order);
-    weights: [B, n_w] each weight unit's loss weight (0 on visible units; the units are the blocks unless
-    ``weight_patch`` is finer); weight_units: [B, n_w] (1 = a masked unit)."""
+class ResEncMAEOutput(MaskedOutput):
+    """The masked convolution's output (`MaskedOutput`): pred [B, C, D, H, W] the reconstruction; mask [B, n]
+    (1 = masked block, raster order); weights [B, n_w] each weight unit's loss weight (0 on visible units; the
+    units are the blocks unless ``weight_patch`` is finer); weight_units [B, n_w] (1 = a masked unit)."""
 
-    loss: torch.Tensor
-    pred: torch.Tensor
-    mask: torch.Tensor
-    weights: torch.Tensor
     weight_units: torch.Tensor
+
+    @property
+    def units(self) -> torch.Tensor:
+        return self.weight_units
 
 
 class ResEncMaskedAutoencoder(ResEncUNet):
@@ -313,6 +314,15 @@ class ResEncMaskedAutoencoder(ResEncUNet):
         loss, weights = self.forward_loss(x, pred.float(), mask)
         return ResEncMAEOutput(loss=loss, pred=pred, mask=mask, weights=weights, weight_units=self.weight_units(mask))
 
+    @staticmethod
+    def check_options(*, loss_weighting: str = "attentive", mirror_visible: float | None = None, **_: Any) -> None:
+        """What the masked network refuses before it is built, as ``<option>=<value>: why`` (the method names
+        its section)."""
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting={loss_weighting}: model=resenc takes {' or '.join(LOSS_WEIGHTINGS)}")
+        if mirror_visible is not None and not 0.0 <= mirror_visible <= 1.0:
+            raise ValueError(f"mirror_visible={mirror_visible}: a fraction in [0, 1], or null (uniform masking)")
+
     def no_weight_decay(self) -> set[str]:
         """The mask tokens carry no weight decay (norms and biases never do)."""
         return {name for name, _ in self.named_parameters() if name.startswith("mask_tokens")}
@@ -404,15 +414,4 @@ def resenc_pretrain(
         "weight_patch": net.weight_patch, "weight_power": float(weight_power),
         **{key: list(value) for key, value in plan._asdict().items()}})
 
-
-def _check_options(*, loss_weighting: str = "attentive", mirror_visible: float | None = None, **_: Any) -> None:
-    """What the masked network refuses before it is built, as ``<option>=<value>: why`` (the method names
-    its section)."""
-    if loss_weighting not in LOSS_WEIGHTINGS:
-        raise ValueError(f"loss_weighting={loss_weighting}: model=resenc takes {' or '.join(LOSS_WEIGHTINGS)}")
-    if mirror_visible is not None and not 0.0 <= mirror_visible <= 1.0:
-        raise ValueError(f"mirror_visible={mirror_visible}: a fraction in [0, 1], or null (uniform masking)")
-
-
-resenc_pretrain.check_options = _check_options  # type: ignore[attr-defined]
 

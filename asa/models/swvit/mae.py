@@ -23,17 +23,14 @@ from asa.models.swvit.encoder import ENCODER_PREFIX, EncoderOptions, EncoderSett
 from asa.models.swvit.position import POSITION_MODES, symmetric_position_encoding
 from asa.models.swvit.region_attention import patch_regions
 from asa.models.swvit.swvit import SWViT
+from asa.models.twin import MaskedOutput
 
 __all__ = ["ASA", "LOSS_WEIGHTINGS", "MAEOutput", "MaskedAutoencoder"]
 
 @dataclass
-class MAEOutput:
-    """loss: scalar; pred: [B, N, C·s³]; mask: [B, N] (1 = masked); weights: [B, N] loss weights."""
-
-    loss: torch.Tensor
-    pred: torch.Tensor
-    mask: torch.Tensor
-    weights: torch.Tensor
+class MAEOutput(MaskedOutput):
+    """The SW-ViT twin's output (`MaskedOutput`): pred [B, N, C·s³] patch tokens; mask and weights [B, N] per
+    patch."""
 
 
 class MaskedAutoencoder(nn.Module):
