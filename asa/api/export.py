@@ -145,6 +145,8 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         for given, what in ((base_model, "--base-model"), *((d, "--dataset") for d in datasets)):
             if given is not None and not HUB_ID.fullmatch(given):
                 raise ValueError(f"{what} {given!r}: expected a Hugging Face repository id (owner/name or name)")
+        if format != "hub" and source.is_dir() and (source / SEGMENTER_FILE).is_file():
+            source = source / SEGMENTER_FILE  # a model folder's whole segmenter, which the formats take
         state = load_weights(source)
         whole = _segmenter(state)
         record = None if whole is None else network_record(current_spec(whole["network"])["arch"])
@@ -197,7 +199,7 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         onnx = None
         if format != "hub" and segmenter is None:
             raise ValueError(f"--format {format}: {source} holds no fine-tuned segmenter (an encoder only); export "
-                             "the last.pt / best.pt of asa-finetune or a model folder holding segmenter.pt")
+                             f"the last.pt / best.pt of asa-finetune or a model folder holding {SEGMENTER_FILE}")
         if format == "onnx":  # built, checked and measured before anything is written
             onnx = export_onnx(segmenter, provenance=provenance(config, segmenter["config"]), source=str(source))
             card += onnx_card(onnx.record)

@@ -84,6 +84,8 @@ def test_onnx_refuses_before_writing(tmp_path, monkeypatch):
     with pytest.raises(OptionError, match="--format onnx: .* holds no fine-tuned segmenter"):
         export_model(folder / "model.safetensors", tmp_path / "no_segmenter", format="onnx")
     assert not (tmp_path / "no_segmenter").exists()
+    # the model folder itself: its segmenter.pt is the network exported
+    assert (export_model(folder, tmp_path / "from_folder", format="onnx") / ONNX_FILE).is_file()
 
     def unsupported(*args, **kwargs):
         raise torch.onnx.errors.UnsupportedOperatorError("aten::made_up", 17, "")
