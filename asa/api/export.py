@@ -136,6 +136,9 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
             raise ValueError(f"output folder {out} would replace or sit inside the input {source}")
         if format not in FORMATS:
             raise ValueError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
+        if format == "nnunet-results" and (nnunet_plans is not None or nnunet_channels is not None):
+            raise ValueError("--nnunet-plans / --nnunet-channels shape the encoder's nnU-Net files of the model "
+                             "folder; --format nnunet-results writes the whole segmenter's results folder instead")
         held = _held(out, overwrite=overwrite, format=format)
         check_writable(out, "OUT_DIR")  # as the training and prediction jobs refuse their output folders
         if cohort is not None and cohort not in COHORT_LEVELS:
