@@ -28,12 +28,13 @@ family when it registers (`asa.models.register_network`'s ``family``); each fami
 
 Callers ask :func:`family_of` for the family of a network and name none; :func:`network_from_file` is the one road
 from a run's settings and its pretrained file to a network, whatever its family. This module imports only the
-registry and `asa.models.declared` (and `asa.models.weights`, which imports it, where a file is read).
+registry, `asa.models.declared` and `asa.models.twin` (and `asa.io`, which reads the files: `read_file`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, NamedTuple, Optional
@@ -41,13 +42,14 @@ from typing import Any, NamedTuple, Optional
 import torch
 from torch import nn
 
+from asa.io import read_weights
 from asa.models.declared import crop_edges
 from asa.models.registry import FAMILIES, RECORDS, build_network, network_record, registered_networks
 from asa.models.twin import twin_fault
 
 __all__ = ["DEFAULT_FAMILY", "EncoderFace", "EncoderKeys", "Family", "FileRoad", "FileSettings", "Geometry", "NNUNetForm",
            "StageTokens", "families", "family_of", "file_settings", "masked_network", "network_from_file",
-           "pretrain_model_sections", "pretrains", "published_spec", "register_family"]
+           "pretrain_model_sections", "pretrains", "published_spec", "read_file", "register_family"]
 
 DEFAULT_FAMILY = "swvit"  # asa-pretrain's model section without an arch: the SW-ViT sizes (model=tiny|small|base)
 EXPORTS = ("nnunet", "nnssl", "monai")  # the formats asa-export writes beyond asa's own
@@ -185,8 +187,7 @@ class FileRoad:
         record = network_record(arch)
         blob = None
         if pretrained and record is not None and record.encoder:
-            from asa.models.weights import load_weights  # imports this module: read here, once
-            blob = load_weights(pretrained)
+            blob = read_file(pretrained)  # read once
         sets = file_settings(blob, arch, options) if blob is not None else FileSettings(None, {})
         crop = sets.crop if crop is None else crop  # the file's crop unless the run names one
         size = crop if crop is not None else default_crop
@@ -367,6 +368,17 @@ def published_spec(info: Mapping[str, Any]) -> dict[str, Any]:
                          f"{info.get('architecture')!r}; asa reads {' / '.join(readers)} (the architectures its "
                          "network families declare for nnU-Net), not this architecture")
     return form.spec(info["arch_kwargs"], int(info["input_channels"]), int(info["crop"]))
+
+
+def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """A pretraining checkpoint, encoder export, model folder (or hub id) or published checkpoint as a dict with
+    its network spec (`asa.io.read_weights`; a published file's spec from the family that declares its
+    architecture for nnU-Net, `published_spec`; its adaptation plan under ``"foreign"``): every file asa reads, as
+    one kind of dict (`asa.models.load_weights`)."""
+    blob = read_weights(path, map_location)
+    if "foreign" in blob and "network" not in blob:
+        blob["network"] = published_spec(blob["foreign"])
+    return blob
 
 
 class FileSettings(NamedTuple):

@@ -13,8 +13,7 @@ import os
 
 import torch
 
-from asa.io import read_weights
-from asa.models.family import published_spec
+from asa.models.family import read_file
 
 __all__ = ["load_weights"]
 
@@ -22,8 +21,5 @@ __all__ = ["load_weights"]
 def load_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """A pretraining checkpoint, encoder export, model folder (or hub id) or published checkpoint as a dict with
     its network spec (`asa.io.read_weights`; a published file's spec from its family, its adaptation plan under
-    ``"foreign"``)."""
-    blob = read_weights(path, map_location)
-    if "foreign" in blob and "network" not in blob:
-        blob["network"] = published_spec(blob["foreign"])
-    return blob
+    ``"foreign"``): the families' one reader, `asa.models.family.read_file`."""
+    return read_file(path, map_location)

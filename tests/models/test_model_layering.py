@@ -1,5 +1,6 @@
 """The folders of ``asa/models`` keep to their layers: the shared parts (``blocks/`` and the modules of
-SHARED: the registry, the families' declarations, the network declarations, the presets, the weights reader)
+SHARED: the registry, the families' declarations, the network declarations, the presets, the weights reader, the
+masked twin's contract)
 import no network family; a family (``swvit/``, ``swin/``, ``vit/``, ``cnn/``) imports its own files and the
 shared parts only, never another family;
 the heads (``heads/``) sit on the families' encoders, and nothing below imports them. The modules that
@@ -25,7 +26,7 @@ FOLDERS: dict[str, set[str]] = {
     "heads": {"blocks", "swvit", "swin", "vit"},  # heads on a family's encoder
 }
 # top-level modules every folder may import; they import no folder
-SHARED = {"registry", "family", "declared", "presets", "weights"}
+SHARED = {"registry", "family", "declared", "presets", "weights", "twin"}
 
 
 def modules(root: Path) -> Iterator[tuple[Path, str]]:
