@@ -25,7 +25,7 @@ from asa.models.swvit.mae import ASA, MAEOutput, MaskedAutoencoder
 from asa.models.blocks.objective import FocalRegionReconstruction, PatchReconstruction, reconstruction_objective
 from asa.models.blocks.patch import PatchEmbed, patch_grid, patchify, unpatchify
 from asa.models.portable import ENCODER_MODULES, VolumeEncoder, export_for_monai, load_encoder, network_encoder
-from asa.models.swvit.position import brain_frame_encoding, position_index, symmetric_position_encoding
+from asa.models.blocks.position import brain_frame_encoding, position_index, symmetric_position_encoding
 from asa.models.presets import DEFAULT_CROP, PRESETS, SWIN_SIZES
 from asa.models.swvit.region_attention import RegionAttention, patch_regions
 from asa.models.registry import (NETWORK_SETTINGS, NETWORKS, RENAMED_NETWORKS, NetworkRecord, NetworkSettings,

@@ -220,7 +220,7 @@ def test_pos_is_one_to_one_on_mirror_pairs_over_many_tiles(mode, lr_axis):
 
 
 def test_tile_numbering_is_a_bijection():
-    from asa.models.swvit.position import _tile_number
+    from asa.models.blocks.position import _tile_number
 
     a, b, c = torch.stack(torch.meshgrid(*(torch.arange(12),) * 3, indexing="ij")).reshape(3, -1)
     small = a + b + c < 12  # the triples of sum < 12 are numbered 0 … C(14, 3) - 1

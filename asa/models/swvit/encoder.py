@@ -15,8 +15,8 @@ from asa.models.blocks.saca import SACA_PLACES, check_mirror_windows, mirror_ind
 from asa.models.blocks.sizes import to_3tuple
 from asa.models.presets import DEFAULT_CROP, PRESETS
 from asa.models.registry import NetworkSettings
-from asa.models.swvit.position import brain_frame_encoding, symmetric_position_encoding
-from asa.models.swvit.position import POSITION_MODES
+from asa.models.blocks.position import brain_frame_encoding, symmetric_position_encoding
+from asa.models.blocks.position import POSITION_MODES
 from asa.models.swvit.swvit import REGION_LAYOUTS, SWBlock, SWViT, sw_blocks
 
 # the attribute under which ASA and ASASegmenter hold the encoder; its keys are what a file transfers

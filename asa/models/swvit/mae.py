@@ -20,7 +20,7 @@ from asa.models.declared import Capabilities
 from asa.models.presets import PRESETS
 from asa.models.registry import record_spec, register_network
 from asa.models.swvit.encoder import ENCODER_PREFIX, EncoderOptions, EncoderSettings, SWViTEncoder
-from asa.models.swvit.position import POSITION_MODES, symmetric_position_encoding
+from asa.models.blocks.position import POSITION_MODES, symmetric_position_encoding
 from asa.models.swvit.region_attention import patch_regions
 from asa.models.swvit.swvit import SWViT
 from asa.models.twin import MaskedOutput
