@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,11 @@ class Predictor:
         task = Task.from_dict(outputs)
         if "onnx" in state:  # model.onnx of asa-export --format onnx (`asa.eval.onnx_network.onnx_state`)
             model = OnnxNetwork(path)
+            if device.type != "cpu" or amp_dtype is not None:  # said, not done silently
+                print(f"[asa] note: {path} runs in onnxruntime on the CPU in fp32: device={device.type} and "
+                      f"amp={'off' if amp_dtype is None else str(amp_dtype).removeprefix('torch.')} are not used",
+                      file=sys.stderr, flush=True)
+            device, amp_dtype = torch.device("cpu"), None
         else:
             model = build_network(spec)
             try:

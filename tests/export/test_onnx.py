@@ -20,6 +20,7 @@ from asa.api.exports.onnx import LOGIT_TOLERANCE, ONNX_FILE, OPSET  # noqa: E402
 from asa.api.machinery.run import OptionError  # noqa: E402
 from asa.data import write_demo_dataset  # noqa: E402
 from asa.eval.onnx_network import OnnxNetwork, onnx_record  # noqa: E402
+from asa.eval.predict import Predictor  # noqa: E402
 from asa.io import load_checkpoint, load_volume  # noqa: E402
 from asa.models import build_network  # noqa: E402
 
@@ -39,7 +40,7 @@ def _run(tmp_path, model: list[str]):
 
 
 @pytest.mark.parametrize("arch", sorted(NETWORKS))
-def test_onnx_matches_torch_on_windows_and_cases(tmp_path, arch):
+def test_onnx_matches_torch_on_windows_and_cases(tmp_path, arch, capsys):
     root, last = _run(tmp_path, NETWORKS[arch])
     folder = export_model(last, tmp_path / "model", format="onnx", license="apache-2.0")
     path = folder / ONNX_FILE
@@ -76,6 +77,10 @@ def test_onnx_matches_torch_on_windows_and_cases(tmp_path, arch):
         assert (load_volume(a).array == load_volume(b).array).mean() >= 0.999, a.name
     manifest = json.loads((tmp_path / "ox" / "predictions.json").read_text())
     assert manifest["runs"][-1]["checkpoint"] == str(path) and manifest["runs"][-1]["settings"]["amp"] == "fp32"
+    # an amp (or a GPU) asked for is said unused: onnxruntime runs the file on the CPU in fp32
+    asked = Predictor.from_checkpoint(path, device=torch.device("cpu"), amp_dtype=torch.bfloat16)
+    assert asked.amp_dtype is None and asked.device.type == "cpu"
+    assert "runs in onnxruntime on the CPU in fp32: device=cpu and amp=bfloat16 are not used" in capsys.readouterr().err
 
 
 def test_onnx_refuses_before_writing(tmp_path, monkeypatch):
