@@ -19,6 +19,7 @@ from asa.api.configuration.schema import PretrainConfig
 from asa.data import SEGMENTATION_LAYOUTS, build_pretrain_dataset, detect_layout, discover, ensure_demo_dataset, get_task
 from asa.data.augmentation import apply_deferred_augmentation
 from asa.eval.probe import build_probe_set, make_probe
+from asa.io.hub import COHORT_LIST
 from asa.methods import MethodContext, PretrainingMethod, get_method
 from asa.train import FitResult
 from asa.train.pretrain import export_encoder, make_validator
@@ -176,8 +177,10 @@ class PretrainJob(TrainingJob):
             print(f"[asa] warning: the pretraining cohort was not recorded ({err}); the encoder export carries none "
                   f"(asa-cohort {shell_path(run.out_dir)} records it later)", file=sys.stderr, flush=True)
         export_encoder(source, ckpts / "encoder.pt", self.method.encoder_prefixes, cohort=recorded_cohort(source))
+        listed = (f", with the cohort's list {COHORT_LIST} beside them (the weights name it: keep them together)"
+                  if (ckpts / COHORT_LIST).is_file() else "")
         print(f"[asa] pretraining finished at step {result.step}. Outputs in {run.out_dir}:\n"
               f"  checkpoints: {ckpts}/last.pt, best.pt, encoder.pt and encoder.safetensors "
-              "(for asa-finetune, asa.load_encoder)\n"
+              f"(for asa-finetune, asa.load_encoder){listed}\n"
               f"  TensorBoard: tensorboard --logdir {shell_path(run.out_dir / 'tb')}\n"
               f"  config: {run.out_dir / 'config.yaml'}, splits: {run.out_dir / 'splits.json'}", flush=True)
