@@ -1,7 +1,7 @@
 """The folders of ``asa/models`` keep to their layers: the shared parts (``blocks/`` and the modules of
 SHARED: the registry, the families' declarations, the network declarations, the presets, the weights reader, the
 masked twin's contract)
-import no network family; a family (``swvit/``, ``swin/``, ``vit/``, ``cnn/``) imports its own files and the
+import no network family; a family (``swvit/``, ``swin/``, ``vit/``, ``cnn/``, ``primus/``) imports its own files and the
 shared parts only, never another family;
 the heads (``heads/``) sit on the families' encoders, and nothing below imports them. The modules that
 act on whole networks (``compiled``, ``portable``, ``zoo``, the package itself) sit above every folder.
@@ -23,6 +23,7 @@ FOLDERS: dict[str, set[str]] = {
     "swin": {"blocks"},
     "vit": {"blocks"},
     "cnn": {"blocks"},
+    "primus": {"blocks"},
     "heads": {"blocks", "swvit", "swin", "vit"},  # heads on a family's encoder
 }
 # top-level modules every folder may import; they import no folder

@@ -30,6 +30,8 @@ SPECS = {
     "vit_case": dict(img_size=32, in_channels=2, out_channels=3, patch_size=8, hidden_size=48, mlp_dim=96, num_layers=2,
                      num_heads=3, pooling="attention", hidden_dim=16, target_shift=70.0, target_scale=9.0),
     "swin_case": dict(img_size=32, in_channels=2, out_channels=1, feature_size=12, depths=[1, 1, 1, 1], hidden_dim=16),
+    "primus": dict(img_size=32, in_channels=2, out_channels=3, size="tiny", pos_mode="mirror", lr_axis=1),
+    "primus_pretrain": dict(img_size=32, size="tiny", decoder_depth=1, mask_ratio=0.5, loss_weighting="uniform"),
 }
 SPECS["encoder"] = dict(network={"arch": "swvit_unetr", "kwargs": {**SPECS["swvit_unetr"], "img_size": 64}})  # model folders
 # every network asa itself registers (networks registered from outside, e.g. by tests, are theirs to check)
@@ -109,7 +111,7 @@ def test_config_nulls_are_resolved_in_the_spec(tmp_path):
 def test_bad_specs_and_foreign_networks():
     assert set(ASA_NETWORKS) == {"swvit_unetr", "unetr", "swin_unetr", "sa_swin", "dynunet", "asa_pretrain", "sa_swin_pretrain",
                                  "case_head", "vit_case", "swin_case", "rpl_pretrain", "jigsaw_pretrain", "resenc",
-                                 "resenc_pretrain", "encoder"}
+                                 "resenc_pretrain", "encoder", "primus", "primus_pretrain"}
     assert {"swvit_unetr", "unetr", "swin_unetr", "sa_swin"} <= set(architectures("segmentation"))
     assert ENCODER_MODULES["swvit_unetr"] == ENCODER_MODULES["asa_pretrain"] == "encoder"
     with pytest.raises(ValueError, match="unknown arch 'vnet'"):
@@ -230,10 +232,12 @@ def test_an_installed_package_declares_its_networks_in_the_entry_point_group(mon
 
 def test_a_masked_network_declares_the_family_it_pretrains_and_its_model_section():
     from asa.models.cnn.masked import ResEncPretrainModel
+    from asa.models.primus.masked import PrimusPretrainModel
     from asa.models.swvit.mae import PretrainModelConfig
 
     assert family.masked_network("resenc") == "resenc_pretrain" and family.masked_network("swvit") == "asa_pretrain"
-    assert family.pretrain_model_sections() == {"swvit": PretrainModelConfig, "resenc": ResEncPretrainModel}
+    assert family.pretrain_model_sections() == {"swvit": PretrainModelConfig, "resenc": ResEncPretrainModel,
+                                                "primus": PrimusPretrainModel}
     assert family.masked_network("dynunet") is None
     # a file of the network or of its family's masked twin initialises its encoder; another network's does not
     assert family.pretrains("resenc", "resenc") and family.pretrains("resenc_pretrain", "resenc")
