@@ -53,8 +53,17 @@ class EncoderOf(nn.Module):
         return network_encoder(self, self.arch)(*args, **kwargs)
 
 
+def encoder_prefixes(arch: str) -> tuple[str, ...]:
+    """The state-dict prefixes of the encoder of a network of ``arch``: as its family declares them
+    (`asa.models.family.Family.keys`: an encoder and a stem beside it, as Primus's ``eva`` and ``down_projection``),
+    else its registered encoder module's."""
+    family = family_of(arch)
+    return family.keys.prefixes if family is not None and family.keys is not None else (ENCODER_MODULES[arch] + ".",)
+
+
 def _spec_and_weights(path: str | os.PathLike, state: Mapping) -> tuple[dict, str, dict[str, torch.Tensor]]:
-    """(network spec, encoder module name, the encoder's weights without its prefix) of a file's content."""
+    """(network spec, encoder module name, the encoder's weights under their keys in the network) of a file's
+    content: those under the encoder's prefixes (`encoder_prefixes`)."""
     spec = state.get("network")
     if not isinstance(spec, Mapping) or "arch" not in spec:
         raise ValueError(
@@ -67,11 +76,11 @@ def _spec_and_weights(path: str | os.PathLike, state: Mapping) -> tuple[dict, st
     source = state["encoder"] if "encoder" in state else state.get("model")
     if not isinstance(source, Mapping):
         raise ValueError(f"{path} holds neither an 'encoder' nor a 'model' state dict")
-    prefix = ENCODER_MODULES[arch] + "."
-    weights = {k.removeprefix("module.")[len(prefix):]: v for k, v in source.items()
-               if k.removeprefix("module.").startswith(prefix)}
+    prefixes = encoder_prefixes(arch)
+    weights = {k.removeprefix("module."): v for k, v in source.items() if k.removeprefix("module.").startswith(prefixes)}
     if not weights:
-        raise ValueError(f"{path} holds no weights starting with {prefix!r} (the {arch!r} encoder)")
+        shown = prefixes[0] if len(prefixes) == 1 else prefixes
+        raise ValueError(f"{path} holds no weights starting with {shown!r} (the {arch!r} encoder)")
     return dict(spec), ENCODER_MODULES[arch], weights
 
 
@@ -80,9 +89,9 @@ def encoder_export(path: str | os.PathLike, state: Mapping | None = None) -> dic
     ``source``, ``step``, ``cohort`` when the file carries one) of an export or checkpoint of any network with a registered encoder
     (pretraining or fine-tuning); ``state``: the file's content when already read."""
     state = load_weights(path) if state is None else state
-    spec, name, weights = _spec_and_weights(path, state)
+    spec, _, weights = _spec_and_weights(path, state)
     source = state.get("source") or Path(path).name
-    export = {"encoder": {f"{name}.{k}": v for k, v in weights.items()}, "network": spec, "source": str(source),
+    export = {"encoder": dict(weights), "network": spec, "source": str(source),
               "step": int(state.get("step") or 0)}
     if state.get("cohort") is not None:  # the pretraining cohort's digests travel with the encoder
         export["cohort"] = state["cohort"]
@@ -140,7 +149,10 @@ def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = 
             print(f"pretrained encoder from {path}:\n{report}")
         return network_encoder(net, spec["arch"]).to(map_location).eval()
     try:
-        encoder.load_state_dict(weights, strict=True)
+        if encoder_prefixes(spec["arch"]) == (f"{name}.",):  # the encoder is one module
+            encoder.load_state_dict({k[len(name) + 1:]: v for k, v in weights.items()}, strict=True)
+        else:  # an encoder and a stem beside it: every tensor of both, as the family declares them
+            family_of(spec["arch"]).encoder_keys(net).load(net, weights)
     except RuntimeError as err:
         raise ValueError(f"{path}: the weights do not fit the {spec['arch']!r} encoder recorded in it: {err}") from err
     return network_encoder(net, spec["arch"]).to(map_location).eval()
@@ -169,4 +181,4 @@ def export_for_monai(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     fault = "it belongs to no network family" if family is None else family.export_fault("monai", spec)
     if fault is not None:
         raise ValueError(f"{path} holds {fault} (SwinUNETR's layout); load its encoder with asa.load_encoder")
-    return save_checkpoint(out, {"state_dict": {_monai_name(k): v for k, v in weights.items()}})
+    return save_checkpoint(out, {"state_dict": {_monai_name(k[len(name) + 1:]): v for k, v in weights.items()}})

@@ -1,6 +1,7 @@
 """Primus (dynamic-network-architectures' own class) as an asa family from one folder (asa/models/primus/): the
 segmenter is Primus key for key, its masked twin masks tokens at the patch grid and keeps the twin's contract, and
-``model=primus`` pretrains (``method=mae|asa``), exports its encoder under the keys Primus declares and fine-tunes."""
+``model=primus`` pretrains (``method=mae|asa``), exports its encoder under the keys Primus declares, is probed and
+fine-tunes."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import torch
 from asa.api import finetune, load_config, pretrain
 from asa.api.machinery.networks import build_from_config
 from asa.data import write_demo_dataset
+from asa.eval.frozen import load_frozen
 from asa.io import load_checkpoint
 from asa.methods import get_method
 from asa.methods.base import MethodContext
 from asa.methods.masked_autoencoder import mae_step
 from asa.models import build_network, families
+from asa.models.portable import encoder_export
 from asa.models.primus.network import dna_class
 from asa.models.twin import twin_fault
 from asa.study.plan import Scale, parse_network
@@ -49,6 +52,7 @@ def test_the_segmenter_is_primus_key_for_key():
     assert torch.allclose(own.eval()(x), net.eval()(x), atol=1e-5)
     keys = families()["primus"].encoder_keys(net)  # read off Primus's own declaration
     assert keys.prefixes == ("eva.", "down_projection.") and keys.in_proj_weights == ("down_projection.proj.weight",)
+    assert families()["primus"].keys == keys  # the family's, for files read before a network is built
 
 
 def test_the_twin_keeps_the_contract_and_masks_tokens_at_the_patch_grid():
@@ -127,6 +131,12 @@ def test_model_primus_pretrains_exports_and_fine_tunes(tmp_path):
         build_from_config({"arch": "primus", "size": "tiny", "pos_mode": "mirror",
                            "pretrained": str(run / "checkpoints" / "encoder.pt")}, {}, in_channels=1,
                           out_channels=4, crop=None)
+    # the probes' encoder: the patch embedding and EVA of the export, tokens at the patch grid
+    frozen = load_frozen(run / "checkpoints" / "encoder.pt")
+    assert (frozen.size, frozen.stride, frozen.in_channels) == ((32, 32, 32), 8, 1)
+    assert all(torch.equal(frozen.module.net.state_dict()[k], v) for k, v in export["encoder"].items())
+    assert frozen.face.tokens(frozen.module, torch.randn(1, 1, 32, 32, 32)).shape == (1, 64, 48)
+    assert set(encoder_export(run / "checkpoints" / "last.pt")["encoder"]) == set(export["encoder"])
     ibsr = write_demo_dataset("ibsr", tmp_path / "ibsr", cases=4, size=40, seed=1)
     seg = load_config("finetune", "data=ibsr", "trainer=smoke", "model=primus", "model.size=tiny",
                       f"model.pretrained={run / 'checkpoints' / 'encoder.pt'}", f"output_dir={tmp_path / 'seg'}",

@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from asa.models.blocks.sizes import to_3tuple
-from asa.models.family import EncoderFace, Family, Geometry, register_family
+from asa.models.family import EncoderFace, EncoderKeys, Family, Geometry, register_family
 from asa.models.primus.masked import PrimusPretrainModel
 from asa.models.primus.network import PRIMUS_SIZES
 
-__all__ = ["PRIMUS", "PrimusTokens"]
+__all__ = ["PRIMUS", "PRIMUS_KEYS", "PrimusTokens"]
 
 
 class _Encoder(nn.Module):
@@ -47,6 +47,9 @@ class PrimusTokens(EncoderFace):
         return size, int(module.net.patch_size), int(module.net.in_channels)
 
 
+# as Primus declares them on its instances (key_to_encoder, key_to_stem, keys_to_in_proj; tested equal), for what
+# reads a file before a network is built (asa.load_encoder, the encoder export)
+PRIMUS_KEYS = EncoderKeys("eva", "down_projection", ("down_projection.proj",))
 PRIMUS = register_family(Family(
     "primus", face=PrimusTokens(), masked="primus_pretrain", pretrain_settings=PrimusPretrainModel,
-    segmenter="primus", presets={size: {"size": size} for size in PRIMUS_SIZES}))
+    segmenter="primus", keys=PRIMUS_KEYS, presets={size: {"size": size} for size in PRIMUS_SIZES}))
