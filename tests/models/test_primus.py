@@ -22,6 +22,7 @@ from asa.models import build_network, families
 from asa.models.portable import encoder_export
 from asa.models.primus.network import dna_class
 from asa.models.twin import twin_fault
+from asa.train.updates import encoder_names
 from asa.study.plan import Scale, parse_network
 
 
@@ -53,6 +54,8 @@ def test_the_segmenter_is_primus_key_for_key():
     keys = families()["primus"].encoder_keys(net)  # read off Primus's own declaration
     assert keys.prefixes == ("eva.", "down_projection.") and keys.in_proj_weights == ("down_projection.proj.weight",)
     assert families()["primus"].keys == keys  # the family's, for files read before a network is built
+    # the encoder's learning rate and relative update take the stem with EVA
+    assert encoder_names(net) == {n for n, _ in net.named_parameters() if n.startswith(("eva.", "down_projection."))}
 
 
 def test_the_twin_keeps_the_contract_and_masks_tokens_at_the_patch_grid():
