@@ -146,4 +146,8 @@ def test_model_primus_pretrains_exports_and_fine_tunes(tmp_path):
                       "device=cpu", "data.num_workers=0")
     seg.data.root = str(ibsr)
     assert finetune(seg).step >= 1
-    assert load_checkpoint(tmp_path / "seg" / "checkpoints" / "last.pt")["network"]["arch"] == "primus"
+    tuned = load_checkpoint(tmp_path / "seg" / "checkpoints" / "last.pt")
+    assert tuned["network"]["arch"] == "primus" and tuned["config"]["data"]["crop"] == 32  # the export's crop
+    with pytest.raises(ValueError, match=r"(?s)shape mismatch loading .*eva.pos_embed"):  # another crop: refused
+        build_from_config({"arch": "primus", "size": "tiny", "pretrained": str(run / "checkpoints" / "encoder.pt")},
+                          {}, in_channels=1, out_channels=4, crop=48)
