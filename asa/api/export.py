@@ -29,8 +29,8 @@ from asa.io.atomic import atomic_write_bytes
 from asa.models import load_weights
 from asa.io.hub import (COHORT_LIST, FOLDER_FILES, NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS, NNUNET_WEIGHTS, OPTIONAL_FILES,
                         SEGMENTER_FILE)
-from asa.api.exports.nnunet_results import RESULTS_FILES, nnunet_results, results_card, write_nnunet_results
-from asa.api.exports.onnx import (ONNX_FILE, OnnxExport, export_onnx, onnx_alone_card, onnx_card,
+from asa.api.machinery.nnunet_results import RESULTS_FILES, nnunet_results, results_card, write_nnunet_results
+from asa.api.machinery.onnx_export import (ONNX_FILE, OnnxExport, export_onnx, onnx_alone_card, onnx_card,
                                   write_onnx_folder)
 from asa.models.cnn.nnssl import nnssl_checkpoint
 from asa.models.cnn.nnunet import (NNUNET_CONFIGURATION, READING_NOTE, describe_nnunet, nnunet_checkpoint,
@@ -76,9 +76,9 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
             (`asa.data.cohort.cohort_summary`). None: ``digests`` when the source carries a cohort; ``full`` or
             ``digests`` of a source that carries none (a folder exported with ``none``) is refused.
         format: `FORMATS`: ``hub``, the model folder; ``onnx``, the folder and ``model.onnx``, the fine-tuned
-            segmenter that onnxruntime runs (`asa.api.exports.onnx`); ``nnunet-results``, instead of the folder an
+            segmenter that onnxruntime runs (`asa.api.machinery.onnx_export`); ``nnunet-results``, instead of the folder an
             nnU-Net v2 results folder of the segmenter that nnU-Net's own predictor runs
-            (`asa.api.exports.nnunet_results`). Both carry the card's provenance (:func:`provenance`) and refuse a
+            (`asa.api.machinery.nnunet_results`). Both carry the card's provenance (:func:`provenance`) and refuse a
             network they cannot represent, naming it, before anything is written.
 
     A fine-tuning checkpoint also gives ``segmenter.pt``, the whole network (weights, spec, run config) that

@@ -7,8 +7,8 @@ import sys
 from collections.abc import Sequence
 
 from asa.api.export import FORMATS, export_model
-from asa.api.exports.nnunet_results import RESULTS_FILES
-from asa.api.exports.onnx import ONNX_FILE
+from asa.api.machinery.nnunet_results import RESULTS_FILES
+from asa.api.machinery.onnx_export import ONNX_FILE
 from asa.api.machinery.run import OptionError, describe_error
 from asa.api.machinery.rundir import RunDirError
 from asa.io.hub import COHORT_LIST, NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS, NNUNET_WEIGHTS, SEGMENTER_FILE

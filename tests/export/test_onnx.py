@@ -16,7 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 from asa.api import finetune, predict  # noqa: E402
 from asa.api.config import compose_config  # noqa: E402
 from asa.api.export import export_model  # noqa: E402
-from asa.api.exports.onnx import LOGIT_TOLERANCE, ONNX_FILE, OPSET  # noqa: E402
+from asa.api.machinery.onnx_export import LOGIT_TOLERANCE, ONNX_FILE, OPSET  # noqa: E402
 from asa.api.machinery.run import OptionError  # noqa: E402
 from asa.data import write_demo_dataset  # noqa: E402
 from asa.eval.onnx_network import OnnxNetwork, onnx_record  # noqa: E402
@@ -102,7 +102,7 @@ def test_onnx_refuses_before_writing(tmp_path, monkeypatch):
 
 
 def test_an_op_the_exporter_lacks_is_refused_naming_it():
-    from asa.api.exports.onnx import export_onnx
+    from asa.api.machinery.onnx_export import export_onnx
     from asa.models.presets import PRESETS
 
     sizes = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}

@@ -125,7 +125,7 @@ def nnunet_results(segmenter: Mapping[str, Any], *, provenance: Mapping[str, Any
         "dataset_name": f"Dataset{DATASET_ID:03d}_asa_{task.name}", "plans_name": PLANS_NAME,
         "original_median_spacing_after_transp": spacing, "original_median_shape_after_transp": patch,
         "image_reader_writer": READER, "transpose_forward": TRANSPOSE, "transpose_backward": TRANSPOSE,
-        "experiment_planner_used": "asa-export (asa.api.exports.nnunet_results)", "label_manager": "LabelManager",
+        "experiment_planner_used": "asa-export (asa.api.machinery.nnunet_results)", "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": {str(i): {} for i in range(channels)},
         "configurations": {CONFIGURATION: {
             "data_identifier": f"{PLANS_NAME}_{CONFIGURATION}", "preprocessor_name": "DefaultPreprocessor",
