@@ -158,12 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def stopped(stop: Exception, names: list[str]) -> None:
         atomic_write_json(times_file, times)
-        # a pretraining run continues from its last.pt; a fine-tuning run of the transfer stage starts again, its
-        # stopped folder kept beside it (asa.study.transfer.train_and_score)
-        print(f"[study] {stop}: stopped {', '.join(names) or 'no run'}; finished runs are kept in {out}, a stopped "
-              "pretraining run continues from its last checkpoint and a stopped fine-tuning run of the transfer stage "
-              "starts again (its folder kept beside it): rerun the same command to continue", file=sys.stderr,
-              flush=True)
+        # every stopped run saved its last.pt on the signal and continues from it (asa.study.transfer.train_and_score)
+        print(f"[study] {stop}: stopped {', '.join(names) or 'no run'}; finished runs are kept in {out} and each "
+              "stopped run continues from the checkpoint it saved: rerun the same command to continue",
+              file=sys.stderr, flush=True)
 
     return stop_on_signals(lambda: _run(args, out, scale, network, runs, split, checks, encoders, supervised, overrides,
                                         clock, times, times_file, name, task), stopped)

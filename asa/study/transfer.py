@@ -419,19 +419,30 @@ def train_and_score(run: Run, test_ids: Sequence[str], reuse: bool, device: str,
     root, layout = dataset_root(cfg.data)
     by_id = {c.id: c for c in discover(layout, root, on_bad_case=str(cfg.data.on_bad_case))}
     if not (reuse and finished(ckpt)):
-        if (run.run_dir / "checkpoints").is_dir():  # train anew; keep the old run under another name
+        timed = run.run_dir / "wall_time.json"
+        # a run stopped mid-schedule (its last.pt saved on the signal) continues from it under --reuse, on its own
+        # splits.json; without --reuse, or with no checkpoint to continue, it trains anew, the old run kept aside
+        resumed = reuse and ckpt.is_file()
+        if resumed:
+            print(f"[transfer] {run.arm}: continuing {run.run_dir} from step {int(load_checkpoint(ckpt)['step'])}",
+                  flush=True)
+            cfg = compose_config("finetune", [*run.overrides, "resume=true"])
+        elif (run.run_dir / "checkpoints").is_dir():
             print(f"[transfer] moved the previous run to {move_aside(run.run_dir)}", flush=True)
-        rest = sorted(set(by_id) - set(run.train))  # test and unused cases: never seen by the run
-        rest = sorted(set(rest) - set(run.val))
-        atomic_write_json(run.run_dir / "splits.json", {"train": list(run.train), "val": list(run.val), "test": rest,
-                                                        "dataset": str(cfg.data.name), "seed": run.seed})
-        print(f"[transfer] {run.arm}: {run.n} labeled case(s), seed {run.seed}", flush=True)
+        if not resumed:
+            rest = sorted(set(by_id) - set(run.train))  # test and unused cases: never seen by the run
+            rest = sorted(set(rest) - set(run.val))
+            atomic_write_json(run.run_dir / "splits.json", {"train": list(run.train), "val": list(run.val),
+                                                            "test": rest, "dataset": str(cfg.data.name),
+                                                            "seed": run.seed})
+            print(f"[transfer] {run.arm}: {run.n} labeled case(s), seed {run.seed}", flush=True)
+        before = json.loads(timed.read_text())["train_seconds"] if resumed and timed.is_file() else 0.0
         started = time.perf_counter()
         result = finetune(cfg)
-        atomic_write_json(run.run_dir / "wall_time.json", {"train_seconds": time.perf_counter() - started})
+        atomic_write_json(timed, {"train_seconds": before + time.perf_counter() - started})
         if result.preempted:  # SIGTERM/SIGUSR1: the run saved last.pt mid-schedule
             raise SystemExit(f"[transfer] {run.run_dir} was stopped by a signal at step {result.step}; "
-                             "rerun with --reuse to train it (and the rest) again")
+                             "rerun with --reuse to continue it (and train the rest)")
     predictor = Predictor.from_checkpoint(ckpt, device=_device(device))
     task = predictor.task
     # a network without an encoder to zero (the DynUNet baseline) is scored without the reliance columns

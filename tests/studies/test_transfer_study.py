@@ -187,3 +187,54 @@ def test_an_arm_with_more_than_its_encoder_is_compared_with_its_twin():
     assert study.references(arms, "lr")["asa-coord"] == "lr"
     recipes = {f"{a}@{r}": [*o, f"optim={r}"] for r in ("adamw", "sgd") for a, o in arms.items()}
     assert study.references(recipes, "scratch")["asa-coord@sgd"] == "scratch-coord@sgd"
+
+
+def test_a_run_stopped_by_a_signal_continues_from_its_checkpoint_and_ends_as_an_unstopped_one(tmp_path, monkeypatch,
+                                                                                                 capsys):
+    """A fine-tuning run of the transfer stage stopped mid-schedule (SIGTERM at its 3rd step: last.pt saved) is
+    continued by the rerun (--reuse) from that checkpoint: it ends with the weights of the same run never stopped, on
+    the splits it started with, and its wall time adds both parts."""
+    import json
+    import os
+    import signal
+
+    import torch
+
+    from asa.data.synthetic.demo import write_demo_dataset
+    from asa.io import load_checkpoint
+    from asa.train import engine
+
+    labeled = write_demo_dataset("msd", tmp_path / "labeled", cases=4, size=16, seed=1)
+    train, test = ("BRATS_DEMO_001", "BRATS_DEMO_002"), ["BRATS_DEMO_003"]
+    base = ("data=msd", f"data.root={labeled}", "model=dynunet", "data.crop=16", "trainer.batch_size=1",
+            "data.num_workers=0", "device=cpu", "trainer.progress=false", "trainer.panel_every=0", "trainer.epochs=4",
+            "trainer.log_every=1", "seed=0")
+
+    def run(name: str) -> study.Run:
+        return study.Run("scratch", 2, 0, train, (*base, f"output_dir={tmp_path / name}"), tmp_path / name)
+
+    original, fired = engine.Engine._train_step, []
+
+    def stopped_at_3(self, *args):
+        original(self, *args)
+        if self.step == 3 and not fired:
+            fired.append(self.step)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(engine.Engine, "_train_step", stopped_at_3)
+    with pytest.raises(SystemExit, match="stopped by a signal at step 3; rerun with --reuse to continue it"):
+        study.train_and_score(run("stopped"), test, reuse=True, device="cpu")
+    first = json.loads((tmp_path / "stopped" / "wall_time.json").read_text())["train_seconds"]
+    splits = (tmp_path / "stopped" / "splits.json").read_text()
+    capsys.readouterr()
+    done = study.train_and_score(run("stopped"), test, reuse=True, device="cpu")
+    assert f"[transfer] scratch: continuing {tmp_path / 'stopped'} from step 3" in capsys.readouterr().out
+    whole = study.train_and_score(run("whole"), test, reuse=True, device="cpu")
+    a, b = (load_checkpoint(tmp_path / name / "checkpoints" / "last.pt") for name in ("stopped", "whole"))
+    assert a["step"] == b["step"] == a["scheduler"]["total_steps"] > 3
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert json.dumps(done["scores"]) == json.dumps(whole["scores"])  # NaN (no encoder to zero) as NaN
+    assert (tmp_path / "stopped" / "splits.json").read_text() == splits
+    assert not list(tmp_path.glob("stopped.*")) and not list(tmp_path.glob("stopped-*"))  # nothing moved aside
+    assert json.loads((tmp_path / "stopped" / "wall_time.json").read_text())["train_seconds"] > first
