@@ -32,8 +32,8 @@ from asa.io.hub import (COHORT_LIST, FOLDER_FILES, NNSSL_CHECKPOINT, NNSSL_PLAN,
 from asa.api.machinery.nnunet_results import RESULTS_FILES, nnunet_results, results_card, write_nnunet_results
 from asa.api.machinery.onnx_export import (ONNX_FILE, OnnxExport, export_onnx, onnx_alone_card, onnx_card,
                                   write_onnx_folder)
-from asa.models.cnn.nnssl import nnssl_checkpoint
-from asa.models.cnn.nnunet import (NNUNET_CONFIGURATION, READING_NOTE, describe_nnunet, nnunet_checkpoint,
+from asa.models.exports.nnssl import nnssl_checkpoint
+from asa.models.exports.nnunet import (NNUNET_CONFIGURATION, READING_NOTE, describe_nnunet, nnunet_checkpoint,
                                    nnunet_fault, nnunet_plans_snippet)
 from asa.models.portable import encoder_export
 from asa.models.registry import NETWORK_KINDS, current_spec, network_record
@@ -86,9 +86,9 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
     asa-evaluate runs found in the run folder and the command that made it. An encoder whose family declares
     the network nnU-Net builds of it (`asa.models.family.NNUNetForm`: resenc without the coordinate channel, a
     plug-in's U-Net) also gets ``nnunet_pretrained_weights.pth`` and
-    ``nnunet_plans.json`` (`asa.models.cnn.nnunet`): ``nnUNetv2_train ... -pretrained_weights`` loads the one
+    ``nnunet_plans.json`` (`asa.models.exports.nnunet`): ``nnUNetv2_train ... -pretrained_weights`` loads the one
     into the network nnU-Net builds from the other; and nnssl's ``checkpoint_final.pth`` with
-    ``adaptation_plan.json`` (`asa.models.cnn.nnssl`), which nnU-Net's nnssl route reads.
+    ``adaptation_plan.json`` (`asa.models.exports.nnssl`), which nnU-Net's nnssl route reads.
 
     A bad input is refused (`asa.api.machinery.run.OptionError`, exit 2 from the console script) before anything is written.
     """

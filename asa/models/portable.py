@@ -22,7 +22,7 @@ from asa.models.weights import load_weights
 from asa.models.swvit.volume import VolumeEncoder
 from asa.models.family import family_of
 from asa.models.registry import ENCODER_MODULES, build_network, current_spec, register_network
-from asa.models.cnn.transfer import in_proj_keys, match_resenc_encoder
+from asa.models.blocks.encoder_weights import match_file_encoder
 
 __all__ = ["ENCODER_MODULES", "EncoderOf", "VolumeEncoder", "encoder_export", "export_for_monai", "load_encoder", "network_encoder"]
 
@@ -141,9 +141,10 @@ def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = 
     encoder = getattr(net, name)
     if "foreign" in state:  # a published checkpoint: matched tensor by tensor, reported in one block
         kwargs = spec["kwargs"]
-        update, report = match_resenc_encoder(encoder.state_dict(prefix=f"{name}."), dict(state), path,
-                                              in_proj=in_proj_keys(net), image_channels=int(kwargs["in_channels"]),
-                                              where=f"asa.load_encoder({str(path)!r})")
+        in_proj = family_of(spec["arch"]).encoder_keys(net).in_proj_weights  # as the network declares it
+        update, report = match_file_encoder(encoder.state_dict(prefix=f"{name}."), dict(state), path,
+                                            in_proj=in_proj, image_channels=int(kwargs["in_channels"]),
+                                            where=f"asa.load_encoder({str(path)!r})")
         encoder.load_state_dict({k[len(name) + 1:]: v for k, v in update.items()}, strict=True)
         if verbose:
             print(f"pretrained encoder from {path}:\n{report}")

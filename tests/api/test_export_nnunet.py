@@ -13,7 +13,7 @@ from asa.cli.export import main as export_main
 from asa.io import save_checkpoint
 from asa.models import load_weights, network_spec
 from asa.models.cnn.family import RESENC_NNUNET
-from asa.models.cnn.nnunet import NNUNET_CONFIGURATION
+from asa.models.exports.nnunet import NNUNET_CONFIGURATION
 from asa.models.cnn.resenc import resenc_unet
 
 STEM = "encoder.stem.convs.0.conv.weight"

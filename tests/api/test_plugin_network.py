@@ -25,7 +25,7 @@ from asa.data import discover, write_demo_dataset
 from asa.io.hub import NNSSL_CHECKPOINT
 from asa.io import load_checkpoint
 from asa.models import build_network, input_size, load_weights, registry
-from asa.models.cnn.nnunet import NNUNET_CONFIGURATION
+from asa.models.exports.nnunet import NNUNET_CONFIGURATION
 
 # the plug-in: one module of the third party's package (what the asa.networks entry point names)
 PLUGIN = '''
@@ -39,7 +39,8 @@ import torch
 from asa.models import (Family, NetworkSettings, NNUNetForm, StageTokens, load_weights, register_family,
                         register_network)
 from asa.models.cnn.masked import ResEncMAEOutput, VisibleMask, mask_encoder
-from asa.models.cnn.transfer import in_proj_keys, match_resenc_encoder
+from asa.models.blocks.encoder_weights import match_file_encoder
+from asa.models.family import EncoderKeys
 
 
 @dataclass
@@ -51,7 +52,8 @@ class PlainUNet(PlainConvUNet):
     def load_pretrained(self, path: str | Path, checkpoint: dict | None = None, verbose: bool = True):
         blob = load_weights(path) if checkpoint is None else checkpoint
         own = self.encoder.state_dict(prefix="encoder.")
-        update, report = match_resenc_encoder(own, blob, path, in_proj=in_proj_keys(self), image_channels=1)
+        update, report = match_file_encoder(own, blob, path, in_proj=EncoderKeys.declared(self).in_proj_weights,
+                                            image_channels=1)
         self.encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in update.items()}, strict=True)
         return report
 

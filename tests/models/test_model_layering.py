@@ -3,7 +3,8 @@ SHARED: the registry, the families' declarations, the network declarations, the 
 masked twin's contract)
 import no network family; a family (``swvit/``, ``swin/``, ``vit/``, ``cnn/``, ``primus/``) imports its own files and the
 shared parts only, never another family;
-the heads (``heads/``) sit on the families' encoders, and nothing below imports them. The modules that
+the heads (``heads/``) sit on the families' encoders, and nothing below imports them; the exports (``exports/``) are
+written from the families' declarations and import no family. The modules that
 act on whole networks (``compiled``, ``portable``, ``zoo``, the package itself) sit above every folder.
 No module of ``asa.models`` is part of an import cycle, not even through an import for the type checker.
 
@@ -25,6 +26,7 @@ FOLDERS: dict[str, set[str]] = {
     "cnn": {"blocks"},
     "primus": {"blocks"},
     "heads": {"blocks", "swvit", "swin", "vit"},  # heads on a family's encoder
+    "exports": {"blocks"},  # nnU-Net's and nnssl's files, written from any family's declaration
 }
 # top-level modules every folder may import; they import no folder
 SHARED = {"registry", "family", "declared", "presets", "weights", "twin"}

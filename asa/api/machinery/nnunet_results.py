@@ -7,7 +7,7 @@
 the configuration ``3d_fullres``), with the model card as ``README.md``.
 
 The network is the one nnU-Net builds from the plans' architecture block, as the network's family declares it for
-nnU-Net (`asa.models.family.NNUNetForm`, written by `asa.models.cnn.nnunet.nnunet_architecture`): the resenc family's
+nnU-Net (`asa.models.family.NNUNetForm`, written by `asa.models.exports.nnunet.nnunet_architecture`): the resenc family's
 ``ResidualEncoderUNet``, whose keys asa's ResEnc U-Net shares, so the weights load as they are. A network of a family
 that declares no nnU-Net form is refused, naming it: the SW-ViT U-Net cannot be named in a plans file, since nnU-Net
 builds a class as ``cls(input_channels=, num_classes=, deep_supervision=, **arch_kwargs)`` and runs it on windows
@@ -37,7 +37,7 @@ import torch
 
 from asa.data import Task, discover
 from asa.io import atomic_write_json, load_volume, save_checkpoint
-from asa.models.cnn.nnunet import nnunet_architecture
+from asa.models.exports.nnunet import nnunet_architecture
 from asa.models.declared import crop_edges
 
 __all__ = ["CONFIGURATION", "RESULTS_FILES", "NNUnetResults", "nnunet_results", "results_card", "write_nnunet_results"]

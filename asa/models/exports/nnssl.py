@@ -24,7 +24,8 @@ the hub it downloads ``adaptation_plan.json``, ``checkpoint_final.pth`` and ``co
 The architecture is the one the network's family declares for nnU-Net (`asa.models.family.NNUNetForm`; nnssl
 names the class by its last part: ``ResidualEncoderUNet``, ``PlainConvUNet``, the dynamic architectures it builds).
 The transfer keys are the network's own declarations (dynamic-network-architectures sets ``key_to_encoder``,
-``key_to_stem`` and ``keys_to_in_proj`` on its U-Nets), read off the built network.
+``key_to_stem`` and ``keys_to_in_proj`` on its networks), read off the built network by its family
+(`asa.models.family.Family.encoder_keys`), for every family alike.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from typing import Any
 import torch
 
 from asa.io.hub import NNSSL_CHECKPOINT, NNSSL_PLAN
-from asa.models.cnn.nnunet import located, nnunet_architecture, nnunet_network
 from asa.models.declared import crop_edges
+from asa.models.exports.nnunet import located, nnunet_architecture, nnunet_network
+from asa.models.family import family_of
 
 __all__ = ["NNSSL_CHECKPOINT", "NNSSL_PLAN", "READER", "TRANSPOSE", "nnssl_adaptation_plan", "nnssl_checkpoint",
            "published_plan"]
@@ -88,6 +90,7 @@ def nnssl_adaptation_plan(spec: Mapping[str, Any], net: torch.nn.Module, *, spac
     crop = list(crop_edges(kwargs["img_size"]))
     channels = int(kwargs.get("in_channels", 1))
     name, config = _configuration(crop, spacing_mm, channels)
+    keys = family_of(spec["arch"]).encoder_keys(net)  # as the network declares them
     return {
         "architecture_plans": {"arch_class_name": arch_class, "arch_kwargs": arch_kwargs,
                                "arch_kwargs_requiring_import": [k for k, v in arch_kwargs.items() if isinstance(v, str)]},
@@ -99,8 +102,8 @@ def nnssl_adaptation_plan(spec: Mapping[str, Any], net: torch.nn.Module, *, spac
             "experiment_planner_used": "asa-pretrain"},
         "pretrain_num_input_channels": channels,
         "recommended_downstream_patchsize": crop,
-        "key_to_encoder": net.key_to_encoder, "key_to_stem": net.key_to_stem,
-        "keys_to_in_proj": list(net.keys_to_in_proj), "key_to_lpe": getattr(net, "key_to_lpe", None),
+        "key_to_encoder": keys.encoder, "key_to_stem": keys.stem,
+        "keys_to_in_proj": list(keys.in_proj), "key_to_lpe": getattr(net, "key_to_lpe", None),
         # read by nnU-Net's PretrainedTrainer / DynamicPretrainedTrainer, never written by nnssl
         "pretrain_patch_size": crop,
         "architecture_kwargs": dict(arch_kwargs),

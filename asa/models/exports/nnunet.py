@@ -6,11 +6,12 @@ residual_unets/residual_encoder_unet_planners.py``) and ``-pretrained_weights`` 
 ``nnunetv2.run.load_pretrained_weights.load_pretrained_weights``: it reads ``network_weights`` of the file and
 asserts that every tensor of the network except the segmentation heads (``.seg_layers.``) is there with its
 shape, the decoder included. The block is the one the network's family declares (`asa.models.family.NNUNetForm`:
-nnU-Net's residual-encoder U-Net for ``resenc``, a plug-in's class for its own family); the network is built from
-it as nnU-Net builds it (the class and the op classes located by their dotted names). So the checkpoint written
-here is the whole network: the stem and encoder from asa (every tensor matched, a 1-channel stem repeated over
-``in_channels`` and divided by their number), the decoder as nnU-Net initialises a fresh one (the class's own
-``initialize``, seeded): the decoder is trained from scratch in nnU-Net as in asa's fine-tuning. Its
+nnU-Net's residual-encoder U-Net for ``resenc``, a plug-in's class for its own family), for every family alike;
+the network is built from it as nnU-Net builds it (the class and the op classes located by their dotted names). So
+the checkpoint written here is the whole network: the stem and encoder from asa (every tensor under the keys the
+network declares, `asa.models.family.Family.encoder_keys`, a 1-channel stem repeated over ``in_channels`` and
+divided by their number), the decoder as nnU-Net initialises a fresh one (the class's own ``initialize``, seeded):
+the decoder is trained from scratch in nnU-Net as in asa's fine-tuning. Its
 ``configurations`` snippet adds a configuration ``3d_fullres_asa`` inheriting from ``3d_fullres`` with this
 architecture and a patch that the encoder's strides divide.
 """
@@ -25,9 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from asa.models.cnn.transfer import in_proj_keys, match_resenc_encoder
+from asa.models.blocks.encoder_weights import match_file_encoder
 from asa.models.declared import crop_edges
-from asa.models.family import EncoderKeys, NNUNetForm, families, family_of
+from asa.models.family import NNUNetForm, families, family_of
 
 __all__ = ["NNUNET_CONFIGURATION", "NNUNET_TRAINER", "READING_NOTE", "located", "nnunet_architecture",
            "nnunet_checkpoint", "nnunet_fault", "nnunet_network", "nnunet_plans_snippet"]
@@ -86,9 +87,9 @@ def nnunet_network(export: Mapping[str, Any], *, in_channels: int | None = None,
         net = cls(input_channels=channels, num_classes=2, deep_supervision=True, **kwargs)
         if hasattr(net, "initialize"):
             net.apply(net.initialize)  # nnU-Net's own initialisation (get_network_from_plans, allow_init=True)
-    keys = EncoderKeys.declared(net)  # nnU-Net's network declares its encoder (key_to_encoder, key_to_stem, ...)
-    update, _ = match_resenc_encoder(keys.state(net), dict(export), source, in_proj=keys.in_proj_weights,
-                                     image_channels=channels)
+    keys = family_of(export["network"]["arch"]).encoder_keys(net)  # as nnU-Net's network declares them
+    update, _ = match_file_encoder(keys.state(net), dict(export), source, in_proj=keys.in_proj_weights,
+                                   image_channels=channels)
     keys.load(net, update)
     return net
 
@@ -113,7 +114,7 @@ def nnunet_checkpoint(export: Mapping[str, Any], *, in_channels: int | None = No
     block = nnunet_architecture(export["network"], source)
     net = nnunet_network(export, in_channels=in_channels, source=source, seed=seed)
     state = net.state_dict()
-    channels = int(state[in_proj_keys(net)[0]].shape[1])
+    channels = int(state[family_of(export["network"]["arch"]).encoder_keys(net).in_proj_weights[0]].shape[1])
     weights = {k: v for k, v in state.items() if ".seg_layers." not in k}
     return {"network_weights": weights,
             "asa": {"source": str(export.get("source") or source), "architecture": block, "in_channels": channels,
