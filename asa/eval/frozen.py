@@ -8,9 +8,9 @@ fastest), for the probes (`asa.eval.probe`, `asa.eval.probe_cv`), as the encoder
 - the SW-ViT family (``asa_pretrain``, ``swvit_unetr``, ``case_head``): the final normed tokens at its
   patch size (`asa.models.VolumeEncoder`);
 - the SwinViT family (``sa_swin_pretrain``, ``sa_swin``, ``swin_unetr``): the stage output at stride 8
-  (`SWIN_PROBE_STAGE`, after two Swin stages, ``4·feature_size`` channels), the grid of SW-ViT's
-  default patch size, so both families are probed at one resolution (`swin_tokens`; SA-Swin's
-  pretraining probes read the same tokens);
+  (`asa.models.swin.family.SWIN_PROBE_STAGE`, after two Swin stages, ``4·feature_size`` channels), the grid
+  of SW-ViT's default patch size, so both families are probed at one resolution
+  (`asa.models.swin.family.swin_tokens`; SA-Swin's pretraining probes read the same tokens);
 - the ViT family (UNETR): the ViT's final tokens at its patch size (16);
 - a dynamic-network-architectures encoder (the residual-encoder U-Net ``resenc`` and ``resenc_pretrain``,
   published nnssl / nnU-Net / AMAES files, a plug-in's U-Net that declares `asa.models.family.StageTokens`): the
@@ -37,10 +37,9 @@ from asa.models import DEFAULT_CROP, build_network, load_weights, network_encode
 from asa.models.family import DEFAULT_FAMILY, EncoderFace, Family, families, family_of
 from asa.models.portable import load_encoder
 from asa.models.registry import current_spec
-from asa.models.swin.family import SWIN_PROBE_STAGE, SWIN_PROBE_STRIDE, swin_tokens
 
-__all__ = ["SWIN_PROBE_STAGE", "SWIN_PROBE_STRIDE", "FrozenEncoder", "CaseImages", "brain_tokens", "load_frozen",
-           "prepare_cases", "pooled_features", "random_frozen", "swin_tokens"]
+__all__ = ["FrozenEncoder", "CaseImages", "brain_tokens", "load_frozen", "prepare_cases", "pooled_features",
+           "random_frozen"]
 
 RANDOM = "random"  # the `encoders` entry of a random-init encoder (random, random:<preset>)
 

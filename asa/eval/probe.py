@@ -25,8 +25,7 @@ from asa.data.geometry import brain_centre, crop_or_pad
 from asa.data.preprocessing import brain_mask, case_to_item, load_case_images, normalize_in_brain
 from asa.data.regions import RegionSource
 from asa.io import load_volume
-from asa.models import unwrap
-from asa.models.swvit.region_attention import patch_regions
+from asa.models import patch_regions, unwrap
 
 __all__ = ["ProbeSet", "build_probe_set", "encode_tokens", "knn_accuracy", "knn_neighbours", "knn_votes",
            "make_probe", "patch_fractions", "probe_metrics", "r2_columns", "ridge_predict", "ridge_r2", "standardize"]

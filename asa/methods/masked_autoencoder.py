@@ -22,7 +22,7 @@ from asa.eval.probe import encode_tokens
 from asa.losses.informativeness import NORMALIZATIONS
 from asa.losses.reconstruction import weight_spread
 from asa.methods.base import MethodSettings, PanelFn, PretrainingMethod, RegionNeeds, StepFn, register_method
-from asa.models.swvit.mae import LOSS_WEIGHTINGS
+from asa.models import LOSS_WEIGHTINGS
 from asa.models.family import DEFAULT_FAMILY, families, masked_network, pretrain_model_sections
 from asa.models import unwrap
 from asa.models.registry import keyword_options, network_record

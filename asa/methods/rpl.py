@@ -14,7 +14,7 @@ from torch import nn
 
 from asa.methods.base import MethodSettings, PretrainingMethod, StepFn, register_method
 from asa.models import unwrap
-from asa.models.swvit.encoder import ENCODER_PREFIX, EncoderSettings
+from asa.models import ENCODER_PREFIX, EncoderSettings
 from asa.models.heads.puzzles import RPL_GRID, block_layout
 from asa.models.zoo import build_network
 

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from asa.data import diseased_labels
-from asa.eval.frozen import SWIN_PROBE_STRIDE, swin_tokens
 from asa.methods.base import MethodSettings, PanelFn, PretrainingMethod, StepFn, register_method
 from asa.models import SWIN_SIZES, unwrap
+from asa.models.swin.family import SWIN_PROBE_STRIDE, swin_tokens
 from asa.models.swin.sa_swin import SA_SWIN_ENCODER_PREFIXES
 from asa.models.zoo import build_network
 from asa.train.panels import panel_centre, slice_grid
@@ -94,7 +94,7 @@ class SymmetryAwarePretraining(PretrainingMethod):
     """The Symmetry-Aware Head; y of L_sym from a ``diseased`` column (participants.tsv or the file
     list; 0 where absent). Its contrastive term takes negatives from the batch, so validation scores
     fixed pairs of volumes. The export keeps the SwinViT (``swinViT.*``). Probes read the SwinViT's
-    stage output at stride 8 (`asa.eval.frozen.swin_tokens`), as ``asa-probe`` does."""
+    stage output at stride 8 (`asa.models.swin.family.swin_tokens`), as ``asa-probe`` does."""
 
     name = "sa_swin"
     Settings = SymmetryAwareSettings

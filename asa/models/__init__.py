@@ -18,10 +18,10 @@ from asa.models.swin.swin_unetr import SwinSettings, SwinUNETRSettings
 from asa.models.heads.case_baselines import SwinCaseNet, SwinCaseSettings, ViTCaseNet, ViTCaseSettings
 from asa.models.heads.case_head import POOLINGS, ASACaseHead, AttentionPool, PooledTokenHead
 from asa.models.compiled import compile_blocks
-from asa.models.swvit.encoder import EncoderOptions, EncoderSettings, SWViTEncoder, SWViTSettings
+from asa.models.swvit.encoder import ENCODER_PREFIX, EncoderOptions, EncoderSettings, SWViTEncoder, SWViTSettings
 from asa.models.cnn.dynunet import DeepSupervisedDynUNet, DynUNetSettings, plan_dynunet
 from asa.models.layout import channels_last_inference
-from asa.models.swvit.mae import ASA, MAEOutput, MaskedAutoencoder
+from asa.models.swvit.mae import ASA, LOSS_WEIGHTINGS, MAEOutput, MaskedAutoencoder, PretrainModelConfig
 from asa.models.blocks.objective import FocalRegionReconstruction, PatchReconstruction, reconstruction_objective
 from asa.models.blocks.patch import PatchEmbed, patch_grid, patchify, unpatchify
 from asa.models.portable import ENCODER_MODULES, VolumeEncoder, export_for_monai, load_encoder, network_encoder
@@ -50,6 +50,9 @@ del _module
 
 __all__ = [
     "ENCODER_MODULES",
+    "ENCODER_PREFIX",
+    "LOSS_WEIGHTINGS",
+    "PretrainModelConfig",
     "EncoderFace",
     "Family",
     "NNUNetForm",

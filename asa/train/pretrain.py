@@ -14,7 +14,7 @@ from torch.utils.data import Dataset, default_collate
 
 from asa.data.cohort import cohort_summary, write_cohort_list
 from asa.io import SAFETENSORS_SUFFIX, load_checkpoint, save_checkpoint, save_export_safetensors
-from asa.models.swvit.encoder import ENCODER_PREFIX
+from asa.models import ENCODER_PREFIX
 
 from .data import StopSafeLoader, close_loader, loader_workers, move_to
 from .distributed import DistEnv

@@ -7,7 +7,7 @@ import torch
 from asa.api import compose_config, load_config
 from asa.api.machinery.pretraining import _method, _probe
 from asa.data import write_demo_dataset
-from asa.eval.frozen import swin_tokens
+from asa.models.swin.family import swin_tokens
 
 SIZES = ["method.feature_size=12", "method.depths=[1,1,1,1]", "method.num_heads=[1,1,2,4]"]
 

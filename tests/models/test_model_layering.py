@@ -124,3 +124,51 @@ def test_a_planted_import_across_the_layers_is_caught(tmp_path):
     assert cycles(root) == [["asa.models.blocks.patch", "asa.models.registry"],
                             ["asa.models.cnn.resenc", "asa.models.cnn.transfer"],
                             ["asa.models.heads.puzzles", "asa.models.swvit.encoder"]]
+
+
+# --- from outside asa.models: the package's exports and the families' declarations, not a family's folder ---------
+
+FAMILY_FOLDERS = {"swvit", "swin", "vit", "cnn", "primus", "heads"}  # the folders holding a family's (or head's) own
+# modules outside asa.models that are a family's own method, its network defined in that folder: they may reach in
+BOUND = {
+    "asa/methods/sa_swin.py": {"swin"},  # SA-Swin's pretraining: its encoder prefixes and the swin probe tokens
+    "asa/methods/rpl.py": {"heads"},  # relative patch location: its puzzle head's grid and block layout
+    "asa/methods/jigsaw.py": {"heads"},  # the jigsaw puzzle: its head's permutations
+}
+
+
+def reaching_in(package: Path = ROOT / "asa", bound: dict[str, set[str]] = BOUND) -> list[str]:
+    """``file:line module`` of every import, in a module of ``package`` outside ``asa/models``, of a module inside a
+    family's folder (`FAMILY_FOLDERS`), but the folders ``bound`` allows that module."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package.parent)
+        if relative.parts[:2] == ("asa", "models"):
+            continue
+        own = ".".join(relative.with_suffix("").parts[:-1] if path.name == "__init__.py" else
+                       relative.with_suffix("").parts)
+        for module, line in imported(path, own):
+            target = place(module)
+            if target in FAMILY_FOLDERS and target not in bound.get(relative.as_posix(), set()):
+                found.append(f"{relative.as_posix()}:{line} {module}")
+    return found
+
+
+def test_outside_the_models_a_family_is_reached_through_the_package_or_its_declaration():
+    assert reaching_in() == []
+    assert all(set(folders) <= FAMILY_FOLDERS and (ROOT / path).is_file() for path, folders in BOUND.items())
+
+
+def test_a_planted_import_into_a_family_folder_is_caught(tmp_path):
+    """Every form of import into a family's folder is reported from outside asa.models; the package, its shared
+    modules, a bound method's own family and the models' own folders are not."""
+    root = _tree(tmp_path / "asa", {
+        "eval/probe.py": ("from asa.models import patch_regions\nfrom asa.models.swvit.region_attention import p\n"
+                          "def f():\n    from ..models.cnn import resenc\n"),
+        "api/export.py": "import asa.models.primus.family\nfrom asa.models.exports.nnunet import x\n",
+        "methods/sa_swin.py": "from asa.models.swin.sa_swin import y\nfrom asa.models.heads.puzzles import z\n",
+        "models/cnn/resenc.py": "from asa.models.cnn.transfer import load\n",
+    })
+    assert reaching_in(root, {"asa/methods/sa_swin.py": {"swin"}}) == [
+        "asa/api/export.py:1 asa.models.primus.family", "asa/eval/probe.py:2 asa.models.swvit.region_attention",
+        "asa/eval/probe.py:4 asa.models.cnn", "asa/methods/sa_swin.py:2 asa.models.heads.puzzles"]

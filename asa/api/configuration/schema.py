@@ -23,7 +23,7 @@ from asa.choices import one_of
 from asa.methods import MaskedAutoencoderSettings, MethodSettings
 from asa.models import DEFAULT_CROP
 from asa.models.family import DEFAULT_FAMILY, pretrain_model_sections
-from asa.models.swvit.mae import PretrainModelConfig
+from asa.models import PretrainModelConfig
 from asa.train import TrainerSettings
 from asa.train.optim import OPTIMIZERS
 from asa.train.precision import AMP_CHOICES

@@ -44,8 +44,7 @@ from asa.eval.case_metrics import CLASSIFICATION_METRICS, HIGHER_IS_BETTER, REGR
 from asa.eval.frozen import FrozenEncoder, pooled_features, prepare_cases
 from asa.eval.probe_cv import case_probes
 from asa.io import atomic_write_json
-from asa.models import build_network, unwrap
-from asa.models.heads.case_head import POOLINGS
+from asa.models import POOLINGS, build_network, unwrap
 from asa.train.distributed import DistEnv, resolve_device
 
 __all__ = ["CASE_TASK", "REGRESSION_LOSSES", "CaseLoss", "CaseTask", "HeadSettings", "Settings", "case_metrics_of",
