@@ -46,7 +46,7 @@ SAFETENSORS_SUFFIX = ".safetensors"
 
 
 def _common_prefix(names: list[str]) -> str | None:
-    """``"encoder."`` when every name starts with that first dotted component, else None."""
+    """The first dotted component and its dot (``encoder.``) when every name starts with it, else None."""
     heads = {name.split(".", 1)[0] for name in names if "." in name}
     return f"{heads.pop()}." if len(heads) == 1 and all("." in n for n in names) else None
 

@@ -28,13 +28,15 @@ family when it registers (`asa.models.register_network`'s ``family``); each fami
 
 Callers ask :func:`family_of` for the family of a network and name none; :func:`network_from_file` is the one road
 from a run's settings and its pretrained file to a network, whatever its family. This module imports only the
-registry, `asa.models.declared` and `asa.models.twin` (and `asa.io`, which reads the files: `read_file`).
+registry, `asa.models.declared`, `asa.models.twin` and `asa.models.published` (and `asa.io`, which reads the files:
+`read_file`).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, NamedTuple, Optional
@@ -44,6 +46,7 @@ from torch import nn
 
 from asa.io import read_weights
 from asa.models.declared import crop_edges
+from asa.models.published import FileEncoder, read_planned, read_published
 from asa.models.registry import FAMILIES, RECORDS, build_network, network_record, registered_networks
 from asa.models.twin import twin_fault
 
@@ -112,6 +115,13 @@ class NNUNetForm:
     arch_kwargs: Callable[[Mapping[str, Any], str], dict[str, Any]]
     spec: Callable[[Mapping[str, Any], int, int], dict[str, Any]]
     requires_import: tuple[str, ...] = ("conv_op", "norm_op", "dropout_op", "nonlin")
+    # reading a published file of the architecture (`asa.models.published`): the keys its instances declare (tested
+    # equal; an nnssl plan must name them), how its encoder and network are read off the file's tensors and plan,
+    # the layouts without a plan that hold it, and nnssl's named architectures (arch_class_name, no kwargs) of it
+    keys: Optional[EncoderKeys] = None
+    read: Callable[[dict, Mapping[str, Any], Path], FileEncoder] = read_planned
+    layouts: tuple[str, ...] = ()
+    presets: tuple[str, ...] = ()
 
     @property
     def class_name(self) -> str:
@@ -376,7 +386,8 @@ def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     architecture for nnU-Net, `published_spec`; its adaptation plan under ``"foreign"``): every file asa reads, as
     one kind of dict (`asa.models.load_weights`)."""
     blob = read_weights(path, map_location)
-    if "foreign" in blob and "network" not in blob:
+    if "foreign" in blob and "network" not in blob:  # read by the family of its architecture
+        blob = read_published(blob, [f.nnunet for f in families().values() if f.nnunet is not None])
         blob["network"] = published_spec(blob["foreign"])
     return blob
 

@@ -140,12 +140,11 @@ def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = 
                          f"({err}); the file was edited or written by another tool: export it again") from err
     encoder = getattr(net, name)
     if "foreign" in state:  # a published checkpoint: matched tensor by tensor, reported in one block
-        kwargs = spec["kwargs"]
-        in_proj = family_of(spec["arch"]).encoder_keys(net).in_proj_weights  # as the network declares it
-        update, report = match_file_encoder(encoder.state_dict(prefix=f"{name}."), dict(state), path,
-                                            in_proj=in_proj, image_channels=int(kwargs["in_channels"]),
+        keys = family_of(spec["arch"]).encoder_keys(net)  # the encoder and its stem, as the network declares them
+        update, report = match_file_encoder(keys.state(net), dict(state), path, in_proj=keys.in_proj_weights,
+                                            image_channels=int(spec["kwargs"]["in_channels"]),
                                             where=f"asa.load_encoder({str(path)!r})")
-        encoder.load_state_dict({k[len(name) + 1:]: v for k, v in update.items()}, strict=True)
+        keys.load(net, update)
         if verbose:
             print(f"pretrained encoder from {path}:\n{report}")
         return network_encoder(net, spec["arch"]).to(map_location).eval()

@@ -22,6 +22,8 @@ def test_keys_are_read_off_the_networks_declaration():
     # the declared keys are the encoder module's, every tensor of it and nothing else
     assert set(keys.state(net)) == {f"encoder.{k}" for k in net.encoder.state_dict()}
     assert keys.in_proj_weights[0] in keys.state(net)
+    # the keys the family's nnU-Net form states for files read before a network is built are the declared ones
+    assert families()["resenc"].nnunet.keys == keys
 
 
 def test_a_family_declares_the_keys_of_networks_that_declare_none():

@@ -259,16 +259,21 @@ def test_unexpected_stage_and_disagreeing_aliases_are_refused(tmp_path, files):
 
 @pytest.mark.parametrize("layout", ["nnssl", "amaes"])
 def test_the_file_layer_reads_nnunets_terms_and_the_family_gives_the_spec(files, layout):
-    """asa.io reads a published file as the network nnU-Net builds (its class and arch_kwargs), no asa spec; the
-    resenc family's nnU-Net form turns that into the spec asa.models.load_weights returns."""
+    """asa.io reads a published file as it states itself (its layout, its network's tensors, its plan), knowing no
+    architecture; the resenc family's nnU-Net form reads the network nnU-Net builds (its class and arch_kwargs) and
+    turns it into the spec asa.models.load_weights returns."""
     from asa.io import read_weights
     from asa.models.cnn.family import RESENC_NNUNET
 
     read = read_weights(files[layout])
-    info = read["foreign"]
-    assert "network" not in read and info["network_class"] == "ResidualEncoderUNet"
+    assert "network" not in read and "encoder" not in read and "network_class" not in read["foreign"]
+    assert read["foreign"]["layout"] == layout and len(read["weights"]) == len(torch.load(files[layout])[
+        "network_weights" if layout == "nnssl" else "state_dict"])
+    blob = load_weights(files[layout])
+    info = blob["foreign"]
+    assert info["network_class"] == "ResidualEncoderUNet"
     assert info["arch_kwargs"]["features_per_stage"] == PLAN.features
-    spec = load_weights(files[layout])["network"]
+    spec = blob["network"]
     assert spec == RESENC_NNUNET.spec(info["arch_kwargs"], info["input_channels"], info["crop"])
     assert spec["arch"] == "resenc" and spec["kwargs"]["features"] == PLAN.features
     assert spec["kwargs"]["strides"] == PLAN.strides and spec["kwargs"]["blocks"] == PLAN.blocks

@@ -29,7 +29,7 @@ FOLDERS: dict[str, set[str]] = {
     "exports": {"blocks"},  # nnU-Net's and nnssl's files, written from any family's declaration
 }
 # top-level modules every folder may import; they import no folder
-SHARED = {"registry", "family", "declared", "presets", "weights", "twin"}
+SHARED = {"registry", "family", "declared", "presets", "weights", "twin", "published"}
 
 
 def modules(root: Path) -> Iterator[tuple[Path, str]]:

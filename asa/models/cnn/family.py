@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from asa.models.cnn.masked import ResEncPretrainModel
+from asa.models.cnn.published import RESENC_KEYS, read_resenc
 from asa.models.cnn.resenc import RESENC_SIZES
 from asa.models.family import Family, NNUNetForm, StageTokens, register_family
 
@@ -56,7 +57,10 @@ def _spec(arch_kwargs: Mapping[str, Any], in_channels: int, crop: int) -> dict[s
         "decoder_convs": [int(c) for c in arch_kwargs["n_conv_per_stage_decoder"]]}}
 
 
-RESENC_NNUNET = NNUNetForm("dynamic_network_architectures.architectures.unet.ResidualEncoderUNet", _arch_kwargs, _spec)
+# nnssl's ResEncL preset (src/nnssl/architectures/architecture_registry.py) is this class; nnU-Net v2's and AMAES's
+# files (no plan) hold it too
+RESENC_NNUNET = NNUNetForm("dynamic_network_architectures.architectures.unet.ResidualEncoderUNet", _arch_kwargs, _spec,
+                           keys=RESENC_KEYS, read=read_resenc, layouts=("nnunet", "amaes"), presets=("ResEncL",))
 RESENC = register_family(Family(
     "resenc", face=StageTokens(), masked="resenc_pretrain", pretrain_settings=ResEncPretrainModel, segmenter="resenc",
     exports=("nnunet", "nnssl"), nnunet=RESENC_NNUNET, export_check=_resenc_export,
