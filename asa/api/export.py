@@ -144,8 +144,8 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
                 nnunet[0]["asa"]["published"] = dict(published)
             if export.get("cohort") is not None:  # as --cohort left it: asa-finetune / asa-probe read it from here too
                 nnunet[0]["cohort"] = export["cohort"]
-            card += ("\n## nnU-Net v2\n\n```\n" + describe_nnunet(Path("."), NNUNET_WEIGHTS, NNUNET_PLANS) + "\n```\n\n"
-                     + READING_NOTE + "\n")
+            usage = describe_nnunet(spec, Path("."), NNUNET_WEIGHTS, NNUNET_PLANS)
+            card += "\n## nnU-Net v2\n\n```\n" + usage + "\n```\n\n" + READING_NOTE + "\n"
             nnssl = nnssl_checkpoint(export, spacing_mm=config.get("spacing_mm"), source=str(source),
                                      dataset=(config.get("data") or {}).get("name") or "asa",
                                      trainer=f"asa:{config.get('method') or 'unknown method'}", published=published,

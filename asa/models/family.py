@@ -122,6 +122,10 @@ class NNUNetForm:
     read: Callable[[dict, Mapping[str, Any], Path], FileEncoder] = read_planned
     layouts: tuple[str, ...] = ()
     presets: tuple[str, ...] = ()
+    # what nnU-Net's builder passes as deep_supervision (get_network_from_plans; None: the class takes none)
+    deep_supervision: Optional[bool] = True
+    # arch_kwargs an nnssl plan states besides nnU-Net's, under the names nnU-Net's nnssl route reads: new <- nnU-Net's
+    nnssl_names: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def class_name(self) -> str:

@@ -54,13 +54,16 @@ TRANSPOSE = (2, 1, 0)
 def _nnssl_arch(spec: Mapping[str, Any], source: str) -> tuple[str, dict[str, Any]]:
     """nnssl's ``arch_class_name`` and ``arch_kwargs`` of the network ``spec``: nnU-Net's block, the class by its
     last name and each op class by its module and name, as nnssl's ``DynamicArchitecturePlans.serialize`` writes
-    them (``torch.nn.modules.activation.LeakyReLU``)."""
+    them (``torch.nn.modules.activation.LeakyReLU``), and the values again under the names nnU-Net's nnssl route
+    reads for the class (the family's ``NNUNetForm.nnssl_names``)."""
     block = nnunet_architecture(spec, source)
     _, resolved = located(block)
     kwargs = dict(block["arch_kwargs"])
     for key in block["_kw_requires_import"]:
         if resolved.get(key) is not None:
             kwargs[key] = f"{resolved[key].__module__}.{resolved[key].__qualname__}"
+    form = family_of(spec["arch"]).nnunet  # the names nnU-Net's nnssl route reads for this class, besides
+    kwargs.update({new: kwargs[own] for new, own in form.nnssl_names.items()})  # type: ignore[union-attr]
     return block["network_class_name"].rsplit(".", 1)[-1], kwargs
 
 

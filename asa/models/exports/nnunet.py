@@ -82,9 +82,12 @@ def nnunet_network(export: Mapping[str, Any], *, in_channels: int | None = None,
     if channels < 1 or (channels != own_channels and own_channels != 1):
         raise ValueError(f"nnunet in_channels={in_channels}: the encoder takes {own_channels} channel(s); only a "
                          "1-channel stem is adapted to more")
+    form: NNUNetForm = family_of(export["network"]["arch"]).nnunet  # type: ignore[union-attr, assignment]
+    if form.deep_supervision is not None:  # as get_network_from_plans passes it
+        kwargs["deep_supervision"] = form.deep_supervision
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = cls(input_channels=channels, num_classes=2, deep_supervision=True, **kwargs)
+        net = cls(input_channels=channels, num_classes=2, **kwargs)
         if hasattr(net, "initialize"):
             net.apply(net.initialize)  # nnU-Net's own initialisation (get_network_from_plans, allow_init=True)
     keys = family_of(export["network"]["arch"]).encoder_keys(net)  # as nnU-Net's network declares them
@@ -137,10 +140,19 @@ READING_NOTE = (
     "nonzero region, 0 outside, without the clip.")
 
 
-def describe_nnunet(folder: Path, weights_file: str, plans_file: str) -> str:
-    """The command lines that use an export in nnU-Net v2 (for the model card and the console): the plans merged,
-    then ``nnUNetv2_train`` with the warm-up trainer the docs recommend (``NNUNET_TRAINER``)."""
-    return (f"merge {folder / plans_file} into nnUNet_preprocessed/DatasetXXX/<plans>.json "
-            "(asa-export --nnunet-plans does it), then\n"
-            f"nnUNetv2_train DatasetXXX {NNUNET_CONFIGURATION} FOLD -p <plans> -tr {NNUNET_TRAINER} "
-            f"-pretrained_weights {folder / weights_file}")
+def describe_nnunet(spec: Mapping[str, Any], folder: Path, weights_file: str, plans_file: str) -> str:
+    """The command lines that use the export of the network ``spec`` in nnU-Net v2 (for the model card and the
+    console): the plans merged, then ``nnUNetv2_train`` with the warm-up trainer the docs recommend
+    (``NNUNET_TRAINER``); for a class that takes no ``deep_supervision`` (its family's `NNUNetForm`), what the trainer
+    must do instead."""
+    lines = (f"merge {folder / plans_file} into nnUNet_preprocessed/DatasetXXX/<plans>.json "
+             "(asa-export --nnunet-plans does it), then\n"
+             f"nnUNetv2_train DatasetXXX {NNUNET_CONFIGURATION} FOLD -p <plans> -tr {NNUNET_TRAINER} "
+             f"-pretrained_weights {folder / weights_file}")
+    form: NNUNetForm = family_of(spec["arch"]).nnunet  # type: ignore[union-attr, assignment]
+    if form.deep_supervision is None:
+        lines += (f"\n# {form.class_name} takes no deep_supervision, which nnU-Net's trainers pass: -tr a trainer with "
+                  "enable_deep_supervision = False whose build_network_architecture calls get_network_from_plans(..., "
+                  "deep_supervision=None); -pretrained_weights checks every tensor but .seg_layers., the output "
+                  "layer included: the file's network has 2 output classes (one foreground label)")
+    return lines

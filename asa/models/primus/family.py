@@ -1,21 +1,28 @@
 """The Primus family (`asa.models.family`): dynamic-network-architectures' Primus as the segmenter ``primus``, its
 masked twin ``primus_pretrain`` (asa-pretrain ``model=primus``, ``method=mae|asa``); the encoder's keys are the ones
-Primus declares (``eva``, its stem ``down_projection``), read off the network."""
+Primus declares (``eva``, its stem ``down_projection``), read off the network.
+
+nnU-Net builds the same class (``dynamic_network_architectures.architectures.primus.Primus``) from its plans'
+``arch_kwargs`` (`PRIMUS_NNUNET`), so the family has both exports; a Primus with asa's symmetric position code
+(``pos_mode=mirror``), which nnU-Net's class has not, is refused. A Primus file of nnssl is read back: an nnssl plan
+names this class with its ``arch_kwargs`` (asa's export)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from asa.models.blocks.sizes import to_3tuple
-from asa.models.family import EncoderFace, EncoderKeys, Family, Geometry, register_family
+from asa.models.family import EncoderFace, EncoderKeys, Family, Geometry, NNUNetForm, register_family
 from asa.models.primus.masked import PrimusPretrainModel
-from asa.models.primus.network import PRIMUS_SIZES
+from asa.models.primus.network import PRIMUS_SIZES, TOPOLOGY
+from asa.models.published import FileEncoder
 
-__all__ = ["PRIMUS", "PRIMUS_KEYS", "PrimusTokens"]
+__all__ = ["PRIMUS", "PRIMUS_KEYS", "PRIMUS_NNUNET", "PrimusTokens"]
 
 
 class _Encoder(nn.Module):
@@ -50,6 +57,67 @@ class PrimusTokens(EncoderFace):
 # as Primus declares them on its instances (key_to_encoder, key_to_stem, keys_to_in_proj; tested equal), for what
 # reads a file before a network is built (asa.load_encoder, the encoder export)
 PRIMUS_KEYS = EncoderKeys("eva", "down_projection", ("down_projection.proj",))
+
+
+def _topology(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Primus's arguments of a primus spec's kwargs: its size's, and a published file's topology over them."""
+    return {**PRIMUS_SIZES[kwargs.get("size", "B")], "init_values": None, "scale_attn_inner": False,
+            **{k: kwargs[k] for k in TOPOLOGY if k in kwargs}}
+
+
+def _export_check(form: str, spec: Mapping[str, Any]) -> str | None:
+    """nnU-Net's and nnssl's Primus has Primus's own position codes only: asa's symmetric code is refused."""
+    if (spec.get("kwargs") or {}).get("pos_mode", "none") != "none":
+        return ("a Primus with asa's symmetric position code (model.pos_mode=mirror), which nnU-Net's Primus has not "
+                "(its learned code and RoPE only); export one pretrained with model.pos_mode=none")
+    return None
+
+
+def _arch_kwargs(spec: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """nnU-Net's ``arch_kwargs`` of the primus network ``spec``: Primus's arguments (its __init__'s names)."""
+    kwargs = spec.get("kwargs") or {}
+    if "img_size" not in kwargs or "patch_size" not in kwargs:
+        raise ValueError(f"{source}: the network spec records no img_size / patch_size; re-save it with this asa")
+    return {**_topology(kwargs), "patch_embed_size": [int(kwargs["patch_size"])] * 3,
+            "input_shape": [int(e) for e in to_3tuple(kwargs["img_size"], "img_size")]}
+
+
+def _spec(arch_kwargs: Mapping[str, Any], in_channels: int, crop: int) -> dict[str, Any]:
+    """The ``primus`` spec of a file of dynamic-network-architectures' Primus (``arch_kwargs``), at its
+    ``input_shape`` (the grid its learned position code is of), its topology recorded beyond the size."""
+    patch = {int(p) for p in arch_kwargs["patch_embed_size"]}
+    shape = [int(e) for e in arch_kwargs["input_shape"]]
+    topology = {k: arch_kwargs[k] for k in TOPOLOGY if k in arch_kwargs}
+    size = next((name for name, dims in PRIMUS_SIZES.items() if all(topology.get(k) == v for k, v in dims.items())),
+                "B")
+    return {"arch": "primus", "kwargs": {
+        "img_size": shape, "in_channels": int(in_channels), "out_channels": int(in_channels), "size": size,
+        "patch_size": patch.pop(), "pos_mode": "none", "lr_axis": 0, **topology}}
+
+
+def _read(weights: dict[str, torch.Tensor], info: Mapping[str, Any], path: Path) -> FileEncoder:
+    """A published Primus: its ``eva`` and ``down_projection`` tensors, the network as the plan states it."""
+    kwargs = dict(info.get("arch_kwargs") or {})
+    if not kwargs:
+        raise ValueError(f"{path}: a Primus plan ({info.get('architecture')}) without arch_kwargs")
+    patch, shape = {int(p) for p in kwargs["patch_embed_size"]}, [int(e) for e in kwargs["input_shape"]]
+    if len(patch) != 1 or len(set(shape)) != 1:
+        raise ValueError(f"{path}: a Primus of patch {kwargs['patch_embed_size']} on {shape}; asa's Primus takes a "
+                         "cubic patch on a cubic crop")
+    prefixes = PRIMUS_KEYS.prefixes
+    return FileEncoder(weights={k: v for k, v in weights.items() if k.startswith(prefixes)},
+                       left_out=[info["prefix"] + k for k in weights if not k.startswith(prefixes)],
+                       arch_kwargs=kwargs, in_proj=PRIMUS_KEYS.in_proj_weights[0], stride=patch.pop(),
+                       crop=(shape[0], f"the file's Primus input_shape {shape}, the grid of its learned position "
+                                       "code"))
+
+
+PRIMUS_NNUNET = NNUNetForm(
+    "dynamic_network_architectures.architectures.primus.Primus", _arch_kwargs, _spec, requires_import=(),
+    keys=PRIMUS_KEYS, read=_read, deep_supervision=None,
+    # nnU-Net's PretrainedTrainer_Primusx (nnunetv2/training/nnUNetTrainer/pretraining/thrp_primusx_finetuning.py)
+    nnssl_names={"encoder_eva_depth": "eva_depth", "encoder_eva_numheads": "eva_numheads"})
 PRIMUS = register_family(Family(
     "primus", face=PrimusTokens(), masked="primus_pretrain", pretrain_settings=PrimusPretrainModel,
-    segmenter="primus", keys=PRIMUS_KEYS, presets={size: {"size": size} for size in PRIMUS_SIZES}))
+    segmenter="primus", exports=("nnunet", "nnssl"), nnunet=PRIMUS_NNUNET, export_check=_export_check,
+    keys=PRIMUS_KEYS, presets={size: {"size": size} for size in PRIMUS_SIZES}))

@@ -11,6 +11,7 @@ which asa's other networks do without."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from asa.models.declared import Capabilities
 from asa.models.family import family_of, pretrains, read_file
 from asa.models.registry import NetworkSettings, record_spec, register_network
 
-__all__ = ["PRIMUS_SIZES", "POS_MODES", "PrimusNet", "PrimusOptions", "PrimusSettings", "dna_class", "primus"]
+__all__ = ["PRIMUS_SIZES", "POS_MODES", "TOPOLOGY", "PrimusNet", "PrimusOptions", "PrimusSettings", "dna_class", "primus"]
 
 # Primus's sizes (dynamic-network-architectures' _PRIMUS_CONFIGS, stated here: reading them imports timm) and a
 # tiny one for CPU tests
@@ -77,6 +78,8 @@ def dna_class(name: str) -> type[nn.Module]:
     return {"Primus": Primus, "Eva": Eva}[name]
 
 
+# what a published file's Primus may set beyond its size (`PrimusNet`'s ``topology``): Primus's own arguments
+TOPOLOGY = ("embed_dim", "eva_depth", "eva_numheads", "init_values", "scale_attn_inner")
 POS_MODES = ("none", "mirror")  # none: Primus's own codes alone; mirror: + asa's symmetric code (docs/method.md §1.2)
 
 
@@ -110,20 +113,27 @@ class PrimusNet(nn.Module):
         pos_mode: ``none`` | ``mirror`` (`POS_MODES`).
         lr_axis: the symmetric code's left-right axis.
         drop_path_rate: stochastic depth of the EVA blocks.
+        topology: a published file's Primus beyond ``size`` (`TOPOLOGY`: ``embed_dim``, ``eva_depth``,
+            ``eva_numheads``, and the layer scale ``init_values`` and ``scale_attn_inner`` of nnssl's presets), as
+            Primus takes them; the size's for those not given.
 
     forward(x [B, C, *img_size]) -> [B, out_channels, *img_size].
     """
 
     def __init__(self, *, img_size: tuple[int, int, int], in_channels: int, out_channels: int, size: str,
-                 patch_size: int, pos_mode: str, lr_axis: int, drop_path_rate: float = 0.0) -> None:
+                 patch_size: int, pos_mode: str, lr_axis: int, drop_path_rate: float = 0.0,
+                 topology: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         if size not in PRIMUS_SIZES:
             raise ValueError(f"size={size}: Primus's sizes are {', '.join(PRIMUS_SIZES)}")
         if pos_mode not in POS_MODES:
             raise ValueError(f"pos_mode={pos_mode}: Primus takes {' or '.join(POS_MODES)}")
         grid = patch_grid(img_size, patch_size)  # refuses a crop the patch does not divide
+        if unknown := sorted(set(topology or {}) - set(TOPOLOGY)):
+            raise ValueError(f"{', '.join(unknown)}: a Primus's topology is set by {', '.join(TOPOLOGY)}")
         primus = dna_class("Primus")(int(in_channels), num_classes=int(out_channels), patch_embed_size=(patch_size,) * 3,
-                                 input_shape=tuple(img_size), drop_path_rate=drop_path_rate, **PRIMUS_SIZES[size])
+                                 input_shape=tuple(img_size), drop_path_rate=drop_path_rate,
+                                 **{**PRIMUS_SIZES[size], **(topology or {})})
         # Primus's parts under its names, in its order (its state dict, key for key), and its declared keys
         self.down_projection, self.up_projection, self.eva = primus.down_projection, primus.up_projection, primus.eva
         self.register_buffer("mask_token", primus.mask_token)
@@ -199,12 +209,14 @@ class PrimusNet(nn.Module):
 
 @register_network("primus", kind="segmentation", encoder="eva", settings=PrimusSettings, family="primus")
 def primus(*, img_size: Any, in_channels: int, out_channels: int, size: str = "B", patch_size: int = 8,
-           pos_mode: str = "none", lr_axis: int = 0, drop_path_rate: float = 0.0) -> PrimusNet:
-    """The Primus segmenter for crops of ``img_size`` (arguments as :class:`PrimusNet`'s)."""
+           pos_mode: str = "none", lr_axis: int = 0, drop_path_rate: float = 0.0, **topology: Any) -> PrimusNet:
+    """The Primus segmenter for crops of ``img_size`` (arguments as :class:`PrimusNet`'s; ``topology``: a published
+    file's, recorded in the spec only when given)."""
     sizes = list(to_3tuple(img_size, "img_size"))
     net = PrimusNet(img_size=tuple(sizes), in_channels=in_channels, out_channels=out_channels, size=size,
-                    patch_size=patch_size, pos_mode=pos_mode, lr_axis=lr_axis, drop_path_rate=drop_path_rate)
+                    patch_size=patch_size, pos_mode=pos_mode, lr_axis=lr_axis, drop_path_rate=drop_path_rate,
+                    topology=topology)
     return record_spec(net, "primus", {
         "img_size": sizes, "in_channels": int(in_channels), "out_channels": int(out_channels), "size": size,
         "patch_size": int(patch_size), "pos_mode": pos_mode, "lr_axis": int(lr_axis),
-        "drop_path_rate": float(drop_path_rate)})
+        "drop_path_rate": float(drop_path_rate), **topology})
