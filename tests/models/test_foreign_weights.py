@@ -281,10 +281,14 @@ def test_the_file_layer_reads_nnunets_terms_and_the_family_gives_the_spec(files,
 
 def test_other_nnssl_architecture_is_refused(tmp_path):
     blob = nnssl_checkpoint()
-    blob["nnssl_adaptation_plan"]["architecture_plans"]["arch_class_name"] = "PrimusM"
-    path = tmp_path / "primus.pth"
+    blob["nnssl_adaptation_plan"]["architecture_plans"]["arch_class_name"] = "SwinUNETR"
+    path = tmp_path / "swin.pth"
     torch.save(blob, path)
-    with pytest.raises(ValueError, match="arch_class_name='PrimusM'"):
+    with pytest.raises(ValueError, match=r"arch_class_name='SwinUNETR'; asa reads .*PrimusM"):
+        asa.load_encoder(path)
+    blob["nnssl_adaptation_plan"]["architecture_plans"]["arch_class_name"] = "PrimusM"  # read as Primus: keys differ
+    torch.save(blob, path)
+    with pytest.raises(ValueError, match=r"key_to_encoder='encoder.stages', expected 'eva'"):
         asa.load_encoder(path)
 
 

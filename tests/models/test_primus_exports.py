@@ -1,7 +1,7 @@
 """Primus both ways with nnU-Net and nnssl: asa-export of a Primus pretrained by asa-pretrain writes nnU-Net v2's
 ``-pretrained_weights`` file and plans block, which nnU-Net's own builder and loader take, and nnssl's checkpoint with
 its adaptation plan, loaded here by the rules of nnU-Net's nnssl route for Primus (restated: nnU-Net 2.8.1 lacks
-it)."""
+it); a file nnssl writes of its own Primus presets is read by asa with every encoder tensor equal."""
 
 from __future__ import annotations
 
@@ -105,3 +105,65 @@ def test_a_primus_with_the_symmetric_code_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"--nnunet-channels: .* symmetric position code"):
         export_model(path, tmp_path / "out", nnunet_channels=2)
 
+
+# --- a Primus file nnssl writes ------------------------------------------------------------------------------------
+
+def _nnssl_primus(patch: int = CROP, recommended: int = 48) -> dict:
+    """checkpoint_final.pth of nnssl's Primus (BaseEvaMAETrainer's adaptation plan: the preset ``PrimusS`` without
+    arch_kwargs, keys eva / down_projection / eva.pos_embed), the network as nnssl's get_network_by_name builds the
+    preset: dynamic-network-architectures' PrimusS at patch 8³ on the pretraining patch."""
+    from dynamic_network_architectures.architectures.primus import PrimusS
+
+    torch.manual_seed(0)
+    net = PrimusS(input_channels=1, output_channels=1, input_shape=(patch,) * 3, patch_embed_size=(8, 8, 8))
+    for p in net.parameters():  # distinct values everywhere (the layer scale starts at 0.1)
+        p.data.normal_()
+    config = {"data_identifier": "nnsslPlans_onemmiso", "preprocessor_name": "DefaultPreprocessor",
+              "spacing_style": "onemmiso", "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False],
+              "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": {},
+              "resampling_fn_mask": "resample_data_or_seg_to_shape", "resampling_fn_mask_kwargs": {},
+              "spacing": [1.0, 1.0, 1.0], "patch_size": [patch] * 3}
+    plan = {"architecture_plans": {"arch_class_name": "PrimusS", "arch_kwargs": None, "arch_kwargs_requiring_import": []},
+            "pretrain_plan": {"dataset_name": "Dataset745_OpenMind", "plans_name": "nnsslPlans",
+                              "original_median_spacing_after_transp": [1, 1, 1], "image_reader_writer": "NibabelReaderWriter",
+                              "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+                              "experiment_planner_used": "ExperimentPlanner", "configurations": {"onemmiso": config}},
+            "pretrain_num_input_channels": 1, "recommended_downstream_patchsize": [recommended] * 3,
+            "key_to_encoder": "eva", "key_to_stem": "down_projection", "keys_to_in_proj": ["down_projection.proj"],
+            "key_to_lpe": "eva.pos_embed"}
+    return {"network_weights": net.state_dict(), "nnssl_adaptation_plan": plan, "trainer_name": "BaseEvaMAETrainer",
+            "current_epoch": 1000}
+
+
+def test_an_nnssl_primus_file_loads_every_encoder_tensor(tmp_path, capsys):
+    path = tmp_path / "checkpoint_final.pth"
+    blob = _nnssl_primus()
+    torch.save(blob, path)
+    weights = blob["network_weights"]
+    own = {k: v for k, v in weights.items() if k.startswith(("eva.", "down_projection."))}
+    assert any(".gamma_1" in k for k in own) and any(".norm." in k for k in own)  # layer scale, inner attention norm
+    encoder = asa.load_encoder(path)  # the patch embedding and EVA, as the family's face gives them
+    assert "published layout: nnssl (PrimusS)" in capsys.readouterr().out
+    state = encoder.net.state_dict()
+    assert [k for k in own if not torch.equal(state[k], own[k])] == []
+    # asa-finetune's road: the crop is the file's input_shape (its learned position code's grid), not the
+    # recommended 48, and the topology the preset's whatever model.size says
+    net = build_from_config({"arch": "primus", "pretrained": str(path)}, {}, in_channels=1, out_channels=2, crop=None)
+    assert net.img_size == (CROP,) * 3 and net.embed_dim == 396
+    assert [k for k in own if not torch.equal(net.state_dict()[k], own[k])] == []
+    assert net(torch.randn(1, 1, CROP, CROP, CROP)).shape == (1, 2, CROP, CROP, CROP)
+    with pytest.raises(ValueError, match=r"(?s)shape mismatch loading .*eva\.pos_embed"):  # the recommended 48
+        build_from_config({"arch": "primus", "pretrained": str(path)}, {}, in_channels=1, out_channels=2, crop=48)
+
+
+def test_an_nnssl_primus_file_of_other_keys_or_without_its_patch_is_refused(tmp_path):
+    blob = _nnssl_primus()
+    blob["nnssl_adaptation_plan"]["key_to_encoder"] = "encoder.eva"  # nnssl's contrastive trainers wrap Primus
+    torch.save(blob, tmp_path / "wrapped.pth")
+    with pytest.raises(ValueError, match=r"key_to_encoder='encoder.eva', expected 'eva'"):
+        asa.load_encoder(tmp_path / "wrapped.pth")
+    blob = _nnssl_primus()
+    del blob["nnssl_adaptation_plan"]["pretrain_plan"]["configurations"]["onemmiso"]["patch_size"]
+    torch.save(blob, tmp_path / "nopatch.pth")
+    with pytest.raises(ValueError, match=r"a Primus plan \(PrimusS\) without arch_kwargs and without the pretraining"):
+        asa.load_encoder(tmp_path / "nopatch.pth")

@@ -5,7 +5,10 @@ Primus declares (``eva``, its stem ``down_projection``), read off the network.
 nnU-Net builds the same class (``dynamic_network_architectures.architectures.primus.Primus``) from its plans'
 ``arch_kwargs`` (`PRIMUS_NNUNET`), so the family has both exports; a Primus with asa's symmetric position code
 (``pos_mode=mirror``), which nnU-Net's class has not, is refused. A Primus file of nnssl is read back: an nnssl plan
-names this class with its ``arch_kwargs`` (asa's export)."""
+names either this class with its ``arch_kwargs`` (asa's export) or one of nnssl's presets ``PrimusS`` / ``PrimusB`` /
+``PrimusM`` / ``PrimusL`` without them (``src/nnssl/architectures/get_network_by_name.py``: dynamic-network-
+architectures' ``PrimusS`` ... ``PrimusL`` at patch 8³ on the pretraining plan's patch, whose constructors default to
+layer scale ``init_values=0.1`` and ``scale_attn_inner=True``)."""
 
 from __future__ import annotations
 
@@ -57,6 +60,9 @@ class PrimusTokens(EncoderFace):
 # as Primus declares them on its instances (key_to_encoder, key_to_stem, keys_to_in_proj; tested equal), for what
 # reads a file before a network is built (asa.load_encoder, the encoder export)
 PRIMUS_KEYS = EncoderKeys("eva", "down_projection", ("down_projection.proj",))
+# nnssl's Primus presets (arch_class_name, no arch_kwargs) -> their size; patch 8³, layer scale as their defaults
+NNSSL_PRESETS = {f"Primus{size}": size for size in ("S", "B", "M", "L")}
+NNSSL_PRESET_PATCH, NNSSL_LAYER_SCALE = 8, {"init_values": 0.1, "scale_attn_inner": True}
 
 
 def _topology(kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -96,10 +102,17 @@ def _spec(arch_kwargs: Mapping[str, Any], in_channels: int, crop: int) -> dict[s
 
 
 def _read(weights: dict[str, torch.Tensor], info: Mapping[str, Any], path: Path) -> FileEncoder:
-    """A published Primus: its ``eva`` and ``down_projection`` tensors, the network as the plan states it."""
+    """A published Primus: its ``eva`` and ``down_projection`` tensors, the network as the plan states it or, for
+    one of nnssl's presets, as the preset builds it on the pretraining plan's patch."""
+    named = str(info.get("architecture")).rsplit(".", 1)[-1]
     kwargs = dict(info.get("arch_kwargs") or {})
     if not kwargs:
-        raise ValueError(f"{path}: a Primus plan ({info.get('architecture')}) without arch_kwargs")
+        patch = info.get("pretrain_patch")
+        if named not in NNSSL_PRESETS or not patch:
+            raise ValueError(f"{path}: a Primus plan ({named}) without arch_kwargs and without the pretraining "
+                             "configuration's patch_size, which nnssl's presets are built on")
+        kwargs = {**PRIMUS_SIZES[NNSSL_PRESETS[named]], **NNSSL_LAYER_SCALE,
+                  "patch_embed_size": [NNSSL_PRESET_PATCH] * 3, "input_shape": [int(p) for p in patch]}
     patch, shape = {int(p) for p in kwargs["patch_embed_size"]}, [int(e) for e in kwargs["input_shape"]]
     if len(patch) != 1 or len(set(shape)) != 1:
         raise ValueError(f"{path}: a Primus of patch {kwargs['patch_embed_size']} on {shape}; asa's Primus takes a "
@@ -114,7 +127,7 @@ def _read(weights: dict[str, torch.Tensor], info: Mapping[str, Any], path: Path)
 
 PRIMUS_NNUNET = NNUNetForm(
     "dynamic_network_architectures.architectures.primus.Primus", _arch_kwargs, _spec, requires_import=(),
-    keys=PRIMUS_KEYS, read=_read, deep_supervision=None,
+    keys=PRIMUS_KEYS, read=_read, presets=tuple(NNSSL_PRESETS), deep_supervision=None,
     # nnU-Net's PretrainedTrainer_Primusx (nnunetv2/training/nnUNetTrainer/pretraining/thrp_primusx_finetuning.py)
     nnssl_names={"encoder_eva_depth": "eva_depth", "encoder_eva_numheads": "eva_numheads"})
 PRIMUS = register_family(Family(
