@@ -109,23 +109,26 @@ class NNUNetForm:
     plans' ``arch_kwargs`` of a network spec of the family, the op classes as dotted names (``requires_import``:
     the keys that hold them), refused naming ``source`` for a spec it cannot write; ``spec``, the inverse:
     (arch_kwargs, input channels, crop edge) -> the spec of the family's network whose encoder a file of that
-    architecture initialises (a published or exported nnU-Net / nnssl file read back, `asa.models.load_weights`)."""
+    architecture initialises (a published or exported nnU-Net / nnssl file read back, `asa.models.load_weights`).
+
+    Reading such a file (`asa.models.published`): ``keys``, the transfer keys the class declares on its instances
+    (an nnssl plan must name them); ``read``, which of the file's tensors are the encoder and what network they form
+    (default: as an nnssl plan states a dynamic-network-architectures U-Net); ``layouts``, the published layouts
+    without a plan that hold the architecture (nnU-Net's, AMAES's); ``presets``, nnssl's named architectures of the
+    class (``ResEncL``, ``PrimusM``: an ``arch_class_name`` without ``arch_kwargs``). Building it:
+    ``deep_supervision``, what nnU-Net's builder passes (None: the class takes none); ``nnssl_names``, the
+    ``arch_kwargs`` an nnssl plan states again under the names nnU-Net's nnssl route reads."""
 
     network_class: str
     arch_kwargs: Callable[[Mapping[str, Any], str], dict[str, Any]]
     spec: Callable[[Mapping[str, Any], int, int], dict[str, Any]]
     requires_import: tuple[str, ...] = ("conv_op", "norm_op", "dropout_op", "nonlin")
-    # reading a published file of the architecture (`asa.models.published`): the keys its instances declare (tested
-    # equal; an nnssl plan must name them), how its encoder and network are read off the file's tensors and plan,
-    # the layouts without a plan that hold it, and nnssl's named architectures (arch_class_name, no kwargs) of it
-    keys: Optional[EncoderKeys] = None
+    keys: Optional[EncoderKeys] = None  # as its instances declare them (tested equal)
     read: Callable[[dict, Mapping[str, Any], Path], FileEncoder] = read_planned
     layouts: tuple[str, ...] = ()
     presets: tuple[str, ...] = ()
-    # what nnU-Net's builder passes as deep_supervision (get_network_from_plans; None: the class takes none)
-    deep_supervision: Optional[bool] = True
-    # arch_kwargs an nnssl plan states besides nnU-Net's, under the names nnU-Net's nnssl route reads: new <- nnU-Net's
-    nnssl_names: Mapping[str, str] = field(default_factory=dict)
+    deep_supervision: Optional[bool] = True  # as get_network_from_plans passes it
+    nnssl_names: Mapping[str, str] = field(default_factory=dict)  # the route's name -> nnU-Net's
 
     @property
     def class_name(self) -> str:

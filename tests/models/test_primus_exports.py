@@ -119,15 +119,17 @@ def _nnssl_primus(patch: int = CROP, recommended: int = 48) -> dict:
     for p in net.parameters():  # distinct values everywhere (the layer scale starts at 0.1)
         p.data.normal_()
     config = {"data_identifier": "nnsslPlans_onemmiso", "preprocessor_name": "DefaultPreprocessor",
-              "spacing_style": "onemmiso", "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False],
-              "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": {},
-              "resampling_fn_mask": "resample_data_or_seg_to_shape", "resampling_fn_mask_kwargs": {},
-              "spacing": [1.0, 1.0, 1.0], "patch_size": [patch] * 3}
-    plan = {"architecture_plans": {"arch_class_name": "PrimusS", "arch_kwargs": None, "arch_kwargs_requiring_import": []},
+              "spacing_style": "onemmiso", "normalization_schemes": ["ZScoreNormalization"],
+              "use_mask_for_norm": [False], "resampling_fn_data": "resample_data_or_seg_to_shape",
+              "resampling_fn_data_kwargs": {}, "resampling_fn_mask": "resample_data_or_seg_to_shape",
+              "resampling_fn_mask_kwargs": {}, "spacing": [1.0, 1.0, 1.0], "patch_size": [patch] * 3}
+    plan = {"architecture_plans": {"arch_class_name": "PrimusS", "arch_kwargs": None,
+                                   "arch_kwargs_requiring_import": []},
             "pretrain_plan": {"dataset_name": "Dataset745_OpenMind", "plans_name": "nnsslPlans",
-                              "original_median_spacing_after_transp": [1, 1, 1], "image_reader_writer": "NibabelReaderWriter",
-                              "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-                              "experiment_planner_used": "ExperimentPlanner", "configurations": {"onemmiso": config}},
+                              "original_median_spacing_after_transp": [1, 1, 1],
+                              "image_reader_writer": "NibabelReaderWriter", "transpose_forward": [0, 1, 2],
+                              "transpose_backward": [0, 1, 2], "experiment_planner_used": "ExperimentPlanner",
+                              "configurations": {"onemmiso": config}},
             "pretrain_num_input_channels": 1, "recommended_downstream_patchsize": [recommended] * 3,
             "key_to_encoder": "eva", "key_to_stem": "down_projection", "keys_to_in_proj": ["down_projection.proj"],
             "key_to_lpe": "eva.pos_embed"}

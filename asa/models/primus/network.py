@@ -28,7 +28,8 @@ from asa.models.declared import Capabilities
 from asa.models.family import family_of, pretrains, read_file
 from asa.models.registry import NetworkSettings, record_spec, register_network
 
-__all__ = ["PRIMUS_SIZES", "POS_MODES", "TOPOLOGY", "PrimusNet", "PrimusOptions", "PrimusSettings", "dna_class", "primus"]
+__all__ = ["PRIMUS_SIZES", "POS_MODES", "TOPOLOGY", "PrimusNet", "PrimusOptions", "PrimusSettings", "dna_class",
+           "primus"]
 
 # Primus's sizes (dynamic-network-architectures' _PRIMUS_CONFIGS, stated here: reading them imports timm) and a
 # tiny one for CPU tests
