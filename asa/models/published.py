@@ -24,7 +24,7 @@ import torch
 
 from asa.io.foreign import plain, plan_crop
 
-__all__ = ["FileEncoder", "read_published"]
+__all__ = ["FileEncoder", "read_planned", "read_published"]
 
 
 class FileEncoder(NamedTuple):
@@ -98,7 +98,6 @@ def read_published(blob: Mapping[str, Any], forms: Sequence[Any]) -> dict[str, A
     if blob.get("cohort") is not None:
         export["cohort"] = blob["cohort"]
     return export
-
 
 
 def read_planned(weights: dict[str, torch.Tensor], info: Mapping[str, Any], path: Path) -> FileEncoder:
