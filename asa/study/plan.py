@@ -147,12 +147,16 @@ def parse_network(text: str, scale: Scale) -> Network:
     """``<family>`` (the scale's size of it: ``resenc``, ``swvit``) or ``<family>-<size>`` (``resenc-S|M|L|tiny``,
     ``swvit-tiny|small|base``) for every family that declares a masked twin and a segmentation network."""
     family, _, size = text.partition("-")
-    studied = {name: f for name, f in families().items() if f.masked and f.segmenter}
-    sizes = {name: tuple(f.presets) for name, f in studied.items()}
-    if family not in studied or (size and size not in sizes[family]):
+    sizes = studied_networks()
+    if family not in sizes or (size and size not in sizes[family]):
         refuse(f"--network {text}: expected a network family with a masked twin, optionally with a size: "
                + "; ".join(f"{f}-{'|'.join(s)}" if s else f for f, s in sizes.items()))
     return Network(family, size or getattr(scale, family, None))
+
+
+def studied_networks() -> dict[str, tuple[str, ...]]:
+    """Every family a study can run (a masked twin and a segmentation network, `asa.models.families`) -> its sizes."""
+    return {name: tuple(f.presets) for name, f in families().items() if f.masked and f.segmenter}
 
 
 

@@ -61,7 +61,8 @@ from asa.study.common import (REFUSED, Clock, add_scale_options, finished, machi
 from asa.study.plan import (ARMS, CHOICES, CONTROL, COORD_SCRATCH, GROWS, PILOT, RECIPES, SCALES, SCRATCH, SUPERVISED,
                             SWVIT_ARMS, Network, Pretraining, Scale, Supervised, finetune_arms, labeled_split,
                             overlap_overrides, parse_network, plan_pretraining, pretraining_argv, recipe_overrides,
-                            supervised_channel, supervised_overrides, supervised_splits, write_store_splits)
+                            studied_networks, supervised_channel, supervised_overrides, supervised_splits,
+                            write_store_splits)
 from asa.study.readout import (PILOT_FLOOR, loss_plateau, optimiser_progress, pilot_budget, pilot_reading, pilot_scores,
                                pretraining_summary)
 from asa.study.scheduler import Unit, run_unit, run_units, stop_on_signals
@@ -89,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, required=True, help="the labeled set's folder")
     p.add_argument("--out", type=Path, required=True, help="the study folder (a rerun continues it)")
     p.add_argument("--network", default="resenc",
-                   help="a network family with a masked twin, optionally with one of its sizes: resenc[-tiny|-S|-M|-L], "
-                        "swvit[-tiny|-small|-base] or a plug-in's family (asa.models.Family); default: resenc at the "
-                        "scale's size")
+                   help="a network family with a masked twin, optionally with one of its sizes: "
+                        + ", ".join(f"{f}[-{'|-'.join(s)}]" if s else f for f, s in studied_networks().items())
+                        + " or a plug-in's family (asa.models.Family); default: resenc at the scale's size")
     p.add_argument("--pretrain-channels", choices=("t1", "all"),
                    help="the channels the pretraining runs (and the negative control) read: all (the fine-tuning "
                         "channels, in their order, matched by meaning: T1gd is t1ce) or t1 (its stem adapted to the "

@@ -115,6 +115,8 @@ def test_the_study_reads_primus_off_the_registry():
     assert network.missing("asa") == network.missing("mae") == [] and network.missing("asa-coord") == ["coord_channel"]
     cfg = load_config("pretrain", *network.pretrain("asa"))
     assert cfg.model.arch == "primus" and cfg.model.size == "tiny" and cfg.method.loss_weighting == "attentive"
+    from asa.study.study import build_parser
+    assert "primus[-tiny|-S|-B|-M|-L]" in " ".join(build_parser().format_help().split())  # --help reads the registry
 
 
 def test_model_primus_pretrains_exports_and_fine_tunes(tmp_path):
