@@ -34,7 +34,7 @@ from asa.api.machinery.onnx_export import (ONNX_FILE, OnnxExport, export_onnx, o
                                   write_onnx_folder)
 from asa.models.exports.nnssl import nnssl_checkpoint
 from asa.models.exports.nnunet import (NNUNET_CONFIGURATION, READING_NOTE, describe_nnunet, nnunet_checkpoint,
-                                   nnunet_fault, nnunet_plans_snippet)
+                                       nnunet_fault, nnunet_plans_snippet)
 from asa.models.portable import encoder_export
 from asa.models.registry import NETWORK_KINDS, current_spec, network_record
 
