@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The study's headline contrasts on two test beds without shortcuts (docs/studies.md, "asa-study at --scale cpu"),
-# run from any folder: two asa-study runs side by side at --scale cpu, over data written two ways:
+# The study's headline contrasts on three test beds without shortcuts (docs/studies.md, "asa-study at --scale cpu"),
+# run from any folder: asa-study runs at --scale cpu, two at a time, over data written two ways:
 #
 #   free     asa-demo-data: a 4-contrast cohort of 40 template subjects (48^3) -> 40 labeled cases whose lesions have
 #            no location prior; mae, asa, the noise and supervised controls; the lesion Dice is the heterotopia's
@@ -8,11 +8,15 @@
 #   outside  benchmarks.outside_data, built without asa's generator: 40 healthy T1 subjects and 40 lesion cases, each
 #            nilearn's MNI152 template under its own affine and smooth warp, bias field, noise and orientation, 3 mm;
 #            the same arms, seeds 0 and 1
+#   heads    the free test bed as whole heads (asa-demo-data --skull: skull, scalp and neck in air with Rician noise,
+#            64^3 holding the head, about 3.6 mm), not skull-stripped: what a study reads on scans given as acquired;
+#            the same arms, seeds 0 and 1, after the free study
 #
-#   scripts/study_rerun.sh DATA_DIR STUDY_DIR [asa-study options for both studies]
+#   scripts/study_rerun.sh DATA_DIR STUDY_DIR [asa-study options for every study]
 #
 # Every study is resumable (rerun the same command to continue). The data are written once (a folder per set,
-# moved into place when complete). The free study runs its units two at a time, the outside one one at a time.
+# moved into place when complete). The free and heads studies run their units two at a time, the outside one one
+# at a time.
 set -euo pipefail
 DATA="${1:?usage: scripts/study_rerun.sh DATA_DIR STUDY_DIR [asa-study options]}"
 OUT="${2:?usage: scripts/study_rerun.sh DATA_DIR STUDY_DIR [asa-study options]}"
@@ -38,8 +42,13 @@ study() {  # NAME COHORT LABELED asa-study options...
 
 make_set cohort4 asa-demo-data --anatomy --size 48 --cases 40 --layout bids --seed 11 --contrasts t1 t1ce t2 flair --out
 make_set labeled asa-demo-data --anatomy --size 48 --cases 40 --layout msd --lesions --placement free --seed 2 --out
+make_set heads-cohort asa-demo-data --anatomy --skull --size 64 --cases 40 --layout bids --seed 11 \
+    --contrasts t1 t1ce t2 flair --out
+make_set heads-labeled asa-demo-data --anatomy --skull --size 64 --cases 40 --layout msd --lesions --placement free \
+    --seed 2 --out
 make_set outside bash -c 'cd "$0" && python -m benchmarks.outside_data --healthy 40 --lesions 40 --spacing 3 --seed 100 --out "$1"' "$HERE"
-study free "$DATA/cohort4" "$DATA/labeled" --lesion-classes heterotopia "$@" &
+{ study free "$DATA/cohort4" "$DATA/labeled" --lesion-classes heterotopia "$@"
+  study heads "$DATA/heads-cohort" "$DATA/heads-labeled" --lesion-classes heterotopia --seeds 0 1 --jobs 2 "$@"; } &
 free=$!
 study outside "$DATA/outside/cohort" "$DATA/outside/labeled" --seeds 0 1 --jobs 1 "$@" &
 outside=$!
