@@ -16,6 +16,7 @@ handed in.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
@@ -118,9 +119,7 @@ def read_planned(weights: dict[str, torch.Tensor], info: Mapping[str, Any], path
     if in_proj is None:
         raise ValueError(f"{path}: no input projection of the plan's keys_to_in_proj "
                          f"({', '.join(info.get('keys_to_in_proj') or ()) or 'none'}) among the encoder tensors")
-    stride = 1
-    for s in arch_kwargs["strides"]:
-        stride *= int(s[0]) if isinstance(s, (list, tuple)) else int(s)
+    stride = math.prod(int(s[0]) if isinstance(s, (list, tuple)) else int(s) for s in arch_kwargs["strides"])
     return FileEncoder(weights={k: v for k, v in weights.items() if k.startswith(prefixes)},
                        left_out=[k for k in weights if not k.startswith(prefixes)], arch_kwargs=dict(arch_kwargs),
                        in_proj=in_proj, stride=stride)

@@ -418,8 +418,8 @@ def train_and_score(run: Run, test_ids: Sequence[str], reuse: bool, device: str,
     cfg = compose_config("finetune", list(run.overrides))
     root, layout = dataset_root(cfg.data)
     by_id = {c.id: c for c in discover(layout, root, on_bad_case=str(cfg.data.on_bad_case))}
+    timed = run.run_dir / "wall_time.json"
     if not (reuse and finished(ckpt)):
-        timed = run.run_dir / "wall_time.json"
         # a run stopped mid-schedule (its last.pt saved on the signal) continues from it under --reuse, on its own
         # splits.json; without --reuse, or with no checkpoint to continue, it trains anew, the old run kept aside
         resumed = reuse and ckpt.is_file()
@@ -427,9 +427,9 @@ def train_and_score(run: Run, test_ids: Sequence[str], reuse: bool, device: str,
             print(f"[transfer] {run.arm}: continuing {run.run_dir} from step {int(load_checkpoint(ckpt)['step'])}",
                   flush=True)
             cfg = compose_config("finetune", [*run.overrides, "resume=true"])
-        elif (run.run_dir / "checkpoints").is_dir():
-            print(f"[transfer] moved the previous run to {move_aside(run.run_dir)}", flush=True)
-        if not resumed:
+        else:
+            if (run.run_dir / "checkpoints").is_dir():
+                print(f"[transfer] moved the previous run to {move_aside(run.run_dir)}", flush=True)
             rest = sorted(set(by_id) - set(run.train))  # test and unused cases: never seen by the run
             rest = sorted(set(rest) - set(run.val))
             atomic_write_json(run.run_dir / "splits.json", {"train": list(run.train), "val": list(run.val),
@@ -457,7 +457,6 @@ def train_and_score(run: Run, test_ids: Sequence[str], reuse: bool, device: str,
                 entry[column(name)] = row[column(name)]
             entry[column("mean")] = float(np.mean([row[column(c)] for c in task.output_names]))
         scores.append(entry)
-    timed = run.run_dir / "wall_time.json"
     seconds = json.loads(timed.read_text())["train_seconds"] if timed.is_file() else math.nan
     budget = {"arm": run.arm, "n": run.n, "seed": run.seed, "steps": int(load_checkpoint(ckpt)["step"]),
               "train_seconds": seconds, **logged_budget(run.run_dir)}

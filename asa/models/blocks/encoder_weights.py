@@ -154,7 +154,6 @@ def match_file_encoder(own: dict[str, torch.Tensor], blob: dict, path: str | Pat
             first = by_storage.setdefault(value.data_ptr(), key)
             if first != key and key in update and first in update and not torch.equal(update[key], update[first]):
                 faults.append(f"{first} and {key} are one tensor of the network but differ in the file")
-    if foreign is not None:
         faults += [f"{len(report.unexpected)} encoder tensor(s) of the file are not in the network "
                    f"({_first(report.unexpected)})"] if report.unexpected else []
         faults += [f"{len(report.mismatched)} of another shape ({_first(report.mismatched, 3)})"

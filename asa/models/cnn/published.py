@@ -16,6 +16,7 @@ out. The topology (features and blocks per stage, the input channels) is read of
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -108,9 +109,7 @@ def read_resenc(weights: dict[str, torch.Tensor], info: Mapping[str, Any], path:
                          f"{stages} encoder stages of the tensors")
     arch_kwargs = {"n_stages": stages, "features_per_stage": topo["features"], "strides": strides,
                    "n_blocks_per_stage": topo["blocks"], "n_conv_per_stage_decoder": decoder_convs}
-    total = 1
-    for s in strides:
-        total *= s
-    return FileEncoder(weights=encoder, left_out=left_out, arch_kwargs=arch_kwargs, in_proj=STEM, stride=total,
+    return FileEncoder(weights=encoder, left_out=left_out, arch_kwargs=arch_kwargs, in_proj=STEM,
+                       stride=math.prod(strides),
                        architecture="gardening_tools ResidualEncoderUNet (resenc_unet_b)"
                        if info["layout"] == "amaes" else None, aliases_resolved=aliased)
