@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from asa.eval.probe import encode_tokens
 from asa.losses.informativeness import NORMALIZATIONS
 from asa.losses.reconstruction import weight_spread
 from asa.methods.base import MethodSettings, PanelFn, PretrainingMethod, RegionNeeds, StepFn, register_method
@@ -114,7 +113,8 @@ class MAESettings(MaskedAutoencoderSettings):
 class MaskedAutoencoderPretraining(PretrainingMethod):
     """The masked autoencoder: `asa.models.ASA` with its reconstruction loss (uniform, attentive or
     focal region weights); the encoder export keeps the encoder's keys as the family declares them
-    (`encoder_prefixes`); probes read the encoder's tokens."""
+    (`encoder_prefixes`); probes read the encoder's tokens through the family's face
+    (`asa.models.family.EncoderFace.twin_tokens`)."""
 
     name = "asa"
     Settings = MaskedAutoencoderSettings
@@ -206,12 +206,12 @@ class MaskedAutoencoderPretraining(PretrainingMethod):
 
     def probe_tokens(self, model: nn.Module, x: torch.Tensor, patch_regions: torch.Tensor | None = None
                      ) -> torch.Tensor:
-        return encode_tokens(model, x, patch_regions)
+        return families()[self.family].face.twin_tokens(unwrap(model), x, patch_regions).float()
 
     @property
     def probe_patch_size(self) -> int | None:
         patch = self.context.model.get("patch_size")  # a token network's patch edge (a CNN's section has none)
-        return None if patch is None else int(patch)
+        return None if patch is None or families()[self.family].face is None else int(patch)
 
 
 @register_method

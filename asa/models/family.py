@@ -79,6 +79,14 @@ class EncoderFace:
                  where: str) -> Geometry:
         raise NotImplementedError(f"{type(self).__name__}.geometry")
 
+    def twin_tokens(self, twin: nn.Module, x: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
+        """The tokens [B, N, E] of the masked twin ``twin``'s encoder on the whole volume x [B, C, *size], for the
+        probes during pretraining (``regions`` [B, N]: patch regions, for an encoder with region attention)."""
+        if regions is not None:
+            raise ValueError(f"{type(self).__name__}: the encoder reads no region map")
+        encoder = getattr(twin, RECORDS[twin.network_arch].encoder)
+        return self.tokens(self.module(encoder, twin), x)
+
 
 class StageTokens(EncoderFace):
     """A dynamic-network-architectures encoder (nnU-Net's U-Nets: it returns its stages' outputs, finest first,

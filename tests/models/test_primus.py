@@ -123,8 +123,11 @@ def test_model_primus_pretrains_exports_and_fine_tunes(tmp_path):
     run = tmp_path / "run"
     cfg = load_config("pretrain", "data=demo", "model=primus", "model.size=tiny", "method=asa", "trainer=smoke",
                       f"output_dir={run}", "data.crop=32", "data.demo.size=40", "data.demo.cases=4",
-                      f"data.demo.cache_dir={tmp_path / 'cache'}", "device=cpu", "probe.every=0")
-    assert pretrain(cfg).nonfinite_steps == 0
+                      f"data.demo.cache_dir={tmp_path / 'cache'}", "device=cpu")
+    result = pretrain(cfg)  # with the end-of-run probe: Primus's tokens through the family's face
+    assert result.nonfinite_steps == 0
+    probed = result.history[-1]
+    assert -1 <= probed["probe/r2_mean"] <= 1 and 0 <= probed["probe/knn_acc"] <= 1
     export = load_checkpoint(run / "checkpoints" / "encoder.pt")
     assert export["network"]["arch"] == "primus_pretrain"
     assert {k.split(".", 1)[0] for k in export["encoder"]} == {"eva", "down_projection"}  # no decoder, no head

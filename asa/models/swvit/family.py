@@ -41,6 +41,11 @@ class SWViTTokens(EncoderFace):
     def tokens(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return module(x)
 
+    def twin_tokens(self, twin: nn.Module, x: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
+        """The masked autoencoder's encoder over all tokens (no masking), in the pretraining crop's frame."""
+        ids = torch.arange(twin.num_patches, device=x.device).expand(x.shape[0], -1)
+        return twin.forward_encoder(x, ids, regions)
+
     def geometry(self, module: nn.Module, spec: Mapping[str, Any], state: Mapping | None, crop: int | None,
                  where: str) -> Geometry:
         if module.encoder.uses_regions:
