@@ -1,12 +1,14 @@
-"""The SW-ViT ASA pretraining step eager against compiled, alternated round by round in one process, with the
-eager step's CUDA time by kernel family (what a change could win) and same-seed losses of both.
+"""The SW-ViT ASA pretraining step eager against compiled or against its earlier precision, alternated round by
+round in one process, with the eager step's CUDA time by kernel family (what a change could win) and same-seed losses.
 
     python -m benchmarks.compile_ab --size 128 --batch 24 --preset base --amp fp16 --json out.json   # GPU
     python -m benchmarks.compile_ab --size 32 --batch 1 --preset tiny --amp off --steps 1            # CPU smoke
 
 Variants: ``eager``; ``blocks``, every SW-ViT block compiled in place (`asa.models.compile_blocks`, what
 ``trainer.compile=true`` does); ``whole``, ``torch.compile`` of the whole model's forward (graph breaks are
-counted by ``torch._dynamo``). Each is forward, backward and the fused AdamW of ``asa-pretrain``. The losses of
+counted by ``torch._dynamo``); the residual stream's earlier precision under autocast: ``fp32_norm``, layer norms
+as autocast runs them (fp32, the stream cast back before each matmul), ``fp32_stream``, that and the stream itself
+in fp32 (its input cast up, as the fp32 position codes once made it). Each is forward, backward and the fused AdamW of ``asa-pretrain``. The losses of
 ``--loss-steps`` steps from the same weights and batches are compared variant against eager (the relative gap
 of each step's loss; reduced precision rounds differently, so the gap is reported, not asserted).
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 
 from asa.models import ASA, PRESETS, compile_blocks
+from asa.models.swvit.swvit import AutocastLayerNorm, SWViT
 from asa.train.precision import AMP_CHOICES, amp_name, resolve_amp
 from benchmarks.harness import alternate
 from benchmarks.speed import MASK_RATIO, PATCH, Setup, adamw, train_workload
@@ -59,6 +62,17 @@ def kernel_profile(run, device: torch.device, top: int = 0) -> dict[str, float]:
     return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
 
+def earlier_precision(model: torch.nn.Module, *, stream: bool) -> None:
+    """``model`` in place with the earlier precision under autocast: plain ``nn.LayerNorm`` (fp32 out), and with
+    ``stream`` every SW-ViT's input cast to fp32 (the position codes, fp32, rounded to the tokens' dtype first)."""
+    for module in model.modules():
+        if type(module) is AutocastLayerNorm:
+            module.__class__ = torch.nn.LayerNorm
+        if stream and isinstance(module, SWViT):
+            module.register_forward_pre_hook(lambda _, args, kwargs: ((args[0].float(), *args[1:]), kwargs),
+                                             with_kwargs=True)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=128)
@@ -67,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--amp", default="auto", choices=AMP_CHOICES)
     p.add_argument("--steps", type=int, default=5, help="timed rounds (default 5)")
     p.add_argument("--loss-steps", type=int, default=20, help="same-seed steps whose losses are compared (default 20)")
-    p.add_argument("--variants", nargs="+", default=["blocks", "whole"], choices=("blocks", "whole"))
+    p.add_argument("--variants", nargs="+", default=["blocks", "whole"],
+                   choices=("blocks", "whole", "fp32_norm", "fp32_stream"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
@@ -82,8 +97,10 @@ def main(argv: list[str] | None = None) -> dict:
         model = copy.deepcopy(base)
         if name == "blocks":
             compile_blocks(model)
-        else:
+        elif name == "whole":
             model.forward = torch.compile(model.forward)
+        else:
+            earlier_precision(model, stream=name == "fp32_stream")
         models[name] = model
     torch._dynamo.utils.counters.clear()
     work = [train_workload(name, setup, m, adamw(m, args.batch), (lambda m=m: m(x).loss)) for name, m in models.items()]
@@ -120,6 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
             opt.zero_grad(set_to_none=True)
             losses[name].append(float(loss.detach()))
     result["loss_first_last"] = {n: [round(v[0], 5), round(v[-1], 5)] for n, v in losses.items()}
+    quarter = max(1, args.loss_steps // 4)  # where the runs have drifted apart most, if they drift
+    result["loss_mean_last_quarter"] = {n: round(sum(v[-quarter:]) / quarter, 5) for n, v in losses.items()}
     result["max_relative_loss_gap"] = {n: float(f"{max(abs(a - b) / abs(b) for a, b in zip(v, losses['eager'])):.3g}")
                                        for n, v in losses.items() if n != "eager"}
     print(json.dumps(result, indent=1), flush=True)

@@ -114,20 +114,27 @@ def test_tiny_asa_overfits_one_volume():
     assert last * 5 <= first, (first, last)
 
 
-def test_decoder_stream_stays_fp32_under_bf16_autocast():
+def test_the_residual_stream_stays_in_the_autocast_dtype():
+    """Under autocast every block of the encoder and the decoder takes and gives the autocast dtype (the layer norms
+    keep it, the position codes and the mask-token table are cast to it once), so nothing is cast back and forth
+    between blocks; in fp32 nothing is rounded (the table enters as it is)."""
     model = ASA(img_size=32, **PRESETS["tiny"])
     x = torch.randn(2, 1, 32, 32, 32)
     mask, ids_keep = model.random_masking(2, x.device)
+    dtypes = set()
+    for block in [*model.encoder.blocks, *model.decoder.blocks]:
+        block.register_forward_hook(lambda _, args, out: dtypes.add((args[0].dtype, out.dtype)))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         latent = model.forward_encoder(x, ids_keep)
-        assert model.decoder_embed(latent).dtype == torch.bfloat16  # autocast is on
         full = model.assemble_decoder_input(latent, ids_keep)
-        streamed = model.decoder.blocks[0](full)
-    assert full.dtype == torch.float32 and streamed.dtype == torch.float32
+        model.decoder(full)
+    assert latent.dtype == full.dtype == torch.bfloat16 and dtypes == {(torch.bfloat16, torch.bfloat16)}
     masked = mask.bool()
-    # the mask-token table enters unrounded: identical to the fp32 table at masked positions
-    torch.testing.assert_close(full[masked], (model.mask_token + model.decoder_pos_embed).expand(2, -1, -1)[masked],
-                               rtol=0, atol=0)
+    table = (model.mask_token + model.decoder_pos_embed).expand(2, -1, -1)
+    torch.testing.assert_close(full[masked], table.to(torch.bfloat16)[masked], rtol=0, atol=0)  # rounded once
+    full32 = model.assemble_decoder_input(model.forward_encoder(x, ids_keep), ids_keep)
+    assert full32.dtype == torch.float32
+    torch.testing.assert_close(full32[masked], table[masked], rtol=0, atol=0)
 
 
 def _parts(decoder_embed_out: int = 48):

@@ -134,7 +134,8 @@ class SWViTEncoder(SWViT):
         """x [B, C, D, H, W] -> normed tokens [B, N, C] (N_vis with ``ids_keep`` [B, N_vis]), with the
         hidden states of ``hidden_indices`` as in :meth:`SWViT.forward`. ``patch_ids`` [B, N]: the
         region of every patch, for R-MSA blocks; kept with the tokens under ``ids_keep``."""
-        tokens = self.patch_embed(x) + self.position_codes(offsets)  # [B, N, C]
+        tokens = self.patch_embed(x)  # [B, N, C]; the position codes in its dtype (autocast's: the stream stays in it)
+        tokens = tokens + self.position_codes(offsets).to(tokens.dtype)
         if ids_keep is not None:
             tokens = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
             patch_ids = None if patch_ids is None else torch.gather(patch_ids, 1, ids_keep)  # [B, N_vis]

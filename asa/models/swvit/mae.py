@@ -157,9 +157,9 @@ class MaskedAutoencoder(nn.Module):
         mask token + SPE at masked ones. latent: [B, N_vis, C] -> [B, N, C_dec]."""
         visible = self.decoder_embed(latent)  # [B, N_vis, C_dec]
         b, _, c = visible.shape
-        # the residual stream stays fp32 under autocast: promote the visible tokens, keep the table
-        full = (self.mask_token + self.decoder_pos_embed).float().expand(b, -1, -1)
-        return full.scatter(1, ids_keep.unsqueeze(-1).expand(-1, -1, c), visible.float())
+        # in the visible tokens' dtype (the autocast dtype under autocast): the residual stream stays in it
+        full = (self.mask_token + self.decoder_pos_embed).to(visible.dtype).expand(b, -1, -1)
+        return full.scatter(1, ids_keep.unsqueeze(-1).expand(-1, -1, c), visible)
 
     def forward_decoder(
         self, latent: torch.Tensor, ids_keep: torch.Tensor, patch_ids: torch.Tensor | None = None

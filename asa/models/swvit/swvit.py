@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from monai.networks.blocks import MLPBlock
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -20,6 +21,20 @@ from asa.models.swvit.attention import LinearWindowAttention
 from asa.models.swvit.region_attention import RegionAttention
 
 REGION_LAYOUTS = ("none", "alternate", "all")
+
+
+class AutocastLayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` whose output keeps its input's dtype under autocast. Autocast runs layer norm in fp32, which
+    made the residual stream fp32 and cast it back before every matmul (on an H100 the norms, the casts and the fp32
+    adds were about a sixth of the SW-ViT step, BENCHMARKS.md); here the kernel still accumulates the statistics
+    in fp32, and weight and bias (fp32 parameters) are cast to the input's dtype. Outside autocast, or on an fp32
+    input, it is ``nn.LayerNorm`` (same keys, same numbers)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return F.layer_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+        return super().forward(x)
 
 
 class SWBlock(nn.Module):
@@ -38,12 +53,12 @@ class SWBlock(nn.Module):
         self.dim = dim
         self.uses_regions = bool(attn.uses_regions)
         self.uses_mirror = saca is not None
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = AutocastLayerNorm(dim)
         self.attn = attn
         if saca is not None:  # registered in forward order: attention, SACA, MLP
-            self.norm_saca = nn.LayerNorm(dim)
+            self.norm_saca = AutocastLayerNorm(dim)
             self.saca = saca
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = AutocastLayerNorm(dim)
         self.mlp = mlp
 
     def forward(self, x: torch.Tensor, regions: torch.Tensor | None = None,
@@ -117,7 +132,7 @@ class SWViT(nn.Module):
         self.uses_regions = any(block.uses_regions for block in blocks)
         self.grad_checkpointing = grad_checkpointing
         self.blocks = nn.ModuleList(blocks)
-        self.norm = nn.LayerNorm(self.embed_dim)
+        self.norm = AutocastLayerNorm(self.embed_dim)
         self.apply(_init_weights)
 
     def forward(
@@ -132,8 +147,8 @@ class SWViT(nn.Module):
         """x: [B, N, C]; regions: [B, N] region ids (needed with R-MSA blocks)."""
         if self.uses_regions and regions is None:
             raise ValueError("this SW-ViT has region attention blocks: forward needs regions [B, N]")
-        if pos is not None:
-            x = x + pos
+        if pos is not None:  # in the tokens' dtype: under autocast the residual stream stays in it
+            x = x + pos.to(x.dtype)
         for i in hidden_indices:
             if not 0 <= i < len(self.blocks):
                 raise ValueError(f"hidden index {i} out of range for {len(self.blocks)} blocks")
