@@ -110,12 +110,12 @@ part precision "$LIMIT" "$PY" -m benchmarks.compile_ab --amp "$AMP" --variants f
 
 # the study's units at --scale cpu on this device: the labeled set and the cohort written first (not timed)
 DATA="$WORK/study_data"
-[ -d "$DATA/labeled" ] || asa-demo-data --layout msd --cases "${STUDY_CASES[0]}" --size "${STUDY_CASES[2]}" --seed 2 \
+[ -d "$DATA/labeled" ] || "$PY" -m asa.cli.demo_data --layout msd --cases "${STUDY_CASES[0]}" --size "${STUDY_CASES[2]}" --seed 2 \
     --out "$DATA/labeled" > "$LOGS/study_data.log" 2>&1
-[ -d "$DATA/cohort" ] || asa-demo-data --layout bids --cases "${STUDY_CASES[1]}" --size "${STUDY_CASES[2]}" --seed 11 \
+[ -d "$DATA/cohort" ] || "$PY" -m asa.cli.demo_data --layout bids --cases "${STUDY_CASES[1]}" --size "${STUDY_CASES[2]}" --seed 11 \
     --out "$DATA/cohort" >> "$LOGS/study_data.log" 2>&1
 # exit 3 is expected: the study's --time-budget ends it in its transfer stage (the part times units, not a study)
-part study $(( LIMIT + 120 )) asa-study --pretrain-data "$DATA/cohort" --data msd --root "$DATA/labeled" \
+part study $(( LIMIT + 120 )) "$PY" -m asa.cli.study --pretrain-data "$DATA/cohort" --data msd --root "$DATA/labeled" \
     --out "$WORK/study" --device "$DEVICE" "${STUDY[@]}"
 "$PY" - "$WORK/study" "$OUT/study.json" "${STUDY[*]}" <<'EOF2'
 import json, pathlib, sys
