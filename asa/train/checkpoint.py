@@ -9,10 +9,13 @@ from pathlib import Path
 
 from asa.io import CheckpointError
 
-__all__ = ["IncompatibleCheckpointError", "check_compatible", "flatten", "prune_step_checkpoints"]
+__all__ = ["IncompatibleCheckpointError", "RESUME_ONLY", "check_compatible", "flatten", "prune_step_checkpoints"]
 
 FORMAT = "asa-checkpoint"
 VERSION = 1
+# what only a resumed run reads: best.pt (written at every improving validation round) leaves them to last.pt,
+# and holds ``"weights_only": True`` instead (AdamW's two moments alone are twice the weights)
+RESUME_ONLY = ("optimizer", "scaler", "rng")
 
 
 class IncompatibleCheckpointError(CheckpointError):

@@ -30,7 +30,7 @@ from asa.io import save_checkpoint
 from asa.models import compile_blocks
 from asa.models.zoo import network_spec
 
-from .checkpoint import FORMAT, VERSION, prune_step_checkpoints
+from .checkpoint import FORMAT, RESUME_ONLY, VERSION, prune_step_checkpoints
 from .data import build_loader, close_loader, move_to
 from .distributed import DistEnv, all_gather_objects, all_reduce_max_ints, all_reduce_mean, barrier
 from .environment import environment, environment_warnings, record_warnings
@@ -84,7 +84,8 @@ class Engine:
     `step_fn(model, batch) -> (loss, logs)` and the settings, then call `fit(train_dataset)`.
 
     Files (rank 0 only): `out_dir/checkpoints/{last,best,step_XXXXXXXX}.pt`, TensorBoard under
-    `out_dir/tb`. `validate(model) -> dict` runs every `val_every` epochs on every rank (shard the
+    `out_dir/tb`. `validate(model) -> dict` runs every `val_every` epochs (or every `val_every_steps` optimiser
+    steps, when set) and at the run's end on every rank (shard the
     validation data by `env.rank` if you like; metrics are averaged across ranks). `panel_fn(model, step)
     -> {tag: image [C,H,W] in [0,1]}` runs on rank 0 every `panel_every` epochs. Validation and panels
     run under a forked, fixed-seed RNG so they never change the training trajectory. `resume`: the
@@ -142,6 +143,7 @@ class Engine:
         self._saved_at = time.monotonic()  # when last.pt was last written (or training started)
         self._wrote_last = False  # last.pt written since this start: else the first epoch's end writes it
         self._overdue = False  # trainer.ckpt_minutes passed at an epoch's last step: `_end_epoch` saves
+        self._stopped_early = False  # early stopping at a validation round inside an epoch (trainer.val_every_steps)
 
     # ------------------------------------------------------------------------------------------- fit
     def fit(self, train_data: Dataset) -> FitResult:
@@ -169,6 +171,9 @@ class Engine:
             while self.step < run.stop_step and not stopped:
                 stop_signal = self._run_epoch(run)
                 if stop_signal is not None:
+                    break
+                if self._stopped_early:  # at a validation round inside the epoch (trainer.val_every_steps)
+                    stopped = True
                     break
                 if self.batch_in_epoch >= self.steps_per_epoch * self.cfg.accum_steps:  # epoch complete
                     stopped = self._end_epoch(run)
@@ -260,6 +265,10 @@ class Engine:
             return self._stopping(stop_signal)
         if self.batch_in_epoch >= full:  # resumed from a stop before this epoch's end: `_end_epoch` is next
             return None
+        if self._step_validation_due() and self.step < run.stop_step:  # resumed from a stop before it
+            stop_signal = self._step_validation()
+            if stop_signal is not None or self._stopped_early:
+                return stop_signal
         run.sampler.set_position(self.epoch, self.batch_in_epoch * cfg.batch_size)
         run.generator.manual_seed(item_seed(self.seed, self.epoch, self.env.rank))
         batches = iter(run.loader)
@@ -268,6 +277,11 @@ class Engine:
             stop_signal, overdue = self._agreed()
             if stop_signal is not None:
                 return self._stopping(stop_signal)
+            if self._step_validation_due() and self.batch_in_epoch < full and self.step < run.stop_step:
+                # (at an epoch's last step `_end_epoch` validates, at the run's last `_finish`)
+                stop_signal = self._step_validation()
+                if stop_signal is not None or self._stopped_early:
+                    return stop_signal
             healthy = self.nonfinite_run == 0  # never checkpoint in the middle of a non-finite streak
             step_due = bool(cfg.ckpt_every) and self.step % cfg.ckpt_every == 0
             if (step_due or overdue) and self.step < run.stop_step and healthy:
@@ -278,6 +292,23 @@ class Engine:
                     self._overdue = overdue
                 else:
                     self.save("last.pt", *([f"step_{self.step:08d}.pt"] if step_due and cfg.keep_last > 0 else []))
+        return None
+
+    def _step_validation_due(self) -> bool:
+        """Whether a validation round of the ``trainer.val_every_steps`` cadence falls due at this step and has not
+        run (False under the epoch cadence, ``trainer.val_every``)."""
+        every = self.cfg.val_every_steps
+        return bool(every) and self.step > 0 and self.step % every == 0 and self._last_val_step != self.step
+
+    def _step_validation(self) -> int | None:
+        """The validation round at a step inside an epoch (``trainer.val_every_steps``); early stopping sets
+        ``_stopped_early``; returns a stop signal's number when one arrived during the round (dropped: last.pt is
+        saved as of before it, and the resumed run validates at this step first)."""
+        try:
+            self._stopped_early = self._validate(count_patience=True)
+        except StopRequested as stop:
+            return self._stopping(stop.signum, " during validation")
+        self._last_val_step = self.step
         return None
 
     def _agreed(self) -> tuple[int | None, bool]:
@@ -302,7 +333,9 @@ class Engine:
         acc = self.optim_step.accumulate(run.net, self.step_fn, self._micro_batches(batches),
                                          distributed=self.env.distributed)
         bad, = all_reduce_max_ints([acc.nonfinite], self.env)
-        if not bad and self.updates is not None:
+        log_step = (self.step + 1) % self.cfg.log_every == 0 or self.step + 1 == run.stop_step
+        measure = not bad and log_step and self.updates is not None  # a copy of every parameter: logging steps only
+        if measure:
             self.updates.before()
         grad_norm = None if bad else self.optim_step.apply(self.epoch)
         if grad_norm is None:
@@ -315,14 +348,16 @@ class Engine:
             entry["train/loss"] = acc.loss
         if grad_norm is not None and math.isfinite(grad_norm):
             entry["train/grad_norm"] = grad_norm
-        if grad_norm is not None and self.updates is not None:
-            entry.update(self.updates.after())
+        if measure and grad_norm is not None:
+            entry.update(self.updates.after())  # the logging step's own relative update, not a window mean
+        elif measure:
+            self.updates.forget()
         scaler = self.optim_step.scaler
         if scaler.is_enabled() and grad_norm is not None:  # fp16: steps the GradScaler skipped (overflow)
             entry["train/amp_overflow"] = float(not math.isfinite(grad_norm))
             entry["train/loss_scale"] = float(scaler.get_scale())
         self.log.add_step(entry)
-        if self.step % self.cfg.log_every == 0 or self.step == run.stop_step:
+        if log_step:
             means = self.log.take_window(samples_per_step=run.samples_per_step, nonfinite_total=self.nonfinite_total)
             self._write_scalars(means)
             self.log.progress(means, step=self.step, epoch=self.epoch)
@@ -363,7 +398,7 @@ class Engine:
         self.epoch += 1
         self.batch_in_epoch = 0
         stopped = False
-        if self.epoch % cfg.val_every == 0:
+        if self._step_validation_due() if cfg.val_every_steps else self.epoch % cfg.val_every == 0:
             try:
                 stopped = self._validate(count_patience=True)
             except StopRequested as stop:
@@ -421,9 +456,12 @@ class Engine:
         return lr
 
     # --------------------------------------------------------------------------------- state and resume
-    def _state(self) -> dict | None:
-        """Full training state; collective (gathers every rank's RNG), returns None off rank 0."""
-        rngs = all_gather_objects(capture_rng(), self.env)
+    def _state(self, *, weights_only: bool = False) -> dict | None:
+        """Full training state; collective (gathers every rank's RNG), returns None off rank 0. ``weights_only``
+        (best.pt): without what only a resumed run reads (the optimiser's state, the GradScaler's, every rank's
+        RNG); the weights, the network spec and the run config (what asa-predict, asa-export, asa-finetune's
+        model.pretrained and encoder.pt read) and the counters stay."""
+        rngs = None if weights_only else all_gather_objects(capture_rng(), self.env)
         if not self.env.is_main:
             return None
         state = {
@@ -438,13 +476,18 @@ class Engine:
             "world_size": self.env.world_size, "rng": rngs, "tracker": self.tracker.state(),
             "nonfinite_total": self.nonfinite_total, "history": self.history, "config": self.run_config,
         }
+        if weights_only:
+            for key in RESUME_ONLY:
+                del state[key]
+            state["weights_only"] = True
         if self.extra_state is not None:
             state["extra"] = dict(self.extra_state())
         return state
 
-    def save(self, *names: str) -> None:
-        """Write the current state to checkpoints/<name> for each name (rank 0; collective call)."""
-        state = self._state()
+    def save(self, *names: str, weights_only: bool = False) -> None:
+        """Write the current state to checkpoints/<name> for each name (rank 0; collective call); ``weights_only``:
+        the state without what only a resume reads (`_state`)."""
+        state = self._state(weights_only=weights_only)
         if "last.pt" in names:
             self._saved_step, self._wrote_last = self.step, True
         if state is not None:
@@ -509,7 +552,7 @@ class Engine:
         self.log.say(f"step {self.step} epoch {self.epoch}: " + ", ".join(f"{k}={v:.5g}" for k, v in metrics.items()))
         if self.tracker.improved(value):
             self.tracker.best, self.tracker.best_step, self.tracker.bad_rounds = value, self.step, 0
-            self.save("best.pt")
+            self.save("best.pt", weights_only=True)  # the optimiser's state is last.pt's: best.pt is not resumed
             return False
         if count_patience:
             self.tracker.bad_rounds += 1

@@ -10,7 +10,7 @@ from asa.io import load_checkpoint
 from asa.models import RENAMED_NETWORKS
 from asa.models.family import family_of
 
-from .checkpoint import FORMAT, IncompatibleCheckpointError, check_compatible
+from .checkpoint import FORMAT, RESUME_ONLY, IncompatibleCheckpointError, check_compatible
 
 __all__ = ["ResumePoint", "Tracker", "check_training_checkpoint", "written_by", "pretrained_family"]
 
@@ -103,4 +103,8 @@ def check_training_checkpoint(path: Path, run_config: Mapping, compat_keys: Sequ
                      removed=removed, added=added)
     if state.get("format") != FORMAT:
         raise ValueError(f"checkpoint {path}: not an asa training checkpoint (format={state.get('format')!r})")
+    if missing := [key for key in RESUME_ONLY if key not in state]:
+        raise IncompatibleCheckpointError(
+            f"cannot resume from {path}: it holds the weights only (no {', '.join(missing)}), as best.pt does; a run "
+            f"resumes from last.pt (resume=true) or a step_XXXXXXXX.pt of its checkpoints folder. Nothing was changed.")
     return ResumePoint(Path(path), state)

@@ -32,7 +32,9 @@ class TrainerSettings:
     ckpt_minutes: float = 10.0  # last.pt also once this many minutes have passed since it was last written, so
     # that a SIGKILL loses at most that much (0: steps only); docs/run-folders.md gives the write's measured cost
     keep_last: int = 0  # >0: also keep the newest k step_XXXXXXXX.pt files
-    val_every: int = 1  # epochs
+    val_every: int = 1  # epochs between validation rounds (and one at the run's end)
+    val_every_steps: int | None = None  # optimiser steps between validation rounds instead of val_every's epochs
+    # (null: by epochs); the round falls at the step itself, also inside an epoch
     monitor: str = "val/loss"
     mode: str = one_of("min", MODES)  # min | max
     patience: int | None = None  # validation rounds without improvement before stopping
@@ -52,6 +54,13 @@ class TrainerSettings:
         for name in ("epochs", "batch_size", "accum_steps", "log_every", "val_every", "max_nonfinite"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"trainer.{name}={getattr(self, name)}: expected >= 1")
+        if self.val_every_steps is not None:
+            if int(self.val_every_steps) < 1:
+                raise ValueError(f"trainer.val_every_steps={self.val_every_steps}: expected >= 1 optimiser steps, or "
+                                 "null to validate by epochs (trainer.val_every)")
+            if int(self.val_every) != 1:
+                raise ValueError(f"trainer.val_every={self.val_every} (epochs) and trainer.val_every_steps="
+                                 f"{self.val_every_steps} (optimiser steps) both set the validation cadence: keep one")
         if not float(self.ckpt_minutes) >= 0:  # also NaN
             raise ValueError(f"trainer.ckpt_minutes={self.ckpt_minutes}: expected minutes >= 0 (0: by steps only)")
         if self.max_steps is not None and int(self.max_steps) < 1:  # 0 or fewer steps: an untrained export

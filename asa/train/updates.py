@@ -86,6 +86,10 @@ class RelativeUpdate:
         self._snapshot = None
         return out
 
+    def forget(self) -> None:
+        """Drop the snapshot of :meth:`before` (a step that did not update: a skipped non-finite gradient)."""
+        self._snapshot = None
+
 
 def update_gap_note(means: dict[str, float]) -> str | None:
     """A console note when the decoder's mean relative update exceeds the encoder's by more than

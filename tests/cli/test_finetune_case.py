@@ -202,10 +202,11 @@ def test_a_monai_baseline_fine_tunes_predicts_and_evaluates_under_the_case_recip
     encoder = "vit." if arch == "vit_case" else "swinViT."
     torch.manual_seed(0)  # the run's initial weights (the task seeds before building)
     initial = build_network({**ckpt["network"], "kwargs": {**ckpt["network"]["kwargs"], "target_shift": 0.0}}).state_dict()
-    last = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
+    last_pt = load_checkpoint(out / "checkpoints" / "last.pt")  # the optimiser's state: last.pt's, not best.pt's
+    last = last_pt["model"]
     assert all(torch.equal(last[k], initial[k]) for k in initial if k.startswith(encoder))  # frozen
     assert any(not torch.equal(last[k], initial[k]) for k in initial if k.startswith("mlp."))  # the head trained
-    scales = sorted({g["lr_scale"] for g in ckpt["optimizer"]["param_groups"]})
+    scales = sorted({g["lr_scale"] for g in last_pt["optimizer"]["param_groups"]})
     assert scales[0] == pytest.approx(0.1 * 0.5 ** net.num_encoder_layers) and scales[-1] == 1.0
     split = ["split_file=" + str(out / "splits.json"), "subset=val"]
     predict(compose_config("predict", [f"checkpoint={out / 'checkpoints' / 'best.pt'}", f"input={bids}",
