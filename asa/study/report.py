@@ -1,14 +1,20 @@
 """The report of ``asa-study``: one page (``<out>/report/README.md`` with SVG plots beside it, and ``report.json``)
-that reads the study's numbers in order — the instruments first (the checks, the pilot, each pretraining run's
-held-out loss, the controls), then each question as a paired contrast of mean Dice with its CI and a verdict.
+that reads the study's numbers in order — the primary endpoint, the answers, then the instruments (the checks, the
+pilot, each pretraining run's held-out loss, the controls) and each question as a paired contrast with its CI.
 
-How a verdict is read: one primary question, named before the data (pretrained − scratch at the smallest N: asa,
-else mae, else the first --encoder arm), is read at 95 % (its seed × case bootstrap CI); every other question is
-exploratory, read on its two-sided bootstrap p after a Holm correction across them. A contrast is "helped" or "hurt"
-only when it clears that bar and its estimate is at least the minimum effect (``--min-effect``, Dice); else "no
-difference this study can detect". When an instrument fails (the scratch twin learns nothing, the positive control
-does not move, the negative control helps) every verdict reads "not interpretable"; the quick scale, a few steps per
-run, reads none."""
+How a verdict is read: on one endpoint, named before any training (`endpoint`: the lesion Dice when the study names
+lesion classes or the set has one foreground class, else mean Dice). Every interval is the crossed random-effects
+interval of seeds × test cases (`asa.eval.random_effects`; the seed × case bootstrap is shown beside it, too narrow
+with 2–3 seeds). One primary question, named before the data (pretrained − scratch at the smallest N: asa, else
+mae, else the first --encoder arm), is read at 95 %; every other question is exploratory, read on its interval's
+two-sided p after a Holm correction across them. A contrast is "helped" or "hurt" only when it clears that bar and
+its estimate is at least the minimum effect (``--min-effect``, Dice); else "no difference this study can detect".
+Every answer carries its bound (two one-sided tests at ± the minimum effect: "equivalent within ±m", "gains above
++x excluded", or "inconclusive: −a to +b"). The instruments decide what may be read: a scratch twin that learns
+nothing leaves every verdict "not interpretable"; a null needs a positive control that moved ("not interpretable:
+sensitivity not shown" without); a gain over scratch needs a negative control shown small (its bound under the
+minimum effect); asa − mae is "not a test of the attentive loss" where asa's weights are near uniform; the quick
+scale, a few steps per run, reads none."""
 
 from __future__ import annotations
 
@@ -21,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from asa.eval import bootstrap_p, seed_case_bootstrap, seed_case_means
+from asa.eval import seed_case_bootstrap
+from asa.eval.random_effects import crossed_interval
 from asa.eval.plots import interval_plot, line_plot
 from asa.io import atomic_write_json, atomic_write_text
 from asa.study import statistics, transfer
@@ -59,16 +66,130 @@ LESION_KEY = (statistics.LESION, "lesion Dice")  # with --lesion-classes: the me
 ALPHA = 0.05  # the primary question's CI is 1 − ALPHA; the exploratory questions' family-wise error rate (Holm)
 LEVEL = f"{100 * (1 - ALPHA):g} %"
 PLUMBING, UNREADABLE = "— (plumbing check)", "not interpretable"
+UNSHOWN = "not interpretable: sensitivity not shown"  # a null without a positive control that moved
+NOT_A_TEST = "not a test of the attentive loss"  # asa − mae where asa's weights are near uniform
+# the attentive weights' effective share (Σp)² / (n·Σp²) at or above which they are uniform in all but name
+UNIFORM_SHARE = 0.9
 
 
-def keys_of(scores: Sequence[Mapping[str, Any]]) -> tuple[tuple[str, str], ...]:
-    """The contrasted scores: mean Dice and NSD, and the lesion Dice when the study names lesion classes."""
-    return KEYS + ((LESION_KEY,) if scores and all(LESION_KEY[0] in r for r in scores) else ())
+def keys_of(scores: Sequence[Mapping[str, Any]], endpoint: tuple[str, str] = KEYS[0]) -> tuple[tuple[str, str], ...]:
+    """The contrasted scores: the primary ``endpoint`` (key, label) first, then mean Dice and NSD, and the lesion
+    Dice when the study names lesion classes; each once (the endpoint's label kept), those every score row has."""
+    lesion = (LESION_KEY,) if scores and all(LESION_KEY[0] in r for r in scores) else ()
+    labels: dict[str, str] = {}
+    for k, label in (endpoint, *KEYS, *lesion):
+        labels.setdefault(k, label)
+    return tuple((k, label) for k, label in labels.items() if not scores or all(k in r for r in scores))
 
 
 def twin_of(arm: str) -> str:
     """The arm ``arm`` is compared with per class: its twin (`TWINS`; scratch for an --encoder arm)."""
     return TWINS.get(re.sub(r"-c\d+$", "", arm), SCRATCH)
+
+
+def endpoint(classes: Sequence[str], lesion_classes: Sequence[str]) -> tuple[str, str]:
+    """The study's primary endpoint, named before any training: (score column, label). The lesion Dice when
+    ``lesion_classes`` are named (their mean Dice) or the set has one foreground class (its Dice: mean Dice of one
+    class); mean Dice over every class otherwise (a lesion gain is diluted by the tissue classes there)."""
+    if lesion_classes:
+        return LESION_KEY[0], f"lesion Dice ({', '.join(lesion_classes)})"
+    if len(classes) == 1:
+        return KEYS[0][0], f"lesion Dice ({classes[0]})"
+    return KEYS[0]
+
+
+def bound_text(lo90: float, hi90: float, *, min_effect: float) -> str:
+    """What a contrast's one-sided 95 % bounds (its 90 % interval, two one-sided tests at ± ``min_effect``)
+    exclude: "equivalent within ±m" (both sides), "gains below +x excluded" / "losses under x excluded"
+    (an interval off 0), "gains above +x excluded" (no gain of the minimum effect), else "inconclusive: −a to +b"."""
+    if math.isnan(lo90) or math.isnan(hi90):
+        return "no bound (one labeled draw: the spread between draws is not measured)"
+    if -min_effect < lo90 and hi90 < min_effect:
+        return f"equivalent within ±{min_effect:g} ({lo90:+.3f} to {hi90:+.3f})"
+    if lo90 > 0:
+        return f"gains below {lo90:+.3f} excluded"
+    if hi90 < 0:
+        return f"losses under {-hi90:.3f} excluded"
+    if hi90 < min_effect:
+        return f"gains above {hi90:+.3f} excluded"
+    return f"inconclusive: {lo90:+.3f} to {hi90:+.3f}"
+
+
+def negative_small(row: Mapping[str, Any], *, min_effect: float) -> bool:
+    """Whether a negative control is shown small: its one-sided 95 % upper bound under ``min_effect``."""
+    hi = row.get("bound90", [math.nan, math.nan])[1]
+    return not math.isnan(hi) and hi < min_effect
+
+
+def control_faults(contrasts: Sequence[Mapping[str, Any]], *, min_effect: float) -> dict[str, dict[int, str]]:
+    """Per N, why the nulls and why the gains over scratch cannot be read: ``{"nulls": {n: reason}, "gains": {n:
+    reason}}``. A null needs a positive control that moved (it shows the study's sensitivity); a gain of a
+    pretrained arm over its scratch twin needs a negative control shown small (`negative_small`)."""
+    out: dict[str, dict[int, str]] = {"nulls": {}, "gains": {}}
+    for n in sorted({r["n"] for r in contrasts}):
+        positive = [r for r in contrasts if r["kind"] == "positive" and r["n"] == n]
+        negative = [r for r in contrasts if r["kind"] == "negative" and r["n"] == n]
+        if not positive:
+            out["nulls"][n] = "no positive control ran"
+        elif not all(r["verdict"] == "helped" for r in positive):
+            out["nulls"][n] = "the positive control did not move"
+        if not negative:
+            out["gains"][n] = "no negative control ran: a gain over scratch may be the recipe's"
+        elif not all(negative_small(r, min_effect=min_effect) for r in negative):
+            out["gains"][n] = "the negative control is not shown small: a gain over scratch may be the recipe's"
+    return out
+
+
+def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping[str, Any]], *,
+                     min_effect: float) -> None:
+    """Give every question the reading its instruments allow, in place (after `read_family`): a null without a
+    shown sensitivity reads "not interpretable: sensitivity not shown" (`control_faults`), a gain of a pretrained
+    arm over its scratch twin without a negative control shown small reads "not interpretable", asa − mae reads
+    "not a test of the attentive loss" where the asa run's attentive weights are near uniform (effective share at
+    least `UNIFORM_SHARE`), and a contrast of a pretraining run flagged unfinished carries the flag (``flags``)."""
+    faults = control_faults(contrasts, min_effect=min_effect)
+    by_run = {r["run"]: r for r in runs}
+    for r in contrasts:
+        if r["kind"] != "question":
+            continue
+        r["flags"] = [flag for name in (r["arm"], r["reference"]) if (flag := run_flag(by_run.get(name)))]
+        twin = r["reference"].startswith(SCRATCH) and not r["arm"].startswith(SCRATCH)
+        if r["verdict"] == "no difference" and r["n"] in faults["nulls"]:
+            r["verdict"], r["why"] = UNSHOWN, faults["nulls"][r["n"]]
+        elif r["verdict"] == "helped" and twin and r["n"] in faults["gains"]:
+            r["verdict"], r["why"] = UNREADABLE, faults["gains"][r["n"]]
+        share = by_run.get(r["arm"], {}).get("weights_share", math.nan)
+        if (r["arm"].startswith("asa-c") and r["reference"].startswith("mae-c") and not math.isnan(share)
+                and share >= UNIFORM_SHARE):
+            r["verdict"], r["why"] = NOT_A_TEST, (f"the attentive weights' effective share {share:.2f} ≥ "
+                                                  f"{UNIFORM_SHARE}: asa's loss is mae's in all but name")
+
+
+def run_flag(run: Mapping[str, Any] | None) -> str | None:
+    """A pretraining run's plateau flag in a few words (None: levelled or not checked)."""
+    if not run or run.get("plateau") is not False:
+        return None
+    if run.get("loss_rise", 0.0) >= run.get("tol", transfer.PLATEAU_TOL):
+        return f"{run['run']}'s held-out loss ended {run['loss_rise']:.1%} above its lowest"
+    return (f"{run['run']} unfinished: its held-out loss still fell {run['loss_drop']:.1%} over the last quarter of "
+            "the summed lr")
+
+
+def mde_line(primary: Mapping[str, Any] | None, *, min_effect: float) -> list[str]:
+    """The primary's minimum detectable effect from the study's own variance (80 % power, two-sided 5 %)."""
+    if primary is None or math.isnan(primary.get("mde", math.nan)):
+        return []
+    comps = primary["interval"]["components"]
+    more = primary.get("mde_more") or {}
+    levels = primary["interval"]["levels"]
+    return [f"Minimum detectable effect of the primary, from this study's own variance (80 % power, two-sided 5 %, "
+            f"on its interval; variance components {', '.join(f'{k} {v:.2g}' for k, v in comps.items())}): "
+            f"**{primary['mde']:.3f} {primary['endpoint_label']}**"
+            + (f"; with twice the labeled draws ({2 * levels['seed']} seeds) {more['seeds']:.3f}, with twice the test "
+               f"cases ({2 * levels['case']}) {more['cases']:.3f}" if more else "")
+            + f". The minimum effect read as an effect is {min_effect:g}"
+            + (": a true gain of that size would mostly go undetected here." if primary["mde"] > min_effect else "."),
+            ""]
 
 
 def verdict(low: float, high: float, value: float = math.nan, *, min_effect: float = 0.0) -> str:
@@ -101,28 +222,42 @@ def holm(p: Sequence[float]) -> list[float]:
 
 
 def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], encoders: Sequence[str] = (), *,
-                  n_boot: int, min_effect: float = 0.01) -> list[dict[str, Any]]:
+                  n_boot: int, min_effect: float = 0.01, endpoint: tuple[str, str] = KEYS[0]) -> list[dict[str, Any]]:
     """Each contrast of `CONTRASTS` (and every --encoder arm − scratch) whose two arms were scored, per N: the paired
-    difference (same N, seed and test case) of each of `KEYS` with its seed × case bootstrap CI, the two-sided
-    bootstrap p of its mean Dice (the same resamples, `asa.eval.bootstrap_p`) and its 95 % verdict with
-    ``min_effect`` (`verdict`; `read_family` reads the questions as a family)."""
+    difference (same N, seed and test case) of each of `keys_of` with its crossed random-effects CI
+    (`asa.eval.random_effects.crossed_interval`, ``[value, low, high]``) and its seed × case bootstrap CI beside it
+    (``bootstrap``); for the primary ``endpoint``: the interval's p (Holm reads it), its one-sided 95 % bounds
+    (``bound90``, `bound_text`), the minimum detectable effect at 80 % power (``mde``; with twice the seeds and
+    twice the test cases) and the 95 % verdict with ``min_effect`` (`verdict`; `read_family` reads the questions
+    as a family)."""
     arms = {r["arm"] for r in scores}
     table = [(a.format(c=max(cohorts), s=min(cohorts)) if cohorts else a,
               r.format(c=max(cohorts), s=min(cohorts)) if cohorts else r, q, kind) for a, r, q, kind in CONTRASTS]
     table += [(name, SCRATCH, f"does the encoder {name} help? ({name} − scratch)", "question") for name in encoders]
+    key = endpoint[0]
     rows = []
     for arm, ref, question, kind in table:
         if arm == ref or not {arm, ref} <= arms:
             continue
         for n in sorted({int(r["n"]) for r in scores}):
-            row: dict[str, Any] = {"question": question, "kind": kind, "arm": arm, "reference": ref, "n": n}
-            for key, _ in keys_of(scores):
-                d = statistics.paired_matrix(scores, arm, ref, n, key)
-                est = seed_case_bootstrap(d, n_resamples=n_boot)
-                row[key] = [est.value, est.low, est.high]
-                if key == "Dice_mean":
-                    row["p"] = bootstrap_p(seed_case_means(d, n_resamples=n_boot))
-            v, lo, hi = row["Dice_mean"]
+            row: dict[str, Any] = {"question": question, "kind": kind, "arm": arm, "reference": ref, "n": n,
+                                   "endpoint": key, "endpoint_label": endpoint[1], "bootstrap": {}}
+            for k, _ in keys_of(scores, endpoint):
+                d = statistics.paired_matrix(scores, arm, ref, n, k)
+                est = crossed_interval(d)
+                row[k] = [est.value, est.low, est.high]
+                boot = seed_case_bootstrap(d, n_resamples=n_boot)
+                row["bootstrap"][k] = [boot.value, boot.low, boot.high]
+                if k == key:
+                    row["p"] = est.p
+                    row["bound90"] = list(est.bounds(0.90))
+                    row["interval"] = est.to_dict()
+                    row["mde"] = est.mde()
+                    if est.parts:
+                        row["mde_more"] = {"seeds": est.mde(levels={"seed": 2 * est.levels["seed"]}),
+                                           "cases": est.mde(levels={"case": 2 * est.levels["case"]})}
+            v, lo, hi = row[key]
+            row["bound"] = bound_text(*row["bound90"], min_effect=min_effect)
             row["verdict"] = verdict(lo, hi, v, min_effect=min_effect)
             row["why"] = (why_no_difference(lo, hi, v, min_effect=min_effect) if row["verdict"] == "no difference"
                           else None)
@@ -159,9 +294,10 @@ def read_family(rows: Sequence[dict[str, Any]], cohorts: Sequence[int], encoders
 
 
 def control_line(row: Mapping[str, Any], *, min_effect: float, read: bool = True) -> str:
-    """A control's reading: did it move as it must? (``read`` False: its numbers alone, no reading.)"""
-    v, lo, hi = row["Dice_mean"]
-    ci = f"Δ mean Dice {v:+.3f} [{lo:+.3f}, {hi:+.3f}] at N = {row['n']}"
+    """A control's reading: did it move as it must? The negative control must be shown small: its one-sided 95 %
+    upper bound under ``min_effect`` (a CI touching 0 is not enough). (``read`` False: its numbers alone.)"""
+    v, lo, hi = row[row["endpoint"]]
+    ci = f"Δ {row['endpoint_label']} {v:+.3f} [{lo:+.3f}, {hi:+.3f}] at N = {row['n']}"
     name = "Positive control" if row["kind"] == "positive" else "Negative control"
     if not read:
         return f"{name} ({row['arm']} − {row['reference']}): {ci}."
@@ -170,20 +306,25 @@ def control_line(row: Mapping[str, Any], *, min_effect: float, read: bool = True
                 if row["verdict"] == "helped" else
                 f"**Positive control did not move** ({ci}; a move is a CI above 0 and at least {min_effect:g} Dice): "
                 "an encoder trained with labels did not beat scratch, so this study cannot show what pretraining "
-                "gives; read no null below as evidence.")
-    return (f"Negative control did not help, as it must not ({ci})." if row["verdict"] != "helped" else
-            f"**Negative control helped** ({ci}): pretraining on pure noise beat scratch, so a gain of the pretrained "
-            "arms may be the recipe's (initialisation scale, schedule), not what they learned from the scans.")
+                "gives; every null below reads not interpretable.")
+    if row["verdict"] == "helped":
+        return (f"**Negative control helped** ({ci}): pretraining on pure noise beat scratch, so a gain of the "
+                "pretrained arms over scratch may be the recipe's (initialisation scale, schedule), not what they "
+                "learned from the scans; no such gain is read below.")
+    if negative_small(row, min_effect=min_effect):
+        return f"Negative control shown small, as it must be ({ci}; {row['bound']}, under {min_effect:g})."
+    return (f"**Negative control not shown small** ({ci}; its one-sided 95 % bound allows gains up to "
+            f"{row['bound90'][1]:+.3f}, not under the minimum effect {min_effect:g}): an initialisation effect of "
+            "that size is not excluded, so no gain of a pretrained arm over scratch is read below.")
 
 
 FOUND = 0.1  # the pilot's mean test Dice under which the scratch twin is said not to learn the task
 
 
 def instrument_faults(contrasts: Sequence[Mapping[str, Any]], pilot: Mapping[str, Any]) -> list[str]:
-    """The instruments that failed, each one sentence: the scratch twin learns nothing (the pilot's mean test Dice
-    under `FOUND`, or the pilot's record says it did not learn: every Δ is noise), the positive control did not move
-    (no gain can be detected), the negative control helped (a gain may be the recipe's); a control moves when its
-    verdict (`contrast_rows`: the CI off 0 and the estimate at least the minimum effect) says so."""
+    """The instrument that fails every reading, one sentence: the scratch twin learns nothing (the pilot's mean
+    test Dice under `FOUND`, or the pilot's record says it did not learn: every Δ is noise). The controls fail
+    readings of one kind (`control_faults`)."""
     faults = []
     test = pilot.get("test") or {}
     mean = float(np.mean(list(test.values()))) if test else math.nan
@@ -197,16 +338,14 @@ def instrument_faults(contrasts: Sequence[Mapping[str, Any]], pilot: Mapping[str
         faults.append("the scratch twin does not learn the task (the pilot did not learn"
                       + (f": {', '.join(best)}, under {pilot['floor']}" if best and "floor" in pilot else "")
                       + "), so every difference is noise.")
-    if any(r["kind"] == "positive" and r["verdict"] != "helped" for r in contrasts):
-        faults.append("the positive control did not move, so this study cannot detect a gain of the size it gives.")
-    if any(r["kind"] == "negative" and r["verdict"] == "helped" for r in contrasts):
-        faults.append("the negative control helped, so a gain may be the recipe's, not what pretraining learned.")
     return faults
 
 
 def reading(row: Mapping[str, Any], *, min_effect: float) -> str:
     """A contrast's verdict as the page prints it: the verb, or why there is none."""
     v = row["verdict"]
+    if v in (UNSHOWN, NOT_A_TEST) or (v == UNREADABLE and row.get("why")):
+        return f"{v} ({row['why']})" if row.get("why") else v
     if v != "no difference":
         return v
     why = {"minimum effect": f" (smaller than the minimum effect {min_effect:g} Dice)",
@@ -220,53 +359,72 @@ def _ci(values: Sequence[float]) -> str:
 
 
 def question_line(row: Mapping[str, Any], *, min_effect: float) -> str:
-    """One answer: the question, N, the verdict (or why there is none) and the Δ mean Dice it was read on; the lesion
-    Dice, when scored, beside it as information."""
+    """One answer: the question, N, the verdict (or why there is none), its bound (`bound_text`), the Δ of the
+    primary endpoint it was read on, the plateau flags of its pretraining runs; the other scores beside it as
+    information."""
     p = f"; Holm p = {row['p_holm']:.3f}" if "p_holm" in row else ""
-    line = (f"{row['question']} At N = {row['n']}: {reading(row, min_effect=min_effect)} "
-            f"(Δ mean Dice {_ci(row['Dice_mean'])}{p})")
-    if LESION_KEY[0] in row:
-        line += f"; Δ lesion Dice {_ci(row[LESION_KEY[0]])} (shown, not read)"
+    key = row["endpoint"]
+    line = (f"{row['question']} At N = {row['n']}: {reading(row, min_effect=min_effect)}; {row['bound']} "
+            f"(Δ {row['endpoint_label']} {_ci(row[key])}{p})")
+    for k, label in (*KEYS[:1], LESION_KEY):
+        if k != key and k in row:
+            line += f"; Δ {label} {_ci(row[k])} (shown, not read)"
+    if row.get("flags"):
+        line += "; " + "; ".join(row["flags"]) + ": its contrasts read that encoder"
     return line + "."
 
 
 def contrast_table(rows: Sequence[Mapping[str, Any]], *, min_effect: float) -> str:
-    keys = [(k, label) for k, label in (*KEYS, LESION_KEY) if rows and k in rows[0]]
-    head = ["question", "arm − reference", "N", "role", *(f"Δ {label} [95 % CI]" for _, label in keys),
-            "p (Holm)", "verdict"]
+    key, label = rows[0]["endpoint"], rows[0]["endpoint_label"]
+    labels: dict[str, str] = {}
+    for k, lab in ((key, label), *KEYS, LESION_KEY):
+        if k in rows[0]:
+            labels.setdefault(k, lab)
+    keys = list(labels.items())
+    head = ["question", "arm − reference", "N", "role", *(f"Δ {lab} [95 % CI]" for _, lab in keys),
+            "bootstrap CI", "p (Holm)", "bound (one-sided 95 %)", "verdict"]
     cells = [[r["question"], f"{r['arm']} − {r['reference']}", str(r["n"]), r.get("role", "—"),
-              *(_ci(r[k]) for k, _ in keys),
+              *(_ci(r[k]) for k, _ in keys), "[{1:+.3f}, {2:+.3f}]".format(*r["bootstrap"][key]),
               "—" if math.isnan(r.get("p", math.nan)) else f"{r['p']:.3f}"
               + (f" ({r['p_holm']:.3f})" if "p_holm" in r else ""),
-              reading(r, min_effect=min_effect)] for r in rows]
+              r["bound"], reading(r, min_effect=min_effect)] for r in rows]
     return markdown_table(head, cells, left=2)
 
 
 def family_lines(contrasts: Sequence[Mapping[str, Any]], primary: Mapping[str, Any] | None, keys: Sequence[str], *,
                  min_effect: float) -> list[str]:
-    """How the answers are read: the primary question, how many questions and on which score, the bar of each."""
+    """How the answers are read: the primary question, how many questions and on which score, the bar of each, the
+    bound every answer carries."""
     questions = [r for r in contrasts if r["kind"] == "question"]
     others = [r for r in questions if r["role"] == "exploratory"]
     controls = [r for r in contrasts if r["kind"] != "question"]
-    shown = [label for label in keys if label != "mean Dice"]
+    read = keys[0] if keys else "mean Dice"
+    shown = [label for label in keys[1:]]
     text = (f"How the answers are read: this page reads {len(questions)} question(s) "
             f"({len({r['question'] for r in questions})} contrast(s) × {len({r['n'] for r in questions})} N) and "
-            f"{len({r['arm'] for r in controls})} control(s) at each N, on mean Dice alone"
+            f"{len({r['arm'] for r in controls})} control(s) at each N, on {read} alone"
             + (f" ({' and '.join(shown)} are shown as information: no verdict is read from them)" if shown else "")
-            + ". ")
+            + ". Every interval is the crossed random-effects interval of seeds × test cases (ANOVA mean squares, "
+            "each part at its own t quantile; the seed × case bootstrap beside it in the table is too narrow with "
+            "2–3 seeds). ")
     if primary is not None:
         text += (f"The primary question, named before the data: {primary['arm']} − {primary['reference']} at the "
                  f"smallest N ({primary['n']}), read at {LEVEL} (its CI). ")
     else:
         text += "There is no primary question: no pretrained arm was scored against scratch. "
     if others:
-        text += (f"The other {len(others)} are exploratory: each is read on its two-sided bootstrap p after a Holm "
+        text += (f"The other {len(others)} are exploratory: each is read on its interval's two-sided p after a Holm "
                  f"correction across those {len(others)} (family-wise error {100 * ALPHA:g} %); its CI is shown "
                  "uncorrected. ")
     return [text + (f"A contrast reads as an effect (a gain or a loss) only when it clears its bar and its estimate is "
                     f"at least the minimum effect, {min_effect:g} Dice (--min-effect); anything else is no difference "
-                    f"this study can detect. The controls are instruments, each read at {LEVEL} with the same "
-                    "minimum effect."), ""]
+                    f"this study can detect. Every answer carries its bound, read at one-sided 95 % (the 90 % "
+                    f"interval: two one-sided tests at ±{min_effect:g}): \"equivalent within ±{min_effect:g}\" when "
+                    "both a gain and a loss of the minimum effect are excluded, \"gains above +x excluded\" when a "
+                    "gain of it is, else \"inconclusive: −a to +b\", the range the data allow. A null is read only "
+                    "beside a positive control that moved (else \"not interpretable: sensitivity not shown\"), a gain "
+                    "over scratch only beside a negative control shown small (its bound under the minimum effect). "
+                    f"The controls are instruments, each read at {LEVEL} with the same minimum effect."), ""]
 
 
 def pretraining_lines(runs: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]]:
@@ -344,8 +502,9 @@ def read_scores(path: Path, classes: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def class_rows(scores: Sequence[Mapping[str, Any]], classes: Sequence[str], *, n_boot: int) -> list[dict[str, Any]]:
-    """Per arm and N, the paired difference of each class's Dice to the arm's own twin (`twin_of`) with its seed × case
-    CI: {"arm", "reference", "n", "Dice_<class>": [value, low, high]}."""
+    """Per arm and N, the paired difference of each class's Dice to the arm's own twin (`twin_of`) with its crossed
+    random-effects CI: {"arm", "reference", "n", "Dice_<class>": [value, low, high]} (``n_boot``: unused, kept for
+    callers)."""
     arms = list(dict.fromkeys(str(r["arm"]) for r in scores))
     rows = []
     for n in sorted({int(r["n"]) for r in scores}):
@@ -355,7 +514,7 @@ def class_rows(scores: Sequence[Mapping[str, Any]], classes: Sequence[str], *, n
                 continue
             row: dict[str, Any] = {"arm": arm, "reference": ref, "n": n}
             for c in classes:
-                est = seed_case_bootstrap(statistics.paired_matrix(scores, arm, ref, n, f"Dice_{c}"), n_resamples=n_boot)
+                est = crossed_interval(statistics.paired_matrix(scores, arm, ref, n, f"Dice_{c}"))
                 row[f"Dice_{c}"] = [est.value, est.low, est.high]
             rows.append(row)
     return rows
@@ -384,14 +543,27 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
     min_effect = float(info.get("min_effect", 0.01))
     plumbing = info.get("scale_name") == "quick"
     pilot = info.get("pilot") or {}
-    contrasts = contrast_rows(scores, cohorts, encoders, n_boot=n_boot, min_effect=min_effect)
+    named = list(info.get("lesion_classes") or [])
+    lesion_scored = bool(scores) and all(LESION_KEY[0] in r for r in scores)
+    # a study recorded before the endpoint was named: the lesion Dice when scored (its classes not recorded)
+    primary_endpoint = tuple(info.get("endpoint") or (LESION_KEY if lesion_scored and not named
+                                                      else endpoint(classes, named)))
+    contrasts = contrast_rows(scores, cohorts, encoders, n_boot=n_boot, min_effect=min_effect,
+                              endpoint=primary_endpoint)
     primary = read_family(contrasts, cohorts, encoders, min_effect=min_effect)
     failed = instrument_faults(contrasts, pilot)
     controls = [control_line(r, min_effect=min_effect, read=not plumbing) for r in contrasts if r["kind"] != "question"]
+    if not plumbing and not any(r["kind"] == "positive" for r in contrasts):
+        controls.insert(0, "**No positive control ran**" + (f" ({info['checks']['supervised']})"
+                                                          if "supervised" in info.get("checks", {}) else "")
+                        + ": the study's sensitivity is not shown, so no null below is read as evidence (\""
+                        + UNSHOWN + "\").")
     if plumbing or failed:  # no verdict at all: the numbers stay, the verbs go
         for r in contrasts:
             r["verdict"], r["why"] = (PLUMBING if plumbing else UNREADABLE), None
-    keys = keys_of(scores)
+    else:
+        read_instruments(contrasts, info.get("pretraining", []), min_effect=min_effect)
+    keys = keys_of(scores, primary_endpoint)
     plots = {}
     plots["dice_vs_n.svg"] = line_plot(
         {arm: [(r["n"], r["Dice_mean"], r["Dice_mean_sd"]) for r in rows if r["arm"] == arm]
@@ -446,10 +618,18 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
         top = [f"**Not interpretable**: {' '.join(failed)} Every answer below reads \"{UNREADABLE}\": its numbers are "
                "shown, no verdict is read from them.", ""]
     else:
-        top = []
+        faults = control_faults(contrasts, min_effect=min_effect)
+        top = [f"**{what} are not interpretable** at N = {', '.join(map(str, sorted(by_n)))}: "
+               f"{'; '.join(dict.fromkeys(by_n.values()))}." for what, by_n in
+               (("Nulls", faults["nulls"]), ("Gains over scratch", faults["gains"])) if by_n]
+        top += [""] if top else []
     lines = [
         f"# Does pretraining help? ({info['network']}, {info['scale_name']} scale)", "",
-        machine_line(info["machine"], info["finished"]), "", *top,
+        machine_line(info["machine"], info["finished"]), "",
+        f"**Primary endpoint: {primary_endpoint[1]}**, named before any training"
+        + (" (the lesion classes named with --lesion-classes)" if primary_endpoint[0] == LESION_KEY[0] else
+           " (the set's one foreground class)" if primary_endpoint[1] != KEYS[0][1] else
+           " (mean Dice over every class: no --lesion-classes and more than one class)") + ".", "", *top,
         f"Crop {sc['crop']}³; N = {', '.join(map(str, sc['cases']))} labeled cases × seeds "
         f"{', '.join(map(str, sc['seeds']))}; {sc['test']} fixed test and {sc['val']} validation cases; "
         f"{steps_phrase(info.get('pretraining', []))}; minimum effect {min_effect:g} Dice. {recipe}", "",
@@ -457,6 +637,7 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
         *family_lines(contrasts, primary, [label for _, label in keys], min_effect=min_effect),
         *(f"- {'**Primary:** ' if r['role'] == 'primary' else ''}{q}" for r, q in zip(ordered, questions)),
         *([] if questions else ["- No pretraining arm was scored."]), "",
+        *([] if plumbing else mde_line(primary, min_effect=min_effect)),
         "## The instruments", "",
         *(f"- {line}" for line in [*controls, *flags]),
         *([f"- {checks['cohort']}"] if "cohort" in checks else []),
@@ -465,9 +646,10 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
         *(f"- {line}" for line in [*checks["channels"], *checks.get("skull", [])]),
         *([f"- {checks['supervised']}"] if "supervised" in checks else []),
         *([f"- {budget}"] if budget else []), "",
-        "## Contrasts", "", "Paired by N, seed and test case; 95 % CI: the seed × case bootstrap "
-        f"({n_boot} resamples); p: the two-sided bootstrap p of the mean Dice from the same resamples, Holm's in "
-        "brackets for the exploratory questions.", "",
+        "## Contrasts", "", "Paired by N, seed and test case; 95 % CI: the crossed random-effects interval "
+        "(asa.eval.random_effects); bootstrap CI: the seed × case percentile bootstrap of the endpoint "
+        f"({n_boot} resamples), shown, not read; p: the interval's two-sided p of the endpoint, Holm's in "
+        "brackets for the exploratory questions; bound: what its one-sided 95 % bounds exclude.", "",
         contrast_table(contrasts, min_effect=min_effect) if contrasts else "No contrast had both arms.", "",
         *(["![contrasts](contrasts.svg)", ""] if "contrasts.svg" in plots else []),
         "## Dice against N", "", "![dice vs N](dice_vs_n.svg)", "",

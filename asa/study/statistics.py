@@ -1,6 +1,7 @@
 """The statistics of a study's scores, beside its report: paired differences of an arm to its reference (same N,
-seed and test case), their seed × case bootstrap CIs (`asa.eval.seed_case_bootstrap`) next to the case-only CI and
-the per-seed means, and one summary row per arm and N (`summarize`), which `asa.study.transfer` writes and
+seed and test case), their crossed random-effects CIs (`asa.eval.random_effects.crossed_interval`, the interval the
+verdicts read) beside the seed × case bootstrap CIs (`asa.eval.seed_case_bootstrap`), the case-only CI and the
+per-seed means, and one summary row per arm and N (`summarize`), which `asa.study.transfer` writes and
 `asa.study.report` reads."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from asa.eval import bootstrap_ci, seed_case_bootstrap
+from asa.eval.random_effects import crossed_interval
 
 # mean Dice over the --lesion-classes, a score column of its own: every per-class column starts with its metric
 # (Dice_<class>, HD95_<class>, NSD_<class>), so no class name (a class may be called "lesion") can write over this one
@@ -74,7 +76,8 @@ def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], referen
               n_boot: int = 10000, seed: int = 0) -> list[dict]:
     """One row per (arm, N): every metric (Dice, and HD95 when scored) per class and mean ± sd over seeds
     (of the per-seed test means), the encoder-zeroed mean Dice, and for every metric the paired
-    difference to ``reference``: its mean, the seed × case bootstrap CI (`asa.eval.seed_case_bootstrap`),
+    difference to ``reference``: its mean, the crossed random-effects CI (``_re_lo`` / ``_re_hi``,
+    `asa.eval.random_effects.crossed_interval`), the seed × case bootstrap CI (`asa.eval.seed_case_bootstrap`),
     the case-only CI (per test case averaged over seeds, :func:`case_interval`) and the per-seed means."""
     rows = []
     keys = metric_keys(scores, names)
@@ -98,6 +101,8 @@ def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], referen
                     d, p = paired_matrix(scores, arm, ref, n, key), delta_prefix(key)
                     both = seed_case_bootstrap(d, n_resamples=n_boot, seed=seed)
                     row[p], row[p + "_lo"], row[p + "_hi"] = both.value, both.low, both.high
+                    crossed = crossed_interval(d)
+                    row[p + "_re_lo"], row[p + "_re_hi"] = crossed.low, crossed.high
                     row[p + "_case_lo"], row[p + "_case_hi"] = case_interval(paired_differences(scores, arm, ref, n, key),
                                                                              n_boot=n_boot, seed=seed)
                     row[p + "_per_seed"] = " ".join(f"{v:+.4f}" for v in per_seed_differences(d))

@@ -18,10 +18,13 @@ budget points, and cohorts and N below the largest: the new units run, the finis
    stated; the negative control (``noise``: mae's recipe on pure-noise volumes on the cohort's grid); the positive
    control (``supervised``: the same network trained with labels on labeled cases no study run sees).
 2. transfer: every arm fine-tuned for the budget at each N and seed with the same recipe and encoder lr, scored on
-   the fixed test cases (Dice, NSD, HD95), paired differences to the scratch twin with seed × case bootstrap CIs.
+   the fixed test cases (Dice, NSD, HD95), paired differences to the scratch twin with crossed random-effects CIs
+   (seeds × test cases) and the seed × case bootstrap beside them.
 3. report: ``<out>/report/README.md`` (with SVG plots) and ``report.json``: the checks, the pilot's curve, each
    pretraining run's held-out masked loss with a plateau check, Dice against N per arm, per-class differences, the
-   attentive weights' spread, each control's verdict, each contrast's CI, the cost per arm, one line per question.
+   attentive weights' spread, each control's verdict, each contrast's CI, the cost per arm, one line per question
+   with its bound, read on the primary endpoint (the lesion Dice with --lesion-classes or one foreground class,
+   else mean Dice), named before anything trains.
 
 Scales: ``--scale cpu`` (ResEnc S, 32³ crops, N = 8 × 3 seeds: one sitting on two CPU cores), ``--scale gpu``
 (ResEnc M, 96³ crops; each call stops within ``--time-budget``, 510 s by default, and the next call continues),
@@ -124,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the smallest difference in Dice the study reads as an effect: a contrast whose estimate is "
                         "smaller is 'no difference this study can detect', whatever its CI (default 0.01)")
     p.add_argument("--lesion-classes", nargs="+", default=[], metavar="CLASS",
-                   help="classes whose mean Dice is read as a contrast of its own (lesion Dice), e.g. the lesions of a "
-                        "task that also labels tissue")
+                   help="classes whose mean Dice (lesion Dice) is the primary endpoint every verdict reads, e.g. the "
+                        "lesions of a task that also labels tissue; without it, the one foreground class of a "
+                        "one-class set, else mean Dice over every class")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="an asa-finetune override for every fine-tuning run")
     return p
@@ -315,8 +319,12 @@ def _checks(out: Path, args: argparse.Namespace, scale: Scale, encoders: Mapping
                                      f"pretraining runs read the T1: its 1-channel encoder enters the {k}-channel "
                                      "fine-tuning through the pretrained arms' adapted stem (its kernel copied to each "
                                      f"channel and divided by {k}), so that it controls their path.")
+    key, label = report.endpoint(task.output_names, args.lesion_classes)
+    checks["endpoint"] = {"key": key, "label": label,
+                          "line": f"Primary endpoint: {label}, named before any training (every verdict reads it)."}
     atomic_write_json(out / "checks" / "checks.json", {**checks, "split": split})
-    for line in [*([checks["cohort"]] if "cohort" in checks else []), *checks["overlap"]["lines"],
+    for line in [checks["endpoint"]["line"], *([checks["cohort"]] if "cohort" in checks else []),
+                 *checks["overlap"]["lines"],
                  *checks["channels"], *checks["skull"], *([checks["supervised"]] if "supervised" in checks else [])]:
         print(f"[study] {line}", flush=True)
     return checks, cohorts, noise, supervised
@@ -400,6 +408,8 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
     pretrained = [pretraining_summary(run, times["runs"].get(run.name, math.nan)) for run in runs]
     info = {"scale_name": name, "scale": dataclasses.asdict(scale), "network": network.name, "steps": steps,
             "recipe": args.recipe, "encoder_lr_scale": args.encoder_lr_scale, "min_effect": args.min_effect,
+            "endpoint": [checks["endpoint"]["key"], checks["endpoint"]["label"]],
+            "lesion_classes": list(args.lesion_classes),
             "machine": machine(),
             "stages": times["stages"], "runs": times["runs"], "checks": checks, "pilot": pilot,
             "pretraining": pretrained, "classes": list(task.output_names),

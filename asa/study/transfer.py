@@ -11,9 +11,9 @@ hidden states zeroed (encoder reliance).
 Outputs in ``--out``: ``runs/<arm>-n<N>-s<seed>/`` (asa-finetune run folders), ``scores.csv``
 (one row per arm, N, seed, test case), ``transfer.md`` / ``transfer.csv`` (Table-4-shaped: one row
 per arm and N with Dice and HD95 per class ± sd over seeds, the encoder-zeroed Dice, and the
-paired difference to the reference arm with a 95 % CI from a bootstrap that resamples seeds
-(labeled draws) and test cases, next to the per-seed mean differences and the case-only CI) and
-``dice_vs_cases.svg``.
+paired difference to the reference arm with its 95 % crossed random-effects CI over seeds (labeled
+draws) and test cases, next to the seed × case bootstrap CI, the per-seed mean differences and the
+case-only CI; the labeled draws each N's seeds made) and ``dice_vs_cases.svg``.
 
 Example (demo IBSR phantoms, CPU, minutes)::
 
@@ -73,14 +73,16 @@ def _arm(r: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str) -> str:
     """Table-4-shaped Markdown: arm × labeled cases, Dice per class ± sd, mean, HD95 mean (when scored),
-    zeroed, Δ mean Dice vs reference [95 % CI over seeds × cases], the per-seed Δ and the case-only CI."""
+    zeroed, Δ mean Dice vs reference [95 % crossed random-effects CI], the seed × case bootstrap CI, the per-seed Δ
+    and the case-only CI."""
     hd = any("HD95_mean" in r for r in rows)
     nsd = all("NSD_mean" in r for r in rows)
     lesion = all(LESION in r for r in rows)
     head = ["arm", "labeled", *names, "mean", *(["lesion mean"] if lesion else []), *(["HD95 mean (mm)"] if hd else []),
             *(["NSD mean"] if nsd else []),
             "encoder zeroed",
-            f"Δ mean vs {reference} [95 % CI, seeds × cases]", "Δ per seed", "case-only CI",
+            f"Δ mean vs {reference} [95 % CI, random effects]", "bootstrap CI (seeds × cases)", "Δ per seed",
+            "case-only CI",
             *([f"Δ HD95 vs {reference} [95 % CI]"] if hd else [])]
     lines = []
     for r in rows:
@@ -95,9 +97,11 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], refe
         cells.append("— (no encoder)" if math.isnan(r["Dice_mean_zeroed"])
                      else f"{r['Dice_mean_zeroed']:.3f} (drop {r['encoder_drop']:+.3f})")
         if "delta" not in r:
-            cells += ["—"] * (3 + hd)
+            cells += ["—"] * (4 + hd)
         else:
-            cells += [_ci(r, "delta"), " ".join(f"{float(v):+.3f}" for v in r["delta_per_seed"].split()),
+            cells += [f"{r['delta']:+.3f} [{r['delta_re_lo']:+.3f}, {r['delta_re_hi']:+.3f}]",
+                      f"[{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}]",
+                      " ".join(f"{float(v):+.3f}" for v in r["delta_per_seed"].split()),
                       f"[{r['delta_case_lo']:+.3f}, {r['delta_case_hi']:+.3f}]"]
             cells += [_ci(r, "delta_HD95_mean", 1)] if hd else []
         lines.append(cells)
@@ -115,17 +119,39 @@ def class_differences_table(rows: Sequence[Mapping[str, Any]], names: Sequence[s
                         for r in rows if "delta" in r])
 
 
-def report_markdown(rows: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str, *, n_boot: int) -> str:
-    """transfer.md: the Table-4-shaped table, how to read it, and the per-class differences."""
+def draw_lines(budgets: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per N on the labeled draws the seeds made (from each run's ``train`` cases): how many distinct sets
+    of labeled cases, and how many cases two seeds' sets share on average; none where the runs do not say."""
+    lines = []
+    for n in sorted({int(b["n"]) for b in budgets}):
+        sets = {int(b["seed"]): frozenset(str(b["train"]).split()) for b in budgets
+                if int(b["n"]) == n and isinstance(b.get("train"), str) and b["train"]}
+        if not sets:
+            continue
+        pairs = [len(sets[a] & sets[b]) for i, a in enumerate(sorted(sets)) for b in sorted(sets)[i + 1:]]
+        lines.append(f"At N = {n}: {len(sets)} seed(s) drew {len(set(sets.values()))} distinct set(s) of labeled cases"
+                     + (f"; two seeds' sets share {np.mean(pairs):.1f} of {n} cases on average" if pairs else "")
+                     + (" (every seed trains on the same cases: the seeds differ in their training's randomness "
+                        "alone, not in the labeled draw)" if len(set(sets.values())) == 1 and len(sets) > 1 else "")
+                     + ".")
+    return lines
+
+
+def report_markdown(rows: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str, *, n_boot: int,
+                    draws: Sequence[str] = ()) -> str:
+    """transfer.md: the Table-4-shaped table, how to read it (``draws``: `draw_lines`), and the per-class
+    differences."""
     hd = any("HD95_mean" in r for r in rows)
     notes = [
-        f"Labeled = training cases of each run; ± = sd over seeds (each seed is its own draw of labeled cases) of the "
-        f"per-seed test means. Δ = arm − {reference}, paired by N, seed and test case. Its 95 % CI is a two-level "
-        f"percentile bootstrap ({n_boot} resamples) that draws the test cases, then the seeds, with replacement: "
-        "it carries the spread between labeled draws and between test cases. 'Δ per seed' lists the mean Δ of "
-        "every seed; 'case-only CI' resamples test cases only (per case, Δ averaged over seeds), which ignores "
-        "the spread between labeled draws. Encoder zeroed: mean Dice with every encoder state the decoder "
-        "receives set to zero (drop = what the encoder contributes).",
+        f"Labeled = training cases of each run; ± = sd over seeds of the per-seed test means (a seed is a draw of "
+        f"labeled cases from the training pool and a fine-tuning seed; draws of a small pool share cases: "
+        f"{' '.join(draws) if draws else 'see the runs splits.json'}). Δ = arm − {reference}, paired by N, seed and "
+        "test case. Its 95 % CI is the crossed random-effects interval of seeds × test cases (ANOVA mean squares, "
+        "each part at its own t quantile: asa.eval.random_effects), the one the study's verdicts read; beside it "
+        f"the two-level percentile bootstrap ({n_boot} resamples: test cases, then seeds, with replacement), too "
+        "narrow with 2–3 seeds. 'Δ per seed' lists the mean Δ of every seed; 'case-only CI' resamples test cases "
+        "only (per case, Δ averaged over seeds), which ignores the spread between labeled draws. Encoder zeroed: "
+        "mean Dice with every encoder state the decoder receives set to zero (drop = what the encoder contributes).",
     ]
     if hd:
         notes.append("HD95 per class in mm (voxel spacing of the label), scored as asa-evaluate scores it: the larger of "
@@ -413,7 +439,9 @@ def train_and_score(run: Run, test_ids: Sequence[str], reuse: bool, device: str,
     (``drop_checkpoints`` then deletes the run's checkpoints: a study folder small enough to carry
     between machines). Returns {"scores": [one row per test case], "budget": {...}}."""
     if reuse and run.scores_file.is_file():
-        return json.loads(run.scores_file.read_text())
+        done = json.loads(run.scores_file.read_text())
+        done["budget"].setdefault("train", " ".join(run.train))  # a run scored before its cases were recorded
+        return done
     ckpt = run.run_dir / "checkpoints" / "last.pt"
     cfg = compose_config("finetune", list(run.overrides))
     root, layout = dataset_root(cfg.data)
@@ -459,7 +487,7 @@ def train_and_score(run: Run, test_ids: Sequence[str], reuse: bool, device: str,
         scores.append(entry)
     seconds = json.loads(timed.read_text())["train_seconds"] if timed.is_file() else math.nan
     budget = {"arm": run.arm, "n": run.n, "seed": run.seed, "steps": int(load_checkpoint(ckpt)["step"]),
-              "train_seconds": seconds, **logged_budget(run.run_dir)}
+              "train_seconds": seconds, "train": " ".join(run.train), **logged_budget(run.run_dir)}
     done = {"scores": scores, "budget": budget, "names": list(task.output_names)}
     atomic_write_json(run.scores_file, done)
     if drop_checkpoints:
@@ -554,7 +582,7 @@ def write_outputs(scores: list[dict], names: Sequence[str], reference: str | Map
     rows = summarize(scores, names, reference, n_boot=n_boot)
     label = (reference if isinstance(reference, str)
              else " / ".join(dict.fromkeys(v for k, v in reference.items() if k != v)) or "reference")
-    md = report_markdown(rows, names, label, n_boot=n_boot)
+    md = report_markdown(rows, names, label, n_boot=n_boot, draws=draw_lines(budgets))
     notes = unlearned_classes(rows, names)
     if notes:
         md += "\n" + "\n".join(f"- {line}" for line in notes) + "\n"

@@ -104,12 +104,14 @@ def test_verdicts_follow_the_ci_and_failed_instruments_are_named():
                                 [4], n_boot=200)
     by_arm = {r["arm"]: r for r in rows}
     assert by_arm["supervised"]["verdict"] == "helped" and by_arm["supervised"]["Dice_mean"][0] == pytest.approx(0.1)
-    assert report.instrument_faults(rows, {"test": {"lesion": 0.7}}) == [
-        "the negative control helped, so a gain may be the recipe's, not what pretraining learned."]
+    assert report.instrument_faults(rows, {"test": {"lesion": 0.7}}) == []  # the controls fail one kind of reading
+    assert report.control_faults(rows, min_effect=0.01) == {
+        "nulls": {}, "gains": {2: "the negative control is not shown small: a gain over scratch may be the recipe's"}}
     flat = report.contrast_rows(_scores(0.0, "supervised", spread=0.02), [], n_boot=200)
     assert flat[0]["verdict"] == "no difference"
     faults = report.instrument_faults(flat, {"test": {"lesion": 0.05}})
-    assert len(faults) == 2 and "does not learn the task" in faults[0] and "positive control did not move" in faults[1]
+    assert len(faults) == 1 and "does not learn the task" in faults[0]
+    assert report.control_faults(flat, min_effect=0.01)["nulls"] == {2: "the positive control did not move"}
 
 
 def _children_of(out: Path) -> list[int]:

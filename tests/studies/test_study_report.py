@@ -55,13 +55,14 @@ def _study(tmp_path: Path, effects: dict[str, tuple[float, float]], *, scale: st
     info = {"scale_name": scale, "network": "resenc", "machine": MACHINE, "finished": "2026-11-25T22:00:00",
             "scale": {"crop": 32, "cases": list(ns), "seeds": [0, 1, 2], "test": 6, "val": 2, "pretrain_steps": 250},
             "steps": 40, "recipe": "adamw", "encoder_lr_scale": 1.0, "min_effect": 0.01, "classes": CLASSES,
+            "lesion_classes": LESION_CLASSES,
             "pilot": {"test": {c: pilot_dice for c in CLASSES}, **(pilot or {})}, "pretraining": runs, "encoders": [],
             "checks": {"overlap": {"lines": ["none"]}, "channels": []}, "commands": ["asa-study ..."], "runs": {}}
     folder = report.write_report(out, info, n_boot=n_boot)
     return (folder / "README.md").read_text(), json.loads((folder / "contrasts.json").read_text()), folder
 
 
-CONTROLS = {"supervised": (0.1, 0.01), "noise-c4": (0.0, 0.02)}
+CONTROLS = {"supervised": (0.1, 0.01), "noise-c4": (0.0, 0.002)}  # the negative control shown small
 
 
 def _row(contrasts: list[dict], arm: str, reference: str = "scratch") -> dict:
@@ -81,7 +82,7 @@ def test_a_ci_above_zero_under_the_minimum_effect_reads_no_difference(tmp_path):
     assert mae["role"] == "exploratory" and mae["p_holm"] < 0.05 and mae["verdict"] == "helped"
     asked = [r for r in contrasts if r["kind"] == "question"]
     assert f"this page reads {len(asked)} question(s)" in page and "Holm correction across those " \
-        f"{len(asked) - 1}" in page and "NSD and lesion Dice are shown as information" in page
+        f"{len(asked) - 1}" in page and "on lesion Dice (lesion, tumour) alone (mean Dice and NSD are shown as information" in page
     assert _row(contrasts, "supervised")["verdict"] == "helped" and "Not interpretable" not in page
 
 
@@ -92,7 +93,7 @@ def test_a_failed_instrument_leaves_every_verdict_not_interpretable(tmp_path):
         assert {r["verdict"] for r in contrasts} == {"not interpretable"}
         answers = page.split("## Answers")[1].split("## The instruments")[0]
         lines = [line for line in answers.splitlines() if line.startswith("- ")]
-        assert lines and all(": not interpretable (Δ mean Dice" in line for line in lines)
+        assert lines and all(": not interpretable; " in line and "(Δ lesion Dice" in line for line in lines)
         assert not re.search(r"\b(helped|hurt)\b", answers)
         table = page.split("## Contrasts")[1].split("## Dice against N")[0]
         assert [row.rsplit("|", 2)[1].strip() for row in table.splitlines() if row.startswith("| ")][2:] == \
@@ -185,3 +186,84 @@ def test_series_at_one_n_are_drawn_apart():
     together = _marker_x(line_plot(series, xlabel="N", ylabel="Dice"))
     assert len(together) == 3 and len(set(together.values())) == 1  # without dodge: one place
     assert sorted(apart.values())[1] == pytest.approx(together["#1f77b4"])  # spread around the category
+
+
+BOUND = re.compile(r"; (equivalent within ±0\.01 \(|gains above [+-]\d\.\d{3} excluded|gains below [+-]\d\.\d{3} excluded|"
+                   r"losses under \d\.\d{3} excluded|inconclusive: [+-]\d\.\d{3} to [+-]\d\.\d{3})")
+
+
+def _answers(page: str) -> list[str]:
+    return [line for line in page.split("## Answers")[1].split("## The instruments")[0].splitlines()
+            if line.startswith("- ")]
+
+
+def test_without_a_positive_control_a_null_is_not_interpretable_and_every_answer_has_its_bound(tmp_path):
+    # no positive control; the negative control flat and tight: a null of asa, a clear gain of mae
+    page, contrasts, _ = _study(tmp_path, {"noise-c4": (0.0, 0.002), "mae-c4": (0.05, 0.002), "asa-c4": (0.0, 0.01)})
+    asa = _row(contrasts, "asa-c4")
+    assert asa["verdict"] == "not interpretable: sensitivity not shown" and asa["why"] == "no positive control ran"
+    assert "At N = 2: not interpretable: sensitivity not shown (no positive control ran)" in page
+    assert "**No positive control ran**" in page and "**Nulls are not interpretable** at N = 2" in page
+    assert _row(contrasts, "mae-c4")["verdict"] == "helped"  # a gain stands on the negative control shown small
+    lines = _answers(page)
+    assert len(lines) == len([r for r in contrasts if r["kind"] == "question"])
+    assert all(BOUND.search(line) for line in lines), lines
+    # the same null beside a positive control that moved: read, with its bound
+    page, contrasts, _ = _study(tmp_path / "with", {**CONTROLS, "asa-c4": (0.0, 0.01)})
+    assert _row(contrasts, "asa-c4")["verdict"] == "no difference"
+    assert all(BOUND.search(line) for line in _answers(page))
+
+
+def test_the_bounds_read_equivalence_excluded_gains_and_inconclusive_ranges():
+    assert report.bound_text(-0.004, 0.006, min_effect=0.01) == "equivalent within ±0.01 (-0.004 to +0.006)"
+    assert report.bound_text(-0.03, 0.005, min_effect=0.01) == "gains above +0.005 excluded"
+    assert report.bound_text(-0.03, 0.04, min_effect=0.01) == "inconclusive: -0.030 to +0.040"
+    assert report.bound_text(0.02, 0.08, min_effect=0.01) == "gains below +0.020 excluded"
+    assert report.bound_text(-0.08, -0.02, min_effect=0.01) == "losses under 0.020 excluded"
+    assert report.bound_text(math.nan, math.nan, min_effect=0.01).startswith("no bound")
+
+
+def test_a_negative_control_not_shown_small_leaves_gains_over_scratch_unread(tmp_path):
+    # the negative control's mean is 0, but its cases spread: its bound does not exclude a gain of 0.01
+    page, contrasts, _ = _study(tmp_path, {"supervised": (0.1, 0.01), "noise-c4": (0.0, 0.03),
+                                           "mae-c4": (0.05, 0.002), "asa-c4": (0.05, 0.002)})
+    noise = _row(contrasts, "noise-c4")
+    assert noise["Dice_mean"][1] < 0 < noise["Dice_mean"][2]  # its CI holds 0, yet it is not shown small
+    assert "**Negative control not shown small**" in page
+    assert _row(contrasts, "asa-c4")["verdict"] == "not interpretable"
+    assert "the negative control is not shown small" in _row(contrasts, "asa-c4")["why"]
+    assert _row(contrasts, "asa-c4", "mae-c4")["verdict"] != "not interpretable"  # both pretrained: no recipe gap
+
+
+def test_near_uniform_attentive_weights_make_asa_minus_mae_no_test_and_the_plateau_flag_reaches_the_answer(tmp_path):
+    out = tmp_path / "study"
+    scores = _scores({**CONTROLS, "mae-c4": (0.0, 0.002), "asa-c4": (0.0, 0.002)})
+    arms = list(dict.fromkeys(r["arm"] for r in scores))
+    transfer.write_outputs(scores, CLASSES, {a: report.twin_of(a) if report.twin_of(a) in arms else a for a in arms},
+                           out / "transfer", n_boot=200)
+    runs = [{**_run("asa-c4", "asa", 5), "weights_cv": 0.14, "weights_share": 0.98, "plateau": False,
+             "loss_drop": 0.083, "loss_rise": 0.0, "tol": 0.02}, _run("mae-c4", "mae", 5), _run("noise-c4", "noise", 5)]
+    info = {"scale_name": "cpu", "network": "resenc", "machine": MACHINE, "finished": "2026-11-25T22:00:00",
+            "scale": {"crop": 32, "cases": [2], "seeds": [0, 1, 2], "test": 6, "val": 2, "pretrain_steps": 5},
+            "steps": 40, "recipe": "adamw", "encoder_lr_scale": 1.0, "min_effect": 0.01, "classes": CLASSES,
+            "lesion_classes": LESION_CLASSES, "pilot": {"test": {c: 0.7 for c in CLASSES}}, "pretraining": runs,
+            "encoders": [], "checks": {"overlap": {"lines": ["none"]}, "channels": []}, "commands": [], "runs": {}}
+    page = (report.write_report(out, info, n_boot=200) / "README.md").read_text()
+    contrasts = json.loads((out / "report" / "contrasts.json").read_text())
+    row = _row(contrasts, "asa-c4", "mae-c4")
+    assert row["verdict"] == "not a test of the attentive loss" and "effective share 0.98" in row["why"]
+    line = next(x for x in _answers(page) if "(asa − mae)" in x)
+    assert "not a test of the attentive loss (the attentive weights' effective share 0.98 ≥ 0.9" in line
+    primary = next(x for x in _answers(page) if x.startswith("- **Primary:**"))
+    assert "asa-c4 unfinished: its held-out loss still fell 8.3% over the last quarter of the summed lr" in primary
+    # the primary's minimum detectable effect, from the study's own variance, with more draws and more cases
+    mde = next(x for x in page.splitlines() if x.startswith("Minimum detectable effect of the primary"))
+    r = _row(contrasts, "asa-c4")
+    assert f"**{r['mde']:.3f} lesion Dice (lesion, tumour)**" in mde and "with twice the labeled draws (6 seeds)" in mde
+    assert page.index("**Primary endpoint: lesion Dice (lesion, tumour)**") < page.index("## Answers")
+
+
+def test_the_endpoint_is_the_lesion_when_named_or_the_only_class():
+    assert report.endpoint(["CSF", "GM", "lesion"], ["lesion"]) == (transfer.LESION, "lesion Dice (lesion)")
+    assert report.endpoint(["lesion"], []) == ("Dice_mean", "lesion Dice (lesion)")
+    assert report.endpoint(["CSF", "GM", "WM"], []) == ("Dice_mean", "mean Dice")

@@ -1,0 +1,94 @@
+"""The crossed random-effects interval of asa.eval.random_effects against a hand computation, its special cases (one
+seed, missing pairs, no spread between seeds), the p it reads and a three-factor design's variance."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from asa.eval.random_effects import crossed_interval, mean_squares
+
+# 2 seeds × 4 test cases, worked by hand:
+#   grand mean 28 / 8 = 3.5; seed means 3, 4; case means 1.5, 3, 3.5, 6
+#   MS_seed = 4 · (0.5² + 0.5²) / 1 = 2
+#   MS_case = 2 · ((−2)² + (−0.5)² + 0² + 2.5²) / 3 = 2 · 10.5 / 3 = 7
+#   residuals d − seed − case + grand: [0, −0.5, 0, 0.5], [0, 0.5, 0, −0.5] -> SS 1, MS_e = 1 / 3
+#   components: seed (2 − 1/3) / 4 = 5/12, case (7 − 1/3) / 2 = 10/3, seed×case 1/3
+#   V = (2 + 7 − 1/3) / 8 = 13/12; Satterthwaite ν = (26/3)² / (2²/1 + 7²/3 + (1/3)²/3) = 3.6873
+#   per-factor parts: seeds 2 / 8 = 0.25 at t_1, cases (7 − 1/3) / 8 = 5/6 at t_3
+D = np.array([[1.0, 2.0, 3.0, 6.0], [2.0, 4.0, 4.0, 6.0]])
+
+
+def test_the_interval_of_a_small_balanced_table_is_the_hand_computed_one():
+    ms, df = mean_squares(D)
+    assert ms[(0,)] == pytest.approx(2.0) and ms[(1,)] == pytest.approx(7.0) and ms[(0, 1)] == pytest.approx(1 / 3)
+    assert (df[(0,)], df[(1,)], df[(0, 1)]) == (1, 3, 3)
+    r = crossed_interval(D)
+    assert r.value == pytest.approx(3.5)
+    assert r.components == pytest.approx({"seed": 5 / 12, "case": 10 / 3, "seed×case": 1 / 3})
+    assert r.se == pytest.approx(math.sqrt(13 / 12))
+    nu = (26 / 3) ** 2 / (4 + 49 / 3 + (1 / 9) / 3)
+    assert r.df == pytest.approx(nu) and r.df == pytest.approx(3.6873, abs=1e-4)
+    half = stats.t.ppf(0.975, nu) * math.sqrt(13 / 12)
+    assert r.satterthwaite == pytest.approx((3.5 - half, 3.5 + half))
+    assert [(name, v, df) for name, v, df in r.parts] == [("seed", pytest.approx(0.25), 1.0),
+                                                           ("case", pytest.approx(5 / 6), 3.0)]
+    half = math.sqrt(stats.t.ppf(0.975, 1) ** 2 * 0.25 + stats.t.ppf(0.975, 3) ** 2 * 5 / 6)  # 6.986
+    assert (r.low, r.high) == pytest.approx((3.5 - half, 3.5 + half)) and half == pytest.approx(6.986, abs=1e-3)
+    lo90, hi90 = r.bounds(0.90)  # the one-sided 95 % bounds: t_{0.95} of each part
+    half90 = math.sqrt(stats.t.ppf(0.95, 1) ** 2 * 0.25 + stats.t.ppf(0.95, 3) ** 2 * 5 / 6)
+    assert (lo90, hi90) == pytest.approx((3.5 - half90, 3.5 + half90))
+
+
+def test_p_is_the_interval_s_dual_and_the_mde_adds_the_power_quantile():
+    r = crossed_interval(D - 1.0)  # mean 2.5
+    assert 0.0 < r.p < 1.0
+    lo, _ = r.bounds(1.0 - r.p)  # the 1 − p interval just reaches 0
+    assert lo == pytest.approx(0.0, abs=1e-8)
+    # one part alone: (t_{0.975} + t_{0.8}) · se, the textbook power formula
+    one = crossed_interval(np.array([[0.1, 0.3, 0.2, 0.6], [0.1, 0.3, 0.2, 0.6]]))  # no seed spread
+    se, df = math.sqrt(one.parts[1][1]), 3
+    assert one.parts[0][1] == 0.0 and one.mde() == pytest.approx((stats.t.ppf(0.975, df) + stats.t.ppf(0.8, df)) * se)
+    # twice the seeds: the same components, a smaller seed part
+    same = r.projected({"seed": 2, "case": 4})  # no component truncated: the expected mean squares are the observed
+    assert [v for _, v, _ in same.parts] == pytest.approx([v for _, v, _ in r.parts])
+    assert r.mde(levels={"seed": 4}) < r.mde()
+
+
+def test_without_spread_between_seeds_it_is_the_t_interval_of_the_case_means():
+    cases = np.array([0.02, -0.01, 0.05, 0.00, 0.03, 0.04])
+    r = crossed_interval(np.stack([cases, cases, cases]))
+    t = stats.ttest_1samp(cases, 0.0).confidence_interval(0.95)
+    assert (r.low, r.high) == pytest.approx((t.low, t.high))
+
+
+def test_one_seed_measures_no_spread_between_draws_and_missing_pairs_are_dropped():
+    one = crossed_interval(D[:1])
+    assert one.value == pytest.approx(3.0) and math.isnan(one.low) and math.isnan(one.p)
+    holed = D.copy()
+    holed[1, 2] = np.nan
+    r = crossed_interval(np.vstack([holed, np.full((1, 4), np.nan)]))  # a case lacks a pair; a seed never ran
+    assert r.dropped == 1 and r.levels == {"seed": 2, "case": 3}
+    assert r.value == pytest.approx(crossed_interval(D[:, [0, 1, 3]]).value)
+    with pytest.raises(ValueError, match="one axis per factor"):
+        crossed_interval(D, factors=("pretraining", "seed", "case"))
+
+
+def test_three_crossed_factors_give_the_alternating_sum_of_mean_squares():
+    rng = np.random.default_rng(0)  # every main effect and interaction, so that no component estimate is negative
+    d = sum(rng.normal(size=shape) for shape in [(3, 1, 1), (1, 4, 1), (1, 1, 5), (3, 4, 1), (3, 1, 5), (1, 4, 5)])
+    d = d + 0.3 * rng.normal(size=(3, 4, 5))
+    r = crossed_interval(d, factors=("pretraining", "seed", "case"))
+    ms, _ = mean_squares(d)
+    c = r.components
+    assert min(c.values()) > 0  # none truncated: V is the alternating sum of the seven mean squares
+    subsets = [s for k in (1, 2, 3) for s in itertools.combinations(range(3), k)]
+    assert r.se ** 2 == pytest.approx(sum((-1) ** (len(t) + 1) * ms[t] for t in subsets) / d.size)
+    # E[MS_pretraining] = σ²_e + 5 σ²_ps + 4 σ²_pc + 20 σ²_p: the components give back the mean square
+    expect = c["pretraining×seed×case"] + 5 * c["pretraining×seed"] + 4 * c["pretraining×case"] + 20 * c["pretraining"]
+    assert ms[(0,)] == pytest.approx(expect)
+    assert [name for name, _, _ in r.parts] == ["pretraining", "seed", "case"]
+    assert r.low < r.value < r.high
