@@ -36,6 +36,10 @@ Realism options of the template subjects (defaults: the subjects as ever, byte f
                     grey-matter enlargement anywhere on the grey / white border (cortex or nuclei),
                     either hemisphere, sizes drawn (msd labels 4 heterotopia, 5 grey_enlargement);
                     fixed (default): deep white matter, the deep grey nuclei of one side
+  --placement planted
+                    free, with 3-6 heterotopia nodules of radius 6-12 mm: a lesion load learnable from one
+                    or two labeled cases (asa-study --scale planted; a bids cohort of it carries the lesions
+                    unlabeled)
   --skull           whole heads (skull, scalp, neck) in air with Rician noise, as a T1 before brain
                     extraction; --size is then the grid holding the head (64 -> about 3.6 mm voxels)
   --contrasts t1 t1ce t2 flair
@@ -75,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --anatomy: grey-matter heterotopia and one-sided enlarged deep grey nuclei "
                              "(msd labels 4 and 5)")
     parser.add_argument("--placement", choices=PLACEMENTS, default="fixed",
-                        help="with --lesions: fixed (default: deep white matter, the deep grey nuclei) or free "
-                             "(anywhere in the tissue, either hemisphere, sizes drawn)")
+                        help="with --lesions: fixed (default: deep white matter, the deep grey nuclei), free "
+                             "(anywhere in the tissue, either hemisphere, sizes drawn) or planted (free, more and "
+                             "larger heterotopia)")
     parser.add_argument("--skull", action="store_true",
                         help="with --anatomy: whole heads (skull, scalp, neck) in air with Rician noise, not "
                              "skull-stripped brains (bids, caps, filelist, msd)")

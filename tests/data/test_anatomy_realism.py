@@ -11,7 +11,7 @@ from asa.data import discover, write_demo_dataset
 
 def test_help_shows_the_realism_options():
     text = build_parser().format_help()
-    for option in ("--placement", "{fixed,free}", "--skull", "--contrasts", "_ce-gadolinium_T1w", "_FLAIR"):
+    for option in ("--placement", "{fixed,free,planted}", "--skull", "--contrasts", "_ce-gadolinium_T1w", "_FLAIR"):
         assert option in text
 
 
@@ -88,6 +88,22 @@ def test_free_placement_spreads_lesions_over_the_tissue():
 
 
 @pytest.mark.slow
+def test_planted_placement_carries_more_and_larger_heterotopia_in_the_same_heads():
+    """The planted bed's lesion load: the same heads as free placement (the lesion draws have their own stream), with
+    several times the heterotopia voxels, and every subject carrying some; the free subjects are as before."""
+    from asa.data.synthetic.anatomy import make_anatomy_subject
+
+    counts = {"free": [], "planted": []}
+    for placement in counts:
+        for index in range(3):
+            subject = make_anatomy_subject(32, seed=0, index=index, lesions=True, placement=placement)
+            counts[placement].append(int((subject.labels == 4).sum()))
+            healthy = make_anatomy_subject(32, seed=0, index=index)
+            np.testing.assert_array_equal(subject.brain_mask, healthy.brain_mask)  # same head and warp
+    assert min(counts["planted"]) > 0
+    assert sum(counts["planted"]) > 3 * sum(counts["free"])
+
+
 def test_skull_gives_a_head_in_noisy_air():
     """The whole head: air outside it is Rician (Rayleigh: mean / std = 1.91, never 0), the scalp fat and
     marrow bright and the bone dark in T1, the brain's labels and tissue contrast unchanged in kind;

@@ -64,11 +64,14 @@ ANATOMY_CLASSES = ("background", "csf", "gm", "wm")
 """Tissue label values 0..3 (IBSR's)."""
 LESION_NAMES = {4: "heterotopia", 5: "deep_grey_enlargement"}
 """Lesion label values of subjects made with ``lesions=True`` (and the default ``placement="fixed"``)."""
-PLACEMENTS = ("fixed", "free")
+PLACEMENTS = ("fixed", "free", "planted")
 """Lesion placements: ``fixed`` the deep white matter and the deep grey nuclei (`LESION_NAMES`), ``free``
-anywhere in the tissue with no location prior (`FREE_LESION_NAMES`); see `make_anatomy_subject`."""
+anywhere in the tissue with no location prior (`FREE_LESION_NAMES`), ``planted`` as ``free`` with more and larger
+heterotopia nodules (a lesion load learnable from one or two labeled cases); see `make_anatomy_subject`."""
 FREE_LESION_NAMES = {4: "heterotopia", 5: "grey_enlargement"}
-"""Lesion label values of subjects made with ``lesions=True, placement="free"``."""
+"""Lesion label values of subjects made with ``lesions=True, placement="free"`` (or ``"planted"``)."""
+# the heterotopia of each placement with no location prior: (nodules drawn in [low, high), radius range in mm)
+_NODULES = {"free": ((1, 4), (3.0, 10.0)), "planted": ((3, 7), (6.0, 12.0))}
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 # relative signal of CSF, GM, WM per derived contrast (T1 is the template's own image)
 _TABLES = {
@@ -263,16 +266,18 @@ def _pick(rng: np.random.Generator, where: np.ndarray) -> np.ndarray:
     return candidates[int(rng.integers(len(candidates)))] + rng.uniform(-0.5, 0.5, 3)
 
 
-def _free_heterotopia(rng: np.random.Generator, tpl: dict[str, np.ndarray]) -> tuple[np.ndarray, list[list[float]]]:
-    """One to three GM nodules (radius 3-10 mm, at least 1.2 voxels) anywhere in the white matter, either
-    hemisphere each, the centre at least half the radius (and a voxel) deep in the white matter, so that
-    white matter encloses the nodule's core: mask and centres (mm)."""
+def _free_heterotopia(rng: np.random.Generator, tpl: dict[str, np.ndarray], count: tuple[int, int] = (1, 4),
+                      radius_mm: tuple[float, float] = (3.0, 10.0)) -> tuple[np.ndarray, list[list[float]]]:
+    """``count`` (low, high: drawn in [low, high)) GM nodules, by default one to three (radius drawn in
+    ``radius_mm``, by default 3-10 mm, at least 1.2 voxels) anywhere in the white matter, either hemisphere each,
+    the centre at least half the radius (and a voxel) deep in the white matter, so that white matter encloses the
+    nodule's core; fewer where the white matter has no room left: mask and centres (mm)."""
     voxel = float(tpl["affine"][0, 0])
     shape = tpl["wm"].shape
     mask = np.zeros(shape, dtype=bool)
     centres = []
-    for _ in range(int(rng.integers(1, 4))):
-        radius = max(float(rng.uniform(3.0, 10.0)), 1.2 * voxel)
+    for _ in range(int(rng.integers(*count))):
+        radius = max(float(rng.uniform(*radius_mm)), 1.2 * voxel)
         depth = tpl["wm_depth"]
         if mask.any():  # keep nodules apart
             depth = np.where(ndimage.distance_transform_edt(~mask, sampling=voxel) > radius + voxel, depth, 0.0)
@@ -335,6 +340,9 @@ def make_anatomy_subject(size: int | tuple[int, int, int] = 64, *, seed: int = 0
       ``grey_enlargement``: the grey matter (cortex or nuclei) within 8-16 mm of a point drawn
       anywhere on the grey / white-matter border, either hemisphere, grown 3-5 mm into the white
       matter. Centres are drawn to a fraction of a voxel.
+    * ``"planted"``: as ``"free"``, with 3-6 heterotopia nodules of radius 6-12 mm (fewer where the white matter
+      has no room): the lesion load of asa-study's planted bed, where unlabeled subjects carry the lesions the
+      labeled ones mark and a CNN learns them from one or two labeled cases within a CPU budget.
 
     ``skull``: the head as a T1 shows it before brain extraction (`asa.data.synthetic.head`: CSF,
     skull with its marrow, scalp, a neck with the cord, vertebrae and airway) in a field of view
@@ -359,8 +367,9 @@ def make_anatomy_subject(size: int | tuple[int, int, int] = 64, *, seed: int = 0
     marks = np.zeros((2,) + shape, dtype=np.float32)
     drawn: dict[str, object] = {}
     if lesions:
-        free = placement == "free"
-        nodules, centres = (_free_heterotopia if free else _heterotopia)(lesion_rng, tpl)
+        free = placement != "fixed"
+        nodules, centres = (_free_heterotopia(lesion_rng, tpl, *_NODULES[placement]) if free
+                            else _heterotopia(lesion_rng, tpl))
         probs[:, nodules] = np.array([[0.0], [1.0], [0.0]], dtype=np.float32)
         spare = ndimage.binary_dilation(nodules, iterations=2)
         grown, where = (_free_grey_enlargement if free else _deep_grey_enlargement)(lesion_rng, tpl, probs, spare)
