@@ -73,6 +73,10 @@ SCALES = {
                  supervised=8, resenc="S", swvit="tiny", jobs=2),
     "gpu": Scale(crop=96, pretrain_steps=4000, pilot_steps=4000, cases=(2, 8), seeds=(0, 1, 2, 3, 4), test=16, val=4,
                  supervised=16, resenc="M", swvit="small", jobs=3, time_budget=510.0, workers=8),
+    # the planted bed (asa-demo-data --placement planted: a cohort carrying the labeled set's lesions, unlabeled):
+    # few labels, a budget one loaded 2-core sitting holds (docs/studies.md: "A planted self-supervised positive")
+    "planted": Scale(crop=32, pretrain_steps=320, pilot_steps=240, cases=(2,), seeds=(0, 1), test=16, val=4,
+                     supervised=4, resenc="S", swvit="tiny", jobs=2),
     "quick": Scale(crop=32, pretrain_steps=4, pilot_steps=12, cases=(2,), seeds=(0, 1), test=3, val=2, supervised=2,
                    resenc="tiny", swvit="tiny"),
 }
