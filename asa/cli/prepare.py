@@ -7,10 +7,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from asa.data import CaseError
-from asa.data.prepare import BOXES, BRAIN_TOOLS, INPUT_LAYOUTS, TRANSFORMS, MissingTool, PrepareSettings, \
-    PrepareSettingsError, prepare
+# settings, choices and refusals only: the tools and asa's readers (torch) load once the options are accepted
 from asa.cli.interrupted import ctrl_c_exits
+from asa.data.prepare.case import MIN_SIMILARITY, PrepareSettings
+from asa.data.prepare.pipeline import INPUT_LAYOUTS, parse_shard, prepare
+from asa.data.prepare.stages import BRAIN_TOOLS, TRANSFORMS
+from asa.data.prepare.template import BOXES
+from asa.data.prepare.tools import MissingTool
 
 _EPILOG = """per case: N4 bias correction (ANTs), brain extraction (--brain), registration of the T1 to the
 symmetric MNI152 2009 template (ANTs, --transform), resampling to --spacing mm and the crop (--box); the
@@ -19,8 +22,12 @@ transform. Written per case: the images, the brain mask, the transforms (ANTs .m
 prediction back to the native scan: asa.data.prepare.to_native) and a record; qc/index.html ranks the
 cases (mirror symmetry, brain volume, similarity to the template; outliers by robust z).
 
-A rerun prepares only what is missing. Exit codes: 0 every case prepared, 1 some case failed (listed,
-the others prepared), 2 a refused option or a missing tool.
+A case whose registration failed (similarity to the template below --min-similarity, e.g. a header
+turned 90 degrees), an empty or unreadable scan, and under --brain none a whole head are failed cases:
+listed with the reason, nothing of them written. A rerun prepares only what is missing. OUT is a new
+folder, an empty one or one asa-prepare made (with the same settings). Exit codes: 0 every case
+prepared, 1 some case failed (listed, the others prepared), 2 a refused option, output folder or a
+missing tool, 130/143 stopped by SIGINT/SIGTERM (the cases finished stay).
 
 examples:
   asa-prepare /data/ADNI_BIDS /data/ADNI_prepared --workers 16
@@ -56,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard", default="0/1", metavar="I/N",
                         help="prepare only the cases whose sorted index is I modulo N (default: 0/1, all)")
     parser.add_argument("--seed", type=int, default=0, help="ANTs' sampling seed (default: 0)")
+    parser.add_argument("--min-similarity", type=float, default=MIN_SIMILARITY, metavar="R",
+                        help="a case whose prepared T1 correlates less than R with the template failed its "
+                             f"registration: listed, not written (default: {MIN_SIMILARITY:g}; correct ones measured "
+                             "0.63-0.74, a header turned 90 degrees 0.09-0.34; 0: none refused)")
+    parser.add_argument("--into-existing", action="store_true",
+                        help="write into OUT although it holds files and is not a folder asa-prepare made "
+                             "(refused without it)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -66,9 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = PrepareSettings(transform=args.transform, brain=args.brain, spacing=args.spacing, box=args.box,
                                    crop=args.crop)
+        parse_shard(args.shard)
+        if args.workers < 1:
+            raise ValueError(f"--workers {args.workers}: expected a number of processes >= 1")
+        if not 0 <= args.min_similarity < 1:
+            raise ValueError(f"--min-similarity {args.min_similarity}: expected a correlation in [0, 1)")
         report = prepare(args.source, args.out, settings=settings, layout=args.layout, workers=args.workers,
-                         shard=args.shard, progress=not args.no_progress, seed=args.seed)
-    except (MissingTool, PrepareSettingsError, CaseError, ValueError, FileNotFoundError) as err:
+                         shard=args.shard, progress=not args.no_progress, seed=args.seed,
+                         min_similarity=args.min_similarity, into_existing=args.into_existing)
+    except (MissingTool, ValueError, FileNotFoundError) as err:  # PrepareSettingsError, a reader's CaseError too
         print(f"asa-prepare: error: {err}", file=sys.stderr)
         return 2
     print(report.summary())

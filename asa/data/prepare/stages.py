@@ -17,8 +17,8 @@ from scipy import ndimage
 
 from asa.data.prepare.tools import ants, need, torch_threads
 
-__all__ = ["BRAIN_TOOLS", "TRANSFORMS", "Registration", "to_ants", "from_ants", "grid_image", "n4", "extract_brain",
-           "register", "resample"]
+__all__ = ["BRAIN_TOOLS", "TRANSFORMS", "MAX_BRAIN_ML", "Registration", "to_ants", "from_ants", "grid_image", "n4",
+           "extract_brain", "register", "resample"]
 
 BRAIN_TOOLS = ("deepbet", "robex", "none")
 """Brain extraction: deepbet (a CNN, Fisch et al. 2024), ROBEX (Iglesias et al. 2011), or none for inputs that
@@ -26,6 +26,10 @@ are skull-stripped already (BraTS, IBSR): the brain is then the image's non-zero
 TRANSFORMS = ("affine", "rigid")
 """The registration of the T1 to the template: 12 (affine, Clinica's t1-linear) or 6 (rigid) parameters."""
 _LPS = np.diag([-1.0, -1.0, 1.0])
+MAX_BRAIN_ML = 3000.0
+"""``--brain none``: an image whose non-zero part (its largest connected piece, holes filled) holds more than this
+is a whole head, not a skull-stripped brain (an adult brain and its CSF hold 1-2 L; asa's demo brains, made from the
+MNI template, 1.8-2.1 L; a demo head 4.7-5.6 L with its air set to 0, 12 L with the air)."""
 
 
 def to_ants(data: np.ndarray, affine: np.ndarray):
@@ -65,7 +69,8 @@ def _deepbet():
 
 def extract_brain(data: np.ndarray, affine: np.ndarray, tool: str) -> np.ndarray:
     """The brain mask (bool [X, Y, Z], the input's grid) of the head ``data`` by ``tool`` (`BRAIN_TOOLS`);
-    ``none``: the non-zero voxels of an image stripped already. The largest connected part, holes filled."""
+    ``none``: the non-zero voxels of an image stripped already, refused when they hold more than a brain
+    (`MAX_BRAIN_ML`: a whole head). The largest connected part, holes filled."""
     if tool not in BRAIN_TOOLS:
         raise ValueError(f"brain={tool!r}: expected one of {BRAIN_TOOLS}")
     image = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
@@ -88,7 +93,14 @@ def extract_brain(data: np.ndarray, affine: np.ndarray, tool: str) -> np.ndarray
     labels, n = ndimage.label(brain)
     if n > 1:
         brain = labels == 1 + int(np.argmax(ndimage.sum(brain, labels, range(1, n + 1))))
-    return ndimage.binary_fill_holes(brain)
+    brain = ndimage.binary_fill_holes(brain)
+    if tool == "none":
+        litres = brain.sum() * abs(np.linalg.det(np.asarray(affine)[:3, :3])) / 1e6
+        if litres > MAX_BRAIN_ML / 1000:
+            raise ValueError(f"brain=none takes skull-stripped images, and the non-zero part of this one holds "
+                             f"{litres:.1f} L, a whole head's volume, not a brain's (at most {MAX_BRAIN_ML / 1000:g} L): "
+                             "choose --brain deepbet or robex")
+    return brain
 
 
 @dataclass(frozen=True)
