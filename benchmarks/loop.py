@@ -11,7 +11,7 @@ changes, nothing costs anything outside a profile). Each step's wall time, from 
 - ``augment``: the engine's ``on_device`` (augmentation on the device, ``data.augment_on=device``);
 - ``step``: `OptimizerStep.accumulate` and ``apply`` (forward, backward, the update), data and copy
   inside them subtracted; synchronized on CUDA;
-- ``update_norms``: `RelativeUpdate` (the encoder/decoder relative update logged each step);
+- ``update_norms``: `RelativeUpdate` (the encoder/decoder relative update, measured on logging steps);
 - ``logging``: `TrainLog` (window means, progress line or bar, TensorBoard scalars);
 - ``checkpoint``: ``Engine.save``; ``validation``: ``Engine._validate`` and ``_panels`` (everything inside);
 - ``other``: the rest (lr, the non-finite check, the loop itself).
@@ -168,6 +168,7 @@ class LoopProfile:
                 engine.on_device._profiled = True
             profile.cadence.update(steps_per_epoch=engine.steps_per_epoch, log_every=engine.cfg.log_every,
                                    ckpt_every=engine.cfg.ckpt_every, val_every=engine.cfg.val_every,
+                                   val_every_steps=engine.cfg.val_every_steps,
                                    panel_every=engine.cfg.panel_every, validation=engine.validate is not None,
                                    progress_bar=engine.log.use_bar, amp=engine.cfg.amp,
                                    precision=amp_name(engine.optim_step.amp_dtype),
@@ -389,7 +390,9 @@ def format_table(r: dict[str, Any]) -> str:
     lines.append(f"  cadence: {cadence.get('steps_per_epoch')} steps/epoch, log every {cadence.get('log_every')}, "
                  f"checkpoint every {cadence.get('ckpt_every') or 'epoch'}{' steps' if cadence.get('ckpt_every') else ''}, "
                  f"validation every "
-                 f"{cadence.get('val_every')} epoch(s) (in it, panels every {cadence.get('panel_every')}); in the "
+                 + (f"{cadence['val_every_steps']} steps" if cadence.get("val_every_steps") else
+                    f"{cadence.get('val_every')} epoch(s)")
+                 + f" (panels every {cadence.get('panel_every')} epochs, timed as validation); in the "
                  f"timed steps {r['validations']} validation(s), "
                  f"{r['checkpoints']} checkpoint(s)")
     return "\n".join(lines)
@@ -420,6 +423,66 @@ def make_data(folder: str | os.PathLike, *, cases: int, size: int, workers: int 
                                              f"data.store={store}", f"workers={workers}", "progress=false"]))
     out["store_s"] = time.perf_counter() - begin
     log(f"their store in {store} ({out['store_s']:.1f} s)")
+    return out
+
+
+# --- the known costs alone ----------------------------------------------------------------------
+def known_costs(folder: str | os.PathLike, *, model: str = "base", crop: int = 64, repeats: int = 3) -> dict[str, Any]:
+    """What the loop's known costs take by themselves, before and after their change, alternated repeat by repeat
+    (wall and process CPU seconds, medians): a ``best.pt`` write of the whole training state (weights and AdamW's
+    moments, as before) against the weights-only one, for the SW-ViT ``model`` preset's pretraining network; and
+    the encoder/decoder relative update (a snapshot and the norms of every parameter, `RelativeUpdate`) of its
+    segmenter, which was taken at every step and now only on logging steps (``trainer.log_every``)."""
+    import statistics
+
+    from asa.io import save_checkpoint
+    from asa.models import PRESETS, build_network
+    from asa.models.zoo import network_spec
+    from asa.train.updates import RelativeUpdate
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    net = build_network({"arch": "asa_pretrain", "kwargs": {"img_size": crop, **PRESETS[model]}})
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    for p in net.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()  # AdamW's two moments exist, as after any step
+    weights = {"model": net.state_dict(), "network": network_spec(net), "step": 1}
+    full = {**weights, "optimizer": opt.state_dict()}
+    seg = build_network({"arch": "swvit_unetr", "kwargs": {"img_size": crop, "out_channels": 2,
+                                                          **{k: v for k, v in PRESETS[model].items()
+                                                             if not k.startswith("decoder")}}})
+    monitor = RelativeUpdate.of(seg)
+
+    def update() -> None:
+        monitor.before()
+        with torch.no_grad():
+            for p in seg.parameters():
+                p.add_(1e-4)
+        monitor.after()
+
+    runs = {"best_pt_full_state": lambda: save_checkpoint(folder / "full.pt", full),
+            "best_pt_weights_only": lambda: save_checkpoint(folder / "weights.pt", weights),
+            "relative_update": update}
+    wall: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
+    for i in range(repeats + 1):  # the first round warms up
+        for name, run in runs.items():
+            w, c = time.perf_counter(), time.process_time()
+            run()
+            if i:
+                wall[name].append(time.perf_counter() - w)
+                cpu[name].append(time.process_time() - c)
+    out = {"model": model, "parameters_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 2),
+           "segmenter_parameters_M": round(sum(p.numel() for p in seg.parameters()) / 1e6, 2),
+           "bytes": {"best_pt_full_state": (folder / "full.pt").stat().st_size,
+                     "best_pt_weights_only": (folder / "weights.pt").stat().st_size},
+           "wall_s": {k: round(statistics.median(v), 4) for k, v in wall.items()},
+           "cpu_s": {k: round(statistics.median(v), 4) for k, v in cpu.items()}, "repeats": repeats,
+           "torch": torch.__version__, "threads": torch.get_num_threads()}
+    for name in ("full.pt", "weights.pt"):
+        (folder / name).unlink(missing_ok=True)
     return out
 
 
@@ -488,6 +551,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=130, help="seconds each --gpu-suite run may take (default 130)")
     parser.add_argument("--work", type=Path, help="data and run folders of --gpu-suite (default: a temporary folder)")
     parser.add_argument("--run-dir", type=Path, help="the run's output_dir (default: a temporary folder)")
+    parser.add_argument("--known-costs", type=Path, metavar="DIR",
+                        help="time a best.pt write with and without AdamW's state, and one relative update, of "
+                             "--model (a SW-ViT preset) at --crop, alone (files written in DIR, then removed)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of --known-costs")
     parser.add_argument("overrides", nargs="*", help="more asa-pretrain overrides (key=value), also of each --gpu-suite run")
     args = parser.parse_args(argv)
     if args.gpu_suite is not None:
@@ -495,6 +562,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="asa-loop-")))
             return gpu_suite(args.gpu_suite, work, cases=args.cases, batch=args.batch, workers=args.workers,
                              warmup=args.warmup, timeout_s=args.timeout, extra=args.overrides)
+    if args.known_costs is not None:
+        result = known_costs(args.known_costs, model=args.model, crop=args.crop, repeats=args.repeats)
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2))
+        return 0
     if args.out is None:
         parser.error("--out FILE is required (or --gpu-suite OUT)")
     if args.make_data is not None:

@@ -134,3 +134,13 @@ def test_the_real_loop_profile_splits_the_wall_time_and_counts_the_steps_syncs(r
     # the real step's syncs: the finite check, the loss, the two weight logs and the gradient norm
     assert real["host_syncs_per_step_by_part"]["step"] >= 4
     assert noop["host_syncs_per_step_by_part"].get("step", 0) == 0
+
+
+def test_known_costs_write_best_pt_without_adamw_state_in_a_third_of_the_bytes(tmp_path):
+    from benchmarks.loop import known_costs
+
+    r = known_costs(tmp_path / "costs", model="tiny", crop=32, repeats=1)
+    full, weights = r["bytes"]["best_pt_full_state"], r["bytes"]["best_pt_weights_only"]
+    assert 2.5 < full / weights < 3.5  # the weights and AdamW's two moments of the same size, against the weights
+    assert set(r["wall_s"]) == set(r["cpu_s"]) == {"best_pt_full_state", "best_pt_weights_only", "relative_update"}
+    assert all(v >= 0 for v in r["wall_s"].values()) and not list((tmp_path / "costs").iterdir())
