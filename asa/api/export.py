@@ -35,6 +35,7 @@ from asa.api.machinery.onnx_export import (ONNX_FILE, OnnxExport, export_onnx, o
 from asa.models.exports.nnssl import nnssl_checkpoint
 from asa.models.exports.nnunet import (NNUNET_CONFIGURATION, READING_NOTE, describe_nnunet, nnunet_checkpoint,
                                        nnunet_fault, nnunet_plans_snippet)
+from asa.models.family import has_encoder
 from asa.models.portable import encoder_export
 from asa.models.registry import NETWORK_KINDS, current_spec, network_record
 
@@ -118,7 +119,8 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         state = load_weights(source)
         whole = _segmenter(state)
         record = None if whole is None else network_record(current_spec(whole["network"])["arch"])
-        if format == "onnx" and record is not None and record.encoder is None:  # DynUNet: no encoder, no folder
+        if format == "onnx" and record is not None and not has_encoder(current_spec(whole["network"])["arch"]):
+            # DynUNet: no encoder, no folder
             onnx = _onnx_alone(source, whole, license=license, base_model=base_model)
             if held:
                 print(f"[asa-export] --overwrite: moved the previous {', '.join(held)} to {_move_aside(out, held)}",

@@ -57,10 +57,10 @@ class RegionNeeds(NamedTuple):
 class PretrainingMethod(ABC):
     """One pretraining method: built from its settings and the run's context (`check` refuses
     settings it cannot train with, before anything is written), it gives its network, its training
-    step, its panels and, where it has one, the encoder features the frozen-encoder probes read.
+    step, its panels and, where it has one, the encoder features the frozen-encoder probes read. The
+    encoder export keeps the encoder its network declares (`asa.models.keys`).
 
     Class attributes: ``name`` (the ``method=`` value), ``Settings`` (its `MethodSettings` subclass),
-    ``encoder_prefixes`` (the state-dict prefixes of the transferable encoder, which the export keeps),
     ``uses_model_group`` (whether the ``model`` group configures it; when not, the run records no
     ``model`` section and resume does not compare one), ``validation_group`` (None: validation
     scores plain batches; k: fixed groups of at least k volumes, for terms that compare volumes),
@@ -70,7 +70,6 @@ class PretrainingMethod(ABC):
 
     name: ClassVar[str]
     Settings: ClassVar[type[MethodSettings]]
-    encoder_prefixes: ClassVar[tuple[str, ...]]
     uses_model_group: ClassVar[bool] = False
     validation_group: ClassVar[int | None] = None
     model_families: ClassVar[tuple[str, ...]] = (DEFAULT_FAMILY,)
@@ -131,7 +130,7 @@ METHODS = Plugins("pretraining method", ENTRY_POINT_GROUP)  # name -> Pretrainin
 def register_method(cls: type[PretrainingMethod]) -> type[PretrainingMethod]:
     """Add ``cls`` to the registry under ``cls.name`` (usable as a class decorator); a second method
     of the same name is an error, registering the same class again is a no-op."""
-    for attr in ("name", "Settings", "encoder_prefixes"):
+    for attr in ("name", "Settings"):
         if not hasattr(cls, attr):
             raise TypeError(f"pretraining method {cls.__name__} lacks the class attribute {attr!r}")
     if not (isinstance(cls.Settings, type) and issubclass(cls.Settings, MethodSettings)):

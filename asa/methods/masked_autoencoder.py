@@ -112,21 +112,12 @@ class MAESettings(MaskedAutoencoderSettings):
 @register_method
 class MaskedAutoencoderPretraining(PretrainingMethod):
     """The masked autoencoder: `asa.models.ASA` with its reconstruction loss (uniform, attentive or
-    focal region weights); the encoder export keeps the encoder's keys as the family declares them
-    (`encoder_prefixes`); probes read the encoder's tokens through the family's face
+    focal region weights); probes read the encoder's tokens through the family's face
     (`asa.models.family.EncoderFace.twin_tokens`)."""
 
     name = "asa"
     Settings = MaskedAutoencoderSettings
     uses_model_group = True
-    _built: nn.Module | None = None  # the masked network, once built: the keys it declares name its encoder
-
-    @property
-    def encoder_prefixes(self) -> tuple[str, ...]:  # type: ignore[override]
-        """The state-dict prefixes of the masked network's encoder and stem, as the network declares them
-        (dynamic-network-architectures' ``key_to_encoder``, ``key_to_stem``) or else its family
-        (`asa.models.family.Family.encoder_keys`)."""
-        return families()[self.family].encoder_keys(self._built).prefixes
 
     @classmethod
     def pretrained_families(cls) -> tuple[str, ...]:
@@ -180,8 +171,7 @@ class MaskedAutoencoderPretraining(PretrainingMethod):
 
     def build_network(self) -> nn.Module:
         try:
-            self._built = build_network({"arch": self.masked_arch, "kwargs": self.network_kwargs()})
-            return self._built
+            return build_network({"arch": self.masked_arch, "kwargs": self.network_kwargs()})
         except ValueError as err:  # the network names its own argument: said as the option that set it
             for section, keys in (("method", tuple(self._own_options())), ("model", tuple(self.context.model))):
                 if any(str(err).startswith((f"{k}=", f"{k} ", f"{k}:")) for k in keys):

@@ -14,7 +14,7 @@ from torch import nn
 
 from asa.methods.base import MethodSettings, PretrainingMethod, StepFn, register_method
 from asa.models import unwrap
-from asa.models import ENCODER_PREFIX, EncoderSettings
+from asa.models import EncoderSettings
 from asa.models.heads.puzzles import RPL_GRID, block_layout
 from asa.models.zoo import build_network
 
@@ -60,9 +60,8 @@ def puzzle_step(name: str) -> StepFn:
 
 class BlockPuzzleMethod(PretrainingMethod):
     """What RPL and Jigsaw share: the network from the ``model`` group's encoder sizes and the method's
-    settings at the crop; the export keeps ``encoder.*``; probes read the encoder over the whole crop."""
+    settings at the crop; probes read the encoder over the whole crop."""
 
-    encoder_prefixes = (ENCODER_PREFIX,)
     uses_model_group = True
     arch: str  # the network (`asa.models.heads.puzzles`)
     grid: int  # its cells per axis

@@ -16,7 +16,6 @@ from asa.data import diseased_labels
 from asa.methods.base import MethodSettings, PanelFn, PretrainingMethod, StepFn, register_method
 from asa.models import SWIN_SIZES, unwrap
 from asa.models.swin.family import SWIN_PROBE_STRIDE, swin_tokens
-from asa.models.swin.sa_swin import SA_SWIN_ENCODER_PREFIXES
 from asa.models.zoo import build_network
 from asa.train.panels import panel_centre, slice_grid
 
@@ -98,7 +97,6 @@ class SymmetryAwarePretraining(PretrainingMethod):
 
     name = "sa_swin"
     Settings = SymmetryAwareSettings
-    encoder_prefixes = SA_SWIN_ENCODER_PREFIXES
     validation_group = 2
 
     def check(self) -> None:

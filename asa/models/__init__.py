@@ -24,7 +24,8 @@ from asa.models.layout import channels_last_inference
 from asa.models.swvit.mae import ASA, LOSS_WEIGHTINGS, MAEOutput, MaskedAutoencoder, PretrainModelConfig
 from asa.models.blocks.objective import FocalRegionReconstruction, PatchReconstruction, reconstruction_objective
 from asa.models.blocks.patch import PatchEmbed, patch_grid, patchify, unpatchify
-from asa.models.portable import ENCODER_MODULES, VolumeEncoder, export_for_monai, load_encoder, network_encoder
+from asa.models.keys import EncoderKeys, encoder_keys
+from asa.models.portable import VolumeEncoder, export_for_monai, load_encoder, network_encoder
 from asa.models.blocks.position import brain_frame_encoding, position_index, symmetric_position_encoding
 from asa.models.presets import DEFAULT_CROP, PRESETS, SWIN_SIZES
 from asa.models.swvit.region_attention import RegionAttention, patch_regions
@@ -49,11 +50,12 @@ for _module in pkgutil.walk_packages(__path__, f"{__name__}."):  # the networks 
 del _module
 
 __all__ = [
-    "ENCODER_MODULES",
     "ENCODER_PREFIX",
     "LOSS_WEIGHTINGS",
     "PretrainModelConfig",
     "EncoderFace",
+    "EncoderKeys",
+    "encoder_keys",
     "Family",
     "NNUNetForm",
     "StageTokens",

@@ -21,12 +21,11 @@ family when it registers (`asa.models.register_network`'s ``family``); each fami
   ``nnssl`` exports write and a published file of that architecture is read back through;
 - ``presets``: the sizes a random-init encoder of the family takes (``asa-probe encoders=[random:<size>]``), each
   as the network spec of the masked twin (:meth:`Family.random_spec`);
-- ``keys``: where its networks keep the encoder and its stem in their state dicts (an :class:`EncoderKeys`), for a
-  network that does not declare them itself as dynamic-network-architectures' do (:meth:`Family.encoder_keys`);
 - ``road``: how a file becomes one of its networks (a :class:`FileRoad`: what the file sets of the network and how
   its encoder is loaded; :meth:`Family.from_file`).
 
-Callers ask :func:`family_of` for the family of a network and name none; :func:`network_from_file` is the one road
+Where its networks keep the encoder is theirs to declare (`asa.models.keys`). Callers ask :func:`family_of` for the
+family of a network and name none; :func:`network_from_file` is the one road
 from a run's settings and its pretrained file to a network, whatever its family. This module imports only the
 registry, `asa.models.declared`, `asa.models.twin` and `asa.models.published` (and `asa.io`, which reads the files:
 `read_file`).
@@ -46,13 +45,14 @@ from torch import nn
 
 from asa.io import read_weights
 from asa.models.declared import crop_edges
+from asa.models.keys import EncoderKeys, encoder_keys
 from asa.models.published import FileEncoder, read_planned, read_published
 from asa.models.registry import FAMILIES, RECORDS, build_network, network_record, registered_networks
 from asa.models.twin import twin_fault
 
-__all__ = ["DEFAULT_FAMILY", "EncoderFace", "EncoderKeys", "Family", "FileRoad", "FileSettings", "Geometry", "NNUNetForm",
-           "StageTokens", "families", "family_of", "file_settings", "masked_network", "network_from_file",
-           "pretrain_model_sections", "pretrains", "published_spec", "read_file", "register_family"]
+__all__ = ["DEFAULT_FAMILY", "EncoderFace", "Family", "FileRoad", "FileSettings", "Geometry", "NNUNetForm",
+           "StageTokens", "families", "family_of", "file_settings", "has_encoder", "masked_network",
+           "network_from_file", "pretrain_model_sections", "pretrains", "published_spec", "read_file", "register_family"]
 
 DEFAULT_FAMILY = "swvit"  # asa-pretrain's model section without an arch: the SW-ViT sizes (model=tiny|small|base)
 EXPORTS = ("nnunet", "nnssl", "monai")  # the formats asa-export writes beyond asa's own
@@ -84,8 +84,7 @@ class EncoderFace:
         probes during pretraining (``regions`` [B, N]: patch regions, for an encoder with region attention)."""
         if regions is not None:
             raise ValueError(f"{type(self).__name__}: the encoder reads no region map")
-        encoder = getattr(twin, RECORDS[twin.network_arch].encoder)
-        return self.tokens(self.module(encoder, twin), x)
+        return self.tokens(self.module(twin.get_submodule(encoder_keys(twin).module), twin), x)
 
 
 class StageTokens(EncoderFace):
@@ -144,56 +143,6 @@ class NNUNetForm:
         return self.network_class.rsplit(".", 1)[-1]
 
 
-@dataclass(frozen=True)
-class EncoderKeys:
-    """Where a network keeps its transferable encoder in its state dict, as dynamic-network-architectures declares
-    it on its networks (``key_to_encoder``, ``key_to_stem``, ``keys_to_in_proj``).
-
-    Args:
-        encoder: the encoder's module key (``encoder.stages`` of a residual-encoder U-Net).
-        stem: the stem's module key, inside the encoder or beside it (None: the encoder holds it).
-        in_proj: the input projection's module keys: the stem's first layer, under every name the state dict
-            gives its one tensor.
-    """
-
-    encoder: str
-    stem: Optional[str] = None
-    in_proj: tuple[str, ...] = ()
-
-    @classmethod
-    def declared(cls, net: object) -> EncoderKeys | None:
-        """The keys ``net`` declares itself (None: it declares no ``key_to_encoder``)."""
-        encoder = getattr(net, "key_to_encoder", None)
-        if encoder is None:
-            return None
-        return cls(encoder, getattr(net, "key_to_stem", None), tuple(getattr(net, "keys_to_in_proj", ())))
-
-    @property
-    def prefixes(self) -> tuple[str, ...]:
-        """The state-dict prefixes of the encoder and its stem (``"<key>."``; a stem inside the encoder adds none)."""
-        keys = [self.encoder]
-        if self.stem is not None and not self.stem.startswith(self.encoder + "."):
-            keys.append(self.stem)
-        return tuple(f"{key}." for key in keys)
-
-    @property
-    def in_proj_weights(self) -> tuple[str, ...]:
-        """The weight keys of the input projection (its one tensor under every name)."""
-        return tuple(f"{key}.weight" for key in self.in_proj)
-
-    def state(self, net: nn.Module) -> dict[str, torch.Tensor]:
-        """The encoder's (and stem's) tensors of ``net``, under their keys in ``net``'s state dict."""
-        return {key: value for key, value in net.state_dict().items() if key.startswith(self.prefixes)}
-
-    def load(self, net: nn.Module, update: Mapping[str, torch.Tensor]) -> None:
-        """Load ``update`` into ``net``: every encoder tensor, nothing else (else ``RuntimeError``, naming the keys)."""
-        missing = sorted(set(self.state(net)) - set(update))
-        outside = sorted(k for k in update if not k.startswith(self.prefixes))
-        if missing or outside:
-            raise RuntimeError(f"encoder load: missing {missing[:5]}, outside the encoder {outside[:5]}")
-        net.load_state_dict(dict(update), strict=False)
-
-
 class FileRoad:
     """How a run's settings and a file (``model.pretrained``) become a network of a family (:meth:`Family.from_file`).
 
@@ -209,9 +158,8 @@ class FileRoad:
         for key, value in follow.items():
             raise ValueError(f"segmenter.{key}={value}: model arch {arch!r} does not follow a pretraining file's "
                              "geometry (the segmenter options are for networks that do, e.g. model=tiny|small|base)")
-        record = network_record(arch)
         blob = None
-        if pretrained and record is not None and record.encoder:
+        if pretrained and has_encoder(arch):
             blob = read_file(pretrained)  # read once
         sets = file_settings(blob, arch, options) if blob is not None else FileSettings(None, {})
         crop = sets.crop if crop is None else crop  # the file's crop unless the run names one
@@ -265,7 +213,6 @@ class Family:
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # why a spec of the family cannot take an export format (None: it can); by default every one declared can
     export_check: Optional[Callable[[str, Mapping[str, Any]], Optional[str]]] = None
-    keys: Optional[EncoderKeys] = None  # where its networks keep the encoder, for those that declare it not themselves
     road: FileRoad = FILE_ROAD  # how a file becomes one of its networks
 
     def __post_init__(self) -> None:
@@ -288,16 +235,6 @@ class Family:
             return (f"a {spec.get('arch')!r} network ({self.name} family); the {form} export takes the "
                     f"{' / '.join(takers) or 'no'} family")
         return None if self.export_check is None else self.export_check(form, spec)
-
-    def encoder_keys(self, net: object = None) -> EncoderKeys:
-        """Where ``net`` (a network of the family; None: any) keeps its encoder: as it declares itself
-        (dynamic-network-architectures' ``key_to_encoder``, ``key_to_stem``, ``keys_to_in_proj``), else as the
-        family declares it (``keys``); a family that declares none is refused, naming it."""
-        keys = EncoderKeys.declared(net) if net is not None else None
-        keys = keys or self.keys
-        if keys is None:
-            raise ValueError(f"network family {self.name!r} declares no encoder keys (Family(keys=EncoderKeys(...)))")
-        return keys
 
     def from_file(self, arch: str, pretrained: str | None, *, options: dict[str, Any], crop: int | None,
                   default_crop: int | None, channels: Mapping[str, int] | None = None,
@@ -362,6 +299,13 @@ def family_of(arch: str | None) -> Family | None:
 
 
 NO_FAMILY = Family("")  # a network that names no family takes the plain road (`FileRoad`)
+
+
+def has_encoder(arch: str | None) -> bool:
+    """Whether the network registered as ``arch`` has an encoder that asa reads after training: its family
+    declares the encoder's face (DynUNet's family, or no family: none)."""
+    family = family_of(arch)
+    return family is not None and family.face is not None
 
 
 def network_from_file(arch: str, pretrained: str | None, **settings: Any) -> nn.Module:

@@ -11,7 +11,7 @@ the layout ``monai.networks.nets.SwinUNETR.load_from`` reads.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -21,21 +21,21 @@ from asa.io import save_checkpoint
 from asa.models.weights import load_weights
 from asa.models.swvit.volume import VolumeEncoder
 from asa.models.family import family_of
-from asa.models.registry import ENCODER_MODULES, build_network, current_spec, register_network
+from asa.models.keys import EncoderKeys, encoder_keys
+from asa.models.registry import build_network, current_spec, register_network
 from asa.models.blocks.encoder_weights import match_file_encoder
 
-__all__ = ["ENCODER_MODULES", "EncoderOf", "VolumeEncoder", "encoder_export", "export_for_monai", "load_encoder", "network_encoder"]
-
+__all__ = ["EncoderOf", "VolumeEncoder", "encoder_export", "export_for_monai", "load_encoder", "network_encoder"]
 
 
 @register_network("encoder", kind="encoder")
 class EncoderOf(nn.Module):
-    """The encoder of a network alone, under the module name it has there: its state-dict keys are an
+    """The encoder of a network alone, under the module names it has there: its state-dict keys are an
     encoder export's (``encoder.*``, ``swinViT.*``, ``vit.*``), so the network of a model folder's
     ``model.safetensors`` is built from its ``config.json`` and loads it with ``strict=True``.
 
     Args:
-        network: the spec ``{"arch", "kwargs"}`` of the source network (one with a registered encoder).
+        network: the spec ``{"arch", "kwargs"}`` of the source network (one that declares an encoder).
 
     ``forward`` is the encoder's as `load_encoder` returns it (`network_encoder`).
     """
@@ -43,51 +43,60 @@ class EncoderOf(nn.Module):
     def __init__(self, network: Mapping) -> None:
         super().__init__()
         spec = current_spec(network)
-        if spec.get("arch") not in ENCODER_MODULES:
-            raise ValueError(f"encoder of {spec.get('arch')!r}: no registered encoder; known: {tuple(ENCODER_MODULES)}")
-        net = build_network(spec)
+        net = _network(spec, f"encoder of {spec.get('arch')!r}")
+        keys = encoder_keys(net)
         self.arch, self.spe_frame = spec["arch"], getattr(net, "spe_frame", "brain")
-        self.add_module(ENCODER_MODULES[self.arch], getattr(net, ENCODER_MODULES[self.arch]))
+        for name in dict.fromkeys(prefix.split(".", 1)[0] for prefix in keys.prefixes):
+            self.add_module(name, getattr(net, name))
+        keys.declare(self)
 
     def forward(self, *args, **kwargs):
         return network_encoder(self, self.arch)(*args, **kwargs)
 
 
-def encoder_prefixes(arch: str) -> tuple[str, ...]:
-    """The state-dict prefixes of the encoder of a network of ``arch``: as its family declares them
-    (`asa.models.family.Family.keys`: an encoder and a stem beside it, as Primus's ``eva`` and ``down_projection``),
-    else its registered encoder module's."""
-    family = family_of(arch)
-    return family.keys.prefixes if family is not None and family.keys is not None else (ENCODER_MODULES[arch] + ".",)
+def _network(spec: Mapping, where: str) -> nn.Module:
+    """The network of ``spec``, which must declare an encoder (`asa.models.keys`), else ``ValueError`` naming
+    ``where``."""
+    net = build_network(spec)
+    if EncoderKeys.declared(net) is None:
+        raise ValueError(f"{where}: a {spec['arch']!r} network, which has no encoder (it declares no key_to_encoder)")
+    return net
 
 
-def _spec_and_weights(path: str | os.PathLike, state: Mapping) -> tuple[dict, str, dict[str, torch.Tensor]]:
-    """(network spec, encoder module name, the encoder's weights under their keys in the network) of a file's
-    content: those under the encoder's prefixes (`encoder_prefixes`)."""
+def _spec_and_weights(path: str | os.PathLike, state: Mapping) -> tuple[dict, nn.Module, dict[str, torch.Tensor]]:
+    """(network spec, the network it builds, the encoder's weights of the file under their keys in the network) of a
+    file's content: those under the encoder's prefixes, as the network declares them (`asa.models.keys`)."""
     spec = state.get("network")
     if not isinstance(spec, Mapping) or "arch" not in spec:
         raise ValueError(
             f"{path} records no network spec ({{'arch', 'kwargs'}}), so its encoder cannot be rebuilt from the file "
             "alone; expected an encoder export or a checkpoint written by asa-pretrain / asa-finetune")
     spec = current_spec(spec)
-    arch = spec["arch"]
-    if arch not in ENCODER_MODULES:
-        raise ValueError(f"{path} holds a {arch!r} network; load_encoder knows the encoders of {tuple(ENCODER_MODULES)}")
     source = state["encoder"] if "encoder" in state else state.get("model")
     if not isinstance(source, Mapping):
         raise ValueError(f"{path} holds neither an 'encoder' nor a 'model' state dict")
-    prefixes = encoder_prefixes(arch)
-    weights = {k.removeprefix("module."): v for k, v in source.items() if k.removeprefix("module.").startswith(prefixes)}
+    try:
+        net = build_network(spec)  # the whole network (a pretraining decoder too); its encoder is what it declares
+    except (ValueError, TypeError) as err:
+        where = f"model folder {path} (model.safetensors and config.json)" if Path(path).is_dir() else str(path)
+        raise ValueError(f"{where}: the network spec recorded in it does not build its {spec['arch']!r} network "
+                         f"({err}); the file was edited or written by another tool: export it again") from err
+    keys = EncoderKeys.declared(net)
+    if keys is None:
+        raise ValueError(f"{path} holds a {spec['arch']!r} network, which has no encoder (it declares no "
+                         "key_to_encoder)")
+    weights = {k.removeprefix("module."): v for k, v in source.items()
+               if k.removeprefix("module.").startswith(keys.prefixes)}
     if not weights:
-        shown = prefixes[0] if len(prefixes) == 1 else prefixes
-        raise ValueError(f"{path} holds no weights starting with {shown!r} (the {arch!r} encoder)")
-    return dict(spec), ENCODER_MODULES[arch], weights
+        shown = keys.prefixes[0] if len(keys.prefixes) == 1 else keys.prefixes
+        raise ValueError(f"{path} holds no weights starting with {shown!r} (the {spec['arch']!r} encoder)")
+    return dict(spec), net, weights
 
 
 def encoder_export(path: str | os.PathLike, state: Mapping | None = None) -> dict:
     """The encoder export (``encoder.pt``'s dict: ``encoder`` with the module prefix kept, ``network``,
-    ``source``, ``step``, ``cohort`` when the file carries one) of an export or checkpoint of any network with a registered encoder
-    (pretraining or fine-tuning); ``state``: the file's content when already read."""
+    ``source``, ``step``, ``cohort`` when the file carries one) of an export or checkpoint of any network that
+    declares an encoder (pretraining or fine-tuning); ``state``: the file's content when already read."""
     state = load_weights(path) if state is None else state
     spec, _, weights = _spec_and_weights(path, state)
     source = state.get("source") or Path(path).name
@@ -99,12 +108,11 @@ def encoder_export(path: str | os.PathLike, state: Mapping | None = None) -> dic
 
 
 def network_encoder(net: nn.Module, arch: str) -> nn.Module:
-    """The encoder submodule of a network of ``arch`` as `load_encoder` returns it: as its family's encoder face
-    gives it (`asa.models.family.EncoderFace.module`: a :class:`VolumeEncoder` around an SW-ViT), else the
-    module itself; weights as they are."""
-    if arch not in ENCODER_MODULES:
-        raise ValueError(f"a {arch!r} network has no registered encoder; known: {tuple(ENCODER_MODULES)}")
-    encoder = getattr(net, ENCODER_MODULES[arch])
+    """The encoder of a network of ``arch`` as `load_encoder` returns it: the submodule holding the encoder and
+    its stem as the network declares them (`asa.models.keys.EncoderKeys.module`), as its family's encoder face
+    gives it (`asa.models.family.EncoderFace.module`: a :class:`VolumeEncoder` around an SW-ViT); weights as they
+    are."""
+    encoder = net.get_submodule(encoder_keys(net).module)
     family = family_of(arch)
     return encoder if family is None or family.face is None else family.face.module(encoder, net)
 
@@ -131,16 +139,9 @@ def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = 
     plan) is printed when ``verbose``.
     """
     state = load_weights(path, map_location) if state is None else state
-    spec, name, weights = _spec_and_weights(path, state)
-    try:
-        net = build_network(spec)  # the whole network (a pretraining decoder too), then only its encoder is kept
-    except (ValueError, TypeError) as err:
-        where = f"model folder {path} (model.safetensors and config.json)" if Path(path).is_dir() else str(path)
-        raise ValueError(f"{where}: the network spec recorded in it does not build its {spec['arch']!r} network "
-                         f"({err}); the file was edited or written by another tool: export it again") from err
-    encoder = getattr(net, name)
+    spec, net, weights = _spec_and_weights(path, state)
+    keys = encoder_keys(net)  # the encoder and its stem, as the network declares them
     if "foreign" in state:  # a published checkpoint: matched tensor by tensor, reported in one block
-        keys = family_of(spec["arch"]).encoder_keys(net)  # the encoder and its stem, as the network declares them
         update, report = match_file_encoder(keys.state(net), dict(state), path, in_proj=keys.in_proj_weights,
                                             image_channels=int(spec["kwargs"]["in_channels"]),
                                             where=f"asa.load_encoder({str(path)!r})")
@@ -149,10 +150,11 @@ def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = 
             print(f"pretrained encoder from {path}:\n{report}")
         return network_encoder(net, spec["arch"]).to(map_location).eval()
     try:
-        if encoder_prefixes(spec["arch"]) == (f"{name}.",):  # the encoder is one module
-            encoder.load_state_dict({k[len(name) + 1:]: v for k, v in weights.items()}, strict=True)
-        else:  # an encoder and a stem beside it: every tensor of both, as the family declares them
-            family_of(spec["arch"]).encoder_keys(net).load(net, weights)
+        if keys.module:  # one module holds the encoder and its stem: loaded strictly
+            net.get_submodule(keys.module).load_state_dict(
+                {k[len(keys.module) + 1:]: v for k, v in weights.items()}, strict=True)
+        else:  # a stem beside the encoder (Primus): every tensor of both
+            keys.load(net, weights)
     except RuntimeError as err:
         raise ValueError(f"{path}: the weights do not fit the {spec['arch']!r} encoder recorded in it: {err}") from err
     return network_encoder(net, spec["arch"]).to(map_location).eval()
@@ -176,7 +178,8 @@ def export_for_monai(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     (sizes as in the file's network spec; for ``load_state_dict`` the export's own ``swinViT.*``
     keys need no conversion). A plain ``torch.save`` file of tensors, written atomically."""
     state = load_weights(path)
-    spec, name, weights = _spec_and_weights(path, state)
+    spec, net, weights = _spec_and_weights(path, state)
+    name = encoder_keys(net).module
     family = family_of(spec["arch"])
     fault = "it belongs to no network family" if family is None else family.export_fault("monai", spec)
     if fault is not None:

@@ -4,8 +4,9 @@ A network registers itself in its own file with :func:`register_network` (a deco
 function that takes the spec's flat keyword arguments), so adding a network means adding a file; an installed
 package declares its networks in the entry-point group ``asa.networks`` (each entry names a registered
 builder or the module that registers them), so they reach the console scripts too. Each network is one
-:class:`NetworkRecord` in :data:`RECORDS`; ``NETWORKS``, ``NETWORK_KINDS``, ``ENCODER_MODULES`` and
-``NETWORK_SETTINGS`` are read-only views of one column of it.
+:class:`NetworkRecord` in :data:`RECORDS`; ``NETWORKS``, ``NETWORK_KINDS`` and ``NETWORK_SETTINGS`` are
+read-only views of one column of it. Where a network keeps its encoder, the network itself declares
+(`asa.models.keys`).
 A network names the family it belongs to (``family``: the networks that share one encoder); the family
 declares once what asa reads of it after training, its masked twin and its export formats
 (`asa.models.family`, kept in :data:`FAMILIES`).
@@ -72,14 +73,13 @@ class NetworkSettings:
 @dataclass(frozen=True)
 class NetworkRecord:
     """What a network declared when it registered (`register_network`): its ``builder`` (the class or
-    function taking a spec's flat keyword arguments), its ``kind``, the ``encoder`` submodule whose weights
-    an encoder export holds (None: none), the segmentation network it is the case counterpart of (``case_of``),
+    function taking a spec's flat keyword arguments), its ``kind``, the segmentation network it is the case
+    counterpart of (``case_of``),
     its run-config ``settings`` and its ``family`` (`asa.models.family`: what it takes from a pretraining file is
     its family's road)."""
 
     builder: Callable[..., nn.Module]
     kind: str
-    encoder: Optional[str] = None
     case_of: Optional[str] = None
     settings: Optional[type[NetworkSettings]] = None
     family: Optional[str] = None
@@ -132,27 +132,29 @@ class _Column(Mapping):
 
 NETWORKS: Mapping[str, Callable[..., nn.Module]] = _Column("builder")  # name -> what builds it from a spec
 NETWORK_KINDS: Mapping[str, str] = _Column("kind")  # name -> segmentation | pretraining | case | encoder
-ENCODER_MODULES: Mapping[str, str] = _Column("encoder")  # name -> its encoder submodule ("<module>.*" keys)
 NETWORK_SETTINGS: Mapping[str, type[NetworkSettings]] = _Column("settings")  # name -> its model section
 
 
-def register_network(name: str, *, kind: str | None = None, encoder: str | None = None, case_of: str | None = None, settings: type[NetworkSettings] | None = None,
-                     family: str | None = None, **renamed: Any) -> Callable[[Builder], Builder]:
+def register_network(name: str, *, kind: str | None = None, case_of: str | None = None,
+                     settings: type[NetworkSettings] | None = None, family: str | None = None,
+                     **renamed: Any) -> Callable[[Builder], Builder]:
     """Register the decorated class or function as the network ``name`` of ``kind``
     (``segmentation``, ``pretraining``, ``case`` or ``encoder``); it takes the flat keyword arguments of a network
     spec.
-    ``encoder``: the submodule whose weights an encoder export holds, if any.
     ``case_of``: the segmentation network whose model presets a case run builds this case network from.
     ``settings``: the typed ``model`` section of a run config that names this network (None: no run config
     can). ``family``: the network family it belongs to (`asa.models.family.register_family` declares it).
     Registering the same builder again is a no-op; another under a taken name is an error; ``task=``, the
-    earlier name of ``kind=``, and ``follows_pretraining=``, now its family's road, are refused naming them."""
+    earlier name of ``kind=``, ``follows_pretraining=``, now its family's road, and ``encoder=``, now the
+    network's own declaration, are refused naming them."""
     if renamed:
         given = ", ".join(f"{k}={v!r}" for k, v in renamed.items())
         raise TypeError(f"register_network({name!r}, {given}): " + (
             "task= is kind= now (what the network is for)" if "task" in renamed else
             "follows_pretraining= is the family's road now (family=, and asa.models.register_family(Family(..., "
             "road=...)): an SW-ViT's is asa.models.swvit.family.SWViTRoad)" if "follows_pretraining" in renamed else
+            "encoder= is the network's own declaration now (key_to_encoder, key_to_stem, keys_to_in_proj, as "
+            "dynamic-network-architectures' networks declare theirs: asa.models.keys)" if "encoder" in renamed else
             "no such argument"))
     if kind not in KINDS:
         raise ValueError(f"register_network({name!r}): kind must be one of {KINDS}, got {kind!r}")
@@ -166,7 +168,7 @@ def register_network(name: str, *, kind: str | None = None, encoder: str | None 
         declared = FAMILIES.get(family) if family else None
         if declared is not None and declared.masked == name:  # the family's masked twin keeps its contract
             declared.refuse_twin(build)
-        RECORDS[name] = NetworkRecord(build, kind, encoder, case_of, settings, family)
+        RECORDS[name] = NetworkRecord(build, kind, case_of, settings, family)
         return build
 
     return register

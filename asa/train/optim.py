@@ -49,11 +49,11 @@ def layer_lr_scales(model: nn.Module, *, encoder_lr_scale: float = 1.0, layer_de
     """lr multiplier per parameter name: ``encoder_lr_scale`` on the encoder, 1 elsewhere (the decoder
     and heads), with MAE / BEiT layer-wise decay on top when ``layer_decay`` < 1.
 
-    The encoder is the network's registered encoder module (``register_network(..., encoder=...)``,
-    e.g. ``encoder`` of ASASegmenter, ``vit`` of UNETR, ``swinViT`` of SwinUNETR and SA-Swin). Layer-wise
-    decay needs the network to number its encoder layers with ``model.encoder_layer_id(name)``: 0 for
-    the patch embedding (and position tokens), i + 1 for encoder block i, ``model.num_encoder_layers``
-    (= depth + 1) for the final encoder norm, None for decoder parameters. Layer l gets
+    The encoder is the one the network declares (`asa.models.keys`: ``encoder`` of ASASegmenter, ``vit`` of
+    UNETR, ``swinViT`` of SwinUNETR and SA-Swin). Layer-wise decay needs the network to number its encoder
+    layers with ``model.encoder_layer_id(name)``: 0 for the patch embedding (and position tokens), i + 1 for
+    encoder block i, ``model.num_encoder_layers`` (= depth + 1) for the final encoder norm, None for decoder
+    parameters. Layer l gets
     ``encoder_lr_scale · layer_decay^(L − l)`` with L = depth + 1, so block i gets decay^(depth − i),
     the patch embedding decay^(depth + 1) and the decoder 1.
     """
@@ -65,8 +65,8 @@ def layer_lr_scales(model: nn.Module, *, encoder_lr_scale: float = 1.0, layer_de
     if layer_decay == 1.0 and not callable(layer_of):
         encoder = encoder_names(model)
         if encoder is None:
-            raise ValueError(f"optim.encoder_lr_scale / freeze_encoder_epochs need a network with a registered encoder "
-                             f"(register_network(..., encoder=...)); {type(model).__name__} has none")
+            raise ValueError(f"optim.encoder_lr_scale / freeze_encoder_epochs need a network with an encoder "
+                             f"(key_to_encoder, asa.models.keys); {type(model).__name__} declares none")
         return {name: encoder_lr_scale if name in encoder else 1.0 for name, _ in model.named_parameters()}
     if not callable(layer_of):
         raise ValueError(f"optim.layer_decay needs a network with an encoder that numbers its layers (model arch swvit_unetr, "

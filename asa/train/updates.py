@@ -12,8 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from asa.models.portable import encoder_prefixes
-from asa.models.registry import ENCODER_MODULES
+from asa.models.keys import EncoderKeys
 
 __all__ = ["RelativeUpdate", "encoder_names", "encoder_split", "REL_UPDATE_KEYS", "REL_UPDATE_GAP", "update_gap_note"]
 
@@ -22,16 +21,13 @@ REL_UPDATE_GAP = 30.0  # decoder / encoder relative update above which the conso
 
 
 def encoder_names(model: nn.Module) -> set[str] | None:
-    """Names of the parameters of a network's registered encoder module (``register_network(...,
-    encoder=...)``: ``encoder`` of ASASegmenter, ``vit`` of UNETR, ``swinViT`` of SwinUNETR / SA-Swin) and of a
-    stem its family declares beside it (`asa.models.portable.encoder_prefixes`: Primus's ``down_projection``);
-    None for a network without one."""
-    arch = getattr(model, "network_arch", None) or ""
-    module = ENCODER_MODULES.get(arch)
-    if module is None or not isinstance(getattr(model, module, None), nn.Module):
+    """Names of the parameters of a network's encoder and its stem, as the network declares them
+    (`asa.models.keys`: ``encoder`` of ASASegmenter, ``vit`` of UNETR, ``swinViT`` of SwinUNETR / SA-Swin, Primus's
+    ``eva`` and ``down_projection``); None for a network that declares none."""
+    keys = EncoderKeys.declared(model)
+    if keys is None:
         return None
-    prefixes = encoder_prefixes(arch)  # the module's, or as the family declares them (Primus: its stem beside it)
-    return {name for name, _ in model.named_parameters() if name.startswith(prefixes)}
+    return {name for name, _ in model.named_parameters() if name.startswith(keys.prefixes)}
 
 
 def encoder_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]] | None:

@@ -24,7 +24,7 @@ from asa.api.machinery.networks import build_from_config
 from asa.data import discover, write_demo_dataset
 from asa.io.hub import NNSSL_CHECKPOINT
 from asa.io import load_checkpoint
-from asa.models import build_network, input_size, load_weights, registry
+from asa.models import build_network, encoder_keys, input_size, load_weights, registry
 from asa.models.exports.nnunet import NNUNET_CONFIGURATION
 
 # the plug-in: one module of the third party's package (what the asa.networks entry point names)
@@ -40,7 +40,7 @@ from asa.models import (Family, NetworkSettings, NNUNetForm, StageTokens, load_w
                         register_network)
 from asa.models.cnn.masked import ResEncMAEOutput, VisibleMask, mask_encoder
 from asa.models.blocks.encoder_weights import match_file_encoder
-from asa.models.family import EncoderKeys
+from asa.models.keys import EncoderKeys
 
 
 @dataclass
@@ -79,7 +79,7 @@ def _unet(cls: type[PlainUNet], in_channels: int, out_channels: int, features: i
                nonlin=nn.LeakyReLU, deep_supervision=False)
 
 
-@register_network("plain_unet", kind="segmentation", encoder="encoder", settings=PlainUNetSettings, family="plain_unet")
+@register_network("plain_unet", kind="segmentation", settings=PlainUNetSettings, family="plain_unet")
 def plain_unet(*, img_size, in_channels: int, out_channels: int, features: int = 4) -> PlainUNet:
     return _unet(PlainUNet, in_channels, out_channels, features)
 
@@ -115,7 +115,7 @@ class MaskedPlainUNet(PlainUNet):
         return ResEncMAEOutput(loss, pred, mask, mask / mask.sum(dim=1, keepdim=True), mask)
 
 
-@register_network("plain_unet_pretrain", kind="pretraining", encoder="encoder", family="plain_unet")
+@register_network("plain_unet_pretrain", kind="pretraining", family="plain_unet")
 def plain_unet_pretrain(*, img_size, in_channels: int = 1, features: int = 4, mask_ratio: float = 0.75,
                         mask_block: int = 16) -> MaskedPlainUNet:
     return _unet(MaskedPlainUNet, in_channels, in_channels, features).masked(int(img_size), mask_ratio, mask_block)
@@ -152,7 +152,7 @@ def installed(monkeypatch, tmp_path):
 def test_the_input_size_is_declared_by_the_spec_asa_built_it_from(installed):
     net = build_network({"arch": "plain_unet", "kwargs": {"img_size": (16,) * 3, "in_channels": 1, "out_channels": 2}})
     assert not hasattr(net, "img_size") and input_size(net) == (16, 16, 16)
-    assert registry.ENCODER_MODULES["plain_unet"] == "encoder" and net.keys_to_in_proj  # declared by the package
+    assert encoder_keys(net).module == "encoder" and net.keys_to_in_proj  # declared by dynamic-network-architectures
     with pytest.raises(ValueError, match="no input size declared"):
         input_size(torch.nn.Conv3d(1, 1, 1))
 

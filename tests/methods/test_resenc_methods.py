@@ -7,6 +7,7 @@ import pytest
 
 from asa.api import load_config
 from asa.methods import MethodContext, get_method
+from asa.models.keys import encoder_keys
 
 
 def _method(*overrides):
@@ -23,8 +24,9 @@ def test_mae_is_uniform_and_asa_attentive_on_resenc():
     assert net.mirror_visible is None and not net.coord_channel  # symmetry off unless asked
     assert asa.probe_patch_size is None
     # the export keeps the keys the network declares (key_to_encoder, key_to_stem): its encoder module, whole
-    assert asa.encoder_prefixes == (f"{net.key_to_encoder}.", f"{net.key_to_stem}.")
-    assert {k for k in net.state_dict() if k.startswith(asa.encoder_prefixes)} == set(net.encoder_state_dict()) \
+    prefixes = encoder_keys(net).prefixes
+    assert prefixes == (f"{net.key_to_encoder}.", f"{net.key_to_stem}.")
+    assert {k for k in net.state_dict() if k.startswith(prefixes)} == set(net.encoder_state_dict()) \
         == {f"encoder.{k}" for k in net.encoder.state_dict()}
 
 

@@ -19,6 +19,7 @@ from asa.methods import METHODS, MethodSettings, PretrainingMethod, register_met
 from asa.data import write_demo_dataset
 from asa.api.machinery.networks import build_from_config
 from asa.models import PRESETS, EncoderSettings
+from asa.models.swvit.encoder import SWVIT_KEYS
 from asa.models.blocks.patch import patchify
 from asa.models.registry import RECORDS, register_network
 from asa.models.zoo import build_network
@@ -31,6 +32,8 @@ class DenoisingAutoencoder(nn.Module):
     """The encoder of an ASA network of the ``model`` group's sizes, and a linear head that predicts
     each clean patch from the tokens of the noisy volume. Its spec records the encoder's settings flat
     (`EncoderSettings.spec`), which is what lets its files initialise the fine-tuning networks."""
+
+    key_to_encoder, key_to_stem, keys_to_in_proj = SWVIT_KEYS  # the export keeps the encoder, not the head
 
     def __init__(self, img_size: int, in_channels: int, noise: float, **encoder) -> None:
         super().__init__()
@@ -53,7 +56,7 @@ class DenoiseSettings(MethodSettings):
 
 
 class Denoise(PretrainingMethod):
-    name, Settings, encoder_prefixes, uses_model_group = "toy_denoise", DenoiseSettings, ("encoder.",), True
+    name, Settings, uses_model_group = "toy_denoise", DenoiseSettings, True
 
     def build_network(self) -> nn.Module:
         kwargs = dict(img_size=self.context.crop, in_channels=len(self.context.channels), noise=self.settings.noise,
@@ -67,7 +70,7 @@ class Denoise(PretrainingMethod):
 @pytest.fixture
 def toy():
     # a network on the SW-ViT's encoder: of its family, whose encoder face the probes read
-    register_network("toy_denoise", kind="pretraining", encoder="encoder", family="swvit")(DenoisingAutoencoder)
+    register_network("toy_denoise", kind="pretraining", family="swvit")(DenoisingAutoencoder)
     register_method(Denoise)
     yield
     METHODS.pop("toy_denoise")

@@ -8,7 +8,7 @@ from torch import nn
 
 from asa.io import load_checkpoint, save_checkpoint
 from asa.api.machinery.networks import build_from_config
-from asa.models import (ASA, ENCODER_MODULES, NETWORKS, PRESETS, ASASegmenter, architectures, build_network,
+from asa.models import (ASA, NETWORKS, PRESETS, ASASegmenter, architectures, build_network, encoder_keys,
                         network_spec, record_spec, register_network)
 from asa.models import family, registry
 
@@ -113,7 +113,7 @@ def test_bad_specs_and_foreign_networks():
                                  "case_head", "vit_case", "swin_case", "rpl_pretrain", "jigsaw_pretrain", "resenc",
                                  "resenc_pretrain", "encoder", "primus", "primus_pretrain"}
     assert {"swvit_unetr", "unetr", "swin_unetr", "sa_swin"} <= set(architectures("segmentation"))
-    assert ENCODER_MODULES["swvit_unetr"] == ENCODER_MODULES["asa_pretrain"] == "encoder"
+    assert ASASegmenter.key_to_encoder == ASA.key_to_encoder == "encoder"  # declared by the network
     with pytest.raises(ValueError, match="unknown arch 'vnet'"):
         build_network({"arch": "vnet", "kwargs": {}})
     with pytest.raises(ValueError, match="'arch': name, 'kwargs'"):
@@ -161,6 +161,8 @@ def test_a_pretrained_file_without_a_spec_is_refused_naming_it(tmp_path):
 class _Toy(nn.Module):
     """A network from outside asa: a 1x1x1 convolution with an encoder module ``stem``."""
 
+    key_to_encoder, key_to_stem, keys_to_in_proj = "stem", "stem", ("stem",)
+
     def __init__(self, *, channels: int = 2) -> None:
         super().__init__()
         self.stem = nn.Conv3d(1, channels, 1)
@@ -171,14 +173,14 @@ def test_a_network_registered_from_its_own_file_builds_saves_and_rebuilds(monkey
     for name in ("toy", "plain"):  # gone again after the test
         monkeypatch.setitem(registry.RECORDS, name, None)
         monkeypatch.delitem(registry.RECORDS, name)
-    register_network("toy", kind="pretraining", encoder="stem")(_Toy)
+    register_network("toy", kind="pretraining")(_Toy)
     net = build_network({"arch": "toy", "kwargs": {"channels": 3}})
     assert network_spec(net) == {"arch": "toy", "kwargs": {"channels": 3}}
-    assert registry.ENCODER_MODULES["toy"] == "stem" and "toy" in architectures("pretraining")
+    assert encoder_keys(net).prefixes == ("stem.",) and "toy" in architectures("pretraining")
     save_checkpoint(tmp_path / "toy.pt", {"network": network_spec(net), "model": net.state_dict()})
     again = build_network(load_checkpoint(tmp_path / "toy.pt")["network"])
     assert isinstance(again, _Toy) and again.stem.out_channels == 3
-    register_network("toy", kind="pretraining", encoder="stem")(_Toy)  # the same builder again: no-op
+    register_network("toy", kind="pretraining")(_Toy)  # the same builder again: no-op
     with pytest.raises(ValueError, match="'toy' is registered already"):
         register_network("toy", kind="pretraining")(lambda **kw: _Toy(**kw))
     with pytest.raises(ValueError, match="kind must be one of"):
@@ -193,7 +195,7 @@ def test_a_network_registered_from_its_own_file_builds_saves_and_rebuilds(monkey
 def test_each_network_is_one_record_and_the_tables_are_its_columns():
     records = registry.registered_networks()
     assert set(records) == set(NETWORKS) and all(NETWORKS[n] is r.builder for n, r in records.items())
-    assert {n: r.encoder for n, r in records.items() if r.encoder} == dict(ENCODER_MODULES)
+    assert {n: r.kind for n, r in records.items()} == dict(registry.NETWORK_KINDS)
     assert registry.case_counterpart("swvit_unetr") == "case_head"
     with pytest.raises(TypeError):  # the views are read-only: a network is added by registering it
         NETWORKS["x"] = nn.Identity  # type: ignore[index]
@@ -203,8 +205,10 @@ _OUTSIDE = '''
 from torch import nn
 from asa.models import register_network
 
-@register_network("outside_seg", kind="segmentation", encoder="body")
+@register_network("outside_seg", kind="segmentation")
 class Outside(nn.Module):
+    key_to_encoder, key_to_stem, keys_to_in_proj = "body", "body", ("body",)
+
     def __init__(self, *, img_size, in_channels, out_channels):
         super().__init__()
         self.body = nn.Conv3d(in_channels, out_channels, 1)
@@ -221,8 +225,9 @@ def test_an_installed_package_declares_its_networks_in_the_entry_point_group(mon
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: entries.get(group, []))
     monkeypatch.setitem(registry.RECORDS, "outside_seg", None)  # gone again after the test
     monkeypatch.delitem(registry.RECORDS, "outside_seg")
-    assert "outside_seg" in architectures("segmentation") and ENCODER_MODULES["outside_seg"] == "body"
+    assert "outside_seg" in architectures("segmentation")
     net = build_network({"arch": "outside_seg", "kwargs": {"img_size": 8, "in_channels": 2, "out_channels": 3}})
+    assert encoder_keys(net).module == "body"
     assert net.body.out_channels == 3 and network_spec(net)["arch"] == "outside_seg"
     entries["asa.networks"] = [importlib.metadata.EntryPoint("bad", "outside_networks:register_network", "asa.networks")]
     monkeypatch.setattr(registry.RECORDS, "_read", False)

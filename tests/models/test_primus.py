@@ -18,7 +18,7 @@ from asa.io import load_checkpoint
 from asa.methods import get_method
 from asa.methods.base import MethodContext
 from asa.methods.masked_autoencoder import mae_step
-from asa.models import build_network, families
+from asa.models import build_network, encoder_keys, families
 from asa.models.portable import encoder_export
 from asa.models.primus.network import dna_class
 from asa.models.twin import twin_fault
@@ -51,9 +51,9 @@ def test_the_segmenter_is_primus_key_for_key():
     own.load_state_dict(net.state_dict(), strict=True)
     x = torch.randn(1, 2, 32, 32, 32)
     assert torch.allclose(own.eval()(x), net.eval()(x), atol=1e-5)
-    keys = families()["primus"].encoder_keys(net)  # read off Primus's own declaration
+    keys = encoder_keys(net)  # read off Primus's own declaration
     assert keys.prefixes == ("eva.", "down_projection.") and keys.in_proj_weights == ("down_projection.proj.weight",)
-    assert families()["primus"].keys == keys  # the family's, for files read before a network is built
+    assert families()["primus"].nnunet.keys == keys  # the family's, for published files read before a network is built
     # the encoder's learning rate and relative update take the stem with EVA
     assert encoder_names(net) == {n for n, _ in net.named_parameters() if n.startswith(("eva.", "down_projection."))}
 
@@ -105,7 +105,7 @@ def test_method_mae_and_asa_pretrain_primus(method, weighting):
     assert net.network_arch == "primus_pretrain" and net.loss_weighting == weighting
     loss, logs = mae_step(net, {"image": torch.randn(2, 1, 32, 32, 32)})
     assert torch.isfinite(loss) and 0 < logs["weights/effective_share"] <= 1
-    assert m.encoder_prefixes == ("eva.", "down_projection.")  # the export keeps what Primus declares
+    assert encoder_keys(net).prefixes == ("eva.", "down_projection.")  # the export keeps what Primus declares
 
 
 def test_the_study_reads_primus_off_the_registry():

@@ -21,6 +21,8 @@ from asa.data.augmentation import apply_deferred_augmentation
 from asa.eval.probe import build_probe_set, make_probe
 from asa.io.hub import COHORT_LIST
 from asa.methods import MethodContext, PretrainingMethod, get_method
+from asa.models import unwrap
+from asa.models.keys import encoder_keys
 from asa.train import FitResult
 from asa.train.pretrain import export_encoder, make_validator
 
@@ -176,7 +178,9 @@ class PretrainJob(TrainingJob):
         except (OSError, ValueError) as err:
             print(f"[asa] warning: the pretraining cohort was not recorded ({err}); the encoder export carries none "
                   f"(asa-cohort {shell_path(run.out_dir)} records it later)", file=sys.stderr, flush=True)
-        export_encoder(source, ckpts / "encoder.pt", self.method.encoder_prefixes, cohort=recorded_cohort(source))
+        # the encoder and its stem, as the network declares them (asa.models.keys)
+        export_encoder(source, ckpts / "encoder.pt", encoder_keys(unwrap(run.model)).prefixes,
+                       cohort=recorded_cohort(source))
         listed = (f", with the cohort's list {COHORT_LIST} beside them (the weights name it: keep them together)"
                   if (ckpts / COHORT_LIST).is_file() else "")
         print(f"[asa] pretraining finished at step {result.step}. Outputs in {run.out_dir}:\n"

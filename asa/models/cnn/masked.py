@@ -42,7 +42,7 @@ from asa.models.blocks.patch import patchify
 from asa.models.blocks.saca import mirror_index
 from asa.models.cnn.resenc import ResEncOptions, ResEncPlan, ResEncUNet, resolve_plan
 from asa.models.declared import Capabilities
-from asa.models.family import EncoderKeys
+from asa.models.keys import encoder_keys
 from asa.models.twin import MaskedOutput
 from asa.models.registry import record_spec, register_network
 
@@ -330,7 +330,7 @@ class ResEncMaskedAutoencoder(ResEncUNet):
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights a `ResEncUNet` takes over: stem and stages, under the keys the network declares
         (dynamic-network-architectures' ``key_to_encoder``, ``key_to_stem``)."""
-        return EncoderKeys.declared(self).state(self)
+        return encoder_keys(self).state(self)
 
 
 @dataclass
@@ -353,7 +353,7 @@ class ResEncPretrainModel(ResEncOptions, _Arch):
     weight_power: float = 1.0  # p ∝ Ḡ^γ (1: the paper's); > 1 sharpens the attentive weights
 
 
-@register_network("resenc_pretrain", kind="pretraining", encoder="encoder", family="resenc")
+@register_network("resenc_pretrain", kind="pretraining", family="resenc")
 def resenc_pretrain(
     *,
     img_size: Any,

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from asa.models.family import EncoderKeys
+from asa.models.keys import EncoderKeys
 from asa.models.published import FileEncoder
 
 __all__ = ["RESENC_KEYS", "read_resenc"]

@@ -236,7 +236,7 @@ class ResEncUNet(ResidualEncoderUNet):
         return load_resenc_encoder(self, path, checkpoint=checkpoint, verbose=verbose)
 
 
-@register_network("resenc", kind="segmentation", encoder="encoder", settings=ResEncSettings, family="resenc")
+@register_network("resenc", kind="segmentation", settings=ResEncSettings, family="resenc")
 def resenc_unet(
     *,
     img_size: Any,

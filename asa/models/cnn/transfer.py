@@ -18,7 +18,8 @@ from torch import nn
 
 from asa.models.weights import load_weights
 from asa.models.blocks.encoder_weights import LoadReport, match_file_encoder
-from asa.models.family import family_of, masked_network, pretrains
+from asa.models.family import masked_network, pretrains
+from asa.models.keys import encoder_keys
 
 __all__ = ["load_resenc_encoder"]
 
@@ -53,7 +54,7 @@ def load_resenc_encoder(net: nn.Module, path: str | Path, *, checkpoint: dict | 
                              f"{edge}-voxel crop, whose edge sets the channel's scale; this network's crop is "
                              f"{net.img_size[net.lr_axis]}: set data.crop={edge} (or pretrain without "
                              "model.coord_channel)")
-    keys = family_of(own).encoder_keys(net)  # as the network declares them (key_to_encoder, key_to_stem, ...)
+    keys = encoder_keys(net)  # as the network declares them (key_to_encoder, key_to_stem, ...)
     update, report = match_file_encoder(keys.state(net), blob, path, in_proj=keys.in_proj_weights,
                                         image_channels=net.in_channels, coord=net.coord_channel)
     keys.load(net, update)

@@ -25,7 +25,7 @@ The architecture is the one the network's family declares for nnU-Net (`asa.mode
 names the class by its last part: ``ResidualEncoderUNet``, ``PlainConvUNet``, the dynamic architectures it builds).
 The transfer keys are the network's own declarations (dynamic-network-architectures sets ``key_to_encoder``,
 ``key_to_stem`` and ``keys_to_in_proj`` on its networks), read off the built network by its family
-(`asa.models.family.Family.encoder_keys`), for every family alike.
+(`asa.models.keys`), for every family alike.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from asa.io.hub import NNSSL_CHECKPOINT, NNSSL_PLAN
 from asa.models.declared import crop_edges
 from asa.models.exports.nnunet import located, nnunet_architecture, nnunet_network
 from asa.models.family import family_of
+from asa.models.keys import encoder_keys
 
 __all__ = ["NNSSL_CHECKPOINT", "NNSSL_PLAN", "READER", "TRANSPOSE", "nnssl_adaptation_plan", "nnssl_checkpoint",
            "published_plan"]
@@ -93,7 +94,7 @@ def nnssl_adaptation_plan(spec: Mapping[str, Any], net: torch.nn.Module, *, spac
     crop = list(crop_edges(kwargs["img_size"]))
     channels = int(kwargs.get("in_channels", 1))
     name, config = _configuration(crop, spacing_mm, channels)
-    keys = family_of(spec["arch"]).encoder_keys(net)  # as the network declares them
+    keys = encoder_keys(net)  # as the network declares them
     return {
         "architecture_plans": {"arch_class_name": arch_class, "arch_kwargs": arch_kwargs,
                                "arch_kwargs_requiring_import": [k for k, v in arch_kwargs.items() if isinstance(v, str)]},

@@ -9,7 +9,7 @@ shape, the decoder included. The block is the one the network's family declares 
 nnU-Net's residual-encoder U-Net for ``resenc``, a plug-in's class for its own family), for every family alike;
 the network is built from it as nnU-Net builds it (the class and the op classes located by their dotted names). So
 the checkpoint written here is the whole network: the stem and encoder from asa (every tensor under the keys the
-network declares, `asa.models.family.Family.encoder_keys`, a 1-channel stem repeated over ``in_channels`` and
+network declares, `asa.models.keys`, a 1-channel stem repeated over ``in_channels`` and
 divided by their number), the decoder as nnU-Net initialises a fresh one (the class's own ``initialize``, seeded):
 the decoder is trained from scratch in nnU-Net as in asa's fine-tuning. Its
 ``configurations`` snippet adds a configuration ``3d_fullres_asa`` inheriting from ``3d_fullres`` with this
@@ -29,6 +29,7 @@ from torch import nn
 from asa.models.blocks.encoder_weights import match_file_encoder
 from asa.models.declared import crop_edges
 from asa.models.family import NNUNetForm, families, family_of
+from asa.models.keys import encoder_keys
 
 __all__ = ["NNUNET_CONFIGURATION", "NNUNET_TRAINER", "READING_NOTE", "located", "nnunet_architecture",
            "nnunet_checkpoint", "nnunet_fault", "nnunet_network", "nnunet_plans_snippet"]
@@ -90,7 +91,7 @@ def nnunet_network(export: Mapping[str, Any], *, in_channels: int | None = None,
         net = cls(input_channels=channels, num_classes=2, **kwargs)
         if hasattr(net, "initialize"):
             net.apply(net.initialize)  # nnU-Net's own initialisation (get_network_from_plans, allow_init=True)
-    keys = family_of(export["network"]["arch"]).encoder_keys(net)  # as nnU-Net's network declares them
+    keys = encoder_keys(net)  # as nnU-Net's network declares them
     update, _ = match_file_encoder(keys.state(net), dict(export), source, in_proj=keys.in_proj_weights,
                                    image_channels=channels)
     keys.load(net, update)
@@ -117,7 +118,7 @@ def nnunet_checkpoint(export: Mapping[str, Any], *, in_channels: int | None = No
     block = nnunet_architecture(export["network"], source)
     net = nnunet_network(export, in_channels=in_channels, source=source, seed=seed)
     state = net.state_dict()
-    channels = int(state[family_of(export["network"]["arch"]).encoder_keys(net).in_proj_weights[0]].shape[1])
+    channels = int(state[encoder_keys(net).in_proj_weights[0]].shape[1])
     weights = {k: v for k, v in state.items() if ".seg_layers." not in k}
     return {"network_weights": weights,
             "asa": {"source": str(export.get("source") or source), "architecture": block, "in_channels": channels,

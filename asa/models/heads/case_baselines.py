@@ -23,8 +23,8 @@ from asa.models.heads.case_head import PooledTokenHead
 from asa.models.presets import DEFAULT_CROP, SWIN_SIZES
 from asa.models.registry import record_spec, register_network
 from asa.models.swin.sa_swin import SASwin
-from asa.models.swin.swin_unetr import SwinSettings
-from asa.models.vit.unetr import ViTSettings
+from asa.models.swin.swin_unetr import SWIN_KEYS, SwinSettings
+from asa.models.vit.unetr import VIT_KEYS, ViTSettings
 
 __all__ = ["ViTCaseNet", "SwinCaseNet"]
 
@@ -51,7 +51,7 @@ class SwinCaseSettings(SwinSettings):
     patch_size: int = 2
 
 
-@register_network("vit_case", kind="case", encoder="vit", settings=ViTCaseSettings, family="vit")
+@register_network("vit_case", kind="case", settings=ViTCaseSettings, family="vit")
 class ViTCaseNet(PooledTokenHead):
     """MONAI's ViT (UNETR's encoder, module ``vit``) over the crop, its normed tokens pooled and
     passed through the case head's MLP. ``patch_size``, ``hidden_size``, ``mlp_dim``,
@@ -60,6 +60,8 @@ class ViTCaseNet(PooledTokenHead):
 
     x: [B, C, D, H, W] (D, H, W = img_size, multiples of patch_size) -> [B, out_channels].
     """
+
+    key_to_encoder, key_to_stem, keys_to_in_proj = VIT_KEYS  # its transfer keys (asa.models.keys)
 
     def __init__(
         self,
@@ -123,7 +125,7 @@ class ViTCaseNet(PooledTokenHead):
         return {"vit.patch_embedding.position_embeddings"}
 
 
-@register_network("swin_case", kind="case", encoder="swinViT", settings=SwinCaseSettings, family="swin")
+@register_network("swin_case", kind="case", settings=SwinCaseSettings, family="swin")
 class SwinCaseNet(PooledTokenHead):
     """SwinUNETR's SwinViT (``monai.networks.nets.swin_unetr.SwinTransformer``, module ``swinViT``,
     built as ``SwinUNETR`` builds it, so SA-Swin pretraining files load with :meth:`load_pretrained`)
@@ -134,6 +136,8 @@ class SwinCaseNet(PooledTokenHead):
 
     x: [B, C, D, H, W] (D, H, W = img_size, multiples of 16 · patch_size) -> [B, out_channels].
     """
+
+    key_to_encoder, key_to_stem, keys_to_in_proj = SWIN_KEYS  # its transfer keys (asa.models.keys)
 
     def __init__(
         self,

@@ -11,7 +11,7 @@ from torch import nn
 from asa.models.blocks.saca import SACA_PLACES
 from asa.models.declared import Capabilities
 from asa.models.registry import record_spec, register_network
-from asa.models.swvit.encoder import EncoderSettings, SWViTSettings
+from asa.models.swvit.encoder import SWVIT_KEYS, EncoderSettings, SWViTSettings
 from asa.models.swvit.segmenter import ASASegmenter
 
 POOLINGS = ("mean", "attention")
@@ -68,7 +68,7 @@ class PooledTokenHead(nn.Module):
         return self.target_shift + self.target_scale * self.mlp(self.pool_tokens(tokens))
 
 
-@register_network("case_head", kind="case", encoder="encoder", case_of="swvit_unetr",
+@register_network("case_head", kind="case", case_of="swvit_unetr",
                   settings=SWViTSettings, family="swvit")
 class ASACaseHead(PooledTokenHead):
     """SW-ViT encoder over every token of the brain-centred crop (+ SPE, as :class:`ASASegmenter`'s,
@@ -82,6 +82,8 @@ class ASACaseHead(PooledTokenHead):
     x: [B, C, D, H, W] (D, H, W = img_size) -> [B, out_channels]. ``offsets`` [B, 3]: the crop's
     patch offset from the reference grid (brain frame); None is offset 0, the pretraining crop.
     """
+
+    key_to_encoder, key_to_stem, keys_to_in_proj = SWVIT_KEYS  # its transfer keys (asa.models.keys)
 
     def __init__(
         self,

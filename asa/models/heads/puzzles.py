@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asa.models.swvit.encoder import EncoderSettings
+from asa.models.swvit.encoder import SWVIT_KEYS, EncoderSettings
 from asa.models.registry import record_spec, register_network
 
 __all__ = ["CENTRE_CELL", "NEIGHBOUR_OFFSETS", "RPL_GRID", "BlockLayout", "JigsawPuzzle", "PuzzleOutput",
@@ -227,6 +227,8 @@ class BlockPuzzle(nn.Module):
         block_norm: normalise every block to mean 0, standard deviation 1 per channel.
     """
 
+    key_to_encoder, key_to_stem, keys_to_in_proj = SWVIT_KEYS  # its transfer keys (asa.models.keys)
+
     def __init__(self, settings: EncoderSettings, *, grid: int, block: int | None, jitter: int, shift: int = 0,
                  block_norm: bool = False) -> None:
         super().__init__()
@@ -269,7 +271,7 @@ class BlockPuzzle(nn.Module):
         return {name for name, _ in self.named_parameters() if name.endswith("rel_pos_bias")}
 
 
-@register_network("rpl_pretrain", kind="pretraining", encoder="encoder", family="swvit")
+@register_network("rpl_pretrain", kind="pretraining", family="swvit")
 class RelativePatchLocation(BlockPuzzle):
     """3D-RPL: from the 3 × 3 × 3 blocks of a crop, the centre block and ``pairs`` of its 26 neighbours
     (distinct, uniformly drawn) are encoded; the head reads [centre features, neighbour features] and
@@ -309,7 +311,7 @@ class RelativePatchLocation(BlockPuzzle):
         return PuzzleOutput(F.cross_entropy(logits.float(), target), logits, target)
 
 
-@register_network("jigsaw_pretrain", kind="pretraining", encoder="encoder", family="swvit")
+@register_network("jigsaw_pretrain", kind="pretraining", family="swvit")
 class JigsawPuzzle(BlockPuzzle):
     """3D-Jig: the n³ blocks of a crop are encoded once, then shown in the order of ``puzzles``
     permutations drawn from a fixed set of ``permutations`` (`jigsaw_permutations`, kept in the

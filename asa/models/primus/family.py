@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from asa.models.blocks.sizes import to_3tuple
-from asa.models.family import EncoderFace, EncoderKeys, Family, Geometry, NNUNetForm, register_family
+from asa.models.family import EncoderFace, Family, Geometry, NNUNetForm, register_family
+from asa.models.keys import EncoderKeys
 from asa.models.primus.masked import PrimusPretrainModel
 from asa.models.primus.network import PRIMUS_SIZES, TOPOLOGY
 from asa.models.published import FileEncoder
@@ -57,8 +58,8 @@ class PrimusTokens(EncoderFace):
         return size, int(module.net.patch_size), int(module.net.in_channels)
 
 
-# as Primus declares them on its instances (key_to_encoder, key_to_stem, keys_to_in_proj; tested equal), for what
-# reads a file before a network is built (asa.load_encoder, the encoder export)
+# as dynamic-network-architectures' Primus declares them on its instances (tested equal), for reading a published file
+# before a network is built
 PRIMUS_KEYS = EncoderKeys("eva", "down_projection", ("down_projection.proj",))
 # nnssl's Primus presets (arch_class_name, no arch_kwargs) -> their size; patch 8³, layer scale as their defaults
 NNSSL_PRESETS = {f"Primus{size}": size for size in ("S", "B", "M", "L")}
@@ -133,4 +134,4 @@ PRIMUS_NNUNET = NNUNetForm(
 PRIMUS = register_family(Family(
     "primus", face=PrimusTokens(), masked="primus_pretrain", pretrain_settings=PrimusPretrainModel,
     segmenter="primus", exports=("nnunet", "nnssl"), nnunet=PRIMUS_NNUNET, export_check=_export_check,
-    keys=PRIMUS_KEYS, presets={size: {"size": size} for size in PRIMUS_SIZES}))
+    presets={size: {"size": size} for size in PRIMUS_SIZES}))

@@ -38,7 +38,7 @@ class PrimusPretrainModel(PrimusOptions, _Arch):
     decoder_depth: int = 2  # EVA blocks of the pretraining decoder (not transferred)
 
 
-@register_network("primus_pretrain", kind="pretraining", encoder="eva", family="primus")
+@register_network("primus_pretrain", kind="pretraining", family="primus")
 class PrimusMAE(PrimusNet):
     """Primus as a masked autoencoder (see the module), built from the flat settings of its spec.
 

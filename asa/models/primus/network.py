@@ -2,7 +2,7 @@
 transformer ``eva``, a patch decoder ``up_projection``) with asa's contract: built from a network spec's flat
 keyword arguments, optionally with asa's symmetric position code on its token grid, and ``load_pretrained`` for a
 file of its masked twin. The encoder's keys are the ones Primus declares (``key_to_encoder``, ``key_to_stem``,
-``keys_to_in_proj``), read by the family (`asa.models.family.Family.encoder_keys`).
+``keys_to_in_proj``), read off the network (`asa.models.keys`).
 
 :class:`PrimusNet` wraps a ``Primus`` by adopting its parts under Primus's own names (its state dict is Primus's,
 key for key), and imports it when built: dynamic-network-architectures' Primus pulls timm, and timm torchvision,
@@ -25,7 +25,8 @@ from asa.models.blocks.patch import patch_grid
 from asa.models.blocks.position import symmetric_position_encoding
 from asa.models.blocks.sizes import to_3tuple
 from asa.models.declared import Capabilities
-from asa.models.family import family_of, pretrains, read_file
+from asa.models.family import pretrains, read_file
+from asa.models.keys import encoder_keys
 from asa.models.registry import NetworkSettings, record_spec, register_network
 
 __all__ = ["PRIMUS_SIZES", "POS_MODES", "TOPOLOGY", "PrimusNet", "PrimusOptions", "PrimusSettings", "dna_class",
@@ -196,7 +197,7 @@ class PrimusNet(nn.Module):
         if recorded != self.pos_mode:
             raise ValueError(f"model.pretrained={path}: the encoder was pretrained with pos_mode={recorded}; set "
                              f"model.pos_mode={recorded}")
-        keys = family_of(own).encoder_keys(self)
+        keys = encoder_keys(self)
         source = blob["encoder"] if "encoder" in blob else blob["model"]
         update, report = match_encoder_weights(keys.state(self), source, keys.prefixes, keys.in_proj_weights[0], path)
         if report.missing:
@@ -208,7 +209,7 @@ class PrimusNet(nn.Module):
         return report
 
 
-@register_network("primus", kind="segmentation", encoder="eva", settings=PrimusSettings, family="primus")
+@register_network("primus", kind="segmentation", settings=PrimusSettings, family="primus")
 def primus(*, img_size: Any, in_channels: int, out_channels: int, size: str = "B", patch_size: int = 8,
            pos_mode: str = "none", lr_axis: int = 0, drop_path_rate: float = 0.0, **topology: Any) -> PrimusNet:
     """The Primus segmenter for crops of ``img_size`` (arguments as :class:`PrimusNet`'s; ``topology``: a published

@@ -17,10 +17,7 @@ from asa.models.blocks.saca import SymmetryCrossAttention
 from asa.models.blocks.sizes import spec_input_size
 from asa.models.declared import Capabilities
 from asa.models.registry import record_spec, register_network
-from asa.models.swin.swin_unetr import SwinUNETRSettings
-
-# the parameters SA-Swin takes over from its Symmetry-Aware Head pretraining (the shared SwinViT)
-SA_SWIN_ENCODER_PREFIXES = ("swinViT.",)
+from asa.models.swin.swin_unetr import SWIN_KEYS, SwinUNETRSettings
 
 
 class SymmetryAwareLayer(nn.Module):
@@ -59,6 +56,8 @@ class SASwin(SwinUNETR):
     ``symmetry_heads`` defaults to the last stage's ``num_heads``; other keyword arguments are those
     of ``monai.networks.nets.SwinUNETR``. x: [B, C, D, H, W] (sides divisible by 32) -> logits.
     """
+
+    key_to_encoder, key_to_stem, keys_to_in_proj = SWIN_KEYS  # its transfer keys (asa.models.keys)
 
     # five halvings (a 1³ bottleneck fails to normalise); the bottleneck attends to the mirrored image's
     capabilities = Capabilities(crop_multiple=32, crop_min=64,
@@ -153,8 +152,8 @@ class SASwin(SwinUNETR):
         if not ({"model", "encoder"} & checkpoint.keys()):
             raise ValueError(f"{path} holds neither a 'model' nor an 'encoder' state dict")
         source = checkpoint["encoder"] if "encoder" in checkpoint else checkpoint["model"]
-        update, report = match_encoder_weights(self.state_dict(), source, SA_SWIN_ENCODER_PREFIXES,
-                                               "swinViT.patch_embed.proj.weight", path)
+        update, report = match_encoder_weights(self.state_dict(), source, SWIN_KEYS.prefixes,
+                                               SWIN_KEYS.in_proj_weights[0], path)
         self.load_state_dict(update, strict=False)
         if verbose:
             print(f"pretrained SA-Swin encoder from {path}:\n{report}")
@@ -171,7 +170,7 @@ class SASwinSettings(SwinUNETRSettings):
     symmetry_mlp_ratio: float = 4.0
 
 
-@register_network("sa_swin", kind="segmentation", encoder="swinViT", settings=SASwinSettings, family="swin")
+@register_network("sa_swin", kind="segmentation", settings=SASwinSettings, family="swin")
 def sa_swin(*, img_size: Any = None, **kwargs: Any) -> SASwin:
     """:class:`SASwin` for inputs of size ``img_size`` (like SwinUNETR it takes any multiple of 32, so
     ``img_size`` only records the input size); ``kwargs`` are ``SASwin``'s. The spec records the

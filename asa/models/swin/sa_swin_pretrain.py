@@ -19,7 +19,7 @@ from asa.losses import SAH_TERMS, inpainting_loss, nt_xent, rotation_loss, symme
 from asa.models.blocks.sizes import to_3tuple
 from asa.models.presets import SWIN_SIZES
 from asa.models.registry import record_spec, register_network
-from asa.models.swin.sa_swin import SA_SWIN_ENCODER_PREFIXES
+from asa.models.swin.swin_unetr import SWIN_KEYS
 
 
 @dataclass
@@ -46,13 +46,15 @@ def _reconstruction_head(dim: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-@register_network("sa_swin_pretrain", kind="pretraining", encoder="swinViT", family="swin")
+@register_network("sa_swin_pretrain", kind="pretraining", family="swin")
 class SymmetryAwareHead(nn.Module):
     """SwinViT encoder + rotation, contrastive, inpainting and symmetry heads.
 
     forward(x [B, C, D, H, W], diseased [B] or None) -> :class:`SAHOutput`. Sides must be divisible
     by 32 and by ``drop_patch``; the two sides other than ``lr_axis`` must be equal (rotation).
     """
+
+    key_to_encoder, key_to_stem, keys_to_in_proj = SWIN_KEYS  # its transfer keys (asa.models.keys)
 
     def __init__(
         self,
@@ -171,4 +173,4 @@ class SymmetryAwareHead(nn.Module):
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights :class:`asa.models.SASwin` takes over: ``swinViT.*``."""
-        return {k: v for k, v in self.state_dict().items() if k.startswith(SA_SWIN_ENCODER_PREFIXES)}
+        return SWIN_KEYS.state(self)

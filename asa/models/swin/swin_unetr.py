@@ -16,6 +16,7 @@ from torch import nn
 from asa.choices import in_range
 from asa.models.blocks.sizes import spec_input_size
 from asa.models.declared import Capabilities
+from asa.models.keys import EncoderKeys
 from asa.models.presets import SWIN_SIZES
 from asa.models.registry import NetworkSettings, record_spec, register_network
 
@@ -42,11 +43,15 @@ class SwinUNETRSettings(SwinSettings):
     norm_name: str = "instance"
 
 
-@register_network("swin_unetr", kind="segmentation", encoder="swinViT", settings=SwinUNETRSettings, family="swin")
+# the transfer keys of every network on MONAI's SwinViT (module ``swinViT``) and its patch embedding
+SWIN_KEYS = EncoderKeys("swinViT", "swinViT.patch_embed", ("swinViT.patch_embed.proj",))
+
+
+@register_network("swin_unetr", kind="segmentation", settings=SwinUNETRSettings, family="swin")
 def swin_unetr(*, img_size: Any = None, **kwargs: Any) -> nn.Module:
     """MONAI's SwinUNETR for inputs of size ``img_size``; ``kwargs`` are ``SwinUNETR``'s."""
     size = spec_input_size("swin_unetr", img_size)
     net = SwinUNETR(**kwargs)
     net.img_size = tuple(size)
     net.capabilities = Capabilities(crop_multiple=32, crop_min=64)  # five halvings; a 1³ bottleneck fails to normalise
-    return record_spec(net, "swin_unetr", {"img_size": size, **kwargs})
+    return record_spec(SWIN_KEYS.declare(net), "swin_unetr", {"img_size": size, **kwargs})

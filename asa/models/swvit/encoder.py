@@ -13,6 +13,7 @@ from asa.choices import in_range, one_of
 from asa.models.blocks.patch import PatchEmbed, patch_grid
 from asa.models.blocks.saca import SACA_PLACES, check_mirror_windows, mirror_index
 from asa.models.blocks.sizes import to_3tuple
+from asa.models.keys import EncoderKeys
 from asa.models.presets import DEFAULT_CROP, PRESETS
 from asa.models.registry import NetworkSettings
 from asa.models.blocks.position import brain_frame_encoding, symmetric_position_encoding
@@ -21,6 +22,9 @@ from asa.models.swvit.swvit import REGION_LAYOUTS, SWBlock, SWViT, sw_blocks
 
 # the attribute under which ASA and ASASegmenter hold the encoder; its keys are what a file transfers
 ENCODER_PREFIX = "encoder."
+# the transfer keys of every network on the SW-ViT encoder: the encoder, its patch embedding (the stem) and its
+# projection, which takes the input channels
+SWVIT_KEYS = EncoderKeys("encoder", "encoder.patch_embed", ("encoder.patch_embed.proj",))
 
 _BASE = PRESETS["base"]
 

@@ -15,21 +15,16 @@ from torch import nn
 
 from asa.models.blocks.patch import patch_grid
 from asa.models.blocks.sizes import to_3tuple
-from asa.models.family import (DEFAULT_FAMILY, EncoderFace, EncoderKeys, Family, FileRoad, Geometry, load_pretrained,
+from asa.models.family import (DEFAULT_FAMILY, EncoderFace, Family, FileRoad, Geometry, load_pretrained,
                                register_family)
 from asa.models.presets import PRESETS
 from asa.models.registry import build_network
-from asa.models.swvit.encoder import ENCODER_PREFIX
 from asa.models.swvit.mae import PretrainModelConfig
 from asa.models.swvit.segmenter import recorded_pretraining
 from asa.models.swvit.volume import VolumeEncoder
 from asa.models.weights import load_weights
 
-__all__ = ["SWVIT", "SWVIT_KEYS", "PretrainedGeometry", "SWViTRoad", "SWViTTokens", "pretrained_geometry"]
-
-# the SW-ViT's encoder module and its patch embedding (stem), whose projection takes the input channels
-SWVIT_KEYS = EncoderKeys(ENCODER_PREFIX.rstrip("."), stem=f"{ENCODER_PREFIX}patch_embed",
-                         in_proj=(f"{ENCODER_PREFIX}patch_embed.proj",))
+__all__ = ["SWVIT", "PretrainedGeometry", "SWViTRoad", "SWViTTokens", "pretrained_geometry"]
 
 
 class SWViTTokens(EncoderFace):
@@ -137,5 +132,5 @@ class SWViTRoad(FileRoad):
 
 SWVIT = register_family(Family(
     DEFAULT_FAMILY, face=SWViTTokens(), masked="asa_pretrain", pretrain_settings=PretrainModelConfig,
-    segmenter="swvit_unetr", keys=SWVIT_KEYS, road=SWViTRoad(),
+    segmenter="swvit_unetr", road=SWViTRoad(),
     presets={size: {**sizes, "patch_size": 8} for size, sizes in PRESETS.items()}))

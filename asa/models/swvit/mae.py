@@ -19,7 +19,7 @@ from asa.models.blocks.saca import SACA_PLACES, check_mirror_windows, mirror_ind
 from asa.models.declared import Capabilities
 from asa.models.presets import PRESETS
 from asa.models.registry import record_spec, register_network
-from asa.models.swvit.encoder import ENCODER_PREFIX, EncoderOptions, EncoderSettings, SWViTEncoder
+from asa.models.swvit.encoder import ENCODER_PREFIX, SWVIT_KEYS, EncoderOptions, EncoderSettings, SWViTEncoder
 from asa.models.blocks.position import POSITION_MODES, symmetric_position_encoding
 from asa.models.swvit.region_attention import patch_regions
 from asa.models.swvit.swvit import SWViT
@@ -47,6 +47,8 @@ class MaskedAutoencoder(nn.Module):
     encoder has SACA blocks the masking is mirror-consistent: a token and its left–right mirror
     are masked together, so every visible token's mirror is visible too.
     """
+
+    key_to_encoder, key_to_stem, keys_to_in_proj = SWVIT_KEYS  # its transfer keys (asa.models.keys)
 
     def __init__(
         self,
@@ -230,7 +232,7 @@ class PretrainModelConfig(EncoderOptions):
     lr_axis: int = EncoderSettings.lr_axis
 
 
-@register_network("asa_pretrain", kind="pretraining", encoder="encoder", family="swvit")
+@register_network("asa_pretrain", kind="pretraining", family="swvit")
 class ASA(MaskedAutoencoder):
     """Attentive Symmetric Autoencoder, built from the flat settings of its network spec
     (``asa_pretrain``): ``ASA(img_size=128, **PRESETS["base"])``.

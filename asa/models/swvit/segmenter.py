@@ -22,8 +22,8 @@ from asa.models.blocks.patch import patch_grid
 from asa.models.blocks.saca import SACA_PLACES
 from asa.models.blocks.sizes import to_3tuple
 from asa.models.declared import Capabilities
-from asa.models.registry import ENCODER_MODULES, NETWORK_KINDS, current_spec, record_spec, register_network
-from asa.models.swvit.encoder import ENCODER_PREFIX, EncoderSettings, SWViTEncoder, SWViTSettings
+from asa.models.registry import current_spec, network_record, record_spec, register_network
+from asa.models.swvit.encoder import ENCODER_PREFIX, SWVIT_KEYS, EncoderSettings, SWViTEncoder, SWViTSettings
 from asa.models.swvit.region_attention import patch_regions
 
 
@@ -49,8 +49,8 @@ SW_VIT_GEOMETRY = ("img_size", "patch_size", "pos_mode", "lr_axis")  # what a sp
 def recorded_pretraining(checkpoint: dict, source: str | Path) -> dict:
     """What the pretraining checkpoint or encoder export ``source`` (its content: ``checkpoint``)
     records about its network, from its network spec (``{"arch", "kwargs"}``): ``img_size`` (3 ints),
-    ``patch_size``, ``pos_mode``, ``lr_axis``. Any pretraining or segmentation network whose registered
-    encoder is the SW-ViT's (module ``encoder``) counts when its spec records the encoder's settings flat,
+    ``patch_size``, ``pos_mode``, ``lr_axis``. Any pretraining or segmentation network of the SW-ViT family
+    (registered with ``family="swvit"``) counts when its spec records the encoder's settings flat,
     as `EncoderSettings.spec` gives them (``asa_pretrain``, ``swvit_unetr``, ``rpl_pretrain``,
     ``jigsaw_pretrain`` and a network registered from outside that keeps to it). A file without a
     spec, or with a spec of another network (an SA-Swin file, a case network), raises ``ValueError``
@@ -61,7 +61,8 @@ def recorded_pretraining(checkpoint: dict, source: str | Path) -> dict:
                          "grid and position code are unknown; use a checkpoint or the encoder.pt written by asa-pretrain")
     spec = current_spec(spec)
     arch, kwargs = spec.get("arch"), spec.get("kwargs") or {}
-    if (ENCODER_MODULES.get(arch) != ENCODER_PREFIX.rstrip(".") or NETWORK_KINDS.get(arch) == "case"
+    record = network_record(arch) if isinstance(arch, str) else None
+    if (record is None or record.family != "swvit" or record.kind == "case"
             or not all(key in kwargs for key in SW_VIT_GEOMETRY)):
         raise ValueError(f"{source}: the pretrained file holds a {arch!r} network, not an ASA encoder (an SW-ViT "
                          "network whose spec records its encoder's settings flat, such as asa_pretrain, swvit_unetr, "
@@ -107,6 +108,8 @@ class SWViTSegmenter(nn.Module):
     With region attention (R-MSA blocks, see `SWViT`) forward also needs ``regions``
     [B, 1, D, H, W], an integer label per voxel; each patch takes its majority label.
     """
+
+    key_to_encoder, key_to_stem, keys_to_in_proj = SWVIT_KEYS  # its transfer keys (asa.models.keys)
 
     def __init__(
         self,
@@ -298,7 +301,7 @@ class SWViTSegmenter(nn.Module):
 
 
 
-@register_network("swvit_unetr", kind="segmentation", encoder="encoder",
+@register_network("swvit_unetr", kind="segmentation",
                   settings=SWViTUNetSettings, family="swvit")
 class ASASegmenter(SWViTSegmenter):
     """The segmentation network on the SW-ViT encoder (:class:`SWViTSegmenter`), built from the flat

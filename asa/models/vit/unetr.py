@@ -14,6 +14,7 @@ from torch import nn
 
 from asa.choices import in_range
 from asa.models.blocks.sizes import spec_input_size
+from asa.models.keys import EncoderKeys
 from asa.models.registry import NetworkSettings, record_spec, register_network
 
 
@@ -40,10 +41,14 @@ class UNETRSettings(ViTSettings):
     res_block: bool = True
 
 
-@register_network("unetr", kind="segmentation", encoder="vit", settings=UNETRSettings, family="vit")
+# the transfer keys of every network on MONAI's ViT (module ``vit``) and its patch embedding
+VIT_KEYS = EncoderKeys("vit", "vit.patch_embedding", ("vit.patch_embedding.patch_embeddings",))
+
+
+@register_network("unetr", kind="segmentation", settings=UNETRSettings, family="vit")
 def unetr(*, img_size: Any = None, **kwargs: Any) -> nn.Module:
     """MONAI's UNETR of input size ``img_size``; ``kwargs`` are ``UNETR``'s."""
     size = spec_input_size("unetr", img_size)
     net = UNETR(img_size=size, **kwargs)
     net.img_size = tuple(size)
-    return record_spec(net, "unetr", {"img_size": size, **kwargs})
+    return record_spec(VIT_KEYS.declare(net), "unetr", {"img_size": size, **kwargs})
