@@ -15,7 +15,7 @@
 #   window.json                        every part's exit code and seconds, the device, the total (after each part)
 #   logs.tgz                           every part's log (after each part)
 #
-#   scripts/gpu_window.sh OUT_DIR               # on the GPU machine: about 8 minutes on one H100
+#   scripts/gpu_window.sh OUT_DIR               # on the GPU machine: within WINDOW seconds (default 540) on one H100
 #   scripts/gpu_window.sh OUT_DIR --dry-run     # the same parts at toy sizes on the CPU (tests/scripts/test_gpu_window.py)
 #
 # PYTHON picks the interpreter; WORK (default /tmp/asa-window) holds the data and the runs.
@@ -84,7 +84,7 @@ else
     LOOP_RESENC=(--model resenc --size L --crop 160 --volume 160 --cases 64 --batch 8 --workers 8 --steps 16 --warmup 3)
     MASKED_S=(--crop 160 --size S --batch 8 --repeats 4); MASKED_L=(--crop 160 --size M --batch 4 --repeats 4)
     PRECISION=(--size 128 --batch 24 --preset base --steps 5 --loss-steps 200)
-    STUDY=(--scale cpu --arms mae --seeds 0 --jobs 1 --time-budget 230); STUDY_CASES=(32 16 48)
+    STUDY=(--scale cpu --arms mae --seeds 0 --jobs 1); STUDY_CASES=(32 16 48)
     LIMIT=120
 fi
 
@@ -114,7 +114,12 @@ DATA="$WORK/study_data"
     --out "$DATA/labeled" > "$LOGS/study_data.log" 2>&1
 [ -d "$DATA/cohort" ] || "$PY" -m asa.cli.demo_data --layout bids --cases "${STUDY_CASES[1]}" --size "${STUDY_CASES[2]}" --seed 11 \
     --out "$DATA/cohort" >> "$LOGS/study_data.log" 2>&1
-# exit 3 is expected: the study's --time-budget ends it in its transfer stage (the part times units, not a study)
+# exit 3 is expected: the study's --time-budget ends it in its transfer stage (the part times units, not a study);
+# on the GPU the budget is what the window has left (WINDOW seconds in all, default 540), at most 230 s
+if [ -z "$DRY" ]; then
+    left=$(( ${WINDOW:-540} - ($(date +%s) - start) - 30 ))
+    STUDY+=(--time-budget $(( left < 230 ? left : 230 )))
+fi
 part study $(( LIMIT + 120 )) "$PY" -m asa.cli.study --pretrain-data "$DATA/cohort" --data msd --root "$DATA/labeled" \
     --out "$WORK/study" --device "$DEVICE" "${STUDY[@]}"
 "$PY" - "$WORK/study" "$OUT/study.json" "${STUDY[*]}" <<'EOF2'
