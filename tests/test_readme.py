@@ -74,16 +74,32 @@ def test_worked_example_outputs_stay_out_of_the_data_and_follow_the_runs():
 
 
 def test_the_quickstart_starts_by_installing_the_torch_pair_the_tests_pin():
-    """Its first line installs the torch the tests run against with its torchvision, not the newest torch
-    (which the test extra's pinned torchvision would replace with another build on the next line)."""
+    """It makes and activates a virtual environment, then its first install is the torch the tests run against with
+    its torchvision, not the newest torch (which the test extra's pinned torchvision would replace with another
+    build on the next line)."""
     pyproject = (ROOT / "pyproject.toml").read_text()
     torchvision = re.search(r'"torchvision==([\d.]+)"', pyproject).group(1)
     torch_minor = re.search(r"the tests run against torch (\d+\.\d+)", pyproject).group(1)
     text = README.read_text()
     block = re.search(r"```bash\n(.*?)```", text[text.index("## Quickstart"):], re.S).group(1)
-    first = shlex.split(block.splitlines()[0].split("#", 1)[0])
+    lines = [line.split("#", 1)[0] for line in block.splitlines()]
+    venv = shlex.split(lines[0])
+    assert venv[1:3] == ["-m", "venv"] and ". .venv/bin/activate" in lines[0], lines[0]
+    first = shlex.split(next(line for line in lines if "pip install" in line))
     assert first[:2] == ["pip", "install"] and f"torchvision=={torchvision}" in first, first
     assert any(re.fullmatch(rf"torch=={re.escape(torch_minor)}\.\d+", w) for w in first), first
+
+
+def test_the_quickstart_names_what_each_extra_installs():
+    """Each extra of the test line is named with the tools of its list in pyproject.toml (``prepare``: asa-prepare's
+    default brain extraction, deepbet, among them)."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    text = README.read_text()
+    line = next(ln for ln in text[text.index("## Quickstart"):].splitlines() if ".[test," in ln)
+    said = line.split("prepare:", 1)[1]
+    for requirement in re.search(r"^prepare = \[(.*)\]", pyproject, re.M).group(1).split(","):
+        name = re.match(r'\s*"([a-z]+)', requirement).group(1)
+        assert {"antspyx": "ANTsPy"}.get(name, name).lower() in said.lower(), (name, said)
 
 
 def test_no_page_cites_an_issue_number():

@@ -105,13 +105,20 @@ class Predictor:
 
 def cases_from_files(paths: Sequence[Path], task: Task) -> list[Case]:
     """Cases from plain NIfTI files: one file per case for one-channel tasks, else nnU-Net naming
-    ``<case>_0000.nii.gz`` … ``<case>_000K.nii.gz`` in the task's channel order."""
+    ``<case>_0000.nii.gz`` … ``<case>_000K.nii.gz`` in the task's channel order. For a one-channel task, a
+    ``<case>_000K`` (K > 0) beside its ``<case>_0000`` is refused: another channel of one case, not another case."""
     groups: dict[str, dict[int, Path]] = {}
+    zeros = {c["case"]: p for p in paths if (c := CHANNEL.match(strip_nifti(Path(p).name))) and c["channel"] == "0000"}
     for path in sorted(paths):
         if not is_nifti(path):
             raise ValueError(f"{path}: not a NIfTI file (.nii or .nii.gz)")
         stem = strip_nifti(path.name)
         c = CHANNEL.match(stem)
+        if c and len(task.channels) == 1 and c["channel"] != "0000" and c["case"] in zeros:
+            raise ValueError(f"{path}: channel {int(c['channel'])} of case {c['case']!r} (beside "
+                             f"{Path(zeros[c['case']]).name}, its channel 0), but the model reads one channel "
+                             f"({task.channels[0]}): give {Path(zeros[c['case']]).name} alone, or predict with a model "
+                             f"trained on {int(c['channel']) + 1} or more channels")
         if c and (len(task.channels) > 1 or c["channel"] == "0000"):
             case, channel = c["case"], int(c["channel"])
         else:  # a one-channel scan named freely

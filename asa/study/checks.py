@@ -56,7 +56,8 @@ def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: M
         if carried is not None:
             cohorts[f"--encoder {name}"] = carried
     if not cohorts:
-        return {"lines": unchecked or ["no cohort to check (the --encoder files carry none)"], "overlapping": [],
+        why = "the --encoder files carry none" if encoders else "no --pretrain-data and no --encoder given"
+        return {"lines": unchecked or [f"no cohort to check ({why})"], "overlapping": [],
                 "accepted": False}
     everyone = [c for cases in parts.values() for c in cases]
     digests, prints = image_signatures(everyone, workers=2)

@@ -23,6 +23,15 @@ def test_one_channel_files_are_one_case_each(tmp_path):
     assert all(list(c.images) == ["t1"] and c.label is None for c in cases)
 
 
+def test_a_second_channel_given_to_a_one_channel_model_is_refused_not_taken_for_a_case(tmp_path):
+    paths = _touch(tmp_path, "x_0000.nii.gz", "x_0001.nii.gz", "y_0001.nii.gz")
+    with pytest.raises(ValueError, match=r"x_0001.nii.gz: channel 1 of case 'x' \(beside x_0000.nii.gz, its channel "
+                                         r"0\), but the model reads one channel \(t1\): give x_0000.nii.gz alone"):
+        cases_from_files(paths, get_task("ibsr"))
+    # without its _0000, a name ending in 4 digits is a freely named one-channel scan (a year, a subject number)
+    assert [c.id for c in cases_from_files(paths[1:2] + paths[2:], get_task("ibsr"))] == ["x_0001", "y_0001"]
+
+
 def test_multichannel_files_follow_nnunet_naming(tmp_path):
     paths = _touch(tmp_path, "a_0001.nii.gz", "a_0000.nii.gz", "b_0000.nii.gz", "b_0001.nii.gz")
     cases = cases_from_files(paths, get_task("wmh"))

@@ -98,8 +98,8 @@ def extract_brain(data: np.ndarray, affine: np.ndarray, tool: str) -> np.ndarray
         litres = brain.sum() * abs(np.linalg.det(np.asarray(affine)[:3, :3])) / 1e6
         if litres > MAX_BRAIN_ML / 1000:
             raise ValueError(f"brain=none takes skull-stripped images, and the non-zero part of this one holds "
-                             f"{litres:.1f} L, a whole head's volume, not a brain's (at most {MAX_BRAIN_ML / 1000:g} L): "
-                             "choose --brain deepbet or robex")
+                             f"{litres:.1f} L, a whole head's volume, not a brain's (at most "
+                             f"{MAX_BRAIN_ML / 1000:g} L): choose --brain deepbet or robex")
     return brain
 
 

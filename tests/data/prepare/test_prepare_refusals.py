@@ -29,7 +29,8 @@ import sys
 from asa.cli.prepare import main
 codes = []
 for argv in (["--help"], ["raw", "out", "--brain", "bet"], ["raw", "out", "--spacing", "0"],
-             ["raw", "out", "--shard", "3/2"], ["raw", "out", "--min-similarity", "2"], ["raw", "out", "--workers", "0"]):
+             ["raw", "out", "--shard", "3/2"], ["raw", "out", "--min-similarity", "2"],
+             ["raw", "out", "--workers", "0"]):
     try:
         codes.append(main(argv))
     except SystemExit as stop:
