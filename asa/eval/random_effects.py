@@ -23,6 +23,12 @@ Two intervals come from them:
   with 2 seeds the seed part carries ``t_1`` whatever its mean square; with a pretraining level the parts overlap
   (conservative). Coverage at 2, 3, 5 and 10 seeds: docs/studies.md.
 
+Cross-validation (`folded_interval`): R repeats of K folds are G = R·K labeled draws, each scoring its own fold
+of the C cases, every case once per repeat, so draws and cases are not crossed. With ``d = μ + a_draw + b_case + e``
+the mean's variance is ``σ²_a / G + σ²_b / C + σ²_e / (R·C)``; its parts: the draw means' spread within each repeat
+(pooled, R·(K − 1) df: ``σ²_a / G + (σ²_b + σ²_e) / (R·C)``) and, with R ≥ 2, the rest of the cases' share,
+``σ²_b (R − 1) / (R·C)``, σ²_b read off the repeat × case table (``(MS_case − MS_repeat×case) / R``, C − 1 df).
+
 Why not the seed × case bootstrap (`asa.eval.seed_case_bootstrap`): it resamples the 2–3 seeds as if they were the
 population, so its interval is too narrow where the labeled draws carry the spread (the same benchmark).
 """
@@ -37,7 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import optimize, stats
 
-__all__ = ["CrossedInterval", "complete_grid", "crossed_interval"]
+__all__ = ["CrossedInterval", "complete_grid", "crossed_interval", "folded_interval"]
 
 
 @dataclass(frozen=True)
@@ -207,5 +213,64 @@ def crossed_interval(d: object, *, confidence: float = 0.95, factors: tuple[str,
     comps = {effect_name(t, factors): max(0.0, float(component[t])) for t in subsets}
     out = CrossedInterval(value, nan, nan, confidence, se, float(nu), satt, _parts(ms, grid.shape, factors), comps,
                           levels, dropped)
+    low, high = out.bounds(confidence)
+    return dataclasses.replace(out, low=low, high=high)
+
+
+def folded_interval(d: object, repeats: object, *, confidence: float = 0.95) -> CrossedInterval:
+    """The mean of cross-validated paired differences ``d`` [draws, cases] (NaN where a draw did not score a case:
+    each draw scores its fold) with the per-part interval of the module docstring; ``repeats`` [draws]: the repeat
+    of each draw (its folds are the draws of that repeat). ``levels``: {"draw": G, "case": C, "repeat": R}.
+    ``d`` [pretraining runs, draws, cases]: replicated pretraining, one more part first, the spread of the runs'
+    means (``s² / P``, P − 1 df, as a crossed factor's), the rest read on the runs' mean per cell."""
+    d = np.asarray(d, dtype=float)
+    if d.ndim == 3:
+        runs = d[~np.isnan(d).all(axis=(1, 2))]
+        cells = ~np.isnan(runs).any(axis=0)  # cells every run scored
+        inner = folded_interval(np.where(cells, runs.mean(axis=0) if runs.size else np.nan, np.nan), repeats,
+                                confidence=confidence)
+        if len(runs) < 2 or not inner.parts:
+            return dataclasses.replace(inner, low=math.nan, high=math.nan, parts=(),
+                                       levels={"pretraining": len(runs), **inner.levels})
+        means = np.array([run[cells].mean() for run in runs])
+        part = ("pretraining", float(means.var(ddof=1)) / len(runs), float(len(runs) - 1))
+        out = dataclasses.replace(inner, parts=(part, *inner.parts), levels={"pretraining": len(runs), **inner.levels},
+                                  se=math.sqrt(inner.se ** 2 + part[1]))
+        low, high = out.bounds(confidence)
+        return dataclasses.replace(out, low=low, high=high)
+    reps = np.asarray(repeats)
+    if d.ndim != 2 or reps.shape != (d.shape[0],):
+        raise ValueError(f"d must be [draws, cases] and repeats [draws], got shapes {d.shape} and {reps.shape}")
+    ran = ~np.isnan(d).all(axis=1)  # a draw that did not finish
+    d, reps = d[ran], reps[ran]
+    names = sorted(set(reps.tolist()))
+    # every case once per repeat: the repeat × case table, cases scored in every repeat only
+    scored = ~np.isnan(d)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a case no draw of a repeat scored: NaN, left out below
+        table = np.stack([np.where(scored[reps == r], d[reps == r], 0.0).sum(0) / scored[reps == r].sum(0)
+                          for r in names]) if names else np.zeros((0, d.shape[1]))
+    keep = ~np.isnan(table).any(axis=0) if table.size else np.zeros(d.shape[1], bool)
+    table = table[:, keep]
+    nan = math.nan
+    folds = [int((reps == r).sum()) for r in names]
+    levels = {"draw": int(sum(folds)), "case": int(table.shape[1]), "repeat": len(names)}
+    if table.size == 0:
+        return CrossedInterval(nan, nan, nan, confidence, nan, nan, levels=levels, dropped=int((~keep).sum()))
+    value = float(table.mean())
+    if min(folds) < 2:  # one draw in a repeat: the spread between draws is not measured
+        return CrossedInterval(value, nan, nan, confidence, nan, nan, levels=levels, dropped=int((~keep).sum()))
+    d = d[:, keep]
+    means = np.array([np.nanmean(row) for row in d])
+    within = sum(float(((means[reps == r] - means[reps == r].mean()) ** 2).sum()) for r in names)
+    df_w = sum(k - 1 for k in folds)
+    n_rep, n_case = len(names), table.shape[1]
+    parts = [("draw", within / df_w / levels["draw"], float(df_w))]
+    if n_rep >= 2:
+        ms, _ = mean_squares(table)
+        sigma_case = max(0.0, ms[(1,)] - ms[(0, 1)]) / n_rep
+        parts.append(("case", sigma_case * (n_rep - 1) / (n_rep * n_case), float(n_case - 1)))
+    v = sum(p[1] for p in parts)
+    out = CrossedInterval(value, nan, nan, confidence, math.sqrt(v), nan, parts=tuple(parts), levels=levels,
+                          dropped=int((~keep).sum()))
     low, high = out.bounds(confidence)
     return dataclasses.replace(out, low=low, high=high)

@@ -6,6 +6,7 @@ runs the units, `asa.study.study` is the command)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -46,7 +47,8 @@ class Scale:
     """How big the study is. ``cohorts``: pretraining subjects per cohort size (empty: the whole cohort);
     ``pretrain_steps``: optimiser steps of every pretraining run; ``pilot_steps``: the pilot's constant-lr steps;
     ``cases``: labeled training cases N; ``test`` / ``val``: the fixed test and validation cases; ``supervised``:
-    labeled cases of the positive control, apart from all of those."""
+    labeled cases of the positive control, apart from all of those; ``folds`` × ``repeats``: the cross-validation
+    a labeled set too small for that split takes (`labeled_split`)."""
 
     crop: int
     pretrain_steps: int
@@ -64,13 +66,18 @@ class Scale:
     time_budget: float | None = None  # seconds per call (None: no limit)
     workers: int = 0  # loader workers of every run (pretraining, pilot, fine-tuning, the positive control)
     nproc: int = 1  # processes (GPUs) of each pretraining run, through torchrun; the global batch stays the recipe's
+    folds: int = 3  # cross-validation of a small labeled set: K folds ...
+    repeats: int = 2  # ... × R repeats, every case scored R times
+    min_scored: int = 16  # test cases per arm under which the study refuses (0: the quick scale, a plumbing check)
+    pretrain_runs: int = 2  # pretraining runs per arm and cohort (the pretraining seed a level of the intervals)
 
 
 SCALES = {
-    # two CPU cores, one sitting: the pilot and the positive control side by side, then the pretraining runs two at a
-    # time, then every fine-tuning run two at a time (docs/studies.md: the cost table these were chosen from)
+    # two CPU cores, one sitting: the pilot and the positive control side by side, then the pretraining runs (two per
+    # arm) two at a time, then every fine-tuning run two at a time; a small labeled set by 3 folds × 1 repeat
+    # (docs/studies.md: the cost table these were chosen from)
     "cpu": Scale(crop=32, pretrain_steps=800, pilot_steps=1200, cases=(8,), seeds=(0, 1, 2), test=16, val=4,
-                 supervised=8, resenc="S", swvit="tiny", jobs=2),
+                 supervised=8, resenc="S", swvit="tiny", jobs=2, repeats=1),
     "gpu": Scale(crop=96, pretrain_steps=4000, pilot_steps=4000, cases=(2, 8), seeds=(0, 1, 2, 3, 4), test=16, val=4,
                  supervised=16, resenc="M", swvit="small", jobs=3, time_budget=510.0, workers=8),
     # the planted bed (asa-demo-data --placement planted: a cohort carrying the labeled set's lesions, unlabeled):
@@ -78,7 +85,7 @@ SCALES = {
     "planted": Scale(crop=32, pretrain_steps=320, pilot_steps=240, cases=(2,), seeds=(0, 1), test=16, val=4,
                      supervised=4, resenc="S", swvit="tiny", jobs=2),
     "quick": Scale(crop=32, pretrain_steps=4, pilot_steps=12, cases=(2,), seeds=(0, 1), test=3, val=2, supervised=2,
-                   resenc="tiny", swvit="tiny"),
+                   resenc="tiny", swvit="tiny", folds=2, repeats=1, min_scored=0),
 }
 # what a rerun into the same --out may add to (more units, the finished ones kept)
 GROWS = ("arms", "encoders", "scale.cohorts", "scale.cases", "scale.seeds")
@@ -94,6 +101,7 @@ class Pretraining:
     cohort: int
     overrides: tuple[str, ...]
     coord: bool = False
+    replicate: int = 0  # the pretraining seed's offset: run k of its arm is <arm>-c<n>-p<k> (k = 0: <arm>-c<n>)
 
     @property
     def run_dir(self) -> Path:
@@ -183,7 +191,9 @@ def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[s
                      noise: Path | None, *, seed: int, channels: Sequence[str] = ("t1",),
                      store: StoreCohort | None = None) -> list[Pretraining]:
     """Every pretraining run: each pretraining arm per cohort size, and the negative control on the noise volumes
-    (mae's recipe, as many volumes as the largest cohort), all reading ``channels`` in their order
+    (mae's recipe, as many volumes as the largest cohort), ``scale.pretrain_runs`` times each (run k with the
+    pretraining seed ``seed`` + k, named ``<arm>-c<n>-p<k>``, the first ``<arm>-c<n>``), all reading ``channels`` in
+    their order
     (`pretraining_channels`). The arms read ``cohorts`` (size -> its file list's folder, `write_cohorts`) or, with
     ``store``, the store (its cases of a cohort size chosen by the run's ``splits.json``, `write_store_splits`)."""
     common = ["data=bids", "data.layout=filelist", *channel_overrides(channels), f"data.num_workers={scale.workers}",
@@ -198,8 +208,10 @@ def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[s
     units = [(arm, n, folder) for n, folder in cohorts.items() for arm in arms if arm in ARMS]
     if noise is not None:
         units.append((CONTROL, max(cohorts), noise))
+    if scale.pretrain_runs < 1:
+        refuse(f"--pretrain-runs {scale.pretrain_runs}: expected at least 1 pretraining run per arm")
     runs = []
-    for arm, n, data in units:
+    for (arm, n, data), k in ((unit, k) for unit in units for k in range(scale.pretrain_runs)):
         spec = ARMS["mae" if arm == CONTROL else arm]
         crop = scale.crop if spec["coord"] else (scale.pretrain_crop or scale.crop)  # the channel ties it to the crop
         stored = store is not None and arm != CONTROL  # the noise control reads its own volumes' file list
@@ -207,10 +219,12 @@ def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[s
         source = [*store.data(), *resampling] if stored else [f"data.root={data}", *resampling]
         layout = [f"data.layout={store.layout}"] if stored else common[1:2]
         epochs = pretraining_epochs(scale.pretrain_steps, n, batch)
-        overrides = (*network.pretrain("mae" if arm == CONTROL else arm), common[0], *layout, *common[2:],
+        name = f"{arm}-c{n}" + (f"-p{k}" if k else "")
+        seeded = [f"seed={seed + k}" if o == f"seed={seed}" else o for o in common[2:]]
+        overrides = (*network.pretrain("mae" if arm == CONTROL else arm), common[0], *layout, *seeded,
                      f"data.crop={crop}", *source, f"trainer.epochs={epochs}", *per_rank,
-                     f"output_dir={out / 'pretrain' / f'{arm}-c{n}'}")
-        runs.append(Pretraining(f"{arm}-c{n}", arm, n, overrides, coord=bool(spec["coord"])))
+                     f"output_dir={out / 'pretrain' / name}")
+        runs.append(Pretraining(name, arm, n, overrides, coord=bool(spec["coord"]), replicate=k))
     return runs
 
 
@@ -282,7 +296,7 @@ def supervised_overrides(control: Supervised, network: Network, scale: Scale, se
 def supervised_splits(control: Supervised, split: Mapping[str, list[str]], seed: int) -> dict[str, Any]:
     """The positive control's ``splits.json``: its cases train; every other labeled case is its test part (never
     seen by it)."""
-    others = sorted({*split["test"], *split["val"], *split["pool"]})
+    others = sorted({*split["test"], *split["val"], *split["pool"], *split["supervised"]} - set(control.cases))
     return {"train": list(control.cases), "val": [], "test": others, "dataset": control.data, "seed": seed}
 
 
@@ -306,19 +320,43 @@ def finetune_arms(runs: Sequence[Pretraining], network: Network, supervised: Pat
 
 
 # ------------------------------------------------------------------------------------------------ the split
-def labeled_split(cases: Sequence, scale: Scale, seed: int) -> dict[str, list[str]]:
-    """The study's fixed split of the labeled pool, as `asa.study.transfer` makes it: test, validation, the training
-    pool, and the positive control's cases (the last of the pool, never drawn by a run: `transfer --hold-out`)."""
+def labeled_split(cases: Sequence, scale: Scale, seed: int, *, control: bool = True) -> dict[str, Any]:
+    """The study's split of the labeled pool, as `asa.study.transfer` makes it. A pool that holds the fixed split
+    (``test`` + ``val`` + the largest N, and the positive control's ``supervised`` cases when ``control``): test,
+    validation, the training pool and the control's cases (the last of the pool, never drawn by a run:
+    `transfer --hold-out`). A smaller pool: repeated K-fold cross-validation (``folds`` × ``repeats`` draws,
+    `transfer.cv_draws`; "test" then lists every case, each scored once per repeat, and "draws" each draw's fold,
+    validation cases and pool). Refused in one line (exit 2): fewer than the scale's ``min_scored`` cases scored
+    per arm (16; the quick scale, a plumbing check, 0), or a fold's training part smaller than ``val`` + N."""
     ids = [c.id for c in cases]
-    need = scale.test + scale.val + max(scale.cases)
-    if len(ids) < need:
-        refuse(f"--root: {len(ids)} labeled cases; the study needs at least {need} (--test {scale.test} + --val "
-               f"{scale.val} + the largest of --cases {max(scale.cases)})")
-    test, pool = transfer.split_cases(ids, test=scale.test, seed=seed)
-    val, pool = sorted(pool[:scale.val]), pool[scale.val:]
-    spare = len(pool) - max(scale.cases)
-    held = sorted(pool[len(pool) - scale.supervised:]) if spare >= scale.supervised else []
-    return {"test": test, "val": val, "pool": sorted(set(pool) - set(held)), "supervised": held}
+    fixed = scale.test + scale.val + max(scale.cases)
+    if len(ids) >= fixed + (scale.supervised if control else 0):
+        if scale.test < scale.min_scored:
+            refuse(f"--test {scale.test}: fewer than the {scale.min_scored} test cases a study reads an answer from (a "
+                   "labeled set too small for a fixed split is cross-validated: every case scored)")
+        test, pool = transfer.split_cases(ids, test=scale.test, seed=seed)
+        val, pool = sorted(pool[:scale.val]), pool[scale.val:]
+        spare = len(pool) - max(scale.cases)
+        held = sorted(pool[len(pool) - scale.supervised:]) if control and spare >= scale.supervised else []
+        return {"test": test, "val": val, "pool": sorted(set(pool) - set(held)), "supervised": held}
+    if len(ids) < scale.min_scored:
+        refuse(f"--root: {len(ids)} labeled cases: cross-validation would score {len(ids)} per arm, fewer than the "
+               f"{scale.min_scored} a study reads an answer from")
+    least = len(ids) - math.ceil(len(ids) / scale.folds)
+    if least < scale.val + max(scale.cases):
+        refuse(f"--root: {len(ids)} labeled cases: a training part of {scale.folds}-fold cross-validation holds "
+               f"{least}, fewer than --val {scale.val} + the largest of --cases {max(scale.cases)}")
+    draws = transfer.cv_draws(ids, folds=scale.folds, repeats=scale.repeats, val=scale.val, seed=seed)
+    return {"test": sorted(ids), "val": [], "pool": [], "supervised": [], "folds": scale.folds,
+            "repeats": scale.repeats, "draws": draws}
+
+
+def cv_supervised(out: Path, split: Mapping[str, Any], data: str, root: Path, channel: str | None) -> list[Supervised]:
+    """The positive control of a cross-validated study, nested in each draw: an encoder trained with labels on that
+    draw's pool (its training part less its validation cases; never its fold's test cases), in
+    ``<out>/pretrain/supervised-s<draw>``, so that it consumes none of the study's scored cases."""
+    return [Supervised(out / "pretrain" / f"{SUPERVISED}-s{g}", data, root, tuple(sorted(d["pool"])), channel)
+            for g, d in enumerate(split.get("draws") or [])]
 
 
 def recipe_overrides(recipe: str, encoder_lr_scale: float) -> list[str]:

@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from asa.eval import seed_case_bootstrap
-from asa.eval.random_effects import crossed_interval
 from asa.eval.plots import interval_plot, line_plot
 from asa.io import atomic_write_json, atomic_write_text
 from asa.study import statistics, transfer
@@ -68,6 +67,7 @@ LEVEL = f"{100 * (1 - ALPHA):g} %"
 PLUMBING, UNREADABLE = "— (plumbing check)", "not interpretable"
 UNSHOWN = "not interpretable: sensitivity not shown"  # a null without a positive control that moved
 NOT_A_TEST = "not a test of the attentive loss"  # asa − mae where asa's weights are near uniform
+REPLICATE = re.compile(r"-p\d+$")  # a replicated pretraining run's arm (<arm>-c<n>-p<k>), read with its arm
 # the attentive weights' effective share (Σp)² / (n·Σp²) at or above which they are uniform in all but name
 UNIFORM_SHARE = 0.9
 
@@ -148,17 +148,21 @@ def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping
     "not a test of the attentive loss" where the asa run's attentive weights are near uniform (effective share at
     least `UNIFORM_SHARE`), and a contrast of a pretraining run flagged unfinished carries the flag (``flags``)."""
     faults = control_faults(contrasts, min_effect=min_effect)
+    names = [str(r["run"]) for r in runs]
     by_run = {r["run"]: r for r in runs}
     for r in contrasts:
         if r["kind"] != "question":
             continue
-        r["flags"] = [flag for name in (r["arm"], r["reference"]) if (flag := run_flag(by_run.get(name)))]
+        r["flags"] = [flag for name in (r["arm"], r["reference"]) for run in statistics.replicates(names, name)
+                      if (flag := run_flag(by_run.get(run)))]
         twin = r["reference"].startswith(SCRATCH) and not r["arm"].startswith(SCRATCH)
         if r["verdict"] == "no difference" and r["n"] in faults["nulls"]:
             r["verdict"], r["why"] = UNSHOWN, faults["nulls"][r["n"]]
         elif r["verdict"] == "helped" and twin and r["n"] in faults["gains"]:
             r["verdict"], r["why"] = UNREADABLE, faults["gains"][r["n"]]
-        share = by_run.get(r["arm"], {}).get("weights_share", math.nan)
+        shares = [float(by_run[run].get("weights_share", math.nan)) for run in statistics.replicates(names, r["arm"])
+                  if run in by_run]
+        share = float(np.mean(shares)) if shares else math.nan  # over the arm's pretraining runs
         if (r["arm"].startswith("asa-c") and r["reference"].startswith("mae-c") and not math.isnan(share)
                 and share >= UNIFORM_SHARE):
             r["verdict"], r["why"] = NOT_A_TEST, (f"the attentive weights' effective share {share:.2f} ≥ "
@@ -179,14 +183,17 @@ def mde_line(primary: Mapping[str, Any] | None, *, min_effect: float) -> list[st
     """The primary's minimum detectable effect from the study's own variance (80 % power, two-sided 5 %)."""
     if primary is None or math.isnan(primary.get("mde", math.nan)):
         return []
-    comps = primary["interval"]["components"]
+    comps = primary["interval"]["components"] or {name: v for name, v, _ in primary["interval"]["parts"]}
     more = primary.get("mde_more") or {}
     levels = primary["interval"]["levels"]
+    what = "variance components" if primary["interval"]["components"] else "the variance parts of the mean"
     return [f"Minimum detectable effect of the primary, from this study's own variance (80 % power, two-sided 5 %, "
-            f"on its interval; variance components {', '.join(f'{k} {v:.2g}' for k, v in comps.items())}): "
+            f"on its interval; {what} {', '.join(f'{k} {v:.2g}' for k, v in comps.items())}): "
             f"**{primary['mde']:.3f} {primary['endpoint_label']}**"
             + (f"; with twice the labeled draws ({2 * levels['seed']} seeds) {more['seeds']:.3f}, with twice the test "
                f"cases ({2 * levels['case']}) {more['cases']:.3f}" if more else "")
+            + (f", with twice the pretraining runs ({2 * levels['pretraining']}) {more['pretraining runs']:.3f}"
+               if "pretraining runs" in more else "")
             + f". The minimum effect read as an effect is {min_effect:g}"
             + (": a true gain of that size would mostly go undetected here." if primary["mde"] > min_effect else "."),
             ""]
@@ -244,7 +251,7 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], e
                                    "endpoint": key, "endpoint_label": endpoint[1], "bootstrap": {}}
             for k, _ in keys_of(scores, endpoint):
                 d = statistics.paired_matrix(scores, arm, ref, n, k)
-                est = crossed_interval(d)
+                est = statistics.interval(scores, arm, ref, n, k)
                 row[k] = [est.value, est.low, est.high]
                 boot = seed_case_bootstrap(d, n_resamples=n_boot)
                 row["bootstrap"][k] = [boot.value, boot.low, boot.high]
@@ -253,9 +260,12 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], e
                     row["bound90"] = list(est.bounds(0.90))
                     row["interval"] = est.to_dict()
                     row["mde"] = est.mde()
-                    if est.parts:
+                    if est.parts and "seed" in est.levels:
                         row["mde_more"] = {"seeds": est.mde(levels={"seed": 2 * est.levels["seed"]}),
                                            "cases": est.mde(levels={"case": 2 * est.levels["case"]})}
+                        if "pretraining" in est.levels:
+                            row["mde_more"]["pretraining runs"] = est.mde(
+                                levels={"pretraining": 2 * est.levels["pretraining"]})
             v, lo, hi = row[key]
             row["bound"] = bound_text(*row["bound90"], min_effect=min_effect)
             row["verdict"] = verdict(lo, hi, v, min_effect=min_effect)
@@ -505,7 +515,7 @@ def class_rows(scores: Sequence[Mapping[str, Any]], classes: Sequence[str], *, n
     """Per arm and N, the paired difference of each class's Dice to the arm's own twin (`twin_of`) with its crossed
     random-effects CI: {"arm", "reference", "n", "Dice_<class>": [value, low, high]} (``n_boot``: unused, kept for
     callers)."""
-    arms = list(dict.fromkeys(str(r["arm"]) for r in scores))
+    arms = [a for a in dict.fromkeys(str(r["arm"]) for r in scores) if not REPLICATE.search(a)]  # pooled in each arm's
     rows = []
     for n in sorted({int(r["n"]) for r in scores}):
         for arm in arms:
@@ -514,10 +524,30 @@ def class_rows(scores: Sequence[Mapping[str, Any]], classes: Sequence[str], *, n
                 continue
             row: dict[str, Any] = {"arm": arm, "reference": ref, "n": n}
             for c in classes:
-                est = crossed_interval(statistics.paired_matrix(scores, arm, ref, n, f"Dice_{c}"))
+                est = statistics.interval(scores, arm, ref, n, f"Dice_{c}")
                 row[f"Dice_{c}"] = [est.value, est.low, est.high]
             rows.append(row)
     return rows
+
+
+def draws_line(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) -> str:
+    """What each arm's answers rest on: its distinct labeled draws (from the runs' training cases) and its
+    pretraining runs."""
+    sets: dict[str, set[frozenset[str]]] = {}
+    for b in budgets:
+        if isinstance(b.get("train"), str) and b["train"]:
+            sets.setdefault(str(b["arm"]), set()).add(frozenset(b["train"].split()))
+    runs: dict[str, int] = {}
+    for r in info.get("pretraining", []):
+        runs[str(r["arm"])] = runs.get(str(r["arm"]), 0) + 1
+    draws = sorted({len(v) for v in sets.values()})
+    said = (f"Distinct labeled draws per arm: {'–'.join(map(str, draws))}" if draws else
+            "Distinct labeled draws per arm: not recorded (runs scored before their cases were kept)")
+    said += "; pretraining runs per arm: " + (", ".join(f"{arm} {k}" for arm, k in runs.items()) if runs else "none")
+    if runs and max(runs.values()) == 1:
+        said += (" (one run each: the intervals carry labeled draws and test cases, not the spread between "
+                 "pretraining runs, so an answer is about these encoders more than about their method)")
+    return said + "."
 
 
 def steps_phrase(runs: Sequence[Mapping[str, Any]], *, where: bool = True) -> str:
@@ -596,7 +626,7 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
     pretraining_md, flags = pretraining_lines(info.get("pretraining", []))
     ordered = sorted((r for r in contrasts if r["kind"] == "question"), key=lambda r: r["role"] != "primary")
     questions = [question_line(r, min_effect=min_effect) for r in ordered]
-    sc, checks = info["scale"], info["checks"]
+    sc, checks, design = info["scale"], info["checks"], info.get("design")
     budget = (f"The pilot (scratch, constant lr, {pilot.get('pilot_steps')} steps) "
               + ("did not learn the task (its best validation Dice stayed under the floor, so it has no level to "
                  "find)" if pilot.get("learned") is False else f"levelled off at step {pilot.get('budget')}"
@@ -630,9 +660,15 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
         + (" (the lesion classes named with --lesion-classes)" if primary_endpoint[0] == LESION_KEY[0] else
            " (the set's one foreground class)" if primary_endpoint[1] != KEYS[0][1] else
            " (mean Dice over every class: no --lesion-classes and more than one class)") + ".", "", *top,
-        f"Crop {sc['crop']}³; N = {', '.join(map(str, sc['cases']))} labeled cases × seeds "
-        f"{', '.join(map(str, sc['seeds']))}; {sc['test']} fixed test and {sc['val']} validation cases; "
-        f"{steps_phrase(info.get('pretraining', []))}; minimum effect {min_effect:g} Dice. {recipe}", "",
+        f"Crop {sc['crop']}³; " + (
+            f"N = {', '.join(map(str, sc['cases']))} labeled cases by {design['folds']}-fold cross-validation × "
+            f"{design['repeats']} repeat(s): every one of the {design['cases']} labeled cases scored "
+            f"{design['repeats']} time(s) by runs that did not see it, N and {sc['val']} validation cases drawn "
+            "inside each fold's training part; " if design else
+            f"N = {', '.join(map(str, sc['cases']))} labeled cases × seeds {', '.join(map(str, sc['seeds']))}; "
+            f"{sc['test']} fixed test and {sc['val']} validation cases; ")
+        + f"{steps_phrase(info.get('pretraining', []))}; minimum effect {min_effect:g} Dice. {recipe}", "",
+        draws_line(info, budgets), "",
         "## Answers", "",
         *family_lines(contrasts, primary, [label for _, label in keys], min_effect=min_effect),
         *(f"- {'**Primary:** ' if r['role'] == 'primary' else ''}{q}" for r, q in zip(ordered, questions)),

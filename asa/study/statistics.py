@@ -7,13 +7,14 @@ per-seed means, and one summary row per arm and N (`summarize`), which `asa.stud
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from asa.eval import bootstrap_ci, seed_case_bootstrap
-from asa.eval.random_effects import crossed_interval
+from asa.eval.random_effects import CrossedInterval, crossed_interval, folded_interval
 
 # mean Dice over the --lesion-classes, a score column of its own: every per-class column starts with its metric
 # (Dice_<class>, HD95_<class>, NSD_<class>), so no class name (a class may be called "lesion") can write over this one
@@ -21,18 +22,56 @@ LESION = "lesion_Dice"
 OLD_LESION = "Dice_lesion"  # its name in scores.csv files written before, where a class named "lesion" wrote over it
 
 
-def paired_matrix(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: int, key: str) -> np.ndarray:
+def paired_matrix(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: int, key: str, *,
+                  like: str | None = None) -> np.ndarray:
     """D [seeds, test cases]: (arm − reference) ``key`` of the runs with the same N, seed and test case
-    (seeds and cases in sorted order; NaN where one of the pair is missing)."""
+    (seeds and cases in sorted order, those ``like``'s runs have when given, else ``arm``'s; NaN where one of the pair
+    is missing)."""
     table = {(s["arm"], s["seed"], s["case"]): float(s[key]) for s in scores if int(s["n"]) == n and key in s}
-    seeds = sorted({seed for a, seed, _ in table if a == arm})
-    cases = sorted({case for a, _, case in table if a == arm})
+    seeds = sorted({seed for a, seed, _ in table if a == (like or arm)})
+    cases = sorted({case for a, _, case in table if a == (like or arm)})
     d = np.full((len(seeds), len(cases)), math.nan)
     for i, seed in enumerate(seeds):
         for j, case in enumerate(cases):
             if (arm, seed, case) in table and (reference, seed, case) in table:
                 d[i, j] = table[(arm, seed, case)] - table[(reference, seed, case)]
     return d
+
+
+def draw_repeats(scores: Sequence[Mapping[str, Any]], arm: str, n: int) -> list[int] | None:
+    """The repeat of each of ``arm``'s seeds at N (sorted, as `paired_matrix` orders them) when the study
+    cross-validated (its score rows carry ``repeat``); None for a fixed test split."""
+    repeat = {}
+    for s in scores:
+        if s["arm"] == arm and int(s["n"]) == n:
+            r = s.get("repeat")
+            if r is None or r == "" or (isinstance(r, float) and math.isnan(r)):
+                return None
+            repeat[s["seed"]] = int(r)
+    return [repeat[seed] for seed in sorted(repeat)] if repeat else None
+
+
+def replicates(arms: Sequence[str] | set[str], arm: str) -> list[str]:
+    """``arm`` and its replicated pretraining runs among ``arms`` (``<arm>-p1``, ``<arm>-p2``, ...), in order."""
+    more = [(int(m.group(1)), a) for a in arms if (m := re.fullmatch(re.escape(arm) + r"-p(\d+)", a))]
+    return [arm, *(a for _, a in sorted(more))]
+
+
+def interval(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: int, key: str) -> CrossedInterval:
+    """The paired difference (arm − reference) of ``key`` at N with the interval its design takes: crossed seeds ×
+    test cases (`asa.eval.random_effects.crossed_interval`), or cross-validated draws scoring their folds
+    (`asa.eval.random_effects.folded_interval`); with replicated pretraining runs of ``arm`` (`replicates`) the
+    pretraining run is a further crossed level (run k of the arm against run k of a replicated reference, else
+    against the reference)."""
+    present = {s["arm"] for s in scores}
+    arms, refs = replicates(present, arm), replicates(present, reference)
+    pairs = list(zip(arms, refs)) if len(refs) == len(arms) else [(a, reference) for a in arms]
+    d = np.stack([paired_matrix(scores, a, r, n, key, like=arm) for a, r in pairs])
+    repeats = draw_repeats(scores, arm, n)
+    if len(pairs) == 1:
+        return crossed_interval(d[0]) if repeats is None else folded_interval(d[0], repeats)
+    return (crossed_interval(d, factors=("pretraining", "seed", "case")) if repeats is None
+            else folded_interval(d, repeats))
 
 
 def paired_differences(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: int, key: str) -> list[float]:
@@ -101,7 +140,7 @@ def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], referen
                     d, p = paired_matrix(scores, arm, ref, n, key), delta_prefix(key)
                     both = seed_case_bootstrap(d, n_resamples=n_boot, seed=seed)
                     row[p], row[p + "_lo"], row[p + "_hi"] = both.value, both.low, both.high
-                    crossed = crossed_interval(d)
+                    crossed = interval(scores, arm, ref, n, key)
                     row[p + "_re_lo"], row[p + "_re_hi"] = crossed.low, crossed.high
                     row[p + "_case_lo"], row[p + "_case_hi"] = case_interval(paired_differences(scores, arm, ref, n, key),
                                                                              n_boot=n_boot, seed=seed)

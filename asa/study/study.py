@@ -28,7 +28,9 @@ budget points, and cohorts and N below the largest: the new units run, the finis
 
 Scales: ``--scale cpu`` (ResEnc S, 32³ crops, N = 8 × 3 seeds: one sitting on two CPU cores), ``--scale gpu``
 (ResEnc M, 96³ crops; each call stops within ``--time-budget``, 510 s by default, and the next call continues),
-``--scale quick`` (a plumbing check: a few steps per run, minutes; its report reads no answer).
+``--scale quick`` (a plumbing check: a few steps per run, minutes; its report reads no answer). Every scale pretrains
+each arm twice (``--pretrain-runs``, the pretraining seed a level of the intervals) and cross-validates a labeled
+set too small for its fixed split (``--folds`` × ``--repeats``; fewer than ``--min-scored`` 16 scored cases: refused).
 SIGTERM or SIGINT stops every child (each saves what it can), then the study exits 143 or 130; a refusal exits 2.
 
 Example::
@@ -62,8 +64,9 @@ from asa.study.cohort import (StoreCohort, cohort_channels, cohort_order, pretra
 from asa.study.common import (REFUSED, Clock, add_scale_options, finished, machine, module_argv, record_settings,
                               refuse, scale_from_args)
 from asa.study.plan import (ARMS, CHOICES, CONTROL, COORD_SCRATCH, GROWS, PILOT, RECIPES, SCALES, SCRATCH, SUPERVISED,
-                            SWVIT_ARMS, Network, Pretraining, Scale, Supervised, finetune_arms, labeled_split,
-                            overlap_overrides, parse_network, plan_pretraining, pretraining_argv, recipe_overrides,
+                            SWVIT_ARMS, Network, Pretraining, Scale, Supervised, cv_supervised, finetune_arms,
+                            labeled_split, overlap_overrides, parse_network, plan_pretraining, pretraining_argv,
+                            recipe_overrides,
                             studied_networks, supervised_channel, supervised_overrides, supervised_splits,
                             write_store_splits)
 from asa.study.readout import (PILOT_FLOOR, loss_plateau, optimiser_progress, pilot_budget, pilot_reading, pilot_scores,
@@ -209,7 +212,7 @@ def _labeled_set(args: argparse.Namespace, scale: Scale, network: Network) -> tu
     probe = compose_config("finetune", [f"data={args.data}", f"data.root={args.root.expanduser().absolute()}",
                                         *network.finetune])
     labeled = discover(str(probe.data.layout) if "layout" in probe.data else args.data, args.root.expanduser().absolute())
-    split = labeled_split(labeled, scale, args.seed)
+    split = labeled_split(labeled, scale, args.seed, control=SUPERVISED in args.arms)
     task = get_task(str(probe.data.task), root=args.root.expanduser().absolute())
     if odd := [c for c in args.lesion_classes if c not in task.output_names]:
         refuse(f"--lesion-classes {' '.join(odd)}: not classes of {args.root} (its classes: "
@@ -266,7 +269,10 @@ def _record(out: Path, args: argparse.Namespace, scale: Scale, network: Network,
     record_settings(out, settings, grows=GROWS, recorded_as=lambda old: {
         "pretrain_channels": ["t1"] if old.get("pretrain_data") else None,
         "supervised_channels": list(task.channels) if SUPERVISED in old.get("arms", []) else None, **old,
-        **({"scale": {"nproc": 1, **old["scale"]}} if isinstance(old.get("scale"), dict) else {})})  # one process
+        # one process, one pretraining run per arm; a fixed split (folds, repeats, min_scored as the scale's)
+        **({"scale": {"nproc": 1, "folds": scale.folds, "repeats": scale.repeats, "min_scored": scale.min_scored,
+                      "pretrain_runs": 1, **old["scale"]}}
+           if isinstance(old.get("scale"), dict) else {})})
 
 
 def _checks(out: Path, args: argparse.Namespace, scale: Scale, encoders: Mapping[str, str], labeled: Sequence,
@@ -301,8 +307,24 @@ def _checks(out: Path, args: argparse.Namespace, scale: Scale, encoders: Mapping
                            f"{len(task.channels)} fine-tuning channels ({', '.join(task.channels)}; copied to each "
                            "and divided by their number), a file of that many channels is loaded as it is."])
     checks["skull"] = skull_lines({"--pretrain-data": cohort_cases, "--root": labeled})
-    supervised = None  # the split holds its cases out either way
-    if SUPERVISED in args.arms and not split["supervised"]:
+    supervised: list[Supervised] = []  # the split holds its cases out either way
+    if "draws" in split:
+        checks["design"] = (f"Cross-validation: the {len(labeled)} labeled cases are fewer than a fixed split needs "
+                            f"({scale.test} test + {scale.val} validation + N {max(scale.cases)}"
+                            + (f" + the positive control's {scale.supervised}" if SUPERVISED in args.arms else "")
+                            + f"), so each case is scored by models that did not see it: {split['folds']} folds × "
+                            f"{split['repeats']} repeat(s), {len(split['draws'])} distinct labeled draws per arm (each "
+                            f"fold's test cases scored by a run whose N cases and {scale.val} validation cases were "
+                            "drawn from the other folds), every case scored once per repeat.")
+    if SUPERVISED in args.arms and "draws" in split:
+        supervised = cv_supervised(out, split, args.data, args.root.expanduser().absolute(), control_channel)
+        checks["supervised"] = (f"The positive control is nested in each of the {len(supervised)} draws: an encoder "
+                                "trained with labels on that draw's training part (its pool, "
+                                f"{min(len(c.cases) for c in supervised)}–{max(len(c.cases) for c in supervised)} "
+                                "cases), never on the fold it is scored on, so it consumes none of the scored cases"
+                                + (f", on their {control_channel} alone (data.channels=[{control_channel}])"
+                                   if control_channel else "") + ".")
+    elif SUPERVISED in args.arms and not split["supervised"]:
         checks["supervised"] = (f"The positive control is left out: the labeled pool holds {len(labeled)} cases, and "
                                 f"after {scale.test} test, {scale.val} validation and the {max(scale.cases)} a run "
                                 f"draws from, fewer than the {scale.supervised} it needs (--supervised) are left.")
@@ -310,7 +332,7 @@ def _checks(out: Path, args: argparse.Namespace, scale: Scale, encoders: Mapping
         run_dir, ids = out / "pretrain" / SUPERVISED, tuple(split["supervised"])
         checks["supervised"] = (f"The positive control trains on {len(ids)} labeled cases no other run sees (held "
                                 "out of the training pool)")
-        supervised = Supervised(run_dir, args.data, args.root.expanduser().absolute(), ids, control_channel)
+        supervised = [Supervised(run_dir, args.data, args.root.expanduser().absolute(), ids, control_channel)]
         if control_channel is None:
             checks["supervised"] += "."
         else:
@@ -323,7 +345,8 @@ def _checks(out: Path, args: argparse.Namespace, scale: Scale, encoders: Mapping
     checks["endpoint"] = {"key": key, "label": label,
                           "line": f"Primary endpoint: {label}, named before any training (every verdict reads it)."}
     atomic_write_json(out / "checks" / "checks.json", {**checks, "split": split})
-    for line in [checks["endpoint"]["line"], *([checks["cohort"]] if "cohort" in checks else []),
+    for line in [checks["endpoint"]["line"], *([checks["design"]] if "design" in checks else []),
+                 *([checks["cohort"]] if "cohort" in checks else []),
                  *checks["overlap"]["lines"],
                  *checks["channels"], *checks["skull"], *([checks["supervised"]] if "supervised" in checks else [])]:
         print(f"[study] {line}", flush=True)
@@ -331,7 +354,7 @@ def _checks(out: Path, args: argparse.Namespace, scale: Scale, encoders: Mapping
 
 
 def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining], split: Mapping[str, list[str]],
-         checks: Mapping[str, Any], encoders: Mapping[str, str], supervised: Supervised | None, overrides: list[str],
+         checks: Mapping[str, Any], encoders: Mapping[str, str], supervised: list[Supervised], overrides: list[str],
          clock: Clock, times: dict[str, Any], times_file: Path, name: str, task) -> int:
     def stage(key: str, started: float) -> None:
         times["stages"][key] = times["stages"].get(key, 0.0) + time.perf_counter() - started
@@ -347,8 +370,9 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
     data = dict(data=args.data, root=args.root.expanduser().absolute(), model=network.finetune[0].split("=", 1)[1],
                 crop=scale.crop, test=scale.test, val_cases=scale.val,
                 split_seed=args.seed, device=args.device, threads=args.threads, hold_out=split["supervised"],
-                workers=scale.workers,
-                lesion_classes=args.lesion_classes)
+                workers=scale.workers, lesion_classes=args.lesion_classes,
+                **({"folds": split["folds"], "repeats": split["repeats"]} if "draws" in split else {}))
+    seeds = list(range(len(split["draws"]))) if "draws" in split else list(scale.seeds)  # cross-validation: the draws
     resenc = network.finetune[1:]  # model.size beside the model preset, for a family sized by option
     started = time.perf_counter()
     units = [Unit(PILOT, module_argv("asa.study.transfer", *transfer.command_line(
@@ -356,12 +380,12 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
         overrides=[*resenc, *overrides, "optim.schedule=constant"])), lambda: pilot_scores(out, scale).is_file(),
         out / "logs" / f"{PILOT}.log", resumable=False, threads=args.threads)]
     threads = [f"trainer.threads={args.threads}"] if args.threads else []
-    if supervised is not None:
-        atomic_write_json(supervised.run_dir / "splits.json", supervised_splits(supervised, split, args.seed))
-        sup = supervised_overrides(supervised, network, scale, args.seed, overrides)
-        units.append(Unit(SUPERVISED, module_argv("asa.cli.finetune", *sup, *threads),
-                          lambda: finished(supervised.run_dir / "checkpoints" / "last.pt"),
-                          out / "logs" / f"{SUPERVISED}.log", threads=args.threads))
+    for control in supervised:
+        atomic_write_json(control.run_dir / "splits.json", supervised_splits(control, split, args.seed))
+        sup = supervised_overrides(control, network, scale, args.seed, overrides)
+        units.append(Unit(control.run_dir.name, module_argv("asa.cli.finetune", *sup, *threads),
+                          lambda control=control: finished(control.run_dir / "checkpoints" / "last.pt"),
+                          out / "logs" / f"{control.run_dir.name}.log", threads=args.threads))
     # the pilot (and the positive control, a labeled run) before any pretraining: a scratch twin that does not learn
     # the task makes every contrast noise, and the study stops before it spends the pretraining
     complete = run_units(units, scale.jobs, clock, times["runs"])
@@ -389,14 +413,17 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
         return unfinished("the pretraining runs")
     steps = pilot["steps"]
     left = clock.left()
-    arms = finetune_arms(runs, network, None if supervised is None else supervised.run_dir, encoders)
-    targv = transfer.command_line(**data, cases=scale.cases, seeds=scale.seeds, steps=steps, n_boot=args.n_boot,
+    control_dir = (None if not supervised else supervised[0].run_dir if "draws" not in split
+                   else out / "pretrain" / f"{SUPERVISED}-s{transfer.DRAW}")  # one control per draw
+    arms = finetune_arms(runs, network, control_dir, encoders)
+    targv = transfer.command_line(**data, cases=scale.cases, seeds=seeds, steps=steps, n_boot=args.n_boot,
                                   out=out / "transfer", jobs=scale.jobs, reference=SCRATCH, arms=arms,
                                   overrides=overrides, scratch=False, time_budget=None if left is None else left - 60)
     started = time.perf_counter()
     unit = Unit("transfer", module_argv("asa.study.transfer", *targv), lambda: True, out / "logs" / "transfer.log",
                 threads=args.threads)
-    print(f"[study] transfer: {len(arms)} arms × N {list(scale.cases)} × seeds {list(scale.seeds)}, {steps} steps "
+    print(f"[study] transfer: {len(arms)} arms × N {list(scale.cases)} × "
+          + (f"{len(seeds)} cross-validation draws" if "draws" in split else f"seeds {seeds}") + f", {steps} steps "
           f"each (log {unit.log})", flush=True)
     code = run_unit(unit)
     stage("transfer", started)
@@ -409,6 +436,8 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
     info = {"scale_name": name, "scale": dataclasses.asdict(scale), "network": network.name, "steps": steps,
             "recipe": args.recipe, "encoder_lr_scale": args.encoder_lr_scale, "min_effect": args.min_effect,
             "endpoint": [checks["endpoint"]["key"], checks["endpoint"]["label"]],
+            "design": ({"folds": split["folds"], "repeats": split["repeats"], "draws": len(split["draws"]),
+                        "cases": len(split["test"])} if "draws" in split else None),
             "lesion_classes": list(args.lesion_classes),
             "machine": machine(),
             "stages": times["stages"], "runs": times["runs"], "checks": checks, "pilot": pilot,

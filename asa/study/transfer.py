@@ -147,7 +147,8 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], names: Sequence[str], ref
         f"labeled cases from the training pool and a fine-tuning seed; draws of a small pool share cases: "
         f"{' '.join(draws) if draws else 'see the runs splits.json'}). Δ = arm − {reference}, paired by N, seed and "
         "test case. Its 95 % CI is the crossed random-effects interval of seeds × test cases (ANOVA mean squares, "
-        "each part at its own t quantile: asa.eval.random_effects), the one the study's verdicts read; beside it "
+        "each part at its own t quantile: asa.eval.random_effects; with --folds, the cross-validated draws' "
+        "folded_interval), the one the study's verdicts read; beside it "
         f"the two-level percentile bootstrap ({n_boot} resamples: test cases, then seeds, with replacement), too "
         "narrow with 2–3 seeds. 'Δ per seed' lists the mean Δ of every seed; 'case-only CI' resamples test cases "
         "only (per case, Δ averaged over seeds), which ignores the spread between labeled draws. Encoder zeroed: "
@@ -211,7 +212,8 @@ def command_line(*, data: str, root: Path, model: str, crop: int, cases: Sequenc
                  threads: int | None = None, time_budget: float | None = None, drop_checkpoints: bool = False,
                  arms: Mapping[str, str] | None = None, overrides: Sequence[str] = (), budget_arms: Sequence[str] = (),
                  budget_fractions: Sequence[float] = (), budget_cases: Sequence[int] | None = None,
-                 scratch: bool = True, hold_out: Sequence[str] = (), workers: int = 0) -> list[str]:
+                 scratch: bool = True, hold_out: Sequence[str] = (), workers: int = 0, folds: int = 0,
+                 repeats: int = 1) -> list[str]:
     """The arguments of :func:`main` for a study that hands its fine-tuning to this one, ``--reuse`` always
     (finished runs are read back). ``arms``: name -> asa-finetune overrides ``key=value,...`` (``--arm``)."""
     argv = ["--data", data, "--root", str(root), "--model", model, "--crop", str(crop), "--cases", *map(str, cases),
@@ -227,6 +229,7 @@ def command_line(*, data: str, root: Path, model: str, crop: int, cases: Sequenc
     argv += ["--drop-checkpoints"] if drop_checkpoints else []
     argv += [] if scratch else ["--no-scratch"]
     argv += ["--hold-out", *hold_out] if hold_out else []
+    argv += ["--folds", str(folds), "--repeats", str(repeats)] if folds else []
     for name, spec in (arms or {}).items():
         argv += ["--arm", f"{name}={spec}"]
     for override in overrides:
@@ -269,6 +272,26 @@ def _settings(overrides: Sequence[str]) -> tuple[frozenset[str], bool]:
     encoder = [o for o in overrides if o.startswith("model.pretrained=")]
     return (frozenset(o for o in overrides if o not in encoder),
             any(o.split("=", 1)[1] not in ("null", "None", "") for o in encoder))
+
+
+def cv_draws(ids: Sequence[str], *, folds: int, repeats: int, val: int, seed: int) -> list[dict[str, Any]]:
+    """The labeled draws of repeated K-fold cross-validation, draw g = repeat · ``folds`` + fold: each repeat permutes
+    the cases (``numpy.random.default_rng((seed, repeat))``) and cuts them into ``folds`` folds (sizes differing by at
+    most one); a draw's test cases are its fold, its ``val`` validation cases the first of the rest in the permuted
+    order, its pool (the cases N is drawn from) the others. Every case is a test case once per repeat."""
+    ids = sorted(ids)
+    if folds < 2 or folds > len(ids):
+        refuse(f"--folds {folds}: expected 2 .. {len(ids)} for a dataset of {len(ids)} cases")
+    if repeats < 1:
+        refuse(f"--repeats {repeats}: expected >= 1")
+    draws = []
+    for r in range(repeats):
+        order = [ids[i] for i in np.random.default_rng((seed, r)).permutation(len(ids))]
+        for k, fold in enumerate(np.array_split(np.array(order, dtype=object), folds)):
+            rest = [i for i in order if i not in set(fold.tolist())]
+            draws.append({"repeat": r, "fold": k, "test": sorted(fold.tolist()), "val": sorted(rest[:val]),
+                          "pool": rest[val:]})
+    return draws
 
 
 def split_cases(ids: Sequence[str], *, test: int, seed: int) -> tuple[list[str], list[str]]:
@@ -368,12 +391,16 @@ class Run:
     overrides: tuple[str, ...]  # every asa-finetune override of the run
     run_dir: Path
     val: tuple[str, ...] = ()  # validation cases (--val-cases): the plateau check of validation Dice
+    test: tuple[str, ...] = ()  # its own test cases (cross-validation: its fold); empty: the study's fixed test cases
+    repeat: int | None = None  # cross-validation: the repeat and fold of its draw (the seed numbers the draws)
+    fold: int | None = None
 
     @property
     def scores_file(self) -> Path:
         return self.run_dir / "scores.json"
 
 
+DRAW = "{draw}"  # in an arm's overrides: the run's seed (its draw), e.g. the positive control's encoder per fold
 BUDGET_MARK = "_x"  # <arm>_x<fraction>: the arm at a fraction of the budget (a name Hydra takes in output_dir=)
 
 
@@ -398,16 +425,30 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[Run], list[str], dict[str,
     probe_cfg = compose_config("finetune", base)
     root, layout = dataset_root(probe_cfg.data)
     cases = discover(layout, root, on_bad_case=str(probe_cfg.data.on_bad_case))
-    test_ids, pool = split_cases([c.id for c in cases], test=args.test, seed=args.split_seed)
     n_val = getattr(args, "val_cases", 0)
-    val, pool = tuple(sorted(pool[:n_val])), pool[n_val:]  # the same validation cases for every run
     held = set(getattr(args, "hold_out", None) or ())  # never drawn by a run (another study's control trains on them)
-    if odd := sorted(held & (set(test_ids) | set(val)) | (held - {c.id for c in cases})):
-        refuse(f"--hold-out {' '.join(odd)}: not cases of the training pool (test, validation or unknown cases)")
-    pool = [i for i in pool if i not in held]
-    if max(args.cases) > len(pool):
-        refuse(f"--cases {max(args.cases)}: only {len(pool)} cases are left after the {args.test} test "
-               f"cases, {n_val} validation case(s) (--val-cases) and {len(held)} held out (--hold-out)")
+    folds = getattr(args, "folds", 0) or 0
+    if folds:  # cross-validation: each seed is a draw (its fold the test cases, N drawn inside its training part)
+        if held:
+            refuse("--hold-out: not with --folds (cross-validation draws from every fold's training part)")
+        draws = cv_draws([c.id for c in cases], folds=folds, repeats=args.repeats, val=n_val, seed=args.split_seed)
+        if odd := [s for s in args.seeds if not 0 <= s < len(draws)]:
+            refuse(f"--seeds {' '.join(map(str, odd))}: with --folds {folds} --repeats {args.repeats} the seeds "
+                   f"number the {len(draws)} draws (0 .. {len(draws) - 1})")
+        if max(args.cases) > (least := min(len(d["pool"]) for d in draws)):
+            refuse(f"--cases {max(args.cases)}: a fold's training part leaves {least} cases after the {n_val} "
+                   "validation case(s) (--val-cases)")
+        test_ids = sorted(c.id for c in cases)
+    else:
+        test_ids, pool = split_cases([c.id for c in cases], test=args.test, seed=args.split_seed)
+        val, pool = tuple(sorted(pool[:n_val])), pool[n_val:]  # the same validation cases for every run
+        if odd := sorted(held & (set(test_ids) | set(val)) | (held - {c.id for c in cases})):
+            refuse(f"--hold-out {' '.join(odd)}: not cases of the training pool (test, validation or unknown cases)")
+        pool = [i for i in pool if i not in held]
+        if max(args.cases) > len(pool):
+            refuse(f"--cases {max(args.cases)}: only {len(pool)} cases are left after the {args.test} test "
+                   f"cases, {n_val} validation case(s) (--val-cases) and {len(held)} held out (--hold-out)")
+        draws = [{"repeat": None, "fold": None, "test": [], "val": list(val), "pool": pool}] * (max(args.seeds) + 1)
     arms = parse_arms(args)
     budget_cases = getattr(args, "budget_cases", None)
     if budget_cases and (odd := sorted(set(budget_cases) - set(args.cases))):
@@ -416,6 +457,8 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[Run], list[str], dict[str,
     runs = []
     for n in args.cases:
         for seed in args.seeds:
+            draw = draws[seed]
+            pool, val = draw["pool"], tuple(draw["val"])
             train = tuple(sorted([pool[i] for i in np.random.default_rng(1000 + seed).permutation(len(pool))][:n]))
             epochs = max(1, round(args.steps / max(n // batch, 1)))
             # with validation cases: about 20 rounds per run, so that its last 20 % holds 4 of them
@@ -427,8 +470,10 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[Run], list[str], dict[str,
                 own_checks = [f"trainer.val_every={max(1, own // 20)}"] if val else []
                 if budget_fraction(arm) < 1.0:  # >= 40 loss windows at its own budget too
                     own_checks.append(f"trainer.log_every={max(1, round(args.steps * budget_fraction(arm)) // 40)}")
+                own_overrides = [o.replace(DRAW, str(seed)) for o in overrides]  # a per-draw encoder (the control)
                 runs.append(Run(arm, n, seed, train, (*base, f"output_dir={run_dir}", f"seed={seed}",
-                                                      f"trainer.epochs={own}", *own_checks, *overrides), run_dir, val))
+                                                      f"trainer.epochs={own}", *own_checks, *own_overrides), run_dir,
+                                val, tuple(draw["test"]), draw["repeat"], draw["fold"]))
     return runs, test_ids, arms, probe_cfg
 
 
@@ -443,6 +488,7 @@ def train_and_score(run: Run, test_ids: Sequence[str], reuse: bool, device: str,
         done["budget"].setdefault("train", " ".join(run.train))  # a run scored before its cases were recorded
         return done
     ckpt = run.run_dir / "checkpoints" / "last.pt"
+    test_ids = list(run.test) or list(test_ids)
     cfg = compose_config("finetune", list(run.overrides))
     root, layout = dataset_root(cfg.data)
     by_id = {c.id: c for c in discover(layout, root, on_bad_case=str(cfg.data.on_bad_case))}
@@ -478,7 +524,8 @@ def train_and_score(run: Run, test_ids: Sequence[str], reuse: bool, device: str,
                                 zeroed=capabilities(predictor.model).zero_encoder)
     scores = []
     for row in reliance["per_case"]:
-        entry = {"arm": run.arm, "n": run.n, "seed": run.seed, "case": row["id"]}
+        entry = {"arm": run.arm, "n": run.n, "seed": run.seed, "case": row["id"],
+                 **({"repeat": run.repeat, "fold": run.fold} if run.repeat is not None else {})}
         for metric in ("Dice", "Dice_zeroed", "HD95", "NSD"):
             column = (lambda c: f"Dice_{c}_zeroed") if metric == "Dice_zeroed" else (lambda c: f"{metric}_{c}")
             for name in task.output_names:
@@ -617,6 +664,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="validation cases (the same for every run, never trained on or tested): each run validates "
                         "about 20 times and the budget check says whether its validation Dice plateaued")
     p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--folds", type=int, default=0, metavar="K",
+                   help="repeated K-fold cross-validation instead of one fixed test split: each --seeds value is a "
+                        "draw (repeat · K + fold) whose fold is its test cases, N drawn inside its training part "
+                        "(after --val-cases); every case scored once per repeat (default 0: the fixed split, --test)")
+    p.add_argument("--repeats", type=int, default=1, help="with --folds: the repeats (default 1)")
     p.add_argument("--hold-out", nargs="+", default=[], metavar="ID",
                    help="cases of the training pool no run draws (a study's positive control trains on them)")
     p.add_argument("--steps", type=int, default=40, help="optimiser steps per run (rounded to whole epochs)")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from asa.eval.random_effects import crossed_interval, mean_squares
+from asa.eval.random_effects import crossed_interval, folded_interval, mean_squares
 
 # 2 seeds × 4 test cases, worked by hand:
 #   grand mean 28 / 8 = 3.5; seed means 3, 4; case means 1.5, 3, 3.5, 6
@@ -92,3 +92,22 @@ def test_three_crossed_factors_give_the_alternating_sum_of_mean_squares():
     assert ms[(0,)] == pytest.approx(expect)
     assert [name for name, _, _ in r.parts] == ["pretraining", "seed", "case"]
     assert r.low < r.value < r.high
+
+
+def test_the_cross_validated_interval_of_a_small_design_is_the_hand_computed_one():
+    # cases a b c d; repeat 0: draw 0 scores {a, b}, draw 1 {c, d}; repeat 1: draw 2 {a, c}, draw 3 {b, d}
+    nan = np.nan
+    d = np.array([[1, 3, nan, nan], [nan, nan, 2, 4], [2, nan, 4, nan], [nan, 5, nan, 5]], dtype=float)
+    r = folded_interval(d, [0, 0, 1, 1])
+    #   value: every case once per repeat, (1 + 3 + 2 + 4 + 2 + 5 + 4 + 5) / 8 = 3.25
+    #   draw means 2, 3 | 3, 5: within-repeat SS 0.5 + 2 = 2.5 over 2 df -> 1.25; part 1.25 / 4 draws = 0.3125
+    #   repeat × case table [[1, 3, 2, 4], [2, 5, 4, 5]]: MS_case = 2 · 5.25 / 3 = 3.5, MS_repeat×case = 0.5 / 3
+    #   σ²_case = (3.5 − 1/6) / 2 = 5/3; its part 5/3 · (2 − 1) / (2 · 4) = 5/24
+    assert r.value == pytest.approx(3.25) and r.levels == {"draw": 4, "case": 4, "repeat": 2}
+    assert [(name, v, df) for name, v, df in r.parts] == [("draw", pytest.approx(0.3125), 2.0),
+                                                           ("case", pytest.approx(5 / 24), 3.0)]
+    half = math.sqrt(stats.t.ppf(0.975, 2) ** 2 * 0.3125 + stats.t.ppf(0.975, 3) ** 2 * 5 / 24)  # 2.810
+    assert (r.low, r.high) == pytest.approx((3.25 - half, 3.25 + half)) and half == pytest.approx(2.810, abs=1e-3)
+    one = folded_interval(d[:2], [0, 0])  # one repeat: the draw part alone, the case spread inside it
+    assert one.value == pytest.approx(2.5) and [name for name, _, _ in one.parts] == ["draw"]
+    assert math.isnan(folded_interval(d[:1], [0]).low)  # one draw: no spread between draws measured

@@ -35,18 +35,29 @@ def data(tmp_path_factory):
     return cohort, labeled
 
 
-def test_the_split_holds_the_positive_control_apart_or_leaves_it_out(data):
+def test_the_split_holds_the_positive_control_apart_or_cross_validates_a_smaller_set(data):
     cases = discover("msd", data[1])
     scale = study.SCALES["quick"]  # 3 test + 2 val + N 2 + 2 for the control = 9
     split = study.labeled_split(cases, scale, seed=0)
     parts = [set(split[k]) for k in ("test", "val", "pool", "supervised")]
     assert [len(p) for p in parts] == [3, 2, 2, 2] and set().union(*parts) == {c.id for c in cases}
     assert sum(len(p) for p in parts) == len(cases)  # disjoint
+    assert "draws" not in study.labeled_split(cases[:8], scale, seed=0, control=False)
+    # too few for the fixed split and the control: cross-validated (2 folds at the quick scale), never thinned
     small = study.labeled_split(cases[:8], scale, seed=0)
-    assert small["supervised"] == [] and len(small["pool"]) == 3  # too few for the control: left out, not shrunk
-    with pytest.raises(SystemExit) as err:
+    assert small["test"] == sorted(c.id for c in cases[:8]) and len(small["draws"]) == 2
+    assert sorted(i for d in small["draws"] for i in d["test"]) == small["test"]  # every case scored once
+    for d in small["draws"]:
+        assert not set(d["test"]) & (set(d["val"]) | set(d["pool"])) and len(d["val"]) == 2 and len(d["pool"]) == 2
+    with pytest.raises(SystemExit) as err:  # a 3-case training part holds no 2 validation + 2 training cases
         study.labeled_split(cases[:6], scale, seed=0)
     assert err.value.code == 2
+    # a real scale reads no answer from fewer than 16 scored cases: refused in one line, not thinned
+    cpu = study.SCALES["cpu"]
+    with pytest.raises(SystemExit, match="cross-validation would score 9 per arm, fewer than the 16"):
+        study.labeled_split(cases, cpu, seed=0)
+    with pytest.raises(SystemExit, match="--test 6: fewer than the 16 test cases"):
+        study.labeled_split(cases * 8, dataclasses.replace(cpu, test=6), seed=0)
 
 
 def test_a_changed_study_folder_is_refused_with_old_and_new_values(tmp_path, capsys):
@@ -225,7 +236,8 @@ def test_a_multi_contrast_cohort_is_pretrained_on_the_fine_tuning_channels_in_th
     network = study.Network("resenc", "tiny")
     runs = study.plan_pretraining(tmp_path, study.SCALES["quick"], network, ["mae"], cohorts, noise, seed=0,
                                   channels=channels)
-    assert [r.name for r in runs] == ["mae-c4", "noise-c4"]
+    assert [r.name for r in runs] == ["mae-c4", "mae-c4-p1", "noise-c4", "noise-c4-p1"]  # two runs per arm
+    assert [next(o for o in r.overrides if o.startswith("seed=")) for r in runs] == ["seed=0", "seed=1"] * 2
     for run in runs:  # the negative control too reads the four channels in the fine-tuning order (data.channels
         # alone: the network's input channels are read off it)
         assert run.overrides[len(network.pretrain("mae")):][:3] == (
@@ -259,9 +271,9 @@ def test_a_t1_cohort_is_pretrained_with_the_overrides_and_file_lists_of_before(d
     cohorts = study.write_cohorts(tmp_path, cases, [4], seed=0, channels=channels)
     noise = study.write_noise(tmp_path, cases, 4, seed=0, channels=channels)
     network = study.Network("resenc", "tiny")
-    runs = study.plan_pretraining(tmp_path, study.SCALES["quick"], network, ["mae"], cohorts, noise, seed=0,
-                                  channels=channels)
-    assert runs == study.plan_pretraining(tmp_path, study.SCALES["quick"], network, ["mae"], cohorts, noise, seed=0)
+    one = dataclasses.replace(study.SCALES["quick"], pretrain_runs=1)  # one run per arm, as before the replicates
+    runs = study.plan_pretraining(tmp_path, one, network, ["mae"], cohorts, noise, seed=0, channels=channels)
+    assert runs == study.plan_pretraining(tmp_path, one, network, ["mae"], cohorts, noise, seed=0)
     for run in runs:
         assert run.overrides[len(network.pretrain("mae")):][:10] == BEFORE
         assert len(run.overrides) == len(network.pretrain("mae")) + len(BEFORE) + 4  # crop, root, epochs, output_dir
@@ -340,7 +352,8 @@ def test_a_store_of_asa_preprocess_is_a_pretraining_cohort(data, tmp_path, monke
     cohort, labeled = data
     store = _store(cohort, tmp_path / "store")
     out = tmp_path / "out"
-    argv = ["--data", "msd", "--root", str(labeled), *QUICK, "--network", "resenc-tiny", "--arms", "mae", "noise"]
+    argv = ["--data", "msd", "--root", str(labeled), *QUICK, "--network", "resenc-tiny", "--arms", "mae", "noise",
+            "--pretrain-runs", "1"]
     runs = _planned(monkeypatch, ["--pretrain-data", str(store), "--out", str(out), "--cohorts", "3", *argv])
     assert [r.name for r in runs] == ["mae-c3", "noise-c3"]
     pretrain = len(study.Network("resenc", "tiny").pretrain("mae"))
@@ -474,7 +487,7 @@ def test_the_swvit_takes_the_positive_control_and_refuses_the_coordinate_channel
     monkeypatch.setattr(study, "_run", lambda args, out, scale, network, runs, split, checks, encoders, supervised,
                         *rest: seen.update(network=network, supervised=supervised) or 0)
     assert study.main([*argv, "--arms", "supervised", "--out", str(tmp_path / "sup")]) == 0
-    control, network = seen["supervised"], seen["network"]
+    (control,), network = seen["supervised"], seen["network"]  # one control: the labeled set holds the fixed split
     assert network.finetune == ["model=tiny"] and control.channel is None
     overrides = study.supervised_overrides(control, network, study.SCALES["quick"], 0, [])
     assert overrides[:3] == ["data=msd", f"data.root={labeled}", "model=tiny"]
@@ -684,7 +697,8 @@ def test_a_pilot_that_does_not_learn_stops_the_study_before_any_pretraining(data
         return run_units
 
     argv = ["--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), "--arms", "mae", "--scale", "cpu",
-            "--network", "resenc-tiny", "--cases", "2", "--test", "3", "--val", "2", "--seeds", "0", "--time-budget", "9999"]
+            "--network", "resenc-tiny", "--cases", "2", "--test", "3", "--val", "2", "--seeds", "0", "--time-budget", "9999",
+            "--min-scored", "0"]  # 3 test cases: below what a real study reads from, a check of the pilot's gate
     monkeypatch.setattr(study, "run_units", fake_units(flat=True))
     assert study.main([*argv, "--out", str(tmp_path / "flat")]) == 2
     said = capsys.readouterr().err
@@ -694,6 +708,6 @@ def test_a_pilot_that_does_not_learn_stops_the_study_before_any_pretraining(data
     started.clear()
     monkeypatch.setattr(study, "run_units", fake_units(flat=False))
     assert study.main([*argv, "--out", str(tmp_path / "learns")]) == 3  # went on to the pretraining (stopped there)
-    assert started == [study.PILOT, "mae-c4"]
+    assert started == [study.PILOT, "mae-c4", "mae-c4-p1"]  # two pretraining runs per arm
     pilot = json.loads((tmp_path / "learns" / "pilot.json").read_text())
     assert pilot["learned"] is True and pilot["best_dice"] == pytest.approx(0.6)

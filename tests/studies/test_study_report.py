@@ -267,3 +267,30 @@ def test_the_endpoint_is_the_lesion_when_named_or_the_only_class():
     assert report.endpoint(["CSF", "GM", "lesion"], ["lesion"]) == (transfer.LESION, "lesion Dice (lesion)")
     assert report.endpoint(["lesion"], []) == ("Dice_mean", "lesion Dice (lesion)")
     assert report.endpoint(["CSF", "GM", "WM"], []) == ("Dice_mean", "mean Dice")
+
+
+def test_replicated_pretraining_is_a_level_of_the_interval_and_the_page_counts_the_runs(tmp_path):
+    out = tmp_path / "study"
+    effects = {**CONTROLS, "noise-c4-p1": (0.001, 0.002), "mae-c4": (0.02, 0.002), "mae-c4-p1": (0.03, 0.002),
+               "asa-c4": (0.01, 0.002), "asa-c4-p1": (0.05, 0.002)}
+    scores = _scores(effects)
+    arms = list(dict.fromkeys(r["arm"] for r in scores))
+    transfer.write_outputs(scores, CLASSES, {a: "scratch" for a in arms}, out / "transfer", n_boot=200)
+    runs = [_run(name, name.split("-")[0], 5) for name in ("mae-c4", "mae-c4-p1", "asa-c4", "asa-c4-p1", "noise-c4",
+                                                           "noise-c4-p1")]
+    info = {"scale_name": "cpu", "network": "resenc", "machine": MACHINE, "finished": "2026-11-25T22:00:00",
+            "scale": {"crop": 32, "cases": [2], "seeds": [0, 1, 2], "test": 6, "val": 2}, "steps": 40,
+            "recipe": "adamw", "encoder_lr_scale": 1.0, "min_effect": 0.01, "classes": CLASSES,
+            "lesion_classes": LESION_CLASSES, "pilot": {"test": {c: 0.7 for c in CLASSES}}, "pretraining": runs,
+            "encoders": [], "checks": {"overlap": {"lines": ["none"]}, "channels": []}, "commands": [], "runs": {}}
+    page = (report.write_report(out, info, n_boot=200) / "README.md").read_text()
+    contrasts = json.loads((out / "report" / "contrasts.json").read_text())
+    assert not any(r["arm"].endswith("-p1") for r in contrasts)  # a replicate is read with its arm, not alone
+    asa = _row(contrasts, "asa-c4")
+    assert asa["interval"]["levels"] == {"pretraining": 2, "seed": 3, "case": 6}
+    assert asa["Dice_mean"][0] == pytest.approx(0.03)  # both runs' differences, averaged
+    # the two runs disagree (+0.01, +0.05): the interval carries it, as the per-seed spread alone would not
+    assert asa["interval"]["components"]["pretraining"] > 0 and asa["Dice_mean"][1] < 0
+    assert _row(contrasts, "asa-c4", "mae-c4")["Dice_mean"][0] == pytest.approx(0.005)  # run k against run k
+    assert "pretraining runs per arm: mae 2, asa 2, noise 2." in page
+    assert "with twice the pretraining runs (4)" in page

@@ -1,0 +1,114 @@
+"""Small labeled sets by paired repeated K-fold cross-validation (asa.study.transfer's --folds, asa-study's
+labeled_split): every case scored once per repeat by runs that did not see it, N and the validation cases drawn
+inside each fold's training part, the positive control nested in each draw, the report's interval and its statement
+of the draws; a 18-case set runs to its report."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from asa.data import discover
+from asa.data.synthetic.demo import write_demo_dataset
+from asa.study import report, transfer
+
+
+@pytest.fixture(scope="module")
+def eighteen(tmp_path_factory):
+    return write_demo_dataset("msd", tmp_path_factory.mktemp("cv") / "labeled", cases=18, size=32, seed=3)
+
+
+def test_every_case_is_scored_once_per_repeat_and_n_is_drawn_inside_the_training_part():
+    ids = [f"case{i:02d}" for i in range(18)]
+    draws = transfer.cv_draws(ids, folds=3, repeats=2, val=2, seed=0)
+    assert [(d["repeat"], d["fold"]) for d in draws] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    for r in (0, 1):
+        tests = [i for d in draws if d["repeat"] == r for i in d["test"]]
+        assert sorted(tests) == ids  # each case once per repeat
+    for d in draws:
+        assert len(d["test"]) == 6 and len(d["val"]) == 2 and len(d["pool"]) == 10
+        assert not set(d["test"]) & (set(d["val"]) | set(d["pool"])) and not set(d["val"]) & set(d["pool"])
+    assert draws[0]["test"] != draws[3]["test"]  # the repeats cut other folds
+    with pytest.raises(SystemExit):
+        transfer.cv_draws(ids, folds=1, repeats=1, val=0, seed=0)
+
+
+def _args(root: Path, out: Path, **kw) -> SimpleNamespace:
+    base = dict(out=out, data="msd", model="resenc", workers=0, device="cpu", steps=20, override=["model.size=tiny"],
+                threads=None, root=str(root), crop=32, test=3, split_seed=0, val_cases=2, hold_out=[], folds=3,
+                repeats=2, cases=[8], seeds=list(range(6)), pretrained=None, preset=[], no_scratch=False,
+                arm=["supervised=model.pretrained=/c/supervised-s{draw}/checkpoints/last.pt"], recipes=[],
+                budget_arms=[], budget_fractions=[], budget_cases=None)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_the_runs_of_a_cross_validated_study_score_their_fold_with_their_own_control(eighteen, tmp_path):
+    runs, test_ids, arms, _ = transfer.plan_runs(_args(eighteen, tmp_path))
+    ids = sorted(c.id for c in discover("msd", eighteen))
+    assert test_ids == ids and set(arms) == {"scratch", "supervised"} and len(runs) == 2 * 6
+    draws = transfer.cv_draws(ids, folds=3, repeats=2, val=2, seed=0)
+    for run in runs:
+        draw = draws[run.seed]
+        assert (run.repeat, run.fold) == (draw["repeat"], draw["fold"]) and list(run.test) == draw["test"]
+        assert set(run.train) <= set(draw["pool"]) and len(run.train) == 8 and list(run.val) == draw["val"]
+        pretrained = [o for o in run.overrides if o.startswith("model.pretrained=")]
+        if run.arm == "supervised":  # the positive control of its own draw
+            assert pretrained == [f"model.pretrained=/c/supervised-s{run.seed}/checkpoints/last.pt"]
+    pairs = {(r.seed, r.train) for r in runs}
+    assert len(pairs) == 6  # both arms of a draw train on the same cases; the six draws differ
+    with pytest.raises(SystemExit, match="number the 6 draws"):
+        transfer.plan_runs(_args(eighteen, tmp_path, seeds=[6]))
+    with pytest.raises(SystemExit, match="training part leaves 10 cases"):
+        transfer.plan_runs(_args(eighteen, tmp_path, cases=[11]))
+
+
+def _cv_scores(effect: float) -> list[dict]:
+    """Cross-validated scores: 18 cases, 3 folds × 2 repeats, scratch and supervised (+effect, a draw effect)."""
+    ids = [f"c{i:02d}" for i in range(18)]
+    rows = []
+    for g, draw in enumerate(transfer.cv_draws(ids, folds=3, repeats=2, val=2, seed=0)):
+        for arm, delta in (("scratch", 0.0), ("supervised", effect + 0.01 * (g % 3 - 1)), ("asa-c4", 0.002 * g)):
+            for k, case in enumerate(draw["test"]):
+                dice = 0.5 + 0.01 * int(case[1:]) + delta + 0.003 * ((k * 7 + g) % 5 - 2) * (arm != "scratch")
+                rows.append({"arm": arm, "n": 8, "seed": g, "repeat": draw["repeat"], "fold": draw["fold"],
+                             "case": case, "Dice_mean": dice, "NSD_mean": dice})
+    return rows
+
+
+def test_the_report_reads_cross_validated_scores_on_the_interval_of_their_design():
+    rows = report.contrast_rows(_cv_scores(0.08), [4], n_boot=100)
+    control = next(r for r in rows if r["arm"] == "supervised")
+    assert control["interval"]["levels"] == {"draw": 6, "case": 18, "repeat": 2}
+    assert [p[0] for p in control["interval"]["parts"]] == ["draw", "case"] and control["verdict"] == "helped"
+    asa = next(r for r in rows if r["arm"] == "asa-c4")
+    assert asa["Dice_mean"][0] == pytest.approx(0.005, abs=2e-3) and not math.isnan(asa["mde"])
+    assert "mde_more" not in asa  # no crossed seeds to double
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # seven tiny runs one after another: minutes on an idle machine, ten on a shared one
+def test_an_eighteen_case_set_is_cross_validated_to_its_report(eighteen, tmp_path):
+    """18 labeled cases at a scale whose fixed split needs 22 (16 test): 2 folds × 1 repeat at the quick scale's
+    steps, the positive control nested in each draw; every case scored, the draws stated on the page."""
+    out = tmp_path / "study"
+    proc = subprocess.run([sys.executable, "-m", "asa.cli.study", "--data", "msd", "--root", str(eighteen), "--out",
+                           str(out), "--scale", "quick", "--test", "16", "--arms", "supervised", "--n-boot", "50"],
+                          capture_output=True, text=True, timeout=1500, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Cross-validation: the 18 labeled cases are fewer than a fixed split needs" in proc.stdout
+    assert "nested in each of the 2 draws" in proc.stdout
+    scores = report.read_scores(out / "transfer" / "scores.csv", [])
+    for arm in ("scratch", "supervised"):
+        assert sorted(r["case"] for r in scores if r["arm"] == arm) == sorted(c.id for c in discover("msd", eighteen))
+    page = (out / "report" / "README.md").read_text()
+    assert "by 2-fold cross-validation × 1 repeat(s): every one of the 18 labeled cases scored 1 time(s)" in page
+    assert "Distinct labeled draws per arm: 2" in page
+    checks = json.loads((out / "checks" / "checks.json").read_text())
+    for g, draw in enumerate(checks["split"]["draws"]):
+        control = json.loads((out / "pretrain" / f"supervised-s{g}" / "splits.json").read_text())
+        assert not set(control["train"]) & set(draw["test"])  # the control never saw the fold it is scored on
