@@ -12,9 +12,9 @@ the same share), and counts how often each interval covers μ:
 - the per-factor interval from the same mean squares (its ``low`` / ``high``: each factor's part at its own t
   quantile, added in quadrature), which the report's verdicts read.
 
-With ``--cv C:K:R`` it also simulates cross-validation of a small labeled set (`asa.eval.random_effects.folded_interval`):
-C cases, R repeats of K folds, each fold scored by its own labeled draw (``a ~ N(0, σ²_seed)``), every case once per
-repeat; the bootstrap there treats each repeat as a seed.
+With ``--cv C:K:R`` it also simulates cross-validation of a small labeled set
+(`asa.eval.random_effects.folded_interval`): C cases, R repeats of K folds, each fold scored by its own labeled
+draw (``a ~ N(0, σ²_seed)``), every case once per repeat; the bootstrap there treats each repeat as a seed.
 
 Two variance models, calibrated to the outside bed of docs/studies.md (per-seed Δ −0.020 and +0.047 lesion Dice,
 a case-only CI half-width of about 0.037 over 16 test cases): ``seed`` (the labeled draw dominates: σ 0.04 / 0.03
@@ -111,8 +111,9 @@ def cv_coverage(*, model: str, cases: int, folds: int, repeats: int, datasets: i
 
 def cv_markdown(rows: Sequence[dict]) -> str:
     """The cross-validation table docs/studies.md holds."""
-    lines = ["| variance model | labeled cases | folds × repeats | bootstrap (repeats as seeds): coverage | half-width | "
-             "per-factor (verdicts): coverage | half-width |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| variance model | labeled cases | folds × repeats | bootstrap (repeats as seeds): coverage | "
+             "half-width | per-factor (verdicts): coverage | half-width |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         cells = " | ".join(f"{r[k]['coverage']:.3f} | {r[k]['half_width']:.3f}" for k in ("bootstrap", "per-factor"))
         lines.append(f"| {r['model']}-dominated | {r['cases']} | {r['folds']} × {r['repeats']} | {cells} |")
@@ -121,8 +122,8 @@ def cv_markdown(rows: Sequence[dict]) -> str:
 
 def markdown(rows: Sequence[dict]) -> str:
     """The table docs/studies.md holds."""
-    lines = ["| variance model | pretraining runs | seeds | bootstrap: coverage | half-width | Satterthwaite: coverage | "
-             "half-width | per-factor (verdicts): coverage | half-width |",
+    lines = ["| variance model | pretraining runs | seeds | bootstrap: coverage | half-width | "
+             "Satterthwaite: coverage | half-width | per-factor (verdicts): coverage | half-width |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         cells = " | ".join(f"{r[k]['coverage']:.3f} | {r[k]['half_width']:.3f}"

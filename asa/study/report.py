@@ -250,7 +250,7 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], e
             row: dict[str, Any] = {"question": question, "kind": kind, "arm": arm, "reference": ref, "n": n,
                                    "endpoint": key, "endpoint_label": endpoint[1], "bootstrap": {}}
             for k, _ in keys_of(scores, endpoint):
-                d = statistics.paired_matrix(scores, arm, ref, n, k)
+                d = statistics.pooled_matrix(scores, arm, ref, n, k)  # the arm's pretraining runs averaged
                 est = statistics.interval(scores, arm, ref, n, k)
                 row[k] = [est.value, est.low, est.high]
                 boot = seed_case_bootstrap(d, n_resamples=n_boot)

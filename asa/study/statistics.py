@@ -57,15 +57,28 @@ def replicates(arms: Sequence[str] | set[str], arm: str) -> list[str]:
     return [arm, *(a for _, a in sorted(more))]
 
 
-def interval(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: int, key: str) -> CrossedInterval:
+def replicate_pairs(scores: Sequence[Mapping[str, Any]], arm: str, reference: str) -> list[tuple[str, str]]:
+    """(run k of ``arm``, run k of ``reference`` when it is replicated as often, else ``reference``) for every
+    pretraining run of ``arm`` (`replicates`)."""
+    present = {s["arm"] for s in scores}
+    arms, refs = replicates(present, arm), replicates(present, reference)
+    return list(zip(arms, refs)) if len(refs) == len(arms) else [(a, reference) for a in arms]
+
+
+def pooled_matrix(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: int, key: str) -> np.ndarray:
+    """D [seeds, test cases] averaged over ``arm``'s pretraining runs (`replicate_pairs`; `paired_matrix` of one)."""
+    return np.mean([paired_matrix(scores, a, r, n, key, like=arm) for a, r in replicate_pairs(scores, arm, reference)],
+                   axis=0)
+
+
+def interval(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: int, key: str, *,
+             pooled: bool = True) -> CrossedInterval:
     """The paired difference (arm − reference) of ``key`` at N with the interval its design takes: crossed seeds ×
     test cases (`asa.eval.random_effects.crossed_interval`), or cross-validated draws scoring their folds
     (`asa.eval.random_effects.folded_interval`); with replicated pretraining runs of ``arm`` (`replicates`) the
     pretraining run is a further crossed level (run k of the arm against run k of a replicated reference, else
-    against the reference)."""
-    present = {s["arm"] for s in scores}
-    arms, refs = replicates(present, arm), replicates(present, reference)
-    pairs = list(zip(arms, refs)) if len(refs) == len(arms) else [(a, reference) for a in arms]
+    against the reference; ``pooled`` False: ``arm``'s own run alone)."""
+    pairs = replicate_pairs(scores, arm, reference) if pooled else [(arm, reference)]
     d = np.stack([paired_matrix(scores, a, r, n, key, like=arm) for a, r in pairs])
     repeats = draw_repeats(scores, arm, n)
     if len(pairs) == 1:
@@ -140,7 +153,7 @@ def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], referen
                     d, p = paired_matrix(scores, arm, ref, n, key), delta_prefix(key)
                     both = seed_case_bootstrap(d, n_resamples=n_boot, seed=seed)
                     row[p], row[p + "_lo"], row[p + "_hi"] = both.value, both.low, both.high
-                    crossed = interval(scores, arm, ref, n, key)
+                    crossed = interval(scores, arm, ref, n, key, pooled=False)  # this run's row
                     row[p + "_re_lo"], row[p + "_re_hi"] = crossed.low, crossed.high
                     row[p + "_case_lo"], row[p + "_case_hi"] = case_interval(paired_differences(scores, arm, ref, n, key),
                                                                              n_boot=n_boot, seed=seed)

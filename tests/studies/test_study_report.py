@@ -289,6 +289,7 @@ def test_replicated_pretraining_is_a_level_of_the_interval_and_the_page_counts_t
     asa = _row(contrasts, "asa-c4")
     assert asa["interval"]["levels"] == {"pretraining": 2, "seed": 3, "case": 6}
     assert asa["Dice_mean"][0] == pytest.approx(0.03)  # both runs' differences, averaged
+    assert asa["bootstrap"]["Dice_mean"][0] == pytest.approx(0.03)  # the bootstrap beside it too
     # the two runs disagree (+0.01, +0.05): the interval carries it, as the per-seed spread alone would not
     assert asa["interval"]["components"]["pretraining"] > 0 and asa["Dice_mean"][1] < 0
     assert _row(contrasts, "asa-c4", "mae-c4")["Dice_mean"][0] == pytest.approx(0.005)  # run k against run k
