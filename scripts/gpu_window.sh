@@ -18,7 +18,8 @@
 #   scripts/gpu_window.sh OUT_DIR               # on the GPU machine: within WINDOW seconds (default 540) on one H100
 #   scripts/gpu_window.sh OUT_DIR --dry-run     # the same parts at toy sizes on the CPU (tests/scripts/test_gpu_window.py)
 #
-# PYTHON picks the interpreter; WORK (default /tmp/asa-window) holds the data and the runs.
+# PYTHON picks the interpreter; WORK (default /tmp/asa-window) holds the data and the runs; PARTS="install loop_swvit ..."
+# runs only the parts it names (a short window).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:?usage: scripts/gpu_window.sh OUT_DIR [--dry-run]}"
@@ -58,6 +59,7 @@ EOF
 part() {  # NAME LIMIT_S command...: run with a time limit, its output in LOGS/NAME.log, then recorded
     local name="$1" limit="$2"; shift 2
     local t0=$(date +%s) code
+    case " ${PARTS:-$name} " in *" $name "*) ;; *) return 0 ;; esac  # PARTS="a b": only those parts
     timeout -k 10 "$limit" "$@" > "$LOGS/$name.log" 2>&1
     code=$?
     record "$name" "$code" "$(( $(date +%s) - t0 ))"
@@ -108,21 +110,22 @@ masked masked_L "${MASKED_L[@]}"
 part precision "$LIMIT" "$PY" -m benchmarks.compile_ab --amp "$AMP" --variants fp32_stream \
     --device "$DEVICE" --json "$OUT/precision.json" "${PRECISION[@]}"
 
-# the study's units at --scale cpu on this device: the labeled set and the cohort written first (not timed)
-DATA="$WORK/study_data"
-[ -d "$DATA/labeled" ] || "$PY" -m asa.cli.demo_data --layout msd --cases "${STUDY_CASES[0]}" --size "${STUDY_CASES[2]}" --seed 2 \
-    --out "$DATA/labeled" > "$LOGS/study_data.log" 2>&1
-[ -d "$DATA/cohort" ] || "$PY" -m asa.cli.demo_data --layout bids --cases "${STUDY_CASES[1]}" --size "${STUDY_CASES[2]}" --seed 11 \
-    --out "$DATA/cohort" >> "$LOGS/study_data.log" 2>&1
-# exit 3 is expected: the study's --time-budget ends it in its transfer stage (the part times units, not a study);
-# on the GPU the budget is what the window has left (WINDOW seconds in all, default 540), at most 230 s
-if [ -z "$DRY" ]; then
-    left=$(( ${WINDOW:-540} - ($(date +%s) - start) - 30 ))
-    STUDY+=(--time-budget $(( left < 230 ? left : 230 )))
-fi
-part study $(( LIMIT + 120 )) "$PY" -m asa.cli.study --pretrain-data "$DATA/cohort" --data msd --root "$DATA/labeled" \
-    --out "$WORK/study" --device "$DEVICE" "${STUDY[@]}"
-"$PY" - "$WORK/study" "$OUT/study.json" "${STUDY[*]}" <<'EOF2'
+if [[ " ${PARTS:-study} " == *" study "* ]]; then
+    # the study's units at --scale cpu on this device: the labeled set and the cohort written first (not timed)
+    DATA="$WORK/study_data"
+    [ -d "$DATA/labeled" ] || "$PY" -m asa.cli.demo_data --layout msd --cases "${STUDY_CASES[0]}" --size "${STUDY_CASES[2]}" --seed 2 \
+        --out "$DATA/labeled" > "$LOGS/study_data.log" 2>&1
+    [ -d "$DATA/cohort" ] || "$PY" -m asa.cli.demo_data --layout bids --cases "${STUDY_CASES[1]}" --size "${STUDY_CASES[2]}" --seed 11 \
+        --out "$DATA/cohort" >> "$LOGS/study_data.log" 2>&1
+    # exit 3 is expected: the study's --time-budget ends it in its transfer stage (the part times units, not a study);
+    # on the GPU the budget is what the window has left (WINDOW seconds in all, default 540), at most 230 s
+    if [ -z "$DRY" ]; then
+        left=$(( ${WINDOW:-540} - ($(date +%s) - start) - 30 ))
+        STUDY+=(--time-budget $(( left < 230 ? left : 230 )))
+    fi
+    part study $(( LIMIT + 120 )) "$PY" -m asa.cli.study --pretrain-data "$DATA/cohort" --data msd --root "$DATA/labeled" \
+        --out "$WORK/study" --device "$DEVICE" "${STUDY[@]}"
+    "$PY" - "$WORK/study" "$OUT/study.json" "${STUDY[*]}" <<'EOF2'
 import json, pathlib, sys
 study, out, options = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 read = lambda name: json.loads((study / name).read_text()) if (study / name).is_file() else None
@@ -131,5 +134,6 @@ doc = {"options": options, "scale": settings.get("scale"), "units_seconds": time
        "stages_seconds": times.get("stages", {}), "pilot": read("pilot.json")}
 json.dump(doc, open(out, "w"), indent=1)
 EOF2
-record study_summary $? 0
+    record study_summary $? 0
+fi
 echo "gpu_window: done in $(( $(date +%s) - start )) s; figures in $OUT"
