@@ -21,15 +21,19 @@ memory (CUDA: allocated; CPU: resident set) and the fraction of the timed convol
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.utils._pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from asa.models import PRESETS, build_network
-from asa.models.cnn.masked import MaskedInstanceNorm3d
+from asa.models.cnn.masked import MaskedConv3d, MaskedInstanceNorm3d
 from asa.models.cnn.resenc import RESENC_SIZES
 from asa.train.precision import AMP_CHOICES, amp_name, resolve_amp
 from benchmarks.harness import Workload, alternate, largest_fitting, matmul_workload, release_memory
@@ -88,6 +92,171 @@ def with_norm(net: torch.nn.Module, norm: type, workload: Workload) -> Workload:
     return workload
 
 
+class _UnmaskedConv3d(MaskedConv3d):
+    """``--components``: a masked convolution without its output's mask (what the mask multiplication costs)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.Conv3d.forward(self, x)
+
+
+class _DenseStatsNorm(MaskedInstanceNorm3d):
+    """``--components``: the visible-only norm as a plain instance norm (what the visible-only statistics and the
+    output's mask cost against cuDNN's / oneDNN's own norm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.InstanceNorm3d.forward(self, x)
+
+
+COMPONENTS = ("conv_output_mask", "visible_only_norms", "densify_and_tokens", "attentive_weights")
+
+
+@contextlib.contextmanager
+def ablated(net, part: str | None) -> Iterator[None]:
+    """``net`` (a `resenc_pretrain`) without one part of its masked step for the block (timing and counting only:
+    the objective is then not a valid one): ``conv_output_mask`` (the masked convolutions' output multiplied by the
+    mask), ``visible_only_norms`` (plain instance norms instead), ``densify_and_tokens`` (the decoder on the masked
+    skips as they are), ``attentive_weights`` (a uniform loss); None: the step as it is."""
+    swap = {"conv_output_mask": {MaskedConv3d: _UnmaskedConv3d},
+            "visible_only_norms": {MaskedInstanceNorm3d: _DenseStatsNorm}}.get(part or "", {})
+    classes = {}
+    for module in net.modules():
+        if type(module) in swap:
+            classes[module] = type(module)
+            module.__class__ = swap[type(module)]
+    weighting = net.loss_weighting
+    if part == "densify_and_tokens":
+        net.forward_decoder = lambda skips, mask: dense_decoder(net, skips)
+    if part == "attentive_weights":
+        net.loss_weighting = net.criterion.weighting = "uniform"
+    try:
+        yield
+    finally:
+        net.__dict__.pop("forward_decoder", None)
+        net.loss_weighting = net.criterion.weighting = weighting
+        for module, cls in classes.items():
+            module.__class__ = cls
+
+
+def dense_decoder(net, skips: list[torch.Tensor]) -> torch.Tensor:
+    net.decoder.deep_supervision = False
+    return net.decoder(skips)
+
+
+def masking_only(net, x: torch.Tensor, dtype: torch.dtype | None) -> None:
+    """The masking alone: the mask drawn, upsampled to every masked stage, the input's ``where``."""
+    mask = net.random_masking(x.shape[0], x.device)
+    net.visible.set(net.block_mask(mask))
+    try:
+        stride = 1
+        for step in net.plan.strides:  # each stage's mask (None below the block grid)
+            stride *= step
+            net.visible.at(tuple(e // stride for e in net.img_size), dtype or torch.float32)
+        torch.where(net.visible.at(tuple(x.shape[2:]), torch.bool), x, 0.0)
+    finally:
+        net.visible.set(None)
+
+
+def component_workloads(setup: Setup, net, x: torch.Tensor, batch: int) -> list[Workload]:
+    """The masked step with one component at a time taken out (``--components``, `ablated`): each one's cost is
+    the masked step's time less that variant's; the masking itself timed alone (``masking``)."""
+    def variant(part: str) -> Workload:
+        def loss() -> torch.Tensor:
+            with ablated(net, part):
+                return net(x).loss
+        return train_workload(f"without_{part}", setup, net, adamw(net, batch), loss)
+
+    def masking() -> None:
+        with torch.no_grad(), setup.autocast():
+            masking_only(net, x, setup.dtype)
+
+    return [*(variant(part) for part in COMPONENTS), Workload("masking", masking)]
+
+
+def component_costs(by: dict, cpu_median: dict, repeats: int) -> dict:
+    """``--components``: each component's cost per step, wall and CPU-time medians of the paired differences
+    (masked step less the variant without it; the masking timed alone), and what the masked step costs over the
+    dense one."""
+    def paired(a: list[float], b: list[float]) -> float:
+        return round(statistics.median(x - y for x, y in zip(a[-repeats:], b[-repeats:])), 4)
+
+    out = {part: {"wall": paired(by["masked"].times, by[f"without_{part}"].times),
+                  "cpu": round(cpu_median["masked"] - cpu_median[f"without_{part}"], 4)} for part in COMPONENTS}
+    out["masking"] = {"wall": round(by["masking"].median, 4), "cpu": None}
+    out["masked_over_dense"] = {"wall": paired(by["masked"].times, by["dense"].times),
+                                "cpu": round(cpu_median["masked"] - cpu_median["dense"], 4)}
+    return out
+
+
+CONV_OPS = ("convolution", "convolution_backward")
+
+
+class Traffic(TorchDispatchMode):
+    """Per aten op (forward and backward alike): calls and the bytes of its tensor arguments and results, the
+    memory it reads and writes (views move nothing and are left out). Exact on the ``meta`` device, where nothing
+    is computed: what a memory-bound (elementwise, reduction) kernel costs on a GPU is its bytes over the memory's
+    bandwidth."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view and func.overloadpacket.__name__ not in ("detach", "alias", "_to_copy_meta"):
+            name = func.overloadpacket.__name__
+            tensors = [t for t in pytree.tree_leaves((args, kwargs or {}, out)) if isinstance(t, torch.Tensor)]
+            self.bytes[name] = self.bytes.get(name, 0) + sum(t.numel() * t.element_size() for t in tensors)
+            self.calls[name] = self.calls.get(name, 0) + 1
+        return out
+
+
+def traffic(crop: int, size: str, batch: int, *, dtype: torch.dtype, weighting: str = "attentive",
+            masking: dict | None = None) -> dict:
+    """The masked step's forward and backward (no optimiser: the same for every variant) on the ``meta`` device in
+    ``dtype`` (the network cast to it: autocast's activations), against the dense step and each `ablated` variant:
+    per variant, its convolutions' FLOPs and the bytes every other op moves (``--traffic``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    masking = dict(DEFAULT_MASKING if masking is None else masking)
+    masking["mask_block"] = min(masking["mask_block"], crop // 2)
+    with torch.device("meta"):
+        torch.manual_seed(0)
+        net = build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": crop, "size": size,
+                                                                   "loss_weighting": weighting, **masking}})
+        net = net.to(dtype)
+        x = torch.randn(batch, 1, crop, crop, crop, dtype=dtype)
+
+    def count(loss_fn) -> dict:
+        with FlopCounterMode(display=False) as flops, Traffic() as moved:
+            loss_fn().float().backward()
+        other = {k: v for k, v in moved.bytes.items() if k not in CONV_OPS}
+        return {"conv_GFLOPs": round(flops.get_total_flops() / 1e9, 3),
+                "conv_GB": round(sum(moved.bytes.get(k, 0) for k in CONV_OPS) / 1e9, 3),
+                "other_GB": round(sum(other.values()) / 1e9, 3),
+                "other_calls": sum(n for k, n in moved.calls.items() if k not in CONV_OPS),
+                "top_other_GB": {k: round(v / 1e9, 3) for k, v in sorted(other.items(), key=lambda kv: -kv[1])[:12]}}
+
+    def variant(part: str | None):
+        def loss() -> torch.Tensor:
+            with ablated(net, part):
+                return net(x).loss
+        return loss
+
+    out = {"masked": count(variant(None)), "dense": count(lambda: dense_loss(net, x))}
+    for part in COMPONENTS:
+        out[f"without_{part}"] = count(variant(part))
+    with Traffic() as moved:
+        masking_only(net, x, dtype)
+    out["masking_GB"] = round(sum(moved.bytes.values()) / 1e9, 3)
+    return {"crop": crop, "size": size, "batch": batch, "dtype": str(dtype).removeprefix("torch."),
+            "masking": masking, "weighting": weighting, "steps": out,
+            "component_other_GB": {part: round(out["masked"]["other_GB"] - out[f"without_{part}"]["other_GB"], 3)
+                                   for part in COMPONENTS},
+            "component_conv_GFLOPs": {part: round(out["masked"]["conv_GFLOPs"]
+                                                  - out[f"without_{part}"]["conv_GFLOPs"], 3) for part in COMPONENTS}}
+
+
 def cpu_timed(workload: Workload, cpu: list[float]) -> Workload:
     """``workload`` whose every run also appends its process CPU time to ``cpu``."""
     run = workload.run
@@ -103,7 +272,7 @@ def cpu_timed(workload: Workload, cpu: list[float]) -> Workload:
 
 def measure(device: torch.device, crop: int, size: str, batch: int, *, repeats: int, weighting: str, swvit: str,
             dtype: torch.dtype | None, masking: dict | None = None, earlier: bool = False,
-            fp32_norm: bool = False) -> dict:
+            fp32_norm: bool = False, components: bool = False) -> dict:
     """The steps of one (crop, size) at the largest batch of ``batch``, ``batch // 2``, ... whose masked step
     fits (`benchmarks.harness.largest_fitting`; CPU: ``batch`` itself): one result dict."""
     torch.manual_seed(0)
@@ -144,6 +313,8 @@ def measure(device: torch.device, crop: int, size: str, batch: int, *, repeats: 
                                                                   lambda: net(x).loss)))
     if old is not None:  # the earlier masking (mask block = total stride, asa's densify, one weight per block)
         work.append(train_workload("masked_earlier", setup, old, adamw(old, batch), lambda: old(x).loss))
+    if components:  # the masked step less one component at a time, and the masking alone
+        work += component_workloads(setup, net, x, batch)
     if swvit != "none":
         work.append(asa_workloads(setup, x)[0])
         work[-1].name = "swvit"
@@ -151,7 +322,7 @@ def measure(device: torch.device, crop: int, size: str, batch: int, *, repeats: 
     cpu: dict[str, list[float]] = {w.name: [] for w in work}
     for w in work:
         cpu_timed(w, cpu[w.name])
-    steps = [w.name for w in work if w.name not in ("conv", "matmul")]
+    steps = [w.name for w in work if w.name not in ("conv", "matmul", "masking")]
     alternate(work, device, warmup=1, steps=repeats, count_flops=(*steps, "conv"))
     by = {w.name: w for w in work}
     rates = {"conv": by["conv"].flops / by["conv"].median, "matmul": by["matmul"].flops / by["matmul"].median}
@@ -174,6 +345,7 @@ def measure(device: torch.device, crop: int, size: str, batch: int, *, repeats: 
         "paired_ratios": [round(m / d, 3) for m, d in zip(by["masked"].times, by["dense"].times)],
         "cpu_median_s": {n: round(v, 4) for n, v in cpu_median.items()},
         "cpu_masked_over_dense": round(cpu_median["masked"] / cpu_median["dense"], 3),
+        **({"component_s": component_costs(by, cpu_median, repeats)} if components else {}),
         "peak_memory_MiB": {n: round(by[n].peak_mib, 1) for n in steps},
         "step_GFLOPs": {n: float(f"{by[n].flops / 1e9:.4g}") for n in steps},
         "reference_GFLOPs_per_s": {k: round(v / 1e9, 2) for k, v in rates.items()},
@@ -202,11 +374,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="also time the earlier masking (block = total stride, asa densify, a weight per block)")
     parser.add_argument("--fp32-norm", action="store_true",
                         help="also time the masked step with the visible-only norm's earlier fp32 statistics")
+    parser.add_argument("--components", action="store_true",
+                        help="also time the masked step without each of its parts (the convolutions' output mask, "
+                             "the visible-only norms, densify and tokens, the attentive weights) and the masking "
+                             "alone: each part's cost per step")
     parser.add_argument("--swvit", default="tiny", choices=(*PRESETS, "none"),
                         help="the SW-ViT preset whose ASA pretraining step is timed beside (none: left out)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, default=None, help="write the list of results here (after each one)")
+    parser.add_argument("--traffic", action="store_true",
+                        help="count, on the meta device (nothing computed), each step's convolution FLOPs and the bytes "
+                             "its other ops move, masked, dense and the masked step without each part (--amp: the "
+                             "activations' dtype); no timing")
     args = parser.parse_args(argv)
+    if args.traffic:
+        dtype = {"off": torch.float32, "fp16": torch.float16}.get(args.amp, torch.bfloat16)
+        results = [traffic(crop, size, args.batch, dtype=dtype, weighting=args.weighting,
+                           masking={"mask_block": args.mask_block, "densify": args.densify,
+                                    "weight_patch": args.weight_patch})
+                   for crop in args.crop for size in args.size]
+        print(json.dumps(results, indent=1), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+        return results
     device = torch.device(args.device)
     dtype = resolve_amp(args.amp, device, option="--amp")
     results: list[dict] = []
@@ -214,7 +404,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for size in args.size:
             results.append(measure(device, crop, size, args.batch, repeats=args.repeats, weighting=args.weighting,
                                    swvit=args.swvit, dtype=dtype, earlier=args.earlier,
-                                   fp32_norm=args.fp32_norm,
+                                   fp32_norm=args.fp32_norm, components=args.components,
                                    masking={"mask_block": args.mask_block, "densify": args.densify,
                                             "weight_patch": args.weight_patch}))
             print(json.dumps(results[-1], indent=1), flush=True)

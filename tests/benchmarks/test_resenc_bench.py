@@ -38,3 +38,27 @@ def test_every_crop_with_every_size(tmp_path):
     assert [(x["crop"], x["size"], x["precision"]) for x in r] == [(16, "tiny", "fp32"), (32, "tiny", "fp32")]
     assert json.loads(out.read_text()) == r
     assert r[1]["step_GFLOPs"]["dense"] > 4 * r[0]["step_GFLOPs"]["dense"]  # 8× the voxels
+
+
+def test_traffic_counts_what_each_part_of_the_masked_step_moves_on_meta():
+    (r,) = resenc.main(["--traffic", "--crop", "32", "--size", "tiny", "--batch", "1", "--amp", "bf16"])
+    steps, parts = r["steps"], r["component_other_GB"]
+    assert r["dtype"] == "bfloat16" and set(parts) == set(resenc.COMPONENTS)
+    # the masked step moves more bytes outside its convolutions than the dense one; its densify adds 3³
+    # convolutions, nothing else adds FLOPs
+    assert steps["masked"]["other_GB"] > steps["dense"]["other_GB"] > 0
+    assert r["component_conv_GFLOPs"]["densify_and_tokens"] > 0
+    assert all(r["component_conv_GFLOPs"][p] == 0 for p in parts if p != "densify_and_tokens")
+    assert all(parts[p] > 0 for p in parts) and steps["masking_GB"] > 0
+    # the count is exact: the same step counts the same bytes twice
+    again = resenc.traffic(32, "tiny", 1, dtype=__import__("torch").bfloat16)
+    assert again["steps"]["masked"] == steps["masked"]
+
+
+@pytest.mark.slow  # eight steps timed
+def test_components_time_the_masked_step_without_each_part(tmp_path):
+    r = resenc.main(["--crop", "16", "--size", "tiny", "--batch", "1", "--repeats", "1", "--swvit", "none",
+                     "--device", "cpu", "--components"])[0]
+    assert set(r["component_s"]) == {*resenc.COMPONENTS, "masking", "masked_over_dense"}
+    assert {f"without_{p}" for p in resenc.COMPONENTS} <= set(r["median_s"])
+    assert r["step_GFLOPs"]["without_densify_and_tokens"] < r["step_GFLOPs"]["masked"]
