@@ -89,7 +89,7 @@ def test_the_rows_parse_and_append_to_benchmarks_md(dry_run, tmp_path):
 
 def test_every_gpu_test_file_is_found():
     files = gpu_test_files(REPO)
-    assert "tests/gpu/test_cuda_paths.py" in files and "tests/test_gpu.py" in files
+    assert "tests/gpu/test_cuda_paths.py" in files and "tests/gpu/test_training_paths.py" in files
     assert "tests/train/test_distributed.py" in files  # a parametrised CUDA case counts
     assert "tests/bench/test_gpu_check.py" not in files
 

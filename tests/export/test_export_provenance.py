@@ -20,6 +20,7 @@ from asa.eval.onnx_network import onnx_record  # noqa: E402
 from asa.io import load_checkpoint  # noqa: E402
 
 
+@pytest.mark.slow  # a pipeline: pretraining, fine-tuning and both exports
 def test_exports_carry_encoder_cohort_and_licence(tmp_path):
     pre = tmp_path / "pre"
     pretrain(compose_config("pretrain", [

@@ -65,6 +65,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if not (a.any() or b.any()) else 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
 
 
+@pytest.mark.slow  # a pipeline: fine-tuning, the export, nnU-Net's predictor and asa-predict
 @pytest.mark.parametrize("layout", ["brats", "msd"])
 def test_nnunet_predictor_agrees_with_asa_predict(tmp_path, layout):
     last = _finetune(tmp_path, layout, ["model=resenc", "model.size=tiny"])

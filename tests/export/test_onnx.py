@@ -39,6 +39,7 @@ def _run(tmp_path, model: list[str]):
     return root, run / "checkpoints" / "last.pt"
 
 
+@pytest.mark.slow  # a pipeline: fine-tuning, the export and both predictions, per network
 @pytest.mark.parametrize("arch", sorted(NETWORKS))
 def test_onnx_matches_torch_on_windows_and_cases(tmp_path, arch, capsys):
     root, last = _run(tmp_path, NETWORKS[arch])
@@ -83,6 +84,7 @@ def test_onnx_matches_torch_on_windows_and_cases(tmp_path, arch, capsys):
     assert "runs in onnxruntime on the CPU in fp32: device=cpu and amp=bfloat16 are not used" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a pipeline: fine-tuning and three exports
 def test_onnx_refuses_before_writing(tmp_path, monkeypatch):
     _, last = _run(tmp_path, NETWORKS["resenc"])
     folder = export_model(last, tmp_path / "encoder")  # a model folder of the encoder alone

@@ -15,6 +15,7 @@ import pytest
 
 pytest.importorskip("ants")
 pytest.importorskip("nilearn")
+pytestmark = pytest.mark.slow  # a pipeline: ANTs' N4 and registrations of every case
 
 from asa.cli.prepare import main  # noqa: E402
 from asa.data import discover, write_demo_dataset  # noqa: E402
