@@ -256,7 +256,7 @@ def pair_cost(n: int) -> float:
     owners = [f"c{i}" for i in range(n)]
     queries = {f"q{i}": {"t1": encode_fingerprint(table[i])} for i in range(n)}
     start = time.perf_counter()
-    found = _near(queries, owners, ["t1"] * n, table, NEAR_THRESHOLDS)
+    found = _near(queries, [(owners, ["t1"] * n, table)], NEAR_THRESHOLDS)
     seconds = time.perf_counter() - start
     if {q: set(v) for q, v in found.items()} != {f"q{i}": {f"c{i}"} for i in range(n)}:
         raise AssertionError("the pair comparison missed a copy or matched random fingerprints")

@@ -17,34 +17,40 @@ compares two lists of image files (or files with a recorded cohort).
 A weight file carries a cohort's summary (:func:`cohort_summary`: counts, one digest of the list, the name of the
 list's file), never the list: each case adds about 5.7 KB of digests and fingerprints, so OpenMind's 114k volumes
 would make a 650 MB safetensors header (refused above 100 MB). The list lives beside the file as ``cohort.json.gz``
-(:func:`write_cohort_list`); :func:`carried_cohort` reads it back, checks it against the summary's digest and says
-when it is missing (:class:`CohortListMissing`).
+(:func:`write_cohort_list`, one case per line); :func:`carried_cohort` reads it back as the cases are iterated
+(:class:`CohortCases`: a 10^5-case list is never held whole), checks it against the summary's digest and says when it
+is missing (:class:`CohortListMissing`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import gzip
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import shutil
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from asa.data.case import Case
-from asa.data.fingerprint import (FINGERPRINT, NEAR_THRESHOLDS, decode_fingerprint, encode_fingerprint,
+from asa.data.fingerprint import (FINGERPRINT, GRID, NEAR_THRESHOLDS, decode_fingerprint, encode_fingerprint,
                                   image_fingerprint, unit_fingerprints)
 from asa.data.layouts.pretrain import channel_of
 from asa.data.store_writer import worker_pool
-from asa.io.atomic import atomic_write_bytes
+from asa.io.atomic import atomic_path
 from asa.io.hub import COHORT_LIST
 
-__all__ = ["COHORT_FORMAT", "COHORT_LEVELS", "COHORT_LIST", "CohortListMissing", "DIGEST", "IDS_WITHHELD", "SEEN_PARTS",
-           "carried_cohort", "case_subject", "cohort_digest", "cohort_overlap", "cohort_record", "cohort_summary",
-           "describe_overlap", "export_cohort", "image_digests", "image_signatures", "near_duplicates", "overlap_line",
-           "ras_voxels", "read_cohort_list", "volume_digest", "volume_signature", "write_cohort_list"]
+__all__ = ["COHORT_FORMAT", "COHORT_LEVELS", "COHORT_LIST", "CohortCases", "CohortListMissing", "DIGEST",
+           "IDS_WITHHELD", "SEEN_PARTS", "carried_cohort", "case_subject", "check_carried_list", "cohort_digest",
+           "cohort_overlap", "cohort_record", "cohort_summary", "describe_overlap", "export_cohort", "image_digests",
+           "image_signatures", "keep_cohort_list", "near_duplicates", "overlap_line", "ras_voxels", "read_cohort_list",
+           "volume_digest", "volume_signature", "write_cohort_list"]
 
 COHORT_FORMAT = "asa.cohort"
 DIGEST = "sha256 of the RAS+ voxels as float32 with the grid shape (asa.data.cohort.volume_digest)"
@@ -147,14 +153,29 @@ def cohort_record(cases: Sequence[Case], parts: Mapping[str, Sequence[str]], *, 
                              "fingerprints": prints.get(c.id, {})} for c in chosen}}
 
 
+def _summary(cases: int, digests: list[str]) -> dict[str, Any]:
+    """:func:`cohort_digest` of ``cases`` seen cases whose image digests are ``digests`` (sorted here)."""
+    digests.sort()
+    return {"cases": cases, "images": len(digests),
+            "digest": "sha256:" + hashlib.sha256("\n".join(digests).encode()).hexdigest(), "of": DIGEST}
+
+
 def cohort_digest(cohort: Mapping[str, Any]) -> dict[str, Any]:
     """One digest of the whole seen cohort (the sha256 of its image digests, sorted, one per line) with its
     case and image counts: what a model card states so that a cohort can be compared without its list."""
     seen = set(cohort.get("seen_parts") or SEEN_PARTS)
-    members = [v for v in (cohort.get("cases") or {}).values() if v.get("part") in seen]
-    digests = sorted(d for v in members for d in (v.get("images") or {}).values())
-    return {"cases": len(members), "images": len(digests),
-            "digest": "sha256:" + hashlib.sha256("\n".join(digests).encode()).hexdigest(), "of": DIGEST}
+    cases = cohort.get("cases") or {}
+    if isinstance(cases, CohortCases) and frozenset(seen) in cases.digests:
+        return dict(cases.digests[frozenset(seen)])
+    count, digests = 0, []
+    for entry in cases.values():  # one case at a time: a list on disk is not held
+        if entry.get("part") in seen:
+            count += 1
+            digests.extend((entry.get("images") or {}).values())
+    found = _summary(count, digests)
+    if isinstance(cases, CohortCases):  # a list on disk is read once for its digest
+        cases.digests[frozenset(seen)] = dict(found)
+    return found
 
 
 def export_cohort(cohort: Mapping[str, Any], *, ids: bool = True) -> dict[str, Any]:
@@ -167,13 +188,22 @@ def export_cohort(cohort: Mapping[str, Any], *, ids: bool = True) -> dict[str, A
     seen = [str(p) for p in (cohort.get("seen_parts") or SEEN_PARTS)]
     prints = cohort.get("fingerprint") == FINGERPRINT
     ids = ids and cohort.get("ids") != IDS_WITHHELD
-    members = [(str(k), v) for k, v in (cohort.get("cases") or {}).items() if v.get("part") in seen]
-    cases = {(k if ids else f"case-{n:04d}"):
-             {"part": str(v.get("part")), **({"subject": str(v.get("subject") or k)} if ids else {}),
-              "images": {str(ch): str(d) for ch, d in (v.get("images") or {}).items()},
-              **({"fingerprints": {str(ch): str(f) for ch, f in (v.get("fingerprints") or {}).items()}}
-                 if prints else {})}
-             for n, (k, v) in enumerate(members, start=1)}
+
+    def exported(items: Iterable[tuple[str, Mapping[str, Any]]]) -> Iterator[tuple[str, dict[str, Any]]]:
+        members = ((str(k), v) for k, v in items if v.get("part") in seen)
+        for n, (k, v) in enumerate(members, start=1):
+            yield (k if ids else f"case-{n:04d}"), {
+                "part": str(v.get("part")), **({"subject": str(v.get("subject") or k)} if ids else {}),
+                "images": {str(ch): str(d) for ch, d in (v.get("images") or {}).items()},
+                **({"fingerprints": {str(ch): str(f) for ch, f in (v.get("fingerprints") or {}).items()}}
+                   if prints else {})}
+
+    source = cohort.get("cases") or {}
+    if isinstance(source, CohortCases):  # a list on disk stays there: its export is read as it is iterated
+        cases = source.then(exported)
+        cases.digests.update(source.digests)  # the seen cases and their images are the list's: so is the digest
+    else:
+        cases = dict(exported(source.items()))
     return {"format": COHORT_FORMAT, "digest": DIGEST, **({"fingerprint": FINGERPRINT} if prints else {}),
             **({} if ids else {"ids": IDS_WITHHELD}), "seen_parts": seen, "cases": cases}
 
@@ -196,31 +226,204 @@ def cohort_summary(cohort: Mapping[str, Any]) -> dict[str, Any]:
             "summary": cohort_digest(cohort), "list": COHORT_LIST}
 
 
+_CASES_OPEN = '"cases":{\n'  # the end of a list's first line: one case per line follows, then "}}"
+_HEADER_LIMIT = 1 << 20  # characters of a list's first line looked at for that ending
+
+
 def write_cohort_list(folder: str | os.PathLike, cohort: Mapping[str, Any], name: str = COHORT_LIST) -> Path:
     """Write the cohort record ``cohort`` into ``folder`` as gzipped JSON (``name``, atomically; gzip level 1 and no
-    time stamp, so the same cohort gives the same bytes): about 1.5 KB per case with fingerprints, 0.1 KB without."""
-    text = json.dumps(cohort, separators=(",", ":")).encode()
-    return atomic_write_bytes(Path(folder) / name, gzip.compress(text, compresslevel=1, mtime=0))
+    time stamp, so the same cohort gives the same bytes): about 1.5 KB per case with fingerprints, 0.1 KB without.
+    One JSON document laid out one case per line (its other keys on the first line, ``"cases"`` last), so that
+    :class:`CohortCases` reads it a case at a time; the cases are written as they are iterated (a list on disk is
+    never held whole)."""
+    path = Path(folder) / name
+    header = json.dumps({k: v for k, v in cohort.items() if k != "cases"}, separators=(",", ":"))
+    with atomic_path(path, suffix=".gz") as tmp, open(tmp, "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=1, mtime=0) as out:
+        out.write((header[:-1] + ("," if header != "{}" else "") + _CASES_OPEN).encode())
+        lead = ""
+        for key, entry in (cohort.get("cases") or {}).items():
+            out.write(f"{lead}{json.dumps(str(key))}:{json.dumps(entry, separators=(',', ':'))}".encode())
+            lead = ",\n"
+        out.write(b"\n}}\n")
+    return path
 
 
-def read_cohort_list(path: str | os.PathLike) -> dict[str, Any]:
-    """The cohort record of a list written by :func:`write_cohort_list`; refused (ValueError naming the file) when
-    it is not gzipped JSON of a cohort record."""
+def _unreadable(path: Path, err: Exception) -> ValueError:
+    return ValueError(f"{path}: not a readable cohort list (gzipped JSON, as asa writes it): {err}")
+
+
+def _stream(path: Path) -> tuple[dict[str, Any], Iterator[tuple[str, dict[str, Any]]] | None]:
+    """(the list's keys but ``cases``, its cases one at a time), or (the whole record, None) for a list that is not
+    laid out one case per line (written by an older asa: read whole)."""
     try:
-        record = json.loads(gzip.decompress(Path(path).read_bytes()))
-    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable cohort list (gzipped JSON, as asa writes it): {err}") from err
-    if not isinstance(record, dict) or not isinstance(record.get("cases"), dict):
-        raise ValueError(f"{path}: not a cohort list (expected {{'format': {COHORT_FORMAT!r}, 'cases': {{...}}}})")
-    return record
+        handle = gzip.open(path, "rt", encoding="utf-8")
+        first = handle.readline(_HEADER_LIMIT)  # an older list is one line: not read twice whole
+        if not first.endswith(_CASES_OPEN):
+            handle.close()
+            record = json.loads(gzip.decompress(path.read_bytes()))
+            if not isinstance(record, dict) or not isinstance(record.get("cases"), dict):
+                raise ValueError(f"{path}: not a cohort list (expected {{'format': {COHORT_FORMAT!r}, "
+                                 "'cases': {...}})")
+            return record, None
+        text = first[:-len(_CASES_OPEN)]
+        header = json.loads(text[:-1] + "}" if text.endswith(",") else text + "}")
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _unreadable(path, err) from err
+
+    def cases() -> Iterator[tuple[str, dict[str, Any]]]:
+        with handle:
+            try:
+                for line in handle:
+                    line = line.rstrip("\n")
+                    if line == "}}":
+                        return
+                    if not line:  # the list of no case
+                        continue
+                    key, entry = next(iter(json.loads("{" + line.rstrip(",") + "}").items()))
+                    yield key, entry
+            except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError, StopIteration) as err:
+                raise _unreadable(path, err) from err
+        raise _unreadable(path, EOFError("the list ends before its last case"))
+
+    return header, cases()
 
 
-def carried_cohort(state: Mapping[str, Any], where: str,
-                   beside: str | os.PathLike | None = None) -> dict[str, Any] | None:
-    """The cohort an encoder export or checkpoint carries, None when it carries none: its list, read from the
-    file its summary names (:func:`cohort_summary`) in the folder ``beside`` (the weight file's own, or the model
-    folder) and checked against the summary's digest; or the list itself, as files written before the summary carry
-    it (:func:`export_cohort`). Raises :class:`CohortListMissing` (naming ``where`` and the list's path) when the
+_FILE_DIGESTS: dict[tuple, dict[frozenset[str], dict[str, Any]]] = {}  # a list file as it is -> its digests
+
+
+def _identity(path: Path) -> tuple:
+    """A file as it is now (path, inode, size, modification time): its digests hold while this does."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return (str(path),)
+    return str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+class CohortCases(Mapping):
+    """The ``cases`` of a cohort list on disk (:func:`write_cohort_list`), read from the file each time they are
+    iterated, a case at a time: a list of 10^5 cases (about 150 MB gzipped, 570 MB of JSON) is never held whole.
+    Looking one case up reads the list up to it; :func:`cohort_overlap` and :func:`cohort_digest` read it once.
+    ``then``: the same cases passed through a generator of (id, entry) pairs (:func:`export_cohort`'s)."""
+
+    def __init__(self, path: str | os.PathLike,
+                 step: Callable[[Iterable[tuple[str, Any]]], Iterator[tuple[str, Any]]] | None = None) -> None:
+        self.path, self._step, self._len = Path(path), step, None
+        self.identity = _identity(self.path)
+        # cohort_digest's, per set of seen parts: of the file as it is now, for every reader in this process (a
+        # fine-tuning run's check and its copy of the list read it once), or of this view alone
+        self.digests: dict[frozenset[str], dict[str, Any]] = \
+            _FILE_DIGESTS.setdefault(self.identity, {}) if step is None else {}
+
+    def plain(self) -> bool:
+        """Whether these are the file's own cases (no ``then``) laid out one case per line, as asa writes lists."""
+        if self._step is not None:
+            return False
+        try:
+            with gzip.open(self.path, "rt", encoding="utf-8") as handle:
+                return handle.readline(_HEADER_LIMIT).endswith(_CASES_OPEN)
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError):
+            return False
+
+    def then(self, step: Callable[[Iterable[tuple[str, Any]]], Iterator[tuple[str, Any]]]) -> CohortCases:
+        first = self._step
+        return CohortCases(self.path, step if first is None else (lambda items: step(first(items))))
+
+    def items(self) -> Iterable[tuple[str, dict[str, Any]]]:  # type: ignore[override]
+        return _Pass(self)
+
+    def values(self) -> Iterable[dict[str, Any]]:  # type: ignore[override]
+        return (entry for _, entry in self.items())
+
+    def _pairs(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        header, cases = _stream(self.path)
+        pairs = cases if cases is not None else iter(header["cases"].items())
+        return self._step(pairs) if self._step is not None else pairs
+
+    def __iter__(self) -> Iterator[str]:
+        return (key for key, _ in self._pairs())
+
+    def __bool__(self) -> bool:  # not a read of the list (``cases or {}``)
+        return True
+
+    def __len__(self) -> int:
+        if self._len is None:
+            self._len = sum(1 for _ in self._pairs())
+        return self._len
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        for found, entry in self._pairs():
+            if found == key:
+                return entry
+        raise KeyError(key)
+
+
+class _Pass:
+    """``CohortCases.items()``: iterable more than once, each time one read of the list."""
+
+    def __init__(self, cases: CohortCases) -> None:
+        self._cases = cases
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        return self._cases._pairs()
+
+
+def read_cohort_list(path: str | os.PathLike, *, lazy: bool = False) -> dict[str, Any]:
+    """The cohort record of a list written by :func:`write_cohort_list`; refused (ValueError naming the file) when
+    it is not gzipped JSON of a cohort record. ``lazy``: its ``cases`` a :class:`CohortCases`, read as they are
+    iterated (a list written by an older asa, not one case per line, is read whole all the same)."""
+    path = Path(path)
+    header, cases = _stream(path)
+    if cases is None:
+        return header
+    if lazy:
+        cases.close()
+        return {**header, "cases": CohortCases(path)}
+    return {**header, "cases": dict(cases)}
+
+
+def keep_cohort_list(cohort: Mapping[str, Any], folder: str | os.PathLike, name: str = COHORT_LIST
+                     ) -> tuple[Path, dict[str, Any]]:
+    """Write what an export carries of ``cohort`` (:func:`export_cohort`, ids kept) into ``folder`` as ``name``
+    (:func:`write_cohort_list`) and return (the file, its :func:`cohort_digest`), the digest taken as the cases
+    are written: one read of a list on disk. A list asa wrote (one case per line: its cases are an export's
+    already) is copied byte for byte and the copy read once for its digest."""
+    source = cohort.get("cases")
+    if isinstance(source, CohortCases) and source.plain():  # a list asa wrote one case per line: copied as it is
+        path = Path(folder) / name
+        seen = {"seen_parts": cohort.get("seen_parts")}
+        with atomic_path(path, suffix=".gz") as tmp:
+            shutil.copyfile(source.path, tmp)
+            if _identity(source.path) == source.identity:  # the file that was read: its digest, if taken
+                found = cohort_digest({**seen, "cases": source})
+            else:
+                found = cohort_digest({**seen, "cases": CohortCases(tmp)})
+        return path, found
+    kept = export_cohort(cohort)
+    digests: list[str] = []
+    count = 0
+
+    def noted(items: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+        nonlocal count
+        for key, entry in items:
+            count += 1
+            digests.extend((entry.get("images") or {}).values())
+            yield key, entry
+
+    cases = kept["cases"]
+    kept["cases"] = cases.then(noted) if isinstance(cases, CohortCases) else dict(noted(cases.items()))
+    path = write_cohort_list(folder, kept, name)
+    return path, _summary(count, digests)
+
+
+def carried_cohort(state: Mapping[str, Any], where: str, beside: str | os.PathLike | None = None, *,
+                   verify: bool = True) -> dict[str, Any] | None:
+    """The cohort an encoder export or checkpoint carries, None when it carries none: its list, from the file its
+    summary names (:func:`cohort_summary`) in the folder ``beside`` (the weight file's own, or the model folder),
+    its cases read as they are iterated (:class:`CohortCases`) and, with ``verify``, checked against the summary's
+    digest (one read of the list); or the list itself, as files written before the summary carry it
+    (:func:`export_cohort`). Raises :class:`CohortListMissing` (naming ``where`` and the list's path) when the
     list is not there; refuses, naming ``where``, a cohort of another format or digest (its digests would match
     nothing) and a list whose digest is not the summary's (another export's)."""
     cohort = state.get("cohort")
@@ -243,29 +446,60 @@ def carried_cohort(state: Mapping[str, Any], where: str,
         raise CohortListMissing(
             f"{where} states a pretraining cohort of {summary.get('cases')} cases (digest {summary.get('digest')}) "
             f"whose list {name} is not beside it ({path}): copy {name} from where the file came from")
-    listed = read_cohort_list(path)
-    found = cohort_digest(listed)
-    if found["digest"] != summary.get("digest"):
-        raise ValueError(f"{path}: the list of another cohort ({found['cases']} cases, digest {found['digest']}); "
-                         f"{where} states {summary.get('cases')} cases, digest {summary.get('digest')}")
+    listed = read_cohort_list(path, lazy=True)
+    if verify:
+        check_carried_list(state, listed, where)
     return listed
 
 
-def _cohort_prints(members: Mapping[str, Any]) -> tuple[list[str], list[str | None], np.ndarray]:
-    """(cohort case of each row, its contrast, [n, GRID^3] int8) of the recorded fingerprints of ``members``; the
-    contrast is what the image's channel name means (`asa.data.layouts.pretrain.channel_of`: t1, t1ce, t2, flair),
-    None when it names none of them."""
-    owners, contrasts, rows = [], [], []
-    for case_id, entry in members.items():
+def check_carried_list(state: Mapping[str, Any], listed: Mapping[str, Any], where: str) -> None:
+    """Refuse (ValueError naming the list and ``where``) a list read beside a weight file (:func:`carried_cohort`
+    with ``verify=False``) whose digest is not the one the file's summary states; no read of the list when its
+    digest was taken already (:func:`cohort_overlap` takes it on its way)."""
+    cohort = state.get("cohort") or {}
+    if not isinstance(cohort.get("summary"), Mapping):
+        return  # the list itself, carried in the file
+    summary, found = cohort["summary"], cohort_digest(listed)
+    if found["digest"] != summary.get("digest"):
+        cases = listed.get("cases")
+        name = cases.path if isinstance(cases, CohortCases) else cohort.get("list") or COHORT_LIST
+        raise ValueError(f"{name}: the list of another cohort ({found['cases']} cases, digest {found['digest']}); "
+                         f"{where} states {summary.get('cases')} cases, digest {summary.get('digest')}")
+
+
+def _cohort_prints(members: Iterable[tuple[str, Mapping[str, Any]]], chunk: int | None = None
+                   ) -> Iterator[tuple[list[str], list[str | None], np.ndarray]]:
+    """(cohort case of each row, its contrast, [n, GRID^3] int8) of the recorded fingerprints of ``members`` ((case
+    id, entry) pairs), ``chunk`` rows at a time (None: all in one): a cohort of 10^5 images is scored a chunk at a time,
+    never held whole. The contrast is what the image's channel name means (`asa.data.layouts.pretrain.channel_of`:
+    t1, t1ce, t2, flair), None when it names none of them."""
+    owners: list[str] = []
+    contrasts: list[str | None] = []
+    rows = bytearray()
+    size = GRID**3
+    for case_id, entry in members:
         for channel, text in (entry.get("fingerprints") or {}).items():
             if text:
+                if not isinstance(text, str) or not text.startswith("b64:"):
+                    decode_fingerprint(text)  # refused, naming what was expected
+                try:
+                    raw = base64.b64decode(text[4:])
+                except binascii.Error:
+                    raw = b""
+                if len(raw) != size:
+                    decode_fingerprint(text)
                 owners.append(case_id)
                 contrasts.append(channel_of(channel))
-                rows.append(decode_fingerprint(text))
-    return owners, contrasts, (np.stack(rows) if rows else np.zeros((0, 1), dtype=np.int8))
+                rows += raw
+                if chunk is not None and len(owners) == chunk:
+                    yield owners, contrasts, np.frombuffer(bytes(rows), dtype=np.int8).reshape(-1, size)
+                    owners, contrasts, rows = [], [], bytearray()
+    if owners or chunk is None:
+        yield owners, contrasts, np.frombuffer(bytes(rows), dtype=np.int8).reshape(-1, size)
 
 
 NEAR_BLOCK = 1024  # query fingerprints scored per matrix product: [1024, R] float32 scores, 40 MB at R = 10^4
+COHORT_BLOCK = 8192  # cohort fingerprints read and normalised at a time: [8192, 4096] float32, 134 MB
 
 
 def _pair_thresholds(queries: Sequence[str | None], references: Sequence[str | None],
@@ -283,14 +517,15 @@ def _pair_thresholds(queries: Sequence[str | None], references: Sequence[str | N
     return np.where((q[:, None] < 0) | (r[None, :] < 0), strictest, same).astype(np.float32)
 
 
-def _near(prints: Mapping[str, Mapping[str, str]], owners: list[str], contrasts: list[str | None], table: np.ndarray,
+def _near(prints: Mapping[str, Mapping[str, str]],
+          chunks: Iterable[tuple[list[str], list[str | None], np.ndarray]],
           thresholds: Mapping[str, float | None]) -> dict[str, dict[str, tuple[float, str]]]:
     """Query case -> {cohort case: (its best score, the contrast it was scored in)}, those at or above the pair's
     threshold (:func:`_pair_thresholds`: an image is compared with the cohort's images of its own contrast, at that
-    contrast's threshold) for every query's fingerprints ``prints`` (case -> channel -> text) against the cohort
-    ``table`` (rows owned by ``owners``, of ``contrasts``): the table normalised once, the queries scored
-    ``NEAR_BLOCK`` at a time in one matrix product each, and only the pairs at or above their threshold looked at one
-    by one (all pairs of 10^4 x 10^4 in seconds, BENCHMARKS.md)."""
+    contrast's threshold) for every query's fingerprints ``prints`` (case -> channel -> text) against the cohort's,
+    given as ``chunks`` of (owners, contrasts, int8 table) (:func:`_cohort_prints`): each chunk normalised once, the
+    queries scored ``NEAR_BLOCK`` at a time in one matrix product each, and only the pairs at or above their threshold
+    looked at one by one (all pairs of 10^4 x 10^4 in seconds, BENCHMARKS.md)."""
     whose, kinds, rows = [], [], []
     for case, chans in prints.items():
         for channel, text in chans.items():
@@ -299,17 +534,24 @@ def _near(prints: Mapping[str, Mapping[str, str]], owners: list[str], contrasts:
                 kinds.append(channel_of(channel))
                 rows.append(decode_fingerprint(text))
     best: dict[str, dict[str, tuple[float, str]]] = {}
-    if not rows or not owners:
+    if not rows:
         return best
-    reference = unit_fingerprints(table)
-    for start in range(0, len(rows), NEAR_BLOCK):
-        stop = start + NEAR_BLOCK
-        scores = unit_fingerprints(np.stack(rows[start:stop])) @ reference.T
-        for q, r in zip(*np.nonzero(scores >= _pair_thresholds(kinds[start:stop], contrasts, thresholds))):
-            found = best.setdefault(whose[start + q], {})
-            score = round(float(scores[q, r]), 4)
-            if score > found.get(owners[r], (-1.0, ""))[0]:
-                found[owners[r]] = (score, kinds[start + q] or contrasts[r] or "any")
+    queries = [(start, unit_fingerprints(np.stack(rows[start:start + NEAR_BLOCK])))
+               for start in range(0, len(rows), NEAR_BLOCK)]
+    for owners, contrasts, table in chunks:
+        if not owners:
+            continue
+        reference = table.astype(np.float32)
+        # the chunk's norms, not its unit vectors: one pass over it, the same scores as unit_fingerprints'
+        norms = np.maximum(np.sqrt(np.einsum("ij,ij->i", reference, reference)), 1e-6)
+        for start, query in queries:
+            scores = (query @ reference.T) / norms
+            kind = kinds[start:start + NEAR_BLOCK]
+            for q, r in zip(*np.nonzero(scores >= _pair_thresholds(kind, contrasts, thresholds))):
+                found = best.setdefault(whose[start + q], {})
+                score = round(float(scores[q, r]), 4)
+                if score > found.get(owners[r], (-1.0, ""))[0]:
+                    found[owners[r]] = (score, kinds[start + q] or contrasts[r] or "any")
     return best
 
 
@@ -332,27 +574,56 @@ def cohort_overlap(cohort: Mapping[str, Any], subsets: Mapping[str, Sequence[Cas
     ``digests`` and ``fingerprints``: the cases' signatures when already read (:func:`image_signatures`), so that
     several cohorts are compared with one reading."""
     seen = set(seen_parts or cohort.get("seen_parts") or SEEN_PARTS)
-    members = {k: v for k, v in (cohort.get("cases") or {}).items() if v.get("part") in seen}
-    by_subject: dict[str, list[str]] = {}
-    by_digest: dict[str, list[str]] = {}
-    for case_id, entry in members.items():
-        by_subject.setdefault(str(entry.get("subject") or case_id), []).append(case_id)
-        for value in (entry.get("images") or {}).values():
-            by_digest.setdefault(value, []).append(case_id)
     near_checked = cohort.get("fingerprint") == FINGERPRINT
     ids_checked = cohort.get("ids") != IDS_WITHHELD  # opaque keys name no case or subject of the query's data
-    owners, contrasts, table = _cohort_prints(members) if near_checked else ([], [], None)
-    report: dict[str, Any] = {}
+    signatures = {}  # every subset's images read first, so that the cohort is read once, whatever its size
     for name, cases in subsets.items():
         if digests is None:
-            read, prints = image_signatures(cases, workers=workers) if near_checked else \
+            signatures[name] = image_signatures(cases, workers=workers) if near_checked else \
                 (image_digests(cases, workers=workers), {})
         else:
-            read, prints = digests, (fingerprints or {})
-        near_scores = _near({c.id: prints.get(c.id, {}) for c in cases}, owners, contrasts, table, thresholds)
-        ids = [{"case": c.id, "matches": [c.id]} for c in cases if ids_checked and c.id in members]
+            signatures[name] = digests, (fingerprints or {})
+    wanted_ids = {c.id for cases in subsets.values() for c in cases} if ids_checked else set()
+    wanted_subjects = {case_subject(c) for cases in subsets.values() for c in cases} if ids_checked else set()
+    wanted_digests = {d for name, cases in subsets.items() for c in cases
+                      for d in signatures[name][0].get(c.id, {}).values()}
+    in_cohort: set[str] = set()
+    by_subject: dict[str, list[str]] = {}  # of the queries' subjects and digests only: a cohort's size costs no memory
+    by_digest: dict[str, list[str]] = {}
+
+    count, listed = 0, []  # the cohort's digest, taken on the way (a list on disk is not read again for it)
+
+    def noted(pairs: Iterable[tuple[str, Mapping[str, Any]]]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+        nonlocal count
+        for case_id, entry in pairs:
+            if entry.get("part") not in seen:
+                continue
+            count += 1
+            listed.extend((entry.get("images") or {}).values())
+            if case_id in wanted_ids:
+                in_cohort.add(case_id)
+            subject = str(entry.get("subject") or case_id)
+            if subject in wanted_subjects:
+                by_subject.setdefault(subject, []).append(case_id)
+            for value in (entry.get("images") or {}).values():
+                if value in wanted_digests:
+                    by_digest.setdefault(value, []).append(case_id)
+            yield case_id, entry
+
+    members = noted((cohort.get("cases") or {}).items())
+    queries = {c.id: signatures[name][1].get(c.id, {}) for name, cases in subsets.items() for c in cases}
+    near_scores = (_near(queries, _cohort_prints(members, COHORT_BLOCK), thresholds)
+                   if near_checked and any(any(p.values()) for p in queries.values()) else {})
+    for _ in members:  # the cohort read to its end (its fingerprints were not needed)
+        pass
+    if isinstance(cohort.get("cases"), CohortCases):
+        cohort["cases"].digests[frozenset(seen)] = _summary(count, listed)
+    report: dict[str, Any] = {}
+    for name, cases in subsets.items():
+        read, prints = signatures[name]
+        ids = [{"case": c.id, "matches": [c.id]} for c in cases if c.id in in_cohort]
         subjects = [{"case": c.id, "matches": sorted(by_subject[case_subject(c)])} for c in cases
-                    if ids_checked and case_subject(c) in by_subject]
+                    if case_subject(c) in by_subject]
         content, near = [], []
         for c in cases:
             hits = sorted({m for d in read.get(c.id, {}).values() for m in by_digest.get(d, [])})
@@ -397,12 +668,11 @@ def near_duplicates(queries: Mapping[str, str | os.PathLike] | Sequence[str | os
     else:
         r_digests, r_prints = image_signatures(as_cases(references), workers=workers)
         members = {k: {"images": r_digests[k], "fingerprints": r_prints.get(k, {})} for k in r_digests}
-    owners, contrasts, table = _cohort_prints(members)
     by_digest: dict[str, set[str]] = {}
     for case_id, entry in members.items():
         for value in (entry.get("images") or {}).values():
             by_digest.setdefault(value, set()).add(case_id)
-    near_scores = _near(q_prints, owners, contrasts, table, thresholds)
+    near_scores = _near(q_prints, _cohort_prints(members.items(), COHORT_BLOCK), thresholds)
     out = []
     for query, chans in q_digests.items():
         exact = {m for d in chans.values() for m in by_digest.get(d, ())}

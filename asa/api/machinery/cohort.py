@@ -29,9 +29,9 @@ from asa.api.machinery.dataset import dataset_root, on_main_then_share
 from asa.api.machinery.run import OptionError
 from asa.data import discover
 from asa.data.case import Case
-from asa.data.cohort import (COHORT_FORMAT, DIGEST, CohortListMissing, carried_cohort, cohort_digest, cohort_overlap,
-                             cohort_record, export_cohort, image_signatures, overlap_line, read_cohort_list,
-                             write_cohort_list)
+from asa.data.cohort import (COHORT_FORMAT, DIGEST, CohortListMissing, carried_cohort, check_carried_list,
+                             cohort_digest, cohort_overlap, cohort_record, export_cohort, image_signatures,
+                             keep_cohort_list, overlap_line, read_cohort_list)
 from asa.data.fingerprint import FINGERPRINT
 from asa.io import atomic_write_json
 from asa.io.hub import HUB_PREFIX, resolve_hub_id
@@ -106,7 +106,7 @@ def recorded_cohort(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(checkpoint).expanduser()
     run = path.parent.parent if path.parent.name == "checkpoints" else None
     if run is not None and (run / ENCODER_COHORT_FILE).is_file() and not (run / COHORT_FILE).is_file():
-        return export_cohort(read_cohort_list(run / ENCODER_COHORT_FILE))
+        return export_cohort(read_cohort_list(run / ENCODER_COHORT_FILE, lazy=True))
     if run is None or not (run / COHORT_FILE).is_file():
         return None
     try:
@@ -143,8 +143,9 @@ def check_pretraining_overlap(pretrained: str | os.PathLike, splits: dict[str, S
     carries no cohort or its list is not beside it (said in the line: nothing was checked)."""
     env = env or DistEnv()
     state = load_weights(pretrained)
-    try:
-        cohort = carried_cohort(state, f"model.pretrained={pretrained}", weights_folder(pretrained))
+    where = f"model.pretrained={pretrained}"
+    try:  # the list is checked against the file's summary on rank 0, on the overlap's own read of it (below)
+        cohort = carried_cohort(state, where, weights_folder(pretrained), verify=False)
     except CohortListMissing as err:
         if env.is_main:
             print(f"[asa] pretraining cohort: {err}; the validation and test cases were not checked against it",
@@ -161,11 +162,17 @@ def check_pretraining_overlap(pretrained: str | os.PathLike, splits: dict[str, S
                   f"validation and test cases were not checked against it ({how})", flush=True)
         return None
     subsets = {name: list(splits.get(name) or []) for name in ("val", "test")}
-    report = on_main_then_share(lambda: cohort_overlap(cohort, subsets, workers=workers), env)
+
+    def check() -> tuple[dict[str, Any], dict[str, Any]]:
+        found = cohort_overlap(cohort, subsets, workers=workers)
+        check_carried_list(state, cohort, where)
+        return found, cohort_digest(cohort)  # both taken on the one read of the list
+
+    report, digest = on_main_then_share(check, env)
     if env.is_main:
         print(f"[asa] pretraining cohort: {overlap_line(report)}", flush=True)
     test, n_test = report["test"]["overlapping"], report["test"]["n"]
-    report = {"pretrained": str(pretrained), "cohort": cohort_digest(cohort), "subsets": report,
+    report = {"pretrained": str(pretrained), "cohort": digest, "subsets": report,
               "accepted": bool(test) and bool(accept)}  # test cases of the cohort kept, with ACCEPT_OPTION
     if test and not accept:
         raise OptionError(f"model.pretrained={pretrained}: {len(test)} of the {n_test} test case(s) "
@@ -213,15 +220,19 @@ def write_overlap(out_dir: str | os.PathLike, report: dict[str, Any]) -> Path:
     """Keep a fine-tuning run's overlap report (:func:`check_pretraining_overlap`) as ``pretraining_overlap.json``
     beside its ``splits.json``, where asa-evaluate finds it, and the list of the encoder's cohort as
     ``pretraining_cohort.json.gz`` (read again from the encoder file), which asa-export of the run's checkpoints
-    carries on (:func:`recorded_cohort`), so that a second fine-tuning or a probe of the exported folder is checked."""
+    carries on (:func:`recorded_cohort`), so that a second fine-tuning or a probe of the exported folder is checked.
+    The list is copied as it is read (one read, whatever its size) and kept only when its digest is the checked one's."""
+    pretrained = report["pretrained"]
     try:
-        cohort = encoder_cohort(report["pretrained"], option="model.pretrained")
+        cohort = carried_cohort(load_weights(pretrained), f"model.pretrained={pretrained}", weights_folder(pretrained),
+                                verify=False)  # the copy's digest is compared below
+        if cohort is not None:
+            path, found = keep_cohort_list(cohort, out_dir, ENCODER_COHORT_FILE)
+            if found["digest"] != (report.get("cohort") or {}).get("digest"):
+                path.unlink()
     except (CohortListMissing, ValueError, OSError) as err:  # moved since the check: the report is kept all the same
         print(f"[asa] warning: the encoder's cohort list was not kept in {out_dir} ({err}); an export of this run "
               "carries no cohort", file=sys.stderr, flush=True)
-        cohort = None
-    if cohort is not None and cohort_digest(cohort)["digest"] == (report.get("cohort") or {}).get("digest"):
-        write_cohort_list(out_dir, export_cohort(cohort), ENCODER_COHORT_FILE)
     return atomic_write_json(Path(out_dir) / OVERLAP_FILE, report)
 
 
