@@ -8,10 +8,12 @@ takes as is. ``asa.load_encoder(OUT_DIR)`` and ``asa-finetune model.pretrained=O
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import asa
 from asa.api.machinery.card import folder_licence, git_commit, model_card, model_config, provenance, segmenter_card
 from asa.api.machinery.cohort import recorded_cohort, weights_folder
 from asa.api.configuration.compat import current_config
-from asa.api.machinery.rundir import check_writable
+from asa.api.machinery.rundir import RunDirError, check_writable
 from asa.api.machinery.run import refusing
 from asa.data.cohort import (COHORT_LEVELS, IDS_WITHHELD, CohortListMissing, carried_cohort, cohort_digest,
                              cohort_summary, export_cohort, write_cohort_list)
@@ -29,7 +31,8 @@ from asa.io.atomic import atomic_write_bytes
 from asa.models import load_weights
 from asa.io.hub import (COHORT_LIST, FOLDER_FILES, NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS, NNUNET_WEIGHTS, OPTIONAL_FILES,
                         SEGMENTER_FILE)
-from asa.api.machinery.nnunet_results import RESULTS_FILES, nnunet_results, results_card, write_nnunet_results
+from asa.api.machinery.nnunet_results import (DATASET_ID, RESULTS_FILES, check_dataset, check_spacing, nnunet_results,
+                                              results_card, write_nnunet_results)
 from asa.api.machinery.onnx_export import (ONNX_FILE, OnnxExport, export_onnx, onnx_alone_card, onnx_card,
                                   write_onnx_folder)
 from asa.models.exports.nnssl import nnssl_checkpoint
@@ -50,7 +53,9 @@ FORMATS = ("hub", "onnx", "nnunet-results")  # asa-export --format
 def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False,
                  license: str | None = None, nnunet_channels: int | None = None,
                  nnunet_plans: str | os.PathLike | None = None, cohort: str | None = None,
-                 base_model: str | None = None, datasets: Sequence[str] = (), format: str = "hub") -> Path:
+                 base_model: str | None = None, datasets: Sequence[str] = (), format: str = "hub",
+                 dataset_id: int | None = None, dataset_name: str | None = None,
+                 spacing: Sequence[float] | None = None) -> Path:
     """Write the hub-ready model folder of ``checkpoint`` to ``out_dir``; returns ``out_dir``.
 
     Args:
@@ -81,6 +86,11 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
             nnU-Net v2 results folder of the segmenter that nnU-Net's own predictor runs
             (`asa.api.machinery.nnunet_results`). Both carry the card's provenance (:func:`provenance`) and refuse a
             network they cannot represent, naming it, before anything is written.
+        dataset_id: ``nnunet-results``: the plans' ``Dataset<id>`` (1..999; None: 975), which ``nnUNetv2_predict -d``
+            finds in ``$nnUNet_results``: two models need two ids.
+        dataset_name: ``nnunet-results``: what follows ``Dataset<id>_`` (None: ``asa_<task>``).
+        spacing: ``nnunet-results``: the plans' voxel size in mm (one edge or three, RAS order) for a checkpoint
+            fine-tuned before asa-finetune recorded its training cases' median spacing (None: the recorded one).
 
     A fine-tuning checkpoint also gives ``segmenter.pt``, the whole network (weights, spec, run config) that
     ``asa-predict checkpoint=OUT_DIR`` uses, and the card names its task, training data, the metrics of
@@ -105,8 +115,18 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         if format == "nnunet-results" and (nnunet_plans is not None or nnunet_channels is not None):
             raise ValueError("--nnunet-plans / --nnunet-channels shape the encoder's nnU-Net files of the model "
                              "folder; --format nnunet-results writes the whole segmenter's results folder instead")
+        results_options = [name for name, value in (("--dataset-id", dataset_id), ("--dataset-name", dataset_name),
+                                                    ("--spacing", spacing)) if value is not None]
+        if format != "nnunet-results" and results_options:
+            raise ValueError(f"{' / '.join(results_options)}: options of --format nnunet-results (the nnU-Net results "
+                             f"folder's dataset and plans), not of --format {format}")
+        if format == "nnunet-results":
+            check_dataset(DATASET_ID if dataset_id is None else dataset_id, dataset_name)
+            spacing = None if spacing is None else check_spacing(spacing)
         held = _held(out, overwrite=overwrite, format=format)
         check_writable(out, "OUT_DIR")  # as the training and prediction jobs refuse their output folders
+        if out.is_dir():  # the files are written beside it first, then renamed into it: its folder is written too
+            _check_beside(out)
         if cohort is not None and cohort not in COHORT_LEVELS:
             raise ValueError(f"--cohort {cohort!r}: expected one of {', '.join(COHORT_LEVELS)}")
         if license is not None and (not license or any(c.isspace() for c in license)):
@@ -175,7 +195,8 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
             card += onnx_card(onnx.record)
         elif format == "nnunet-results":
             results = nnunet_results(segmenter, provenance=provenance(config, segmenter["config"]),
-                                     source=str(source))
+                                     source=str(source), dataset_name=dataset_name, spacing=spacing,
+                                     dataset_id=DATASET_ID if dataset_id is None else dataset_id)
             card = results_card(results, config.get("metrics"))  # the folder holds nnU-Net's files, not asa's
     if held:  # --overwrite: the previous export's files go aside, nothing is deleted
         aside = _move_aside(out, held)
@@ -310,12 +331,33 @@ def _held(out: Path, *, overwrite: bool, format: str = "hub") -> list[str]:
     if foreign:
         shown = ", ".join(foreign[:6]) + (f", ... ({len(foreign)} entries)" if len(foreign) > 6 else "")
         raise ValueError(f"output folder {out} holds files asa-export did not write ({shown}); nothing was written "
-                         f"or moved: choose a new or empty folder (--overwrite replaces only an earlier export's "
-                         f"{', '.join(FOLDER_FILES)})")
+                         f"or moved: choose a new or empty folder (--overwrite replaces only an earlier --format "
+                         f"{format} export's {', '.join(RESULTS_FILES if format == 'nnunet-results' else _files(format))})")
     if held and not overwrite:
         raise ValueError(f"output folder {out} holds an earlier export ({', '.join(held)}); choose another or pass "
                          f"--overwrite (it moves them to {out.name}.replaced-<time>/)")
     return held
+
+
+def _check_beside(out: Path) -> None:
+    """Refuse (`RunDirError`, exit 2) an existing ``out`` whose own folder cannot be written: every format writes
+    its files into a new folder beside ``out`` and renames them into it (an export that fails leaves nothing that
+    looks finished), so a writable ``out`` in a read-only folder would fail only after the work."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".asa-write-check.", dir=out.parent)
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC):
+            raise
+        raise RunDirError(f"OUT_DIR={out}: its folder {out.parent} cannot be written "
+                          f"({os.strerror(err.errno).lower()}), and asa-export writes the files there first, then "
+                          "renames them into OUT_DIR; choose an OUT_DIR in a writable folder") from None
+    os.close(fd)
+    os.unlink(name)
+
+
+def _files(format: str) -> tuple[str, ...]:
+    """The files an export of ``format`` (hub or onnx) writes at least: the model folder's, and ``model.onnx``."""
+    return FOLDER_FILES + ((ONNX_FILE,) if format == "onnx" else ())
 
 
 def _move_aside(out: Path, names: list[str]) -> Path:

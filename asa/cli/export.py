@@ -61,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "segmenter that onnxruntime and asa-predict checkpoint=OUT_DIR/model.onnx run; "
                              "nnunet-results: instead of the folder, an nnU-Net v2 results folder (dataset.json, "
                              "plans.json, fold_all/checkpoint_final.pth) that nnUNetv2_predict_from_modelfolder runs")
+    parser.add_argument("--dataset-id", type=int, default=None, metavar="ID",
+                        help="nnunet-results: the plans' Dataset<ID> (1-999, default 975), under which nnUNetv2_predict "
+                             "-d ID finds the folder in $nnUNet_results; two models in one $nnUNet_results need two ids")
+    parser.add_argument("--dataset-name", default=None, metavar="NAME",
+                        help="nnunet-results: the name after Dataset<ID>_ (default asa_<task>)")
+    parser.add_argument("--spacing", type=float, nargs="+", default=None, metavar="MM",
+                        help="nnunet-results: the plans' voxel size in mm (one edge, or three in RAS order), for a "
+                             "checkpoint that records none (fine-tuned before asa-finetune recorded its training "
+                             "cases' median spacing); default: the recorded one")
     parser.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     return parser
 
@@ -71,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         out = export_model(args.checkpoint, args.out_dir, overwrite=args.overwrite, license=args.license,
                            nnunet_channels=args.nnunet_channels, nnunet_plans=args.nnunet_plans, cohort=args.cohort,
-                           base_model=args.base_model, datasets=args.dataset, format=args.format)
+                           base_model=args.base_model, datasets=args.dataset, format=args.format,
+                           dataset_id=args.dataset_id, dataset_name=args.dataset_name, spacing=args.spacing)
     except (OptionError, RunDirError, FileExistsError) as err:
         if args.debug:
             raise

@@ -23,8 +23,8 @@ from asa.io import atomic_write_json
 from asa.models import DEFAULT_CROP
 from asa.train.distributed import DistEnv, all_gather_objects, barrier
 
-__all__ = ["BAD_CASES", "SharedError", "cases_of_split", "check_crop_fits", "dataset_root", "default_crop", "grid_affines",
-           "load_cases",
+__all__ = ["BAD_CASES", "TRAINING_SPACING", "SharedError", "cases_of_split", "check_crop_fits", "dataset_root",
+           "default_crop", "grid_affines", "load_cases", "planned_spacing",
            "on_main_then_share", "region_source", "split_cases", "write_bad_cases", "write_splits"]
 
 
@@ -96,6 +96,53 @@ def grid_affines(cases: Sequence) -> dict[str, Any]:
         except (StopIteration, OSError, ValueError, nib.filebasedimages.ImageFileError):
             continue
     return affines
+
+
+TRAINING_SPACING = "training_spacing"  # the run config's record of its training cases' spacing (`planned_spacing`)
+ANISOTROPY_THRESHOLD = 3.0  # nnU-Net's ExperimentPlanner.anisotropy_threshold
+
+
+def planned_spacing(cases: Sequence) -> dict[str, Any] | None:
+    """The voxel size nnU-Net v2 would plan for ``cases`` (their first image's header alone), as the run config
+    records it (`TRAINING_SPACING`): ``{"median_mm": [x, y, z], "cases": n}`` in RAS order (the order of asa's arrays
+    and of nnU-Net's after ``NibabelIOWithReorient`` and ``transpose_forward`` [2, 1, 0]); None when no header
+    can be read.
+
+    The rule is nnU-Net's ``ExperimentPlanner.determine_fullres_target_spacing``: the per-axis median of the
+    spacings; where one axis is coarser than ``ANISOTROPY_THRESHOLD`` times the others and has fewer than a third of
+    their voxels, that axis takes the 10th percentile of its spacings instead (at least the others' largest). nnU-Net
+    counts the voxels of the crop to the nonzero region, here those of the whole grid (no image is read)."""
+    import nibabel as nib
+    import numpy as np
+    from nibabel.orientations import io_orientation
+
+    spacings, shapes = [], []
+    for case in cases:
+        try:
+            image = nib.load(str(next(iter(case.images.values()))))
+        except (StopIteration, OSError, ValueError, nib.filebasedimages.ImageFileError):
+            continue
+        if len(image.shape) < 3:
+            continue
+        affine = np.asarray(image.affine, dtype=np.float64)
+        zooms, shape = np.linalg.norm(affine[:3, :3], axis=0), image.shape[:3]  # as NibabelIOWithReorient reads them
+        axes = io_orientation(affine)[:, 0]  # stored axis i runs along RAS axis axes[i]
+        if np.isnan(axes).any():
+            continue
+        order = np.argsort(axes)  # the stored axis of each RAS axis
+        spacings.append([float(zooms[i]) for i in order])
+        shapes.append([int(shape[i]) for i in order])
+    if not spacings:
+        return None
+    spacing, size = np.vstack(spacings), np.vstack(shapes)
+    target, target_size = np.percentile(spacing, 50, axis=0), np.percentile(size, 50, axis=0)
+    worst = int(np.argmax(target))
+    others = [i for i in range(3) if i != worst]
+    if (target[worst] > ANISOTROPY_THRESHOLD * max(target[others])
+            and target_size[worst] * ANISOTROPY_THRESHOLD < min(target_size[others])):
+        lowres = float(np.percentile(spacing[:, worst], 10))
+        target[worst] = lowres if lowres >= max(target[others]) else max(target[others]) + 1e-5
+    return {"median_mm": [round(float(v), 6) for v in target], "cases": len(spacings)}
 
 
 def write_bad_cases(out_dir: Path, record: dict | None) -> None:

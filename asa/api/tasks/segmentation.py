@@ -20,7 +20,8 @@ from omegaconf import ListConfig
 from torch import nn
 from torch.utils.data import Dataset
 
-from asa.api.machinery.dataset import cases_of_split, check_crop_fits, check_labels_present, dataset_root, default_crop, region_source
+from asa.api.machinery.dataset import (TRAINING_SPACING, cases_of_split, check_crop_fits, check_labels_present,
+                                      dataset_root, default_crop, planned_spacing, region_source)
 from asa.api.machinery.networks import build_from_config
 from asa.api.machinery.prediction import PredictSetup
 from asa.api.machinery.run import OptionError
@@ -285,6 +286,13 @@ class SegmentationTask(FinetuneTask):
         check_crop_fits(run.crop, cases)
         check_labels_present(cases, where=f"data={run.cfg.data.name} data.root={self.root}")
         return cases
+
+    def check_split(self, run: FinetuneRun, splits: Mapping[str, list]) -> None:
+        super().check_split(run, splits)
+        if run.env.is_main and (spacing := planned_spacing(splits["train"])) is not None:
+            # the spacing nnU-Net would plan for the training cases, in the checkpoints: asa-export --format
+            # nnunet-results states it in its plans without the data
+            run.resolved[TRAINING_SPACING] = spacing
 
     def datasets(self, run: FinetuneRun, splits: Mapping[str, list]) -> tuple[Any, Any | None]:
         cfg, data = run.cfg, run.cfg.data
