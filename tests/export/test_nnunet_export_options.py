@@ -254,7 +254,7 @@ def test_a_writable_folder_in_a_read_only_parent_is_refused_before_any_work(trai
 def test_the_results_card_titles_validation_apart_from_asa_evaluate():
     lines = "\n".join(_metrics_lines({"validation": {"step": 40, "val/dice": 0.7},
                                       "eval_test": {"task": "msd", "n_cases": 3, "mean": {"lesion": {"Dice": 0.6}}}}))
-    validation = lines[lines.index("### Validation"):lines.index("### Test")]
+    validation = lines[lines.index("### Validation"):lines.index("### asa-evaluate")]
     assert "asa-finetune" in validation and "asa-evaluate" not in validation and '"val/dice": 0.7' in validation
-    assert "asa-evaluate summary `eval_test/summary.json`" in lines
+    assert "### asa-evaluate: `eval_test/summary.json`" in lines
     assert _metrics_lines({}) == []

@@ -19,9 +19,10 @@ the nonzero region and ``ZScoreNormalization`` with ``use_mask_for_norm`` z-scor
 outside, as asa does, without asa's clip to the brain's 0.5-99.5 percentiles (nnU-Net has no per-image clip); the
 spacing is the one nnU-Net would plan for the training cases, which asa-finetune records in the checkpoint
 (`asa.api.machinery.dataset.planned_spacing`), so the export reads no data (asa predicts on each scan's own grid;
-nnU-Net resamples to the plans' spacing, a no-op for scans of that spacing); the patch is the network's crop, windows overlap by half a window with Gaussian
-weights in both. Labels: a region task (BraTS) as nnU-Net's regions with ``regions_class_order``; a class task needs
-its classes to be 0..K-1 (nnU-Net writes the argmax index), else it is refused.
+nnU-Net resamples to the plans' spacing, a no-op for scans of that spacing); the patch is the network's crop,
+windows overlap by half a window with Gaussian weights in both. Labels: a region task (BraTS) as nnU-Net's regions
+with ``regions_class_order``; a class task needs its classes to be 0..K-1 (nnU-Net writes the argmax index), else it
+is refused.
 """
 
 from __future__ import annotations
@@ -255,7 +256,7 @@ def _metrics_lines(metrics: Mapping[str, Any] | None) -> list[str]:
         lines += ["", "### Validation (asa-finetune's last validation round, in the checkpoint)", "", "```json",
                   json.dumps(validation, indent=2), "```"]
     for folder, summary in metrics.items():
-        lines += ["", f"### Test: asa-evaluate summary `{folder}/summary.json` in the run folder", "", "```json",
+        lines += ["", f"### asa-evaluate: `{folder}/summary.json` in the run folder", "", "```json",
                   json.dumps(summary, indent=2), "```"]
     if overlap:
         lines += ["", f"Pretraining overlap: {overlap.get('text') if isinstance(overlap, Mapping) else overlap}"]
