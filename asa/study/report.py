@@ -408,15 +408,17 @@ def family_lines(contrasts: Sequence[Mapping[str, Any]], primary: Mapping[str, A
     questions = [r for r in contrasts if r["kind"] == "question"]
     others = [r for r in questions if r["role"] == "exploratory"]
     controls = [r for r in contrasts if r["kind"] != "question"]
+    folded = any("draw" in r.get("interval", {}).get("levels", {}) for r in contrasts)
     read = keys[0] if keys else "mean Dice"
     shown = [label for label in keys[1:]]
     text = (f"How the answers are read: this page reads {len(questions)} question(s) "
             f"({len({r['question'] for r in questions})} contrast(s) × {len({r['n'] for r in questions})} N) and "
             f"{len({r['arm'] for r in controls})} control(s) at each N, on {read} alone"
-            + (f" ({' and '.join(shown)} are shown as information: no verdict is read from them)" if shown else "")
-            + ". Every interval is the crossed random-effects interval of seeds × test cases (ANOVA mean squares, "
-            "each part at its own t quantile; the seed × case bootstrap beside it in the table is too narrow with "
-            "2–3 seeds). ")
+            + (f" ({' and '.join(shown)} shown as information: no verdict is read from them)" if shown else "")
+            + ". Every interval is the crossed random-effects interval of "
+            + ("the cross-validated draws × test cases" if folded else "seeds × test cases")
+            + " (ANOVA mean squares, each part at its own t quantile; the seed × case bootstrap beside it in the "
+            "table is too narrow with 2–3 seeds). ")
     if primary is not None:
         text += (f"The primary question, named before the data: {primary['arm']} − {primary['reference']} at the "
                  f"smallest N ({primary['n']}), read at {LEVEL} (its CI). ")

@@ -320,8 +320,9 @@ def _checks(out: Path, args: argparse.Namespace, scale: Scale, encoders: Mapping
         supervised = cv_supervised(out, split, args.data, args.root.expanduser().absolute(), control_channel)
         checks["supervised"] = (f"The positive control is nested in each of the {len(supervised)} draws: an encoder "
                                 "trained with labels on that draw's training part (its pool, "
-                                f"{min(len(c.cases) for c in supervised)}–{max(len(c.cases) for c in supervised)} "
-                                "cases), never on the fold it is scored on, so it consumes none of the scored cases"
+                                + "–".join(map(str, sorted({min(len(c.cases) for c in supervised),
+                                                            max(len(c.cases) for c in supervised)})))
+                                + " cases), never on the fold it is scored on, so it consumes none of the scored cases"
                                 + (f", on their {control_channel} alone (data.channels=[{control_channel}])"
                                    if control_channel else "") + ".")
     elif SUPERVISED in args.arms and not split["supervised"]:

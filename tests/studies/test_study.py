@@ -488,6 +488,8 @@ def test_the_swvit_takes_the_positive_control_and_refuses_the_coordinate_channel
                         *rest: seen.update(network=network, supervised=supervised) or 0)
     assert study.main([*argv, "--arms", "supervised", "--out", str(tmp_path / "sup")]) == 0
     (control,), network = seen["supervised"], seen["network"]  # one control: the labeled set holds the fixed split
+    endpoint = json.loads((tmp_path / "sup" / "checks" / "checks.json").read_text())["endpoint"]
+    assert (endpoint["key"], endpoint["label"]) == ("Dice_mean", "mean Dice")  # named before anything trained
     assert network.finetune == ["model=tiny"] and control.channel is None
     overrides = study.supervised_overrides(control, network, study.SCALES["quick"], 0, [])
     assert overrides[:3] == ["data=msd", f"data.root={labeled}", "model=tiny"]

@@ -82,7 +82,7 @@ def test_a_ci_above_zero_under_the_minimum_effect_reads_no_difference(tmp_path):
     assert mae["role"] == "exploratory" and mae["p_holm"] < 0.05 and mae["verdict"] == "helped"
     asked = [r for r in contrasts if r["kind"] == "question"]
     assert f"this page reads {len(asked)} question(s)" in page and "Holm correction across those " \
-        f"{len(asked) - 1}" in page and "on lesion Dice (lesion, tumour) alone (mean Dice and NSD are shown as information" in page
+        f"{len(asked) - 1}" in page and "on lesion Dice (lesion, tumour) alone (mean Dice and NSD shown as information" in page
     assert _row(contrasts, "supervised")["verdict"] == "helped" and "Not interpretable" not in page
 
 
