@@ -35,7 +35,7 @@ _FROM = {"t1ce": "ceT1w", "t2": "T2w", "flair": "FLAIR"}
 MIN_SIMILARITY = 0.45
 """A case whose prepared T1 correlates less than this with the template over their common brain failed its
 registration and is refused (nothing of it written). Measured on asa's demo brains and heads (docs/own-data.md,
-"A failed registration"): correct registrations 0.63-0.74, a T1 whose header turns it 90 degrees 0.09-0.34."""
+"A failed registration"): correct registrations 0.63-0.74, a T1 whose header turns it 90 degrees 0.10-0.34."""
 
 
 class RegistrationFailed(ValueError):

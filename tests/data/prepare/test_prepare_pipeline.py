@@ -109,7 +109,7 @@ def test_a_failed_case_is_listed_and_the_others_go_on(raw, tmp_path, capsys):
 
 def test_a_head_turned_90_degrees_in_its_header_is_refused_and_not_written(raw, tmp_path, capsys):
     """A T1 whose header turns it 90 degrees about left-right (the head on its face) registers wrongly: its
-    similarity to the template is 0.23-0.34 on these brains, a correct one's 0.63-0.74 (docs/own-data.md). In a set
+    similarity to the template is 0.21-0.34 on these brains, a correct one's 0.63-0.74 (docs/own-data.md). In a set
     of two it is a failed case (exit 1, named with the similarity), and nothing of it is in the prepared folder."""
     source = tmp_path / "raw"
     shutil.copytree(raw / "sub-DEMO001", source / "sub-DEMO001")
