@@ -5,7 +5,8 @@
 
 Times, round by round (`benchmarks.harness.alternate`, so that load on a shared machine falls on every step
 alike): ``masked``, the masked-convolution pretraining step of `resenc_pretrain` (masking as ``asa-pretrain``'s
-defaults: 16³ blocks, SparK's densify, attentive weights per 8³; ``--earlier`` adds the earlier form; ``--fp32-norm``
+defaults: 16³ blocks, SparK's densify, attentive weights per 8³; ``--earlier`` adds the earlier form;
+``--autograd-norm`` the same step with the visible-only norm's earlier gradient (autograd's); ``--fp32-norm``
 the same step with the visible-only norm's earlier statistics, an fp32 copy of each activation squared, kept for
 the backward pass); ``dense``, the same network with no mask (plain
 convolutions and instance norms, the decoder on the encoder's skips, MSE over every voxel); ``finetune``,
@@ -73,6 +74,22 @@ class Fp32StatsNorm(MaskedInstanceNorm3d):
         count = m.sum(dim=(2, 3, 4), keepdim=True).clamp_min(1.0)
         mean = x.sum(dim=(2, 3, 4), keepdim=True, dtype=torch.float32) / count
         var = ((x.float() * x).sum(dim=(2, 3, 4), keepdim=True) / count - mean * mean).clamp_min(0.0)
+        scale = torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1, 1)
+        shift = -mean * scale + self.bias.view(1, -1, 1, 1, 1)
+        return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype)).mul_(m)
+
+
+class AutogradNorm(MaskedInstanceNorm3d):
+    """The visible-only norm before its gradient was written out (``--autograd-norm``): the same forward, autograd's
+    backward through the sums, the square and the scale-and-shift."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.visible.at(tuple(x.shape[2:]), x.dtype)
+        if m is None:
+            return torch.nn.InstanceNorm3d.forward(self, x)
+        count = m.sum(dim=(2, 3, 4), keepdim=True, dtype=torch.float32).clamp_min(1.0)
+        mean = x.sum(dim=(2, 3, 4), keepdim=True, dtype=torch.float32) / count
+        var = (x.square().sum(dim=(2, 3, 4), keepdim=True, dtype=torch.float32) / count - mean * mean).clamp_min(0.0)
         scale = torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1, 1)
         shift = -mean * scale + self.bias.view(1, -1, 1, 1, 1)
         return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype)).mul_(m)
@@ -163,7 +180,7 @@ def component_workloads(setup: Setup, net, x: torch.Tensor, batch: int) -> list[
         def loss() -> torch.Tensor:
             with ablated(net, part):
                 return net(x).loss
-        return train_workload(f"without_{part}", setup, net, adamw(net, batch), loss)
+        return with_norm(net, MaskedInstanceNorm3d, train_workload(f"without_{part}", setup, net, adamw(net, batch), loss))
 
     def masking() -> None:
         with torch.no_grad(), setup.autocast():
@@ -272,7 +289,7 @@ def cpu_timed(workload: Workload, cpu: list[float]) -> Workload:
 
 def measure(device: torch.device, crop: int, size: str, batch: int, *, repeats: int, weighting: str, swvit: str,
             dtype: torch.dtype | None, masking: dict | None = None, earlier: bool = False,
-            fp32_norm: bool = False, components: bool = False) -> dict:
+            fp32_norm: bool = False, components: bool = False, autograd_norm: bool = False) -> dict:
     """The steps of one (crop, size) at the largest batch of ``batch``, ``batch // 2``, ... whose masked step
     fits (`benchmarks.harness.largest_fitting`; CPU: ``batch`` itself): one result dict."""
     torch.manual_seed(0)
@@ -311,6 +328,9 @@ def measure(device: torch.device, crop: int, size: str, batch: int, *, repeats: 
     if fp32_norm:  # the same step with the norm's earlier statistics (an fp32 copy of each activation)
         work.append(with_norm(net, Fp32StatsNorm, train_workload("masked_fp32_norm", setup, net, adamw(net, batch),
                                                                   lambda: net(x).loss)))
+    if autograd_norm:  # the same step with the norm's earlier gradient (autograd's)
+        work.append(with_norm(net, AutogradNorm, train_workload("masked_autograd_norm", setup, net, adamw(net, batch),
+                                                                lambda: net(x).loss)))
     if old is not None:  # the earlier masking (mask block = total stride, asa's densify, one weight per block)
         work.append(train_workload("masked_earlier", setup, old, adamw(old, batch), lambda: old(x).loss))
     if components:  # the masked step less one component at a time, and the masking alone
@@ -341,6 +361,8 @@ def measure(device: torch.device, crop: int, size: str, batch: int, *, repeats: 
         "masking": {**masking, "mask_block": net.block, "weight_patch": net.weight_patch},
         "masked_over_dense": round(by["masked"].median / by["dense"].median, 3),
         **({"fp32_norm_over_dense": round(by["masked_fp32_norm"].median / by["dense"].median, 3)} if fp32_norm else {}),
+        **({"autograd_norm_over_dense": round(by["masked_autograd_norm"].median / by["dense"].median, 3)}
+           if autograd_norm else {}),
         **({"earlier_over_dense": round(by["masked_earlier"].median / by["dense"].median, 3)} if old is not None else {}),
         "paired_ratios": [round(m / d, 3) for m, d in zip(by["masked"].times, by["dense"].times)],
         "cpu_median_s": {n: round(v, 4) for n, v in cpu_median.items()},
@@ -374,6 +396,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="also time the earlier masking (block = total stride, asa densify, a weight per block)")
     parser.add_argument("--fp32-norm", action="store_true",
                         help="also time the masked step with the visible-only norm's earlier fp32 statistics")
+    parser.add_argument("--autograd-norm", action="store_true",
+                        help="also time the masked step with the visible-only norm's earlier gradient (autograd's)")
     parser.add_argument("--components", action="store_true",
                         help="also time the masked step without each of its parts (the convolutions' output mask, "
                              "the visible-only norms, densify and tokens, the attentive weights) and the masking "
@@ -405,6 +429,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             results.append(measure(device, crop, size, args.batch, repeats=args.repeats, weighting=args.weighting,
                                    swvit=args.swvit, dtype=dtype, earlier=args.earlier,
                                    fp32_norm=args.fp32_norm, components=args.components,
+                                   autograd_norm=args.autograd_norm,
                                    masking={"mask_block": args.mask_block, "densify": args.densify,
                                             "weight_patch": args.weight_patch}))
             print(json.dumps(results[-1], indent=1), flush=True)

@@ -58,7 +58,8 @@ def test_traffic_counts_what_each_part_of_the_masked_step_moves_on_meta():
 @pytest.mark.slow  # eight steps timed
 def test_components_time_the_masked_step_without_each_part(tmp_path):
     r = resenc.main(["--crop", "16", "--size", "tiny", "--batch", "1", "--repeats", "1", "--swvit", "none",
-                     "--device", "cpu", "--components"])[0]
+                     "--device", "cpu", "--components", "--autograd-norm"])[0]
     assert set(r["component_s"]) == {*resenc.COMPONENTS, "masking", "masked_over_dense"}
+    assert r["autograd_norm_over_dense"] > 0 and "masked_autograd_norm" in r["median_s"]
     assert {f"without_{p}" for p in resenc.COMPONENTS} <= set(r["median_s"])
     assert r["step_GFLOPs"]["without_densify_and_tokens"] < r["step_GFLOPs"]["masked"]

@@ -376,3 +376,67 @@ def test_visible_only_instance_norm_in_bf16_is_the_exact_norm_rounded_once():
     # one bf16 rounding of the result (8 significant bits) plus that of the scale and shift: 2**-7 relative
     assert ((out - expected).abs() <= 2 ** -7 * expected.abs() + 2 ** -7).all()
     assert not out[visible.expand_as(out) == 0].any()
+
+
+class _AutogradNorm(MaskedInstanceNorm3d):
+    """The visible-only norm as it was before its gradient was written out: the same forward, autograd's backward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.visible.at(tuple(x.shape[2:]), x.dtype)
+        if m is None:
+            return torch.nn.InstanceNorm3d.forward(self, x)
+        count = m.sum(dim=(2, 3, 4), keepdim=True, dtype=torch.float32).clamp_min(1.0)
+        mean = x.sum(dim=(2, 3, 4), keepdim=True, dtype=torch.float32) / count
+        var = (x.square().sum(dim=(2, 3, 4), keepdim=True, dtype=torch.float32) / count - mean * mean).clamp_min(0.0)
+        scale = torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1, 1)
+        shift = -mean * scale + self.bias.view(1, -1, 1, 1, 1)
+        return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype)).mul_(m)
+
+
+def test_the_visible_only_norms_written_out_gradient_is_autograds():
+    """Its forward is the earlier one's, bit for bit, so are the weight's and the bias's gradients; the input's
+    gradient is autograd's at visible voxels to fp32 rounding and 0 at masked ones (autograd's holds the mean's
+    share there, which the masked convolution before every norm zeroes)."""
+    net = _mae()
+    norm = next(m for m in net.encoder.modules() if isinstance(m, MaskedInstanceNorm3d))
+    torch.manual_seed(1)
+    blocks = (torch.rand(2, 1, 2, 2, 2) > 0.5).float()
+    m = torch.nn.functional.interpolate(blocks, size=(8, 8, 8))
+    x0 = torch.randn(2, norm.num_features, 8, 8, 8) * 3 * m
+    grad = torch.randn_like(x0)
+    got = []
+    net.visible.set(blocks)
+    try:
+        for cls in (MaskedInstanceNorm3d, _AutogradNorm):
+            norm.__class__ = cls
+            norm.zero_grad()
+            x = x0.clone().requires_grad_(True)
+            y = norm(x)
+            (y * grad).sum().backward()
+            got.append((y.detach(), x.grad, norm.weight.grad.clone(), norm.bias.grad.clone()))
+    finally:
+        norm.__class__ = MaskedInstanceNorm3d
+        net.visible.set(None)
+    (y, dx, dw, db), (y0, dx0, dw0, db0) = got
+    assert torch.equal(y, y0) and torch.equal(dw, dw0) and torch.equal(db, db0)
+    assert torch.allclose(dx * m, dx0 * m, rtol=1e-5, atol=1e-6) and not dx[(m == 0).expand_as(dx)].any()
+    assert dx0[(m == 0).expand_as(dx0)].abs().max() > 0  # the share the convolution's mask removes
+
+
+def test_the_masked_steps_weight_gradients_are_those_of_autograds_norm():
+    """asa-pretrain's masking (16³ blocks, SparK's densify, whose visible-only norm takes a stage's output, a weight
+    per 8³): every weight's gradient as with autograd's norm, to fp32 rounding."""
+    torch.manual_seed(2)
+    x = torch.randn(2, 1, 32, 32, 32)
+    grads = []
+    for cls in (MaskedInstanceNorm3d, _AutogradNorm):
+        net = _mae(size="tiny", mask_block=16, densify="spark", weight_patch=8)
+        for module in net.modules():
+            if isinstance(module, MaskedInstanceNorm3d):
+                module.__class__ = cls
+        torch.manual_seed(3)  # the same mask
+        net(x).loss.backward()
+        grads.append({n: p.grad for n, p in net.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-7), name
