@@ -220,6 +220,9 @@ def _run_case(case: Case, out: Path, settings: PrepareSettings, seed: int,
         text = str(err).strip().splitlines()
         _discard(case, out)
         return case.id, f"{type(err).__name__}: {text[-1] if text else ''}"[:500]
+    except BaseException:  # a stop (Ctrl-C, SIGTERM) while this case was written: no half of it stays
+        _discard(case, out)
+        raise
     return case.id, None
 
 
@@ -308,18 +311,26 @@ def prepare(source: str | Path, out: str | Path, *, settings: PrepareSettings | 
             context = multiprocessing.get_context("spawn")  # ITK and torch threads are set before either starts
             pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_worker_start,
                                        initargs=(seed,))
+            futures = {}
             try:
-                futures = {pool.submit(_run_case, case, out, settings, seed, min_similarity): case for case in todo}
+                futures.update({pool.submit(_run_case, case, out, settings, seed, min_similarity): case
+                                for case in todo})
                 for future in as_completed(futures):
                     try:
                         outcome = future.result()
                     except Exception as err:  # a worker that died (out of memory, a crash in ITK)
                         outcome = futures[future].id, f"the worker process stopped: {type(err).__name__}: {err}"
                     _count(report, *outcome, bar)
-            except BaseException:  # a stop (SIGINT, SIGTERM): the cases under way end now, unrecorded
-                for process in list(getattr(pool, "_processes", {}).values()):
+            except BaseException:  # a stop (SIGINT, SIGTERM): the cases under way end now, nothing of them left
+                running = [case for future, case in futures.items() if future.running()]
+                processes = list((getattr(pool, "_processes", None) or {}).values())
+                for process in processes:
                     process.terminate()
+                for process in processes:
+                    process.join(timeout=10)
                 pool.shutdown(wait=False, cancel_futures=True)
+                for case in running:
+                    _discard(case, out)
                 raise
             pool.shutdown()
     if report.failed:
