@@ -169,7 +169,10 @@ def test_the_package_imports_only_modules_that_exist():
 
 
 # modules whose functions may import asa, and why (say it in the module too)
-LOCAL_IMPORTS: dict[str, str] = {}
+LOCAL_IMPORTS: dict[str, str] = {
+    "data/prepare/pipeline.py": "asa-prepare's --help and option refusals load neither torch nor MONAI, which asa's "
+                                "dataset readers (asa.data.layouts) import: the readers load once the options pass",
+}
 
 
 def test_asa_imports_sit_at_module_level():
