@@ -43,3 +43,16 @@ def test_the_asa_arm_s_weights_vary_on_a_crop_without_background_and_mae_s_are_u
             assert spread["cv"] < 1e-5 and abs(spread["effective_share"] - 1) < 1e-5
         else:
             assert spread["effective_share"] < 0.8
+
+
+def test_the_planted_scale_holds_its_split_and_the_positive_control_in_the_bed_s_28_labeled_cases():
+    """The documented bed (28 labeled cases): 16 test and 4 validation cases, the positive control's 4 apart, and a
+    training pool from which every draw takes N = 2; 25 cases would leave the control out (it needs 26)."""
+    from types import SimpleNamespace
+
+    scale = plan.SCALES["planted"]
+    split = plan.labeled_split([SimpleNamespace(id=f"case_{i:03d}") for i in range(28)], scale, 0)
+    assert (len(split["test"]), len(split["val"]), len(split["supervised"])) == (16, 4, 4)
+    assert len(split["pool"]) >= max(scale.cases) == 2
+    assert not {*split["test"], *split["val"], *split["supervised"]} & set(split["pool"])
+    assert plan.labeled_split([SimpleNamespace(id=f"case_{i:03d}") for i in range(25)], scale, 0)["supervised"] == []
