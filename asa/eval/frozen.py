@@ -3,7 +3,7 @@
 A :class:`FrozenEncoder` turns a volume [B, C, *size] (its own input grid: the brain-centred crop
 of pretraining) into tokens [B, N, E] on a patch grid of ``stride`` voxels, in raster order (axis 2
 fastest), for the probes (`asa.eval.probe`, `asa.eval.probe_cv`), as the encoder's family declares its face
-(`asa.models.family.EncoderFace`):
+(`asa.models.face.EncoderFace`):
 
 - the SW-ViT family (``asa_pretrain``, ``swvit_unetr``, ``case_head``): the final normed tokens at its
   patch size (`asa.models.VolumeEncoder`);
@@ -13,7 +13,7 @@ fastest), for the probes (`asa.eval.probe`, `asa.eval.probe_cv`), as the encoder
   (`asa.models.swin.family.swin_tokens`; SA-Swin's pretraining probes read the same tokens);
 - the ViT family (UNETR): the ViT's final tokens at its patch size (16);
 - a dynamic-network-architectures encoder (the residual-encoder U-Net ``resenc`` and ``resenc_pretrain``,
-  published nnssl / nnU-Net / AMAES files, a plug-in's U-Net that declares `asa.models.family.StageTokens`): the
+  published nnssl / nnU-Net / AMAES files, a plug-in's U-Net that declares `asa.models.face.StageTokens`): the
   bottleneck stage's voxels as tokens, at the encoder's total stride (its feature map of the crop, pooled as
   the transformers' tokens are).
 
@@ -34,7 +34,8 @@ from torch import nn
 from asa.data.case import Case
 from asa.data.preprocessing import PretrainPreprocess, case_to_item
 from asa.models import DEFAULT_CROP, build_network, load_weights, network_encoder
-from asa.models.family import DEFAULT_FAMILY, EncoderFace, Family, families, family_of
+from asa.models.face import EncoderFace
+from asa.models.family import DEFAULT_FAMILY, Family, families, family_of
 from asa.models.portable import load_encoder
 from asa.models.registry import current_spec
 

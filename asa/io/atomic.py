@@ -72,9 +72,9 @@ def _umask() -> int:
     return mask
 
 
-def default_file_mode() -> int:
-    """The permission bits a newly created regular file gets under the current umask."""
-    return 0o666 & ~_umask()
+def default_file_mode(folder: bool = False) -> int:
+    """The permission bits a newly created regular file (``folder``: a folder) gets under the current umask."""
+    return (0o777 if folder else 0o666) & ~_umask()
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from asa.io.atomic import _fsync_dir, _umask, default_file_mode
+from asa.io.atomic import _fsync_dir, default_file_mode
 from asa.io.checkpoint import CheckpointError, load_checkpoint
 from asa.io.export_safetensors import SAFETENSORS_SUFFIX, load_export_safetensors, save_export_safetensors
 from asa.io.foreign import read_foreign
@@ -136,7 +136,7 @@ def write_model_folder(out_dir: str | os.PathLike, export: Mapping[str, Any], co
             os.chmod(tmp / name, default_file_mode())
         for name, write in extra.items():
             write(tmp / name)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it 0o700
+        os.chmod(tmp, default_file_mode(folder=True))  # mkdtemp made it 0o700
         if out.is_dir():  # never renamed: it may be the working folder
             for name in (*FOLDER_FILES, *extra):
                 os.replace(tmp / name, out / name)

@@ -113,7 +113,7 @@ class MAESettings(MaskedAutoencoderSettings):
 class MaskedAutoencoderPretraining(PretrainingMethod):
     """The masked autoencoder: `asa.models.ASA` with its reconstruction loss (uniform, attentive or
     focal region weights); probes read the encoder's tokens through the family's face
-    (`asa.models.family.EncoderFace.twin_tokens`)."""
+    (`asa.models.face.EncoderFace.twin_tokens`)."""
 
     name = "asa"
     Settings = MaskedAutoencoderSettings

@@ -11,7 +11,8 @@ import pkgutil
 
 from asa.models.swvit.attention import LinearWindowAttention
 from asa.models.declared import Capabilities, capabilities, input_size, unwrap
-from asa.models.family import EncoderFace, Family, NNUNetForm, StageTokens, families, family_of, register_family
+from asa.models.face import EncoderFace, StageTokens
+from asa.models.family import Family, NNUNetForm, families, family_of, register_family
 from asa.models.weights import load_weights
 from asa.models.vit.unetr import UNETRSettings, ViTSettings
 from asa.models.swin.swin_unetr import SwinSettings, SwinUNETRSettings

@@ -110,7 +110,7 @@ def encoder_export(path: str | os.PathLike, state: Mapping | None = None) -> dic
 def network_encoder(net: nn.Module, arch: str) -> nn.Module:
     """The encoder of a network of ``arch`` as `load_encoder` returns it: the submodule holding the encoder and
     its stem as the network declares them (`asa.models.keys.EncoderKeys.module`), as its family's encoder face
-    gives it (`asa.models.family.EncoderFace.module`: a :class:`VolumeEncoder` around an SW-ViT); weights as they
+    gives it (`asa.models.face.EncoderFace.module`: a :class:`VolumeEncoder` around an SW-ViT); weights as they
     are."""
     encoder = net.get_submodule(encoder_keys(net).module)
     family = family_of(arch)

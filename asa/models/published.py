@@ -9,7 +9,7 @@ the network they form, ``arch_kwargs``); for every architecture alike, the plan'
 the architecture declares, the tensors are cast to float32 (their stored dtype reported), the input channels are
 read off the input projection and checked against the plan, and the crop is the one the file recommends (a
 multiple of the encoder's total stride) unless the architecture needs its own. The result is the encoder export
-`asa.models.family.read_file` gives its spec: ``encoder``, ``source``, ``step``, ``cohort`` when carried, and
+`asa.models.load_weights` gives its spec: ``encoder``, ``source``, ``step``, ``cohort`` when carried, and
 ``foreign`` (`asa.io.foreign.describe_foreign` reports it). This module imports only `asa.io`: the forms are
 handed in.
 """

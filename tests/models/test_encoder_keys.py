@@ -11,7 +11,8 @@ from torch import nn
 import asa
 from asa.io import save_checkpoint
 from asa.models import build_network, network_spec, register_network, registered_networks
-from asa.models.family import families, has_encoder, network_from_file
+from asa.models.family import families, has_encoder
+from asa.models.road import network_from_file
 from asa.models.keys import EncoderKeys, encoder_keys
 from asa.models.portable import encoder_export
 from asa.train.updates import encoder_names

@@ -1,6 +1,6 @@
 """The folders of ``asa/models`` keep to their layers: the shared parts (``blocks/`` and the modules of
-SHARED: the registry, the families' declarations, the network declarations, the presets, the weights reader, the
-masked twin's contract)
+SHARED: the registry, the families' declarations, their encoder faces and file road, the networks' encoder keys,
+the network declarations, the presets, the weights reader, the masked twin's contract)
 import no network family; a family (``swvit/``, ``swin/``, ``vit/``, ``cnn/``, ``primus/``) imports its own files and the
 shared parts only, never another family;
 the heads (``heads/``) sit on the families' encoders, and nothing below imports them; the exports (``exports/``) are
@@ -29,7 +29,7 @@ FOLDERS: dict[str, set[str]] = {
     "exports": {"blocks"},  # nnU-Net's and nnssl's files, written from any family's declaration
 }
 # top-level modules every folder may import; they import no folder
-SHARED = {"registry", "family", "declared", "presets", "weights", "twin", "published"}
+SHARED = {"registry", "family", "face", "road", "keys", "declared", "presets", "weights", "twin", "published"}
 
 
 def modules(root: Path) -> Iterator[tuple[Path, str]]:

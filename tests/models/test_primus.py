@@ -20,7 +20,7 @@ from asa.methods.base import MethodContext
 from asa.methods.masked_autoencoder import mae_step
 from asa.models import build_network, encoder_keys, families
 from asa.models.portable import encoder_export
-from asa.models.primus.network import dna_class
+from asa.models.primus.network import DEFAULT_SIZE, PRIMUS_SIZES, dna_class
 from asa.models.twin import twin_fault
 from asa.train.updates import encoder_names
 from asa.study.plan import Scale, parse_network
@@ -41,6 +41,13 @@ TINY = {"size": "tiny", "patch_size": 8}
 
 def _twin(**kwargs):
     return build_network({"arch": "primus_pretrain", "kwargs": {"img_size": 32, "in_channels": 1, **TINY, **kwargs}})
+
+
+def test_the_sizes_are_dynamic_network_architectures_own():
+    dna_class("Primus")  # imports dynamic-network-architectures' Primus (timm, torchvision)
+    from dynamic_network_architectures.architectures.primus import _PRIMUS_CONFIGS
+    assert {name: dims for name, dims in PRIMUS_SIZES.items() if name != "tiny"} == _PRIMUS_CONFIGS
+    assert DEFAULT_SIZE in _PRIMUS_CONFIGS
 
 
 def test_the_segmenter_is_primus_key_for_key():

@@ -5,7 +5,7 @@ The ``model`` section arrives as the typed settings of its network (`asa.models.
 declared when it registered (`asa.models.register_network`): its ``settings``, ``case_of`` (the case network a case
 run builds from a segmentation preset) and its kind; what it takes from its pretrained file (the crop, a published
 topology, an SW-ViT's geometry with the ``segmenter`` section's options of following it) is its family's road
-(`asa.models.family.network_from_file`).
+(`asa.models.road.network_from_file`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import nn
 from asa.api.configuration.checks import network_settings
 from asa.api.configuration.schema import SegmenterConfig
 from asa.models import NetworkSettings, architectures
-from asa.models.family import network_from_file
+from asa.models.road import network_from_file
 from asa.models.registry import NETWORK_KINDS, case_counterpart, network_record
 
 __all__ = ["build_case_network", "build_from_config", "case_arch"]
@@ -37,7 +37,7 @@ def build_from_config(
     default_crop: int | None = None,
 ) -> nn.Module:
     """The segmentation network of a run config's ``model`` section, along its family's road from the pretrained
-    file (`asa.models.family.network_from_file`); ``segmenter``: the options of following that file.
+    file (`asa.models.road.network_from_file`); ``segmenter``: the options of following that file.
 
     ``model`` is the network's settings (`asa.models.NetworkSettings`; a mapping is typed by
     `asa.api.configuration.checks.network_settings`): ``arch`` picks the network (default ``swvit_unetr``), ``pretrained``

@@ -11,7 +11,8 @@ from typing import Any
 from asa.models.cnn.masked import ResEncPretrainModel
 from asa.models.cnn.published import RESENC_KEYS, read_resenc
 from asa.models.cnn.resenc import RESENC_SIZES
-from asa.models.family import Family, NNUNetForm, StageTokens, register_family
+from asa.models.face import StageTokens
+from asa.models.family import Family, NNUNetForm, register_family
 
 __all__ = ["DYNUNET", "RESENC", "RESENC_NNUNET"]
 

@@ -18,7 +18,8 @@ from torch import nn
 
 from asa.models.weights import load_weights
 from asa.models.blocks.encoder_weights import LoadReport, match_file_encoder
-from asa.models.family import masked_network, pretrains
+from asa.models.family import masked_network
+from asa.models.road import pretrains
 from asa.models.keys import encoder_keys
 
 __all__ = ["load_resenc_encoder"]

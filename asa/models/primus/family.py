@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from asa.models.blocks.sizes import to_3tuple
-from asa.models.family import EncoderFace, Family, Geometry, NNUNetForm, register_family
+from asa.models.face import EncoderFace, Geometry
+from asa.models.family import Family, NNUNetForm, register_family
 from asa.models.keys import EncoderKeys
 from asa.models.primus.masked import PrimusPretrainModel
-from asa.models.primus.network import PRIMUS_SIZES, TOPOLOGY
+from asa.models.primus.network import DEFAULT_SIZE, PRIMUS_SIZES, TOPOLOGY
 from asa.models.published import FileEncoder
 
 __all__ = ["PRIMUS", "PRIMUS_KEYS", "PRIMUS_NNUNET", "PrimusTokens"]
@@ -68,7 +69,7 @@ NNSSL_PRESET_PATCH, NNSSL_LAYER_SCALE = 8, {"init_values": 0.1, "scale_attn_inne
 
 def _topology(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Primus's arguments of a primus spec's kwargs: its size's, and a published file's topology over them."""
-    return {**PRIMUS_SIZES[kwargs.get("size", "B")], "init_values": None, "scale_attn_inner": False,
+    return {**PRIMUS_SIZES[kwargs.get("size", DEFAULT_SIZE)], "init_values": None, "scale_attn_inner": False,
             **{k: kwargs[k] for k in TOPOLOGY if k in kwargs}}
 
 
@@ -96,7 +97,7 @@ def _spec(arch_kwargs: Mapping[str, Any], in_channels: int, crop: int) -> dict[s
     shape = [int(e) for e in arch_kwargs["input_shape"]]
     topology = {k: arch_kwargs[k] for k in TOPOLOGY if k in arch_kwargs}
     size = next((name for name, dims in PRIMUS_SIZES.items() if all(topology.get(k) == v for k, v in dims.items())),
-                "B")
+                DEFAULT_SIZE)
     return {"arch": "primus", "kwargs": {
         "img_size": shape, "in_channels": int(in_channels), "out_channels": int(in_channels), "size": size,
         "patch_size": patch.pop(), "pos_mode": "none", "lr_axis": 0, **topology}}

@@ -17,7 +17,7 @@ from torch import nn
 from asa.models.blocks.objective import reconstruction_objective
 from asa.models.blocks.patch import patchify, unpatchify
 from asa.models.blocks.sizes import to_3tuple
-from asa.models.primus.network import PRIMUS_SIZES, PrimusNet, PrimusOptions, dna_class
+from asa.models.primus.network import DEFAULT_SIZE, PRIMUS_SIZES, PrimusNet, PrimusOptions, dna_class
 from asa.models.registry import record_spec, register_network
 from asa.models.twin import MaskedOutput
 
@@ -56,7 +56,7 @@ class PrimusMAE(PrimusNet):
     mask and weights [B, N] per token.
     """
 
-    def __init__(self, *, img_size: Any, in_channels: int = 1, size: str = "B", patch_size: int = 8,
+    def __init__(self, *, img_size: Any, in_channels: int = 1, size: str = DEFAULT_SIZE, patch_size: int = 8,
                  pos_mode: str = "none", lr_axis: int = 0, decoder_depth: int = 2, mask_ratio: float = 0.75,
                  loss_weighting: str = "attentive", norm_pix_loss: bool = False, bins: int = 8,
                  normalize: str = "l2") -> None:

@@ -25,15 +25,16 @@ from asa.models.blocks.patch import patch_grid
 from asa.models.blocks.position import symmetric_position_encoding
 from asa.models.blocks.sizes import to_3tuple
 from asa.models.declared import Capabilities
-from asa.models.family import pretrains, read_file
 from asa.models.keys import encoder_keys
 from asa.models.registry import NetworkSettings, record_spec, register_network
+from asa.models.road import pretrains
+from asa.models.weights import load_weights
 
-__all__ = ["PRIMUS_SIZES", "POS_MODES", "TOPOLOGY", "PrimusNet", "PrimusOptions", "PrimusSettings", "dna_class",
+__all__ = ["DEFAULT_SIZE", "PRIMUS_SIZES", "POS_MODES", "TOPOLOGY", "PrimusNet", "PrimusOptions", "PrimusSettings", "dna_class",
            "primus"]
 
-# Primus's sizes (dynamic-network-architectures' _PRIMUS_CONFIGS, stated here: reading them imports timm) and a
-# tiny one for CPU tests
+# Primus's sizes (dynamic-network-architectures' _PRIMUS_CONFIGS, stated here: reading them imports timm; tested
+# equal) and a tiny one for CPU tests; the size of a Primus that names none
 PRIMUS_SIZES: dict[str, dict[str, int]] = {
     "tiny": {"embed_dim": 48, "eva_depth": 2, "eva_numheads": 2},
     "S": {"eva_depth": 12, "eva_numheads": 6, "embed_dim": 396},
@@ -41,6 +42,7 @@ PRIMUS_SIZES: dict[str, dict[str, int]] = {
     "M": {"eva_depth": 16, "eva_numheads": 12, "embed_dim": 864},
     "L": {"eva_depth": 24, "eva_numheads": 16, "embed_dim": 1056},
 }
+DEFAULT_SIZE = "B"
 
 
 @functools.cache
@@ -89,7 +91,7 @@ POS_MODES = ("none", "mirror")  # none: Primus's own codes alone; mirror: + asa'
 class PrimusOptions:
     """The settings a Primus takes in both asa-pretrain and asa-finetune (``model=primus``)."""
 
-    size: str = one_of("B", tuple(PRIMUS_SIZES))  # tiny (tests) | S | B | M | L: Primus's sizes
+    size: str = one_of(DEFAULT_SIZE, tuple(PRIMUS_SIZES))  # tiny (tests) | S | B | M | L: Primus's sizes
     patch_size: int = in_range(8, 1)  # the token edge (nnssl's Primus: 8)
     # asa's mirror-symmetric sinusoidal code added to the tokens, on top of Primus's learned code and RoPE
     pos_mode: str = one_of("none", POS_MODES)
@@ -187,7 +189,7 @@ class PrimusNet(nn.Module):
         """Initialise the patch embedding and EVA (the keys Primus declares) from a file of this network or its
         masked twin (``checkpoint``: its content when read); the patch decoder stays fresh. Refused, naming the
         file and the option at fault: a file of another network or position code, any tensor of another shape."""
-        blob = read_file(path) if checkpoint is None else checkpoint
+        blob = load_weights(path) if checkpoint is None else checkpoint
         spec = blob.get("network") or {}
         arch, own = spec.get("arch"), self.network_arch
         if not pretrains(arch, own):
@@ -210,7 +212,7 @@ class PrimusNet(nn.Module):
 
 
 @register_network("primus", kind="segmentation", settings=PrimusSettings, family="primus")
-def primus(*, img_size: Any, in_channels: int, out_channels: int, size: str = "B", patch_size: int = 8,
+def primus(*, img_size: Any, in_channels: int, out_channels: int, size: str = DEFAULT_SIZE, patch_size: int = 8,
            pos_mode: str = "none", lr_axis: int = 0, drop_path_rate: float = 0.0, **topology: Any) -> PrimusNet:
     """The Primus segmenter for crops of ``img_size`` (arguments as :class:`PrimusNet`'s; ``topology``: a published
     file's, recorded in the spec only when given)."""

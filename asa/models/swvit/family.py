@@ -15,10 +15,11 @@ from torch import nn
 
 from asa.models.blocks.patch import patch_grid
 from asa.models.blocks.sizes import to_3tuple
-from asa.models.family import (DEFAULT_FAMILY, EncoderFace, Family, FileRoad, Geometry, load_pretrained,
-                               register_family)
+from asa.models.face import EncoderFace, Geometry
+from asa.models.family import DEFAULT_FAMILY, Family, register_family
 from asa.models.presets import PRESETS
 from asa.models.registry import build_network
+from asa.models.road import FileRoad, load_pretrained
 from asa.models.swvit.mae import PretrainModelConfig
 from asa.models.swvit.segmenter import recorded_pretraining
 from asa.models.swvit.volume import VolumeEncoder

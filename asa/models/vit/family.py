@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from asa.models.blocks.sizes import to_3tuple
-from asa.models.family import EncoderFace, Family, Geometry, register_family
+from asa.models.face import EncoderFace, Geometry
+from asa.models.family import Family, register_family
 
 __all__ = ["VIT", "ViTTokens"]
 
