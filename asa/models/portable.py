@@ -43,8 +43,8 @@ class EncoderOf(nn.Module):
     def __init__(self, network: Mapping) -> None:
         super().__init__()
         spec = current_spec(network)
-        net = _network(spec, f"encoder of {spec.get('arch')!r}")
-        keys = encoder_keys(net)
+        net = build_network(spec)
+        keys = encoder_keys(net)  # refused, naming the network, for one without an encoder
         self.arch, self.spe_frame = spec["arch"], getattr(net, "spe_frame", "brain")
         for name in dict.fromkeys(prefix.split(".", 1)[0] for prefix in keys.prefixes):
             self.add_module(name, getattr(net, name))
@@ -52,15 +52,6 @@ class EncoderOf(nn.Module):
 
     def forward(self, *args, **kwargs):
         return network_encoder(self, self.arch)(*args, **kwargs)
-
-
-def _network(spec: Mapping, where: str) -> nn.Module:
-    """The network of ``spec``, which must declare an encoder (`asa.models.keys`), else ``ValueError`` naming
-    ``where``."""
-    net = build_network(spec)
-    if EncoderKeys.declared(net) is None:
-        raise ValueError(f"{where}: a {spec['arch']!r} network, which has no encoder (it declares no key_to_encoder)")
-    return net
 
 
 def _spec_and_weights(path: str | os.PathLike, state: Mapping) -> tuple[dict, nn.Module, dict[str, torch.Tensor]]:
