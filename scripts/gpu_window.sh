@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # One GPU window in one command (BENCHMARKS.md, "The GPU window"): installs asa from this checkout (torch left as it
 # is; ASA_WHEELS=DIR for a machine without a package index, scripts/gpu_wheels.sh fetches them), then runs each part
-# under its own time limit, most wanted first, and writes its figures to OUT_DIR as JSON the moment it ends:
+# under its own time limit, the parts least measured first, and writes its figures to OUT_DIR as JSON the moment it ends:
+#   masked_S.json, masked_L.json       the masked ResEnc pretraining step against the dense one, 160³, bf16
+#                                      (benchmarks.resenc): S at batch 8, ResEnc-L (M at 160³) at batch 4, with the
+#                                      visible-only norm's earlier (autograd) gradient timed beside (--autograd-norm)
 #   loop_swvit.json, loop_resenc.json  the real asa-pretrain loop against its step at the defaults (benchmarks.loop):
 #                                      SW-ViT base 128³ (fp16, batch 8, 8 workers), ResEnc-L 160³ (batch 8)
-#   masked_S.json, masked_L.json       the masked ResEnc pretraining step against the dense one, 160³, bf16
-#                                      (benchmarks.resenc): S at batch 8, ResEnc-L (M at 160³) at batch 4
 #   precision.json                     the SW-ViT base step with the residual stream in the autocast dtype against
-#                                      the earlier fp32 stream (today's main before it), fp16, and 200 same-seed steps' losses of
-#                                      each (benchmarks.compile_ab --variants fp32_stream)
+#                                      the earlier fp32 stream, fp16, and 200 same-seed steps' losses of each
+#                                      (benchmarks.compile_ab --variants fp32_stream)
 #   study.json                         the wall time of asa-study's units at --scale cpu on this device: the pilot (a
-#                                      fine-tuning unit), one pretraining unit (mae), then fine-tuning runs until the
-#                                      part's time budget (times.json of the study)
+#                                      fine-tuning unit), the mae arm's pretraining units, then fine-tuning runs until
+#                                      the part's time budget (the study's times.json)
 #   window.json                        every part's exit code and seconds, the device, the total (after each part)
 #   logs.tgz                           every part's log (after each part)
 #
@@ -90,6 +91,14 @@ else
     LIMIT=120
 fi
 
+masked() {  # NAME benchmarks.resenc options...: masked / dense, the steps alternated round by round
+    local name="$1"; shift
+    part "$name" "$LIMIT" "$PY" -m benchmarks.resenc --amp "${AMP/fp16/bf16}" --swvit none --device "$DEVICE" \
+        --autograd-norm --json "$OUT/$name.json" "$@"
+}
+masked masked_S "${MASKED_S[@]}"
+masked masked_L "${MASKED_L[@]}"
+
 loop() {  # NAME benchmarks.loop options...: the defaults (trainer=default), the loop against its step
     local name="$1"; shift
     part "$name" "$LIMIT" "$PY" -m benchmarks.loop --make-data "$WORK/data_$name" --device "$DEVICE" \
@@ -98,14 +107,6 @@ loop() {  # NAME benchmarks.loop options...: the defaults (trainer=default), the
 }
 loop loop_swvit "${LOOP_SWVIT[@]}"
 loop loop_resenc "${LOOP_RESENC[@]}"
-
-masked() {  # NAME benchmarks.resenc options...: masked / dense, the steps alternated round by round
-    local name="$1"; shift
-    part "$name" "$LIMIT" "$PY" -m benchmarks.resenc --amp "${AMP/fp16/bf16}" --swvit none --device "$DEVICE" \
-        --json "$OUT/$name.json" "$@"
-}
-masked masked_S "${MASKED_S[@]}"
-masked masked_L "${MASKED_L[@]}"
 
 part precision "$LIMIT" "$PY" -m benchmarks.compile_ab --amp "$AMP" --variants fp32_stream \
     --device "$DEVICE" --json "$OUT/precision.json" "${PRECISION[@]}"

@@ -38,7 +38,7 @@ def test_the_dry_run_writes_every_part_as_json(tmp_path):
         assert loop["timed_steps"] == 2 and 0 < loop["samples_per_s"] <= loop["step_samples_per_s"] * 1.001, loop
     for name in ("masked_S", "masked_L"):
         (row,) = json.loads((out / f"{name}.json").read_text())
-        assert row["median_s"]["masked"] > 0 and row["median_s"]["dense"] > 0
+        assert row["median_s"]["masked"] > 0 and row["median_s"]["dense"] > 0 and row["autograd_norm_over_dense"] > 0
     precision = json.loads((out / "precision.json").read_text())
     # fp32 (no autocast on the CPU dry run): the stream's dtype cannot differ, so the losses are the same numbers
     assert precision["max_relative_loss_gap"] == {"fp32_stream": 0.0}
