@@ -10,7 +10,7 @@ from asa.io import load_checkpoint, save_checkpoint
 from asa.api.machinery.networks import build_from_config
 from asa.models import (ASA, NETWORKS, PRESETS, ASASegmenter, architectures, build_network, encoder_keys,
                         network_spec, record_spec, register_network)
-from asa.models import family, registry
+from asa.models import family, registry, road
 
 TINY = {k: PRESETS["tiny"][k] for k in ("embed_dim", "depth", "num_heads", "window_size")}
 SPECS = {
@@ -245,9 +245,9 @@ def test_a_masked_network_declares_the_family_it_pretrains_and_its_model_section
                                                 "primus": PrimusPretrainModel}
     assert family.masked_network("dynunet") is None
     # a file of the network or of its family's masked twin initialises its encoder; another network's does not
-    assert family.pretrains("resenc", "resenc") and family.pretrains("resenc_pretrain", "resenc")
-    assert family.pretrains("asa_pretrain", "swvit_unetr") and family.pretrains("asa_pretrain", "case_head")
-    assert not family.pretrains("asa_pretrain", "resenc") and not family.pretrains(None, "resenc")
+    assert road.pretrains("resenc", "resenc") and road.pretrains("resenc_pretrain", "resenc")
+    assert road.pretrains("asa_pretrain", "swvit_unetr") and road.pretrains("asa_pretrain", "case_head")
+    assert not road.pretrains("asa_pretrain", "resenc") and not road.pretrains(None, "resenc")
     # the options a builder takes: its signature's, and what it gathers in **kwargs as it declares
     assert {"mirror_visible", "coord_channel"} <= registry.keyword_options("resenc_pretrain")
     assert {"patch_size", "norm_pix_loss"} <= registry.keyword_options("asa_pretrain")
@@ -275,11 +275,11 @@ def test_what_a_pretraining_file_sets_for_a_network():
     and a published checkpoint's topology beyond the settings' options; nothing from another network's file."""
     topology = {"features": [32, 64], "strides": [1, 2], "blocks": [1, 1], "decoder_convs": [1]}
     asa_file = {"network": {"arch": "resenc_pretrain", "kwargs": {"img_size": [48, 48, 48], "size": "S", **topology}}}
-    assert family.file_settings(asa_file, "resenc", {"size"}) == family.FileSettings(48, {})
+    assert road.file_settings(asa_file, "resenc", {"size"}) == road.FileSettings(48, {})
     published = {"network": {"arch": "resenc", "kwargs": {"img_size": [160] * 3, "in_channels": 1, "out_channels": 1,
                                                           "size": "L", "lr_axis": 0, **topology}},
                  "foreign": {"crop": 128}}
-    assert family.file_settings(published, "resenc", {"size", "lr_axis"}) == family.FileSettings(128, topology)
-    assert family.file_settings(asa_file, "dynunet", set()) == family.FileSettings(None, {})
-    assert family.file_settings({"network": {"arch": "asa_pretrain", "kwargs": {"img_size": 64}}},
+    assert road.file_settings(published, "resenc", {"size", "lr_axis"}) == road.FileSettings(128, topology)
+    assert road.file_settings(asa_file, "dynunet", set()) == road.FileSettings(None, {})
+    assert road.file_settings({"network": {"arch": "asa_pretrain", "kwargs": {"img_size": 64}}},
                                 "swvit_unetr", set()).crop == 64
