@@ -39,6 +39,7 @@ def test_the_task_reads_the_named_channels_in_their_order():
         assert "data.channels=" in str(err.value)
 
 
+@pytest.mark.slow  # a pipeline: fine-tuning and prediction (8 CPU-s)
 def test_a_run_on_the_t1_alone_is_a_one_channel_network_and_predicts_from_four_channel_cases(brats, tmp_path):
     run = tmp_path / "t1"
     result = finetune(compose_config("finetune", ["data=brats", f"data.root={brats}", "data.channels=[t1]",

@@ -37,6 +37,7 @@ def test_dice():
 ANGLE_BOUND, OFFSET_BOUND = 3.0, 3.0  # degrees, mm: a posed brain (±15°, ±20 mm, ±10 %) prepared onto 6 mm
 
 
+@pytest.mark.slow  # a pipeline: ANTs' registration of a posed brain (16 CPU-s)
 def test_a_posed_brain_is_aligned_within_the_bound(tmp_path):
     pytest.importorskip("ants")
     pytest.importorskip("nilearn")

@@ -31,6 +31,7 @@ def test_the_swvit_step_can_be_left_out(tmp_path):
     assert "swvit" not in r["median_s"] and r["step_GFLOPs"]["masked"] > 0
 
 
+@pytest.mark.slow  # a benchmark run over every crop and size (10 CPU-s)
 def test_every_crop_with_every_size(tmp_path):
     out = tmp_path / "r.json"
     r = resenc.main(["--crop", "16", "32", "--size", "tiny", "--batch", "1", "--repeats", "1", "--swvit", "none",

@@ -103,6 +103,7 @@ def test_nnunet_predictor_agrees_with_asa_predict(tmp_path, layout):
             assert _dice(masks_a[name] & brain, masks_b[name] & brain) >= 0.99, (case, name)
 
 
+@pytest.mark.slow  # a pipeline: fine-tuning before the refusal (6 CPU-s)
 def test_nnunet_results_refuses_what_nnunet_cannot_build(tmp_path):
     last = _finetune(tmp_path, "brats", ["model=tiny"])  # the SW-ViT U-Net
     with pytest.raises(OptionError, match="--format nnunet-results: .*'swvit_unetr' network"):
