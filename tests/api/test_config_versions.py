@@ -90,11 +90,11 @@ def test_a_version_this_asa_cannot_read_is_refused(version, why):
 def _saved_run(out, config_version, checkpoint_version):
     """A run folder as a stopped run leaves it: config.yaml and checkpoints/last.pt, each with its version."""
     from asa.io import save_checkpoint
-    from asa.train.checkpoint import FORMAT
+    from asa.train.checkpoint import FORMAT, RESUME_ONLY
 
     (out / "checkpoints").mkdir(parents=True)
     (out / "config.yaml").write_text(yaml.safe_dump({"version": config_version, "model": {"width": 16}}))
-    save_checkpoint(out / "checkpoints" / "last.pt", {"format": FORMAT, "step": 1,
+    save_checkpoint(out / "checkpoints" / "last.pt", {"format": FORMAT, "step": 1, **{k: {} for k in RESUME_ONLY},
                                                       "config": {"version": checkpoint_version, "model": {"width": 16}}})
 
 
