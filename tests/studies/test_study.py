@@ -296,19 +296,22 @@ def test_the_study_records_its_channels_says_them_and_refuses_all_on_a_t1_cohort
     cohort, labeled = data
     argv = ["--data", "msd", "--root", str(labeled), *QUICK, "--network", "resenc-tiny", "--arms", "mae", "noise"]
     runs = _planned(monkeypatch, ["--pretrain-data", str(four), "--out", str(tmp_path / "four"), *argv])
-    assert all("data.channels=[flair,t1,t1ce,t2]" in run.overrides for run in runs) and len(runs) == 2
+    # two arms, each pretrained twice (the default --pretrain-runs 2)
+    assert all("data.channels=[flair,t1,t1ce,t2]" in run.overrides for run in runs) and len(runs) == 4
     assert json.loads((tmp_path / "four" / "study.json").read_text())["pretrain_channels"] == ["flair", "t1", "t1ce", "t2"]
     (line,) = json.loads((tmp_path / "four" / "checks" / "checks.json").read_text())["channels"]
     assert "in the fine-tuning order" in line
     out = tmp_path / "t1"
     runs = _planned(monkeypatch, ["--pretrain-data", str(cohort), "--out", str(out), *argv])
-    assert all(run.overrides[len(study.Network("resenc", "tiny").pretrain("mae")):][:10] == BEFORE for run in runs)
+    # each pretraining run as before, its replicate's seed apart (seed + replicate)
+    assert all(run.overrides[len(study.Network("resenc", "tiny").pretrain("mae")):][:10]
+               == (*BEFORE[:8], f"seed={run.replicate}", BEFORE[9]) for run in runs)
     assert json.loads((out / "study.json").read_text())["pretrain_channels"] == ["t1"]
     # a study recorded before the option pretrained on the T1: its folder continues
     record = json.loads((out / "study.json").read_text())
     record.pop("pretrain_channels")
     (out / "study.json").write_text(json.dumps(record))
-    assert len(_planned(monkeypatch, ["--pretrain-data", str(cohort), "--out", str(out), *argv])) == 2
+    assert len(_planned(monkeypatch, ["--pretrain-data", str(cohort), "--out", str(out), *argv])) == 4
     with pytest.raises(SystemExit) as err:
         study.main(["--pretrain-data", str(cohort), "--out", str(tmp_path / "all"), "--pretrain-channels", "all", *argv])
     assert err.value.code == 2 and not (tmp_path / "all").exists()
@@ -537,7 +540,7 @@ def test_pretraining_runs_on_several_processes_keep_the_global_batch(data, tmp_p
     option (one process) continues."""
     cohort, labeled = data
     argv = ["--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), *QUICK, "--network", "resenc-tiny",
-            "--arms", "mae"]
+            "--arms", "mae", "--pretrain-runs", "1"]
     one = _planned(monkeypatch, [*argv, "--out", str(tmp_path / "one")])
     two = _planned(monkeypatch, [*argv, "--out", str(tmp_path / "two"), "--nproc", "2"])
     (a,), (b,) = one, two
