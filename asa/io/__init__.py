@@ -3,8 +3,7 @@ file names, hub-ready model folders and NIfTI volumes in RAS+ (imports nothing o
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from asa.io.lazy import lazy_names
 
 # name -> the module it lives in, imported on first use: importing a submodule (asa-prepare's, whose --help
 # must not load torch) runs this file, which then loads nothing
@@ -35,13 +34,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

@@ -7,8 +7,7 @@ on first use (`asa.data.prepare.tools`); its settings, grids and refusals load n
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from asa.io.lazy import lazy_names
 
 _LAZY = {
     **dict.fromkeys(["PrepareSettings", "case_files", "mirror_score", "prepare_case", "to_native", "MIN_SIMILARITY",
@@ -24,13 +23,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
