@@ -9,6 +9,7 @@ from asa.models import build_network
 from asa.models.cnn.masked import MaskedConv3d, MaskedInstanceNorm3d, max_mirror_visible
 from asa.models.cnn.resenc import RESENC_SIZES, coordinate_channel, plan_resenc
 from asa.models.blocks.patch import patchify
+from benchmarks.resenc import AutogradNorm  # the norm as it was before its gradient was written out
 
 
 def _mae(**kwargs):
@@ -378,21 +379,6 @@ def test_visible_only_instance_norm_in_bf16_is_the_exact_norm_rounded_once():
     assert not out[visible.expand_as(out) == 0].any()
 
 
-class _AutogradNorm(MaskedInstanceNorm3d):
-    """The visible-only norm as it was before its gradient was written out: the same forward, autograd's backward."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.visible.at(tuple(x.shape[2:]), x.dtype)
-        if m is None:
-            return torch.nn.InstanceNorm3d.forward(self, x)
-        count = m.sum(dim=(2, 3, 4), keepdim=True, dtype=torch.float32).clamp_min(1.0)
-        mean = x.sum(dim=(2, 3, 4), keepdim=True, dtype=torch.float32) / count
-        var = (x.square().sum(dim=(2, 3, 4), keepdim=True, dtype=torch.float32) / count - mean * mean).clamp_min(0.0)
-        scale = torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1, 1)
-        shift = -mean * scale + self.bias.view(1, -1, 1, 1, 1)
-        return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype)).mul_(m)
-
-
 def test_the_visible_only_norms_written_out_gradient_is_autograds():
     """Its forward is the earlier one's, bit for bit, so are the weight's and the bias's gradients; the input's
     gradient is autograd's at visible voxels to fp32 rounding and 0 at masked ones (autograd's holds the mean's
@@ -407,7 +393,7 @@ def test_the_visible_only_norms_written_out_gradient_is_autograds():
     got = []
     net.visible.set(blocks)
     try:
-        for cls in (MaskedInstanceNorm3d, _AutogradNorm):
+        for cls in (MaskedInstanceNorm3d, AutogradNorm):
             norm.__class__ = cls
             norm.zero_grad()
             x = x0.clone().requires_grad_(True)
@@ -429,7 +415,7 @@ def test_the_masked_steps_weight_gradients_are_those_of_autograds_norm():
     torch.manual_seed(2)
     x = torch.randn(2, 1, 32, 32, 32)
     grads = []
-    for cls in (MaskedInstanceNorm3d, _AutogradNorm):
+    for cls in (MaskedInstanceNorm3d, AutogradNorm):
         net = _mae(size="tiny", mask_block=16, densify="spark", weight_patch=8)
         for module in net.modules():
             if isinstance(module, MaskedInstanceNorm3d):
