@@ -83,6 +83,8 @@ def _pickle_globals(path: Path) -> tuple[int, list[str]] | None:
                     names.append(str(arg).replace(" ", "."))
                 elif op.name == "STACK_GLOBAL":
                     names.append(".".join(map(str, strings[-2:])) if len(strings) >= 2 else "an unnamed global")
+            if fh.read(1):  # a pickle file ends at its STOP; noise that parses up to a stray STOP byte goes on
+                return None
     except Exception:  # not a pickle, or torn: genops stops at the first byte it cannot parse
         return None
     return protocol, names
@@ -159,6 +161,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                                       f"torch.save ({str(err).splitlines()[-1][:200]})") from err
             raise CheckpointError(_plain_pickle(path, err) or _not_a_checkpoint(path)) from err
         raise CheckpointError(_refused(path, callable_)) from err
+    except UnicodeDecodeError as err:  # a string opcode over bytes that are no text: noise, not a torn archive
+        raise CheckpointError(_plain_pickle(path, err) or _not_a_checkpoint(path)) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint {path}: unreadable or truncated ({type(err).__name__}: {err})") from err
     except Exception as err:  # any other fault of the unpickler on bytes that are no pickle (KeyError: 101 on text)
