@@ -64,8 +64,8 @@ class FrozenEncoder:
 
     @torch.no_grad()
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, C, *size] -> tokens [B, N, E] (float32)."""
-        return self.face.tokens(self.module, x).float()
+        """x [B, C, *size] (the image channels) -> tokens [B, N, E] (float32)."""
+        return self.face.tokens(self.module, self.face.inputs(self.spec, x)).float()
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly: name, arch, source, input size, token stride."""

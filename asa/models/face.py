@@ -33,6 +33,11 @@ class EncoderFace:
     def tokens(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__}.tokens")
 
+    def inputs(self, spec: Mapping[str, Any], x: torch.Tensor) -> torch.Tensor:
+        """What the encoder of network ``spec`` reads of the image channels x [B, C, *size]: x itself, unless the
+        family adds inputs of its own (the residual encoder's coordinate channel)."""
+        return x
+
     def geometry(self, module: nn.Module, spec: Mapping[str, Any], state: Mapping | None, crop: int | None,
                  where: str) -> Geometry:
         raise NotImplementedError(f"{type(self).__name__}.geometry")
@@ -56,9 +61,6 @@ class StageTokens(EncoderFace):
     def geometry(self, module: nn.Module, spec: Mapping[str, Any], state: Mapping | None, crop: int | None,
                  where: str) -> Geometry:
         kwargs = spec.get("kwargs", {})
-        if kwargs.get("coord_channel"):
-            raise ValueError(f"{where}: a CNN encoder with the coordinate channel, which the frozen-encoder probes "
-                             "do not feed (they give the image channels only); probe one pretrained without it")
         stride = math.prod(crop_edges(s)[0] for s in module.strides)
         size = crop_edges(crop if crop is not None else kwargs["img_size"])
         if any(s % stride for s in size):

@@ -131,7 +131,7 @@ def test_console_script_refuses_with_exit_2(tmp_path):
 def test_probe_of_a_resenc_encoder_pools_its_bottleneck(tmp_path, aged):
     """A residual-encoder U-Net (asa's own or a published file) is probed on its bottleneck's voxels at the
     encoder's total stride (it used to stop with a tensor size mismatch); one with the coordinate channel is
-    refused by name."""
+    probed with the channel beside the image (tests/eval/test_frozen_coordinates.py checks its tokens)."""
     plain = _checkpoint(tmp_path / "resenc.pt", 1, "resenc_pretrain", img_size=32, size="tiny")
     result = probe(compose_config("probe", _overrides(aged, tmp_path / "out", plain, "random",
                                                       extra=["task=case", "task.target=age"])))
@@ -140,8 +140,9 @@ def test_probe_of_a_resenc_encoder_pools_its_bottleneck(tmp_path, aged):
     assert result["rows"][0]["dim"] == 64  # the bottleneck's channels (tiny plan at 32³: 8 … 64)
     assert all(math.isfinite(r["metrics"]["ridge/mae"]["value"]) for r in result["rows"])
     coord = _checkpoint(tmp_path / "coord.pt", 1, "resenc_pretrain", img_size=32, coord_channel=True, size="tiny")
-    with pytest.raises(OptionError, match=rf"{coord}: a CNN encoder with the coordinate channel"):
-        probe(compose_config("probe", _overrides(aged, tmp_path / "out2", coord, extra=["task=case", "task.target=age"])))
+    result = probe(compose_config("probe", _overrides(aged, tmp_path / "out2", coord, extra=["task=case", "task.target=age"])))
+    assert result["rows"][0]["stride"] == 8 and result["rows"][0]["dim"] == 64
+    assert math.isfinite(result["rows"][0]["metrics"]["ridge/mae"]["value"])
 
 
 def test_probe_matches_channel_names_without_regard_to_case(tmp_path):

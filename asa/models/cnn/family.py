@@ -8,15 +8,37 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+from torch import nn
+
 from asa.models.cnn.masked import ResEncPretrainModel
 from asa.models.cnn.published import RESENC_KEYS, read_resenc
-from asa.models.cnn.resenc import RESENC_SIZES
+from asa.models.cnn.resenc import RESENC_SIZES, coordinate_channel
 from asa.models.face import StageTokens
+from asa.models.keys import encoder_keys
 from asa.models.family import Family, NNUNetForm, register_family
 
 __all__ = ["DYNUNET", "RESENC", "RESENC_NNUNET"]
 
 TOPOLOGY = ("features", "strides", "blocks", "decoder_convs")  # what a resenc spec records of its plan
+
+
+class ResEncTokens(StageTokens):
+    """The residual encoder's stage tokens; an encoder pretrained with the coordinate channel reads it beside the
+    image channels, as in training: |x − x_mid| / (X/2) of the probe's brain-centred box along the spec's
+    ``lr_axis`` (the box the masked twin's channel is drawn on when the crop is the whole box)."""
+
+    def inputs(self, spec: Mapping[str, Any], x: torch.Tensor) -> torch.Tensor:
+        kwargs = spec.get("kwargs") or {}
+        if not kwargs.get("coord_channel"):
+            return x
+        code = coordinate_channel((x.shape[0], *x.shape[2:]), lr_axis=int(kwargs.get("lr_axis", 0)), device=x.device)
+        return torch.cat([x, code.to(x.dtype)], dim=1)
+
+    def twin_tokens(self, twin: nn.Module, x: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
+        if regions is not None:
+            raise ValueError(f"{type(self).__name__}: the encoder reads no region map")
+        return self.tokens(twin.get_submodule(encoder_keys(twin).module), twin.with_coordinates(x))
 
 
 def _resenc_export(form: str, spec: Mapping[str, Any]) -> str | None:
@@ -63,7 +85,7 @@ def _spec(arch_kwargs: Mapping[str, Any], in_channels: int, crop: int) -> dict[s
 RESENC_NNUNET = NNUNetForm("dynamic_network_architectures.architectures.unet.ResidualEncoderUNet", _arch_kwargs, _spec,
                            keys=RESENC_KEYS, read=read_resenc, layouts=("nnunet", "amaes"), presets=("ResEncL",))
 RESENC = register_family(Family(
-    "resenc", face=StageTokens(), masked="resenc_pretrain", pretrain_settings=ResEncPretrainModel, segmenter="resenc",
+    "resenc", face=ResEncTokens(), masked="resenc_pretrain", pretrain_settings=ResEncPretrainModel, segmenter="resenc",
     exports=("nnunet", "nnssl"), nnunet=RESENC_NNUNET, export_check=_resenc_export,
     presets={size: {"size": size} for size in RESENC_SIZES}))
 DYNUNET = register_family(Family("dynunet"))
