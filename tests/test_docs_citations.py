@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD = ROOT / "docs" / "method.md"
-SCOPES = ("asa", "configs", "tests", "docs", "scripts", "benchmarks", "studies", "README.md")
+SCOPES = ("asa", "configs", "tests", "docs", "scripts", "benchmarks", "README.md")
 SELF = Path(__file__).resolve().relative_to(ROOT).as_posix()
 
 SECTION = r"\d+(?:\.\d+)?[a-z]?"

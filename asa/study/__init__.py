@@ -2,6 +2,6 @@
 set: the command (`asa.study.study`), its plan (`asa.study.plan`, its pretraining cohort `asa.study.cohort`), the
 checks before anything trains (`asa.study.checks`), the one scheduler of its units and their signals
 (`asa.study.scheduler`), what it reads off finished units (`asa.study.readout`), the fine-tuning grid it hands its
-arms to (`asa.study.transfer`, also ``python -m asa.study.transfer`` on its own), the negative control's noise
+arms to (`asa.study.transfer`, run in-process) and its tables (`asa.study.tables`), the negative control's noise
 volumes (`asa.study.noise`), the report (`asa.study.report`) and its statistics (`asa.study.statistics`), and what
 they share (`asa.study.common`)."""

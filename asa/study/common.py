@@ -4,15 +4,12 @@ budget of a call, whether a run finished, the machine it ran on, and the Markdow
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import csv
 import dataclasses
 import io
 import json
-import multiprocessing as mp
 import os
 import platform
-import shlex
 import sys
 import time
 import typing
@@ -38,13 +35,6 @@ def refuse(message: str) -> typing.NoReturn:
     raise refusal
 
 
-def parser(module: str, doc: str) -> argparse.ArgumentParser:
-    """The parser of ``python -m <module>``: its docstring's first paragraph as the description, the rest as the
-    epilog."""
-    return argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc.split("\n\n", 1)[1])
-
-
 def add_scale_options(p: argparse.ArgumentParser, scale: type, scales: Mapping[str, Any], default: str) -> None:
     """``--scale`` (one of ``scales``), ``--quick`` and one ``--<field>`` per field of the ``scale`` dataclass
     that overrides it; a field's type gives the option's (``tuple[int, ...]``: one or more ints)."""
@@ -65,11 +55,6 @@ def scale_from_args(args: argparse.Namespace, scales: Mapping[str, S]) -> tuple[
     scale = scales[name]
     changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(scale) if getattr(args, f.name, None) is not None}
     return name, dataclasses.replace(scale, **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()})
-
-
-def command(module: str, argv: Sequence[str] | None) -> str:
-    """How this call is written in a report: ``python -m <module> <argv>`` (``argv`` None: this process's)."""
-    return f"python -m {module} {shlex.join(sys.argv[1:] if argv is None else argv)}"
 
 
 def module_argv(module: str, *args: str) -> tuple[str, ...]:
@@ -131,50 +116,6 @@ class Clock:
     def fits(self, seconds: float = 0.0) -> bool:
         left = self.left()
         return left is None or left > seconds
-
-
-def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], *, jobs: int = 1,
-              fits: Callable[[tuple], bool] = lambda task: True, env: Mapping[str, str] | None = None,
-              done: Callable[[tuple, Any, float], None] | None = None) -> tuple[list[Any], bool]:
-    """``fn(*task)`` for every task in order, ``jobs`` at once in spawned processes (``fn`` a module-level
-    function, so that a worker imports it), here with ``jobs`` <= 1; a task starts only while ``fits(task)``.
-    ``env``: variables the workers start with (set while the pool lives: workers are spawned on demand, and a
-    library reads e.g. OMP_NUM_THREADS once, when it loads). ``done(task, result, seconds)`` as each finishes.
-    Returns (results in the order they finished, whether every task ran)."""
-    results: list[Any] = []
-
-    def finish(task: tuple, result: Any, started: float) -> None:
-        results.append(result)
-        if done is not None:
-            done(task, result, time.perf_counter() - started)
-
-    if jobs <= 1:
-        for task in tasks:
-            if not fits(task):
-                return results, False
-            started = time.perf_counter()
-            finish(task, fn(*task), started)
-        return results, True
-    saved = {k: os.environ.get(k) for k in env or {}}
-    os.environ.update(env or {})
-    try:
-        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-            pending: dict[cf.Future, tuple[tuple, float]] = {}
-            queue = list(tasks)
-            while queue or pending:
-                while queue and len(pending) < jobs and fits(queue[0]):
-                    task = queue.pop(0)
-                    pending[pool.submit(fn, *task)] = (task, time.perf_counter())
-                if not pending:
-                    return results, False
-                ready, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                for future in ready:
-                    task, started = pending.pop(future)
-                    finish(task, future.result(), started)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    return results, True
 
 
 def finished(ckpt: Path) -> bool:

@@ -301,19 +301,20 @@ def supervised_splits(control: Supervised, split: Mapping[str, list[str]], seed:
 
 
 def finetune_arms(runs: Sequence[Pretraining], network: Network, supervised: Path | None,
-                  encoders: Mapping[str, Path]) -> dict[str, str]:
-    """`asa.study.transfer` --arm specs (name -> ``key=value,...``): the scratch twin, with the coordinate channel too
-    when an arm pretrains with it, the positive control, every pretrained encoder and every --encoder file."""
-    base = ",".join(network.finetune)
+                  encoders: Mapping[str, Path]) -> dict[str, list[str]]:
+    """`asa.study.transfer.Transfer.arms` (name -> asa-finetune overrides): the scratch twin, with the coordinate
+    channel too when an arm pretrains with it, the positive control, every pretrained encoder and every --encoder
+    file."""
+    base = list(network.finetune)
     arms = {SCRATCH: base}
     if any(run.coord for run in runs):
-        arms[COORD_SCRATCH] = f"{base},model.coord_channel=true"
+        arms[COORD_SCRATCH] = [*base, "model.coord_channel=true"]
     if supervised is not None:
-        arms[SUPERVISED] = f"{base},model.pretrained={supervised / 'checkpoints' / 'last.pt'}"
+        arms[SUPERVISED] = [*base, f"model.pretrained={supervised / 'checkpoints' / 'last.pt'}"]
     for run in runs:
-        arms[run.name] = f"{base},model.pretrained={run.encoder}" + (",model.coord_channel=true" if run.coord else "")
+        arms[run.name] = [*base, f"model.pretrained={run.encoder}", *(["model.coord_channel=true"] if run.coord else [])]
     for name, path in encoders.items():
-        arms[name] = f"{base},model.pretrained={path}"
+        arms[name] = [*base, f"model.pretrained={path}"]
     return arms
 
 

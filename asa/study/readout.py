@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from asa.io import load_checkpoint
-from asa.study import transfer
+from asa.study import tables
 from asa.study.plan import PILOT, SCRATCH, Pretraining, Scale
 from asa.train.schedule import lr_at
 
@@ -32,7 +32,7 @@ PILOT_FLOOR = 0.1  # the pilot's best validation Dice (mean, and the lesion clas
 def pilot_budget(out: Path, scale: Scale, cap: int | None = None, *,
                  lesion_classes: Sequence[str] = ()) -> dict[str, Any]:
     """The pilot's validation curve, whether it learned, and the converged budget found on it
-    (`transfer.converged_budget`). ``learned``: its best validation Dice reached `PILOT_FLOOR`, and so did the mean
+    (`tables.converged_budget`). ``learned``: its best validation Dice reached `PILOT_FLOOR`, and so did the mean
     Dice of ``lesion_classes`` when named (``lesion_curve``); a curve that stayed under it did not learn, and has no
     budget to level off at (``converged`` False). ``steps``: the study's fine-tuning steps, rounded up to ten, or
     the pilot's length when still rising at its end; at most ``cap``, and then ``capped`` says the arms compare
@@ -43,7 +43,7 @@ def pilot_budget(out: Path, scale: Scale, cap: int | None = None, *,
     best = max((d for _, d in curve), default=0.0)
     best_lesion = max((d for _, d in lesion), default=math.nan)
     learned = best >= PILOT_FLOOR and (not lesion_classes or best_lesion >= PILOT_FLOOR)
-    found = transfer.converged_budget(curve)
+    found = tables.converged_budget(curve)
     found["converged"] = found["converged"] and learned
     steps = max(int(10 * math.ceil(found["budget"] / 10)) if found["converged"] else int(scale.pilot_steps), 10)
     capped = cap is not None and cap < steps
@@ -61,7 +61,7 @@ def pilot_lesion_curve(run_dir: Path, classes: Sequence[str]) -> list[list[float
     without classes."""
     if not classes:
         return []
-    series = transfer.logged_series(run_dir, [f"val/dice_{c}" for c in classes])
+    series = tables.logged_series(run_dir, [f"val/dice_{c}" for c in classes])
     rounds = [dict(series[f"val/dice_{c}"]) for c in classes]
     steps = sorted(set.intersection(*(set(r) for r in rounds)))
     return [[step, float(np.mean([r[step] for r in rounds]))] for step in steps]
@@ -84,7 +84,7 @@ def pretraining_summary(run: Pretraining, seconds: float) -> dict[str, Any]:
     optim = (state.get("config") or {}).get("optim") or {}
     progress = optimiser_progress([s for s, _ in curve], state["scheduler"], min_lr=float(optim.get("min_lr", 0.0)),
                                   power=float(optim.get("power", 0.9)))
-    spread = transfer.logged_series(run.run_dir, ("train/weights/cv", "train/weights/effective_share"))
+    spread = tables.logged_series(run.run_dir, ("train/weights/cv", "train/weights/effective_share"))
     mean = lambda tag: float(np.mean([v for _, v in spread[tag]])) if spread[tag] else math.nan  # noqa: E731
     return {"run": run.name, "arm": run.arm, "cohort": run.cohort, "steps": int(state["step"]), "seconds": seconds,
             "val_curve": curve, **loss_plateau([v for _, v in curve], progress=progress),

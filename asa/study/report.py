@@ -30,7 +30,7 @@ import numpy as np
 from asa.eval import seed_case_bootstrap
 from asa.eval.plots import interval_plot, line_plot
 from asa.io import atomic_write_json, atomic_write_text
-from asa.study import statistics, transfer
+from asa.study import statistics, tables
 from asa.study.common import machine_line, markdown_table
 
 __all__ = ["CONTRASTS", "contrast_rows", "holm", "instrument_faults", "read_family", "verdict", "write_report"]
@@ -173,7 +173,7 @@ def run_flag(run: Mapping[str, Any] | None) -> str | None:
     """A pretraining run's plateau flag in a few words (None: levelled or not checked)."""
     if not run or run.get("plateau") is not False:
         return None
-    if run.get("loss_rise", 0.0) >= run.get("tol", transfer.PLATEAU_TOL):
+    if run.get("loss_rise", 0.0) >= run.get("tol", tables.PLATEAU_TOL):
         return f"{run['run']}'s held-out loss ended {run['loss_rise']:.1%} above its lowest"
     return (f"{run['run']} unfinished: its held-out loss still fell {run['loss_drop']:.1%} over the last quarter of "
             "the summed lr")
@@ -446,7 +446,7 @@ def pretraining_lines(runs: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]
         curve = r.get("val_curve") or []
         first, last = (f"{curve[0][1]:.4f}", f"{curve[-1][1]:.4f}") if curve else ("—", "—")
         # the run's own tolerance (older records: the fine-tuning budget check's); NaN (short runs): not rising
-        rising = r.get("loss_rise", 0.0) >= r.get("tol", transfer.PLATEAU_TOL)
+        rising = r.get("loss_rise", 0.0) >= r.get("tol", tables.PLATEAU_TOL)
         level = {None: "not checked (< 4 rounds)", True: "levelled",
                  False: "rose from its best" if rising else "still falling"}[r.get("plateau")]
         cv, share = r.get("weights_cv", math.nan), r.get("weights_share", math.nan)

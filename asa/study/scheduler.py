@@ -1,7 +1,7 @@
-"""asa-study's one scheduler: every unit (the pilot, the positive control, a pretraining run, the transfer stage)
-is a child process in its own process group, its output in its log; units not done yet run ``jobs`` at once within
-the call's time budget (SIGUSR1 tells running units to save and stop before it ends, and the next call resumes
-them); SIGTERM or SIGINT reaching the study is forwarded to every child (`stop_on_signals`)."""
+"""asa-study's one scheduler: every unit (a fine-tuning run of the pilot or of the transfer stage, the positive
+control, a pretraining run) is a child process in its own process group, its output in its log; units not done yet
+run ``jobs`` at once within the call's time budget (SIGUSR1 tells running units to save and stop before it ends, and
+the next call resumes them); SIGTERM or SIGINT reaching the study is forwarded to every child (`stop_on_signals`)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ RUNNING: dict[subprocess.Popen, str] = {}  # every child process of this study, 
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-    """One process: the pilot, the positive control, a pretraining run or the transfer stage. ``done``: whether its
-    result is on disk; ``resumable``: a unit stopped by SIGUSR1 (last.pt saved) continues on the next call."""
+    """One process: a fine-tuning run (the pilot's, the positive control, the transfer stage's) or a pretraining run.
+    ``done``: whether its result is on disk; ``resumable``: a unit stopped by SIGUSR1 (last.pt saved) continues on the
+    next call."""
 
     name: str
     argv: tuple[str, ...]
@@ -120,14 +121,6 @@ def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, f
             stop_all()
             return False
     return True
-
-
-def run_unit(unit: Unit) -> int:
-    """Run ``unit`` to its end, whatever the call's time budget (the transfer stage keeps its own); its exit code."""
-    proc = launch(unit)
-    code = proc.wait()
-    RUNNING.pop(proc, None)
-    return code
 
 
 def stop_on_signals(work: Callable[[], int], stopped: Callable[[Stopped, list[str]], None]) -> int:

@@ -1,7 +1,7 @@
 """The statistics of a study's scores, beside its report: paired differences of an arm to its reference (same N,
 seed and test case), their crossed random-effects CIs (`asa.eval.random_effects.crossed_interval`, the interval the
 verdicts read) beside the seed × case bootstrap CIs (`asa.eval.seed_case_bootstrap`), the case-only CI and the
-per-seed means, and one summary row per arm and N (`summarize`), which `asa.study.transfer` writes and
+per-seed means, and one summary row per arm and N (`summarize`), which `asa.study.tables` writes and
 `asa.study.report` reads."""
 
 from __future__ import annotations

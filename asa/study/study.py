@@ -71,7 +71,7 @@ from asa.study.plan import (ARMS, CHOICES, CONTROL, COORD_SCRATCH, GROWS, PILOT,
                             write_store_splits)
 from asa.study.readout import (PILOT_FLOOR, loss_plateau, optimiser_progress, pilot_budget, pilot_reading, pilot_scores,
                                pretraining_summary)
-from asa.study.scheduler import Unit, run_unit, run_units, stop_on_signals
+from asa.study.scheduler import Unit, run_units, stop_on_signals
 
 # the command; its parts (asa.study's plan, cohort, checks, scheduler, readout) importable from here as before they
 # had modules of their own
@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def stopped(stop: Exception, names: list[str]) -> None:
         atomic_write_json(times_file, times)
-        # every stopped run saved its last.pt on the signal and continues from it (asa.study.transfer.train_and_score)
+        # every stopped run saved its last.pt on the signal and continues from it (resume=auto)
         print(f"[study] {stop}: stopped {', '.join(names) or 'no run'}; finished runs are kept in {out} and each "
               "stopped run continues from the checkpoint it saved: rerun the same command to continue",
               file=sys.stderr, flush=True)
@@ -369,27 +369,27 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
         return 3
 
     data = dict(data=args.data, root=args.root.expanduser().absolute(), model=network.finetune[0].split("=", 1)[1],
-                crop=scale.crop, test=scale.test, val_cases=scale.val,
-                split_seed=args.seed, device=args.device, threads=args.threads, hold_out=split["supervised"],
-                workers=scale.workers, lesion_classes=args.lesion_classes,
+                crop=scale.crop, test=scale.test, val_cases=scale.val, split_seed=args.seed, device=args.device,
+                threads=args.threads, hold_out=tuple(split["supervised"]), workers=scale.workers, jobs=scale.jobs,
+                lesion_classes=tuple(args.lesion_classes),
                 **({"folds": split["folds"], "repeats": split["repeats"]} if "draws" in split else {}))
-    seeds = list(range(len(split["draws"]))) if "draws" in split else list(scale.seeds)  # cross-validation: the draws
+    seeds = tuple(range(len(split["draws"]))) if "draws" in split else tuple(scale.seeds)  # cross-validation: draws
     resenc = network.finetune[1:]  # model.size beside the model preset, for a family sized by option
     started = time.perf_counter()
-    units = [Unit(PILOT, module_argv("asa.study.transfer", *transfer.command_line(
-        **data, cases=[max(scale.cases)], seeds=[0], steps=scale.pilot_steps, n_boot=1000, out=out / PILOT,
-        overrides=[*resenc, *overrides, "optim.schedule=constant"])), lambda: pilot_scores(out, scale).is_file(),
-        out / "logs" / f"{PILOT}.log", resumable=False, threads=args.threads)]
     threads = [f"trainer.threads={args.threads}"] if args.threads else []
+    controls = []
     for control in supervised:
         atomic_write_json(control.run_dir / "splits.json", supervised_splits(control, split, args.seed))
         sup = supervised_overrides(control, network, scale, args.seed, overrides)
-        units.append(Unit(control.run_dir.name, module_argv("asa.cli.finetune", *sup, *threads),
-                          lambda control=control: finished(control.run_dir / "checkpoints" / "last.pt"),
-                          out / "logs" / f"{control.run_dir.name}.log", threads=args.threads))
+        controls.append(Unit(control.run_dir.name, module_argv("asa.cli.finetune", *sup, *threads),
+                             lambda control=control: finished(control.run_dir / "checkpoints" / "last.pt"),
+                             out / "logs" / f"{control.run_dir.name}.log", threads=args.threads))
     # the pilot (and the positive control, a labeled run) before any pretraining: a scratch twin that does not learn
     # the task makes every contrast noise, and the study stops before it spends the pretraining
-    complete = run_units(units, scale.jobs, clock, times["runs"])
+    complete = transfer.run_study(transfer.Transfer(
+        out / PILOT, **data, cases=(max(scale.cases),), seeds=(0,), steps=scale.pilot_steps, n_boot=1000,
+        overrides=(*resenc, *overrides, "optim.schedule=constant")), clock=clock, times=times["runs"], beside=controls)
+    times["runs"][PILOT] = times["runs"].get(f"{PILOT}/{SCRATCH}-n{max(scale.cases)}-s0", math.nan)  # the cost table's
     stage("pilot and positive control", started)
     if not complete:
         return unfinished("the pilot and the positive control")
@@ -413,25 +413,18 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
     if not complete:
         return unfinished("the pretraining runs")
     steps = pilot["steps"]
-    left = clock.left()
     control_dir = (None if not supervised else supervised[0].run_dir if "draws" not in split
                    else out / "pretrain" / f"{SUPERVISED}-s{transfer.DRAW}")  # one control per draw
     arms = finetune_arms(runs, network, control_dir, encoders)
-    targv = transfer.command_line(**data, cases=scale.cases, seeds=seeds, steps=steps, n_boot=args.n_boot,
-                                  out=out / "transfer", jobs=scale.jobs, reference=SCRATCH, arms=arms,
-                                  overrides=overrides, scratch=False, time_budget=None if left is None else left - 60)
     started = time.perf_counter()
-    unit = Unit("transfer", module_argv("asa.study.transfer", *targv), lambda: True, out / "logs" / "transfer.log",
-                threads=args.threads)
     print(f"[study] transfer: {len(arms)} arms × N {list(scale.cases)} × "
-          + (f"{len(seeds)} cross-validation draws" if "draws" in split else f"seeds {seeds}") + f", {steps} steps "
-          f"each (log {unit.log})", flush=True)
-    code = run_unit(unit)
+          + (f"{len(seeds)} cross-validation draws" if "draws" in split else f"seeds {list(seeds)}") + f", {steps} "
+          f"steps each (logs in {out / 'transfer' / 'logs'})", flush=True)
+    complete = transfer.run_study(transfer.Transfer(
+        out / "transfer", **data, cases=tuple(scale.cases), seeds=seeds, steps=steps, n_boot=args.n_boot, arms=arms,
+        overrides=tuple(overrides), scratch=False), clock=clock, times=times["runs"])
     stage("transfer", started)
-    if code != 0:
-        raise SystemExit(f"[study] the transfer stage failed (exit {code}): see {unit.log}")
-    table = out / "transfer" / "transfer.md"
-    if not table.is_file() or table.read_text().startswith("**Partial"):
+    if not complete:
         return unfinished("the transfer stage")
     pretrained = [pretraining_summary(run, times["runs"].get(run.name, math.nan)) for run in runs]
     info = {"scale_name": name, "scale": dataclasses.asdict(scale), "network": network.name, "steps": steps,
@@ -445,8 +438,7 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
             "pretraining": pretrained, "classes": list(task.output_names),
             "encoders": [f"{k}={v}" for k, v in encoders.items()],
             "commands": ["asa-study " + shlex.join(sys.argv[1:]),
-                         *(f"asa-pretrain {shlex.join(r.overrides)}" for r in runs),
-                         f"python -m asa.study.transfer {shlex.join(targv)}"],
+                         *(f"asa-pretrain {shlex.join(r.overrides)}" for r in runs)],
             "finished": datetime.datetime.now().isoformat(timespec="seconds")}
     folder = report.write_report(out, info, n_boot=args.n_boot)
     print(f"[study] done: report in {folder / 'README.md'}", flush=True)

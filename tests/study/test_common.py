@@ -1,15 +1,12 @@
-"""asa/study/common.py: a scale's command line, the settings record, the run of tasks under a time budget and
-the Markdown of the reports."""
+"""asa/study/common.py: a scale's command line, the settings record and the Markdown of the reports."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 
 import pytest
 
-from asa.study.common import (add_scale_options, markdown_table, record_settings, run_tasks, scale_from_args,
-                            table_row)
+from asa.study.common import add_scale_options, markdown_table, record_settings, scale_from_args, table_row
 
 
 @dataclasses.dataclass
@@ -43,20 +40,6 @@ def test_a_folder_holds_one_study_naming_the_settings_that_differ(tmp_path):
     with pytest.raises(SystemExit) as err:
         record_settings(tmp_path, {"arms": ["asa"], "seed": 1})
     assert err.value.code == 2  # a refusal, as every asa console script's
-
-
-def test_tasks_run_in_order_until_the_budget_says_no():
-    seen = []
-    results, complete = run_tasks(pow, [(2, 1), (2, 2), (2, 3)], fits=lambda task: task[1] < 3,
-                                  done=lambda task, result, seconds: seen.append((task, result)))
-    assert results == [2, 4] and not complete and seen == [((2, 1), 2), ((2, 2), 4)]
-    assert run_tasks(pow, [(3, 2)]) == ([9], True)
-
-
-@pytest.mark.slow  # spawns worker processes
-def test_pool_workers_start_with_the_given_environment():
-    results, complete = run_tasks(os.getenv, [("ASA_STUDY_VAR",)] * 3, jobs=2, env={"ASA_STUDY_VAR": "1"})
-    assert results == ["1"] * 3 and complete and "ASA_STUDY_VAR" not in os.environ
 
 
 def test_markdown_table_aligns_the_numbers_right():

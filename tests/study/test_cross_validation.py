@@ -1,4 +1,4 @@
-"""Small labeled sets by paired repeated K-fold cross-validation (asa.study.transfer's --folds, asa-study's
+"""Small labeled sets by paired repeated K-fold cross-validation (asa.study.transfer's folds, asa-study's
 labeled_split): every case scored once per repeat by runs that did not see it, N and the validation cases drawn
 inside each fold's training part, the positive control nested in each draw, the report's interval and its statement
 of the draws; a 18-case set runs to its report."""
@@ -9,7 +9,6 @@ import math
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -38,17 +37,15 @@ def test_every_case_is_scored_once_per_repeat_and_n_is_drawn_inside_the_training
         transfer.cv_draws(ids, folds=1, repeats=1, val=0, seed=0)
 
 
-def _args(root: Path, out: Path, **kw) -> SimpleNamespace:
-    base = dict(out=out, data="msd", model="resenc", workers=0, device="cpu", steps=20, override=["model.size=tiny"],
-                threads=None, root=str(root), crop=32, test=3, split_seed=0, val_cases=2, hold_out=[], folds=3,
-                repeats=2, cases=[8], seeds=list(range(6)), pretrained=None, preset=[], no_scratch=False,
-                arm=["supervised=model.pretrained=/c/supervised-s{draw}/checkpoints/last.pt"], recipes=[],
-                budget_arms=[], budget_fractions=[], budget_cases=None)
-    return SimpleNamespace(**{**base, **kw})
+def _settings(root: Path, out: Path, **kw) -> transfer.Transfer:
+    base = dict(out=out, data="msd", model="resenc", device="cpu", steps=20, overrides=("model.size=tiny",), root=root,
+                crop=32, test=3, val_cases=2, folds=3, repeats=2, cases=(8,), seeds=tuple(range(6)),
+                arms={"supervised": ["model.pretrained=/c/supervised-s{draw}/checkpoints/last.pt"]})
+    return transfer.Transfer(**{**base, **kw})
 
 
 def test_the_runs_of_a_cross_validated_study_score_their_fold_with_their_own_control(eighteen, tmp_path):
-    runs, test_ids, arms, _ = transfer.plan_runs(_args(eighteen, tmp_path))
+    runs, test_ids, arms, _ = transfer.plan_runs(_settings(eighteen, tmp_path))
     ids = sorted(c.id for c in discover("msd", eighteen))
     assert test_ids == ids and set(arms) == {"scratch", "supervised"} and len(runs) == 2 * 6
     draws = transfer.cv_draws(ids, folds=3, repeats=2, val=2, seed=0)
@@ -62,9 +59,9 @@ def test_the_runs_of_a_cross_validated_study_score_their_fold_with_their_own_con
     pairs = {(r.seed, r.train) for r in runs}
     assert len(pairs) == 6  # both arms of a draw train on the same cases; the six draws differ
     with pytest.raises(SystemExit, match="number the 6 draws"):
-        transfer.plan_runs(_args(eighteen, tmp_path, seeds=[6]))
+        transfer.plan_runs(_settings(eighteen, tmp_path, seeds=(6,)))
     with pytest.raises(SystemExit, match="training part leaves 10 cases"):
-        transfer.plan_runs(_args(eighteen, tmp_path, cases=[11]))
+        transfer.plan_runs(_settings(eighteen, tmp_path, cases=(11,)))
 
 
 def _cv_scores(effect: float) -> list[dict]:

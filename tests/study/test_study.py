@@ -331,13 +331,14 @@ def test_the_report_flags_a_pretraining_run_whose_held_out_loss_climbed_back():
     assert flags[1].startswith("mae-c40 was pretrained far from its plateau")
 
 
-def test_the_fine_tuning_runs_get_the_scale_s_loader_workers():
+def test_the_fine_tuning_runs_get_the_scale_s_loader_workers(data, tmp_path):
     from asa.study import transfer
-    common = dict(data="msd", root=Path("/d"), model="resenc", crop=32, cases=[2], seeds=[0], test=4, split_seed=0,
-                  steps=10, device="cpu", n_boot=10, out=Path("/o"))
-    argv = transfer.command_line(**common, workers=8)
-    assert argv[argv.index("--workers") + 1] == "8"
-    assert "--workers" not in transfer.command_line(**common)  # 0: in the training process, as before
+    settings = transfer.Transfer(tmp_path, data="msd", root=data[1], model="resenc", crop=32, cases=(2,), seeds=(0,),
+                                 test=4, steps=10, device="cpu", workers=8)
+    runs = transfer.plan_runs(settings)[0]
+    assert runs and all("data.num_workers=8" in run.overrides for run in runs)
+    default = transfer.plan_runs(dataclasses.replace(settings, workers=0))[0]
+    assert all("data.num_workers=0" in run.overrides for run in default)  # 0: in the training process, as before
 
 
 def _store(cohort: Path, store: Path, *options: str) -> Path:
@@ -497,7 +498,7 @@ def test_the_swvit_takes_the_positive_control_and_refuses_the_coordinate_channel
     overrides = study.supervised_overrides(control, network, study.SCALES["quick"], 0, [])
     assert overrides[:3] == ["data=msd", f"data.root={labeled}", "model=tiny"]
     arms = study.finetune_arms([], network, control.run_dir, {})
-    assert arms["supervised"] == f"model=tiny,model.pretrained={control.run_dir / 'checkpoints' / 'last.pt'}"
+    assert arms["supervised"] == ["model=tiny", f"model.pretrained={control.run_dir / 'checkpoints' / 'last.pt'}"]
 
 
 @pytest.fixture
@@ -689,29 +690,32 @@ def test_a_pilot_that_does_not_learn_stops_the_study_before_any_pretraining(data
     cohort, labeled = data
     started: list[str] = []
 
-    def fake_units(flat: bool):
-        def run_units(units, jobs, clock, times):
-            for unit in units:
-                started.append(unit.name)
-                if unit.name == study.PILOT:
-                    curve = [[10 * (i + 1), 0.001 if flat else min(0.6, 0.1 * i)] for i in range(8)]
-                    atomic = study.pilot_scores(tmp_path / ("flat" if flat else "learns"), study.SCALES["quick"])
-                    atomic.parent.mkdir(parents=True, exist_ok=True)
-                    atomic.write_text(json.dumps({"budget": {"val_curve": curve}, "scores": [], "names": []}))
-            return unit.name == study.PILOT or False  # stop after the pretraining stage is asked for
-        return run_units
+    def fake_pilot(flat: bool):
+        def run_study(settings, *, clock=None, times=None, beside=()):  # the pilot's run, scored with this curve
+            started.extend([study.PILOT, *(unit.name for unit in beside)])
+            curve = [[10 * (i + 1), 0.001 if flat else min(0.6, 0.1 * i)] for i in range(8)]
+            atomic = study.pilot_scores(tmp_path / ("flat" if flat else "learns"), study.SCALES["quick"])
+            atomic.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_text(json.dumps({"budget": {"val_curve": curve}, "scores": [], "names": []}))
+            return True
+        return run_study
+
+    def run_units(units, jobs, clock, times):
+        started.extend(unit.name for unit in units)
+        return False  # stop after the pretraining stage is asked for
 
     argv = ["--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), "--arms", "mae", "--scale", "cpu",
             "--network", "resenc-tiny", "--cases", "2", "--test", "3", "--val", "2", "--seeds", "0", "--time-budget", "9999",
             "--min-scored", "0"]  # 3 test cases: below what a real study reads from, a check of the pilot's gate
-    monkeypatch.setattr(study, "run_units", fake_units(flat=True))
+    monkeypatch.setattr(study, "run_units", run_units)
+    monkeypatch.setattr(study.transfer, "run_study", fake_pilot(flat=True))
     assert study.main([*argv, "--out", str(tmp_path / "flat")]) == 2
     said = capsys.readouterr().err
     assert "the pilot did not learn the task: best validation Dice 0.001" in said and "--accept-unlearned" in said
     assert started == [study.PILOT]  # no pretraining unit was asked for
     assert json.loads((tmp_path / "flat" / "pilot.json").read_text())["learned"] is False
     started.clear()
-    monkeypatch.setattr(study, "run_units", fake_units(flat=False))
+    monkeypatch.setattr(study.transfer, "run_study", fake_pilot(flat=False))
     assert study.main([*argv, "--out", str(tmp_path / "learns")]) == 3  # went on to the pretraining (stopped there)
     assert started == [study.PILOT, "mae-c4", "mae-c4-p1"]  # two pretraining runs per arm
     pilot = json.loads((tmp_path / "learns" / "pilot.json").read_text())

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from asa.eval.plots import line_plot
-from asa.study import report, transfer
+from asa.study import report, tables
 
 CLASSES = ["CSF", "lesion", "tumour"]
 LESION_CLASSES = ["lesion", "tumour"]  # the lesion Dice: the mean of these, next to the class "lesion"'s own Dice
@@ -31,7 +31,7 @@ def _scores(effects: dict[str, tuple[float, float]], *, cases: str = "abcdef", n
                     row = {"arm": arm, "n": n, "seed": seed, "case": case, **{f"Dice_{c}": v for c, v in dice.items()},
                            "Dice_mean": sum(dice.values()) / 3, "NSD_mean": 0.5 + d, "Dice_mean_zeroed": 0.1}
                     row.update({f"Dice_{c}_zeroed": 0.1 for c in CLASSES} | {f"NSD_{c}": 0.5 + d for c in CLASSES})
-                    row[transfer.LESION] = sum(dice[c] for c in LESION_CLASSES) / len(LESION_CLASSES)
+                    row[tables.LESION] = sum(dice[c] for c in LESION_CLASSES) / len(LESION_CLASSES)
                     rows.append(row)
     return rows
 
@@ -43,12 +43,12 @@ def _run(name: str, arm: str, steps: int) -> dict:
 
 def _study(tmp_path: Path, effects: dict[str, tuple[float, float]], *, scale: str = "cpu", pilot_dice: float = 0.7,
            pilot: dict | None = None, n_boot: int = 2000, ns=(2,)) -> tuple[str, list[dict], Path]:
-    """A study folder written by hand (transfer outputs from `transfer.write_outputs`, each arm against its twin) and
+    """A study folder written by hand (transfer outputs from `tables.write_outputs`, each arm against its twin) and
     its report -> (README.md, contrasts.json, the report folder)."""
     out = tmp_path / "study"
     scores = _scores(effects, ns=ns)
     arms = list(dict.fromkeys(r["arm"] for r in scores))
-    transfer.write_outputs(scores, CLASSES, {a: report.twin_of(a) if report.twin_of(a) in arms else a for a in arms},
+    tables.write_outputs(scores, CLASSES, {a: report.twin_of(a) if report.twin_of(a) in arms else a for a in arms},
                            out / "transfer", n_boot=200)
     runs = [_run(f"{arm}-c4", arm, steps) for arm, steps in (("mae", 3), ("asa", 5), ("asa-coord", 5), ("noise", 5))
             if f"{arm}-c4" in arms]
@@ -146,15 +146,15 @@ def test_holm_on_hand_computed_p_values():
 def test_a_class_named_lesion_keeps_its_dice_beside_the_lesion_dice(tmp_path):
     _, contrasts, _ = _study(tmp_path, {**CONTROLS, "asa-c4": (0.05, 0.002)}, n_boot=300)
     scores = report.read_scores(tmp_path / "study" / "transfer" / "scores.csv", CLASSES)
-    assert scores[0]["Dice_lesion"] == pytest.approx(0.2) and scores[0][transfer.LESION] == pytest.approx(0.3)
+    assert scores[0]["Dice_lesion"] == pytest.approx(0.2) and scores[0][tables.LESION] == pytest.approx(0.3)
     table = (tmp_path / "study" / "transfer" / "transfer.md").read_text()
     assert "| lesion |" in table and "lesion mean" in table
-    assert transfer.LESION in _row(contrasts, "asa-c4")
+    assert tables.LESION in _row(contrasts, "asa-c4")
     # a scores.csv written before the rename: its Dice_lesion is the lesion Dice where no class is called "lesion"
     old = tmp_path / "old.csv"
     old.write_text("arm,n,seed,case,Dice_CSF,Dice_mean,Dice_lesion\nscratch,2,0,a,0.5,0.5,0.25\n")
-    assert report.read_scores(old, ["CSF"])[0][transfer.LESION] == 0.25
-    assert transfer.LESION not in report.read_scores(old, ["CSF", "lesion"])[0]
+    assert report.read_scores(old, ["CSF"])[0][tables.LESION] == 0.25
+    assert tables.LESION not in report.read_scores(old, ["CSF", "lesion"])[0]
 
 
 def test_the_plots_mark_zero_name_their_axes_and_compare_each_arm_with_its_twin(tmp_path):
@@ -239,7 +239,7 @@ def test_near_uniform_attentive_weights_make_asa_minus_mae_no_test_and_the_plate
     out = tmp_path / "study"
     scores = _scores({**CONTROLS, "mae-c4": (0.0, 0.002), "asa-c4": (0.0, 0.002)})
     arms = list(dict.fromkeys(r["arm"] for r in scores))
-    transfer.write_outputs(scores, CLASSES, {a: report.twin_of(a) if report.twin_of(a) in arms else a for a in arms},
+    tables.write_outputs(scores, CLASSES, {a: report.twin_of(a) if report.twin_of(a) in arms else a for a in arms},
                            out / "transfer", n_boot=200)
     runs = [{**_run("asa-c4", "asa", 5), "weights_cv": 0.14, "weights_share": 0.98, "plateau": False,
              "loss_drop": 0.083, "loss_rise": 0.0, "tol": 0.02}, _run("mae-c4", "mae", 5), _run("noise-c4", "noise", 5)]
@@ -264,7 +264,7 @@ def test_near_uniform_attentive_weights_make_asa_minus_mae_no_test_and_the_plate
 
 
 def test_the_endpoint_is_the_lesion_when_named_or_the_only_class():
-    assert report.endpoint(["CSF", "GM", "lesion"], ["lesion"]) == (transfer.LESION, "lesion Dice (lesion)")
+    assert report.endpoint(["CSF", "GM", "lesion"], ["lesion"]) == (tables.LESION, "lesion Dice (lesion)")
     assert report.endpoint(["lesion"], []) == ("Dice_mean", "lesion Dice (lesion)")
     assert report.endpoint(["CSF", "GM", "WM"], []) == ("Dice_mean", "mean Dice")
 
@@ -275,7 +275,7 @@ def test_replicated_pretraining_is_a_level_of_the_interval_and_the_page_counts_t
                "asa-c4": (0.01, 0.002), "asa-c4-p1": (0.05, 0.002)}
     scores = _scores(effects)
     arms = list(dict.fromkeys(r["arm"] for r in scores))
-    transfer.write_outputs(scores, CLASSES, {a: "scratch" for a in arms}, out / "transfer", n_boot=200)
+    tables.write_outputs(scores, CLASSES, {a: "scratch" for a in arms}, out / "transfer", n_boot=200)
     runs = [_run(name, name.split("-")[0], 5) for name in ("mae-c4", "mae-c4-p1", "asa-c4", "asa-c4-p1", "noise-c4",
                                                            "noise-c4-p1")]
     info = {"scale_name": "cpu", "network": "resenc", "machine": MACHINE, "finished": "2026-11-25T22:00:00",

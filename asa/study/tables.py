@@ -1,0 +1,293 @@
+"""The reading of a transfer study's runs (`asa.study.transfer`): each run's budget check from its logged scalars,
+the pilot's converged budget, and the outputs: Table-4-shaped Markdown and CSV, the budget table and the plot of mean
+Dice against the number of labeled cases."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asa.eval.metrics import EMPTY_HD95
+from asa.eval.plots import line_plot
+from asa.io import atomic_write_text
+from asa.study.common import markdown_table as table, rows_csv
+from asa.study.statistics import LESION, delta_prefix, summarize
+
+PLATEAU_TOL = 0.05  # relative loss drop between the last two quarters of a run below which it has plateaued
+VAL_PLATEAU_TOL = 0.02  # spread (max − min) of validation Dice over a run's last 20 % within which it has plateaued
+
+
+def val_plateau(dice: Sequence[float], *, tol: float = VAL_PLATEAU_TOL, tail: float = 0.2) -> dict[str, Any]:
+    """Whether a run's validation Dice (rounds in step order) plateaued: ``val_dice`` (the last round),
+    ``val_spread`` (max − min over the last ``tail`` of the rounds, at least 2 rounds) and
+    ``val_plateau`` (that spread ≤ ``tol``); NaN / None without at least 3 rounds."""
+    v = np.asarray(dice, dtype=float)
+    if v.size < 3:
+        return {"val_dice": float(v[-1]) if v.size else math.nan, "val_spread": math.nan, "val_plateau": None}
+    last = v[-max(2, int(math.ceil(tail * v.size))):]
+    spread = float(last.max() - last.min())
+    return {"val_dice": float(v[-1]), "val_spread": spread, "val_plateau": spread <= tol}
+
+
+def budget_check(losses: Sequence[float], rel_encoder: Sequence[float], rel_decoder: Sequence[float]) -> dict[str, Any]:
+    """Whether a run learned what its budget allows, from its logged training-loss windows (in step order)
+    and relative updates: ``final_loss`` (mean of the last quarter of the windows), ``loss_drop`` (relative
+    drop from the third to the last quarter), ``plateau`` (that drop < ``PLATEAU_TOL``) and the mean
+    relative update of encoder and decoder (``rel_update_encoder`` / ``_decoder``, their ratio)."""
+    v = np.asarray(losses, dtype=float)
+    if v.size < 4:
+        raise ValueError(f"budget check needs at least 4 logged loss windows, got {v.size}: lower trainer.log_every")
+    q = v.size // 4
+    third, last = v[-2 * q:-q].mean(), v[-q:].mean()
+    drop = float((third - last) / max(abs(third), 1e-12))
+    enc = float(np.mean(rel_encoder)) if len(rel_encoder) else math.nan
+    dec = float(np.mean(rel_decoder)) if len(rel_decoder) else math.nan
+    return {"final_loss": float(last), "loss_drop": drop, "plateau": drop < PLATEAU_TOL, "rel_update_encoder": enc,
+            "rel_update_decoder": dec, "rel_update_ratio": enc / dec if dec and not math.isnan(dec) else math.nan}
+
+
+def logged_series(run_dir: Path, tags: Sequence[str]) -> dict[str, list[tuple[int, float]]]:
+    """The (step, value) pairs of each scalar ``tags`` in a run's TensorBoard folder, in step order (empty
+    when the run did not log it, or wrote no TensorBoard folder)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not (run_dir / "tb").is_dir():
+        return {t: [] for t in tags}
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    have = set(events.Tags()["scalars"])
+    return {t: [(int(e.step), float(e.value)) for e in sorted(events.Scalars(t), key=lambda e: e.step)]
+            if t in have else [] for t in tags}
+
+
+def logged_budget(run_dir: Path) -> dict[str, Any]:
+    """:func:`budget_check` of a finished run, from the scalars in its TensorBoard folder, with
+    :func:`val_plateau` and the validation curve (``val_curve``: [step, Dice] per round) when it validated
+    (``--val-cases``)."""
+    tags = ("train/loss", "train/rel_update/encoder", "train/rel_update/decoder", "val/dice")
+    series = logged_series(run_dir, tags)
+    values = {t: [v for _, v in series[t]] for t in tags}
+    out = budget_check(values["train/loss"], values["train/rel_update/encoder"], values["train/rel_update/decoder"])
+    if not series["val/dice"]:
+        return out
+    return {**out, **val_plateau(values["val/dice"]), "val_curve": [list(x) for x in series["val/dice"]]}
+
+
+def converged_budget(curve: Sequence[Sequence[float]], *, tol: float = 0.01, window: int = 3) -> dict[str, Any]:
+    """The step at which a validation-Dice curve ([step, Dice] per round, in step order) stopped rising: the
+    first round whose trailing mean over ``window`` rounds comes within ``tol`` of the curve's best trailing
+    mean. ``converged``: that round lies in the first three quarters of the rounds, so the curve stayed flat
+    for at least the last quarter (False: it was still rising, and the budget is only a lower bound)."""
+    if len(curve) < 2 * window:
+        raise ValueError(f"converged_budget needs at least {2 * window} validation rounds, got {len(curve)}")
+    steps = np.asarray([c[0] for c in curve], dtype=int)
+    dice = np.asarray([c[1] for c in curve], dtype=float)
+    smooth = np.array([dice[max(0, i - window + 1):i + 1].mean() for i in range(dice.size)])
+    best = float(smooth.max())
+    first = int(np.flatnonzero(smooth >= best - tol)[0])
+    return {"budget": int(steps[first]), "converged": bool(first < 0.75 * dice.size), "best": best, "tol": tol,
+            "window": window}
+
+
+def _ci(r: Mapping[str, Any], p: str, digits: int = 3) -> str:
+    """'+0.040 [+0.010, +0.070]': a paired difference with its seed × case CI."""
+    f = f"{{:+.{digits}f}}"
+    return f"{f.format(r[p])} [{f.format(r[p + '_lo'])}, {f.format(r[p + '_hi'])}]"
+
+
+def _arm(r: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
+    """An arm's cell: its name, and the arm its Δ is taken against where the rows' references differ (a twin)."""
+    several = len({x["reference"] for x in rows if "reference" in x}) > 1
+    return f"{r['arm']} (Δ vs {r['reference']})" if several and "reference" in r else str(r["arm"])
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str) -> str:
+    """Table-4-shaped Markdown: arm × labeled cases, Dice per class ± sd, mean, HD95 mean (when scored),
+    zeroed, Δ mean Dice vs reference [95 % crossed random-effects CI], the seed × case bootstrap CI, the per-seed Δ
+    and the case-only CI."""
+    hd = any("HD95_mean" in r for r in rows)
+    nsd = all("NSD_mean" in r for r in rows)
+    lesion = all(LESION in r for r in rows)
+    head = ["arm", "labeled", *names, "mean", *(["lesion mean"] if lesion else []), *(["HD95 mean (mm)"] if hd else []),
+            *(["NSD mean"] if nsd else []),
+            "encoder zeroed",
+            f"Δ mean vs {reference} [95 % CI, random effects]", "bootstrap CI (seeds × cases)", "Δ per seed",
+            "case-only CI",
+            *([f"Δ HD95 vs {reference} [95 % CI]"] if hd else [])]
+    lines = []
+    for r in rows:
+        def cell(key: str, digits: int = 3) -> str:  # ± sd over seeds, when there are several
+            sd = r[key + "_sd"]
+            return f"{r[key]:.{digits}f}" if math.isnan(sd) else f"{r[key]:.{digits}f} ± {sd:.{digits}f}"
+
+        cells = [_arm(r, rows), str(r["n"])] + [cell(f"Dice_{c}") for c in names] + [cell("Dice_mean")]
+        cells += [cell(LESION)] if lesion else []
+        cells += [cell("HD95_mean", 1)] if hd else []
+        cells += [cell("NSD_mean")] if nsd else []
+        cells.append("— (no encoder)" if math.isnan(r["Dice_mean_zeroed"])
+                     else f"{r['Dice_mean_zeroed']:.3f} (drop {r['encoder_drop']:+.3f})")
+        if "delta" not in r:
+            cells += ["—"] * (4 + hd)
+        else:
+            cells += [f"{r['delta']:+.3f} [{r['delta_re_lo']:+.3f}, {r['delta_re_hi']:+.3f}]",
+                      f"[{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}]",
+                      " ".join(f"{float(v):+.3f}" for v in r["delta_per_seed"].split()),
+                      f"[{r['delta_case_lo']:+.3f}, {r['delta_case_hi']:+.3f}]"]
+            cells += [_ci(r, "delta_HD95_mean", 1)] if hd else []
+        lines.append(cells)
+    return table(head, lines)
+
+
+def class_differences_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str) -> str:
+    """Markdown: per arm and N, the paired difference to ``reference`` of every class's Dice (and HD95,
+    when scored) with its seed × case 95 % CI."""
+    keys = ([f"Dice_{c}" for c in names] + ([LESION] if all(LESION in r for r in rows) else [])
+            + ([f"HD95_{c}" for c in names] if any("HD95_mean" in r for r in rows) else [])
+            + ([f"NSD_{c}" for c in names] + ["NSD_mean"] if all("NSD_mean" in r for r in rows) else []))
+    head = ["arm", "labeled", *(f"Δ {k.replace('_', ' ')}" + (" (mm)" if k.startswith("HD95") else "") for k in keys)]
+    return table(head, [[_arm(r, rows), str(r["n"])] + [_ci(r, delta_prefix(k), 1 if k.startswith("HD95") else 3) for k in keys]
+                        for r in rows if "delta" in r])
+
+
+def draw_lines(budgets: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per N on the labeled draws the seeds made (from each run's ``train`` cases): how many distinct sets
+    of labeled cases, and how many cases two seeds' sets share on average; none where the runs do not say."""
+    lines = []
+    for n in sorted({int(b["n"]) for b in budgets}):
+        sets = {int(b["seed"]): frozenset(str(b["train"]).split()) for b in budgets
+                if int(b["n"]) == n and isinstance(b.get("train"), str) and b["train"]}
+        if not sets:
+            continue
+        pairs = [len(sets[a] & sets[b]) for i, a in enumerate(sorted(sets)) for b in sorted(sets)[i + 1:]]
+        lines.append(f"At N = {n}: {len(sets)} seed(s) drew {len(set(sets.values()))} distinct set(s) of labeled cases"
+                     + (f"; two seeds' sets share {np.mean(pairs):.1f} of {n} cases on average" if pairs else "")
+                     + (" (every seed trains on the same cases: the seeds differ in their training's randomness "
+                        "alone, not in the labeled draw)" if len(set(sets.values())) == 1 and len(sets) > 1 else "")
+                     + ".")
+    return lines
+
+
+def report_markdown(rows: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str, *, n_boot: int,
+                    draws: Sequence[str] = ()) -> str:
+    """transfer.md: the Table-4-shaped table, how to read it (``draws``: `draw_lines`), and the per-class
+    differences."""
+    hd = any("HD95_mean" in r for r in rows)
+    notes = [
+        f"Labeled = training cases of each run; ± = sd over seeds of the per-seed test means (a seed is a draw of "
+        f"labeled cases from the training pool and a fine-tuning seed; draws of a small pool share cases: "
+        f"{' '.join(draws) if draws else 'see the runs splits.json'}). Δ = arm − {reference}, paired by N, seed and "
+        "test case. Its 95 % CI is the crossed random-effects interval of seeds × test cases (ANOVA mean squares, "
+        "each part at its own t quantile: asa.eval.random_effects; with --folds, the cross-validated draws' "
+        "folded_interval), the one the study's verdicts read; beside it "
+        f"the two-level percentile bootstrap ({n_boot} resamples: test cases, then seeds, with replacement), too "
+        "narrow with 2–3 seeds. 'Δ per seed' lists the mean Δ of every seed; 'case-only CI' resamples test cases "
+        "only (per case, Δ averaged over seeds), which ignores the spread between labeled draws. Encoder zeroed: "
+        "mean Dice with every encoder state the decoder receives set to zero (drop = what the encoder contributes).",
+    ]
+    if hd:
+        notes.append("HD95 per class in mm (voxel spacing of the label), scored as asa-evaluate scores it: the larger of "
+                     "the two directed 95th percentiles of surface distances (MONAI); both masks empty: 0 mm, exactly "
+                     f"one empty: {EMPTY_HD95} mm (BraTS). HD95 mean averages the classes, empties included; lower is "
+                     "better, so a negative Δ HD95 favours the arm.")
+    if all("NSD_mean" in r for r in rows):
+        notes.append("NSD: normalised surface Dice (the share of both surfaces within the tolerance of the other), scored "
+                     "as asa-evaluate scores it at its default tolerance; higher is better.")
+    return (markdown_table(rows, names, reference) + "\n" + "\n\n".join(notes) + "\n\n"
+            + "Paired differences per class [95 % CI, seeds × cases]:\n\n" + class_differences_table(rows, names, reference))
+
+
+def svg_plot(rows: Sequence[Mapping[str, Any]], *, width: int = 480, height: int = 320) -> str:
+    """Mean Dice (± sd over seeds) against the number of labeled cases, one line per arm (SVG, `asa.eval.plots`)."""
+    series = {arm: [(r["n"], r["Dice_mean"], r["Dice_mean_sd"]) for r in rows if r["arm"] == arm]
+              for arm in dict.fromkeys(r["arm"] for r in rows)}
+    return line_plot(series, xlabel="labeled cases", ylabel="mean Dice", width=width, height=height)
+
+
+def unlearned_classes(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
+    """One line per N and class that every arm scores Dice 0 on (mean over seeds and cases): there the
+    table shows no difference because nothing was learned, not because the arms are alike."""
+    notes = []
+    for n in sorted({int(r["n"]) for r in rows}):
+        mine = [r for r in rows if int(r["n"]) == n]
+        zero = [c for c in names if all(r[f"Dice_{c}"] <= 1e-6 for r in mine)]
+        if zero:
+            notes.append(f"At {n} labeled case(s) every arm scores Dice 0 on {', '.join(zero)}: nothing was learned "
+                         "there, so the table can say nothing about a difference between the arms on "
+                         f"{'it' if len(zero) == 1 else 'them'}.")
+    return notes
+
+
+CURVE_FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
+CURVE_HEAD = "val Dice at " + " / ".join(f"{f:.0%}" for f in CURVE_FRACTIONS) + " of the run"
+
+
+def curve_cell(runs: Sequence[Mapping[str, Any]]) -> str:
+    """The validation curve of runs of one arm and N: mean Dice over the runs at the round nearest each of
+    `CURVE_FRACTIONS` of the run ("—" without validation rounds)."""
+    curves = [r["val_curve"] for r in runs if r.get("val_curve")]
+    if not curves:
+        return "—"
+    points = [np.mean([c[min(len(c) - 1, max(0, round(f * len(c)) - 1))][1] for c in curves]) for f in CURVE_FRACTIONS]
+    return " / ".join(f"{x:.3f}" for x in points)
+
+
+def budget_table(budgets: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown: per arm and N, the steps, final training loss (± sd over seeds), how many runs
+    plateaued, and the mean relative update of encoder and decoder (and their ratio)."""
+    val = any(b.get("val_plateau") is not None for b in budgets)
+    head = ["arm", "labeled", "steps", "final loss", "plateaued", *(["val Dice plateaued", CURVE_HEAD] if val else []),
+            "rel. update encoder", "rel. update decoder", "encoder / decoder", "train s / run"]
+    lines = []
+    groups: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
+    for b in budgets:
+        groups.setdefault((b["arm"], int(b["n"])), []).append(b)
+    for (arm, n), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        loss = [r["final_loss"] for r in runs]
+        sd = f" ± {np.std(loss, ddof=1):.3f}" if len(loss) > 1 else ""
+
+        def mean(key: str) -> str:  # "—" for a network without a registered encoder (nothing logged)
+            values = [float(r[key]) for r in runs if not math.isnan(float(r[key]))]
+            return f"{np.mean(values):.2g}" if values else "—"
+
+        checked = [r for r in runs if r.get("val_plateau") is not None]
+        plateau_val = [f"{sum(bool(r['val_plateau']) for r in checked)}/{len(checked)}", curve_cell(checked)] if val else []
+        secs = [float(r.get("train_seconds", math.nan)) for r in runs]
+        secs = [t for t in secs if not math.isnan(t)]
+        lines.append([arm, str(n), str(runs[0]["steps"]), f"{np.mean(loss):.3f}{sd}",
+                      f"{sum(bool(r['plateau']) for r in runs)}/{len(runs)}", *plateau_val,
+                      mean("rel_update_encoder"), mean("rel_update_decoder"), mean("rel_update_ratio"),
+                      f"{np.mean(secs):.0f}" if secs else "—"])
+    return table(head, lines)
+
+
+def write_outputs(scores: list[dict], names: Sequence[str], reference: str | Mapping[str, str], out: Path, *,
+                  n_boot: int = 10000, budgets: Sequence[Mapping[str, Any]] = (), undone: int = 0) -> str:
+    """scores.csv, transfer.md / .csv, runs.csv (the budget check) and dice_vs_cases.svg under ``out``;
+    returns the Markdown. ``reference``: one arm, or arm -> its reference arm."""
+    rows = summarize(scores, names, reference, n_boot=n_boot)
+    label = (reference if isinstance(reference, str)
+             else " / ".join(dict.fromkeys(v for k, v in reference.items() if k != v)) or "reference")
+    md = report_markdown(rows, names, label, n_boot=n_boot, draws=draw_lines(budgets))
+    notes = unlearned_classes(rows, names)
+    if notes:
+        md += "\n" + "\n".join(f"- {line}" for line in notes) + "\n"
+    if budgets:
+        md += ("\nBudget check (one row per arm and N; final loss = mean training loss over the last quarter of "
+               f"the run; plateaued = its drop from the third quarter is below {PLATEAU_TOL:.0%}; val Dice plateaued "
+               f"(with --val-cases) = the spread of validation Dice over the run's last 20 % of rounds is at most "
+               f"{VAL_PLATEAU_TOL}; relative update = ‖Δw‖/‖w‖ per optimiser step, mean over the run; train s / run = "
+               "wall time of the run's asa-finetune process, mean over the runs trained in this folder):\n\n"
+               + budget_table(budgets))
+        atomic_write_text(out / "runs.csv", rows_csv(budgets))
+    if undone:
+        md = (f"**Partial: {undone} run(s) not trained yet** (rerun the same command with --reuse to continue).\n\n"
+              + md)
+    atomic_write_text(out / "scores.csv", rows_csv(scores))
+    atomic_write_text(out / "transfer.csv", rows_csv(rows))
+    atomic_write_text(out / "transfer.md", md)
+    atomic_write_text(out / "dice_vs_cases.svg", svg_plot(rows))
+    return md

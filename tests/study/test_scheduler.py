@@ -1,0 +1,35 @@
+"""asa/study/scheduler.py: units run in order, ``jobs`` at once, only while the call's time budget holds them; a
+finished unit is not run again and a failed one ends the study naming its log."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from asa.study.common import Clock
+from asa.study.scheduler import STOP_MARGIN, Unit, run_units
+
+
+def _unit(tmp_path: Path, name: str, code: str = "") -> Unit:
+    """A unit whose process writes ``<tmp_path>/<name>`` (its result) after ``code``."""
+    result = tmp_path / name
+    return Unit(name, (sys.executable, "-c", f"{code}\nopen({str(result)!r}, 'w').write('done')"), result.is_file,
+                tmp_path / "logs" / f"{name}.log")
+
+
+def test_units_run_until_done_and_only_while_the_budget_holds_them(tmp_path):
+    times: dict[str, float] = {}
+    assert run_units([_unit(tmp_path, "a"), _unit(tmp_path, "b"), _unit(tmp_path, "c")], 2, Clock(None), times)
+    assert sorted(times) == ["a", "b", "c"] and all(t > 0 for t in times.values())
+    assert (tmp_path / "logs" / "a.log").is_file()
+    again = _unit(tmp_path, "a", "raise SystemExit(1)")  # done already: not started, so it cannot fail
+    assert run_units([again], 1, Clock(None), times)
+    # a budget that ends within the stop margin starts nothing, and says the call did not finish
+    assert not run_units([_unit(tmp_path, "d")], 1, Clock(STOP_MARGIN - 1), times)
+    assert not (tmp_path / "d").exists() and "d" not in times
+
+
+def test_a_failed_unit_ends_the_study_naming_its_log(tmp_path):
+    with pytest.raises(SystemExit, match=r"\[study\] bad failed \(exit 3\): see .*bad\.log"):
+        run_units([_unit(tmp_path, "bad", "raise SystemExit(3)")], 1, Clock(None), {})
