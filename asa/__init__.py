@@ -2,7 +2,8 @@
 
 ``asa.load_encoder(path)`` returns the pretrained encoder of an export or checkpoint as a plain
 module; ``asa.export_for_monai(path, out)`` writes an SA-Swin export in ``SwinUNETR.load_from``'s
-layout (both from :mod:`asa.models.portable`, imported on first use so that ``import asa`` stays light).
+layout (from :mod:`asa.models.portable` and :mod:`asa.formats.monai`, imported on first use so that ``import asa``
+stays light).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_LAZY = {"load_encoder": "asa.models.portable", "export_for_monai": "asa.models.portable"}
+_LAZY = {"load_encoder": "asa.models.portable", "export_for_monai": "asa.formats.monai"}
 
 
 def __getattr__(name: str) -> Any:

@@ -33,7 +33,7 @@ from asa.data.cohort import COHORT_FORMAT, DIGEST, cohort_summary, export_cohort
 from asa.data.fingerprint import FINGERPRINT, encode_fingerprint, image_fingerprint
 from asa.io import save_checkpoint, save_export_safetensors
 from asa.models import network_spec
-from asa.models.exports.nnssl import nnssl_checkpoint
+from asa.formats.nnssl import nnssl_checkpoint
 from asa.models.cnn.resenc import resenc_unet
 from asa.models.portable import encoder_export
 

@@ -23,7 +23,7 @@ import torch
 from asa.api import finetune
 from asa.api.config import compose_config
 from asa.api.export import export_model
-from asa.api.machinery.onnx_export import ONNX_FILE
+from asa.formats.onnx import ONNX_FILE
 from asa.data import discover, write_demo_dataset
 from asa.eval.predict import Predictor, predict_case
 from asa.io import load_volume

@@ -1,4 +1,5 @@
-"""Dependencies point down the pipeline: io, the declared option choices and the plug-in tables, then data / losses / models, then eval, then train (whose
+"""Dependencies point down the pipeline: io, the declared option choices and the plug-in tables, then data / losses / models, then
+the formats for other tools (``formats``, which eval reads to run an ONNX file), then eval, then train (whose
 validation uses eval's metrics), then the pretraining methods (which assemble those parts), then api,
 then the compute planner, then cli. Above the package, never imported by it: ``scripts/``, the studies of
 ``studies/`` and the measuring tools of ``benchmarks/``.
@@ -18,10 +19,10 @@ import asa
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "asa"
 TOOLS = {"scripts": ROOT / "scripts", "benchmarks": ROOT / "benchmarks", "studies": ROOT / "studies"}  # above the package
-LEVEL = {"io": 0, "choices": 0, "plugins": 0, "data": 1, "losses": 1, "models": 1, "eval": 2, "train": 3, "methods": 4, "api": 5,
+LEVEL = {"io": 0, "choices": 0, "plugins": 0, "data": 1, "losses": 1, "models": 1, "formats": 2, "eval": 2, "train": 3, "methods": 4, "api": 5,
          "planning": 6, "study": 6, "cli": 7}
 # stages of one level import each other only along these edges (a cycle is never declared)
-PEERS = {("models", "losses")}
+PEERS = {("models", "losses"), ("eval", "formats")}
 
 
 def module_of(path: Path) -> str:

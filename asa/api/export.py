@@ -7,6 +7,7 @@ takes as is. ``asa.load_encoder(OUT_DIR)`` and ``asa-finetune model.pretrained=O
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import json
@@ -19,35 +20,25 @@ from pathlib import Path
 from typing import Any
 
 import asa
-from asa.api.machinery.card import folder_licence, git_commit, model_card, model_config, provenance, segmenter_card
-from asa.api.machinery.cohort import recorded_cohort, weights_folder
 from asa.api.configuration.compat import current_config
+from asa.api.machinery.cohort import overlap_statement, recorded_cohort, recorded_overlap, weights_folder
 from asa.api.machinery.rundir import RunDirError, check_writable
 from asa.api.machinery.run import refusing
 from asa.data.cohort import (COHORT_LEVELS, IDS_WITHHELD, CohortListMissing, carried_cohort, cohort_digest,
-                             cohort_summary, export_cohort, write_cohort_list)
-from asa.io import atomic_write_json, save_checkpoint, write_model_folder
-from asa.io.atomic import atomic_write_bytes
+                             cohort_summary, export_cohort)
+from asa.formats import SEGMENTER, Format, Job, choices, formats
+from asa.api.machinery.rundir import COMMAND_NAME
+from asa.formats.card import folder_licence, git_commit, model_card, segmenter_card
+from asa.formats.hub import HUB, model_config
+from asa.io.hub import FOLDER_FILES, SEGMENTER_FILE, write_folder, write_model_folder
 from asa.models import load_weights
-from asa.io.hub import (COHORT_LIST, FOLDER_FILES, NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS, NNUNET_WEIGHTS, OPTIONAL_FILES,
-                        SEGMENTER_FILE)
-from asa.api.machinery.nnunet_results import (DATASET_ID, RESULTS_FILES, check_dataset, check_spacing, nnunet_results,
-                                              results_card, write_nnunet_results)
-from asa.api.machinery.onnx_export import (ONNX_FILE, OnnxExport, export_onnx, onnx_alone_card, onnx_card,
-                                  write_onnx_folder)
-from asa.models.exports.nnssl import nnssl_checkpoint
-from asa.models.exports.nnunet import (NNUNET_CONFIGURATION, READING_NOTE, describe_nnunet, nnunet_checkpoint,
-                                       nnunet_fault, nnunet_plans_snippet)
 from asa.models.family import has_encoder
 from asa.models.portable import encoder_export
 from asa.models.registry import NETWORK_KINDS, current_spec, network_record
 
 HUB_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*")  # a Hugging Face repository id
 
-__all__ = ["FORMATS", "NNUNET_PLANS", "NNUNET_WEIGHTS", "export_model", "merge_nnunet_plans", "model_card",
-           "model_config", "provenance"]
-
-FORMATS = ("hub", "onnx", "nnunet-results")  # asa-export --format
+__all__ = ["export_model"]
 
 
 def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False,
@@ -56,53 +47,38 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
                  base_model: str | None = None, datasets: Sequence[str] = (), format: str = "hub",
                  dataset_id: int | None = None, dataset_name: str | None = None,
                  spacing: Sequence[float] | None = None) -> Path:
-    """Write the hub-ready model folder of ``checkpoint`` to ``out_dir``; returns ``out_dir``.
+    """Write the hub-ready model folder of ``checkpoint`` to ``out_dir``, with the files of every format that takes
+    it (`asa.formats`); returns ``out_dir``. A bad input is refused (`asa.api.machinery.run.OptionError`, exit 2 from
+    the console script) before anything is written.
 
     Args:
-        checkpoint: a checkpoint (``last.pt`` / ``best.pt`` of asa-pretrain or asa-finetune), an
-            encoder export (``encoder.pt`` / ``encoder.safetensors``) or a model folder, of a network
-            with a registered encoder.
-        out_dir: the folder to write (``.``: the working folder); one holding anything but an earlier
-            export's three files is refused, naming them; one holding those is refused unless ``overwrite``.
-        overwrite: move an earlier export's files in ``out_dir`` to ``<out_dir>.replaced-<time>/``
-            (never deleted) and write the new ones.
-        license: the model card's licence field (a Hugging Face licence id, e.g. ``apache-2.0``;
-            ``other``: stated in the card's text). None: the one the source records (a published file's, an earlier
-            folder's), else ``other``; a published file's recorded licence is kept, another one is refused.
-        nnunet_channels: for an encoder with an nnU-Net export, the image channels of the nnU-Net checkpoint (a
-            1-channel stem is repeated and divided by their number; None: the encoder's own).
-        nnunet_plans: an nnU-Net plans file (``$nnUNet_preprocessed/DatasetXXX/<plans>.json``) to add the
-            ``3d_fullres_asa`` configuration to (:func:`merge_nnunet_plans`), so that ``nnUNetv2_train`` runs it.
-        cohort: what the folder carries of the pretraining cohort (`asa.data.cohort.COHORT_LEVELS`): ``full``,
-            each case's id, subject, image digests and fingerprints; ``digests`` (the default), the digests and
-            fingerprints under opaque keys (``case-0001``, ...) and no subject, so that a public folder names no
-            participant while asa-finetune and asa-probe still find a copy of a pretraining scan among their
-            held-out cases; ``none``, no cohort, only its summary digest in ``config.json`` (nothing is checked).
-            The list is ``cohort.json.gz`` in the folder, the weight files carry its summary
-            (`asa.data.cohort.cohort_summary`). None: ``digests`` when the source carries a cohort; ``full`` or
-            ``digests`` of a source that carries none (a folder exported with ``none``) is refused.
-        format: `FORMATS`: ``hub``, the model folder; ``onnx``, the folder and ``model.onnx``, the fine-tuned
-            segmenter that onnxruntime runs (`asa.api.machinery.onnx_export`); ``nnunet-results``, instead of the folder an
-            nnU-Net v2 results folder of the segmenter that nnU-Net's own predictor runs
-            (`asa.api.machinery.nnunet_results`). Both carry the card's provenance (:func:`provenance`) and refuse a
-            network they cannot represent, naming it, before anything is written.
-        dataset_id: ``nnunet-results``: the plans' ``Dataset<id>`` (1..999; None: 975), which ``nnUNetv2_predict -d``
-            finds in ``$nnUNet_results``: two models need two ids.
-        dataset_name: ``nnunet-results``: what follows ``Dataset<id>_`` (None: ``asa_<task>``).
-        spacing: ``nnunet-results``: the plans' voxel size in mm (one edge or three, RAS order) for a checkpoint
-            fine-tuned before asa-finetune recorded its training cases' median spacing (None: the recorded one).
+        checkpoint: ``last.pt`` / ``best.pt`` of asa-pretrain or asa-finetune, an encoder export (``encoder.pt`` /
+            ``encoder.safetensors``) or a model folder, of a network with a registered encoder.
+        out_dir: the folder to write (``.``: the working folder); one holding anything but an earlier export's
+            files is refused, naming them; one holding those is refused unless ``overwrite``, which moves them to
+            ``<out_dir>.replaced-<time>/`` (never deleted).
+        license: the card's licence id (e.g. ``apache-2.0``; ``other``: stated in the card's text). None: the one
+            the source records, else ``other``; a published file's recorded licence is kept, another one refused.
+        nnunet_channels: the image channels of the nnU-Net checkpoint (a 1-channel stem is repeated and divided by
+            their number; None: the encoder's own).
+        nnunet_plans: an nnU-Net plans file to add the ``3d_fullres_asa`` configuration to, so that
+            ``nnUNetv2_train`` runs it (`asa.formats.nnunet.merge_nnunet_plans`).
+        cohort: what the folder carries of the pretraining cohort (`asa.data.cohort.COHORT_LEVELS`) in
+            ``cohort.json.gz``: ``full`` (ids, subjects, digests, fingerprints), ``digests`` (the default: digests and
+            fingerprints under opaque keys, no participant named, still checked by asa-finetune and asa-probe) or
+            ``none`` (only its summary digest in ``config.json``); ``full`` / ``digests`` of a source carrying no
+            cohort is refused.
+        base_model, datasets: the card's Hugging Face ids of the encoder a segmenter started from, and of datasets.
+        format: ``hub``, the model folder, or a segmenter format (`asa.formats.choices`): ``onnx``, the folder and
+            ``model.onnx``; ``nnunet-results``, instead of the folder nnU-Net's results folder of the segmenter.
+        dataset_id, dataset_name, spacing: ``nnunet-results``: the plans' ``Dataset<id>_<name>`` (None: 975,
+            ``asa_<task>``) and voxel size in mm (one edge or three, RAS order; None: the one asa-finetune recorded).
 
-    A fine-tuning checkpoint also gives ``segmenter.pt``, the whole network (weights, spec, run config) that
-    ``asa-predict checkpoint=OUT_DIR`` uses, and the card names its task, training data, the metrics of
-    asa-evaluate runs found in the run folder and the command that made it. An encoder whose family declares
-    the network nnU-Net builds of it (`asa.models.family.NNUNetForm`: resenc without the coordinate channel, a
-    plug-in's U-Net) also gets ``nnunet_pretrained_weights.pth`` and
-    ``nnunet_plans.json`` (`asa.models.exports.nnunet`): ``nnUNetv2_train ... -pretrained_weights`` loads the one
-    into the network nnU-Net builds from the other; and nnssl's ``checkpoint_final.pth`` with
-    ``adaptation_plan.json`` (`asa.models.exports.nnssl`), which nnU-Net's nnssl route reads.
-
-    A bad input is refused (`asa.api.machinery.run.OptionError`, exit 2 from the console script) before anything is written.
+    A fine-tuning checkpoint also gives ``segmenter.pt``, the whole network that ``asa-predict checkpoint=OUT_DIR``
+    runs, and the card names its task, training data, the asa-evaluate metrics of its run folder and its command.
     """
+    options = {"nnunet_channels": nnunet_channels, "nnunet_plans": nnunet_plans, "dataset_id": dataset_id,
+               "dataset_name": dataset_name, "spacing": spacing, "overwrite": overwrite}
     with refusing():
         source = Path(checkpoint).expanduser()
         if not source.exists():
@@ -110,20 +86,18 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         out = Path(out_dir).expanduser().absolute()  # ".": the working folder, by its name
         if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
             raise ValueError(f"output folder {out} would replace or sit inside the input {source}")
-        if format not in FORMATS:
-            raise ValueError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
-        if format == "nnunet-results" and (nnunet_plans is not None or nnunet_channels is not None):
-            raise ValueError("--nnunet-plans / --nnunet-channels shape the encoder's nnU-Net files of the model "
-                             "folder; --format nnunet-results writes the whole segmenter's results folder instead")
-        results_options = [name for name, value in (("--dataset-id", dataset_id), ("--dataset-name", dataset_name),
-                                                    ("--spacing", spacing)) if value is not None]
-        if format != "nnunet-results" and results_options:
-            raise ValueError(f"{' / '.join(results_options)}: options of --format nnunet-results (the nnU-Net results "
-                             f"folder's dataset and plans), not of --format {format}")
-        if format == "nnunet-results":
-            check_dataset(DATASET_ID if dataset_id is None else dataset_id, dataset_name)
-            spacing = None if spacing is None else check_spacing(spacing)
-        held = _held(out, overwrite=overwrite, format=format)
+        if format not in choices():
+            raise ValueError(f"--format {format!r}: expected one of {', '.join(choices())}")
+        chosen = formats()[format]
+        for fmt in formats().values():  # a format's options, given for an export that does not write it
+            if given := " / ".join(f"--{n.replace('_', '-')}" for n in fmt.options if options.get(n) is not None):
+                if fmt.level == SEGMENTER and fmt is not chosen:
+                    raise ValueError(f"{given}: options of --format {fmt.name}, not of --format {format}")
+                if fmt.level != SEGMENTER and chosen.alone:
+                    raise ValueError(f"{given}: options of the model folder's {fmt.name} files, which --format "
+                                     f"{format} does not write")
+        chosen.check(options)
+        held = _held(out, overwrite=overwrite, chosen=chosen)
         check_writable(out, "OUT_DIR")  # as the training and prediction jobs refuse their output folders
         if out.is_dir():  # the files are written beside it first, then renamed into it: its folder is written too
             _check_beside(out)
@@ -134,123 +108,55 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         for given, what in ((base_model, "--base-model"), *((d, "--dataset") for d in datasets)):
             if given is not None and not HUB_ID.fullmatch(given):
                 raise ValueError(f"{what} {given!r}: expected a Hugging Face repository id (owner/name or name)")
-        if format != "hub" and source.is_dir() and (source / SEGMENTER_FILE).is_file():
+        if chosen.level == SEGMENTER and source.is_dir() and (source / SEGMENTER_FILE).is_file():
             source = source / SEGMENTER_FILE  # a model folder's whole segmenter, which the formats take
         state = load_weights(source)
-        whole = _segmenter(state)
-        record = None if whole is None else network_record(current_spec(whole["network"])["arch"])
-        if format == "onnx" and record is not None and not has_encoder(current_spec(whole["network"])["arch"]):
-            # DynUNet: no encoder, no folder
-            onnx = _onnx_alone(source, whole, license=license, base_model=base_model)
-            if held:
-                print(f"[asa-export] --overwrite: moved the previous {', '.join(held)} to {_move_aside(out, held)}",
-                      file=sys.stderr, flush=True)
-            return write_onnx_folder(out, onnx.data, onnx_alone_card(onnx.record, whole["network"]["arch"]))
+        segmenter = _segmenter(state)
+        arch = None if segmenter is None else current_spec(segmenter["network"])["arch"]
+        if chosen.level == SEGMENTER and network_record(arch) is not None and not has_encoder(arch):
+            # DynUNet: no encoder, no model folder; the provenance is the licence, the source and asa's version
+            config = {"license": folder_licence(license, source), "base_model": base_model,
+                      "asa_version": asa.__version__, "git_commit": git_commit(),
+                      "source": {"file": source.name, "step": segmenter["step"]}}
+            part = chosen.part(Job(source, None, config, segmenter, options))
+            _replace(out, held)
+            return write_folder(out, part.files)
         export = encoder_export(source, state)
         summary = _carry_cohort(export, *_source_cohort(source, state, cohort), cohort or "digests")
         listed = export.pop("cohort", None)  # the list goes beside the weights, which carry its summary
         if listed is not None:
             export["cohort"] = cohort_summary(listed)
-        config = model_config(source, state, export, license=license, cohort=summary)
+        run_config = current_config(state["config"]) if isinstance(state.get("config"), Mapping) else {}
+        config = model_config(source, state, export, license=license, cohort=summary, run=run_config,
+                              metrics=_run_metrics(source, state))
         config.update({k: v for k, v in (("base_model", base_model), ("datasets", list(datasets))) if v})
-        segmenter = _segmenter(state)
-        card = model_card(config, segmenter=None if segmenter is None else segmenter["config"])
-        spec = export["network"]
-        published = config.get("published")  # a published file's own plan, trainer, citations and licence
-        nnunet = nnssl = None
-        fault = nnunet_fault(spec)  # the formats the encoder's family declares
-        if fault is None:
-            nnunet = (nnunet_checkpoint(export, in_channels=nnunet_channels, source=str(source)),
-                      nnunet_plans_snippet(spec, str(source)))
-            if published:  # nnU-Net's file names the plan it came from too
-                nnunet[0]["asa"]["published"] = dict(published)
-            if export.get("cohort") is not None:  # as --cohort left it: asa-finetune / asa-probe read it from here too
-                nnunet[0]["cohort"] = export["cohort"]
-            usage = describe_nnunet(spec, Path("."), NNUNET_WEIGHTS, NNUNET_PLANS)
-            card += "\n## nnU-Net v2\n\n```\n" + usage + "\n```\n\n" + READING_NOTE + "\n"
-            nnssl = nnssl_checkpoint(export, spacing_mm=config.get("spacing_mm"), source=str(source),
-                                     dataset=(config.get("data") or {}).get("name") or "asa",
-                                     trainer=f"asa:{config.get('method') or 'unknown method'}", published=published,
-                                     extra={"license": config["license"],
-                                            **({"citations": config["citations"]}
-                                               if config.get("citations") and not published else {}),
-                                            **({"cohort": export["cohort"]} if export.get("cohort") is not None else {})})
-            card += (f"\n`{NNSSL_CHECKPOINT}` and `{NNSSL_PLAN}` are the encoder in nnssl's format: "
-                     "`nnUNetv2_preprocess_like_nnssl -pc` takes the file, or this folder's hub address.\n")
-        if segmenter is not None:
-            card += segmenter_card(source, segmenter["config"], base_model=config.get("base_model"))
-        if nnunet is None and nnunet_channels is not None:
-            raise ValueError(f"--nnunet-channels: {source} holds {fault}")
-        merged = None
-        if nnunet_plans is not None:
-            if nnunet is None:
-                raise ValueError(f"--nnunet-plans: {source} holds {fault}")
-            merged = merge_nnunet_plans(nnunet_plans, nnunet[1], overwrite=overwrite)
-        onnx = None
-        if format != "hub" and segmenter is None:
+        job = Job(source, export, config, segmenter, options, listed)
+        parts = []  # every encoder format that takes the network; the options of one that does not are refused
+        for fmt in [] if chosen.alone else [f for f in formats().values() if f.level != SEGMENTER and f is not HUB]:
+            if (fault := fmt.fault(export["network"])) is None:
+                parts.append(fmt.part(job))
+            elif given := [name for name in fmt.options if options.get(name) is not None]:
+                raise ValueError(f"--{given[0].replace('_', '-')}: {source} holds {fault}")
+        if chosen.level == SEGMENTER and segmenter is None:
             raise ValueError(f"--format {format}: {source} holds no fine-tuned segmenter (an encoder only); export "
                              f"the last.pt / best.pt of asa-finetune or a model folder holding {SEGMENTER_FILE}")
-        if format == "onnx":  # built, checked and measured before anything is written
-            onnx = export_onnx(segmenter, provenance=provenance(config, segmenter["config"]), source=str(source))
-            card += onnx_card(onnx.record)
-        elif format == "nnunet-results":
-            results = nnunet_results(segmenter, provenance=provenance(config, segmenter["config"]),
-                                     source=str(source), dataset_name=dataset_name, spacing=spacing,
-                                     dataset_id=DATASET_ID if dataset_id is None else dataset_id)
-            card = results_card(results, config.get("metrics"))  # the folder holds nnU-Net's files, not asa's
-    if held:  # --overwrite: the previous export's files go aside, nothing is deleted
-        aside = _move_aside(out, held)
-        print(f"[asa-export] --overwrite: moved the previous {', '.join(held)} to {aside}", file=sys.stderr, flush=True)
-    extra: dict[str, Any] = {}
-    if listed is not None:
-        extra[COHORT_LIST] = lambda path: write_cohort_list(path.parent, listed, path.name)
-    if nnunet is not None:
-        extra[NNUNET_WEIGHTS] = lambda path: save_checkpoint(path, nnunet[0])
-        extra[NNUNET_PLANS] = lambda path: atomic_write_json(path, nnunet[1])
-    if nnssl is not None:  # nnssl's layout: the checkpoint, and its plan beside it with the trainer's name
-        extra[NNSSL_CHECKPOINT] = lambda path: save_checkpoint(path, nnssl)
-        extra[NNSSL_PLAN] = lambda path: atomic_write_json(
-            path, {**nnssl["nnssl_adaptation_plan"], "trainer_name": nnssl["trainer_name"]})
-    if segmenter is not None:
-        extra[SEGMENTER_FILE] = lambda path: save_checkpoint(path, segmenter)
-    if format == "nnunet-results":  # nnU-Net's folder in place of the model folder, with the card
-        return write_nnunet_results(out, results, card)
-    folder = write_model_folder(out, export, config, card, extra=extra)  # all files, or no folder
-    if onnx is not None:  # last: a folder without it is the model folder of format hub
-        atomic_write_bytes(folder / ONNX_FILE, onnx.data)
-    if merged is not None:  # the dataset's plans gain the configuration last, once the folder is written
-        plans_path, plans = merged
-        atomic_write_json(plans_path, plans)
-        print(f"[asa-export] added configuration {NNUNET_CONFIGURATION} to {plans_path}", file=sys.stderr, flush=True)
+        card = model_card(config, segmenter=None if segmenter is None else segmenter["config"])
+        card += "".join(part.card for part in parts)
+        if segmenter is not None:
+            card += segmenter_card(source, segmenter["config"], base_model=config.get("base_model"),
+                                   command=_command(source))
+        last = chosen.part(job) if chosen is not HUB else None  # built, checked and measured before any write
+    _replace(out, held)
+    if chosen.alone:  # its own folder in place of the model folder, with its card
+        return write_folder(out, last.files)
+    files = {**HUB.part(job).files, **{name: w for part in parts for name, w in part.files.items()}}
+    folder = write_model_folder(out, export, config, card + (last.card if last else ""), extra=files)  # all or none
+    for name, write in (last.files if last else {}).items():  # last: a folder without them is the hub's
+        write(folder / name)
+    for part in parts:  # outside the folder (the dataset's plans), once the folder is written
+        if part.after is not None:
+            part.after()
     return folder
-
-
-def merge_nnunet_plans(path: str | os.PathLike, snippet: Mapping[str, Any], *,
-                       overwrite: bool = False) -> tuple[Path, dict[str, Any]]:
-    """The nnU-Net plans file ``path`` with the configurations of ``snippet`` (``nnunet_plans.json``) added:
-    (path, merged plans), nothing written. Refused (naming the file) when it is not a plans file, lacks the
-    configuration the snippet inherits from (``3d_fullres``: plan and preprocess the dataset first), or already
-    holds another ``3d_fullres_asa`` and not ``overwrite``."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"--nnunet-plans {path}: no such file (nnUNetv2_plan_and_preprocess writes "
-                                "$nnUNet_preprocessed/DatasetXXX/<plans name>.json)")
-    try:
-        plans = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"--nnunet-plans {path}: not readable JSON ({err})") from err
-    configs = plans.get("configurations") if isinstance(plans, dict) else None
-    if not isinstance(configs, dict):
-        raise ValueError(f"--nnunet-plans {path}: no 'configurations': not an nnU-Net plans file")
-    for name, config in snippet["configurations"].items():
-        parent = config.get("inherits_from")
-        if parent is not None and parent not in configs:
-            raise ValueError(f"--nnunet-plans {path} has no configuration {parent!r}, which {name} inherits "
-                             f"(configurations: {', '.join(sorted(configs))}); plan and preprocess the dataset first")
-        if name in configs and configs[name] != config and not overwrite:
-            raise ValueError(f"--nnunet-plans {path} already holds another {name} configuration; pass --overwrite "
-                             "to replace it")
-    return path, {**plans, "configurations": {**configs, **snippet["configurations"]}}
 
 
 def _source_cohort(source: Path, state: Mapping[str, Any],
@@ -311,28 +217,20 @@ def _segmenter(state: Mapping[str, Any]) -> dict[str, Any] | None:
             "step": int(state.get("step") or 0)}
 
 
-def _onnx_alone(source: Path, segmenter: Mapping[str, Any], *, license: str | None,
-                base_model: str | None) -> OnnxExport:
-    """``model.onnx`` of a segmenter whose network has no encoder (DynUNet), so no model folder: its provenance is
-    the licence, the source and asa's version (no encoder, no pretraining cohort)."""
-    config = {"license": folder_licence(license, source), "base_model": base_model, "asa_version": asa.__version__,
-              "git_commit": git_commit(), "source": {"file": source.name, "step": int(segmenter.get("step") or 0)}}
-    return export_onnx(segmenter, provenance=provenance(config, segmenter["config"]), source=str(source))
-
-
-def _held(out: Path, *, overwrite: bool, format: str = "hub") -> list[str]:
+def _held(out: Path, *, overwrite: bool, chosen: Format) -> list[str]:
     """The files of an earlier export in ``out`` that ``overwrite`` moves aside; a file, a folder holding
     anything else (a run, data) or, without ``overwrite``, a non-empty folder is refused by name."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"output folder {out} is a file")
     held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    known = RESULTS_FILES if format == "nnunet-results" else FOLDER_FILES + OPTIONAL_FILES + (ONNX_FILE,)
+    known = chosen.files if chosen.alone else [n for f in formats().values() if not f.alone for n in f.files]
     foreign = [name for name in held if name not in known]
     if foreign:
+        own = chosen.files if chosen.alone else FOLDER_FILES + (() if chosen is HUB else chosen.files)
         shown = ", ".join(foreign[:6]) + (f", ... ({len(foreign)} entries)" if len(foreign) > 6 else "")
         raise ValueError(f"output folder {out} holds files asa-export did not write ({shown}); nothing was written "
                          f"or moved: choose a new or empty folder (--overwrite replaces only an earlier --format "
-                         f"{format} export's {', '.join(RESULTS_FILES if format == 'nnunet-results' else _files(format))})")
+                         f"{chosen.name} export's {', '.join(own)})")
     if held and not overwrite:
         raise ValueError(f"output folder {out} holds an earlier export ({', '.join(held)}); choose another or pass "
                          f"--overwrite (it moves them to {out.name}.replaced-<time>/)")
@@ -355,14 +253,12 @@ def _check_beside(out: Path) -> None:
     os.unlink(name)
 
 
-def _files(format: str) -> tuple[str, ...]:
-    """The files an export of ``format`` (hub or onnx) writes at least: the model folder's, and ``model.onnx``."""
-    return FOLDER_FILES + ((ONNX_FILE,) if format == "onnx" else ())
-
-
-def _move_aside(out: Path, names: list[str]) -> Path:
-    """Move the files ``names`` of ``out`` into a new ``<out>.replaced-<YYYYmmdd-HHMMSS>/`` beside it
-    (the folder itself stays: it may be the working folder); returns that folder."""
+def _replace(out: Path, names: list[str]) -> None:
+    """--overwrite: move the earlier export's files ``names`` of ``out`` into a new
+    ``<out>.replaced-<YYYYmmdd-HHMMSS>/`` beside it (never deleted; the folder itself stays: it may be the working
+    folder)."""
+    if not names:
+        return
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     aside, n = out.with_name(f"{out.name}.replaced-{stamp}"), 1
     while aside.exists():
@@ -371,6 +267,41 @@ def _move_aside(out: Path, names: list[str]) -> Path:
     aside.mkdir()
     for name in names:
         os.replace(out / name, aside / name)
-    return aside
+    print(f"[asa-export] --overwrite: moved the previous {', '.join(names)} to {aside}", file=sys.stderr, flush=True)
 
 
+def _run_metrics(source: Path, state: Mapping[str, Any]) -> dict[str, Any]:
+    """What the run recorded about its quality: the checkpoint's last validation round, and the means
+    of every asa-evaluate ``summary.json`` found in the run folder (``<run>/*/summary.json``)."""
+    metrics: dict[str, Any] = {}
+    history = state.get("history")
+    if isinstance(history, list) and history and isinstance(history[-1], Mapping):
+        metrics["validation"] = {k: v for k, v in history[-1].items() if isinstance(v, (int, float, str))}
+    run = _run_folder(source)
+    recorded = recorded_overlap(run) if run is not None else None  # asa-finetune's check of its split
+    if recorded is not None and (statement := overlap_statement(recorded)) is not None:
+        metrics["pretraining_overlap"] = statement
+    for summary in sorted(run.glob("*/summary.json")) if run is not None else ():
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(summary.read_text())
+            names = data.get("names") or []
+            means = {n: {m: data[n][m]["mean"] for m in ("Dice", "HD95", "NSD") if m in data.get(n, {})}
+                     for n in names}
+            if means:
+                metrics[str(summary.parent.name)] = {"task": data.get("task"), "n_cases": data.get("n_cases"),
+                                                     "mean": means,
+                                                     **({"pretraining_overlap": data["pretraining_overlap"]}
+                                                        if data.get("pretraining_overlap") else {})}
+    return metrics
+
+
+def _run_folder(source: Path) -> Path | None:
+    """The run folder of a checkpoint in its ``checkpoints/`` folder (None: a file elsewhere)."""
+    return source.parent.parent if source.parent.name == "checkpoints" else None
+
+
+def _command(source: Path) -> str | None:
+    """The command line that started the run of ``source`` (its ``command.txt``; None: not recorded)."""
+    run = _run_folder(source)
+    path = None if run is None else run / COMMAND_NAME
+    return path.read_text(encoding="utf-8").strip() if path is not None and path.is_file() else None

@@ -18,7 +18,7 @@ from asa.api.machinery.prediction import PredictSetup
 from asa.api.configuration.schema import PredictConfig
 from asa.api.tasks import finetune_task
 from asa.eval.inference import check_sw_batch_size
-from asa.eval.onnx_network import onnx_state
+from asa.formats.onnx import onnx_state
 from asa.io import load_checkpoint
 from asa.io.hub import segmenter_checkpoint
 from asa.train.distributed import resolve_device

@@ -6,13 +6,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from asa.api.export import FORMATS, export_model
-from asa.api.machinery.nnunet_results import RESULTS_FILES
-from asa.api.machinery.onnx_export import ONNX_FILE
+from asa.api.export import export_model
 from asa.api.machinery.run import OptionError, describe_error
 from asa.api.machinery.rundir import RunDirError
-from asa.io.hub import COHORT_LIST, NNSSL_CHECKPOINT, NNSSL_PLAN, NNUNET_PLANS, NNUNET_WEIGHTS, SEGMENTER_FILE
 from asa.data.cohort import COHORT_LEVELS
+from asa.formats import SEGMENTER, choices, formats
 from asa.cli.common import EXIT_FAILED, EXIT_FINISHED, EXIT_REFUSED
 from asa.cli.interrupted import ctrl_c_exits
 
@@ -41,35 +39,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the nnU-Net checkpoint for K image channels (a 1-channel stem repeated "
                              "and divided by K; default: the encoder's own)")
     parser.add_argument("--nnunet-plans", default=None, metavar="PLANS_JSON",
-                        help="add the 3d_fullres_asa configuration to this nnU-Net plans file "
-                             "($nnUNet_preprocessed/DatasetXXX/<plans>.json), so that nnUNetv2_train runs it "
-                             "(--overwrite replaces an earlier 3d_fullres_asa there)")
+                        help="add the 3d_fullres_asa configuration to this nnU-Net plans file, so that "
+                             "nnUNetv2_train runs it (--overwrite replaces an earlier one there)")
     parser.add_argument("--cohort", choices=COHORT_LEVELS, default=None,
-                        help="what the folder carries of the pretraining cohort, listed in cohort.json.gz (the weight "
-                             "files carry its summary): full (each case's id, subject, image "
-                             "digests and fingerprints), digests (default when the source carries one: the digests and fingerprints under opaque "
-                             "keys, no case or subject id: a public folder names no participant, and asa-finetune / "
-                             "asa-probe still find a copy of a pretraining scan among their held-out cases) or none "
-                             "(only the cohort's summary digest in config.json; nothing is checked against it)")
+                        help="what cohort.json.gz carries of the pretraining cohort: full (ids, subjects, digests), "
+                             "digests (default: digests under opaque keys, no participant named; asa-finetune / "
+                             "asa-probe still find a pretraining scan among their held-out cases) or none (only its "
+                             "summary digest in config.json)")
     parser.add_argument("--base-model", default=None, metavar="REPO_ID",
-                        help="the card's base_model: the Hugging Face repository of the encoder a fine-tuned network "
-                             "started from (its card links it)")
+                        help="the card's base_model: the Hugging Face id of the encoder a fine-tuned network started from")
     parser.add_argument("--dataset", action="append", default=[], metavar="REPO_ID",
                         help="a Hugging Face dataset id for the card's datasets list (repeatable)")
-    parser.add_argument("--format", choices=FORMATS, default="hub",
-                        help="hub (default): the model folder; onnx: the folder and model.onnx, the fine-tuned "
-                             "segmenter that onnxruntime and asa-predict checkpoint=OUT_DIR/model.onnx run; "
-                             "nnunet-results: instead of the folder, an nnU-Net v2 results folder (dataset.json, "
-                             "plans.json, fold_all/checkpoint_final.pth) that nnUNetv2_predict_from_modelfolder runs")
+    parser.add_argument("--format", choices=choices(), default="hub",
+                        help="hub (default): the model folder; onnx: the folder and model.onnx, which asa-predict "
+                             "runs in onnxruntime; nnunet-results: instead of the folder, the segmenter's nnU-Net v2 "
+                             "results folder, which nnUNetv2_predict_from_modelfolder runs")
     parser.add_argument("--dataset-id", type=int, default=None, metavar="ID",
-                        help="nnunet-results: the plans' Dataset<ID> (1-999, default 975), under which nnUNetv2_predict "
-                             "-d ID finds the folder in $nnUNet_results; two models in one $nnUNet_results need two ids")
+                        help="nnunet-results: the plans' Dataset<ID> (1-999, default 975) in $nnUNet_results, where "
+                             "two models need two ids")
     parser.add_argument("--dataset-name", default=None, metavar="NAME",
                         help="nnunet-results: the name after Dataset<ID>_ (default asa_<task>)")
     parser.add_argument("--spacing", type=float, nargs="+", default=None, metavar="MM",
-                        help="nnunet-results: the plans' voxel size in mm (one edge, or three in RAS order), for a "
-                             "checkpoint that records none (fine-tuned before asa-finetune recorded its training "
-                             "cases' median spacing); default: the recorded one")
+                        help="nnunet-results: the plans' voxel size in mm (one edge, or three in RAS order) of a "
+                             "checkpoint that records none; default: the recorded one")
     parser.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     return parser
 
@@ -92,11 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"[asa-export] error: {describe_error(err)}", file=sys.stderr, flush=True)
         return EXIT_FAILED
-    if args.format == "nnunet-results":
-        print(f"[asa-export] wrote {out}/: {', '.join(RESULTS_FILES)}")
-        return EXIT_FINISHED
-    written = [name for name in ("model.safetensors", "config.json", "README.md", SEGMENTER_FILE, NNUNET_WEIGHTS,
-                                 NNUNET_PLANS, NNSSL_CHECKPOINT, NNSSL_PLAN, COHORT_LIST, ONNX_FILE) if (out / name).is_file()]
+    chosen = formats()[args.format]  # its folder alone, or the model folder's formats (the segmenter's last)
+    kinds = [chosen] if chosen.alone else sorted((f for f in formats().values() if not f.alone),
+                                                 key=lambda f: f.level == SEGMENTER)
+    written = [name for f in kinds for name in f.files if chosen.alone or (out / name).is_file()]
     print(f"[asa-export] wrote {out}/: {', '.join(written)}")
     return EXIT_FINISHED
 

@@ -23,7 +23,7 @@ from asa.data import (
     save_volume,
 )
 from asa.eval.inference import predict_volume
-from asa.eval.onnx_network import OnnxNetwork, onnx_state
+from asa.formats.onnx import OnnxNetwork, onnx_state
 from asa.io import VolumeError, is_nifti, load_checkpoint, prediction_path, probabilities_path, strip_nifti
 from asa.models import build_network, capabilities, channels_last_inference, compile_blocks, input_size
 from asa.models.registry import NETWORK_KINDS, current_spec
@@ -59,7 +59,7 @@ class Predictor:
             raise ValueError(f"checkpoint {path} is not a fine-tuning checkpoint (no segmentation network spec and "
                              "task recorded); asa-predict needs the best.pt or last.pt written by asa-finetune")
         task = Task.from_dict(outputs)
-        if "onnx" in state:  # model.onnx of asa-export --format onnx (`asa.eval.onnx_network.onnx_state`)
+        if "onnx" in state:  # model.onnx of asa-export --format onnx (`asa.formats.onnx.onnx_state`)
             model = OnnxNetwork(path)
             if device.type != "cpu" or amp_dtype is not None:  # said, not done silently
                 print(f"[asa] note: {path} runs in onnxruntime on the CPU in fp32: device={device.type} and "

@@ -12,16 +12,11 @@ A model folder holds three files:
 ``README.md``          the model card (YAML front matter with the licence and tags, then text)
 =====================  =======================================================================
 
-A folder exported from a fine-tuning checkpoint also holds ``segmenter.pt`` (the whole network, its spec and
-the run config; :func:`segmenter_checkpoint`), which ``asa-predict checkpoint=<folder>`` reads; one exported
-from an encoder that nnU-Net builds (`asa.models.family.NNUNetForm`), nnU-Net v2's ``nnunet_pretrained_weights.pth``
-and ``nnunet_plans.json``, and nnssl's ``checkpoint_final.pth`` and ``adaptation_plan.json`` (with ``config.json``,
-what nnU-Net's nnssl route downloads). A folder whose weights carry a pretraining cohort holds its list as
-``cohort.json.gz`` (`COHORT_LIST`): the weight files carry only its summary, bounded whatever the cohort's size
-(`asa.data.cohort.cohort_summary`).
+Beside them the formats of `asa.formats` write theirs: ``segmenter.pt`` of a fine-tuning checkpoint (the whole
+network, which ``asa-predict checkpoint=<folder>`` reads: :func:`segmenter_checkpoint`), the pretraining cohort's
+list ``cohort.json.gz`` (`COHORT_LIST`; the weights carry its summary), nnU-Net's and nnssl's files.
 
-:func:`write_model_folder` writes them into a fresh folder beside the target and renames it (or,
-into an existing folder, each file) into place. :func:`load_model_folder` reads one back as the
+:func:`write_model_folder` writes them all or none (:func:`write_folder`). :func:`load_model_folder` reads one back as the
 encoder export dict that :func:`read_weights` returns for ``encoder.pt``. A hub id
 (``hf://owner/name[@revision]``) is read through ``huggingface_hub`` when it is installed (not a
 dependency of asa); without it, or offline without a cached copy, the read is refused with a message.
@@ -41,15 +36,15 @@ from typing import Any
 
 import torch
 
-from asa.io.atomic import _fsync_dir, default_file_mode
+from asa.io.atomic import _fsync_dir, atomic_write_json, atomic_write_text, default_file_mode
 from asa.io.checkpoint import CheckpointError, load_checkpoint
 from asa.io.export_safetensors import SAFETENSORS_SUFFIX, load_export_safetensors, save_export_safetensors
 from asa.io.foreign import read_foreign
 
 __all__ = ["CARD_FILE", "CONFIG_FILE", "ENCODER_ARCH", "FOLDER_FILES", "FOLDER_FORMAT", "HUB_PREFIX", "MODEL_FILE",
-           "COHORT_LIST", "NNSSL_CHECKPOINT", "NNSSL_PLAN", "NNUNET_PLANS", "NNUNET_WEIGHTS", "OPTIONAL_FILES", "SEGMENTER_FILE", "encoder_network_spec",
+           "COHORT_LIST", "NNSSL_CHECKPOINT", "NNSSL_PLAN", "NNUNET_PLANS", "NNUNET_WEIGHTS", "SEGMENTER_FILE", "encoder_network_spec",
            "is_model_folder", "load_model_folder", "read_weights", "resolve_hub_id", "segmenter_checkpoint",
-           "write_model_folder"]
+           "write_folder", "write_model_folder"]
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -68,7 +63,6 @@ NNSSL_CHECKPOINT = "checkpoint_final.pth"
 NNSSL_PLAN = "adaptation_plan.json"
 # beside a weight file that carries a pretraining cohort: its list (the weight files hold its summary and this name)
 COHORT_LIST = "cohort.json.gz"
-OPTIONAL_FILES = (SEGMENTER_FILE, NNUNET_WEIGHTS, NNUNET_PLANS, NNSSL_CHECKPOINT, NNSSL_PLAN, COHORT_LIST)  # beside FOLDER_FILES
 
 
 def segmenter_checkpoint(folder: str | os.PathLike) -> Path:
@@ -100,45 +94,35 @@ def _described(config: Mapping[str, Any], export: Mapping[str, Any]) -> bool:
 
 
 def write_model_folder(out_dir: str | os.PathLike, export: Mapping[str, Any], config: Mapping[str, Any], card: str,
-                       *, overwrite: bool = False, extra: Mapping[str, Callable[[Path], Any]] | None = None) -> Path:
-    """Write ``model.safetensors`` (``export``: the encoder export dict), ``config.json`` and
-    ``README.md`` (``card``) as the folder ``out_dir``, and each of ``extra`` (an `OPTIONAL_FILES` name ->
-    its writer, called with the path to write). A new folder is written beside it and renamed into
-    place, so a write that fails (a full disk) leaves no folder that looks finished; into an existing folder
-    (``.`` included) each file is renamed into place from there once every one was written. A folder
-    holding any other file is refused (``FileExistsError`` naming them: they are not the export's to
-    replace); one holding the export's files is refused unless ``overwrite``, which replaces them."""
+                       *, extra: Mapping[str, Callable[[Path], Any]] | None = None) -> Path:
+    """Write ``model.safetensors`` (``export``: the encoder export dict), ``config.json`` and ``README.md``
+    (``card``) as the folder ``out_dir``, and each of ``extra`` (a file name beside them -> its writer, called with
+    the path to write), all or none (:func:`write_folder`). The caller refuses a folder holding other files and moves
+    an earlier export's aside (asa-export: `asa.api.export`)."""
     out = Path(out_dir).absolute()  # "." gets its own name: the temporary folder goes beside it
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder")
-    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    foreign = [name for name in held if name not in FOLDER_FILES]
-    if foreign:
-        shown = ", ".join(foreign[:6]) + (f", ... ({len(foreign)} entries)" if len(foreign) > 6 else "")
-        raise FileExistsError(f"{out} holds files a model folder does not ({shown}); nothing was written: write the "
-                              f"model folder to a new or empty folder (--overwrite replaces only {', '.join(FOLDER_FILES)})")
-    if held and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
     extra = dict(extra or {})
-    if unknown := sorted(set(extra) - set(OPTIONAL_FILES)):
-        raise ValueError(f"model folder {out}: {', '.join(unknown)} is not a file of a model folder")
+    if taken := sorted(set(extra) & set(FOLDER_FILES)):
+        raise ValueError(f"model folder {out}: {', '.join(taken)} is the model folder's own file")
     if not _described(config, export):
         raise ValueError(f"model folder {out}: config.json's network spec differs from the weights' own")
+
+    return write_folder(out, {MODEL_FILE: lambda path: save_export_safetensors(path, export),
+                              CONFIG_FILE: lambda path: atomic_write_json(path, dict(config)),
+                              CARD_FILE: lambda path: atomic_write_text(path, card), **extra})
+
+
+def write_folder(out: Path, files: Mapping[str, Callable[[Path], Any]]) -> Path:
+    """Write ``files`` (name -> its writer, called with the path to write) as the folder ``out``: all in a new folder
+    beside it, then renamed into place, so a write that fails (a full disk) leaves no folder that looks finished;
+    into an existing folder (``.`` included: never renamed) each file is renamed into place once all were written."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        save_export_safetensors(tmp / MODEL_FILE, export)
-        for name, text in ((CONFIG_FILE, json.dumps(dict(config), indent=2) + "\n"), (CARD_FILE, card)):
-            with open(tmp / name, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp / name, default_file_mode())
-        for name, write in extra.items():
+        for name, write in files.items():
             write(tmp / name)
         os.chmod(tmp, default_file_mode(folder=True))  # mkdtemp made it 0o700
-        if out.is_dir():  # never renamed: it may be the working folder
-            for name in (*FOLDER_FILES, *extra):
+        if out.is_dir():
+            for name in files:
                 os.replace(tmp / name, out / name)
             _fsync_dir(out)
         else:

@@ -26,7 +26,7 @@ from asa.models.swvit.mae import ASA, LOSS_WEIGHTINGS, MAEOutput, MaskedAutoenco
 from asa.models.blocks.objective import FocalRegionReconstruction, PatchReconstruction, reconstruction_objective
 from asa.models.blocks.patch import PatchEmbed, patch_grid, patchify, unpatchify
 from asa.models.keys import EncoderKeys, encoder_keys
-from asa.models.portable import VolumeEncoder, export_for_monai, load_encoder, network_encoder
+from asa.models.portable import VolumeEncoder, load_encoder, network_encoder
 from asa.models.blocks.position import brain_frame_encoding, position_index, symmetric_position_encoding
 from asa.models.presets import DEFAULT_CROP, PRESETS, SWIN_SIZES
 from asa.models.swvit.region_attention import RegionAttention, patch_regions
@@ -124,7 +124,6 @@ __all__ = [
     "build_network",
     "compile_blocks",
     "unwrap",
-    "export_for_monai",
     "load_encoder",
     "network_encoder",
     "build_segmentation_network",

@@ -14,11 +14,9 @@ family when it registers (`asa.models.register_network`'s ``family``); each fami
   study fine-tunes every arm of the family with;
 - ``face``: its encoder's face (an `asa.models.face.EncoderFace`): the encoder as `asa.load_encoder` returns it, the
   tokens the frozen-encoder probes read and the geometry they feed;
-- ``exports``: the formats asa-export writes for it beyond asa's own (``nnunet``, ``nnssl``: nnU-Net's and
-  nnssl's files; ``monai``: SwinUNETR's ``load_from`` layout), each refused for a spec that cannot take it
-  (:meth:`Family.export_fault`);
 - ``nnunet``: how nnU-Net builds the family's networks (an :class:`NNUNetForm`), which the ``nnunet`` and
-  ``nnssl`` exports write and a published file of that architecture is read back through;
+  ``nnssl`` formats write (`asa.formats`) and a published file of that architecture is read back through;
+  ``export_check``, why a spec of the family cannot take a format (by name) that takes the family;
 - ``presets``: the sizes a random-init encoder of the family takes (``asa-probe encoders=[random:<size>]``), each
   as the network spec of the masked twin (:meth:`Family.random_spec`);
 - ``road``: how a file becomes one of its networks (an `asa.models.road.FileRoad`: what the file sets of the
@@ -48,7 +46,6 @@ __all__ = ["DEFAULT_FAMILY", "Family", "NNUNetForm", "families", "family_of", "h
            "pretrain_model_sections", "register_family"]
 
 DEFAULT_FAMILY = "swvit"  # asa-pretrain's model section without an arch: the SW-ViT sizes (model=tiny|small|base)
-EXPORTS = ("nnunet", "nnssl", "monai")  # the formats asa-export writes beyond asa's own
 
 
 @dataclass(frozen=True)
@@ -94,11 +91,10 @@ class Family:
     masked: Optional[str] = None
     pretrain_settings: Optional[type] = None
     segmenter: Optional[str] = None
-    exports: tuple[str, ...] = ()
-    nnunet: Optional[NNUNetForm] = None  # how nnU-Net builds its networks: needed by the nnunet and nnssl exports
+    nnunet: Optional[NNUNetForm] = None  # how nnU-Net builds its networks: what the nnunet and nnssl formats write
     # size -> the masked twin's keyword arguments of that size (img_size added): a random-init encoder's spec
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    # why a spec of the family cannot take an export format (None: it can); by default every one declared can
+    # why a spec of the family cannot take a format that takes the family (None: it can); by default it can
     export_check: Optional[Callable[[str, Mapping[str, Any]], Optional[str]]] = None
     road: Optional[Any] = None  # how a file becomes one of its networks: an asa.models.road.FileRoad (None: plain)
 
@@ -107,21 +103,8 @@ class Family:
             raise ValueError(f"family {self.name!r}: masked and pretrain_settings come together")
         if self.pretrain_settings is not None and not is_dataclass(self.pretrain_settings):
             raise TypeError(f"family {self.name!r}: pretrain_settings must be a dataclass, got {self.pretrain_settings!r}")
-        if unknown := [e for e in self.exports if e not in EXPORTS]:
-            raise ValueError(f"family {self.name!r}: exports {unknown}; known: {', '.join(EXPORTS)}")
-        if {"nnunet", "nnssl"} & set(self.exports) and self.nnunet is None:
-            raise ValueError(f"family {self.name!r}: the nnunet and nnssl exports write the network nnU-Net builds; "
-                             "declare it (nnunet=NNUNetForm(...))")
         if self.presets and self.masked is None:
             raise ValueError(f"family {self.name!r}: presets are sizes of its masked twin; it declares none")
-
-    def export_fault(self, form: str, spec: Mapping[str, Any]) -> str | None:
-        """Why the network ``spec`` of this family cannot be exported as ``form`` (None: it can)."""
-        if form not in self.exports:
-            takers = [f.name for f in families().values() if form in f.exports]
-            return (f"a {spec.get('arch')!r} network ({self.name} family); the {form} export takes the "
-                    f"{' / '.join(takers) or 'no'} family")
-        return None if self.export_check is None else self.export_check(form, spec)
 
     def refuse_twin(self, builder: Callable[..., nn.Module]) -> None:
         """Refuse, in one line, a masked twin ``builder`` that keeps no `asa.models.twin` contract."""

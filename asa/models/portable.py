@@ -4,8 +4,7 @@
 checkpoint (pretraining or fine-tuning ``last.pt`` / ``best.pt``), rebuilds the network from the
 network spec recorded in it (:func:`asa.models.build_network`) and returns its encoder with the
 weights loaded, in eval mode: a :class:`VolumeEncoder` around the SW-ViT for the ASA family, MONAI's
-``SwinTransformer`` for SA-Swin and SwinUNETR. :func:`export_for_monai` writes an SA-Swin export in
-the layout ``monai.networks.nets.SwinUNETR.load_from`` reads.
+``SwinTransformer`` for SA-Swin and SwinUNETR.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from asa.io import save_checkpoint
 from asa.models.weights import load_weights
 from asa.models.swvit.volume import VolumeEncoder
 from asa.models.family import family_of
@@ -25,7 +23,7 @@ from asa.models.keys import EncoderKeys, encoder_keys
 from asa.models.registry import build_network, current_spec, register_network
 from asa.models.blocks.encoder_weights import match_file_encoder
 
-__all__ = ["EncoderOf", "VolumeEncoder", "encoder_export", "export_for_monai", "load_encoder", "network_encoder"]
+__all__ = ["EncoderOf", "VolumeEncoder", "encoder_export", "load_encoder", "network_encoder"]
 
 
 @register_network("encoder", kind="encoder")
@@ -149,30 +147,3 @@ def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = 
     except RuntimeError as err:
         raise ValueError(f"{path}: the weights do not fit the {spec['arch']!r} encoder recorded in it: {err}") from err
     return network_encoder(net, spec["arch"]).to(map_location).eval()
-
-
-def _monai_name(key: str) -> str:
-    """A SwinViT state-dict key in the naming of the original self-supervised Swin weights
-    (``module.`` prefix; the blocks' MLP as ``fc1`` / ``fc2``, MONAI's ``linear1`` / ``linear2``)."""
-    key = key.replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2.")
-    return "module." + key
-
-
-def export_for_monai(path: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Write the SwinViT weights of an SA-Swin (or SwinUNETR) export or checkpoint to ``out`` as
-    ``{"state_dict": {"module.<key>": tensor}}``, the layout of the original self-supervised Swin
-    weights that ``monai.networks.nets.SwinUNETR.load_from`` reads::
-
-        SwinUNETR(in_channels=1, out_channels=K, feature_size=..., depths=..., num_heads=...).load_from(
-            torch.load(out, weights_only=True))
-
-    (sizes as in the file's network spec; for ``load_state_dict`` the export's own ``swinViT.*``
-    keys need no conversion). A plain ``torch.save`` file of tensors, written atomically."""
-    state = load_weights(path)
-    spec, net, weights = _spec_and_weights(path, state)
-    name = encoder_keys(net).module
-    family = family_of(spec["arch"])
-    fault = "it belongs to no network family" if family is None else family.export_fault("monai", spec)
-    if fault is not None:
-        raise ValueError(f"{path} holds {fault} (SwinUNETR's layout); load its encoder with asa.load_encoder")
-    return save_checkpoint(out, {"state_dict": {_monai_name(k[len(name) + 1:]): v for k, v in weights.items()}})

@@ -17,7 +17,8 @@ import torch
 
 from asa.api import finetune
 from asa.api.config import compose_config
-from asa.api.export import FORMATS, export_model
+from asa.api.export import export_model
+from asa.formats import choices
 from asa.api.machinery.cohort import ENCODER_COHORT_FILE, check_pretraining_overlap
 from asa.api.machinery.run import OptionError
 from asa.cli.export import main as export_main
@@ -94,7 +95,7 @@ def test_finetuning_checks_its_split_against_the_list_and_keeps_it(scale, capsys
     assert len(kept["cases"]) == N and cohort_digest(kept) == cohort_digest(record)
 
 
-@pytest.mark.parametrize("format", FORMATS)
+@pytest.mark.parametrize("format", choices())
 def test_every_export_format_of_the_finetuned_network_carries_the_cohort(scale, tmp_path, format):
     pytest.importorskip("onnxruntime" if format == "onnx" else "nnunetv2" if format == "nnunet-results" else "torch")
     root, encoder, record, _, run = scale

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, load_model
 
 from asa.api.export import export_model
-from asa.api.machinery.card import ASA_CITATION, front_matter, model_card
+from asa.formats.card import ASA_CITATION, front_matter, model_card
 from asa.io import save_checkpoint
 from asa.models import ASA, PRESETS, build_network, network_spec
 from asa.models.cnn.resenc import resenc_unet

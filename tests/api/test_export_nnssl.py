@@ -166,7 +166,7 @@ def test_nnssl_file_keeps_shared_storages(exported, tmp_path):
     """nnU-Net's decoder holds the encoder, so its state dict names each encoder tensor twice over one storage:
     the file keeps them shared, the size of ``torch.save`` of the network's own state dict (what nnssl's
     ``save_checkpoint`` writes), not one copy per key."""
-    from asa.models.exports.nnssl import nnssl_checkpoint, nnunet_network
+    from asa.formats.nnssl import nnssl_checkpoint, nnunet_network
 
     out, _ = exported
     saved = torch.load(out / NNSSL_CHECKPOINT, weights_only=True)["network_weights"]
@@ -300,7 +300,7 @@ def test_own_plan_names_a_reader_nnssl_resolves_and_the_transpose_asa_did(export
 
 @pytest.mark.parametrize("codes", [("L", "A", "S"), ("L", "I", "A")])
 def test_nnunet_readers_hand_the_encoder_what_the_card_says(tmp_path, codes):
-    """The card's axis note (asa.models.exports.nnunet.READING_NOTE) checked with nnU-Net's own readers on a LAS and a
+    """The card's axis note (asa.formats.nnunet.READING_NOTE) checked with nnU-Net's own readers on a LAS and a
     LIA file: SimpleITKIO gives the stored order reversed (left-right on axis 2, right to left), while
     NibabelIOWithReorient and then transpose_forward [2, 1, 0] give exactly asa's RAS+ array."""
     readers = pytest.importorskip("nnunetv2.imageio.nibabel_reader_writer")
@@ -309,7 +309,7 @@ def test_nnunet_readers_hand_the_encoder_what_the_card_says(tmp_path, codes):
     import numpy as np
 
     from asa.io import load_volume
-    from asa.models.exports.nnunet import READING_NOTE
+    from asa.formats.nnunet import READING_NOTE
 
     affine = np.zeros((4, 4))
     affine[3, 3] = 1

@@ -8,12 +8,13 @@ import json
 import pytest
 import torch
 
-from asa.api.export import NNUNET_PLANS, NNUNET_WEIGHTS, export_model
+from asa.api.export import export_model
+from asa.formats.nnunet import NNUNET_PLANS, NNUNET_WEIGHTS
 from asa.cli.export import main as export_main
 from asa.io import save_checkpoint
 from asa.models import load_weights, network_spec
 from asa.models.cnn.family import RESENC_NNUNET
-from asa.models.exports.nnunet import NNUNET_CONFIGURATION
+from asa.formats.nnunet import NNUNET_CONFIGURATION
 from asa.models.cnn.resenc import resenc_unet
 
 STEM = "encoder.stem.convs.0.conv.weight"
@@ -141,7 +142,7 @@ def test_a_full_disk_leaves_no_folder_that_looks_finished(tmp_path, monkeypatch,
     place: a failing write leaves no folder, and no temporary one."""
     import errno
 
-    import asa.api.export as export_module
+    import asa.formats.nnunet as export_module  # the nnU-Net pair's writer
     from asa.models import build_network, network_spec
 
     net = build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": 32}})

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from asa.api.export import NNUNET_WEIGHTS
+from asa.formats.nnunet import NNUNET_WEIGHTS
 from asa.cli.export import main as export_main
 from asa.io import save_checkpoint
 from asa.models import network_spec
-from asa.models.exports.nnunet import NNUNET_CONFIGURATION
+from asa.formats.nnunet import NNUNET_CONFIGURATION
 from asa.models.cnn.resenc import resenc_unet
 
 pytest.importorskip("nnunetv2")

@@ -18,14 +18,14 @@ import pytest
 import torch
 
 from asa.api import evaluate, export_model, finetune, predict, pretrain, probe
-from asa.api.export import NNUNET_PLANS, NNUNET_WEIGHTS
+from asa.formats.nnunet import NNUNET_PLANS, NNUNET_WEIGHTS
 from asa.api.config import compose_config
 from asa.api.machinery.networks import build_from_config
 from asa.data import discover, write_demo_dataset
 from asa.io.hub import NNSSL_CHECKPOINT
 from asa.io import load_checkpoint
 from asa.models import build_network, encoder_keys, input_size, load_weights, registry
-from asa.models.exports.nnunet import NNUNET_CONFIGURATION
+from asa.formats.nnunet import NNUNET_CONFIGURATION
 
 # the plug-in: one module of the third party's package (what the asa.networks entry point names)
 PLUGIN = '''
@@ -125,7 +125,7 @@ def plain_unet_pretrain(*, img_size, in_channels: int = 1, features: int = 4, ma
 # stages; nnU-Net builds it as dynamic-network-architectures' PlainConvUNet, so asa-export writes nnU-Net's and nnssl's
 # files of it, and reads such files back
 register_family(Family("plain_unet", face=StageTokens(), masked="plain_unet_pretrain",
-                       pretrain_settings=PlainUNetPretrainSettings, segmenter="plain_unet", exports=("nnunet", "nnssl"),
+                       pretrain_settings=PlainUNetPretrainSettings, segmenter="plain_unet",
                        nnunet=NNUNetForm("dynamic_network_architectures.architectures.unet.PlainConvUNet",
                                          _arch_kwargs, _spec)))
 '''

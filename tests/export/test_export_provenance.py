@@ -14,9 +14,9 @@ pytest.importorskip("onnxruntime")
 from asa.api import finetune, pretrain  # noqa: E402
 from asa.api.config import compose_config  # noqa: E402
 from asa.api.export import export_model  # noqa: E402
-from asa.api.machinery.onnx_export import ONNX_FILE  # noqa: E402
+from asa.formats.onnx import ONNX_FILE  # noqa: E402
 from asa.data import write_demo_dataset  # noqa: E402
-from asa.eval.onnx_network import onnx_record  # noqa: E402
+from asa.formats.onnx import onnx_record  # noqa: E402
 from asa.io import load_checkpoint  # noqa: E402
 
 

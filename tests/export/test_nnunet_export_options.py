@@ -23,7 +23,7 @@ from asa.api import finetune  # noqa: E402
 from asa.api.config import compose_config  # noqa: E402
 from asa.api.export import export_model  # noqa: E402
 from asa.api.machinery.dataset import TRAINING_SPACING, planned_spacing  # noqa: E402
-from asa.api.machinery.nnunet_results import _metrics_lines  # noqa: E402
+from asa.formats.nnunet import _metrics_lines  # noqa: E402
 from asa.cli.common import EXIT_FINISHED, EXIT_REFUSED  # noqa: E402
 from asa.cli.export import main as export_main  # noqa: E402
 from asa.data import write_demo_dataset  # noqa: E402

@@ -120,12 +120,12 @@ def test_nnunet_results_refuses_what_nnunet_cannot_build(tmp_path):
      {"labels": {"background": 0, "wmh": 1, "ignore": 2}}),
 ])
 def test_label_layouts_as_nnunet_states_them(task, expected):
-    from asa.api.machinery.nnunet_results import _labels
+    from asa.formats.nnunet import _labels
     assert _labels(task, "run") == expected
 
 
 def test_a_class_task_nnunet_cannot_write_is_refused():
-    from asa.api.machinery.nnunet_results import _labels
+    from asa.formats.nnunet import _labels
     task = Task("odd", ("t1",), ("a", "b"), False, 3, (0, 1, 4), class_values=(0, 1, 4))
     with pytest.raises(ValueError, match=r"run predicts the label values \[0, 1, 4\]; .* must be 0..2"):
         _labels(task, "run")

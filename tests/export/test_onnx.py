@@ -16,10 +16,10 @@ ort = pytest.importorskip("onnxruntime")
 from asa.api import finetune, predict  # noqa: E402
 from asa.api.config import compose_config  # noqa: E402
 from asa.api.export import export_model  # noqa: E402
-from asa.api.machinery.onnx_export import LOGIT_TOLERANCE, ONNX_FILE, OPSET  # noqa: E402
+from asa.formats.onnx import LOGIT_TOLERANCE, ONNX_FILE, OPSET  # noqa: E402
 from asa.api.machinery.run import OptionError  # noqa: E402
 from asa.data import write_demo_dataset  # noqa: E402
-from asa.eval.onnx_network import OnnxNetwork, onnx_record  # noqa: E402
+from asa.formats.onnx import OnnxNetwork, onnx_record  # noqa: E402
 from asa.eval.predict import Predictor  # noqa: E402
 from asa.io import load_checkpoint, load_volume  # noqa: E402
 from asa.models import build_network  # noqa: E402
@@ -104,7 +104,7 @@ def test_onnx_refuses_before_writing(tmp_path, monkeypatch):
 
 
 def test_an_op_the_exporter_lacks_is_refused_naming_it():
-    from asa.api.machinery.onnx_export import export_onnx
+    from asa.formats.onnx import export_onnx
     from asa.models.presets import PRESETS
 
     sizes = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}

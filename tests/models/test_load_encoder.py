@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 import asa
 from asa.io import CheckpointError, load_checkpoint, save_checkpoint
 from asa.api.machinery.networks import build_from_config
-from asa.models import (ASA, PRESETS, ASASegmenter, SASwin, SymmetryAwareHead, VolumeEncoder, build_network,
-                        export_for_monai, network_spec)
+from asa.formats.monai import export_for_monai
+from asa.models import ASA, PRESETS, ASASegmenter, SASwin, SymmetryAwareHead, VolumeEncoder, build_network, network_spec
 from asa.train.pretrain import export_encoder
 
 REPO = Path(__file__).resolve().parents[2]

@@ -3,8 +3,7 @@ SHARED: the registry, the families' declarations, their encoder faces and file r
 the network declarations, the presets, the weights reader, the masked twin's contract)
 import no network family; a family (``swvit/``, ``swin/``, ``vit/``, ``cnn/``, ``primus/``) imports its own files and the
 shared parts only, never another family;
-the heads (``heads/``) sit on the families' encoders, and nothing below imports them; the exports (``exports/``) are
-written from the families' declarations and import no family. The modules that
+the heads (``heads/``) sit on the families' encoders, and nothing below imports them. The modules that
 act on whole networks (``compiled``, ``portable``, ``zoo``, the package itself) sit above every folder.
 No module of ``asa.models`` is part of an import cycle, not even through an import for the type checker.
 
@@ -26,7 +25,6 @@ FOLDERS: dict[str, set[str]] = {
     "cnn": {"blocks"},
     "primus": {"blocks"},
     "heads": {"blocks", "swvit", "swin", "vit"},  # heads on a family's encoder
-    "exports": {"blocks"},  # nnU-Net's and nnssl's files, written from any family's declaration
 }
 # top-level modules every folder may import; they import no folder
 SHARED = {"registry", "family", "face", "road", "keys", "declared", "presets", "weights", "twin", "published"}
@@ -165,7 +163,7 @@ def test_a_planted_import_into_a_family_folder_is_caught(tmp_path):
     root = _tree(tmp_path / "asa", {
         "eval/probe.py": ("from asa.models import patch_regions\nfrom asa.models.swvit.region_attention import p\n"
                           "def f():\n    from ..models.cnn import resenc\n"),
-        "api/export.py": "import asa.models.primus.family\nfrom asa.models.exports.nnunet import x\n",
+        "api/export.py": "import asa.models.primus.family\nfrom asa.formats.nnunet import x\n",
         "methods/sa_swin.py": "from asa.models.swin.sa_swin import y\nfrom asa.models.heads.puzzles import z\n",
         "models/cnn/resenc.py": "from asa.models.cnn.transfer import load\n",
     })

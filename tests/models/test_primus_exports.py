@@ -12,12 +12,13 @@ import torch
 
 import asa
 from asa.api import load_config, pretrain
-from asa.api.export import NNUNET_PLANS, NNUNET_WEIGHTS, export_model
+from asa.api.export import export_model
+from asa.formats.nnunet import NNUNET_PLANS, NNUNET_WEIGHTS
 from asa.api.machinery.networks import build_from_config
 from asa.io import load_checkpoint, save_checkpoint
 from asa.io.hub import NNSSL_CHECKPOINT, NNSSL_PLAN
 from asa.models import build_network, load_weights, network_spec
-from asa.models.exports.nnunet import NNUNET_CONFIGURATION, nnunet_fault
+from asa.formats.nnunet import NNUNET_CONFIGURATION, nnunet_fault
 from asa.models.primus.network import dna_class
 
 try:

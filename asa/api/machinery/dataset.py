@@ -22,6 +22,7 @@ from asa.data.store import StoreSettingsError, open_store
 from asa.io import atomic_write_json
 from asa.models import DEFAULT_CROP
 from asa.train.distributed import DistEnv, all_gather_objects, barrier
+from asa.formats.nnunet import TRAINING_SPACING  # the run config's record nnU-Net's plans read
 
 __all__ = ["BAD_CASES", "TRAINING_SPACING", "SharedError", "cases_of_split", "check_crop_fits", "dataset_root",
            "default_crop", "grid_affines", "load_cases", "planned_spacing",
@@ -98,7 +99,6 @@ def grid_affines(cases: Sequence) -> dict[str, Any]:
     return affines
 
 
-TRAINING_SPACING = "training_spacing"  # the run config's record of its training cases' spacing (`planned_spacing`)
 ANISOTROPY_THRESHOLD = 3.0  # nnU-Net's ExperimentPlanner.anisotropy_threshold
 
 

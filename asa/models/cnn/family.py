@@ -86,6 +86,6 @@ RESENC_NNUNET = NNUNetForm("dynamic_network_architectures.architectures.unet.Res
                            keys=RESENC_KEYS, read=read_resenc, layouts=("nnunet", "amaes"), presets=("ResEncL",))
 RESENC = register_family(Family(
     "resenc", face=ResEncTokens(), masked="resenc_pretrain", pretrain_settings=ResEncPretrainModel, segmenter="resenc",
-    exports=("nnunet", "nnssl"), nnunet=RESENC_NNUNET, export_check=_resenc_export,
+    nnunet=RESENC_NNUNET, export_check=_resenc_export,
     presets={size: {"size": size} for size in RESENC_SIZES}))
 DYNUNET = register_family(Family("dynunet"))

@@ -134,5 +134,5 @@ PRIMUS_NNUNET = NNUNetForm(
     nnssl_names={"encoder_eva_depth": "eva_depth", "encoder_eva_numheads": "eva_numheads"})
 PRIMUS = register_family(Family(
     "primus", face=PrimusTokens(), masked="primus_pretrain", pretrain_settings=PrimusPretrainModel,
-    segmenter="primus", exports=("nnunet", "nnssl"), nnunet=PRIMUS_NNUNET, export_check=_export_check,
+    segmenter="primus", nnunet=PRIMUS_NNUNET, export_check=_export_check,
     presets={size: {"size": size} for size in PRIMUS_SIZES}))

@@ -46,4 +46,4 @@ class SwinTokens(EncoderFace):
         return size, SWIN_PROBE_STRIDE, int(module.patch_embed.proj.in_channels)
 
 
-SWIN = register_family(Family("swin", face=SwinTokens(), exports=("monai",)))
+SWIN = register_family(Family("swin", face=SwinTokens()))

@@ -1,17 +1,11 @@
-"""``asa-export RUN OUT --format onnx``: the fine-tuned segmenter as ``model.onnx`` beside the model card.
+"""``asa-export --format onnx``: the fine-tuned segmenter as ``model.onnx``, written and run here.
 
-The graph is the network's eval-mode forward pass on one window batch, traced by torch's TorchScript-based ONNX
-exporter at opset `OPSET`: inputs ``image`` [B, C, *window] float32, ``offsets`` [B, 3] int64 for a network that
-places its windows on the brain frame (the SW-ViT U-Net: the windows' patch offsets from the reference grid, as
-asa's sliding windows hand them), ``regions`` [B, 1, *window] int64 for one with region attention; output
-``logits`` [B, K, *window] float32. Only the batch axis (``windows``) is dynamic: the windows are the network's
-crop, as in training. asa-predict runs the file (`asa.eval.onnx_network.OnnxNetwork`) through asa's own sliding
-windows, blending and output records.
-
-Before anything is written the graph is checked: `onnx.checker` (full check, shapes inferred), then onnxruntime's
-logits against torch's on windows the trace never saw (another batch size, other offsets), within
-:data:`LOGIT_TOLERANCE`. A network the exporter cannot trace (an op ONNX lacks) or whose trace does not generalise
-(a value baked in) is refused in one line naming it.
+Writing: the eval-mode forward pass on one window batch, traced by torch's TorchScript ONNX exporter at `OPSET`
+(inputs ``image`` [B, C, *window] float32, ``offsets`` [B, 3] int64 for a brain-frame network, ``regions``
+[B, 1, *window] int64 for region attention; output ``logits`` [B, K, *window]; only the batch axis is dynamic),
+then checked by `onnx.checker` and against torch's logits on windows the trace never saw (`LOGIT_TOLERANCE`).
+Running: `OnnxNetwork` stands where the torch network stands in asa-predict's sliding windows; the file's metadata
+(`ONNX_METADATA_KEY`) carries the run config and network spec, as ``segmenter.pt`` does.
 """
 
 from __future__ import annotations
@@ -19,34 +13,34 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from asa.eval.onnx_network import INPUTS, ONNX_FORMAT, ONNX_METADATA_KEY, OUTPUT
+from asa.formats import SEGMENTER, Format, Job, Part, register_format
+from asa.formats.card import provenance, provenance_card
+from asa.io import atomic_write_bytes, atomic_write_text
+from asa.io.hub import CARD_FILE
 from asa.models import build_network, capabilities, input_size
+from asa.models.declared import Capabilities
 
-__all__ = ["LOGIT_TOLERANCE", "ONNX_FILE", "OPSET", "OnnxExport", "export_onnx", "onnx_alone_card", "onnx_card",
-           "write_onnx_folder"]
+__all__ = ["LOGIT_TOLERANCE", "ONNX", "ONNX_FILE", "ONNX_FORMAT", "ONNX_METADATA_KEY", "OPSET", "OnnxNetwork",
+           "export_onnx", "onnx_card", "onnx_record", "onnx_state"]
+
+ONNX_FORMAT = "asa.onnx_segmenter"
+ONNX_METADATA_KEY = "asa"  # the model's metadata_props entry holding the JSON record
+INPUTS = ("image", "offsets", "regions")
+OUTPUT = "logits"
 
 ONNX_FILE = "model.onnx"
 OPSET = 17  # onnxruntime >= 1.14 runs it; the TorchScript exporter's most tested opset
 LOGIT_TOLERANCE = 1e-3  # max |logit_ort - logit_torch| / max(1, max |logit_torch|) on the check windows
 CHECK_WINDOWS = 3  # the batch of the check (the trace runs on 2): the dynamic axis exercised
-
-
-class OnnxExport(NamedTuple):
-    """The serialised model and the record stored in its metadata (also returned for the card)."""
-
-    data: bytes
-    record: dict[str, Any]
 
 
 class _Window(nn.Module):
@@ -79,11 +73,11 @@ def _sample(inputs: tuple[str, ...], batch: int, channels: int, size: tuple[int,
     return tuple(out)
 
 
-def export_onnx(segmenter: Mapping[str, Any], *, provenance: Mapping[str, Any], source: str) -> OnnxExport:
-    """``model.onnx`` of a fine-tuned segmenter (``segmenter``: weights ``model``, spec ``network``, run ``config``,
-    ``step``, as ``segmenter.pt`` holds them), checked and measured, with its record (`asa.eval.onnx_network`) and
-    ``provenance`` (the card's encoder, pretraining cohort and licence) in the model's metadata. Raises
-    ``ValueError`` naming ``source`` when the exporter, the checker or the parity check refuses it."""
+def export_onnx(segmenter: Mapping[str, Any], *, provenance: Mapping[str, Any],
+                source: str) -> tuple[bytes, dict[str, Any]]:
+    """(``model.onnx``, its record) of a fine-tuned segmenter (as ``segmenter.pt`` holds it), checked and measured,
+    the record and ``provenance`` in the model's metadata; refused (``ValueError`` naming ``source``) by the
+    exporter, the checker or the parity check."""
     try:
         import onnx
         import onnxruntime as ort
@@ -131,7 +125,7 @@ def export_onnx(segmenter: Mapping[str, Any], *, provenance: Mapping[str, Any], 
     entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(record, default=str)
     model.producer_name = "asa"
     model.doc_string = f"asa fine-tuned {arch} segmenter (see metadata {ONNX_METADATA_KEY!r})"
-    return OnnxExport(model.SerializeToString(), record)
+    return model.SerializeToString(), record
 
 
 def _parity(ort: Any, data: bytes, wrapped: nn.Module, inputs: tuple[str, ...], channels: int,
@@ -175,39 +169,102 @@ def onnx_card(record: Mapping[str, Any]) -> str:
         "(encoder, pretraining cohort digest, licence).", ""])
 
 
-def onnx_alone_card(record: Mapping[str, Any], arch: str) -> str:
-    """``README.md`` beside a ``model.onnx`` that has no model folder (a network without an encoder: DynUNet): the
-    front matter, the provenance and :func:`onnx_card`."""
-    prov = record["provenance"]
-    source = prov.get("source") or {}
-    return "\n".join([
-        "---", f"license: {prov.get('license')}", "library_name: asa", "pipeline_tag: image-segmentation", "tags:",
-        "- medical-imaging", "- 3d", "- brain-mri", "- onnx", f"- {arch}", "---", "",
-        f"# asa segmenter ({arch})", "",
-        "A fine-tuned 3D brain-MRI segmenter. Research use only: it is not a medical device and was not validated "
-        "for clinical decisions.", "",
-        f"- task: {prov.get('task')}; training data: {prov.get('training_data')}",
-        f"- encoder: {prov.get('encoder')}",
-        f"- source: {source.get('file')} (step {source.get('step')}); asa {prov.get('asa_version')}"
-        + (f", commit {prov['git_commit']}" if prov.get("git_commit") else ""),
-        f"- licence: `{prov.get('license')}`", onnx_card(record)])
-
-
-def write_onnx_folder(out: Path, data: bytes, card: str) -> Path:
-    """``model.onnx`` and ``README.md`` as the folder ``out`` (emptied beforehand by the caller), written beside it
-    and moved into place, so a failed write leaves no folder that looks finished."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+def _session(path: str | os.PathLike, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session of ``path``; refused, naming the extra, when onnxruntime is not installed."""
     try:
-        (tmp / ONNX_FILE).write_bytes(data)
-        (tmp / "README.md").write_text(card, encoding="utf-8")
-        if out.is_dir():
-            for name in (ONNX_FILE, "README.md"):
-                os.replace(tmp / name, out / name)
-        else:
-            os.chmod(tmp, 0o755)
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out
+        import onnxruntime as ort
+    except ImportError as err:
+        raise ValueError(f"checkpoint={path}: running an ONNX segmenter needs onnxruntime "
+                         "(pip install 'asa[onnx]')") from err
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
+        raise ValueError(f"checkpoint={path}: onnxruntime cannot load it ({str(err).splitlines()[0]})") from err
+
+
+def _record_of(session: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """The asa record in a session's model metadata; refused, naming the file, for an ONNX file asa did not write."""
+    text = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
+    try:
+        record = json.loads(text) if text else None
+    except json.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict) or record.get("format") != ONNX_FORMAT:
+        raise ValueError(f"checkpoint={path}: an ONNX file without asa's record (metadata {ONNX_METADATA_KEY!r}); "
+                         "asa-predict runs the model.onnx that asa-export --format onnx writes")
+    return record
+
+
+def onnx_record(path: str | os.PathLike) -> dict[str, Any]:
+    """The record ``asa-export --format onnx`` stored in ``path``: ``config`` (the run config), ``network`` (the
+    spec), ``capabilities``, ``img_size``, ``inputs``, ``opset``, ``parity`` and ``provenance``."""
+    return _record_of(_session(path, threads=1), path)
+
+
+def onnx_state(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's content as asa-predict reads it, for an ONNX file: its run ``config`` and ``network`` spec,
+    and ``onnx`` (the whole record), which tells `asa.eval.predict.Predictor` to run the file instead of torch."""
+    record = onnx_record(path)
+    return {"config": record["config"], "network": record["network"], "onnx": record,
+            "step": int(record.get("step") or 0)}
+
+
+class OnnxNetwork(nn.Module):
+    """The network of an ONNX file as `predict_volume` calls it: ``forward(window, offsets=None, regions=None)`` ->
+    logits [B, K, X, Y, Z] float32 on the window's device, computed by onnxruntime on the CPU.
+
+    Args:
+        path: the ``model.onnx`` asa-export wrote.
+        threads: onnxruntime's intra-op threads (None: torch's current count, as asa-predict's ``threads`` set it).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.session = _session(path, threads=threads or torch.get_num_threads())
+        self.record = _record_of(self.session, path)
+        caps: Mapping[str, Any] = self.record["capabilities"]
+        grid = caps.get("reference_grid")
+        self.capabilities = Capabilities(offsets=bool(caps.get("offsets")), regions=bool(caps.get("regions")),
+                                         patch_size=caps.get("patch_size"),
+                                         reference_grid=None if grid is None else tuple(int(g) for g in grid))
+        self.img_size = tuple(int(s) for s in self.record["img_size"])
+        self.inputs = tuple(i.name for i in self.session.get_inputs())
+
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor | None = None,
+                regions: torch.Tensor | None = None) -> torch.Tensor:
+        feeds = {"image": np.ascontiguousarray(x.detach().float().cpu().numpy())}
+        if "offsets" in self.inputs:
+            if offsets is None:  # as the torch network takes it: the crop is the reference box (offset 0)
+                offsets = torch.zeros(x.shape[0], 3, dtype=torch.int64)
+            feeds["offsets"] = offsets.detach().cpu().long().numpy()
+        if "regions" in self.inputs:
+            if regions is None:
+                raise ValueError(f"{self.path}: the network reads a region map (regions=...), none was given")
+            feeds["regions"] = regions.detach().cpu().long().numpy()
+        (logits,) = self.session.run([OUTPUT], feeds)
+        return torch.from_numpy(logits).to(x.device)
+
+
+class Onnx(Format):
+    """``model.onnx`` beside the model folder; of a network without an encoder (DynUNet), alone with its own card."""
+
+    name, level, files = "onnx", SEGMENTER, (ONNX_FILE,)
+
+    def part(self, job: Job) -> Part:
+        assert job.segmenter is not None  # asa-export refuses an encoder alone first
+        data, record = export_onnx(job.segmenter, provenance=provenance(job.config, job.segmenter["config"]),
+                                   source=str(job.source))
+        files: dict[str, Any] = {ONNX_FILE: lambda path: atomic_write_bytes(path, data)}
+        if job.export is not None:
+            return Part(files, onnx_card(record))
+        arch = job.segmenter["network"]["arch"]  # no encoder, no model folder: model.onnx and its own card
+        card = "\n".join([*provenance_card(record["provenance"], library="asa", tags=("onnx", arch),
+                                            title=f"asa segmenter ({arch})"), onnx_card(record)])
+        return Part({**files, CARD_FILE: lambda path: atomic_write_text(path, card)})
+
+
+ONNX = register_format(Onnx())

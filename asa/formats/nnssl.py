@@ -1,31 +1,13 @@
-"""An encoder in nnssl's checkpoint format, as nnssl's tools and nnU-Net's nnssl route read it.
+"""nnssl's files of an encoder (format ``nnssl``): ``checkpoint_final.pth`` and ``adaptation_plan.json``.
 
-nnssl (MIC-DKFZ/nnssl) saves ``checkpoint_final.pth`` as ``{"network_weights": state dict,
-"nnssl_adaptation_plan": plan, "trainer_name", ...}`` (``AbstractBaseTrainer.save_checkpoint`` in
-``src/nnssl/training/nnsslTrainer/AbstractTrainer.py``); the plan is ``AdaptationPlan.serialize()``
-(``src/nnssl/adaptation_planning/adaptation_plan.py``): ``architecture_plans`` (``arch_class_name``,
-``arch_kwargs``: the fields of ``DynamicArchitecturePlans``, op classes as dotted names,
-``arch_kwargs_requiring_import``: the string-valued ones), ``pretrain_plan`` (the fields of ``Plan`` and one
-``ConfigurationPlan`` per configuration, ``src/nnssl/experiment_planning/experiment_planners/plan.py``;
-``Plan.from_dict`` takes exactly those keys), ``pretrain_num_input_channels``,
-``recommended_downstream_patchsize``, ``key_to_encoder``, ``key_to_stem``, ``keys_to_in_proj``, ``key_to_lpe``.
-Its released folders (``src/nnssl/utilities/add_adaptation_plan.py``) hold ``checkpoint_final.pth`` and
-``adaptation_plan.json`` (the plan plus ``trainer_name``).
-
-nnU-Net's route (MIC-DKFZ/nnUNet ``nnunetv2/experiment_planning/like_nnssl.py``,
-``nnunetv2/training/nnUNetTrainer/pretraining/pretrainedTrainer.py``, ``dynamicPretrainedTrainer.py``) loads
-the file with ``torch.load(weights_only=True)``, reads the plan's fields above unconditionally (and pops
-``arch_kwargs_requiring_import``), takes ``network_weights`` under ``key_to_encoder`` / ``key_to_stem`` into the
-network's encoder and stem with ``load_state_dict`` (strict), repeats the first of ``keys_to_in_proj`` over the
-task's channels, and reads two fields nnssl never writes: ``pretrain_patch_size`` and ``architecture_kwargs``
-(``n_stages``, ``kernel_sizes``; without it the dynamic route guesses the stages and assumes 3³ kernels). From
-the hub it downloads ``adaptation_plan.json``, ``checkpoint_final.pth`` and ``config.json``.
-
-The architecture is the one the network's family declares for nnU-Net (`asa.models.family.NNUNetForm`; nnssl
-names the class by its last part: ``ResidualEncoderUNet``, ``PlainConvUNet``, the dynamic architectures it builds).
-The transfer keys are the network's own declarations (dynamic-network-architectures sets ``key_to_encoder``,
-``key_to_stem`` and ``keys_to_in_proj`` on its networks), read off the built network by its family
-(`asa.models.keys`), for every family alike.
+nnssl saves ``{"network_weights", "nnssl_adaptation_plan", "trainer_name", ...}`` (``AbstractBaseTrainer
+.save_checkpoint``); the plan is ``AdaptationPlan.serialize()`` (``architecture_plans``, ``pretrain_plan`` with
+exactly the fields of nnssl's ``Plan`` and ``ConfigurationPlan``, the channels, the downstream patch and the
+transfer keys). nnU-Net's nnssl route (``like_nnssl.py``, ``pretrainedTrainer.py``) loads it with
+``torch.load(weights_only=True)``, takes ``network_weights`` under ``key_to_encoder`` / ``key_to_stem`` strictly,
+repeats the first of ``keys_to_in_proj`` over the task's channels and reads two fields nnssl never writes:
+``pretrain_patch_size`` and ``architecture_kwargs``. The network is the one the family declares for nnU-Net
+(`asa.models.family.NNUNetForm`); its transfer keys are read off the built network (`asa.models.keys`).
 """
 
 from __future__ import annotations
@@ -36,20 +18,16 @@ from typing import Any
 
 import torch
 
+from asa.formats import ENCODER, Format, Job, Part, family_fault, register_format
+from asa.formats.nnunet import READER, TRANSPOSE, located, nnunet_architecture, nnunet_network, resampling
+from asa.io import atomic_write_json, save_checkpoint
 from asa.io.hub import NNSSL_CHECKPOINT, NNSSL_PLAN
 from asa.models.declared import crop_edges
-from asa.models.exports.nnunet import located, nnunet_architecture, nnunet_network
 from asa.models.family import family_of
 from asa.models.keys import encoder_keys
 
-__all__ = ["NNSSL_CHECKPOINT", "NNSSL_PLAN", "READER", "TRANSPOSE", "nnssl_adaptation_plan", "nnssl_checkpoint",
-           "published_plan"]
+__all__ = ["NNSSL", "NNSSL_CHECKPOINT", "NNSSL_PLAN", "nnssl_adaptation_plan", "nnssl_checkpoint", "published_plan"]
 
-# asa's frame in nnssl's terms: nnssl's NibabelIOWithReorient (src/nnssl/imageio/nibabel_reader_writer.py) reorients
-# to RAS, as asa does, then transposes the array to (S-I, A-P, L-R) for SimpleITK's axis order; the plan's
-# transpose_forward (2, 1, 0) turns that back into asa's (L-R, P-A, I-S) array: what the encoder saw (its own inverse)
-READER = "NibabelIOWithReorient"
-TRANSPOSE = (2, 1, 0)
 
 
 def _nnssl_arch(spec: Mapping[str, Any], source: str) -> tuple[str, dict[str, Any]]:
@@ -72,13 +50,11 @@ def _configuration(crop: Sequence[int], spacing_mm: Sequence[float] | None, chan
     """The pretraining plan's one configuration (nnssl's ``ConfigurationPlan`` fields, no others)."""
     iso = spacing_mm is not None and len(set(map(float, spacing_mm))) == 1
     style = "noresample" if spacing_mm is None else "onemmiso" if iso and float(spacing_mm[0]) == 1.0 else "fixed"
-    resample = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
     return style, {
         "data_identifier": f"asa_{style}", "preprocessor_name": "DefaultPreprocessor", "spacing_style": style,
         # asa z-scores inside the brain and sets 0 outside: nnU-Net's ZScoreNormalization with the mask
         "normalization_schemes": ["ZScoreNormalization"] * channels, "use_mask_for_norm": [True] * channels,
-        "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": resample,
-        "resampling_fn_mask": "resample_data_or_seg_to_shape", "resampling_fn_mask_kwargs": {**resample, "order": 1},
+        **resampling(data=3, mask=1),
         "spacing": [float(s) for s in spacing_mm] if spacing_mm is not None else None,
         "patch_size": [int(c) for c in crop],
     }
@@ -132,15 +108,11 @@ def nnssl_checkpoint(export: Mapping[str, Any], *, spacing_mm: Sequence[float] |
                      trainer: str = "asa-pretrain", source: str = "the export", seed: int = 0,
                      published: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None
                      ) -> dict[str, Any]:
-    """``checkpoint_final.pth`` of nnssl for the encoder export ``export``: ``network_weights`` (the whole network
-    nnU-Net builds of it, at the encoder's own channels: stem and encoder from the export, the decoder and heads
-    as nnU-Net initialises them, seeded, since nnU-Net takes only the stem and encoder), the adaptation plan,
-    ``trainer_name`` and ``current_epoch`` (the export's step). The plan and trainer are asa's
-    (:func:`nnssl_adaptation_plan`, ``spacing_mm``, ``dataset``, ``trainer``) unless ``published`` holds a published
-    file's own (`asa.io.foreign`'s ``published``: its plan, trainer and ``citations``, written again unchanged,
-    :func:`published_plan`). ``extra``: more top-level entries (asa-export's ``cohort`` and ``license``). Tensors,
-    strings, numbers, None and plain containers only, so ``torch.load(weights_only=True)`` reads it; tensors that
-    share storage (nnU-Net's decoder holds the encoder) stay shared, so the file is the size of nnssl's own."""
+    """nnssl's ``checkpoint_final.pth`` of the encoder export ``export``: ``network_weights`` (the network nnU-Net
+    builds of it: stem and encoder from the export, the rest as nnU-Net initialises it, seeded), the adaptation plan
+    (asa's, :func:`nnssl_adaptation_plan`, or a ``published`` file's own with its trainer and citations),
+    ``trainer_name``, ``current_epoch`` and ``extra`` entries; plain types only (``torch.load(weights_only=True)``),
+    tensors that share storage saved once."""
     net = nnunet_network(export, source=source, seed=seed)
     weights = dict(net.state_dict())  # detached, the network's own: a tensor held under two keys is saved once
     if published is not None and published.get("adaptation_plan"):
@@ -152,3 +124,33 @@ def nnssl_checkpoint(export: Mapping[str, Any], *, spacing_mm: Sequence[float] |
     return {"network_weights": weights, "nnssl_adaptation_plan": plan, "trainer_name": str(trainer),
             "current_epoch": int(export.get("step") or 0), "init_args": {"source": str(export.get("source") or source)},
             **({"citations": citations} if citations else {}), **dict(extra or {})}
+
+
+class Nnssl(Format):
+    """nnssl's ``checkpoint_final.pth`` and ``adaptation_plan.json`` beside the model folder, of an encoder whose
+    family declares how nnU-Net builds it; a published file's own plan, trainer and citations are carried again."""
+
+    name, level, files = "nnssl", ENCODER, (NNSSL_CHECKPOINT, NNSSL_PLAN)
+
+    def fault(self, spec: Mapping[str, Any]) -> str | None:
+        return family_fault(spec, "nnssl", lambda family: family.nnunet is not None)
+
+    def part(self, job: Job) -> Part:
+        export, config = job.export, job.config
+        assert export is not None
+        published = config.get("published")
+        extra = {"license": config["license"],
+                 **({"citations": config["citations"]} if config.get("citations") and not published else {}),
+                 **({"cohort": export["cohort"]} if export.get("cohort") is not None else {})}
+        nnssl = nnssl_checkpoint(export, spacing_mm=config.get("spacing_mm"), source=str(job.source),
+                                 dataset=(config.get("data") or {}).get("name") or "asa",
+                                 trainer=f"asa:{config.get('method') or 'unknown method'}", published=published,
+                                 extra=extra)
+        plan = {**nnssl["nnssl_adaptation_plan"], "trainer_name": nnssl["trainer_name"]}  # nnssl's released layout
+        return Part({NNSSL_CHECKPOINT: lambda path: save_checkpoint(path, nnssl),
+                     NNSSL_PLAN: lambda path: atomic_write_json(path, plan)},
+                    f"\n`{NNSSL_CHECKPOINT}` and `{NNSSL_PLAN}` are the encoder in nnssl's format: "
+                    "`nnUNetv2_preprocess_like_nnssl -pc` takes the file, or this folder's hub address.\n")
+
+
+NNSSL = register_format(Nnssl())

@@ -1,14 +1,11 @@
-"""What a model folder says about itself: its ``config.json`` (what built the weights: the network, the data, the
-preprocessing, the software, the run's metrics and provenance) and its model card ``README.md`` (Hugging Face front
-matter, intended use, training, metrics, citations, how to load it, licence), for `asa.api.export.export_model` and
-the folder layout of `asa.io.hub`."""
+"""The model card, one skeleton (`model_card`: front matter, intended use, training, metrics, citations, how to load
+it, licence) to which each format adds its section (`asa.formats.Part.card`), and the provenance every exported file
+carries (`provenance`)."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import json
-import platform
 import re
 import subprocess
 from collections.abc import Mapping
@@ -16,25 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import asa
-from asa.api.configuration.compat import current_config
-from asa.api.machinery.cohort import overlap_statement, recorded_overlap
-from asa.data.preprocessing import PERCENTILES
-from asa.io.hub import (COHORT_LIST, FOLDER_FORMAT, MODEL_FILE, NNSSL_CHECKPOINT, NNSSL_PLAN, SEGMENTER_FILE,
-                        encoder_network_spec)
-from asa.models.declared import crop_edges
+from asa.io.hub import COHORT_LIST, MODEL_FILE, NNSSL_CHECKPOINT, NNSSL_PLAN, SEGMENTER_FILE
 
-__all__ = ["ASA_CITATION", "CHECKPOINT_DIR", "COMMAND_FILE", "folder_licence", "front_matter", "git_commit", "model_card",
-           "model_config", "provenance", "segmenter_card"]
-
-
-# the run's data settings a model folder repeats; size / patch_size: the crop of runs before data.crop, as recorded
-DATA_KEYS = ("name", "layout", "task", "channels", "crop", "size", "patch_size", "resample_mm", "lr_centre")
-
-
-CHECKPOINT_DIR = "checkpoints"
-
-
-SOFTWARE = ("torch", "monai", "numpy", "dynamic-network-architectures")  # their versions in config.json
+__all__ = ["ASA_CITATION", "folder_licence", "front_matter", "git_commit", "model_card",
+           "provenance", "provenance_card", "segmenter_card"]
 
 
 _LOCAL_PATH = re.compile(r"(?<![\w.~/-])(?:~|[A-Za-z]:)?[/\\][^\s'\"`,;]*")  # an absolute path, up to a space or quote
@@ -72,19 +54,14 @@ OTHER_LICENCE = {"asa": "training-data-terms", "published": "publisher-terms"}
 CARD_LINK = "README.md"  # license_link of license: other: the card, whose Licence section states the terms
 
 
-COMMAND_FILE = "command.txt"  # beside config.yaml in a run folder: the command line that started the run
-
-
-def segmenter_card(source: Path, config: Mapping[str, Any], *, base_model: str | None = None) -> str:
-    """The model card's section on the whole segmenter: task, training data, the encoder it started from (the
-    hub id ``base_model`` when given, else the file's name), the command that made it."""
-    outputs = current_config(config).get("outputs")
+def segmenter_card(source: Path, config: Mapping[str, Any], *, base_model: str | None = None,
+                   command: str | None = None) -> str:
+    """The model card's section on the whole segmenter (``config``: its run config as this asa reads it): task,
+    training data, the encoder it started from (the hub id ``base_model`` when given, else the file's name), the
+    ``command`` that made it (its run's ``command.txt``)."""
+    outputs = config.get("outputs")
     task = outputs if isinstance(outputs, Mapping) else {}
     data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
-    run = source.parent.parent if source.parent.name == CHECKPOINT_DIR else None
-    command = None
-    if run is not None and (run / COMMAND_FILE).is_file():
-        command = (run / COMMAND_FILE).read_text(encoding="utf-8").strip()
     labels = task.get("labels") or task.get("regions") or task.get("classes")
     return "\n".join([
         "", "## Segmenter", "",
@@ -144,31 +121,6 @@ def git_commit() -> str | None:
     return None
 
 
-def _run_metrics(source: Path, state: Mapping[str, Any]) -> dict[str, Any]:
-    """What the run recorded about its quality: the checkpoint's last validation round, and the means
-    of every asa-evaluate ``summary.json`` found in the run folder (``<run>/*/summary.json``)."""
-    metrics: dict[str, Any] = {}
-    history = state.get("history")
-    if isinstance(history, list) and history and isinstance(history[-1], Mapping):
-        metrics["validation"] = {k: v for k, v in history[-1].items() if isinstance(v, (int, float, str))}
-    run = source.parent.parent if source.parent.name == CHECKPOINT_DIR else None
-    recorded = recorded_overlap(run) if run is not None else None  # asa-finetune's check of its split
-    if recorded is not None and (statement := overlap_statement(recorded)) is not None:
-        metrics["pretraining_overlap"] = statement
-    for summary in sorted(run.glob("*/summary.json")) if run is not None else ():
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads(summary.read_text())
-            names = data.get("names") or []
-            means = {n: {m: data[n][m]["mean"] for m in ("Dice", "HD95", "NSD") if m in data.get(n, {})}
-                     for n in names}
-            if means:
-                metrics[str(summary.parent.name)] = {"task": data.get("task"), "n_cases": data.get("n_cases"),
-                                                     "mean": means,
-                                                     **({"pretraining_overlap": data["pretraining_overlap"]}
-                                                        if data.get("pretraining_overlap") else {})}
-    return metrics
-
-
 def folder_licence(given: str | None, source: Path, *, recorded: str | None = None, kept: str | None = None) -> str:
     """The licence of the folder: ``given`` (``--license``) or, when None, the one the published file ``recorded``,
     an earlier folder ``kept``, else ``other``; a published file's recorded licence is not replaced (refused)."""
@@ -181,126 +133,16 @@ def folder_licence(given: str | None, source: Path, *, recorded: str | None = No
     return given
 
 
-def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, Any], *, license: str | None,
-                 cohort: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``config.json``: the spec of the network ``model.safetensors`` holds (the encoder alone:
-    `asa.io.hub.encoder_network_spec`; ``source_network``: the network it was trained in) and what built it (method, data, crop, spacing, orientation,
-    preprocessing), the asa version and git commit, the source and the run's metrics when known; ``cohort``: the
-    pretraining cohort's summary (:func:`_carry_cohort`), stated as ``pretraining_cohort``; ``license``: the
-    ``--license`` given (None: :func:`folder_licence`). A published file (`asa.io.foreign`) states its own plan, trainer,
-    dataset, citations and licence (:func:`_published_config`): they are kept, not replaced by asa's."""
-    run = state.get("model_config") or {}  # re-exporting a model folder keeps what it recorded
-    if run:
-        if run.get("network") == export["network"]:  # a folder of format 1 recorded the source network
-            run = {**run, "network": encoder_network_spec(export["network"]), "source_network": export["network"],
-                   "format_version": 2}
-        if cohort is None and isinstance(run.get("pretraining_cohort"), Mapping):  # a folder that carried none
-            cohort = {**run["pretraining_cohort"], "carried": "none"}
-        recorded = (run.get("published") or {}).get("license")
-        if not run.get("published"):  # asa's own folder, exported before it carried its citation
-            run = {"citations": [dict(ASA_CITATION)], **run}
-        return {**run, **({"pretraining_cohort": dict(cohort)} if cohort else {}), "software": _software(),
-                "license": folder_licence(license, source, recorded=recorded, kept=run.get("license")),
-                "asa_version": asa.__version__, "git_commit": git_commit() or run.get("git_commit")}
-    if isinstance(state.get("foreign"), Mapping) and state["foreign"].get("published"):
-        return _published_config(source, state["foreign"], export, license=license, cohort=cohort)
-    cfg = current_config(state["config"]) if isinstance(state.get("config"), Mapping) else {}
-    outputs = cfg.get("outputs")
-    spec = dict(export["network"])
-    kwargs = spec.get("kwargs", {})
-    data = cfg.get("data") if isinstance(cfg.get("data"), Mapping) else {}
-    method = cfg.get("method", {}).get("name") if isinstance(cfg.get("method"), Mapping) else None
-    if method is None and "segmenter" in cfg:
-        method = f"asa-finetune (model arch {spec.get('arch')})"
-    resample = data.get("resample_mm")
-    return {
-        "asa_format": FOLDER_FORMAT, "format_version": 2, "weights": MODEL_FILE,
-        "network": encoder_network_spec(spec), "source_network": spec, "encoder_prefix": next(iter(export["encoder"])).split(".", 1)[0] + ".",
-        "method": method,
-        "data": {k: data[k] for k in DATA_KEYS if k in data} | ({"task": outputs.get("name")}
-                                                                if isinstance(outputs, Mapping) else {})
-        | ({"demo_phantoms": True} if _demo(data) else {}),
-        "crop": list(crop_edges(kwargs["img_size"])) if "img_size" in kwargs else None,
-        "patch_size": kwargs.get("patch_size"),
-        "spacing_mm": [float(resample)] * 3 if resample else None,  # None: the data's own grid (no resampling)
-        "orientation": "RAS+",
-        "preprocessing": {"reorient": "RAS+ (nibabel as_closest_canonical)",
-                          "intensity": f"clip to percentiles {list(PERCENTILES)} inside the brain, then z-score "
-                                       "there; 0 outside",
-                          "crop": "brain-centred, the mid-sagittal plane at the centre of the left-right axis",
-                          "resample_mm": resample},
-        "source": {"file": source.name, "step": int(export.get("step") or 0)},
-        "metrics": _run_metrics(source, state),
-        **({"pretraining_cohort": dict(cohort)} if cohort else {}),
-        "license": folder_licence(license, source), "asa_version": asa.__version__, "git_commit": git_commit(),
-        "software": _software(), "citations": [dict(ASA_CITATION)],
-    }
-
-
-def _published_config(source: Path, foreign: Mapping[str, Any], export: Mapping[str, Any], *, license: str | None,
-                      cohort: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``config.json`` of a published file (``foreign``: `asa.io.foreign`'s account of it): what its own plan
-    states (trainer, dataset, spacing, normalisation, reader and transposes), not asa's preprocessing, which it
-    never went through; ``published``: its adaptation plan, trainer, citations and licence as the file holds them,
-    which the nnssl and nnU-Net files of the folder carry again unchanged."""
-    published = dict(foreign["published"])
-    pretrain = (published.get("adaptation_plan") or {}).get("pretrain_plan") or {}
-    name, conf = next(iter((pretrain.get("configurations") or {}).items()), (None, {}))
-    spec = dict(export["network"])
-    spacing = foreign.get("spacing_mm")
-    reader = pretrain.get("image_reader_writer")
-    return {
-        "asa_format": FOLDER_FORMAT, "format_version": 2, "weights": MODEL_FILE,
-        "network": encoder_network_spec(spec), "source_network": spec,
-        "encoder_prefix": next(iter(export["encoder"])).split(".", 1)[0] + ".",
-        "method": published.get("trainer_name") or foreign.get("architecture"),
-        "data": {"name": pretrain["dataset_name"]} if pretrain.get("dataset_name") else {},
-        "crop": list(crop_edges(spec["kwargs"]["img_size"])), "patch_size": None,
-        "spacing_mm": [float(z) for z in spacing] if spacing else None,
-        "orientation": (f"as {reader} reads a file, then transpose_forward {pretrain.get('transpose_forward')} "
-                        "(the published plan's)" if reader else "not recorded in the published file"),
-        "preprocessing": {"plan": f"the published file's own ({foreign['layout']}), not asa's",
-                          "configuration": name, "spacing_style": conf.get("spacing_style"),
-                          "normalization_schemes": conf.get("normalization_schemes"),
-                          "use_mask_for_norm": conf.get("use_mask_for_norm"), "image_reader_writer": reader,
-                          "transpose_forward": pretrain.get("transpose_forward")},
-        "source": {"file": source.name, "step": int(export.get("step") or 0), "layout": foreign["layout"]},
-        "published": published, "metrics": {},
-        **({"pretraining_cohort": dict(cohort)} if cohort else {}),
-        "license": folder_licence(license, source, recorded=published.get("license")), "asa_version": asa.__version__,
-        "git_commit": git_commit(), "software": _software(),
-    }
-
-
-def _software() -> dict[str, str | None]:
-    """The versions of the packages that wrote the folder and that read its weights again (``config.json``'s
-    ``software``): Python, torch, MONAI, numpy and dynamic-network-architectures (nnU-Net's networks; None when
-    not installed)."""
-    found: dict[str, str | None] = {"python": platform.python_version()}
-    for name in SOFTWARE:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
-def _demo(data: Mapping[str, Any]) -> bool:
-    """Whether the run read asa's generated demo phantoms (``data.root`` and ``data.store`` null)."""
-    return "root" in data and data.get("root") is None and data.get("store") is None
-
-
 def model_card(config: Mapping[str, Any], *, segmenter: Mapping[str, Any] | None = None) -> str:
-    """``README.md``: Hugging Face front matter (licence, library, pipeline tag, ``base_model`` and ``datasets``
-    when given, tags, and for a segmenter evaluated in its run folder a ``model-index`` of its mean Dice), then
-    what it is (an encoder, or a segmenter of its task), intended use, training data, metrics when known, the
-    citations (a published file's own, else asa's paper) and how to load it (also strictly with safetensors alone)."""
+    """``README.md``'s skeleton: front matter (:func:`front_matter`), what it is (an encoder, or a segmenter of its
+    task: ``segmenter``, its run config), intended use, training, metrics, citations, how to load it, licence; the
+    formats add their sections after it (`asa.formats.Part.card`)."""
     spec = config.get("source_network") or config["network"]  # the arch the encoder was trained in
     crop = config.get("crop")
     data = config.get("data") or {}
     metrics = config.get("metrics") or {}
     published = config.get("published")
-    outputs = current_config(segmenter).get("outputs") if segmenter is not None else None
+    outputs = segmenter.get("outputs") if segmenter is not None else None
     task = outputs.get("name", "unknown task") if isinstance(outputs, Mapping) else "unknown task"
     lines = ["---", *front_matter(config, segmenter), "---", "",
              *([f"# asa encoder ({spec['arch']})", "", "## Intended use", "",
@@ -362,12 +204,10 @@ def model_card(config: Mapping[str, Any], *, segmenter: Mapping[str, Any] | None
 
 
 def front_matter(config: Mapping[str, Any], segmenter: Mapping[str, Any] | None = None) -> list[str]:
-    """The card's YAML front matter, one line each (Hugging Face's model-card metadata): ``pipeline_tag``
-    ``image-segmentation`` for a whole segmenter, ``image-feature-extraction`` for an encoder; ``base_model`` and
-    ``datasets`` as given to the export (hub ids); ``license: other`` with ``license_name`` and ``license_link`` (the
-    card, whose Licence section states the terms); ``model-index`` (in YAML's JSON form) with each asa-evaluate
-    summary of the run folder as a result: the mean Dice over the task's outputs on that many cases, its name saying
-    "not held out" when test cases of the pretraining cohort were accepted."""
+    """The card's YAML front matter (Hugging Face's model-card metadata), one line each: the licence (``other``: with
+    ``license_name`` and ``license_link``, the card's Licence section), ``pipeline_tag`` (a segmenter's or an
+    encoder's), ``base_model`` and ``datasets`` when given, tags, and a segmenter's ``model-index``: each asa-evaluate
+    summary's mean Dice, named "not held out" when test cases of the pretraining cohort were accepted."""
     spec = config.get("source_network") or config["network"]
     lines = [f"license: {config['license']}",
              *([f"license_name: {OTHER_LICENCE['published' if config.get('published') else 'asa']}",
@@ -419,3 +259,24 @@ def _source_line(config: Mapping[str, Any]) -> str:
             f"{plan.get('dataset_name') or 'not recorded'}), re-exported by asa: its plan (spacing, normalisation, "
             "reader, transposes, dataset), trainer, citations and licence are carried unchanged into "
             f"`{NNSSL_CHECKPOINT}`, `{NNSSL_PLAN}` and `config.json` (`published`)")
+
+
+def provenance_card(prov: Mapping[str, Any], *, library: str, tags: tuple[str, ...], title: str,
+                    cohort: bool = False) -> list[str]:
+    """The head of the card of a folder that holds no model folder (an ONNX file alone, nnU-Net's results folder):
+    front matter (licence, ``library``, ``tags`` after asa's), ``title`` and the lines of the provenance ``prov`` (:func:`provenance`;
+    ``cohort``: with its pretraining cohort's line)."""
+    source = prov.get("source") or {}
+    pretraining = prov.get("pretraining_cohort") or {}
+    return [
+        "---", f"license: {prov.get('license')}", f"library_name: {library}", "pipeline_tag: image-segmentation",
+        "tags:", *(f"- {tag}" for tag in ("medical-imaging", "3d", "brain-mri", *tags)), "---", "", f"# {title}", "",
+        "A fine-tuned 3D brain-MRI segmenter. Research use only: it is not a medical device and was not validated "
+        "for clinical decisions.", "",
+        f"- task: {prov.get('task')}; training data: {prov.get('training_data')}",
+        f"- encoder: {prov.get('encoder')}",
+        *([f"- pretraining cohort: {pretraining.get('cases')} cases, {pretraining.get('images')} images, digest "
+           f"`{pretraining.get('digest')}`" if pretraining else "- pretraining cohort: none recorded"] if cohort else []),
+        f"- source: {source.get('file')} (step {source.get('step')}); asa {prov.get('asa_version')}"
+        + (f", commit {prov['git_commit']}" if prov.get("git_commit") else ""),
+        f"- licence: `{prov.get('license')}`"]
