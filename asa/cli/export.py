@@ -87,8 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = formats()[args.format]  # its folder alone, or the model folder's formats (the segmenter's last)
     kinds = [chosen] if chosen.alone else sorted((f for f in formats().values() if not f.alone),
                                                  key=lambda f: f.level == SEGMENTER)
-    written = [name for f in kinds for name in f.files if chosen.alone or (out / name).is_file()]
-    print(f"[asa-export] wrote {out}/: {', '.join(written)}")
+    print(f"[asa-export] wrote {out}/: {', '.join(n for f in kinds for n in f.files if (out / n).exists())}")
     return EXIT_FINISHED
 
 

@@ -1,12 +1,6 @@
-"""An encoder in the layout MONAI's ``SwinUNETR.load_from`` reads: the original self-supervised Swin weights'
-``{"state_dict": {"module.<key>": tensor}}`` (the blocks' MLP as ``fc1`` / ``fc2``, MONAI's ``linear1`` /
-``linear2``), written beside the model folder of a family whose networks are SwinUNETRs (SA-Swin, SwinUNETR)::
-
-    SwinUNETR(in_channels=1, out_channels=K, feature_size=..., depths=..., num_heads=...).load_from(
-        torch.load("swin_unetr_ssl.pt", weights_only=True))
-
-(sizes as in ``config.json``'s network; for ``load_state_dict`` the folder's own ``swinViT.*`` keys need no
-conversion)."""
+"""An encoder in the layout MONAI's ``SwinUNETR.load_from`` reads (the original self-supervised Swin weights':
+``{"state_dict": {"module.<key>": tensor}}``, the MLP as ``fc1`` / ``fc2``), beside the model folder of a family whose
+networks are SwinUNETRs: ``SwinUNETR(<config.json's sizes>).load_from(torch.load("swin_unetr_ssl.pt"))``."""
 
 from __future__ import annotations
 

@@ -1,13 +1,10 @@
 """nnssl's files of an encoder (format ``nnssl``): ``checkpoint_final.pth`` and ``adaptation_plan.json``.
 
-nnssl saves ``{"network_weights", "nnssl_adaptation_plan", "trainer_name", ...}`` (``AbstractBaseTrainer
-.save_checkpoint``); the plan is ``AdaptationPlan.serialize()`` (``architecture_plans``, ``pretrain_plan`` with
-exactly the fields of nnssl's ``Plan`` and ``ConfigurationPlan``, the channels, the downstream patch and the
-transfer keys). nnU-Net's nnssl route (``like_nnssl.py``, ``pretrainedTrainer.py``) loads it with
-``torch.load(weights_only=True)``, takes ``network_weights`` under ``key_to_encoder`` / ``key_to_stem`` strictly,
-repeats the first of ``keys_to_in_proj`` over the task's channels and reads two fields nnssl never writes:
-``pretrain_patch_size`` and ``architecture_kwargs``. The network is the one the family declares for nnU-Net
-(`asa.models.family.NNUNetForm`); its transfer keys are read off the built network (`asa.models.keys`).
+nnssl saves ``{"network_weights", "nnssl_adaptation_plan", "trainer_name", ...}``, the plan being
+``AdaptationPlan.serialize()``; nnU-Net's nnssl route (``pretrainedTrainer.py``) loads it with
+``torch.load(weights_only=True)``, takes the weights under ``key_to_encoder`` / ``key_to_stem`` strictly and reads two
+fields nnssl never writes (``pretrain_patch_size``, ``architecture_kwargs``). The network is the one the family
+declares for nnU-Net (`asa.models.family.NNUNetForm`), its transfer keys read off it (`asa.models.keys`).
 """
 
 from __future__ import annotations
