@@ -388,7 +388,8 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
     # the task makes every contrast noise, and the study stops before it spends the pretraining
     complete = transfer.run_study(transfer.Transfer(
         out / PILOT, **data, cases=(max(scale.cases),), seeds=(0,), steps=scale.pilot_steps, n_boot=1000,
-        overrides=(*resenc, *overrides, "optim.schedule=constant")), clock=clock, times=times["runs"], beside=controls)
+        overrides=(*resenc, *overrides, "optim.schedule=constant"), logs=out / "logs" / PILOT), clock=clock,
+        times=times["runs"], beside=controls)
     times["runs"][PILOT] = times["runs"].get(f"{PILOT}/{SCRATCH}-n{max(scale.cases)}-s0", math.nan)  # the cost table's
     stage("pilot and positive control", started)
     if not complete:
@@ -419,10 +420,10 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
     started = time.perf_counter()
     print(f"[study] transfer: {len(arms)} arms × N {list(scale.cases)} × "
           + (f"{len(seeds)} cross-validation draws" if "draws" in split else f"seeds {list(seeds)}") + f", {steps} "
-          f"steps each (logs in {out / 'transfer' / 'logs'})", flush=True)
+          f"steps each (logs in {out / 'logs' / 'transfer'})", flush=True)
     complete = transfer.run_study(transfer.Transfer(
         out / "transfer", **data, cases=tuple(scale.cases), seeds=seeds, steps=steps, n_boot=args.n_boot, arms=arms,
-        overrides=tuple(overrides), scratch=False), clock=clock, times=times["runs"])
+        overrides=tuple(overrides), scratch=False, logs=out / "logs" / "transfer"), clock=clock, times=times["runs"])
     stage("transfer", started)
     if not complete:
         return unfinished("the transfer stage")

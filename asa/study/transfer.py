@@ -7,7 +7,7 @@ cases; each is one unit of asa-study's scheduler (an ``asa-finetune`` process, `
 last.pt after a stop), and its last checkpoint is scored here on the fixed test cases: Dice and HD95 (mm, as
 asa-evaluate scores it) per class, and Dice with the encoder's hidden states zeroed (encoder reliance).
 
-Outputs in ``out``: ``runs/<arm>-n<N>-s<seed>/`` (asa-finetune run folders), ``logs/`` (their output),
+Outputs in ``out``: ``runs/<arm>-n<N>-s<seed>/`` (asa-finetune run folders; their output in ``logs``),
 ``scores.csv`` (one row per arm, N, seed, test case), ``transfer.md`` / ``transfer.csv`` (Table-4-shaped: one row
 per arm and N with Dice and HD95 per class ± sd over seeds, the encoder-zeroed Dice, and the paired difference to the
 reference arm with its 95 % crossed random-effects CI over seeds (labeled draws) and test cases, next to the seed ×
@@ -78,6 +78,7 @@ class Transfer:
     jobs: int = 1  # runs trained at once
     n_boot: int = 10000  # bootstrap resamples of the confidence intervals
     drop_checkpoints: bool = False  # delete a run's checkpoints once scored (its scores.json is what a rerun reads)
+    logs: Path | None = None  # the folder of the runs' logs (None: <out>/logs)
 
     def __post_init__(self) -> None:
         if self.jobs < 1:
@@ -272,7 +273,7 @@ def plan_runs(s: Transfer) -> tuple[list[Run], list[str], dict[str, list[str]], 
     return runs, test_ids, arms, probe_cfg
 
 
-def unit(run: Run, out: Path, ids: Sequence[str], dataset: str, threads: int | None) -> Unit:
+def unit(run: Run, out: Path, ids: Sequence[str], dataset: str, threads: int | None, logs: Path) -> Unit:
     """The scheduler's unit of ``run``: an ``asa-finetune`` process that continues the run from its last.pt when one
     is there (a run stopped by a signal saved it), else starts it on its splits, written here (the test and unused
     cases as its test part: never seen by the run). Done when the run is scored or went through its schedule."""
@@ -282,7 +283,7 @@ def unit(run: Run, out: Path, ids: Sequence[str], dataset: str, threads: int | N
         atomic_write_json(run.run_dir / "splits.json", {"train": list(run.train), "val": list(run.val), "test": rest,
                                                         "dataset": dataset, "seed": run.seed})
     return Unit(f"{out.name}/{run.run_dir.name}", module_argv("asa.cli.finetune", *run.overrides, "resume=auto"),
-                lambda: run.scores_file.is_file() or finished(ckpt), out / "logs" / f"{run.run_dir.name}.log",
+                lambda: run.scores_file.is_file() or finished(ckpt), logs / f"{run.run_dir.name}.log",
                 threads=threads)
 
 
@@ -337,7 +338,7 @@ def run_study(s: Transfer, *, clock: Clock | None = None, times: dict[str, float
     by_id = {c.id: c for c in discover(layout, root, on_bad_case=str(probe_cfg.data.on_bad_case))}
     atomic_write_json(out / "study.json", {"data": s.data, "root": str(root), "test": test_ids, "arms": arms,
                                           "cases": list(s.cases), "seeds": list(s.seeds), "steps": s.steps})
-    units = [unit(run, out, list(by_id), str(probe_cfg.data.name), s.threads) for run in runs]
+    units = [unit(run, out, list(by_id), str(probe_cfg.data.name), s.threads, s.logs or out / "logs") for run in runs]
     times = {} if times is None else times
     before = {u.name: times.get(u.name, 0.0) for u in units}
     try:

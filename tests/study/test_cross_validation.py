@@ -19,7 +19,7 @@ from asa.study import report, transfer
 
 @pytest.fixture(scope="module")
 def eighteen(tmp_path_factory):
-    return write_demo_dataset("msd", tmp_path_factory.mktemp("cv") / "labeled", cases=18, size=32, seed=3)
+    return write_demo_dataset("msd", tmp_path_factory.mktemp("cv") / "labeled", cases=18, size=16, seed=3)
 
 
 def test_every_case_is_scored_once_per_repeat_and_n_is_drawn_inside_the_training_part():
@@ -91,10 +91,12 @@ def test_the_report_reads_cross_validated_scores_on_the_interval_of_their_design
 @pytest.mark.timeout(1800)  # seven tiny runs one after another: minutes on an idle machine, ten on a shared one
 def test_an_eighteen_case_set_is_cross_validated_to_its_report(eighteen, tmp_path):
     """18 labeled cases at a scale whose fixed split needs 22 (16 test): 2 folds × 1 repeat at the quick scale's
-    steps, the positive control nested in each draw; every case scored, the draws stated on the page."""
+    steps (16³ cases and crops: the design is under test, not the segmentation), the positive control nested in each
+    draw; every case scored, the draws stated on the page."""
     out = tmp_path / "study"
     proc = subprocess.run([sys.executable, "-m", "asa.cli.study", "--data", "msd", "--root", str(eighteen), "--out",
-                           str(out), "--scale", "quick", "--test", "16", "--arms", "supervised", "--n-boot", "50"],
+                           str(out), "--scale", "quick", "--test", "16", "--crop", "16", "--arms", "supervised",
+                           "--n-boot", "50"],
                           capture_output=True, text=True, timeout=1500, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Cross-validation: the 18 labeled cases are fewer than a fixed split needs" in proc.stdout

@@ -143,7 +143,8 @@ def test_the_installed_script_runs_a_quick_study_from_outside_the_checkout_and_s
     cohort, labeled = data
     out = tmp_path / "study"
     argv = ["asa-study", "--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), "--out", str(out),
-            *QUICK, "--arms", "mae", "supervised", "--seeds", "0", "--pretrain-steps", "2", "--pilot-steps", "10"]
+            *QUICK, "--arms", "mae", "supervised", "--seeds", "0", "--pretrain-steps", "2", "--pilot-steps", "10",
+            "--pretrain-runs", "1"]  # one pretraining run of the arm: the stop and the resume are under test
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     stopped = subprocess.Popen([*argv, "--threads", "1"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
