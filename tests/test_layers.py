@@ -1,8 +1,8 @@
 """Dependencies point down the pipeline: io, the declared option choices and the plug-in tables, then data / losses / models, then
 the formats for other tools (``formats``, which eval reads to run an ONNX file), then eval, then train (whose
 validation uses eval's metrics), then the pretraining methods (which assemble those parts), then api,
-then the compute planner, then cli. Above the package, never imported by it: ``scripts/``, the studies of
-``studies/`` and the measuring tools of ``benchmarks/``.
+then the compute planner, then cli. Above the package, never imported by it: ``scripts/`` and the measuring tools of
+``benchmarks/``.
 
 Every form of import counts: ``from asa.x import y``, ``from asa import x``, ``import asa.x as y``,
 relative imports, ``asa.x`` reached through ``import asa`` (also the lazy ``asa.load_encoder``) and
@@ -18,7 +18,7 @@ import asa
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "asa"
-TOOLS = {"scripts": ROOT / "scripts", "benchmarks": ROOT / "benchmarks", "studies": ROOT / "studies"}  # above the package
+TOOLS = {"scripts": ROOT / "scripts", "benchmarks": ROOT / "benchmarks"}  # above the package
 LEVEL = {"io": 0, "choices": 0, "plugins": 0, "data": 1, "losses": 1, "models": 1, "formats": 2, "eval": 2, "train": 3, "methods": 4, "api": 5,
          "planning": 6, "study": 6, "cli": 7}
 # stages of one level import each other only along these edges (a cycle is never declared)
@@ -131,7 +131,7 @@ def test_io_and_choices_import_nothing_of_asa_and_only_the_console_scripts_impor
 
 
 def test_the_package_imports_neither_scripts_nor_benchmarks():
-    """``benchmarks/``, ``studies/`` and ``scripts/`` are not installed with asa: an import of them works only in a
+    """``benchmarks/`` and ``scripts/`` are not installed with asa: an import of them works only in a
     checkout (and would tie the library to its measuring tools)."""
     found = [f"{path.relative_to(ROOT)}:{line} {module}" for path in sorted(PACKAGE.rglob("*.py"))
              for module, line in imports_in(path) if module.split(".")[0] in TOOLS]
