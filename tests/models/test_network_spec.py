@@ -256,8 +256,6 @@ def test_a_masked_network_declares_the_family_it_pretrains_and_its_model_section
         family.Family("half_declared", masked="resenc_pretrain")
     with pytest.raises(TypeError, match="pretrain_settings must be a dataclass"):
         family.Family("odd", masked="resenc_pretrain", pretrain_settings=int)
-    with pytest.raises(ValueError, match=r"exports \['onnx'\]; known: nnunet, nnssl, monai"):
-        family.Family("odd", exports=("onnx",))
     with pytest.raises(ValueError, match="family 'resenc' is declared already"):
         family.register_family(family.Family("resenc"))
 

@@ -209,7 +209,7 @@ def test_a_run_stopped_by_a_signal_continues_from_its_checkpoint_and_ends_as_an_
     def settings(name: str) -> transfer.Transfer:  # 2 cases, batch 1, 8 steps: 4 epochs
         return transfer.Transfer(tmp_path / name, data="msd", root=labeled, model="dynunet", crop=16, cases=(2,),
                                  seeds=(0,), test=1, steps=8, device="cpu", n_boot=20,
-                                 overrides=("trainer.batch_size=1",))
+                                 overrides=("trainer.batch_size=1", "trainer.threads=1"))
 
     # a call whose budget starts nothing writes the run's splits; the run is then trained in-process up to its stop
     assert not transfer.run_study(settings("stopped"), clock=Clock(STOP_MARGIN - 1))
