@@ -1,6 +1,7 @@
 """An encoder in the layout MONAI's ``SwinUNETR.load_from`` reads (the original self-supervised Swin weights':
 ``{"state_dict": {"module.<key>": tensor}}``, the MLP as ``fc1`` / ``fc2``), beside the model folder of a family whose
-networks are SwinUNETRs: ``SwinUNETR(<config.json's sizes>).load_from(torch.load("swin_unetr_ssl.pt"))``."""
+networks are SwinUNETRs:
+``SwinUNETR(<config.json's sizes>).load_from(torch.load("swin_unetr_ssl.pt", weights_only=True))``."""
 
 from __future__ import annotations
 
