@@ -11,7 +11,7 @@ the network (asa-finetune, an nnU-Net raw folder read by asa's ``msd`` preset, a
 - ``nnUNetv2_predict -d <id> -c 3d_fullres -f all --disable_tta -device cpu`` with ``$nnUNet_results`` holding the
   export as ``Dataset<id>_<name>/nnUNetTrainer__nnUNetPlans__3d_fullres``, as nnU-Net's users run it.
 
-Printed and written to ``OUT/agreement.json``: per case its voxel size, the lesion Dice between the two predictors'
+Printed and written to ``OUT/agreement-<name>.json`` (``--name``, default ``run``): per case its voxel size, the lesion Dice between the two predictors'
 label maps, and each one's lesion Dice against the truth; the mean and the worst. A case where both predict no
 lesion scores 1 (BraTS' convention, `asa.eval.metrics.dice`).
 
@@ -68,20 +68,21 @@ def write_cases(root: Path, *, train: int, test: int, spacings: tuple[float, flo
 
 
 def finetune_run(root: Path, *, steps: int, crop: int, size: str, seed: int, device: str = "cpu",
-                 workers: int = 0) -> Path:
+                 workers: int = 0, overrides: tuple[str, ...] = (), name: str = "run") -> Path:
     """asa-finetune of a ResEnc U-Net on ``root/data`` (every case in training, asa's default recipe, no
-    validation) for ``steps`` optimiser steps on ``device``; returns its ``last.pt``."""
+    validation, then ``overrides``) for ``steps`` optimiser steps on ``device`` into ``root/name``; returns its
+    ``last.pt``."""
     from asa.api import finetune
     from asa.api.config import compose_config
 
     cases = len(list((root / "data" / "imagesTr").glob("*.nii.gz")))
     per_epoch = max(1, cases // 2)
-    run = root / "run"
+    run = root / name
     finetune(compose_config("finetune", [
         "data=msd", f"data.root={root / 'data'}", "model=resenc", f"model.size={size}", f"data.crop={crop}",
         f"output_dir={run}", f"device={device}", f"data.num_workers={workers}", f"data.split.ratios=[{cases},0,0]",
         f"trainer.epochs={-(-steps // per_epoch)}", f"trainer.max_steps={steps}", "trainer.amp=off",
-        "trainer.progress=false", "trainer.log_every=25", f"seed={seed}"]))
+        "trainer.progress=false", "trainer.log_every=25", f"seed={seed}", *overrides]))
     return run / "checkpoints" / "last.pt"
 
 
@@ -169,6 +170,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="a fine-tuned last.pt of these cases: skip the data and training")
     p.add_argument("--spacing", type=float, nargs="+", default=None, help="asa-export --spacing (default: recorded)")
+    p.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="asa-finetune overrides of the trained network (e.g. data.percentiles=[0,100])")
+    p.add_argument("--name", default="run", help="the run's folder under --out and the record's name (default run)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     record: dict = {"train": args.train, "test": args.test, "spacings": list(args.spacings)}
@@ -178,10 +182,12 @@ def main(argv: list[str] | None = None) -> dict:
         record["edges"] = write_cases(args.out, train=args.train, test=args.test, spacings=tuple(args.spacings),
                                       seed=args.seed)
         checkpoint = finetune_run(args.out, steps=args.steps, crop=args.crop, size=args.size, seed=0,
-                                  device=args.device, workers=args.workers)
+                                  device=args.device, workers=args.workers, overrides=tuple(args.override),
+                                  name=args.name)
         record["training_seconds"] = round(time.perf_counter() - started, 1)
+    record["overrides"] = list(args.override)
     record.update(measure(args.out, checkpoint, spacing=args.spacing))
-    (args.out / "agreement.json").write_text(json.dumps(record, indent=1) + "\n")
+    (args.out / f"agreement-{args.name}.json").write_text(json.dumps(record, indent=1) + "\n")
     print(table(record))
     return record
 

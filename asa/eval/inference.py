@@ -3,17 +3,22 @@
 For networks with a patch lattice (`asa.models.ASASegmenter`: ``patch_size`` and
 ``reference_grid``) the windows start on the brain frame's lattice (`asa.data.lattice`) and, in the
 brain frame, the network receives each window's patch offset from the reference grid, exactly as
-in training.
+in training. Every other network is tiled as nnU-Net tiles (`nnunet_starts`): the windows cover the
+box of the image's non-zero voxels, their logits are blended and flipped back before the
+activation, so the network's nnU-Net export (``asa-export --format nnunet-results``) predicts what
+asa does (docs/weights-elsewhere.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from monai.data.utils import compute_importance_map
 from monai.inferers import sliding_window_inference
 from torch import nn
 
@@ -41,6 +46,30 @@ def lattice_overlap(roi_size: Sequence[int], overlap: float, patch: int) -> list
         # +0.5: int() lands on step despite rounding; windows side by side (step = roi) are overlap 0 exactly
         out.append(0.0 if step >= roi else 1.0 - (step + 0.5) / roi)
     return out
+
+
+def nnunet_starts(size: int, roi: int, overlap: float) -> list[int]:
+    """Window starts along one axis of ``size`` voxels, as nnU-Net places them: the fewest windows of ``roi``
+    whose stride is at most ``roi · (1 - overlap)``, spread evenly from the first voxel to the last (starts
+    rounded half to even). ``size`` <= ``roi``: one window at 0 (the caller pads to ``roi``)."""
+    if size <= roi:
+        return [0]
+    count = math.ceil((size - roi) / (roi * (1.0 - overlap))) + 1
+    stride = (size - roi) / (count - 1)
+    return [int(round(stride * i)) for i in range(count)]
+
+
+def nonzero_box(image: torch.Tensor) -> tuple[slice, slice, slice]:
+    """The bounding box of the voxels of image [C, X, Y, Z] that are non-zero in any channel (nnU-Net's crop
+    before it tiles); the whole grid when no voxel is."""
+    found = (image != 0).any(0)
+    if not bool(found.any()):
+        return tuple(slice(0, n) for n in found.shape)  # type: ignore[return-value]
+    bounds = []
+    for axis in range(3):
+        hit = found.any(dim=tuple(a for a in range(3) if a != axis)).nonzero()[:, 0]
+        bounds.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(bounds)  # type: ignore[return-value]
 
 
 SW_BATCH_CAP = 32  # most windows per batch that ``sw_batch_size="auto"`` picks
@@ -110,8 +139,11 @@ def predict_volume(
 
     image: [C, X, Y, Z] (any size; padded to at least ``roi_size``) -> [K, X, Y, Z] float32 on the
     CPU. Windows run on ``device`` (the model's by default); the blended output is accumulated on
-    the CPU, so memory stays bounded by one window batch plus the output. Probabilities (sigmoid for
-    ``multilabel``, else softmax) are averaged over every combination of flips along ``tta_axes``.
+    the CPU, so memory stays bounded by one window batch plus the output. Every combination of flips
+    along ``tta_axes`` is averaged: a network without a patch lattice is tiled as nnU-Net tiles
+    (`blend_box`: its logits averaged over windows and flips, then the sigmoid for ``multilabel``, else
+    the softmax; outside the box of non-zero voxels no region, or the background class); a lattice
+    network's probabilities are averaged over its whole-volume passes.
 
     ``centre``: the brain centre [3] in voxels recorded at preprocessing (default: the centre of the
     image's non-zero voxels, i.e. of the brain of a preprocessed image). For a lattice network the
@@ -138,7 +170,7 @@ def predict_volume(
     # amp_dtype None keeps the caller's precision (the engine's validation autocast), it does not force fp32
     precision = contextlib.nullcontext() if amp_dtype is None else torch.autocast(device.type, dtype=amp_dtype)
 
-    def predictor(window: torch.Tensor, coords: list | None = None) -> torch.Tensor:
+    def logits(window: torch.Tensor, coords: list | None = None) -> torch.Tensor:
         kwargs = {}
         if coords is not None:
             starts = torch.tensor([[s.start for s in c[2:]] for c in coords], dtype=torch.int64)  # [B, 3]
@@ -150,7 +182,10 @@ def predict_volume(
         if regions is not None:  # the region map rides along as the last channel
             window, kwargs["regions"] = window[:, :-1], window[:, -1:].round().long()
         with precision:
-            return activation(model(window, **kwargs).float())
+            return model(window, **kwargs).float()
+
+    def predictor(window: torch.Tensor, coords: list | None = None) -> torch.Tensor:
+        return activation(logits(window, coords))
 
     x = image[None].float()  # [1, C, X, Y, Z]
     shape = x.shape[2:]
@@ -163,8 +198,16 @@ def predict_volume(
         x = torch.cat([x, regions[None].to(x.device, x.dtype)], dim=1)  # [1, C + 1, X, Y, Z]
     if sw_batch_size == "auto":
         sw_batch_size = auto_sw_batch_size(lambda: predictor(x.new_zeros(1, x.shape[1], *roi_size).to(device)), device)
-    total = None
     flips = flip_subsets(tta_axes)
+    if lattice is None:
+        box, blended = blend_box(x, logits, channels=image.shape[0], roi_size=roi_size, overlap=overlap,
+                                 sw_batch_size=sw_batch_size, flips=flips, device=device)
+        out = torch.zeros(blended.shape[0], *shape)
+        if not multilabel:
+            out[0] = 1.0  # outside the non-zero box: background, as nnU-Net writes it
+        out[(slice(None), *box)] = activation(blended[None])[0]
+        return out
+    total = None
     for flip in flips:
         dims = [a + 2 for a in flip]
         xi = x.flip(dims) if dims else x
@@ -184,3 +227,36 @@ def predict_volume(
         probs = probs.flip(dims) if dims else probs
         total = probs if total is None else total + probs
     return (total / len(flips))[0].float()
+
+
+def blend_box(x: torch.Tensor, logits: Callable[[torch.Tensor], torch.Tensor], *, channels: int,
+              roi_size: Sequence[int], overlap: float, sw_batch_size: int, flips: Sequence[tuple[int, ...]],
+              device: torch.device) -> tuple[tuple[slice, slice, slice], torch.Tensor]:
+    """nnU-Net's sliding window over x [1, C', X, Y, Z] (its first ``channels`` the image, any others riding
+    along): the box of the image's non-zero voxels (`nonzero_box`), padded with 0 to at least ``roi_size``
+    (half before, half after), windows at `nnunet_starts`, each window's ``logits`` averaged over the flips
+    (flipped back) and weighted by a Gaussian of σ = roi / 8. Returns the box and the blended logits
+    [K, *box] (float32, CPU)."""
+    box = nonzero_box(x[0, :channels])
+    crop = x[(slice(None), slice(None), *box)]
+    shape = crop.shape[2:]
+    below = [max(0, r - n) // 2 for r, n in zip(roi_size, shape)]
+    widths = [w for r, n, b in reversed(list(zip(roi_size, shape, below))) for w in (b, max(0, r - n) - b)]
+    crop = torch.nn.functional.pad(crop, widths)
+    size = crop.shape[2:]
+    weight = compute_importance_map(tuple(roi_size), mode="gaussian", sigma_scale=0.125, device="cpu")
+    starts = list(itertools.product(*(nnunet_starts(n, r, overlap) for n, r in zip(size, roi_size))))
+    total, norm = None, torch.zeros(size)
+    for first in range(0, len(starts), sw_batch_size):
+        group = [tuple(slice(s, s + r) for s, r in zip(start, roi_size)) for start in starts[first:first + sw_batch_size]]
+        windows = torch.cat([crop[(..., *where)] for where in group]).to(device)
+        pred = sum(logits(windows.flip([a + 2 for a in flip])).flip([a + 2 for a in flip]) for flip in flips)
+        pred = (pred / len(flips)).cpu()
+        if total is None:
+            total = torch.zeros(pred.shape[1], *size)
+        for where, one in zip(group, pred):
+            total[(slice(None), *where)] += one * weight
+            norm[where] += weight
+    inside = (slice(None), *(slice(b, b + n) for b, n in zip(below, shape)))
+    return box, (total / norm)[inside]
+

@@ -51,7 +51,7 @@ def _configuration(crop: Sequence[int], spacing_mm: Sequence[float] | None, chan
         "data_identifier": f"asa_{style}", "preprocessor_name": "DefaultPreprocessor", "spacing_style": style,
         # asa z-scores inside the brain and sets 0 outside: nnU-Net's ZScoreNormalization with the mask
         "normalization_schemes": ["ZScoreNormalization"] * channels, "use_mask_for_norm": [True] * channels,
-        **resampling(data=3, mask=1),
+        **resampling(native=False, data=3, mask=1),
         "spacing": [float(s) for s in spacing_mm] if spacing_mm is not None else None,
         "patch_size": [int(c) for c in crop],
     }

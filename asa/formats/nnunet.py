@@ -157,9 +157,13 @@ def describe_nnunet(spec: Mapping[str, Any]) -> str:
     return lines
 
 
-def resampling(**orders: int) -> dict[str, Any]:
-    """A plans configuration's ``resampling_fn_<kind>`` and its kwargs for each kind of ``orders`` (the spline order;
-    nnU-Net's default resampling, no separate z)."""
+def resampling(*, native: bool, **orders: int) -> dict[str, Any]:
+    """A plans configuration's ``resampling_fn_<kind>`` and its kwargs for each kind of ``orders`` (the spline order):
+    ``native``, nnU-Net's ``no_resampling_hack`` (every scan predicted on its own grid, as asa predicts a network
+    trained without ``data.resample_mm``), else nnU-Net's default resampling to the plans' spacing, no separate z."""
+    if native:
+        return {key: value for kind in orders for key, value in (
+            (f"resampling_fn_{kind}", "no_resampling_hack"), (f"resampling_fn_{kind}_kwargs", {}))}
     return {key: value for kind, order in orders.items() for key, value in (
         (f"resampling_fn_{kind}", "resample_data_or_seg_to_shape"),
         (f"resampling_fn_{kind}_kwargs", {"is_seg": kind == "seg", "order": order, "order_z": 0, "force_separate_z": None}))}
@@ -290,7 +294,7 @@ def nnunet_results(segmenter: Mapping[str, Any], *, provenance: Mapping[str, Any
             "data_identifier": f"{PLANS_NAME}_{CONFIGURATION}", "preprocessor_name": "DefaultPreprocessor",
             "batch_size": 2, "patch_size": patch, "median_image_size_in_voxels": patch, "spacing": spacing,
             "normalization_schemes": ["ZScoreNormalization"] * channels, "use_mask_for_norm": [True] * channels,
-            **resampling(data=3, seg=1, probabilities=1),
+            **resampling(native=not (config.get("data") or {}).get("resample_mm"), data=3, seg=1, probabilities=1),
             "architecture": architecture, "batch_dice": False}}}
     weights = _shared_once({k: v for k, v in segmenter["model"].items() if isinstance(v, torch.Tensor)})
     checkpoint = {"network_weights": weights, "trainer_name": TRAINER, "current_epoch": 0,
@@ -362,7 +366,10 @@ def results_card(results: NNUnetResults, metrics: Mapping[str, Any] | None = Non
         + ". Images are named `<case>_0000.nii.gz`, ... in the channel order "
         f"{', '.join(results.dataset['channel_names'].values())}.", "",
         f"- reading: {READER} and transpose_forward {TRANSPOSE} (left-right on array axis 0, as asa reads a scan)",
-        f"- spacing: {conf['spacing']} mm, from {results.spacing_from}; patch {conf['patch_size']}",
+        f"- spacing: {conf['spacing']} mm, from {results.spacing_from}; patch {conf['patch_size']}; "
+        + ("every scan predicted on its own grid (no_resampling_hack), as asa predicts a network trained without "
+           "data.resample_mm" if conf["resampling_fn_data"] == "no_resampling_hack"
+           else "scans resampled to it, as asa-finetune resampled them (data.resample_mm)"),
         "- intensity: nnU-Net's ZScoreNormalization over the nonzero region (use_mask_for_norm), 0 outside; asa "
         "also clips each image to its brain's 0.5-99.5 percentiles first, which nnU-Net cannot state",
         f"- test-time mirroring: nnU-Net's default mirrors along axes {list(MIRRORING)}; asa-predict mirrors only "

@@ -14,6 +14,8 @@ from asa.eval.inference import (
     auto_sw_batch_size,
     check_sw_batch_size,
     flip_subsets,
+    nnunet_starts,
+    nonzero_box,
     predict_volume,
     window_batch_for_memory,
 )
@@ -49,13 +51,54 @@ def test_single_window_prediction_is_the_activated_output():
     torch.testing.assert_close(got.sum(0), torch.ones(16, 16, 16))
 
 
-def test_flip_tta_averages_flipped_predictions():
+def test_flip_tta_averages_flipped_logits_as_nnunet_does():
     model = Positional()
     x = torch.randn(1, 16, 8, 8)
-    plain = torch.sigmoid(model(x[None]))[0]
-    flipped = torch.sigmoid(model(x.flip(1)[None]))[0].flip(1)
+    plain = model(x[None])[0]
+    flipped = model(x.flip(1)[None])[0].flip(1)
     got = predict_volume(model, x, roi_size=(16, 8, 8), multilabel=True, tta_axes=[0])
-    torch.testing.assert_close(got, (plain + flipped) / 2)
+    torch.testing.assert_close(got, torch.sigmoid((plain + flipped) / 2))
+    assert not torch.allclose(got, (torch.sigmoid(plain) + torch.sigmoid(flipped)) / 2, atol=1e-3)
+
+
+@pytest.mark.parametrize("size, roi, overlap, starts", [
+    (16, 16, 0.5, [0]),                   # one window
+    (10, 16, 0.5, [0]),                   # padded up to the window
+    (40, 16, 0.5, [0, 8, 16, 24]),        # ceil(24 / 8) + 1 = 4 windows, stride 24 / 3 = 8
+    (41, 16, 0.5, [0, 6, 12, 19, 25]),    # ceil(25 / 8) + 1 = 5, stride 6.25: 0, 6.25, 12.5, 18.75, 25
+    (41, 16, 0.0, [0, 12, 25]),           # side by side at most: ceil(25 / 16) + 1 = 3, stride 12.5
+])
+def test_window_starts_are_nnunets(size, roi, overlap, starts):
+    assert nnunet_starts(size, roi, overlap) == starts
+
+
+class Counting(nn.Module):
+    """A pointwise model that counts the windows it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.windows = nn.Conv3d(1, 3, 1), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.windows += x.shape[0]
+        return self.conv(x)
+
+
+def test_only_the_box_of_nonzero_voxels_is_tiled_and_outside_it_is_background():
+    model = Counting()
+    x = torch.zeros(1, 48, 40, 36)
+    x[0, 10:26, 12:28, 5:21] = torch.randn(16, 16, 16)  # a 16³ box: one window covers it
+    assert nonzero_box(x) == (slice(10, 26), slice(12, 28), slice(5, 21))
+    got = predict_volume(model, x, roi_size=(16, 16, 16), multilabel=False)
+    assert model.windows == 1
+    inside = (slice(None), slice(10, 26), slice(12, 28), slice(5, 21))
+    torch.testing.assert_close(got[inside], torch.softmax(model.conv(x[None]), 1)[0][inside])
+    outside = torch.ones(48, 40, 36, dtype=torch.bool)
+    outside[inside[1:]] = False
+    assert (got[0][outside] == 1).all() and (got[1:][:, outside] == 0).all()
+    regions = predict_volume(model, x, roi_size=(16, 16, 16), multilabel=True)
+    assert (regions[:, outside] == 0).all()
+    assert nonzero_box(torch.zeros(2, 5, 6, 7)) == (slice(0, 5), slice(0, 6), slice(0, 7))  # nothing: the grid
 
 
 def test_volume_larger_than_window_is_blended_to_full_size():

@@ -100,6 +100,22 @@ def test_export_states_the_recorded_median_without_the_data(trained, tmp_path):
     assert plans["configurations"]["3d_fullres"]["spacing"] == pytest.approx(expected.tolist())
     assert plans["dataset_name"] == "Dataset975_asa_msd"
     assert f"median voxel size of its {len(train)} training cases" in (folder / "README.md").read_text()
+    # trained on each scan's own grid (no data.resample_mm): nnU-Net predicts each scan on its own grid too
+    conf = plans["configurations"]["3d_fullres"]
+    assert {conf[f"resampling_fn_{k}"] for k in ("data", "seg", "probabilities")} == {"no_resampling_hack"}
+    assert "on its own grid (no_resampling_hack)" in (folder / "README.md").read_text()
+
+
+def test_plans_resample_only_what_asa_resampled():
+    from asa.formats.nnunet import resampling
+
+    assert resampling(native=True, data=3, seg=1) == {
+        "resampling_fn_data": "no_resampling_hack", "resampling_fn_data_kwargs": {},
+        "resampling_fn_seg": "no_resampling_hack", "resampling_fn_seg_kwargs": {}}
+    resampled = resampling(native=False, data=3, seg=1)
+    assert resampled["resampling_fn_seg"] == "resample_data_or_seg_to_shape"
+    assert resampled["resampling_fn_data_kwargs"] == {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
+    assert resampled["resampling_fn_seg_kwargs"]["is_seg"] and resampled["resampling_fn_seg_kwargs"]["order"] == 1
 
 
 @pytest.mark.slow  # the module's fine-tuned network
