@@ -22,7 +22,7 @@ from asa.data import CaseError, discover, get_task
 from asa.data.layouts import load_report
 from asa.data.store import passed_checks
 from asa.data.store_writer import build_store
-from asa.data.preprocessing import PretrainPreprocess, SegmentationPreprocess
+from asa.data.preprocessing import PretrainPreprocess, SegmentationPreprocess, check_percentiles
 from asa.choices import check_choices
 from asa.train.distributed import DistEnv
 
@@ -47,6 +47,8 @@ def data_preset(data: Mapping[str, Any]) -> tuple[str, PretrainDataConfig | Segm
             raise ValueError(f"{APP}: invalid option data.{key}: data.{key} {note}") from None
         raise ValueError(f"{APP}: invalid option data.{key}: {getattr(err, 'msg', err)}") from None
     check_choices(merged, typed, "data.")
+    if kind == "segmentation":
+        check_percentiles(list(merged.percentiles), f"{APP}: invalid option data.percentiles")
     missing = sorted(f"data.{key}" for key in OmegaConf.missing_keys(merged))
     if missing:
         raise ValueError(f"{APP}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required "
@@ -77,7 +79,7 @@ def preprocess(config: PreprocessConfig | DictConfig):
     root, layout = dataset_root(data)
     if kind == "segmentation":
         task = reading_channels(get_task(data.task, root=root), data.channels, where=f"the {data.task} task")
-        pre, channels = SegmentationPreprocess(task, regions=regions), task.channels
+        pre, channels = SegmentationPreprocess(task, percentiles=data.percentiles, regions=regions), task.channels
     else:
         pre = PretrainPreprocess(int(data.crop), resample_mm=data.resample_mm, regions=regions)
         channels = tuple(data.channels)

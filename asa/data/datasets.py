@@ -29,7 +29,7 @@ from asa.data.augmentation import (AUGMENT_ON, DeferredAugmentation, Finalize, p
 from asa.data.batching import CollatedBatch, batch_buffer
 from asa.data.case import Case
 from asa.data.lattice import LatticeCropd
-from asa.data.preprocessing import PretrainPreprocess, SegmentationPreprocess, case_to_item
+from asa.data.preprocessing import PERCENTILES, PretrainPreprocess, SegmentationPreprocess, case_to_item
 from asa.data.regions import RegionSource
 from asa.data.store import Store, StoreLatticeCropd, StorePretrainCrop, StoreSegmentationLoad, open_store, store_settings
 from asa.data.labels import Task
@@ -211,6 +211,7 @@ def build_segmentation_dataset(
     lr_axis: int = 0,
     regions: RegionSource | None = None,
     store: str | Path | Store | None = None,
+    percentiles: tuple[float, float] = PERCENTILES,
     **augment_kwargs: Any,
 ) -> CaseDataset:
     """Fine-tuning dataset on the canonical RAS grid of each case (no whole-volume crop/resample).
@@ -224,14 +225,16 @@ def build_segmentation_dataset(
     -1 = ignore. ``augment_kwargs`` go to `segmentation_train_augmentation` (rotate_deg, zoom, ...).
     With ``regions`` every item also has ``"region"``: int64 [1, ...], the region map, augmented
     like the label. With ``store`` (written by asa-preprocess under the same settings) the items
-    are read from the store: a training sample copies only its crops.
+    are read from the store: a training sample copies only its crops. ``percentiles``: the brain's
+    intensity range each image is clipped to before its z-score (`SegmentationPreprocess`;
+    ``data.percentiles``).
     """
     if train and crop is None:
         raise ValueError("build_segmentation_dataset: train=True needs crop, the fine-tuning crop edge")
     crop = None if crop is None else ((int(crop),) * 3 if isinstance(crop, int) else tuple(int(c) for c in crop))
     reference = crop if reference_size is None else (
         (int(reference_size),) * 3 if isinstance(reference_size, int) else tuple(int(r) for r in reference_size))
-    pre = SegmentationPreprocess(task, regions=regions)
+    pre = SegmentationPreprocess(task, percentiles=percentiles, regions=regions)
     label_dtype = torch.float32 if task.multilabel else torch.int64
     extra = ("region",) if regions is not None else ()
     if train:
@@ -255,20 +258,25 @@ def build_segmentation_dataset(
     return CaseDataset([case_to_item(c, task.channels) for c in cases], Compose(steps), seed=seed)
 
 
-def preprocess_for_inference(case: Case, task: Task) -> tuple[torch.Tensor, Volume]:
-    """Image [C, X, Y, Z] (canonical grid, z-scored in brain) and the reference Volume (first channel)
+def preprocess_for_inference(case: Case, task: Task, *, percentiles: tuple[float, float] = PERCENTILES
+                             ) -> tuple[torch.Tensor, Volume]:
+    """Image [C, X, Y, Z] (canonical grid, clipped to the brain's ``percentiles`` and z-scored in brain, as
+    the network was trained: its run's ``data.percentiles``) and the reference Volume (first channel)
     to write predictions back with ``save_volume(pred, reference, path)``; the case's brain centre
     (voxels [3], the brain frame's centre) is recorded in ``reference.meta["brain_centre"]``."""
     item = case_to_item(case, task.channels)
-    out = SegmentationPreprocess(task, with_label=False)(item)
+    out = SegmentationPreprocess(task, percentiles=percentiles, with_label=False)(item)
     reference = load_volume(item["images"][0], label=False, frame=item["frames"][0])
     reference.meta["brain_centre"] = out["centre"].tolist()
     return out["image"], reference
 
 
-def region_map_for_inference(case: Case, task: Task, regions: RegionSource) -> torch.Tensor:
-    """Region map [1, X, Y, Z] int64 of a case on the grid of `preprocess_for_inference`'s image,
-    for networks with region attention; a source made from the target (``label``) is refused."""
+def region_map_for_inference(case: Case, task: Task, regions: RegionSource, *,
+                             percentiles: tuple[float, float] = PERCENTILES) -> torch.Tensor:
+    """Region map [1, X, Y, Z] int64 of a case on the grid of `preprocess_for_inference`'s image (clustered
+    from the image preprocessed with ``percentiles``), for networks with region attention; a source made
+    from the target (``label``) is refused."""
     regions.check_network_input("region attention at inference")
     item = case_to_item(case, task.channels)
-    return SegmentationPreprocess(task, with_label=False, regions=regions)(item)["region"].long()
+    return SegmentationPreprocess(task, percentiles=percentiles, with_label=False,
+                                  regions=regions)(item)["region"].long()

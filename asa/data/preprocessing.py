@@ -24,8 +24,8 @@ from asa.data.labels import Task
 from asa.io import Volume, load_volume
 
 __all__ = [
-    "case_to_item", "load_case_images", "brain_mask", "flat_channels", "normalize_in_brain", "PretrainPreprocess",
-    "SegmentationPreprocess",
+    "PERCENTILES", "case_to_item", "check_percentiles", "load_case_images", "brain_mask", "flat_channels",
+    "normalize_in_brain", "run_percentiles", "PretrainPreprocess", "SegmentationPreprocess",
 ]
 
 
@@ -70,8 +70,33 @@ def brain_mask(image: np.ndarray) -> np.ndarray:
     return mask
 
 
-PERCENTILES = (0.5, 99.5)  # the intensity range kept inside the brain before z-scoring
+PERCENTILES = (0.5, 99.5)  # the intensity range kept inside the brain before z-scoring (data.percentiles' default)
 FLAT_TOLERANCE = 1e-6  # relative spread below which a channel has no contrast (float32 rounding)
+
+
+def check_percentiles(percentiles: Any, option: str = "percentiles") -> tuple[float, float]:
+    """``percentiles`` as (low, high) floats: two numbers with 0 <= low < high <= 100, else a ``ValueError`` naming
+    ``option``. (0, 100) clips nothing: the z-score inside the brain alone, nnU-Net's ``ZScoreNormalization``
+    with ``use_mask_for_norm`` over the same mask."""
+    try:
+        lo, hi = (float(p) for p in percentiles)
+        valid = 0.0 <= lo < hi <= 100.0  # NaN fails too
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        shown = list(percentiles) if isinstance(percentiles, (list, tuple)) else percentiles
+        raise ValueError(f"{option}={shown}: expected two percentiles [low, high] with 0 <= low < high <= 100, the "
+                         f"range each image is clipped to inside its brain before the z-score (default "
+                         f"{list(PERCENTILES)}; [0, 100]: no clip, nnU-Net's ZScoreNormalization with the mask)")
+    return lo, hi
+
+
+def run_percentiles(config: Any) -> tuple[float, float]:
+    """The percentiles a saved fine-tuning run config (a checkpoint's ``config``) preprocessed with: its
+    ``data.percentiles``; `PERCENTILES` for a run saved before the option (which always clipped to them)."""
+    data = config.get("data") if hasattr(config, "get") else None
+    given = data.get("percentiles") if hasattr(data, "get") else None
+    return PERCENTILES if given is None else check_percentiles(given, "the checkpoint's data.percentiles")
 
 
 def flat_channels(image: np.ndarray, mask: np.ndarray, percentiles: tuple[float, float] = PERCENTILES
@@ -129,7 +154,7 @@ class PretrainPreprocess(Transform):
         self.size = _as_tuple3(size)
         self.resample_mm = resample_mm
         self.lr_centre = lr_centre
-        self.percentiles = tuple(percentiles)
+        self.percentiles = check_percentiles(percentiles)
         self.regions = regions
 
     def settings(self) -> dict[str, Any]:
@@ -178,7 +203,7 @@ class SegmentationPreprocess(Transform):
     def __init__(self, task: Task, *, percentiles: tuple[float, float] = PERCENTILES, with_label: bool = True,
                  regions: RegionSource | None = None) -> None:
         self.task = task
-        self.percentiles = tuple(percentiles)
+        self.percentiles = check_percentiles(percentiles)
         self.with_label = with_label
         self.regions = regions
 

@@ -22,9 +22,10 @@ from asa.data import (
     region_map_for_inference,
     save_volume,
 )
+from asa.data.preprocessing import PERCENTILES, run_percentiles
 from asa.eval.inference import predict_volume
 from asa.formats.onnx import OnnxNetwork, onnx_state
-from asa.io import VolumeError, is_nifti, load_checkpoint, prediction_path, probabilities_path, strip_nifti
+from asa.io import Volume, VolumeError, is_nifti, load_checkpoint, prediction_path, probabilities_path, strip_nifti
 from asa.models import build_network, capabilities, channels_last_inference, compile_blocks, input_size
 from asa.models.registry import NETWORK_KINDS, current_spec
 
@@ -41,6 +42,7 @@ class Predictor:
     device: torch.device
     amp_dtype: torch.dtype | None = None
     regions: RegionSource | None = None  # how to make the region map of a case (region attention networks)
+    percentiles: tuple[float, float] = PERCENTILES  # the intensity clip it was trained with (data.percentiles)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: torch.device, amp_dtype: torch.dtype | None = None,
@@ -49,7 +51,8 @@ class Predictor:
         fine-tuning checkpoint (``asa-finetune`` output); ``compile`` applies ``torch.compile`` to
         its blocks (:func:`asa.models.compile_blocks`). With bf16 on a CPU the network is laid out
         channels-last (:func:`asa.models.channels_last_inference`). ``state``: the file's content, when
-        the caller has read it already."""
+        the caller has read it already. Cases are preprocessed as the run trained: its ``data.percentiles``
+        (`asa.data.preprocessing.run_percentiles`; a checkpoint saved before the option: 0.5-99.5)."""
         if state is None:  # a model.onnx of asa-export --format onnx carries its record in its metadata
             state = onnx_state(path) if Path(path).suffix == ".onnx" else load_checkpoint(path)
         config = state.get("config") or {}
@@ -86,11 +89,21 @@ class Predictor:
                                                    network="the network's region attention")
             except ValueError as err:
                 raise ValueError(f"checkpoint {path}: {err}. Fine-tune it again with such a source") from err
-        return cls(model, task, (patch,) * 3, device, amp_dtype, regions)
+        try:
+            percentiles = run_percentiles(config)
+        except ValueError as err:
+            raise ValueError(f"checkpoint {path}: {err}") from None
+        return cls(model, task, (patch,) * 3, device, amp_dtype, regions, percentiles)
 
     def regions_of(self, case: Case) -> torch.Tensor | None:
         """The region map [1, X, Y, Z] a network with region attention needs for ``case``, else None."""
-        return None if self.regions is None else region_map_for_inference(case, self.task, self.regions)
+        return None if self.regions is None else region_map_for_inference(case, self.task, self.regions,
+                                                                            percentiles=self.percentiles)
+
+    def preprocess(self, case: Case) -> tuple[torch.Tensor, Volume]:
+        """``case`` as the network was trained on it: image [C, X, Y, Z] and its reference Volume
+        (`asa.data.preprocess_for_inference` with the run's percentiles)."""
+        return preprocess_for_inference(case, self.task, percentiles=self.percentiles)
 
     def __call__(self, image: torch.Tensor, *, overlap: float = 0.5, sw_batch_size: int | str = "auto",
                  tta_axes: Sequence[int] = (), centre: Sequence[float] | None = None,
@@ -183,7 +196,7 @@ def predict_case(predictor: Predictor, case: Case, output: Path, *, overlap: flo
     floats); returns the files, the label file first. Files are written atomically (a file of the same name
     is replaced: `asa.api.machinery.prediction` decides which folder may be written). A case whose volumes cannot be
     used raises `VolumeError` (truncated, not NIfTI, wrong dimensionality, NaN/Inf, all zeros)."""
-    image, reference = preprocess_for_inference(case, predictor.task)
+    image, reference = predictor.preprocess(case)
     regions = predictor.regions_of(case)  # region attention networks
     probs = predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, tta_axes=tta_axes,
                       centre=reference.meta.get("brain_centre"), regions=regions)

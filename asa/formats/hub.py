@@ -12,7 +12,7 @@ from typing import Any
 
 import asa
 from asa.data.cohort import write_cohort_list
-from asa.data.preprocessing import PERCENTILES
+from asa.data.preprocessing import run_percentiles
 from asa.formats import ENCODER, Format, Job, Part, register_format
 from asa.formats.card import ASA_CITATION, folder_licence, git_commit
 from asa.io import save_checkpoint
@@ -62,6 +62,10 @@ def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, An
     if method is None and "segmenter" in cfg:
         method = f"asa-finetune (model arch {spec.get('arch')})"
     resample = data.get("resample_mm")
+    low, high = run_percentiles(cfg)  # a pretraining run's, and a fine-tuning run's before the option: 0.5, 99.5
+    intensity = (f"clip to percentiles {[low, high]} inside the brain, then z-score there; 0 outside"
+                 if (low, high) != (0.0, 100.0) else
+                 "z-score inside the brain, no clip (percentiles [0.0, 100.0]); 0 outside")
     return {
         **_head(export), "method": method,
         "data": {k: data[k] for k in DATA_KEYS if k in data} | ({"task": outputs.get("name")}
@@ -72,8 +76,7 @@ def model_config(source: Path, state: Mapping[str, Any], export: Mapping[str, An
         "spacing_mm": [float(resample)] * 3 if resample else None,  # None: the data's own grid (no resampling)
         "orientation": "RAS+",
         "preprocessing": {"reorient": "RAS+ (nibabel as_closest_canonical)",
-                          "intensity": f"clip to percentiles {list(PERCENTILES)} inside the brain, then z-score "
-                                       "there; 0 outside",
+                          "intensity": intensity,
                           "crop": "brain-centred, the mid-sagittal plane at the centre of the left-right axis",
                           "resample_mm": resample},
         "source": {"file": source.name, "step": int(export.get("step") or 0)},

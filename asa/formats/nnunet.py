@@ -5,7 +5,8 @@ The network is the one the family declares for nnU-Net (`asa.models.family.NNUNe
 it from the plans' ``architecture`` block; a family without one is refused, naming it (the SW-ViT U-Net needs its
 windows' place in the brain frame, which nnU-Net does not hand a network). The plans reproduce asa's reading of a
 scan with nnU-Net's parts: ``NibabelIOWithReorient`` with ``transpose_forward`` [2, 1, 0] (left-right on axis 0),
-``ZScoreNormalization`` with ``use_mask_for_norm`` (without asa's percentile clip), the training cases' spacing as
+``ZScoreNormalization`` with ``use_mask_for_norm`` (asa's own scheme for a run with ``data.percentiles`` [0, 100],
+else without asa's percentile clip, which nnU-Net cannot state), the training cases' spacing as
 asa-finetune recorded it (`TRAINING_SPACING`: the export reads no data) and the network's crop as patch.
 """
 
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from asa.data import Task
+from asa.data.preprocessing import PERCENTILES, run_percentiles
 from asa.formats import ENCODER, SEGMENTER, Format, Job, Part, family_fault, register_format
 from asa.formats.card import provenance, provenance_card
 from asa.io import atomic_write_json, atomic_write_text, save_checkpoint
@@ -217,6 +219,7 @@ class NNUnetResults(NamedTuple):
     plans: dict[str, Any]
     checkpoint: dict[str, Any]
     spacing_from: str  # where the plans' spacing came from, for the card
+    percentiles: tuple[float, float] = PERCENTILES  # the run's data.percentiles: asa's clip, which the card states
 
 
 def _labels(task: Task, source: str) -> dict[str, Any]:
@@ -302,7 +305,7 @@ def nnunet_results(segmenter: Mapping[str, Any], *, provenance: Mapping[str, Any
                                 "dataset_json": dataset, "device": "cpu"},
                   "inference_allowed_mirroring_axes": MIRRORING,
                   "asa": {**dict(provenance), "network": dict(spec), "step": int(segmenter.get("step") or 0)}}
-    return NNUnetResults(dataset, plans, checkpoint, spacing_from)
+    return NNUnetResults(dataset, plans, checkpoint, spacing_from, run_percentiles(config))
 
 
 def _shared_once(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -370,12 +373,25 @@ def results_card(results: NNUnetResults, metrics: Mapping[str, Any] | None = Non
         + ("every scan predicted on its own grid (no_resampling_hack), as asa predicts a network trained without "
            "data.resample_mm" if conf["resampling_fn_data"] == "no_resampling_hack"
            else "scans resampled to it, as asa-finetune resampled them (data.resample_mm)"),
-        "- intensity: nnU-Net's ZScoreNormalization over the nonzero region (use_mask_for_norm), 0 outside; asa "
-        "also clips each image to its brain's 0.5-99.5 percentiles first, which nnU-Net cannot state",
+        _intensity_line(results.percentiles),
         f"- test-time mirroring: nnU-Net's default mirrors along axes {list(MIRRORING)}; asa-predict mirrors only "
         "with tta=true (`--disable_tta` gives asa-predict's default)",
         "- provenance (encoder, pretraining cohort digest, licence): `dataset.json` and the checkpoint, under `asa`",
         ""])
+
+
+def _intensity_line(percentiles: Sequence[float]) -> str:
+    """The card's intensity line: nnU-Net's z-score over the nonzero region is asa's scheme exactly for a network
+    trained without a clip (``data.percentiles`` [0, 100]); otherwise asa's clip, which nnU-Net cannot state."""
+    low, high = (float(p) for p in percentiles)
+    line = "- intensity: nnU-Net's ZScoreNormalization over the nonzero region (use_mask_for_norm), 0 outside"
+    if (low, high) == (0.0, 100.0):
+        return (line + ": asa's own scheme for this network, which was trained with data.percentiles [0, 100] (no "
+                "clip), the same z-score over the same voxels where asa's brain mask is the nonzero region (a "
+                "skull-stripped image; nnU-Net also counts zeros enclosed by the brain, asa does not)")
+    return (line + f"; asa also clips each image to its brain's {low:g}-{high:g} percentiles first (the run's "
+            "data.percentiles), which nnU-Net cannot state; a network fine-tuned with data.percentiles=[0,100] is "
+            "read the same by both")
 
 
 class NNUNet(Format):

@@ -25,6 +25,7 @@ from asa.api.configuration.schema import (CONFIG_VERSION, DEFAULT_ARCH, PRETRAIN
                                           pretrain_family)
 from asa.api.configuration.tasks import TaskSettings, registered_tasks, task_class
 from asa.choices import check_choices
+from asa.data.preprocessing import check_percentiles
 from asa.methods import MethodSettings, get_method, registered_methods
 from asa.models import NETWORK_SETTINGS, PRESETS, EncoderOptions, NetworkSettings
 
@@ -278,6 +279,12 @@ def validate(cfg: DictConfig, entry: str) -> DictConfig:
     if isinstance(crop, int) and crop < 1:  # a network built on it fails in torch's words
         raise ValueError(f"asa-{entry}: invalid option data.crop={crop}: expected the crop's edge in voxels, a "
                          "positive whole number (e.g. data.crop=96)")
+    percentiles = OmegaConf.select(typed, "data.percentiles", default=None)
+    if percentiles is not None:  # a fine-tuning data section's clip (two numbers, 0 <= low < high <= 100)
+        try:
+            check_percentiles(list(percentiles), "data.percentiles")
+        except ValueError as err:
+            raise ValueError(f"asa-{entry}: invalid option {err}") from None
     if entry in ("pretrain", "finetune") and typed.version != CONFIG_VERSION:
         raise ValueError(f"asa-{entry}: invalid option version={typed.version}: the layout version of a run config "
                          f"is this asa's ({CONFIG_VERSION}), which it records; a saved config of an earlier version is "

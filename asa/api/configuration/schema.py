@@ -16,6 +16,7 @@ from omegaconf import MISSING
 
 from asa.data.augmentation import AUGMENT_ON
 from asa.data.layouts import LAYOUTS, SEGMENTATION_LAYOUTS
+from asa.data.preprocessing import PERCENTILES
 from asa.data.regions import CONFIG_SOURCES
 from asa.data.store import STORE_DTYPES
 from asa.eval.metrics import HD95_CONVENTIONS
@@ -118,6 +119,10 @@ class SegmentationDataConfig(DataConfig):
     # nnU-Net raw set), in this order; null: all of them. Read by asa-finetune and asa-preprocess (asa-probe
     # takes its own channels option); the checkpoint's task records them, so asa-predict reads the same
     channels: Optional[List[str]] = None
+    # [low, high]: each image is clipped to its brain's low-th and high-th intensity percentiles, then z-scored inside
+    # the brain (0 <= low < high <= 100); [0, 100] clips nothing: nnU-Net's ZScoreNormalization with use_mask_for_norm.
+    # Read by asa-finetune and asa-preprocess; the checkpoint records it, so asa-predict preprocesses alike
+    percentiles: List[float] = field(default_factory=lambda: list(PERCENTILES))
     # true: train although test cases were in model.pretrained's pretraining cohort (asa.api.machinery.cohort); false: refused
     accept_pretraining_overlap: bool = False
 

@@ -296,12 +296,14 @@ class SegmentationTask(FinetuneTask):
 
     def datasets(self, run: FinetuneRun, splits: Mapping[str, list]) -> tuple[Any, Any | None]:
         cfg, data = run.cfg, run.cfg.data
+        percentiles = tuple(data.percentiles)  # the checkpoint records them: asa-predict preprocesses alike
         train = build_segmentation_dataset(
-            splits["train"], self.task, train=True, crop=run.crop, store=data.store,
+            splits["train"], self.task, train=True, crop=run.crop, store=data.store, percentiles=percentiles,
             samples_per_case=cfg.task.samples_per_case, seed=cfg.seed, regions=self.regions, **self.lattice,
             sampling=cfg.task.sampling, pos_fraction=cfg.task.foreground_fraction, oversampling=cfg.task.oversampling,
         )
         val = (build_segmentation_dataset(splits["val"], self.task, train=False, store=data.store,
+                                          percentiles=percentiles,
                                           regions=self.regions if capabilities(run.model).regions else None)
                if splits["val"] else None)
         return train, val

@@ -39,6 +39,7 @@ from asa.api.tasks.case.outputs import (PREDICTIONS_CSV, case_crop_lattice, case
 from asa.choices import one_of
 from asa.data import Targets, detect_layout, discover, read_targets, subject_groups
 from asa.data.case import match_channels
+from asa.data.preprocessing import PERCENTILES
 from asa.data.targets import TARGET_KINDS
 from asa.eval.case_metrics import CLASSIFICATION_METRICS, HIGHER_IS_BETTER, REGRESSION_METRICS, case_metric
 from asa.eval.frozen import FrozenEncoder, pooled_features, prepare_cases
@@ -234,6 +235,10 @@ class CaseTask(FinetuneTask):
         if data.channels is not None:
             raise ValueError(f"data.channels={list(data.channels)}: data.task=case reads each case's T1 alone; "
                              "leave data.channels unset")
+        if tuple(data.percentiles) != PERCENTILES:  # its crops are pretraining's, clipped as pretraining clipped them
+            raise ValueError(f"data.percentiles={list(data.percentiles)}: data.task=case preprocesses each case as "
+                             f"pretraining does (clipped to its brain's {PERCENTILES[0]:g}-{PERCENTILES[1]:g} "
+                             "percentiles); leave data.percentiles unset")
         if cfg.model.region_option() is not None:
             raise ValueError("model.region_attention needs region maps, which data.task=case does not read; "
                              "leave it at none")

@@ -1,0 +1,121 @@
+"""data.percentiles travels with the network: a run fine-tuned with [0, 100] trains and validates on the unclipped
+z-score, its checkpoints record it, asa-predict preprocesses alike (read from the checkpoint; one saved before the
+option clips to 0.5-99.5 as it always did), and the export cards say which scheme the network reads: nnU-Net's
+ZScoreNormalization exactly for [0, 100], asa's clip that nnU-Net cannot state otherwise."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import asa.api.tasks.segmentation as segmentation
+import asa.eval.predict as prediction
+from asa.api import finetune, predict
+from asa.api.config import compose_config
+from asa.api.export import export_model
+from asa.data import discover, write_demo_dataset
+from asa.data.preprocessing import brain_mask, case_to_item, load_case_images
+from asa.eval.predict import Predictor
+from asa.io import load_checkpoint, save_checkpoint
+
+pytestmark = pytest.mark.slow  # the module's fine-tuned network (one step, then asa-predict and four exports)
+
+EDGE = 16
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A ResEnc fine-tuned for one step with data.percentiles=[0,100], the percentiles each dataset it built was
+    given, and a copy of its checkpoint as one saved before the option (no data.percentiles)."""
+    base = tmp_path_factory.mktemp("percentiles")
+    root = write_demo_dataset("msd", base / "data", cases=4, size=EDGE, seed=5)
+    built, real = [], segmentation.build_segmentation_dataset
+
+    def spy(*args, **kwargs):
+        built.append((kwargs["train"], kwargs.get("percentiles")))
+        return real(*args, **kwargs)
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(segmentation, "build_segmentation_dataset", spy)
+    try:
+        finetune(compose_config("finetune", [
+            "data=msd", f"data.root={root}", "model=resenc", "model.size=tiny", f"data.crop={EDGE}", "trainer=smoke",
+            "trainer.max_steps=1", f"output_dir={base / 'run'}", "device=cpu", "data.num_workers=0", "trainer.amp=off",
+            "data.percentiles=[0,100]"]))
+    finally:
+        patch.undo()
+    last = base / "run" / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    del state["config"]["data"]["percentiles"]
+    save_checkpoint(base / "run" / "checkpoints" / "before.pt", state)
+    return last, base / "run" / "checkpoints" / "before.pt", root, built, base
+
+
+def _z_score(image: np.ndarray, mask: np.ndarray, clip: tuple[float, float] | None) -> np.ndarray:
+    out = np.zeros_like(image)
+    for c in range(image.shape[0]):
+        values = image[c][mask].astype(np.float64)
+        if clip is not None:
+            values = np.clip(values, *np.percentile(values, clip))
+        out[c][mask] = (values - values.mean()) / values.std()
+    return out
+
+
+def test_training_validation_and_the_checkpoint_carry_it(trained):
+    last, _, _, built, _ = trained
+    assert sorted(built) == [(False, (0.0, 100.0)), (True, (0.0, 100.0))]
+    assert load_checkpoint(last)["config"]["data"]["percentiles"] == [0.0, 100.0]
+
+
+def test_asa_predict_reads_them_from_the_checkpoint(trained, monkeypatch):
+    last, before, root, _, base = trained
+    cases = discover("msd", root, require_labels=False)
+    cpu = torch.device("cpu")
+    ours = Predictor.from_checkpoint(last, device=cpu)
+    image, _ = load_case_images(case_to_item(cases[0], ours.task.channels))
+    mask = brain_mask(image)
+    assert ours.percentiles == (0.0, 100.0)
+    assert np.array_equal(ours.preprocess(cases[0])[0].numpy(), _z_score(image, mask, None))
+    old = Predictor.from_checkpoint(before, device=cpu)  # a checkpoint saved before the option: the old clip
+    assert old.percentiles == (0.5, 99.5)
+    assert np.array_equal(old.preprocess(cases[0])[0].numpy(), _z_score(image, mask, (0.5, 99.5)))
+
+    seen, real = [], prediction.preprocess_for_inference
+
+    def spy(case, task, *, percentiles):
+        seen.append(percentiles)
+        return real(case, task, percentiles=percentiles)
+
+    monkeypatch.setattr(prediction, "preprocess_for_inference", spy)
+    predict(compose_config("predict", [f"checkpoint={last}", f"input={root}", f"output={base / 'predicted'}",
+                                       "device=cpu", "amp=off"]))
+    assert seen == [(0.0, 100.0)] * len(cases) and all((base / "predicted" / f"{c.id}.nii.gz").is_file() for c in cases)
+
+
+def test_a_bad_recorded_value_is_refused_naming_the_checkpoint(trained, tmp_path):
+    last = trained[0]
+    state = load_checkpoint(last)
+    state["config"]["data"]["percentiles"] = [99.5, 0.5]
+    save_checkpoint(tmp_path / "bad.pt", state)
+    with pytest.raises(ValueError, match=r"bad.pt: the checkpoint's data.percentiles=\[99.5, 0.5\]: expected two"):
+        Predictor.from_checkpoint(tmp_path / "bad.pt", device=torch.device("cpu"))
+
+
+def test_the_cards_state_the_runs_scheme(trained):
+    last, before, _, _, base = trained
+    exact = (export_model(last, base / "results", format="nnunet-results") / "README.md").read_text()
+    line = next(x for x in exact.splitlines() if x.startswith("- intensity:"))
+    assert "asa's own scheme for this network, which was trained with data.percentiles [0, 100]" in line
+    assert "cannot state" not in line
+    clipped = (export_model(before, base / "results-before", format="nnunet-results") / "README.md").read_text()
+    line = next(x for x in clipped.splitlines() if x.startswith("- intensity:"))
+    assert "asa also clips each image to its brain's 0.5-99.5 percentiles first" in line and "cannot state" in line
+
+    hub = json.loads((export_model(last, base / "hub") / "config.json").read_text())
+    assert hub["preprocessing"]["intensity"] == "z-score inside the brain, no clip (percentiles [0.0, 100.0]); 0 outside"
+    hub = json.loads((export_model(before, base / "hub-before") / "config.json").read_text())
+    assert hub["preprocessing"]["intensity"] == ("clip to percentiles [0.5, 99.5] inside the brain, then z-score there; "
+                                                 "0 outside")
