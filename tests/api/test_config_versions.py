@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from asa.api import finetune, load_config
-from asa.api.configuration.compat import (MIGRATIONS, OVERSAMPLING_BEFORE, SEGMENTATION_BEFORE, current_config,
-                                          read_config)
+from asa.api.configuration.compat import (MIGRATIONS, OVERSAMPLING_BEFORE, SEGMENTATION_BEFORE, added_settings,
+                                          current_config, read_config)
 from asa.api.configuration.schema import CONFIG_VERSION
 from asa.data import write_demo_dataset
 from asa.io import load_checkpoint
@@ -29,7 +29,9 @@ def test_a_record_without_a_version_goes_through_every_migration():
     assert read["version"] == CONFIG_VERSION and "loss" not in read and "validation" not in read
     assert read["task"] == {"name": "segmentation", "samples_per_case": 2, "focal_weight": 0.0, "focal_beta": 1.0,
                             "overlap": 0.25, **SEGMENTATION_BEFORE, **OVERSAMPLING_BEFORE}
-    assert read["data"] == {"task": "ibsr"} and current_config(read) == read
+    # data.percentiles came later: a run saved before it clipped at the default, the only clip there was
+    assert read["data"] == {"task": "ibsr", "percentiles": [0.5, 99.5]} and current_config(read) == read
+    assert added_settings(OLD_SEGMENTATION)["data.percentiles"] == [0.5, 99.5]
 
 
 @pytest.mark.parametrize("version, migrated", [(0, True), (2, True), (3, False), (CONFIG_VERSION, False)])
@@ -153,3 +155,21 @@ def test_config_yaml_and_every_checkpoint_record_the_version(tmp_path):
     finetune(cfg)
     assert yaml.safe_load((out / "config.yaml").read_text())["version"] == CONFIG_VERSION
     assert load_checkpoint(out / "checkpoints" / "last.pt")["config"]["version"] == CONFIG_VERSION
+
+
+def test_a_run_resumes_only_with_the_percentiles_it_was_preprocessed_with():
+    """data.percentiles is in resume_must_match: a run saved before the option (its default clip) resumes at the
+    default and is refused with [0, 100], naming the key; one saved with [0, 100] is refused at the default."""
+    from asa.api.config import compose_config
+    from asa.train.checkpoint import IncompatibleCheckpointError, check_compatible
+
+    keys = list(compose_config("finetune", ["data=ibsr"]).resume_must_match)
+    assert "data.percentiles" in keys
+    now = {"data": {"task": "ibsr", "percentiles": [0.5, 99.5]}, "task": {"name": "segmentation"}}
+    before = {"version": CONFIG_VERSION, "data": {"task": "ibsr"}, "task": {"name": "segmentation"}}
+    check_compatible(before, now, ["data.percentiles"], current=current_config, added=added_settings)
+    unclipped = {**now, "data": {"task": "ibsr", "percentiles": [0.0, 100.0]}}
+    for saved, requested in ((before, unclipped), (unclipped, now)):
+        with pytest.raises(IncompatibleCheckpointError, match="data.percentiles"):
+            check_compatible(saved, requested, ["data.percentiles"], current=current_config, added=added_settings)
+

@@ -69,7 +69,9 @@ def test_an_old_segmentation_run_config_is_read_with_its_settings_in_the_task_se
     assert read["outputs"] == SEGMENTATION_RECORD
     assert read["task"] == {"name": "segmentation", "samples_per_case": 3, "focal_weight": 0.5, "focal_beta": 2.0,
                             **SEGMENTATION_BEFORE, **OVERSAMPLING_BEFORE}  # the sampler and Dice it trained with
-    assert read["data"] == {"task": "brats", "crop": 32} and "loss" not in read and "head" not in read
+    # with the default clip, the only one there was before data.percentiles
+    assert read["data"] == {"task": "brats", "crop": 32, "percentiles": [0.5, 99.5]}
+    assert "loss" not in read and "head" not in read
     assert current_config(read) == read and old["task"] == SEGMENTATION_RECORD  # read once; the saved one kept
 
 
@@ -141,11 +143,11 @@ def test_a_run_config_with_validation_and_target_keys_is_read_with_them_in_its_t
     read = current_config(case)
     assert read["task"] == {"name": "case", "class_weighted": True, "target": "age", "target_kind": "auto",
                             "targets": None, "classes": None, "crops": "centre"}
-    assert read["data"] == {"task": "case", "crop": 32} and "validation" not in read
+    assert read["data"] == {"task": "case", "crop": 32, "percentiles": [0.5, 99.5]} and "validation" not in read
     segmentation = {"data": {**old_data, "task": "ibsr", "target": None},
                     "task": {"name": "segmentation", "sampling": "classes", "dice_background": False},
                     "validation": {"overlap": 0.25, "sw_batch_size": 1, "crops": "grid"}}
     read = current_config(segmentation)
     assert read["task"] == {"name": "segmentation", "sampling": "classes", "dice_background": False, "overlap": 0.25,
                             "sw_batch_size": 1, "foreground_fraction": None, "oversampling": "crop"}
-    assert read["data"] == {"task": "ibsr", "crop": 32} and current_config(read) == read
+    assert read["data"] == {"task": "ibsr", "crop": 32, "percentiles": [0.5, 99.5]} and current_config(read) == read

@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from asa.api.configuration.schema import CONFIG_VERSION, DEFAULT_ARCH
+from asa.data.preprocessing import PERCENTILES
 from asa.methods import get_method
 from asa.models import NETWORK_SETTINGS, RENAMED_NETWORKS
 from asa.models.family import DEFAULT_FAMILY, pretrain_model_sections
@@ -308,6 +309,11 @@ def read_config(saved: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             cfg[section] = {**node, leaf: current_value(key, node[leaf])}
     for migrate in MIGRATIONS[version:]:
         migrate(cfg, added)
+    data = cfg.get("data")
+    if isinstance(cfg.get("task"), Mapping) and isinstance(data, Mapping) and "percentiles" not in data:
+        # a fine-tuning run saved before data.percentiles clipped at its default, the only clip there was
+        cfg["data"] = {**data, "percentiles": list(PERCENTILES)}
+        added["data.percentiles"] = list(PERCENTILES)
     model = cfg.get("model")
     if isinstance(cfg.get("segmenter"), Mapping) and isinstance(model, Mapping):
         arch = model.get("arch", DEFAULT_ARCH)
