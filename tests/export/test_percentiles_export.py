@@ -20,6 +20,7 @@ from asa.data import discover, write_demo_dataset
 from asa.data.preprocessing import brain_mask, case_to_item, load_case_images
 from asa.eval.predict import Predictor
 from asa.io import load_checkpoint, save_checkpoint
+from tests.data.test_percentiles import _by_hand
 
 pytestmark = pytest.mark.slow  # the module's fine-tuned network (one step, then asa-predict and four exports)
 
@@ -54,16 +55,6 @@ def trained(tmp_path_factory):
     return last, base / "run" / "checkpoints" / "before.pt", root, built, base
 
 
-def _z_score(image: np.ndarray, mask: np.ndarray, clip: tuple[float, float] | None) -> np.ndarray:
-    out = np.zeros_like(image)
-    for c in range(image.shape[0]):
-        values = image[c][mask].astype(np.float64)
-        if clip is not None:
-            values = np.clip(values, *np.percentile(values, clip))
-        out[c][mask] = (values - values.mean()) / values.std()
-    return out
-
-
 def test_training_validation_and_the_checkpoint_carry_it(trained):
     last, _, _, built, _ = trained
     assert sorted(built) == [(False, (0.0, 100.0)), (True, (0.0, 100.0))]
@@ -78,10 +69,10 @@ def test_asa_predict_reads_them_from_the_checkpoint(trained, monkeypatch):
     image, _ = load_case_images(case_to_item(cases[0], ours.task.channels))
     mask = brain_mask(image)
     assert ours.percentiles == (0.0, 100.0)
-    assert np.array_equal(ours.preprocess(cases[0])[0].numpy(), _z_score(image, mask, None))
+    assert np.array_equal(ours.preprocess(cases[0])[0].numpy(), _by_hand(image, mask, None))
     old = Predictor.from_checkpoint(before, device=cpu)  # a checkpoint saved before the option: the old clip
     assert old.percentiles == (0.5, 99.5)
-    assert np.array_equal(old.preprocess(cases[0])[0].numpy(), _z_score(image, mask, (0.5, 99.5)))
+    assert np.array_equal(old.preprocess(cases[0])[0].numpy(), _by_hand(image, mask, (0.5, 99.5)))
 
     seen, real = [], prediction.preprocess_for_inference
 
