@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from asa.data import preprocess_for_inference
-from asa.data.preprocessing import PERCENTILES
 from asa.eval.evaluate import evaluate_arrays, ignore_mask_for
 from asa.eval.metrics import dice
 from asa.io import atomic_write_json, atomic_write_text, load_volume
@@ -63,8 +61,7 @@ def encoder_reliance(predictor, cases: Sequence, *, overlap: float = 0.5, sw_bat
     for case in tqdm(cases, desc="reliance", unit="case", disable=not progress):
         if case.label is None:
             raise ValueError(f"case {case.id}: no label file; encoder reliance needs labeled cases")
-        # preprocessed as the network trained (`asa.eval.predict.Predictor.percentiles`: its run's data.percentiles)
-        image, _ = preprocess_for_inference(case, task, percentiles=getattr(predictor, "percentiles", PERCENTILES))
+        image, _ = predictor.preprocess(case)  # as the network trained (its run's data.percentiles)
         ref_volume = load_volume(case.label, label=True)
         ref = ref_volume.array.astype(np.int64)
         # a network with region attention also takes the case's region map

@@ -94,6 +94,9 @@ class _Oracle:
             target = task.label_to_target(load_volume(case.label, label=True).array.astype(np.int64))
             self.truth[image.sum().item()] = torch.nn.functional.one_hot(torch.as_tensor(target), task.num_outputs).permute(3, 0, 1, 2).float()
 
+    def preprocess(self, case):
+        return preprocess_for_inference(case, self.task)
+
     def __call__(self, image, **_):
         probs = self.truth[image.sum().item()]
         if (self.model.zeroed and self.uses_encoder) or self.blank:
