@@ -31,6 +31,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "mae": {"method": "mae", "loss_weighting": "uniform", "patch": 8, "power": 1.0, "coord": False},
     "asa": {"method": "asa", "loss_weighting": "attentive", "patch": 4, "power": 4.0, "coord": False},
     "asa-coord": {"method": "asa", "loss_weighting": "attentive", "patch": 4, "power": 4.0, "coord": True},
+    "mae-coord": {"method": "mae", "loss_weighting": "uniform", "patch": 8, "power": 1.0, "coord": True},
 }
 SWVIT_ARMS = ("mae", "asa")  # the SW-ViT's: the paper's Table 4 rows (configs/pretrain/experiment)
 CONTROL, SUPERVISED = "noise", "supervised"  # the negative and the positive control

@@ -32,6 +32,7 @@ from asa.eval.plots import interval_plot, line_plot
 from asa.io import atomic_write_json, atomic_write_text
 from asa.study import statistics, tables
 from asa.study.common import machine_line, markdown_table
+from asa.study.probes import probe_lines
 
 __all__ = ["CONTRASTS", "contrast_rows", "holm", "instrument_faults", "read_family", "verdict", "write_report"]
 
@@ -48,6 +49,8 @@ CONTRASTS = (
     ("mae-c{c}", "noise-c{c}", "did mae learn something from the scans? (mae − the same recipe on noise)", "question"),
     ("asa-coord-c{c}", "scratch-coord", "does ASA's pretraining help an encoder with the coordinate channel? "
      "(asa-coord − scratch with the channel)", "question"),
+    ("mae-coord-c{c}", "scratch-coord", "does masked pretraining help an encoder with the coordinate channel? "
+     "(mae-coord − scratch with the channel)", "question"),
     ("scratch-coord", "scratch", "does the coordinate channel help without pretraining? (scratch with it − scratch)",
      "question"),
     ("asa-coord-c{c}", "asa-c{c}", "does the coordinate channel help a pretrained encoder? (asa-coord − asa, both "
@@ -55,8 +58,9 @@ CONTRASTS = (
     ("mae-c{c}", "mae-c{s}", "does a larger cohort help mae? (largest − smallest cohort)", "question"),
     ("asa-c{c}", "asa-c{s}", "does a larger cohort help asa? (largest − smallest cohort)", "question"),
 )
-# the primary question: the first of these arms that ran − scratch at the smallest N (else the first --encoder arm)
-PRIMARY = ("asa-c{c}", "mae-c{c}")
+# the primary question: the first of these arms that ran − its twin at the smallest N (else the first --encoder arm
+# − scratch); with --probe-first the one pretraining arm fine-tuned
+PRIMARY = ("asa-c{c}", "mae-c{c}", "asa-coord-c{c}", "mae-coord-c{c}")
 SCRATCH = "scratch"
 # arm (its cohort left out) -> its twin, the reference of its first contrast (reversed: the first one stays)
 TWINS = {arm.removesuffix("-c{c}"): ref for arm, ref, _, _ in reversed(CONTRASTS)}
@@ -278,8 +282,8 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], e
 def read_family(rows: Sequence[dict[str, Any]], cohorts: Sequence[int], encoders: Sequence[str] = (), *,
                 min_effect: float, alpha: float = ALPHA) -> dict[str, Any] | None:
     """Give every contrast its role and reading, in place: the controls stay as `contrast_rows` read them (at 95 %);
-    the primary question (pretrained − scratch at the smallest N: the first of `PRIMARY` that ran, else the first
-    --encoder arm) keeps its 95 % verdict; every other question is exploratory: ``p_holm`` (Holm across them) and
+    the primary question (pretrained − its twin at the smallest N: the first of `PRIMARY` that ran, else the first
+    --encoder arm − scratch) keeps its 95 % verdict; every other question is exploratory: ``p_holm`` (Holm across them) and
     "helped" / "hurt" only where p_holm < ``alpha``, the CI on that side of 0 and the estimate at least
     ``min_effect``. Returns the primary row (None when no pretrained arm was scored)."""
     questions = [r for r in rows if r["kind"] == "question"]
@@ -290,7 +294,7 @@ def read_family(rows: Sequence[dict[str, Any]], cohorts: Sequence[int], encoders
     if questions:
         smallest = min(r["n"] for r in questions)
         for name in [*names, *encoders[:1]]:
-            primary = next((r for r in questions if r["arm"] == name and r["reference"] == SCRATCH
+            primary = next((r for r in questions if r["arm"] == name and r["reference"] == twin_of(name)
                             and r["n"] == smallest), None)
             if primary is not None:
                 primary["role"] = "primary"
@@ -697,6 +701,8 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
         "## The budget (the pilot)", "", budget or "No pilot.", "",
         *(["![pilot](pilot.svg)", ""] if "pilot.svg" in plots else []),
         "## Pretraining", "", pretraining_md, "",
+        *(["## Frozen probes before fine-tuning", "", *probe_lines(info["probes"], min_effect=min_effect)]
+          if info.get("probes") else []),
         *(["![pretraining](pretraining.svg)", ""] if "pretraining.svg" in plots else []),
         *(["The loss weights' spread (per run: the coefficient of variation of its attentive loss weights and their "
            "effective share, (Σp)² / (n·Σp²); 0 and 1 for uniform weights):", "",

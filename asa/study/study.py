@@ -14,9 +14,12 @@ budget points, and cohorts and N below the largest: the new units run, the finis
    holds the positive control's cases beside the study's (else the control is left out, and the report says so).
 1. the pilot: the scratch twin at the largest N, the recipe's warm-up then a constant lr; the fine-tuning budget is
    the step at which its validation Dice stops rising (a --budget-cap below it is said in the report);
-   pretraining: ``asa-pretrain`` per arm (``mae``, ``asa``, ``asa-coord``) and cohort size, each arm's options all
-   stated; the negative control (``noise``: mae's recipe on pure-noise volumes on the cohort's grid); the positive
+   pretraining: ``asa-pretrain`` per arm (``mae``, ``asa``, ``mae-coord``, ``asa-coord``) and cohort size, each
+   arm's options all stated; the negative control (``noise``: mae's recipe on pure-noise volumes on the cohort's grid); the positive
    control (``supervised``: the same network trained with labels on labeled cases no study run sees).
+   With --probe-first, every pretrained encoder is then probed frozen on the test cases (`asa.study.probes`: the
+   factorial {uniform, attentive weight} × {no position code, the coordinate channel} read with the pretraining seed
+   as the replicate), and only the arm with the highest primary probe goes on to the transfer stage.
 2. transfer: every arm fine-tuned for the budget at each N and seed with the same recipe and encoder lr, scored on
    the fixed test cases (Dice, NSD, HD95), paired differences to the scratch twin with crossed random-effects CIs
    (seeds × test cases) and the seed × case bootstrap beside them.
@@ -57,7 +60,7 @@ from typing import Any
 from asa.api.config import compose_config
 from asa.data import discover, get_task
 from asa.io import atomic_write_json
-from asa.study import report, transfer
+from asa.study import probes, report, transfer
 from asa.study.checks import check_overlap, channel_lines, skull_lines
 from asa.study.cohort import (StoreCohort, cohort_channels, cohort_order, pretrain_layout, pretraining_channels,
                               read_store, write_cohorts, write_noise)
@@ -105,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "fine-tuning channels); default: all when every cohort case has them, else t1")
     p.add_argument("--arms", nargs="*", default=["mae", "asa", CONTROL, SUPERVISED], choices=CHOICES,
                    help="pretraining arms and controls beside the scratch twin (default: mae asa noise supervised)")
+    p.add_argument("--probe-first", action="store_true",
+                   help="probe every pretrained encoder frozen (asa-probe on the study's test cases) before any "
+                        "fine-tuning, and fine-tune only the pretraining arm whose encoders the probes read best on "
+                        "the primary endpoint's classes (with the scratch twins and the controls); with the arms "
+                        "mae asa mae-coord asa-coord the report reads the factorial's main effects")
     p.add_argument("--encoder", action="append", default=[], metavar="NAME=FILE",
                    help="an arm fine-tuned from any file asa loads (an asa encoder, an nnssl/OpenMind or nnU-Net "
                         "checkpoint); repeatable")
@@ -171,8 +179,25 @@ def main(argv: Sequence[str] | None = None) -> int:
               "stopped run continues from the checkpoint it saved: rerun the same command to continue",
               file=sys.stderr, flush=True)
 
+    # the channels a frozen encoder is probed with: those it pretrained on, by their fine-tuning names
+    probe_channels = [control_channel] if control_channel else list(task.channels)
     return stop_on_signals(lambda: _run(args, out, scale, network, runs, split, checks, encoders, supervised, overrides,
-                                        clock, times, times_file, name, task), stopped)
+                                        clock, times, times_file, name, task, probe_channels), stopped)
+
+
+def _read_probes(out: Path, runs: Sequence[Pretraining], task: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The probe stage's reading (`asa.study.probes`), kept in ``<out>/probes/probes.json`` and said: the rows, the
+    factorial's effects and the arm the transfer stage fine-tunes."""
+    record = json.loads((out / "probes" / "table" / "probe.json").read_text())
+    keys, label = probes.primary_probe(task.output_names, args.lesion_classes)
+    rows = probes.read_probes(record, runs, keys)
+    probed = {"label": label, "keys": keys, "cases": record["data"]["n"], "folds": record["settings"]["folds"],
+              "rows": rows, "effects": probes.factorial_effects(rows), "chosen": probes.choose_arm(rows)}
+    atomic_write_json(out / "probes" / "probes.json", probed)
+    for line in probes.probe_lines(probed, min_effect=args.min_effect):
+        if line and not line.startswith("|"):
+            print(f"[study] {line}", flush=True)
+    return probed
 
 
 def _encoders(specs: Sequence[str]) -> dict[str, str]:
@@ -195,6 +220,9 @@ def _refuse_options(args: argparse.Namespace, network: Network) -> None:
     if lacking := {arm: need for arm in args.arms if (need := network.missing(arm))}:
         refuse("--arms: " + "; ".join(f"{arm} needs {', '.join(need)}, which the {network.family} family's masked twin "
                                       f"({network.declared.masked}) does not take" for arm, need in lacking.items()))
+    if args.probe_first and not [a for a in pretraining_arms if a != CONTROL]:
+        refuse(f"--probe-first: no pretraining arm among --arms {' '.join(args.arms)} to probe (name mae, asa, "
+               "mae-coord or asa-coord)")
     if (pretraining_arms or CONTROL in args.arms) and args.pretrain_data is None:
         refuse(f"--arms {' '.join(args.arms)}: pretraining arms need --pretrain-data (or name only --encoder arms "
                "and supervised)")
@@ -257,7 +285,8 @@ def _record(out: Path, args: argparse.Namespace, scale: Scale, network: Network,
                 "data": args.data, "root": str(args.root.expanduser().absolute()),
                 "pretrain_data": str(args.pretrain_data.expanduser().absolute()) if args.pretrain_data else None,
                 "recipe": args.recipe, "encoder_lr_scale": args.encoder_lr_scale, "seed": args.seed,
-                "budget_cap": args.budget_cap, "override": args.override, "lesion_classes": args.lesion_classes,
+                "budget_cap": args.budget_cap, "override": args.override, "probe_first": args.probe_first,
+                "lesion_classes": args.lesion_classes,
                 "largest_cohort": max(scale.cohorts) if scale.cohorts else None, "pilot_cases": max(scale.cases),
                 "pretrain_channels": channels,
                 "supervised_channels": ([control_channel] if control_channel else list(task.channels))
@@ -267,6 +296,7 @@ def _record(out: Path, args: argparse.Namespace, scale: Scale, network: Network,
     # a study recorded before the options pretrained on the T1 alone, trained the positive control on every
     # fine-tuning channel and ran each pretraining in one process
     record_settings(out, settings, grows=GROWS, recorded_as=lambda old: {
+        "probe_first": False,
         "pretrain_channels": ["t1"] if old.get("pretrain_data") else None,
         "supervised_channels": list(task.channels) if SUPERVISED in old.get("arms", []) else None, **old,
         # one process, one pretraining run per arm; a fixed split (folds, repeats, min_scored as the scale's)
@@ -356,7 +386,7 @@ def _checks(out: Path, args: argparse.Namespace, scale: Scale, encoders: Mapping
 
 def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining], split: Mapping[str, list[str]],
          checks: Mapping[str, Any], encoders: Mapping[str, str], supervised: list[Supervised], overrides: list[str],
-         clock: Clock, times: dict[str, Any], times_file: Path, name: str, task) -> int:
+         clock: Clock, times: dict[str, Any], times_file: Path, name: str, task, probe_channels: list[str]) -> int:
     def stage(key: str, started: float) -> None:
         times["stages"][key] = times["stages"].get(key, 0.0) + time.perf_counter() - started
         atomic_write_json(times_file, times)
@@ -413,10 +443,22 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
     stage("pretraining", started)
     if not complete:
         return unfinished("the pretraining runs")
+    probed = None
+    if args.probe_first:
+        started = time.perf_counter()
+        probing = probes.probe_unit(out, runs, data=args.data, root=args.root.expanduser().absolute(),
+                                    channels=probe_channels, cases=split["test"], seed=args.seed, device=args.device,
+                                    threads=args.threads, overrides=overlap_overrides(checks["overlap"]))
+        complete = run_units([probing], 1, clock, times["runs"])
+        stage("probes", started)
+        if not complete:
+            return unfinished("the probe stage")
+        probed = _read_probes(out, runs, task, args)
     steps = pilot["steps"]
     control_dir = (None if not supervised else supervised[0].run_dir if "draws" not in split
                    else out / "pretrain" / f"{SUPERVISED}-s{transfer.DRAW}")  # one control per draw
-    arms = finetune_arms(runs, network, control_dir, encoders)
+    tuned = runs if probed is None else [r for r in runs if r.arm in (probed["chosen"], CONTROL)]
+    arms = finetune_arms(tuned, network, control_dir, encoders)
     started = time.perf_counter()
     print(f"[study] transfer: {len(arms)} arms × N {list(scale.cases)} × "
           + (f"{len(seeds)} cross-validation draws" if "draws" in split else f"seeds {list(seeds)}") + f", {steps} "
@@ -436,7 +478,7 @@ def _run(args, out: Path, scale: Scale, network: Network, runs: list[Pretraining
             "lesion_classes": list(args.lesion_classes),
             "machine": machine(),
             "stages": times["stages"], "runs": times["runs"], "checks": checks, "pilot": pilot,
-            "pretraining": pretrained, "classes": list(task.output_names),
+            "pretraining": pretrained, "classes": list(task.output_names), "probes": probed,
             "encoders": [f"{k}={v}" for k, v in encoders.items()],
             "commands": ["asa-study " + shlex.join(sys.argv[1:]),
                          *(f"asa-pretrain {shlex.join(r.overrides)}" for r in runs)],

@@ -42,7 +42,8 @@ def _run(name: str, arm: str, steps: int) -> dict:
 
 
 def _study(tmp_path: Path, effects: dict[str, tuple[float, float]], *, scale: str = "cpu", pilot_dice: float = 0.7,
-           pilot: dict | None = None, n_boot: int = 2000, ns=(2,)) -> tuple[str, list[dict], Path]:
+           pilot: dict | None = None, n_boot: int = 2000, ns=(2,), probes: dict | None = None
+           ) -> tuple[str, list[dict], Path]:
     """A study folder written by hand (transfer outputs from `tables.write_outputs`, each arm against its twin) and
     its report -> (README.md, contrasts.json, the report folder)."""
     out = tmp_path / "study"
@@ -57,7 +58,8 @@ def _study(tmp_path: Path, effects: dict[str, tuple[float, float]], *, scale: st
             "steps": 40, "recipe": "adamw", "encoder_lr_scale": 1.0, "min_effect": 0.01, "classes": CLASSES,
             "lesion_classes": LESION_CLASSES,
             "pilot": {"test": {c: pilot_dice for c in CLASSES}, **(pilot or {})}, "pretraining": runs, "encoders": [],
-            "checks": {"overlap": {"lines": ["none"]}, "channels": []}, "commands": ["asa-study ..."], "runs": {}}
+            "checks": {"overlap": {"lines": ["none"]}, "channels": []}, "commands": ["asa-study ..."], "runs": {},
+            "probes": probes}
     folder = report.write_report(out, info, n_boot=n_boot)
     return (folder / "README.md").read_text(), json.loads((folder / "contrasts.json").read_text()), folder
 
@@ -295,3 +297,23 @@ def test_replicated_pretraining_is_a_level_of_the_interval_and_the_page_counts_t
     assert _row(contrasts, "asa-c4", "mae-c4")["Dice_mean"][0] == pytest.approx(0.005)  # run k against run k
     assert "pretraining runs per arm: mae 2, asa 2, noise 2." in page
     assert "with twice the pretraining runs (4)" in page
+
+
+def test_the_probe_chosen_arm_is_the_primary_against_its_own_twin_and_the_probes_are_reported(tmp_path):
+    """--probe-first fine-tunes one pretraining arm, here asa-coord: the primary question is it − scratch with the
+    channel (its twin), and the page holds the probe table, the factorial and the arm chosen."""
+    rows = [{"encoder": f"{arm}-c4", "arm": arm, "cohort": 4, "replicate": 0, "primary": v, "primary_ci": [v - .1, v + .1],
+             "r2_mean": v, "knn": .5} for arm, v in (("mae", .1), ("asa", .2), ("mae-coord", .15), ("asa-coord", .4))]
+    rows.append({"encoder": "random-init", "arm": "random-init", "cohort": None, "replicate": None, "primary": .05,
+                 "primary_ci": [math.nan, math.nan], "r2_mean": .05, "knn": .3})
+    probed = {"label": "ridge R² (lesion)", "keys": ["ridge/r2_lesion"], "cases": 6, "folds": 3, "rows": rows,
+              "effects": [{"effect": "attentive weight (attentive − uniform)", "value": .175, "low": .1, "high": .25,
+                           "per_seed": [.17, .18], "seeds": 2}], "chosen": "asa-coord"}
+    page, contrasts, _ = _study(tmp_path, {"asa-coord-c4": (0.08, 0.01), "scratch-coord": (0.0, 0.0), **CONTROLS},
+                                probes=probed)
+    primary = next(r for r in contrasts if r["role"] == "primary")
+    assert (primary["arm"], primary["reference"]) == ("asa-coord-c4", "scratch-coord")
+    assert "## Frozen probes before fine-tuning" in page and "Fine-tuned: **asa-coord**" in page
+    assert "| asa-coord-c4 | asa-coord | 0 | 0.400 [0.300, 0.500] | 0.400 | 0.500 |" in page
+    assert "4 of 4 pretrained encoders read higher than the random-init twin (0.050)." in page
+    assert "| attentive weight (attentive − uniform) | +0.175 | [+0.100, +0.250] | +0.170, +0.180 | higher |" in page
