@@ -155,7 +155,7 @@ def test_auto_window_batch_on_cpu_is_one_without_probing():
                                predict_volume(model, x, roi_size=(16, 16, 16), multilabel=True, sw_batch_size=1))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_auto_window_batch_on_cuda_fits_the_free_memory():
     model = nn.Conv3d(4, 8, 3, padding=1).cuda()
     window = torch.zeros(1, 4, 64, 64, 64, device="cuda")

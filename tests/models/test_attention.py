@@ -250,7 +250,7 @@ def test_window_kernel_refuses_bad_shapes():
         attn(torch.randn(1, 8, 8))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_cuda_keeps_sdpa():
     """CUDA's memory-efficient kernel takes the bias with its gradient: the CPU window kernel is never used."""
     from unittest import mock
