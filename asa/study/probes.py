@@ -28,7 +28,7 @@ from scipy import stats
 
 from asa.io import atomic_write_json
 from asa.study.common import markdown_table, module_argv
-from asa.study.plan import ARMS, CONTROL, Pretraining
+from asa.study.plan import ARMS, Pretraining
 from asa.study.scheduler import Unit
 
 __all__ = ["EFFECTS", "RANDOM_ROW", "choose_arm", "effect_reading", "factorial_effects", "primary_probe",
@@ -153,7 +153,7 @@ def choose_arm(rows: Sequence[Mapping[str, Any]]) -> str:
     in the study's order on a tie)."""
     means: dict[str, list[float]] = {}
     for r in rows:
-        if r["arm"] in ARMS and r["arm"] != CONTROL:
+        if r["arm"] in ARMS:
             means.setdefault(r["arm"], []).append(r["primary"])
     return max(means, key=lambda arm: float(np.mean(means[arm])))
 
@@ -171,7 +171,7 @@ def probe_lines(probes: Mapping[str, Any], *, min_effect: float) -> list[str]:
              markdown_table(["encoder", "arm", "pretraining seed", label, "ridge R² mean", "k-NN accuracy"], cells,
                             left=3)]
     random = next(r["primary"] for r in probes["rows"] if r["arm"] == RANDOM_ROW)
-    above = [r for r in probes["rows"] if r["arm"] in ARMS and r["arm"] != CONTROL]
+    above = [r for r in probes["rows"] if r["arm"] in ARMS]
     if above:
         beat = sum(r["primary"] > random for r in above)
         lines += [f"{beat} of {len(above)} pretrained encoders read higher than the random-init twin ({random:.3f})"
