@@ -20,8 +20,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import multiprocessing
 import shutil
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -325,6 +328,24 @@ def score(run: Run, by_id: Mapping[str, Any], test_ids: Sequence[str], device: s
     return done
 
 
+def score_all(runs: Sequence[Run], by_id: Mapping[str, Any], test_ids: Sequence[str], s: Transfer) -> list[dict]:
+    """`score` every run of ``runs``, in their order, each on the threads it trained on (``s.threads``): ``s.jobs``
+    at once in processes of their own when more than one is left to score (side by side, as they trained, not one
+    after another on one core); a run scored before is read back."""
+    threads = torch.get_num_threads()
+    own = s.threads or max(1, threads // s.jobs)
+    left = [run for run in runs if not run.scores_file.is_file()]
+    if s.jobs > 1 and len(left) > 1:
+        with ProcessPoolExecutor(min(s.jobs, len(left)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(own,)) as pool:
+            list(pool.map(score, left, repeat(by_id), repeat(test_ids), repeat(s.device), repeat(s.drop_checkpoints)))
+    torch.set_num_threads(s.threads or threads)
+    try:
+        return [score(run, by_id, test_ids, s.device, s.drop_checkpoints) for run in runs]
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run_study(s: Transfer, *, clock: Clock | None = None, times: dict[str, float] | None = None,
               beside: Sequence[Unit] = ()) -> bool:
     """Train every run of ``s`` not finished yet, ``s.jobs`` at once within ``clock``'s budget (units of
@@ -349,12 +370,7 @@ def run_study(s: Transfer, *, clock: Clock | None = None, times: dict[str, float
                 timed = run.run_dir / "wall_time.json"
                 atomic_write_json(timed, {"train_seconds": spent + (json.loads(timed.read_text())["train_seconds"]
                                                                     if timed.is_file() else 0.0)})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(s.threads or threads)  # scored on the threads it trained on
-    try:
-        results = [score(run, by_id, test_ids, s.device, s.drop_checkpoints) for run, u in zip(runs, units) if u.done()]
-    finally:
-        torch.set_num_threads(threads)
+    results = score_all([run for run, u in zip(runs, units) if u.done()], by_id, test_ids, s)
     scores = [row for r in results for row in r["scores"]]
     names = results[0]["names"] if results else list(get_task(str(probe_cfg.data.task), root=root).output_names)
     if lesion := [c for c in s.lesion_classes if c not in names]:

@@ -236,3 +236,27 @@ def test_a_run_stopped_by_a_signal_continues_from_its_checkpoint_and_ends_as_an_
     assert (tmp_path / "stopped" / "scores.csv").read_text() == (tmp_path / "whole" / "scores.csv").read_text()
     assert (run.run_dir / "splits.json").read_text() == splits
     assert json.loads((run.run_dir / "wall_time.json").read_text())["train_seconds"] > 0
+
+
+def test_runs_scored_side_by_side_score_as_one_after_another(tmp_path):
+    """With jobs > 1 the finished runs are scored in processes of their own, two at once: the same scores.json
+    per run, byte for byte, as scored one after another in the study's process."""
+    import shutil
+
+    from asa.data import discover
+    from asa.data.synthetic.demo import write_demo_dataset
+
+    labeled = write_demo_dataset("msd", tmp_path / "labeled", cases=4, size=16, seed=1)
+    s = transfer.Transfer(tmp_path / "one", data="msd", root=labeled, model="dynunet", crop=16, cases=(2,),
+                          seeds=(0, 1), test=1, steps=4, device="cpu", n_boot=20, threads=1,
+                          overrides=("trainer.batch_size=1",))
+    assert transfer.run_study(s)  # jobs=1: scored one after another
+    shutil.copytree(tmp_path / "one" / "runs", tmp_path / "two" / "runs")
+    for f in (tmp_path / "two" / "runs").rglob("scores.json"):
+        f.unlink()
+    two = dataclasses.replace(s, out=tmp_path / "two", jobs=2)
+    runs, test_ids, _, cfg = transfer.plan_runs(two)
+    by_id = {c.id: c for c in discover("msd", labeled)}
+    assert len(runs) == 2 and len(transfer.score_all(runs, by_id, test_ids, two)) == 2  # scratch, seeds 0 and 1
+    for run in runs:
+        assert run.scores_file.read_text() == (tmp_path / "one" / "runs" / run.run_dir.name / "scores.json").read_text()
