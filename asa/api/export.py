@@ -8,7 +8,6 @@ takes as is. ``asa.load_encoder(OUT_DIR)`` and ``asa-finetune model.pretrained=O
 from __future__ import annotations
 
 import contextlib
-import datetime
 import errno
 import json
 import os
@@ -22,7 +21,7 @@ from typing import Any
 import asa
 from asa.api.configuration.compat import current_config
 from asa.api.machinery.cohort import overlap_statement, recorded_cohort, recorded_overlap, weights_folder
-from asa.api.machinery.rundir import RunDirError, check_writable
+from asa.api.machinery.rundir import RunDirError, aside_path, check_writable
 from asa.api.machinery.run import refusing
 from asa.data.cohort import (COHORT_LEVELS, IDS_WITHHELD, CohortListMissing, carried_cohort, cohort_digest,
                              cohort_summary, export_cohort)
@@ -259,11 +258,7 @@ def _replace(out: Path, names: list[str]) -> None:
     folder)."""
     if not names:
         return
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    aside, n = out.with_name(f"{out.name}.replaced-{stamp}"), 1
-    while aside.exists():
-        n += 1
-        aside = out.with_name(f"{out.name}.replaced-{stamp}-{n}")
+    aside = aside_path(out)
     aside.mkdir()
     for name in names:
         os.replace(out / name, aside / name)

@@ -35,8 +35,8 @@ from asa.train.distributed import DistEnv, all_gather_objects
 from asa.train.environment import record_environment
 from asa.train.resume import ResumePoint, check_training_checkpoint
 
-__all__ = ["RunDirError", "RunDir", "RunLock", "LOCK_NAME", "check_writable", "command_line", "launcher", "move_aside",
-           "override", "prepare_run_dir", "shell_path"]
+__all__ = ["RunDirError", "RunDir", "RunLock", "LOCK_NAME", "aside_path", "check_writable", "command_line", "launcher",
+           "move_aside", "override", "prepare_run_dir", "shell_path"]
 
 LOCK_NAME = "run.lock"
 HISTORY_NAME = "config_history.yaml"
@@ -295,14 +295,20 @@ def _resume_mode(resume: Any) -> str | Path:
     return Path(str(resume)).expanduser()
 
 
-def move_aside(out_dir: Path) -> Path:
-    """Rename ``out_dir`` to ``<out_dir>.replaced-<YYYYmmdd-HHMMSS>`` (never deletes); returns the new path."""
+def aside_path(path: Path) -> Path:
+    """``<path>.replaced-<YYYYmmdd-HHMMSS>`` beside ``path``, ``-2``, ``-3``, ... after it while that name is taken:
+    where replaced results go (never deleted)."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    aside = out_dir.with_name(f"{out_dir.name}.replaced-{stamp}")
-    n = 1
+    aside, n = path.with_name(f"{path.name}.replaced-{stamp}"), 1
     while aside.exists():
         n += 1
-        aside = out_dir.with_name(f"{out_dir.name}.replaced-{stamp}-{n}")
+        aside = path.with_name(f"{path.name}.replaced-{stamp}-{n}")
+    return aside
+
+
+def move_aside(out_dir: Path) -> Path:
+    """Rename ``out_dir`` to `aside_path` of it (never deletes); returns the new path."""
+    aside = aside_path(out_dir)
     os.rename(out_dir, aside)
     return aside
 
