@@ -238,6 +238,7 @@ def test_a_run_stopped_by_a_signal_continues_from_its_checkpoint_and_ends_as_an_
     assert json.loads((run.run_dir / "wall_time.json").read_text())["train_seconds"] > 0
 
 
+@pytest.mark.slow
 def test_runs_scored_side_by_side_score_as_one_after_another(tmp_path):
     """With jobs > 1 the finished runs are scored in processes of their own, two at once: the same scores.json
     per run, byte for byte, as scored one after another in the study's process."""
