@@ -72,6 +72,7 @@ def _encoder(path, *, coord: bool, seed: int) -> None:
     save_checkpoint(path, {"network": network_spec(net), "model": net.state_dict(), "step": 1})
 
 
+@pytest.mark.slow
 def test_the_probe_stage_probes_every_encoder_and_fine_tunes_only_the_arm_it_supports(tmp_path, monkeypatch, capsys):
     """The pilot and the transfer stage are stand-ins (the pilot learned; the transfer records its arms), the
     pretraining writes tiny ResEnc encoders (one with the coordinate channel), asa-probe runs for real."""
