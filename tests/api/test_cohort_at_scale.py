@@ -95,6 +95,7 @@ def test_finetuning_checks_its_split_against_the_list_and_keeps_it(scale, capsys
     assert len(kept["cases"]) == N and cohort_digest(kept) == cohort_digest(record)
 
 
+@pytest.mark.slow  # every export format end to end
 @pytest.mark.parametrize("format", choices())
 def test_every_export_format_of_the_finetuned_network_carries_the_cohort(scale, tmp_path, format):
     pytest.importorskip("onnxruntime" if format == "onnx" else "nnunetv2" if format == "nnunet-results" else "torch")

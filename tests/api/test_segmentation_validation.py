@@ -118,7 +118,7 @@ def test_engine_validation_and_panels_follow_trainer_amp(tmp_path, amp, expected
     import warnings
 
     from asa.train import TrainConfig
-    from toy import ToyData, make_engine
+    from tests.train.toy import ToyData, make_engine
 
     seen = {}
 

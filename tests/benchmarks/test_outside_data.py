@@ -18,6 +18,7 @@ def _canonical(volume: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     return nib.as_closest_canonical(nib.Nifti1Image(volume, affine))
 
 
+@pytest.mark.slow  # the whole script: a cohort and a labeled set written and read back
 def test_cli_writes_sets_asa_reads(tmp_path):
     result = outside_data.main(["--out", str(tmp_path), "--healthy", "3", "--lesions", "2", "--seed", "5"])
     assert result["cohort"]["subjects"] == 3 and result["labeled"]["cases"] == 2

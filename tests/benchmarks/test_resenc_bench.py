@@ -25,6 +25,7 @@ def test_steps_side_by_side_with_flops_and_memory(tmp_path):
     assert r["masked_over_dense"] == pytest.approx(r["median_s"]["masked"] / r["median_s"]["dense"], rel=1e-2)
 
 
+@pytest.mark.slow  # a benchmark run
 def test_the_swvit_step_can_be_left_out(tmp_path):
     r = resenc.main(["--crop", "16", "--size", "tiny", "--batch", "1", "--repeats", "1", "--swvit", "none",
                      "--device", "cpu"])[0]
@@ -41,6 +42,7 @@ def test_every_crop_with_every_size(tmp_path):
     assert r[1]["step_GFLOPs"]["dense"] > 4 * r[0]["step_GFLOPs"]["dense"]  # 8× the voxels
 
 
+@pytest.mark.slow  # a benchmark run
 def test_traffic_counts_what_each_part_of_the_masked_step_moves_on_meta():
     (r,) = resenc.main(["--traffic", "--crop", "32", "--size", "tiny", "--batch", "1", "--amp", "bf16"])
     steps, parts = r["steps"], r["component_other_GB"]

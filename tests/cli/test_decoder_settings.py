@@ -49,6 +49,7 @@ def test_a_decoder_key_under_segmenter_is_refused_naming_its_new_place_whatever_
         validate(cfg, "finetune")  # ...not past validate
 
 
+@pytest.mark.slow  # the console script in a child process
 def test_model_unetr_segmenter_feature_size_on_the_console_exits_2_naming_model_feature_size(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "asa.cli.finetune", "model=unetr", "segmenter.feature_size=99",
                            f"output_dir={tmp_path / 'r'}"], capture_output=True, text=True, env=_env(), timeout=300)

@@ -164,8 +164,7 @@ def test_resume_is_decided_and_checked_once_by_the_run_directory(tmp_path, monke
     from asa.train import TrainConfig
     from asa.train.distributed import DistEnv
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-    from toy import ToyData, make_engine
+    from tests.train.toy import ToyData, make_engine
 
     cfg, out = {"model": {"width": 16}}, tmp_path / "run"
 

@@ -32,6 +32,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has ended: only its exit status is left to collect
 
 
+@pytest.mark.slow  # a job with its pool of worker processes, killed
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
 def test_pool_workers_end_when_their_job_is_killed():
     job = subprocess.Popen([sys.executable, "-c", JOB], stdout=subprocess.PIPE, text=True)

@@ -31,6 +31,7 @@ def test_the_claiming_task_chosen_or_left_out_composes(overrides, task):
     assert load_config("finetune", *overrides).task.name == task
 
 
+@pytest.mark.slow  # the console script in a child process
 def test_the_command_line_refuses_the_other_task_before_writing(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "asa.cli.finetune", "data=targets", "task=segmentation",

@@ -37,6 +37,7 @@ def test_a_two_channel_pretraining_builds_two_input_channels_from_data_channels(
     assert one.build_network().in_channels == 1  # the presets' T1 alone
 
 
+@pytest.mark.slow  # the console script in a child process
 def test_method_in_channels_is_refused_naming_data_channels_before_anything_is_written(tmp_path):
     """On the command line (as a preset key and with +), for either method and either family: exit 2, one
     line that names both options, no run folder."""

@@ -12,9 +12,13 @@ from asa.models.blocks.patch import patchify
 from benchmarks.resenc import AutogradNorm  # the norm as it was before its gradient was written out
 
 
+def _resenc(img_size=32, **kwargs):  # the tiny widths: what these tests check does not depend on them
+    return build_network({"arch": "resenc", "kwargs": {"img_size": img_size, "size": "tiny", **kwargs}})
+
+
 def _mae(**kwargs):
     torch.manual_seed(0)
-    return build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": 32, **kwargs}})
+    return build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": 32, "size": "tiny", **kwargs}})
 
 
 @pytest.mark.parametrize("crop, size, stages, features", [
@@ -48,13 +52,13 @@ def test_resenc_l_has_resenc_l_parameters_and_the_package_keys():
 
 
 def test_rebuilt_from_its_spec_with_equal_shapes():
-    net = build_network({"arch": "resenc", "kwargs": {"img_size": 32, "in_channels": 2, "out_channels": 3}})
+    net = _resenc(in_channels=2, out_channels=3)
     again = build_network({"arch": "resenc", "kwargs": net.network_kwargs})
     assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in again.state_dict().items()}
 
 
 def test_deep_supervision_in_training_full_resolution_in_eval():
-    net = build_network({"arch": "resenc", "kwargs": {"img_size": 32, "in_channels": 1, "out_channels": 3}})
+    net = _resenc(in_channels=1, out_channels=3)
     x = torch.randn(2, 1, 32, 32, 32)
     out = net.train()(x)
     assert [tuple(o.shape) for o in out] == [(2, 3, 32, 32, 32), (2, 3, 16, 16, 16)]
@@ -63,10 +67,10 @@ def test_deep_supervision_in_training_full_resolution_in_eval():
 
 
 @pytest.mark.parametrize("spec, expected_frozen", [
-    ({"arch": "resenc", "kwargs": {"img_size": 32, "in_channels": 1, "out_channels": 3}}, {0}),
-    ({"arch": "resenc", "kwargs": {"img_size": 32, "in_channels": 1, "out_channels": 3, "deep_supervision": False}},
-     {0, 1}),
-    ({"arch": "resenc_pretrain", "kwargs": {"img_size": 32}}, {0, 1}),
+    ({"arch": "resenc", "kwargs": {"img_size": 32, "size": "tiny", "in_channels": 1, "out_channels": 3}}, {0}),
+    ({"arch": "resenc", "kwargs": {"img_size": 32, "size": "tiny", "in_channels": 1, "out_channels": 3,
+                                   "deep_supervision": False}}, {0, 1}),
+    ({"arch": "resenc_pretrain", "kwargs": {"img_size": 32, "size": "tiny"}}, {0, 1}),
 ])
 def test_every_trainable_parameter_is_in_the_loss(spec, expected_frozen):
     """What DistributedDataParallel needs at every step: a gradient for each trainable parameter; the heads
@@ -190,13 +194,13 @@ def test_fine_tuning_network_takes_the_encoder_tensor_for_tensor(tmp_path):
     pre = _mae()
     export = {"encoder": pre.encoder_state_dict(), "network": {"arch": pre.network_arch, "kwargs": pre.network_kwargs}}
     torch.save(export, tmp_path / "encoder.pt")
-    seg = build_network({"arch": "resenc", "kwargs": {"img_size": 32, "in_channels": 1, "out_channels": 3}})
+    seg = _resenc(in_channels=1, out_channels=3)
     report = seg.load_pretrained(tmp_path / "encoder.pt")
     assert not report.missing and not report.unexpected
     for key, value in pre.encoder.state_dict().items():
         assert torch.equal(seg.encoder.state_dict()[key], value), key
     # four image channels: the 1-channel stem repeated and divided by 4, the response to a replicated volume kept
-    seg4 = build_network({"arch": "resenc", "kwargs": {"img_size": 32, "in_channels": 4, "out_channels": 3}})
+    seg4 = _resenc(in_channels=4, out_channels=3)
     seg4.load_pretrained(tmp_path / "encoder.pt")
     w1, w4 = pre.encoder.stem.convs[0].conv.weight, seg4.encoder.stem.convs[0].conv.weight
     assert torch.allclose(w4.sum(1, keepdim=True), w1, atol=1e-6)
@@ -206,7 +210,7 @@ def test_fine_tuning_refuses_a_file_of_another_plan_or_channel(tmp_path):
     pre = _mae(coord_channel=True)
     torch.save({"encoder": pre.encoder_state_dict(), "network": {"arch": pre.network_arch,
                                                                  "kwargs": pre.network_kwargs}}, tmp_path / "c.pt")
-    seg = build_network({"arch": "resenc", "kwargs": {"img_size": 32, "in_channels": 1, "out_channels": 3}})
+    seg = _resenc(in_channels=1, out_channels=3)
     with pytest.raises(ValueError, match="pretrained with the coordinate channel; set model.coord_channel=true"):
         seg.load_pretrained(tmp_path / "c.pt")
     small = _mae()
@@ -220,7 +224,7 @@ def test_fine_tuning_refuses_a_file_of_another_plan_or_channel(tmp_path):
 
 
 def test_zero_encoder_states_leaves_the_full_resolution_stage_alone():
-    net = build_network({"arch": "resenc", "kwargs": {"img_size": 32, "in_channels": 1, "out_channels": 2}}).eval()
+    net = _resenc(in_channels=1, out_channels=2).eval()
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad(), net.zero_encoder_states():
         zeroed = net(x)
@@ -340,16 +344,16 @@ def test_a_coordinate_channel_encoder_is_refused_at_another_crop_whose_edge_woul
     """The channel is |x − x_mid| / (X/2) with X the pretraining crop: at another crop the voxel 16.5 mm right of
     the midline would read 16.5/24 in pretraining (48³) and 16.5/16 in fine-tuning (32³) — refused, not recoded."""
     torch.manual_seed(0)
-    pre = build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": 48, "coord_channel": True}})
+    pre = build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": 48, "size": "tiny", "coord_channel": True}})
     torch.save({"encoder": pre.encoder_state_dict(), "network": {"arch": pre.network_arch,
                                                                  "kwargs": pre.network_kwargs}}, tmp_path / "c48.pt")
-    at32 = build_network({"arch": "resenc", "kwargs": {"img_size": 32, "in_channels": 1, "out_channels": 2,
-                                                       "coord_channel": True}})
+    at32 = _resenc(in_channels=1, out_channels=2,
+                                                       coord_channel=True)
     with pytest.raises(ValueError, match=r"coordinate channel at a 48-voxel crop.*this network's crop is 32: "
                                          r"set data.crop=48"):
         at32.load_pretrained(tmp_path / "c48.pt")
-    at48 = build_network({"arch": "resenc", "kwargs": {"img_size": 48, "in_channels": 1, "out_channels": 2,
-                                                       "coord_channel": True}})
+    at48 = _resenc(img_size=48, in_channels=1, out_channels=2,
+                                                       coord_channel=True)
     assert not at48.load_pretrained(tmp_path / "c48.pt", verbose=False).missing
     assert coordinate_channel((1, 48, 1, 1), reference=48)[0, 0, 32, 0, 0] == pytest.approx((32.5 - 24) / 24)
 

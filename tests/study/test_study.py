@@ -68,6 +68,7 @@ def test_a_changed_study_folder_is_refused_with_old_and_new_values(tmp_path, cap
     assert err.value.code == 2 and "seed: 0 -> 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the console script in a child process
 def test_a_test_case_planted_in_the_pretraining_cohort_is_refused_before_anything_trains(data, tmp_path):
     cohort, labeled = data
     split = study.labeled_split(discover("msd", labeled), study.SCALES["quick"], seed=0)

@@ -187,6 +187,7 @@ def test_an_arm_with_more_than_its_encoder_is_compared_with_its_twin():
     assert transfer.references(recipes, "scratch")["asa-coord@sgd"] == "scratch-coord@sgd"
 
 
+@pytest.mark.slow  # trains a run, stops it with a signal and continues it (15 s on one core)
 def test_a_run_stopped_by_a_signal_continues_from_its_checkpoint_and_ends_as_an_unstopped_one(tmp_path, monkeypatch):
     """A fine-tuning run of a transfer study stopped mid-schedule (SIGTERM at its 3rd step: last.pt saved) is
     continued by the next call of run_study (its asa-finetune unit resumes from that checkpoint): it ends with the

@@ -126,6 +126,7 @@ def test_bad_ckpt_minutes_is_refused_naming_it():
             _cfg(ckpt_minutes=bad)
 
 
+@pytest.mark.slow  # a run in a child process, killed and resumed
 def test_a_run_killed_before_ckpt_every_resumes_from_its_first_epoch(tmp_path):
     """SIGKILL (nothing to catch) after the first epoch, long before trainer.ckpt_every=1000 steps: last.pt
     of the first epoch's end is there, and the resumed run ends as an uninterrupted one."""
