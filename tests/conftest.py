@@ -25,8 +25,9 @@ from asa.io import load_checkpoint, save_checkpoint  # noqa: E402
 # its tests start (they inherit the variable), rather than every worker spinning threads on every core (the fast
 # lane on 2 idle cores, -n 2, one run after the other: 3 min 56 s with 2 threads a worker, 3 min 22 s with 1)
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0))
-                                                     // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+    # (macOS has no affinity: its cores)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
