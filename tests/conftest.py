@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import sys
+from pathlib import Path
 
 # every process the suite starts (console scripts, torchrun ranks, a study's units) imports asa, and every xdist
 # worker rewrites the asserts of every test module: with PYTHONDONTWRITEBYTECODE set (as in some CI images) each
@@ -29,6 +32,29 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.fixture(scope="session")
+def built_once(tmp_path_factory):
+    """``built_once(name, build) -> folder``: the folder ``build(folder)`` writes, once in the whole run whichever
+    xdist worker asks first (the others wait for it, then read it). Work stealing splits a module's tests between the
+    workers, and a worker sets a module's fixtures up again each time it comes back to the module: a fixture of
+    seconds (asa-prepare's registrations) was built three times a run. Tests only read the folder."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "built-once"
+    root.mkdir(exist_ok=True)
+
+    def get(name: str, build) -> Path:
+        folder, done = root / name, root / f"{name}.done"
+        with open(root / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if not done.exists():  # built where it stays (what it writes may name its own paths)
+                shutil.rmtree(folder, ignore_errors=True)
+                build(folder)
+                done.touch()
+        return folder
+
+    return get
 
 
 @pytest.fixture(autouse=True)

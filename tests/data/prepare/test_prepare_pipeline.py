@@ -25,19 +25,20 @@ SETTINGS = PrepareSettings(brain="none", spacing=6.0, box="template")
 ARGS = ["--brain", "none", "--spacing", "6", "--box", "template", "--no-progress"]
 
 
+def _raw_and_prepared(folder):
+    write_demo_dataset("bids", folder / "raw", cases=2, size=24, seed=0, anatomy=True, contrasts=("t1", "t2"))
+    report = prepare(folder / "raw", folder / "prepared", settings=SETTINGS, progress=False)
+    assert report.failed == {} and len(report.prepared) == 2
+
+
 @pytest.fixture(scope="module")
-def raw(tmp_path_factory):
-    root = tmp_path_factory.mktemp("prepare") / "raw"
-    write_demo_dataset("bids", root, cases=2, size=24, seed=0, anatomy=True, contrasts=("t1", "t2"))
-    return root
+def raw(built_once):
+    return built_once("prepare-pipeline", _raw_and_prepared) / "raw"
 
 
 @pytest.fixture(scope="module")
 def prepared(raw):
-    out = raw.parent / "prepared"
-    report = prepare(raw, out, settings=SETTINGS, progress=False)
-    assert report.failed == {} and len(report.prepared) == 2
-    return out
+    return raw.parent / "prepared"
 
 
 def test_the_prepared_folder_is_read_by_asa_with_its_channels(raw, prepared):
@@ -74,12 +75,13 @@ def test_the_same_seed_gives_the_same_files(raw, prepared, tmp_path):
                               np.asarray(nib.load(str(out / name)).dataobj))
 
 
-def test_a_rerun_prepares_only_what_is_missing(raw, prepared):
-    again = prepare(raw, prepared, settings=SETTINGS, progress=False)
+def test_a_rerun_prepares_only_what_is_missing(raw, prepared, tmp_path):
+    out = shutil.copytree(prepared, tmp_path / "prepared")  # the shared folder stays as it is
+    again = prepare(raw, out, settings=SETTINGS, progress=False)
     assert again.prepared == [] and len(again.done) == 2
     first = discover("bids", raw)[0]
-    (prepared / case_files(first).record).unlink()
-    redo = prepare(raw, prepared, settings=SETTINGS, progress=False)
+    (out / case_files(first).record).unlink()
+    redo = prepare(raw, out, settings=SETTINGS, progress=False)
     assert redo.prepared == [first.id] and len(redo.done) == 1
 
 
