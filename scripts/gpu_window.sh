@@ -17,7 +17,8 @@
 #   logs.tgz                           every part's log (after each part)
 #
 #   scripts/gpu_window.sh OUT_DIR               # on the GPU machine: within WINDOW seconds (default 540) on one H100
-#   scripts/gpu_window.sh OUT_DIR --dry-run     # the same parts at toy sizes on the CPU (tests/scripts/test_gpu_window.py)
+#   scripts/gpu_window.sh OUT_DIR --dry-run     # the same parts at toy sizes on the CPU (tests/scripts/test_gpu_window.py;
+#                                               # masked_L, at toy sizes masked_S's command, runs once as masked_S)
 #
 # PYTHON picks the interpreter; WORK (default /tmp/asa-window) holds the data and the runs; PARTS="install loop_swvit ..."
 # runs only the parts it names (a short window).
@@ -76,7 +77,7 @@ fi
 if [ -n "$DRY" ]; then  # toy sizes on the CPU: every part, its command and its JSON, in a few CPU-minutes
     DEVICE=cpu; AMP=off; LOOP_SWVIT=(--model tiny --crop 32 --volume 32 --cases 4 --batch 1 --workers 0 --steps 2 --warmup 1)
     LOOP_RESENC=(--model resenc --size tiny --crop 32 --volume 32 --cases 4 --batch 1 --workers 0 --steps 2 --warmup 1)
-    MASKED_S=(--crop 32 --size tiny --batch 1 --repeats 1); MASKED_L=(--crop 32 --size tiny --batch 1 --repeats 1)
+    MASKED_S=(--crop 32 --size tiny --batch 1 --repeats 1)
     PRECISION=(--size 32 --batch 1 --preset tiny --steps 1 --loss-steps 2)
     # the study's budget ends it during its pilot: the part checks the plumbing and its times.json
     STUDY=(--quick --arms mae --seeds 0 --pretrain-steps 2 --pilot-steps 4 --time-budget 30); STUDY_CASES=(8 6 32)
@@ -97,7 +98,7 @@ masked() {  # NAME benchmarks.resenc options...: masked / dense, the steps alter
         --autograd-norm --json "$OUT/$name.json" "$@"
 }
 masked masked_S "${MASKED_S[@]}"
-masked masked_L "${MASKED_L[@]}"
+[ -n "$DRY" ] || masked masked_L "${MASKED_L[@]}"
 
 loop() {  # NAME benchmarks.loop options...: the defaults (trainer=default), the loop against its step
     local name="$1"; shift

@@ -13,7 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "gpu_window.sh"
-PARTS = ("loop_swvit", "loop_resenc", "masked_S", "masked_L", "precision", "study")
+# masked_L is masked_S's command at the dry run's toy sizes: the dry run runs it once
+PARTS = ("loop_swvit", "loop_resenc", "masked_S", "precision", "study")
 
 
 @pytest.mark.slow  # every part's process at toy sizes: a few CPU-minutes
@@ -36,9 +37,8 @@ def test_the_dry_run_writes_every_part_as_json(tmp_path):
         loop = json.loads((out / f"{name}.json").read_text())
         # end to end over the step alone: the loop adds to the step, so at most 1
         assert loop["timed_steps"] == 2 and 0 < loop["samples_per_s"] <= loop["step_samples_per_s"] * 1.001, loop
-    for name in ("masked_S", "masked_L"):
-        (row,) = json.loads((out / f"{name}.json").read_text())
-        assert row["median_s"]["masked"] > 0 and row["median_s"]["dense"] > 0 and row["autograd_norm_over_dense"] > 0
+    (row,) = json.loads((out / "masked_S.json").read_text())
+    assert row["median_s"]["masked"] > 0 and row["median_s"]["dense"] > 0 and row["autograd_norm_over_dense"] > 0
     precision = json.loads((out / "precision.json").read_text())
     # fp32 (no autocast on the CPU dry run): the stream's dtype cannot differ, so the losses are the same numbers
     assert precision["max_relative_loss_gap"] == {"fp32_stream": 0.0}
