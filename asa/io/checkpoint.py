@@ -1,9 +1,11 @@
 """Checkpoint files: atomic saves and weights-only loads (imports nothing of asa but this layer)."""
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import re
+import threading
 import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -14,7 +16,7 @@ import torch
 
 from asa.io.atomic import atomic_path
 
-__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointError", "CheckpointWriter", "load_checkpoint", "save_checkpoint"]
 
 
 class CheckpointError(RuntimeError):
@@ -30,6 +32,58 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping) -> Path:
     with atomic_path(path) as tmp:
         torch.save(dict(state), tmp)
     return path
+
+
+def _detached(obj: object) -> object:
+    """``obj`` with every tensor copied to the CPU and every container copied (a state_dict's ``_metadata`` kept):
+    what the caller goes on to change in place (the weights, a history list) leaves this copy as it was."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        out = copy.copy(obj)  # the same type, its attributes (a state_dict's ``_metadata``) with it
+        for key, value in obj.items():
+            out[key] = _detached(value)
+        return out
+    if type(obj) in (list, tuple):
+        return type(obj)(_detached(value) for value in obj)
+    return copy.deepcopy(obj)
+
+
+class CheckpointWriter:
+    """Checkpoint writes that the caller does not wait for: `submit` copies the state to the CPU (the one part the
+    caller waits for) and writes it on a thread with `save_checkpoint` (atomic, as ever); one write at a time.
+    `wait` blocks until the pending write is on disk and raises its error, if it failed; `close` waits and returns
+    the error instead (for a caller already failing with its own)."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, paths: list[Path], state: Mapping) -> None:
+        self.wait()
+        snapshot = _detached(dict(state))
+
+        def write() -> None:
+            try:
+                for path in paths:
+                    save_checkpoint(path, snapshot)
+            except BaseException as err:  # re-raised in the caller's thread by `wait`
+                self._error = err
+
+        self._thread = threading.Thread(target=write, name="asa-checkpoint-writer")
+        self._thread.start()
+
+    def close(self) -> BaseException | None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        return error
+
+    def wait(self) -> None:
+        error = self.close()
+        if error is not None:
+            raise error
 
 
 def _not_a_checkpoint(path: Path) -> str:

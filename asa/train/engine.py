@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset
 
-from asa.io import save_checkpoint
+from asa.io import CheckpointWriter, save_checkpoint
 from asa.models import compile_blocks
 from asa.models.zoo import network_spec
 
@@ -144,6 +144,7 @@ class Engine:
         self._wrote_last = False  # last.pt written since this start: else the first epoch's end writes it
         self._overdue = False  # trainer.ckpt_minutes passed at an epoch's last step: `_end_epoch` saves
         self._stopped_early = False  # early stopping at a validation round inside an epoch (trainer.val_every_steps)
+        self._writer = CheckpointWriter()  # best.pt is written while training goes on
 
     # ------------------------------------------------------------------------------------------- fit
     def fit(self, train_data: Dataset) -> FitResult:
@@ -152,8 +153,11 @@ class Engine:
         try:
             # kernel settings for the run only: the process is left as found
             with self._stop, kernel_determinism(self.cfg.deterministic, env.device):
-                return self._fit(train_data)
+                return self._fit(train_data)  # every way out writes last.pt, which waits for best.pt's write
         except Exception as err:
+            failed = self._writer.close()  # a best.pt write under way ends first; the run's own error is raised
+            if failed is not None:
+                self.log.say(f"warning: best.pt was not written ({failed}); the one before stays")
             if env.distributed:  # which rank failed; the entry point prints the error itself
                 lines = str(err).strip().splitlines() or [""]
                 print(f"[asa] rank {env.rank}/{env.world_size} failed: {type(err).__name__}: {lines[-1]}",
@@ -484,15 +488,22 @@ class Engine:
             state["extra"] = dict(self.extra_state())
         return state
 
-    def save(self, *names: str, weights_only: bool = False) -> None:
+    def save(self, *names: str, weights_only: bool = False, wait: bool = True) -> None:
         """Write the current state to checkpoints/<name> for each name (rank 0; collective call); ``weights_only``:
-        the state without what only a resume reads (`_state`)."""
+        the state without what only a resume reads (`_state`). ``wait=False``: the state is copied to the CPU and
+        written on a thread while training goes on (`CheckpointWriter`); every write waits for the one before, so
+        a last.pt never records a best.pt that is not on disk."""
         state = self._state(weights_only=weights_only)
         if "last.pt" in names:
             self._saved_step, self._wrote_last = self.step, True
         if state is not None:
-            for name in names:
-                save_checkpoint(self.ckpt_dir / name, state)
+            paths = [self.ckpt_dir / name for name in names]
+            if wait:
+                self._writer.wait()
+                for path in paths:
+                    save_checkpoint(path, state)
+            else:
+                self._writer.submit(paths, state)
             if self.cfg.keep_last > 0:
                 prune_step_checkpoints(self.ckpt_dir, self.cfg.keep_last)
             self.log.flush()  # what the checkpoint holds, TensorBoard shows (also after SIGKILL)
@@ -552,7 +563,8 @@ class Engine:
         self.log.say(f"step {self.step} epoch {self.epoch}: " + ", ".join(f"{k}={v:.5g}" for k, v in metrics.items()))
         if self.tracker.improved(value):
             self.tracker.best, self.tracker.best_step, self.tracker.bad_rounds = value, self.step, 0
-            self.save("best.pt", weights_only=True)  # the optimiser's state is last.pt's: best.pt is not resumed
+            # the optimiser's state is last.pt's (best.pt is not resumed); the disk write overlaps the next steps
+            self.save("best.pt", weights_only=True, wait=False)
             return False
         if count_patience:
             self.tracker.bad_rounds += 1

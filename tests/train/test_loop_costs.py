@@ -146,3 +146,46 @@ def test_relative_update_on_logging_steps_only_is_the_every_step_value_there(tmp
         assert all(sparse[key][s] == every[key][s] > 0 for s in (2, 3)), key
     _assert_identical(_ckpt(tmp_path / "every")["model"], _ckpt(tmp_path / "sparse")["model"])
     assert every["train/loss"][3] == sparse["train/loss"][3]
+
+
+def test_training_goes_on_while_best_pt_is_written_and_the_run_ends_with_it_on_disk(tmp_path, monkeypatch):
+    import threading
+
+    import asa.io.checkpoint as checkpoint_module
+
+    write, released, written = checkpoint_module.save_checkpoint, threading.Event(), []
+
+    def held(path, state):  # the first best.pt write waits for the next validation round, steps later
+        if not written:
+            written.append((state["step"], released.wait(10)))
+        return write(path, state)
+
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", held)
+    rounds = []
+
+    def validate(model):
+        rounds.append(1)
+        if len(rounds) == 2:
+            released.set()
+        return {"loss": 1.0 / len(rounds)}  # every round improves: best.pt at each
+
+    run = make_engine(tmp_path / "bg", config=_cfg(max_steps=12, val_every_steps=4), validate=validate).fit(ToyData())
+    assert [h["step"] for h in run.history] == [4, 8, 12]
+    assert written == [(4, True)]  # written as of step 4, released by the round at step 8: the loop did not wait
+    _falling.calls = 0
+    make_engine(tmp_path / "unheld", config=_cfg(max_steps=12, val_every_steps=4), validate=_falling).fit(ToyData())
+    _assert_identical(_ckpt(tmp_path / "bg", "best.pt")["model"], _ckpt(tmp_path / "unheld", "best.pt")["model"])
+    _assert_identical(_ckpt(tmp_path / "bg", "best.pt")["model"], _ckpt(tmp_path / "bg")["model"])  # step 12's
+
+
+def test_a_best_pt_write_that_fails_stops_the_run_with_its_error(tmp_path, monkeypatch):
+    import asa.io.checkpoint as checkpoint_module
+
+    def full(path, state):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", full)
+    _falling.calls = 0
+    with pytest.raises(OSError, match="best.pt"):  # at the next write (last.pt), not lost on the thread
+        make_engine(tmp_path, config=_cfg(max_steps=12, val_every_steps=4), validate=_falling).fit(ToyData())
+    assert not (tmp_path / "checkpoints" / "best.pt").exists()
