@@ -13,7 +13,8 @@ changes, nothing costs anything outside a profile). Each step's wall time, from 
   inside them subtracted; synchronized on CUDA;
 - ``update_norms``: `RelativeUpdate` (the encoder/decoder relative update, measured on logging steps);
 - ``logging``: `TrainLog` (window means, progress line or bar, TensorBoard scalars);
-- ``checkpoint``: ``Engine.save``; ``validation``: ``Engine._validate`` and ``_panels`` (everything inside);
+- ``checkpoint``: ``Engine.save``; ``validation``: ``Engine._validate`` and ``_panels`` (everything inside; of it,
+  ``validation_loader_ms_per_step`` is the validation loader's wait, the device waited for before it);
 - ``other``: the rest (lr, the non-finite check, the loop itself).
 
 With ``--noop`` the step consumes its micro-batches (data and copy happen) and does nothing else: no
@@ -55,6 +56,7 @@ __all__ = ["LoopProfile", "PARTS", "SYNC_CALLS", "format_table", "main", "make_d
 PARTS = ("data", "copy", "augment", "step", "update_norms", "logging", "checkpoint", "validation", "other")
 SYNC_CALLS = ("item", "__float__", "__int__", "__bool__", "tolist", "cpu")  # Tensor methods that wait for the device
 _ABSORBING = ("checkpoint", "validation")  # their inner calls (loaders, steps, saves) count as theirs
+VALIDATION_LOADER = "validation_loader"  # of the validation part: its loader's wait (the rest is the forward passes)
 _INHERITED = object()
 
 
@@ -112,6 +114,8 @@ class LoopProfile:
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
+            if self._absorbed and part == "data" and self._part() == "validation":
+                return self._validation_loader(fn, *args, **kwargs)
             if self._absorbed:
                 return fn(*args, **kwargs)
             frame = [part, time.perf_counter(), 0.0]
@@ -131,6 +135,16 @@ class LoopProfile:
                     self._stack[-1][2] += elapsed
 
         return wrapper
+
+    def _validation_loader(self, fn: Callable, *args, **kwargs) -> Any:
+        """The validation loader's wait, inside the validation part (``VALIDATION_LOADER``): the device is waited
+        for first, so that the round's forward passes so far are not counted in it."""
+        self.synchronize()
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._add(VALIDATION_LOADER, time.perf_counter() - start)
 
     def step_started(self) -> None:
         self.synchronize()
@@ -315,6 +329,7 @@ class LoopProfile:
             "host_syncs_by_call": {k: v / n for k, v in sorted(syncs.items()) if not k.endswith(":cuda")},
             "cuda_sync_debug_per_step": cuda / n if self.device.type == "cuda" else None,
             "validations": sum(1 for i in timed if self.parts[i].get("validation")),
+            "validation_loader_ms_per_step": 1e3 * sum(self.parts[i].get(VALIDATION_LOADER, 0.0) for i in timed) / n,
             "checkpoints": sum(1 for i in timed if self.parts[i].get("checkpoint")),
             "loader": self.loader, "copy": self.copy, "cadence": self.cadence,
         }
@@ -394,7 +409,8 @@ def format_table(r: dict[str, Any]) -> str:
                     f"{cadence.get('val_every')} epoch(s)")
                  + f" (panels every {cadence.get('panel_every')} epochs, timed as validation); in the "
                  f"timed steps {r['validations']} validation(s), "
-                 f"{r['checkpoints']} checkpoint(s)")
+                 f"{r['checkpoints']} checkpoint(s); of the validation, its loader's wait "
+                 f"{r['validation_loader_ms_per_step']:.2f} ms/step")
     return "\n".join(lines)
 
 

@@ -6,7 +6,8 @@
 #                                      (benchmarks.resenc): S at batch 8, ResEnc-L (M at 160³) at batch 4, with the
 #                                      visible-only norm's earlier (autograd) gradient timed beside (--autograd-norm)
 #   loop_swvit.json, loop_resenc.json  the real asa-pretrain loop against its step at the defaults (benchmarks.loop):
-#                                      SW-ViT base 128³ (fp16, batch 8, 8 workers), ResEnc-L 160³ (batch 8)
+#                                      SW-ViT base 128³ (fp16, batch 8, 8 workers), ResEnc-L 160³ (batch 8), with
+#                                      the validation round's loader wait apart (validation_loader_ms_per_step)
 #   precision.json                     the SW-ViT base step with the residual stream in the autocast dtype against
 #                                      the earlier fp32 stream, fp16, and 200 same-seed steps' losses of each
 #                                      (benchmarks.compile_ab --variants fp32_stream)

@@ -74,10 +74,13 @@ def test_nested_parts_are_exclusive_and_sum_to_the_wall_time():
             profile.step_started()
             profile.timed("step", lambda: profile.timed("data", sum)(range(20000)))()
             profile.timed("checkpoint", lambda: profile.timed("copy", sum)(range(20000)))()  # absorbed
+            profile.timed("validation", lambda: profile.timed("data", sum)(range(20000)) + sum(range(20000)))()
         profile.step_started()
     r = profile.summary(warmup=0, samples_per_step=2)
     assert r["timed_steps"] == 4
     assert r["part_s"]["copy"] == 0.0 and r["part_s"]["data"] > 0 and r["part_s"]["checkpoint"] > 0
+    # the validation loader's wait: inside the validation part (which absorbs it), timed apart as its share
+    assert 0 < r["validation_loader_ms_per_step"] < r["part_ms_per_step"]["validation"]
     assert all(r["part_s"][p] >= 0 for p in PARTS if p != "other")
     assert r["part_s"]["other"] >= -1e-9  # no time counted twice
     assert math.isclose(sum(r["part_s"].values()), r["wall_s"], rel_tol=1e-9)
@@ -129,6 +132,7 @@ def test_the_real_loop_profile_splits_the_wall_time_and_counts_the_steps_syncs(r
         assert r["copy"]["non_blocking"] is True and r["copy"]["shape"][:2] == [2, 1]
         assert r["cadence"]["steps_per_epoch"] == 2  # 4 training cases of 6 at batch 2: an epoch's end is timed
         assert r["validations"] >= 1 and r["checkpoints"] >= 1
+        assert 0 < r["validation_loader_ms_per_step"] < r["part_ms_per_step"]["validation"]
     assert real["part_s"]["step"] > 10 * noop["part_s"]["step"]  # forward + backward vs a loop over the batches
     assert noop["part_s"]["step"] < 0.05 * noop["wall_s"]
     # the real step's syncs: the finite check, the loss, the two weight logs and the gradient norm
