@@ -446,10 +446,11 @@ def make_data(folder: str | os.PathLike, *, cases: int, size: int, workers: int 
 def known_costs(folder: str | os.PathLike, *, model: str = "base", crop: int = 64, repeats: int = 3) -> dict[str, Any]:
     """What the loop's known costs take by themselves, before and after their change, alternated repeat by repeat
     (wall and process CPU seconds, medians): a ``best.pt`` write of the whole training state (weights and AdamW's
-    moments, as before) against the weights-only one, and what the loop waits for when a thread writes it (the copy
-    to the CPU: `asa.io.CheckpointWriter`), for the SW-ViT ``model`` preset's pretraining network; and the
-    encoder/decoder relative update (a snapshot and the norms of every parameter, `RelativeUpdate`) of its
-    segmenter, which was taken at every step and now only on logging steps (``trainer.log_every``)."""
+    moments, as before, and last.pt's) against the weights-only one, and what the loop waits for when a thread
+    writes either (the copy to the CPU: `asa.io.CheckpointWriter`), for the SW-ViT ``model`` preset's pretraining
+    network; and the encoder/decoder relative update (a snapshot and the norms of every parameter,
+    `RelativeUpdate`) of its segmenter, which was taken at every step and now only on logging steps
+    (``trainer.log_every``)."""
     import statistics
 
     from asa.io import CheckpointWriter, save_checkpoint
@@ -484,6 +485,7 @@ def known_costs(folder: str | os.PathLike, *, model: str = "base", crop: int = 6
             "best_pt_weights_only": lambda: save_checkpoint(folder / "weights.pt", weights),
             # what the loop waits for now: the copy to the CPU (the write goes on on a thread, waited for after)
             "best_pt_weights_only_background": lambda: writer.submit([folder / "background.pt"], weights),
+            "last_pt_background": lambda: writer.submit([folder / "background.pt"], full),  # the whole state
             "relative_update": update}
     wall: dict[str, list[float]] = {k: [] for k in runs}
     cpu: dict[str, list[float]] = {k: [] for k in runs}

@@ -5,9 +5,9 @@ import copy
 import os
 import pickle
 import re
-import threading
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,40 +50,49 @@ def _detached(obj: object) -> object:
 
 
 class CheckpointWriter:
-    """Checkpoint writes that the caller does not wait for: `submit` copies the state to the CPU (the one part the
-    caller waits for) and writes it on a thread with `save_checkpoint` (atomic, as ever); one write at a time.
-    `wait` blocks until the pending write is on disk and raises its error, if it failed; `close` waits and returns
-    the error instead (for a caller already failing with its own)."""
+    """Checkpoint writes the caller does not wait for: `submit` copies the state to the CPU (the one part the caller
+    waits for) and queues its write (`save_checkpoint`: atomic, as ever) on one thread, in order, then ``then()``
+    (e.g. pruning older files); at most ``MAX_PENDING`` writes are queued (a further `submit` waits for the oldest),
+    so copies do not pile up in memory when the disk is slower than the training. `wait` blocks until every queued
+    write is on disk and raises the first error; `close` waits and returns it instead (for a caller already failing
+    with its own); `submit` raises an earlier write's error too."""
+
+    MAX_PENDING = 2
 
     def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
 
-    def submit(self, paths: list[Path], state: Mapping) -> None:
-        self.wait()
+    def submit(self, paths: list[Path], state: Mapping, then: Callable[[], object] | None = None) -> None:
+        while self._pending and (self._pending[0].done() or len(self._pending) >= self.MAX_PENDING):
+            error = self._pending.pop(0).exception()  # waits for the oldest when the queue is full
+            if error is not None:
+                self.close()
+                raise error
         snapshot = _detached(dict(state))
-
-        def write() -> None:
-            try:
-                for path in paths:
-                    save_checkpoint(path, snapshot)
-            except BaseException as err:  # re-raised in the caller's thread by `wait`
-                self._error = err
-
-        self._thread = threading.Thread(target=write, name="asa-checkpoint-writer")
-        self._thread.start()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asa-checkpoint-writer")
+        self._pending.append(self._pool.submit(_write_all, paths, snapshot, then))
 
     def close(self) -> BaseException | None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        error, self._error = self._error, None
-        return error
+        pending, self._pending = self._pending, []
+        errors = [future.exception() for future in pending]  # each waited for, in order
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        return next((error for error in errors if error is not None), None)
 
     def wait(self) -> None:
         error = self.close()
         if error is not None:
             raise error
+
+
+def _write_all(paths: list[Path], state: Mapping, then: Callable[[], object] | None) -> None:
+    for path in paths:
+        save_checkpoint(path, state)
+    if then is not None:
+        then()
 
 
 def _not_a_checkpoint(path: Path) -> str:

@@ -144,7 +144,7 @@ class Engine:
         self._wrote_last = False  # last.pt written since this start: else the first epoch's end writes it
         self._overdue = False  # trainer.ckpt_minutes passed at an epoch's last step: `_end_epoch` saves
         self._stopped_early = False  # early stopping at a validation round inside an epoch (trainer.val_every_steps)
-        self._writer = CheckpointWriter()  # best.pt is written while training goes on
+        self._writer = CheckpointWriter()  # checkpoints are written while training goes on
 
     # ------------------------------------------------------------------------------------------- fit
     def fit(self, train_data: Dataset) -> FitResult:
@@ -153,11 +153,11 @@ class Engine:
         try:
             # kernel settings for the run only: the process is left as found
             with self._stop, kernel_determinism(self.cfg.deterministic, env.device):
-                return self._fit(train_data)  # every way out writes last.pt, which waits for best.pt's write
+                return self._fit(train_data)  # every way out writes last.pt with wait: all written
         except Exception as err:
-            failed = self._writer.close()  # a best.pt write under way ends first; the run's own error is raised
+            failed = self._writer.close()  # a write under way ends first; the run's own error is raised
             if failed is not None:
-                self.log.say(f"warning: best.pt was not written ({failed}); the one before stays")
+                self.log.say(f"warning: a checkpoint was not written ({failed}); the one before stays")
             if env.distributed:  # which rank failed; the entry point prints the error itself
                 lines = str(err).strip().splitlines() or [""]
                 print(f"[asa] rank {env.rank}/{env.world_size} failed: {type(err).__name__}: {lines[-1]}",
@@ -295,7 +295,8 @@ class Engine:
                     self._step_ckpt_due = step_due and cfg.keep_last > 0
                     self._overdue = overdue
                 else:
-                    self.save("last.pt", *([f"step_{self.step:08d}.pt"] if step_due and cfg.keep_last > 0 else []))
+                    self.save("last.pt", *([f"step_{self.step:08d}.pt"] if step_due and cfg.keep_last > 0 else []),
+                              wait=False)
         return None
 
     def _step_validation_due(self) -> bool:
@@ -385,6 +386,7 @@ class Engine:
         self.nonfinite_total += 1
         self.nonfinite_run += 1
         if self.nonfinite_run >= self.cfg.max_nonfinite:
+            self._writer.wait()  # the message names what is on disk
             last = self.ckpt_dir / "last.pt"
             raise NonFiniteLossError(
                 f"{self.nonfinite_run} consecutive non-finite steps (NaN/inf loss or gradient) up to step "
@@ -421,7 +423,7 @@ class Engine:
         due = (self._step_ckpt_due or self._overdue or not self._wrote_last or not cfg.ckpt_every
                or self.step - self._saved_step >= cfg.ckpt_every)
         if self.step < run.stop_step and not stopped and self.nonfinite_run == 0 and due:
-            self.save("last.pt", *([f"step_{self.step:08d}.pt"] if self._step_ckpt_due else []))
+            self.save("last.pt", *([f"step_{self.step:08d}.pt"] if self._step_ckpt_due else []), wait=False)
         self._step_ckpt_due = self._overdue = False
         return stopped
 
@@ -490,26 +492,28 @@ class Engine:
 
     def save(self, *names: str, weights_only: bool = False, wait: bool = True) -> None:
         """Write the current state to checkpoints/<name> for each name (rank 0; collective call); ``weights_only``:
-        the state without what only a resume reads (`_state`). ``wait=False``: the state is copied to the CPU and
-        written on a thread while training goes on (`CheckpointWriter`); every write waits for the one before, so
-        a last.pt never records a best.pt that is not on disk."""
+        the state without what only a resume reads (`_state`). ``wait=False`` (the writes while training goes on:
+        best.pt, last.pt at its cadence): the state is copied to the CPU and written on a thread (`CheckpointWriter`,
+        in order); a stop and the run's end write with ``wait``, after every queued write is on disk."""
         state = self._state(weights_only=weights_only)
         if "last.pt" in names:
             self._saved_step, self._wrote_last = self.step, True
         if state is not None:
             paths = [self.ckpt_dir / name for name in names]
+            keep = self.cfg.keep_last
+            prune = (lambda: prune_step_checkpoints(self.ckpt_dir, keep)) if keep > 0 else None
             if wait:
                 self._writer.wait()
                 for path in paths:
                     save_checkpoint(path, state)
+                if prune is not None:
+                    prune()
             else:
-                self._writer.submit(paths, state)
-            if self.cfg.keep_last > 0:
-                prune_step_checkpoints(self.ckpt_dir, self.cfg.keep_last)
+                self._writer.submit(paths, state, then=prune)
             self.log.flush()  # what the checkpoint holds, TensorBoard shows (also after SIGKILL)
         barrier(self.env)
         if "last.pt" in names:
-            self._saved_at = time.monotonic()  # the time bound counts from the end of the write
+            self._saved_at = time.monotonic()  # the time bound counts from the write's start (or end, waited for)
 
     def _load(self, resume: ResumePoint) -> None:
         path, state = resume.path, resume.read()
@@ -563,8 +567,7 @@ class Engine:
         self.log.say(f"step {self.step} epoch {self.epoch}: " + ", ".join(f"{k}={v:.5g}" for k, v in metrics.items()))
         if self.tracker.improved(value):
             self.tracker.best, self.tracker.best_step, self.tracker.bad_rounds = value, self.step, 0
-            # the optimiser's state is last.pt's (best.pt is not resumed); the disk write overlaps the next steps
-            self.save("best.pt", weights_only=True, wait=False)
+            self.save("best.pt", weights_only=True, wait=False)  # the optimiser's state is last.pt's: not resumed
             return False
         if count_patience:
             self.tracker.bad_rounds += 1

@@ -147,5 +147,6 @@ def test_known_costs_write_best_pt_without_adamw_state_in_a_third_of_the_bytes(t
     full, weights = r["bytes"]["best_pt_full_state"], r["bytes"]["best_pt_weights_only"]
     assert 2.5 < full / weights < 3.5  # the weights and AdamW's two moments of the same size, against the weights
     assert set(r["wall_s"]) == set(r["cpu_s"]) == {"best_pt_full_state", "best_pt_weights_only",
-                                                  "best_pt_weights_only_background", "relative_update"}
+                                                  "best_pt_weights_only_background", "last_pt_background",
+                                                  "relative_update"}
     assert all(v >= 0 for v in r["wall_s"].values()) and not list((tmp_path / "costs").iterdir())

@@ -1,5 +1,6 @@
 """Checkpoint writes the caller does not wait for (`CheckpointWriter`): the file holds the state as it was when
-submitted, whatever the caller changes after; a failed write is raised by `wait` (or returned by `close`)."""
+submitted, whatever the caller changes after; writes land in order, two at most wait in memory; a failed write is
+raised by `wait` or the next `submit` (or returned by `close`)."""
 from __future__ import annotations
 
 import threading
@@ -44,17 +45,18 @@ def test_the_file_holds_the_state_as_submitted_not_as_changed_after(tmp_path, he
         assert saved["model"]._metadata == {"": {"version": 2}}
 
 
-def test_a_write_waits_for_the_one_before(tmp_path, held):
+def test_writes_land_in_order_and_at_most_two_wait_in_memory(tmp_path, held):
     writer = CheckpointWriter()
     writer.submit([tmp_path / "a.pt"], {"n": torch.tensor(1)})
+    writer.submit([tmp_path / "a.pt"], {"n": torch.tensor(2)}, then=lambda: (tmp_path / "after-2").touch())
     done = threading.Event()
-    second = threading.Thread(target=lambda: (writer.submit([tmp_path / "a.pt"], {"n": torch.tensor(2)}), done.set()))
-    second.start()
-    assert not done.wait(0.3)  # the second submit is held until the first write ends
+    third = threading.Thread(target=lambda: (writer.submit([tmp_path / "a.pt"], {"n": torch.tensor(3)}), done.set()))
+    third.start()
+    assert not done.wait(0.3)  # two queued: the third waits for the oldest to be written
     held.set()
-    second.join(30)
+    third.join(30)
     writer.wait()
-    assert int(load_checkpoint(tmp_path / "a.pt")["n"]) == 2
+    assert int(load_checkpoint(tmp_path / "a.pt")["n"]) == 3 and (tmp_path / "after-2").is_file()
 
 
 def test_a_failed_write_is_raised_by_wait_naming_the_file_and_the_writer_goes_on(tmp_path):
@@ -65,6 +67,12 @@ def test_a_failed_write_is_raised_by_wait_naming_the_file_and_the_writer_goes_on
     with pytest.raises(OSError, match="not-a-folder"):
         writer.wait()
     writer.wait()  # raised once
+    writer.submit([blocker / "best.pt"], {"n": torch.tensor(1)})
+    writer.close()
+    writer.submit([blocker / "best.pt"], {"n": torch.tensor(1)})
+    with pytest.raises(OSError, match="not-a-folder"):  # the next write raises the one before's error
+        for _ in range(100):
+            writer.submit([tmp_path / "later.pt"], {"n": torch.tensor(2)})
     writer.submit([blocker / "best.pt"], {"n": torch.tensor(1)})
     error = writer.close()
     assert isinstance(error, OSError) and "not-a-folder" in str(error)

@@ -221,8 +221,8 @@ def test_short_epochs_write_last_pt_every_ckpt_every_steps_not_every_epoch(tmp_p
     for every in (4, 0):
         engine = make_engine(tmp_path / str(every), config=_cfg(epochs=6, max_steps=11, batch_size=8, ckpt_every=every))
         saved, save = [], engine.save
-        engine.save = lambda *names, save=save, saved=saved, engine=engine: (saved.append((engine.step, names)),
-                                                                             save(*names))
+        engine.save = lambda *names, save=save, saved=saved, engine=engine, **kw: (saved.append((engine.step, names)),
+                                                                                   save(*names, **kw))
         engine.fit(ToyData())
         written[every] = [step for step, names in saved if "last.pt" in names]
     assert written[4] == [2, 6, 10, 11] and written[0] == [2, 4, 6, 8, 10, 11]

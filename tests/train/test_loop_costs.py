@@ -148,16 +148,21 @@ def test_relative_update_on_logging_steps_only_is_the_every_step_value_there(tmp
     assert every["train/loss"][3] == sparse["train/loss"][3]
 
 
-def test_training_goes_on_while_best_pt_is_written_and_the_run_ends_with_it_on_disk(tmp_path, monkeypatch):
+@pytest.mark.parametrize("ckpt_every, held_step, release_round, held_name", [
+    (1000, 4, 2, "best.pt"),  # best.pt of the round at step 4, released by the round at step 8
+    (3, 3, 1, "last.pt"),  # last.pt at its cadence (step 3), released by the round at step 4
+])
+def test_training_goes_on_while_a_checkpoint_is_written_and_the_run_ends_with_it_on_disk(
+        tmp_path, monkeypatch, ckpt_every, held_step, release_round, held_name):
     import threading
 
     import asa.io.checkpoint as checkpoint_module
 
     write, released, written = checkpoint_module.save_checkpoint, threading.Event(), []
 
-    def held(path, state):  # the first best.pt write waits for the next validation round, steps later
+    def held(path, state):  # the first write waits for a validation round that comes steps later
         if not written:
-            written.append((state["step"], released.wait(10)))
+            written.append((path.name, state["step"], released.wait(10)))
         return write(path, state)
 
     monkeypatch.setattr(checkpoint_module, "save_checkpoint", held)
@@ -165,17 +170,19 @@ def test_training_goes_on_while_best_pt_is_written_and_the_run_ends_with_it_on_d
 
     def validate(model):
         rounds.append(1)
-        if len(rounds) == 2:
+        if len(rounds) == release_round:
             released.set()
         return {"loss": 1.0 / len(rounds)}  # every round improves: best.pt at each
 
-    run = make_engine(tmp_path / "bg", config=_cfg(max_steps=12, val_every_steps=4), validate=validate).fit(ToyData())
+    cfg = _cfg(max_steps=12, val_every_steps=4, ckpt_every=ckpt_every)
+    run = make_engine(tmp_path / "held", config=cfg, validate=validate).fit(ToyData())
     assert [h["step"] for h in run.history] == [4, 8, 12]
-    assert written == [(4, True)]  # written as of step 4, released by the round at step 8: the loop did not wait
+    assert written == [(held_name, held_step, True)]  # written as of its step after later steps ran: not waited for
     _falling.calls = 0
-    make_engine(tmp_path / "unheld", config=_cfg(max_steps=12, val_every_steps=4), validate=_falling).fit(ToyData())
-    _assert_identical(_ckpt(tmp_path / "bg", "best.pt")["model"], _ckpt(tmp_path / "unheld", "best.pt")["model"])
-    _assert_identical(_ckpt(tmp_path / "bg", "best.pt")["model"], _ckpt(tmp_path / "bg")["model"])  # step 12's
+    make_engine(tmp_path / "unheld", config=cfg, validate=_falling).fit(ToyData())
+    for name in ("best.pt", "last.pt"):
+        _assert_identical(_ckpt(tmp_path / "held", name)["model"], _ckpt(tmp_path / "unheld", name)["model"])
+    _assert_identical(_ckpt(tmp_path / "held", "best.pt")["model"], _ckpt(tmp_path / "held")["model"])  # step 12's
 
 
 def test_a_best_pt_write_that_fails_stops_the_run_with_its_error(tmp_path, monkeypatch):

@@ -104,7 +104,7 @@ def test_a_signal_during_the_final_validation_saves_and_the_resume_validates(tmp
 
 def _last_pt_steps(engine) -> list[int]:
     saved, save = [], engine.save
-    engine.save = lambda *names: (saved.append((engine.step, names)), save(*names))
+    engine.save = lambda *names, **kw: (saved.append((engine.step, names)), save(*names, **kw))
     engine.fit(ToyData())
     return [step for step, names in saved if "last.pt" in names]
 
