@@ -10,8 +10,8 @@ from asa.io.lazy import lazy_names
 _LAZY = {
     "WriteError": "asa.io.atomic", "atomic_path": "asa.io.atomic", "atomic_write_bytes": "asa.io.atomic",
     "atomic_write_json": "asa.io.atomic", "atomic_write_text": "asa.io.atomic", "default_file_mode": "asa.io.atomic",
-    "CheckpointError": "asa.io.checkpoint", "CheckpointWriter": "asa.io.checkpoint", "load_checkpoint": "asa.io.checkpoint",
-    "save_checkpoint": "asa.io.checkpoint",
+    "CheckpointError": "asa.io.checkpoint", "CheckpointWriter": "asa.io.checkpoint",
+    "load_checkpoint": "asa.io.checkpoint", "save_checkpoint": "asa.io.checkpoint",
     "SAFETENSORS_SUFFIX": "asa.io.export_safetensors", "load_export_safetensors": "asa.io.export_safetensors",
     "save_export_safetensors": "asa.io.export_safetensors",
     "is_model_folder": "asa.io.hub", "load_model_folder": "asa.io.hub", "read_weights": "asa.io.hub",
@@ -24,8 +24,8 @@ _LAZY = {
 }
 
 __all__ = [
-    "CheckpointError", "CheckpointWriter", "WriteError", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-    "default_file_mode", "load_checkpoint", "save_checkpoint",
+    "CheckpointError", "CheckpointWriter", "WriteError", "atomic_path", "atomic_write_bytes", "atomic_write_json",
+    "atomic_write_text", "default_file_mode", "load_checkpoint", "save_checkpoint",
     "NIFTI_SUFFIXES", "PREDICTION_SUFFIX", "find_nifti", "is_nifti", "nifti_suffix", "prediction_path",
     "probabilities_path", "strip_nifti",
     "SAFETENSORS_SUFFIX", "load_export_safetensors", "read_weights", "save_export_safetensors",
