@@ -450,8 +450,11 @@ def known_costs(folder: str | os.PathLike, *, model: str = "base", crop: int = 6
     writes either (the copy to the CPU: `asa.io.CheckpointWriter`), for the SW-ViT ``model`` preset's pretraining
     network; and the encoder/decoder relative update (a snapshot and the norms of every parameter,
     `RelativeUpdate`) of its segmenter, which was taken at every step and now only on logging steps
-    (``trainer.log_every``)."""
+    (``trainer.log_every``). ``python_rate_while_writing``: the main thread's pure-Python rate while the thread
+    writes last.pt, over its rate alone (what the write's hold on the interpreter's lock leaves a loop that
+    launches GPU kernels; 1: none)."""
     import statistics
+    import threading
 
     from asa.io import CheckpointWriter, save_checkpoint
     from asa.models import PRESETS, build_network
@@ -497,12 +500,28 @@ def known_costs(folder: str | os.PathLike, *, model: str = "base", crop: int = 6
                 wall[name].append(time.perf_counter() - w)
                 cpu[name].append(time.process_time() - c)
             writer.wait()
+
+    def python_rate(until: Callable[[], bool]) -> float:  # pure Python: it needs the interpreter's lock throughout
+        n, start = 0, time.perf_counter()
+        while not until():
+            for _ in range(1000):
+                n += 1
+        return n / (time.perf_counter() - start)
+
+    share = []  # the main thread's Python rate while the thread writes last.pt, over its rate alone
+    for _ in range(repeats):
+        end, written = time.perf_counter() + 0.5, threading.Event()
+        alone = python_rate(lambda: time.perf_counter() >= end)
+        writer.submit([folder / "background.pt"], full, then=written.set)
+        share.append(python_rate(written.is_set) / alone)
+        writer.wait()
     out = {"model": model, "parameters_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 2),
            "segmenter_parameters_M": round(sum(p.numel() for p in seg.parameters()) / 1e6, 2),
            "bytes": {"best_pt_full_state": (folder / "full.pt").stat().st_size,
                      "best_pt_weights_only": (folder / "weights.pt").stat().st_size},
            "wall_s": {k: round(statistics.median(v), 4) for k, v in wall.items()},
            "cpu_s": {k: round(statistics.median(v), 4) for k, v in cpu.items()}, "repeats": repeats,
+           "python_rate_while_writing": round(statistics.median(share), 3),
            "torch": torch.__version__, "threads": torch.get_num_threads()}
     for name in ("full.pt", "weights.pt", "background.pt"):
         (folder / name).unlink(missing_ok=True)

@@ -150,3 +150,4 @@ def test_known_costs_write_best_pt_without_adamw_state_in_a_third_of_the_bytes(t
                                                   "best_pt_weights_only_background", "last_pt_background",
                                                   "relative_update"}
     assert all(v >= 0 for v in r["wall_s"].values()) and not list((tmp_path / "costs").iterdir())
+    assert 0 < r["python_rate_while_writing"] < 2
