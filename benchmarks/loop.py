@@ -443,16 +443,17 @@ def make_data(folder: str | os.PathLike, *, cases: int, size: int, workers: int 
 
 
 # --- the known costs alone ----------------------------------------------------------------------
-def known_costs(folder: str | os.PathLike, *, model: str = "base", crop: int = 64, repeats: int = 3) -> dict[str, Any]:
+def known_costs(folder: str | os.PathLike, *, model: str = "base", crop: int = 64, repeats: int = 3,
+                device: str = "cpu") -> dict[str, Any]:
     """What the loop's known costs take by themselves, before and after their change, alternated repeat by repeat
     (wall and process CPU seconds, medians): a ``best.pt`` write of the whole training state (weights and AdamW's
     moments, as before, and last.pt's) against the weights-only one, and what the loop waits for when a thread
     writes either (the copy to the CPU: `asa.io.CheckpointWriter`), for the SW-ViT ``model`` preset's pretraining
     network; and the encoder/decoder relative update (a snapshot and the norms of every parameter,
     `RelativeUpdate`) of its segmenter, which was taken at every step and now only on logging steps
-    (``trainer.log_every``). ``python_rate_while_writing``: the main thread's pure-Python rate while the thread
-    writes last.pt, over its rate alone (what the write's hold on the interpreter's lock leaves a loop that
-    launches GPU kernels; 1: none)."""
+    (``trainer.log_every``). All on ``device`` (a GPU: the copies to the CPU are the device's).
+    ``python_rate_while_writing``: the main thread's pure-Python rate while the thread writes last.pt, over its
+    rate alone (what the write's hold on the interpreter's lock leaves a loop that launches GPU kernels; 1: none)."""
     import statistics
     import threading
 
@@ -464,7 +465,7 @@ def known_costs(folder: str | os.PathLike, *, model: str = "base", crop: int = 6
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    net = build_network({"arch": "asa_pretrain", "kwargs": {"img_size": crop, **PRESETS[model]}})
+    net = build_network({"arch": "asa_pretrain", "kwargs": {"img_size": crop, **PRESETS[model]}}).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     for p in net.parameters():
         p.grad = torch.randn_like(p)
@@ -473,7 +474,7 @@ def known_costs(folder: str | os.PathLike, *, model: str = "base", crop: int = 6
     full = {**weights, "optimizer": opt.state_dict()}
     seg = build_network({"arch": "swvit_unetr", "kwargs": {"img_size": crop, "out_channels": 2,
                                                           **{k: v for k, v in PRESETS[model].items()
-                                                             if not k.startswith("decoder")}}})
+                                                             if not k.startswith("decoder")}}}).to(device)
     monitor = RelativeUpdate.of(seg)
 
     def update() -> None:
@@ -521,7 +522,7 @@ def known_costs(folder: str | os.PathLike, *, model: str = "base", crop: int = 6
                      "best_pt_weights_only": (folder / "weights.pt").stat().st_size},
            "wall_s": {k: round(statistics.median(v), 4) for k, v in wall.items()},
            "cpu_s": {k: round(statistics.median(v), 4) for k, v in cpu.items()}, "repeats": repeats,
-           "python_rate_while_writing": round(statistics.median(share), 3),
+           "python_rate_while_writing": round(statistics.median(share), 3), "device": str(device),
            "torch": torch.__version__, "threads": torch.get_num_threads()}
     for name in ("full.pt", "weights.pt", "background.pt"):
         (folder / name).unlink(missing_ok=True)
@@ -605,7 +606,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return gpu_suite(args.gpu_suite, work, cases=args.cases, batch=args.batch, workers=args.workers,
                              warmup=args.warmup, timeout_s=args.timeout, extra=args.overrides)
     if args.known_costs is not None:
-        result = known_costs(args.known_costs, model=args.model, crop=args.crop, repeats=args.repeats)
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+        result = known_costs(args.known_costs, model=args.model, crop=args.crop, repeats=args.repeats, device=device)
         if args.out is not None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=2))

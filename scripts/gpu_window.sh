@@ -8,6 +8,10 @@
 #   loop_swvit.json, loop_resenc.json  the real asa-pretrain loop against its step at the defaults (benchmarks.loop):
 #                                      SW-ViT base 128³ (fp16, batch 8, 8 workers), ResEnc-L 160³ (batch 8), with
 #                                      the validation round's loader wait apart (validation_loader_ms_per_step)
+#   (logs.tgz: known_costs.log)        the checkpoint writes alone and what the loop waits for when the thread writes
+#                                      them (benchmarks.loop --known-costs, SW-ViT base on the device: the copies to
+#                                      the CPU, python_rate_while_writing): its JSON printed in its log (OUT's files
+#                                      are eight at most)
 #   precision.json                     the SW-ViT base step with the residual stream in the autocast dtype against
 #                                      the earlier fp32 stream, fp16, and 200 same-seed steps' losses of each
 #                                      (benchmarks.compile_ab --variants fp32_stream)
@@ -79,7 +83,7 @@ if [ -n "$DRY" ]; then  # toy sizes on the CPU: every part, its command and its 
     DEVICE=cpu; AMP=off; LOOP_SWVIT=(--model tiny --crop 32 --volume 32 --cases 4 --batch 1 --workers 0 --steps 2 --warmup 1)
     LOOP_RESENC=(--model resenc --size tiny --crop 32 --volume 32 --cases 4 --batch 1 --workers 0 --steps 2 --warmup 1)
     MASKED_S=(--crop 32 --size tiny --batch 1 --repeats 1)
-    PRECISION=(--size 32 --batch 1 --preset tiny --steps 1 --loss-steps 2)
+    PRECISION=(--size 32 --batch 1 --preset tiny --steps 1 --loss-steps 2); KNOWN_COSTS=(--model tiny --crop 32 --repeats 1)
     # the study's budget ends it during its pilot: the part checks the plumbing and its times.json
     STUDY=(--quick --arms mae --seeds 0 --pretrain-steps 2 --pilot-steps 4 --time-budget 30); STUDY_CASES=(8 6 32)
     LIMIT=300
@@ -88,7 +92,7 @@ else
     LOOP_SWVIT=(--model base --crop 128 --volume 128 --cases 192 --batch 8 --workers 8 --steps 60 --warmup 5)
     LOOP_RESENC=(--model resenc --size L --crop 160 --volume 160 --cases 64 --batch 8 --workers 8 --steps 16 --warmup 3)
     MASKED_S=(--crop 160 --size S --batch 8 --repeats 4); MASKED_L=(--crop 160 --size M --batch 4 --repeats 4)
-    PRECISION=(--size 128 --batch 24 --preset base --steps 5 --loss-steps 200)
+    PRECISION=(--size 128 --batch 24 --preset base --steps 5 --loss-steps 200); KNOWN_COSTS=(--model base --crop 128 --repeats 3)
     STUDY=(--scale cpu --arms mae --seeds 0 --jobs 1); STUDY_CASES=(32 16 48)
     LIMIT=120
 fi
@@ -109,6 +113,7 @@ loop() {  # NAME benchmarks.loop options...: the defaults (trainer=default), the
 }
 loop loop_swvit "${LOOP_SWVIT[@]}"
 loop loop_resenc "${LOOP_RESENC[@]}"
+part known_costs "$LIMIT" "$PY" -m benchmarks.loop --known-costs "$WORK/known_costs" --device "$DEVICE" "${KNOWN_COSTS[@]}"
 
 part precision "$LIMIT" "$PY" -m benchmarks.compile_ab --amp "$AMP" --variants fp32_stream \
     --device "$DEVICE" --json "$OUT/precision.json" "${PRECISION[@]}"

@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "gpu_window.sh"
 # masked_L is masked_S's command at the dry run's toy sizes: the dry run runs it once
-PARTS = ("loop_swvit", "loop_resenc", "masked_S", "precision", "study")
+PARTS = ("loop_swvit", "loop_resenc", "known_costs", "masked_S", "precision", "study")
 
 
 @pytest.mark.slow  # every part's process at toy sizes: a few CPU-minutes
@@ -47,6 +47,9 @@ def test_the_dry_run_writes_every_part_as_json(tmp_path):
     assert study["scale"]["crop"] == 32 and "pilot and positive control" in study["stages_seconds"]
     with tarfile.open(out / "logs.tgz") as logs:
         assert {f"logs/{p}.log" for p in PARTS} <= set(logs.getnames())
+        log = logs.extractfile("logs/known_costs.log").read().decode()
+    costs = json.loads(log[log.index("{"):])  # the JSON it printed (no eighth file in OUT)
+    assert costs["device"] == "cpu" and 0 < costs["python_rate_while_writing"] < 2
     assert not (tmp_path / "out" / "loop_swvit.txt").exists()
 
 
