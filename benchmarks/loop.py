@@ -40,6 +40,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -256,11 +257,12 @@ class LoopProfile:
                     setattr(owner, name, value)
 
     def _counting(self, call: str, fn: Callable) -> Callable:
-        device_type = self.device.type
+        device_type, loop = self.device.type, threading.get_ident()  # the loop's thread (not the checkpoint writer's)
 
         @functools.wraps(fn)
         def wrapper(tensor, *args, **kwargs):
-            if tensor.device.type == device_type and (device_type != "cpu" or self._part() != "data"):
+            if (threading.get_ident() == loop and tensor.device.type == device_type
+                    and (device_type != "cpu" or self._part() != "data")):
                 self.count_sync(call)
             return fn(tensor, *args, **kwargs)
 
@@ -455,7 +457,6 @@ def known_costs(folder: str | os.PathLike, *, model: str = "base", crop: int = 6
     ``python_rate_while_writing``: the main thread's pure-Python rate while the thread writes last.pt, over its
     rate alone (what the write's hold on the interpreter's lock leaves a loop that launches GPU kernels; 1: none)."""
     import statistics
-    import threading
 
     from asa.io import CheckpointWriter, save_checkpoint
     from asa.models import PRESETS, build_network

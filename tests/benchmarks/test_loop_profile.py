@@ -151,3 +151,16 @@ def test_known_costs_write_best_pt_without_adamw_state_in_a_third_of_the_bytes(t
                                                   "relative_update"}
     assert all(v >= 0 for v in r["wall_s"].values()) and not list((tmp_path / "costs").iterdir())
     assert 0 < r["python_rate_while_writing"] < 2
+
+
+def test_syncs_of_another_thread_are_not_the_loops():
+    import threading
+
+    profile = LoopProfile(torch.device("cpu"))
+    x = torch.ones(3)
+    with profile.installed():
+        profile.step_started()
+        other = threading.Thread(target=lambda: [x.sum().item() for _ in range(5)])  # as the checkpoint writer
+        profile.timed("step", lambda: (other.start(), other.join(), x.sum().item()))()
+        profile.step_started()
+    assert profile.summary(warmup=0, samples_per_step=1)["host_syncs_by_call"] == {"step:item": 1.0}
