@@ -74,6 +74,11 @@ class CheckpointWriter:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asa-checkpoint-writer")
         self._pending.append(self._pool.submit(_write_all, paths, snapshot, then))
 
+    def write(self, paths: list[Path], state: Mapping, then: Callable[[], object] | None = None) -> None:
+        """The same write, waited for (no copy): after every queued one."""
+        self.wait()
+        _write_all(paths, state, then)
+
     def close(self) -> BaseException | None:
         pending, self._pending = self._pending, []
         errors = [future.exception() for future in pending]  # each waited for, in order

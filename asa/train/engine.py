@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset
 
-from asa.io import CheckpointWriter, save_checkpoint
+from asa.io import CheckpointWriter
 from asa.models import compile_blocks
 from asa.models.zoo import network_spec
 
@@ -502,14 +502,7 @@ class Engine:
             paths = [self.ckpt_dir / name for name in names]
             keep = self.cfg.keep_last
             prune = (lambda: prune_step_checkpoints(self.ckpt_dir, keep)) if keep > 0 else None
-            if wait:
-                self._writer.wait()
-                for path in paths:
-                    save_checkpoint(path, state)
-                if prune is not None:
-                    prune()
-            else:
-                self._writer.submit(paths, state, then=prune)
+            (self._writer.write if wait else self._writer.submit)(paths, state, then=prune)
             self.log.flush()  # what the checkpoint holds, TensorBoard shows (also after SIGKILL)
         barrier(self.env)
         if "last.pt" in names:
