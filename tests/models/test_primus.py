@@ -163,3 +163,13 @@ def test_model_primus_pretrains_exports_and_fine_tunes(tmp_path):
     with pytest.raises(ValueError, match=r"(?s)shape mismatch loading .*eva.pos_embed"):  # another crop: refused
         build_from_config({"arch": "primus", "size": "tiny", "pretrained": str(run / "checkpoints" / "encoder.pt")},
                           {}, in_channels=1, out_channels=4, crop=48)
+
+
+def test_torchvision_imports_with_its_missing_ops_skipped_and_the_registration_restored():
+    import importlib
+
+    from asa.models.torchvision_ops import import_torchvision
+    real = torch.library.register_fake
+    import_torchvision()
+    assert torch.library.register_fake is real
+    assert importlib.import_module("timm.layers") is not None  # timm imports torchvision

@@ -10,7 +10,6 @@ which asa's other networks do without."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from asa.models.declared import Capabilities
 from asa.models.keys import encoder_keys
 from asa.models.registry import NetworkSettings, record_spec, register_network
 from asa.models.road import pretrains
+from asa.models.torchvision_ops import import_torchvision
 from asa.models.weights import load_weights
 
 __all__ = ["DEFAULT_SIZE", "PRIMUS_SIZES", "POS_MODES", "TOPOLOGY", "PrimusNet", "PrimusOptions", "PrimusSettings", "dna_class",
@@ -45,34 +45,10 @@ PRIMUS_SIZES: dict[str, dict[str, int]] = {
 DEFAULT_SIZE = "B"
 
 
-@functools.cache
-def _torchvision_without_its_ops() -> None:
-    """Import torchvision where its C ops do not load (a build for another torch, e.g. a CUDA wheel beside a CPU
-    torch): its import raises registering fake kernels of those ops, which are skipped here, so that its Python
-    parts (all timm reads) import. Where torchvision imports, nothing changes."""
-    real = torch.library.register_fake
-
-    def lenient(op: Any, func: Any = None, /, **kwargs: Any) -> Any:
-        def apply(fn: Any) -> Any:
-            try:
-                return real(op, fn, **kwargs)
-            except RuntimeError:  # the op is not there: torchvision's C library did not load
-                return fn
-        return apply if func is None else apply(func)
-
-    torch.library.register_fake = lenient
-    try:
-        import torchvision  # noqa: F401
-    except (ImportError, RuntimeError):
-        pass  # timm's own import says what is wrong
-    finally:
-        torch.library.register_fake = real
-
-
 def dna_class(name: str) -> type[nn.Module]:
     """dynamic-network-architectures' ``Primus`` or ``Eva``, imported (refused, saying why, where timm does not)."""
     try:
-        _torchvision_without_its_ops()
+        import_torchvision()
         from dynamic_network_architectures.architectures.primus import Primus
         from dynamic_network_architectures.building_blocks.eva import Eva
     except (ImportError, RuntimeError) as err:  # timm imports torchvision
