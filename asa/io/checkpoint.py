@@ -5,6 +5,7 @@ import copy
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -219,7 +220,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
     try:
-        with _numpy_scalars_allowed():
+        with _numpy_scalars_allowed(), warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
             state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         if (callable_ := refused_callable(err)) is None:
@@ -237,6 +239,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         if zipfile.is_zipfile(path):
             raise CheckpointError(f"checkpoint {path}: unreadable or corrupt ({type(err).__name__}: {err})") from err
         raise CheckpointError(_plain_pickle(path, err) or _not_a_checkpoint(path)) from err
+    for warning in said:  # torch's warnings on a file it read; on a refused one asa's error is the first word
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path}: expected a dict at the top level, got {type(state).__name__}")
     return state

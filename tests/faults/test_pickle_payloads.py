@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -120,3 +123,28 @@ def test_model_pretrained_and_resume(payload, old_run):
     with pytest.raises(OptionError, match=_refusal(last)):
         old_run.train(2, True)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_no_torch_warning_precedes_the_refusal(tmp_path, protocol):
+    """torch's weights-only loader warns of a pickle protocol other than 2 before it refuses the file: that warning
+    (addressed to torch's developers) is not shown, so asa's refusal is the user's first line."""
+    marker, path = tmp_path / "pwned", tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"model": _System(marker)}, protocol=protocol))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match=_refusal(path)):
+            load_checkpoint(path)
+    assert [str(w.message) for w in said] == []
+    assert not marker.exists()
+
+
+def test_the_console_s_first_line_is_the_refusal(tmp_path):
+    marker, path = tmp_path / "pwned", tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"model": _System(marker)}, protocol=5))
+    proc = subprocess.run([sys.executable, "-m", "asa.cli.export", str(path), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONWARNINGS="always"))
+    assert proc.returncode == 2, proc.stderr
+    first = proc.stderr.strip().splitlines()[0]
+    assert first.startswith("[asa-export] refused: ") and re.search(_refusal(path), first), proc.stderr
+    assert not marker.exists() and not (tmp_path / "out").exists()
