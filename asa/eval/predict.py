@@ -25,7 +25,7 @@ from asa.data import (
 from asa.data.preprocessing import PERCENTILES, run_percentiles
 from asa.eval.inference import predict_volume
 from asa.formats.onnx import OnnxNetwork, onnx_state
-from asa.io import Volume, VolumeError, is_nifti, load_checkpoint, prediction_path, probabilities_path, strip_nifti
+from asa.io import Volume, VolumeError, is_nifti, is_temporary, load_checkpoint, prediction_path, probabilities_path, strip_nifti
 from asa.models import build_network, capabilities, channels_last_inference, compile_blocks, input_size
 from asa.models.registry import NETWORK_KINDS, current_spec
 
@@ -181,7 +181,7 @@ def gather_cases(inputs: str | Path | Sequence[str | Path], task: Task, layout: 
         if layout != "files":
             cases = discover(layout, root, require_labels=False, validate="header", on_bad_case=on_bad_case)
             return _with_channels(cases, task, f"input={root} (layout {layout})")
-        files = sorted(p for p in root.iterdir() if is_nifti(p))
+        files = sorted(p for p in root.iterdir() if is_nifti(p) and not is_temporary(p))
         if not files:
             raise FileNotFoundError(f"input {root}: no dataset layout recognised and no .nii/.nii.gz files in it")
         return cases_from_files(files, task)

@@ -17,7 +17,7 @@ _LAZY = {
     "is_model_folder": "asa.io.hub", "load_model_folder": "asa.io.hub", "read_weights": "asa.io.hub",
     "write_model_folder": "asa.io.hub",
     "NIFTI_SUFFIXES": "asa.io.nifti", "PREDICTION_SUFFIX": "asa.io.nifti", "find_nifti": "asa.io.nifti",
-    "is_nifti": "asa.io.nifti", "nifti_suffix": "asa.io.nifti", "prediction_path": "asa.io.nifti",
+    "is_nifti": "asa.io.nifti", "is_temporary": "asa.io.nifti", "nifti_suffix": "asa.io.nifti", "prediction_path": "asa.io.nifti",
     "probabilities_path": "asa.io.nifti", "strip_nifti": "asa.io.nifti",
     "Volume": "asa.io.volume", "VolumeError": "asa.io.volume", "decode_nifti": "asa.io.volume",
     "load_volume": "asa.io.volume", "read_nifti": "asa.io.volume", "save_volume": "asa.io.volume",
@@ -26,7 +26,7 @@ _LAZY = {
 __all__ = [
     "CheckpointError", "CheckpointWriter", "WriteError", "atomic_path", "atomic_write_bytes", "atomic_write_json",
     "atomic_write_text", "default_file_mode", "load_checkpoint", "save_checkpoint",
-    "NIFTI_SUFFIXES", "PREDICTION_SUFFIX", "find_nifti", "is_nifti", "nifti_suffix", "prediction_path",
+    "NIFTI_SUFFIXES", "PREDICTION_SUFFIX", "find_nifti", "is_nifti", "is_temporary", "nifti_suffix", "prediction_path",
     "probabilities_path", "strip_nifti",
     "SAFETENSORS_SUFFIX", "load_export_safetensors", "read_weights", "save_export_safetensors",
     "is_model_folder", "load_model_folder", "write_model_folder",

@@ -4,11 +4,12 @@ where a case's prediction is written."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = [
-    "NIFTI_SUFFIXES", "PREDICTION_SUFFIX", "nifti_suffix", "is_nifti", "strip_nifti", "find_nifti",
+    "NIFTI_SUFFIXES", "PREDICTION_SUFFIX", "nifti_suffix", "is_nifti", "is_temporary", "strip_nifti", "find_nifti",
     "prediction_path", "probabilities_path",
 ]
 
@@ -28,6 +29,19 @@ def nifti_suffix(path: str | os.PathLike) -> str:
 def is_nifti(path: str | os.PathLike) -> bool:
     """Whether the file name ends in ``.nii`` or ``.nii.gz`` (in any case)."""
     return bool(nifti_suffix(path))
+
+
+# a ``.tmp``, ``.temp``, ``.part`` or ``.partial`` part of a name, digits allowed (``x.nii.gz.tmp3``, ``x.part.nii.gz``)
+_TEMPORARY_PART = re.compile(r"\.(?:tmp|temp|part|partial)\d*(?=\.|~|$)", re.IGNORECASE)
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether a file or folder name is a hidden or temporary one, never data, which every data discovery skips: a
+    dot-name (asa's own temporaries ``.<name>.<random>.tmp.nii.gz``, asa-prepare's ``.<name>.part.nii.gz``, macOS's
+    ``._<name>``, NFS's ``.nfs<id>``, ``.git``), an editor's backup (``<name>~``) or a name with a ``.tmp``,
+    ``.temp``, ``.part`` or ``.partial`` part (``<name>.nii.gz.tmp``, ``<name>.part.nii.gz``)."""
+    name = Path(path).name
+    return name.startswith(".") or name.endswith("~") or _TEMPORARY_PART.search(name) is not None
 
 
 def strip_nifti(name: str) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from asa.data.case import Case
 from asa.io import atomic_write_json
 from asa.data.layouts import pretrain, segmentation  # noqa: F401  (register the adapters)
-from asa.data.layouts.base import ADAPTERS, PATTERNS, CaseError, Problem, check_case
+from asa.data.layouts.base import ADAPTERS, PATTERNS, CaseError, Problem, check_case, found_under
 from asa.data.layouts.names import LAYOUTS, PRETRAIN_LAYOUTS, SEGMENTATION_LAYOUTS
 
 __all__ = ["discover", "detect_layout", "skipped_report", "LAYOUTS", "PRETRAIN_LAYOUTS", "SEGMENTATION_LAYOUTS", "CaseError", "Problem"]
@@ -124,21 +124,26 @@ def _check_cases(cases: Sequence[Case], label_values: tuple[int, ...] | None, va
 
 
 def detect_layout(root: str | Path) -> str:
-    """Guess the layout of ``root`` from its files (raises ValueError when nothing matches)."""
+    """Guess the layout of ``root`` from its files (raises ValueError when nothing matches); hidden and temporary
+    files (`asa.io.is_temporary`) tell nothing."""
     root = Path(root).expanduser()
     if root.is_file():
         return "filelist"
+
+    def any_of(*patterns: str, recursive: bool = False) -> bool:
+        return any(found_under(root, (root.rglob if recursive else root.glob)(p)) for p in patterns)
+
     if (root / "dataset.json").is_file() and (root / "imagesTr").is_dir():
         return "msd"
-    if any((root / "subjects").glob("sub-*/ses-*/t1_linear")) or any(root.glob("sub-*/ses-*/t1_linear")):
+    if any_of("subjects/sub-*/ses-*/t1_linear", "sub-*/ses-*/t1_linear"):
         return "caps"
-    if any(root.glob("sub-*/anat/*_T1w.nii*")) or any(root.glob("sub-*/ses-*/anat/*_T1w.nii*")):
+    if any_of("sub-*/anat/*_T1w.nii*", "sub-*/ses-*/anat/*_T1w.nii*"):
         return "bids"
-    if any(root.rglob("*_ana_strip.nii*")):
+    if any_of("*_ana_strip.nii*", recursive=True):
         return "ibsr"
-    if any(root.rglob("pre/FLAIR.nii*")):
+    if any_of("pre/FLAIR.nii*", recursive=True):
         return "wmh"
-    if any(root.rglob("*_flair.nii*")) or any(root.rglob("*_seg.nii*")):
+    if any_of("*_flair.nii*", "*_seg.nii*", recursive=True):
         return "brats"
     for name in ("files.csv", "files.tsv", "files.txt", "filelist.csv", "filelist.txt"):
         if (root / name).is_file():

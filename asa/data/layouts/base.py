@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,9 +12,9 @@ import numpy as np
 from asa.data.case import Case
 from asa.data.layouts.names import LAYOUTS
 from asa.data.preprocessing import PERCENTILES, brain_mask, flat_channels
-from asa.io import VolumeError, decode_nifti, load_volume, read_nifti
+from asa.io import VolumeError, decode_nifti, is_temporary, load_volume, read_nifti
 
-__all__ = ["CaseError", "Problem", "Found", "register", "ADAPTERS", "check_case"]
+__all__ = ["CaseError", "Problem", "Found", "register", "ADAPTERS", "check_case", "found_under"]
 
 
 class CaseError(ValueError):
@@ -59,6 +59,13 @@ def register(name: str, pattern: str) -> Callable[[Adapter], Adapter]:
         return fn
 
     return deco
+
+
+def found_under(root: Path, paths: Iterable[Path]) -> list[Path]:
+    """``paths`` (a glob of ``root``) without the hidden and temporary ones (`asa.io.is_temporary`: a dot-file such as
+    asa-prepare's ``.<name>.part.nii.gz`` or a file in a dot-folder, a ``.tmp`` part), sorted: what a layout may read
+    as data."""
+    return sorted(p for p in paths if not any(is_temporary(part) for part in p.relative_to(root).parts))
 
 
 def _grid(path: Path) -> tuple[tuple[int, ...], np.ndarray, nib.Nifti1Image]:

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from asa.data.case import Case
-from asa.data.layouts.base import Found, Problem, register
+from asa.data.layouts.base import Found, Problem, found_under, register
 from asa.io.nifti import is_nifti, strip_nifti
 
 _ENTITY = re.compile(r"(sub|ses|run|acq|rec)-([A-Za-z0-9]+)")
@@ -47,7 +47,7 @@ def _siblings(t1w: Path, case_id: str) -> dict[str, Path]:
     """The other contrasts of a ``*_T1w`` case in its folder: ``t2`` (``<id>_T2w``), ``flair``
     (``<id>_FLAIR``) and ``t1ce`` (``<id>`` with a ``ce-<label>`` entity, ``_T1w``)."""
     found = {}
-    for f in t1w.parent.iterdir():
+    for f in found_under(t1w.parent, t1w.parent.iterdir()):
         if not is_nifti(f.name) or f == t1w:
             continue
         stem = strip_nifti(f.name)
@@ -63,7 +63,7 @@ def bids(root: Path, *, require_labels: bool = False) -> Found:
     """BIDS raw: one case per ``*_T1w`` file without a ``ce`` entity; id = file name without ``_T1w``
     (keeps run/acq). Its channel ``t1``, plus ``t1ce`` / ``t2`` / ``flair`` where the folder holds the
     same name with a ``ce-<label>`` entity (``*_ce-gadolinium_T1w``), ``_T2w`` or ``_FLAIR`` instead."""
-    files = sorted({*root.glob("sub-*/anat/*_T1w.nii*"), *root.glob("sub-*/ses-*/anat/*_T1w.nii*")})
+    files = found_under(root, {*root.glob("sub-*/anat/*_T1w.nii*"), *root.glob("sub-*/ses-*/anat/*_T1w.nii*")})
     cases = []
     for f in files:
         if not is_nifti(f.name) or _CE.search(f.name):  # a contrast-enhanced T1 is a channel of its case
@@ -81,7 +81,7 @@ def caps(root: Path, *, require_labels: bool = False) -> Found:
     preferred over the uncropped one when both exist."""
     base = root / "subjects" if (root / "subjects").is_dir() else root
     by_session: dict[tuple[str, str], list[Path]] = {}
-    for f in sorted(base.glob("sub-*/ses-*/t1_linear/*_T1w.nii*")):
+    for f in found_under(base, base.glob("sub-*/ses-*/t1_linear/*_T1w.nii*")):
         by_session.setdefault((f.parts[-4], f.parts[-3]), []).append(f)
     cases = []
     for (sub, ses), files in sorted(by_session.items()):

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from asa.data.case import Case
-from asa.data.layouts.base import Found, Problem, register
+from asa.data.layouts.base import Found, Problem, found_under, register
 from asa.io.nifti import find_nifti, strip_nifti
 from asa.data.labels import get_task
 
@@ -21,7 +21,8 @@ def brats(root: Path, *, require_labels: bool = True) -> Found:
     """One case per folder holding ``<id>_{t1,t1ce,t2,flair}`` (+ ``<id>_seg``); searched recursively."""
     task = get_task("brats")
     pattern = re.compile(r"^(.+)_(t1|t1ce|t2|flair|seg)\.nii(\.gz)?$", re.IGNORECASE)
-    folders = sorted({f.parent for f in root.rglob("*.nii*") if pattern.match(f.name) and pattern.match(f.name).group(1) == f.parent.name})
+    folders = sorted({f.parent for f in found_under(root, root.rglob("*.nii*"))
+                      if pattern.match(f.name) and pattern.match(f.name).group(1) == f.parent.name})
     cases, problems = [], []
     for d in folders:
         cid = d.name
@@ -46,7 +47,7 @@ def brats(root: Path, *, require_labels: bool = True) -> Found:
 def ibsr(root: Path, *, require_labels: bool = True) -> Found:
     task = get_task("ibsr")
     cases, problems = [], []
-    for d in sorted(p for p in root.rglob("IBSR_*") if p.is_dir()):
+    for d in found_under(root, (p for p in root.rglob("IBSR_*") if p.is_dir())):
         cid = d.name
         image = find_nifti(d, f"{cid}_ana_strip")
         label = find_nifti(d, f"{cid}_segTRI_ana")
@@ -64,7 +65,7 @@ def wmh(root: Path, *, require_labels: bool = True) -> Found:
     """Case id ``<site>_<id>`` (ids repeat across sites in the challenge data)."""
     task = get_task("wmh")
     cases, problems = [], []
-    for pre in sorted(p for p in root.rglob("pre") if p.is_dir()):
+    for pre in found_under(root, (p for p in root.rglob("pre") if p.is_dir())):
         d = pre.parent
         rel = d.relative_to(root).parts
         cid = "_".join(rel) if rel else d.name
@@ -94,7 +95,8 @@ def msd(root: Path, *, require_labels: bool = True) -> Found:
     cases, problems = [], []
     if "channel_names" in meta or not meta.get("training"):
         ending = meta.get("file_ending", ".nii.gz")
-        ids = sorted({f.name[: -len(ending) - 5] for f in images_dir.glob(f"*_[0-9][0-9][0-9][0-9]{ending}")})
+        ids = sorted({f.name[: -len(ending) - 5]
+                      for f in found_under(images_dir, images_dir.glob(f"*_[0-9][0-9][0-9][0-9]{ending}"))})
         for cid in ids:
             images, bad = {}, None
             for i, ch in enumerate(task.channels):
