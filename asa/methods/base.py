@@ -115,12 +115,12 @@ class PretrainingMethod(ABC):
 
     def probe_tokens(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Frozen-encoder features of ``x`` [B, C, D, H, W] as tokens [B, N, C'] on the patch grid of
-        `probe_patch_size`, for the probes; a method without them raises NotImplementedError."""
+        `probe_stride`, for the probes; a method without them raises NotImplementedError."""
         raise NotImplementedError(f"method {self.name} gives no encoder tokens to the probes")
 
-    @property
-    def probe_patch_size(self) -> int | None:
-        """Edge of the patches `probe_tokens` returns one token for; None: no probes."""
+    def probe_stride(self, model: nn.Module) -> int | None:
+        """Edge (voxels) of the patches `probe_tokens` returns one token for on ``model``, the network
+        `build_network` built; None: no probes."""
         return None
 
 

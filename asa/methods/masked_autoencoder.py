@@ -198,10 +198,10 @@ class MaskedAutoencoderPretraining(PretrainingMethod):
                      ) -> torch.Tensor:
         return families()[self.family].face.twin_tokens(unwrap(model), x, patch_regions).float()
 
-    @property
-    def probe_patch_size(self) -> int | None:
-        patch = self.context.model.get("patch_size")  # a token network's patch edge (a CNN's section has none)
-        return None if patch is None or families()[self.family].face is None else int(patch)
+    def probe_stride(self, model: nn.Module) -> int | None:
+        """The token stride of the family's face on the masked twin (a CNN's: its encoder's total stride)."""
+        face = families()[self.family].face
+        return None if face is None else face.twin_stride(unwrap(model))
 
 
 @register_method

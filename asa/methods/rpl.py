@@ -89,8 +89,7 @@ class BlockPuzzleMethod(PretrainingMethod):
         [B, N, E]."""
         return unwrap(model).encoder.encode(x).float()
 
-    @property
-    def probe_patch_size(self) -> int:
+    def probe_stride(self, model: nn.Module) -> int:
         return int(self.context.model["patch_size"])
 
 

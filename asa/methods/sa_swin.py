@@ -131,6 +131,5 @@ class SymmetryAwarePretraining(PretrainingMethod):
                      ) -> torch.Tensor:
         return swin_tokens(unwrap(model).swinViT, x).float()
 
-    @property
-    def probe_patch_size(self) -> int:
+    def probe_stride(self, model: nn.Module) -> int:
         return SWIN_PROBE_STRIDE

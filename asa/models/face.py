@@ -12,6 +12,7 @@ from torch import nn
 
 from asa.models.declared import crop_edges
 from asa.models.keys import encoder_keys
+from asa.models.registry import network_spec
 
 __all__ = ["EncoderFace", "Geometry", "StageTokens"]
 
@@ -48,6 +49,13 @@ class EncoderFace:
         if regions is not None:
             raise ValueError(f"{type(self).__name__}: the encoder reads no region map")
         return self.tokens(self.module(twin.get_submodule(encoder_keys(twin).module), twin), x)
+
+    def twin_stride(self, twin: nn.Module) -> int:
+        """The token stride (voxels) of :meth:`twin_tokens` on the masked twin ``twin``: the edge of the patches the
+        probes score during pretraining, read off the twin's encoder as :meth:`geometry` reads a file's."""
+        spec = network_spec(twin) or {}
+        module = self.module(twin.get_submodule(encoder_keys(twin).module), twin)
+        return self.geometry(module, spec, None, None, f"the masked twin {spec.get('arch', type(twin).__name__)}")[1]
 
 
 class StageTokens(EncoderFace):

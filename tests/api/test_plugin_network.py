@@ -19,7 +19,7 @@ import torch
 
 from asa.api import evaluate, export_model, finetune, predict, pretrain, probe
 from asa.formats.nnunet import NNUNET_PLANS, NNUNET_WEIGHTS
-from asa.api.config import compose_config
+from asa.api.config import compose_config, load_config
 from asa.api.machinery.networks import build_from_config
 from asa.data import discover, write_demo_dataset
 from asa.io.hub import NNSSL_CHECKPOINT
@@ -184,6 +184,35 @@ def test_a_plugin_network_is_fine_tuned_predicted_and_fine_tuned_from_its_own_ru
     assert saved and all(torch.equal(v, saved[k]) for k, v in net.encoder.state_dict().items())
 
 
+# each family's smallest masked twin; the plug-in's stages stride 1, 2, 2: probe tokens at stride 4
+DEFAULT_PROBE_RUNS = {"resenc": (["model=resenc", "model.size=tiny"], 8), "primus": (["model=primus", "model.size=tiny"], 8),
+                      "plain_unet": (["model=plain_unet", "model.features=2", "model.mask_block=8"], 4)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", DEFAULT_PROBE_RUNS)
+def test_every_family_pretrains_with_the_default_probe_in_tensorboard(installed, tmp_path, family):
+    """The frozen-encoder probe is on by default for a CNN family too: its tokens are the encoder face's, one per
+    patch of the face's stride (the bottleneck of a U-Net), scored on the default probe set, logged to TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from asa.api.machinery.pretraining import _method
+
+    overrides, stride = DEFAULT_PROBE_RUNS[family]
+    cfg = load_config("pretrain", *overrides, "method=mae", "data.crop=32", "data.demo.size=40", "data.demo.cases=4",
+                      f"data.demo.cache_dir={tmp_path / 'cache'}", "trainer=smoke", "trainer.max_steps=1",
+                      "trainer.panel_every=0", f"output_dir={tmp_path / 'pre'}", "device=cpu", "trainer.amp=off")
+    method = _method(cfg)
+    assert method.probe_stride(method.build_network()) == stride
+    pretrain(cfg)
+    events = EventAccumulator(str(tmp_path / "pre" / "tb"))
+    events.Reload()
+    logged = {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    probe_tags = {"probe/r2_CSF", "probe/r2_GM", "probe/r2_WM", "probe/r2_mean", "probe/knn_acc"}
+    assert probe_tags <= set(logged), sorted(logged)
+    assert all(0 <= v <= 1 for v in logged["probe/knn_acc"]) and all(v <= 1 for v in logged["probe/r2_mean"])
+
+
 def _nnunet_takes_it(export, encoder) -> None:
     """nnU-Net's own plans reader builds the network of the exported configuration (a PlainConvUNet, as the family
     declares) and its own ``-pretrained_weights`` loader fills it: every encoder tensor is the export's."""
@@ -214,7 +243,6 @@ def test_a_plugin_network_is_pretrained_by_its_masked_twin_exported_and_fine_tun
     pretrain(compose_config("pretrain", [
         "model=plain_unet", "model.features=2", "model.mask_block=8", "method=mae", "data.crop=32", "data.demo.size=40",
         "data.demo.cases=4", f"data.demo.cache_dir={tmp_path / 'cache'}", "trainer=smoke", "trainer.max_steps=2",
-        "probe.every=0",
         f"output_dir={pre}", "device=cpu", "trainer.amp=off"]))
     export = tmp_path / "export"
     export_model(pre / "checkpoints" / "last.pt", export)

@@ -22,7 +22,7 @@ def test_mae_is_uniform_and_asa_attentive_on_resenc():
     net = asa.build_network()
     assert net.network_arch == "resenc_pretrain" and net.loss_weighting == "attentive"
     assert net.mirror_visible is None and not net.coord_channel  # symmetry off unless asked
-    assert asa.probe_patch_size is None
+    assert asa.probe_stride(net) == 8  # the probes' tokens: the bottleneck of a 32³ crop, strides 1, 2, 2, 2
     # the export keeps the keys the network declares (key_to_encoder, key_to_stem): its encoder module, whole
     prefixes = encoder_keys(net).prefixes
     assert prefixes == (f"{net.key_to_encoder}.", f"{net.key_to_stem}.")

@@ -17,9 +17,9 @@ def test_sa_swin_probe_tokens_are_the_stride_8_swin_stage(tmp_path):
     root = write_demo_dataset("ibsr", tmp_path / "ibsr", cases=2, size=32, seed=2)
     cfg = load_config("pretrain", "experiment=sa_swin", "data.crop=32", f"probe.data={root}", "probe.cases=2", *SIZES)
     method = _method(cfg)
-    assert method.probe_patch_size == 8
     torch.manual_seed(0)
     net = method.build_network().eval()
+    assert method.probe_stride(net) == 8
     x = torch.randn(2, 1, 32, 32, 32)
     tokens = method.probe_tokens(net, x)
     assert tokens.shape == (2, 4 ** 3, 4 * 12)  # (32 / 8)^3 tokens of 4 * feature_size channels
@@ -27,7 +27,7 @@ def test_sa_swin_probe_tokens_are_the_stride_8_swin_stage(tmp_path):
     stage = net.swinViT(x, normalize=True)[2]  # [2, 48, 4, 4, 4]
     assert torch.equal(tokens[1, 1 * 16 + 2 * 4 + 3], stage[1, :, 1, 2, 3])
     assert torch.equal(tokens, swin_tokens(net.swinViT, x))
-    metrics = _probe(cfg, method)(net)
+    metrics = _probe(cfg, method, 8)(net)
     assert set(metrics) == {"probe/r2_CSF", "probe/r2_GM", "probe/r2_WM", "probe/r2_mean", "probe/knn_acc"}
     assert all(v == v for v in metrics.values())  # finite: the probe set has every class
 

@@ -42,9 +42,10 @@ def _method(cfg: PretrainConfig) -> PretrainingMethod:
     return cls(settings, context)
 
 
-def _probe(cfg: PretrainConfig, method: PretrainingMethod, regions=None):
-    """probe(model) -> probe metrics (asa.eval.probe) of ``method``'s encoder tokens on ``cfg.probe``'s
-    labeled cases, or None when off; ``regions``: the region source of an encoder with region attention."""
+def _probe(cfg: PretrainConfig, method: PretrainingMethod, stride: int, regions=None):
+    """probe(model) -> probe metrics (asa.eval.probe) of ``method``'s encoder tokens, one per patch of edge
+    ``stride``, on ``cfg.probe``'s labeled cases, or None when off; ``regions``: the region source of an encoder
+    with region attention."""
     pc = cfg.probe
     if pc.every < 1:
         return None
@@ -65,7 +66,7 @@ def _probe(cfg: PretrainConfig, method: PretrainingMethod, regions=None):
     cases = [c for c in discover(layout, root) if c.label is not None][: pc.cases]
     try:
         probe_set = build_probe_set(cases, task, size=int(cfg.data.crop), channels=list(cfg.data.channels),
-                                    patch_size=method.probe_patch_size, regions=regions)
+                                    patch_size=stride, regions=regions)
     except ValueError as err:
         raise ValueError(f"probe.data={pc.data}: {err}. Point probe.data at a labeled folder with the pretraining "
                          f"channels, or turn the probes off with probe.every=0") from err
@@ -117,14 +118,15 @@ class PretrainJob(TrainingJob):
     def network(self, run: JobRun, splits) -> torch.nn.Module:
         cfg, method = run.cfg, self.method
         model = method.build_network()
-        self.probe_every = cfg.probe.every if method.probe_patch_size else 0
+        stride = method.probe_stride(model)
+        self.probe_every = cfg.probe.every if stride else 0
         monitor = cfg.trainer.monitor
         if monitor.startswith("probe/") and self.probe_every != 1:
             raise ValueError(f"trainer.monitor={monitor} needs a probe in every validation round: "
                              f"set probe.every=1 (it is {self.probe_every}"
-                             + ("" if method.probe_patch_size else f"; method={method.name} gives the probes no "
-                                "encoder tokens") + ")")
-        self.probe = None if self.probe_every < 1 else _probe(cfg, method, self.regions if self.needs.network else None)
+                             + ("" if stride else f"; method={method.name} gives the probes no encoder tokens") + ")")
+        self.probe = None if self.probe_every < 1 else _probe(cfg, method, stride,
+                                                              self.regions if self.needs.network else None)
         return model
 
     def cases(self, run: JobRun, cases: list) -> list:

@@ -42,6 +42,9 @@ class SWViTTokens(EncoderFace):
         ids = torch.arange(twin.num_patches, device=x.device).expand(x.shape[0], -1)
         return twin.forward_encoder(x, ids, regions)
 
+    def twin_stride(self, twin: nn.Module) -> int:
+        return int(twin.patch_size)  # region attention too: the twin's probes feed its region map
+
     def geometry(self, module: nn.Module, spec: Mapping[str, Any], state: Mapping | None, crop: int | None,
                  where: str) -> Geometry:
         if module.encoder.uses_regions:
