@@ -10,6 +10,7 @@ from asa.io.lazy import lazy_names
 _LAZY = {
     "WriteError": "asa.io.atomic", "atomic_path": "asa.io.atomic", "atomic_write_bytes": "asa.io.atomic",
     "atomic_write_json": "asa.io.atomic", "atomic_write_text": "asa.io.atomic", "default_file_mode": "asa.io.atomic",
+    "describe_write_failure": "asa.io.atomic", "is_atomic_temporary": "asa.io.atomic",
     "CheckpointError": "asa.io.checkpoint", "CheckpointWriter": "asa.io.checkpoint",
     "load_checkpoint": "asa.io.checkpoint", "save_checkpoint": "asa.io.checkpoint",
     "SAFETENSORS_SUFFIX": "asa.io.export_safetensors", "load_export_safetensors": "asa.io.export_safetensors",
@@ -25,7 +26,7 @@ _LAZY = {
 
 __all__ = [
     "CheckpointError", "CheckpointWriter", "WriteError", "atomic_path", "atomic_write_bytes", "atomic_write_json",
-    "atomic_write_text", "default_file_mode", "load_checkpoint", "save_checkpoint",
+    "atomic_write_text", "default_file_mode", "describe_write_failure", "is_atomic_temporary", "load_checkpoint", "save_checkpoint",
     "NIFTI_SUFFIXES", "PREDICTION_SUFFIX", "find_nifti", "is_nifti", "is_temporary", "nifti_suffix", "prediction_path",
     "probabilities_path", "strip_nifti",
     "SAFETENSORS_SUFFIX", "load_export_safetensors", "read_weights", "save_export_safetensors",

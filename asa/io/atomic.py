@@ -20,8 +20,8 @@ from typing import Any
 
 from asa.io.nifti import nifti_suffix
 
-__all__ = ["WriteError", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-           "default_file_mode"]
+__all__ = ["WriteError", "atomic_path", "describe_write_failure", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
+           "default_file_mode", "is_atomic_temporary"]
 
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 _NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
@@ -31,11 +31,20 @@ _NUMPY_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")  # numpy's OSE
 _LOW_SPACE = 64 * 2**20
 
 
+# `atomic_path`'s temporary names: ".<name>.<tempfile.mkstemp's 8 random characters>.tmp<the name's suffix>"
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(?P<suffix>(?:\.[^.]+)*)$")
+
+
 class WriteError(OSError):
-    """A file could not be written; the message names the folder and the cause (no space, read-only)."""
+    """A file could not be written; the message names the folder and the cause (no space, read-only). ``folder``: the
+    folder; ``cause``: the cause alone (``read-only file system``, ``no space left (12 MiB free)``)."""
+
+    def __init__(self, code: int, message: str, *, folder: Path | None = None, cause: str = "") -> None:
+        super().__init__(code, message)
+        self.folder, self.cause = folder, cause or message
 
 
-def _describe_write_failure(err: BaseException, path: Path) -> WriteError | None:
+def describe_write_failure(err: BaseException, path: Path) -> WriteError | None:
     """A `WriteError` naming ``path``'s folder and the cause for a failed write, or None when ``err`` is
     not a write failure."""
     folder = path.parent
@@ -51,12 +60,14 @@ def _describe_write_failure(err: BaseException, path: Path) -> WriteError | None
     if code in _NO_SPACE or (short and free is not None and free < _LOW_SPACE):
         left = "" if free is None else f", {free / 2**20:.0f} MiB free"
         return WriteError(errno.ENOSPC, f"no space left on {folder} (writing {path.name}{left}); free some space "
-                                        f"or write elsewhere. A previous {path.name}, if any, is intact")
+                                        f"or write elsewhere. A previous {path.name}, if any, is intact",
+                          folder=folder, cause=f"no space left (writing {path.name}{left})")
     if code in _NOT_WRITABLE:
         return WriteError(code, f"cannot write in {folder}: {os.strerror(code).lower()} (a read-only folder?); "
-                                "choose a folder you can write to")
-    return WriteError(errno.EIO, f"writing {path} failed ({str(err).strip().splitlines()[-1]}); "
-                                 f"a previous {path.name}, if any, is intact")
+                                "choose a folder you can write to", folder=folder, cause=os.strerror(code).lower())
+    failed = str(err).strip().splitlines()[-1]
+    return WriteError(errno.EIO, f"writing {path} failed ({failed}); a previous {path.name}, if any, is intact",
+                      folder=folder, cause=f"writing {path.name} failed ({failed})")
 
 
 def _umask() -> int:
@@ -105,7 +116,7 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     except OSError as err:
-        raise (_describe_write_failure(err, path) or err) from err
+        raise (describe_write_failure(err, path) or err) from err
     os.close(fd)
     tmp = Path(name)
     try:
@@ -118,7 +129,7 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:
-        described = _describe_write_failure(err, path)
+        described = describe_write_failure(err, path)
         if described is None:
             raise
         raise described from err
@@ -126,6 +137,13 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
         if tmp.exists():
             tmp.unlink()
     _fsync_dir(path.parent)
+
+
+def is_atomic_temporary(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named as `atomic_path` names its temporary files (``.last.pt.k3j9x_2a.tmp.pt``): what a
+    process killed during a write leaves beside the file it was writing."""
+    found = _TEMPORARY.match(Path(path).name)
+    return found is not None and found["name"].endswith(found["suffix"])
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -11,14 +11,12 @@ A resumed run keeps ``config.yaml`` as first written and appends what changed to
 from __future__ import annotations
 
 import datetime
-import errno
 import json
 import os
 import re
 import shlex
 import socket
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,9 @@ from omegaconf import OmegaConf
 
 from asa.api.configuration.compat import added_settings, current_config, moved_key, removed_key, version_refusal
 from asa.api.configuration.schema import pretrain_family
-from asa.io import atomic_write_text
+from asa.io import atomic_write_text, is_atomic_temporary, is_temporary
+from asa.io.atomic import WriteError
+from asa.io.writable import CANNOT_WRITE, cannot_write, check_writable as io_check_writable
 from asa.train.checkpoint import flatten
 from asa.train.distributed import DistEnv, all_gather_objects
 from asa.train.environment import record_environment
@@ -124,33 +124,18 @@ def _with_output_dir(cmd: str, out_dir: Path) -> str:
     return " ".join([*(shlex.quote(p) for p in parts), override("output_dir", out_dir)])
 
 
-_CANNOT_WRITE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC)
-
-
 def _cannot_write(option: str, folder: Path, err: OSError) -> RunDirError:
     """The refusal of a folder that cannot be created or written (read-only, no permission, disk full)."""
-    return RunDirError(f"{option}={folder}: cannot write there ({os.strerror(err.errno).lower()}"
-                       f"{'; a read-only folder?' if err.errno != errno.ENOSPC else ''}); choose another {option}")
+    return RunDirError(cannot_write(option, folder, err))
 
 
 def check_writable(folder: str | os.PathLike, option: str) -> None:
-    """Refuse (`RunDirError`, as `prepare_run_dir` refuses its ``output_dir``) a folder a job cannot write:
-    a file is created and removed in ``folder``, or in its nearest existing parent when it does not
-    exist yet (the folder itself is not created: a refusal leaves nothing behind)."""
-    folder = Path(folder)
-    probe_in = folder
-    while not probe_in.exists() and probe_in.parent != probe_in:
-        probe_in = probe_in.parent
-    if not probe_in.is_dir():
-        return  # a file in the way: the caller's own checks name it
+    """Refuse (`RunDirError`, as `prepare_run_dir` refuses its ``output_dir``) a folder a job cannot write
+    (`asa.io.writable.check_writable`: nothing is created)."""
     try:
-        fd, name = tempfile.mkstemp(prefix=".asa-write-check.", dir=probe_in)
-    except OSError as err:
-        if err.errno in _CANNOT_WRITE:
-            raise _cannot_write(option, folder, err) from None
-        raise
-    os.close(fd)
-    os.unlink(name)
+        io_check_writable(folder, option)
+    except WriteError as err:
+        raise RunDirError(err.strerror) from None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -279,9 +264,26 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+def _sweep_temporaries(out_dir: Path, lock: RunLock) -> None:
+    """Remove from ``out_dir/checkpoints`` the temporary files of checkpoint writes that a killed process left
+    (SIGKILL, a lost node): named as asa's atomic writer names them and older than ``lock``, which this job holds, so
+    no job is writing them now. Said in one line."""
+    folder = out_dir / "checkpoints"
+    if not folder.is_dir():
+        return
+    since = lock.path.stat().st_mtime
+    litter = sorted(p for p in folder.iterdir()
+                    if is_atomic_temporary(p) and p.is_file() and p.stat().st_mtime < since)
+    for path in litter:
+        path.unlink(missing_ok=True)
+    if litter:
+        print(f"[asa] removed {len(litter)} temporary file(s) that an interrupted checkpoint write left in {folder} "
+              f"({', '.join(p.name for p in litter)})", file=sys.stderr, flush=True)
+
+
 def _checkpoints(out_dir: Path) -> list[Path]:
     folder = out_dir / "checkpoints"
-    return sorted(folder.glob("*.pt")) if folder.is_dir() else []
+    return sorted(p for p in folder.glob("*.pt") if not is_temporary(p)) if folder.is_dir() else []
 
 
 def _resume_mode(resume: Any) -> str | Path:
@@ -374,11 +376,14 @@ def _check(out_dir: Path, *, app: str, resume: Any, overwrite: bool, run_config:
         lock.acquire(command)
         print(f"[asa] overwrite=true: moved the previous run to {moved_to}", file=sys.stderr, flush=True)
     if resume_from is None:
+        _sweep_temporaries(out_dir, lock)
         return None, moved_to
     _check_saved_config(out_dir / "config.yaml")
     family = pretrain_family(run_config.get("model")) if app == "asa-pretrain" and "model" in run_config else None
-    return (check_training_checkpoint(resume_from, run_config, compat_keys, moved=moved_key, current=current_config,
-                                      removed=removed_key, added=added_settings, family=family, app=app), moved_to)
+    point = check_training_checkpoint(resume_from, run_config, compat_keys, moved=moved_key, current=current_config,
+                                      removed=removed_key, added=added_settings, family=family, app=app)
+    _sweep_temporaries(out_dir, lock)  # the run goes ahead
+    return point, moved_to
 
 
 def prepare_run_dir(
@@ -406,7 +411,7 @@ def prepare_run_dir(
             resume_point, moved_to = _check(out_dir, app=app, resume=resume, overwrite=overwrite,
                                             run_config=run_config, compat_keys=compat_keys, lock=lock, command=command)
         except Exception as err:
-            if isinstance(err, OSError) and err.errno in _CANNOT_WRITE:
+            if isinstance(err, OSError) and err.errno in CANNOT_WRITE:
                 err = _cannot_write("output_dir", out_dir, err)
             if lock is not None:
                 lock.release()
