@@ -1,9 +1,9 @@
 """Whole-volume inference: Gaussian-blended sliding windows with optional flip test-time augmentation.
 
-For networks with a patch lattice (`asa.models.ASASegmenter`: ``patch_size`` and
-``reference_grid``) the windows start on the brain frame's lattice (`asa.data.lattice`) and, in the
-brain frame, the network receives each window's patch offset from the reference grid, exactly as
-in training. Every other network is tiled as nnU-Net tiles (`nnunet_starts`): the windows cover the
+One engine per network kind. A network with a patch lattice (`asa.models.ASASegmenter`: ``patch_size`` and
+``reference_grid``) is tiled by MONAI's windows starting on the brain frame's lattice (`blend_lattice`,
+`asa.data.lattice`) and, in the brain frame, receives each window's patch offset from the reference grid, exactly as
+in training. Every other network is tiled as nnU-Net tiles (`blend_box`): the windows cover the
 box of the image's non-zero voxels, their logits are blended and flipped back before the
 activation, so the network's nnU-Net export (``asa-export --format nnunet-results``) predicts what
 asa does (docs/weights-elsewhere.md).
@@ -165,63 +165,73 @@ def predict_volume(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     activation = torch.sigmoid if multilabel else (lambda t: torch.softmax(t, dim=1))
     declared = capabilities(model)
-    lattice, with_offsets = declared.lattice, declared.lattice is not None and declared.offsets
-    origin = np.zeros(3, dtype=np.int64)  # the reference grid's origin in the padded volume (lattice networks)
     # amp_dtype None keeps the caller's precision (the engine's validation autocast), it does not force fp32
     precision = contextlib.nullcontext() if amp_dtype is None else torch.autocast(device.type, dtype=amp_dtype)
 
-    def logits(window: torch.Tensor, coords: list | None = None) -> torch.Tensor:
-        kwargs = {}
-        if coords is not None:
-            starts = torch.tensor([[s.start for s in c[2:]] for c in coords], dtype=torch.int64)  # [B, 3]
-            rel = starts - torch.as_tensor(origin)
-            if (rel % lattice[0]).any():
-                raise RuntimeError(f"sliding window starts {starts.tolist()} are off the patch lattice "
-                                   f"(reference origin {origin.tolist()}, patch {lattice[0]})")
-            kwargs["offsets"] = (rel // lattice[0]).to(device)
+    def logits(window: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        kwargs = {} if offsets is None else {"offsets": offsets.to(device)}
         if regions is not None:  # the region map rides along as the last channel
             window, kwargs["regions"] = window[:, :-1], window[:, -1:].round().long()
         with precision:
             return model(window, **kwargs).float()
 
-    def predictor(window: torch.Tensor, coords: list | None = None) -> torch.Tensor:
-        return activation(logits(window, coords))
-
     x = image[None].float()  # [1, C, X, Y, Z]
-    shape = x.shape[2:]
-    if lattice is not None:
-        centre = [float(c) for c in (brain_centre(brain_mask(image.cpu().numpy())) if centre is None else centre)]
-        box = reference_origin(centre, lattice[1])  # the reference grid's origin in the unflipped image
     if regions is not None:
         if regions.shape != (1, *image.shape[1:]):
             raise ValueError(f"regions must be [1, {', '.join(map(str, image.shape[1:]))}], got {list(regions.shape)}")
         x = torch.cat([x, regions[None].to(x.device, x.dtype)], dim=1)  # [1, C + 1, X, Y, Z]
     if sw_batch_size == "auto":
-        sw_batch_size = auto_sw_batch_size(lambda: predictor(x.new_zeros(1, x.shape[1], *roi_size).to(device)), device)
+        window = x.new_zeros(1, x.shape[1], *roi_size)
+        sw_batch_size = auto_sw_batch_size(lambda: activation(logits(window.to(device))), device)
     flips = flip_subsets(tta_axes)
-    if lattice is None:
+    if declared.lattice is None:
         box, blended = blend_box(x, logits, channels=image.shape[0], roi_size=roi_size, overlap=overlap,
                                  sw_batch_size=sw_batch_size, flips=flips, device=device)
-        out = torch.zeros(blended.shape[0], *shape)
+        out = torch.zeros(blended.shape[0], *x.shape[2:])
         if not multilabel:
             out[0] = 1.0  # outside the non-zero box: background, as nnU-Net writes it
         out[(slice(None), *box)] = activation(blended[None])[0]
         return out
+    centre = brain_centre(brain_mask(image.cpu().numpy())) if centre is None else centre
+    return blend_lattice(x, lambda w, o: activation(logits(w, o)), lattice=declared.lattice,
+                         offsets=declared.offsets, centre=[float(c) for c in centre], roi_size=roi_size,
+                         overlap=overlap, sw_batch_size=sw_batch_size, flips=flips, device=device)
+
+
+def blend_lattice(x: torch.Tensor, probabilities: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], *,
+                  lattice: tuple[int, tuple[int, int, int]], offsets: bool, centre: Sequence[float],
+                  roi_size: Sequence[int], overlap: float, sw_batch_size: int, flips: Sequence[tuple[int, ...]],
+                  device: torch.device) -> torch.Tensor:
+    """MONAI's Gaussian sliding window over x [1, C', X, Y, Z] for a lattice network (``lattice``: its patch and
+    reference grid): each pass padded so that the windows start on the brain frame's patch lattice around
+    ``centre`` (``overlap`` rounded to whole patches), ``probabilities(window, offsets)`` given each window's
+    patch offset [B, 3] from the reference grid when the network reads ``offsets`` (else None), the passes over
+    ``flips`` flipped back and averaged. Returns [K, X, Y, Z] float32 on the CPU."""
+    patch, grid = lattice
+    shape = x.shape[2:]
+    box = reference_origin(centre, grid)  # the reference grid's origin in the unflipped image
     total = None
     for flip in flips:
         dims = [a + 2 for a in flip]
-        xi = x.flip(dims) if dims else x
-        window_overlap: float | list[float] = overlap
-        before = np.zeros(3, dtype=np.int64)
-        if lattice is not None:
-            # the flipped pass's lattice is the mirror image of the unflipped one, so every voxel keeps
-            # its patch, position code and SACA partner (not a lattice recomputed from the flipped centre)
-            xi, before, origin[:] = pad_to_lattice(xi, mirrored_origin(box, shape, lattice[1], flip),
-                                                   patch=lattice[0], min_size=roi_size)
-            window_overlap = lattice_overlap(roi_size, overlap, lattice[0])
+        # the flipped pass's lattice is the mirror image of the unflipped one, so every voxel keeps
+        # its patch, position code and SACA partner (not a lattice recomputed from the flipped centre)
+        xi, before, origin = pad_to_lattice(x.flip(dims) if dims else x, mirrored_origin(box, shape, grid, flip),
+                                            patch=patch, min_size=roi_size)
+
+        def predictor(window: torch.Tensor, coords: list | None = None) -> torch.Tensor:  # run within this pass
+            if coords is None:
+                return probabilities(window, None)
+            starts = torch.tensor([[s.start for s in c[2:]] for c in coords], dtype=torch.int64)  # [B, 3]
+            rel = starts - torch.as_tensor(origin)
+            if (rel % patch).any():
+                raise RuntimeError(f"sliding window starts {starts.tolist()} are off the patch lattice "
+                                   f"(reference origin {origin.tolist()}, patch {patch})")
+            return probabilities(window, rel // patch)
+
         probs = sliding_window_inference(
-            xi, roi_size=list(roi_size), sw_batch_size=sw_batch_size, predictor=predictor, overlap=window_overlap,
-            mode="gaussian", sw_device=device, device="cpu", with_coord=with_offsets,
+            xi, roi_size=list(roi_size), sw_batch_size=sw_batch_size, predictor=predictor,
+            overlap=lattice_overlap(roi_size, overlap, patch), mode="gaussian", sw_device=device, device="cpu",
+            with_coord=offsets,
         )
         probs = probs[(..., *(slice(int(b), int(b) + n) for b, n in zip(before, shape)))]
         probs = probs.flip(dims) if dims else probs

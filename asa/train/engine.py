@@ -84,8 +84,8 @@ class Engine:
     `step_fn(model, batch) -> (loss, logs)` and the settings, then call `fit(train_dataset)`.
 
     Files (rank 0 only): `out_dir/checkpoints/{last,best,step_XXXXXXXX}.pt`, TensorBoard under
-    `out_dir/tb`. `validate(model) -> dict` runs every `val_every` epochs (or every `val_every_steps` optimiser
-    steps, when set) and at the run's end on every rank (shard the
+    `out_dir/tb`. `validate(model) -> dict` runs every `val_every` epochs, at most every `val_min_steps` optimiser
+    steps (or every `val_every_steps` optimiser steps, when set) and at the run's end on every rank (shard the
     validation data by `env.rank` if you like; metrics are averaged across ranks). `panel_fn(model, step)
     -> {tag: image [C,H,W] in [0,1]}` runs on rank 0 every `panel_every` epochs. Validation and panels
     run under a forked, fixed-seed RNG so they never change the training trajectory. `resume`: the
@@ -316,6 +316,13 @@ class Engine:
         self._last_val_step = self.step
         return None
 
+    def _spaced(self) -> bool:
+        """Whether ``trainer.val_min_steps`` have passed since the last validation round (or none ran yet): the
+        epoch cadence's floor. Read off the rounds' history, which last.pt carries, so that a resumed run validates
+        at the steps an uninterrupted one does."""
+        gap = self.cfg.val_min_steps
+        return not gap or not self.history or self.step - int(self.history[-1]["step"]) >= gap
+
     def _agreed(self) -> tuple[int | None, bool]:
         """(the stop signal received, or None; whether ``trainer.ckpt_minutes`` have passed since last.pt was
         written), the same on every rank (one collective under DDP: the largest signal number any rank
@@ -404,7 +411,7 @@ class Engine:
         self.epoch += 1
         self.batch_in_epoch = 0
         stopped = False
-        if self._step_validation_due() if cfg.val_every_steps else self.epoch % cfg.val_every == 0:
+        if self._step_validation_due() if cfg.val_every_steps else self.epoch % cfg.val_every == 0 and self._spaced():
             try:
                 stopped = self._validate(count_patience=True)
             except StopRequested as stop:

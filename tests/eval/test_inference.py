@@ -19,6 +19,7 @@ from asa.eval.inference import (
     predict_volume,
     window_batch_for_memory,
 )
+from asa.models import Capabilities
 
 
 class Positional(nn.Module):
@@ -223,3 +224,39 @@ def test_bf16_prediction_matches_fp32_labels_on_a_demo_case(tmp_path):
     assert len(fp32.unique()) > 1  # not a trivially constant prediction
     assert (fp32 == labels["bf16"]).float().mean() >= 0.99
     assert (fp32 == labels["bf16 channels-last"]).float().mean() >= 0.99
+
+
+class Local(nn.Module):
+    """A fixed 3³ convolution (2 classes), plus a shift by the window's patch offset when it reads offsets."""
+
+    def __init__(self, declared: Capabilities) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(1, 2, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.linspace(-1, 1, 54).view(2, 1, 3, 3, 3))
+            self.conv.bias.copy_(torch.tensor([0.1, -0.2]))
+        self.capabilities = declared
+
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.conv(x)
+        if offsets is None:
+            return out
+        return out + (offsets.float() * torch.tensor([0.5, -1.0, 1.5])).sum(1).view(-1, 1, 1, 1, 1)
+
+
+FRAME = Capabilities(offsets=True, patch_size=4, reference_grid=(2, 2, 2))
+
+
+# the class-1 probability at five voxels, as predict_volume gave it before each network kind had its own engine
+@pytest.mark.parametrize("declared, expected", [
+    (Capabilities(), [0.0, 0.862639, 0.949361, 0.565221, 0.0]),  # nnU-Net's tiling: 0 outside the non-zero box
+    (FRAME, [0.425557, 0.856578, 0.944551, 0.565221, 0.425557]),  # the brain frame's lattice, offsets read
+])
+def test_each_network_kind_predicts_what_it_did_before_its_engine_stood_apart(declared, expected):
+    image = torch.zeros(1, 21, 18, 15)
+    ramp = torch.arange(21 * 18 * 15, dtype=torch.float32).view(1, 21, 18, 15)
+    image[:, 3:17, 2:15, 2:12] = torch.sin(ramp[:, 3:17, 2:15, 2:12])
+    probs = predict_volume(Local(declared).eval(), image, roi_size=(8, 8, 8), multilabel=False, overlap=0.5,
+                           tta_axes=(0,), sw_batch_size=2)
+    got = [float(probs[1, i, j, k]) for i, j, k in ((0, 0, 0), (5, 4, 3), (10, 8, 6), (16, 14, 11), (20, 17, 14))]
+    assert got == pytest.approx(expected, abs=2e-6)
