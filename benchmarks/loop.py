@@ -29,6 +29,15 @@ synchronizing operations ``torch.cuda.set_sync_debug_mode("warn")`` reports.
 
 Steps ``warmup`` .. ``warmup + steps - 1`` are timed; the run stops one step later (the last step's
 interval ends where the next one starts, so the final validation and checkpoint stay out).
+
+``--cohort CASES`` models a cohort of that size from the cases at hand (the split's parts repeated: an epoch's steps
+and a validation round's volumes are that cohort's), times one validation round and one last.pt write in the middle
+of the timed steps, and reports loop / step at the configured cadence (``trainer.val_every``, ``val_min_steps``,
+``val_every_steps``, ``ckpt_every``) for that cohort, and with a round at every epoch's end, from the parts measured
+(a real run at the cadence would need hundreds of steps for one round)::
+
+    python -m benchmarks.loop --make-data /tmp/loopdata --cases 8 --volume 32 --model tiny --crop 32 --batch 2 \\
+        --workers 0 --steps 4 --warmup 1 --device cpu --cohort 2000 --out /tmp/loop2000.json
 """
 
 from __future__ import annotations
@@ -51,8 +60,8 @@ import torch
 
 from benchmarks.gpu_parts import run_command
 
-__all__ = ["LoopProfile", "PARTS", "SYNC_CALLS", "format_table", "main", "make_data", "pretrain_overrides",
-           "profile_pretrain"]
+__all__ = ["LoopProfile", "PARTS", "SYNC_CALLS", "Repeated", "cadence_model", "cohort_of", "format_table", "main",
+           "make_data", "pretrain_overrides", "profile_pretrain", "validation_spacing"]
 
 PARTS = ("data", "copy", "augment", "step", "update_norms", "logging", "checkpoint", "validation", "other")
 SYNC_CALLS = ("item", "__float__", "__int__", "__bool__", "tolist", "cpu")  # Tensor methods that wait for the device
@@ -183,7 +192,7 @@ class LoopProfile:
                 engine.on_device._profiled = True
             profile.cadence.update(steps_per_epoch=engine.steps_per_epoch, log_every=engine.cfg.log_every,
                                    ckpt_every=engine.cfg.ckpt_every, val_every=engine.cfg.val_every,
-                                   val_every_steps=engine.cfg.val_every_steps,
+                                   val_every_steps=engine.cfg.val_every_steps, val_min_steps=engine.cfg.val_min_steps,
                                    panel_every=engine.cfg.panel_every, validation=engine.validate is not None,
                                    progress_bar=engine.log.use_bar, amp=engine.cfg.amp,
                                    precision=amp_name(engine.optim_step.amp_dtype),
@@ -355,17 +364,96 @@ def pretrain_overrides(*, model: str, size: str | None, crop: int, batch: int, w
     return overrides + list(extra)
 
 
-def profile_pretrain(overrides: Sequence[str], *, warmup: int, steps: int, noop: bool = False) -> dict[str, Any]:
-    """``asa-pretrain`` with ``overrides`` under a `LoopProfile`; its summary plus the run's settings."""
+class Repeated(torch.utils.data.Dataset):
+    """``dataset``'s items cycled to ``length`` items: a larger cohort's split modelled by the cases at hand."""
+
+    def __init__(self, dataset: Any, length: int) -> None:
+        self.dataset, self.length = dataset, int(length)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index % len(self.dataset)]
+
+
+@contextlib.contextmanager
+def cohort_of(cases: int) -> Iterator[None]:
+    """asa-pretrain's datasets as a cohort of ``cases`` would give them, for the block: each part of the split
+    (training, validation) repeated ``cases`` / (the cases at hand) times, so that an epoch has the steps and a
+    validation round the volumes of that cohort (the split's ratios are the data preset's)."""
+    from asa.api.machinery.pretraining import PretrainJob
+
+    real = PretrainJob.datasets
+
+    def datasets(job, run, splits):
+        train, val = real(job, run, splits)
+        scale = cases / sum(len(part) for part in splits.values())
+        return (Repeated(train, max(1, round(len(train) * scale))),
+                None if val is None else Repeated(val, max(1, round(len(val) * scale))))
+
+    PretrainJob.datasets = datasets
+    try:
+        yield
+    finally:
+        PretrainJob.datasets = real
+
+
+def validation_spacing(steps_per_epoch: int, trainer: Any) -> int:
+    """Optimiser steps between validation rounds under ``trainer``'s cadence, once a run is past its first round:
+    every ``val_every_steps``, or every ``val_every`` epochs' end at least ``val_min_steps`` after the last round."""
+    if trainer.val_every_steps:
+        return int(trainer.val_every_steps)
+    period = int(trainer.val_every) * steps_per_epoch
+    return period * max(1, -(-int(trainer.val_min_steps) // period))
+
+
+def cadence_model(r: dict[str, Any], trainer: Any, cases: int) -> dict[str, Any]:
+    """loop / step at ``trainer``'s cadence for the run's cohort of ``cases`` (`cohort_of`), from the parts measured:
+    the steps between rounds and writes at their measured wall time, one round's and one last.pt write's measured
+    seconds spread over their spacing (`validation_spacing`; last.pt every ``ckpt_every`` steps, or every epoch's
+    end at 0); ``loop_over_step_every_epoch``: the same with a round at every epoch's end (no floor)."""
+    n, parts = r["timed_steps"], r["part_s"]
+    if not r["validations"] or not r["checkpoints"]:
+        raise ValueError(f"{r['validations']} validation round(s) and {r['checkpoints']} last.pt write(s) timed: "
+                         "the cohort model needs one of each in the timed steps")
+    per_round, per_write = parts["validation"] / r["validations"], parts["checkpoint"] / r["checkpoints"]
+    between = (r["wall_s"] - parts["validation"] - parts["checkpoint"]) / n  # s per step, neither in it
+    step = parts["step"] / n
+    epoch = r["cadence"]["steps_per_epoch"]
+    every_val, every_ckpt = validation_spacing(epoch, trainer), int(trainer.ckpt_every) or epoch
+
+    def loop_over_step(val_spacing: int) -> float:
+        return step / (between + per_round / val_spacing + per_write / every_ckpt)
+
+    return {"cases": cases, "steps_per_epoch": epoch, "validation_every_steps": every_val,
+            "checkpoint_every_steps": every_ckpt, "validation_s_per_round": per_round,
+            "checkpoint_s_per_write": per_write, "ms_per_step_between": 1e3 * between,
+            "loop_over_step": loop_over_step(every_val),
+            "loop_over_step_every_epoch": loop_over_step(int(trainer.val_every) * epoch),
+            "share_lost": 1 - between / (between + per_round / every_val + per_write / every_ckpt)}
+
+
+def profile_pretrain(overrides: Sequence[str], *, warmup: int, steps: int, noop: bool = False,
+                     cohort: int | None = None) -> dict[str, Any]:
+    """``asa-pretrain`` with ``overrides`` under a `LoopProfile`; its summary plus the run's settings. With
+    ``cohort``, the run trains as on a cohort of that many cases (`cohort_of`) with one validation round and one
+    last.pt write placed in the middle of the timed steps, and ``"cohort"`` holds loop / step at the configured
+    cadence for that cohort (`cadence_model`)."""
     from asa.api import pretrain
     from asa.api.config import compose_config
 
     cfg = compose_config("pretrain", list(overrides))
+    trainer = cfg.trainer
+    if cohort is not None:  # the measurement's cadence; the configured one is modelled
+        at = warmup + steps // 2
+        cfg = compose_config("pretrain", [*overrides, "trainer.val_every=1", f"trainer.val_every_steps={at}",
+                                          f"trainer.ckpt_every={at}"])
     device = torch.device(str(cfg.device) if str(cfg.device) != "auto" else
                           ("cuda" if torch.cuda.is_available() else "cpu"))
     profile = LoopProfile(device, noop=noop)
     begin = time.perf_counter()
-    with profile.installed():
+    with profile.installed(), (cohort_of(cohort) if cohort is not None else contextlib.nullcontext()):
         result = pretrain(cfg)
     if result.step != warmup + steps + 1:
         raise RuntimeError(f"the run stopped at step {result.step}, expected {warmup + steps + 1} "
@@ -375,6 +463,8 @@ def profile_pretrain(overrides: Sequence[str], *, warmup: int, steps: int, noop:
                           * world)
     out.update(noop=noop, overrides=list(overrides), device=str(device), run_s=time.perf_counter() - begin,
                torch=torch.__version__)
+    if cohort is not None:
+        out["cohort"] = cadence_model(out, trainer, cohort)
     if device.type == "cuda":
         out["device_name"] = torch.cuda.get_device_name(device)
     return out
@@ -412,7 +502,16 @@ def format_table(r: dict[str, Any]) -> str:
                  + f" (panels every {cadence.get('panel_every')} epochs, timed as validation); in the "
                  f"timed steps {r['validations']} validation(s), "
                  f"{r['checkpoints']} checkpoint(s); of the validation, its loader's wait "
-                 f"{r['validation_loader_ms_per_step']:.2f} ms/step")
+                 f"{r['validation_loader_ms_per_step']:.2f} ms/step"
+                 + (f", at most every {cadence['val_min_steps']} steps" if cadence.get("val_min_steps") else ""))
+    if "cohort" in r:
+        c = r["cohort"]
+        lines.append(f"  cohort of {c['cases']} cases ({c['steps_per_epoch']} steps/epoch), modelled at the configured "
+                     f"cadence (a validation round every {c['validation_every_steps']} steps, "
+                     f"{c['validation_s_per_round']:.3g} s each; last.pt every {c['checkpoint_every_steps']} steps, "
+                     f"{c['checkpoint_s_per_write']:.3g} s each; {c['ms_per_step_between']:.1f} ms/step between): "
+                     f"loop / step {c['loop_over_step']:.3f} ({100 * c['share_lost']:.1f} % lost); with a round at "
+                     f"every epoch's end {c['loop_over_step_every_epoch']:.3f}")
     return "\n".join(lines)
 
 
@@ -592,6 +691,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="steps before the timed ones")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--noop", action="store_true", help="a no-op step: loader, copy, logging and cadence only")
+    parser.add_argument("--cohort", type=int, metavar="CASES",
+                        help="train as on a cohort of CASES cases (the split's parts repeated), time one validation "
+                             "round and one last.pt write, and model loop / step at the configured cadence")
     parser.add_argument("--timeout", type=float, default=130, help="seconds each --gpu-suite run may take (default 130)")
     parser.add_argument("--work", type=Path, help="data and run folders of --gpu-suite (default: a temporary folder)")
     parser.add_argument("--run-dir", type=Path, help="the run's output_dir (default: a temporary folder)")
@@ -628,7 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = pretrain_overrides(model=args.model, size=args.size, crop=args.crop, batch=args.batch,
                                        workers=args.workers, device=args.device, data=args.data, store=args.store,
                                        steps=args.warmup + args.steps + 1, out_dir=run_dir, extra=args.overrides)
-        result = profile_pretrain(overrides, warmup=args.warmup, steps=args.steps, noop=args.noop)
+        result = profile_pretrain(overrides, warmup=args.warmup, steps=args.steps, noop=args.noop, cohort=args.cohort)
     _write(result, args.out)
     print(format_table(result))
     return 0

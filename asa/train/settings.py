@@ -35,6 +35,9 @@ class TrainerSettings:
     val_every: int = 1  # epochs between validation rounds (and one at the run's end)
     val_every_steps: int | None = None  # optimiser steps between validation rounds instead of val_every's epochs
     # (null: by epochs); the round falls at the step itself, also inside an epoch
+    val_min_steps: int = 0  # of the epoch cadence: a round due at an epoch's end waits until this many optimiser
+    # steps have passed since the last round (the run's first and last rounds always run; 0: every epoch's end
+    # runs it), so that short epochs (a small cohort) do not validate every few steps (docs/speed.md)
     monitor: str = "val/loss"
     mode: str = one_of("min", MODES)  # min | max
     patience: int | None = None  # validation rounds without improvement before stopping
@@ -54,6 +57,9 @@ class TrainerSettings:
         for name in ("epochs", "batch_size", "accum_steps", "log_every", "val_every", "max_nonfinite"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"trainer.{name}={getattr(self, name)}: expected >= 1")
+        if int(self.val_min_steps) < 0:
+            raise ValueError(f"trainer.val_min_steps={self.val_min_steps}: expected >= 0 optimiser steps between "
+                             "validation rounds (0: a round at every trainer.val_every epochs' end)")
         if self.val_every_steps is not None:
             if int(self.val_every_steps) < 1:
                 raise ValueError(f"trainer.val_every_steps={self.val_every_steps}: expected >= 1 optimiser steps, or "

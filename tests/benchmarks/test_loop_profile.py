@@ -11,7 +11,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from asa.train import Engine, TrainConfig
-from benchmarks.loop import PARTS, LoopProfile, pretrain_overrides, profile_pretrain
+from benchmarks.loop import (PARTS, LoopProfile, cadence_model, cohort_of, pretrain_overrides, profile_pretrain,
+                             validation_spacing)
 
 
 class _Pairs(Dataset):
@@ -164,3 +165,42 @@ def test_syncs_of_another_thread_are_not_the_loops():
         profile.timed("step", lambda: (other.start(), other.join(), x.sum().item()))()
         profile.step_started()
     assert profile.summary(warmup=0, samples_per_step=1)["host_syncs_by_call"] == {"step:item": 1.0}
+
+
+def _trainer(**kw) -> TrainConfig:
+    return TrainConfig(**({"val_min_steps": 200, "ckpt_every": 100} | kw))
+
+
+@pytest.mark.parametrize("epoch, kw, spacing", [
+    (7, {}, 203),  # a 64-case cohort at batch 8: the first epoch's end 200 steps after the last round
+    (238, {}, 238),  # a 2,000-case cohort: every epoch's end
+    (7, {"val_min_steps": 0}, 7),
+    (7, {"val_every": 2}, 210),  # even epochs only: 14-step periods, 15 of them
+    (7, {"val_every_steps": 50}, 50),  # the step cadence has no floor
+])
+def test_validation_spacing(epoch, kw, spacing):
+    assert validation_spacing(epoch, _trainer(**kw)) == spacing
+
+
+def test_the_cadence_model_by_hand():
+    r = {"timed_steps": 10, "wall_s": 4.0, "validations": 1, "checkpoints": 2, "cadence": {"steps_per_epoch": 7},
+         "part_s": {"validation": 2.0, "checkpoint": 1.0, "step": 0.9}}
+    c = cadence_model(r, _trainer(), 64)
+    # 0.1 s a step between rounds and writes, 0.09 the step; a 2 s round every 203 steps, a 0.5 s write every 100
+    assert (c["validation_every_steps"], c["checkpoint_every_steps"]) == (203, 100)
+    assert c["loop_over_step"] == pytest.approx(0.09 / (0.1 + 2 / 203 + 0.5 / 100))
+    assert c["loop_over_step_every_epoch"] == pytest.approx(0.09 / (0.1 + 2 / 7 + 0.5 / 100))
+    assert c["share_lost"] == pytest.approx((2 / 203 + 0.005) / (0.1 + 2 / 203 + 0.005))
+    with pytest.raises(ValueError, match="needs one of each"):
+        cadence_model({**r, "validations": 0}, _trainer(), 64)
+
+
+def test_a_cohort_is_modelled_by_repeating_the_split(monkeypatch):
+    from asa.api.machinery.pretraining import PretrainJob
+
+    monkeypatch.setattr(PretrainJob, "datasets", lambda job, run, splits: (list(range(61)), list(range(100, 103))))
+    with cohort_of(2000):
+        train, val = PretrainJob.datasets(None, None, {"train": [0] * 61, "val": [0] * 3, "test": []})
+    assert (len(train), len(val)) == (1906, 94)  # 61 and 3 of 64 cases, scaled to 2,000
+    assert train[61] == 0 and train[1905] == 1905 % 61 and val[93] == 100 + 93 % 3
+    assert PretrainJob.datasets(None, None, {})[0] == list(range(61))  # put back after the block
