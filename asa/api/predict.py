@@ -5,6 +5,8 @@ its manifest, resume and overwrite)."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,6 +45,43 @@ def _check_options(cfg: PredictConfig) -> list[str] | str:
     return inputs
 
 
+def _nnunet_results(checkpoint: Path) -> Path | None:
+    """The nnU-Net v2 results folder that ``checkpoint`` is, or whose fold's checkpoint (``fold_all/
+    checkpoint_final.pth``) it is: plans.json and dataset.json beside ``fold_*/checkpoint_*.pth``; None otherwise."""
+    folder = checkpoint.parent.parent if checkpoint.is_file() and checkpoint.parent.name.startswith("fold_") \
+        else checkpoint
+    held = folder.is_dir() and (folder / "plans.json").is_file() and (folder / "dataset.json").is_file()
+    return folder if held and any(folder.glob("fold_*/checkpoint_*.pth")) else None
+
+
+def _nnunet_refusal(folder: Path, given: Path) -> str:
+    """What the nnU-Net results ``folder`` is (asa-export's ``--format nnunet-results`` writes one) and the commands
+    of nnU-Net's predictor that run it; asa-predict reads the fine-tuning checkpoint it was exported from."""
+    try:
+        plans = json.loads((folder / "plans.json").read_text())
+        dataset = json.loads((folder / "dataset.json").read_text())
+    except (OSError, ValueError):
+        plans, dataset = {}, {}
+    name = str(plans.get("dataset_name") or "Dataset<id>_<name>")
+    configurations = list(plans.get("configurations") or {}) or ["3d_fullres"]
+    parts = folder.name.split("__")  # nnU-Net's own folder: <trainer>__<plans>__<configuration>
+    trainer, plans_name, configuration = parts if len(parts) == 3 else (
+        "nnUNetTrainer", str(plans.get("plans_name") or "nnUNetPlans"), configurations[0])
+    folds = sorted(p.name.removeprefix("fold_") for p in folder.glob("fold_*") if any(p.glob("checkpoint_*.pth")))
+    number = re.match(r"Dataset(\d{3})_", name)
+    options = " ".join([*([f"-tr {trainer}"] if trainer != "nnUNetTrainer" else []),
+                        *([f"-p {plans_name}"] if plans_name != "nnUNetPlans" else []), f"-f {' '.join(folds)}"])
+    source = (dataset.get("asa") or {}).get("source") if isinstance(dataset.get("asa"), dict) else None
+    written = f"; asa-export wrote it from {source.get('file')} (step {source.get('step')})" \
+        if isinstance(source, dict) and source.get("file") else ""
+    return (f"checkpoint={given}: an nnU-Net v2 results folder ({name}, {trainer}__{plans_name}__{configuration}, "
+            f"fold {', '.join(folds)}{written}), which nnU-Net's predictor runs, not asa-predict: "
+            f"nnUNetv2_predict_from_modelfolder -i IMAGES -o PREDICTIONS -m {folder} {options}, or with the folder "
+            f"placed as $nnUNet_results/{name}/{trainer}__{plans_name}__{configuration}: nnUNetv2_predict -i IMAGES "
+            f"-o PREDICTIONS -d {number.group(1) if number else '<id>'} -c {configuration} {options} (images named "
+            f"<case>_0000.nii.gz, ...). asa-predict reads the fine-tuning checkpoint (best.pt, last.pt) it came from")
+
+
 def predict(config: PredictConfig | DictConfig) -> list[Path]:
     """Predict as configured (asa-predict); returns the label files written by this call (kept ones
     of a ``resume=true`` run are not among them).
@@ -65,6 +104,8 @@ def predict(config: PredictConfig | DictConfig) -> list[Path]:
         setup = PredictSetup(device=device, amp_dtype=amp_dtype, threads=threads, sw_batch_size=sw_batch_size,
                              compile=cfg.compile)
         checkpoint = Path(str(cfg.checkpoint)).expanduser().absolute()
+        if (results := _nnunet_results(checkpoint)) is not None:
+            raise OptionError(_nnunet_refusal(results, checkpoint))
         if checkpoint.is_dir():  # a model folder of asa-export with the whole segmenter
             checkpoint = segmenter_checkpoint(checkpoint)
         if checkpoint.suffix == ".onnx":  # asa-export --format onnx: the network runs in onnxruntime (CPU, fp32)
