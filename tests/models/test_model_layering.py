@@ -1,19 +1,19 @@
 """The folders of ``asa/models`` keep to their layers: the shared parts (``blocks/`` and the modules of
 SHARED: the registry, the families' declarations, their encoder faces and file road, the networks' encoder keys,
-the network declarations, the presets, the weights reader, the masked twin's contract)
+the network declarations, the presets, the weights reader, the masked twin's contract, torchvision's import)
 import no network family; a family (``swvit/``, ``swin/``, ``vit/``, ``cnn/``, ``primus/``) imports its own files and the
 shared parts only, never another family;
 the heads (``heads/``) sit on the families' encoders, and nothing below imports them. The modules that
 act on whole networks (``compiled``, ``portable``, ``zoo``, the package itself) sit above every folder.
 No module of ``asa.models`` is part of an import cycle, not even through an import for the type checker.
 
-Every form of import counts, as in ``tests/test_layers.py``, whose scan this reuses."""
+Every form of import counts, as in ``tests/test_layers.py`` (the scan of ``tests/fixtures/imports.py``)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.test_layers import ROOT, imported
+from tests.fixtures.imports import ROOT, imported
 
 MODELS = ROOT / "asa" / "models"
 # each folder of asa/models -> the folders it may import besides its own files and the SHARED modules
@@ -27,7 +27,8 @@ FOLDERS: dict[str, set[str]] = {
     "heads": {"blocks", "swvit", "swin", "vit"},  # heads on a family's encoder
 }
 # top-level modules every folder may import; they import no folder
-SHARED = {"registry", "family", "face", "road", "keys", "declared", "presets", "weights", "twin", "published"}
+SHARED = {"registry", "family", "face", "road", "keys", "declared", "presets", "weights", "twin", "published",
+          "torchvision_ops"}
 
 
 def modules(root: Path) -> Iterator[tuple[Path, str]]:
