@@ -11,56 +11,17 @@ from __future__ import annotations
 
 import ast
 import functools
-from collections.abc import Iterator
 from pathlib import Path
 
 import asa
+from tests.fixtures.imports import ROOT, imported, module_of
 
-ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "asa"
 TOOLS = {"scripts": ROOT / "scripts", "benchmarks": ROOT / "benchmarks"}  # above the package
 LEVEL = {"io": 0, "choices": 0, "plugins": 0, "data": 1, "losses": 1, "models": 1, "formats": 2, "eval": 2, "train": 3, "methods": 4, "api": 5,
          "planning": 6, "study": 6, "cli": 7}
 # stages of one level import each other only along these edges (a cycle is never declared)
 PEERS = {("models", "losses"), ("eval", "formats")}
-
-
-def module_of(path: Path) -> str:
-    """``asa/train/step.py`` -> ``asa.train.step``; a package's ``__init__.py`` -> the package."""
-    parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def imported(path: Path, own: str | None = None) -> Iterator[tuple[str, int]]:
-    """(dotted module, line) of every import in ``path`` (the module ``own``, by default the one its
-    place names), relative ones resolved, ``from asa import x`` as ``asa.x``, the ``asa.x``
-    attributes of a plain ``import asa`` and literal ``import_module`` names."""
-    tree = ast.parse(path.read_text())
-    own = own or module_of(path)
-    package = own if path.name == "__init__.py" else own.rpartition(".")[0]
-    plain_asa = False
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                plain_asa |= alias.name.split(".")[0] == "asa" and alias.asname is None
-                yield alias.name, node.lineno
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                module = ".".join([*base, *([node.module] if node.module else [])])
-            else:
-                module = node.module or ""
-            if module == "asa" or (node.level and not node.module):
-                yield from ((f"{module}.{alias.name}", node.lineno) for alias in node.names)
-            else:
-                yield module, node.lineno
-        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
-              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
-            yield node.args[0].value, node.lineno
-    if plain_asa:
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "asa":
-                yield f"asa.{node.attr}", node.lineno
 
 
 @functools.cache
@@ -171,6 +132,8 @@ def test_the_package_imports_only_modules_that_exist():
 
 # modules whose functions may import asa, and why (say it in the module too)
 LOCAL_IMPORTS: dict[str, str] = {
+    "cli/help.py": "a Hydra console script's --help is printed from its kept text before torch loads: the job's "
+                   "modules (asa.api, asa.cli.common) load once the script runs or composes its help",
     "data/prepare/pipeline.py": "asa-prepare's --help and option refusals load neither torch nor MONAI, which asa's "
                                 "dataset readers (asa.data.layouts) import: the readers load once the options pass",
 }
