@@ -14,7 +14,8 @@ import dataclasses
 import importlib.resources
 import importlib.util
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from pathlib import Path
 
@@ -28,8 +29,8 @@ from asa.models.family import pretrain_model_sections
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
-__all__ = ["ENTRY_POINTS", "compose_config", "config_folder", "config_path", "describe_compose_error", "load_config",
-           "search_path"]
+__all__ = ["ENTRY_POINTS", "compose_config", "config_folder", "config_path", "describe_compose_error", "group_options",
+           "load_config", "search_path"]
 
 ENTRY_POINTS = ("pretrain", "finetune", "predict", "evaluate", "preprocess", "probe")
 _PACKAGE = "asa.configs"
@@ -88,10 +89,10 @@ def search_path(entry: str) -> list[str]:
     return [f"hydra.searchpath=[{','.join(folders)}]"]
 
 
-def compose_config(name: str = "pretrain", overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose an entry point's config as its command line would (for notebooks and tests), without running it;
-    in Hydra's ConfigStore as the entry point composes with it (`checks.entry_store`), left as it was."""
-    from hydra import compose, initialize_config_dir, initialize_config_module
+@contextmanager
+def _hydra(name: str) -> Iterator[None]:
+    """Hydra initialised on an entry point's config folder, in its ConfigStore (`checks.entry_store`), for the block."""
+    from hydra import initialize_config_dir, initialize_config_module
 
     path = config_path(name)
     with checks.entry_store(name, config_folder(name)):
@@ -100,7 +101,28 @@ def compose_config(name: str = "pretrain", overrides: Sequence[str] = ()) -> Dic
         else:
             init = initialize_config_dir(config_dir=path, version_base="1.3")
         with init:
-            return compose(config_name=name, overrides=[*overrides, *search_path(name)])
+            yield
+
+
+def compose_config(name: str = "pretrain", overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose an entry point's config as its command line would (for notebooks and tests), without running it;
+    in Hydra's ConfigStore as the entry point composes with it (`checks.entry_store`), left as it was."""
+    from hydra import compose
+
+    with _hydra(name):
+        return compose(config_name=name, overrides=[*overrides, *search_path(name)])
+
+
+def group_options(name: str, groups: Sequence[str]) -> dict[str, list[str]]:
+    """The options of each of ``groups`` as an entry point's command line finds them: the preset files of its folder
+    and its search path, and what asa stores for it (the methods, the tasks, ``model=<arch>``); a file whose name
+    starts with ``_`` is a base the presets share, not an option."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    with _hydra(name):
+        loader = GlobalHydra.instance().config_loader()
+        return {group: [o for o in loader.get_group_options(group, config_name=name, overrides=search_path(name))
+                        if not o.startswith("_")] for group in groups}
 
 
 _HYDRA_NOISE = ("Set the environment variable HYDRA_FULL_ERROR", "To append to your config", "full_key:",

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import signal
+import string
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from omegaconf import DictConfig
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
 
 from asa.api.configuration.checks import check_task_choice, entry_store
-from asa.api.config import config_folder, config_path, search_path
+from asa.api.config import compose_config, config_folder, config_path, group_options, search_path
 from asa.api.config import describe_compose_error as _compose_error  # the one line of a refused command line
 from asa.api.machinery.run import OptionError, describe_error
 from asa.api.machinery.rundir import RunDirError
@@ -22,7 +24,8 @@ from asa.data.store import StoreIndexError, StoreSettingsError
 from asa.train import IncompatibleCheckpointError
 from asa.train.preemption import JobSignals, StopSignals
 
-__all__ = ["EXIT_FAILED", "EXIT_FINISHED", "EXIT_INTERRUPTED", "EXIT_REFUSED", "console_main", "entry"]
+__all__ = ["EXIT_FAILED", "EXIT_FINISHED", "EXIT_INTERRUPTED", "EXIT_REFUSED", "console_main", "entry", "help_text",
+           "user_groups"]
 
 # exit codes (docs/run-folders.md, "Exit codes"); a run stopped by signal N exits 128 + N (SIGTERM: 143, Ctrl-C's
 # SIGINT: 130)
@@ -112,6 +115,46 @@ class _HeldStderr:
 
     def __getattr__(self, name: str):
         return getattr(self.real, name)
+
+
+# groups a primary config lists only so that its presets compose, which its command line never sets: asa-preprocess's
+# optim (asa-pretrain's data=demo picks an optimiser preset)
+COMPOSE_ONLY = {"preprocess": ("optim",)}
+_SYNTAX = """
+== Overrides ==
+group=option picks a preset; key=value sets a key{nested}.
+A value with spaces is quoted inside the shell's quotes: "output_dir='runs/my run'".
+{app} --cfg job [overrides] prints the config a command line composes; {app} [overrides] --help, this help with it.
+"""
+
+
+def user_groups(name: str) -> list[str]:
+    """The config groups ``asa-<name>``'s command line sets: those its primary config's defaults list chooses (the
+    groups its presets compose from, ``network``, ``pretrain_network``, ``sizes/*``, and those of other entry points
+    are not), but `COMPOSE_ONLY`'s."""
+    primary = OmegaConf.load(config_folder(name) / f"{name}.yaml")
+    listed = [next(iter(entry)) for entry in primary.get("defaults", []) if isinstance(entry, Mapping)]
+    return [g for g in listed if not g.startswith("override ") and g not in COMPOSE_ONLY.get(name, ())]
+
+
+def help_text(app: str, name: str, overrides: Sequence[str] = ()) -> str:
+    """What ``<app> [overrides] --help`` prints: the help template of ``configs/<name>/<name>.yaml``
+    (``hydra.help.template``) with the groups a user may set and their options (`user_groups`, `group_options`) for
+    ``$APP_CONFIG_GROUPS`` and the config the command line composes for ``$CONFIG``, then the override syntax."""
+    primary = OmegaConf.load(config_folder(name) / f"{name}.yaml")
+    groups = group_options(name, user_groups(name))
+    listed = "".join(f"{group}: {', '.join(options)}\n" for group, options in sorted(groups.items()))
+    try:
+        cfg = compose_config(name, list(overrides))
+    except HydraException as err:  # a command line that does not compose: one line, as when it runs
+        raise OptionError(_compose_error(f"{err}\n{err.__cause__ or ''}")) from None
+    text = string.Template(primary.hydra.help.template).substitute(APP_CONFIG_GROUPS=listed,
+                                                                   CONFIG=OmegaConf.to_yaml(cfg))
+    plain = OmegaConf.to_container(cfg, resolve=False)  # required values (???) left open
+    nested = next((f"{key}.{leaf}" for key, section in plain.items() if isinstance(section, dict)
+                   for leaf, value in section.items() if not isinstance(value, dict)), None)
+    return text.rstrip("\n") + "\n" + _SYNTAX.format(app=app, nested=f" (nested keys with dots: {nested}=...)"
+                                                                          if nested else "")
 
 
 def console_main(app: str, name: str, run: Callable[[DictConfig], Any]) -> Callable[[], None]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from asa.api import evaluate
-from asa.cli.common import console_main
+from asa.cli.help import hydra_script
 
 __all__ = ["main"]
 
-main = console_main("asa-evaluate", "evaluate", evaluate)
+main = hydra_script("asa-evaluate", "evaluate")
 
 if __name__ == "__main__":
     main()

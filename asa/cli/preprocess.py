@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from asa.api import preprocess
-from asa.cli.common import console_main
+from asa.cli.help import hydra_script
 
 __all__ = ["main"]
 
-main = console_main("asa-preprocess", "preprocess", preprocess)
+main = hydra_script("asa-preprocess", "preprocess")
 
 if __name__ == "__main__":
     main()

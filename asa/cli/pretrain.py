@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from asa.api import pretrain
-from asa.cli.common import console_main
+from asa.cli.help import hydra_script
 
 __all__ = ["main"]
 
-main = console_main("asa-pretrain", "pretrain", pretrain)
+main = hydra_script("asa-pretrain", "pretrain")
 
 if __name__ == "__main__":
     main()

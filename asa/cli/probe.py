@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from asa.api import probe
-from asa.cli.common import console_main
+from asa.cli.help import hydra_script
 
 __all__ = ["main"]
 
-main = console_main("asa-probe", "probe", probe)
+main = hydra_script("asa-probe", "probe")
 
 if __name__ == "__main__":
     main()

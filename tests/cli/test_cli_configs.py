@@ -406,50 +406,6 @@ def test_config_path_points_at_the_entry_point_folders():
         assert (CONFIGS / entry / f"{entry}.yaml").is_file()
 
 
-# every console script's --help in one child process (one interpreter start-up instead of six)
-_HELP_ALL = """
-import runpy, sys
-from hydra.core.global_hydra import GlobalHydra
-for name in sys.argv[1:]:
-    sys.argv = ["asa-" + name, "--help"]
-    print("=== asa." + name, flush=True)
-    code = 0
-    try:
-        runpy.run_module("asa.cli." + name, run_name="__main__", alter_sys=True)
-    except SystemExit as err:
-        code = err.code or 0
-    GlobalHydra.instance().clear()
-    print("=== exit", code, flush=True)
-"""
-
-
-@pytest.fixture(scope="module")
-def console_help() -> dict[str, tuple[int, str]]:
-    """(exit code, output) of ``asa-<entry> --help`` for every entry point, from a fresh process."""
-    proc = subprocess.run([sys.executable, "-c", _HELP_ALL, *ENTRY_POINTS], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    found = {}
-    for part in proc.stdout.split("=== asa.")[1:]:
-        name, _, rest = part.partition("\n")
-        text, _, code = rest.rpartition("=== exit ")
-        found[name] = (int(code.strip()), text)
-    return found
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ENTRY_POINTS)
-def test_console_scripts_help(console_help, name):
-    code, out = console_help[name]
-    assert code == 0, out[-2000:]
-    assert f"asa-{name}" in out and "Usage" in out
-    if name == "pretrain":
-        section = out.split("== Config groups")[1].split("==\n")[1].split("== ")[0]
-        groups = {line.split(":")[0]: line for line in section.splitlines() if ":" in line}
-        assert all(e in groups["experiment"] for e in EXPERIMENTS) and "baseline" not in groups["experiment"]
-        assert all(m in groups["model"] for m in PRESETS) and "unetr" not in groups["model"]
-
-
 @pytest.mark.slow
 def test_command_line_mistake_names_the_key():
     proc = subprocess.run([sys.executable, "-m", "asa.cli.pretrain", "trainer.epocs=3"], capture_output=True,
