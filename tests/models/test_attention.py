@@ -258,3 +258,51 @@ def test_cuda_keeps_sdpa():
     attn = LinearWindowAttention(32, 4, window_size=8, shift=4).cuda()
     with mock.patch("asa.models.swvit.attention.window_attention", side_effect=AssertionError("window kernel called")):
         attn(torch.randn(2, 64, 32, device="cuda", requires_grad=True)).sum().backward()
+
+
+def _backward_ops(attn: LinearWindowAttention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict, list]:
+    """Output, input gradient, parameter gradients and the aten ops of the backward pass."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    xi = x.clone().requires_grad_()
+    out = attn(xi)
+    with Ops() as ops:
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    return out.detach(), xi.grad, {k: p.grad for k, p in attn.named_parameters()}, ops.names
+
+
+@pytest.mark.parametrize("n, shift", [(64, 4), (64, 0), (45, 4), (45, 0)])
+def test_the_windows_copies_removed_give_the_earlier_values(n, shift):
+    """SDPA's path (what CUDA runs): q, k, v cut as views whose backward writes their gradients straight into the
+    projection's layout (one stack, no clone), and without padding the shifted windows' token order as a permutation
+    whose backward is the inverse gather (no zero fill, no index_add). Against the earlier formulation kept in
+    benchmarks.compile_ab (unbind, index_select): outputs and every gradient bit for bit (fp32)."""
+    from benchmarks.compile_ab import earlier_copies
+
+    torch.manual_seed(0)
+    new = LinearWindowAttention(32, 4, window_size=8, shift=shift)
+    old = LinearWindowAttention(32, 4, window_size=8, shift=shift)
+    old.load_state_dict(new.state_dict())
+    earlier_copies(old)
+    new.kernel = old.kernel = "sdpa"
+    x = torch.randn(3, n, 32)
+    out_new, gx_new, g_new, ops_new = _backward_ops(new, x)
+    out_old, gx_old, g_old, ops_old = _backward_ops(old, x)
+    assert torch.equal(out_new, out_old) and torch.equal(gx_new, gx_old)
+    assert all(torch.equal(g_new[k], g_old[k]) for k in g_new)
+    assert ops_new.count("stack") == ops_old.count("stack") == 1 and ops_old.count("clone") >= 1
+    assert ops_new.count("clone") == ops_old.count("clone") - 1  # the stack made contiguous: gone
+    if shift and n % 8 == 0:  # two gathers: their backward gathers, no longer zero-fill and scatter-add
+        assert ops_old.count("index_add") == 2 and "index_add" not in ops_new and ops_new.count("index_select") == 2
+        assert ops_old.count("new_zeros") - ops_new.count("new_zeros") == 2
+    else:
+        assert ops_new.count("index_add") == ops_old.count("index_add")

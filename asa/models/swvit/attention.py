@@ -9,6 +9,40 @@ from torch import nn
 from asa.models.swvit.window_kernel import window_attention
 
 
+class _HeadViews(torch.autograd.Function):
+    """q, k, v [B·nW, h, S, d] as views of the fused projection qkv [B, nW·S, 3C] (what ``unbind`` gives), whose
+    backward writes the three gradients straight into the projection's layout [B, nW·S, 3C]: one copy, where
+    ``unbind``'s backward stacks them and the projection's backward then makes the stack contiguous (two)."""
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, windows: int, heads: int) -> tuple[torch.Tensor, ...]:
+        b, p, c3 = qkv.shape
+        ctx.shape = b, p, c3
+        return qkv.view(b * windows, p // windows, 3, heads, c3 // 3 // heads).permute(2, 0, 3, 1, 4).unbind(0)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor | None) -> tuple[torch.Tensor, None, None]:
+        given = next(g for g in grads if g is not None)
+        grads = tuple(torch.zeros_like(given) if g is None else g for g in grads)
+        # [B·nW, S, 3, h, d] in one kernel: the projection's layout, each gradient read through its transposed view
+        return torch.stack([g.transpose(1, 2) for g in grads], dim=2).view(ctx.shape), None, None
+
+
+class _TokenPermutation(torch.autograd.Function):
+    """x [B, N, C] -> x[:, order], ``order`` a permutation of the N tokens and ``inverse`` its inverse: the backward
+    is the inverse gather (``index_select``'s own backward adds into a zero-filled tensor: a fill and an
+    accumulating scatter where a gather suffices)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.inverse = inverse
+        return x.index_select(1, order)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return grad.index_select(1, ctx.inverse), None, None
+
+
 class LinearWindowAttention(nn.Module):
     """Self-attention within consecutive windows of ``window_size`` tokens (paper §2.2).
 
@@ -104,11 +138,12 @@ class LinearWindowAttention(nn.Module):
             # Segment id of each (rolled, padded) position: the part rolled over from the start,
             # the rest, and padding. Tokens attend only to keys of their own segment; padding
             # queries see everything real so no row is empty (their output is dropped).
+            wraps = bool(self.shift and self.shift_mask and n > self.shift)
             seg = torch.zeros(padded, dtype=torch.long, device=device)
-            if self.shift and self.shift_mask and n > self.shift:
+            if wraps:
                 seg[n - self.shift : n] = 1
             seg[n:] = 2
-            if padded == n and not seg.any():
+            if padded == n and not wraps:  # decided from the sizes: no read of the device's tensor
                 mask = None
             else:
                 seg = seg.view(-1, s)  # [nW, S]
@@ -142,7 +177,8 @@ class LinearWindowAttention(nn.Module):
         nw = (n + pad) // s
         rolled = self.shift and self.partition == "roll"
         if self.shift and not rolled:
-            x = x.index_select(1, self._shifted_order(n, x.device)[0])  # [B, nW·S, C], window slot order
+            slots, tokens = self._shifted_order(n, x.device)
+            x = self._to_order(x, slots, tokens, pad)  # [B, nW·S, C], window slot order
         else:
             if rolled:
                 x = torch.roll(x, -self.shift, dims=1)
@@ -155,7 +191,7 @@ class LinearWindowAttention(nn.Module):
                 and bias.requires_grad and not torch.compiler.is_compiling()):  # compiled: SDPA, which inductor lowers
             out = window_attention(qkv, bias, h, s)  # [B, nW·S, C]
         else:
-            q, k, v = qkv.view(b * nw, s, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)  # each [B·nW, h, S, d]
+            q, k, v = self._heads(qkv, nw)  # each [B·nW, h, S, d]
             if bias is not None and bias.shape[0] > 1:
                 # the fused kernels take 4D inputs only; 5D ones fall back to a much slower path
                 bias = bias.unsqueeze(0).expand(b, -1, -1, -1, -1).reshape(b * nw, -1, s, s)  # heads: h or 1
@@ -165,5 +201,19 @@ class LinearWindowAttention(nn.Module):
             return torch.roll(self.proj_drop(self.proj(out[:, :n])), self.shift, dims=1)
         out = self.proj_drop(self.proj(out))  # [B, nW·S, C]; padding rows dropped below
         if self.shift:
-            return out.index_select(1, self._shifted_order(n, x.device)[1])  # back to token order
+            return self._to_order(out, tokens, slots, pad)  # back to token order
         return out[:, :n] if pad else out
+
+    def _heads(self, qkv: torch.Tensor, windows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """qkv [B, nW·S, 3C] -> q, k, v [B·nW, h, S, d], views (`_HeadViews`; plain ``unbind`` while compiling)."""
+        if torch.compiler.is_compiling():
+            b, p, c3 = qkv.shape
+            return qkv.view(b * windows, p // windows, 3, self.num_heads, c3 // 3 // self.num_heads).permute(
+                2, 0, 3, 1, 4).unbind(0)
+        return _HeadViews.apply(qkv, windows, self.num_heads)
+
+    @staticmethod
+    def _to_order(x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor, pad: int) -> torch.Tensor:
+        """x [B, L, C] -> x[:, order]: without padding a permutation (`_TokenPermutation`), with padding a gather
+        whose slots repeat a token (their gradients add up)."""
+        return x.index_select(1, order) if pad else _TokenPermutation.apply(x, order, inverse)
