@@ -34,6 +34,7 @@ from .checkpoint import FORMAT, RESUME_ONLY, VERSION, prune_step_checkpoints
 from .data import build_loader, close_loader, move_to
 from .distributed import DistEnv, all_gather_objects, all_reduce_max_ints, all_reduce_mean, barrier
 from .environment import environment, environment_warnings, record_warnings
+from .folder import RunFolderError, folder_fault
 from .optim import load_optimizer_state
 from .precision import amp_name, guard_cpu_bf16_convolutions, set_threads
 from .preemption import StopRequested, StopSignals
@@ -140,6 +141,7 @@ class Engine:
         self._last_panel_step: int | None = None
         self._step_ckpt_due = False  # a step_XXXXXXXX.pt fell due at an epoch's last step
         self._saved_step = 0  # the step of the last last.pt write (or of the resumed checkpoint)
+        self._on_disk: int | None = None  # the step of checkpoints/last.pt once written (or resumed from)
         self._saved_at = time.monotonic()  # when last.pt was last written (or training started)
         self._wrote_last = False  # last.pt written since this start: else the first epoch's end writes it
         self._overdue = False  # trainer.ckpt_minutes passed at an epoch's last step: `_end_epoch` saves
@@ -150,21 +152,30 @@ class Engine:
     def fit(self, train_data: Dataset) -> FitResult:
         """Train until `epochs` / `max_steps` / early stopping; returns a FitResult."""
         env = self.env
+        failing = True
         try:
             # kernel settings for the run only: the process is left as found
             with self._stop, kernel_determinism(self.cfg.deterministic, env.device):
-                return self._fit(train_data)  # every way out writes last.pt with wait: all written
+                result = self._fit(train_data)  # every way out writes last.pt with wait: all written
+            failing = False
+            return result
         except Exception as err:
             failed = self._writer.close()  # a write under way ends first; the run's own error is raised
-            if failed is not None:
+            raised: Exception = err
+            if (fault := folder_fault(err, self.out_dir) or folder_fault(failed, self.out_dir)) is not None:
+                raised = RunFolderError(self.out_dir, fault, step=self.step, saved_step=self._on_disk,
+                                        last=self.ckpt_dir / "last.pt")  # one line says it all
+            elif failed is not None:
                 self.log.say(f"warning: a checkpoint was not written ({failed}); the one before stays")
             if env.distributed:  # which rank failed; the entry point prints the error itself
-                lines = str(err).strip().splitlines() or [""]
-                print(f"[asa] rank {env.rank}/{env.world_size} failed: {type(err).__name__}: {lines[-1]}",
+                lines = str(raised).strip().splitlines() or [""]
+                print(f"[asa] rank {env.rank}/{env.world_size} failed: {type(raised).__name__}: {lines[-1]}",
                       file=sys.stderr, flush=True)
-            raise
+            if raised is err:
+                raise
+            raise raised from err
         finally:
-            self.log.close()
+            self.log.close(failing=failing)
 
     def _fit(self, train_data: Dataset) -> FitResult:
         run = self._prepare(train_data)
@@ -507,9 +518,15 @@ class Engine:
             self._saved_step, self._wrote_last = self.step, True
         if state is not None:
             paths = [self.ckpt_dir / name for name in names]
-            keep = self.cfg.keep_last
-            prune = (lambda: prune_step_checkpoints(self.ckpt_dir, keep)) if keep > 0 else None
-            (self._writer.write if wait else self._writer.submit)(paths, state, then=prune)
+            keep, step = self.cfg.keep_last, self.step
+
+            def written() -> None:  # on the writer's thread, once the files are on disk
+                if "last.pt" in names:
+                    self._on_disk = step
+                if keep > 0:
+                    prune_step_checkpoints(self.ckpt_dir, keep)
+
+            (self._writer.write if wait else self._writer.submit)(paths, state, then=written)
             self.log.flush()  # what the checkpoint holds, TensorBoard shows (also after SIGKILL)
         barrier(self.env)
         if "last.pt" in names:
@@ -526,6 +543,8 @@ class Engine:
             self.optim_step.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self._saved_step = self.step
+        if Path(path) == self.ckpt_dir / "last.pt":
+            self._on_disk = self.step
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self.tracker.load(state["tracker"])
         self.nonfinite_total = int(state["nonfinite_total"])

@@ -5,12 +5,15 @@ from __future__ import annotations
 import datetime
 import math
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
+from asa.io import describe_write_failure
 
 from .distributed import DistEnv, all_reduce_mean
 from .updates import REL_UPDATE_KEYS, update_gap_note
@@ -27,7 +30,9 @@ class TrainLog:
     """Rank 0 writes; every rank calls (the window means are all-reduced under DDP).
 
     A tqdm bar shows progress on a terminal; under a scheduler (stderr to a file) or with
-    ``progress=False`` a plain line is printed every logging window instead.
+    ``progress=False`` a plain line is printed every logging window instead. A TensorBoard write that fails (a
+    folder turned read-only, a full disk) is raised as a `WriteError` naming ``tb_dir`` by the call after it, which
+    TensorBoard's writer thread reports: that thread prints no traceback of its own.
     """
 
     def __init__(self, env: DistEnv, tb_dir: Path) -> None:
@@ -38,6 +43,8 @@ class TrainLog:
         self._window: dict[str, float] = {}
         self._counts: dict[str, int] = {}
         self._window_steps = 0
+        self._threads: set[threading.Thread] = set()  # TensorBoard's writer thread
+        self._excepthook = threading.excepthook
 
     def say(self, msg: str) -> None:
         if self.env.is_main:
@@ -52,7 +59,10 @@ class TrainLog:
         if self.env.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
+            before = set(threading.enumerate())
             self.writer = SummaryWriter(str(self.tb_dir), purge_step=start_step + 1 if resumed else None)
+            self._threads = set(threading.enumerate()) - before
+            self._excepthook, threading.excepthook = threading.excepthook, self._thread_failed
         self.use_bar = self.env.is_main and progress and sys.stderr.isatty()
         self.bar = tqdm(total=stop_step, initial=start_step, disable=not self.use_bar,
                         desc="train", dynamic_ncols=True, file=sys.stderr)
@@ -61,27 +71,49 @@ class TrainLog:
         if self.env.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.env.device)
 
+    def _thread_failed(self, args: threading.ExceptHookArgs) -> None:
+        if args.thread in self._threads and isinstance(args.exc_value, OSError):
+            return  # TensorBoard raises it again in the training thread, at its next call (`_written`)
+        self._excepthook(args)
+
+    def _written(self, write: Callable[[], object]) -> None:
+        """Make a TensorBoard call; a write that failed, in it or on TensorBoard's thread before it, is raised as a
+        `WriteError` naming the folder."""
+        try:
+            write()
+        except OSError as err:
+            raise (describe_write_failure(err, self.tb_dir / "events") or err) from err
+
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         if self.writer is not None:
             for k, v in values.items():
-                self.writer.add_scalar(k, v, step)
+                self._written(lambda: self.writer.add_scalar(k, v, step))
 
     def images(self, images: Mapping[str, torch.Tensor], step: int) -> None:
         """Image panels ({tag: [C,H,W] in [0,1]}) on rank 0."""
         if self.writer is None:
             return
         for tag, img in images.items():
-            self.writer.add_image(tag, img.detach().float().cpu().clamp(0, 1), step)
-        self.writer.flush()
+            self._written(lambda: self.writer.add_image(tag, img.detach().float().cpu().clamp(0, 1), step))
+        self._written(self.writer.flush)
 
     def flush(self) -> None:
         if self.writer is not None:
-            self.writer.flush()
+            self._written(self.writer.flush)
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+    def close(self, *, failing: bool = False) -> None:
+        """Write what is pending and close TensorBoard's file; a write that fails is said as a warning, or not at all
+        when the run is ``failing`` (its own error says what happened)."""
+        if self.writer is None:
+            return
+        writer, self.writer = self.writer, None
+        try:
+            self._written(writer.close)
+        except OSError as err:
+            if not failing:
+                self.say(f"warning: TensorBoard's last events were not written ({err.strerror or err})")
+        finally:
+            threading.excepthook, self._threads = self._excepthook, set()
 
     def close_bar(self) -> None:
         if self.bar is not None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -14,6 +15,7 @@ from asa.data.datasets import CaseLoadError
 from asa.data.store import StoreError
 from asa.io import CheckpointError, VolumeError, WriteError
 from asa.train import IncompatibleCheckpointError, cleanup_distributed, setup_distributed
+from asa.train.folder import RunFolderError
 from asa.train.distributed import DistEnv
 
 __all__ = ["OptionError", "TrainingRun", "describe_error", "refusing"]
@@ -77,7 +79,13 @@ class TrainingRun:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.dir is not None:  # a refusal after the folder was locked leaves no empty folder behind
-            self.dir.release(refused=exc is not None and _refused_before_writing(exc))
+            left = self.dir.release(refused=exc is not None and _refused_before_writing(exc))
+            if isinstance(exc, RunFolderError):  # its one line says how to continue, and what became of the lock
+                exc.resume_with = f"{self.dir.command} resume=true"
+                exc.lock_left = None if left is None else self.dir.lock.path
+            elif left is not None:
+                print(f"[asa] warning: {self.dir.lock.path} could not be removed ({left.strerror or left}); the next "
+                      "run on this host takes it over, this process having ended", file=sys.stderr, flush=True)
         cleanup_distributed(finished=exc_type is None)
         if self.dir is None and exc is not None and _is_refusal(exc):
             # the run folder was never touched: a bad option or value refuses the run (exit 2)

@@ -217,12 +217,19 @@ class RunLock:
             )
         raise RunDirError(f"could not take the lock {self.path}: it keeps changing (several jobs starting at once?)")
 
-    def release(self) -> None:
-        if self.held:
-            info = self.holder()
-            if info is not None and int(info.get("pid", -1)) == os.getpid():
+    def release(self) -> OSError | None:
+        """Remove the lock file; returns the error when it cannot be (a folder turned read-only): the file stays, and
+        the next job on this host takes it over once this process has ended (`acquire`)."""
+        if not self.held:
+            return None
+        self.held = False
+        info = self.holder()
+        if info is not None and int(info.get("pid", -1)) == os.getpid():
+            try:
                 self.path.unlink(missing_ok=True)
-            self.held = False
+            except OSError as err:
+                return err
+        return None
 
 
 @dataclass
@@ -262,13 +269,16 @@ class RunDir:
                         "resumed_from": str(self.resume.path), "changes": changes})
         atomic_write_text(history_path, yaml.safe_dump(history, sort_keys=False))
 
-    def release(self, *, refused: bool = False) -> None:
-        """Give the lock back; with ``refused`` (a check after the lock refused the run) also remove the
-        folder when this run created it and left nothing in it."""
-        if self.lock is not None:
-            self.lock.release()
-            if refused and self.created and self.path.is_dir() and not any(self.path.iterdir()):
-                self.path.rmdir()
+    def release(self, *, refused: bool = False) -> OSError | None:
+        """Give the lock back (returns `RunLock.release`'s error when the lock file could not be removed); with
+        ``refused`` (a check after the lock refused the run) also remove the folder when this run created it and
+        left nothing in it."""
+        if self.lock is None:
+            return None
+        left = self.lock.release()
+        if refused and left is None and self.created and self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
+        return left
 
 
 def _plain(obj: Any) -> Any:
