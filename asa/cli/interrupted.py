@@ -23,10 +23,12 @@ def _raise_terminated(signum, frame) -> None:
     raise _Terminated()
 
 
-def ctrl_c_exits(app: str, kept: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+def ctrl_c_exits(app: str, kept: str | Callable[[Sequence[str] | None], str]
+                 ) -> Callable[[Callable[..., int]], Callable[..., int]]:
     """Wrap a console script's ``main(argv) -> exit code``: a ``KeyboardInterrupt`` (the user's Ctrl-C) prints
     ``[app] stopped by SIGINT (kept); exit 130`` and returns 130, a SIGTERM (a scheduler's stop) likewise with 143.
-    ``kept``: what the docs promise a stopped run leaves and how to finish it."""
+    ``kept``: what the docs promise a stopped run leaves and how to finish it, or a function of ``argv`` that reads it
+    off the output when the stop arrives (what was kept is then what is there, not what was hoped for)."""
 
     def wrap(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
@@ -38,10 +40,12 @@ def ctrl_c_exits(app: str, kept: str) -> Callable[[Callable[..., int]], Callable
             try:
                 return main(argv)
             except KeyboardInterrupt:
-                print(f"\n[{app}] stopped by SIGINT ({kept}); exit {EXIT_INTERRUPTED}", file=sys.stderr, flush=True)
+                said = kept(argv) if callable(kept) else kept
+                print(f"\n[{app}] stopped by SIGINT ({said}); exit {EXIT_INTERRUPTED}", file=sys.stderr, flush=True)
                 return EXIT_INTERRUPTED
             except _Terminated:
-                print(f"\n[{app}] stopped by SIGTERM ({kept}); exit {EXIT_TERMINATED}", file=sys.stderr, flush=True)
+                said = kept(argv) if callable(kept) else kept
+                print(f"\n[{app}] stopped by SIGTERM ({said}); exit {EXIT_TERMINATED}", file=sys.stderr, flush=True)
                 return EXIT_TERMINATED
             finally:
                 if before is not None:

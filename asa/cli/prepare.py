@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 # settings, choices and refusals only: the tools and asa's readers (torch) load once the options are accepted
 from asa.cli.interrupted import ctrl_c_exits
@@ -23,11 +24,13 @@ prediction back to the native scan: asa.data.prepare.to_native) and a record; qc
 cases (mirror symmetry, brain volume, similarity to the template; outliers by robust z).
 
 A case whose registration failed (similarity to the template below --min-similarity, e.g. a header
-turned 90 degrees), an empty or unreadable scan, and under --brain none a whole head are failed cases:
-listed with the reason, nothing of them written. A rerun prepares only what is missing. OUT is a new
-folder, an empty one or one asa-prepare made (with the same settings). Exit codes: 0 every case
+turned 90 degrees), an empty, unreadable or 2D scan, and under --brain none a whole head are failed cases:
+listed with the reason, nothing of them written; the scans of every case are read and checked before the
+first registration. A rerun prepares only what is missing. OUT is a new folder, an empty one or one
+asa-prepare made (with the same settings), and one it can write (checked first). Exit codes: 0 every case
 prepared, 1 some case failed (listed, the others prepared), 2 a refused option, output folder or a
-missing tool, 130/143 stopped by SIGINT/SIGTERM (the cases finished stay).
+missing tool, 130/143 stopped by SIGINT/SIGTERM (the recorded cases stay; those under way and their
+temporary files are removed, and a rerun removes what a killed run left).
 
 examples:
   asa-prepare /data/ADNI_BIDS /data/ADNI_prepared --workers 16
@@ -74,7 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@ctrl_c_exits("asa-prepare", "the cases prepared so far stay, recorded; run the same command again to prepare the rest")
+def _kept(argv: Sequence[str] | None) -> str:
+    """What a stopped run leaves, read off OUT when the stop arrives: its recorded cases (those under way were
+    removed unrecorded)."""
+    try:
+        out = Path(build_parser().parse_known_args(argv)[0].out).expanduser()
+    except SystemExit:  # stopped while the command line was read
+        return "nothing prepared"
+    recorded = sum(1 for _ in out.glob("sub-*/**/*_desc-prepare.json")) if out.is_dir() else 0
+    if not recorded:
+        return f"no case is prepared in {out}; run the same command again"
+    return (f"{out} holds {recorded} prepared case(s), each recorded; the cases under way were removed; run the same "
+            "command again to prepare the rest")
+
+
+@ctrl_c_exits("asa-prepare", _kept)
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -11,14 +11,12 @@ A resumed run keeps ``config.yaml`` as first written and appends what changed to
 from __future__ import annotations
 
 import datetime
-import errno
 import json
 import os
 import re
 import shlex
 import socket
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,8 @@ from omegaconf import OmegaConf
 from asa.api.configuration.compat import added_settings, current_config, moved_key, removed_key, version_refusal
 from asa.api.configuration.schema import pretrain_family
 from asa.io import atomic_write_text, is_atomic_temporary, is_temporary
+from asa.io.atomic import WriteError
+from asa.io.writable import CANNOT_WRITE, cannot_write, check_writable as io_check_writable
 from asa.train.checkpoint import flatten
 from asa.train.distributed import DistEnv, all_gather_objects
 from asa.train.environment import record_environment
@@ -124,33 +124,18 @@ def _with_output_dir(cmd: str, out_dir: Path) -> str:
     return " ".join([*(shlex.quote(p) for p in parts), override("output_dir", out_dir)])
 
 
-_CANNOT_WRITE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC)
-
-
 def _cannot_write(option: str, folder: Path, err: OSError) -> RunDirError:
     """The refusal of a folder that cannot be created or written (read-only, no permission, disk full)."""
-    return RunDirError(f"{option}={folder}: cannot write there ({os.strerror(err.errno).lower()}"
-                       f"{'; a read-only folder?' if err.errno != errno.ENOSPC else ''}); choose another {option}")
+    return RunDirError(cannot_write(option, folder, err))
 
 
 def check_writable(folder: str | os.PathLike, option: str) -> None:
-    """Refuse (`RunDirError`, as `prepare_run_dir` refuses its ``output_dir``) a folder a job cannot write:
-    a file is created and removed in ``folder``, or in its nearest existing parent when it does not
-    exist yet (the folder itself is not created: a refusal leaves nothing behind)."""
-    folder = Path(folder)
-    probe_in = folder
-    while not probe_in.exists() and probe_in.parent != probe_in:
-        probe_in = probe_in.parent
-    if not probe_in.is_dir():
-        return  # a file in the way: the caller's own checks name it
+    """Refuse (`RunDirError`, as `prepare_run_dir` refuses its ``output_dir``) a folder a job cannot write
+    (`asa.io.writable.check_writable`: nothing is created)."""
     try:
-        fd, name = tempfile.mkstemp(prefix=".asa-write-check.", dir=probe_in)
-    except OSError as err:
-        if err.errno in _CANNOT_WRITE:
-            raise _cannot_write(option, folder, err) from None
-        raise
-    os.close(fd)
-    os.unlink(name)
+        io_check_writable(folder, option)
+    except WriteError as err:
+        raise RunDirError(err.strerror) from None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -436,7 +421,7 @@ def prepare_run_dir(
             resume_point, moved_to = _check(out_dir, app=app, resume=resume, overwrite=overwrite,
                                             run_config=run_config, compat_keys=compat_keys, lock=lock, command=command)
         except Exception as err:
-            if isinstance(err, OSError) and err.errno in _CANNOT_WRITE:
+            if isinstance(err, OSError) and err.errno in CANNOT_WRITE:
                 err = _cannot_write("output_dir", out_dir, err)
             if lock is not None:
                 lock.release()

@@ -25,8 +25,8 @@ from asa.data.prepare.stages import BRAIN_TOOLS, TRANSFORMS, extract_brain, n4, 
 from asa.data.prepare.template import BOXES, TEMPLATE_SPACE, load_template, prepared_grid
 from asa.io.atomic import atomic_write_json
 
-__all__ = ["PrepareSettings", "CaseFiles", "case_files", "prepare_case", "to_native", "read_volume", "mirror_score",
-           "SUFFIXES", "MIN_SIMILARITY", "RegistrationFailed"]
+__all__ = ["PrepareSettings", "CaseFiles", "case_files", "check_inputs", "prepare_case", "to_native", "read_volume",
+           "mirror_score", "part_path", "SUFFIXES", "MIN_SIMILARITY", "RegistrationFailed"]
 
 SUFFIXES = {"t1": "T1w", "t1ce": "T1w", "t2": "T2w", "flair": "FLAIR"}
 """The BIDS suffix of each channel's prepared file (``t1ce`` carries the entity ``ce-gadolinium``)."""
@@ -100,6 +100,17 @@ class CaseFiles:
             return self.folder / f"{self.prefix}_from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm.mat"
         return self.folder / f"{self.prefix}_from-{_FROM[channel]}_to-T1w_mode-image_xfm.mat"
 
+    def written(self, channels) -> list[Path]:
+        """Every file a case of ``channels`` writes, its record first (without it, the others are not a case)."""
+        prepared = [c for c in channels if c in SUFFIXES]
+        return [self.record, self.mask, *(self.image(c) for c in prepared), *(self.transform(c) for c in prepared)]
+
+
+def part_path(path: Path) -> Path:
+    """The name a prepared file is written under before it is renamed into place: a dot-name beside it, which asa's
+    discovery passes over (``.sub-X_T1w.nii.gz.part.nii.gz``)."""
+    return path.with_name(f".{path.name}.part" + (".nii.gz" if path.name.endswith(".nii.gz") else ""))
+
 
 def case_files(case: Case) -> CaseFiles:
     """The prepared names of ``case``: a BIDS case keeps its id and folders; another layout's id becomes a
@@ -112,6 +123,21 @@ def case_files(case: Case) -> CaseFiles:
     if not label:
         raise ValueError(f"case id {case.id!r} holds no letter or digit to name a BIDS subject")
     return CaseFiles(Path(f"sub-{label}") / "anat", f"sub-{label}")
+
+
+def check_inputs(case: Case, settings: PrepareSettings) -> None:
+    """Refuse (`ValueError` naming the file) a case that cannot be prepared, before any slow stage: no T1, a scan
+    that cannot be read, is not 3D or is empty (`read_volume`), and under ``brain="none"`` a T1 that is a whole
+    head (`asa.data.prepare.stages.extract_brain`)."""
+    if "t1" not in case.images:
+        raise ValueError(f"case {case.id}: no T1 (channels {list(case.images)}); asa-prepare registers the T1")
+    for channel, path in case.images.items():
+        data, affine = read_volume(Path(path))
+        if channel == "t1" and settings.brain == "none":
+            try:
+                extract_brain(data, affine, "none")
+            except ValueError as err:
+                raise ValueError(f"{path}: {err}") from None
 
 
 def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -167,7 +193,7 @@ def mirror_score(image: np.ndarray, mask: np.ndarray) -> float:
 def _save(data: np.ndarray, affine: np.ndarray, path: Path, dtype=np.float32) -> None:
     """Write a NIfTI under a temporary name beside ``path``, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(f".{path.name}.part.nii.gz")
+    part = part_path(path)
     image = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
     image.header.set_xyzt_units("mm")
     nib.save(image, str(part))
@@ -257,7 +283,6 @@ def prepare_case(case: Case, out: Path, settings: PrepareSettings, *,
                 f"the T1's correlation with the template over their common brain; below {min_similarity:g} is a "
                 "failed one): is the orientation in its header right? (nothing of it written; --min-similarity "
                 "sets the bound)")
-        root = out / files.folder
         for channel, data in images.items():
             _save(data, grid, out / files.image(channel))
             written[channel] = str(files.image(channel))
@@ -265,7 +290,7 @@ def prepare_case(case: Case, out: Path, settings: PrepareSettings, *,
         for channel, paths in transforms.items():
             if len(paths) != 1:
                 raise RuntimeError(f"expected one {settings.transform} transform file, ANTs wrote {paths}")
-            part = root / f".{files.transform(channel).name}.part"
+            part = part_path(out / files.transform(channel))
             part.write_bytes(Path(paths[0]).read_bytes())
             os.replace(part, out / files.transform(channel))
         lap("write")

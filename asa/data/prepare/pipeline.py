@@ -9,12 +9,11 @@ those recorded: a rerun prepares only the others. A case that fails is listed wi
 
 from __future__ import annotations
 
+import glob
 import json
 import multiprocessing
-import os
 import shutil
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +23,12 @@ from tqdm import tqdm
 
 import asa
 from asa.data.case import Case
-from asa.data.prepare.case import MIN_SIMILARITY, SUFFIXES, PrepareSettings, case_files, prepare_case
+from asa.data.prepare.case import MIN_SIMILARITY, PrepareSettings, case_files, check_inputs, part_path, prepare_case
 from asa.data.prepare.qc import write_qc
 from asa.data.prepare.template import TEMPLATE_NAME, TEMPLATE_SPACE
 from asa.data.prepare.tools import MissingTool, ants, need, single_thread
-from asa.io.atomic import atomic_write_json
+from asa.io.atomic import WriteError, atomic_write_json
+from asa.io.writable import check_writable
 
 if TYPE_CHECKING:
     from asa.data.layouts import Problem
@@ -153,18 +153,6 @@ def _check_out(out: Path, settings: PrepareSettings, into_existing: bool) -> Non
                 "--into-existing to write the prepared cases beside what is there")
 
 
-def _check_writable(out: Path) -> None:
-    """Create ``out`` and write a file in it, or refuse (`PrepareSettingsError`) saying why it cannot be written."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix=".asa-prepare-write-check.", dir=out)  # as every write here does
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as err:
-        raise PrepareSettingsError(f"out={out} cannot be written ({err.strerror or err}); choose a folder you can "
-                                   "write to") from None
-
-
 def _check_description(out: Path, recorded: dict[str, Any], settings: PrepareSettings) -> None:
     """Refuse a prepared folder made with other settings (`PrepareSettingsError` naming them)."""
     asked = settings.as_dict()
@@ -199,13 +187,16 @@ def _worker_start(seed: int) -> None:
 
 
 def _discard(case: Case, out: Path) -> None:
-    """Remove what an earlier run wrote of ``case`` (its record first): a case that failed now has nothing in the
-    prepared set, not the files of an older source."""
+    """Remove what an earlier or a stopped run wrote of ``case`` (its record first), and the temporaries of its
+    writes: a case that failed now has nothing in the prepared set, not the files of an older source, and a case
+    stopped after an image was renamed into place but before its record leaves no image a reader takes for a case."""
     files = case_files(case)
-    names = [files.record, files.mask, *(files.image(c) for c in case.images if c in SUFFIXES),
-             *(files.transform(c) for c in case.images if c in SUFFIXES)]
-    for name in names:
+    for name in files.written(case.images):
         (out / name).unlink(missing_ok=True)
+        part_path(out / name).unlink(missing_ok=True)
+    record = out / files.record  # atomic_write_json's temporary: .<name>.<random>.tmp.json
+    for temporary in record.parent.glob(f".{glob.escape(record.name)}.*.tmp.json"):
+        temporary.unlink(missing_ok=True)
 
 
 def _run_case(case: Case, out: Path, settings: PrepareSettings, seed: int,
@@ -273,6 +264,10 @@ def prepare(source: str | Path, out: str | Path, *, settings: PrepareSettings | 
         raise ValueError(f"min_similarity={min_similarity}: expected a correlation in [0, 1) (0: no case refused)")
     index, count = parse_shard(shard) if isinstance(shard, str) else shard
     _check_out(out, settings, into_existing)
+    try:  # before the tools load and any case is read, as every job checks its output folder
+        check_writable(out, "out")
+    except WriteError as err:
+        raise PrepareSettingsError(err.strerror) from None
     ants()  # refuse a missing tool before any case starts
     if settings.brain == "deepbet":
         need("deepbet.bet", "--brain deepbet")
@@ -286,7 +281,7 @@ def prepare(source: str | Path, out: str | Path, *, settings: PrepareSettings | 
         if record in names:
             raise ValueError(f"cases {names[record]!r} and {case.id!r} would share the prepared name {record}")
         names[record] = case.id
-    _check_writable(out)
+    out.mkdir(parents=True, exist_ok=True)
     if not (out / _DESCRIPTION).is_file():
         atomic_write_json(out / _DESCRIPTION, _description(settings, layout, source))
     _copy_tables(folder, out, cases)
@@ -299,10 +294,12 @@ def prepare(source: str | Path, out: str | Path, *, settings: PrepareSettings | 
         if _is_done(case, out, settings):
             report.done.append(case.id)
         else:
+            _discard(case, out)  # what a stopped or killed run left of it: temporaries, images without a record
             todo.append(case)
     failed_path = out / (_FAILED if count == 1 else f"prepare_failed.shard-{index}-of-{count}.json")
     with tqdm(total=len(todo), desc="asa-prepare", unit="case", disable=not progress or not todo,
               file=sys.stderr) as bar:
+        todo = [case for case in todo if _inputs_usable(case, settings, report, bar)]  # all before the first one
         if workers == 1 or len(todo) <= 1:
             results = (_run_case(case, out, settings, seed, min_similarity) for case in todo)
             for case_id, reason in results:
@@ -339,6 +336,18 @@ def prepare(source: str | Path, out: str | Path, *, settings: PrepareSettings | 
         failed_path.unlink()
     report.qc_page = write_qc(out)
     return report
+
+
+def _inputs_usable(case: Case, settings: PrepareSettings, report: PrepareReport, bar) -> bool:
+    """Whether ``case``'s scans can be prepared (`check_inputs`); if not, it is a failed case now, said in one line,
+    before the slow stages of any case."""
+    try:
+        check_inputs(case, settings)
+    except Exception as err:  # one case's failure never stops the others
+        text = str(err).strip().splitlines()
+        _count(report, case.id, f"{type(err).__name__}: {text[-1] if text else ''}"[:500], bar)
+        return False
+    return True
 
 
 def _count(report: PrepareReport, case_id: str, reason: str | None, bar) -> None:
