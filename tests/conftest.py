@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 # every process the suite starts (console scripts, torchrun ranks, a study's units) imports asa, and every xdist
@@ -116,3 +118,41 @@ class OldRun:
 @pytest.fixture
 def old_run(tmp_path) -> OldRun:
     return OldRun(tmp_path)
+
+
+@pytest.fixture
+def read_only(tmp_path, monkeypatch) -> Path:
+    """``tmp_path / "ro"``: an existing folder on a (simulated) read-only file system. The tests run as root in CI,
+    where chmod does not stop writes: the file system refuses where asa creates files and folders
+    (`tempfile.mkstemp`, `Path.mkdir`, `os.open` with O_CREAT)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+
+    def inside(path) -> bool:
+        path = Path(path).absolute()
+        return path == ro or ro in path.parents
+
+    def refuse(path):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    real_mkstemp, real_mkdir, real_open = tempfile.mkstemp, Path.mkdir, os.open
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and inside(dir):
+            refuse(dir)
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    def mkdir(self, *args, **kwargs):
+        if inside(self) and not self.exists():
+            refuse(self)
+        return real_mkdir(self, *args, **kwargs)
+
+    def os_open(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and inside(path):
+            refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    monkeypatch.setattr(os, "open", os_open)
+    return ro

@@ -191,7 +191,7 @@ def _openmind_file(path, *, license_id=None):
     """An nnssl file in the OpenMind release's form: ``arch_class_name: ResEncL`` with no kwargs, an ``onemmiso``
     plan at 1 mm with nnssl's unmasked z-score, its own dataset, trainer and citations (what nnU-Net's
     PretrainedTrainer prints); with ``license_id`` a top-level ``license``."""
-    from tests.models.test_foreign_weights import nnssl_checkpoint as openmind_form
+    from tests.fixtures.published import nnssl_checkpoint as openmind_form
 
     blob = openmind_form(seed=3)
     plan = blob["nnssl_adaptation_plan"]

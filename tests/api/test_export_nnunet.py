@@ -93,7 +93,7 @@ def test_export_without_nnunet_for_other_channels_is_refused(resenc_export, tmp_
 
 def test_published_checkpoint_exports_to_nnunet(tmp_path):
     """A published file (nnssl layout) goes through asa-export into nnU-Net's format unchanged."""
-    from tests.models.test_foreign_weights import nnssl_checkpoint
+    from tests.fixtures.published import nnssl_checkpoint
 
     blob = nnssl_checkpoint()
     torch.save(blob, tmp_path / "checkpoint_final.pth")

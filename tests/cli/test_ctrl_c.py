@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,20 +16,19 @@ from asa.api.config import compose_config
 from asa.cli.common import entry
 from asa.data import write_demo_dataset
 from asa.io import load_checkpoint
+from tests.fixtures.runs import child_env, encoder_checkpoint, pretrain_overrides, probe_overrides
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_pretrain import _env, _overrides  # noqa: E402  (the same tiny pretraining setup)
 
 
 @pytest.mark.slow
 def test_ctrl_c_during_pretraining_saves_last_pt_and_the_resume_continues(tmp_path):
     out, cache = tmp_path / "run", tmp_path / "cache"
-    args = _overrides(out, cache, "trainer.max_steps=null", "trainer.epochs=200", "trainer.log_every=1",
+    args = pretrain_overrides(out, cache, "trainer.max_steps=null", "trainer.epochs=200", "trainer.log_every=1",
                       "data.num_workers=1")
     log = tmp_path / "stderr.log"
     with open(log, "w") as err:  # its own process group, as a terminal's foreground job: the loader's worker gets it too
         proc = subprocess.Popen([sys.executable, "-m", "asa.cli.pretrain", *args], stdout=subprocess.DEVNULL,
-                                stderr=err, env=_env(), start_new_session=True)
+                                stderr=err, env=child_env(), start_new_session=True)
         deadline = time.time() + 120
         while "step 3/" not in log.read_text() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.1)
@@ -44,7 +42,7 @@ def test_ctrl_c_during_pretraining_saves_last_pt_and_the_resume_continues(tmp_pa
     assert len(said) == 1 and f"stopped early at step {step} (SIGINT); last.pt saved" in said[0]
     assert said[0].endswith("resume=true") and not (out / "checkpoints" / "encoder.pt").exists()
     proc = subprocess.run([sys.executable, "-m", "asa.cli.pretrain", *args[:-1], "resume=true",
-                           f"trainer.max_steps={step + 1}"], capture_output=True, text=True, env=_env(), timeout=300)
+                           f"trainer.max_steps={step + 1}"], capture_output=True, text=True, env=child_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"at step {step} (epoch" in proc.stderr  # resumed where the Ctrl-C left it
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == step + 1
@@ -67,8 +65,6 @@ def test_ctrl_c_in_a_script_without_hydra_is_one_line_and_130(module, target, tm
 
 def test_ctrl_c_during_probe_says_nothing_was_written(tmp_path, monkeypatch, capsys):
     probe_module = importlib.import_module("asa.api.probe")  # asa.api.probe is also the function
-    from test_probe import _checkpoint
-    from test_probe import _overrides as probe_overrides
 
     root = write_demo_dataset("bids", tmp_path / "bids", cases=6, size=32, seed=0, targets=True)
     real, calls = probe_module._probe_one, []
@@ -81,7 +77,7 @@ def test_ctrl_c_during_probe_says_nothing_was_written(tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(probe_module, "_probe_one", ctrl_c_at_the_second)
     out = tmp_path / "out"
-    a, b = _checkpoint(tmp_path / "a.pt", 1), _checkpoint(tmp_path / "b.pt", 2)
+    a, b = encoder_checkpoint(tmp_path / "a.pt", 1), encoder_checkpoint(tmp_path / "b.pt", 2)
     cfg = compose_config("probe", probe_overrides(root, out, a, b, extra=["task=case", "task.target=age", "folds=2"]))
     with pytest.raises(SystemExit) as stop:
         entry("asa-probe", probe_module.probe, cfg)

@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,9 +26,8 @@ from asa.models.family import Family, register_family
 from asa.models.registry import FAMILIES, RECORDS
 from asa.models.swvit.family import SWViTRoad
 from asa.train.checkpoint import IncompatibleCheckpointError, check_compatible
+from tests.fixtures.runs import child_env
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_pretrain import _env  # noqa: E402
 
 DECODER = {"feature_size": 8, "input_skip": "none", "spe_frame": "crop"}
 TINY = ["model=tiny", "trainer=smoke", "data=ibsr"]
@@ -52,7 +50,7 @@ def test_a_decoder_key_under_segmenter_is_refused_naming_its_new_place_whatever_
 @pytest.mark.slow  # the console script in a child process
 def test_model_unetr_segmenter_feature_size_on_the_console_exits_2_naming_model_feature_size(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "asa.cli.finetune", "model=unetr", "segmenter.feature_size=99",
-                           f"output_dir={tmp_path / 'r'}"], capture_output=True, text=True, env=_env(), timeout=300)
+                           f"output_dir={tmp_path / 'r'}"], capture_output=True, text=True, env=child_env(), timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("[asa-finetune] refused:"), lines

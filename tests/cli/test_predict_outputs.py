@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,10 +18,9 @@ from asa.api.machinery.rundir import RunDirError
 from asa.data import get_task, write_demo_dataset
 from asa.models import PRESETS, build_network, network_spec
 from asa.io import save_checkpoint
+from tests.fixtures.console import run_each
+from tests.fixtures.runs import child_env
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_pretrain import _env  # noqa: E402
-from console import run_each  # noqa: E402
 
 TINY = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
 
@@ -190,7 +187,7 @@ def test_console_script_exit_codes_and_per_case_lines(setup, tmp_path):
     args = [f"checkpoint={a}", f"input={data}", "device=cpu", "amp=off"]
     (code, stderr), (again, refused), (bad, overlap) = run_each(  # in turn, in one child process (one start-up)
         "asa.cli.predict", [[*args, f"output={tmp_path / 'p'}"], [*args, f"output={tmp_path / 'p'}"],
-                            [*args, f"output={tmp_path / 'q'}", "overlap=-0.5"]], _env())
+                            [*args, f"output={tmp_path / 'q'}", "overlap=-0.5"]], child_env())
     assert code == 0, stderr[-2000:]
     assert stderr.count("[asa] predicted ") == 3 and "predicted 3/3" in stderr
     assert again == 2 and "already holds predictions" in refused

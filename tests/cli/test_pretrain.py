@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from asa.io import load_checkpoint
 from asa.train import IncompatibleCheckpointError
 from asa.api.config import compose_config
 from asa.io import load_export_safetensors
+from tests.fixtures.runs import child_env, pretrain_overrides
 
 pytestmark = pytest.mark.slow  # every test here runs asa-pretrain end to end
 
@@ -26,24 +26,10 @@ def demo_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("demo-cache")
 
 
-def _overrides(out: Path, cache: Path, *extra: str, device: str = "cpu") -> list[str]:
-    return ["data=demo", "model=tiny", "trainer=smoke", f"output_dir={out}", "data.crop=32", "data.demo.size=40",
-            "data.demo.cases=6", f"data.demo.cache_dir={cache}", f"device={device}", *extra]
-
-
-def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", ASA_DIST_TIMEOUT_S="60")
-    repo = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)  # test this checkout
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
 def test_smoke_run_writes_outputs_then_resumes(tmp_path, demo_cache):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "asa.cli.pretrain", *_overrides(out, demo_cache)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    cmd = [sys.executable, "-m", "asa.cli.pretrain", *pretrain_overrides(out, demo_cache)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert str(out) in proc.stdout  # says where its outputs are
     ckpts = out / "checkpoints"
@@ -55,7 +41,7 @@ def test_smoke_run_writes_outputs_then_resumes(tmp_path, demo_cache):
     assert last["step"] == 2 and last["config"]["model"]["pos_mode"] == "mirror"
     assert not (out / ".hydra").exists()
 
-    proc = subprocess.run(cmd + ["resume=true", "trainer.max_steps=3", "trainer.epochs=3"], capture_output=True, text=True, env=_env(),
+    proc = subprocess.run(cmd + ["resume=true", "trainer.max_steps=3", "trainer.epochs=3"], capture_output=True, text=True, env=child_env(),
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stderr
@@ -67,7 +53,7 @@ def test_smoke_run_writes_outputs_then_resumes(tmp_path, demo_cache):
     ("asa", "mirror", "attentive"),
 ])
 def test_each_experiment_preset_trains(tmp_path, demo_cache, experiment, pos_mode, weighting):
-    cfg = compose_config("pretrain", _overrides(tmp_path, demo_cache, f"experiment={experiment}"))
+    cfg = compose_config("pretrain", pretrain_overrides(tmp_path, demo_cache, f"experiment={experiment}"))
     result = run(cfg)
     assert result.step == 2 and result.best_metric is not None and result.nonfinite_steps == 0
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
@@ -91,9 +77,9 @@ def test_resume_is_bit_exact_through_the_cli(tmp_path, demo_cache, device, worke
     # 4 optimisation steps over an epoch of 4 steps (batch 1) vs 2 steps, then resume for 2 more
     extra = ("trainer.batch_size=1", "trainer.epochs=2", "trainer.warmup_steps=1", "optim.base_lr=0.05",
              f"data.num_workers={workers}")
-    run(compose_config("pretrain", _overrides(tmp_path / "a", demo_cache, *extra, "trainer.max_steps=4", device=device)))
-    run(compose_config("pretrain", _overrides(tmp_path / "b", demo_cache, *extra, "trainer.max_steps=2", device=device)))
-    run(compose_config("pretrain", _overrides(tmp_path / "b", demo_cache, *extra, "trainer.max_steps=4",
+    run(compose_config("pretrain", pretrain_overrides(tmp_path / "a", demo_cache, *extra, "trainer.max_steps=4", device=device)))
+    run(compose_config("pretrain", pretrain_overrides(tmp_path / "b", demo_cache, *extra, "trainer.max_steps=2", device=device)))
+    run(compose_config("pretrain", pretrain_overrides(tmp_path / "b", demo_cache, *extra, "trainer.max_steps=4",
                                               "resume=true", device=device)))
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -108,18 +94,18 @@ def test_augmentation_on_the_device_trains_as_on_the_cpu(tmp_path, demo_cache, w
     extra = ("trainer.batch_size=2", "trainer.max_steps=3", "data.augment=true", "data.flip_axes=[0,2]",
              f"data.num_workers={workers}", "probe.every=0")
     for where in ("cpu", "device"):
-        run(compose_config("pretrain", _overrides(tmp_path / where, demo_cache, *extra, f"data.augment_on={where}")))
+        run(compose_config("pretrain", pretrain_overrides(tmp_path / where, demo_cache, *extra, f"data.augment_on={where}")))
     a, b = (load_checkpoint(tmp_path / w / "checkpoints" / "last.pt")["model"] for w in ("cpu", "device"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     if workers == 0:  # nothing to augment: the option changes nothing
-        none = run(compose_config("pretrain", _overrides(tmp_path / "none", demo_cache, "trainer.max_steps=1",
+        none = run(compose_config("pretrain", pretrain_overrides(tmp_path / "none", demo_cache, "trainer.max_steps=1",
                                                          "data.augment=false", "data.augment_on=device")))
         assert none.step == 1
 
 
 def test_resume_with_another_model_is_refused(tmp_path, demo_cache):
-    run(compose_config("pretrain", _overrides(tmp_path, demo_cache)))
-    cfg = compose_config("pretrain", _overrides(tmp_path, demo_cache, "resume=true", "model.depth=2",
+    run(compose_config("pretrain", pretrain_overrides(tmp_path, demo_cache)))
+    cfg = compose_config("pretrain", pretrain_overrides(tmp_path, demo_cache, "resume=true", "model.depth=2",
                                                 "experiment=mae"))
     with pytest.raises(IncompatibleCheckpointError) as info:
         run(cfg)
@@ -131,7 +117,7 @@ def test_resume_with_another_model_is_refused(tmp_path, demo_cache):
 def test_resume_of_a_run_with_the_old_mae_block_names_the_moved_keys(tmp_path, demo_cache):
     """A run folder written before method.* (its config holds 0.1.0's mae: block) is refused on resume,
     naming where each old key went; nothing is read into the new places."""
-    run(compose_config("pretrain", _overrides(tmp_path, demo_cache)))
+    run(compose_config("pretrain", pretrain_overrides(tmp_path, demo_cache)))
     last = tmp_path / "checkpoints" / "last.pt"
     state = load_checkpoint(last)
     config = state["config"]
@@ -140,7 +126,7 @@ def test_resume_of_a_run_with_the_old_mae_block_names_the_moved_keys(tmp_path, d
     config["method"] = method["name"]
     torch.save(state, last)
     with pytest.raises(IncompatibleCheckpointError) as info:
-        run(compose_config("pretrain", _overrides(tmp_path, demo_cache, "resume=true")))
+        run(compose_config("pretrain", pretrain_overrides(tmp_path, demo_cache, "resume=true")))
     msg = str(info.value)
     assert "mae.pos_mode is now model.pos_mode" in msg and "mae.loss_weighting is now method.loss_weighting" in msg
     assert "<missing>" not in msg
@@ -152,7 +138,7 @@ def test_resume_of_a_run_written_with_data_cache_dir_reads_it_without_the_key(tm
     left out, said in one line, and the config history records that it is gone."""
     import yaml
 
-    run(compose_config("pretrain", _overrides(tmp_path, demo_cache)))
+    run(compose_config("pretrain", pretrain_overrides(tmp_path, demo_cache)))
     record = tmp_path / "config.yaml"
     old = yaml.safe_load(record.read_text())
     old["data"]["cache_dir"] = "/somewhere"  # as an earlier asa wrote it
@@ -162,7 +148,7 @@ def test_resume_of_a_run_written_with_data_cache_dir_reads_it_without_the_key(tm
     state["config"]["data"]["cache_dir"] = "/somewhere"
     torch.save(state, last)
     capsys.readouterr()
-    result = run(compose_config("pretrain", _overrides(tmp_path, demo_cache, "resume=true", "trainer.max_steps=3",
+    result = run(compose_config("pretrain", pretrain_overrides(tmp_path, demo_cache, "resume=true", "trainer.max_steps=3",
                                                        "trainer.epochs=3")))
     assert result.step == 3
     said = [ln for ln in capsys.readouterr().err.splitlines() if "data.cache_dir" in ln]
@@ -183,9 +169,9 @@ def test_a_run_written_with_the_masking_options_in_its_method_resumes_as_it_was(
     import yaml
 
     extra = ("trainer.batch_size=1", "trainer.epochs=2", "probe.every=0")
-    run(compose_config("pretrain", _overrides(tmp_path / "full", demo_cache, *extra, "trainer.max_steps=4")))
+    run(compose_config("pretrain", pretrain_overrides(tmp_path / "full", demo_cache, *extra, "trainer.max_steps=4")))
     out = tmp_path / "old"
-    run(compose_config("pretrain", _overrides(out, demo_cache, *extra, "trainer.max_steps=2")))
+    run(compose_config("pretrain", pretrain_overrides(out, demo_cache, *extra, "trainer.max_steps=2")))
     record = out / "config.yaml"
     old = yaml.safe_load(record.read_text())
     old["version"] = 6  # as version 6 wrote them: the masked CNN's options in every masked autoencoder's method
@@ -198,7 +184,7 @@ def test_a_run_written_with_the_masking_options_in_its_method_resumes_as_it_was(
             state["config"] |= {"version": 6, "method": dict(old["method"])}
             torch.save(state, ckpt)
     capsys.readouterr()
-    assert run(compose_config("pretrain", _overrides(out, demo_cache, *extra, "trainer.max_steps=4",
+    assert run(compose_config("pretrain", pretrain_overrides(out, demo_cache, *extra, "trainer.max_steps=4",
                                                      "resume=true"))).step == 4
     last = out / "checkpoints" / "last.pt"
     assert not [ln for ln in capsys.readouterr().err.splitlines() if "added since" in ln]
@@ -211,7 +197,7 @@ def test_a_run_written_with_the_masking_options_in_its_method_resumes_as_it_was(
 def test_encoder_export_loads_into_the_segmenter(tmp_path, demo_cache):
     from asa.models import ASASegmenter, PRESETS
 
-    run(compose_config("pretrain", _overrides(tmp_path, demo_cache)))
+    run(compose_config("pretrain", pretrain_overrides(tmp_path, demo_cache)))
     sizes = {k: PRESETS["tiny"][k] for k in ("embed_dim", "depth", "num_heads", "window_size")}
     seg = ASASegmenter(img_size=32, in_channels=4, out_channels=3, **sizes)
     report = seg.load_pretrained(tmp_path / "checkpoints" / "encoder.pt", verbose=False)
@@ -233,15 +219,15 @@ def test_encoder_export_loads_into_the_segmenter(tmp_path, demo_cache):
 def test_torchrun_two_processes_smoke(tmp_path, demo_cache):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "asa.cli.pretrain", *_overrides(out, demo_cache, "trainer.batch_size=1")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+           "asa.cli.pretrain", *pretrain_overrides(out, demo_cache, "trainer.batch_size=1")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ckpt["step"] == 2 and ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
     assert (out / "checkpoints" / "encoder.pt").is_file()
     assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 1  # rank 0 only
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)  # rank 0 refuses, all stop
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=300)  # rank 0 refuses, all stop
     assert proc.returncode != 0 and "already holds a run" in proc.stderr, proc.stderr[-4000:]
     assert "rank 0 refused the run" in proc.stderr  # rank 1 waited for rank 0's checks and stopped cleanly
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

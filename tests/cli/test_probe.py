@@ -16,14 +16,8 @@ from asa.api import compose_config, probe
 from asa.api.machinery.run import OptionError
 from asa.api.machinery.rundir import RunDirError
 from asa.data import write_demo_dataset
-from asa.io import save_checkpoint, save_export_safetensors
-from asa.models import PRESETS, build_network, network_spec
-
-
-def _checkpoint(path, seed: int, arch: str = "asa_pretrain", **kwargs):
-    torch.manual_seed(seed)
-    net = build_network({"arch": arch, "kwargs": kwargs or {**PRESETS["tiny"], "img_size": 32, "patch_size": 8}})
-    return save_checkpoint(path, {"network": network_spec(net), "model": net.state_dict(), "step": 1})
+from asa.io import save_export_safetensors
+from tests.fixtures.runs import encoder_checkpoint, probe_overrides
 
 
 @pytest.fixture(scope="module")
@@ -32,17 +26,12 @@ def aged(tmp_path_factory):
     return write_demo_dataset("bids", root / "bids", cases=10, size=32, seed=0, targets=True)
 
 
-def _overrides(root, out, *encoders, extra=()):
-    return [f"encoders=[{','.join(map(str, encoders))}]", "data=targets", f"data.root={root}", f"output={out}",
-            "device=cpu", "folds=3", "bootstrap=50", "knn_k=3", *extra]
-
-
 @pytest.mark.slow
 def test_probe_prints_a_pretrained_and_a_random_row_with_intervals(tmp_path, aged, capsys):
-    a = _checkpoint(tmp_path / "a.pt", 1)
-    b = _checkpoint(tmp_path / "b.pt", 2)
+    a = encoder_checkpoint(tmp_path / "a.pt", 1)
+    b = encoder_checkpoint(tmp_path / "b.pt", 2)
     out = tmp_path / "out"
-    result = probe(compose_config("probe", _overrides(aged, out, a, b, "random", extra=["task=case", "task.target=age"])))
+    result = probe(compose_config("probe", probe_overrides(aged, out, a, b, "random", extra=["task=case", "task.target=age"])))
     printed = capsys.readouterr().out
     assert [r["name"] for r in result["rows"]] == [str(a), str(b), "random-init (asa_pretrain)"]
     assert "| random-init (asa_pretrain) | asa_pretrain | 10 |" in printed and f"| {a} | asa_pretrain | 10 |" in printed
@@ -64,19 +53,19 @@ def test_probe_prints_a_pretrained_and_a_random_row_with_intervals(tmp_path, age
     assert result["rows"][2]["metrics"]["ridge/mae"]["value"] != result["rows"][0]["metrics"]["ridge/mae"]["value"]
 
     with pytest.raises(RunDirError, match=r"output=.* already holds results \(probe.md"):
-        probe(compose_config("probe", _overrides(aged, out, a, extra=["task=case", "task.target=age"])))
-    again = probe(compose_config("probe", _overrides(aged, out, a, extra=["task=case", "task.target=age", "overwrite=true"])))
+        probe(compose_config("probe", probe_overrides(aged, out, a, extra=["task=case", "task.target=age"])))
+    again = probe(compose_config("probe", probe_overrides(aged, out, a, extra=["task=case", "task.target=age", "overwrite=true"])))
     assert len(again["rows"]) == 1 and list(tmp_path.glob("out.replaced-*"))
 
 
 @pytest.mark.slow
 def test_probe_of_a_class_target_and_of_an_encoder_export(tmp_path, aged):
-    a = _checkpoint(tmp_path / "a.pt", 1)
+    a = encoder_checkpoint(tmp_path / "a.pt", 1)
     export = tmp_path / "encoder.safetensors"
     state = torch.load(a, weights_only=True)
     save_export_safetensors(export, {"encoder": {k: v for k, v in state["model"].items() if k.startswith("encoder.")},
                                      "network": state["network"]})
-    result = probe(compose_config("probe", _overrides(aged, tmp_path / "dx", export, a, extra=[
+    result = probe(compose_config("probe", probe_overrides(aged, tmp_path / "dx", export, a, extra=[
         "task=case", "task.target=diagnosis", "names=[export,checkpoint]"])))
     assert result["target"]["kind"] == "multiclass" and result["target"]["classes"] == ["AD", "CN", "MCI"]
     export_row, ckpt_row = result["rows"]
@@ -90,7 +79,7 @@ def test_probe_of_a_class_target_and_of_an_encoder_export(tmp_path, aged):
 def test_probe_of_voxel_labels_and_an_sa_swin_encoder(tmp_path):
     root = write_demo_dataset("ibsr", tmp_path / "ibsr", cases=4, size=32, seed=1)
     sizes = dict(feature_size=12, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 4])
-    swin = _checkpoint(tmp_path / "swin.pt", 0, "sa_swin_pretrain", **sizes)
+    swin = encoder_checkpoint(tmp_path / "swin.pt", 0, "sa_swin_pretrain", **sizes)
     base = ["data=ibsr", f"data.root={root}", "device=cpu", "folds=2", "bootstrap=20", "knn_k=3"]
     with pytest.raises(OptionError, match=r"records no input size .* pass crop=N"):
         probe(compose_config("probe", [f"encoders=[{swin}]", f"output={tmp_path / 'x'}", *base]))
@@ -112,8 +101,8 @@ def test_probe_of_voxel_labels_and_an_sa_swin_encoder(tmp_path):
 ])
 def test_probe_refusals_name_the_option(tmp_path, aged, extra, error, match, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    a = _checkpoint(tmp_path / "a.pt", 1)
-    overrides = _overrides(aged, tmp_path / "out", a, extra=["task=case", "task.target=age"])
+    a = encoder_checkpoint(tmp_path / "a.pt", 1)
+    overrides = probe_overrides(aged, tmp_path / "out", a, extra=["task=case", "task.target=age"])
     overrides = [o for o in overrides if not any(o.split("=")[0] == e.split("=")[0] for e in extra)] + extra
     with pytest.raises(error, match=match):
         probe(compose_config("probe", overrides))
@@ -132,15 +121,15 @@ def test_probe_of_a_resenc_encoder_pools_its_bottleneck(tmp_path, aged):
     """A residual-encoder U-Net (asa's own or a published file) is probed on its bottleneck's voxels at the
     encoder's total stride (it used to stop with a tensor size mismatch); one with the coordinate channel is
     probed with the channel beside the image (tests/eval/test_frozen_coordinates.py checks its tokens)."""
-    plain = _checkpoint(tmp_path / "resenc.pt", 1, "resenc_pretrain", img_size=32, size="tiny")
-    result = probe(compose_config("probe", _overrides(aged, tmp_path / "out", plain, "random",
+    plain = encoder_checkpoint(tmp_path / "resenc.pt", 1, "resenc_pretrain", img_size=32, size="tiny")
+    result = probe(compose_config("probe", probe_overrides(aged, tmp_path / "out", plain, "random",
                                                       extra=["task=case", "task.target=age"])))
     assert [r["name"] for r in result["rows"]] == [str(plain), "random-init (resenc_pretrain)"]
     assert result["rows"][0]["stride"] == 8 and result["rows"][0]["size"] == [32] * 3
     assert result["rows"][0]["dim"] == 64  # the bottleneck's channels (tiny plan at 32³: 8 … 64)
     assert all(math.isfinite(r["metrics"]["ridge/mae"]["value"]) for r in result["rows"])
-    coord = _checkpoint(tmp_path / "coord.pt", 1, "resenc_pretrain", img_size=32, coord_channel=True, size="tiny")
-    result = probe(compose_config("probe", _overrides(aged, tmp_path / "out2", coord, extra=["task=case", "task.target=age"])))
+    coord = encoder_checkpoint(tmp_path / "coord.pt", 1, "resenc_pretrain", img_size=32, coord_channel=True, size="tiny")
+    result = probe(compose_config("probe", probe_overrides(aged, tmp_path / "out2", coord, extra=["task=case", "task.target=age"])))
     assert result["rows"][0]["stride"] == 8 and result["rows"][0]["dim"] == 64
     assert math.isfinite(result["rows"][0]["metrics"]["ridge/mae"]["value"])
 
@@ -152,7 +141,7 @@ def test_probe_matches_channel_names_without_regard_to_case(tmp_path):
     meta = json.loads((root / "dataset.json").read_text())
     meta["channel_names"] = {"0": "FLAIR", "1": "T1", "2": "T1gd", "3": "T2w"}
     (root / "dataset.json").write_text(json.dumps(meta))
-    a = _checkpoint(tmp_path / "a.pt", 1)
+    a = encoder_checkpoint(tmp_path / "a.pt", 1)
     base = [f"encoders=[{a}]", "data=msd", f"data.root={root}", "device=cpu", "folds=2", "bootstrap=0", "knn_k=3"]
     with pytest.raises(OptionError, match=r"channels=\['t2'\]: the .* task has channels \['FLAIR', 'T1', 'T1gd', "
                                           r"'T2w'\]; 't2': no such channel"):

@@ -20,10 +20,9 @@ from asa.api.machinery.run import OptionError
 from asa.api.machinery.rundir import RunDirError, override
 from asa.data import write_demo_dataset
 from asa.io import WriteError, atomic_write_text, save_checkpoint
+from tests.fixtures.console import run_each
+from tests.fixtures.runs import child_env, pretrain_overrides
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_pretrain import _env, _overrides  # noqa: E402
-from console import run_each  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +47,7 @@ def demo_cache(tmp_path_factory) -> Path:
 def test_pretrain_refuses_before_writing(tmp_path, demo_cache, extra, match):
     out = tmp_path / "run"
     with pytest.raises(OptionError, match=match):
-        pretrain(compose_config("pretrain", _overrides(out, demo_cache, *extra)))
+        pretrain(compose_config("pretrain", pretrain_overrides(out, demo_cache, *extra)))
     assert not out.exists()
 
 
@@ -152,7 +151,7 @@ def test_a_run_folder_that_cannot_be_created_is_refused(tmp_path, demo_cache, mo
 
     monkeypatch.setattr(Path, "mkdir", mkdir)
     with pytest.raises(RunDirError, match=r"output_dir=.*/ro/run: cannot write there \(read-only file system"):
-        pretrain(compose_config("pretrain", _overrides(tmp_path / "ro" / "run", demo_cache)))
+        pretrain(compose_config("pretrain", pretrain_overrides(tmp_path / "ro" / "run", demo_cache)))
 
 
 @pytest.mark.parametrize("value", ["runs/my run", "runs/é tude", "runs/it's", "/plain/path", "a,b[1]"])
@@ -265,7 +264,7 @@ def test_data_cache_dir_is_refused_naming_the_store(entry, overrides):
 @pytest.mark.parametrize("app", ["pretrain", "finetune"])
 def test_data_cache_dir_on_the_console_exits_2_naming_the_store(tmp_path, app):
     proc = subprocess.run([sys.executable, "-m", f"asa.cli.{app}", "data.cache_dir=/x", f"output_dir={tmp_path / 'r'}"],
-                          capture_output=True, text=True, env=_env(), timeout=300)
+                          capture_output=True, text=True, env=child_env(), timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"[asa-{app}] refused:") and lines[0].endswith(REMOVED_CACHE_DIR)
@@ -302,10 +301,10 @@ def test_console_refusals_exit_2_with_one_line(tmp_path, demo_cache):
              (["optim.base_lr=-1"], "optim.base_lr=-1: expected a positive learning rate"),  # no warning before
              (["data.crop=-32"], "data.crop=-32: expected the crop's edge in voxels, a positive whole number"),
              (["output_dir="], "output_dir='': empty; name the folder the run writes in")]
-    base = _overrides(tmp_path / "r", demo_cache)
+    base = pretrain_overrides(tmp_path / "r", demo_cache)
     here = tmp_path / "here"  # the working folder, which an empty output_dir= would write a run into
     here.mkdir()
-    results = run_each("asa.cli.pretrain", [[*base, *extra] for extra, _ in cases], _env(),  # one interpreter start-up
+    results = run_each("asa.cli.pretrain", [[*base, *extra] for extra, _ in cases], child_env(),  # one interpreter start-up
                        cwd=str(here))
     for (extra, words), (code, stderr) in zip(cases, results):
         assert code == 2, (extra, stderr[-2000:])

@@ -15,9 +15,8 @@ import torch
 
 from asa.data import write_demo_dataset
 from asa.io import load_checkpoint
+from tests.fixtures.runs import child_env
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_pretrain import _env  # noqa: E402
 
 pytestmark = pytest.mark.slow
 LAUNCH = [sys.executable, "-m", "asa.cli.launch", "--standalone", "--nproc_per_node=2", "-m"]
@@ -38,14 +37,14 @@ def _state(out: Path) -> dict:
 
 def test_resenc_pretraining_on_two_ranks_stopped_by_sigterm_resumes_bit_identical(tmp_path):
     demo = tmp_path / "demo"
-    full = subprocess.run(_pretrain(tmp_path / "full", demo), capture_output=True, text=True, env=_env(), timeout=300)
+    full = subprocess.run(_pretrain(tmp_path / "full", demo), capture_output=True, text=True, env=child_env(), timeout=300)
     assert full.returncode == 0, full.stderr[-4000:]
     ref = _state(tmp_path / "full")
     assert ref["step"] == 4 and ref["world_size"] == 2 and len(ref["rng"]) == 2
 
     out, log = tmp_path / "stopped", tmp_path / "stderr.log"
     with open(log, "w") as err:
-        proc = subprocess.Popen(_pretrain(out, demo), stdout=subprocess.DEVNULL, stderr=err, text=True, env=_env())
+        proc = subprocess.Popen(_pretrain(out, demo), stdout=subprocess.DEVNULL, stderr=err, text=True, env=child_env())
         deadline = time.time() + 150
         while "step 1/" not in log.read_text() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
@@ -53,7 +52,7 @@ def test_resenc_pretraining_on_two_ranks_stopped_by_sigterm_resumes_bit_identica
         proc.wait(timeout=120)
     assert proc.returncode == 143, log.read_text()[-4000:]
     assert 1 <= _state(out)["step"] < 4
-    resumed = subprocess.run(_pretrain(out, demo, "resume=true"), capture_output=True, text=True, env=_env(),
+    resumed = subprocess.run(_pretrain(out, demo, "resume=true"), capture_output=True, text=True, env=child_env(),
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     got = _state(out)
@@ -69,7 +68,7 @@ def test_resenc_fine_tuning_on_two_ranks_trains_several_steps(tmp_path):
     out = tmp_path / "ft"
     cmd = [*LAUNCH, "asa.cli.finetune", *COMMON, "data=ibsr", f"data.root={root}", "trainer=smoke",
            "trainer.epochs=3", "trainer.max_steps=3", "data.num_workers=0", f"output_dir={out}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     state = _state(out)
     assert state["step"] == 3 and state["world_size"] == 2

@@ -22,12 +22,10 @@ from asa.data import write_demo_dataset
 from asa.io import load_checkpoint
 from asa.train import IncompatibleCheckpointError
 from asa.api.config import compose_config
+from tests.fixtures.runs import child_env, pretrain_overrides
+from tests.fixtures.volumes import damage
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_pretrain import _env, _overrides  # noqa: E402  (the same tiny pretraining setup)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-from test_volume_checks import damage  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +39,18 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 def _cli(module: str, args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=_env(),
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=child_env(),
                           timeout=300, **kwargs)
 
 
 @pytest.mark.slow
 def test_rerun_refused_resume_refused_overwrite_moves_aside(tmp_path, demo_cache):
     out = tmp_path / "run"
-    pretrain(compose_config("pretrain", _overrides(out, demo_cache)))
+    pretrain(compose_config("pretrain", pretrain_overrides(out, demo_cache)))
     before = snapshot(out)
     assert not (out / LOCK_NAME).exists()  # released at the end
 
-    proc = _cli("asa.cli.pretrain", _overrides(out, demo_cache))  # the same command again
+    proc = _cli("asa.cli.pretrain", pretrain_overrides(out, demo_cache))  # the same command again
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "already holds a run" in proc.stderr and "resume=true" in proc.stderr
     assert f"output_dir={out}-new" in proc.stderr and "resume=false" not in proc.stderr
@@ -60,16 +58,16 @@ def test_rerun_refused_resume_refused_overwrite_moves_aside(tmp_path, demo_cache
     assert snapshot(out) == before  # every file byte-identical, nothing added
 
     with pytest.raises(IncompatibleCheckpointError) as info:  # a refused resume leaves config.yaml alone
-        pretrain(compose_config("pretrain", _overrides(out, demo_cache, "resume=true", "model.depth=2")))
+        pretrain(compose_config("pretrain", pretrain_overrides(out, demo_cache, "resume=true", "model.depth=2")))
     assert "model.depth" in str(info.value) and "resume=false" not in str(info.value)
     assert snapshot(out) == before
 
-    pretrain(compose_config("pretrain", _overrides(out, demo_cache, "overwrite=true")))
+    pretrain(compose_config("pretrain", pretrain_overrides(out, demo_cache, "overwrite=true")))
     moved = [p for p in tmp_path.iterdir() if p.name.startswith("run.replaced-")]
     assert len(moved) == 1 and snapshot(moved[0]) == before  # the old run, intact, under a new name
     assert (out / "checkpoints" / "last.pt").is_file() and not (out / "config_history.yaml").exists()
 
-    pretrain(compose_config("pretrain", _overrides(out, demo_cache, "resume=true", "trainer.max_steps=3",
+    pretrain(compose_config("pretrain", pretrain_overrides(out, demo_cache, "resume=true", "trainer.max_steps=3",
                                                    "trainer.epochs=2")))
     history = (out / "config_history.yaml").read_text()
     assert "trainer.max_steps" in history and "was: 2" in history and "now: 3" in history
@@ -95,17 +93,17 @@ def test_stale_lock_is_taken_over_and_a_live_one_refuses(tmp_path, capsys):
 @pytest.mark.slow
 def test_sigterm_stops_early_without_export_and_a_second_job_is_refused(tmp_path, demo_cache):
     out = tmp_path / "run"
-    args = _overrides(out, demo_cache, "trainer.max_steps=null", "trainer.epochs=200", "trainer.progress=true",
+    args = pretrain_overrides(out, demo_cache, "trainer.max_steps=null", "trainer.epochs=200", "trainer.progress=true",
                       "trainer.log_every=1")
     log = tmp_path / "stderr.log"
     with open(log, "w") as err:  # stderr is a file, as under a scheduler: plain lines, no bar
         proc = subprocess.Popen([sys.executable, "-m", "asa.cli.pretrain", *args], stdout=subprocess.PIPE,
-                                stderr=err, text=True, env=_env())
+                                stderr=err, text=True, env=child_env())
         deadline = time.time() + 120
         while "step 2/" not in log.read_text() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
         with pytest.raises(RunDirError, match=f"in use by another job: pid {proc.pid}"):
-            pretrain(compose_config("pretrain", _overrides(out, demo_cache, "resume=auto")))
+            pretrain(compose_config("pretrain", pretrain_overrides(out, demo_cache, "resume=auto")))
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=120)
     text = log.read_text()
@@ -146,9 +144,9 @@ def test_damaged_volumes_stop_before_the_first_step_or_are_skipped(tmp_path):
 def test_a_bad_trainer_value_stops_before_anything_is_written(tmp_path, demo_cache):
     out = tmp_path / "run"
     with pytest.raises(HydraException) as info:  # refused while composing, naming the key
-        compose_config("pretrain", _overrides(out, demo_cache, "trainer.epochs=ten"))
+        compose_config("pretrain", pretrain_overrides(out, demo_cache, "trainer.epochs=ten"))
     assert "trainer.epochs" in f"{info.value} {info.value.__cause__}"
-    cfg = compose_config("pretrain", _overrides(out, demo_cache))
+    cfg = compose_config("pretrain", pretrain_overrides(out, demo_cache))
     cfg.trainer.mode = "up"  # a value of the right type that the engine refuses
     with pytest.raises(ValueError, match="trainer.mode"):
         pretrain(cfg)

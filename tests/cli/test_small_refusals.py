@@ -4,8 +4,6 @@ file, nothing written); a skipped case's warning does not point at a ``bad_cases
 writes."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -20,8 +18,6 @@ from asa.train import IncompatibleCheckpointError
 from asa.train.checkpoint import FORMAT
 from asa.train.distributed import DistEnv
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "faults"))
-from test_read_only_outputs import read_only  # noqa: E402,F401  (the simulated read-only folder)
 
 
 def _one_refusal(app: str, run, cfg, capsys) -> tuple[str, str]:

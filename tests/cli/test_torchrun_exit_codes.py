@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -19,9 +18,8 @@ from asa.cli.launch import STATUS_ENV, job_exit_code, read_statuses
 from asa.cli.launch import main as torchrun_main
 from asa.io import load_checkpoint
 from asa.train.preemption import mark_finished
+from tests.fixtures.runs import child_env, pretrain_overrides
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_pretrain import _env, _overrides  # noqa: E402
 
 
 @pytest.mark.parametrize("recorded, failures, launcher_signal, expected", [
@@ -94,11 +92,11 @@ def test_two_gloo_workers_sigterm_143_then_refused_2(tmp_path):
     out = tmp_path / "run"
     demo = tmp_path / "demo"
     cmd = [sys.executable, "-m", "asa.cli.launch", "--standalone", "--nproc_per_node=2", "-m", "asa.cli.pretrain",
-           *_overrides(out, demo, "trainer.batch_size=1", "trainer.max_steps=null", "trainer.epochs=100",
+           *pretrain_overrides(out, demo, "trainer.batch_size=1", "trainer.max_steps=null", "trainer.epochs=100",
                        "trainer.log_every=1", "probe.every=0")]
     log = tmp_path / "stderr.log"
     with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=_env())
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=child_env())
         deadline = time.time() + 150
         while "step 2/" not in log.read_text() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
@@ -109,7 +107,7 @@ def test_two_gloo_workers_sigterm_143_then_refused_2(tmp_path):
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] >= 2
     assert "Resume with: asa-torchrun --nproc_per_node=2 -m asa.cli.pretrain data=demo" in text  # the launcher too
     assert text.split("Resume with: ")[1].splitlines()[0].endswith(" resume=true")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=150)  # a new run there: refused
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=150)  # a new run there: refused
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
     assert "continue that run:  asa-torchrun --nproc_per_node=2 -m asa.cli.pretrain " in proc.stderr
@@ -152,11 +150,11 @@ def test_two_ranks_sigterm_as_their_loader_workers_start_exits_143(tmp_path):
     out, hook = tmp_path / "run", tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(_SIGTERM_AS_WORKERS_START)
-    env = _env()
+    env = child_env()
     env["PYTHONPATH"] = os.pathsep.join([str(hook), env["PYTHONPATH"]])
     env.update(ASA_TEST_MARK=str(tmp_path / "signalled"))
     cmd = [sys.executable, "-m", "asa.cli.launch", "--standalone", "--nproc_per_node=2", "-m", "asa.cli.pretrain",
-           *_overrides(out, tmp_path / "demo", "trainer.batch_size=1", "trainer.max_steps=null", "trainer.epochs=100",
+           *pretrain_overrides(out, tmp_path / "demo", "trainer.batch_size=1", "trainer.max_steps=null", "trainer.epochs=100",
                        "trainer.log_every=1", "probe.every=0", "data.num_workers=2")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert (tmp_path / "signalled").exists(), proc.stderr[-3000:]  # the hook fired

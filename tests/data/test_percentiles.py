@@ -15,6 +15,7 @@ from asa.data import build_segmentation_dataset, discover, get_task, write_demo_
 from asa.data.preprocessing import (PERCENTILES, PretrainPreprocess, SegmentationPreprocess, brain_mask, case_to_item,
                                     check_percentiles, load_case_images)
 from asa.data.store import StoreSettingsError, open_store, store_settings
+from tests.fixtures.volumes import zscore_by_hand
 
 
 @pytest.fixture(scope="module")
@@ -24,26 +25,15 @@ def brats(tmp_path_factory):
     return discover("brats", root)[0], get_task("brats")
 
 
-def _by_hand(image: np.ndarray, mask: np.ndarray, clip: tuple[float, float] | None) -> np.ndarray:
-    """Per channel, inside the mask: clip to the mask's ``clip`` percentiles (None: no clip), (x - mean) / std; 0 outside."""
-    out = np.zeros_like(image, dtype=np.float32)
-    for c in range(image.shape[0]):
-        values = image[c][mask].astype(np.float64)
-        if clip is not None:
-            values = np.clip(values, *np.percentile(values, clip))
-        out[c][mask] = (values - values.mean()) / values.std()
-    return out
-
-
 def test_the_default_is_the_clip_asa_always_made(brats):
     case, task = brats
     item = case_to_item(case, task.channels)
     image, _ = load_case_images(item)
     mask = brain_mask(image)
     default = SegmentationPreprocess(task, with_label=False)(item)["image"].numpy()
-    assert np.array_equal(default, _by_hand(image, mask, (0.5, 99.5)))
+    assert np.array_equal(default, zscore_by_hand(image, mask, (0.5, 99.5)))
     assert np.array_equal(default, SegmentationPreprocess(task, percentiles=[0.5, 99.5], with_label=False)(item)["image"].numpy())
-    assert not np.allclose(default, _by_hand(image, mask, None), atol=1e-3)  # the clip does change these images
+    assert not np.allclose(default, zscore_by_hand(image, mask, None), atol=1e-3)  # the clip does change these images
     # the settings a store is keyed by are those of the stores written before the option
     assert SegmentationPreprocess(task).settings()["percentiles"] == (0.5, 99.5) == PERCENTILES
     assert store_settings(SegmentationPreprocess(task).settings(), channels=task.channels,
@@ -57,7 +47,7 @@ def test_0_100_is_the_masked_z_score_and_nnunets(brats):
     image, _ = load_case_images(item)
     mask = brain_mask(image)
     out = SegmentationPreprocess(task, percentiles=(0, 100), with_label=False)(item)["image"].numpy()
-    assert np.array_equal(out, _by_hand(image, mask, None))
+    assert np.array_equal(out, zscore_by_hand(image, mask, None))
     assert (out[:, ~mask] == 0).all() and np.allclose(out[:, mask].mean(1), 0, atol=1e-5)
     assert np.allclose(out[:, mask].std(1), 1, atol=1e-5)
 

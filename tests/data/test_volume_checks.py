@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
@@ -13,30 +12,7 @@ from asa.data.layouts import base
 from asa.data.preprocessing import SegmentationPreprocess, brain_mask, flat_channels
 from asa.data.store import passed_checks
 from asa.data.store_writer import build_store
-
-
-def _rewrite(path: Path, fn) -> None:
-    img = nib.load(str(path))
-    data = fn(np.asarray(img.dataobj).astype(np.float32))
-    nib.save(nib.Nifti1Image(data, img.affine), str(path))
-
-
-def damage(root: Path) -> dict[str, tuple[Path, str]]:
-    """Damage four of the BraTS cases under ``root``, one fault each; returns id -> (file, fault words)."""
-    ids = sorted(p.name for p in root.iterdir() if p.is_dir())
-    f = {cid: {m: root / cid / f"{cid}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")} for cid in ids}
-    truncated = f[ids[0]]["t1"]
-    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])  # the label stays fine
-
-    def nan(a):
-        a[3, 4, 5] = np.nan
-        return a
-
-    _rewrite(f[ids[1]]["t1ce"], nan)
-    _rewrite(f[ids[2]]["t2"], np.zeros_like)
-    _rewrite(f[ids[3]]["flair"], lambda a: np.stack([a, a], axis=-1))
-    return {ids[0]: (truncated, "truncated or corrupt"), ids[1]: (f[ids[1]]["t1ce"], "NaN/Inf"),
-            ids[2]: (f[ids[2]]["t2"], "all zeros"), ids[3]: (f[ids[3]]["flair"], "4D")}
+from tests.fixtures.volumes import damage, rewrite
 
 
 @pytest.fixture
@@ -94,9 +70,9 @@ def test_a_store_vouches_for_the_checks_of_its_unchanged_files_only(damaged, tmp
     assert set(read) == set(faults)  # the rejected cases are read again, the stored ones not
     # a stored case whose file changed is read again, and a repaired one now passes
     kept = first[0]
-    _rewrite(kept.images["t1"], lambda a: a * 2.0)
+    rewrite(kept.images["t1"], lambda a: a * 2.0)
     bad_id = next(cid for cid, (_, words) in faults.items() if words == "all zeros")
-    _rewrite(faults[bad_id][0], lambda a: a + np.arange(a.size, dtype=np.float32).reshape(a.shape))  # not constant
+    rewrite(faults[bad_id][0], lambda a: a + np.arange(a.size, dtype=np.float32).reshape(a.shape))  # not constant
     read.clear()
     again = discover("brats", root, on_bad_case="skip", checked=passed_checks(store))
     assert set(read) == set(faults) | {kept.id} and bad_id in {c.id for c in again}
@@ -126,8 +102,8 @@ def _constant(root: Path) -> dict[str, tuple[Path, str]]:
     """Make one image of two BraTS cases constant: all 5s, and 5 inside the brain (0 outside)."""
     ids = sorted(p.name for p in root.iterdir() if p.is_dir())
     flair, t1 = root / ids[0] / f"{ids[0]}_flair.nii.gz", root / ids[1] / f"{ids[1]}_t1.nii.gz"
-    _rewrite(flair, lambda a: np.full_like(a, 5.0))
-    _rewrite(t1, lambda a: np.where(a != 0, 5.0, 0.0).astype(np.float32))
+    rewrite(flair, lambda a: np.full_like(a, 5.0))
+    rewrite(t1, lambda a: np.where(a != 0, 5.0, 0.0).astype(np.float32))
     return {ids[0]: (flair, "voxels, are both 5)"), ids[1]: (t1, "voxels, are both 5)")}
 
 
@@ -152,7 +128,7 @@ def test_a_constant_image_is_a_bad_case_naming_the_file(tmp_path):
 def test_a_constant_pretraining_scan_is_a_bad_case(tmp_path):
     root = write_demo_dataset("bids", tmp_path / "bids", cases=2, size=16, seed=0)
     t1 = discover("bids", root)[1].images["t1"]
-    _rewrite(t1, lambda a: np.full_like(a, 5.0))
+    rewrite(t1, lambda a: np.full_like(a, 5.0))
     skipped: list = []
     assert len(discover("bids", root, on_bad_case="skip", skipped=skipped)) == 1
     assert skipped[0].reason.startswith(f"{t1}: image is constant inside the brain")

@@ -20,7 +20,7 @@ from asa.data import discover, write_demo_dataset
 from asa.data.preprocessing import brain_mask, case_to_item, load_case_images
 from asa.eval.predict import Predictor
 from asa.io import load_checkpoint, save_checkpoint
-from tests.data.test_percentiles import _by_hand
+from tests.fixtures.volumes import zscore_by_hand
 
 pytestmark = pytest.mark.slow  # the module's fine-tuned network (one step, then asa-predict and four exports)
 
@@ -69,10 +69,10 @@ def test_asa_predict_reads_them_from_the_checkpoint(trained, monkeypatch):
     image, _ = load_case_images(case_to_item(cases[0], ours.task.channels))
     mask = brain_mask(image)
     assert ours.percentiles == (0.0, 100.0)
-    assert np.array_equal(ours.preprocess(cases[0])[0].numpy(), _by_hand(image, mask, None))
+    assert np.array_equal(ours.preprocess(cases[0])[0].numpy(), zscore_by_hand(image, mask, None))
     old = Predictor.from_checkpoint(before, device=cpu)  # a checkpoint saved before the option: the old clip
     assert old.percentiles == (0.5, 99.5)
-    assert np.array_equal(old.preprocess(cases[0])[0].numpy(), _by_hand(image, mask, (0.5, 99.5)))
+    assert np.array_equal(old.preprocess(cases[0])[0].numpy(), zscore_by_hand(image, mask, (0.5, 99.5)))
 
     seen, real = [], prediction.preprocess_for_inference
 

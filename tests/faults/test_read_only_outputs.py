@@ -1,15 +1,11 @@
 """asa-predict, asa-probe, asa-preprocess and asa-evaluate refuse an output folder they cannot write (exit 2, one line
 naming the option), before any work, as asa-pretrain / asa-finetune refuse their output_dir.
 
-The tests run as root in CI, where chmod does not stop writes: a read-only file system is simulated
-where asa creates files and folders (`tempfile.mkstemp`, `Path.mkdir`, `os.open` with O_CREAT)."""
+The read-only file system is simulated (the ``read_only`` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import errno
-import os
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,42 +17,6 @@ from asa.cli.common import EXIT_REFUSED, entry
 from asa.data import get_task, write_demo_dataset
 from asa.io import save_checkpoint
 from asa.models import PRESETS, build_network, network_spec
-
-
-@pytest.fixture
-def read_only(tmp_path, monkeypatch) -> Path:
-    """``tmp_path / "ro"``: an existing folder on a (simulated) read-only file system."""
-    ro = tmp_path / "ro"
-    ro.mkdir()
-
-    def inside(path) -> bool:
-        path = Path(path).absolute()
-        return path == ro or ro in path.parents
-
-    def refuse(path):
-        raise OSError(errno.EROFS, "Read-only file system", str(path))
-
-    real_mkstemp, real_mkdir, real_open = tempfile.mkstemp, Path.mkdir, os.open
-
-    def mkstemp(*args, dir=None, **kwargs):
-        if dir is not None and inside(dir):
-            refuse(dir)
-        return real_mkstemp(*args, dir=dir, **kwargs)
-
-    def mkdir(self, *args, **kwargs):
-        if inside(self) and not self.exists():
-            refuse(self)
-        return real_mkdir(self, *args, **kwargs)
-
-    def os_open(path, flags, *args, **kwargs):
-        if flags & os.O_CREAT and inside(path):
-            refuse(path)
-        return real_open(path, flags, *args, **kwargs)
-
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
-    monkeypatch.setattr(Path, "mkdir", mkdir)
-    monkeypatch.setattr(os, "open", os_open)
-    return ro
 
 
 def _refused(app: str, run, cfg, capsys, option: str, folder: Path) -> None:

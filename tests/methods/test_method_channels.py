@@ -3,9 +3,7 @@ builds its network's input channels from it, ``method.in_channels`` (its earlier
 ``data.channels``, and a run folder written with it resumes without it."""
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,10 +12,9 @@ from asa.api import load_config
 from asa.api.configuration.compat import added_settings, current_config, moved_key, removed_key
 from asa.api.machinery.pretraining import _method
 from asa.train.checkpoint import check_compatible
+from tests.fixtures.console import run_each
+from tests.fixtures.runs import child_env
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
-from console import run_each  # noqa: E402
-from test_pretrain import _env  # noqa: E402
 
 TWO = "data.channels=[t1,t2]"
 
@@ -45,7 +42,7 @@ def test_method_in_channels_is_refused_naming_data_channels_before_anything_is_w
     lines = [["method.in_channels=2", f"output_dir={out}"],
              ["method=mae", "model=resenc", TWO, "method.in_channels=1", f"output_dir={out}"],
              ["+method.in_channels=2", f"output_dir={out}"]]
-    for code, stderr in run_each("asa.cli.pretrain", lines, env=_env(), cwd=str(tmp_path)):
+    for code, stderr in run_each("asa.cli.pretrain", lines, env=child_env(), cwd=str(tmp_path)):
         said = [line for line in stderr.splitlines() if line.strip()]
         assert code == 2 and len(said) == 1, stderr
         assert "method.in_channels was removed" in said[0] and "data.channels" in said[0]

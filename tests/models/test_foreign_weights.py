@@ -12,51 +12,8 @@ import asa
 from asa.api.machinery.networks import build_from_config
 from asa.io import CheckpointError, load_checkpoint
 from asa.models import load_weights
-from asa.models.cnn.resenc import plan_resenc, resenc_unet
-
-CROP = 32
-PLAN = plan_resenc(CROP, "tiny")  # features [8, 16, 32, 64], strides [1, 2, 2, 2], one block per stage
-
-
-def _nnssl_plan() -> dict:
-    """An adaptation plan as nnssl's AdaptationPlan.serialize() writes it (src/nnssl/adaptation_planning)."""
-    n = len(PLAN.features)
-    return {
-        "architecture_plans": {
-            "arch_class_name": "ResidualEncoderUNet",
-            "arch_kwargs": {"n_stages": n, "features_per_stage": PLAN.features, "conv_op": "torch.nn.modules.conv.Conv3d",
-                            "kernel_sizes": [[3, 3, 3]] * n, "strides": [[s] * 3 for s in PLAN.strides],
-                            "n_blocks_per_stage": PLAN.blocks, "n_conv_per_stage_decoder": PLAN.decoder_convs,
-                            "conv_bias": True, "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-                            "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None,
-                            "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
-            "arch_kwargs_requiring_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
-        "pretrain_plan": {
-            "dataset_name": "Dataset745_OpenMind", "plans_name": "nnsslPlans",
-            "original_median_spacing_after_transp": [1, 1, 1], "image_reader_writer": "NibabelReaderWriter",
-            "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "experiment_planner_used": "ExperimentPlanner",
-            "configurations": {"onemmiso": {
-                "data_identifier": "nnsslPlans_onemmiso", "preprocessor_name": "DefaultPreprocessor",
-                "spacing_style": "onemmiso", "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False],
-                "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": {},
-                "resampling_fn_mask": "resample_data_or_seg_to_shape", "resampling_fn_mask_kwargs": {},
-                "spacing": [1.0, 1.0, 1.0], "patch_size": [CROP] * 3}}},
-        "pretrain_num_input_channels": 1,
-        "recommended_downstream_patchsize": [CROP] * 3,
-        "key_to_encoder": "encoder.stages", "key_to_stem": "encoder.stem",
-        "keys_to_in_proj": ["encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0"], "key_to_lpe": None,
-    }
-
-
-def nnssl_checkpoint(seed: int = 0) -> dict:
-    """checkpoint_final.pth of nnssl after add_adaptation_plan: the whole ResEnc U-Net's weights (decoder and the
-    decoder's reference to the encoder included) and the plan."""
-    torch.manual_seed(seed)
-    net = resenc_unet(img_size=CROP, in_channels=1, out_channels=1, size="tiny")
-    for p in net.parameters():  # distinct values everywhere (instance-norm init is all ones / zeros)
-        p.data.normal_()
-    return {"network_weights": net.state_dict(), "nnssl_adaptation_plan": _nnssl_plan(), "trainer_name": "BaseMAETrainer",
-            "init_args": {"fold": "all", "device": torch.device("cpu")}, "current_epoch": 1000}
+from asa.models.cnn.resenc import resenc_unet
+from tests.fixtures.published import CROP, PLAN, nnssl_checkpoint
 
 
 def _gardening_conv(prefix: str, cin: int, cout: int, k: int, bias: bool, gen: torch.Generator) -> dict:

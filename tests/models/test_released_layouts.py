@@ -10,7 +10,7 @@ import torch
 
 import asa
 from asa.models import load_weights
-from tests.models.test_foreign_weights import CROP, PLAN, nnssl_checkpoint
+from tests.fixtures.published import CROP, PLAN, nnssl_checkpoint
 
 
 def _released_resencl(seed: int = 0) -> dict:

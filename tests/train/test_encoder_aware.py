@@ -3,19 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.data import Dataset
 
-from asa.models import PRESETS, ASASegmenter
 from asa.train import Engine, TrainConfig, build_optimizer, check_training_checkpoint
 from asa.train.optim import describe_lr
+from tests.fixtures.training import Volumes, segmentation_step, tiny_segmenter
 from toy import ToyNet
 
-ENC = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}  # depth 4
-
-
-def _segmenter() -> ASASegmenter:
-    torch.manual_seed(0)
-    return ASASegmenter(img_size=16, out_channels=2, feature_size=4, **ENC)
 
 
 def _lr_of(opt: torch.optim.Optimizer, net: torch.nn.Module, lr: float) -> dict[str, float]:
@@ -25,7 +18,7 @@ def _lr_of(opt: torch.optim.Optimizer, net: torch.nn.Module, lr: float) -> dict[
 
 
 def test_layer_decay_gives_the_hand_computed_lr_per_block():
-    net = _segmenter()
+    net = tiny_segmenter()
     lrs = _lr_of(build_optimizer(net, name="sgd", lr=0.01, weight_decay=3e-5, encoder_lr_scale=0.5, layer_decay=0.5),
                  net, 0.01)
     # depth 4: block i at 0.5 · 0.5^(4 − i), patch embedding at 0.5 · 0.5^5, final norm 0.5, decoder 1
@@ -59,7 +52,7 @@ def test_sa_swin_layer_decay_counts_swin_blocks_over_the_stages():
 
 
 def test_defaults_keep_one_lr_and_the_weight_decay_split():
-    net = _segmenter()
+    net = tiny_segmenter()
     opt = build_optimizer(net, name="sgd", lr=0.01, weight_decay=3e-5)
     assert all("lr_scale" not in g and "freeze_epochs" not in g for g in opt.param_groups)
     assert [g["weight_decay"] for g in opt.param_groups] == [3e-5, 0.0]
@@ -69,9 +62,9 @@ def test_encoder_options_need_an_encoder_and_valid_values():
     with pytest.raises(ValueError, match="encoder_layer_id"):
         build_optimizer(ToyNet(), name="sgd", lr=0.01, weight_decay=0.0, layer_decay=0.75)
     with pytest.raises(ValueError, match="layer_decay"):
-        build_optimizer(_segmenter(), name="sgd", lr=0.01, weight_decay=0.0, layer_decay=1.5)
+        build_optimizer(tiny_segmenter(), name="sgd", lr=0.01, weight_decay=0.0, layer_decay=1.5)
     with pytest.raises(ValueError, match="freeze_encoder_epochs"):
-        build_optimizer(_segmenter(), name="sgd", lr=0.01, weight_decay=0.0, freeze_encoder_epochs=-1)
+        build_optimizer(tiny_segmenter(), name="sgd", lr=0.01, weight_decay=0.0, freeze_encoder_epochs=-1)
 
 
 def test_describe_lr_states_the_rule():
@@ -80,36 +73,19 @@ def test_describe_lr_states_the_rule():
     assert describe_lr(3e-3, 2, False)[0] == 3e-3
 
 
-class _Volumes(Dataset):
-    def __init__(self) -> None:
-        g = torch.Generator().manual_seed(1)
-        self.x = torch.randn(4, 1, 16, 16, 16, generator=g)
-        self.y = (self.x > 0).long()[:, 0]
-
-    def __len__(self) -> int:
-        return 4
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.x[i], "label": self.y[i]}
-
-
-def _step(model, batch):
-    return torch.nn.functional.cross_entropy(model(batch["image"]), batch["label"]), {}
-
-
 def test_frozen_encoder_is_bit_identical_for_k_epochs_then_trains(tmp_path):
-    net = _segmenter()
+    net = tiny_segmenter()
     start = {k: v.clone() for k, v in net.state_dict().items()}
     opt = build_optimizer(net, name="sgd", lr=0.05, weight_decay=3e-5, freeze_encoder_epochs=2)
     cfg = TrainConfig(epochs=3, batch_size=2, progress=False, log_every=1, ckpt_every=1000, panel_every=0, amp="off")
-    engine = Engine(net, opt, _step, config=cfg, lr=0.05, out_dir=tmp_path)
+    engine = Engine(net, opt, segmentation_step, config=cfg, lr=0.05, out_dir=tmp_path)
     engine.cfg = TrainConfig(**{**cfg.__dict__, "max_steps": 4})  # 2 steps/epoch: stop after epoch 2
-    engine.fit(_Volumes())
+    engine.fit(Volumes())
     enc = [k for k in start if net.encoder_layer_id(k) is not None]
     dec = [k for k in start if net.encoder_layer_id(k) is None and start[k].is_floating_point()]
     assert enc and all(torch.equal(net.state_dict()[k], start[k]) for k in enc)
     assert any(not torch.equal(net.state_dict()[k], start[k]) for k in dec)
     engine.cfg = cfg
     engine.resume = check_training_checkpoint(tmp_path / "checkpoints" / "last.pt", {}, ())
-    engine.fit(_Volumes())  # epoch 3: the encoder trains
+    engine.fit(Volumes())  # epoch 3: the encoder trains
     assert any(not torch.equal(net.state_dict()[k], start[k]) for k in enc)

@@ -15,7 +15,7 @@ from asa.io import load_checkpoint
 from asa.train import Engine, IncompatibleCheckpointError, TrainConfig, build_optimizer, check_training_checkpoint
 from asa.train.checkpoint import RESUME_ONLY
 from asa.train.updates import REL_UPDATE_KEYS
-from test_encoder_aware import _segmenter, _step, _Volumes
+from tests.fixtures.training import Volumes, segmentation_step, tiny_segmenter
 from toy import ToyData, make_engine
 
 
@@ -125,12 +125,12 @@ def test_val_every_steps_is_checked():
 
 
 def _segmenter_run(out, log_every: int) -> dict[str, dict[int, float]]:
-    net = _segmenter()
+    net = tiny_segmenter()
     opt = build_optimizer(net, name="adamw", lr=1e-3, weight_decay=0.05)
     cfg = TrainConfig(epochs=4, max_steps=3, batch_size=2, progress=False, log_every=log_every, ckpt_every=1000,
                       panel_every=0, amp="off")
     torch.manual_seed(0)
-    Engine(net, opt, _step, config=cfg, lr=1e-3, out_dir=out).fit(_Volumes())
+    Engine(net, opt, segmentation_step, config=cfg, lr=1e-3, out_dir=out).fit(Volumes())
     events = EventAccumulator(str(out / "tb"))
     events.Reload()
     return {k: {e.step: e.value for e in events.Scalars(k)} for k in (*REL_UPDATE_KEYS, "train/loss")}

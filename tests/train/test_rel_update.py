@@ -6,13 +6,12 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from asa.models import PRESETS, build_network
+from asa.models import build_network
 from asa.train import Engine, TrainConfig, build_optimizer
 from asa.train.updates import REL_UPDATE_KEYS, RelativeUpdate, encoder_split, update_gap_note
-from test_encoder_aware import _segmenter, _step, _Volumes  # the tiny segmenter and volumes those tests train
+from tests.fixtures.training import ENC, Volumes, segmentation_step, tiny_segmenter
 from toy import ToyNet
 
-ENC = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("decoder")}
 
 
 def test_one_step_matches_the_hand_computed_norm_ratio():
@@ -46,11 +45,11 @@ def test_encoder_split_follows_the_registered_encoder(arch, kwargs, module):
 
 
 def _first_step_updates(tmp_path, encoder_lr_scale: float) -> dict[str, float]:
-    net = _segmenter()
+    net = tiny_segmenter()
     opt = build_optimizer(net, name="sgd", lr=0.01, weight_decay=3e-5, encoder_lr_scale=encoder_lr_scale)
     cfg = TrainConfig(epochs=1, max_steps=1, batch_size=2, progress=False, log_every=1, ckpt_every=1000,
                       panel_every=0, amp="off")
-    Engine(net, opt, _step, config=cfg, lr=0.01, out_dir=tmp_path).fit(_Volumes())
+    Engine(net, opt, segmentation_step, config=cfg, lr=0.01, out_dir=tmp_path).fit(Volumes())
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     return {k: events.Scalars(k)[0].value for k in REL_UPDATE_KEYS}
@@ -85,12 +84,12 @@ def test_warmup_fraction_spans_the_schedule_and_excludes_the_other_warmups(tmp_p
         Settings(warmup_fraction=0.05, warmup_epochs=1)
     with pytest.raises(ValueError, match="warmup_fraction"):
         Settings(warmup_fraction=1.0)
-    net = _segmenter()
+    net = tiny_segmenter()
     opt = build_optimizer(net, name="adamw", lr=1e-3, weight_decay=0.05)
     cfg = TrainConfig(epochs=20, max_steps=1, batch_size=2, progress=False, log_every=1, ckpt_every=1000,
                       panel_every=0, amp="off", warmup_fraction=0.05)
-    engine = Engine(net, opt, _step, config=cfg, lr=1e-3, out_dir=tmp_path)
-    engine.fit(_Volumes())  # 2 steps per epoch: a schedule of 40 steps, 5 % of it = 2 warm-up steps
+    engine = Engine(net, opt, segmentation_step, config=cfg, lr=1e-3, out_dir=tmp_path)
+    engine.fit(Volumes())  # 2 steps per epoch: a schedule of 40 steps, 5 % of it = 2 warm-up steps
     assert (engine.total_steps, engine.warmup_steps) == (40, 2)
 
 
