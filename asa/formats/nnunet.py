@@ -35,12 +35,17 @@ from asa.models.declared import crop_edges
 from asa.models.family import NNUNetForm, family_of
 from asa.models.keys import encoder_keys
 
-__all__ = ["CONFIGURATION", "DATASET_ID", "NNUNET", "NNUNET_CONFIGURATION", "NNUNET_RESULTS", "NNUNET_TRAINER",
+__all__ = ["CLIP_AGREEMENT", "CONFIGURATION", "DATASET_ID", "NNUNET", "NNUNET_CONFIGURATION", "NNUNET_RESULTS", "NNUNET_TRAINER",
            "READING_NOTE", "RESULTS_FILES", "TRAINING_SPACING", "NNUnetResults", "describe_nnunet", "located", "merge_nnunet_plans", "nnunet_architecture",
-           "nnunet_checkpoint", "nnunet_fault", "nnunet_network", "nnunet_plans_snippet", "nnunet_results",
+           "clip_warning", "nnunet_checkpoint", "nnunet_fault", "nnunet_network", "nnunet_plans_snippet", "nnunet_results",
            "results_card"]
 
 NNUNET_CONFIGURATION = "3d_fullres_asa"
+CLIP_AGREEMENT = {"clip": (0.825, 0.060), "no clip": (0.951, 0.500)}
+"""nnU-Net's predictor against asa-predict on the results folder of a network fine-tuned with asa's default clip and
+of one fine-tuned with ``data.percentiles=[0,100]``: lesion Dice between the two, mean and worst over 16 held-out
+scans (``python -m benchmarks.nnunet_agreement``, benchmarks/results/nnunet-agreement-2026-11-26/,
+docs/weights-elsewhere.md). The gap depends on how much of each scan the clip moves, so no export can measure it."""
 TRAINING_SPACING = "training_spacing"  # the run config's record of its training cases' spacing (nnU-Net's median)
 
 
@@ -427,6 +432,20 @@ class NNUNet(Format):
                     "\n## nnU-Net v2\n\n```\n" + usage + "\n```\n\n" + READING_NOTE + "\n", after)
 
 
+def clip_warning(percentiles: Sequence[float], source: str) -> str | None:
+    """The console warning for the results folder of a network trained with asa's percentile clip (the run's
+    ``data.percentiles``), which nnU-Net's predictor does not apply; None for one trained without it ([0, 100])."""
+    low, high = (float(p) for p in percentiles)
+    if (low, high) == (0.0, 100.0):
+        return None
+    (mean, worst), (fair, _) = CLIP_AGREEMENT["clip"], CLIP_AGREEMENT["no clip"]
+    return (f"{source} was fine-tuned with data.percentiles [{low:g}, {high:g}]: asa clips each image to its brain's "
+            f"{low:g}-{high:g} percentiles before the z-score, and nnU-Net's predictor does not, so nnUNetv2_predict "
+            f"and asa-predict can disagree on this folder (measured: lesion Dice between the two {mean:.3f} mean, "
+            f"{worst:.3f} worst over 16 scans, docs/weights-elsewhere.md; how much depends on your scans). Fine-tune "
+            f"with data.percentiles=[0,100] for a network both read alike ({fair:.3f} mean on the same scans)")
+
+
 class ResultsFolder(Format):
     """``--format nnunet-results``: instead of the model folder, nnU-Net's results folder of the segmenter."""
 
@@ -456,6 +475,8 @@ class ResultsFolder(Format):
                                  source=str(job.source), dataset_name=job.options.get("dataset_name"),
                                  spacing=job.options.get("spacing"), dataset_id=job.options["dataset_id"])
         card = results_card(results, job.config.get("metrics"))  # the folder holds nnU-Net's files, not asa's
+        if (warning := clip_warning(results.percentiles, str(job.source))) is not None:
+            print(f"[asa-export] warning: {warning}", file=sys.stderr, flush=True)
 
         def fold(path: Path) -> None:
             path.mkdir()

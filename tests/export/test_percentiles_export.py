@@ -1,11 +1,13 @@
 """data.percentiles travels with the network: a run fine-tuned with [0, 100] trains and validates on the unclipped
 z-score, its checkpoints record it, asa-predict preprocesses alike (read from the checkpoint; one saved before the
 option clips to 0.5-99.5 as it always did), and the export cards say which scheme the network reads: nnU-Net's
-ZScoreNormalization exactly for [0, 100], asa's clip that nnU-Net cannot state otherwise."""
+ZScoreNormalization exactly for [0, 100], asa's clip that nnU-Net cannot state otherwise; asa-export says so on the
+console too, with the measured agreement and the option that removes the gap."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +18,11 @@ import asa.eval.predict as prediction
 from asa.api import finetune, predict
 from asa.api.config import compose_config
 from asa.api.export import export_model
+from asa.cli.export import main as export_main
 from asa.data import discover, write_demo_dataset
 from asa.data.preprocessing import brain_mask, case_to_item, load_case_images
 from asa.eval.predict import Predictor
+from asa.formats.nnunet import CLIP_AGREEMENT
 from asa.io import load_checkpoint, save_checkpoint
 from tests.fixtures.volumes import zscore_by_hand
 
@@ -110,3 +114,28 @@ def test_the_cards_state_the_runs_scheme(trained):
     hub = json.loads((export_model(before, base / "hub-before") / "config.json").read_text())
     assert hub["preprocessing"]["intensity"] == ("clip to percentiles [0.5, 99.5] inside the brain, then z-score there; "
                                                  "0 outside")
+
+
+def test_asa_export_warns_on_the_console_of_the_clip_nnunet_does_not_apply(trained, capsys):
+    """The results folder of a network trained with asa's clip: one warning line with the measured agreement between
+    the two predictors and the option that removes the gap; none for a network trained with [0, 100]."""
+    last, before, _, _, base = trained
+    capsys.readouterr()
+    assert export_main([str(before), str(base / "warned"), "--format", "nnunet-results"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warned) == 1 and warned[0].startswith(f"[asa-export] warning: {before} was fine-tuned with "
+                                                      "data.percentiles [0.5, 99.5]")
+    assert "nnU-Net's predictor does not" in warned[0] and "0.825 mean, 0.060 worst over 16 scans" in warned[0]
+    assert "Fine-tune with data.percentiles=[0,100]" in warned[0] and "0.951 mean" in warned[0]
+    assert export_main([str(last), str(base / "quiet"), "--format", "nnunet-results"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert export_main([str(before), str(base / "model-folder")]) == 0  # asa-predict reads it with its own clip
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_the_warned_agreement_is_the_committed_measurement():
+    folder = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "nnunet-agreement-2026-11-26"
+    for name, file in (("clip", "agreement-clip.json"), ("no clip", "agreement-noclip.json")):
+        measured = json.loads((folder / file).read_text())
+        assert len(measured["cases"]) == 16
+        assert CLIP_AGREEMENT[name] == (round(measured["mean"], 3), round(measured["worst"], 3))
