@@ -25,27 +25,25 @@ from asa.api.machinery.rundir import RunDirError, aside_path, check_writable
 from asa.api.machinery.run import refusing
 from asa.data.cohort import (COHORT_LEVELS, IDS_WITHHELD, CohortListMissing, carried_cohort, cohort_digest,
                              cohort_summary, export_cohort)
-from asa.formats import SEGMENTER, Format, Job, choices, formats
+from asa.formats import ENCODER, FOLDER, SEGMENTER, Format, Job, choices, formats
 from asa.api.machinery.rundir import COMMAND_NAME
-from asa.formats.card import folder_licence, git_commit, model_card, segmenter_card
-from asa.formats.hub import HUB, model_config
-from asa.io.hub import FOLDER_FILES, SEGMENTER_FILE, write_folder, write_model_folder
+from asa.formats.card import folder_licence, git_commit, model_card
+from asa.formats.hub import model_config
+from asa.io.hub import SEGMENTER_FILE, write_folder, write_model_folder
 from asa.models import load_weights
 from asa.models.family import has_encoder
 from asa.models.portable import encoder_export
 from asa.models.registry import NETWORK_KINDS, current_spec, network_record
 
+LEVELS = (ENCODER, FOLDER, SEGMENTER)  # the order of the formats' parts: their card sections, files
 HUB_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*")  # a Hugging Face repository id
 
 __all__ = ["export_model"]
 
 
 def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False,
-                 license: str | None = None, nnunet_channels: int | None = None,
-                 nnunet_plans: str | os.PathLike | None = None, cohort: str | None = None,
-                 base_model: str | None = None, datasets: Sequence[str] = (), format: str = "hub",
-                 dataset_id: int | None = None, dataset_name: str | None = None,
-                 spacing: Sequence[float] | None = None) -> Path:
+                 license: str | None = None, cohort: str | None = None, base_model: str | None = None,
+                 datasets: Sequence[str] = (), format: str = "hub", **options: Any) -> Path:
     """Write the hub-ready model folder of ``checkpoint`` to ``out_dir``, with the files of every format that takes
     it (`asa.formats`); returns ``out_dir``. A bad input is refused (`asa.api.machinery.run.OptionError`, exit 2 from
     the console script) before anything is written.
@@ -58,27 +56,26 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
             ``<out_dir>.replaced-<time>/`` (never deleted).
         license: the card's licence id (e.g. ``apache-2.0``; ``other``: stated in the card's text). None: the one
             the source records, else ``other``; a published file's recorded licence is kept, another one refused.
-        nnunet_channels: the image channels of the nnU-Net checkpoint (a 1-channel stem is repeated and divided by
-            their number; None: the encoder's own).
-        nnunet_plans: an nnU-Net plans file to add the ``3d_fullres_asa`` configuration to, so that
-            ``nnUNetv2_train`` runs it (`asa.formats.nnunet.merge_nnunet_plans`).
         cohort: what the folder carries of the pretraining cohort (`asa.data.cohort.COHORT_LEVELS`) in
             ``cohort.json.gz``: ``full`` (ids, subjects, digests, fingerprints), ``digests`` (the default: digests and
             fingerprints under opaque keys, no participant named, still checked by asa-finetune and asa-probe) or
             ``none`` (only its summary digest in ``config.json``); ``full`` / ``digests`` of a source carrying no
             cohort is refused.
         base_model, datasets: the card's Hugging Face ids of the encoder a segmenter started from, and of datasets.
-        format: ``hub``, the model folder, or a segmenter format (`asa.formats.choices`): ``onnx``, the folder and
-            ``model.onnx``; ``nnunet-results``, instead of the folder nnU-Net's results folder of the segmenter.
-        dataset_id, dataset_name, spacing: ``nnunet-results``: the plans' ``Dataset<id>_<name>`` (None: 975,
-            ``asa_<task>``) and voxel size in mm (one edge or three, RAS order; None: the one asa-finetune recorded).
+        format: ``hub``, the model folder, or a segmenter format (`asa.formats.base.choices`): ``onnx``, the folder
+            and ``model.onnx``; ``nnunet-results``, instead of the folder nnU-Net's results folder of the segmenter.
+        options: the formats' own options (`asa.formats.base.Option`): ``nnunet_channels`` and ``nnunet_plans`` of
+            the nnunet files, ``dataset_id``, ``dataset_name`` and ``spacing`` of ``nnunet-results``.
 
     A fine-tuning checkpoint also gives ``segmenter.pt``, the whole network that ``asa-predict checkpoint=OUT_DIR``
     runs, and the card names its task, training data, the asa-evaluate metrics of its run folder and its command.
     """
-    options = {"nnunet_channels": nnunet_channels, "nnunet_plans": nnunet_plans, "dataset_id": dataset_id,
-               "dataset_name": dataset_name, "spacing": spacing, "overwrite": overwrite}
+    declared = {o.name: o for f in formats().values() for o in f.options}
     with refusing():
+        if unknown := sorted(set(options) - set(declared)):
+            raise ValueError(f"export_model: no format reads the option {unknown[0]!r} (the formats' options: "
+                             f"{', '.join(declared)})")
+        options = {**dict.fromkeys(declared), **options, "overwrite": overwrite}
         source = Path(checkpoint).expanduser()
         if not source.exists():
             raise FileNotFoundError(f"checkpoint {source}: no such file or folder")
@@ -88,15 +85,15 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         if format not in choices():
             raise ValueError(f"--format {format!r}: expected one of {', '.join(choices())}")
         chosen = formats()[format]
+        writes = [chosen] if chosen.alone else sorted((f for f in formats().values() if f.level != SEGMENTER
+                                                       or f is chosen), key=lambda f: LEVELS.index(f.level))
         for fmt in formats().values():  # a format's options, given for an export that does not write it
-            if given := " / ".join(f"--{n.replace('_', '-')}" for n in fmt.options if options.get(n) is not None):
-                if fmt.level == SEGMENTER and fmt is not chosen:
-                    raise ValueError(f"{given}: options of --format {fmt.name}, not of --format {format}")
-                if fmt.level != SEGMENTER and chosen.alone:
-                    raise ValueError(f"{given}: options of the model folder's {fmt.name} files, which --format "
-                                     f"{format} does not write")
+            if fmt not in writes and (given := " / ".join(o.flag for o in fmt.options if options[o.name] is not None)):
+                raise ValueError(f"{given}: options of --format {fmt.name}, not of --format {format}"
+                                 if fmt.level == SEGMENTER else f"{given}: options of the model folder's {fmt.name} "
+                                 f"files, which --format {format} does not write")
         chosen.check(options)
-        held = _held(out, overwrite=overwrite, chosen=chosen)
+        held = _held(out, overwrite=overwrite, chosen=chosen, writes=writes)
         check_writable(out, "OUT_DIR")  # as the training and prediction jobs refuse their output folders
         if out.is_dir():  # the files are written beside it first, then renamed into it: its folder is written too
             _check_beside(out)
@@ -111,6 +108,9 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
             source = source / SEGMENTER_FILE  # a model folder's whole segmenter, which the formats take
         state = load_weights(source)
         segmenter = _segmenter(state)
+        if chosen.level == SEGMENTER and segmenter is None:
+            raise ValueError(f"--format {format}: {source} holds no fine-tuned segmenter (an encoder only); export "
+                             f"the last.pt / best.pt of asa-finetune or a model folder holding {SEGMENTER_FILE}")
         arch = None if segmenter is None else current_spec(segmenter["network"])["arch"]
         if chosen.level == SEGMENTER and network_record(arch) is not None and not has_encoder(arch):
             # DynUNet: no encoder, no model folder; the provenance is the licence, the source and asa's version
@@ -129,30 +129,24 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
         config = model_config(source, state, export, license=license, cohort=summary, run=run_config,
                               metrics=_run_metrics(source, state))
         config.update({k: v for k, v in (("base_model", base_model), ("datasets", list(datasets))) if v})
-        job = Job(source, export, config, segmenter, options, listed)
-        parts = []  # every encoder format that takes the network; the options of one that does not are refused
-        for fmt in [] if chosen.alone else [f for f in formats().values() if f.level != SEGMENTER and f is not HUB]:
+        job = Job(source, export, config, segmenter, options, listed, _command(source))
+        parts = {}  # built, checked and measured before any write: every format that takes the network
+        for fmt in writes:
             if (fault := fmt.fault(export["network"])) is None:
-                parts.append(fmt.part(job))
-            elif given := [name for name in fmt.options if options.get(name) is not None]:
-                raise ValueError(f"--{given[0].replace('_', '-')}: {source} holds {fault}")
-        if chosen.level == SEGMENTER and segmenter is None:
-            raise ValueError(f"--format {format}: {source} holds no fine-tuned segmenter (an encoder only); export "
-                             f"the last.pt / best.pt of asa-finetune or a model folder holding {SEGMENTER_FILE}")
-        card = model_card(config, segmenter=None if segmenter is None else segmenter["config"])
-        card += "".join(part.card for part in parts)
-        if segmenter is not None:
-            card += segmenter_card(source, segmenter["config"], base_model=config.get("base_model"),
-                                   command=_command(source))
-        last = chosen.part(job) if chosen is not HUB else None  # built, checked and measured before any write
+                parts[fmt] = fmt.part(job)
+            elif given := [o.flag for o in fmt.options if options[o.name] is not None]:
+                raise ValueError(f"{given[0]}: {source} holds {fault}")
     _replace(out, held)
     if chosen.alone:  # its own folder in place of the model folder, with its card
-        return write_folder(out, last.files)
-    files = {**HUB.part(job).files, **{name: w for part in parts for name, w in part.files.items()}}
-    folder = write_model_folder(out, export, config, card + (last.card if last else ""), extra=files)  # all or none
-    for name, write in (last.files if last else {}).items():  # last: a folder without them is the hub's
-        write(folder / name)
-    for part in parts:  # outside the folder (the dataset's plans), once the folder is written
+        return write_folder(out, parts[chosen].files)
+    card = model_card(config, segmenter=None if segmenter is None else segmenter["config"])
+    inside = {name: w for fmt, part in parts.items() if fmt.level != SEGMENTER for name, w in part.files.items()}
+    folder = write_model_folder(out, export, config, card + "".join(part.card for part in parts.values()),
+                                extra=inside)  # all or none
+    for fmt, part in parts.items():  # a segmenter format's files last: a folder without them is a model folder
+        for name, write in part.files.items() if fmt.level == SEGMENTER else ():
+            write(folder / name)
+    for part in parts.values():  # outside the folder (the dataset's plans), once the folder is written
         if part.after is not None:
             part.after()
     return folder
@@ -216,7 +210,7 @@ def _segmenter(state: Mapping[str, Any]) -> dict[str, Any] | None:
             "step": int(state.get("step") or 0)}
 
 
-def _held(out: Path, *, overwrite: bool, chosen: Format) -> list[str]:
+def _held(out: Path, *, overwrite: bool, chosen: Format, writes: list[Format]) -> list[str]:
     """The files of an earlier export in ``out`` that ``overwrite`` moves aside; a file, a folder holding
     anything else (a run, data) or, without ``overwrite``, a non-empty folder is refused by name."""
     if out.exists() and not out.is_dir():
@@ -225,7 +219,7 @@ def _held(out: Path, *, overwrite: bool, chosen: Format) -> list[str]:
     known = chosen.files if chosen.alone else [n for f in formats().values() if not f.alone for n in f.files]
     foreign = [name for name in held if name not in known]
     if foreign:
-        own = chosen.files if chosen.alone else FOLDER_FILES + (() if chosen is HUB else chosen.files)
+        own = [n for f in writes if f.level != ENCODER for n in f.files]
         shown = ", ".join(foreign[:6]) + (f", ... ({len(foreign)} entries)" if len(foreign) > 6 else "")
         raise ValueError(f"output folder {out} holds files asa-export did not write ({shown}); nothing was written "
                          f"or moved: choose a new or empty folder (--overwrite replaces only an earlier --format "

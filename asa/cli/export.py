@@ -35,12 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--license", default=None,
                         help="the model card's licence id (e.g. apache-2.0; default: the one the source records, "
                              "else other, the training data's terms); a published file's recorded licence is kept")
-    parser.add_argument("--nnunet-channels", type=int, default=None, metavar="K",
-                        help="the nnU-Net checkpoint for K image channels (a 1-channel stem repeated "
-                             "and divided by K; default: the encoder's own)")
-    parser.add_argument("--nnunet-plans", default=None, metavar="PLANS_JSON",
-                        help="add the 3d_fullres_asa configuration to this nnU-Net plans file, so that "
-                             "nnUNetv2_train runs it (--overwrite replaces an earlier one there)")
     parser.add_argument("--cohort", choices=COHORT_LEVELS, default=None,
                         help="what cohort.json.gz carries of the pretraining cohort: full (ids, subjects, digests), "
                              "digests (default: digests under opaque keys, no participant named; asa-finetune / "
@@ -54,14 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hub (default): the model folder; onnx: the folder and model.onnx, which asa-predict "
                              "runs in onnxruntime; nnunet-results: instead of the folder, the segmenter's nnU-Net v2 "
                              "results folder, which nnUNetv2_predict_from_modelfolder runs")
-    parser.add_argument("--dataset-id", type=int, default=None, metavar="ID",
-                        help="nnunet-results: the plans' Dataset<ID> (1-999, default 975) in $nnUNet_results, where "
-                             "two models need two ids")
-    parser.add_argument("--dataset-name", default=None, metavar="NAME",
-                        help="nnunet-results: the name after Dataset<ID>_ (default asa_<task>)")
-    parser.add_argument("--spacing", type=float, nargs="+", default=None, metavar="MM",
-                        help="nnunet-results: the plans' voxel size in mm (one edge, or three in RAS order) of a "
-                             "checkpoint that records none; default: the recorded one")
+    for fmt in (f for f in formats().values() if f.options):  # each format's own options, under its name
+        group = parser.add_argument_group(f"{fmt.name} options")
+        for option in fmt.options:
+            group.add_argument(option.flag, type=option.type, nargs=option.nargs, default=None, metavar=option.metavar,
+                               help=option.help)
     parser.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     return parser
 
@@ -71,9 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         out = export_model(args.checkpoint, args.out_dir, overwrite=args.overwrite, license=args.license,
-                           nnunet_channels=args.nnunet_channels, nnunet_plans=args.nnunet_plans, cohort=args.cohort,
-                           base_model=args.base_model, datasets=args.dataset, format=args.format,
-                           dataset_id=args.dataset_id, dataset_name=args.dataset_name, spacing=args.spacing)
+                           cohort=args.cohort, base_model=args.base_model, datasets=args.dataset, format=args.format,
+                           **{o.name: getattr(args, o.name) for f in formats().values() for o in f.options})
     except (OptionError, RunDirError, FileExistsError) as err:
         if args.debug:
             raise

@@ -1,5 +1,5 @@
 """The model card, one skeleton (`model_card`: front matter, intended use, training, metrics, citations, how to load
-it, licence) to which each format adds its section (`asa.formats.Part.card`), and the provenance every exported file
+it, licence) to which each format adds its section (`asa.formats.base.Part.card`), and the provenance every exported file
 carries (`provenance`)."""
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def folder_licence(given: str | None, source: Path, *, recorded: str | None = No
 def model_card(config: Mapping[str, Any], *, segmenter: Mapping[str, Any] | None = None) -> str:
     """``README.md``'s skeleton: front matter (:func:`front_matter`), what it is (an encoder, or a segmenter of its
     task: ``segmenter``, its run config), intended use, training, metrics, citations, how to load it, licence; the
-    formats add their sections after it (`asa.formats.Part.card`)."""
+    formats add their sections after it (`asa.formats.base.Part.card`)."""
     spec = config.get("source_network") or config["network"]  # the arch the encoder was trained in
     crop = config.get("crop")
     data = config.get("data") or {}

@@ -13,8 +13,8 @@ from typing import Any
 import asa
 from asa.data.cohort import write_cohort_list
 from asa.data.preprocessing import run_percentiles
-from asa.formats import ENCODER, Format, Job, Part, register_format
-from asa.formats.card import ASA_CITATION, folder_licence, git_commit
+from asa.formats.base import FOLDER, Format, Job, Part, register_format
+from asa.formats.card import ASA_CITATION, folder_licence, git_commit, segmenter_card
 from asa.io import save_checkpoint
 from asa.io.hub import (CARD_FILE, COHORT_LIST, CONFIG_FILE, FOLDER_FORMAT, MODEL_FILE, SEGMENTER_FILE,
                         encoder_network_spec)
@@ -142,18 +142,20 @@ def _software() -> dict[str, str | None]:
 
 
 class Hub(Format):
-    """The model folder: `asa.io.hub.write_model_folder` writes its three files; this part, the whole segmenter and
-    the cohort's list beside them."""
+    """The model folder: `asa.io.hub.write_model_folder` writes its three files; this part, the whole segmenter (and
+    its card section) and the cohort's list beside them."""
 
-    name, level, files = "hub", ENCODER, (MODEL_FILE, CONFIG_FILE, CARD_FILE, SEGMENTER_FILE, COHORT_LIST)
+    name, level, files = "hub", FOLDER, (MODEL_FILE, CONFIG_FILE, CARD_FILE, SEGMENTER_FILE, COHORT_LIST)
 
     def part(self, job: Job) -> Part:
         files: dict[str, Any] = {}
         if job.cohort is not None:
             files[COHORT_LIST] = lambda path: write_cohort_list(path.parent, job.cohort, path.name)
-        if job.segmenter is not None:
-            files[SEGMENTER_FILE] = lambda path: save_checkpoint(path, job.segmenter)
-        return Part(files)
+        if job.segmenter is None:
+            return Part(files)
+        files[SEGMENTER_FILE] = lambda path: save_checkpoint(path, job.segmenter)
+        return Part(files, segmenter_card(job.source, job.segmenter["config"], base_model=job.config.get("base_model"),
+                                          command=job.command))
 
 
 HUB = register_format(Hub())

@@ -14,7 +14,7 @@ from typing import Any
 
 from monai.networks.nets import SwinUNETR
 
-from asa.formats import ENCODER, Format, Job, Part, family_fault, register_format
+from asa.formats.base import ENCODER, Format, Job, Part, family_fault, register_format
 from asa.io import save_checkpoint
 from asa.models import load_weights
 from asa.models.family import Family

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from asa.formats import ENCODER, Format, Job, Part, family_fault, register_format
+from asa.formats.base import ENCODER, Format, Job, Part, family_fault, register_format
 from asa.formats.nnunet import READER, TRANSPOSE, located, nnunet_architecture, nnunet_network, resampling
 from asa.io import atomic_write_json, save_checkpoint
 from asa.io.hub import NNSSL_CHECKPOINT, NNSSL_PLAN

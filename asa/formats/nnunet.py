@@ -26,7 +26,7 @@ from torch import nn
 
 from asa.data import Task
 from asa.data.preprocessing import PERCENTILES, run_percentiles
-from asa.formats import ENCODER, SEGMENTER, Format, Job, Part, family_fault, register_format
+from asa.formats.base import ENCODER, SEGMENTER, Format, Job, Option, Part, family_fault, register_format
 from asa.formats.card import provenance, provenance_card
 from asa.io import atomic_write_json, atomic_write_text, save_checkpoint
 from asa.io.hub import CARD_FILE, NNUNET_PLANS, NNUNET_WEIGHTS
@@ -404,7 +404,11 @@ class NNUNet(Format):
     family declares how nnU-Net builds it; ``--nnunet-plans`` merges the block into a dataset's plans, last."""
 
     name, level, files = "nnunet", ENCODER, (NNUNET_WEIGHTS, NNUNET_PLANS)
-    options = ("nnunet_channels", "nnunet_plans")
+    options = (Option("nnunet_channels", "the nnU-Net checkpoint for K image channels (a 1-channel stem repeated and "
+                                         "divided by K; default: the encoder's own)", int, metavar="K"),
+               Option("nnunet_plans", "add the 3d_fullres_asa configuration to this nnU-Net plans file, so that "
+                                      "nnUNetv2_train runs it (--overwrite replaces an earlier one there)",
+                      metavar="PLANS_JSON"))
 
     def fault(self, spec: Mapping[str, Any]) -> str | None:
         return nnunet_fault(spec)
@@ -450,7 +454,11 @@ class ResultsFolder(Format):
     """``--format nnunet-results``: instead of the model folder, nnU-Net's results folder of the segmenter."""
 
     name, level, files, alone = "nnunet-results", SEGMENTER, RESULTS_FILES, True
-    options = ("dataset_id", "dataset_name", "spacing")
+    options = (Option("dataset_id", "the plans' Dataset<ID> (1-999, default 975) in $nnUNet_results, where two models "
+                                    "need two ids", int, metavar="ID"),
+               Option("dataset_name", "the name after Dataset<ID>_ (default asa_<task>)", metavar="NAME"),
+               Option("spacing", "the plans' voxel size in mm (one edge, or three in RAS order) of a checkpoint that "
+                                 "records none; default: the recorded one", float, "+", "MM"))
 
     def check(self, options: dict[str, Any]) -> None:
         if options.get("dataset_id") is None:

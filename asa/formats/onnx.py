@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from asa.formats import SEGMENTER, Format, Job, Part, register_format
+from asa.formats.base import SEGMENTER, Format, Job, Part, register_format
 from asa.formats.card import provenance, provenance_card
 from asa.io import atomic_write_bytes, atomic_write_text
 from asa.io.hub import CARD_FILE
