@@ -11,7 +11,9 @@ from typing import Any
 
 from asa.api.machinery.cohort import encoder_cohort
 from asa.data import load_volume
-from asa.data.cohort import CohortListMissing, cohort_overlap, cohort_record, describe_overlap, image_signatures
+from asa.data.cohort import CohortListMissing, cohort_record
+from asa.data.digests import image_signatures
+from asa.data.overlap import cohort_overlap, describe_overlap
 from asa.data.fingerprint import FINGERPRINT
 from asa.data.layouts.pretrain import channel_of
 from asa.data.masked_copies import describe_masked, masked_copies
@@ -28,7 +30,7 @@ def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: M
                   encoders: Mapping[str, str] | None = None, *, accept: bool) -> dict[str, Any]:
     """The study's one overlap check, before anything trains: every labeled case (test, validation, the positive
     control's and the training pool's: `LABELED_PARTS`) against the pretraining cohort and the cohort each
-    ``encoders`` file carries (by id, subject, image content and near content: `asa.data.cohort.cohort_overlap`, the
+    ``encoders`` file carries (by id, subject, image content and near content: `asa.data.overlap.cohort_overlap`, the
     rule each fine-tuning run applies to the cases it does not train on), and against the pretraining cohort's files
     for skull-stripped or defaced copies on their grid (`asa.data.masked_copies`, which the fingerprint misses; the
     runs' own check cannot see them). Refused (exit 2) when any case was in one,

@@ -19,7 +19,7 @@ from asa.data.preprocessing import PretrainPreprocess
 from asa.data.store import INDEX, SETTINGS, StoreError, open_store, store_settings
 from asa.io import atomic_write_text
 from asa.study.common import refuse
-from asa.study.noise import write_noise_dataset
+from asa.data.synthetic.noise import write_noise_dataset
 from asa.train.distributed import DistEnv
 
 def pretrain_layout(path: Path) -> tuple[str, Path]:

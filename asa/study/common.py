@@ -35,18 +35,28 @@ def refuse(message: str) -> typing.NoReturn:
     raise refusal
 
 
-def add_scale_options(p: argparse.ArgumentParser, scale: type, scales: Mapping[str, Any], default: str) -> None:
-    """``--scale`` (one of ``scales``), ``--quick`` and one ``--<field>`` per field of the ``scale`` dataclass
-    that overrides it; a field's type gives the option's (``tuple[int, ...]``: one or more ints)."""
-    p.add_argument("--scale", choices=sorted(scales), default=default)
-    p.add_argument("--quick", action="store_true", help="the smoke scale (same as --scale quick)")
-    hints = typing.get_type_hints(scale)
-    for f in dataclasses.fields(scale):
+def add_scale_options(p: argparse.ArgumentParser, scales: Mapping[str, Any], default: str,
+                      says: Mapping[str, str]) -> None:
+    """``--scale`` (one of ``scales``, each as ``says`` puts it), ``--quick`` and one ``--<field>`` per field of the
+    scales' dataclass that overrides it, its help giving each scale's value; a field's type gives the option's
+    (``tuple[int, ...]``: one or more ints)."""
+    p.add_argument("--scale", choices=sorted(scales), default=default,
+                   help="how big the study is: " + "; ".join(f"{k} ({says[k]})" for k in sorted(scales))
+                   + f" (default {default}); each of its settings can be overridden by the options below")
+    p.add_argument("--quick", action="store_true", help="the plumbing check: the same as --scale quick")
+    kind_of = type(next(iter(scales.values())))
+    hints = typing.get_type_hints(kind_of)
+    for f in dataclasses.fields(kind_of):
         hint = hints[f.name]
         many = typing.get_origin(hint) is tuple
         kind = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+
+        def shown(v: Any) -> str:
+            return " ".join(map(str, v)) if isinstance(v, tuple) else "none" if v is None or v == () else str(v)
+
         p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, nargs="+" if many else None,
-                       help=f"override the scale's {f.name}")
+                       help=f"override the scale's {f.name.replace('_', ' ')} ("
+                            + ", ".join(f"{k} {shown(getattr(v, f.name))}" for k, v in sorted(scales.items())) + ")")
 
 
 def scale_from_args(args: argparse.Namespace, scales: Mapping[str, S]) -> tuple[str, S]:

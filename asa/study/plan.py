@@ -19,27 +19,12 @@ from asa.io import atomic_write_json
 from asa.models.family import Family, families
 from asa.models.registry import keyword_options
 from asa.study import transfer
+from asa.study.arms import ARMS, CONTROL, COORD_SCRATCH, SCRATCH, SUPERVISED, run_name
 from asa.study.cohort import StoreCohort, cohort_order
 from asa.study.common import module_argv, refuse
 
-# the pretraining arms of the CNN: method and every ASA option stated (loss weighting, its unit and exponent, the
-# coordinate channel), so that a changed default changes no arm; the masking is `MASKING` for every arm. ASA's weight
-# per 4³ unit raised to γ = 4: inside the brain (the study's 32³ crop of 48³ subjects) the paper's 8³ unit at γ = 1
-# leaves it uniform in all but name (effective share 0.98), this one varies (share 0.67, CV 0.71; docs/studies.md,
-# "ASA's attentive weight where it varies"). A uniform loss is the same whatever its unit.
-ARMS: dict[str, dict[str, Any]] = {
-    "mae": {"method": "mae", "loss_weighting": "uniform", "patch": 8, "power": 1.0, "coord": False},
-    "asa": {"method": "asa", "loss_weighting": "attentive", "patch": 4, "power": 4.0, "coord": False},
-    "asa-coord": {"method": "asa", "loss_weighting": "attentive", "patch": 4, "power": 4.0, "coord": True},
-    "mae-coord": {"method": "mae", "loss_weighting": "uniform", "patch": 8, "power": 1.0, "coord": True},
-}
-SWVIT_ARMS = ("mae", "asa")  # the SW-ViT's: the paper's Table 4 rows (configs/pretrain/experiment)
-CONTROL, SUPERVISED = "noise", "supervised"  # the negative and the positive control
-CHOICES = (*ARMS, CONTROL, SUPERVISED)
 MASK_BLOCK = 16
 MASKING = (f"model.mask_block={MASK_BLOCK}", "model.densify=spark", "model.mirror_visible=null")
-SCRATCH, COORD_SCRATCH = "scratch", "scratch-coord"  # the scratch twin; with the coordinate channel (asa-coord's twin)
-PILOT = "pilot"
 RECIPES = {"adamw": "optim=adamw", "nnunet": "optim=nnunet"}
 
 
@@ -63,14 +48,14 @@ class Scale:
     swvit: str  # the SW-ViT preset of --network swvit
     cohorts: tuple[int, ...] = ()
     pretrain_crop: int | None = None  # the pretraining crop (None: crop; the coordinate channel's arm always at crop)
-    jobs: int = 1
+    jobs: int = 1  # units at once (0: as many as the machine holds, `units_at_once`)
     time_budget: float | None = None  # seconds per call (None: no limit)
     workers: int = 0  # loader workers of every run (pretraining, pilot, fine-tuning, the positive control)
     nproc: int = 1  # processes (GPUs) of each pretraining run, through torchrun; the global batch stays the recipe's
     folds: int = 3  # cross-validation of a small labeled set: K folds ...
     repeats: int = 2  # ... × R repeats, every case scored R times
     min_scored: int = 16  # test cases per arm under which the study refuses (0: the quick scale, a plumbing check)
-    pretrain_runs: int = 2  # pretraining runs per arm and cohort (the pretraining seed a level of the intervals)
+    pretrain_runs: int = 3  # pretraining runs per arm and cohort (the pretraining seed a level of the intervals)
 
 
 SCALES = {
@@ -79,15 +64,31 @@ SCALES = {
     # (docs/studies.md: the cost table these were chosen from)
     "cpu": Scale(crop=32, pretrain_steps=800, pilot_steps=1200, cases=(8,), seeds=(0, 1, 2), test=16, val=4,
                  supervised=8, resenc="S", swvit="tiny", jobs=2, repeats=1),
-    "gpu": Scale(crop=96, pretrain_steps=4000, pilot_steps=4000, cases=(2, 8), seeds=(0, 1, 2, 3, 4), test=16, val=4,
-                 supervised=16, resenc="M", swvit="small", jobs=3, time_budget=510.0, workers=8),
+    # one GPU, the planted bed's design in one window: units side by side (as many as the device's memory and the
+    # host's cores hold), N = 2 by 4 folds × 2 repeats (8 draws, every case scored twice), 4 pretraining runs per arm
+    # (docs/studies.md, "The whole study in one GPU window": its plan and its dry run)
+    "gpu": Scale(crop=32, pretrain_steps=480, pilot_steps=1200, cases=(2,), seeds=(0, 1, 2, 3, 4), test=32, val=4,
+                 supervised=4, resenc="S", swvit="tiny", jobs=0, time_budget=510.0, folds=4, repeats=2,
+                 pretrain_runs=4),
     # the planted bed (asa-demo-data --placement planted: a cohort carrying the labeled set's lesions, unlabeled):
     # few labels, a budget one loaded 2-core sitting holds (docs/studies.md: "A planted self-supervised positive")
     "planted": Scale(crop=32, pretrain_steps=320, pilot_steps=240, cases=(2,), seeds=(0, 1), test=16, val=4,
                      supervised=4, resenc="S", swvit="tiny", jobs=2),
-    "quick": Scale(crop=32, pretrain_steps=4, pilot_steps=12, cases=(2,), seeds=(0, 1), test=3, val=2, supervised=2,
-                   resenc="tiny", swvit="tiny", folds=2, repeats=1, min_scored=0),
+    # the plumbing check: a few steps per run; a set smaller than 16 test + the rest cross-validated, as at every scale
+    "quick": Scale(crop=32, pretrain_steps=4, pilot_steps=12, cases=(2,), seeds=(0, 1), test=16, val=2, supervised=2,
+                   resenc="tiny", swvit="tiny", folds=2, repeats=1, min_scored=0, pretrain_runs=2),
 }
+UNIT_GIB = 3.0  # GPU memory of one unit at the gpu scale (ResEnc S, 32³, its CUDA context): an estimate the window checks
+UNIT_SECONDS = 39.8  # one fine-tuning unit at the cpu scale's settings (1200 steps) alone on one H200 (docs/studies.md)
+
+
+def units_at_once(threads: int | None, workers: int, memory_gib: float | None, cores: int) -> int:
+    """How many units share the machine: a core for each unit's torch threads and each of its loader workers, and on
+    a GPU (``memory_gib``) `UNIT_GIB` of its memory each."""
+    by_cores = cores // ((threads or 1) + workers)
+    return max(1, min(by_cores, int(memory_gib // UNIT_GIB)) if memory_gib else by_cores)
+
+
 # what a rerun into the same --out may add to (more units, the finished ones kept)
 GROWS = ("arms", "encoders", "scale.cohorts", "scale.cases", "scale.seeds")
 
@@ -139,20 +140,20 @@ class Network:
 
     def missing(self, arm: str) -> list[str]:
         """What the pretraining arm ``arm`` needs that the family's masked twin does not take (none: it can run)."""
-        if self.by_preset or arm not in ARMS:
+        if self.by_preset or not (arm in ARMS and ARMS[arm].pretrained):
             return []
         spec, taken = ARMS[arm], keyword_options(str(self.declared.masked))
-        needs = ["loss_weighting"] if spec["loss_weighting"] != "uniform" else []
-        return [k for k in (*needs, *(["coord_channel"] if spec["coord"] else [])) if k not in taken]
+        needs = ["loss_weighting"] if spec.loss_weighting != "uniform" else []
+        return [k for k in (*needs, *(["coord_channel"] if spec.coord else [])) if k not in taken]
 
     def pretrain(self, arm: str) -> list[str]:
-        if self.by_preset:
-            return [f"experiment={arm}", f"model={self.size}"]
+        if self.by_preset:  # the paper's preset of the arm, or of its method (the noise control: mae's)
+            return [f"experiment={arm if ARMS[arm].paper else ARMS[arm].method}", f"model={self.size}"]
         spec, section = ARMS[arm], self.declared.options()
-        stated = [f"model.weight_power={spec['power']}", f"model.weight_patch={spec['patch']}", *MASKING,
-                  f"model.coord_channel={str(bool(spec['coord'])).lower()}"]
-        return [f"model={self.family}", *([f"model.size={self.size}"] if self.size else []), f"method={spec['method']}",
-                f"method.loss_weighting={spec['loss_weighting']}",
+        stated = [f"model.weight_power={spec.power}", f"model.weight_patch={spec.patch}", *MASKING,
+                  f"model.coord_channel={str(spec.coord).lower()}"]
+        return [f"model={self.family}", *([f"model.size={self.size}"] if self.size else []), f"method={spec.method}",
+                f"method.loss_weighting={spec.loss_weighting}",
                 *(o for o in stated if o.split("=")[0].removeprefix("model.") in section)]  # the section's own
 
     @property
@@ -206,26 +207,27 @@ def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[s
         refuse(f"--nproc {scale.nproc}: the pretraining's global batch is {batch}; take a number of processes that "
                "divides it (each process takes an equal share, so the recipe stays the one-process run's)")
     per_rank = [f"trainer.batch_size={batch // scale.nproc}"] if scale.nproc > 1 else []
-    units = [(arm, n, folder) for n, folder in cohorts.items() for arm in arms if arm in ARMS]
+    units = [(arm, n, folder) for n, folder in cohorts.items() for arm in arms if ARMS[arm].pretrained
+             and not ARMS[arm].noise]
     if noise is not None:
         units.append((CONTROL, max(cohorts), noise))
     if scale.pretrain_runs < 1:
         refuse(f"--pretrain-runs {scale.pretrain_runs}: expected at least 1 pretraining run per arm")
     runs = []
     for (arm, n, data), k in ((unit, k) for unit in units for k in range(scale.pretrain_runs)):
-        spec = ARMS["mae" if arm == CONTROL else arm]
-        crop = scale.crop if spec["coord"] else (scale.pretrain_crop or scale.crop)  # the channel ties it to the crop
+        spec = ARMS[arm]
+        crop = scale.crop if spec.coord else (scale.pretrain_crop or scale.crop)  # the channel ties it to the crop
         stored = store is not None and arm != CONTROL  # the noise control reads its own volumes' file list
         resampling = store.resampling() if store is not None else []
         source = [*store.data(), *resampling] if stored else [f"data.root={data}", *resampling]
         layout = [f"data.layout={store.layout}"] if stored else common[1:2]
         epochs = pretraining_epochs(scale.pretrain_steps, n, batch)
-        name = f"{arm}-c{n}" + (f"-p{k}" if k else "")
+        name = run_name(arm, n, k)
         seeded = [f"seed={seed + k}" if o == f"seed={seed}" else o for o in common[2:]]
-        overrides = (*network.pretrain("mae" if arm == CONTROL else arm), common[0], *layout, *seeded,
+        overrides = (*network.pretrain(arm), common[0], *layout, *seeded,
                      f"data.crop={crop}", *source, f"trainer.epochs={epochs}", *per_rank,
                      f"output_dir={out / 'pretrain' / name}")
-        runs.append(Pretraining(name, arm, n, overrides, coord=bool(spec["coord"]), replicate=k))
+        runs.append(Pretraining(name, arm, n, overrides, coord=spec.coord, replicate=k))
     return runs
 
 
@@ -302,23 +304,24 @@ def supervised_splits(control: Supervised, split: Mapping[str, list[str]], seed:
 
 
 def finetune_arms(runs: Sequence[Pretraining], network: Network, supervised: Path | None,
-                  encoders: Mapping[str, Path]) -> dict[str, list[str]]:
-    """`asa.study.transfer.Transfer.arms` (name -> asa-finetune overrides): the scratch twin, with the coordinate
-    channel too when an arm pretrains with it, the positive control, every pretrained encoder and every --encoder
-    file."""
-    base = list(network.finetune)
-    arms = {SCRATCH: base}
+                  encoders: Mapping[str, str]) -> dict[str, transfer.Tuned]:
+    """`asa.study.transfer.Transfer.arms` (name -> its overrides and what it is): the scratch twin, with the
+    coordinate channel too when an arm pretrains with it, the positive control, every pretrained encoder and every
+    --encoder file."""
+    base = tuple(network.finetune)
+    arms = {SCRATCH: transfer.Tuned(base)}
     if any(run.coord for run in runs):
-        arms[COORD_SCRATCH] = [*base, "model.coord_channel=true"]
+        arms[COORD_SCRATCH] = transfer.Tuned((*base, "model.coord_channel=true"), COORD_SCRATCH)
     if supervised is not None:
-        arms[SUPERVISED] = [*base, f"model.pretrained={supervised / 'checkpoints' / 'last.pt'}"]
+        arms[SUPERVISED] = transfer.Tuned((*base, f"model.pretrained={supervised / 'checkpoints' / 'last.pt'}"),
+                                          SUPERVISED)
     for run in runs:
-        arms[run.name] = [*base, f"model.pretrained={run.encoder}", *(["model.coord_channel=true"] if run.coord else [])]
+        arms[run.name] = transfer.Tuned((*base, f"model.pretrained={run.encoder}",
+                                         *(["model.coord_channel=true"] if run.coord else [])),
+                                        run.arm, run.cohort, run.replicate)
     for name, path in encoders.items():
-        arms[name] = [*base, f"model.pretrained={path}"]
+        arms[name] = transfer.Tuned((*base, f"model.pretrained={path}"), name)
     return arms
-
-
 
 
 # ------------------------------------------------------------------------------------------------ the split
@@ -342,15 +345,20 @@ def labeled_split(cases: Sequence, scale: Scale, seed: int, *, control: bool = T
         held = sorted(pool[len(pool) - scale.supervised:]) if control and spare >= scale.supervised else []
         return {"test": test, "val": val, "pool": sorted(set(pool) - set(held)), "supervised": held}
     if len(ids) < scale.min_scored:
-        refuse(f"--root: {len(ids)} labeled cases: cross-validation would score {len(ids)} per arm, fewer than the "
+        refuse(f"--root: {cases_text(len(ids))}: cross-validation would score {len(ids)} per arm, fewer than the "
                f"{scale.min_scored} a study reads an answer from")
     least = len(ids) - math.ceil(len(ids) / scale.folds)
     if least < scale.val + max(scale.cases):
-        refuse(f"--root: {len(ids)} labeled cases: a training part of {scale.folds}-fold cross-validation holds "
+        refuse(f"--root: {cases_text(len(ids))}: a training part of {scale.folds}-fold cross-validation holds "
                f"{least}, fewer than --val {scale.val} + the largest of --cases {max(scale.cases)}")
     draws = transfer.cv_draws(ids, folds=scale.folds, repeats=scale.repeats, val=scale.val, seed=seed)
     return {"test": sorted(ids), "val": [], "pool": [], "supervised": [], "folds": scale.folds,
             "repeats": scale.repeats, "draws": draws}
+
+
+def cases_text(n: int) -> str:
+    """"1 labeled case", "3 labeled cases"."""
+    return f"{n} labeled case" + ("" if n == 1 else "s")
 
 
 def cv_supervised(out: Path, split: Mapping[str, Any], data: str, root: Path, channel: str | None) -> list[Supervised]:

@@ -1,15 +1,15 @@
-"""The probe stage of asa-study (``--probe-first``): every pretrained encoder, frozen, probed on the study's test
-cases before any fine-tuning, the pretraining factorial read from the probes, and the one pretraining arm the
+"""The probe stage of asa-study (``--probe-first``): every pretrained encoder, frozen, probed on labeled cases the
+study does not score (its validation and training-pool cases) before any fine-tuning, the pretraining factorial read from the probes, and the one pretraining arm the
 probes support, the only one the transfer stage fine-tunes.
 
-- The probes are asa-probe's (`asa.api.probe`): each encoder run once over the test cases on its own input grid
+- The probes are asa-probe's (`asa.api.probe`): each encoder run once over those cases on its own input grid
   (a coordinate-channel encoder with its channel), per-patch class fractions by ridge (R² per class) and the
   majority class by k-NN, subject-grouped cross-validation; a random-init twin of the first encoder is a row of its
   own, the floor a pretrained encoder is read against.
 - The primary probe is named before anything trains, from the study's primary endpoint: the ridge R² of the
   lesion classes (their mean), of the one foreground class, else the mean over every class.
 - The factorial: the pretraining arms as {uniform, attentive loss weight} × {no position code, the coordinate
-  channel} (`asa.study.plan.ARMS`: ``mae``, ``asa``, ``mae-coord``, ``asa-coord``). With all four cells at the
+  channel}, each pretraining arm's cell as it declares it (`asa.study.arms.Arm.cell`). With all four cells at the
   largest cohort, each main effect (and the interaction) is taken within each pretraining seed and read over the
   seeds, the replicate: the mean with its t interval on (seeds − 1) degrees of freedom.
 - The arm fine-tuned: the pretraining arm whose runs have the highest mean primary probe.
@@ -28,7 +28,8 @@ from scipy import stats
 
 from asa.io import atomic_write_json
 from asa.study.common import markdown_table, module_argv
-from asa.study.plan import ARMS, Pretraining
+from asa.study.arms import ARMS, pretraining_arms
+from asa.study.plan import Pretraining
 from asa.study.scheduler import Unit
 
 __all__ = ["EFFECTS", "RANDOM_ROW", "choose_arm", "effect_reading", "factorial_effects", "primary_probe",
@@ -57,8 +58,8 @@ def primary_probe(classes: Sequence[str], lesion_classes: Sequence[str]) -> tupl
 def probe_unit(out: Path, runs: Sequence[Pretraining], *, data: str, root: Path, channels: Sequence[str],
                cases: Sequence[str], seed: int, device: str, threads: int | None,
                overrides: Sequence[str] = ()) -> Unit:
-    """asa-probe over every pretraining run's encoder and a random-init twin, on ``cases`` (the study's test cases,
-    listed in ``<out>/probes/cases.json``), its tables in ``<out>/probes/table``; done when they hold a row per
+    """asa-probe over every pretraining run's encoder and a random-init twin, on ``cases`` (labeled cases the study
+    does not score, listed in ``<out>/probes/cases.json``), its tables in ``<out>/probes/table``; done when they hold a row per
     encoder of ``runs`` (a study grown by arms probes again: the old table is moved aside)."""
     folder = out / "probes"
     split = folder / "cases.json"
@@ -107,15 +108,14 @@ def factorial_effects(rows: Sequence[Mapping[str, Any]], *, confidence: float = 
     when all four cells ran with the same pretraining seeds: per seed the contrast of the four cells, then their
     mean over the seeds with its t interval (seeds − 1 degrees of freedom; one seed: no interval). Empty when a cell
     is missing."""
-    arms = [r for r in rows if r["arm"] in ARMS]
+    arms = [r for r in rows if r["arm"] in pretraining_arms()]
     if not arms:
         return []
     largest = max(r["cohort"] for r in arms)
     cells: dict[tuple[str, bool], dict[int, float]] = {}
     for r in arms:
         if r["cohort"] == largest:
-            spec = ARMS[r["arm"]]
-            cells.setdefault((spec["loss_weighting"], bool(spec["coord"])), {})[r["replicate"]] = r["primary"]
+            cells.setdefault(ARMS[r["arm"]].cell, {})[r["replicate"]] = r["primary"]
     seeds = sorted(set.intersection(*(set(v) for v in cells.values()))) if len(cells) == 4 else []
     if not seeds:
         return []
@@ -153,7 +153,7 @@ def choose_arm(rows: Sequence[Mapping[str, Any]]) -> str:
     in the study's order on a tie)."""
     means: dict[str, list[float]] = {}
     for r in rows:
-        if r["arm"] in ARMS:
+        if r["arm"] in pretraining_arms():
             means.setdefault(r["arm"], []).append(r["primary"])
     return max(means, key=lambda arm: float(np.mean(means[arm])))
 
@@ -165,13 +165,15 @@ def probe_lines(probes: Mapping[str, Any], *, min_effect: float) -> list[str]:
               _number(r["primary"]) + ("" if math.isnan(r["primary_ci"][0]) else
                                        f" [{r['primary_ci'][0]:.3f}, {r['primary_ci'][1]:.3f}]"),
               _number(r["r2_mean"]), _number(r["knn"])] for r in probes["rows"]]
-    lines = [f"Every pretrained encoder frozen and probed on the {probes['cases']} test cases before any fine-tuning "
+    lines = [f"Every pretrained encoder frozen and probed on {probes['cases']} labeled cases the transfer stage does not "
+             "score (the validation and training-pool cases; the arm is chosen on them, never on the scored test cases) "
+             "before any fine-tuning "
              f"(asa-probe, {probes['folds']}-fold cross-validation, 95 % bootstrap CI over the cases). Primary probe: "
              f"**{label}**, named before anything trained.", "",
              markdown_table(["encoder", "arm", "pretraining seed", label, "ridge R² mean", "k-NN accuracy"], cells,
                             left=3)]
     random = next(r["primary"] for r in probes["rows"] if r["arm"] == RANDOM_ROW)
-    above = [r for r in probes["rows"] if r["arm"] in ARMS]
+    above = [r for r in probes["rows"] if r["arm"] in pretraining_arms()]
     if above:
         beat = sum(r["primary"] > random for r in above)
         lines += [f"{beat} of {len(above)} pretrained encoders read higher than the random-init twin ({random:.3f})"

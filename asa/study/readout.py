@@ -13,7 +13,8 @@ import numpy as np
 
 from asa.io import load_checkpoint
 from asa.study import tables
-from asa.study.plan import PILOT, SCRATCH, Pretraining, Scale
+from asa.study.arms import PILOT, SCRATCH
+from asa.study.plan import Pretraining, Scale
 from asa.train.schedule import lr_at
 
 # relative drop (and rise from the best) of the held-out masked loss over the last quarter of the optimiser's progress

@@ -1,186 +1,29 @@
-"""The report of ``asa-study``: one page (``<out>/report/README.md`` with SVG plots beside it, and ``report.json``)
-that reads the study's numbers in order — the primary endpoint, the answers, then the instruments (the checks, the
-pilot, each pretraining run's held-out loss, the controls) and each question as a paired contrast with its CI.
-
-How a verdict is read: on one endpoint, named before any training (`endpoint`: the lesion Dice when the study names
-lesion classes or the set has one foreground class, else mean Dice). Every interval is the crossed random-effects
-interval of seeds × test cases (`asa.eval.random_effects`; the seed × case bootstrap is shown beside it, too narrow
-with 2–3 seeds). One primary question, named before the data (pretrained − scratch at the smallest N: asa, else
-mae, else the first --encoder arm), is read at 95 %; every other question is exploratory, read on its interval's
-two-sided p after a Holm correction across them. A contrast is "helped" or "hurt" only when it clears that bar and
-its estimate is at least the minimum effect (``--min-effect``, Dice); else "no difference this study can detect".
-Every answer carries its bound (two one-sided tests at ± the minimum effect: "equivalent within ±m", "gains above
-+x excluded", or "inconclusive: −a to +b"). The instruments decide what may be read: a scratch twin that learns
-nothing leaves every verdict "not interpretable"; a null needs a positive control that moved ("not interpretable:
-sensitivity not shown" without); a gain over scratch needs a negative control shown small (its bound under the
-minimum effect); asa − mae is "not a test of the attentive loss" where asa's weights are near uniform; the quick
-scale, a few steps per run, reads none."""
+"""The page of ``asa-study``: one page (``<out>/report/README.md`` with SVG plots beside it, and ``report.json``)
+that prints the study's numbers in order — the primary endpoint, the answers, then the instruments (the checks, the
+pilot, each pretraining run's held-out loss, the controls) and each question as a paired contrast with its CI. What
+each number may be read as is `asa.study.readings`'."""
 
 from __future__ import annotations
 
 import csv
 import math
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from asa.eval import seed_case_bootstrap
 from asa.eval.plots import interval_plot, line_plot
 from asa.io import atomic_write_json, atomic_write_text
 from asa.study import statistics, tables
+from asa.study.arms import twin_of
 from asa.study.common import machine_line, markdown_table
 from asa.study.probes import probe_lines
+from asa.study.readings import (ALPHA, KEYS, LESION_KEY, LEVEL, NOT_A_TEST, PLUMBING, UNREADABLE, UNSHOWN,
+                                contrast_rows, control_faults, endpoint, instrument_faults, keys_of, negative_small,
+                                read_family, read_instruments)
 
-__all__ = ["CONTRASTS", "contrast_rows", "holm", "instrument_faults", "read_family", "verdict", "write_report"]
-
-# the study's questions as paired contrasts (arm, reference, the question, kind): {c} / {s} stand for the largest
-# and the smallest cohort; a contrast is read when both of its arms ran. kind: "positive" (a control that must
-# move), "negative" (one that must not help), "question". An arm's first contrast is against its twin (the arm that
-# differs from it by its encoder alone).
-CONTRASTS = (
-    ("supervised", "scratch", "the positive control: an encoder trained with labels on other cases − scratch", "positive"),
-    ("noise-c{c}", "scratch", "the negative control: mae's recipe on pure noise − scratch", "negative"),
-    ("mae-c{c}", "scratch", "does masked pretraining help? (mae − scratch)", "question"),
-    ("asa-c{c}", "scratch", "does ASA's pretraining help? (asa − scratch)", "question"),
-    ("asa-c{c}", "mae-c{c}", "does the attentive loss add to mae? (asa − mae)", "question"),
-    ("mae-c{c}", "noise-c{c}", "did mae learn something from the scans? (mae − the same recipe on noise)", "question"),
-    ("asa-coord-c{c}", "scratch-coord", "does ASA's pretraining help an encoder with the coordinate channel? "
-     "(asa-coord − scratch with the channel)", "question"),
-    ("mae-coord-c{c}", "scratch-coord", "does masked pretraining help an encoder with the coordinate channel? "
-     "(mae-coord − scratch with the channel)", "question"),
-    ("scratch-coord", "scratch", "does the coordinate channel help without pretraining? (scratch with it − scratch)",
-     "question"),
-    ("asa-coord-c{c}", "asa-c{c}", "does the coordinate channel help a pretrained encoder? (asa-coord − asa, both "
-     "pretrained)", "question"),
-    ("mae-c{c}", "mae-c{s}", "does a larger cohort help mae? (largest − smallest cohort)", "question"),
-    ("asa-c{c}", "asa-c{s}", "does a larger cohort help asa? (largest − smallest cohort)", "question"),
-)
-# the primary question: the first of these arms that ran − its twin at the smallest N (else the first --encoder arm
-# − scratch); with --probe-first the one pretraining arm fine-tuned
-PRIMARY = ("asa-c{c}", "mae-c{c}", "asa-coord-c{c}", "mae-coord-c{c}")
-SCRATCH = "scratch"
-# arm (its cohort left out) -> its twin, the reference of its first contrast (reversed: the first one stays)
-TWINS = {arm.removesuffix("-c{c}"): ref for arm, ref, _, _ in reversed(CONTRASTS)}
-KEYS = (("Dice_mean", "mean Dice"), ("NSD_mean", "NSD"))
-LESION_KEY = (statistics.LESION, "lesion Dice")  # with --lesion-classes: the mean Dice of those classes
-ALPHA = 0.05  # the primary question's CI is 1 − ALPHA; the exploratory questions' family-wise error rate (Holm)
-LEVEL = f"{100 * (1 - ALPHA):g} %"
-PLUMBING, UNREADABLE = "— (plumbing check)", "not interpretable"
-UNSHOWN = "not interpretable: sensitivity not shown"  # a null without a positive control that moved
-NOT_A_TEST = "not a test of the attentive loss"  # asa − mae where asa's weights are near uniform
-REPLICATE = re.compile(r"-p\d+$")  # a replicated pretraining run's arm (<arm>-c<n>-p<k>), read with its arm
-# the attentive weights' effective share (Σp)² / (n·Σp²) at or above which they are uniform in all but name
-UNIFORM_SHARE = 0.9
-
-
-def keys_of(scores: Sequence[Mapping[str, Any]], endpoint: tuple[str, str] = KEYS[0]) -> tuple[tuple[str, str], ...]:
-    """The contrasted scores: the primary ``endpoint`` (key, label) first, then mean Dice and NSD, and the lesion
-    Dice when the study names lesion classes; each once (the endpoint's label kept), those every score row has."""
-    lesion = (LESION_KEY,) if scores and all(LESION_KEY[0] in r for r in scores) else ()
-    labels: dict[str, str] = {}
-    for k, label in (endpoint, *KEYS, *lesion):
-        labels.setdefault(k, label)
-    return tuple((k, label) for k, label in labels.items() if not scores or all(k in r for r in scores))
-
-
-def twin_of(arm: str) -> str:
-    """The arm ``arm`` is compared with per class: its twin (`TWINS`; scratch for an --encoder arm)."""
-    return TWINS.get(re.sub(r"-c\d+$", "", arm), SCRATCH)
-
-
-def endpoint(classes: Sequence[str], lesion_classes: Sequence[str]) -> tuple[str, str]:
-    """The study's primary endpoint, named before any training: (score column, label). The lesion Dice when
-    ``lesion_classes`` are named (their mean Dice) or the set has one foreground class (its Dice: mean Dice of one
-    class); mean Dice over every class otherwise (a lesion gain is diluted by the tissue classes there)."""
-    if lesion_classes:
-        return LESION_KEY[0], f"lesion Dice ({', '.join(lesion_classes)})"
-    if len(classes) == 1:
-        return KEYS[0][0], f"lesion Dice ({classes[0]})"
-    return KEYS[0]
-
-
-def bound_text(lo90: float, hi90: float, *, min_effect: float) -> str:
-    """What a contrast's one-sided 95 % bounds (its 90 % interval, two one-sided tests at ± ``min_effect``)
-    exclude: "equivalent within ±m" (both sides), "gains below +x excluded" / "losses under x excluded"
-    (an interval off 0), "gains above +x excluded" (no gain of the minimum effect), else "inconclusive: −a to +b"."""
-    if math.isnan(lo90) or math.isnan(hi90):
-        return "no bound (one labeled draw: the spread between draws is not measured)"
-    if -min_effect < lo90 and hi90 < min_effect:
-        return f"equivalent within ±{min_effect:g} ({lo90:+.3f} to {hi90:+.3f})"
-    if lo90 > 0:
-        return f"gains below {lo90:+.3f} excluded"
-    if hi90 < 0:
-        return f"losses under {-hi90:.3f} excluded"
-    if hi90 < min_effect:
-        return f"gains above {hi90:+.3f} excluded"
-    return f"inconclusive: {lo90:+.3f} to {hi90:+.3f}"
-
-
-def negative_small(row: Mapping[str, Any], *, min_effect: float) -> bool:
-    """Whether a negative control is shown small: its one-sided 95 % upper bound under ``min_effect``."""
-    hi = row.get("bound90", [math.nan, math.nan])[1]
-    return not math.isnan(hi) and hi < min_effect
-
-
-def control_faults(contrasts: Sequence[Mapping[str, Any]], *, min_effect: float) -> dict[str, dict[int, str]]:
-    """Per N, why the nulls and why the gains over scratch cannot be read: ``{"nulls": {n: reason}, "gains": {n:
-    reason}}``. A null needs a positive control that moved (it shows the study's sensitivity); a gain of a
-    pretrained arm over its scratch twin needs a negative control shown small (`negative_small`)."""
-    out: dict[str, dict[int, str]] = {"nulls": {}, "gains": {}}
-    for n in sorted({r["n"] for r in contrasts}):
-        positive = [r for r in contrasts if r["kind"] == "positive" and r["n"] == n]
-        negative = [r for r in contrasts if r["kind"] == "negative" and r["n"] == n]
-        if not positive:
-            out["nulls"][n] = "no positive control ran"
-        elif not all(r["verdict"] == "helped" for r in positive):
-            out["nulls"][n] = "the positive control did not move"
-        if not negative:
-            out["gains"][n] = "no negative control ran: a gain over scratch may be the recipe's"
-        elif not all(negative_small(r, min_effect=min_effect) for r in negative):
-            out["gains"][n] = "the negative control is not shown small: a gain over scratch may be the recipe's"
-    return out
-
-
-def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping[str, Any]], *,
-                     min_effect: float) -> None:
-    """Give every question the reading its instruments allow, in place (after `read_family`): a null without a
-    shown sensitivity reads "not interpretable: sensitivity not shown" (`control_faults`), a gain of a pretrained
-    arm over its scratch twin without a negative control shown small reads "not interpretable", asa − mae reads
-    "not a test of the attentive loss" where the asa run's attentive weights are near uniform (effective share at
-    least `UNIFORM_SHARE`), and a contrast of a pretraining run flagged unfinished carries the flag (``flags``)."""
-    faults = control_faults(contrasts, min_effect=min_effect)
-    names = [str(r["run"]) for r in runs]
-    by_run = {r["run"]: r for r in runs}
-    for r in contrasts:
-        if r["kind"] != "question":
-            continue
-        r["flags"] = [flag for name in (r["arm"], r["reference"]) for run in statistics.replicates(names, name)
-                      if (flag := run_flag(by_run.get(run)))]
-        twin = r["reference"].startswith(SCRATCH) and not r["arm"].startswith(SCRATCH)
-        if r["verdict"] == "no difference" and r["n"] in faults["nulls"]:
-            r["verdict"], r["why"] = UNSHOWN, faults["nulls"][r["n"]]
-        elif r["verdict"] == "helped" and twin and r["n"] in faults["gains"]:
-            r["verdict"], r["why"] = UNREADABLE, faults["gains"][r["n"]]
-        shares = [float(by_run[run].get("weights_share", math.nan)) for run in statistics.replicates(names, r["arm"])
-                  if run in by_run]
-        share = float(np.mean(shares)) if shares else math.nan  # over the arm's pretraining runs
-        if (r["arm"].startswith("asa-c") and r["reference"].startswith("mae-c") and not math.isnan(share)
-                and share >= UNIFORM_SHARE):
-            r["verdict"], r["why"] = NOT_A_TEST, (f"the attentive weights' effective share {share:.2f} ≥ "
-                                                  f"{UNIFORM_SHARE}: asa's loss is mae's in all but name")
-
-
-def run_flag(run: Mapping[str, Any] | None) -> str | None:
-    """A pretraining run's plateau flag in a few words (None: levelled or not checked)."""
-    if not run or run.get("plateau") is not False:
-        return None
-    if run.get("loss_rise", 0.0) >= run.get("tol", tables.PLATEAU_TOL):
-        return f"{run['run']}'s held-out loss ended {run['loss_rise']:.1%} above its lowest"
-    return (f"{run['run']} unfinished: its held-out loss still fell {run['loss_drop']:.1%} over the last quarter of "
-            "the summed lr")
+__all__ = ["write_report"]
 
 
 def mde_line(primary: Mapping[str, Any] | None, *, min_effect: float) -> list[str]:
@@ -203,124 +46,30 @@ def mde_line(primary: Mapping[str, Any] | None, *, min_effect: float) -> list[st
             ""]
 
 
-def verdict(low: float, high: float, value: float = math.nan, *, min_effect: float = 0.0) -> str:
-    """What a paired difference's CI says: ``helped`` (above 0), ``hurt`` (below 0) — each only when the estimate
-    ``value`` is at least ``min_effect`` in size — or ``no difference``; ``not measured`` without a CI."""
-    if math.isnan(low) or math.isnan(high):
-        return "not measured"
-    if not (low > 0 or high < 0) or (not math.isnan(value) and abs(value) < min_effect):
-        return "no difference"
-    return "helped" if low > 0 else "hurt"
-
-
-def why_no_difference(low: float, high: float, value: float, *, min_effect: float) -> str | None:
-    """Why a contrast reads no difference: its CI holds 0 (``"ci"``) or its estimate is under ``min_effect``."""
-    if math.isnan(low) or math.isnan(high):
-        return None
-    return "minimum effect" if (low > 0 or high < 0) and abs(value) < min_effect else "ci"
-
-
-def holm(p: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values, in the given order (Holm 1979): the i-th smallest of the m p-values times
-    (m − i + 1), made non-decreasing along that order and capped at 1, so that "adjusted p < α" rejects what Holm's
-    procedure rejects at family-wise level α. NaN stays NaN and does not count in m."""
-    order = sorted((i for i, x in enumerate(p) if not math.isnan(x)), key=lambda i: p[i])
-    out, running = [math.nan] * len(p), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(order) - rank) * p[i]))
-        out[i] = running
-    return out
-
-
-def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], encoders: Sequence[str] = (), *,
-                  n_boot: int, min_effect: float = 0.01, endpoint: tuple[str, str] = KEYS[0]) -> list[dict[str, Any]]:
-    """Each contrast of `CONTRASTS` (and every --encoder arm − scratch) whose two arms were scored, per N: the paired
-    difference (same N, seed and test case) of each of `keys_of` with its crossed random-effects CI
-    (`asa.eval.random_effects.crossed_interval`, ``[value, low, high]``) and its seed × case bootstrap CI beside it
-    (``bootstrap``); for the primary ``endpoint``: the interval's p (Holm reads it), its one-sided 95 % bounds
-    (``bound90``, `bound_text`), the minimum detectable effect at 80 % power (``mde``; with twice the seeds and
-    twice the test cases) and the 95 % verdict with ``min_effect`` (`verdict`; `read_family` reads the questions
-    as a family)."""
-    arms = {r["arm"] for r in scores}
-    table = [(a.format(c=max(cohorts), s=min(cohorts)) if cohorts else a,
-              r.format(c=max(cohorts), s=min(cohorts)) if cohorts else r, q, kind) for a, r, q, kind in CONTRASTS]
-    table += [(name, SCRATCH, f"does the encoder {name} help? ({name} − scratch)", "question") for name in encoders]
-    key = endpoint[0]
-    rows = []
-    for arm, ref, question, kind in table:
-        if arm == ref or not {arm, ref} <= arms:
-            continue
-        for n in sorted({int(r["n"]) for r in scores}):
-            row: dict[str, Any] = {"question": question, "kind": kind, "arm": arm, "reference": ref, "n": n,
-                                   "endpoint": key, "endpoint_label": endpoint[1], "bootstrap": {}}
-            for k, _ in keys_of(scores, endpoint):
-                d = statistics.pooled_matrix(scores, arm, ref, n, k)  # the arm's pretraining runs averaged
-                est = statistics.interval(scores, arm, ref, n, k)
-                row[k] = [est.value, est.low, est.high]
-                boot = seed_case_bootstrap(d, n_resamples=n_boot)
-                row["bootstrap"][k] = [boot.value, boot.low, boot.high]
-                if k == key:
-                    row["p"] = est.p
-                    row["bound90"] = list(est.bounds(0.90))
-                    row["interval"] = est.to_dict()
-                    row["mde"] = est.mde()
-                    if est.parts and "seed" in est.levels:
-                        row["mde_more"] = {"seeds": est.mde(levels={"seed": 2 * est.levels["seed"]}),
-                                           "cases": est.mde(levels={"case": 2 * est.levels["case"]})}
-                        if "pretraining" in est.levels:
-                            row["mde_more"]["pretraining runs"] = est.mde(
-                                levels={"pretraining": 2 * est.levels["pretraining"]})
-            v, lo, hi = row[key]
-            row["bound"] = bound_text(*row["bound90"], min_effect=min_effect)
-            row["verdict"] = verdict(lo, hi, v, min_effect=min_effect)
-            row["why"] = (why_no_difference(lo, hi, v, min_effect=min_effect) if row["verdict"] == "no difference"
-                          else None)
-            rows.append(row)
-    return rows
-
-
-def read_family(rows: Sequence[dict[str, Any]], cohorts: Sequence[int], encoders: Sequence[str] = (), *,
-                min_effect: float, alpha: float = ALPHA) -> dict[str, Any] | None:
-    """Give every contrast its role and reading, in place: the controls stay as `contrast_rows` read them (at 95 %);
-    the primary question (pretrained − its twin at the smallest N: the first of `PRIMARY` that ran, else the first
-    --encoder arm − scratch) keeps its 95 % verdict; every other question is exploratory: ``p_holm`` (Holm across them) and
-    "helped" / "hurt" only where p_holm < ``alpha``, the CI on that side of 0 and the estimate at least
-    ``min_effect``. Returns the primary row (None when no pretrained arm was scored)."""
-    questions = [r for r in rows if r["kind"] == "question"]
-    for r in rows:
-        r["role"] = "control" if r["kind"] != "question" else "exploratory"
-    names = [a.format(c=max(cohorts), s=min(cohorts)) for a in PRIMARY] if cohorts else []
-    primary = None
-    if questions:
-        smallest = min(r["n"] for r in questions)
-        for name in [*names, *encoders[:1]]:
-            primary = next((r for r in questions if r["arm"] == name and r["reference"] == twin_of(name)
-                            and r["n"] == smallest), None)
-            if primary is not None:
-                primary["role"] = "primary"
-                break
-    others = [r for r in questions if r["role"] == "exploratory"]
-    for r, adjusted in zip(others, holm([r["p"] for r in others])):
-        r["p_holm"] = adjusted
-        if r["verdict"] in ("helped", "hurt") and not adjusted < alpha:
-            r["verdict"], r["why"] = "no difference", "holm"
-    return primary
-
-
-def control_line(row: Mapping[str, Any], *, min_effect: float, read: bool = True) -> str:
+def control_line(row: Mapping[str, Any], *, min_effect: float, read: bool = True, trained_on: str = "",
+                 primary_mde: float = math.nan) -> str:
     """A control's reading: did it move as it must? The negative control must be shown small: its one-sided 95 %
-    upper bound under ``min_effect`` (a CI touching 0 is not enough). (``read`` False: its numbers alone.)"""
+    upper bound under ``min_effect`` (a CI touching 0 is not enough). The positive control says what it trained on
+    (``trained_on``) and whether the primary could see a gain of its size (``primary_mde``: the primary's minimum
+    detectable effect). (``read`` False: its numbers alone.)"""
     v, lo, hi = row[row["endpoint"]]
     ci = f"Δ {row['endpoint_label']} {v:+.3f} [{lo:+.3f}, {hi:+.3f}] at N = {row['n']}"
     name = "Positive control" if row["kind"] == "positive" else "Negative control"
     if not read:
         return f"{name} ({row['arm']} − {row['reference']}): {ci}."
     if row["kind"] == "positive":
-        return (f"Positive control moved, as it must ({ci}): the study can detect a gain of this size."
-                if row["verdict"] == "helped" else
-                f"**Positive control did not move** ({ci}; a move is a CI above 0 and at least {min_effect:g} Dice): "
-                "an encoder trained with labels did not beat scratch, so this study cannot show what pretraining "
-                "gives; every null below reads not interpretable.")
+        what = f"an encoder trained with labels on {trained_on}" if trained_on else "an encoder trained with labels"
+        if row["verdict"] != "helped":
+            return (f"**Positive control did not move** ({what}; {ci}; a move is a CI above 0 and at least "
+                    f"{min_effect:g} Dice): it did not beat scratch, so this study cannot show what pretraining "
+                    "gives; every null below reads not interpretable.")
+        if not primary_mde <= v:
+            return (f"Positive control moved, as it must ({what}; {ci}), but the primary question's own minimum "
+                    "detectable effect is " + ("not measured" if math.isnan(primary_mde) else f"{primary_mde:.3f}")
+                    + ": this study's primary would not reliably see a gain of the control's size"
+                    + ("" if math.isnan(primary_mde) else f", only one of {primary_mde:.3f} or more") + ".")
+        return (f"Positive control moved, as it must ({what}; {ci}): the primary question can detect a gain of this "
+                f"size (its minimum detectable effect {primary_mde:.3f}).")
     if row["verdict"] == "helped":
         return (f"**Negative control helped** ({ci}): pretraining on pure noise beat scratch, so a gain of the "
                 "pretrained arms over scratch may be the recipe's (initialisation scale, schedule), not what they "
@@ -330,29 +79,6 @@ def control_line(row: Mapping[str, Any], *, min_effect: float, read: bool = True
     return (f"**Negative control not shown small** ({ci}; its one-sided 95 % bound allows gains up to "
             f"{row['bound90'][1]:+.3f}, not under the minimum effect {min_effect:g}): an initialisation effect of "
             "that size is not excluded, so no gain of a pretrained arm over scratch is read below.")
-
-
-FOUND = 0.1  # the pilot's mean test Dice under which the scratch twin is said not to learn the task
-
-
-def instrument_faults(contrasts: Sequence[Mapping[str, Any]], pilot: Mapping[str, Any]) -> list[str]:
-    """The instrument that fails every reading, one sentence: the scratch twin learns nothing (the pilot's mean
-    test Dice under `FOUND`, or the pilot's record says it did not learn: every Δ is noise). The controls fail
-    readings of one kind (`control_faults`)."""
-    faults = []
-    test = pilot.get("test") or {}
-    mean = float(np.mean(list(test.values()))) if test else math.nan
-    if mean < FOUND:
-        faults.append(f"the scratch twin does not learn the task (the pilot's mean test Dice {mean:.3f} < {FOUND}), so "
-                      "every difference is noise.")
-    elif pilot.get("learned") is False:  # its validation Dice (or lesion Dice) stayed under the study's floor
-        best = [f"{label} {pilot[key]:.3f}" for key, label in (("best_dice", "best validation Dice"),
-                                                               ("best_lesion_dice", "best lesion Dice"))
-                if not math.isnan(float(pilot.get(key, math.nan)))]
-        faults.append("the scratch twin does not learn the task (the pilot did not learn"
-                      + (f": {', '.join(best)}, under {pilot['floor']}" if best and "floor" in pilot else "")
-                      + "), so every difference is noise.")
-    return faults
 
 
 def reading(row: Mapping[str, Any], *, min_effect: float) -> str:
@@ -517,16 +243,16 @@ def read_scores(path: Path, classes: Sequence[str]) -> list[dict[str, Any]]:
     return scores
 
 
-def class_rows(scores: Sequence[Mapping[str, Any]], classes: Sequence[str], *, n_boot: int) -> list[dict[str, Any]]:
-    """Per arm and N, the paired difference of each class's Dice to the arm's own twin (`twin_of`) with its crossed
-    random-effects CI: {"arm", "reference", "n", "Dice_<class>": [value, low, high]} (``n_boot``: unused, kept for
-    callers)."""
-    arms = [a for a in dict.fromkeys(str(r["arm"]) for r in scores) if not REPLICATE.search(a)]  # pooled in each arm's
+def class_rows(scores: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> list[dict[str, Any]]:
+    """Per arm (at its cohort, its pretraining runs pooled) and N, the paired difference of each class's Dice to the
+    arm's own twin (`asa.study.arms.twin_of`) with its crossed random-effects CI: {"arm", "reference", "n",
+    "Dice_<class>": [value, low, high]}."""
+    groups = {statistics.group_of(r): str(r.get("encoder_arm") or r["arm"]) for r in scores}
     rows = []
     for n in sorted({int(r["n"]) for r in scores}):
-        for arm in arms:
-            ref = twin_of(arm)
-            if arm == ref or ref not in arms:
+        for arm, of in groups.items():
+            ref = twin_of(of)
+            if arm == ref or ref not in groups:
                 continue
             row: dict[str, Any] = {"arm": arm, "reference": ref, "n": n}
             for c in classes:
@@ -586,9 +312,14 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
                                                       else endpoint(classes, named)))
     contrasts = contrast_rows(scores, cohorts, encoders, n_boot=n_boot, min_effect=min_effect,
                               endpoint=primary_endpoint)
-    primary = read_family(contrasts, cohorts, encoders, min_effect=min_effect)
+    primary = read_family(contrasts, encoders, min_effect=min_effect)
     failed = instrument_faults(contrasts, pilot)
-    controls = [control_line(r, min_effect=min_effect, read=not plumbing) for r in contrasts if r["kind"] != "question"]
+    trained_on = ("each draw's own training part (the cases the arms draw N from, trained for the pilot's steps): it "
+                  "shows that a better start on the same cases moves the fine-tuning, not transfer from other cases"
+                  if info.get("design") else "labeled cases no other run sees")
+    mde = primary["mde"] if primary is not None else math.nan
+    controls = [control_line(r, min_effect=min_effect, read=not plumbing, trained_on=trained_on, primary_mde=mde)
+                for r in contrasts if r["kind"] != "question"]
     if not plumbing and not any(r["kind"] == "positive" for r in contrasts):
         controls.insert(0, "**No positive control ran**" + (f" ({info['checks']['supervised']})"
                                                           if "supervised" in info.get("checks", {}) else "")
@@ -599,6 +330,9 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
             r["verdict"], r["why"] = (PLUMBING if plumbing else UNREADABLE), None
     else:
         read_instruments(contrasts, info.get("pretraining", []), min_effect=min_effect)
+    for r in contrasts:  # a reading that is not interpretable claims no bound either
+        if r["verdict"] in (PLUMBING, UNREADABLE, UNSHOWN):
+            r["bound"] = "— (not read)"
     keys = keys_of(scores, primary_endpoint)
     plots = {}
     plots["dice_vs_n.svg"] = line_plot(
@@ -609,7 +343,7 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
         plots["contrasts.svg"] = interval_plot([f"{r['arm']} − {r['reference']}, N = {r['n']}" for r in contrasts],
                                                {label: [tuple(r[k]) for r in contrasts] for k, label in keys},
                                                xlabels={label: f"Δ {label}" for _, label in keys}, zero=True)
-    per_class = class_rows(scores, classes, n_boot=n_boot) if classes else []
+    per_class = class_rows(scores, classes) if classes else []
     if per_class:
         plots["classes.svg"] = interval_plot(
             [f"{r['arm']} − {r['reference']}, N = {r['n']}" for r in per_class],
@@ -679,7 +413,8 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
         *family_lines(contrasts, primary, [label for _, label in keys], min_effect=min_effect),
         *(f"- {'**Primary:** ' if r['role'] == 'primary' else ''}{q}" for r, q in zip(ordered, questions)),
         *([] if questions else ["- No pretraining arm was scored."]), "",
-        *([] if plumbing else mde_line(primary, min_effect=min_effect)),
+        *([] if primary is None or primary["verdict"] in (PLUMBING, UNREADABLE, UNSHOWN)
+          else mde_line(primary, min_effect=min_effect)),
         "## The instruments", "",
         *(f"- {line}" for line in [*controls, *flags]),
         *([f"- {checks['cohort']}"] if "cohort" in checks else []),

@@ -34,6 +34,7 @@ class Unit:
     log: Path
     resumable: bool = True
     threads: int | None = None
+    after: tuple[str, ...] = ()
 
 
 def launch(unit: Unit) -> subprocess.Popen:
@@ -85,11 +86,15 @@ def _raise_stopped(signum: int, frame: Any) -> None:
 
 
 def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, float]) -> bool:
-    """Run the units not done yet, ``jobs`` at once, in order; when the budget is about to end every running unit
-    gets SIGUSR1 (save and stop) and the call stops (False: the next call continues); a failed unit ends the study
-    naming its log."""
+    """Run the units not done yet, ``jobs`` at once, in order (a unit once those it comes ``after`` ended); when the
+    budget is about to end every running unit gets SIGUSR1 (save and stop) and the call stops (False: the next call
+    continues); a failed unit ends the study naming its log."""
     pending = [u for u in units if not u.done()]
     running: dict[subprocess.Popen, tuple[Unit, float]] = {}
+
+    def ready(unit: Unit) -> bool:
+        waits = set(unit.after)
+        return not any(u.name in waits for u in pending) and not any(u.name in waits for u, _ in running.values())
 
     def stop_all() -> None:
         signal_children(signal.SIGUSR1)
@@ -99,11 +104,10 @@ def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, f
             times[unit.name] = times.get(unit.name, 0.0) + time.perf_counter() - started
 
     while pending or running:
-        while pending and len(running) < max(1, jobs):
-            unit = pending[0]
+        while len(running) < max(1, jobs) and (unit := next((u for u in pending if ready(u)), None)):
             if not clock.fits(STOP_MARGIN + (0.0 if unit.resumable else times.get(unit.name, 0.0) * 1.2)):
                 break
-            pending.pop(0)
+            pending.remove(unit)
             print(f"[study] {unit.name}: {shlex.join(unit.argv)} (log {unit.log})", flush=True)
             running[launch(unit)] = (unit, time.perf_counter())
         if not running:

@@ -7,7 +7,6 @@ per-seed means, and one summary row per arm and N (`summarize`), which `asa.stud
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -51,36 +50,49 @@ def draw_repeats(scores: Sequence[Mapping[str, Any]], arm: str, n: int) -> list[
     return [repeat[seed] for seed in sorted(repeat)] if repeat else None
 
 
-def replicates(arms: Sequence[str] | set[str], arm: str) -> list[str]:
-    """``arm`` and its replicated pretraining runs among ``arms`` (``<arm>-p1``, ``<arm>-p2``, ...), in order."""
-    more = [(int(m.group(1)), a) for a in arms if (m := re.fullmatch(re.escape(arm) + r"-p(\d+)", a))]
-    return [arm, *(a for _, a in sorted(more))]
+def group_of(row: Mapping[str, Any]) -> str:
+    """The arm at its cohort a score row belongs to (its ``group`` column; a row without one: its run's arm)."""
+    return str(row.get("group") or row["arm"])
+
+
+def replicate_of(row: Mapping[str, Any]) -> int:
+    """The pretraining replicate of a score row's encoder (its ``replicate`` column; 0 without one)."""
+    r = row.get("replicate")
+    return 0 if r is None or r == "" or (isinstance(r, float) and math.isnan(r)) else int(r)
+
+
+def runs_of(scores: Sequence[Mapping[str, Any]], group: str) -> list[str]:
+    """The runs (their ``arm``) of ``group``, one per pretraining replicate, in replicate order."""
+    runs: dict[int, str] = {}
+    for s in scores:
+        if group_of(s) == group:
+            runs.setdefault(replicate_of(s), str(s["arm"]))
+    return [runs[k] for k in sorted(runs)]
 
 
 def replicate_pairs(scores: Sequence[Mapping[str, Any]], arm: str, reference: str) -> list[tuple[str, str]]:
-    """(run k of ``arm``, run k of ``reference`` when it is replicated as often, else ``reference``) for every
-    pretraining run of ``arm`` (`replicates`)."""
-    present = {s["arm"] for s in scores}
-    arms, refs = replicates(present, arm), replicates(present, reference)
-    return list(zip(arms, refs)) if len(refs) == len(arms) else [(a, reference) for a in arms]
+    """(run k of group ``arm``, run k of group ``reference`` when it is replicated as often, else its first run)
+    for every pretraining run of ``arm`` (`runs_of`)."""
+    arms, refs = runs_of(scores, arm), runs_of(scores, reference)
+    return list(zip(arms, refs)) if len(refs) == len(arms) else [(a, refs[0]) for a in arms]
 
 
 def pooled_matrix(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: int, key: str) -> np.ndarray:
-    """D [seeds, test cases] averaged over ``arm``'s pretraining runs (`replicate_pairs`; `paired_matrix` of one)."""
-    return np.mean([paired_matrix(scores, a, r, n, key, like=arm) for a, r in replicate_pairs(scores, arm, reference)],
-                   axis=0)
+    """D [seeds, test cases] averaged over group ``arm``'s pretraining runs (`replicate_pairs`)."""
+    pairs = replicate_pairs(scores, arm, reference)
+    return np.mean([paired_matrix(scores, a, r, n, key, like=pairs[0][0]) for a, r in pairs], axis=0)
 
 
 def interval(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: int, key: str, *,
              pooled: bool = True) -> CrossedInterval:
     """The paired difference (arm − reference) of ``key`` at N with the interval its design takes: crossed seeds ×
     test cases (`asa.eval.random_effects.crossed_interval`), or cross-validated draws scoring their folds
-    (`asa.eval.random_effects.folded_interval`); with replicated pretraining runs of ``arm`` (`replicates`) the
-    pretraining run is a further crossed level (run k of the arm against run k of a replicated reference, else
-    against the reference; ``pooled`` False: ``arm``'s own run alone)."""
+    (`asa.eval.random_effects.folded_interval`). ``pooled``: ``arm`` and ``reference`` are groups (an arm at its
+    cohort, `group_of`) whose replicated pretraining runs are a further crossed level (run k of the arm against run
+    k of a replicated reference, else against its run); else they are two runs."""
     pairs = replicate_pairs(scores, arm, reference) if pooled else [(arm, reference)]
-    d = np.stack([paired_matrix(scores, a, r, n, key, like=arm) for a, r in pairs])
-    repeats = draw_repeats(scores, arm, n)
+    d = np.stack([paired_matrix(scores, a, r, n, key, like=pairs[0][0]) for a, r in pairs])
+    repeats = draw_repeats(scores, pairs[0][0], n)
     if len(pairs) == 1:
         return crossed_interval(d[0]) if repeats is None else folded_interval(d[0], repeats)
     return (crossed_interval(d, factors=("pretraining", "seed", "case")) if repeats is None

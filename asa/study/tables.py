@@ -93,10 +93,11 @@ def converged_budget(curve: Sequence[Sequence[float]], *, tol: float = 0.01, win
             "window": window}
 
 
-def _ci(r: Mapping[str, Any], p: str, digits: int = 3) -> str:
-    """'+0.040 [+0.010, +0.070]': a paired difference with its seed × case CI."""
+def _ci(r: Mapping[str, Any], p: str, digits: int = 3, interval: str = "") -> str:
+    """'+0.040 [+0.010, +0.070]': a paired difference with its CI (``interval`` "_re": the crossed random-effects
+    interval the verdicts read; "": the seed × case bootstrap)."""
     f = f"{{:+.{digits}f}}"
-    return f"{f.format(r[p])} [{f.format(r[p + '_lo'])}, {f.format(r[p + '_hi'])}]"
+    return f"{f.format(r[p])} [{f.format(r[p + interval + '_lo'])}, {f.format(r[p + interval + '_hi'])}]"
 
 
 def _arm(r: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
@@ -144,13 +145,13 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], refe
 
 def class_differences_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str) -> str:
     """Markdown: per arm and N, the paired difference to ``reference`` of every class's Dice (and HD95,
-    when scored) with its seed × case 95 % CI."""
+    when scored) with its crossed random-effects 95 % CI (the interval every verdict reads)."""
     keys = ([f"Dice_{c}" for c in names] + ([LESION] if all(LESION in r for r in rows) else [])
             + ([f"HD95_{c}" for c in names] if any("HD95_mean" in r for r in rows) else [])
             + ([f"NSD_{c}" for c in names] + ["NSD_mean"] if all("NSD_mean" in r for r in rows) else []))
     head = ["arm", "labeled", *(f"Δ {k.replace('_', ' ')}" + (" (mm)" if k.startswith("HD95") else "") for k in keys)]
-    return table(head, [[_arm(r, rows), str(r["n"])] + [_ci(r, delta_prefix(k), 1 if k.startswith("HD95") else 3) for k in keys]
-                        for r in rows if "delta" in r])
+    return table(head, [[_arm(r, rows), str(r["n"])] + [_ci(r, delta_prefix(k), 1 if k.startswith("HD95") else 3, "_re")
+                                                         for k in keys] for r in rows if "delta" in r])
 
 
 def draw_lines(budgets: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -197,7 +198,7 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], names: Sequence[str], ref
         notes.append("NSD: normalised surface Dice (the share of both surfaces within the tolerance of the other), scored "
                      "as asa-evaluate scores it at its default tolerance; higher is better.")
     return (markdown_table(rows, names, reference) + "\n" + "\n\n".join(notes) + "\n\n"
-            + "Paired differences per class [95 % CI, seeds × cases]:\n\n" + class_differences_table(rows, names, reference))
+            + "Paired differences per class [95 % CI: the crossed random-effects interval]:\n\n" + class_differences_table(rows, names, reference))
 
 
 def svg_plot(rows: Sequence[Mapping[str, Any]], *, width: int = 480, height: int = 320) -> str:

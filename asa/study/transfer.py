@@ -1,14 +1,15 @@
 """Does pretraining help? Fine-tune several arms over N labeled cases × seeds, test on one fixed split.
 
-`run_study` runs one :class:`Transfer` in the calling process (asa-study's pilot and transfer stage): arms are named
-lists of ``asa-finetune`` overrides beside ``scratch`` (no pretrained encoder). Every run gets the same budget of
-optimiser steps (``steps``, rounded to whole epochs so that the lr schedule ends with the run) and no validation
-cases; each is one unit of asa-study's scheduler (an ``asa-finetune`` process, ``jobs`` at once, continued from its
-last.pt after a stop), and its last checkpoint is scored here on the fixed test cases: Dice and HD95 (mm, as
-asa-evaluate scores it) per class, and Dice with the encoder's hidden states zeroed (encoder reliance).
+A :class:`Transfer` is asa-study's pilot or its transfer stage: arms (`Tuned`: ``asa-finetune`` overrides and what
+the arm is, typed) × N × seeds. Every run gets the same budget of optimiser steps (``steps``, rounded to whole epochs
+so that the lr schedule ends with the run); each is a unit of asa-study's scheduler (an ``asa-finetune`` process,
+continued from its last.pt after a stop), and so is its scoring (`units`: ``python -m asa.study.transfer`` over a
+share of the runs, after they trained) on the fixed test cases: Dice and HD95 (mm, as asa-evaluate scores it) per
+class, and Dice with the encoder's hidden states zeroed (encoder reliance). `write_results` then writes the tables.
 
 Outputs in ``out``: ``runs/<arm>-n<N>-s<seed>/`` (asa-finetune run folders; their output in ``logs``),
-``scores.csv`` (one row per arm, N, seed, test case), ``transfer.md`` / ``transfer.csv`` (Table-4-shaped: one row
+``scores.csv`` (one row per run and test case: the run's arm, N, seed, and what its encoder is: ``encoder_arm``,
+``cohort``, ``replicate``, ``group`` = the arm at its cohort), ``transfer.md`` / ``transfer.csv`` (Table-4-shaped: one row
 per arm and N with Dice and HD95 per class ± sd over seeds, the encoder-zeroed Dice, and the paired difference to the
 reference arm with its 95 % crossed random-effects CI over seeds (labeled draws) and test cases, next to the seed ×
 case bootstrap CI, the per-seed mean differences and the case-only CI; the labeled draws each N's seeds made) and
@@ -20,11 +21,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import multiprocessing
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -34,25 +33,39 @@ import torch
 from asa.api.config import compose_config
 from asa.api.machinery.dataset import dataset_root
 from asa.data import discover, get_task
-from asa.eval.predict import Predictor
-from asa.eval.reliance import encoder_reliance
 from asa.io import atomic_write_json, load_checkpoint
-from asa.models import capabilities
-from asa.study.common import Clock, finished, module_argv, refuse
-from asa.study.scheduler import Unit, run_units
+from asa.study.arms import SCRATCH, label, twin_of
+from asa.study.common import finished, module_argv, refuse
+from asa.study.scheduler import Unit
 from asa.study.statistics import LESION
 from asa.study.tables import logged_budget, write_outputs
 
-SCRATCH = "scratch"
+
+@dataclasses.dataclass(frozen=True)
+class Tuned:
+    """An arm of a transfer study: its asa-finetune ``overrides`` and what it is: the declared ``arm``
+    (`asa.study.arms`, or an --encoder arm's name), the ``cohort`` its encoder was pretrained on and its pretraining
+    ``replicate`` (none for an arm the study does not pretrain)."""
+
+    overrides: tuple[str, ...]
+    arm: str = SCRATCH
+    cohort: int | None = None
+    replicate: int = 0
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """The score columns that say what the arm is (read by the statistics, never parsed from its name)."""
+        return {"encoder_arm": self.arm, "cohort": "" if self.cohort is None else self.cohort,
+                "replicate": self.replicate, "group": label(self.arm, self.cohort)}
 
 
 @dataclasses.dataclass(frozen=True)
 class Transfer:
-    """One transfer study (`run_study`): arms × N labeled cases × seeds, scored on fixed test cases (with ``folds``,
-    on cross-validated ones). ``arms``: name -> its asa-finetune overrides, beside the built-in ``scratch``
-    (``model.pretrained=null``; ``scratch=False`` leaves it out, and ``reference`` then names another arm)."""
+    """One transfer study: ``arms`` (name -> `Tuned`) × N labeled cases × seeds, scored on fixed test cases (with
+    ``folds``, on cross-validated ones)."""
 
     out: Path
+    arms: Mapping[str, Tuned]
     data: str = "ibsr"  # fine-tuning data preset: brats | ibsr | wmh | msd
     root: Path | None = None  # the dataset folder (None: the preset's demo phantoms)
     model: str = "tiny"  # model preset (must match the pretrained encoders)
@@ -66,88 +79,26 @@ class Transfer:
     repeats: int = 1
     hold_out: tuple[str, ...] = ()  # cases of the training pool no run draws (a study's positive control's)
     steps: int = 40  # optimiser steps per run (rounded to whole epochs)
-    arms: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
-    scratch: bool = True
-    reference: str = SCRATCH  # the arm the paired differences are taken against
     overrides: tuple[str, ...] = ()  # asa-finetune overrides of every run
-    recipes: tuple[str, ...] = ()  # configs/finetune/optim presets: every arm once per recipe, named ARM@RECIPE
-    budget_arms: tuple[str, ...] = ()  # arms also trained at each budget fraction of the epochs, named ARM_xFRACTION
-    budget_fractions: tuple[float, ...] = (0.125, 0.25, 0.5)
-    budget_cases: tuple[int, ...] | None = None  # the budget arms at these N only (None: every N)
     lesion_classes: tuple[str, ...] = ()  # classes whose mean Dice is a column of its own (lesion mean)
     device: str = "auto"
     workers: int = 0  # data.num_workers
     threads: int | None = None  # torch threads per run (trainer.threads)
-    jobs: int = 1  # runs trained at once
+    jobs: int = 1  # runs trained (and scoring processes) at once
     n_boot: int = 10000  # bootstrap resamples of the confidence intervals
     drop_checkpoints: bool = False  # delete a run's checkpoints once scored (its scores.json is what a rerun reads)
     logs: Path | None = None  # the folder of the runs' logs (None: <out>/logs)
 
     def __post_init__(self) -> None:
-        if self.jobs < 1:
-            refuse(f"--jobs {self.jobs}: expected >= 1")
         if self.val_cases < 0:
             refuse(f"--val-cases {self.val_cases}: expected >= 0")
-        if not self.scratch and self.reference == SCRATCH and SCRATCH not in self.arms:
-            refuse("--no-scratch leaves out the 'scratch' arm: name another arm with --reference")
 
 
-def parse_arms(s: Transfer) -> dict[str, list[str]]:
-    """Arm name -> asa-finetune overrides: ``scratch`` (unless left out), ``s.arms``, each budget arm at every budget
-    fraction; with ``recipes`` every arm once per recipe, named ``<arm>@<recipe>`` with ``optim=<recipe>`` added."""
-    arms: dict[str, list[str]] = {SCRATCH: ["model.pretrained=null"]} if s.scratch else {}
-    for name, overrides in s.arms.items():
-        if "@" in name:
-            refuse(f"--arm {name}: '@' is reserved for the recipe (--recipes); pick another name")
-        arms[name] = list(overrides)
-    for arm in s.budget_arms:
-        if arm not in arms:
-            refuse(f"--budget-arms {arm}: no such arm among {list(arms)}")
-        for fraction in s.budget_fractions:
-            if not 0.0 < fraction < 1.0:
-                refuse(f"--budget-fractions {fraction}: a fraction of the budget in (0, 1)")
-            if round(s.steps * fraction) < 4:
-                refuse(f"--budget-fractions {fraction}: {fraction} × --steps {s.steps} leaves "
-                       f"{round(s.steps * fraction)} step(s), fewer than the 4 loss windows a run's budget "
-                       "check needs; raise --steps or leave this fraction out")
-            arms[f"{arm}{BUDGET_MARK}{fraction:g}"] = list(arms[arm])
-    if not s.recipes:
-        return arms
-    return {f"{arm}@{recipe}": [*overrides, f"optim={recipe}"] for recipe in s.recipes for arm, overrides in arms.items()}
-
-
-def references(arms: Sequence[str] | Mapping[str, Sequence[str]], reference: str) -> dict[str, str]:
-    """Arm -> the arm its paired differences are taken against: ``reference`` under the arm's own recipe
-    (``scratch@adamw`` for ``pretrained@adamw``) and budget fraction, or ``reference`` itself without them.
-
-    Given the arms' overrides (name -> asa-finetune overrides), an arm that loads an encoder and differs from
-    ``reference`` by more than its encoder is compared with its twin instead: the arm that loads none and whose other
-    overrides are exactly the arm's (an encoder pretrained with the coordinate channel against scratch with the
-    channel), so that every Δ measures the encoder alone. The twin must hold every override of ``reference``: an
-    arm is never moved off a reference it was meant to be read against."""
-    names = list(arms)
-    settings = {a: _settings(arms[a]) for a in names} if isinstance(arms, Mapping) else {}
-    out = {}
-    for arm in names:
-        base, _, recipe = arm.partition("@")
-        fraction = base.partition(BUDGET_MARK)[2]  # a budget arm compares with the reference at the same budget
-        ref = f"{reference}{BUDGET_MARK}{fraction}" if fraction and BUDGET_MARK not in reference else reference
-        ref = f"{ref}@{recipe}" if recipe and "@" not in reference else ref
-        if ref not in names:
-            refuse(f"--reference {reference}: no arm {ref!r} among {list(names)}")
-        if arm in settings and settings[arm][1] and settings[ref][0] != settings[arm][0]:
-            twins = [t for t in names if settings[t] == (settings[arm][0], False) and t.partition("@")[2] == recipe
-                     and t.partition("@")[0].partition(BUDGET_MARK)[2] == fraction]
-            ref = twins[0] if twins and settings[ref][0] <= settings[arm][0] else ref
-        out[arm] = ref
-    return out
-
-
-def _settings(overrides: Sequence[str]) -> tuple[frozenset[str], bool]:
-    """(an arm's overrides other than its encoder's file, whether it loads an encoder: model.pretrained not null)."""
-    encoder = [o for o in overrides if o.startswith("model.pretrained=")]
-    return (frozenset(o for o in overrides if o not in encoder),
-            any(o.split("=", 1)[1] not in ("null", "None", "") for o in encoder))
+def references(arms: Mapping[str, Tuned]) -> dict[str, str]:
+    """Arm -> the arm its paired differences are taken against: its twin (`asa.study.arms.twin_of`: the arm that
+    differs from it by its encoder alone), itself when the twin did not run."""
+    return {name: twin_of(t.arm) if twin_of(t.arm) in arms and twin_of(t.arm) != name else name
+            for name, t in arms.items()}
 
 
 def cv_draws(ids: Sequence[str], *, folds: int, repeats: int, val: int, seed: int) -> list[dict[str, Any]]:
@@ -193,6 +144,7 @@ class Run:
     test: tuple[str, ...] = ()  # its own test cases (cross-validation: its fold); empty: the study's fixed test cases
     repeat: int | None = None  # cross-validation: the repeat and fold of its draw (the seed numbers the draws)
     fold: int | None = None
+    identity: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # `Tuned.identity` of its arm
 
     @property
     def scores_file(self) -> Path:
@@ -200,17 +152,10 @@ class Run:
 
 
 DRAW = "{draw}"  # in an arm's overrides: the run's seed (its draw), e.g. the positive control's encoder per fold
-BUDGET_MARK = "_x"  # <arm>_x<fraction>: the arm at a fraction of the budget (a name Hydra takes in output_dir=)
 
 
-def budget_fraction(arm: str) -> float:
-    """The budget fraction of an arm named ``<arm>_x<fraction>`` (`parse_arms`), else 1."""
-    fraction = arm.partition("@")[0].partition(BUDGET_MARK)[2]
-    return float(fraction) if fraction else 1.0
-
-
-def plan_runs(s: Transfer) -> tuple[list[Run], list[str], dict[str, list[str]], Any]:
-    """Every run of the study (not trained yet) -> (runs, test ids, arms, the probe config)."""
+def plan_runs(s: Transfer) -> tuple[list[Run], list[str], Any, list[str]]:
+    """Every run of the study -> (runs, test ids, the probe config, every case's id)."""
     out = Path(s.out).expanduser().absolute()
     base = [f"data={s.data}", f"model={s.model}", "trainer.progress=false", "trainer.panel_every=0",
             f"data.num_workers={s.workers}", f"device={s.device}",
@@ -226,13 +171,12 @@ def plan_runs(s: Transfer) -> tuple[list[Run], list[str], dict[str, list[str]], 
     cases = discover(layout, root, on_bad_case=str(probe_cfg.data.on_bad_case))
     n_val = s.val_cases
     held = set(s.hold_out)  # never drawn by a run (another study's control trains on them)
-    folds = s.folds
-    if folds:  # cross-validation: each seed is a draw (its fold the test cases, N drawn inside its training part)
+    if s.folds:  # cross-validation: each seed is a draw (its fold the test cases, N drawn inside its training part)
         if held:
             refuse("--hold-out: not with --folds (cross-validation draws from every fold's training part)")
-        draws = cv_draws([c.id for c in cases], folds=folds, repeats=s.repeats, val=n_val, seed=s.split_seed)
+        draws = cv_draws([c.id for c in cases], folds=s.folds, repeats=s.repeats, val=n_val, seed=s.split_seed)
         if odd := [x for x in s.seeds if not 0 <= x < len(draws)]:
-            refuse(f"--seeds {' '.join(map(str, odd))}: with --folds {folds} --repeats {s.repeats} the seeds "
+            refuse(f"--seeds {' '.join(map(str, odd))}: with --folds {s.folds} --repeats {s.repeats} the seeds "
                    f"number the {len(draws)} draws (0 .. {len(draws) - 1})")
         if max(s.cases) > (least := min(len(d["pool"]) for d in draws)):
             refuse(f"--cases {max(s.cases)}: a fold's training part leaves {least} cases after the {n_val} "
@@ -248,10 +192,6 @@ def plan_runs(s: Transfer) -> tuple[list[Run], list[str], dict[str, list[str]], 
             refuse(f"--cases {max(s.cases)}: only {len(pool)} cases are left after the {s.test} test "
                    f"cases, {n_val} validation case(s) (--val-cases) and {len(held)} held out (--hold-out)")
         draws = [{"repeat": None, "fold": None, "test": [], "val": list(val), "pool": pool}] * (max(s.seeds) + 1)
-    arms = parse_arms(s)
-    budget_cases = s.budget_cases
-    if budget_cases and (odd := sorted(set(budget_cases) - set(s.cases))):
-        refuse(f"--budget-cases {' '.join(map(str, odd))}: not among --cases {' '.join(map(str, s.cases))}")
     batch = int(probe_cfg.trainer.batch_size)
     runs = []
     for n in s.cases:
@@ -261,33 +201,45 @@ def plan_runs(s: Transfer) -> tuple[list[Run], list[str], dict[str, list[str]], 
             train = tuple(sorted([pool[i] for i in np.random.default_rng(1000 + seed).permutation(len(pool))][:n]))
             epochs = max(1, round(s.steps / max(n // batch, 1)))
             # with validation cases: about 20 rounds per run, so that its last 20 % holds 4 of them
-            for arm, overrides in arms.items():
-                if budget_fraction(arm) < 1.0 and budget_cases is not None and n not in budget_cases:
-                    continue
+            checks = [f"trainer.val_every={max(1, epochs // 20)}"] if val else []
+            for arm, tuned in s.arms.items():
                 run_dir = out / "runs" / f"{arm}-n{n}-s{seed}"
-                own = max(1, round(epochs * budget_fraction(arm)))  # the budget axis: a fraction of the epochs
-                own_checks = [f"trainer.val_every={max(1, own // 20)}"] if val else []
-                if budget_fraction(arm) < 1.0:  # >= 40 loss windows at its own budget too
-                    own_checks.append(f"trainer.log_every={max(1, round(s.steps * budget_fraction(arm)) // 40)}")
-                own_overrides = [o.replace(DRAW, str(seed)) for o in overrides]  # a per-draw encoder (the control)
+                own = [o.replace(DRAW, str(seed)) for o in tuned.overrides]  # a per-draw encoder (the control)
                 runs.append(Run(arm, n, seed, train, (*base, f"output_dir={run_dir}", f"seed={seed}",
-                                                      f"trainer.epochs={own}", *own_checks, *own_overrides), run_dir,
-                                val, tuple(draw["test"]), draw["repeat"], draw["fold"]))
-    return runs, test_ids, arms, probe_cfg
+                                                      f"trainer.epochs={epochs}", *checks, *own), run_dir,
+                                val, tuple(draw["test"]), draw["repeat"], draw["fold"], tuned.identity))
+    return runs, test_ids, probe_cfg, [c.id for c in cases]
 
 
-def unit(run: Run, out: Path, ids: Sequence[str], dataset: str, threads: int | None, logs: Path) -> Unit:
-    """The scheduler's unit of ``run``: an ``asa-finetune`` process that continues the run from its last.pt when one
-    is there (a run stopped by a signal saved it), else starts it on its splits, written here (the test and unused
-    cases as its test part: never seen by the run). Done when the run is scored or went through its schedule."""
-    ckpt = run.run_dir / "checkpoints" / "last.pt"
-    if not ckpt.is_file() and not run.scores_file.is_file():
-        rest = sorted(set(ids) - set(run.train) - set(run.val))
-        atomic_write_json(run.run_dir / "splits.json", {"train": list(run.train), "val": list(run.val), "test": rest,
-                                                        "dataset": dataset, "seed": run.seed})
-    return Unit(f"{out.name}/{run.run_dir.name}", module_argv("asa.cli.finetune", *run.overrides, "resume=auto"),
-                lambda: run.scores_file.is_file() or finished(ckpt), logs / f"{run.run_dir.name}.log",
-                threads=threads)
+def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequence[str], dataset: str) -> list[Unit]:
+    """The scheduler's units of the study: one ``asa-finetune`` process per run (continued from its last.pt when a
+    stopped run saved one; else started on its splits, written here, the test and unused cases as its test part,
+    never seen by the run; done when scored or through its schedule), then ``jobs`` scoring processes, each over
+    every ``jobs``-th run, after those runs trained (`score_main`)."""
+    out = Path(s.out).expanduser().absolute()
+    logs = s.logs or out / "logs"
+    trained = []
+    for run in runs:
+        ckpt = run.run_dir / "checkpoints" / "last.pt"
+        if not ckpt.is_file() and not run.scores_file.is_file():
+            rest = sorted(set(ids) - set(run.train) - set(run.val))
+            atomic_write_json(run.run_dir / "splits.json", {"train": list(run.train), "val": list(run.val),
+                                                            "test": rest, "dataset": dataset, "seed": run.seed})
+        trained.append(Unit(f"{out.name}/{run.run_dir.name}", module_argv("asa.cli.finetune", *run.overrides,
+                                                                          "resume=auto"),
+                            lambda run=run, ckpt=ckpt: run.scores_file.is_file() or finished(ckpt),
+                            logs / f"{run.run_dir.name}.log", threads=s.threads))
+    scoring = []
+    for k in range(min(max(1, s.jobs), len(runs))):
+        share = runs[k::max(1, s.jobs)]
+        spec = out / "scoring" / f"share{k}.json"
+        atomic_write_json(spec, {"runs": [{**dataclasses.asdict(r), "run_dir": str(r.run_dir)} for r in share],
+                                 "test": list(test_ids), "device": s.device, "drop_checkpoints": s.drop_checkpoints})
+        scoring.append(Unit(f"{out.name}/scoring-{k}", module_argv("asa.study.transfer", str(spec)),
+                            lambda share=share: all(r.scores_file.is_file() for r in share),
+                            logs / f"scoring-{k}.log", resumable=False, threads=s.threads,
+                            after=tuple(u.name for r, u in zip(runs, trained) if r in share)))
+    return [*trained, *scoring]
 
 
 def score(run: Run, by_id: Mapping[str, Any], test_ids: Sequence[str], device: str,
@@ -296,10 +248,10 @@ def score(run: Run, by_id: Mapping[str, Any], test_ids: Sequence[str], device: s
     budget check; kept in ``<run>/scores.json``, so a rerun neither trains nor predicts again (``drop_checkpoints``
     then deletes the run's checkpoints: a study folder small enough to carry between machines). Returns
     {"scores": [one row per test case], "budget": {...}, "names": the classes}."""
-    if run.scores_file.is_file():
-        done = json.loads(run.scores_file.read_text())
-        done["budget"].setdefault("train", " ".join(run.train))  # a run scored before its cases were recorded
-        return done
+    from asa.eval.predict import Predictor
+    from asa.eval.reliance import encoder_reliance
+    from asa.models import capabilities
+
     ckpt = run.run_dir / "checkpoints" / "last.pt"
     predictor = Predictor.from_checkpoint(ckpt, device=torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)))
@@ -328,58 +280,53 @@ def score(run: Run, by_id: Mapping[str, Any], test_ids: Sequence[str], device: s
     return done
 
 
-def score_all(runs: Sequence[Run], by_id: Mapping[str, Any], test_ids: Sequence[str], s: Transfer) -> list[dict]:
-    """`score` every run of ``runs``, in their order, each on the threads it trained on (``s.threads``): ``s.jobs``
-    at once in processes of their own when more than one is left to score (side by side, as they trained, not one
-    after another on one core); a run scored before is read back."""
-    threads = torch.get_num_threads()
-    own = s.threads or max(1, threads // s.jobs)
-    left = [run for run in runs if not run.scores_file.is_file()]
-    if s.jobs > 1 and len(left) > 1:
-        with ProcessPoolExecutor(min(s.jobs, len(left)), mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=torch.set_num_threads, initargs=(own,)) as pool:
-            list(pool.map(score, left, repeat(by_id), repeat(test_ids), repeat(s.device), repeat(s.drop_checkpoints)))
-    torch.set_num_threads(s.threads or threads)
-    try:
-        return [score(run, by_id, test_ids, s.device, s.drop_checkpoints) for run in runs]
-    finally:
-        torch.set_num_threads(threads)
+def score_main(spec_file: str) -> None:
+    """``python -m asa.study.transfer SHARE.json``: score every run of the share (`units`) not scored yet."""
+    spec = json.loads(Path(spec_file).read_text())
+    runs = [Run(**{**r, "run_dir": Path(r["run_dir"]), **{k: tuple(r[k]) for k in ("train", "overrides", "val", "test")}})
+            for r in spec["runs"]]
+    left = [r for r in runs if not r.scores_file.is_file()]
+    if not left:
+        return
+    data = compose_config("finetune", [o for o in left[0].overrides if o.startswith(("data=", "data.root="))]).data
+    root, layout = dataset_root(data)
+    by_id = {c.id: c for c in discover(layout, root, on_bad_case=str(data.on_bad_case))}
+    for run in left:
+        score(run, by_id, spec["test"], spec["device"], spec["drop_checkpoints"])
+        print(f"[transfer] scored {run.run_dir}", flush=True)
 
 
-def run_study(s: Transfer, *, clock: Clock | None = None, times: dict[str, float] | None = None,
-              beside: Sequence[Unit] = ()) -> bool:
-    """Train every run of ``s`` not finished yet, ``s.jobs`` at once within ``clock``'s budget (units of
-    `asa.study.scheduler`, ``beside`` among them: another stage's units), score each finished run on the fixed test
-    cases and write the outputs (`asa.study.tables.write_outputs`, a partial table while runs are left) -> whether
-    every run (and every unit beside them) finished. ``times``: seconds per unit name, added to (each run's own,
-    over the calls that trained it, in its ``wall_time.json``)."""
+def results(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], probe_cfg: Any,
+            spent: Mapping[str, float]) -> bool:
+    """Read every scored run of ``s`` (its identity as columns), add each run's training seconds of this call
+    (``spent``: seconds per unit name) to its ``wall_time.json`` and write the outputs
+    (`asa.study.tables.write_outputs`, a partial table while runs are left) -> whether every run is scored."""
     out = Path(s.out).expanduser().absolute()
-    runs, test_ids, arms, probe_cfg = plan_runs(s)
-    root, layout = dataset_root(probe_cfg.data)
-    by_id = {c.id: c for c in discover(layout, root, on_bad_case=str(probe_cfg.data.on_bad_case))}
-    atomic_write_json(out / "study.json", {"data": s.data, "root": str(root), "test": test_ids, "arms": arms,
-                                          "cases": list(s.cases), "seeds": list(s.seeds), "steps": s.steps})
-    units = [unit(run, out, list(by_id), str(probe_cfg.data.name), s.threads, s.logs or out / "logs") for run in runs]
-    times = {} if times is None else times
-    before = {u.name: times.get(u.name, 0.0) for u in units}
-    try:
-        complete = run_units([*units, *beside], s.jobs, clock or Clock(None), times)
-    finally:  # each run's wall time adds the parts of every call that trained it
-        for run, u in zip(runs, units):
-            if (spent := times.get(u.name, 0.0) - before[u.name]) > 0:
-                timed = run.run_dir / "wall_time.json"
-                atomic_write_json(timed, {"train_seconds": spent + (json.loads(timed.read_text())["train_seconds"]
-                                                                    if timed.is_file() else 0.0)})
-    results = score_all([run for run, u in zip(runs, units) if u.done()], by_id, test_ids, s)
-    scores = [row for r in results for row in r["scores"]]
-    names = results[0]["names"] if results else list(get_task(str(probe_cfg.data.task), root=root).output_names)
+    for run in runs:  # each run's wall time adds the parts of every call that trained it
+        if (seconds := spent.get(f"{out.name}/{run.run_dir.name}", 0.0)) > 0:
+            timed = run.run_dir / "wall_time.json"
+            atomic_write_json(timed, {"train_seconds": seconds + (json.loads(timed.read_text())["train_seconds"]
+                                                                  if timed.is_file() else 0.0)})
+    done = [(run, json.loads(run.scores_file.read_text())) for run in runs if run.scores_file.is_file()]
+    scores = [{**row, **run.identity} for run, d in done for row in d["scores"]]
+    budgets = []
+    for run, d in done:  # a run scored before its cases were recorded, or before its wall time was
+        timed = run.run_dir / "wall_time.json"
+        budgets.append({**d["budget"], "train": d["budget"].get("train", " ".join(run.train)),
+                        **({"train_seconds": json.loads(timed.read_text())["train_seconds"]} if timed.is_file() else {})})
+    root, _ = dataset_root(probe_cfg.data)
+    names = done[0][1]["names"] if done else list(get_task(str(probe_cfg.data.task), root=root).output_names)
     if lesion := [c for c in s.lesion_classes if c not in names]:
         refuse(f"--lesion-classes {' '.join(lesion)}: not among the classes {names}")
     for row in scores if s.lesion_classes else ():
         row[LESION] = float(np.mean([row[f"Dice_{c}"] for c in s.lesion_classes]))
     if scores:
-        write_outputs(scores, names, references(arms, s.reference), out, n_boot=s.n_boot,
-                      budgets=[r["budget"] for r in results], undone=len(runs) - len(results))
+        write_outputs(scores, names, references(s.arms), out, n_boot=s.n_boot, budgets=budgets,
+                      undone=len(runs) - len(done))
         print(f"[transfer] outputs in {out}: transfer.md, transfer.csv, scores.csv, runs.csv, dice_vs_cases.svg",
               flush=True)
-    return complete and len(results) == len(runs)
+    return len(done) == len(runs)
+
+
+if __name__ == "__main__":
+    score_main(sys.argv[1])

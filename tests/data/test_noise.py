@@ -1,4 +1,4 @@
-"""asa/study/noise.py: the negative control's volumes (deterministic, no anatomy) and the cohort written of them."""
+"""asa/data/synthetic/noise.py: the negative control's volumes (deterministic, no anatomy) and the cohort written of them."""
 from __future__ import annotations
 
 import nibabel as nib
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from asa.data import discover
-from asa.study.noise import make_noise_volume, write_noise_dataset
+from asa.data.synthetic.noise import make_noise_volume, write_noise_dataset
 
 
 def test_noise_volumes_are_deterministic_and_free_of_anatomy():

@@ -22,7 +22,7 @@ SCALES = {"full": Scale(cases=(2, 8), size="S"), "quick": Scale(cases=(2,), size
 
 def _parse(*argv: str) -> tuple[str, Scale]:
     p = argparse.ArgumentParser()
-    add_scale_options(p, Scale, SCALES, "full")
+    add_scale_options(p, SCALES, "full", {"full": "everything", "quick": "a check"})
     return scale_from_args(p.parse_args(argv), SCALES)
 
 

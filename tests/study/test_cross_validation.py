@@ -14,7 +14,7 @@ import pytest
 
 from asa.data import discover
 from asa.data.synthetic.demo import write_demo_dataset
-from asa.study import report, transfer
+from asa.study import report, transfer, readings
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +40,16 @@ def test_every_case_is_scored_once_per_repeat_and_n_is_drawn_inside_the_training
 def _settings(root: Path, out: Path, **kw) -> transfer.Transfer:
     base = dict(out=out, data="msd", model="resenc", device="cpu", steps=20, overrides=("model.size=tiny",), root=root,
                 crop=32, test=3, val_cases=2, folds=3, repeats=2, cases=(8,), seeds=tuple(range(6)),
-                arms={"supervised": ["model.pretrained=/c/supervised-s{draw}/checkpoints/last.pt"]})
+                arms={"scratch": transfer.Tuned(("model.pretrained=null",)),
+                      "supervised": transfer.Tuned(("model.pretrained=/c/supervised-s{draw}/checkpoints/last.pt",),
+                                                   "supervised")})
     return transfer.Transfer(**{**base, **kw})
 
 
 def test_the_runs_of_a_cross_validated_study_score_their_fold_with_their_own_control(eighteen, tmp_path):
-    runs, test_ids, arms, _ = transfer.plan_runs(_settings(eighteen, tmp_path))
+    runs, test_ids, _, every = transfer.plan_runs(_settings(eighteen, tmp_path))
     ids = sorted(c.id for c in discover("msd", eighteen))
-    assert test_ids == ids and set(arms) == {"scratch", "supervised"} and len(runs) == 2 * 6
+    assert test_ids == ids == sorted(every) and {r.arm for r in runs} == {"scratch", "supervised"} and len(runs) == 2 * 6
     draws = transfer.cv_draws(ids, folds=3, repeats=2, val=2, seed=0)
     for run in runs:
         draw = draws[run.seed]
@@ -78,7 +80,7 @@ def _cv_scores(effect: float) -> list[dict]:
 
 
 def test_the_report_reads_cross_validated_scores_on_the_interval_of_their_design():
-    rows = report.contrast_rows(_cv_scores(0.08), [4], n_boot=100)
+    rows = readings.contrast_rows(_cv_scores(0.08), [4], n_boot=100)
     control = next(r for r in rows if r["arm"] == "supervised")
     assert control["interval"]["levels"] == {"draw": 6, "case": 18, "repeat": 2}
     assert [p[0] for p in control["interval"]["parts"]] == ["draw", "case"] and control["verdict"] == "helped"

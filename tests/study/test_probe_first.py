@@ -13,7 +13,11 @@ import torch
 from asa.data.synthetic.demo import write_demo_dataset
 from asa.io import save_checkpoint
 from asa.models import build_network, network_spec
-from asa.study import probes, study
+from asa.study import probes, stages, study, transfer
+from asa.study.arms import PILOT
+from asa.study.plan import SCALES
+from asa.study.readout import pilot_scores
+from asa.study.scheduler import run_units
 
 T1 = 12.706204736174707  # t(0.975, 1 df)
 
@@ -79,36 +83,43 @@ def test_the_probe_stage_probes_every_encoder_and_fine_tunes_only_the_arm_it_sup
     cohort = write_demo_dataset("bids", tmp_path / "cohort", cases=4, size=32, seed=5)
     labeled = write_demo_dataset("msd", tmp_path / "labeled", cases=9, size=32, seed=1)
     out = tmp_path / "study"
-    real_run_units = study.run_units
+    real_run_units, real_plan_runs = run_units, transfer.plan_runs
     transferred: dict = {}
 
-    def run_study(settings, *, clock=None, times=None, beside=()):
-        if settings.out.name == study.PILOT:  # the pilot learned: a rising validation curve
-            path = study.pilot_scores(out, study.SCALES["quick"])
+    def plan_runs(settings):
+        if settings.out.name == "transfer":
+            transferred.update(settings.arms)
+        return real_plan_runs(settings)
+
+    def fake_run_units(units, jobs, clock, times):
+        if [u.name for u in units] == ["probes"]:
+            return real_run_units(units, jobs, clock, times)
+        if any(u.name.startswith(f"{PILOT}/") for u in units):  # the pilot learned: a rising validation curve
+            path = pilot_scores(out, SCALES["quick"])
             path.parent.mkdir(parents=True, exist_ok=True)
             curve = [[10 * (i + 1), min(0.6, 0.1 * i)] for i in range(8)]
             path.write_text(json.dumps({"budget": {"val_curve": curve}, "scores": [], "names": []}))
             return True
-        transferred.update(settings.arms)
-        return False
-
-    def run_units(units, jobs, clock, times):
-        if [u.name for u in units] == ["probes"]:
-            return real_run_units(units, jobs, clock, times)
+        if any(u.name.startswith("transfer/") for u in units):
+            return False
         for k, unit in enumerate(units):  # a pretraining run: its encoder
             run_dir = next(a.split("=", 1)[1] for a in unit.argv if a.startswith("output_dir="))
             _encoder(tmp_path / run_dir / "checkpoints" / "encoder.pt", coord="coord" in unit.name, seed=k)
         return True
 
-    monkeypatch.setattr(study, "run_units", run_units)
-    monkeypatch.setattr(study.transfer, "run_study", run_study)
+    monkeypatch.setattr(stages, "run_units", fake_run_units)
+    monkeypatch.setattr(transfer, "plan_runs", plan_runs)
     argv = ["--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), "--out", str(out), "--quick",
+            "--test", "3",  # a fixed split: the arm is chosen on its validation and pool cases
             "--network", "resenc-tiny", "--arms", "mae", "mae-coord", "--pretrain-runs", "1", "--probe-first",
             "--threads", "1", "--device", "cpu"]
     assert study.main(argv) == 3  # stopped in the transfer stage (the stand-in)
     record = json.loads((out / "probes" / "table" / "probe.json").read_text())
     assert [r["name"] for r in record["rows"]] == ["mae-c4", "mae-coord-c4", probes.RANDOM_ROW]
-    assert record["data"]["n"] == 3  # the study's 3 test cases, no other
+    split = json.loads((out / "checks" / "checks.json").read_text())["split"]
+    probed = json.loads((out / "probes" / "cases.json").read_text())["test"]
+    assert sorted(probed) == sorted([*split["val"], *split["pool"]]) and not set(probed) & set(split["test"])
+    assert record["data"]["n"] == len(probed) == 6  # chosen on the 2 validation and 4 pool cases, none scored
     read = json.loads((out / "probes" / "probes.json").read_text())
     primary = {r["name"]: r["metrics"]["ridge/r2_mean"]["value"] for r in record["rows"]}
     assert [r["primary"] for r in read["rows"]] == pytest.approx([primary["mae-c4"], primary["mae-coord-c4"],

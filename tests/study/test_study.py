@@ -21,10 +21,16 @@ import pytest
 
 from asa.data import discover, get_task
 from asa.data.synthetic.demo import write_demo_dataset
-from asa.study import report, study
+from asa.study import readings, report, stages, study
 from asa.study.common import record_settings
+from asa.study.arms import PILOT
+from asa.study.checks import channel_lines, check_overlap, skull_lines
+from asa.study.cohort import cohort_channels, cohort_order, pretraining_channels, write_cohorts, write_noise
+from asa.study.plan import Network, SCALES, Supervised, finetune_arms, labeled_split, overlap_overrides, parse_network, plan_pretraining, pretraining_argv, recipe_overrides, supervised_channel, supervised_overrides, supervised_splits, cases_text, units_at_once
+from asa.study.readout import loss_plateau, optimiser_progress, pilot_scores
 
-QUICK = ["--scale", "quick", "--n-boot", "50"]
+QUICK = ["--scale", "quick", "--n-boot", "50", "--test", "3"]  # the fixed split of 9 cases (3 test, 2 val, 2, 2)
+FIXED = dataclasses.replace(SCALES["quick"], test=3)
 
 
 @pytest.fixture(scope="module")
@@ -37,27 +43,27 @@ def data(tmp_path_factory):
 
 def test_the_split_holds_the_positive_control_apart_or_cross_validates_a_smaller_set(data):
     cases = discover("msd", data[1])
-    scale = study.SCALES["quick"]  # 3 test + 2 val + N 2 + 2 for the control = 9
-    split = study.labeled_split(cases, scale, seed=0)
+    scale = FIXED  # 3 test + 2 val + N 2 + 2 for the control = 9
+    split = labeled_split(cases, scale, seed=0)
     parts = [set(split[k]) for k in ("test", "val", "pool", "supervised")]
     assert [len(p) for p in parts] == [3, 2, 2, 2] and set().union(*parts) == {c.id for c in cases}
     assert sum(len(p) for p in parts) == len(cases)  # disjoint
-    assert "draws" not in study.labeled_split(cases[:8], scale, seed=0, control=False)
+    assert "draws" not in labeled_split(cases[:8], scale, seed=0, control=False)
     # too few for the fixed split and the control: cross-validated (2 folds at the quick scale), never thinned
-    small = study.labeled_split(cases[:8], scale, seed=0)
+    small = labeled_split(cases[:8], scale, seed=0)
     assert small["test"] == sorted(c.id for c in cases[:8]) and len(small["draws"]) == 2
     assert sorted(i for d in small["draws"] for i in d["test"]) == small["test"]  # every case scored once
     for d in small["draws"]:
         assert not set(d["test"]) & (set(d["val"]) | set(d["pool"])) and len(d["val"]) == 2 and len(d["pool"]) == 2
     with pytest.raises(SystemExit) as err:  # a 3-case training part holds no 2 validation + 2 training cases
-        study.labeled_split(cases[:6], scale, seed=0)
+        labeled_split(cases[:6], scale, seed=0)
     assert err.value.code == 2
     # a real scale reads no answer from fewer than 16 scored cases: refused in one line, not thinned
-    cpu = study.SCALES["cpu"]
+    cpu = SCALES["cpu"]
     with pytest.raises(SystemExit, match="cross-validation would score 9 per arm, fewer than the 16"):
-        study.labeled_split(cases, cpu, seed=0)
+        labeled_split(cases, cpu, seed=0)
     with pytest.raises(SystemExit, match="--test 6: fewer than the 16 test cases"):
-        study.labeled_split(cases * 8, dataclasses.replace(cpu, test=6), seed=0)
+        labeled_split(cases * 8, dataclasses.replace(cpu, test=6), seed=0)
 
 
 def test_a_changed_study_folder_is_refused_with_old_and_new_values(tmp_path, capsys):
@@ -71,7 +77,7 @@ def test_a_changed_study_folder_is_refused_with_old_and_new_values(tmp_path, cap
 @pytest.mark.slow  # the console script in a child process
 def test_a_test_case_planted_in_the_pretraining_cohort_is_refused_before_anything_trains(data, tmp_path):
     cohort, labeled = data
-    split = study.labeled_split(discover("msd", labeled), study.SCALES["quick"], seed=0)
+    split = labeled_split(discover("msd", labeled), FIXED, seed=0)
     planted = tmp_path / "cohort.csv"  # the cohort's scans and the T1 channel of one test case, renamed
     cases = discover("bids", cohort)
     test_case = next(c for c in discover("msd", labeled) if c.id == split["test"][0])
@@ -87,13 +93,13 @@ def test_a_test_case_planted_in_the_pretraining_cohort_is_refused_before_anythin
 
 
 def test_the_plateau_check_can_fail():
-    assert study.loss_plateau([1.0, 0.6, 0.5, 0.49, 0.488, 0.487, 0.4869, 0.4868])["plateau"] is True
-    falling = study.loss_plateau([1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
+    assert loss_plateau([1.0, 0.6, 0.5, 0.49, 0.488, 0.487, 0.4869, 0.4868])["plateau"] is True
+    falling = loss_plateau([1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
     # the 6th of 8 points (3/4 of the run) is 0.3, the last quarter reaches 0.1: a drop of 2/3
     assert falling["plateau"] is False and falling["loss_drop"] == pytest.approx((0.3 - 0.1) / 0.3)
-    assert study.loss_plateau([1.0, 0.5])["plateau"] is None
+    assert loss_plateau([1.0, 0.5])["plateau"] is None
     # the negative control's curve on the H100 rerun: it fell, then climbed back (memorised noise): not levelled
-    climbed = study.loss_plateau([0.97, 0.90, 1.10, 1.25, 1.33, 1.36, 1.37, 1.38])
+    climbed = loss_plateau([0.97, 0.90, 1.10, 1.25, 1.33, 1.36, 1.37, 1.38])
     assert climbed["plateau"] is False and climbed["loss_drop"] < 0.05
     assert climbed["loss_rise"] == pytest.approx((1.38 - 0.90) / 0.90)
 
@@ -110,20 +116,20 @@ def _scores(delta: float, arm: str, spread: float = 0.0) -> list[dict]:
 
 
 def test_verdicts_follow_the_ci_and_failed_instruments_are_named():
-    assert report.verdict(0.01, 0.05) == "helped" and report.verdict(-0.05, -0.01) == "hurt"
-    assert report.verdict(-0.01, 0.02) == "no difference"
-    rows = report.contrast_rows(_scores(0.1, "supervised") + [r for r in _scores(0.02, "noise-c4") if r["arm"] != "scratch"],
+    assert readings.verdict(0.01, 0.05) == "helped" and readings.verdict(-0.05, -0.01) == "hurt"
+    assert readings.verdict(-0.01, 0.02) == "no difference"
+    rows = readings.contrast_rows(_scores(0.1, "supervised") + [r for r in _scores(0.02, "noise-c4") if r["arm"] != "scratch"],
                                 [4], n_boot=200)
     by_arm = {r["arm"]: r for r in rows}
     assert by_arm["supervised"]["verdict"] == "helped" and by_arm["supervised"]["Dice_mean"][0] == pytest.approx(0.1)
-    assert report.instrument_faults(rows, {"test": {"lesion": 0.7}}) == []  # the controls fail one kind of reading
-    assert report.control_faults(rows, min_effect=0.01) == {
+    assert readings.instrument_faults(rows, {"test": {"lesion": 0.7}}) == []  # the controls fail one kind of reading
+    assert readings.control_faults(rows, min_effect=0.01) == {
         "nulls": {}, "gains": {2: "the negative control is not shown small: a gain over scratch may be the recipe's"}}
-    flat = report.contrast_rows(_scores(0.0, "supervised", spread=0.02), [], n_boot=200)
-    assert flat[0]["verdict"] == "no difference"
-    faults = report.instrument_faults(flat, {"test": {"lesion": 0.05}})
+    flat = readings.contrast_rows(_scores(0.0, "supervised", spread=0.02), [], n_boot=200)
+    assert flat[0]["verdict"] == "inconclusive"  # its CI holds 0 and its bound allows a gain of the minimum effect
+    faults = readings.instrument_faults(flat, {"test": {"lesion": 0.05}})
     assert len(faults) == 1 and "does not learn the task" in faults[0]
-    assert report.control_faults(flat, min_effect=0.01)["nulls"] == {2: "the positive control did not move"}
+    assert readings.control_faults(flat, min_effect=0.01)["nulls"] == {2: "the positive control did not move"}
 
 
 def _children_of(out: Path) -> list[int]:
@@ -181,7 +187,7 @@ def test_whole_heads_are_said_before_anything_trains(tmp_path):
         nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / f"{name}.nii.gz")
         return Case(name, {"t1": tmp_path / f"{name}.nii.gz"}, None, {})
 
-    lines = study.skull_lines({"--pretrain-data": [case("head", 0.05)], "--root": [case("stripped", 0.0)]})
+    lines = skull_lines({"--pretrain-data": [case("head", 0.05)], "--root": [case("stripped", 0.0)]})
     assert len(lines) == 1 and lines[0].startswith("--pretrain-data: the scans are not skull-stripped (100%")
     assert "asa-prepare" in lines[0]  # the command that strips them
 
@@ -202,21 +208,21 @@ def four(tmp_path_factory):
 
 
 def test_the_pretraining_channels_are_the_fine_tuning_ones_in_their_order_or_the_t1(capsys):
-    assert study.pretraining_channels(FOUR, MSD, None) == study.pretraining_channels(FOUR, MSD, "all") == \
+    assert pretraining_channels(FOUR, MSD, None) == pretraining_channels(FOUR, MSD, "all") == \
         ["flair", "t1", "t1ce", "t2"]
-    assert study.pretraining_channels(FOUR, MSD, "t1") == ["t1"]
-    assert study.pretraining_channels(("t1", "t2"), MSD, None) == ["t1"]  # a channel lacking: the T1
-    assert study.pretraining_channels(("t1",), ("T1w",), None) == ["t1"]
-    assert study.pretraining_channels(FOUR, ("t2", "T1"), None) == ["t2", "t1"]
+    assert pretraining_channels(FOUR, MSD, "t1") == ["t1"]
+    assert pretraining_channels(("t1", "t2"), MSD, None) == ["t1"]  # a channel lacking: the T1
+    assert pretraining_channels(("t1",), ("T1w",), None) == ["t1"]
+    assert pretraining_channels(FOUR, ("t2", "T1"), None) == ["t2", "t1"]
     with pytest.raises(SystemExit) as err:
-        study.pretraining_channels(("t1", "t2"), MSD, "all")
+        pretraining_channels(("t1", "t2"), MSD, "all")
     assert err.value.code == 2 and "FLAIR, T1gd have no channel of the cohort" in capsys.readouterr().err
-    (same,) = study.channel_lines(MSD, ["flair", "t1", "t1ce", "t2"], FOUR)
+    (same,) = channel_lines(MSD, ["flair", "t1", "t1ce", "t2"], FOUR)
     assert "flair as FLAIR, t1 as T1w, t1ce as T1gd, t2 as T2w, in the fine-tuning order" in same
     assert "noise volumes have 4 channel(s)" in same
-    (lacking,) = study.channel_lines(MSD, ["t1"], ("t1", "t2"))
+    (lacking,) = channel_lines(MSD, ["t1"], ("t1", "t2"))
     assert "t1 only (the cohort lacks FLAIR, T1gd in some or all cases)" in lacking and "adapted to 4" in lacking
-    (chosen,) = study.channel_lines(MSD, ["t1"], FOUR)
+    (chosen,) = channel_lines(MSD, ["t1"], FOUR)
     assert "t1 only (--pretrain-channels t1)" in chosen
 
 
@@ -231,12 +237,12 @@ def test_a_multi_contrast_cohort_is_pretrained_on_the_fine_tuning_channels_in_th
     from asa.models import build_network
 
     cases = discover("bids", four)
-    channels = study.pretraining_channels(study.cohort_channels(cases), MSD, None)
-    cohorts = study.write_cohorts(tmp_path, cases, [4], seed=0, channels=channels)
-    noise = study.write_noise(tmp_path, cases, 4, seed=0, channels=channels)
+    channels = pretraining_channels(cohort_channels(cases), MSD, None)
+    cohorts = write_cohorts(tmp_path, cases, [4], seed=0, channels=channels)
+    noise = write_noise(tmp_path, cases, 4, seed=0, channels=channels)
     assert (cohorts[4] / "files.csv").read_text().startswith("id,path,flair,t1ce,t2\n")
-    network = study.Network("resenc", "tiny")
-    runs = study.plan_pretraining(tmp_path, study.SCALES["quick"], network, ["mae"], cohorts, noise, seed=0,
+    network = Network("resenc", "tiny")
+    runs = plan_pretraining(tmp_path, SCALES["quick"], network, ["mae"], cohorts, noise, seed=0,
                                   channels=channels)
     assert [r.name for r in runs] == ["mae-c4", "mae-c4-p1", "noise-c4", "noise-c4-p1"]  # two runs per arm
     assert [next(o for o in r.overrides if o.startswith("seed=")) for r in runs] == ["seed=0", "seed=1"] * 2
@@ -268,14 +274,14 @@ def test_a_multi_contrast_cohort_is_pretrained_on_the_fine_tuning_channels_in_th
 
 def test_a_t1_cohort_is_pretrained_with_the_overrides_and_file_lists_of_before(data, tmp_path):
     cases = discover("bids", data[0])
-    assert study.cohort_channels(cases) == ["t1"]
-    channels = study.pretraining_channels(["t1"], MSD, None)
-    cohorts = study.write_cohorts(tmp_path, cases, [4], seed=0, channels=channels)
-    noise = study.write_noise(tmp_path, cases, 4, seed=0, channels=channels)
-    network = study.Network("resenc", "tiny")
-    one = dataclasses.replace(study.SCALES["quick"], pretrain_runs=1)  # one run per arm, as before the replicates
-    runs = study.plan_pretraining(tmp_path, one, network, ["mae"], cohorts, noise, seed=0, channels=channels)
-    assert runs == study.plan_pretraining(tmp_path, one, network, ["mae"], cohorts, noise, seed=0)
+    assert cohort_channels(cases) == ["t1"]
+    channels = pretraining_channels(["t1"], MSD, None)
+    cohorts = write_cohorts(tmp_path, cases, [4], seed=0, channels=channels)
+    noise = write_noise(tmp_path, cases, 4, seed=0, channels=channels)
+    network = Network("resenc", "tiny")
+    one = dataclasses.replace(SCALES["quick"], pretrain_runs=1)  # one run per arm, as before the replicates
+    runs = plan_pretraining(tmp_path, one, network, ["mae"], cohorts, noise, seed=0, channels=channels)
+    assert runs == plan_pretraining(tmp_path, one, network, ["mae"], cohorts, noise, seed=0)
     for run in runs:
         assert run.overrides[len(network.pretrain("mae")):][:10] == BEFORE
         assert len(run.overrides) == len(network.pretrain("mae")) + len(BEFORE) + 4  # crop, root, epochs, output_dir
@@ -287,7 +293,7 @@ def test_a_t1_cohort_is_pretrained_with_the_overrides_and_file_lists_of_before(d
 def _planned(monkeypatch, argv: list[str]) -> list:
     """asa-study's checks and plan, not its units: the pretraining runs it would start."""
     planned = []
-    monkeypatch.setattr(study, "_run", lambda args, out, scale, network, runs, *rest: planned.extend(runs) or 0)
+    monkeypatch.setattr(study, "run_stages", lambda plan, *rest: planned.extend(plan.runs) or 0)
     assert study.main(argv) == 0
     return planned
 
@@ -298,7 +304,7 @@ def test_the_study_records_its_channels_says_them_and_refuses_all_on_a_t1_cohort
     cohort, labeled = data
     argv = ["--data", "msd", "--root", str(labeled), *QUICK, "--network", "resenc-tiny", "--arms", "mae", "noise"]
     runs = _planned(monkeypatch, ["--pretrain-data", str(four), "--out", str(tmp_path / "four"), *argv])
-    # two arms, each pretrained twice (the default --pretrain-runs 2)
+    # two arms, each pretrained twice (the quick scale's --pretrain-runs 2)
     assert all("data.channels=[flair,t1,t1ce,t2]" in run.overrides for run in runs) and len(runs) == 4
     assert json.loads((tmp_path / "four" / "study.json").read_text())["pretrain_channels"] == ["flair", "t1", "t1ce", "t2"]
     (line,) = json.loads((tmp_path / "four" / "checks" / "checks.json").read_text())["channels"]
@@ -306,7 +312,7 @@ def test_the_study_records_its_channels_says_them_and_refuses_all_on_a_t1_cohort
     out = tmp_path / "t1"
     runs = _planned(monkeypatch, ["--pretrain-data", str(cohort), "--out", str(out), *argv])
     # each pretraining run as before, its replicate's seed apart (seed + replicate)
-    assert all(run.overrides[len(study.Network("resenc", "tiny").pretrain("mae")):][:10]
+    assert all(run.overrides[len(Network("resenc", "tiny").pretrain("mae")):][:10]
                == (*BEFORE[:8], f"seed={run.replicate}", BEFORE[9]) for run in runs)
     assert json.loads((out / "study.json").read_text())["pretrain_channels"] == ["t1"]
     # a study recorded before the option pretrained on the T1: its folder continues
@@ -323,7 +329,7 @@ def test_the_study_records_its_channels_says_them_and_refuses_all_on_a_t1_cohort
 def test_the_report_flags_a_pretraining_run_whose_held_out_loss_climbed_back():
     def run(name, curve):
         return {"run": name, "cohort": 40, "steps": 1600, "seconds": 60.0,
-                "val_curve": list(enumerate(curve)), **study.loss_plateau(curve)}
+                "val_curve": list(enumerate(curve)), **loss_plateau(curve)}
     level = [0.49, 0.35, 0.31, 0.30, 0.296, 0.295, 0.2949, 0.2948]
     climbed = [0.97, 0.90, 1.10, 1.25, 1.33, 1.36, 1.37, 1.38]
     falling = [1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
@@ -335,7 +341,8 @@ def test_the_report_flags_a_pretraining_run_whose_held_out_loss_climbed_back():
 
 def test_the_fine_tuning_runs_get_the_scale_s_loader_workers(data, tmp_path):
     from asa.study import transfer
-    settings = transfer.Transfer(tmp_path, data="msd", root=data[1], model="resenc", crop=32, cases=(2,), seeds=(0,),
+    settings = transfer.Transfer(tmp_path, {"scratch": transfer.Tuned(("model.pretrained=null",))}, data="msd",
+                                 root=data[1], model="resenc", crop=32, cases=(2,), seeds=(0,),
                                  test=4, steps=10, device="cpu", workers=8)
     runs = transfer.plan_runs(settings)[0]
     assert runs and all("data.num_workers=8" in run.overrides for run in runs)
@@ -362,7 +369,7 @@ def test_a_store_of_asa_preprocess_is_a_pretraining_cohort(data, tmp_path, monke
             "--pretrain-runs", "1"]
     runs = _planned(monkeypatch, ["--pretrain-data", str(store), "--out", str(out), "--cohorts", "3", *argv])
     assert [r.name for r in runs] == ["mae-c3", "noise-c3"]
-    pretrain = len(study.Network("resenc", "tiny").pretrain("mae"))
+    pretrain = len(Network("resenc", "tiny").pretrain("mae"))
     mae, noise = (r.overrides[pretrain:] for r in runs)
     assert mae[:2] == ("data=bids", "data.layout=bids") and mae[2:10] == BEFORE[2:]
     assert mae[11:13] == (f"data.root={cohort}", f"data.store={store}")  # after data.crop: the store's own root
@@ -373,7 +380,7 @@ def test_a_store_of_asa_preprocess_is_a_pretraining_cohort(data, tmp_path, monke
     assert "a store of asa-preprocess" in json.loads((out / "checks" / "checks.json").read_text())["cohort"]
     # the run's split of its cohort (the first 3 of the cohort order) and the store's other case, never read
     ids = [c.id for c in discover("bids", cohort)]
-    first = study.cohort_order(ids, seed=0)[:3]
+    first = cohort_order(ids, seed=0)[:3]
     split = json.loads((runs[0].run_dir / "splits.json").read_text())
     assert sorted(split["train"] + split["val"]) == sorted(first) and len(split["val"]) == 1
     assert split["test"] == sorted(set(ids) - set(first))
@@ -390,7 +397,7 @@ def test_a_store_of_asa_preprocess_is_a_pretraining_cohort(data, tmp_path, monke
 
 def test_a_test_case_planted_in_a_store_is_refused_before_anything_trains(data, tmp_path, capsys):
     cohort, labeled = data
-    split = study.labeled_split(discover("msd", labeled), study.SCALES["quick"], seed=0)
+    split = labeled_split(discover("msd", labeled), FIXED, seed=0)
     test_case = next(c for c in discover("msd", labeled) if c.id == split["test"][0])
     planted = tmp_path / "cohort.csv"  # the cohort's scans and the T1 channel of one test case, renamed
     planted.write_text("id,path\n" + "".join(f"{c.id},{c.images['t1']}\n" for c in discover("bids", cohort))
@@ -418,28 +425,28 @@ def test_the_positive_control_takes_the_t1_and_the_adapted_stem_when_the_pretrai
     labeled = data[1]
     cases = discover("msd", labeled)
     task = get_task("msd", labeled)
-    split = study.labeled_split(cases, study.SCALES["quick"], seed=0)
-    network, scale = study.Network("resenc", "tiny"), study.SCALES["quick"]
+    split = labeled_split(cases, FIXED, seed=0)
+    network, scale = Network("resenc", "tiny"), SCALES["quick"]
     recipe = ["optim=adamw", "optim.encoder_lr_scale=1.0"]
-    assert study.supervised_channel(MSD, ["flair", "t1", "t1ce", "t2"]) is None  # every channel pretrained
-    assert study.supervised_channel(MSD, None) is None and study.supervised_channel(("T1w",), ["t1"]) is None
-    assert study.supervised_channel(("FLAIR", "T2w"), ["t1"]) is None  # no T1 to train on alone
-    assert study.supervised_channel(MSD, ["t1"]) == "T1w"
+    assert supervised_channel(MSD, ["flair", "t1", "t1ce", "t2"]) is None  # every channel pretrained
+    assert supervised_channel(MSD, None) is None and supervised_channel(("T1w",), ["t1"]) is None
+    assert supervised_channel(("FLAIR", "T2w"), ["t1"]) is None  # no T1 to train on alone
+    assert supervised_channel(MSD, ["t1"]) == "T1w"
     run_dir = tmp_path / "pretrain" / "supervised"
-    every = study.Supervised(run_dir, "msd", labeled, tuple(split["supervised"]))
+    every = Supervised(run_dir, "msd", labeled, tuple(split["supervised"]))
     # the overrides of before (hand-written): the study's labeled set, every case training for the pilot's steps
-    assert study.supervised_overrides(every, network, scale, 0, recipe) == [
+    assert supervised_overrides(every, network, scale, 0, recipe) == [
         "data=msd", f"data.root={labeled}", "model=resenc", "model.size=tiny", "data.crop=32", "data.num_workers=0",
         "trainer.epochs=12", "trainer.progress=false", "trainer.panel_every=0", "seed=0", "resume=auto", *recipe,
         f"output_dir={run_dir}"]
-    assert study.supervised_splits(every, split, 0) == {
+    assert supervised_splits(every, split, 0) == {
         "train": split["supervised"], "val": [], "test": sorted(split["test"] + split["val"] + split["pool"]),
         "dataset": "msd", "seed": 0}
-    one = study.Supervised(run_dir, "msd", labeled, tuple(split["supervised"]), "T1w")
-    sup = study.supervised_overrides(one, network, scale, 0, recipe)
+    one = Supervised(run_dir, "msd", labeled, tuple(split["supervised"]), "T1w")
+    sup = supervised_overrides(one, network, scale, 0, recipe)
     assert sup[:3] == ["data=msd", f"data.root={labeled}", "data.channels=[T1w]"] and sup[3:] == \
-        study.supervised_overrides(every, network, scale, 0, recipe)[2:]
-    assert study.supervised_splits(one, split, 0) == study.supervised_splits(every, split, 0)
+        supervised_overrides(every, network, scale, 0, recipe)[2:]
+    assert supervised_splits(one, split, 0) == supervised_splits(every, split, 0)
     seen = compose_config("finetune", sup[:3])
     assert list(seen.data.channels) == ["T1w"]
     seen = reading_channels(task, seen.data.channels, where="the msd task")  # the task its asa-finetune reads
@@ -490,17 +497,17 @@ def test_the_swvit_takes_the_positive_control_and_refuses_the_coordinate_channel
     assert refused.value.code == 2 and "the arms are mae, asa, noise, supervised" in str(refused.value)
     assert not (tmp_path / "coord").exists()
     seen = {}
-    monkeypatch.setattr(study, "_run", lambda args, out, scale, network, runs, split, checks, encoders, supervised,
-                        *rest: seen.update(network=network, supervised=supervised) or 0)
+    monkeypatch.setattr(study, "run_stages", lambda plan, *rest: seen.update(network=plan.study.network,
+                                                                              supervised=plan.supervised) or 0)
     assert study.main([*argv, "--arms", "supervised", "--out", str(tmp_path / "sup")]) == 0
     (control,), network = seen["supervised"], seen["network"]  # one control: the labeled set holds the fixed split
     endpoint = json.loads((tmp_path / "sup" / "checks" / "checks.json").read_text())["endpoint"]
     assert (endpoint["key"], endpoint["label"]) == ("Dice_mean", "mean Dice")  # named before anything trained
     assert network.finetune == ["model=tiny"] and control.channel is None
-    overrides = study.supervised_overrides(control, network, study.SCALES["quick"], 0, [])
+    overrides = supervised_overrides(control, network, SCALES["quick"], 0, [])
     assert overrides[:3] == ["data=msd", f"data.root={labeled}", "model=tiny"]
-    arms = study.finetune_arms([], network, control.run_dir, {})
-    assert arms["supervised"] == ["model=tiny", f"model.pretrained={control.run_dir / 'checkpoints' / 'last.pt'}"]
+    arms = finetune_arms([], network, control.run_dir, {})
+    assert arms["supervised"].overrides == ("model=tiny", f"model.pretrained={control.run_dir / 'checkpoints' / 'last.pt'}")
 
 
 @pytest.fixture
@@ -518,14 +525,14 @@ def test_any_family_with_a_masked_twin_is_a_network_of_the_study(toy_family, tmp
     """--network takes every declared family with a masked twin and a segmenter, not a list of names: each arm
     states the options its family's section has, and an arm needing what the masked twin does not take (ASA's
     attentive weight, the coordinate channel) is refused before anything runs."""
-    net = study.parse_network("toy", study.SCALES["cpu"])
+    net = parse_network("toy", SCALES["cpu"])
     assert (net.name, net.finetune, net.by_preset) == ("toy", ["model=dynunet"], False)
     assert net.pretrain("mae") == ["model=toy", "method=mae", "method.loss_weighting=uniform", "model.mask_block=16"]
     assert net.missing("mae") == [] and net.missing("asa-coord") == ["loss_weighting", "coord_channel"]
-    resenc = study.parse_network("resenc", study.SCALES["cpu"])
+    resenc = parse_network("resenc", SCALES["cpu"])
     assert resenc.missing("asa-coord") == [] and "model.coord_channel=true" in resenc.pretrain("asa-coord")
     with pytest.raises(SystemExit) as refused:
-        study.parse_network("toy-S", study.SCALES["cpu"])  # the toy family declares no sizes
+        parse_network("toy-S", SCALES["cpu"])  # the toy family declares no sizes
     assert refused.value.code == 2 and "toy" in str(refused.value)
     with pytest.raises(SystemExit) as refused:
         study.main(["--network", "toy", "--arms", "mae", "asa", "--pretrain-data", str(tmp_path), "--data", "msd",
@@ -550,8 +557,8 @@ def test_pretraining_runs_on_several_processes_keep_the_global_batch(data, tmp_p
     same = [o.replace(str(tmp_path / "one"), "OUT") for o in a.overrides]
     assert [o.replace(str(tmp_path / "two"), "OUT") for o in b.overrides] == [*same[:-1], "trainer.batch_size=1",
                                                                             same[-1]]
-    assert study.pretraining_argv(1, *a.overrides) == (sys.executable, "-m", "asa.cli.pretrain", *a.overrides)
-    assert study.pretraining_argv(2, "x=1") == (sys.executable, "-m", "asa.cli.launch", "--standalone",
+    assert pretraining_argv(1, *a.overrides) == (sys.executable, "-m", "asa.cli.pretrain", *a.overrides)
+    assert pretraining_argv(2, "x=1") == (sys.executable, "-m", "asa.cli.launch", "--standalone",
                                                 "--nproc_per_node=2", "-m", "asa.cli.pretrain", "x=1")
     with pytest.raises(SystemExit) as refused:
         _planned(monkeypatch, [*argv, "--out", str(tmp_path / "three"), "--nproc", "3"])
@@ -568,7 +575,7 @@ def test_a_case_planted_among_the_positive_control_s_cases_is_refused_before_the
     anything trains; --accept-overlap lists the accepted cases and tells every run to accept them."""
     cohort, labeled = data
     cases = discover("msd", labeled)
-    split = study.labeled_split(cases, study.SCALES["quick"], seed=0)
+    split = labeled_split(cases, FIXED, seed=0)
     held = next(c for c in cases if c.id == split["supervised"][0])
     planted = tmp_path / "cohort.csv"  # the cohort's scans and the T1 channel of one of the control's cases, renamed
     planted.write_text("id,path\n" + "".join(f"{c.id},{c.images['t1']}\n" for c in discover("bids", cohort))
@@ -579,14 +586,14 @@ def test_a_case_planted_among_the_positive_control_s_cases_is_refused_before_the
     said = capsys.readouterr().err
     assert err.value.code == 2 and f"positive control: 1 of 2 case(s)" in said and f"{held.id} = someone" in said
     assert not (out / "pilot").exists() and not (out / "pretrain").exists()  # nothing trained
-    accepted = study.check_overlap(out, discover("filelist", planted), cases, split, accept=True)
+    accepted = check_overlap(out, discover("filelist", planted), cases, split, accept=True)
     assert accepted["overlapping"] == [held.id] and accepted["lines"][-1].endswith(f"every run told so): {held.id}")
-    assert study.overlap_overrides(accepted) == ["data.accept_pretraining_overlap=true"]
-    assert study.overlap_overrides({"accepted": False}) == []
+    assert overlap_overrides(accepted) == ["data.accept_pretraining_overlap=true"]
+    assert overlap_overrides({"accepted": False}) == []
     # a record kept by an asa whose fingerprint differs is written again: the near check is not left undone
     record = out / "checks" / "cohort.json"
     record.write_text(record.read_text().replace('"fingerprint": "int8', '"fingerprint": "older int8'))
-    again = study.check_overlap(out, discover("filelist", planted), cases, split, accept=True)
+    again = check_overlap(out, discover("filelist", planted), cases, split, accept=True)
     assert again["overlapping"] == [held.id] and "not checked" not in " ".join(again["lines"])
     assert json.loads(record.read_text())["fingerprint"].startswith("int8")
 
@@ -600,7 +607,7 @@ def test_a_skull_stripped_copy_of_a_cohort_head_among_the_test_cases_is_refused_
 
     cohort, labeled = data
     cases = discover("msd", labeled)
-    split = study.labeled_split(cases, study.SCALES["quick"], seed=0)
+    split = labeled_split(cases, FIXED, seed=0)
     test_case = next(c for c in cases if c.id == split["test"][0])
     image = nib.load(str(test_case.images["T1w"]))
     brain = np.asarray(image.dataobj, dtype=np.float32)[..., test_case.frame("T1w")]
@@ -630,16 +637,16 @@ def test_an_encoder_whose_cohort_list_is_missing_is_said_unchecked(data, tmp_pat
 
     cohort, labeled = data
     cases = discover("msd", labeled)
-    split = study.labeled_split(cases, study.SCALES["quick"], seed=0)
+    split = labeled_split(cases, FIXED, seed=0)
 
     def missing(path, option):
         raise CohortListMissing(f"{option}={path} states a pretraining cohort of 3 cases whose list is not beside it")
 
     monkeypatch.setattr(checks, "encoder_cohort", missing)
-    alone = study.check_overlap(tmp_path / "a", [], cases, split, {"enc": "enc.pt"}, accept=False)
+    alone = check_overlap(tmp_path / "a", [], cases, split, {"enc": "enc.pt"}, accept=False)
     assert alone["lines"] == ["--encoder enc: not checked: --encoder enc=enc.pt states a pretraining cohort of 3 "
                               "cases whose list is not beside it"] and alone["overlapping"] == []
-    both = study.check_overlap(tmp_path / "b", discover("bids", cohort), cases, split, {"enc": "enc.pt"}, accept=False)
+    both = check_overlap(tmp_path / "b", discover("bids", cohort), cases, split, {"enc": "enc.pt"}, accept=False)
     assert both["lines"][0].startswith("--encoder enc: not checked: ")
     assert any(line.startswith("--pretrain-data: ") for line in both["lines"][1:])
 
@@ -650,13 +657,13 @@ def test_one_encoder_lr_for_every_arm():
     from asa.api.config import compose_config
     from asa.api.machinery.training import encoder_lr_scale
 
-    recipe = study.recipe_overrides("adamw", 0.5)
+    recipe = recipe_overrides("adamw", 0.5)
     scratch = compose_config("finetune", ["data=msd", "model=resenc", *recipe])
     pretrained = compose_config("finetune", ["data=msd", "model=resenc", *recipe, "model.pretrained=enc.pt"])
     assert encoder_lr_scale(scratch) == encoder_lr_scale(pretrained) == 0.5
     preset = compose_config("finetune", ["data=msd", "model=resenc", "optim=adamw"])
     assert encoder_lr_scale(preset) == 1.0  # the preset alone: scratch at 1, which the option now overrides
-    assert study.recipe_overrides("nnunet", 0.5) == ["optim=nnunet"]
+    assert recipe_overrides("nnunet", 0.5) == ["optim=nnunet"]
 
 
 def test_the_plateau_check_reads_the_encoder_not_the_lr_schedule():
@@ -668,21 +675,21 @@ def test_the_plateau_check_reads_the_encoder_not_the_lr_schedule():
 
     cosine = {"name": "cosine", "total_steps": 200, "warmup_steps": 10, "base_lr": 1e-3}
     steps = list(range(20, 201, 20))
-    progress = study.optimiser_progress(steps, cosine)
+    progress = optimiser_progress(steps, cosine)
     lrs = [lr_at(t, total_steps=200, warmup_steps=10, base_lr=1e-3, schedule="cosine") for t in range(200)]
     assert progress[-1] == 1.0 and progress[6] == pytest.approx(sum(lrs[:140]) / sum(lrs))  # steps[6] = 140
     assert progress[6] > 0.95  # step 140 of 200: the optimiser has moved 95 % of its way
     losses = [0.45 + 0.32 * math.exp(-p / 0.4) for p in progress]
-    by_steps = study.loss_plateau(losses)
+    by_steps = loss_plateau(losses)
     assert by_steps["plateau"] is True and by_steps["loss_drop"] < 0.01  # the old reading: levelled
-    by_progress = study.loss_plateau(losses, progress=progress)
+    by_progress = loss_plateau(losses, progress=progress)
     assert by_progress["plateau"] is False and by_progress["loss_drop"] > 0.05
     # the first value past 3/4 of the progress is step 100's (0.801): the drop is from step 80's to the lowest
     assert by_progress["loss_drop"] == pytest.approx((losses[3] - losses[-1]) / losses[3])
     constant = {"name": "constant", "total_steps": 200, "warmup_steps": 0, "base_lr": 1e-3}
-    even = study.optimiser_progress(steps, constant)
+    even = optimiser_progress(steps, constant)
     assert even == pytest.approx([s / 200 for s in steps])
-    assert study.loss_plateau(losses, progress=even) == study.loss_plateau(losses)
+    assert loss_plateau(losses, progress=even) == loss_plateau(losses)
 
 
 def test_a_pilot_that_does_not_learn_stops_the_study_before_any_pretraining(data, tmp_path, monkeypatch, capsys):
@@ -692,33 +699,89 @@ def test_a_pilot_that_does_not_learn_stops_the_study_before_any_pretraining(data
     cohort, labeled = data
     started: list[str] = []
 
-    def fake_pilot(flat: bool):
-        def run_study(settings, *, clock=None, times=None, beside=()):  # the pilot's run, scored with this curve
-            started.extend([study.PILOT, *(unit.name for unit in beside)])
-            curve = [[10 * (i + 1), 0.001 if flat else min(0.6, 0.1 * i)] for i in range(8)]
-            atomic = study.pilot_scores(tmp_path / ("flat" if flat else "learns"), study.SCALES["quick"])
-            atomic.parent.mkdir(parents=True, exist_ok=True)
-            atomic.write_text(json.dumps({"budget": {"val_curve": curve}, "scores": [], "names": []}))
-            return True
-        return run_study
-
-    def run_units(units, jobs, clock, times):
-        started.extend(unit.name for unit in units)
-        return False  # stop after the pretraining stage is asked for
+    def fake_units(flat: bool):
+        def run_units(units, jobs, clock, times):
+            if any(u.name.startswith(f"{PILOT}/") for u in units):  # the pilot's run, scored with this curve
+                started.append(PILOT)
+                curve = [[10 * (i + 1), 0.001 if flat else min(0.6, 0.1 * i)] for i in range(8)]
+                atomic = pilot_scores(tmp_path / ("flat" if flat else "learns"), SCALES["quick"])
+                atomic.parent.mkdir(parents=True, exist_ok=True)
+                atomic.write_text(json.dumps({"budget": {"val_curve": curve}, "scores": [], "names": []}))
+                return True
+            started.extend(unit.name for unit in units)
+            return False  # stop after the pretraining stage is asked for
+        return run_units
 
     argv = ["--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), "--arms", "mae", "--scale", "cpu",
             "--network", "resenc-tiny", "--cases", "2", "--test", "3", "--val", "2", "--seeds", "0", "--time-budget", "9999",
             "--min-scored", "0"]  # 3 test cases: below what a real study reads from, a check of the pilot's gate
-    monkeypatch.setattr(study, "run_units", run_units)
-    monkeypatch.setattr(study.transfer, "run_study", fake_pilot(flat=True))
+    monkeypatch.setattr(stages, "run_units", fake_units(flat=True))
     assert study.main([*argv, "--out", str(tmp_path / "flat")]) == 2
     said = capsys.readouterr().err
     assert "the pilot did not learn the task: best validation Dice 0.001" in said and "--accept-unlearned" in said
-    assert started == [study.PILOT]  # no pretraining unit was asked for
+    assert started == [PILOT]  # no pretraining unit was asked for
     assert json.loads((tmp_path / "flat" / "pilot.json").read_text())["learned"] is False
     started.clear()
-    monkeypatch.setattr(study.transfer, "run_study", fake_pilot(flat=False))
+    monkeypatch.setattr(stages, "run_units", fake_units(flat=False))
     assert study.main([*argv, "--out", str(tmp_path / "learns")]) == 3  # went on to the pretraining (stopped there)
-    assert started == [study.PILOT, "mae-c4", "mae-c4-p1"]  # two pretraining runs per arm
+    assert started == [PILOT, "mae-c4", "mae-c4-p1", "mae-c4-p2"]  # three pretraining runs per arm
     pilot = json.loads((tmp_path / "learns" / "pilot.json").read_text())
     assert pilot["learned"] is True and pilot["best_dice"] == pytest.approx(0.6)
+
+
+def test_a_primary_arm_pretrained_once_is_refused_before_anything_is_written(data, tmp_path, capsys):
+    cohort, labeled = data
+    argv = ["--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), "--network", "resenc-tiny",
+            "--pretrain-runs", "1", "--out", str(tmp_path / "once")]
+    with pytest.raises(SystemExit) as refused:
+        study.main([*argv, "--arms", "asa", "supervised"])
+    assert refused.value.code == 2 and "--pretrain-runs 1: the primary question reads a pretrained arm (asa)" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "once").exists() and min(s.pretrain_runs for k, s in SCALES.items() if k != "quick") >= 3
+
+
+def test_a_labeled_folder_with_no_usable_case_is_refused_in_one_line(tmp_path, capsys):
+    empty = write_demo_dataset("msd", tmp_path / "empty", cases=2, size=16, seed=1)
+    for image in (empty / "imagesTr").iterdir():  # the labels and dataset.json stay: no case has its scan
+        image.unlink()
+    with pytest.raises(SystemExit) as refused:
+        study.main(["--data", "msd", "--root", str(tmp_path / "empty"), "--arms", "supervised", "--out",
+                    str(tmp_path / "out")])
+    said = capsys.readouterr().err.strip()
+    assert refused.value.code == 2 and len(said.splitlines()) == 1 and "Traceback" not in said
+    assert said.startswith(f"--root {tmp_path / 'empty'}: ") and "no usable cases" in said
+    assert not (tmp_path / "out").exists()
+    assert cases_text(1) == "1 labeled case" and cases_text(3) == "3 labeled cases"
+
+
+@pytest.mark.slow  # writes a 40-case set
+def test_the_gpu_scale_plans_the_whole_study_for_one_window_and_runs_nothing(tmp_path, capsys):
+    """--scale gpu --dry-run on a 40-case labeled set: 8 cross-validated draws at N = 2 (every case scored twice), four
+    pretraining runs per arm, the positive control nested in each draw, units side by side as the machine holds
+    them; the schedule is printed from the measured unit and nothing trains."""
+    cohort = write_demo_dataset("bids", tmp_path / "cohort", cases=6, size=16, seed=5)
+    labeled = write_demo_dataset("msd", tmp_path / "labeled", cases=40, size=16, seed=1)
+    out = tmp_path / "study"
+    assert study.main(["--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), "--out", str(out),
+                       "--scale", "gpu", "--arms", "mae", "asa", "noise", "supervised", "--device", "cpu",
+                       "--dry-run"]) == 0
+    said = capsys.readouterr().out
+    jobs = units_at_once(1, 0, None, len(os.sched_getaffinity(0)))
+    assert f"pilot and positive control: 9 unit(s) of 1200 steps, {jobs} at once" in said  # the pilot, 8 controls
+    assert f"pretraining: 12 unit(s) of 480 steps, {jobs} at once" in said  # mae, asa and noise, 4 runs each
+    assert f"transfer: 112 unit(s) of 1200 steps, {jobs} at once" in said  # 14 arms × 8 draws
+    assert "transfer: 14 arms × N [2] × 8 cross-validation draws" in said
+    assert not list(out.rglob("last.pt")) and not (out / "logs").exists()
+    # on one H100 (80 GiB, 16 cores): 16 units at once; the whole study inside the 8-minute window's plan
+    assert units_at_once(1, 0, 80.0, 16) == 16 and units_at_once(1, 0, 40.0, 16) == 13 and units_at_once(2, 0, None, 16) == 8
+    waves = [-(-n // 16) for n in (9, 12, 112)]
+    assert sum(w * 39.8 * steps / 1200 for w, steps in zip(waves, (1200, 480, 1200))) < 8 * 60
+
+
+def test_every_scale_cross_validates_a_small_labeled_set(data):
+    """18 labeled cases at the quick scale: every case scored once per arm (2 folds), not 3 of a fixed split."""
+    from types import SimpleNamespace
+
+    split = labeled_split([SimpleNamespace(id=f"case_{i:02d}") for i in range(18)], SCALES["quick"], seed=0)
+    assert split["test"] == [f"case_{i:02d}" for i in range(18)] and len(split["draws"]) == 2
+    assert sorted(i for d in split["draws"] for i in d["test"]) == split["test"]

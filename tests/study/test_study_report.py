@@ -3,6 +3,7 @@ of at least the minimum; one primary question, the exploratory ones under Holm; 
 leaves no verdict; each arm against its own twin; a class named "lesion" beside the lesion Dice; the plots' axes."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from asa.eval.plots import line_plot
-from asa.study import report, tables
+from asa.study import report, tables, readings
+from asa.study.arms import twin_of
 
 CLASSES = ["CSF", "lesion", "tumour"]
 LESION_CLASSES = ["lesion", "tumour"]  # the lesion Dice: the mean of these, next to the class "lesion"'s own Dice
@@ -32,8 +34,18 @@ def _scores(effects: dict[str, tuple[float, float]], *, cases: str = "abcdef", n
                            "Dice_mean": sum(dice.values()) / 3, "NSD_mean": 0.5 + d, "Dice_mean_zeroed": 0.1}
                     row.update({f"Dice_{c}_zeroed": 0.1 for c in CLASSES} | {f"NSD_{c}": 0.5 + d for c in CLASSES})
                     row[tables.LESION] = sum(dice[c] for c in LESION_CLASSES) / len(LESION_CLASSES)
-                    rows.append(row)
+                    rows.append({**row, **identity(arm)})
     return rows
+
+
+def identity(name: str) -> dict:
+    """The columns asa-study writes beside a run's scores to say what its encoder is (never read off its name there):
+    here from the hand-made names ``<arm>-c<cohort>[-p<replicate>]``."""
+    m = re.fullmatch(r"(.+)-c(\d+)(?:-p(\d+))?", name)
+    if m is None:
+        return {"encoder_arm": name, "cohort": "", "replicate": 0, "group": name}
+    return {"encoder_arm": m.group(1), "cohort": int(m.group(2)), "replicate": int(m.group(3) or 0),
+            "group": f"{m.group(1)}-c{m.group(2)}"}
 
 
 def _run(name: str, arm: str, steps: int) -> dict:
@@ -42,14 +54,15 @@ def _run(name: str, arm: str, steps: int) -> dict:
 
 
 def _study(tmp_path: Path, effects: dict[str, tuple[float, float]], *, scale: str = "cpu", pilot_dice: float = 0.7,
-           pilot: dict | None = None, n_boot: int = 2000, ns=(2,), probes: dict | None = None
-           ) -> tuple[str, list[dict], Path]:
+           pilot: dict | None = None, n_boot: int = 2000, ns=(2,), probes: dict | None = None,
+           design: dict | None = None) -> tuple[str, list[dict], Path]:
     """A study folder written by hand (transfer outputs from `tables.write_outputs`, each arm against its twin) and
     its report -> (README.md, contrasts.json, the report folder)."""
     out = tmp_path / "study"
     scores = _scores(effects, ns=ns)
     arms = list(dict.fromkeys(r["arm"] for r in scores))
-    tables.write_outputs(scores, CLASSES, {a: report.twin_of(a) if report.twin_of(a) in arms else a for a in arms},
+    twins = {a: twin_of(identity(a)["encoder_arm"]) for a in arms}
+    tables.write_outputs(scores, CLASSES, {a: twins[a] if twins[a] in arms else a for a in arms},
                            out / "transfer", n_boot=200)
     runs = [_run(f"{arm}-c4", arm, steps) for arm, steps in (("mae", 3), ("asa", 5), ("asa-coord", 5), ("noise", 5))
             if f"{arm}-c4" in arms]
@@ -59,7 +72,7 @@ def _study(tmp_path: Path, effects: dict[str, tuple[float, float]], *, scale: st
             "lesion_classes": LESION_CLASSES,
             "pilot": {"test": {c: pilot_dice for c in CLASSES}, **(pilot or {})}, "pretraining": runs, "encoders": [],
             "checks": {"overlap": {"lines": ["none"]}, "channels": []}, "commands": ["asa-study ..."], "runs": {},
-            "probes": probes}
+            "probes": probes, "design": design}
     folder = report.write_report(out, info, n_boot=n_boot)
     return (folder / "README.md").read_text(), json.loads((folder / "contrasts.json").read_text()), folder
 
@@ -118,28 +131,29 @@ def test_the_quick_scale_is_a_plumbing_check_with_no_verdict(tmp_path):
 
 def test_holm_on_hand_computed_p_values():
     # sorted: 0.005 × 4 = 0.02, 0.01 × 3 = 0.03, 0.03 × 2 = 0.06, 0.04 × 1 = 0.04 -> 0.06 (never below an earlier one)
-    assert report.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    adjusted = report.holm([0.02, math.nan, 0.04])  # NaN: not counted in m = 2
+    assert readings.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = readings.holm([0.02, math.nan, 0.04])  # NaN: not counted in m = 2
     assert adjusted[0] == pytest.approx(0.04) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.04)
-    assert report.holm([0.6, 0.7]) == [1.0, 1.0] and report.holm([]) == []
+    assert readings.holm([0.6, 0.7]) == [1.0, 1.0] and readings.holm([]) == []
 
     def row(arm: str, p: float, value: float = 0.05) -> dict:
         return {"question": arm, "kind": "question", "arm": arm, "reference": "scratch", "n": 2, "p": p,
+                "encoder_arm": identity(arm)["encoder_arm"], "reference_arm": "scratch",
                 "Dice_mean": [value, value / 2, 2 * value], "verdict": "helped", "why": None}
 
     rows = [row("asa-c4", 0.5), row("mae-c4", 0.01), row("x", 0.02), row("y", 0.03)]
-    primary = report.read_family(rows, [4], min_effect=0.01)
+    primary = readings.read_family(rows, min_effect=0.01)
     assert primary is rows[0] and rows[0]["verdict"] == "helped" and "p_holm" not in rows[0]  # read at 95 % alone
     assert [r["p_holm"] for r in rows[1:]] == pytest.approx([0.03, 0.04, 0.04])
     assert all(r["verdict"] == "helped" for r in rows)
     rows = [row("mae-c4", 0.2), row("x", 0.02), row("y", 0.03)]  # mae is primary (no asa); x and y: m = 2
-    report.read_family(rows, [4], min_effect=0.01)
+    readings.read_family(rows, min_effect=0.01)
     assert [r["p_holm"] for r in rows[1:]] == pytest.approx([0.04, 0.04])
     rows = [row("mae-c4", 0.2), row("x", 0.01), row("y", 0.03), row("z", 0.02)]  # m = 3: y's 0.03 × 1 -> 0.04
-    report.read_family(rows, [4], min_effect=0.01)
+    readings.read_family(rows, min_effect=0.01)
     assert [r["p_holm"] for r in rows[1:]] == pytest.approx([0.03, 0.04, 0.04])
     rows = [row("mae-c4", 0.2), row("x", 0.01), row("y", 0.02), row("z", 0.021), row("w", 0.5)]  # m = 4
-    report.read_family(rows, [4], min_effect=0.01)  # 0.01 × 4, 0.02 × 3, 0.021 × 2 = 0.042 -> 0.06 (non-decreasing)
+    readings.read_family(rows, min_effect=0.01)  # 0.01 × 4, 0.02 × 3, 0.021 × 2 = 0.042 -> 0.06 (non-decreasing)
     assert [r["p_holm"] for r in rows[1:]] == pytest.approx([0.04, 0.06, 0.06, 0.5])
     assert [r["verdict"] for r in rows[1:]] == ["helped", "no difference", "no difference", "no difference"]
     assert rows[2]["why"] == "holm" and "p = 0.060 after Holm" in report.reading(rows[2], min_effect=0.01)
@@ -201,7 +215,7 @@ def _answers(page: str) -> list[str]:
 
 def test_without_a_positive_control_a_null_is_not_interpretable_and_every_answer_has_its_bound(tmp_path):
     # no positive control; the negative control flat and tight: a null of asa, a clear gain of mae
-    page, contrasts, _ = _study(tmp_path, {"noise-c4": (0.0, 0.002), "mae-c4": (0.05, 0.002), "asa-c4": (0.0, 0.01)})
+    page, contrasts, _ = _study(tmp_path, {"noise-c4": (0.0, 0.002), "mae-c4": (0.05, 0.002), "asa-c4": (0.0, 0.002)})
     asa = _row(contrasts, "asa-c4")
     assert asa["verdict"] == "not interpretable: sensitivity not shown" and asa["why"] == "no positive control ran"
     assert "At N = 2: not interpretable: sensitivity not shown (no positive control ran)" in page
@@ -209,20 +223,21 @@ def test_without_a_positive_control_a_null_is_not_interpretable_and_every_answer
     assert _row(contrasts, "mae-c4")["verdict"] == "helped"  # a gain stands on the negative control shown small
     lines = _answers(page)
     assert len(lines) == len([r for r in contrasts if r["kind"] == "question"])
-    assert all(BOUND.search(line) for line in lines), lines
+    assert all(BOUND.search(line) or "; — (not read)" in line for line in lines), lines
+    assert "equivalent within" not in next(line for line in lines if "(asa − scratch)" in line)
     # the same null beside a positive control that moved: read, with its bound
-    page, contrasts, _ = _study(tmp_path / "with", {**CONTROLS, "asa-c4": (0.0, 0.01)})
+    page, contrasts, _ = _study(tmp_path / "with", {**CONTROLS, "asa-c4": (0.0, 0.002)})
     assert _row(contrasts, "asa-c4")["verdict"] == "no difference"
     assert all(BOUND.search(line) for line in _answers(page))
 
 
 def test_the_bounds_read_equivalence_excluded_gains_and_inconclusive_ranges():
-    assert report.bound_text(-0.004, 0.006, min_effect=0.01) == "equivalent within ±0.01 (-0.004 to +0.006)"
-    assert report.bound_text(-0.03, 0.005, min_effect=0.01) == "gains above +0.005 excluded"
-    assert report.bound_text(-0.03, 0.04, min_effect=0.01) == "inconclusive: -0.030 to +0.040"
-    assert report.bound_text(0.02, 0.08, min_effect=0.01) == "gains below +0.020 excluded"
-    assert report.bound_text(-0.08, -0.02, min_effect=0.01) == "losses under 0.020 excluded"
-    assert report.bound_text(math.nan, math.nan, min_effect=0.01).startswith("no bound")
+    assert readings.bound_text(-0.004, 0.006, min_effect=0.01) == "equivalent within ±0.01 (-0.004 to +0.006)"
+    assert readings.bound_text(-0.03, 0.005, min_effect=0.01) == "gains above +0.005 excluded"
+    assert readings.bound_text(-0.03, 0.04, min_effect=0.01) == "inconclusive: -0.030 to +0.040"
+    assert readings.bound_text(0.02, 0.08, min_effect=0.01) == "gains below +0.020 excluded"
+    assert readings.bound_text(-0.08, -0.02, min_effect=0.01) == "losses under 0.020 excluded"
+    assert readings.bound_text(math.nan, math.nan, min_effect=0.01).startswith("no bound")
 
 
 def test_a_negative_control_not_shown_small_leaves_gains_over_scratch_unread(tmp_path):
@@ -241,7 +256,8 @@ def test_near_uniform_attentive_weights_make_asa_minus_mae_no_test_and_the_plate
     out = tmp_path / "study"
     scores = _scores({**CONTROLS, "mae-c4": (0.0, 0.002), "asa-c4": (0.0, 0.002)})
     arms = list(dict.fromkeys(r["arm"] for r in scores))
-    tables.write_outputs(scores, CLASSES, {a: report.twin_of(a) if report.twin_of(a) in arms else a for a in arms},
+    twins = {a: twin_of(identity(a)["encoder_arm"]) for a in arms}
+    tables.write_outputs(scores, CLASSES, {a: twins[a] if twins[a] in arms else a for a in arms},
                            out / "transfer", n_boot=200)
     runs = [{**_run("asa-c4", "asa", 5), "weights_cv": 0.14, "weights_share": 0.98, "plateau": False,
              "loss_drop": 0.083, "loss_rise": 0.0, "tol": 0.02}, _run("mae-c4", "mae", 5), _run("noise-c4", "noise", 5)]
@@ -255,7 +271,7 @@ def test_near_uniform_attentive_weights_make_asa_minus_mae_no_test_and_the_plate
     row = _row(contrasts, "asa-c4", "mae-c4")
     assert row["verdict"] == "not a test of the attentive loss" and "effective share 0.98" in row["why"]
     line = next(x for x in _answers(page) if "(asa − mae)" in x)
-    assert "not a test of the attentive loss (the attentive weights' effective share 0.98 ≥ 0.9" in line
+    assert "not a test of the attentive loss (the attentive weights' effective share 0.98 > 0.8" in line
     primary = next(x for x in _answers(page) if x.startswith("- **Primary:**"))
     assert "asa-c4 unfinished: its held-out loss still fell 8.3% over the last quarter of the summed lr" in primary
     # the primary's minimum detectable effect, from the study's own variance, with more draws and more cases
@@ -266,9 +282,9 @@ def test_near_uniform_attentive_weights_make_asa_minus_mae_no_test_and_the_plate
 
 
 def test_the_endpoint_is_the_lesion_when_named_or_the_only_class():
-    assert report.endpoint(["CSF", "GM", "lesion"], ["lesion"]) == (tables.LESION, "lesion Dice (lesion)")
-    assert report.endpoint(["lesion"], []) == ("Dice_mean", "lesion Dice (lesion)")
-    assert report.endpoint(["CSF", "GM", "WM"], []) == ("Dice_mean", "mean Dice")
+    assert readings.endpoint(["CSF", "GM", "lesion"], ["lesion"]) == (tables.LESION, "lesion Dice (lesion)")
+    assert readings.endpoint(["lesion"], []) == ("Dice_mean", "lesion Dice (lesion)")
+    assert readings.endpoint(["CSF", "GM", "WM"], []) == ("Dice_mean", "mean Dice")
 
 
 def test_replicated_pretraining_is_a_level_of_the_interval_and_the_page_counts_the_runs(tmp_path):
@@ -317,3 +333,67 @@ def test_the_probe_chosen_arm_is_the_primary_against_its_own_twin_and_the_probes
     assert "| asa-coord-c4 | asa-coord | 0 | 0.400 [0.300, 0.500] | 0.400 | 0.500 |" in page
     assert "4 of 4 pretrained encoders read higher than the random-init twin (0.050)." in page
     assert "| attentive weight (attentive − uniform) | +0.175 | [+0.100, +0.250] | +0.170, +0.180 | higher |" in page
+
+
+def test_the_verdict_agrees_with_the_bound_a_wide_interval_reads_inconclusive(tmp_path):
+    """A primary whose CI holds 0 while its bound allows a gain of the minimum effect is inconclusive, not "no
+    difference" (the 18-case page read "no difference this study can detect" at Δ +0.098, bound inconclusive)."""
+    page, contrasts, _ = _study(tmp_path, {**CONTROLS, "asa-c4": (0.1, 0.4)})
+    primary = _row(contrasts, "asa-c4")
+    assert primary["Dice_mean"][1] < 0 < primary["Dice_mean"][2] and primary["bound"].startswith("inconclusive")
+    assert primary["verdict"] == "inconclusive"
+    line = next(x for x in _answers(page) if x.startswith("- **Primary:**"))
+    assert "At N = 2: inconclusive; inconclusive:" in line and "no difference this study can detect" not in line
+
+
+def test_the_positive_control_claims_a_sensitivity_only_the_primary_has(tmp_path):
+    """"The study can detect a gain of this size" only where the primary's own minimum detectable effect is at
+    most the control's gain; else the page says what the primary can see."""
+    page, contrasts, _ = _study(tmp_path, {**CONTROLS, "asa-c4": (0.0, 0.3)})
+    mde = _row(contrasts, "asa-c4")["mde"]
+    assert mde > 0.1 and "can detect a gain of this size" not in page
+    assert f"only one of {mde:.3f} or more" in page
+    page, contrasts, _ = _study(tmp_path / "tight", {**CONTROLS, "asa-c4": (0.0, 0.002)})
+    assert _row(contrasts, "asa-c4")["mde"] < 0.1
+    assert "the primary question can detect a gain of this size" in page
+    assert "an encoder trained with labels on labeled cases no other run sees" in page
+
+
+def test_the_per_class_table_prints_the_interval_the_verdicts_read(tmp_path):
+    _, _, folder = _study(tmp_path, {**CONTROLS, "asa-c4": (0.05, 0.05)})
+    row = next(r for r in csv.DictReader(open(folder.parent / "transfer" / "transfer.csv")) if r["arm"] == "asa-c4")
+    cell = f"{float(row['delta_Dice_CSF']):+.3f} [{float(row['delta_Dice_CSF_re_lo']):+.3f}, " \
+           f"{float(row['delta_Dice_CSF_re_hi']):+.3f}]"
+    per_class = (folder.parent / "transfer" / "transfer.md").read_text().split("Paired differences per class")[1]
+    assert "crossed random-effects" in per_class.splitlines()[0] and cell in per_class
+    assert row["delta_Dice_CSF_re_lo"] != row["delta_Dice_CSF_lo"]  # the bootstrap's is another interval
+
+
+def test_asa_minus_mae_is_no_test_above_an_effective_share_of_0_8(tmp_path):
+    for share, read in ((0.85, False), (0.67, True)):
+        out = tmp_path / str(share) / "study"
+        scores = _scores({**CONTROLS, "mae-c4": (0.0, 0.002), "asa-c4": (0.0, 0.002)})
+        tables.write_outputs(scores, CLASSES, "scratch", out / "transfer", n_boot=50)
+        runs = [{**_run("asa-c4", "asa", 5), "weights_share": share}, _run("mae-c4", "mae", 5),
+                _run("noise-c4", "noise", 5)]
+        info = {"scale_name": "cpu", "network": "resenc", "machine": MACHINE, "finished": "2026-11-25T22:00:00",
+                "scale": {"crop": 32, "cases": [2], "seeds": [0, 1, 2], "test": 6, "val": 2}, "steps": 40,
+                "recipe": "adamw", "encoder_lr_scale": 1.0, "min_effect": 0.01, "classes": CLASSES,
+                "lesion_classes": LESION_CLASSES, "pilot": {"test": {c: 0.7 for c in CLASSES}}, "pretraining": runs,
+                "encoders": [], "checks": {"overlap": {"lines": ["none"]}, "channels": []}, "commands": [], "runs": {}}
+        report.write_report(out, info, n_boot=50)
+        row = _row(json.loads((out / "report" / "contrasts.json").read_text()), "asa-c4", "mae-c4")
+        assert (row["verdict"] != "not a test of the attentive loss") is read
+
+
+def test_a_reading_that_is_not_interpretable_claims_no_bound_and_no_detectable_effect(tmp_path):
+    page, contrasts, _ = _study(tmp_path, {**CONTROLS, "asa-c4": (0.0, 0.0)}, pilot_dice=0.0)
+    assert {r["verdict"] for r in contrasts} == {"not interpretable"}
+    assert not any("equivalent within" in line for line in _answers(page)) and "Minimum detectable effect" not in page
+    assert all(r["bound"] == "— (not read)" for r in contrasts)
+
+
+def test_under_cross_validation_the_positive_control_says_it_trained_on_the_arms_own_cases(tmp_path):
+    page, _, _ = _study(tmp_path, CONTROLS, design={"folds": 3, "repeats": 1, "draws": 3, "cases": 6})
+    control = next(line for line in page.splitlines() if "Positive control" in line)
+    assert "each draw's own training part" in control and "not transfer from other cases" in control

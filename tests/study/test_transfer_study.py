@@ -11,6 +11,8 @@ import pytest
 from asa.eval import bootstrap_ci, seed_case_bootstrap
 from asa.study import statistics, tables, transfer
 
+SCRATCH_ONLY = {"scratch": transfer.Tuned(("model.pretrained=null",))}
+
 
 def _scores(delta: float, noise: float = 0.02, cases: int = 20, seeds: int = 3) -> list[dict]:
     """Per-case scores where 'pretrained' beats 'scratch' by exactly `delta` on average per case."""
@@ -138,53 +140,29 @@ def test_a_network_without_an_encoder_shows_no_encoder_columns(tmp_path):
     assert "| scratch | 2 | 10 | 0.500 | 1/1 | 0.01 | 0.02 | 0.5 |" in md
 
 
-def test_budget_arms_train_a_fraction_of_the_epochs_against_the_reference_at_that_fraction(tmp_path):
-    settings = transfer.Transfer(tmp_path, arms={"mae": ["model.pretrained=/x/encoder.pt"]}, budget_arms=("scratch", "mae"),
-                                 budget_fractions=(0.25, 0.5))
-    arms = transfer.parse_arms(settings)
-    assert list(arms) == ["scratch", "mae", "scratch_x0.25", "scratch_x0.5", "mae_x0.25", "mae_x0.5"]
-    assert arms["mae_x0.25"] == arms["mae"] == ["model.pretrained=/x/encoder.pt"]
-    assert [transfer.budget_fraction(a) for a in arms] == [1.0, 1.0, 0.25, 0.5, 0.25, 0.5]
-    refs = transfer.references(list(arms), "scratch")
-    assert refs["mae_x0.25"] == "scratch_x0.25" and refs["mae"] == "scratch" and refs["scratch_x0.5"] == "scratch_x0.5"
-    with pytest.raises(SystemExit, match="--budget-arms other: no such arm"):
-        transfer.parse_arms(dataclasses.replace(settings, budget_arms=("other",)))
-    with pytest.raises(SystemExit, match="--budget-fractions 1.5"):
-        transfer.parse_arms(dataclasses.replace(settings, budget_fractions=(1.5,)))
+def test_each_arm_is_read_against_its_declared_twin():
+    """The reference of every arm is the twin its declaration names (asa-coord's is scratch with the coordinate
+    channel), whatever its run is called; an arm whose twin did not run is read against nothing."""
+    arms = {"scratch": transfer.Tuned(("model.pretrained=null",)),
+            "scratch-coord": transfer.Tuned(("model.coord_channel=true",), "scratch-coord"),
+            "mae-c4-p1": transfer.Tuned(("model.pretrained=/x/mae.pt",), "mae", 4, 1),
+            "run7": transfer.Tuned(("model.pretrained=/x/asa.pt", "model.coord_channel=true"), "asa-coord", 4),
+            "mine": transfer.Tuned(("model.pretrained=/x/mine.pt",), "mine")}
+    assert transfer.references(arms) == {"scratch": "scratch", "scratch-coord": "scratch", "mae-c4-p1": "scratch",
+                                         "run7": "scratch-coord", "mine": "scratch"}
+    assert transfer.references({"run7": arms["run7"]}) == {"run7": "run7"}
+    assert arms["run7"].identity == {"encoder_arm": "asa-coord", "cohort": 4, "replicate": 0, "group": "asa-coord-c4"}
 
 
-def test_a_budget_fraction_too_short_for_the_budget_check_is_refused(tmp_path):
-    settings = transfer.Transfer(tmp_path, budget_arms=("scratch",), budget_fractions=(0.125,), steps=24)
-    with pytest.raises(SystemExit, match=r"--budget-fractions 0.125: 0.125 × --steps 24 leaves 3 step\(s\)"):
-        transfer.parse_arms(settings)
-    assert "scratch_x0.125" in transfer.parse_arms(dataclasses.replace(settings, steps=32))
+def run_study(s: transfer.Transfer, clock=None) -> bool:
+    """A transfer study in this process, as a stage of asa-study runs it: its units, then its tables."""
+    from asa.study.common import Clock
+    from asa.study.scheduler import run_units
 
-
-def test_no_scratch_leaves_out_the_built_in_arm_and_needs_another_reference(tmp_path):
-    settings = transfer.Transfer(tmp_path, arms={"resenc": ["model=resenc"]}, scratch=False, reference="resenc")
-    assert list(transfer.parse_arms(settings)) == ["resenc"]
-    assert list(transfer.parse_arms(dataclasses.replace(settings, scratch=True))) == ["scratch", "resenc"]
-    with pytest.raises(SystemExit, match="--no-scratch leaves out the 'scratch' arm"):
-        dataclasses.replace(settings, reference="scratch")
-    with pytest.raises(SystemExit, match="'@' is reserved for the recipe"):
-        transfer.parse_arms(transfer.Transfer(tmp_path, arms={"a@b": []}))
-
-
-def test_an_arm_with_more_than_its_encoder_is_compared_with_its_twin():
-    base = ["model=resenc", "model.pretrained=null"]
-    arms = {"scratch": base, "scratch-coord": [*base, "model.coord_channel=true"],
-            "mae": ["model=resenc", "model.pretrained=/x/mae.pt"],
-            "asa-coord": ["model=resenc", "model.pretrained=/x/asa.pt", "model.coord_channel=true"],
-            "lr": [*base, "optim.lr=1e-3"]}
-    refs = transfer.references(arms, "scratch")
-    assert refs == {"scratch": "scratch", "scratch-coord": "scratch", "mae": "scratch", "asa-coord": "scratch-coord",
-                    "lr": "scratch"}
-    assert transfer.references(list(arms), "scratch")["asa-coord"] == "scratch"  # names alone: no twin to find
-    # an arm is never moved off a reference it was meant against: with --reference lr, asa-coord (which lacks
-    # optim.lr) stays on it, and with recipes each twin is the one under the arm's recipe
-    assert transfer.references(arms, "lr")["asa-coord"] == "lr"
-    recipes = {f"{a}@{r}": [*o, f"optim={r}"] for r in ("adamw", "sgd") for a, o in arms.items()}
-    assert transfer.references(recipes, "scratch")["asa-coord@sgd"] == "scratch-coord@sgd"
+    runs, test, cfg, ids = transfer.plan_runs(s)
+    units, times = transfer.units(s, runs, test, ids, str(cfg.data.name)), {}
+    complete = run_units(units, s.jobs, clock or Clock(None), times)
+    return transfer.results(s, runs, test, cfg, times) and complete
 
 
 @pytest.mark.slow  # trains a run, stops it with a signal and continues it (15 s on one core)
@@ -208,12 +186,12 @@ def test_a_run_stopped_by_a_signal_continues_from_its_checkpoint_and_ends_as_an_
     labeled = write_demo_dataset("msd", tmp_path / "labeled", cases=4, size=16, seed=1)
 
     def settings(name: str) -> transfer.Transfer:  # 2 cases, batch 1, 8 steps: 4 epochs
-        return transfer.Transfer(tmp_path / name, data="msd", root=labeled, model="dynunet", crop=16, cases=(2,),
+        return transfer.Transfer(tmp_path / name, SCRATCH_ONLY, data="msd", root=labeled, model="dynunet", crop=16, cases=(2,),
                                  seeds=(0,), test=1, steps=8, device="cpu", n_boot=20,
                                  overrides=("trainer.batch_size=1", "trainer.threads=1"))
 
     # a call whose budget starts nothing writes the run's splits; the run is then trained in-process up to its stop
-    assert not transfer.run_study(settings("stopped"), clock=Clock(STOP_MARGIN - 1))
+    assert not run_study(settings("stopped"), clock=Clock(STOP_MARGIN - 1))
     [run], _, _, _ = transfer.plan_runs(settings("stopped"))
     splits = (run.run_dir / "splits.json").read_text()
     original, fired = engine.Engine._train_step, []
@@ -227,7 +205,7 @@ def test_a_run_stopped_by_a_signal_continues_from_its_checkpoint_and_ends_as_an_
     monkeypatch.setattr(engine.Engine, "_train_step", stopped_at_3)
     assert finetune(compose_config("finetune", [*run.overrides, "resume=auto"])).preempted
     assert load_checkpoint(run.run_dir / "checkpoints" / "last.pt")["step"] == 3
-    assert transfer.run_study(settings("stopped")) and transfer.run_study(settings("whole"))
+    assert run_study(settings("stopped")) and run_study(settings("whole"))
     assert "at step 3" in (tmp_path / "stopped" / "logs" / f"{run.run_dir.name}.log").read_text()  # resumed there
     a, b = (load_checkpoint(tmp_path / name / "runs" / run.run_dir.name / "checkpoints" / "last.pt")
             for name in ("stopped", "whole"))
@@ -240,25 +218,24 @@ def test_a_run_stopped_by_a_signal_continues_from_its_checkpoint_and_ends_as_an_
 
 
 @pytest.mark.slow
-def test_runs_scored_side_by_side_score_as_one_after_another(tmp_path):
-    """With jobs > 1 the finished runs are scored in processes of their own, two at once: the same scores.json
-    per run, byte for byte, as scored one after another in the study's process."""
+def test_runs_scored_in_two_shares_score_as_in_one(tmp_path):
+    """Scoring is a unit of the scheduler, ``jobs`` shares at once: two shares write the same scores.json per run,
+    byte for byte, as one share scoring every run."""
     import shutil
 
-    from asa.data import discover
     from asa.data.synthetic.demo import write_demo_dataset
 
     labeled = write_demo_dataset("msd", tmp_path / "labeled", cases=4, size=16, seed=1)
-    s = transfer.Transfer(tmp_path / "one", data="msd", root=labeled, model="dynunet", crop=16, cases=(2,),
-                          seeds=(0, 1), test=1, steps=4, device="cpu", n_boot=20, threads=1,
+    s = transfer.Transfer(tmp_path / "one", SCRATCH_ONLY, data="msd", root=labeled, model="dynunet", crop=16,
+                          cases=(2,), seeds=(0, 1), test=1, steps=4, device="cpu", n_boot=20, threads=1,
                           overrides=("trainer.batch_size=1",))
-    assert transfer.run_study(s)  # jobs=1: scored one after another
+    assert run_study(s)  # jobs=1: one share
     shutil.copytree(tmp_path / "one" / "runs", tmp_path / "two" / "runs")
     for f in (tmp_path / "two" / "runs").rglob("scores.json"):
         f.unlink()
     two = dataclasses.replace(s, out=tmp_path / "two", jobs=2)
-    runs, test_ids, _, cfg = transfer.plan_runs(two)
-    by_id = {c.id: c for c in discover("msd", labeled)}
-    assert len(runs) == 2 and len(transfer.score_all(runs, by_id, test_ids, two)) == 2  # scratch, seeds 0 and 1
+    runs = transfer.plan_runs(two)[0]
+    assert len(runs) == 2 and run_study(two)  # scratch, seeds 0 and 1: one share each
+    assert sorted(p.name for p in (tmp_path / "two" / "logs").glob("scoring-*.log")) == ["scoring-0.log", "scoring-1.log"]
     for run in runs:
         assert run.scores_file.read_text() == (tmp_path / "one" / "runs" / run.run_dir.name / "scores.json").read_text()

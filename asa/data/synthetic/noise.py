@@ -1,4 +1,4 @@
-"""Pure-noise volumes: the negative control of a pretraining study (`asa.study.study`).
+"""Pure-noise volumes: the negative control of a pretraining study (`asa-study`).
 
 An encoder pretrained on these has seen no anatomy: no tissue, no edges, no symmetry, nothing a
 segmenter of brains could reuse beyond local intensity statistics. If such an encoder helps the

@@ -1,0 +1,257 @@
+"""The reading rules of ``asa-study`` (its page is `asa.study.report`): the contrasts its arms declare
+(`asa.study.arms`), the primary question (read at 95 %; every other question under Holm), each contrast's interval,
+bound (two one-sided tests at ± the minimum effect) and verdict, and what the instruments allow to be read: a
+scratch twin that learns nothing reads no answer, a null needs a positive control that moved, a gain over scratch a
+negative control shown small, asa − mae weights that vary; the quick scale reads none."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from asa.eval import seed_case_bootstrap
+from asa.study import arms as declared, statistics, tables
+
+KEYS = (("Dice_mean", "mean Dice"), ("NSD_mean", "NSD"))
+LESION_KEY = (statistics.LESION, "lesion Dice")  # with --lesion-classes: the mean Dice of those classes
+ALPHA = 0.05  # the primary question's CI is 1 − ALPHA; the exploratory questions' family-wise error rate (Holm)
+LEVEL = f"{100 * (1 - ALPHA):g} %"
+PLUMBING, UNREADABLE = "— (plumbing check)", "not interpretable"
+UNSHOWN = "not interpretable: sensitivity not shown"  # a null without a positive control that moved
+NOT_A_TEST = "not a test of the attentive loss"  # asa − mae where asa's weights are near uniform
+# the attentive weights' effective share (Σp)² / (n·Σp²) above which they are uniform in all but name (docs/studies.md,
+# "ASA's attentive weight where it varies": ≤ 0.8 where the weight varies)
+UNIFORM_SHARE = 0.8
+INCONCLUSIVE = "inconclusive"  # no effect read, and the bound allows one of the minimum effect
+FOUND = 0.1  # the pilot's mean test Dice under which the scratch twin is said not to learn the task
+
+
+def keys_of(scores: Sequence[Mapping[str, Any]], endpoint: tuple[str, str] = KEYS[0]) -> tuple[tuple[str, str], ...]:
+    """The contrasted scores: the primary ``endpoint`` (key, label) first, then mean Dice and NSD, and the lesion
+    Dice when the study names lesion classes; each once (the endpoint's label kept), those every score row has."""
+    lesion = (LESION_KEY,) if scores and all(LESION_KEY[0] in r for r in scores) else ()
+    labels: dict[str, str] = {}
+    for k, label in (endpoint, *KEYS, *lesion):
+        labels.setdefault(k, label)
+    return tuple((k, label) for k, label in labels.items() if not scores or all(k in r for r in scores))
+
+
+def endpoint(classes: Sequence[str], lesion_classes: Sequence[str]) -> tuple[str, str]:
+    """The study's primary endpoint, named before any training: (score column, label). The lesion Dice when
+    ``lesion_classes`` are named (their mean Dice) or the set has one foreground class (its Dice: mean Dice of one
+    class); mean Dice over every class otherwise (a lesion gain is diluted by the tissue classes there)."""
+    if lesion_classes:
+        return LESION_KEY[0], f"lesion Dice ({', '.join(lesion_classes)})"
+    if len(classes) == 1:
+        return KEYS[0][0], f"lesion Dice ({classes[0]})"
+    return KEYS[0]
+
+
+def bound_text(lo90: float, hi90: float, *, min_effect: float) -> str:
+    """What a contrast's one-sided 95 % bounds (its 90 % interval, two one-sided tests at ± ``min_effect``)
+    exclude: "equivalent within ±m" (both sides), "gains below +x excluded" / "losses under x excluded"
+    (an interval off 0), "gains above +x excluded" (no gain of the minimum effect), else "inconclusive: −a to +b"."""
+    if math.isnan(lo90) or math.isnan(hi90):
+        return "no bound (one labeled draw: the spread between draws is not measured)"
+    if -min_effect < lo90 and hi90 < min_effect:
+        return f"equivalent within ±{min_effect:g} ({lo90:+.3f} to {hi90:+.3f})"
+    if lo90 > 0:
+        return f"gains below {lo90:+.3f} excluded"
+    if hi90 < 0:
+        return f"losses under {-hi90:.3f} excluded"
+    if hi90 < min_effect:
+        return f"gains above {hi90:+.3f} excluded"
+    return f"inconclusive: {lo90:+.3f} to {hi90:+.3f}"
+
+
+def negative_small(row: Mapping[str, Any], *, min_effect: float) -> bool:
+    """Whether a negative control is shown small: its one-sided 95 % upper bound under ``min_effect``."""
+    hi = row.get("bound90", [math.nan, math.nan])[1]
+    return not math.isnan(hi) and hi < min_effect
+
+
+def control_faults(contrasts: Sequence[Mapping[str, Any]], *, min_effect: float) -> dict[str, dict[int, str]]:
+    """Per N, why the nulls and why the gains over scratch cannot be read: ``{"nulls": {n: reason}, "gains": {n:
+    reason}}``. A null needs a positive control that moved (it shows the study's sensitivity); a gain of a
+    pretrained arm over its scratch twin needs a negative control shown small (`negative_small`)."""
+    out: dict[str, dict[int, str]] = {"nulls": {}, "gains": {}}
+    for n in sorted({r["n"] for r in contrasts}):
+        positive = [r for r in contrasts if r["kind"] == "positive" and r["n"] == n]
+        negative = [r for r in contrasts if r["kind"] == "negative" and r["n"] == n]
+        if not positive:
+            out["nulls"][n] = "no positive control ran"
+        elif not all(r["verdict"] == "helped" for r in positive):
+            out["nulls"][n] = "the positive control did not move"
+        if not negative:
+            out["gains"][n] = "no negative control ran: a gain over scratch may be the recipe's"
+        elif not all(negative_small(r, min_effect=min_effect) for r in negative):
+            out["gains"][n] = "the negative control is not shown small: a gain over scratch may be the recipe's"
+    return out
+
+
+def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping[str, Any]], *,
+                     min_effect: float) -> None:
+    """Give every question the reading its instruments allow, in place (after `read_family`): a null without a
+    shown sensitivity reads "not interpretable: sensitivity not shown" (`control_faults`), a gain of a pretrained
+    arm over its scratch twin without a negative control shown small reads "not interpretable", asa − mae reads
+    "not a test of the attentive loss" where the asa run's attentive weights are near uniform (effective share at
+    above `UNIFORM_SHARE`), and a contrast of a pretraining run flagged unfinished carries the flag (``flags``)."""
+    faults = control_faults(contrasts, min_effect=min_effect)
+
+    def runs_of(group: str) -> list[Mapping[str, Any]]:  # a group's pretraining runs, by their arm and cohort
+        return [run for run in runs if declared.label(run["arm"], run["cohort"]) == group]
+
+    for r in contrasts:
+        if r["kind"] != "question":
+            continue
+        r["flags"] = [flag for group in (r["arm"], r["reference"]) for run in runs_of(group)
+                      if (flag := run_flag(run))]
+        if r["verdict"] == "no difference" and r["n"] in faults["nulls"]:
+            r["verdict"], r["why"] = UNSHOWN, faults["nulls"][r["n"]]
+        elif (r["verdict"] == "helped" and declared.scratch_twin(r["reference_arm"])
+              and not declared.scratch_twin(r["encoder_arm"]) and r["n"] in faults["gains"]):
+            r["verdict"], r["why"] = UNREADABLE, faults["gains"][r["n"]]
+        shares = [float(run.get("weights_share", math.nan)) for run in runs_of(r["arm"])]
+        share = float(np.mean(shares)) if shares else math.nan  # over the arm's pretraining runs
+        if (declared.attentive_over_uniform(r["encoder_arm"], r["reference_arm"]) and not math.isnan(share)
+                and share > UNIFORM_SHARE):
+            r["verdict"], r["why"] = NOT_A_TEST, (f"the attentive weights' effective share {share:.2f} > "
+                                                  f"{UNIFORM_SHARE}: asa's loss is mae's in all but name")
+
+
+def run_flag(run: Mapping[str, Any] | None) -> str | None:
+    """A pretraining run's plateau flag in a few words (None: levelled or not checked)."""
+    if not run or run.get("plateau") is not False:
+        return None
+    if run.get("loss_rise", 0.0) >= run.get("tol", tables.PLATEAU_TOL):
+        return f"{run['run']}'s held-out loss ended {run['loss_rise']:.1%} above its lowest"
+    return (f"{run['run']} unfinished: its held-out loss still fell {run['loss_drop']:.1%} over the last quarter of "
+            "the summed lr")
+
+
+def verdict(low: float, high: float, value: float = math.nan, *, min_effect: float = 0.0) -> str:
+    """What a paired difference's CI says: ``helped`` (above 0), ``hurt`` (below 0) — each only when the estimate
+    ``value`` is at least ``min_effect`` in size — or ``no difference``; ``not measured`` without a CI."""
+    if math.isnan(low) or math.isnan(high):
+        return "not measured"
+    if not (low > 0 or high < 0) or (not math.isnan(value) and abs(value) < min_effect):
+        return "no difference"
+    return "helped" if low > 0 else "hurt"
+
+
+def why_no_difference(low: float, high: float, value: float, *, min_effect: float) -> str | None:
+    """Why a contrast reads no difference: its CI holds 0 (``"ci"``) or its estimate is under ``min_effect``."""
+    if math.isnan(low) or math.isnan(high):
+        return None
+    return "minimum effect" if (low > 0 or high < 0) and abs(value) < min_effect else "ci"
+
+
+def holm(p: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the given order (Holm 1979): the i-th smallest of the m p-values times
+    (m − i + 1), made non-decreasing along that order and capped at 1, so that "adjusted p < α" rejects what Holm's
+    procedure rejects at family-wise level α. NaN stays NaN and does not count in m."""
+    order = sorted((i for i, x in enumerate(p) if not math.isnan(x)), key=lambda i: p[i])
+    out, running = [math.nan] * len(p), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], encoders: Sequence[str] = (), *,
+                  n_boot: int, min_effect: float = 0.01, endpoint: tuple[str, str] = KEYS[0]) -> list[dict[str, Any]]:
+    """Each declared contrast (`asa.study.arms.contrasts`: every --encoder arm − scratch too) whose two arms were
+    scored, per N: the paired
+    difference (same N, seed and test case) of each of `keys_of` with its crossed random-effects CI
+    (`asa.eval.random_effects.crossed_interval`, ``[value, low, high]``) and its seed × case bootstrap CI beside it
+    (``bootstrap``); for the primary ``endpoint``: the interval's p (Holm reads it), its one-sided 95 % bounds
+    (``bound90``, `bound_text`), the minimum detectable effect at 80 % power (``mde``; with twice the seeds and
+    twice the test cases) and the 95 % verdict with ``min_effect`` (`verdict`; `read_family` reads the questions
+    as a family)."""
+    groups = {statistics.group_of(r) for r in scores}
+    key = endpoint[0]
+    rows = []
+    for (arm, a_cohort), (ref, r_cohort), question, kind in declared.contrasts(cohorts, encoders):
+        group, reference = declared.label(arm, a_cohort), declared.label(ref, r_cohort)
+        if group == reference or not {group, reference} <= groups:
+            continue
+        for n in sorted({int(r["n"]) for r in scores}):
+            row: dict[str, Any] = {"question": question, "kind": kind, "arm": group, "reference": reference,
+                                   "encoder_arm": arm, "reference_arm": ref, "n": n,
+                                   "endpoint": key, "endpoint_label": endpoint[1], "bootstrap": {}}
+            for k, _ in keys_of(scores, endpoint):
+                d = statistics.pooled_matrix(scores, group, reference, n, k)  # the arm's pretraining runs averaged
+                est = statistics.interval(scores, group, reference, n, k)
+                row[k] = [est.value, est.low, est.high]
+                boot = seed_case_bootstrap(d, n_resamples=n_boot)
+                row["bootstrap"][k] = [boot.value, boot.low, boot.high]
+                if k == key:
+                    row["p"] = est.p
+                    row["bound90"] = list(est.bounds(0.90))
+                    row["interval"] = est.to_dict()
+                    row["mde"] = est.mde()
+                    if est.parts and "seed" in est.levels:
+                        row["mde_more"] = {"seeds": est.mde(levels={"seed": 2 * est.levels["seed"]}),
+                                           "cases": est.mde(levels={"case": 2 * est.levels["case"]})}
+                        if "pretraining" in est.levels:
+                            row["mde_more"]["pretraining runs"] = est.mde(
+                                levels={"pretraining": 2 * est.levels["pretraining"]})
+            v, lo, hi = row[key]
+            row["bound"] = bound_text(*row["bound90"], min_effect=min_effect)
+            row["verdict"] = verdict(lo, hi, v, min_effect=min_effect)
+            row["why"] = (why_no_difference(lo, hi, v, min_effect=min_effect) if row["verdict"] == "no difference"
+                          else None)
+            if row["why"] == "ci" and not row["bound90"][1] < min_effect:  # the bound allows a gain: not a null
+                row["verdict"], row["why"] = INCONCLUSIVE, None
+            rows.append(row)
+    return rows
+
+
+def read_family(rows: Sequence[dict[str, Any]], encoders: Sequence[str] = (), *, min_effect: float,
+                alpha: float = ALPHA) -> dict[str, Any] | None:
+    """Give every contrast its role and reading, in place: the controls stay as `contrast_rows` read them (at 95 %);
+    the primary question (pretrained − its twin at the smallest N: the first of `asa.study.arms.primary_order`
+    that ran, else the first --encoder arm − scratch) keeps its 95 % verdict; every other question is exploratory: ``p_holm`` (Holm across them) and
+    "helped" / "hurt" only where p_holm < ``alpha``, the CI on that side of 0 and the estimate at least
+    ``min_effect``. Returns the primary row (None when no pretrained arm was scored)."""
+    questions = [r for r in rows if r["kind"] == "question"]
+    for r in rows:
+        r["role"] = "control" if r["kind"] != "question" else "exploratory"
+    primary = None
+    if questions:
+        smallest = min(r["n"] for r in questions)
+        for name in [*declared.primary_order(), *encoders[:1]]:
+            primary = next((r for r in questions if r["encoder_arm"] == name and r["reference_arm"] ==
+                            declared.twin_of(name) and r["n"] == smallest), None)
+            if primary is not None:
+                primary["role"] = "primary"
+                break
+    others = [r for r in questions if r["role"] == "exploratory"]
+    for r, adjusted in zip(others, holm([r["p"] for r in others])):
+        r["p_holm"] = adjusted
+        if r["verdict"] in ("helped", "hurt") and not adjusted < alpha:
+            r["verdict"], r["why"] = "no difference", "holm"
+    return primary
+
+
+def instrument_faults(contrasts: Sequence[Mapping[str, Any]], pilot: Mapping[str, Any]) -> list[str]:
+    """The instrument that fails every reading, one sentence: the scratch twin learns nothing (the pilot's mean
+    test Dice under `FOUND`, or the pilot's record says it did not learn: every Δ is noise). The controls fail
+    readings of one kind (`control_faults`)."""
+    faults = []
+    test = pilot.get("test") or {}
+    mean = float(np.mean(list(test.values()))) if test else math.nan
+    if mean < FOUND:
+        faults.append(f"the scratch twin does not learn the task (the pilot's mean test Dice {mean:.3f} < {FOUND}), so "
+                      "every difference is noise.")
+    elif pilot.get("learned") is False:  # its validation Dice (or lesion Dice) stayed under the study's floor
+        best = [f"{label} {pilot[key]:.3f}" for key, label in (("best_dice", "best validation Dice"),
+                                                               ("best_lesion_dice", "best lesion Dice"))
+                if not math.isnan(float(pilot.get(key, math.nan)))]
+        faults.append("the scratch twin does not learn the task (the pilot did not learn"
+                      + (f": {', '.join(best)}, under {pilot['floor']}" if best and "floor" in pilot else "")
+                      + "), so every difference is noise.")
+    return faults

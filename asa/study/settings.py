@@ -1,0 +1,76 @@
+"""The settings of one ``asa-study`` call, parsed once from its command line (`Study.from_args`): nothing below
+`asa.study.study.main` reads the command line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+
+import torch
+
+from asa.study.arms import ARMS
+from asa.study.common import scale_from_args
+from asa.study.plan import SCALES, Network, Scale, parse_network, units_at_once
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """What ``asa-study`` was asked (its options, paths absolute; `asa.study.study.build_parser` says each)."""
+
+    data: str
+    root: Path
+    out: Path
+    scale_name: str
+    scale: Scale
+    network: Network
+    arms: tuple[str, ...]
+    encoders: tuple[tuple[str, str], ...]  # --encoder NAME=FILE, the file's absolute path
+    pretrain_data: Path | None = None
+    pretrain_channels: str | None = None
+    probe_first: bool = False
+    recipe: str = "adamw"
+    encoder_lr_scale: float = 1.0
+    budget_cap: int | None = None
+    accept_overlap: bool = False
+    accept_unlearned: bool = False
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    n_boot: int = 10000
+    min_effect: float = 0.01
+    lesion_classes: tuple[str, ...] = ()
+    overrides: tuple[str, ...] = ()
+    dry_run: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, encoders: dict[str, str]) -> Study:
+        """The settings of a parsed command line (``encoders``: its checked --encoder arms)."""
+        name, scale = scale_from_args(args, SCALES)
+        threads = args.threads
+        if scale.jobs == 0:  # as many units as the machine holds, each on one thread unless told otherwise
+            threads = threads or 1
+            gpu = args.device != "cpu" and torch.cuda.is_available()
+            memory = torch.cuda.get_device_properties(0).total_memory / 2 ** 30 if gpu else None
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            scale = dataclasses.replace(scale, jobs=units_at_once(threads, scale.workers, memory, cores))
+        return cls(data=args.data, root=args.root.expanduser().absolute(), out=args.out.expanduser().absolute(),
+                   scale_name=name, scale=scale, network=parse_network(args.network, scale), arms=tuple(args.arms),
+                   encoders=tuple(encoders.items()),
+                   pretrain_data=args.pretrain_data.expanduser().absolute() if args.pretrain_data else None,
+                   pretrain_channels=args.pretrain_channels, probe_first=args.probe_first, recipe=args.recipe,
+                   encoder_lr_scale=args.encoder_lr_scale, budget_cap=args.budget_cap,
+                   accept_overlap=args.accept_overlap, accept_unlearned=args.accept_unlearned, seed=args.seed,
+                   device=args.device, threads=threads, n_boot=args.n_boot, min_effect=args.min_effect,
+                   lesion_classes=tuple(args.lesion_classes), overrides=tuple(args.override), dry_run=args.dry_run)
+
+    @property
+    def pretraining(self) -> list[str]:
+        """The arms pretrained on the cohort and the negative control, in the order named."""
+        return [a for a in self.arms if ARMS[a].pretrained]
+
+    @property
+    def threads_override(self) -> list[str]:
+        """``trainer.threads`` of every run, when --threads is given."""
+        return [f"trainer.threads={self.threads}"] if self.threads else []

@@ -1,0 +1,81 @@
+"""asa/study/arms.py: a study arm is one declaration. A toy arm added here, in one `Arm`, is a choice of --arms,
+pretrained by the plan with its own recipe, fine-tuned against its twin with its identity as columns, asked its
+question, read as the primary when it ranks first, and a cell of the probe factorial; the built-in contrasts are
+the ones the page has always read."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from asa.study import arms, probes, readings, statistics
+from asa.study.arms import ARMS, Arm, Contrast
+from asa.study.plan import SCALES, Network, finetune_arms, plan_pretraining
+
+TOY = Arm("toy", (Contrast("scratch", "does the toy pretraining help? (toy − scratch)"),
+                  Contrast("mae", "does the toy add to mae? (toy − mae)")),
+          method="asa", loss_weighting="attentive", patch=2, power=2.0, primary=0)
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    monkeypatch.setitem(ARMS, "toy", TOY)
+    return TOY
+
+
+def _scores(groups: dict[str, tuple[str, int | None, float]]) -> list[dict]:
+    """Scores of each run (name -> its arm, cohort and Δ over scratch), 3 seeds × 6 cases, identity as columns."""
+    rows = []
+    for name, (arm, cohort, delta) in {"scratch": ("scratch", None, 0.0), **groups}.items():
+        for seed in range(3):
+            for k in range(6):
+                dice = 0.5 + 0.02 * k + 0.01 * seed + delta + 0.004 * ((k + seed) % 3 - 1) * (arm != "scratch")
+                rows.append({"arm": name, "n": 2, "seed": seed, "case": f"c{k}", "Dice_mean": dice, "NSD_mean": dice,
+                             "encoder_arm": arm, "cohort": "" if cohort is None else cohort, "replicate": 0,
+                             "group": arms.label(arm, cohort)})
+    return rows
+
+
+def test_a_toy_arm_declared_once_is_planned_fine_tuned_asked_and_read_as_the_primary(toy, tmp_path):
+    assert "toy" in arms.choices() and "toy" in arms.pretraining_arms() and arms.primary_order()[0] == "toy"
+    network = Network("resenc", "tiny")
+    [run] = plan_pretraining(tmp_path, dataclasses.replace(SCALES["quick"], pretrain_runs=1), network, ["toy"], {4: tmp_path / "c4"}, None,
+                             seed=0)
+    assert run.name == "toy-c4" and run.arm == "toy" and run.cohort == 4
+    assert {"method=asa", "method.loss_weighting=attentive", "model.weight_patch=2",
+            "model.weight_power=2.0"} <= set(run.overrides)
+    tuned = finetune_arms([run], network, None, {})
+    assert tuned["toy-c4"].identity == {"encoder_arm": "toy", "cohort": 4, "replicate": 0, "group": "toy-c4"}
+    rows = readings.contrast_rows(_scores({"toy-c4": ("toy", 4, 0.08), "mae-c4": ("mae", 4, 0.03),
+                                           "asa-c4": ("asa", 4, 0.02)}), [4], n_boot=100)
+    toy_rows = [r for r in rows if r["encoder_arm"] == "toy"]
+    assert [(r["arm"], r["reference"]) for r in toy_rows] == [("toy-c4", "scratch"), ("toy-c4", "mae-c4")]
+    assert toy_rows[0]["Dice_mean"][0] == pytest.approx(0.08)
+    primary = readings.read_family(rows, min_effect=0.01)
+    assert (primary["arm"], primary["reference"], primary["question"]) == (
+        "toy-c4", "scratch", "does the toy pretraining help? (toy − scratch)")
+    assert TOY.cell == ("attentive", False)  # the factorial reads it with asa's cell
+    effects = probes.factorial_effects([{"arm": a, "cohort": 4, "replicate": 0, "primary": v}
+                                        for a, v in (("toy", .3), ("mae", .1), ("mae-coord", .2), ("asa-coord", .4))])
+    assert effects[0]["value"] == pytest.approx(0.2)  # (toy + asa-coord − mae − mae-coord) / 2
+
+
+def test_the_declared_contrasts_are_the_questions_the_page_reads():
+    got = {(arms.label(*a), arms.label(*r), kind) for a, r, _, kind in arms.contrasts([4, 40])}
+    assert got == {("supervised", "scratch", "positive"), ("noise-c40", "scratch", "negative"),
+                   ("mae-c40", "scratch", "question"), ("asa-c40", "scratch", "question"),
+                   ("asa-c40", "mae-c40", "question"), ("mae-c40", "noise-c40", "question"),
+                   ("asa-coord-c40", "scratch-coord", "question"), ("mae-coord-c40", "scratch-coord", "question"),
+                   ("scratch-coord", "scratch", "question"), ("asa-coord-c40", "asa-c40", "question"),
+                   ("mae-c40", "mae-c4", "question"), ("asa-c40", "asa-c4", "question")}
+    assert arms.primary_order() == ["asa", "mae", "asa-coord", "mae-coord"]
+    assert [arms.twin_of(a) for a in ("asa-coord", "mae", "noise", "my-encoder")] == ["scratch-coord", "scratch",
+                                                                                      "scratch", "scratch"]
+
+
+def test_replicates_are_read_from_the_columns_never_from_the_run_names():
+    rows = _scores({"run-a": ("asa", 4, 0.02), "run-b": ("asa", 4, 0.04)})
+    for r in rows:
+        r["replicate"] = 1 if r["arm"] == "run-b" else 0
+    assert statistics.runs_of(rows, "asa-c4") == ["run-a", "run-b"]
+    assert statistics.interval(rows, "asa-c4", "scratch", 2, "Dice_mean").value == pytest.approx(0.03)
