@@ -12,7 +12,11 @@ from asa.models.family import family_of
 
 from .checkpoint import FORMAT, RESUME_ONLY, IncompatibleCheckpointError, check_compatible
 
-__all__ = ["ResumePoint", "Tracker", "check_training_checkpoint", "written_by", "pretrained_family"]
+__all__ = ["GLOBAL_BATCH", "ResumePoint", "Tracker", "check_training_checkpoint", "written_by", "pretrained_family"]
+
+# resume_must_match's name for the global batch, trainer.batch_size × processes × trainer.accum_steps (no config key:
+# the number of processes is the launcher's), on which the steps per epoch, the schedule and the data order depend
+GLOBAL_BATCH = "trainer.global_batch"
 
 
 class Tracker:
@@ -70,12 +74,23 @@ def written_by(state: Mapping) -> str | None:
     return None
 
 
+def _global_batch(config: Mapping, world_size: int) -> tuple[int, str] | None:
+    """(the global batch, how it comes about) of a run config on ``world_size`` processes; None without a trainer."""
+    trainer = config.get("trainer") if isinstance(config.get("trainer"), Mapping) else {}
+    if trainer.get("batch_size") is None:
+        return None
+    batch, accum = int(trainer["batch_size"]), int(trainer.get("accum_steps") or 1)
+    return batch * world_size * accum, f"trainer.batch_size={batch} × {world_size} process(es) × " \
+                                       f"trainer.accum_steps={accum}"
+
+
 def check_training_checkpoint(path: Path, run_config: Mapping, compat_keys: Sequence[str], *,
                               moved: Callable[[str], str | None] | None = None,
                               current: Callable[[Mapping], Mapping] | None = None,
                               removed: Callable[[str], str | None] | None = None,
                               added: Callable[[Mapping], Mapping] | None = None,
-                              family: str | None = None, app: str | None = None) -> ResumePoint:
+                              family: str | None = None, app: str | None = None,
+                              world_size: int | None = None) -> ResumePoint:
     """Read ``path`` once and check that it is an asa training checkpoint whose run config matches
     ``run_config`` in ``compat_keys`` and holds no key that has moved since (``moved``; see
     `check_compatible`: `IncompatibleCheckpointError` listing the keys; another file: ``ValueError``; the
@@ -83,7 +98,9 @@ def check_training_checkpoint(path: Path, run_config: Mapping, compat_keys: Sequ
     ``removed``, are left out; settings added since, ``added``, are said); returns it as the run's resume point.
     ``family``: the network family a pretraining run trains (its ``model.arch``): a pretraining checkpoint of
     another family is refused saying which it is (`pretrained_family`). ``app``: the console script resuming; a
-    checkpoint another one wrote (`written_by`: a pretraining run's given to asa-finetune) is refused saying so."""
+    checkpoint another one wrote (`written_by`: a pretraining run's given to asa-finetune) is refused saying so.
+    ``world_size``: the processes of this start; with `GLOBAL_BATCH` among ``compat_keys`` a global batch other
+    than the checkpoint's is refused (another number of processes, nodes × processes per node, is not)."""
     state = load_checkpoint(path, map_location="cpu")
     kind = written_by(state)
     if app in ("asa-pretrain", "asa-finetune") and kind is not None and kind != app:  # not every key that differs
@@ -103,6 +120,16 @@ def check_training_checkpoint(path: Path, run_config: Mapping, compat_keys: Sequ
                      removed=removed, added=added)
     if state.get("format") != FORMAT:
         raise ValueError(f"checkpoint {path}: not an asa training checkpoint (format={state.get('format')!r})")
+    if GLOBAL_BATCH in compat_keys and world_size is not None and state.get("world_size") is not None:
+        saved_config = state.get("config") if isinstance(state.get("config"), Mapping) else {}
+        was = _global_batch(current(saved_config) if current is not None else saved_config, int(state["world_size"]))
+        now = _global_batch(run_config, world_size)
+        if was is not None and now is not None and was[0] != now[0]:
+            raise IncompatibleCheckpointError(
+                f"cannot resume from {path}: its global batch was {was[0]} ({was[1]}), this start's is {now[0]} "
+                f"({now[1]}); the steps per epoch, the schedule and the data order follow it. Continue it on as many "
+                f"processes with its trainer settings, or leave {GLOBAL_BATCH} out of resume_must_match to go on "
+                "with this batch. Nothing was changed.")
     if missing := [key for key in RESUME_ONLY if key not in state]:
         raise IncompatibleCheckpointError(
             f"cannot resume from {path}: it holds the weights only (no {', '.join(missing)}), as best.pt does; a run "

@@ -344,7 +344,7 @@ def _check_saved_config(record: Path) -> None:
 
 
 def _check(out_dir: Path, *, app: str, resume: Any, overwrite: bool, run_config: Mapping, compat_keys: Sequence[str],
-           lock: RunLock, command: str) -> tuple[ResumePoint | None, Path | None]:
+           lock: RunLock, command: str, world_size: int = 1) -> tuple[ResumePoint | None, Path | None]:
     """Rank 0's checks with the lock held: the one place that decides which checkpoint a run continues
     from and checks it (read once); returns (resume point, moved_to)."""
     mode = _resume_mode(resume)
@@ -391,7 +391,8 @@ def _check(out_dir: Path, *, app: str, resume: Any, overwrite: bool, run_config:
     _check_saved_config(out_dir / "config.yaml")
     family = pretrain_family(run_config.get("model")) if app == "asa-pretrain" and "model" in run_config else None
     point = check_training_checkpoint(resume_from, run_config, compat_keys, moved=moved_key, current=current_config,
-                                      removed=removed_key, added=added_settings, family=family, app=app)
+                                      removed=removed_key, added=added_settings, family=family, app=app,
+                                      world_size=world_size)
     _sweep_temporaries(out_dir, lock)  # the run goes ahead
     return point, moved_to
 
@@ -419,7 +420,8 @@ def prepare_run_dir(
             lock = RunLock(out_dir)
             lock.acquire(command)
             resume_point, moved_to = _check(out_dir, app=app, resume=resume, overwrite=overwrite,
-                                            run_config=run_config, compat_keys=compat_keys, lock=lock, command=command)
+                                            run_config=run_config, compat_keys=compat_keys, lock=lock, command=command,
+                                            world_size=env.world_size)
         except Exception as err:
             if isinstance(err, OSError) and err.errno in CANNOT_WRITE:
                 err = _cannot_write("output_dir", out_dir, err)
