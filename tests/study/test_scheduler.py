@@ -33,3 +33,24 @@ def test_units_run_until_done_and_only_while_the_budget_holds_them(tmp_path):
 def test_a_failed_unit_ends_the_study_naming_its_log(tmp_path):
     with pytest.raises(SystemExit, match=r"\[study\] bad failed \(exit 3\): see .*bad\.log"):
         run_units([_unit(tmp_path, "bad", "raise SystemExit(3)")], 1, Clock(None), {})
+
+
+def test_units_run_side_by_side_and_a_unit_after_others_waits_for_them(tmp_path):
+    """Three one-second units at three at once overlap; the scoring-like unit ``after`` two of them starts only once
+    both ended, though a slot was free, while a unit behind it in the list takes that slot."""
+    import dataclasses
+    import json
+
+    def timed(name: str, seconds: float) -> Unit:
+        stamp = tmp_path / f"{name}.json"
+        code = (f"import json, time; t = time.time(); time.sleep({seconds}); "
+                f"json.dump([t, time.time()], open({str(stamp)!r}, 'w'))")
+        return _unit(tmp_path, name, code)
+
+    a, b, c = timed("a", 1.0), timed("b", 1.5), timed("c", 0.2)
+    score = dataclasses.replace(timed("score", 0.1), after=("a", "b"))
+    assert run_units([a, b, score, c], 3, Clock(None), {})
+    span = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in ("a", "b", "c", "score")}
+    assert span["a"][0] < span["b"][1] and span["b"][0] < span["a"][1]  # side by side
+    assert span["c"][0] < span["a"][1]  # took the free slot ahead of the unit that waits
+    assert span["score"][0] >= max(span["a"][1], span["b"][1])
