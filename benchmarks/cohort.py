@@ -25,7 +25,10 @@ import nibabel as nib
 import numpy as np
 
 from asa.data.case import Case
-from asa.data.cohort import COHORT_FORMAT, DIGEST, SEEN_PARTS, cohort_overlap, image_digests
+from asa.data.cohort import SEEN_PARTS
+from asa.data.cohort_list import COHORT_FORMAT
+from asa.data.digests import DIGEST, image_digests
+from asa.data.overlap import cohort_overlap
 
 SHAPE = (182, 218, 182)
 

@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from asa.data.cohort import COHORT_FORMAT, DIGEST, cohort_summary, export_cohort, write_cohort_list
+from asa.data.cohort import cohort_summary, export_cohort
+from asa.data.cohort_list import COHORT_FORMAT, write_cohort_list
+from asa.data.digests import DIGEST
 from asa.data.fingerprint import FINGERPRINT, encode_fingerprint, image_fingerprint
 from asa.io import save_checkpoint, save_export_safetensors
 from asa.models import network_spec

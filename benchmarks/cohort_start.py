@@ -44,7 +44,8 @@ def make(out: Path, cases: int) -> Path:
     import torch
 
     from asa.data import write_demo_dataset
-    from asa.data.cohort import cohort_summary, write_cohort_list
+    from asa.data.cohort import cohort_summary
+    from asa.data.cohort_list import write_cohort_list
     from benchmarks.cohort_size import files, fingerprints, record
     from asa.models.cnn.resenc import resenc_unet
 

@@ -14,7 +14,7 @@ Recall: the first ``--copies`` subjects of each kind, the pretraining scan being
 intensity scale and shift, the skull-stripped brain, a defaced head, and all at once) or the skull-stripped brain
 (the same edits but stripping and defacing), each copy scored against its source in its own contrast. The brain a
 head's fingerprint is read on (`asa.data.fingerprint._brain`) is compared with the generator's brain mask (Dice),
-at ``--size`` and at ``--dice-size``. Cost: the seconds per file of :func:`asa.data.cohort.volume_signature` (one
+at ``--size`` and at ``--dice-size``. Cost: the seconds per file of :func:`asa.data.digests.volume_signature` (one
 read, the digest and the fingerprint) on T1-sized volumes (182 x 218 x 182 int16, gzip, as `benchmarks.cohort`
 times the digest), given for 10^4 files; with ``--pairs N``, the comparison of N fingerprints with a cohort of N.
 
@@ -37,7 +37,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from asa.data.cohort import volume_signature
+from asa.data.digests import volume_signature
 from asa.data.fingerprint import NEAR_THRESHOLD, NEAR_THRESHOLDS, _brain, _reduce, fingerprint_scores, image_fingerprint
 from asa.data.store_writer import worker_pool
 
@@ -247,9 +247,9 @@ def cost(n: int) -> float:
 
 def pair_cost(n: int) -> float:
     """Seconds to compare ``n`` query fingerprints with a cohort of ``n`` (every pair, as `asa.data.cohort`'s near
-    check does: `asa.data.cohort._near`); random fingerprints, each query an exact copy of one cohort row, which
+    check does: `asa.data.overlap._near`); random fingerprints, each query an exact copy of one cohort row, which
     must be found."""
-    from asa.data.cohort import _near
+    from asa.data.overlap import _near
     from asa.data.fingerprint import GRID, encode_fingerprint
 
     table = np.random.default_rng(0).integers(-127, 128, size=(n, GRID**3), dtype=np.int8)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from asa.api.machinery.cohort import pretraining_cohort, run_cases, run_folder
-from asa.data.cohort import cohort_overlap, describe_overlap
+from asa.data.overlap import cohort_overlap, describe_overlap
 
 __all__ = ["check_cohort"]
 
@@ -17,7 +17,7 @@ def check_cohort(pretrain_run: str | os.PathLike, finetune_run: str | os.PathLik
                  subsets: Sequence[str] = ("val", "test"), workers: int = 4) -> dict[str, Any]:
     """Which of ``subsets`` of the fine-tuning run's split were in the pretraining run's cohort (its train and val
     parts): ``{"pretraining": run, "finetuning": run, "cohort_size", "subsets": {name: overlap}, "lines"}``, the
-    overlap as `asa.data.cohort.cohort_overlap` gives it, ``lines`` the report."""
+    overlap as `asa.data.overlap.cohort_overlap` gives it, ``lines`` the report."""
     cohort = pretraining_cohort(pretrain_run, workers=workers)
     cases, splits, _ = run_cases(finetune_run)
     by_id = {c.id: c for c in cases}

@@ -1,11 +1,11 @@
 """Near-duplicate images: a content fingerprint that survives what redistribution does to a scan.
 
-The exact digest (`asa.data.cohort.volume_digest`) catches a renamed, re-typed or re-oriented copy; a copy
+The exact digest (`asa.data.digests.volume_digest`) catches a renamed, re-typed or re-oriented copy; a copy
 resampled to another grid, cropped by a few voxels, rescaled or shifted in intensity, skull-stripped or defaced
 has other voxels and another digest. The fingerprint of an image is its brain, seen at low resolution in its own
 box:
 
-1. the voxels in asa's frame (RAS+, as the digest reads them; `asa.data.cohort.volume_signature` reads both),
+1. the voxels in asa's frame (RAS+, as the digest reads them; `asa.data.digests.volume_signature` reads both),
    averaged in blocks to about ``REDUCE_MM`` voxels;
 2. the head: voxels above the background (its 1st percentile, so a constant shift moves both) by
    ``FOREGROUND`` of the range up to the 99th percentile, its largest component with its holes filled. A

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from asa.data.case import Case
-from asa.data.cohort import ras_voxels
+from asa.data.digests import ras_voxels
 
 __all__ = ["MASKED_R", "MASKED_SAMPLES", "MASKED_SHARE", "describe_masked", "kept_voxels", "masked_copies"]
 
@@ -37,7 +37,7 @@ _SEED = 0
 
 
 def _read(path: str, frame: int | None) -> np.ndarray:
-    """The image as the digest reads it (`asa.data.cohort.ras_voxels`: the same frame, so the same grids meet)."""
+    """The image as the digest reads it (`asa.data.digests.ras_voxels`: the same frame, so the same grids meet)."""
     data = ras_voxels(path, frame)[0]
     return data if data.ndim == 3 else data[..., 0]
 

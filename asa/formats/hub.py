@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import asa
-from asa.data.cohort import write_cohort_list
+from asa.data.cohort_list import write_cohort_list
 from asa.data.preprocessing import run_percentiles
 from asa.formats.base import FOLDER, Format, Job, Part, register_format
 from asa.formats.card import ASA_CITATION, folder_licence, git_commit, segmenter_card

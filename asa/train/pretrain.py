@@ -12,7 +12,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-from asa.data.cohort import cohort_summary, write_cohort_list
+from asa.data.cohort import cohort_summary
+from asa.data.cohort_list import write_cohort_list
 from asa.io import SAFETENSORS_SUFFIX, load_checkpoint, save_checkpoint, save_export_safetensors
 from asa.models import ENCODER_PREFIX
 

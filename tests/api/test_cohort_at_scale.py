@@ -24,8 +24,9 @@ from asa.api.machinery.run import OptionError
 from asa.cli.export import main as export_main
 from asa.data import discover, write_demo_dataset
 from asa.data.case import Case
-from asa.data.cohort import (COHORT_FORMAT, DIGEST, CohortListMissing, carried_cohort, cohort_digest, cohort_summary,
-                             export_cohort, image_digests)
+from asa.data.cohort import CohortListMissing, carried_cohort, cohort_digest, cohort_summary, export_cohort
+from asa.data.cohort_list import COHORT_FORMAT
+from asa.data.digests import DIGEST, image_digests
 from asa.io import load_checkpoint, save_checkpoint
 from asa.models import load_weights, network_spec
 from asa.train.pretrain import export_encoder

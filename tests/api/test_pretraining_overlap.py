@@ -20,8 +20,9 @@ from asa.api.export import export_model
 from asa.api.machinery.run import OptionError
 from asa.data import discover, write_demo_dataset
 from asa.data.case import Case
-from asa.data.cohort import (DIGEST, COHORT_FORMAT, carried_cohort, cohort_digest, cohort_record, cohort_summary,
-                             export_cohort, image_digests)
+from asa.data.cohort import carried_cohort, cohort_digest, cohort_record, cohort_summary, export_cohort
+from asa.data.cohort_list import COHORT_FORMAT
+from asa.data.digests import DIGEST, image_digests
 from asa.io import save_checkpoint
 from asa.models import ASA, PRESETS, load_weights, network_spec
 from asa.train.pretrain import export_encoder

@@ -14,7 +14,7 @@ import yaml
 from asa.api.cohort import check_cohort
 from asa.api.machinery.cohort import COHORT_FILE, pretraining_cohort
 from asa.cli.cohort import main as cohort_main
-from asa.data.cohort import volume_digest
+from asa.data.digests import volume_digest
 
 SHAPE = (8, 8, 8)
 

@@ -1,5 +1,5 @@
 """The near-duplicate fingerprint (`asa.data.fingerprint`) and the overlap check that uses it
-(`asa.data.cohort.near_duplicates`, `cohort_overlap`): edited copies of a scan are found with their score, in their
+(`asa.data.overlap.near_duplicates`, `cohort_overlap`): edited copies of a scan are found with their score, in their
 own contrast; distinct subjects are not, in any contrast; the brain of a whole head is read under its scalp."""
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from asa.data.case import Case
-from asa.data.cohort import COHORT_FORMAT, DIGEST, cohort_overlap, describe_overlap, near_duplicates
+from asa.data.cohort_list import COHORT_FORMAT
+from asa.data.digests import DIGEST
+from asa.data.overlap import cohort_overlap, describe_overlap, near_duplicates
 from asa.data.fingerprint import (FINGERPRINT, GRID, NEAR_THRESHOLD, NEAR_THRESHOLDS, _brain, decode_fingerprint,
                                   encode_fingerprint, fingerprint_scores, image_fingerprint)
 from benchmarks.near_duplicates import deface

@@ -29,9 +29,11 @@ from asa.api.machinery.dataset import dataset_root, on_main_then_share
 from asa.api.machinery.run import OptionError
 from asa.data import discover
 from asa.data.case import Case
-from asa.data.cohort import (COHORT_FORMAT, DIGEST, CohortListMissing, carried_cohort, check_carried_list,
-                             cohort_digest, cohort_overlap, cohort_record, export_cohort, image_signatures,
-                             keep_cohort_list, overlap_line, read_cohort_list)
+from asa.data.cohort import (CohortListMissing, carried_cohort, check_carried_list, cohort_digest, cohort_record,
+                             export_cohort, keep_cohort_list)
+from asa.data.cohort_list import COHORT_FORMAT, read_cohort_list
+from asa.data.digests import DIGEST, image_signatures
+from asa.data.overlap import cohort_overlap, overlap_line
 from asa.data.fingerprint import FINGERPRINT
 from asa.io import atomic_write_json
 from asa.io.hub import HUB_PREFIX, resolve_hub_id
@@ -139,7 +141,7 @@ def check_pretraining_overlap(pretrained: str | os.PathLike, splits: dict[str, S
     encoder file ``pretrained`` carries (by case id, subject, image content and near content; each case's images are read
     once, on rank 0); refuse (`OptionError`, naming ``data.accept_pretraining_overlap``) when a test case was,
     unless ``accept``. Returns ``{"pretrained", "cohort": its digest, "subsets": the overlap report}``
-    (`asa.data.cohort.cohort_overlap`; :func:`write_overlap` keeps it in the run folder), or None when the file
+    (`asa.data.overlap.cohort_overlap`; :func:`write_overlap` keeps it in the run folder), or None when the file
     carries no cohort or its list is not beside it (said in the line: nothing was checked)."""
     env = env or DistEnv()
     state = load_weights(pretrained)
