@@ -1,8 +1,6 @@
-"""The arms of asa-study, each declared once: what it pretrains (or not), the twin it differs from by its encoder
-alone, the questions it asks, its cell of the pretraining factorial and its rank as the primary question. Everything
-else is read off these declarations: the pretraining runs (`asa.study.plan`), the contrasts and the primary question
-(`asa.study.readings`), the probe factorial (`asa.study.probes`) and the choices of ``--arms``. A new arm is one
-`Arm` added to `ARMS` (docs/python-api.md, "A study arm")."""
+"""The arms of asa-study, each declared once: what it pretrains, its twin (the arm it differs from by its encoder
+alone), its questions, its factorial cell and its rank as the primary question. The runs, contrasts, primary, probe
+factorial and ``--arms`` are read off `ARMS`; a new arm is one `Arm` (docs/python-api.md, "A study arm")."""
 
 from __future__ import annotations
 
@@ -16,9 +14,8 @@ PILOT = "pilot"
 
 @dataclasses.dataclass(frozen=True)
 class Contrast:
-    """One question an arm asks: the arm − ``reference`` (an arm's name), ``kind`` "question", "positive" (a control
-    that must move) or "negative" (one that must not help); ``cohorts``: the arm at its largest − its smallest
-    cohort (``reference`` then the arm itself)."""
+    """One question: the arm − ``reference``; ``kind`` "question", "positive" (a control that must move) or
+    "negative" (one that must not help); ``cohorts``: the arm at its largest − its smallest cohort."""
 
     reference: str
     question: str
@@ -57,7 +54,7 @@ class Arm:
 
     @property
     def pretrained(self) -> bool:
-        """Whether the study pretrains it (a pretraining run per cohort size and replicate)."""
+        """Whether the study pretrains it (a run per cohort size and replicate)."""
         return self.method is not None
 
     @property
@@ -131,16 +128,14 @@ def scratch_twin(arm: str) -> bool:
 
 
 def attentive_over_uniform(arm: str, reference: str) -> bool:
-    """Whether arm − reference isolates the attentive loss weight: both pretrained, attentive against uniform, the
-    same coordinate channel."""
+    """Whether arm − reference isolates the attentive weight: both pretrained, attentive − uniform, same channel."""
     a, r = ARMS.get(arm), ARMS.get(reference)
     return bool(a and r and a.pretrained and r.pretrained and not r.noise and a.coord == r.coord
                 and (a.loss_weighting, r.loss_weighting) == ("attentive", "uniform"))
 
 
 def label(arm: str, cohort: int | None) -> str:
-    """The name of an arm's fine-tuned encoders at a cohort size: ``<arm>-c<n>`` for a pretrained arm, the arm's
-    name otherwise (written, never parsed back: the scores carry arm, cohort and replicate as columns)."""
+    """``<arm>-c<n>`` for a pretrained arm, else the arm's name (written, never parsed back: scores carry columns)."""
     return arm if cohort is None else f"{arm}-c{cohort}"
 
 
@@ -151,8 +146,8 @@ def run_name(arm: str, cohort: int, replicate: int) -> str:
 
 def contrasts(cohorts: Sequence[int], encoders: Sequence[str] = ()) -> list[tuple[tuple[str, int | None],
                                                                                    tuple[str, int | None], str, str]]:
-    """Every declared question as ((arm, cohort), (reference, cohort), question, kind): pretrained arms at the
-    largest cohort (a cohort contrast: the largest − the smallest), every --encoder arm − scratch."""
+    """Every declared question as ((arm, cohort), (reference, cohort), question, kind), pretrained arms at the
+    largest cohort (a cohort contrast: largest − smallest), and every --encoder arm − scratch."""
     big, small = (max(cohorts), min(cohorts)) if cohorts else (None, None)
 
     def at(arm: str, cohort: int | None) -> tuple[str, int | None]:

@@ -1,6 +1,5 @@
-"""asa-study's checks, before anything trains: the labeled cases against the pretraining cohort and the cohorts the
---encoder files carry (one overlap check, masked copies included), how each arm meets the fine-tuning channels, and
-whether the scans are skull-stripped."""
+"""asa-study's checks before anything trains: the labeled cases against the pretraining and --encoder cohorts (masked
+copies included), how each arm meets the fine-tuning channels, and whether the scans are skull-stripped."""
 
 from __future__ import annotations
 
@@ -28,14 +27,10 @@ LABELED_PARTS = {"test": "test", "val": "validation", "supervised": "positive co
 
 def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: Mapping[str, list[str]],
                   encoders: Mapping[str, str] | None = None, *, accept: bool) -> dict[str, Any]:
-    """The study's one overlap check, before anything trains: every labeled case (test, validation, the positive
-    control's and the training pool's: `LABELED_PARTS`) against the pretraining cohort and the cohort each
-    ``encoders`` file carries (by id, subject, image content and near content: `asa.data.overlap.cohort_overlap`, the
-    rule each fine-tuning run applies to the cases it does not train on), and against the pretraining cohort's files
-    for skull-stripped or defaced copies on their grid (`asa.data.masked_copies`, which the fingerprint misses; the
-    runs' own check cannot see them). Refused (exit 2) when any case was in one,
-    unless ``accept``; accepted cases are listed, and every run is told to accept them (`overlap_overrides`). The
-    cohort's digests are kept in the study folder."""
+    """Every labeled case (`LABELED_PARTS`) against the pretraining cohort and each ``encoders`` file's (the rule every
+    fine-tuning run applies, `cohort_overlap`), and against the cohort's files for skull-stripped or defaced copies,
+    which the fingerprint and the runs' check miss. Refused (exit 2) unless ``accept``: then the cases are listed and
+    every run accepts them (`overlap_overrides`). The cohort's record is kept in checks/cohort.json."""
     by_id = {c.id: c for c in labeled}
     parts = {LABELED_PARTS[k]: [by_id[i] for i in split[k]] for k in LABELED_PARTS if split.get(k)}
     cohorts: dict[str, dict[str, Any]] = {}
@@ -59,8 +54,7 @@ def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: M
             cohorts[f"--encoder {name}"] = carried
     if not cohorts:
         why = "the --encoder files carry none" if encoders else "no --pretrain-data and no --encoder given"
-        return {"lines": unchecked or [f"no cohort to check ({why})"], "overlapping": [],
-                "accepted": False}
+        return {"lines": unchecked or [f"no cohort to check ({why})"], "overlapping": [], "accepted": False}
     everyone = [c for cases in parts.values() for c in cases]
     digests, prints = image_signatures(everyone, workers=2)
     lines, found = list(unchecked), set()
@@ -85,14 +79,10 @@ def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: M
     return {"lines": lines, "overlapping": found_ids, "accepted": bool(found_ids)}
 
 
-
 def channel_lines(fine: Sequence[str], pretrain: Sequence[str], held: Sequence[str], *,
                   store: bool = False) -> list[str]:
-    """How each arm meets the fine-tuning channels ``fine``: the pretrained arms and the negative control through
-    the cohort's channels ``pretrain`` they read (`pretraining_channels`), the scratch twin through the fine-tuning
-    ones, the positive control through the pretrained arms' path when they read the T1 alone
-    (`supervised_channel`), else through the fine-tuning channels. ``held``: the channels every cohort case has
-    (with ``store``: the channels the store holds)."""
+    """How each arm meets the fine-tuning channels ``fine`` (the pretrained arms through the cohort's ``pretrain``,
+    the positive control as `supervised_channel` says). ``held``: the cohort's channels (``store``: the store's)."""
     if [channel_of(name) for name in fine] == list(pretrain):
         pairs = ", ".join(f"{c} as {name}" for c, name in zip(pretrain, fine))
         return [f"Every arm pretrains and fine-tunes on the same channels: the pretraining runs read the cohort's "
@@ -122,8 +112,7 @@ STRIPPED = 0.9  # the share of non-zero voxels above which asa's brain mask take
 
 
 def skull_lines(sets: Mapping[str, Sequence], sample: int = 3) -> list[str]:
-    """One line per set of cases whose first ``sample`` scans are whole heads (more than `STRIPPED` of their
-    voxels non-zero): asa's brain mask, brain centre and in-brain z-score assume skull-stripped scans."""
+    """One line per set whose first ``sample`` scans are whole heads (over `STRIPPED` of their voxels non-zero)."""
     lines = []
     for name, cases in sets.items():
         shares = [float((load_volume(next(iter(c.images.values()))).array != 0).mean()) for c in list(cases)[:sample]]

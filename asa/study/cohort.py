@@ -1,6 +1,5 @@
-"""The pretraining cohort of asa-study: where it is (a BIDS or CAPS folder, a file list, a store of
-asa-preprocess), its cohorts of each size (the first n subjects of one seeded order), the negative control's noise
-volumes on its grid, and the channels the pretraining runs read of it."""
+"""asa-study's pretraining cohort: where it is (BIDS, CAPS, a file list, a store of asa-preprocess), its cohorts of each
+size (the first n of one seeded order), the negative control's noise volumes, and the channels the runs read."""
 
 from __future__ import annotations
 
@@ -23,9 +22,8 @@ from asa.data.synthetic.noise import write_noise_dataset
 from asa.train.distributed import DistEnv
 
 def pretrain_layout(path: Path) -> tuple[str, Path]:
-    """(layout, root) of a pretraining cohort: a BIDS or CAPS folder, a file list (a .csv/.tsv/.txt file, or a
-    folder holding files.csv), or a store written by asa-preprocess (``store``: a folder holding its index.json,
-    or the settings.json of an unfinished one, which `read_store` refuses with asa's hint)."""
+    """(layout, root) of a pretraining cohort; a folder holding an unfinished store's settings.json is a ``store``
+    too (`read_store` refuses it with asa's hint)."""
     if path.is_file():
         return "filelist", path
     if not path.is_dir():
@@ -45,9 +43,8 @@ def pretrain_layout(path: Path) -> tuple[str, Path]:
 
 @dataclasses.dataclass(frozen=True)
 class StoreCohort:
-    """A pretraining cohort held in a store of asa-preprocess: its folder, the data root and layout it was written
-    from (the files its records were checked against), its channels in their order and its resampling. A run
-    reads a store only with the options it was written under, so these are the runs' data options."""
+    """A cohort in a store of asa-preprocess: its folder, the root and layout it was written from, its channels and
+    resampling (a run reads a store only with the options it was written under: these are the runs')."""
 
     path: Path
     root: Path
@@ -56,20 +53,17 @@ class StoreCohort:
     resample_mm: float | None = None
 
     def data(self) -> list[str]:
-        """A pretraining run's overrides that read the store (the layout aside: `plan_pretraining` places it);
-        which of its cases a run reads is the run's ``splits.json`` (`write_store_splits`)."""
+        """The overrides that read the store (the cases: the run's splits.json, `write_store_splits`)."""
         return [f"data.root={self.root}", f"data.store={self.path}"]
 
     def resampling(self) -> list[str]:
-        """The store's resampling, for every run of the study (the noise volumes sit on the resampled grid too)."""
+        """The store's resampling, for every run (the noise volumes sit on the resampled grid too)."""
         return [] if self.resample_mm is None else [f"data.resample_mm={self.resample_mm}"]
 
 
 def read_store(path: Path) -> tuple[StoreCohort, list[Case]]:
-    """The store of asa-preprocess at ``path`` as a pretraining cohort, and its cases as asa-pretrain finds them
-    (`asa.api.machinery.dataset.load_cases`: the cases of its data root it holds, their files unchanged since).
-    Refused (exit 2, naming the folder): an unfinished or broken store, a fine-tuning preset's store, one written
-    under preprocessing settings a pretraining run does not take, one out of date with its files."""
+    """The store at ``path`` as a cohort, and its cases as asa-pretrain finds them (`load_cases`). Refused (exit 2):
+    an unfinished, broken or fine-tuning store, one of settings pretraining does not take, one out of date."""
     try:
         store = open_store(path, option="--pretrain-data")
     except StoreError as err:
@@ -93,15 +87,14 @@ def read_store(path: Path) -> tuple[StoreCohort, list[Case]]:
 
 
 def cohort_order(ids: Sequence[str], seed: int) -> list[str]:
-    """The cohort's subjects in a seeded order: a cohort of n is the first n, so a smaller cohort is part of a larger."""
+    """The subjects in a seeded order: a cohort of n is the first n, so a smaller cohort is part of a larger."""
     ids = sorted(ids)
     return [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
 
 
 def write_cohorts(out: Path, cases: Sequence, sizes: Sequence[int], seed: int,
                   channels: Sequence[str] = ("t1",)) -> dict[int, Path]:
-    """One file list per cohort size (``<out>/data/cohort-<n>/files.csv``, the first n subjects of `cohort_order`):
-    the T1 in ``path``, each other of ``channels`` in a column of its name, in their order (the filelist layout)."""
+    """``<out>/data/cohort-<n>/files.csv`` per size (the first n of `cohort_order`; a column per channel)."""
     by_id = {c.id: c for c in cases}
     order = cohort_order(list(by_id), seed)
     others = [c for c in channels if c != "t1"]
@@ -117,8 +110,8 @@ def write_cohorts(out: Path, cases: Sequence, sizes: Sequence[int], seed: int,
 
 
 def write_noise(out: Path, cases: Sequence, n: int, seed: int, channels: Sequence[str] = ("t1",)) -> Path:
-    """The negative control's pure-noise volumes, as many as the largest cohort, on the grid of the cohort's first
-    image, with a noise channel for each of ``channels`` (the T1 always, as a file list needs it; written once)."""
+    """The negative control's ``n`` noise volumes on the cohort's grid, a channel per ``channels`` and the T1 (a file
+    list needs it); written once."""
     folder = out / "data" / f"noise-{n}"
     if not (folder / ".complete").is_file():
         first = load_volume(cases[0].images["t1"])
@@ -135,11 +128,8 @@ def cohort_channels(cases: Sequence) -> list[str]:
 
 
 def pretraining_channels(held: Sequence[str], fine: Sequence[str], choice: str | None) -> list[str]:
-    """The cohort channels the pretraining runs read, in the order of the fine-tuning channels ``fine`` (the
-    labeled set's names, matched by meaning, `channel_of`), so that the pretrained stem's channel k is fine-tuning
-    channel k: all of them when ``choice`` is ``all``, or None and the cohort (its channels ``held``) has them; the
-    T1 alone when ``choice`` is ``t1``, or None and the cohort lacks one. ``all`` on a cohort that lacks one is
-    refused (exit 2)."""
+    """The cohort channels the runs read, in the order of the fine-tuning ``fine`` (matched by meaning), so that the
+    pretrained stem's channel k is fine-tuning channel k: all (``all``, or None when ``held`` has them), else the T1."""
     wanted = [channel_of(name) for name in fine]
     lacking = [name for name, c in zip(fine, wanted) if c is None or c not in held]
     if len(set(wanted)) != len(wanted):  # two fine-tuning channels of one meaning: no order to keep

@@ -1,5 +1,5 @@
-"""What the studies share: the command line of a `Scale`, refusals, the record of a study's settings, the time
-budget of a call, whether a run finished, the machine it ran on, and the Markdown and CSV of its report."""
+"""What the studies share: a `Scale`'s command line, refusals, the settings record, the time budget, whether a run
+finished, the machine, and the report's Markdown and CSV."""
 
 from __future__ import annotations
 
@@ -25,10 +25,8 @@ S = TypeVar("S")
 REFUSED = 2  # the exit code of a refused command line or study folder, as every asa console script
 
 
-# ------------------------------------------------------------------------------------------ command line
 def refuse(message: str) -> typing.NoReturn:
-    """Refuse the command line or the study folder: ``message`` on stderr, exit 2 before anything is written (the
-    exception's text is the message, its code 2)."""
+    """Refuse the command line or the study folder: ``message`` on stderr, exit 2 before anything is written."""
     print(message, file=sys.stderr, flush=True)
     refusal = SystemExit(message)
     refusal.code = REFUSED
@@ -37,9 +35,8 @@ def refuse(message: str) -> typing.NoReturn:
 
 def add_scale_options(p: argparse.ArgumentParser, scales: Mapping[str, Any], default: str,
                       says: Mapping[str, str]) -> None:
-    """``--scale`` (one of ``scales``, each as ``says`` puts it), ``--quick`` and one ``--<field>`` per field of the
-    scales' dataclass that overrides it, its help giving each scale's value; a field's type gives the option's
-    (``tuple[int, ...]``: one or more ints)."""
+    """``--scale`` (``says``: each scale in words), ``--quick`` and one ``--<field>`` per field of the scales'
+    dataclass, its help giving each scale's value, its type the field's (``tuple[int, ...]``: one or more ints)."""
     p.add_argument("--scale", choices=sorted(scales), default=default,
                    help="how big the study is: " + "; ".join(f"{k} ({says[k]})" for k in sorted(scales))
                    + f" (default {default}); each of its settings can be overridden by the options below")
@@ -63,7 +60,7 @@ def scale_from_args(args: argparse.Namespace, scales: Mapping[str, S]) -> tuple[
     """(name, scale): the chosen scale with every ``--<field>`` given on the command line in place."""
     name = "quick" if args.quick else args.scale
     scale = scales[name]
-    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(scale) if getattr(args, f.name, None) is not None}
+    changes = {f.name: v for f in dataclasses.fields(scale) if (v := getattr(args, f.name, None)) is not None}
     return name, dataclasses.replace(scale, **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()})
 
 
@@ -77,14 +74,11 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**os.environ, **extra}
 
 
-# ----------------------------------------------------------------------------------------------- settings
 def record_settings(out: Path, settings: Mapping[str, Any], *, grows: Sequence[str] = (),
                     recorded_as: Callable[[dict[str, Any]], dict[str, Any]] = lambda old: old) -> None:
-    """Keep ``settings`` in ``<out>/study.json``; a folder that holds a study with other settings is refused,
-    naming the ones that differ (a rerun with the same options continues the study). ``grows``: the keys
-    (``a.b`` for a nested one) of lists a rerun may extend: every recorded entry kept, new ones added, so the
-    study continues with more units and the finished ones stay as they are; a list that loses an entry is refused.
-    ``recorded_as``: the recorded settings in the form the caller now writes (an older record read as today's)."""
+    """Keep ``settings`` in ``<out>/study.json``; a folder holding a study with other settings is refused, naming
+    them (a rerun with the same options continues it). ``grows``: keys (``a.b`` nested) of lists a rerun may extend
+    but not shrink, so finished units stay. ``recorded_as``: an older record read as today's form."""
     recorded = out / "study.json"
     settings = json.loads(json.dumps(settings))
     if not recorded.is_file():
@@ -136,7 +130,6 @@ def finished(ckpt: Path) -> bool:
     return int(state["step"]) >= int(state["scheduler"]["total_steps"])
 
 
-# ------------------------------------------------------------------------------------------------- report
 def machine() -> dict[str, Any]:
     """CPU model, cores and threads, torch and the GPU if any."""
     model = platform.processor() or platform.machine()

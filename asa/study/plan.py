@@ -1,7 +1,5 @@
-"""asa-study's plan: its scales, the network and arms every run shares, the pretraining runs (each arm per cohort
-size, and the negative control), the positive control, the fine-tuning arms handed to `asa.study.transfer`, the fixed
-split of the labeled set and the overrides every fine-tuning run takes. Pure: it starts nothing (`asa.study.scheduler`
-runs the units, `asa.study.study` is the command)."""
+"""asa-study's plan: its scales, the shared network, the pretraining runs, the positive control, the fine-tuning arms,
+the split of the labeled set and every run's overrides. Pure: it starts nothing (`asa.study.scheduler` runs units)."""
 
 from __future__ import annotations
 
@@ -30,29 +28,25 @@ RECIPES = {"adamw": "optim=adamw", "nnunet": "optim=nnunet"}
 
 @dataclasses.dataclass
 class Scale:
-    """How big the study is. ``cohorts``: pretraining subjects per cohort size (empty: the whole cohort);
-    ``pretrain_steps``: optimiser steps of every pretraining run; ``pilot_steps``: the pilot's constant-lr steps;
-    ``cases``: labeled training cases N; ``test`` / ``val``: the fixed test and validation cases; ``supervised``:
-    labeled cases of the positive control, apart from all of those; ``folds`` × ``repeats``: the cross-validation
-    a labeled set too small for that split takes (`labeled_split`)."""
+    """How big the study is (every field an ``--<field>`` option of asa-study)."""
 
     crop: int
-    pretrain_steps: int
-    pilot_steps: int
-    cases: tuple[int, ...]
+    pretrain_steps: int  # optimiser steps of every pretraining run
+    pilot_steps: int  # the pilot's constant-lr steps
+    cases: tuple[int, ...]  # labeled training cases N
     seeds: tuple[int, ...]
-    test: int
-    val: int
-    supervised: int
+    test: int  # the fixed test cases
+    val: int  # the fixed validation cases
+    supervised: int  # labeled cases of the positive control, apart from all of those
     resenc: str  # the ResEnc size of --network resenc
     swvit: str  # the SW-ViT preset of --network swvit
-    cohorts: tuple[int, ...] = ()
+    cohorts: tuple[int, ...] = ()  # pretraining subjects per cohort size (empty: the whole cohort)
     pretrain_crop: int | None = None  # the pretraining crop (None: crop; the coordinate channel's arm always at crop)
     jobs: int = 1  # units at once (0: as many as the machine holds, `units_at_once`)
     time_budget: float | None = None  # seconds per call (None: no limit)
     workers: int = 0  # loader workers of every run (pretraining, pilot, fine-tuning, the positive control)
     nproc: int = 1  # processes (GPUs) of each pretraining run, through torchrun; the global batch stays the recipe's
-    folds: int = 3  # cross-validation of a small labeled set: K folds ...
+    folds: int = 3  # cross-validation of a labeled set too small for the fixed split (`labeled_split`): K folds ...
     repeats: int = 2  # ... × R repeats, every case scored R times
     min_scored: int = 16  # test cases per arm under which the study refuses (0: the quick scale, a plumbing check)
     pretrain_runs: int = 3  # pretraining runs per arm and cohort (the pretraining seed a level of the intervals)
@@ -78,7 +72,7 @@ SCALES = {
     "quick": Scale(crop=32, pretrain_steps=4, pilot_steps=12, cases=(2,), seeds=(0, 1), test=16, val=2, supervised=2,
                    resenc="tiny", swvit="tiny", folds=2, repeats=1, min_scored=0, pretrain_runs=2),
 }
-UNIT_GIB = 3.0  # GPU memory of one unit at the gpu scale (ResEnc S, 32³, its CUDA context): an estimate the window checks
+UNIT_GIB = 3.0  # GPU memory of a unit at the gpu scale (ResEnc S, 32³, its CUDA context): an estimate the window checks
 UNIT_SECONDS = 39.8  # one fine-tuning unit at the cpu scale's settings (1200 steps) alone on one H200 (docs/studies.md)
 
 
@@ -93,7 +87,6 @@ def units_at_once(threads: int | None, workers: int, memory_gib: float | None, c
 GROWS = ("arms", "encoders", "scale.cohorts", "scale.cases", "scale.seeds")
 
 
-# ------------------------------------------------------------------------------------------------- plan
 @dataclasses.dataclass(frozen=True)
 class Pretraining:
     """One pretraining run: ``<arm>-c<subjects>``, the cohort it reads and its overrides."""
@@ -116,8 +109,7 @@ class Pretraining:
 
 @dataclasses.dataclass(frozen=True)
 class Network:
-    """The network every arm shares: a network family with a masked twin and a segmentation network
-    (`asa.models.family`: ``resenc``, ``swvit``, a plug-in's) and one of its sizes (None: it declares none)."""
+    """The network every arm shares: a family with a masked twin and a segmenter and its size (None: it has none)."""
 
     family: str
     size: Optional[str]
@@ -128,8 +120,7 @@ class Network:
 
     @property
     def by_preset(self) -> bool:
-        """Whether the family's sizes are ``model`` presets whose pretraining section names no arch (the SW-ViT's
-        ``model=tiny|small|base``, pretrained through the paper's ``experiment`` presets), not ``model.size``."""
+        """Whether its sizes are ``model`` presets with no arch (the SW-ViT's, pretrained by ``experiment`` presets)."""
         return "arch" not in self.declared.options()
 
     @property
@@ -139,7 +130,7 @@ class Network:
         return [f"model={self.declared.segmenter}", *([f"model.size={self.size}"] if self.size else [])]
 
     def missing(self, arm: str) -> list[str]:
-        """What the pretraining arm ``arm`` needs that the family's masked twin does not take (none: it can run)."""
+        """What the pretraining arm ``arm`` needs that the family's masked twin does not take."""
         if self.by_preset or not (arm in ARMS and ARMS[arm].pretrained):
             return []
         spec, taken = ARMS[arm], keyword_options(str(self.declared.masked))
@@ -162,8 +153,7 @@ class Network:
 
 
 def parse_network(text: str, scale: Scale) -> Network:
-    """``<family>`` (the scale's size of it: ``resenc``, ``swvit``) or ``<family>-<size>`` (``resenc-S|M|L|tiny``,
-    ``swvit-tiny|small|base``) for every family that declares a masked twin and a segmentation network."""
+    """``<family>`` (at the scale's size of it) or ``<family>-<size>``, for every family `studied_networks` lists."""
     family, _, size = text.partition("-")
     sizes = studied_networks()
     if family not in sizes or (size and size not in sizes[family]):
@@ -173,14 +163,12 @@ def parse_network(text: str, scale: Scale) -> Network:
 
 
 def studied_networks() -> dict[str, tuple[str, ...]]:
-    """Every family a study can run (a masked twin and a segmentation network, `asa.models.families`) -> its sizes."""
+    """Every family a study can run (a masked twin and a segmentation network) -> its sizes."""
     return {name: tuple(f.presets) for name, f in families().items() if f.masked and f.segmenter}
 
 
-
 def channel_overrides(channels: Sequence[str]) -> list[str]:
-    """The pretraining overrides that read ``channels`` (none for the T1 alone, the default of every preset): the
-    data's channels, in that order; every method's network takes its input channels from them."""
+    """The pretraining overrides that read ``channels`` in that order (none for the T1 alone, every preset's)."""
     return [] if list(channels) == ["t1"] else [f"data.channels=[{','.join(channels)}]"]
 
 
@@ -192,12 +180,9 @@ def pretraining_epochs(steps: int, subjects: int, batch: int) -> int:
 def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[str], cohorts: Mapping[int, Path],
                      noise: Path | None, *, seed: int, channels: Sequence[str] = ("t1",),
                      store: StoreCohort | None = None) -> list[Pretraining]:
-    """Every pretraining run: each pretraining arm per cohort size, and the negative control on the noise volumes
-    (mae's recipe, as many volumes as the largest cohort), ``scale.pretrain_runs`` times each (run k with the
-    pretraining seed ``seed`` + k, named ``<arm>-c<n>-p<k>``, the first ``<arm>-c<n>``), all reading ``channels`` in
-    their order
-    (`pretraining_channels`). The arms read ``cohorts`` (size -> its file list's folder, `write_cohorts`) or, with
-    ``store``, the store (its cases of a cohort size chosen by the run's ``splits.json``, `write_store_splits`)."""
+    """Every pretraining run: each arm per cohort size (``cohorts``: size -> its file list, or with ``store`` the
+    store and the run's splits.json) and the negative control on ``noise``, ``scale.pretrain_runs`` times each (run k
+    seeded ``seed`` + k, `run_name`), all reading ``channels`` in their order."""
     common = ["data=bids", "data.layout=filelist", *channel_overrides(channels), f"data.num_workers={scale.workers}",
               "data.split.ratios=[0.8,0.2,0.0]", "optim=adamw_demo", "trainer.progress=false", "trainer.panel_every=0",
               "probe.every=0", f"seed={seed}", "resume=auto"]
@@ -232,9 +217,8 @@ def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[s
 
 
 def pretraining_argv(nproc: int, *overrides: str) -> tuple[str, ...]:
-    """The argv of a pretraining run: asa-pretrain in this interpreter, or with ``nproc`` > 1 its ``nproc``
-    processes through asa-torchrun (torchrun on one machine, ending with the job's exit code: 143 after a stop
-    signal, so the study can tell a stopped run from a failed one)."""
+    """asa-pretrain, or with ``nproc`` > 1 through asa-torchrun (whose exit code is the job's: 143 after a stop
+    signal, so the study tells a stopped run from a failed one)."""
     if nproc == 1:
         return module_argv("asa.cli.pretrain", *overrides)
     return module_argv("asa.cli.launch", "--standalone", f"--nproc_per_node={nproc}", "-m", "asa.cli.pretrain",
@@ -242,10 +226,8 @@ def pretraining_argv(nproc: int, *overrides: str) -> tuple[str, ...]:
 
 
 def write_store_splits(runs: Sequence[Pretraining], ids: Sequence[str], seed: int) -> None:
-    """The ``splits.json`` of each run that reads a store, before it starts: the train and validation cases its
-    own split would make of its cohort's subjects (the first n of `cohort_order`, split as the run's data options
-    say), and the store's other cases as its test part, which pretraining never reads (a run sees the whole store,
-    and its split must name every case). A run's existing file is kept (a started run keeps its split)."""
+    """Each store-reading run's splits.json (kept once written): its own split of its cohort's subjects, and the
+    store's other cases as its test part, never read (a run sees the whole store: its split must name every case)."""
     order = cohort_order(ids, seed)
     for run in runs:
         path = run.run_dir / "splits.json"
@@ -260,12 +242,10 @@ def write_store_splits(runs: Sequence[Pretraining], ids: Sequence[str], seed: in
                                  "dataset": str(data.name), "seed": int(data.split.seed), "shares": shares})
 
 
-# ---------------------------------------------------------------------------------- the positive control
 @dataclasses.dataclass(frozen=True)
 class Supervised:
-    """The positive control: its run folder, the labeled set it trains on (the study's ``data`` preset at ``root``),
-    its cases, and with ``channel`` the one fine-tuning channel it reads (``data.channels=[<channel>]``; None: all
-    of them)."""
+    """The positive control: its run folder, labeled set (``data`` at ``root``), cases and with ``channel`` the one
+    fine-tuning channel it reads (None: all)."""
 
     run_dir: Path
     data: str
@@ -286,28 +266,26 @@ def supervised_channel(fine: Sequence[str], pretrain: Sequence[str] | None) -> s
 
 def supervised_overrides(control: Supervised, network: Network, scale: Scale, seed: int,
                          overrides: Sequence[str]) -> list[str]:
-    """The positive control's asa-finetune overrides: its labeled set (`Supervised`), every case of it training,
-    for about the pilot's steps, with the study's fine-tuning ``overrides``."""
+    """The positive control's asa-finetune overrides: all its cases train, for about the pilot's steps."""
     batch = int(compose_config("finetune", [f"data={control.data}", *network.finetune]).trainer.batch_size)
     epochs = max(1, round(scale.pilot_steps / max(1, len(control.cases) // batch)))  # all its cases train
     return [f"data={control.data}", f"data.root={control.root}",
             *([f"data.channels=[{control.channel}]"] if control.channel else []), *network.finetune,
-            f"data.crop={scale.crop}", f"data.num_workers={scale.workers}", f"trainer.epochs={epochs}", "trainer.progress=false",
-            "trainer.panel_every=0", f"seed={seed}", "resume=auto", *overrides, f"output_dir={control.run_dir}"]
+            f"data.crop={scale.crop}", f"data.num_workers={scale.workers}", f"trainer.epochs={epochs}",
+            "trainer.progress=false", "trainer.panel_every=0", f"seed={seed}", "resume=auto", *overrides,
+            f"output_dir={control.run_dir}"]
 
 
 def supervised_splits(control: Supervised, split: Mapping[str, list[str]], seed: int) -> dict[str, Any]:
-    """The positive control's ``splits.json``: its cases train; every other labeled case is its test part (never
-    seen by it)."""
+    """The positive control's splits.json: its cases train; every other labeled case is its test part."""
     others = sorted({*split["test"], *split["val"], *split["pool"], *split["supervised"]} - set(control.cases))
     return {"train": list(control.cases), "val": [], "test": others, "dataset": control.data, "seed": seed}
 
 
 def finetune_arms(runs: Sequence[Pretraining], network: Network, supervised: Path | None,
                   encoders: Mapping[str, str]) -> dict[str, transfer.Tuned]:
-    """`asa.study.transfer.Transfer.arms` (name -> its overrides and what it is): the scratch twin, with the
-    coordinate channel too when an arm pretrains with it, the positive control, every pretrained encoder and every
-    --encoder file."""
+    """`transfer.Transfer.arms`: the scratch twin (and its coordinate twin when an arm pretrains with the channel),
+    the positive control, every pretrained encoder and every --encoder file."""
     base = tuple(network.finetune)
     arms = {SCRATCH: transfer.Tuned(base)}
     if any(run.coord for run in runs):
@@ -324,15 +302,10 @@ def finetune_arms(runs: Sequence[Pretraining], network: Network, supervised: Pat
     return arms
 
 
-# ------------------------------------------------------------------------------------------------ the split
 def labeled_split(cases: Sequence, scale: Scale, seed: int, *, control: bool = True) -> dict[str, Any]:
-    """The study's split of the labeled pool, as `asa.study.transfer` makes it. A pool that holds the fixed split
-    (``test`` + ``val`` + the largest N, and the positive control's ``supervised`` cases when ``control``): test,
-    validation, the training pool and the control's cases (the last of the pool, never drawn by a run:
-    `transfer --hold-out`). A smaller pool: repeated K-fold cross-validation (``folds`` × ``repeats`` draws,
-    `transfer.cv_draws`; "test" then lists every case, each scored once per repeat, and "draws" each draw's fold,
-    validation cases and pool). Refused in one line (exit 2): fewer than the scale's ``min_scored`` cases scored
-    per arm (16; the quick scale, a plumbing check, 0), or a fold's training part smaller than ``val`` + N."""
+    """The split of the labeled pool: test, validation, training pool and the control's cases (the pool's last,
+    never drawn) when it holds them; else ``folds`` × ``repeats`` cross-validation (`transfer.cv_draws`; "test" lists
+    every case). Refused (exit 2): under ``min_scored`` cases scored per arm, or a fold's part under ``val`` + N."""
     ids = [c.id for c in cases]
     fixed = scale.test + scale.val + max(scale.cases)
     if len(ids) >= fixed + (scale.supervised if control else 0):
@@ -362,24 +335,21 @@ def cases_text(n: int) -> str:
 
 
 def cv_supervised(out: Path, split: Mapping[str, Any], data: str, root: Path, channel: str | None) -> list[Supervised]:
-    """The positive control of a cross-validated study, nested in each draw: an encoder trained with labels on that
-    draw's pool (its training part less its validation cases; never its fold's test cases), in
-    ``<out>/pretrain/supervised-s<draw>``, so that it consumes none of the study's scored cases."""
+    """The positive control per cross-validated draw, trained on that draw's pool (``supervised-s<draw>``), so that
+    it consumes none of the study's scored cases."""
     return [Supervised(out / "pretrain" / f"{SUPERVISED}-s{g}", data, root, tuple(sorted(d["pool"])), channel)
             for g, d in enumerate(split.get("draws") or [])]
 
 
 def recipe_overrides(recipe: str, encoder_lr_scale: float) -> list[str]:
-    """The fine-tuning recipe of every run of the study: ``optim=<recipe>`` and, for ``adamw``, one encoder lr scale
-    for every arm, the pretrained arms' (``optim.encoder_lr_scale``) and the scratch twins' (the preset keeps a
-    scale of its own for an encoder from scratch, ``optim.scratch_encoder_lr_scale``)."""
+    """``optim=<recipe>`` and, for ``adamw``, one encoder lr scale for every arm (the preset keeps its own for an
+    encoder from scratch)."""
     scales = [f"optim.encoder_lr_scale={encoder_lr_scale}", f"optim.scratch_encoder_lr_scale={encoder_lr_scale}"]
     return [RECIPES[recipe], *(scales if recipe == "adamw" else [])]
 
 
 def overlap_overrides(overlap: Mapping[str, Any]) -> list[str]:
-    """The fine-tuning overrides that carry an accepted overlap to every run (each run checks the cases it does not
-    train on by the same rule, and would refuse what the study accepted): none when nothing was accepted."""
+    """An accepted overlap, for every run (each checks the cases it does not train on, and would refuse them)."""
     return [f"{ACCEPT_OPTION}=true"] if overlap.get("accepted") else []
 
 

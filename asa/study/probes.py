@@ -1,19 +1,8 @@
-"""The probe stage of asa-study (``--probe-first``): every pretrained encoder, frozen, probed on labeled cases the
-study does not score (its validation and training-pool cases) before any fine-tuning, the pretraining factorial read from the probes, and the one pretraining arm the
-probes support, the only one the transfer stage fine-tunes.
-
-- The probes are asa-probe's (`asa.api.probe`): each encoder run once over those cases on its own input grid
-  (a coordinate-channel encoder with its channel), per-patch class fractions by ridge (R² per class) and the
-  majority class by k-NN, subject-grouped cross-validation; a random-init twin of the first encoder is a row of its
-  own, the floor a pretrained encoder is read against.
-- The primary probe is named before anything trains, from the study's primary endpoint: the ridge R² of the
-  lesion classes (their mean), of the one foreground class, else the mean over every class.
-- The factorial: the pretraining arms as {uniform, attentive loss weight} × {no position code, the coordinate
-  channel}, each pretraining arm's cell as it declares it (`asa.study.arms.Arm.cell`). With all four cells at the
-  largest cohort, each main effect (and the interaction) is taken within each pretraining seed and read over the
-  seeds, the replicate: the mean with its t interval on (seeds − 1) degrees of freedom.
-- The arm fine-tuned: the pretraining arm whose runs have the highest mean primary probe.
-"""
+"""The probe stage of asa-study (``--probe-first``): every pretrained encoder, frozen, probed by asa-probe on labeled
+cases the study does not score (validation and training pool) before any fine-tuning, a random-init twin the floor it
+is read against; the primary probe named before anything trains, from the primary endpoint; the factorial {uniform,
+attentive weight} × {no position code, coordinate channel} (`Arm.cell`), each effect taken within a pretraining seed
+and read over the seeds (the replicate: t interval, seeds − 1 df); the one arm fine-tuned: the highest mean probe."""
 
 from __future__ import annotations
 
@@ -58,9 +47,8 @@ def primary_probe(classes: Sequence[str], lesion_classes: Sequence[str]) -> tupl
 def probe_unit(out: Path, runs: Sequence[Pretraining], *, data: str, root: Path, channels: Sequence[str],
                cases: Sequence[str], seed: int, device: str, threads: int | None,
                overrides: Sequence[str] = ()) -> Unit:
-    """asa-probe over every pretraining run's encoder and a random-init twin, on ``cases`` (labeled cases the study
-    does not score, listed in ``<out>/probes/cases.json``), its tables in ``<out>/probes/table``; done when they hold a row per
-    encoder of ``runs`` (a study grown by arms probes again: the old table is moved aside)."""
+    """asa-probe over every run's encoder and a random-init twin on ``cases`` (written to probes/cases.json); done
+    when its table holds a row per encoder (a study grown by arms probes again)."""
     folder = out / "probes"
     split = folder / "cases.json"
     atomic_write_json(split, {"test": sorted(cases)})
@@ -68,21 +56,18 @@ def probe_unit(out: Path, runs: Sequence[Pretraining], *, data: str, root: Path,
     argv = module_argv("asa.cli.probe", f"encoders=[{','.join([*(str(r.encoder) for r in runs), 'random'])}]",
                        f"names=[{','.join(names)}]", f"data={data}", f"data.root={root}",
                        f"channels=[{','.join(channels)}]", f"split_file={split}", "subset=test",
-                       f"output={folder / 'table'}", "overwrite=true", f"seed={seed}", f"device={device}",
-                       *overrides)
+                       f"output={folder / 'table'}", "overwrite=true", f"seed={seed}", f"device={device}", *overrides)
 
     def done() -> bool:
         table = folder / "table" / "probe.json"
-        if not table.is_file():
-            return False
-        return [r["name"] for r in json.loads(table.read_text())["rows"]] == names
+        return table.is_file() and [r["name"] for r in json.loads(table.read_text())["rows"]] == names
 
     return Unit("probes", argv, done, out / "logs" / "probes.log", resumable=False, threads=threads)
 
 
 def read_probes(record: Mapping[str, Any], runs: Sequence[Pretraining], keys: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per probed encoder (the pretraining runs, then the random-init twin): its arm, pretraining seed
-    (replicate), the primary probe (the mean of ``keys``; its CI when one key), R² mean and k-NN accuracy."""
+    """A row per probed encoder (the runs, then the random-init twin): arm, replicate, the primary probe (the mean
+    of ``keys``; its CI when one key), R² mean and k-NN accuracy."""
     by_name = {r["name"]: r for r in record["rows"]}
     out = []
     for run in [*runs, None]:
@@ -90,11 +75,11 @@ def read_probes(record: Mapping[str, Any], runs: Sequence[Pretraining], keys: Se
         metrics = by_name[name]["metrics"]
         values = [metrics[k]["value"] for k in keys]
         value = math.nan if any(v is None for v in values) else float(np.mean(values))
-        low, high = ((metrics[keys[0]].get("ci_low"), metrics[keys[0]].get("ci_high")) if len(keys) == 1
-                     else (None, None))
+        ci = metrics[keys[0]] if len(keys) == 1 else {}
+        low, high = (math.nan if ci.get(k) is None else ci[k] for k in ("ci_low", "ci_high"))
         out.append({"encoder": name, "arm": RANDOM_ROW if run is None else run.arm,
                     "cohort": None if run is None else run.cohort, "replicate": None if run is None else run.replicate,
-                    "primary": value, "primary_ci": [math.nan if low is None else low, math.nan if high is None else high],
+                    "primary": value, "primary_ci": [low, high],
                     "r2_mean": _value(metrics.get("ridge/r2_mean")), "knn": _value(metrics.get("knn/accuracy"))})
     return out
 
@@ -104,10 +89,8 @@ def _value(est: Mapping[str, Any] | None) -> float:
 
 
 def factorial_effects(rows: Sequence[Mapping[str, Any]], *, confidence: float = 0.95) -> list[dict[str, Any]]:
-    """The main effects and the interaction of the factorial (`EFFECTS`) on the primary probe at the largest cohort,
-    when all four cells ran with the same pretraining seeds: per seed the contrast of the four cells, then their
-    mean over the seeds with its t interval (seeds − 1 degrees of freedom; one seed: no interval). Empty when a cell
-    is missing."""
+    """The factorial's effects (`EFFECTS`) on the primary probe at the largest cohort: per seed the contrast of the
+    four cells, then the mean over the seeds with its t interval (one seed: none). Empty when a cell is missing."""
     arms = [r for r in rows if r["arm"] in pretraining_arms()]
     if not arms:
         return []
@@ -122,20 +105,16 @@ def factorial_effects(rows: Sequence[Mapping[str, Any]], *, confidence: float = 
     out = []
     for name, coef in EFFECTS.items():
         per_seed = [sum(c * cells[cell][k] for cell, c in coef.items()) for k in seeds]
-        mean = float(np.mean(per_seed))
-        if len(per_seed) > 1:
-            half = float(stats.t.ppf((1 + confidence) / 2, len(per_seed) - 1) * np.std(per_seed, ddof=1)
-                         / math.sqrt(len(per_seed)))
-        else:
-            half = math.nan
+        mean, n = float(np.mean(per_seed)), len(per_seed)
+        half = (float(stats.t.ppf((1 + confidence) / 2, n - 1) * np.std(per_seed, ddof=1) / math.sqrt(n)) if n > 1
+                else math.nan)
         out.append({"effect": name, "value": mean, "low": mean - half, "high": mean + half, "per_seed": per_seed,
                     "seeds": len(seeds)})
     return out
 
 
 def effect_reading(effect: Mapping[str, Any], *, min_effect: float) -> str:
-    """A probe effect's reading: "higher" / "lower" (its interval off 0 and the estimate at least ``min_effect``),
-    "no effect above ±m" (the interval inside ±``min_effect``), else "inconclusive"; one seed: "no interval"."""
+    """A probe effect's reading: "higher" / "lower" (off 0 and at least ``min_effect``), none above ±m, or not read."""
     value, low, high = effect["value"], effect["low"], effect["high"]
     if math.isnan(low) or math.isnan(high):
         return "no interval (one pretraining seed)"
@@ -149,8 +128,7 @@ def effect_reading(effect: Mapping[str, Any], *, min_effect: float) -> str:
 
 
 def choose_arm(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The pretraining arm (not the negative control) whose runs have the highest mean primary probe (the first
-    in the study's order on a tie)."""
+    """The pretraining arm whose runs have the highest mean primary probe (on a tie, the first in the study's)."""
     means: dict[str, list[float]] = {}
     for r in rows:
         if r["arm"] in pretraining_arms():
@@ -165,11 +143,10 @@ def probe_lines(probes: Mapping[str, Any], *, min_effect: float) -> list[str]:
               _number(r["primary"]) + ("" if math.isnan(r["primary_ci"][0]) else
                                        f" [{r['primary_ci'][0]:.3f}, {r['primary_ci'][1]:.3f}]"),
               _number(r["r2_mean"]), _number(r["knn"])] for r in probes["rows"]]
-    lines = [f"Every pretrained encoder frozen and probed on {probes['cases']} labeled cases the transfer stage does not "
-             "score (the validation and training-pool cases; the arm is chosen on them, never on the scored test cases) "
-             "before any fine-tuning "
-             f"(asa-probe, {probes['folds']}-fold cross-validation, 95 % bootstrap CI over the cases). Primary probe: "
-             f"**{label}**, named before anything trained.", "",
+    lines = [f"Every pretrained encoder frozen and probed on {probes['cases']} labeled cases the transfer stage "
+             "does not score (the validation and training-pool cases; the arm is chosen on them, never on the "
+             f"scored test cases) before any fine-tuning (asa-probe, {probes['folds']}-fold cross-validation, 95 % "
+             f"bootstrap CI over the cases). Primary probe: **{label}**, named before anything trained.", "",
              markdown_table(["encoder", "arm", "pretraining seed", label, "ridge R² mean", "k-NN accuracy"], cells,
                             left=3)]
     random = next(r["primary"] for r in probes["rows"] if r["arm"] == RANDOM_ROW)

@@ -1,8 +1,7 @@
-"""The reading rules of ``asa-study`` (its page is `asa.study.report`): the contrasts its arms declare
-(`asa.study.arms`), the primary question (read at 95 %; every other question under Holm), each contrast's interval,
-bound (two one-sided tests at ± the minimum effect) and verdict, and what the instruments allow to be read: a
-scratch twin that learns nothing reads no answer, a null needs a positive control that moved, a gain over scratch a
-negative control shown small, asa − mae weights that vary; the quick scale reads none."""
+"""The reading rules of asa-study (its page: `asa.study.report`): the primary question (at 95 %; the others under
+Holm), each contrast's interval, bound (two one-sided tests at ± the minimum effect) and verdict, and what the
+instruments allow: no answer where scratch learns nothing, a null needs a positive control that moved, a gain over
+scratch a negative control shown small, asa − mae weights that vary; the quick scale reads none."""
 
 from __future__ import annotations
 
@@ -30,8 +29,7 @@ FOUND = 0.1  # the pilot's mean test Dice under which the scratch twin is said n
 
 
 def keys_of(scores: Sequence[Mapping[str, Any]], endpoint: tuple[str, str] = KEYS[0]) -> tuple[tuple[str, str], ...]:
-    """The contrasted scores: the primary ``endpoint`` (key, label) first, then mean Dice and NSD, and the lesion
-    Dice when the study names lesion classes; each once (the endpoint's label kept), those every score row has."""
+    """The contrasted (key, label)s every score row has: the ``endpoint`` first, mean Dice, NSD, the lesion Dice."""
     lesion = (LESION_KEY,) if scores and all(LESION_KEY[0] in r for r in scores) else ()
     labels: dict[str, str] = {}
     for k, label in (endpoint, *KEYS, *lesion):
@@ -40,9 +38,8 @@ def keys_of(scores: Sequence[Mapping[str, Any]], endpoint: tuple[str, str] = KEY
 
 
 def endpoint(classes: Sequence[str], lesion_classes: Sequence[str]) -> tuple[str, str]:
-    """The study's primary endpoint, named before any training: (score column, label). The lesion Dice when
-    ``lesion_classes`` are named (their mean Dice) or the set has one foreground class (its Dice: mean Dice of one
-    class); mean Dice over every class otherwise (a lesion gain is diluted by the tissue classes there)."""
+    """The primary endpoint (column, label), named before any training: the lesion Dice of ``lesion_classes`` or of
+    the one foreground class, else mean Dice over every class (where a lesion gain is diluted by the tissues)."""
     if lesion_classes:
         return LESION_KEY[0], f"lesion Dice ({', '.join(lesion_classes)})"
     if len(classes) == 1:
@@ -51,9 +48,7 @@ def endpoint(classes: Sequence[str], lesion_classes: Sequence[str]) -> tuple[str
 
 
 def bound_text(lo90: float, hi90: float, *, min_effect: float) -> str:
-    """What a contrast's one-sided 95 % bounds (its 90 % interval, two one-sided tests at ± ``min_effect``)
-    exclude: "equivalent within ±m" (both sides), "gains below +x excluded" / "losses under x excluded"
-    (an interval off 0), "gains above +x excluded" (no gain of the minimum effect), else "inconclusive: −a to +b"."""
+    """What a contrast's one-sided 95 % bounds (its 90 % interval: two one-sided tests at ± ``min_effect``) exclude."""
     if math.isnan(lo90) or math.isnan(hi90):
         return "no bound (one labeled draw: the spread between draws is not measured)"
     if -min_effect < lo90 and hi90 < min_effect:
@@ -74,9 +69,8 @@ def negative_small(row: Mapping[str, Any], *, min_effect: float) -> bool:
 
 
 def control_faults(contrasts: Sequence[Mapping[str, Any]], *, min_effect: float) -> dict[str, dict[int, str]]:
-    """Per N, why the nulls and why the gains over scratch cannot be read: ``{"nulls": {n: reason}, "gains": {n:
-    reason}}``. A null needs a positive control that moved (it shows the study's sensitivity); a gain of a
-    pretrained arm over its scratch twin needs a negative control shown small (`negative_small`)."""
+    """Per N, why nulls and gains over scratch cannot be read: a null needs a positive control that moved (the
+    study's sensitivity), a gain over scratch a negative control shown small (`negative_small`)."""
     out: dict[str, dict[int, str]] = {"nulls": {}, "gains": {}}
     for n in sorted({r["n"] for r in contrasts}):
         positive = [r for r in contrasts if r["kind"] == "positive" and r["n"] == n]
@@ -94,14 +88,12 @@ def control_faults(contrasts: Sequence[Mapping[str, Any]], *, min_effect: float)
 
 def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping[str, Any]], *,
                      min_effect: float) -> None:
-    """Give every question the reading its instruments allow, in place (after `read_family`): a null without a
-    shown sensitivity reads "not interpretable: sensitivity not shown" (`control_faults`), a gain of a pretrained
-    arm over its scratch twin without a negative control shown small reads "not interpretable", asa − mae reads
-    "not a test of the attentive loss" where the asa run's attentive weights are near uniform (effective share at
-    above `UNIFORM_SHARE`), and a contrast of a pretraining run flagged unfinished carries the flag (``flags``)."""
+    """Give every question the reading its instruments allow, in place (after `read_family`): nulls and gains over
+    scratch per `control_faults`, asa − mae where its weights are near uniform (share above `UNIFORM_SHARE`), and
+    its pretraining runs' plateau flags (``flags``)."""
     faults = control_faults(contrasts, min_effect=min_effect)
 
-    def runs_of(group: str) -> list[Mapping[str, Any]]:  # a group's pretraining runs, by their arm and cohort
+    def runs_of(group: str) -> list[Mapping[str, Any]]:
         return [run for run in runs if declared.label(run["arm"], run["cohort"]) == group]
 
     for r in contrasts:
@@ -133,8 +125,7 @@ def run_flag(run: Mapping[str, Any] | None) -> str | None:
 
 
 def verdict(low: float, high: float, value: float = math.nan, *, min_effect: float = 0.0) -> str:
-    """What a paired difference's CI says: ``helped`` (above 0), ``hurt`` (below 0) — each only when the estimate
-    ``value`` is at least ``min_effect`` in size — or ``no difference``; ``not measured`` without a CI."""
+    """What a paired difference's CI says: helped / hurt (off 0, and ``value`` at least ``min_effect``) or not."""
     if math.isnan(low) or math.isnan(high):
         return "not measured"
     if not (low > 0 or high < 0) or (not math.isnan(value) and abs(value) < min_effect):
@@ -150,9 +141,8 @@ def why_no_difference(low: float, high: float, value: float, *, min_effect: floa
 
 
 def holm(p: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values, in the given order (Holm 1979): the i-th smallest of the m p-values times
-    (m − i + 1), made non-decreasing along that order and capped at 1, so that "adjusted p < α" rejects what Holm's
-    procedure rejects at family-wise level α. NaN stays NaN and does not count in m."""
+    """Holm's (1979) step-down adjusted p-values: the i-th smallest of m times (m − i + 1), non-decreasing, capped at
+    1, so "adjusted p < α" rejects what Holm rejects at family-wise level α. NaN stays NaN, not counted in m."""
     order = sorted((i for i, x in enumerate(p) if not math.isnan(x)), key=lambda i: p[i])
     out, running = [math.nan] * len(p), 0.0
     for rank, i in enumerate(order):
@@ -163,14 +153,10 @@ def holm(p: Sequence[float]) -> list[float]:
 
 def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], encoders: Sequence[str] = (), *,
                   n_boot: int, min_effect: float = 0.01, endpoint: tuple[str, str] = KEYS[0]) -> list[dict[str, Any]]:
-    """Each declared contrast (`asa.study.arms.contrasts`: every --encoder arm − scratch too) whose two arms were
-    scored, per N: the paired
-    difference (same N, seed and test case) of each of `keys_of` with its crossed random-effects CI
-    (`asa.eval.random_effects.crossed_interval`, ``[value, low, high]``) and its seed × case bootstrap CI beside it
-    (``bootstrap``); for the primary ``endpoint``: the interval's p (Holm reads it), its one-sided 95 % bounds
-    (``bound90``, `bound_text`), the minimum detectable effect at 80 % power (``mde``; with twice the seeds and
-    twice the test cases) and the 95 % verdict with ``min_effect`` (`verdict`; `read_family` reads the questions
-    as a family)."""
+    """Each declared contrast whose arms were scored, per N: the paired difference (same N, seed, test case) of each
+    of `keys_of`, ``[value, low, high]`` on its crossed random-effects CI, the seed × case bootstrap beside it; for
+    the ``endpoint``: p, the one-sided 95 % bounds (``bound90``), the MDE at 80 % power (``mde``; ``mde_more``: with
+    twice the seeds, cases, pretraining runs) and the 95 % verdict with ``min_effect``."""
     groups = {statistics.group_of(r) for r in scores}
     key = endpoint[0]
     rows = []
@@ -189,10 +175,7 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], e
                 boot = seed_case_bootstrap(d, n_resamples=n_boot)
                 row["bootstrap"][k] = [boot.value, boot.low, boot.high]
                 if k == key:
-                    row["p"] = est.p
-                    row["bound90"] = list(est.bounds(0.90))
-                    row["interval"] = est.to_dict()
-                    row["mde"] = est.mde()
+                    row.update(p=est.p, bound90=list(est.bounds(0.90)), interval=est.to_dict(), mde=est.mde())
                     if est.parts and "seed" in est.levels:
                         row["mde_more"] = {"seeds": est.mde(levels={"seed": 2 * est.levels["seed"]}),
                                            "cases": est.mde(levels={"case": 2 * est.levels["case"]})}
@@ -212,11 +195,9 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], e
 
 def read_family(rows: Sequence[dict[str, Any]], encoders: Sequence[str] = (), *, min_effect: float,
                 alpha: float = ALPHA) -> dict[str, Any] | None:
-    """Give every contrast its role and reading, in place: the controls stay as `contrast_rows` read them (at 95 %);
-    the primary question (pretrained − its twin at the smallest N: the first of `asa.study.arms.primary_order`
-    that ran, else the first --encoder arm − scratch) keeps its 95 % verdict; every other question is exploratory: ``p_holm`` (Holm across them) and
-    "helped" / "hurt" only where p_holm < ``alpha``, the CI on that side of 0 and the estimate at least
-    ``min_effect``. Returns the primary row (None when no pretrained arm was scored)."""
+    """Give every contrast its role and reading, in place: the controls and the primary question (the first of
+    `primary_order` that ran − its twin at the smallest N, else the first --encoder arm's) keep their 95 % verdict;
+    the others are exploratory, "helped" / "hurt" only where ``p_holm`` < ``alpha``. Returns the primary row."""
     questions = [r for r in rows if r["kind"] == "question"]
     for r in rows:
         r["role"] = "control" if r["kind"] != "question" else "exploratory"
@@ -238,9 +219,8 @@ def read_family(rows: Sequence[dict[str, Any]], encoders: Sequence[str] = (), *,
 
 
 def instrument_faults(contrasts: Sequence[Mapping[str, Any]], pilot: Mapping[str, Any]) -> list[str]:
-    """The instrument that fails every reading, one sentence: the scratch twin learns nothing (the pilot's mean
-    test Dice under `FOUND`, or the pilot's record says it did not learn: every Δ is noise). The controls fail
-    readings of one kind (`control_faults`)."""
+    """The instrument that fails every reading: a scratch twin that learns nothing (the pilot's mean test Dice under
+    `FOUND`, or its record says so), so every Δ is noise."""
     faults = []
     test = pilot.get("test") or {}
     mean = float(np.mean(list(test.values()))) if test else math.nan

@@ -17,9 +17,8 @@ from asa.study.arms import PILOT, SCRATCH
 from asa.study.plan import Pretraining, Scale
 from asa.train.schedule import lr_at
 
-# relative drop (and rise from the best) of the held-out masked loss over the last quarter of the optimiser's progress
-# below which a pretraining run has levelled: a held-out loss on fixed volumes is not noisy, and 5 % let through a
-# curve still falling
+# relative drop (and rise from its best) of the held-out masked loss over the last quarter of the optimiser's progress
+# under which a pretraining run has levelled: a held-out loss on fixed volumes is not noisy; 5 % let a falling one by
 PLATEAU_TOL = 0.02
 
 
@@ -27,20 +26,17 @@ def pilot_scores(out: Path, scale: Scale) -> Path:
     return out / PILOT / "runs" / f"{SCRATCH}-n{max(scale.cases)}-s0" / "scores.json"
 
 
-PILOT_FLOOR = 0.1  # the pilot's best validation Dice (mean, and the lesion classes' when named) under which it did not learn
+PILOT_FLOOR = 0.1  # the pilot's best validation Dice (and the lesion classes', when named) under which it did not learn
 
 
 def pilot_budget(out: Path, scale: Scale, cap: int | None = None, *,
                  lesion_classes: Sequence[str] = ()) -> dict[str, Any]:
-    """The pilot's validation curve, whether it learned, and the converged budget found on it
-    (`tables.converged_budget`). ``learned``: its best validation Dice reached `PILOT_FLOOR`, and so did the mean
-    Dice of ``lesion_classes`` when named (``lesion_curve``); a curve that stayed under it did not learn, and has no
-    budget to level off at (``converged`` False). ``steps``: the study's fine-tuning steps, rounded up to ten, or
-    the pilot's length when still rising at its end; at most ``cap``, and then ``capped`` says the arms compare
-    before the scratch twin levels off."""
+    """The pilot's validation curve, whether it learned (its best Dice, and the ``lesion_classes``' when named, at least
+    `PILOT_FLOOR`; else it has no budget to level off at) and the budget found on it (`tables.converged_budget`).
+    ``steps``: rounded up to ten (the pilot's length when still rising), at most ``cap`` (then ``capped``)."""
     record = json.loads(pilot_scores(out, scale).read_text())
     curve = record["budget"].get("val_curve") or []
-    lesion = pilot_lesion_curve(out / PILOT / "runs" / f"{SCRATCH}-n{max(scale.cases)}-s0", lesion_classes)
+    lesion = pilot_lesion_curve(pilot_scores(out, scale).parent, lesion_classes)
     best = max((d for _, d in curve), default=0.0)
     best_lesion = max((d for _, d in lesion), default=math.nan)
     learned = best >= PILOT_FLOOR and (not lesion_classes or best_lesion >= PILOT_FLOOR)
@@ -58,8 +54,7 @@ def pilot_budget(out: Path, scale: Scale, cap: int | None = None, *,
 
 
 def pilot_lesion_curve(run_dir: Path, classes: Sequence[str]) -> list[list[float]]:
-    """[step, mean validation Dice of ``classes``] per round of the pilot (its logged ``val/dice_<class>``); empty
-    without classes."""
+    """[step, mean validation Dice of ``classes``] per round of the pilot (empty without classes)."""
     if not classes:
         return []
     series = tables.logged_series(run_dir, [f"val/dice_{c}" for c in classes])
@@ -77,8 +72,7 @@ def pilot_reading(pilot: Mapping[str, Any]) -> str:
 
 
 def pretraining_summary(run: Pretraining, seconds: float) -> dict[str, Any]:
-    """Steps, wall time, the held-out masked loss curve with its plateau check (`loss_plateau`, read against the
-    optimiser's progress, `optimiser_progress`), and the loss weights' spread (mean logged CV and effective share)."""
+    """Steps, wall time, the held-out masked loss curve and its `loss_plateau`, and the loss weights' spread."""
     state = load_checkpoint(run.run_dir / "checkpoints" / "last.pt")
     curve = [(int(h.get("step", i)), float(h["val/loss"])) for i, h in enumerate(state.get("history", []))
              if "val/loss" in h]
@@ -94,10 +88,9 @@ def pretraining_summary(run: Pretraining, seconds: float) -> dict[str, Any]:
 
 def optimiser_progress(steps: Sequence[int], scheduler: Mapping[str, Any], *, min_lr: float = 0.0,
                        power: float = 0.9) -> list[float]:
-    """How far the optimiser had moved by each of ``steps``: the learning rate summed over the steps before it,
-    over the sum of the whole schedule (``scheduler``: a checkpoint's record of it, `asa.train.schedule.lr_at`).
-    A constant lr gives step / total; under a cosine decay the last quarter of the steps holds a twentieth of it,
-    so a loss that flattens there has been given no lr to fall with, not levelled."""
+    """The lr summed over the steps before each of ``steps``, over the whole schedule's (``scheduler``: a checkpoint's
+    record). Under a cosine decay the last quarter of the steps holds a twentieth of it, so a loss that flattens
+    there had no lr to fall with: it has not levelled."""
     total = int(scheduler["total_steps"])
     lrs = np.array([lr_at(t, total_steps=total, warmup_steps=int(scheduler.get("warmup_steps", 0)),
                           base_lr=float(scheduler.get("base_lr", 1.0)), schedule=str(scheduler.get("name", "constant")),
@@ -108,19 +101,15 @@ def optimiser_progress(steps: Sequence[int], scheduler: Mapping[str, Any], *, mi
 
 def loss_plateau(losses: Sequence[float], *, tol: float = PLATEAU_TOL,
                  progress: Sequence[float] | None = None) -> dict[str, Any]:
-    """Whether a held-out loss curve levelled off: its relative drop over the last quarter of the optimiser's
-    progress (from the last value at or before 3/4 of it to the lowest after) is under ``tol``, and its last value
-    is within ``tol`` of the run's lowest (``loss_rise``: a curve that climbed back from its best, as an encoder
-    that memorises its training volumes gives, has not levelled either). ``progress``: each value's share of the
-    schedule's summed learning rate (`optimiser_progress`); None: evenly spaced rounds of a constant lr (round i of
-    n at (i + 1) / n). Needs at least 4 points; fewer: ``plateau`` None, not checked."""
+    """Whether a held-out loss curve levelled off: its relative drop over the last quarter of ``progress`` (each
+    value's `optimiser_progress`; None: evenly spaced) under ``tol``, and its last value within ``tol`` of its
+    lowest (``loss_rise``: an encoder memorising its training volumes climbs back). Under 4 points: not checked."""
     if len(losses) < 4:
         return {"plateau": None, "loss_drop": math.nan, "loss_rise": math.nan, "tol": tol}
     n = len(losses)
     at = np.asarray(progress if progress is not None else [(i + 1) / n for i in range(n)], dtype=float)
     edge = 0.75 * at[-1]
-    first = max(1, int(np.searchsorted(at, edge, side="right")))  # the first value past 3/4 of the progress
-    first = min(first, n - 1)  # at least one value in the last quarter
+    first = min(max(1, int(np.searchsorted(at, edge, side="right"))), n - 1)  # the first past 3/4, one at least
     start = losses[first - 1]
     drop = (start - min(losses[first:])) / abs(start) if start else 0.0
     best = min(losses)

@@ -1,12 +1,12 @@
-"""The page of ``asa-study``: one page (``<out>/report/README.md`` with SVG plots beside it, and ``report.json``)
-that prints the study's numbers in order — the primary endpoint, the answers, then the instruments (the checks, the
-pilot, each pretraining run's held-out loss, the controls) and each question as a paired contrast with its CI. What
-each number may be read as is `asa.study.readings`'."""
+"""The page of asa-study (``<out>/report/README.md``, its SVG plots and ``report.json``): the primary endpoint, the
+answers, the instruments, each question as a paired contrast with its CI. What a number may be read as is
+`asa.study.readings`'."""
 
 from __future__ import annotations
 
 import csv
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,10 +48,9 @@ def mde_line(primary: Mapping[str, Any] | None, *, min_effect: float) -> list[st
 
 def control_line(row: Mapping[str, Any], *, min_effect: float, read: bool = True, trained_on: str = "",
                  primary_mde: float = math.nan) -> str:
-    """A control's reading: did it move as it must? The negative control must be shown small: its one-sided 95 %
-    upper bound under ``min_effect`` (a CI touching 0 is not enough). The positive control says what it trained on
-    (``trained_on``) and whether the primary could see a gain of its size (``primary_mde``: the primary's minimum
-    detectable effect). (``read`` False: its numbers alone.)"""
+    """A control's reading: the negative control must be shown small (its one-sided 95 % bound under ``min_effect``:
+    a CI touching 0 is not enough); the positive control says what it trained on and whether the primary could see
+    a gain of its size (``primary_mde``). ``read`` False: its numbers alone."""
     v, lo, hi = row[row["endpoint"]]
     ci = f"Δ {row['endpoint_label']} {v:+.3f} [{lo:+.3f}, {hi:+.3f}] at N = {row['n']}"
     name = "Positive control" if row["kind"] == "positive" else "Negative control"
@@ -99,9 +98,8 @@ def _ci(values: Sequence[float]) -> str:
 
 
 def question_line(row: Mapping[str, Any], *, min_effect: float) -> str:
-    """One answer: the question, N, the verdict (or why there is none), its bound (`bound_text`), the Δ of the
-    primary endpoint it was read on, the plateau flags of its pretraining runs; the other scores beside it as
-    information."""
+    """One answer: the question, N, the verdict, its bound, the Δ of the endpoint it was read on, its pretraining
+    runs' plateau flags; the other scores beside it as information."""
     p = f"; Holm p = {row['p_holm']:.3f}" if "p_holm" in row else ""
     key = row["endpoint"]
     line = (f"{row['question']} At N = {row['n']}: {reading(row, min_effect=min_effect)}; {row['bound']} "
@@ -116,11 +114,8 @@ def question_line(row: Mapping[str, Any], *, min_effect: float) -> str:
 
 def contrast_table(rows: Sequence[Mapping[str, Any]], *, min_effect: float) -> str:
     key, label = rows[0]["endpoint"], rows[0]["endpoint_label"]
-    labels: dict[str, str] = {}
-    for k, lab in ((key, label), *KEYS, LESION_KEY):
-        if k in rows[0]:
-            labels.setdefault(k, lab)
-    keys = list(labels.items())
+    named = ((key, label), *KEYS, LESION_KEY)  # each key once, with its first label
+    keys = [(k, lab) for i, (k, lab) in enumerate(named) if k in rows[0] and k not in dict(named[:i])]
     head = ["question", "arm − reference", "N", "role", *(f"Δ {lab} [95 % CI]" for _, lab in keys),
             "bootstrap CI", "p (Holm)", "bound (one-sided 95 %)", "verdict"]
     cells = [[r["question"], f"{r['arm']} − {r['reference']}", str(r["n"]), r.get("role", "—"),
@@ -133,14 +128,13 @@ def contrast_table(rows: Sequence[Mapping[str, Any]], *, min_effect: float) -> s
 
 def family_lines(contrasts: Sequence[Mapping[str, Any]], primary: Mapping[str, Any] | None, keys: Sequence[str], *,
                  min_effect: float) -> list[str]:
-    """How the answers are read: the primary question, how many questions and on which score, the bar of each, the
-    bound every answer carries."""
+    """How the answers are read: the primary, how many questions on which score, the bar of each, their bounds."""
     questions = [r for r in contrasts if r["kind"] == "question"]
     others = [r for r in questions if r["role"] == "exploratory"]
     controls = [r for r in contrasts if r["kind"] != "question"]
     folded = any("draw" in r.get("interval", {}).get("levels", {}) for r in contrasts)
     read = keys[0] if keys else "mean Dice"
-    shown = [label for label in keys[1:]]
+    shown = list(keys[1:])
     text = (f"How the answers are read: this page reads {len(questions)} question(s) "
             f"({len({r['question'] for r in questions})} contrast(s) × {len({r['n'] for r in questions})} N) and "
             f"{len({r['arm'] for r in controls})} control(s) at each N, on {read} alone"
@@ -196,12 +190,9 @@ def pretraining_lines(runs: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]
 
 
 def cost_table(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) -> str:
-    """Seconds per arm: pretraining (each run's wall time) and fine-tuning (mean train seconds per run), on the
-    machine of the report."""
-    rows = []
-    for r in info.get("pretraining", []):
-        rows.append([r["run"], "pretraining", f"{r['seconds']:.0f}", f"{r['steps'] / r['seconds']:.2f}"
-                     if r["seconds"] and not math.isnan(r["seconds"]) else "—"])
+    """Seconds per arm: each pretraining run's wall time, fine-tuning's mean per run."""
+    rows = [[r["run"], "pretraining", f"{r['seconds']:.0f}", f"{r['steps'] / r['seconds']:.2f}"
+             if r["seconds"] and not math.isnan(r["seconds"]) else "—"] for r in info.get("pretraining", [])]
     for name in ("pilot", "supervised"):
         if (seconds := info.get("runs", {}).get(name)) is not None:
             rows.append([name, "fine-tuning (control)" if name == "supervised" else "fine-tuning (pilot)",
@@ -232,9 +223,8 @@ def _number(v: str) -> Any:
 
 
 def read_scores(path: Path, classes: Sequence[str]) -> list[dict[str, Any]]:
-    """scores.csv, its lesion Dice under `statistics.LESION` whatever the file's age: a file written before the column
-    was renamed holds it as ``Dice_lesion`` (read as the lesion Dice unless a class is called ``lesion``: there the
-    column is that class's Dice)."""
+    """scores.csv, its lesion Dice under `statistics.LESION` whatever its age: an older file's ``Dice_lesion`` (unless
+    a class is called ``lesion``: then it is that class's Dice)."""
     scores = _read_csv(path)
     if "lesion" not in classes:
         for row in scores:
@@ -244,9 +234,8 @@ def read_scores(path: Path, classes: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def class_rows(scores: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> list[dict[str, Any]]:
-    """Per arm (at its cohort, its pretraining runs pooled) and N, the paired difference of each class's Dice to the
-    arm's own twin (`asa.study.arms.twin_of`) with its crossed random-effects CI: {"arm", "reference", "n",
-    "Dice_<class>": [value, low, high]}."""
+    """Per arm (its pretraining runs pooled) and N, each class's paired Δ Dice to the arm's twin with its crossed
+    random-effects CI (``Dice_<class>``: [value, low, high])."""
     groups = {statistics.group_of(r): str(r.get("encoder_arm") or r["arm"]) for r in scores}
     rows = []
     for n in sorted({int(r["n"]) for r in scores}):
@@ -263,15 +252,12 @@ def class_rows(scores: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> l
 
 
 def draws_line(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) -> str:
-    """What each arm's answers rest on: its distinct labeled draws (from the runs' training cases) and its
-    pretraining runs."""
+    """What each arm's answers rest on: its distinct labeled draws and its pretraining runs."""
     sets: dict[str, set[frozenset[str]]] = {}
     for b in budgets:
         if isinstance(b.get("train"), str) and b["train"]:
             sets.setdefault(str(b["arm"]), set()).add(frozenset(b["train"].split()))
-    runs: dict[str, int] = {}
-    for r in info.get("pretraining", []):
-        runs[str(r["arm"])] = runs.get(str(r["arm"]), 0) + 1
+    runs = Counter(str(r["arm"]) for r in info.get("pretraining", []))
     draws = sorted({len(v) for v in sets.values()})
     said = (f"Distinct labeled draws per arm: {'–'.join(map(str, draws))}" if draws else
             "Distinct labeled draws per arm: not recorded (runs scored before their cases were kept)")
@@ -283,8 +269,7 @@ def draws_line(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) ->
 
 
 def steps_phrase(runs: Sequence[Mapping[str, Any]], *, where: bool = True) -> str:
-    """The pretraining runs' recorded step counts: "pretraining 5 steps per run", or with several counts "pretraining
-    3–5 steps per run" (``where``: and where each run's is)."""
+    """"pretraining 5 steps per run", or "pretraining 3–5 steps per run" (``where``: and where each run's is)."""
     steps = sorted({int(r["steps"]) for r in runs})
     if not steps:
         return "no pretraining run"
@@ -334,21 +319,19 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
         if r["verdict"] in (PLUMBING, UNREADABLE, UNSHOWN):
             r["bound"] = "— (not read)"
     keys = keys_of(scores, primary_endpoint)
-    plots = {}
-    plots["dice_vs_n.svg"] = line_plot(
+    plots = {"dice_vs_n.svg": line_plot(
         {arm: [(r["n"], r["Dice_mean"], r["Dice_mean_sd"]) for r in rows if r["arm"] == arm]
-         for arm in dict.fromkeys(r["arm"] for r in rows)}, xlabel="labeled cases N", ylabel="mean Dice (± sd over seeds)",
-        dodge=True)
+         for arm in dict.fromkeys(r["arm"] for r in rows)}, xlabel="labeled cases N",
+        ylabel="mean Dice (± sd over seeds)", dodge=True)}
     if contrasts:
         plots["contrasts.svg"] = interval_plot([f"{r['arm']} − {r['reference']}, N = {r['n']}" for r in contrasts],
                                                {label: [tuple(r[k]) for r in contrasts] for k, label in keys},
                                                xlabels={label: f"Δ {label}" for _, label in keys}, zero=True)
     per_class = class_rows(scores, classes) if classes else []
     if per_class:
-        plots["classes.svg"] = interval_plot(
-            [f"{r['arm']} − {r['reference']}, N = {r['n']}" for r in per_class],
-            {c: [tuple(r[f"Dice_{c}"]) for r in per_class] for c in classes},
-            xlabels={c: f"Δ Dice {c}" for c in classes}, zero=True)
+        plots["classes.svg"] = interval_plot([f"{r['arm']} − {r['reference']}, N = {r['n']}" for r in per_class],
+                                             {c: [tuple(r[f"Dice_{c}"]) for r in per_class] for c in classes},
+                                             xlabels={c: f"Δ Dice {c}" for c in classes}, zero=True)
     if pilot.get("curve"):
         plots["pilot.svg"] = line_plot({"scratch (pilot)": [(s, d, 0.0) for s, d in pilot["curve"]]}, xlabel="step",
                                        ylabel="validation Dice", categorical=False)
@@ -375,8 +358,8 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
               + (f" — held there by --budget-cap, below the {pilot.get('asked')} the pilot asked for: the arms are "
                  "compared before the scratch twin levels off, not at their end points" if pilot.get("capped") else "")
               + ".") if pilot else ""
-    recipe = (f"Recipe: {info['recipe']} for every arm" + (f", the encoder at {info['encoder_lr_scale']} × the decoder's "
-              "lr for every arm (pretrained or not)" if info["recipe"] == "adamw" else
+    recipe = (f"Recipe: {info['recipe']} for every arm" + (f", the encoder at {info['encoder_lr_scale']} × the "
+              "decoder's lr for every arm (pretrained or not)" if info["recipe"] == "adamw" else
               " (nnU-Net's PretrainedTrainer: 1e-3 for a network from a pretrained file, 1e-2 from scratch)") + ".")
     overlap = checks["overlap"]
     if plumbing:
@@ -418,8 +401,8 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
         "## The instruments", "",
         *(f"- {line}" for line in [*controls, *flags]),
         *([f"- {checks['cohort']}"] if "cohort" in checks else []),
-        f"- Overlap of the pretraining cohort with the labeled cases: {'; '.join(overlap['lines'])}"
-        + (" — **accepted with --accept-overlap: these cases' scores are not held out.**" if overlap.get("accepted") else ""),
+        f"- Overlap of the pretraining cohort with the labeled cases: {'; '.join(overlap['lines'])}" + (" — **accepted "
+        "with --accept-overlap: these cases' scores are not held out.**" if overlap.get("accepted") else ""),
         *(f"- {line}" for line in [*checks["channels"], *checks.get("skull", [])]),
         *([f"- {checks['supervised']}"] if "supervised" in checks else []),
         *([f"- {budget}"] if budget else []), "",
@@ -430,8 +413,8 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
         contrast_table(contrasts, min_effect=min_effect) if contrasts else "No contrast had both arms.", "",
         *(["![contrasts](contrasts.svg)", ""] if "contrasts.svg" in plots else []),
         "## Dice against N", "", "![dice vs N](dice_vs_n.svg)", "",
-        *(["Per class (Δ Dice of each arm to its own twin, as in the answers: asa-coord to scratch with the coordinate "
-           "channel, every other arm to scratch; 95 % CI):", "", "![classes](classes.svg)", ""]
+        *(["Per class (Δ Dice of each arm to its own twin, as in the answers: asa-coord to scratch with the "
+           "coordinate channel, every other arm to scratch; 95 % CI):", "", "![classes](classes.svg)", ""]
           if "classes.svg" in plots else []),
         "## The budget (the pilot)", "", budget or "No pilot.", "",
         *(["![pilot](pilot.svg)", ""] if "pilot.svg" in plots else []),

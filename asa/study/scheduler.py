@@ -1,7 +1,6 @@
-"""asa-study's one scheduler: every unit (a fine-tuning run of the pilot or of the transfer stage, the positive
-control, a pretraining run) is a child process in its own process group, its output in its log; units not done yet
-run ``jobs`` at once within the call's time budget (SIGUSR1 tells running units to save and stop before it ends, and
-the next call resumes them); SIGTERM or SIGINT reaching the study is forwarded to every child (`stop_on_signals`)."""
+"""asa-study's one scheduler: every unit is a child process in its own process group, its output in its log, run
+``jobs`` at once within the call's time budget (before it ends, SIGUSR1 tells running units to save and stop, and the
+next call resumes them); SIGTERM or SIGINT reaching the study is forwarded to every child (`stop_on_signals`)."""
 
 from __future__ import annotations
 
@@ -24,9 +23,8 @@ RUNNING: dict[subprocess.Popen, str] = {}  # every child process of this study, 
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-    """One process: a fine-tuning run (the pilot's, the positive control, the transfer stage's) or a pretraining run.
-    ``done``: whether its result is on disk; ``resumable``: a unit stopped by SIGUSR1 (last.pt saved) continues on the
-    next call."""
+    """One process (a fine-tuning, scoring, probe or pretraining run). ``done``: whether its result is on disk;
+    ``resumable``: stopped by SIGUSR1 (last.pt saved), it goes on next call; ``after``: the units it waits for."""
 
     name: str
     argv: tuple[str, ...]
@@ -38,8 +36,7 @@ class Unit:
 
 
 def launch(unit: Unit) -> subprocess.Popen:
-    """Start ``unit`` in its own process group (the study forwards a stop signal to the whole group), its output in
-    its log."""
+    """Start ``unit`` in its own process group (a stop signal reaches the whole group), its output in its log."""
     unit.log.parent.mkdir(parents=True, exist_ok=True)
     env = child_env(**({k: str(unit.threads) for k in THREAD_VARS} if unit.threads else {}))
     with open(unit.log, "a") as log:
@@ -86,9 +83,8 @@ def _raise_stopped(signum: int, frame: Any) -> None:
 
 
 def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, float]) -> bool:
-    """Run the units not done yet, ``jobs`` at once, in order (a unit once those it comes ``after`` ended); when the
-    budget is about to end every running unit gets SIGUSR1 (save and stop) and the call stops (False: the next call
-    continues); a failed unit ends the study naming its log."""
+    """Run the units not done yet, ``jobs`` at once, in order; as the budget ends every running unit gets SIGUSR1
+    (save and stop) and False returns (the next call continues); a failed unit ends the study naming its log."""
     pending = [u for u in units if not u.done()]
     running: dict[subprocess.Popen, tuple[Unit, float]] = {}
 
@@ -128,10 +124,9 @@ def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, f
 
 
 def stop_on_signals(work: Callable[[], int], stopped: Callable[[Stopped, list[str]], None]) -> int:
-    """``work()``'s exit code. SIGTERM or SIGINT arriving meanwhile is forwarded to every running child as SIGTERM
-    (a further SIGINT is ignored while they save), the children are waited for, ``stopped(signal, the names of the
-    children that ran)`` says what was kept, and the code is 128 + the signal's number (143, 130). The handlers
-    that were there before are restored."""
+    """``work()``'s exit code. SIGTERM or SIGINT meanwhile reaches every running child as SIGTERM (a further SIGINT
+    is ignored while they save), ``stopped(signal, the names of the children that ran)`` says what was kept, and the
+    code is 128 + the signal's number (143, 130)."""
     previous = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         return work()

@@ -1,5 +1,4 @@
-"""The settings of one ``asa-study`` call, parsed once from its command line (`Study.from_args`): nothing below
-`asa.study.study.main` reads the command line."""
+"""The settings of one ``asa-study`` call, parsed once (`Study.from_args`): nothing below `main` reads argv."""
 
 from __future__ import annotations
 

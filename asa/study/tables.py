@@ -1,6 +1,5 @@
-"""The reading of a transfer study's runs (`asa.study.transfer`): each run's budget check from its logged scalars,
-the pilot's converged budget, and the outputs: Table-4-shaped Markdown and CSV, the budget table and the plot of mean
-Dice against the number of labeled cases."""
+"""The reading of a transfer study's runs (`asa.study.transfer`): each run's budget check, the pilot's converged
+budget, and the outputs: Table-4-shaped Markdown and CSV, the budget table and mean Dice against N."""
 
 from __future__ import annotations
 
@@ -22,9 +21,8 @@ VAL_PLATEAU_TOL = 0.02  # spread (max − min) of validation Dice over a run's l
 
 
 def val_plateau(dice: Sequence[float], *, tol: float = VAL_PLATEAU_TOL, tail: float = 0.2) -> dict[str, Any]:
-    """Whether a run's validation Dice (rounds in step order) plateaued: ``val_dice`` (the last round),
-    ``val_spread`` (max − min over the last ``tail`` of the rounds, at least 2 rounds) and
-    ``val_plateau`` (that spread ≤ ``tol``); NaN / None without at least 3 rounds."""
+    """Whether a run's validation Dice plateaued: its spread (max − min) over the last ``tail`` of the rounds (at
+    least 2) ≤ ``tol``; NaN / None under 3 rounds."""
     v = np.asarray(dice, dtype=float)
     if v.size < 3:
         return {"val_dice": float(v[-1]) if v.size else math.nan, "val_spread": math.nan, "val_plateau": None}
@@ -34,10 +32,8 @@ def val_plateau(dice: Sequence[float], *, tol: float = VAL_PLATEAU_TOL, tail: fl
 
 
 def budget_check(losses: Sequence[float], rel_encoder: Sequence[float], rel_decoder: Sequence[float]) -> dict[str, Any]:
-    """Whether a run learned what its budget allows, from its logged training-loss windows (in step order)
-    and relative updates: ``final_loss`` (mean of the last quarter of the windows), ``loss_drop`` (relative
-    drop from the third to the last quarter), ``plateau`` (that drop < ``PLATEAU_TOL``) and the mean
-    relative update of encoder and decoder (``rel_update_encoder`` / ``_decoder``, their ratio)."""
+    """Whether a run learned what its budget allows, from its logged loss windows and relative updates: the loss's
+    relative drop from the third to the last quarter under ``PLATEAU_TOL``, and the mean updates and their ratio."""
     v = np.asarray(losses, dtype=float)
     if v.size < 4:
         raise ValueError(f"budget check needs at least 4 logged loss windows, got {v.size}: lower trainer.log_every")
@@ -51,8 +47,7 @@ def budget_check(losses: Sequence[float], rel_encoder: Sequence[float], rel_deco
 
 
 def logged_series(run_dir: Path, tags: Sequence[str]) -> dict[str, list[tuple[int, float]]]:
-    """The (step, value) pairs of each scalar ``tags`` in a run's TensorBoard folder, in step order (empty
-    when the run did not log it, or wrote no TensorBoard folder)."""
+    """The (step, value) pairs of each of ``tags`` in a run's TensorBoard folder, in step order (empty: not logged)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     if not (run_dir / "tb").is_dir():
@@ -65,9 +60,7 @@ def logged_series(run_dir: Path, tags: Sequence[str]) -> dict[str, list[tuple[in
 
 
 def logged_budget(run_dir: Path) -> dict[str, Any]:
-    """:func:`budget_check` of a finished run, from the scalars in its TensorBoard folder, with
-    :func:`val_plateau` and the validation curve (``val_curve``: [step, Dice] per round) when it validated
-    (``--val-cases``)."""
+    """`budget_check` of a finished run, with `val_plateau` and ``val_curve`` ([step, Dice]) if it validated."""
     tags = ("train/loss", "train/rel_update/encoder", "train/rel_update/decoder", "val/dice")
     series = logged_series(run_dir, tags)
     values = {t: [v for _, v in series[t]] for t in tags}
@@ -78,10 +71,9 @@ def logged_budget(run_dir: Path) -> dict[str, Any]:
 
 
 def converged_budget(curve: Sequence[Sequence[float]], *, tol: float = 0.01, window: int = 3) -> dict[str, Any]:
-    """The step at which a validation-Dice curve ([step, Dice] per round, in step order) stopped rising: the
-    first round whose trailing mean over ``window`` rounds comes within ``tol`` of the curve's best trailing
-    mean. ``converged``: that round lies in the first three quarters of the rounds, so the curve stayed flat
-    for at least the last quarter (False: it was still rising, and the budget is only a lower bound)."""
+    """The step at which a validation-Dice curve stopped rising: the first round whose trailing mean over ``window``
+    rounds is within ``tol`` of the best. ``converged``: that round lies in the first three quarters, so the curve
+    stayed flat for the last quarter at least (False: still rising; the budget is only a lower bound)."""
     if len(curve) < 2 * window:
         raise ValueError(f"converged_budget needs at least {2 * window} validation rounds, got {len(curve)}")
     steps = np.asarray([c[0] for c in curve], dtype=int)
@@ -107,17 +99,13 @@ def _arm(r: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str) -> str:
-    """Table-4-shaped Markdown: arm × labeled cases, Dice per class ± sd, mean, HD95 mean (when scored),
-    zeroed, Δ mean Dice vs reference [95 % crossed random-effects CI], the seed × case bootstrap CI, the per-seed Δ
-    and the case-only CI."""
+    """Table-4-shaped Markdown: arm × labeled cases, the scores ± sd over seeds, and Δ mean Dice vs ``reference``."""
     hd = any("HD95_mean" in r for r in rows)
     nsd = all("NSD_mean" in r for r in rows)
     lesion = all(LESION in r for r in rows)
     head = ["arm", "labeled", *names, "mean", *(["lesion mean"] if lesion else []), *(["HD95 mean (mm)"] if hd else []),
-            *(["NSD mean"] if nsd else []),
-            "encoder zeroed",
-            f"Δ mean vs {reference} [95 % CI, random effects]", "bootstrap CI (seeds × cases)", "Δ per seed",
-            "case-only CI",
+            *(["NSD mean"] if nsd else []), "encoder zeroed", f"Δ mean vs {reference} [95 % CI, random effects]",
+            "bootstrap CI (seeds × cases)", "Δ per seed", "case-only CI",
             *([f"Δ HD95 vs {reference} [95 % CI]"] if hd else [])]
     lines = []
     for r in rows:
@@ -144,8 +132,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], refe
 
 
 def class_differences_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str) -> str:
-    """Markdown: per arm and N, the paired difference to ``reference`` of every class's Dice (and HD95,
-    when scored) with its crossed random-effects 95 % CI (the interval every verdict reads)."""
+    """Markdown: per arm and N, every class's paired Δ to ``reference`` with its crossed random-effects 95 % CI."""
     keys = ([f"Dice_{c}" for c in names] + ([LESION] if all(LESION in r for r in rows) else [])
             + ([f"HD95_{c}" for c in names] if any("HD95_mean" in r for r in rows) else [])
             + ([f"NSD_{c}" for c in names] + ["NSD_mean"] if all("NSD_mean" in r for r in rows) else []))
@@ -155,8 +142,7 @@ def class_differences_table(rows: Sequence[Mapping[str, Any]], names: Sequence[s
 
 
 def draw_lines(budgets: Sequence[Mapping[str, Any]]) -> list[str]:
-    """One line per N on the labeled draws the seeds made (from each run's ``train`` cases): how many distinct sets
-    of labeled cases, and how many cases two seeds' sets share on average; none where the runs do not say."""
+    """One line per N: how many distinct labeled sets the seeds drew, and how many cases two of them share."""
     lines = []
     for n in sorted({int(b["n"]) for b in budgets}):
         sets = {int(b["seed"]): frozenset(str(b["train"]).split()) for b in budgets
@@ -174,43 +160,39 @@ def draw_lines(budgets: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def report_markdown(rows: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str, *, n_boot: int,
                     draws: Sequence[str] = ()) -> str:
-    """transfer.md: the Table-4-shaped table, how to read it (``draws``: `draw_lines`), and the per-class
-    differences."""
+    """transfer.md: the Table-4-shaped table, how to read it (``draws``: `draw_lines`), the per-class differences."""
     hd = any("HD95_mean" in r for r in rows)
-    notes = [
-        f"Labeled = training cases of each run; ± = sd over seeds of the per-seed test means (a seed is a draw of "
-        f"labeled cases from the training pool and a fine-tuning seed; draws of a small pool share cases: "
-        f"{' '.join(draws) if draws else 'see the runs splits.json'}). Δ = arm − {reference}, paired by N, seed and "
-        "test case. Its 95 % CI is the crossed random-effects interval of seeds × test cases (ANOVA mean squares, "
-        "each part at its own t quantile: asa.eval.random_effects; with --folds, the cross-validated draws' "
-        "folded_interval), the one the study's verdicts read; beside it "
-        f"the two-level percentile bootstrap ({n_boot} resamples: test cases, then seeds, with replacement), too "
-        "narrow with 2–3 seeds. 'Δ per seed' lists the mean Δ of every seed; 'case-only CI' resamples test cases "
-        "only (per case, Δ averaged over seeds), which ignores the spread between labeled draws. Encoder zeroed: "
-        "mean Dice with every encoder state the decoder receives set to zero (drop = what the encoder contributes).",
-    ]
+    notes = ["Labeled = training cases of each run; ± = sd over seeds of the per-seed test means (a seed is a draw of "
+             "labeled cases from the training pool and a fine-tuning seed; draws of a small pool share cases: "
+             f"{' '.join(draws) if draws else 'see the runs splits.json'}). Δ = arm − {reference}, paired by N, seed "
+             "and test case. Its 95 % CI is the crossed random-effects interval of seeds × test cases (ANOVA mean "
+             "squares, each part at its own t quantile: asa.eval.random_effects; with --folds, the cross-validated "
+             "draws' folded_interval), the one the study's verdicts read; beside it the two-level percentile bootstrap "
+             f"({n_boot} resamples: test cases, then seeds, with replacement), too narrow with 2–3 seeds. 'Δ per seed' "
+             "lists the mean Δ of every seed; 'case-only CI' resamples test cases only (per case, Δ averaged over "
+             "seeds), which ignores the spread between labeled draws. Encoder zeroed: mean Dice with every encoder "
+             "state the decoder receives set to zero (drop = what the encoder contributes)."]
     if hd:
-        notes.append("HD95 per class in mm (voxel spacing of the label), scored as asa-evaluate scores it: the larger of "
-                     "the two directed 95th percentiles of surface distances (MONAI); both masks empty: 0 mm, exactly "
-                     f"one empty: {EMPTY_HD95} mm (BraTS). HD95 mean averages the classes, empties included; lower is "
-                     "better, so a negative Δ HD95 favours the arm.")
+        notes.append("HD95 per class in mm (voxel spacing of the label), scored as asa-evaluate scores it: the larger "
+                     "of the two directed 95th percentiles of surface distances (MONAI); both masks empty: 0 mm, "
+                     f"exactly one empty: {EMPTY_HD95} mm (BraTS). HD95 mean averages the classes, empties included; "
+                     "lower is better, so a negative Δ HD95 favours the arm.")
     if all("NSD_mean" in r for r in rows):
-        notes.append("NSD: normalised surface Dice (the share of both surfaces within the tolerance of the other), scored "
-                     "as asa-evaluate scores it at its default tolerance; higher is better.")
-    return (markdown_table(rows, names, reference) + "\n" + "\n\n".join(notes) + "\n\n"
-            + "Paired differences per class [95 % CI: the crossed random-effects interval]:\n\n" + class_differences_table(rows, names, reference))
+        notes.append("NSD: normalised surface Dice (the share of both surfaces within the tolerance of the other), "
+                     "scored as asa-evaluate scores it at its default tolerance; higher is better.")
+    return (markdown_table(rows, names, reference) + "\n" + "\n\n".join(notes) + "\n\nPaired differences per class "
+            "[95 % CI: the crossed random-effects interval]:\n\n" + class_differences_table(rows, names, reference))
 
 
 def svg_plot(rows: Sequence[Mapping[str, Any]], *, width: int = 480, height: int = 320) -> str:
     """Mean Dice (± sd over seeds) against the number of labeled cases, one line per arm (SVG, `asa.eval.plots`)."""
-    series = {arm: [(r["n"], r["Dice_mean"], r["Dice_mean_sd"]) for r in rows if r["arm"] == arm]
-              for arm in dict.fromkeys(r["arm"] for r in rows)}
-    return line_plot(series, xlabel="labeled cases", ylabel="mean Dice", width=width, height=height)
+    return line_plot({arm: [(r["n"], r["Dice_mean"], r["Dice_mean_sd"]) for r in rows if r["arm"] == arm]
+                      for arm in dict.fromkeys(r["arm"] for r in rows)},
+                     xlabel="labeled cases", ylabel="mean Dice", width=width, height=height)
 
 
 def unlearned_classes(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
-    """One line per N and class that every arm scores Dice 0 on (mean over seeds and cases): there the
-    table shows no difference because nothing was learned, not because the arms are alike."""
+    """One line per N and class every arm scores Dice 0 on: no difference there because nothing was learned."""
     notes = []
     for n in sorted({int(r["n"]) for r in rows}):
         mine = [r for r in rows if int(r["n"]) == n]
@@ -227,8 +209,7 @@ CURVE_HEAD = "val Dice at " + " / ".join(f"{f:.0%}" for f in CURVE_FRACTIONS) + 
 
 
 def curve_cell(runs: Sequence[Mapping[str, Any]]) -> str:
-    """The validation curve of runs of one arm and N: mean Dice over the runs at the round nearest each of
-    `CURVE_FRACTIONS` of the run ("—" without validation rounds)."""
+    """The mean validation Dice of runs of one arm and N at the round nearest each of `CURVE_FRACTIONS`."""
     curves = [r["val_curve"] for r in runs if r.get("val_curve")]
     if not curves:
         return "—"
@@ -237,8 +218,7 @@ def curve_cell(runs: Sequence[Mapping[str, Any]]) -> str:
 
 
 def budget_table(budgets: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown: per arm and N, the steps, final training loss (± sd over seeds), how many runs
-    plateaued, and the mean relative update of encoder and decoder (and their ratio)."""
+    """Markdown: per arm and N, steps, final loss (± sd), runs plateaued, the mean relative updates and their ratio."""
     val = any(b.get("val_plateau") is not None for b in budgets)
     head = ["arm", "labeled", "steps", "final loss", "plateaued", *(["val Dice plateaued", CURVE_HEAD] if val else []),
             "rel. update encoder", "rel. update decoder", "encoder / decoder", "train s / run"]
@@ -255,9 +235,9 @@ def budget_table(budgets: Sequence[Mapping[str, Any]]) -> str:
             return f"{np.mean(values):.2g}" if values else "—"
 
         checked = [r for r in runs if r.get("val_plateau") is not None]
-        plateau_val = [f"{sum(bool(r['val_plateau']) for r in checked)}/{len(checked)}", curve_cell(checked)] if val else []
-        secs = [float(r.get("train_seconds", math.nan)) for r in runs]
-        secs = [t for t in secs if not math.isnan(t)]
+        plateau_val = ([f"{sum(bool(r['val_plateau']) for r in checked)}/{len(checked)}", curve_cell(checked)]
+                       if val else [])
+        secs = [t for r in runs if not math.isnan(t := float(r.get("train_seconds", math.nan)))]
         lines.append([arm, str(n), str(runs[0]["steps"]), f"{np.mean(loss):.3f}{sd}",
                       f"{sum(bool(r['plateau']) for r in runs)}/{len(runs)}", *plateau_val,
                       mean("rel_update_encoder"), mean("rel_update_decoder"), mean("rel_update_ratio"),
@@ -267,8 +247,8 @@ def budget_table(budgets: Sequence[Mapping[str, Any]]) -> str:
 
 def write_outputs(scores: list[dict], names: Sequence[str], reference: str | Mapping[str, str], out: Path, *,
                   n_boot: int = 10000, budgets: Sequence[Mapping[str, Any]] = (), undone: int = 0) -> str:
-    """scores.csv, transfer.md / .csv, runs.csv (the budget check) and dice_vs_cases.svg under ``out``;
-    returns the Markdown. ``reference``: one arm, or arm -> its reference arm."""
+    """scores.csv, transfer.md / .csv, runs.csv and dice_vs_cases.svg under ``out`` (``reference``: an arm, or arm ->
+    its reference); returns the Markdown."""
     rows = summarize(scores, names, reference, n_boot=n_boot)
     label = (reference if isinstance(reference, str)
              else " / ".join(dict.fromkeys(v for k, v in reference.items() if k != v)) or "reference")

@@ -1,20 +1,10 @@
-"""Does pretraining help? Fine-tune several arms over N labeled cases × seeds, test on one fixed split.
-
-A :class:`Transfer` is asa-study's pilot or its transfer stage: arms (`Tuned`: ``asa-finetune`` overrides and what
-the arm is, typed) × N × seeds. Every run gets the same budget of optimiser steps (``steps``, rounded to whole epochs
-so that the lr schedule ends with the run); each is a unit of asa-study's scheduler (an ``asa-finetune`` process,
-continued from its last.pt after a stop), and so is its scoring (`units`: ``python -m asa.study.transfer`` over a
-share of the runs, after they trained) on the fixed test cases: Dice and HD95 (mm, as asa-evaluate scores it) per
-class, and Dice with the encoder's hidden states zeroed (encoder reliance). `write_results` then writes the tables.
-
-Outputs in ``out``: ``runs/<arm>-n<N>-s<seed>/`` (asa-finetune run folders; their output in ``logs``),
-``scores.csv`` (one row per run and test case: the run's arm, N, seed, and what its encoder is: ``encoder_arm``,
-``cohort``, ``replicate``, ``group`` = the arm at its cohort), ``transfer.md`` / ``transfer.csv`` (Table-4-shaped: one row
-per arm and N with Dice and HD95 per class ± sd over seeds, the encoder-zeroed Dice, and the paired difference to the
-reference arm with its 95 % crossed random-effects CI over seeds (labeled draws) and test cases, next to the seed ×
-case bootstrap CI, the per-seed mean differences and the case-only CI; the labeled draws each N's seeds made) and
-``dice_vs_cases.svg`` (`asa.study.tables`).
-"""
+"""Does pretraining help? A `Transfer` (asa-study's pilot or transfer stage) fine-tunes arms (`Tuned`) × N labeled
+cases × seeds, every run the same optimiser steps (rounded to whole epochs, so the lr schedule ends with the run).
+Each run is a scheduler unit (``asa-finetune``, continued from its last.pt after a stop), and so is its scoring
+(``python -m asa.study.transfer`` over a share of the runs, after they trained): Dice, HD95 (mm) and NSD per class,
+and Dice with the encoder zeroed. In ``out``: ``runs/<arm>-n<N>-s<seed>/``, ``scores.csv`` (a row per run and test
+case, its identity as columns: ``encoder_arm``, ``cohort``, ``replicate``, ``group``) and the tables of
+`asa.study.tables`."""
 
 from __future__ import annotations
 
@@ -43,9 +33,8 @@ from asa.study.tables import logged_budget, write_outputs
 
 @dataclasses.dataclass(frozen=True)
 class Tuned:
-    """An arm of a transfer study: its asa-finetune ``overrides`` and what it is: the declared ``arm``
-    (`asa.study.arms`, or an --encoder arm's name), the ``cohort`` its encoder was pretrained on and its pretraining
-    ``replicate`` (none for an arm the study does not pretrain)."""
+    """An arm of a transfer study: its asa-finetune ``overrides`` and what it is: the declared ``arm`` (or an
+    --encoder arm's name), the ``cohort`` and ``replicate`` of its pretraining (none if not pretrained by the study)."""
 
     overrides: tuple[str, ...]
     arm: str = SCRATCH
@@ -102,10 +91,9 @@ def references(arms: Mapping[str, Tuned]) -> dict[str, str]:
 
 
 def cv_draws(ids: Sequence[str], *, folds: int, repeats: int, val: int, seed: int) -> list[dict[str, Any]]:
-    """The labeled draws of repeated K-fold cross-validation, draw g = repeat · ``folds`` + fold: each repeat permutes
-    the cases (``numpy.random.default_rng((seed, repeat))``) and cuts them into ``folds`` folds (sizes differing by at
-    most one); a draw's test cases are its fold, its ``val`` validation cases the first of the rest in the permuted
-    order, its pool (the cases N is drawn from) the others. Every case is a test case once per repeat."""
+    """The draws of repeated K-fold cross-validation, draw g = repeat · ``folds`` + fold: each repeat permutes the
+    cases and cuts ``folds`` folds; a draw tests on its fold, validates on the first ``val`` of the rest and draws N
+    from the others (its pool). Every case is a test case once per repeat."""
     ids = sorted(ids)
     if folds < 2 or folds > len(ids):
         refuse(f"--folds {folds}: expected 2 .. {len(ids)} for a dataset of {len(ids)} cases")
@@ -160,12 +148,9 @@ def plan_runs(s: Transfer) -> tuple[list[Run], list[str], Any, list[str]]:
     base = [f"data={s.data}", f"model={s.model}", "trainer.progress=false", "trainer.panel_every=0",
             f"data.num_workers={s.workers}", f"device={s.device}",
             f"trainer.log_every={max(1, s.steps // 40)}", *s.overrides]  # >= 40 loss windows per run
-    if s.threads:
-        base.append(f"trainer.threads={s.threads}")
-    if s.root:
-        base.append(f"data.root={s.root}")
-    if s.crop:
-        base.append(f"data.crop={s.crop}")
+    base += [f"trainer.threads={s.threads}"] if s.threads else []
+    base += [f"data.root={s.root}"] if s.root else []
+    base += [f"data.crop={s.crop}"] if s.crop else []
     probe_cfg = compose_config("finetune", base)
     root, layout = dataset_root(probe_cfg.data)
     cases = discover(layout, root, on_bad_case=str(probe_cfg.data.on_bad_case))
@@ -212,10 +197,8 @@ def plan_runs(s: Transfer) -> tuple[list[Run], list[str], Any, list[str]]:
 
 
 def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequence[str], dataset: str) -> list[Unit]:
-    """The scheduler's units of the study: one ``asa-finetune`` process per run (continued from its last.pt when a
-    stopped run saved one; else started on its splits, written here, the test and unused cases as its test part,
-    never seen by the run; done when scored or through its schedule), then ``jobs`` scoring processes, each over
-    every ``jobs``-th run, after those runs trained (`score_main`)."""
+    """One ``asa-finetune`` unit per run (on its splits.json, its test part every case it never sees; done when
+    scored or through its schedule), then ``jobs`` scoring units, each over every ``jobs``-th run after they trained."""
     out = Path(s.out).expanduser().absolute()
     logs = s.logs or out / "logs"
     trained = []
@@ -244,10 +227,9 @@ def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequen
 
 def score(run: Run, by_id: Mapping[str, Any], test_ids: Sequence[str], device: str,
           drop_checkpoints: bool = False) -> dict[str, Any]:
-    """Score the finished ``run`` on its test cases (cross-validation: its fold; else ``test_ids``) and read its
-    budget check; kept in ``<run>/scores.json``, so a rerun neither trains nor predicts again (``drop_checkpoints``
-    then deletes the run's checkpoints: a study folder small enough to carry between machines). Returns
-    {"scores": [one row per test case], "budget": {...}, "names": the classes}."""
+    """Score the finished ``run`` on its test cases (its fold, or ``test_ids``) and read its budget check, kept in
+    ``<run>/scores.json`` so a rerun neither trains nor predicts again (``drop_checkpoints``: then its checkpoints go,
+    leaving a study folder small enough to carry between machines)."""
     from asa.eval.predict import Predictor
     from asa.eval.reliance import encoder_reliance
     from asa.models import capabilities
@@ -269,8 +251,7 @@ def score(run: Run, by_id: Mapping[str, Any], test_ids: Sequence[str], device: s
                 entry[column(name)] = row[column(name)]
             entry[column("mean")] = float(np.mean([row[column(c)] for c in task.output_names]))
         scores.append(entry)
-    timed = run.run_dir / "wall_time.json"
-    seconds = json.loads(timed.read_text())["train_seconds"] if timed.is_file() else math.nan
+    seconds = _train_seconds(run, math.nan)
     budget = {"arm": run.arm, "n": run.n, "seed": run.seed, "steps": int(load_checkpoint(ckpt)["step"]),
               "train_seconds": seconds, "train": " ".join(run.train), **logged_budget(run.run_dir)}
     done = {"scores": scores, "budget": budget, "names": list(task.output_names)}
@@ -280,11 +261,16 @@ def score(run: Run, by_id: Mapping[str, Any], test_ids: Sequence[str], device: s
     return done
 
 
+def _train_seconds(run: Run, default: Any = None) -> Any:
+    timed = run.run_dir / "wall_time.json"
+    return json.loads(timed.read_text())["train_seconds"] if timed.is_file() else default
+
+
 def score_main(spec_file: str) -> None:
     """``python -m asa.study.transfer SHARE.json``: score every run of the share (`units`) not scored yet."""
     spec = json.loads(Path(spec_file).read_text())
-    runs = [Run(**{**r, "run_dir": Path(r["run_dir"]), **{k: tuple(r[k]) for k in ("train", "overrides", "val", "test")}})
-            for r in spec["runs"]]
+    tuples = ("train", "overrides", "val", "test")
+    runs = [Run(**{**r, "run_dir": Path(r["run_dir"]), **{k: tuple(r[k]) for k in tuples}}) for r in spec["runs"]]
     left = [r for r in runs if not r.scores_file.is_file()]
     if not left:
         return
@@ -298,22 +284,17 @@ def score_main(spec_file: str) -> None:
 
 def results(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], probe_cfg: Any,
             spent: Mapping[str, float]) -> bool:
-    """Read every scored run of ``s`` (its identity as columns), add each run's training seconds of this call
-    (``spent``: seconds per unit name) to its ``wall_time.json`` and write the outputs
-    (`asa.study.tables.write_outputs`, a partial table while runs are left) -> whether every run is scored."""
+    """Add this call's training seconds (``spent``: per unit) to each run's wall_time.json, write the outputs of the
+    scored runs (a partial table while runs are left) -> whether every run is scored."""
     out = Path(s.out).expanduser().absolute()
     for run in runs:  # each run's wall time adds the parts of every call that trained it
         if (seconds := spent.get(f"{out.name}/{run.run_dir.name}", 0.0)) > 0:
-            timed = run.run_dir / "wall_time.json"
-            atomic_write_json(timed, {"train_seconds": seconds + (json.loads(timed.read_text())["train_seconds"]
-                                                                  if timed.is_file() else 0.0)})
+            atomic_write_json(run.run_dir / "wall_time.json", {"train_seconds": seconds + _train_seconds(run, 0.0)})
     done = [(run, json.loads(run.scores_file.read_text())) for run in runs if run.scores_file.is_file()]
     scores = [{**row, **run.identity} for run, d in done for row in d["scores"]]
-    budgets = []
-    for run, d in done:  # a run scored before its cases were recorded, or before its wall time was
-        timed = run.run_dir / "wall_time.json"
-        budgets.append({**d["budget"], "train": d["budget"].get("train", " ".join(run.train)),
-                        **({"train_seconds": json.loads(timed.read_text())["train_seconds"]} if timed.is_file() else {})})
+    # a run scored before its cases were recorded, or before its wall time was
+    budgets = [{**d["budget"], "train": d["budget"].get("train", " ".join(run.train)),
+                **({} if (t := _train_seconds(run)) is None else {"train_seconds": t})} for run, d in done]
     root, _ = dataset_root(probe_cfg.data)
     names = done[0][1]["names"] if done else list(get_task(str(probe_cfg.data.task), root=root).output_names)
     if lesion := [c for c in s.lesion_classes if c not in names]:
