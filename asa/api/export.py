@@ -44,31 +44,25 @@ __all__ = ["export_model"]
 def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False,
                  license: str | None = None, cohort: str | None = None, base_model: str | None = None,
                  datasets: Sequence[str] = (), format: str = "hub", **options: Any) -> Path:
-    """Write the hub-ready model folder of ``checkpoint`` to ``out_dir``, with the files of every format that takes
-    it (`asa.formats`); returns ``out_dir``. A bad input is refused (`asa.api.machinery.run.OptionError`, exit 2 from
-    the console script) before anything is written.
+    """Write the hub-ready model folder of ``checkpoint`` to ``out_dir`` with the files of every format that takes it
+    (`asa.formats`) and return it; a bad input is refused (`asa.api.machinery.run.OptionError`, exit 2 from
+    asa-export) before anything is written. A fine-tuning checkpoint also gives ``segmenter.pt``, the whole network
+    ``asa-predict checkpoint=OUT_DIR`` runs, and the card names its task, training data, metrics and command.
 
     Args:
-        checkpoint: ``last.pt`` / ``best.pt`` of asa-pretrain or asa-finetune, an encoder export (``encoder.pt`` /
-            ``encoder.safetensors``) or a model folder, of a network with a registered encoder.
-        out_dir: the folder to write (``.``: the working folder); one holding anything but an earlier export's
-            files is refused, naming them; one holding those is refused unless ``overwrite``, which moves them to
-            ``<out_dir>.replaced-<time>/`` (never deleted).
-        license: the card's licence id (e.g. ``apache-2.0``; ``other``: stated in the card's text). None: the one
-            the source records, else ``other``; a published file's recorded licence is kept, another one refused.
-        cohort: what the folder carries of the pretraining cohort (`asa.data.cohort.COHORT_LEVELS`) in
-            ``cohort.json.gz``: ``full`` (ids, subjects, digests, fingerprints), ``digests`` (the default: digests and
-            fingerprints under opaque keys, no participant named, still checked by asa-finetune and asa-probe) or
-            ``none`` (only its summary digest in ``config.json``); ``full`` / ``digests`` of a source carrying no
-            cohort is refused.
+        checkpoint: asa-pretrain's or asa-finetune's ``last.pt`` / ``best.pt``, an encoder export or a model folder.
+        out_dir: the folder to write; one holding an earlier export's files is refused unless ``overwrite``, which
+            moves them to ``<out_dir>.replaced-<time>/`` (never deleted); one holding anything else is refused.
+        license: the card's licence id (``other``: stated in the card's text). None: the one the source records,
+            else ``other``; a published file's recorded licence is kept, another one refused.
+        cohort: what ``cohort.json.gz`` carries of the pretraining cohort (`asa.data.cohort.COHORT_LEVELS`): ``full``
+            (ids and subjects too), ``digests`` (the default: under opaque keys, still checked by asa-finetune and
+            asa-probe) or ``none`` (its summary digest in ``config.json`` alone).
         base_model, datasets: the card's Hugging Face ids of the encoder a segmenter started from, and of datasets.
-        format: ``hub``, the model folder, or a segmenter format (`asa.formats.base.choices`): ``onnx``, the folder
-            and ``model.onnx``; ``nnunet-results``, instead of the folder nnU-Net's results folder of the segmenter.
-        options: the formats' own options (`asa.formats.base.Option`): ``nnunet_channels`` and ``nnunet_plans`` of
-            the nnunet files, ``dataset_id``, ``dataset_name`` and ``spacing`` of ``nnunet-results``.
-
-    A fine-tuning checkpoint also gives ``segmenter.pt``, the whole network that ``asa-predict checkpoint=OUT_DIR``
-    runs, and the card names its task, training data, the asa-evaluate metrics of its run folder and its command.
+        format: ``hub`` (the model folder) or a segmenter format (`asa.formats.base.choices`): ``onnx`` adds
+            ``model.onnx``; ``nnunet-results`` writes nnU-Net's results folder instead.
+        options: the formats' own (`asa.formats.base.Option`): ``nnunet_channels`` and ``nnunet_plans`` of the
+            nnunet files, ``dataset_id``, ``dataset_name`` and ``spacing`` of ``nnunet-results``.
     """
     declared = {o.name: o for f in formats().values() for o in f.options}
     with refusing():
@@ -121,9 +115,9 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, o
             _replace(out, held)
             return write_folder(out, part.files)
         export = encoder_export(source, state)
-        summary = _carry_cohort(export, *_source_cohort(source, state, cohort), cohort or "digests")
-        listed = export.pop("cohort", None)  # the list goes beside the weights, which carry its summary
-        if listed is not None:
+        export.pop("cohort", None)
+        summary, listed = _carry_cohort(*_source_cohort(source, state, cohort), cohort or "digests")
+        if listed is not None:  # the list goes beside the weights, which carry its summary
             export["cohort"] = cohort_summary(listed)
         run_config = current_config(state["config"]) if isinstance(state.get("config"), Mapping) else {}
         config = model_config(source, state, export, license=license, cohort=summary, run=run_config,
@@ -179,20 +173,18 @@ def _source_cohort(source: Path, state: Mapping[str, Any],
     return cohort, None
 
 
-def _carry_cohort(export: dict[str, Any], cohort: Mapping[str, Any] | None, stated: Mapping[str, Any] | None,
-                  level: str) -> dict[str, Any] | None:
-    """Leave in ``export`` what ``level`` (``asa-export --cohort``) keeps of the cohort list ``cohort``
-    (`asa.data.cohort.export_cohort`: ids kept for ``full``); returns the summary that ``config.json`` states
-    (`asa.data.cohort.cohort_digest`, with ``"carried"``: what the folder holds of it; ``stated``: the summary
-    alone, of a source whose list is not at hand), None when there is no cohort."""
-    export.pop("cohort", None)
+def _carry_cohort(cohort: Mapping[str, Any] | None, stated: Mapping[str, Any] | None,
+                  level: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(the summary ``config.json`` states: `asa.data.cohort.cohort_digest` with ``"carried"``, what the folder
+    holds; what ``level``, ``asa-export --cohort``, keeps of the list ``cohort``: `asa.data.cohort.export_cohort`,
+    ids for ``full``). ``stated``: the summary alone, of a source whose list is not at hand; (None, None): no cohort."""
     if cohort is None:
-        return None if stated is None else {**stated, "carried": "none"}
+        return (None if stated is None else {**stated, "carried": "none"}), None
     summary = cohort_digest(cohort)
     if level == "none":
-        return {**summary, "carried": "none"}
-    export["cohort"] = export_cohort(cohort, ids=level == "full")
-    return {**summary, "carried": "digests" if export["cohort"].get("ids") == IDS_WITHHELD else "full"}
+        return {**summary, "carried": "none"}, None
+    listed = export_cohort(cohort, ids=level == "full")
+    return {**summary, "carried": "digests" if listed.get("ids") == IDS_WITHHELD else "full"}, listed
 
 
 def _segmenter(state: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -1,13 +1,8 @@
-"""The pretraining cohort's record and what a weight file carries of it.
-
-A pretraining run records its cases in ``splits.json`` (ids per part); :func:`cohort_record` adds each case's subject,
-image digests and fingerprints (`asa.data.digests`), so that an evaluation case is found in the cohort under another
-name too (`asa.data.overlap`). A weight file carries the cohort's summary (:func:`cohort_summary`: counts, one digest of
-the list, the list's file name), never the list: each case adds about 5.7 KB of digests and fingerprints, so
-OpenMind's 114k volumes would make a 650 MB safetensors header (refused above 100 MB). The list lives beside the file
-(`asa.data.cohort_list`); :func:`carried_cohort` reads it back, checks it against the summary's digest and says when it
-is missing (:class:`CohortListMissing`).
-"""
+"""The pretraining cohort's record (:func:`cohort_record`: each case's part, subject, image digests and fingerprints,
+`asa.data.digests`) and what a weight file carries of it: its summary (:func:`cohort_summary`), never the list, whose
+5.7 KB a case would make a 650 MB safetensors header of OpenMind's 114k volumes (refused above 100 MB). The list lives
+beside the file (`asa.data.cohort_list`); :func:`carried_cohort` reads it back, checks it against the summary's digest
+and says when it is missing (:class:`CohortListMissing`)."""
 
 from __future__ import annotations
 

@@ -118,19 +118,15 @@ def cohort_overlap(cohort: Mapping[str, Any], subsets: Mapping[str, Sequence[Cas
                    digests: Mapping[str, Mapping[str, str]] | None = None,
                    fingerprints: Mapping[str, Mapping[str, str]] | None = None,
                    thresholds: Mapping[str, float | None] = NEAR_THRESHOLDS) -> dict[str, Any]:
-    """For each subset (``{"val": cases, "test": cases}``), the cases that were in the cohort's seen parts
-    (``cohort["seen_parts"]``, default train and val): by case id, by subject, by image content (any image
-    of the case with the digest of a cohort image) and by near content (a fingerprint correlating with a cohort
-    image's of the same contrast at that contrast's threshold or more, ``thresholds``: `asa.data.fingerprint`'s
-    ``NEAR_THRESHOLDS``; an image of no known contrast against every image at the strictest; only when the cohort
-    records fingerprints of this asa's kind, ``FINGERPRINT``: a record of another compares digests only); by id and
-    subject only when the cohort names them (not a record of :func:`export_cohort` without ``ids``). Returns
+    """For each subset (``{"val": cases, "test": cases}``), its cases that were in the cohort's seen parts
+    (``seen_parts``; default the cohort's, else train and val): by case id and by subject (when the cohort names them:
+    not an `export_cohort` record without ``ids``), by image content (an image with a cohort image's digest) and by
+    near content (a fingerprint correlating with a cohort image's of the same contrast at its ``thresholds`` or more,
+    one of unknown contrast at the strictest; only for a cohort recording this asa's ``FINGERPRINT``). Returns
     ``{subset: {"n", "by_id", "by_subject", "by_content", "by_near_content", "near_checked", "ids_checked",
-    "overlapping"}}``,
-    the matches listed as ``{"case", "matches": [cohort case, ...]}`` (near ones with ``"scores": {cohort case:
-    score}`` and ``"contrasts": {cohort case: the contrast scored}``, exact copies left to ``by_content``).
-    ``digests`` and ``fingerprints``: the cases' signatures when already read (:func:`image_signatures`), so that
-    several cohorts are compared with one reading."""
+    "overlapping"}}``, each match ``{"case", "matches": [cohort case, ...]}`` (a near one with ``"scores"`` and
+    ``"contrasts"`` by cohort case; exact copies left to ``by_content``). ``digests``, ``fingerprints``: the cases'
+    signatures when already read (`image_signatures`), so that several cohorts are compared with one reading."""
     seen = set(seen_parts or cohort.get("seen_parts") or SEEN_PARTS)
     near_checked = cohort.get("fingerprint") == FINGERPRINT
     ids_checked = cohort.get("ids") != IDS_WITHHELD  # opaque keys name no case or subject of the query's data
@@ -205,13 +201,10 @@ def near_duplicates(queries: Mapping[str, str | os.PathLike] | Sequence[str | os
                     thresholds: Mapping[str, float | None] = NEAR_THRESHOLDS,
                     workers: int = 1) -> list[dict[str, Any]]:
     """The images of ``queries`` that are copies of images of ``references``: ``[{"query", "reference", "score",
-    "kind"}]``, ``kind`` ``"exact"`` (same digest, score 1.0) or ``"near"`` (fingerprint correlation at the
-    threshold or more, `asa.data.fingerprint`: plain files name no contrast, so every pair is compared at the
-    strictest of ``thresholds``; a cohort record's images at their contrast's), best first per query. ``queries``
-    and ``references``: image files, as {id: path} or a list of paths (the path is the id); ``references`` may
-    instead be a cohort record
-    (:func:`cohort_record` / :func:`export_cohort`: its seen cases, by their recorded digests and fingerprints;
-    one without fingerprints is refused, since near copies could not be found)."""
+    "kind"}]``, best first per query, ``kind`` ``"exact"`` (same digest, score 1.0) or ``"near"`` (fingerprint
+    correlation at the threshold or more: plain files name no contrast, so at the strictest of ``thresholds``).
+    Each is image files, as {id: path} or a list of paths (the path is the id); ``references`` may be a cohort record
+    instead (`cohort_record` / `export_cohort`: its seen cases; one without fingerprints is refused)."""
     def as_cases(files) -> list[Case]:
         items = files.items() if isinstance(files, Mapping) else ((str(p), p) for p in files)
         return [Case(id=str(k), images={"image": Path(v)}) for k, v in items]

@@ -1,13 +1,9 @@
-"""Whole-volume inference: Gaussian-blended sliding windows with optional flip test-time augmentation.
-
-One engine per network kind. A network with a patch lattice (`asa.models.ASASegmenter`: ``patch_size`` and
-``reference_grid``) is tiled by MONAI's windows starting on the brain frame's lattice (`blend_lattice`,
-`asa.data.lattice`) and, in the brain frame, receives each window's patch offset from the reference grid, exactly as
-in training. Every other network is tiled as nnU-Net tiles (`blend_box`): the windows cover the
-box of the image's non-zero voxels, their logits are blended and flipped back before the
-activation, so the network's nnU-Net export (``asa-export --format nnunet-results``) predicts what
-asa does (docs/weights-elsewhere.md).
-"""
+"""Whole-volume inference: Gaussian-blended sliding windows with optional flip test-time augmentation, one engine per
+network kind. A network with a patch lattice (`asa.models.ASASegmenter`: ``patch_size`` and ``reference_grid``) is
+tiled by MONAI's windows on the brain frame's lattice (`blend_lattice`, `asa.data.lattice`), each window told its patch
+offset from the reference grid as in training. Any other is tiled as nnU-Net tiles (`blend_box`: windows over the box
+of non-zero voxels, logits blended and flipped back before the activation), so that its nnU-Net export (``asa-export
+--format nnunet-results``) predicts what asa does (docs/weights-elsewhere.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +12,6 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from monai.data.utils import compute_importance_map
 from monai.inferers import sliding_window_inference
@@ -98,15 +93,10 @@ def window_batch_for_memory(window_bytes: int, budget_bytes: int, *, cap: int = 
 
 
 def auto_sw_batch_size(probe: Callable[[], object], device: torch.device, *, fraction: float = 0.8) -> int:
-    """The window batch of ``sw_batch_size="auto"`` on ``device``.
-
-    CPU: 1. The convolutions and matmuls of one 128³ window already keep the cores busy (the base
-    `ASASegmenter` takes the same time per window in batches of 1 and 2) while every extra window
-    in a batch adds its activations (a 4 × 240 × 240 × 155 case in bf16: peak RSS 1.7 GiB with
-    one window per batch, 2.1 GiB or more with two).
-    CUDA: ``probe()`` runs one window; the peak memory it allocates is one window's cost, and the
-    batch is `window_batch_for_memory` of that within ``fraction`` of the memory still usable
-    (free on the device plus what torch's allocator holds unused)."""
+    """The window batch of ``sw_batch_size="auto"`` on ``device``. CPU: 1 (one 128³ window keeps the cores busy, each
+    extra one adds its activations: a 4 × 240 × 240 × 155 case in bf16 peaks at 1.7 GiB RSS, 2.1 GiB with two).
+    CUDA: `window_batch_for_memory` of one window's peak memory (``probe()`` runs one) within ``fraction`` of the
+    memory still usable (free on the device plus what torch's allocator holds unused)."""
     if device.type != "cuda":
         return 1
     torch.cuda.synchronize(device)
@@ -135,31 +125,19 @@ def predict_volume(
     centre: Sequence[float] | None = None,
     regions: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Class or region probabilities of one whole volume.
+    """Class or region probabilities of one whole volume: image [C, X, Y, Z] (any size) -> [K, X, Y, Z] float32 on
+    the CPU. The windows run on ``device`` (the model's by default) and are blended on the CPU (memory: one window
+    batch plus the output); every combination of flips along ``tta_axes`` is averaged. A lattice network is tiled by
+    `blend_lattice` on the brain frame's lattice around ``centre`` (the brain centre [3] in voxels recorded at
+    preprocessing; default: the centre of the non-zero voxels), any other by `blend_box`.
 
-    image: [C, X, Y, Z] (any size; padded to at least ``roi_size``) -> [K, X, Y, Z] float32 on the
-    CPU. Windows run on ``device`` (the model's by default); the blended output is accumulated on
-    the CPU, so memory stays bounded by one window batch plus the output. Every combination of flips
-    along ``tta_axes`` is averaged: a network without a patch lattice is tiled as nnU-Net tiles
-    (`blend_box`: its logits averaged over windows and flips, then the sigmoid for ``multilabel``, else
-    the softmax; outside the box of non-zero voxels no region, or the background class); a lattice
-    network's probabilities are averaged over its whole-volume passes.
-
-    ``centre``: the brain centre [3] in voxels recorded at preprocessing (default: the centre of the
-    image's non-zero voxels, i.e. of the brain of a preprocessed image). For a lattice network the
-    windows start on the brain frame's patch lattice (``overlap`` rounded to whole patches) and a
-    brain-frame network gets ``offsets`` [B, 3] with every window batch. A flipped pass runs on the
-    mirror image of that lattice, so every voxel keeps its patch, its position code (a left–right
-    flip maps a patch onto its mirror, which shares the code) and its SACA partner.
-
-    ``regions``: [1, X, Y, Z] region map for a network with region attention; it is cut into the
-    same windows (padded and flipped alike) and passed as ``model(window, regions=...)``.
-
-    ``amp_dtype``: the autocast dtype of the forward passes; None runs them in the caller's precision
-    (fp32 outside any autocast region, the run's ``trainer.amp`` inside the engine's validation).
-
-    ``sw_batch_size``: windows per forward pass, or ``"auto"`` (see `auto_sw_batch_size`: 1 on a
-    CPU, sized to the free memory on CUDA).
+    Args:
+        regions: [1, X, Y, Z] region map of a network with region attention, cut into the same windows and passed
+            as ``model(window, regions=...)``.
+        amp_dtype: the forward passes' autocast dtype; None: the caller's precision (fp32, or the engine's
+            validation autocast).
+        sw_batch_size: windows per forward pass, or ``"auto"`` (`auto_sw_batch_size`: 1 on a CPU, sized to the
+            free memory on CUDA).
     """
     sw_batch_size = check_sw_batch_size(sw_batch_size)
     device = torch.device(device) if device is not None else next(model.parameters()).device

@@ -1,12 +1,8 @@
-"""Why asa imports torchvision itself: timm (which dynamic-network-architectures' Primus imports) imports torchvision,
-and a torchvision built for another torch (the pinned 0.28.0 wheel is CUDA torch 2.13's pair; beside the CPU wheel
-``torch==2.13.0+cpu`` its C library does not load) raises on import, registering fake kernels of C ops that are not
-there (``operator torchvision::nms does not exist``). `import_torchvision` skips those registrations, so that the
-Python parts, all timm reads, import. Where torchvision imports, it changes nothing.
-
-It can go when timm no longer imports torchvision, or when ``python -c "import torchvision"`` passes beside the torch
-the tests pin (it fails with torch 2.13.0+cpu and torchvision 0.28.0).
-"""
+"""torchvision imported where its C library does not load: timm (dynamic-network-architectures' Primus imports it)
+imports torchvision, and a torchvision built for another torch (the pinned 0.28.0 is CUDA torch 2.13's pair, not
+``torch==2.13.0+cpu``'s) raises registering fake kernels of C ops that are not there (``operator torchvision::nms does
+not exist``). `import_torchvision` skips those, so that the Python parts, all timm reads, import. It can go when timm
+no longer imports torchvision, or when ``python -c "import torchvision"`` passes beside the torch the tests pin."""
 
 from __future__ import annotations
 
