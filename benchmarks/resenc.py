@@ -28,11 +28,13 @@ import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import asa.models.cnn.masked as masked_module
 from asa.models import PRESETS, build_network
 from asa.models.cnn.masked import MaskedConv3d, MaskedInstanceNorm3d
 from asa.models.cnn.resenc import RESENC_SIZES
@@ -67,6 +69,8 @@ class Fp32StatsNorm(MaskedInstanceNorm3d):
     """The visible-only norm's earlier statistics (``--fp32-norm``): the sum of squares from an fp32 copy of the
     activation, which autograd keeps for the backward pass; the count summed in the mask's dtype."""
 
+    zero_gradient_at_masked = False  # autograd's gradient holds the mean's share there
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.visible.at(tuple(x.shape[2:]), x.dtype)
         if m is None:
@@ -81,7 +85,9 @@ class Fp32StatsNorm(MaskedInstanceNorm3d):
 
 class AutogradNorm(MaskedInstanceNorm3d):
     """The visible-only norm before its gradient was written out (``--autograd-norm``): the same forward, autograd's
-    backward through the sums, the square and the scale-and-shift."""
+    backward through the sums, the squares and the scale-and-shift."""
+
+    zero_gradient_at_masked = False  # autograd's gradient holds the mean's share there
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.visible.at(tuple(x.shape[2:]), x.dtype)
@@ -89,10 +95,27 @@ class AutogradNorm(MaskedInstanceNorm3d):
             return torch.nn.InstanceNorm3d.forward(self, x)
         count = m.sum(dim=(2, 3, 4), keepdim=True, dtype=torch.float32).clamp_min(1.0)
         mean = x.sum(dim=(2, 3, 4), keepdim=True, dtype=torch.float32) / count
-        var = (x.square().sum(dim=(2, 3, 4), keepdim=True, dtype=torch.float32) / count - mean * mean).clamp_min(0.0)
+        var = (masked_module.sum_of_squares(x) / count - mean * mean).clamp_min(0.0)
         scale = torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1, 1)
         shift = -mean * scale + self.bias.view(1, -1, 1, 1, 1)
         return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype)).mul_(m)
+
+
+def squares_summed(x: torch.Tensor) -> torch.Tensor:
+    """Σ x² as the visible-only norm took it before issue 97: the squares written in x's dtype, then summed in fp32."""
+    return x.square().sum(dim=(2, 3, 4), keepdim=True, dtype=torch.float32)
+
+
+class PreviousNorm(MaskedInstanceNorm3d):
+    """The visible-only norm before issue 97 (``--previous``): Σ x² from the squares written out (`squares_summed`)
+    instead of one reduction, and the masked convolutions before it keep their output mask's backward
+    (`MaskedConv3d`)."""
+
+    zero_gradient_at_masked = False  # as then: every masked convolution's mask with its backward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with mock.patch.object(masked_module, "sum_of_squares", squares_summed):
+            return super().forward(x)
 
 
 def with_norm(net: torch.nn.Module, norm: type, workload: Workload) -> Workload:
@@ -260,7 +283,14 @@ def traffic(crop: int, size: str, batch: int, *, dtype: torch.dtype, weighting: 
                 return net(x).loss
         return loss
 
-    out = {"masked": count(variant(None)), "dense": count(lambda: dense_loss(net, x))}
+    def previous() -> torch.Tensor:  # the masked step before issue 97
+        with_norm(net, PreviousNorm, Workload("previous", lambda: None)).run()
+        try:
+            return net(x).loss
+        finally:
+            with_norm(net, MaskedInstanceNorm3d, Workload("now", lambda: None)).run()
+
+    out = {"masked": count(variant(None)), "masked_previous": count(previous), "dense": count(lambda: dense_loss(net, x))}
     for part in COMPONENTS:
         out[f"without_{part}"] = count(variant(part))
     with Traffic() as moved:
@@ -289,7 +319,8 @@ def cpu_timed(workload: Workload, cpu: list[float]) -> Workload:
 
 def measure(device: torch.device, crop: int, size: str, batch: int, *, repeats: int, weighting: str, swvit: str,
             dtype: torch.dtype | None, masking: dict | None = None, earlier: bool = False,
-            fp32_norm: bool = False, components: bool = False, autograd_norm: bool = False) -> dict:
+            fp32_norm: bool = False, components: bool = False, autograd_norm: bool = False,
+            previous: bool = False) -> dict:
     """The steps of one (crop, size) at the largest batch of ``batch``, ``batch // 2``, ... whose masked step
     fits (`benchmarks.harness.largest_fitting`; CPU: ``batch`` itself): one result dict."""
     torch.manual_seed(0)
@@ -328,6 +359,9 @@ def measure(device: torch.device, crop: int, size: str, batch: int, *, repeats: 
     if fp32_norm:  # the same step with the norm's earlier statistics (an fp32 copy of each activation)
         work.append(with_norm(net, Fp32StatsNorm, train_workload("masked_fp32_norm", setup, net, adamw(net, batch),
                                                                   lambda: net(x).loss)))
+    if previous:  # the same step as before issue 97: Σx² from written squares, each conv's mask with its backward
+        work.append(with_norm(net, PreviousNorm, train_workload("masked_previous", setup, net, adamw(net, batch),
+                                                                lambda: net(x).loss)))
     if autograd_norm:  # the same step with the norm's earlier gradient (autograd's)
         work.append(with_norm(net, AutogradNorm, train_workload("masked_autograd_norm", setup, net, adamw(net, batch),
                                                                 lambda: net(x).loss)))
@@ -363,6 +397,10 @@ def measure(device: torch.device, crop: int, size: str, batch: int, *, repeats: 
         **({"fp32_norm_over_dense": round(by["masked_fp32_norm"].median / by["dense"].median, 3)} if fp32_norm else {}),
         **({"autograd_norm_over_dense": round(by["masked_autograd_norm"].median / by["dense"].median, 3)}
            if autograd_norm else {}),
+        **({"previous_over_dense": round(by["masked_previous"].median / by["dense"].median, 3),
+            "paired_previous_over_masked": [round(p / m, 3) for p, m in zip(by["masked_previous"].times,
+                                                                           by["masked"].times)]}
+           if previous else {}),
         **({"earlier_over_dense": round(by["masked_earlier"].median / by["dense"].median, 3)} if old is not None else {}),
         "paired_ratios": [round(m / d, 3) for m, d in zip(by["masked"].times, by["dense"].times)],
         "cpu_median_s": {n: round(v, 4) for n, v in cpu_median.items()},
@@ -396,6 +434,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="also time the earlier masking (block = total stride, asa densify, a weight per block)")
     parser.add_argument("--fp32-norm", action="store_true",
                         help="also time the masked step with the visible-only norm's earlier fp32 statistics")
+    parser.add_argument("--previous", action="store_true",
+                        help="also time the masked step as before issue 97 (the squares of the norm's statistics "
+                             "written out, each masked convolution's output mask with its own backward)")
     parser.add_argument("--autograd-norm", action="store_true",
                         help="also time the masked step with the visible-only norm's earlier gradient (autograd's)")
     parser.add_argument("--components", action="store_true",
@@ -429,7 +470,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             results.append(measure(device, crop, size, args.batch, repeats=args.repeats, weighting=args.weighting,
                                    swvit=args.swvit, dtype=dtype, earlier=args.earlier,
                                    fp32_norm=args.fp32_norm, components=args.components,
-                                   autograd_norm=args.autograd_norm,
+                                   autograd_norm=args.autograd_norm, previous=args.previous,
                                    masking={"mask_block": args.mask_block, "densify": args.densify,
                                             "weight_patch": args.weight_patch}))
             print(json.dumps(results[-1], indent=1), flush=True)

@@ -359,8 +359,8 @@ def test_a_coordinate_channel_encoder_is_refused_at_another_crop_whose_edge_woul
 
 
 def test_visible_only_instance_norm_in_bf16_is_the_exact_norm_rounded_once():
-    """Under bf16 the statistics still accumulate in fp32 (the squares rounded one by one, no fp32 copy of the
-    activation): the output stays within bf16's rounding of the exact (float64) visible-only norm."""
+    """Under bf16 the statistics still accumulate in fp32 (no fp32 copy of the activation): the output stays within
+    bf16's rounding of the exact (float64) visible-only norm."""
     net = _mae()
     norm = next(m for m in net.encoder.modules() if isinstance(m, MaskedInstanceNorm3d))
     torch.manual_seed(3)
@@ -430,3 +430,96 @@ def test_the_masked_steps_weight_gradients_are_those_of_autograds_norm():
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-7), name
+
+
+@pytest.mark.parametrize("dtype, bound", [(torch.float32, 1e-6), (torch.bfloat16, 1e-6)])
+def test_the_norms_sum_of_squares_is_one_fp32_reduction_of_the_exact_squares(dtype, bound):
+    """Σx² by one reduction (`sum_of_squares`) is the float64 sum of the squares of x's values to fp32 rounding, in
+    bf16 too, where the squares written out first (before issue 97, `benchmarks.resenc.squares_summed`) were each
+    rounded to 8 bits."""
+    from asa.models.cnn.masked import sum_of_squares
+    from benchmarks.resenc import squares_summed
+
+    torch.manual_seed(4)
+    x = (torch.randn(2, 3, 8, 8, 8) * 3 + 1).to(dtype)
+    exact = x.double().square().sum((2, 3, 4), keepdim=True)
+    got = sum_of_squares(x)
+    assert got.dtype == torch.float32 and got.shape == (2, 3, 1, 1, 1)
+    assert ((got.double() - exact).abs() <= bound * exact).all()
+    if dtype == torch.bfloat16:  # the squares rounded to bf16 one by one stray further
+        assert (squares_summed(x).double() - exact).abs().max() > 10 * (got.double() - exact).abs().max()
+
+
+def _masked_step(net, x, *, previous: bool = False) -> tuple[dict, list[str]]:
+    """Every parameter's gradient of one masked step and the aten ops of its backward (``previous``: the norms'
+    squares written out and every convolution's output mask with its own backward, as before issue 97)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from benchmarks.harness import Workload
+    from benchmarks.resenc import PreviousNorm, with_norm
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with_norm(net, PreviousNorm if previous else MaskedInstanceNorm3d, Workload("set", lambda: None)).run()
+    net.zero_grad()
+    torch.manual_seed(3)  # the same mask
+    loss = net(x).loss
+    with Ops() as ops:
+        loss.backward()
+    return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}, ops.names
+
+
+def test_a_convolution_read_by_a_visible_only_norm_skips_its_masks_backward():
+    """Every masked convolution of the encoder feeds a visible-only norm, whose input gradient is zero at masked
+    voxels: the output mask's backward (grad·m) is left out, one elementwise pass per masked convolution, and every
+    weight's gradient is what it was with it, bit for bit (fp32; the norm's statistics as before too, so that this
+    change alone is compared). A norm of another class (autograd's gradient) keeps the mask's backward."""
+    from unittest import mock
+
+    import asa.models.cnn.masked as masked
+    from benchmarks.resenc import squares_summed
+
+    net = _mae(size="tiny", mask_block=16, densify="spark", weight_patch=8)
+    convs = [m for m in net.encoder.modules() if isinstance(m, MaskedConv3d)]
+    assert convs and all(type(m.reader) is MaskedInstanceNorm3d for m in convs)
+    assert not any("reader" in key for key in net.state_dict())
+    x = torch.randn(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(2))
+    with mock.patch.object(masked, "sum_of_squares", squares_summed):  # the statistics as before
+        now, ops_now = _masked_step(net, x)
+    before, ops_before = _masked_step(net, x, previous=True)
+    assert now.keys() == before.keys() and len(now) > 10
+    assert all(torch.equal(now[k], before[k]) for k in now)
+    assert ops_before.count("mul") - ops_now.count("mul") == _convs_in_masked_stages(net) > 0
+
+
+def _convs_in_masked_stages(net) -> int:
+    """The encoder's convolutions whose output is at least as fine as the mask's block grid (those it masks)."""
+    sizes = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: sizes.append(out.shape[2])) for m in net.encoder.modules()
+             if isinstance(m, MaskedConv3d)]
+    try:
+        with torch.no_grad():
+            net.encoder(torch.zeros(1, 1, *net.img_size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sum(1 for s in sizes if s >= net.block_grid[0])
+
+
+def test_the_masked_step_as_before_issue_97_gives_the_same_gradients_to_fp32_rounding():
+    """Both changes together (Σx² by one reduction, the skipped mask backward) against the step before them: every
+    gradient to fp32 rounding (the biases of convolutions before an instance norm, whose exact gradient is 0, are
+    rounding noise of 1e-8 either way)."""
+    net = _mae(size="tiny", mask_block=16, densify="spark", weight_patch=8)
+    x = torch.randn(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(5))
+    now, _ = _masked_step(net, x)
+    before, _ = _masked_step(net, x, previous=True)
+    for name in now:
+        assert torch.allclose(now[name], before[name], rtol=1e-4, atol=1e-6), name

@@ -76,18 +76,48 @@ class VisibleMask:
         return self._cache[key]
 
 
+class _MaskBeforeNorm(torch.autograd.Function):
+    """out·m in place for a convolution whose output only a visible-only norm reads: that norm's input gradient is
+    zero at masked voxels already, so the product's backward (grad·m) would return its gradient as it is: skipped
+    (a read of the gradient and of the mask and a write per convolution)."""
+
+    @staticmethod
+    def forward(ctx, out: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        ctx.mark_dirty(out)
+        return out.mul_(m)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
 class MaskedConv3d(nn.Conv3d):
-    """A ``Conv3d`` whose output is multiplied by the visible mask at its resolution (`VisibleMask`)."""
+    """A ``Conv3d`` whose output is multiplied by the visible mask at its resolution (`VisibleMask`). Where its
+    output's only reader is a `MaskedInstanceNorm3d` (``reader``, set by `mask_encoder`; not a submodule) whose input
+    gradient is zero at masked voxels (``zero_gradient_at_masked``), the product's backward is skipped
+    (`_MaskBeforeNorm`)."""
 
     visible: VisibleMask
+    reader: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = super().forward(x)
         m = self.visible.at(tuple(out.shape[2:]), out.dtype)
-        return out if m is None else out.mul_(m)  # in place: conv backward needs no output
+        if m is None:
+            return out
+        if getattr(self.reader, "zero_gradient_at_masked", False):
+            return _MaskBeforeNorm.apply(out, m)
+        return out.mul_(m)  # in place: conv backward needs no output
 
 
 _DIMS = (2, 3, 4)
+
+
+def sum_of_squares(x: torch.Tensor) -> torch.Tensor:
+    """Σ x² over the spatial dimensions [B, C, 1, 1, 1], fp32: the squared 2-norm, one reduction that squares and
+    adds in fp32 (on CUDA it reads bf16/fp16 as they are; ``x.square().sum()`` writes the squares and reads them
+    again, each rounded to x's dtype first)."""
+    return torch.linalg.vector_norm(x, 2, dim=_DIMS, keepdim=True, dtype=torch.float32).square()
 
 
 class _VisibleNorm(torch.autograd.Function):
@@ -98,13 +128,11 @@ class _VisibleNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, m: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                 eps: float) -> torch.Tensor:
-        # x is a masked convolution's output, zero at masked voxels: its plain sums are the visible voxels' sums.
-        # Both sums accumulate in fp32 from x's own dtype (CUDA reads bf16/fp16 and adds in fp32 in one kernel); the
-        # squares are rounded to x's dtype one by one (unbiased, so their fp32 sum keeps its precision): no fp32
-        # copy of the activation is written, nor kept for the backward pass.
+        # x is a masked convolution's output, zero at masked voxels: its plain sums are the visible voxels' sums,
+        # accumulated in fp32 (`sum_of_squares`); no fp32 copy of the activation is kept for the backward pass.
         count = m.sum(dim=_DIMS, keepdim=True, dtype=torch.float32).clamp_min(1.0)
         mean = x.sum(dim=_DIMS, keepdim=True, dtype=torch.float32) / count
-        var = (x.square().sum(dim=_DIMS, keepdim=True, dtype=torch.float32) / count - mean * mean).clamp_min(0.0)
+        var = (sum_of_squares(x) / count - mean * mean).clamp_min(0.0)
         rstd = torch.rsqrt(var + eps)  # [B, C, 1, 1, 1]
         scale = rstd if weight is None else rstd * weight.view(1, -1, 1, 1, 1)
         shift = -mean * scale + (0.0 if bias is None else bias.view(1, -1, 1, 1, 1))
@@ -132,9 +160,11 @@ class _VisibleNorm(torch.autograd.Function):
 
 class MaskedInstanceNorm3d(nn.InstanceNorm3d):
     """An ``InstanceNorm3d`` whose mean and variance are over visible voxels only, its output zero elsewhere.
-    Its input must be zero at masked voxels (in the encoder every norm follows a `MaskedConv3d`)."""
+    Its input must be zero at masked voxels (in the encoder every norm follows a `MaskedConv3d`); its input gradient
+    is zero there too (``zero_gradient_at_masked``: a subclass with another gradient says otherwise)."""
 
     visible: VisibleMask
+    zero_gradient_at_masked = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.visible.at(tuple(x.shape[2:]), x.dtype)  # [B, 1, D, H, W]
@@ -145,7 +175,9 @@ class MaskedInstanceNorm3d(nn.InstanceNorm3d):
 
 
 def mask_encoder(encoder: nn.Module, visible: VisibleMask) -> None:
-    """Swap every ``Conv3d`` / ``InstanceNorm3d`` of ``encoder`` for its masked form in place (same parameters)."""
+    """Swap every ``Conv3d`` / ``InstanceNorm3d`` of ``encoder`` for its masked form in place (same parameters); a
+    convolution that a sequence hands straight to a norm (dropout between them aside: nnU-Net's conv, dropout, norm,
+    nonlinearity) gets that norm as its ``reader``."""
     for module in encoder.modules():
         if type(module) is nn.Conv3d:
             module.__class__ = MaskedConv3d
@@ -154,6 +186,12 @@ def mask_encoder(encoder: nn.Module, visible: VisibleMask) -> None:
         else:
             continue
         module.visible = visible
+    for sequence in encoder.modules():
+        if isinstance(sequence, nn.Sequential):
+            layers = [layer for layer in sequence if not isinstance(layer, nn.Dropout3d | nn.Dropout)]
+            for conv, norm in zip(layers, layers[1:]):
+                if isinstance(conv, MaskedConv3d) and isinstance(norm, MaskedInstanceNorm3d):
+                    conv.__dict__["reader"] = norm  # a plain attribute: no submodule, no state-dict key
 
 
 def max_mirror_visible(num_blocks: int, num_masked: int) -> float:
