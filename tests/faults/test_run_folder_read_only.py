@@ -78,7 +78,8 @@ def demo_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("demo-cache")
 
 
-@pytest.mark.parametrize("unlink", [False, True], ids=["files-removable", "read-only-mount"])
+@pytest.mark.parametrize("unlink", [pytest.param(False, id="files-removable", marks=pytest.mark.slow),
+                                    pytest.param(True, id="read-only-mount")])
 def test_a_run_folder_turned_read_only_stops_the_run_in_one_line(tmp_path, demo_cache, capsys, monkeypatch, unlink):
     out = tmp_path / "run"
     args = pretrain_overrides(out, demo_cache, "trainer.epochs=4", "trainer.max_steps=8", "trainer.ckpt_every=1",
