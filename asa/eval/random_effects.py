@@ -15,13 +15,18 @@ Two intervals come from them:
   one degree of freedom only while that mean square is large; where it is small by chance ν jumps to the cases'
   and the interval is too narrow (``benchmarks/interval_coverage.py``: 0.89 at 2 seeds where the labeled draw
   dominates).
-- **The per-factor interval** (``low``, ``high``: the one a study's verdicts read): the error of the mean is a sum
-  of independent parts, each estimated with its own degrees of freedom, and their half-widths add in quadrature
-  (the MOVER of Zou & Donner 2008): each draw factor f (seed, pretraining run) contributes ``MS_f / N`` at
-  ``t_{n_f − 1}``, the cases ``(MS_case − MS_residual)⁺ / N`` at ``t_{C − 1}``. With seeds × cases the parts are
-  the seed means' spread (``σ²_seed/S + σ²_e/N``, exactly) and the cases' (``σ²_case/C``): unbiased for V, and
-  with 2 seeds the seed part carries ``t_1`` whatever its mean square; with a pretraining level the parts overlap
-  (conservative). Coverage at 2, 3, 5 and 10 seeds: docs/studies.md.
+- **The per-factor interval** (``low``, ``high``: the one a study's verdicts read): V split into independent parts
+  that do not overlap, each with its own degrees of freedom (`crossed_parts`). Seeds × cases: the seed means'
+  spread ``MS_seed / N`` (``σ²_seed/S + σ²_e/N`` exactly, S − 1 df) and the cases' ``(MS_case − MS_residual)⁺ / N``
+  (``σ²_case/C``, C − 1 df), their half-widths added in quadrature (the MOVER of Zou & Donner 2008), so with 2
+  seeds the seed part carries ``t_1`` whatever its mean square. Pretraining runs × seeds × cases: the run
+  component alone, ``(MS_p − MS_ps − MS_pc + MS_psc)⁺ / N = σ̂²_p / P`` (0 in expectation where runs do not
+  differ), then the seed and case parts of the table averaged over runs (``MS_seed / N``, ``(MS_case −
+  MS_seed×case)⁺ / N``); each part's df is Satterthwaite's for its mean squares (at most n_f − 1), and the parts
+  share one t (`pooled_df`: Welch–Satterthwaite over the parts, each at its upper 75 % bound), since two small-df
+  parts in quadrature ignore that their sum is better known than either (up to 2× the oracle's detectable effect).
+  Coverage and power against an oracle: docs/studies.md (`benchmarks/interval_power.py`,
+  `benchmarks/interval_coverage.py`). The minimum detectable effect (`mde`): a noncentral t at the interval's df.
 
 Cross-validation (`folded_interval`): R repeats of K folds are G = R·K labeled draws, each scoring its own fold
 of the C cases, every case once per repeat, so draws and cases are not crossed. With ``d = μ + a_draw + b_case + e``
@@ -38,22 +43,28 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import optimize, stats
 
-__all__ = ["CrossedInterval", "complete_grid", "crossed_interval", "folded_interval"]
+__all__ = ["CrossedInterval", "complete_grid", "components", "crossed_half_width", "crossed_interval", "crossed_parts",
+           "folded_interval", "half_width", "mde", "mean_squares", "part_coefficients", "pooled_df", "satterthwaite"]
+
+ArrayLike = float | np.ndarray  # a float, or an array of them over a batch of tables
+UPPER = 0.75  # the one-sided level of the parts' upper bounds that `pooled_df` reads (docs/studies.md)
 
 
 @dataclass(frozen=True)
 class CrossedInterval:
     """The mean of ``d`` (``value``) with its per-factor ``confidence`` interval [``low``, ``high``] (module
-    docstring); ``se`` = sqrt(V) and ``df`` = Satterthwaite's ν, whose t interval is ``satterthwaite``;
-    ``parts``: the per-factor interval's independent parts, (name, variance, df) each; ``components``: each
-    effect's variance component (truncated at 0: "seed", "case", "seed×case", ...); ``levels``: each factor's
-    levels used; ``dropped``: cases left out for a missing pair. NaN bounds where a factor has one level (its
-    spread is not measured)."""
+    docstring): ``parts``, its independent parts, (name, variance, df) each, ``se`` = the square root of their sum,
+    and ``parts_df``, the df of the one t they share (with pretraining runs, `pooled_df`; NaN: each part at its own
+    t, their half-widths in quadrature: seeds × cases, cross-validated draws); ``df``: Satterthwaite's ν over the mean
+    squares, whose t interval is ``satterthwaite``; ``components``: each effect's variance component (truncated at
+    0: "seed", "case", "seed×case", ...); ``levels``: each factor's levels used; ``dropped``: cases left out for a
+    missing pair. NaN bounds where a factor has one level (its spread is not measured)."""
 
     value: float
     low: float
@@ -66,12 +77,37 @@ class CrossedInterval:
     components: dict[str, float] = field(default_factory=dict)
     levels: dict[str, int] = field(default_factory=dict)
     dropped: int = 0
+    parts_df: float = math.nan
 
     def half_width(self, confidence: float) -> float:
-        """The per-factor interval's half-width at ``confidence``: ``sqrt(Σ t²_{df_q} · variance_q)``."""
+        """The per-factor interval's half-width at ``confidence``: ``t_{parts_df} · se``, or without ``parts_df``
+        ``sqrt(Σ t²_{df_q} · variance_q)``."""
         if not self.parts:
             return math.nan
-        return math.sqrt(sum(_t(confidence, df) ** 2 * v for _, v, df in self.parts))
+        if not math.isnan(self.parts_df):
+            return _t(confidence, self.parts_df) * math.sqrt(sum(v for _, v, _ in self.parts))
+        return float(half_width(self.parts, confidence))
+
+    def interval_df(self, confidence: float | None = None) -> float:
+        """The degrees of freedom of the per-factor interval: ``parts_df``, or for parts in quadrature the ν whose
+        ``t_ν · sqrt(Σ variance_q)`` is its half-width at ``confidence`` (default its own; a part's own df where the
+        others are 0); inf where every part is 0, NaN without parts."""
+        if not self.parts:
+            return math.nan
+        if not math.isnan(self.parts_df):
+            return self.parts_df
+        live = [(v, df) for _, v, df in self.parts if v > 0]
+        if not live:
+            return math.inf
+        if len({df for _, df in live}) == 1:
+            return live[0][1]
+        c = self.confidence if confidence is None else confidence
+        ratio = self.half_width(c) / math.sqrt(sum(v for v, _ in live))
+        gap = lambda log_nu: _t(c, math.exp(log_nu)) - ratio  # noqa: E731  decreasing in ν
+        lo, hi = math.log(min(df for _, df in live)), math.log(max(df for _, df in live))
+        if gap(lo) <= 0:  # rounding at the ends: the interval is the widest (or narrowest) part's own
+            return math.exp(lo)
+        return math.exp(hi) if gap(hi) >= 0 else math.exp(optimize.brentq(gap, lo, hi, xtol=1e-12))
 
     def bounds(self, confidence: float) -> tuple[float, float]:
         """The two-sided ``confidence`` interval of the same estimate (0.90: the one-sided 95 % bounds TOST reads)."""
@@ -88,6 +124,8 @@ class CrossedInterval:
             return 1.0
         if self.half_width(0.5) == 0.0:  # no spread at all: any confidence excludes a non-zero mean
             return 0.0
+        if not math.isnan(self.parts_df):
+            return float(2 * stats.t.sf(abs(self.value) / self.se, self.parts_df))
         gap = lambda c: self.half_width(c) - abs(self.value)  # noqa: E731  increasing in c
         lo, hi = 1e-12, 1.0 - 1e-12
         if gap(lo) >= 0:
@@ -97,12 +135,15 @@ class CrossedInterval:
         return float(1.0 - optimize.brentq(gap, lo, hi, xtol=1e-12))
 
     def mde(self, *, power: float = 0.8, alpha: float = 0.05, levels: dict[str, int] | None = None) -> float:
-        """The smallest true mean the two-sided level-``alpha`` test on this interval detects with probability
-        ``power``: its half-width at 1 − ``alpha`` plus the one-sided ``power`` quantile's (the half-width at
-        2·``power`` − 1), ``(t_{1−α/2} + t_{power}) · se`` for one part. ``levels``: another design (e.g. twice the
-        seeds: ``{"seed": 6}``), its parts from the same variance components (their expected mean squares)."""
+        """The smallest true mean the two-sided level-``alpha`` interval lies above 0 for with probability ``power``
+        (`mde`: a noncentral t at the interval's df, `interval_df`, and ``se`` = sqrt of the parts' sum).
+        ``levels``: another design (e.g. twice the seeds: ``{"seed": 6}``), its parts from the same variance
+        components (their expected mean squares)."""
         interval = self if levels is None else self.projected({**self.levels, **levels})
-        return interval.half_width(1 - alpha) + interval.half_width(2 * power - 1)
+        if not interval.parts:
+            return math.nan
+        se = math.sqrt(sum(v for _, v, _ in interval.parts))
+        return mde(se, interval.interval_df(1 - alpha), alpha=alpha, power=power)
 
     def projected(self, levels: dict[str, int]) -> CrossedInterval:
         """The interval this study's variance components would give with other numbers of ``levels`` (same factors,
@@ -113,7 +154,10 @@ class CrossedInterval:
         sigma = {t: self.components.get(effect_name(t, factors), 0.0) for t in subsets}
         ms = {u: sum(sigma[t] * math.prod(shape[a] for a in range(len(factors)) if a not in t)
                      for t in subsets if set(u) <= set(t)) for u in subsets}
-        return dataclasses.replace(self, parts=_parts(ms, shape, factors), levels=dict(zip(factors, shape)))
+        df = {u: math.prod(shape[a] - 1 for a in u) for u in subsets}
+        parts = tuple((name, float(v), float(d)) for name, v, d in crossed_parts(ms, df, shape, factors))
+        return dataclasses.replace(self, parts=parts, levels=dict(zip(factors, shape)),
+                                   parts_df=_shared_df(parts, shape), se=math.sqrt(sum(v for _, v, _ in parts)))
 
     def to_dict(self) -> dict:
         """JSON-friendly (NaN written as None)."""
@@ -123,14 +167,14 @@ class CrossedInterval:
         return {"value": num(self.value), "ci_low": num(self.low), "ci_high": num(self.high),
                 "confidence": self.confidence, "se": num(self.se), "df": num(self.df),
                 "satterthwaite": [num(x) for x in self.satterthwaite],
-                "parts": [[name, float(v), float(df)] for name, v, df in self.parts],
+                "parts": [[name, float(v), float(df)] for name, v, df in self.parts], "parts_df": num(self.parts_df),
                 "components": {k: float(v) for k, v in self.components.items()}, "levels": dict(self.levels),
                 "dropped": self.dropped}
 
 
-def _t(confidence: float, df: float) -> float:
-    q = (1 + confidence) / 2
-    return float(stats.norm.ppf(q) if not math.isfinite(df) else stats.t.ppf(q, df))
+def _t(confidence: float, df: ArrayLike) -> ArrayLike:
+    t = stats.t.ppf((1 + confidence) / 2, df)  # the normal quantile at inf df
+    return float(t) if np.ndim(t) == 0 else t
 
 
 def _subsets(k: int) -> list[tuple[int, ...]]:
@@ -142,16 +186,132 @@ def effect_name(subset: tuple[int, ...], factors: tuple[str, ...]) -> str:
     return "×".join(factors[i] for i in subset)
 
 
-def _parts(ms: dict[tuple[int, ...], float], shape: tuple[int, ...], factors: tuple[str, ...]
-           ) -> tuple[tuple[str, float, float], ...]:
-    """The per-factor interval's parts: each draw factor's ``MS_f / N`` (df n_f − 1), then the cases'
-    ``(MS_case − MS_residual)⁺ / N`` (df C − 1); one factor alone: its ``MS / N``."""
-    k, n = len(shape), math.prod(shape)
+def components(ms: Mapping[tuple[int, ...], ArrayLike], shape: tuple[int, ...]) -> dict[tuple[int, ...], ArrayLike]:
+    """Each effect's variance component from the mean squares, untruncated (unbiased; negative by chance):
+    ``σ²_T = Σ_{U⊇T} (−1)^{|U|−|T|} MS_U / Π_{f∉T} n_f``. ``ms`` values may be arrays (a batch of tables)."""
+    k = len(shape)
+    subsets = _subsets(k)
+    return {t: sum((-1) ** (len(u) - len(t)) * ms[u] for u in subsets if set(t) <= set(u))
+            / math.prod(shape[a] for a in range(k) if a not in t) for t in subsets}
+
+
+def part_coefficients(k: int, two: frozenset[int] = frozenset()) -> list[dict[tuple[int, ...], int]]:
+    """The mean squares each part of a k-factor crossed design adds up, ``{effect: ±1}`` (× 1 / N): every draw
+    factor f but the last, its main effect in the table averaged over the factors before it, ``Σ_{B ⊆ {0..f−1}}
+    σ̂²_{f∪B} / Π_{f∪B} n``, which sums to ``(−1)^{|U|−1} MS_U`` over the effects U ∋ f of the factors f..k−1
+    (``two``: the factors with two levels, whose part is their means' whole spread ``MS_f`` instead); the last draw
+    factor's own mean square; the cases', less the last draw factor × case."""
     if k == 1:
-        return ((factors[0], ms[(0,)] / n, float(shape[0] - 1)),)
-    out = [(factors[f], ms[(f,)] / n, float(shape[f] - 1)) for f in range(k - 1)]
-    out.append((factors[-1], max(0.0, ms[(k - 1,)] - ms[tuple(range(k))]) / n, float(shape[-1] - 1)))
+        return [{(0,): 1}]
+    own = [{(f,): 1} if f in two else {u: (-1) ** (len(u) - 1) for u in _subsets(k) if u[0] == f}
+           for f in range(k - 2)]
+    return [*own, {(k - 2,): 1}, {(k - 1,): 1, (k - 2, k - 1): -1}]
+
+
+def crossed_parts(ms: Mapping[tuple[int, ...], ArrayLike], df: Mapping[tuple[int, ...], int], shape: tuple[int, ...],
+                  factors: tuple[str, ...]) -> tuple[tuple[str, ArrayLike, ArrayLike], ...]:
+    """The per-factor interval's independent parts (name, variance, df), which add up to an estimate of V (module
+    docstring): every draw factor f but the last, its own component in the table averaged over the factors before
+    it, ``σ̂²_f / n_f`` (with pretraining runs first: ``(MS_p − MS_ps − MS_pc + MS_psc) / N``; with two levels, a
+    difference at one df that a dominant component makes negative as often as not, its means' whole spread ``MS_f /
+    N`` at ``t_1``, which overlaps the others' and holds its level); the last draw factor's ``MS_f / N``; the cases'
+    ``(MS_case − MS_f×case) / N`` (`part_coefficients`); one factor alone: its ``MS / N``. A negative part is 0. Its df: n_f − 1 for the last two (the draws' mean square, exactly; the cases', whose
+    subtracted interaction has more df), Satterthwaite's for the mean squares of the others, ``(Σ c MS)² / Σ (c MS)²
+    / df`` within [1, n_f − 1] (the run part is a difference of four, often mostly noise: at P − 1 df it would lift
+    the pooled df, `pooled_df`). ``ms`` values may be arrays (a batch of tables)."""
+    k, n = len(shape), math.prod(shape)
+    out = []
+    for f, coef in enumerate(part_coefficients(k, frozenset(f for f in range(k - 2) if shape[f] == 2))):
+        nominal = float(shape[f] - 1)
+        v = sum(c * ms[u] for u, c in coef.items()) / n
+        nu: ArrayLike = nominal
+        if len(coef) > 1 and f < k - 2:
+            terms = sum((c * ms[u] / n) ** 2 / df[u] for u, c in coef.items())
+            with np.errstate(divide="ignore", invalid="ignore"):
+                nu = np.clip(np.where((v > 0) & (terms > 0), v * v / np.where(terms > 0, terms, 1.0), nominal),
+                             1.0, nominal)
+            nu = nu if np.ndim(nu) else float(nu)
+        out.append((factors[f], np.maximum(v, 0.0), nu))
     return tuple(out)
+
+
+def pooled_df(parts: tuple[tuple[str, ArrayLike, ArrayLike], ...], *, upper: float | None = UPPER) -> ArrayLike:
+    """The df of the one t the parts share (Welch 1947, Satterthwaite 1946): ``(Σ w)² / Σ w² / df`` with each part
+    taken at its upper ``upper`` confidence bound, ``w = variance · df / χ²_{1−upper, df}`` (None: the variance
+    itself, the plain plug-in), so that a part small by chance does not lift the df to the others' (docs/studies.md:
+    the plug-in covers down to 0.94 where 2–3 labeled draws dominate); one part: its own df; inf where every part
+    is 0."""
+    w = [(v * (1.0 if upper is None else df / stats.chi2.ppf(1 - upper, df)), df) for _, v, df in parts]
+    total = sum(x for x, _ in w)
+    terms = sum(x * x / df for x, df in w)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        nu = np.where(terms > 0, total * total / np.where(terms > 0, terms, 1.0), np.inf)
+    return nu if np.ndim(nu) else float(nu)
+
+
+def satterthwaite(ms: Mapping[tuple[int, ...], ArrayLike], df: Mapping[tuple[int, ...], int], shape: tuple[int, ...]
+                  ) -> tuple[ArrayLike, ArrayLike]:
+    """(V, ν): the grand mean's variance from the mean squares with negative component estimates set to 0 (their
+    mean squares drop out) and Satterthwaite's ``ν = V² / Σ (c_U MS_U)² / df_U`` (inf where V has no spread);
+    ``ms`` values may be arrays (a batch of tables)."""
+    k, n = len(shape), math.prod(shape)
+    subsets = _subsets(k)
+    kept = {t: np.asarray(c) > 0 for t, c in components(ms, shape).items()}
+    coef = {u: sum((-1) ** (len(u) - len(t)) * kept[t] for t in subsets if set(t) <= set(u)) / n for u in subsets}
+    v = np.maximum(0.0, sum(coef[u] * ms[u] for u in subsets))
+    terms = sum((coef[u] * ms[u]) ** 2 / df[u] for u in subsets)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        nu = np.where(terms > 0, v * v / np.where(terms > 0, terms, 1.0), np.inf)
+    return v, nu
+
+
+def _pooled(shape: tuple[int, ...]) -> bool:
+    """Whether a crossed design's parts share one t (`pooled_df`): two or more draw factors (pretraining runs ×
+    draws × cases) of three or more levels each. Else they add in quadrature: one draw factor, or one of two levels
+    (a one-df part that may dominate, which no plug-in df sees)."""
+    return len(shape) >= 3 and min(shape[:-1]) >= 3
+
+
+def _shared_df(parts: tuple[tuple[str, float, float], ...], shape: tuple[int, ...]) -> float:
+    return float(pooled_df(parts)) if _pooled(shape) else math.nan
+
+
+def crossed_half_width(parts: tuple[tuple[str, ArrayLike, ArrayLike], ...], shape: tuple[int, ...],
+                       confidence: float) -> ArrayLike:
+    """The per-factor interval's half-width for the parts (`crossed_parts`) of a crossed design of ``shape``:
+    ``t_ν · sqrt(Σ variance)`` at `pooled_df`'s ν, or the parts' own t in quadrature (`half_width`); the parts'
+    variances and df may be arrays (a batch of tables)."""
+    if _pooled(shape):
+        return _t(confidence, pooled_df(parts)) * np.sqrt(sum(v for _, v, _ in parts))
+    return half_width(parts, confidence)
+
+
+def half_width(parts: tuple[tuple[str, ArrayLike, float], ...], confidence: float) -> ArrayLike:
+    """The per-factor interval's half-width at ``confidence``: ``sqrt(Σ t²_{df_q} · variance_q)`` (the parts'
+    variances may be arrays)."""
+    return np.sqrt(sum(_t(confidence, df) ** 2 * v for _, v, df in parts))
+
+
+def mde(se: float, df: float, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The minimum detectable effect of a two-sided level-``alpha`` t interval ``mean ± t_{1−α/2, df} · ŝe``: the
+    smallest true mean δ whose interval lies above 0 with probability ``power``, ``δ = λ · se`` where the
+    noncentral t with ``df`` degrees of freedom and noncentrality λ exceeds ``t_{1−α/2, df}`` with that
+    probability. Infinite ``df``: ``(z_{1−α/2} + z_power) · se`` (2.80 · se at the defaults); at few df it exceeds
+    ``(t_{1−α/2} + t_power) · se``, which ignores that ŝe is estimated (73 % power at 1 df, not 80 %)."""
+    if not (0.0 < alpha < 1.0 and 0.0 < power < 1.0):
+        raise ValueError(f"alpha and power must lie in (0, 1), got alpha={alpha}, power={power}")
+    if math.isnan(se) or math.isnan(df) or df <= 0:
+        return math.nan
+    if se == 0.0:
+        return 0.0
+    if not math.isfinite(df) or df > 1e7:
+        return float((stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) * se)
+    crit = float(stats.t.ppf(1 - alpha / 2, df))
+    gap = lambda lam: float(stats.nct.sf(crit, df, lam)) - power  # noqa: E731  increasing in lam
+    hi = crit + float(stats.norm.ppf(power)) + 1.0
+    while gap(hi) < 0:
+        hi *= 2
+    return float(optimize.brentq(gap, 0.0, hi, xtol=1e-10) * se)  # at λ = 0 the power is α / 2
 
 
 def complete_grid(d: np.ndarray) -> tuple[np.ndarray, int]:
@@ -165,19 +325,27 @@ def complete_grid(d: np.ndarray) -> tuple[np.ndarray, int]:
     return d[..., keep], int((~keep).sum())
 
 
-def mean_squares(grid: np.ndarray) -> tuple[dict[tuple[int, ...], float], dict[tuple[int, ...], int]]:
-    """The ANOVA mean square and df of every effect (a non-empty set of axes) of a complete grid: the effect is the
-    inclusion–exclusion of the marginal means over the subsets of its axes (``ȳ_s. − ȳ..``, ``y_sc − ȳ_s. − ȳ.c +
-    ȳ..``), its sum of squares taken over every cell, its df ``Π (n_f − 1)``."""
-    k = grid.ndim
+def mean_squares(grid: np.ndarray, *, factors: int | None = None
+                 ) -> tuple[dict[tuple[int, ...], ArrayLike], dict[tuple[int, ...], int]]:
+    """The ANOVA mean square and df of every effect (a non-empty set of factor axes) of a complete grid: the effect
+    is the inclusion–exclusion of the marginal means over the subsets of its axes (``ȳ_s. − ȳ..``, ``y_sc − ȳ_s. −
+    ȳ.c + ȳ..``), its sum of squares taken over every cell, its df ``Π (n_f − 1)``. ``factors``: the number of
+    trailing axes that are factors (default all); the leading ones index independent tables, and each mean square
+    is then an array over them (factor axes numbered from 0 after them)."""
+    k = grid.ndim if factors is None else factors
+    lead = grid.ndim - k
+    shape = grid.shape[lead:]
     subsets = _subsets(k)
-    marginal = {s: grid.mean(axis=tuple(a for a in range(k) if a not in s), keepdims=True) for s in [(), *subsets]}
+    marginal = {s: grid.mean(axis=tuple(lead + a for a in range(k) if a not in s), keepdims=True)
+                for s in [(), *subsets]}
     ms, df = {}, {}
     for t in subsets:
         effect = sum((-1) ** (len(t) - len(u)) * marginal[u] for r in range(len(t) + 1)
                      for u in itertools.combinations(t, r))
-        df[t] = math.prod(grid.shape[a] - 1 for a in t)
-        ms[t] = float((np.broadcast_to(effect, grid.shape) ** 2).sum()) / df[t]
+        df[t] = math.prod(shape[a] - 1 for a in t)
+        repeats = math.prod(shape[a] for a in range(k) if a not in t)  # cells sharing one value of the effect
+        ss = (effect ** 2).sum(axis=tuple(range(lead, grid.ndim))) * repeats
+        ms[t] = float(ss) / df[t] if lead == 0 else ss / df[t]
     return ms, df
 
 
@@ -198,21 +366,13 @@ def crossed_interval(d: object, *, confidence: float = 0.95, factors: tuple[str,
     value = float(grid.mean())
     if min(grid.shape) < 2:  # a factor of one level: its spread (and every interaction's) is not measured
         return CrossedInterval(value, nan, nan, confidence, nan, nan, levels=levels, dropped=dropped)
-    k, n = grid.ndim, grid.size
-    subsets = _subsets(k)
     ms, df = mean_squares(grid)
-    component = {t: sum((-1) ** (len(u) - len(t)) * ms[u] for u in subsets if set(t) <= set(u))
-                 / math.prod(grid.shape[a] for a in range(k) if a not in t) for t in subsets}
-    kept = {t for t in subsets if component[t] > 0}
-    coef = {u: sum((-1) ** (len(u) - len(t)) for t in kept if set(t) <= set(u)) / n for u in subsets}
-    v = max(0.0, sum(coef[u] * ms[u] for u in subsets))
-    terms = sum((coef[u] * ms[u]) ** 2 / df[u] for u in subsets if coef[u] != 0.0)
-    nu = v * v / terms if terms > 0 else math.inf
-    se = math.sqrt(v)
-    satt = (value - _t(confidence, nu) * se, value + _t(confidence, nu) * se)
-    comps = {effect_name(t, factors): max(0.0, float(component[t])) for t in subsets}
-    out = CrossedInterval(value, nan, nan, confidence, se, float(nu), satt, _parts(ms, grid.shape, factors), comps,
-                          levels, dropped)
+    v, nu = (float(x) for x in satterthwaite(ms, df, grid.shape))
+    satt = (value - _t(confidence, nu) * math.sqrt(v), value + _t(confidence, nu) * math.sqrt(v))
+    comps = {effect_name(t, factors): max(0.0, float(c)) for t, c in components(ms, grid.shape).items()}
+    parts = tuple((name, float(p), float(df_q)) for name, p, df_q in crossed_parts(ms, df, grid.shape, factors))
+    out = CrossedInterval(value, nan, nan, confidence, math.sqrt(sum(p for _, p, _ in parts)), nu, satt, parts, comps,
+                          levels, dropped, parts_df=_shared_df(parts, grid.shape))
     low, high = out.bounds(confidence)
     return dataclasses.replace(out, low=low, high=high)
 

@@ -1,5 +1,7 @@
 """The crossed random-effects interval of asa.eval.random_effects against a hand computation, its special cases (one
-seed, missing pairs, no spread between seeds), the p it reads and a three-factor design's variance."""
+seed, missing pairs, no spread between seeds), the p it reads, a three-factor design's parts (which add up to the
+variance of the mean, the pretraining run's vanishing where runs do not differ), its coverage in a small simulation
+and the minimum detectable effect from a noncentral t."""
 from __future__ import annotations
 
 import itertools
@@ -9,7 +11,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from asa.eval.random_effects import crossed_interval, folded_interval, mean_squares
+from asa.eval.random_effects import (CrossedInterval, crossed_interval, crossed_parts, folded_interval, mde,
+                                     mean_squares, pooled_df)
 
 # 2 seeds × 4 test cases, worked by hand:
 #   grand mean 28 / 8 = 3.5; seed means 3, 4; case means 1.5, 3, 3.5, 6
@@ -18,7 +21,7 @@ from asa.eval.random_effects import crossed_interval, folded_interval, mean_squa
 #   residuals d − seed − case + grand: [0, −0.5, 0, 0.5], [0, 0.5, 0, −0.5] -> SS 1, MS_e = 1 / 3
 #   components: seed (2 − 1/3) / 4 = 5/12, case (7 − 1/3) / 2 = 10/3, seed×case 1/3
 #   V = (2 + 7 − 1/3) / 8 = 13/12; Satterthwaite ν = (26/3)² / (2²/1 + 7²/3 + (1/3)²/3) = 3.6873
-#   per-factor parts: seeds 2 / 8 = 0.25 at t_1, cases (7 − 1/3) / 8 = 5/6 at t_3
+#   per-factor parts: seeds 2 / 8 = 0.25 at t_1, cases (7 − 1/3) / 8 = 5/6 at t_3, in quadrature
 D = np.array([[1.0, 2.0, 3.0, 6.0], [2.0, 4.0, 4.0, 6.0]])
 
 
@@ -36,6 +39,7 @@ def test_the_interval_of_a_small_balanced_table_is_the_hand_computed_one():
     assert r.satterthwaite == pytest.approx((3.5 - half, 3.5 + half))
     assert [(name, v, df) for name, v, df in r.parts] == [("seed", pytest.approx(0.25), 1.0),
                                                            ("case", pytest.approx(5 / 6), 3.0)]
+    assert math.isnan(r.parts_df) and r.se ** 2 == pytest.approx(13 / 12)  # one draw factor: parts in quadrature
     half = math.sqrt(stats.t.ppf(0.975, 1) ** 2 * 0.25 + stats.t.ppf(0.975, 3) ** 2 * 5 / 6)  # 6.986
     assert (r.low, r.high) == pytest.approx((3.5 - half, 3.5 + half)) and half == pytest.approx(6.986, abs=1e-3)
     lo90, hi90 = r.bounds(0.90)  # the one-sided 95 % bounds: t_{0.95} of each part
@@ -43,15 +47,16 @@ def test_the_interval_of_a_small_balanced_table_is_the_hand_computed_one():
     assert (lo90, hi90) == pytest.approx((3.5 - half90, 3.5 + half90))
 
 
-def test_p_is_the_interval_s_dual_and_the_mde_adds_the_power_quantile():
+def test_p_is_the_interval_s_dual_and_the_mde_is_the_noncentral_t_s():
     r = crossed_interval(D - 1.0)  # mean 2.5
     assert 0.0 < r.p < 1.0
     lo, _ = r.bounds(1.0 - r.p)  # the 1 − p interval just reaches 0
     assert lo == pytest.approx(0.0, abs=1e-8)
-    # one part alone: (t_{0.975} + t_{0.8}) · se, the textbook power formula
+    # one part alone: the noncentral t at that part's df, above the textbook (t_{0.975} + t_{0.8}) · se
     one = crossed_interval(np.array([[0.1, 0.3, 0.2, 0.6], [0.1, 0.3, 0.2, 0.6]]))  # no seed spread
-    se, df = math.sqrt(one.parts[1][1]), 3
-    assert one.parts[0][1] == 0.0 and one.mde() == pytest.approx((stats.t.ppf(0.975, df) + stats.t.ppf(0.8, df)) * se)
+    se, df = math.sqrt(one.parts[1][1]), one.parts[1][2]
+    assert one.parts[0][1] == 0.0 and one.interval_df() == df and one.mde() == pytest.approx(mde(se, df))
+    assert one.mde() > (stats.t.ppf(0.975, df) + stats.t.ppf(0.8, df)) * se
     # twice the seeds: the same components, a smaller seed part
     same = r.projected({"seed": 2, "case": 4})  # no component truncated: the expected mean squares are the observed
     assert [v for _, v, _ in same.parts] == pytest.approx([v for _, v, _ in r.parts])
@@ -90,8 +95,95 @@ def test_three_crossed_factors_give_the_alternating_sum_of_mean_squares():
     # E[MS_pretraining] = σ²_e + 5 σ²_ps + 4 σ²_pc + 20 σ²_p: the components give back the mean square
     expect = c["pretraining×seed×case"] + 5 * c["pretraining×seed"] + 4 * c["pretraining×case"] + 20 * c["pretraining"]
     assert ms[(0,)] == pytest.approx(expect)
-    assert [name for name, _, _ in r.parts] == ["pretraining", "seed", "case"]
-    assert r.low < r.value < r.high
+    # the parts do not overlap: the run component alone, then the seeds' and the cases' of the run-averaged table
+    n = d.size
+    assert [(name, v) for name, v, _ in r.parts] == [
+        ("pretraining", pytest.approx((ms[(0,)] - ms[(0, 1)] - ms[(0, 2)] + ms[(0, 1, 2)]) / n)),
+        ("seed", pytest.approx(ms[(1,)] / n)), ("case", pytest.approx((ms[(2,)] - ms[(1, 2)]) / n))]
+    assert sum(v for _, v, _ in r.parts) == pytest.approx(r.se ** 2)  # their sum is V
+    assert r.parts[0][1] == pytest.approx(c["pretraining"] / 3)  # σ̂²_run / P
+    # the run part's df: Satterthwaite's for its four mean squares, within [1, P − 1]; the others' n − 1
+    terms = (ms[(0,)] ** 2 / 2 + ms[(0, 1)] ** 2 / 6 + ms[(0, 2)] ** 2 / 8 + ms[(0, 1, 2)] ** 2 / 24) / n ** 2
+    assert r.parts[0][2] == pytest.approx(min(2.0, max(1.0, r.parts[0][1] ** 2 / terms)))
+    assert [df for _, _, df in r.parts[1:]] == [3.0, 4.0]
+    assert r.parts_df == pytest.approx(pooled_df(r.parts)) and 1.0 <= r.parts_df
+    half = stats.t.ppf(0.975, r.parts_df) * r.se
+    assert (r.low, r.high) == pytest.approx((r.value - half, r.value + half))
+    assert r.p == pytest.approx(2 * stats.t.sf(abs(r.value) / r.se, r.parts_df))
+    lo, _ = r.bounds(1.0 - r.p)
+    assert lo == pytest.approx(0.0, abs=1e-9) or r.value < 0
+
+
+def _planned(sd: dict[str, float], shape: tuple[int, int, int]) -> CrossedInterval:
+    """The interval whose variance components are ``sd`` squared (the expected mean squares' parts)."""
+    factors = ("pretraining", "seed", "case")
+    planned = CrossedInterval(0.0, math.nan, math.nan, 0.95, math.nan, math.nan,
+                              components={k: v * v for k, v in sd.items()}, levels=dict(zip(factors, shape)))
+    return planned.projected(planned.levels)
+
+
+SD = {"pretraining": 0.0, "seed": 0.05, "case": 0.04, "pretraining×seed": 0.03, "pretraining×case": 0.02,
+      "seed×case": 0.03, "pretraining×seed×case": 0.06}
+
+
+def test_the_parts_add_up_to_the_variance_of_the_mean_and_the_run_part_vanishes_without_run_spread():
+    shape = (3, 4, 10)
+    truth = sum(v * v / math.prod(n for n, f in zip(shape, ("pretraining", "seed", "case")) if f in k.split("×"))
+                for k, v in SD.items())
+    planned = _planned(SD, shape)  # expected mean squares: each part its exact share of V
+    assert planned.parts[0][1] == pytest.approx(0.0, abs=1e-15)
+    assert sum(v for _, v, _ in planned.parts) == pytest.approx(truth)
+    assert _planned({**SD, "pretraining": 0.02}, shape).parts[0][1] == pytest.approx(0.02 ** 2 / 3)
+    # simulated studies with no run spread: the run part's untruncated mean is 0, the whole run mean square's is not
+    rng = np.random.default_rng(1)
+    d = np.zeros((4000, *shape))
+    for k, v in SD.items():
+        axes = [f in k.split("×") for f in ("pretraining", "seed", "case")]
+        d = d + rng.normal(0.0, v, (4000, *(n if a else 1 for n, a in zip(shape, axes))))
+    ms, df = mean_squares(d, factors=3)
+    n = math.prod(shape)
+    raw = (ms[(0,)] - ms[(0, 1)] - ms[(0, 2)] + ms[(0, 1, 2)]) / n
+    assert abs(raw.mean()) < 3 * raw.std() / math.sqrt(len(raw))
+    assert (ms[(0,)] / n).mean() > 20 * abs(raw.mean())  # the run part before: MS_run / N at t_{P−1}
+    parts = crossed_parts(ms, df, shape, ("pretraining", "seed", "case"))
+    total = sum(v for _, v, _ in parts)
+    assert total.mean() == pytest.approx(truth, rel=0.05)  # V, up to the truncation of the run part at 0
+    assert (ms[(0,)] / n + ms[(1,)] / n + np.maximum(ms[(2,)] - ms[(0, 1, 2)], 0) / n).mean() > 1.1 * truth  # before
+
+
+def test_the_pooled_interval_covers_near_its_level_in_a_small_simulation():
+    shape, sd = (3, 3, 12), {**SD, "pretraining": 0.03}
+    rng = np.random.default_rng(2)
+    datasets = 4000
+    d = np.zeros((datasets, *shape))
+    for k, v in sd.items():
+        axes = [f in k.split("×") for f in ("pretraining", "seed", "case")]
+        d = d + rng.normal(0.0, v, (datasets, *(n if a else 1 for n, a in zip(shape, axes))))
+    ms, df = mean_squares(d, factors=3)
+    parts = crossed_parts(ms, df, shape, ("pretraining", "seed", "case"))
+    half = stats.t.ppf(0.975, pooled_df(parts)) * np.sqrt(sum(v for _, v, _ in parts))
+    mean = d.mean(axis=(1, 2, 3))
+    coverage = np.mean(np.abs(mean) <= half)
+    assert 0.945 <= coverage <= 0.98  # ± 0.0035 at 0.95
+    one = crossed_interval(d[7], factors=("pretraining", "seed", "case"))  # the batch is the interval, study by study
+    assert (one.value, one.high) == pytest.approx((mean[7], mean[7] + half[7]))
+
+
+def test_the_minimum_detectable_effect_is_the_noncentral_t_s():
+    assert mde(1.0, math.inf) == pytest.approx(stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) == pytest.approx(2.8016,
+                                                                                                             abs=1e-4)
+    assert mde(0.5, 1e5) == pytest.approx(0.5 * 2.8016, abs=1e-3)
+    textbook = stats.t.ppf(0.975, 1) + stats.t.ppf(0.8, 1)  # 14.08: 73 % power at 1 df, not 80 %
+    assert stats.nct.sf(stats.t.ppf(0.975, 1), 1, textbook) == pytest.approx(0.731, abs=1e-3)
+    assert mde(1.0, 1) > textbook and stats.nct.sf(stats.t.ppf(0.975, 1), 1, mde(1.0, 1)) == pytest.approx(0.8)
+    # a one-sample t test of 10 cases: the mean that 80 % of studies detect, checked by simulating the studies
+    se, rng = 1 / math.sqrt(10), np.random.default_rng(3)
+    x = rng.normal(mde(se, 9), 1.0, (20000, 10))
+    t = x.mean(axis=1) / (x.std(axis=1, ddof=1) / math.sqrt(10))
+    assert np.mean(t > stats.t.ppf(0.975, 9)) == pytest.approx(0.8, abs=0.01)
+    assert mde(se, 9) == pytest.approx(0.996, abs=1e-3) and mde(0.0, 3) == 0.0 and math.isnan(mde(1.0, math.nan))
+    with pytest.raises(ValueError, match="power"):
+        mde(1.0, 5, power=1.0)
 
 
 def test_the_cross_validated_interval_of_a_small_design_is_the_hand_computed_one():
