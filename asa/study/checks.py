@@ -27,10 +27,9 @@ LABELED_PARTS = {"test": "test", "val": "validation", "supervised": "positive co
 
 def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: Mapping[str, list[str]],
                   encoders: Mapping[str, str] | None = None, *, accept: bool) -> dict[str, Any]:
-    """Every labeled case (`LABELED_PARTS`) against the pretraining cohort and each ``encoders`` file's (the rule every
-    fine-tuning run applies, `cohort_overlap`), and against the cohort's files for skull-stripped or defaced copies,
-    which the fingerprint and the runs' check miss. Refused (exit 2) unless ``accept``: then the cases are listed and
-    every run accepts them (`overlap_overrides`). The cohort's record is kept in checks/cohort.json."""
+    """Every labeled case (`LABELED_PARTS`) against the pretraining cohort and each ``encoders`` file's (each run's
+    rule, `cohort_overlap`), and against the cohort's files for skull-stripped or defaced copies, which the fingerprint
+    misses. Refused (exit 2) unless ``accept`` (then every run accepts them); the record in checks/cohort.json."""
     by_id = {c.id: c for c in labeled}
     parts = {LABELED_PARTS[k]: [by_id[i] for i in split[k]] for k in LABELED_PARTS if split.get(k)}
     cohorts: dict[str, dict[str, Any]] = {}

@@ -110,8 +110,7 @@ def write_cohorts(out: Path, cases: Sequence, sizes: Sequence[int], seed: int,
 
 
 def write_noise(out: Path, cases: Sequence, n: int, seed: int, channels: Sequence[str] = ("t1",)) -> Path:
-    """The negative control's ``n`` noise volumes on the cohort's grid, a channel per ``channels`` and the T1 (a file
-    list needs it); written once."""
+    """The negative control's ``n`` noise volumes on the cohort's grid (the T1 always: a file list needs it)."""
     folder = out / "data" / f"noise-{n}"
     if not (folder / ".complete").is_file():
         first = load_volume(cases[0].images["t1"])

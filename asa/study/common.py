@@ -118,8 +118,7 @@ class Clock:
         return None if self.budget is None else self.budget - (time.monotonic() - self.start)
 
     def fits(self, seconds: float = 0.0) -> bool:
-        left = self.left()
-        return left is None or left > seconds
+        return (left := self.left()) is None or left > seconds
 
 
 def finished(ckpt: Path) -> bool:
@@ -167,6 +166,5 @@ def rows_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
     writer.writeheader()
-    for r in rows:
-        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
+    writer.writerows({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
     return buf.getvalue()

@@ -180,9 +180,8 @@ def pretraining_epochs(steps: int, subjects: int, batch: int) -> int:
 def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[str], cohorts: Mapping[int, Path],
                      noise: Path | None, *, seed: int, channels: Sequence[str] = ("t1",),
                      store: StoreCohort | None = None) -> list[Pretraining]:
-    """Every pretraining run: each arm per cohort size (``cohorts``: size -> its file list, or with ``store`` the
-    store and the run's splits.json) and the negative control on ``noise``, ``scale.pretrain_runs`` times each (run k
-    seeded ``seed`` + k, `run_name`), all reading ``channels`` in their order."""
+    """Every pretraining run: each arm per cohort size (``cohorts``: size -> file list, or ``store``) and the negative
+    control on ``noise``, ``scale.pretrain_runs`` times (run k seeded ``seed`` + k), reading ``channels`` in order."""
     common = ["data=bids", "data.layout=filelist", *channel_overrides(channels), f"data.num_workers={scale.workers}",
               "data.split.ratios=[0.8,0.2,0.0]", "optim=adamw_demo", "trainer.progress=false", "trainer.panel_every=0",
               "probe.every=0", f"seed={seed}", "resume=auto"]
@@ -206,12 +205,10 @@ def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[s
         resampling = store.resampling() if store is not None else []
         source = [*store.data(), *resampling] if stored else [f"data.root={data}", *resampling]
         layout = [f"data.layout={store.layout}"] if stored else common[1:2]
-        epochs = pretraining_epochs(scale.pretrain_steps, n, batch)
-        name = run_name(arm, n, k)
+        epochs, name = pretraining_epochs(scale.pretrain_steps, n, batch), run_name(arm, n, k)
         seeded = [f"seed={seed + k}" if o == f"seed={seed}" else o for o in common[2:]]
-        overrides = (*network.pretrain(arm), common[0], *layout, *seeded,
-                     f"data.crop={crop}", *source, f"trainer.epochs={epochs}", *per_rank,
-                     f"output_dir={out / 'pretrain' / name}")
+        overrides = (*network.pretrain(arm), common[0], *layout, *seeded, f"data.crop={crop}", *source,
+                     f"trainer.epochs={epochs}", *per_rank, f"output_dir={out / 'pretrain' / name}")
         runs.append(Pretraining(name, arm, n, overrides, coord=spec.coord, replicate=k))
     return runs
 
@@ -244,8 +241,7 @@ def write_store_splits(runs: Sequence[Pretraining], ids: Sequence[str], seed: in
 
 @dataclasses.dataclass(frozen=True)
 class Supervised:
-    """The positive control: its run folder, labeled set (``data`` at ``root``), cases and with ``channel`` the one
-    fine-tuning channel it reads (None: all)."""
+    """The positive control: its run folder, labeled set, cases and the one fine-tuning channel it reads (None: all)."""
 
     run_dir: Path
     data: str
@@ -255,9 +251,8 @@ class Supervised:
 
 
 def supervised_channel(fine: Sequence[str], pretrain: Sequence[str] | None) -> str | None:
-    """The fine-tuning channel the positive control trains on alone, or None (all of ``fine``): the one of ``fine``
-    that means t1 (`channel_of`) when the pretraining runs read the T1 alone (``pretrain`` ``["t1"]``) and the task
-    has more channels, so that its encoder reaches the task through the stem adaptation the pretrained arms take."""
+    """The channel of ``fine`` meaning t1 that the positive control trains on alone when the pretraining runs read the
+    T1 alone and the task has more (so it meets the task through the pretrained arms' stem adaptation); else None."""
     if pretrain is None or list(pretrain) != ["t1"] or len(fine) < 2:
         return None
     t1 = [name for name in fine if channel_of(name) == "t1"]
@@ -284,8 +279,7 @@ def supervised_splits(control: Supervised, split: Mapping[str, list[str]], seed:
 
 def finetune_arms(runs: Sequence[Pretraining], network: Network, supervised: Path | None,
                   encoders: Mapping[str, str]) -> dict[str, transfer.Tuned]:
-    """`transfer.Transfer.arms`: the scratch twin (and its coordinate twin when an arm pretrains with the channel),
-    the positive control, every pretrained encoder and every --encoder file."""
+    """`transfer.Transfer.arms`: the scratch twins, the positive control, every pretrained encoder and --encoder."""
     base = tuple(network.finetune)
     arms = {SCRATCH: transfer.Tuned(base)}
     if any(run.coord for run in runs):
@@ -342,8 +336,7 @@ def cv_supervised(out: Path, split: Mapping[str, Any], data: str, root: Path, ch
 
 
 def recipe_overrides(recipe: str, encoder_lr_scale: float) -> list[str]:
-    """``optim=<recipe>`` and, for ``adamw``, one encoder lr scale for every arm (the preset keeps its own for an
-    encoder from scratch)."""
+    """``optim=<recipe>``; for adamw one encoder lr scale for every arm (the preset keeps its own for scratch)."""
     scales = [f"optim.encoder_lr_scale={encoder_lr_scale}", f"optim.scratch_encoder_lr_scale={encoder_lr_scale}"]
     return [RECIPES[recipe], *(scales if recipe == "adamw" else [])]
 

@@ -1,8 +1,7 @@
-"""The probe stage of asa-study (``--probe-first``): every pretrained encoder, frozen, probed by asa-probe on labeled
-cases the study does not score (validation and training pool) before any fine-tuning, a random-init twin the floor it
-is read against; the primary probe named before anything trains, from the primary endpoint; the factorial {uniform,
-attentive weight} × {no position code, coordinate channel} (`Arm.cell`), each effect taken within a pretraining seed
-and read over the seeds (the replicate: t interval, seeds − 1 df); the one arm fine-tuned: the highest mean probe."""
+"""The probe stage of asa-study (``--probe-first``): every pretrained encoder, frozen, probed by asa-probe before any
+fine-tuning on labeled cases the study does not score, a random-init twin the floor; the factorial {uniform, attentive
+weight} × {no position code, coordinate channel} read within each pretraining seed and over the seeds (t interval);
+the one arm fine-tuned: the highest mean primary probe (named before anything trains, from the primary endpoint)."""
 
 from __future__ import annotations
 
@@ -66,8 +65,7 @@ def probe_unit(out: Path, runs: Sequence[Pretraining], *, data: str, root: Path,
 
 
 def read_probes(record: Mapping[str, Any], runs: Sequence[Pretraining], keys: Sequence[str]) -> list[dict[str, Any]]:
-    """A row per probed encoder (the runs, then the random-init twin): arm, replicate, the primary probe (the mean
-    of ``keys``; its CI when one key), R² mean and k-NN accuracy."""
+    """A row per probed encoder (the runs, then the random-init twin); the primary probe: the mean of ``keys``."""
     by_name = {r["name"]: r for r in record["rows"]}
     out = []
     for run in [*runs, None]:
@@ -96,9 +94,8 @@ def factorial_effects(rows: Sequence[Mapping[str, Any]], *, confidence: float = 
         return []
     largest = max(r["cohort"] for r in arms)
     cells: dict[tuple[str, bool], dict[int, float]] = {}
-    for r in arms:
-        if r["cohort"] == largest:
-            cells.setdefault(ARMS[r["arm"]].cell, {})[r["replicate"]] = r["primary"]
+    for r in (r for r in arms if r["cohort"] == largest):
+        cells.setdefault(ARMS[r["arm"]].cell, {})[r["replicate"]] = r["primary"]
     seeds = sorted(set.intersection(*(set(v) for v in cells.values()))) if len(cells) == 4 else []
     if not seeds:
         return []

@@ -1,7 +1,6 @@
-"""The reading rules of asa-study (its page: `asa.study.report`): the primary question (at 95 %; the others under
-Holm), each contrast's interval, bound (two one-sided tests at ± the minimum effect) and verdict, and what the
-instruments allow: no answer where scratch learns nothing, a null needs a positive control that moved, a gain over
-scratch a negative control shown small, asa − mae weights that vary; the quick scale reads none."""
+"""The reading rules of asa-study: the primary question (at 95 %; the others under Holm), each contrast's interval,
+bound (two one-sided tests at ± the minimum effect) and verdict, and what the instruments allow: a scratch twin that
+learns, a positive control that moved for a null, a negative one shown small for a gain, asa weights that vary."""
 
 from __future__ import annotations
 
@@ -88,9 +87,8 @@ def control_faults(contrasts: Sequence[Mapping[str, Any]], *, min_effect: float)
 
 def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping[str, Any]], *,
                      min_effect: float) -> None:
-    """Give every question the reading its instruments allow, in place (after `read_family`): nulls and gains over
-    scratch per `control_faults`, asa − mae where its weights are near uniform (share above `UNIFORM_SHARE`), and
-    its pretraining runs' plateau flags (``flags``)."""
+    """Give every question the reading its instruments allow, in place (after `read_family`): `control_faults`,
+    asa − mae with near-uniform weights (share above `UNIFORM_SHARE`), its pretraining runs' plateau ``flags``."""
     faults = control_faults(contrasts, min_effect=min_effect)
 
     def runs_of(group: str) -> list[Mapping[str, Any]]:
@@ -154,9 +152,8 @@ def holm(p: Sequence[float]) -> list[float]:
 def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], encoders: Sequence[str] = (), *,
                   n_boot: int, min_effect: float = 0.01, endpoint: tuple[str, str] = KEYS[0]) -> list[dict[str, Any]]:
     """Each declared contrast whose arms were scored, per N: the paired difference (same N, seed, test case) of each
-    of `keys_of`, ``[value, low, high]`` on its crossed random-effects CI, the seed × case bootstrap beside it; for
-    the ``endpoint``: p, the one-sided 95 % bounds (``bound90``), the MDE at 80 % power (``mde``; ``mde_more``: with
-    twice the seeds, cases, pretraining runs) and the 95 % verdict with ``min_effect``."""
+    of `keys_of` with its crossed random-effects CI and the seed × case bootstrap; for the ``endpoint``: p, the 95 %
+    one-sided bounds (``bound90``), the MDE at 80 % power (``mde``, ``mde_more``) and the verdict at ``min_effect``."""
     groups = {statistics.group_of(r) for r in scores}
     key = endpoint[0]
     rows = []
@@ -176,12 +173,10 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], e
                 row["bootstrap"][k] = [boot.value, boot.low, boot.high]
                 if k == key:
                     row.update(p=est.p, bound90=list(est.bounds(0.90)), interval=est.to_dict(), mde=est.mde())
-                    if est.parts and "seed" in est.levels:
-                        row["mde_more"] = {"seeds": est.mde(levels={"seed": 2 * est.levels["seed"]}),
-                                           "cases": est.mde(levels={"case": 2 * est.levels["case"]})}
-                        if "pretraining" in est.levels:
-                            row["mde_more"]["pretraining runs"] = est.mde(
-                                levels={"pretraining": 2 * est.levels["pretraining"]})
+                    if est.parts and "seed" in est.levels:  # with twice the seeds, cases, pretraining runs
+                        levels = ("seed", "case", "pretraining")[:3 if "pretraining" in est.levels else 2]
+                        row["mde_more"] = {name: est.mde(levels={level: 2 * est.levels[level]})
+                                           for name, level in zip(("seeds", "cases", "pretraining runs"), levels)}
             v, lo, hi = row[key]
             row["bound"] = bound_text(*row["bound90"], min_effect=min_effect)
             row["verdict"] = verdict(lo, hi, v, min_effect=min_effect)
@@ -195,9 +190,8 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], e
 
 def read_family(rows: Sequence[dict[str, Any]], encoders: Sequence[str] = (), *, min_effect: float,
                 alpha: float = ALPHA) -> dict[str, Any] | None:
-    """Give every contrast its role and reading, in place: the controls and the primary question (the first of
-    `primary_order` that ran − its twin at the smallest N, else the first --encoder arm's) keep their 95 % verdict;
-    the others are exploratory, "helped" / "hurt" only where ``p_holm`` < ``alpha``. Returns the primary row."""
+    """Give every contrast its role and reading, in place: the controls and the primary (the first of `primary_order`
+    that ran, at the smallest N) keep their 95 % verdict; the others read on Holm (``p_holm`` < ``alpha``)."""
     questions = [r for r in rows if r["kind"] == "question"]
     for r in rows:
         r["role"] = "control" if r["kind"] != "question" else "exploratory"
@@ -219,8 +213,7 @@ def read_family(rows: Sequence[dict[str, Any]], encoders: Sequence[str] = (), *,
 
 
 def instrument_faults(contrasts: Sequence[Mapping[str, Any]], pilot: Mapping[str, Any]) -> list[str]:
-    """The instrument that fails every reading: a scratch twin that learns nothing (the pilot's mean test Dice under
-    `FOUND`, or its record says so), so every Δ is noise."""
+    """The instrument that fails every reading: a scratch twin that learns nothing, so every Δ is noise."""
     faults = []
     test = pilot.get("test") or {}
     mean = float(np.mean(list(test.values()))) if test else math.nan

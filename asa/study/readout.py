@@ -88,9 +88,8 @@ def pretraining_summary(run: Pretraining, seconds: float) -> dict[str, Any]:
 
 def optimiser_progress(steps: Sequence[int], scheduler: Mapping[str, Any], *, min_lr: float = 0.0,
                        power: float = 0.9) -> list[float]:
-    """The lr summed over the steps before each of ``steps``, over the whole schedule's (``scheduler``: a checkpoint's
-    record). Under a cosine decay the last quarter of the steps holds a twentieth of it, so a loss that flattens
-    there had no lr to fall with: it has not levelled."""
+    """The summed lr before each of ``steps`` over the whole schedule's: a cosine decay leaves the last quarter of the
+    steps a twentieth of it, so a loss flat there had no lr to fall with; it has not levelled."""
     total = int(scheduler["total_steps"])
     lrs = np.array([lr_at(t, total_steps=total, warmup_steps=int(scheduler.get("warmup_steps", 0)),
                           base_lr=float(scheduler.get("base_lr", 1.0)), schedule=str(scheduler.get("name", "constant")),
@@ -108,8 +107,7 @@ def loss_plateau(losses: Sequence[float], *, tol: float = PLATEAU_TOL,
         return {"plateau": None, "loss_drop": math.nan, "loss_rise": math.nan, "tol": tol}
     n = len(losses)
     at = np.asarray(progress if progress is not None else [(i + 1) / n for i in range(n)], dtype=float)
-    edge = 0.75 * at[-1]
-    first = min(max(1, int(np.searchsorted(at, edge, side="right"))), n - 1)  # the first past 3/4, one at least
+    first = min(max(1, int(np.searchsorted(at, 0.75 * at[-1], side="right"))), n - 1)  # the first past 3/4
     start = losses[first - 1]
     drop = (start - min(losses[first:])) / abs(start) if start else 0.0
     best = min(losses)

@@ -48,9 +48,8 @@ def mde_line(primary: Mapping[str, Any] | None, *, min_effect: float) -> list[st
 
 def control_line(row: Mapping[str, Any], *, min_effect: float, read: bool = True, trained_on: str = "",
                  primary_mde: float = math.nan) -> str:
-    """A control's reading: the negative control must be shown small (its one-sided 95 % bound under ``min_effect``:
-    a CI touching 0 is not enough); the positive control says what it trained on and whether the primary could see
-    a gain of its size (``primary_mde``). ``read`` False: its numbers alone."""
+    """A control's reading: the negative must be shown small (its one-sided 95 % bound under ``min_effect``: a CI
+    touching 0 is not enough); the positive says whether the primary can see its gain (``primary_mde``)."""
     v, lo, hi = row[row["endpoint"]]
     ci = f"Δ {row['endpoint_label']} {v:+.3f} [{lo:+.3f}, {hi:+.3f}] at N = {row['n']}"
     name = "Positive control" if row["kind"] == "positive" else "Negative control"
@@ -98,8 +97,7 @@ def _ci(values: Sequence[float]) -> str:
 
 
 def question_line(row: Mapping[str, Any], *, min_effect: float) -> str:
-    """One answer: the question, N, the verdict, its bound, the Δ of the endpoint it was read on, its pretraining
-    runs' plateau flags; the other scores beside it as information."""
+    """One answer: the question, N, the verdict, its bound and Δ; the other scores beside it as information."""
     p = f"; Holm p = {row['p_holm']:.3f}" if "p_holm" in row else ""
     key = row["endpoint"]
     line = (f"{row['question']} At N = {row['n']}: {reading(row, min_effect=min_effect)}; {row['bound']} "
@@ -234,8 +232,7 @@ def read_scores(path: Path, classes: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def class_rows(scores: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> list[dict[str, Any]]:
-    """Per arm (its pretraining runs pooled) and N, each class's paired Δ Dice to the arm's twin with its crossed
-    random-effects CI (``Dice_<class>``: [value, low, high])."""
+    """Per arm (its pretraining runs pooled) and N, each class's paired Δ Dice to its twin, [value, low, high]."""
     groups = {statistics.group_of(r): str(r.get("encoder_arm") or r["arm"]) for r in scores}
     rows = []
     for n in sorted({int(r["n"]) for r in scores}):

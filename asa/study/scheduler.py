@@ -88,9 +88,8 @@ def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, f
     pending = [u for u in units if not u.done()]
     running: dict[subprocess.Popen, tuple[Unit, float]] = {}
 
-    def ready(unit: Unit) -> bool:
-        waits = set(unit.after)
-        return not any(u.name in waits for u in pending) and not any(u.name in waits for u, _ in running.values())
+    def ready(unit: Unit) -> bool:  # none of the units it comes after is pending or running
+        return not set(unit.after) & {u.name for u in [*pending, *(u for u, _ in running.values())]}
 
     def stop_all() -> None:
         signal_children(signal.SIGUSR1)
@@ -124,9 +123,8 @@ def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, f
 
 
 def stop_on_signals(work: Callable[[], int], stopped: Callable[[Stopped, list[str]], None]) -> int:
-    """``work()``'s exit code. SIGTERM or SIGINT meanwhile reaches every running child as SIGTERM (a further SIGINT
-    is ignored while they save), ``stopped(signal, the names of the children that ran)`` says what was kept, and the
-    code is 128 + the signal's number (143, 130)."""
+    """``work()``'s exit code; SIGTERM or SIGINT meanwhile reaches every running child as SIGTERM (a further SIGINT is
+    ignored while they save), ``stopped(signal, names of the children that ran)`` says what was kept; 128 + signum."""
     previous = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         return work()

@@ -21,8 +21,7 @@ VAL_PLATEAU_TOL = 0.02  # spread (max − min) of validation Dice over a run's l
 
 
 def val_plateau(dice: Sequence[float], *, tol: float = VAL_PLATEAU_TOL, tail: float = 0.2) -> dict[str, Any]:
-    """Whether a run's validation Dice plateaued: its spread (max − min) over the last ``tail`` of the rounds (at
-    least 2) ≤ ``tol``; NaN / None under 3 rounds."""
+    """Whether validation Dice plateaued: its spread over the last ``tail`` of the rounds (2 at least) ≤ ``tol``."""
     v = np.asarray(dice, dtype=float)
     if v.size < 3:
         return {"val_dice": float(v[-1]) if v.size else math.nan, "val_spread": math.nan, "val_plateau": None}
@@ -71,9 +70,8 @@ def logged_budget(run_dir: Path) -> dict[str, Any]:
 
 
 def converged_budget(curve: Sequence[Sequence[float]], *, tol: float = 0.01, window: int = 3) -> dict[str, Any]:
-    """The step at which a validation-Dice curve stopped rising: the first round whose trailing mean over ``window``
-    rounds is within ``tol`` of the best. ``converged``: that round lies in the first three quarters, so the curve
-    stayed flat for the last quarter at least (False: still rising; the budget is only a lower bound)."""
+    """The step where a validation-Dice curve stopped rising: the first round whose trailing mean (``window``) is within
+    ``tol`` of the best; ``converged``: in the first three quarters (False: still rising, the budget a lower bound)."""
     if len(curve) < 2 * window:
         raise ValueError(f"converged_budget needs at least {2 * window} validation rounds, got {len(curve)}")
     steps = np.asarray([c[0] for c in curve], dtype=int)
@@ -247,8 +245,7 @@ def budget_table(budgets: Sequence[Mapping[str, Any]]) -> str:
 
 def write_outputs(scores: list[dict], names: Sequence[str], reference: str | Mapping[str, str], out: Path, *,
                   n_boot: int = 10000, budgets: Sequence[Mapping[str, Any]] = (), undone: int = 0) -> str:
-    """scores.csv, transfer.md / .csv, runs.csv and dice_vs_cases.svg under ``out`` (``reference``: an arm, or arm ->
-    its reference); returns the Markdown."""
+    """scores.csv, transfer.md / .csv, runs.csv and dice_vs_cases.svg under ``out``; returns the Markdown."""
     rows = summarize(scores, names, reference, n_boot=n_boot)
     label = (reference if isinstance(reference, str)
              else " / ".join(dict.fromkeys(v for k, v in reference.items() if k != v)) or "reference")

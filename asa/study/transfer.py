@@ -1,10 +1,7 @@
-"""Does pretraining help? A `Transfer` (asa-study's pilot or transfer stage) fine-tunes arms (`Tuned`) × N labeled
-cases × seeds, every run the same optimiser steps (rounded to whole epochs, so the lr schedule ends with the run).
-Each run is a scheduler unit (``asa-finetune``, continued from its last.pt after a stop), and so is its scoring
-(``python -m asa.study.transfer`` over a share of the runs, after they trained): Dice, HD95 (mm) and NSD per class,
-and Dice with the encoder zeroed. In ``out``: ``runs/<arm>-n<N>-s<seed>/``, ``scores.csv`` (a row per run and test
-case, its identity as columns: ``encoder_arm``, ``cohort``, ``replicate``, ``group``) and the tables of
-`asa.study.tables`."""
+"""Does pretraining help? A `Transfer` (asa-study's pilot or transfer stage) fine-tunes arms × N labeled cases ×
+seeds, every run the same optimiser steps (whole epochs, so the lr schedule ends with the run); each run and its scoring
+is a scheduler unit. In ``out``: ``runs/<arm>-n<N>-s<seed>/``, ``scores.csv`` (a row per run and test case, its
+identity as columns) and the tables of `asa.study.tables`."""
 
 from __future__ import annotations
 
@@ -23,7 +20,10 @@ import torch
 from asa.api.config import compose_config
 from asa.api.machinery.dataset import dataset_root
 from asa.data import discover, get_task
+from asa.eval.predict import Predictor
+from asa.eval.reliance import encoder_reliance
 from asa.io import atomic_write_json, load_checkpoint
+from asa.models import capabilities
 from asa.study.arms import SCRATCH, label, twin_of
 from asa.study.common import finished, module_argv, refuse
 from asa.study.scheduler import Unit
@@ -33,8 +33,7 @@ from asa.study.tables import logged_budget, write_outputs
 
 @dataclasses.dataclass(frozen=True)
 class Tuned:
-    """An arm of a transfer study: its asa-finetune ``overrides`` and what it is: the declared ``arm`` (or an
-    --encoder arm's name), the ``cohort`` and ``replicate`` of its pretraining (none if not pretrained by the study)."""
+    """An arm's asa-finetune ``overrides`` and what it is: its declared ``arm``, ``cohort`` and ``replicate``."""
 
     overrides: tuple[str, ...]
     arm: str = SCRATCH
@@ -50,8 +49,7 @@ class Tuned:
 
 @dataclasses.dataclass(frozen=True)
 class Transfer:
-    """One transfer study: ``arms`` (name -> `Tuned`) × N labeled cases × seeds, scored on fixed test cases (with
-    ``folds``, on cross-validated ones)."""
+    """``arms`` × N labeled cases × seeds, scored on fixed test cases (with ``folds``, on cross-validated ones)."""
 
     out: Path
     arms: Mapping[str, Tuned]
@@ -84,16 +82,14 @@ class Transfer:
 
 
 def references(arms: Mapping[str, Tuned]) -> dict[str, str]:
-    """Arm -> the arm its paired differences are taken against: its twin (`asa.study.arms.twin_of`: the arm that
-    differs from it by its encoder alone), itself when the twin did not run."""
+    """Arm -> the arm its paired differences are taken against: its twin, or itself when the twin did not run."""
     return {name: twin_of(t.arm) if twin_of(t.arm) in arms and twin_of(t.arm) != name else name
             for name, t in arms.items()}
 
 
 def cv_draws(ids: Sequence[str], *, folds: int, repeats: int, val: int, seed: int) -> list[dict[str, Any]]:
-    """The draws of repeated K-fold cross-validation, draw g = repeat · ``folds`` + fold: each repeat permutes the
-    cases and cuts ``folds`` folds; a draw tests on its fold, validates on the first ``val`` of the rest and draws N
-    from the others (its pool). Every case is a test case once per repeat."""
+    """The draws of repeated K-fold cross-validation, g = repeat · ``folds`` + fold: its fold to test on, the first
+    ``val`` of the rest to validate on, the others its pool. Every case is a test case once per repeat."""
     ids = sorted(ids)
     if folds < 2 or folds > len(ids):
         refuse(f"--folds {folds}: expected 2 .. {len(ids)} for a dataset of {len(ids)} cases")
@@ -197,8 +193,7 @@ def plan_runs(s: Transfer) -> tuple[list[Run], list[str], Any, list[str]]:
 
 
 def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequence[str], dataset: str) -> list[Unit]:
-    """One ``asa-finetune`` unit per run (on its splits.json, its test part every case it never sees; done when
-    scored or through its schedule), then ``jobs`` scoring units, each over every ``jobs``-th run after they trained."""
+    """One ``asa-finetune`` unit per run, then ``jobs`` scoring units, each over every ``jobs``-th run once trained."""
     out = Path(s.out).expanduser().absolute()
     logs = s.logs or out / "logs"
     trained = []
@@ -208,8 +203,8 @@ def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequen
             rest = sorted(set(ids) - set(run.train) - set(run.val))
             atomic_write_json(run.run_dir / "splits.json", {"train": list(run.train), "val": list(run.val),
                                                             "test": rest, "dataset": dataset, "seed": run.seed})
-        trained.append(Unit(f"{out.name}/{run.run_dir.name}", module_argv("asa.cli.finetune", *run.overrides,
-                                                                          "resume=auto"),
+        argv = module_argv("asa.cli.finetune", *run.overrides, "resume=auto")
+        trained.append(Unit(f"{out.name}/{run.run_dir.name}", argv,
                             lambda run=run, ckpt=ckpt: run.scores_file.is_file() or finished(ckpt),
                             logs / f"{run.run_dir.name}.log", threads=s.threads))
     scoring = []
@@ -227,13 +222,8 @@ def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequen
 
 def score(run: Run, by_id: Mapping[str, Any], test_ids: Sequence[str], device: str,
           drop_checkpoints: bool = False) -> dict[str, Any]:
-    """Score the finished ``run`` on its test cases (its fold, or ``test_ids``) and read its budget check, kept in
-    ``<run>/scores.json`` so a rerun neither trains nor predicts again (``drop_checkpoints``: then its checkpoints go,
-    leaving a study folder small enough to carry between machines)."""
-    from asa.eval.predict import Predictor
-    from asa.eval.reliance import encoder_reliance
-    from asa.models import capabilities
-
+    """Score the finished ``run`` on its test cases and read its budget check, kept in ``<run>/scores.json`` so a rerun
+    neither trains nor predicts again (``drop_checkpoints``: a study folder small enough to carry between machines)."""
     ckpt = run.run_dir / "checkpoints" / "last.pt"
     predictor = Predictor.from_checkpoint(ckpt, device=torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)))
@@ -247,8 +237,7 @@ def score(run: Run, by_id: Mapping[str, Any], test_ids: Sequence[str], device: s
                  **({"repeat": run.repeat, "fold": run.fold} if run.repeat is not None else {})}
         for metric in ("Dice", "Dice_zeroed", "HD95", "NSD"):
             column = (lambda c: f"Dice_{c}_zeroed") if metric == "Dice_zeroed" else (lambda c: f"{metric}_{c}")
-            for name in task.output_names:
-                entry[column(name)] = row[column(name)]
+            entry.update({column(c): row[column(c)] for c in task.output_names})
             entry[column("mean")] = float(np.mean([row[column(c)] for c in task.output_names]))
         scores.append(entry)
     seconds = _train_seconds(run, math.nan)
@@ -284,8 +273,7 @@ def score_main(spec_file: str) -> None:
 
 def results(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], probe_cfg: Any,
             spent: Mapping[str, float]) -> bool:
-    """Add this call's training seconds (``spent``: per unit) to each run's wall_time.json, write the outputs of the
-    scored runs (a partial table while runs are left) -> whether every run is scored."""
+    """Add this call's seconds (``spent``) to each run's wall_time.json, write the scored runs' outputs -> all done?"""
     out = Path(s.out).expanduser().absolute()
     for run in runs:  # each run's wall time adds the parts of every call that trained it
         if (seconds := spent.get(f"{out.name}/{run.run_dir.name}", 0.0)) > 0:
