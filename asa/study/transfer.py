@@ -1,7 +1,6 @@
-"""Does pretraining help? A `Transfer` (asa-study's pilot or transfer stage) fine-tunes arms × N labeled cases ×
-seeds, every run the same optimiser steps (whole epochs, so the lr schedule ends with the run); each run and its scoring
-is a scheduler unit. In ``out``: ``runs/<arm>-n<N>-s<seed>/``, ``scores.csv`` (a row per run and test case, its
-identity as columns) and the tables of `asa.study.tables`."""
+"""Does pretraining help? A `Transfer` (asa-study's pilot or transfer stage) fine-tunes arms × N labeled cases × seeds,
+every run the same optimiser steps (whole epochs: the lr schedule ends with the run), each run and its scoring a
+scheduler unit; in ``out``: ``runs/<arm>-n<N>-s<seed>/``, ``scores.csv`` and the tables of `asa.study.tables`."""
 
 from __future__ import annotations
 
