@@ -9,7 +9,7 @@
 #   loops.json                    the real asa-pretrain loop (benchmarks.loop --cohort) for a 64-case and a 2,000-case
 #                                 cohort, each modelled from 64 synthetic brains, SW-ViT base 128³ (fp16, batch 8,
 #                                 8 workers) and ResEnc-L 160³ (batch 8): loop / step at the configured cadence
-#                                 (trainer=default: a round at most every 200 steps) and at a round every epoch's end,
+#                                 (trainer=default: a round at most every 400 steps) and at a round every epoch's end,
 #                                 one JSON per part under its name
 #   swvit_step.json               the SW-ViT base step (fp16, batch 24) against its pre-issue-97 copies (variant
 #                                 copies) and its fp32 residual stream (fp32_stream), each step's CUDA time by kernel

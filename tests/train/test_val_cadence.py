@@ -80,9 +80,9 @@ def test_a_negative_floor_is_refused_naming_it(bad):
 
 
 def test_the_presets_cadence():
-    """asa-pretrain's trainer=default (and paper, which builds on it) floors the rounds at 200 steps; the Python
+    """asa-pretrain's trainer=default (and paper, which builds on it) floors the rounds at 400 steps; the Python
     API's TrainConfig and asa-finetune keep a round at every epoch's end."""
-    assert compose_config("pretrain", []).trainer.val_min_steps == 200
-    assert compose_config("pretrain", ["trainer=paper"]).trainer.val_min_steps == 200
+    assert compose_config("pretrain", []).trainer.val_min_steps == 400
+    assert compose_config("pretrain", ["trainer=paper"]).trainer.val_min_steps == 400
     assert compose_config("finetune", []).trainer.val_min_steps == 0
     assert TrainConfig().val_min_steps == 0
