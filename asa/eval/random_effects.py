@@ -22,9 +22,11 @@ Two intervals come from them:
   seeds the seed part carries ``t_1`` whatever its mean square. Pretraining runs × seeds × cases: the run
   component alone, ``(MS_p − MS_ps − MS_pc + MS_psc)⁺ / N = σ̂²_p / P`` (0 in expectation where runs do not
   differ), then the seed and case parts of the table averaged over runs (``MS_seed / N``, ``(MS_case −
-  MS_seed×case)⁺ / N``); each part's df is Satterthwaite's for its mean squares (at most n_f − 1), and the parts
-  share one t (`pooled_df`: Welch–Satterthwaite over the parts, each at its upper 75 % bound), since two small-df
-  parts in quadrature ignore that their sum is better known than either (up to 2× the oracle's detectable effect).
+  MS_seed×case)⁺ / N``, at S − 1 and C − 1 df; the run part's df Satterthwaite's for its four mean squares, within
+  [1, P − 1]). From 3 runs and 3 seeds the parts share one t (`pooled_df`: Welch–Satterthwaite over the parts, each
+  at its upper 75 % bound), since small-df parts in quadrature ignore that their sum is better known than either;
+  with 2 runs the run part, a one-df difference, is negative as often as not where it dominates, so it is the runs'
+  whole spread ``MS_p / N`` at ``t_1`` (overlapping, as the interval was) and the parts add in quadrature.
   Coverage and power against an oracle: docs/studies.md (`benchmarks/interval_power.py`,
   `benchmarks/interval_coverage.py`). The minimum detectable effect (`mde`): a noncentral t at the interval's df.
 
