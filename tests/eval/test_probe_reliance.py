@@ -137,10 +137,12 @@ def test_pretraining_probe_reads_a_labeled_folder_given_as_probe_data(tmp_path):
 
     root = write_demo_dataset("ibsr", tmp_path / "ibsr", cases=3, size=32, seed=2)
     cfg = load_config("pretrain", "model=tiny", "data.crop=32", f"probe.data={root}", "probe.cases=2")
-    probe = _probe(cfg, _method(cfg))  # the method gives the probe its patch size and its encoder tokens
+    method = _method(cfg)
     torch.manual_seed(0)
-    metrics = probe(ASA(img_size=32, **PRESETS["tiny"]).eval())
+    net = method.build_network().eval()
+    probe = _probe(cfg, method, method.probe_stride(net))  # the method gives the probe its stride and its tokens
+    metrics = probe(net)
     assert set(metrics) == {"probe/r2_CSF", "probe/r2_GM", "probe/r2_WM", "probe/r2_mean", "probe/knn_acc"}
     missing = load_config("pretrain", "model=tiny", "data.crop=32", f"probe.data={tmp_path / 'nowhere'}")
     with pytest.raises(FileNotFoundError, match="probe.data="):
-        _probe(missing, _method(missing))
+        _probe(missing, _method(missing), 8)
