@@ -102,12 +102,12 @@ class AutogradNorm(MaskedInstanceNorm3d):
 
 
 def squares_summed(x: torch.Tensor) -> torch.Tensor:
-    """Σ x² as the visible-only norm took it before issue 97: the squares written in x's dtype, then summed in fp32."""
+    """Σ x² as the visible-only norm took it before 2026-11-27: the squares written in x's dtype, then summed in fp32."""
     return x.square().sum(dim=(2, 3, 4), keepdim=True, dtype=torch.float32)
 
 
 class PreviousNorm(MaskedInstanceNorm3d):
-    """The visible-only norm before issue 97 (``--previous``): Σ x² from the squares written out (`squares_summed`)
+    """The visible-only norm before 2026-11-27 (``--previous``): Σ x² from the squares written out (`squares_summed`)
     instead of one reduction, and the masked convolutions before it keep their output mask's backward
     (`MaskedConv3d`)."""
 
@@ -283,7 +283,7 @@ def traffic(crop: int, size: str, batch: int, *, dtype: torch.dtype, weighting: 
                 return net(x).loss
         return loss
 
-    def previous() -> torch.Tensor:  # the masked step before issue 97
+    def previous() -> torch.Tensor:  # the masked step as it was (--previous)
         with_norm(net, PreviousNorm, Workload("previous", lambda: None)).run()
         try:
             return net(x).loss
@@ -359,7 +359,7 @@ def measure(device: torch.device, crop: int, size: str, batch: int, *, repeats: 
     if fp32_norm:  # the same step with the norm's earlier statistics (an fp32 copy of each activation)
         work.append(with_norm(net, Fp32StatsNorm, train_workload("masked_fp32_norm", setup, net, adamw(net, batch),
                                                                   lambda: net(x).loss)))
-    if previous:  # the same step as before issue 97: Σx² from written squares, each conv's mask with its backward
+    if previous:  # the same step as before 2026-11-27: Σx² from written squares, each conv's mask with its backward
         work.append(with_norm(net, PreviousNorm, train_workload("masked_previous", setup, net, adamw(net, batch),
                                                                 lambda: net(x).loss)))
     if autograd_norm:  # the same step with the norm's earlier gradient (autograd's)
@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--fp32-norm", action="store_true",
                         help="also time the masked step with the visible-only norm's earlier fp32 statistics")
     parser.add_argument("--previous", action="store_true",
-                        help="also time the masked step as before issue 97 (the squares of the norm's statistics "
+                        help="also time the masked step as before 2026-11-27 (the squares of the norm's statistics "
                              "written out, each masked convolution's output mask with its own backward)")
     parser.add_argument("--autograd-norm", action="store_true",
                         help="also time the masked step with the visible-only norm's earlier gradient (autograd's)")

@@ -5,13 +5,13 @@
 # 9 minutes: the limits add up to 530 s), and writes its figures to OUT_DIR as JSON the moment it ends:
 #   masked_S.json, masked_L.json  the masked ResEnc pretraining step against the dense one, 160³, bf16
 #                                 (benchmarks.resenc): S at batch 8, ResEnc-L (M at 160³) at batch 4, with the step as
-#                                 before issue 97 timed beside (--previous: previous_over_dense)
+#                                 before 2026-11-27 timed beside (--previous: previous_over_dense)
 #   loops.json                    the real asa-pretrain loop (benchmarks.loop --cohort) for a 64-case and a 2,000-case
 #                                 cohort, each modelled from 64 synthetic brains, SW-ViT base 128³ (fp16, batch 8,
 #                                 8 workers) and ResEnc-L 160³ (batch 8): loop / step at the configured cadence
 #                                 (trainer=default: a round at most every 400 steps) and at a round every epoch's end,
 #                                 one JSON per part under its name
-#   swvit_step.json               the SW-ViT base step (fp16, batch 24) against its pre-issue-97 copies (variant
+#   swvit_step.json               the SW-ViT base step (fp16, batch 24) against its earlier copies (variant
 #                                 copies) and its fp32 residual stream (fp32_stream), each step's CUDA time by kernel
 #                                 family for eager and copies, and 200 same-seed steps' losses of each
 #                                 (benchmarks.compile_ab)

@@ -435,7 +435,7 @@ def test_the_masked_steps_weight_gradients_are_those_of_autograds_norm():
 @pytest.mark.parametrize("dtype, bound", [(torch.float32, 1e-6), (torch.bfloat16, 1e-6)])
 def test_the_norms_sum_of_squares_is_one_fp32_reduction_of_the_exact_squares(dtype, bound):
     """Σx² by one reduction (`sum_of_squares`) is the float64 sum of the squares of x's values to fp32 rounding, in
-    bf16 too, where the squares written out first (before issue 97, `benchmarks.resenc.squares_summed`) were each
+    bf16 too, where the squares written out first (before 2026-11-27, `benchmarks.resenc.squares_summed`) were each
     rounded to 8 bits."""
     from asa.models.cnn.masked import sum_of_squares
     from benchmarks.resenc import squares_summed
@@ -452,7 +452,7 @@ def test_the_norms_sum_of_squares_is_one_fp32_reduction_of_the_exact_squares(dty
 
 def _masked_step(net, x, *, previous: bool = False) -> tuple[dict, list[str]]:
     """Every parameter's gradient of one masked step and the aten ops of its backward (``previous``: the norms'
-    squares written out and every convolution's output mask with its own backward, as before issue 97)."""
+    squares written out and every convolution's output mask with its own backward, as before 2026-11-27)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from benchmarks.harness import Workload
@@ -513,7 +513,7 @@ def _convs_in_masked_stages(net) -> int:
     return sum(1 for s in sizes if s >= net.block_grid[0])
 
 
-def test_the_masked_step_as_before_issue_97_gives_the_same_gradients_to_fp32_rounding():
+def test_the_masked_step_as_it_was_gives_the_same_gradients_to_fp32_rounding():
     """Both changes together (Σx² by one reduction, the skipped mask backward) against the step before them: every
     gradient to fp32 rounding (the biases of convolutions before an instance norm, whose exact gradient is 0, are
     rounding noise of 1e-8 either way)."""
