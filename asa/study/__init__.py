@@ -1,3 +1,2 @@
-"""``asa-study``: does pretraining help on my data? The command (`study`, `settings`), the arms (`arms`), the plan
-and its cohort (`plan`, `cohort`), the checks, the stages and their scheduler, the readout, the fine-tuning grid and
-its tables (`transfer`, `tables`), the reading rules (`readings`), the page (`report`) and its `statistics`."""
+"""``asa-study``: does pretraining help on my data? The command and its settings, arms, plan, cohort, checks, stages,
+scheduler, readout, fine-tuning grid (`transfer`) and tables, reading rules, page (`report`) and statistics."""

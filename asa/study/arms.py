@@ -1,6 +1,5 @@
-"""The arms of asa-study, each declared once: what it pretrains, its twin (the arm it differs from by its encoder
-alone), its questions, its factorial cell and its rank as the primary question. The runs, contrasts, primary, probe
-factorial and ``--arms`` are read off `ARMS`; a new arm is one `Arm` (docs/python-api.md, "A study arm")."""
+"""The arms of asa-study, each declared once (twin, questions, factorial cell, primary rank): runs, contrasts, primary,
+probe factorial and ``--arms`` are read off `ARMS`; a new arm is one `Arm` (docs/python-api.md, "A study arm")."""
 
 from __future__ import annotations
 

@@ -80,8 +80,7 @@ def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: M
 
 def channel_lines(fine: Sequence[str], pretrain: Sequence[str], held: Sequence[str], *,
                   store: bool = False) -> list[str]:
-    """How each arm meets the fine-tuning channels ``fine`` (the pretrained arms through the cohort's ``pretrain``,
-    the positive control as `supervised_channel` says). ``held``: the cohort's channels (``store``: the store's)."""
+    """How each arm meets the fine-tuning channels ``fine`` (``held``: the cohort's channels, or the store's)."""
     if [channel_of(name) for name in fine] == list(pretrain):
         pairs = ", ".join(f"{c} as {name}" for c, name in zip(pretrain, fine))
         return [f"Every arm pretrains and fine-tunes on the same channels: the pretraining runs read the cohort's "

@@ -22,8 +22,7 @@ from asa.data.synthetic.noise import write_noise_dataset
 from asa.train.distributed import DistEnv
 
 def pretrain_layout(path: Path) -> tuple[str, Path]:
-    """(layout, root) of a pretraining cohort; a folder holding an unfinished store's settings.json is a ``store``
-    too (`read_store` refuses it with asa's hint)."""
+    """(layout, root) of a pretraining cohort (an unfinished store too: `read_store` refuses it with asa's hint)."""
     if path.is_file():
         return "filelist", path
     if not path.is_dir():

@@ -4,6 +4,7 @@ finished, the machine, and the report's Markdown and CSV."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import io
@@ -35,8 +36,7 @@ def refuse(message: str) -> typing.NoReturn:
 
 def add_scale_options(p: argparse.ArgumentParser, scales: Mapping[str, Any], default: str,
                       says: Mapping[str, str]) -> None:
-    """``--scale`` (``says``: each scale in words), ``--quick`` and one ``--<field>`` per field of the scales'
-    dataclass, its help giving each scale's value, its type the field's (``tuple[int, ...]``: one or more ints)."""
+    """``--scale``, ``--quick`` and an ``--<field>`` per field of the scales' dataclass, its help each scale's value."""
     p.add_argument("--scale", choices=sorted(scales), default=default,
                    help="how big the study is: " + "; ".join(f"{k} ({says[k]})" for k in sorted(scales))
                    + f" (default {default}); each of its settings can be overridden by the options below")
@@ -132,11 +132,9 @@ def finished(ckpt: Path) -> bool:
 def machine() -> dict[str, Any]:
     """CPU model, cores and threads, torch and the GPU if any."""
     model = platform.processor() or platform.machine()
-    try:
+    with contextlib.suppress(OSError, StopIteration):
         model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                      if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return {"cpu": model, "cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
             "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "torch": torch.__version__, "python": platform.python_version(),

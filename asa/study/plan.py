@@ -77,8 +77,7 @@ UNIT_SECONDS = 39.8  # one fine-tuning unit at the cpu scale's settings (1200 st
 
 
 def units_at_once(threads: int | None, workers: int, memory_gib: float | None, cores: int) -> int:
-    """How many units share the machine: a core for each unit's torch threads and each of its loader workers, and on
-    a GPU (``memory_gib``) `UNIT_GIB` of its memory each."""
+    """Units sharing the machine: a core per torch thread and loader worker, and on a GPU `UNIT_GIB` each."""
     by_cores = cores // ((threads or 1) + workers)
     return max(1, min(by_cores, int(memory_gib // UNIT_GIB)) if memory_gib else by_cores)
 
@@ -214,8 +213,7 @@ def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[s
 
 
 def pretraining_argv(nproc: int, *overrides: str) -> tuple[str, ...]:
-    """asa-pretrain, or with ``nproc`` > 1 through asa-torchrun (whose exit code is the job's: 143 after a stop
-    signal, so the study tells a stopped run from a failed one)."""
+    """asa-pretrain, or with ``nproc`` > 1 asa-torchrun (its exit code the job's: 143 after a stop, not a failure)."""
     if nproc == 1:
         return module_argv("asa.cli.pretrain", *overrides)
     return module_argv("asa.cli.launch", "--standalone", f"--nproc_per_node={nproc}", "-m", "asa.cli.pretrain",
@@ -329,8 +327,7 @@ def cases_text(n: int) -> str:
 
 
 def cv_supervised(out: Path, split: Mapping[str, Any], data: str, root: Path, channel: str | None) -> list[Supervised]:
-    """The positive control per cross-validated draw, trained on that draw's pool (``supervised-s<draw>``), so that
-    it consumes none of the study's scored cases."""
+    """The positive control per cross-validated draw, on that draw's pool: it consumes none of the scored cases."""
     return [Supervised(out / "pretrain" / f"{SUPERVISED}-s{g}", data, root, tuple(sorted(d["pool"])), channel)
             for g, d in enumerate(split.get("draws") or [])]
 

@@ -1,7 +1,6 @@
-"""The probe stage of asa-study (``--probe-first``): every pretrained encoder, frozen, probed by asa-probe before any
-fine-tuning on labeled cases the study does not score, a random-init twin the floor; the factorial {uniform, attentive
-weight} × {no position code, coordinate channel} read within each pretraining seed and over the seeds (t interval);
-the one arm fine-tuned: the highest mean primary probe (named before anything trains, from the primary endpoint)."""
+"""asa-study's probe stage (``--probe-first``): every pretrained encoder, frozen, probed by asa-probe on labeled cases
+the study does not score, beside a random-init twin; the factorial {uniform, attentive weight} × {no position code,
+coordinate channel} read within each pretraining seed, over the seeds; the arm fine-tuned: the best mean probe."""
 
 from __future__ import annotations
 
@@ -46,8 +45,7 @@ def primary_probe(classes: Sequence[str], lesion_classes: Sequence[str]) -> tupl
 def probe_unit(out: Path, runs: Sequence[Pretraining], *, data: str, root: Path, channels: Sequence[str],
                cases: Sequence[str], seed: int, device: str, threads: int | None,
                overrides: Sequence[str] = ()) -> Unit:
-    """asa-probe over every run's encoder and a random-init twin on ``cases`` (written to probes/cases.json); done
-    when its table holds a row per encoder (a study grown by arms probes again)."""
+    """asa-probe over every run's encoder and a random-init twin on ``cases``; done with a row per encoder."""
     folder = out / "probes"
     split = folder / "cases.json"
     atomic_write_json(split, {"test": sorted(cases)})
@@ -87,8 +85,7 @@ def _value(est: Mapping[str, Any] | None) -> float:
 
 
 def factorial_effects(rows: Sequence[Mapping[str, Any]], *, confidence: float = 0.95) -> list[dict[str, Any]]:
-    """The factorial's effects (`EFFECTS`) on the primary probe at the largest cohort: per seed the contrast of the
-    four cells, then the mean over the seeds with its t interval (one seed: none). Empty when a cell is missing."""
+    """The factorial's `EFFECTS` at the largest cohort, per seed then over seeds (t interval); empty: a cell missing."""
     arms = [r for r in rows if r["arm"] in pretraining_arms()]
     if not arms:
         return []
@@ -126,11 +123,8 @@ def effect_reading(effect: Mapping[str, Any], *, min_effect: float) -> str:
 
 def choose_arm(rows: Sequence[Mapping[str, Any]]) -> str:
     """The pretraining arm whose runs have the highest mean primary probe (on a tie, the first in the study's)."""
-    means: dict[str, list[float]] = {}
-    for r in rows:
-        if r["arm"] in pretraining_arms():
-            means.setdefault(r["arm"], []).append(r["primary"])
-    return max(means, key=lambda arm: float(np.mean(means[arm])))
+    arms = dict.fromkeys(r["arm"] for r in rows if r["arm"] in pretraining_arms())
+    return max(arms, key=lambda arm: float(np.mean([r["primary"] for r in rows if r["arm"] == arm])))
 
 
 def probe_lines(probes: Mapping[str, Any], *, min_effect: float) -> list[str]:

@@ -1,6 +1,5 @@
-"""The reading rules of asa-study: the primary question (at 95 %; the others under Holm), each contrast's interval,
-bound (two one-sided tests at ± the minimum effect) and verdict, and what the instruments allow: a scratch twin that
-learns, a positive control that moved for a null, a negative one shown small for a gain, asa weights that vary."""
+"""The reading rules of asa-study: the primary (at 95 %; the others under Holm), each contrast's interval, bound and
+verdict, and what the instruments allow (a scratch twin that learns, the controls, asa weights that vary)."""
 
 from __future__ import annotations
 
@@ -68,8 +67,7 @@ def negative_small(row: Mapping[str, Any], *, min_effect: float) -> bool:
 
 
 def control_faults(contrasts: Sequence[Mapping[str, Any]], *, min_effect: float) -> dict[str, dict[int, str]]:
-    """Per N, why nulls and gains over scratch cannot be read: a null needs a positive control that moved (the
-    study's sensitivity), a gain over scratch a negative control shown small (`negative_small`)."""
+    """Per N, why nulls (no positive control moved) and gains over scratch (no negative shown small) cannot be read."""
     out: dict[str, dict[int, str]] = {"nulls": {}, "gains": {}}
     for n in sorted({r["n"] for r in contrasts}):
         positive = [r for r in contrasts if r["kind"] == "positive" and r["n"] == n]
@@ -87,8 +85,7 @@ def control_faults(contrasts: Sequence[Mapping[str, Any]], *, min_effect: float)
 
 def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping[str, Any]], *,
                      min_effect: float) -> None:
-    """Give every question the reading its instruments allow, in place (after `read_family`): `control_faults`,
-    asa − mae with near-uniform weights (share above `UNIFORM_SHARE`), its pretraining runs' plateau ``flags``."""
+    """In place, after `read_family`: `control_faults`, asa − mae with near-uniform weights, the plateau ``flags``."""
     faults = control_faults(contrasts, min_effect=min_effect)
 
     def runs_of(group: str) -> list[Mapping[str, Any]]:
@@ -106,8 +103,7 @@ def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping
             r["verdict"], r["why"] = UNREADABLE, faults["gains"][r["n"]]
         shares = [float(run.get("weights_share", math.nan)) for run in runs_of(r["arm"])]
         share = float(np.mean(shares)) if shares else math.nan  # over the arm's pretraining runs
-        if (declared.attentive_over_uniform(r["encoder_arm"], r["reference_arm"]) and not math.isnan(share)
-                and share > UNIFORM_SHARE):
+        if declared.attentive_over_uniform(r["encoder_arm"], r["reference_arm"]) and share > UNIFORM_SHARE:
             r["verdict"], r["why"] = NOT_A_TEST, (f"the attentive weights' effective share {share:.2f} > "
                                                   f"{UNIFORM_SHARE}: asa's loss is mae's in all but name")
 
@@ -151,9 +147,8 @@ def holm(p: Sequence[float]) -> list[float]:
 
 def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], encoders: Sequence[str] = (), *,
                   n_boot: int, min_effect: float = 0.01, endpoint: tuple[str, str] = KEYS[0]) -> list[dict[str, Any]]:
-    """Each declared contrast whose arms were scored, per N: the paired difference (same N, seed, test case) of each
-    of `keys_of` with its crossed random-effects CI and the seed × case bootstrap; for the ``endpoint``: p, the 95 %
-    one-sided bounds (``bound90``), the MDE at 80 % power (``mde``, ``mde_more``) and the verdict at ``min_effect``."""
+    """Each declared contrast whose arms were scored, per N: the paired difference of each of `keys_of` with its crossed
+    random-effects CI and bootstrap; for the ``endpoint``: p, ``bound90``, ``mde`` (80 % power) and the verdict."""
     groups = {statistics.group_of(r) for r in scores}
     key = endpoint[0]
     rows = []

@@ -1,6 +1,5 @@
-"""The page of asa-study (``<out>/report/README.md``, its SVG plots and ``report.json``): the primary endpoint, the
-answers, the instruments, each question as a paired contrast with its CI. What a number may be read as is
-`asa.study.readings`'."""
+"""The page of asa-study (``<out>/report/README.md``, its SVG plots and ``report.json``): the endpoint, the answers,
+the instruments and the contrasts; what a number may be read as is `asa.study.readings`'."""
 
 from __future__ import annotations
 
@@ -132,11 +131,10 @@ def family_lines(contrasts: Sequence[Mapping[str, Any]], primary: Mapping[str, A
     controls = [r for r in contrasts if r["kind"] != "question"]
     folded = any("draw" in r.get("interval", {}).get("levels", {}) for r in contrasts)
     read = keys[0] if keys else "mean Dice"
-    shown = list(keys[1:])
     text = (f"How the answers are read: this page reads {len(questions)} question(s) "
             f"({len({r['question'] for r in questions})} contrast(s) × {len({r['n'] for r in questions})} N) and "
             f"{len({r['arm'] for r in controls})} control(s) at each N, on {read} alone"
-            + (f" ({' and '.join(shown)} shown as information: no verdict is read from them)" if shown else "")
+            + (f" ({' and '.join(keys[1:])} shown as information: no verdict is read from them)" if keys[1:] else "")
             + ". Every interval is the crossed random-effects interval of "
             + ("the cross-validated draws × test cases" if folded else "seeds × test cases")
             + " (ANOVA mean squares, each part at its own t quantile; the seed × case bootstrap beside it in the "
@@ -191,14 +189,11 @@ def cost_table(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) ->
     """Seconds per arm: each pretraining run's wall time, fine-tuning's mean per run."""
     rows = [[r["run"], "pretraining", f"{r['seconds']:.0f}", f"{r['steps'] / r['seconds']:.2f}"
              if r["seconds"] and not math.isnan(r["seconds"]) else "—"] for r in info.get("pretraining", [])]
-    for name in ("pilot", "supervised"):
+    for name, what in (("pilot", "fine-tuning (pilot)"), ("supervised", "fine-tuning (control)")):
         if (seconds := info.get("runs", {}).get(name)) is not None:
-            rows.append([name, "fine-tuning (control)" if name == "supervised" else "fine-tuning (pilot)",
-                         f"{seconds:.0f}", "—"])
-    by_arm: dict[str, list[Mapping[str, Any]]] = {}
-    for b in budgets:
-        by_arm.setdefault(str(b["arm"]), []).append(b)
-    for arm, runs in by_arm.items():
+            rows.append([name, what, f"{seconds:.0f}", "—"])
+    for arm in dict.fromkeys(str(b["arm"]) for b in budgets):
+        runs = [b for b in budgets if str(b["arm"]) == arm]
         secs = [float(b["train_seconds"]) for b in runs if not math.isnan(float(b["train_seconds"]))]
         steps = [int(b["steps"]) for b in runs]
         rows.append([arm, f"fine-tuning ({len(runs)} runs)", f"{np.mean(secs):.0f} per run" if secs else "—",
@@ -221,8 +216,7 @@ def _number(v: str) -> Any:
 
 
 def read_scores(path: Path, classes: Sequence[str]) -> list[dict[str, Any]]:
-    """scores.csv, its lesion Dice under `statistics.LESION` whatever its age: an older file's ``Dice_lesion`` (unless
-    a class is called ``lesion``: then it is that class's Dice)."""
+    """scores.csv, an older file's ``Dice_lesion`` read as `statistics.LESION` (unless a class is called lesion)."""
     scores = _read_csv(path)
     if "lesion" not in classes:
         for row in scores:
@@ -324,8 +318,7 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
         plots["contrasts.svg"] = interval_plot([f"{r['arm']} − {r['reference']}, N = {r['n']}" for r in contrasts],
                                                {label: [tuple(r[k]) for r in contrasts] for k, label in keys},
                                                xlabels={label: f"Δ {label}" for _, label in keys}, zero=True)
-    per_class = class_rows(scores, classes) if classes else []
-    if per_class:
+    if per_class := (class_rows(scores, classes) if classes else []):
         plots["classes.svg"] = interval_plot([f"{r['arm']} − {r['reference']}, N = {r['n']}" for r in per_class],
                                              {c: [tuple(r[f"Dice_{c}"]) for r in per_class] for c in classes},
                                              xlabels={c: f"Δ Dice {c}" for c in classes}, zero=True)

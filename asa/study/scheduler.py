@@ -1,9 +1,9 @@
-"""asa-study's one scheduler: every unit is a child process in its own process group, its output in its log, run
-``jobs`` at once within the call's time budget (before it ends, SIGUSR1 tells running units to save and stop, and the
-next call resumes them); SIGTERM or SIGINT reaching the study is forwarded to every child (`stop_on_signals`)."""
+"""asa-study's one scheduler: every unit a child process in its own process group, ``jobs`` at once within the call's
+budget (SIGUSR1 near its end: save and stop, the next call resumes); SIGTERM / SIGINT reach every child."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shlex
@@ -49,10 +49,8 @@ def signal_children(sig: int) -> None:
     """Send ``sig`` to every running child's process group (its own workers included)."""
     for proc in list(RUNNING):
         if proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
 
 
 def wait_children(timeout: float = 300.0) -> list[str]:
@@ -83,8 +81,7 @@ def _raise_stopped(signum: int, frame: Any) -> None:
 
 
 def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, float]) -> bool:
-    """Run the units not done yet, ``jobs`` at once, in order; as the budget ends every running unit gets SIGUSR1
-    (save and stop) and False returns (the next call continues); a failed unit ends the study naming its log."""
+    """Run the units not done, ``jobs`` at once; False when the budget ran out (SIGUSR1: save and stop)."""
     pending = [u for u in units if not u.done()]
     running: dict[subprocess.Popen, tuple[Unit, float]] = {}
 

@@ -31,8 +31,7 @@ def val_plateau(dice: Sequence[float], *, tol: float = VAL_PLATEAU_TOL, tail: fl
 
 
 def budget_check(losses: Sequence[float], rel_encoder: Sequence[float], rel_decoder: Sequence[float]) -> dict[str, Any]:
-    """Whether a run learned what its budget allows, from its logged loss windows and relative updates: the loss's
-    relative drop from the third to the last quarter under ``PLATEAU_TOL``, and the mean updates and their ratio."""
+    """Whether a run learned what its budget allows: its loss's drop over the last quarter, its relative updates."""
     v = np.asarray(losses, dtype=float)
     if v.size < 4:
         raise ValueError(f"budget check needs at least 4 logged loss windows, got {v.size}: lower trainer.log_every")
@@ -64,9 +63,8 @@ def logged_budget(run_dir: Path) -> dict[str, Any]:
     series = logged_series(run_dir, tags)
     values = {t: [v for _, v in series[t]] for t in tags}
     out = budget_check(values["train/loss"], values["train/rel_update/encoder"], values["train/rel_update/decoder"])
-    if not series["val/dice"]:
-        return out
-    return {**out, **val_plateau(values["val/dice"]), "val_curve": [list(x) for x in series["val/dice"]]}
+    val = series["val/dice"]
+    return {**out, **val_plateau(values["val/dice"]), "val_curve": [list(x) for x in val]} if val else out
 
 
 def converged_budget(curve: Sequence[Sequence[float]], *, tol: float = 0.01, window: int = 3) -> dict[str, Any]:
@@ -84,8 +82,7 @@ def converged_budget(curve: Sequence[Sequence[float]], *, tol: float = 0.01, win
 
 
 def _ci(r: Mapping[str, Any], p: str, digits: int = 3, interval: str = "") -> str:
-    """'+0.040 [+0.010, +0.070]': a paired difference with its CI (``interval`` "_re": the crossed random-effects
-    interval the verdicts read; "": the seed × case bootstrap)."""
+    """'+0.040 [+0.010, +0.070]' (``interval`` "_re": the random-effects CI the verdicts read; "": the bootstrap)."""
     f = f"{{:+.{digits}f}}"
     return f"{f.format(r[p])} [{f.format(r[p + interval + '_lo'])}, {f.format(r[p + interval + '_hi'])}]"
 
@@ -111,10 +108,9 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], refe
             sd = r[key + "_sd"]
             return f"{r[key]:.{digits}f}" if math.isnan(sd) else f"{r[key]:.{digits}f} ± {sd:.{digits}f}"
 
-        cells = [_arm(r, rows), str(r["n"])] + [cell(f"Dice_{c}") for c in names] + [cell("Dice_mean")]
-        cells += [cell(LESION)] if lesion else []
-        cells += [cell("HD95_mean", 1)] if hd else []
-        cells += [cell("NSD_mean")] if nsd else []
+        cells = [_arm(r, rows), str(r["n"]), *(cell(f"Dice_{c}") for c in names), cell("Dice_mean"),
+                 *([cell(LESION)] if lesion else []), *([cell("HD95_mean", 1)] if hd else []),
+                 *([cell("NSD_mean")] if nsd else [])]
         cells.append("— (no encoder)" if math.isnan(r["Dice_mean_zeroed"])
                      else f"{r['Dice_mean_zeroed']:.3f} (drop {r['encoder_drop']:+.3f})")
         if "delta" not in r:
@@ -221,10 +217,8 @@ def budget_table(budgets: Sequence[Mapping[str, Any]]) -> str:
     head = ["arm", "labeled", "steps", "final loss", "plateaued", *(["val Dice plateaued", CURVE_HEAD] if val else []),
             "rel. update encoder", "rel. update decoder", "encoder / decoder", "train s / run"]
     lines = []
-    groups: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
-    for b in budgets:
-        groups.setdefault((b["arm"], int(b["n"])), []).append(b)
-    for (arm, n), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for arm, n in sorted({(b["arm"], int(b["n"])) for b in budgets}, key=lambda k: (k[1], k[0])):
+        runs = [b for b in budgets if (b["arm"], int(b["n"])) == (arm, n)]
         loss = [r["final_loss"] for r in runs]
         sd = f" ± {np.std(loss, ddof=1):.3f}" if len(loss) > 1 else ""
 
@@ -250,8 +244,7 @@ def write_outputs(scores: list[dict], names: Sequence[str], reference: str | Map
     label = (reference if isinstance(reference, str)
              else " / ".join(dict.fromkeys(v for k, v in reference.items() if k != v)) or "reference")
     md = report_markdown(rows, names, label, n_boot=n_boot, draws=draw_lines(budgets))
-    notes = unlearned_classes(rows, names)
-    if notes:
+    if notes := unlearned_classes(rows, names):
         md += "\n" + "\n".join(f"- {line}" for line in notes) + "\n"
     if budgets:
         md += ("\nBudget check (one row per arm and N; final loss = mean training loss over the last quarter of "

@@ -87,8 +87,7 @@ def references(arms: Mapping[str, Tuned]) -> dict[str, str]:
 
 
 def cv_draws(ids: Sequence[str], *, folds: int, repeats: int, val: int, seed: int) -> list[dict[str, Any]]:
-    """The draws of repeated K-fold cross-validation, g = repeat · ``folds`` + fold: its fold to test on, the first
-    ``val`` of the rest to validate on, the others its pool. Every case is a test case once per repeat."""
+    """Repeated K-fold draws, g = repeat · ``folds`` + fold: each tests on its fold, validates on ``val`` others."""
     ids = sorted(ids)
     if folds < 2 or folds > len(ids):
         refuse(f"--folds {folds}: expected 2 .. {len(ids)} for a dataset of {len(ids)} cases")
