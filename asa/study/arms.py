@@ -1,5 +1,4 @@
-"""The arms of asa-study, each declared once (twin, questions, factorial cell, primary rank): runs, contrasts, primary,
-probe factorial and ``--arms`` are read off `ARMS`; a new arm is one `Arm` (docs/python-api.md, "A study arm")."""
+"""The arms of asa-study, each declared once in `ARMS`: a new arm is one `Arm` (docs/python-api.md, "A study arm")."""
 
 from __future__ import annotations
 
@@ -13,8 +12,7 @@ PILOT = "pilot"
 
 @dataclasses.dataclass(frozen=True)
 class Contrast:
-    """One question: the arm − ``reference``; ``kind`` "question", "positive" (a control that must move) or
-    "negative" (one that must not help); ``cohorts``: the arm at its largest − its smallest cohort."""
+    """A question: the arm − ``reference``, of ``kind`` question, positive or negative control (``cohorts``: sizes)."""
 
     reference: str
     question: str
@@ -145,8 +143,7 @@ def run_name(arm: str, cohort: int, replicate: int) -> str:
 
 def contrasts(cohorts: Sequence[int], encoders: Sequence[str] = ()) -> list[tuple[tuple[str, int | None],
                                                                                    tuple[str, int | None], str, str]]:
-    """Every declared question as ((arm, cohort), (reference, cohort), question, kind), pretrained arms at the
-    largest cohort (a cohort contrast: largest − smallest), and every --encoder arm − scratch."""
+    """Every declared question as ((arm, cohort), (reference, cohort), question, kind); --encoder arms − scratch too."""
     big, small = (max(cohorts), min(cohorts)) if cohorts else (None, None)
 
     def at(arm: str, cohort: int | None) -> tuple[str, int | None]:

@@ -1,5 +1,4 @@
-"""asa-study's checks before anything trains: the labeled cases against the pretraining and --encoder cohorts (masked
-copies included), how each arm meets the fine-tuning channels, and whether the scans are skull-stripped."""
+"""asa-study's checks before anything trains: overlap with the cohorts, the channels each arm meets, skull-stripping."""
 
 from __future__ import annotations
 
@@ -27,9 +26,8 @@ LABELED_PARTS = {"test": "test", "val": "validation", "supervised": "positive co
 
 def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: Mapping[str, list[str]],
                   encoders: Mapping[str, str] | None = None, *, accept: bool) -> dict[str, Any]:
-    """Every labeled case (`LABELED_PARTS`) against the pretraining cohort and each ``encoders`` file's (each run's
-    rule, `cohort_overlap`), and against the cohort's files for skull-stripped or defaced copies, which the fingerprint
-    misses. Refused (exit 2) unless ``accept`` (then every run accepts them); the record in checks/cohort.json."""
+    """Every labeled case (`LABELED_PARTS`) against the pretraining and ``encoders`` cohorts by each run's rule, and for
+    masked copies on the cohort's grid, which the fingerprint misses; refused (exit 2) unless ``accept``."""
     by_id = {c.id: c for c in labeled}
     parts = {LABELED_PARTS[k]: [by_id[i] for i in split[k]] for k in LABELED_PARTS if split.get(k)}
     cohorts: dict[str, dict[str, Any]] = {}

@@ -1,5 +1,4 @@
-"""asa-study's pretraining cohort: where it is (BIDS, CAPS, a file list, a store of asa-preprocess), its cohorts of each
-size (the first n of one seeded order), the negative control's noise volumes, and the channels the runs read."""
+"""asa-study's pretraining cohort: where it is, its cohorts of each size, the noise volumes and the channels read."""
 
 from __future__ import annotations
 
@@ -42,8 +41,7 @@ def pretrain_layout(path: Path) -> tuple[str, Path]:
 
 @dataclasses.dataclass(frozen=True)
 class StoreCohort:
-    """A cohort in a store of asa-preprocess: its folder, the root and layout it was written from, its channels and
-    resampling (a run reads a store only with the options it was written under: these are the runs')."""
+    """A cohort in a store of asa-preprocess, with the options it was written under (a run reads it only with those)."""
 
     path: Path
     root: Path
@@ -61,8 +59,7 @@ class StoreCohort:
 
 
 def read_store(path: Path) -> tuple[StoreCohort, list[Case]]:
-    """The store at ``path`` as a cohort, and its cases as asa-pretrain finds them (`load_cases`). Refused (exit 2):
-    an unfinished, broken or fine-tuning store, one of settings pretraining does not take, one out of date."""
+    """The store at ``path`` as a cohort and its cases; refused (exit 2): unfinished, fine-tuning's or out of date."""
     try:
         store = open_store(path, option="--pretrain-data")
     except StoreError as err:
@@ -113,9 +110,8 @@ def write_noise(out: Path, cases: Sequence, n: int, seed: int, channels: Sequenc
     folder = out / "data" / f"noise-{n}"
     if not (folder / ".complete").is_file():
         first = load_volume(cases[0].images["t1"])
-        shape = tuple(int(s) for s in first.array.shape[-3:])
-        write_noise_dataset(folder, cases=n, size=shape, seed=seed + 7919, affine=first.affine, overwrite=True,
-                            channels=["t1", *(c for c in channels if c != "t1")])
+        write_noise_dataset(folder, cases=n, size=tuple(int(s) for s in first.array.shape[-3:]), seed=seed + 7919,
+                            affine=first.affine, overwrite=True, channels=["t1", *(c for c in channels if c != "t1")])
         atomic_write_text(folder / ".complete", "done\n")
     return folder
 
@@ -126,8 +122,7 @@ def cohort_channels(cases: Sequence) -> list[str]:
 
 
 def pretraining_channels(held: Sequence[str], fine: Sequence[str], choice: str | None) -> list[str]:
-    """The cohort channels the runs read, in the order of the fine-tuning ``fine`` (matched by meaning), so that the
-    pretrained stem's channel k is fine-tuning channel k: all (``all``, or None when ``held`` has them), else the T1."""
+    """The cohort channels runs read, in the fine-tuning order (stem channel k is fine-tuning channel k), or the T1."""
     wanted = [channel_of(name) for name in fine]
     lacking = [name for name, c in zip(fine, wanted) if c is None or c not in held]
     if len(set(wanted)) != len(wanted):  # two fine-tuning channels of one meaning: no order to keep

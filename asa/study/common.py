@@ -1,5 +1,4 @@
-"""What the studies share: a `Scale`'s command line, refusals, the settings record, the time budget, whether a run
-finished, the machine, and the report's Markdown and CSV."""
+"""What the studies share: scale options, refusals, the settings record, the time budget and the report's formats."""
 
 from __future__ import annotations
 
@@ -41,8 +40,7 @@ def add_scale_options(p: argparse.ArgumentParser, scales: Mapping[str, Any], def
                    help="how big the study is: " + "; ".join(f"{k} ({says[k]})" for k in sorted(scales))
                    + f" (default {default}); each of its settings can be overridden by the options below")
     p.add_argument("--quick", action="store_true", help="the plumbing check: the same as --scale quick")
-    kind_of = type(next(iter(scales.values())))
-    hints = typing.get_type_hints(kind_of)
+    hints = typing.get_type_hints(kind_of := type(next(iter(scales.values()))))
     for f in dataclasses.fields(kind_of):
         hint = hints[f.name]
         many = typing.get_origin(hint) is tuple
@@ -76,9 +74,7 @@ def child_env(**extra: str) -> dict[str, str]:
 
 def record_settings(out: Path, settings: Mapping[str, Any], *, grows: Sequence[str] = (),
                     recorded_as: Callable[[dict[str, Any]], dict[str, Any]] = lambda old: old) -> None:
-    """Keep ``settings`` in ``<out>/study.json``; a folder holding a study with other settings is refused, naming
-    them (a rerun with the same options continues it). ``grows``: keys (``a.b`` nested) of lists a rerun may extend
-    but not shrink, so finished units stay. ``recorded_as``: an older record read as today's form."""
+    """Keep ``settings`` in study.json; other settings are refused, but lists named in ``grows`` may gain entries."""
     recorded = out / "study.json"
     settings = json.loads(json.dumps(settings))
     if not recorded.is_file():

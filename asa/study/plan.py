@@ -1,5 +1,4 @@
-"""asa-study's plan: its scales, the shared network, the pretraining runs, the positive control, the fine-tuning arms,
-the split of the labeled set and every run's overrides. Pure: it starts nothing (`asa.study.scheduler` runs units)."""
+"""asa-study's plan, pure (it starts nothing): scales, the network, every run and its overrides, the labeled split."""
 
 from __future__ import annotations
 
@@ -179,8 +178,7 @@ def pretraining_epochs(steps: int, subjects: int, batch: int) -> int:
 def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[str], cohorts: Mapping[int, Path],
                      noise: Path | None, *, seed: int, channels: Sequence[str] = ("t1",),
                      store: StoreCohort | None = None) -> list[Pretraining]:
-    """Every pretraining run: each arm per cohort size (``cohorts``: size -> file list, or ``store``) and the negative
-    control on ``noise``, ``scale.pretrain_runs`` times (run k seeded ``seed`` + k), reading ``channels`` in order."""
+    """Each arm per cohort size and the negative control, ``scale.pretrain_runs`` times (run k seeded ``seed`` + k)."""
     common = ["data=bids", "data.layout=filelist", *channel_overrides(channels), f"data.num_workers={scale.workers}",
               "data.split.ratios=[0.8,0.2,0.0]", "optim=adamw_demo", "trainer.progress=false", "trainer.panel_every=0",
               "probe.every=0", f"seed={seed}", "resume=auto"]
@@ -221,8 +219,7 @@ def pretraining_argv(nproc: int, *overrides: str) -> tuple[str, ...]:
 
 
 def write_store_splits(runs: Sequence[Pretraining], ids: Sequence[str], seed: int) -> None:
-    """Each store-reading run's splits.json (kept once written): its own split of its cohort's subjects, and the
-    store's other cases as its test part, never read (a run sees the whole store: its split must name every case)."""
+    """Each store-reading run's splits.json: its split of its subjects, the store's others as test (named, unread)."""
     order = cohort_order(ids, seed)
     for run in runs:
         path = run.run_dir / "splits.json"
@@ -249,8 +246,7 @@ class Supervised:
 
 
 def supervised_channel(fine: Sequence[str], pretrain: Sequence[str] | None) -> str | None:
-    """The channel of ``fine`` meaning t1 that the positive control trains on alone when the pretraining runs read the
-    T1 alone and the task has more (so it meets the task through the pretrained arms' stem adaptation); else None."""
+    """The t1 of ``fine`` the positive control trains on alone when pretraining reads the T1 alone (one stem path)."""
     if pretrain is None or list(pretrain) != ["t1"] or len(fine) < 2:
         return None
     t1 = [name for name in fine if channel_of(name) == "t1"]
@@ -295,9 +291,8 @@ def finetune_arms(runs: Sequence[Pretraining], network: Network, supervised: Pat
 
 
 def labeled_split(cases: Sequence, scale: Scale, seed: int, *, control: bool = True) -> dict[str, Any]:
-    """The split of the labeled pool: test, validation, training pool and the control's cases (the pool's last,
-    never drawn) when it holds them; else ``folds`` × ``repeats`` cross-validation (`transfer.cv_draws`; "test" lists
-    every case). Refused (exit 2): under ``min_scored`` cases scored per arm, or a fold's part under ``val`` + N."""
+    """The split of the labeled pool: test, validation, pool and the control's cases if it holds them, else ``folds`` ×
+    ``repeats`` cross-validation; refused (exit 2) under ``min_scored`` cases scored, or a fold's part under val + N."""
     ids = [c.id for c in cases]
     fixed = scale.test + scale.val + max(scale.cases)
     if len(ids) >= fixed + (scale.supervised if control else 0):

@@ -1,6 +1,4 @@
-"""asa-study's probe stage (``--probe-first``): every pretrained encoder, frozen, probed by asa-probe on labeled cases
-the study does not score, beside a random-init twin; the factorial {uniform, attentive weight} × {no position code,
-coordinate channel} read within each pretraining seed, over the seeds; the arm fine-tuned: the best mean probe."""
+"""asa-study's probe stage (``--probe-first``): frozen encoders probed on unscored cases, the factorial, the arm."""
 
 from __future__ import annotations
 

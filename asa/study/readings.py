@@ -1,5 +1,4 @@
-"""The reading rules of asa-study: the primary (at 95 %; the others under Holm), each contrast's interval, bound and
-verdict, and what the instruments allow (a scratch twin that learns, the controls, asa weights that vary)."""
+"""asa-study's reading rules: the primary and Holm, each contrast's interval, bound and verdict, and the instruments."""
 
 from __future__ import annotations
 
@@ -36,8 +35,7 @@ def keys_of(scores: Sequence[Mapping[str, Any]], endpoint: tuple[str, str] = KEY
 
 
 def endpoint(classes: Sequence[str], lesion_classes: Sequence[str]) -> tuple[str, str]:
-    """The primary endpoint (column, label), named before any training: the lesion Dice of ``lesion_classes`` or of
-    the one foreground class, else mean Dice over every class (where a lesion gain is diluted by the tissues)."""
+    """(column, label) named before training: lesion Dice (named or only class), else mean Dice (dilutes lesions)."""
     if lesion_classes:
         return LESION_KEY[0], f"lesion Dice ({', '.join(lesion_classes)})"
     if len(classes) == 1:
@@ -135,8 +133,7 @@ def why_no_difference(low: float, high: float, value: float, *, min_effect: floa
 
 
 def holm(p: Sequence[float]) -> list[float]:
-    """Holm's (1979) step-down adjusted p-values: the i-th smallest of m times (m − i + 1), non-decreasing, capped at
-    1, so "adjusted p < α" rejects what Holm rejects at family-wise level α. NaN stays NaN, not counted in m."""
+    """Holm's (1979) step-down adjusted p-values in the given order (NaN stays NaN, not counted in m)."""
     order = sorted((i for i, x in enumerate(p) if not math.isnan(x)), key=lambda i: p[i])
     out, running = [math.nan] * len(p), 0.0
     for rank, i in enumerate(order):
@@ -147,8 +144,7 @@ def holm(p: Sequence[float]) -> list[float]:
 
 def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], encoders: Sequence[str] = (), *,
                   n_boot: int, min_effect: float = 0.01, endpoint: tuple[str, str] = KEYS[0]) -> list[dict[str, Any]]:
-    """Each declared contrast whose arms were scored, per N: the paired difference of each of `keys_of` with its crossed
-    random-effects CI and bootstrap; for the ``endpoint``: p, ``bound90``, ``mde`` (80 % power) and the verdict."""
+    """Each declared contrast with both arms scored, per N: paired Δs (crossed CI, bootstrap), p, MDE and verdict."""
     groups = {statistics.group_of(r) for r in scores}
     key = endpoint[0]
     rows = []
@@ -185,8 +181,7 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], e
 
 def read_family(rows: Sequence[dict[str, Any]], encoders: Sequence[str] = (), *, min_effect: float,
                 alpha: float = ALPHA) -> dict[str, Any] | None:
-    """Give every contrast its role and reading, in place: the controls and the primary (the first of `primary_order`
-    that ran, at the smallest N) keep their 95 % verdict; the others read on Holm (``p_holm`` < ``alpha``)."""
+    """Roles and readings, in place: the controls and the primary at 95 %, the rest on Holm; returns the primary."""
     questions = [r for r in rows if r["kind"] == "question"]
     for r in rows:
         r["role"] = "control" if r["kind"] != "question" else "exploratory"

@@ -1,5 +1,4 @@
-"""What asa-study reads off its finished units: the pilot's validation curve and the fine-tuning budget found on it,
-and each pretraining run's held-out masked loss with its plateau check (read against the optimiser's progress)."""
+"""What asa-study reads off finished units: the pilot's curve and budget, each pretraining run's held-out loss."""
 
 from __future__ import annotations
 
@@ -31,9 +30,8 @@ PILOT_FLOOR = 0.1  # the pilot's best validation Dice (and the lesion classes', 
 
 def pilot_budget(out: Path, scale: Scale, cap: int | None = None, *,
                  lesion_classes: Sequence[str] = ()) -> dict[str, Any]:
-    """The pilot's validation curve, whether it learned (its best Dice, and the ``lesion_classes``' when named, at least
-    `PILOT_FLOOR`; else it has no budget to level off at) and the budget found on it (`tables.converged_budget`).
-    ``steps``: rounded up to ten (the pilot's length when still rising), at most ``cap`` (then ``capped``)."""
+    """The pilot's curve, whether it learned (best Dice, and the ``lesion_classes``', at least `PILOT_FLOOR`: else no
+    budget to level off at) and the budget found on it: ``steps`` rounded up to ten, at most ``cap`` (``capped``)."""
     record = json.loads(pilot_scores(out, scale).read_text())
     curve = record["budget"].get("val_curve") or []
     lesion = pilot_lesion_curve(pilot_scores(out, scale).parent, lesion_classes)
@@ -100,9 +98,8 @@ def optimiser_progress(steps: Sequence[int], scheduler: Mapping[str, Any], *, mi
 
 def loss_plateau(losses: Sequence[float], *, tol: float = PLATEAU_TOL,
                  progress: Sequence[float] | None = None) -> dict[str, Any]:
-    """Whether a held-out loss curve levelled off: its relative drop over the last quarter of ``progress`` (each
-    value's `optimiser_progress`; None: evenly spaced) under ``tol``, and its last value within ``tol`` of its
-    lowest (``loss_rise``: an encoder memorising its training volumes climbs back). Under 4 points: not checked."""
+    """Whether a held-out loss levelled off: its drop over the last quarter of ``progress`` (None: even) and its rise
+    from its lowest (an encoder memorising its training volumes climbs back) under ``tol``; < 4 points: unchecked."""
     if len(losses) < 4:
         return {"plateau": None, "loss_drop": math.nan, "loss_rise": math.nan, "tol": tol}
     n = len(losses)

@@ -1,5 +1,4 @@
-"""The page of asa-study (``<out>/report/README.md``, its SVG plots and ``report.json``): the endpoint, the answers,
-the instruments and the contrasts; what a number may be read as is `asa.study.readings`'."""
+"""asa-study's page: README.md, its SVG plots and report.json; what a number may be read as is `asa.study.readings`'."""
 
 from __future__ import annotations
 
@@ -137,8 +136,9 @@ def family_lines(contrasts: Sequence[Mapping[str, Any]], primary: Mapping[str, A
             + (f" ({' and '.join(keys[1:])} shown as information: no verdict is read from them)" if keys[1:] else "")
             + ". Every interval is the crossed random-effects interval of "
             + ("the cross-validated draws × test cases" if folded else "seeds × test cases")
-            + " (ANOVA mean squares, each part at its own t quantile; the seed × case bootstrap beside it in the "
-            "table is too narrow with 2–3 seeds). ")
+            + " (ANOVA mean squares; with replicated pretraining runs the runs' component is a part of its own, "
+            "and from 3 runs and 3 seeds the parts share one t; the seed × case bootstrap beside it in the table is "
+            "too narrow with 2–3 seeds). ")
     if primary is not None:
         text += (f"The primary question, named before the data: {primary['arm']} − {primary['reference']} at the "
                  f"smallest N ({primary['n']}), read at {LEVEL} (its CI). ")
@@ -195,9 +195,8 @@ def cost_table(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) ->
     for arm in dict.fromkeys(str(b["arm"]) for b in budgets):
         runs = [b for b in budgets if str(b["arm"]) == arm]
         secs = [float(b["train_seconds"]) for b in runs if not math.isnan(float(b["train_seconds"]))]
-        steps = [int(b["steps"]) for b in runs]
         rows.append([arm, f"fine-tuning ({len(runs)} runs)", f"{np.mean(secs):.0f} per run" if secs else "—",
-                     f"{np.mean(steps) / np.mean(secs):.2f}" if secs else "—"])
+                     f"{np.mean([int(b['steps']) for b in runs]) / np.mean(secs):.2f}" if secs else "—"])
     return markdown_table(["arm", "what", "wall time (s)", "steps / s"], rows)
 
 

@@ -1,5 +1,4 @@
-"""asa-study's one scheduler: every unit a child process in its own process group, ``jobs`` at once within the call's
-budget (SIGUSR1 near its end: save and stop, the next call resumes); SIGTERM / SIGINT reach every child."""
+"""asa-study's one scheduler: units as child process groups, ``jobs`` at once within the budget, signals forwarded."""
 
 from __future__ import annotations
 
@@ -23,8 +22,7 @@ RUNNING: dict[subprocess.Popen, str] = {}  # every child process of this study, 
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-    """One process (a fine-tuning, scoring, probe or pretraining run). ``done``: whether its result is on disk;
-    ``resumable``: stopped by SIGUSR1 (last.pt saved), it goes on next call; ``after``: the units it waits for."""
+    """A child process; ``done``: its result on disk; ``resumable``: a stop saves it; ``after``: units it waits for."""
 
     name: str
     argv: tuple[str, ...]
@@ -120,8 +118,7 @@ def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, f
 
 
 def stop_on_signals(work: Callable[[], int], stopped: Callable[[Stopped, list[str]], None]) -> int:
-    """``work()``'s exit code; SIGTERM or SIGINT meanwhile reaches every running child as SIGTERM (a further SIGINT is
-    ignored while they save), ``stopped(signal, names of the children that ran)`` says what was kept; 128 + signum."""
+    """``work()``'s exit code, or 128 + signum after SIGTERM / SIGINT (forwarded to every child, then ``stopped``)."""
     previous = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         return work()

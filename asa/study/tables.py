@@ -1,5 +1,4 @@
-"""The reading of a transfer study's runs (`asa.study.transfer`): each run's budget check, the pilot's converged
-budget, and the outputs: Table-4-shaped Markdown and CSV, the budget table and mean Dice against N."""
+"""A transfer study's outputs: each run's budget check, the pilot's budget, the Table-4-shaped tables and plot."""
 
 from __future__ import annotations
 
@@ -68,8 +67,7 @@ def logged_budget(run_dir: Path) -> dict[str, Any]:
 
 
 def converged_budget(curve: Sequence[Sequence[float]], *, tol: float = 0.01, window: int = 3) -> dict[str, Any]:
-    """The step where a validation-Dice curve stopped rising: the first round whose trailing mean (``window``) is within
-    ``tol`` of the best; ``converged``: in the first three quarters (False: still rising, the budget a lower bound)."""
+    """The step where validation Dice stopped rising (its trailing mean near its best); ``converged``: by 3/4."""
     if len(curve) < 2 * window:
         raise ValueError(f"converged_budget needs at least {2 * window} validation rounds, got {len(curve)}")
     steps = np.asarray([c[0] for c in curve], dtype=int)
@@ -160,8 +158,8 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], names: Sequence[str], ref
              "labeled cases from the training pool and a fine-tuning seed; draws of a small pool share cases: "
              f"{' '.join(draws) if draws else 'see the runs splits.json'}). Δ = arm − {reference}, paired by N, seed "
              "and test case. Its 95 % CI is the crossed random-effects interval of seeds × test cases (ANOVA mean "
-             "squares, each part at its own t quantile: asa.eval.random_effects; with --folds, the cross-validated "
-             "draws' folded_interval), the one the study's verdicts read; beside it the two-level percentile bootstrap "
+             "squares, asa.eval.random_effects: each part at its t quantile, or with replicated pretraining runs "
+             "one shared t from 3 runs and 3 seeds; with --folds, the cross-validated draws' folded_interval), the one the study's verdicts read; beside it the two-level percentile bootstrap "
              f"({n_boot} resamples: test cases, then seeds, with replacement), too narrow with 2–3 seeds. 'Δ per seed' "
              "lists the mean Δ of every seed; 'case-only CI' resamples test cases only (per case, Δ averaged over "
              "seeds), which ignores the spread between labeled draws. Encoder zeroed: mean Dice with every encoder "

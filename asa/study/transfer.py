@@ -1,6 +1,4 @@
-"""Does pretraining help? A `Transfer` (asa-study's pilot or transfer stage) fine-tunes arms × N labeled cases × seeds,
-every run the same optimiser steps (whole epochs: the lr schedule ends with the run), each run and its scoring a
-scheduler unit; in ``out``: ``runs/<arm>-n<N>-s<seed>/``, ``scores.csv`` and the tables of `asa.study.tables`."""
+"""A `Transfer` (the pilot or transfer stage): arms × N × seeds, every run the same steps, each a scheduler unit."""
 
 from __future__ import annotations
 
@@ -148,28 +146,27 @@ def plan_runs(s: Transfer) -> tuple[list[Run], list[str], Any, list[str]]:
     probe_cfg = compose_config("finetune", base)
     root, layout = dataset_root(probe_cfg.data)
     cases = discover(layout, root, on_bad_case=str(probe_cfg.data.on_bad_case))
-    n_val = s.val_cases
     held = set(s.hold_out)  # never drawn by a run (another study's control trains on them)
     if s.folds:  # cross-validation: each seed is a draw (its fold the test cases, N drawn inside its training part)
         if held:
             refuse("--hold-out: not with --folds (cross-validation draws from every fold's training part)")
-        draws = cv_draws([c.id for c in cases], folds=s.folds, repeats=s.repeats, val=n_val, seed=s.split_seed)
+        draws = cv_draws([c.id for c in cases], folds=s.folds, repeats=s.repeats, val=s.val_cases, seed=s.split_seed)
         if odd := [x for x in s.seeds if not 0 <= x < len(draws)]:
             refuse(f"--seeds {' '.join(map(str, odd))}: with --folds {s.folds} --repeats {s.repeats} the seeds "
                    f"number the {len(draws)} draws (0 .. {len(draws) - 1})")
         if max(s.cases) > (least := min(len(d["pool"]) for d in draws)):
-            refuse(f"--cases {max(s.cases)}: a fold's training part leaves {least} cases after the {n_val} "
+            refuse(f"--cases {max(s.cases)}: a fold's training part leaves {least} cases after the {s.val_cases} "
                    "validation case(s) (--val-cases)")
         test_ids = sorted(c.id for c in cases)
     else:
         test_ids, pool = split_cases([c.id for c in cases], test=s.test, seed=s.split_seed)
-        val, pool = tuple(sorted(pool[:n_val])), pool[n_val:]  # the same validation cases for every run
+        val, pool = tuple(sorted(pool[:s.val_cases])), pool[s.val_cases:]  # the same validation cases for every run
         if odd := sorted(held & (set(test_ids) | set(val)) | (held - {c.id for c in cases})):
             refuse(f"--hold-out {' '.join(odd)}: not cases of the training pool (test, validation or unknown cases)")
         pool = [i for i in pool if i not in held]
         if max(s.cases) > len(pool):
             refuse(f"--cases {max(s.cases)}: only {len(pool)} cases are left after the {s.test} test "
-                   f"cases, {n_val} validation case(s) (--val-cases) and {len(held)} held out (--hold-out)")
+                   f"cases, {s.val_cases} validation case(s) (--val-cases) and {len(held)} held out (--hold-out)")
         draws = [{"repeat": None, "fold": None, "test": [], "val": list(val), "pool": pool}] * (max(s.seeds) + 1)
     batch = int(probe_cfg.trainer.batch_size)
     runs = []
@@ -220,8 +217,7 @@ def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequen
 
 def score(run: Run, by_id: Mapping[str, Any], test_ids: Sequence[str], device: str,
           drop_checkpoints: bool = False) -> dict[str, Any]:
-    """Score the finished ``run`` on its test cases and read its budget check, kept in ``<run>/scores.json`` so a rerun
-    neither trains nor predicts again (``drop_checkpoints``: a study folder small enough to carry between machines)."""
+    """Score ``run`` on its test cases with its budget check, into scores.json (a rerun neither trains nor predicts)."""
     ckpt = run.run_dir / "checkpoints" / "last.pt"
     predictor = Predictor.from_checkpoint(ckpt, device=torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)))
