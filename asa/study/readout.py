@@ -30,8 +30,7 @@ PILOT_FLOOR = 0.1  # the pilot's best validation Dice (and the lesion classes', 
 
 def pilot_budget(out: Path, scale: Scale, cap: int | None = None, *,
                  lesion_classes: Sequence[str] = ()) -> dict[str, Any]:
-    """The pilot's curve, whether it learned (best Dice, and the ``lesion_classes``', at least `PILOT_FLOOR`: else no
-    budget to level off at) and the budget found on it: ``steps`` rounded up to ten, at most ``cap`` (``capped``)."""
+    """The pilot's curve, whether it learned (best Dice at least `PILOT_FLOOR`: else no budget) and its budget."""
     record = json.loads(pilot_scores(out, scale).read_text())
     curve = record["budget"].get("val_curve") or []
     lesion = pilot_lesion_curve(pilot_scores(out, scale).parent, lesion_classes)

@@ -46,8 +46,7 @@ def mde_line(primary: Mapping[str, Any] | None, *, min_effect: float) -> list[st
 
 def control_line(row: Mapping[str, Any], *, min_effect: float, read: bool = True, trained_on: str = "",
                  primary_mde: float = math.nan) -> str:
-    """A control's reading: the negative must be shown small (its one-sided 95 % bound under ``min_effect``: a CI
-    touching 0 is not enough); the positive says whether the primary can see its gain (``primary_mde``)."""
+    """A control's reading: the negative shown small by its bound (a CI touching 0 is not), the positive's size."""
     v, lo, hi = row[row["endpoint"]]
     ci = f"Δ {row['endpoint_label']} {v:+.3f} [{lo:+.3f}, {hi:+.3f}] at N = {row['n']}"
     name = "Positive control" if row["kind"] == "positive" else "Negative control"
