@@ -45,9 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", action="append", default=[], metavar="REPO_ID",
                         help="a Hugging Face dataset id for the card's datasets list (repeatable)")
     parser.add_argument("--format", choices=choices(), default="hub",
-                        help="hub (default): the model folder; onnx: the folder and model.onnx, which asa-predict "
-                             "runs in onnxruntime; nnunet-results: instead of the folder, the segmenter's nnU-Net v2 "
-                             "results folder, which nnUNetv2_predict_from_modelfolder runs")
+                        help="; ".join(f"{name}: {formats()[name].about}" for name in choices()))
     for fmt in (f for f in formats().values() if f.options):  # each format's own options, under its name
         group = parser.add_argument_group(f"{fmt.name} options")
         for option in fmt.options:

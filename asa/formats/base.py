@@ -67,13 +67,14 @@ class Format:
     """The protocol every format keeps. ``name``: asa-export's name of it (``--format NAME`` for the folder or a
     segmenter format); ``level``: `FOLDER`, `ENCODER` or `SEGMENTER`; ``files``: the names it writes in the folder;
     ``alone``: its files and card are the whole folder (no model folder); ``options``: the asa-export options it
-    reads, refused for an export that does not write it."""
+    reads, refused for an export that does not write it; ``about``: what ``--format NAME`` writes, for --help."""
 
     name: str = ""
     level: str = ENCODER
     files: tuple[str, ...] = ()
     alone: bool = False
     options: tuple[Option, ...] = ()
+    about: str = ""
 
     def fault(self, spec: Mapping[str, Any]) -> str | None:
         """Why the network ``spec`` (``{"arch", "kwargs"}``) cannot be written in this format (None: it can)."""

@@ -146,6 +146,7 @@ class Hub(Format):
     its card section) and the cohort's list beside them."""
 
     name, level, files = "hub", FOLDER, (MODEL_FILE, CONFIG_FILE, CARD_FILE, SEGMENTER_FILE, COHORT_LIST)
+    about = "the model folder (the default)"
 
     def part(self, job: Job) -> Part:
         files: dict[str, Any] = {}

@@ -454,6 +454,8 @@ class ResultsFolder(Format):
     """``--format nnunet-results``: instead of the model folder, nnU-Net's results folder of the segmenter."""
 
     name, level, files, alone = "nnunet-results", SEGMENTER, RESULTS_FILES, True
+    about = ("instead of the folder, the segmenter's nnU-Net v2 results folder, which nnUNetv2_predict_from_modelfolder "
+             "runs")
     options = (Option("dataset_id", "the plans' Dataset<ID> (1-999, default 975) in $nnUNet_results, where two models "
                                     "need two ids", int, metavar="ID"),
                Option("dataset_name", "the name after Dataset<ID>_ (default asa_<task>)", metavar="NAME"),

@@ -253,6 +253,7 @@ class Onnx(Format):
     """``model.onnx`` beside the model folder; of a network without an encoder (DynUNet), alone with its own card."""
 
     name, level, files = "onnx", SEGMENTER, (ONNX_FILE,)
+    about = "the folder and model.onnx, which asa-predict runs in onnxruntime"
 
     def part(self, job: Job) -> Part:
         assert job.segmenter is not None  # asa-export refuses an encoder alone first
