@@ -18,7 +18,7 @@ DEFAULT_OUTPUT = {"asa-pretrain": "runs/pretrain", "asa-finetune": "runs/finetun
 HYDRA = {"asa-pretrain": "pretrain", "asa-finetune": "finetune", "asa-predict": "predict",
          "asa-evaluate": "evaluate", "asa-probe": "probe", "asa-preprocess": "preprocess"}
 ARGPARSE = {"asa-demo-data": "asa.cli.demo_data", "asa-plan": "asa.cli.plan", "asa-export": "asa.cli.export",
-            "asa-cohort": "asa.cli.cohort", "asa-study": "asa.cli.study", "asa-prepare": "asa.cli.prepare"}
+            "asa-cohort": "asa.cli.cohort", "asa-study": "asa.study.study", "asa-prepare": "asa.cli.prepare"}
 
 
 def _block_commands(text: str) -> list[list[str]]:

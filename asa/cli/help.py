@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["HELP_FLAGS", "help_digest", "hydra_script", "script_help"]
+__all__ = ["HELP_FLAGS", "help_digest", "hydra_script", "kept_text", "script_help"]
 
 HELP_FLAGS = ("-h", "--help")
 _SOURCES = (".py", ".yaml")
@@ -75,18 +75,27 @@ def help_digest(name: str) -> str:
 
 
 def script_help(app: str, name: str, overrides: Sequence[str] = ()) -> str:
-    """The text of ``<app> [overrides] --help``: kept under its digest, else composed (and kept when no override
-    is given; a cache folder that cannot be written keeps nothing)."""
+    """The text of ``<app> [overrides] --help``: kept under its digest (`kept_text`), else composed."""
     if overrides:
         from asa.cli.common import help_text
 
         return help_text(app, name, overrides)
+
+    def composed() -> str:
+        from asa.cli.common import help_text
+
+        return help_text(app, name)
+
+    return kept_text(name, composed)
+
+
+def kept_text(name: str, make: Callable[[], str]) -> str:
+    """``make()``'s text, kept under the digest of ``name`` (`help_digest`): read back while nothing it is made of
+    changed, else made and kept (a cache folder that cannot be written keeps nothing)."""
     kept = _cache_folder() / f"{name}-{help_digest(name)}.txt"
     if kept.is_file():
         return kept.read_text(encoding="utf-8")
-    from asa.cli.common import help_text
-
-    text = help_text(app, name)
+    text = make()
     try:
         kept.parent.mkdir(parents=True, exist_ok=True)
         for stale in kept.parent.glob(f"{name}-*.txt"):  # an earlier digest's: never read again

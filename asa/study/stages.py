@@ -151,7 +151,8 @@ class Probes(Stage):
     def units(self, plan: Plan) -> list[Unit]:
         s = plan.study
         return [probes.probe_unit(s.out, plan.runs, data=s.data, root=s.root, channels=plan.probe_channels,
-                                  cases=[*plan.split["val"], *plan.split["pool"]], seed=s.seed, device=s.device, threads=s.threads,
+                                  cases=[*plan.split["val"], *plan.split["pool"]], seed=s.seed, device=s.device,
+                                  threads=s.threads,
                                   overrides=overlap_overrides(plan.checks["overlap"]))]
 
     def read(self, plan: Plan, times: Mapping[str, Any], spent: Mapping[str, float]) -> int | None:
@@ -199,7 +200,8 @@ class Report(Stage):
         s = plan.study
         info = {"scale_name": s.scale_name, "scale": dataclasses.asdict(s.scale), "network": s.network.name,
                 "steps": plan.pilot["steps"], "recipe": s.recipe, "encoder_lr_scale": s.encoder_lr_scale,
-                "min_effect": s.min_effect, "endpoint": [plan.checks["endpoint"]["key"], plan.checks["endpoint"]["label"]],
+                "min_effect": s.min_effect,
+                "endpoint": [plan.checks["endpoint"]["key"], plan.checks["endpoint"]["label"]],
                 "design": ({"folds": plan.split["folds"], "repeats": plan.split["repeats"],
                             "draws": len(plan.split["draws"]), "cases": len(plan.split["test"])}
                            if "draws" in plan.split else None),

@@ -152,9 +152,10 @@ def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], referen
             mine = [s for s in scores if s["arm"] == arm and int(s["n"]) == n]
             if not mine:
                 continue
-            row: dict[str, Any] = {"arm": arm, "n": n, "seeds": len({s["seed"] for s in mine}), "test_cases": len({s["case"] for s in mine})}
+            seeds = sorted({s["seed"] for s in mine})
+            row: dict[str, Any] = {"arm": arm, "n": n, "seeds": len(seeds), "test_cases": len({s["case"] for s in mine})}
             for key in [*keys, "Dice_mean_zeroed"]:
-                per_seed = [np.mean([float(s[key]) for s in mine if s["seed"] == seed]) for seed in sorted({s["seed"] for s in mine})]
+                per_seed = [np.mean([float(s[key]) for s in mine if s["seed"] == seed]) for seed in seeds]
                 row[key] = float(np.mean(per_seed))
                 row[key + "_sd"] = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else math.nan
             row["encoder_drop"] = row["Dice_mean"] - row["Dice_mean_zeroed"]

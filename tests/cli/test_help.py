@@ -171,3 +171,19 @@ def test_the_digest_follows_modules_configs_and_plugins(monkeypatch, tmp_path):
     (plugin / "nets.py").write_text("")
     assert changed()  # its module edited
     assert cli_help.help_digest("finetune") != seen[-1]
+
+
+def test_asa_study_help_is_its_parser_s_and_once_kept_loads_no_torch(tmp_path, monkeypatch):
+    """asa-study's --help is the study's parser's text; the first call keeps it, the next prints it without torch."""
+    from asa.study.study import build_parser
+
+    monkeypatch.setenv("COLUMNS", "100")
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('TORCH', 'torch' in sys.modules, file=sys.stderr))\n"
+            "from asa.cli.study import main\nmain(['--help'])\n")
+    env = {**os.environ, "ASA_CACHE": str(tmp_path)}
+    first, second = (subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+                     for _ in range(2))
+    assert first.returncode == second.returncode == 0
+    assert first.stdout == second.stdout == build_parser().format_help()
+    assert "--scale {cpu,gpu,planted,quick}" in second.stdout and "TORCH False" in second.stderr
