@@ -234,9 +234,9 @@ def score(run: Run, by_id: Mapping[str, Any], test_ids: Sequence[str], device: s
             entry.update({column(c): row[column(c)] for c in task.output_names})
             entry[column("mean")] = float(np.mean([row[column(c)] for c in task.output_names]))
         scores.append(entry)
-    seconds = _train_seconds(run, math.nan)
+    # its training seconds are the study's to add (`results`): a scorer in a process of its own runs before they are
     budget = {"arm": run.arm, "n": run.n, "seed": run.seed, "steps": int(load_checkpoint(ckpt)["step"]),
-              "train_seconds": seconds, "train": " ".join(run.train), **logged_budget(run.run_dir)}
+              "train": " ".join(run.train), **logged_budget(run.run_dir)}
     done = {"scores": scores, "budget": budget, "names": list(task.output_names)}
     atomic_write_json(run.scores_file, done)
     if drop_checkpoints:
@@ -244,7 +244,7 @@ def score(run: Run, by_id: Mapping[str, Any], test_ids: Sequence[str], device: s
     return done
 
 
-def _train_seconds(run: Run, default: Any = None) -> Any:
+def _train_seconds(run: Run, default: float) -> float:
     timed = run.run_dir / "wall_time.json"
     return json.loads(timed.read_text())["train_seconds"] if timed.is_file() else default
 
@@ -274,9 +274,9 @@ def results(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], probe_cfg
             atomic_write_json(run.run_dir / "wall_time.json", {"train_seconds": seconds + _train_seconds(run, 0.0)})
     done = [(run, json.loads(run.scores_file.read_text())) for run in runs if run.scores_file.is_file()]
     scores = [{**row, **run.identity} for run, d in done for row in d["scores"]]
-    # a run scored before its cases were recorded, or before its wall time was
+    # a run scored before its cases were recorded; its wall time as the study has added it up
     budgets = [{**d["budget"], "train": d["budget"].get("train", " ".join(run.train)),
-                **({} if (t := _train_seconds(run)) is None else {"train_seconds": t})} for run, d in done]
+                "train_seconds": _train_seconds(run, math.nan)} for run, d in done]
     root, _ = dataset_root(probe_cfg.data)
     names = done[0][1]["names"] if done else list(get_task(str(probe_cfg.data.task), root=root).output_names)
     if lesion := [c for c in s.lesion_classes if c not in names]:
