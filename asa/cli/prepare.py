@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-similarity", type=float, default=MIN_SIMILARITY, metavar="R",
                         help="a case whose prepared T1 correlates less than R with the template failed its "
                              f"registration: listed, not written (default: {MIN_SIMILARITY:g}; correct ones measured "
-                             "0.63-0.74, a header turned 90 degrees 0.10-0.34; 0: none refused)")
+                             "0.51-0.90 on real images, a header turned 90 degrees or flipped front to back "
+                             "0.05-0.34; 0: none refused)")
     parser.add_argument("--into-existing", action="store_true",
                         help="write into OUT although it holds files and is not a folder asa-prepare made "
                              "(refused without it)")
