@@ -181,7 +181,7 @@ def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[s
     """Each arm per cohort size and the negative control, ``scale.pretrain_runs`` times (run k seeded ``seed`` + k)."""
     common = ["data=bids", "data.layout=filelist", *channel_overrides(channels), f"data.num_workers={scale.workers}",
               "data.split.ratios=[0.8,0.2,0.0]", "optim=adamw_demo", "trainer.progress=false", "trainer.panel_every=0",
-              "probe.every=0", f"seed={seed}", "resume=auto"]
+              "probe.every=0", "trainer.val_min_steps=0", f"seed={seed}", "resume=auto"]
     batch = int(compose_config("pretrain", [*network.pretrain("mae"), *common[:2], f"data.crop={scale.crop}"])
                 .trainer.batch_size)
     if scale.nproc < 1 or batch % scale.nproc:

@@ -198,7 +198,8 @@ MSD = ("FLAIR", "T1w", "T1gd", "T2w")  # the demo msd set's channels, in its dat
 # the BIDS file each of them means (hand-written)
 MEANS = {"FLAIR": "_FLAIR.nii.gz", "T1w": "_T1w.nii.gz", "T1gd": "_ce-gadolinium_T1w.nii.gz", "T2w": "_T2w.nii.gz"}
 BEFORE = ("data=bids", "data.layout=filelist", "data.num_workers=0", "data.split.ratios=[0.8,0.2,0.0]",
-          "optim=adamw_demo", "trainer.progress=false", "trainer.panel_every=0", "probe.every=0", "seed=0", "resume=auto")
+          "optim=adamw_demo", "trainer.progress=false", "trainer.panel_every=0", "probe.every=0",
+          "trainer.val_min_steps=0", "seed=0", "resume=auto")  # every epoch validated: the plateau check's rounds
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +284,7 @@ def test_a_t1_cohort_is_pretrained_with_the_overrides_and_file_lists_of_before(d
     runs = plan_pretraining(tmp_path, one, network, ["mae"], cohorts, noise, seed=0, channels=channels)
     assert runs == plan_pretraining(tmp_path, one, network, ["mae"], cohorts, noise, seed=0)
     for run in runs:
-        assert run.overrides[len(network.pretrain("mae")):][:10] == BEFORE
+        assert run.overrides[len(network.pretrain("mae")):][:11] == BEFORE
         assert len(run.overrides) == len(network.pretrain("mae")) + len(BEFORE) + 4  # crop, root, epochs, output_dir
     for folder in (cohorts[4], noise):
         rows = (folder / "files.csv").read_text().splitlines()
@@ -312,8 +313,8 @@ def test_the_study_records_its_channels_says_them_and_refuses_all_on_a_t1_cohort
     out = tmp_path / "t1"
     runs = _planned(monkeypatch, ["--pretrain-data", str(cohort), "--out", str(out), *argv])
     # each pretraining run as before, its replicate's seed apart (seed + replicate)
-    assert all(run.overrides[len(Network("resenc", "tiny").pretrain("mae")):][:10]
-               == (*BEFORE[:8], f"seed={run.replicate}", BEFORE[9]) for run in runs)
+    assert all(run.overrides[len(Network("resenc", "tiny").pretrain("mae")):][:11]
+               == (*BEFORE[:9], f"seed={run.replicate}", BEFORE[10]) for run in runs)
     assert json.loads((out / "study.json").read_text())["pretrain_channels"] == ["t1"]
     # a study recorded before the option pretrained on the T1: its folder continues
     record = json.loads((out / "study.json").read_text())
@@ -371,9 +372,9 @@ def test_a_store_of_asa_preprocess_is_a_pretraining_cohort(data, tmp_path, monke
     assert [r.name for r in runs] == ["mae-c3", "noise-c3"]
     pretrain = len(Network("resenc", "tiny").pretrain("mae"))
     mae, noise = (r.overrides[pretrain:] for r in runs)
-    assert mae[:2] == ("data=bids", "data.layout=bids") and mae[2:10] == BEFORE[2:]
-    assert mae[11:13] == (f"data.root={cohort}", f"data.store={store}")  # after data.crop: the store's own root
-    assert noise[:10] == BEFORE and not any(o.startswith("data.store=") for o in noise)
+    assert mae[:2] == ("data=bids", "data.layout=bids") and mae[2:11] == BEFORE[2:]
+    assert mae[12:14] == (f"data.root={cohort}", f"data.store={store}")  # after data.crop: the store's own root
+    assert noise[:11] == BEFORE and not any(o.startswith("data.store=") for o in noise)
     recorded = json.loads((out / "study.json").read_text())
     assert recorded["pretrain_data"] == str(store) and recorded["pretrain_channels"] == ["t1"]
     assert recorded["pretrain_store"] == {"root": str(cohort), "layout": "bids"}
