@@ -15,6 +15,9 @@
 #                                 copies) and its fp32 residual stream (fp32_stream), each step's CUDA time by kernel
 #                                 family for eager and copies, and 200 same-seed steps' losses of each
 #                                 (benchmarks.compile_ab)
+#   study.json                    only with PARTS="install study", a window of its own: asa-study --scale gpu on the
+#                                 planted bed
+#                                 (its report.json; its times.json where its budget ended first)
 #   window.json                   every part's exit code and seconds, the device, the total (after each part)
 #   logs.tgz                      every part's log (after each part)
 #
@@ -122,4 +125,21 @@ done
 
 part swvit_step "$LIMIT_STEP" "$PY" -m benchmarks.compile_ab --amp "$AMP" --variants copies fp32_stream \
     --device "$DEVICE" --json "$OUT/swvit_step.json" "${STEP[@]}"
+
+# the whole asa-study at --scale gpu on the planted bed, a window of its own (PARTS="install study"; docs/studies.md,
+# "The planted yes to plateau"): the bed written, the study within its budget, its report's JSON (else its times) in OUT
+if [[ " ${PARTS:-} " == *" study "* ]]; then
+    if [ -n "$DRY" ]; then BED="--cases 6 --size 32"; LABELED="--cases 10 --size 32"; SCALE="--quick"; LIMIT_STUDY=1800
+    else BED="--cases 40 --size 48"; LABELED="--cases 40 --size 48"; SCALE="--scale gpu"; LIMIT_STUDY=560; fi
+    export PY WORK OUT DEVICE BED LABELED SCALE
+    part study "$LIMIT_STUDY" bash -c '
+        planted=(--anatomy --lesions --placement planted)
+        "$PY" -m asa.cli.demo_data --layout bids "${planted[@]}" --contrasts t1 t1ce t2 flair --out "$WORK/bed/cohort" \
+            $BED & "$PY" -m asa.cli.demo_data --layout msd "${planted[@]}" --out "$WORK/bed/labeled" $LABELED & wait
+        "$PY" -m asa.cli.study --pretrain-data "$WORK/bed/cohort" --data msd --root "$WORK/bed/labeled" $SCALE \
+            --arms mae asa noise supervised --lesion-classes heterotopia --device "$DEVICE" --out "$WORK/study"
+        code=$?
+        cp "$WORK/study/report/report.json" "$OUT/study.json" 2>/dev/null || cp "$WORK/study/times.json" "$OUT/study.json"
+        exit $code'
+fi
 echo "gpu_window: done in $(( $(date +%s) - start )) s; figures in $OUT"

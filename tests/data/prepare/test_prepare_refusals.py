@@ -226,9 +226,12 @@ def test_a_stop_before_any_case_is_recorded_does_not_say_cases_stay(raw, tmp_pat
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_stop_during_the_writes_leaves_no_temporary_and_no_unrecorded_image(raw, tmp_path, capsys, monkeypatch,
-                                                                              signum, code):
+                                                                              request, signum, code):
     """Stopped between a write and its rename (a ``.part`` file on disk) after another image was renamed into place
     (a whole image, no record): neither stays, so no reader takes them for a case."""
+    if signum == signal.SIGINT:  # Ctrl-C raises in a user's process; pytest-xdist's workers ignore SIGINT
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     pytest.importorskip("ants")
     pytest.importorskip("nilearn")
     import asa.data.prepare.case as case_module
