@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from asa.models import LinearWindowAttention
+from tests.fixtures.ops import AtenOps
 
 
 def _reference_mhsa(attn: LinearWindowAttention, x: torch.Tensor) -> torch.Tensor:
@@ -262,20 +263,9 @@ def test_cuda_keeps_sdpa():
 
 def _backward_ops(attn: LinearWindowAttention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict, list]:
     """Output, input gradient, parameter gradients and the aten ops of the backward pass."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
-
     xi = x.clone().requires_grad_()
     out = attn(xi)
-    with Ops() as ops:
+    with AtenOps() as ops:
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
     return out.detach(), xi.grad, {k: p.grad for k, p in attn.named_parameters()}, ops.names
 

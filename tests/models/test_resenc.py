@@ -10,6 +10,7 @@ from asa.models.cnn.masked import MaskedConv3d, MaskedInstanceNorm3d, max_mirror
 from asa.models.cnn.resenc import RESENC_SIZES, coordinate_channel, plan_resenc
 from asa.models.blocks.patch import patchify
 from benchmarks.resenc import AutogradNorm  # the norm as it was before its gradient was written out
+from tests.fixtures.ops import AtenOps
 
 
 def _resenc(img_size=32, **kwargs):  # the tiny widths: what these tests check does not depend on them
@@ -453,25 +454,14 @@ def test_the_norms_sum_of_squares_is_one_fp32_reduction_of_the_exact_squares(dty
 def _masked_step(net, x, *, previous: bool = False) -> tuple[dict, list[str]]:
     """Every parameter's gradient of one masked step and the aten ops of its backward (``previous``: the norms'
     squares written out and every convolution's output mask with its own backward, as before 2026-11-27)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from benchmarks.harness import Workload
     from benchmarks.resenc import PreviousNorm, with_norm
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
 
     with_norm(net, PreviousNorm if previous else MaskedInstanceNorm3d, Workload("set", lambda: None)).run()
     net.zero_grad()
     torch.manual_seed(3)  # the same mask
     loss = net(x).loss
-    with Ops() as ops:
+    with AtenOps() as ops:
         loss.backward()
     return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}, ops.names
 
