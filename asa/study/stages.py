@@ -78,11 +78,11 @@ class FineTuning(Stage):
 
     def units(self, plan: Plan) -> list[Unit]:
         self.settings = self.transfer(plan)
-        self.runs, self.test, self.cfg, ids = transfer.plan_runs(self.settings)
-        return transfer.units(self.settings, self.runs, self.test, ids, str(self.cfg.data.name))
+        self.runs, test, self.cfg, ids = transfer.plan_runs(self.settings)
+        return transfer.units(self.settings, self.runs, test, ids, str(self.cfg.data.name))
 
     def read(self, plan: Plan, times: Mapping[str, Any], spent: Mapping[str, float]) -> int | None:
-        transfer.results(self.settings, self.runs, self.test, self.cfg, spent)
+        transfer.results(self.settings, self.runs, self.cfg, spent)
         return None
 
 

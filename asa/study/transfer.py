@@ -265,8 +265,7 @@ def score_main(spec_file: str) -> None:
         print(f"[transfer] scored {run.run_dir}", flush=True)
 
 
-def results(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], probe_cfg: Any,
-            spent: Mapping[str, float]) -> bool:
+def results(s: Transfer, runs: Sequence[Run], probe_cfg: Any, spent: Mapping[str, float]) -> bool:
     """Add this call's seconds (``spent``) to each run's wall_time.json, write the scored runs' outputs -> all done?"""
     out = Path(s.out).expanduser().absolute()
     for run in runs:  # each run's wall time adds the parts of every call that trained it
