@@ -116,6 +116,20 @@ def test_finetune_refuses_a_crop_larger_than_every_volume(tmp_path):
     assert not (out / "config.yaml").exists() and not (out / "splits.json").exists()
 
 
+def test_pretrain_refuses_a_crop_larger_than_every_volume_before_making_probe_phantoms(tmp_path):
+    """The crop is checked against the volumes before the probe's demo phantoms are made at its size (a crop of
+    512 on 32³ volumes made 512³ phantoms for minutes before the refusal): one line, exit 2, nothing cached."""
+    root = write_demo_dataset("bids", tmp_path / "bids", cases=4, size=32, seed=0)
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "asa.cli.pretrain", f"data.root={root}", "data.crop=64",
+                           "model=tiny", "trainer=smoke", "device=cpu", f"output_dir={out}"],
+                          capture_output=True, text=True, env={**child_env(), "ASA_CACHE": str(cache)}, timeout=120)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("[asa] peak")]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("[asa-pretrain] refused: data.crop=64: the crop is larger than every volume")
+    assert not cache.exists() and not out.exists()
+
+
 def test_disk_full_during_a_checkpoint_save_names_the_folder(tmp_path, monkeypatch):
     import asa.io.atomic as atomic
     import asa.io.checkpoint as checkpoint

@@ -42,6 +42,23 @@ def _method(cfg: PretrainConfig) -> PretrainingMethod:
     return cls(settings, context)
 
 
+def _probe_source(cfg: PretrainConfig) -> tuple[Path | None, str]:
+    """(folder, layout) of ``cfg.probe``'s labeled cases, checked without reading them; folder None: the demo
+    phantoms, made at the crop's size once the crop is checked against the volumes (`PretrainJob.datasets`)."""
+    pc = cfg.probe
+    if pc.data is None:
+        return None, "ibsr"
+    root = Path(str(pc.data)).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"probe.data={root}: no such folder (a labeled dataset: "
+                                f"{', '.join(SEGMENTATION_LAYOUTS)})")
+    layout = detect_layout(root) if pc.layout == "auto" else pc.layout
+    if layout not in SEGMENTATION_LAYOUTS:
+        raise ValueError(f"probe.data={root}: layout {layout!r} has no labels; expected one of "
+                         f"{', '.join(SEGMENTATION_LAYOUTS)}")
+    return root, layout
+
+
 def _probe(cfg: PretrainConfig, method: PretrainingMethod, stride: int, regions=None):
     """probe(model) -> probe metrics (asa.eval.probe) of ``method``'s encoder tokens, one per patch of edge
     ``stride``, on ``cfg.probe``'s labeled cases, or None when off; ``regions``: the region source of an encoder
@@ -49,27 +66,18 @@ def _probe(cfg: PretrainConfig, method: PretrainingMethod, stride: int, regions=
     pc = cfg.probe
     if pc.every < 1:
         return None
-    if pc.data is None:
-        root = ensure_demo_dataset("ibsr", cases=pc.cases, size=int(cfg.data.crop), seed=pc.seed,
+    root, layout = _probe_source(cfg)
+    if root is None:
+        root = ensure_demo_dataset(layout, cases=pc.cases, size=int(cfg.data.crop), seed=pc.seed,
                                    cache_dir=None if cfg.data.demo is None else cfg.data.demo.cache_dir)
-        layout = "ibsr"
-    else:
-        root = Path(str(pc.data)).expanduser()
-        if not root.exists():
-            raise FileNotFoundError(f"probe.data={root}: no such folder (a labeled dataset: "
-                                    f"{', '.join(SEGMENTATION_LAYOUTS)})")
-        layout = detect_layout(root) if pc.layout == "auto" else pc.layout
-    if layout not in SEGMENTATION_LAYOUTS:
-        raise ValueError(f"probe.data={root}: layout {layout!r} has no labels; expected one of "
-                         f"{', '.join(SEGMENTATION_LAYOUTS)}")
     task = get_task(layout, root=root)
     cases = [c for c in discover(layout, root) if c.label is not None][: pc.cases]
     try:
         probe_set = build_probe_set(cases, task, size=int(cfg.data.crop), channels=list(cfg.data.channels),
                                     patch_size=stride, regions=regions)
-    except ValueError as err:
-        raise ValueError(f"probe.data={pc.data}: {err}. Point probe.data at a labeled folder with the pretraining "
-                         f"channels, or turn the probes off with probe.every=0") from err
+    except ValueError as err:  # after the run folder was locked: a refusal all the same (exit 2)
+        raise OptionError(f"probe.data={pc.data}: {err}. Point probe.data at a labeled folder with the pretraining "
+                          f"channels, or turn the probes off with probe.every=0") from err
     return make_probe(probe_set, lam=pc.ridge, k=pc.knn_k, tokens_of=method.probe_tokens)
 
 
@@ -118,15 +126,15 @@ class PretrainJob(TrainingJob):
     def network(self, run: JobRun, splits) -> torch.nn.Module:
         cfg, method = run.cfg, self.method
         model = method.build_network()
-        stride = method.probe_stride(model)
+        self.probe_stride = stride = method.probe_stride(model)
         self.probe_every = cfg.probe.every if stride else 0
         monitor = cfg.trainer.monitor
         if monitor.startswith("probe/") and self.probe_every != 1:
             raise ValueError(f"trainer.monitor={monitor} needs a probe in every validation round: "
                              f"set probe.every=1 (it is {self.probe_every}"
                              + ("" if stride else f"; method={method.name} gives the probes no encoder tokens") + ")")
-        self.probe = None if self.probe_every < 1 else _probe(cfg, method, stride,
-                                                              self.regions if self.needs.network else None)
+        if self.probe_every > 0:
+            _probe_source(cfg)  # its cases are read at the crop's size once `cases` checked the crop
         return model
 
     def cases(self, run: JobRun, cases: list) -> list:
@@ -135,6 +143,8 @@ class PretrainJob(TrainingJob):
 
     def datasets(self, run: JobRun, splits):
         data = run.cfg.data
+        self.probe = None if self.probe_every < 1 else _probe(run.cfg, self.method, self.probe_stride,
+                                                              self.regions if self.needs.network else None)
         common = dict(crop=int(data.crop), resample_mm=data.resample_mm,
                       channels=tuple(data.channels), regions=self.regions, store=data.store)
         train = build_pretrain_dataset(splits["train"], augment=data.augment, flip_axes=self.flip_axes,
