@@ -36,11 +36,12 @@ from asa.train.environment import record_environment
 from asa.train.resume import ResumePoint, check_training_checkpoint
 
 __all__ = ["RunDirError", "RunDir", "RunLock", "LOCK_NAME", "aside_path", "check_writable", "command_line", "launcher",
-           "move_aside", "override", "prepare_run_dir", "shell_path"]
+           "LAUNCH_ENV", "move_aside", "override", "prepare_run_dir", "shell_path"]
 
 LOCK_NAME = "run.lock"
 HISTORY_NAME = "config_history.yaml"
 COMMAND_NAME = "command.txt"  # the command line that started the run
+LAUNCH_ENV = "ASA_TORCHRUN_RENDEZVOUS"  # the rendezvous options asa-torchrun was given, shell words (asa.cli.launch)
 
 
 class RunDirError(RuntimeError):
@@ -50,8 +51,9 @@ class RunDirError(RuntimeError):
 def launcher(app: str) -> str:
     """The words that start ``app`` as this process was started: under torchrun (its ``LOCAL_WORLD_SIZE``
     and ``WORLD_SIZE``), ``asa-torchrun --nproc_per_node=N -m <the script's module>`` (``--nnodes=M`` too on
-    several nodes), so that a printed command runs the job on as many processes as it had (its schedule and
-    global batch depend on it); else ``app``."""
+    several nodes, and the rendezvous options asa-torchrun was given: `LAUNCH_ENV`), so that a printed command
+    runs the job on as many processes as it had (its schedule and global batch depend on it) and finds the
+    other nodes where they wait; else ``app``."""
     local, world = os.environ.get("LOCAL_WORLD_SIZE"), os.environ.get("WORLD_SIZE")
     if not (local and world and local.isdigit() and world.isdigit() and int(local) > 0):
         return app
@@ -59,8 +61,9 @@ def launcher(app: str) -> str:
     module = main.name if main is not None and main.name.startswith("asa.cli.") else \
         f"asa.cli.{app.removeprefix('asa-').replace('-', '_')}"
     nodes = int(world) // int(local)
+    rendezvous = os.environ.get(LAUNCH_ENV)  # shell words already
     return " ".join(["asa-torchrun", *([f"--nnodes={nodes}"] if nodes > 1 else []), f"--nproc_per_node={local}",
-                     "-m", module])
+                     *([rendezvous] if rendezvous else []), "-m", module])
 
 
 def command_line(app: str, *, drop: Sequence[str] = ("resume", "overwrite")) -> str:
