@@ -192,3 +192,36 @@ def test_console_script_exit_codes_and_per_case_lines(setup, tmp_path):
     assert stderr.count("[asa] predicted ") == 3 and "predicted 3/3" in stderr
     assert again == 2 and "already holds predictions" in refused
     assert bad == 2 and overlap.strip().splitlines()[-1].startswith("[asa-predict] refused: overlap=-0.5")
+
+
+@pytest.mark.slow
+def test_a_resume_after_a_sigkill_keeps_every_complete_prediction(setup, tmp_path, monkeypatch, capsys):
+    """Killed as the second case's label file took its name, with a torn temporary beside it (what a kill during
+    an earlier asa's write left): resume=true predicts the third case alone and removes the temporary. Both states
+    were refused as predictions that predictions.json does not record."""
+    import os
+
+    class Killed(BaseException):
+        pass
+
+    _, data, a, _ = setup
+    out = tmp_path / "preds"
+    ids = sorted(p.name for p in data.iterdir())
+    real = os.replace
+
+    def replace(src, dst):
+        real(src, dst)
+        if Path(dst) == out / f"{ids[1]}.nii.gz":
+            raise Killed
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(Killed):
+        predict(_cfg(a, data, out))
+    monkeypatch.undo()
+    torn = out / f".{ids[2]}.nii.gz.k3j9x_2a.tmp.nii.gz"
+    torn.write_bytes((out / f"{ids[1]}.nii.gz").read_bytes()[:100])
+    os.utime(torn, (0, 0))
+    capsys.readouterr()
+    written = predict(_cfg(a, data, out, "resume=true"))
+    assert [p.name for p in written] == [f"{ids[2]}.nii.gz"] and not torn.exists()
+    assert f"removed 1 temporary file(s) that an interrupted prediction write left in {out}" in capsys.readouterr().err
+    assert sorted(json.loads((out / "predictions.json").read_text())["cases"]) == ids

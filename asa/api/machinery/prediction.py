@@ -6,14 +6,23 @@ An output folder holds the predictions of one checkpoint, recorded in ``<output>
 (the checkpoint's path and SHA-256 per case, the settings and the command of each run). A folder that
 already holds predictions is refused unless ``overwrite=true`` (the old folder is moved aside to
 ``<output>.replaced-<time>``, nothing is deleted) or ``resume=true`` (continue with the same
-checkpoint: the cases it already wrote are kept). Every check runs before anything is written.
+checkpoint: the cases it already wrote are kept). One job writes a folder at a time (``<output>/run.lock``);
+every check runs before anything but the lock is written.
+
+A killed job (SIGKILL, a lost node) leaves nothing that a resume would read half-written or predict again
+complete: a case's files are written in the hidden ``<output>/.writing/``, its record (with each file's SHA-256,
+under ``pending``) is written next, and only then are the files renamed into ``<output>``. A resume keeps a
+pending case only if every file in place has the recorded content; the next start removes what a killed write
+left in ``.writing/`` and the atomic writer's temporaries, saying so in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -25,16 +34,18 @@ import torch
 from tqdm import tqdm
 
 from asa.api.machinery.dataset import cases_of_split
-from asa.api.machinery.rundir import RunDirError, check_writable, command_line, move_aside, override
+from asa.api.machinery.rundir import (LOCK_NAME, RunDirError, RunLock, check_writable, command_line, move_aside,
+                                     override, sweep_temporaries)
 from asa.api.machinery.run import refusing
 from asa.api.configuration.schema import PredictConfig
 from asa.io import atomic_write_json
 from asa.io import VolumeError
 
-__all__ = ["MANIFEST", "PredictSetup", "PredictionJob", "check_output", "sha256"]
+__all__ = ["MANIFEST", "STAGE", "PredictSetup", "PredictionJob", "check_output", "check_outside_inputs", "sha256"]
 
 APP = "asa-predict"
 MANIFEST = "predictions.json"
+STAGE = ".writing"  # where a case's files are written before they are renamed into the output folder
 
 
 @dataclass(frozen=True)
@@ -62,17 +73,20 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def check_output(out: Path, inputs: list[str] | str, *, overwrite: bool, resume: bool, checksum: str,
-                 held: Sequence[str]) -> tuple[dict, set[str]]:
-    """Refuse an output inside an input folder, or one holding predictions unless asked; returns the
-    manifest to continue (resume) and the case ids whose predictions are kept. ``held``: the prediction
-    files in ``out`` (`PredictionJob.prediction_files`)."""
+def check_outside_inputs(out: Path, inputs: list[str] | str) -> None:
+    """Refuse an output inside an input folder (or the folder of an input file)."""
     items = [Path(str(p)).expanduser().absolute() for p in ([inputs] if isinstance(inputs, str) else inputs)]
     for item in items:
         folder = item if item.is_dir() else item.parent
         if _inside(out, folder) if item.is_dir() else out == folder:
             raise RunDirError(f"output={out} is inside the input {folder}: predictions would be mixed into the data "
                               "(and read as data later); write them to a folder outside it")
+
+
+def check_output(out: Path, *, overwrite: bool, resume: bool, checksum: str,
+                 held: Sequence[str]) -> tuple[dict, set[str]]:
+    """Refuse an output folder holding predictions unless asked; returns the manifest to continue (resume) and the
+    case ids whose predictions are kept. ``held``: the prediction files in ``out`` (`PredictionJob.prediction_files`)."""
     if not out.exists():
         return {}, set()
     if not out.is_dir():
@@ -112,7 +126,15 @@ def check_output(out: Path, inputs: list[str] | str, *, overwrite: bool, resume:
         raise RunDirError(f"resume=true: output={out} holds predictions that {MANIFEST} does not record "
                           f"({', '.join(unknown[:4])}{', ...' if len(unknown) > 4 else ''}): it cannot tell which "
                           "checkpoint wrote them; use overwrite=true or another output")
-    kept = {cid for cid, c in recorded.items() if all((out / f).is_file() for f in c.get("files", []))}
+    pending = (manifest.get("pending") or {}) if isinstance(manifest, dict) else {}
+
+    def complete(cid: str, names: list[str]) -> bool:
+        # a pending case was recorded before its files were renamed into place: a kill may have come before any
+        # of them, so a file there may be an older one of the same name; only the recorded content proves it
+        return all((out / f).is_file() for f in names) and (
+            cid not in pending or all(sha256(out / f) == pending[cid].get(f) for f in names))
+
+    kept = {cid for cid, c in recorded.items() if complete(cid, c.get("files", []))}
     return manifest, kept
 
 
@@ -132,12 +154,13 @@ class PredictionJob:
         run are not among them). The one order:
 
         1. the network (`load_predictor`), the cases of the inputs (`prediction_cases`; with ``split_file``,
-           those of ``subset``), the output folder checked against its manifest (resume, overwrite): nothing
-           is written before every check passed;
-        2. the start line (`describe`), the old folder moved aside (``overwrite``), the manifest's new run;
-        3. each case not kept (`start`, then `predict_case`), recorded in the manifest as it is written, a
-           case whose volumes cannot be used stopping the batch or skipped (``on_bad_case``); a stop signal
-           keeps the predictions written so far, recorded;
+           those of ``subset``), the output folder locked and checked against its manifest (resume, overwrite):
+           nothing but the lock is written before every check passed;
+        2. the start line (`describe`), the old folder moved aside (``overwrite``), what a killed job left removed,
+           the manifest's new run;
+        3. each case not kept (`start`, then `predict_case` into ``.writing/``), recorded in the manifest, then
+           renamed into the folder, a case whose volumes cannot be used stopping the batch or skipped
+           (``on_bad_case``); a stop signal keeps the predictions written so far, recorded;
         4. the closing lines (`summary`)."""
         with refusing():
             self.load_predictor(cfg, state, checkpoint, setup)
@@ -145,41 +168,74 @@ class PredictionJob:
             cases = cases_of_split(cases, cfg.split_file, cfg.subset, where=f"input={inputs}")
             checksum = sha256(checkpoint)
             out = Path(cfg.output).expanduser().absolute()
-            manifest, kept = check_output(out, inputs, overwrite=cfg.overwrite, resume=bool(cfg.resume),
-                                          checksum=checksum, held=self.prediction_files(out) if out.is_dir() else [])
+            check_outside_inputs(out, inputs)
             check_writable(out, "output")
+        created = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(out, option="output")
+        try:
+            lock.acquire(command_line(APP))
+            manifest, kept = check_output(out, overwrite=cfg.overwrite, resume=bool(cfg.resume), checksum=checksum,
+                                          held=self.prediction_files(out))
+        except BaseException:
+            lock.release()
+            if created and not any(out.iterdir()):
+                out.rmdir()
+            raise
+        try:
+            return self._predict(cfg, cases, out, lock, manifest, kept,
+                                 {"checkpoint": str(checkpoint), "checkpoint_sha256": checksum,
+                                  "settings": self.prediction_settings(cfg, setup)}, setup)
+        finally:
+            lock.release()
+
+    def _predict(self, cfg: PredictConfig, cases: list, out: Path, lock: RunLock, manifest: dict, kept: set[str],
+                 record: dict, setup: PredictSetup) -> list[Path]:
+        """`predict` from step 2 on, with the lock on ``out`` held."""
         print(self.describe(cfg, cases, setup), flush=True)
-        if cfg.overwrite and out.exists() and any(out.iterdir()):
+        if cfg.overwrite and any(p.name != LOCK_NAME for p in out.iterdir()):
+            lock.release()
             aside = move_aside(out)
+            (aside / LOCK_NAME).unlink(missing_ok=True)
+            out.mkdir()
+            lock.acquire(command_line(APP))
             print(f"[asa] overwrite=true: moved the previous predictions to {aside}", file=sys.stderr, flush=True)
+        sweep_temporaries(out, lock, "prediction", stage=STAGE)
         if kept:
             print(f"[asa] resume=true: keeping {len(kept & {c.id for c in cases})} prediction(s) this checkpoint "
                   f"already wrote in {out}", flush=True)
-        record = {"checkpoint": str(checkpoint), "checkpoint_sha256": checksum,
-                  "settings": self.prediction_settings(cfg, setup)}
+        pending = {cid: files for cid, files in manifest.get("pending", {}).items() if cid not in kept}
         manifest = {"format": "asa-predictions", "version": 1, "cases": dict(manifest.get("cases", {})),
-                    "runs": list(manifest.get("runs", []))}
+                    "runs": list(manifest.get("runs", [])), "pending": pending}
         manifest["runs"].append({"time": _now(), "command": command_line(APP, drop=()), **record})
         written: list[Path] = []
         todo = [c for c in cases if c.id not in kept]
         progress = sys.stderr.isatty()
         start = time.perf_counter()
         skipped: list[tuple[str, str]] = []
-        out.mkdir(parents=True, exist_ok=True)
+        stage = out / STAGE
+        stage.mkdir(exist_ok=True)
         self.start(cfg, out, {c.id for c in cases} & kept)
         try:
             for case in tqdm(todo, desc="predict", unit="case", disable=not progress):
                 try:
-                    files = self.predict_case(cfg, case, out, setup)
+                    files = self.predict_case(cfg, case, stage, setup)
                 except VolumeError as err:
                     if cfg.on_bad_case == "error":
                         raise VolumeError(err.path, f"{err.fault} (case {case.id}; on_bad_case=skip predicts the "
                                                     "other cases)") from err
                     skipped.append((case.id, str(err)))
                     continue
-                written.append(files[0])
+                # the record first, then the files into place: a kill between the two leaves the case pending, which
+                # a resume keeps only where each file in place has the recorded content (`check_output`); the other
+                # order would leave complete files no record proves
                 manifest["cases"][case.id] = {"files": [f.name for f in files], **record, "written": _now()}
+                pending[case.id] = {f.name: sha256(f) for f in files}
                 atomic_write_json(out / MANIFEST, manifest)  # after each case: an interrupted batch stays recorded
+                for f in files:
+                    os.replace(f, out / f.name)
+                del pending[case.id]  # said by the next write of the manifest
+                written.append(out / files[0].name)
                 if not progress:  # a log file: one line per case instead of the bar
                     print(f"[asa] predicted {len(written)}/{len(todo)}: {case.id} "
                           f"({time.perf_counter() - start:.0f} s elapsed)", file=sys.stderr, flush=True)
@@ -187,6 +243,9 @@ class PredictionJob:
             stop.kept = (f"{len(written)} of {len(todo)} prediction(s) written in this run to {out}, recorded in "
                          f"{MANIFEST}; continue with the same command and resume=true")
             raise
+        finally:
+            with contextlib.suppress(OSError):  # not empty: a write that failed left a file, removed at the next start
+                stage.rmdir()
         manifest["runs"][-1].update(written=len(written), kept=len(cases) - len(todo),
                                     skipped=[{"id": cid, "reason": reason} for cid, reason in skipped])
         atomic_write_json(out / MANIFEST, manifest)
@@ -221,8 +280,8 @@ class PredictionJob:
         """Before the first case: ``out`` exists, ``kept`` are the ids of the cases whose predictions stay."""
 
     def predict_case(self, cfg: PredictConfig, case: Any, out: Path, setup: PredictSetup) -> list[Path]:
-        """Write the predictions of one case to ``out``; returns its files (the first one is the case's
-        prediction). Raises `asa.io.nifti.VolumeError` for a case whose volumes cannot be used."""
+        """Write the predictions of one case to ``out`` (the output folder's ``.writing/``, from where `predict`
+        renames them into place); returns its files (the first one is the case's prediction). Raises `asa.io.nifti.VolumeError` for a case whose volumes cannot be used."""
         raise NotImplementedError(f"{type(self).__name__}: no predict_case (or override predict)")
 
     def summary(self, out: Path, written: int, kept: int) -> str:

@@ -36,7 +36,7 @@ from asa.train.environment import record_environment
 from asa.train.resume import ResumePoint, check_training_checkpoint
 
 __all__ = ["RunDirError", "RunDir", "RunLock", "LOCK_NAME", "aside_path", "check_writable", "command_line", "launcher",
-           "LAUNCH_ENV", "move_aside", "override", "prepare_run_dir", "shell_path"]
+           "LAUNCH_ENV", "move_aside", "override", "prepare_run_dir", "shell_path", "sweep_temporaries"]
 
 LOCK_NAME = "run.lock"
 HISTORY_NAME = "config_history.yaml"
@@ -277,21 +277,23 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def _sweep_temporaries(out_dir: Path, lock: RunLock) -> None:
-    """Remove from ``out_dir/checkpoints`` the temporary files of checkpoint writes that a killed process left
-    (SIGKILL, a lost node): named as asa's atomic writer names them and older than ``lock``, which this job holds, so
-    no job is writing them now. Said in one line."""
-    folder = out_dir / "checkpoints"
+def sweep_temporaries(folder: Path, lock: RunLock, writes: str = "checkpoint", stage: str | None = None) -> None:
+    """Remove from ``folder`` the temporary files of ``writes`` writes that a killed process left (SIGKILL, a lost
+    node): named as asa's atomic writer names them, or any file in its subfolder ``stage`` (where files are written
+    to be renamed into ``folder``), and older than ``lock``, which this job holds, so no job is writing them now.
+    Said in one line."""
     if not folder.is_dir():
         return
     since = lock.path.stat().st_mtime
-    litter = sorted(p for p in folder.iterdir()
-                    if is_atomic_temporary(p) and p.is_file() and p.stat().st_mtime < since)
+    found = [p for p in folder.iterdir() if is_atomic_temporary(p)]
+    if stage is not None and (folder / stage).is_dir():
+        found += list((folder / stage).iterdir())
+    litter = sorted(p for p in found if p.is_file() and p.stat().st_mtime < since)
     for path in litter:
         path.unlink(missing_ok=True)
     if litter:
-        print(f"[asa] removed {len(litter)} temporary file(s) that an interrupted checkpoint write left in {folder} "
-              f"({', '.join(p.name for p in litter)})", file=sys.stderr, flush=True)
+        print(f"[asa] removed {len(litter)} temporary file(s) that an interrupted {writes} write left in {folder} "
+              f"({', '.join(str(p.relative_to(folder)) for p in litter)})", file=sys.stderr, flush=True)
 
 
 def _checkpoints(out_dir: Path) -> list[Path]:
@@ -389,14 +391,14 @@ def _check(out_dir: Path, *, app: str, resume: Any, overwrite: bool, run_config:
         lock.acquire(command)
         print(f"[asa] overwrite=true: moved the previous run to {moved_to}", file=sys.stderr, flush=True)
     if resume_from is None:
-        _sweep_temporaries(out_dir, lock)
+        sweep_temporaries(out_dir / "checkpoints", lock)
         return None, moved_to
     _check_saved_config(out_dir / "config.yaml")
     family = pretrain_family(run_config.get("model")) if app == "asa-pretrain" and "model" in run_config else None
     point = check_training_checkpoint(resume_from, run_config, compat_keys, moved=moved_key, current=current_config,
                                       removed=removed_key, added=added_settings, family=family, app=app,
                                       world_size=world_size)
-    _sweep_temporaries(out_dir, lock)  # the run goes ahead
+    sweep_temporaries(out_dir / "checkpoints", lock)  # the run goes ahead
     return point, moved_to
 
 

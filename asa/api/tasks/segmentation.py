@@ -43,7 +43,7 @@ from asa.eval.predict import Predictor, gather_cases, predict_case
 from asa.eval.probe import build_probe_set
 from asa.eval.probe_cv import token_probes
 from asa.eval.reliance import encoder_reliance, format_reliance, write_reliance
-from asa.io import is_nifti
+from asa.io import is_nifti, is_temporary
 from asa.losses import DeepSupervisionLoss, SegmentationLoss
 from asa.choices import in_range
 from asa.models import Capabilities, capabilities
@@ -346,7 +346,8 @@ class SegmentationTask(FinetuneTask):
         return gather_cases(inputs, self.predictor.task, layout=cfg.layout, on_bad_case=cfg.on_bad_case)
 
     def prediction_files(self, out: Path) -> list[str]:
-        return [p.name for p in out.iterdir() if is_nifti(p)]
+        # a killed write's temporary (.<case>.nii.gz.<random>.tmp.nii.gz) is no prediction: the next start removes it
+        return [p.name for p in out.iterdir() if is_nifti(p) and not is_temporary(p)]
 
     def describe(self, cfg: PredictConfig, cases: list, setup: PredictSetup) -> str:
         if note := channel_note(cases, self.predictor.task):
