@@ -140,9 +140,10 @@ def rendezvous_failure(args: argparse.Namespace, err: BaseException) -> str:
     if args.rdzv_backend == "static":
         nodes, rank = int(str(args.nnodes).split(":")[-1]), int(args.node_rank)
         others = "1" if nodes == 2 else f"1-{nodes - 1}"
-        awaited = f"node_rank {others} to connect" if rank == 0 else "node_rank 0, which hosts its store"
+        awaited = f"node_rank{'s' if nodes > 2 else ''} {others} to connect" if rank == 0 else \
+            "node_rank 0, which hosts its store"
         return (f"[asa-torchrun] static rendezvous at {endpoint}, node_rank {rank} of --nnodes={args.nnodes}: "
-                f"waited for {awaited} up to {wait}: {said}; exit 1")
+                f"waited up to {wait} for {awaited}: {said}; exit 1")
     if isinstance(err, RendezvousTimeoutError):
         what = f"waited {wait} for the other nodes to join and they did not all come"
     elif isinstance(err, RendezvousConnectionError):
