@@ -46,10 +46,11 @@ def _check_options(cfg: PredictConfig) -> list[str] | str:
 
 
 def _nnunet_results(checkpoint: Path) -> Path | None:
-    """The nnU-Net v2 results folder that ``checkpoint`` is, or whose fold's checkpoint (``fold_all/
-    checkpoint_final.pth``) it is: plans.json and dataset.json beside ``fold_*/checkpoint_*.pth``; None otherwise."""
-    folder = checkpoint.parent.parent if checkpoint.is_file() and checkpoint.parent.name.startswith("fold_") \
-        else checkpoint
+    """The nnU-Net v2 results folder that ``checkpoint`` is, or whose fold (``fold_all``) or fold's checkpoint
+    (``fold_all/checkpoint_final.pth``) it is: plans.json and dataset.json beside ``fold_*/checkpoint_*.pth``; None
+    otherwise."""
+    fold = checkpoint.parent if checkpoint.is_file() else checkpoint
+    folder = fold.parent if fold.name.startswith("fold_") else checkpoint
     held = folder.is_dir() and (folder / "plans.json").is_file() and (folder / "dataset.json").is_file()
     return folder if held and any(folder.glob("fold_*/checkpoint_*.pth")) else None
 

@@ -35,11 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from asa.io.atomic import _fsync_dir, atomic_write_json, atomic_write_text, default_file_mode
 from asa.io.checkpoint import CheckpointError, load_checkpoint
 from asa.io.export_safetensors import SAFETENSORS_SUFFIX, load_export_safetensors, save_export_safetensors
 from asa.io.foreign import read_foreign
+from asa.io.nifti import is_nifti, is_temporary
 
 __all__ = ["CARD_FILE", "CONFIG_FILE", "ENCODER_ARCH", "FOLDER_FILES", "FOLDER_FORMAT", "HUB_PREFIX", "MODEL_FILE",
            "COHORT_LIST", "NNSSL_CHECKPOINT", "NNSSL_PLAN", "NNUNET_PLANS", "NNUNET_WEIGHTS", "SEGMENTER_FILE", "encoder_network_spec",
@@ -66,14 +68,52 @@ COHORT_LIST = "cohort.json.gz"
 
 
 def segmenter_checkpoint(folder: str | os.PathLike) -> Path:
-    """The whole fine-tuned network of a model folder (``segmenter.pt``); refused, naming the folder, when it
-    carries an encoder only."""
+    """The whole fine-tuned network of a model folder (``segmenter.pt``); any other folder is refused, saying what it
+    is (`_not_a_segmenter`)."""
     path = Path(folder) / SEGMENTER_FILE
     if not path.is_file():
-        raise CheckpointError(f"model folder {folder}: no {SEGMENTER_FILE}: it carries a pretrained encoder only; "
-                              "asa-export a fine-tuning checkpoint (asa-finetune's best.pt or last.pt) for a folder "
-                              "asa-predict can use")
+        raise CheckpointError(_not_a_segmenter(Path(folder)))
     return path
+
+
+def _not_a_segmenter(folder: Path) -> str:
+    """What ``folder``, given to asa-predict as ``checkpoint=`` and holding no ``segmenter.pt``, is: a model folder of
+    an encoder, a run folder (fine-tuning or pretraining: its ``config.yaml`` says which), a data folder or neither;
+    and what asa-predict reads instead."""
+    wanted = "asa-predict reads a fine-tuning checkpoint (asa-finetune's checkpoints/best.pt or last.pt)"
+    if is_model_folder(folder):
+        return (f"model folder {folder}: no {SEGMENTER_FILE}: it carries a pretrained encoder only; asa-export a "
+                "fine-tuning checkpoint (asa-finetune's best.pt or last.pt) for a folder asa-predict can use")
+    ckpts = folder / "checkpoints"
+    if ckpts.is_dir() or (folder / "config.yaml").is_file():
+        try:
+            config = yaml.safe_load((folder / "config.yaml").read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            config = None
+        if (ckpts / "encoder.pt").is_file() or (isinstance(config, dict) and "method" in config):
+            return (f"checkpoint={folder}: an asa-pretrain run folder: its encoder is fine-tuned by asa-finetune "
+                    f"model.pretrained={ckpts / 'encoder.pt'}, and {wanted}")
+        held = [ckpts / name for name in ("best.pt", "last.pt") if (ckpts / name).is_file()]
+        if not held:
+            return f"checkpoint={folder}: an asa-finetune run folder with no checkpoint yet (best.pt, last.pt in " \
+                   f"{ckpts})"
+        both = " (the best validation round's weights; last.pt: the last step's)" if len(held) == 2 else ""
+        return f"checkpoint={folder}: an asa-finetune run folder; asa-predict reads its checkpoint={held[0]}{both}"
+    if image := _first_image(folder):
+        return (f"checkpoint={folder}: a data folder (it holds images: {image.relative_to(folder)}), not a checkpoint; "
+                f"give it as input={folder}; {wanted}")
+    return f"checkpoint={folder}: a folder with no {SEGMENTER_FILE}, run or images; {wanted}, or a folder asa-export " \
+           "wrote from one"
+
+
+def _first_image(folder: Path, depth: int = 4) -> Path | None:
+    """A NIfTI file within ``depth`` levels under ``folder`` (a BIDS session's anat/ is the fourth), or None."""
+    for here, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not is_temporary(d)) if len(Path(here).relative_to(folder).parts) < depth \
+            else []
+        if found := next((name for name in sorted(files) if is_nifti(name) and not is_temporary(name)), None):
+            return Path(here) / found
+    return None
 
 
 def is_model_folder(path: str | os.PathLike) -> bool:

@@ -225,3 +225,50 @@ def test_a_resume_after_a_sigkill_keeps_every_complete_prediction(setup, tmp_pat
     assert [p.name for p in written] == [f"{ids[2]}.nii.gz"] and not torn.exists()
     assert f"removed 1 temporary file(s) that an interrupted prediction write left in {out}" in capsys.readouterr().err
     assert sorted(json.loads((out / "predictions.json").read_text())["cases"]) == ids
+
+
+def _folder(kind: str, base: Path) -> tuple[Path, str]:
+    """A folder of ``kind`` made by hand (no file is read beyond what names it) and the line asa-predict answers."""
+    wanted = "asa-predict reads a fine-tuning checkpoint (asa-finetune's checkpoints/best.pt or last.pt)"
+    if kind == "nnU-Net results fold":
+        results = base / "Dataset501_x" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+        (results / "fold_all").mkdir(parents=True)
+        (results / "fold_all" / "checkpoint_final.pth").write_bytes(b"")
+        (results / "plans.json").write_text(json.dumps({"dataset_name": "Dataset501_x"}))
+        (results / "dataset.json").write_text("{}")
+        return results / "fold_all", (
+            f"checkpoint={results / 'fold_all'}: an nnU-Net v2 results folder (Dataset501_x, "
+            "nnUNetTrainer__nnUNetPlans__3d_fullres, fold all), which nnU-Net's predictor runs, not asa-predict: "
+            f"nnUNetv2_predict_from_modelfolder -i IMAGES -o PREDICTIONS -m {results} -f all")
+    if kind in ("fine-tuning run", "pretraining run"):
+        run = base / "run"
+        (run / "checkpoints").mkdir(parents=True)
+        for name in ("best.pt", "last.pt"):
+            (run / "checkpoints" / name).write_bytes(b"")
+        (run / "config.yaml").write_text("task: {}\n" if kind == "fine-tuning run" else "method: {name: mae}\n")
+        return run, (f"checkpoint={run}: an asa-finetune run folder; asa-predict reads its checkpoint="
+                     f"{run / 'checkpoints' / 'best.pt'} (the best validation round's weights; last.pt: the last "
+                     "step's)" if kind == "fine-tuning run" else
+                     f"checkpoint={run}: an asa-pretrain run folder: its encoder is fine-tuned by asa-finetune "
+                     f"model.pretrained={run / 'checkpoints' / 'encoder.pt'}, and {wanted}")
+    data = base / "bids"
+    (data / "sub-01" / "ses-01" / "anat").mkdir(parents=True)
+    (data / "sub-01" / "ses-01" / "anat" / "sub-01_ses-01_T1w.nii.gz").write_bytes(b"")
+    return data, (f"checkpoint={data}: a data folder (it holds images: sub-01/ses-01/anat/sub-01_ses-01_T1w.nii.gz), "
+                  f"not a checkpoint; give it as input={data}; {wanted}")
+
+
+@pytest.mark.parametrize("kind", ["nnU-Net results fold", "fine-tuning run", "pretraining run", "data folder"])
+def test_a_folder_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path, capsys, kind):
+    """Each was answered "no segmenter.pt: it carries a pretrained encoder only", true of none of them; refused
+    (exit 2, one line) before anything is written."""
+    from asa.cli.common import EXIT_REFUSED, entry
+
+    folder, expected = _folder(kind, tmp_path)
+    out = tmp_path / "pred"
+    with pytest.raises(SystemExit) as stop:
+        entry("asa-predict", predict, _cfg(folder, tmp_path / "images", out))
+    said = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[asa-predict]")]
+    assert stop.value.code == EXIT_REFUSED and len(said) == 1, said
+    assert said[0].startswith(f"[asa-predict] refused: {expected}"), said[0]
+    assert "pretrained encoder only" not in said[0] and not out.exists()

@@ -86,7 +86,8 @@ def check_outside_inputs(out: Path, inputs: list[str] | str) -> None:
 def check_output(out: Path, *, overwrite: bool, resume: bool, checksum: str,
                  held: Sequence[str]) -> tuple[dict, set[str]]:
     """Refuse an output folder holding predictions unless asked; returns the manifest to continue (resume) and the
-    case ids whose predictions are kept. ``held``: the prediction files in ``out`` (`PredictionJob.prediction_files`)."""
+    case ids whose predictions are kept. ``held``: the prediction files in ``out``
+    (`PredictionJob.prediction_files`)."""
     if not out.exists():
         return {}, set()
     if not out.is_dir():
@@ -281,7 +282,8 @@ class PredictionJob:
 
     def predict_case(self, cfg: PredictConfig, case: Any, out: Path, setup: PredictSetup) -> list[Path]:
         """Write the predictions of one case to ``out`` (the output folder's ``.writing/``, from where `predict`
-        renames them into place); returns its files (the first one is the case's prediction). Raises `asa.io.nifti.VolumeError` for a case whose volumes cannot be used."""
+        renames them into place); returns its files (the first one is the case's prediction). Raises
+        `asa.io.nifti.VolumeError` for a case whose volumes cannot be used."""
         raise NotImplementedError(f"{type(self).__name__}: no predict_case (or override predict)")
 
     def summary(self, out: Path, written: int, kept: int) -> str:
