@@ -159,6 +159,14 @@ def test_a_second_job_on_the_same_output_is_refused_while_the_first_holds_its_lo
     assert sorted(p.name for p in out.iterdir()) == ["run.lock"]
 
 
+def test_an_output_that_is_a_file_is_refused_before_the_lock(run):
+    predict, out = run
+    out.write_text("notes")
+    with pytest.raises(RunDirError, match=r"output=.* is a file, not a folder"):
+        predict()
+    assert out.read_text() == "notes"
+
+
 def test_a_segmentation_temporary_is_no_prediction(tmp_path):
     """The writer's temporary of a case killed mid-write was counted as a prediction the record does not know."""
     for name in ("c1.nii.gz", ".c2.nii.gz.k3j9x_2a.tmp.nii.gz", "notes.txt"):

@@ -41,7 +41,7 @@ from asa.api.configuration.schema import PredictConfig
 from asa.io import atomic_write_json
 from asa.io import VolumeError
 
-__all__ = ["MANIFEST", "STAGE", "PredictSetup", "PredictionJob", "check_output", "check_outside_inputs", "sha256"]
+__all__ = ["MANIFEST", "STAGE", "PredictSetup", "PredictionJob", "check_output", "check_output_path", "sha256"]
 
 APP = "asa-predict"
 MANIFEST = "predictions.json"
@@ -73,8 +73,10 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def check_outside_inputs(out: Path, inputs: list[str] | str) -> None:
-    """Refuse an output inside an input folder (or the folder of an input file)."""
+def check_output_path(out: Path, inputs: list[str] | str) -> None:
+    """Refuse an output that is a file, or inside an input folder (or the folder of an input file)."""
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"output={out} is a file, not a folder")
     items = [Path(str(p)).expanduser().absolute() for p in ([inputs] if isinstance(inputs, str) else inputs)]
     for item in items:
         folder = item if item.is_dir() else item.parent
@@ -85,13 +87,9 @@ def check_outside_inputs(out: Path, inputs: list[str] | str) -> None:
 
 def check_output(out: Path, *, overwrite: bool, resume: bool, checksum: str,
                  held: Sequence[str]) -> tuple[dict, set[str]]:
-    """Refuse an output folder holding predictions unless asked; returns the manifest to continue (resume) and the
-    case ids whose predictions are kept. ``held``: the prediction files in ``out``
+    """Refuse the output folder ``out`` (locked by `predict`) holding predictions unless asked; returns the manifest
+    to continue (resume) and the case ids whose predictions are kept. ``held``: the prediction files in ``out``
     (`PredictionJob.prediction_files`)."""
-    if not out.exists():
-        return {}, set()
-    if not out.is_dir():
-        raise RunDirError(f"output={out} is a file, not a folder")
     held = sorted(held)
     manifest_path = out / MANIFEST
     manifest = {}
@@ -169,7 +167,7 @@ class PredictionJob:
             cases = cases_of_split(cases, cfg.split_file, cfg.subset, where=f"input={inputs}")
             checksum = sha256(checkpoint)
             out = Path(cfg.output).expanduser().absolute()
-            check_outside_inputs(out, inputs)
+            check_output_path(out, inputs)
             check_writable(out, "output")
         created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
