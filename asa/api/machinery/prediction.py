@@ -203,7 +203,7 @@ class PredictionJob:
         if kept:
             print(f"[asa] resume=true: keeping {len(kept & {c.id for c in cases})} prediction(s) this checkpoint "
                   f"already wrote in {out}", flush=True)
-        pending = {cid: files for cid, files in manifest.get("pending", {}).items() if cid not in kept}
+        pending = {cid: files for cid, files in (manifest.get("pending") or {}).items() if cid not in kept}
         manifest = {"format": "asa-predictions", "version": 1, "cases": dict(manifest.get("cases", {})),
                     "runs": list(manifest.get("runs", [])), "pending": pending}
         manifest["runs"].append({"time": _now(), "command": command_line(APP, drop=()), **record})
