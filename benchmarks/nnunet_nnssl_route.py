@@ -1,0 +1,304 @@
+"""nnU-Net's nnssl route (``nnUNetv2_preprocess_like_nnssl``, ``PretrainedTrainer``; MIC-DKFZ/nnUNet's main branch)
+with asa's nnssl export: where the encoder's left-right axis lands, and whether the trained model predicts.
+
+The route builds its plans from the dataset's own nnU-Net plans and ignores the reader and transposes that the
+checkpoint's plan states, so the dataset's ``dataset.json`` and plans decide what the encoder sees. The cases are
+`benchmarks.outside_data.lesion_case` (each in one of the 48 voxel orientations, at one isotropic voxel edge). asa's
+nnssl export of a tiny ResEnc (random weights, resampling recorded at that edge, so ``-am like_pretrained`` keeps the
+grid) goes through the route once per variant of the dataset:
+
+- ``nnunet_default``: the route as nnU-Net's docs give it (``nnUNetv2_plan_and_preprocess``, then
+  ``nnUNetv2_preprocess_like_nnssl``);
+- ``reader``: ``"overwrite_image_reader_writer": "NibabelIOWithReorient"`` in ``dataset.json`` before planning;
+- ``reader_and_transpose``: that, and ``transpose_forward`` / ``transpose_backward`` ``[2, 1, 0]`` in the plans file
+  the route copies, before ``nnUNetv2_preprocess_like_nnssl`` (docs/weights-elsewhere.md);
+- then the ``reader`` dataset again with the transposes set after its first ``nnUNetv2_preprocess_like_nnssl``:
+  rerun as it is and with ``--overwrite_pp`` (the route keeps a data folder that exists).
+
+Per case, the preprocessed label map (``-1`` outside the image's nonzero region read as 0, put back into its
+bounding box) is matched against asa's RAS label map (`asa.io.load_volume`) under each of the 48 axis permutations
+and flips: the one that matches says on which axis of nnU-Net's array asa's left-right axis lands, and in which
+direction; the preprocessed image's correlation with asa's image under it is recorded beside.
+
+On the last variant the trainer ``nnUNetv2_train_pretrained`` builds (``get_trainer_from_args``, ``PretrainedTrainer``,
+CPU) loads the export (the encoder's and stem's tensors against the file's) and trains one epoch of two steps; then
+``nnUNetv2_predict`` runs on held-out cases with the checkpoint as trained (nnU-Net's predictor calls
+``PretrainedTrainer.build_network_architecture`` with another signature and fails) and with a copy whose
+``trainer_name`` is ``nnUNetTrainer`` (``-chk``; the same ``get_network_from_plans`` builds the network), whose
+labels are compared voxel by voxel with those of the trained network itself (``nnUNetPredictor.manual_initialization``).
+
+Printed and written to ``OUT/route.json``. Needs nnU-Net's main branch in the interpreter's environment:
+
+    python -m benchmarks.nnunet_nnssl_route --out /tmp/route --nnunet-commit 0e49508   # 5 + 2 cases at 3 mm
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from asa.api.export import export_model
+from asa.io import load_volume, save_checkpoint
+from asa.io.hub import NNSSL_CHECKPOINT
+from asa.models import network_spec
+from asa.models.cnn.resenc import resenc_unet
+from benchmarks.outside_data import lesion_case
+
+FIRST_ID = 601  # the variants' datasets: Dataset601_route_nnunet_default, ...
+VARIANTS = {"nnunet_default": (None, None), "reader": ("NibabelIOWithReorient", None),
+            "reader_and_transpose": ("NibabelIOWithReorient", [2, 1, 0])}
+PRETRAINING = "asa_tiny"  # nnUNetv2_preprocess_like_nnssl -n
+# like_nnssl.preprocess_like_nnssl copies the first of these that exists
+ROUTE_PLANS = ["nnUNetPlans"] + [f"nnUNetResEncUNet{k}Plans" for k in ("M", "L", "XL")]
+# the console entries, run by this interpreter (the same code as the scripts nnU-Net installs)
+ENTRY = "import sys; from {module} import {function} as main; sys.argv[0] = {name!r}; sys.exit(main())"
+COMMANDS = {"nnUNetv2_plan_and_preprocess": ("nnunetv2.experiment_planning.plan_and_preprocess_entrypoints",
+                                             "plan_and_preprocess_entry"),
+            "nnUNetv2_preprocess_like_nnssl": ("nnunetv2.experiment_planning.like_nnssl",
+                                               "preprocess_like_nnssl_entrypoint"),
+            "nnUNetv2_predict": ("nnunetv2.inference.predict_from_raw_data", "predict_entry_point")}
+
+
+def nnunet(name: str, *args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    """nnU-Net's console script ``name`` with ``args``, by this interpreter; output captured."""
+    module, function = COMMANDS[name]
+    command = [sys.executable, "-c", ENTRY.format(module=module, function=function, name=name), *args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{name} {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return done
+
+
+def write_cases(root: Path, *, train: int, test: int, spacing: float, seed: int) -> dict[str, str]:
+    """``root/cases/{imagesTr,labelsTr}`` (``train`` lesion cases in nnU-Net's raw layout) and ``root/test`` (``test``
+    other images); each case's stored orientation (nibabel's axis codes)."""
+    for name in ("imagesTr", "labelsTr", "test"):
+        (root / ("cases" if name != "test" else "") / name).mkdir(parents=True, exist_ok=True)
+    codes = {}
+    for i in range(train + test):
+        volume, label, affine, _ = lesion_case(seed + i, spacing=spacing)
+        case = f"case_{i:03d}"
+        images = root / "cases" / "imagesTr" if i < train else root / "test"
+        nib.save(nib.Nifti1Image(volume, affine), str(images / f"{case}_0000.nii.gz"))
+        if i < train:
+            nib.save(nib.Nifti1Image(label, affine), str(root / "cases" / "labelsTr" / f"{case}.nii.gz"))
+        codes[case] = "".join(nib.aff2axcodes(affine))
+    return codes
+
+
+def export_tiny(root: Path, *, crop: int, spacing: float) -> Path:
+    """asa's nnssl export (``checkpoint_final.pth``) of a tiny ResEnc with random weights, pretrained (so its record
+    says) on images resampled to ``spacing`` mm."""
+    torch.manual_seed(0)
+    net = resenc_unet(img_size=crop, in_channels=1, out_channels=1, size="tiny")
+    for p in net.parameters():  # distinct values everywhere (norm weights start as ones)
+        p.data.normal_()
+    config = {"data": {"resample_mm": spacing, "crop": crop}, "method": {"name": "random"}}
+    save_checkpoint(root / "last.pt", {"model": net.state_dict(), "network": network_spec(net), "step": 1,
+                                       "config": config})
+    return export_model(root / "last.pt", root / "export", license="other") / NNSSL_CHECKPOINT
+
+
+def matching_axes(ours: np.ndarray, theirs: np.ndarray) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Every (perm, flips) with ``np.flip(ours.transpose(perm), flips) == theirs``: nnU-Net's axis ``j`` holds asa's
+    axis ``perm[j]``, reversed for ``j`` in ``flips``."""
+    found = []
+    for perm in itertools.permutations(range(3)):
+        moved = ours.transpose(perm)
+        if moved.shape != theirs.shape:
+            continue
+        for k in range(4 * 2):
+            flips = tuple(a for a in range(3) if k >> a & 1)
+            if np.array_equal(np.flip(moved, flips), theirs):
+                found.append((perm, flips))
+    return found
+
+
+def preprocessed_case(folder: Path, case: str) -> tuple[np.ndarray, np.ndarray]:
+    """nnU-Net's preprocessed image and label map of ``case`` put back into the array before cropping (0 outside
+    the crop; the label's -1, outside the image's nonzero region, read as 0)."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    dataset = infer_dataset_class(str(folder))(str(folder), [case])
+    data, seg, _, props = dataset.load_case(case)
+    image, label = np.zeros(props["shape_before_cropping"], np.float32), np.zeros(props["shape_before_cropping"])
+    box = tuple(slice(a, b) for a, b in props["bbox_used_for_cropping"])
+    image[box], label[box] = np.asarray(data[0]), np.maximum(np.asarray(seg[0]), 0)
+    return image, label
+
+
+def plan(root: Path, env: dict[str, str], *, dataset_id: int, name: str, reader: str | None,
+         cases: int) -> tuple[Path, Path]:
+    """The cases as dataset ``dataset_id`` (``reader`` in its dataset.json), planned (``nnUNetv2_plan_and_preprocess
+    --no_pp``): its preprocessed folder and the plans file the route copies."""
+    dataset = f"Dataset{dataset_id}_route_{name}"
+    raw = Path(env["nnUNet_raw"]) / dataset
+    shutil.copytree(root / "cases", raw)
+    meta = {"channel_names": {"0": "T1"}, "labels": {"background": 0, "lesion": 1}, "numTraining": cases,
+            "file_ending": ".nii.gz", **({"overwrite_image_reader_writer": reader} if reader else {})}
+    (raw / "dataset.json").write_text(json.dumps(meta, indent=1) + "\n")
+    nnunet("nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "3d_fullres", "--no_pp", "-np", "1",
+           env=env)
+    preprocessed = Path(env["nnUNet_preprocessed"]) / dataset
+    return preprocessed, next(preprocessed / f"{p}.json" for p in ROUTE_PLANS if (preprocessed / f"{p}.json").is_file())
+
+
+def set_transpose(plans_file: Path, transpose: list[int]) -> None:
+    """``transpose_forward`` and ``transpose_backward`` of the plans file set to ``transpose`` (the docs' step)."""
+    plans = json.loads(plans_file.read_text())
+    plans_file.write_text(json.dumps({**plans, "transpose_forward": transpose, "transpose_backward": transpose},
+                                     indent=4))
+
+
+def like_nnssl(root: Path, env: dict[str, str], *, dataset_id: int, preprocessed: Path, checkpoint: Path,
+               codes: dict[str, str], overwrite: bool = False) -> dict:
+    """``nnUNetv2_preprocess_like_nnssl -am like_pretrained`` of the export on dataset ``dataset_id``; the record:
+    the plans it wrote and, per case, where asa's left-right axis landed in the preprocessed arrays."""
+    printed = nnunet("nnUNetv2_preprocess_like_nnssl", "-d", str(dataset_id), "-n", PRETRAINING, "-pc",
+                     str(checkpoint), "-am", "like_pretrained", "-np", "1", *(["--overwrite_pp"] if overwrite else []),
+                     env=env).stdout
+    plans_file = next(preprocessed.glob(f"ptPlans__{PRETRAINING}____*.json"))
+    plans = json.loads(plans_file.read_text())
+    config = plans["configurations"]["3d_fullres"]
+    rows = []
+    for case, orientation in codes.items():
+        image, label = preprocessed_case(preprocessed / config["data_identifier"], case)
+        ours = load_volume(root / "cases" / "labelsTr" / f"{case}.nii.gz", label=True).array
+        found = matching_axes(ours, label)
+        row = {"case": case, "stored": orientation, "matches": len(found)}
+        if len(found) == 1:
+            (perm, flips), = found
+            axis = perm.index(0)
+            ras = load_volume(root / "cases" / "imagesTr" / f"{case}_0000.nii.gz", label=False).array
+            moved = np.flip(ras.transpose(perm), flips)
+            inside = image != 0  # the region nnU-Net's z-score covers
+            row |= {"left_right_axis": axis, "left_to_right": axis not in flips, "permutation": list(perm),
+                    "flipped_axes": list(flips), "as_asa": perm == (0, 1, 2) and not flips,
+                    "image_correlation": round(float(np.corrcoef(image[inside], moved[inside])[0, 1]), 6)}
+        rows.append(row)
+    return {"route_plans": plans_file.name, "image_reader_writer": plans["image_reader_writer"],
+            "transpose_forward": plans["transpose_forward"], "spacing": config["spacing"],
+            "patch_size": config["patch_size"], "overwrite_pp": overwrite,
+            "preprocessing_skipped": "Skipping preprocessing" in printed, "cases": rows,
+            "all_as_asa": all(r.get("as_asa", False) for r in rows)}
+
+
+def train_and_predict(root: Path, env: dict[str, str], *, dataset_id: int, checkpoint: Path) -> dict:
+    """``PretrainedTrainer`` on dataset ``dataset_id`` (CPU, fold all, one epoch of two steps): the export's tensors
+    as loaded, then ``nnUNetv2_predict`` of ``root/test`` with the checkpoint as trained and with the workaround."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.run.run_training_from_pretrained import get_trainer_from_args
+
+    plans_name = next((Path(env["nnUNet_preprocessed"]) / f"Dataset{dataset_id}_route_reader_and_transpose").glob(
+        f"ptPlans__{PRETRAINING}____*.json")).stem
+    started = time.perf_counter()
+    os.environ["nnUNet_n_proc_DA"] = "0"  # the trainer's batches in this process (the planner needs at least 1)
+    trainer = get_trainer_from_args(str(dataset_id), "3d_fullres", "all", "PretrainedTrainer", plans_name,
+                                    device=torch.device("cpu"))
+    trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = 1, 2, 1
+    trainer.initialize()
+    info = trainer.plans_manager.plans["pretrain_info"]
+    file = torch.load(checkpoint, weights_only=True)["network_weights"]
+    own = trainer.network.state_dict()
+    keys = [k for k in file if k.startswith((info["key_to_encoder"] + ".", info["key_to_stem"] + "."))]
+    differing = [k for k in keys if not torch.equal(own[k], file[k])]
+    trainer.run_training()
+    seconds = round(time.perf_counter() - started, 1)
+    folder = Path(trainer.output_folder)
+    predict = ["-i", str(root / "test"), "-d", str(dataset_id), "-c", "3d_fullres", "-f", "all", "-tr",
+               "PretrainedTrainer", "-p", plans_name, "--disable_tta", "-device", "cpu", "-npp", "1", "-nps", "1"]
+    as_trained = nnunet("nnUNetv2_predict", *predict, "-o", str(root / "pred_as_trained"), env=env, check=False)
+    blob = torch.load(folder / "checkpoint_final.pth", weights_only=False)  # the workaround of the docs
+    torch.save({**blob, "trainer_name": "nnUNetTrainer"}, folder / "checkpoint_predict.pth")
+    nnunet("nnUNetv2_predict", *predict, "-o", str(root / "pred_workaround"), "-chk", "checkpoint_predict.pth",
+           env=env)
+    predictor = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"))
+    predictor.manual_initialization(trainer.network, trainer.plans_manager, trainer.configuration_manager,
+                                    [trainer.network.state_dict()], trainer.dataset_json, "PretrainedTrainer", None)
+    predictor.predict_from_files(str(root / "test"), str(root / "pred_trained_network"), save_probabilities=False,
+                                 overwrite=True, num_processes_preprocessing=1, num_processes_segmentation_export=1)
+    rows = []
+    for image in sorted((root / "test").glob("*_0000.nii.gz")):
+        case = image.name.removesuffix("_0000.nii.gz")
+        source, written = nib.load(str(image)), nib.load(str(root / "pred_workaround" / f"{case}.nii.gz"))
+        reference = nib.load(str(root / "pred_trained_network" / f"{case}.nii.gz"))
+        rows.append({"case": case, "shape_and_affine_of_input": written.shape == source.shape
+                     and np.allclose(written.affine, source.affine, atol=1e-4),
+                     "voxels_differing_from_trained_network": int((np.asarray(written.dataobj)
+                                                                   != np.asarray(reference.dataobj)).sum()),
+                     "labelled_voxels": int((np.asarray(written.dataobj) > 0).sum())})
+    error = as_trained.stderr.strip().splitlines()[-1] if as_trained.returncode else None
+    return {"plans": plans_name, "encoder_and_stem_tensors": len(keys), "differing_from_export": len(differing),
+            "epochs": trainer.num_epochs, "steps_per_epoch": trainer.num_iterations_per_epoch,
+            "training_seconds": seconds,
+            "predict_as_trained": {"returncode": as_trained.returncode, "error": error},
+            "predict_workaround": {"chk": "checkpoint_predict.pth", "trainer_name": "nnUNetTrainer", "cases": rows}}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True, help="an empty folder for the cases and nnU-Net's folders")
+    p.add_argument("--train", type=int, default=5, help="training cases (default 5)")
+    p.add_argument("--test", type=int, default=2, help="held-out cases for nnUNetv2_predict (default 2)")
+    p.add_argument("--spacing", type=float, default=3.0, help="the cases' voxel edge in mm (default 3)")
+    p.add_argument("--crop", type=int, default=32, help="the exported network's crop (default 32)")
+    p.add_argument("--seed", type=int, default=2000, help="seed of the first case (default 2000)")
+    p.add_argument("--nnunet-commit", default=None, help="the MIC-DKFZ/nnUNet commit installed, for the record")
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "nnUNet_n_proc_DA": "1", "nnUNet_compile": "false",
+           **{k: str(args.out / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}}
+    os.environ.update(env)  # nnunetv2.paths reads them when first imported, below
+    from importlib.metadata import version
+
+    started = time.perf_counter()
+    codes = write_cases(args.out, train=args.train, test=args.test, spacing=args.spacing, seed=args.seed)
+    checkpoint = export_tiny(args.out, crop=args.crop, spacing=args.spacing)
+    pretrain = torch.load(checkpoint, weights_only=True)["nnssl_adaptation_plan"]["pretrain_plan"]
+    record: dict = {"nnunetv2": version("nnunetv2"), "nnunet_commit": args.nnunet_commit, "torch": torch.__version__, "train": args.train,
+                    "test": args.test, "spacing_mm": args.spacing, "crop": args.crop,
+                    "export_plan": {"image_reader_writer": pretrain["image_reader_writer"],
+                                    "transpose_forward": pretrain["transpose_forward"]},
+                    "variants": {}}
+    train_codes = {c: o for c, o in codes.items() if int(c[-3:]) < args.train}
+    folders = {}
+    for i, (name, (reader, transpose)) in enumerate(VARIANTS.items()):
+        folders[name] = plan(args.out, env, dataset_id=FIRST_ID + i, name=name, reader=reader, cases=args.train)
+        planned = json.loads(folders[name][1].read_text())["transpose_forward"]
+        if transpose is not None:
+            set_transpose(folders[name][1], transpose)
+        record["variants"][name] = {"dataset_json_reader": reader, "transpose_set": transpose,
+                                    "planned_transpose_forward": planned,
+                                    **like_nnssl(args.out, env, dataset_id=FIRST_ID + i, preprocessed=folders[name][0],
+                                                 checkpoint=checkpoint, codes=train_codes)}
+    # the transposes set after the route has preprocessed: like_nnssl keeps an existing data folder unless told
+    preprocessed, plans_file = folders["reader"]
+    set_transpose(plans_file, [2, 1, 0])
+    record["transpose_set_after_preprocessing"] = {
+        k: like_nnssl(args.out, env, dataset_id=FIRST_ID + 1, preprocessed=preprocessed, checkpoint=checkpoint,
+                      codes=train_codes, overwrite=overwrite) for k, overwrite in (("rerun", False),
+                                                                                  ("rerun_overwrite_pp", True))}
+    record["test_orientations"] = {c: o for c, o in codes.items() if int(c[-3:]) >= args.train}
+    record["training"] = train_and_predict(args.out, env, dataset_id=FIRST_ID + len(VARIANTS) - 1,
+                                           checkpoint=checkpoint)
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    (args.out / "route.json").write_text(json.dumps(record, indent=1) + "\n")
+    for name, variant in [*record["variants"].items(), *record["transpose_set_after_preprocessing"].items()]:
+        print(name, [(r["stored"], r.get("left_right_axis"), r.get("left_to_right")) for r in variant["cases"]])
+    print(json.dumps(record["training"], indent=1))
+    return record
+
+
+if __name__ == "__main__":
+    main()
