@@ -134,6 +134,10 @@ def test_the_package_imports_only_modules_that_exist():
 LOCAL_IMPORTS: dict[str, str] = {
     "cli/help.py": "a Hydra console script's --help is printed from its kept text before torch loads: the job's "
                    "modules (asa.api, asa.cli.common) load once the script runs or composes its help",
+    "cli/cohort.py": "asa-cohort's --help is printed from its kept text before torch loads (asa.cli.help.kept_help): "
+                     "the cohort's modules load once the command runs or composes its help",
+    "cli/export.py": "asa-export's --help is printed from its kept text before torch loads (asa.cli.help.kept_help): "
+                     "the formats and the export load once the command runs or composes its help",
     "cli/study.py": "asa-study's --help is printed from its kept text before torch loads (asa.cli.help.kept_text): the "
                     "study's modules load once the command runs",
     "data/prepare/pipeline.py": "asa-prepare's --help and option refusals load neither torch nor MONAI, which asa's "

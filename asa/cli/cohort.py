@@ -1,5 +1,6 @@
 """``asa-cohort PRETRAIN_RUN FINETUNE_RUN``: were validation or test cases in the pretraining cohort
-(:func:`asa.api.cohort.check_cohort`)?"""
+(:func:`asa.api.cohort.check_cohort`)? Its ``--help`` is printed from its kept text (`asa.cli.help.kept_help`) before
+torch loads: the cohort's modules load inside the functions that use them."""
 
 from __future__ import annotations
 
@@ -8,17 +9,15 @@ import json
 import sys
 from collections.abc import Sequence
 
-from asa.api.cohort import check_cohort
-from asa.api.machinery.cohort import COHORT_FILE, pretraining_cohort, run_folder
-from asa.api.machinery.run import describe_error
-from asa.cli.common import EXIT_FAILED, EXIT_FINISHED, EXIT_REFUSED
-from asa.data.cohort import cohort_digest
+from asa.cli.help import kept_help
 from asa.cli.interrupted import ctrl_c_exits
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from asa.api.machinery.cohort import COHORT_FILE
+
     parser = argparse.ArgumentParser(
         prog="asa-cohort",
         description="Say how many validation and test cases of a fine-tuning run were in the cohort of the "
@@ -47,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 @ctrl_c_exits("asa-cohort", "no report; run the same command again")
 def main(argv: Sequence[str] | None = None) -> int:
+    kept_help("cohort", argv, lambda: build_parser().format_help())
+    from asa.api.cohort import check_cohort
+    from asa.api.machinery.cohort import COHORT_FILE, pretraining_cohort, run_folder
+    from asa.api.machinery.run import describe_error
+    from asa.cli.common import EXIT_FAILED, EXIT_FINISHED, EXIT_REFUSED
+    from asa.data.cohort import cohort_digest
+
     args = build_parser().parse_args(argv)
     if args.finetune_run is None:
         try:

@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from asa.data import BIDS_CONTRASTS, LAYOUTS, PLACEMENTS, write_demo_dataset
+from asa import data  # its names load on first use (torch with them): a kept --help loads none
+from asa.cli.help import kept_help
 from asa.cli.interrupted import ctrl_c_exits
 
 _LAYOUT_HELP = """layouts:
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_LAYOUT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--layout", required=True, choices=LAYOUTS, help="dataset layout to write")
+    parser.add_argument("--layout", required=True, choices=data.LAYOUTS, help="dataset layout to write")
     parser.add_argument("--out", required=True, help="output folder (created if missing; refused if not empty)")
     parser.add_argument("--cases", type=int, default=4, help="number of cases (default: 4)")
     parser.add_argument("--size", type=int, nargs="+", default=[64], metavar="N",
@@ -78,15 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lesions", action="store_true",
                         help="with --anatomy: grey-matter heterotopia and one-sided enlarged deep grey nuclei "
                              "(msd labels 4 and 5)")
-    parser.add_argument("--placement", choices=PLACEMENTS, default="fixed",
+    parser.add_argument("--placement", choices=data.PLACEMENTS, default="fixed",
                         help="with --lesions: fixed (default: deep white matter, the deep grey nuclei), free "
                              "(anywhere in the tissue, either hemisphere, sizes drawn) or planted (free, more and "
                              "larger heterotopia)")
     parser.add_argument("--skull", action="store_true",
                         help="with --anatomy: whole heads (skull, scalp, neck) in air with Rician noise, not "
                              "skull-stripped brains (bids, caps, filelist, msd)")
-    parser.add_argument("--contrasts", nargs="+", choices=tuple(BIDS_CONTRASTS), default=["t1"], metavar="C",
-                        help=f"bids: the contrasts per subject, t1 first, of {', '.join(BIDS_CONTRASTS)} "
+    parser.add_argument("--contrasts", nargs="+", choices=tuple(data.BIDS_CONTRASTS), default=["t1"], metavar="C",
+                        help=f"bids: the contrasts per subject, t1 first, of {', '.join(data.BIDS_CONTRASTS)} "
                              "(default: t1)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty --out (files of the same name are replaced)")
@@ -95,16 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 @ctrl_c_exits("asa-demo-data", "the folder may hold some of the cases; run the same command again with --overwrite")
 def main(argv: Sequence[str] | None = None) -> int:
+    kept_help("demo-data", argv, lambda: build_parser().format_help())
     parser = build_parser()
     args = parser.parse_args(argv)
     if len(args.size) not in (1, 3):
         parser.error(f"--size takes one edge or three sizes X Y Z, got {len(args.size)} values")
     size = args.size[0] if len(args.size) == 1 else tuple(args.size)
     try:
-        out = write_demo_dataset(args.layout, args.out, cases=args.cases, size=size, seed=args.seed,
-                                 overwrite=args.overwrite, targets=args.targets, anatomy=args.anatomy,
-                                 lesions=args.lesions, placement=args.placement, skull=args.skull,
-                                 contrasts=args.contrasts)
+        out = data.write_demo_dataset(args.layout, args.out, cases=args.cases, size=size, seed=args.seed,
+                                      overwrite=args.overwrite, targets=args.targets, anatomy=args.anatomy,
+                                      lesions=args.lesions, placement=args.placement, skull=args.skull,
+                                      contrasts=args.contrasts)
     except (ValueError, FileExistsError, ImportError) as err:
         print(f"asa-demo-data: error: {err}", file=sys.stderr)
         return 2

@@ -1,4 +1,6 @@
-"""``asa-export CHECKPOINT OUT_DIR``: a hub-ready model folder (:func:`asa.api.export.export_model`)."""
+"""``asa-export CHECKPOINT OUT_DIR``: a hub-ready model folder (:func:`asa.api.export.export_model`). Its ``--help``
+is printed from its kept text (`asa.cli.help.kept_help`) before torch loads: the formats and the export load inside
+the functions that use them."""
 
 from __future__ import annotations
 
@@ -6,18 +8,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from asa.api.export import export_model
-from asa.api.machinery.run import OptionError, describe_error
-from asa.api.machinery.rundir import RunDirError
-from asa.data.cohort import COHORT_LEVELS
-from asa.formats import SEGMENTER, choices, formats
-from asa.cli.common import EXIT_FAILED, EXIT_FINISHED, EXIT_REFUSED
+from asa.cli.help import kept_help
 from asa.cli.interrupted import ctrl_c_exits
 
 __all__ = ["main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from asa.data.cohort import COHORT_LEVELS
+    from asa.formats import choices, formats
+
     parser = argparse.ArgumentParser(
         prog="asa-export",
         description="Write the encoder of a checkpoint as a model folder the Hugging Face hub takes as is: "
@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 @ctrl_c_exits("asa-export", "an export stopped part-way may lack files; run the same command again with --overwrite")
 def main(argv: Sequence[str] | None = None) -> int:
+    kept_help("export", argv, lambda: build_parser().format_help())
+    from asa.api.export import export_model
+    from asa.api.machinery.run import OptionError, describe_error
+    from asa.api.machinery.rundir import RunDirError
+    from asa.cli.common import EXIT_FAILED, EXIT_FINISHED, EXIT_REFUSED
+    from asa.formats import SEGMENTER, formats
+
     args = build_parser().parse_args(argv)
     try:
         out = export_model(args.checkpoint, args.out_dir, overwrite=args.overwrite, license=args.license,

@@ -1,11 +1,13 @@
 """The ``main`` of a Hydra console script, which answers ``-h`` / ``--help`` before torch loads.
 
 The help is what `asa.cli.common.help_text` composes (the groups a user may set with their options, the config the
-command line composes), kept in ``$ASA_CACHE/help`` (default ``~/.cache/asa/help``) under a digest of what it is
-made of: asa's modules and config files (paths, sizes, modification times), the installed plug-ins (the entry
-points of asa's groups and the files of their modules) and the Python. A ``--help`` whose digest is kept prints the
-kept text with the standard library alone; the first after an install or an edit composes it (the job's imports,
-seconds). ``--help`` beside overrides (``asa-pretrain model=resenc --help``) composes that command line, unkept.
+command line composes), kept in ``$ASA_CACHE/help/<install>`` (default ``~/.cache/asa/help/<install>``; an install
+is a Python environment with asa's folders and version, so installs sharing the cache keep a copy each) under a
+digest of what it is made of: asa's modules and config files (paths, sizes, modification times), the installed
+plug-ins (the entry points of asa's groups and the files of their modules) and the Python's version. A ``--help``
+whose digest is kept prints the kept text with the standard library alone; the first after an install or an edit
+composes it (the job's imports, seconds). ``--help`` beside overrides (``asa-pretrain model=resenc --help``) composes
+that command line, unkept. The argparse scripts keep their parser's text the same way (`kept_help`).
 The job's modules load on first use, so asa imports them inside functions here."""
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["HELP_FLAGS", "help_digest", "hydra_script", "kept_text", "script_help"]
+from asa import __version__
+
+__all__ = ["HELP_FLAGS", "help_digest", "hydra_script", "kept_help", "kept_path", "kept_text", "script_help"]
 
 HELP_FLAGS = ("-h", "--help")
 _SOURCES = (".py", ".yaml")
@@ -61,7 +65,7 @@ def _config_folders() -> list[Path]:
 
 def help_digest(name: str) -> str:
     """The digest of what ``asa-<name> --help`` is made of (see the module)."""
-    digest = hashlib.sha256(f"{name}\0{sys.version}\0{sys.executable}".encode())
+    digest = hashlib.sha256(f"{name}\0{sys.version}".encode())  # the install: `kept_path`'s folder
     roots = [*_spec_folders("asa"), *_config_folders()]
     for dist in importlib.metadata.distributions():  # the plug-ins: every entry point of a group asa reads
         for entry in dist.entry_points:
@@ -89,16 +93,28 @@ def script_help(app: str, name: str, overrides: Sequence[str] = ()) -> str:
     return kept_text(name, composed)
 
 
+def _install() -> str:
+    """The digest of this install: the Python's environment (``python`` and ``python3`` of one venv are one), asa's
+    package folders and version."""
+    folders = "\0".join(map(str, _spec_folders("asa")))
+    return hashlib.sha256(f"{sys.prefix}\0{folders}\0{__version__}".encode()).hexdigest()[:16]
+
+
+def kept_path(name: str) -> Path:
+    """Where this install keeps the text of ``name`` under its current digest: ``<cache>/<install>/<name>-<digest>.txt``."""
+    return _cache_folder() / _install() / f"{name}-{help_digest(name)}.txt"
+
+
 def kept_text(name: str, make: Callable[[], str]) -> str:
     """``make()``'s text, kept under the digest of ``name`` (`help_digest`): read back while nothing it is made of
     changed, else made and kept (a cache folder that cannot be written keeps nothing)."""
-    kept = _cache_folder() / f"{name}-{help_digest(name)}.txt"
+    kept = kept_path(name)
     if kept.is_file():
         return kept.read_text(encoding="utf-8")
     text = make()
     try:
         kept.parent.mkdir(parents=True, exist_ok=True)
-        for stale in kept.parent.glob(f"{name}-*.txt"):  # an earlier digest's: never read again
+        for stale in kept.parent.glob(f"{name}-*.txt"):  # this install's earlier digest: never read again
             stale.unlink(missing_ok=True)
         part = kept.with_name(f".{kept.name}.{os.getpid()}")
         part.write_text(text, encoding="utf-8")
@@ -106,6 +122,14 @@ def kept_text(name: str, make: Callable[[], str]) -> str:
     except OSError:
         pass
     return text
+
+
+def kept_help(name: str, argv: Sequence[str] | None, make: Callable[[], str]) -> None:
+    """Where the command line (``argv``, default ``sys.argv[1:]``) asks for ``-h`` / ``--help``: print ``make()``'s
+    text as kept (`kept_text`) and exit 0, before the script loads what it runs with."""
+    if any(a in HELP_FLAGS for a in (sys.argv[1:] if argv is None else argv)):
+        print(kept_text(name, make), end="", flush=True)
+        sys.exit(0)
 
 
 def hydra_script(app: str, name: str) -> Callable[[], None]:

@@ -26,6 +26,8 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from asa.cli.help import kept_text
+
 __all__ = ["HELP", "LAUNCH_ENV", "STATUS_ENV", "WAIT_S", "bounded_wait", "job_exit_code", "main", "read_statuses",
            "rendezvous_failure", "write_status"]
 
@@ -169,7 +171,18 @@ def _environ(**values: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def _help_text() -> str:
+    """asa-torchrun's help: asa's lines, then torchrun's."""
+    from torch.distributed.run import get_args_parser
+
+    return f"{HELP}\ntorchrun's help:\n{get_args_parser().format_help()}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv in (["-h"], ["--help"]):  # kept: printed before torch loads; among other arguments torchrun reads it
+        print(kept_text("torchrun", _help_text), end="", flush=True)
+        sys.exit(0)
     from torch.distributed import DistError
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -177,17 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from torch.distributed.run import get_args_parser, run
 
     parser = get_args_parser()
-    torchrun_help = parser.print_help
-
-    def print_help(file=None) -> None:  # -h / --help before the script: asa's lines, then torchrun's
-        print(HELP, file=file or sys.stdout)
-        print("torchrun's help:", file=file or sys.stdout)
-        torchrun_help(file)
-
-    parser.print_help = print_help  # type: ignore[method-assign]
+    # -h / --help before the script (after it, the script's own)
+    parser.print_help = lambda file=None: print(_help_text(), end="", file=file or sys.stdout)  # type: ignore
     unset = object()  # a rendezvous option the command line did not give keeps it (argparse sets no default then)
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv),
-                             argparse.Namespace(**dict.fromkeys(RENDEZVOUS, unset)))
+    args = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(RENDEZVOUS, unset)))
     given = [f"--{name}={getattr(args, name)}" for name in RENDEZVOUS if getattr(args, name) is not unset]
     for name in RENDEZVOUS:
         if getattr(args, name) is unset:

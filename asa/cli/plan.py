@@ -7,6 +7,7 @@ import math
 import sys
 from collections.abc import Sequence
 
+from asa.cli.help import kept_help
 from asa.planning import (GIB, DeviceProfile, bytes_per_case, format_plan, plan_run, profile_from_json,
                                profile_from_markdown, samples_per_s_estimate)
 
@@ -123,6 +124,7 @@ def _profile(args: argparse.Namespace) -> tuple[DeviceProfile, float | None, lis
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    kept_help("plan", argv, lambda: build_parser().format_help())
     args = build_parser().parse_args(argv)
     try:
         profile, measured_case_bytes, notes = _profile(args)

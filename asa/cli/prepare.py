@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 # settings, choices and refusals only: the tools and asa's readers (torch) load once the options are accepted
+from asa.cli.help import kept_help
 from asa.cli.interrupted import ctrl_c_exits
 from asa.data.prepare.case import MIN_SIMILARITY, PrepareSettings
 from asa.data.prepare.pipeline import INPUT_LAYOUTS, parse_shard, prepare
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Prepare raw T1 scans as the paper did: N4, registration to the "
                                                  "symmetric MNI template, brain extraction, 1 mm, 128^3 crop.")
-    defaults = PrepareSettings()
+    defaults = PrepareSettings  # the class's defaults: an instance checks its crop against the template (nilearn)
     parser.add_argument("source", help="a raw BIDS folder or a file list (files.csv: id,path[,t1ce,t2,flair])")
     parser.add_argument("out", help="the prepared folder to write (never inside the source)")
     parser.add_argument("--layout", choices=INPUT_LAYOUTS, default="auto",
@@ -94,6 +95,7 @@ def _kept(argv: Sequence[str] | None) -> str:
 
 @ctrl_c_exits("asa-prepare", _kept)
 def main(argv: Sequence[str] | None = None) -> int:
+    kept_help("prepare", argv, lambda: build_parser().format_help())
     args = build_parser().parse_args(argv)
     try:
         settings = PrepareSettings(transform=args.transform, brain=args.brain, spacing=args.spacing, box=args.box,

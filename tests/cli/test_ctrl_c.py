@@ -48,14 +48,15 @@ def test_ctrl_c_during_pretraining_saves_last_pt_and_the_resume_continues(tmp_pa
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == step + 1
 
 
-@pytest.mark.parametrize("module, target", [("asa.cli.demo_data", "write_demo_dataset"), ("asa.cli.prepare", "prepare")])
+@pytest.mark.parametrize("module, target", [("asa.cli.demo_data", "data.write_demo_dataset"),
+                                            ("asa.cli.prepare", "prepare")])
 def test_ctrl_c_in_a_script_without_hydra_is_one_line_and_130(module, target, tmp_path, monkeypatch, capsys):
     cli = importlib.import_module(module)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, target, interrupted)
+    monkeypatch.setattr(f"{module}.{target}", interrupted)
     argv = {"asa.cli.demo_data": ["--layout", "ibsr", "--out", str(tmp_path / "d")],
             "asa.cli.prepare": [str(tmp_path), str(tmp_path / "p")]}[module]
     assert cli.main(argv) == 130

