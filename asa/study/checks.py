@@ -25,9 +25,10 @@ LABELED_PARTS = {"test": "test", "val": "validation", "supervised": "positive co
 
 
 def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: Mapping[str, list[str]],
-                  encoders: Mapping[str, str] | None = None, *, accept: bool) -> dict[str, Any]:
+                  encoders: Mapping[str, str] | None = None, *, accept: bool, write: bool = True) -> dict[str, Any]:
     """Every labeled case (`LABELED_PARTS`) against the pretraining and ``encoders`` cohorts by each run's rule, and for
-    masked copies on the cohort's grid, which the fingerprint misses; refused (exit 2) unless ``accept``."""
+    masked copies on the cohort's grid, which the fingerprint misses; refused (exit 2) unless ``accept``. The
+    cohort's record is kept in ``<out>/checks/cohort.json`` unless ``write`` is False (a dry run)."""
     by_id = {c.id: c for c in labeled}
     parts = {LABELED_PARTS[k]: [by_id[i] for i in split[k]] for k in LABELED_PARTS if split.get(k)}
     cohorts: dict[str, dict[str, Any]] = {}
@@ -38,7 +39,8 @@ def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: M
         # written again for other cases, or by an asa whose fingerprint differs (it would leave near content unchecked)
         if record is None or sorted(record["cases"]) != ids or record.get("fingerprint") != FINGERPRINT:
             record = cohort_record(cohort_cases, {"train": ids}, workers=2, source={"study": str(out)})
-            atomic_write_json(record_file, record)
+            if write:
+                atomic_write_json(record_file, record)
         cohorts["--pretrain-data"] = record
     unchecked = []
     for name, path in (encoders or {}).items():

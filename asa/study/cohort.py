@@ -89,8 +89,9 @@ def cohort_order(ids: Sequence[str], seed: int) -> list[str]:
 
 
 def write_cohorts(out: Path, cases: Sequence, sizes: Sequence[int], seed: int,
-                  channels: Sequence[str] = ("t1",)) -> dict[int, Path]:
-    """``<out>/data/cohort-<n>/files.csv`` per size (the first n of `cohort_order`; a column per channel)."""
+                  channels: Sequence[str] = ("t1",), *, write: bool = True) -> dict[int, Path]:
+    """``<out>/data/cohort-<n>/files.csv`` per size (the first n of `cohort_order`; a column per channel); with
+    ``write`` False only their folders (a dry run)."""
     by_id = {c.id: c for c in cases}
     order = cohort_order(list(by_id), seed)
     others = [c for c in channels if c != "t1"]
@@ -99,16 +100,18 @@ def write_cohorts(out: Path, cases: Sequence, sizes: Sequence[int], seed: int,
     for n in sizes:
         folder = out / "data" / f"cohort-{n}"
         rows = "".join(",".join([i, *(str(by_id[i].images[c]) for c in ("t1", *others))]) + "\n" for i in order[:n])
-        if not (folder / "files.csv").is_file() or (folder / "files.csv").read_text() != head + rows:
+        if write and (not (folder / "files.csv").is_file() or (folder / "files.csv").read_text() != head + rows):
             atomic_write_text(folder / "files.csv", head + rows)
         folders[n] = folder
     return folders
 
 
-def write_noise(out: Path, cases: Sequence, n: int, seed: int, channels: Sequence[str] = ("t1",)) -> Path:
-    """The negative control's ``n`` noise volumes on the cohort's grid (the T1 always: a file list needs it)."""
+def write_noise(out: Path, cases: Sequence, n: int, seed: int, channels: Sequence[str] = ("t1",), *,
+                write: bool = True) -> Path:
+    """The negative control's ``n`` noise volumes on the cohort's grid (the T1 always: a file list needs it); with
+    ``write`` False only their folder (a dry run)."""
     folder = out / "data" / f"noise-{n}"
-    if not (folder / ".complete").is_file():
+    if write and not (folder / ".complete").is_file():
         first = load_volume(cases[0].images["t1"])
         write_noise_dataset(folder, cases=n, size=tuple(int(s) for s in first.array.shape[-3:]), seed=seed + 7919,
                             affine=first.affine, overwrite=True, channels=["t1", *(c for c in channels if c != "t1")])

@@ -125,13 +125,18 @@ def finished(ckpt: Path) -> bool:
     return int(state["step"]) >= int(state["scheduler"]["total_steps"])
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: a SLURM or taskset share, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def machine() -> dict[str, Any]:
     """CPU model, cores and threads, torch and the GPU if any."""
     model = platform.processor() or platform.machine()
     with contextlib.suppress(OSError, StopIteration):
         model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                      if line.startswith("model name"))
-    return {"cpu": model, "cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+    return {"cpu": model, "cpu_count": os.cpu_count(), "usable_cores": usable_cores(),
             "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "torch": torch.__version__, "python": platform.python_version(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

@@ -50,6 +50,24 @@ class Scale:
     min_scored: int = 16  # test cases per arm under which the study refuses (0: the quick scale, a plumbing check)
     pretrain_runs: int = 3  # pretraining runs per arm and cohort (the pretraining seed a level of the intervals)
 
+    def check(self) -> None:
+        """Refuse (exit 2, one line naming the option) a value out of range (`LEAST`), before anything is written."""
+        for name, least in LEAST.items():
+            value = getattr(self, name)
+            values = value if isinstance(value, tuple) else () if value is None else (value,)
+            option = f"--{name.replace('_', '-')}"
+            if value == () and name != "cohorts":
+                refuse(f"{option}: expected at least one value")
+            if bad := [v for v in values if not (v > least if name == "time_budget" else v >= least)]:
+                refuse(f"{option} {' '.join(map(str, bad))}: expected "
+                       + ("seconds above 0" if name == "time_budget" else f"at least {least}")
+                       + (" (0: as many units at once as the machine holds)" if name == "jobs" else ""))
+
+
+# the least value of each numeric field of a `Scale` (every entry of a tuple); the time budget must exceed its 0
+LEAST = {"crop": 8, "pretrain_steps": 1, "pilot_steps": 1, "cases": 1, "seeds": 0, "test": 0, "val": 0,
+         "supervised": 1, "cohorts": 2, "pretrain_crop": 8, "jobs": 0, "time_budget": 0.0, "workers": 0, "nproc": 1,
+         "folds": 2, "repeats": 1, "min_scored": 0, "pretrain_runs": 1}
 
 SCALES = {
     # two CPU cores, one sitting: the pilot and the positive control side by side, then the pretraining runs (two per
@@ -72,7 +90,6 @@ SCALES = {
                    resenc="tiny", swvit="tiny", folds=2, repeats=1, min_scored=0, pretrain_runs=2),
 }
 UNIT_GIB = 3.0  # GPU memory of a unit at the gpu scale (ResEnc S, 32³, its CUDA context): an estimate the window checks
-UNIT_SECONDS = 39.8  # one fine-tuning unit at the cpu scale's settings (1200 steps) alone on one H200 (docs/studies.md)
 
 
 def units_at_once(threads: int | None, workers: int, memory_gib: float | None, cores: int) -> int:
@@ -192,8 +209,6 @@ def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[s
              and not ARMS[arm].noise]
     if noise is not None:
         units.append((CONTROL, max(cohorts), noise))
-    if scale.pretrain_runs < 1:
-        refuse(f"--pretrain-runs {scale.pretrain_runs}: expected at least 1 pretraining run per arm")
     runs = []
     for (arm, n, data), k in ((unit, k) for unit in units for k in range(scale.pretrain_runs)):
         spec = ARMS[arm]

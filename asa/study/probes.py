@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from asa.io import atomic_write_json
 from asa.study.common import markdown_table, module_argv
 from asa.study.arms import ARMS, pretraining_arms
 from asa.study.plan import Pretraining
@@ -46,7 +45,6 @@ def probe_unit(out: Path, runs: Sequence[Pretraining], *, data: str, root: Path,
     """asa-probe over every run's encoder and a random-init twin on ``cases``; done with a row per encoder."""
     folder = out / "probes"
     split = folder / "cases.json"
-    atomic_write_json(split, {"test": sorted(cases)})
     names = [*(r.name for r in runs), RANDOM_ROW]
     argv = module_argv("asa.cli.probe", f"encoders=[{','.join([*(str(r.encoder) for r in runs), 'random'])}]",
                        f"names=[{','.join(names)}]", f"data={data}", f"data.root={root}",
@@ -57,7 +55,8 @@ def probe_unit(out: Path, runs: Sequence[Pretraining], *, data: str, root: Path,
         table = folder / "table" / "probe.json"
         return table.is_file() and [r["name"] for r in json.loads(table.read_text())["rows"]] == names
 
-    return Unit("probes", argv, done, out / "logs" / "probes.log", resumable=False, threads=threads)
+    return Unit("probes", argv, done, out / "logs" / "probes.log", resumable=False, threads=threads,
+                inputs=((split, {"test": sorted(cases)}),))
 
 
 def read_probes(record: Mapping[str, Any], runs: Sequence[Pretraining], keys: Sequence[str]) -> list[dict[str, Any]]:

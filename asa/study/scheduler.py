@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from asa.io import atomic_write_json
 from asa.study.common import Clock, child_env
 
 STOP_MARGIN = 25.0  # seconds before the budget ends at which running units are told to save and stop
@@ -22,7 +23,10 @@ RUNNING: dict[subprocess.Popen, str] = {}  # every child process of this study, 
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-    """A child process; ``done``: its result on disk; ``resumable``: a stop saves it; ``after``: units it waits for."""
+    """A child process; ``done``: its result on disk; ``resumable``: a stop saves it; ``after``: units it waits for;
+    ``inputs``: the JSON files it reads, written when it starts (planning writes nothing); ``config``: the console
+    script's config and overrides it trains with (checked before anything runs), None for a unit that trains
+    nothing; ``steps``: the optimiser steps it trains, ``cases``: the cases it predicts (their planned cost)."""
 
     name: str
     argv: tuple[str, ...]
@@ -31,11 +35,17 @@ class Unit:
     resumable: bool = True
     threads: int | None = None
     after: tuple[str, ...] = ()
+    inputs: tuple[tuple[Path, Any], ...] = ()
+    config: tuple[str, tuple[str, ...]] | None = None
+    steps: int = 0
+    cases: int = 0
 
 
 def launch(unit: Unit) -> subprocess.Popen:
     """Start ``unit`` in its own process group (a stop signal reaches the whole group), its output in its log."""
     unit.log.parent.mkdir(parents=True, exist_ok=True)
+    for path, content in unit.inputs:
+        atomic_write_json(path, content)
     env = child_env(**({k: str(unit.threads) for k in THREAD_VARS} if unit.threads else {}))
     with open(unit.log, "a") as log:
         proc = subprocess.Popen(list(unit.argv), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

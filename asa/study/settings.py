@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 from pathlib import Path
 
 import torch
 
 from asa.study.arms import ARMS
-from asa.study.common import scale_from_args
+from asa.study.common import refuse, scale_from_args, usable_cores
 from asa.study.plan import SCALES, Network, Scale, parse_network, units_at_once
 
 
@@ -45,15 +44,28 @@ class Study:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, encoders: dict[str, str]) -> Study:
-        """The settings of a parsed command line (``encoders``: its checked --encoder arms)."""
+        """The settings of a parsed command line (``encoders``: its checked --encoder arms); a value out of range is
+        refused here, before anything is read or written. Units at once × torch threads per unit ≤ the cores."""
         name, scale = scale_from_args(args, SCALES)
+        scale.check()
+        for option, value in (("--threads", args.threads), ("--n-boot", args.n_boot)):
+            if value is not None and value < 1:
+                refuse(f"{option} {value}: expected at least 1")
+        gpu = args.device != "cpu" and torch.cuda.is_available()
+        if name == "gpu" and not gpu and not args.dry_run:
+            refuse(f"--scale gpu: no CUDA device here (--device {args.device}, torch.cuda.is_available() is "
+                   f"{torch.cuda.is_available()}); the gpu scale runs its units side by side on one GPU: choose "
+                   "--scale cpu, or plan it here with --dry-run")
+        cores = usable_cores()
         threads = args.threads
         if scale.jobs == 0:  # as many units as the machine holds, each on one thread unless told otherwise
-            threads = threads or 1
-            gpu = args.device != "cpu" and torch.cuda.is_available()
             memory = torch.cuda.get_device_properties(0).total_memory / 2 ** 30 if gpu else None
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            threads = threads or 1
             scale = dataclasses.replace(scale, jobs=units_at_once(threads, scale.workers, memory, cores))
+        threads = threads or max(1, cores // scale.jobs)  # the cores shared by the units at once
+        if scale.jobs * threads > cores:
+            refuse(f"--jobs {scale.jobs} × --threads {threads}: {scale.jobs * threads} torch threads on {cores} usable "
+                   f"core(s), which slows every unit beyond its planned cost; take --jobs × --threads ≤ {cores}")
         return cls(data=args.data, root=args.root.expanduser().absolute(), out=args.out.expanduser().absolute(),
                    scale_name=name, scale=scale, network=parse_network(args.network, scale), arms=tuple(args.arms),
                    encoders=tuple(encoders.items()),

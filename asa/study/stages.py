@@ -20,8 +20,10 @@ from typing import Any
 from asa.io import atomic_write_json
 from asa.study import probes, report, transfer
 from asa.study.arms import CONTROL, PILOT, SCRATCH, SUPERVISED
-from asa.study.common import REFUSED, Clock, finished, machine, module_argv
-from asa.study.plan import (UNIT_SECONDS, Pretraining, Supervised, finetune_arms, overlap_overrides,
+from asa.study.common import REFUSED, Clock, finished, machine, module_argv, refuse
+from asa.api.config import load_config
+from asa.study.cost import Costs
+from asa.study.plan import (Pretraining, Supervised, finetune_arms, overlap_overrides,
                             pretraining_argv, supervised_overrides, supervised_splits)
 from asa.study.readout import pilot_budget, pilot_reading, pretraining_summary
 from asa.study.scheduler import Unit, run_units
@@ -66,6 +68,10 @@ class Stage:
     def units(self, plan: Plan) -> list[Unit]:
         return []
 
+    def jobs(self, plan: Plan) -> int:
+        """Units at once."""
+        return plan.study.scale.jobs
+
     def read(self, plan: Plan, times: Mapping[str, Any], spent: Mapping[str, float]) -> int | None:
         return None
 
@@ -102,17 +108,20 @@ class Pilot(FineTuning):
     def units(self, plan: Plan) -> list[Unit]:
         s, controls = plan.study, []
         for control in plan.supervised:
-            atomic_write_json(control.run_dir / "splits.json", supervised_splits(control, plan.split, s.seed))
-            argv = module_argv("asa.cli.finetune", *supervised_overrides(control, s.network, s.scale, s.seed,
-                                                                         plan.overrides), *s.threads_override)
-            controls.append(Unit(control.run_dir.name, argv,
+            overrides = (*supervised_overrides(control, s.network, s.scale, s.seed, plan.overrides),
+                         *s.threads_override)
+            controls.append(Unit(control.run_dir.name, module_argv("asa.cli.finetune", *overrides),
                                  lambda control=control: finished(control.run_dir / "checkpoints" / "last.pt"),
-                                 s.out / "logs" / f"{control.run_dir.name}.log", threads=s.threads))
+                                 s.out / "logs" / f"{control.run_dir.name}.log", threads=s.threads,
+                                 inputs=((control.run_dir / "splits.json",
+                                          supervised_splits(control, plan.split, s.seed)),),
+                                 config=("finetune", overrides), steps=s.scale.pilot_steps))
         return [*super().units(plan), *controls]
 
     def read(self, plan: Plan, times: Mapping[str, Any], spent: Mapping[str, float]) -> int | None:
         super().read(plan, times, spent)
         s = plan.study
+        times["runs"][PILOT] = times["runs"].get(f"{PILOT}/{SCRATCH}-n{max(s.scale.cases)}-s0", math.nan)  # cost table
         plan.pilot = pilot_budget(s.out, s.scale, s.budget_cap, lesion_classes=list(s.lesion_classes))
         atomic_write_json(s.out / "pilot.json", plan.pilot)
         if plan.pilot["learned"]:
@@ -139,7 +148,9 @@ class Pretrain(Stage):
         s = plan.study
         return [Unit(run.name, pretraining_argv(s.scale.nproc, *run.overrides, *s.threads_override),
                      lambda run=run: finished(run.run_dir / "checkpoints" / "last.pt") and run.encoder.is_file(),
-                     s.out / "logs" / f"{run.name}.log", threads=s.threads) for run in plan.runs]
+                     s.out / "logs" / f"{run.name}.log", threads=s.threads,
+                     config=("pretrain", (*run.overrides, *s.threads_override)), steps=s.scale.pretrain_steps)
+                for run in plan.runs]
 
 
 class Probes(Stage):
@@ -147,6 +158,9 @@ class Probes(Stage):
     pretraining arm the transfer stage fine-tunes chosen."""
 
     title = "probes"
+
+    def jobs(self, plan: Plan) -> int:
+        return 1  # one asa-probe over every encoder
 
     def units(self, plan: Plan) -> list[Unit]:
         s = plan.study
@@ -232,9 +246,7 @@ def run_stages(plan: Plan, clock: Clock, times: dict[str, Any], times_file: Path
         started = time.perf_counter()
         units = stage.units(plan)
         before = {u.name: times["runs"].get(u.name, 0.0) for u in units}
-        complete = run_units(units, s.scale.jobs if not isinstance(stage, Probes) else 1, clock, times["runs"])
-        if stage.title == Pilot.title:  # the cost table's pilot
-            times["runs"][PILOT] = times["runs"].get(f"{PILOT}/{SCRATCH}-n{max(s.scale.cases)}-s0", math.nan)
+        complete = run_units(units, stage.jobs(plan), clock, times["runs"])
         if units:
             times["stages"][stage.title] = times["stages"].get(stage.title, 0.0) + time.perf_counter() - started
         atomic_write_json(times_file, times)
@@ -249,20 +261,56 @@ def run_stages(plan: Plan, clock: Clock, times: dict[str, Any], times_file: Path
     return 0
 
 
-def schedule_lines(plan: Plan, unit_seconds: float = UNIT_SECONDS) -> list[str]:
-    """The study's schedule, nothing run: each stage's units, how many run at once (``jobs``) and its planned minutes,
-    every unit costing ``unit_seconds`` per 1200 steps (the transfer stage at the pilot's whole length, the budget it
-    cannot exceed), waves of ``jobs`` units, a unit side by side as fast as alone (the GPU window measures it)."""
-    s, jobs, total, lines = plan.study, plan.study.scale.jobs, 0.0, []
-    plan.pilot = plan.pilot or {"steps": plan.study.scale.pilot_steps}
-    for stage in stages(s)[:-1]:
-        units = stage.units(plan)
-        scoring = [u for u in units if u.name.rsplit("/", 1)[-1].startswith("scoring-")]
-        steps = s.scale.pretrain_steps if isinstance(stage, Pretrain) else s.scale.pilot_steps
-        waves = -(-(len(units) - len(scoring)) // jobs)
-        seconds = waves * unit_seconds * steps / 1200
+def planned(plan: Plan) -> list[tuple[Stage, list[Unit]]]:
+    """Every stage's units as planned now, nothing written (the transfer stage at the pilot's whole length while the
+    pilot has not set its budget; every pretraining arm while the probes have not chosen)."""
+    draft = dataclasses.replace(plan, pilot=plan.pilot or {"steps": plan.study.scale.pilot_steps})
+    return [(stage, stage.units(draft)) for stage in stages(plan.study)]
+
+
+def check_configs(units: list[Unit]) -> None:
+    """Compose and check every unit's config as its console script will (`asa.api.config.load_config`): a bad
+    override is refused in one line naming the unit (exit 2) before anything trains. Units that differ only in
+    their folder and seed compose once."""
+    seen = set()
+    for unit in units:
+        if unit.config is None:
+            continue
+        entry, overrides = unit.config
+        key = (entry, tuple(o for o in overrides if not o.startswith(("output_dir=", "seed="))))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            load_config(entry, *overrides)
+        except ValueError as err:
+            refuse(f"[study] {unit.name}: its asa-{entry} config does not compose: {err}".replace("\n", " "))
+
+
+def schedule_lines(plan: Plan, stage_units: list[tuple[Stage, list[Unit]]], costs: Costs) -> list[str]:
+    """The study's schedule, nothing run: each stage's units (`planned`), how many run at once and its planned minutes
+    from ``costs`` (timed on this device): the units in ``jobs`` slots, each taking the next free one, the scoring
+    after its runs, a unit side by side as fast as alone (``jobs`` × threads ≤ the cores)."""
+    total, lines = 0.0, [f"[study] plan: {costs.line()}"]
+    for stage, units in stage_units:
+        if not units:
+            continue
+        jobs = stage.jobs(plan)
+        trained = [u for u in units if u.config is not None]
+        others = [u for u in units if u.config is None]
+        seconds = _makespan([costs.seconds(u) for u in trained], jobs) + _makespan(
+            [costs.seconds(u) for u in others], jobs)
         total += seconds
-        lines.append(f"[study] plan: {stage.title}: {len(units) - len(scoring)} unit(s) of {steps} steps, {jobs} at "
-                     f"once ({waves} wave(s)), {len(scoring)} scoring unit(s): {seconds / 60:.1f} min")
-    return [*lines, f"[study] plan: {total / 60:.1f} min in all at {unit_seconds:g} s per 1200-step unit, the scoring "
-                    "and the probes' own time beside; nothing was run (--dry-run)"]
+        steps = sorted({u.steps for u in trained})
+        lines.append(f"[study] plan: {stage.title}: {len(trained)} unit(s) of "
+                     f"{'/'.join(map(str, steps)) or 0} steps, {jobs} at once, {len(others)} scoring or probing "
+                     f"unit(s): {seconds / 60:.1f} min")
+    return [*lines, f"[study] plan: {total / 60:.1f} min in all on {costs.device}; nothing was run (--dry-run)"]
+
+
+def _makespan(seconds: list[float], jobs: int) -> float:
+    """The seconds ``seconds``' units take in ``jobs`` slots, each unit in order taking the first free slot."""
+    slots = [0.0] * max(1, jobs)
+    for x in seconds:
+        slots[slots.index(min(slots))] += x
+    return max(slots) if seconds else 0.0

@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,8 @@ from asa.study.plan import (GROWS, RECIPES, SCALES, Supervised, cv_supervised, l
 from asa.study.readout import PILOT_FLOOR
 from asa.study.scheduler import stop_on_signals
 from asa.study.settings import Study
-from asa.study.stages import Plan, run_stages, schedule_lines
+from asa.study.cost import measure
+from asa.study.stages import Plan, check_configs, planned, run_stages, schedule_lines
 
 __all__ = ["build_parser", "main"]
 
@@ -132,12 +134,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     cohort_cases, held, channels, store = _pretraining_cohort(study, task)
     # the positive control takes the pretrained arms' T1-and-adapted-stem path when they read the T1 alone
     control_channel = supervised_channel(task.channels, channels)
-    _record(study, task, channels, control_channel, store)
+    if not study.dry_run:  # a dry run writes nothing
+        _record(study, task, channels, control_channel, store)
     checks, cohorts, noise, supervised = _checks(study, labeled, split, task, cohort_cases, held, channels, store,
                                                  control_channel)
     runs = plan_pretraining(study.out, study.scale, study.network, study.pretraining, cohorts, noise,
                             seed=study.seed, channels=channels or ("t1",), store=store)
-    if store is not None:
+    if store is not None and not study.dry_run:
         write_store_splits(runs, [c.id for c in cohort_cases], study.seed)
     overrides = [*recipe_overrides(study.recipe, study.encoder_lr_scale), *overlap_overrides(checks["overlap"]),
                  *study.overrides]
@@ -154,10 +157,28 @@ def main(argv: Sequence[str] | None = None) -> int:
               "each stopped run continues from the checkpoint it saved: rerun the same command to continue",
               file=sys.stderr, flush=True)
 
+    stage_units = planned(plan)
+    check_configs([u for _, units in stage_units for u in units])  # a bad override refused before anything trains
     if study.dry_run:
-        print("\n".join(schedule_lines(plan)), flush=True)
+        print("\n".join(_dry_run(plan, stage_units, cohort_cases, cohorts, channels, store)), flush=True)
         return 0
     return stop_on_signals(lambda: run_stages(plan, Clock(study.scale.time_budget), times, times_file), stopped)
+
+
+def _dry_run(plan: Plan, stage_units: list, cohort_cases: Sequence, cohorts: Mapping[int, Path],
+             channels: list[str] | None, store: StoreCohort | None) -> list[str]:
+    """The schedule of a dry run, its units priced on this device (a short timed run of each console script, its
+    cohort's file list written to a scratch folder): nothing is written to --out."""
+    study, every = plan.study, [u for _, units in stage_units for u in units]
+    with tempfile.TemporaryDirectory(prefix="asa-study-plan-") as scratch:
+        moved = (write_cohorts(Path(scratch), cohort_cases, list(cohorts), study.seed, channels or ["t1"])
+                 if cohorts and store is None else {})
+        costs = measure(every, study.device, {cohorts[n]: folder for n, folder in moved.items()})
+    lines = schedule_lines(plan, stage_units, costs)
+    if study.scale_name == "gpu" and "cuda" not in costs.device:
+        lines.insert(0, "[study] plan: --scale gpu on a machine without a GPU: the plan below is priced on this "
+                        "machine's CPU, not on the GPU the scale is for")
+    return lines
 
 
 def _encoders(specs: Sequence[str]) -> dict[str, str]:
@@ -202,11 +223,21 @@ def _refuse_options(study: Study) -> None:
 def _labeled_set(study: Study) -> tuple[list, dict[str, list[str]], Any]:
     """(the labeled cases, the study's fixed split of them, their task); --lesion-classes not among its classes are
     refused."""
-    probe = compose_config("finetune", [f"data={study.data}", f"data.root={study.root}", *study.network.finetune])
+    probe = compose_config("finetune", [f"data={study.data}", f"data.root={study.root}", *study.network.finetune,
+                                        *(o for o in study.overrides if o.startswith("data.on_bad_case="))])
+    bad: list = []  # the unreadable cases, named in one line (the runs read the set with the same data.on_bad_case)
     try:
-        labeled = discover(str(probe.data.layout) if "layout" in probe.data else study.data, study.root)
+        labeled = discover(str(probe.data.layout) if "layout" in probe.data else study.data, study.root,
+                           on_bad_case="skip", skipped=bad)
     except (FileNotFoundError, ValueError) as err:  # no case, or none usable: one line, as every refusal
-        refuse(f"--root {study.root}: {err}")
+        refuse(f"--root {study.root}: " + (f"{_unreadable(bad)}, and no other case is there: fix or replace them"
+                                            if bad else str(err)))
+    if bad and probe.data.on_bad_case == "error":
+        refuse(f"--root {study.root}: {_unreadable(bad)}: fix or remove them, or pass --override "
+               "data.on_bad_case=skip to leave them out of every run")
+    if bad:
+        print(f"[study] --root {study.root}: {_unreadable(bad)}: left out of every run (data.on_bad_case=skip)",
+              flush=True)
     split = labeled_split(labeled, study.scale, study.seed, control=SUPERVISED in study.arms)
     if study.probe_first and "draws" in split:
         refuse(f"--probe-first: the {len(labeled)} labeled cases are cross-validated (every one is scored), so no case "
@@ -217,6 +248,13 @@ def _labeled_set(study: Study) -> tuple[list, dict[str, list[str]], Any]:
         refuse(f"--lesion-classes {' '.join(odd)}: not classes of {study.root} (its classes: "
                f"{', '.join(task.output_names)})")
     return labeled, split, task
+
+
+def _unreadable(problems: Sequence) -> str:
+    """"3 labeled case(s) cannot be read (case_1: <reason>; and 2 more)"."""
+    first = problems[0]
+    return (f"{len(problems)} labeled case(s) cannot be read ({first.id}: {first.reason}"
+            + (f"; and {len(problems) - 1} more" if len(problems) > 1 else "") + ")")
 
 
 def _pretraining_cohort(study: Study, task: Any) -> tuple[list, list[str], list[str] | None, StoreCohort | None]:
@@ -280,17 +318,19 @@ def _checks(study: Study, labeled: Sequence, split: Mapping[str, list[str]], tas
             held: Sequence[str], channels: list[str] | None, store: StoreCohort | None, control_channel: str | None
             ) -> tuple[dict[str, Any], dict[int, Path], Path | None, list[Supervised]]:
     """The checks before anything trains (overlap, channels, skull stripping, the positive control's cases), kept in
-    ``<out>/checks/checks.json`` and said; the cohort file lists and the noise volumes written on the way. Returns
+    ``<out>/checks/checks.json`` and said; the cohort file lists and the noise volumes written on the way (none of
+    it with --dry-run). Returns
     (the checks, cohort size -> its data, the noise volumes' folder, the positive control)."""
     out, scale, cohorts, noise = study.out, study.scale, {}, None
+    write = not study.dry_run
     checks: dict[str, Any] = {"overlap": check_overlap(out, cohort_cases, labeled, split, dict(study.encoders),
-                                                       accept=study.accept_overlap)}
+                                                       accept=study.accept_overlap, write=write)}
     if study.pretrain_data is not None:
         sizes = [n for n in scale.cohorts if n <= len(cohort_cases)] or [len(cohort_cases)]
         if odd := [n for n in scale.cohorts if n > len(cohort_cases)]:
             refuse(f"--cohorts {' '.join(map(str, odd))}: the cohort holds {len(cohort_cases)} scans")
         if store is None:
-            cohorts = write_cohorts(out, cohort_cases, sizes, study.seed, channels)
+            cohorts = write_cohorts(out, cohort_cases, sizes, study.seed, channels, write=write)
         else:
             cohorts = {n: store.path for n in sizes}
             checks["cohort"] = (f"The pretraining cohort is a store of asa-preprocess ({store.path}): "
@@ -300,7 +340,7 @@ def _checks(study: Study, labeled: Sequence, split: Mapping[str, list[str]], tas
                                 + "; each pretraining run reads its cohort's cases from it (their split in the "
                                 "run's splits.json, the store's other cases as its unread test part).")
         if CONTROL in study.arms:
-            noise = write_noise(out, cohort_cases, max(sizes), study.seed, channels)
+            noise = write_noise(out, cohort_cases, max(sizes), study.seed, channels, write=write)
     checks["channels"] = (channel_lines(task.channels, channels, held, store=store is not None)
                           if channels is not None else
                           [f"No pretraining cohort: an --encoder file's 1-channel stem is adapted to the "
@@ -345,7 +385,8 @@ def _checks(study: Study, labeled: Sequence, split: Mapping[str, list[str]], tas
     key, label = readings.endpoint(task.output_names, study.lesion_classes)
     checks["endpoint"] = {"key": key, "label": label,
                           "line": f"Primary endpoint: {label}, named before any training (every verdict reads it)."}
-    atomic_write_json(out / "checks" / "checks.json", {**checks, "split": split})
+    if write:
+        atomic_write_json(out / "checks" / "checks.json", {**checks, "split": split})
     for line in [checks["endpoint"]["line"], *([checks["design"]] if "design" in checks else []),
                  *([checks["cohort"]] if "cohort" in checks else []),
                  *checks["overlap"]["lines"],

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.errors import HydraException
 
-from asa.api.config import compose_config
+from asa.api.config import compose_config, describe_compose_error
 from asa.api.machinery.dataset import dataset_root
 from asa.data import discover, get_task
 from asa.eval.predict import Predictor
@@ -143,7 +144,11 @@ def plan_runs(s: Transfer) -> tuple[list[Run], list[str], Any, list[str]]:
     base += [f"trainer.threads={s.threads}"] if s.threads else []
     base += [f"data.root={s.root}"] if s.root else []
     base += [f"data.crop={s.crop}"] if s.crop else []
-    probe_cfg = compose_config("finetune", base)
+    try:
+        probe_cfg = compose_config("finetune", base)
+    except HydraException as err:  # a bad --override: one line, before anything trains
+        refuse(f"[study] {out.name}: its asa-finetune config does not compose: "
+               + describe_compose_error(f"{err}\n{err.__cause__ or ''}").replace("\n", " "))
     root, layout = dataset_root(probe_cfg.data)
     cases = discover(layout, root, on_bad_case=str(probe_cfg.data.on_bad_case))
     held = set(s.hold_out)  # never drawn by a run (another study's control trains on them)
@@ -194,24 +199,26 @@ def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequen
     trained = []
     for run in runs:
         ckpt = run.run_dir / "checkpoints" / "last.pt"
-        if not ckpt.is_file() and not run.scores_file.is_file():
-            rest = sorted(set(ids) - set(run.train) - set(run.val))
-            atomic_write_json(run.run_dir / "splits.json", {"train": list(run.train), "val": list(run.val),
-                                                            "test": rest, "dataset": dataset, "seed": run.seed})
-        argv = module_argv("asa.cli.finetune", *run.overrides, "resume=auto")
-        trained.append(Unit(f"{out.name}/{run.run_dir.name}", argv,
+        rest = sorted(set(ids) - set(run.train) - set(run.val))
+        split = {"train": list(run.train), "val": list(run.val), "test": rest, "dataset": dataset, "seed": run.seed}
+        overrides = (*run.overrides, "resume=auto")
+        trained.append(Unit(f"{out.name}/{run.run_dir.name}", module_argv("asa.cli.finetune", *overrides),
                             lambda run=run, ckpt=ckpt: run.scores_file.is_file() or finished(ckpt),
-                            logs / f"{run.run_dir.name}.log", threads=s.threads))
+                            logs / f"{run.run_dir.name}.log", threads=s.threads,
+                            inputs=() if ckpt.is_file() else ((run.run_dir / "splits.json", split),),
+                            config=("finetune", overrides), steps=s.steps))
     scoring = []
     for k in range(min(max(1, s.jobs), len(runs))):
         share = runs[k::max(1, s.jobs)]
         spec = out / "scoring" / f"share{k}.json"
-        atomic_write_json(spec, {"runs": [{**dataclasses.asdict(r), "run_dir": str(r.run_dir)} for r in share],
-                                 "test": list(test_ids), "device": s.device, "drop_checkpoints": s.drop_checkpoints})
         scoring.append(Unit(f"{out.name}/scoring-{k}", module_argv("asa.study.transfer", str(spec)),
                             lambda share=share: all(r.scores_file.is_file() for r in share),
                             logs / f"scoring-{k}.log", resumable=False, threads=s.threads,
-                            after=tuple(u.name for r, u in zip(runs, trained) if r in share)))
+                            after=tuple(u.name for r, u in zip(runs, trained) if r in share),
+                            cases=sum(len(r.test) or len(test_ids) for r in share),
+                            inputs=((spec, {"runs": [{**dataclasses.asdict(r), "run_dir": str(r.run_dir)}
+                                                     for r in share], "test": list(test_ids), "device": s.device,
+                                            "drop_checkpoints": s.drop_checkpoints}),)))
     return [*trained, *scoring]
 
 

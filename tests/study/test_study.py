@@ -755,28 +755,27 @@ def test_a_labeled_folder_with_no_usable_case_is_refused_in_one_line(tmp_path, c
     assert cases_text(1) == "1 labeled case" and cases_text(3) == "3 labeled cases"
 
 
-@pytest.mark.slow  # writes a 40-case set
+@pytest.mark.slow  # writes a 40-case set, times two short runs
 def test_the_gpu_scale_plans_the_whole_study_for_one_window_and_runs_nothing(tmp_path, capsys):
     """--scale gpu --dry-run on a 40-case labeled set: 8 cross-validated draws at N = 2 (every case scored twice), four
     pretraining runs per arm, the positive control nested in each draw, units side by side as the machine holds
-    them; the schedule is printed from the measured unit and nothing trains."""
-    cohort = write_demo_dataset("bids", tmp_path / "cohort", cases=6, size=16, seed=5)
-    labeled = write_demo_dataset("msd", tmp_path / "labeled", cases=40, size=16, seed=1)
+    them; on a machine without a GPU the schedule says it is priced on the CPU, and nothing trains."""
+    cohort = write_demo_dataset("bids", tmp_path / "cohort", cases=6, size=32, seed=5)
+    labeled = write_demo_dataset("msd", tmp_path / "labeled", cases=40, size=32, seed=1)
     out = tmp_path / "study"
     assert study.main(["--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), "--out", str(out),
                        "--scale", "gpu", "--arms", "mae", "asa", "noise", "supervised", "--device", "cpu",
                        "--dry-run"]) == 0
     said = capsys.readouterr().out
     jobs = units_at_once(1, 0, None, len(os.sched_getaffinity(0)))
+    assert "[study] plan: --scale gpu on a machine without a GPU: the plan below is priced on this machine's CPU" in said
     assert f"pilot and positive control: 9 unit(s) of 1200 steps, {jobs} at once" in said  # the pilot, 8 controls
     assert f"pretraining: 12 unit(s) of 480 steps, {jobs} at once" in said  # mae, asa and noise, 4 runs each
     assert f"transfer: 112 unit(s) of 1200 steps, {jobs} at once" in said  # 14 arms × 8 draws
     assert "transfer: 14 arms × N [2] × 8 cross-validation draws" in said
-    assert not list(out.rglob("last.pt")) and not (out / "logs").exists()
-    # on one H100 (80 GiB, 16 cores): 16 units at once; the whole study inside the 8-minute window's plan
+    assert not out.exists()  # a dry run writes nothing
+    # on one H100 (80 GiB, 16 cores): 16 units at once
     assert units_at_once(1, 0, 80.0, 16) == 16 and units_at_once(1, 0, 40.0, 16) == 13 and units_at_once(2, 0, None, 16) == 8
-    waves = [-(-n // 16) for n in (9, 12, 112)]
-    assert sum(w * 39.8 * steps / 1200 for w, steps in zip(waves, (1200, 480, 1200))) < 8 * 60
 
 
 def test_every_scale_cross_validates_a_small_labeled_set(data):

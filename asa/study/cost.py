@@ -1,0 +1,147 @@
+"""What a study's units cost on the device it runs on, timed there: a short run of one unit per console script
+(the pilot's fine-tuning, a pretraining run), in this process, in a scratch folder, with the unit's own
+overrides (network, crop, threads, device, its own cases); never a figure from another device."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import io
+import json
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from asa.api import finetune, pretrain
+from asa.api.config import compose_config, load_config
+from asa.api.machinery.run import OptionError
+from asa.study.common import machine, refuse
+from asa.study.scheduler import Unit
+from asa.study.tables import logged_series
+
+TIMED_STEPS = 24  # optimiser steps of a timed run (fewer when the unit trains fewer)
+RUN_KEYS = ("output_dir", "resume", "trainer.epochs", "trainer.val_every", "trainer.max_steps", "trainer.log_every",
+            "trainer.val_every_steps", "trainer.ckpt_every", "trainer.progress")  # the timed run sets its own
+
+
+@dataclasses.dataclass(frozen=True)
+class StepCost:
+    """One console script's costs here: its start and end (``fixed``), one optimiser step, one validation round of
+    ``val_cases`` cases, in seconds."""
+
+    fixed: float
+    step: float
+    round: float
+    val_cases: int
+
+    @property
+    def case(self) -> float:
+        """Seconds to predict one case (a validation round's share)."""
+        return self.round / self.val_cases if self.val_cases else math.nan
+
+
+@dataclasses.dataclass(frozen=True)
+class Costs:
+    """A study's unit costs on ``device`` (`measure`), by console script (``finetune``, ``pretrain``)."""
+
+    device: str
+    scripts: dict[str, StepCost]
+
+    def seconds(self, unit: Unit) -> float:
+        """The planned seconds of ``unit``: start, its steps and validation rounds; a scoring unit its cases predicted
+        twice (as trained and with the encoder zeroed); NaN for what was not timed."""
+        if unit.config is None:
+            return 2 * unit.cases * self.scripts["finetune"].case if "finetune" in self.scripts else math.nan
+        entry, overrides = unit.config
+        if entry not in self.scripts:
+            return math.nan
+        cost = self.scripts[entry]
+        # a round over the unit's own validation cases where it names them (none: it never validates)
+        val = next((len(c["val"]) for path, c in unit.inputs if path.name == "splits.json"), None)
+        round_seconds = cost.round if val is None else val * cost.case if val else 0.0
+        return cost.fixed + unit.steps * cost.step + validation_rounds(entry, overrides, unit.steps) * round_seconds
+
+    def line(self) -> str:
+        parts = [f"{entry}: {c.fixed:.1f} s start and end, {c.step:.3f} s a step, {c.round:.1f} s a validation round "
+                 f"of {c.val_cases} case(s)" for entry, c in self.scripts.items()]
+        return f"priced on {self.device} (timed here, {TIMED_STEPS} steps or fewer each): " + "; ".join(parts)
+
+
+def validation_rounds(entry: str, overrides: Sequence[str], steps: int) -> int:
+    """The validation rounds a run of ``steps`` optimiser steps holds before its last (the cadence of its config:
+    ``trainer.val_every`` epochs, at least ``trainer.val_min_steps`` apart); the last is in the start-and-end cost."""
+    trainer = compose_config(entry, list(overrides)).trainer
+    epochs = int(trainer.epochs)
+    per_epoch = max(1, steps // max(1, epochs))
+    rounds, last = 0, 0
+    for epoch in range(1, epochs):
+        at = epoch * per_epoch
+        if epoch % int(trainer.val_every) == 0 and at - last >= int(trainer.val_min_steps or 0):
+            rounds, last = rounds + 1, at
+    return rounds
+
+
+def device_name(device: str) -> str:
+    """"cpu (<model>)" or "cuda (<the GPU's name>)"."""
+    if device != "cpu" and torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    return f"cpu ({machine()['cpu']})"
+
+
+def time_unit(unit: Unit, moved: Mapping[str, str], steps: int = TIMED_STEPS) -> StepCost:
+    """Run ``unit``'s script for ``steps`` steps (at most its own) in a scratch folder, a validation round in the
+    middle; read each step's time off its log (`train/samples_per_s`, one window a step). ``moved``: folders the
+    unit reads that planning did not write (a dry run) -> where they were written for this measurement."""
+    entry, overrides = unit.config
+    steps = max(2, min(steps, unit.steps))
+    kept = [functools.reduce(lambda o, m: o.replace(*m), moved.items(), o) for o in overrides
+            if o.split("=", 1)[0].lstrip("+") not in RUN_KEYS]
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="asa-study-cost-") as scratch:
+        out = Path(scratch) / "run"
+        out.mkdir()
+        for path, content in unit.inputs:  # its own cases (splits.json), where the unit names them
+            if path.name == "splits.json":
+                (out / "splits.json").write_text(json.dumps(content))
+        cfg = load_config(entry, *kept, f"output_dir={out}", "resume=false", "trainer.epochs=1000000",
+                          f"trainer.max_steps={steps}", "trainer.log_every=1", f"trainer.val_every_steps={steps // 2}",
+                          "trainer.ckpt_every=0", "trainer.progress=false")
+        started = time.perf_counter()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                (finetune if entry == "finetune" else pretrain)(cfg)
+        except (OptionError, ValueError) as err:  # what the unit itself would meet, after the stages before it
+            refuse(f"[study] {unit.name} would be refused: {err}")
+        wall = time.perf_counter() - started
+        rates = [v for _, v in logged_series(out, ["train/samples_per_s"])["train/samples_per_s"]]
+        val_cases = len(json.loads((out / "splits.json").read_text()).get("val", []))
+    torch.set_num_threads(threads)
+    batch = int(cfg.trainer.batch_size) * int(cfg.trainer.accum_steps)
+    seconds = [batch / r for r in rates]
+    step = statistics.median(seconds[1:])
+    # the first step (warm-up) counts with the start; the window holding the middle round is the slowest
+    return StepCost(fixed=max(0.0, wall - sum(seconds[1:]) - step), step=step, round=max(seconds[1:]) - step,
+                    val_cases=val_cases)
+
+
+def measure(units: Sequence[Unit], device: str, moved: Mapping[Path, Path]) -> Costs:
+    """`Costs` of every console script among ``units``, each timed on the first unit that trains with it and reads
+    only what exists (``moved``: planned folders a dry run did not write -> where they were written to time it)."""
+    firsts: dict[str, Unit] = {}
+    swaps = {str(a): str(b) for a, b in moved.items()}
+    for unit in units:
+        if unit.config is not None and unit.steps and _readable(unit, swaps):
+            firsts.setdefault(unit.config[0], unit)
+    return Costs(device_name(device), {entry: time_unit(unit, swaps) for entry, unit in firsts.items()})
+
+
+def _readable(unit: Unit, moved: Mapping[str, str]) -> bool:
+    """Whether every ``data.root`` the unit reads exists (here or where ``moved`` puts it)."""
+    roots = [o.split("=", 1)[1] for o in unit.config[1] if o.startswith("data.root=")]
+    return all(Path(moved.get(r, r)).exists() for r in roots)

@@ -1,0 +1,136 @@
+"""asa-study's plan before anything is written: every option's range refused in one line with --out untouched,
+unreadable labeled cases named with asa-study's own way on, the units at once × threads within the cores, the GPU
+scale without a GPU, a bad override refused before anything trains, a dry run that writes nothing and prices its
+units from a run timed on this machine (`asa.study.cost`)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from asa.data.synthetic.demo import write_demo_dataset
+from asa.study import study
+from asa.study.cost import Costs, StepCost, validation_rounds
+from asa.study.scheduler import Unit
+from asa.study.stages import _makespan
+
+
+@pytest.fixture(scope="module")
+def labeled(tmp_path_factory):
+    return write_demo_dataset("msd", tmp_path_factory.mktemp("plan") / "labeled", cases=9, size=32, seed=1)
+
+
+def _refused(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as refused:
+        study.main(argv)
+    said = capsys.readouterr().err.strip()
+    assert refused.value.code == 2 and len(said.splitlines()) == 1 and "Traceback" not in said, said
+    return said
+
+
+@pytest.mark.parametrize("option, expected", [
+    (["--folds", "0"], "--folds 0: expected at least 2"),
+    (["--pretrain-runs", "0"], "--pretrain-runs 0: expected at least 1"),
+    (["--time-budget", "-5"], "--time-budget -5.0: expected seconds above 0"),
+    (["--jobs", "-1"], "--jobs -1: expected at least 0 (0: as many units at once as the machine holds)"),
+    (["--cases", "0", "4"], "--cases 0: expected at least 1"),
+    (["--repeats", "0"], "--repeats 0: expected at least 1"),
+    (["--threads", "0"], "--threads 0: expected at least 1"),
+    (["--n-boot", "0"], "--n-boot 0: expected at least 1"),
+])
+def test_an_option_out_of_range_is_refused_in_one_line_before_anything_is_written(tmp_path, capsys, labeled, option,
+                                                                                  expected):
+    out = tmp_path / "out"
+    said = _refused(capsys, ["--data", "msd", "--root", str(labeled), "--arms", "supervised", "--out", str(out),
+                             *option])
+    assert said == expected and not out.exists()
+
+
+def test_unreadable_labeled_cases_are_named_with_asa_study_s_own_way_on(tmp_path, capsys):
+    root = write_demo_dataset("msd", tmp_path / "bad", cases=3, size=16, seed=1)
+    for image in sorted((root / "imagesTr").iterdir()):
+        image.write_text("not an image")
+    said = _refused(capsys, ["--data", "msd", "--root", str(root), "--arms", "supervised", "--out",
+                             str(tmp_path / "out")])
+    assert said.startswith(f"--root {root}: 3 labeled case(s) cannot be read (") and "; and 2 more)" in said
+    assert "no other case is there" in said and not (tmp_path / "out").exists()
+    one = write_demo_dataset("msd", tmp_path / "one", cases=3, size=16, seed=1)
+    first = sorted((one / "imagesTr").iterdir())[0]
+    first.write_text("not an image")
+    said = _refused(capsys, ["--data", "msd", "--root", str(one), "--arms", "supervised", "--out",
+                             str(tmp_path / "out")])
+    assert said.endswith("fix or remove them, or pass --override data.on_bad_case=skip to leave them out of every run")
+    assert "1 labeled case(s) cannot be read (" in said and not (tmp_path / "out").exists()
+
+
+def test_the_units_at_once_share_the_cores_and_more_threads_than_cores_are_refused(tmp_path, capsys, labeled,
+                                                                                    monkeypatch):
+    cores = len(os.sched_getaffinity(0))
+    argv = ["--data", "msd", "--root", str(labeled), "--arms", "supervised", "--out", str(tmp_path / "out")]
+    args = study.build_parser().parse_args([*argv, "--jobs", "2"])
+    assert study.Study.from_args(args, {}).threads == max(1, cores // 2)  # not torch's default of every core each
+    said = _refused(capsys, [*argv, "--jobs", "2", "--threads", str(cores)])
+    assert said.startswith(f"--jobs 2 × --threads {cores}: {2 * cores} torch threads on {cores} usable core(s)")
+
+
+def test_the_gpu_scale_without_a_gpu_is_refused_and_its_dry_run_says_where_it_is_priced(tmp_path, capsys, labeled,
+                                                                                         monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    said = _refused(capsys, ["--data", "msd", "--root", str(labeled), "--arms", "supervised", "--out",
+                             str(tmp_path / "out"), "--scale", "gpu"])
+    assert said.startswith("--scale gpu: no CUDA device here") and "--dry-run" in said
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_override_is_refused_before_anything_trains_or_is_written(tmp_path, capsys, labeled):
+    out = tmp_path / "out"
+    for dry in ([], ["--dry-run"]):
+        said = _refused(capsys, ["--data", "msd", "--root", str(labeled), "--arms", "supervised", "--quick", "--out",
+                                 str(out), "--test", "3", "--override", "model.mask_ratio=0.6", *dry])
+        assert said.startswith("[study] pilot") and "its asa-finetune config does not compose: " in said and \
+            "mask_ratio" in said
+    assert not list(out.rglob("*.pt")) and not (out / "logs").exists()
+
+
+def test_a_unit_s_planned_seconds_are_its_start_steps_and_validation_rounds():
+    cost = StepCost(fixed=10.0, step=0.5, round=8.0, val_cases=4)
+    costs = Costs("cpu (test)", {"finetune": cost})
+    overrides = ("data=msd", "model=resenc", "trainer.epochs=100", "trainer.val_every=10", "trainer.val_min_steps=0")
+    # 100 epochs of 4 steps, a round every 10 epochs: 9 before the last (the last is in the start-and-end cost)
+    assert validation_rounds("finetune", overrides, 400) == 9
+    assert validation_rounds("finetune", (*overrides[:-1], "trainer.val_min_steps=100"), 400) == 3  # 100, 200, 300
+    split = (Path("splits.json"), {"train": ["a", "b"], "val": ["c", "d"], "test": []})
+    unit = Unit("u", (), lambda: False, Path("log"), inputs=(split,), config=("finetune", overrides), steps=400)
+    assert costs.seconds(unit) == 10.0 + 400 * 0.5 + 9 * 2 * 2.0  # its own 2 validation cases at 2 s each
+    silent = dataclasses.replace(unit, inputs=((Path("splits.json"), {"train": ["a"], "val": [], "test": []}),))
+    assert costs.seconds(silent) == 10.0 + 400 * 0.5  # no validation case: no round
+    scoring = Unit("s", (), lambda: False, Path("log"), cases=6)
+    assert costs.seconds(scoring) == 2 * 6 * 2.0  # each case as trained and with the encoder zeroed
+    pretraining = Unit("p", (), lambda: False, Path("log"), config=("pretrain", ("trainer.epochs=1",)), steps=10)
+    assert math.isnan(costs.seconds(pretraining))  # not timed: never a figure from elsewhere
+    assert _makespan([3.0, 1.0, 1.0, 1.0], 2) == 3.0 and _makespan([2.0, 2.0, 2.0], 2) == 4.0
+    assert _makespan([], 2) == 0.0
+
+
+@pytest.mark.slow  # two short timed runs (fine-tuning, pretraining) of the quick scale's units
+def test_a_dry_run_writes_nothing_and_prices_every_stage_on_this_machine(tmp_path, capsys, labeled):
+    cohort = write_demo_dataset("bids", tmp_path / "cohort", cases=4, size=32, seed=5)
+    out = tmp_path / "study"
+    argv = ["--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), "--out", str(out), "--quick",
+            "--test", "3", "--pilot-steps", "4", "--pretrain-steps", "2", "--arms", "mae", "noise", "supervised",
+            "--device", "cpu"]
+    for seed in ("0", "1"):  # nothing recorded: another --seed is no other study's folder
+        assert study.main([*argv, "--seed", seed, "--dry-run"]) == 0
+        assert not out.exists()
+        said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[study] plan:")]
+        assert said[0].startswith("[study] plan: priced on cpu (") and "finetune: " in said[0] and "pretrain: " in said[0]
+        stages = {line.split(":")[1].strip(): float(line.rsplit(": ", 1)[1].removesuffix(" min"))
+                  for line in said[1:-1]}
+        assert set(stages) == {"pilot and positive control", "pretraining", "transfer"}
+        assert all(minutes > 0 for minutes in stages.values())
+        assert said[-1].endswith("nothing was run (--dry-run)")
+        assert abs(float(said[-1].split()[2]) - sum(stages.values())) <= 0.15  # the stages add up (rounding)
