@@ -7,8 +7,8 @@ checkpoint's plan states, so the dataset's ``dataset.json`` and plans decide wha
 nnssl export of a tiny ResEnc (random weights, resampling recorded at that edge, so ``-am like_pretrained`` keeps the
 grid) goes through the route once per variant of the dataset:
 
-- ``nnunet_default``: the route as nnU-Net's docs give it (``nnUNetv2_plan_and_preprocess``, then
-  ``nnUNetv2_preprocess_like_nnssl``);
+- ``nnunet_default``: the route as nnU-Net's docs give it (``nnUNetv2_plan_and_preprocess``, here with the ResEnc-L
+  planner and ``--no_pp``, then ``nnUNetv2_preprocess_like_nnssl``);
 - ``reader``: ``"overwrite_image_reader_writer": "NibabelIOWithReorient"`` in ``dataset.json`` before planning;
 - ``reader_and_transpose``: that, and ``transpose_forward`` / ``transpose_backward`` ``[2, 1, 0]`` in the plans file
   the route copies, before ``nnUNetv2_preprocess_like_nnssl`` (docs/weights-elsewhere.md);
@@ -42,6 +42,7 @@ import shutil
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import nibabel as nib
@@ -58,6 +59,7 @@ from benchmarks.outside_data import lesion_case
 FIRST_ID = 601  # the variants' datasets: Dataset601_route_nnunet_default, ...
 VARIANTS = {"nnunet_default": (None, None), "reader": ("NibabelIOWithReorient", None),
             "reader_and_transpose": ("NibabelIOWithReorient", [2, 1, 0])}
+PLANNING = ("-pl", "nnUNetPlannerResEncL", "--no_pp", "--verify_dataset_integrity")  # as docs/weights-elsewhere.md
 PRETRAINING = "asa_tiny"  # nnUNetv2_preprocess_like_nnssl -n
 # like_nnssl.preprocess_like_nnssl copies the first of these that exists
 ROUTE_PLANS = ["nnUNetPlans"] + [f"nnUNetResEncUNet{k}Plans" for k in ("M", "L", "XL")]
@@ -140,16 +142,16 @@ def preprocessed_case(folder: Path, case: str) -> tuple[np.ndarray, np.ndarray]:
 
 def plan(root: Path, env: dict[str, str], *, dataset_id: int, name: str, reader: str | None,
          cases: int) -> tuple[Path, Path]:
-    """The cases as dataset ``dataset_id`` (``reader`` in its dataset.json), planned (``nnUNetv2_plan_and_preprocess
-    --no_pp``): its preprocessed folder and the plans file the route copies."""
+    """The cases as dataset ``dataset_id`` (``reader`` in its dataset.json), planned as the docs plan it
+    (``nnUNetv2_plan_and_preprocess -pl nnUNetPlannerResEncL --no_pp``): its preprocessed folder and the plans file
+    the route copies."""
     dataset = f"Dataset{dataset_id}_route_{name}"
     raw = Path(env["nnUNet_raw"]) / dataset
     shutil.copytree(root / "cases", raw)
     meta = {"channel_names": {"0": "T1"}, "labels": {"background": 0, "lesion": 1}, "numTraining": cases,
             "file_ending": ".nii.gz", **({"overwrite_image_reader_writer": reader} if reader else {})}
     (raw / "dataset.json").write_text(json.dumps(meta, indent=1) + "\n")
-    nnunet("nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "3d_fullres", "--no_pp", "-np", "1",
-           env=env)
+    nnunet("nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), *PLANNING, "-np", "1", env=env)
     preprocessed = Path(env["nnUNet_preprocessed"]) / dataset
     return preprocessed, next(preprocessed / f"{p}.json" for p in ROUTE_PLANS if (preprocessed / f"{p}.json").is_file())
 
@@ -259,15 +261,14 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "nnUNet_n_proc_DA": "1", "nnUNet_compile": "false",
            **{k: str(args.out / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}}
-    os.environ.update(env)  # nnunetv2.paths reads them when first imported, below
-    from importlib.metadata import version
+    os.environ.update(env)  # nnunetv2.paths reads them when first imported (by the functions below)
 
     started = time.perf_counter()
     codes = write_cases(args.out, train=args.train, test=args.test, spacing=args.spacing, seed=args.seed)
     checkpoint = export_tiny(args.out, crop=args.crop, spacing=args.spacing)
     pretrain = torch.load(checkpoint, weights_only=True)["nnssl_adaptation_plan"]["pretrain_plan"]
-    record: dict = {"nnunetv2": version("nnunetv2"), "nnunet_commit": args.nnunet_commit, "torch": torch.__version__, "train": args.train,
-                    "test": args.test, "spacing_mm": args.spacing, "crop": args.crop,
+    record: dict = {"nnunetv2": version("nnunetv2"), "nnunet_commit": args.nnunet_commit, "torch": torch.__version__,
+                    "train": args.train, "test": args.test, "spacing_mm": args.spacing, "crop": args.crop,
                     "export_plan": {"image_reader_writer": pretrain["image_reader_writer"],
                                     "transpose_forward": pretrain["transpose_forward"]},
                     "variants": {}}
@@ -293,6 +294,7 @@ def main(argv: list[str] | None = None) -> dict:
     record["training"] = train_and_predict(args.out, env, dataset_id=FIRST_ID + len(VARIANTS) - 1,
                                            checkpoint=checkpoint)
     record["seconds"] = round(time.perf_counter() - started, 1)
+    record["load_average_1_min_at_end"] = round(os.getloadavg()[0], 2)  # the machine is shared: times read with it
     (args.out / "route.json").write_text(json.dumps(record, indent=1) + "\n")
     for name, variant in [*record["variants"].items(), *record["transpose_set_after_preprocessing"].items()]:
         print(name, [(r["stored"], r.get("left_right_axis"), r.get("left_to_right")) for r in variant["cases"]])
