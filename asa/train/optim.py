@@ -12,9 +12,10 @@ from torch import nn
 from .updates import encoder_names
 
 __all__ = ["build_optimizer", "describe_lr", "layer_lr_scales", "load_optimizer_state", "param_groups", "scaled_lr", "LOW_LR",
-           "OPTIMIZERS"]
+           "OPTIMIZERS", "STATE_COPIES"]
 
 OPTIMIZERS = ("adamw", "sgd")
+STATE_COPIES = {"adamw": 2, "sgd": 1}  # tensors the size of a parameter each keeps: AdamW's moments, SGD's momentum
 LOW_LR = 1e-5  # below this a peak lr usually means the scaling rule shrank it unnoticed
 
 

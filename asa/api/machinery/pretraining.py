@@ -24,6 +24,7 @@ from asa.methods import MethodContext, PretrainingMethod, get_method
 from asa.models import unwrap
 from asa.models.keys import encoder_keys
 from asa.train import FitResult
+from asa.train.optim import STATE_COPIES
 from asa.train.pretrain import export_encoder, make_validator
 
 __all__ = ["PretrainJob"]
@@ -81,6 +82,31 @@ def _probe(cfg: PretrainConfig, method: PretrainingMethod, stride: int, regions=
     return make_probe(probe_set, lam=pc.ridge, k=pc.knn_k, tokens_of=method.probe_tokens)
 
 
+def checkpoint_bytes(model: torch.nn.Module, *, optimizer: str, keep_last: int) -> dict[str, int]:
+    """The bytes of the tensors each file of a pretraining run's checkpoints/ holds (pickling adds kilobytes): last.pt
+    the weights and the ``optimizer``'s state (`STATE_COPIES` tensors per trained parameter), best.pt the weights,
+    encoder.pt and encoder.safetensors the encoder's, and ``keep_last`` step checkpoints as last.pt together."""
+    state = model.state_dict()
+    weights = sum(t.numel() * t.element_size() for t in state.values())
+    trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    prefixes = tuple(encoder_keys(model).prefixes)
+    encoder = sum(t.numel() * t.element_size() for k, t in state.items() if k.startswith(prefixes))
+    last = weights + STATE_COPIES[optimizer] * trained
+    return {"last.pt": last, "best.pt": weights, "encoder.pt": encoder, "encoder.safetensors": encoder,
+            "step_*.pt": keep_last * last}
+
+
+def size_note(model: torch.nn.Module, cfg: PretrainConfig) -> str | None:
+    """What the run's checkpoints take on disk, said where it reaches a gigabyte (None below)."""
+    sizes = checkpoint_bytes(model, optimizer=cfg.optim.name, keep_last=cfg.trainer.keep_last)
+    if sum(sizes.values()) < 1e9:
+        return None
+    params = sum(p.numel() for p in model.parameters())
+    files = ", ".join(f"{name} {size / 1e9:.2f}" for name, size in sizes.items() if size)
+    return (f"the network's {params / 1e6:.1f} M parameters make about {sum(sizes.values()) / 1e9:.1f} GB of "
+            f"checkpoints in {cfg.output_dir}/checkpoints (GB: {files}; last.pt with {cfg.optim.name}'s state)")
+
+
 def _with_probe(validate, probe, every: int):
     """validate(model) extended by the probe metrics every ``every``-th validation round."""
     rounds = [0]
@@ -126,6 +152,8 @@ class PretrainJob(TrainingJob):
     def network(self, run: JobRun, splits) -> torch.nn.Module:
         cfg, method = run.cfg, self.method
         model = method.build_network()
+        if run.env.is_main and (note := size_note(model, cfg)) is not None:  # a large preset says what it writes
+            print(f"[asa] note: {note}", file=sys.stderr, flush=True)
         self.probe_stride = stride = method.probe_stride(model)
         self.probe_every = cfg.probe.every if stride else 0
         monitor = cfg.trainer.monitor
