@@ -101,7 +101,7 @@ def _install() -> str:
 
 
 def kept_path(name: str) -> Path:
-    """Where this install keeps the text of ``name`` under its current digest: ``<cache>/<install>/<name>-<digest>.txt``."""
+    """Where this install keeps the text of ``name`` under its digest: ``<cache>/<install>/<name>-<digest>.txt``."""
     return _cache_folder() / _install() / f"{name}-{help_digest(name)}.txt"
 
 
