@@ -23,7 +23,8 @@ from asa.models.declared import crop_edges
 from asa.models.family import family_of
 from asa.models.keys import encoder_keys
 
-__all__ = ["NNSSL", "NNSSL_CHECKPOINT", "NNSSL_PLAN", "nnssl_adaptation_plan", "nnssl_checkpoint", "published_plan"]
+__all__ = ["NNSSL", "NNSSL_CHECKPOINT", "NNSSL_PLAN", "nnssl_adaptation_plan", "nnssl_checkpoint",
+           "published_plan", "route_note"]
 
 
 
@@ -101,6 +102,20 @@ def published_plan(published: Mapping[str, Any], spec: Mapping[str, Any], source
     return plan
 
 
+def route_note(pretrain_plan: Mapping[str, Any]) -> str:
+    """The card's note on nnU-Net's nnssl route, of a file whose ``pretrain_plan`` is given: the route builds its plans
+    from the dataset's own and reads neither the reader nor the transposes the file states, so without them the encoder
+    meets left-right wherever each file's stored orientation put it (benchmarks/nnunet_nnssl_route.py). Empty when the
+    plan states neither."""
+    reader, transpose = pretrain_plan.get("image_reader_writer"), pretrain_plan.get("transpose_forward")
+    if reader is None or transpose is None:
+        return ""
+    return (" That route builds its plans from the dataset's own and reads neither the reader nor the transposes of "
+            f"this file's plan: give the dataset both, `\"overwrite_image_reader_writer\": \"{reader}\"` in its "
+            f"`dataset.json` before planning and `transpose_forward` and `transpose_backward` `{list(transpose)}` in "
+            "its plans before the route (docs/weights-elsewhere.md).")
+
+
 def nnssl_checkpoint(export: Mapping[str, Any], *, spacing_mm: Sequence[float] | None = None, dataset: str = "asa",
                      trainer: str = "asa-pretrain", source: str = "the export", seed: int = 0,
                      published: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None
@@ -147,7 +162,8 @@ class Nnssl(Format):
         return Part({NNSSL_CHECKPOINT: lambda path: save_checkpoint(path, nnssl),
                      NNSSL_PLAN: lambda path: atomic_write_json(path, plan)},
                     f"\n`{NNSSL_CHECKPOINT}` and `{NNSSL_PLAN}` are the encoder in nnssl's format: "
-                    "`nnUNetv2_preprocess_like_nnssl -pc` takes the file, or this folder's hub address.\n")
+                    "`nnUNetv2_preprocess_like_nnssl -pc` takes the file, or this folder's hub address."
+                    + route_note(plan.get("pretrain_plan") or {}) + "\n")
 
 
 NNSSL = register_format(Nnssl())

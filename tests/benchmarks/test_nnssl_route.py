@@ -112,3 +112,27 @@ def test_the_predictor_workaround_is_the_one_measured(record, flat):
     assert all(c["shape_and_affine_of_input"] and c["voxels_differing_from_trained_network"] == 0 for c in cases)
     assert f"On {len(cases)} held-out cases" in flat and "in 0 voxels" in flat
     assert f"{record['train']} training and {record['test']} held-out cases" in flat
+
+
+def test_the_card_gives_the_route_the_files_reader_and_transposes(tmp_path):
+    """The route reads neither from the file, so the card's nnssl paragraph says them, as the file's plan states
+    them: asa's own, and a published plan's other ones."""
+    import torch
+
+    from asa.api.export import export_model
+    from asa.formats.nnssl import route_note
+    from asa.io import save_checkpoint
+    from asa.io.hub import NNSSL_CHECKPOINT
+    from asa.models import network_spec
+    from asa.models.cnn.resenc import resenc_unet
+
+    net = resenc_unet(img_size=32, in_channels=1, out_channels=1, size="tiny")
+    save_checkpoint(tmp_path / "last.pt", {"model": net.state_dict(), "network": network_spec(net), "step": 1})
+    out = export_model(tmp_path / "last.pt", tmp_path / "model")
+    card = " ".join((out / "README.md").read_text().split())
+    plan = torch.load(out / NNSSL_CHECKPOINT, weights_only=True)["nnssl_adaptation_plan"]["pretrain_plan"]
+    assert route_note(plan).strip() in card
+    assert f'`"overwrite_image_reader_writer": "{READER}"` in its `dataset.json` before planning' in card
+    assert f"`transpose_backward` `{TRANSPOSE}` in its plans before the route" in card
+    other = route_note({"image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2]})
+    assert '"SimpleITKIO"' in other and "`[0, 1, 2]`" in other and route_note({}) == ""
