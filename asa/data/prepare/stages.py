@@ -6,6 +6,10 @@ everything outside this file speaks nibabel's RAS affines."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -15,10 +19,11 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from asa.data.prepare.child import in_child
 from asa.data.prepare.tools import ants, need, torch_threads
 
 __all__ = ["BRAIN_TOOLS", "TRANSFORMS", "MAX_BRAIN_ML", "BRAIN_LEVEL", "MAX_BORDER", "Registration", "to_ants", "from_ants", "grid_image", "n4",
-           "extract_brain", "register", "resample"]
+           "extract_brain", "register", "resample", "scratch", "remove_dead_scratch"]
 
 BRAIN_TOOLS = ("deepbet", "robex", "none")
 """Brain extraction: deepbet (a CNN, Fisch et al. 2024), ROBEX (Iglesias et al. 2011), or none for inputs that
@@ -64,7 +69,12 @@ def grid_image(shape: tuple[int, int, int], affine: np.ndarray):
 
 def n4(data: np.ndarray, affine: np.ndarray, *, shrink: int = 4) -> np.ndarray:
     """N4 bias-field correction (ANTs) of ``data`` [X, Y, Z] over the head (ANTs' foreground mask);
-    ``shrink``: the fitting grid's subsampling (ANTs' default 4; 1 on coarse grids)."""
+    ``shrink``: the fitting grid's subsampling (ANTs' default 4; 1 on coarse grids). Run in asa-prepare's child
+    process (`asa.data.prepare.child`: a stop signal ends it at once)."""
+    return in_child(_n4, data, affine, shrink)
+
+
+def _n4(data: np.ndarray, affine: np.ndarray, shrink: int) -> np.ndarray:
     image = to_ants(np.maximum(data, 0.0), affine)
     corrected = ants().n4_bias_field_correction(image, mask=ants().get_mask(image), shrink_factor=shrink)
     return corrected.numpy().astype(np.float32)
@@ -139,14 +149,19 @@ def register(fixed: tuple[np.ndarray, np.ndarray], moving: tuple[np.ndarray, np.
     """ANTs registration of ``moving`` onto ``fixed`` (each (data, RAS affine)), Mattes mutual information,
     multi-resolution, centres of mass aligned first; ``transform`` one of `TRANSFORMS`; ``fixed_mask``:
     where the metric is computed; ``dense`` (rigid only): the metric on every voxel (ANTs' DenseRigid) instead of
-    a random sample. The transform files are written into ``folder``."""
+    a random sample. The transform files are written into ``folder``. Run in asa-prepare's child process, as `n4`."""
     if transform not in TRANSFORMS:
         raise ValueError(f"transform={transform!r}: expected one of {TRANSFORMS}")
     if dense and transform != "rigid":
         raise ValueError(f"dense=True: ANTs samples every voxel for a rigid transform only, not {transform!r}")
+    folder.mkdir(parents=True, exist_ok=True)
+    return in_child(_register, fixed, moving, transform, folder, fixed_mask, dense)
+
+
+def _register(fixed: tuple[np.ndarray, np.ndarray], moving: tuple[np.ndarray, np.ndarray], transform: str,
+              folder: Path, fixed_mask: np.ndarray | None, dense: bool) -> Registration:
     fixed_image = to_ants(*fixed)
     mask = None if fixed_mask is None else to_ants(fixed_mask.astype(np.float32), fixed[1])
-    folder.mkdir(parents=True, exist_ok=True)
     out = ants().registration(fixed_image, to_ants(*moving),
                               type_of_transform=("Dense" if dense else "") + transform.capitalize(),
                               mask=mask, outprefix=str(folder / f"{transform}_"))
@@ -167,5 +182,29 @@ def resample(data: np.ndarray, affine: np.ndarray, transforms: list[str] | tuple
 
 
 def scratch() -> tempfile.TemporaryDirectory:
-    """A temporary folder for ANTs' transform files."""
-    return tempfile.TemporaryDirectory(prefix="asa-prepare-")
+    """A temporary folder for ANTs' transform files, named by this host and process: ``asa-prepare-<host>-<pid>-*``
+    in the temporary folder (``$TMPDIR``), so that a later run can tell a killed run's (`remove_dead_scratch`)."""
+    return tempfile.TemporaryDirectory(prefix=f"asa-prepare-{socket.gethostname()}-{os.getpid()}-")
+
+
+def remove_dead_scratch() -> list[Path]:
+    """Remove the scratch folders (`scratch`) of this host whose process is gone: a run killed outright (SIGKILL)
+    removes none of its own. Another live run's stay, as do other hosts' in a shared ``$TMPDIR``. Returns those
+    removed."""
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob("asa-prepare-*"):
+        named = re.fullmatch(r"asa-prepare-(.+)-(\d+)-[^-]+", folder.name)
+        if named and named[1] == socket.gethostname() and not _alive(int(named[2])) and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -14,9 +14,10 @@ from types import ModuleType
 
 import numpy as np
 
-__all__ = ["INSTALL_HINT", "MissingTool", "need", "ants", "single_thread", "torch_threads"]
+__all__ = ["INSTALL_HINT", "MissingTool", "need", "ants", "single_thread", "ants_seed", "torch_threads"]
 
 INSTALL_HINT = 'pip install "asa[prepare]"'
+_seed: int | None = None
 
 
 class MissingTool(ImportError):
@@ -45,12 +46,19 @@ def single_thread(seed: int = 0) -> None:
     """ITK on one thread and ANTs' random sampling seeded: a worker of `asa-prepare` uses one core, and the
     same input gives the same transform. The process's own random states (numpy's, Python's), which ANTsPy's
     switch also seeds, are left as they were."""
+    global _seed
     ants()
+    _seed = seed
     numpy_state, python_state = np.random.get_state(), random.getstate()
     # ANTs reads a random seed of 0 as "seed from the clock": asa's seeds 0, 1, ... are ANTs' 1, 2, ...
     need("ants.config", "asa-prepare").set_ants_deterministic(True, seed + 1)
     np.random.set_state(numpy_state)
     random.setstate(python_state)
+
+
+def ants_seed() -> int | None:
+    """The seed `single_thread` gave ANTs in this process (None: none yet)."""
+    return _seed
 
 
 @contextmanager
