@@ -20,9 +20,10 @@ import numpy as np
 
 from asa.io import atomic_write_json
 
-__all__ = ["make_splits", "DEFAULT_SPLITS", "SPLIT_NAMES"]
+__all__ = ["make_splits", "DEFAULT_SPLITS", "SPLIT_NAMES", "UNUSED"]
 
 SPLIT_NAMES = ("train", "val", "test")
+UNUSED = "unused"  # a saved split's optional part: cases the run neither trains, validates nor is scored on
 DEFAULT_SPLITS: dict[str, tuple[float, float, float]] = {
     "brats": (0.7, 0.1, 0.2),
     "ibsr": (10, 2, 6),
@@ -75,11 +76,11 @@ def _check(splits: Mapping[str, list[str]], ids: set[str], path: Path) -> None:
     if missing_keys:
         raise ValueError(f"split file {path}: missing keys {missing_keys}")
     seen: set[str] = set()
-    for k in SPLIT_NAMES:
-        overlap = seen & set(splits[k])
+    for k in (*SPLIT_NAMES, UNUSED):
+        overlap = seen & set(splits.get(k, []))
         if overlap:
             raise ValueError(f"split file {path}: cases in more than one split: {sorted(overlap)[:5]}")
-        seen |= set(splits[k])
+        seen |= set(splits.get(k, []))
     if seen != ids:
         raise ValueError(
             f"split file {path} does not match the dataset: missing {sorted(ids - seen)[:5]}, "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from asa.study.common import refuse
+
 SCRATCH, COORD_SCRATCH = "scratch", "scratch-coord"  # the scratch twin; with the coordinate channel
 CONTROL, SUPERVISED = "noise", "supervised"  # the negative and the positive control
 PILOT = "pilot"
@@ -35,6 +37,8 @@ class Arm:
         paper: the SW-ViT pretrains it from the paper's ``experiment`` preset of its name.
         selectable: named with ``--arms`` (the scratch twins are always there).
         noise: pretrained on pure-noise volumes (the negative control: mae's recipe).
+        overrides: asa-pretrain overrides of its runs, after the method's (e.g. ``model.mask_ratio=0.6``, a schedule).
+        labels: its encoder is trained with labels on cases no scored run reads (the positive control).
     """
 
     name: str
@@ -48,11 +52,18 @@ class Arm:
     paper: bool = False
     selectable: bool = True
     noise: bool = False
+    overrides: tuple[str, ...] = ()
+    labels: bool = False
 
     @property
     def pretrained(self) -> bool:
         """Whether the study pretrains it (a run per cohort size and replicate)."""
         return self.method is not None
+
+    @property
+    def runs(self) -> bool:
+        """Whether naming it adds runs: pretrained, trained with labels, or a scratch twin (every study runs them)."""
+        return self.pretrained or self.labels or not self.selectable
 
     @property
     def twin(self) -> str:
@@ -71,7 +82,8 @@ class Arm:
 ASA = dict(method="asa", loss_weighting="attentive", patch=4, power=4.0)
 ARMS: dict[str, Arm] = {arm.name: arm for arm in (
     Arm(SCRATCH, selectable=False),
-    Arm(SUPERVISED, (Contrast(SCRATCH, "the positive control: an encoder trained with labels − scratch", "positive"),)),
+    Arm(SUPERVISED, (Contrast(SCRATCH, "the positive control: an encoder trained with labels − scratch", "positive"),),
+        labels=True),
     Arm(CONTROL, (Contrast(SCRATCH, "the negative control: mae's recipe on pure noise − scratch", "negative"),),
         method="mae", noise=True),
     Arm("mae", (Contrast(SCRATCH, "does masked pretraining help? (mae − scratch)"),
@@ -92,6 +104,13 @@ ARMS: dict[str, Arm] = {arm.name: arm for arm in (
                                               "(mae-coord − scratch with the channel)"),),
         method="mae", coord=True, primary=4),
 )}
+
+
+def check(names: Sequence[str]) -> None:
+    """Refuse (exit 2, one line) a named arm that would add no run: neither pretrained nor trained with labels."""
+    if idle := [n for n in names if not ARMS[n].runs]:
+        refuse(f"--arms {' '.join(idle)}: declared with neither a pretraining method nor labels, so it would add no "
+               "run; give its Arm a method (and overrides), or name it with --encoder NAME=FILE")
 
 
 def pretraining_arms() -> list[str]:

@@ -21,7 +21,7 @@ from asa.study.cohort import StoreCohort, cohort_order
 from asa.study.common import module_argv, refuse
 
 MASK_BLOCK = 16
-MASKING = (f"model.mask_block={MASK_BLOCK}", "model.densify=spark", "model.mirror_visible=null")
+MASKING = (f"mask_block={MASK_BLOCK}", "densify=spark", "mirror_visible=null")  # model.<key> where the family takes it
 RECIPES = {"adamw": "optim=adamw", "nnunet": "optim=nnunet"}
 
 
@@ -104,18 +104,17 @@ GROWS = ("arms", "encoders", "scale.cohorts", "scale.cases", "scale.seeds")
 
 @dataclasses.dataclass(frozen=True)
 class Pretraining:
-    """One pretraining run: ``<arm>-c<subjects>``, the cohort it reads and its overrides."""
+    """One pretraining run: ``<arm>-c<subjects>``, the cohort it reads, its folder and its overrides (its folder
+    among them, as ``output_dir``)."""
 
     name: str
     arm: str
     cohort: int
     overrides: tuple[str, ...]
+    run_dir: Path
     coord: bool = False
     replicate: int = 0  # the pretraining seed's offset: run k of its arm is <arm>-c<n>-p<k> (k = 0: <arm>-c<n>)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(next(o.split("=", 1)[1] for o in self.overrides if o.startswith("output_dir=")))
+    stored: bool = False  # reads its cohort from a store of asa-preprocess (its cases: its splits.json)
 
     @property
     def encoder(self) -> Path:
@@ -139,10 +138,13 @@ class Network:
         return "arch" not in self.declared.options()
 
     @property
+    def model(self) -> str:
+        """The fine-tuning ``model`` preset: the SW-ViT's size, else the family's segmenter."""
+        return str(self.size) if self.by_preset else str(self.declared.segmenter)
+
+    @property
     def finetune(self) -> list[str]:
-        if self.by_preset:
-            return [f"model={self.size}"]
-        return [f"model={self.declared.segmenter}", *([f"model.size={self.size}"] if self.size else [])]
+        return [f"model={self.model}", *([f"model.size={self.size}"] if self.size and not self.by_preset else [])]
 
     def missing(self, arm: str) -> list[str]:
         """What the pretraining arm ``arm`` needs that the family's masked twin does not take."""
@@ -153,14 +155,16 @@ class Network:
         return [k for k in (*needs, *(["coord_channel"] if spec.coord else [])) if k not in taken]
 
     def pretrain(self, arm: str) -> list[str]:
+        """The arm's asa-pretrain overrides on this network, its own (`Arm.overrides`) last."""
+        spec = ARMS[arm]
         if self.by_preset:  # the paper's preset of the arm, or of its method (the noise control: mae's)
-            return [f"experiment={arm if ARMS[arm].paper else ARMS[arm].method}", f"model={self.size}"]
-        spec, section = ARMS[arm], self.declared.options()
-        stated = [f"model.weight_power={spec.power}", f"model.weight_patch={spec.patch}", *MASKING,
-                  f"model.coord_channel={str(spec.coord).lower()}"]
+            return [f"experiment={arm if spec.paper else spec.method}", f"model={self.size}", *spec.overrides]
+        section = self.declared.options()
+        stated = {"weight_power": spec.power, "weight_patch": spec.patch, **dict(m.split("=") for m in MASKING),
+                  "coord_channel": str(spec.coord).lower()}
         return [f"model={self.family}", *([f"model.size={self.size}"] if self.size else []), f"method={spec.method}",
                 f"method.loss_weighting={spec.loss_weighting}",
-                *(o for o in stated if o.split("=")[0].removeprefix("model.") in section)]  # the section's own
+                *(f"model.{k}={v}" for k, v in stated.items() if k in section), *spec.overrides]  # the section's own
 
     @property
     def name(self) -> str:
@@ -219,9 +223,10 @@ def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[s
         layout = [f"data.layout={store.layout}"] if stored else common[1:2]
         epochs, name = pretraining_epochs(scale.pretrain_steps, n, batch), run_name(arm, n, k)
         seeded = [f"seed={seed + k}" if o == f"seed={seed}" else o for o in common[2:]]
+        run_dir = out / "pretrain" / name
         overrides = (*network.pretrain(arm), common[0], *layout, *seeded, f"data.crop={crop}", *source,
-                     f"trainer.epochs={epochs}", *per_rank, f"output_dir={out / 'pretrain' / name}")
-        runs.append(Pretraining(name, arm, n, overrides, coord=spec.coord, replicate=k))
+                     f"trainer.epochs={epochs}", *per_rank, f"output_dir={run_dir}")
+        runs.append(Pretraining(name, arm, n, overrides, run_dir, coord=spec.coord, replicate=k, stored=stored))
     return runs
 
 
@@ -238,7 +243,7 @@ def write_store_splits(runs: Sequence[Pretraining], ids: Sequence[str], seed: in
     order = cohort_order(ids, seed)
     for run in runs:
         path = run.run_dir / "splits.json"
-        if not any(o.startswith("data.store=") for o in run.overrides) or path.is_file():
+        if not run.stored or path.is_file():
             continue
         data = compose_config("pretrain", list(run.overrides)).data
         shares = list(data.split.ratios)
@@ -286,16 +291,17 @@ def supervised_splits(control: Supervised, split: Mapping[str, list[str]], seed:
     return {"train": list(control.cases), "val": [], "test": others, "dataset": control.data, "seed": seed}
 
 
-def finetune_arms(runs: Sequence[Pretraining], network: Network, supervised: Path | None,
+def finetune_arms(runs: Sequence[Pretraining], network: Network, controls: Sequence[Supervised],
                   encoders: Mapping[str, str]) -> dict[str, transfer.Tuned]:
-    """`transfer.Transfer.arms`: the scratch twins, the positive control, every pretrained encoder and --encoder."""
+    """`transfer.Transfer.arms`: the scratch twins, the positive control (one per draw, or one for every draw), every
+    pretrained encoder and --encoder."""
     base = tuple(network.finetune)
     arms = {SCRATCH: transfer.Tuned(base)}
     if any(run.coord for run in runs):
         arms[COORD_SCRATCH] = transfer.Tuned((*base, "model.coord_channel=true"), COORD_SCRATCH)
-    if supervised is not None:
-        arms[SUPERVISED] = transfer.Tuned((*base, f"model.pretrained={supervised / 'checkpoints' / 'last.pt'}"),
-                                          SUPERVISED)
+    if controls:
+        arms[SUPERVISED] = transfer.Tuned(base, SUPERVISED, labeled=tuple(
+            (c.run_dir / "checkpoints" / "last.pt", c.cases) for c in controls))
     for run in runs:
         arms[run.name] = transfer.Tuned((*base, f"model.pretrained={run.encoder}",
                                          *(["model.coord_channel=true"] if run.coord else [])),

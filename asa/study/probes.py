@@ -17,7 +17,7 @@ from asa.study.plan import Pretraining
 from asa.study.scheduler import Unit
 
 __all__ = ["EFFECTS", "RANDOM_ROW", "choose_arm", "effect_reading", "factorial_effects", "primary_probe",
-           "probe_lines", "probe_unit", "read_probes"]
+           "probe_lines", "probe_unit", "read_probes", "shared_cells"]
 
 RANDOM_ROW = "random-init"  # the row of the random-init twin (asa-probe's ``random`` entry)
 # the factorial's effects: name -> (the arms' coefficients: (weighting, coordinate channel) -> ±½ or ±1)
@@ -81,10 +81,20 @@ def _value(est: Mapping[str, Any] | None) -> float:
     return math.nan if not est or est.get("value") is None else float(est["value"])
 
 
+def shared_cells(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """The factorial's cells that two or more probed arms fall in -> those arms, in their declared order."""
+    cells: dict[tuple[str, bool], list[str]] = {}
+    for arm in pretraining_arms():
+        if any(r["arm"] == arm for r in rows):
+            cells.setdefault(ARMS[arm].cell, []).append(arm)
+    return {f"{w}, {'with' if c else 'without'} the coordinate channel": a for (w, c), a in cells.items() if len(a) > 1}
+
+
 def factorial_effects(rows: Sequence[Mapping[str, Any]], *, confidence: float = 0.95) -> list[dict[str, Any]]:
-    """The factorial's `EFFECTS` at the largest cohort, per seed then over seeds (t interval); empty: a cell missing."""
+    """The factorial's `EFFECTS` at the largest cohort, per seed then over seeds (t interval); empty: a cell missing,
+    or held by two arms (`shared_cells`: which would read it is no design's choice)."""
     arms = [r for r in rows if r["arm"] in pretraining_arms()]
-    if not arms:
+    if not arms or shared_cells(rows):
         return []
     largest = max(r["cohort"] for r in arms)
     cells: dict[tuple[str, bool], dict[int, float]] = {}
@@ -119,8 +129,8 @@ def effect_reading(effect: Mapping[str, Any], *, min_effect: float) -> str:
 
 
 def choose_arm(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The pretraining arm whose runs have the highest mean primary probe (on a tie, the first in the study's)."""
-    arms = dict.fromkeys(r["arm"] for r in rows if r["arm"] in pretraining_arms())
+    """The pretraining arm whose runs have the highest mean primary probe (on a tie, the first declared)."""
+    arms = [a for a in pretraining_arms() if any(r["arm"] == a for r in rows)]
     return max(arms, key=lambda arm: float(np.mean([r["primary"] for r in rows if r["arm"] == arm])))
 
 
@@ -153,6 +163,10 @@ def probe_lines(probes: Mapping[str, Any], *, min_effect: float) -> list[str]:
                   f"{probes['effects'][0]['seeds']} seeds (t interval, seeds − 1 degrees of freedom; minimum effect "
                   f"{min_effect:g}):", "",
                   markdown_table(["effect", "estimate", "95 % CI", "per seed", "reading"], rows, left=1)]
+    elif probes.get("shared"):
+        lines += ["The factorial is not read: " + "; ".join(f"{' and '.join(a)} share its cell ({cell})" for cell, a
+                                                          in probes["shared"].items())
+                  + ", so which of them it reads would be the order they were named in.", ""]
     else:
         lines += ["The factorial is not read: its four cells (mae, asa, mae-coord, asa-coord) did not all run with "
                   "the same pretraining seeds.", ""]

@@ -12,7 +12,6 @@ import numpy as np
 
 from asa.io import load_checkpoint
 from asa.study import tables
-from asa.study.arms import PILOT, SCRATCH
 from asa.study.plan import Pretraining, Scale
 from asa.train.schedule import lr_at
 
@@ -21,19 +20,16 @@ from asa.train.schedule import lr_at
 PLATEAU_TOL = 0.02
 
 
-def pilot_scores(out: Path, scale: Scale) -> Path:
-    return out / PILOT / "runs" / f"{SCRATCH}-n{max(scale.cases)}-s0" / "scores.json"
-
-
 PILOT_FLOOR = 0.1  # the pilot's best validation Dice (and the lesion classes', when named) under which it did not learn
 
 
-def pilot_budget(out: Path, scale: Scale, cap: int | None = None, *,
+def pilot_budget(scores: Path, scale: Scale, cap: int | None = None, *,
                  lesion_classes: Sequence[str] = ()) -> dict[str, Any]:
-    """The pilot's curve, whether it learned (best Dice at least `PILOT_FLOOR`: else no budget) and its budget."""
-    record = json.loads(pilot_scores(out, scale).read_text())
+    """The pilot's curve (its run's ``scores``), whether it learned (best Dice at least `PILOT_FLOOR`: else no
+    budget) and its budget."""
+    record = json.loads(scores.read_text())
     curve = record["budget"].get("val_curve") or []
-    lesion = pilot_lesion_curve(pilot_scores(out, scale).parent, lesion_classes)
+    lesion = pilot_lesion_curve(scores.parent, lesion_classes)
     best = max((d for _, d in curve), default=0.0)
     best_lesion = max((d for _, d in lesion), default=math.nan)
     learned = best >= PILOT_FLOOR and (not lesion_classes or best_lesion >= PILOT_FLOOR)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from asa.study.arms import ARMS
+from asa.study.arms import ARMS, check
 from asa.study.common import refuse, scale_from_args, usable_cores
 from asa.study.plan import SCALES, Network, Scale, parse_network, units_at_once
 
@@ -48,6 +48,7 @@ class Study:
         refused here, before anything is read or written. Units at once × torch threads per unit ≤ the cores."""
         name, scale = scale_from_args(args, SCALES)
         scale.check()
+        check(args.arms)
         for option, value in (("--threads", args.threads), ("--n-boot", args.n_boot)):
             if value is not None and value < 1:
                 refuse(f"{option} {value}: expected at least 1")

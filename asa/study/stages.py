@@ -19,7 +19,7 @@ from typing import Any
 
 from asa.io import atomic_write_json
 from asa.study import probes, report, transfer
-from asa.study.arms import CONTROL, PILOT, SCRATCH, SUPERVISED
+from asa.study.arms import ARMS, PILOT, SCRATCH
 from asa.study.common import REFUSED, Clock, finished, machine, module_argv, refuse
 from asa.api.config import load_config
 from asa.study.cost import Costs
@@ -32,63 +32,73 @@ from asa.study.settings import Study
 UNFINISHED = 3  # the exit code of a call that stopped before the study's end (its budget, a stage left): rerun
 
 
-@dataclasses.dataclass
-class Plan:
-    """What the checks hand to the stages, and what the stages read on the way (the pilot's budget, the probes)."""
+@dataclasses.dataclass(frozen=True)
+class StudyPlan:
+    """What the checks hand to the stages: the study, its split, checks and every run planned before any trains."""
 
     study: Study
     task: Any
     split: Mapping[str, Any]
     checks: Mapping[str, Any]
-    runs: list[Pretraining]
-    supervised: list[Supervised]
-    overrides: list[str]  # asa-finetune overrides of every fine-tuning run
-    probe_channels: list[str]  # the channels a frozen encoder is probed with: those it pretrained on
-    pilot: dict[str, Any] | None = None
-    probes: dict[str, Any] | None = None
+    runs: tuple[Pretraining, ...]
+    supervised: tuple[Supervised, ...]
+    overrides: tuple[str, ...]  # asa-finetune overrides of every fine-tuning run
+    probe_channels: tuple[str, ...]  # the channels a frozen encoder is probed with: those it pretrained on
 
     def transfer(self, folder: str, **settings: Any) -> transfer.Transfer:
         """A `asa.study.transfer.Transfer` in ``<out>/<folder>`` with what every fine-tuning run of the study shares."""
         s, split = self.study, self.split
         return transfer.Transfer(
-            self.study.out / folder, data=s.data, root=s.root, model=s.network.finetune[0].split("=", 1)[1],
+            self.study.out / folder, data=s.data, root=s.root, model=s.network.model,
             crop=s.scale.crop, test=s.scale.test, val_cases=s.scale.val, split_seed=s.seed, device=s.device,
             threads=s.threads, hold_out=tuple(split["supervised"]), workers=s.scale.workers, jobs=s.scale.jobs,
             lesion_classes=s.lesion_classes, logs=s.out / "logs" / folder,
             **({"folds": split["folds"], "repeats": split["repeats"]} if "draws" in split else {}), **settings)
 
 
+@dataclasses.dataclass
+class Findings:
+    """What the stages read on the way, apart from the plan: the pilot's budget, the probes' reading."""
+
+    pilot: dict[str, Any] | None = None
+    probes: dict[str, Any] | None = None
+
+
 class Stage:
-    """One stage: its units, done when they are, and what it reads once they are (``times``: the study's seconds per
-    stage and unit; ``spent``: each of its units' seconds in this call) -> None to go on, else the exit code the
-    study ends with."""
+    """One stage: its units, done when they are, and what it reads once they are into ``found`` (``times``: the
+    study's seconds per stage and unit; ``spent``: each of its units' seconds in this call) -> None to go on, else the
+    exit code the study ends with."""
 
     title = ""
 
-    def units(self, plan: Plan) -> list[Unit]:
+    def units(self, plan: StudyPlan, found: Findings) -> list[Unit]:
         return []
 
-    def jobs(self, plan: Plan) -> int:
+    def jobs(self, plan: StudyPlan) -> int:
         """Units at once."""
         return plan.study.scale.jobs
 
-    def read(self, plan: Plan, times: Mapping[str, Any], spent: Mapping[str, float]) -> int | None:
+    def read(self, plan: StudyPlan, found: Findings, times: Mapping[str, Any],
+             spent: Mapping[str, float]) -> int | None:
         return None
 
 
 class FineTuning(Stage):
     """A stage of fine-tuning runs (`asa.study.transfer`): their units, scoring included, then their tables."""
 
-    def transfer(self, plan: Plan) -> transfer.Transfer:
+    def transfer(self, plan: StudyPlan, found: Findings) -> transfer.Transfer:
         raise NotImplementedError
 
-    def units(self, plan: Plan) -> list[Unit]:
-        self.settings = self.transfer(plan)
+    def units(self, plan: StudyPlan, found: Findings) -> list[Unit]:
+        self.settings = self.transfer(plan, found)
         self.runs, test, self.cfg, ids = transfer.plan_runs(self.settings)
-        return transfer.units(self.settings, self.runs, test, ids, str(self.cfg.data.name))
+        units = transfer.units(self.settings, self.runs, test, ids, str(self.cfg.data.name))
+        self.trained = units[:len(self.runs)]  # a unit per run, in their order, then the scoring
+        return units
 
-    def read(self, plan: Plan, times: Mapping[str, Any], spent: Mapping[str, float]) -> int | None:
-        transfer.results(self.settings, self.runs, self.cfg, spent)
+    def read(self, plan: StudyPlan, found: Findings, times: Mapping[str, Any],
+             spent: Mapping[str, float]) -> int | None:
+        transfer.results(self.settings, self.runs, self.cfg, [spent.get(u.name, 0.0) for u in self.trained])
         return None
 
 
@@ -99,13 +109,13 @@ class Pilot(FineTuning):
 
     title = "pilot and positive control"
 
-    def transfer(self, plan: Plan) -> transfer.Transfer:
+    def transfer(self, plan: StudyPlan, found: Findings) -> transfer.Transfer:
         s = plan.study
         return plan.transfer(PILOT, arms={SCRATCH: transfer.Tuned(("model.pretrained=null",))},
                              cases=(max(s.scale.cases),), seeds=(0,), steps=s.scale.pilot_steps, n_boot=1000,
                              overrides=(*s.network.finetune[1:], *plan.overrides, "optim.schedule=constant"))
 
-    def units(self, plan: Plan) -> list[Unit]:
+    def units(self, plan: StudyPlan, found: Findings) -> list[Unit]:
         s, controls = plan.study, []
         for control in plan.supervised:
             overrides = (*supervised_overrides(control, s.network, s.scale, s.seed, plan.overrides),
@@ -116,17 +126,18 @@ class Pilot(FineTuning):
                                  inputs=((control.run_dir / "splits.json",
                                           supervised_splits(control, plan.split, s.seed)),),
                                  config=("finetune", overrides), steps=s.scale.pilot_steps))
-        return [*super().units(plan), *controls]
+        return [*super().units(plan, found), *controls]
 
-    def read(self, plan: Plan, times: Mapping[str, Any], spent: Mapping[str, float]) -> int | None:
-        super().read(plan, times, spent)
-        s = plan.study
-        times["runs"][PILOT] = times["runs"].get(f"{PILOT}/{SCRATCH}-n{max(s.scale.cases)}-s0", math.nan)  # cost table
-        plan.pilot = pilot_budget(s.out, s.scale, s.budget_cap, lesion_classes=list(s.lesion_classes))
-        atomic_write_json(s.out / "pilot.json", plan.pilot)
-        if plan.pilot["learned"]:
+    def read(self, plan: StudyPlan, found: Findings, times: Mapping[str, Any],
+             spent: Mapping[str, float]) -> int | None:
+        super().read(plan, found, times, spent)
+        s, [run], [unit] = plan.study, self.runs, self.trained  # the scratch twin at the largest N, seed 0
+        times["runs"][PILOT] = times["runs"].get(unit.name, math.nan)  # the cost table's pilot row
+        found.pilot = pilot_budget(run.scores_file, s.scale, s.budget_cap, lesion_classes=list(s.lesion_classes))
+        atomic_write_json(s.out / "pilot.json", found.pilot)
+        if found.pilot["learned"]:
             return None
-        line = (f"[study] the pilot did not learn the task: {pilot_reading(plan.pilot)}; every contrast would be "
+        line = (f"[study] the pilot did not learn the task: {pilot_reading(found.pilot)}; every contrast would be "
                 "noise, so the study stops before any pretraining (make the task learnable: more labeled cases, "
                 "--pilot-steps, a larger --crop; or pass --accept-unlearned to run it anyway, its report then reads "
                 "no answer)")
@@ -144,7 +155,7 @@ class Pretrain(Stage):
 
     title = "pretraining"
 
-    def units(self, plan: Plan) -> list[Unit]:
+    def units(self, plan: StudyPlan, found: Findings) -> list[Unit]:
         s = plan.study
         return [Unit(run.name, pretraining_argv(s.scale.nproc, *run.overrides, *s.threads_override),
                      lambda run=run: finished(run.run_dir / "checkpoints" / "last.pt") and run.encoder.is_file(),
@@ -159,26 +170,27 @@ class Probes(Stage):
 
     title = "probes"
 
-    def jobs(self, plan: Plan) -> int:
+    def jobs(self, plan: StudyPlan) -> int:
         return 1  # one asa-probe over every encoder
 
-    def units(self, plan: Plan) -> list[Unit]:
+    def units(self, plan: StudyPlan, found: Findings) -> list[Unit]:
         s = plan.study
         return [probes.probe_unit(s.out, plan.runs, data=s.data, root=s.root, channels=plan.probe_channels,
                                   cases=[*plan.split["val"], *plan.split["pool"]], seed=s.seed, device=s.device,
                                   threads=s.threads,
                                   overrides=overlap_overrides(plan.checks["overlap"]))]
 
-    def read(self, plan: Plan, times: Mapping[str, Any], spent: Mapping[str, float]) -> int | None:
+    def read(self, plan: StudyPlan, found: Findings, times: Mapping[str, Any],
+             spent: Mapping[str, float]) -> int | None:
         s = plan.study
         record = json.loads((s.out / "probes" / "table" / "probe.json").read_text())
         keys, label = probes.primary_probe(plan.task.output_names, s.lesion_classes)
         rows = probes.read_probes(record, plan.runs, keys)
-        plan.probes = {"label": label, "keys": keys, "cases": record["data"]["n"],
-                       "folds": record["settings"]["folds"], "rows": rows, "effects": probes.factorial_effects(rows),
-                       "chosen": probes.choose_arm(rows)}
-        atomic_write_json(s.out / "probes" / "probes.json", plan.probes)
-        for line in probes.probe_lines(plan.probes, min_effect=s.min_effect):
+        found.probes = {"label": label, "keys": keys, "cases": record["data"]["n"],
+                        "folds": record["settings"]["folds"], "rows": rows, "effects": probes.factorial_effects(rows),
+                        "shared": probes.shared_cells(rows), "chosen": probes.choose_arm(rows)}
+        atomic_write_json(s.out / "probes" / "probes.json", found.probes)
+        for line in probes.probe_lines(found.probes, min_effect=s.min_effect):
             if line and not line.startswith("|"):
                 print(f"[study] {line}", flush=True)
         return None
@@ -190,19 +202,17 @@ class TransferStage(FineTuning):
 
     title = "transfer"
 
-    def transfer(self, plan: Plan) -> transfer.Transfer:
+    def transfer(self, plan: StudyPlan, found: Findings) -> transfer.Transfer:
         s, split = plan.study, plan.split
-        control = (None if not plan.supervised else plan.supervised[0].run_dir if "draws" not in split
-                   else s.out / "pretrain" / f"{SUPERVISED}-s{transfer.DRAW}")  # one control per draw
-        tuned = plan.runs if plan.probes is None else [r for r in plan.runs if r.arm in (plan.probes["chosen"],
-                                                                                        CONTROL)]
+        tuned = plan.runs if found.probes is None else [r for r in plan.runs if r.arm == found.probes["chosen"]
+                                                        or ARMS[r.arm].noise]
         seeds = tuple(range(len(split["draws"]))) if "draws" in split else tuple(s.scale.seeds)
-        arms = finetune_arms(tuned, s.network, control, dict(s.encoders))
+        arms = finetune_arms(tuned, s.network, plan.supervised, dict(s.encoders))
         print(f"[study] transfer: {len(arms)} arms × N {list(s.scale.cases)} × "
               + (f"{len(seeds)} cross-validation draws" if "draws" in split else f"seeds {list(seeds)}")
-              + f", {plan.pilot['steps']} steps each (logs in {s.out / 'logs' / 'transfer'})", flush=True)
+              + f", {found.pilot['steps']} steps each (logs in {s.out / 'logs' / 'transfer'})", flush=True)
         return plan.transfer("transfer", arms=arms, cases=tuple(s.scale.cases), seeds=seeds,
-                             steps=plan.pilot["steps"], n_boot=s.n_boot, overrides=tuple(plan.overrides))
+                             steps=found.pilot["steps"], n_boot=s.n_boot, overrides=plan.overrides)
 
 
 class Report(Stage):
@@ -210,19 +220,20 @@ class Report(Stage):
 
     title = "report"
 
-    def read(self, plan: Plan, times: Mapping[str, Any], spent: Mapping[str, float]) -> int | None:
+    def read(self, plan: StudyPlan, found: Findings, times: Mapping[str, Any],
+             spent: Mapping[str, float]) -> int | None:
         s = plan.study
         info = {"scale_name": s.scale_name, "scale": dataclasses.asdict(s.scale), "network": s.network.name,
-                "steps": plan.pilot["steps"], "recipe": s.recipe, "encoder_lr_scale": s.encoder_lr_scale,
+                "steps": found.pilot["steps"], "recipe": s.recipe, "encoder_lr_scale": s.encoder_lr_scale,
                 "min_effect": s.min_effect,
                 "endpoint": [plan.checks["endpoint"]["key"], plan.checks["endpoint"]["label"]],
                 "design": ({"folds": plan.split["folds"], "repeats": plan.split["repeats"],
                             "draws": len(plan.split["draws"]), "cases": len(plan.split["test"])}
                            if "draws" in plan.split else None),
                 "lesion_classes": list(s.lesion_classes), "machine": machine(), "stages": times["stages"],
-                "runs": times["runs"], "checks": plan.checks, "pilot": plan.pilot,
+                "runs": times["runs"], "checks": plan.checks, "pilot": found.pilot,
                 "pretraining": [pretraining_summary(run, times["runs"].get(run.name, math.nan)) for run in plan.runs],
-                "classes": list(plan.task.output_names), "probes": plan.probes,
+                "classes": list(plan.task.output_names), "probes": found.probes,
                 "encoders": [f"{k}={v}" for k, v in s.encoders],
                 "commands": ["asa-study " + shlex.join(sys.argv[1:]),
                              *(f"asa-pretrain {shlex.join(r.overrides)}" for r in plan.runs)],
@@ -237,14 +248,14 @@ def stages(study: Study) -> list[Stage]:
     return [Pilot(), Pretrain(), *([Probes()] if study.probe_first else []), TransferStage(), Report()]
 
 
-def run_stages(plan: Plan, clock: Clock, times: dict[str, Any], times_file: Path) -> int:
+def run_stages(plan: StudyPlan, clock: Clock, times: dict[str, Any], times_file: Path) -> int:
     """Run every stage in order: its units not done yet within ``clock``'s budget, then its reading; the seconds of
     each stage and unit added to ``times`` (kept in ``times_file``). Returns the exit code: 0 (the report is
     written), `UNFINISHED` (the budget ended or a stage was left: rerun) or a stage's own."""
-    s = plan.study
+    s, found = plan.study, Findings()
     for stage in stages(s):
         started = time.perf_counter()
-        units = stage.units(plan)
+        units = stage.units(plan, found)
         before = {u.name: times["runs"].get(u.name, 0.0) for u in units}
         complete = run_units(units, stage.jobs(plan), clock, times["runs"])
         if units:
@@ -256,16 +267,16 @@ def run_stages(plan: Plan, clock: Clock, times: dict[str, Any], times_file: Path
             print(f"[study] {why}: rerun the same command to continue", flush=True)
             return UNFINISHED
         spent = {u.name: times["runs"].get(u.name, 0.0) - before[u.name] for u in units}
-        if (code := stage.read(plan, times, spent)) is not None:
+        if (code := stage.read(plan, found, times, spent)) is not None:
             return code
     return 0
 
 
-def planned(plan: Plan) -> list[tuple[Stage, list[Unit]]]:
-    """Every stage's units as planned now, nothing written (the transfer stage at the pilot's whole length while the
-    pilot has not set its budget; every pretraining arm while the probes have not chosen)."""
-    draft = dataclasses.replace(plan, pilot=plan.pilot or {"steps": plan.study.scale.pilot_steps})
-    return [(stage, stage.units(draft)) for stage in stages(plan.study)]
+def planned(plan: StudyPlan) -> list[tuple[Stage, list[Unit]]]:
+    """Every stage's units as planned now, nothing written (the transfer stage at the pilot's whole length, every
+    pretraining arm: nothing is read before anything runs)."""
+    draft = Findings(pilot={"steps": plan.study.scale.pilot_steps})
+    return [(stage, stage.units(plan, draft)) for stage in stages(plan.study)]
 
 
 def check_configs(units: list[Unit]) -> None:
@@ -287,7 +298,7 @@ def check_configs(units: list[Unit]) -> None:
             refuse(f"[study] {unit.name}: its asa-{entry} config does not compose: {err}".replace("\n", " "))
 
 
-def schedule_lines(plan: Plan, stage_units: list[tuple[Stage, list[Unit]]], costs: Costs) -> list[str]:
+def schedule_lines(plan: StudyPlan, stage_units: list[tuple[Stage, list[Unit]]], costs: Costs) -> list[str]:
     """The study's schedule, nothing run: each stage's units (`planned`), how many run at once and its planned minutes
     from ``costs`` (timed on this device): the units in ``jobs`` slots, each taking the next free one, the scoring
     after its runs, a unit side by side as fast as alone (``jobs`` × threads ≤ the cores)."""

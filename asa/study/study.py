@@ -50,7 +50,7 @@ from asa.study.readout import PILOT_FLOOR
 from asa.study.scheduler import stop_on_signals
 from asa.study.settings import Study
 from asa.study.cost import measure
-from asa.study.stages import Plan, check_configs, planned, run_stages, schedule_lines
+from asa.study.stages import StudyPlan, check_configs, planned, run_stages, schedule_lines
 
 __all__ = ["build_parser", "main"]
 
@@ -147,8 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     times_file = study.out / "times.json"
     times = json.loads(times_file.read_text()) if times_file.is_file() else {"stages": {}, "runs": {}}
     # the channels a frozen encoder is probed with: those it pretrained on, by their fine-tuning names
-    plan = Plan(study, task, split, checks, runs, supervised, overrides,
-                [control_channel] if control_channel else list(task.channels))
+    plan = StudyPlan(study, task, split, checks, tuple(runs), tuple(supervised), tuple(overrides),
+                     (control_channel,) if control_channel else tuple(task.channels))
 
     def stopped(stop: Exception, names: list[str]) -> None:
         atomic_write_json(times_file, times)
@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return stop_on_signals(lambda: run_stages(plan, Clock(study.scale.time_budget), times, times_file), stopped)
 
 
-def _dry_run(plan: Plan, stage_units: list, cohort_cases: Sequence, cohorts: Mapping[int, Path],
+def _dry_run(plan: StudyPlan, stage_units: list, cohort_cases: Sequence, cohorts: Mapping[int, Path],
              channels: list[str] | None, store: StoreCohort | None) -> list[str]:
     """The schedule of a dry run, its units priced on this device (a short timed run of each console script, its
     cohort's file list written to a scratch folder): nothing is written to --out."""

@@ -18,6 +18,7 @@ from hydra.errors import HydraException
 from asa.api.config import compose_config, describe_compose_error
 from asa.api.machinery.dataset import dataset_root
 from asa.data import discover, get_task
+from asa.data.splits import UNUSED
 from asa.eval.predict import Predictor
 from asa.eval.reliance import encoder_reliance
 from asa.io import atomic_write_json, load_checkpoint
@@ -31,12 +32,22 @@ from asa.study.tables import logged_budget, write_outputs
 
 @dataclasses.dataclass(frozen=True)
 class Tuned:
-    """An arm's asa-finetune ``overrides`` and what it is: its declared ``arm``, ``cohort`` and ``replicate``."""
+    """An arm's asa-finetune ``overrides`` and what it is: its declared ``arm``, ``cohort`` and ``replicate``;
+    ``labeled``: (the encoder, the cases it trained on with labels) per draw, or one for every draw (the positive
+    control)."""
 
     overrides: tuple[str, ...]
     arm: str = SCRATCH
     cohort: int | None = None
     replicate: int = 0
+    labeled: tuple[tuple[Path, tuple[str, ...]], ...] = ()
+
+    def drawn(self, seed: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(its overrides, the cases its encoder trained on with labels) in draw (seed) ``seed``."""
+        if not self.labeled:
+            return self.overrides, ()
+        encoder, cases = self.labeled[seed if len(self.labeled) > 1 else 0]
+        return (*self.overrides, f"model.pretrained={encoder}"), cases
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -74,10 +85,6 @@ class Transfer:
     drop_checkpoints: bool = False  # delete a run's checkpoints once scored (its scores.json is what a rerun reads)
     logs: Path | None = None  # the folder of the runs' logs (None: <out>/logs)
 
-    def __post_init__(self) -> None:
-        if self.val_cases < 0:
-            refuse(f"--val-cases {self.val_cases}: expected >= 0")
-
 
 def references(arms: Mapping[str, Tuned]) -> dict[str, str]:
     """Arm -> the arm its paired differences are taken against: its twin, or itself when the twin did not run."""
@@ -90,8 +97,6 @@ def cv_draws(ids: Sequence[str], *, folds: int, repeats: int, val: int, seed: in
     ids = sorted(ids)
     if folds < 2 or folds > len(ids):
         refuse(f"--folds {folds}: expected 2 .. {len(ids)} for a dataset of {len(ids)} cases")
-    if repeats < 1:
-        refuse(f"--repeats {repeats}: expected >= 1")
     draws = []
     for r in range(repeats):
         order = [ids[i] for i in np.random.default_rng((seed, r)).permutation(len(ids))]
@@ -126,20 +131,20 @@ class Run:
     repeat: int | None = None  # cross-validation: the repeat and fold of its draw (the seed numbers the draws)
     fold: int | None = None
     identity: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # `Tuned.identity` of its arm
+    supervised_trained: tuple[str, ...] = ()  # cases it scores that its encoder trained on with labels
 
     @property
     def scores_file(self) -> Path:
         return self.run_dir / "scores.json"
 
 
-DRAW = "{draw}"  # in an arm's overrides: the run's seed (its draw), e.g. the positive control's encoder per fold
-
-
 def plan_runs(s: Transfer) -> tuple[list[Run], list[str], Any, list[str]]:
     """Every run of the study -> (runs, test ids, the probe config, every case's id)."""
     out = Path(s.out).expanduser().absolute()
+    # validation windows side by side (task.overlap=0): the rounds only set the budget (their curve's plateau), at
+    # under half the cost of overlap 0.5; the scored test cases are predicted at the predictor's overlap
     base = [f"data={s.data}", f"model={s.model}", "trainer.progress=false", "trainer.panel_every=0",
-            f"data.num_workers={s.workers}", f"device={s.device}",
+            "task.overlap=0", f"data.num_workers={s.workers}", f"device={s.device}",
             f"trainer.log_every={max(1, s.steps // 40)}", *s.overrides]  # >= 40 loss windows per run
     base += [f"trainer.threads={s.threads}"] if s.threads else []
     base += [f"data.root={s.root}"] if s.root else []
@@ -153,25 +158,24 @@ def plan_runs(s: Transfer) -> tuple[list[Run], list[str], Any, list[str]]:
     cases = discover(layout, root, on_bad_case=str(probe_cfg.data.on_bad_case))
     held = set(s.hold_out)  # never drawn by a run (another study's control trains on them)
     if s.folds:  # cross-validation: each seed is a draw (its fold the test cases, N drawn inside its training part)
-        if held:
-            refuse("--hold-out: not with --folds (cross-validation draws from every fold's training part)")
         draws = cv_draws([c.id for c in cases], folds=s.folds, repeats=s.repeats, val=s.val_cases, seed=s.split_seed)
         if odd := [x for x in s.seeds if not 0 <= x < len(draws)]:
             refuse(f"--seeds {' '.join(map(str, odd))}: with --folds {s.folds} --repeats {s.repeats} the seeds "
                    f"number the {len(draws)} draws (0 .. {len(draws) - 1})")
         if max(s.cases) > (least := min(len(d["pool"]) for d in draws)):
             refuse(f"--cases {max(s.cases)}: a fold's training part leaves {least} cases after the {s.val_cases} "
-                   "validation case(s) (--val-cases)")
+                   "validation case(s) (--val)")
         test_ids = sorted(c.id for c in cases)
     else:
         test_ids, pool = split_cases([c.id for c in cases], test=s.test, seed=s.split_seed)
         val, pool = tuple(sorted(pool[:s.val_cases])), pool[s.val_cases:]  # the same validation cases for every run
         if odd := sorted(held & (set(test_ids) | set(val)) | (held - {c.id for c in cases})):
-            refuse(f"--hold-out {' '.join(odd)}: not cases of the training pool (test, validation or unknown cases)")
+            refuse(f"--root: the positive control's cases {' '.join(odd)} are not in the study's training pool (its "
+                   "split put them in test or validation, or the set no longer holds them)")
         pool = [i for i in pool if i not in held]
         if max(s.cases) > len(pool):
             refuse(f"--cases {max(s.cases)}: only {len(pool)} cases are left after the {s.test} test "
-                   f"cases, {s.val_cases} validation case(s) (--val-cases) and {len(held)} held out (--hold-out)")
+                   f"cases (--test), {s.val_cases} validation case(s) (--val) and the positive control's {len(held)}")
         draws = [{"repeat": None, "fold": None, "test": [], "val": list(val), "pool": pool}] * (max(s.seeds) + 1)
     batch = int(probe_cfg.trainer.batch_size)
     runs = []
@@ -185,10 +189,12 @@ def plan_runs(s: Transfer) -> tuple[list[Run], list[str], Any, list[str]]:
             checks = [f"trainer.val_every={max(1, epochs // 20)}"] if val else []
             for arm, tuned in s.arms.items():
                 run_dir = out / "runs" / f"{arm}-n{n}-s{seed}"
-                own = [o.replace(DRAW, str(seed)) for o in tuned.overrides]  # a per-draw encoder (the control)
+                own, labeled = tuned.drawn(seed)
+                scored = set(draw["test"] or test_ids)
                 runs.append(Run(arm, n, seed, train, (*base, f"output_dir={run_dir}", f"seed={seed}",
                                                       f"trainer.epochs={epochs}", *checks, *own), run_dir,
-                                val, tuple(draw["test"]), draw["repeat"], draw["fold"], tuned.identity))
+                                val, tuple(draw["test"]), draw["repeat"], draw["fold"], tuned.identity,
+                                tuple(sorted(scored & set(labeled)))))
     return runs, test_ids, probe_cfg, [c.id for c in cases]
 
 
@@ -199,8 +205,10 @@ def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequen
     trained = []
     for run in runs:
         ckpt = run.run_dir / "checkpoints" / "last.pt"
-        rest = sorted(set(ids) - set(run.train) - set(run.val))
-        split = {"train": list(run.train), "val": list(run.val), "test": rest, "dataset": dataset, "seed": run.seed}
+        test = sorted(run.test or test_ids)  # what it scores; the cases it neither reads nor scores: unused
+        split = {"train": list(run.train), "val": list(run.val), "test": test,
+                 UNUSED: sorted(set(ids) - {*run.train, *run.val, *test}), "dataset": dataset, "seed": run.seed,
+                 "supervised_trained": list(run.supervised_trained)}
         overrides = (*run.overrides, "resume=auto")
         trained.append(Unit(f"{out.name}/{run.run_dir.name}", module_argv("asa.cli.finetune", *overrides),
                             lambda run=run, ckpt=ckpt: run.scores_file.is_file() or finished(ckpt),
@@ -259,7 +267,7 @@ def _train_seconds(run: Run, default: float) -> float:
 def score_main(spec_file: str) -> None:
     """``python -m asa.study.transfer SHARE.json``: score every run of the share (`units`) not scored yet."""
     spec = json.loads(Path(spec_file).read_text())
-    tuples = ("train", "overrides", "val", "test")
+    tuples = ("train", "overrides", "val", "test", "supervised_trained")
     runs = [Run(**{**r, "run_dir": Path(r["run_dir"]), **{k: tuple(r[k]) for k in tuples}}) for r in spec["runs"]]
     left = [r for r in runs if not r.scores_file.is_file()]
     if not left:
@@ -272,11 +280,12 @@ def score_main(spec_file: str) -> None:
         print(f"[transfer] scored {run.run_dir}", flush=True)
 
 
-def results(s: Transfer, runs: Sequence[Run], probe_cfg: Any, spent: Mapping[str, float]) -> bool:
-    """Add this call's seconds (``spent``) to each run's wall_time.json, write the scored runs' outputs -> all done?"""
+def results(s: Transfer, runs: Sequence[Run], probe_cfg: Any, spent: Sequence[float]) -> bool:
+    """Add this call's seconds (``spent``, one per run) to each run's wall_time.json, write the scored runs' outputs
+    -> all done?"""
     out = Path(s.out).expanduser().absolute()
-    for run in runs:  # each run's wall time adds the parts of every call that trained it
-        if (seconds := spent.get(f"{out.name}/{run.run_dir.name}", 0.0)) > 0:
+    for run, seconds in zip(runs, spent):  # each run's wall time adds the parts of every call that trained it
+        if seconds > 0:
             atomic_write_json(run.run_dir / "wall_time.json", {"train_seconds": seconds + _train_seconds(run, 0.0)})
     done = [(run, json.loads(run.scores_file.read_text())) for run in runs if run.scores_file.is_file()]
     scores = [{**row, **run.identity} for run, d in done for row in d["scores"]]

@@ -5,12 +5,15 @@ the ones the page has always read."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
-from asa.study import arms, probes, readings, statistics
+from asa.api.config import compose_config
+from asa.data.synthetic.demo import write_demo_dataset
+from asa.study import arms, probes, readings, statistics, study
 from asa.study.arms import ARMS, Arm, Contrast
-from asa.study.plan import SCALES, Network, finetune_arms, plan_pretraining
+from asa.study.plan import SCALES, Network, Pretraining, finetune_arms, plan_pretraining
 
 TOY = Arm("toy", (Contrast("scratch", "does the toy pretraining help? (toy − scratch)"),
                   Contrast("mae", "does the toy add to mae? (toy − mae)")),
@@ -44,7 +47,7 @@ def test_a_toy_arm_declared_once_is_planned_fine_tuned_asked_and_read_as_the_pri
     assert run.name == "toy-c4" and run.arm == "toy" and run.cohort == 4
     assert {"method=asa", "method.loss_weighting=attentive", "model.weight_patch=2",
             "model.weight_power=2.0"} <= set(run.overrides)
-    tuned = finetune_arms([run], network, None, {})
+    tuned = finetune_arms([run], network, [], {})
     assert tuned["toy-c4"].identity == {"encoder_arm": "toy", "cohort": 4, "replicate": 0, "group": "toy-c4"}
     rows = readings.contrast_rows(_scores({"toy-c4": ("toy", 4, 0.08), "mae-c4": ("mae", 4, 0.03),
                                            "asa-c4": ("asa", 4, 0.02)}), [4], n_boot=100)
@@ -79,3 +82,49 @@ def test_replicates_are_read_from_the_columns_never_from_the_run_names():
         r["replicate"] = 1 if r["arm"] == "run-b" else 0
     assert statistics.runs_of(rows, "asa-c4") == ["run-a", "run-b"]
     assert statistics.interval(rows, "asa-c4", "scratch", 2, "Dice_mean").value == pytest.approx(0.03)
+
+
+def test_a_mask_ratio_arm_is_one_declaration_down_to_its_pretraining_run_s_config(monkeypatch, tmp_path):
+    """An arm's own overrides (another mask ratio, another schedule) reach its pretraining runs, after the method's,
+    and compose there; its folder is a field of the run, the one its ``output_dir`` names."""
+    arm = Arm("mae-60", (Contrast("scratch", "does mae at a 60 % mask help? (mae-60 − scratch)"),), method="mae",
+              overrides=("method.mask_ratio=0.6", "optim.schedule=constant"))
+    monkeypatch.setitem(ARMS, arm.name, arm)
+    assert "mae-60" in arms.choices() and "mae-60" in arms.pretraining_arms()
+    [run] = plan_pretraining(tmp_path, dataclasses.replace(SCALES["quick"], pretrain_runs=1), Network("resenc", "tiny"),
+                             ["mae-60"], {4: tmp_path / "c4"}, None, seed=0)
+    assert run.run_dir == tmp_path / "pretrain" / "mae-60-c4" and f"output_dir={run.run_dir}" in run.overrides
+    cfg = compose_config("pretrain", list(run.overrides))
+    assert (cfg.method.name, cfg.method.mask_ratio, cfg.optim.schedule) == ("mae", 0.6, "constant")
+
+
+def test_an_arm_that_would_add_no_run_is_refused_in_one_line(monkeypatch, tmp_path, capsys):
+    """A frozen random-init arm declared alone (no method, no labels) is offered by --arms and refused there
+    (exit 2, one line, --out untouched), never run as 0 units."""
+    monkeypatch.setitem(ARMS, "frozen", Arm("frozen", (Contrast("scratch", "frozen random init − scratch"),)))
+    labeled = write_demo_dataset("msd", tmp_path / "labeled", cases=9, size=16, seed=1)
+    with pytest.raises(SystemExit) as refused:
+        study.main(["--data", "msd", "--root", str(labeled), "--out", str(tmp_path / "out"), "--arms", "frozen",
+                    "--scale", "quick", "--dry-run"])
+    said = capsys.readouterr().err.strip()
+    assert refused.value.code == 2 and said.startswith("--arms frozen: ") and len(said.splitlines()) == 1, said
+    assert not (tmp_path / "out").exists() and all(ARMS[a].runs for a in ("scratch", "supervised", "noise", "asa"))
+
+
+def test_two_arms_in_one_factorial_cell_are_not_read_whatever_their_order():
+    """asa and an ASA variant share the cell (attentive, no channel): the factorial is refused, and its reading
+    (effects, the arm chosen) is the same for --arms in either order; without the variant it reads asa's cell."""
+    variant = Arm("asa-p8", method="asa", loss_weighting="attentive", patch=8, power=1.0)
+    values = {"mae": .1, "asa": .3, "asa-p8": .6, "mae-coord": .2, "asa-coord": .4}
+    record = {"rows": [{"name": name, "metrics": {"ridge/r2_mean": {"value": v}}}
+                       for name, v in [*((f"{a}-c4", v) for a, v in values.items()), (probes.RANDOM_ROW, 0.0)]]}
+    runs = [Pretraining(f"{a}-c4", a, 4, (), Path(a)) for a in values]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(ARMS, variant.name, variant)
+        readings_of = [probes.read_probes(record, order, ["ridge/r2_mean"]) for order in (runs, runs[::-1])]
+        for rows in readings_of:
+            assert probes.factorial_effects(rows) == []
+            assert probes.shared_cells(rows) == {"attentive, without the coordinate channel": ["asa", "asa-p8"]}
+            assert probes.choose_arm(rows) == "asa-p8"
+    rows = [r for r in readings_of[0] if r["arm"] != "asa-p8"]
+    assert probes.factorial_effects(rows)[0]["value"] == pytest.approx((.3 + .4 - .1 - .2) / 2)

@@ -37,12 +37,15 @@ def test_every_case_is_scored_once_per_repeat_and_n_is_drawn_inside_the_training
         transfer.cv_draws(ids, folds=1, repeats=1, val=0, seed=0)
 
 
-def _settings(root: Path, out: Path, **kw) -> transfer.Transfer:
+def _settings(root: Path, out: Path, control: list[list[str]] | None = None, **kw) -> transfer.Transfer:
+    """Scratch and the positive control, whose encoder of draw g trained on ``control[g]`` (default: g's pool)."""
+    draws = transfer.cv_draws(sorted(c.id for c in discover("msd", root)), folds=3, repeats=2, val=2, seed=0)
+    labeled = tuple((Path(f"/c/supervised-s{g}/checkpoints/last.pt"), tuple(control[g] if control else d["pool"]))
+                    for g, d in enumerate(draws))
     base = dict(out=out, data="msd", model="resenc", device="cpu", steps=20, overrides=("model.size=tiny",), root=root,
                 crop=32, test=3, val_cases=2, folds=3, repeats=2, cases=(8,), seeds=tuple(range(6)),
                 arms={"scratch": transfer.Tuned(("model.pretrained=null",)),
-                      "supervised": transfer.Tuned(("model.pretrained=/c/supervised-s{draw}/checkpoints/last.pt",),
-                                                   "supervised")})
+                      "supervised": transfer.Tuned((), "supervised", labeled=labeled)})
     return transfer.Transfer(**{**base, **kw})
 
 
@@ -58,12 +61,29 @@ def test_the_runs_of_a_cross_validated_study_score_their_fold_with_their_own_con
         pretrained = [o for o in run.overrides if o.startswith("model.pretrained=")]
         if run.arm == "supervised":  # the positive control of its own draw
             assert pretrained == [f"model.pretrained=/c/supervised-s{run.seed}/checkpoints/last.pt"]
+        assert run.supervised_trained == ()  # its control trained on its draw's pool, never on its fold
     pairs = {(r.seed, r.train) for r in runs}
     assert len(pairs) == 6  # both arms of a draw train on the same cases; the six draws differ
     with pytest.raises(SystemExit, match="number the 6 draws"):
         transfer.plan_runs(_settings(eighteen, tmp_path, seeds=(6,)))
     with pytest.raises(SystemExit, match="training part leaves 10 cases"):
         transfer.plan_runs(_settings(eighteen, tmp_path, cases=(11,)))
+
+
+def test_a_cross_validated_run_s_split_names_its_fold_as_test_and_flags_what_its_control_trained_on(eighteen,
+                                                                                                      tmp_path):
+    """Each run's splits.json: test = the 6 cases of its fold it is scored on (not the 8 others it leaves), the rest
+    unused; a positive control whose encoder trained on every case is flagged on each fold it meets."""
+    ids = sorted(c.id for c in discover("msd", eighteen))
+    s = _settings(eighteen, tmp_path, control=[ids] * 6)
+    runs, test, _, every = transfer.plan_runs(s)
+    units = transfer.units(s, runs, test, every, "msd")
+    for run, unit in zip(runs, units):
+        [(path, split)] = unit.inputs
+        assert path == run.run_dir / "splits.json" and split["test"] == list(run.test) and len(split["test"]) == 6
+        assert sorted([*split["train"], *split["val"], *split["test"], *split["unused"]]) == ids
+        assert len(split["unused"]) == 18 - 8 - 2 - 6
+        assert split["supervised_trained"] == (list(run.test) if run.arm == "supervised" else [])
 
 
 def _cv_scores(effect: float) -> list[dict]:

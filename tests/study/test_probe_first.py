@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +16,6 @@ from asa.io import save_checkpoint
 from asa.models import build_network, network_spec
 from asa.study import probes, stages, study, transfer
 from asa.study.arms import PILOT
-from asa.study.plan import SCALES
-from asa.study.readout import pilot_scores
 from asa.study.scheduler import run_units
 
 T1 = 12.706204736174707  # t(0.975, 1 df)
@@ -95,7 +94,8 @@ def test_the_probe_stage_probes_every_encoder_and_fine_tunes_only_the_arm_it_sup
         if [u.name for u in units] == ["probes"]:
             return real_run_units(units, jobs, clock, times)
         if any(u.name.startswith(f"{PILOT}/") for u in units):  # the pilot learned: a rising validation curve
-            path = pilot_scores(out, SCALES["quick"])
+            pilot = next(u for u in units if u.name.startswith(f"{PILOT}/"))
+            path = Path(next(a for a in pilot.argv if a.startswith("output_dir=")).split("=", 1)[1]) / "scores.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             curve = [[10 * (i + 1), min(0.6, 0.1 * i)] for i in range(8)]
             path.write_text(json.dumps({"budget": {"val_curve": curve}, "scores": [], "names": []}))

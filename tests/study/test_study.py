@@ -27,7 +27,7 @@ from asa.study.arms import PILOT
 from asa.study.checks import channel_lines, check_overlap, skull_lines
 from asa.study.cohort import cohort_channels, cohort_order, pretraining_channels, write_cohorts, write_noise
 from asa.study.plan import Network, SCALES, Supervised, finetune_arms, labeled_split, overlap_overrides, parse_network, plan_pretraining, pretraining_argv, recipe_overrides, supervised_channel, supervised_overrides, supervised_splits, cases_text, units_at_once
-from asa.study.readout import loss_plateau, optimiser_progress, pilot_scores
+from asa.study.readout import loss_plateau, optimiser_progress
 
 QUICK = ["--scale", "quick", "--n-boot", "50", "--test", "3"]  # the fixed split of 9 cases (3 test, 2 val, 2, 2)
 FIXED = dataclasses.replace(SCALES["quick"], test=3)
@@ -507,8 +507,8 @@ def test_the_swvit_takes_the_positive_control_and_refuses_the_coordinate_channel
     assert network.finetune == ["model=tiny"] and control.channel is None
     overrides = supervised_overrides(control, network, SCALES["quick"], 0, [])
     assert overrides[:3] == ["data=msd", f"data.root={labeled}", "model=tiny"]
-    arms = finetune_arms([], network, control.run_dir, {})
-    assert arms["supervised"].overrides == ("model=tiny", f"model.pretrained={control.run_dir / 'checkpoints' / 'last.pt'}")
+    arms = finetune_arms([], network, [control], {})
+    assert arms["supervised"].drawn(0)[0] == ("model=tiny", f"model.pretrained={control.run_dir / 'checkpoints' / 'last.pt'}")
 
 
 @pytest.fixture
@@ -705,7 +705,8 @@ def test_a_pilot_that_does_not_learn_stops_the_study_before_any_pretraining(data
             if any(u.name.startswith(f"{PILOT}/") for u in units):  # the pilot's run, scored with this curve
                 started.append(PILOT)
                 curve = [[10 * (i + 1), 0.001 if flat else min(0.6, 0.1 * i)] for i in range(8)]
-                atomic = pilot_scores(tmp_path / ("flat" if flat else "learns"), SCALES["quick"])
+                pilot = next(u for u in units if u.name.startswith(f"{PILOT}/"))
+                atomic = Path(next(a for a in pilot.argv if a.startswith("output_dir=")).split("=", 1)[1]) / "scores.json"
                 atomic.parent.mkdir(parents=True, exist_ok=True)
                 atomic.write_text(json.dumps({"budget": {"val_curve": curve}, "scores": [], "names": []}))
                 return True

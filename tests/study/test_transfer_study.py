@@ -162,7 +162,7 @@ def run_study(s: transfer.Transfer, clock=None) -> bool:
     runs, test, cfg, ids = transfer.plan_runs(s)
     units, times = transfer.units(s, runs, test, ids, str(cfg.data.name)), {}
     complete = run_units(units, s.jobs, clock or Clock(None), times)
-    return transfer.results(s, runs, cfg, times) and complete
+    return transfer.results(s, runs, cfg, [times.get(u.name, 0.0) for u in units[:len(runs)]]) and complete
 
 
 @pytest.mark.slow  # trains a run, stops it with a signal and continues it (15 s on one core)
