@@ -7,7 +7,7 @@ import torch
 from asa.train import Engine, TrainConfig, build_optimizer, check_training_checkpoint
 from asa.train.optim import describe_lr
 from tests.fixtures.training import Volumes, segmentation_step, tiny_segmenter
-from toy import ToyNet
+from tests.train.toy import ToyNet
 
 
 

@@ -5,7 +5,7 @@ import torch
 
 from asa.io import load_checkpoint
 from asa.train import IncompatibleCheckpointError, NonFiniteLossError, TrainConfig
-from toy import ToyData, make_engine, step_fn
+from tests.train.toy import ToyData, make_engine, step_fn
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -141,7 +141,7 @@ def test_grad_clipping_bounds_the_update(tmp_path, clip):
     """Plain SGD at lr 1: one step moves the weights by exactly the (clipped) gradient, so the
     update's norm is at most clip_grad, while the same step unclipped moves them much further."""
     from asa.train import Engine
-    from toy import ToyNet, step_fn
+    from tests.train.toy import ToyNet, step_fn
 
     torch.manual_seed(0)
     model = ToyNet(dropout=0.0)
@@ -228,3 +228,13 @@ def test_short_epochs_write_last_pt_every_ckpt_every_steps_not_every_epoch(tmp_p
     assert written[4] == [2, 6, 10, 11] and written[0] == [2, 4, 6, 8, 10, 11]
     # the rule moves no weight: the same run either way
     _assert_identical(_weights(tmp_path / "4"), _weights(tmp_path / "0"))
+
+
+def test_the_toy_helper_is_one_module_under_one_name():
+    """tests/train/toy.py is imported as tests.train.toy alone (no sys.path entry makes it ``toy`` too), so its
+    classes are the same objects in every test."""
+    import sys
+
+    import tests.train.toy as toy
+
+    assert ToyData is toy.ToyData and "toy" not in sys.modules

@@ -15,7 +15,7 @@ from asa.train.distributed import DistEnv
 from asa.train.reporting import TrainLog
 from asa.train.rng import kernel_determinism
 from asa.train.step import OptimizerStep
-from toy import ToyData, ToyNet, make_engine, step_fn
+from tests.train.toy import ToyData, ToyNet, make_engine, step_fn
 
 CPU = torch.device("cpu")
 LAUNCH_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")

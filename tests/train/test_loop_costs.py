@@ -16,7 +16,7 @@ from asa.train import Engine, IncompatibleCheckpointError, TrainConfig, build_op
 from asa.train.checkpoint import RESUME_ONLY
 from asa.train.updates import REL_UPDATE_KEYS
 from tests.fixtures.training import Volumes, segmentation_step, tiny_segmenter
-from toy import ToyData, make_engine
+from tests.train.toy import ToyData, make_engine
 
 
 def _cfg(**kw) -> TrainConfig:

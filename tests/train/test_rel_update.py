@@ -10,7 +10,7 @@ from asa.models import build_network
 from asa.train import Engine, TrainConfig, build_optimizer
 from asa.train.updates import REL_UPDATE_KEYS, RelativeUpdate, encoder_split, update_gap_note
 from tests.fixtures.training import ENC, Volumes, segmentation_step, tiny_segmenter
-from toy import ToyNet
+from tests.train.toy import ToyNet
 
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from asa.train import build_optimizer, lr_at, param_groups, scaled_lr
-from toy import ToyNet
+from tests.train.toy import ToyNet
 
 
 def test_warmup_is_linear_then_cosine_reaches_min():

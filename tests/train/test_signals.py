@@ -19,7 +19,7 @@ import torch
 
 from asa.io import load_checkpoint
 from asa.train import TrainConfig
-from toy import ToyData, make_engine, step_fn
+from tests.train.toy import ToyData, make_engine, step_fn
 
 TOY = str(Path(__file__).with_name("toy.py"))
 

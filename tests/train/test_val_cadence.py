@@ -13,7 +13,7 @@ import torch
 from asa.api.config import compose_config
 from asa.io import load_checkpoint
 from asa.train import TrainConfig
-from toy import ToyData, make_engine, step_fn
+from tests.train.toy import ToyData, make_engine, step_fn
 
 
 def _cfg(**kw) -> TrainConfig:

@@ -1,8 +1,8 @@
 """The stages of `asa-prepare` on one volume, each a function of arrays and affines (RAS voxel -> mm):
 N4 bias correction, brain extraction (ROBEX, deepbet or none), registration (ANTs) and resampling.
 
-ANTs works in LPS physical space; `to_ants` and `from_ants` carry an array and its RAS affine across, so
-everything outside this file speaks nibabel's RAS affines."""
+ANTs works in LPS physical space; `to_ants` carries an array and its RAS affine across (what comes back is an
+array on a grid this file already holds), so everything outside this file speaks nibabel's RAS affines."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from scipy import ndimage
 from asa.data.prepare.child import in_child
 from asa.data.prepare.tools import ants, need, torch_threads
 
-__all__ = ["BRAIN_TOOLS", "TRANSFORMS", "MAX_BRAIN_ML", "BRAIN_LEVEL", "MAX_BORDER", "Registration", "to_ants", "from_ants", "grid_image", "n4",
+__all__ = ["BRAIN_TOOLS", "TRANSFORMS", "MAX_BRAIN_ML", "BRAIN_LEVEL", "MAX_BORDER", "Registration", "to_ants", "grid_image", "n4",
            "extract_brain", "register", "resample", "scratch", "remove_dead_scratch"]
 
 BRAIN_TOOLS = ("deepbet", "robex", "none")
@@ -52,14 +52,6 @@ def to_ants(data: np.ndarray, affine: np.ndarray):
     spacing = np.linalg.norm(matrix, axis=0)
     return ants().from_numpy(np.asarray(data, dtype=np.float32), origin=tuple(_LPS @ affine[:3, 3]),
                              spacing=tuple(spacing), direction=matrix / spacing)
-
-
-def from_ants(image) -> tuple[np.ndarray, np.ndarray]:
-    """(data [X, Y, Z] float32, RAS affine) of an ANTs image."""
-    affine = np.eye(4)
-    affine[:3, :3] = _LPS @ (np.asarray(image.direction) * np.asarray(image.spacing))
-    affine[:3, 3] = _LPS @ np.asarray(image.origin)
-    return image.numpy().astype(np.float32), affine
 
 
 def grid_image(shape: tuple[int, int, int], affine: np.ndarray):

@@ -292,11 +292,6 @@ class ResEncMaskedAutoencoder(ResEncUNet):
         proj = nn.Identity() if stage == 0 else nn.Conv3d(channels, channels, 3, padding=1)
         return nn.Sequential(norm, proj)
 
-    @property
-    def num_weight_units(self) -> int:
-        """Units the loss weights: sub-blocks of edge ``weight_patch`` over the crop."""
-        return self.num_blocks * (self.block // self.weight_patch) ** 3
-
     def weight_units(self, mask: torch.Tensor) -> torch.Tensor:
         """mask [B, n] on the block grid (1 = masked) -> [B, n_w] on the weight grid (raster order; a unit is
         masked when the block holding it is)."""
