@@ -52,10 +52,12 @@ import numpy as np
 from scipy import optimize, stats
 
 __all__ = ["CrossedInterval", "complete_grid", "components", "crossed_half_width", "crossed_interval", "crossed_parts",
-           "folded_interval", "half_width", "mde", "mean_squares", "part_coefficients", "pooled_df", "satterthwaite"]
+           "folded_interval", "folded_parts", "half_width", "mde", "mean_squares", "part_coefficients", "pooled_df",
+           "satterthwaite", "shared_df"]
 
 ArrayLike = float | np.ndarray  # a float, or an array of them over a batch of tables
 UPPER = 0.75  # the one-sided level of the parts' upper bounds that `pooled_df` reads (docs/studies.md)
+DRAWS_UPPER = 0.95  # the draws' part's, for `shared_df`
 
 
 @dataclass(frozen=True)
@@ -224,31 +226,48 @@ def crossed_parts(ms: Mapping[tuple[int, ...], ArrayLike], df: Mapping[tuple[int
     k, n = len(shape), math.prod(shape)
     out = []
     for f, coef in enumerate(part_coefficients(k, frozenset(f for f in range(k - 2) if shape[f] == 2))):
-        nominal = float(shape[f] - 1)
-        v = sum(c * ms[u] for u, c in coef.items()) / n
-        nu: ArrayLike = nominal
         if len(coef) > 1 and f < k - 2:
-            terms = sum((c * ms[u] / n) ** 2 / df[u] for u, c in coef.items())
-            with np.errstate(divide="ignore", invalid="ignore"):
-                nu = np.clip(np.where((v > 0) & (terms > 0), v * v / np.where(terms > 0, terms, 1.0), nominal),
-                             1.0, nominal)
-            nu = nu if np.ndim(nu) else float(nu)
-        out.append((factors[f], np.maximum(v, 0.0), nu))
+            out.append((factors[f], *_difference(ms, df, coef, n, shape[f] - 1)))
+        else:
+            out.append((factors[f], np.maximum(sum(c * ms[u] for u, c in coef.items()) / n, 0.0), float(shape[f] - 1)))
     return tuple(out)
 
 
-def pooled_df(parts: tuple[tuple[str, ArrayLike, ArrayLike], ...], *, upper: float | None = UPPER) -> ArrayLike:
+def _difference(ms: Mapping[tuple[int, ...], ArrayLike], df: Mapping[tuple[int, ...], int],
+                coef: Mapping[tuple[int, ...], int], n: int, nominal: int) -> tuple[ArrayLike, ArrayLike]:
+    """(variance, df) of the part ``Σ c · MS_U / n`` (0 where negative): its df Satterthwaite's for those mean squares
+    within [1, nominal] (``nominal`` where the part is 0)."""
+    v = sum(c * ms[u] for u, c in coef.items()) / n
+    terms = sum((c * ms[u] / n) ** 2 / df[u] for u, c in coef.items())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        nu = np.clip(np.where((v > 0) & (terms > 0), v * v / np.where(terms > 0, terms, 1.0), nominal), 1.0, nominal)
+    return np.maximum(v, 0.0), (nu if np.ndim(nu) else float(nu))
+
+
+def pooled_df(parts: tuple[tuple[str, ArrayLike, ArrayLike], ...], *,
+              upper: float | tuple[float, ...] | None = UPPER) -> ArrayLike:
     """The df of the one t the parts share (Welch 1947, Satterthwaite 1946): ``(Σ w)² / Σ w² / df`` with each part
-    taken at its upper ``upper`` confidence bound, ``w = variance · df / χ²_{1−upper, df}`` (None: the variance
-    itself, the plain plug-in), so that a part small by chance does not lift the df to the others' (docs/studies.md:
-    the plug-in covers down to 0.94 where 2–3 labeled draws dominate); one part: its own df; inf where every part
-    is 0."""
-    w = [(v * (1.0 if upper is None else df / stats.chi2.ppf(1 - upper, df)), df) for _, v, df in parts]
+    taken at its upper ``upper`` confidence bound (one level, or one per part), ``w = variance · df / χ²_{1−upper,
+    df}`` (None: the variance itself, the plain plug-in), so that a part small by chance does not lift the df to the
+    others' (docs/studies.md: the plug-in covers down to 0.94 where 2–3 labeled draws dominate); one part: its own df;
+    inf where every part is 0."""
+    levels = upper if isinstance(upper, tuple) else (upper,) * len(parts)
+    w = [(v * (1.0 if u is None else df / stats.chi2.ppf(1 - u, df)), df) for (_, v, df), u in zip(parts, levels)]
     total = sum(x for x, _ in w)
     terms = sum(x * x / df for x, df in w)
     with np.errstate(divide="ignore", invalid="ignore"):
         nu = np.where(terms > 0, total * total / np.where(terms > 0, terms, 1.0), np.inf)
     return nu if np.ndim(nu) else float(nu)
+
+
+def shared_df(parts: tuple[tuple[str, ArrayLike, ArrayLike], ...]) -> ArrayLike:
+    """The df of the t a crossed design's parts share: the smaller of `pooled_df` and `pooled_df` with the draws'
+    part (the last draw factor's, at exactly S − 1 df) at its upper ``DRAWS_UPPER`` bound. At 3 draws their mean
+    square is small by chance often enough that the 75 % bound lets the df jump to the cases' (coverage 0.94 where
+    the draws dominate, `benchmarks/interval_power.py`); raising every part's level instead collapses the df to the
+    run part's 1 where that part is mostly noise."""
+    levels = tuple(DRAWS_UPPER if q == len(parts) - 2 else UPPER for q in range(len(parts)))
+    return np.minimum(pooled_df(parts), pooled_df(parts, upper=levels))
 
 
 def satterthwaite(ms: Mapping[tuple[int, ...], ArrayLike], df: Mapping[tuple[int, ...], int], shape: tuple[int, ...]
@@ -275,16 +294,16 @@ def _pooled(shape: tuple[int, ...]) -> bool:
 
 
 def _shared_df(parts: tuple[tuple[str, float, float], ...], shape: tuple[int, ...]) -> float:
-    return float(pooled_df(parts)) if _pooled(shape) else math.nan
+    return float(shared_df(parts)) if _pooled(shape) else math.nan
 
 
 def crossed_half_width(parts: tuple[tuple[str, ArrayLike, ArrayLike], ...], shape: tuple[int, ...],
                        confidence: float) -> ArrayLike:
     """The per-factor interval's half-width for the parts (`crossed_parts`) of a crossed design of ``shape``:
-    ``t_ν · sqrt(Σ variance)`` at `pooled_df`'s ν, or the parts' own t in quadrature (`half_width`); the parts'
+    ``t_ν · sqrt(Σ variance)`` at `shared_df`'s ν, or the parts' own t in quadrature (`half_width`); the parts'
     variances and df may be arrays (a batch of tables)."""
     if _pooled(shape):
-        return _t(confidence, pooled_df(parts)) * np.sqrt(sum(v for _, v, _ in parts))
+        return _t(confidence, shared_df(parts)) * np.sqrt(sum(v for _, v, _ in parts))
     return half_width(parts, confidence)
 
 
@@ -379,60 +398,82 @@ def crossed_interval(d: object, *, confidence: float = 0.95, factors: tuple[str,
     return dataclasses.replace(out, low=low, high=high)
 
 
+def folded_parts(grid: np.ndarray, fold: np.ndarray) -> tuple[tuple[str, ArrayLike, ArrayLike], ...]:
+    """The cross-validated interval's independent parts (name, variance, df; module docstring) of ``grid`` [...,
+    P, R, C]: the paired differences of P pretraining runs (1: none) in R repeats over C cases; ``fold`` [R, C]: the
+    draw of its repeat that scored each case. From 3 runs the run component alone first, ``σ̂²_p / P`` at P − 1 df:
+    over runs × repeats × cases the crossed one, ``(MS_p − MS_pr − MS_pc + MS_prc) / N`` (its expectation is σ²_p / P
+    whatever the folds), with one repeat the runs × draws table's ``(MS_p − MS_p×draw) / (P·G)`` (at its
+    Satterthwaite df, clipped at 1, the part in quadrature is ``t_1`` where it is mostly noise: MDE 1.9× the
+    oracle's, not 1.4×, `benchmarks/interval_power.py`); with 2 runs their whole spread ``MS_p / N`` at 1 df, as
+    `crossed_parts`. Then the draw and case parts of the runs' mean. Leading axes: a batch of studies."""
+    n_run, n_rep, n_case = grid.shape[-3:]
+    draws = [(q, k) for q in range(n_rep) for k in np.unique(fold[q])]
+    table = grid.mean(axis=-3)  # [..., R, C]: the runs' mean
+    means = np.stack([table[..., q, fold[q] == k].mean(axis=-1) for q, k in draws], axis=-1)  # [..., G]
+    parts = []
+    if n_run == 2:  # as `crossed_parts`: a one-df difference, the runs' whole spread instead (covers 0.945 alone)
+        parts.append(("pretraining", grid.mean(axis=(-2, -1)).var(axis=-1, ddof=1) / n_run, 1.0))
+    elif n_run >= 3:
+        if n_rep >= 2:
+            ms, _ = mean_squares(grid, factors=3)
+            v = (ms[(0,)] - ms[(0, 1)] - ms[(0, 2)] + ms[(0, 1, 2)]) / math.prod(grid.shape[-3:])
+        else:
+            by_draw = np.stack([grid[..., 0, fold[0] == k].mean(axis=-1) for _, k in draws], axis=-1)  # [..., P, G]
+            ms, _ = mean_squares(by_draw, factors=2)
+            v = (ms[(0,)] - ms[(0, 1)]) / math.prod(by_draw.shape[-2:])
+        parts.append(("pretraining", np.maximum(v, 0.0), float(n_run - 1)))
+    within = 0.0
+    for q in range(n_rep):
+        mine = means[..., [g for g, (r, _) in enumerate(draws) if r == q]]
+        within = within + ((mine - mine.mean(axis=-1, keepdims=True)) ** 2).sum(axis=-1)
+    df_w = len(draws) - n_rep
+    parts.append(("draw", within / df_w / len(draws), float(df_w)))
+    if n_rep >= 2:
+        ms, _ = mean_squares(table, factors=2)
+        sigma_case = np.maximum(ms[(1,)] - ms[(0, 1)], 0.0) / n_rep
+        parts.append(("case", sigma_case * (n_rep - 1) / (n_rep * n_case), float(n_case - 1)))
+    return tuple(parts)
+
+
 def folded_interval(d: object, repeats: object, *, confidence: float = 0.95) -> CrossedInterval:
     """The mean of cross-validated paired differences ``d`` [draws, cases] (NaN where a draw did not score a case:
-    each draw scores its fold) with the per-part interval of the module docstring; ``repeats`` [draws]: the repeat
-    of each draw (its folds are the draws of that repeat). ``levels``: {"draw": G, "case": C, "repeat": R}.
-    ``d`` [pretraining runs, draws, cases]: replicated pretraining, one more part first, the spread of the runs'
-    means (``s² / P``, P − 1 df, as a crossed factor's), the rest read on the runs' mean per cell."""
+    each draw scores its fold) with the per-part interval of the module docstring (`folded_parts`, in quadrature);
+    ``repeats`` [draws]: the repeat of each draw (its folds are the draws of that repeat). ``d`` [pretraining runs,
+    draws, cases]: replicated pretraining, the run component a part of its own. Cases some run or repeat did not
+    score are left out (``dropped``). ``levels``: {"pretraining": P (with runs), "draw": G, "case": C, "repeat": R}."""
     d = np.asarray(d, dtype=float)
-    if d.ndim == 3:
-        runs = d[~np.isnan(d).all(axis=(1, 2))]
-        cells = ~np.isnan(runs).any(axis=0)  # cells every run scored
-        inner = folded_interval(np.where(cells, runs.mean(axis=0) if runs.size else np.nan, np.nan), repeats,
-                                confidence=confidence)
-        if len(runs) < 2 or not inner.parts:
-            return dataclasses.replace(inner, low=math.nan, high=math.nan, parts=(),
-                                       levels={"pretraining": len(runs), **inner.levels})
-        means = np.array([run[cells].mean() for run in runs])
-        part = ("pretraining", float(means.var(ddof=1)) / len(runs), float(len(runs) - 1))
-        out = dataclasses.replace(inner, parts=(part, *inner.parts), levels={"pretraining": len(runs), **inner.levels},
-                                  se=math.sqrt(inner.se ** 2 + part[1]))
-        low, high = out.bounds(confidence)
-        return dataclasses.replace(out, low=low, high=high)
     reps = np.asarray(repeats)
-    if d.ndim != 2 or reps.shape != (d.shape[0],):
-        raise ValueError(f"d must be [draws, cases] and repeats [draws], got shapes {d.shape} and {reps.shape}")
-    ran = ~np.isnan(d).all(axis=1)  # a draw that did not finish
-    d, reps = d[ran], reps[ran]
+    runs = d if d.ndim == 3 else d[None]
+    if runs.ndim != 3 or reps.shape != (runs.shape[1],):
+        raise ValueError(f"d must be [draws, cases] or [pretraining runs, draws, cases] and repeats [draws], got "
+                         f"shapes {d.shape} and {reps.shape}")
+    runs = runs[~np.isnan(runs).all(axis=(1, 2))]  # a run that did not finish
+    ran = ~np.isnan(runs).all(axis=(0, 2))  # a draw that did not finish
+    runs, reps = runs[:, ran], reps[ran]
     names = sorted(set(reps.tolist()))
-    # every case once per repeat: the repeat × case table, cases scored in every repeat only
-    scored = ~np.isnan(d)
-    with np.errstate(invalid="ignore", divide="ignore"):  # a case no draw of a repeat scored: NaN, left out below
-        table = np.stack([np.where(scored[reps == r], d[reps == r], 0.0).sum(0) / scored[reps == r].sum(0)
-                          for r in names]) if names else np.zeros((0, d.shape[1]))
-    keep = ~np.isnan(table).any(axis=0) if table.size else np.zeros(d.shape[1], bool)
-    table = table[:, keep]
+    # every case once per repeat: the [run, repeat, case] grid and the draw of its repeat that scored each case
+    grid = np.full((len(runs), len(names), runs.shape[2]), np.nan)
+    fold = np.zeros((len(names), runs.shape[2]), dtype=int)
+    for q, r in enumerate(names):
+        mine = runs[:, reps == r]  # [P, draws of repeat r, C]
+        scored = ~np.isnan(mine).all(axis=0)  # [draws, C]
+        one = scored.sum(axis=0) == 1
+        fold[q] = scored.argmax(axis=0)
+        grid[:, q, one] = np.take_along_axis(mine, fold[q][None, None], axis=1)[:, 0, one]
+    keep = ~np.isnan(grid).any(axis=(0, 1)) if grid.size else np.zeros(runs.shape[2], bool)
+    grid, fold = grid[..., keep], fold[:, keep]
     nan = math.nan
-    folds = [int((reps == r).sum()) for r in names]
-    levels = {"draw": int(sum(folds)), "case": int(table.shape[1]), "repeat": len(names)}
-    if table.size == 0:
+    folds = [len(np.unique(f)) for f in fold]
+    levels = {**({"pretraining": len(runs)} if d.ndim == 3 else {}), "draw": int(sum(folds)),
+              "case": int(keep.sum()), "repeat": len(names)}
+    if grid.size == 0:
         return CrossedInterval(nan, nan, nan, confidence, nan, nan, levels=levels, dropped=int((~keep).sum()))
-    value = float(table.mean())
-    if min(folds) < 2:  # one draw in a repeat: the spread between draws is not measured
+    value = float(grid.mean())
+    if min(folds) < 2 or (d.ndim == 3 and len(runs) < 2):  # a spread not measured: between draws, or runs
         return CrossedInterval(value, nan, nan, confidence, nan, nan, levels=levels, dropped=int((~keep).sum()))
-    d = d[:, keep]
-    means = np.array([np.nanmean(row) for row in d])
-    within = sum(float(((means[reps == r] - means[reps == r].mean()) ** 2).sum()) for r in names)
-    df_w = sum(k - 1 for k in folds)
-    n_rep, n_case = len(names), table.shape[1]
-    parts = [("draw", within / df_w / levels["draw"], float(df_w))]
-    if n_rep >= 2:
-        ms, _ = mean_squares(table)
-        sigma_case = max(0.0, ms[(1,)] - ms[(0, 1)]) / n_rep
-        parts.append(("case", sigma_case * (n_rep - 1) / (n_rep * n_case), float(n_case - 1)))
-    v = sum(p[1] for p in parts)
-    out = CrossedInterval(value, nan, nan, confidence, math.sqrt(v), nan, parts=tuple(parts), levels=levels,
-                          dropped=int((~keep).sum()))
+    parts = tuple((name, float(v), float(df)) for name, v, df in folded_parts(grid, fold))
+    out = CrossedInterval(value, nan, nan, confidence, math.sqrt(sum(v for _, v, _ in parts)), nan, parts=parts,
+                          levels=levels, dropped=int((~keep).sum()))
     low, high = out.bounds(confidence)
     return dataclasses.replace(out, low=low, high=high)

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from asa.eval.random_effects import (CrossedInterval, crossed_interval, crossed_parts, folded_interval, mde,
-                                     mean_squares, pooled_df)
+                                     mean_squares, pooled_df, shared_df)
 
 # 2 seeds × 4 test cases, worked by hand:
 #   grand mean 28 / 8 = 3.5; seed means 3, 4; case means 1.5, 3, 3.5, 6
@@ -106,7 +106,7 @@ def test_three_crossed_factors_give_the_alternating_sum_of_mean_squares():
     terms = (ms[(0,)] ** 2 / 2 + ms[(0, 1)] ** 2 / 6 + ms[(0, 2)] ** 2 / 8 + ms[(0, 1, 2)] ** 2 / 24) / n ** 2
     assert r.parts[0][2] == pytest.approx(min(2.0, max(1.0, r.parts[0][1] ** 2 / terms)))
     assert [df for _, _, df in r.parts[1:]] == [3.0, 4.0]
-    assert r.parts_df == pytest.approx(pooled_df(r.parts)) and 1.0 <= r.parts_df
+    assert r.parts_df == pytest.approx(shared_df(r.parts)) and 1.0 <= r.parts_df <= pooled_df(r.parts)
     half = stats.t.ppf(0.975, r.parts_df) * r.se
     assert (r.low, r.high) == pytest.approx((r.value - half, r.value + half))
     assert r.p == pytest.approx(2 * stats.t.sf(abs(r.value) / r.se, r.parts_df))
@@ -161,7 +161,7 @@ def test_the_pooled_interval_covers_near_its_level_in_a_small_simulation():
         d = d + rng.normal(0.0, v, (datasets, *(n if a else 1 for n, a in zip(shape, axes))))
     ms, df = mean_squares(d, factors=3)
     parts = crossed_parts(ms, df, shape, ("pretraining", "seed", "case"))
-    half = stats.t.ppf(0.975, pooled_df(parts)) * np.sqrt(sum(v for _, v, _ in parts))
+    half = stats.t.ppf(0.975, shared_df(parts)) * np.sqrt(sum(v for _, v, _ in parts))
     mean = d.mean(axis=(1, 2, 3))
     coverage = np.mean(np.abs(mean) <= half)
     assert 0.945 <= coverage <= 0.98  # ± 0.0035 at 0.95
@@ -203,3 +203,42 @@ def test_the_cross_validated_interval_of_a_small_design_is_the_hand_computed_one
     one = folded_interval(d[:2], [0, 0])  # one repeat: the draw part alone, the case spread inside it
     assert one.value == pytest.approx(2.5) and [name for name, _, _ in one.parts] == ["draw"]
     assert math.isnan(folded_interval(d[:1], [0]).low)  # one draw: no spread between draws measured
+
+
+def test_the_shared_df_holds_the_draws_part_at_its_upper_95_bound():
+    # the draws' part small by chance: at its 75 % bound the df would go to the cases' 15
+    parts = (("pretraining", 1e-4, 2.0), ("seed", 2e-4, 2.0), ("case", 4e-3, 15.0))
+    w75 = [v * df / stats.chi2.ppf(0.25, df) for _, v, df in parts]
+    w = [w75[0], 2e-4 * 2 / stats.chi2.ppf(0.05, 2), w75[2]]  # the draws' part at its upper 95 % bound
+    by_hand = sum(w) ** 2 / sum(x * x / df for x, (_, _, df) in zip(w, parts))
+    assert by_hand < pooled_df(parts) == pytest.approx(sum(w75) ** 2 / sum(x * x / df for x, (_, _, df) in zip(w75, parts)))
+    assert shared_df(parts) == pytest.approx(by_hand) and by_hand == pytest.approx(9.734, abs=1e-3)
+    # a table whose draws' means are ∓0.005 apart: their part 3 · 16 · (2 · 0.005²) / 2 / 144 = 8.33e-6, small by
+    # chance beside the cases' where their spread is what the study cannot know
+    rng = np.random.default_rng(4)
+    d = rng.normal(0.0, 0.05, (1, 1, 16)) + rng.normal(0.0, 0.01, (3, 3, 16))
+    d = d - d.mean(axis=(0, 2), keepdims=True) + d.mean() + np.array([-0.005, 0.0, 0.005])[None, :, None]
+    r = crossed_interval(d, factors=("pretraining", "seed", "case"))
+    assert r.parts[1] == ("seed", pytest.approx(8.333e-6, rel=1e-3), 2.0)
+    assert r.parts_df == pytest.approx(shared_df(r.parts)) and r.parts_df < pooled_df(r.parts) - 5
+
+
+def test_the_cross_validated_run_part_is_the_run_component_alone():
+    # 3 runs × 2 repeats of 2 folds × 4 cases: case c scored by fold c % 2 in repeat 0, (c // 2) % 2 in repeat 1
+    rng = np.random.default_rng(5)
+    grid = rng.normal(size=(3, 2, 4)) + np.array([0.0, 0.5, 1.5])[:, None, None]  # [run, repeat, case]
+    fold = np.array([[0, 1, 0, 1], [0, 0, 1, 1]])
+    d = np.full((3, 4, 4), np.nan)
+    for q in range(2):
+        for k in range(2):
+            d[:, 2 * q + k, fold[q] == k] = grid[:, q, fold[q] == k]
+    r = folded_interval(d, [0, 0, 1, 1])
+    ms, _ = mean_squares(grid)
+    run = (ms[(0,)] - ms[(0, 1)] - ms[(0, 2)] + ms[(0, 1, 2)]) / grid.size
+    spread = grid.mean(axis=(1, 2)).var(ddof=1) / 3  # the part before: the runs' whole spread
+    assert r.parts[0] == ("pretraining", pytest.approx(run), 2.0) and run < 0.9 * spread
+    assert [name for name, _, _ in r.parts] == ["pretraining", "draw", "case"]
+    assert r.levels == {"pretraining": 3, "draw": 4, "case": 4, "repeat": 2}
+    assert r.value == pytest.approx(grid.mean())
+    two = folded_interval(d[:2], [0, 0, 1, 1])  # two runs: their whole spread at one df, as `crossed_parts`
+    assert two.parts[0] == ("pretraining", pytest.approx(grid[:2].mean(axis=(1, 2)).var(ddof=1) / 2), 1.0)
