@@ -7,6 +7,7 @@ works without the ``prepare`` extra."""
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import subprocess
 import sys
@@ -53,11 +54,9 @@ def _without_prepare_extra(tmp_path: Path) -> dict:
     return env
 
 
-def _helps(env: dict, scripts: dict[str, str] = SCRIPTS) -> tuple[dict[str, tuple[int, str]], list[str]]:
+def _helps(env: dict) -> tuple[dict[str, tuple[int, str]], list[str]]:
     """(script -> (exit code, --help text), the heavy modules loaded) of one child process running each script."""
-    import json
-
-    proc = subprocess.run([sys.executable, "-c", _HELP_ALL, json.dumps(scripts)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", _HELP_ALL, json.dumps(SCRIPTS)], capture_output=True, text=True,
                           timeout=600, env=env, cwd=str(REPO))
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs, _, loaded = proc.stdout.rpartition("=== loaded")
