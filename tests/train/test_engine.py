@@ -234,7 +234,9 @@ def test_the_toy_helper_is_one_module_under_one_name():
     """tests/train/toy.py is imported as tests.train.toy alone (no sys.path entry makes it ``toy`` too), so its
     classes are the same objects in every test."""
     import sys
+    from pathlib import Path
 
     import tests.train.toy as toy
 
     assert ToyData is toy.ToyData and "toy" not in sys.modules
+    assert str(Path(toy.__file__).parent) not in sys.path
