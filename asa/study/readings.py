@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,6 +17,7 @@ LESION_KEY = (statistics.LESION, "lesion Dice")  # with --lesion-classes: the me
 ALPHA = 0.05  # the primary question's CI is 1 − ALPHA; the exploratory questions' family-wise error rate (Holm)
 LEVEL = f"{100 * (1 - ALPHA):g} %"
 PLUMBING, UNREADABLE = "— (plumbing check)", "not interpretable"
+NOT_READ = "— (not read)"  # the bound of a reading that is not interpretable
 UNSHOWN = "not interpretable: sensitivity not shown"  # a null without a positive control that moved
 NOT_A_TEST = "not a test of the attentive loss"  # asa − mae where asa's weights are near uniform
 # the attentive weights' effective share (Σp)² / (n·Σp²) above which they are uniform in all but name (docs/studies.md,
@@ -81,11 +83,9 @@ def control_faults(contrasts: Sequence[Mapping[str, Any]], *, min_effect: float)
     return out
 
 
-def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping[str, Any]], *,
-                     min_effect: float) -> None:
-    """In place, after `read_family`: `control_faults`, asa − mae with near-uniform weights, the plateau ``flags``."""
-    faults = control_faults(contrasts, min_effect=min_effect)
-
+def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping[str, Any]],
+                     faults: Mapping[str, Mapping[int, str]]) -> None:
+    """In place, after `read_family`: the control ``faults``, asa − mae with near-uniform weights, the plateau flags."""
     def runs_of(group: str) -> list[Mapping[str, Any]]:
         return [run for run in runs if declared.label(run["arm"], run["cohort"]) == group]
 
@@ -125,11 +125,17 @@ def verdict(low: float, high: float, value: float = math.nan, *, min_effect: flo
     return "helped" if low > 0 else "hurt"
 
 
-def why_no_difference(low: float, high: float, value: float, *, min_effect: float) -> str | None:
-    """Why a contrast reads no difference: its CI holds 0 (``"ci"``) or its estimate is under ``min_effect``."""
-    if math.isnan(low) or math.isnan(high):
-        return None
-    return "minimum effect" if (low > 0 or high < 0) and abs(value) < min_effect else "ci"
+def settle(ci: Sequence[float], bound90: Sequence[float], *, min_effect: float) -> tuple[str, str | None]:
+    """(verdict, why) that both the CI and the one-sided bounds allow: "no difference" only where the bounds exclude
+    a gain and a loss of ``min_effect`` (why: the CI holds 0, or its estimate is under the minimum effect); a CI
+    that holds 0, or an estimate under the minimum whose bound reaches it, reads inconclusive."""
+    v, lo, hi = ci
+    said = verdict(lo, hi, v, min_effect=min_effect)
+    if said != "no difference":
+        return said, None
+    if -min_effect < bound90[0] and bound90[1] < min_effect:
+        return said, "minimum effect" if lo > 0 or hi < 0 else "ci"
+    return INCONCLUSIVE, None
 
 
 def holm(p: Sequence[float]) -> list[float]:
@@ -168,13 +174,8 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], e
                         levels = ("seed", "case", "pretraining")[:3 if "pretraining" in est.levels else 2]
                         row["mde_more"] = {name: est.mde(levels={level: 2 * est.levels[level]})
                                            for name, level in zip(("seeds", "cases", "pretraining runs"), levels)}
-            v, lo, hi = row[key]
             row["bound"] = bound_text(*row["bound90"], min_effect=min_effect)
-            row["verdict"] = verdict(lo, hi, v, min_effect=min_effect)
-            row["why"] = (why_no_difference(lo, hi, v, min_effect=min_effect) if row["verdict"] == "no difference"
-                          else None)
-            if row["why"] == "ci" and not row["bound90"][1] < min_effect:  # the bound allows a gain: not a null
-                row["verdict"], row["why"] = INCONCLUSIVE, None
+            row["verdict"], row["why"] = settle(row[key], row["bound90"], min_effect=min_effect)
             rows.append(row)
     return rows
 
@@ -185,36 +186,98 @@ def read_family(rows: Sequence[dict[str, Any]], encoders: Sequence[str] = (), *,
     questions = [r for r in rows if r["kind"] == "question"]
     for r in rows:
         r["role"] = "control" if r["kind"] != "question" else "exploratory"
-    primary = None
-    if questions:
-        smallest = min(r["n"] for r in questions)
-        for name in [*declared.primary_order(), *encoders[:1]]:
-            primary = next((r for r in questions if r["encoder_arm"] == name and r["reference_arm"] ==
-                            declared.twin_of(name) and r["n"] == smallest), None)
-            if primary is not None:
-                primary["role"] = "primary"
-                break
+    smallest = min((r["n"] for r in questions), default=None)
+    primary = next((r for name in [*declared.primary_order(), *encoders[:1]] for r in questions if r["encoder_arm"]
+                    == name and r["reference_arm"] == declared.twin_of(name) and r["n"] == smallest), None)
+    if primary is not None:
+        primary["role"] = "primary"
     others = [r for r in questions if r["role"] == "exploratory"]
     for r, adjusted in zip(others, holm([r["p"] for r in others])):
         r["p_holm"] = adjusted
-        if r["verdict"] in ("helped", "hurt") and not adjusted < alpha:
-            r["verdict"], r["why"] = "no difference", "holm"
+        if r["verdict"] in ("helped", "hurt") and not adjusted < alpha:  # off 0 alone, not across the family
+            r["verdict"], r["why"] = INCONCLUSIVE, "holm"
     return primary
 
 
-def instrument_faults(contrasts: Sequence[Mapping[str, Any]], pilot: Mapping[str, Any]) -> list[str]:
-    """The instrument that fails every reading: a scratch twin that learns nothing, so every Δ is noise."""
-    faults = []
+def instrument_faults(contrasts: Sequence[Mapping[str, Any]], pilot: Mapping[str, Any],
+                      scores: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+    """The instrument that fails every reading, so every Δ is noise: a scratch twin that learns nothing in the pilot,
+    or a transfer stage whose every scored Dice is 0 (no arm segments the test cases)."""
     test = pilot.get("test") or {}
     mean = float(np.mean(list(test.values()))) if test else math.nan
     if mean < FOUND:
-        faults.append(f"the scratch twin does not learn the task (the pilot's mean test Dice {mean:.3f} < {FOUND}), so "
-                      "every difference is noise.")
-    elif pilot.get("learned") is False:  # its validation Dice (or lesion Dice) stayed under the study's floor
+        return [f"the scratch twin does not learn the task (the pilot's mean test Dice {mean:.3f} < {FOUND}), so "
+                "every difference is noise."]
+    if pilot.get("learned") is False:  # its validation Dice (or lesion Dice) stayed under the study's floor
         best = [f"{label} {pilot[key]:.3f}" for key, label in (("best_dice", "best validation Dice"),
                                                                ("best_lesion_dice", "best lesion Dice"))
                 if not math.isnan(float(pilot.get(key, math.nan)))]
-        faults.append("the scratch twin does not learn the task (the pilot did not learn"
-                      + (f": {', '.join(best)}, under {pilot['floor']}" if best and "floor" in pilot else "")
-                      + "), so every difference is noise.")
-    return faults
+        return ["the scratch twin does not learn the task (the pilot did not learn"
+                + (f": {', '.join(best)}, under {pilot['floor']}" if best and "floor" in pilot else "")
+                + "), so every difference is noise."]
+    if scores and all(float(r["Dice_mean"]) <= 0 for r in scores):
+        return [f"every Dice the transfer stage scored is 0 ({len(scores)} scores of every arm): no arm segments the "
+                "test cases, so every difference is noise."]
+    return []
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """A study's reading, computed once from its score rows (`read`); `asa.study.report` renders it, sets nothing.
+
+    Args:
+        endpoint: (score column, label) of the primary endpoint.
+        keys: the contrasted (column, label)s, the endpoint first.
+        contrasts: every contrast per N (contrasts.json): estimates, intervals, bound, MDE, role and verdict.
+        primary: the primary question's row (None: no pretrained arm against its twin).
+        faults: the instrument faults that leave no verdict (`instrument_faults`).
+        controls: per N, why nulls and gains over scratch cannot be read (`control_faults`).
+        plumbing: the quick scale, where nothing is read.
+        min_effect: the smallest Δ read as an effect.
+    """
+
+    endpoint: tuple[str, str]
+    keys: tuple[tuple[str, str], ...]
+    contrasts: list[dict[str, Any]]
+    primary: dict[str, Any] | None
+    faults: tuple[str, ...]
+    controls: Mapping[str, Mapping[int, str]]
+    plumbing: bool
+    min_effect: float
+
+    @property
+    def interpretable(self) -> bool:
+        """Whether a line may claim a verdict, a sensitivity, an equivalence or a detectable effect."""
+        return not (self.plumbing or self.faults)
+
+    @property
+    def mde(self) -> float:
+        """The primary's minimum detectable effect where it may be said, else NaN."""
+        p = self.primary
+        return p["mde"] if p is not None and p["verdict"] not in (PLUMBING, UNREADABLE, UNSHOWN) else math.nan
+
+
+def read(scores: Sequence[Mapping[str, Any]], info: Mapping[str, Any], *, n_boot: int) -> Reading:
+    """The reading of a study's score rows, with its record ``info`` (classes, endpoint, pilot, pretraining runs)."""
+    classes, named = list(info.get("classes", [])), list(info.get("lesion_classes") or [])
+    lesion_scored = bool(scores) and all(LESION_KEY[0] in r for r in scores)
+    # a study recorded before the endpoint was named: the lesion Dice when scored (its classes not recorded)
+    key = tuple(info.get("endpoint") or (LESION_KEY if lesion_scored and not named else endpoint(classes, named)))
+    runs = info.get("pretraining", [])
+    cohorts = sorted({int(r["cohort"]) for r in runs if not declared.ARMS[r["arm"]].noise})
+    encoders = [k.split("=", 1)[0] for k in info.get("encoders", [])]
+    min_effect = float(info.get("min_effect", 0.01))
+    contrasts = contrast_rows(scores, cohorts, encoders, n_boot=n_boot, min_effect=min_effect, endpoint=key)
+    primary = read_family(contrasts, encoders, min_effect=min_effect)
+    controls = control_faults(contrasts, min_effect=min_effect)
+    plumbing = info.get("scale_name") == "quick"
+    faults = tuple(instrument_faults(contrasts, info.get("pilot") or {}, scores))
+    if plumbing or faults:  # no verdict at all: the numbers stay, the verbs go
+        for r in contrasts:
+            r["verdict"], r["why"] = (PLUMBING if plumbing else UNREADABLE), None
+    else:
+        read_instruments(contrasts, runs, controls)
+    for r in contrasts:  # a reading that is not interpretable claims no bound either
+        if r["verdict"] in (PLUMBING, UNREADABLE, UNSHOWN):
+            r["bound"] = NOT_READ
+    return Reading(key, keys_of(scores, key), contrasts, primary, faults, controls, plumbing, min_effect)

@@ -17,17 +17,14 @@ from asa.study import statistics, tables
 from asa.study.arms import twin_of
 from asa.study.common import machine_line, markdown_table
 from asa.study.probes import probe_lines
-from asa.study.readings import (ALPHA, KEYS, LESION_KEY, LEVEL, NOT_A_TEST, PLUMBING, UNREADABLE, UNSHOWN,
-                                contrast_rows, control_faults, endpoint, instrument_faults, keys_of, negative_small,
-                                read_family, read_instruments)
+from asa.study.readings import (ALPHA, INCONCLUSIVE, KEYS, LESION_KEY, LEVEL, NOT_READ, UNREADABLE, UNSHOWN, Reading,
+                                negative_small, read)
 
 __all__ = ["write_report"]
 
 
-def mde_line(primary: Mapping[str, Any] | None, *, min_effect: float) -> list[str]:
+def mde_line(primary: Mapping[str, Any], *, min_effect: float) -> list[str]:
     """The primary's minimum detectable effect from the study's own variance (80 % power, two-sided 5 %)."""
-    if primary is None or math.isnan(primary.get("mde", math.nan)):
-        return []
     comps = primary["interval"]["components"] or {name: v for name, v, _ in primary["interval"]["parts"]}
     more = primary.get("mde_more") or {}
     levels = primary["interval"]["levels"]
@@ -47,8 +44,8 @@ def mde_line(primary: Mapping[str, Any] | None, *, min_effect: float) -> list[st
 def control_line(row: Mapping[str, Any], *, min_effect: float, read: bool = True, trained_on: str = "",
                  primary_mde: float = math.nan) -> str:
     """A control's reading: the negative shown small by its bound (a CI touching 0 is not), the positive's size."""
-    v, lo, hi = row[row["endpoint"]]
-    ci = f"Δ {row['endpoint_label']} {v:+.3f} [{lo:+.3f}, {hi:+.3f}] at N = {row['n']}"
+    v = row[row["endpoint"]][0]
+    ci = f"Δ {row['endpoint_label']} {_ci(row[row['endpoint']])} at N = {row['n']}"
     name = "Positive control" if row["kind"] == "positive" else "Negative control"
     if not read:
         return f"{name} ({row['arm']} − {row['reference']}): {ci}."
@@ -78,14 +75,14 @@ def control_line(row: Mapping[str, Any], *, min_effect: float, read: bool = True
 
 def reading(row: Mapping[str, Any], *, min_effect: float) -> str:
     """A contrast's verdict as the page prints it: the verb, or why there is none."""
-    v = row["verdict"]
-    if v in (UNSHOWN, NOT_A_TEST) or (v == UNREADABLE and row.get("why")):
-        return f"{v} ({row['why']})" if row.get("why") else v
+    v, why = row["verdict"], row.get("why")
+    if why == "holm":
+        return (f"{INCONCLUSIVE} (an effect is not shown across the family: the test of no effect at the family's "
+                f"{100 * ALPHA:g} % gives Holm p = {row['p_holm']:.3f})")
     if v != "no difference":
-        return v
-    why = {"minimum effect": f" (smaller than the minimum effect {min_effect:g} Dice)",
-           "holm": f" (p = {row.get('p_holm', math.nan):.3f} after Holm across the exploratory questions)"}
-    return "no difference this study can detect" + why.get(row.get("why"), "")
+        return f"{v} ({why})" if why else v
+    return "no difference this study can detect" + (f" (smaller than the minimum effect {min_effect:g} Dice)"
+                                                     if why == "minimum effect" else "")
 
 
 def _ci(values: Sequence[float]) -> str:
@@ -95,10 +92,12 @@ def _ci(values: Sequence[float]) -> str:
 
 def question_line(row: Mapping[str, Any], *, min_effect: float) -> str:
     """One answer: the question, N, the verdict, its bound and Δ; the other scores beside it as information."""
-    p = f"; Holm p = {row['p_holm']:.3f}" if "p_holm" in row else ""
+    holm = "p_holm" in row and row["bound"] != NOT_READ  # its bound answers this contrast alone, not the family
     key = row["endpoint"]
-    line = (f"{row['question']} At N = {row['n']}: {reading(row, min_effect=min_effect)}; {row['bound']} "
-            f"(Δ {row['endpoint_label']} {_ci(row[key])}{p})")
+    line = (f"{row['question']} At N = {row['n']}: {reading(row, min_effect=min_effect)}; "
+            + ("its bound, this contrast alone (uncorrected): " if holm else "")
+            + f"{row['bound']} (Δ {row['endpoint_label']} {_ci(row[key])}"
+            + (f"; Holm p = {row['p_holm']:.3f}" if "p_holm" in row else "") + ")")
     for k, label in (*KEYS[:1], LESION_KEY):
         if k != key and k in row:
             line += f"; Δ {label} {_ci(row[k])} (shown, not read)"
@@ -107,31 +106,29 @@ def question_line(row: Mapping[str, Any], *, min_effect: float) -> str:
     return line + "."
 
 
-def contrast_table(rows: Sequence[Mapping[str, Any]], *, min_effect: float) -> str:
-    key, label = rows[0]["endpoint"], rows[0]["endpoint_label"]
-    named = ((key, label), *KEYS, LESION_KEY)  # each key once, with its first label
-    keys = [(k, lab) for i, (k, lab) in enumerate(named) if k in rows[0] and k not in dict(named[:i])]
-    head = ["question", "arm − reference", "N", "role", *(f"Δ {lab} [95 % CI]" for _, lab in keys),
+def contrast_table(said: Reading) -> str:
+    """Every contrast: its Δs with their CIs, the bootstrap's, p (Holm's), its bound and its verdict."""
+    head = ["question", "arm − reference", "N", "role", *(f"Δ {label} [95 % CI]" for _, label in said.keys),
             "bootstrap CI", "p (Holm)", "bound (one-sided 95 %)", "verdict"]
     cells = [[r["question"], f"{r['arm']} − {r['reference']}", str(r["n"]), r.get("role", "—"),
-              *(_ci(r[k]) for k, _ in keys), "[{1:+.3f}, {2:+.3f}]".format(*r["bootstrap"][key]),
+              *(_ci(r[k]) for k, _ in said.keys), "[{1:+.3f}, {2:+.3f}]".format(*r["bootstrap"][said.endpoint[0]]),
               "—" if math.isnan(r.get("p", math.nan)) else f"{r['p']:.3f}"
               + (f" ({r['p_holm']:.3f})" if "p_holm" in r else ""),
-              r["bound"], reading(r, min_effect=min_effect)] for r in rows]
+              r["bound"], reading(r, min_effect=said.min_effect)] for r in said.contrasts]
     return markdown_table(head, cells, left=2)
 
 
-def family_lines(contrasts: Sequence[Mapping[str, Any]], primary: Mapping[str, Any] | None, keys: Sequence[str], *,
-                 min_effect: float) -> list[str]:
+def family_lines(said: Reading) -> list[str]:
     """How the answers are read: the primary, how many questions on which score, the bar of each, their bounds."""
+    contrasts, primary, min_effect, keys = said.contrasts, said.primary, said.min_effect, [k for _, k in said.keys]
     questions = [r for r in contrasts if r["kind"] == "question"]
     others = [r for r in questions if r["role"] == "exploratory"]
     controls = [r for r in contrasts if r["kind"] != "question"]
     folded = any("draw" in r.get("interval", {}).get("levels", {}) for r in contrasts)
-    read = keys[0] if keys else "mean Dice"
+    endpoint = keys[0] if keys else "mean Dice"
     text = (f"How the answers are read: this page reads {len(questions)} question(s) "
             f"({len({r['question'] for r in questions})} contrast(s) × {len({r['n'] for r in questions})} N) and "
-            f"{len({r['arm'] for r in controls})} control(s) at each N, on {read} alone"
+            f"{len({r['arm'] for r in controls})} control(s) at each N, on {endpoint} alone"
             + (f" ({' and '.join(keys[1:])} shown as information: no verdict is read from them)" if keys[1:] else "")
             + ". Every interval is the crossed random-effects interval of "
             + ("the cross-validated draws × test cases" if folded else "seeds × test cases")
@@ -145,11 +142,13 @@ def family_lines(contrasts: Sequence[Mapping[str, Any]], primary: Mapping[str, A
         text += "There is no primary question: no pretrained arm was scored against scratch. "
     if others:
         text += (f"The other {len(others)} are exploratory: each is read on its interval's two-sided p after a Holm "
-                 f"correction across those {len(others)} (family-wise error {100 * ALPHA:g} %); its CI is shown "
-                 "uncorrected. ")
+                 f"correction across those {len(others)} (family-wise error {100 * ALPHA:g} %), the test of no effect "
+                 "across the family; its CI and its bound are shown uncorrected and answer that contrast alone, so one "
+                 "off 0 alone but not after Holm reads inconclusive. ")
     return [text + (f"A contrast reads as an effect (a gain or a loss) only when it clears its bar and its estimate is "
-                    f"at least the minimum effect, {min_effect:g} Dice (--min-effect); anything else is no difference "
-                    f"this study can detect. Every answer carries its bound, read at one-sided 95 % (the 90 % "
+                    f"at least the minimum effect, {min_effect:g} Dice (--min-effect); as no difference this study can "
+                    f"detect only when its bound excludes a gain and a loss of {min_effect:g}; anything else is "
+                    f"inconclusive. Every answer carries its bound, read at one-sided 95 % (the 90 % "
                     f"interval: two one-sided tests at ±{min_effect:g}): \"equivalent within ±{min_effect:g}\" when "
                     "both a gain and a loss of the minimum effect are excluded, \"gains above +x excluded\" when a "
                     "gain of it is, else \"inconclusive: −a to +b\", the range the data allow. A null is read only "
@@ -274,40 +273,19 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
     scores = read_scores(out / "transfer" / "scores.csv", classes)
     rows = _read_csv(out / "transfer" / "transfer.csv")
     budgets = _read_csv(out / "transfer" / "runs.csv")
-    cohorts = sorted({int(r["cohort"]) for r in info.get("pretraining", []) if r["arm"] != "noise"})
-    encoders = [k.split("=", 1)[0] for k in info.get("encoders", [])]
-    min_effect = float(info.get("min_effect", 0.01))
-    plumbing = info.get("scale_name") == "quick"
+    said = read(scores, info, n_boot=n_boot)
+    contrasts, primary, keys, min_effect = said.contrasts, said.primary, said.keys, said.min_effect
     pilot = info.get("pilot") or {}
-    named = list(info.get("lesion_classes") or [])
-    lesion_scored = bool(scores) and all(LESION_KEY[0] in r for r in scores)
-    # a study recorded before the endpoint was named: the lesion Dice when scored (its classes not recorded)
-    primary_endpoint = tuple(info.get("endpoint") or (LESION_KEY if lesion_scored and not named
-                                                      else endpoint(classes, named)))
-    contrasts = contrast_rows(scores, cohorts, encoders, n_boot=n_boot, min_effect=min_effect,
-                              endpoint=primary_endpoint)
-    primary = read_family(contrasts, encoders, min_effect=min_effect)
-    failed = instrument_faults(contrasts, pilot)
     trained_on = ("each draw's own training part (the cases the arms draw N from, trained for the pilot's steps): it "
                   "shows that a better start on the same cases moves the fine-tuning, not transfer from other cases"
                   if info.get("design") else "labeled cases no other run sees")
-    mde = primary["mde"] if primary is not None else math.nan
-    controls = [control_line(r, min_effect=min_effect, read=not plumbing, trained_on=trained_on, primary_mde=mde)
-                for r in contrasts if r["kind"] != "question"]
-    if not plumbing and not any(r["kind"] == "positive" for r in contrasts):
+    controls = [control_line(r, min_effect=min_effect, read=said.interpretable, trained_on=trained_on,
+                             primary_mde=said.mde) for r in contrasts if r["kind"] != "question"]
+    if not said.plumbing and not any(r["kind"] == "positive" for r in contrasts):
         controls.insert(0, "**No positive control ran**" + (f" ({info['checks']['supervised']})"
                                                           if "supervised" in info.get("checks", {}) else "")
                         + ": the study's sensitivity is not shown, so no null below is read as evidence (\""
                         + UNSHOWN + "\").")
-    if plumbing or failed:  # no verdict at all: the numbers stay, the verbs go
-        for r in contrasts:
-            r["verdict"], r["why"] = (PLUMBING if plumbing else UNREADABLE), None
-    else:
-        read_instruments(contrasts, info.get("pretraining", []), min_effect=min_effect)
-    for r in contrasts:  # a reading that is not interpretable claims no bound either
-        if r["verdict"] in (PLUMBING, UNREADABLE, UNSHOWN):
-            r["bound"] = "— (not read)"
-    keys = keys_of(scores, primary_endpoint)
     plots = {"dice_vs_n.svg": line_plot(
         {arm: [(r["n"], r["Dice_mean"], r["Dice_mean_sd"]) for r in rows if r["arm"] == arm]
          for arm in dict.fromkeys(r["arm"] for r in rows)}, xlabel="labeled cases N",
@@ -350,26 +328,25 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
               "decoder's lr for every arm (pretrained or not)" if info["recipe"] == "adamw" else
               " (nnU-Net's PretrainedTrainer: 1e-3 for a network from a pretrained file, 1e-2 from scratch)") + ".")
     overlap = checks["overlap"]
-    if plumbing:
+    if said.plumbing:
         top = ["**Plumbing check: no answer can come from this page.** The quick scale runs a few steps per run "
                f"({steps_phrase(info.get('pretraining', []), where=False)}, {info['steps']} fine-tuning steps per "
                "arm): it shows that every stage runs and writes its outputs, not whether pretraining helps, so no "
                "verdict is read below. Run --scale cpu or --scale gpu for an answer.", ""]
-    elif failed:
-        top = [f"**Not interpretable**: {' '.join(failed)} Every answer below reads \"{UNREADABLE}\": its numbers are "
-               "shown, no verdict is read from them.", ""]
+    elif said.faults:
+        top = [f"**Not interpretable**: {' '.join(said.faults)} Every answer below reads \"{UNREADABLE}\": its numbers "
+               "are shown, no verdict is read from them.", ""]
     else:
-        faults = control_faults(contrasts, min_effect=min_effect)
         top = [f"**{what} are not interpretable** at N = {', '.join(map(str, sorted(by_n)))}: "
                f"{'; '.join(dict.fromkeys(by_n.values()))}." for what, by_n in
-               (("Nulls", faults["nulls"]), ("Gains over scratch", faults["gains"])) if by_n]
+               (("Nulls", said.controls["nulls"]), ("Gains over scratch", said.controls["gains"])) if by_n]
         top += [""] if top else []
     lines = [
         f"# Does pretraining help? ({info['network']}, {info['scale_name']} scale)", "",
         machine_line(info["machine"], info["finished"]), "",
-        f"**Primary endpoint: {primary_endpoint[1]}**, named before any training"
-        + (" (the lesion classes named with --lesion-classes)" if primary_endpoint[0] == LESION_KEY[0] else
-           " (the set's one foreground class)" if primary_endpoint[1] != KEYS[0][1] else
+        f"**Primary endpoint: {said.endpoint[1]}**, named before any training"
+        + (" (the lesion classes named with --lesion-classes)" if said.endpoint[0] == LESION_KEY[0] else
+           " (the set's one foreground class)" if said.endpoint[1] != KEYS[0][1] else
            " (mean Dice over every class: no --lesion-classes and more than one class)") + ".", "", *top,
         f"Crop {sc['crop']}³; " + (
             f"N = {', '.join(map(str, sc['cases']))} labeled cases by {design['folds']}-fold cross-validation × "
@@ -381,11 +358,10 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
         + f"{steps_phrase(info.get('pretraining', []))}; minimum effect {min_effect:g} Dice. {recipe}", "",
         draws_line(info, budgets), "",
         "## Answers", "",
-        *family_lines(contrasts, primary, [label for _, label in keys], min_effect=min_effect),
+        *family_lines(said),
         *(f"- {'**Primary:** ' if r['role'] == 'primary' else ''}{q}" for r, q in zip(ordered, questions)),
         *([] if questions else ["- No pretraining arm was scored."]), "",
-        *([] if primary is None or primary["verdict"] in (PLUMBING, UNREADABLE, UNSHOWN)
-          else mde_line(primary, min_effect=min_effect)),
+        *([] if math.isnan(said.mde) else mde_line(primary, min_effect=min_effect)),
         "## The instruments", "",
         *(f"- {line}" for line in [*controls, *flags]),
         *([f"- {checks['cohort']}"] if "cohort" in checks else []),
@@ -398,7 +374,7 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
         "(asa.eval.random_effects); bootstrap CI: the seed × case percentile bootstrap of the endpoint "
         f"({n_boot} resamples), shown, not read; p: the interval's two-sided p of the endpoint, Holm's in "
         "brackets for the exploratory questions; bound: what its one-sided 95 % bounds exclude.", "",
-        contrast_table(contrasts, min_effect=min_effect) if contrasts else "No contrast had both arms.", "",
+        contrast_table(said) if contrasts else "No contrast had both arms.", "",
         *(["![contrasts](contrasts.svg)", ""] if "contrasts.svg" in plots else []),
         "## Dice against N", "", "![dice vs N](dice_vs_n.svg)", "",
         *(["Per class (Δ Dice of each arm to its own twin, as in the answers: asa-coord to scratch with the "

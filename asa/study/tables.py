@@ -79,10 +79,10 @@ def converged_budget(curve: Sequence[Sequence[float]], *, tol: float = 0.01, win
             "window": window}
 
 
-def _ci(r: Mapping[str, Any], p: str, digits: int = 3, interval: str = "") -> str:
-    """'+0.040 [+0.010, +0.070]' (``interval`` "_re": the random-effects CI the verdicts read; "": the bootstrap)."""
+def _ci(r: Mapping[str, Any], p: str, digits: int = 3) -> str:
+    """'+0.040 [+0.010, +0.070]': the paired Δ ``p`` and its crossed random-effects CI, the one the verdicts read."""
     f = f"{{:+.{digits}f}}"
-    return f"{f.format(r[p])} [{f.format(r[p + interval + '_lo'])}, {f.format(r[p + interval + '_hi'])}]"
+    return f"{f.format(r[p])} [{f.format(r[p + '_re_lo'])}, {f.format(r[p + '_re_hi'])}]"
 
 
 def _arm(r: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
@@ -99,7 +99,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], refe
     head = ["arm", "labeled", *names, "mean", *(["lesion mean"] if lesion else []), *(["HD95 mean (mm)"] if hd else []),
             *(["NSD mean"] if nsd else []), "encoder zeroed", f"Δ mean vs {reference} [95 % CI, random effects]",
             "bootstrap CI (seeds × cases)", "Δ per seed", "case-only CI",
-            *([f"Δ HD95 vs {reference} [95 % CI]"] if hd else [])]
+            *([f"Δ HD95 vs {reference} [95 % CI, random effects]"] if hd else [])]
     lines = []
     for r in rows:
         def cell(key: str, digits: int = 3) -> str:  # ± sd over seeds, when there are several
@@ -114,8 +114,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], refe
         if "delta" not in r:
             cells += ["—"] * (4 + hd)
         else:
-            cells += [f"{r['delta']:+.3f} [{r['delta_re_lo']:+.3f}, {r['delta_re_hi']:+.3f}]",
-                      f"[{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}]",
+            cells += [_ci(r, "delta"), f"[{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}]",
                       " ".join(f"{float(v):+.3f}" for v in r["delta_per_seed"].split()),
                       f"[{r['delta_case_lo']:+.3f}, {r['delta_case_hi']:+.3f}]"]
             cells += [_ci(r, "delta_HD95_mean", 1)] if hd else []
@@ -129,7 +128,7 @@ def class_differences_table(rows: Sequence[Mapping[str, Any]], names: Sequence[s
             + ([f"HD95_{c}" for c in names] if any("HD95_mean" in r for r in rows) else [])
             + ([f"NSD_{c}" for c in names] + ["NSD_mean"] if all("NSD_mean" in r for r in rows) else []))
     head = ["arm", "labeled", *(f"Δ {k.replace('_', ' ')}" + (" (mm)" if k.startswith("HD95") else "") for k in keys)]
-    return table(head, [[_arm(r, rows), str(r["n"])] + [_ci(r, delta_prefix(k), 1 if k.startswith("HD95") else 3, "_re")
+    return table(head, [[_arm(r, rows), str(r["n"])] + [_ci(r, delta_prefix(k), 1 if k.startswith("HD95") else 3)
                                                          for k in keys] for r in rows if "delta" in r])
 
 
@@ -253,7 +252,7 @@ def write_outputs(scores: list[dict], names: Sequence[str], reference: str | Map
                + budget_table(budgets))
         atomic_write_text(out / "runs.csv", rows_csv(budgets))
     if undone:
-        md = (f"**Partial: {undone} run(s) not trained yet** (rerun the same command with --reuse to continue).\n\n"
+        md = (f"**Partial: {undone} run(s) not trained yet** (rerun the same command to continue).\n\n"
               + md)
     atomic_write_text(out / "scores.csv", rows_csv(scores))
     atomic_write_text(out / "transfer.csv", rows_csv(rows))

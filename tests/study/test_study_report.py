@@ -4,6 +4,7 @@ leaves no verdict; each arm against its own twin; a class named "lesion" beside 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -55,11 +56,11 @@ def _run(name: str, arm: str, steps: int) -> dict:
 
 def _study(tmp_path: Path, effects: dict[str, tuple[float, float]], *, scale: str = "cpu", pilot_dice: float = 0.7,
            pilot: dict | None = None, n_boot: int = 2000, ns=(2,), probes: dict | None = None,
-           design: dict | None = None) -> tuple[str, list[dict], Path]:
-    """A study folder written by hand (transfer outputs from `tables.write_outputs`, each arm against its twin) and
-    its report -> (README.md, contrasts.json, the report folder)."""
+           design: dict | None = None, scored=lambda rows: rows) -> tuple[str, list[dict], Path]:
+    """A study folder written by hand (transfer outputs from `tables.write_outputs`, each arm against its twin; the
+    score rows through ``scored``) and its report -> (README.md, contrasts.json, the report folder)."""
     out = tmp_path / "study"
-    scores = _scores(effects, ns=ns)
+    scores = scored(_scores(effects, ns=ns))
     arms = list(dict.fromkeys(r["arm"] for r in scores))
     twins = {a: twin_of(identity(a)["encoder_arm"]) for a in arms}
     tables.write_outputs(scores, CLASSES, {a: twins[a] if twins[a] in arms else a for a in arms},
@@ -113,7 +114,8 @@ def test_a_failed_instrument_leaves_every_verdict_not_interpretable(tmp_path):
         table = page.split("## Contrasts")[1].split("## Dice against N")[0]
         assert [row.rsplit("|", 2)[1].strip() for row in table.splitlines() if row.startswith("| ")][2:] == \
             ["not interpretable"] * len(contrasts)
-        assert "Positive control moved, as it must" in page  # the instruments keep their own reading
+        # the instruments show their numbers and claim no sensitivity
+        assert "Positive control (supervised − scratch): Δ lesion Dice" in page and "as it must" not in page
         top = page.split("## Answers")[0]
         assert page.count("the scratch twin does not learn the task") == 1 and "does not learn" in top
         if pilot:  # a flat pilot curve is not said to have levelled off
@@ -155,8 +157,8 @@ def test_holm_on_hand_computed_p_values():
     rows = [row("mae-c4", 0.2), row("x", 0.01), row("y", 0.02), row("z", 0.021), row("w", 0.5)]  # m = 4
     readings.read_family(rows, min_effect=0.01)  # 0.01 × 4, 0.02 × 3, 0.021 × 2 = 0.042 -> 0.06 (non-decreasing)
     assert [r["p_holm"] for r in rows[1:]] == pytest.approx([0.04, 0.06, 0.06, 0.5])
-    assert [r["verdict"] for r in rows[1:]] == ["helped", "no difference", "no difference", "no difference"]
-    assert rows[2]["why"] == "holm" and "p = 0.060 after Holm" in report.reading(rows[2], min_effect=0.01)
+    assert [r["verdict"] for r in rows[1:]] == ["helped", "inconclusive", "inconclusive", "inconclusive"]
+    assert rows[2]["why"] == "holm" and "Holm p = 0.060" in report.reading(rows[2], min_effect=0.01)
 
 
 def test_a_class_named_lesion_keeps_its_dice_beside_the_lesion_dice(tmp_path):
@@ -204,7 +206,8 @@ def test_series_at_one_n_are_drawn_apart():
     assert sorted(apart.values())[1] == pytest.approx(together["#1f77b4"])  # spread around the category
 
 
-BOUND = re.compile(r"; (equivalent within ±0\.01 \(|gains above [+-]\d\.\d{3} excluded|gains below [+-]\d\.\d{3} excluded|"
+BOUND = re.compile(r"; (its bound, this contrast alone \(uncorrected\): )?"
+                   r"(equivalent within ±0\.01 \(|gains above [+-]\d\.\d{3} excluded|gains below [+-]\d\.\d{3} excluded|"
                    r"losses under \d\.\d{3} excluded|inconclusive: [+-]\d\.\d{3} to [+-]\d\.\d{3})")
 
 
@@ -359,14 +362,26 @@ def test_the_positive_control_claims_a_sensitivity_only_the_primary_has(tmp_path
     assert "an encoder trained with labels on labeled cases no other run sees" in page
 
 
-def test_the_per_class_table_prints_the_interval_the_verdicts_read(tmp_path):
-    _, _, folder = _study(tmp_path, {**CONTROLS, "asa-c4": (0.05, 0.05)})
-    row = next(r for r in csv.DictReader(open(folder.parent / "transfer" / "transfer.csv")) if r["arm"] == "asa-c4")
-    cell = f"{float(row['delta_Dice_CSF']):+.3f} [{float(row['delta_Dice_CSF_re_lo']):+.3f}, " \
-           f"{float(row['delta_Dice_CSF_re_hi']):+.3f}]"
-    per_class = (folder.parent / "transfer" / "transfer.md").read_text().split("Paired differences per class")[1]
-    assert "crossed random-effects" in per_class.splitlines()[0] and cell in per_class
-    assert row["delta_Dice_CSF_re_lo"] != row["delta_Dice_CSF_lo"]  # the bootstrap's is another interval
+def test_every_table_prints_the_interval_the_verdicts_read(tmp_path):
+    """The per-class table and the main table's Δ HD95 column print the crossed random-effects interval (the HD95
+    column printed the bootstrap's); a partial table names no option that is gone."""
+    scores = _scores({**CONTROLS, "asa-c4": (0.05, 0.05)})
+    for r in scores:  # HD95 falls with Dice, case by case
+        r.update({f"HD95_{c}": 10 - 20 * r[f"Dice_{c}"] for c in CLASSES})
+        r["HD95_mean"] = sum(r[f"HD95_{c}"] for c in CLASSES) / 3
+    md = tables.write_outputs(scores, CLASSES, "scratch", tmp_path, n_boot=200, undone=1)
+    row = next(r for r in csv.DictReader(open(tmp_path / "transfer.csv")) if r["arm"] == "asa-c4")
+
+    def cell(p: str, digits: int, kind: str) -> str:
+        return f"{float(row[p]):+.{digits}f} [{float(row[p + kind + '_lo']):+.{digits}f}, " \
+               f"{float(row[p + kind + '_hi']):+.{digits}f}]"
+
+    main, per_class = md.split("Paired differences per class")
+    asa = next(line for line in main.splitlines() if line.startswith("| asa-c4 "))
+    assert asa.rstrip(" |").endswith(cell("delta_HD95_mean", 1, "_re")) and cell("delta_HD95_mean", 1, "") not in asa
+    assert cell("delta_HD95_mean", 1, "_re") != cell("delta_HD95_mean", 1, "")  # the bootstrap's is another interval
+    assert "crossed random-effects" in per_class.splitlines()[0] and cell("delta_Dice_CSF", 3, "_re") in per_class
+    assert "Partial: 1 run(s) not trained yet" in md and "--reuse" not in md
 
 
 def test_asa_minus_mae_is_no_test_above_an_effective_share_of_0_8(tmp_path):
@@ -386,11 +401,81 @@ def test_asa_minus_mae_is_no_test_above_an_effective_share_of_0_8(tmp_path):
         assert (row["verdict"] != "not a test of the attentive loss") is read
 
 
-def test_a_reading_that_is_not_interpretable_claims_no_bound_and_no_detectable_effect(tmp_path):
-    page, contrasts, _ = _study(tmp_path, {**CONTROLS, "asa-c4": (0.0, 0.0)}, pilot_dice=0.0)
-    assert {r["verdict"] for r in contrasts} == {"not interpretable"}
-    assert not any("equivalent within" in line for line in _answers(page)) and "Minimum detectable effect" not in page
-    assert all(r["bound"] == "— (not read)" for r in contrasts)
+def _unscored(rows: list[dict]) -> list[dict]:
+    """Every Dice 0: no arm segments a test case."""
+    return [{**r, **{k: 0.0 for k in r if (k.startswith("Dice_") or k == tables.LESION) and "zeroed" not in k}}
+            for r in rows]
+
+
+def test_a_reading_that_is_not_interpretable_claims_no_bound_sensitivity_or_detectable_effect(tmp_path):
+    """A pilot at Dice 0, or a pilot that learned before a transfer stage scoring Dice 0 everywhere: no line claims
+    a verdict, an equivalence, a control shown small or a detectable effect (each did, at the controls or in
+    every answer)."""
+    for name, pilot_dice, scored in (("pilot", 0.0, lambda rows: rows), ("scored", 0.7, _unscored)):
+        page, contrasts, _ = _study(tmp_path / name, {**CONTROLS, "asa-c4": (0.0, 0.0)}, pilot_dice=pilot_dice,
+                                    scored=scored, n_boot=200)
+        assert {r["verdict"] for r in contrasts} == {"not interpretable"}, name
+        assert all(r["bound"] == "— (not read)" for r in contrasts)
+        said = "\n".join(line for line in page.splitlines() if not line.startswith("How the answers are read"))
+        for claim in ("equivalent within", "can detect", "detectable effect", "shown small", "Minimum detectable",
+                      "as it must"):  # the rules of reading state no claim: every other line is checked
+            assert claim not in said, (name, claim)
+        top = page.split("## Answers")[0]
+        assert "**Not interpretable**" in top
+        if name == "scored":
+            assert "every Dice the transfer stage scored is 0 (" in top and "does not learn" not in top
+
+
+def test_the_verdict_agrees_with_both_bounds_at_every_edge():
+    """Hand-computed: Δ = d + s·(k − 2.5) on 6 cases, the same on 3 seeds, so the interval is the case part's:
+    d ± t(5) · s · sd(k) / √6, sd(k) = √3.5; s = 0.00255 gives +0.009 [+0.004, +0.014], its 90 % bound
+    [+0.005, +0.013]; s = 0.0102 gives −0.015 [−0.035, +0.005], bound [−0.031, +0.001]."""
+    t975, t95 = 2.5706, 2.0150
+    for d, s, bound in ((0.009, 0.00255, "gains below +0.005 excluded"),
+                        (-0.015, 0.0102, "gains above +0.001 excluded")):
+        row = _row(readings.contrast_rows(_scores({"asa-c4": (d, s)}), [4], n_boot=100, min_effect=0.01), "asa-c4")
+        se = s * math.sqrt(3.5) / math.sqrt(6)
+        assert row["Dice_mean"] == pytest.approx([d, d - t975 * se, d + t975 * se], abs=1e-4)
+        assert row["bound90"] == pytest.approx([d - t95 * se, d + t95 * se], abs=1e-4)
+        # off 0 under the minimum effect whose bound reaches +0.013; holding 0 whose bound reaches a loss of 0.031
+        assert (row["verdict"], row["why"], row["bound"]) == ("inconclusive", None, bound)
+    assert readings.settle([0.009, 0.004, 0.014], [0.005, 0.0095], min_effect=0.01) == ("no difference",
+                                                                                         "minimum effect")
+    assert readings.settle([0.0, -0.006, 0.006], [-0.005, 0.005], min_effect=0.01) == ("no difference", "ci")
+    assert readings.settle([0.03, 0.01, 0.05], [0.013, 0.047], min_effect=0.01) == ("helped", None)
+    assert readings.settle([-0.03, -0.05, -0.01], [-0.047, -0.013], min_effect=0.01) == ("hurt", None)
+    assert readings.settle([0.0, -0.02, 0.02], [math.nan, math.nan], min_effect=0.01) == ("inconclusive", None)
+
+
+def test_under_holm_each_line_says_which_question_it_answers():
+    """An exploratory contrast off 0 alone (its bound excludes gains below +0.038) but not across the family (Holm
+    p 0.069) is inconclusive, not "no difference", and its line says the bound is that contrast's alone."""
+    def row(arm: str, p: float) -> dict:
+        return {"question": f"{arm}?", "kind": "question", "arm": arm, "reference": "scratch", "n": 2, "p": p,
+                "encoder_arm": identity(arm)["encoder_arm"], "reference_arm": "scratch", "endpoint": "Dice_mean",
+                "endpoint_label": "mean Dice", "Dice_mean": [0.06, 0.03, 0.09], "verdict": "helped", "why": None,
+                "bound": "gains below +0.038 excluded"}
+
+    rows = [row("asa-c4", 0.5), row("mae-c4", 0.01), row("x", 0.069)]
+    readings.read_family(rows, min_effect=0.01)  # m = 2 besides the primary: 0.01 × 2, 0.069 × 1
+    assert [r["p_holm"] for r in rows[1:]] == pytest.approx([0.02, 0.069])
+    assert (rows[2]["verdict"], rows[2]["why"]) == ("inconclusive", "holm") and rows[1]["verdict"] == "helped"
+    line = report.question_line(rows[2], min_effect=0.01)
+    assert ("At N = 2: inconclusive (an effect is not shown across the family: the test of no effect at the family's "
+            "5 % gives Holm p = 0.069); its bound, this contrast alone (uncorrected): gains below +0.038 excluded") in line
+    assert "no difference" not in line
+
+
+def test_one_reading_the_page_renders(tmp_path):
+    """`readings.read` reads the score rows once into a frozen `Reading`; the page and contrasts.json render it."""
+    page, contrasts, folder = _study(tmp_path, {**CONTROLS, "asa-c4": (0.05, 0.002)}, n_boot=200)
+    info = json.loads((folder / "report.json").read_text())
+    said = readings.read(report.read_scores(folder.parent / "transfer" / "scores.csv", CLASSES), info, n_boot=200)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        said.plumbing = True
+    assert [(r["arm"], r["verdict"], r["bound"]) for r in said.contrasts] == \
+        [(r["arm"], r["verdict"], r["bound"]) for r in contrasts]
+    assert said.interpretable and said.primary["arm"] == "asa-c4" and said.mde == pytest.approx(said.primary["mde"])
 
 
 def test_under_cross_validation_the_positive_control_says_it_trained_on_the_arms_own_cases(tmp_path):
