@@ -18,7 +18,7 @@ with the SD of its variance model, and reads every simulated study with each int
   chance does not lift the df; with 2 runs the runs' whole spread ``MS_run / N`` at ``t_1``, the parts in quadrature.
 
 Every interval is location-equivariant (its half-width h reads only the mean squares), so one simulation at δ = 0
-gives each its coverage (``|mean| ≤ h``) and its whole power curve: the verdict rule of `asa.study.report.verdict`
+gives each its coverage (``|mean| ≤ h``) and its whole power curve: the verdict rule of `asa.study.readings.verdict`
 reads "helped" when the interval lies above 0 and the estimate is at least the minimum effect m, i.e. at a true δ
 when ``δ > max(h − mean₀, m − mean₀)``, so the simulated MDE at 80 % power is that maximum's 80th percentile. The
 ``printed`` MDE is what a study's page prints (`CrossedInterval.mde`: a noncentral t at the interval's df) from the
