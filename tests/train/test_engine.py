@@ -231,12 +231,13 @@ def test_short_epochs_write_last_pt_every_ckpt_every_steps_not_every_epoch(tmp_p
 
 
 def test_the_toy_helper_is_one_module_under_one_name():
-    """tests/train/toy.py is imported as tests.train.toy alone (no sys.path entry makes it ``toy`` too), so its
-    classes are the same objects in every test."""
-    import sys
+    """tests/train/toy.py is imported as tests.train.toy alone (no test imports it as ``toy``, which took a sys.path
+    entry), so its classes are the same objects in every test."""
     from pathlib import Path
 
     import tests.train.toy as toy
 
-    assert ToyData is toy.ToyData and "toy" not in sys.modules
-    assert str(Path(toy.__file__).parent) not in sys.path
+    folder = Path(toy.__file__).parent
+    bare = [p.name for p in sorted(folder.glob("*.py"))
+            if any(line.strip().startswith(("from toy ", "import toy")) for line in p.read_text().splitlines())]
+    assert ToyData is toy.ToyData and bare == [] and not (folder / "conftest.py").exists()
