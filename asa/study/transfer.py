@@ -126,7 +126,7 @@ class Run:
     train: tuple[str, ...]
     overrides: tuple[str, ...]  # every asa-finetune override of the run
     run_dir: Path
-    val: tuple[str, ...] = ()  # validation cases (--val-cases): the plateau check of validation Dice
+    val: tuple[str, ...] = ()  # validation cases (asa-study --val): the plateau check of validation Dice
     test: tuple[str, ...] = ()  # its own test cases (cross-validation: its fold); empty: the study's fixed test cases
     repeat: int | None = None  # cross-validation: the repeat and fold of its draw (the seed numbers the draws)
     fold: int | None = None
