@@ -11,8 +11,8 @@ recipe on noise); with --probe-first, frozen probes that choose the one arm fine
 arm beside its twin at each N and draw, scored on the test cases); the report (<out>/report/README.md), read on the
 primary endpoint named before anything trains (the lesion Dice with --lesion-classes or one foreground class).
 
-Every scale pretrains each arm three times (the quick scale twice) and cross-validates a labeled set too small for
-its fixed split (--folds × --repeats; fewer than --min-scored scored cases: refused). SIGTERM or SIGINT stops every
+Every scale pretrains each arm three times (the gpu scale four, the quick scale twice) and cross-validates a labeled
+set too small for its fixed split (--folds × --repeats; fewer than --min-scored scored cases: refused). SIGTERM or SIGINT stops every
 child (each saves what it can) and the study exits 143 or 130; a refusal exits 2; a call stopped by its
 --time-budget exits 3 (rerun). docs/studies.md holds the full account.
 
@@ -92,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder-lr-scale", type=float, default=1.0,
                    help="with --recipe adamw: the encoder's lr over the decoder's, the same for every arm (default 1)")
     add_scale_options(p, SCALES, "cpu", {
-        "cpu": "ResEnc S, 32³ crops, N = 8: one sitting on two CPU cores", "gpu": "ResEnc M, 96³ crops, N = 2 and 8, "
-        "each call within --time-budget", "planted": "the planted bed of asa-demo-data --placement planted",
+        "cpu": "ResEnc S, 32³ crops, N = 8: one sitting on two CPU cores", "gpu": "ResEnc S, 32³ crops, N = 2 by 4 folds × 2 "
+        "repeats, units side by side on one GPU, each call within --time-budget; refused without a GPU", "planted": "the planted bed of asa-demo-data --placement planted",
         "quick": "a plumbing check: a few steps per run, minutes; its report reads no answer"})
     p.add_argument("--budget-cap", type=int, metavar="STEPS",
                    help="fine-tune at most STEPS steps whatever the pilot asks for (the report says so)")
@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto",
                    help="where every run trains and is scored: auto (the GPU when there is one, else the CPU), cpu, "
                         "cuda or cuda:<k> (default auto)")
-    p.add_argument("--threads", type=int, help="torch threads per run")
+    p.add_argument("--threads", type=int,
+                   help="torch threads per run (default: the usable cores shared by the units at once; --jobs × "
+                        "--threads above the cores is refused)")
     p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples of the CIs")
     p.add_argument("--min-effect", type=float, default=0.01, metavar="DICE",
                    help="the smallest difference in Dice the study reads as an effect: a contrast whose estimate is "
@@ -118,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "one-class set, else mean Dice over every class")
     p.add_argument("--dry-run", action="store_true",
                    help="check and plan, then print each stage's units, how many run at once and the minutes they are "
-                        "planned to take (from the measured cost of one unit), and stop before anything trains")
+                        "planned to take on this machine (priced from a short run of each kind of unit timed here, "
+                        "in a scratch folder: a minute or two), and stop: nothing trains and nothing is written to "
+                        "--out")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="an asa-finetune override for every fine-tuning run")
     return p
