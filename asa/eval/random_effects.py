@@ -23,8 +23,8 @@ Two intervals come from them:
   component alone, ``(MS_p − MS_ps − MS_pc + MS_psc)⁺ / N = σ̂²_p / P`` (0 in expectation where runs do not
   differ), then the seed and case parts of the table averaged over runs (``MS_seed / N``, ``(MS_case −
   MS_seed×case)⁺ / N``, at S − 1 and C − 1 df; the run part's df Satterthwaite's for its four mean squares, within
-  [1, P − 1]). From 3 runs and 3 seeds the parts share one t (`pooled_df`: Welch–Satterthwaite over the parts, each
-  at its upper 75 % bound), since small-df parts in quadrature ignore that their sum is better known than either;
+  [1, P − 1]). From 3 runs and 3 seeds the parts share one t (`shared_df`: Welch–Satterthwaite over the parts at
+  their upper 75 % bounds, or with the draws' part at its 95 % one, whichever df is smaller), since small-df parts in quadrature ignore that their sum is better known than either;
   with 2 runs the run part, a one-df difference, is negative as often as not where it dominates, so it is the runs'
   whole spread ``MS_p / N`` at ``t_1`` (overlapping, as the interval was) and the parts add in quadrature.
   Coverage and power against an oracle: docs/studies.md (`benchmarks/interval_power.py`,
@@ -35,6 +35,7 @@ of the C cases, every case once per repeat, so draws and cases are not crossed. 
 the mean's variance is ``σ²_a / G + σ²_b / C + σ²_e / (R·C)``; its parts: the draw means' spread within each repeat
 (pooled, R·(K − 1) df: ``σ²_a / G + (σ²_b + σ²_e) / (R·C)``) and, with R ≥ 2, the rest of the cases' share,
 ``σ²_b (R − 1) / (R·C)``, σ²_b read off the repeat × case table (``(MS_case − MS_repeat×case) / R``, C − 1 df).
+With 3 or more pretraining runs the run component alone comes first (`folded_parts`), with 2 the runs' whole spread.
 
 Why not the seed × case bootstrap (`asa.eval.seed_case_bootstrap`): it resamples the 2–3 seeds as if they were the
 population, so its interval is too narrow where the labeled draws carry the spread (the same benchmark).
