@@ -118,7 +118,8 @@ def folded_variance(runs: int, fold: np.ndarray, sd: dict[str, float]) -> float:
     """V of a cross-validated mean (`simulate_folded`, equal folds): G = R·K draws, R·C scored cells."""
     (n_rep, n_case), draws = fold.shape, fold.shape[0] * (int(fold.max()) + 1)
     over = {"pretraining": runs, "seed": draws, "case": n_case, "pretraining×seed": runs * draws,
-            "pretraining×case": runs * n_case, "seed×case": n_rep * n_case, "pretraining×seed×case": runs * n_rep * n_case}
+            "pretraining×case": runs * n_case, "seed×case": n_rep * n_case,
+            "pretraining×seed×case": runs * n_rep * n_case}
     return sum(sd[name] ** 2 / n for name, n in over.items())
 
 
@@ -236,7 +237,8 @@ def markdown(rows: Sequence[dict]) -> str:
     names = INTERVALS[1:]
     lines = ["| variance model | design | P | S | C | oracle MDE | "
              + " | ".join(f"{n}: coverage | MDE ÷ oracle" for n in names) + " | asa: printed MDE | its power |",
-             "| --- | --- | ---: | ---: | ---: | ---: | " + " | ".join("---: | ---:" for _ in names) + " | ---: | ---: |"]
+             "| --- | --- | ---: | ---: | ---: | ---: | " + " | ".join("---: | ---:" for _ in names)
+             + " | ---: | ---: |"]
     for r in rows:
         cells = " | ".join(f"{r[n]['coverage']:.3f} | {r[n]['mde_to_oracle']:.2f}" if n in r else "— | —"
                            for n in names)

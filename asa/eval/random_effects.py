@@ -24,7 +24,8 @@ Two intervals come from them:
   differ), then the seed and case parts of the table averaged over runs (``MS_seed / N``, ``(MS_case −
   MS_seed×case)⁺ / N``, at S − 1 and C − 1 df; the run part's df Satterthwaite's for its four mean squares, within
   [1, P − 1]). From 3 runs and 3 seeds the parts share one t (`shared_df`: Welch–Satterthwaite over the parts at
-  their upper 75 % bounds, or with the draws' part at its 95 % one, whichever df is smaller), since small-df parts in quadrature ignore that their sum is better known than either;
+  their upper 75 % bounds, or with the draws' part at its 95 % one, whichever df is smaller), since small-df parts
+  in quadrature ignore that their sum is better known than either;
   with 2 runs the run part, a one-df difference, is negative as often as not where it dominates, so it is the runs'
   whole spread ``MS_p / N`` at ``t_1`` (overlapping, as the interval was) and the parts add in quadrature.
   Coverage and power against an oracle: docs/studies.md (`benchmarks/interval_power.py`,

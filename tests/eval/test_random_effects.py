@@ -211,7 +211,8 @@ def test_the_shared_df_holds_the_draws_part_at_its_upper_95_bound():
     w75 = [v * df / stats.chi2.ppf(0.25, df) for _, v, df in parts]
     w = [w75[0], 2e-4 * 2 / stats.chi2.ppf(0.05, 2), w75[2]]  # the draws' part at its upper 95 % bound
     by_hand = sum(w) ** 2 / sum(x * x / df for x, (_, _, df) in zip(w, parts))
-    assert by_hand < pooled_df(parts) == pytest.approx(sum(w75) ** 2 / sum(x * x / df for x, (_, _, df) in zip(w75, parts)))
+    plain = sum(w75) ** 2 / sum(x * x / df for x, (_, _, df) in zip(w75, parts))
+    assert by_hand < pooled_df(parts) == pytest.approx(plain)
     assert shared_df(parts) == pytest.approx(by_hand) and by_hand == pytest.approx(9.734, abs=1e-3)
     # a table whose draws' means are ∓0.005 apart: their part 3 · 16 · (2 · 0.005²) / 2 / 144 = 8.33e-6, small by
     # chance beside the cases' where their spread is what the study cannot know
