@@ -330,6 +330,7 @@ def prepare(source: str | Path, out: str | Path, *, settings: PrepareSettings | 
                 pool.shutdown(wait=False, cancel_futures=True)
                 for case in running:
                     _discard(case, out)
+                remove_dead_scratch()  # the ended workers' (SIGTERM ends a worker without its cleanup)
                 raise
             pool.shutdown()
     if report.failed:

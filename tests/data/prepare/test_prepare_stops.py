@@ -1,6 +1,6 @@
 """asa-prepare stopped during an ANTs registration (its own process): SIGTERM and SIGINT end it within seconds, not
 when the registration ends (51.6 s and 33.2 s after the signal on a 64^3 input when ITK held the main thread), with
-its scratch removed and no ANTs process left; SIGKILL leaves a scratch folder named by its host and process, which
+its scratch removed (its ended workers' too) and no ANTs process left; SIGKILL leaves a scratch folder named by its host and process, which
 the next start removes while another live run's stays."""
 
 from __future__ import annotations
@@ -16,47 +16,50 @@ from pathlib import Path
 
 import pytest
 
+from asa.data.prepare.child import in_child
 from asa.data.prepare.stages import remove_dead_scratch
 
 _MAIN = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "  # Ctrl-C as in a terminal
          "from asa.cli.prepare import main; sys.exit(main(sys.argv[1:]))")
 
 
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (Linux's /proc)."""
-    found = []
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (Linux's /proc): its workers, their ANTs children."""
+    parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError):
             continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
+    found, below = [], [pid]
+    while below:
+        found += (below := [child for child, parent in parents.items() if parent in below])
     return found
 
 
 def _gone(pid: int) -> bool:
+    """Whether ``pid`` has ended (a zombie too: ended, its parent gone or not yet reaping it)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
         return True
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 @pytest.mark.slow  # N4 and the start of a registration onto the 1 mm template
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from Linux's /proc")
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGKILL, -9)])
-def test_a_stop_during_the_registration_ends_it_within_seconds(signum, code, tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum, code, workers", [(signal.SIGTERM, 143, 1), (signal.SIGINT, 130, 1),
+                                                   (signal.SIGKILL, -9, 1), (signal.SIGTERM, 143, 2)])
+def test_a_stop_during_the_registration_ends_it_within_seconds(signum, code, workers, tmp_path, monkeypatch):
     pytest.importorskip("ants")
     pytest.importorskip("nilearn")
     from asa.data import write_demo_dataset
 
-    raw = write_demo_dataset("bids", tmp_path / "raw", cases=1, size=64, seed=0, anatomy=True)
+    raw = write_demo_dataset("bids", tmp_path / "raw", cases=workers, size=64, seed=0, anatomy=True)
     scratch, said = tmp_path / "tmp", tmp_path / "stderr.txt"
     scratch.mkdir()
     with said.open("w") as err:
         run = subprocess.Popen([sys.executable, "-c", _MAIN, str(raw), str(tmp_path / "out"), "--brain", "none",
-                                "--spacing", "1", "--box", "template", "--no-progress"],
+                                "--spacing", "1", "--box", "template", "--no-progress", "--workers", str(workers)],
                                env={**os.environ, "TMPDIR": str(scratch)}, stderr=err)
     try:
         deadline = time.monotonic() + 300
@@ -64,7 +67,7 @@ def test_a_stop_during_the_registration_ends_it_within_seconds(signum, code, tmp
             assert run.poll() is None and time.monotonic() < deadline, said.read_text()[-2000:]
             time.sleep(0.05)
         time.sleep(1.0)
-        children = _children(run.pid)
+        children = _descendants(run.pid)
         sent = time.monotonic()
         os.kill(run.pid, signum)
         assert run.wait(timeout=60) == code
@@ -97,3 +100,19 @@ def test_the_next_start_removes_only_the_scratch_of_processes_gone(tmp_path, mon
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert remove_dead_scratch() == [tmp_path / folders["killed"]]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(v for k, v in folders.items() if k != "killed")
+
+
+def test_the_child_outlives_ctrl_c_and_errors_and_its_death_fails_only_the_call():
+    """Ctrl-C reaches a terminal's whole process group: the child ignores it (its parent decides). A call's exception
+    is raised here with its type and the child goes on; a child that dies (out of memory) fails that call with a
+    RuntimeError, and the next call starts another."""
+    pytest.importorskip("ants")
+    first = in_child(os.getpid)
+    assert first != os.getpid()
+    os.kill(first, signal.SIGINT)
+    with pytest.raises(ValueError, match="invalid literal for int"):
+        in_child(int, "x")
+    assert in_child(os.getpid) == first
+    with pytest.raises(RuntimeError, match=r"_exit ended with its process \(exit code 3\)"):
+        in_child(os._exit, 3)
+    assert in_child(os.getpid) not in (first, os.getpid())
