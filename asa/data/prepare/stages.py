@@ -22,8 +22,8 @@ from scipy import ndimage
 from asa.data.prepare.child import in_child
 from asa.data.prepare.tools import ants, need, torch_threads
 
-__all__ = ["BRAIN_TOOLS", "TRANSFORMS", "MAX_BRAIN_ML", "BRAIN_LEVEL", "MAX_BORDER", "Registration", "to_ants", "grid_image", "n4",
-           "extract_brain", "register", "resample", "scratch", "remove_dead_scratch"]
+__all__ = ["BRAIN_TOOLS", "TRANSFORMS", "MAX_BRAIN_ML", "BRAIN_LEVEL", "MAX_BORDER", "Registration", "to_ants",
+           "grid_image", "n4", "extract_brain", "register", "resample", "scratch", "remove_dead_scratch"]
 
 BRAIN_TOOLS = ("deepbet", "robex", "none")
 """Brain extraction: deepbet (a CNN, Fisch et al. 2024), ROBEX (Iglesias et al. 2011), or none for inputs that

@@ -1,7 +1,7 @@
 """asa-prepare stopped during an ANTs registration (its own process): SIGTERM and SIGINT end it within seconds, not
 when the registration ends (51.6 s and 33.2 s after the signal on a 64^3 input when ITK held the main thread), with
-its scratch removed (its ended workers' too) and no ANTs process left; SIGKILL leaves a scratch folder named by its host and process, which
-the next start removes while another live run's stays."""
+its scratch removed (its ended workers' too) and no ANTs process left; SIGKILL leaves a scratch folder named by its
+host and process, which the next start removes while another live run's stays."""
 
 from __future__ import annotations
 
