@@ -83,6 +83,11 @@ class Study:
         return [a for a in self.arms if ARMS[a].pretrained]
 
     @property
+    def positive_control(self) -> bool:
+        """Whether an arm trained with labels (the positive control) is among the arms."""
+        return any(ARMS[a].labels for a in self.arms)
+
+    @property
     def threads_override(self) -> list[str]:
         """``trainer.threads`` of every run, when --threads is given."""
         return [f"trainer.threads={self.threads}"] if self.threads else []

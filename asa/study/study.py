@@ -242,7 +242,7 @@ def _labeled_set(study: Study) -> tuple[list, dict[str, list[str]], Any]:
     if bad:
         print(f"[study] --root {study.root}: {_unreadable(bad)}: left out of every run (data.on_bad_case=skip)",
               flush=True)
-    split = labeled_split(labeled, study.scale, study.seed, control=SUPERVISED in study.arms)
+    split = labeled_split(labeled, study.scale, study.seed, control=study.positive_control)
     if study.probe_first and "draws" in split:
         refuse(f"--probe-first: the {len(labeled)} labeled cases are cross-validated (every one is scored), so no case "
                "is left to choose the arm on without scoring it; probe-first needs a labeled set that holds a fixed "
@@ -303,7 +303,7 @@ def _record(study: Study, task: Any, channels: list[str] | None, control_channel
                 "largest_cohort": max(scale.cohorts) if scale.cohorts else None, "pilot_cases": max(scale.cases),
                 "pretrain_channels": channels,
                 "supervised_channels": ([control_channel] if control_channel else list(task.channels))
-                if SUPERVISED in study.arms else None,
+                if study.positive_control else None,
                 **({"pretrain_store": {"root": str(store.root), "layout": store.layout}} if store else {})}
     study.out.mkdir(parents=True, exist_ok=True)
     # a study recorded before the options pretrained on the T1 alone, trained the positive control on every
@@ -355,12 +355,12 @@ def _checks(study: Study, labeled: Sequence, split: Mapping[str, list[str]], tas
     if "draws" in split:
         checks["design"] = (f"Cross-validation: the {len(labeled)} labeled cases are fewer than a fixed split needs "
                             f"({scale.test} test + {scale.val} validation + N {max(scale.cases)}"
-                            + (f" + the positive control's {scale.supervised}" if SUPERVISED in study.arms else "")
+                            + (f" + the positive control's {scale.supervised}" if study.positive_control else "")
                             + f"), so each case is scored by models that did not see it: {split['folds']} folds × "
                             f"{split['repeats']} repeat(s), {len(split['draws'])} distinct labeled draws per arm (each "
                             f"fold's test cases scored by a run whose N cases and {scale.val} validation cases were "
                             "drawn from the other folds), every case scored once per repeat.")
-    if SUPERVISED in study.arms and "draws" in split:
+    if study.positive_control and "draws" in split:
         supervised = cv_supervised(out, split, study.data, study.root, control_channel)
         checks["supervised"] = (f"The positive control is nested in each of the {len(supervised)} draws: an encoder "
                                 "trained with labels on that draw's training part (its pool, "
@@ -369,11 +369,11 @@ def _checks(study: Study, labeled: Sequence, split: Mapping[str, list[str]], tas
                                 + " cases), never on the fold it is scored on, so it consumes none of the scored cases"
                                 + (f", on their {control_channel} alone (data.channels=[{control_channel}])"
                                    if control_channel else "") + ".")
-    elif SUPERVISED in study.arms and not split["supervised"]:
+    elif study.positive_control and not split["supervised"]:
         checks["supervised"] = (f"The positive control is left out: the labeled pool holds {len(labeled)} cases, and "
                                 f"after {scale.test} test, {scale.val} validation and the {max(scale.cases)} a run "
                                 f"draws from, fewer than the {scale.supervised} it needs (--supervised) are left.")
-    elif SUPERVISED in study.arms:
+    elif study.positive_control:
         run_dir, ids = out / "pretrain" / SUPERVISED, tuple(split["supervised"])
         checks["supervised"] = (f"The positive control trains on {len(ids)} labeled cases no other run sees (held "
                                 "out of the training pool)")
