@@ -61,3 +61,13 @@ def test_the_docs_table_is_the_one_the_saved_run_prints():
 def test_too_few_datasets_are_refused(capsys):
     assert interval_power.main(["--quick", "--datasets", "10"]) == 2
     assert "--datasets must be >= 100" in capsys.readouterr().err
+
+
+def test_the_page_s_mde_line_states_the_simulated_power_of_the_printed_mde():
+    """The study page prints its MDE as an estimate, with the power range the committed simulation measured for a true
+    effect of the median printed size."""
+    from asa.study.report import PRINTED_MDE_POWER
+
+    saved = json.loads((ROOT / "benchmarks" / "results" / "interval_power.json").read_text())
+    power = [row["asa"]["printed_power"][1] for row in saved["rows"]]  # [10th, median, 90th] percentile's power
+    assert PRINTED_MDE_POWER == (round(min(power), 2), round(max(power), 2))
