@@ -15,12 +15,16 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from asa.api import finetune, pretrain
 from asa.api.config import compose_config, load_config
+from asa.api.machinery.dataset import dataset_root
 from asa.api.machinery.run import OptionError
+from asa.data import discover
+from asa.study import transfer
 from asa.study.common import machine, refuse
 from asa.study.scheduler import Unit
 from asa.study.tables import logged_series
@@ -33,12 +37,14 @@ RUN_KEYS = ("output_dir", "resume", "trainer.epochs", "trainer.val_every", "trai
 @dataclasses.dataclass(frozen=True)
 class StepCost:
     """One console script's costs here: its start and end (``fixed``), one optimiser step, one validation round of
-    ``val_cases`` cases, in seconds."""
+    ``val_cases`` cases and, for fine-tuning, scoring one case as the study does (`asa.study.transfer.score`), in
+    seconds."""
 
     fixed: float
     step: float
     round: float
     val_cases: int
+    score: float = math.nan
 
     @property
     def case(self) -> float:
@@ -54,10 +60,11 @@ class Costs:
     scripts: dict[str, StepCost]
 
     def seconds(self, unit: Unit) -> float:
-        """The planned seconds of ``unit``: start, its steps and validation rounds; a scoring unit its cases predicted
-        twice (as trained and with the encoder zeroed); NaN for what was not timed."""
+        """The planned seconds of ``unit``: start, its steps and validation rounds; a scoring unit its start and its cases
+        scored; NaN for what was not timed."""
         if unit.config is None:
-            return 2 * unit.cases * self.scripts["finetune"].case if "finetune" in self.scripts else math.nan
+            cost = self.scripts.get("finetune")
+            return cost.fixed + unit.cases * cost.score if cost else math.nan
         entry, overrides = unit.config
         if entry not in self.scripts:
             return math.nan
@@ -69,7 +76,8 @@ class Costs:
 
     def line(self) -> str:
         parts = [f"{entry}: {c.fixed:.1f} s start and end, {c.step:.3f} s a step, {c.round:.1f} s a validation round "
-                 f"of {c.val_cases} case(s)" for entry, c in self.scripts.items()]
+                 f"of {c.val_cases} case(s)" + ("" if math.isnan(c.score) else f", {c.score:.1f} s to score a case")
+                 for entry, c in self.scripts.items()]
         return f"priced on {self.device} (timed here, {TIMED_STEPS} steps or fewer each): " + "; ".join(parts)
 
 
@@ -120,14 +128,27 @@ def time_unit(unit: Unit, moved: Mapping[str, str], steps: int = TIMED_STEPS) ->
             refuse(f"[study] {unit.name} would be refused: {err}")
         wall = time.perf_counter() - started
         rates = [v for _, v in logged_series(out, ["train/samples_per_s"])["train/samples_per_s"]]
-        val_cases = len(json.loads((out / "splits.json").read_text()).get("val", []))
+        val = json.loads((out / "splits.json").read_text()).get("val", [])
+        scored = _score_seconds(cfg, out, val[0]) if entry == "finetune" and val else math.nan
     torch.set_num_threads(threads)
     batch = int(cfg.trainer.batch_size) * int(cfg.trainer.accum_steps)
     seconds = [batch / r for r in rates]
     step = statistics.median(seconds[1:])
     # the first step (warm-up) counts with the start; the window holding the middle round is the slowest
     return StepCost(fixed=max(0.0, wall - sum(seconds[1:]) - step), step=step, round=max(seconds[1:]) - step,
-                    val_cases=val_cases)
+                    val_cases=len(val), score=scored)
+
+
+def _score_seconds(cfg: Any, run_dir: Path, case: str) -> float:
+    """Seconds to score ``case`` with the run in ``run_dir`` as a scoring unit does (predicted as trained and with the
+    encoder zeroed, its Dice, HD95 and NSD, at the predictor's own overlap)."""
+    root, layout = dataset_root(cfg.data)
+    by_id = {c.id: c for c in discover(layout, root, on_bad_case=str(cfg.data.on_bad_case), validate="header")}
+    run = transfer.Run("timed", 0, 0, (), (), run_dir, test=(case,))
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        transfer.score(run, by_id, [case], str(cfg.device))
+    return time.perf_counter() - started
 
 
 def measure(units: Sequence[Unit], device: str, moved: Mapping[Path, Path]) -> Costs:

@@ -97,7 +97,7 @@ def test_a_bad_override_is_refused_before_anything_trains_or_is_written(tmp_path
 
 
 def test_a_unit_s_planned_seconds_are_its_start_steps_and_validation_rounds():
-    cost = StepCost(fixed=10.0, step=0.5, round=8.0, val_cases=4)
+    cost = StepCost(fixed=10.0, step=0.5, round=8.0, val_cases=4, score=3.0)
     costs = Costs("cpu (test)", {"finetune": cost})
     overrides = ("data=msd", "model=resenc", "trainer.epochs=100", "trainer.val_every=10", "trainer.val_min_steps=0")
     # 100 epochs of 4 steps, a round every 10 epochs: 9 before the last (the last is in the start-and-end cost)
@@ -109,7 +109,7 @@ def test_a_unit_s_planned_seconds_are_its_start_steps_and_validation_rounds():
     silent = dataclasses.replace(unit, inputs=((Path("splits.json"), {"train": ["a"], "val": [], "test": []}),))
     assert costs.seconds(silent) == 10.0 + 400 * 0.5  # no validation case: no round
     scoring = Unit("s", (), lambda: False, Path("log"), cases=6)
-    assert costs.seconds(scoring) == 2 * 6 * 2.0  # each case as trained and with the encoder zeroed
+    assert costs.seconds(scoring) == 10.0 + 6 * 3.0  # its start and each case scored
     pretraining = Unit("p", (), lambda: False, Path("log"), config=("pretrain", ("trainer.epochs=1",)), steps=10)
     assert math.isnan(costs.seconds(pretraining))  # not timed: never a figure from elsewhere
     assert _makespan([3.0, 1.0, 1.0, 1.0], 2) == 3.0 and _makespan([2.0, 2.0, 2.0], 2) == 4.0
@@ -128,9 +128,10 @@ def test_a_dry_run_writes_nothing_and_prices_every_stage_on_this_machine(tmp_pat
         assert not out.exists()
         said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[study] plan:")]
         assert said[0].startswith("[study] plan: priced on cpu (") and "finetune: " in said[0] and "pretrain: " in said[0]
+        assert "s to score a case" in said[0]
         stages = {line.split(":")[1].strip(): float(line.rsplit(": ", 1)[1].removesuffix(" min"))
                   for line in said[1:-1]}
         assert set(stages) == {"pilot and positive control", "pretraining", "transfer"}
-        assert all(minutes > 0 for minutes in stages.values())
+        assert all(minutes >= 0 for minutes in stages.values()) and sum(stages.values()) > 0  # every unit priced
         assert said[-1].endswith("nothing was run (--dry-run)")
         assert abs(float(said[-1].split()[2]) - sum(stages.values())) <= 0.15  # the stages add up (rounding)

@@ -178,7 +178,7 @@ def test_a_run_stopped_by_a_signal_continues_from_its_checkpoint_and_ends_as_an_
 
     from asa.api import compose_config, finetune
     from asa.data.synthetic.demo import write_demo_dataset
-    from asa.io import load_checkpoint
+    from asa.io import atomic_write_json, load_checkpoint
     from asa.study.common import Clock
     from asa.study.scheduler import STOP_MARGIN
     from asa.train import engine
@@ -190,9 +190,14 @@ def test_a_run_stopped_by_a_signal_continues_from_its_checkpoint_and_ends_as_an_
                                  seeds=(0,), test=1, steps=8, device="cpu", n_boot=20,
                                  overrides=("trainer.batch_size=1", "trainer.threads=1"))
 
-    # a call whose budget starts nothing writes the run's splits; the run is then trained in-process up to its stop
+    # a call whose budget starts nothing writes nothing; the unit's splits are written as the scheduler starts it, and
+    # the run is then trained in-process up to its stop
     assert not run_study(settings("stopped"), clock=Clock(STOP_MARGIN - 1))
-    [run], _, _, _ = transfer.plan_runs(settings("stopped"))
+    runs, test_ids, cfg, ids = transfer.plan_runs(settings("stopped"))
+    [run] = runs
+    assert not (run.run_dir / "splits.json").exists()
+    for path, content in transfer.units(settings("stopped"), runs, test_ids, ids, str(cfg.data.name))[0].inputs:
+        atomic_write_json(path, content)
     splits = (run.run_dir / "splits.json").read_text()
     original, fired = engine.Engine._train_step, []
 
