@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"registration of the T1 to the template (default: {defaults.transform})")
     parser.add_argument("--brain", choices=BRAIN_TOOLS, default=defaults.brain,
                         help=f"brain extraction (default: {defaults.brain}; none: the inputs are skull-stripped "
-                             "already, the brain their bright voxels: above 5 %% of the 99th percentile)")
+                             "already, the brain their bright voxels: above 0.1 %% of the 99th percentile)")
     parser.add_argument("--spacing", type=float, default=defaults.spacing,
                         help=f"voxel edge of the prepared images in mm (default: {defaults.spacing:g})")
     parser.add_argument("--box", choices=BOXES, default=defaults.box,

@@ -774,14 +774,15 @@ def test_the_gpu_scale_plans_the_whole_study_for_one_window_and_runs_nothing(tmp
     out = tmp_path / "study"
     assert study.main(["--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), "--out", str(out),
                        "--scale", "gpu", "--arms", "mae", "asa", "noise", "supervised", "--device", "cpu",
-                       "--dry-run"]) == 0
+                       "--pilot-steps", "8", "--pretrain-steps", "4", "--dry-run"]) == 0  # short timed runs
     said = capsys.readouterr().out
     jobs = units_at_once(1, 0, None, len(os.sched_getaffinity(0)))
     assert "[study] plan: --scale gpu on a machine without a GPU: the plan below is priced on this machine's CPU" in said
-    assert f"pilot and positive control: 9 unit(s) of 1200 steps, {jobs} at once" in said  # the pilot, 8 controls
-    assert f"pretraining: 12 unit(s) of 480 steps, {jobs} at once" in said  # mae, asa and noise, 4 runs each
-    assert f"transfer: 112 unit(s) of 1200 steps, {jobs} at once" in said  # 14 arms × 8 draws
+    assert f"pilot and positive control: 9 unit(s) of 8 steps, {jobs} at once" in said  # the pilot, 8 controls
+    assert f"pretraining: 12 unit(s) of 4 steps, {jobs} at once" in said  # mae, asa and noise, 4 runs each
+    assert f"transfer: 112 unit(s) of 8 steps, {jobs} at once" in said  # 14 arms × 8 draws
     assert "transfer: 14 arms × N [2] × 8 cross-validation draws" in said
+    assert (SCALES["gpu"].pilot_steps, SCALES["gpu"].pretrain_steps) == (1200, 480)  # the window's design
     assert not out.exists()  # a dry run writes nothing
     # on one H100 (80 GiB, 16 cores): 16 units at once
     assert units_at_once(1, 0, 80.0, 16) == 16 and units_at_once(1, 0, 40.0, 16) == 13 and units_at_once(2, 0, None, 16) == 8

@@ -35,11 +35,12 @@ MAX_BRAIN_ML = 3000.0
 """``--brain none``: an image whose brain (`BRAIN_LEVEL`) holds more than this is a whole head, not a skull-stripped
 brain (an adult brain and its CSF hold 1-2 L; asa's demo brains, made from the MNI template, 1.8-2.1 L; a demo head
 4.7-5.6 L)."""
-BRAIN_LEVEL = 0.05
+BRAIN_LEVEL = 0.001
 """``--brain none``: the brain is where the image exceeds this fraction of its bright end (the 99th percentile of
 its voxels above a millionth of its maximum), not where it is non-zero: resampling leaves residue in the background
-(nilearn's 2 mm MNI152 template: 266,389 voxels of 1e-45 to 3e-16, which made its brain 4.0 L); that template's brain
-voxels lie at 0.2 or more of its bright end, the air of a demo head at 0.01-0.05."""
+(nilearn's 2 mm MNI152 template: 266,389 voxels of 1e-45 to 3e-16, which made its brain 4.0 L). Low enough that a
+stripped brain's dim edge stays in (at 5 % a small posed brain at 6 mm, tests/benchmarks/test_prepare_bench.py,
+registered 22° off at one torch thread and within 3° at two; at 0.1 % within 3° at both)."""
 MAX_BORDER = 0.5
 """``--brain none``: a brain covering more than this fraction of its grid's six faces fills the field of view (a head
 whose air is bright, a background left at a constant), whatever volume the header's voxel size gives it; stripped
