@@ -70,6 +70,7 @@ class Stage:
     exit code the study ends with."""
 
     title = ""
+    said = ""  # what its last `units` call planned, said as it runs (and by a dry run), never while only planned
 
     def units(self, plan: StudyPlan, found: Findings) -> list[Unit]:
         return []
@@ -208,9 +209,9 @@ class TransferStage(FineTuning):
                                                         or ARMS[r.arm].noise]
         seeds = tuple(range(len(split["draws"]))) if "draws" in split else tuple(s.scale.seeds)
         arms = finetune_arms(tuned, s.network, plan.supervised, dict(s.encoders))
-        print(f"[study] transfer: {len(arms)} arms × N {list(s.scale.cases)} × "
-              + (f"{len(seeds)} cross-validation draws" if "draws" in split else f"seeds {list(seeds)}")
-              + f", {found.pilot['steps']} steps each (logs in {s.out / 'logs' / 'transfer'})", flush=True)
+        self.said = (f"[study] transfer: {len(arms)} arms × N {list(s.scale.cases)} × "
+                     + (f"{len(seeds)} cross-validation draws" if "draws" in split else f"seeds {list(seeds)}")
+                     + f", {found.pilot['steps']} steps each (logs in {s.out / 'logs' / 'transfer'})")
         return plan.transfer("transfer", arms=arms, cases=tuple(s.scale.cases), seeds=seeds,
                              steps=found.pilot["steps"], n_boot=s.n_boot, overrides=plan.overrides)
 
@@ -256,6 +257,8 @@ def run_stages(plan: StudyPlan, clock: Clock, times: dict[str, Any], times_file:
     for stage in stages(s):
         started = time.perf_counter()
         units = stage.units(plan, found)
+        if stage.said:
+            print(stage.said, flush=True)
         before = {u.name: times["runs"].get(u.name, 0.0) for u in units}
         complete = run_units(units, stage.jobs(plan), clock, times["runs"])
         if units:
@@ -307,6 +310,7 @@ def schedule_lines(plan: StudyPlan, stage_units: list[tuple[Stage, list[Unit]]],
         if not units:
             continue
         jobs = stage.jobs(plan)
+        lines += [stage.said] if stage.said else []
         trained = [u for u in units if u.config is not None]
         others = [u for u in units if u.config is None]
         seconds = _makespan([costs.seconds(u) for u in trained], jobs) + _makespan(
