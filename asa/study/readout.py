@@ -16,7 +16,8 @@ from asa.study.plan import Pretraining, Scale
 from asa.train.schedule import lr_at
 
 # relative drop (and rise from its best) of the held-out masked loss over the last quarter of the optimiser's progress
-# under which a pretraining run has levelled: a held-out loss on fixed volumes is not noisy; 5 % let a falling one by
+# under which a pretraining run has levelled (each a median over an eighth of the progress: `loss_plateau`); 5 % let a
+# falling one by
 PLATEAU_TOL = 0.02
 
 
@@ -94,14 +95,23 @@ def optimiser_progress(steps: Sequence[int], scheduler: Mapping[str, Any], *, mi
 def loss_plateau(losses: Sequence[float], *, tol: float = PLATEAU_TOL,
                  progress: Sequence[float] | None = None) -> dict[str, Any]:
     """Whether a held-out loss levelled off: its drop over the last quarter of ``progress`` (None: even) and its rise
-    from its lowest (an encoder memorising its training volumes climbs back) under ``tol``; < 4 points: unchecked."""
+    from its lowest (an encoder memorising its training volumes climbs back) under ``tol``; < 4 points: unchecked.
+
+    Each level is the median of the losses in an eighth of the progress (the eighth before the last quarter, the last
+    eighth, the lowest eighth), not one point: at a high lr the held-out loss moves a few percent from one evaluation
+    to the next, and one point against the lowest of many reads a flat curve as falling."""
     if len(losses) < 4:
         return {"plateau": None, "loss_drop": math.nan, "loss_rise": math.nan, "tol": tol}
     n = len(losses)
+    loss = np.asarray(losses, dtype=float)
     at = np.asarray(progress if progress is not None else [(i + 1) / n for i in range(n)], dtype=float)
-    first = min(max(1, int(np.searchsorted(at, 0.75 * at[-1], side="right"))), n - 1)  # the first past 3/4
-    start = losses[first - 1]
-    drop = (start - min(losses[first:])) / abs(start) if start else 0.0
-    best = min(losses)
-    rise = (losses[-1] - best) / abs(best) if best else 0.0
+    end, width = at[-1], at[-1] / 8
+    eighths = np.clip(np.ceil(np.round(at / width, 9)) - 1, 0, 7) if width > 0 else np.zeros(n)
+    levels = [float(np.median(loss[eighths == k])) for k in range(8) if (eighths == k).any()]
+    before = loss[(at > 0.75 * end - width) & (at <= 0.75 * end)]
+    start = float(np.median(before)) if before.size else float(loss[max(np.searchsorted(at, 0.75 * end, "right") - 1, 0)])
+    last = float(np.median(loss[at > end - width]))
+    drop = (start - last) / abs(start) if start else 0.0
+    best = min(levels)
+    rise = (last - best) / abs(best) if best else 0.0
     return {"plateau": bool(drop < tol and rise < tol), "loss_drop": float(drop), "loss_rise": float(rise), "tol": tol}

@@ -29,7 +29,7 @@ from asa.study.arms import PILOT
 from asa.study.checks import channel_lines, check_overlap, skull_lines
 from asa.study.cohort import cohort_channels, cohort_order, pretraining_channels, write_cohorts, write_noise
 from asa.study.plan import Network, SCALES, Supervised, finetune_arms, labeled_split, overlap_overrides, parse_network, plan_pretraining, pretraining_argv, recipe_overrides, supervised_channel, supervised_overrides, supervised_splits, cases_text, units_at_once
-from asa.study.readout import loss_plateau, optimiser_progress
+from asa.study.readout import PLATEAU_TOL, loss_plateau, optimiser_progress
 
 QUICK = ["--scale", "quick", "--n-boot", "50", "--test", "3"]  # the fixed split of 9 cases (3 test, 2 val, 2, 2)
 FIXED = dataclasses.replace(SCALES["quick"], test=3)
@@ -110,6 +110,34 @@ def test_the_plateau_check_can_fail():
     climbed = loss_plateau([0.97, 0.90, 1.10, 1.25, 1.33, 1.36, 1.37, 1.38])
     assert climbed["plateau"] is False and climbed["loss_drop"] < 0.05
     assert climbed["loss_rise"] == pytest.approx((1.38 - 0.90) / 0.90)
+
+
+def test_the_plateau_check_reads_a_flat_noisy_held_out_loss_as_levelled_and_a_falling_one_as_falling():
+    """At a high lr the held-out masked loss moves a few percent between evaluations (a resenc-tiny mae run of 2,400
+    steps: 0.570 to 0.578 between neighbours while its median held at 0.571). One point against the lowest of the
+    last quarter's many then read a flat curve as still falling; medians over eighths of the progress do not, and a
+    curve still falling 4.6 % over its last quarter is flagged whatever its noise."""
+    from asa.train.schedule import lr_at
+
+    cosine = {"name": "cosine", "total_steps": 2400, "warmup_steps": 150, "base_lr": 3e-3}
+    steps = list(range(16, 2401, 16))
+    progress = np.asarray(optimiser_progress(steps, cosine))
+    lr = np.asarray([lr_at(t, total_steps=2400, warmup_steps=150, base_lr=3e-3, schedule="cosine") for t in steps])
+    flat = 0.57 + 0.2 * np.exp(-progress / 0.1)  # levelled long before the last quarter
+    falling = 0.57 * (1 + 0.2 * (1 - progress))  # 4.6 % lower at the end than at 3/4 of the progress
+    levelled = {"flat": 0, "falling": 0}
+    one_point = 0
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        noise = 1 + rng.normal(0, 0.02, len(steps)) * lr / 3e-3 + rng.normal(0, 0.002, len(steps))
+        for name, mean in (("flat", flat), ("falling", falling)):
+            levelled[name] += loss_plateau(list(mean * noise), progress=list(progress))["plateau"]
+        curve = flat * noise  # the reading before: one point against the lowest after it, the last against the lowest
+        first = int(np.searchsorted(progress, 0.75, side="right"))
+        drop = (curve[first - 1] - curve[first:].min()) / curve[first - 1]
+        one_point += drop < PLATEAU_TOL and (curve[-1] - curve.min()) / curve.min() < PLATEAU_TOL
+    assert levelled == {"flat": 200, "falling": 0}
+    assert one_point < 20  # the single-point reading flagged the flat curve in over 90 % of the draws
 
 
 def _scores(delta: float, arm: str, spread: float = 0.0) -> list[dict]:
@@ -693,8 +721,9 @@ def test_the_plateau_check_reads_the_encoder_not_the_lr_schedule():
     assert by_steps["plateau"] is True and by_steps["loss_drop"] < 0.01  # the old reading: levelled
     by_progress = loss_plateau(losses, progress=progress)
     assert by_progress["plateau"] is False and by_progress["loss_drop"] > 0.05
-    # the first value past 3/4 of the progress is step 100's (0.801): the drop is from step 80's to the lowest
-    assert by_progress["loss_drop"] == pytest.approx((losses[3] - losses[-1]) / losses[3])
+    # the eighth before the last quarter holds step 80 alone (0.677), the last eighth steps 120-200 (0.892-1.0): the
+    # drop is from step 80's loss to the median of those five
+    assert by_progress["loss_drop"] == pytest.approx((losses[3] - float(np.median(losses[5:]))) / losses[3])
     constant = {"name": "constant", "total_steps": 200, "warmup_steps": 0, "base_lr": 1e-3}
     even = optimiser_progress(steps, constant)
     assert even == pytest.approx([s / 200 for s in steps])
