@@ -21,13 +21,12 @@ __all__ = ["EFFECTS", "RANDOM_ROW", "choose_arm", "effect_reading", "factorial_e
 
 RANDOM_ROW = "random-init"  # the row of the random-init twin (asa-probe's ``random`` entry)
 # the factorial's effects: name -> (the arms' coefficients: (weighting, coordinate channel) -> ±½ or ±1)
+CELLS = [(w, c) for w in ("attentive", "uniform") for c in (False, True)]
 EFFECTS = {
-    "attentive weight (attentive − uniform)": {("attentive", False): .5, ("attentive", True): .5,
-                                               ("uniform", False): -.5, ("uniform", True): -.5},
-    "coordinate channel (with − without)": {("uniform", True): .5, ("attentive", True): .5,
-                                            ("uniform", False): -.5, ("attentive", False): -.5},
-    "interaction (weight effect with the channel − without)": {("attentive", True): 1., ("uniform", True): -1.,
-                                                                ("attentive", False): -1., ("uniform", False): 1.},
+    "attentive weight (attentive − uniform)": {(w, c): .5 if w == "attentive" else -.5 for w, c in CELLS},
+    "coordinate channel (with − without)": {(w, c): .5 if c else -.5 for w, c in CELLS},
+    "interaction (weight effect with the channel − without)": {(w, c): 1. if (w == "attentive") == c else -1.
+                                                                for w, c in CELLS},
 }
 
 
@@ -61,24 +60,22 @@ def probe_unit(out: Path, runs: Sequence[Pretraining], *, data: str, root: Path,
 
 def read_probes(record: Mapping[str, Any], runs: Sequence[Pretraining], keys: Sequence[str]) -> list[dict[str, Any]]:
     """A row per probed encoder (the runs, then the random-init twin); the primary probe: the mean of ``keys``."""
-    by_name = {r["name"]: r for r in record["rows"]}
+    by_name = {r["name"]: r["metrics"] for r in record["rows"]}
     out = []
     for run in [*runs, None]:
         name = RANDOM_ROW if run is None else run.name
-        metrics = by_name[name]["metrics"]
-        values = [metrics[k]["value"] for k in keys]
-        value = math.nan if any(v is None for v in values) else float(np.mean(values))
+        metrics = by_name[name]
         ci = metrics[keys[0]] if len(keys) == 1 else {}
-        low, high = (math.nan if ci.get(k) is None else ci[k] for k in ("ci_low", "ci_high"))
         out.append({"encoder": name, "arm": RANDOM_ROW if run is None else run.arm,
-                    "cohort": None if run is None else run.cohort, "replicate": None if run is None else run.replicate,
-                    "primary": value, "primary_ci": [low, high],
+                    "cohort": getattr(run, "cohort", None), "replicate": getattr(run, "replicate", None),
+                    "primary": float(np.mean([_value(metrics[k]) for k in keys])),
+                    "primary_ci": [_value(ci, "ci_low"), _value(ci, "ci_high")],
                     "r2_mean": _value(metrics.get("ridge/r2_mean")), "knn": _value(metrics.get("knn/accuracy"))})
     return out
 
 
-def _value(est: Mapping[str, Any] | None) -> float:
-    return math.nan if not est or est.get("value") is None else float(est["value"])
+def _value(est: Mapping[str, Any] | None, key: str = "value") -> float:
+    return math.nan if not est or est.get(key) is None else float(est[key])
 
 
 def shared_cells(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:

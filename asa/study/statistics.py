@@ -29,25 +29,24 @@ def paired_matrix(scores: Sequence[Mapping[str, Any]], arm: str, reference: str,
     table = {(s["arm"], s["seed"], s["case"]): float(s[key]) for s in scores if int(s["n"]) == n and key in s}
     seeds = sorted({seed for a, seed, _ in table if a == (like or arm)})
     cases = sorted({case for a, _, case in table if a == (like or arm)})
-    d = np.full((len(seeds), len(cases)), math.nan)
-    for i, seed in enumerate(seeds):
-        for j, case in enumerate(cases):
-            if (arm, seed, case) in table and (reference, seed, case) in table:
-                d[i, j] = table[(arm, seed, case)] - table[(reference, seed, case)]
-    return d
+    return np.array([[table[(arm, seed, case)] - table[(reference, seed, case)]
+                      if (arm, seed, case) in table and (reference, seed, case) in table else math.nan
+                      for case in cases] for seed in seeds]).reshape(len(seeds), len(cases))
+
+
+def _blank(value: Any) -> bool:
+    """Whether a score row's optional column is empty (missing, "" in a CSV, NaN in a frame)."""
+    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
 
 
 def draw_repeats(scores: Sequence[Mapping[str, Any]], arm: str, n: int) -> list[int] | None:
     """The repeat of each of ``arm``'s seeds at N (sorted, as `paired_matrix` orders them) when the study
     cross-validated (its score rows carry ``repeat``); None for a fixed test split."""
-    repeat = {}
-    for s in scores:
-        if s["arm"] == arm and int(s["n"]) == n:
-            r = s.get("repeat")
-            if r is None or r == "" or (isinstance(r, float) and math.isnan(r)):
-                return None
-            repeat[s["seed"]] = int(r)
-    return [repeat[seed] for seed in sorted(repeat)] if repeat else None
+    mine = [s for s in scores if s["arm"] == arm and int(s["n"]) == n]
+    if not mine or any(_blank(s.get("repeat")) for s in mine):
+        return None
+    repeat = {s["seed"]: int(s["repeat"]) for s in mine}
+    return [repeat[seed] for seed in sorted(repeat)]
 
 
 def group_of(row: Mapping[str, Any]) -> str:
@@ -57,8 +56,7 @@ def group_of(row: Mapping[str, Any]) -> str:
 
 def replicate_of(row: Mapping[str, Any]) -> int:
     """The pretraining replicate of a score row's encoder (its ``replicate`` column; 0 without one)."""
-    r = row.get("replicate")
-    return 0 if r is None or r == "" or (isinstance(r, float) and math.isnan(r)) else int(r)
+    return 0 if _blank(row.get("replicate")) else int(row["replicate"])
 
 
 def runs_of(scores: Sequence[Mapping[str, Any]], group: str) -> list[str]:
@@ -77,10 +75,15 @@ def replicate_pairs(scores: Sequence[Mapping[str, Any]], arm: str, reference: st
     return list(zip(arms, refs)) if len(refs) == len(arms) else [(a, refs[0]) for a in arms]
 
 
+def _replicated(scores: Sequence[Mapping[str, Any]], pairs: Sequence[tuple[str, str]], n: int, key: str) -> np.ndarray:
+    """D [pretraining runs, seeds, test cases]: `paired_matrix` of each (arm run, reference run) of ``pairs``, on the
+    seeds and cases of the first arm run."""
+    return np.stack([paired_matrix(scores, a, r, n, key, like=pairs[0][0]) for a, r in pairs])
+
+
 def pooled_matrix(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: int, key: str) -> np.ndarray:
     """D [seeds, test cases] averaged over group ``arm``'s pretraining runs (`replicate_pairs`)."""
-    pairs = replicate_pairs(scores, arm, reference)
-    return np.mean([paired_matrix(scores, a, r, n, key, like=pairs[0][0]) for a, r in pairs], axis=0)
+    return _replicated(scores, replicate_pairs(scores, arm, reference), n, key).mean(axis=0)
 
 
 def interval(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: int, key: str, *,
@@ -91,12 +94,12 @@ def interval(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: i
     cohort, `group_of`) whose replicated pretraining runs are a further crossed level (run k of the arm against run
     k of a replicated reference, else against its run); else they are two runs."""
     pairs = replicate_pairs(scores, arm, reference) if pooled else [(arm, reference)]
-    d = np.stack([paired_matrix(scores, a, r, n, key, like=pairs[0][0]) for a, r in pairs])
+    d = _replicated(scores, pairs, n, key)
+    d = d[0] if len(pairs) == 1 else d  # one run each: seeds × cases, no pretraining level
     repeats = draw_repeats(scores, pairs[0][0], n)
-    if len(pairs) == 1:
-        return crossed_interval(d[0]) if repeats is None else folded_interval(d[0], repeats)
-    return (crossed_interval(d, factors=("pretraining", "seed", "case")) if repeats is None
-            else folded_interval(d, repeats))
+    if repeats is not None:
+        return folded_interval(d, repeats)
+    return crossed_interval(d, factors=("pretraining", "seed", "case")[-d.ndim:])
 
 
 def paired_differences(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: int, key: str) -> list[float]:
@@ -121,13 +124,10 @@ def per_seed_differences(d: np.ndarray) -> list[float]:
 
 def metric_keys(scores: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
     """Score columns the table reports: Dice per class and mean, then HD95 and NSD per class and mean when scored."""
-    keys = [*(f"Dice_{c}" for c in names), "Dice_mean"]
-    if scores and all(LESION in s for s in scores):
-        keys.append(LESION)
-    if scores and all("HD95_mean" in s for s in scores):
-        keys += [*(f"HD95_{c}" for c in names), "HD95_mean"]
-    if scores and all("NSD_mean" in s for s in scores):
-        keys += [*(f"NSD_{c}" for c in names), "NSD_mean"]
+    keys = [*(f"Dice_{c}" for c in names), "Dice_mean", *([LESION] if scores and all(LESION in s for s in scores) else [])]
+    for metric in ("HD95", "NSD"):
+        if scores and all(f"{metric}_mean" in s for s in scores):
+            keys += [*(f"{metric}_{c}" for c in names), f"{metric}_mean"]
     return keys
 
 
