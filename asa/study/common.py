@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import torch
 
 from asa.io import atomic_write_json, load_checkpoint
+from asa.train.data import available_cpus as usable_cores  # the cores this process may run on (its affinity)
 
 S = TypeVar("S")
 REFUSED = 2  # the exit code of a refused command line or study folder, as every asa console script
@@ -42,16 +43,18 @@ def add_scale_options(p: argparse.ArgumentParser, scales: Mapping[str, Any], def
     p.add_argument("--quick", action="store_true", help="the plumbing check: the same as --scale quick")
     hints = typing.get_type_hints(kind_of := type(next(iter(scales.values()))))
     for f in dataclasses.fields(kind_of):
-        hint = hints[f.name]
-        many = typing.get_origin(hint) is tuple
-        kind = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
-
-        def shown(v: Any) -> str:
-            return " ".join(map(str, v)) if isinstance(v, tuple) else "none" if v is None or v == () else str(v)
-
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, nargs="+" if many else None,
+        kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind,
+                       nargs="+" if typing.get_origin(hints[f.name]) is tuple else None,
                        help=f"override the scale's {f.name.replace('_', ' ')} ("
-                            + ", ".join(f"{k} {shown(getattr(v, f.name))}" for k, v in sorted(scales.items())) + ")")
+                            + ", ".join(f"{k} {_shown(getattr(v, f.name))}" for k, v in sorted(scales.items())) + ")")
+
+
+def _shown(value: Any) -> str:
+    """A scale's value in the help: a tuple's entries, "none" for None or an empty tuple."""
+    if value is None or value == ():
+        return "none"
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def scale_from_args(args: argparse.Namespace, scales: Mapping[str, S]) -> tuple[str, S]:
@@ -65,11 +68,6 @@ def scale_from_args(args: argparse.Namespace, scales: Mapping[str, S]) -> tuple[
 def module_argv(module: str, *args: str) -> tuple[str, ...]:
     """The argv of a child process that runs ``python -m <module>`` with this interpreter."""
     return (sys.executable, "-m", module, *args)
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """This process's environment with ``extra`` set (a child's thread counts)."""
-    return {**os.environ, **extra}
 
 
 def record_settings(out: Path, settings: Mapping[str, Any], *, grows: Sequence[str] = (),
@@ -123,11 +121,6 @@ def finished(ckpt: Path) -> bool:
         return False
     state = load_checkpoint(ckpt)
     return int(state["step"]) >= int(state["scheduler"]["total_steps"])
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity: a SLURM or taskset share, not the host's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def machine() -> dict[str, Any]:

@@ -89,7 +89,8 @@ SCALES = {
     "quick": Scale(crop=32, pretrain_steps=4, pilot_steps=12, cases=(2,), seeds=(0, 1), test=16, val=2, supervised=2,
                    resenc="tiny", swvit="tiny", folds=2, repeats=1, min_scored=0, pretrain_runs=2),
 }
-UNIT_GIB = 3.0  # GPU memory of a unit at the gpu scale (ResEnc S, 32³, its CUDA context): an estimate the window checks
+# GPU memory of a unit at the gpu scale (ResEnc S, 32³, its CUDA context): an estimate the window checks
+UNIT_GIB = 3.0
 
 
 def units_at_once(threads: int | None, workers: int, memory_gib: float | None, cores: int) -> int:
@@ -191,41 +192,37 @@ def channel_overrides(channels: Sequence[str]) -> list[str]:
     return [] if list(channels) == ["t1"] else [f"data.channels=[{','.join(channels)}]"]
 
 
-def pretraining_epochs(steps: int, subjects: int, batch: int) -> int:
-    """Epochs giving about ``steps`` optimiser steps on ``subjects`` (80 % train split)."""
-    return max(1, round(steps / max(1, int(0.8 * subjects) // batch)))
+def epochs_for(steps: int, cases: int, batch: int) -> int:
+    """Epochs giving about ``steps`` optimiser steps over ``cases`` training cases in batches of ``batch``."""
+    return max(1, round(steps / max(1, cases // batch)))
 
 
 def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[str], cohorts: Mapping[int, Path],
                      noise: Path | None, *, seed: int, channels: Sequence[str] = ("t1",),
                      store: StoreCohort | None = None) -> list[Pretraining]:
     """Each arm per cohort size and the negative control, ``scale.pretrain_runs`` times (run k seeded ``seed`` + k)."""
-    common = ["data=bids", "data.layout=filelist", *channel_overrides(channels), f"data.num_workers={scale.workers}",
-              "data.split.ratios=[0.8,0.2,0.0]", "optim=adamw_demo", "trainer.progress=false", "trainer.panel_every=0",
-              "probe.every=0", "trainer.val_min_steps=0", f"seed={seed}", "resume=auto"]
-    batch = int(compose_config("pretrain", [*network.pretrain("mae"), *common[:2], f"data.crop={scale.crop}"])
-                .trainer.batch_size)
+    batch = int(compose_config("pretrain", [*network.pretrain("mae"), "data=bids", "data.layout=filelist",
+                                            f"data.crop={scale.crop}"]).trainer.batch_size)
     if scale.nproc < 1 or batch % scale.nproc:
         refuse(f"--nproc {scale.nproc}: the pretraining's global batch is {batch}; take a number of processes that "
                "divides it (each process takes an equal share, so the recipe stays the one-process run's)")
     per_rank = [f"trainer.batch_size={batch // scale.nproc}"] if scale.nproc > 1 else []
+    resampling = store.resampling() if store is not None else []
     units = [(arm, n, folder) for n, folder in cohorts.items() for arm in arms if ARMS[arm].pretrained
-             and not ARMS[arm].noise]
-    if noise is not None:
-        units.append((CONTROL, max(cohorts), noise))
+             and not ARMS[arm].noise] + ([(CONTROL, max(cohorts), noise)] if noise is not None else [])
     runs = []
     for (arm, n, data), k in ((unit, k) for unit in units for k in range(scale.pretrain_runs)):
-        spec = ARMS[arm]
+        spec, name = ARMS[arm], run_name(arm, n, k)
         crop = scale.crop if spec.coord else (scale.pretrain_crop or scale.crop)  # the channel ties it to the crop
         stored = store is not None and arm != CONTROL  # the noise control reads its own volumes' file list
-        resampling = store.resampling() if store is not None else []
-        source = [*store.data(), *resampling] if stored else [f"data.root={data}", *resampling]
-        layout = [f"data.layout={store.layout}"] if stored else common[1:2]
-        epochs, name = pretraining_epochs(scale.pretrain_steps, n, batch), run_name(arm, n, k)
-        seeded = [f"seed={seed + k}" if o == f"seed={seed}" else o for o in common[2:]]
+        layout, source = (store.layout, store.data()) if stored else ("filelist", [f"data.root={data}"])
         run_dir = out / "pretrain" / name
-        overrides = (*network.pretrain(arm), common[0], *layout, *seeded, f"data.crop={crop}", *source,
-                     f"trainer.epochs={epochs}", *per_rank, f"output_dir={run_dir}")
+        overrides = (*network.pretrain(arm), "data=bids", f"data.layout={layout}", *channel_overrides(channels),
+                     f"data.num_workers={scale.workers}", "data.split.ratios=[0.8,0.2,0.0]", "optim=adamw_demo",
+                     "trainer.progress=false", "trainer.panel_every=0", "probe.every=0", "trainer.val_min_steps=0",
+                     f"seed={seed + k}", "resume=auto", f"data.crop={crop}", *source, *resampling,
+                     f"trainer.epochs={epochs_for(scale.pretrain_steps, int(0.8 * n), batch)}", *per_rank,
+                     f"output_dir={run_dir}")
         runs.append(Pretraining(name, arm, n, overrides, run_dir, coord=spec.coord, replicate=k, stored=stored))
     return runs
 
@@ -241,17 +238,13 @@ def pretraining_argv(nproc: int, *overrides: str) -> tuple[str, ...]:
 def write_store_splits(runs: Sequence[Pretraining], ids: Sequence[str], seed: int) -> None:
     """Each store-reading run's splits.json: its split of its subjects, the store's others as test (named, unread)."""
     order = cohort_order(ids, seed)
-    for run in runs:
-        path = run.run_dir / "splits.json"
-        if not run.stored or path.is_file():
-            continue
+    for run in (r for r in runs if r.stored and not (r.run_dir / "splits.json").is_file()):
         data = compose_config("pretrain", list(run.overrides)).data
-        shares = list(data.split.ratios)
-        parts = make_splits(order[:run.cohort], dataset=str(data.name), seed=int(data.split.seed),
-                            counts_or_ratios=shares)
-        rest = sorted(set(ids) - set(order[:run.cohort]))
-        atomic_write_json(path, {"train": parts["train"], "val": parts["val"], "test": sorted([*parts["test"], *rest]),
-                                 "dataset": str(data.name), "seed": int(data.split.seed), "shares": shares})
+        shares, split_seed, cohort = list(data.split.ratios), int(data.split.seed), order[:run.cohort]
+        parts = make_splits(cohort, dataset=str(data.name), seed=split_seed, counts_or_ratios=shares)
+        atomic_write_json(run.run_dir / "splits.json", {
+            "train": parts["train"], "val": parts["val"], "test": sorted([*parts["test"], *(set(ids) - set(cohort))]),
+            "dataset": str(data.name), "seed": split_seed, "shares": shares})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,7 +270,7 @@ def supervised_overrides(control: Supervised, network: Network, scale: Scale, se
                          overrides: Sequence[str]) -> list[str]:
     """The positive control's asa-finetune overrides: all its cases train, for about the pilot's steps."""
     batch = int(compose_config("finetune", [f"data={control.data}", *network.finetune]).trainer.batch_size)
-    epochs = max(1, round(scale.pilot_steps / max(1, len(control.cases) // batch)))  # all its cases train
+    epochs = epochs_for(scale.pilot_steps, len(control.cases), batch)  # all its cases train
     return [f"data={control.data}", f"data.root={control.root}",
             *([f"data.channels=[{control.channel}]"] if control.channel else []), *network.finetune,
             f"data.crop={scale.crop}", f"data.num_workers={scale.workers}", f"trainer.epochs={epochs}",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from asa.io import atomic_write_json
-from asa.study.common import Clock, child_env
+from asa.study.common import Clock
 
 STOP_MARGIN = 25.0  # seconds before the budget ends at which running units are told to save and stop
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -46,7 +46,7 @@ def launch(unit: Unit) -> subprocess.Popen:
     unit.log.parent.mkdir(parents=True, exist_ok=True)
     for path, content in unit.inputs:
         atomic_write_json(path, content)
-    env = child_env(**({k: str(unit.threads) for k in THREAD_VARS} if unit.threads else {}))
+    env = {**os.environ, **({k: str(unit.threads) for k in THREAD_VARS} if unit.threads else {})}
     with open(unit.log, "a") as log:
         proc = subprocess.Popen(list(unit.argv), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     RUNNING[proc] = unit.name

@@ -67,15 +67,12 @@ class Study:
         if scale.jobs * threads > cores:
             refuse(f"--jobs {scale.jobs} × --threads {threads}: {scale.jobs * threads} torch threads on {cores} usable "
                    f"core(s), which slows every unit beyond its planned cost; take --jobs × --threads ≤ {cores}")
-        return cls(data=args.data, root=args.root.expanduser().absolute(), out=args.out.expanduser().absolute(),
-                   scale_name=name, scale=scale, network=parse_network(args.network, scale), arms=tuple(args.arms),
-                   encoders=tuple(encoders.items()),
-                   pretrain_data=args.pretrain_data.expanduser().absolute() if args.pretrain_data else None,
-                   pretrain_channels=args.pretrain_channels, probe_first=args.probe_first, recipe=args.recipe,
-                   encoder_lr_scale=args.encoder_lr_scale, budget_cap=args.budget_cap,
-                   accept_overlap=args.accept_overlap, accept_unlearned=args.accept_unlearned, seed=args.seed,
-                   device=args.device, threads=threads, n_boot=args.n_boot, min_effect=args.min_effect,
-                   lesion_classes=tuple(args.lesion_classes), overrides=tuple(args.override), dry_run=args.dry_run)
+        same = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+        paths = {k: v.expanduser().absolute() for k in ("root", "out", "pretrain_data") if (v := getattr(args, k))}
+        return cls(**same | paths | dict(
+            scale_name=name, scale=scale, network=parse_network(args.network, scale), arms=tuple(args.arms),
+            encoders=tuple(encoders.items()), threads=threads, lesion_classes=tuple(args.lesion_classes),
+            overrides=tuple(args.override)))
 
     @property
     def pretraining(self) -> list[str]:

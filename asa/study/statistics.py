@@ -6,6 +6,7 @@ per-seed means, and one summary row per arm and N (`summarize`), which `asa.stud
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -124,7 +125,8 @@ def per_seed_differences(d: np.ndarray) -> list[float]:
 
 def metric_keys(scores: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
     """Score columns the table reports: Dice per class and mean, then HD95 and NSD per class and mean when scored."""
-    keys = [*(f"Dice_{c}" for c in names), "Dice_mean", *([LESION] if scores and all(LESION in s for s in scores) else [])]
+    keys = [*(f"Dice_{c}" for c in names), "Dice_mean"]
+    keys += [LESION] if scores and all(LESION in s for s in scores) else []
     for metric in ("HD95", "NSD"):
         if scores and all(f"{metric}_mean" in s for s in scores):
             keys += [*(f"{metric}_{c}" for c in names), f"{metric}_mean"]
@@ -147,30 +149,28 @@ def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], referen
     keys = metric_keys(scores, names)
     arms = list(dict.fromkeys(s["arm"] for s in scores))
     refs = reference if isinstance(reference, Mapping) else {arm: reference for arm in arms}
-    for n in sorted({int(s["n"]) for s in scores}):
-        for arm in arms:
-            mine = [s for s in scores if s["arm"] == arm and int(s["n"]) == n]
-            if not mine:
-                continue
-            seeds = sorted({s["seed"] for s in mine})
-            row: dict[str, Any] = {"arm": arm, "n": n, "seeds": len(seeds), "test_cases": len({s["case"] for s in mine})}
-            for key in [*keys, "Dice_mean_zeroed"]:
-                per_seed = [np.mean([float(s[key]) for s in mine if s["seed"] == seed]) for seed in seeds]
-                row[key] = float(np.mean(per_seed))
-                row[key + "_sd"] = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else math.nan
-            row["encoder_drop"] = row["Dice_mean"] - row["Dice_mean_zeroed"]
-            ref = refs.get(arm, arm)
-            if ref != arm:
-                row["reference"] = ref
-                for key in keys:
-                    d, p = paired_matrix(scores, arm, ref, n, key), delta_prefix(key)
-                    both = seed_case_bootstrap(d, n_resamples=n_boot, seed=seed)
-                    row[p], row[p + "_lo"], row[p + "_hi"] = both.value, both.low, both.high
-                    crossed = interval(scores, arm, ref, n, key, pooled=False)  # this run's row
-                    row[p + "_re_lo"], row[p + "_re_hi"] = crossed.low, crossed.high
-                    row[p + "_case_lo"], row[p + "_case_hi"] = case_interval(paired_differences(scores, arm, ref, n, key),
-                                                                             n_boot=n_boot, seed=seed)
-                    row[p + "_per_seed"] = " ".join(f"{v:+.4f}" for v in per_seed_differences(d))
-            rows.append(row)
+    for n, arm in itertools.product(sorted({int(s["n"]) for s in scores}), arms):
+        mine = [s for s in scores if s["arm"] == arm and int(s["n"]) == n]
+        if not mine:
+            continue
+        seeds = sorted({s["seed"] for s in mine})
+        row: dict[str, Any] = {"arm": arm, "n": n, "seeds": len(seeds), "test_cases": len({s["case"] for s in mine})}
+        for key in [*keys, "Dice_mean_zeroed"]:
+            per_seed = [np.mean([float(s[key]) for s in mine if s["seed"] == seed]) for seed in seeds]
+            row[key] = float(np.mean(per_seed))
+            row[key + "_sd"] = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else math.nan
+        row["encoder_drop"] = row["Dice_mean"] - row["Dice_mean_zeroed"]
+        ref = refs.get(arm, arm)
+        if ref != arm:
+            row["reference"] = ref
+            for key in keys:
+                d, p = paired_matrix(scores, arm, ref, n, key), delta_prefix(key)
+                both = seed_case_bootstrap(d, n_resamples=n_boot, seed=seed)
+                row[p], row[p + "_lo"], row[p + "_hi"] = both.value, both.low, both.high
+                crossed = interval(scores, arm, ref, n, key, pooled=False)  # this run's row
+                row[p + "_re_lo"], row[p + "_re_hi"] = crossed.low, crossed.high
+                row[p + "_case_lo"], row[p + "_case_hi"] = case_interval(paired_differences(scores, arm, ref, n, key),
+                                                                         n_boot=n_boot, seed=seed)
+                row[p + "_per_seed"] = " ".join(f"{v:+.4f}" for v in per_seed_differences(d))
+        rows.append(row)
     return rows
-

@@ -58,75 +58,75 @@ __all__ = ["build_parser", "main"]
 # -------------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``asa-study``."""
-    p = argparse.ArgumentParser(prog="asa-study", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--pretrain-data", type=Path,
-                   help="the unlabeled pretraining cohort: a BIDS or CAPS folder, a file list (files.csv), or a store "
-                        "written by asa-preprocess from a pretraining preset (read as it was written: its channels, "
-                        "its resampling)")
+    description, epilog = __doc__.split("\n\n", 1)
+    p = argparse.ArgumentParser(prog="asa-study", description=description, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pretrain-data", type=Path, help=(
+        "the unlabeled pretraining cohort: a BIDS or CAPS folder, a file list (files.csv), or a store written by "
+        "asa-preprocess from a pretraining preset (read as it was written: its channels, its resampling)"))
     p.add_argument("--data", required=True, help="the labeled set's preset: brats | ibsr | wmh | msd (nnU-Net raw)")
     p.add_argument("--root", type=Path, required=True, help="the labeled set's folder")
     p.add_argument("--out", type=Path, required=True, help="the study folder (a rerun continues it)")
-    p.add_argument("--network", default="resenc",
-                   help="a network family with a masked twin, optionally with one of its sizes: "
-                        + ", ".join(f"{f}[-{'|-'.join(s)}]" if s else f for f, s in studied_networks().items())
-                        + " or a plug-in's family (asa.models.Family); default: resenc at the scale's size")
-    p.add_argument("--pretrain-channels", choices=("t1", "all"),
-                   help="the channels the pretraining runs (and the negative control) read: all (the fine-tuning "
-                        "channels, in their order, matched by meaning: T1gd is t1ce) or t1 (its stem adapted to the "
-                        "fine-tuning channels); default: all when every cohort case has them, else t1")
+    p.add_argument("--network", default="resenc", help=(
+        "a network family with a masked twin, optionally with one of its sizes: "
+        + ", ".join(f"{f}[-{'|-'.join(s)}]" if s else f for f, s in studied_networks().items())
+        + " or a plug-in's family (asa.models.Family); default: resenc at the scale's size"))
+    p.add_argument("--pretrain-channels", choices=("t1", "all"), help=(
+        "the channels the pretraining runs (and the negative control) read: all (the fine-tuning channels, in their "
+        "order, matched by meaning: T1gd is t1ce) or t1 (its stem adapted to the fine-tuning channels); default: "
+        "all when every cohort case has them, else t1"))
     p.add_argument("--arms", nargs="*", default=["mae", "asa", CONTROL, SUPERVISED], choices=choices(),
                    help="pretraining arms and controls beside the scratch twin (default: mae asa noise supervised)")
-    p.add_argument("--probe-first", action="store_true",
-                   help="probe every pretrained encoder frozen (asa-probe on the validation and training-pool cases, "
-                        "never on the scored test cases; a cross-validated set is refused) before any "
-                        "fine-tuning, and fine-tune only the pretraining arm whose encoders the probes read best on "
-                        "the primary endpoint's classes (with the scratch twins and the controls); with the arms "
-                        "mae asa mae-coord asa-coord the report reads the factorial's main effects")
-    p.add_argument("--encoder", action="append", default=[], metavar="NAME=FILE",
-                   help="an arm fine-tuned from any file asa loads (an asa encoder, an nnssl/OpenMind or nnU-Net "
-                        "checkpoint); repeatable")
-    p.add_argument("--recipe", choices=sorted(RECIPES), default="adamw",
-                   help="the fine-tuning recipe of every arm: adamw (asa's, one encoder lr for all arms) or nnunet "
-                        "(nnU-Net's PretrainedTrainer: 1e-3 for a pretrained network, 1e-2 from scratch)")
+    p.add_argument("--probe-first", action="store_true", help=(
+        "probe every pretrained encoder frozen (asa-probe on the validation and training-pool cases, never on the "
+        "scored test cases; a cross-validated set is refused) before any fine-tuning, and fine-tune only the "
+        "pretraining arm whose encoders the probes read best on the primary endpoint's classes (with the scratch "
+        "twins and the controls); with the arms mae asa mae-coord asa-coord the report reads the factorial's main "
+        "effects"))
+    p.add_argument("--encoder", action="append", default=[], metavar="NAME=FILE", help=(
+        "an arm fine-tuned from any file asa loads (an asa encoder, an nnssl/OpenMind or nnU-Net checkpoint); "
+        "repeatable"))
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="adamw", help=(
+        "the fine-tuning recipe of every arm: adamw (asa's, one encoder lr for all arms) or nnunet (nnU-Net's "
+        "PretrainedTrainer: 1e-3 for a pretrained network, 1e-2 from scratch)"))
     p.add_argument("--encoder-lr-scale", type=float, default=1.0,
                    help="with --recipe adamw: the encoder's lr over the decoder's, the same for every arm (default 1)")
     add_scale_options(p, SCALES, "cpu", {
-        "cpu": "ResEnc S, 32³ crops, N = 8: one sitting on two CPU cores", "gpu": "ResEnc S, 32³ crops, N = 2 by 4 folds × 2 "
-        "repeats, units side by side on one GPU, each call within --time-budget; refused without a GPU", "planted": "the planted bed of asa-demo-data --placement planted",
+        "cpu": "ResEnc S, 32³ crops, N = 8: one sitting on two CPU cores",
+        "gpu": "ResEnc S, 32³ crops, N = 2 by 4 folds × 2 repeats, units side by side on one GPU, each call within "
+               "--time-budget; refused without a GPU",
+        "planted": "the planted bed of asa-demo-data --placement planted",
         "quick": "a plumbing check: a few steps per run, minutes; its report reads no answer"})
     p.add_argument("--budget-cap", type=int, metavar="STEPS",
                    help="fine-tune at most STEPS steps whatever the pilot asks for (the report says so)")
-    p.add_argument("--accept-overlap", action="store_true",
-                   help="run although labeled cases (test, validation, the positive control's or the training pool's) "
-                        "are in the pretraining cohort: every run accepts them, and the report lists them")
-    p.add_argument("--accept-unlearned", action="store_true",
-                   help="go on when the pilot did not learn the task (its best validation Dice under "
-                        f"{PILOT_FLOOR}): the study then pretrains and fine-tunes, and its report reads no answer")
+    p.add_argument("--accept-overlap", action="store_true", help=(
+        "run although labeled cases (test, validation, the positive control's or the training pool's) are in the "
+        "pretraining cohort: every run accepts them, and the report lists them"))
+    p.add_argument("--accept-unlearned", action="store_true", help=(
+        f"go on when the pilot did not learn the task (its best validation Dice under {PILOT_FLOOR}): the study "
+        "then pretrains and fine-tunes, and its report reads no answer"))
     p.add_argument("--seed", type=int, default=0, help="split, cohort order and pretraining seed")
-    p.add_argument("--device", default="auto",
-                   help="where every run trains and is scored: auto (the GPU when there is one, else the CPU), cpu, "
-                        "cuda or cuda:<k> (default auto)")
-    p.add_argument("--threads", type=int,
-                   help="torch threads per run (default: the usable cores shared by the units at once; --jobs × "
-                        "--threads above the cores is refused)")
+    p.add_argument("--device", default="auto", help=(
+        "where every run trains and is scored: auto (the GPU when there is one, else the CPU), cpu, cuda or "
+        "cuda:<k> (default auto)"))
+    p.add_argument("--threads", type=int, help=(
+        "torch threads per run (default: the usable cores shared by the units at once; --jobs × --threads above the "
+        "cores is refused)"))
     p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples of the CIs")
-    p.add_argument("--min-effect", type=float, default=0.01, metavar="DICE",
-                   help="the smallest difference in Dice the study reads as an effect: a contrast whose estimate is "
-                        "smaller is 'no difference this study can detect', whatever its CI (default 0.01)")
-    p.add_argument("--lesion-classes", nargs="+", default=[], metavar="CLASS",
-                   help="classes whose mean Dice (lesion Dice) is the primary endpoint every verdict reads, e.g. the "
-                        "lesions of a task that also labels tissue; without it, the one foreground class of a "
-                        "one-class set, else mean Dice over every class")
-    p.add_argument("--dry-run", action="store_true",
-                   help="check and plan, then print each stage's units, how many run at once and the minutes they are "
-                        "planned to take on this machine (priced from a short run of each kind of unit timed here, "
-                        "in a scratch folder: a minute or two), and stop: nothing trains and nothing is written to "
-                        "--out")
+    p.add_argument("--min-effect", type=float, default=0.01, metavar="DICE", help=(
+        "the smallest difference in Dice the study reads as an effect: a contrast whose estimate is smaller is 'no "
+        "difference this study can detect', whatever its CI (default 0.01)"))
+    p.add_argument("--lesion-classes", nargs="+", default=[], metavar="CLASS", help=(
+        "classes whose mean Dice (lesion Dice) is the primary endpoint every verdict reads, e.g. the lesions of a "
+        "task that also labels tissue; without it, the one foreground class of a one-class set, else mean Dice over "
+        "every class"))
+    p.add_argument("--dry-run", action="store_true", help=(
+        "check and plan, then print each stage's units, how many run at once and the minutes they are planned to "
+        "take on this machine (priced from a short run of each kind of unit timed here, in a scratch folder: a "
+        "minute or two), and stop: nothing trains and nothing is written to --out"))
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="an asa-finetune override for every fine-tuning run")
     return p
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -293,17 +293,15 @@ def _record(study: Study, task: Any, channels: list[str] | None, control_channel
     """Keep the study's settings in ``<out>/study.json`` (`record_settings`: a folder holding another study is
     refused; a rerun may add arms, encoders, cohorts, N and seeds)."""
     scale = study.scale
+    supervised = ([control_channel] if control_channel else list(task.channels)) if study.positive_control else None
     settings = {"scale": dataclasses.asdict(scale) | {"time_budget": None, "jobs": None}, "network": study.network.name,
                 "arms": sorted(study.arms), "encoders": sorted(f"{k}={v}" for k, v in study.encoders),
                 "data": study.data, "root": str(study.root),
-                "pretrain_data": str(study.pretrain_data) if study.pretrain_data else None,
-                "recipe": study.recipe, "encoder_lr_scale": study.encoder_lr_scale, "seed": study.seed,
-                "budget_cap": study.budget_cap, "override": list(study.overrides), "probe_first": study.probe_first,
-                "lesion_classes": list(study.lesion_classes),
-                "largest_cohort": max(scale.cohorts) if scale.cohorts else None, "pilot_cases": max(scale.cases),
-                "pretrain_channels": channels,
-                "supervised_channels": ([control_channel] if control_channel else list(task.channels))
-                if study.positive_control else None,
+                "pretrain_data": str(study.pretrain_data) if study.pretrain_data else None, "recipe": study.recipe,
+                "encoder_lr_scale": study.encoder_lr_scale, "seed": study.seed, "budget_cap": study.budget_cap,
+                "override": list(study.overrides), "probe_first": study.probe_first,
+                "lesion_classes": list(study.lesion_classes), "largest_cohort": max(scale.cohorts, default=None),
+                "pilot_cases": max(scale.cases), "pretrain_channels": channels, "supervised_channels": supervised,
                 **({"pretrain_store": {"root": str(store.root), "layout": store.layout}} if store else {})}
     study.out.mkdir(parents=True, exist_ok=True)
     # a study recorded before the options pretrained on the T1 alone, trained the positive control on every
@@ -325,8 +323,7 @@ def _checks(study: Study, labeled: Sequence, split: Mapping[str, list[str]], tas
     ``<out>/checks/checks.json`` and said; the cohort file lists and the noise volumes written on the way (none of
     it with --dry-run). Returns
     (the checks, cohort size -> its data, the noise volumes' folder, the positive control)."""
-    out, scale, cohorts, noise = study.out, study.scale, {}, None
-    write = not study.dry_run
+    out, scale, write, cohorts, noise = study.out, study.scale, not study.dry_run, {}, None
     checks: dict[str, Any] = {"overlap": check_overlap(out, cohort_cases, labeled, split, dict(study.encoders),
                                                        accept=study.accept_overlap, write=write)}
     if study.pretrain_data is not None:
@@ -360,40 +357,35 @@ def _checks(study: Study, labeled: Sequence, split: Mapping[str, list[str]], tas
                             f"{split['repeats']} repeat(s), {len(split['draws'])} distinct labeled draws per arm (each "
                             f"fold's test cases scored by a run whose N cases and {scale.val} validation cases were "
                             "drawn from the other folds), every case scored once per repeat.")
+    alone = f", on their {control_channel} alone (data.channels=[{control_channel}])" if control_channel else ""
     if study.positive_control and "draws" in split:
         supervised = cv_supervised(out, split, study.data, study.root, control_channel)
+        pools = [len(c.cases) for c in supervised]
         checks["supervised"] = (f"The positive control is nested in each of the {len(supervised)} draws: an encoder "
                                 "trained with labels on that draw's training part (its pool, "
-                                + "–".join(map(str, sorted({min(len(c.cases) for c in supervised),
-                                                            max(len(c.cases) for c in supervised)})))
+                                + "–".join(map(str, sorted({min(pools), max(pools)})))
                                 + " cases), never on the fold it is scored on, so it consumes none of the scored cases"
-                                + (f", on their {control_channel} alone (data.channels=[{control_channel}])"
-                                   if control_channel else "") + ".")
+                                + alone + ".")
     elif study.positive_control and not split["supervised"]:
         checks["supervised"] = (f"The positive control is left out: the labeled pool holds {len(labeled)} cases, and "
                                 f"after {scale.test} test, {scale.val} validation and the {max(scale.cases)} a run "
                                 f"draws from, fewer than the {scale.supervised} it needs (--supervised) are left.")
     elif study.positive_control:
-        run_dir, ids = out / "pretrain" / SUPERVISED, tuple(split["supervised"])
+        ids, k = tuple(split["supervised"]), len(task.channels)
+        supervised = [Supervised(out / "pretrain" / SUPERVISED, study.data, study.root, ids, control_channel)]
         checks["supervised"] = (f"The positive control trains on {len(ids)} labeled cases no other run sees (held "
-                                "out of the training pool)")
-        supervised = [Supervised(run_dir, study.data, study.root, ids, control_channel)]
-        if control_channel is None:
-            checks["supervised"] += "."
-        else:
-            k = len(task.channels)
-            checks["supervised"] += (f", on their {control_channel} alone (data.channels=[{control_channel}]), as the "
-                                     f"pretraining runs read the T1: its 1-channel encoder enters the {k}-channel "
-                                     "fine-tuning through the pretrained arms' adapted stem (its kernel copied to each "
-                                     f"channel and divided by {k}), so that it controls their path.")
+                                "out of the training pool)" + (
+                                    f"{alone}, as the pretraining runs read the T1: its 1-channel encoder enters the "
+                                    f"{k}-channel fine-tuning through the pretrained arms' adapted stem (its kernel "
+                                    f"copied to each channel and divided by {k}), so that it controls their path."
+                                    if control_channel else "."))
     key, label = readings.endpoint(task.output_names, study.lesion_classes)
     checks["endpoint"] = {"key": key, "label": label,
                           "line": f"Primary endpoint: {label}, named before any training (every verdict reads it)."}
     if write:
         atomic_write_json(out / "checks" / "checks.json", {**checks, "split": split})
-    for line in [checks["endpoint"]["line"], *([checks["design"]] if "design" in checks else []),
-                 *([checks["cohort"]] if "cohort" in checks else []),
-                 *checks["overlap"]["lines"],
-                 *checks["channels"], *checks["skull"], *([checks["supervised"]] if "supervised" in checks else [])]:
+    for line in filter(None, [checks["endpoint"]["line"], checks.get("design"), checks.get("cohort"),
+                              *checks["overlap"]["lines"], *checks["channels"], *checks["skull"],
+                              checks.get("supervised")]):
         print(f"[study] {line}", flush=True)
     return checks, cohorts, noise, supervised
