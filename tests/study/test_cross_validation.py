@@ -112,13 +112,14 @@ def test_the_report_reads_cross_validated_scores_on_the_interval_of_their_design
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # seven tiny runs one after another: minutes on an idle machine, ten on a shared one
 def test_an_eighteen_case_set_is_cross_validated_to_its_report(eighteen, tmp_path):
-    """18 labeled cases at a scale whose fixed split needs 22 (16 test): 2 folds × 1 repeat at the quick scale's
-    steps (16³ cases and crops: the design is under test, not the segmentation), the positive control nested in each
-    draw; every case scored, the draws stated on the page."""
+    """18 labeled cases at a scale whose fixed split needs 22 (16 test): 2 folds × 1 repeat, the pilot and the positive
+    control at 6 steps (the pilot's six validation rounds: the least its budget reads) and the fine-tuning runs at the
+    10 they take at least (16³ cases and crops, a torch thread a run: the design is under test, not the segmentation),
+    the positive control nested in each draw; every case scored, the draws stated on the page."""
     out = tmp_path / "study"
     proc = subprocess.run([sys.executable, "-m", "asa.cli.study", "--data", "msd", "--root", str(eighteen), "--out",
                            str(out), "--scale", "quick", "--test", "16", "--crop", "16", "--arms", "supervised",
-                           "--n-boot", "50"],
+                           "--pilot-steps", "6", "--threads", "1", "--n-boot", "50"],
                           capture_output=True, text=True, timeout=1500, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Cross-validation: the 18 labeled cases are fewer than a fixed split needs" in proc.stdout
