@@ -49,12 +49,15 @@ def _gone(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from Linux's /proc")
 @pytest.mark.parametrize("signum, code, workers", [(signal.SIGTERM, 143, 1), (signal.SIGINT, 130, 1),
                                                    (signal.SIGKILL, -9, 1), (signal.SIGTERM, 143, 2)])
-def test_a_stop_during_the_registration_ends_it_within_seconds(signum, code, workers, tmp_path, monkeypatch):
+def test_a_stop_during_the_registration_ends_it_within_seconds(signum, code, workers, tmp_path, monkeypatch,
+                                                               built_once):
     pytest.importorskip("ants")
     pytest.importorskip("nilearn")
     from asa.data import write_demo_dataset
 
-    raw = write_demo_dataset("bids", tmp_path / "raw", cases=workers, size=64, seed=0, anatomy=True)
+    # the template subjects of each worker count, written once for every signal (asa-prepare only reads them)
+    raw = built_once(f"prepare-stops-{workers}", lambda folder: write_demo_dataset(
+        "bids", folder, cases=workers, size=64, seed=0, anatomy=True))
     scratch, said = tmp_path / "tmp", tmp_path / "stderr.txt"
     scratch.mkdir()
     with said.open("w") as err:
