@@ -17,13 +17,22 @@ REPO = Path(__file__).resolve().parents[2]
 HEADER = next(line for line in MD_HEADER.splitlines() if line.startswith("| date |"))
 
 
-@pytest.fixture(scope="module")
-def dry_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gpu-check")
+def _dry_run(folder: Path) -> None:
+    """The dry run's files in ``folder / "out"``, its exit code in ``folder / "code"``."""
+    out = folder / "out"
+    out.mkdir(parents=True)
     # the 450 s default budget is the GPU's 9 minutes; on a loaded CPU the toy parts may take longer
     code = gpu.main(["--out", str(out), "--dry-run", "--repo", str(REPO), "--work", str(out / "work"),
                      "--budget", "1200"])
-    return code, out, json.loads((out / "gpu_check.json").read_text())
+    (folder / "code").write_text(str(code))
+
+
+@pytest.fixture(scope="module")
+def dry_run(built_once):
+    # once in the run: work stealing may hand this module's two tests to both workers, each setting it up
+    folder = built_once("gpu-check", _dry_run)
+    out = folder / "out"
+    return int((folder / "code").read_text()), out, json.loads((out / "gpu_check.json").read_text())
 
 
 @pytest.mark.slow  # several processes: pytest, torchrun (two runs)
