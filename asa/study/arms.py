@@ -168,11 +168,7 @@ def contrasts(cohorts: Sequence[int], encoders: Sequence[str] = ()) -> list[tupl
     def at(arm: str, cohort: int | None) -> tuple[str, int | None]:
         return arm, cohort if arm in ARMS and ARMS[arm].pretrained else None
 
-    out = []
-    for arm in ARMS.values():
-        for c in arm.contrasts:
-            reference = at(arm.name, small) if c.cohorts else at(c.reference, big)
-            out.append((at(arm.name, big), reference, c.question, c.kind))
-    out += [((name, None), (SCRATCH, None), f"does the encoder {name} help? ({name} − scratch)", "question")
-            for name in encoders]
-    return out
+    declared = [(at(arm.name, big), at(arm.name, small) if c.cohorts else at(c.reference, big), c.question, c.kind)
+                for arm in ARMS.values() for c in arm.contrasts]
+    return declared + [((name, None), (SCRATCH, None), f"does the encoder {name} help? ({name} − scratch)", "question")
+                       for name in encoders]

@@ -45,12 +45,10 @@ def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: M
     unchecked = []
     for name, path in (encoders or {}).items():
         try:
-            carried = encoder_cohort(path, option=f"--encoder {name}")
+            if (carried := encoder_cohort(path, option=f"--encoder {name}")) is not None:
+                cohorts[f"--encoder {name}"] = carried
         except CohortListMissing as missing:  # said, never taken for "no overlap"
             unchecked.append(f"--encoder {name}: not checked: {missing}")
-            continue
-        if carried is not None:
-            cohorts[f"--encoder {name}"] = carried
     if not cohorts:
         why = "the --encoder files carry none" if encoders else "no --pretrain-data and no --encoder given"
         return {"lines": unchecked or [f"no cohort to check ({why})"], "overlapping": [], "accepted": False}
@@ -66,16 +64,15 @@ def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: M
         copies = masked_copies(everyone, cohort_cases)
         lines.append(f"--pretrain-data: {describe_masked(copies, len(everyone))}")
         found |= set(copies)
-    found_ids = sorted(found)
-    if found_ids and not accept:
+    if found and not accept:
         refuse("[study] the pretraining cohort holds labeled cases the study's runs score, validate on or hold out:\n  "
                + "\n  ".join(lines) + "\npretraining on them would score the arms on what they have seen: remove them "
                "from --pretrain-data, or pass --accept-overlap to run anyway (every run then accepts them, and the "
                "report lists them)")
-    if found_ids:
-        lines.append(f"accepted with --accept-overlap ({len(found_ids)} case(s), every run told so): "
-                     + ", ".join(found_ids))
-    return {"lines": lines, "overlapping": found_ids, "accepted": bool(found_ids)}
+    if found:
+        lines.append(f"accepted with --accept-overlap ({len(found)} case(s), every run told so): "
+                     + ", ".join(sorted(found)))
+    return {"lines": lines, "overlapping": sorted(found), "accepted": bool(found)}
 
 
 def channel_lines(fine: Sequence[str], pretrain: Sequence[str], held: Sequence[str], *,

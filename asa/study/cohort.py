@@ -95,14 +95,12 @@ def write_cohorts(out: Path, cases: Sequence, sizes: Sequence[int], seed: int,
     by_id = {c.id: c for c in cases}
     order = cohort_order(list(by_id), seed)
     others = [c for c in channels if c != "t1"]
-    head = ",".join(["id", "path", *others]) + "\n"
-    folders = {}
-    for n in sizes:
-        folder = out / "data" / f"cohort-{n}"
-        rows = "".join(",".join([i, *(str(by_id[i].images[c]) for c in ("t1", *others))]) + "\n" for i in order[:n])
-        if write and (not (folder / "files.csv").is_file() or (folder / "files.csv").read_text() != head + rows):
-            atomic_write_text(folder / "files.csv", head + rows)
-        folders[n] = folder
+    folders = {n: out / "data" / f"cohort-{n}" for n in sizes}
+    for n, folder in folders.items() if write else ():
+        rows = [["id", "path", *others], *([i, *(str(by_id[i].images[c]) for c in ("t1", *others))] for i in order[:n])]
+        text = "".join(",".join(row) + "\n" for row in rows)
+        if not (folder / "files.csv").is_file() or (folder / "files.csv").read_text() != text:
+            atomic_write_text(folder / "files.csv", text)
     return folders
 
 

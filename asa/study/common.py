@@ -75,10 +75,7 @@ def record_settings(out: Path, settings: Mapping[str, Any], *, grows: Sequence[s
     """Keep ``settings`` in study.json; other settings are refused, but lists named in ``grows`` may gain entries."""
     recorded = out / "study.json"
     settings = json.loads(json.dumps(settings))
-    if not recorded.is_file():
-        atomic_write_json(recorded, settings)
-        return
-    old = recorded_as(json.loads(recorded.read_text()))
+    old = recorded_as(json.loads(recorded.read_text())) if recorded.is_file() else settings  # a new study: as asked
 
     def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         items: dict[str, Any] = {}

@@ -60,15 +60,13 @@ class Costs:
     scripts: dict[str, StepCost]
 
     def seconds(self, unit: Unit) -> float:
-        """The planned seconds of ``unit``: start, its steps and validation rounds; a scoring unit its start and its cases
-        scored; NaN for what was not timed."""
-        if unit.config is None:
-            cost = self.scripts.get("finetune")
-            return cost.fixed + unit.cases * cost.score if cost else math.nan
-        entry, overrides = unit.config
-        if entry not in self.scripts:
+        """The planned seconds of ``unit``: start, its steps and validation rounds; a scoring unit its start and its
+        cases scored; NaN for what was not timed."""
+        entry, overrides = unit.config or ("finetune", ())  # a scoring unit: priced by the fine-tuning script's run
+        if (cost := self.scripts.get(entry)) is None:
             return math.nan
-        cost = self.scripts[entry]
+        if unit.config is None:
+            return cost.fixed + unit.cases * cost.score
         # a round over the unit's own validation cases where it names them (none: it never validates)
         val = next((len(c["val"]) for path, c in unit.inputs if path.name == "splits.json"), None)
         round_seconds = cost.round if val is None else val * cost.case if val else 0.0
@@ -93,13 +91,6 @@ def validation_rounds(entry: str, overrides: Sequence[str], steps: int) -> int:
         if epoch % int(trainer.val_every) == 0 and at - last >= int(trainer.val_min_steps or 0):
             rounds, last = rounds + 1, at
     return rounds
-
-
-def device_name(device: str) -> str:
-    """"cpu (<model>)" or "cuda (<the GPU's name>)"."""
-    if device != "cpu" and torch.cuda.is_available():
-        return f"cuda ({torch.cuda.get_device_name(0)})"
-    return f"cpu ({machine()['cpu']})"
 
 
 def time_unit(unit: Unit, moved: Mapping[str, str], steps: int = TIMED_STEPS) -> StepCost:
@@ -156,13 +147,10 @@ def measure(units: Sequence[Unit], device: str, moved: Mapping[Path, Path]) -> C
     only what exists (``moved``: planned folders a dry run did not write -> where they were written to time it)."""
     firsts: dict[str, Unit] = {}
     swaps = {str(a): str(b) for a, b in moved.items()}
-    for unit in units:
-        if unit.config is not None and unit.steps and _readable(unit, swaps):
+    for unit in (u for u in units if u.config is not None and u.steps):
+        roots = [o.split("=", 1)[1] for o in unit.config[1] if o.startswith("data.root=")]
+        if all(Path(swaps.get(r, r)).exists() for r in roots):  # every data.root it reads, here or where moved
             firsts.setdefault(unit.config[0], unit)
-    return Costs(device_name(device), {entry: time_unit(unit, swaps) for entry, unit in firsts.items()})
-
-
-def _readable(unit: Unit, moved: Mapping[str, str]) -> bool:
-    """Whether every ``data.root`` the unit reads exists (here or where ``moved`` puts it)."""
-    roots = [o.split("=", 1)[1] for o in unit.config[1] if o.startswith("data.root=")]
-    return all(Path(moved.get(r, r)).exists() for r in roots)
+    gpu = device != "cpu" and torch.cuda.is_available()
+    name = f"cuda ({torch.cuda.get_device_name(0)})" if gpu else f"cpu ({machine()['cpu']})"
+    return Costs(name, {entry: time_unit(unit, swaps) for entry, unit in firsts.items()})

@@ -187,11 +187,6 @@ def studied_networks() -> dict[str, tuple[str, ...]]:
     return {name: tuple(f.presets) for name, f in families().items() if f.masked and f.segmenter}
 
 
-def channel_overrides(channels: Sequence[str]) -> list[str]:
-    """The pretraining overrides that read ``channels`` in that order (none for the T1 alone, every preset's)."""
-    return [] if list(channels) == ["t1"] else [f"data.channels=[{','.join(channels)}]"]
-
-
 def epochs_for(steps: int, cases: int, batch: int) -> int:
     """Epochs giving about ``steps`` optimiser steps over ``cases`` training cases in batches of ``batch``."""
     return max(1, round(steps / max(1, cases // batch)))
@@ -208,6 +203,7 @@ def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[s
                "divides it (each process takes an equal share, so the recipe stays the one-process run's)")
     per_rank = [f"trainer.batch_size={batch // scale.nproc}"] if scale.nproc > 1 else []
     resampling = store.resampling() if store is not None else []
+    read = [] if list(channels) == ["t1"] else [f"data.channels=[{','.join(channels)}]"]  # the T1 alone: every preset's
     units = [(arm, n, folder) for n, folder in cohorts.items() for arm in arms if ARMS[arm].pretrained
              and not ARMS[arm].noise] + ([(CONTROL, max(cohorts), noise)] if noise is not None else [])
     runs = []
@@ -217,7 +213,7 @@ def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[s
         stored = store is not None and arm != CONTROL  # the noise control reads its own volumes' file list
         layout, source = (store.layout, store.data()) if stored else ("filelist", [f"data.root={data}"])
         run_dir = out / "pretrain" / name
-        overrides = (*network.pretrain(arm), "data=bids", f"data.layout={layout}", *channel_overrides(channels),
+        overrides = (*network.pretrain(arm), "data=bids", f"data.layout={layout}", *read,
                      f"data.num_workers={scale.workers}", "data.split.ratios=[0.8,0.2,0.0]", "optim=adamw_demo",
                      "trainer.progress=false", "trainer.panel_every=0", "probe.every=0", "trainer.val_min_steps=0",
                      f"seed={seed + k}", "resume=auto", f"data.crop={crop}", *source, *resampling,

@@ -62,10 +62,7 @@ def replicate_of(row: Mapping[str, Any]) -> int:
 
 def runs_of(scores: Sequence[Mapping[str, Any]], group: str) -> list[str]:
     """The runs (their ``arm``) of ``group``, one per pretraining replicate, in replicate order."""
-    runs: dict[int, str] = {}
-    for s in scores:
-        if group_of(s) == group:
-            runs.setdefault(replicate_of(s), str(s["arm"]))
+    runs = {replicate_of(s): str(s["arm"]) for s in reversed(scores) if group_of(s) == group}  # its first row names it
     return [runs[k] for k in sorted(runs)]
 
 
@@ -105,8 +102,7 @@ def interval(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: i
 
 def paired_differences(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: int, key: str) -> list[float]:
     """Per test case: mean over seeds of (arm − reference) ``key``, pairing runs of the same N, seed and case."""
-    d = paired_matrix(scores, arm, reference, n, key)
-    return [float(np.nanmean(col)) for col in d.T if not np.isnan(col).all()]
+    return per_seed_differences(paired_matrix(scores, arm, reference, n, key).T)  # a row per case
 
 
 def case_interval(differences: Sequence[float], *, n_boot: int, seed: int) -> tuple[float, float]:

@@ -268,10 +268,8 @@ def _pretraining_cohort(study: Study, task: Any) -> tuple[list, list[str], list[
     cohort_cases, held, channels, store = [], [], None, None
     if study.pretrain_data is not None:
         layout, root = pretrain_layout(study.pretrain_data)
-        if layout == "store":
-            store, cohort_cases = read_store(root)
-        else:
-            cohort_cases = discover(layout, root, on_bad_case="skip")
+        store, cohort_cases = (read_store(root) if layout == "store"
+                               else (None, discover(layout, root, on_bad_case="skip")))
         if len(cohort_cases) < 2:
             refuse(f"--pretrain-data {study.pretrain_data}: {len(cohort_cases)} readable scan(s) ({layout}); the "
                    "pretraining runs need at least 2 (train and held-out)")
@@ -307,8 +305,7 @@ def _record(study: Study, task: Any, channels: list[str] | None, control_channel
     # a study recorded before the options pretrained on the T1 alone, trained the positive control on every
     # fine-tuning channel and ran each pretraining in one process
     record_settings(study.out, settings, grows=GROWS, recorded_as=lambda old: {
-        "probe_first": False,
-        "pretrain_channels": ["t1"] if old.get("pretrain_data") else None,
+        "probe_first": False, "pretrain_channels": ["t1"] if old.get("pretrain_data") else None,
         "supervised_channels": list(task.channels) if SUPERVISED in old.get("arms", []) else None, **old,
         # one process, one pretraining run per arm; a fixed split (folds, repeats, min_scored as the scale's)
         **({"scale": {"nproc": 1, "folds": scale.folds, "repeats": scale.repeats, "min_scored": scale.min_scored,
