@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -17,6 +16,7 @@ from asa.study import statistics, tables
 from asa.study.arms import twin_of
 from asa.study.common import machine_line, markdown_table
 from asa.study.probes import probe_lines
+from asa.study.tables import Outputs, declared_order
 from asa.study.readings import (ALPHA, INCONCLUSIVE, KEYS, LESION_KEY, LEVEL, NOT_READ, UNREADABLE, UNSHOWN, Reading,
                                 negative_small, read)
 
@@ -206,30 +206,6 @@ def cost_table(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) ->
     return markdown_table(["arm", "what", "wall time (s)", "steps / s"], rows)
 
 
-def _read_csv(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _number(v: str) -> Any:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return v
-
-
-def read_scores(path: Path, classes: Sequence[str]) -> list[dict[str, Any]]:
-    """scores.csv, an older file's ``Dice_lesion`` read as `statistics.LESION` (unless a class is called lesion)."""
-    scores = _read_csv(path)
-    if "lesion" not in classes:
-        for row in scores:
-            if statistics.OLD_LESION in row and statistics.LESION not in row:
-                row[statistics.LESION] = row.pop(statistics.OLD_LESION)
-    return scores
-
-
 def class_rows(scores: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> list[dict[str, Any]]:
     """Per arm (its pretraining runs pooled) and N, each class's paired Δ Dice to its twin, [value, low, high]."""
     groups = {statistics.group_of(r): str(r.get("encoder_arm") or r["arm"]) for r in scores}
@@ -274,13 +250,13 @@ def steps_phrase(runs: Sequence[Mapping[str, Any]], *, where: bool = True) -> st
             + (" (each run's count in the pretraining table)" if where else ""))
 
 
-def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
-    """``<out>/report/``: README.md, report.json, contrasts.json and the plots (SVG) of a finished study."""
+def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot: int) -> Path:
+    """``<out>/report/``: README.md, report.json, contrasts.json and the plots (SVG) of a finished study, from its
+    record ``info`` and the transfer stage's rows ``scored``."""
     folder = out / "report"
+    info = {**info, "pretraining": sorted(info.get("pretraining", []), key=declared_order)}  # not --arms' order
     classes = list(info.get("classes", []))
-    scores = read_scores(out / "transfer" / "scores.csv", classes)
-    rows = _read_csv(out / "transfer" / "transfer.csv")
-    budgets = _read_csv(out / "transfer" / "runs.csv")
+    scores, rows, budgets = scored.scores, scored.rows, scored.budgets
     said = read(scores, info, n_boot=n_boot)
     contrasts, primary, keys, min_effect = said.contrasts, said.primary, said.keys, said.min_effect
     pilot = info.get("pilot") or {}
@@ -398,7 +374,7 @@ def write_report(out: Path, info: Mapping[str, Any], *, n_boot: int) -> Path:
            "effective share, (Σp)² / (n·Σp²); 0 and 1 for uniform weights):", "",
            "![weights](weights.svg)", ""] if "weights.svg" in plots else []),
         "## Cost", "", cost_table(info, budgets), "",
-        "## Transfer (every arm)", "", (out / "transfer" / "transfer.md").read_text(), "",
+        "## Transfer (every arm)", "", scored.markdown, "",
         "Commands:", "", "```", *info["commands"], "```", ""]
     atomic_write_json(folder / "contrasts.json", contrasts)
     atomic_write_json(folder / "report.json", {**info, "contrasts": contrasts, "plots": sorted(plots)})

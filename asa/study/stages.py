@@ -28,6 +28,7 @@ from asa.study.plan import (Pretraining, Supervised, finetune_arms, overlap_over
 from asa.study.readout import pilot_budget, pilot_reading, pretraining_summary
 from asa.study.scheduler import Unit, run_units
 from asa.study.settings import Study
+from asa.study.tables import Outputs
 
 UNFINISHED = 3  # the exit code of a call that stopped before the study's end (its budget, a stage left): rerun
 
@@ -58,10 +59,12 @@ class StudyPlan:
 
 @dataclasses.dataclass
 class Findings:
-    """What the stages read on the way, apart from the plan: the pilot's budget, the probes' reading."""
+    """What the stages read on the way, apart from the plan: the pilot's budget, the probes' reading, the transfer
+    stage's rows (the report's, in memory: its files are the user's record)."""
 
     pilot: dict[str, Any] | None = None
     probes: dict[str, Any] | None = None
+    transfer: Outputs | None = None
 
 
 class Stage:
@@ -99,7 +102,8 @@ class FineTuning(Stage):
 
     def read(self, plan: StudyPlan, found: Findings, times: Mapping[str, Any],
              spent: Mapping[str, float]) -> int | None:
-        transfer.results(self.settings, self.runs, self.cfg, [spent.get(u.name, 0.0) for u in self.trained])
+        self.scored = transfer.results(self.settings, self.runs, self.cfg,
+                                       [spent.get(u.name, 0.0) for u in self.trained])
         return None
 
 
@@ -215,6 +219,12 @@ class TransferStage(FineTuning):
         return plan.transfer("transfer", arms=arms, cases=tuple(s.scale.cases), seeds=seeds,
                              steps=found.pilot["steps"], n_boot=s.n_boot, overrides=plan.overrides)
 
+    def read(self, plan: StudyPlan, found: Findings, times: Mapping[str, Any],
+             spent: Mapping[str, float]) -> int | None:
+        super().read(plan, found, times, spent)
+        found.transfer = self.scored  # every run scored: read afresh from their scores.json at every call
+        return None
+
 
 class Report(Stage):
     """The page (`asa.study.report`), from every stage's outputs."""
@@ -239,7 +249,7 @@ class Report(Stage):
                 "commands": ["asa-study " + shlex.join(sys.argv[1:]),
                              *(f"asa-pretrain {shlex.join(r.overrides)}" for r in plan.runs)],
                 "finished": datetime.datetime.now().isoformat(timespec="seconds")}
-        folder = report.write_report(s.out, info, n_boot=s.n_boot)
+        folder = report.write_report(s.out, info, found.transfer, n_boot=s.n_boot)
         print(f"[study] done: report in {folder / 'README.md'}", flush=True)
         return 0
 

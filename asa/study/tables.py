@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 from asa.eval.metrics import EMPTY_HD95
 from asa.eval.plots import line_plot
 from asa.io import atomic_write_text
+from asa.study.arms import ARMS
 from asa.study.common import markdown_table as table, rows_csv
 from asa.study.statistics import LESION, delta_prefix, summarize
 
@@ -234,9 +236,37 @@ def budget_table(budgets: Sequence[Mapping[str, Any]]) -> str:
     return table(head, lines)
 
 
-def write_outputs(scores: list[dict], names: Sequence[str], reference: str | Mapping[str, str], out: Path, *,
-                  n_boot: int = 10000, budgets: Sequence[Mapping[str, Any]] = (), undone: int = 0) -> str:
-    """scores.csv, transfer.md / .csv, runs.csv and dice_vs_cases.svg under ``out``; returns the Markdown."""
+def declared_order(row: Mapping[str, Any]) -> tuple[int, int]:
+    """Where a row's arm stands: its place in `asa.study.arms.ARMS` (an --encoder arm after them), then its cohort
+    size. A stable sort by it leaves each arm's replicates, N and seeds as they were, and nothing to --arms' order."""
+    arm, cohort = row.get("encoder_arm") or row["arm"], row.get("cohort")
+    return list(ARMS).index(arm) if arm in ARMS else len(ARMS), -1 if cohort in (None, "") else int(cohort)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+    """A fine-tuning stage's rows as `write_outputs` wrote them, its arms in their declared order (`declared_order`).
+
+    Args:
+        scores: a row per arm, N, seed and test case (scores.csv).
+        rows: a row per arm and N, the scores summarised (transfer.csv).
+        budgets: a row per run, its budget check (runs.csv).
+        markdown: transfer.md.
+    """
+
+    scores: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
+    budgets: list[dict[str, Any]]
+    markdown: str
+
+
+def write_outputs(scores: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str | Mapping[str, str],
+                  out: Path, *, n_boot: int = 10000, budgets: Sequence[Mapping[str, Any]] = (),
+                  undone: int = 0) -> Outputs:
+    """scores.csv, transfer.md / .csv, runs.csv and dice_vs_cases.svg under ``out``; returns their rows."""
+    scores = sorted(scores, key=declared_order)
+    arms = list(dict.fromkeys(r["arm"] for r in scores))
+    budgets = sorted(budgets, key=lambda b: arms.index(b["arm"]) if b["arm"] in arms else len(arms))
     rows = summarize(scores, names, reference, n_boot=n_boot)
     label = (reference if isinstance(reference, str)
              else " / ".join(dict.fromkeys(v for k, v in reference.items() if k != v)) or "reference")
@@ -252,10 +282,9 @@ def write_outputs(scores: list[dict], names: Sequence[str], reference: str | Map
                + budget_table(budgets))
         atomic_write_text(out / "runs.csv", rows_csv(budgets))
     if undone:
-        md = (f"**Partial: {undone} run(s) not trained yet** (rerun the same command to continue).\n\n"
-              + md)
+        md = f"**Partial: {undone} run(s) not trained yet** (rerun the same command to continue).\n\n" + md
     atomic_write_text(out / "scores.csv", rows_csv(scores))
     atomic_write_text(out / "transfer.csv", rows_csv(rows))
     atomic_write_text(out / "transfer.md", md)
     atomic_write_text(out / "dice_vs_cases.svg", svg_plot(rows))
-    return md
+    return Outputs(scores, rows, budgets, md)

@@ -27,7 +27,7 @@ from asa.study.arms import SCRATCH, label, twin_of
 from asa.study.common import finished, module_argv, refuse
 from asa.study.scheduler import Unit
 from asa.study.statistics import LESION
-from asa.study.tables import logged_budget, write_outputs
+from asa.study.tables import Outputs, logged_budget, write_outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,9 +280,9 @@ def score_main(spec_file: str) -> None:
         print(f"[transfer] scored {run.run_dir}", flush=True)
 
 
-def results(s: Transfer, runs: Sequence[Run], probe_cfg: Any, spent: Sequence[float]) -> bool:
+def results(s: Transfer, runs: Sequence[Run], probe_cfg: Any, spent: Sequence[float]) -> Outputs | None:
     """Add this call's seconds (``spent``, one per run) to each run's wall_time.json, write the scored runs' outputs
-    -> all done?"""
+    and return their rows (None: no run scored yet). Every call reads them afresh from the runs' scores.json."""
     out = Path(s.out).expanduser().absolute()
     for run, seconds in zip(runs, spent):  # each run's wall time adds the parts of every call that trained it
         if seconds > 0:
@@ -298,12 +298,12 @@ def results(s: Transfer, runs: Sequence[Run], probe_cfg: Any, spent: Sequence[fl
         refuse(f"--lesion-classes {' '.join(lesion)}: not among the classes {names}")
     for row in scores if s.lesion_classes else ():
         row[LESION] = float(np.mean([row[f"Dice_{c}"] for c in s.lesion_classes]))
-    if scores:
-        write_outputs(scores, names, references(s.arms), out, n_boot=s.n_boot, budgets=budgets,
-                      undone=len(runs) - len(done))
-        print(f"[transfer] outputs in {out}: transfer.md, transfer.csv, scores.csv, runs.csv, dice_vs_cases.svg",
-              flush=True)
-    return len(done) == len(runs)
+    if not scores:
+        return None
+    written = write_outputs(scores, names, references(s.arms), out, n_boot=s.n_boot, budgets=budgets,
+                            undone=len(runs) - len(done))
+    print(f"[transfer] outputs in {out}: transfer.md, transfer.csv, scores.csv, runs.csv, dice_vs_cases.svg", flush=True)
+    return written
 
 
 if __name__ == "__main__":

@@ -63,8 +63,8 @@ def _study(tmp_path: Path, effects: dict[str, tuple[float, float]], *, scale: st
     scores = scored(_scores(effects, ns=ns))
     arms = list(dict.fromkeys(r["arm"] for r in scores))
     twins = {a: twin_of(identity(a)["encoder_arm"]) for a in arms}
-    tables.write_outputs(scores, CLASSES, {a: twins[a] if twins[a] in arms else a for a in arms},
-                           out / "transfer", n_boot=200)
+    scored = tables.write_outputs(scores, CLASSES, {a: twins[a] if twins[a] in arms else a for a in arms},
+                                  out / "transfer", n_boot=200)
     runs = [_run(f"{arm}-c4", arm, steps) for arm, steps in (("mae", 3), ("asa", 5), ("asa-coord", 5), ("noise", 5))
             if f"{arm}-c4" in arms]
     info = {"scale_name": scale, "network": "resenc", "machine": MACHINE, "finished": "2026-11-25T22:00:00",
@@ -74,7 +74,7 @@ def _study(tmp_path: Path, effects: dict[str, tuple[float, float]], *, scale: st
             "pilot": {"test": {c: pilot_dice for c in CLASSES}, **(pilot or {})}, "pretraining": runs, "encoders": [],
             "checks": {"overlap": {"lines": ["none"]}, "channels": []}, "commands": ["asa-study ..."], "runs": {},
             "probes": probes, "design": design}
-    folder = report.write_report(out, info, n_boot=n_boot)
+    folder = report.write_report(out, info, scored, n_boot=n_boot)
     return (folder / "README.md").read_text(), json.loads((folder / "contrasts.json").read_text()), folder
 
 
@@ -163,16 +163,11 @@ def test_holm_on_hand_computed_p_values():
 
 def test_a_class_named_lesion_keeps_its_dice_beside_the_lesion_dice(tmp_path):
     _, contrasts, _ = _study(tmp_path, {**CONTROLS, "asa-c4": (0.05, 0.002)}, n_boot=300)
-    scores = report.read_scores(tmp_path / "study" / "transfer" / "scores.csv", CLASSES)
-    assert scores[0]["Dice_lesion"] == pytest.approx(0.2) and scores[0][tables.LESION] == pytest.approx(0.3)
+    scores = list(csv.DictReader(open(tmp_path / "study" / "transfer" / "scores.csv")))
+    assert float(scores[0]["Dice_lesion"]) == pytest.approx(0.2) and float(scores[0][tables.LESION]) == pytest.approx(0.3)
     table = (tmp_path / "study" / "transfer" / "transfer.md").read_text()
     assert "| lesion |" in table and "lesion mean" in table
     assert tables.LESION in _row(contrasts, "asa-c4")
-    # a scores.csv written before the rename: its Dice_lesion is the lesion Dice where no class is called "lesion"
-    old = tmp_path / "old.csv"
-    old.write_text("arm,n,seed,case,Dice_CSF,Dice_mean,Dice_lesion\nscratch,2,0,a,0.5,0.5,0.25\n")
-    assert report.read_scores(old, ["CSF"])[0][tables.LESION] == 0.25
-    assert tables.LESION not in report.read_scores(old, ["CSF", "lesion"])[0]
 
 
 def test_the_plots_mark_zero_name_their_axes_and_compare_each_arm_with_its_twin(tmp_path):
@@ -260,8 +255,8 @@ def test_near_uniform_attentive_weights_make_asa_minus_mae_no_test_and_the_plate
     scores = _scores({**CONTROLS, "mae-c4": (0.0, 0.002), "asa-c4": (0.0, 0.002)})
     arms = list(dict.fromkeys(r["arm"] for r in scores))
     twins = {a: twin_of(identity(a)["encoder_arm"]) for a in arms}
-    tables.write_outputs(scores, CLASSES, {a: twins[a] if twins[a] in arms else a for a in arms},
-                           out / "transfer", n_boot=200)
+    scored = tables.write_outputs(scores, CLASSES, {a: twins[a] if twins[a] in arms else a for a in arms},
+                                  out / "transfer", n_boot=200)
     runs = [{**_run("asa-c4", "asa", 5), "weights_cv": 0.14, "weights_share": 0.98, "plateau": False,
              "loss_drop": 0.083, "loss_rise": 0.0, "tol": 0.02}, _run("mae-c4", "mae", 5), _run("noise-c4", "noise", 5)]
     info = {"scale_name": "cpu", "network": "resenc", "machine": MACHINE, "finished": "2026-11-25T22:00:00",
@@ -269,7 +264,7 @@ def test_near_uniform_attentive_weights_make_asa_minus_mae_no_test_and_the_plate
             "steps": 40, "recipe": "adamw", "encoder_lr_scale": 1.0, "min_effect": 0.01, "classes": CLASSES,
             "lesion_classes": LESION_CLASSES, "pilot": {"test": {c: 0.7 for c in CLASSES}}, "pretraining": runs,
             "encoders": [], "checks": {"overlap": {"lines": ["none"]}, "channels": []}, "commands": [], "runs": {}}
-    page = (report.write_report(out, info, n_boot=200) / "README.md").read_text()
+    page = (report.write_report(out, info, scored, n_boot=200) / "README.md").read_text()
     contrasts = json.loads((out / "report" / "contrasts.json").read_text())
     row = _row(contrasts, "asa-c4", "mae-c4")
     assert row["verdict"] == "not a test of the attentive loss" and "effective share 0.98" in row["why"]
@@ -296,7 +291,7 @@ def test_replicated_pretraining_is_a_level_of_the_interval_and_the_page_counts_t
                "asa-c4": (0.01, 0.002), "asa-c4-p1": (0.05, 0.002)}
     scores = _scores(effects)
     arms = list(dict.fromkeys(r["arm"] for r in scores))
-    tables.write_outputs(scores, CLASSES, {a: "scratch" for a in arms}, out / "transfer", n_boot=200)
+    scored = tables.write_outputs(scores, CLASSES, {a: "scratch" for a in arms}, out / "transfer", n_boot=200)
     runs = [_run(name, name.split("-")[0], 5) for name in ("mae-c4", "mae-c4-p1", "asa-c4", "asa-c4-p1", "noise-c4",
                                                            "noise-c4-p1")]
     info = {"scale_name": "cpu", "network": "resenc", "machine": MACHINE, "finished": "2026-11-25T22:00:00",
@@ -304,7 +299,7 @@ def test_replicated_pretraining_is_a_level_of_the_interval_and_the_page_counts_t
             "recipe": "adamw", "encoder_lr_scale": 1.0, "min_effect": 0.01, "classes": CLASSES,
             "lesion_classes": LESION_CLASSES, "pilot": {"test": {c: 0.7 for c in CLASSES}}, "pretraining": runs,
             "encoders": [], "checks": {"overlap": {"lines": ["none"]}, "channels": []}, "commands": [], "runs": {}}
-    page = (report.write_report(out, info, n_boot=200) / "README.md").read_text()
+    page = (report.write_report(out, info, scored, n_boot=200) / "README.md").read_text()
     contrasts = json.loads((out / "report" / "contrasts.json").read_text())
     assert not any(r["arm"].endswith("-p1") for r in contrasts)  # a replicate is read with its arm, not alone
     asa = _row(contrasts, "asa-c4")
@@ -314,7 +309,7 @@ def test_replicated_pretraining_is_a_level_of_the_interval_and_the_page_counts_t
     # the two runs disagree (+0.01, +0.05): the interval carries it, as the per-seed spread alone would not
     assert asa["interval"]["components"]["pretraining"] > 0 and asa["Dice_mean"][1] < 0
     assert _row(contrasts, "asa-c4", "mae-c4")["Dice_mean"][0] == pytest.approx(0.005)  # run k against run k
-    assert "pretraining runs per arm: mae 2, asa 2, noise 2." in page
+    assert "pretraining runs per arm: noise 2, mae 2, asa 2." in page  # in their declared order
     assert "with twice the pretraining runs (4)" in page
 
 
@@ -369,7 +364,7 @@ def test_every_table_prints_the_interval_the_verdicts_read(tmp_path):
     for r in scores:  # HD95 falls with Dice, case by case
         r.update({f"HD95_{c}": 10 - 20 * r[f"Dice_{c}"] for c in CLASSES})
         r["HD95_mean"] = sum(r[f"HD95_{c}"] for c in CLASSES) / 3
-    md = tables.write_outputs(scores, CLASSES, "scratch", tmp_path, n_boot=200, undone=1)
+    md = tables.write_outputs(scores, CLASSES, "scratch", tmp_path, n_boot=200, undone=1).markdown
     row = next(r for r in csv.DictReader(open(tmp_path / "transfer.csv")) if r["arm"] == "asa-c4")
 
     def cell(p: str, digits: int, kind: str) -> str:
@@ -388,7 +383,7 @@ def test_asa_minus_mae_is_no_test_above_an_effective_share_of_0_8(tmp_path):
     for share, read in ((0.85, False), (0.67, True)):
         out = tmp_path / str(share) / "study"
         scores = _scores({**CONTROLS, "mae-c4": (0.0, 0.002), "asa-c4": (0.0, 0.002)})
-        tables.write_outputs(scores, CLASSES, "scratch", out / "transfer", n_boot=50)
+        scored = tables.write_outputs(scores, CLASSES, "scratch", out / "transfer", n_boot=50)
         runs = [{**_run("asa-c4", "asa", 5), "weights_share": share}, _run("mae-c4", "mae", 5),
                 _run("noise-c4", "noise", 5)]
         info = {"scale_name": "cpu", "network": "resenc", "machine": MACHINE, "finished": "2026-11-25T22:00:00",
@@ -396,7 +391,7 @@ def test_asa_minus_mae_is_no_test_above_an_effective_share_of_0_8(tmp_path):
                 "recipe": "adamw", "encoder_lr_scale": 1.0, "min_effect": 0.01, "classes": CLASSES,
                 "lesion_classes": LESION_CLASSES, "pilot": {"test": {c: 0.7 for c in CLASSES}}, "pretraining": runs,
                 "encoders": [], "checks": {"overlap": {"lines": ["none"]}, "channels": []}, "commands": [], "runs": {}}
-        report.write_report(out, info, n_boot=50)
+        report.write_report(out, info, scored, n_boot=50)
         row = _row(json.loads((out / "report" / "contrasts.json").read_text()), "asa-c4", "mae-c4")
         assert (row["verdict"] != "not a test of the attentive loss") is read
 
@@ -468,9 +463,9 @@ def test_under_holm_each_line_says_which_question_it_answers():
 
 def test_one_reading_the_page_renders(tmp_path):
     """`readings.read` reads the score rows once into a frozen `Reading`; the page and contrasts.json render it."""
-    page, contrasts, folder = _study(tmp_path, {**CONTROLS, "asa-c4": (0.05, 0.002)}, n_boot=200)
-    info = json.loads((folder / "report.json").read_text())
-    said = readings.read(report.read_scores(folder.parent / "transfer" / "scores.csv", CLASSES), info, n_boot=200)
+    effects = {**CONTROLS, "asa-c4": (0.05, 0.002)}
+    page, contrasts, folder = _study(tmp_path, effects, n_boot=200)
+    said = readings.read(_scores(effects), json.loads((folder / "report.json").read_text()), n_boot=200)
     with pytest.raises(dataclasses.FrozenInstanceError):
         said.plumbing = True
     assert [(r["arm"], r["verdict"], r["bound"]) for r in said.contrasts] == \

@@ -39,7 +39,7 @@ def test_paired_table_recovers_the_planted_difference(tmp_path):
     assert pre["delta"] == pytest.approx(0.04) and pre["delta_lo"] < 0.04 < pre["delta_hi"]
     assert pre["encoder_drop"] == pytest.approx(0.3)
     assert "delta" not in next(r for r in rows if r["arm"] == "scratch")
-    md = tables.write_outputs(scores, ["A", "B"], "scratch", tmp_path, n_boot=500)
+    md = tables.write_outputs(scores, ["A", "B"], "scratch", tmp_path, n_boot=500).markdown
     table = md.split("\n\n")[0]
     assert table.count("\n") + 1 == 2 + 4 and "| pretrained | 4 |" in table and "+0.040 [" in table
     assert "| pretrained | 4 | +0.040 [" in md  # the per-class differences
@@ -110,7 +110,7 @@ def test_seed_case_bootstrap_carries_the_spread_between_labeled_draws(tmp_path):
     again = statistics.summarize(scores, ["A"], "scratch", n_boot=4000)
     assert again == rows  # deterministic by seed
     assert statistics.summarize(scores, ["A"], "scratch", n_boot=4000, seed=1)[1]["delta_lo"] != pre["delta_lo"]
-    md = tables.write_outputs(scores, ["A"], "scratch", tmp_path, n_boot=500)
+    md = tables.write_outputs(scores, ["A"], "scratch", tmp_path, n_boot=500).markdown
     assert "+0.274 -0.019 -0.148" in md and "HD95 mean (mm)" in md and "Δ HD95 A (mm)" in md
     header = (tmp_path / "transfer.csv").read_text().splitlines()[0].split(",")
     assert {"delta", "delta_lo", "delta_hi", "delta_case_lo", "delta_case_hi", "delta_per_seed",
@@ -133,7 +133,7 @@ def test_a_network_without_an_encoder_shows_no_encoder_columns(tmp_path):
                                        "rel_update_decoder": float("nan"), "rel_update_ratio": float("nan")},
                                       {"arm": "scratch", "n": 2, "seed": 0, "steps": 10, "final_loss": 0.5,
                                        "loss_drop": 0.01, "plateau": True, "rel_update_encoder": 0.01,
-                                       "rel_update_decoder": 0.02, "rel_update_ratio": 0.5}])
+                                       "rel_update_decoder": 0.02, "rel_update_ratio": 0.5}]).markdown
     assert "nan" not in md
     assert "| pretrained | 2 |" in md and "— (no encoder)" in md
     assert "| pretrained | 2 | 10 | 0.500 | 1/1 | — | — | — |" in md
@@ -162,7 +162,8 @@ def run_study(s: transfer.Transfer, clock=None) -> bool:
     runs, test, cfg, ids = transfer.plan_runs(s)
     units, times = transfer.units(s, runs, test, ids, str(cfg.data.name)), {}
     complete = run_units(units, s.jobs, clock or Clock(None), times)
-    return transfer.results(s, runs, cfg, [times.get(u.name, 0.0) for u in units[:len(runs)]]) and complete
+    transfer.results(s, runs, cfg, [times.get(u.name, 0.0) for u in units[:len(runs)]])
+    return complete and all(run.scores_file.is_file() for run in runs)
 
 
 @pytest.mark.slow  # trains a run, stops it with a signal and continues it (15 s on one core)
