@@ -797,13 +797,14 @@ def test_a_labeled_folder_with_no_usable_case_is_refused_in_one_line(tmp_path, c
 def test_the_gpu_scale_plans_the_whole_study_for_one_window_and_runs_nothing(tmp_path, capsys):
     """--scale gpu --dry-run on a 40-case labeled set: 8 cross-validated draws at N = 2 (every case scored twice), four
     pretraining runs per arm, the positive control nested in each draw, units side by side as the machine holds
-    them; on a machine without a GPU the schedule says it is priced on the CPU, and nothing trains."""
+    them; on a machine without a GPU the schedule says it is priced on the CPU, and nothing trains. The units are
+    timed on ResEnc tiny, not the scale's S: the plan's counts do not depend on the network's size."""
     cohort = write_demo_dataset("bids", tmp_path / "cohort", cases=6, size=32, seed=5)
     labeled = write_demo_dataset("msd", tmp_path / "labeled", cases=40, size=32, seed=1)
     out = tmp_path / "study"
     assert study.main(["--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), "--out", str(out),
                        "--scale", "gpu", "--arms", "mae", "asa", "noise", "supervised", "--device", "cpu",
-                       "--pilot-steps", "8", "--pretrain-steps", "4", "--dry-run"]) == 0  # short timed runs
+                       "--pilot-steps", "8", "--pretrain-steps", "4", "--resenc", "tiny", "--dry-run"]) == 0
     said = capsys.readouterr().out
     jobs = units_at_once(1, 0, None, len(os.sched_getaffinity(0)))
     assert "[study] plan: --scale gpu on a machine without a GPU: the plan below is priced on this machine's CPU" in said
@@ -811,7 +812,8 @@ def test_the_gpu_scale_plans_the_whole_study_for_one_window_and_runs_nothing(tmp
     assert f"pretraining: 12 unit(s) of 4 steps, {jobs} at once" in said  # mae, asa and noise, 4 runs each
     assert f"transfer: 112 unit(s) of 8 steps, {jobs} at once" in said  # 14 arms × 8 draws
     assert "transfer: 14 arms × N [2] × 8 cross-validation draws" in said
-    assert (SCALES["gpu"].pilot_steps, SCALES["gpu"].pretrain_steps) == (1200, 480)  # the window's design
+    gpu = SCALES["gpu"]
+    assert (gpu.pilot_steps, gpu.pretrain_steps, gpu.resenc) == (1200, 480, "S")  # the window's design
     assert not out.exists()  # a dry run writes nothing
     # on one H100 (80 GiB, 16 cores): 16 units at once
     assert units_at_once(1, 0, 80.0, 16) == 16 and units_at_once(1, 0, 40.0, 16) == 13 and units_at_once(2, 0, None, 16) == 8
