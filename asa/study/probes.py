@@ -42,8 +42,7 @@ def probe_unit(out: Path, runs: Sequence[Pretraining], *, data: str, root: Path,
                cases: Sequence[str], seed: int, device: str, threads: int | None,
                overrides: Sequence[str] = ()) -> Unit:
     """asa-probe over every run's encoder and a random-init twin on ``cases``; done with a row per encoder."""
-    folder = out / "probes"
-    split = folder / "cases.json"
+    folder, split = out / "probes", out / "probes" / "cases.json"
     names = [*(r.name for r in runs), RANDOM_ROW]
     argv = module_argv("asa.cli.probe", f"encoders=[{','.join([*(str(r.encoder) for r in runs), 'random'])}]",
                        f"names=[{','.join(names)}]", f"data={data}", f"data.root={root}",

@@ -63,16 +63,14 @@ def signal_children(sig: int) -> None:
 
 def wait_children(timeout: float = 300.0) -> list[str]:
     """Wait for every child (SIGKILL to a group still running after ``timeout`` s); the names of those that ran."""
-    deadline = time.monotonic() + timeout
-    names = []
-    for proc, name in list(RUNNING.items()):
+    deadline, names = time.monotonic() + timeout, list(RUNNING.values())
+    for proc in list(RUNNING):
         try:
             proc.wait(max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        names.append(name)
-        RUNNING.pop(proc, None)
+        RUNNING.pop(proc)
     return names
 
 
