@@ -86,20 +86,20 @@ def control_faults(contrasts: Sequence[Mapping[str, Any]], *, min_effect: float)
 def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping[str, Any]],
                      faults: Mapping[str, Mapping[int, str]]) -> None:
     """In place, after `read_family`: the control ``faults``, asa − mae with near-uniform weights, the plateau flags."""
-    def runs_of(group: str) -> list[Mapping[str, Any]]:
-        return [run for run in runs if declared.label(run["arm"], run["cohort"]) == group]
-
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(declared.label(run["arm"], run["cohort"]), []).append(run)
     for r in contrasts:
         if r["kind"] != "question":
             continue
-        r["flags"] = [flag for group in (r["arm"], r["reference"]) for run in runs_of(group)
+        r["flags"] = [flag for group in (r["arm"], r["reference"]) for run in groups.get(group, [])
                       if (flag := run_flag(run))]
         if r["verdict"] == "no difference" and r["n"] in faults["nulls"]:
             r["verdict"], r["why"] = UNSHOWN, faults["nulls"][r["n"]]
         elif (r["verdict"] == "helped" and declared.scratch_twin(r["reference_arm"])
               and not declared.scratch_twin(r["encoder_arm"]) and r["n"] in faults["gains"]):
             r["verdict"], r["why"] = UNREADABLE, faults["gains"][r["n"]]
-        shares = [float(run.get("weights_share", math.nan)) for run in runs_of(r["arm"])]
+        shares = [float(run.get("weights_share", math.nan)) for run in groups.get(r["arm"], [])]
         share = float(np.mean(shares)) if shares else math.nan  # over the arm's pretraining runs
         if declared.attentive_over_uniform(r["encoder_arm"], r["reference_arm"]) and share > UNIFORM_SHARE:
             r["verdict"], r["why"] = NOT_A_TEST, (f"the attentive weights' effective share {share:.2f} > "
@@ -148,6 +148,11 @@ def holm(p: Sequence[float]) -> list[float]:
     return out
 
 
+def _ci(est: Any) -> list[float]:
+    """[value, low, high] of an interval or a bootstrap."""
+    return [est.value, est.low, est.high]
+
+
 def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], encoders: Sequence[str] = (), *,
                   n_boot: int, min_effect: float = 0.01, endpoint: tuple[str, str] = KEYS[0]) -> list[dict[str, Any]]:
     """Each declared contrast with both arms scored, per N: paired Δs (crossed CI, bootstrap), p, MDE and verdict."""
@@ -165,9 +170,7 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], e
             for k, _ in keys_of(scores, endpoint):
                 d = statistics.pooled_matrix(scores, group, reference, n, k)  # the arm's pretraining runs averaged
                 est = statistics.interval(scores, group, reference, n, k)
-                row[k] = [est.value, est.low, est.high]
-                boot = seed_case_bootstrap(d, n_resamples=n_boot)
-                row["bootstrap"][k] = [boot.value, boot.low, boot.high]
+                row[k], row["bootstrap"][k] = _ci(est), _ci(seed_case_bootstrap(d, n_resamples=n_boot))
                 if k == key:
                     row.update(p=est.p, bound90=list(est.bounds(0.90)), interval=est.to_dict(), mde=est.mde())
                     if est.parts and "seed" in est.levels:  # with twice the seeds, cases, pretraining runs
@@ -177,6 +180,18 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], e
             row["bound"] = bound_text(*row["bound90"], min_effect=min_effect)
             row["verdict"], row["why"] = settle(row[key], row["bound90"], min_effect=min_effect)
             rows.append(row)
+    return rows
+
+
+def class_rows(scores: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> list[dict[str, Any]]:
+    """Per arm (its pretraining runs pooled) and N, each class's paired Δ Dice to its twin, [value, low, high]."""
+    groups = {statistics.group_of(r): str(r.get("encoder_arm") or r["arm"]) for r in scores}
+    rows = []
+    for n in sorted({int(r["n"]) for r in scores} if classes else ()):
+        for arm, ref in ((arm, declared.twin_of(of)) for arm, of in groups.items()):
+            if arm != ref and ref in groups:
+                rows.append({"arm": arm, "reference": ref, "n": n, **{
+                    f"Dice_{c}": _ci(statistics.interval(scores, arm, ref, n, f"Dice_{c}")) for c in classes}})
     return rows
 
 
@@ -234,6 +249,7 @@ class Reading:
         controls: per N, why nulls and gains over scratch cannot be read (`control_faults`).
         plumbing: the quick scale, where nothing is read.
         min_effect: the smallest Δ read as an effect.
+        classes: per arm and N, each class's Δ Dice to its twin (`class_rows`).
     """
 
     endpoint: tuple[str, str]
@@ -244,6 +260,7 @@ class Reading:
     controls: Mapping[str, Mapping[int, str]]
     plumbing: bool
     min_effect: float
+    classes: list[dict[str, Any]]
 
     @property
     def interpretable(self) -> bool:
@@ -259,15 +276,15 @@ class Reading:
 
 def read(scores: Sequence[Mapping[str, Any]], info: Mapping[str, Any], *, n_boot: int) -> Reading:
     """The reading of a study's score rows, with its record ``info`` (classes, endpoint, pilot, pretraining runs)."""
-    classes, named = list(info.get("classes", [])), list(info.get("lesion_classes") or [])
-    lesion_scored = bool(scores) and all(LESION_KEY[0] in r for r in scores)
-    # a study recorded before the endpoint was named: the lesion Dice when scored (its classes not recorded)
-    key = tuple(info.get("endpoint") or (LESION_KEY if lesion_scored and not named else endpoint(classes, named)))
+    classes = list(info.get("classes", []))
+    key = tuple(info.get("endpoint") or endpoint(classes, list(info.get("lesion_classes") or [])))
+    keys = keys_of(scores, key)
     runs = info.get("pretraining", [])
     cohorts = sorted({int(r["cohort"]) for r in runs if not declared.ARMS[r["arm"]].noise})
     encoders = [k.split("=", 1)[0] for k in info.get("encoders", [])]
     min_effect = float(info.get("min_effect", 0.01))
     contrasts = contrast_rows(scores, cohorts, encoders, n_boot=n_boot, min_effect=min_effect, endpoint=key)
+    per_class = class_rows(scores, classes)
     primary = read_family(contrasts, encoders, min_effect=min_effect)
     controls = control_faults(contrasts, min_effect=min_effect)
     plumbing = info.get("scale_name") == "quick"
@@ -280,4 +297,4 @@ def read(scores: Sequence[Mapping[str, Any]], info: Mapping[str, Any], *, n_boot
     for r in contrasts:  # a reading that is not interpretable claims no bound either
         if r["verdict"] in (PLUMBING, UNREADABLE, UNSHOWN):
             r["bound"] = NOT_READ
-    return Reading(key, keys_of(scores, key), contrasts, primary, faults, controls, plumbing, min_effect)
+    return Reading(key, keys, contrasts, primary, faults, controls, plumbing, min_effect, per_class)

@@ -12,13 +12,12 @@ import numpy as np
 
 from asa.eval.plots import interval_plot, line_plot
 from asa.io import atomic_write_json, atomic_write_text
-from asa.study import statistics, tables
-from asa.study.arms import twin_of
+from asa.study import tables
 from asa.study.common import machine_line, markdown_table
 from asa.study.probes import probe_lines
-from asa.study.tables import Outputs, declared_order
 from asa.study.readings import (ALPHA, INCONCLUSIVE, KEYS, LESION_KEY, LEVEL, NOT_READ, UNREADABLE, UNSHOWN, Reading,
                                 negative_small, read)
+from asa.study.tables import Outputs, declared_order
 
 __all__ = ["write_report"]
 
@@ -114,8 +113,9 @@ def question_line(row: Mapping[str, Any], *, min_effect: float) -> str:
     return line + "."
 
 
-def contrast_table(said: Reading) -> str:
-    """Every contrast: its Δs with their CIs, the bootstrap's, p (Holm's), its bound and its verdict."""
+def contrast_cells(said: Reading) -> tuple[list[str], list[list[str]]]:
+    """The contrast table's head and cells: every contrast's Δs with their CIs, the bootstrap's, p (Holm's), its bound
+    and its verdict."""
     head = ["question", "arm − reference", "N", "role", *(f"Δ {label} [95 % CI]" for _, label in said.keys),
             "bootstrap CI", "p (Holm)", "bound (one-sided 95 %)", "verdict"]
     cells = [[r["question"], f"{r['arm']} − {r['reference']}", str(r["n"]), r.get("role", "—"),
@@ -123,7 +123,7 @@ def contrast_table(said: Reading) -> str:
               "—" if math.isnan(r.get("p", math.nan)) else f"{r['p']:.3f}"
               + (f" ({r['p_holm']:.3f})" if "p_holm" in r else ""),
               r["bound"], reading(r, min_effect=said.min_effect)] for r in said.contrasts]
-    return markdown_table(head, cells, left=2)
+    return head, cells
 
 
 def family_lines(said: Reading) -> list[str]:
@@ -191,8 +191,9 @@ def pretraining_lines(runs: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]
     return markdown_table(head, cells), flags
 
 
-def cost_table(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) -> str:
-    """Seconds per arm: each pretraining run's wall time, fine-tuning's mean per run."""
+def cost_cells(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The cost table's head and cells, seconds per arm: each pretraining run's wall time, fine-tuning's mean per
+    run."""
     rows = [[r["run"], "pretraining", f"{r['seconds']:.0f}", f"{r['steps'] / r['seconds']:.2f}"
              if r["seconds"] and not math.isnan(r["seconds"]) else "—"] for r in info.get("pretraining", [])]
     for name, what in (("pilot", "fine-tuning (pilot)"), ("supervised", "fine-tuning (control)")):
@@ -203,24 +204,7 @@ def cost_table(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) ->
         secs = [float(b["train_seconds"]) for b in runs if not math.isnan(float(b["train_seconds"]))]
         rows.append([arm, f"fine-tuning ({len(runs)} runs)", f"{np.mean(secs):.0f} per run" if secs else "—",
                      f"{np.mean([int(b['steps']) for b in runs]) / np.mean(secs):.2f}" if secs else "—"])
-    return markdown_table(["arm", "what", "wall time (s)", "steps / s"], rows)
-
-
-def class_rows(scores: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> list[dict[str, Any]]:
-    """Per arm (its pretraining runs pooled) and N, each class's paired Δ Dice to its twin, [value, low, high]."""
-    groups = {statistics.group_of(r): str(r.get("encoder_arm") or r["arm"]) for r in scores}
-    rows = []
-    for n in sorted({int(r["n"]) for r in scores}):
-        for arm, of in groups.items():
-            ref = twin_of(of)
-            if arm == ref or ref not in groups:
-                continue
-            row: dict[str, Any] = {"arm": arm, "reference": ref, "n": n}
-            for c in classes:
-                est = statistics.interval(scores, arm, ref, n, f"Dice_{c}")
-                row[f"Dice_{c}"] = [est.value, est.low, est.high]
-            rows.append(row)
-    return rows
+    return ["arm", "what", "wall time (s)", "steps / s"], rows
 
 
 def draws_line(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) -> str:
@@ -250,15 +234,41 @@ def steps_phrase(runs: Sequence[Mapping[str, Any]], *, where: bool = True) -> st
             + (" (each run's count in the pretraining table)" if where else ""))
 
 
+def figures(info: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], said: Reading) -> dict[str, str]:
+    """The page's plots (SVG) by file name: Dice against N (``rows``: one per arm and N), the contrasts, the
+    classes, the pilot's curve, the pretraining curves and the loss weights' spread."""
+    runs, pilot, keys = info.get("pretraining", []), info.get("pilot") or {}, said.keys
+    classes = list(info.get("classes", []))
+    plots = {"dice_vs_n.svg": tables.svg_plot(rows, xlabel="labeled cases N", ylabel="mean Dice (± sd over seeds)",
+                                              dodge=True)}
+    for name, shown, series in (("contrasts.svg", said.contrasts, [(k, label, f"Δ {label}") for k, label in keys]),
+                                ("classes.svg", said.classes, [(f"Dice_{c}", c, f"Δ Dice {c}") for c in classes])):
+        if shown:
+            plots[name] = interval_plot([f"{r['arm']} − {r['reference']}, N = {r['n']}" for r in shown],
+                                        {label: [tuple(r[k]) for r in shown] for k, label, _ in series},
+                                        xlabels={label: x for _, label, x in series}, zero=True)
+    if pilot.get("curve"):
+        plots["pilot.svg"] = line_plot({"scratch (pilot)": [(s, d, 0.0) for s, d in pilot["curve"]]}, xlabel="step",
+                                       ylabel="validation Dice", categorical=False)
+    if curves := {r["run"]: [(s, v, 0.0) for s, v in r["val_curve"]] for r in runs if r["val_curve"]}:
+        plots["pretraining.svg"] = line_plot(curves, xlabel="step", ylabel="held-out masked loss", categorical=False,
+                                             clip=None)
+    if weighted := [r for r in runs if not math.isnan(r.get("weights_cv", math.nan))]:
+        plots["weights.svg"] = interval_plot([r["run"] for r in weighted],
+                                             {"loss weights CV": [(r["weights_cv"], None, None) for r in weighted],
+                                              "effective share": [(r["weights_share"], None, None) for r in weighted]})
+    return plots
+
+
 def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot: int) -> Path:
     """``<out>/report/``: README.md, report.json, contrasts.json and the plots (SVG) of a finished study, from its
-    record ``info`` and the transfer stage's rows ``scored``."""
+    record ``info`` and the transfer stage's rows ``scored``: read once (`asa.study.readings.read`), then drawn and
+    written."""
     folder = out / "report"
     info = {**info, "pretraining": sorted(info.get("pretraining", []), key=declared_order)}  # not --arms' order
-    classes = list(info.get("classes", []))
-    scores, rows, budgets = scored.scores, scored.rows, scored.budgets
-    said = read(scores, info, n_boot=n_boot)
-    contrasts, primary, keys, min_effect = said.contrasts, said.primary, said.keys, said.min_effect
+    said = read(scored.scores, info, n_boot=n_boot)
+    plots = figures(info, scored.rows, said)
+    contrasts, primary, min_effect = said.contrasts, said.primary, said.min_effect
     pilot = info.get("pilot") or {}
     trained_on = ("each draw's own training part (the cases the arms draw N from, trained for the pilot's steps): it "
                   "shows that a better start on the same cases moves the fine-tuning, not transfer from other cases"
@@ -270,32 +280,6 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
                                                           if "supervised" in info.get("checks", {}) else "")
                         + ": the study's sensitivity is not shown, so no null below is read as evidence (\""
                         + UNSHOWN + "\").")
-    plots = {"dice_vs_n.svg": line_plot(
-        {arm: [(r["n"], r["Dice_mean"], r["Dice_mean_sd"]) for r in rows if r["arm"] == arm]
-         for arm in dict.fromkeys(r["arm"] for r in rows)}, xlabel="labeled cases N",
-        ylabel="mean Dice (± sd over seeds)", dodge=True)}
-    if contrasts:
-        plots["contrasts.svg"] = interval_plot([f"{r['arm']} − {r['reference']}, N = {r['n']}" for r in contrasts],
-                                               {label: [tuple(r[k]) for r in contrasts] for k, label in keys},
-                                               xlabels={label: f"Δ {label}" for _, label in keys}, zero=True)
-    if per_class := (class_rows(scores, classes) if classes else []):
-        plots["classes.svg"] = interval_plot([f"{r['arm']} − {r['reference']}, N = {r['n']}" for r in per_class],
-                                             {c: [tuple(r[f"Dice_{c}"]) for r in per_class] for c in classes},
-                                             xlabels={c: f"Δ Dice {c}" for c in classes}, zero=True)
-    if pilot.get("curve"):
-        plots["pilot.svg"] = line_plot({"scratch (pilot)": [(s, d, 0.0) for s, d in pilot["curve"]]}, xlabel="step",
-                                       ylabel="validation Dice", categorical=False)
-    curves = {r["run"]: [(s, v, 0.0) for s, v in r["val_curve"]] for r in info.get("pretraining", []) if r["val_curve"]}
-    if curves:
-        plots["pretraining.svg"] = line_plot(curves, xlabel="step", ylabel="held-out masked loss", categorical=False,
-                                             clip=None)
-    weighted = [r for r in info.get("pretraining", []) if not math.isnan(r.get("weights_cv", math.nan))]
-    if weighted:
-        plots["weights.svg"] = interval_plot([r["run"] for r in weighted],
-                                             {"loss weights CV": [(r["weights_cv"], None, None) for r in weighted],
-                                              "effective share": [(r["weights_share"], None, None) for r in weighted]})
-    for name, svg in plots.items():
-        atomic_write_text(folder / name, svg)
     pretraining_md, flags = pretraining_lines(info.get("pretraining", []))
     ordered = sorted((r for r in contrasts if r["kind"] == "question"), key=lambda r: r["role"] != "primary")
     questions = [question_line(r, min_effect=min_effect) for r in ordered]
@@ -312,6 +296,8 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
               "decoder's lr for every arm (pretrained or not)" if info["recipe"] == "adamw" else
               " (nnU-Net's PretrainedTrainer: 1e-3 for a network from a pretrained file, 1e-2 from scratch)") + ".")
     overlap = checks["overlap"]
+    cells = contrast_cells(said), cost_cells(info, scored.budgets)
+    contrast_md, cost_md = (markdown_table(*c) for c in cells)
     if said.plumbing:
         top = ["**Plumbing check: no answer can come from this page.** The quick scale runs a few steps per run "
                f"({steps_phrase(info.get('pretraining', []), where=False)}, {info['steps']} fine-tuning steps per "
@@ -340,7 +326,7 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
             f"N = {', '.join(map(str, sc['cases']))} labeled cases × seeds {', '.join(map(str, sc['seeds']))}; "
             f"{sc['test']} fixed test and {sc['val']} validation cases; ")
         + f"{steps_phrase(info.get('pretraining', []))}; minimum effect {min_effect:g} Dice. {recipe}", "",
-        draws_line(info, budgets), "",
+        draws_line(info, scored.budgets), "",
         "## Answers", "",
         *family_lines(said),
         *(f"- {'**Primary:** ' if r['role'] == 'primary' else ''}{q}" for r, q in zip(ordered, questions)),
@@ -358,7 +344,7 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
         "(asa.eval.random_effects); bootstrap CI: the seed × case percentile bootstrap of the endpoint "
         f"({n_boot} resamples), shown, not read; p: the interval's two-sided p of the endpoint, Holm's in "
         "brackets for the exploratory questions; bound: what its one-sided 95 % bounds exclude.", "",
-        contrast_table(said) if contrasts else "No contrast had both arms.", "",
+        contrast_md if contrasts else "No contrast had both arms.", "",
         *(["![contrasts](contrasts.svg)", ""] if "contrasts.svg" in plots else []),
         "## Dice against N", "", "![dice vs N](dice_vs_n.svg)", "",
         *(["Per class (Δ Dice of each arm to its own twin, as in the answers: asa-coord to scratch with the "
@@ -373,9 +359,11 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
         *(["The loss weights' spread (per run: the coefficient of variation of its attentive loss weights and their "
            "effective share, (Σp)² / (n·Σp²); 0 and 1 for uniform weights):", "",
            "![weights](weights.svg)", ""] if "weights.svg" in plots else []),
-        "## Cost", "", cost_table(info, budgets), "",
+        "## Cost", "", cost_md, "",
         "## Transfer (every arm)", "", scored.markdown, "",
         "Commands:", "", "```", *info["commands"], "```", ""]
+    for name, svg in plots.items():
+        atomic_write_text(folder / name, svg)
     atomic_write_json(folder / "contrasts.json", contrasts)
     atomic_write_json(folder / "report.json", {**info, "contrasts": contrasts, "plots": sorted(plots)})
     atomic_write_text(folder / "README.md", "\n".join(lines))

@@ -59,12 +59,12 @@ class StudyPlan:
 
 @dataclasses.dataclass
 class Findings:
-    """What the stages read on the way, apart from the plan: the pilot's budget, the probes' reading, the transfer
-    stage's rows (the report's, in memory: its files are the user's record)."""
+    """What the stages read on the way, apart from the plan: the pilot's budget, the probes' reading, the rows of the
+    last fine-tuning stage read (the transfer stage's by the report: in memory, their files are the user's record)."""
 
     pilot: dict[str, Any] | None = None
     probes: dict[str, Any] | None = None
-    transfer: Outputs | None = None
+    scored: Outputs | None = None
 
 
 class Stage:
@@ -102,8 +102,9 @@ class FineTuning(Stage):
 
     def read(self, plan: StudyPlan, found: Findings, times: Mapping[str, Any],
              spent: Mapping[str, float]) -> int | None:
-        self.scored = transfer.results(self.settings, self.runs, self.cfg,
-                                       [spent.get(u.name, 0.0) for u in self.trained])
+        # every run scored: read afresh from their scores.json at every call, a resumed study's as a whole one's
+        found.scored = transfer.results(self.settings, self.runs, self.cfg,
+                                        [spent.get(u.name, 0.0) for u in self.trained])
         return None
 
 
@@ -219,12 +220,6 @@ class TransferStage(FineTuning):
         return plan.transfer("transfer", arms=arms, cases=tuple(s.scale.cases), seeds=seeds,
                              steps=found.pilot["steps"], n_boot=s.n_boot, overrides=plan.overrides)
 
-    def read(self, plan: StudyPlan, found: Findings, times: Mapping[str, Any],
-             spent: Mapping[str, float]) -> int | None:
-        super().read(plan, found, times, spent)
-        found.transfer = self.scored  # every run scored: read afresh from their scores.json at every call
-        return None
-
 
 class Report(Stage):
     """The page (`asa.study.report`), from every stage's outputs."""
@@ -249,7 +244,7 @@ class Report(Stage):
                 "commands": ["asa-study " + shlex.join(sys.argv[1:]),
                              *(f"asa-pretrain {shlex.join(r.overrides)}" for r in plan.runs)],
                 "finished": datetime.datetime.now().isoformat(timespec="seconds")}
-        folder = report.write_report(s.out, info, found.transfer, n_boot=s.n_boot)
+        folder = report.write_report(s.out, info, found.scored, n_boot=s.n_boot)
         print(f"[study] done: report in {folder / 'README.md'}", flush=True)
         return 0
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -82,7 +81,6 @@ class Transfer:
     threads: int | None = None  # torch threads per run (trainer.threads)
     jobs: int = 1  # runs trained (and scoring processes) at once
     n_boot: int = 10000  # bootstrap resamples of the confidence intervals
-    drop_checkpoints: bool = False  # delete a run's checkpoints once scored (its scores.json is what a rerun reads)
     logs: Path | None = None  # the folder of the runs' logs (None: <out>/logs)
 
 
@@ -225,13 +223,11 @@ def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequen
                             after=tuple(u.name for r, u in zip(runs, trained) if r in share),
                             cases=sum(len(r.test) or len(test_ids) for r in share),
                             inputs=((spec, {"runs": [{**dataclasses.asdict(r), "run_dir": str(r.run_dir)}
-                                                     for r in share], "test": list(test_ids), "device": s.device,
-                                            "drop_checkpoints": s.drop_checkpoints}),)))
+                                                     for r in share], "test": list(test_ids), "device": s.device}),)))
     return [*trained, *scoring]
 
 
-def score(run: Run, by_id: Mapping[str, Any], test_ids: Sequence[str], device: str,
-          drop_checkpoints: bool = False) -> dict[str, Any]:
+def score(run: Run, by_id: Mapping[str, Any], test_ids: Sequence[str], device: str) -> dict[str, Any]:
     """Score ``run`` on its test cases with its budget check, into scores.json (a rerun neither trains nor predicts)."""
     ckpt = run.run_dir / "checkpoints" / "last.pt"
     predictor = Predictor.from_checkpoint(ckpt, device=torch.device(
@@ -254,8 +250,6 @@ def score(run: Run, by_id: Mapping[str, Any], test_ids: Sequence[str], device: s
               "train": " ".join(run.train), **logged_budget(run.run_dir)}
     done = {"scores": scores, "budget": budget, "names": list(task.output_names)}
     atomic_write_json(run.scores_file, done)
-    if drop_checkpoints:
-        shutil.rmtree(run.run_dir / "checkpoints")
     return done
 
 
@@ -276,7 +270,7 @@ def score_main(spec_file: str) -> None:
     root, layout = dataset_root(data)
     by_id = {c.id: c for c in discover(layout, root, on_bad_case=str(data.on_bad_case))}
     for run in left:
-        score(run, by_id, spec["test"], spec["device"], spec["drop_checkpoints"])
+        score(run, by_id, spec["test"], spec["device"])
         print(f"[transfer] scored {run.run_dir}", flush=True)
 
 
