@@ -89,6 +89,7 @@ def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for run in runs:
         groups.setdefault(declared.label(run["arm"], run["cohort"]), []).append(run)
+    weighted = {(a, b) for a in declared.ARMS for b in declared.ARMS if declared.attentive_over_uniform(a, b)}
     for r in contrasts:
         if r["kind"] != "question":
             continue
@@ -101,7 +102,7 @@ def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping
             r["verdict"], r["why"] = UNREADABLE, faults["gains"][r["n"]]
         shares = [float(run.get("weights_share", math.nan)) for run in groups.get(r["arm"], [])]
         share = float(np.mean(shares)) if shares else math.nan  # over the arm's pretraining runs
-        if declared.attentive_over_uniform(r["encoder_arm"], r["reference_arm"]) and share > UNIFORM_SHARE:
+        if (r["encoder_arm"], r["reference_arm"]) in weighted and share > UNIFORM_SHARE:
             r["verdict"], r["why"] = NOT_A_TEST, (f"the attentive weights' effective share {share:.2f} > "
                                                   f"{UNIFORM_SHARE}: asa's loss is mae's in all but name")
 
@@ -148,6 +149,13 @@ def holm(p: Sequence[float]) -> list[float]:
     return out
 
 
+def paired(scores: Sequence[Mapping[str, Any]], group: str, reference: str, n: int, key: str) -> tuple[Any, Any]:
+    """``group`` − ``reference`` in ``key`` at N = ``n``: the seeds × cases Δs (the arm's pretraining runs averaged)
+    and their interval (`asa.study.statistics.interval`)."""
+    return (statistics.pooled_matrix(scores, group, reference, n, key),
+            statistics.interval(scores, group, reference, n, key))
+
+
 def _ci(est: Any) -> list[float]:
     """[value, low, high] of an interval or a bootstrap."""
     return [est.value, est.low, est.high]
@@ -168,8 +176,7 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], e
                                    "encoder_arm": arm, "reference_arm": ref, "n": n,
                                    "endpoint": key, "endpoint_label": endpoint[1], "bootstrap": {}}
             for k, _ in keys_of(scores, endpoint):
-                d = statistics.pooled_matrix(scores, group, reference, n, k)  # the arm's pretraining runs averaged
-                est = statistics.interval(scores, group, reference, n, k)
+                d, est = paired(scores, group, reference, n, k)
                 row[k], row["bootstrap"][k] = _ci(est), _ci(seed_case_bootstrap(d, n_resamples=n_boot))
                 if k == key:
                     row.update(p=est.p, bound90=list(est.bounds(0.90)), interval=est.to_dict(), mde=est.mde())
@@ -191,7 +198,7 @@ def class_rows(scores: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> l
         for arm, ref in ((arm, declared.twin_of(of)) for arm, of in groups.items()):
             if arm != ref and ref in groups:
                 rows.append({"arm": arm, "reference": ref, "n": n, **{
-                    f"Dice_{c}": _ci(statistics.interval(scores, arm, ref, n, f"Dice_{c}")) for c in classes}})
+                    f"Dice_{c}": _ci(paired(scores, arm, ref, n, f"Dice_{c}")[1]) for c in classes}})
     return rows
 
 

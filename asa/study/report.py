@@ -239,8 +239,10 @@ def figures(info: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], said: Re
     classes, the pilot's curve, the pretraining curves and the loss weights' spread."""
     runs, pilot, keys = info.get("pretraining", []), info.get("pilot") or {}, said.keys
     classes = list(info.get("classes", []))
-    plots = {"dice_vs_n.svg": tables.svg_plot(rows, xlabel="labeled cases N", ylabel="mean Dice (± sd over seeds)",
-                                              dodge=True)}
+    plots = {"dice_vs_n.svg": line_plot(
+        {arm: [(r["n"], r["Dice_mean"], r["Dice_mean_sd"]) for r in rows if r["arm"] == arm]
+         for arm in dict.fromkeys(r["arm"] for r in rows)}, xlabel="labeled cases N",
+        ylabel="mean Dice (± sd over seeds)", dodge=True)}
     for name, shown, series in (("contrasts.svg", said.contrasts, [(k, label, f"Δ {label}") for k, label in keys]),
                                 ("classes.svg", said.classes, [(f"Dice_{c}", c, f"Δ Dice {c}") for c in classes])):
         if shown:

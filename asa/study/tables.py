@@ -177,12 +177,11 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], names: Sequence[str], ref
             "[95 % CI: the crossed random-effects interval]:\n\n" + class_differences_table(rows, names, reference))
 
 
-def svg_plot(rows: Sequence[Mapping[str, Any]], **style: Any) -> str:
-    """Mean Dice (± sd over seeds) against the number of labeled cases, one line per arm (SVG, `asa.eval.plots`;
-    ``style``: its `line_plot`'s keywords)."""
+def svg_plot(rows: Sequence[Mapping[str, Any]], *, width: int = 480, height: int = 320) -> str:
+    """Mean Dice (± sd over seeds) against the number of labeled cases, one line per arm (SVG, `asa.eval.plots`)."""
     return line_plot({arm: [(r["n"], r["Dice_mean"], r["Dice_mean_sd"]) for r in rows if r["arm"] == arm]
-                      for arm in dict.fromkeys(r["arm"] for r in rows)}, **{"xlabel": "labeled cases",
-                                                                            "ylabel": "mean Dice", **style})
+                      for arm in dict.fromkeys(r["arm"] for r in rows)},
+                     xlabel="labeled cases", ylabel="mean Dice", width=width, height=height)
 
 
 def unlearned_classes(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
