@@ -19,7 +19,6 @@ from asa.eval.random_effects import CrossedInterval, crossed_interval, folded_in
 # mean Dice over the --lesion-classes, a score column of its own: every per-class column starts with its metric
 # (Dice_<class>, HD95_<class>, NSD_<class>), so no class name (a class may be called "lesion") can write over this one
 LESION = "lesion_Dice"
-OLD_LESION = "Dice_lesion"  # its name in scores.csv files written before, where a class named "lesion" wrote over it
 
 
 def paired_matrix(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: int, key: str, *,
