@@ -170,5 +170,6 @@ def contrasts(cohorts: Sequence[int], encoders: Sequence[str] = ()) -> list[tupl
 
     declared = [(at(arm.name, big), at(arm.name, small) if c.cohorts else at(c.reference, big), c.question, c.kind)
                 for arm in ARMS.values() for c in arm.contrasts]
-    return declared + [((name, None), (SCRATCH, None), f"does the encoder {name} help? ({name} − scratch)", "question")
+    return declared + [((name, None), (SCRATCH, None), f"does the encoder {name} help? ({name} − scratch)",
+                        "question")
                        for name in encoders]

@@ -16,8 +16,8 @@ from asa.study.plan import Pretraining, Scale
 from asa.train.schedule import lr_at
 
 # relative drop (and rise from its best) of the held-out masked loss over the last quarter of the optimiser's progress
-# under which a pretraining run has levelled (each a median over an eighth of the progress: `loss_plateau`); 5 % let a
-# falling one by
+# under which a pretraining run has levelled (each level a median over an eighth of the progress: `loss_plateau`); 5 %
+# let a falling one by
 PLATEAU_TOL = 0.02
 
 
@@ -105,13 +105,12 @@ def loss_plateau(losses: Sequence[float], *, tol: float = PLATEAU_TOL,
     n = len(losses)
     loss = np.asarray(losses, dtype=float)
     at = np.asarray(progress if progress is not None else [(i + 1) / n for i in range(n)], dtype=float)
-    end, width = at[-1], at[-1] / 8
-    eighths = np.clip(np.ceil(np.round(at / width, 9)) - 1, 0, 7) if width > 0 else np.zeros(n)
-    levels = [float(np.median(loss[eighths == k])) for k in range(8) if (eighths == k).any()]
-    before = loss[(at > 0.75 * end - width) & (at <= 0.75 * end)]
-    start = float(np.median(before)) if before.size else float(loss[max(np.searchsorted(at, 0.75 * end, "right") - 1, 0)])
-    last = float(np.median(loss[at > end - width]))
+    eighth = np.clip(np.ceil(np.round(8 * at / at[-1], 9)) - 1, 0, 7) if at[-1] > 0 else np.zeros(n)
+    levels = {int(k): float(np.median(loss[eighth == k])) for k in np.unique(eighth)}
+    # the eighth before the last quarter (5/8 to 6/8), else the last point before 3/4; the last eighth holds the end
+    start = levels.get(5, float(loss[max(int(np.searchsorted(at, 0.75 * at[-1], "right")) - 1, 0)]))
+    last = levels[7] if 7 in levels else float(loss[-1])
     drop = (start - last) / abs(start) if start else 0.0
-    best = min(levels)
+    best = min(levels.values())
     rise = (last - best) / abs(best) if best else 0.0
     return {"plateau": bool(drop < tol and rise < tol), "loss_drop": float(drop), "loss_rise": float(rise), "tol": tol}

@@ -296,7 +296,8 @@ def results(s: Transfer, runs: Sequence[Run], probe_cfg: Any, spent: Sequence[fl
         return None
     written = write_outputs(scores, names, references(s.arms), out, n_boot=s.n_boot, budgets=budgets,
                             undone=len(runs) - len(done))
-    print(f"[transfer] outputs in {out}: transfer.md, transfer.csv, scores.csv, runs.csv, dice_vs_cases.svg", flush=True)
+    print(f"[transfer] outputs in {out}: transfer.md, transfer.csv, scores.csv, runs.csv, dice_vs_cases.svg",
+          flush=True)
     return written
 
 
