@@ -281,10 +281,11 @@ def run_stages(plan: StudyPlan, clock: Clock, times: dict[str, Any], times_file:
 
 
 def planned(plan: StudyPlan) -> list[tuple[Stage, list[Unit]]]:
-    """Every stage's units as planned now, nothing written (the transfer stage at the pilot's whole length, every
-    pretraining arm: nothing is read before anything runs)."""
-    draft = Findings(pilot={"steps": plan.study.scale.pilot_steps})
-    return [(stage, stage.units(plan, draft)) for stage in stages(plan.study)]
+    """Every stage's units as planned now, nothing written (the transfer stage at the pilot's whole length or at
+    ``--budget-cap`` where that is shorter, every pretraining arm: nothing is read before anything runs)."""
+    s = plan.study
+    draft = Findings(pilot={"steps": min(s.scale.pilot_steps, s.budget_cap or s.scale.pilot_steps)})
+    return [(stage, stage.units(plan, draft)) for stage in stages(s)]
 
 
 def check_configs(units: list[Unit]) -> None:

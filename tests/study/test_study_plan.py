@@ -96,6 +96,18 @@ def test_a_bad_override_is_refused_before_anything_trains_or_is_written(tmp_path
     assert not list(out.rglob("*.pt")) and not (out / "logs").exists()
 
 
+def test_a_dry_run_prices_the_transfer_stage_at_the_budget_cap(tmp_path, capsys, labeled, monkeypatch):
+    cost = StepCost(fixed=1.0, step=0.5, round=0.0, val_cases=1, score=1.0)
+    monkeypatch.setattr(study, "measure", lambda units, device, moved: Costs("cpu (test)", {"finetune": cost}))
+    argv = ["--data", "msd", "--root", str(labeled), "--arms", "supervised", "--quick", "--test", "3",
+            "--pilot-steps", "40", "--out", str(tmp_path / "out"), "--dry-run"]
+    for cap, steps in (([], 40), (["--budget-cap", "12"], 12), (["--budget-cap", "400"], 40)):
+        assert study.main([*argv, *cap]) == 0
+        (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[study] plan: transfer:")]
+        assert f" unit(s) of {steps} steps, " in line  # the pilot's length, or the cap where that is shorter
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_unit_s_planned_seconds_are_its_start_steps_and_validation_rounds():
     cost = StepCost(fixed=10.0, step=0.5, round=8.0, val_cases=4, score=3.0)
     costs = Costs("cpu (test)", {"finetune": cost})
