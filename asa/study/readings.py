@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from asa.eval import seed_case_bootstrap
-from asa.study import arms as declared, statistics, tables
+from asa.study import arms as declared, statistics
 
 KEYS = (("Dice_mean", "mean Dice"), ("NSD_mean", "NSD"))
 LESION_KEY = (statistics.LESION, "lesion Dice")  # with --lesion-classes: the mean Dice of those classes
@@ -111,8 +111,6 @@ def run_flag(run: Mapping[str, Any] | None) -> str | None:
     """A pretraining run's plateau flag in a few words (None: levelled or not checked)."""
     if not run or run.get("plateau") is not False:
         return None
-    if run.get("loss_rise", 0.0) >= run.get("tol", tables.PLATEAU_TOL):
-        return f"{run['run']}'s held-out loss ended {run['loss_rise']:.1%} above its lowest"
     return (f"{run['run']} unfinished: its held-out loss still fell {run['loss_drop']:.1%} over the last quarter of "
             "the summed lr")
 

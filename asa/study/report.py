@@ -173,16 +173,13 @@ def pretraining_lines(runs: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]
         first, last = (f"{curve[0][1]:.4f}", f"{curve[-1][1]:.4f}") if curve else ("—", "—")
         # the run's own tolerance (older records: the fine-tuning budget check's); NaN (short runs): not rising
         rising = r.get("loss_rise", 0.0) >= r.get("tol", tables.PLATEAU_TOL)
-        level = {None: "not checked (< 4 rounds)", True: "levelled",
-                 False: "rose from its best" if rising else "still falling"}[r.get("plateau")]
+        level = ({None: "not checked (< 4 rounds)", True: "levelled", False: "still falling"}[r.get("plateau")]
+                 + ("" if math.isnan(r.get("loss_drop", math.nan)) else f" ({r['loss_drop']:.1%})")
+                 + (f"; ended {r['loss_rise']:.1%} above its lowest round, the one exported" if rising else ""))
         cv, share = r.get("weights_cv", math.nan), r.get("weights_share", math.nan)
-        cells.append([r["run"], str(r["cohort"]), str(r["steps"]), f"{r['seconds']:.0f}", f"{first} → {last}",
-                      level + ("" if math.isnan(r.get("loss_drop", math.nan)) else f" ({r['loss_drop']:.1%})"),
+        cells.append([r["run"], str(r["cohort"]), str(r["steps"]), f"{r['seconds']:.0f}", f"{first} → {last}", level,
                       "—" if math.isnan(cv) else f"{cv:.2f}", "—" if math.isnan(share) else f"{share:.2f}"])
-        if r.get("plateau") is False and rising:
-            flags.append(f"{r['run']}: its held-out masked loss ended {r['loss_rise']:.1%} above its lowest value: the "
-                         "encoder fits its training volumes, not the held-out ones; its contrasts read that encoder.")
-        elif r.get("plateau") is False:
+        if r.get("plateau") is False:
             flags.append(f"{r['run']} was pretrained far from its plateau: its held-out masked loss still fell "
                          f"{r['loss_drop']:.1%} over the last quarter of the optimiser's progress (its summed lr); its "
                          "contrasts read an unfinished encoder.")
