@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import torch
 
 from asa.io import atomic_write_json, load_checkpoint
+from asa.train.checkpoint import flatten
 from asa.train.data import available_cpus as usable_cores  # the cores this process may run on (its affinity)
 
 S = TypeVar("S")
@@ -76,14 +77,7 @@ def record_settings(out: Path, settings: Mapping[str, Any], *, grows: Sequence[s
     recorded = out / "study.json"
     settings = json.loads(json.dumps(settings))
     old = recorded_as(json.loads(recorded.read_text())) if recorded.is_file() else settings  # a new study: as asked
-
-    def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-        items: dict[str, Any] = {}
-        for k, v in d.items():
-            items.update(flat(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
-        return items
-
-    before, now = flat(old), flat(settings)
+    before, now = flatten(old), flatten(settings)
     differ = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     fixed = [k for k in differ if k not in grows]
     lost = [k for k in differ if k in grows and not (isinstance(before.get(k), list) and isinstance(now.get(k), list)

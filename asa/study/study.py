@@ -301,7 +301,6 @@ def _record(study: Study, task: Any, channels: list[str] | None, control_channel
                 "lesion_classes": list(study.lesion_classes), "largest_cohort": max(scale.cohorts, default=None),
                 "pilot_cases": max(scale.cases), "pretrain_channels": channels, "supervised_channels": supervised,
                 **({"pretrain_store": {"root": str(store.root), "layout": store.layout}} if store else {})}
-    study.out.mkdir(parents=True, exist_ok=True)
     # a study recorded before the options pretrained on the T1 alone, trained the positive control on every
     # fine-tuning channel and ran each pretraining in one process
     record_settings(study.out, settings, grows=GROWS, recorded_as=lambda old: {
