@@ -20,8 +20,7 @@ from asa.study.arms import ARMS, CONTROL, COORD_SCRATCH, SCRATCH, SUPERVISED, ru
 from asa.study.cohort import StoreCohort, cohort_order
 from asa.study.common import module_argv, refuse
 
-MASK_BLOCK = 16
-MASKING = (f"mask_block={MASK_BLOCK}", "densify=spark", "mirror_visible=null")  # model.<key> where the family takes it
+MASKING = ("mask_block=16", "densify=spark", "mirror_visible=null")  # model.<key> where the family takes it
 RECIPES = {"adamw": "optim=adamw", "nnunet": "optim=nnunet"}
 
 
@@ -225,10 +224,8 @@ def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[s
 
 def pretraining_argv(nproc: int, *overrides: str) -> tuple[str, ...]:
     """asa-pretrain, or with ``nproc`` > 1 asa-torchrun (its exit code the job's: 143 after a stop, not a failure)."""
-    if nproc == 1:
-        return module_argv("asa.cli.pretrain", *overrides)
-    return module_argv("asa.cli.launch", "--standalone", f"--nproc_per_node={nproc}", "-m", "asa.cli.pretrain",
-                       *overrides)
+    torchrun = () if nproc == 1 else ("asa.cli.launch", "--standalone", f"--nproc_per_node={nproc}", "-m")
+    return module_argv(*torchrun, "asa.cli.pretrain", *overrides)
 
 
 def write_store_splits(runs: Sequence[Pretraining], ids: Sequence[str], seed: int) -> None:
@@ -304,8 +301,7 @@ def labeled_split(cases: Sequence, scale: Scale, seed: int, *, control: bool = T
     """The split of the labeled pool: test, validation, pool and the control's cases if it holds them, else ``folds`` ×
     ``repeats`` cross-validation; refused (exit 2) under ``min_scored`` cases scored, or a fold's part under val + N."""
     ids = [c.id for c in cases]
-    fixed = scale.test + scale.val + max(scale.cases)
-    if len(ids) >= fixed + (scale.supervised if control else 0):
+    if len(ids) >= scale.test + scale.val + max(scale.cases) + (scale.supervised if control else 0):
         if scale.test < scale.min_scored:
             refuse(f"--test {scale.test}: fewer than the {scale.min_scored} test cases a study reads an answer from (a "
                    "labeled set too small for a fixed split is cross-validated: every case scored)")

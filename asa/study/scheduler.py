@@ -118,8 +118,7 @@ def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, f
             if proc.returncode != 0 or not unit.done():
                 stop_all()
                 raise SystemExit(f"[study] {unit.name} failed (exit {proc.returncode}): see {unit.log}")
-        left = clock.left()
-        if left is not None and left < STOP_MARGIN and running:
+        if running and not clock.fits(STOP_MARGIN):
             stop_all()
             return False
     return True

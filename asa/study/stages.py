@@ -65,33 +65,27 @@ class Findings:
     pilot: dict[str, Any] | None = None
     probes: dict[str, Any] | None = None
     scored: Outputs | None = None
+    times: dict[str, Any] = dataclasses.field(default_factory=dict)  # the study's seconds per stage and unit
 
 
 class Stage:
-    """One stage: its units, done when they are, and what it reads once they are into ``found`` (``times``: the
-    study's seconds per stage and unit; ``spent``: each of its units' seconds in this call) -> None to go on, else the
-    exit code the study ends with."""
+    """One stage: its units, done when they are, and what it reads once they are into ``found`` (``spent``: each of
+    its units' seconds in this call) -> None to go on, else the exit code the study ends with."""
 
     title = ""
     said = ""  # what its last `units` call planned, said as it runs (and by a dry run), never while only planned
+    jobs: int | None = None  # units at once (None: the scale's)
 
     def units(self, plan: StudyPlan, found: Findings) -> list[Unit]:
         return []
 
-    def jobs(self, plan: StudyPlan) -> int:
-        """Units at once."""
-        return plan.study.scale.jobs
-
-    def read(self, plan: StudyPlan, found: Findings, times: Mapping[str, Any],
-             spent: Mapping[str, float]) -> int | None:
+    def read(self, plan: StudyPlan, found: Findings, spent: Mapping[str, float]) -> int | None:
         return None
 
 
 class FineTuning(Stage):
-    """A stage of fine-tuning runs (`asa.study.transfer`): their units, scoring included, then their tables."""
-
-    def transfer(self, plan: StudyPlan, found: Findings) -> transfer.Transfer:
-        raise NotImplementedError
+    """A stage of fine-tuning runs (`asa.study.transfer`, as its subclass's ``transfer`` sets them): their units,
+    scoring included, then their tables."""
 
     def units(self, plan: StudyPlan, found: Findings) -> list[Unit]:
         self.settings = self.transfer(plan, found)
@@ -100,8 +94,7 @@ class FineTuning(Stage):
         self.trained = units[:len(self.runs)]  # a unit per run, in their order, then the scoring
         return units
 
-    def read(self, plan: StudyPlan, found: Findings, times: Mapping[str, Any],
-             spent: Mapping[str, float]) -> int | None:
+    def read(self, plan: StudyPlan, found: Findings, spent: Mapping[str, float]) -> int | None:
         # every run scored: read afresh from their scores.json at every call, a resumed study's as a whole one's
         found.scored = transfer.results(self.settings, self.runs, self.cfg,
                                         [spent.get(u.name, 0.0) for u in self.trained])
@@ -134,11 +127,10 @@ class Pilot(FineTuning):
                                  config=("finetune", overrides), steps=s.scale.pilot_steps))
         return [*super().units(plan, found), *controls]
 
-    def read(self, plan: StudyPlan, found: Findings, times: Mapping[str, Any],
-             spent: Mapping[str, float]) -> int | None:
-        super().read(plan, found, times, spent)
+    def read(self, plan: StudyPlan, found: Findings, spent: Mapping[str, float]) -> int | None:
+        super().read(plan, found, spent)
         s, [run], [unit] = plan.study, self.runs, self.trained  # the scratch twin at the largest N, seed 0
-        times["runs"][PILOT] = times["runs"].get(unit.name, math.nan)  # the cost table's pilot row
+        found.times["runs"][PILOT] = found.times["runs"].get(unit.name, math.nan)  # the cost table's pilot row
         found.pilot = pilot_budget(run.scores_file, s.scale, s.budget_cap, lesion_classes=list(s.lesion_classes))
         atomic_write_json(s.out / "pilot.json", found.pilot)
         if found.pilot["learned"]:
@@ -176,8 +168,7 @@ class Probes(Stage):
 
     title = "probes"
 
-    def jobs(self, plan: StudyPlan) -> int:
-        return 1  # one asa-probe over every encoder
+    jobs = 1  # one asa-probe over every encoder
 
     def units(self, plan: StudyPlan, found: Findings) -> list[Unit]:
         s = plan.study
@@ -186,8 +177,7 @@ class Probes(Stage):
                                   threads=s.threads,
                                   overrides=overlap_overrides(plan.checks["overlap"]))]
 
-    def read(self, plan: StudyPlan, found: Findings, times: Mapping[str, Any],
-             spent: Mapping[str, float]) -> int | None:
+    def read(self, plan: StudyPlan, found: Findings, spent: Mapping[str, float]) -> int | None:
         s = plan.study
         record = json.loads((s.out / "probes" / "table" / "probe.json").read_text())
         keys, label = probes.primary_probe(plan.task.output_names, s.lesion_classes)
@@ -226,9 +216,8 @@ class Report(Stage):
 
     title = "report"
 
-    def read(self, plan: StudyPlan, found: Findings, times: Mapping[str, Any],
-             spent: Mapping[str, float]) -> int | None:
-        s = plan.study
+    def read(self, plan: StudyPlan, found: Findings, spent: Mapping[str, float]) -> int | None:
+        s, times = plan.study, found.times
         info = {"scale_name": s.scale_name, "scale": dataclasses.asdict(s.scale), "network": s.network.name,
                 "steps": found.pilot["steps"], "recipe": s.recipe, "encoder_lr_scale": s.encoder_lr_scale,
                 "min_effect": s.min_effect,
@@ -258,14 +247,14 @@ def run_stages(plan: StudyPlan, clock: Clock, times: dict[str, Any], times_file:
     """Run every stage in order: its units not done yet within ``clock``'s budget, then its reading; the seconds of
     each stage and unit added to ``times`` (kept in ``times_file``). Returns the exit code: 0 (the report is
     written), `UNFINISHED` (the budget ended or a stage was left: rerun) or a stage's own."""
-    s, found = plan.study, Findings()
+    s, found = plan.study, Findings(times=times)
     for stage in stages(s):
         started = time.perf_counter()
         units = stage.units(plan, found)
         if stage.said:
             print(stage.said, flush=True)
         before = {u.name: times["runs"].get(u.name, 0.0) for u in units}
-        complete = run_units(units, stage.jobs(plan), clock, times["runs"])
+        complete = run_units(units, stage.jobs or s.scale.jobs, clock, times["runs"])
         if units:
             times["stages"][stage.title] = times["stages"].get(stage.title, 0.0) + time.perf_counter() - started
         atomic_write_json(times_file, times)
@@ -275,7 +264,7 @@ def run_stages(plan: StudyPlan, clock: Clock, times: dict[str, Any], times_file:
             print(f"[study] {why}: rerun the same command to continue", flush=True)
             return UNFINISHED
         spent = {u.name: times["runs"].get(u.name, 0.0) - before[u.name] for u in units}
-        if (code := stage.read(plan, found, times, spent)) is not None:
+        if (code := stage.read(plan, found, spent)) is not None:
             return code
     return 0
 
@@ -292,17 +281,14 @@ def check_configs(units: list[Unit]) -> None:
     """Compose and check every unit's config as its console script will (`asa.api.config.load_config`): a bad
     override is refused in one line naming the unit (exit 2) before anything trains. Units that differ only in
     their folder and seed compose once."""
-    seen = set()
+    first: dict[tuple[str, tuple[str, ...]], Unit] = {}
     for unit in units:
-        if unit.config is None:
-            continue
-        entry, overrides = unit.config
-        key = (entry, tuple(o for o in overrides if not o.startswith(("output_dir=", "seed="))))
-        if key in seen:
-            continue
-        seen.add(key)
+        if unit.config is not None:
+            entry, overrides = unit.config
+            first.setdefault((entry, tuple(o for o in overrides if not o.startswith(("output_dir=", "seed=")))), unit)
+    for (entry, _), unit in first.items():
         try:
-            load_config(entry, *overrides)
+            load_config(entry, *unit.config[1])
         except ValueError as err:
             refuse(f"[study] {unit.name}: its asa-{entry} config does not compose: {err}".replace("\n", " "))
 
@@ -315,12 +301,11 @@ def schedule_lines(plan: StudyPlan, stage_units: list[tuple[Stage, list[Unit]]],
     for stage, units in stage_units:
         if not units:
             continue
-        jobs = stage.jobs(plan)
+        jobs = stage.jobs or plan.study.scale.jobs
         lines += [stage.said] if stage.said else []
         trained = [u for u in units if u.config is not None]
         others = [u for u in units if u.config is None]
-        seconds = _makespan([costs.seconds(u) for u in trained], jobs) + _makespan(
-            [costs.seconds(u) for u in others], jobs)
+        seconds = sum(_makespan([costs.seconds(u) for u in part], jobs) for part in (trained, others))
         total += seconds
         steps = sorted({u.steps for u in trained})
         lines.append(f"[study] plan: {stage.title}: {len(trained)} unit(s) of "

@@ -144,9 +144,8 @@ def plan_runs(s: Transfer) -> tuple[list[Run], list[str], Any, list[str]]:
     base = [f"data={s.data}", f"model={s.model}", "trainer.progress=false", "trainer.panel_every=0",
             "task.overlap=0", f"data.num_workers={s.workers}", f"device={s.device}",
             f"trainer.log_every={max(1, s.steps // 40)}", *s.overrides]  # >= 40 loss windows per run
-    base += [f"trainer.threads={s.threads}"] if s.threads else []
-    base += [f"data.root={s.root}"] if s.root else []
-    base += [f"data.crop={s.crop}"] if s.crop else []
+    base += [f"{key}={value}" for key, value in (("trainer.threads", s.threads), ("data.root", s.root),
+                                                  ("data.crop", s.crop)) if value]
     try:
         probe_cfg = compose_config("finetune", base)
     except HydraException as err:  # a bad --override: one line, before anything trains
