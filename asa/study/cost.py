@@ -118,8 +118,7 @@ def time_unit(unit: Unit, moved: Mapping[str, str], steps: int = TIMED_STEPS) ->
         val = json.loads((out / "splits.json").read_text()).get("val", [])
         scored = _score_seconds(cfg, out, val[0]) if entry == "finetune" and val else math.nan
     torch.set_num_threads(threads)
-    batch = int(cfg.trainer.batch_size) * int(cfg.trainer.accum_steps)
-    seconds = [batch / r for r in rates]
+    seconds = [int(cfg.trainer.batch_size) * int(cfg.trainer.accum_steps) / r for r in rates]
     step = statistics.median(seconds[1:])
     # the first step (warm-up) counts with the start; the window holding the middle round is the slowest
     return StepCost(fixed=max(0.0, wall - sum(seconds[1:]) - step), step=step, round=max(seconds[1:]) - step,

@@ -98,8 +98,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], refe
     lines = []
     for r in rows:
         def cell(key: str, digits: int = 3) -> str:  # ± sd over seeds, when there are several
-            sd = r[key + "_sd"]
-            return f"{r[key]:.{digits}f}" if math.isnan(sd) else f"{r[key]:.{digits}f} ± {sd:.{digits}f}"
+            return f"{r[key]:.{digits}f}" + ("" if math.isnan(sd := r[key + "_sd"]) else f" ± {sd:.{digits}f}")
 
         cells = [_arm(r, rows), str(r["n"]), *(cell(f"Dice_{c}") for c in names), cell("Dice_mean"),
                  *([cell(LESION)] if lesion else []), *([cell("HD95_mean", 1)] if hd else []),
@@ -179,8 +178,7 @@ def unlearned_classes(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -
     """One line per N and class every arm scores Dice 0 on: no difference there because nothing was learned."""
     notes = []
     for n in sorted({int(r["n"]) for r in rows}):
-        mine = [r for r in rows if int(r["n"]) == n]
-        zero = [c for c in names if all(r[f"Dice_{c}"] <= 1e-6 for r in mine)]
+        zero = [c for c in names if all(r[f"Dice_{c}"] <= 1e-6 for r in rows if int(r["n"]) == n)]
         if zero:
             notes.append(f"At {n} labeled case(s) every arm scores Dice 0 on {', '.join(zero)}: nothing was learned "
                          "there, so the table can say nothing about a difference between the arms on "
