@@ -65,7 +65,7 @@ class Costs:
         # a round over the unit's own validation cases where it names them, a timed round's share a case (NaN where
         # the timed run validated none); none: it never validates
         val = next((len(c["val"]) for path, c in unit.inputs if path.name == "splits.json"), None)
-        round_seconds = cost.round if val is None else val * cost.round / (cost.val_cases or math.nan) if val else 0.0
+        round_seconds = cost.round if val is None else val * (cost.round / (cost.val_cases or math.nan)) if val else 0.0
         return cost.fixed + unit.steps * cost.step + validation_rounds(entry, overrides, unit.steps) * round_seconds
 
     def line(self) -> str:
