@@ -66,11 +66,6 @@ class Arm:
         return self.pretrained or self.labels or not self.selectable
 
     @property
-    def twin(self) -> str:
-        """The arm it differs from by its encoder alone (its first contrast's reference; scratch without one)."""
-        return self.contrasts[0].reference if self.contrasts else SCRATCH
-
-    @property
     def cell(self) -> tuple[str, bool]:
         """Its cell of the pretraining factorial: (loss weighting, coordinate channel)."""
         return self.loss_weighting, self.coord
@@ -134,8 +129,10 @@ def primary_order() -> list[str]:
 
 
 def twin_of(arm: str) -> str:
-    """The arm ``arm`` differs from by its encoder alone (scratch for an --encoder arm)."""
-    return ARMS[arm].twin if arm in ARMS else SCRATCH
+    """The arm ``arm`` differs from by its encoder alone: its first contrast's reference (scratch without one, and
+    for an --encoder arm)."""
+    declared = ARMS[arm].contrasts if arm in ARMS else ()
+    return declared[0].reference if declared else SCRATCH
 
 
 def scratch_twin(arm: str) -> bool:

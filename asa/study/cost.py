@@ -46,11 +46,6 @@ class StepCost:
     val_cases: int
     score: float = math.nan
 
-    @property
-    def case(self) -> float:
-        """Seconds to predict one case (a validation round's share)."""
-        return self.round / self.val_cases if self.val_cases else math.nan
-
 
 @dataclasses.dataclass(frozen=True)
 class Costs:
@@ -67,9 +62,10 @@ class Costs:
             return math.nan
         if unit.config is None:
             return cost.fixed + unit.cases * cost.score
-        # a round over the unit's own validation cases where it names them (none: it never validates)
+        # a round over the unit's own validation cases where it names them, a timed round's share a case (NaN where
+        # the timed run validated none); none: it never validates
         val = next((len(c["val"]) for path, c in unit.inputs if path.name == "splits.json"), None)
-        round_seconds = cost.round if val is None else val * cost.case if val else 0.0
+        round_seconds = cost.round if val is None else val * (cost.round / (cost.val_cases or math.nan)) if val else 0.0
         return cost.fixed + unit.steps * cost.step + validation_rounds(entry, overrides, unit.steps) * round_seconds
 
     def line(self) -> str:
@@ -122,8 +118,7 @@ def time_unit(unit: Unit, moved: Mapping[str, str], steps: int = TIMED_STEPS) ->
         val = json.loads((out / "splits.json").read_text()).get("val", [])
         scored = _score_seconds(cfg, out, val[0]) if entry == "finetune" and val else math.nan
     torch.set_num_threads(threads)
-    batch = int(cfg.trainer.batch_size) * int(cfg.trainer.accum_steps)
-    seconds = [batch / r for r in rates]
+    seconds = [int(cfg.trainer.batch_size) * int(cfg.trainer.accum_steps) / r for r in rates]
     step = statistics.median(seconds[1:])
     # the first step (warm-up) counts with the start; the window holding the middle round is the slowest
     return StepCost(fixed=max(0.0, wall - sum(seconds[1:]) - step), step=step, round=max(seconds[1:]) - step,

@@ -96,8 +96,7 @@ def factorial_effects(rows: Sequence[Mapping[str, Any]], *, confidence: float = 
     cells: dict[tuple[str, bool], dict[int, float]] = {}
     for r in (r for r in arms if r["cohort"] == largest):
         cells.setdefault(ARMS[r["arm"]].cell, {})[r["replicate"]] = r["primary"]
-    seeds = sorted(set.intersection(*(set(v) for v in cells.values()))) if len(cells) == 4 else []
-    if not seeds:
+    if len(cells) != 4 or not (seeds := sorted(set.intersection(*(set(v) for v in cells.values())))):
         return []
     out = []
     for name, coef in EFFECTS.items():

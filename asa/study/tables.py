@@ -21,16 +21,6 @@ PLATEAU_TOL = 0.05  # relative loss drop between the last two quarters of a run 
 VAL_PLATEAU_TOL = 0.02  # spread (max − min) of validation Dice over a run's last 20 % within which it has plateaued
 
 
-def val_plateau(dice: Sequence[float], *, tol: float = VAL_PLATEAU_TOL, tail: float = 0.2) -> dict[str, Any]:
-    """Whether validation Dice plateaued: its spread over the last ``tail`` of the rounds (2 at least) ≤ ``tol``."""
-    v = np.asarray(dice, dtype=float)
-    if v.size < 3:
-        return {"val_dice": float(v[-1]) if v.size else math.nan, "val_spread": math.nan, "val_plateau": None}
-    last = v[-max(2, int(math.ceil(tail * v.size))):]
-    spread = float(last.max() - last.min())
-    return {"val_dice": float(v[-1]), "val_spread": spread, "val_plateau": spread <= tol}
-
-
 def budget_check(losses: Sequence[float], rel_encoder: Sequence[float], rel_decoder: Sequence[float]) -> dict[str, Any]:
     """Whether a run learned what its budget allows: its loss's drop over the last quarter, its relative updates."""
     v = np.asarray(losses, dtype=float)
@@ -39,8 +29,7 @@ def budget_check(losses: Sequence[float], rel_encoder: Sequence[float], rel_deco
     q = v.size // 4
     third, last = v[-2 * q:-q].mean(), v[-q:].mean()
     drop = float((third - last) / max(abs(third), 1e-12))
-    enc = float(np.mean(rel_encoder)) if len(rel_encoder) else math.nan
-    dec = float(np.mean(rel_decoder)) if len(rel_decoder) else math.nan
+    enc, dec = (float(np.mean(u)) if len(u) else math.nan for u in (rel_encoder, rel_decoder))
     return {"final_loss": float(last), "loss_drop": drop, "plateau": drop < PLATEAU_TOL, "rel_update_encoder": enc,
             "rel_update_decoder": dec, "rel_update_ratio": enc / dec if dec and not math.isnan(dec) else math.nan}
 
@@ -59,25 +48,29 @@ def logged_series(run_dir: Path, tags: Sequence[str]) -> dict[str, list[tuple[in
 
 
 def logged_budget(run_dir: Path) -> dict[str, Any]:
-    """`budget_check` of a finished run, with `val_plateau` and ``val_curve`` ([step, Dice]) if it validated."""
-    tags = ("train/loss", "train/rel_update/encoder", "train/rel_update/decoder", "val/dice")
-    series = logged_series(run_dir, tags)
-    values = {t: [v for _, v in series[t]] for t in tags}
-    out = budget_check(values["train/loss"], values["train/rel_update/encoder"], values["train/rel_update/decoder"])
-    val = series["val/dice"]
-    return {**out, **val_plateau(values["val/dice"]), "val_curve": [list(x) for x in val]} if val else out
+    """`budget_check` of a finished run; if it validated, its last Dice, ``val_curve`` ([step, Dice]) and whether
+    that Dice plateaued: its spread over the last 20 % of the rounds (2 at least; from 3 rounds) ≤ `VAL_PLATEAU_TOL`."""
+    tags = ("train/loss", "train/rel_update/encoder", "train/rel_update/decoder")
+    series = logged_series(run_dir, [*tags, "val/dice"])
+    out = budget_check(*([v for _, v in series[t]] for t in tags))
+    if not (val := series["val/dice"]):
+        return out
+    dice = np.asarray([v for _, v in val], dtype=float)
+    last = dice[-max(2, math.ceil(0.2 * dice.size)):]
+    spread = float(last.max() - last.min()) if dice.size >= 3 else math.nan
+    return {**out, "val_dice": float(dice[-1]), "val_spread": spread,
+            "val_plateau": spread <= VAL_PLATEAU_TOL if dice.size >= 3 else None, "val_curve": [list(x) for x in val]}
 
 
 def converged_budget(curve: Sequence[Sequence[float]], *, tol: float = 0.01, window: int = 3) -> dict[str, Any]:
     """The step where validation Dice stopped rising (its trailing mean near its best); ``converged``: by 3/4."""
     if len(curve) < 2 * window:
         raise ValueError(f"converged_budget needs at least {2 * window} validation rounds, got {len(curve)}")
-    steps = np.asarray([c[0] for c in curve], dtype=int)
     dice = np.asarray([c[1] for c in curve], dtype=float)
     smooth = np.array([dice[max(0, i - window + 1):i + 1].mean() for i in range(dice.size)])
     best = float(smooth.max())
     first = int(np.flatnonzero(smooth >= best - tol)[0])
-    return {"budget": int(steps[first]), "converged": bool(first < 0.75 * dice.size), "best": best, "tol": tol,
+    return {"budget": int(curve[first][0]), "converged": bool(first < 0.75 * dice.size), "best": best, "tol": tol,
             "window": window}
 
 
@@ -105,8 +98,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], refe
     lines = []
     for r in rows:
         def cell(key: str, digits: int = 3) -> str:  # ± sd over seeds, when there are several
-            sd = r[key + "_sd"]
-            return f"{r[key]:.{digits}f}" if math.isnan(sd) else f"{r[key]:.{digits}f} ± {sd:.{digits}f}"
+            return f"{r[key]:.{digits}f}" + ("" if math.isnan(sd := r[key + "_sd"]) else f" ± {sd:.{digits}f}")
 
         cells = [_arm(r, rows), str(r["n"]), *(cell(f"Dice_{c}") for c in names), cell("Dice_mean"),
                  *([cell(LESION)] if lesion else []), *([cell("HD95_mean", 1)] if hd else []),
@@ -154,7 +146,6 @@ def draw_lines(budgets: Sequence[Mapping[str, Any]]) -> list[str]:
 def report_markdown(rows: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str, *, n_boot: int,
                     draws: Sequence[str] = ()) -> str:
     """transfer.md: the Table-4-shaped table, how to read it (``draws``: `draw_lines`), the per-class differences."""
-    hd = any("HD95_mean" in r for r in rows)
     notes = ["Labeled = training cases of each run; ± = sd over seeds of the per-seed test means (a seed is a draw of "
              "labeled cases from the training pool and a fine-tuning seed; draws of a small pool share cases: "
              f"{' '.join(draws) if draws else 'see the runs splits.json'}). Δ = arm − {reference}, paired by N, seed "
@@ -165,7 +156,7 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], names: Sequence[str], ref
              "lists the mean Δ of every seed; 'case-only CI' resamples test cases only (per case, Δ averaged over "
              "seeds), which ignores the spread between labeled draws. Encoder zeroed: mean Dice with every encoder "
              "state the decoder receives set to zero (drop = what the encoder contributes)."]
-    if hd:
+    if any("HD95_mean" in r for r in rows):
         notes.append("HD95 per class in mm (voxel spacing of the label), scored as asa-evaluate scores it: the larger "
                      "of the two directed 95th percentiles of surface distances (MONAI); both masks empty: 0 mm, "
                      f"exactly one empty: {EMPTY_HD95} mm (BraTS). HD95 mean averages the classes, empties included; "
@@ -177,19 +168,17 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], names: Sequence[str], ref
             "[95 % CI: the crossed random-effects interval]:\n\n" + class_differences_table(rows, names, reference))
 
 
-def svg_plot(rows: Sequence[Mapping[str, Any]], *, width: int = 480, height: int = 320) -> str:
+def svg_plot(rows: Sequence[Mapping[str, Any]]) -> str:
     """Mean Dice (± sd over seeds) against the number of labeled cases, one line per arm (SVG, `asa.eval.plots`)."""
     return line_plot({arm: [(r["n"], r["Dice_mean"], r["Dice_mean_sd"]) for r in rows if r["arm"] == arm]
-                      for arm in dict.fromkeys(r["arm"] for r in rows)},
-                     xlabel="labeled cases", ylabel="mean Dice", width=width, height=height)
+                      for arm in dict.fromkeys(r["arm"] for r in rows)}, xlabel="labeled cases", ylabel="mean Dice")
 
 
 def unlearned_classes(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
     """One line per N and class every arm scores Dice 0 on: no difference there because nothing was learned."""
     notes = []
     for n in sorted({int(r["n"]) for r in rows}):
-        mine = [r for r in rows if int(r["n"]) == n]
-        zero = [c for c in names if all(r[f"Dice_{c}"] <= 1e-6 for r in mine)]
+        zero = [c for c in names if all(r[f"Dice_{c}"] <= 1e-6 for r in rows if int(r["n"]) == n)]
         if zero:
             notes.append(f"At {n} labeled case(s) every arm scores Dice 0 on {', '.join(zero)}: nothing was learned "
                          "there, so the table can say nothing about a difference between the arms on "
@@ -221,18 +210,17 @@ def budget_table(budgets: Sequence[Mapping[str, Any]]) -> str:
         loss = [r["final_loss"] for r in runs]
         sd = f" ± {np.std(loss, ddof=1):.3f}" if len(loss) > 1 else ""
 
-        def mean(key: str) -> str:  # "—" for a network without a registered encoder (nothing logged)
-            values = [float(r[key]) for r in runs if not math.isnan(float(r[key]))]
-            return f"{np.mean(values):.2g}" if values else "—"
+        def mean(key: str, spec: str = ".2g") -> str:  # "—": nothing logged (no registered encoder) or timed
+            values = [v for r in runs if not math.isnan(v := float(r.get(key, math.nan)))]
+            return f"{np.mean(values):{spec}}" if values else "—"
 
         checked = [r for r in runs if r.get("val_plateau") is not None]
         plateau_val = ([f"{sum(bool(r['val_plateau']) for r in checked)}/{len(checked)}", curve_cell(checked)]
                        if val else [])
-        secs = [t for r in runs if not math.isnan(t := float(r.get("train_seconds", math.nan)))]
         lines.append([arm, str(n), str(runs[0]["steps"]), f"{np.mean(loss):.3f}{sd}",
                       f"{sum(bool(r['plateau']) for r in runs)}/{len(runs)}", *plateau_val,
                       mean("rel_update_encoder"), mean("rel_update_decoder"), mean("rel_update_ratio"),
-                      f"{np.mean(secs):.0f}" if secs else "—"])
+                      mean("train_seconds", ".0f")])
     return table(head, lines)
 
 
