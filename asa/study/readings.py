@@ -93,8 +93,9 @@ def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping
     for r in contrasts:
         if r["kind"] != "question":
             continue
-        r["flags"] = [flag for group in (r["arm"], r["reference"]) for run in groups.get(group, [])
-                      if (flag := run_flag(run))]
+        r["flags"] = [f"{run['run']} unfinished: its held-out loss still fell {run['loss_drop']:.1%} over the last "
+                      "quarter of the summed lr" for group in (r["arm"], r["reference"])
+                      for run in groups.get(group, []) if run.get("plateau") is False]
         if r["verdict"] == "no difference" and r["n"] in faults["nulls"]:
             r["verdict"], r["why"] = UNSHOWN, faults["nulls"][r["n"]]
         elif (r["verdict"] == "helped" and declared.scratch_twin(r["reference_arm"])
@@ -105,14 +106,6 @@ def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping
         if (r["encoder_arm"], r["reference_arm"]) in weighted and share > UNIFORM_SHARE:
             r["verdict"], r["why"] = NOT_A_TEST, (f"the attentive weights' effective share {share:.2f} > "
                                                   f"{UNIFORM_SHARE}: asa's loss is mae's in all but name")
-
-
-def run_flag(run: Mapping[str, Any] | None) -> str | None:
-    """A pretraining run's plateau flag in a few words (None: levelled or not checked)."""
-    if not run or run.get("plateau") is not False:
-        return None
-    return (f"{run['run']} unfinished: its held-out loss still fell {run['loss_drop']:.1%} over the last quarter of "
-            "the summed lr")
 
 
 def verdict(low: float, high: float, value: float = math.nan, *, min_effect: float = 0.0) -> str:
@@ -147,13 +140,6 @@ def holm(p: Sequence[float]) -> list[float]:
     return out
 
 
-def paired(scores: Sequence[Mapping[str, Any]], group: str, reference: str, n: int, key: str) -> tuple[Any, Any]:
-    """``group`` − ``reference`` in ``key`` at N = ``n``: the seeds × cases Δs (the arm's pretraining runs averaged)
-    and their interval (`asa.study.statistics.interval`)."""
-    return (statistics.pooled_matrix(scores, group, reference, n, key),
-            statistics.interval(scores, group, reference, n, key))
-
-
 def _ci(est: Any) -> list[float]:
     """[value, low, high] of an interval or a bootstrap."""
     return [est.value, est.low, est.high]
@@ -174,7 +160,8 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], e
                                    "encoder_arm": arm, "reference_arm": ref, "n": n,
                                    "endpoint": key, "endpoint_label": endpoint[1], "bootstrap": {}}
             for k, _ in keys_of(scores, endpoint):
-                d, est = paired(scores, group, reference, n, k)
+                d = statistics.pooled_matrix(scores, group, reference, n, k)  # the arm's pretraining runs averaged
+                est = statistics.interval(scores, group, reference, n, k)
                 row[k], row["bootstrap"][k] = _ci(est), _ci(seed_case_bootstrap(d, n_resamples=n_boot))
                 if k == key:
                     row.update(p=est.p, bound90=list(est.bounds(0.90)), interval=est.to_dict(), mde=est.mde())
@@ -191,17 +178,15 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], e
 def class_rows(scores: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> list[dict[str, Any]]:
     """Per arm (its pretraining runs pooled) and N, each class's paired Δ Dice to its twin, [value, low, high]."""
     groups = {statistics.group_of(r): str(r.get("encoder_arm") or r["arm"]) for r in scores}
-    rows = []
-    for n in sorted({int(r["n"]) for r in scores} if classes else ()):
-        for arm, ref in ((arm, declared.twin_of(of)) for arm, of in groups.items()):
-            if arm != ref and ref in groups:
-                rows.append({"arm": arm, "reference": ref, "n": n, **{
-                    f"Dice_{c}": _ci(paired(scores, arm, ref, n, f"Dice_{c}")[1]) for c in classes}})
-    return rows
+    pairs = [(arm, declared.twin_of(of)) for arm, of in groups.items()]
+    return [{"arm": arm, "reference": ref, "n": n,
+             **{f"Dice_{c}": _ci(statistics.interval(scores, arm, ref, n, f"Dice_{c}")) for c in classes}}
+            for n in sorted({int(r["n"]) for r in scores} if classes else ()) for arm, ref in pairs
+            if arm != ref and ref in groups]
 
 
-def read_family(rows: Sequence[dict[str, Any]], encoders: Sequence[str] = (), *, min_effect: float,
-                alpha: float = ALPHA) -> dict[str, Any] | None:
+def read_family(rows: Sequence[dict[str, Any]], encoders: Sequence[str] = (), *,
+                min_effect: float) -> dict[str, Any] | None:
     """Roles and readings, in place: the controls and the primary at 95 %, the rest on Holm; returns the primary."""
     questions = [r for r in rows if r["kind"] == "question"]
     for r in rows:
@@ -214,7 +199,7 @@ def read_family(rows: Sequence[dict[str, Any]], encoders: Sequence[str] = (), *,
     others = [r for r in questions if r["role"] == "exploratory"]
     for r, adjusted in zip(others, holm([r["p"] for r in others])):
         r["p_holm"] = adjusted
-        if r["verdict"] in ("helped", "hurt") and not adjusted < alpha:  # off 0 alone, not across the family
+        if r["verdict"] in ("helped", "hurt") and not adjusted < ALPHA:  # off 0 alone, not across the family
             r["verdict"], r["why"] = INCONCLUSIVE, "holm"
     return primary
 
