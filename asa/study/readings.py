@@ -89,10 +89,10 @@ def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for run in runs:
         groups.setdefault(declared.label(run["arm"], run["cohort"]), []).append(run)
-    weighted = {(a, b) for a in declared.ARMS for b in declared.ARMS if declared.attentive_over_uniform(a, b)}
     for r in contrasts:
         if r["kind"] != "question":
             continue
+        # either side's pretraining runs still falling at their end (levelled or unchecked: no flag)
         r["flags"] = [f"{run['run']} unfinished: its held-out loss still fell {run['loss_drop']:.1%} over the last "
                       "quarter of the summed lr" for group in (r["arm"], r["reference"])
                       for run in groups.get(group, []) if run.get("plateau") is False]
@@ -103,7 +103,7 @@ def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping
             r["verdict"], r["why"] = UNREADABLE, faults["gains"][r["n"]]
         shares = [float(run.get("weights_share", math.nan)) for run in groups.get(r["arm"], [])]
         share = float(np.mean(shares)) if shares else math.nan  # over the arm's pretraining runs
-        if (r["encoder_arm"], r["reference_arm"]) in weighted and share > UNIFORM_SHARE:
+        if declared.attentive_over_uniform(r["encoder_arm"], r["reference_arm"]) and share > UNIFORM_SHARE:
             r["verdict"], r["why"] = NOT_A_TEST, (f"the attentive weights' effective share {share:.2f} > "
                                                   f"{UNIFORM_SHARE}: asa's loss is mae's in all but name")
 

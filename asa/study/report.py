@@ -12,12 +12,11 @@ import numpy as np
 
 from asa.eval.plots import interval_plot, line_plot
 from asa.io import atomic_write_json, atomic_write_text
-from asa.study import tables
 from asa.study.common import machine_line, markdown_table
 from asa.study.probes import probe_lines
 from asa.study.readings import (ALPHA, INCONCLUSIVE, KEYS, LESION_KEY, LEVEL, NOT_READ, UNREADABLE, UNSHOWN, Reading,
                                 negative_small, read)
-from asa.study.tables import Outputs, declared_order
+from asa.study.tables import PLATEAU_TOL, Outputs, declared_order
 
 __all__ = ["write_report"]
 
@@ -170,7 +169,7 @@ def pretraining_lines(runs: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]
         curve = r.get("val_curve") or []
         first, last = (f"{curve[0][1]:.4f}", f"{curve[-1][1]:.4f}") if curve else ("—", "—")
         # the run's own tolerance (older records: the fine-tuning budget check's); NaN (short runs): not rising
-        rising = r.get("loss_rise", 0.0) >= r.get("tol", tables.PLATEAU_TOL)
+        rising = r.get("loss_rise", 0.0) >= r.get("tol", PLATEAU_TOL)
         level = ({None: "not checked (< 4 rounds)", True: "levelled", False: "still falling"}[r.get("plateau")]
                  + ("" if math.isnan(r.get("loss_drop", math.nan)) else f" ({r['loss_drop']:.1%})")
                  + (f"; ended {r['loss_rise']:.1%} above its lowest round, the one exported" if rising else ""))
