@@ -268,13 +268,11 @@ def read(scores: Sequence[Mapping[str, Any]], info: Mapping[str, Any], *, n_boot
     """The reading of a study's score rows, with its record ``info`` (classes, endpoint, pilot, pretraining runs)."""
     classes = list(info.get("classes", []))
     key = tuple(info.get("endpoint") or endpoint(classes, list(info.get("lesion_classes") or [])))
-    keys = keys_of(scores, key)
     runs = info.get("pretraining", [])
     cohorts = sorted({int(r["cohort"]) for r in runs if not declared.ARMS[r["arm"]].noise})
     encoders = [k.split("=", 1)[0] for k in info.get("encoders", [])]
     min_effect = float(info.get("min_effect", 0.01))
     contrasts = contrast_rows(scores, cohorts, encoders, n_boot=n_boot, min_effect=min_effect, endpoint=key)
-    per_class = class_rows(scores, classes)
     primary = read_family(contrasts, encoders, min_effect=min_effect)
     controls = control_faults(contrasts, min_effect=min_effect)
     plumbing = info.get("scale_name") == "quick"
@@ -287,4 +285,5 @@ def read(scores: Sequence[Mapping[str, Any]], info: Mapping[str, Any], *, n_boot
     for r in contrasts:  # a reading that is not interpretable claims no bound either
         if r["verdict"] in (PLUMBING, UNREADABLE, UNSHOWN):
             r["bound"] = NOT_READ
-    return Reading(key, keys, contrasts, primary, faults, controls, plumbing, min_effect, per_class)
+    return Reading(key, keys_of(scores, key), contrasts, primary, faults, controls, plumbing, min_effect,
+                   class_rows(scores, classes))
