@@ -140,7 +140,6 @@ def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], referen
     rows = []
     keys = metric_keys(scores, names)
     arms = list(dict.fromkeys(s["arm"] for s in scores))
-    refs = reference if isinstance(reference, Mapping) else {arm: reference for arm in arms}
     for n, arm in itertools.product(sorted({int(s["n"]) for s in scores}), arms):
         mine = [s for s in scores if s["arm"] == arm and int(s["n"]) == n]
         if not mine:
@@ -152,7 +151,7 @@ def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], referen
             row[key] = float(np.mean(per_seed))
             row[key + "_sd"] = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else math.nan
         row["encoder_drop"] = row["Dice_mean"] - row["Dice_mean_zeroed"]
-        ref = refs.get(arm, arm)
+        ref = reference.get(arm, arm) if isinstance(reference, Mapping) else reference
         if ref != arm:
             row["reference"] = ref
             for key in keys:
