@@ -89,12 +89,13 @@ def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for run in runs:
         groups.setdefault(declared.label(run["arm"], run["cohort"]), []).append(run)
-    weighted = {(a, b) for a in declared.ARMS for b in declared.ARMS if declared.attentive_over_uniform(a, b)}
     for r in contrasts:
         if r["kind"] != "question":
             continue
-        r["flags"] = [flag for group in (r["arm"], r["reference"]) for run in groups.get(group, [])
-                      if (flag := run_flag(run))]
+        # either side's pretraining runs still falling at their end (levelled or unchecked: no flag)
+        r["flags"] = [f"{run['run']} unfinished: its held-out loss still fell {run['loss_drop']:.1%} over the last "
+                      "quarter of the summed lr" for group in (r["arm"], r["reference"])
+                      for run in groups.get(group, []) if run.get("plateau") is False]
         if r["verdict"] == "no difference" and r["n"] in faults["nulls"]:
             r["verdict"], r["why"] = UNSHOWN, faults["nulls"][r["n"]]
         elif (r["verdict"] == "helped" and declared.scratch_twin(r["reference_arm"])
@@ -102,17 +103,9 @@ def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping
             r["verdict"], r["why"] = UNREADABLE, faults["gains"][r["n"]]
         shares = [float(run.get("weights_share", math.nan)) for run in groups.get(r["arm"], [])]
         share = float(np.mean(shares)) if shares else math.nan  # over the arm's pretraining runs
-        if (r["encoder_arm"], r["reference_arm"]) in weighted and share > UNIFORM_SHARE:
+        if declared.attentive_over_uniform(r["encoder_arm"], r["reference_arm"]) and share > UNIFORM_SHARE:
             r["verdict"], r["why"] = NOT_A_TEST, (f"the attentive weights' effective share {share:.2f} > "
                                                   f"{UNIFORM_SHARE}: asa's loss is mae's in all but name")
-
-
-def run_flag(run: Mapping[str, Any] | None) -> str | None:
-    """A pretraining run's plateau flag in a few words (None: levelled or not checked)."""
-    if not run or run.get("plateau") is not False:
-        return None
-    return (f"{run['run']} unfinished: its held-out loss still fell {run['loss_drop']:.1%} over the last quarter of "
-            "the summed lr")
 
 
 def verdict(low: float, high: float, value: float = math.nan, *, min_effect: float = 0.0) -> str:
@@ -147,13 +140,6 @@ def holm(p: Sequence[float]) -> list[float]:
     return out
 
 
-def paired(scores: Sequence[Mapping[str, Any]], group: str, reference: str, n: int, key: str) -> tuple[Any, Any]:
-    """``group`` − ``reference`` in ``key`` at N = ``n``: the seeds × cases Δs (the arm's pretraining runs averaged)
-    and their interval (`asa.study.statistics.interval`)."""
-    return (statistics.pooled_matrix(scores, group, reference, n, key),
-            statistics.interval(scores, group, reference, n, key))
-
-
 def _ci(est: Any) -> list[float]:
     """[value, low, high] of an interval or a bootstrap."""
     return [est.value, est.low, est.high]
@@ -174,7 +160,8 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], e
                                    "encoder_arm": arm, "reference_arm": ref, "n": n,
                                    "endpoint": key, "endpoint_label": endpoint[1], "bootstrap": {}}
             for k, _ in keys_of(scores, endpoint):
-                d, est = paired(scores, group, reference, n, k)
+                d = statistics.pooled_matrix(scores, group, reference, n, k)  # the arm's pretraining runs averaged
+                est = statistics.interval(scores, group, reference, n, k)
                 row[k], row["bootstrap"][k] = _ci(est), _ci(seed_case_bootstrap(d, n_resamples=n_boot))
                 if k == key:
                     row.update(p=est.p, bound90=list(est.bounds(0.90)), interval=est.to_dict(), mde=est.mde())
@@ -191,17 +178,15 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], e
 def class_rows(scores: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> list[dict[str, Any]]:
     """Per arm (its pretraining runs pooled) and N, each class's paired Δ Dice to its twin, [value, low, high]."""
     groups = {statistics.group_of(r): str(r.get("encoder_arm") or r["arm"]) for r in scores}
-    rows = []
-    for n in sorted({int(r["n"]) for r in scores} if classes else ()):
-        for arm, ref in ((arm, declared.twin_of(of)) for arm, of in groups.items()):
-            if arm != ref and ref in groups:
-                rows.append({"arm": arm, "reference": ref, "n": n, **{
-                    f"Dice_{c}": _ci(paired(scores, arm, ref, n, f"Dice_{c}")[1]) for c in classes}})
-    return rows
+    pairs = [(arm, declared.twin_of(of)) for arm, of in groups.items()]
+    return [{"arm": arm, "reference": ref, "n": n,
+             **{f"Dice_{c}": _ci(statistics.interval(scores, arm, ref, n, f"Dice_{c}")) for c in classes}}
+            for n in sorted({int(r["n"]) for r in scores} if classes else ()) for arm, ref in pairs
+            if arm != ref and ref in groups]
 
 
-def read_family(rows: Sequence[dict[str, Any]], encoders: Sequence[str] = (), *, min_effect: float,
-                alpha: float = ALPHA) -> dict[str, Any] | None:
+def read_family(rows: Sequence[dict[str, Any]], encoders: Sequence[str] = (), *,
+                min_effect: float) -> dict[str, Any] | None:
     """Roles and readings, in place: the controls and the primary at 95 %, the rest on Holm; returns the primary."""
     questions = [r for r in rows if r["kind"] == "question"]
     for r in rows:
@@ -214,7 +199,7 @@ def read_family(rows: Sequence[dict[str, Any]], encoders: Sequence[str] = (), *,
     others = [r for r in questions if r["role"] == "exploratory"]
     for r, adjusted in zip(others, holm([r["p"] for r in others])):
         r["p_holm"] = adjusted
-        if r["verdict"] in ("helped", "hurt") and not adjusted < alpha:  # off 0 alone, not across the family
+        if r["verdict"] in ("helped", "hurt") and not adjusted < ALPHA:  # off 0 alone, not across the family
             r["verdict"], r["why"] = INCONCLUSIVE, "holm"
     return primary
 
@@ -283,13 +268,11 @@ def read(scores: Sequence[Mapping[str, Any]], info: Mapping[str, Any], *, n_boot
     """The reading of a study's score rows, with its record ``info`` (classes, endpoint, pilot, pretraining runs)."""
     classes = list(info.get("classes", []))
     key = tuple(info.get("endpoint") or endpoint(classes, list(info.get("lesion_classes") or [])))
-    keys = keys_of(scores, key)
     runs = info.get("pretraining", [])
     cohorts = sorted({int(r["cohort"]) for r in runs if not declared.ARMS[r["arm"]].noise})
     encoders = [k.split("=", 1)[0] for k in info.get("encoders", [])]
     min_effect = float(info.get("min_effect", 0.01))
     contrasts = contrast_rows(scores, cohorts, encoders, n_boot=n_boot, min_effect=min_effect, endpoint=key)
-    per_class = class_rows(scores, classes)
     primary = read_family(contrasts, encoders, min_effect=min_effect)
     controls = control_faults(contrasts, min_effect=min_effect)
     plumbing = info.get("scale_name") == "quick"
@@ -302,4 +285,5 @@ def read(scores: Sequence[Mapping[str, Any]], info: Mapping[str, Any], *, n_boot
     for r in contrasts:  # a reading that is not interpretable claims no bound either
         if r["verdict"] in (PLUMBING, UNREADABLE, UNSHOWN):
             r["bound"] = NOT_READ
-    return Reading(key, keys, contrasts, primary, faults, controls, plumbing, min_effect, per_class)
+    return Reading(key, keys_of(scores, key), contrasts, primary, faults, controls, plumbing, min_effect,
+                   class_rows(scores, classes))

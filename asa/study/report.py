@@ -12,12 +12,11 @@ import numpy as np
 
 from asa.eval.plots import interval_plot, line_plot
 from asa.io import atomic_write_json, atomic_write_text
-from asa.study import tables
 from asa.study.common import machine_line, markdown_table
 from asa.study.probes import probe_lines
 from asa.study.readings import (ALPHA, INCONCLUSIVE, KEYS, LESION_KEY, LEVEL, NOT_READ, UNREADABLE, UNSHOWN, Reading,
                                 negative_small, read)
-from asa.study.tables import Outputs, declared_order
+from asa.study.tables import PLATEAU_TOL, Outputs, declared_order
 
 __all__ = ["write_report"]
 
@@ -48,8 +47,7 @@ def mde_line(primary: Mapping[str, Any], *, min_effect: float) -> list[str]:
             ""]
 
 
-def control_line(row: Mapping[str, Any], *, min_effect: float, read: bool = True, trained_on: str = "",
-                 primary_mde: float = math.nan) -> str:
+def control_line(row: Mapping[str, Any], *, min_effect: float, read: bool, trained_on: str, primary_mde: float) -> str:
     """A control's reading: the negative shown small by its bound (a CI touching 0 is not), the positive's size."""
     v = row[row["endpoint"]][0]
     ci = f"Δ {row['endpoint_label']} {_ci(row[row['endpoint']])} at N = {row['n']}"
@@ -57,7 +55,7 @@ def control_line(row: Mapping[str, Any], *, min_effect: float, read: bool = True
     if not read:
         return f"{name} ({row['arm']} − {row['reference']}): {ci}."
     if row["kind"] == "positive":
-        what = f"an encoder trained with labels on {trained_on}" if trained_on else "an encoder trained with labels"
+        what = f"an encoder trained with labels on {trained_on}"
         if row["verdict"] != "helped":
             return (f"**Positive control did not move** ({what}; {ci}; a move is a CI above 0 and at least "
                     f"{min_effect:g} Dice): it did not beat scratch, so this study cannot show what pretraining "
@@ -133,10 +131,9 @@ def family_lines(said: Reading) -> list[str]:
     others = [r for r in questions if r["role"] == "exploratory"]
     controls = [r for r in contrasts if r["kind"] != "question"]
     folded = any("draw" in r.get("interval", {}).get("levels", {}) for r in contrasts)
-    endpoint = keys[0] if keys else "mean Dice"
     text = (f"How the answers are read: this page reads {len(questions)} question(s) "
             f"({len({r['question'] for r in questions})} contrast(s) × {len({r['n'] for r in questions})} N) and "
-            f"{len({r['arm'] for r in controls})} control(s) at each N, on {endpoint} alone"
+            f"{len({r['arm'] for r in controls})} control(s) at each N, on {keys[0]} alone"
             + (f" ({' and '.join(keys[1:])} shown as information: no verdict is read from them)" if keys[1:] else "")
             + ". Every interval is the crossed random-effects interval of "
             + ("the cross-validated draws × test cases" if folded else "seeds × test cases")
@@ -172,7 +169,7 @@ def pretraining_lines(runs: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]
         curve = r.get("val_curve") or []
         first, last = (f"{curve[0][1]:.4f}", f"{curve[-1][1]:.4f}") if curve else ("—", "—")
         # the run's own tolerance (older records: the fine-tuning budget check's); NaN (short runs): not rising
-        rising = r.get("loss_rise", 0.0) >= r.get("tol", tables.PLATEAU_TOL)
+        rising = r.get("loss_rise", 0.0) >= r.get("tol", PLATEAU_TOL)
         level = ({None: "not checked (< 4 rounds)", True: "levelled", False: "still falling"}[r.get("plateau")]
                  + ("" if math.isnan(r.get("loss_drop", math.nan)) else f" ({r['loss_drop']:.1%})")
                  + (f"; ended {r['loss_rise']:.1%} above its lowest round, the one exported" if rising else ""))
@@ -212,8 +209,8 @@ def draws_line(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) ->
             sets.setdefault(str(b["arm"]), set()).add(frozenset(b["train"].split()))
     runs = Counter(str(r["arm"]) for r in info.get("pretraining", []))
     draws = sorted({len(v) for v in sets.values()})
-    said = (f"Distinct labeled draws per arm: {'–'.join(map(str, draws))}" if draws else
-            "Distinct labeled draws per arm: not recorded (runs scored before their cases were kept)")
+    said = "Distinct labeled draws per arm: " + ('–'.join(map(str, draws)) if draws else
+                                                 "not recorded (runs scored before their cases were kept)")
     said += "; pretraining runs per arm: " + (", ".join(f"{arm} {k}" for arm, k in runs.items()) if runs else "none")
     if runs and max(runs.values()) == 1:
         said += (" (one run each: the intervals carry labeled draws and test cases, not the spread between "
@@ -295,8 +292,6 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
               "decoder's lr for every arm (pretrained or not)" if info["recipe"] == "adamw" else
               " (nnU-Net's PretrainedTrainer: 1e-3 for a network from a pretrained file, 1e-2 from scratch)") + ".")
     overlap = checks["overlap"]
-    cells = contrast_cells(said), cost_cells(info, scored.budgets)
-    contrast_md, cost_md = (markdown_table(*c) for c in cells)
     if said.plumbing:
         top = ["**Plumbing check: no answer can come from this page.** The quick scale runs a few steps per run "
                f"({steps_phrase(info.get('pretraining', []), where=False)}, {info['steps']} fine-tuning steps per "
@@ -343,7 +338,7 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
         "(asa.eval.random_effects); bootstrap CI: the seed × case percentile bootstrap of the endpoint "
         f"({n_boot} resamples), shown, not read; p: the interval's two-sided p of the endpoint, Holm's in "
         "brackets for the exploratory questions; bound: what its one-sided 95 % bounds exclude.", "",
-        contrast_md if contrasts else "No contrast had both arms.", "",
+        markdown_table(*contrast_cells(said)) if contrasts else "No contrast had both arms.", "",
         *(["![contrasts](contrasts.svg)", ""] if "contrasts.svg" in plots else []),
         "## Dice against N", "", "![dice vs N](dice_vs_n.svg)", "",
         *(["Per class (Δ Dice of each arm to its own twin, as in the answers: asa-coord to scratch with the "
@@ -358,7 +353,7 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
         *(["The loss weights' spread (per run: the coefficient of variation of its attentive loss weights and their "
            "effective share, (Σp)² / (n·Σp²); 0 and 1 for uniform weights):", "",
            "![weights](weights.svg)", ""] if "weights.svg" in plots else []),
-        "## Cost", "", cost_md, "",
+        "## Cost", "", markdown_table(*cost_cells(info, scored.budgets)), "",
         "## Transfer (every arm)", "", scored.markdown, "",
         "Commands:", "", "```", *info["commands"], "```", ""]
     for name, svg in plots.items():

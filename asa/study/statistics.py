@@ -54,14 +54,11 @@ def group_of(row: Mapping[str, Any]) -> str:
     return str(row.get("group") or row["arm"])
 
 
-def replicate_of(row: Mapping[str, Any]) -> int:
-    """The pretraining replicate of a score row's encoder (its ``replicate`` column; 0 without one)."""
-    return 0 if _blank(row.get("replicate")) else int(row["replicate"])
-
-
 def runs_of(scores: Sequence[Mapping[str, Any]], group: str) -> list[str]:
-    """The runs (their ``arm``) of ``group``, one per pretraining replicate, in replicate order."""
-    runs = {replicate_of(s): str(s["arm"]) for s in reversed(scores) if group_of(s) == group}  # its first row names it
+    """The runs (their ``arm``) of ``group``, one per pretraining replicate (its ``replicate`` column; 0 without one),
+    in replicate order."""
+    runs = {0 if _blank(s.get("replicate")) else int(s["replicate"]): str(s["arm"])
+            for s in reversed(scores) if group_of(s) == group}  # its first row names it
     return [runs[k] for k in sorted(runs)]
 
 
@@ -143,7 +140,6 @@ def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], referen
     rows = []
     keys = metric_keys(scores, names)
     arms = list(dict.fromkeys(s["arm"] for s in scores))
-    refs = reference if isinstance(reference, Mapping) else {arm: reference for arm in arms}
     for n, arm in itertools.product(sorted({int(s["n"]) for s in scores}), arms):
         mine = [s for s in scores if s["arm"] == arm and int(s["n"]) == n]
         if not mine:
@@ -155,7 +151,7 @@ def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], referen
             row[key] = float(np.mean(per_seed))
             row[key + "_sd"] = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else math.nan
         row["encoder_drop"] = row["Dice_mean"] - row["Dice_mean_zeroed"]
-        ref = refs.get(arm, arm)
+        ref = reference.get(arm, arm) if isinstance(reference, Mapping) else reference
         if ref != arm:
             row["reference"] = ref
             for key in keys:
@@ -164,7 +160,7 @@ def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], referen
                 row[p], row[p + "_lo"], row[p + "_hi"] = both.value, both.low, both.high
                 crossed = interval(scores, arm, ref, n, key, pooled=False)  # this run's row
                 row[p + "_re_lo"], row[p + "_re_hi"] = crossed.low, crossed.high
-                row[p + "_case_lo"], row[p + "_case_hi"] = case_interval(paired_differences(scores, arm, ref, n, key),
+                row[p + "_case_lo"], row[p + "_case_hi"] = case_interval(per_seed_differences(d.T),
                                                                          n_boot=n_boot, seed=seed)
                 row[p + "_per_seed"] = " ".join(f"{v:+.4f}" for v in per_seed_differences(d))
         rows.append(row)
