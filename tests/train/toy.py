@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -72,7 +73,19 @@ def make_engine(out_dir, *, config: TrainConfig, seed: int = 0, dropout: float =
                   run_config=run_config, resume=point, env=env)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """One run; several in turn in this process (one process group, joined once) where ``--then`` separates their
+    arguments: a torchrun launch pays its ranks' start-up (importing asa) once for them all."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    runs = [[]]
+    for arg in argv:
+        runs.append([]) if arg == "--then" else runs[-1].append(arg)
+    for args in runs:
+        _run(args)
+    cleanup_distributed()
+
+
+def _run(argv: list[str]) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--max-steps", type=int, default=None)
@@ -89,7 +102,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (gloo / NCCL under torchrun)")
     ap.add_argument("--no-augment", action="store_true")
     ap.add_argument("--fail-rank", type=int, default=-1, help="this rank raises at its 3rd step")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     env = setup_distributed(args.device)
     cfg = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                       accum_steps=args.accum, ckpt_every=args.ckpt_every, ckpt_minutes=args.ckpt_minutes, progress=False, log_every=1, amp=args.amp)
@@ -107,7 +120,6 @@ def main() -> None:
     result = engine.fit(ToyData(args.n, augment=not args.no_augment))
     if env.is_main:
         print(json.dumps({"step": result.step, "epoch": result.epoch}))
-    cleanup_distributed()
 
 
 if __name__ == "__main__":
