@@ -184,10 +184,14 @@ def _children_of(out: Path) -> list[int]:
 
 @pytest.mark.slow
 def test_the_installed_script_runs_a_quick_study_from_outside_the_checkout_and_sigterm_stops_every_child(data, tmp_path):
-    cohort, labeled = data
+    cohort = data[0]
+    # the fixed split's 9 labeled cases at 16³, fine-tuned on 16³ crops (the pretraining at 32³ on the cohort): the
+    # stop and the resume are under test, not the segmentation; the pilot at its six validation rounds
+    labeled = write_demo_dataset("msd", tmp_path / "labeled", cases=9, size=16, seed=1)
     out = tmp_path / "study"
     argv = ["asa-study", "--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), "--out", str(out),
-            *QUICK, "--arms", "mae", "supervised", "--seeds", "0", "--pretrain-steps", "2", "--pilot-steps", "10",
+            *QUICK, "--arms", "mae", "supervised", "--seeds", "0", "--pretrain-steps", "2", "--pilot-steps", "6",
+            "--crop", "16", "--pretrain-crop", "32",
             "--pretrain-runs", "1"]  # one pretraining run of the arm: the stop and the resume are under test
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     stopped = subprocess.Popen([*argv, "--threads", "1"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
