@@ -801,16 +801,18 @@ def test_a_labeled_folder_with_no_usable_case_is_refused_in_one_line(tmp_path, c
 
 @pytest.mark.slow  # writes a 40-case set, times two short runs
 def test_the_gpu_scale_plans_the_whole_study_for_one_window_and_runs_nothing(tmp_path, capsys):
-    """--scale gpu --dry-run on a 40-case labeled set: 8 cross-validated draws at N = 2 (every case scored twice), four
+    """--scale gpu --dry-run on a 20-case labeled set: 8 cross-validated draws at N = 2 (every case scored twice), four
     pretraining runs per arm, the positive control nested in each draw, units side by side as the machine holds
     them; on a machine without a GPU the schedule says it is priced on the CPU, and nothing trains. The units are
-    timed on ResEnc tiny, not the scale's S: the plan's counts do not depend on the network's size."""
+    timed on ResEnc tiny and the labeled cases on 16³ crops of 16³ scans, not the scale's S and 32³: the plan's
+    counts depend on neither."""
     cohort = write_demo_dataset("bids", tmp_path / "cohort", cases=6, size=32, seed=5)
-    labeled = write_demo_dataset("msd", tmp_path / "labeled", cases=40, size=32, seed=1)
+    labeled = write_demo_dataset("msd", tmp_path / "labeled", cases=20, size=16, seed=1)
     out = tmp_path / "study"
     assert study.main(["--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), "--out", str(out),
                        "--scale", "gpu", "--arms", "mae", "asa", "noise", "supervised", "--device", "cpu",
-                       "--pilot-steps", "8", "--pretrain-steps", "4", "--resenc", "tiny", "--dry-run"]) == 0
+                       "--pilot-steps", "8", "--pretrain-steps", "4", "--resenc", "tiny", "--crop", "16",
+                       "--pretrain-crop", "32", "--dry-run"]) == 0
     said = capsys.readouterr().out
     jobs = units_at_once(1, 0, None, len(os.sched_getaffinity(0)))
     assert "[study] plan: --scale gpu on a machine without a GPU: the plan below is priced on this machine's CPU" in said
