@@ -184,10 +184,14 @@ def _children_of(out: Path) -> list[int]:
 
 @pytest.mark.slow
 def test_the_installed_script_runs_a_quick_study_from_outside_the_checkout_and_sigterm_stops_every_child(data, tmp_path):
-    cohort, labeled = data
+    cohort = data[0]
+    # the fixed split's 9 labeled cases at 16³, fine-tuned on 16³ crops (the pretraining at 32³ on the cohort): the
+    # stop and the resume are under test, not the segmentation; the pilot at its six validation rounds
+    labeled = write_demo_dataset("msd", tmp_path / "labeled", cases=9, size=16, seed=1)
     out = tmp_path / "study"
     argv = ["asa-study", "--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), "--out", str(out),
-            *QUICK, "--arms", "mae", "supervised", "--seeds", "0", "--pretrain-steps", "2", "--pilot-steps", "10",
+            *QUICK, "--arms", "mae", "supervised", "--seeds", "0", "--pretrain-steps", "2", "--pilot-steps", "6",
+            "--crop", "16", "--pretrain-crop", "32",
             "--pretrain-runs", "1"]  # one pretraining run of the arm: the stop and the resume are under test
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     stopped = subprocess.Popen([*argv, "--threads", "1"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
@@ -797,16 +801,18 @@ def test_a_labeled_folder_with_no_usable_case_is_refused_in_one_line(tmp_path, c
 
 @pytest.mark.slow  # writes a 40-case set, times two short runs
 def test_the_gpu_scale_plans_the_whole_study_for_one_window_and_runs_nothing(tmp_path, capsys):
-    """--scale gpu --dry-run on a 40-case labeled set: 8 cross-validated draws at N = 2 (every case scored twice), four
+    """--scale gpu --dry-run on a 20-case labeled set: 8 cross-validated draws at N = 2 (every case scored twice), four
     pretraining runs per arm, the positive control nested in each draw, units side by side as the machine holds
     them; on a machine without a GPU the schedule says it is priced on the CPU, and nothing trains. The units are
-    timed on ResEnc tiny, not the scale's S: the plan's counts do not depend on the network's size."""
+    timed on ResEnc tiny and the labeled cases on 16³ crops of 16³ scans, not the scale's S and 32³: the plan's
+    counts depend on neither."""
     cohort = write_demo_dataset("bids", tmp_path / "cohort", cases=6, size=32, seed=5)
-    labeled = write_demo_dataset("msd", tmp_path / "labeled", cases=40, size=32, seed=1)
+    labeled = write_demo_dataset("msd", tmp_path / "labeled", cases=20, size=16, seed=1)
     out = tmp_path / "study"
     assert study.main(["--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), "--out", str(out),
                        "--scale", "gpu", "--arms", "mae", "asa", "noise", "supervised", "--device", "cpu",
-                       "--pilot-steps", "8", "--pretrain-steps", "4", "--resenc", "tiny", "--dry-run"]) == 0
+                       "--pilot-steps", "8", "--pretrain-steps", "4", "--resenc", "tiny", "--crop", "16",
+                       "--pretrain-crop", "32", "--dry-run"]) == 0
     said = capsys.readouterr().out
     jobs = units_at_once(1, 0, None, len(os.sched_getaffinity(0)))
     assert "[study] plan: --scale gpu on a machine without a GPU: the plan below is priced on this machine's CPU" in said

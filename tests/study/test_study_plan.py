@@ -100,7 +100,7 @@ def test_a_dry_run_prices_the_transfer_stage_at_the_budget_cap(tmp_path, capsys,
     cost = StepCost(fixed=1.0, step=0.5, round=0.0, val_cases=1, score=1.0)
     monkeypatch.setattr(study, "measure", lambda units, device, moved: Costs("cpu (test)", {"finetune": cost}))
     argv = ["--data", "msd", "--root", str(labeled), "--arms", "supervised", "--quick", "--test", "3",
-            "--pilot-steps", "40", "--out", str(tmp_path / "out"), "--dry-run"]
+            "--pilot-steps", "40", "--seeds", "0", "--out", str(tmp_path / "out"), "--dry-run"]
     for cap, steps in (([], 40), (["--budget-cap", "12"], 12), (["--budget-cap", "400"], 40)):
         assert study.main([*argv, *cap]) == 0
         (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[study] plan: transfer:")]
@@ -134,7 +134,7 @@ def test_a_dry_run_writes_nothing_and_prices_every_stage_on_this_machine(tmp_pat
     out = tmp_path / "study"
     argv = ["--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), "--out", str(out), "--quick",
             "--test", "3", "--pilot-steps", "4", "--pretrain-steps", "2", "--arms", "mae", "noise", "supervised",
-            "--device", "cpu"]
+            "--device", "cpu", "--seeds", "0", "--pretrain-runs", "1"]  # a unit of each kind: each is priced
     for seed in ("0", "1"):  # nothing recorded: another --seed is no other study's folder
         assert study.main([*argv, "--seed", seed, "--dry-run"]) == 0
         assert not out.exists()

@@ -211,6 +211,13 @@ def test_a_run_stopped_by_a_signal_continues_from_its_checkpoint_and_ends_as_an_
     monkeypatch.setattr(engine.Engine, "_train_step", stopped_at_3)
     assert finetune(compose_config("finetune", [*run.overrides, "resume=auto"])).preempted
     assert load_checkpoint(run.run_dir / "checkpoints" / "last.pt")["step"] == 3
+    # the same run never stopped, trained in this process as the stopped one was (its unit's overrides and splits;
+    # a child process would add only its start-up): the next call of run_study finds it trained and scores it
+    [whole], whole_test, _, whole_ids = transfer.plan_runs(settings("whole"))
+    [unit] = transfer.units(settings("whole"), [whole], whole_test, whole_ids, str(cfg.data.name))[:1]
+    for path, content in unit.inputs:
+        atomic_write_json(path, content)
+    assert not finetune(compose_config("finetune", list(unit.config[1]))).preempted
     assert run_study(settings("stopped")) and run_study(settings("whole"))
     assert "at step 3" in (tmp_path / "stopped" / "logs" / f"{run.run_dir.name}.log").read_text()  # resumed there
     a, b = (load_checkpoint(tmp_path / name / "runs" / run.run_dir.name / "checkpoints" / "last.pt")
@@ -235,7 +242,18 @@ def test_runs_scored_in_two_shares_score_as_in_one(tmp_path):
     s = transfer.Transfer(tmp_path / "one", SCRATCH_ONLY, data="msd", root=labeled, model="dynunet", crop=16,
                           cases=(2,), seeds=(0, 1), test=1, steps=4, device="cpu", n_boot=20, threads=1,
                           overrides=("trainer.batch_size=1",))
-    assert run_study(s)  # jobs=1: one share
+    # the two runs trained in this process with their units' overrides and splits (child processes would add only
+    # their start-up): what is under test is the scoring, a unit of the scheduler in a process of its own
+    from asa.api import compose_config, finetune
+    from asa.io import atomic_write_json
+
+    runs, test, cfg, ids = transfer.plan_runs(s)
+    for unit in transfer.units(s, runs, test, ids, str(cfg.data.name))[:len(runs)]:
+        for path, content in unit.inputs:
+            atomic_write_json(path, content)
+        assert not finetune(compose_config("finetune", list(unit.config[1]))).preempted
+    assert run_study(s)  # jobs=1: one share, scoring every run
+    assert not list((tmp_path / "one" / "logs").glob("scratch-*.log"))  # nothing trained again
     shutil.copytree(tmp_path / "one" / "runs", tmp_path / "two" / "runs")
     for f in (tmp_path / "two" / "runs").rglob("scores.json"):
         f.unlink()
