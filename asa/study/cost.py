@@ -32,6 +32,8 @@ from asa.study.tables import logged_series
 TIMED_STEPS = 24  # optimiser steps of a timed run (fewer when the unit trains fewer)
 RUN_KEYS = ("output_dir", "resume", "trainer.epochs", "trainer.val_every", "trainer.max_steps", "trainer.log_every",
             "trainer.val_every_steps", "trainer.ckpt_every", "trainer.progress")  # the timed run sets its own
+# overrides that set no trainer cadence (paths and seeds): units differing only in them share one composed config
+NOT_TRAINER = ("output_dir=", "seed=", "model.pretrained=", "data.root=")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +80,12 @@ class Costs:
 def validation_rounds(entry: str, overrides: Sequence[str], steps: int) -> int:
     """The validation rounds a run of ``steps`` optimiser steps holds before its last (the cadence of its config:
     ``trainer.val_every`` epochs, at least ``trainer.val_min_steps`` apart); the last is in the start-and-end cost."""
+    return _rounds(entry, tuple(o for o in overrides if not o.startswith(NOT_TRAINER)), steps)
+
+
+@functools.lru_cache(maxsize=256)
+def _rounds(entry: str, overrides: tuple[str, ...], steps: int) -> int:
+    """`validation_rounds` of one composed config (composing is about 0.2 s; a study plans hundreds of units)."""
     trainer = compose_config(entry, list(overrides)).trainer
     epochs = int(trainer.epochs)
     per_epoch = max(1, steps // max(1, epochs))
