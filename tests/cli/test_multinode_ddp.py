@@ -77,18 +77,23 @@ def _losses(text: str) -> dict[int, str]:
     return {int(s): loss for s, loss in re.findall(r"^step (\d+)/\d+ epoch \d+: loss (\S+),", text, flags=re.M)}
 
 
-def _weights_equal(a: Path, b: Path) -> None:
+def _weights_equal(a: Path, b: Path, steps: int = STEPS) -> None:
     x, y = load_checkpoint(a / "checkpoints" / "last.pt"), load_checkpoint(b / "checkpoints" / "last.pt")
-    assert x["step"] == y["step"] == STEPS and x["world_size"] == y["world_size"] == 2
+    assert x["step"] == y["step"] == steps and x["world_size"] == y["world_size"] == 2
     assert x["model"].keys() == y["model"].keys()
     for key, value in x["model"].items():
         assert torch.equal(value, y["model"][key]), key
 
 
-def _pretrain(out: Path, demo: Path, model: str) -> list[str]:
+def _pretrain(out: Path, demo: Path, model: str, steps: int = STEPS) -> list[str]:
     # 10 phantoms: 8 training cases, 4 steps per epoch on two ranks, so the 3 steps stay inside the first epoch
     return [f"model={model}", "data=demo", "data.demo.size=40", "data.demo.cases=10", f"data.demo.cache_dir={demo}",
-            "data.crop=32", "probe.every=0", "trainer.epochs=2", f"trainer.max_steps={STEPS}", f"output_dir={out}"]
+            "data.crop=32", "probe.every=0", "trainer.epochs=2", f"trainer.max_steps={steps}", f"output_dir={out}"]
+
+
+# the stopped runs' length: a tiny SW-ViT step takes about 0.05 s on idle cores, so a SIGTERM sent once step 1 is
+# logged must still find steps to stop: with 3 it once arrived after the last (saved at step 3, nothing to resume)
+STOPPED = 8  # the whole schedule (2 epochs of 4 steps), the second epoch's start crossed on either topology
 
 
 def test_swvit_pretraining_across_two_nodes_stops_and_resumes_on_either_topology(tmp_path):
@@ -98,24 +103,25 @@ def test_swvit_pretraining_across_two_nodes_stops_and_resumes_on_either_topology
     demo, ends = tmp_path / "demo", {}
     for first, then in ((2, 1), (1, 2)):
         out, log = tmp_path / f"from{first}", tmp_path / f"from{first}"
-        codes, text = _run(first, "asa.cli.pretrain", _pretrain(out, demo, "tiny"), log, stop_after=1)
+        codes, text = _run(first, "asa.cli.pretrain", _pretrain(out, demo, "tiny", STOPPED), log, stop_after=1)
         assert codes == [143] * len(codes), text[-3000:]
         saved = load_checkpoint(out / "checkpoints" / "last.pt")["step"]
-        assert 1 <= saved < STEPS, text[-3000:]
-        codes, rest = _run(then, "asa.cli.pretrain", [*_pretrain(out, demo, "tiny"), "resume=true"],
+        assert 1 <= saved < STOPPED, text[-3000:]
+        codes, rest = _run(then, "asa.cli.pretrain", [*_pretrain(out, demo, "tiny", STOPPED), "resume=true"],
                            tmp_path / f"resumed{first}")
         assert codes == [0] * len(codes), rest[-3000:]
         assert f"resumed from {out}/checkpoints/last.pt at step {saved}" in rest
         ends[first] = {**{s: v for s, v in _losses(text).items() if s <= saved}, **_losses(rest)}
-    assert sorted(ends[2]) == list(range(1, STEPS + 1)) and ends[2] == ends[1]
-    _weights_equal(tmp_path / "from2", tmp_path / "from1")
+    assert sorted(ends[2]) == list(range(1, STOPPED + 1)) and ends[2] == ends[1]
+    _weights_equal(tmp_path / "from2", tmp_path / "from1", STOPPED)
 
     # the same run on one process: another global batch (2 -> 1), refused before anything is written
     with pytest.raises(IncompatibleCheckpointError, match=re.escape(
             f"cannot resume from {tmp_path}/from2/checkpoints/last.pt: its global batch was 2 (trainer.batch_size=1 × 2 "
             "process(es) × trainer.accum_steps=1), this start's is 1 (trainer.batch_size=1 × 1 process(es) × "
             "trainer.accum_steps=1)")):
-        pretrain(compose_config("pretrain", [*COMMON, *_pretrain(tmp_path / "from2", demo, "tiny"), "resume=true"]))
+        pretrain(compose_config("pretrain", [*COMMON, *_pretrain(tmp_path / "from2", demo, "tiny", STOPPED),
+                                             "resume=true"]))
 
 
 @pytest.mark.parametrize("kind", ["resenc-pretrain", "resenc-finetune"])
