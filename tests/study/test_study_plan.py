@@ -96,6 +96,7 @@ def test_a_bad_override_is_refused_before_anything_trains_or_is_written(tmp_path
     assert not list(out.rglob("*.pt")) and not (out / "logs").exists()
 
 
+@pytest.mark.slow  # asa-study's whole plan three times (its timed runs replaced): about 13 CPU-s of config composing
 def test_a_dry_run_prices_the_transfer_stage_at_the_budget_cap(tmp_path, capsys, labeled, monkeypatch):
     cost = StepCost(fixed=1.0, step=0.5, round=0.0, val_cases=1, score=1.0)
     monkeypatch.setattr(study, "measure", lambda units, device, moved: Costs("cpu (test)", {"finetune": cost}))
