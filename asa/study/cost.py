@@ -48,6 +48,11 @@ class StepCost:
     val_cases: int
     score: float = math.nan
 
+    @property
+    def case(self) -> float:
+        """Seconds to predict one case (a validation round's share; NaN where the timed round had none)."""
+        return self.round / self.val_cases if self.val_cases else math.nan
+
 
 @dataclasses.dataclass(frozen=True)
 class Costs:
@@ -64,10 +69,9 @@ class Costs:
             return math.nan
         if unit.config is None:
             return cost.fixed + unit.cases * cost.score
-        # a round over the unit's own validation cases where it names them, a timed round's share a case (NaN where
-        # the timed run validated none); none: it never validates
+        # a round over the unit's own validation cases where it names them (none: it never validates)
         val = next((len(c["val"]) for path, c in unit.inputs if path.name == "splits.json"), None)
-        round_seconds = cost.round if val is None else val * (cost.round / (cost.val_cases or math.nan)) if val else 0.0
+        round_seconds = cost.round if val is None else val * cost.case if val else 0.0
         return cost.fixed + unit.steps * cost.step + validation_rounds(entry, overrides, unit.steps) * round_seconds
 
     def line(self) -> str:
