@@ -165,8 +165,7 @@ def _case(folder: Path, channels: int) -> None:
 
 
 @pytest.mark.slow  # the module's fine-tuned network
-def test_two_dataset_ids_predict_from_one_results_folder(trained, tmp_path, monkeypatch):
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+def test_two_dataset_ids_predict_from_one_results_folder(trained, tmp_path, monkeypatch, nnunet_predict):
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
     last, _, _ = trained
@@ -183,19 +182,13 @@ def test_two_dataset_ids_predict_from_one_results_folder(trained, tmp_path, monk
     monkeypatch.setenv("nnUNet_results", str(results))  # as nnUNetv2_predict -d ID finds a model
     images = tmp_path / "images"
     _case(images, 4)
-    threads = torch.get_num_threads()
     labels = {}
     for dataset_id in (501, 502):
         folder = Path(get_output_folder(dataset_id, "nnUNetTrainer", "nnUNetPlans", "3d_fullres"))
         assert folder.parent.name.startswith(f"Dataset{dataset_id}_") and folder.is_dir()
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                    device=torch.device("cpu"), verbose=False, allow_tqdm=False)
-        predictor.initialize_from_trained_model_folder(str(folder), use_folds=("all",))
         out = tmp_path / f"pred{dataset_id}"
-        out.mkdir()
-        predictor.predict_from_files_sequential(str(images), str(out), save_probabilities=False, overwrite=True)
+        nnunet_predict(folder, images, out)
         labels[dataset_id] = np.asarray(nib.load(str(out / "ball.nii.gz")).dataobj)
-    torch.set_num_threads(threads)
     assert np.array_equal(labels[501], labels[502])  # one network under two ids
 
 

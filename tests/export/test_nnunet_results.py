@@ -18,11 +18,8 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("nnunetv2")
-
-from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor  # noqa: E402
 
 from asa.api import finetune, predict  # noqa: E402
 from asa.api.config import compose_config  # noqa: E402
@@ -67,7 +64,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.slow  # a pipeline: fine-tuning, the export, nnU-Net's predictor and asa-predict
 @pytest.mark.parametrize("layout", ["brats", "msd"])
-def test_nnunet_predictor_agrees_with_asa_predict(tmp_path, layout):
+def test_nnunet_predictor_agrees_with_asa_predict(tmp_path, layout, nnunet_predict):
     last = _finetune(tmp_path, layout, ["model=resenc", "model.size=tiny"])
     folder = export_model(last, tmp_path / "results", format="nnunet-results", license="apache-2.0")
     dataset = json.loads((folder / "dataset.json").read_text())
@@ -84,12 +81,7 @@ def test_nnunet_predictor_agrees_with_asa_predict(tmp_path, layout):
     _cases(images, len(task.channels))
     predict(compose_config("predict", [f"checkpoint={last}", f"input={images}", f"output={tmp_path / 'asa'}",
                                        "device=cpu", "amp=off"]))
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False, device=torch.device("cpu"),
-                                verbose=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(folder), use_folds=("all",))
-    (tmp_path / "nnunet").mkdir()
-    predictor.predict_from_files_sequential(str(images), str(tmp_path / "nnunet"), save_probabilities=False,
-                                            overwrite=True)
+    nnunet_predict(folder, images, tmp_path / "nnunet")
     for case in ("ras", "las"):
         ours = load_volume(tmp_path / "asa" / f"{case}.nii.gz", label=True)
         theirs = load_volume(tmp_path / "nnunet" / f"{case}.nii.gz", label=True)
