@@ -95,9 +95,8 @@ def _rounds(entry: str, overrides: tuple[str, ...], steps: int) -> int:
     per_epoch = max(1, steps // max(1, epochs))
     rounds, last = 0, 0
     for epoch in range(1, epochs):
-        at = epoch * per_epoch
-        if epoch % int(trainer.val_every) == 0 and at - last >= int(trainer.val_min_steps or 0):
-            rounds, last = rounds + 1, at
+        if epoch % int(trainer.val_every) == 0 and epoch * per_epoch - last >= int(trainer.val_min_steps or 0):
+            rounds, last = rounds + 1, epoch * per_epoch
     return rounds
 
 
@@ -113,9 +112,8 @@ def time_unit(unit: Unit, moved: Mapping[str, str], steps: int = TIMED_STEPS) ->
     with tempfile.TemporaryDirectory(prefix="asa-study-cost-") as scratch:
         out = Path(scratch) / "run"
         out.mkdir()
-        for path, content in unit.inputs:  # its own cases (splits.json), where the unit names them
-            if path.name == "splits.json":
-                (out / "splits.json").write_text(json.dumps(content))
+        for content in (c for path, c in unit.inputs if path.name == "splits.json"):  # its own cases, where named
+            (out / "splits.json").write_text(json.dumps(content))
         cfg = load_config(entry, *kept, f"output_dir={out}", "resume=false", "trainer.epochs=1000000",
                           f"trainer.max_steps={steps}", "trainer.log_every=1", f"trainer.val_every_steps={steps // 2}",
                           "trainer.ckpt_every=0", "trainer.progress=false")

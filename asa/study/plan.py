@@ -54,11 +54,8 @@ class Scale:
         for name, least in LEAST.items():
             value = getattr(self, name)
             values = value if isinstance(value, tuple) else () if value is None else (value,)
-            option = f"--{name.replace('_', '-')}"
-            if value == () and name != "cohorts":
-                refuse(f"{option}: expected at least one value")
             if bad := [v for v in values if not (v > least if name == "time_budget" else v >= least)]:
-                refuse(f"{option} {' '.join(map(str, bad))}: expected "
+                refuse(f"--{name.replace('_', '-')} {' '.join(map(str, bad))}: expected "
                        + ("seconds above 0" if name == "time_budget" else f"at least {least}")
                        + (" (0: as many units at once as the machine holds)" if name == "jobs" else ""))
 
@@ -205,21 +202,20 @@ def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[s
     read = [] if list(channels) == ["t1"] else [f"data.channels=[{','.join(channels)}]"]  # the T1 alone: every preset's
     units = [(arm, n, folder) for n, folder in cohorts.items() for arm in arms if ARMS[arm].pretrained
              and not ARMS[arm].noise] + ([(CONTROL, max(cohorts), noise)] if noise is not None else [])
-    runs = []
-    for (arm, n, data), k in ((unit, k) for unit in units for k in range(scale.pretrain_runs)):
-        spec, name = ARMS[arm], run_name(arm, n, k)
+
+    def planned(arm: str, n: int, data: Path, k: int) -> Pretraining:
+        spec, run_dir = ARMS[arm], out / "pretrain" / run_name(arm, n, k)
         crop = scale.crop if spec.coord else (scale.pretrain_crop or scale.crop)  # the channel ties it to the crop
         stored = store is not None and arm != CONTROL  # the noise control reads its own volumes' file list
         layout, source = (store.layout, store.data()) if stored else ("filelist", [f"data.root={data}"])
-        run_dir = out / "pretrain" / name
         overrides = (*network.pretrain(arm), "data=bids", f"data.layout={layout}", *read,
                      f"data.num_workers={scale.workers}", "data.split.ratios=[0.8,0.2,0.0]", "optim=adamw_demo",
                      "trainer.progress=false", "trainer.panel_every=0", "probe.every=0", "trainer.val_min_steps=0",
                      f"seed={seed + k}", "resume=auto", f"data.crop={crop}", *source, *resampling,
                      f"trainer.epochs={epochs_for(scale.pretrain_steps, int(0.8 * n), batch)}", *per_rank,
                      f"output_dir={run_dir}")
-        runs.append(Pretraining(name, arm, n, overrides, run_dir, coord=spec.coord, replicate=k, stored=stored))
-    return runs
+        return Pretraining(run_dir.name, arm, n, overrides, run_dir, coord=spec.coord, replicate=k, stored=stored)
+    return [planned(arm, n, data, k) for arm, n, data in units for k in range(scale.pretrain_runs)]
 
 
 def pretraining_argv(nproc: int, *overrides: str) -> tuple[str, ...]:
@@ -253,22 +249,19 @@ class Supervised:
 
 def supervised_channel(fine: Sequence[str], pretrain: Sequence[str] | None) -> str | None:
     """The t1 of ``fine`` the positive control trains on alone when pretraining reads the T1 alone (one stem path)."""
-    if pretrain is None or list(pretrain) != ["t1"] or len(fine) < 2:
-        return None
     t1 = [name for name in fine if channel_of(name) == "t1"]
-    return t1[0] if len(t1) == 1 else None
+    return t1[0] if pretrain is not None and list(pretrain) == ["t1"] and len(fine) > 1 and len(t1) == 1 else None
 
 
 def supervised_overrides(control: Supervised, network: Network, scale: Scale, seed: int,
                          overrides: Sequence[str]) -> list[str]:
     """The positive control's asa-finetune overrides: all its cases train, for about the pilot's steps."""
     batch = int(compose_config("finetune", [f"data={control.data}", *network.finetune]).trainer.batch_size)
-    epochs = epochs_for(scale.pilot_steps, len(control.cases), batch)  # all its cases train
     return [f"data={control.data}", f"data.root={control.root}",
             *([f"data.channels=[{control.channel}]"] if control.channel else []), *network.finetune,
-            f"data.crop={scale.crop}", f"data.num_workers={scale.workers}", f"trainer.epochs={epochs}",
-            "trainer.progress=false", "trainer.panel_every=0", f"seed={seed}", "resume=auto", *overrides,
-            f"output_dir={control.run_dir}"]
+            f"data.crop={scale.crop}", f"data.num_workers={scale.workers}",
+            f"trainer.epochs={epochs_for(scale.pilot_steps, len(control.cases), batch)}", "trainer.progress=false",
+            "trainer.panel_every=0", f"seed={seed}", "resume=auto", *overrides, f"output_dir={control.run_dir}"]
 
 
 def supervised_splits(control: Supervised, split: Mapping[str, list[str]], seed: int) -> dict[str, Any]:
@@ -281,20 +274,17 @@ def finetune_arms(runs: Sequence[Pretraining], network: Network, controls: Seque
                   encoders: Mapping[str, str]) -> dict[str, transfer.Tuned]:
     """`transfer.Transfer.arms`: the scratch twins, the positive control (one per draw, or one for every draw), every
     pretrained encoder and --encoder."""
-    base = tuple(network.finetune)
+    base, coord = tuple(network.finetune), "model.coord_channel=true"
     arms = {SCRATCH: transfer.Tuned(base)}
     if any(run.coord for run in runs):
-        arms[COORD_SCRATCH] = transfer.Tuned((*base, "model.coord_channel=true"), COORD_SCRATCH)
+        arms[COORD_SCRATCH] = transfer.Tuned((*base, coord), COORD_SCRATCH)
     if controls:
         arms[SUPERVISED] = transfer.Tuned(base, SUPERVISED, labeled=tuple(
             (c.run_dir / "checkpoints" / "last.pt", c.cases) for c in controls))
     for run in runs:
-        arms[run.name] = transfer.Tuned((*base, f"model.pretrained={run.encoder}",
-                                         *(["model.coord_channel=true"] if run.coord else [])),
+        arms[run.name] = transfer.Tuned((*base, f"model.pretrained={run.encoder}", *([coord] if run.coord else [])),
                                         run.arm, run.cohort, run.replicate)
-    for name, path in encoders.items():
-        arms[name] = transfer.Tuned((*base, f"model.pretrained={path}"), name)
-    return arms
+    return arms | {name: transfer.Tuned((*base, f"model.pretrained={path}"), name) for name, path in encoders.items()}
 
 
 def labeled_split(cases: Sequence, scale: Scale, seed: int, *, control: bool = True) -> dict[str, Any]:
@@ -307,8 +297,7 @@ def labeled_split(cases: Sequence, scale: Scale, seed: int, *, control: bool = T
                    "labeled set too small for a fixed split is cross-validated: every case scored)")
         test, pool = transfer.split_cases(ids, test=scale.test, seed=seed)
         val, pool = sorted(pool[:scale.val]), pool[scale.val:]
-        spare = len(pool) - max(scale.cases)
-        held = sorted(pool[len(pool) - scale.supervised:]) if control and spare >= scale.supervised else []
+        held = sorted(pool[len(pool) - scale.supervised:]) if control else []  # the pool holds them: the test above
         return {"test": test, "val": val, "pool": sorted(set(pool) - set(held)), "supervised": held}
     if len(ids) < scale.min_scored:
         refuse(f"--root: {cases_text(len(ids))}: cross-validation would score {len(ids)} per arm, fewer than the "
@@ -325,12 +314,6 @@ def labeled_split(cases: Sequence, scale: Scale, seed: int, *, control: bool = T
 def cases_text(n: int) -> str:
     """"1 labeled case", "3 labeled cases"."""
     return f"{n} labeled case" + ("" if n == 1 else "s")
-
-
-def cv_supervised(out: Path, split: Mapping[str, Any], data: str, root: Path, channel: str | None) -> list[Supervised]:
-    """The positive control per cross-validated draw, on that draw's pool: it consumes none of the scored cases."""
-    return [Supervised(out / "pretrain" / f"{SUPERVISED}-s{g}", data, root, tuple(sorted(d["pool"])), channel)
-            for g, d in enumerate(split.get("draws") or [])]
 
 
 def recipe_overrides(recipe: str, encoder_lr_scale: float) -> list[str]:

@@ -57,8 +57,7 @@ class Study:
             refuse(f"--scale gpu: no CUDA device here (--device {args.device}, torch.cuda.is_available() is "
                    f"{torch.cuda.is_available()}); the gpu scale runs its units side by side on one GPU: choose "
                    "--scale cpu, or plan it here with --dry-run")
-        cores = usable_cores()
-        threads = args.threads
+        cores, threads = usable_cores(), args.threads
         if scale.jobs == 0:  # as many units as the machine holds, each on one thread unless told otherwise
             memory = torch.cuda.get_device_properties(0).total_memory / 2 ** 30 if gpu else None
             threads = threads or 1

@@ -43,9 +43,8 @@ from asa.study.checks import check_overlap, channel_lines, skull_lines
 from asa.study.cohort import (StoreCohort, cohort_channels, pretrain_layout, pretraining_channels, read_store,
                               write_cohorts, write_noise)
 from asa.study.common import Clock, add_scale_options, record_settings, refuse
-from asa.study.plan import (GROWS, RECIPES, SCALES, Supervised, cv_supervised, labeled_split, overlap_overrides,
-                            plan_pretraining, recipe_overrides, studied_networks, supervised_channel,
-                            write_store_splits)
+from asa.study.plan import (GROWS, RECIPES, SCALES, Supervised, labeled_split, overlap_overrides, plan_pretraining,
+                            recipe_overrides, studied_networks, supervised_channel, write_store_splits)
 from asa.study.readout import PILOT_FLOOR
 from asa.study.scheduler import stop_on_signals
 from asa.study.settings import Study
@@ -146,13 +145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                             seed=study.seed, channels=channels or ("t1",), store=store)
     if store is not None and not study.dry_run:
         write_store_splits(runs, [c.id for c in cohort_cases], study.seed)
-    overrides = [*recipe_overrides(study.recipe, study.encoder_lr_scale), *overlap_overrides(checks["overlap"]),
-                 *study.overrides]
     times_file = study.out / "times.json"
     times = json.loads(times_file.read_text()) if times_file.is_file() else {"stages": {}, "runs": {}}
-    # the channels a frozen encoder is probed with: those it pretrained on, by their fine-tuning names
-    plan = StudyPlan(study, task, split, checks, tuple(runs), tuple(supervised), tuple(overrides),
-                     (control_channel,) if control_channel else tuple(task.channels))
+    # the overrides of every fine-tuning run; the channels a frozen encoder is probed with: those it pretrained on,
+    # by their fine-tuning names
+    plan = StudyPlan(study, task, split, checks, tuple(runs), tuple(supervised),
+                     (*recipe_overrides(study.recipe, study.encoder_lr_scale), *overlap_overrides(checks["overlap"]),
+                      *study.overrides), (control_channel,) if control_channel else tuple(task.channels))
 
     def stopped(stop: Exception, names: list[str]) -> None:
         atomic_write_json(times_file, times)
@@ -256,8 +255,7 @@ def _labeled_set(study: Study) -> tuple[list, dict[str, list[str]], Any]:
 
 def _unreadable(problems: Sequence) -> str:
     """"3 labeled case(s) cannot be read (case_1: <reason>; and 2 more)"."""
-    first = problems[0]
-    return (f"{len(problems)} labeled case(s) cannot be read ({first.id}: {first.reason}"
+    return (f"{len(problems)} labeled case(s) cannot be read ({problems[0].id}: {problems[0].reason}"
             + (f"; and {len(problems) - 1} more" if len(problems) > 1 else "") + ")")
 
 
@@ -265,24 +263,23 @@ def _pretraining_cohort(study: Study, task: Any) -> tuple[list, list[str], list[
     """(the cohort's cases, the channels every one has, the channels the pretraining runs read, the store it is
     held in): none without --pretrain-data. Refused: a cohort of fewer than 2 readable scans, a store holding other
     channels than the runs read, --pretrain-channels without a cohort."""
-    cohort_cases, held, channels, store = [], [], None, None
-    if study.pretrain_data is not None:
-        layout, root = pretrain_layout(study.pretrain_data)
-        store, cohort_cases = (read_store(root) if layout == "store"
-                               else (None, discover(layout, root, on_bad_case="skip")))
-        if len(cohort_cases) < 2:
-            refuse(f"--pretrain-data {study.pretrain_data}: {len(cohort_cases)} readable scan(s) ({layout}); the "
-                   "pretraining runs need at least 2 (train and held-out)")
-        held = list(store.channels) if store is not None else cohort_channels(cohort_cases)
-        channels = pretraining_channels(held, task.channels, study.pretrain_channels)
-        if store is not None and channels != held:  # a run reads a store with the channels it was written with
-            refuse(f"--pretrain-data {study.pretrain_data}: the store holds {', '.join(held)} (asa-preprocess "
-                   f"data.channels), and a run reads a store with the channels it was written with; the pretraining "
-                   f"runs read {', '.join(channels)} here (for the fine-tuning channels {', '.join(task.channels)}"
-                   + (f", --pretrain-channels {study.pretrain_channels}" if study.pretrain_channels else "")
-                   + f"): write a store with data.channels=[{','.join(channels)}]")
-    elif study.pretrain_channels is not None:
-        refuse(f"--pretrain-channels {study.pretrain_channels}: no --pretrain-data to read them from")
+    if study.pretrain_data is None:
+        if study.pretrain_channels is not None:
+            refuse(f"--pretrain-channels {study.pretrain_channels}: no --pretrain-data to read them from")
+        return [], [], None, None
+    layout, root = pretrain_layout(study.pretrain_data)
+    store, cohort_cases = read_store(root) if layout == "store" else (None, discover(layout, root, on_bad_case="skip"))
+    if len(cohort_cases) < 2:
+        refuse(f"--pretrain-data {study.pretrain_data}: {len(cohort_cases)} readable scan(s) ({layout}); the "
+               "pretraining runs need at least 2 (train and held-out)")
+    held = list(store.channels) if store is not None else cohort_channels(cohort_cases)
+    channels = pretraining_channels(held, task.channels, study.pretrain_channels)
+    if store is not None and channels != held:  # a run reads a store with the channels it was written with
+        refuse(f"--pretrain-data {study.pretrain_data}: the store holds {', '.join(held)} (asa-preprocess "
+               f"data.channels), and a run reads a store with the channels it was written with; the pretraining "
+               f"runs read {', '.join(channels)} here (for the fine-tuning channels {', '.join(task.channels)}"
+               + (f", --pretrain-channels {study.pretrain_channels}" if study.pretrain_channels else "")
+               + f"): write a store with data.channels=[{','.join(channels)}]")
     return cohort_cases, held, channels, store
 
 
@@ -308,8 +305,7 @@ def _record(study: Study, task: Any, channels: list[str] | None, control_channel
         "supervised_channels": list(task.channels) if SUPERVISED in old.get("arms", []) else None, **old,
         # one process, one pretraining run per arm; a fixed split (folds, repeats, min_scored as the scale's)
         **({"scale": {"nproc": 1, "folds": scale.folds, "repeats": scale.repeats, "min_scored": scale.min_scored,
-                      "pretrain_runs": 1, **old["scale"]}}
-           if isinstance(old.get("scale"), dict) else {})})
+                      "pretrain_runs": 1, **old["scale"]}} if isinstance(old.get("scale"), dict) else {})})
 
 
 def _checks(study: Study, labeled: Sequence, split: Mapping[str, list[str]], task: Any, cohort_cases: Sequence,
@@ -323,9 +319,9 @@ def _checks(study: Study, labeled: Sequence, split: Mapping[str, list[str]], tas
     checks: dict[str, Any] = {"overlap": check_overlap(out, cohort_cases, labeled, split, dict(study.encoders),
                                                        accept=study.accept_overlap, write=write)}
     if study.pretrain_data is not None:
-        sizes = [n for n in scale.cohorts if n <= len(cohort_cases)] or [len(cohort_cases)]
         if odd := [n for n in scale.cohorts if n > len(cohort_cases)]:
             refuse(f"--cohorts {' '.join(map(str, odd))}: the cohort holds {len(cohort_cases)} scans")
+        sizes = list(scale.cohorts) or [len(cohort_cases)]
         if store is None:
             cohorts = write_cohorts(out, cohort_cases, sizes, study.seed, channels, write=write)
         else:
@@ -338,11 +334,10 @@ def _checks(study: Study, labeled: Sequence, split: Mapping[str, list[str]], tas
                                 "run's splits.json, the store's other cases as its unread test part).")
         if CONTROL in study.arms:
             noise = write_noise(out, cohort_cases, max(sizes), study.seed, channels, write=write)
-    checks["channels"] = (channel_lines(task.channels, channels, held, store=store is not None)
-                          if channels is not None else
-                          [f"No pretraining cohort: an --encoder file's 1-channel stem is adapted to the "
-                           f"{len(task.channels)} fine-tuning channels ({', '.join(task.channels)}; copied to each "
-                           "and divided by their number), a file of that many channels is loaded as it is."])
+    checks["channels"] = (channel_lines(task.channels, channels, held, store=store is not None) if channels is not None
+                          else [f"No pretraining cohort: an --encoder file's 1-channel stem is adapted to the "
+                                f"{len(task.channels)} fine-tuning channels ({', '.join(task.channels)}; copied to "
+                                "each and divided by their number), a file of that many channels is loaded as it is."])
     checks["skull"] = skull_lines({"--pretrain-data": cohort_cases, "--root": labeled})
     supervised: list[Supervised] = []  # the split holds its cases out either way
     if "draws" in split:
@@ -354,27 +349,22 @@ def _checks(study: Study, labeled: Sequence, split: Mapping[str, list[str]], tas
                             f"fold's test cases scored by a run whose N cases and {scale.val} validation cases were "
                             "drawn from the other folds), every case scored once per repeat.")
     alone = f", on their {control_channel} alone (data.channels=[{control_channel}])" if control_channel else ""
-    if study.positive_control and "draws" in split:
-        supervised = cv_supervised(out, split, study.data, study.root, control_channel)
+    if study.positive_control and "draws" in split:  # one per draw, on its pool: it consumes none of the scored cases
+        supervised = [Supervised(out / "pretrain" / f"{SUPERVISED}-s{g}", study.data, study.root,
+                                 tuple(sorted(d["pool"])), control_channel) for g, d in enumerate(split["draws"])]
         pools = [len(c.cases) for c in supervised]
         checks["supervised"] = (f"The positive control is nested in each of the {len(supervised)} draws: an encoder "
                                 "trained with labels on that draw's training part (its pool, "
-                                + "–".join(map(str, sorted({min(pools), max(pools)})))
-                                + " cases), never on the fold it is scored on, so it consumes none of the scored cases"
-                                + alone + ".")
-    elif study.positive_control and not split["supervised"]:
-        checks["supervised"] = (f"The positive control is left out: the labeled pool holds {len(labeled)} cases, and "
-                                f"after {scale.test} test, {scale.val} validation and the {max(scale.cases)} a run "
-                                f"draws from, fewer than the {scale.supervised} it needs (--supervised) are left.")
+                                + "–".join(map(str, sorted({min(pools), max(pools)}))) + " cases), never on the fold "
+                                "it is scored on, so it consumes none of the scored cases" + alone + ".")
     elif study.positive_control:
         ids, k = tuple(split["supervised"]), len(task.channels)
         supervised = [Supervised(out / "pretrain" / SUPERVISED, study.data, study.root, ids, control_channel)]
-        checks["supervised"] = (f"The positive control trains on {len(ids)} labeled cases no other run sees (held "
-                                "out of the training pool)" + (
-                                    f"{alone}, as the pretraining runs read the T1: its 1-channel encoder enters the "
-                                    f"{k}-channel fine-tuning through the pretrained arms' adapted stem (its kernel "
-                                    f"copied to each channel and divided by {k}), so that it controls their path."
-                                    if control_channel else "."))
+        stem = (f"{alone}, as the pretraining runs read the T1: its 1-channel encoder enters the {k}-channel "
+                f"fine-tuning through the pretrained arms' adapted stem (its kernel copied to each channel and divided "
+                f"by {k}), so that it controls their path." if control_channel else ".")
+        checks["supervised"] = (f"The positive control trains on {len(ids)} labeled cases no other run sees (held out "
+                                f"of the training pool){stem}")
     key, label = readings.endpoint(task.output_names, study.lesion_classes)
     checks["endpoint"] = {"key": key, "label": label,
                           "line": f"Primary endpoint: {label}, named before any training (every verdict reads it)."}
