@@ -81,8 +81,9 @@ def read_store(path: Path) -> tuple[StoreCohort, list[Case]]:
     return cohort, list(cases)
 
 
-def cohort_order(ids: Sequence[str], seed: int) -> list[str]:
-    """The subjects in a seeded order: a cohort of n is the first n, so a smaller cohort is part of a larger."""
+def cohort_order(ids: Sequence[str], seed: int | tuple[int, ...]) -> list[str]:
+    """The subjects in a seeded order (``seed`` as numpy's ``default_rng`` takes it): a cohort of n is the first n, so a
+    smaller cohort is part of a larger; a labeled draw's order too."""
     ids = sorted(ids)
     return [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
 
