@@ -131,8 +131,7 @@ def primary_order() -> list[str]:
 def twin_of(arm: str) -> str:
     """The arm ``arm`` differs from by its encoder alone: its first contrast's reference (scratch without one, and
     for an --encoder arm)."""
-    declared = ARMS[arm].contrasts if arm in ARMS else ()
-    return declared[0].reference if declared else SCRATCH
+    return ARMS[arm].contrasts[0].reference if arm in ARMS and ARMS[arm].contrasts else SCRATCH
 
 
 def scratch_twin(arm: str) -> bool:
@@ -167,6 +166,5 @@ def contrasts(cohorts: Sequence[int], encoders: Sequence[str] = ()) -> list[tupl
 
     declared = [(at(arm.name, big), at(arm.name, small) if c.cohorts else at(c.reference, big), c.question, c.kind)
                 for arm in ARMS.values() for c in arm.contrasts]
-    return declared + [((name, None), (SCRATCH, None), f"does the encoder {name} help? ({name} − scratch)",
-                        "question")
+    return declared + [((name, None), (SCRATCH, None), f"does the encoder {name} help? ({name} − scratch)", "question")
                        for name in encoders]

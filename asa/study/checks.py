@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from asa.api.machinery.cohort import encoder_cohort
-from asa.data import load_volume
 from asa.data.cohort import CohortListMissing, cohort_record
 from asa.data.digests import image_signatures
 from asa.data.overlap import cohort_overlap, describe_overlap
 from asa.data.fingerprint import FINGERPRINT
 from asa.data.layouts.pretrain import channel_of
 from asa.data.masked_copies import describe_masked, masked_copies
-from asa.io import atomic_write_json
+from asa.io import atomic_write_json, load_volume
 from asa.study.common import refuse
 from asa.study.plan import supervised_channel
 
@@ -57,8 +56,7 @@ def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: M
     lines, found = list(unchecked), set()
     for source, cohort in cohorts.items():
         overlap = cohort_overlap(cohort, parts, digests=digests, fingerprints=prints)
-        size = len(cohort.get("cases") or {})
-        lines += [f"{source}: {line}" for line in describe_overlap(overlap, cohort_size=size)]
+        lines += [f"{source}: {line}" for line in describe_overlap(overlap, cohort_size=len(cohort.get("cases") or {}))]
         found |= {c for part in overlap.values() for c in part["overlapping"]}
     if cohort_cases:  # on disk: skull-stripped and defaced copies on the cohort's grid, which the fingerprint misses
         copies = masked_copies(everyone, cohort_cases)
@@ -108,14 +106,11 @@ STRIPPED = 0.9  # the share of non-zero voxels above which asa's brain mask take
 
 def skull_lines(sets: Mapping[str, Sequence], sample: int = 3) -> list[str]:
     """One line per set whose first ``sample`` scans are whole heads (over `STRIPPED` of their voxels non-zero)."""
-    lines = []
-    for name, cases in sets.items():
-        shares = [float((load_volume(next(iter(c.images.values()))).array != 0).mean()) for c in list(cases)[:sample]]
-        if shares and min(shares) > STRIPPED:
-            lines.append(f"{name}: the scans are not skull-stripped ({min(shares):.0%} or more of their voxels are "
-                         "non-zero): asa's brain mask, brain centre and in-brain z-score assume skull-stripped scans, "
-                         "and on whole heads the mask takes in scalp and neck (docs/data-and-orientation.md); strip "
-                         "the skulls first (asa-prepare: N4, alignment to the symmetric MNI template and brain "
-                         "extraction, docs/own-data.md), or read every arm's numbers as made on a mis-centred, "
-                         "mis-normalised crop.")
-    return lines
+    shares = {name: [float((load_volume(next(iter(c.images.values()))).array != 0).mean())
+                     for c in list(cases)[:sample]] for name, cases in sets.items()}
+    return [f"{name}: the scans are not skull-stripped ({min(s):.0%} or more of their voxels are non-zero): asa's "
+            "brain mask, brain centre and in-brain z-score assume skull-stripped scans, and on whole heads the mask "
+            "takes in scalp and neck (docs/data-and-orientation.md); strip the skulls first (asa-prepare: N4, "
+            "alignment to the symmetric MNI template and brain extraction, docs/own-data.md), or read every arm's "
+            "numbers as made on a mis-centred, mis-normalised crop." for name, s in shares.items()
+            if s and min(s) > STRIPPED]

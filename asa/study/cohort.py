@@ -10,8 +10,7 @@ import numpy as np
 
 from asa.api.config import compose_config
 from asa.api.machinery.dataset import load_cases
-from asa.data import load_volume
-from asa.data.case import Case
+from asa.data import Case, load_volume
 from asa.data.layouts.pretrain import CHANNELS, channel_of
 from asa.data.preprocessing import PretrainPreprocess
 from asa.data.store import INDEX, SETTINGS, StoreError, open_store, store_settings
@@ -82,8 +81,9 @@ def read_store(path: Path) -> tuple[StoreCohort, list[Case]]:
     return cohort, list(cases)
 
 
-def cohort_order(ids: Sequence[str], seed: int) -> list[str]:
-    """The subjects in a seeded order: a cohort of n is the first n, so a smaller cohort is part of a larger."""
+def cohort_order(ids: Sequence[str], seed: int | tuple[int, ...]) -> list[str]:
+    """The subjects in a seeded order (``seed`` as numpy's ``default_rng`` takes it): a cohort of n is the first n, so a
+    smaller cohort is part of a larger; a labeled draw's order too."""
     ids = sorted(ids)
     return [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
 
@@ -125,9 +125,8 @@ def cohort_channels(cases: Sequence) -> list[str]:
 def pretraining_channels(held: Sequence[str], fine: Sequence[str], choice: str | None) -> list[str]:
     """The cohort channels runs read, in the fine-tuning order (stem channel k is fine-tuning channel k), or the T1."""
     wanted = [channel_of(name) for name in fine]
-    lacking = [name for name, c in zip(fine, wanted) if c is None or c not in held]
-    if len(set(wanted)) != len(wanted):  # two fine-tuning channels of one meaning: no order to keep
-        lacking = list(fine)
+    # two fine-tuning channels of one meaning: no order to keep, so every one counts as lacking
+    lacking = list(fine) if len(set(wanted)) != len(wanted) else [n for n, c in zip(fine, wanted) if c not in held]
     if choice == "all" and lacking:
         refuse(f"--pretrain-channels all: the pretraining cohort's cases all have {', '.join(held)}; the fine-tuning "
                f"channels {', '.join(lacking)} have no channel of the cohort ({', '.join(CHANNELS)}, the meanings "

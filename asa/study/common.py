@@ -108,10 +108,8 @@ class Clock:
 
 def finished(ckpt: Path) -> bool:
     """Whether ``ckpt`` is the last.pt of a run that went through its whole schedule."""
-    if not ckpt.is_file():
-        return False
-    state = load_checkpoint(ckpt)
-    return int(state["step"]) >= int(state["scheduler"]["total_steps"])
+    state = load_checkpoint(ckpt) if ckpt.is_file() else None
+    return state is not None and int(state["step"]) >= int(state["scheduler"]["total_steps"])
 
 
 def machine() -> dict[str, Any]:
@@ -134,8 +132,7 @@ def machine_line(m: Mapping[str, Any], finished_at: str) -> str:
 
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]], *, left: int = 2) -> str:
     """A Markdown table: the first ``left`` columns aligned left, the others (numbers) right."""
-    lines = [table_row(head), "|" + "|".join([" --- "] * left + [" ---: "] * (len(head) - left)) + "|"]
-    return "\n".join([*lines, *(table_row(r) for r in rows)]) + "\n"
+    return "\n".join(map(table_row, [head, ["---"] * left + ["---:"] * (len(head) - left), *rows])) + "\n"
 
 
 def table_row(cells: Sequence[str]) -> str:
@@ -145,9 +142,8 @@ def table_row(cells: Sequence[str]) -> str:
 
 def rows_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     """CSV of dict rows (the union of their keys as the header; floats to six decimals)."""
-    keys = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
     return buf.getvalue()

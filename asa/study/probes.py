@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,19 +14,15 @@ from asa.study.common import markdown_table, module_argv
 from asa.study.arms import ARMS, pretraining_arms
 from asa.study.plan import Pretraining
 from asa.study.scheduler import Unit
-
-__all__ = ["EFFECTS", "RANDOM_ROW", "choose_arm", "effect_reading", "factorial_effects", "primary_probe",
-           "probe_lines", "probe_unit", "read_probes", "shared_cells"]
+from asa.study.settings import Study
 
 RANDOM_ROW = "random-init"  # the row of the random-init twin (asa-probe's ``random`` entry)
 # the factorial's effects: name -> (the arms' coefficients: (weighting, coordinate channel) -> ±½ or ±1)
 CELLS = [(w, c) for w in ("attentive", "uniform") for c in (False, True)]
-EFFECTS = {
-    "attentive weight (attentive − uniform)": {(w, c): .5 if w == "attentive" else -.5 for w, c in CELLS},
-    "coordinate channel (with − without)": {(w, c): .5 if c else -.5 for w, c in CELLS},
-    "interaction (weight effect with the channel − without)": {(w, c): 1. if (w == "attentive") == c else -1.
-                                                                for w, c in CELLS},
-}
+EFFECTS = {"attentive weight (attentive − uniform)": {(w, c): .5 if w == "attentive" else -.5 for w, c in CELLS},
+           "coordinate channel (with − without)": {(w, c): .5 if c else -.5 for w, c in CELLS},
+           "interaction (weight effect with the channel − without)": {(w, c): 1. if (w == "attentive") == c else -1.
+                                                                       for w, c in CELLS}}
 
 
 def primary_probe(classes: Sequence[str], lesion_classes: Sequence[str]) -> tuple[list[str], str]:
@@ -38,39 +33,39 @@ def primary_probe(classes: Sequence[str], lesion_classes: Sequence[str]) -> tupl
     return ["ridge/r2_mean"], "ridge R² (mean over classes)"
 
 
-def probe_unit(out: Path, runs: Sequence[Pretraining], *, data: str, root: Path, channels: Sequence[str],
-               cases: Sequence[str], seed: int, device: str, threads: int | None,
+def probe_unit(s: Study, runs: Sequence[Pretraining], channels: Sequence[str], cases: Sequence[str],
                overrides: Sequence[str] = ()) -> Unit:
-    """asa-probe over every run's encoder and a random-init twin on ``cases``; done with a row per encoder."""
-    folder, split = out / "probes", out / "probes" / "cases.json"
+    """asa-probe over every run's encoder and a random-init twin on ``cases``, with the study's data, seed, device and
+    threads; done with a row per encoder."""
+    folder, split = s.out / "probes", s.out / "probes" / "cases.json"
     names = [*(r.name for r in runs), RANDOM_ROW]
     argv = module_argv("asa.cli.probe", f"encoders=[{','.join([*(str(r.encoder) for r in runs), 'random'])}]",
-                       f"names=[{','.join(names)}]", f"data={data}", f"data.root={root}",
+                       f"names=[{','.join(names)}]", f"data={s.data}", f"data.root={s.root}",
                        f"channels=[{','.join(channels)}]", f"split_file={split}", "subset=test",
-                       f"output={folder / 'table'}", "overwrite=true", f"seed={seed}", f"device={device}", *overrides)
+                       f"output={folder / 'table'}", "overwrite=true", f"seed={s.seed}", f"device={s.device}",
+                       *overrides)
 
     def done() -> bool:
         table = folder / "table" / "probe.json"
         return table.is_file() and [r["name"] for r in json.loads(table.read_text())["rows"]] == names
 
-    return Unit("probes", argv, done, out / "logs" / "probes.log", resumable=False, threads=threads,
+    return Unit("probes", argv, done, s.out / "logs" / "probes.log", resumable=False, threads=s.threads,
                 inputs=((split, {"test": sorted(cases)}),))
 
 
 def read_probes(record: Mapping[str, Any], runs: Sequence[Pretraining], keys: Sequence[str]) -> list[dict[str, Any]]:
     """A row per probed encoder (the runs, then the random-init twin); the primary probe: the mean of ``keys``."""
     by_name = {r["name"]: r["metrics"] for r in record["rows"]}
-    out = []
-    for run in [*runs, None]:
-        name = RANDOM_ROW if run is None else run.name
+
+    def row(name: str, arm: str, cohort: int | None, replicate: int | None) -> dict[str, Any]:
         metrics = by_name[name]
         ci = metrics[keys[0]] if len(keys) == 1 else {}
-        out.append({"encoder": name, "arm": RANDOM_ROW if run is None else run.arm,
-                    "cohort": getattr(run, "cohort", None), "replicate": getattr(run, "replicate", None),
-                    "primary": float(np.mean([_value(metrics[k]) for k in keys])),
-                    "primary_ci": [_value(ci, "ci_low"), _value(ci, "ci_high")],
-                    "r2_mean": _value(metrics.get("ridge/r2_mean")), "knn": _value(metrics.get("knn/accuracy"))})
-    return out
+        return {"encoder": name, "arm": arm, "cohort": cohort, "replicate": replicate,
+                "primary": float(np.mean([_value(metrics[k]) for k in keys])),
+                "primary_ci": [_value(ci, "ci_low"), _value(ci, "ci_high")],
+                "r2_mean": _value(metrics.get("ridge/r2_mean")), "knn": _value(metrics.get("knn/accuracy"))}
+
+    return [*(row(r.name, r.arm, r.cohort, r.replicate) for r in runs), row(RANDOM_ROW, RANDOM_ROW, None, None)]
 
 
 def _value(est: Mapping[str, Any] | None, key: str = "value") -> float:
@@ -80,9 +75,8 @@ def _value(est: Mapping[str, Any] | None, key: str = "value") -> float:
 def shared_cells(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
     """The factorial's cells that two or more probed arms fall in -> those arms, in their declared order."""
     cells: dict[tuple[str, bool], list[str]] = {}
-    for arm in pretraining_arms():
-        if any(r["arm"] == arm for r in rows):
-            cells.setdefault(ARMS[arm].cell, []).append(arm)
+    for arm in (a for a in pretraining_arms() if any(r["arm"] == a for r in rows)):
+        cells.setdefault(ARMS[arm].cell, []).append(arm)
     return {f"{w}, {'with' if c else 'without'} the coordinate channel": a for (w, c), a in cells.items() if len(a) > 1}
 
 
@@ -165,9 +159,8 @@ def probe_lines(probes: Mapping[str, Any], *, min_effect: float) -> list[str]:
     else:
         lines += ["The factorial is not read: its four cells (mae, asa, mae-coord, asa-coord) did not all run with "
                   "the same pretraining seeds.", ""]
-    lines += [f"Fine-tuned: **{probes['chosen']}** (the highest mean primary probe of the pretraining arms), with "
-              "the scratch twins and the controls; the other arms were pretrained and probed, not fine-tuned.", ""]
-    return lines
+    return [*lines, f"Fine-tuned: **{probes['chosen']}** (the highest mean primary probe of the pretraining arms), "
+            "with the scratch twins and the controls; the other arms were pretrained and probed, not fine-tuned.", ""]
 
 
 def _number(v: float) -> str:

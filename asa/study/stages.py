@@ -7,7 +7,6 @@ within the call's time budget; a rerun continues with the first stage not done."
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import math
 import shlex
@@ -98,7 +97,6 @@ class FineTuning(Stage):
         # every run scored: read afresh from their scores.json at every call, a resumed study's as a whole one's
         found.scored = transfer.results(self.settings, self.runs, self.cfg,
                                         [spent.get(u.name, 0.0) for u in self.trained])
-        return None
 
 
 class Pilot(FineTuning):
@@ -116,14 +114,12 @@ class Pilot(FineTuning):
 
     def units(self, plan: StudyPlan, found: Findings) -> list[Unit]:
         s, controls = plan.study, []
-        for control in plan.supervised:
-            overrides = (*supervised_overrides(control, s.network, s.scale, s.seed, plan.overrides),
-                         *s.threads_override)
-            controls.append(Unit(control.run_dir.name, module_argv("asa.cli.finetune", *overrides),
-                                 lambda control=control: finished(control.run_dir / "checkpoints" / "last.pt"),
-                                 s.out / "logs" / f"{control.run_dir.name}.log", threads=s.threads,
-                                 inputs=((control.run_dir / "splits.json",
-                                          supervised_splits(control, plan.split, s.seed)),),
+        for c in plan.supervised:  # the positive control: one run, or one per cross-validated draw
+            overrides = (*supervised_overrides(c, s.network, s.scale, s.seed, plan.overrides), *s.threads_override)
+            controls.append(Unit(c.run_dir.name, module_argv("asa.cli.finetune", *overrides),
+                                 lambda c=c: finished(c.run_dir / "checkpoints" / "last.pt"),
+                                 s.out / "logs" / f"{c.run_dir.name}.log", threads=s.threads,
+                                 inputs=((c.run_dir / "splits.json", supervised_splits(c, plan.split, s.seed)),),
                                  config=("finetune", overrides), steps=s.scale.pilot_steps))
         return [*super().units(plan, found), *controls]
 
@@ -171,11 +167,8 @@ class Probes(Stage):
     jobs = 1  # one asa-probe over every encoder
 
     def units(self, plan: StudyPlan, found: Findings) -> list[Unit]:
-        s = plan.study
-        return [probes.probe_unit(s.out, plan.runs, data=s.data, root=s.root, channels=plan.probe_channels,
-                                  cases=[*plan.split["val"], *plan.split["pool"]], seed=s.seed, device=s.device,
-                                  threads=s.threads,
-                                  overrides=overlap_overrides(plan.checks["overlap"]))]
+        return [probes.probe_unit(plan.study, plan.runs, plan.probe_channels, [*plan.split["val"], *plan.split["pool"]],
+                                  overlap_overrides(plan.checks["overlap"]))]
 
     def read(self, plan: StudyPlan, found: Findings, spent: Mapping[str, float]) -> int | None:
         s = plan.study
@@ -186,10 +179,8 @@ class Probes(Stage):
                         "folds": record["settings"]["folds"], "rows": rows, "effects": probes.factorial_effects(rows),
                         "shared": probes.shared_cells(rows), "chosen": probes.choose_arm(rows)}
         atomic_write_json(s.out / "probes" / "probes.json", found.probes)
-        for line in probes.probe_lines(found.probes, min_effect=s.min_effect):
-            if line and not line.startswith("|"):
-                print(f"[study] {line}", flush=True)
-        return None
+        print("\n".join(f"[study] {line}" for line in probes.probe_lines(found.probes, min_effect=s.min_effect)
+                        if line and not line.startswith("|")), flush=True)
 
 
 class TransferStage(FineTuning):
@@ -200,8 +191,7 @@ class TransferStage(FineTuning):
 
     def transfer(self, plan: StudyPlan, found: Findings) -> transfer.Transfer:
         s, split = plan.study, plan.split
-        tuned = plan.runs if found.probes is None else [r for r in plan.runs if r.arm == found.probes["chosen"]
-                                                        or ARMS[r.arm].noise]
+        tuned = [r for r in plan.runs if found.probes is None or r.arm == found.probes["chosen"] or ARMS[r.arm].noise]
         seeds = tuple(range(len(split["draws"]))) if "draws" in split else tuple(s.scale.seeds)
         arms = finetune_arms(tuned, s.network, plan.supervised, dict(s.encoders))
         self.said = (f"[study] transfer: {len(arms)} arms × N {list(s.scale.cases)} × "
@@ -217,14 +207,12 @@ class Report(Stage):
     title = "report"
 
     def read(self, plan: StudyPlan, found: Findings, spent: Mapping[str, float]) -> int | None:
-        s, times = plan.study, found.times
+        s, times, split, endpoint = plan.study, found.times, plan.split, plan.checks["endpoint"]
         info = {"scale_name": s.scale_name, "scale": dataclasses.asdict(s.scale), "network": s.network.name,
                 "steps": found.pilot["steps"], "recipe": s.recipe, "encoder_lr_scale": s.encoder_lr_scale,
-                "min_effect": s.min_effect,
-                "endpoint": [plan.checks["endpoint"]["key"], plan.checks["endpoint"]["label"]],
-                "design": ({"folds": plan.split["folds"], "repeats": plan.split["repeats"],
-                            "draws": len(plan.split["draws"]), "cases": len(plan.split["test"])}
-                           if "draws" in plan.split else None),
+                "min_effect": s.min_effect, "endpoint": [endpoint["key"], endpoint["label"]],
+                "design": ({"folds": split["folds"], "repeats": split["repeats"], "draws": len(split["draws"]),
+                            "cases": len(split["test"])} if "draws" in split else None),
                 "lesion_classes": list(s.lesion_classes), "machine": machine(), "stages": times["stages"],
                 "runs": times["runs"], "checks": plan.checks, "pilot": found.pilot,
                 "pretraining": [pretraining_summary(run, times["runs"].get(run.name, math.nan)) for run in plan.runs],
@@ -232,7 +220,7 @@ class Report(Stage):
                 "encoders": [f"{k}={v}" for k, v in s.encoders],
                 "commands": ["asa-study " + shlex.join(sys.argv[1:]),
                              *(f"asa-pretrain {shlex.join(r.overrides)}" for r in plan.runs)],
-                "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         folder = report.write_report(s.out, info, found.scored, n_boot=s.n_boot)
         print(f"[study] done: report in {folder / 'README.md'}", flush=True)
         return 0
@@ -282,10 +270,9 @@ def check_configs(units: list[Unit]) -> None:
     override is refused in one line naming the unit (exit 2) before anything trains. Units that differ only in
     their folder and seed compose once."""
     first: dict[tuple[str, tuple[str, ...]], Unit] = {}
-    for unit in units:
-        if unit.config is not None:
-            entry, overrides = unit.config
-            first.setdefault((entry, tuple(o for o in overrides if not o.startswith(("output_dir=", "seed=")))), unit)
+    for unit in (u for u in units if u.config is not None):
+        entry, overrides = unit.config
+        first.setdefault((entry, tuple(o for o in overrides if not o.startswith(("output_dir=", "seed=")))), unit)
     for (entry, _), unit in first.items():
         try:
             load_config(entry, *unit.config[1])
@@ -303,14 +290,12 @@ def schedule_lines(plan: StudyPlan, stage_units: list[tuple[Stage, list[Unit]]],
             continue
         jobs = stage.jobs or plan.study.scale.jobs
         lines += [stage.said] if stage.said else []
-        trained = [u for u in units if u.config is not None]
-        others = [u for u in units if u.config is None]
+        trained, others = [u for u in units if u.config is not None], [u for u in units if u.config is None]
         seconds = sum(_makespan([costs.seconds(u) for u in part], jobs) for part in (trained, others))
         total += seconds
-        steps = sorted({u.steps for u in trained})
-        lines.append(f"[study] plan: {stage.title}: {len(trained)} unit(s) of "
-                     f"{'/'.join(map(str, steps)) or 0} steps, {jobs} at once, {len(others)} scoring or probing "
-                     f"unit(s): {seconds / 60:.1f} min")
+        steps = "/".join(map(str, sorted({u.steps for u in trained}))) or 0
+        lines.append(f"[study] plan: {stage.title}: {len(trained)} unit(s) of {steps} steps, {jobs} at once, "
+                     f"{len(others)} scoring or probing unit(s): {seconds / 60:.1f} min")
     return [*lines, f"[study] plan: {total / 60:.1f} min in all on {costs.device}; nothing was run (--dry-run)"]
 
 
@@ -319,4 +304,4 @@ def _makespan(seconds: list[float], jobs: int) -> float:
     slots = [0.0] * max(1, jobs)
     for x in seconds:
         slots[slots.index(min(slots))] += x
-    return max(slots) if seconds else 0.0
+    return max(slots)

@@ -23,6 +23,7 @@ from asa.eval.reliance import encoder_reliance
 from asa.io import atomic_write_json, load_checkpoint
 from asa.models import capabilities
 from asa.study.arms import SCRATCH, label, twin_of
+from asa.study.cohort import cohort_order
 from asa.study.common import finished, module_argv, refuse
 from asa.study.scheduler import Unit
 from asa.study.statistics import LESION
@@ -86,31 +87,27 @@ class Transfer:
 
 def references(arms: Mapping[str, Tuned]) -> dict[str, str]:
     """Arm -> the arm its paired differences are taken against: its twin, or itself when the twin did not run."""
-    return {name: twin_of(t.arm) if twin_of(t.arm) in arms and twin_of(t.arm) != name else name
-            for name, t in arms.items()}
+    return {name: twin if (twin := twin_of(t.arm)) in arms and twin != name else name for name, t in arms.items()}
 
 
 def cv_draws(ids: Sequence[str], *, folds: int, repeats: int, val: int, seed: int) -> list[dict[str, Any]]:
     """Repeated K-fold draws, g = repeat · ``folds`` + fold: each tests on its fold, validates on ``val`` others."""
-    ids = sorted(ids)
     if folds < 2 or folds > len(ids):
         refuse(f"--folds {folds}: expected 2 .. {len(ids)} for a dataset of {len(ids)} cases")
     draws = []
     for r in range(repeats):
-        order = [ids[i] for i in np.random.default_rng((seed, r)).permutation(len(ids))]
+        order = cohort_order(ids, (seed, r))
         for k, fold in enumerate(np.array_split(np.array(order, dtype=object), folds)):
-            rest = [i for i in order if i not in set(fold.tolist())]
-            draws.append({"repeat": r, "fold": k, "test": sorted(fold.tolist()), "val": sorted(rest[:val]),
-                          "pool": rest[val:]})
+            rest = [i for i in order if i not in set(fold)]
+            draws.append({"repeat": r, "fold": k, "test": sorted(fold), "val": sorted(rest[:val]), "pool": rest[val:]})
     return draws
 
 
 def split_cases(ids: Sequence[str], *, test: int, seed: int) -> tuple[list[str], list[str]]:
     """(fixed test ids, pool of training ids in a seeded order)."""
-    ids = sorted(ids)
     if test < 1 or test >= len(ids):
         refuse(f"--test {test}: expected 1 .. {len(ids) - 1} for a dataset of {len(ids)} cases")
-    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    order = cohort_order(ids, seed)
     return sorted(order[:test]), order[test:]
 
 
@@ -144,62 +141,58 @@ def plan_runs(s: Transfer) -> tuple[list[Run], list[str], Any, list[str]]:
     base = [f"data={s.data}", f"model={s.model}", "trainer.progress=false", "trainer.panel_every=0",
             "task.overlap=0", f"data.num_workers={s.workers}", f"device={s.device}",
             f"trainer.log_every={max(1, s.steps // 40)}", *s.overrides]  # >= 40 loss windows per run
-    base += [f"{key}={value}" for key, value in (("trainer.threads", s.threads), ("data.root", s.root),
-                                                  ("data.crop", s.crop)) if value]
+    base += [f"{k}={v}" for k, v in (("trainer.threads", s.threads), ("data.root", s.root), ("data.crop", s.crop)) if v]
     try:
         probe_cfg = compose_config("finetune", base)
     except HydraException as err:  # a bad --override: one line, before anything trains
         refuse(f"[study] {out.name}: its asa-finetune config does not compose: "
                + describe_compose_error(f"{err}\n{err.__cause__ or ''}").replace("\n", " "))
     root, layout = dataset_root(probe_cfg.data)
-    cases = discover(layout, root, on_bad_case=str(probe_cfg.data.on_bad_case))
+    ids = [c.id for c in discover(layout, root, on_bad_case=str(probe_cfg.data.on_bad_case))]
     held = set(s.hold_out)  # never drawn by a run (another study's control trains on them)
     if s.folds:  # cross-validation: each seed is a draw (its fold the test cases, N drawn inside its training part)
-        draws = cv_draws([c.id for c in cases], folds=s.folds, repeats=s.repeats, val=s.val_cases, seed=s.split_seed)
+        draws = cv_draws(ids, folds=s.folds, repeats=s.repeats, val=s.val_cases, seed=s.split_seed)
         if odd := [x for x in s.seeds if not 0 <= x < len(draws)]:
             refuse(f"--seeds {' '.join(map(str, odd))}: with --folds {s.folds} --repeats {s.repeats} the seeds "
                    f"number the {len(draws)} draws (0 .. {len(draws) - 1})")
         if max(s.cases) > (least := min(len(d["pool"]) for d in draws)):
             refuse(f"--cases {max(s.cases)}: a fold's training part leaves {least} cases after the {s.val_cases} "
                    "validation case(s) (--val)")
-        test_ids = sorted(c.id for c in cases)
+        test_ids = sorted(ids)
     else:
-        test_ids, pool = split_cases([c.id for c in cases], test=s.test, seed=s.split_seed)
-        val, pool = tuple(sorted(pool[:s.val_cases])), pool[s.val_cases:]  # the same validation cases for every run
-        if odd := sorted(held & (set(test_ids) | set(val)) | (held - {c.id for c in cases})):
+        test_ids, pool = split_cases(ids, test=s.test, seed=s.split_seed)
+        val, pool = sorted(pool[:s.val_cases]), pool[s.val_cases:]  # the same validation cases for every run
+        if odd := sorted(held - set(pool)):  # in test or validation, or no longer in the set
             refuse(f"--root: the positive control's cases {' '.join(odd)} are not in the study's training pool (its "
                    "split put them in test or validation, or the set no longer holds them)")
         pool = [i for i in pool if i not in held]
         if max(s.cases) > len(pool):
             refuse(f"--cases {max(s.cases)}: only {len(pool)} cases are left after the {s.test} test "
                    f"cases (--test), {s.val_cases} validation case(s) (--val) and the positive control's {len(held)}")
-        draws = [{"repeat": None, "fold": None, "test": [], "val": list(val), "pool": pool}] * (max(s.seeds) + 1)
-    batch = int(probe_cfg.trainer.batch_size)
+        draws = [{"repeat": None, "fold": None, "test": [], "val": val, "pool": pool}] * (max(s.seeds) + 1)
     runs = []
     for n in s.cases:
         for seed in s.seeds:
             draw = draws[seed]
             pool, val = draw["pool"], tuple(draw["val"])
             train = tuple(sorted([pool[i] for i in np.random.default_rng(1000 + seed).permutation(len(pool))][:n]))
-            epochs = max(1, round(s.steps / max(n // batch, 1)))
+            epochs = max(1, round(s.steps / max(n // int(probe_cfg.trainer.batch_size), 1)))
             # with validation cases: about 20 rounds per run, so that its last 20 % holds 4 of them
             checks = [f"trainer.val_every={max(1, epochs // 20)}"] if val else []
             for arm, tuned in s.arms.items():
                 run_dir = out / "runs" / f"{arm}-n{n}-s{seed}"
                 own, labeled = tuned.drawn(seed)
-                scored = set(draw["test"] or test_ids)
                 runs.append(Run(arm, n, seed, train, (*base, f"output_dir={run_dir}", f"seed={seed}",
                                                       f"trainer.epochs={epochs}", *checks, *own), run_dir,
                                 val, tuple(draw["test"]), draw["repeat"], draw["fold"], tuned.identity,
-                                tuple(sorted(scored & set(labeled)))))
-    return runs, test_ids, probe_cfg, [c.id for c in cases]
+                                tuple(sorted(set(draw["test"] or test_ids) & set(labeled)))))
+    return runs, test_ids, probe_cfg, ids
 
 
 def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequence[str], dataset: str) -> list[Unit]:
     """One ``asa-finetune`` unit per run, then ``jobs`` scoring units, each over every ``jobs``-th run once trained."""
     out = Path(s.out).expanduser().absolute()
-    logs = s.logs or out / "logs"
-    trained = []
+    logs, jobs, trained = s.logs or out / "logs", max(1, s.jobs), []
     for run in runs:
         ckpt = run.run_dir / "checkpoints" / "last.pt"
         test = sorted(run.test or test_ids)  # what it scores; the cases it neither reads nor scores: unused
@@ -213,43 +206,39 @@ def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequen
                             inputs=() if ckpt.is_file() else ((run.run_dir / "splits.json", split),),
                             config=("finetune", overrides), steps=s.steps))
     scoring = []
-    for k in range(min(max(1, s.jobs), len(runs))):
-        share = runs[k::max(1, s.jobs)]
-        spec = out / "scoring" / f"share{k}.json"
+    for k in range(min(jobs, len(runs))):
+        share, spec = runs[k::jobs], out / "scoring" / f"share{k}.json"
         scoring.append(Unit(f"{out.name}/scoring-{k}", module_argv("asa.study.transfer", str(spec)),
                             lambda share=share: all(r.scores_file.is_file() for r in share),
                             logs / f"scoring-{k}.log", resumable=False, threads=s.threads,
-                            after=tuple(u.name for r, u in zip(runs, trained) if r in share),
+                            after=tuple(u.name for u in trained[k::jobs]),
                             cases=sum(len(r.test) or len(test_ids) for r in share),
                             inputs=((spec, {"runs": [{**dataclasses.asdict(r), "run_dir": str(r.run_dir)}
                                                      for r in share], "test": list(test_ids), "device": s.device}),)))
     return [*trained, *scoring]
 
 
-def score(run: Run, by_id: Mapping[str, Any], test_ids: Sequence[str], device: str) -> dict[str, Any]:
+def score(run: Run, by_id: Mapping[str, Any], test_ids: Sequence[str], device: str) -> None:
     """Score ``run`` on its test cases with its budget check, into scores.json (a rerun neither trains nor predicts)."""
     ckpt = run.run_dir / "checkpoints" / "last.pt"
     predictor = Predictor.from_checkpoint(ckpt, device=torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)))
     task = predictor.task
     # a network without an encoder to zero (the DynUNet baseline) is scored without the reliance columns
-    reliance = encoder_reliance(predictor, [by_id[i] for i in (list(run.test) or list(test_ids))], hd95=True,
+    reliance = encoder_reliance(predictor, [by_id[i] for i in run.test or test_ids], hd95=True,
                                 zeroed=capabilities(predictor.model).zero_encoder)
     scores = []
     for row in reliance["per_case"]:
         entry = {"arm": run.arm, "n": run.n, "seed": run.seed, "case": row["id"],
                  **({"repeat": run.repeat, "fold": run.fold} if run.repeat is not None else {})}
-        for metric in ("Dice", "Dice_zeroed", "HD95", "NSD"):
-            column = (lambda c: f"Dice_{c}_zeroed") if metric == "Dice_zeroed" else (lambda c: f"{metric}_{c}")
-            entry.update({column(c): row[column(c)] for c in task.output_names})
-            entry[column("mean")] = float(np.mean([row[column(c)] for c in task.output_names]))
+        for column in ("Dice_{}", "Dice_{}_zeroed", "HD95_{}", "NSD_{}"):
+            entry.update({column.format(c): row[column.format(c)] for c in task.output_names})
+            entry[column.format("mean")] = float(np.mean([row[column.format(c)] for c in task.output_names]))
         scores.append(entry)
     # its training seconds are the study's to add (`results`): a scorer in a process of its own runs before they are
     budget = {"arm": run.arm, "n": run.n, "seed": run.seed, "steps": int(load_checkpoint(ckpt)["step"]),
               "train": " ".join(run.train), **logged_budget(run.run_dir)}
-    done = {"scores": scores, "budget": budget, "names": list(task.output_names)}
-    atomic_write_json(run.scores_file, done)
-    return done
+    atomic_write_json(run.scores_file, {"scores": scores, "budget": budget, "names": list(task.output_names)})
 
 
 def _train_seconds(run: Run, default: float) -> float:
