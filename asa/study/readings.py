@@ -29,11 +29,9 @@ FOUND = 0.1  # the pilot's mean test Dice under which the scratch twin is said n
 
 def keys_of(scores: Sequence[Mapping[str, Any]], endpoint: tuple[str, str] = KEYS[0]) -> tuple[tuple[str, str], ...]:
     """The contrasted (key, label)s every score row has: the ``endpoint`` first, mean Dice, NSD, the lesion Dice."""
-    lesion = (LESION_KEY,) if scores and all(LESION_KEY[0] in r for r in scores) else ()
-    labels: dict[str, str] = {}
-    for k, label in (endpoint, *KEYS, *lesion):
-        labels.setdefault(k, label)
-    return tuple((k, label) for k, label in labels.items() if not scores or all(k in r for r in scores))
+    others = (*KEYS, LESION_KEY) if scores else KEYS  # no score rows: every column but the lesion Dice
+    return tuple((k, label) for k, label in (endpoint, *(o for o in others if o[0] != endpoint[0]))
+                 if all(k in r for r in scores))
 
 
 def endpoint(classes: Sequence[str], lesion_classes: Sequence[str]) -> tuple[str, str]:
@@ -62,24 +60,19 @@ def bound_text(lo90: float, hi90: float, *, min_effect: float) -> str:
 
 def negative_small(row: Mapping[str, Any], *, min_effect: float) -> bool:
     """Whether a negative control is shown small: its one-sided 95 % upper bound under ``min_effect``."""
-    hi = row.get("bound90", [math.nan, math.nan])[1]
-    return not math.isnan(hi) and hi < min_effect
+    return row.get("bound90", [math.nan, math.nan])[1] < min_effect  # NaN (no bound): not shown
 
 
 def control_faults(contrasts: Sequence[Mapping[str, Any]], *, min_effect: float) -> dict[str, dict[int, str]]:
     """Per N, why nulls (no positive control moved) and gains over scratch (no negative shown small) cannot be read."""
     out: dict[str, dict[int, str]] = {"nulls": {}, "gains": {}}
     for n in sorted({r["n"] for r in contrasts}):
-        positive = [r for r in contrasts if r["kind"] == "positive" and r["n"] == n]
-        negative = [r for r in contrasts if r["kind"] == "negative" and r["n"] == n]
-        if not positive:
-            out["nulls"][n] = "no positive control ran"
-        elif not all(r["verdict"] == "helped" for r in positive):
-            out["nulls"][n] = "the positive control did not move"
-        if not negative:
-            out["gains"][n] = "no negative control ran: a gain over scratch may be the recipe's"
-        elif not all(negative_small(r, min_effect=min_effect) for r in negative):
-            out["gains"][n] = "the negative control is not shown small: a gain over scratch may be the recipe's"
+        positive, negative = ([r for r in contrasts if (r["kind"], r["n"]) == (k, n)] for k in ("positive", "negative"))
+        if not (positive and all(r["verdict"] == "helped" for r in positive)):
+            out["nulls"][n] = "the positive control did not move" if positive else "no positive control ran"
+        if not (negative and all(negative_small(r, min_effect=min_effect) for r in negative)):
+            out["gains"][n] = (("the negative control is not shown small" if negative else "no negative control ran")
+                               + ": a gain over scratch may be the recipe's")
     return out
 
 
@@ -89,9 +82,7 @@ def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for run in runs:
         groups.setdefault(declared.label(run["arm"], run["cohort"]), []).append(run)
-    for r in contrasts:
-        if r["kind"] != "question":
-            continue
+    for r in [c for c in contrasts if c["kind"] == "question"]:
         # either side's pretraining runs still falling at their end (levelled or unchecked: no flag)
         r["flags"] = [f"{run['run']} unfinished: its held-out loss still fell {run['loss_drop']:.1%} over the last "
                       "quarter of the summed lr" for group in (r["arm"], r["reference"])

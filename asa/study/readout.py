@@ -53,8 +53,7 @@ def pilot_lesion_curve(run_dir: Path, classes: Sequence[str]) -> list[list[float
         return []
     series = tables.logged_series(run_dir, [f"val/dice_{c}" for c in classes])
     rounds = [dict(series[f"val/dice_{c}"]) for c in classes]
-    steps = sorted(set.intersection(*(set(r) for r in rounds)))
-    return [[step, float(np.mean([r[step] for r in rounds]))] for step in steps]
+    return [[step, float(np.mean([r[step] for r in rounds]))] for step in sorted(set.intersection(*map(set, rounds)))]
 
 
 def pilot_reading(pilot: Mapping[str, Any]) -> str:

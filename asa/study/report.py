@@ -16,7 +16,7 @@ from asa.study.common import machine_line, markdown_table
 from asa.study.probes import probe_lines
 from asa.study.readings import (ALPHA, INCONCLUSIVE, KEYS, LESION_KEY, LEVEL, NOT_READ, UNREADABLE, UNSHOWN, Reading,
                                 negative_small, read)
-from asa.study.tables import PLATEAU_TOL, Outputs, declared_order
+from asa.study.tables import PLATEAU_TOL, Outputs, declared_order, svg_plot
 
 __all__ = ["write_report"]
 
@@ -29,15 +29,13 @@ PRINTED_MDE_POWER = (0.61, 0.82)
 def mde_line(primary: Mapping[str, Any], *, min_effect: float) -> list[str]:
     """The primary's minimum detectable effect from the study's own variance (aimed at 80 % power, two-sided 5 %),
     printed as the estimate it is."""
-    comps = primary["interval"]["components"] or {name: v for name, v, _ in primary["interval"]["parts"]}
-    more = primary.get("mde_more") or {}
-    levels = primary["interval"]["levels"]
-    what = "variance components" if primary["interval"]["components"] else "the variance parts of the mean"
-    low, high = PRINTED_MDE_POWER
+    interval, more = primary["interval"], primary.get("mde_more") or {}
+    comps, levels = interval["components"] or {name: v for name, v, _ in interval["parts"]}, interval["levels"]
+    what = "variance components" if interval["components"] else "the variance parts of the mean"
     return [f"Minimum detectable effect of the primary, estimated from this study's own variance (aimed at 80 % power, "
             f"two-sided 5 %, on its interval; {what} {', '.join(f'{k} {v:.2g}' for k, v in comps.items())}): "
             f"**{primary['mde']:.3f} {primary['endpoint_label']}** (an estimate: in simulated studies a true effect of "
-            f"the printed size is detected {low:.0%}–{high:.0%} of the time, not 80 %)"
+            f"the printed size is detected {PRINTED_MDE_POWER[0]:.0%}–{PRINTED_MDE_POWER[1]:.0%} of the time, not 80 %)"
             + (f"; with twice the labeled draws ({2 * levels['seed']} seeds) {more['seeds']:.3f}, with twice the test "
                f"cases ({2 * levels['case']}) {more['cases']:.3f}" if more else "")
             + (f", with twice the pretraining runs ({2 * levels['pretraining']}) {more['pretraining runs']:.3f}"
@@ -49,18 +47,16 @@ def mde_line(primary: Mapping[str, Any], *, min_effect: float) -> list[str]:
 
 def control_line(row: Mapping[str, Any], *, min_effect: float, read: bool, trained_on: str, primary_mde: float) -> str:
     """A control's reading: the negative shown small by its bound (a CI touching 0 is not), the positive's size."""
-    v = row[row["endpoint"]][0]
     ci = f"Δ {row['endpoint_label']} {_ci(row[row['endpoint']])} at N = {row['n']}"
-    name = "Positive control" if row["kind"] == "positive" else "Negative control"
-    if not read:
-        return f"{name} ({row['arm']} − {row['reference']}): {ci}."
+    if not read:  # its kind: positive or negative
+        return f"{row['kind'].capitalize()} control ({row['arm']} − {row['reference']}): {ci}."
     if row["kind"] == "positive":
         what = f"an encoder trained with labels on {trained_on}"
         if row["verdict"] != "helped":
             return (f"**Positive control did not move** ({what}; {ci}; a move is a CI above 0 and at least "
                     f"{min_effect:g} Dice): it did not beat scratch, so this study cannot show what pretraining "
                     "gives; every null below reads not interpretable.")
-        if not primary_mde <= v:
+        if not primary_mde <= row[row["endpoint"]][0]:
             return (f"Positive control moved, as it must ({what}; {ci}), but the primary question's own minimum "
                     "detectable effect is " + ("not measured" if math.isnan(primary_mde) else f"{primary_mde:.3f}")
                     + ": this study's primary would not reliably see a gain of the control's size"
@@ -91,24 +87,20 @@ def reading(row: Mapping[str, Any], *, min_effect: float) -> str:
 
 
 def _ci(values: Sequence[float]) -> str:
-    v, lo, hi = values
-    return f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    return "{:+.3f} [{:+.3f}, {:+.3f}]".format(*values)  # [value, low, high]
 
 
 def question_line(row: Mapping[str, Any], *, min_effect: float) -> str:
     """One answer: the question, N, the verdict, its bound and Δ; the other scores beside it as information."""
     holm = "p_holm" in row and row["bound"] != NOT_READ  # its bound answers this contrast alone, not the family
     key = row["endpoint"]
-    line = (f"{row['question']} At N = {row['n']}: {reading(row, min_effect=min_effect)}; "
+    return (f"{row['question']} At N = {row['n']}: {reading(row, min_effect=min_effect)}; "
             + ("its bound, this contrast alone (uncorrected): " if holm else "")
             + f"{row['bound']} (Δ {row['endpoint_label']} {_ci(row[key])}"
-            + (f"; Holm p = {row['p_holm']:.3f}" if "p_holm" in row else "") + ")")
-    for k, label in (*KEYS[:1], LESION_KEY):
-        if k != key and k in row:
-            line += f"; Δ {label} {_ci(row[k])} (shown, not read)"
-    if row.get("flags"):
-        line += "; " + "; ".join(row["flags"]) + ": its contrasts read that encoder"
-    return line + "."
+            + (f"; Holm p = {row['p_holm']:.3f}" if "p_holm" in row else "") + ")"
+            + "".join(f"; Δ {label} {_ci(row[k])} (shown, not read)" for k, label in (KEYS[0], LESION_KEY)
+                      if k != key and k in row)
+            + ("; " + "; ".join(row["flags"]) + ": its contrasts read that encoder" if row.get("flags") else "") + ".")
 
 
 def contrast_cells(said: Reading) -> tuple[list[str], list[list[str]]]:
@@ -129,22 +121,19 @@ def family_lines(said: Reading) -> list[str]:
     contrasts, primary, min_effect, keys = said.contrasts, said.primary, said.min_effect, [k for _, k in said.keys]
     questions = [r for r in contrasts if r["kind"] == "question"]
     others = [r for r in questions if r["role"] == "exploratory"]
-    controls = [r for r in contrasts if r["kind"] != "question"]
     folded = any("draw" in r.get("interval", {}).get("levels", {}) for r in contrasts)
     text = (f"How the answers are read: this page reads {len(questions)} question(s) "
             f"({len({r['question'] for r in questions})} contrast(s) × {len({r['n'] for r in questions})} N) and "
-            f"{len({r['arm'] for r in controls})} control(s) at each N, on {keys[0]} alone"
+            f"{len({r['arm'] for r in contrasts if r['kind'] != 'question'})} control(s) at each N, on {keys[0]} alone"
             + (f" ({' and '.join(keys[1:])} shown as information: no verdict is read from them)" if keys[1:] else "")
             + ". Every interval is the crossed random-effects interval of "
             + ("the cross-validated draws × test cases" if folded else "seeds × test cases")
             + " (ANOVA mean squares; with replicated pretraining runs the runs' component is a part of its own, "
             "and from 3 runs and 3 seeds the parts share one t; the seed × case bootstrap beside it in the table is "
             "too narrow with 2–3 seeds). ")
-    if primary is not None:
-        text += (f"The primary question, named before the data: {primary['arm']} − {primary['reference']} at the "
-                 f"smallest N ({primary['n']}), read at {LEVEL} (its CI). ")
-    else:
-        text += "There is no primary question: no pretrained arm was scored against scratch. "
+    text += (f"The primary question, named before the data: {primary['arm']} − {primary['reference']} at the "
+             f"smallest N ({primary['n']}), read at {LEVEL} (its CI). " if primary is not None else
+             "There is no primary question: no pretrained arm was scored against scratch. ")
     if others:
         text += (f"The other {len(others)} are exploratory: each is read on its interval's two-sided p after a Holm "
                  f"correction across those {len(others)} (family-wise error {100 * ALPHA:g} %), the test of no effect "
@@ -164,25 +153,24 @@ def family_lines(said: Reading) -> list[str]:
 
 def pretraining_lines(runs: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]]:
     """The pretraining table and one flag per run whose held-out masked loss was still falling at its end."""
-    cells, flags = [], []
+    cells = []
     for r in runs:
         curve = r.get("val_curve") or []
-        first, last = (f"{curve[0][1]:.4f}", f"{curve[-1][1]:.4f}") if curve else ("—", "—")
         # the run's own tolerance (older records: the fine-tuning budget check's); NaN (short runs): not rising
         rising = r.get("loss_rise", 0.0) >= r.get("tol", PLATEAU_TOL)
         level = ({None: "not checked (< 4 rounds)", True: "levelled", False: "still falling"}[r.get("plateau")]
                  + ("" if math.isnan(r.get("loss_drop", math.nan)) else f" ({r['loss_drop']:.1%})")
                  + (f"; ended {r['loss_rise']:.1%} above its lowest round, the one exported" if rising else ""))
-        cv, share = r.get("weights_cv", math.nan), r.get("weights_share", math.nan)
-        cells.append([r["run"], str(r["cohort"]), str(r["steps"]), f"{r['seconds']:.0f}", f"{first} → {last}", level,
-                      "—" if math.isnan(cv) else f"{cv:.2f}", "—" if math.isnan(share) else f"{share:.2f}"])
-        if r.get("plateau") is False:
-            flags.append(f"{r['run']} was pretrained far from its plateau: its held-out masked loss still fell "
-                         f"{r['loss_drop']:.1%} over the last quarter of the optimiser's progress (its summed lr); its "
-                         "contrasts read an unfinished encoder.")
+        cells.append([r["run"], str(r["cohort"]), str(r["steps"]), f"{r['seconds']:.0f}",
+                      f"{curve[0][1]:.4f} → {curve[-1][1]:.4f}" if curve else "— → —", level,
+                      *("—" if math.isnan(x) else f"{x:.2f}"
+                        for x in (r.get("weights_cv", math.nan), r.get("weights_share", math.nan)))])
     head = ["run", "cohort", "steps", "wall time (s)", "held-out loss first → last", "last quarter",
             "loss weights CV", "effective share"]
-    return markdown_table(head, cells), flags
+    return markdown_table(head, cells), [
+        f"{r['run']} was pretrained far from its plateau: its held-out masked loss still fell {r['loss_drop']:.1%} "
+        "over the last quarter of the optimiser's progress (its summed lr); its contrasts read an unfinished encoder."
+        for r in runs if r.get("plateau") is False]
 
 
 def cost_cells(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
@@ -190,9 +178,9 @@ def cost_cells(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) ->
     run."""
     rows = [[r["run"], "pretraining", f"{r['seconds']:.0f}", f"{r['steps'] / r['seconds']:.2f}"
              if r["seconds"] and not math.isnan(r["seconds"]) else "—"] for r in info.get("pretraining", [])]
-    for name, what in (("pilot", "fine-tuning (pilot)"), ("supervised", "fine-tuning (control)")):
-        if (seconds := info.get("runs", {}).get(name)) is not None:
-            rows.append([name, what, f"{seconds:.0f}", "—"])
+    rows += [[name, what, f"{seconds:.0f}", "—"] for name, what in (("pilot", "fine-tuning (pilot)"),
+                                                                    ("supervised", "fine-tuning (control)"))
+             if (seconds := info.get("runs", {}).get(name)) is not None]
     for arm in dict.fromkeys(str(b["arm"]) for b in budgets):
         runs = [b for b in budgets if str(b["arm"]) == arm]
         secs = [float(b["train_seconds"]) for b in runs if not math.isnan(float(b["train_seconds"]))]
@@ -203,12 +191,10 @@ def cost_cells(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) ->
 
 def draws_line(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) -> str:
     """What each arm's answers rest on: its distinct labeled draws and its pretraining runs."""
-    sets: dict[str, set[frozenset[str]]] = {}
-    for b in budgets:
-        if isinstance(b.get("train"), str) and b["train"]:
-            sets.setdefault(str(b["arm"]), set()).add(frozenset(b["train"].split()))
+    drawn = {(str(b["arm"]), frozenset(b["train"].split())) for b in budgets  # each arm's distinct draws
+             if isinstance(b.get("train"), str) and b["train"]}
+    draws = sorted(set(Counter(arm for arm, _ in drawn).values()))
     runs = Counter(str(r["arm"]) for r in info.get("pretraining", []))
-    draws = sorted({len(v) for v in sets.values()})
     said = "Distinct labeled draws per arm: " + ('–'.join(map(str, draws)) if draws else
                                                  "not recorded (runs scored before their cases were kept)")
     said += "; pretraining runs per arm: " + (", ".join(f"{arm} {k}" for arm, k in runs.items()) if runs else "none")
@@ -231,13 +217,10 @@ def steps_phrase(runs: Sequence[Mapping[str, Any]], *, where: bool = True) -> st
 def figures(info: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], said: Reading) -> dict[str, str]:
     """The page's plots (SVG) by file name: Dice against N (``rows``: one per arm and N), the contrasts, the
     classes, the pilot's curve, the pretraining curves and the loss weights' spread."""
-    runs, pilot, keys = info.get("pretraining", []), info.get("pilot") or {}, said.keys
-    classes = list(info.get("classes", []))
-    plots = {"dice_vs_n.svg": line_plot(
-        {arm: [(r["n"], r["Dice_mean"], r["Dice_mean_sd"]) for r in rows if r["arm"] == arm]
-         for arm in dict.fromkeys(r["arm"] for r in rows)}, xlabel="labeled cases N",
-        ylabel="mean Dice (± sd over seeds)", dodge=True)}
-    for name, shown, series in (("contrasts.svg", said.contrasts, [(k, label, f"Δ {label}") for k, label in keys]),
+    runs, pilot, classes = info.get("pretraining", []), info.get("pilot") or {}, info.get("classes", [])
+    plots = {"dice_vs_n.svg": svg_plot(rows, xlabel="labeled cases N", ylabel="mean Dice (± sd over seeds)",
+                                       dodge=True)}
+    for name, shown, series in (("contrasts.svg", said.contrasts, [(k, label, f"Δ {label}") for k, label in said.keys]),
                                 ("classes.svg", said.classes, [(f"Dice_{c}", c, f"Δ Dice {c}") for c in classes])):
         if shown:
             plots[name] = interval_plot([f"{r['arm']} − {r['reference']}, N = {r['n']}" for r in shown],
@@ -264,22 +247,19 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
     info = {**info, "pretraining": sorted(info.get("pretraining", []), key=declared_order)}  # not --arms' order
     said = read(scored.scores, info, n_boot=n_boot)
     plots = figures(info, scored.rows, said)
-    contrasts, primary, min_effect = said.contrasts, said.primary, said.min_effect
-    pilot = info.get("pilot") or {}
+    contrasts, min_effect = said.contrasts, said.min_effect
+    pilot, sc, checks, design = info.get("pilot") or {}, info["scale"], info["checks"], info.get("design")
     trained_on = ("each draw's own training part (the cases the arms draw N from, trained for the pilot's steps): it "
                   "shows that a better start on the same cases moves the fine-tuning, not transfer from other cases"
-                  if info.get("design") else "labeled cases no other run sees")
+                  if design else "labeled cases no other run sees")
     controls = [control_line(r, min_effect=min_effect, read=said.interpretable, trained_on=trained_on,
                              primary_mde=said.mde) for r in contrasts if r["kind"] != "question"]
     if not said.plumbing and not any(r["kind"] == "positive" for r in contrasts):
-        controls.insert(0, "**No positive control ran**" + (f" ({info['checks']['supervised']})"
-                                                          if "supervised" in info.get("checks", {}) else "")
-                        + ": the study's sensitivity is not shown, so no null below is read as evidence (\""
-                        + UNSHOWN + "\").")
+        why = f" ({checks['supervised']})" if "supervised" in checks else ""
+        controls.insert(0, f"**No positive control ran**{why}: the study's sensitivity is not shown, so no null below "
+                        f"is read as evidence (\"{UNSHOWN}\").")
     pretraining_md, flags = pretraining_lines(info.get("pretraining", []))
     ordered = sorted((r for r in contrasts if r["kind"] == "question"), key=lambda r: r["role"] != "primary")
-    questions = [question_line(r, min_effect=min_effect) for r in ordered]
-    sc, checks, design = info["scale"], info["checks"], info.get("design")
     budget = (f"The pilot (scratch, constant lr, {pilot.get('pilot_steps')} steps) "
               + ("did not learn the task (its best validation Dice stayed under the floor, so it has no level to "
                  "find)" if pilot.get("learned") is False else f"levelled off at step {pilot.get('budget')}"
@@ -292,40 +272,40 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
               "decoder's lr for every arm (pretrained or not)" if info["recipe"] == "adamw" else
               " (nnU-Net's PretrainedTrainer: 1e-3 for a network from a pretrained file, 1e-2 from scratch)") + ".")
     overlap = checks["overlap"]
-    if said.plumbing:
-        top = ["**Plumbing check: no answer can come from this page.** The quick scale runs a few steps per run "
-               f"({steps_phrase(info.get('pretraining', []), where=False)}, {info['steps']} fine-tuning steps per "
-               "arm): it shows that every stage runs and writes its outputs, not whether pretraining helps, so no "
-               "verdict is read below. Run --scale cpu or --scale gpu for an answer.", ""]
-    elif said.faults:
-        top = [f"**Not interpretable**: {' '.join(said.faults)} Every answer below reads \"{UNREADABLE}\": its numbers "
-               "are shown, no verdict is read from them.", ""]
-    else:
-        top = [f"**{what} are not interpretable** at N = {', '.join(map(str, sorted(by_n)))}: "
-               f"{'; '.join(dict.fromkeys(by_n.values()))}." for what, by_n in
-               (("Nulls", said.controls["nulls"]), ("Gains over scratch", said.controls["gains"])) if by_n]
-        top += [""] if top else []
+    top = (["**Plumbing check: no answer can come from this page.** The quick scale runs a few steps per run "
+            f"({steps_phrase(info.get('pretraining', []), where=False)}, {info['steps']} fine-tuning steps per "
+            "arm): it shows that every stage runs and writes its outputs, not whether pretraining helps, so no "
+            "verdict is read below. Run --scale cpu or --scale gpu for an answer."] if said.plumbing else
+           [f"**Not interpretable**: {' '.join(said.faults)} Every answer below reads \"{UNREADABLE}\": its numbers "
+            "are shown, no verdict is read from them."] if said.faults else
+           [f"**{what} are not interpretable** at N = {', '.join(map(str, sorted(by_n)))}: "
+            f"{'; '.join(dict.fromkeys(by_n.values()))}." for what, by_n in
+            (("Nulls", said.controls["nulls"]), ("Gains over scratch", said.controls["gains"])) if by_n])
+
+    def figure(name: str, *text: str) -> list[str]:  # a plot the page has, after the lines that introduce it
+        return [*text, f"![{name.removesuffix('.svg')}]({name})", ""] if name in plots else []
+
     lines = [
         f"# Does pretraining help? ({info['network']}, {info['scale_name']} scale)", "",
         machine_line(info["machine"], info["finished"]), "",
         f"**Primary endpoint: {said.endpoint[1]}**, named before any training"
         + (" (the lesion classes named with --lesion-classes)" if said.endpoint[0] == LESION_KEY[0] else
            " (the set's one foreground class)" if said.endpoint[1] != KEYS[0][1] else
-           " (mean Dice over every class: no --lesion-classes and more than one class)") + ".", "", *top,
-        f"Crop {sc['crop']}³; " + (
-            f"N = {', '.join(map(str, sc['cases']))} labeled cases by {design['folds']}-fold cross-validation × "
-            f"{design['repeats']} repeat(s): every one of the {design['cases']} labeled cases scored "
-            f"{design['repeats']} time(s) by runs that did not see it, N and {sc['val']} validation cases drawn "
-            "inside each fold's training part; " if design else
-            f"N = {', '.join(map(str, sc['cases']))} labeled cases × seeds {', '.join(map(str, sc['seeds']))}; "
-            f"{sc['test']} fixed test and {sc['val']} validation cases; ")
+           " (mean Dice over every class: no --lesion-classes and more than one class)") + ".", "",
+        *top, *([""] if top else []),
+        f"Crop {sc['crop']}³; N = {', '.join(map(str, sc['cases']))} labeled cases " + (
+            f"by {design['folds']}-fold cross-validation × {design['repeats']} repeat(s): every one of the "
+            f"{design['cases']} labeled cases scored {design['repeats']} time(s) by runs that did not see it, N and "
+            f"{sc['val']} validation cases drawn inside each fold's training part; " if design else
+            f"× seeds {', '.join(map(str, sc['seeds']))}; {sc['test']} fixed test and {sc['val']} validation cases; ")
         + f"{steps_phrase(info.get('pretraining', []))}; minimum effect {min_effect:g} Dice. {recipe}", "",
         draws_line(info, scored.budgets), "",
         "## Answers", "",
         *family_lines(said),
-        *(f"- {'**Primary:** ' if r['role'] == 'primary' else ''}{q}" for r, q in zip(ordered, questions)),
-        *([] if questions else ["- No pretraining arm was scored."]), "",
-        *([] if math.isnan(said.mde) else mde_line(primary, min_effect=min_effect)),
+        *(f"- {'**Primary:** ' if r['role'] == 'primary' else ''}{question_line(r, min_effect=min_effect)}"
+          for r in ordered),
+        *([] if ordered else ["- No pretraining arm was scored."]), "",
+        *([] if math.isnan(said.mde) else mde_line(said.primary, min_effect=min_effect)),
         "## The instruments", "",
         *(f"- {line}" for line in [*controls, *flags]),
         *([f"- {checks['cohort']}"] if "cohort" in checks else []),
@@ -339,20 +319,17 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
         f"({n_boot} resamples), shown, not read; p: the interval's two-sided p of the endpoint, Holm's in "
         "brackets for the exploratory questions; bound: what its one-sided 95 % bounds exclude.", "",
         markdown_table(*contrast_cells(said)) if contrasts else "No contrast had both arms.", "",
-        *(["![contrasts](contrasts.svg)", ""] if "contrasts.svg" in plots else []),
+        *figure("contrasts.svg"),
         "## Dice against N", "", "![dice vs N](dice_vs_n.svg)", "",
-        *(["Per class (Δ Dice of each arm to its own twin, as in the answers: asa-coord to scratch with the "
-           "coordinate channel, every other arm to scratch; 95 % CI):", "", "![classes](classes.svg)", ""]
-          if "classes.svg" in plots else []),
-        "## The budget (the pilot)", "", budget or "No pilot.", "",
-        *(["![pilot](pilot.svg)", ""] if "pilot.svg" in plots else []),
+        *figure("classes.svg", "Per class (Δ Dice of each arm to its own twin, as in the answers: asa-coord to scratch "
+                "with the coordinate channel, every other arm to scratch; 95 % CI):", ""),
+        "## The budget (the pilot)", "", budget or "No pilot.", "", *figure("pilot.svg"),
         "## Pretraining", "", pretraining_md, "",
         *(["## Frozen probes before fine-tuning", "", *probe_lines(info["probes"], min_effect=min_effect)]
           if info.get("probes") else []),
-        *(["![pretraining](pretraining.svg)", ""] if "pretraining.svg" in plots else []),
-        *(["The loss weights' spread (per run: the coefficient of variation of its attentive loss weights and their "
-           "effective share, (Σp)² / (n·Σp²); 0 and 1 for uniform weights):", "",
-           "![weights](weights.svg)", ""] if "weights.svg" in plots else []),
+        *figure("pretraining.svg"),
+        *figure("weights.svg", "The loss weights' spread (per run: the coefficient of variation of its attentive loss "
+                "weights and their effective share, (Σp)² / (n·Σp²); 0 and 1 for uniform weights):", ""),
         "## Cost", "", markdown_table(*cost_cells(info, scored.budgets)), "",
         "## Transfer (every arm)", "", scored.markdown, "",
         "Commands:", "", "```", *info["commands"], "```", ""]

@@ -29,8 +29,7 @@ def paired_matrix(scores: Sequence[Mapping[str, Any]], arm: str, reference: str,
     table = {(s["arm"], s["seed"], s["case"]): float(s[key]) for s in scores if int(s["n"]) == n and key in s}
     seeds = sorted({seed for a, seed, _ in table if a == (like or arm)})
     cases = sorted({case for a, _, case in table if a == (like or arm)})
-    return np.array([[table[(arm, seed, case)] - table[(reference, seed, case)]
-                      if (arm, seed, case) in table and (reference, seed, case) in table else math.nan
+    return np.array([[table.get((arm, seed, case), math.nan) - table.get((reference, seed, case), math.nan)
                       for case in cases] for seed in seeds]).reshape(len(seeds), len(cases))
 
 
@@ -45,8 +44,7 @@ def draw_repeats(scores: Sequence[Mapping[str, Any]], arm: str, n: int) -> list[
     mine = [s for s in scores if s["arm"] == arm and int(s["n"]) == n]
     if not mine or any(_blank(s.get("repeat")) for s in mine):
         return None
-    repeat = {s["seed"]: int(s["repeat"]) for s in mine}
-    return [repeat[seed] for seed in sorted(repeat)]
+    return [repeat for _, repeat in sorted({s["seed"]: int(s["repeat"]) for s in mine}.items())]
 
 
 def group_of(row: Mapping[str, Any]) -> str:
@@ -57,9 +55,8 @@ def group_of(row: Mapping[str, Any]) -> str:
 def runs_of(scores: Sequence[Mapping[str, Any]], group: str) -> list[str]:
     """The runs (their ``arm``) of ``group``, one per pretraining replicate (its ``replicate`` column; 0 without one),
     in replicate order."""
-    runs = {0 if _blank(s.get("replicate")) else int(s["replicate"]): str(s["arm"])
-            for s in reversed(scores) if group_of(s) == group}  # its first row names it
-    return [runs[k] for k in sorted(runs)]
+    return [run for _, run in sorted({0 if _blank(s.get("replicate")) else int(s["replicate"]): str(s["arm"])
+                                      for s in reversed(scores) if group_of(s) == group}.items())]  # first row names it
 
 
 def replicate_pairs(scores: Sequence[Mapping[str, Any]], arm: str, reference: str) -> list[tuple[str, str]]:
@@ -90,8 +87,7 @@ def interval(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: i
     pairs = replicate_pairs(scores, arm, reference) if pooled else [(arm, reference)]
     d = _replicated(scores, pairs, n, key)
     d = d[0] if len(pairs) == 1 else d  # one run each: seeds × cases, no pretraining level
-    repeats = draw_repeats(scores, pairs[0][0], n)
-    if repeats is not None:
+    if (repeats := draw_repeats(scores, pairs[0][0], n)) is not None:
         return folded_interval(d, repeats)
     return crossed_interval(d, factors=("pretraining", "seed", "case")[-d.ndim:])
 
@@ -139,8 +135,7 @@ def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], referen
     the case-only CI (per test case averaged over seeds, :func:`case_interval`) and the per-seed means."""
     rows = []
     keys = metric_keys(scores, names)
-    arms = list(dict.fromkeys(s["arm"] for s in scores))
-    for n, arm in itertools.product(sorted({int(s["n"]) for s in scores}), arms):
+    for n, arm in itertools.product(sorted({int(s["n"]) for s in scores}), dict.fromkeys(s["arm"] for s in scores)):
         mine = [s for s in scores if s["arm"] == arm and int(s["n"]) == n]
         if not mine:
             continue

@@ -76,8 +76,7 @@ def converged_budget(curve: Sequence[Sequence[float]], *, tol: float = 0.01, win
 
 def _ci(r: Mapping[str, Any], p: str, digits: int = 3) -> str:
     """'+0.040 [+0.010, +0.070]': the paired Δ ``p`` and its crossed random-effects CI, the one the verdicts read."""
-    f = f"{{:+.{digits}f}}"
-    return f"{f.format(r[p])} [{f.format(r[p + '_re_lo'])}, {f.format(r[p + '_re_hi'])}]"
+    return f"{r[p]:+.{digits}f} [{r[p + '_re_lo']:+.{digits}f}, {r[p + '_re_hi']:+.{digits}f}]"
 
 
 def _arm(r: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
@@ -100,19 +99,15 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], refe
         def cell(key: str, digits: int = 3) -> str:  # ± sd over seeds, when there are several
             return f"{r[key]:.{digits}f}" + ("" if math.isnan(sd := r[key + "_sd"]) else f" ± {sd:.{digits}f}")
 
-        cells = [_arm(r, rows), str(r["n"]), *(cell(f"Dice_{c}") for c in names), cell("Dice_mean"),
-                 *([cell(LESION)] if lesion else []), *([cell("HD95_mean", 1)] if hd else []),
-                 *([cell("NSD_mean")] if nsd else [])]
-        cells.append("— (no encoder)" if math.isnan(r["Dice_mean_zeroed"])
-                     else f"{r['Dice_mean_zeroed']:.3f} (drop {r['encoder_drop']:+.3f})")
-        if "delta" not in r:
-            cells += ["—"] * (4 + hd)
-        else:
-            cells += [_ci(r, "delta"), f"[{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}]",
-                      " ".join(f"{float(v):+.3f}" for v in r["delta_per_seed"].split()),
-                      f"[{r['delta_case_lo']:+.3f}, {r['delta_case_hi']:+.3f}]"]
-            cells += [_ci(r, "delta_HD95_mean", 1)] if hd else []
-        lines.append(cells)
+        lines.append([_arm(r, rows), str(r["n"]), *(cell(f"Dice_{c}") for c in names), cell("Dice_mean"),
+                      *([cell(LESION)] if lesion else []), *([cell("HD95_mean", 1)] if hd else []),
+                      *([cell("NSD_mean")] if nsd else []),
+                      "— (no encoder)" if math.isnan(r["Dice_mean_zeroed"])
+                      else f"{r['Dice_mean_zeroed']:.3f} (drop {r['encoder_drop']:+.3f})",
+                      *([_ci(r, "delta"), f"[{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}]",
+                         " ".join(f"{float(v):+.3f}" for v in r["delta_per_seed"].split()),
+                         f"[{r['delta_case_lo']:+.3f}, {r['delta_case_hi']:+.3f}]",
+                         *([_ci(r, "delta_HD95_mean", 1)] if hd else [])] if "delta" in r else ["—"] * (4 + hd))])
     return table(head, lines)
 
 
@@ -151,7 +146,8 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], names: Sequence[str], ref
              f"{' '.join(draws) if draws else 'see the runs splits.json'}). Δ = arm − {reference}, paired by N, seed "
              "and test case. Its 95 % CI is the crossed random-effects interval of seeds × test cases (ANOVA mean "
              "squares, asa.eval.random_effects: each part at its t quantile, or with replicated pretraining runs "
-             "one shared t from 3 runs and 3 seeds; with --folds, the cross-validated draws' folded_interval), the one the study's verdicts read; beside it the two-level percentile bootstrap "
+             "one shared t from 3 runs and 3 seeds; with --folds, the cross-validated draws' folded_interval), the "
+             "one the study's verdicts read; beside it the two-level percentile bootstrap "
              f"({n_boot} resamples: test cases, then seeds, with replacement), too narrow with 2–3 seeds. 'Δ per seed' "
              "lists the mean Δ of every seed; 'case-only CI' resamples test cases only (per case, Δ averaged over "
              "seeds), which ignores the spread between labeled draws. Encoder zeroed: mean Dice with every encoder "
@@ -168,22 +164,21 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], names: Sequence[str], ref
             "[95 % CI: the crossed random-effects interval]:\n\n" + class_differences_table(rows, names, reference))
 
 
-def svg_plot(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Mean Dice (± sd over seeds) against the number of labeled cases, one line per arm (SVG, `asa.eval.plots`)."""
+def svg_plot(rows: Sequence[Mapping[str, Any]], *, xlabel: str = "labeled cases", ylabel: str = "mean Dice",
+             dodge: bool = False) -> str:
+    """Mean Dice (± sd over seeds) against the number of labeled cases, one line per arm (SVG, `asa.eval.plots`;
+    the axes' labels and ``dodge`` as `asa.eval.plots.line_plot` takes them)."""
     return line_plot({arm: [(r["n"], r["Dice_mean"], r["Dice_mean_sd"]) for r in rows if r["arm"] == arm]
-                      for arm in dict.fromkeys(r["arm"] for r in rows)}, xlabel="labeled cases", ylabel="mean Dice")
+                      for arm in dict.fromkeys(r["arm"] for r in rows)}, xlabel=xlabel, ylabel=ylabel, dodge=dodge)
 
 
 def unlearned_classes(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
     """One line per N and class every arm scores Dice 0 on: no difference there because nothing was learned."""
-    notes = []
-    for n in sorted({int(r["n"]) for r in rows}):
-        zero = [c for c in names if all(r[f"Dice_{c}"] <= 1e-6 for r in rows if int(r["n"]) == n)]
-        if zero:
-            notes.append(f"At {n} labeled case(s) every arm scores Dice 0 on {', '.join(zero)}: nothing was learned "
-                         "there, so the table can say nothing about a difference between the arms on "
-                         f"{'it' if len(zero) == 1 else 'them'}.")
-    return notes
+    zeros = {n: [c for c in names if all(r[f"Dice_{c}"] <= 1e-6 for r in rows if int(r["n"]) == n)]
+             for n in sorted({int(r["n"]) for r in rows})}
+    return [f"At {n} labeled case(s) every arm scores Dice 0 on {', '.join(zero)}: nothing was learned there, so the "
+            f"table can say nothing about a difference between the arms on {'it' if len(zero) == 1 else 'them'}."
+            for n, zero in zeros.items() if zero]
 
 
 CURVE_FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
