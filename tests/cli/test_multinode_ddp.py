@@ -152,8 +152,8 @@ def test_resenc_pretraining_stopped_on_one_node_resumes_on_two_as_if_never_stopp
     bit for bit; last.pt holds every rank's RNG state and all 6 segmentation heads."""
     demo, steps = tmp_path / "demo", 4
     ref, out = _stopped_and_resumed(
-        tmp_path, lambda out: [*_pretrain(out, demo, "resenc", steps, cases=6), "model.size=tiny"], steps, reference=2,
-        stopped=1)
+        tmp_path, lambda out: [*_pretrain(out, demo, "resenc", steps, cases=6), "model.size=tiny", "method=asa"], steps,
+        reference=2, stopped=1)  # ASA's attentive loss on the masked ResEnc, as asa's own method
     states = [load_checkpoint(d / "checkpoints" / "last.pt") for d in (ref, out)]
     assert [len(s["rng"]) for s in states] == [2, 2]  # one per rank, the second node's too
     heads = [k for k in states[0]["model"] if k.startswith("decoder.seg_layers.")]
