@@ -41,10 +41,11 @@ def prepared(raw):
     return raw.parent / "prepared"
 
 
-def _t1_alone(raw, source, subject: str) -> None:
-    """Copy ``subject``'s raw T1 without its T2 into the raw folder ``source``: a case for a test that reads no
-    contrast (a T2 adds its own N4 and rigid registration, and the T1's files do not depend on it)."""
-    name = f"{subject}/anat/{subject}_T1w.nii.gz"
+def _t1_alone(raw, source, case) -> None:
+    """Copy ``case``'s raw T1 without its T2 into the raw folder ``source``, at its place under ``raw`` (its session
+    folder too): a case for a test that reads no contrast (a T2 adds its own N4 and rigid registration, and the T1's
+    files do not depend on it)."""
+    name = case.images["t1"].relative_to(raw)
     (source / name).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(raw / name, source / name)
 
@@ -93,7 +94,7 @@ def test_other_settings_are_refused_naming_them(raw, prepared, capsys):
 
 def test_a_failed_case_is_listed_and_the_others_go_on(raw, tmp_path, capsys):
     source = tmp_path / "raw"
-    _t1_alone(raw, source, "sub-DEMO002")
+    _t1_alone(raw, source, next(c for c in discover("bids", raw) if c.id == "sub-DEMO002"))
     for sub, data in (("BAD", np.zeros((20, 20, 20, 2), np.float32)), ("BLANK", np.zeros((20, 20, 20), np.float32))):
         anat = source / f"sub-{sub}" / "anat"  # two volumes (not one T1) and an empty scan
         anat.mkdir(parents=True)
@@ -182,7 +183,7 @@ def test_workers_give_the_files_of_one_process(raw, prepared, tmp_path):
     """Two worker processes (one thread each, ANTs' sampling seeded) write the T1s that one process wrote."""
     source = tmp_path / "raw"  # the two cases' T1s alone: what is compared
     for case in discover("bids", raw):
-        _t1_alone(raw, source, case.id)
+        _t1_alone(raw, source, case)
     out = tmp_path / "prepared"
     report = prepare(source, out, settings=SETTINGS, workers=2, progress=False)
     assert report.failed == {} and sorted(report.prepared) == sorted(c.id for c in discover("bids", raw))
