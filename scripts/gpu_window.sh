@@ -23,7 +23,8 @@
 #
 #   scripts/gpu_window.sh OUT_DIR               # on the GPU machine, about 8 minutes on one H100
 #   scripts/gpu_window.sh OUT_DIR --dry-run     # the same parts at toy sizes on the CPU (tests/scripts/test_gpu_window.py;
-#                                               # masked_L, at toy sizes masked_S's command, runs once as masked_S)
+#                                               # masked_L, at toy sizes masked_S's command, runs once as masked_S;
+#                                               # the loops for the 64-case cohort alone)
 #
 # PYTHON picks the interpreter; WORK (default /tmp/asa-window) holds the data and the runs; PARTS="install masked_S ..."
 # runs only the parts it names (a short window).
@@ -80,7 +81,7 @@ elif [ -z "$DRY" ]; then
 fi
 
 if [ -n "$DRY" ]; then  # toy sizes on the CPU: every part, its command and its JSON, in a few CPU-minutes
-    DEVICE=cpu; AMP=off; COHORTS=(64 200)
+    DEVICE=cpu; AMP=off; COHORTS=(64)  # one cohort: the cadence model of another is arithmetic (test_loop_profile)
     LOOP_SWVIT=(--model tiny --crop 32 --volume 32 --cases 8 --batch 1 --workers 0 --steps 2 --warmup 1)
     LOOP_RESENC=(--model resenc --size tiny --crop 32 --volume 32 --cases 8 --batch 1 --workers 0 --steps 2 --warmup 1)
     MASKED_S=(--crop 32 --size tiny --batch 1 --repeats 1)

@@ -213,21 +213,3 @@ def test_encoder_export_loads_into_the_segmenter(tmp_path, demo_cache):
     assert state["cohort"]["summary"]["cases"] == len(cohort["cases"])  # the summary; the list beside it
     carried = carried_cohort(state, "encoder.pt", tmp_path / "checkpoints")
     assert {c for c, v in carried["cases"].items()} == set(cohort["cases"])
-
-
-@pytest.mark.slow
-def test_torchrun_two_processes_smoke(tmp_path, demo_cache):
-    out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "asa.cli.pretrain", *pretrain_overrides(out, demo_cache, "trainer.batch_size=1")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
-    assert ckpt["step"] == 2 and ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
-    assert (out / "checkpoints" / "encoder.pt").is_file()
-    assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 1  # rank 0 only
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=300)  # rank 0 refuses, all stop
-    assert proc.returncode != 0 and "already holds a run" in proc.stderr, proc.stderr[-4000:]
-    assert "rank 0 refused the run" in proc.stderr  # rank 1 waited for rank 0's checks and stopped cleanly
-    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

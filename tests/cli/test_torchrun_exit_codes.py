@@ -1,5 +1,6 @@
 """Exit codes hold under torchrun through asa-torchrun (asa.cli.launch): SIGTERM -> 143 after saving
-last.pt, a refused run -> 2, a finished run -> 0 even when a stop signal comes after it finished."""
+last.pt, a refused run -> 2, a finished run -> 0 even when a stop signal comes after it finished. torchrun
+itself runs asa-pretrain to its end too, writing what one process would."""
 
 from __future__ import annotations
 
@@ -88,29 +89,32 @@ def test_a_stop_signal_before_training_exits_143_and_records_it(tmp_path, monkey
 
 
 @pytest.mark.slow
-def test_two_gloo_workers_sigterm_143_then_refused_2(tmp_path):
+def test_two_gloo_workers_finish_under_torchrun_then_a_new_run_there_is_refused_2(tmp_path):
+    """Two gloo workers run asa-pretrain to its end under torchrun itself (the scripts need no wrapper) and write what
+    one process would: one TensorBoard file (rank 0's), the encoder export, and every rank's RNG state in last.pt. The
+    same run started again there through asa-torchrun is refused by rank 0, the other rank stopping with it: exit 2,
+    the command that continues the run, and the folder left as it was."""
     out = tmp_path / "run"
-    demo = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "asa.cli.launch", "--standalone", "--nproc_per_node=2", "-m", "asa.cli.pretrain",
-           *pretrain_overrides(out, demo, "trainer.batch_size=1", "trainer.max_steps=null", "trainer.epochs=100",
-                       "trainer.log_every=1", "probe.every=0")]
-    log = tmp_path / "stderr.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=child_env())
-        deadline = time.time() + 150
-        while "step 2/" not in log.read_text() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)  # to torchrun, as a scheduler does; it forwards it to the workers
-        proc.communicate(timeout=120)
-    text = log.read_text()
-    assert proc.returncode == 143, text[-3000:]
-    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] >= 2
-    assert "Resume with: asa-torchrun --nproc_per_node=2 -m asa.cli.pretrain data=demo" in text  # the launcher too
-    assert text.split("Resume with: ")[1].splitlines()[0].endswith(" resume=true")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=150)  # a new run there: refused
+    # one launch and one relaunch: the refusal of a new run in a folder holding one does not depend on whether that
+    # run finished or was stopped (rundir._check looks at the checkpoints there); SIGTERM -> 143 and its resume
+    # command: test_two_ranks_sigterm_as_their_loader_workers_start_exits_143
+    args = ["--standalone", "--nproc_per_node=2", "-m", "asa.cli.pretrain",
+            *pretrain_overrides(out, tmp_path / "demo", "trainer.batch_size=1")]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", *args], capture_output=True, text=True,
+                          env=child_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 2 and ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
+    assert (out / "checkpoints" / "encoder.pt").is_file()
+    assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 1  # rank 0 only
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    proc = subprocess.run([sys.executable, "-m", "asa.cli.launch", *args], capture_output=True, text=True,
+                          env=child_env(), timeout=150)  # a new run there: refused
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
+    assert "rank 0 refused the run" in proc.stderr  # rank 1 waited for rank 0's checks and stopped cleanly
     assert "continue that run:  asa-torchrun --nproc_per_node=2 -m asa.cli.pretrain " in proc.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 
@@ -160,4 +164,7 @@ def test_two_ranks_sigterm_as_their_loader_workers_start_exits_143(tmp_path):
     assert (tmp_path / "signalled").exists(), proc.stderr[-3000:]  # the hook fired
     assert proc.returncode == 143, proc.stderr[-3000:]
     assert "exited unexpectedly" not in proc.stderr and "killed by signal" not in proc.stderr
-    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] >= 2 and "resume=true" in proc.stderr
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] >= 2
+    # rank 0's resume command names the launcher and the job's processes, then the run's own overrides
+    assert "Resume with: asa-torchrun --nproc_per_node=2 -m asa.cli.pretrain data=demo" in proc.stderr
+    assert proc.stderr.split("Resume with: ")[1].splitlines()[0].endswith(" resume=true")

@@ -14,7 +14,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "gpu_window.sh"
 # masked_L is masked_S's command at the dry run's toy sizes: the dry run runs it once
-LOOPS = ("loop_swvit_64", "loop_resenc_64", "loop_swvit_200", "loop_resenc_200")  # the dry run's cohorts: 64, 200
+# the dry run's loops, for a 64-case cohort alone: the window's 2,000-case parts are the same command at another
+# --cohort, whose cadence model tests/benchmarks/test_loop_profile.py checks
+LOOPS = ("loop_swvit_64", "loop_resenc_64")
 PARTS = (*LOOPS, "masked_S", "swvit_step")
 
 
@@ -41,7 +43,6 @@ def test_the_dry_run_writes_every_part_as_json(tmp_path):
         cohort = loop["cohort"]  # one round and one last.pt timed, the configured cadence modelled for the cohort
         assert cohort["cases"] == int(name.rsplit("_", 1)[1]) and loop["validations"] == 1
         assert 0 < cohort["loop_over_step"] <= 1 and cohort["validation_every_steps"] >= 200
-    assert loops["loop_swvit_200"]["cohort"]["steps_per_epoch"] > loops["loop_swvit_64"]["cohort"]["steps_per_epoch"]
     (row,) = json.loads((out / "masked_S.json").read_text())
     assert row["median_s"]["masked"] > 0 and row["median_s"]["dense"] > 0 and row["previous_over_dense"] > 0
     step = json.loads((out / "swvit_step.json").read_text())

@@ -1,11 +1,9 @@
 """Small labeled sets by paired repeated K-fold cross-validation (asa.study.transfer's folds, asa-study's
 labeled_split): every case scored once per repeat by runs that did not see it, N and the validation cases drawn
 inside each fold's training part, the positive control nested in each draw, the report's interval and its statement
-of the draws; a 18-case set runs to its report."""
+of the draws. An 18-case set run to its report: the installed asa-study's quick study in tests/study/test_study.py."""
 from __future__ import annotations
 
-import csv
-import json
 import math
 from pathlib import Path
 
@@ -106,35 +104,3 @@ def test_the_report_reads_cross_validated_scores_on_the_interval_of_their_design
     asa = next(r for r in rows if r["arm"] == "asa-c4")
     assert asa["Dice_mean"][0] == pytest.approx(0.005, abs=2e-3) and not math.isnan(asa["mde"])
     assert "mde_more" not in asa  # no crossed seeds to double
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1800)  # seven tiny runs one after another: minutes on an idle machine, ten on a shared one
-def test_an_eighteen_case_set_is_cross_validated_to_its_report(eighteen, tmp_path, monkeypatch, capsys):
-    """18 labeled cases at a scale whose fixed split needs 22 (16 test): 2 folds × 1 repeat, the pilot and the positive
-    control at 6 steps (the pilot's six validation rounds: the least its budget reads) and the fine-tuning runs at the
-    10 they take at least (16³ cases and crops, a torch thread a run: the design is under test, not the segmentation),
-    the positive control nested in each draw; every case scored, the draws stated on the page. asa-study's main in
-    this process (its units are child processes as ever): a process of its own only added its start-up."""
-    from asa.study import study
-
-    out = tmp_path / "study"
-    monkeypatch.chdir(tmp_path)
-    code = study.main(["--data", "msd", "--root", str(eighteen), "--out", str(out), "--scale", "quick", "--test", "16",
-                       "--crop", "16", "--arms", "supervised", "--pilot-steps", "6", "--threads", "1", "--n-boot",
-                       "50"])
-    said = capsys.readouterr()
-    assert code == 0, said.err[-3000:]
-    assert "Cross-validation: the 18 labeled cases are fewer than a fixed split needs" in said.out
-    assert "nested in each of the 2 draws" in said.out
-    with open(out / "transfer" / "scores.csv", newline="") as f:  # the record users read
-        scores = list(csv.DictReader(f))
-    for arm in ("scratch", "supervised"):
-        assert sorted(r["case"] for r in scores if r["arm"] == arm) == sorted(c.id for c in discover("msd", eighteen))
-    page = (out / "report" / "README.md").read_text()
-    assert "by 2-fold cross-validation × 1 repeat(s): every one of the 18 labeled cases scored 1 time(s)" in page
-    assert "Distinct labeled draws per arm: 2" in page
-    checks = json.loads((out / "checks" / "checks.json").read_text())
-    for g, draw in enumerate(checks["split"]["draws"]):
-        control = json.loads((out / "pretrain" / f"supervised-s{g}" / "splits.json").read_text())
-        assert not set(control["train"]) & set(draw["test"])  # the control never saw the fold it is scored on

@@ -1,10 +1,12 @@
 """asa-study (asa.study.study): the split and its held-out positive control, the overlap check that refuses a test
 case planted in the pretraining cohort (exit 2, before anything trains), refusals of a changed study folder (exit 2,
 old -> new), the plateau check, the report's verdicts and instrument checks, and the installed script end to end
-from a folder outside the checkout, stopped by SIGTERM with no child left; a store of asa-preprocess as the cohort,
-and the positive control on the T1 alone, through the adapted stem, when the pretraining reads the T1 alone."""
+from a folder outside the checkout, stopped by SIGTERM with no child left, on a labeled set it cross-validates; a
+store of asa-preprocess as the cohort, and the positive control on the T1 alone, through the adapted stem, when the
+pretraining reads the T1 alone."""
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
@@ -28,6 +30,7 @@ from asa.study.common import record_settings
 from asa.study.arms import PILOT
 from asa.study.checks import channel_lines, check_overlap, skull_lines
 from asa.study.cohort import cohort_channels, cohort_order, pretraining_channels, write_cohorts, write_noise
+from asa.study.cost import Costs, StepCost
 from asa.study.plan import Network, SCALES, Supervised, finetune_arms, labeled_split, overlap_overrides, parse_network, plan_pretraining, pretraining_argv, recipe_overrides, supervised_channel, supervised_overrides, supervised_splits, cases_text, units_at_once
 from asa.study.readout import PLATEAU_TOL, loss_plateau, optimiser_progress
 
@@ -183,18 +186,28 @@ def _children_of(out: Path) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # twelve tiny units one after another: minutes on an idle machine, more on a shared one
 def test_the_installed_script_runs_a_quick_study_from_outside_the_checkout_and_sigterm_stops_every_child(data, tmp_path):
+    """The installed asa-study, started in a folder outside the checkout, is stopped by SIGTERM while its first units
+    run (exit 143, every child waited for, nothing written after its exit); the same command then runs the study to
+    its report. Its 18 labeled cases are fewer than the quick scale's fixed split needs (16 test + 2 validation + N 2
+    + the positive control's 2 = 22), so the study is cross-validated (2 folds × 1 repeat), the positive control
+    nested in each draw: every case scored once by each arm, the draws stated on the page. One study shows both: a
+    cross-validated study of its own would run the pilot, the positive control and the transfer stage again (9 units
+    more)."""
     cohort = data[0]
-    # the fixed split's 9 labeled cases at 16³, fine-tuned on 16³ crops (the pretraining at 32³ on the cohort): the
-    # stop and the resume are under test, not the segmentation; the pilot at its six validation rounds
-    labeled = write_demo_dataset("msd", tmp_path / "labeled", cases=9, size=16, seed=1)
+    # 16³ labeled cases fine-tuned on 16³ crops (the pretraining at 32³ on the cohort), a torch thread a unit: the
+    # stop, the resume and the design are under test, not the segmentation; the pilot and the positive control at 6
+    # steps (the pilot's six validation rounds: the least its budget reads), the fine-tuning runs at the 10 they take
+    # at least
+    labeled = write_demo_dataset("msd", tmp_path / "labeled", cases=18, size=16, seed=3)
     out = tmp_path / "study"
     argv = ["asa-study", "--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), "--out", str(out),
-            *QUICK, "--arms", "mae", "supervised", "--seeds", "0", "--pretrain-steps", "2", "--pilot-steps", "6",
-            "--crop", "16", "--pretrain-crop", "32",
+            "--scale", "quick", "--test", "16", "--n-boot", "50", "--arms", "mae", "supervised",
+            "--pretrain-steps", "2", "--pilot-steps", "6", "--crop", "16", "--pretrain-crop", "32", "--threads", "1",
             "--pretrain-runs", "1"]  # one pretraining run of the arm: the stop and the resume are under test
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    stopped = subprocess.Popen([*argv, "--threads", "1"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    stopped = subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not (out / "logs").is_dir():
         time.sleep(0.5)
@@ -207,13 +220,25 @@ def test_the_installed_script_runs_a_quick_study_from_outside_the_checkout_and_s
     written = {f: f.stat().st_mtime_ns for f in out.rglob("*") if f.is_file()}
     time.sleep(3)
     assert {f: f.stat().st_mtime_ns for f in out.rglob("*") if f.is_file()} == written  # nothing written after the exit
-    done = subprocess.run([*argv, "--threads", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "Cross-validation: the 18 labeled cases are fewer than a fixed split needs" in done.stdout
+    assert "nested in each of the 2 draws" in done.stdout
     page = (out / "report" / "README.md").read_text()
     assert "## Answers" in page and "Overlap of the pretraining cohort" in page and "positive control" in page.lower()
+    assert "by 2-fold cross-validation × 1 repeat(s): every one of the 18 labeled cases scored 1 time(s)" in page
+    assert "Distinct labeled draws per arm: 2" in page
     assert (out / "report" / "dice_vs_n.svg").read_text().startswith("<?xml")
     contrasts = json.loads((out / "report" / "contrasts.json").read_text())
     assert {c["arm"] for c in contrasts} >= {"supervised", "mae-c4"} and all("verdict" in c for c in contrasts)
+    with open(out / "transfer" / "scores.csv", newline="") as f:  # the record users read
+        scores = list(csv.DictReader(f))
+    for arm in ("scratch", "supervised", "mae-c4"):  # every case scored once by each arm
+        assert sorted(r["case"] for r in scores if r["arm"] == arm) == sorted(c.id for c in discover("msd", labeled))
+    checks = json.loads((out / "checks" / "checks.json").read_text())
+    for g, draw in enumerate(checks["split"]["draws"]):
+        control = json.loads((out / "pretrain" / f"supervised-s{g}" / "splits.json").read_text())
+        assert not set(control["train"]) & set(draw["test"])  # the control never saw the fold it is scored on
 
 
 def test_whole_heads_are_said_before_anything_trains(tmp_path):
@@ -799,26 +824,28 @@ def test_a_labeled_folder_with_no_usable_case_is_refused_in_one_line(tmp_path, c
     assert cases_text(1) == "1 labeled case" and cases_text(3) == "3 labeled cases"
 
 
-@pytest.mark.slow  # writes a 40-case set, times two short runs
-def test_the_gpu_scale_plans_the_whole_study_for_one_window_and_runs_nothing(tmp_path, capsys):
+@pytest.mark.slow  # plans 133 units, composing their configs
+def test_the_gpu_scale_plans_the_whole_study_for_one_window_and_runs_nothing(tmp_path, capsys, monkeypatch):
     """--scale gpu --dry-run on a 20-case labeled set: 8 cross-validated draws at N = 2 (every case scored twice), four
     pretraining runs per arm, the positive control nested in each draw, units side by side as the machine holds
     them; on a machine without a GPU the schedule says it is priced on the CPU, and nothing trains. The units are
-    timed on ResEnc tiny and the labeled cases on 16³ crops of 16³ scans, not the scale's S and 32³: the plan's
-    counts depend on neither."""
+    priced at stand-in costs: the plan's counts do not depend on them, and timing units on this machine is
+    test_study_plan.py's dry run (a timing here repeated its two short runs)."""
     cohort = write_demo_dataset("bids", tmp_path / "cohort", cases=6, size=32, seed=5)
     labeled = write_demo_dataset("msd", tmp_path / "labeled", cases=20, size=16, seed=1)
     out = tmp_path / "study"
+    cost = StepCost(fixed=1.0, step=0.5, round=1.0, val_cases=1, score=1.0)
+    costs = Costs("cpu (stand-in)", {"finetune": cost, "pretrain": cost})
+    monkeypatch.setattr(study, "measure", lambda units, device, moved: costs)
     assert study.main(["--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), "--out", str(out),
                        "--scale", "gpu", "--arms", "mae", "asa", "noise", "supervised", "--device", "cpu",
-                       "--pilot-steps", "8", "--pretrain-steps", "4", "--resenc", "tiny", "--crop", "16",
-                       "--pretrain-crop", "32", "--dry-run"]) == 0
+                       "--dry-run"]) == 0
     said = capsys.readouterr().out
     jobs = units_at_once(1, 0, None, len(os.sched_getaffinity(0)))
     assert "[study] plan: --scale gpu on a machine without a GPU: the plan below is priced on this machine's CPU" in said
-    assert f"pilot and positive control: 9 unit(s) of 8 steps, {jobs} at once" in said  # the pilot, 8 controls
-    assert f"pretraining: 12 unit(s) of 4 steps, {jobs} at once" in said  # mae, asa and noise, 4 runs each
-    assert f"transfer: 112 unit(s) of 8 steps, {jobs} at once" in said  # 14 arms × 8 draws
+    assert f"pilot and positive control: 9 unit(s) of 1200 steps, {jobs} at once" in said  # the pilot, 8 controls
+    assert f"pretraining: 12 unit(s) of 480 steps, {jobs} at once" in said  # mae, asa and noise, 4 runs each
+    assert f"transfer: 112 unit(s) of 1200 steps, {jobs} at once" in said  # 14 arms × 8 draws, the pilot's length
     assert "transfer: 14 arms × N [2] × 8 cross-validation draws" in said
     gpu = SCALES["gpu"]
     assert (gpu.pilot_steps, gpu.pretrain_steps, gpu.resenc) == (1200, 480, "S")  # the window's design

@@ -21,7 +21,8 @@ from asa.study.stages import _makespan
 
 @pytest.fixture(scope="module")
 def labeled(tmp_path_factory):
-    return write_demo_dataset("msd", tmp_path_factory.mktemp("plan") / "labeled", cases=9, size=32, seed=1)
+    # 16³: no plan here depends on the cases' size, and the dry run times its fine-tuning units on 16³ crops of them
+    return write_demo_dataset("msd", tmp_path_factory.mktemp("plan") / "labeled", cases=9, size=16, seed=1)
 
 
 def _refused(capsys, argv: list[str]) -> str:
@@ -96,13 +97,14 @@ def test_a_bad_override_is_refused_before_anything_trains_or_is_written(tmp_path
     assert not list(out.rglob("*.pt")) and not (out / "logs").exists()
 
 
-@pytest.mark.slow  # asa-study's whole plan three times (its timed runs replaced): about 13 CPU-s of config composing
+@pytest.mark.slow  # asa-study's whole plan twice (its timed runs replaced): seconds of config composing
 def test_a_dry_run_prices_the_transfer_stage_at_the_budget_cap(tmp_path, capsys, labeled, monkeypatch):
     cost = StepCost(fixed=1.0, step=0.5, round=0.0, val_cases=1, score=1.0)
     monkeypatch.setattr(study, "measure", lambda units, device, moved: Costs("cpu (test)", {"finetune": cost}))
     argv = ["--data", "msd", "--root", str(labeled), "--arms", "supervised", "--quick", "--test", "3",
             "--pilot-steps", "40", "--seeds", "0", "--out", str(tmp_path / "out"), "--dry-run"]
-    for cap, steps in (([], 40), (["--budget-cap", "12"], 12), (["--budget-cap", "400"], 40)):
+    # without a cap the transfer stage plans the pilot's whole length: the gpu scale's plan in test_study.py says so
+    for cap, steps in ((["--budget-cap", "12"], 12), (["--budget-cap", "400"], 40)):
         assert study.main([*argv, *cap]) == 0
         (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[study] plan: transfer:")]
         assert f" unit(s) of {steps} steps, " in line  # the pilot's length, or the cap where that is shorter
@@ -129,13 +131,24 @@ def test_a_unit_s_planned_seconds_are_its_start_steps_and_validation_rounds():
     assert _makespan([], 2) == 0.0
 
 
-@pytest.mark.slow  # two short timed runs (fine-tuning, pretraining) of the quick scale's units
-def test_a_dry_run_writes_nothing_and_prices_every_stage_on_this_machine(tmp_path, capsys, labeled):
+@pytest.mark.slow  # two short timed runs (fine-tuning, pretraining) of the quick scale's units, for both dry runs
+def test_a_dry_run_writes_nothing_and_prices_every_stage_on_this_machine(tmp_path, capsys, labeled, monkeypatch):
     cohort = write_demo_dataset("bids", tmp_path / "cohort", cases=4, size=32, seed=5)
     out = tmp_path / "study"
+    # the fine-tuning units on 16³ crops of the 16³ labeled cases, the pretraining on 32³ (its 16³ mask blocks are at
+    # most half the crop): the smallest units of each kind, timed all the same
     argv = ["--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), "--out", str(out), "--quick",
             "--test", "3", "--pilot-steps", "4", "--pretrain-steps", "2", "--arms", "mae", "noise", "supervised",
-            "--device", "cpu", "--seeds", "0", "--pretrain-runs", "1"]  # a unit of each kind: each is priced
+            "--device", "cpu", "--seeds", "0", "--pretrain-runs", "1", "--crop", "16",
+            "--pretrain-crop", "32"]  # a unit of each kind: each is priced
+    real_measure, timed = study.measure, []
+
+    def measure_once(units, device, moved):  # the timing is the first dry run's: the second one's plan reads it again
+        if not timed:
+            timed.append(real_measure(units, device, moved))
+        return timed[0]
+
+    monkeypatch.setattr(study, "measure", measure_once)
     for seed in ("0", "1"):  # nothing recorded: another --seed is no other study's folder
         assert study.main([*argv, "--seed", seed, "--dry-run"]) == 0
         assert not out.exists()

@@ -47,17 +47,23 @@ def _gone(pid: int) -> bool:
 
 @pytest.mark.slow  # N4 and the start of a registration onto the 1 mm template
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from Linux's /proc")
-@pytest.mark.parametrize("signum, code, workers", [(signal.SIGTERM, 143, 1), (signal.SIGINT, 130, 1),
-                                                   (signal.SIGKILL, -9, 1), (signal.SIGTERM, 143, 2)])
+# one run per signal, and each place a stop can find the ANTs call: Ctrl-C in a lone process waiting on its ANTs child
+# (`in_child` ends the child on whatever the stop raises there), a scheduler's SIGTERM in the parent of two workers,
+# SIGKILL (no handler runs: the child dies with its parent). SIGTERM to a lone process would take the first run's path
+# again: both signals raise in the parent (asa.cli.interrupted), and test_prepare_refusals stops a lone process by
+# SIGTERM mid-case (its line, 143)
+@pytest.mark.parametrize("signum, code, workers", [(signal.SIGINT, 130, 1), (signal.SIGKILL, -9, 1),
+                                                   (signal.SIGTERM, 143, 2)])
 def test_a_stop_during_the_registration_ends_it_within_seconds(signum, code, workers, tmp_path, monkeypatch,
                                                                built_once):
     pytest.importorskip("ants")
     pytest.importorskip("nilearn")
     from asa.data import write_demo_dataset
 
-    # the template subjects of each worker count, written once for every signal (asa-prepare only reads them)
-    raw = built_once(f"prepare-stops-{workers}", lambda folder: write_demo_dataset(
-        "bids", folder, cases=workers, size=64, seed=0, anatomy=True))
+    # two template subjects, one for each of two workers (one process is stopped in the first), written once for
+    # every signal (asa-prepare only reads them)
+    raw = built_once("prepare-stops", lambda folder: write_demo_dataset(
+        "bids", folder, cases=2, size=64, seed=0, anatomy=True))
     scratch, said = tmp_path / "tmp", tmp_path / "stderr.txt"
     scratch.mkdir()
     with said.open("w") as err:
