@@ -73,24 +73,31 @@ def module_argv(module: str, *args: str) -> tuple[str, ...]:
 
 def record_settings(out: Path, settings: Mapping[str, Any], *, grows: Sequence[str] = (),
                     recorded_as: Callable[[dict[str, Any]], dict[str, Any]] = lambda old: old) -> None:
-    """Keep ``settings`` in study.json; other settings are refused, but lists named in ``grows`` may gain entries."""
+    """Keep ``settings`` in study.json; other settings are refused, but those named in ``grows`` may grow (a list gains
+    entries, a count rises)."""
     recorded = out / "study.json"
     settings = json.loads(json.dumps(settings))
     old = recorded_as(json.loads(recorded.read_text())) if recorded.is_file() else settings  # a new study: as asked
     before, now = flatten(old), flatten(settings)
     differ = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     fixed = [k for k in differ if k not in grows]
-    lost = [k for k in differ if k in grows and not (isinstance(before.get(k), list) and isinstance(now.get(k), list)
-                                                      and all(v in now[k] for v in before[k]))]
+    lost = [k for k in differ if k in grows and not _grown(before.get(k), now.get(k))]
     if fixed or lost:
         changed = "; ".join(f"{k}: {json.dumps(before.get(k))} -> {json.dumps(now.get(k))}" for k in fixed + lost)
         refuse(f"--out {out} holds a study with other settings ({changed}"
-               + (f"; {', '.join(lost)} may gain entries but not lose them" if lost else "")
+               + (f"; {', '.join(lost)} may grow but not shrink" if lost else "")
                + f"; see {recorded}): rerun with the same options to continue it, or choose another --out")
     if differ:
         print(f"[study] {out}: extending the study ({'; '.join(f'{k}: {before[k]} -> {now[k]}' for k in differ)}); "
               "finished units are kept", flush=True)
     atomic_write_json(recorded, settings)
+
+
+def _grown(old: Any, new: Any) -> bool:
+    """Whether ``new`` holds ``old``: a list with every entry of it, or a count at least as large."""
+    if isinstance(old, list) and isinstance(new, list):
+        return all(v in new for v in old)
+    return type(old) is int and type(new) is int and new >= old
 
 
 class Clock:

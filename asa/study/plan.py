@@ -96,7 +96,7 @@ def units_at_once(threads: int | None, workers: int, memory_gib: float | None, c
 
 
 # what a rerun into the same --out may add to (more units, the finished ones kept)
-GROWS = ("arms", "encoders", "scale.cohorts", "scale.cases", "scale.seeds")
+GROWS = ("arms", "encoders", "scale.cohorts", "scale.cases", "scale.seeds", "scale.repeats")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@ labeled set: the pilot that sets the fine-tuning budget, the pretraining arms, a
 fine-tuning of every arm beside its scratch twin over N labeled cases × draws, and a report with plots.
 
 Stages (asa.study.stages; rerun the same command to continue: finished units are kept, and a rerun may add arms,
-seeds, and cohorts and N below the largest): the checks before anything trains (test and validation cases against
+seeds, --repeats, and cohorts and N below the largest): the checks before anything trains (test and validation cases against
 the pretraining cohort, refused unless --accept-overlap; the channels each arm reads; the positive control's
 cases); the pilot (the scratch twin at a constant lr: the fine-tuning budget is where its validation Dice stops
 rising) with the positive control beside it; the pretraining runs of every arm and of the negative control (mae's
@@ -286,7 +286,7 @@ def _pretraining_cohort(study: Study, task: Any) -> tuple[list, list[str], list[
 def _record(study: Study, task: Any, channels: list[str] | None, control_channel: str | None,
             store: StoreCohort | None) -> None:
     """Keep the study's settings in ``<out>/study.json`` (`record_settings`: a folder holding another study is
-    refused; a rerun may add arms, encoders, cohorts, N and seeds)."""
+    refused; a rerun may add arms, encoders, cohorts, N, seeds and repeats)."""
     scale = study.scale
     supervised = ([control_channel] if control_channel else list(task.channels)) if study.positive_control else None
     settings = {"scale": dataclasses.asdict(scale) | {"time_budget": None, "jobs": None}, "network": study.network.name,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 
 import pytest
 
@@ -40,6 +41,14 @@ def test_a_folder_holds_one_study_naming_the_settings_that_differ(tmp_path):
     with pytest.raises(SystemExit) as err:
         record_settings(tmp_path, {"arms": ["asa"], "seed": 1})
     assert err.value.code == 2  # a refusal, as every asa console script's
+    grows, out = ("arms", "scale.repeats"), tmp_path / "grown"  # a rerun may add: a list gains entries, a count rises
+    out.mkdir()
+    record_settings(out, {"arms": ["asa"], "seed": 0, "scale": {"repeats": 2}}, grows=grows)
+    record_settings(out, {"arms": ["asa", "mae"], "seed": 0, "scale": {"repeats": 5}}, grows=grows)
+    for shrunk in ({"arms": ["mae"], "scale": {"repeats": 5}}, {"arms": ["asa", "mae"], "scale": {"repeats": 4}}):
+        with pytest.raises(SystemExit):
+            record_settings(out, {**shrunk, "seed": 0}, grows=grows)
+    assert json.loads((out / "study.json").read_text())["scale"]["repeats"] == 5
 
 
 def test_markdown_table_aligns_the_numbers_right():

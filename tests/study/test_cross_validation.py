@@ -30,6 +30,8 @@ def test_every_case_is_scored_once_per_repeat_and_n_is_drawn_inside_the_training
         assert len(d["test"]) == 6 and len(d["val"]) == 2 and len(d["pool"]) == 10
         assert not set(d["test"]) & (set(d["val"]) | set(d["pool"])) and not set(d["val"]) & set(d["pool"])
     assert draws[0]["test"] != draws[3]["test"]  # the repeats cut other folds
+    # a rerun with more repeats (study.json's scale.repeats may grow) keeps every draw it had and adds its own
+    assert transfer.cv_draws(ids, folds=3, repeats=5, val=2, seed=0)[:6] == draws
     with pytest.raises(SystemExit):
         transfer.cv_draws(ids, folds=1, repeats=1, val=0, seed=0)
 
