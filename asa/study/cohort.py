@@ -52,10 +52,6 @@ class StoreCohort:
         """The overrides that read the store (the cases: the run's splits.json, `write_store_splits`)."""
         return [f"data.root={self.root}", f"data.store={self.path}"]
 
-    def resampling(self) -> list[str]:
-        """The store's resampling, for every run (the noise volumes sit on the resampled grid too)."""
-        return [] if self.resample_mm is None else [f"data.resample_mm={self.resample_mm}"]
-
 
 def read_store(path: Path) -> tuple[StoreCohort, list[Case]]:
     """The store at ``path`` as a cohort and its cases; refused (exit 2): unfinished, fine-tuning's or out of date."""

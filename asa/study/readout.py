@@ -24,8 +24,7 @@ PLATEAU_TOL = 0.02
 PILOT_FLOOR = 0.1  # the pilot's best validation Dice (and the lesion classes', when named) under which it did not learn
 
 
-def pilot_budget(scores: Path, scale: Scale, cap: int | None = None, *,
-                 lesion_classes: Sequence[str] = ()) -> dict[str, Any]:
+def pilot_budget(scores: Path, scale: Scale, cap: int | None, *, lesion_classes: Sequence[str]) -> dict[str, Any]:
     """The pilot's curve (its run's ``scores``), whether it learned (best Dice at least `PILOT_FLOOR`: else no
     budget) and its budget."""
     record = json.loads(scores.read_text())

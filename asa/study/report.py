@@ -271,7 +271,9 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
     recipe = (f"Recipe: {info['recipe']} for every arm" + (f", the encoder at {info['encoder_lr_scale']} × the "
               "decoder's lr for every arm (pretrained or not)" if info["recipe"] == "adamw" else
               " (nnU-Net's PretrainedTrainer: 1e-3 for a network from a pretrained file, 1e-2 from scratch)") + ".")
-    overlap = checks["overlap"]
+    overlap = (f"Overlap of the pretraining cohort with the labeled cases: {'; '.join(checks['overlap']['lines'])}"
+               + (" — **accepted with --accept-overlap: these cases' scores are not held out.**"
+                  if checks["overlap"].get("accepted") else ""))
     top = (["**Plumbing check: no answer can come from this page.** The quick scale runs a few steps per run "
             f"({steps_phrase(info.get('pretraining', []), where=False)}, {info['steps']} fine-tuning steps per "
             "arm): it shows that every stage runs and writes its outputs, not whether pretraining helps, so no "
@@ -307,13 +309,8 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
         *([] if ordered else ["- No pretraining arm was scored."]), "",
         *([] if math.isnan(said.mde) else mde_line(said.primary, min_effect=min_effect)),
         "## The instruments", "",
-        *(f"- {line}" for line in [*controls, *flags]),
-        *([f"- {checks['cohort']}"] if "cohort" in checks else []),
-        f"- Overlap of the pretraining cohort with the labeled cases: {'; '.join(overlap['lines'])}" + (" — **accepted "
-        "with --accept-overlap: these cases' scores are not held out.**" if overlap.get("accepted") else ""),
-        *(f"- {line}" for line in [*checks["channels"], *checks.get("skull", [])]),
-        *([f"- {checks['supervised']}"] if "supervised" in checks else []),
-        *([f"- {budget}"] if budget else []), "",
+        *(f"- {line}" for line in [*controls, *flags, checks.get("cohort"), overlap, *checks["channels"],
+                                   *checks.get("skull", []), checks.get("supervised"), budget] if line), "",
         "## Contrasts", "", "Paired by N, seed and test case; 95 % CI: the crossed random-effects interval "
         "(asa.eval.random_effects); bootstrap CI: the seed × case percentile bootstrap of the endpoint "
         f"({n_boot} resamples), shown, not read; p: the interval's two-sided p of the endpoint, Holm's in "
