@@ -27,8 +27,7 @@ EFFECTS = {"attentive weight (attentive − uniform)": {(w, c): .5 if w == "atte
 
 def primary_probe(classes: Sequence[str], lesion_classes: Sequence[str]) -> tuple[list[str], str]:
     """(the probe metrics whose mean is the primary probe, its label), from the study's endpoint's classes."""
-    named = list(lesion_classes) or (list(classes) if len(classes) == 1 else [])
-    if named:
+    if named := list(lesion_classes) or (list(classes) if len(classes) == 1 else []):
         return [f"ridge/r2_{c}" for c in named], f"ridge R² ({', '.join(named)})"
     return ["ridge/r2_mean"], "ridge R² (mean over classes)"
 
@@ -137,8 +136,7 @@ def probe_lines(probes: Mapping[str, Any], *, min_effect: float) -> list[str]:
              markdown_table(["encoder", "arm", "pretraining seed", label, "ridge R² mean", "k-NN accuracy"], cells,
                             left=3)]
     random = next(r["primary"] for r in probes["rows"] if r["arm"] == RANDOM_ROW)
-    above = [r for r in probes["rows"] if r["arm"] in pretraining_arms()]
-    if above:
+    if above := [r for r in probes["rows"] if r["arm"] in pretraining_arms()]:
         beat = sum(r["primary"] > random for r in above)
         lines += [f"{beat} of {len(above)} pretrained encoders read higher than the random-init twin ({random:.3f})"
                   + ("." if beat == len(above) else ": the probe does not tell every pretrained encoder from a "

@@ -206,8 +206,7 @@ def draws_line(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) ->
 
 def steps_phrase(runs: Sequence[Mapping[str, Any]], *, where: bool = True) -> str:
     """"pretraining 5 steps per run", or "pretraining 3–5 steps per run" (``where``: and where each run's is)."""
-    steps = sorted({int(r["steps"]) for r in runs})
-    if not steps:
+    if not (steps := sorted({int(r["steps"]) for r in runs})):
         return "no pretraining run"
     return (f"pretraining {steps[0]} steps per run" if len(steps) == 1 else
             f"pretraining {steps[0]}–{steps[-1]} steps per run"

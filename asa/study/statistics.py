@@ -136,8 +136,7 @@ def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], referen
     rows = []
     keys = metric_keys(scores, names)
     for n, arm in itertools.product(sorted({int(s["n"]) for s in scores}), dict.fromkeys(s["arm"] for s in scores)):
-        mine = [s for s in scores if s["arm"] == arm and int(s["n"]) == n]
-        if not mine:
+        if not (mine := [s for s in scores if s["arm"] == arm and int(s["n"]) == n]):
             continue
         seeds = sorted({s["seed"] for s in mine})
         row: dict[str, Any] = {"arm": arm, "n": n, "seeds": len(seeds), "test_cases": len({s["case"] for s in mine})}

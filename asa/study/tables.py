@@ -184,8 +184,7 @@ CURVE_HEAD = "val Dice at " + " / ".join(f"{f:.0%}" for f in CURVE_FRACTIONS) + 
 
 def curve_cell(runs: Sequence[Mapping[str, Any]]) -> str:
     """The mean validation Dice of runs of one arm and N at the round nearest each of `CURVE_FRACTIONS`."""
-    curves = [r["val_curve"] for r in runs if r.get("val_curve")]
-    if not curves:
+    if not (curves := [r["val_curve"] for r in runs if r.get("val_curve")]):
         return "—"
     points = [np.mean([c[min(len(c) - 1, max(0, round(f * len(c)) - 1))][1] for c in curves]) for f in CURVE_FRACTIONS]
     return " / ".join(f"{x:.3f}" for x in points)
