@@ -143,22 +143,20 @@ def _score_seconds(cfg: Any, run_dir: Path, case: str) -> float:
     encoder zeroed, its Dice, HD95 and NSD, at the predictor's own overlap)."""
     root, layout = dataset_root(cfg.data)
     by_id = {c.id: c for c in discover(layout, root, on_bad_case=str(cfg.data.on_bad_case), validate="header")}
-    run = transfer.Run("timed", 0, 0, (), (), run_dir, test=(case,))
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        transfer.score(run, by_id, [case], str(cfg.device))
+        transfer.score(transfer.Run("timed", 0, 0, (), (), run_dir, test=(case,)), by_id, [case], str(cfg.device))
     return time.perf_counter() - started
 
 
-def measure(units: Sequence[Unit], device: str, moved: Mapping[Path, Path]) -> Costs:
+def measure(units: Sequence[Unit], device: str, moved: Mapping[str, str]) -> Costs:
     """`Costs` of every console script among ``units``, each timed on the first unit that trains with it and reads
     only what exists (``moved``: planned folders a dry run did not write -> where they were written to time it)."""
     firsts: dict[str, Unit] = {}
-    swaps = {str(a): str(b) for a, b in moved.items()}
     for unit in (u for u in units if u.config is not None and u.steps):
         roots = [o.split("=", 1)[1] for o in unit.config[1] if o.startswith("data.root=")]
-        if all(Path(swaps.get(r, r)).exists() for r in roots):  # every data.root it reads, here or where moved
+        if all(Path(moved.get(r, r)).exists() for r in roots):  # every data.root it reads, here or where moved
             firsts.setdefault(unit.config[0], unit)
     gpu = device != "cpu" and torch.cuda.is_available()
     name = f"cuda ({torch.cuda.get_device_name(0)})" if gpu else f"cpu ({machine()['cpu']})"
-    return Costs(name, {entry: time_unit(unit, swaps) for entry, unit in firsts.items()})
+    return Costs(name, {entry: time_unit(unit, moved) for entry, unit in firsts.items()})

@@ -150,13 +150,11 @@ def probe_lines(probes: Mapping[str, Any], *, min_effect: float) -> list[str]:
                   f"{probes['effects'][0]['seeds']} seeds (t interval, seeds − 1 degrees of freedom; minimum effect "
                   f"{min_effect:g}):", "",
                   markdown_table(["effect", "estimate", "95 % CI", "per seed", "reading"], rows, left=1)]
-    elif probes.get("shared"):
-        lines += ["The factorial is not read: " + "; ".join(f"{' and '.join(a)} share its cell ({cell})" for cell, a
-                                                          in probes["shared"].items())
-                  + ", so which of them it reads would be the order they were named in.", ""]
     else:
-        lines += ["The factorial is not read: its four cells (mae, asa, mae-coord, asa-coord) did not all run with "
-                  "the same pretraining seeds.", ""]
+        why = ("; ".join(f"{' and '.join(a)} share its cell ({cell})" for cell, a in probes["shared"].items())
+               + ", so which of them it reads would be the order they were named in." if probes.get("shared") else
+               "its four cells (mae, asa, mae-coord, asa-coord) did not all run with the same pretraining seeds.")
+        lines += [f"The factorial is not read: {why}", ""]
     return [*lines, f"Fine-tuned: **{probes['chosen']}** (the highest mean primary probe of the pretraining arms), "
             "with the scratch twins and the controls; the other arms were pretrained and probed, not fine-tuned.", ""]
 

@@ -140,8 +140,7 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], e
                   n_boot: int, min_effect: float = 0.01, endpoint: tuple[str, str] = KEYS[0]) -> list[dict[str, Any]]:
     """Each declared contrast with both arms scored, per N: paired Δs (crossed CI, bootstrap), p, MDE and verdict."""
     groups = {statistics.group_of(r) for r in scores}
-    key = endpoint[0]
-    rows = []
+    key, rows = endpoint[0], []
     for (arm, a_cohort), (ref, r_cohort), question, kind in declared.contrasts(cohorts, encoders):
         group, reference = declared.label(arm, a_cohort), declared.label(ref, r_cohort)
         if group == reference or not {group, reference} <= groups:
@@ -199,16 +198,14 @@ def instrument_faults(pilot: Mapping[str, Any], scores: Sequence[Mapping[str, An
     or a transfer stage whose every scored Dice is 0 (no arm segments the test cases)."""
     test = pilot.get("test") or {}
     mean = float(np.mean(list(test.values()))) if test else math.nan
-    if mean < FOUND:
-        return [f"the scratch twin does not learn the task (the pilot's mean test Dice {mean:.3f} < {FOUND}), so "
-                "every difference is noise."]
-    if pilot.get("learned") is False:  # its validation Dice (or lesion Dice) stayed under the study's floor
+    # its mean test Dice under FOUND, or its validation Dice (or lesion Dice) under the study's floor
+    if mean < FOUND or pilot.get("learned") is False:
         best = [f"{label} {pilot[key]:.3f}" for key, label in (("best_dice", "best validation Dice"),
                                                                ("best_lesion_dice", "best lesion Dice"))
                 if not math.isnan(float(pilot.get(key, math.nan)))]
-        return ["the scratch twin does not learn the task (the pilot did not learn"
-                + (f": {', '.join(best)}, under {pilot['floor']}" if best and "floor" in pilot else "")
-                + "), so every difference is noise."]
+        why = (f"the pilot's mean test Dice {mean:.3f} < {FOUND}" if mean < FOUND else "the pilot did not learn"
+               + (f": {', '.join(best)}, under {pilot['floor']}" if best and "floor" in pilot else ""))
+        return [f"the scratch twin does not learn the task ({why}), so every difference is noise."]
     if scores and all(float(r["Dice_mean"]) <= 0 for r in scores):
         return [f"every Dice the transfer stage scored is 0 ({len(scores)} scores of every arm): no arm segments the "
                 "test cases, so every difference is noise."]

@@ -18,9 +18,6 @@ from asa.study.readings import (ALPHA, INCONCLUSIVE, KEYS, LESION_KEY, LEVEL, NO
                                 negative_small, read)
 from asa.study.tables import PLATEAU_TOL, Outputs, declared_order, svg_plot
 
-__all__ = ["write_report"]
-
-
 # how often a true effect of the printed MDE's size is detected, over the simulated designs of docs/studies.md
 # ("Power with replicated pretraining runs": the median printed MDE of each of its rows)
 PRINTED_MDE_POWER = (0.61, 0.82)
@@ -92,10 +89,10 @@ def _ci(values: Sequence[float]) -> str:
 
 def question_line(row: Mapping[str, Any], *, min_effect: float) -> str:
     """One answer: the question, N, the verdict, its bound and Δ; the other scores beside it as information."""
-    holm = "p_holm" in row and row["bound"] != NOT_READ  # its bound answers this contrast alone, not the family
     key = row["endpoint"]
     return (f"{row['question']} At N = {row['n']}: {reading(row, min_effect=min_effect)}; "
-            + ("its bound, this contrast alone (uncorrected): " if holm else "")
+            # read on Holm's p, its bound answers this contrast alone, not the family
+            + ("its bound, this contrast alone (uncorrected): " if "p_holm" in row and row["bound"] != NOT_READ else "")
             + f"{row['bound']} (Δ {row['endpoint_label']} {_ci(row[key])}"
             + (f"; Holm p = {row['p_holm']:.3f}" if "p_holm" in row else "") + ")"
             + "".join(f"; Δ {label} {_ci(row[k])} (shown, not read)" for k, label in (KEYS[0], LESION_KEY)

@@ -133,8 +133,7 @@ def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], referen
     difference to ``reference``: its mean, the crossed random-effects CI (``_re_lo`` / ``_re_hi``,
     `asa.eval.random_effects.crossed_interval`), the seed × case bootstrap CI (`asa.eval.seed_case_bootstrap`),
     the case-only CI (per test case averaged over seeds, :func:`case_interval`) and the per-seed means."""
-    rows = []
-    keys = metric_keys(scores, names)
+    rows, keys = [], metric_keys(scores, names)
     for n, arm in itertools.product(sorted({int(s["n"]) for s in scores}), dict.fromkeys(s["arm"] for s in scores)):
         if not (mine := [s for s in scores if s["arm"] == arm and int(s["n"]) == n]):
             continue
