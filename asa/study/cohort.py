@@ -89,8 +89,7 @@ def write_cohorts(out: Path, cases: Sequence, sizes: Sequence[int], seed: int,
     """``<out>/data/cohort-<n>/files.csv`` per size (the first n of `cohort_order`; a column per channel); with
     ``write`` False only their folders (a dry run)."""
     by_id = {c.id: c for c in cases}
-    order = cohort_order(list(by_id), seed)
-    others = [c for c in channels if c != "t1"]
+    order, others = cohort_order(list(by_id), seed), [c for c in channels if c != "t1"]
     folders = {n: out / "data" / f"cohort-{n}" for n in sizes}
     for n, folder in folders.items() if write else ():
         rows = [["id", "path", *others], *([i, *(str(by_id[i].images[c]) for c in ("t1", *others))] for i in order[:n])]

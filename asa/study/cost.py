@@ -95,8 +95,7 @@ def validation_rounds(entry: str, overrides: Sequence[str], steps: int) -> int:
     ``trainer.val_every`` epochs, at least ``trainer.val_min_steps`` apart); the last is in the start-and-end cost."""
     trainer = composed(entry, overrides).trainer
     epochs = int(trainer.epochs)
-    per_epoch = max(1, steps // max(1, epochs))
-    rounds, last = 0, 0
+    per_epoch, rounds, last = max(1, steps // max(1, epochs)), 0, 0
     for epoch in range(1, epochs):
         if epoch % int(trainer.val_every) == 0 and epoch * per_epoch - last >= int(trainer.val_min_steps or 0):
             rounds, last = rounds + 1, epoch * per_epoch

@@ -126,8 +126,7 @@ def holm(p: Sequence[float]) -> list[float]:
     order = sorted((i for i, x in enumerate(p) if not math.isnan(x)), key=lambda i: p[i])
     out, running = [math.nan] * len(p), 0.0
     for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(order) - rank) * p[i]))
-        out[i] = running
+        out[i] = running = max(running, min(1.0, (len(order) - rank) * p[i]))  # non-decreasing in p's order
     return out
 
 

@@ -131,11 +131,10 @@ def family_lines(said: Reading) -> list[str]:
     text += (f"The primary question, named before the data: {primary['arm']} − {primary['reference']} at the "
              f"smallest N ({primary['n']}), read at {LEVEL} (its CI). " if primary is not None else
              "There is no primary question: no pretrained arm was scored against scratch. ")
-    if others:
-        text += (f"The other {len(others)} are exploratory: each is read on its interval's two-sided p after a Holm "
-                 f"correction across those {len(others)} (family-wise error {100 * ALPHA:g} %), the test of no effect "
-                 "across the family; its CI and its bound are shown uncorrected and answer that contrast alone, so one "
-                 "off 0 alone but not after Holm reads inconclusive. ")
+    text += (f"The other {len(others)} are exploratory: each is read on its interval's two-sided p after a Holm "
+             f"correction across those {len(others)} (family-wise error {100 * ALPHA:g} %), the test of no effect "
+             "across the family; its CI and its bound are shown uncorrected and answer that contrast alone, so one "
+             "off 0 alone but not after Holm reads inconclusive. " if others else "")
     return [text + (f"A contrast reads as an effect (a gain or a loss) only when it clears its bar and its estimate is "
                     f"at least the minimum effect, {min_effect:g} Dice (--min-effect); as no difference this study can "
                     f"detect only when its bound excludes a gain and a loss of {min_effect:g}; anything else is "
@@ -192,22 +191,20 @@ def draws_line(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) ->
              if isinstance(b.get("train"), str) and b["train"]}
     draws = sorted(set(Counter(arm for arm, _ in drawn).values()))
     runs = Counter(str(r["arm"]) for r in info.get("pretraining", []))
-    said = "Distinct labeled draws per arm: " + ('–'.join(map(str, draws)) if draws else
-                                                 "not recorded (runs scored before their cases were kept)")
-    said += "; pretraining runs per arm: " + (", ".join(f"{arm} {k}" for arm, k in runs.items()) if runs else "none")
-    if runs and max(runs.values()) == 1:
-        said += (" (one run each: the intervals carry labeled draws and test cases, not the spread between "
-                 "pretraining runs, so an answer is about these encoders more than about their method)")
-    return said + "."
+    return ("Distinct labeled draws per arm: " + ('–'.join(map(str, draws)) if draws else
+                                                  "not recorded (runs scored before their cases were kept)")
+            + "; pretraining runs per arm: " + (", ".join(f"{arm} {k}" for arm, k in runs.items()) if runs else "none")
+            + (" (one run each: the intervals carry labeled draws and test cases, not the spread between "
+               "pretraining runs, so an answer is about these encoders more than about their method)"
+               if runs and max(runs.values()) == 1 else "") + ".")
 
 
 def steps_phrase(runs: Sequence[Mapping[str, Any]], *, where: bool = True) -> str:
     """"pretraining 5 steps per run", or "pretraining 3–5 steps per run" (``where``: and where each run's is)."""
     if not (steps := sorted({int(r["steps"]) for r in runs})):
         return "no pretraining run"
-    return (f"pretraining {steps[0]} steps per run" if len(steps) == 1 else
-            f"pretraining {steps[0]}–{steps[-1]} steps per run"
-            + (" (each run's count in the pretraining table)" if where else ""))
+    return (f"pretraining {'–'.join(map(str, sorted({steps[0], steps[-1]})))} steps per run"
+            + (" (each run's count in the pretraining table)" if where and len(steps) > 1 else ""))
 
 
 def figures(info: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], said: Reading) -> dict[str, str]:
@@ -242,8 +239,7 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
     folder = out / "report"
     info = {**info, "pretraining": sorted(info.get("pretraining", []), key=declared_order)}  # not --arms' order
     said = read(scored.scores, info, n_boot=n_boot)
-    plots = figures(info, scored.rows, said)
-    contrasts, min_effect = said.contrasts, said.min_effect
+    plots, contrasts, min_effect = figures(info, scored.rows, said), said.contrasts, said.min_effect
     pilot, sc, checks, design = info.get("pilot") or {}, info["scale"], info["checks"], info.get("design")
     trained_on = ("each draw's own training part (the cases the arms draw N from, trained for the pilot's steps): it "
                   "shows that a better start on the same cases moves the fine-tuning, not transfer from other cases"

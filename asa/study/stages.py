@@ -235,8 +235,7 @@ def run_stages(plan: StudyPlan, clock: Clock, times: dict[str, Any], times_file:
     written), `UNFINISHED` (the budget ended or a stage was left: rerun) or a stage's own."""
     s, found = plan.study, Findings(times=times)
     for stage in stages(s):
-        started = time.perf_counter()
-        units = stage.units(plan, found)
+        started, units = time.perf_counter(), stage.units(plan, found)  # its seconds count its planning
         if stage.said:
             print(stage.said, flush=True)
         before = {u.name: times["runs"].get(u.name, 0.0) for u in units}

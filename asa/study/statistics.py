@@ -113,12 +113,11 @@ def per_seed_differences(d: np.ndarray) -> list[float]:
 
 def metric_keys(scores: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
     """Score columns the table reports: Dice per class and mean, then HD95 and NSD per class and mean when scored."""
-    keys = [*(f"Dice_{c}" for c in names), "Dice_mean"]
-    keys += [LESION] if scores and all(LESION in s for s in scores) else []
-    for metric in ("HD95", "NSD"):
-        if scores and all(f"{metric}_mean" in s for s in scores):
-            keys += [*(f"{metric}_{c}" for c in names), f"{metric}_mean"]
-    return keys
+    def every(key: str) -> bool:  # the column is in every score row
+        return bool(scores) and all(key in s for s in scores)
+
+    return [*(f"Dice_{c}" for c in names), "Dice_mean", *([LESION] if every(LESION) else []),
+            *(k for m in ("HD95", "NSD") if every(f"{m}_mean") for k in (*(f"{m}_{c}" for c in names), f"{m}_mean"))]
 
 
 def delta_prefix(key: str) -> str:

@@ -40,8 +40,7 @@ def logged_series(run_dir: Path, tags: Sequence[str]) -> dict[str, list[tuple[in
 
     if not (run_dir / "tb").is_dir():
         return {t: [] for t in tags}
-    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
-    events.Reload()
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0}).Reload()  # read, returns itself
     have = set(events.Tags()["scalars"])
     return {t: [(int(e.step), float(e.value)) for e in sorted(events.Scalars(t), key=lambda e: e.step)]
             if t in have else [] for t in tags}
@@ -88,8 +87,7 @@ def _arm(r: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
 def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str) -> str:
     """Table-4-shaped Markdown: arm × labeled cases, the scores ± sd over seeds, and Δ mean Dice vs ``reference``."""
     hd = any("HD95_mean" in r for r in rows)
-    nsd = all("NSD_mean" in r for r in rows)
-    lesion = all(LESION in r for r in rows)
+    nsd, lesion = all("NSD_mean" in r for r in rows), all(LESION in r for r in rows)
     head = ["arm", "labeled", *names, "mean", *(["lesion mean"] if lesion else []), *(["HD95 mean (mm)"] if hd else []),
             *(["NSD mean"] if nsd else []), "encoder zeroed", f"Δ mean vs {reference} [95 % CI, random effects]",
             "bootstrap CI (seeds × cases)", "Δ per seed", "case-only CI",
@@ -262,8 +260,7 @@ def write_outputs(scores: Sequence[Mapping[str, Any]], names: Sequence[str], ref
         atomic_write_text(out / "runs.csv", rows_csv(budgets))
     if undone:
         md = f"**Partial: {undone} run(s) not trained yet** (rerun the same command to continue).\n\n" + md
-    atomic_write_text(out / "scores.csv", rows_csv(scores))
-    atomic_write_text(out / "transfer.csv", rows_csv(rows))
-    atomic_write_text(out / "transfer.md", md)
-    atomic_write_text(out / "dice_vs_cases.svg", svg_plot(rows))
+    for name, text in (("scores.csv", rows_csv(scores)), ("transfer.csv", rows_csv(rows)), ("transfer.md", md),
+                       ("dice_vs_cases.svg", svg_plot(rows))):
+        atomic_write_text(out / name, text)
     return Outputs(scores, rows, budgets, md)
