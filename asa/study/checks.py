@@ -32,8 +32,7 @@ def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: M
     parts = {LABELED_PARTS[k]: [by_id[i] for i in split[k]] for k in LABELED_PARTS if split.get(k)}
     cohorts: dict[str, dict[str, Any]] = {}
     if cohort_cases:
-        record_file = out / "checks" / "cohort.json"
-        ids = sorted(c.id for c in cohort_cases)
+        record_file, ids = out / "checks" / "cohort.json", sorted(c.id for c in cohort_cases)
         record = json.loads(record_file.read_text()) if record_file.is_file() else None
         # written again for other cases, or by an asa whose fingerprint differs (it would leave near content unchecked)
         if record is None or sorted(record["cases"]) != ids or record.get("fingerprint") != FINGERPRINT:
@@ -67,9 +66,8 @@ def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: M
                + "\n  ".join(lines) + "\npretraining on them would score the arms on what they have seen: remove them "
                "from --pretrain-data, or pass --accept-overlap to run anyway (every run then accepts them, and the "
                "report lists them)")
-    if found:
-        lines.append(f"accepted with --accept-overlap ({len(found)} case(s), every run told so): "
-                     + ", ".join(sorted(found)))
+    lines += [f"accepted with --accept-overlap ({len(found)} case(s), every run told so): "
+              + ", ".join(sorted(found))] if found else []
     return {"lines": lines, "overlapping": sorted(found), "accepted": bool(found)}
 
 

@@ -52,10 +52,6 @@ class StoreCohort:
         """The overrides that read the store (the cases: the run's splits.json, `write_store_splits`)."""
         return [f"data.root={self.root}", f"data.store={self.path}"]
 
-    def resampling(self) -> list[str]:
-        """The store's resampling, for every run (the noise volumes sit on the resampled grid too)."""
-        return [] if self.resample_mm is None else [f"data.resample_mm={self.resample_mm}"]
-
 
 def read_store(path: Path) -> tuple[StoreCohort, list[Case]]:
     """The store at ``path`` as a cohort and its cases; refused (exit 2): unfinished, fine-tuning's or out of date."""
@@ -93,8 +89,7 @@ def write_cohorts(out: Path, cases: Sequence, sizes: Sequence[int], seed: int,
     """``<out>/data/cohort-<n>/files.csv`` per size (the first n of `cohort_order`; a column per channel); with
     ``write`` False only their folders (a dry run)."""
     by_id = {c.id: c for c in cases}
-    order = cohort_order(list(by_id), seed)
-    others = [c for c in channels if c != "t1"]
+    order, others = cohort_order(list(by_id), seed), [c for c in channels if c != "t1"]
     folders = {n: out / "data" / f"cohort-{n}" for n in sizes}
     for n, folder in folders.items() if write else ():
         rows = [["id", "path", *others], *([i, *(str(by_id[i].images[c]) for c in ("t1", *others))] for i in order[:n])]

@@ -61,9 +61,9 @@ def _shown(value: Any) -> str:
 def scale_from_args(args: argparse.Namespace, scales: Mapping[str, S]) -> tuple[str, S]:
     """(name, scale): the chosen scale with every ``--<field>`` given on the command line in place."""
     name = "quick" if args.quick else args.scale
-    scale = scales[name]
-    changes = {f.name: v for f in dataclasses.fields(scale) if (v := getattr(args, f.name, None)) is not None}
-    return name, dataclasses.replace(scale, **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()})
+    changes = {f.name: tuple(v) if isinstance(v, list) else v for f in dataclasses.fields(scales[name])
+               if (v := getattr(args, f.name, None)) is not None}
+    return name, dataclasses.replace(scales[name], **changes)
 
 
 def module_argv(module: str, *args: str) -> tuple[str, ...]:
@@ -106,11 +106,8 @@ class Clock:
     def __init__(self, budget: float | None) -> None:
         self.start, self.budget = time.monotonic(), budget
 
-    def left(self) -> float | None:
-        return None if self.budget is None else self.budget - (time.monotonic() - self.start)
-
     def fits(self, seconds: float = 0.0) -> bool:
-        return (left := self.left()) is None or left > seconds
+        return self.budget is None or self.budget - (time.monotonic() - self.start) > seconds
 
 
 def finished(ckpt: Path) -> bool:

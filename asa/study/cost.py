@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from asa.api import finetune, pretrain
-from asa.api.config import compose_config, load_config
+from asa.api.config import load_config
 from asa.api.machinery.dataset import dataset_root
 from asa.api.machinery.run import OptionError
 from asa.data import discover
@@ -32,8 +32,7 @@ from asa.study.tables import logged_series
 TIMED_STEPS = 24  # optimiser steps of a timed run (fewer when the unit trains fewer)
 RUN_KEYS = ("output_dir", "resume", "trainer.epochs", "trainer.val_every", "trainer.max_steps", "trainer.log_every",
             "trainer.val_every_steps", "trainer.ckpt_every", "trainer.progress")  # the timed run sets its own
-# overrides that set no trainer cadence (paths and seeds): units differing only in them share one composed config
-NOT_TRAINER = ("output_dir=", "seed=", "model.pretrained=", "data.root=")
+COMPOSED: dict[tuple[str, tuple[str, ...]], Any] = {}  # `composed` configs by entry and overrides but folder, seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,19 +80,22 @@ class Costs:
         return f"priced on {self.device} (timed here, {TIMED_STEPS} steps or fewer each): " + "; ".join(parts)
 
 
+def composed(entry: str, overrides: Sequence[str]) -> Any:
+    """``entry``'s config as its console script composes and checks it (`asa.api.config.load_config`: a bad override
+    raises ValueError), composed once for the units that differ only in their folder and seed (composing is about
+    0.2 s; a study plans hundreds of units)."""
+    key = (entry, tuple(o for o in overrides if not o.startswith(("output_dir=", "seed="))))
+    if key not in COMPOSED:
+        COMPOSED[key] = load_config(entry, *overrides)
+    return COMPOSED[key]
+
+
 def validation_rounds(entry: str, overrides: Sequence[str], steps: int) -> int:
     """The validation rounds a run of ``steps`` optimiser steps holds before its last (the cadence of its config:
     ``trainer.val_every`` epochs, at least ``trainer.val_min_steps`` apart); the last is in the start-and-end cost."""
-    return _rounds(entry, tuple(o for o in overrides if not o.startswith(NOT_TRAINER)), steps)
-
-
-@functools.lru_cache(maxsize=256)
-def _rounds(entry: str, overrides: tuple[str, ...], steps: int) -> int:
-    """`validation_rounds` of one composed config (composing is about 0.2 s; a study plans hundreds of units)."""
-    trainer = compose_config(entry, list(overrides)).trainer
+    trainer = composed(entry, overrides).trainer
     epochs = int(trainer.epochs)
-    per_epoch = max(1, steps // max(1, epochs))
-    rounds, last = 0, 0
+    per_epoch, rounds, last = max(1, steps // max(1, epochs)), 0, 0
     for epoch in range(1, epochs):
         if epoch % int(trainer.val_every) == 0 and epoch * per_epoch - last >= int(trainer.val_min_steps or 0):
             rounds, last = rounds + 1, epoch * per_epoch
@@ -140,22 +142,20 @@ def _score_seconds(cfg: Any, run_dir: Path, case: str) -> float:
     encoder zeroed, its Dice, HD95 and NSD, at the predictor's own overlap)."""
     root, layout = dataset_root(cfg.data)
     by_id = {c.id: c for c in discover(layout, root, on_bad_case=str(cfg.data.on_bad_case), validate="header")}
-    run = transfer.Run("timed", 0, 0, (), (), run_dir, test=(case,))
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        transfer.score(run, by_id, [case], str(cfg.device))
+        transfer.score(transfer.Run("timed", 0, 0, (), (), run_dir, test=(case,)), by_id, [case], str(cfg.device))
     return time.perf_counter() - started
 
 
-def measure(units: Sequence[Unit], device: str, moved: Mapping[Path, Path]) -> Costs:
+def measure(units: Sequence[Unit], device: str, moved: Mapping[str, str]) -> Costs:
     """`Costs` of every console script among ``units``, each timed on the first unit that trains with it and reads
     only what exists (``moved``: planned folders a dry run did not write -> where they were written to time it)."""
     firsts: dict[str, Unit] = {}
-    swaps = {str(a): str(b) for a, b in moved.items()}
     for unit in (u for u in units if u.config is not None and u.steps):
         roots = [o.split("=", 1)[1] for o in unit.config[1] if o.startswith("data.root=")]
-        if all(Path(swaps.get(r, r)).exists() for r in roots):  # every data.root it reads, here or where moved
+        if all(Path(moved.get(r, r)).exists() for r in roots):  # every data.root it reads, here or where moved
             firsts.setdefault(unit.config[0], unit)
     gpu = device != "cpu" and torch.cuda.is_available()
     name = f"cuda ({torch.cuda.get_device_name(0)})" if gpu else f"cpu ({machine()['cpu']})"
-    return Costs(name, {entry: time_unit(unit, swaps) for entry, unit in firsts.items()})
+    return Costs(name, {entry: time_unit(unit, moved) for entry, unit in firsts.items()})

@@ -198,7 +198,8 @@ def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[s
         refuse(f"--nproc {scale.nproc}: the pretraining's global batch is {batch}; take a number of processes that "
                "divides it (each process takes an equal share, so the recipe stays the one-process run's)")
     per_rank = [f"trainer.batch_size={batch // scale.nproc}"] if scale.nproc > 1 else []
-    resampling = store.resampling() if store is not None else []
+    # the store's resampling, for every run (the noise volumes sit on the resampled grid too)
+    resampling = [] if store is None or store.resample_mm is None else [f"data.resample_mm={store.resample_mm}"]
     read = [] if list(channels) == ["t1"] else [f"data.channels=[{','.join(channels)}]"]  # the T1 alone: every preset's
     units = [(arm, n, folder) for n, folder in cohorts.items() for arm in arms if ARMS[arm].pretrained
              and not ARMS[arm].noise] + ([(CONTROL, max(cohorts), noise)] if noise is not None else [])

@@ -27,8 +27,7 @@ EFFECTS = {"attentive weight (attentive − uniform)": {(w, c): .5 if w == "atte
 
 def primary_probe(classes: Sequence[str], lesion_classes: Sequence[str]) -> tuple[list[str], str]:
     """(the probe metrics whose mean is the primary probe, its label), from the study's endpoint's classes."""
-    named = list(lesion_classes) or (list(classes) if len(classes) == 1 else [])
-    if named:
+    if named := list(lesion_classes) or (list(classes) if len(classes) == 1 else []):
         return [f"ridge/r2_{c}" for c in named], f"ridge R² ({', '.join(named)})"
     return ["ridge/r2_mean"], "ridge R² (mean over classes)"
 
@@ -137,8 +136,7 @@ def probe_lines(probes: Mapping[str, Any], *, min_effect: float) -> list[str]:
              markdown_table(["encoder", "arm", "pretraining seed", label, "ridge R² mean", "k-NN accuracy"], cells,
                             left=3)]
     random = next(r["primary"] for r in probes["rows"] if r["arm"] == RANDOM_ROW)
-    above = [r for r in probes["rows"] if r["arm"] in pretraining_arms()]
-    if above:
+    if above := [r for r in probes["rows"] if r["arm"] in pretraining_arms()]:
         beat = sum(r["primary"] > random for r in above)
         lines += [f"{beat} of {len(above)} pretrained encoders read higher than the random-init twin ({random:.3f})"
                   + ("." if beat == len(above) else ": the probe does not tell every pretrained encoder from a "
@@ -152,13 +150,11 @@ def probe_lines(probes: Mapping[str, Any], *, min_effect: float) -> list[str]:
                   f"{probes['effects'][0]['seeds']} seeds (t interval, seeds − 1 degrees of freedom; minimum effect "
                   f"{min_effect:g}):", "",
                   markdown_table(["effect", "estimate", "95 % CI", "per seed", "reading"], rows, left=1)]
-    elif probes.get("shared"):
-        lines += ["The factorial is not read: " + "; ".join(f"{' and '.join(a)} share its cell ({cell})" for cell, a
-                                                          in probes["shared"].items())
-                  + ", so which of them it reads would be the order they were named in.", ""]
     else:
-        lines += ["The factorial is not read: its four cells (mae, asa, mae-coord, asa-coord) did not all run with "
-                  "the same pretraining seeds.", ""]
+        why = ("; ".join(f"{' and '.join(a)} share its cell ({cell})" for cell, a in probes["shared"].items())
+               + ", so which of them it reads would be the order they were named in." if probes.get("shared") else
+               "its four cells (mae, asa, mae-coord, asa-coord) did not all run with the same pretraining seeds.")
+        lines += [f"The factorial is not read: {why}", ""]
     return [*lines, f"Fine-tuned: **{probes['chosen']}** (the highest mean primary probe of the pretraining arms), "
             "with the scratch twins and the controls; the other arms were pretrained and probed, not fine-tuned.", ""]
 

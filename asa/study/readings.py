@@ -79,20 +79,20 @@ def control_faults(contrasts: Sequence[Mapping[str, Any]], *, min_effect: float)
 def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping[str, Any]],
                      faults: Mapping[str, Mapping[int, str]]) -> None:
     """In place, after `read_family`: the control ``faults``, asa − mae with near-uniform weights, the plateau flags."""
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for run in runs:
-        groups.setdefault(declared.label(run["arm"], run["cohort"]), []).append(run)
+    def of(group: str) -> list[Mapping[str, Any]]:  # the pretraining runs of an arm at its cohort
+        return [run for run in runs if declared.label(run["arm"], run["cohort"]) == group]
+
     for r in [c for c in contrasts if c["kind"] == "question"]:
         # either side's pretraining runs still falling at their end (levelled or unchecked: no flag)
         r["flags"] = [f"{run['run']} unfinished: its held-out loss still fell {run['loss_drop']:.1%} over the last "
                       "quarter of the summed lr" for group in (r["arm"], r["reference"])
-                      for run in groups.get(group, []) if run.get("plateau") is False]
+                      for run in of(group) if run.get("plateau") is False]
         if r["verdict"] == "no difference" and r["n"] in faults["nulls"]:
             r["verdict"], r["why"] = UNSHOWN, faults["nulls"][r["n"]]
         elif (r["verdict"] == "helped" and declared.scratch_twin(r["reference_arm"])
               and not declared.scratch_twin(r["encoder_arm"]) and r["n"] in faults["gains"]):
             r["verdict"], r["why"] = UNREADABLE, faults["gains"][r["n"]]
-        shares = [float(run.get("weights_share", math.nan)) for run in groups.get(r["arm"], [])]
+        shares = [float(run.get("weights_share", math.nan)) for run in of(r["arm"])]
         share = float(np.mean(shares)) if shares else math.nan  # over the arm's pretraining runs
         if declared.attentive_over_uniform(r["encoder_arm"], r["reference_arm"]) and share > UNIFORM_SHARE:
             r["verdict"], r["why"] = NOT_A_TEST, (f"the attentive weights' effective share {share:.2f} > "
@@ -126,8 +126,7 @@ def holm(p: Sequence[float]) -> list[float]:
     order = sorted((i for i, x in enumerate(p) if not math.isnan(x)), key=lambda i: p[i])
     out, running = [math.nan] * len(p), 0.0
     for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(order) - rank) * p[i]))
-        out[i] = running
+        out[i] = running = max(running, min(1.0, (len(order) - rank) * p[i]))  # non-decreasing in p's order
     return out
 
 
@@ -140,8 +139,7 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], e
                   n_boot: int, min_effect: float = 0.01, endpoint: tuple[str, str] = KEYS[0]) -> list[dict[str, Any]]:
     """Each declared contrast with both arms scored, per N: paired Δs (crossed CI, bootstrap), p, MDE and verdict."""
     groups = {statistics.group_of(r) for r in scores}
-    key = endpoint[0]
-    rows = []
+    key, rows = endpoint[0], []
     for (arm, a_cohort), (ref, r_cohort), question, kind in declared.contrasts(cohorts, encoders):
         group, reference = declared.label(arm, a_cohort), declared.label(ref, r_cohort)
         if group == reference or not {group, reference} <= groups:
@@ -176,8 +174,7 @@ def class_rows(scores: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> l
             if arm != ref and ref in groups]
 
 
-def read_family(rows: Sequence[dict[str, Any]], encoders: Sequence[str] = (), *,
-                min_effect: float) -> dict[str, Any] | None:
+def read_family(rows: Sequence[dict[str, Any]], encoders: Sequence[str] = ()) -> dict[str, Any] | None:
     """Roles and readings, in place: the controls and the primary at 95 %, the rest on Holm; returns the primary."""
     questions = [r for r in rows if r["kind"] == "question"]
     for r in rows:
@@ -195,22 +192,19 @@ def read_family(rows: Sequence[dict[str, Any]], encoders: Sequence[str] = (), *,
     return primary
 
 
-def instrument_faults(contrasts: Sequence[Mapping[str, Any]], pilot: Mapping[str, Any],
-                      scores: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+def instrument_faults(pilot: Mapping[str, Any], scores: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     """The instrument that fails every reading, so every Δ is noise: a scratch twin that learns nothing in the pilot,
     or a transfer stage whose every scored Dice is 0 (no arm segments the test cases)."""
     test = pilot.get("test") or {}
     mean = float(np.mean(list(test.values()))) if test else math.nan
-    if mean < FOUND:
-        return [f"the scratch twin does not learn the task (the pilot's mean test Dice {mean:.3f} < {FOUND}), so "
-                "every difference is noise."]
-    if pilot.get("learned") is False:  # its validation Dice (or lesion Dice) stayed under the study's floor
+    # its mean test Dice under FOUND, or its validation Dice (or lesion Dice) under the study's floor
+    if mean < FOUND or pilot.get("learned") is False:
         best = [f"{label} {pilot[key]:.3f}" for key, label in (("best_dice", "best validation Dice"),
                                                                ("best_lesion_dice", "best lesion Dice"))
                 if not math.isnan(float(pilot.get(key, math.nan)))]
-        return ["the scratch twin does not learn the task (the pilot did not learn"
-                + (f": {', '.join(best)}, under {pilot['floor']}" if best and "floor" in pilot else "")
-                + "), so every difference is noise."]
+        why = (f"the pilot's mean test Dice {mean:.3f} < {FOUND}" if mean < FOUND else "the pilot did not learn"
+               + (f": {', '.join(best)}, under {pilot['floor']}" if best and "floor" in pilot else ""))
+        return [f"the scratch twin does not learn the task ({why}), so every difference is noise."]
     if scores and all(float(r["Dice_mean"]) <= 0 for r in scores):
         return [f"every Dice the transfer stage scored is 0 ({len(scores)} scores of every arm): no arm segments the "
                 "test cases, so every difference is noise."]
@@ -264,17 +258,16 @@ def read(scores: Sequence[Mapping[str, Any]], info: Mapping[str, Any], *, n_boot
     encoders = [k.split("=", 1)[0] for k in info.get("encoders", [])]
     min_effect = float(info.get("min_effect", 0.01))
     contrasts = contrast_rows(scores, cohorts, encoders, n_boot=n_boot, min_effect=min_effect, endpoint=key)
-    primary = read_family(contrasts, encoders, min_effect=min_effect)
+    primary = read_family(contrasts, encoders)
     controls = control_faults(contrasts, min_effect=min_effect)
     plumbing = info.get("scale_name") == "quick"
-    faults = tuple(instrument_faults(contrasts, info.get("pilot") or {}, scores))
-    if plumbing or faults:  # no verdict at all: the numbers stay, the verbs go
-        for r in contrasts:
-            r["verdict"], r["why"] = (PLUMBING if plumbing else UNREADABLE), None
-    else:
+    faults = tuple(instrument_faults(info.get("pilot") or {}, scores))
+    if not (plumbing or faults):
         read_instruments(contrasts, runs, controls)
-    for r in contrasts:  # a reading that is not interpretable claims no bound either
-        if r["verdict"] in (PLUMBING, UNREADABLE, UNSHOWN):
+    for r in contrasts:
+        if plumbing or faults:  # no verdict at all: the numbers stay, the verbs go
+            r["verdict"], r["why"] = (PLUMBING if plumbing else UNREADABLE), None
+        if r["verdict"] in (PLUMBING, UNREADABLE, UNSHOWN):  # a reading not interpretable claims no bound either
             r["bound"] = NOT_READ
     return Reading(key, keys_of(scores, key), contrasts, primary, faults, controls, plumbing, min_effect,
                    class_rows(scores, classes))

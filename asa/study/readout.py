@@ -24,15 +24,13 @@ PLATEAU_TOL = 0.02
 PILOT_FLOOR = 0.1  # the pilot's best validation Dice (and the lesion classes', when named) under which it did not learn
 
 
-def pilot_budget(scores: Path, scale: Scale, cap: int | None = None, *,
-                 lesion_classes: Sequence[str] = ()) -> dict[str, Any]:
+def pilot_budget(scores: Path, scale: Scale, cap: int | None, *, lesion_classes: Sequence[str]) -> dict[str, Any]:
     """The pilot's curve (its run's ``scores``), whether it learned (best Dice at least `PILOT_FLOOR`: else no
     budget) and its budget."""
     record = json.loads(scores.read_text())
     curve = record["budget"].get("val_curve") or []
     lesion = pilot_lesion_curve(scores.parent, lesion_classes)
-    best = max((d for _, d in curve), default=0.0)
-    best_lesion = max((d for _, d in lesion), default=math.nan)
+    best, best_lesion = max((d for _, d in curve), default=0.0), max((d for _, d in lesion), default=math.nan)
     learned = best >= PILOT_FLOOR and (not lesion_classes or best_lesion >= PILOT_FLOOR)
     found = tables.converged_budget(curve)
     found["converged"] = found["converged"] and learned
@@ -51,8 +49,7 @@ def pilot_lesion_curve(run_dir: Path, classes: Sequence[str]) -> list[list[float
     """[step, mean validation Dice of ``classes``] per round of the pilot (empty without classes)."""
     if not classes:
         return []
-    series = tables.logged_series(run_dir, [f"val/dice_{c}" for c in classes])
-    rounds = [dict(series[f"val/dice_{c}"]) for c in classes]
+    rounds = [dict(s) for s in tables.logged_series(run_dir, [f"val/dice_{c}" for c in classes]).values()]
     return [[step, float(np.mean([r[step] for r in rounds]))] for step in sorted(set.intersection(*map(set, rounds)))]
 
 
@@ -102,8 +99,7 @@ def loss_plateau(losses: Sequence[float], *, tol: float = PLATEAU_TOL,
     to the next, and one point against the lowest of many reads a flat curve as falling."""
     if len(losses) < 4:
         return {"plateau": None, "loss_drop": math.nan, "loss_rise": math.nan, "tol": tol}
-    n = len(losses)
-    loss = np.asarray(losses, dtype=float)
+    n, loss = len(losses), np.asarray(losses, dtype=float)
     at = np.asarray(progress if progress is not None else [(i + 1) / n for i in range(n)], dtype=float)
     eighth = np.clip(np.ceil(np.round(8 * at / at[-1], 9)) - 1, 0, 7) if at[-1] > 0 else np.zeros(n)
     levels = {int(k): float(np.median(loss[eighth == k])) for k in np.unique(eighth)}

@@ -18,9 +18,6 @@ from asa.study.readings import (ALPHA, INCONCLUSIVE, KEYS, LESION_KEY, LEVEL, NO
                                 negative_small, read)
 from asa.study.tables import PLATEAU_TOL, Outputs, declared_order, svg_plot
 
-__all__ = ["write_report"]
-
-
 # how often a true effect of the printed MDE's size is detected, over the simulated designs of docs/studies.md
 # ("Power with replicated pretraining runs": the median printed MDE of each of its rows)
 PRINTED_MDE_POWER = (0.61, 0.82)
@@ -92,10 +89,10 @@ def _ci(values: Sequence[float]) -> str:
 
 def question_line(row: Mapping[str, Any], *, min_effect: float) -> str:
     """One answer: the question, N, the verdict, its bound and Δ; the other scores beside it as information."""
-    holm = "p_holm" in row and row["bound"] != NOT_READ  # its bound answers this contrast alone, not the family
     key = row["endpoint"]
     return (f"{row['question']} At N = {row['n']}: {reading(row, min_effect=min_effect)}; "
-            + ("its bound, this contrast alone (uncorrected): " if holm else "")
+            # read on Holm's p, its bound answers this contrast alone, not the family
+            + ("its bound, this contrast alone (uncorrected): " if "p_holm" in row and row["bound"] != NOT_READ else "")
             + f"{row['bound']} (Δ {row['endpoint_label']} {_ci(row[key])}"
             + (f"; Holm p = {row['p_holm']:.3f}" if "p_holm" in row else "") + ")"
             + "".join(f"; Δ {label} {_ci(row[k])} (shown, not read)" for k, label in (KEYS[0], LESION_KEY)
@@ -134,11 +131,10 @@ def family_lines(said: Reading) -> list[str]:
     text += (f"The primary question, named before the data: {primary['arm']} − {primary['reference']} at the "
              f"smallest N ({primary['n']}), read at {LEVEL} (its CI). " if primary is not None else
              "There is no primary question: no pretrained arm was scored against scratch. ")
-    if others:
-        text += (f"The other {len(others)} are exploratory: each is read on its interval's two-sided p after a Holm "
-                 f"correction across those {len(others)} (family-wise error {100 * ALPHA:g} %), the test of no effect "
-                 "across the family; its CI and its bound are shown uncorrected and answer that contrast alone, so one "
-                 "off 0 alone but not after Holm reads inconclusive. ")
+    text += (f"The other {len(others)} are exploratory: each is read on its interval's two-sided p after a Holm "
+             f"correction across those {len(others)} (family-wise error {100 * ALPHA:g} %), the test of no effect "
+             "across the family; its CI and its bound are shown uncorrected and answer that contrast alone, so one "
+             "off 0 alone but not after Holm reads inconclusive. " if others else "")
     return [text + (f"A contrast reads as an effect (a gain or a loss) only when it clears its bar and its estimate is "
                     f"at least the minimum effect, {min_effect:g} Dice (--min-effect); as no difference this study can "
                     f"detect only when its bound excludes a gain and a loss of {min_effect:g}; anything else is "
@@ -195,23 +191,20 @@ def draws_line(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) ->
              if isinstance(b.get("train"), str) and b["train"]}
     draws = sorted(set(Counter(arm for arm, _ in drawn).values()))
     runs = Counter(str(r["arm"]) for r in info.get("pretraining", []))
-    said = "Distinct labeled draws per arm: " + ('–'.join(map(str, draws)) if draws else
-                                                 "not recorded (runs scored before their cases were kept)")
-    said += "; pretraining runs per arm: " + (", ".join(f"{arm} {k}" for arm, k in runs.items()) if runs else "none")
-    if runs and max(runs.values()) == 1:
-        said += (" (one run each: the intervals carry labeled draws and test cases, not the spread between "
-                 "pretraining runs, so an answer is about these encoders more than about their method)")
-    return said + "."
+    return ("Distinct labeled draws per arm: " + ('–'.join(map(str, draws)) if draws else
+                                                  "not recorded (runs scored before their cases were kept)")
+            + "; pretraining runs per arm: " + (", ".join(f"{arm} {k}" for arm, k in runs.items()) if runs else "none")
+            + (" (one run each: the intervals carry labeled draws and test cases, not the spread between "
+               "pretraining runs, so an answer is about these encoders more than about their method)"
+               if runs and max(runs.values()) == 1 else "") + ".")
 
 
 def steps_phrase(runs: Sequence[Mapping[str, Any]], *, where: bool = True) -> str:
     """"pretraining 5 steps per run", or "pretraining 3–5 steps per run" (``where``: and where each run's is)."""
-    steps = sorted({int(r["steps"]) for r in runs})
-    if not steps:
+    if not (steps := sorted({int(r["steps"]) for r in runs})):
         return "no pretraining run"
-    return (f"pretraining {steps[0]} steps per run" if len(steps) == 1 else
-            f"pretraining {steps[0]}–{steps[-1]} steps per run"
-            + (" (each run's count in the pretraining table)" if where else ""))
+    return (f"pretraining {'–'.join(map(str, sorted({steps[0], steps[-1]})))} steps per run"
+            + (" (each run's count in the pretraining table)" if where and len(steps) > 1 else ""))
 
 
 def figures(info: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], said: Reading) -> dict[str, str]:
@@ -246,8 +239,7 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
     folder = out / "report"
     info = {**info, "pretraining": sorted(info.get("pretraining", []), key=declared_order)}  # not --arms' order
     said = read(scored.scores, info, n_boot=n_boot)
-    plots = figures(info, scored.rows, said)
-    contrasts, min_effect = said.contrasts, said.min_effect
+    plots, contrasts, min_effect = figures(info, scored.rows, said), said.contrasts, said.min_effect
     pilot, sc, checks, design = info.get("pilot") or {}, info["scale"], info["checks"], info.get("design")
     trained_on = ("each draw's own training part (the cases the arms draw N from, trained for the pilot's steps): it "
                   "shows that a better start on the same cases moves the fine-tuning, not transfer from other cases"
@@ -271,7 +263,9 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
     recipe = (f"Recipe: {info['recipe']} for every arm" + (f", the encoder at {info['encoder_lr_scale']} × the "
               "decoder's lr for every arm (pretrained or not)" if info["recipe"] == "adamw" else
               " (nnU-Net's PretrainedTrainer: 1e-3 for a network from a pretrained file, 1e-2 from scratch)") + ".")
-    overlap = checks["overlap"]
+    overlap = (f"Overlap of the pretraining cohort with the labeled cases: {'; '.join(checks['overlap']['lines'])}"
+               + (" — **accepted with --accept-overlap: these cases' scores are not held out.**"
+                  if checks["overlap"].get("accepted") else ""))
     top = (["**Plumbing check: no answer can come from this page.** The quick scale runs a few steps per run "
             f"({steps_phrase(info.get('pretraining', []), where=False)}, {info['steps']} fine-tuning steps per "
             "arm): it shows that every stage runs and writes its outputs, not whether pretraining helps, so no "
@@ -307,13 +301,8 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
         *([] if ordered else ["- No pretraining arm was scored."]), "",
         *([] if math.isnan(said.mde) else mde_line(said.primary, min_effect=min_effect)),
         "## The instruments", "",
-        *(f"- {line}" for line in [*controls, *flags]),
-        *([f"- {checks['cohort']}"] if "cohort" in checks else []),
-        f"- Overlap of the pretraining cohort with the labeled cases: {'; '.join(overlap['lines'])}" + (" — **accepted "
-        "with --accept-overlap: these cases' scores are not held out.**" if overlap.get("accepted") else ""),
-        *(f"- {line}" for line in [*checks["channels"], *checks.get("skull", [])]),
-        *([f"- {checks['supervised']}"] if "supervised" in checks else []),
-        *([f"- {budget}"] if budget else []), "",
+        *(f"- {line}" for line in [*controls, *flags, checks.get("cohort"), overlap, *checks["channels"],
+                                   *checks.get("skull", []), checks.get("supervised"), budget] if line), "",
         "## Contrasts", "", "Paired by N, seed and test case; 95 % CI: the crossed random-effects interval "
         "(asa.eval.random_effects); bootstrap CI: the seed × case percentile bootstrap of the endpoint "
         f"({n_boot} resamples), shown, not read; p: the interval's two-sided p of the endpoint, Holm's in "

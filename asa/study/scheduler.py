@@ -18,7 +18,7 @@ from asa.study.common import Clock
 
 STOP_MARGIN = 25.0  # seconds before the budget ends at which running units are told to save and stop
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-RUNNING: dict[subprocess.Popen, str] = {}  # every child process of this study, and its name
+RUNNING: dict[subprocess.Popen, tuple[Unit, float]] = {}  # every child process of this study: its unit, its start
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,16 +41,16 @@ class Unit:
     cases: int = 0
 
 
-def launch(unit: Unit) -> subprocess.Popen:
-    """Start ``unit`` in its own process group (a stop signal reaches the whole group), its output in its log."""
+def launch(unit: Unit) -> None:
+    """Start ``unit`` in its own process group (a stop signal reaches the whole group), its output in its log, and
+    keep it in `RUNNING`."""
     unit.log.parent.mkdir(parents=True, exist_ok=True)
     for path, content in unit.inputs:
         atomic_write_json(path, content)
     env = {**os.environ, **({k: str(unit.threads) for k in THREAD_VARS} if unit.threads else {})}
     with open(unit.log, "a") as log:
         proc = subprocess.Popen(list(unit.argv), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    RUNNING[proc] = unit.name
-    return proc
+    RUNNING[proc] = (unit, time.perf_counter())
 
 
 def signal_children(sig: int) -> None:
@@ -63,7 +63,7 @@ def signal_children(sig: int) -> None:
 
 def wait_children(timeout: float = 300.0) -> list[str]:
     """Wait for every child (SIGKILL to a group still running after ``timeout`` s); the names of those that ran."""
-    deadline, names = time.monotonic() + timeout, list(RUNNING.values())
+    deadline, names = time.monotonic() + timeout, [unit.name for unit, _ in RUNNING.values()]
     for proc in list(RUNNING):
         try:
             proc.wait(max(1.0, deadline - time.monotonic()))
@@ -89,36 +89,34 @@ def _raise_stopped(signum: int, frame: Any) -> None:
 def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, float]) -> bool:
     """Run the units not done, ``jobs`` at once; False when the budget ran out (SIGUSR1: save and stop)."""
     pending = [u for u in units if not u.done()]
-    running: dict[subprocess.Popen, tuple[Unit, float]] = {}
 
     def ready(unit: Unit) -> bool:  # none of the units it comes after is pending or running
-        return not set(unit.after) & {u.name for u in [*pending, *(u for u, _ in running.values())]}
+        return not set(unit.after) & {u.name for u in [*pending, *(u for u, _ in RUNNING.values())]}
 
     def stop_all() -> None:
         signal_children(signal.SIGUSR1)
-        for proc, (unit, started) in running.items():
+        for proc in list(RUNNING):
             proc.wait()
-            RUNNING.pop(proc, None)
+            unit, started = RUNNING.pop(proc)
             times[unit.name] = times.get(unit.name, 0.0) + time.perf_counter() - started
 
-    while pending or running:
-        while len(running) < max(1, jobs) and (unit := next((u for u in pending if ready(u)), None)):
+    while pending or RUNNING:
+        while len(RUNNING) < max(1, jobs) and (unit := next((u for u in pending if ready(u)), None)):
             if not clock.fits(STOP_MARGIN + (0.0 if unit.resumable else times.get(unit.name, 0.0) * 1.2)):
                 break
             pending.remove(unit)
             print(f"[study] {unit.name}: {shlex.join(unit.argv)} (log {unit.log})", flush=True)
-            running[launch(unit)] = (unit, time.perf_counter())
-        if not running:
+            launch(unit)
+        if not RUNNING:
             return False
         time.sleep(0.5)
-        for proc in [p for p in running if p.poll() is not None]:
-            unit, started = running.pop(proc)
-            RUNNING.pop(proc, None)
+        for proc in [p for p in RUNNING if p.poll() is not None]:
+            unit, started = RUNNING.pop(proc)
             times[unit.name] = times.get(unit.name, 0.0) + time.perf_counter() - started
             if proc.returncode != 0 or not unit.done():
                 stop_all()
                 raise SystemExit(f"[study] {unit.name} failed (exit {proc.returncode}): see {unit.log}")
-        if running and not clock.fits(STOP_MARGIN):
+        if RUNNING and not clock.fits(STOP_MARGIN):
             stop_all()
             return False
     return True

@@ -20,8 +20,7 @@ from asa.io import atomic_write_json
 from asa.study import probes, report, transfer
 from asa.study.arms import ARMS, PILOT, SCRATCH
 from asa.study.common import REFUSED, Clock, finished, machine, module_argv, refuse
-from asa.api.config import load_config
-from asa.study.cost import Costs
+from asa.study.cost import Costs, composed
 from asa.study.plan import (Pretraining, Supervised, finetune_arms, overlap_overrides,
                             pretraining_argv, supervised_overrides, supervised_splits)
 from asa.study.readout import pilot_budget, pilot_reading, pretraining_summary
@@ -129,17 +128,16 @@ class Pilot(FineTuning):
         found.times["runs"][PILOT] = found.times["runs"].get(unit.name, math.nan)  # the cost table's pilot row
         found.pilot = pilot_budget(run.scores_file, s.scale, s.budget_cap, lesion_classes=list(s.lesion_classes))
         atomic_write_json(s.out / "pilot.json", found.pilot)
-        if found.pilot["learned"]:
-            return None
-        line = (f"[study] the pilot did not learn the task: {pilot_reading(found.pilot)}; every contrast would be "
-                "noise, so the study stops before any pretraining (make the task learnable: more labeled cases, "
-                "--pilot-steps, a larger --crop; or pass --accept-unlearned to run it anyway, its report then reads "
-                "no answer)")
-        if not (s.accept_unlearned or s.scale_name == "quick"):  # the quick scale checks the plumbing, not the task
-            print(line, file=sys.stderr, flush=True)
-            return REFUSED
-        print(line.split(";")[0] + ("; the quick scale checks the plumbing: going on" if s.scale_name == "quick" else
-                                    "; --accept-unlearned: going on"), flush=True)
+        if not found.pilot["learned"]:
+            line = (f"[study] the pilot did not learn the task: {pilot_reading(found.pilot)}; every contrast would be "
+                    "noise, so the study stops before any pretraining (make the task learnable: more labeled cases, "
+                    "--pilot-steps, a larger --crop; or pass --accept-unlearned to run it anyway, its report then "
+                    "reads no answer)")
+            if not (s.accept_unlearned or s.scale_name == "quick"):  # the quick scale checks the plumbing, not the task
+                print(line, file=sys.stderr, flush=True)
+                return REFUSED
+            print(line.split(";")[0] + ("; the quick scale checks the plumbing: going on" if s.scale_name == "quick"
+                                        else "; --accept-unlearned: going on"), flush=True)
         return None
 
 
@@ -237,8 +235,7 @@ def run_stages(plan: StudyPlan, clock: Clock, times: dict[str, Any], times_file:
     written), `UNFINISHED` (the budget ended or a stage was left: rerun) or a stage's own."""
     s, found = plan.study, Findings(times=times)
     for stage in stages(s):
-        started = time.perf_counter()
-        units = stage.units(plan, found)
+        started, units = time.perf_counter(), stage.units(plan, found)  # its seconds count its planning
         if stage.said:
             print(stage.said, flush=True)
         before = {u.name: times["runs"].get(u.name, 0.0) for u in units}
@@ -268,16 +265,12 @@ def planned(plan: StudyPlan) -> list[tuple[Stage, list[Unit]]]:
 def check_configs(units: list[Unit]) -> None:
     """Compose and check every unit's config as its console script will (`asa.api.config.load_config`): a bad
     override is refused in one line naming the unit (exit 2) before anything trains. Units that differ only in
-    their folder and seed compose once."""
-    first: dict[tuple[str, tuple[str, ...]], Unit] = {}
+    their folder and seed compose once (`asa.study.cost.composed`)."""
     for unit in (u for u in units if u.config is not None):
-        entry, overrides = unit.config
-        first.setdefault((entry, tuple(o for o in overrides if not o.startswith(("output_dir=", "seed=")))), unit)
-    for (entry, _), unit in first.items():
         try:
-            load_config(entry, *unit.config[1])
+            composed(*unit.config)
         except ValueError as err:
-            refuse(f"[study] {unit.name}: its asa-{entry} config does not compose: {err}".replace("\n", " "))
+            refuse(f"[study] {unit.name}: its asa-{unit.config[0]} config does not compose: {err}".replace("\n", " "))
 
 
 def schedule_lines(plan: StudyPlan, stage_units: list[tuple[Stage, list[Unit]]], costs: Costs) -> list[str]:

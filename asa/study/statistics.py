@@ -113,12 +113,11 @@ def per_seed_differences(d: np.ndarray) -> list[float]:
 
 def metric_keys(scores: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
     """Score columns the table reports: Dice per class and mean, then HD95 and NSD per class and mean when scored."""
-    keys = [*(f"Dice_{c}" for c in names), "Dice_mean"]
-    keys += [LESION] if scores and all(LESION in s for s in scores) else []
-    for metric in ("HD95", "NSD"):
-        if scores and all(f"{metric}_mean" in s for s in scores):
-            keys += [*(f"{metric}_{c}" for c in names), f"{metric}_mean"]
-    return keys
+    def every(key: str) -> bool:  # the column is in every score row
+        return bool(scores) and all(key in s for s in scores)
+
+    return [*(f"Dice_{c}" for c in names), "Dice_mean", *([LESION] if every(LESION) else []),
+            *(k for m in ("HD95", "NSD") if every(f"{m}_mean") for k in (*(f"{m}_{c}" for c in names), f"{m}_mean"))]
 
 
 def delta_prefix(key: str) -> str:
@@ -133,11 +132,9 @@ def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], referen
     difference to ``reference``: its mean, the crossed random-effects CI (``_re_lo`` / ``_re_hi``,
     `asa.eval.random_effects.crossed_interval`), the seed × case bootstrap CI (`asa.eval.seed_case_bootstrap`),
     the case-only CI (per test case averaged over seeds, :func:`case_interval`) and the per-seed means."""
-    rows = []
-    keys = metric_keys(scores, names)
+    rows, keys = [], metric_keys(scores, names)
     for n, arm in itertools.product(sorted({int(s["n"]) for s in scores}), dict.fromkeys(s["arm"] for s in scores)):
-        mine = [s for s in scores if s["arm"] == arm and int(s["n"]) == n]
-        if not mine:
+        if not (mine := [s for s in scores if s["arm"] == arm and int(s["n"]) == n]):
             continue
         seeds = sorted({s["seed"] for s in mine})
         row: dict[str, Any] = {"arm": arm, "n": n, "seeds": len(seeds), "test_cases": len({s["case"] for s in mine})}

@@ -51,8 +51,6 @@ from asa.study.settings import Study
 from asa.study.cost import measure
 from asa.study.stages import StudyPlan, check_configs, planned, run_stages, schedule_lines
 
-__all__ = ["build_parser", "main"]
-
 
 # -------------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
@@ -176,12 +174,10 @@ def _dry_run(plan: StudyPlan, stage_units: list, cohort_cases: Sequence, cohorts
     with tempfile.TemporaryDirectory(prefix="asa-study-plan-") as scratch:
         moved = (write_cohorts(Path(scratch), cohort_cases, list(cohorts), study.seed, channels or ["t1"])
                  if cohorts and store is None else {})
-        costs = measure(every, study.device, {cohorts[n]: folder for n, folder in moved.items()})
-    lines = schedule_lines(plan, stage_units, costs)
-    if study.scale_name == "gpu" and "cuda" not in costs.device:
-        lines.insert(0, "[study] plan: --scale gpu on a machine without a GPU: the plan below is priced on this "
-                        "machine's CPU, not on the GPU the scale is for")
-    return lines
+        costs = measure(every, study.device, {str(cohorts[n]): str(folder) for n, folder in moved.items()})
+    warning = ["[study] plan: --scale gpu on a machine without a GPU: the plan below is priced on this machine's CPU, "
+               "not on the GPU the scale is for"] if study.scale_name == "gpu" and "cuda" not in costs.device else []
+    return warning + schedule_lines(plan, stage_units, costs)
 
 
 def _encoders(specs: Sequence[str]) -> dict[str, str]:

@@ -15,7 +15,7 @@ from asa.eval.plots import line_plot
 from asa.io import atomic_write_text
 from asa.study.arms import ARMS
 from asa.study.common import markdown_table as table, rows_csv
-from asa.study.statistics import LESION, delta_prefix, summarize
+from asa.study.statistics import LESION, delta_prefix, metric_keys, summarize
 
 PLATEAU_TOL = 0.05  # relative loss drop between the last two quarters of a run below which it has plateaued
 VAL_PLATEAU_TOL = 0.02  # spread (max − min) of validation Dice over a run's last 20 % within which it has plateaued
@@ -40,8 +40,7 @@ def logged_series(run_dir: Path, tags: Sequence[str]) -> dict[str, list[tuple[in
 
     if not (run_dir / "tb").is_dir():
         return {t: [] for t in tags}
-    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
-    events.Reload()
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0}).Reload()  # read, returns itself
     have = set(events.Tags()["scalars"])
     return {t: [(int(e.step), float(e.value)) for e in sorted(events.Scalars(t), key=lambda e: e.step)]
             if t in have else [] for t in tags}
@@ -88,34 +87,30 @@ def _arm(r: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
 def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str) -> str:
     """Table-4-shaped Markdown: arm × labeled cases, the scores ± sd over seeds, and Δ mean Dice vs ``reference``."""
     hd = any("HD95_mean" in r for r in rows)
-    nsd = all("NSD_mean" in r for r in rows)
-    lesion = all(LESION in r for r in rows)
+    nsd, lesion = all("NSD_mean" in r for r in rows), all(LESION in r for r in rows)
     head = ["arm", "labeled", *names, "mean", *(["lesion mean"] if lesion else []), *(["HD95 mean (mm)"] if hd else []),
             *(["NSD mean"] if nsd else []), "encoder zeroed", f"Δ mean vs {reference} [95 % CI, random effects]",
             "bootstrap CI (seeds × cases)", "Δ per seed", "case-only CI",
             *([f"Δ HD95 vs {reference} [95 % CI, random effects]"] if hd else [])]
-    lines = []
-    for r in rows:
-        def cell(key: str, digits: int = 3) -> str:  # ± sd over seeds, when there are several
-            return f"{r[key]:.{digits}f}" + ("" if math.isnan(sd := r[key + "_sd"]) else f" ± {sd:.{digits}f}")
 
-        lines.append([_arm(r, rows), str(r["n"]), *(cell(f"Dice_{c}") for c in names), cell("Dice_mean"),
-                      *([cell(LESION)] if lesion else []), *([cell("HD95_mean", 1)] if hd else []),
-                      *([cell("NSD_mean")] if nsd else []),
-                      "— (no encoder)" if math.isnan(r["Dice_mean_zeroed"])
-                      else f"{r['Dice_mean_zeroed']:.3f} (drop {r['encoder_drop']:+.3f})",
-                      *([_ci(r, "delta"), f"[{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}]",
-                         " ".join(f"{float(v):+.3f}" for v in r["delta_per_seed"].split()),
-                         f"[{r['delta_case_lo']:+.3f}, {r['delta_case_hi']:+.3f}]",
-                         *([_ci(r, "delta_HD95_mean", 1)] if hd else [])] if "delta" in r else ["—"] * (4 + hd))])
-    return table(head, lines)
+    def cell(r: Mapping[str, Any], key: str, digits: int = 3) -> str:  # ± sd over seeds, when there are several
+        return f"{r[key]:.{digits}f}" + ("" if math.isnan(sd := r[key + "_sd"]) else f" ± {sd:.{digits}f}")
+
+    return table(head, [[_arm(r, rows), str(r["n"]), *(cell(r, f"Dice_{c}") for c in names), cell(r, "Dice_mean"),
+                         *([cell(r, LESION)] if lesion else []), *([cell(r, "HD95_mean", 1)] if hd else []),
+                         *([cell(r, "NSD_mean")] if nsd else []),
+                         "— (no encoder)" if math.isnan(r["Dice_mean_zeroed"])
+                         else f"{r['Dice_mean_zeroed']:.3f} (drop {r['encoder_drop']:+.3f})",
+                         *([_ci(r, "delta"), f"[{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}]",
+                            " ".join(f"{float(v):+.3f}" for v in r["delta_per_seed"].split()),
+                            f"[{r['delta_case_lo']:+.3f}, {r['delta_case_hi']:+.3f}]",
+                            *([_ci(r, "delta_HD95_mean", 1)] if hd else [])] if "delta" in r else ["—"] * (4 + hd))]
+                        for r in rows])
 
 
 def class_differences_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], reference: str) -> str:
     """Markdown: per arm and N, every class's paired Δ to ``reference`` with its crossed random-effects 95 % CI."""
-    keys = ([f"Dice_{c}" for c in names] + ([LESION] if all(LESION in r for r in rows) else [])
-            + ([f"HD95_{c}" for c in names] if any("HD95_mean" in r for r in rows) else [])
-            + ([f"NSD_{c}" for c in names] + ["NSD_mean"] if all("NSD_mean" in r for r in rows) else []))
+    keys = [k for k in metric_keys(rows, names) if k not in ("Dice_mean", "HD95_mean")]  # the main table has these two
     head = ["arm", "labeled", *(f"Δ {k.replace('_', ' ')}" + (" (mm)" if k.startswith("HD95") else "") for k in keys)]
     return table(head, [[_arm(r, rows), str(r["n"])] + [_ci(r, delta_prefix(k), 1 if k.startswith("HD95") else 3)
                                                          for k in keys] for r in rows if "delta" in r])
@@ -187,8 +182,7 @@ CURVE_HEAD = "val Dice at " + " / ".join(f"{f:.0%}" for f in CURVE_FRACTIONS) + 
 
 def curve_cell(runs: Sequence[Mapping[str, Any]]) -> str:
     """The mean validation Dice of runs of one arm and N at the round nearest each of `CURVE_FRACTIONS`."""
-    curves = [r["val_curve"] for r in runs if r.get("val_curve")]
-    if not curves:
+    if not (curves := [r["val_curve"] for r in runs if r.get("val_curve")]):
         return "—"
     points = [np.mean([c[min(len(c) - 1, max(0, round(f * len(c)) - 1))][1] for c in curves]) for f in CURVE_FRACTIONS]
     return " / ".join(f"{x:.3f}" for x in points)
@@ -266,8 +260,7 @@ def write_outputs(scores: Sequence[Mapping[str, Any]], names: Sequence[str], ref
         atomic_write_text(out / "runs.csv", rows_csv(budgets))
     if undone:
         md = f"**Partial: {undone} run(s) not trained yet** (rerun the same command to continue).\n\n" + md
-    atomic_write_text(out / "scores.csv", rows_csv(scores))
-    atomic_write_text(out / "transfer.csv", rows_csv(rows))
-    atomic_write_text(out / "transfer.md", md)
-    atomic_write_text(out / "dice_vs_cases.svg", svg_plot(rows))
+    for name, text in (("scores.csv", rows_csv(scores)), ("transfer.csv", rows_csv(rows)), ("transfer.md", md),
+                       ("dice_vs_cases.svg", svg_plot(rows))):
+        atomic_write_text(out / name, text)
     return Outputs(scores, rows, budgets, md)

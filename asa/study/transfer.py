@@ -251,8 +251,7 @@ def score_main(spec_file: str) -> None:
     spec = json.loads(Path(spec_file).read_text())
     tuples = ("train", "overrides", "val", "test", "supervised_trained")
     runs = [Run(**{**r, "run_dir": Path(r["run_dir"]), **{k: tuple(r[k]) for k in tuples}}) for r in spec["runs"]]
-    left = [r for r in runs if not r.scores_file.is_file()]
-    if not left:
+    if not (left := [r for r in runs if not r.scores_file.is_file()]):
         return
     data = compose_config("finetune", [o for o in left[0].overrides if o.startswith(("data=", "data.root="))]).data
     root, layout = dataset_root(data)

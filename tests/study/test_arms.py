@@ -54,7 +54,7 @@ def test_a_toy_arm_declared_once_is_planned_fine_tuned_asked_and_read_as_the_pri
     toy_rows = [r for r in rows if r["encoder_arm"] == "toy"]
     assert [(r["arm"], r["reference"]) for r in toy_rows] == [("toy-c4", "scratch"), ("toy-c4", "mae-c4")]
     assert toy_rows[0]["Dice_mean"][0] == pytest.approx(0.08)
-    primary = readings.read_family(rows, min_effect=0.01)
+    primary = readings.read_family(rows)
     assert (primary["arm"], primary["reference"], primary["question"]) == (
         "toy-c4", "scratch", "does the toy pretraining help? (toy − scratch)")
     assert TOY.cell == ("attentive", False)  # the factorial reads it with asa's cell

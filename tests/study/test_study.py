@@ -162,12 +162,12 @@ def test_verdicts_follow_the_ci_and_failed_instruments_are_named():
                                 [4], n_boot=200)
     by_arm = {r["arm"]: r for r in rows}
     assert by_arm["supervised"]["verdict"] == "helped" and by_arm["supervised"]["Dice_mean"][0] == pytest.approx(0.1)
-    assert readings.instrument_faults(rows, {"test": {"lesion": 0.7}}) == []  # the controls fail one kind of reading
+    assert readings.instrument_faults({"test": {"lesion": 0.7}}) == []  # the controls fail one kind of reading
     assert readings.control_faults(rows, min_effect=0.01) == {
         "nulls": {}, "gains": {2: "the negative control is not shown small: a gain over scratch may be the recipe's"}}
     flat = readings.contrast_rows(_scores(0.0, "supervised", spread=0.02), [], n_boot=200)
     assert flat[0]["verdict"] == "inconclusive"  # its CI holds 0 and its bound allows a gain of the minimum effect
-    faults = readings.instrument_faults(flat, {"test": {"lesion": 0.05}})
+    faults = readings.instrument_faults({"test": {"lesion": 0.05}})
     assert len(faults) == 1 and "does not learn the task" in faults[0]
     assert readings.control_faults(flat, min_effect=0.01)["nulls"] == {2: "the positive control did not move"}
 

@@ -144,18 +144,18 @@ def test_holm_on_hand_computed_p_values():
                 "Dice_mean": [value, value / 2, 2 * value], "verdict": "helped", "why": None}
 
     rows = [row("asa-c4", 0.5), row("mae-c4", 0.01), row("x", 0.02), row("y", 0.03)]
-    primary = readings.read_family(rows, min_effect=0.01)
+    primary = readings.read_family(rows)
     assert primary is rows[0] and rows[0]["verdict"] == "helped" and "p_holm" not in rows[0]  # read at 95 % alone
     assert [r["p_holm"] for r in rows[1:]] == pytest.approx([0.03, 0.04, 0.04])
     assert all(r["verdict"] == "helped" for r in rows)
     rows = [row("mae-c4", 0.2), row("x", 0.02), row("y", 0.03)]  # mae is primary (no asa); x and y: m = 2
-    readings.read_family(rows, min_effect=0.01)
+    readings.read_family(rows)
     assert [r["p_holm"] for r in rows[1:]] == pytest.approx([0.04, 0.04])
     rows = [row("mae-c4", 0.2), row("x", 0.01), row("y", 0.03), row("z", 0.02)]  # m = 3: y's 0.03 × 1 -> 0.04
-    readings.read_family(rows, min_effect=0.01)
+    readings.read_family(rows)
     assert [r["p_holm"] for r in rows[1:]] == pytest.approx([0.03, 0.04, 0.04])
     rows = [row("mae-c4", 0.2), row("x", 0.01), row("y", 0.02), row("z", 0.021), row("w", 0.5)]  # m = 4
-    readings.read_family(rows, min_effect=0.01)  # 0.01 × 4, 0.02 × 3, 0.021 × 2 = 0.042 -> 0.06 (non-decreasing)
+    readings.read_family(rows)  # 0.01 × 4, 0.02 × 3, 0.021 × 2 = 0.042 -> 0.06 (non-decreasing)
     assert [r["p_holm"] for r in rows[1:]] == pytest.approx([0.04, 0.06, 0.06, 0.5])
     assert [r["verdict"] for r in rows[1:]] == ["helped", "inconclusive", "inconclusive", "inconclusive"]
     assert rows[2]["why"] == "holm" and "Holm p = 0.060" in report.reading(rows[2], min_effect=0.01)
@@ -452,7 +452,7 @@ def test_under_holm_each_line_says_which_question_it_answers():
                 "bound": "gains below +0.038 excluded"}
 
     rows = [row("asa-c4", 0.5), row("mae-c4", 0.01), row("x", 0.069)]
-    readings.read_family(rows, min_effect=0.01)  # m = 2 besides the primary: 0.01 × 2, 0.069 × 1
+    readings.read_family(rows)  # m = 2 besides the primary: 0.01 × 2, 0.069 × 1
     assert [r["p_holm"] for r in rows[1:]] == pytest.approx([0.02, 0.069])
     assert (rows[2]["verdict"], rows[2]["why"]) == ("inconclusive", "holm") and rows[1]["verdict"] == "helped"
     line = report.question_line(rows[2], min_effect=0.01)
