@@ -15,9 +15,11 @@
 #                                 copies) and its fp32 residual stream (fp32_stream), each step's CUDA time by kernel
 #                                 family for eager and copies, and 200 same-seed steps' losses of each
 #                                 (benchmarks.compile_ab)
-#   study.json                    only with PARTS="install study", a window of its own: asa-study --scale gpu on the
-#                                 planted bed
-#                                 (its report.json; its times.json where its budget ended first)
+#   side_by_side.json, study_plan.txt, study.json
+#                                 only with PARTS="install side_by_side study", a window of its own: the gpu scale's
+#                                 units side by side, the study's plan on the device and asa-study --scale gpu on the
+#                                 planted bed at the units at once measured best (its report.json; its times.json
+#                                 where its budget ended first)
 #   window.json                   every part's exit code and seconds, the device, the total (after each part)
 #   logs.tgz                      every part's log (after each part)
 #
@@ -127,20 +129,35 @@ done
 part swvit_step "$LIMIT_STEP" "$PY" -m benchmarks.compile_ab --amp "$AMP" --variants copies fp32_stream \
     --device "$DEVICE" --json "$OUT/swvit_step.json" "${STEP[@]}"
 
-# the whole asa-study at --scale gpu on the planted bed, a window of its own (PARTS="install study"; docs/studies.md,
-# "The planted yes to plateau"): the bed written, the study within its budget, its report's JSON (else its times) in OUT
-if [[ " ${PARTS:-} " == *" study "* ]]; then
+# the study's window of its own (PARTS="install side_by_side study"; docs/studies.md, "The planted yes to plateau"):
+# the planted bed written; side_by_side: 1, 4, 8 and 16 of its fine-tuning units at once (benchmarks.side_by_side),
+# each for SBS_SECONDS (default 60), side_by_side.json in OUT; study: the dry run's plan on this device
+# (study_plan.txt) and asa-study --scale gpu with as many units at once as gave the greatest total (else its own
+# choice), within what is left of WINDOW seconds (default 540), its report.json (else its times.json) in OUT
+if [[ " ${PARTS:-} " == *" side_by_side "* || " ${PARTS:-} " == *" study "* ]]; then
     if [ -n "$DRY" ]; then BED="--cases 6 --size 32"; LABELED="--cases 10 --size 32"; SCALE="--quick"; LIMIT_STUDY=1800
-    else BED="--cases 40 --size 48"; LABELED="--cases 40 --size 48"; SCALE="--scale gpu"; LIMIT_STUDY=560; fi
-    export PY WORK OUT DEVICE BED LABELED SCALE
-    part study "$LIMIT_STUDY" bash -c '
-        planted=(--anatomy --lesions --placement planted)
-        "$PY" -m asa.cli.demo_data --layout bids "${planted[@]}" --contrasts t1 t1ce t2 flair --out "$WORK/bed/cohort" \
-            $BED & "$PY" -m asa.cli.demo_data --layout msd "${planted[@]}" --out "$WORK/bed/labeled" $LABELED & wait
-        "$PY" -m asa.cli.study --pretrain-data "$WORK/bed/cohort" --data msd --root "$WORK/bed/labeled" $SCALE \
-            --arms mae asa noise supervised --lesion-classes heterotopia --device "$DEVICE" --out "$WORK/study"
-        code=$?
-        cp "$WORK/study/report/report.json" "$OUT/study.json" 2>/dev/null || cp "$WORK/study/times.json" "$OUT/study.json"
-        exit $code'
+        UNITS="1 2"; SBS=(--size tiny --seconds "${SBS_SECONDS:-3}" --warmup 3); LIMIT_SBS=300
+    else BED="--cases 40 --size 48"; LABELED="--cases 40 --size 48"; SCALE="--scale gpu"; LIMIT_STUDY=560
+        UNITS="1 4 8 16"; SBS=(--seconds "${SBS_SECONDS:-60}"); LIMIT_SBS=$(( 4 * (${SBS_SECONDS:-60} + 45) ))
+    fi
+    PARTS="$PARTS bed study_plan"  # what side_by_side and study both need
+    planted=(--anatomy --lesions --placement planted)
+    part bed 120 bash -c "\"$PY\" -m asa.cli.demo_data --layout bids ${planted[*]} --contrasts t1 t1ce t2 flair \
+        --out \"$WORK/bed/cohort\" $BED & \"$PY\" -m asa.cli.demo_data --layout msd ${planted[*]} \
+        --out \"$WORK/bed/labeled\" $LABELED & wait -n && wait -n"
+    part side_by_side "$LIMIT_SBS" "$PY" -m benchmarks.side_by_side --data "$WORK/bed/labeled" --units $UNITS \
+        --device "$DEVICE" --json "$OUT/side_by_side.json" --work "$WORK/side_by_side" "${SBS[@]}"
+    JOBS=()
+    [ -f "$OUT/side_by_side.json" ] && JOBS=(--jobs "$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["best_units"])' "$OUT/side_by_side.json")")
+    study=(--pretrain-data "$WORK/bed/cohort" --data msd --root "$WORK/bed/labeled" $SCALE --arms mae asa noise supervised
+           --lesion-classes heterotopia --device "$DEVICE" --threads 1 "${JOBS[@]}" --out "$WORK/study")
+    part study_plan 120 bash -c '"$0" -m asa.cli.study "$@" --dry-run > "'"$OUT"'/study_plan.txt" 2>&1' "$PY" "${study[@]}"
+    left=$(( ${WINDOW:-540} - ($(date +%s) - start) - 30 ))
+    if [ "$left" -gt 30 ] || [ -n "$DRY" ]; then
+        [ -n "$DRY" ] || study+=(--time-budget "$left")
+        part study "$LIMIT_STUDY" bash -c '"$0" -m asa.cli.study "$@"; code=$?
+            cp "'"$WORK"'/study/report/report.json" "'"$OUT"'/study.json" 2>/dev/null ||
+                cp "'"$WORK"'/study/times.json" "'"$OUT"'/study.json"; exit $code' "$PY" "${study[@]}"
+    fi
 fi
 echo "gpu_window: done in $(( $(date +%s) - start )) s; figures in $OUT"
