@@ -4,7 +4,9 @@
 multi-process service, separate processes' kernels take turns on the device, so a unit that is fast alone may be
 slow beside others. This measures it on the real unit: for each K of ``--units``, K processes each run the study's
 fine-tuning job (`asa.api.finetune` with the overrides a ``--scale gpu`` transfer unit runs with: ResEnc S, 32³
-crops, one torch thread, no loader workers, constant lr, no validation inside the window), started together.
+crops, one torch thread, no loader workers, constant lr, its log cadence; its split: ``--train-cases`` labeled
+cases, the gpu scale's N, so one step an epoch as in the study, and 4 validation cases, no round inside the window),
+started together.
 
 Each process records the wall-clock start of every training step (`asa.train.Engine._train_step`, wrapped for the
 run only). Once every process has taken ``--warmup`` steps, the parent opens one common window of ``--seconds``;
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -79,6 +82,7 @@ def _worker(args: argparse.Namespace) -> None:
 
     from asa.api import finetune
     from asa.api.config import compose_config
+    from asa.data import discover
     from asa.train.engine import Engine
 
     starts: list[float] = []
@@ -99,9 +103,17 @@ def _worker(args: argparse.Namespace) -> None:
         return real_step(engine, run, batches)
 
     Engine._train_step = step
-    cfg = compose_config("finetune", [*UNIT, f"data.root={args.data}", f"model.size={args.size}", f"device={args.device}",
-                                      f"seed={args.index}", f"output_dir={folder / f'unit-{args.index}'}"])
+    cfg = compose_config("finetune", [*UNIT, f"data.root={args.data}", f"model.size={args.size}",
+                                      f"device={args.device}", f"seed={args.index}",
+                                      f"output_dir={folder / f'unit-{args.index}'}", "resume=false"])
     result = {"batch": int(cfg.trainer.batch_size)}
+    run = folder / f"unit-{args.index}"
+    run.mkdir()
+    ids = [c.id for c in discover("msd", args.data, validate="none")]
+    drawn = random.Random(args.index).sample(ids, len(ids))  # each unit its own draw, as the study's
+    n = args.train_cases
+    (run / "splits.json").write_text(json.dumps({"train": drawn[:n], "val": drawn[n:n + 4], "test": drawn[n + 4:],
+                                                 "dataset": "msd", "seed": args.index}))
     try:
         finetune(cfg)
         result["error"] = "the run ended before the window closed"
@@ -129,7 +141,8 @@ def run_k(k: int, args: argparse.Namespace, root: Path) -> tuple[list[dict], flo
     folder = root / f"k{k}"
     folder.mkdir(parents=True)
     cmd = [sys.executable, "-m", "benchmarks.side_by_side", "--worker", "--data", str(args.data), "--size", args.size,
-           "--device", args.device, "--warmup", str(args.warmup), "--work", str(folder)]
+           "--device", args.device, "--warmup", str(args.warmup), "--work", str(folder),
+           "--train-cases", str(args.train_cases)]
     logs = [open(folder / f"unit-{i}.log", "w") for i in range(k)]
     procs = [subprocess.Popen([*cmd, "--index", str(i)], stdout=logs[i], stderr=subprocess.STDOUT) for i in range(k)]
     launched = time.time()
@@ -162,7 +175,7 @@ def run_k(k: int, args: argparse.Namespace, root: Path) -> tuple[list[dict], flo
     for i in range(k):
         path = folder / f"times-{i}.json"
         if not path.exists():
-            raise SystemExit(f"side_by_side: unit {i} of {k} wrote no {path.name} (its log: {folder / f'unit-{i}.log'})")
+            raise SystemExit(f"side_by_side: unit {i} of {k} wrote no {path.name} (its log: {folder}/unit-{i}.log)")
         units.append(json.loads(path.read_text()))
         if "error" in units[-1]:
             raise SystemExit(f"side_by_side: unit {i} of {k}: {units[-1]['error']} (raise trainer.epochs)")
@@ -172,11 +185,14 @@ def run_k(k: int, args: argparse.Namespace, root: Path) -> tuple[list[dict], flo
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.side_by_side", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="an MSD-layout labeled folder (asa-demo-data --layout msd)")
-    p.add_argument("--units", type=int, nargs="+", default=[1, 4, 8, 16], help="units at once, in turn (default 1 4 8 16)")
+    p.add_argument("--units", type=int, nargs="+", default=[1, 4, 8, 16],
+                   help="units at once, in turn (default 1 4 8 16)")
     p.add_argument("--seconds", type=float, default=60.0, help="the common window of each K (default 60)")
     p.add_argument("--warmup", type=int, default=20, help="steps every unit takes before the window opens (default 20)")
     p.add_argument("--start-limit", type=float, default=180.0,
                    help="seconds the units may take to reach --warmup steps (default 180)")
+    p.add_argument("--train-cases", type=int, default=2,
+                   help="labeled training cases of each unit (default 2, the gpu scale's N)")
     p.add_argument("--size", default="S", help="model.size of the ResEnc (default S, the gpu scale's)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--json", type=Path, help="write the rows here")
@@ -191,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if bad := [k for k in args.units if k < 1]:
         p.error(f"--units {' '.join(map(str, bad))}: expected at least 1")
-    if args.seconds <= 0 or args.warmup < 1:
-        p.error("--seconds must be above 0 and --warmup at least 1")
+    if args.seconds <= 0 or args.warmup < 1 or args.train_cases < 1:
+        p.error("--seconds must be above 0, --warmup and --train-cases at least 1")
     if not (args.data / "dataset.json").is_file():
         p.error(f"--data {args.data}: expected an MSD-layout folder with a dataset.json")
     with tempfile.TemporaryDirectory(prefix="asa-sbs-") as tmp:
@@ -207,9 +223,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"({row['samples_per_s_unit']['least']:.2f}-{row['samples_per_s_unit']['most']:.2f}), "
                   f"{row['samples_per_s_total']:8.2f} together"
                   + (f", {row['speedup']:.2f}x one alone" if "speedup" in row else "")
-                  + (f", GPU busy {device['gpu_utilisation_percent']} %" if "gpu_utilisation_percent" in device else ""),
+                  + (f", GPU busy {device['gpu_utilisation_percent']} %" if "gpu_utilisation_percent" in device
+                     else ""),
                    flush=True)
-    doc = {"device": _smi("name,driver_version", "gpu") or args.device, "unit": list(UNIT) + [f"model.size={args.size}"],
+    doc = {"device": _smi("name,driver_version", "gpu") or args.device,
+           "unit": [*UNIT, f"model.size={args.size}", f"train cases {args.train_cases}, 4 validation cases"],
            "seconds": args.seconds, "warmup_steps": args.warmup, "rows": rows, "best_units": best_units(rows)}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

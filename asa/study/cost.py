@@ -104,10 +104,13 @@ def validation_rounds(entry: str, overrides: Sequence[str], steps: int) -> int:
 
 def time_unit(unit: Unit, moved: Mapping[str, str], steps: int = TIMED_STEPS) -> StepCost:
     """Run ``unit``'s script for ``steps`` steps (at most its own) in a scratch folder, a validation round in the
-    middle; read each step's time off its log (`train/samples_per_s`, one window a step). ``moved``: folders the
-    unit reads that planning did not write (a dry run) -> where they were written for this measurement."""
+    middle; read the steps' time off its log (`train/samples_per_s`, one window of a sixth of the steps, as a unit
+    logs a window of steps: a logging step's extra work, a host sync and the relative update on a GPU, is shared as
+    in the unit, not paid at every step). ``moved``: folders the unit reads that planning did not write (a dry
+    run) -> where they were written for this measurement."""
     entry, overrides = unit.config
     steps = max(2, min(steps, unit.steps))
+    window = max(1, steps // 6)  # steps a logged window holds: the first window (warm-up) and the round's apart
     kept = [functools.reduce(lambda o, m: o.replace(*m), moved.items(), o) for o in overrides
             if o.split("=", 1)[0].lstrip("+") not in RUN_KEYS]
     threads = torch.get_num_threads()
@@ -117,8 +120,8 @@ def time_unit(unit: Unit, moved: Mapping[str, str], steps: int = TIMED_STEPS) ->
         for content in (c for path, c in unit.inputs if path.name == "splits.json"):  # its own cases, where named
             (out / "splits.json").write_text(json.dumps(content))
         cfg = load_config(entry, *kept, f"output_dir={out}", "resume=false", "trainer.epochs=1000000",
-                          f"trainer.max_steps={steps}", "trainer.log_every=1", f"trainer.val_every_steps={steps // 2}",
-                          "trainer.ckpt_every=0", "trainer.progress=false")
+                          f"trainer.max_steps={steps}", f"trainer.log_every={window}",
+                          f"trainer.val_every_steps={steps // 2}", "trainer.ckpt_every=0", "trainer.progress=false")
         started = time.perf_counter()
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -130,10 +133,12 @@ def time_unit(unit: Unit, moved: Mapping[str, str], steps: int = TIMED_STEPS) ->
         val = json.loads((out / "splits.json").read_text()).get("val", [])
         scored = _score_seconds(cfg, out, val[0]) if entry == "finetune" and val else math.nan
     torch.set_num_threads(threads)
-    seconds = [int(cfg.trainer.batch_size) * int(cfg.trainer.accum_steps) / r for r in rates]
-    step = statistics.median(seconds[1:])
-    # the first step (warm-up) counts with the start; the window holding the middle round is the slowest
-    return StepCost(fixed=max(0.0, wall - sum(seconds[1:]) - step), step=step, round=max(seconds[1:]) - step,
+    per_step = [int(cfg.trainer.batch_size) * int(cfg.trainer.accum_steps) / r for r in rates]  # in each window
+    held = [min(window, steps - k * window) for k in range(len(rates))]  # each window's steps (the last: the rest)
+    step = statistics.median(per_step[1:])
+    extra = [n * (s - step) for n, s in zip(held, per_step)]  # a window's time beyond its steps at the median
+    # the first window (warm-up) counts with the start; the window holding the middle round is the slowest
+    return StepCost(fixed=max(0.0, wall - steps * step - sum(extra[1:])), step=step, round=max(extra[1:]),
                     val_cases=len(val), score=scored)
 
 

@@ -85,8 +85,9 @@ SCALES = {
     "quick": Scale(crop=32, pretrain_steps=4, pilot_steps=12, cases=(2,), seeds=(0, 1), test=16, val=2, supervised=2,
                    resenc="tiny", swvit="tiny", folds=2, repeats=1, min_scored=0, pretrain_runs=2),
 }
-# GPU memory of a unit at the gpu scale (ResEnc S, 32³, its CUDA context): an estimate the window checks
-UNIT_GIB = 3.0
+# GPU memory of a unit at the gpu scale (ResEnc S, 32³, its CUDA context): 0.79 GiB a process measured on one H200
+# with 1-16 units at once (benchmarks.side_by_side, BENCHMARKS.md "Fine-tuning units side by side"), and some room
+UNIT_GIB = 1.0
 
 
 def units_at_once(threads: int | None, workers: int, memory_gib: float | None, cores: int) -> int:

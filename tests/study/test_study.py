@@ -851,7 +851,7 @@ def test_the_gpu_scale_plans_the_whole_study_for_one_window_and_runs_nothing(tmp
     assert (gpu.pilot_steps, gpu.pretrain_steps, gpu.resenc) == (1200, 480, "S")  # the window's design
     assert not out.exists()  # a dry run writes nothing
     # on one H100 (80 GiB, 16 cores): 16 units at once
-    assert units_at_once(1, 0, 80.0, 16) == 16 and units_at_once(1, 0, 40.0, 16) == 13 and units_at_once(2, 0, None, 16) == 8
+    assert units_at_once(1, 0, 80.0, 16) == 16 and units_at_once(1, 0, 10.5, 16) == 10 and units_at_once(2, 0, None, 16) == 8
 
 
 def test_every_scale_cross_validates_a_small_labeled_set(data):
