@@ -77,9 +77,9 @@ part() {  # NAME LIMIT_S command...: run with a time limit, its output in LOGS/N
 }
 
 if [ -n "${ASA_WHEELS:-}" ]; then  # offline: the wheels folder and what is installed; no build isolation
-    part install 50 "$PY" -m pip install -q --no-index --find-links "$ASA_WHEELS" --no-build-isolation -e .
+    part install 50 "$PY" -m pip install -q --no-index --find-links "$ASA_WHEELS" --no-build-isolation -e ".[anatomy]"
 elif [ -z "$DRY" ]; then
-    part install 50 "$PY" -m pip install -q -e .
+    part install 50 "$PY" -m pip install -q -e ".[anatomy]"
 fi
 
 if [ -n "$DRY" ]; then  # toy sizes on the CPU: every part, its command and its JSON, in a few CPU-minutes
