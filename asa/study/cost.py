@@ -134,12 +134,18 @@ def time_unit(unit: Unit, moved: Mapping[str, str], steps: int = TIMED_STEPS) ->
         scored = _score_seconds(cfg, out, val[0]) if entry == "finetune" and val else math.nan
     torch.set_num_threads(threads)
     per_step = [int(cfg.trainer.batch_size) * int(cfg.trainer.accum_steps) / r for r in rates]  # in each window
-    held = [min(window, steps - k * window) for k in range(len(rates))]  # each window's steps (the last: the rest)
+    return StepCost(*window_costs(per_step, window, steps, wall), val_cases=len(val), score=scored)
+
+
+def window_costs(per_step: Sequence[float], window: int, steps: int, wall: float) -> tuple[float, float, float]:
+    """(start and end, a step, a validation round) in seconds, from a timed run of ``steps`` steps that took ``wall``
+    and logged ``per_step`` seconds a step in each window of ``window`` steps (the last window: the steps left). The
+    step is the median of the windows after the first; the first window's time beyond it (warm-up) counts with the
+    start, and the slowest later window's, which holds the middle round, is the round."""
+    held = [min(window, steps - k * window) for k in range(len(per_step))]
     step = statistics.median(per_step[1:])
-    extra = [n * (s - step) for n, s in zip(held, per_step)]  # a window's time beyond its steps at the median
-    # the first window (warm-up) counts with the start; the window holding the middle round is the slowest
-    return StepCost(fixed=max(0.0, wall - steps * step - sum(extra[1:])), step=step, round=max(extra[1:]),
-                    val_cases=len(val), score=scored)
+    extra = [n * (s - step) for n, s in zip(held, per_step)]
+    return max(0.0, wall - steps * step - sum(extra[1:])), step, max(extra[1:])
 
 
 def _score_seconds(cfg: Any, run_dir: Path, case: str) -> float:

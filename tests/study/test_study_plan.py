@@ -14,7 +14,7 @@ import torch
 
 from asa.data.synthetic.demo import write_demo_dataset
 from asa.study import study
-from asa.study.cost import Costs, StepCost, validation_rounds
+from asa.study.cost import Costs, StepCost, validation_rounds, window_costs
 from asa.study.scheduler import Unit
 from asa.study.stages import _makespan
 
@@ -109,6 +109,16 @@ def test_a_dry_run_prices_the_transfer_stage_at_the_budget_cap(tmp_path, capsys,
         (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[study] plan: transfer:")]
         assert f" unit(s) of {steps} steps, " in line  # the pilot's length, or the cap where that is shorter
     assert not (tmp_path / "out").exists()
+
+
+def test_a_timed_run_is_read_in_logged_windows_the_warm_up_with_the_start_the_slowest_the_round():
+    # 22 steps logged 4 at a time (the last window: 2): warm-up in the first, the middle round in the fourth
+    per_step = [0.5, 0.2, 0.2, 0.45, 0.2, 0.25]
+    wall = 3.0 + 22 * 0.2 + 4 * 0.3 + 4 * 0.25 + 2 * 0.05  # start and end 3 s, the steps, the windows' extra
+    fixed, step, round_ = window_costs(per_step, 4, 22, wall)
+    assert step == 0.2 and fixed == pytest.approx(3.0 + 4 * 0.3) and round_ == pytest.approx(1.0)
+    # a window a step (the dry run's unit of 2-11 steps): the first step with the start, the slowest the round
+    assert window_costs([1.0, 0.2, 0.7, 0.2], 1, 4, 5.0) == pytest.approx((3.7, 0.2, 0.5))
 
 
 def test_a_unit_s_planned_seconds_are_its_start_steps_and_validation_rounds():
