@@ -142,14 +142,15 @@ if [[ " ${PARTS:-} " == *" side_by_side "* || " ${PARTS:-} " == *" study "* ]]; 
     fi
     PARTS="$PARTS bed study_plan"  # what side_by_side and study both need
     planted=(--anatomy --lesions --placement planted)
-    rm -rf "$WORK/bed"  # the window's own folder: a rerun on the same machine writes it afresh
+    rm -rf "$WORK/bed" "$WORK/side_by_side"  # the window's own folders: a rerun on the same machine writes them afresh
     part bed 120 bash -c "\"$PY\" -m asa.cli.demo_data --layout bids ${planted[*]} --contrasts t1 t1ce t2 flair \
         --out \"$WORK/bed/cohort\" $BED & \"$PY\" -m asa.cli.demo_data --layout msd ${planted[*]} \
         --out \"$WORK/bed/labeled\" $LABELED & wait -n && wait -n"
     part side_by_side "$LIMIT_SBS" "$PY" -m benchmarks.side_by_side --data "$WORK/bed/labeled" --units $UNITS \
-        --device "$DEVICE" --json "$OUT/side_by_side.json" --work "$WORK/side_by_side" --best "${SBS[@]}"
-    JOBS=()  # the units at once of the greatest total, the side-by-side log's last line
-    [ -f "$OUT/side_by_side.json" ] && JOBS=(--jobs "$(tail -n 1 "$LOGS/side_by_side.log")")
+        --device "$DEVICE" --json "$OUT/side_by_side.json" --work "$WORK/side_by_side" "${SBS[@]}"
+    JOBS=()  # the units at once of the greatest total, from side_by_side.json
+    [ -f "$OUT/side_by_side.json" ] && JOBS=(--jobs "$("$PY" -c 'import json, sys
+print(json.load(open(sys.argv[1]))["best_units"])' "$OUT/side_by_side.json")")
     study=(--pretrain-data "$WORK/bed/cohort" --data msd --root "$WORK/bed/labeled" $SCALE --device "$DEVICE"
            --arms mae asa noise supervised --lesion-classes heterotopia --threads 1 "${JOBS[@]}" --out "$WORK/study")
     part study_plan 120 bash -c '"$0" -m asa.cli.study "$@" --dry-run > "'"$OUT"'/study_plan.txt" 2>&1' \
