@@ -20,8 +20,8 @@ each process counts the steps it starts inside it and stops at its end. Reported
     python -m benchmarks.side_by_side --data BED/labeled --units 1 2 --seconds 3 --device cpu --size tiny \\
         --json /tmp/sbs.json                                                                        # CPU smoke
 
-``--best`` prints the K of the greatest total samples/s (the smallest K within 5 % of it) alone on the last line,
-for a script to plan the study's ``--jobs`` from (``scripts/gpu_window.sh``, its study part).
+The JSON's ``best_units`` is the K of the greatest total samples/s (the smallest K within 5 % of it), for a script
+to plan the study's ``--jobs`` from (``scripts/gpu_window.sh``, its study part).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from pathlib import Path
 UNIT = ("data=msd", "model=resenc", "data.crop=32", "data.num_workers=0", "trainer.threads=1", "trainer.progress=false",
         "trainer.panel_every=0", "trainer.log_every=30", "task.overlap=0", "optim=adamw", "optim.schedule=constant",
         "trainer.epochs=100000", "trainer.val_every=100000", "model.pretrained=null")
-WITHIN = 0.05  # --best: the smallest K whose total is within this share of the greatest
+WITHIN = 0.05  # best_units: the smallest K whose total is within this share of the greatest
 
 
 class WindowEnd(BaseException):
@@ -197,7 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--json", type=Path, help="write the rows here")
     p.add_argument("--work", type=Path, help="the units' folders (default: a temporary folder)")
-    p.add_argument("--best", action="store_true", help="print the K of the greatest total alone on the last line")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -232,8 +231,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
-    if args.best:
-        print(doc["best_units"])
     return 0
 
 
