@@ -1,15 +1,25 @@
-"""asa-study's one scheduler: units as child process groups, ``jobs`` at once within the budget, signals forwarded."""
+"""asa-study's one scheduler: units as child process groups, ``jobs`` at once within the budget, signals forwarded.
+
+A unit is a Python command line (``python -m <module> ...`` or ``python -c <code>``). It runs in a process forked from
+one interpreter that imported torch, MONAI and the study's console scripts once (multiprocessing's fork server),
+exactly as that command line would run in a fresh interpreter: its module as ``__main__``, its arguments in
+``sys.argv``, its environment, its exit code, its exit handlers. A fresh interpreter spends seconds importing torch
+and MONAI before a unit's first step; a study runs dozens to hundreds of units."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
+import multiprocessing
 import os
+import runpy
 import shlex
 import signal
-import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +28,15 @@ from asa.study.common import Clock
 
 STOP_MARGIN = 25.0  # seconds before the budget ends at which running units are told to save and stop
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-RUNNING: dict[subprocess.Popen, tuple[Unit, float]] = {}  # every child process of this study: its unit, its start
+# what the fork server imports once: what the units' modules import (torch, MONAI, Hydra and asa's jobs among them)
+PRELOAD = ["asa.study.scheduler", "asa.api", "asa.cli.common", "asa.study.transfer"]
+RUNNING: dict[BaseProcess, tuple[Unit, float]] = {}  # every child process of this study: its unit, its start
 
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-    """A child process; ``done``: its result on disk; ``resumable``: a stop saves it; ``after``: units it waits for;
+    """A child process; ``argv``: its command line, ``python -m <module> ...`` or ``python -c <code>`` with this
+    interpreter; ``done``: its result on disk; ``resumable``: a stop saves it; ``after``: units it waits for;
     ``inputs``: the JSON files it reads, written when it starts (planning writes nothing); ``config``: the console
     script's config and overrides it trains with (checked before anything runs), None for a unit that trains
     nothing; ``steps``: the optimiser steps it trains, ``cases``: the cases it predicts (their planned cost)."""
@@ -41,35 +54,73 @@ class Unit:
     cases: int = 0
 
 
+def _run_command_line(argv: tuple[str, ...], env: dict[str, str], log: str, threads: int | None) -> None:
+    """In the forked child: ``argv`` run as a fresh interpreter would, in its own process group (a stop signal
+    reaches its workers too), stdout and stderr appended to ``log``."""
+    os.setsid()
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for std in (1, 2):
+        os.dup2(fd, std)
+    os.close(fd)
+    os.environ.clear()
+    os.environ.update(env)
+    if threads:  # the OpenMP pool read its size when the server imported torch: set it, as the variables would have
+        import torch
+
+        torch.set_num_threads(threads)
+    flag, target, *args = argv[1:]
+    try:
+        if flag == "-m":
+            sys.argv = [target, *args]  # run_module puts the module's file first, as python -m does
+            sys.modules.pop(target, None)  # a module the server imported runs afresh as __main__, as with python -m
+            runpy.run_module(target, run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = ["-c", *args]
+            exec(compile(target, "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+    finally:
+        atexit._run_exitfuncs()  # a fork server's child ends with os._exit: run what a normal exit would
+
+
 def launch(unit: Unit) -> None:
-    """Start ``unit`` in its own process group (a stop signal reaches the whole group), its output in its log, and
-    keep it in `RUNNING`."""
+    """Start ``unit`` (forked from the fork server, started with the first unit), its output in its log, and keep it
+    in `RUNNING`."""
+    if len(unit.argv) < 3 or unit.argv[0] != sys.executable or unit.argv[1] not in ("-m", "-c"):
+        raise ValueError(f"unit {unit.name}: {shlex.join(unit.argv)} is not `{sys.executable} -m <module> ...` or "
+                         "`-c <code>`, the command lines a study runs")
     unit.log.parent.mkdir(parents=True, exist_ok=True)
     for path, content in unit.inputs:
         atomic_write_json(path, content)
     env = {**os.environ, **({k: str(unit.threads) for k in THREAD_VARS} if unit.threads else {})}
-    with open(unit.log, "a") as log:
-        proc = subprocess.Popen(list(unit.argv), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    server = multiprocessing.get_context("forkserver")
+    server.set_forkserver_preload(PRELOAD)  # read when the server starts, with the first unit of this process
+    proc = server.Process(target=_run_command_line, args=(unit.argv, env, str(unit.log), unit.threads),
+                          name=unit.name)
+    proc.start()
     RUNNING[proc] = (unit, time.perf_counter())
 
 
 def signal_children(sig: int) -> None:
-    """Send ``sig`` to every running child's process group (its own workers included)."""
+    """Send ``sig`` to every running child's process group (its own workers included); to the child alone while it
+    is still forking into its group."""
     for proc in list(RUNNING):
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
+        if proc.exitcode is None:
+            try:
                 os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, sig)
 
 
 def wait_children(timeout: float = 300.0) -> list[str]:
     """Wait for every child (SIGKILL to a group still running after ``timeout`` s); the names of those that ran."""
     deadline, names = time.monotonic() + timeout, [unit.name for unit, _ in RUNNING.values()]
     for proc in list(RUNNING):
-        try:
-            proc.wait(max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        proc.join(max(1.0, deadline - time.monotonic()))
+        if proc.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
+            proc.join()
         RUNNING.pop(proc)
     return names
 
@@ -96,7 +147,7 @@ def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, f
     def stop_all() -> None:
         signal_children(signal.SIGUSR1)
         for proc in list(RUNNING):
-            proc.wait()
+            proc.join()
             unit, started = RUNNING.pop(proc)
             times[unit.name] = times.get(unit.name, 0.0) + time.perf_counter() - started
 
@@ -110,12 +161,12 @@ def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, f
         if not RUNNING:
             return False
         time.sleep(0.5)
-        for proc in [p for p in RUNNING if p.poll() is not None]:
+        for proc in [p for p in RUNNING if p.exitcode is not None]:
             unit, started = RUNNING.pop(proc)
             times[unit.name] = times.get(unit.name, 0.0) + time.perf_counter() - started
-            if proc.returncode != 0 or not unit.done():
+            if proc.exitcode != 0 or not unit.done():
                 stop_all()
-                raise SystemExit(f"[study] {unit.name} failed (exit {proc.returncode}): see {unit.log}")
+                raise SystemExit(f"[study] {unit.name} failed (exit {proc.exitcode}): see {unit.log}")
         if RUNNING and not clock.fits(STOP_MARGIN):
             stop_all()
             return False

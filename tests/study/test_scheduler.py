@@ -54,3 +54,40 @@ def test_units_run_side_by_side_and_a_unit_after_others_waits_for_them(tmp_path)
     assert span["a"][0] < span["b"][1] and span["b"][0] < span["a"][1]  # side by side
     assert span["c"][0] < span["a"][1]  # took the free slot ahead of the unit that waits
     assert span["score"][0] >= max(span["a"][1], span["b"][1])
+
+
+def test_a_unit_runs_its_command_line_as_a_fresh_interpreter_would_from_the_preloaded_one(tmp_path):
+    """A ``-c`` unit sees its arguments, ``__main__``, its environment and its thread count, and its exit handlers
+    run; torch is in its modules before it imports anything (the fork server's); a ``-m`` unit runs the module with
+    its arguments, and its exit code (argparse's 2 for an unknown option) is the unit's."""
+    import json
+
+    seen = tmp_path / "seen.json"
+    code = ("import atexit, json, os, sys\n"
+            "preloaded = 'torch' in sys.modules\n"
+            "import torch\n"
+            f"atexit.register(lambda: open({str(tmp_path / 'atexit')!r}, 'w').write('ran'))\n"
+            f"json.dump({{'argv': sys.argv, 'name': __name__, 'var': os.environ.get('OMP_NUM_THREADS'), "
+            f"'threads': torch.get_num_threads(), 'preloaded': preloaded}}, open({str(seen)!r}, 'w'))")
+    unit = Unit("c", (sys.executable, "-c", code, "one", "two"), seen.is_file, tmp_path / "logs" / "c.log", threads=1)
+    assert run_units([unit], 1, Clock(None), {})
+    assert json.loads(seen.read_text()) == {"argv": ["-c", "one", "two"], "name": "__main__", "var": "1",
+                                            "threads": 1, "preloaded": True}
+    assert (tmp_path / "atexit").read_text() == "ran"
+
+    (tmp_path / "in.json").write_text('{"b": 1, "a": [2]}')
+    pretty = tmp_path / "out.json"
+    tool = Unit("m", (sys.executable, "-m", "json.tool", "--sort-keys", str(tmp_path / "in.json"), str(pretty)),
+                pretty.is_file, tmp_path / "logs" / "m.log")
+    assert run_units([tool], 1, Clock(None), {})
+    assert json.loads(pretty.read_text()) == {"a": [2], "b": 1} and pretty.read_text().startswith('{\n    "a"')
+    refused = Unit("bad", (sys.executable, "-m", "json.tool", "--no-such-option"), lambda: False,
+                   tmp_path / "logs" / "bad.log")
+    with pytest.raises(SystemExit, match=r"bad failed \(exit 2\)"):
+        run_units([refused], 1, Clock(None), {})
+    assert "--no-such-option" in (tmp_path / "logs" / "bad.log").read_text()
+
+
+def test_a_command_line_that_is_not_this_interpreter_s_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="is not .* -m <module>"):
+        run_units([Unit("sh", ("sh", "-c", "true"), lambda: False, tmp_path / "sh.log")], 1, Clock(None), {})

@@ -6,6 +6,7 @@ store of asa-preprocess as the cohort, and the positive control on the T1 alone,
 pretraining reads the T1 alone."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -172,17 +173,39 @@ def test_verdicts_follow_the_ci_and_failed_instruments_are_named():
     assert readings.control_faults(flat, min_effect=0.01)["nulls"] == {2: "the positive control did not move"}
 
 
-def _children_of(out: Path) -> list[int]:
-    """Processes whose command line names the study folder (the study's children)."""
-    found = []
+def _descendants(pid: int) -> list[int]:
+    """The live processes below ``pid``: its children (a unit, the fork server the units start from), theirs, ..."""
+    parents = {}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if str(out) in (proc / "cmdline").read_bytes().decode(errors="ignore"):
-                    found.append(int(proc.name))
-            except OSError:
-                pass
+                state, parent = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+            except (OSError, ValueError):
+                continue
+            if state != "Z":
+                parents[int(proc.name)] = int(parent)
+    found, frontier = [], {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found += frontier
     return found
+
+
+def _units_of(pid: int, out: Path) -> list[int]:
+    """The processes below ``pid`` that write to a log in the study folder ``out``: its running units."""
+    found = []
+    for child in _descendants(pid):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{child}/fd/1").startswith(str(out)):
+                found.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 @pytest.mark.slow
@@ -212,11 +235,13 @@ def test_the_installed_script_runs_a_quick_study_from_outside_the_checkout_and_s
     while time.monotonic() < deadline and not (out / "logs").is_dir():
         time.sleep(0.5)
     time.sleep(3)  # the first units are running
-    assert _children_of(out), "no unit started"
+    units, below = _units_of(stopped.pid, out), _descendants(stopped.pid)
+    assert units, "no unit started"
     stopped.send_signal(signal.SIGTERM)
     assert stopped.wait(300) == 143
-    assert "SIGTERM: stopped" in stopped.stderr.read()
-    assert _children_of(out) == []  # every child waited for
+    assert not [u for u in units if _alive(u)]  # every unit waited for
+    assert "SIGTERM: stopped" in stopped.stderr.read()  # read to its end: the fork server has ended too
+    assert not [p for p in below if _alive(p)]
     written = {f: f.stat().st_mtime_ns for f in out.rglob("*") if f.is_file()}
     time.sleep(3)
     assert {f: f.stat().st_mtime_ns for f in out.rglob("*") if f.is_file()} == written  # nothing written after the exit
