@@ -173,8 +173,18 @@ def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, f
     return True
 
 
+def end_servers() -> None:
+    """End the fork server and multiprocessing's resource tracker it started, waiting for each: left to notice this
+    process's exit, they would outlive the study by as long as their ends take."""
+    from multiprocessing import forkserver, resource_tracker
+
+    forkserver._forkserver._stop()  # noqa: SLF001 (multiprocessing's own way to stop them: no public one exists)
+    resource_tracker._resource_tracker._stop()  # noqa: SLF001
+
+
 def stop_on_signals(work: Callable[[], int], stopped: Callable[[Stopped, list[str]], None]) -> int:
-    """``work()``'s exit code, or 128 + signum after SIGTERM / SIGINT (forwarded to every child, then ``stopped``)."""
+    """``work()``'s exit code, or 128 + signum after SIGTERM / SIGINT (forwarded to every child, then ``stopped``);
+    either way every process the study started has ended when it returns."""
     previous = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         return work()
@@ -186,3 +196,4 @@ def stop_on_signals(work: Callable[[], int], stopped: Callable[[Stopped, list[st
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        end_servers()

@@ -2,13 +2,15 @@
 finished unit is not run again and a failed one ends the study naming its log."""
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 from asa.study.common import Clock
-from asa.study.scheduler import STOP_MARGIN, Unit, run_units
+from asa.study.scheduler import STOP_MARGIN, Unit, run_units, stop_on_signals
 
 
 def _unit(tmp_path: Path, name: str, code: str = "") -> Unit:
@@ -91,3 +93,27 @@ def test_a_unit_runs_its_command_line_as_a_fresh_interpreter_would_from_the_prel
 def test_a_command_line_that_is_not_this_interpreter_s_is_refused(tmp_path):
     with pytest.raises(ValueError, match="is not .* -m <module>"):
         run_units([Unit("sh", ("sh", "-c", "true"), lambda: False, tmp_path / "sh.log")], 1, Clock(None), {})
+
+
+def _children() -> dict[int, str]:
+    """This process's children (zombies included, with no command line) by the kernel's list: {pid: command line}."""
+    pids = Path(f"/proc/self/task/{os.getpid()}/children").read_text().split()
+    lines = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            lines[int(pid)] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return lines
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
+def test_no_process_of_the_study_outlives_it(tmp_path):
+    """Once the study's work returns, the fork server its units came from and the resource tracker that server
+    started have ended and been waited for: no child is left that the call started, not even one still tearing
+    down, and neither server runs on."""
+    before = _children()
+    assert stop_on_signals(lambda: 0 if run_units([_unit(tmp_path, "a")], 1, Clock(None), {}) else 1,
+                           lambda stop, names: None) == 0
+    assert (tmp_path / "a").is_file()
+    after = _children()
+    assert set(after) <= set(before), after
+    assert not [line for line in after.values() if "multiprocessing" in line], after

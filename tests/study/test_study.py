@@ -231,17 +231,18 @@ def test_the_installed_script_runs_a_quick_study_from_outside_the_checkout_and_s
             "--pretrain-runs", "1"]  # one pretraining run of the arm: the stop and the resume are under test
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     stopped = subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not (out / "logs").is_dir():
-        time.sleep(0.5)
-    time.sleep(3)  # the first units are running
-    units, below = _units_of(stopped.pid, out), _descendants(stopped.pid)
+    deadline, units = time.monotonic() + 240, []
+    while time.monotonic() < deadline and not units:  # the first unit is running
+        time.sleep(0.2)
+        units = _units_of(stopped.pid, out)
     assert units, "no unit started"
+    time.sleep(1)
+    units, below = _units_of(stopped.pid, out), _descendants(stopped.pid)
     stopped.send_signal(signal.SIGTERM)
     assert stopped.wait(300) == 143
     assert not [u for u in units if _alive(u)]  # every unit waited for
-    assert "SIGTERM: stopped" in stopped.stderr.read()  # read to its end: the fork server has ended too
-    assert not [p for p in below if _alive(p)]
+    assert "SIGTERM: stopped" in stopped.stderr.read()
+    assert not [p for p in below if _alive(p)]  # nor the fork server or the resource tracker outlive it
     written = {f: f.stat().st_mtime_ns for f in out.rglob("*") if f.is_file()}
     time.sleep(3)
     assert {f: f.stat().st_mtime_ns for f in out.rglob("*") if f.is_file()} == written  # nothing written after the exit
