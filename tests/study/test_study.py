@@ -173,17 +173,24 @@ def test_verdicts_follow_the_ci_and_failed_instruments_are_named():
     assert readings.control_faults(flat, min_effect=0.01)["nulls"] == {2: "the positive control did not move"}
 
 
+def _stat(pid: int | str) -> tuple[str, int] | None:
+    """A process's state letter and parent from /proc; None once it is gone."""
+    try:
+        state, parent = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+    except (OSError, ValueError):
+        return None
+    return state, int(parent)
+
+
+def _alive(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
 def _descendants(pid: int) -> list[int]:
     """The live processes below ``pid``: its children (a unit, the fork server the units start from), theirs, ..."""
-    parents = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                state, parent = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:2]
-            except (OSError, ValueError):
-                continue
-            if state != "Z":
-                parents[int(proc.name)] = int(parent)
+    stats = {int(p.name): _stat(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
+    parents = {child: stat[1] for child, stat in stats.items() if stat is not None and stat[0] != "Z"}
     found, frontier = [], {pid}
     while frontier:
         frontier = {child for child, parent in parents.items() if parent in frontier}
@@ -199,13 +206,6 @@ def _units_of(pid: int, out: Path) -> list[int]:
             if os.readlink(f"/proc/{child}/fd/1").startswith(str(out)):
                 found.append(child)
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.slow
