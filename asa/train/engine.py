@@ -139,7 +139,7 @@ class Engine:
         self._compiled = False
         self._last_val_step: int | None = None
         self._last_panel_step: int | None = None
-        self._step_ckpt_due = False  # a step_XXXXXXXX.pt fell due at an epoch's last step
+        self._step_files: list[str] = []  # the step files (`_step_files`) due at an epoch's last step
         self._saved_step = 0  # the step of the last last.pt write (or of the resumed checkpoint)
         self._on_disk: int | None = None  # the step of checkpoints/last.pt once written (or resumed from)
         self._saved_at = time.monotonic()  # when last.pt was last written (or training started)
@@ -299,16 +299,25 @@ class Engine:
                     return stop_signal
             healthy = self.nonfinite_run == 0  # never checkpoint in the middle of a non-finite streak
             step_due = bool(cfg.ckpt_every) and self.step % cfg.ckpt_every == 0
-            if (step_due or overdue) and self.step < run.stop_step and healthy:
+            files = self._step_files_at(step_due)
+            if (step_due or overdue or files) and self.step < run.stop_step and healthy:
                 if self.batch_in_epoch >= full:
                     # the epoch ends at this step: `_end_epoch` saves after its validation, so that a
                     # checkpoint follows everything logged at its step (a resume re-logs nothing twice)
-                    self._step_ckpt_due = step_due and cfg.keep_last > 0
+                    self._step_files = files
                     self._overdue = overdue
                 else:
-                    self.save("last.pt", *([f"step_{self.step:08d}.pt"] if step_due and cfg.keep_last > 0 else []),
-                              wait=False)
+                    self.save(*files, "last.pt", wait=False)
         return None
+
+    def _step_files_at(self, step_due: bool) -> list[str]:
+        """The files this step's state is written to beside last.pt: step_XXXXXXXX.pt at a ``ckpt_every`` step
+        with ``keep_last``, kept_XXXXXXXX.pt at a ``keep_steps`` step. Listed before last.pt, so that a last.pt at
+        this step (the resume point) never exists without them."""
+        files = [f"step_{self.step:08d}.pt"] if step_due and self.cfg.keep_last > 0 else []
+        if self.step in self.cfg.keep_steps:
+            files.append(f"kept_{self.step:08d}.pt")
+        return files
 
     def _step_validation_due(self) -> bool:
         """Whether a validation round of the ``trainer.val_every_steps`` cadence falls due at this step and has not
@@ -438,11 +447,11 @@ class Engine:
         # written (or a step checkpoint fell due here), and at the first epoch's end of a start, so that a run
         # killed before `ckpt_every` steps keeps its first epoch: epochs of a step or a few (a small cohort or
         # labeled set) would otherwise write the whole training state at nearly every step
-        due = (self._step_ckpt_due or self._overdue or not self._wrote_last or not cfg.ckpt_every
+        due = (self._step_files or self._overdue or not self._wrote_last or not cfg.ckpt_every
                or self.step - self._saved_step >= cfg.ckpt_every)
         if self.step < run.stop_step and not stopped and self.nonfinite_run == 0 and due:
-            self.save("last.pt", *([f"step_{self.step:08d}.pt"] if self._step_ckpt_due else []), wait=False)
-        self._step_ckpt_due = self._overdue = False
+            self.save(*self._step_files, "last.pt", wait=False)
+        self._step_files, self._overdue = [], False
         return stopped
 
     def _finish(self, stopped: bool) -> FitResult:
@@ -455,7 +464,7 @@ class Engine:
                 raise
         if self.cfg.panel_every and self._last_panel_step != self.step:
             self._panels()  # a final panel, also for runs shorter than panel_every epochs
-        self.save("last.pt")
+        self.save(*self._step_files_at(False), "last.pt")  # a kept step at the run's end (`_step_files_at`)
         if self.env.is_main:
             self.log.flush()
         self.log.say(f"done at step {self.step}: checkpoints in {self.ckpt_dir}, TensorBoard logs in "

@@ -1,7 +1,7 @@
 """The training loop's settings: the ``trainer`` config group plus what the data and optim groups set."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from asa.choices import one_of
 from .precision import AMP_CHOICES
@@ -32,6 +32,8 @@ class TrainerSettings:
     ckpt_minutes: float = 10.0  # last.pt also once this many minutes have passed since it was last written, so
     # that a SIGKILL loses at most that much (0: steps only); docs/run-folders.md gives the write's measured cost
     keep_last: int = 0  # >0: also keep the newest k step_XXXXXXXX.pt files
+    keep_steps: list[int] = field(default_factory=list)  # steps whose state is also kept as kept_XXXXXXXX.pt, never
+    # pruned: a run read at a shorter budget than its own (asa-study's head start; a pretraining run's export_step)
     val_every: int = 1  # epochs between validation rounds (and one at the run's end)
     val_every_steps: int | None = None  # optimiser steps between validation rounds instead of val_every's epochs
     # (null: by epochs); the round falls at the step itself, also inside an epoch
@@ -69,6 +71,9 @@ class TrainerSettings:
                                  f"{self.val_every_steps} (optimiser steps) both set the validation cadence: keep one")
         if not float(self.ckpt_minutes) >= 0:  # also NaN
             raise ValueError(f"trainer.ckpt_minutes={self.ckpt_minutes}: expected minutes >= 0 (0: by steps only)")
+        if odd := [s for s in self.keep_steps if int(s) < 1]:
+            raise ValueError(f"trainer.keep_steps={list(self.keep_steps)}: {odd} are not optimiser steps (expected "
+                             ">= 1)")
         if self.max_steps is not None and int(self.max_steps) < 1:  # 0 or fewer steps: an untrained export
             raise ValueError(f"trainer.max_steps={self.max_steps}: expected >= 1, or null to train the whole "
                              "schedule (trainer.epochs)")

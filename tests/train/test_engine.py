@@ -241,3 +241,25 @@ def test_the_toy_helper_is_one_module_under_one_name():
     bare = [p.name for p in sorted(folder.glob("*.py"))
             if any(line.strip().startswith(("from toy ", "import toy")) for line in p.read_text().splitlines())]
     assert ToyData is toy.ToyData and bare == [] and not (folder / "conftest.py").exists()
+
+
+def test_kept_steps_hold_the_state_of_their_step_whatever_the_cadence(tmp_path):
+    # 8 samples at batch 2: 4 steps an epoch. Kept: step 3 (inside an epoch), 4 (an epoch's last step, saved after its
+    # validation) and 10 (the run's end); keep_last prunes step files, never kept ones
+    kept = [3, 4, 10]
+    make_engine(tmp_path / "kept", config=_cfg(max_steps=10, keep_steps=kept, keep_last=1, ckpt_every=2),
+                validate=lambda model: {"loss": 1.0}).fit(ToyData(8))
+    folder = tmp_path / "kept" / "checkpoints"
+    assert sorted(p.name for p in folder.glob("kept_*.pt")) == [f"kept_{s:08d}.pt" for s in kept]
+    assert sorted(p.name for p in folder.glob("step_*.pt")) == ["step_00000008.pt"]  # the newest ckpt_every step
+    for s in kept:  # each the state a run stopped at that step ends with, and the run's weights unchanged by it
+        make_engine(tmp_path / f"to{s}", config=_cfg(max_steps=s), validate=lambda model: {"loss": 1.0}).fit(ToyData(8))
+        at = load_checkpoint(folder / f"kept_{s:08d}.pt")
+        assert at["step"] == s
+        _assert_identical(at["model"], _weights(tmp_path / f"to{s}"))
+    _assert_identical(_weights(tmp_path / "kept"), _weights(tmp_path / "to10"))
+
+
+def test_a_kept_step_that_is_no_step_is_refused():
+    with pytest.raises(ValueError, match=r"trainer.keep_steps=\[600, 0\]: \[0\]"):
+        _cfg(keep_steps=[600, 0])
