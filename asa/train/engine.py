@@ -231,6 +231,8 @@ class Engine:
         else:
             self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
         stop_step = self.total_steps if cfg.max_steps is None else min(cfg.max_steps, self.total_steps)
+        if (fault := kept_fault(len(train_data), cfg, env.world_size)) is not None:  # type: ignore[arg-type]
+            raise ValueError(fault)
         return _Run(loader, sampler, seeded, generator, stop_step,
                     samples_per_step=cfg.batch_size * cfg.accum_steps * env.world_size)
 
@@ -624,6 +626,18 @@ def epoch_fault(num_samples: int, cfg: TrainConfig, world_size: int) -> str | No
         return None
     return (f"training set too small: {num_samples} samples give {per_rank} per rank (world_size={world_size}), "
             f"fewer than trainer.batch_size × trainer.accum_steps = {cfg.batch_size * cfg.accum_steps}")
+
+
+def kept_fault(num_samples: int, cfg: TrainConfig, world_size: int) -> str | None:
+    """Why a ``trainer.keep_steps`` step is never reached by the run (its last step: ``trainer.epochs`` × the steps
+    of an epoch, or ``trainer.max_steps``), or None; a job asks before writing its folder, as for `epoch_fault`."""
+    per_epoch = num_samples // world_size // cfg.batch_size // cfg.accum_steps
+    last = cfg.epochs * per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * per_epoch)
+    if not (late := sorted(k for k in cfg.keep_steps if k > last)):
+        return None
+    return (f"kept step(s) {late} (trainer.keep_steps, or asa-pretrain's export_step) after the run's last step "
+            f"{last} (trainer.epochs {cfg.epochs} × {per_epoch} steps an epoch"
+            + (f", trainer.max_steps {cfg.max_steps}" if cfg.max_steps is not None else "") + ")")
 
 
 def fit(model: nn.Module, train_data: Dataset, optimizer: torch.optim.Optimizer, step_fn: StepFn, **kwargs) -> FitResult:

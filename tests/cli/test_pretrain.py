@@ -213,3 +213,22 @@ def test_encoder_export_loads_into_the_segmenter(tmp_path, demo_cache):
     assert state["cohort"]["summary"]["cases"] == len(cohort["cases"])  # the summary; the list beside it
     carried = carried_cohort(state, "encoder.pt", tmp_path / "checkpoints")
     assert {c for c, v in carried["cases"].items()} == set(cohort["cases"])
+
+
+def test_export_step_exports_the_encoder_of_that_step(tmp_path, demo_cache):
+    # the smoke trainer's 2 steps, the encoder of step 1 exported (asa-study's noise control at its arm's step)
+    run(compose_config("pretrain", pretrain_overrides(tmp_path, demo_cache, "export_step=1")))
+    ckpts = tmp_path / "checkpoints"
+    export, kept, last = (load_checkpoint(ckpts / name) for name in ("encoder.pt", "kept_00000001.pt", "last.pt"))
+    assert (export["step"], kept["step"], last["step"]) == (1, 1, 2)
+    assert export["encoder"] and all(torch.equal(v, kept["model"][k]) for k, v in export["encoder"].items())
+    assert not all(torch.equal(v, last["model"][k]) for k, v in export["encoder"].items())  # step 2 moved it
+
+
+def test_export_step_past_the_run_is_refused_before_training(tmp_path, demo_cache):
+    proc = subprocess.run([sys.executable, "-m", "asa.cli.pretrain",
+                           *pretrain_overrides(tmp_path / "run", demo_cache, "export_step=5")],
+                          capture_output=True, text=True, env=child_env(), timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "kept step(s) [5] (trainer.keep_steps, or asa-pretrain's export_step) after the run's last step 2" in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()

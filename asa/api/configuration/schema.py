@@ -240,6 +240,9 @@ class PretrainConfig(RunConfig):
     # the pretraining method and its own settings (asa.methods; the config group ``method``)
     method: MethodSettings = field(default_factory=MaskedAutoencoderSettings)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    # the step whose state encoder.pt exports (kept as kept_XXXXXXXX.pt: trainer.keep_steps); null: the lowest
+    # held-out round (best.pt), or last.pt without validation. asa-study exports its noise control at its arm's step
+    export_step: Optional[int] = None
 
 
 @dataclass

@@ -20,7 +20,7 @@ from asa.api.configuration.schema import FinetuneConfig, PretrainConfig
 from asa.api.machinery.training import optimizer_and_config, trainer_config, training_ended
 from asa.data.geometry import grid_note
 from asa.train import Engine, FitResult, TrainConfig
-from asa.train.engine import epoch_fault
+from asa.train.engine import epoch_fault, kept_fault
 from asa.train.distributed import DistEnv
 
 __all__ = ["JobRun", "TrainingJob"]
@@ -96,6 +96,8 @@ class TrainingJob(ABC):
             train_ds, val_ds = self.datasets(run, splits)
             if (fault := epoch_fault(len(train_ds), run.config, run.env.world_size)) is not None:
                 raise OptionError(f"data: {fault}")  # before the run folder records anything
+            if (fault := kept_fault(len(train_ds), run.config, run.env.world_size)) is not None:
+                raise OptionError(fault)
             run.step = self.training_step(run)
             run_dir.write_config(run.resolved)  # every check passed
             write_splits(run.cases, cfg.data, run.out_dir, run.env, by_subject=self.by_subject)

@@ -132,6 +132,9 @@ class PretrainJob(TrainingJob):
     def check(self, run: JobRun) -> None:
         cfg, data = run.cfg, run.cfg.data
         self.flip_axes = tuple(int(a) for a in data.flip_axes)
+        if cfg.export_step is not None and cfg.export_step < 1:
+            raise OptionError(f"export_step={cfg.export_step}: expected an optimiser step >= 1 whose encoder is "
+                              "exported, or null for the lowest held-out round (best.pt)")
         if any(a not in (0, 1, 2) for a in self.flip_axes):
             raise OptionError(f"data.flip_axes: array axes 0, 1 or 2 of the crop, got {list(self.flip_axes)}")
         self.method = method = _method(cfg)
@@ -211,6 +214,8 @@ class PretrainJob(TrainingJob):
     def finish(self, run: JobRun, result: FitResult) -> None:
         ckpts = run.out_dir / "checkpoints"
         source = ckpts / "best.pt" if (ckpts / "best.pt").is_file() else ckpts / "last.pt"
+        if run.cfg.export_step is not None:  # kept by the engine (trainer_config adds it to trainer.keep_steps)
+            source = ckpts / f"kept_{run.cfg.export_step:08d}.pt"
         try:  # the cohort's content digests (cohort.json), which the encoder export carries for the overlap checks
             cohort = pretraining_cohort(run.out_dir, workers=max(1, int(run.cfg.data.num_workers)))
             print(f"[asa] pretraining cohort: {len(cohort['cases'])} case(s) with their image digests in "

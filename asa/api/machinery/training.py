@@ -81,8 +81,10 @@ def encoder_lr_scale(cfg: FinetuneConfig) -> float:
 def trainer_config(cfg: PretrainConfig | FinetuneConfig) -> TrainConfig:
     """The engine settings: ``cfg.trainer`` plus the DataLoader workers of ``cfg.data`` and the
     schedule of ``cfg.optim`` (their keys and types were checked against the schema when composed)."""
-    opt = cfg.optim
-    return TrainConfig(**dataclasses.asdict(cfg.trainer), num_workers=cfg.data.num_workers,
+    opt, trainer = cfg.optim, dataclasses.asdict(cfg.trainer)
+    if isinstance(cfg, PretrainConfig) and cfg.export_step is not None:  # its state kept to be exported
+        trainer["keep_steps"] = sorted({*trainer["keep_steps"], cfg.export_step})
+    return TrainConfig(**trainer, num_workers=cfg.data.num_workers,
                        schedule=opt.schedule, min_lr=opt.min_lr, power=opt.power,
                        warmup_fraction=opt.warmup_fraction)
 
