@@ -128,6 +128,15 @@ def primary_order() -> list[str]:
     return [a.name for a in sorted((a for a in ARMS.values() if a.primary is not None), key=lambda a: a.primary)]
 
 
+def matched_by_noise(names: Sequence[str]) -> str | None:
+    """The pretrained arm among ``names`` whose question reads against the negative control (mae − noise), first by
+    primary rank: the noise runs are exported at its runs' steps. None: no such arm runs."""
+    for name in primary_order():
+        if name in names and any(c.reference == CONTROL for c in ARMS[name].contrasts):
+            return name
+    return None
+
+
 def twin_of(arm: str) -> str:
     """The arm ``arm`` differs from by its encoder alone: its first contrast's reference (scratch without one, and
     for an --encoder arm)."""

@@ -83,10 +83,9 @@ def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping
         return [run for run in runs if declared.label(run["arm"], run["cohort"]) == group]
 
     for r in [c for c in contrasts if c["kind"] == "question"]:
-        # either side's pretraining runs still falling at their end (levelled or unchecked: no flag)
-        r["flags"] = [f"{run['run']} unfinished: its held-out loss still fell {run['loss_drop']:.1%} over the last "
-                      "quarter of the summed lr" for group in (r["arm"], r["reference"])
-                      for run in of(group) if run.get("plateau") is False]
+        # either side's pretraining runs unfinished at their export (levelled or unchecked: no flag)
+        r["flags"] = [unfinished(run) for group in (r["arm"], r["reference"]) for run in of(group)
+                      if run.get("plateau") is False]
         if r["verdict"] == "no difference" and r["n"] in faults["nulls"]:
             r["verdict"], r["why"] = UNSHOWN, faults["nulls"][r["n"]]
         elif (r["verdict"] == "helped" and declared.scratch_twin(r["reference_arm"])
@@ -97,6 +96,16 @@ def read_instruments(contrasts: Sequence[dict[str, Any]], runs: Sequence[Mapping
         if declared.attentive_over_uniform(r["encoder_arm"], r["reference_arm"]) and share > UNIFORM_SHARE:
             r["verdict"], r["why"] = NOT_A_TEST, (f"the attentive weights' effective share {share:.2f} > "
                                                   f"{UNIFORM_SHARE}: asa's loss is mae's in all but name")
+
+
+def unfinished(run: Mapping[str, Any]) -> str:
+    """Why a pretraining run's export is flagged (`asa.study.readout.loss_plateau`): exported in the first eighth of
+    its summed lr, or its held-out loss still falling over the last quarter of the summed lr up to its export."""
+    if run.get("early"):
+        return (f"{run['run']} unfinished: exported at {run['export_progress']:.0%} of its summed lr, in its first "
+                "eighth")
+    return (f"{run['run']} unfinished: its held-out loss still fell {run['loss_drop']:.1%} over the last quarter of "
+            "the summed lr up to its export")
 
 
 def verdict(low: float, high: float, value: float = math.nan, *, min_effect: float = 0.0) -> str:

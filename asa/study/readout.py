@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from asa.io import load_checkpoint
+from asa.models import build_network
 from asa.study import tables
 from asa.study.plan import Pretraining, Scale
 from asa.train.schedule import lr_at
@@ -62,18 +64,38 @@ def pilot_reading(pilot: Mapping[str, Any]) -> str:
 
 
 def pretraining_summary(run: Pretraining, seconds: float) -> dict[str, Any]:
-    """Steps, wall time, the held-out masked loss curve and its `loss_plateau`, and the loss weights' spread."""
+    """Steps, wall time, the held-out masked loss curve, the export (its step, the held-out loss of the round there,
+    the encoder's weight norm over a fresh initialisation's) and the curve's `loss_plateau` up to the export, and
+    the loss weights' spread."""
     state = load_checkpoint(run.run_dir / "checkpoints" / "last.pt")
     curve = [(int(h.get("step", i)), float(h["val/loss"])) for i, h in enumerate(state.get("history", []))
              if "val/loss" in h]
     optim = (state.get("config") or {}).get("optim") or {}
-    progress = optimiser_progress([s for s, _ in curve], state["scheduler"], min_lr=float(optim.get("min_lr", 0.0)),
-                                  power=float(optim.get("power", 0.9)))
+    export = load_checkpoint(run.encoder)
+    step = int(export["step"])
+    read = [(s, v) for s, v in curve if s <= step]  # the curve as far as the encoder every arm fine-tunes
+    progress = optimiser_progress([s for s, _ in read] + [step], state["scheduler"],
+                                  min_lr=float(optim.get("min_lr", 0.0)), power=float(optim.get("power", 0.9)))
     spread = tables.logged_series(run.run_dir, ("train/weights/cv", "train/weights/effective_share"))
     mean = lambda tag: float(np.mean([v for _, v in spread[tag]])) if spread[tag] else math.nan  # noqa: E731
-    return {"run": run.name, "arm": run.arm, "cohort": run.cohort, "steps": int(state["step"]), "seconds": seconds,
-            "val_curve": curve, **loss_plateau([v for _, v in curve], progress=progress),
+    return {"run": run.name, "arm": run.arm, "cohort": run.cohort, "replicate": run.replicate,
+            "steps": int(state["step"]), "seconds": seconds, "val_curve": curve, "export_step": step,
+            "export_loss": read[-1][1] if read else math.nan, "export_progress": progress[-1],
+            "norm_ratio": norm_ratio(export),
+            **loss_plateau([v for _, v in read], progress=progress[:-1], exported_at=progress[-1]),
             "weights_cv": mean("train/weights/cv"), "weights_share": mean("train/weights/effective_share")}
+
+
+def norm_ratio(export: Mapping[str, Any]) -> float:
+    """‖w‖ of an encoder export's trained weights over the same weights' at a fresh initialisation of its network
+    (seed 0): how far pretraining moved its scale, which fine-tuning inherits whatever was learned."""
+    torch.manual_seed(0)
+    fresh = dict(build_network(export["network"]).named_parameters())
+    shared = [k for k in export["encoder"] if k in fresh]
+    if not shared:
+        return math.nan
+    trained = math.sqrt(sum(float(export["encoder"][k].double().square().sum()) for k in shared))
+    return trained / math.sqrt(sum(float(fresh[k].detach().double().square().sum()) for k in shared))
 
 
 def optimiser_progress(steps: Sequence[int], scheduler: Mapping[str, Any], *, min_lr: float = 0.0,
@@ -88,17 +110,21 @@ def optimiser_progress(steps: Sequence[int], scheduler: Mapping[str, Any], *, mi
     return [float(summed[min(max(int(s), 0), total)] / summed[-1]) if summed[-1] > 0 else 0.0 for s in steps]
 
 
-def loss_plateau(losses: Sequence[float], *, tol: float = PLATEAU_TOL,
-                 progress: Sequence[float] | None = None) -> dict[str, Any]:
-    """Whether a held-out loss levelled off: its drop over the last quarter of ``progress`` (None: even) under
-    ``tol``; < 4 points: unchecked. Its rise from its lowest (an encoder memorising its training volumes climbs back)
-    is measured, not failed: the encoder a study fine-tunes is the lowest round's (asa-pretrain exports best.pt).
+def loss_plateau(losses: Sequence[float], *, tol: float = PLATEAU_TOL, progress: Sequence[float] | None = None,
+                 exported_at: float | None = None) -> dict[str, Any]:
+    """Whether a held-out loss levelled off by its export: its drop over the last quarter of ``progress`` (None: even)
+    under ``tol``; ``losses`` and ``progress`` end at the exported round (``exported_at``, the export's share of the
+    summed lr). An export in the first eighth of the summed lr is flagged whatever its curve: the lowest round of a
+    loss that climbs from the start (the noise control's) would otherwise pass as levelled. Under 4 points and not
+    early: unchecked. Its rise from its lowest is measured, not failed.
 
     Each level is the median of the losses in an eighth of the progress (the eighth before the last quarter, the last
     eighth, the lowest eighth), not one point: at a high lr the held-out loss moves a few percent from one evaluation
     to the next, and one point against the lowest of many reads a flat curve as falling."""
+    early = exported_at is not None and exported_at < 1 / 8
     if len(losses) < 4:
-        return {"plateau": None, "loss_drop": math.nan, "loss_rise": math.nan, "tol": tol}
+        return {"plateau": False if early else None, "early": early, "loss_drop": math.nan, "loss_rise": math.nan,
+                "tol": tol}
     n, loss = len(losses), np.asarray(losses, dtype=float)
     at = np.asarray(progress if progress is not None else [(i + 1) / n for i in range(n)], dtype=float)
     eighth = np.clip(np.ceil(np.round(8 * at / at[-1], 9)) - 1, 0, 7) if at[-1] > 0 else np.zeros(n)
@@ -109,4 +135,5 @@ def loss_plateau(losses: Sequence[float], *, tol: float = PLATEAU_TOL,
     drop = (start - last) / abs(start) if start else 0.0
     best = min(levels.values())
     rise = (last - best) / abs(best) if best else 0.0
-    return {"plateau": bool(drop < tol), "loss_drop": float(drop), "loss_rise": float(rise), "tol": tol}
+    return {"plateau": bool(drop < tol and not early), "early": early, "loss_drop": float(drop),
+            "loss_rise": float(rise), "tol": tol}

@@ -14,8 +14,9 @@ from asa.eval.plots import interval_plot, line_plot
 from asa.io import atomic_write_json, atomic_write_text
 from asa.study.common import machine_line, markdown_table
 from asa.study.probes import probe_lines
+from asa.study import arms as declared
 from asa.study.readings import (ALPHA, INCONCLUSIVE, KEYS, LESION_KEY, LEVEL, NOT_READ, UNREADABLE, UNSHOWN, Reading,
-                                negative_small, read)
+                                negative_small, read, unfinished)
 from asa.study.tables import PLATEAU_TOL, Outputs, declared_order, svg_plot
 
 # how often a true effect of the printed MDE's size is detected, over the simulated designs of docs/studies.md
@@ -148,25 +149,47 @@ def family_lines(said: Reading) -> list[str]:
 
 
 def pretraining_lines(runs: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]]:
-    """The pretraining table and one flag per run whose held-out masked loss was still falling at its end."""
+    """The pretraining table (each run's export: its step, held-out loss and weight norm) and one flag per run whose
+    export is unfinished (`asa.study.readings.unfinished`)."""
     cells = []
     for r in runs:
         curve = r.get("val_curve") or []
         # the run's own tolerance (older records: the fine-tuning budget check's); NaN (short runs): not rising
         rising = r.get("loss_rise", 0.0) >= r.get("tol", PLATEAU_TOL)
-        level = ({None: "not checked (< 4 rounds)", True: "levelled", False: "still falling"}[r.get("plateau")]
+        level = ("exported in its first eighth" if r.get("early") else
+                 {None: "not checked (< 4 rounds)", True: "levelled", False: "still falling"}[r.get("plateau")]
                  + ("" if math.isnan(r.get("loss_drop", math.nan)) else f" ({r['loss_drop']:.1%})")
-                 + (f"; ended {r['loss_rise']:.1%} above its lowest round, the one exported" if rising else ""))
+                 + (f"; its lowest round {r['loss_rise']:.1%} under the export's" if rising else ""))
+        export = ("—" if "export_step" not in r else
+                  f"{r['export_step']} ({r['export_progress']:.0%} of the summed lr): {r['export_loss']:.4f}")
         cells.append([r["run"], str(r["cohort"]), str(r["steps"]), f"{r['seconds']:.0f}",
-                      f"{curve[0][1]:.4f} → {curve[-1][1]:.4f}" if curve else "— → —", level,
+                      f"{curve[0][1]:.4f} → {curve[-1][1]:.4f}" if curve else "— → —", export, level,
                       *("—" if math.isnan(x) else f"{x:.2f}"
-                        for x in (r.get("weights_cv", math.nan), r.get("weights_share", math.nan)))])
-    head = ["run", "cohort", "steps", "wall time (s)", "held-out loss first → last", "last quarter",
+                        for x in (r.get("norm_ratio", math.nan), r.get("weights_cv", math.nan),
+                                  r.get("weights_share", math.nan)))])
+    head = ["run", "cohort", "steps", "wall time (s)", "held-out loss first → last",
+            "exported at step: held-out loss", "up to the export (last quarter)", "encoder norm / fresh",
             "loss weights CV", "effective share"]
-    return markdown_table(head, cells), [
-        f"{r['run']} was pretrained far from its plateau: its held-out masked loss still fell {r['loss_drop']:.1%} "
-        "over the last quarter of the optimiser's progress (its summed lr); its contrasts read an unfinished encoder."
-        for r in runs if r.get("plateau") is False]
+    return markdown_table(head, cells), [f"{unfinished(r)}; its contrasts read an unfinished encoder."
+                                         for r in runs if r.get("plateau") is False]
+
+
+def export_line(runs: Sequence[Mapping[str, Any]]) -> str | None:
+    """Whether the negative control was exported where its matched arm was (replicate by replicate), or None when no
+    noise run was read."""
+    noise = [r for r in runs if declared.ARMS[r["arm"]].noise and "export_step" in r]
+    if not noise:
+        return None
+    matched = declared.matched_by_noise([r["arm"] for r in runs])
+    steps = {r["replicate"]: r["export_step"] for r in runs if r["arm"] == matched and "export_step" in r}
+    pairs = [(r, steps.get(r.get("replicate"))) for r in noise]
+    if matched is None or not all(step == r["export_step"] for r, step in pairs):
+        return ("**The negative control is not matched to the arm it controls**: "
+                + "; ".join(f"{r['run']} exported at step {r['export_step']}"
+                            + (f", {matched}'s run at {step}" if step is not None else "") for r, step in pairs)
+                + ": a difference from it mixes what the runs learned with how long they trained.")
+    return (f"The negative control is exported where {matched} was, replicate by replicate (steps "
+            + ", ".join(str(r["export_step"]) for r, _ in pairs) + "): the same recipe and steps, noise for scans.")
 
 
 def cost_cells(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
@@ -301,7 +324,8 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
         *([] if ordered else ["- No pretraining arm was scored."]), "",
         *([] if math.isnan(said.mde) else mde_line(said.primary, min_effect=min_effect)),
         "## The instruments", "",
-        *(f"- {line}" for line in [*controls, *flags, checks.get("cohort"), overlap, *checks["channels"],
+        *(f"- {line}" for line in [*controls, export_line(info.get("pretraining", [])), *flags, checks.get("cohort"),
+                                   overlap, *checks["channels"],
                                    *checks.get("skull", []), checks.get("supervised"), budget] if line), "",
         "## Contrasts", "", "Paired by N, seed and test case; 95 % CI: the crossed random-effects interval "
         "(asa.eval.random_effects); bootstrap CI: the seed × case percentile bootstrap of the endpoint "

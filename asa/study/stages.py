@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from asa.io import atomic_write_json
+from asa.io import atomic_write_json, load_checkpoint
 from asa.study import probes, report, transfer
-from asa.study.arms import ARMS, PILOT, SCRATCH
+from asa.study.arms import ARMS, PILOT, SCRATCH, matched_by_noise
 from asa.study.common import REFUSED, Clock, finished, machine, module_argv, refuse
 from asa.study.cost import Costs, composed
 from asa.study.plan import (Pretraining, Supervised, finetune_arms, overlap_overrides,
@@ -141,19 +141,48 @@ class Pilot(FineTuning):
         return None
 
 
+def pretraining_unit(s: Study, run: Pretraining, export_step: int | None = None) -> Unit:
+    """A pretraining run's unit: done when its last.pt went through its schedule and its encoder is exported (at
+    ``export_step``, else at its lowest held-out round)."""
+    overrides = (*run.overrides, *([f"export_step={export_step}"] if export_step is not None else []),
+                 *s.threads_override)
+    return Unit(run.name, pretraining_argv(s.scale.nproc, *overrides),
+                lambda: finished(run.run_dir / "checkpoints" / "last.pt") and run.encoder.is_file(),
+                s.out / "logs" / f"{run.name}.log", threads=s.threads, config=("pretrain", overrides),
+                steps=s.scale.pretrain_steps)
+
+
 class Pretrain(Stage):
-    """Every pretraining run (`asa.study.plan.plan_pretraining`): done when its last.pt went through its schedule
-    and its encoder is exported."""
+    """Every pretraining run of the arms (`asa.study.plan.plan_pretraining`), each exported at its lowest held-out
+    round; the negative control's come next (`NegativeControl`)."""
 
     title = "pretraining"
 
     def units(self, plan: StudyPlan, found: Findings) -> list[Unit]:
-        s = plan.study
-        return [Unit(run.name, pretraining_argv(s.scale.nproc, *run.overrides, *s.threads_override),
-                     lambda run=run: finished(run.run_dir / "checkpoints" / "last.pt") and run.encoder.is_file(),
-                     s.out / "logs" / f"{run.name}.log", threads=s.threads,
-                     config=("pretrain", (*run.overrides, *s.threads_override)), steps=s.scale.pretrain_steps)
-                for run in plan.runs]
+        return [pretraining_unit(plan.study, run) for run in plan.runs if not ARMS[run.arm].noise]
+
+
+class NegativeControl(Stage):
+    """The negative control's runs (the matched arm's recipe on noise volumes), each exported at the step the matched
+    arm's run of its replicate exported (`asa.study.arms.matched_by_noise`: mae), so that mae − noise differs in what
+    the runs read, not in how long they trained; without a matched arm, at its own lowest held-out round."""
+
+    title = "negative control"
+
+    def units(self, plan: StudyPlan, found: Findings) -> list[Unit]:
+        steps = export_steps(plan)
+        return [pretraining_unit(plan.study, run, steps.get(run.replicate)) for run in plan.runs
+                if ARMS[run.arm].noise]
+
+
+def export_steps(plan: StudyPlan) -> dict[int, int]:
+    """Replicate -> the step its matched arm's run (at the largest cohort) exported its encoder at, read from the
+    export; none before those runs are done (a plan drafted before anything ran prices the units without it)."""
+    matched = matched_by_noise(plan.study.arms)
+    runs = [r for r in plan.runs if r.arm == matched]
+    largest = max((r.cohort for r in runs), default=None)
+    return {r.replicate: int(load_checkpoint(r.encoder)["step"]) for r in runs
+            if r.cohort == largest and r.encoder.is_file()}
 
 
 class Probes(Stage):
@@ -226,7 +255,8 @@ class Report(Stage):
 
 def stages(study: Study) -> list[Stage]:
     """The study's stages, in order."""
-    return [Pilot(), Pretrain(), *([Probes()] if study.probe_first else []), TransferStage(), Report()]
+    return [Pilot(), Pretrain(), NegativeControl(), *([Probes()] if study.probe_first else []), TransferStage(),
+            Report()]
 
 
 def run_stages(plan: StudyPlan, clock: Clock, times: dict[str, Any], times_file: Path) -> int:

@@ -117,6 +117,24 @@ def test_the_plateau_check_can_fail():
     assert climbed["loss_rise"] == pytest.approx((1.38 - 0.90) / 0.90)
 
 
+def test_the_plateau_check_reads_the_curve_up_to_the_export_and_fails_an_early_one():
+    # exported at its lowest round, the 6th of 10, while the loss still fell into it: flagged, though the whole
+    # curve (climbing back after it) would pass
+    curve = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.55, 0.6, 0.65, 0.7]
+    progress = [(i + 1) / 10 for i in range(10)]
+    assert loss_plateau(curve, progress=progress)["plateau"] is True  # the whole curve: levelled, its rise measured
+    read = loss_plateau(curve[:6], progress=progress[:6], exported_at=0.6)
+    assert read["plateau"] is False and not read["early"]
+    # eighths of the progress up to the export: rounds 1-6 fall in eighths 2, 3, 4, 6, 7, 8; the sixth holds 0.7
+    assert read["loss_drop"] == pytest.approx((0.7 - 0.5) / 0.7)
+    # a run exported in the first eighth of its summed lr (the noise control's lowest round, at step 144 of 2,400) is
+    # flagged however flat its few rounds were, also with fewer than 4 of them
+    early = loss_plateau([0.9, 0.9, 0.9, 0.9], progress=[0.02, 0.04, 0.06, 0.08], exported_at=0.08)
+    assert early["plateau"] is False and early["early"] and early["loss_drop"] == 0.0
+    assert loss_plateau([0.9, 0.8], progress=[0.03, 0.06], exported_at=0.06)["plateau"] is False
+    assert loss_plateau([0.9, 0.8], progress=[0.2, 0.4], exported_at=0.4)["plateau"] is None  # unchecked
+
+
 def test_the_plateau_check_reads_a_flat_noisy_held_out_loss_as_levelled_and_a_falling_one_as_falling():
     """At a high lr the held-out masked loss moves a few percent between evaluations (a resenc-tiny mae run of 2,400
     steps: 0.570 to 0.578 between neighbours while its median held at 0.571). One point against the lowest of the
@@ -419,18 +437,31 @@ def test_the_study_records_its_channels_says_them_and_refuses_all_on_a_t1_cohort
     assert "FLAIR, T1gd, T2w have no channel of the cohort" in capsys.readouterr().err
 
 
-def test_the_report_flags_a_run_still_falling_and_says_a_rise_after_the_exported_lowest_round():
-    def run(name, curve):
-        return {"run": name, "cohort": 40, "steps": 1600, "seconds": 60.0,
-                "val_curve": list(enumerate(curve)), **loss_plateau(curve)}
+def test_the_report_flags_a_run_still_falling_at_its_export_and_one_exported_in_its_first_eighth():
+    def run(name, curve, export, replicate=0):  # exported at round ``export`` of 8 evenly spaced ones
+        read = [x for i, x in enumerate(curve) if i <= export]
+        progress = [(i + 1) / len(curve) for i in range(len(read))]
+        return {"run": name, "arm": name.split("-")[0], "replicate": replicate, "cohort": 40, "steps": 1600,
+                "seconds": 60.0, "val_curve": list(enumerate(curve)), "export_step": export,
+                "export_loss": curve[export], "export_progress": progress[-1], "norm_ratio": 1.5,
+                **loss_plateau(read, progress=progress, exported_at=progress[-1])}
     level = [0.49, 0.35, 0.31, 0.30, 0.296, 0.295, 0.2949, 0.2948]
-    climbed = [0.97, 0.90, 1.10, 1.25, 1.33, 1.36, 1.37, 1.38]
+    climbed = [0.90, 0.97, 1.10, 1.25, 1.33, 1.36, 1.37, 1.38]  # lowest at its first round, climbs from there
     falling = [1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
-    table, flags = report.pretraining_lines([run("asa-c40", level), run("noise-c40", climbed), run("mae-c40", falling)])
-    assert "still falling" in table and "ended 53.3% above its lowest round, the one exported" in table
-    assert "| levelled (0.1%) |" in table  # asa-c40: no rise said
-    (flag,) = flags  # a run that climbed back after its lowest round is not flagged: that round is what is fine-tuned
-    assert flag.startswith("mae-c40 was pretrained far from its plateau")
+    table, flags = report.pretraining_lines([run("asa-c40", level, 7), run("noise-c40", climbed, 0),
+                                             run("mae-c40", falling, 7)])
+    assert "| 7 (100% of the summed lr): 0.2948 | levelled (0.1%) | 1.50 |" in table  # asa-c40: exported at its end
+    assert "| exported in its first eighth |" in table and "still falling (66.7%)" in table
+    assert flags == ["noise-c40 unfinished: exported at 12% of its summed lr, in its first eighth; its contrasts "
+                     "read an unfinished encoder.",
+                     "mae-c40 unfinished: its held-out loss still fell 66.7% over the last quarter of the summed lr up "
+                     "to its export; its contrasts read an unfinished encoder."]
+    # the noise control exported where mae was, replicate by replicate, or said not to be
+    assert report.export_line([run("mae-c40", level, 5), run("noise-c40", climbed, 5)]).startswith(
+        "The negative control is exported where mae was, replicate by replicate (steps 5)")
+    unmatched = report.export_line([run("mae-c40", level, 5), run("noise-c40", climbed, 0)])
+    assert unmatched.startswith("**The negative control is not matched to the arm it controls**: noise-c40 exported "
+                                "at step 0, mae's run at 5")
 
 
 def test_the_fine_tuning_runs_get_the_scale_s_loader_workers(data, tmp_path):
