@@ -121,7 +121,7 @@ def loss_plateau(losses: Sequence[float], *, tol: float = PLATEAU_TOL, progress:
     Each level is the median of the losses in an eighth of the progress (the eighth before the last quarter, the last
     eighth, the lowest eighth), not one point: at a high lr the held-out loss moves a few percent from one evaluation
     to the next, and one point against the lowest of many reads a flat curve as falling."""
-    early = exported_at is not None and exported_at < 1 / 8
+    early = exported_at is not None and exported_at <= 1 / 8
     if len(losses) < 4:
         return {"plateau": False if early else None, "early": early, "loss_drop": math.nan, "loss_rise": math.nan,
                 "tol": tol}

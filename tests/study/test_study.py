@@ -918,3 +918,48 @@ def test_every_scale_cross_validates_a_small_labeled_set(data):
     split = labeled_split([SimpleNamespace(id=f"case_{i:02d}") for i in range(18)], SCALES["quick"], seed=0)
     assert split["test"] == [f"case_{i:02d}" for i in range(18)] and len(split["draws"]) == 2
     assert sorted(i for d in split["draws"] for i in d["test"]) == split["test"]
+
+
+def test_the_noise_control_is_exported_at_the_step_its_matched_arm_exported(data, tmp_path, monkeypatch):
+    """mae − noise reads two runs of one recipe: each noise run is pretrained after the arms and exported at the step
+    mae's run of its replicate exported (its lowest held-out round), read from that export; asa's steps do not
+    count (its questions are not read against the noise control)."""
+    from asa.io import save_checkpoint
+
+    cohort, labeled = data
+    plans: list = []
+    monkeypatch.setattr(study, "run_stages", lambda plan, *rest: plans.append(plan) or 0)
+    assert study.main(["--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), *QUICK, "--network",
+                       "resenc-tiny", "--arms", "asa", "mae", "noise", "--out", str(tmp_path / "s")]) == 0
+    (plan,) = plans
+    titles = [s.title for s in stages.stages(plan.study)]
+    assert titles.index("pretraining") + 1 == titles.index("negative control")
+    arms_first = stages.Pretrain().units(plan, stages.Findings())
+    assert sorted(u.name for u in arms_first) == ["asa-c4", "asa-c4-p1", "mae-c4", "mae-c4-p1"]
+    assert not any("export_step" in " ".join(u.argv) for u in arms_first)  # their lowest held-out round
+    # nothing exported yet (a dry run's draft): the noise runs are planned without a step, priced alike
+    assert not any("export_step" in " ".join(u.argv) for u in stages.NegativeControl().units(plan, stages.Findings()))
+    for run in plan.runs:  # the arms' exports, each at a step of its own
+        if run.arm != "noise":
+            save_checkpoint(run.encoder, {"step": {"mae": 3, "asa": 1}[run.arm] + run.replicate})
+    noise = stages.NegativeControl().units(plan, stages.Findings())
+    assert {u.name: [a for a in u.argv if a.startswith("export_step=")] for u in noise} == {
+        "noise-c4": ["export_step=3"], "noise-c4-p1": ["export_step=4"]}
+
+
+def test_the_encoder_norm_over_a_fresh_one_is_read_off_the_export(tmp_path):
+    """norm_ratio rebuilds the export's network freshly initialised (seed 0) and divides the norms of the trained
+    weights it exports: a fresh export reads 1, one with every weight doubled 2 (its buffers and other keys unread)."""
+    from asa.models import PRESETS, build_network, network_spec
+    from asa.models.keys import encoder_keys
+    from asa.study.readout import norm_ratio
+
+    torch.manual_seed(0)
+    net = build_network({"arch": "asa_pretrain", "kwargs": {**PRESETS["tiny"], "img_size": 32, "patch_size": 8}})
+    prefixes = encoder_keys(net).prefixes
+    encoder = {k: v for k, v in net.state_dict().items() if k.startswith(prefixes)}
+    export = {"network": network_spec(net), "encoder": encoder}
+    assert norm_ratio(export) == pytest.approx(1.0, abs=1e-12)
+    params = dict(net.named_parameters())
+    doubled = {k: 2 * v if k in params else v + 7.0 for k, v in encoder.items()}
+    assert norm_ratio({**export, "encoder": doubled}) == pytest.approx(2.0, rel=1e-12)
