@@ -161,3 +161,59 @@ def test_asa_imports_sit_at_module_level():
                     if any(n == "." or n == "asa" or n.startswith("asa.") for n in names):
                         local.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
     assert local == []
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the asa modules it imports (a name inside a module counts as its module), every form, every place."""
+    modules = {module_of(path): path for path in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        targets = set()
+        for name, _ in imports_in(path):
+            while name and name not in modules:  # asa.models.build_network -> asa.models
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                targets.add(name)
+        graph[module] = targets
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected parts of more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        while work:
+            node, edges = work[-1]
+            step = next((t for t in edges if t not in index or t in stack), None)
+            if step is not None and step not in index:
+                index[step] = low[step] = len(index)
+                stack.append(step)
+                work.append((step, iter(sorted(graph[step]))))
+                continue
+            if step is not None:  # on the stack: a way back
+                low[node] = min(low[node], index[step])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                part = []
+                while not part or part[-1] != node:
+                    part.append(stack.pop())
+                if len(part) > 1:
+                    found.append(sorted(part))
+    return found
+
+
+def test_no_module_of_asa_imports_itself_back():
+    """No import circle, through any chain of modules or any deferred import: the one found has a test of its own."""
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles(_module_graph()) == []

@@ -18,7 +18,7 @@ from asa.api.config import describe_compose_error as _compose_error  # the one l
 from asa.api.machinery.run import OptionError, describe_error
 from asa.api.machinery.rundir import RunDirError
 from asa.cli.interrupted import EXIT_INTERRUPTED
-from asa.cli.launch import write_status
+from asa.cli.status import write_status
 from asa.data import CaseError
 from asa.data.store import StoreIndexError, StoreSettingsError
 from asa.train import IncompatibleCheckpointError

@@ -27,11 +27,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from asa.cli.help import kept_text
+from asa.cli.status import STATUS_ENV, read_statuses
 
-__all__ = ["HELP", "LAUNCH_ENV", "STATUS_ENV", "WAIT_S", "bounded_wait", "job_exit_code", "main", "read_statuses",
-           "rendezvous_failure", "write_status"]
+__all__ = ["HELP", "LAUNCH_ENV", "WAIT_S", "bounded_wait", "job_exit_code", "main", "rendezvous_failure"]
 
-STATUS_ENV = "ASA_EXIT_STATUS_DIR"
 # asa.api.machinery.rundir.LAUNCH_ENV, which composes the resume command from it: spelled here, not imported, since
 # asa.api's modules would double the launcher's start-up time and memory (8 s and 200 MB more, measured under load)
 LAUNCH_ENV = "ASA_TORCHRUN_RENDEZVOUS"
@@ -60,28 +59,6 @@ timeout=S; a node other than 0 up to about twice that) for nodes that never come
 where it waited and for which nodes and exits 1, as it does when the rendezvous store is lost. The resume
 command a stopped job prints keeps the rendezvous options (--rdzv_*, --master_*, --node_rank, --local_addr).
 """
-
-
-def write_status(code: int) -> None:
-    """Record this worker's exit code for `asa-torchrun` (no-op outside it)."""
-    folder = os.environ.get(STATUS_ENV)
-    if not folder:
-        return
-    try:
-        Path(folder, f"rank{int(os.environ.get('RANK', '0'))}").write_text(f"{int(code)}\n")
-    except (OSError, ValueError):
-        pass  # the launcher then falls back on torchrun's account of this worker
-
-
-def read_statuses(folder: str | os.PathLike) -> dict[int, int]:
-    """{rank: exit code} of the workers that recorded one."""
-    codes = {}
-    for path in Path(folder).glob("rank*"):
-        try:
-            codes[int(path.name[4:])] = int(path.read_text().strip())
-        except ValueError:
-            continue
-    return codes
 
 
 def _code(exitcode: int) -> int:

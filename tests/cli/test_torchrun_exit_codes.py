@@ -15,7 +15,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from asa.cli.common import EXIT_FAILED, EXIT_FINISHED, EXIT_REFUSED, entry
-from asa.cli.launch import STATUS_ENV, job_exit_code, read_statuses
+from asa.cli.launch import job_exit_code
+from asa.cli.status import STATUS_ENV, read_statuses
 from asa.cli.launch import main as torchrun_main
 from asa.io import load_checkpoint
 from asa.train.preemption import mark_finished
