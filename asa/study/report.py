@@ -255,13 +255,36 @@ def figures(info: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], said: Re
     return plots
 
 
-def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot: int) -> Path:
+def answer_lines(said: Reading) -> list[str]:
+    """A reading's answers, the primary first, then its minimum detectable effect."""
+    ordered = sorted((r for r in said.contrasts if r["kind"] == "question"), key=lambda r: r["role"] != "primary")
+    return [*(f"- {'**Primary:** ' if r['role'] == 'primary' else ''}{question_line(r, min_effect=said.min_effect)}"
+              for r in ordered),
+            *([] if ordered else ["- No pretraining arm was scored."]), "",
+            *([] if math.isnan(said.mde) else mde_line(said.primary, min_effect=said.min_effect))]
+
+
+def head_start_lines(said: Reading, step: int, end: int, *, trained_on: str) -> list[str]:
+    """The section of the same questions read at the head start: every run's state kept at ``step`` of its
+    ``end``, read by the same rules as the end point."""
+    controls = [control_line(r, min_effect=said.min_effect, read=said.interpretable, trained_on=trained_on,
+                             primary_mde=said.mde) for r in said.contrasts if r["kind"] != "question"]
+    return [f"## At the head start (step {step} of {end})", "",
+            f"The same runs, each scored again from its state kept at step {step} (trainer.keep_steps), in the "
+            f"middle of its schedule: a gain here is a head start, the answers above read where the runs end. The "
+            "same questions, rules and controls as above (the Dice with the encoder zeroed is scored at the end "
+            "point only).", "", *answer_lines(said), *(f"- {line}" for line in controls), ""]
+
+
+def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot: int,
+                 head_start: Outputs | None = None) -> Path:
     """``<out>/report/``: README.md, report.json, contrasts.json and the plots (SVG) of a finished study, from its
-    record ``info`` and the transfer stage's rows ``scored``: read once (`asa.study.readings.read`), then drawn and
-    written."""
+    record ``info`` and the transfer stage's rows ``scored`` (``head_start``: the same runs' rows at --head-start's
+    step, read by the same rules): read once (`asa.study.readings.read`), then drawn and written."""
     folder = out / "report"
     info = {**info, "pretraining": sorted(info.get("pretraining", []), key=declared_order)}  # not --arms' order
     said = read(scored.scores, info, n_boot=n_boot)
+    early = None if head_start is None else read(head_start.scores, info, n_boot=n_boot)
     plots, contrasts, min_effect = figures(info, scored.rows, said), said.contrasts, said.min_effect
     pilot, sc, checks, design = info.get("pilot") or {}, info["scale"], info["checks"], info.get("design")
     trained_on = ("each draw's own training part (the cases the arms draw N from, trained for the pilot's steps): it "
@@ -274,7 +297,6 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
         controls.insert(0, f"**No positive control ran**{why}: the study's sensitivity is not shown, so no null below "
                         f"is read as evidence (\"{UNSHOWN}\").")
     pretraining_md, flags = pretraining_lines(info.get("pretraining", []))
-    ordered = sorted((r for r in contrasts if r["kind"] == "question"), key=lambda r: r["role"] != "primary")
     budget = (f"The pilot (scratch, constant lr, {pilot.get('pilot_steps')} steps) "
               + ("did not learn the task (its best validation Dice stayed under the floor, so it has no level to "
                  "find)" if pilot.get("learned") is False else f"levelled off at step {pilot.get('budget')}"
@@ -318,11 +340,8 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
         + f"{steps_phrase(info.get('pretraining', []))}; minimum effect {min_effect:g} Dice. {recipe}", "",
         draws_line(info, scored.budgets), "",
         "## Answers", "",
-        *family_lines(said),
-        *(f"- {'**Primary:** ' if r['role'] == 'primary' else ''}{question_line(r, min_effect=min_effect)}"
-          for r in ordered),
-        *([] if ordered else ["- No pretraining arm was scored."]), "",
-        *([] if math.isnan(said.mde) else mde_line(said.primary, min_effect=min_effect)),
+        *family_lines(said), *answer_lines(said),
+        *([] if early is None else head_start_lines(early, info["head_start"], info["steps"], trained_on=trained_on)),
         "## The instruments", "",
         *(f"- {line}" for line in [*controls, export_line(info.get("pretraining", [])), *flags, checks.get("cohort"),
                                    overlap, *checks["channels"],
@@ -349,6 +368,10 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
     for name, svg in plots.items():
         atomic_write_text(folder / name, svg)
     atomic_write_json(folder / "contrasts.json", contrasts)
-    atomic_write_json(folder / "report.json", {**info, "contrasts": contrasts, "plots": sorted(plots)})
+    record = {**info, "contrasts": contrasts, "plots": sorted(plots)}
+    if early is not None:
+        atomic_write_json(folder / "contrasts-head-start.json", early.contrasts)
+        record["head_start_contrasts"] = early.contrasts
+    atomic_write_json(folder / "report.json", record)
     atomic_write_text(folder / "README.md", "\n".join(lines))
     return folder

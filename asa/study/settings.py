@@ -31,6 +31,7 @@ class Study:
     recipe: str = "adamw"
     encoder_lr_scale: float = 1.0
     budget_cap: int | None = None
+    head_start: int | None = None  # a shorter budget every fine-tuning run is also scored at
     accept_overlap: bool = False
     accept_unlearned: bool = False
     seed: int = 0

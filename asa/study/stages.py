@@ -63,6 +63,7 @@ class Findings:
     pilot: dict[str, Any] | None = None
     probes: dict[str, Any] | None = None
     scored: Outputs | None = None
+    head_start: Outputs | None = None  # the same runs' rows at --head-start's steps
     times: dict[str, Any] = dataclasses.field(default_factory=dict)  # the study's seconds per stage and unit
 
 
@@ -96,6 +97,7 @@ class FineTuning(Stage):
         # every run scored: read afresh from their scores.json at every call, a resumed study's as a whole one's
         found.scored = transfer.results(self.settings, self.runs, self.cfg,
                                         [spent.get(u.name, 0.0) for u in self.trained])
+        found.head_start = transfer.head_start_results(self.settings, self.runs, self.cfg)
 
 
 class Pilot(FineTuning):
@@ -221,11 +223,18 @@ class TransferStage(FineTuning):
         tuned = [r for r in plan.runs if found.probes is None or r.arm == found.probes["chosen"] or ARMS[r.arm].noise]
         seeds = tuple(range(len(split["draws"]))) if "draws" in split else tuple(s.scale.seeds)
         arms = finetune_arms(tuned, s.network, plan.supervised, dict(s.encoders))
+        steps = found.pilot["steps"]
+        head_start = s.head_start if s.head_start is not None and s.head_start < steps else None
         self.said = (f"[study] transfer: {len(arms)} arms × N {list(s.scale.cases)} × "
                      + (f"{len(seeds)} cross-validation draws" if "draws" in split else f"seeds {list(seeds)}")
-                     + f", {found.pilot['steps']} steps each (logs in {s.out / 'logs' / 'transfer'})")
-        return plan.transfer("transfer", arms=arms, cases=tuple(s.scale.cases), seeds=seeds,
-                             steps=found.pilot["steps"], n_boot=s.n_boot, overrides=plan.overrides)
+                     + f", {steps} steps each"
+                     + (f", each also scored at its head start, step {head_start}" if head_start else "")
+                     + f" (logs in {s.out / 'logs' / 'transfer'})")
+        if s.head_start is not None and head_start is None:
+            self.said += (f"\n[study] --head-start {s.head_start}: not before the end point ({steps} steps), so no "
+                          "run is scored there")
+        return plan.transfer("transfer", arms=arms, cases=tuple(s.scale.cases), seeds=seeds, steps=steps,
+                             head_start=head_start, n_boot=s.n_boot, overrides=plan.overrides)
 
 
 class Report(Stage):
@@ -236,7 +245,7 @@ class Report(Stage):
     def read(self, plan: StudyPlan, found: Findings, spent: Mapping[str, float]) -> int | None:
         s, times, split, endpoint = plan.study, found.times, plan.split, plan.checks["endpoint"]
         info = {"scale_name": s.scale_name, "scale": dataclasses.asdict(s.scale), "network": s.network.name,
-                "steps": found.pilot["steps"], "recipe": s.recipe, "encoder_lr_scale": s.encoder_lr_scale,
+                "steps": found.pilot["steps"], "head_start": s.head_start, "recipe": s.recipe, "encoder_lr_scale": s.encoder_lr_scale,
                 "min_effect": s.min_effect, "endpoint": [endpoint["key"], endpoint["label"]],
                 "design": ({"folds": split["folds"], "repeats": split["repeats"], "draws": len(split["draws"]),
                             "cases": len(split["test"])} if "draws" in split else None),
@@ -248,7 +257,7 @@ class Report(Stage):
                 "commands": ["asa-study " + shlex.join(sys.argv[1:]),
                              *(f"asa-pretrain {shlex.join(r.overrides)}" for r in plan.runs)],
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        folder = report.write_report(s.out, info, found.scored, n_boot=s.n_boot)
+        folder = report.write_report(s.out, info, found.scored, n_boot=s.n_boot, head_start=found.head_start)
         print(f"[study] done: report in {folder / 'README.md'}", flush=True)
         return 0
 

@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         "quick": "a plumbing check: a few steps per run, minutes; its report reads no answer"})
     p.add_argument("--budget-cap", type=int, metavar="STEPS",
                    help="fine-tune at most STEPS steps whatever the pilot asks for (the report says so)")
+    p.add_argument("--head-start", type=int, metavar="STEPS", help=(
+        "also score every fine-tuning run at STEPS, from its state kept at that step, and read every question there "
+        "too: the gain at a short budget (a head start) beside the gain at the end point, from the same runs"))
     p.add_argument("--accept-overlap", action="store_true", help=(
         "run although labeled cases (test, validation, the positive control's or the training pool's) are in the "
         "pretraining cohort: every run accepts them, and the report lists them"))
@@ -215,6 +218,10 @@ def _refuse_options(study: Study) -> None:
         refuse(f"--min-effect {study.min_effect}: expected a difference in Dice in [0, 1)")
     if study.budget_cap is not None and study.budget_cap < 10:
         refuse(f"--budget-cap {study.budget_cap}: expected at least 10 steps")
+    longest = min(study.scale.pilot_steps, study.budget_cap or study.scale.pilot_steps)  # the end point's at most
+    if study.head_start is not None and not 1 <= study.head_start < longest:
+        refuse(f"--head-start {study.head_start}: expected a step from 1 to {longest - 1}, before the longest end "
+               f"point the pilot may set ({'--budget-cap' if study.budget_cap else '--pilot-steps'} {longest})")
     if not study.root.is_dir():
         refuse(f"--root {study.root}: no such folder (the labeled set, in the layout of --data {study.data})")
 
@@ -290,6 +297,7 @@ def _record(study: Study, task: Any, channels: list[str] | None, control_channel
                 "data": study.data, "root": str(study.root),
                 "pretrain_data": str(study.pretrain_data) if study.pretrain_data else None, "recipe": study.recipe,
                 "encoder_lr_scale": study.encoder_lr_scale, "seed": study.seed, "budget_cap": study.budget_cap,
+                "head_start": study.head_start,
                 "override": list(study.overrides), "probe_first": study.probe_first,
                 "lesion_classes": list(study.lesion_classes), "largest_cohort": max(scale.cohorts, default=None),
                 "pilot_cases": max(scale.cases), "pretrain_channels": channels, "supervised_channels": supervised,
@@ -297,7 +305,7 @@ def _record(study: Study, task: Any, channels: list[str] | None, control_channel
     # a study recorded before the options pretrained on the T1 alone, trained the positive control on every
     # fine-tuning channel and ran each pretraining in one process
     record_settings(study.out, settings, grows=GROWS, recorded_as=lambda old: {
-        "probe_first": False, "pretrain_channels": ["t1"] if old.get("pretrain_data") else None,
+        "probe_first": False, "head_start": None, "pretrain_channels": ["t1"] if old.get("pretrain_data") else None,
         "supervised_channels": list(task.channels) if SUPERVISED in old.get("arms", []) else None, **old,
         # one process, one pretraining run per arm; a fixed split (folds, repeats, min_scored as the scale's)
         **({"scale": {"nproc": 1, "folds": scale.folds, "repeats": scale.repeats, "min_scored": scale.min_scored,

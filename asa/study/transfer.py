@@ -75,6 +75,7 @@ class Transfer:
     repeats: int = 1
     hold_out: tuple[str, ...] = ()  # cases of the training pool no run draws (a study's positive control's)
     steps: int = 40  # optimiser steps per run (rounded to whole epochs)
+    head_start: int | None = None  # a shorter budget every run is also scored at, from its state kept at that step
     overrides: tuple[str, ...] = ()  # asa-finetune overrides of every run
     lesion_classes: tuple[str, ...] = ()  # classes whose mean Dice is a column of its own (lesion mean)
     device: str = "auto"
@@ -127,10 +128,16 @@ class Run:
     fold: int | None = None
     identity: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # `Tuned.identity` of its arm
     supervised_trained: tuple[str, ...] = ()  # cases it scores that its encoder trained on with labels
+    head_start: int | None = None  # also scored at this step (its kept state: trainer.keep_steps)
 
     @property
     def scores_file(self) -> Path:
         return self.run_dir / "scores.json"
+
+    @property
+    def kept(self) -> Path:
+        """The checkpoint of its head start (asa-finetune's trainer.keep_steps)."""
+        return self.run_dir / "checkpoints" / f"kept_{self.head_start:08d}.pt"
 
 
 def plan_runs(s: Transfer) -> tuple[list[Run], list[str], Any, list[str]]:
@@ -179,13 +186,14 @@ def plan_runs(s: Transfer) -> tuple[list[Run], list[str], Any, list[str]]:
             epochs = max(1, round(s.steps / max(n // int(probe_cfg.trainer.batch_size), 1)))
             # with validation cases: about 20 rounds per run, so that its last 20 % holds 4 of them
             checks = [f"trainer.val_every={max(1, epochs // 20)}"] if val else []
+            checks += [f"trainer.keep_steps=[{s.head_start}]"] if s.head_start is not None else []
             for arm, tuned in s.arms.items():
                 run_dir = out / "runs" / f"{arm}-n{n}-s{seed}"
                 own, labeled = tuned.drawn(seed)
                 runs.append(Run(arm, n, seed, train, (*base, f"output_dir={run_dir}", f"seed={seed}",
                                                       f"trainer.epochs={epochs}", *checks, *own), run_dir,
                                 val, tuple(draw["test"]), draw["repeat"], draw["fold"], tuned.identity,
-                                tuple(sorted(set(draw["test"] or test_ids) & set(labeled)))))
+                                tuple(sorted(set(draw["test"] or test_ids) & set(labeled))), s.head_start))
     return runs, test_ids, probe_cfg, ids
 
 
@@ -208,25 +216,45 @@ def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequen
     scoring = []
     for k in range(min(jobs, len(runs))):
         share, spec = runs[k::jobs], out / "scoring" / f"share{k}.json"
+        cases = sum(len(r.test) or len(test_ids) for r in share)  # priced in cases scored as `score` scores them
+        if s.head_start is not None:  # each case scored again at the head start, without the zeroed encoder: half
+            cases += cases // 2
         scoring.append(Unit(f"{out.name}/scoring-{k}", module_argv("asa.study.transfer", str(spec)),
                             lambda share=share: all(r.scores_file.is_file() for r in share),
                             logs / f"scoring-{k}.log", resumable=False, threads=s.threads,
                             after=tuple(u.name for u in trained[k::jobs]),
-                            cases=sum(len(r.test) or len(test_ids) for r in share),
+                            cases=cases,
                             inputs=((spec, {"runs": [{**dataclasses.asdict(r), "run_dir": str(r.run_dir)}
                                                      for r in share], "test": list(test_ids), "device": s.device}),)))
     return [*trained, *scoring]
 
 
 def score(run: Run, by_id: Mapping[str, Any], test_ids: Sequence[str], device: str) -> None:
-    """Score ``run`` on its test cases with its budget check, into scores.json (a rerun neither trains nor predicts)."""
+    """Score ``run`` on its test cases with its budget check, into scores.json (a rerun neither trains nor predicts);
+    with a head start, its state kept at that step too (the Dice with the encoder zeroed at the end point only)."""
     ckpt = run.run_dir / "checkpoints" / "last.pt"
+    cases = [by_id[i] for i in run.test or test_ids]
+    scores, names = _scored(run, ckpt, cases, device, zeroed=True)
+    # its training seconds are the study's to add (`results`): a scorer in a process of its own runs before they are
+    budget = {"arm": run.arm, "n": run.n, "seed": run.seed, "steps": int(load_checkpoint(ckpt)["step"]),
+              "train": " ".join(run.train), **logged_budget(run.run_dir)}
+    record = {"scores": scores, "budget": budget, "names": names}
+    if run.head_start is not None:
+        if not run.kept.is_file():  # a run trained before the head start was asked for, or never at that step
+            raise FileNotFoundError(f"{run.kept}: the head start's checkpoint (trainer.keep_steps=[{run.head_start}]) "
+                                    f"is missing; the run ended at step {budget['steps']}")
+        record["head_start"] = {"step": run.head_start, "scores": _scored(run, run.kept, cases, device, zeroed=False)[0]}
+    atomic_write_json(run.scores_file, record)
+
+
+def _scored(run: Run, ckpt: Path, cases: Sequence[Any], device: str, *, zeroed: bool) -> tuple[list[dict], list[str]]:
+    """(a score row per test case, the classes) of the checkpoint ``ckpt`` of ``run``; ``zeroed``: with the Dice of
+    the encoder zeroed where the network has one to zero (else NaN)."""
     predictor = Predictor.from_checkpoint(ckpt, device=torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)))
     task = predictor.task
     # a network without an encoder to zero (the DynUNet baseline) is scored without the reliance columns
-    reliance = encoder_reliance(predictor, [by_id[i] for i in run.test or test_ids], hd95=True,
-                                zeroed=capabilities(predictor.model).zero_encoder)
+    reliance = encoder_reliance(predictor, cases, hd95=True, zeroed=zeroed and capabilities(predictor.model).zero_encoder)
     scores = []
     for row in reliance["per_case"]:
         entry = {"arm": run.arm, "n": run.n, "seed": run.seed, "case": row["id"],
@@ -235,10 +263,7 @@ def score(run: Run, by_id: Mapping[str, Any], test_ids: Sequence[str], device: s
             entry.update({column.format(c): row[column.format(c)] for c in task.output_names})
             entry[column.format("mean")] = float(np.mean([row[column.format(c)] for c in task.output_names]))
         scores.append(entry)
-    # its training seconds are the study's to add (`results`): a scorer in a process of its own runs before they are
-    budget = {"arm": run.arm, "n": run.n, "seed": run.seed, "steps": int(load_checkpoint(ckpt)["step"]),
-              "train": " ".join(run.train), **logged_budget(run.run_dir)}
-    atomic_write_json(run.scores_file, {"scores": scores, "budget": budget, "names": list(task.output_names)})
+    return scores, list(task.output_names)
 
 
 def _train_seconds(run: Run, default: float) -> float:
@@ -268,24 +293,53 @@ def results(s: Transfer, runs: Sequence[Run], probe_cfg: Any, spent: Sequence[fl
     for run, seconds in zip(runs, spent):  # each run's wall time adds the parts of every call that trained it
         if seconds > 0:
             atomic_write_json(run.run_dir / "wall_time.json", {"train_seconds": seconds + _train_seconds(run, 0.0)})
-    done = [(run, json.loads(run.scores_file.read_text())) for run in runs if run.scores_file.is_file()]
-    scores = [{**row, **run.identity} for run, d in done for row in d["scores"]]
+    done = _scored_runs(runs)
     # a run scored before its cases were recorded; its wall time as the study has added it up
     budgets = [{**d["budget"], "train": d["budget"].get("train", " ".join(run.train)),
                 "train_seconds": _train_seconds(run, math.nan)} for run, d in done]
+    written = _outputs(s, [(run, d["scores"]) for run, d in done], _names(done, probe_cfg), out, budgets=budgets,
+                       undone=len(runs) - len(done))
+    if written is not None:
+        print(f"[transfer] outputs in {out}: transfer.md, transfer.csv, scores.csv, runs.csv, dice_vs_cases.svg",
+              flush=True)
+    return written
+
+
+def head_start_results(s: Transfer, runs: Sequence[Run], probe_cfg: Any) -> Outputs | None:
+    """The scored runs' rows at the head start (``s.head_start``), their outputs in ``<out>/head-start`` (None: no
+    head start, or no run scored yet)."""
+    if s.head_start is None:
+        return None
+    scored = _scored_runs(runs)
+    return _outputs(s, [(run, d["head_start"]["scores"]) for run, d in scored], _names(scored, probe_cfg),
+                    Path(s.out).expanduser().absolute() / "head-start", undone=len(runs) - len(scored))
+
+
+def _scored_runs(runs: Sequence[Run]) -> list[tuple[Run, dict[str, Any]]]:
+    """(run, its scores.json) of every run scored so far."""
+    return [(run, json.loads(run.scores_file.read_text())) for run in runs if run.scores_file.is_file()]
+
+
+def _names(done: Sequence[tuple[Run, Mapping[str, Any]]], probe_cfg: Any) -> list[str]:
+    """The classes the runs were scored on (their scores.json's), else the task's."""
+    if done:
+        return list(done[0][1]["names"])
     root, _ = dataset_root(probe_cfg.data)
-    names = done[0][1]["names"] if done else list(get_task(str(probe_cfg.data.task), root=root).output_names)
+    return list(get_task(str(probe_cfg.data.task), root=root).output_names)
+
+
+def _outputs(s: Transfer, done: Sequence[tuple[Run, list[dict[str, Any]]]], names: list[str], out: Path, *,
+             budgets: Sequence[Mapping[str, Any]] = (), undone: int) -> Outputs | None:
+    """`write_outputs` of the runs' score rows ``done`` under ``out``, each row with its arm's identity and, with
+    --lesion-classes, their mean Dice (None: no row)."""
+    scores = [{**row, **run.identity} for run, rows in done for row in rows]
     if lesion := [c for c in s.lesion_classes if c not in names]:
         refuse(f"--lesion-classes {' '.join(lesion)}: not among the classes {names}")
     for row in scores if s.lesion_classes else ():
         row[LESION] = float(np.mean([row[f"Dice_{c}"] for c in s.lesion_classes]))
     if not scores:
         return None
-    written = write_outputs(scores, names, references(s.arms), out, n_boot=s.n_boot, budgets=budgets,
-                            undone=len(runs) - len(done))
-    print(f"[transfer] outputs in {out}: transfer.md, transfer.csv, scores.csv, runs.csv, dice_vs_cases.svg",
-          flush=True)
-    return written
+    return write_outputs(scores, names, references(s.arms), out, n_boot=s.n_boot, budgets=budgets, undone=undone)
 
 
 if __name__ == "__main__":

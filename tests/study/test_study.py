@@ -246,7 +246,8 @@ def test_the_installed_script_runs_a_quick_study_from_outside_the_checkout_and_s
     argv = ["asa-study", "--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), "--out", str(out),
             "--scale", "quick", "--test", "16", "--n-boot", "50", "--arms", "mae", "supervised",
             "--pretrain-steps", "2", "--pilot-steps", "6", "--crop", "16", "--pretrain-crop", "32", "--threads", "1",
-            "--pretrain-runs", "1"]  # one pretraining run of the arm: the stop and the resume are under test
+            "--pretrain-runs", "1",  # one pretraining run of the arm: the stop and the resume are under test
+            "--head-start", "5"]  # every fine-tuning run also scored at step 5 of its 10
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     stopped = subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     deadline, units = time.monotonic() + 240, []
@@ -279,6 +280,14 @@ def test_the_installed_script_runs_a_quick_study_from_outside_the_checkout_and_s
         scores = list(csv.DictReader(f))
     for arm in ("scratch", "supervised", "mae-c4"):  # every case scored once by each arm
         assert sorted(r["case"] for r in scores if r["arm"] == arm) == sorted(c.id for c in discover("msd", labeled))
+    # the same runs at their head start: each run's state kept at step 5, scored on the same cases, read on the page
+    with open(out / "transfer" / "head-start" / "scores.csv", newline="") as f:
+        early = list(csv.DictReader(f))
+    assert sorted((r["arm"], r["case"]) for r in early) == sorted((r["arm"], r["case"]) for r in scores)
+    assert [r["Dice_mean"] for r in early] != [r["Dice_mean"] for r in scores]  # five steps apart
+    assert all(p.name == "kept_00000005.pt" for p in (out / "transfer" / "runs").glob("*/checkpoints/kept_*.pt"))
+    assert len(list((out / "transfer" / "runs").glob("*/checkpoints/kept_00000005.pt"))) == 6
+    assert "## At the head start (step 5 of 10)" in page
     checks = json.loads((out / "checks" / "checks.json").read_text())
     for g, draw in enumerate(checks["split"]["draws"]):
         control = json.loads((out / "pretrain" / f"supervised-s{g}" / "splits.json").read_text())

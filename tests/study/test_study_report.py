@@ -477,3 +477,36 @@ def test_under_cross_validation_the_positive_control_says_it_trained_on_the_arms
     page, _, _ = _study(tmp_path, CONTROLS, design={"folds": 3, "repeats": 1, "draws": 3, "cases": 6})
     control = next(line for line in page.splitlines() if "Positive control" in line)
     assert "each draw's own training part" in control and "not transfer from other cases" in control
+
+
+def test_the_head_start_is_read_beside_the_end_point_from_the_same_runs(tmp_path):
+    """Scores of one study at its end point (mae − scratch +0.001: no detectable difference) and at its head start
+    (+0.05, with the same spread): the page reads both by the same rules, the end point first, and keeps the head
+    start's contrasts beside the end point's."""
+    out = tmp_path / "study"
+    arms = {"mae-c4": "scratch", "supervised": "supervised", "noise-c4": "scratch", "scratch": "scratch"}
+
+    def outputs(mae: float, folder: str) -> tables.Outputs:
+        scores = _scores({**CONTROLS, "mae-c4": (mae, 0.002)})
+        return tables.write_outputs(scores, CLASSES, {**arms, "supervised": "scratch"}, out / folder, n_boot=200)
+
+    info = {"scale_name": "cpu", "network": "resenc", "machine": MACHINE, "finished": "2026-11-28T12:00:00",
+            "scale": {"crop": 32, "cases": [2], "seeds": [0, 1, 2], "test": 6, "val": 2, "pretrain_steps": 5},
+            "steps": 1800, "head_start": 600, "recipe": "adamw", "encoder_lr_scale": 1.0, "min_effect": 0.01,
+            "classes": CLASSES, "lesion_classes": LESION_CLASSES, "pilot": {"test": {c: 0.7 for c in CLASSES}},
+            "pretraining": [_run("mae-c4", "mae", 5), _run("noise-c4", "noise", 5)], "encoders": [],
+            "checks": {"overlap": {"lines": ["none"]}, "channels": []}, "commands": [], "runs": {}}
+    folder = report.write_report(out, info, outputs(0.001, "transfer"), n_boot=200,
+                                 head_start=outputs(0.05, "transfer/head-start"))
+    page = (folder / "README.md").read_text()
+    end, early = page.split("## At the head start (step 600 of 1800)")
+    end_primary = next(x for x in end.splitlines() if x.startswith("- **Primary:**"))
+    early_primary = next(x for x in early.splitlines() if x.startswith("- **Primary:**"))
+    assert "(mae − scratch) At N = 2: no difference this study can detect" in end_primary
+    assert "(mae − scratch) At N = 2: helped" in early_primary and "Δ lesion Dice (lesion, tumour) +0.050" in early_primary
+    assert "Minimum detectable effect of the primary" in early and "Negative control shown small" in early
+    assert end.index("## Answers") < end.index("- **Primary:**")
+    head = json.loads((folder / "contrasts-head-start.json").read_text())
+    assert _row(head, "mae-c4")[tables.LESION][0] == pytest.approx(0.05)
+    assert _row(json.loads((folder / "contrasts.json").read_text()), "mae-c4")[tables.LESION][0] == pytest.approx(0.001)
+    assert json.loads((folder / "report.json").read_text())["head_start_contrasts"] == head
