@@ -197,9 +197,16 @@ def cost_cells(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) ->
     run."""
     rows = [[r["run"], "pretraining", f"{r['seconds']:.0f}", f"{r['steps'] / r['seconds']:.2f}"
              if r["seconds"] and not math.isnan(r["seconds"]) else "—"] for r in info.get("pretraining", [])]
-    rows += [[name, what, f"{seconds:.0f}", "—"] for name, what in (("pilot", "fine-tuning (pilot)"),
-                                                                    ("supervised", "fine-tuning (control)"))
-             if (seconds := info.get("runs", {}).get(name)) is not None]
+    times = info.get("runs", {})
+    if (seconds := times.get("pilot")) is not None:
+        rows.append(["pilot", "fine-tuning (pilot)", f"{seconds:.0f}", "—"])
+    # the positive control's runs: one, or one per cross-validated draw (a record before "controls": the one)
+    controls = [times[name] for name in info.get("controls", [declared.SUPERVISED]) if name in times]
+    if len(controls) == 1:
+        rows.append([declared.SUPERVISED, "fine-tuning (control)", f"{controls[0]:.0f}", "—"])
+    elif controls:
+        rows.append([declared.SUPERVISED, f"fine-tuning (control, {len(controls)} runs)",
+                     f"{np.mean(controls):.0f} per run", "—"])
     for arm in dict.fromkeys(str(b["arm"]) for b in budgets):
         runs = [b for b in budgets if str(b["arm"]) == arm]
         secs = [float(b["train_seconds"]) for b in runs if not math.isnan(float(b["train_seconds"]))]

@@ -510,3 +510,15 @@ def test_the_head_start_is_read_beside_the_end_point_from_the_same_runs(tmp_path
     assert _row(head, "mae-c4")[tables.LESION][0] == pytest.approx(0.05)
     assert _row(json.loads((folder / "contrasts.json").read_text()), "mae-c4")[tables.LESION][0] == pytest.approx(0.001)
     assert json.loads((folder / "report.json").read_text())["head_start_contrasts"] == head
+
+
+def test_the_cost_table_has_the_positive_control_s_row_one_run_or_one_per_draw():
+    """A cross-validated study's control is one run per draw (supervised-s0, -s1, ...): the Cost table gives their
+    mean per run, as it gives one control run's seconds; a record written before the runs were named has the one."""
+    runs = {"pilot": 40.0, "supervised-s0": 100.0, "supervised-s1": 140.0, "supervised": 7.0}
+    cells = report.cost_cells({"runs": runs, "controls": ["supervised-s0", "supervised-s1"]}, [])[1]
+    assert cells == [["pilot", "fine-tuning (pilot)", "40", "—"],
+                     ["supervised", "fine-tuning (control, 2 runs)", "120 per run", "—"]]
+    assert report.cost_cells({"runs": runs}, [])[1][1] == ["supervised", "fine-tuning (control)", "7", "—"]
+    assert report.cost_cells({"runs": {"pilot": 40.0}, "controls": []}, [])[1] == [["pilot", "fine-tuning (pilot)",
+                                                                                   "40", "—"]]
