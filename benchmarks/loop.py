@@ -170,7 +170,7 @@ class LoopProfile:
         from asa.train.precision import amp_name
         from asa.train.data import StopSafeLoader
         from asa.train.reporting import TrainLog
-        from asa.train.step import Accumulated, OptimizerStep
+        from asa.train.step import Accumulated, OptimizerStep, StepValues
         from asa.train.updates import RelativeUpdate
 
         Engine = engine_module.Engine
@@ -230,11 +230,11 @@ class LoopProfile:
         def noop_accumulate(self, net, step_fn, batches, *, distributed):
             for _ in batches:  # data and copy as in a real step
                 pass
-            return Accumulated(0.0, {}, 0)
+            return Accumulated((), ())
 
-        def noop_apply(self, epoch):
+        def noop_apply(self, epoch, acc, *, agree=int):
             self.optimizer.zero_grad(set_to_none=True)
-            return 0.0
+            return StepValues(0.0, {}, 0, 0.0)
 
         accumulate = noop_accumulate if self.noop else OptimizerStep.accumulate
         apply = noop_apply if self.noop else OptimizerStep.apply

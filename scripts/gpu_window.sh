@@ -20,6 +20,10 @@
 #                                 units side by side, the study's plan on the device and asa-study --scale gpu on the
 #                                 planted bed at the units at once measured best (its report.json; its times.json
 #                                 where its budget ended first)
+#   fusion_probe.json, fusion_probe.md
+#                                 only with PARTS="install fusion_probe", a window of its own (under 5 minutes):
+#                                 grouped against dense Conv3d / ConvTranspose3d at the gpu scale's unit's shapes, bf16
+#                                 and fp16, K 1 4 14 56 112 (benchmarks.fusion_probe)
 #   window.json                   every part's exit code and seconds, the device, the total (after each part)
 #   logs.tgz                      every part's log (after each part)
 #
@@ -128,6 +132,11 @@ done
 
 part swvit_step "$LIMIT_STEP" "$PY" -m benchmarks.compile_ab --amp "$AMP" --variants copies fp32_stream \
     --device "$DEVICE" --json "$OUT/swvit_step.json" "${STEP[@]}"
+
+if [[ " ${PARTS:-} " == *" fusion_probe "* ]]; then  # its own window: stops measuring at 270 s, writes by 300 s
+    part fusion_probe 300 "$PY" -m benchmarks.fusion_probe --device "$DEVICE" --json "$OUT/fusion_probe.json" \
+        --markdown "$OUT/fusion_probe.md" ${DRY:+--dry-run}
+fi
 
 # the study's window of its own (PARTS="install side_by_side study"; docs/studies.md, "The planted yes to plateau"):
 # the planted bed written; side_by_side: 1, 4, 8 and 16 of its fine-tuning units at once (benchmarks.side_by_side),

@@ -1,8 +1,10 @@
 """Datasets for pretraining and fine-tuning: each case preprocessed from its files, or read from a store.
 
-The deterministic preprocessing runs on the fly for every sample, unless the dataset reads a store
-(`asa.data.store`, written once by asa-preprocess), the one preprocessing cache. Random augmentation
-runs after it, every time.
+The deterministic preprocessing (the pipeline's first step) runs once per case and process: a dataset read
+from the files keeps each case's preprocessed arrays in memory up to `CASE_CACHE_BYTES` (the cases read first;
+any further case is preprocessed again at every read). A dataset reading a store (`asa.data.store`, written
+once by asa-preprocess) reads its crops from the store instead. Random augmentation runs after it, every
+time, on a copy: a cached read gives the bits a fresh one gives.
 
 Seeding: MONAI random transforms draw from their own ``RandomState``. The datasets reseed it
 (a) from ``seed`` at construction, (b) in every DataLoader worker from the worker's torch seed
@@ -13,15 +15,17 @@ share augmentation streams.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.data import Dataset as MonaiDataset
 from monai.data.utils import set_rnd
-from monai.transforms import Compose
+from monai.transforms import Compose, Randomizable
 from torch.utils.data import default_collate
 
 from asa.data.augmentation import (AUGMENT_ON, DeferredAugmentation, Finalize, pretrain_augmentation,
@@ -35,8 +39,13 @@ from asa.data.store import Store, StoreLatticeCropd, StorePretrainCrop, StoreSeg
 from asa.data.labels import Task
 from asa.io import Volume, VolumeError, load_volume
 
-__all__ = ["CaseDataset", "CaseLoadError", "StoreCropBatches", "build_pretrain_dataset", "build_segmentation_dataset",
+__all__ = ["CASE_CACHE_BYTES", "CaseDataset", "CaseLoadError", "StoreCropBatches", "build_pretrain_dataset", "build_segmentation_dataset",
            "preprocess_for_inference", "region_map_for_inference"]
+
+
+# the preprocessed cases a dataset read from the files keeps in memory, per process (each DataLoader worker holds its
+# own): a fine-tuning unit's labeled set (a few cases) fits many times over, a large cohort's first cases only
+CASE_CACHE_BYTES = 2**30
 
 
 class CaseLoadError(RuntimeError):
@@ -50,13 +59,26 @@ class CaseDataset(torch.utils.data.Dataset):
     Wraps a MONAI Dataset; reseeds the random transforms once per DataLoader worker.
     """
 
-    def __init__(self, items: list[dict[str, Any]], transform: Compose, *, seed: int | None) -> None:
+    def __init__(self, items: list[dict[str, Any]], transform: Compose, *, seed: int | None,
+                 cache_bytes: int = 0) -> None:
+        """Args:
+            items: one dict per case, the input of ``transform``.
+            transform: the pipeline; with ``cache_bytes`` its first step must be deterministic (the preprocessing).
+            seed: seeds the random steps (None: left as they are).
+            cache_bytes: the first step's outputs kept in memory, in bytes of their arrays (0: none kept).
+        """
+        if cache_bytes and isinstance(transform.transforms[0], Randomizable):
+            raise ValueError(f"CaseDataset: cache_bytes={cache_bytes} needs a deterministic first step, got "
+                             f"{type(transform.transforms[0]).__name__}")
         self.items = items
         self.transform = transform
         self.inner = MonaiDataset(items, transform)
         if seed is not None:
             set_rnd(transform, seed)
         self._seeded_for: tuple[int, int] | None = None
+        self.cache_bytes = int(cache_bytes)
+        self._cache: dict[int, Any] = {}  # item index -> the output of the pipeline's first step
+        self._cached = 0  # bytes held in the cache
 
     @property
     def ids(self) -> list[str]:
@@ -90,7 +112,7 @@ class CaseDataset(torch.utils.data.Dataset):
         if info is not None and self._seeded_for != (os.getpid(), info.seed):
             self.reseed(info.seed)  # distinct, reproducible streams per worker under a plain DataLoader
         try:
-            out = self.inner[index]
+            out = self._read(index)
         except Exception as err:  # MONAI wraps it in "applying transform <...>": keep the file and the fault
             cause: BaseException | None = err
             while cause is not None and not isinstance(cause, VolumeError):
@@ -100,6 +122,33 @@ class CaseDataset(torch.utils.data.Dataset):
             raise CaseLoadError(f"case {self.items[index]['id']}: {cause}") from err
         # RandCropByPosNegLabeld returns a list of samples; one sample is returned as a dict
         return out[0] if isinstance(out, list) and len(out) == 1 else out
+
+    def _read(self, index: int) -> Any:
+        """Item ``index`` through the pipeline; with a cache, its first step's output is kept while the cache's
+        bytes stay within ``cache_bytes``, and the other steps run on a deep copy of it (they may write in place)."""
+        if not self.cache_bytes:
+            return self.inner[index]
+        prepared = self._cache.get(index)
+        if prepared is None:
+            prepared = self.transform(self.items[index], end=1)
+            size = _array_bytes(prepared)
+            if self._cached + size <= self.cache_bytes:
+                self._cache[index] = prepared
+                self._cached += size
+        return self.transform(copy.deepcopy(prepared), start=1)
+
+
+def _array_bytes(value: Any) -> int:
+    """Bytes of the tensors and arrays in ``value`` (nested dicts, lists and tuples)."""
+    if isinstance(value, torch.Tensor):
+        return value.element_size() * value.numel()
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(_array_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_array_bytes(v) for v in value)
+    return 0
 
 
 class StoreCropBatches(CaseDataset):
@@ -195,7 +244,8 @@ def build_pretrain_dataset(
             return CaseDataset(items, Compose(steps), seed=seed)
         return StoreCropBatches(items, Compose(steps), channels=len(channels),
                                 dtype=getattr(torch, str(opened.settings["dtype"])), seed=seed)
-    return CaseDataset([case_to_item(c, channels) for c in cases], Compose(steps), seed=seed)
+    return CaseDataset([case_to_item(c, channels) for c in cases], Compose(steps), seed=seed,
+                       cache_bytes=CASE_CACHE_BYTES)
 
 
 def build_segmentation_dataset(
@@ -255,7 +305,8 @@ def build_segmentation_dataset(
         if train:
             steps[1] = StoreLatticeCropd.like(steps[1], pre.target)
         return CaseDataset(opened.items([c.id for c in cases]), Compose(steps), seed=seed)
-    return CaseDataset([case_to_item(c, task.channels) for c in cases], Compose(steps), seed=seed)
+    return CaseDataset([case_to_item(c, task.channels) for c in cases], Compose(steps), seed=seed,
+                       cache_bytes=CASE_CACHE_BYTES)
 
 
 def preprocess_for_inference(case: Case, task: Task, *, percentiles: tuple[float, float] = PERCENTILES

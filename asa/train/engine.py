@@ -366,20 +366,20 @@ class Engine:
         lr = self._set_lr()
         acc = self.optim_step.accumulate(run.net, self.step_fn, self._micro_batches(batches),
                                          distributed=self.env.distributed)
-        bad, = all_reduce_max_ints([acc.nonfinite], self.env)
         log_step = (self.step + 1) % self.cfg.log_every == 0 or self.step + 1 == run.stop_step
-        measure = not bad and log_step and self.updates is not None  # a copy of every parameter: logging steps only
+        measure = log_step and self.updates is not None  # a copy of every parameter: logging steps only
         if measure:
             self.updates.before()
-        grad_norm = None if bad else self.optim_step.apply(self.epoch)
+        values = self.optim_step.apply(self.epoch, acc, agree=lambda bad: all_reduce_max_ints([bad], self.env)[0])
+        bad, grad_norm = values.nonfinite, values.grad_norm
         if grad_norm is None:
             self._skip_nonfinite("loss" if bad else "gradient")
         else:
             self.nonfinite_run = 0
         self.step += 1
-        entry = {"train/lr": lr, **{f"train/{k}": v for k, v in acc.logs.items()}}
+        entry = {"train/lr": lr, **{f"train/{k}": v for k, v in values.logs.items()}}
         if not bad:  # a skipped step's loss (0 where non-finite) stays out of the window's mean
-            entry["train/loss"] = acc.loss
+            entry["train/loss"] = values.loss
         if grad_norm is not None and math.isfinite(grad_norm):
             entry["train/grad_norm"] = grad_norm
         if measure and grad_norm is not None:

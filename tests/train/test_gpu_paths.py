@@ -168,8 +168,7 @@ def _grads_after(clip: float | None, accum: int, scaler: torch.amp.GradScaler | 
         step.scaler = scaler  # the fp16 path of CUDA, with the CPU's GradScaler
     data = ToyData(augment=False)
     batches = [{k: torch.stack([data[2 * i + j][k] for j in range(2)]) for k in ("x", "y")} for i in range(accum)]
-    step.accumulate(model, step_fn, batches, distributed=False)
-    norm = step.apply(epoch=0)
+    norm = step.apply(0, step.accumulate(model, step_fn, batches, distributed=False)).grad_norm
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     return norm, after - before, step
 
