@@ -21,6 +21,7 @@ from asa.study import probes, report, transfer
 from asa.study.arms import ARMS, PILOT, SCRATCH
 from asa.study.common import REFUSED, Clock, finished, machine, module_argv, refuse
 from asa.study.cost import Costs, composed
+from asa.study.design import take_look
 from asa.study.plan import (Pretraining, Supervised, finetune_arms, overlap_overrides,
                             pretraining_argv, supervised_overrides, supervised_splits)
 from asa.study.readout import pilot_budget, pilot_reading, pretraining_summary
@@ -219,7 +220,7 @@ class Report(Stage):
                 "commands": ["asa-study " + shlex.join(sys.argv[1:]),
                              *(f"asa-pretrain {shlex.join(r.overrides)}" for r in plan.runs)],
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        folder = report.write_report(s.out, info, found.scored, n_boot=s.n_boot)
+        folder = report.write_report(s.out, info, found.scored, n_boot=s.n_boot, looks=take_look(s.out))
         print(f"[study] done: report in {folder / 'README.md'}", flush=True)
         return 0
 
