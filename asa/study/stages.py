@@ -25,7 +25,7 @@ from asa.study.design import take_look
 from asa.study.plan import (Pretraining, Supervised, finetune_arms, overlap_overrides,
                             pretraining_argv, supervised_overrides, supervised_splits)
 from asa.study.readout import pilot_budget, pilot_reading, pretraining_summary
-from asa.study.scheduler import Unit, run_units
+from asa.study.scheduler import RUNNING, Unit, run_units
 from asa.study.settings import Study
 from asa.study.tables import Outputs
 
@@ -240,10 +240,15 @@ def run_stages(plan: StudyPlan, clock: Clock, times: dict[str, Any], times_file:
         if stage.said:
             print(stage.said, flush=True)
         before = {u.name: times["runs"].get(u.name, 0.0) for u in units}
-        complete = run_units(units, stage.jobs or s.scale.jobs, clock, times["runs"])
-        if units:
-            times["stages"][stage.title] = times["stages"].get(stage.title, 0.0) + time.perf_counter() - started
-        atomic_write_json(times_file, times)
+        try:
+            complete = run_units(units, stage.jobs or s.scale.jobs, clock, times["runs"])
+        finally:  # a stop (SIGTERM, SIGINT) raises through here: its sitting's seconds count all the same
+            now = time.perf_counter()
+            for unit, since in RUNNING.values():  # the units it stopped mid-way, their seconds so far
+                times["runs"][unit.name] = times["runs"].get(unit.name, 0.0) + now - since
+            if units:
+                times["stages"][stage.title] = times["stages"].get(stage.title, 0.0) + now - started
+            atomic_write_json(times_file, times)
         if not complete:
             why = (f"the {stage.title} stage did not finish" if s.scale.time_budget is None else
                    f"the time budget ({s.scale.time_budget:.0f} s) ended during the {stage.title} stage")

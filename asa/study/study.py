@@ -49,6 +49,7 @@ from asa.study.plan import (GROWS, RECIPES, SCALES, Supervised, labeled_split, o
 from asa.study.readout import PILOT_FLOOR
 from asa.study.scheduler import stop_on_signals
 from asa.study.settings import Study
+from asa.study.sittings import keep_sitting
 from asa.study.cost import measure
 from asa.study.stages import StudyPlan, check_configs, planned, run_stages, schedule_lines
 
@@ -170,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if study.dry_run:
         print("\n".join(_dry_run(plan, stage_units, cohort_cases, cohorts, channels, store)), flush=True)
         return 0
-    return stop_on_signals(lambda: run_stages(plan, Clock(study.scale.time_budget), times, times_file), stopped)
+    return keep_sitting(times, times_file, lambda: stop_on_signals(
+        lambda: run_stages(plan, Clock(study.scale.time_budget), times, times_file), stopped))
 
 
 def _dry_run(plan: StudyPlan, stage_units: list, cohort_cases: Sequence, cohorts: Mapping[int, Path],
