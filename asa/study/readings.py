@@ -220,8 +220,8 @@ def instrument_faults(pilot: Mapping[str, Any], scores: Sequence[Mapping[str, An
 @dataclasses.dataclass(frozen=True)
 class Looks:
     """The looks at the scores the primary question is read over (`asa.study.design` keeps them in design.json):
-    Bonferroni, the primary read at ``ALPHA`` / `count`, the looks planned or taken, whichever are more. Without it
-    a study extended after a look that read nothing would raise its false-positive rate above ``ALPHA``.
+    Bonferroni, the primary read at ``ALPHA`` / `count`, the looks planned or taken, whichever are more: a study
+    extended after a look and read again at ``ALPHA`` would cross the bar by chance more often than ``ALPHA``.
 
     Args:
         taken: the looks taken, this reading's included.
