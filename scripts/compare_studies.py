@@ -23,18 +23,26 @@ def _scores(folder: Path) -> dict[tuple[str, ...], dict[str, str]]:
         return {(r["arm"], r["n"], r["seed"], r["case"]): r for r in csv.DictReader(f)}
 
 
+def _order(key: tuple[str, ...]) -> tuple:
+    """A score's (arm, N, seed, case) in the order a reader expects: N and seed (draw) by number, not as text."""
+    arm, n, seed, case = key
+    return arm, int(n), int(seed), case
+
+
 def compare(before: Path, after: Path) -> dict:
     """What differs between the two folders (empty lists: nothing), and a digest of the scores compared."""
     b, a = _scores(before), _scores(after)
     columns = sorted(set(next(iter(b.values()))) & set(next(iter(a.values()))))
-    cells = [f"{k} {c}: {b[k][c]} -> {a[k][c]}" for k in sorted(set(b) & set(a)) for c in columns if b[k][c] != a[k][c]]
+    cells = [f"{k} {c}: {b[k][c]} -> {a[k][c]}" for k in sorted(set(b) & set(a), key=_order) for c in columns
+             if b[k][c] != a[k][c]]
     cb, ca = ({(r["arm"], r["reference"], r["n"]): r for r in json.loads((f / "report" / "contrasts.json").read_text())}
               for f in (before, after))
     contrasts = [f"{k} {field}: {cb[k].get(field)} -> {ca[k].get(field)}" for k in sorted(set(cb) & set(ca))
                  for field in NUMBERS if cb[k].get(field) != ca[k].get(field)]
     digest = hashlib.sha256("".join(f"{k}{[b[k][c] for c in columns]}" for k in sorted(b)).encode()).hexdigest()
     return {"runs_and_cases": len(b), "columns": columns, "scores_sha256": digest,
-            "only_before": sorted(map(str, set(b) - set(a))), "only_after": sorted(map(str, set(a) - set(b))),
+            "only_before": [str(k) for k in sorted(set(b) - set(a), key=_order)],
+            "only_after": [str(k) for k in sorted(set(a) - set(b), key=_order)],
             "cells": cells, "contrasts": sorted(set(map(str, cb)) ^ set(map(str, ca))) + contrasts,
             "pilot": [] if (before / "pilot.json").read_text() == (after / "pilot.json").read_text()
             else ["pilot.json differs"]}

@@ -144,6 +144,16 @@ def _ci(est: Any) -> list[float]:
     return [est.value, est.low, est.high]
 
 
+def _endpoint_bar(row: dict[str, Any], est: Any, alpha: float) -> None:
+    """In place: the endpoint's p, its one-sided bounds at ``alpha`` (``bound90``: the 1 − 2·alpha interval, two
+    one-sided tests), its interval and its MDE at ``alpha`` (and with twice the seeds, cases, pretraining runs)."""
+    row.update(p=est.p, bound90=list(est.bounds(1 - 2 * alpha)), interval=est.to_dict(), mde=est.mde(alpha=alpha))
+    if est.parts and "seed" in est.levels:
+        levels = ("seed", "case", "pretraining")[:3 if "pretraining" in est.levels else 2]
+        row["mde_more"] = {name: est.mde(alpha=alpha, levels={level: 2 * est.levels[level]})
+                           for name, level in zip(("seeds", "cases", "pretraining runs"), levels)}
+
+
 def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], encoders: Sequence[str] = (), *,
                   n_boot: int, min_effect: float = 0.01, endpoint: tuple[str, str] = KEYS[0]) -> list[dict[str, Any]]:
     """Each declared contrast with both arms scored, per N: paired Δs (crossed CI, bootstrap), p, MDE and verdict."""
@@ -162,11 +172,7 @@ def contrast_rows(scores: Sequence[Mapping[str, Any]], cohorts: Sequence[int], e
                 est = statistics.interval(scores, group, reference, n, k)
                 row[k], row["bootstrap"][k] = _ci(est), _ci(seed_case_bootstrap(d, n_resamples=n_boot))
                 if k == key:
-                    row.update(p=est.p, bound90=list(est.bounds(0.90)), interval=est.to_dict(), mde=est.mde())
-                    if est.parts and "seed" in est.levels:  # with twice the seeds, cases, pretraining runs
-                        levels = ("seed", "case", "pretraining")[:3 if "pretraining" in est.levels else 2]
-                        row["mde_more"] = {name: est.mde(levels={level: 2 * est.levels[level]})
-                                           for name, level in zip(("seeds", "cases", "pretraining runs"), levels)}
+                    _endpoint_bar(row, est, ALPHA)
             row["bound"] = bound_text(*row["bound90"], min_effect=min_effect)
             row["verdict"], row["why"] = settle(row[key], row["bound90"], min_effect=min_effect)
             rows.append(row)
@@ -221,6 +227,51 @@ def instrument_faults(pilot: Mapping[str, Any], scores: Sequence[Mapping[str, An
 
 
 @dataclasses.dataclass(frozen=True)
+class Looks:
+    """The looks at the scores the primary question is read over (`asa.study.design` keeps them in design.json):
+    Bonferroni, the primary read at ``ALPHA`` / `count`, the looks planned or taken, whichever are more: a study
+    extended after a look and read again at ``ALPHA`` would cross the bar by chance more often than ``ALPHA``.
+
+    Args:
+        taken: the looks taken, this reading's included.
+        planned: the looks the registered design planned (--looks).
+        extended: per extension after a look, "<that look's time>: <what changed>".
+    """
+
+    taken: int = 1
+    planned: int = 1
+    extended: tuple[str, ...] = ()
+
+    @property
+    def count(self) -> int:
+        """The looks the primary's error rate is shared over."""
+        return max(self.taken, self.planned)
+
+    @property
+    def alpha(self) -> float:
+        """The primary's two-sided error rate at this look."""
+        return ALPHA / self.count
+
+    @property
+    def level(self) -> str:
+        """The primary's confidence as the page says it, "97.5 %" over 2 looks."""
+        return f"{100 * (1 - self.alpha):.4g} %"
+
+
+def read_over_looks(row: dict[str, Any], scores: Sequence[Mapping[str, Any]], looks: Looks, *,
+                    min_effect: float) -> None:
+    """In place: the primary ``row`` read over ``looks`` (Bonferroni): its CI at 1 − alpha/K, its bounds one-sided
+    at alpha/K, its MDE at alpha/K and the verdict both allow; ``looks`` and ``level`` say so."""
+    key = row["endpoint"]
+    est = statistics.interval(scores, row["arm"], row["reference"], row["n"], key)
+    row[key] = [est.value, *est.bounds(1 - looks.alpha)]
+    _endpoint_bar(row, est, looks.alpha)
+    row["bound"] = bound_text(*row["bound90"], min_effect=min_effect)
+    row["verdict"], row["why"] = settle(row[key], row["bound90"], min_effect=min_effect)
+    row["looks"], row["level"] = looks.count, looks.level
+
+
+@dataclasses.dataclass(frozen=True)
 class Reading:
     """A study's reading, computed once from its score rows (`read`); `asa.study.report` renders it, sets nothing.
 
@@ -234,6 +285,7 @@ class Reading:
         plumbing: the quick scale, where nothing is read.
         min_effect: the smallest Δ read as an effect.
         classes: per arm and N, each class's Δ Dice to its twin (`class_rows`).
+        looks: the looks the primary is read over.
     """
 
     endpoint: tuple[str, str]
@@ -245,6 +297,7 @@ class Reading:
     plumbing: bool
     min_effect: float
     classes: list[dict[str, Any]]
+    looks: Looks = Looks()
 
     @property
     def interpretable(self) -> bool:
@@ -258,8 +311,10 @@ class Reading:
         return p["mde"] if p is not None and p["verdict"] not in (PLUMBING, UNREADABLE, UNSHOWN) else math.nan
 
 
-def read(scores: Sequence[Mapping[str, Any]], info: Mapping[str, Any], *, n_boot: int) -> Reading:
-    """The reading of a study's score rows, with its record ``info`` (classes, endpoint, pilot, pretraining runs)."""
+def read(scores: Sequence[Mapping[str, Any]], info: Mapping[str, Any], *, n_boot: int,
+         looks: Looks = Looks()) -> Reading:
+    """The reading of a study's score rows, with its record ``info`` (classes, endpoint, pilot, pretraining runs),
+    the primary over the ``looks`` taken."""
     classes = list(info.get("classes", []))
     key = tuple(info.get("endpoint") or endpoint(classes, list(info.get("lesion_classes") or [])))
     runs = info.get("pretraining", [])
@@ -268,6 +323,8 @@ def read(scores: Sequence[Mapping[str, Any]], info: Mapping[str, Any], *, n_boot
     min_effect = float(info.get("min_effect", 0.01))
     contrasts = contrast_rows(scores, cohorts, encoders, n_boot=n_boot, min_effect=min_effect, endpoint=key)
     primary = read_family(contrasts, encoders)
+    if primary is not None and looks.count > 1:
+        read_over_looks(primary, scores, looks, min_effect=min_effect)
     controls = control_faults(contrasts, min_effect=min_effect)
     plumbing = info.get("scale_name") == "quick"
     faults = tuple(instrument_faults(info.get("pilot") or {}, scores))
@@ -279,4 +336,4 @@ def read(scores: Sequence[Mapping[str, Any]], info: Mapping[str, Any], *, n_boot
         if r["verdict"] in (PLUMBING, UNREADABLE, UNSHOWN):  # a reading not interpretable claims no bound either
             r["bound"] = NOT_READ
     return Reading(key, keys_of(scores, key), contrasts, primary, faults, controls, plumbing, min_effect,
-                   class_rows(scores, classes))
+                   class_rows(scores, classes), looks)

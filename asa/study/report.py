@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -15,8 +16,8 @@ from asa.io import atomic_write_json, atomic_write_text
 from asa.study.common import machine_line, markdown_table
 from asa.study.probes import probe_lines
 from asa.study import arms as declared
-from asa.study.readings import (ALPHA, INCONCLUSIVE, KEYS, LESION_KEY, LEVEL, NOT_READ, UNREADABLE, UNSHOWN, Reading,
-                                negative_small, read, unfinished)
+from asa.study.readings import (ALPHA, INCONCLUSIVE, KEYS, LESION_KEY, LEVEL, NOT_READ, UNREADABLE, UNSHOWN, Looks,
+                                Reading, negative_small, read, unfinished)
 from asa.study.tables import PLATEAU_TOL, Outputs, declared_order, svg_plot
 
 # how often a true effect of the printed MDE's size is detected, over the simulated designs of docs/studies.md
@@ -24,14 +25,15 @@ from asa.study.tables import PLATEAU_TOL, Outputs, declared_order, svg_plot
 PRINTED_MDE_POWER = (0.61, 0.82)
 
 
-def mde_line(primary: Mapping[str, Any], *, min_effect: float) -> list[str]:
-    """The primary's minimum detectable effect from the study's own variance (aimed at 80 % power, two-sided 5 %),
-    printed as the estimate it is."""
+def mde_line(primary: Mapping[str, Any], *, min_effect: float, looks: Looks) -> list[str]:
+    """The primary's minimum detectable effect from the study's own variance (aimed at 80 % power, two-sided at the
+    primary's error rate over its ``looks``), printed as the estimate it is."""
     interval, more = primary["interval"], primary.get("mde_more") or {}
     comps, levels = interval["components"] or {name: v for name, v, _ in interval["parts"]}, interval["levels"]
     what = "variance components" if interval["components"] else "the variance parts of the mean"
+    parts = ", ".join(f"{k} {v:.2g}" for k, v in comps.items())
     return [f"Minimum detectable effect of the primary, estimated from this study's own variance (aimed at 80 % power, "
-            f"two-sided 5 %, on its interval; {what} {', '.join(f'{k} {v:.2g}' for k, v in comps.items())}): "
+            f"two-sided {100 * looks.alpha:.4g} %, on its interval; {what} {parts}): "
             f"**{primary['mde']:.3f} {primary['endpoint_label']}** (an estimate: in simulated studies a true effect of "
             f"the printed size is detected {PRINTED_MDE_POWER[0]:.0%}–{PRINTED_MDE_POWER[1]:.0%} of the time, not 80 %)"
             + (f"; with twice the labeled draws ({2 * levels['seed']} seeds) {more['seeds']:.3f}, with twice the test "
@@ -84,6 +86,16 @@ def reading(row: Mapping[str, Any], *, min_effect: float) -> str:
                                                      if why == "minimum effect" else "")
 
 
+def looks_line(looks: Looks) -> str | None:
+    """Why the primary is read above 95 %: the looks it is read over, said with the extensions after a look."""
+    if looks.count == 1:
+        return None
+    why = (f"The study was extended after a look (at {'; '.join(looks.extended)})" if looks.extended
+           else f"The study planned {looks.planned} looks (--looks)")
+    return (f"{why}: the primary is read at {looks.level} (Bonferroni over {looks.count} looks), its bound "
+            f"one-sided at {looks.level}; its CI and bound below are those.")
+
+
 def _ci(values: Sequence[float]) -> str:
     return "{:+.3f} [{:+.3f}, {:+.3f}]".format(*values)  # [value, low, high]
 
@@ -91,7 +103,9 @@ def _ci(values: Sequence[float]) -> str:
 def question_line(row: Mapping[str, Any], *, min_effect: float) -> str:
     """One answer: the question, N, the verdict, its bound and Δ; the other scores beside it as information."""
     key = row["endpoint"]
-    return (f"{row['question']} At N = {row['n']}: {reading(row, min_effect=min_effect)}; "
+    return (f"{row['question']} At N = {row['n']}"
+            + (f", read at {row['level']} (Bonferroni over {row['looks']} looks)" if "looks" in row else "")
+            + f": {reading(row, min_effect=min_effect)}; "
             # read on Holm's p, its bound answers this contrast alone, not the family
             + ("its bound, this contrast alone (uncorrected): " if "p_holm" in row and row["bound"] != NOT_READ else "")
             + f"{row['bound']} (Δ {row['endpoint_label']} {_ci(row[key])}"
@@ -106,7 +120,8 @@ def contrast_cells(said: Reading) -> tuple[list[str], list[list[str]]]:
     and its verdict."""
     head = ["question", "arm − reference", "N", "role", *(f"Δ {label} [95 % CI]" for _, label in said.keys),
             "bootstrap CI", "p (Holm)", "bound (one-sided 95 %)", "verdict"]
-    cells = [[r["question"], f"{r['arm']} − {r['reference']}", str(r["n"]), r.get("role", "—"),
+    cells = [[r["question"], f"{r['arm']} − {r['reference']}", str(r["n"]),
+              r.get("role", "—") + (f" (CI and bound at {r['level']}: {r['looks']} looks)" if "looks" in r else ""),
               *(_ci(r[k]) for k, _ in said.keys), "[{1:+.3f}, {2:+.3f}]".format(*r["bootstrap"][said.endpoint[0]]),
               "—" if math.isnan(r.get("p", math.nan)) else f"{r['p']:.3f}"
               + (f" ({r['p_holm']:.3f})" if "p_holm" in r else ""),
@@ -130,7 +145,9 @@ def family_lines(said: Reading) -> list[str]:
             "and from 3 runs and 3 seeds the parts share one t; the seed × case bootstrap beside it in the table is "
             "too narrow with 2–3 seeds). ")
     text += (f"The primary question, named before the data: {primary['arm']} − {primary['reference']} at the "
-             f"smallest N ({primary['n']}), read at {LEVEL} (its CI). " if primary is not None else
+             f"smallest N ({primary['n']}), read at {said.looks.level} (its CI"
+             + (f"; Bonferroni over {said.looks.count} looks" if said.looks.count > 1 else "") + "). "
+             if primary is not None else
              "There is no primary question: no pretrained arm was scored against scratch. ")
     text += (f"The other {len(others)} are exploratory: each is read on its interval's two-sided p after a Holm "
              f"correction across those {len(others)} (family-wise error {100 * ALPHA:g} %), the test of no effect "
@@ -268,7 +285,7 @@ def answer_lines(said: Reading) -> list[str]:
     return [*(f"- {'**Primary:** ' if r['role'] == 'primary' else ''}{question_line(r, min_effect=said.min_effect)}"
               for r in ordered),
             *([] if ordered else ["- No pretraining arm was scored."]), "",
-            *([] if math.isnan(said.mde) else mde_line(said.primary, min_effect=said.min_effect))]
+            *([] if math.isnan(said.mde) else mde_line(said.primary, min_effect=said.min_effect, looks=said.looks))]
 
 
 def head_start_lines(said: Reading, step: int, end: int, *, trained_on: str) -> list[str]:
@@ -279,19 +296,20 @@ def head_start_lines(said: Reading, step: int, end: int, *, trained_on: str) -> 
     return [f"## At the head start (step {step} of {end})", "",
             f"The same runs, each scored again from its state kept at step {step} (trainer.keep_steps), in the "
             f"middle of its schedule: a gain here is a head start, the answers above read where the runs end. The "
-            "same questions, rules and controls as above (the Dice with the encoder zeroed is scored at the end "
-            "point only).", "", *answer_lines(said), *(f"- {line}" for line in controls), ""]
+            "same questions, rules, controls and looks as above (the Dice with the encoder zeroed is scored at the "
+            "end point only).", "", *answer_lines(said), *(f"- {line}" for line in controls), ""]
 
 
-def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot: int,
+def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot: int, looks: Looks = Looks(),
                  head_start: Outputs | None = None) -> Path:
     """``<out>/report/``: README.md, report.json, contrasts.json and the plots (SVG) of a finished study, from its
     record ``info`` and the transfer stage's rows ``scored`` (``head_start``: the same runs' rows at --head-start's
-    step, read by the same rules): read once (`asa.study.readings.read`), then drawn and written."""
+    step, read by the same rules): read once (`asa.study.readings.read`, the primary over the ``looks`` taken), then
+    drawn and written."""
     folder = out / "report"
     info = {**info, "pretraining": sorted(info.get("pretraining", []), key=declared_order)}  # not --arms' order
-    said = read(scored.scores, info, n_boot=n_boot)
-    early = None if head_start is None else read(head_start.scores, info, n_boot=n_boot)
+    said = read(scored.scores, info, n_boot=n_boot, looks=looks)
+    early = None if head_start is None else read(head_start.scores, info, n_boot=n_boot, looks=looks)
     plots, contrasts, min_effect = figures(info, scored.rows, said), said.contrasts, said.min_effect
     pilot, sc, checks, design = info.get("pilot") or {}, info["scale"], info["checks"], info.get("design")
     trained_on = ("each draw's own training part (the cases the arms draw N from, trained for the pilot's steps): it "
@@ -339,6 +357,7 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
            " (the set's one foreground class)" if said.endpoint[1] != KEYS[0][1] else
            " (mean Dice over every class: no --lesion-classes and more than one class)") + ".", "",
         *top, *([""] if top else []),
+        *([line, ""] if (line := looks_line(said.looks)) else []),
         f"Crop {sc['crop']}³; N = {', '.join(map(str, sc['cases']))} labeled cases " + (
             f"by {design['folds']}-fold cross-validation × {design['repeats']} repeat(s): every one of the "
             f"{design['cases']} labeled cases scored {design['repeats']} time(s) by runs that did not see it, N and "
@@ -375,7 +394,7 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
     for name, svg in plots.items():
         atomic_write_text(folder / name, svg)
     atomic_write_json(folder / "contrasts.json", contrasts)
-    record = {**info, "contrasts": contrasts, "plots": sorted(plots)}
+    record = {**info, "looks": dataclasses.asdict(said.looks), "contrasts": contrasts, "plots": sorted(plots)}
     if early is not None:
         atomic_write_json(folder / "contrasts-head-start.json", early.contrasts)
         record["head_start_contrasts"] = early.contrasts

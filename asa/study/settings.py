@@ -39,6 +39,7 @@ class Study:
     threads: int | None = None
     n_boot: int = 10000
     min_effect: float = 0.01
+    looks: int = 1  # the looks at the scores the design plans (asa.study.design)
     lesion_classes: tuple[str, ...] = ()
     overrides: tuple[str, ...] = ()
     dry_run: bool = False
@@ -50,7 +51,7 @@ class Study:
         name, scale = scale_from_args(args, SCALES)
         scale.check()
         check(args.arms)
-        for option, value in (("--threads", args.threads), ("--n-boot", args.n_boot)):
+        for option, value in (("--threads", args.threads), ("--n-boot", args.n_boot), ("--looks", args.looks)):
             if value is not None and value < 1:
                 refuse(f"{option} {value}: expected at least 1")
         gpu = args.device != "cpu" and torch.cuda.is_available()

@@ -21,10 +21,11 @@ from asa.study import probes, report, transfer
 from asa.study.arms import ARMS, PILOT, SCRATCH, matched_by_noise
 from asa.study.common import REFUSED, Clock, finished, machine, module_argv, refuse
 from asa.study.cost import Costs, composed
+from asa.study.design import take_look
 from asa.study.plan import (Pretraining, Supervised, finetune_arms, overlap_overrides,
                             pretraining_argv, supervised_overrides, supervised_splits)
 from asa.study.readout import pilot_budget, pilot_reading, pretraining_summary
-from asa.study.scheduler import Unit, run_units
+from asa.study.scheduler import RUNNING, Unit, run_units
 from asa.study.settings import Study
 from asa.study.tables import Outputs
 
@@ -258,7 +259,8 @@ class Report(Stage):
                 "commands": ["asa-study " + shlex.join(sys.argv[1:]),
                              *(f"asa-pretrain {shlex.join(r.overrides)}" for r in plan.runs)],
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        folder = report.write_report(s.out, info, found.scored, n_boot=s.n_boot, head_start=found.head_start)
+        folder = report.write_report(s.out, info, found.scored, n_boot=s.n_boot, looks=take_look(s.out),
+                                     head_start=found.head_start)
         print(f"[study] done: report in {folder / 'README.md'}", flush=True)
         return 0
 
@@ -279,10 +281,15 @@ def run_stages(plan: StudyPlan, clock: Clock, times: dict[str, Any], times_file:
         if stage.said:
             print(stage.said, flush=True)
         before = {u.name: times["runs"].get(u.name, 0.0) for u in units}
-        complete = run_units(units, stage.jobs or s.scale.jobs, clock, times["runs"])
-        if units:
-            times["stages"][stage.title] = times["stages"].get(stage.title, 0.0) + time.perf_counter() - started
-        atomic_write_json(times_file, times)
+        try:
+            complete = run_units(units, stage.jobs or s.scale.jobs, clock, times["runs"])
+        finally:  # a stop (SIGTERM, SIGINT) raises through here: its sitting's seconds count all the same
+            now = time.perf_counter()
+            for unit, since in RUNNING.values():  # the units it stopped mid-way, their seconds so far
+                times["runs"][unit.name] = times["runs"].get(unit.name, 0.0) + now - since
+            if units:
+                times["stages"][stage.title] = times["stages"].get(stage.title, 0.0) + now - started
+            atomic_write_json(times_file, times)
         if not complete:
             why = (f"the {stage.title} stage did not finish" if s.scale.time_budget is None else
                    f"the time budget ({s.scale.time_budget:.0f} s) ended during the {stage.title} stage")

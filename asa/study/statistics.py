@@ -24,10 +24,10 @@ LESION = "lesion_Dice"
 def paired_matrix(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: int, key: str, *,
                   like: str | None = None) -> np.ndarray:
     """D [seeds, test cases]: (arm − reference) ``key`` of the runs with the same N, seed and test case
-    (seeds and cases in sorted order, those ``like``'s runs have when given, else ``arm``'s; NaN where one of the pair
+    (seeds in numeric order and cases in sorted order, those ``like``'s runs have when given, else ``arm``'s; NaN where one of the pair
     is missing)."""
     table = {(s["arm"], s["seed"], s["case"]): float(s[key]) for s in scores if int(s["n"]) == n and key in s}
-    seeds = sorted({seed for a, seed, _ in table if a == (like or arm)})
+    seeds = sorted({seed for a, seed, _ in table if a == (like or arm)}, key=int)  # a CSV's "10" after its "9"
     cases = sorted({case for a, _, case in table if a == (like or arm)})
     return np.array([[table.get((arm, seed, case), math.nan) - table.get((reference, seed, case), math.nan)
                       for case in cases] for seed in seeds]).reshape(len(seeds), len(cases))
@@ -44,7 +44,7 @@ def draw_repeats(scores: Sequence[Mapping[str, Any]], arm: str, n: int) -> list[
     mine = [s for s in scores if s["arm"] == arm and int(s["n"]) == n]
     if not mine or any(_blank(s.get("repeat")) for s in mine):
         return None
-    return [repeat for _, repeat in sorted({s["seed"]: int(s["repeat"]) for s in mine}.items())]
+    return [repeat for _, repeat in sorted({int(s["seed"]): int(s["repeat"]) for s in mine}.items())]
 
 
 def group_of(row: Mapping[str, Any]) -> str:
@@ -136,7 +136,7 @@ def summarize(scores: Sequence[Mapping[str, Any]], names: Sequence[str], referen
     for n, arm in itertools.product(sorted({int(s["n"]) for s in scores}), dict.fromkeys(s["arm"] for s in scores)):
         if not (mine := [s for s in scores if s["arm"] == arm and int(s["n"]) == n]):
             continue
-        seeds = sorted({s["seed"] for s in mine})
+        seeds = sorted({s["seed"] for s in mine}, key=int)
         row: dict[str, Any] = {"arm": arm, "n": n, "seeds": len(seeds), "test_cases": len({s["case"] for s in mine})}
         for key in [*keys, "Dice_mean_zeroed"]:
             per_seed = [np.mean([float(s[key]) for s in mine if s["seed"] == seed]) for seed in seeds]

@@ -43,11 +43,13 @@ from asa.study.checks import check_overlap, channel_lines, skull_lines
 from asa.study.cohort import (StoreCohort, cohort_channels, pretrain_layout, pretraining_channels, read_store,
                               write_cohorts, write_noise)
 from asa.study.common import Clock, add_scale_options, record_settings, refuse
+from asa.study.design import Design, register_design
 from asa.study.plan import (GROWS, RECIPES, SCALES, Supervised, labeled_split, overlap_overrides, plan_pretraining,
                             recipe_overrides, studied_networks, supervised_channel, write_store_splits)
 from asa.study.readout import PILOT_FLOOR
 from asa.study.scheduler import stop_on_signals
 from asa.study.settings import Study
+from asa.study.sittings import keep_sitting
 from asa.study.cost import measure
 from asa.study.stages import StudyPlan, check_configs, planned, run_stages, schedule_lines
 
@@ -116,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-effect", type=float, default=0.01, metavar="DICE", help=(
         "the smallest difference in Dice the study reads as an effect: a contrast whose estimate is smaller is 'no "
         "difference this study can detect', whatever its CI (default 0.01)"))
+    p.add_argument("--looks", type=int, default=1, metavar="K", help=(
+        "the looks at the scores the design plans (registered in <out>/design.json before the first unit): the "
+        "primary is read at 1 − 0.05/K (Bonferroni), and over the looks taken where more (a rerun that changes the "
+        "design after a report read the scores takes another look; default 1)"))
     p.add_argument("--lesion-classes", nargs="+", default=[], metavar="CLASS", help=(
         "classes whose mean Dice (lesion Dice) is the primary endpoint every verdict reads, e.g. the lesions of a "
         "task that also labels tissue; without it, the one foreground class of a one-class set, else mean Dice over "
@@ -142,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _record(study, task, channels, control_channel, store)
     checks, cohorts, noise, supervised = _checks(study, labeled, split, task, cohort_cases, held, channels, store,
                                                  control_channel)
+    if not study.dry_run:  # before the first unit: what the scores will be read on
+        register_design(study.out, Design.of(study, split, checks["endpoint"]["label"]))
     runs = plan_pretraining(study.out, study.scale, study.network, study.pretraining, cohorts, noise,
                             seed=study.seed, channels=channels or ("t1",), store=store)
     if store is not None and not study.dry_run:
@@ -166,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if study.dry_run:
         print("\n".join(_dry_run(plan, stage_units, cohort_cases, cohorts, channels, store)), flush=True)
         return 0
-    return stop_on_signals(lambda: run_stages(plan, Clock(study.scale.time_budget), times, times_file), stopped)
+    return keep_sitting(times, times_file, lambda: stop_on_signals(
+        lambda: run_stages(plan, Clock(study.scale.time_budget), times, times_file), stopped))
 
 
 def _dry_run(plan: StudyPlan, stage_units: list, cohort_cases: Sequence, cohorts: Mapping[int, Path],

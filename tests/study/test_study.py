@@ -274,6 +274,12 @@ def test_the_installed_script_runs_a_quick_study_from_outside_the_checkout_and_s
     assert "by 2-fold cross-validation × 1 repeat(s): every one of the 18 labeled cases scored 1 time(s)" in page
     assert "Distinct labeled draws per arm: 2" in page
     assert (out / "report" / "dice_vs_n.svg").read_text().startswith("<?xml")
+    # both sittings counted, the stopped one with its stage's seconds; the design registered once, read once
+    times = json.loads((out / "times.json").read_text())
+    assert [s["ended"] for s in times["sittings"]] == ["stopped by SIGTERM", "finished"]
+    assert times["stages"]["pilot and positive control"] > 0
+    registered = json.loads((out / "design.json").read_text())
+    assert len(registered["looks"]) == 1 and not registered["changes"] and "extended after a look" not in page
     contrasts = json.loads((out / "report" / "contrasts.json").read_text())
     assert {c["arm"] for c in contrasts} >= {"supervised", "mae-c4"} and all("verdict" in c for c in contrasts)
     with open(out / "transfer" / "scores.csv", newline="") as f:  # the record users read

@@ -45,6 +45,6 @@ for x in rows:
     sc.setdefault(x["group"], {}).setdefault((x["seed"], x["repeat"]), {}).setdefault(x["replicate"], {})[x["case"]] = float(x["lesion_Dice"])
 for g in groups:
     per = {k: np.mean([np.mean(list(v.values())) for v in reps.values()]) for k, reps in sc[g].items()}
-    print(f"{g:>12} mean lesion Dice by draw: " + " ".join(f"{per[k]:.3f}" for k in sorted(per)) + f" | all {np.mean(list(per.values())):.3f}")
+    print(f"{g:>12} mean lesion Dice by draw: " + " ".join(f"{per[k]:.3f}" for k in sorted(per, key=lambda k: int(k[0]))) + f" | all {np.mean(list(per.values())):.3f}")
 t = json.load(open(out / "times.json"))
 print({k: round(v / 60, 1) for k, v in t["stages"].items()})

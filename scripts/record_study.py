@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""Copy what an outside reader needs to re-check a finished asa-study into its committed record: the page (report/),
+every per-case score (transfer/scores.csv: every arm, run, draw and budget), the runs (transfer/runs.csv), the design
+registered before any score with its looks (design.json), every sitting's seconds (times.json), the pilot's reading
+(pilot.json), the checks with the split (checks/checks.json) and the settings (study.json), at the paths the study
+folder holds them, so that scripts/compare_studies.py reads a record as it reads a study folder.
+
+    python scripts/record_study.py STUDY_DIR benchmarks/results/study-<what>-<date>
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+RECORD = ("report", "transfer/scores.csv", "transfer/runs.csv", "design.json", "times.json", "pilot.json",
+          "checks/checks.json", "study.json")
+
+
+def record(study: Path, dest: Path) -> list[Path]:
+    """Copy `RECORD` from ``study`` into ``dest`` (absent or empty: a record is written once); the files written.
+    A study folder that lacks one of them is refused, naming what it lacks, before anything is copied."""
+    if missing := [name for name in RECORD if not (study / name).exists()]:
+        raise SystemExit(f"{study}: lacks {', '.join(missing)}: a record copies a finished study's folder (its "
+                         "report written, its design registered by asa-study)")
+    if dest.exists() and any(dest.iterdir()):
+        raise SystemExit(f"{dest}: not empty: a record is written once (choose another folder)")
+    for name in RECORD:
+        source, target = study / name, dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            shutil.copy2(source, target)
+    return sorted(p for p in dest.rglob("*") if p.is_file())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("study", type=Path, help="the study folder (asa-study --out)")
+    p.add_argument("dest", type=Path, help="the record's folder, e.g. benchmarks/results/study-<what>-<date>")
+    args = p.parse_args(argv)
+    written = record(args.study, args.dest)
+    print(f"record_study: {len(written)} files in {args.dest}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

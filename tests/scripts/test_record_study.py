@@ -1,0 +1,41 @@
+"""scripts/record_study.py copies what a record needs from a study folder (per-case scores and the design among them,
+nothing trained), refuses a folder that lacks one of them, and never writes over a record."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scripts.record_study import RECORD, main
+
+
+def _study(root: Path) -> Path:
+    """A study folder as asa-study leaves it: what a record needs, and runs, checkpoints and logs it does not."""
+    files = {"report/README.md": "# page", "report/contrasts.json": "[]", "report/contrasts.svg": "<svg/>",
+             "transfer/scores.csv": "arm,n,seed,case,Dice_mean\nscratch,8,10,a,0.5\n", "transfer/runs.csv": "arm\n",
+             "design.json": '{"looks": []}', "times.json": '{"sittings": []}', "pilot.json": "{}",
+             "checks/checks.json": "{}", "study.json": "{}", "transfer/runs/scratch-n8-s0/checkpoints/last.pt": "x",
+             "logs/pilot.log": "log", "pretrain/mae-c40/encoder.pt": "x"}
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_a_record_holds_the_scores_the_design_and_the_page_and_nothing_trained(tmp_path):
+    study, dest = _study(tmp_path / "study"), tmp_path / "results" / "study-x"
+    assert main([str(study), str(dest)]) == 0
+    held = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert held == sorted(["report/README.md", "report/contrasts.json", "report/contrasts.svg", *RECORD[1:]])
+    assert all((dest / name).read_bytes() == (study / name).read_bytes() for name in held)
+    with pytest.raises(SystemExit, match="not empty: a record is written once"):
+        main([str(study), str(dest)])
+
+
+def test_a_study_without_its_design_or_scores_is_refused_before_anything_is_copied(tmp_path):
+    study = _study(tmp_path / "study")
+    (study / "design.json").unlink()
+    (study / "transfer" / "scores.csv").unlink()
+    with pytest.raises(SystemExit, match=r"lacks transfer/scores\.csv, design\.json: a record"):
+        main([str(study), str(tmp_path / "record")])
+    assert not (tmp_path / "record").exists()

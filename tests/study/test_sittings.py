@@ -1,0 +1,63 @@
+"""asa/study/sittings.py and the stages' seconds: a sitting stopped by SIGTERM mid-stage keeps its stage's and its
+stopped unit's seconds in times.json, and every sitting says when it ran and how it ended."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from asa.study import stages
+from asa.study.common import Clock
+from asa.study.scheduler import Unit, stop_on_signals
+from asa.study.sittings import ended, keep_sitting
+
+
+def _stop_once_started(started: Path) -> None:
+    """SIGTERM to this process a second after the unit wrote ``started``: the study stops mid-stage."""
+    deadline = time.monotonic() + 120
+    while not started.is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_sitting_stopped_mid_stage_keeps_its_seconds_and_says_how_it_ended(tmp_path, monkeypatch):
+    started = tmp_path / "started"
+    unit = Unit("sleeper", (sys.executable, "-c", f"import time; open({str(started)!r}, 'w'); time.sleep(60)"),
+                lambda: False, tmp_path / "logs" / "sleeper.log")
+
+    class Slow(stages.Stage):
+        title = "slow"
+
+        def units(self, plan, found):
+            return [unit]
+
+    monkeypatch.setattr(stages, "stages", lambda study: [Slow()])
+    plan = SimpleNamespace(study=SimpleNamespace(scale=SimpleNamespace(jobs=1, time_budget=None)))
+    times, times_file = {"stages": {"pilot": 5.0}, "runs": {}}, tmp_path / "times.json"
+    stopper = threading.Thread(target=_stop_once_started, args=(started,))
+    stopper.start()
+    code = keep_sitting(times, times_file, lambda: stop_on_signals(
+        lambda: stages.run_stages(plan, Clock(None), times, times_file), lambda stop, names: None))
+    stopper.join()
+    assert code == 128 + signal.SIGTERM
+    kept = json.loads(times_file.read_text())
+    assert kept["stages"]["pilot"] == 5.0 and kept["stages"]["slow"] >= 1.0  # the stopped stage's seconds, added
+    assert kept["runs"]["sleeper"] >= 1.0  # and its stopped unit's
+    [sitting] = kept["sittings"]
+    assert sitting["ended"] == "stopped by SIGTERM" and sitting["seconds"] >= kept["stages"]["slow"] - 0.1
+    assert sitting["start"] <= sitting["end"]
+    # a second sitting is added beside the first
+    assert keep_sitting(times, times_file, lambda: 3) == 3
+    assert [s["ended"] for s in json.loads(times_file.read_text())["sittings"]] == [
+        "stopped by SIGTERM", "unfinished (rerun to continue)"]
+
+
+def test_a_sitting_says_how_it_ended():
+    assert [ended(c) for c in (0, 2, 3, 130, None)] == [
+        "finished", "refused", "unfinished (rerun to continue)", "stopped by SIGINT", "failed"]
