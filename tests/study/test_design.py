@@ -17,10 +17,10 @@ from asa.study import readings, report, study, tables
 from asa.study.design import FILE, Design, load, register_design, take_look
 from asa.study.readings import Looks
 
-DESIGN = Design(arms=("mae", "noise", "supervised"), primary="mae − scratch", n=2, cases=(2,), seeds=(0, 1, 2, 3),
+REGISTERED = Design(arms=("mae", "noise", "supervised"), primary="mae − scratch", n=2, cases=(2,), seeds=(0, 1, 2, 3),
                 folds=0, repeats=0, pretrain_runs=1, pretrain_steps=100, pilot_steps=200, budget_cap=None,
                 head_start=None, endpoint="lesion Dice (lesion)", alpha=0.05, min_effect=0.01, looks=1)
-MORE = dataclasses.replace(DESIGN, seeds=(0, 1, 2, 3, 4, 5))
+MORE = dataclasses.replace(REGISTERED, seeds=(0, 1, 2, 3, 4, 5))
 
 # mae − scratch per seed (4) and test case (6): 0.045 + a seed part + a case part + an interaction, whose crossed
 # 95 % interval lies above 0 and whose 97.5 % interval holds it
@@ -66,7 +66,7 @@ def _primary(looks: Looks) -> dict:
 
 
 def test_a_study_extended_after_a_look_takes_a_second_and_reads_its_primary_over_both(tmp_path):
-    register_design(tmp_path, DESIGN, now="2026-12-01T10:00:00")
+    register_design(tmp_path, REGISTERED, now="2026-12-01T10:00:00")
     assert take_look(tmp_path, now="2026-12-01T11:00:00") == Looks(taken=1, planned=1)
     # more draws after the page read the scores: an extension, and the next reading another look
     register_design(tmp_path, MORE, now="2026-12-01T11:30:00")
@@ -107,9 +107,9 @@ def test_a_study_extended_after_a_look_takes_a_second_and_reads_its_primary_over
 
 
 def test_the_same_design_adds_nothing_and_a_change_before_any_look_is_an_amendment(tmp_path):
-    first = register_design(tmp_path, DESIGN, now="2026-12-01T10:00:00")
+    first = register_design(tmp_path, REGISTERED, now="2026-12-01T10:00:00")
     written = (tmp_path / FILE).read_text()
-    assert register_design(tmp_path, DESIGN, now="2026-12-01T10:30:00") == first
+    assert register_design(tmp_path, REGISTERED, now="2026-12-01T10:30:00") == first
     assert (tmp_path / FILE).read_text() == written
     amended = register_design(tmp_path, dataclasses.replace(MORE, arms=("mae", "noise")), now="2026-12-01T10:45:00")
     assert amended.design.arms == ("mae", "noise") and amended.registered == "2026-12-01T10:00:00"
