@@ -10,15 +10,17 @@ import io
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
+from asa.api.machinery.rundir import RunDirError, RunLock
 from asa.io import atomic_write_json, load_checkpoint
 from asa.train.checkpoint import flatten
 from asa.train.data import available_cpus as usable_cores  # the cores this process may run on (its affinity)
@@ -33,6 +35,35 @@ def refuse(message: str) -> typing.NoReturn:
     refusal = SystemExit(message)
     refusal.code = REFUSED
     raise refusal
+
+
+@contextlib.contextmanager
+def study_folder(out: Path) -> Iterator[None]:
+    """Hold ``<out>/run.lock`` (a run's lock: `RunLock`) meanwhile, so that one study at a time writes ``out``; a
+    second is refused in one line naming the holder before it reads or writes anything else (it would rewrite the
+    first's tables and start its units). Folders made for the lock are removed again if the study left them empty;
+    a lock whose process is gone (a study killed) is taken over."""
+    made = [p for p in (out, *out.parents) if not p.exists()]
+    out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out, "--out")
+    try:
+        lock.acquire(shlex.join(["asa-study", *sys.argv[1:]]))
+    except RunDirError as err:
+        _remove_empty(made)
+        refuse(str(err))
+    try:
+        yield
+    finally:
+        lock.release()
+        _remove_empty(made)
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove ``folders`` (innermost first), each only while it is empty."""
+    for folder in folders:
+        if not folder.is_dir() or any(folder.iterdir()):
+            return
+        folder.rmdir()
 
 
 def add_scale_options(p: argparse.ArgumentParser, scales: Mapping[str, Any], default: str,

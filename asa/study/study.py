@@ -42,7 +42,7 @@ from asa.study.arms import ARMS, CONTROL, PILOT, SUPERVISED, choices, paper_arms
 from asa.study.checks import check_overlap, channel_lines, skull_lines
 from asa.study.cohort import (StoreCohort, cohort_channels, pretrain_layout, pretraining_channels, read_store,
                               write_cohorts, write_noise)
-from asa.study.common import Clock, add_scale_options, record_settings, refuse
+from asa.study.common import Clock, add_scale_options, record_settings, refuse, study_folder
 from asa.study.plan import (GROWS, RECIPES, SCALES, Supervised, labeled_split, overlap_overrides, plan_pretraining,
                             recipe_overrides, studied_networks, supervised_channel, write_store_splits)
 from asa.study.readout import PILOT_FLOOR
@@ -127,8 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``asa-study``: refuse what cannot run, record the study's settings, check, plan, then run what is left."""
+    """``asa-study``: one study at a time in --out (`study_folder`; a dry run writes nothing there), then `_study`."""
     args = build_parser().parse_args(argv)
+    if args.dry_run:
+        return _study(args)
+    with study_folder(args.out.expanduser().absolute()):
+        return _study(args)
+
+
+def _study(args: argparse.Namespace) -> int:
+    """Refuse what cannot run, record the study's settings, check, plan, then run what is left."""
     study = Study.from_args(args, _encoders(args.encoder))
     _refuse_options(study)
     labeled, split, task = _labeled_set(study)
