@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import dataclasses
 import multiprocessing
 import os
 import runpy
 import shlex
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +25,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from asa.api.machinery.rundir import LOCK_NAME, RunLock
 from asa.io import atomic_write_json
 from asa.study.common import Clock
 
@@ -31,6 +34,8 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # what the fork server imports once: what the units' modules import (torch, MONAI, Hydra and asa's jobs among them)
 PRELOAD = ["asa.study.scheduler", "asa.api", "asa.cli.common", "asa.study.transfer"]
 RUNNING: dict[BaseProcess, tuple[Unit, float]] = {}  # every child process of this study: its unit, its start
+PR_SET_PDEATHSIG = 1  # prctl's option (linux/prctl.h): a signal to this process when its parent ends
+ORPHANS_WAIT = 120.0  # seconds a study waits for the units of one killed before it to save and end
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +62,7 @@ class Unit:
 def _run_command_line(argv: tuple[str, ...], env: dict[str, str], log: str, threads: int | None) -> None:
     """In the forked child: ``argv`` run as a fresh interpreter would, in its own process group (a stop signal
     reaches its workers too), stdout and stderr appended to ``log``."""
+    _end_with_the_server()
     os.setsid()
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     for std in (1, 2):
@@ -79,6 +85,50 @@ def _run_command_line(argv: tuple[str, ...], env: dict[str, str], log: str, thre
             exec(compile(target, "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
     finally:
         atexit._run_exitfuncs()  # a fork server's child ends with os._exit: run what a normal exit would
+
+
+def _end_with_the_server() -> None:
+    """In the forked child: SIGTERM when the fork server ends (Linux's parent-death signal), and the server ends with
+    the study, once no child holds the write end of its "alive" pipe that every child inherits: closed here. A study
+    killed by SIGKILL (the OOM killer) runs no handler; without this its units ran on as orphans holding their
+    folders' locks. SIGTERM: a unit saves what it can and stops, as on the study's own stop."""
+    from multiprocessing import forkserver
+
+    if sys.platform.startswith("linux"):  # set while this child holds the pipe: the server cannot have ended yet
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    server = forkserver._forkserver  # noqa: SLF001 (multiprocessing hands the pipe to its children there)
+    if server._forkserver_alive_fd is not None:  # noqa: SLF001
+        os.close(server._forkserver_alive_fd)  # noqa: SLF001
+        server._forkserver_alive_fd = None  # noqa: SLF001 (a fork server of the unit's own would start afresh)
+
+
+def wait_for_orphans(out: Path, timeout: float = ORPHANS_WAIT) -> None:
+    """Wait up to ``timeout`` s for the processes on this host that hold a run.lock below ``out`` (the study's own
+    apart) to end: the units of a study killed just before, saving as they end with it (`_end_with_the_server`);
+    started now, this study's units would be refused their folders."""
+    held = {lock: RunLock(lock.parent).holder() or {} for lock in out.rglob(LOCK_NAME) if lock.parent != out}
+    pids = {lock: int(h.get("pid", -1)) for lock, h in held.items() if h.get("host") == socket.gethostname()}
+    pids = {lock: pid for lock, pid in pids.items() if _alive(pid)}
+    if pids:
+        print(f"[study] waiting for the units of a study stopped before to save and end (pid "
+              f"{', '.join(map(str, sorted(pids.values())))}), at most {timeout:.0f} s", flush=True)
+    deadline = time.monotonic() + timeout
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.5)
+        pids = {lock: pid for lock, pid in pids.items() if lock.is_file() and _alive(pid)}
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (on this host)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def launch(unit: Unit) -> None:

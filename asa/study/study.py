@@ -46,7 +46,7 @@ from asa.study.common import Clock, add_scale_options, record_settings, refuse, 
 from asa.study.plan import (GROWS, RECIPES, SCALES, Supervised, labeled_split, overlap_overrides, plan_pretraining,
                             recipe_overrides, studied_networks, supervised_channel, write_store_splits)
 from asa.study.readout import PILOT_FLOOR
-from asa.study.scheduler import stop_on_signals
+from asa.study.scheduler import stop_on_signals, wait_for_orphans
 from asa.study.settings import Study
 from asa.study.cost import measure
 from asa.study.stages import StudyPlan, check_configs, planned, run_stages, schedule_lines
@@ -171,7 +171,11 @@ def _study(args: argparse.Namespace) -> int:
     if study.dry_run:
         print("\n".join(_dry_run(plan, stage_units, cohort_cases, cohorts, channels, store)), flush=True)
         return 0
-    return stop_on_signals(lambda: run_stages(plan, Clock(study.scale.time_budget), times, times_file), stopped)
+
+    def work() -> int:
+        wait_for_orphans(study.out)  # a study killed just before: its units end with it, saving first
+        return run_stages(plan, Clock(study.scale.time_budget), times, times_file)
+    return stop_on_signals(work, stopped)
 
 
 def _dry_run(plan: StudyPlan, stage_units: list, cohort_cases: Sequence, cohorts: Mapping[int, Path],
