@@ -10,6 +10,7 @@ import functools
 import io
 import json
 import math
+import signal
 import statistics
 import tempfile
 import time
@@ -26,7 +27,7 @@ from asa.api.machinery.run import OptionError
 from asa.data import discover
 from asa.study import transfer
 from asa.study.common import machine, refuse
-from asa.study.scheduler import Unit
+from asa.study.scheduler import Stopped, Unit
 from asa.study.tables import logged_series
 
 TIMED_STEPS = 24  # optimiser steps of a timed run (fewer when the unit trains fewer)
@@ -125,9 +126,11 @@ def time_unit(unit: Unit, moved: Mapping[str, str], steps: int = TIMED_STEPS) ->
         started = time.perf_counter()
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                (finetune if entry == "finetune" else pretrain)(cfg)
+                result = (finetune if entry == "finetune" else pretrain)(cfg)
         except (OptionError, ValueError) as err:  # what the unit itself would meet, after the stages before it
             refuse(f"[study] {unit.name} would be refused: {err}")
+        if result.preempted:  # a stop signal ended the timed run (it saved, nothing to price): the dry run stops
+            raise Stopped(result.signal or signal.SIGTERM)
         wall = time.perf_counter() - started
         rates = [v for _, v in logged_series(out, ["train/samples_per_s"])["train/samples_per_s"]]
         val = json.loads((out / "splits.json").read_text()).get("val", [])

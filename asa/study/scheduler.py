@@ -21,6 +21,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from multiprocessing import resource_tracker
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 PRELOAD = ["asa.study.scheduler", "asa.api", "asa.cli.common", "asa.study.transfer"]
 RUNNING: dict[BaseProcess, tuple[Unit, float]] = {}  # every child process of this study: its unit, its start
 PR_SET_PDEATHSIG = 1  # prctl's option (linux/prctl.h): a signal to this process when its parent ends
+HELD = {signal.SIGINT, signal.SIGTERM}  # the stop signals, held while a unit starts
 ORPHANS_WAIT = 120.0  # seconds a study waits for the units of one killed before it to save and end
 
 
@@ -64,6 +66,7 @@ def _run_command_line(argv: tuple[str, ...], env: dict[str, str], log: str, thre
     reaches its workers too), stdout and stderr appended to ``log``."""
     _end_with_the_server()
     os.setsid()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)  # held by the study as the fork server started (`launch`)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     for std in (1, 2):
         os.dup2(fd, std)
@@ -145,8 +148,17 @@ def launch(unit: Unit) -> None:
     server.set_forkserver_preload(PRELOAD)  # read when the server starts, with the first unit of this process
     proc = server.Process(target=_run_command_line, args=(unit.argv, env, str(unit.log), unit.threads),
                           name=unit.name)
-    proc.start()
-    RUNNING[proc] = (unit, time.perf_counter())
+    # the fork server starts here with the first unit, in the terminal's process group: started with the stop signals
+    # held (as multiprocessing starts its resource tracker, which unblocks them after: started first), a Ctrl-C does
+    # not end it mid-import with a 25-line "Fatal Python error: init_import_site ... KeyboardInterrupt" after the
+    # study's own line; it ignores SIGINT once started, and each unit takes them back (`_run_command_line`)
+    resource_tracker.ensure_running()
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+    try:
+        proc.start()
+        RUNNING[proc] = (unit, time.perf_counter())
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def signal_children(sig: int) -> None:
@@ -175,8 +187,9 @@ def wait_children(timeout: float = 300.0) -> list[str]:
     return names
 
 
-class Stopped(Exception):
-    """SIGTERM or SIGINT reached the study."""
+class Stopped(BaseException):
+    """SIGTERM or SIGINT reached the study: a ``BaseException``, as ``KeyboardInterrupt`` is, so that no ``except
+    Exception`` on its way (a dry run's timed units run in this process) takes it for a failure."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)

@@ -159,7 +159,7 @@ def _study(args: argparse.Namespace) -> int:
                      (*recipe_overrides(study.recipe, study.encoder_lr_scale), *overlap_overrides(checks["overlap"]),
                       *study.overrides), (control_channel,) if control_channel else tuple(task.channels))
 
-    def stopped(stop: Exception, names: list[str]) -> None:
+    def stopped(stop: BaseException, names: list[str]) -> None:
         atomic_write_json(times_file, times)
         # every stopped run saved its last.pt on the signal and continues from it (resume=auto)
         print(f"[study] {stop}: stopped {', '.join(names) or 'no run'}; finished runs are kept in {study.out} and "
@@ -169,8 +169,14 @@ def _study(args: argparse.Namespace) -> int:
     stage_units = planned(plan)
     check_configs([u for _, units in stage_units for u in units])  # a bad override refused before anything trains
     if study.dry_run:
-        print("\n".join(_dry_run(plan, stage_units, cohort_cases, cohorts, channels, store)), flush=True)
-        return 0
+        def plan_only() -> int:
+            print("\n".join(_dry_run(plan, stage_units, cohort_cases, cohorts, channels, store)), flush=True)
+            return 0
+
+        def plan_stopped(stop: BaseException, names: list[str]) -> None:  # as a run's stop: one line, 143 or 130
+            print(f"[study] {stop}: the dry run stopped; nothing was written to {study.out}", file=sys.stderr,
+                  flush=True)
+        return stop_on_signals(plan_only, plan_stopped)
 
     def work() -> int:
         wait_for_orphans(study.out)  # a study killed just before: its units end with it, saving first

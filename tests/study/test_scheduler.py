@@ -186,3 +186,34 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+# a study that says when its first unit starts (and with it its fork server)
+CTRL_C = """
+import sys, time
+from pathlib import Path
+from asa.study.scheduler import Unit, launch, stop_on_signals
+out = Path(sys.argv[1])
+unit = Unit('unit', (sys.executable, '-c', 'import time; time.sleep(60)'), lambda: False, out / 'unit.log')
+def work():
+    (out / 'starting').write_text('')
+    launch(unit)
+    time.sleep(60)
+    return 0
+sys.exit(stop_on_signals(work, lambda stop, names: print(f'stopped by {stop}', file=sys.stderr)))
+"""
+
+
+@pytest.mark.slow  # a study of its own, with its fork server
+def test_a_ctrl_c_as_the_first_unit_starts_reaches_the_study_alone(tmp_path):
+    """Ctrl-C reaches the terminal's whole foreground process group, the fork server included while it starts (with
+    the first unit): the study exits 130 with its own line alone, no fork server's traceback."""
+    study = subprocess.Popen([sys.executable, "-c", CTRL_C, str(tmp_path)], stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (tmp_path / "starting").is_file():
+        time.sleep(0.05)
+    time.sleep(0.3)  # the fork server is importing what it preloads (seconds)
+    os.killpg(study.pid, signal.SIGINT)  # as a terminal sends Ctrl-C: to its process group
+    assert study.wait(300) == 130
+    assert study.stderr.read().strip() == "stopped by SIGINT"

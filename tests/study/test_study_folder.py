@@ -1,12 +1,14 @@
-"""asa-study's hold on its folder and its settings: one study at a time writes --out (a second is refused in one line
-naming the holder, touching nothing), a killed study's lock is taken over."""
+"""asa-study's hold on its folder: one study at a time writes --out (a second is refused in one line naming the
+holder, touching nothing), a killed study's lock is taken over; a dry run stopped by a signal ends in one line."""
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -64,3 +66,24 @@ def test_a_study_holds_its_folder_while_it_runs_and_takes_over_a_killed_one_s_lo
     with pytest.raises(SystemExit):
         study.main([*QUICK, "--root", str(labeled), "--out", str(tmp_path / "new" / "study"), "--test", "-1"])
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.slow  # the console script in a process of its own, timing a unit
+def test_sigterm_during_a_dry_run_is_one_line_and_exit_143(labeled, tmp_path):
+    """A dry run times a short run of a unit in its own process: SIGTERM there (the timed run saves and stops, or the
+    study is between runs) ends the dry run as a run's stop ends, one line and 143, writing nothing to --out."""
+    scratch, out = tmp_path / "tmp", tmp_path / "study"
+    scratch.mkdir()
+    argv = [sys.executable, "-m", "asa.cli.study", *QUICK, "--crop", "16", "--threads", "1", "--root", str(labeled),
+            "--out", str(out), "--dry-run"]
+    dry = subprocess.Popen(argv, env={**os.environ, "TMPDIR": str(scratch), "OMP_NUM_THREADS": "1"},
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and dry.poll() is None and not list(scratch.glob("asa-study-cost-*/run/tb")):
+        time.sleep(0.05)  # until the timed run trains (its TensorBoard folder)
+    dry.send_signal(signal.SIGTERM)
+    _, err = dry.communicate(timeout=300)
+    assert dry.returncode == 143, err[-3000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == \
+        f"[study] SIGTERM: the dry run stopped; nothing was written to {out}", err[-3000:]
+    assert not out.exists()
