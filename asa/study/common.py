@@ -103,9 +103,11 @@ def module_argv(module: str, *args: str) -> tuple[str, ...]:
 
 
 def record_settings(out: Path, settings: Mapping[str, Any], *, grows: Sequence[str] = (),
-                    recorded_as: Callable[[dict[str, Any]], dict[str, Any]] = lambda old: old) -> None:
+                    recorded_as: Callable[[dict[str, Any]], dict[str, Any]] = lambda old: old,
+                    keep: bool = True) -> None:
     """Keep ``settings`` in study.json; other settings are refused, but those named in ``grows`` may grow (a list gains
-    entries, a count rises)."""
+    entries, a count rises). ``keep`` False: only the refusal (a study checks its folder before it writes there, and
+    keeps its settings once every check passed, so that a refused command does not hold the folder)."""
     recorded = out / "study.json"
     settings = json.loads(json.dumps(settings))
     old = recorded_as(json.loads(recorded.read_text())) if recorded.is_file() else settings  # a new study: as asked
@@ -118,6 +120,8 @@ def record_settings(out: Path, settings: Mapping[str, Any], *, grows: Sequence[s
         refuse(f"--out {out} holds a study with other settings ({changed}"
                + (f"; {', '.join(lost)} may grow but not shrink" if lost else "")
                + f"; see {recorded}): rerun with the same options to continue it, or choose another --out")
+    if not keep:
+        return
     if differ:
         print(f"[study] {out}: extending the study ({'; '.join(f'{k}: {before[k]} -> {now[k]}' for k in differ)}); "
               "finished units are kept", flush=True)

@@ -87,3 +87,21 @@ def test_sigterm_during_a_dry_run_is_one_line_and_exit_143(labeled, tmp_path):
     assert "Traceback" not in err and err.strip().splitlines()[-1] == \
         f"[study] SIGTERM: the dry run stopped; nothing was written to {out}", err[-3000:]
     assert not out.exists()
+
+
+def test_a_refused_override_is_the_only_line_and_leaves_the_folder_free(labeled, tmp_path, capsys, monkeypatch):
+    """An --override that does not compose, or names a file that is not there, is refused first, in one line (exit 2),
+    with nothing written: the corrected command then runs as a new study, not refused as 'other settings'."""
+    monkeypatch.setattr(study, "run_stages", lambda *rest: 0)  # the checks and the plan, not the units
+    out = tmp_path / "study"
+    argv = [*QUICK, "--root", str(labeled), "--out", str(out)]
+    for bad, said in (("trainer.no_such_key=1", "no_such_key"), ("model.pretrained=/no/such.pt", "/no/such.pt does "
+                                                                  "not exist")):
+        with pytest.raises(SystemExit) as refused:
+            study.main([*argv, "--override", bad])
+        printed = capsys.readouterr()
+        lines = printed.err.strip().splitlines()
+        assert refused.value.code == 2 and not printed.out and len(lines) == 1 and said in lines[0], printed
+        assert lines[0].startswith(f"--override {bad}") and not out.exists()
+    assert study.main([*argv, "--override", "trainer.log_every=1"]) == 0  # the corrected command
+    assert json.loads((out / "study.json").read_text())["override"] == ["trainer.log_every=1"]
