@@ -95,10 +95,15 @@ def validation_rounds(entry: str, overrides: Sequence[str], steps: int) -> int:
     """The validation rounds a run of ``steps`` optimiser steps holds before its last (the cadence of its config:
     ``trainer.val_every`` epochs, at least ``trainer.val_min_steps`` apart); the last is in the start-and-end cost."""
     trainer = composed(entry, overrides).trainer
-    epochs = int(trainer.epochs)
+    return epoch_rounds(steps, int(trainer.epochs), int(trainer.val_every), int(trainer.val_min_steps or 0))
+
+
+def epoch_rounds(steps: int, epochs: int, every: int, gap: int) -> int:
+    """The validation rounds before the last of a run of ``steps`` optimiser steps in ``epochs`` epochs: one every
+    ``every`` epochs, at least ``gap`` steps apart (the engine's epoch cadence)."""
     per_epoch, rounds, last = max(1, steps // max(1, epochs)), 0, 0
     for epoch in range(1, epochs):
-        if epoch % int(trainer.val_every) == 0 and epoch * per_epoch - last >= int(trainer.val_min_steps or 0):
+        if epoch % every == 0 and epoch * per_epoch - last >= gap:
             rounds, last = rounds + 1, epoch * per_epoch
     return rounds
 

@@ -49,7 +49,7 @@ from asa.study.readout import PILOT_FLOOR
 from asa.study.scheduler import stop_on_signals, wait_for_orphans
 from asa.study.settings import Study
 from asa.study.cost import composed, measure
-from asa.study.stages import StudyPlan, check_configs, planned, run_stages, schedule_lines
+from asa.study.stages import StudyPlan, check_configs, check_pilot, planned, run_stages, schedule_lines
 
 
 # the fine-tuning keys that name a file or folder a run reads: an --override naming one that is not there is refused
@@ -173,6 +173,7 @@ def _study(args: argparse.Namespace) -> int:
 
     stage_units = planned(plan)
     check_configs([u for _, units in stage_units for u in units])  # a bad override refused before anything trains
+    check_pilot(stage_units)
     if not study.dry_run:  # kept once every config composed: a refused command does not hold the folder
         _record(study, task, channels, control_channel, store)
     if study.dry_run:

@@ -14,6 +14,8 @@ import pytest
 
 from asa.data.synthetic.demo import write_demo_dataset
 from asa.study import study
+from asa.study.cost import epoch_rounds
+from asa.study.transfer import cadence
 
 QUICK = ["--data", "msd", "--scale", "quick", "--n-boot", "50", "--test", "3", "--arms", "supervised"]
 
@@ -105,3 +107,24 @@ def test_a_refused_override_is_the_only_line_and_leaves_the_folder_free(labeled,
         assert lines[0].startswith(f"--override {bad}") and not out.exists()
     assert study.main([*argv, "--override", "trainer.log_every=1"]) == 0  # the corrected command
     assert json.loads((out / "study.json").read_text())["override"] == ["trainer.log_every=1"]
+
+
+@pytest.mark.parametrize("option, said", [
+    (["--pilot-steps", "3"], "--pilot-steps 3: the pilot sets the fine-tuning budget where its validation Dice stops "
+                             "rising, which takes 6 validation rounds at least, and 3 steps over N 2 validate 3 "
+                             "time(s): expected at least 6"),
+    (["--val", "0"], "--val 0: the pilot sets the fine-tuning budget where its validation Dice stops rising, which "
+                     "takes 6 validation rounds at least, on validation cases: expected --val 1 or more")])
+def test_a_pilot_too_short_to_set_the_budget_is_refused_before_anything_runs(labeled, tmp_path, capsys, monkeypatch,
+                                                                             option, said):
+    """The pilot's budget reads 6 validation rounds at least: fewer steps than its cadence gives 6 rounds in, or no
+    validation case, is refused in one line naming the option and its floor, before anything runs or is kept (a dry
+    run too: it planned 'nan min')."""
+    monkeypatch.setattr(study, "run_stages", lambda *rest: 0)  # the checks and the plan, not the units
+    for dry in ([], ["--dry-run"]):
+        with pytest.raises(SystemExit) as refused:
+            study.main([*QUICK, *option, *dry, "--root", str(labeled), "--out", str(tmp_path / "study")])
+        assert refused.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1] == said
+        assert not (tmp_path / "study" / "study.json").exists()
+    # the floor holds: 6 steps at N 2 in batches of 2 are 6 epochs, each validated
+    assert epoch_rounds(6, *cadence(6, 2, 2), 0) + 1 == 6 and epoch_rounds(5, *cadence(5, 2, 2), 0) + 1 == 5
