@@ -10,15 +10,17 @@ import io
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
+from asa.api.machinery.rundir import RunDirError, RunLock
 from asa.io import atomic_write_json, load_checkpoint
 from asa.train.checkpoint import flatten
 from asa.train.data import available_cpus as usable_cores  # the cores this process may run on (its affinity)
@@ -33,6 +35,35 @@ def refuse(message: str) -> typing.NoReturn:
     refusal = SystemExit(message)
     refusal.code = REFUSED
     raise refusal
+
+
+@contextlib.contextmanager
+def study_folder(out: Path) -> Iterator[None]:
+    """Hold ``<out>/run.lock`` (a run's lock: `RunLock`) meanwhile, so that one study at a time writes ``out``; a
+    second is refused in one line naming the holder before it reads or writes anything else (it would rewrite the
+    first's tables and start its units). Folders made for the lock are removed again if the study left them empty;
+    a lock whose process is gone (a study killed) is taken over."""
+    made = [p for p in (out, *out.parents) if not p.exists()]
+    out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out, "--out")
+    try:
+        lock.acquire(shlex.join(["asa-study", *sys.argv[1:]]))
+    except RunDirError as err:
+        _remove_empty(made)
+        refuse(str(err))
+    try:
+        yield
+    finally:
+        lock.release()
+        _remove_empty(made)
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove ``folders`` (innermost first), each only while it is empty."""
+    for folder in folders:
+        if not folder.is_dir() or any(folder.iterdir()):
+            return
+        folder.rmdir()
 
 
 def add_scale_options(p: argparse.ArgumentParser, scales: Mapping[str, Any], default: str,
@@ -72,9 +103,11 @@ def module_argv(module: str, *args: str) -> tuple[str, ...]:
 
 
 def record_settings(out: Path, settings: Mapping[str, Any], *, grows: Sequence[str] = (),
-                    recorded_as: Callable[[dict[str, Any]], dict[str, Any]] = lambda old: old) -> None:
+                    recorded_as: Callable[[dict[str, Any]], dict[str, Any]] = lambda old: old,
+                    keep: bool = True) -> None:
     """Keep ``settings`` in study.json; other settings are refused, but those named in ``grows`` may grow (a list gains
-    entries, a count rises)."""
+    entries, a count rises). ``keep`` False: only the refusal (a study checks its folder before it writes there, and
+    keeps its settings once every check passed, so that a refused command does not hold the folder)."""
     recorded = out / "study.json"
     settings = json.loads(json.dumps(settings))
     old = recorded_as(json.loads(recorded.read_text())) if recorded.is_file() else settings  # a new study: as asked
@@ -87,6 +120,8 @@ def record_settings(out: Path, settings: Mapping[str, Any], *, grows: Sequence[s
         refuse(f"--out {out} holds a study with other settings ({changed}"
                + (f"; {', '.join(lost)} may grow but not shrink" if lost else "")
                + f"; see {recorded}): rerun with the same options to continue it, or choose another --out")
+    if not keep:
+        return
     if differ:
         print(f"[study] {out}: extending the study ({'; '.join(f'{k}: {before[k]} -> {now[k]}' for k in differ)}); "
               "finished units are kept", flush=True)

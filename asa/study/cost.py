@@ -10,6 +10,7 @@ import functools
 import io
 import json
 import math
+import signal
 import statistics
 import tempfile
 import time
@@ -26,7 +27,7 @@ from asa.api.machinery.run import OptionError
 from asa.data import discover
 from asa.study import transfer
 from asa.study.common import machine, refuse
-from asa.study.scheduler import Unit
+from asa.study.scheduler import Stopped, Unit
 from asa.study.tables import logged_series
 
 TIMED_STEPS = 24  # optimiser steps of a timed run (fewer when the unit trains fewer)
@@ -94,10 +95,15 @@ def validation_rounds(entry: str, overrides: Sequence[str], steps: int) -> int:
     """The validation rounds a run of ``steps`` optimiser steps holds before its last (the cadence of its config:
     ``trainer.val_every`` epochs, at least ``trainer.val_min_steps`` apart); the last is in the start-and-end cost."""
     trainer = composed(entry, overrides).trainer
-    epochs = int(trainer.epochs)
+    return epoch_rounds(steps, int(trainer.epochs), int(trainer.val_every), int(trainer.val_min_steps or 0))
+
+
+def epoch_rounds(steps: int, epochs: int, every: int, gap: int) -> int:
+    """The validation rounds before the last of a run of ``steps`` optimiser steps in ``epochs`` epochs: one every
+    ``every`` epochs, at least ``gap`` steps apart (the engine's epoch cadence)."""
     per_epoch, rounds, last = max(1, steps // max(1, epochs)), 0, 0
     for epoch in range(1, epochs):
-        if epoch % int(trainer.val_every) == 0 and epoch * per_epoch - last >= int(trainer.val_min_steps or 0):
+        if epoch % every == 0 and epoch * per_epoch - last >= gap:
             rounds, last = rounds + 1, epoch * per_epoch
     return rounds
 
@@ -125,9 +131,11 @@ def time_unit(unit: Unit, moved: Mapping[str, str], steps: int = TIMED_STEPS) ->
         started = time.perf_counter()
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                (finetune if entry == "finetune" else pretrain)(cfg)
+                result = (finetune if entry == "finetune" else pretrain)(cfg)
         except (OptionError, ValueError) as err:  # what the unit itself would meet, after the stages before it
             refuse(f"[study] {unit.name} would be refused: {err}")
+        if result.preempted:  # a stop signal ended the timed run (it saved, nothing to price): the dry run stops
+            raise Stopped(result.signal or signal.SIGTERM)
         wall = time.perf_counter() - started
         rates = [v for _, v in logged_series(out, ["train/samples_per_s"])["train/samples_per_s"]]
         val = json.loads((out / "splits.json").read_text()).get("val", [])

@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import dataclasses
 import multiprocessing
 import os
 import runpy
 import shlex
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from multiprocessing import resource_tracker
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from asa.api.machinery.rundir import LOCK_NAME, RunLock
 from asa.io import atomic_write_json
 from asa.study.common import Clock
 
@@ -31,6 +35,9 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # what the fork server imports once: what the units' modules import (torch, MONAI, Hydra and asa's jobs among them)
 PRELOAD = ["asa.study.scheduler", "asa.api", "asa.cli.common", "asa.study.transfer"]
 RUNNING: dict[BaseProcess, tuple[Unit, float]] = {}  # every child process of this study: its unit, its start
+PR_SET_PDEATHSIG = 1  # prctl's option (linux/prctl.h): a signal to this process when its parent ends
+HELD = {signal.SIGINT, signal.SIGTERM}  # the stop signals, held while a unit starts
+ORPHANS_WAIT = 120.0  # seconds a study waits for the units of one killed before it to save and end
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +64,9 @@ class Unit:
 def _run_command_line(argv: tuple[str, ...], env: dict[str, str], log: str, threads: int | None) -> None:
     """In the forked child: ``argv`` run as a fresh interpreter would, in its own process group (a stop signal
     reaches its workers too), stdout and stderr appended to ``log``."""
+    _end_with_the_server()
     os.setsid()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)  # held by the study as the fork server started (`launch`)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     for std in (1, 2):
         os.dup2(fd, std)
@@ -81,6 +90,50 @@ def _run_command_line(argv: tuple[str, ...], env: dict[str, str], log: str, thre
         atexit._run_exitfuncs()  # a fork server's child ends with os._exit: run what a normal exit would
 
 
+def _end_with_the_server() -> None:
+    """In the forked child: SIGTERM when the fork server ends (Linux's parent-death signal), and the server ends with
+    the study, once no child holds the write end of its "alive" pipe that every child inherits: closed here. A study
+    killed by SIGKILL (the OOM killer) runs no handler; without this its units ran on as orphans holding their
+    folders' locks. SIGTERM: a unit saves what it can and stops, as on the study's own stop."""
+    from multiprocessing import forkserver
+
+    if sys.platform.startswith("linux"):  # set while this child holds the pipe: the server cannot have ended yet
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    server = forkserver._forkserver  # noqa: SLF001 (multiprocessing hands the pipe to its children there)
+    if server._forkserver_alive_fd is not None:  # noqa: SLF001
+        os.close(server._forkserver_alive_fd)  # noqa: SLF001
+        server._forkserver_alive_fd = None  # noqa: SLF001 (a fork server of the unit's own would start afresh)
+
+
+def wait_for_orphans(out: Path, timeout: float = ORPHANS_WAIT) -> None:
+    """Wait up to ``timeout`` s for the processes on this host that hold a run.lock below ``out`` (the study's own
+    apart) to end: the units of a study killed just before, saving as they end with it (`_end_with_the_server`);
+    started now, this study's units would be refused their folders."""
+    held = {lock: RunLock(lock.parent).holder() or {} for lock in out.rglob(LOCK_NAME) if lock.parent != out}
+    pids = {lock: int(h.get("pid", -1)) for lock, h in held.items() if h.get("host") == socket.gethostname()}
+    pids = {lock: pid for lock, pid in pids.items() if _alive(pid)}
+    if pids:
+        print(f"[study] waiting for the units of a study stopped before to save and end (pid "
+              f"{', '.join(map(str, sorted(pids.values())))}), at most {timeout:.0f} s", flush=True)
+    deadline = time.monotonic() + timeout
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.5)
+        pids = {lock: pid for lock, pid in pids.items() if lock.is_file() and _alive(pid)}
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (on this host)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
 def launch(unit: Unit) -> None:
     """Start ``unit`` (forked from the fork server, started with the first unit), its output in its log, and keep it
     in `RUNNING`."""
@@ -95,8 +148,17 @@ def launch(unit: Unit) -> None:
     server.set_forkserver_preload(PRELOAD)  # read when the server starts, with the first unit of this process
     proc = server.Process(target=_run_command_line, args=(unit.argv, env, str(unit.log), unit.threads),
                           name=unit.name)
-    proc.start()
-    RUNNING[proc] = (unit, time.perf_counter())
+    # the fork server starts here with the first unit, in the terminal's process group: started with the stop signals
+    # held (as multiprocessing starts its resource tracker, which unblocks them after: started first), a Ctrl-C does
+    # not end it mid-import with a 25-line "Fatal Python error: init_import_site ... KeyboardInterrupt" after the
+    # study's own line; it ignores SIGINT once started, and each unit takes them back (`_run_command_line`)
+    resource_tracker.ensure_running()
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+    try:
+        proc.start()
+        RUNNING[proc] = (unit, time.perf_counter())
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def signal_children(sig: int) -> None:
@@ -125,8 +187,9 @@ def wait_children(timeout: float = 300.0) -> list[str]:
     return names
 
 
-class Stopped(Exception):
-    """SIGTERM or SIGINT reached the study."""
+class Stopped(BaseException):
+    """SIGTERM or SIGINT reached the study: a ``BaseException``, as ``KeyboardInterrupt`` is, so that no ``except
+    Exception`` on its way (a dry run's timed units run in this process) takes it for a failure."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)

@@ -7,6 +7,7 @@ within the call's time budget; a rerun continues with the first stage not done."
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import shlex
@@ -20,14 +21,14 @@ from asa.io import atomic_write_json, load_checkpoint
 from asa.study import probes, report, transfer
 from asa.study.arms import ARMS, PILOT, SCRATCH, matched_by_noise
 from asa.study.common import REFUSED, Clock, finished, machine, module_argv, refuse
-from asa.study.cost import Costs, composed
+from asa.study.cost import Costs, composed, epoch_rounds
 from asa.study.design import take_look
 from asa.study.plan import (Pretraining, Supervised, finetune_arms, overlap_overrides,
                             pretraining_argv, supervised_overrides, supervised_splits)
 from asa.study.readout import pilot_budget, pilot_reading, pretraining_summary
 from asa.study.scheduler import RUNNING, Unit, run_units
 from asa.study.settings import Study
-from asa.study.tables import Outputs
+from asa.study.tables import BUDGET_WINDOW, Outputs
 
 UNFINISHED = 3  # the exit code of a call that stopped before the study's end (its budget, a stage left): rerun
 
@@ -318,6 +319,28 @@ def check_configs(units: list[Unit]) -> None:
             composed(*unit.config)
         except ValueError as err:
             refuse(f"[study] {unit.name}: its asa-{unit.config[0]} config does not compose: {err}".replace("\n", " "))
+
+
+def check_pilot(stage_units: list[tuple[Stage, list[Unit]]]) -> None:
+    """Refuse (one line naming the option and its floor, exit 2) a pilot that cannot set the budget before anything
+    trains: `asa.study.tables.converged_budget` reads where its validation Dice stopped rising, over 2 ×
+    `BUDGET_WINDOW` rounds at least, on --val cases, one round every ``trainer.val_every`` epochs of its cadence
+    (`asa.study.transfer.cadence`) and one at its end."""
+    pilot = next(stage for stage, _ in stage_units if isinstance(stage, Pilot))
+    (run, *_), (unit, *_), least = pilot.runs, pilot.trained, 2 * BUDGET_WINDOW
+    why = (f"the pilot sets the fine-tuning budget where its validation Dice stops rising, which takes {least} "
+           "validation rounds at least")
+    if not run.val:
+        refuse(f"--val {len(run.val)}: {why}, on validation cases: expected --val 1 or more")
+    trainer = composed(*unit.config).trainer
+    batch, gap = int(trainer.batch_size), int(trainer.val_min_steps or 0)
+
+    def rounds(steps: int) -> int:
+        return epoch_rounds(steps, *transfer.cadence(steps, run.n, batch), gap) + 1  # and the round at its end
+    if rounds(unit.steps) < least:
+        floor = next(steps for steps in itertools.count(unit.steps + 1) if rounds(steps) >= least)
+        refuse(f"--pilot-steps {unit.steps}: {why}, and {unit.steps} steps over N {run.n} validate "
+               f"{rounds(unit.steps)} time(s): expected at least {floor}")
 
 
 def schedule_lines(plan: StudyPlan, stage_units: list[tuple[Stage, list[Unit]]], costs: Costs) -> list[str]:

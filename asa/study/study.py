@@ -42,16 +42,20 @@ from asa.study.arms import ARMS, CONTROL, PILOT, SUPERVISED, choices, paper_arms
 from asa.study.checks import check_overlap, channel_lines, skull_lines
 from asa.study.cohort import (StoreCohort, cohort_channels, pretrain_layout, pretraining_channels, read_store,
                               write_cohorts, write_noise)
-from asa.study.common import Clock, add_scale_options, record_settings, refuse
+from asa.study.common import Clock, add_scale_options, record_settings, refuse, study_folder
 from asa.study.design import Design, register_design
 from asa.study.plan import (GROWS, RECIPES, SCALES, Supervised, labeled_split, overlap_overrides, plan_pretraining,
                             recipe_overrides, studied_networks, supervised_channel, write_store_splits)
 from asa.study.readout import PILOT_FLOOR
-from asa.study.scheduler import stop_on_signals
+from asa.study.scheduler import stop_on_signals, wait_for_orphans
 from asa.study.settings import Study
 from asa.study.sittings import keep_sitting
-from asa.study.cost import measure
-from asa.study.stages import StudyPlan, check_configs, planned, run_stages, schedule_lines
+from asa.study.cost import composed, measure
+from asa.study.stages import StudyPlan, check_configs, check_pilot, planned, run_stages, schedule_lines
+
+
+# the fine-tuning keys that name a file or folder a run reads: an --override naming one that is not there is refused
+READ_PATHS = ("model.pretrained", "data.root", "data.store", "data.regions.dir")
 
 
 # -------------------------------------------------------------------------------------------------- main
@@ -136,20 +140,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``asa-study``: refuse what cannot run, record the study's settings, check, plan, then run what is left."""
+    """``asa-study``: one study at a time in --out (`study_folder`; a dry run writes nothing there), then `_study`."""
     args = build_parser().parse_args(argv)
+    if args.dry_run:
+        return _study(args)
+    with study_folder(args.out.expanduser().absolute()):
+        return _study(args)
+
+
+def _study(args: argparse.Namespace) -> int:
+    """Refuse what cannot run, record the study's settings, check, plan, then run what is left."""
     study = Study.from_args(args, _encoders(args.encoder))
     _refuse_options(study)
+    _check_overrides(study)
     labeled, split, task = _labeled_set(study)
     cohort_cases, held, channels, store = _pretraining_cohort(study, task)
     # the positive control takes the pretrained arms' T1-and-adapted-stem path when they read the T1 alone
     control_channel = supervised_channel(task.channels, channels)
-    if not study.dry_run:  # a dry run writes nothing
-        _record(study, task, channels, control_channel, store)
+    if not study.dry_run:  # a folder holding another study refused before anything is written (a dry run writes none)
+        _record(study, task, channels, control_channel, store, keep=False)
     checks, cohorts, noise, supervised = _checks(study, labeled, split, task, cohort_cases, held, channels, store,
                                                  control_channel)
-    if not study.dry_run:  # before the first unit: what the scores will be read on
-        register_design(study.out, Design.of(study, split, checks["endpoint"]["label"]))
     runs = plan_pretraining(study.out, study.scale, study.network, study.pretraining, cohorts, noise,
                             seed=study.seed, channels=channels or ("t1",), store=store)
     if store is not None and not study.dry_run:
@@ -162,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      (*recipe_overrides(study.recipe, study.encoder_lr_scale), *overlap_overrides(checks["overlap"]),
                       *study.overrides), (control_channel,) if control_channel else tuple(task.channels))
 
-    def stopped(stop: Exception, names: list[str]) -> None:
+    def stopped(stop: BaseException, names: list[str]) -> None:
         atomic_write_json(times_file, times)
         # every stopped run saved its last.pt on the signal and continues from it (resume=auto)
         print(f"[study] {stop}: stopped {', '.join(names) or 'no run'}; finished runs are kept in {study.out} and "
@@ -171,11 +182,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     stage_units = planned(plan)
     check_configs([u for _, units in stage_units for u in units])  # a bad override refused before anything trains
+    check_pilot(stage_units)
+    if not study.dry_run:  # kept once every config composed: a refused command does not hold the folder
+        _record(study, task, channels, control_channel, store)
+        # before the first unit: what the scores will be read on
+        register_design(study.out, Design.of(study, split, checks["endpoint"]["label"]))
     if study.dry_run:
-        print("\n".join(_dry_run(plan, stage_units, cohort_cases, cohorts, channels, store)), flush=True)
-        return 0
-    return keep_sitting(times, times_file, lambda: stop_on_signals(
-        lambda: run_stages(plan, Clock(study.scale.time_budget), times, times_file), stopped))
+        def plan_only() -> int:
+            print("\n".join(_dry_run(plan, stage_units, cohort_cases, cohorts, channels, store)), flush=True)
+            return 0
+
+        def plan_stopped(stop: BaseException, names: list[str]) -> None:  # as a run's stop: one line, 143 or 130
+            print(f"[study] {stop}: the dry run stopped; nothing was written to {study.out}", file=sys.stderr,
+                  flush=True)
+        return stop_on_signals(plan_only, plan_stopped)
+
+    def work() -> int:
+        wait_for_orphans(study.out)  # a study killed just before: its units end with it, saving first
+        return run_stages(plan, Clock(study.scale.time_budget), times, times_file)
+    return keep_sitting(times, times_file, lambda: stop_on_signals(work, stopped))
 
 
 def _dry_run(plan: StudyPlan, stage_units: list, cohort_cases: Sequence, cohorts: Mapping[int, Path],
@@ -201,6 +226,24 @@ def _encoders(specs: Sequence[str]) -> dict[str, str]:
             refuse(f"--encoder {spec}: expected NAME=FILE with a name of its own and an existing file")
         encoders[key] = str(Path(path).expanduser().absolute())
     return encoders
+
+
+def _check_overrides(study: Study) -> None:
+    """Refuse, in one line before anything is read or written, an --override that names a file or folder that is not
+    there (`READ_PATHS`) or that does not compose with the labeled set's fine-tuning config: every run it reaches
+    would fail, the first of them only after the pilot trained."""
+    for spec in study.overrides:
+        key, _, value = spec.partition("=")
+        if key.lstrip("+~") in READ_PATHS and value not in ("null", "~", "") and not Path(value).expanduser().exists():
+            refuse(f"--override {spec}: {value} does not exist (expected the file or folder {key} reads)")
+    if not study.overrides:
+        return
+    try:
+        composed("finetune", (f"data={study.data}", f"data.root={study.root}", *study.network.finetune,
+                              *recipe_overrides(study.recipe, study.encoder_lr_scale), *study.overrides))
+    except ValueError as err:
+        refuse(f"--override {' '.join(study.overrides)}: the fine-tuning config does not compose: {err}"
+               .replace("\n", " "))
 
 
 def _refuse_options(study: Study) -> None:
@@ -296,9 +339,9 @@ def _pretraining_cohort(study: Study, task: Any) -> tuple[list, list[str], list[
 
 
 def _record(study: Study, task: Any, channels: list[str] | None, control_channel: str | None,
-            store: StoreCohort | None) -> None:
+            store: StoreCohort | None, *, keep: bool = True) -> None:
     """Keep the study's settings in ``<out>/study.json`` (`record_settings`: a folder holding another study is
-    refused; a rerun may add arms, encoders, cohorts, N, seeds and repeats)."""
+    refused; a rerun may add arms, encoders, cohorts, N, seeds and repeats; ``keep`` False: only that refusal)."""
     scale = study.scale
     supervised = ([control_channel] if control_channel else list(task.channels)) if study.positive_control else None
     settings = {"scale": dataclasses.asdict(scale) | {"time_budget": None, "jobs": None}, "network": study.network.name,
@@ -318,7 +361,7 @@ def _record(study: Study, task: Any, channels: list[str] | None, control_channel
         "supervised_channels": list(task.channels) if SUPERVISED in old.get("arms", []) else None, **old,
         # one process, one pretraining run per arm; a fixed split (folds, repeats, min_scored as the scale's)
         **({"scale": {"nproc": 1, "folds": scale.folds, "repeats": scale.repeats, "min_scored": scale.min_scored,
-                      "pretrain_runs": 1, **old["scale"]}} if isinstance(old.get("scale"), dict) else {})})
+                      "pretrain_runs": 1, **old["scale"]}} if isinstance(old.get("scale"), dict) else {})}, keep=keep)
 
 
 def _checks(study: Study, labeled: Sequence, split: Mapping[str, list[str]], task: Any, cohort_cases: Sequence,

@@ -61,7 +61,11 @@ def logged_budget(run_dir: Path) -> dict[str, Any]:
             "val_plateau": spread <= VAL_PLATEAU_TOL if dice.size >= 3 else None, "val_curve": [list(x) for x in val]}
 
 
-def converged_budget(curve: Sequence[Sequence[float]], *, tol: float = 0.01, window: int = 3) -> dict[str, Any]:
+BUDGET_WINDOW = 3  # validation rounds of the trailing mean `converged_budget` reads (it needs two windows of them)
+
+
+def converged_budget(curve: Sequence[Sequence[float]], *, tol: float = 0.01, window: int = BUDGET_WINDOW
+                     ) -> dict[str, Any]:
     """The step where validation Dice stopped rising (its trailing mean near its best); ``converged``: by 3/4."""
     if len(curve) < 2 * window:
         raise ValueError(f"converged_budget needs at least {2 * window} validation rounds, got {len(curve)}")

@@ -140,6 +140,13 @@ class Run:
         return self.run_dir / "checkpoints" / f"kept_{self.head_start:08d}.pt"
 
 
+def cadence(steps: int, n: int, batch: int) -> tuple[int, int]:
+    """(epochs, epochs between validation rounds) of a run of about ``steps`` optimiser steps over ``n`` cases in
+    batches of ``batch``: about 20 rounds per run with validation cases, so that its last 20 % holds 4 of them."""
+    epochs = max(1, round(steps / max(n // batch, 1)))
+    return epochs, max(1, epochs // 20)
+
+
 def plan_runs(s: Transfer) -> tuple[list[Run], list[str], Any, list[str]]:
     """Every run of the study -> (runs, test ids, the probe config, every case's id)."""
     out = Path(s.out).expanduser().absolute()
@@ -183,9 +190,8 @@ def plan_runs(s: Transfer) -> tuple[list[Run], list[str], Any, list[str]]:
             draw = draws[seed]
             pool, val = draw["pool"], tuple(draw["val"])
             train = tuple(sorted([pool[i] for i in np.random.default_rng(1000 + seed).permutation(len(pool))][:n]))
-            epochs = max(1, round(s.steps / max(n // int(probe_cfg.trainer.batch_size), 1)))
-            # with validation cases: about 20 rounds per run, so that its last 20 % holds 4 of them
-            checks = [f"trainer.val_every={max(1, epochs // 20)}"] if val else []
+            epochs, every = cadence(s.steps, n, int(probe_cfg.trainer.batch_size))
+            checks = [f"trainer.val_every={every}"] if val else []
             checks += [f"trainer.keep_steps=[{s.head_start}]"] if s.head_start is not None else []
             for arm, tuned in s.arms.items():
                 run_dir = out / "runs" / f"{arm}-n{n}-s{seed}"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,3 +120,100 @@ def test_no_process_of_the_study_outlives_it(tmp_path):
     after = _children()
     assert set(after) <= set(before), after
     assert not [line for line in after.values() if "multiprocessing" in line], after
+
+
+# a unit holding its folder's run.lock as a run does: it saves for 5 s on SIGTERM, writes `done` once it ran argv[2]
+# seconds
+HOLDER = """
+import os, signal, sys, time
+from pathlib import Path
+from asa.api.machinery.rundir import RunLock
+folder = Path(sys.argv[1])
+lock = RunLock(folder)
+lock.acquire('unit')
+def stop(signum, frame):
+    time.sleep(5.0)
+    lock.release()
+    raise SystemExit(143)
+signal.signal(signal.SIGTERM, stop)
+(folder / 'pid').write_text(str(os.getpid()))
+time.sleep(float(sys.argv[2]))
+(folder / 'done').write_text('')
+lock.release()
+"""
+# a study of that one unit: it waits for the units of a study killed before, then runs its own
+STUDY = """
+import sys
+from pathlib import Path
+from asa.study.common import Clock
+from asa.study.scheduler import Unit, run_units, stop_on_signals, wait_for_orphans
+out, seconds, code = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+unit = Unit('unit', (sys.executable, '-c', code, str(out / 'unit'), seconds), (out / 'unit' / 'done').is_file,
+            out / 'logs' / 'unit.log')
+def work():
+    wait_for_orphans(out)
+    return 0 if run_units([unit], 1, Clock(None), {}) else 3
+sys.exit(stop_on_signals(work, lambda stop, names: None))
+"""
+
+
+@pytest.mark.slow  # two studies, each with its fork server
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_killed_study_s_units_end_with_it_and_the_same_command_then_runs(tmp_path):
+    """A study killed by SIGKILL (as the OOM killer kills) runs no handler: its running unit gets SIGTERM as the fork
+    server ends with the study, saves and ends (no orphan holding its folder's lock for as long as it would
+    have run), and a study started right after waits for it, then runs the unit in that folder."""
+    out = tmp_path / "study"
+    (out / "unit").mkdir(parents=True)
+    killed = subprocess.Popen([sys.executable, "-c", STUDY, str(out), "120", HOLDER])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "unit" / "pid").is_file():
+        time.sleep(0.2)
+    unit = int((out / "unit" / "pid").read_text())
+    killed.kill()
+    assert killed.wait() == -signal.SIGKILL
+    again = subprocess.run([sys.executable, "-c", STUDY, str(out), "0", HOLDER], capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:] + (out / "logs" / "unit.log").read_text()[-2000:]
+    assert f"waiting for the units of a study stopped before to save and end (pid {unit})" in again.stdout
+    assert (out / "unit" / "done").is_file() and not (out / "unit" / "run.lock").exists()
+    assert not _alive(unit)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# a study that says when its first unit starts (and with it its fork server)
+CTRL_C = """
+import sys, time
+from pathlib import Path
+from asa.study.scheduler import Unit, launch, stop_on_signals
+out = Path(sys.argv[1])
+unit = Unit('unit', (sys.executable, '-c', 'import time; time.sleep(60)'), lambda: False, out / 'unit.log')
+def work():
+    (out / 'starting').write_text('')
+    launch(unit)
+    time.sleep(60)
+    return 0
+sys.exit(stop_on_signals(work, lambda stop, names: print(f'stopped by {stop}', file=sys.stderr)))
+"""
+
+
+@pytest.mark.slow  # a study of its own, with its fork server
+def test_a_ctrl_c_as_the_first_unit_starts_reaches_the_study_alone(tmp_path):
+    """Ctrl-C reaches the terminal's whole foreground process group, the fork server included while it starts (with
+    the first unit): the study exits 130 with its own line alone, no fork server's traceback."""
+    study = subprocess.Popen([sys.executable, "-c", CTRL_C, str(tmp_path)], stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (tmp_path / "starting").is_file():
+        time.sleep(0.05)
+    time.sleep(0.3)  # the fork server is importing what it preloads (seconds)
+    os.killpg(study.pid, signal.SIGINT)  # as a terminal sends Ctrl-C: to its process group
+    assert study.wait(300) == 130
+    assert study.stderr.read().strip() == "stopped by SIGINT"
