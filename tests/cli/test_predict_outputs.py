@@ -240,12 +240,17 @@ def _folder(kind: str, base: Path) -> tuple[Path, str]:
             f"checkpoint={results / 'fold_all'}: an nnU-Net v2 results folder (Dataset501_x, "
             "nnUNetTrainer__nnUNetPlans__3d_fullres, fold all), which nnU-Net's predictor runs, not asa-predict: "
             f"nnUNetv2_predict_from_modelfolder -i IMAGES -o PREDICTIONS -m {results} -f all")
-    if kind in ("fine-tuning run", "pretraining run"):
+    if kind in ("fine-tuning run", "pretraining run", "stopped pretraining run"):
         run = base / "run"
         (run / "checkpoints").mkdir(parents=True)
-        for name in ("best.pt", "last.pt"):
+        for name in ("best.pt", "last.pt", *(["encoder.pt"] if kind == "pretraining run" else [])):
             (run / "checkpoints" / name).write_bytes(b"")
         (run / "config.yaml").write_text("task: {}\n" if kind == "fine-tuning run" else "method: {name: mae}\n")
+        if kind == "stopped pretraining run":  # no encoder.pt, which a run exports when its training ends
+            return run, (f"checkpoint={run}: an asa-pretrain run folder stopped before it exported encoder.pt: its "
+                         f"encoder is fine-tuned by asa-finetune model.pretrained={run / 'checkpoints' / 'best.pt'} "
+                         f"(asa-export {run / 'checkpoints' / 'best.pt'} OUT writes the encoder's own files), and "
+                         f"{wanted}")
         return run, (f"checkpoint={run}: an asa-finetune run folder; asa-predict reads its checkpoint="
                      f"{run / 'checkpoints' / 'best.pt'} (the best validation round's weights; last.pt: the last "
                      "step's)" if kind == "fine-tuning run" else
@@ -258,7 +263,8 @@ def _folder(kind: str, base: Path) -> tuple[Path, str]:
                   f"not a checkpoint; give it as input={data}; {wanted}")
 
 
-@pytest.mark.parametrize("kind", ["nnU-Net results fold", "fine-tuning run", "pretraining run", "data folder"])
+@pytest.mark.parametrize("kind", ["nnU-Net results fold", "fine-tuning run", "pretraining run",
+                                  "stopped pretraining run", "data folder"])
 def test_a_folder_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path, capsys, kind):
     """Each was answered "no segmenter.pt: it carries a pretrained encoder only", true of none of them; refused
     (exit 2, one line) before anything is written."""
@@ -272,3 +278,27 @@ def test_a_folder_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path, capsys
     assert stop.value.code == EXIT_REFUSED and len(said) == 1, said
     assert said[0].startswith(f"[asa-predict] refused: {expected}"), said[0]
     assert "pretrained encoder only" not in said[0] and not out.exists()
+
+
+@pytest.mark.parametrize("beside", [False, True])
+def test_a_pretraining_checkpoint_is_named_with_what_to_give_instead(tmp_path, capsys, beside):
+    """A pretraining last.pt was answered "its task=None"; it is named for what it is, with the fine-tuning that
+    starts from it (its run's encoder.pt where the run exported one), in one line before anything is written."""
+    from asa.cli.common import EXIT_REFUSED, entry
+    from tests.fixtures.runs import encoder_checkpoint
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    last = encoder_checkpoint(ckpts / "last.pt", seed=0)
+    if beside:
+        (ckpts / "encoder.pt").write_bytes(b"")
+    out = tmp_path / "pred"
+    with pytest.raises(SystemExit) as stop:
+        entry("asa-predict", predict, _cfg(last, tmp_path / "images", out))
+    said = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[asa-predict]")]
+    assert stop.value.code == EXIT_REFUSED and len(said) == 1, said
+    start = ckpts / "encoder.pt" if beside else last
+    assert said[0] == (f"[asa-predict] refused: checkpoint={last}: a pretraining checkpoint (asa-pretrain's), which "
+                       "predicts no labels; give a fine-tuned checkpoint (asa-finetune's checkpoints/best.pt or "
+                       f"last.pt), or fine-tune this encoder first: asa-finetune data=... model.pretrained={start}")
+    assert "None" not in said[0] and not out.exists()
