@@ -8,6 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -302,3 +303,53 @@ def test_a_pretraining_checkpoint_is_named_with_what_to_give_instead(tmp_path, c
                        "predicts no labels; give a fine-tuned checkpoint (asa-finetune's checkpoints/best.pt or "
                        f"last.pt), or fine-tune this encoder first: asa-finetune data=... model.pretrained={start}")
     assert "None" not in said[0] and not out.exists()
+
+
+def test_a_case_at_another_spacing_than_training_is_noted_in_one_line(setup, tmp_path, capsys):
+    """A 1 mm model predicts a case stored at 1×1×3 mm on its own grid: said in one note naming the case and both
+    spacings (the checkpoint's training_spacing), not refused; cases at the training spacing are not named."""
+    import nibabel as nib
+
+    from asa.io import load_checkpoint
+
+    base, data, a, _ = setup
+    state = load_checkpoint(a)
+    state["config"]["training_spacing"] = {"median_mm": [1.0, 1.0, 1.0], "cases": 8}
+    ckpt = save_checkpoint(tmp_path / "spaced.pt", state)
+    images = tmp_path / "brats"
+    ids = sorted(p.name for p in data.iterdir() if p.is_dir())
+    for cid in ids[:2]:  # two of the cases, their channels copied as they are
+        (images / cid).mkdir(parents=True)
+        for f in (data / cid).glob("*.nii.gz"):
+            nib.save(nib.load(f), images / cid / f.name)
+    for f in (images / ids[1]).glob("*.nii.gz"):  # the second stored at 1×1×3 mm
+        img = nib.load(f)
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), np.diag([1.0, 1.0, 3.0, 1.0])), f)
+    predict(_cfg(ckpt, images, tmp_path / "preds"))
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if "training spacing" in ln]
+    assert notes == [f"[asa] note: 1 of 2 case(s) have voxels other than the checkpoint's training spacing 1×1×1 mm "
+                     f"(the median of its training cases): {ids[1]} 1×1×3 mm; each is predicted on its own grid, not "
+                     "resampled, so the network sees it at another scale than it learned; resample them to 1×1×1 mm "
+                     "for predictions as trained"]
+    assert len(list((tmp_path / "preds").glob("*.nii.gz"))) == 2
+
+
+def test_spacing_note_reads_the_headers_in_ras_order(tmp_path):
+    """The note compares RAS axes: a 3 mm axis stored first in an LPS-like file is the training spacing's x."""
+    import nibabel as nib
+
+    from asa.api.tasks.segmentation import spacing_note
+    from asa.data.case import Case
+
+    def case(cid: str, affine) -> Case:
+        path = tmp_path / f"{cid}.nii.gz"
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.asarray(affine, float)), path)
+        return Case(id=cid, images={"t1": path})
+
+    stored_zyx = [[0, 0, 1.0, 0], [0, 1.0, 0, 0], [3.0, 0, 0, 0], [0, 0, 0, 1]]  # stored axis 0 runs along S, 3 mm
+    cases = [case("a", np.eye(4)), case("b", stored_zyx)]
+    assert spacing_note(cases, {"median_mm": [1.0, 1.0, 3.0]}).startswith(
+        "1 of 2 case(s) have voxels other than the checkpoint's training spacing 1×1×3 mm (the median of its training "
+        "cases): a 1×1×1 mm;")
+    assert spacing_note(cases[1:], {"median_mm": [1.1, 0.9, 3.3]}) is None  # within a fifth along every axis
+    assert spacing_note(cases, None) is None  # a checkpoint that records none
