@@ -149,20 +149,25 @@ def _scored_split(cfg: EvaluateConfig) -> ScoredSplit:
               "scores one part of a run's split", file=sys.stderr, flush=True)
         return ScoredSplit(None, None, f"split_file=auto: {why}; every case")
     splits, parts = found
+    wrote = "wrote pred" if predicted else "is reliance.checkpoint"
+    source = f"the split of the run whose checkpoint {checkpoint} {wrote}"
     if predicted and not predicted & {i for ids in parts.values() for i in ids}:
-        print(f"[asa] split_file=auto: none of the predictions in pred={cfg.pred} is of a case of {splits}, the "
-              f"split of the run of {checkpoint}, so every case of data.root is scored (data the run never split)",
-              file=sys.stderr, flush=True)
+        print(f"[asa] split_file=auto: none of the predictions in pred={cfg.pred} is of a case of {splits}, "
+              f"{source}, so every case of data.root is scored (data the run never split)", file=sys.stderr, flush=True)
         return ScoredSplit(None, None, f"split_file=auto: data outside the split {splits}; every case")
-    held = ", ".join(f"{name} {len(set(ids) & predicted)}" for name, ids in parts.items()) if predicted else ""
-    if cfg.subset not in parts or (predicted and not set(parts[cfg.subset]) & predicted):
-        what = f"has no subset {cfg.subset!r}" if cfg.subset not in parts else \
-            f"has {cfg.subset} cases none of which pred={cfg.pred} predicts (it predicts, per subset: {held})"
-        raise OptionError(f"split_file=auto: {splits}, the split of the run whose checkpoint {checkpoint} wrote "
-                          f"pred, {what}; set subset= to one of {', '.join(parts)}, split_file= to another run's "
-                          "splits.json, or split_file=null to score every case")
-    print(f"[asa] split_file=auto: scoring the {cfg.subset} cases of {splits}, the split of the run whose "
-          f"checkpoint {checkpoint} wrote pred; split_file=null scores every case", flush=True)
+    wanted = set(parts.get(cfg.subset, []))
+    if not wanted or (predicted and not wanted & predicted):
+        held = ", ".join(f"{name} {len(set(ids) & predicted)}" for name, ids in parts.items())
+        if cfg.subset not in parts:
+            what = f"has no subset {cfg.subset!r}"
+        elif not wanted:
+            what = f"has no {cfg.subset} case"
+        else:
+            what = f"has {cfg.subset} cases none of which pred={cfg.pred} predicts (it predicts, per subset: {held})"
+        raise OptionError(f"split_file=auto: {splits}, {source}, {what}; set subset= to one of {', '.join(parts)}, "
+                          "split_file= to another run's splits.json, or split_file=null to score every case")
+    print(f"[asa] split_file=auto: scoring the {cfg.subset} cases of {splits}, {source}; split_file=null scores "
+          "every case", flush=True)
     return ScoredSplit(str(splits), cfg.subset, f"split_file=auto: the run of {checkpoint}")
 
 

@@ -121,6 +121,24 @@ def test_a_subset_without_predictions_is_refused_naming_what_pred_holds(study, t
     assert not (tmp_path / "eval").exists()
 
 
+def test_predictions_of_data_the_run_never_split_are_all_scored_and_said(study, tmp_path, capsys):
+    """A model evaluated on another dataset: none of its predictions is of a case of its run's split."""
+    data, _, ids = study
+    other = tmp_path / "other"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "splits.json").write_text(json.dumps({"train": ["x1"], "val": ["x2"], "test": []}))
+    pred = _predictions(tmp_path / "pred", data, ids, other / "checkpoints" / "best.pt")
+    summary = _evaluate(data, pred, tmp_path / "eval")
+    assert summary["n_cases"] == 4 and summary["split"]["split_file"] is None
+    assert (f"none of the predictions in pred={pred} is of a case of {other / 'splits.json'}, the split of the run "
+            f"whose checkpoint {other / 'checkpoints' / 'best.pt'} wrote pred, so every case of data.root is scored"
+            ) in capsys.readouterr().err
+    (other / "splits.json").write_text(json.dumps({"train": ids[:3], "val": ids[3:], "test": []}))
+    with pytest.raises(OptionError, match=r"splits.json, the split of .* wrote pred, has no test case; set subset= "
+                                          r"to one of train, val, test"):
+        _evaluate(data, pred, tmp_path / "eval2")
+
+
 def test_a_log_gets_one_line_per_case_not_a_progress_bar(study, tmp_path, capsys):
     data, run, ids = study
     pred = _predictions(tmp_path / "pred", data, ids, run / "checkpoints" / "best.pt")
