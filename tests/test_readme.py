@@ -165,3 +165,29 @@ def test_relative_links_lead_to_files_and_headings_that_exist():
                 assert anchor in _anchors(dest.read_text()), (page.name, target)
             checked += 1
     assert checked >= 20
+
+
+def test_every_installed_script_is_named_in_the_readme():
+    section = (ROOT / "pyproject.toml").read_text().split("[project.scripts]\n", 1)[1].split("\n\n", 1)[0]
+    scripts = set(re.findall(r"^([\w-]+) = ", section, re.M))
+    assert "asa-torchrun" in scripts
+    text = README.read_text()
+    assert [name for name in sorted(scripts) if f"`{name}`" not in text] == []
+
+
+def test_what_the_readme_commands_write_into_the_checkout_is_ignored_by_git():
+    """The folders the README's commands write (runs, the demo data) are left out of git's view of the checkout."""
+    ignored = {line.strip().rstrip("/") for line in (ROOT / ".gitignore").read_text().splitlines()}
+    written = []
+    for words in _block_commands(README.read_text()):
+        for i, word in enumerate(words):
+            if word in ("--out",) and i + 1 < len(words):
+                written.append(words[i + 1])
+            for key in ("output_dir", "output", "data.store"):
+                if word.startswith(f"{key}="):
+                    written.append(word.split("=", 1)[1])
+        if words[0] in DEFAULT_OUTPUT and _option(words, "output_dir") is None:
+            written.append(DEFAULT_OUTPUT[words[0]])
+    relative = [Path(w) for w in written if not Path(w).is_absolute()]
+    assert {"runs", "demo"} <= {p.parts[0] for p in relative}
+    assert [str(p) for p in relative if p.parts[0] not in ignored] == []

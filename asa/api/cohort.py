@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from asa.api.machinery.cohort import pretraining_cohort, run_cases, run_folder
+from asa.api.machinery.cohort import check_run_kinds, pretraining_cohort, run_cases, run_folder
 from asa.data.overlap import cohort_overlap, describe_overlap
 
 __all__ = ["check_cohort"]
@@ -17,7 +17,9 @@ def check_cohort(pretrain_run: str | os.PathLike, finetune_run: str | os.PathLik
                  subsets: Sequence[str] = ("val", "test"), workers: int = 4) -> dict[str, Any]:
     """Which of ``subsets`` of the fine-tuning run's split were in the pretraining run's cohort (its train and val
     parts): ``{"pretraining": run, "finetuning": run, "cohort_size", "subsets": {name: overlap}, "lines"}``, the
-    overlap as `asa.data.overlap.cohort_overlap` gives it, ``lines`` the report."""
+    overlap as `asa.data.overlap.cohort_overlap` gives it, ``lines`` the report. A fine-tuning run given as
+    ``pretrain_run`` or a pretraining run as ``finetune_run`` is refused (`check_run_kinds`) before any image is read."""
+    check_run_kinds(pretrain_run, finetune_run)
     cohort = pretraining_cohort(pretrain_run, workers=workers)
     cases, splits, _ = run_cases(finetune_run)
     by_id = {c.id: c for c in cases}

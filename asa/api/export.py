@@ -21,7 +21,7 @@ from typing import Any
 import asa
 from asa.api.configuration.compat import current_config
 from asa.api.machinery.cohort import overlap_statement, recorded_cohort, recorded_overlap, weights_folder
-from asa.api.machinery.rundir import RunDirError, aside_path, check_writable
+from asa.api.machinery.rundir import RunDirError, check_writable, move_files_aside
 from asa.api.machinery.run import refusing
 from asa.data.cohort import (COHORT_LEVELS, IDS_WITHHELD, CohortListMissing, carried_cohort, cohort_digest,
                              cohort_summary, export_cohort)
@@ -244,10 +244,7 @@ def _replace(out: Path, names: list[str]) -> None:
     folder)."""
     if not names:
         return
-    aside = aside_path(out)
-    aside.mkdir()
-    for name in names:
-        os.replace(out / name, aside / name)
+    aside = move_files_aside(out, names)
     print(f"[asa-export] --overwrite: moved the previous {', '.join(names)} to {aside}", file=sys.stderr, flush=True)
 
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from asa.api.configuration.checks import as_config
 from asa.api.configuration.compat import current_config
+from asa.api.machinery.rundir import override
 from asa.api.machinery.run import OptionError, refusing
 from asa.api.machinery.prediction import PredictSetup
 from asa.api.configuration.schema import PredictConfig
@@ -26,6 +27,7 @@ from asa.io.hub import segmenter_checkpoint
 from asa.train.distributed import resolve_device
 from asa.train.environment import environment, environment_warnings
 from asa.train.precision import resolve_amp, set_threads
+from asa.train.resume import written_by
 
 __all__ = ["predict"]
 
@@ -83,6 +85,22 @@ def _nnunet_refusal(folder: Path, given: Path) -> str:
             f"<case>_0000.nii.gz, ...). asa-predict reads the fine-tuning checkpoint (best.pt, last.pt) it came from")
 
 
+def _no_task(state: Mapping, checkpoint: Path) -> str:
+    """Why ``checkpoint`` (its content: ``state``), which records no fine-tuning task, predicts nothing, and what to
+    give instead: a pretraining checkpoint or an encoder export is fine-tuned first (``model.pretrained``)."""
+    encoder = checkpoint.parent / "encoder.pt"
+    start = encoder if checkpoint.parent.name == "checkpoints" and encoder.is_file() else checkpoint
+    finetune = (f"give a fine-tuned checkpoint (asa-finetune's checkpoints/best.pt or last.pt), or fine-tune this "
+                f"encoder first: asa-finetune data=... {override('model.pretrained', start)}")
+    if written_by(state) == "asa-pretrain":
+        return f"checkpoint={checkpoint}: a pretraining checkpoint (asa-pretrain's), which predicts no labels; {finetune}"
+    if "encoder" in state:
+        return f"checkpoint={checkpoint}: an encoder export, which predicts no labels; {finetune}"
+    return (f"checkpoint={checkpoint}: records no fine-tuning task (config.outputs), so it is no checkpoint of "
+            "asa-finetune; asa-predict reads asa-finetune's checkpoints/best.pt or last.pt, or a folder asa-export "
+            "wrote from one")
+
+
 def predict(config: PredictConfig | DictConfig) -> list[Path]:
     """Predict as configured (asa-predict); returns the label files written by this call (kept ones
     of a ``resume=true`` run are not among them).
@@ -117,5 +135,7 @@ def predict(config: PredictConfig | DictConfig) -> list[Path]:
         if isinstance(state.get("config"), Mapping):  # as this version reads it (an earlier one's record: outputs)
             state["config"] = current_config(state["config"])
         recorded = ((state.get("config") or {}).get("outputs") or {}).get("name")
+        if recorded is None:
+            raise OptionError(_no_task(state, checkpoint))
         task = finetune_task(str(recorded), option=f"checkpoint={checkpoint}: its task")
     return task.predict(cfg, state, checkpoint, inputs, setup)

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     kept_help("cohort", argv, lambda: build_parser().format_help())
     from asa.api.cohort import check_cohort
-    from asa.api.machinery.cohort import COHORT_FILE, pretraining_cohort, run_folder
+    from asa.api.machinery.cohort import COHORT_FILE, check_run_kinds, pretraining_cohort, run_folder
     from asa.api.machinery.run import describe_error
     from asa.cli.common import EXIT_FAILED, EXIT_FINISHED, EXIT_REFUSED
     from asa.data.cohort import cohort_digest
@@ -56,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.finetune_run is None:
         try:
+            check_run_kinds(args.pretrain_run, None)
             cohort = pretraining_cohort(args.pretrain_run, workers=args.workers)
         except (FileNotFoundError, ValueError) as err:
             print(f"[asa-cohort] refused: {describe_error(err)}", file=sys.stderr, flush=True)

@@ -27,6 +27,7 @@ import numpy as np
 
 from asa.eval.metrics import (EMPTY_HD95, HD95_CONVENTIONS, HD_PERCENTILE, NSD_EMPTY, dice, hd95,
                               normalized_surface_dice)
+from asa.eval.progress import CaseProgress
 from asa.io import NIFTI_SUFFIXES, atomic_write_text, find_nifti, load_volume
 
 METRICS: tuple[str, ...] = ("Dice", "HD95", "NSD")
@@ -273,7 +274,7 @@ def evaluate_cases(
         task: an :class:`asa.data.Task` (or any :class:`TaskLike`) giving the output names.
         out_dir: if given, ``per_case.csv`` and ``summary.json`` are written there.
         num_workers: >0 scores cases in that many processes (task and loader must pickle).
-        progress: show a tqdm progress bar.
+        progress: show progress on stderr (`CaseProgress`: a bar on a terminal, else one line per case).
         loader: ``path -> Volume`` (default :func:`asa.data.load_volume`).
         hd95_convention: ``max_directed`` (default) or ``pooled`` (see :mod:`asa.eval.metrics`).
         nsd_tolerance: NSD tolerance in mm: one number, one per output name, or ``{name: mm}``.
@@ -297,11 +298,11 @@ def evaluate_cases(
         with ProcessPoolExecutor(max_workers=num_workers) as pool:
             results = pool.map(evaluate_pair, *args, repeat(task), repeat(loader), repeat(hd95_convention),
                                repeat(nsd_tolerance))
-            rows = list(_progress(results, len(pairs), progress))
+            rows = _shown(results, len(pairs), progress)
     else:
         results = map(evaluate_pair, *args, repeat(task), repeat(loader), repeat(hd95_convention),
                       repeat(nsd_tolerance))
-        rows = list(_progress(results, len(pairs), progress))
+        rows = _shown(results, len(pairs), progress)
     summary = summarize(rows, tuple(task.output_names), task_name=str(getattr(task, "name", "")),
                         hd95_convention=hd95_convention, nsd_tolerance=nsd_tolerance)
     if out_dir is not None:
@@ -309,12 +310,15 @@ def evaluate_cases(
     return summary
 
 
-def _progress(it: Iterable[Any], total: int, enabled: bool) -> Iterable[Any]:
-    if not enabled:
-        return it
-    from tqdm.auto import tqdm
-
-    return tqdm(it, total=total, desc="evaluate", unit="case")
+def _shown(rows: Iterable[dict[str, Any]], total: int, enabled: bool) -> list[dict[str, Any]]:
+    """The scored ``rows``, each said as it comes when ``enabled`` (`CaseProgress`: a bar on a terminal, else a
+    line per case)."""
+    scored = []
+    with CaseProgress(total, desc="evaluate", verb="scored", enabled=enabled) as progress:
+        for row in rows:
+            scored.append(row)
+            progress.advance(row["case_id"])
+    return scored
 
 
 def match_predictions(

@@ -19,6 +19,7 @@ import numpy as np
 
 from asa.eval.evaluate import evaluate_arrays, ignore_mask_for
 from asa.eval.metrics import dice
+from asa.eval.progress import CaseProgress
 from asa.io import atomic_write_json, atomic_write_text, load_volume
 from asa.models import capabilities
 
@@ -52,35 +53,35 @@ def encoder_reliance(predictor, cases: Sequence, *, overlap: float = 0.5, sw_bat
     ``zeroed=False`` scores the normal prediction only (the zeroed columns are NaN): any segmentation
     network, e.g. a CNN baseline without an encoder.
     """
-    from tqdm import tqdm
-
     model, task = predictor.model, predictor.task
     if zeroed and not capabilities(model).zero_encoder:
         raise ValueError(f"encoder reliance needs an ASASegmenter (model arch swvit_unetr); got {type(model).__name__}")
     rows = []
-    for case in tqdm(cases, desc="reliance", unit="case", disable=not progress):
-        if case.label is None:
-            raise ValueError(f"case {case.id}: no label file; encoder reliance needs labeled cases")
-        image, _ = predictor.preprocess(case)  # as the network trained (its run's data.percentiles)
-        ref_volume = load_volume(case.label, label=True)
-        ref = ref_volume.array.astype(np.int64)
-        # a network with region attention also takes the case's region map
-        extra = {} if getattr(predictor, "regions", None) is None else {"regions": predictor.regions_of(case)}
-        pred = task.prediction_to_label(predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, **extra))
-        normal = case_dice(pred, ref, task)
-        distances = {} if not hd95 else evaluate_arrays(pred, ref, task, tuple(ref_volume.spacing), ref_path=case.label,
-                                                        hd95_convention=hd95_convention)
-        without = {name: float("nan") for name in task.output_names}
-        if zeroed:
-            with model.zero_encoder_states():
-                probs = predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, **extra)
-            without = case_dice(task.prediction_to_label(probs), ref, task)
-        row: dict[str, Any] = {"id": case.id}
-        for name in task.output_names:
-            row[f"Dice_{name}"], row[f"Dice_{name}_zeroed"] = normal[name], without[name]
-            if hd95:  # the same surface distances give the NSD (asa-evaluate's tolerance)
-                row[f"HD95_{name}"], row[f"NSD_{name}"] = distances[f"HD95_{name}"], distances[f"NSD_{name}"]
-        rows.append(row)
+    with CaseProgress(len(cases), desc="reliance", verb="reliance scored", enabled=progress) as shown:
+        for case in cases:
+            if case.label is None:
+                raise ValueError(f"case {case.id}: no label file; encoder reliance needs labeled cases")
+            image, _ = predictor.preprocess(case)  # as the network trained (its run's data.percentiles)
+            ref_volume = load_volume(case.label, label=True)
+            ref = ref_volume.array.astype(np.int64)
+            # a network with region attention also takes the case's region map
+            extra = {} if getattr(predictor, "regions", None) is None else {"regions": predictor.regions_of(case)}
+            pred = task.prediction_to_label(predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, **extra))
+            normal = case_dice(pred, ref, task)
+            distances = {} if not hd95 else evaluate_arrays(pred, ref, task, tuple(ref_volume.spacing),
+                                                            ref_path=case.label, hd95_convention=hd95_convention)
+            without = {name: float("nan") for name in task.output_names}
+            if zeroed:
+                with model.zero_encoder_states():
+                    probs = predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, **extra)
+                without = case_dice(task.prediction_to_label(probs), ref, task)
+            row: dict[str, Any] = {"id": case.id}
+            for name in task.output_names:
+                row[f"Dice_{name}"], row[f"Dice_{name}_zeroed"] = normal[name], without[name]
+                if hd95:  # the same surface distances give the NSD (asa-evaluate's tolerance)
+                    row[f"HD95_{name}"], row[f"NSD_{name}"] = distances[f"HD95_{name}"], distances[f"NSD_{name}"]
+            rows.append(row)
+            shown.advance(case.id)
     summary: dict[str, dict[str, float]] = {}
     for name in task.output_names:
         n, z = (float(np.mean([r[k] for r in rows])) for k in (f"Dice_{name}", f"Dice_{name}_zeroed"))

@@ -90,10 +90,9 @@ def _not_a_segmenter(folder: Path) -> str:
             config = yaml.safe_load((folder / "config.yaml").read_text())
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             config = None
-        if (ckpts / "encoder.pt").is_file() or (isinstance(config, dict) and "method" in config):
-            return (f"checkpoint={folder}: an asa-pretrain run folder: its encoder is fine-tuned by asa-finetune "
-                    f"model.pretrained={ckpts / 'encoder.pt'}, and {wanted}")
         held = [ckpts / name for name in ("best.pt", "last.pt") if (ckpts / name).is_file()]
+        if (ckpts / "encoder.pt").is_file() or (isinstance(config, dict) and "method" in config):
+            return f"checkpoint={folder}: an asa-pretrain run folder{_pretrained_hint(ckpts, held)}, and {wanted}"
         if not held:
             return f"checkpoint={folder}: an asa-finetune run folder with no checkpoint yet (best.pt, last.pt in " \
                    f"{ckpts})"
@@ -104,6 +103,18 @@ def _not_a_segmenter(folder: Path) -> str:
                 f"give it as input={folder}; {wanted}")
     return f"checkpoint={folder}: a folder with no {SEGMENTER_FILE}, run or images; {wanted}, or a folder asa-export " \
            "wrote from one"
+
+
+def _pretrained_hint(ckpts: Path, held: list[Path]) -> str:
+    """How asa-finetune starts from the pretraining run of ``ckpts``, naming a file it holds: ``encoder.pt``, which
+    the run exports when training ends, else the full checkpoint (``held``: best.pt, last.pt) of a run stopped
+    before it, which asa-finetune reads as well and asa-export turns into the encoder's files."""
+    if (ckpts / "encoder.pt").is_file():
+        return f": its encoder is fine-tuned by asa-finetune model.pretrained={ckpts / 'encoder.pt'}"
+    if held:
+        return (f" stopped before it exported encoder.pt: its encoder is fine-tuned by asa-finetune "
+                f"model.pretrained={held[0]} (asa-export {held[0]} OUT writes the encoder's own files)")
+    return f" with no checkpoint yet (no encoder.pt, best.pt or last.pt in {ckpts})"
 
 
 def _first_image(folder: Path, depth: int = 4) -> Path | None:

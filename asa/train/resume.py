@@ -104,8 +104,8 @@ def check_training_checkpoint(path: Path, run_config: Mapping, compat_keys: Sequ
     state = load_checkpoint(path, map_location="cpu")
     kind = written_by(state)
     if app in ("asa-pretrain", "asa-finetune") and kind is not None and kind != app:  # not every key that differs
-        instead = {"asa-finetune": "to fine-tune from that pretraining, give its encoder (model.pretrained=<its "
-                                   "run>/checkpoints/encoder.pt) and leave resume= out",
+        instead = {"asa-finetune": f"to fine-tune from that pretraining, give it as the encoder (model.pretrained="
+                                   f"{path}, or the encoder.pt its run exported) and leave resume= out",
                    "asa-pretrain": "a fine-tuned network is not pretrained further; resume that run with asa-finetune"}
         raise IncompatibleCheckpointError(
             f"cannot resume from {path}: that file is a checkpoint of an {kind} run, and {app} resumes only its own "

@@ -8,6 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -240,12 +241,17 @@ def _folder(kind: str, base: Path) -> tuple[Path, str]:
             f"checkpoint={results / 'fold_all'}: an nnU-Net v2 results folder (Dataset501_x, "
             "nnUNetTrainer__nnUNetPlans__3d_fullres, fold all), which nnU-Net's predictor runs, not asa-predict: "
             f"nnUNetv2_predict_from_modelfolder -i IMAGES -o PREDICTIONS -m {results} -f all")
-    if kind in ("fine-tuning run", "pretraining run"):
+    if kind in ("fine-tuning run", "pretraining run", "stopped pretraining run"):
         run = base / "run"
         (run / "checkpoints").mkdir(parents=True)
-        for name in ("best.pt", "last.pt"):
+        for name in ("best.pt", "last.pt", *(["encoder.pt"] if kind == "pretraining run" else [])):
             (run / "checkpoints" / name).write_bytes(b"")
         (run / "config.yaml").write_text("task: {}\n" if kind == "fine-tuning run" else "method: {name: mae}\n")
+        if kind == "stopped pretraining run":  # no encoder.pt, which a run exports when its training ends
+            return run, (f"checkpoint={run}: an asa-pretrain run folder stopped before it exported encoder.pt: its "
+                         f"encoder is fine-tuned by asa-finetune model.pretrained={run / 'checkpoints' / 'best.pt'} "
+                         f"(asa-export {run / 'checkpoints' / 'best.pt'} OUT writes the encoder's own files), and "
+                         f"{wanted}")
         return run, (f"checkpoint={run}: an asa-finetune run folder; asa-predict reads its checkpoint="
                      f"{run / 'checkpoints' / 'best.pt'} (the best validation round's weights; last.pt: the last "
                      "step's)" if kind == "fine-tuning run" else
@@ -258,7 +264,8 @@ def _folder(kind: str, base: Path) -> tuple[Path, str]:
                   f"not a checkpoint; give it as input={data}; {wanted}")
 
 
-@pytest.mark.parametrize("kind", ["nnU-Net results fold", "fine-tuning run", "pretraining run", "data folder"])
+@pytest.mark.parametrize("kind", ["nnU-Net results fold", "fine-tuning run", "pretraining run",
+                                  "stopped pretraining run", "data folder"])
 def test_a_folder_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path, capsys, kind):
     """Each was answered "no segmenter.pt: it carries a pretrained encoder only", true of none of them; refused
     (exit 2, one line) before anything is written."""
@@ -272,3 +279,77 @@ def test_a_folder_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path, capsys
     assert stop.value.code == EXIT_REFUSED and len(said) == 1, said
     assert said[0].startswith(f"[asa-predict] refused: {expected}"), said[0]
     assert "pretrained encoder only" not in said[0] and not out.exists()
+
+
+@pytest.mark.parametrize("beside", [False, True])
+def test_a_pretraining_checkpoint_is_named_with_what_to_give_instead(tmp_path, capsys, beside):
+    """A pretraining last.pt was answered "its task=None"; it is named for what it is, with the fine-tuning that
+    starts from it (its run's encoder.pt where the run exported one), in one line before anything is written."""
+    from asa.cli.common import EXIT_REFUSED, entry
+    from tests.fixtures.runs import encoder_checkpoint
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    last = encoder_checkpoint(ckpts / "last.pt", seed=0)
+    if beside:
+        (ckpts / "encoder.pt").write_bytes(b"")
+    out = tmp_path / "pred"
+    with pytest.raises(SystemExit) as stop:
+        entry("asa-predict", predict, _cfg(last, tmp_path / "images", out))
+    said = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[asa-predict]")]
+    assert stop.value.code == EXIT_REFUSED and len(said) == 1, said
+    start = ckpts / "encoder.pt" if beside else last
+    assert said[0] == (f"[asa-predict] refused: checkpoint={last}: a pretraining checkpoint (asa-pretrain's), which "
+                       "predicts no labels; give a fine-tuned checkpoint (asa-finetune's checkpoints/best.pt or "
+                       f"last.pt), or fine-tune this encoder first: asa-finetune data=... model.pretrained={start}")
+    assert "None" not in said[0] and not out.exists()
+
+
+def test_a_case_at_another_spacing_than_training_is_noted_in_one_line(setup, tmp_path, capsys):
+    """A 1 mm model predicts a case stored at 1×1×3 mm on its own grid: said in one note naming the case and both
+    spacings (the checkpoint's training_spacing), not refused; cases at the training spacing are not named."""
+    import nibabel as nib
+
+    from asa.io import load_checkpoint
+
+    base, data, a, _ = setup
+    state = load_checkpoint(a)
+    state["config"]["training_spacing"] = {"median_mm": [1.0, 1.0, 1.0], "cases": 8}
+    ckpt = save_checkpoint(tmp_path / "spaced.pt", state)
+    images = tmp_path / "brats"
+    ids = sorted(p.name for p in data.iterdir() if p.is_dir())
+    for cid in ids[:2]:  # two of the cases, their channels copied as they are
+        (images / cid).mkdir(parents=True)
+        for f in (data / cid).glob("*.nii.gz"):
+            nib.save(nib.load(f), images / cid / f.name)
+    for f in (images / ids[1]).glob("*.nii.gz"):  # the second stored at 1×1×3 mm
+        img = nib.load(f)
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), np.diag([1.0, 1.0, 3.0, 1.0])), f)
+    predict(_cfg(ckpt, images, tmp_path / "preds"))
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if "training spacing" in ln]
+    assert notes == [f"[asa] note: 1 of 2 case(s) have voxels other than the checkpoint's training spacing 1×1×1 mm "
+                     f"(the median of its training cases): {ids[1]} 1×1×3 mm; each is predicted on its own grid, not "
+                     "resampled, so the network sees it at another scale than it learned; resample them to 1×1×1 mm "
+                     "for predictions as trained"]
+    assert len(list((tmp_path / "preds").glob("*.nii.gz"))) == 2
+
+
+def test_spacing_note_reads_the_headers_in_ras_order(tmp_path):
+    """The note compares RAS axes: a 3 mm axis stored first in an LPS-like file is the training spacing's x."""
+    import nibabel as nib
+
+    from asa.api.tasks.segmentation import spacing_note
+    from asa.data.case import Case
+
+    def case(cid: str, affine) -> Case:
+        path = tmp_path / f"{cid}.nii.gz"
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.asarray(affine, float)), path)
+        return Case(id=cid, images={"t1": path})
+
+    stored_zyx = [[0, 0, 1.0, 0], [0, 1.0, 0, 0], [3.0, 0, 0, 0], [0, 0, 0, 1]]  # stored axis 0 runs along S, 3 mm
+    cases = [case("a", np.eye(4)), case("b", stored_zyx)]
+    assert spacing_note(cases, {"median_mm": [1.0, 1.0, 3.0]}).startswith(
+        "1 of 2 case(s) have voxels other than the checkpoint's training spacing 1×1×3 mm (the median of its training "
+        "cases): a 1×1×1 mm;")
+    assert spacing_note(cases[1:], {"median_mm": [1.1, 0.9, 3.3]}) is None  # within a fifth along every axis
+    assert spacing_note(cases, None) is None  # a checkpoint that records none

@@ -148,3 +148,26 @@ def test_the_pretraining_run_alone_records_its_cohort(tmp_path, capsys):
     assert cohort_main([str(pre)]) == 0
     assert "recorded 3 seen case(s), 3 image digest(s)" in capsys.readouterr().out
     assert set(json.loads((pre / COHORT_FILE).read_text())["cases"]) == {"sub-01", "sub-02", "sub-03", "sub-04"}
+
+
+def _with_kind(run: Path, key: str) -> Path:
+    """``run`` whose config.yaml records a pretraining ``method`` or a fine-tuning ``task``, as real runs do."""
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, key: {"name": "mae" if key == "method" else "seg"}}))
+    return run
+
+
+def test_swapped_or_wrong_runs_are_refused_naming_the_argument(tmp_path, capsys):
+    pre, fine = _with_kind(_pretraining(tmp_path), "method"), _with_kind(_finetuning(tmp_path, {}), "task")
+    assert cohort_main([str(fine), str(pre)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the two arguments look swapped" in err
+    assert f"asa-cohort {pre} {fine}" in err
+    assert cohort_main([str(fine), str(fine)]) == 2
+    assert f"refused: PRETRAIN_RUN={fine} is a fine-tuning run" in capsys.readouterr().err
+    assert cohort_main([str(pre), str(pre)]) == 2
+    assert f"refused: FINETUNE_RUN={pre} is a pretraining run" in capsys.readouterr().err
+    assert cohort_main([str(fine)]) == 2  # recording a cohort: the pretraining run alone
+    assert f"PRETRAIN_RUN={fine} is a fine-tuning run" in capsys.readouterr().err
+    assert not (fine / COHORT_FILE).exists() and not (pre / COHORT_FILE).exists()  # refused before any image is read
+    assert cohort_main([str(pre), str(fine)]) == 0

@@ -299,7 +299,12 @@ class EvaluateConfig:
     # null: only the reliance diagnostic
     pred: Optional[str] = None
     output: str = MISSING  # folder for per_case.csv and summary.json (data=targets: summary.json)
-    split_file: Optional[str] = None  # a run's splits.json: evaluate only the cases of `subset`
+    # replace an earlier evaluation in output (its files are moved to <output>.replaced-<time>/)
+    overwrite: bool = False
+    # a run's splits.json: evaluate only the cases of `subset`; auto: the split of the run whose checkpoint wrote pred
+    # (pred/predictions.json -> <run>/checkpoints/<file> -> <run>/splits.json), every case where none is found (said);
+    # null: every case, training cases of that run said in a warning
+    split_file: Optional[str] = "auto"
     subset: str = "test"  # a list of split_file (checked against the file, which may hold its own)
     on_missing: str = one_of("error", ON_BAD)  # error | skip: cases without a prediction
     num_workers: int = 0  # processes for HD95

@@ -39,9 +39,10 @@ from asa.io import atomic_write_json
 from asa.io.hub import HUB_PREFIX, resolve_hub_id
 from asa.models import load_weights
 from asa.train.distributed import DistEnv
+from asa.train.resume import written_by
 
 __all__ = ["ACCEPT_OPTION", "COHORT_FILE", "ENCODER_COHORT_FILE", "OVERLAP_FILE", "evaluated_overlap_line",
-           "check_pretraining_overlap", "check_probe_overlap",
+           "check_pretraining_overlap", "check_probe_overlap", "check_run_kinds",
            "encoder_cohort", "overlap_statement", "pretraining_cohort", "recorded_cohort", "recorded_overlap", "run_cases",
            "run_folder", "weights_folder", "write_overlap"]
 
@@ -62,6 +63,37 @@ def run_folder(path: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"{path}: not a run folder (asa-pretrain / asa-finetune write config.yaml and "
                                 "splits.json there)")
     return path
+
+
+def _run_kind(run: Path) -> str | None:
+    """The console script that wrote the run folder ``run`` (`asa.train.resume.written_by` of its ``config.yaml``:
+    a ``method`` is asa-pretrain's, a ``task`` asa-finetune's); None when it records neither."""
+    try:
+        config = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return written_by({"config": config}) if isinstance(config, Mapping) else None
+
+
+def check_run_kinds(pretrain_run: str | os.PathLike, finetune_run: str | os.PathLike | None) -> None:
+    """Refuse (`ValueError`, one line) asa-cohort's PRETRAIN_RUN when it is a fine-tuning run, or its FINETUNE_RUN
+    when it is a pretraining run, naming the argument and what was expected; both at once: swapped. A run whose
+    ``config.yaml`` records neither a method nor a task is taken as given."""
+    pretrain = run_folder(pretrain_run)
+    finetune = None if finetune_run is None else run_folder(finetune_run)
+    first = _run_kind(pretrain)
+    second = None if finetune is None else _run_kind(finetune)
+    if first == "asa-finetune" and second == "asa-pretrain":
+        raise ValueError(f"the two arguments look swapped: PRETRAIN_RUN={pretrain} is a fine-tuning run and "
+                         f"FINETUNE_RUN={finetune} a pretraining run; give the pretraining run first: asa-cohort "
+                         f"{finetune} {pretrain}")
+    if first == "asa-finetune":
+        raise ValueError(f"PRETRAIN_RUN={pretrain} is a fine-tuning run (its config.yaml records a task); expected the "
+                         "asa-pretrain run folder whose encoder the fine-tuning started from (its config.yaml records "
+                         "a method)")
+    if second == "asa-pretrain":
+        raise ValueError(f"FINETUNE_RUN={finetune} is a pretraining run (its config.yaml records a method); expected "
+                         "an asa-finetune run folder, whose splits.json holds the validation and test cases to check")
 
 
 def run_cases(run: str | os.PathLike) -> tuple[list[Case], dict[str, list[str]], dict[str, Any]]:

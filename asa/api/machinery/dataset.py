@@ -24,7 +24,8 @@ from asa.models import DEFAULT_CROP
 from asa.train.distributed import DistEnv, all_gather_objects, barrier
 from asa.formats.nnunet import TRAINING_SPACING  # the run config's record nnU-Net's plans read
 
-__all__ = ["BAD_CASES", "TRAINING_SPACING", "SharedError", "cases_of_split", "check_crop_fits", "dataset_root",
+__all__ = ["BAD_CASES", "TRAINING_SPACING", "SharedError", "case_grid", "cases_of_split", "check_crop_fits",
+           "dataset_root",
            "default_crop", "grid_affines", "load_cases", "planned_spacing",
            "on_main_then_share", "region_source", "split_cases", "write_bad_cases", "write_splits"]
 
@@ -102,6 +103,28 @@ def grid_affines(cases: Sequence) -> dict[str, Any]:
 ANISOTROPY_THRESHOLD = 3.0  # nnU-Net's ExperimentPlanner.anisotropy_threshold
 
 
+def case_grid(case) -> tuple[list[float], list[int]] | None:
+    """(voxel size in mm, shape) of ``case``'s first image, in RAS order (the order of asa's arrays and of the
+    run config's `TRAINING_SPACING`), from its header alone; None when no header can be read."""
+    import nibabel as nib
+    import numpy as np
+    from nibabel.orientations import io_orientation
+
+    try:
+        image = nib.load(str(next(iter(case.images.values()))))
+    except (StopIteration, OSError, ValueError, nib.filebasedimages.ImageFileError):
+        return None
+    if len(image.shape) < 3:
+        return None
+    affine = np.asarray(image.affine, dtype=np.float64)
+    zooms, shape = np.linalg.norm(affine[:3, :3], axis=0), image.shape[:3]  # as NibabelIOWithReorient reads them
+    axes = io_orientation(affine)[:, 0]  # stored axis i runs along RAS axis axes[i]
+    if np.isnan(axes).any():
+        return None
+    order = np.argsort(axes)  # the stored axis of each RAS axis
+    return [float(zooms[i]) for i in order], [int(shape[i]) for i in order]
+
+
 def planned_spacing(cases: Sequence) -> dict[str, Any] | None:
     """The voxel size nnU-Net v2 would plan for ``cases`` (their first image's header alone), as the run config
     records it (`TRAINING_SPACING`): ``{"median_mm": [x, y, z], "cases": n}`` in RAS order (the order of asa's arrays
@@ -112,26 +135,13 @@ def planned_spacing(cases: Sequence) -> dict[str, Any] | None:
     spacings; where one axis is coarser than ``ANISOTROPY_THRESHOLD`` times the others and has fewer than a third of
     their voxels, that axis takes the 10th percentile of its spacings instead (at least the others' largest). nnU-Net
     counts the voxels of the crop to the nonzero region, here those of the whole grid (no image is read)."""
-    import nibabel as nib
     import numpy as np
-    from nibabel.orientations import io_orientation
 
     spacings, shapes = [], []
     for case in cases:
-        try:
-            image = nib.load(str(next(iter(case.images.values()))))
-        except (StopIteration, OSError, ValueError, nib.filebasedimages.ImageFileError):
-            continue
-        if len(image.shape) < 3:
-            continue
-        affine = np.asarray(image.affine, dtype=np.float64)
-        zooms, shape = np.linalg.norm(affine[:3, :3], axis=0), image.shape[:3]  # as NibabelIOWithReorient reads them
-        axes = io_orientation(affine)[:, 0]  # stored axis i runs along RAS axis axes[i]
-        if np.isnan(axes).any():
-            continue
-        order = np.argsort(axes)  # the stored axis of each RAS axis
-        spacings.append([float(zooms[i]) for i in order])
-        shapes.append([int(shape[i]) for i in order])
+        if (grid := case_grid(case)) is not None:
+            spacings.append(grid[0])
+            shapes.append(grid[1])
     if not spacings:
         return None
     spacing, size = np.vstack(spacings), np.vstack(shapes)

@@ -24,20 +24,19 @@ import hashlib
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from asa.api.machinery.dataset import cases_of_split
-from asa.api.machinery.rundir import (LOCK_NAME, RunDirError, RunLock, check_writable, command_line, move_aside,
-                                     override, sweep_temporaries)
+from asa.api.machinery.rundir import (LOCK_NAME, RunDirError, RunLock, check_writable, command_line, held_refusal,
+                                     move_aside, sweep_temporaries)
 from asa.api.machinery.run import refusing
 from asa.api.configuration.schema import PredictConfig
+from asa.eval.progress import CaseProgress
 from asa.io import atomic_write_json
 from asa.io import VolumeError
 
@@ -103,17 +102,11 @@ def check_output(out: Path, *, overwrite: bool, resume: bool, checksum: str,
     if overwrite:
         return {}, set()
     recorded = manifest.get("cases", {}) if isinstance(manifest, dict) else {}
-    shown = ", ".join(held[:4]) + (f", ... ({len(held)} files)" if len(held) > 4 else "")
     if not resume:
         by = sorted({c.get("checkpoint", "?") for c in recorded.values()})
-        raise RunDirError(
-            f"output={out} already holds predictions ({shown or MANIFEST}"
-            f"{'; written by ' + ', '.join(by) if by else ''}); writing there would replace or mix them, so "
-            f"nothing was written.\n"
-            f"  write elsewhere:        {command_line(APP, drop=('output', 'overwrite', 'resume'))} "
-            f"{override('output', f'{out}-new')}\n"
-            f"  replace them (the old folder is moved to {out.name}.replaced-<time>): ... overwrite=true\n"
-            f"  continue predicting with the same checkpoint, keeping its predictions: ... resume=true")
+        raise RunDirError(held_refusal(
+            out, held or [MANIFEST], app=APP, what="predictions", by=f"; written by {', '.join(by)}" if by else "",
+            more=["continue predicting with the same checkpoint, keeping its predictions: ... resume=true"]))
     foreign = sorted(cid for cid, c in recorded.items() if c.get("checkpoint_sha256") != checksum)
     if foreign:
         raise RunDirError(f"resume=true: output={out} holds predictions of another checkpoint "
@@ -209,14 +202,13 @@ class PredictionJob:
         manifest["runs"].append({"time": _now(), "command": command_line(APP, drop=()), **record})
         written: list[Path] = []
         todo = [c for c in cases if c.id not in kept]
-        progress = sys.stderr.isatty()
-        start = time.perf_counter()
         skipped: list[tuple[str, str]] = []
         stage = out / STAGE
         stage.mkdir(exist_ok=True)
         self.start(cfg, out, {c.id for c in cases} & kept)
+        progress = CaseProgress(len(todo), desc="predict", verb="predicted")  # a bar on a terminal, else a line a case
         try:
-            for case in tqdm(todo, desc="predict", unit="case", disable=not progress):
+            for case in todo:
                 try:
                     files = self.predict_case(cfg, case, stage, setup)
                 except VolumeError as err:
@@ -224,6 +216,7 @@ class PredictionJob:
                         raise VolumeError(err.path, f"{err.fault} (case {case.id}; on_bad_case=skip predicts the "
                                                     "other cases)") from err
                     skipped.append((case.id, str(err)))
+                    progress.advance(None)
                     continue
                 # the record first, then the files into place: a kill between the two leaves the case pending, which
                 # a resume keeps only where each file in place has the recorded content (`check_output`); the other
@@ -235,14 +228,13 @@ class PredictionJob:
                     os.replace(f, out / f.name)
                 del pending[case.id]  # said by the next write of the manifest
                 written.append(out / files[0].name)
-                if not progress:  # a log file: one line per case instead of the bar
-                    print(f"[asa] predicted {len(written)}/{len(todo)}: {case.id} "
-                          f"({time.perf_counter() - start:.0f} s elapsed)", file=sys.stderr, flush=True)
+                progress.advance(case.id)
         except SystemExit as stop:  # a stop signal: the predictions written so far stay, recorded
             stop.kept = (f"{len(written)} of {len(todo)} prediction(s) written in this run to {out}, recorded in "
                          f"{MANIFEST}; continue with the same command and resume=true")
             raise
         finally:
+            progress.close()
             with contextlib.suppress(OSError):  # not empty: a write that failed left a file, removed at the next start
                 stage.rmdir()
         manifest["runs"][-1].update(written=len(written), kept=len(cases) - len(todo),

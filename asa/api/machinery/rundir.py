@@ -36,7 +36,8 @@ from asa.train.environment import record_environment
 from asa.train.resume import ResumePoint, check_training_checkpoint
 
 __all__ = ["RunDirError", "RunDir", "RunLock", "LOCK_NAME", "aside_path", "check_writable", "command_line", "launcher",
-           "LAUNCH_ENV", "move_aside", "override", "prepare_run_dir", "shell_path", "sweep_temporaries"]
+           "LAUNCH_ENV", "held_refusal", "move_aside", "move_files_aside", "override", "prepare_run_dir", "shell_path",
+           "sweep_temporaries"]
 
 LOCK_NAME = "run.lock"
 HISTORY_NAME = "config_history.yaml"
@@ -328,6 +329,30 @@ def move_aside(out_dir: Path) -> Path:
     aside = aside_path(out_dir)
     os.rename(out_dir, aside)
     return aside
+
+
+def move_files_aside(out_dir: Path, names: Sequence[str]) -> Path:
+    """Move the files ``names`` of ``out_dir`` into a new folder `aside_path` of it (never deletes; ``out_dir`` itself
+    stays, since it may hold other things: the working folder, the predictions scored); returns that folder."""
+    aside = aside_path(out_dir)
+    aside.mkdir()
+    for name in names:
+        os.replace(out_dir / name, aside / name)
+    return aside
+
+
+def held_refusal(out: Path, held: Sequence[str], *, app: str, what: str, by: str = "",
+                 moved: str = "the old folder is moved", more: Sequence[str] = ()) -> str:
+    """The refusal of ``output={out}`` holding earlier results of ``app``: ``what`` they are, their files ``held``
+    (four named) and ``by`` whom, and the commands that write elsewhere or replace them (``overwrite=true``:
+    ``moved`` to ``<output>.replaced-<time>``), then the lines ``more``. Nothing was written."""
+    shown = ", ".join(held[:4]) + (f", ... ({len(held)} files)" if len(held) > 4 else "")
+    return (f"output={out} already holds {what} ({shown}{by}); writing there would replace or mix them, so nothing "
+            f"was written.\n"
+            f"  write elsewhere:        {command_line(app, drop=('output', 'overwrite', 'resume'))} "
+            f"{override('output', f'{out}-new')}\n"
+            f"  replace them ({moved} to {out.name}.replaced-<time>): ... overwrite=true"
+            + "".join(f"\n  {line}" for line in more))
 
 
 def _check_saved_config(record: Path) -> None:

@@ -20,8 +20,8 @@ from omegaconf import ListConfig
 from torch import nn
 from torch.utils.data import Dataset
 
-from asa.api.machinery.dataset import (TRAINING_SPACING, cases_of_split, check_crop_fits, check_labels_present,
-                                      dataset_root, default_crop, planned_spacing, region_source)
+from asa.api.machinery.dataset import (TRAINING_SPACING, case_grid, cases_of_split, check_crop_fits,
+                                      check_labels_present, dataset_root, default_crop, planned_spacing, region_source)
 from asa.api.machinery.networks import build_from_config
 from asa.api.machinery.prediction import PredictSetup
 from asa.api.machinery.run import OptionError
@@ -51,8 +51,12 @@ from asa.train.distributed import DistEnv, resolve_device
 from asa.train.panels import panel_centre, slice_grid
 from asa.train.precision import amp_name
 
-__all__ = ["SegmentationTask", "Settings", "channel_note", "crop_grid", "make_dice_validator",
-           "make_segmentation_panel_fn", "output_masks", "segmentation_step", "symmetry_warning"]
+__all__ = ["SPACING_RATIO", "SegmentationTask", "Settings", "channel_note", "crop_grid", "make_dice_validator",
+           "make_segmentation_panel_fn", "output_masks", "segmentation_step", "spacing_note", "symmetry_warning"]
+
+# a case's voxel edge this many times the training spacing's (or its inverse) along an axis is noted: its structures
+# reach the network at another scale than it learned (a 1 mm model on 1×1×3 mm slices)
+SPACING_RATIO = 1.2
 
 
 @dataclass
@@ -100,6 +104,34 @@ def channel_note(cases: Sequence, task) -> str | None:
         return None
     return (f"the checkpoint's task {task.name} reads {len(task.channels)} channel(s): {', '.join(task.channels)}; "
             f"the inputs also hold {', '.join(extra)}, which are not used")
+
+
+def spacing_note(cases: Sequence, recorded: Mapping[str, Any] | None) -> str | None:
+    """Which of ``cases`` have voxels of another size than the training spacing ``recorded`` (the run config's
+    `TRAINING_SPACING`: ``{"median_mm": [x, y, z]}``, RAS order) by more than `SPACING_RATIO` along an axis, read off
+    their headers; None when none do or the checkpoint records no spacing. asa-predict predicts each case on its
+    own grid: nothing is resampled, so this is said, not refused."""
+    if not isinstance(recorded, Mapping) or recorded.get("median_mm") is None:
+        return None
+    trained = [float(v) for v in recorded["median_mm"]]
+    if len(trained) != 3 or min(trained) <= 0:
+        return None
+    other = []
+    for case in cases:
+        grid = case_grid(case)
+        if grid is not None and any(v > 0 and max(v / t, t / v) > SPACING_RATIO for v, t in zip(grid[0], trained)):
+            other.append((case.id, grid[0]))
+    if not other:
+        return None
+
+    def mm(spacing: Sequence[float]) -> str:
+        return "×".join(f"{v:.3g}" for v in spacing) + " mm"
+
+    shown = ", ".join(f"{cid} {mm(spacing)}" for cid, spacing in other[:3]) + (", ..." if len(other) > 3 else "")
+    return (f"{len(other)} of {len(cases)} case(s) have voxels other than the checkpoint's training spacing "
+            f"{mm(trained)} (the median of its training cases): {shown}; each is predicted on its own grid, not "
+            f"resampled, so the network sees it at another scale than it learned; resample them to {mm(trained)} "
+            "for predictions as trained")
 
 
 def symmetry_warning(declared: Capabilities, channels: tuple[str, ...], source: str) -> str | None:
@@ -341,6 +373,7 @@ class SegmentationTask(FinetuneTask):
     def load_predictor(self, cfg: PredictConfig, state: dict, checkpoint: Path, setup: PredictSetup) -> None:
         self.predictor = Predictor.from_checkpoint(checkpoint, device=setup.device, amp_dtype=setup.amp_dtype,
                                                    compile=setup.compile, state=state)
+        self.training_spacing = (state.get("config") or {}).get(TRAINING_SPACING)
 
     def prediction_cases(self, cfg: PredictConfig, inputs: list[str] | str) -> list:
         return gather_cases(inputs, self.predictor.task, layout=cfg.layout, on_bad_case=cfg.on_bad_case)
@@ -351,6 +384,8 @@ class SegmentationTask(FinetuneTask):
 
     def describe(self, cfg: PredictConfig, cases: list, setup: PredictSetup) -> str:
         if note := channel_note(cases, self.predictor.task):
+            print(f"[asa] note: {note}", file=sys.stderr, flush=True)
+        if note := spacing_note(cases, self.training_spacing):
             print(f"[asa] note: {note}", file=sys.stderr, flush=True)
         return (f"[asa] predicting {len(cases)} case(s) on {setup.device}, precision {amp_name(setup.amp_dtype)} "
                 f"(amp={cfg.amp}), {setup.threads} CPU threads{', torch.compile' if setup.compile else ''}"
