@@ -916,7 +916,8 @@ def test_the_gpu_scale_plans_the_whole_study_for_one_window_and_runs_nothing(tmp
     jobs = units_at_once(1, 0, None, len(os.sched_getaffinity(0)))
     assert "[study] plan: --scale gpu on a machine without a GPU: the plan below is priced on this machine's CPU" in said
     assert f"pilot and positive control: 9 unit(s) of 1200 steps, {jobs} at once" in said  # the pilot, 8 controls
-    assert f"pretraining: 12 unit(s) of 480 steps, {jobs} at once" in said  # mae, asa and noise, 4 runs each
+    assert f"pretraining: 8 unit(s) of 480 steps, {jobs} at once" in said  # mae and asa, 4 runs each
+    assert f"negative control: 4 unit(s) of 480 steps, {jobs} at once" in said  # noise, after them: mae's steps
     assert f"transfer: 112 unit(s) of 1200 steps, {jobs} at once" in said  # 14 arms × 8 draws, the pilot's length
     assert "transfer: 14 arms × N [2] × 8 cross-validation draws" in said
     gpu = SCALES["gpu"]

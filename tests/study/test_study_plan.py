@@ -148,7 +148,7 @@ def test_a_dry_run_writes_nothing_and_prices_every_stage_on_this_machine(tmp_pat
     # the fine-tuning units on 16³ crops of the 16³ labeled cases, the pretraining on 32³ (its 16³ mask blocks are at
     # most half the crop): the smallest units of each kind, timed all the same
     argv = ["--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), "--out", str(out), "--quick",
-            "--test", "3", "--pilot-steps", "4", "--pretrain-steps", "2", "--arms", "mae", "noise", "supervised",
+            "--test", "3", "--pilot-steps", "6", "--pretrain-steps", "2", "--arms", "mae", "noise", "supervised",
             "--device", "cpu", "--seeds", "0", "--pretrain-runs", "1", "--crop", "16",
             "--pretrain-crop", "32"]  # a unit of each kind: each is priced
     real_measure, timed = study.measure, []
@@ -167,7 +167,7 @@ def test_a_dry_run_writes_nothing_and_prices_every_stage_on_this_machine(tmp_pat
         assert "s to score a case" in said[0]
         stages = {line.split(":")[1].strip(): float(line.rsplit(": ", 1)[1].removesuffix(" min"))
                   for line in said[1:-1]}
-        assert set(stages) == {"pilot and positive control", "pretraining", "transfer"}
+        assert set(stages) == {"pilot and positive control", "pretraining", "negative control", "transfer"}
         assert all(minutes >= 0 for minutes in stages.values()) and sum(stages.values()) > 0  # every unit priced
         assert said[-1].endswith("nothing was run (--dry-run)")
         assert abs(float(said[-1].split()[2]) - sum(stages.values())) <= 0.15  # the stages add up (rounding)
