@@ -52,6 +52,7 @@ class StudyPlan:
             self.study.out / folder, data=s.data, root=s.root, model=s.network.model,
             crop=s.scale.crop, test=s.scale.test, val_cases=s.scale.val, split_seed=s.seed, device=s.device,
             threads=s.threads, hold_out=tuple(split["supervised"]), workers=s.scale.workers, jobs=s.scale.jobs,
+            fused=s.fused,
             lesion_classes=s.lesion_classes, logs=s.out / "logs" / folder,
             **({"folds": split["folds"], "repeats": split["repeats"]} if "draws" in split else {}), **settings)
 
@@ -91,13 +92,13 @@ class FineTuning(Stage):
         self.settings = self.transfer(plan, found)
         self.runs, test, self.cfg, ids = transfer.plan_runs(self.settings)
         units = transfer.units(self.settings, self.runs, test, ids, str(self.cfg.data.name))
-        self.trained = units[:len(self.runs)]  # a unit per run, in their order, then the scoring
+        self.trained = units[:len(transfer.groups(self.settings, self.runs))]  # the training units, then the scoring
         return units
 
     def read(self, plan: StudyPlan, found: Findings, spent: Mapping[str, float]) -> int | None:
         # every run scored: read afresh from their scores.json at every call, a resumed study's as a whole one's
         found.scored = transfer.results(self.settings, self.runs, self.cfg,
-                                        [spent.get(u.name, 0.0) for u in self.trained])
+                                        transfer.run_seconds(self.settings, self.runs, spent))
         found.head_start = transfer.head_start_results(self.settings, self.runs, self.cfg)
 
 
