@@ -234,7 +234,8 @@ def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequen
         argv = module_argv("asa.cli.finetune", *overrides[0])
         if len(group) > 1:  # the draw's runs as one (`groups`)
             spec = out / "fused" / f"{name.rsplit('/', 1)[-1]}.json"
-            argv, inputs = module_argv("asa.study.fused", str(spec)), [*inputs, (spec, {"runs": overrides})]
+            argv = module_argv("asa.study.fused", str(spec))
+            inputs.append((spec, {"runs": [list(o) for o in overrides]}))
         trained.append(Unit(name, argv, lambda group=group: all(_trained(run) for run in group),
                             logs / f"{name.rsplit('/', 1)[-1]}.log", threads=s.threads, inputs=tuple(inputs),
                             config=("finetune", overrides[0]), steps=s.steps * len(group)))
