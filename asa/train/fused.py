@@ -10,6 +10,7 @@ alone to float rounding (grouped against dense kernels), not bit for bit.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -96,7 +97,7 @@ class FusedEngine(Engine):
         super().__init__(*args, **kwargs)
         self.peers = list(peers)
         for peer in self.peers:
-            if peer.cfg != self.cfg:
+            if dataclasses.replace(peer.cfg, min_lr=self.cfg.min_lr) != self.cfg:  # each its own schedule's floor
                 raise ValueError(f"{peer.out_dir}: its trainer settings differ from {self.out_dir}'s: fused units "
                                  "share every trainer setting")
             if peer.seed != self.seed:
