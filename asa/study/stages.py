@@ -231,6 +231,7 @@ class TransferStage(FineTuning):
                      + (f"{len(seeds)} cross-validation draws" if "draws" in split else f"seeds {list(seeds)}")
                      + f", {steps} steps each"
                      + (f", each also scored at its head start, step {head_start}" if head_start else "")
+                     + (", each draw's runs trained as one unit (--fused)" if s.fused else ", a process per run")
                      + f" (logs in {s.out / 'logs' / 'transfer'})")
         if s.head_start is not None and head_start is None:
             self.said += (f"\n[study] --head-start {s.head_start}: not before the end point ({steps} steps), so no "
@@ -247,7 +248,7 @@ class Report(Stage):
     def read(self, plan: StudyPlan, found: Findings, spent: Mapping[str, float]) -> int | None:
         s, times, split, endpoint = plan.study, found.times, plan.split, plan.checks["endpoint"]
         info = {"scale_name": s.scale_name, "scale": dataclasses.asdict(s.scale), "network": s.network.name,
-                "steps": found.pilot["steps"], "head_start": s.head_start, "recipe": s.recipe, "encoder_lr_scale": s.encoder_lr_scale,
+                "steps": found.pilot["steps"], "head_start": s.head_start, "fused": s.fused, "recipe": s.recipe, "encoder_lr_scale": s.encoder_lr_scale,
                 "min_effect": s.min_effect, "endpoint": [endpoint["key"], endpoint["label"]],
                 "design": ({"folds": split["folds"], "repeats": split["repeats"], "draws": len(split["draws"]),
                             "cases": len(split["test"])} if "draws" in split else None),

@@ -104,3 +104,35 @@ def test_runs_that_do_not_share_their_data_are_refused_before_training(root, tmp
     with pytest.raises(OptionError, match="seed=4.*fused runs share it"):
         finetune_fused([_config(root, tmp_path, "a"), other])
     assert not (tmp_path / "a" / "checkpoints").exists()
+
+
+@pytest.mark.slow  # a fused pair stopped at its second step, resumed, and run through uninterrupted (about 20 CPU-s)
+def test_a_stop_mid_group_saves_every_unit_and_the_same_runs_resume_to_the_uninterrupted_end(root, tmp_path,
+                                                                                              monkeypatch):
+    """SIGTERM during the group's second step: every unit saves last.pt at step 2 (the group stops as one), and the
+    same configs with resume=auto end each unit where an uninterrupted fused run ends it, bit for bit."""
+    import os
+    import signal
+
+    from asa.train.fused import Stacked
+
+    whole = finetune_fused([_config(root, tmp_path / "whole", arm) for arm in ARMS])
+    accumulate, calls = Stacked.accumulate, [0]
+
+    def stopping(self, *args, **kwargs):  # the signal arrives during the second step, as a scheduler's would
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return accumulate(self, *args, **kwargs)
+
+    monkeypatch.setattr(Stacked, "accumulate", stopping)
+    stopped = finetune_fused([_config(root, tmp_path / "part", arm) for arm in ARMS])
+    assert [r.preempted for r in stopped] == [True, True] and [r.step for r in stopped] == [2, 2]
+    assert [load_checkpoint(tmp_path / "part" / arm / "checkpoints" / "last.pt")["step"] for arm in ARMS] == [2, 2]
+    monkeypatch.setattr(Stacked, "accumulate", accumulate)
+    resumed = finetune_fused([compose_config("finetune", [*UNIT, *ARMS[arm], f"data.root={root}", "resume=auto",
+                                                          f"output_dir={tmp_path / 'part' / arm}"]) for arm in ARMS])
+    assert [r.step for r in resumed] == [r.step for r in whole] == [4, 4]
+    for arm in ARMS:
+        a, b = (load_checkpoint(tmp_path / way / arm / "checkpoints" / "last.pt")["model"] for way in ("whole", "part"))
+        assert all(torch.equal(a[k], b[k]) for k in a), arm
