@@ -389,6 +389,8 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
         *figure("weights.svg", "The loss weights' spread (per run: the coefficient of variation of its attentive loss "
                 "weights and their effective share, (Σp)² / (n·Σp²); 0 and 1 for uniform weights):", ""),
         "## Cost", "", markdown_table(*cost_cells(info, scored.budgets)), "",
+        *(["Fine-tuning ran fused (--fused): each draw's runs trained as one unit, so a run's wall time is its unit's "
+           "shared out evenly among its runs, not a time measured alone.", ""] if info.get("fused") else []),
         "## Transfer (every arm)", "", scored.markdown, "",
         "Commands:", "", "```", *info["commands"], "```", ""]
     for name, svg in plots.items():

@@ -53,6 +53,7 @@ class StudyPlan:
             self.study.out / folder, data=s.data, root=s.root, model=s.network.model,
             crop=s.scale.crop, test=s.scale.test, val_cases=s.scale.val, split_seed=s.seed, device=s.device,
             threads=s.threads, hold_out=tuple(split["supervised"]), workers=s.scale.workers, jobs=s.scale.jobs,
+            fused=s.fused,
             lesion_classes=s.lesion_classes, logs=s.out / "logs" / folder,
             **({"folds": split["folds"], "repeats": split["repeats"]} if "draws" in split else {}), **settings)
 
@@ -92,13 +93,13 @@ class FineTuning(Stage):
         self.settings = self.transfer(plan, found)
         self.runs, test, self.cfg, ids = transfer.plan_runs(self.settings)
         units = transfer.units(self.settings, self.runs, test, ids, str(self.cfg.data.name))
-        self.trained = units[:len(self.runs)]  # a unit per run, in their order, then the scoring
+        self.trained = units[:len(transfer.groups(self.settings, self.runs))]  # the training units, then the scoring
         return units
 
     def read(self, plan: StudyPlan, found: Findings, spent: Mapping[str, float]) -> int | None:
         # every run scored: read afresh from their scores.json at every call, a resumed study's as a whole one's
         found.scored = transfer.results(self.settings, self.runs, self.cfg,
-                                        [spent.get(u.name, 0.0) for u in self.trained])
+                                        transfer.run_seconds(self.settings, self.runs, spent))
         found.head_start = transfer.head_start_results(self.settings, self.runs, self.cfg)
 
 
@@ -231,6 +232,7 @@ class TransferStage(FineTuning):
                      + (f"{len(seeds)} cross-validation draws" if "draws" in split else f"seeds {list(seeds)}")
                      + f", {steps} steps each"
                      + (f", each also scored at its head start, step {head_start}" if head_start else "")
+                     + (", each draw's runs trained as one unit (--fused)" if s.fused else ", a process per run")
                      + f" (logs in {s.out / 'logs' / 'transfer'})")
         if s.head_start is not None and head_start is None:
             self.said += (f"\n[study] --head-start {s.head_start}: not before the end point ({steps} steps), so no "
@@ -247,7 +249,7 @@ class Report(Stage):
     def read(self, plan: StudyPlan, found: Findings, spent: Mapping[str, float]) -> int | None:
         s, times, split, endpoint = plan.study, found.times, plan.split, plan.checks["endpoint"]
         info = {"scale_name": s.scale_name, "scale": dataclasses.asdict(s.scale), "network": s.network.name,
-                "steps": found.pilot["steps"], "head_start": s.head_start, "recipe": s.recipe, "encoder_lr_scale": s.encoder_lr_scale,
+                "steps": found.pilot["steps"], "head_start": s.head_start, "fused": s.fused, "recipe": s.recipe, "encoder_lr_scale": s.encoder_lr_scale,
                 "min_effect": s.min_effect, "endpoint": [endpoint["key"], endpoint["label"]],
                 "design": ({"folds": split["folds"], "repeats": split["repeats"], "draws": len(split["draws"]),
                             "cases": len(split["test"])} if "draws" in split else None),

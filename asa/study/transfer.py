@@ -82,6 +82,7 @@ class Transfer:
     workers: int = 0  # data.num_workers
     threads: int | None = None  # torch threads per run (trainer.threads)
     jobs: int = 1  # runs trained (and scoring processes) at once
+    fused: bool = False  # each draw's runs (N, seed) trained as one unit (asa.study.fused), not a process per run
     n_boot: int = 10000  # bootstrap resamples of the confidence intervals
     logs: Path | None = None  # the folder of the runs' logs (None: <out>/logs)
 
@@ -203,22 +204,47 @@ def plan_runs(s: Transfer) -> tuple[list[Run], list[str], Any, list[str]]:
     return runs, test_ids, probe_cfg, ids
 
 
-def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequence[str], dataset: str) -> list[Unit]:
-    """One ``asa-finetune`` unit per run, then ``jobs`` scoring units, each over every ``jobs``-th run once trained."""
+def groups(s: Transfer, runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """The name of each unit that trains runs -> its runs: a unit per run, or with ``s.fused`` one per draw (N and
+    seed: the runs that share their seed, cases and batches) of more than one run."""
     out = Path(s.out).expanduser().absolute()
-    logs, jobs, trained = s.logs or out / "logs", max(1, s.jobs), []
+    draws: dict[tuple[int, int], list[Run]] = {}
     for run in runs:
-        ckpt = run.run_dir / "checkpoints" / "last.pt"
-        test = sorted(run.test or test_ids)  # what it scores; the cases it neither reads nor scores: unused
-        split = {"train": list(run.train), "val": list(run.val), "test": test,
-                 UNUSED: sorted(set(ids) - {*run.train, *run.val, *test}), "dataset": dataset, "seed": run.seed,
-                 "supervised_trained": list(run.supervised_trained)}
-        overrides = (*run.overrides, "resume=auto")
-        trained.append(Unit(f"{out.name}/{run.run_dir.name}", module_argv("asa.cli.finetune", *overrides),
-                            lambda run=run, ckpt=ckpt: run.scores_file.is_file() or finished(ckpt),
-                            logs / f"{run.run_dir.name}.log", threads=s.threads,
-                            inputs=() if ckpt.is_file() else ((run.run_dir / "splits.json", split),),
-                            config=("finetune", overrides), steps=s.steps))
+        draws.setdefault((run.n, run.seed) if s.fused else (run.n, run.seed, run.arm), []).append(run)
+    return {f"{out.name}/{group[0].run_dir.name if len(group) == 1 else f'fused-n{group[0].n}-s{group[0].seed}'}": group
+            for group in draws.values()}
+
+
+def run_seconds(s: Transfer, runs: Sequence[Run], spent: Mapping[str, float]) -> list[float]:
+    """Each run's seconds of ``spent`` (by unit name): a fused unit's shared out evenly among its runs."""
+    share = {run.run_dir: spent.get(name, 0.0) / len(group) for name, group in groups(s, runs).items() for run in group}
+    return [share[run.run_dir] for run in runs]
+
+
+def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequence[str], dataset: str) -> list[Unit]:
+    """One ``asa-finetune`` unit per run (with ``s.fused``, one ``asa.study.fused`` unit per draw), then ``jobs``
+    scoring units, each over every ``jobs``-th run once trained."""
+    out = Path(s.out).expanduser().absolute()
+    logs, jobs, trained, trainer = s.logs or out / "logs", max(1, s.jobs), [], {}
+    for name, group in groups(s, runs).items():
+        inputs, overrides = [], []
+        for run in group:
+            ckpt = run.run_dir / "checkpoints" / "last.pt"
+            test = sorted(run.test or test_ids)  # what it scores; the cases it neither reads nor scores: unused
+            split = {"train": list(run.train), "val": list(run.val), "test": test,
+                     UNUSED: sorted(set(ids) - {*run.train, *run.val, *test}), "dataset": dataset, "seed": run.seed,
+                     "supervised_trained": list(run.supervised_trained)}
+            inputs += [] if ckpt.is_file() else [(run.run_dir / "splits.json", split)]
+            overrides.append((*run.overrides, "resume=auto"))
+            trainer[run.run_dir] = name
+        argv = module_argv("asa.cli.finetune", *overrides[0])
+        if len(group) > 1:  # the draw's runs as one (`groups`)
+            spec = out / "fused" / f"{name.rsplit('/', 1)[-1]}.json"
+            argv = module_argv("asa.study.fused", str(spec))
+            inputs.append((spec, {"runs": [list(o) for o in overrides]}))
+        trained.append(Unit(name, argv, lambda group=group: all(_trained(run) for run in group),
+                            logs / f"{name.rsplit('/', 1)[-1]}.log", threads=s.threads, inputs=tuple(inputs),
+                            config=("finetune", overrides[0]), steps=s.steps * len(group)))
     scoring = []
     for k in range(min(jobs, len(runs))):
         share, spec = runs[k::jobs], out / "scoring" / f"share{k}.json"
@@ -228,11 +254,16 @@ def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequen
         scoring.append(Unit(f"{out.name}/scoring-{k}", module_argv("asa.study.transfer", str(spec)),
                             lambda share=share: all(r.scores_file.is_file() for r in share),
                             logs / f"scoring-{k}.log", resumable=False, threads=s.threads,
-                            after=tuple(u.name for u in trained[k::jobs]),
+                            after=tuple(dict.fromkeys(trainer[r.run_dir] for r in share)),
                             cases=cases,
                             inputs=((spec, {"runs": [{**dataclasses.asdict(r), "run_dir": str(r.run_dir)}
                                                      for r in share], "test": list(test_ids), "device": s.device}),)))
     return [*trained, *scoring]
+
+
+def _trained(run: Run) -> bool:
+    """Scored, or its training finished."""
+    return run.scores_file.is_file() or finished(run.run_dir / "checkpoints" / "last.pt")
 
 
 def score(run: Run, by_id: Mapping[str, Any], test_ids: Sequence[str], device: str) -> None:

@@ -43,7 +43,7 @@ from .resume import ResumePoint, Tracker
 from .rng import capture_rng, fork_rng, item_seed, kernel_determinism, restore_rng, seed_everything
 from .schedule import lr_at
 from .settings import TrainConfig, TrainerSettings
-from .step import OptimizerStep, StepFn
+from .step import Accumulated, OptimizerStep, StepFn
 from .updates import RelativeUpdate, update_gap_note
 
 __all__ = ["TrainConfig", "TrainerSettings", "FitResult", "Engine", "fit", "NonFiniteLossError"]
@@ -202,7 +202,7 @@ class Engine:
                 return self._finish(stopped)
             except StopRequested as stop:  # during the final validation: resumed, the run validates again
                 stop_signal = stop.signum
-        self.save("last.pt")
+        self._save_last()
         return self._result(stopped=False, preempted=True, signum=stop_signal)
 
     def _prepare(self, train_data: Dataset) -> _Run:
@@ -309,7 +309,7 @@ class Engine:
                     self._step_files = files
                     self._overdue = overdue
                 else:
-                    self.save(*files, "last.pt", wait=False)
+                    self._save_last(*files, wait=False)
         return None
 
     def _step_files_at(self, step_due: bool) -> list[str]:
@@ -366,6 +366,10 @@ class Engine:
         lr = self._set_lr()
         acc = self.optim_step.accumulate(run.net, self.step_fn, self._micro_batches(batches),
                                          distributed=self.env.distributed)
+        self._take_step(run, acc, lr)
+
+    def _take_step(self, run: _Run, acc: Accumulated, lr: float) -> None:
+        """The update from the step's accumulated gradients (or its skip), the step counted and logged at ``lr``."""
         log_step = (self.step + 1) % self.cfg.log_every == 0 or self.step + 1 == run.stop_step
         measure = log_step and self.updates is not None  # a copy of every parameter: logging steps only
         if measure:
@@ -452,7 +456,7 @@ class Engine:
         due = (self._step_files or self._overdue or not self._wrote_last or not cfg.ckpt_every
                or self.step - self._saved_step >= cfg.ckpt_every)
         if self.step < run.stop_step and not stopped and self.nonfinite_run == 0 and due:
-            self.save(*self._step_files, "last.pt", wait=False)
+            self._save_last(*self._step_files, wait=False)
         self._step_files, self._overdue = [], False
         return stopped
 
@@ -466,7 +470,7 @@ class Engine:
                 raise
         if self.cfg.panel_every and self._last_panel_step != self.step:
             self._panels()  # a final panel, also for runs shorter than panel_every epochs
-        self.save(*self._step_files_at(False), "last.pt")  # a kept step at the run's end (`_step_files_at`)
+        self._save_last(*self._step_files_at(False))  # a kept step at the run's end (`_step_files_at`)
         if self.env.is_main:
             self.log.flush()
         self.log.say(f"done at step {self.step}: checkpoints in {self.ckpt_dir}, TensorBoard logs in "
@@ -542,6 +546,10 @@ class Engine:
         barrier(self.env)
         if "last.pt" in names:
             self._saved_at = time.monotonic()  # the time bound counts from the write's start (or end, waited for)
+
+    def _save_last(self, *step_files: str, wait: bool = True) -> None:
+        """The loop's checkpoint: ``step_files`` and last.pt (`save`), the resume point; best.pt is `_validate`'s."""
+        self.save(*step_files, "last.pt", wait=wait)
 
     def _load(self, resume: ResumePoint) -> None:
         path, state = resume.path, resume.read()

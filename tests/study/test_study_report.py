@@ -522,3 +522,19 @@ def test_the_cost_table_has_the_positive_control_s_row_one_run_or_one_per_draw()
     assert report.cost_cells({"runs": runs}, [])[1][1] == ["supervised", "fine-tuning (control)", "7", "—"]
     assert report.cost_cells({"runs": {"pilot": 40.0}, "controls": []}, [])[1] == [["pilot", "fine-tuning (pilot)",
                                                                                    "40", "—"]]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_cost_section_says_when_a_run_s_seconds_are_its_fused_unit_s_shared_out(tmp_path, fused):
+    out = tmp_path / "study"
+    scores = _scores({**CONTROLS, "mae-c4": (0.02, 0.002)})
+    arms = {a: "scratch" for a in dict.fromkeys(r["arm"] for r in scores)}
+    scored = tables.write_outputs(scores, CLASSES, arms, out / "transfer", n_boot=200)
+    info = {"scale_name": "cpu", "network": "resenc", "machine": MACHINE, "finished": "2026-11-28T12:00:00",
+            "scale": {"crop": 32, "cases": [2], "seeds": [0, 1, 2], "test": 6, "val": 2, "pretrain_steps": 5},
+            "steps": 40, "fused": fused, "recipe": "adamw", "encoder_lr_scale": 1.0, "min_effect": 0.01,
+            "classes": CLASSES, "lesion_classes": LESION_CLASSES, "pilot": {"test": {c: 0.7 for c in CLASSES}},
+            "pretraining": [], "encoders": [], "checks": {"overlap": {"lines": ["none"]}, "channels": []},
+            "commands": [], "runs": {}}
+    cost = (report.write_report(out, info, scored, n_boot=200) / "README.md").read_text().split("## Cost")[1]
+    assert ("a run's wall time is its unit's shared out evenly among its runs" in cost.split("## ")[0]) is fused

@@ -263,3 +263,25 @@ def test_runs_scored_in_two_shares_score_as_in_one(tmp_path):
     assert sorted(p.name for p in (tmp_path / "two" / "logs").glob("scoring-*.log")) == ["scoring-0.log", "scoring-1.log"]
     for run in runs:
         assert run.scores_file.read_text() == (tmp_path / "one" / "runs" / run.run_dir.name / "scores.json").read_text()
+
+
+def test_fused_units_train_each_draw_as_one_and_share_its_seconds_out(tmp_path):
+    """With ``fused`` each draw's runs (N, seed) are one asa.study.fused unit whose group file lists every run's
+    overrides; without, a unit per run runs its asa-finetune command; a fused unit's seconds are shared out evenly."""
+    arms = {"scratch": transfer.Tuned(("model.pretrained=null",)), "mae": transfer.Tuned(("model.pretrained=x.pt",))}
+    runs = [transfer.Run(arm, 2, seed, ("c0", "c1"), (f"seed={seed}", *arms[arm].overrides),
+                         tmp_path / "runs" / f"{arm}-n2-s{seed}") for seed in (0, 1) for arm in arms]
+    ids = ["c0", "c1", "c2", "c3"]
+    alone = transfer.units(transfer.Transfer(tmp_path, arms, jobs=1), runs, ["c2", "c3"], ids, "msd")
+    fused = transfer.units(transfer.Transfer(tmp_path, arms, jobs=1, fused=True), runs, ["c2", "c3"], ids, "msd")
+    assert [u.argv[2] for u in alone] == ["asa.cli.finetune"] * 4 + ["asa.study.transfer"]
+    assert [u.argv[2] for u in fused] == ["asa.study.fused"] * 2 + ["asa.study.transfer"]
+    assert fused[-1].after == tuple(u.name for u in fused[:2])
+    group = dict(fused[0].inputs)[tmp_path / "fused" / "fused-n2-s0.json"]
+    assert group["runs"] == [[*r.overrides, "resume=auto"] for r in runs[:2]]
+    assert {p for p, _ in fused[0].inputs} >= {r.run_dir / "splits.json" for r in runs[:2]}
+    assert not fused[0].done()
+    seconds = transfer.run_seconds(transfer.Transfer(tmp_path, arms, fused=True), runs,
+                                   {fused[0].name: 10.0, fused[1].name: 4.0})
+    assert seconds == [5.0, 5.0, 2.0, 2.0]
+    assert transfer.run_seconds(transfer.Transfer(tmp_path, arms), runs, {alone[1].name: 3.0}) == [0.0, 3.0, 0.0, 0.0]

@@ -3,10 +3,11 @@ it, and a job (`asa.api.pretrain`, `asa.api.tasks.FinetuneTask`) overrides the h
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,7 +24,7 @@ from asa.train import Engine, FitResult, TrainConfig
 from asa.train.engine import epoch_fault, kept_fault
 from asa.train.distributed import DistEnv
 
-__all__ = ["JobRun", "TrainingJob"]
+__all__ = ["JobRun", "Prepared", "TrainingJob"]
 
 
 @dataclass
@@ -46,6 +47,27 @@ class JobRun:
     step: Callable | None = None
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A run `TrainingJob.prepared` set up to its first step: its job, what its hooks share, its training set and
+    the keyword arguments of its `asa.train.Engine` beside the network, optimiser and step."""
+
+    job: TrainingJob
+    run: JobRun
+    train_data: Any
+    options: Mapping[str, Any]
+
+    def engine(self, cls: type[Engine] = Engine, **more: Any) -> Engine:
+        """The run's engine, of class ``cls`` (``more``: its own keyword arguments)."""
+        return cls(self.run.model, self.run.optimizer, self.run.step, **self.options, **more)
+
+    def ended(self, result: FitResult) -> FitResult:
+        """``result`` of the engine's fit, after rank 0's `TrainingJob.finish` unless a stop signal ended it."""
+        if training_ended(result, self.run.env, self.job.app, unsaved=self.job.unsaved) and self.run.env.is_main:
+            self.job.finish(self.run, result)
+        return result
+
+
 class TrainingJob(ABC):
     """A training job: ``app`` (the console script named in messages), ``by_subject`` (splits keep a
     subject's sessions in one part), ``network_from_split`` (the network depends on the training split, e.g.
@@ -59,7 +81,15 @@ class TrainingJob(ABC):
     unsaved: ClassVar[str] = ""
 
     def train(self, cfg: PretrainConfig | FinetuneConfig) -> FitResult:
-        """Train as configured (a checked config); returns the engine's FitResult. The one order:
+        """Train as configured (a checked config); returns the engine's FitResult. The run is `prepared`, then
+        trained (`Prepared.ended`)."""
+        with self.prepared(cfg) as ready:
+            return ready.ended(ready.engine().fit(ready.train_data))
+
+    @contextlib.contextmanager
+    def prepared(self, cfg: PretrainConfig | FinetuneConfig) -> Iterator[Prepared]:
+        """The run set up to its first step, its folder locked while the context lasts (asa.study.fused trains
+        several at once). The one order:
 
         1. `check` and the trainer settings: every option and input read before anything is written;
         2. the network (`network`, after seeding with ``cfg.seed``: identical initial weights on every rank)
@@ -71,8 +101,8 @@ class TrainingJob(ABC):
         5. the datasets (`datasets`) and the training step (`training_step`), whose checks end the checking;
         6. then the files, on rank 0 only: ``config.yaml`` (written once every check passed), the split, the
            cases skipped (``bad_cases.json``) and the job's own records (`write_records`);
-        7. training with the job's validation (`validation`) and engine options, then `finish` (rank 0:
-           exports, the closing report) unless a stop signal ended it.
+        7. the job's validation (`validation`) and engine options; the caller trains, then `Prepared.ended`
+           runs `finish` (rank 0: exports, the closing report) unless a stop signal ended it.
 
         A failed check before step 3 refuses the run with nothing written; one after it leaves no
         config.yaml, so the folder holds no run to resume."""
@@ -106,14 +136,10 @@ class TrainingJob(ABC):
                 self.write_records(run)
             if val_ds is None and (warning := self.no_validation(run)) is not None:
                 print(f"[asa] warning: data={cfg.data.name} has no validation cases: {warning}", file=sys.stderr)
-            validate = self.validation(run, val_ds)
-            engine = Engine(run.model, run.optimizer, run.step, config=run.config, lr=run.lr, out_dir=run.out_dir,
-                            env=run.env, seed=cfg.seed, validate=validate, run_config=run.resolved,
-                            resume=run_dir.resume, **self.engine_options(run, train_ds, val_ds))
-            result = engine.fit(train_ds)
-            if training_ended(result, run.env, self.app, unsaved=self.unsaved) and run.env.is_main:
-                self.finish(run, result)
-        return result
+            options = dict(config=run.config, lr=run.lr, out_dir=run.out_dir, env=run.env, seed=cfg.seed,
+                           validate=self.validation(run, val_ds), run_config=run.resolved, resume=run_dir.resume,
+                           **self.engine_options(run, train_ds, val_ds))
+            yield Prepared(self, run, train_ds, options)
 
     def _network(self, run: JobRun, splits: Mapping[str, list] | None) -> None:
         torch.manual_seed(run.cfg.seed)  # identical initial weights on every rank

@@ -1,0 +1,185 @@
+"""Units trained as one: K runs of one network architecture on the same batches, each its own weights and state.
+
+`Stacked` runs the K networks' forward and backward as one: their parameters stacked on a leading axis and the
+step one `torch.vmap` over the stack (each convolution one grouped convolution, HFTA, MLSys 2021), the batch
+shared. `FusedEngine` is the loop of one of the runs (its loader, epochs, cadences and stop signals) driving the
+others, its ``peers``, in lockstep: every unit keeps its own lr schedule, clipping, non-finite skip, optimiser
+state, step count, validation and checkpoints, as `Engine` keeps them. Its numbers agree with a unit trained
+alone to float rounding (grouped against dense kernels), not bit for bit.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .engine import Engine, FitResult, _Run
+from .preemption import StopRequested
+from .step import Accumulated, OptimizerStep, StepFn
+
+__all__ = ["FusedEngine", "Stacked"]
+
+
+class _Stepper(nn.Module):
+    """``step_fn(net, batch)`` as a module, so that `functional_call` swaps in one unit's parameters."""
+
+    def __init__(self, net: nn.Module, step_fn: StepFn) -> None:
+        super().__init__()
+        self.net, self.step_fn = net, step_fn
+
+    def forward(self, batch: Mapping) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, logs = self.step_fn(self.net, batch)
+        if odd := [k for k, v in logs.items() if not isinstance(v, torch.Tensor)]:
+            raise TypeError(f"the training step's logs {odd} are not tensors: a fused step returns tensors alone")
+        return loss, dict(logs)
+
+
+class Stacked:
+    """The forward and backward of ``models`` (one architecture) as one vmapped step on a shared batch."""
+
+    def __init__(self, models: Sequence[nn.Module], step_fn: StepFn) -> None:
+        self.models = list(models)
+        # a copy the vmap swaps its tensors into: ResEnc's decoder holds its encoder, a module reached by two paths,
+        # and `functional_call` leaves such a module holding the vmap's tensors after the call
+        self.stepper = _Stepper(copy.deepcopy(self.models[0]), step_fn)
+        names = [[n for n, _ in m.named_parameters()] for m in self.models]
+        if any(n != names[0] for n in names):
+            raise ValueError("fused units must share one network architecture (their parameters differ by name)")
+
+    def _stacked(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(parameters, parameters and buffers): each stacked over the units, [K, *shape], the parameters as fresh
+        leaves; the second keyed for `functional_call` of the stepper."""
+        params = {name: torch.stack([dict(m.named_parameters())[name].detach() for m in self.models])
+                  .requires_grad_(p.requires_grad) for name, p in self.models[0].named_parameters()}
+        buffers = {name: torch.stack([dict(m.named_buffers())[name] for m in self.models])
+                   for name, _ in self.models[0].named_buffers()}
+        return params, {f"net.{name}": t for name, t in {**params, **buffers}.items()}
+
+    def accumulate(self, optim_step: OptimizerStep, batches: Iterable) -> list[Accumulated]:
+        """Forward and backward over the step's micro-batches for every unit; each unit's gradients land in its own
+        parameters' ``.grad`` (views of the stacked gradient), its losses and logs in its `Accumulated`. The loss
+        backpropagated is the units' sum: unit k's gradient is its own loss's alone."""
+        params, named = self._stacked()
+
+        def one(tensors: dict, batch: Mapping) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            return functional_call(self.stepper, tensors, (batch,))
+
+        # randomness "same": every unit draws the numbers it would draw alone (they share the seed)
+        fused = torch.vmap(one, in_dims=(0, None), randomness="same")
+        losses, logs = [], []
+        for batch in batches:
+            with optim_step.autocast():
+                loss, log = fused(named, batch)  # loss: [K]
+            (loss.sum() / optim_step.accum_steps).backward()
+            losses.append(loss.detach())
+            logs.append({k: v.detach().float() for k, v in log.items()})
+        for k, model in enumerate(self.models):
+            for name, p in model.named_parameters():
+                grad = params[name].grad
+                p.grad = None if grad is None else grad[k]
+        return [Accumulated(tuple(loss[k] for loss in losses),
+                            tuple({name: v[k].mean() for name, v in log.items()} for log in logs))
+                for k in range(len(self.models))]
+
+
+class FusedEngine(Engine):
+    """An `Engine` whose loop trains ``peers`` with it, as one (`Stacked`): its loader's batches are theirs.
+
+    Every unit shares this engine's settings (`TrainConfig`), seed and training set; each keeps its own lr,
+    schedule, optimiser, counters, validation history and run folder. The units are validated one after
+    another. Early stopping is refused: a unit stopping alone would leave the group."""
+
+    def __init__(self, *args, peers: Sequence[Engine], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.peers = list(peers)
+        for peer in self.peers:
+            if dataclasses.replace(peer.cfg, min_lr=self.cfg.min_lr) != self.cfg:  # each its own schedule's floor
+                raise ValueError(f"{peer.out_dir}: its trainer settings differ from {self.out_dir}'s: fused units "
+                                 "share every trainer setting")
+            if peer.seed != self.seed:
+                raise ValueError(f"{peer.out_dir}: seed {peer.seed}, {self.out_dir}: seed {self.seed}: fused units "
+                                 "share their seed")
+        if self.cfg.patience is not None:
+            raise ValueError(f"trainer.patience={self.cfg.patience}: fused units cannot stop early one by one "
+                             "(expected trainer.patience=null)")
+        if self.env.distributed or self.cfg.compile or self.optim_step.scaler.is_enabled():
+            raise ValueError("fused units train in one process, uncompiled, without fp16's GradScaler (expected one "
+                             "process, trainer.compile=false and trainer.amp other than fp16 on CUDA)")
+        self.units = [self, *self.peers]
+        self.stacked = Stacked([u.model for u in self.units], self.step_fn)
+
+    def fit(self, train_data) -> FitResult:
+        """This unit's FitResult (`results`: every unit's); every unit's writes are on disk when it returns."""
+        try:
+            return super().fit(train_data)
+        finally:
+            for peer in self.peers:
+                peer._writer.close()
+                peer.log.close()
+
+    def results(self, result: FitResult) -> list[FitResult]:
+        """Every unit's FitResult after `fit` returned ``result`` (this unit's), in the order of `units`."""
+        return [result, *(p._result(stopped=result.stopped_early, preempted=result.preempted, signum=result.signal)
+                          for p in self.peers)]
+
+    def _prepare(self, train_data) -> _Run:
+        run = super()._prepare(train_data)
+        for peer in self.peers:
+            peer.model.to(self.env.device)
+            peer.steps_per_epoch, peer.total_steps = self.steps_per_epoch, self.total_steps
+            peer.warmup_steps = self.warmup_steps
+        return run
+
+    def _start(self, run: _Run) -> None:
+        """Each peer resumed (or seeded) and its log opened, then this unit: the RNG state is this unit's (the
+        units share their seed and draw alike). A group resumes together: every unit at one step."""
+        for peer in self.peers:
+            Engine._start(peer, run)
+        super()._start(run)  # last: the loop's network is this unit's
+        if odd := [str(p.out_dir) for p in self.peers
+                   if (p.step, p.epoch, p.batch_in_epoch) != (self.step, self.epoch, self.batch_in_epoch)]:
+            raise ValueError(f"{', '.join(odd)}: resumed at another step than {self.out_dir} (step {self.step}): "
+                             "fused units resume together; resume these runs one by one")
+
+    def _train_step(self, run: _Run, batches: Iterator) -> None:
+        lrs = [unit._set_lr() for unit in self.units]
+        accs = self.stacked.accumulate(self.optim_step, self._micro_batches(batches))
+        for unit, acc, lr in zip(self.units, accs, lrs):
+            unit.batch_in_epoch = self.batch_in_epoch
+            unit._take_step(run, acc, lr)
+
+    def _validate(self, *, count_patience: bool) -> bool:
+        super()._validate(count_patience=count_patience)
+        for peer in self.peers:
+            peer._validate(count_patience=count_patience)
+        return False  # trainer.patience is null (refused otherwise)
+
+    def _end_epoch(self, run: _Run) -> bool:
+        for peer in self.peers:
+            peer.epoch, peer.batch_in_epoch = self.epoch + 1, 0
+        try:
+            return super()._end_epoch(run)
+        except StopRequested:  # the epoch's end undone, as this unit's (`Engine._end_epoch`)
+            for peer in self.peers:
+                peer.epoch, peer.batch_in_epoch = self.epoch, self.batch_in_epoch
+            raise
+
+    def _panels(self) -> None:
+        for unit in self.units:
+            Engine._panels(unit)
+
+    def _save_last(self, *step_files: str, wait: bool = True) -> None:
+        """Every unit's last.pt; at the cadence (``wait=False``) not a unit's inside a non-finite streak (the loop
+        asks this unit's health alone)."""
+        for unit in self.units:
+            if wait or unit.nonfinite_run == 0:
+                Engine._save_last(unit, *step_files, wait=wait)
+
+    def _stopping(self, stop_signal: int, during: str = "") -> int:
+        for peer in self.peers:
+            peer._stopping(stop_signal, during)
+        return super()._stopping(stop_signal, during)
