@@ -136,6 +136,8 @@ def test_every_command_takes_its_options(page, words):
         load_config(HYDRA[words[0]], *words[1:])
     elif words[0] in ARGPARSE:
         importlib.import_module(ARGPARSE[words[0]]).build_parser().parse_args(words[1:])
+    elif words[0] == "asa-nnunet":  # nnU-Net's command and its own arguments (the route's are on nnU-Net's branch)
+        assert re.fullmatch(r"nnUNetv2_\w+", words[1]), words
     else:  # asa-torchrun: torchrun's own options, then the script's module and its Hydra overrides
         assert words[0] == "asa-torchrun" and "-m" in words, words
         module = words[words.index("-m") + 1]

@@ -24,7 +24,7 @@ from asa.models.family import family_of
 from asa.models.keys import encoder_keys
 
 __all__ = ["NNSSL", "NNSSL_CHECKPOINT", "NNSSL_PLAN", "nnssl_adaptation_plan", "nnssl_checkpoint",
-           "published_plan", "route_note"]
+           "published_plan", "route_note", "route_plans_name"]
 
 
 
@@ -114,6 +114,14 @@ def route_note(pretrain_plan: Mapping[str, Any]) -> str:
             f"this file's plan: give the dataset both, `\"overwrite_image_reader_writer\": \"{reader}\"` in its "
             f"`dataset.json` before planning and `transpose_forward` and `transpose_backward` `{list(transpose)}` in "
             "its plans before the route (docs/weights-elsewhere.md).")
+
+
+def route_plans_name(pretraining_name: str, spacing: Sequence[float | None], channels: int) -> str:
+    """The plans name nnU-Net's ``nnUNetv2_preprocess_like_nnssl -n pretraining_name`` writes (``-p`` of training and
+    prediction), as ``like_nnssl.py`` composes it: the target spacing in mm to two decimals (``None`` for
+    ``-am no_resample``) and one ``Z`` per image channel of the dataset (its z-score per channel)."""
+    edges = "_".join("None" if s is None else f"{float(s):.2f}" for s in spacing)
+    return f"ptPlans__{pretraining_name}____Spacing__{edges}___Norm__{'_'.join(['Z'] * int(channels))}"
 
 
 def nnssl_checkpoint(export: Mapping[str, Any], *, spacing_mm: Sequence[float] | None = None, dataset: str = "asa",

@@ -1,19 +1,24 @@
-"""docs/weights-elsewhere.md's account of nnU-Net's nnssl route against the committed record of
-benchmarks/nnunet_nnssl_route.py (benchmarks/results/nnunet-nnssl-route-2026-11-27/route.json): the install, the
-axis steps and their table, the rerun, and the predictor's workaround. Needs no nnU-Net."""
+"""docs/weights-elsewhere.md's account of nnU-Net's nnssl route against the committed records of
+benchmarks/nnunet_nnssl_route.py: the install, the axis steps and their table, the rerun, and the predictor's
+workaround (benchmarks/results/nnunet-nnssl-route-2026-11-27/route.json); the page's commands as run on a CPU torch,
+with 4 and 1 channels, the plans' names, ``-pc``, ``-device cpu`` and what failed without them
+(benchmarks/results/nnunet-nnssl-route-cpu-2026-11-28/documented.json). Needs no nnU-Net."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from asa.formats.nnssl import route_plans_name
 from asa.formats.nnunet import READER, TRANSPOSE
-from benchmarks.nnunet_nnssl_route import PLANNING, ROUTE_PLANS, VARIANTS
+from benchmarks.nnunet_nnssl_route import DOCS, PAGE, PLANNING, ROUTE_PLANS, SMOKE, VARIANTS, page
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORD = ROOT / "benchmarks" / "results" / "nnunet-nnssl-route-2026-11-27" / "route.json"
+DOCUMENTED = ROOT / "benchmarks" / "results" / "nnunet-nnssl-route-cpu-2026-11-28" / "documented.json"
 TABLE_ROWS = {"as nnU-Net documents the route": "nnunet_default", "step 1 only": "reader",
               "steps 1 and 2": "reader_and_transpose"}
 
@@ -31,8 +36,17 @@ def section() -> str:
 
 @pytest.fixture(scope="module")
 def flat(section) -> str:
-    """The section with its line breaks as spaces: a claim may wrap."""
-    return " ".join(section.split())
+    """The section with its line breaks as spaces: a claim may wrap, a command may continue on the next line."""
+    return _flat(section)
+
+
+@pytest.fixture(scope="module")
+def documented() -> dict:
+    return json.loads(DOCUMENTED.read_text())
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.replace("\\\n", " ").split())
 
 
 def _landing(cases: list[dict]) -> str:
@@ -95,7 +109,7 @@ def test_the_docs_install_the_commit_measured(record, flat):
     commit = record["nnunet_commit"]
     assert f'"nnunetv2 @ git+https://github.com/MIC-DKFZ/nnUNet.git@{commit}"' in flat
     assert f"commit {commit[:7]}" in flat
-    assert f"still calls itself {record['nnunetv2']}" in flat and "nnUNetv2_preprocess_like_nnssl -h" in flat
+    assert f"still calls itself {record['nnunetv2']}" in flat and "asa-nnunet nnUNetv2_train_pretrained -h" in flat
     assert f"with {record['torch'].split('+')[0]}" in flat  # what pip did without the torchvision first
 
 
@@ -136,3 +150,67 @@ def test_the_card_gives_the_route_the_files_reader_and_transposes(tmp_path):
     assert f"`transpose_backward` `{TRANSPOSE}` in its plans before the route" in card
     other = route_note({"image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2]})
     assert '"SimpleITKIO"' in other and "`[0, 1, 2]`" in other and route_note({}) == ""
+
+
+def test_the_page_gives_the_commands_that_were_run(documented, flat):
+    """Each command of the documented run, with the page's dataset, plans and trainer, is on the page as it ran."""
+    assert documented["docs_fields"] == DOCS
+    for step in PAGE:
+        assert _flat(page(step)) in flat, step
+    assert f"-tr {SMOKE}" in flat
+
+
+def test_the_docs_name_the_plans_the_route_writes(documented, section):
+    """One Z per channel: the names nnU-Net wrote for 4 and 1 channels are `route_plans_name`'s, and so is every
+    name the page gives for its 4-channel Dataset137 (in -p and in the fold's path)."""
+    for name, outcome in documented["sets"].items():
+        expected = route_plans_name("asa_resencL", (1, 1, 1), outcome["channels"])
+        assert outcome["plans_name_expected"] == expected, name
+        assert outcome["plans_written"] == [expected], name
+        assert outcome["plans_line_printed"].startswith(f"[asa-nnunet] plans written: {expected} "), name
+    assert {o["channels"] for o in documented["sets"].values()} == {1, 4}
+    named = re.findall(r"ptPlans__asa_resencL____Spacing__[\d._]+___Norm__(?:Z_)*Z", section)
+    assert len(named) >= 3 and set(named) == {route_plans_name("asa_resencL", (1, 1, 1), 4)}, set(named)
+    assert "`…___Norm__Z`" in section  # the one-channel name
+
+
+def test_the_documented_commands_train_and_predict_on_the_cpu_torch(documented, flat):
+    assert documented["torch"].endswith("+cpu") and documented["torchvision"] == "0.28.0"
+    assert documented["import_torchvision_alone"] == "RuntimeError: operator torchvision::nms does not exist"
+    assert documented["export"]["returncode"] == 0
+    for name, outcome in documented["sets"].items():
+        assert {k: v["returncode"] for k, v in outcome["steps"].items()} == dict.fromkeys(outcome["steps"], 0), name
+        assert {"plan", "transpose", "route", "train", "copy", "predict"} <= set(outcome["steps"])
+        assert outcome["training_log_epochs"] == 1, name  # the smoke trainer's one epoch
+        cases = outcome["predictions"]
+        assert len(cases) == documented["test"] and all(c["written"] and c["shape_and_affine_of_input"]
+                                                        for c in cases), name
+    assert f"torch {documented['torch']}, torchvision {documented['torchvision']}" in flat
+    assert f"pip install torch=={documented['torch'].split('+')[0]} torchvision=={documented['torchvision']}" in flat
+    assert f"nnU-Net at commit {documented['nnunet_commit'][:7]}" in flat
+    assert f"{documented['train']} training and {documented['test']} held-out BraTS phantoms" in flat
+    assert f"({round(documented['seconds'])} s on 2 cores shared with other jobs)" in flat
+
+
+def test_each_fix_stands_against_what_failed_without_it(documented, flat):
+    """nnU-Net's own commands stop at torchvision's import; a relative -pc given to nnU-Net's own command stops
+    training started elsewhere, asa-nnunet's is absolute; without -device cpu, or with nnUNet_n_proc_DA=0, the
+    commands stop: each with the line the page quotes."""
+    outcome = documented["sets"][DOCS["dataset"]]
+    before = outcome["before_the_fixes"]
+    assert set(before) == {"plan_with_n_proc_DA_0", "route_without_asa_nnunet", "train_with_that_plans",
+                           "train_without_asa_nnunet", "train_without_device_cpu", "predict_without_asa_nnunet",
+                           "predict_without_device_cpu"}
+    for key in ("train_without_asa_nnunet", "predict_without_asa_nnunet"):
+        assert before[key]["last_error_line"] == documented["import_torchvision_alone"], key
+    assert before["route_without_asa_nnunet"]["returncode"] == 0
+    relative = before["route_without_asa_nnunet"]["checkpoint_path_stored"]
+    assert relative == "models/resenc-L/checkpoint_final.pth"
+    stored = outcome["steps"]["route"]["checkpoint_path_stored"]
+    assert stored.startswith("/") and stored.endswith("/" + relative)
+    for key in ("train_with_that_plans", "train_without_device_cpu", "predict_without_device_cpu",
+                "plan_with_n_proc_DA_0"):
+        assert before[key]["returncode"] != 0 and before[key]["last_error_line"], key
+        assert f"`{before[key]['last_error_line']}`" in flat, key
+    assert before["train_with_that_plans"]["last_error_line"].endswith(f"{relative} does not exist!")
+
