@@ -138,6 +138,8 @@ LOCAL_IMPORTS: dict[str, str] = {
                      "the cohort's modules load once the command runs or composes its help",
     "cli/export.py": "asa-export's --help is printed from its kept text before torch loads (asa.cli.help.kept_help): "
                      "the formats and the export load once the command runs or composes its help",
+    "cli/nnunet.py": "asa-nnunet's --help and its one-line refusals (no command, one not nnU-Net's, nnU-Net absent) "
+                     "are said before torch loads: asa's torchvision import loads once nnU-Net's command runs",
     "cli/study.py": "asa-study's --help is printed from its kept text before torch loads (asa.cli.help.kept_text): the "
                     "study's modules load once the command runs",
     "data/prepare/pipeline.py": "asa-prepare's --help and option refusals load neither torch nor MONAI, which asa's "

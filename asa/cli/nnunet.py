@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if before != after:
             print(f"[asa-nnunet] {before} taken as {after}: the plans keep the checkpoint's path for training",
                   file=sys.stderr)
-    from asa.models.torchvision_ops import import_torchvision
+    from asa.models.torchvision_ops import import_torchvision  # here: the refusals above come before torch loads
 
     import_torchvision()
     entry = commands[name].load()

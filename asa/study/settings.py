@@ -37,7 +37,7 @@ class Study:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
-    fused: bool = False  # each draw's fine-tuning runs trained as one unit (asa.study.fused)
+    fused: bool = False  # each draw's fine-tuning runs trained as one unit (asa.cli.fused)
     n_boot: int = 10000
     min_effect: float = 0.01
     looks: int = 1  # the looks at the scores the design plans (asa.study.design)

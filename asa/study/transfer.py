@@ -82,7 +82,7 @@ class Transfer:
     workers: int = 0  # data.num_workers
     threads: int | None = None  # torch threads per run (trainer.threads)
     jobs: int = 1  # runs trained (and scoring processes) at once
-    fused: bool = False  # each draw's runs (N, seed) trained as one unit (asa.study.fused), not a process per run
+    fused: bool = False  # each draw's runs (N, seed) trained as one unit (asa.cli.fused), not a process per run
     n_boot: int = 10000  # bootstrap resamples of the confidence intervals
     logs: Path | None = None  # the folder of the runs' logs (None: <out>/logs)
 
@@ -222,7 +222,7 @@ def run_seconds(s: Transfer, runs: Sequence[Run], spent: Mapping[str, float]) ->
 
 
 def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequence[str], dataset: str) -> list[Unit]:
-    """One ``asa-finetune`` unit per run (with ``s.fused``, one ``asa.study.fused`` unit per draw), then ``jobs``
+    """One ``asa-finetune`` unit per run (with ``s.fused``, one ``asa.cli.fused`` unit per draw), then ``jobs``
     scoring units, each over every ``jobs``-th run once trained."""
     out = Path(s.out).expanduser().absolute()
     logs, jobs, trained, trainer = s.logs or out / "logs", max(1, s.jobs), [], {}
@@ -240,7 +240,7 @@ def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequen
         argv = module_argv("asa.cli.finetune", *overrides[0])
         if len(group) > 1:  # the draw's runs as one (`groups`)
             spec = out / "fused" / f"{name.rsplit('/', 1)[-1]}.json"
-            argv = module_argv("asa.study.fused", str(spec))
+            argv = module_argv("asa.cli.fused", str(spec))
             inputs.append((spec, {"runs": [list(o) for o in overrides]}))
         trained.append(Unit(name, argv, lambda group=group: all(_trained(run) for run in group),
                             logs / f"{name.rsplit('/', 1)[-1]}.log", threads=s.threads, inputs=tuple(inputs),

@@ -266,7 +266,7 @@ def test_runs_scored_in_two_shares_score_as_in_one(tmp_path):
 
 
 def test_fused_units_train_each_draw_as_one_and_share_its_seconds_out(tmp_path):
-    """With ``fused`` each draw's runs (N, seed) are one asa.study.fused unit whose group file lists every run's
+    """With ``fused`` each draw's runs (N, seed) are one asa.cli.fused unit whose group file lists every run's
     overrides; without, a unit per run runs its asa-finetune command; a fused unit's seconds are shared out evenly."""
     arms = {"scratch": transfer.Tuned(("model.pretrained=null",)), "mae": transfer.Tuned(("model.pretrained=x.pt",))}
     runs = [transfer.Run(arm, 2, seed, ("c0", "c1"), (f"seed={seed}", *arms[arm].overrides),
@@ -275,7 +275,7 @@ def test_fused_units_train_each_draw_as_one_and_share_its_seconds_out(tmp_path):
     alone = transfer.units(transfer.Transfer(tmp_path, arms, jobs=1), runs, ["c2", "c3"], ids, "msd")
     fused = transfer.units(transfer.Transfer(tmp_path, arms, jobs=1, fused=True), runs, ["c2", "c3"], ids, "msd")
     assert [u.argv[2] for u in alone] == ["asa.cli.finetune"] * 4 + ["asa.study.transfer"]
-    assert [u.argv[2] for u in fused] == ["asa.study.fused"] * 2 + ["asa.study.transfer"]
+    assert [u.argv[2] for u in fused] == ["asa.cli.fused"] * 2 + ["asa.study.transfer"]
     assert fused[-1].after == tuple(u.name for u in fused[:2])
     group = dict(fused[0].inputs)[tmp_path / "fused" / "fused-n2-s0.json"]
     assert group["runs"] == [[*r.overrides, "resume=auto"] for r in runs[:2]]

@@ -88,7 +88,7 @@ class TrainingJob(ABC):
 
     @contextlib.contextmanager
     def prepared(self, cfg: PretrainConfig | FinetuneConfig) -> Iterator[Prepared]:
-        """The run set up to its first step, its folder locked while the context lasts (asa.study.fused trains
+        """The run set up to its first step, its folder locked while the context lasts (asa.cli.fused trains
         several at once). The one order:
 
         1. `check` and the trainer settings: every option and input read before anything is written;

@@ -1,4 +1,4 @@
-"""``python -m asa.study.fused GROUP.json``: a study's fine-tuning runs of one draw trained as one
+"""``python -m asa.cli.fused GROUP.json``: a study's fine-tuning runs of one draw trained as one
 (`asa.api.finetune.finetune_fused`), each run's asa-finetune overrides in ``GROUP.json``'s ``runs``. The exit codes
 are asa-finetune's; a stop (SIGTERM, SIGUSR1) saves every run, and the same command resumes them."""
 
