@@ -34,6 +34,7 @@ __all__ = ["HELP", "LAUNCH_ENV", "WAIT_S", "bounded_wait", "job_exit_code", "mai
 # asa.api.machinery.rundir.LAUNCH_ENV, which composes the resume command from it: spelled here, not imported, since
 # asa.api's modules would double the launcher's start-up time and memory (8 s and 200 MB more, measured under load)
 LAUNCH_ENV = "ASA_TORCHRUN_RENDEZVOUS"
+CPP_LOG = "TORCH_CPP_LOG_LEVEL"  # read once, as torch loads
 # torchrun's own wait for nodes that never come is 600 s (c10d's join_timeout) or 900 s tried twice (static's timeout:
 # a node's connection to node 0's store is retried once), so asa's default keeps every node's wait within 5 minutes
 WAIT_S = {"c10d": ("join_timeout", 300), "static": ("timeout", 150)}
@@ -160,11 +161,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv in (["-h"], ["--help"]):  # kept: printed before torch loads; among other arguments torchrun reads it
         print(kept_text("torchrun", _help_text), end="", flush=True)
         sys.exit(0)
-    from torch.distributed import DistError
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.elastic.rendezvous import RendezvousError
-    from torch.distributed.run import get_args_parser, run
+    # torch's C++ log of this process alone (its workers keep theirs): a node that waits for others or loses their
+    # store logs 40-55 lines of c10d retries and stack frames before the one line below says what happened
+    with _environ(**({} if CPP_LOG in os.environ else {CPP_LOG: "FATAL"})):
+        from torch.distributed import DistError
+        from torch.distributed.elastic.multiprocessing.api import SignalException
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+        from torch.distributed.elastic.rendezvous import RendezvousError
+        from torch.distributed.run import get_args_parser, run
 
     parser = get_args_parser()
     # -h / --help before the script (after it, the script's own)
