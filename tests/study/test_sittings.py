@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from asa.study import stages
 from asa.study.common import Clock
 from asa.study.scheduler import Unit, stop_on_signals
@@ -26,6 +28,7 @@ def _stop_once_started(started: Path) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+@pytest.mark.slow  # a unit in a process of its own, stopped by a real SIGTERM after it started
 def test_a_sitting_stopped_mid_stage_keeps_its_seconds_and_says_how_it_ended(tmp_path, monkeypatch):
     started = tmp_path / "started"
     unit = Unit("sleeper", (sys.executable, "-c", f"import time; open({str(started)!r}, 'w'); time.sleep(60)"),
