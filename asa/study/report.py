@@ -171,14 +171,10 @@ def pretraining_lines(runs: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]
     cells = []
     for r in runs:
         curve = r.get("val_curve") or []
-        # the run's own tolerance (older records: the fine-tuning budget check's); NaN (short runs): not rising
-        rising = r.get("loss_rise", 0.0) >= r.get("tol", PLATEAU_TOL)
-        level = ("exported in its first eighth" if r.get("early") else
-                 {None: "not checked (< 4 rounds)", True: "levelled", False: "still falling"}[r.get("plateau")]
-                 + ("" if math.isnan(r.get("loss_drop", math.nan)) else f" ({r['loss_drop']:.1%})")
-                 + (f"; its lowest round {r['loss_rise']:.1%} under the export's" if rising else ""))
-        export = ("—" if "export_step" not in r else
-                  f"{r['export_step']} ({r['export_progress']:.0%} of the summed lr): {r['export_loss']:.4f}")
+        level = _export_level(r)
+        export = "—"  # a record written before the export was read
+        if "export_step" in r:
+            export = f"{r['export_step']} ({r['export_progress']:.0%} of the summed lr): {r['export_loss']:.4f}"
         cells.append([r["run"], str(r["cohort"]), str(r["steps"]), f"{r['seconds']:.0f}",
                       f"{curve[0][1]:.4f} → {curve[-1][1]:.4f}" if curve else "— → —", export, level,
                       *("—" if math.isnan(x) else f"{x:.2f}"
@@ -189,6 +185,19 @@ def pretraining_lines(runs: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]
             "loss weights CV", "effective share"]
     return markdown_table(head, cells), [f"{unfinished(r)}; its contrasts read an unfinished encoder."
                                          for r in runs if r.get("plateau") is False]
+
+
+def _export_level(run: Mapping[str, Any]) -> str:
+    """What the plateau check read up to a run's export, in words, with the drop it read and any rise after its
+    lowest round (a run's own tolerance; older records: the fine-tuning budget check's)."""
+    if run.get("early"):
+        return "exported in its first eighth"
+    level = {None: "not checked (< 4 rounds)", True: "levelled", False: "still falling"}[run.get("plateau")]
+    if not math.isnan(run.get("loss_drop", math.nan)):
+        level += f" ({run['loss_drop']:.1%})"
+    if run.get("loss_rise", 0.0) >= run.get("tol", PLATEAU_TOL):  # NaN (short runs): not rising
+        level += f"; its lowest round {run['loss_rise']:.1%} under the export's"
+    return level
 
 
 def export_line(runs: Sequence[Mapping[str, Any]]) -> str | None:

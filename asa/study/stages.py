@@ -227,7 +227,9 @@ class TransferStage(FineTuning):
         seeds = tuple(range(len(split["draws"]))) if "draws" in split else tuple(s.scale.seeds)
         arms = finetune_arms(tuned, s.network, plan.supervised, dict(s.encoders))
         steps = found.pilot["steps"]
-        head_start = s.head_start if s.head_start is not None and s.head_start < steps else None
+        head_start = s.head_start
+        if head_start is not None and head_start >= steps:  # the end point came first: no run is read there
+            head_start = None
         self.said = (f"[study] transfer: {len(arms)} arms × N {list(s.scale.cases)} × "
                      + (f"{len(seeds)} cross-validation draws" if "draws" in split else f"seeds {list(seeds)}")
                      + f", {steps} steps each"

@@ -640,7 +640,9 @@ def kept_fault(num_samples: int, cfg: TrainConfig, world_size: int) -> str | Non
     """Why a ``trainer.keep_steps`` step is never reached by the run (its last step: ``trainer.epochs`` × the steps
     of an epoch, or ``trainer.max_steps``), or None; a job asks before writing its folder, as for `epoch_fault`."""
     per_epoch = num_samples // world_size // cfg.batch_size // cfg.accum_steps
-    last = cfg.epochs * per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * per_epoch)
+    last = cfg.epochs * per_epoch
+    if cfg.max_steps is not None:
+        last = min(cfg.max_steps, last)
     if not (late := sorted(k for k in cfg.keep_steps if k > last)):
         return None
     return (f"kept step(s) {late} (trainer.keep_steps, or asa-pretrain's export_step) after the run's last step "
