@@ -20,8 +20,13 @@ each process counts the steps it starts inside it and stops at its end. Reported
     python -m benchmarks.side_by_side --data BED/labeled --units 1 2 --seconds 3 --device cpu --size tiny \\
         --json /tmp/sbs.json                                                                        # CPU smoke
 
-The JSON's ``best_units`` is the K of the greatest total samples/s (the smallest K within 5 % of it), for a script
-to plan the study's ``--jobs`` from (``scripts/gpu_window.sh``, its study part).
+With ``--fused K ...`` each K is also run the study's other way (``asa-study --fused``): one process trains K units
+as one network (`asa.api.finetune_fused`, one loader, the units' parameters stacked), its steps timed the same way;
+a fused step is K unit-steps, so its row's ``samples_per_s_total`` is K × batch × its steps/s, set beside the
+processes' rows (``fused``: K, ``processes``: 1).
+
+The JSON's ``best_units`` is the K of the greatest total samples/s (the smallest K within 5 % of it) among the
+processes' rows, for a script to plan the study's ``--jobs`` from (``scripts/gpu_window.sh``, its study part).
 """
 
 from __future__ import annotations
@@ -85,10 +90,14 @@ def _worker(args: argparse.Namespace) -> None:
     from asa.data import discover
     from asa.train.engine import Engine
 
+    from asa.api.finetune import finetune_fused
+    from asa.train.fused import FusedEngine
+
     starts: list[float] = []
     folder = args.work
     go: dict | None = None
-    real_step = Engine._train_step
+    stepping = FusedEngine if args.fused_units else Engine
+    real_step = stepping._train_step
 
     def step(engine, run, batches):
         nonlocal go
@@ -102,20 +111,22 @@ def _worker(args: argparse.Namespace) -> None:
             raise WindowEnd
         return real_step(engine, run, batches)
 
-    Engine._train_step = step
-    cfg = compose_config("finetune", [*UNIT, f"data.root={args.data}", f"model.size={args.size}",
-                                      f"device={args.device}", f"seed={args.index}",
-                                      f"output_dir={folder / f'unit-{args.index}'}", "resume=false"])
-    result = {"batch": int(cfg.trainer.batch_size)}
-    run = folder / f"unit-{args.index}"
-    run.mkdir()
+    stepping._train_step = step
     ids = [c.id for c in discover("msd", args.data, validate="none")]
     drawn = random.Random(args.index).sample(ids, len(ids))  # each unit its own draw, as the study's
     n = args.train_cases
-    (run / "splits.json").write_text(json.dumps({"train": drawn[:n], "val": drawn[n:n + 4], "test": drawn[n + 4:],
-                                                 "dataset": "msd", "seed": args.index}))
+    # fused: the units of one draw (the study's arms share its seed and cases), each its own run folder
+    runs = [folder / f"unit-{args.index}" / f"run-{j}" for j in range(args.fused_units)] or [folder / f"unit-{args.index}"]
+    cfgs = [compose_config("finetune", [*UNIT, f"data.root={args.data}", f"model.size={args.size}",
+                                        f"device={args.device}", f"seed={args.index}", f"output_dir={run}",
+                                        "resume=false"]) for run in runs]
+    for run in runs:
+        run.mkdir(parents=True)
+        (run / "splits.json").write_text(json.dumps({"train": drawn[:n], "val": drawn[n:n + 4],
+                                                     "test": drawn[n + 4:], "dataset": "msd", "seed": args.index}))
+    result = {"batch": int(cfgs[0].trainer.batch_size)}
     try:
-        finetune(cfg)
+        finetune_fused(cfgs) if args.fused_units else finetune(cfgs[0])
         result["error"] = "the run ended before the window closed"
     except WindowEnd:
         pass
@@ -136,13 +147,14 @@ def _smi(query: str, what: str) -> list[list[str]]:
     return [[f.strip() for f in line.split(",")] for line in out.strip().splitlines() if line.strip()]
 
 
-def run_k(k: int, args: argparse.Namespace, root: Path) -> tuple[list[dict], float, float, dict]:
-    """K units started together; the window opened once all are warm. Returns their records and the window."""
-    folder = root / f"k{k}"
+def run_k(k: int, args: argparse.Namespace, root: Path, fused: int = 0) -> tuple[list[dict], float, float, dict]:
+    """K processes started together (``fused``: one process of that many units trained as one); the window opened
+    once all are warm. Returns their records and the window."""
+    folder = root / (f"fused{fused}" if fused else f"k{k}")
     folder.mkdir(parents=True)
     cmd = [sys.executable, "-m", "benchmarks.side_by_side", "--worker", "--data", str(args.data), "--size", args.size,
            "--device", args.device, "--warmup", str(args.warmup), "--work", str(folder),
-           "--train-cases", str(args.train_cases)]
+           "--train-cases", str(args.train_cases), "--fused-units", str(fused)]
     logs = [open(folder / f"unit-{i}.log", "w") for i in range(k)]
     procs = [subprocess.Popen([*cmd, "--index", str(i)], stdout=logs[i], stderr=subprocess.STDOUT) for i in range(k)]
     launched = time.time()
@@ -197,15 +209,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--json", type=Path, help="write the rows here")
     p.add_argument("--work", type=Path, help="the units' folders (default: a temporary folder)")
+    p.add_argument("--fused", type=int, nargs="*", default=[],
+                   help="units trained as one in one process, in turn after --units (asa-study --fused; default none)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--fused-units", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.data = args.data.absolute()
     if args.worker:
         _worker(args)
         return 0
-    if bad := [k for k in args.units if k < 1]:
-        p.error(f"--units {' '.join(map(str, bad))}: expected at least 1")
+    for option, ks in (("--units", args.units), ("--fused", args.fused)):
+        if bad := [k for k in ks if k < 1]:
+            p.error(f"{option} {' '.join(map(str, bad))}: expected at least 1")
     if args.seconds <= 0 or args.warmup < 1 or args.train_cases < 1:
         p.error("--seconds must be above 0, --warmup and --train-cases at least 1")
     if not (args.data / "dataset.json").is_file():
@@ -213,12 +229,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="asa-sbs-") as tmp:
         root = args.work.absolute() if args.work else Path(tmp)
         rows, alone = [], None
-        for k in args.units:
-            units, begin, end, device = run_k(k, args, root)
+        for k, fused in [*((k, 0) for k in args.units), *((1, k) for k in args.fused)]:
+            units, begin, end, device = run_k(k, args, root, fused)
+            if fused:  # one process's step is its K units' steps: each unit's samples/s is the process's
+                units = units * fused
             row = summarise(units, begin, end, units[0]["batch"], alone) | device
-            alone = alone or (row["samples_per_s_total"] if k == 1 else None)
+            if fused:
+                row |= {"fused": fused, "processes": 1}
+            else:
+                alone = alone or (row["samples_per_s_total"] if k == 1 else None)
             rows.append(row)
-            print(f"side_by_side: {k:>2} at once: {row['samples_per_s_unit']['mean']:8.2f} samples/s a unit "
+            print(f"side_by_side: {row['units']:>2} {'fused' if fused else 'at once'}: "
+                  f"{row['samples_per_s_unit']['mean']:8.2f} samples/s a unit "
                   f"({row['samples_per_s_unit']['least']:.2f}-{row['samples_per_s_unit']['most']:.2f}), "
                   f"{row['samples_per_s_total']:8.2f} together"
                   + (f", {row['speedup']:.2f}x one alone" if "speedup" in row else "")
@@ -227,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                    flush=True)
     doc = {"device": _smi("name,driver_version", "gpu") or args.device,
            "unit": [*UNIT, f"model.size={args.size}", f"train cases {args.train_cases}, 4 validation cases"],
-           "seconds": args.seconds, "warmup_steps": args.warmup, "rows": rows, "best_units": best_units(rows)}
+           "seconds": args.seconds, "warmup_steps": args.warmup, "rows": rows,
+           "best_units": best_units([r for r in rows if "fused" not in r])}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=1) + "\n")

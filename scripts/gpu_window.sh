@@ -16,14 +16,16 @@
 #                                 family for eager and copies, and 200 same-seed steps' losses of each
 #                                 (benchmarks.compile_ab)
 #   side_by_side.json, study_plan.txt, study.json
-#                                 only with PARTS="install side_by_side study", a window of its own: the gpu scale's
-#                                 units side by side, the study's plan on the device and asa-study --scale gpu on the
-#                                 planted bed at the units at once measured best (its report.json; its times.json
-#                                 where its budget ended first)
+#                                 only with PARTS="install side_by_side study_plan study", a window of its own: the gpu
+#                                 scale's units side by side, the study's plan on the device and asa-study --scale gpu
+#                                 on the planted bed at the units at once measured best (its report.json; its
+#                                 times.json where its budget ended first); FUSED="4 14" adds those units trained as
+#                                 one to side_by_side (--fused) and runs the study --fused
 #   fusion_probe.json, fusion_probe.md
 #                                 only with PARTS="install fusion_probe", a window of its own (under 5 minutes):
 #                                 grouped against dense Conv3d / ConvTranspose3d at the gpu scale's unit's shapes, bf16
-#                                 and fp16, K 1 4 14 56 112 (benchmarks.fusion_probe)
+#                                 and fp16, K 1 4 14 56 112 (benchmarks.fusion_probe), measuring for PROBE_SECONDS
+#                                 (default 270)
 #   window.json                   every part's exit code and seconds, the device, the total (after each part)
 #   logs.tgz                      every part's log (after each part)
 #
@@ -70,10 +72,14 @@ EOF
     tar czf "$OUT/logs.tgz" -C "$WORK" logs
 }
 
+chosen() {  # NAME: whether the part runs (PARTS="a b": only those parts)
+    case " ${PARTS:-$1} " in *" $1 "*) return 0 ;; *) return 1 ;; esac
+}
+
 part() {  # NAME LIMIT_S command...: run with a time limit, its output in LOGS/NAME.log, then recorded
     local name="$1" limit="$2"; shift 2
     local t0=$(date +%s) code
-    case " ${PARTS:-$name} " in *" $name "*) ;; *) return 0 ;; esac  # PARTS="a b": only those parts
+    chosen "$name" || return 0
     timeout -k 10 "$limit" "$@" > "$LOGS/$name.log" 2>&1
     code=$?
     record "$name" "$code" "$(( $(date +%s) - t0 ))"
@@ -113,6 +119,7 @@ masked masked_S "${MASKED_S[@]}"
 
 loop() {  # NAME DATA benchmarks.loop options...: the loop against its step for a cohort model (--cohort)
     local name="$1" data="$2"; shift 2
+    chosen "$name" || return 0
     part "$name" "$LIMIT_LOOP" "$PY" -m benchmarks.loop --make-data "$WORK/$data" --device "$DEVICE" \
         --run-dir "$WORK/runs/$name" --out "$WORK/$name.json" "$@"
     # one loops.json for every loop part (OUT holds eight files), each under its name; a part that failed: absent
@@ -134,34 +141,40 @@ part swvit_step "$LIMIT_STEP" "$PY" -m benchmarks.compile_ab --amp "$AMP" --vari
     --device "$DEVICE" --json "$OUT/swvit_step.json" "${STEP[@]}"
 
 if [[ " ${PARTS:-} " == *" fusion_probe "* ]]; then  # its own window: stops measuring at 270 s, writes by 300 s
-    part fusion_probe 300 "$PY" -m benchmarks.fusion_probe --device "$DEVICE" --json "$OUT/fusion_probe.json" \
-        --markdown "$OUT/fusion_probe.md" ${DRY:+--dry-run}
+    part fusion_probe $(( ${PROBE_SECONDS:-270} + 30 )) "$PY" -m benchmarks.fusion_probe --device "$DEVICE" \
+        --budget-s "${PROBE_SECONDS:-270}" --json "$OUT/fusion_probe.json" --markdown "$OUT/fusion_probe.md" \
+        ${DRY:+--dry-run}
 fi
 
-# the study's window of its own (PARTS="install side_by_side study"; docs/studies.md, "The planted yes to plateau"):
-# the planted bed written; side_by_side: 1, 4, 8 and 16 of its fine-tuning units at once (benchmarks.side_by_side),
-# each for SBS_SECONDS (default 60), side_by_side.json in OUT; study: the dry run's plan on this device
-# (study_plan.txt) and asa-study --scale gpu with as many units at once as gave the greatest total (else its own
-# choice), within what is left of WINDOW seconds (default 540), its report.json (else its times.json) in OUT
+# the study's window of its own (PARTS="install side_by_side study_plan study"; docs/studies.md, "The planted yes to
+# plateau"): the planted bed written; side_by_side: UNITS (default 1 4 8 16) of its fine-tuning units at once, then
+# each of FUSED (default none) trained as one (benchmarks.side_by_side), each for SBS_SECONDS (default 60),
+# side_by_side.json in OUT; study_plan: the dry run's plan on this device (study_plan.txt); study: asa-study --scale
+# gpu (--fused with FUSED) with as many units at once as gave the greatest total (else its own choice), within what
+# is left of WINDOW seconds (default 540), its report.json (else its times.json) in OUT
 if [[ " ${PARTS:-} " == *" side_by_side "* || " ${PARTS:-} " == *" study "* ]]; then
+    FUSED="${FUSED:-}"
     if [ -n "$DRY" ]; then BED="--cases 6 --size 32"; LABELED="--cases 10 --size 32"; SCALE="--quick"; LIMIT_STUDY=1800
-        UNITS="1 2"; SBS=(--size tiny --seconds "${SBS_SECONDS:-3}" --warmup 3); LIMIT_SBS=300
+        UNITS="${UNITS:-1 2}"; SBS=(--size tiny --seconds "${SBS_SECONDS:-3}" --warmup 3); LIMIT_SBS=300
     else BED="--cases 40 --size 48"; LABELED="--cases 40 --size 48"; SCALE="--scale gpu"; LIMIT_STUDY=560
-        UNITS="1 4 8 16"; SBS=(--seconds "${SBS_SECONDS:-60}"); LIMIT_SBS=$(( 4 * (${SBS_SECONDS:-60} + 45) ))
+        UNITS="${UNITS:-1 4 8 16}"; SBS=(--seconds "${SBS_SECONDS:-60}")
+        LIMIT_SBS=$(( ($(wc -w <<< "$UNITS $FUSED")) * (${SBS_SECONDS:-60} + 45) ))
     fi
-    PARTS="$PARTS bed study_plan"  # what side_by_side and study both need
+    PARTS="$PARTS bed"  # what side_by_side and study both need
     planted=(--anatomy --lesions --placement planted)
     rm -rf "$WORK/bed" "$WORK/side_by_side"  # the window's own folders: a rerun on the same machine writes them afresh
     part bed 120 bash -c "\"$PY\" -m asa.cli.demo_data --layout bids ${planted[*]} --contrasts t1 t1ce t2 flair \
         --out \"$WORK/bed/cohort\" $BED & \"$PY\" -m asa.cli.demo_data --layout msd ${planted[*]} \
         --out \"$WORK/bed/labeled\" $LABELED & wait -n && wait -n"
     part side_by_side "$LIMIT_SBS" "$PY" -m benchmarks.side_by_side --data "$WORK/bed/labeled" --units $UNITS \
-        --device "$DEVICE" --json "$OUT/side_by_side.json" --work "$WORK/side_by_side" "${SBS[@]}"
+        ${FUSED:+--fused $FUSED} --device "$DEVICE" --json "$OUT/side_by_side.json" --work "$WORK/side_by_side" \
+        "${SBS[@]}"
     JOBS=()  # the units at once of the greatest total, from side_by_side.json
     [ -f "$OUT/side_by_side.json" ] && JOBS=(--jobs "$("$PY" -c 'import json, sys
 print(json.load(open(sys.argv[1]))["best_units"])' "$OUT/side_by_side.json")")
     study=(--pretrain-data "$WORK/bed/cohort" --data msd --root "$WORK/bed/labeled" $SCALE --device "$DEVICE"
-           --arms mae asa noise supervised --lesion-classes heterotopia --threads 1 "${JOBS[@]}" --out "$WORK/study")
+           --arms mae asa noise supervised --lesion-classes heterotopia --threads 1 "${JOBS[@]}" ${FUSED:+--fused}
+           --out "$WORK/study")
     part study_plan 120 bash -c '"$0" -m asa.cli.study "$@" --dry-run > "'"$OUT"'/study_plan.txt" 2>&1' \
         "$PY" "${study[@]}"
     left=$(( ${WINDOW:-540} - ($(date +%s) - start) - 30 ))

@@ -59,11 +59,14 @@ class Stacked:
                    for name, _ in self.models[0].named_buffers()}
         return params, {f"net.{name}": t for name, t in {**params, **buffers}.items()}
 
-    def accumulate(self, optim_step: OptimizerStep, batches: Iterable) -> list[Accumulated]:
-        """Forward and backward over the step's micro-batches for every unit; each unit's gradients land in its own
-        parameters' ``.grad`` (views of the stacked gradient), its losses and logs in its `Accumulated`. The loss
-        backpropagated is the units' sum: unit k's gradient is its own loss's alone."""
+    def accumulate(self, optim_steps: Sequence[OptimizerStep], batches: Iterable) -> list[Accumulated]:
+        """Forward and backward over the step's micro-batches for every unit (``optim_steps``: each unit's, in the
+        order of ``models``; they share their precision); each unit's gradients land in its own parameters' ``.grad``
+        (views of the stacked gradient), its losses and logs in its `Accumulated`. The loss backpropagated is the
+        units' sum, each unit's loss times its own GradScaler's scale (fp16 on CUDA; 1 otherwise, exactly): unit k's
+        gradient is its own scaled loss's alone, and its scaler unscales and checks it as it would alone."""
         params, named = self._stacked()
+        scales: torch.Tensor | None = None
 
         def one(tensors: dict, batch: Mapping) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             return functional_call(self.stepper, tensors, (batch,))
@@ -72,9 +75,12 @@ class Stacked:
         fused = torch.vmap(one, in_dims=(0, None), randomness="same")
         losses, logs = [], []
         for batch in batches:
-            with optim_step.autocast():
+            with optim_steps[0].autocast():
                 loss, log = fused(named, batch)  # loss: [K]
-            (loss.sum() / optim_step.accum_steps).backward()
+            if scales is None:
+                one = torch.ones((), device=loss.device)
+                scales = torch.stack([s.scaler.scale(one) for s in optim_steps]).float()
+            ((loss.float() * scales).sum() / optim_steps[0].accum_steps).backward()
             losses.append(loss.detach())
             logs.append({k: v.detach().float() for k, v in log.items()})
         for k, model in enumerate(self.models):
@@ -106,9 +112,9 @@ class FusedEngine(Engine):
         if self.cfg.patience is not None:
             raise ValueError(f"trainer.patience={self.cfg.patience}: fused units cannot stop early one by one "
                              "(expected trainer.patience=null)")
-        if self.env.distributed or self.cfg.compile or self.optim_step.scaler.is_enabled():
-            raise ValueError("fused units train in one process, uncompiled, without fp16's GradScaler (expected one "
-                             "process, trainer.compile=false and trainer.amp other than fp16 on CUDA)")
+        if self.env.distributed or self.cfg.compile:
+            raise ValueError("fused units train in one process, uncompiled (expected one process and "
+                             "trainer.compile=false)")
         self.units = [self, *self.peers]
         self.stacked = Stacked([u.model for u in self.units], self.step_fn)
 
@@ -147,7 +153,7 @@ class FusedEngine(Engine):
 
     def _train_step(self, run: _Run, batches: Iterator) -> None:
         lrs = [unit._set_lr() for unit in self.units]
-        accs = self.stacked.accumulate(self.optim_step, self._micro_batches(batches))
+        accs = self.stacked.accumulate([unit.optim_step for unit in self.units], self._micro_batches(batches))
         for unit, acc, lr in zip(self.units, accs, lrs):
             unit.batch_in_epoch = self.batch_in_epoch
             unit._take_step(run, acc, lr)

@@ -209,3 +209,33 @@ def test_a_grad_scaler_overflow_is_skipped_by_the_scaler_not_counted_as_non_fini
     assert window["train/amp_overflow"] == pytest.approx(0.5)
     assert torch.isfinite(torch.tensor(window["train/grad_norm"]))
     assert engine.optim_step.scaler.get_scale() == 2.0**14  # halved twice
+
+
+def test_fused_units_each_scale_their_loss_by_their_own_grad_scaler():
+    """fp16's GradScaler under fusion (`asa.train.fused.Stacked`): two toy units trained as one, one with a scaler at
+    2^10 and one without, each take the update it takes stepped alone (the CPU's GradScaler stands in for CUDA's):
+    each unit's gradient carries its own scale alone, and its scaler unscales it before the clip."""
+    from asa.train.fused import Stacked
+
+    _, ref_update, _ = _grads_after(1e-2, 2, None)  # the same update whether the scaler is on or not (test above)
+    steps, models, befores = [], [], []
+    for scaler in (torch.amp.GradScaler("cpu", init_scale=2.0**10), None):
+        torch.manual_seed(0)
+        models.append(ToyNet(dropout=0.0))
+        befores.append(torch.cat([p.detach().flatten().clone() for p in models[-1].parameters()]))
+        steps.append(OptimizerStep(torch.optim.SGD(models[-1].parameters(), lr=1.0), amp="off", device=CPU,
+                                   accum_steps=2, clip_grad=1e-2))
+        if scaler is not None:
+            steps[-1].scaler = scaler
+    data = ToyData(augment=False)
+    batches = [{k: torch.stack([data[2 * i + j][k] for j in range(2)]) for k in ("x", "y")} for i in range(2)]
+    accs = Stacked(models, step_fn).accumulate(steps, batches)
+    grads = [p.grad.clone() for p in models[0].parameters()]
+    assert steps[0].scaler.is_enabled() and not steps[1].scaler.is_enabled()
+    # unit 0's gradients are 2^10 times unit 1's (the same weights and batches) before either unscales
+    for g0, g1 in zip(grads, (p.grad for p in models[1].parameters())):
+        torch.testing.assert_close(g0, g1 * 2.0**10, rtol=1e-5, atol=1e-6)
+    for model, step, acc, before in zip(models, steps, accs, befores):
+        step.apply(0, acc)
+        update = torch.cat([p.detach().flatten() for p in model.parameters()]) - before
+        torch.testing.assert_close(update, ref_update, rtol=1e-5, atol=1e-8)
