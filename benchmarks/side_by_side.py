@@ -197,8 +197,8 @@ def run_k(k: int, args: argparse.Namespace, root: Path, fused: int = 0) -> tuple
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.side_by_side", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="an MSD-layout labeled folder (asa-demo-data --layout msd)")
-    p.add_argument("--units", type=int, nargs="+", default=[1, 4, 8, 16],
-                   help="units at once, in turn (default 1 4 8 16)")
+    p.add_argument("--units", type=int, nargs="*", default=[1, 4, 8, 16],
+                   help="units at once, in turn (default 1 4 8 16; none: --fused alone)")
     p.add_argument("--seconds", type=float, default=60.0, help="the common window of each K (default 60)")
     p.add_argument("--warmup", type=int, default=20, help="steps every unit takes before the window opens (default 20)")
     p.add_argument("--start-limit", type=float, default=180.0,
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"device": _smi("name,driver_version", "gpu") or args.device,
            "unit": [*UNIT, f"model.size={args.size}", f"train cases {args.train_cases}, 4 validation cases"],
            "seconds": args.seconds, "warmup_steps": args.warmup, "rows": rows,
-           "best_units": best_units([r for r in rows if "fused" not in r])}
+           "best_units": best_units(separate) if (separate := [r for r in rows if "fused" not in r]) else None}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=1) + "\n")

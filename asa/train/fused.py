@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn.modules.instancenorm import _InstanceNorm
 
 from .engine import Engine, FitResult, _Run
 from .preemption import StopRequested
@@ -38,6 +39,20 @@ class _Stepper(nn.Module):
         return loss, dict(logs)
 
 
+def _norm_in_float(module: nn.Module, args: tuple) -> tuple:
+    """An instance norm's input in float32 under the vmap, its dtype kept for `_norm_back`. Vmapped, the norm with
+    per-unit affine weights runs as a weightless batch norm and multiplies the weights after; cuDNN's batch norm then
+    makes its own weight in the input's dtype and refuses it for a half input ("Expected tensor for argument #2
+    'weight' to have scalar type Float", fp16 or bf16 autocast on CUDA). Alone the norm computes in float32 and
+    returns the input's dtype: so here, to rounding. At float32 both hooks change nothing."""
+    module._fused_dtype = args[0].dtype
+    return (args[0].float(), *args[1:])
+
+
+def _norm_back(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    return output.to(module._fused_dtype)
+
+
 class Stacked:
     """The forward and backward of ``models`` (one architecture) as one vmapped step on a shared batch."""
 
@@ -46,6 +61,10 @@ class Stacked:
         # a copy the vmap swaps its tensors into: ResEnc's decoder holds its encoder, a module reached by two paths,
         # and `functional_call` leaves such a module holding the vmap's tensors after the call
         self.stepper = _Stepper(copy.deepcopy(self.models[0]), step_fn)
+        for module in self.stepper.modules():
+            if isinstance(module, _InstanceNorm):
+                module.register_forward_pre_hook(_norm_in_float)
+                module.register_forward_hook(_norm_back)
         names = [[n for n, _ in m.named_parameters()] for m in self.models]
         if any(n != names[0] for n in names):
             raise ValueError("fused units must share one network architecture (their parameters differ by name)")

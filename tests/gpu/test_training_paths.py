@@ -59,3 +59,42 @@ def test_pretrain_smoke_on_cuda_with_amp(tmp_path):
     assert result.step == 2
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert state["scaler"]  # fp16 GradScaler state is saved for resume
+
+
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+def test_fused_units_step_on_cuda_as_each_steps_alone(amp):
+    """`asa.train.fused.Stacked` on CUDA under autocast (fp16 with each unit's GradScaler): two ResEnc units trained
+    as one take, to rounding, the step each takes alone, its loss included. Vmapped, an instance norm of a half input
+    was refused by cuDNN's batch norm until the fused step ran the norm in float32."""
+    from asa.models.cnn.resenc import resenc_unet
+    from asa.train.fused import Stacked
+    from asa.train.step import OptimizerStep
+
+    def step_fn(net, batch):
+        out = net(batch["x"])
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        loss = torch.nn.functional.cross_entropy(out.float(), batch["y"])
+        return loss, {"ce": loss.detach()}
+
+    def units():
+        nets, steps = [], []
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            nets.append(resenc_unet(img_size=32, in_channels=4, out_channels=3, size="tiny").cuda())
+            steps.append(OptimizerStep(torch.optim.SGD(nets[-1].parameters(), lr=0.1), amp=amp,
+                                       device=torch.device("cuda"), accum_steps=1, clip_grad=1.0))
+        return nets, steps
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    batch = {"x": torch.randn(2, 4, 32, 32, 32, device="cuda", generator=g),
+             "y": torch.randint(0, 3, (2, 32, 32, 32), device="cuda", generator=g)}
+    alone, alone_steps = units()
+    losses = [s.apply(0, s.accumulate(n, step_fn, [batch], distributed=False)).loss for n, s in zip(alone, alone_steps)]
+    fused, fused_steps = units()
+    accs = Stacked(fused, step_fn).accumulate(fused_steps, [batch])
+    fused_losses = [s.apply(0, acc).loss for s, acc in zip(fused_steps, accs)]
+    assert fused_losses == pytest.approx(losses, rel=2e-3)
+    assert fused_steps[0].scaler.is_enabled() is (amp == "fp16")
+    for a, b in zip(alone, fused):
+        for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+            torch.testing.assert_close(pb, pa, rtol=0, atol=2e-3 * max(float(pa.abs().max()), 1e-3), msg=name)
