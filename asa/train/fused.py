@@ -72,10 +72,11 @@ class Stacked:
     def _stacked(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(parameters, parameters and buffers): each stacked over the units, [K, *shape], the parameters as fresh
         leaves; the second keyed for `functional_call` of the stepper."""
-        params = {name: torch.stack([dict(m.named_parameters())[name].detach() for m in self.models])
-                  .requires_grad_(p.requires_grad) for name, p in self.models[0].named_parameters()}
-        buffers = {name: torch.stack([dict(m.named_buffers())[name] for m in self.models])
-                   for name, _ in self.models[0].named_buffers()}
+        units = [dict(m.named_parameters()) for m in self.models]
+        params = {name: torch.stack([unit[name].detach() for unit in units]).requires_grad_(p.requires_grad)
+                  for name, p in units[0].items()}
+        units = [dict(m.named_buffers()) for m in self.models]
+        buffers = {name: torch.stack([unit[name] for unit in units]) for name in units[0]}
         return params, {f"net.{name}": t for name, t in {**params, **buffers}.items()}
 
     def accumulate(self, optim_steps: Sequence[OptimizerStep], batches: Iterable) -> list[Accumulated]:
