@@ -64,8 +64,9 @@ def test_pretrain_smoke_on_cuda_with_amp(tmp_path):
 @pytest.mark.parametrize("amp", ["fp16", "bf16"])
 def test_fused_units_step_on_cuda_as_each_steps_alone(amp):
     """`asa.train.fused.Stacked` on CUDA under autocast (fp16 with each unit's GradScaler): two ResEnc units trained
-    as one take, to rounding, the step each takes alone, its loss included. Vmapped, an instance norm of a half input
-    was refused by cuDNN's batch norm until the fused step ran the norm in float32."""
+    as one take, to rounding, the step each takes alone: the same loss, the same skip or update, each tensor's
+    update within 5 % of its largest. Vmapped, an instance norm of a half input was refused by cuDNN's batch norm
+    until the fused step ran the norm in float32."""
     from asa.models.cnn.resenc import resenc_unet
     from asa.train.fused import Stacked
     from asa.train.step import OptimizerStep
@@ -83,18 +84,27 @@ def test_fused_units_step_on_cuda_as_each_steps_alone(amp):
             nets.append(resenc_unet(img_size=32, in_channels=4, out_channels=3, size="tiny").cuda())
             steps.append(OptimizerStep(torch.optim.SGD(nets[-1].parameters(), lr=0.1), amp=amp,
                                        device=torch.device("cuda"), accum_steps=1, clip_grad=1.0))
+            if amp == "fp16":  # a scale that does not overflow on the first step, alone or fused
+                steps[-1].scaler = torch.amp.GradScaler("cuda", init_scale=2.0**8)
         return nets, steps
 
     g = torch.Generator(device="cuda").manual_seed(0)
     batch = {"x": torch.randn(2, 4, 32, 32, 32, device="cuda", generator=g),
              "y": torch.randint(0, 3, (2, 32, 32, 32), device="cuda", generator=g)}
+    start = [{n: p.detach().clone() for n, p in net.named_parameters()} for net in units()[0]]
     alone, alone_steps = units()
-    losses = [s.apply(0, s.accumulate(n, step_fn, [batch], distributed=False)).loss for n, s in zip(alone, alone_steps)]
+    took = [s.apply(0, s.accumulate(n, step_fn, [batch], distributed=False)) for n, s in zip(alone, alone_steps)]
     fused, fused_steps = units()
     accs = Stacked(fused, step_fn).accumulate(fused_steps, [batch])
-    fused_losses = [s.apply(0, acc).loss for s, acc in zip(fused_steps, accs)]
-    assert fused_losses == pytest.approx(losses, rel=2e-3)
+    fused_took = [s.apply(0, acc) for s, acc in zip(fused_steps, accs)]
+    assert [t.loss for t in fused_took] == pytest.approx([t.loss for t in took], rel=2e-3)
+    assert [t.grad_norm is None for t in fused_took] == [t.grad_norm is None for t in took] == [False, False]
     assert fused_steps[0].scaler.is_enabled() is (amp == "fp16")
-    for a, b in zip(alone, fused):
-        for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
-            torch.testing.assert_close(pb, pa, rtol=0, atol=2e-3 * max(float(pa.abs().max()), 1e-3), msg=name)
+    for a, b, before in zip(alone, fused, start):
+        names = dict(a.named_parameters())
+        for name, pa in names.items():
+            if name.endswith(".conv.bias") and name.replace(".conv.bias", ".norm.weight") in names:
+                continue  # a bias its instance norm cancels: its gradient is rounding noise in either mode
+            pb = dict(b.named_parameters())[name]
+            ua, ub = (p.detach() - before[name] for p in (pa, pb))
+            torch.testing.assert_close(ub, ua, rtol=0, atol=0.05 * max(float(ua.abs().max()), 1e-6), msg=name)

@@ -1,0 +1,102 @@
+"""The host's share of a fine-tuning unit's step, alone and fused: the step's dispatch without its arithmetic.
+
+On one GPU the gpu scale's unit (ResEnc S, 32³ crops, batch 2) does about 4 ms of device work a step, and takes
+60 ms (benchmarks/results/fused-units-h200-2026-11-28): the step is bound by the host, which launches its kernels. That
+share can be measured on any machine: on PyTorch's ``meta`` device every operator runs its shape logic and none of
+its arithmetic, so the time a step takes there is the time spent getting its kernels to the device (Python, the
+dispatcher, autograd and, fused, the vmap), to within what a CUDA launch adds. For each K of ``--ks``:
+
+- ``alone_ms``: one unit's forward, loss and backward (`asa.train.step.OptimizerStep.accumulate`), as its own
+  process runs it;
+- ``stack_ms``: the fused step's stacking of the K units' parameters (`asa.train.fused.Stacked`);
+- ``fused_ms``: the K units' forward, loss and backward as one vmapped step (`Stacked.accumulate`, the stacking
+  included), and ``fused_ms_per_unit``, that over K.
+
+The optimiser steps (one per unit, alone and fused) read the loss to the host and are not timed here.
+
+    python -m benchmarks.fusion_host --ks 1 14 56 --json OUT.json        # ResEnc S, medians of --repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from asa.models.cnn.resenc import resenc_unet
+from asa.train.fused import Stacked
+from asa.train.step import OptimizerStep
+
+META = torch.device("meta")
+
+
+def step_fn(net: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The unit's loss on its logits (cross-entropy; the study's Dice + CE differs in a few elementwise ops)."""
+    out = net(batch["x"])
+    out = out[0] if isinstance(out, (list, tuple)) else out
+    loss = nn.functional.cross_entropy(out.float(), batch["y"])
+    return loss, {"ce": loss.detach()}
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()  # the first call builds what later calls reuse
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return round(1e3 * statistics.median(times), 2)
+
+
+def measure(k: int, *, size: str, crop: int, batch: int, in_channels: int, out_channels: int, repeats: int) -> dict:
+    """One K's row (module docstring)."""
+    units = [resenc_unet(img_size=crop, in_channels=in_channels, out_channels=out_channels, size=size).to(META)
+             for _ in range(k)]
+    steps = [OptimizerStep(torch.optim.AdamW(u.parameters(), lr=1e-3), amp="off", device=META, accum_steps=1,
+                           clip_grad=1.0) for u in units]
+    data = {"x": torch.empty(batch, in_channels, crop, crop, crop, device=META),
+            "y": torch.empty(batch, crop, crop, crop, dtype=torch.long, device=META)}
+    stacked = Stacked(units, step_fn)
+    alone = _median_ms(lambda: steps[0].accumulate(units[0], step_fn, [data], distributed=False), repeats)
+    stack = _median_ms(stacked._stacked, repeats)
+    fused = _median_ms(lambda: stacked.accumulate(steps, [data]), repeats)
+    return {"k": k, "alone_ms": alone, "stack_ms": stack, "fused_ms": fused,
+            "fused_ms_per_unit": round(fused / k, 2), "alone_over_fused_per_unit": round(alone / (fused / k), 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.fusion_host", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 4, 14, 56])
+    p.add_argument("--size", default="S", help="the ResEnc's model.size (default S, the gpu scale's)")
+    p.add_argument("--crop", type=int, default=32)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--in-channels", type=int, default=4)
+    p.add_argument("--out-channels", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    if bad := [k for k in args.ks if k < 1]:
+        p.error(f"--ks {' '.join(map(str, bad))}: expected at least 1")
+    rows = []
+    for k in args.ks:
+        rows.append(measure(k, size=args.size, crop=args.crop, batch=args.batch, in_channels=args.in_channels,
+                            out_channels=args.out_channels, repeats=args.repeats))
+        r = rows[-1]
+        print(f"fusion_host: K={k:>3}  alone {r['alone_ms']:8.2f} ms  stacking {r['stack_ms']:8.2f} ms  fused "
+              f"{r['fused_ms']:8.2f} ms ({r['fused_ms_per_unit']:.2f} ms a unit)", flush=True)
+    doc = {"torch": torch.__version__, "unit": f"ResEnc {args.size}, {args.crop}³, batch {args.batch}",
+           "repeats": args.repeats, "rows": rows}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
