@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from asa.api import finetune, pretrain
+from asa.api.finetune import finetune_fused
 from asa.api.config import load_config
 from asa.api.machinery.dataset import dataset_root
 from asa.api.machinery.run import OptionError
@@ -47,6 +48,7 @@ class StepCost:
     round: float
     val_cases: int
     score: float = math.nan
+    runs: int = 1  # the runs trained as one (asa-study --fused): a step and a round are all of theirs
 
     @property
     def case(self) -> float:
@@ -54,9 +56,17 @@ class StepCost:
         return self.round / self.val_cases if self.val_cases else math.nan
 
 
+def script(unit: Unit) -> str:
+    """The name ``unit`` is priced under: its console script's (``finetune``, ``pretrain``; a scoring unit
+    ``finetune``'s), or ``fused-K`` for K runs trained as one, timed as such."""
+    if unit.group:
+        return f"fused-{len(unit.group)}"
+    return unit.config[0] if unit.config else "finetune"
+
+
 @dataclasses.dataclass(frozen=True)
 class Costs:
-    """A study's unit costs on ``device`` (`measure`), by console script (``finetune``, ``pretrain``)."""
+    """A study's unit costs on ``device`` (`measure`), by what they are priced under (`script`)."""
 
     device: str
     scripts: dict[str, StepCost]
@@ -64,9 +74,9 @@ class Costs:
     def seconds(self, unit: Unit) -> float:
         """The planned seconds of ``unit``: start, its steps and validation rounds; a scoring unit its start and its
         cases scored; NaN for what was not timed."""
-        entry, overrides = unit.config or ("finetune", ())  # a scoring unit: priced by the fine-tuning script's run
-        if (cost := self.scripts.get(entry)) is None:
+        if (cost := self.scripts.get(script(unit))) is None:
             return math.nan
+        entry, overrides = unit.config or ("finetune", ())
         if unit.config is None:
             return cost.fixed + unit.cases * cost.score
         # a round over the unit's own validation cases where it names them (none: it never validates)
@@ -75,9 +85,14 @@ class Costs:
         return cost.fixed + unit.steps * cost.step + validation_rounds(entry, overrides, unit.steps) * round_seconds
 
     def line(self) -> str:
-        parts = [f"{entry}: {c.fixed:.1f} s start and end, {c.step:.3f} s a step, {c.round:.1f} s a validation round "
-                 f"of {c.val_cases} case(s)" + ("" if math.isnan(c.score) else f", {c.score:.1f} s to score a case")
-                 for entry, c in self.scripts.items()]
+        parts = []
+        for name, c in self.scripts.items():
+            what = f"finetune, {c.runs} runs as one" if c.runs > 1 else name
+            part = f"{what}: {c.fixed:.1f} s start and end, {c.step:.3f} s a step, {c.round:.1f} s a validation round "
+            part += f"of {c.val_cases} case(s)"
+            if not math.isnan(c.score):
+                part += f", {c.score:.1f} s to score a case"
+            parts.append(part)
         return f"priced on {self.device} (timed here, {TIMED_STEPS} steps or fewer each): " + "; ".join(parts)
 
 
@@ -114,24 +129,34 @@ def time_unit(unit: Unit, moved: Mapping[str, str], steps: int = TIMED_STEPS) ->
     logs a window of steps: a logging step's extra work, a host sync and the relative update on a GPU, is shared as
     in the unit, not paid at every step). ``moved``: folders the unit reads that planning did not write (a dry
     run) -> where they were written for this measurement."""
-    entry, overrides = unit.config
+    entry, first = unit.config
     steps = max(2, min(steps, unit.steps))
     window = max(1, steps // 6)  # steps a logged window holds: the first window (warm-up) and the round's apart
-    kept = [functools.reduce(lambda o, m: o.replace(*m), moved.items(), o) for o in overrides
-            if o.split("=", 1)[0].lstrip("+") not in RUN_KEYS]
+    splits = [c for path, c in unit.inputs if path.name == "splits.json"]  # its runs' own cases, where named
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="asa-study-cost-") as scratch:
-        out = Path(scratch) / "run"
-        out.mkdir()
-        for content in (c for path, c in unit.inputs if path.name == "splits.json"):  # its own cases, where named
-            (out / "splits.json").write_text(json.dumps(content))
-        cfg = load_config(entry, *kept, f"output_dir={out}", "resume=false", "trainer.epochs=1000000",
-                          f"trainer.max_steps={steps}", f"trainer.log_every={window}",
-                          f"trainer.val_every_steps={steps // 2}", "trainer.ckpt_every=0", "trainer.progress=false")
+        cfgs = []
+        for k, overrides in enumerate(unit.group or (first,)):  # a fused unit: each of its runs, trained as one
+            out = Path(scratch) / f"run-{k}"
+            out.mkdir()
+            if k < len(splits):
+                (out / "splits.json").write_text(json.dumps(splits[k]))
+            kept = [_startable(functools.reduce(lambda o, m: o.replace(*m), moved.items(), o)) for o in overrides
+                    if o.split("=", 1)[0].lstrip("+") not in RUN_KEYS]
+            cfgs.append(load_config(entry, *kept, f"output_dir={out}", "resume=false", "trainer.epochs=1000000",
+                                    f"trainer.max_steps={steps}", f"trainer.log_every={window}",
+                                    f"trainer.val_every_steps={steps // 2}", "trainer.ckpt_every=0",
+                                    "trainer.progress=false"))
+        cfg, out = cfgs[0], Path(scratch) / "run-0"  # the lead run: a fused step's log is the group's
         started = time.perf_counter()
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                result = (finetune if entry == "finetune" else pretrain)(cfg)
+                if unit.group:
+                    result = finetune_fused(cfgs)[0]
+                elif entry == "finetune":
+                    result = finetune(cfg)
+                else:
+                    result = pretrain(cfg)
         except (OptionError, ValueError) as err:  # what the unit itself would meet, after the stages before it
             refuse(f"[study] {unit.name} would be refused: {err}")
         if result.preempted:  # a stop signal ended the timed run (it saved, nothing to price): the dry run stops
@@ -139,10 +164,22 @@ def time_unit(unit: Unit, moved: Mapping[str, str], steps: int = TIMED_STEPS) ->
         wall = time.perf_counter() - started
         rates = [v for _, v in logged_series(out, ["train/samples_per_s"])["train/samples_per_s"]]
         val = json.loads((out / "splits.json").read_text()).get("val", [])
-        scored = _score_seconds(cfg, out, val[0]) if entry == "finetune" and val else math.nan
+        scored = math.nan  # a scoring unit's cost: the one run's (a fused group's runs are scored one by one)
+        if entry == "finetune" and val and not unit.group:
+            scored = _score_seconds(cfg, out, val[0])
     torch.set_num_threads(threads)
     per_step = [int(cfg.trainer.batch_size) * int(cfg.trainer.accum_steps) / r for r in rates]  # in each window
-    return StepCost(*window_costs(per_step, window, steps, wall), val_cases=len(val), score=scored)
+    return StepCost(*window_costs(per_step, window, steps, wall), val_cases=len(val), score=scored,
+                    runs=max(1, len(unit.group)))
+
+
+def _startable(override: str) -> str:
+    """``override``, but a start from an encoder not yet pretrained (a dry run's plan; a fused group's pretrained
+    runs) made a start from random weights: a step costs the same from either."""
+    key, _, value = override.partition("=")
+    if key.lstrip("+") == "model.pretrained" and value not in ("null", "") and not Path(value).exists():
+        return f"{key}=null"
+    return override
 
 
 def window_costs(per_step: Sequence[float], window: int, steps: int, wall: float) -> tuple[float, float, float]:
@@ -168,13 +205,14 @@ def _score_seconds(cfg: Any, run_dir: Path, case: str) -> float:
 
 
 def measure(units: Sequence[Unit], device: str, moved: Mapping[str, str]) -> Costs:
-    """`Costs` of every console script among ``units``, each timed on the first unit that trains with it and reads
-    only what exists (``moved``: planned folders a dry run did not write -> where they were written to time it)."""
+    """`Costs` of everything ``units`` are priced under (`script`: each console script, each size of fused group),
+    each timed on the first unit priced under it that reads only what exists (``moved``: planned folders a dry run
+    did not write -> where they were written to time it)."""
     firsts: dict[str, Unit] = {}
     for unit in (u for u in units if u.config is not None and u.steps):
         roots = [o.split("=", 1)[1] for o in unit.config[1] if o.startswith("data.root=")]
         if all(Path(moved.get(r, r)).exists() for r in roots):  # every data.root it reads, here or where moved
-            firsts.setdefault(unit.config[0], unit)
+            firsts.setdefault(script(unit), unit)
     gpu = device != "cpu" and torch.cuda.is_available()
     name = f"cuda ({torch.cuda.get_device_name(0)})" if gpu else f"cpu ({machine()['cpu']})"
     return Costs(name, {entry: time_unit(unit, moved) for entry, unit in firsts.items()})

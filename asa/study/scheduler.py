@@ -46,7 +46,9 @@ class Unit:
     interpreter; ``done``: its result on disk; ``resumable``: a stop saves it; ``after``: units it waits for;
     ``inputs``: the JSON files it reads, written when it starts (planning writes nothing); ``config``: the console
     script's config and overrides it trains with (checked before anything runs), None for a unit that trains
-    nothing; ``steps``: the optimiser steps it trains, ``cases``: the cases it predicts (their planned cost)."""
+    nothing; ``group``: the overrides of each run it trains as one (asa-study --fused; ``config``'s are the
+    first's), empty for one run; ``steps``: the optimiser steps it trains (each of its runs), ``cases``: the cases
+    it predicts (their planned cost)."""
 
     name: str
     argv: tuple[str, ...]
@@ -57,6 +59,7 @@ class Unit:
     after: tuple[str, ...] = ()
     inputs: tuple[tuple[Path, Any], ...] = ()
     config: tuple[str, tuple[str, ...]] | None = None
+    group: tuple[tuple[str, ...], ...] = ()
     steps: int = 0
     cases: int = 0
 

@@ -319,10 +319,12 @@ def check_configs(units: list[Unit]) -> None:
     override is refused in one line naming the unit (exit 2) before anything trains. Units that differ only in
     their folder and seed compose once (`asa.study.cost.composed`)."""
     for unit in (u for u in units if u.config is not None):
-        try:
-            composed(*unit.config)
-        except ValueError as err:
-            refuse(f"[study] {unit.name}: its asa-{unit.config[0]} config does not compose: {err}".replace("\n", " "))
+        entry, first = unit.config
+        for overrides in unit.group or (first,):  # a fused unit: each of its runs
+            try:
+                composed(entry, overrides)
+            except ValueError as err:
+                refuse(f"[study] {unit.name}: its asa-{entry} config does not compose: {err}".replace("\n", " "))
 
 
 def check_pilot(stage_units: list[tuple[Stage, list[Unit]]]) -> None:

@@ -244,7 +244,8 @@ def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequen
             inputs.append((spec, {"runs": [list(o) for o in overrides]}))
         trained.append(Unit(name, argv, lambda group=group: all(_trained(run) for run in group),
                             logs / f"{name.rsplit('/', 1)[-1]}.log", threads=s.threads, inputs=tuple(inputs),
-                            config=("finetune", overrides[0]), steps=s.steps * len(group)))
+                            config=("finetune", overrides[0]), group=tuple(overrides) if len(group) > 1 else (),
+                            steps=s.steps))
     scoring = []
     for k in range(min(jobs, len(runs))):
         share, spec = runs[k::jobs], out / "scoring" / f"share{k}.json"

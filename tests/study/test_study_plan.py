@@ -139,6 +139,13 @@ def test_a_unit_s_planned_seconds_are_its_start_steps_and_validation_rounds():
     assert math.isnan(costs.seconds(pretraining))  # not timed: never a figure from elsewhere
     assert _makespan([3.0, 1.0, 1.0, 1.0], 2) == 3.0 and _makespan([2.0, 2.0, 2.0], 2) == 4.0
     assert _makespan([], 2) == 0.0
+    # three runs trained as one (--fused): priced by the fused group's own timed step and round, not a run's
+    fused = dataclasses.replace(unit, group=(overrides,) * 3)
+    assert math.isnan(costs.seconds(fused))  # no group of three timed
+    group = StepCost(fixed=12.0, step=0.9, round=20.0, val_cases=4, runs=3)  # a round: the three runs' in turn
+    both = Costs("cpu (test)", {"finetune": cost, "fused-3": group})
+    assert both.seconds(fused) == 12.0 + 400 * 0.9 + 9 * 2 * 5.0
+    assert both.seconds(unit) == costs.seconds(unit)  # a run alone keeps its own price
 
 
 @pytest.mark.slow  # two short timed runs (fine-tuning, pretraining) of the quick scale's units, for both dry runs
@@ -171,3 +178,15 @@ def test_a_dry_run_writes_nothing_and_prices_every_stage_on_this_machine(tmp_pat
         assert all(minutes >= 0 for minutes in stages.values()) and sum(stages.values()) > 0  # every unit priced
         assert said[-1].endswith("nothing was run (--dry-run)")
         assert abs(float(said[-1].split()[2]) - sum(stages.values())) <= 0.15  # the stages add up (rounding)
+
+
+@pytest.mark.slow  # a short timed fused run of two runs and one of a run alone (the pilot's)
+def test_a_fused_dry_run_prices_the_draws_from_a_fused_run_timed_here(tmp_path, capsys, labeled):
+    argv = ["--data", "msd", "--root", str(labeled), "--out", str(tmp_path / "out"), "--quick", "--test", "3",
+            "--pilot-steps", "6", "--arms", "supervised", "--device", "cpu", "--seeds", "0", "--crop", "16",
+            "--fused", "--dry-run"]
+    assert study.main(argv) == 0 and not (tmp_path / "out").exists()
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[study] plan:")]
+    assert "finetune: " in said[0] and "finetune, 2 runs as one: " in said[0]  # scratch and supervised, one draw
+    transfer = next(line for line in said if line.startswith("[study] plan: transfer:"))
+    assert not transfer.endswith("nan min") and float(transfer.rsplit(": ", 1)[1].removesuffix(" min")) > 0

@@ -280,6 +280,9 @@ def test_fused_units_train_each_draw_as_one_and_share_its_seconds_out(tmp_path):
     group = dict(fused[0].inputs)[tmp_path / "fused" / "fused-n2-s0.json"]
     assert group["runs"] == [[*r.overrides, "resume=auto"] for r in runs[:2]]
     assert {p for p, _ in fused[0].inputs} >= {r.run_dir / "splits.json" for r in runs[:2]}
+    # each run's overrides, to check and price (asa.study.cost), and the steps each of its runs trains
+    assert fused[0].group == tuple(tuple(o) for o in group["runs"]) and fused[0].steps == alone[0].steps
+    assert alone[0].group == ()
     assert not fused[0].done()
     seconds = transfer.run_seconds(transfer.Transfer(tmp_path, arms, fused=True), runs,
                                    {fused[0].name: 10.0, fused[1].name: 4.0})
