@@ -4,7 +4,9 @@ On one GPU the gpu scale's unit (ResEnc S, 32³ crops, batch 2) does about 4 ms 
 60 ms (benchmarks/results/fused-units-h200-2026-11-28): the step is bound by the host, which launches its kernels. That
 share can be measured on any machine: on PyTorch's ``meta`` device every operator runs its shape logic and none of
 its arithmetic, so the time a step takes there is the time spent getting its kernels to the device (Python, the
-dispatcher, autograd and, fused, the vmap), to within what a CUDA launch adds. For each K of ``--ks``:
+dispatcher, autograd and, fused, the vmap). It is a gauge, not CUDA's launch cost: for operators without a C++ meta
+kernel the meta path runs PyTorch's Python reference (``torch._refs``), which CUDA does not, and a launch's own
+cost is not in it; read ratios measured side by side, alone against fused. For each K of ``--ks``:
 
 - ``alone_ms``: one unit's forward, loss and backward (`asa.train.step.OptimizerStep.accumulate`), as its own
   process runs it;
