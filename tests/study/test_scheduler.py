@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -122,8 +123,8 @@ def test_no_process_of_the_study_outlives_it(tmp_path):
     assert not [line for line in after.values() if "multiprocessing" in line], after
 
 
-# a unit holding its folder's run.lock as a run does: it saves for 5 s on SIGTERM, writes `done` once it ran argv[2]
-# seconds
+# a unit holding its folder's run.lock as a run does: on SIGTERM it saves until its folder holds `saved` (at most
+# 60 s), writes `done` once it ran argv[2] seconds
 HOLDER = """
 import os, signal, sys, time
 from pathlib import Path
@@ -132,7 +133,9 @@ folder = Path(sys.argv[1])
 lock = RunLock(folder)
 lock.acquire('unit')
 def stop(signum, frame):
-    time.sleep(5.0)
+    deadline = time.monotonic() + 60.0
+    while not (folder / 'saved').exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
     lock.release()
     raise SystemExit(143)
 signal.signal(signal.SIGTERM, stop)
@@ -172,10 +175,19 @@ def test_a_killed_study_s_units_end_with_it_and_the_same_command_then_runs(tmp_p
     unit = int((out / "unit" / "pid").read_text())
     killed.kill()
     assert killed.wait() == -signal.SIGKILL
-    again = subprocess.run([sys.executable, "-c", STUDY, str(out), "0", HOLDER], capture_output=True, text=True,
-                           timeout=300)
-    assert again.returncode == 0, again.stderr[-2000:] + (out / "logs" / "unit.log").read_text()[-2000:]
-    assert f"waiting for the units of a study stopped before to save and end (pid {unit})" in again.stdout
+    again = subprocess.Popen([sys.executable, "-c", STUDY, str(out), "0", HOLDER], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    said = []  # the second study's lines as it prints them: the orphan saves until the study said it waits for it
+    reader = threading.Thread(target=lambda: said.extend(again.stdout), daemon=True)
+    reader.start()
+    waiting = f"waiting for the units of a study stopped before to save and end (pid {unit})"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(waiting in line for line in said) and again.poll() is None:
+        time.sleep(0.1)
+    assert _alive(unit) and any(waiting in line for line in said), said
+    (out / "unit" / "saved").write_text("")
+    assert again.wait(timeout=300) == 0, again.stderr.read()[-2000:] + (out / "logs" / "unit.log").read_text()[-2000:]
+    reader.join(timeout=10)
     assert (out / "unit" / "done").is_file() and not (out / "unit" / "run.lock").exists()
     assert not _alive(unit)
 
