@@ -16,20 +16,20 @@ from asa.data.layouts.pretrain import channel_of
 from asa.data.masked_copies import describe_masked, masked_copies
 from asa.io import atomic_write_json, load_volume
 from asa.study.common import refuse
-from asa.study.plan import supervised_channel
+from asa.study.plan import CrossValidated, FixedSplit, supervised_channel
 
 # the parts of the labeled pool the overlap check reads, as its lines name them: every case a run scores, validates on,
 # trains on in one run and holds out in another (each fine-tuning run checks every case it does not train on)
 LABELED_PARTS = {"test": "test", "val": "validation", "supervised": "positive control", "pool": "training pool"}
 
 
-def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: Mapping[str, list[str]],
+def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: FixedSplit | CrossValidated,
                   encoders: Mapping[str, str] | None = None, *, accept: bool, write: bool = True) -> dict[str, Any]:
     """Every labeled case (`LABELED_PARTS`) against the pretraining and ``encoders`` cohorts by each run's rule, and for
     masked copies on the cohort's grid, which the fingerprint misses; refused (exit 2) unless ``accept``. The
     cohort's record is kept in ``<out>/checks/cohort.json`` unless ``write`` is False (a dry run)."""
     by_id = {c.id: c for c in labeled}
-    parts = {LABELED_PARTS[k]: [by_id[i] for i in split[k]] for k in LABELED_PARTS if split.get(k)}
+    parts = {LABELED_PARTS[k]: [by_id[i] for i in getattr(split, k)] for k in LABELED_PARTS if getattr(split, k)}
     cohorts: dict[str, dict[str, Any]] = {}
     if cohort_cases:
         record_file, ids = out / "checks" / "cohort.json", sorted(c.id for c in cohort_cases)
