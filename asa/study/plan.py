@@ -24,7 +24,7 @@ MASKING = ("mask_block=16", "densify=spark", "mirror_visible=null")  # model.<ke
 RECIPES = {"adamw": "optim=adamw", "nnunet": "optim=nnunet"}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Scale:
     """How big the study is (every field an ``--<field>`` option of asa-study)."""
 

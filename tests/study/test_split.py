@@ -79,6 +79,11 @@ def test_a_cross_validated_split_runs_a_seed_per_draw_and_a_positive_control_in_
     assert (settings.folds, settings.repeats, settings.hold_out) == (2, 1, ())
 
 
+def test_the_scale_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        QUICK.cases = (4,)
+
+
 def test_no_stage_tells_the_splits_apart_by_a_key():
     study = Path(__file__).parents[2] / "asa" / "study"
     found = [f"{p.name}:{n}" for p in sorted(study.glob("*.py"))
