@@ -21,6 +21,7 @@ from asa.data import Task
 from asa.io import atomic_write_json, load_checkpoint
 from asa.study import probes, report, transfer
 from asa.study.arms import ARMS, PILOT, SCRATCH, matched_by_noise
+from asa.study.checks import Checks
 from asa.study.common import REFUSED, Clock, finished, machine, module_argv, refuse
 from asa.study.cost import Costs, composed, epoch_rounds
 from asa.study.design import take_look
@@ -41,7 +42,7 @@ class StudyPlan:
     study: Study
     task: Task
     split: FixedSplit | CrossValidated
-    checks: Mapping[str, Any]
+    checks: Checks
     runs: tuple[Pretraining, ...]
     supervised: tuple[Supervised, ...]
     overrides: tuple[str, ...]  # asa-finetune overrides of every fine-tuning run
@@ -200,7 +201,7 @@ class Probes(Stage):
 
     def units(self, plan: StudyPlan, found: Findings) -> list[Unit]:
         return [probes.probe_unit(plan.study, plan.runs, plan.probe_channels, [*plan.split.val, *plan.split.pool],
-                                  overlap_overrides(plan.checks["overlap"]))]
+                                  overlap_overrides(plan.checks.overlap))]
 
     def read(self, plan: StudyPlan, found: Findings, spent: Mapping[str, float]) -> int | None:
         s = plan.study
@@ -249,14 +250,14 @@ class Report(Stage):
     title = "report"
 
     def read(self, plan: StudyPlan, found: Findings, spent: Mapping[str, float]) -> int | None:
-        s, times, split, endpoint = plan.study, found.times, plan.split, plan.checks["endpoint"]
+        s, times, split, endpoint = plan.study, found.times, plan.split, plan.checks.endpoint
         info = {"scale_name": s.scale_name, "scale": dataclasses.asdict(s.scale), "network": s.network.name,
                 "steps": found.pilot["steps"], "head_start": s.head_start, "fused": s.fused, "recipe": s.recipe, "encoder_lr_scale": s.encoder_lr_scale,
-                "min_effect": s.min_effect, "endpoint": [endpoint["key"], endpoint["label"]],
+                "min_effect": s.min_effect, "endpoint": [endpoint.key, endpoint.label],
                 "design": split.report_design(),
                 "lesion_classes": list(s.lesion_classes), "machine": machine(), "stages": times["stages"],
-                "runs": times["runs"], "controls": [c.run_dir.name for c in plan.supervised], "checks": plan.checks,
-                "pilot": found.pilot,
+                "runs": times["runs"], "controls": [c.run_dir.name for c in plan.supervised],
+                "checks": plan.checks.record(), "pilot": found.pilot,
                 "pretraining": [pretraining_summary(run, times["runs"].get(run.name, math.nan)) for run in plan.runs],
                 "classes": list(plan.task.output_names), "probes": found.probes,
                 "encoders": [f"{k}={v}" for k, v in s.encoders],

@@ -39,7 +39,7 @@ from asa.data import Task, discover, get_task
 from asa.io import atomic_write_json
 from asa.study import readings
 from asa.study.arms import ARMS, CONTROL, PILOT, SUPERVISED, choices, paper_arms, pretraining_arms, primary_order
-from asa.study.checks import check_overlap, channel_lines, skull_lines
+from asa.study.checks import Checks, Endpoint, check_overlap, channel_lines, skull_lines
 from asa.study.cohort import (StoreCohort, cohort_channels, pretrain_layout, pretraining_channels, read_store,
                               write_cohorts, write_noise)
 from asa.study.common import Clock, add_scale_options, record_settings, refuse, study_folder
@@ -176,7 +176,7 @@ def _study(args: argparse.Namespace) -> int:
     # the overrides of every fine-tuning run; the channels a frozen encoder is probed with: those it pretrained on,
     # by their fine-tuning names
     plan = StudyPlan(study, task, split, checks, tuple(runs), tuple(supervised),
-                     (*recipe_overrides(study.recipe, study.encoder_lr_scale), *overlap_overrides(checks["overlap"]),
+                     (*recipe_overrides(study.recipe, study.encoder_lr_scale), *overlap_overrides(checks.overlap),
                       *study.overrides), (control_channel,) if control_channel else tuple(task.channels))
 
     def stopped(stop: BaseException, names: list[str]) -> None:
@@ -192,7 +192,7 @@ def _study(args: argparse.Namespace) -> int:
     if not study.dry_run:  # kept once every config composed: a refused command does not hold the folder
         _record(study, task, channels, control_channel, store)
         # before the first unit: what the scores will be read on
-        register_design(study.out, Design.of(study, split, checks["endpoint"]["label"]))
+        register_design(study.out, Design.of(study, split, checks.endpoint.label))
     if study.dry_run:
         def plan_only() -> int:
             print("\n".join(_dry_run(plan, stage_units, cohort_cases, cohorts, channels, store)), flush=True)
@@ -372,14 +372,14 @@ def _record(study: Study, task: Task, channels: list[str] | None, control_channe
 
 def _checks(study: Study, labeled: Sequence, split: FixedSplit | CrossValidated, task: Task, cohort_cases: Sequence,
             held: Sequence[str], channels: list[str] | None, store: StoreCohort | None, control_channel: str | None
-            ) -> tuple[dict[str, Any], dict[int, Path], Path | None, list[Supervised]]:
+            ) -> tuple[Checks, dict[int, Path], Path | None, list[Supervised]]:
     """The checks before anything trains (overlap, channels, skull stripping, the positive control's cases), kept in
     ``<out>/checks/checks.json`` and said; the cohort file lists and the noise volumes written on the way (none of
     it with --dry-run). Returns
     (the checks, cohort size -> its data, the noise volumes' folder, the positive control)."""
-    out, scale, write, cohorts, noise = study.out, study.scale, not study.dry_run, {}, None
-    checks: dict[str, Any] = {"overlap": check_overlap(out, cohort_cases, labeled, split, dict(study.encoders),
-                                                       accept=study.accept_overlap, write=write)}
+    out, scale, write, cohorts, noise, cohort = study.out, study.scale, not study.dry_run, {}, None, None
+    overlap = check_overlap(out, cohort_cases, labeled, split, dict(study.encoders), accept=study.accept_overlap,
+                            write=write)
     if study.pretrain_data is not None:
         if odd := [n for n in scale.cohorts if n > len(cohort_cases)]:
             refuse(f"--cohorts {' '.join(map(str, odd))}: the cohort holds {len(cohort_cases)} scans")
@@ -388,33 +388,32 @@ def _checks(study: Study, labeled: Sequence, split: FixedSplit | CrossValidated,
             cohorts = write_cohorts(out, cohort_cases, sizes, study.seed, channels, write=write)
         else:
             cohorts = {n: store.path for n in sizes}
-            checks["cohort"] = (f"The pretraining cohort is a store of asa-preprocess ({store.path}): "
-                                f"{len(cohort_cases)} cases of {store.root} ({store.layout}), channels "
-                                f"{', '.join(store.channels)}" + (f", resampled to {store.resample_mm} mm"
-                                                                  if store.resample_mm else "")
-                                + "; each pretraining run reads its cohort's cases from it (their split in the "
-                                "run's splits.json, the store's other cases as its unread test part).")
+            resampled = ""
+            if store.resample_mm:
+                resampled = f", resampled to {store.resample_mm} mm"
+            cohort = (f"The pretraining cohort is a store of asa-preprocess ({store.path}): {len(cohort_cases)} cases "
+                      f"of {store.root} ({store.layout}), channels {', '.join(store.channels)}{resampled}; each "
+                      "pretraining run reads its cohort's cases from it (their split in the run's splits.json, the "
+                      "store's other cases as its unread test part).")
         if CONTROL in study.arms:
             noise = write_noise(out, cohort_cases, max(sizes), study.seed, channels, write=write)
-    checks["channels"] = (channel_lines(task.channels, channels, held, store=store is not None) if channels is not None
-                          else [f"No pretraining cohort: an --encoder file's 1-channel stem is adapted to the "
-                                f"{len(task.channels)} fine-tuning channels ({', '.join(task.channels)}; copied to "
-                                "each and divided by their number), a file of that many channels is loaded as it is."])
-    checks["skull"] = skull_lines({"--pretrain-data": cohort_cases, "--root": labeled})
-    design = split.design_line(len(labeled), scale, study.positive_control)
-    if design is not None:
-        checks["design"] = design
+    if channels is not None:
+        channel_said = channel_lines(task.channels, channels, held, store=store is not None)
+    else:
+        channel_said = [f"No pretraining cohort: an --encoder file's 1-channel stem is adapted to the "
+                        f"{len(task.channels)} fine-tuning channels ({', '.join(task.channels)}; copied to each and "
+                        "divided by their number), a file of that many channels is loaded as it is."]
     supervised: list[Supervised] = []  # the split holds its cases out either way
+    control = None
     if study.positive_control:
         supervised = split.controls(out / "pretrain", study.data, study.root, control_channel)
-        checks["supervised"] = split.control_line(supervised, control_channel, len(task.channels))
-    key, label = readings.endpoint(task.output_names, study.lesion_classes)
-    checks["endpoint"] = {"key": key, "label": label,
-                          "line": f"Primary endpoint: {label}, named before any training (every verdict reads it)."}
+        control = split.control_line(supervised, control_channel, len(task.channels))
+    skull = skull_lines({"--pretrain-data": cohort_cases, "--root": labeled})
+    endpoint = Endpoint(*readings.endpoint(task.output_names, study.lesion_classes))
+    checks = Checks(overlap, tuple(channel_said), tuple(skull), endpoint, cohort,
+                    split.design_line(len(labeled), scale, study.positive_control), control)
     if write:
-        atomic_write_json(out / "checks" / "checks.json", {**checks, "split": split.record()})
-    for line in filter(None, [checks["endpoint"]["line"], checks.get("design"), checks.get("cohort"),
-                              *checks["overlap"]["lines"], *checks["channels"], *checks["skull"],
-                              checks.get("supervised")]):
+        atomic_write_json(out / "checks" / "checks.json", {**checks.record(), "split": split.record()})
+    for line in checks.lines():
         print(f"[study] {line}", flush=True)
     return checks, cohorts, noise, supervised

@@ -30,7 +30,7 @@ def _study(tmp_path: Path) -> Study:
 
 
 def _plan(tmp_path: Path, split: FixedSplit | CrossValidated) -> StudyPlan:
-    return StudyPlan(_study(tmp_path), None, split, {}, (), (), (), ())
+    return StudyPlan(_study(tmp_path), None, split, None, (), (), (), ())
 
 
 def test_a_fixed_split_runs_the_scale_s_seeds_and_one_positive_control_on_its_held_cases(tmp_path):
