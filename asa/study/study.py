@@ -410,8 +410,8 @@ def _checks(study: Study, labeled: Sequence, split: FixedSplit | CrossValidated,
         control = split.control_line(supervised, control_channel, len(task.channels))
     skull = skull_lines({"--pretrain-data": cohort_cases, "--root": labeled})
     endpoint = Endpoint(*readings.endpoint(task.output_names, study.lesion_classes))
-    checks = Checks(overlap, tuple(channel_said), tuple(skull), endpoint, cohort,
-                    split.design_line(len(labeled), scale, study.positive_control), control)
+    checks = Checks(overlap, tuple(channel_said), tuple(skull), endpoint, cohort=cohort,
+                    design=split.design_line(len(labeled), scale, study.positive_control), supervised=control)
     if write:
         atomic_write_json(out / "checks" / "checks.json", {**checks.record(), "split": split.record()})
     for line in checks.lines():
