@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,20 +17,75 @@ from asa.data.layouts.pretrain import channel_of
 from asa.data.masked_copies import describe_masked, masked_copies
 from asa.io import atomic_write_json, load_volume
 from asa.study.common import refuse
-from asa.study.plan import supervised_channel
+from asa.study.plan import CrossValidated, FixedSplit, supervised_channel
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """The primary endpoint: its score key and its label, named before anything trains."""
+
+    key: str
+    label: str
+
+    @property
+    def line(self) -> str:
+        return f"Primary endpoint: {self.label}, named before any training (every verdict reads it)."
+
+
+@dataclasses.dataclass(frozen=True)
+class Checks:
+    """What the checks before anything trains found, in the lines said, kept in checks.json and read by the report.
+
+    Args:
+        overlap: `check_overlap`'s record: its lines, the overlapping cases, whether they were accepted.
+        channels: what each arm's channels meet (`channel_lines`).
+        skull: skull stripping of the cohort and the labeled set (`skull_lines`).
+        endpoint: the primary endpoint.
+        cohort: the store the cohort is read from (None: not a store).
+        design: why the labeled set is cross-validated (None: a fixed split).
+        supervised: the positive control's cases (None: no positive control).
+    """
+
+    overlap: Mapping[str, Any]
+    channels: tuple[str, ...]
+    skull: tuple[str, ...]
+    endpoint: Endpoint
+    cohort: str | None = None
+    design: str | None = None
+    supervised: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """As checks.json keeps it (and the report reads it): a line that is None is left out."""
+        record: dict[str, Any] = {"overlap": dict(self.overlap)}
+        if self.cohort is not None:
+            record["cohort"] = self.cohort
+        record["channels"] = list(self.channels)
+        record["skull"] = list(self.skull)
+        if self.design is not None:
+            record["design"] = self.design
+        if self.supervised is not None:
+            record["supervised"] = self.supervised
+        record["endpoint"] = {"key": self.endpoint.key, "label": self.endpoint.label, "line": self.endpoint.line}
+        return record
+
+    def lines(self) -> list[str]:
+        """What is said before anything trains, in order."""
+        said = [self.endpoint.line, self.design, self.cohort, *self.overlap["lines"], *self.channels, *self.skull,
+                self.supervised]
+        return [line for line in said if line]
+
 
 # the parts of the labeled pool the overlap check reads, as its lines name them: every case a run scores, validates on,
 # trains on in one run and holds out in another (each fine-tuning run checks every case it does not train on)
 LABELED_PARTS = {"test": "test", "val": "validation", "supervised": "positive control", "pool": "training pool"}
 
 
-def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: Mapping[str, list[str]],
+def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: FixedSplit | CrossValidated,
                   encoders: Mapping[str, str] | None = None, *, accept: bool, write: bool = True) -> dict[str, Any]:
     """Every labeled case (`LABELED_PARTS`) against the pretraining and ``encoders`` cohorts by each run's rule, and for
     masked copies on the cohort's grid, which the fingerprint misses; refused (exit 2) unless ``accept``. The
     cohort's record is kept in ``<out>/checks/cohort.json`` unless ``write`` is False (a dry run)."""
     by_id = {c.id: c for c in labeled}
-    parts = {LABELED_PARTS[k]: [by_id[i] for i in split[k]] for k in LABELED_PARTS if split.get(k)}
+    parts = {LABELED_PARTS[k]: [by_id[i] for i in getattr(split, k)] for k in LABELED_PARTS if getattr(split, k)}
     cohorts: dict[str, dict[str, Any]] = {}
     if cohort_cases:
         record_file, ids = out / "checks" / "cohort.json", sorted(c.id for c in cohort_cases)

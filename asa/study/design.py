@@ -15,6 +15,7 @@ from typing import Any
 
 from asa.io import atomic_write_json
 from asa.study.arms import primary_order, twin_of
+from asa.study.plan import CrossValidated, FixedSplit
 from asa.study.readings import ALPHA, Looks
 from asa.study.settings import Study
 
@@ -62,18 +63,16 @@ class Design:
     looks: int
 
     @classmethod
-    def of(cls, study: Study, split: Mapping[str, Any], endpoint: str) -> Design:
-        """The design of ``study`` with its labeled ``split`` (cross-validated when it holds draws) and the label of its
-        primary ``endpoint``."""
+    def of(cls, study: Study, split: FixedSplit | CrossValidated, endpoint: str) -> Design:
+        """The design of ``study`` with its labeled ``split`` and the label of its primary ``endpoint``."""
         scale, encoders = study.scale, [name for name, _ in study.encoders]
         named = [a for a in primary_order() if a in study.arms] + encoders[:1]  # as `readings.read_family` picks it
         primary = f"{named[0]} − {twin_of(named[0])}" if named else None
         if study.probe_first:
             primary = "the pretraining arm the probes choose − its twin"
-        folded = "draws" in split
         return cls(arms=tuple(sorted({*study.arms, *encoders})), primary=primary, n=min(scale.cases),
-                   cases=tuple(scale.cases), seeds=() if folded else tuple(scale.seeds),
-                   folds=split["folds"] if folded else 0, repeats=split["repeats"] if folded else 0,
+                   cases=tuple(scale.cases), seeds=split.registered_seeds(scale), folds=split.folds,
+                   repeats=split.repeats,
                    pretrain_runs=scale.pretrain_runs, pretrain_steps=scale.pretrain_steps,
                    pilot_steps=scale.pilot_steps, budget_cap=study.budget_cap,
                    head_start=study.head_start, endpoint=endpoint, alpha=ALPHA,

@@ -24,7 +24,7 @@ MASKING = ("mask_block=16", "densify=spark", "mirror_visible=null")  # model.<ke
 RECIPES = {"adamw": "optim=adamw", "nnunet": "optim=nnunet"}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Scale:
     """How big the study is (every field an ``--<field>`` option of asa-study)."""
 
@@ -266,9 +266,9 @@ def supervised_overrides(control: Supervised, network: Network, scale: Scale, se
             "trainer.panel_every=0", f"seed={seed}", "resume=auto", *overrides, f"output_dir={control.run_dir}"]
 
 
-def supervised_splits(control: Supervised, split: Mapping[str, list[str]], seed: int) -> dict[str, Any]:
+def supervised_splits(control: Supervised, split: FixedSplit | CrossValidated, seed: int) -> dict[str, Any]:
     """The positive control's splits.json: its cases train; every other labeled case is its test part."""
-    others = sorted({*split["test"], *split["val"], *split["pool"], *split["supervised"]} - set(control.cases))
+    others = sorted({*split.test, *split.val, *split.pool, *split.supervised} - set(control.cases))
     return {"train": list(control.cases), "val": [], "test": others, "dataset": control.data, "seed": seed}
 
 
@@ -289,7 +289,119 @@ def finetune_arms(runs: Sequence[Pretraining], network: Network, controls: Seque
     return arms | {name: transfer.Tuned((*base, f"model.pretrained={path}"), name) for name, path in encoders.items()}
 
 
-def labeled_split(cases: Sequence, scale: Scale, seed: int, *, control: bool = True) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class FixedSplit:
+    """A labeled set that holds a fixed split: the test and validation cases of every run, the training pool each
+    seed draws its N from, and the positive control's cases apart from all of those."""
+
+    test: tuple[str, ...]
+    val: tuple[str, ...]
+    pool: tuple[str, ...]
+    supervised: tuple[str, ...]
+    folds = 0  # not cross-validated (as design.json says it)
+    repeats = 0
+
+    def seeds(self, scale: Scale) -> tuple[int, ...]:
+        """The fine-tuning seeds: the scale's, each a draw of N from the pool."""
+        return tuple(scale.seeds)
+
+    def registered_seeds(self, scale: Scale) -> tuple[int, ...]:
+        """The seeds design.json registers."""
+        return tuple(scale.seeds)
+
+    def seeds_text(self, scale: Scale) -> str:
+        return f"seeds {list(self.seeds(scale))}"
+
+    def report_design(self) -> dict[str, int] | None:
+        """The report's design line: none for a fixed split."""
+        return None
+
+    def design_line(self, labeled: int, scale: Scale, control: bool) -> str | None:
+        """The checks' line on the split: none for a fixed split."""
+        return None
+
+    def controls(self, run_dir: Path, data: str, root: Path, channel: str | None) -> list[Supervised]:
+        """The positive control: one run on the cases held out of the training pool."""
+        return [Supervised(run_dir / SUPERVISED, data, root, self.supervised, channel)]
+
+    def control_line(self, controls: Sequence[Supervised], channel: str | None, k: int) -> str:
+        """The checks' line on the positive control (``k``: the fine-tuning channels)."""
+        stem = "."
+        if channel:
+            stem = (f", on their {channel} alone (data.channels=[{channel}]), as the pretraining runs read the T1: its "
+                    f"1-channel encoder enters the {k}-channel fine-tuning through the pretrained arms' adapted stem "
+                    f"(its kernel copied to each channel and divided by {k}), so that it controls their path.")
+        return (f"The positive control trains on {len(self.supervised)} labeled cases no other run sees (held out of "
+                f"the training pool){stem}")
+
+    def record(self) -> dict[str, Any]:
+        """As checks.json keeps it."""
+        return {"test": list(self.test), "val": list(self.val), "pool": list(self.pool),
+                "supervised": list(self.supervised)}
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossValidated:
+    """A labeled set too small for a fixed split: ``folds`` × ``repeats`` draws (`asa.study.transfer.cv_draws`), each
+    scoring its fold, so that every case is scored once per repeat by runs that did not see it."""
+
+    test: tuple[str, ...]  # every labeled case
+    folds: int
+    repeats: int
+    draws: tuple[transfer.Draw, ...]
+    val = ()  # no case is kept apart from the draws
+    pool = ()
+    supervised = ()
+
+    def seeds(self, scale: Scale) -> tuple[int, ...]:
+        """The fine-tuning seeds: one per draw."""
+        return tuple(range(len(self.draws)))
+
+    def registered_seeds(self, scale: Scale) -> tuple[int, ...]:
+        """The seeds design.json registers: none (the folds and repeats are the draws)."""
+        return ()
+
+    def seeds_text(self, scale: Scale) -> str:
+        return f"{len(self.draws)} cross-validation draws"
+
+    def report_design(self) -> dict[str, int] | None:
+        """The report's design line: folds, repeats, draws and the cases scored."""
+        return {"folds": self.folds, "repeats": self.repeats, "draws": len(self.draws), "cases": len(self.test)}
+
+    def design_line(self, labeled: int, scale: Scale, control: bool) -> str | None:
+        """The checks' line on the split: why it is cross-validated and what each draw reads (``labeled``: the
+        labeled cases; ``control``: whether the positive control needs cases of its own)."""
+        needs = f"{scale.test} test + {scale.val} validation + N {max(scale.cases)}"
+        if control:
+            needs += f" + the positive control's {scale.supervised}"
+        return (f"Cross-validation: the {labeled} labeled cases are fewer than a fixed split needs ({needs}), so each "
+                f"case is scored by models that did not see it: {self.folds} folds × {self.repeats} repeat(s), "
+                f"{len(self.draws)} distinct labeled draws per arm (each fold's test cases scored by a run whose N "
+                f"cases and {scale.val} validation cases were drawn from the other folds), every case scored once "
+                "per repeat.")
+
+    def controls(self, run_dir: Path, data: str, root: Path, channel: str | None) -> list[Supervised]:
+        """The positive control: one run per draw, on its pool, so that it consumes none of the scored cases."""
+        return [Supervised(run_dir / f"{SUPERVISED}-s{g}", data, root, tuple(sorted(d.pool)), channel)
+                for g, d in enumerate(self.draws)]
+
+    def control_line(self, controls: Sequence[Supervised], channel: str | None, k: int) -> str:
+        """The checks' line on the positive control."""
+        pools = [len(c.cases) for c in controls]
+        alone = ""
+        if channel:
+            alone = f", on their {channel} alone (data.channels=[{channel}])"
+        return (f"The positive control is nested in each of the {len(controls)} draws: an encoder trained with labels "
+                "on that draw's training part (its pool, " + "–".join(map(str, sorted({min(pools), max(pools)})))
+                + f" cases), never on the fold it is scored on, so it consumes none of the scored cases{alone}.")
+
+    def record(self) -> dict[str, Any]:
+        """As checks.json keeps it."""
+        return {"test": list(self.test), "val": [], "pool": [], "supervised": [], "folds": self.folds,
+                "repeats": self.repeats, "draws": [dataclasses.asdict(d) for d in self.draws]}
+
+
+def labeled_split(cases: Sequence, scale: Scale, seed: int, *, control: bool = True) -> FixedSplit | CrossValidated:
     """The split of the labeled pool: test, validation, pool and the control's cases if it holds them, else ``folds`` ×
     ``repeats`` cross-validation; refused (exit 2) under ``min_scored`` cases scored, or a fold's part under val + N."""
     ids = [c.id for c in cases]
@@ -299,8 +411,10 @@ def labeled_split(cases: Sequence, scale: Scale, seed: int, *, control: bool = T
                    "labeled set too small for a fixed split is cross-validated: every case scored)")
         test, pool = transfer.split_cases(ids, test=scale.test, seed=seed)
         val, pool = sorted(pool[:scale.val]), pool[scale.val:]
-        held = sorted(pool[len(pool) - scale.supervised:]) if control else []  # the pool holds them: the test above
-        return {"test": test, "val": val, "pool": sorted(set(pool) - set(held)), "supervised": held}
+        held = []
+        if control:  # the pool holds them: the test above
+            held = sorted(pool[len(pool) - scale.supervised:])
+        return FixedSplit(tuple(test), tuple(val), tuple(sorted(set(pool) - set(held))), tuple(held))
     if len(ids) < scale.min_scored:
         refuse(f"--root: {cases_text(len(ids))}: cross-validation would score {len(ids)} per arm, fewer than the "
                f"{scale.min_scored} a study reads an answer from")
@@ -309,8 +423,7 @@ def labeled_split(cases: Sequence, scale: Scale, seed: int, *, control: bool = T
         refuse(f"--root: {cases_text(len(ids))}: a training part of {scale.folds}-fold cross-validation holds "
                f"{least}, fewer than --val {scale.val} + the largest of --cases {max(scale.cases)}")
     draws = transfer.cv_draws(ids, folds=scale.folds, repeats=scale.repeats, val=scale.val, seed=seed)
-    return {"test": sorted(ids), "val": [], "pool": [], "supervised": [], "folds": scale.folds,
-            "repeats": scale.repeats, "draws": draws}
+    return CrossValidated(tuple(sorted(ids)), scale.folds, scale.repeats, tuple(draws))
 
 
 def cases_text(n: int) -> str:

@@ -17,13 +17,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from asa.data import Task
 from asa.io import atomic_write_json, load_checkpoint
 from asa.study import probes, report, transfer
 from asa.study.arms import ARMS, PILOT, SCRATCH, matched_by_noise
+from asa.study.checks import Checks
 from asa.study.common import REFUSED, Clock, finished, machine, module_argv, refuse
 from asa.study.cost import Costs, composed, epoch_rounds
 from asa.study.design import take_look
-from asa.study.plan import (Pretraining, Supervised, finetune_arms, overlap_overrides,
+from asa.study.plan import (CrossValidated, FixedSplit, Pretraining, Supervised, finetune_arms, overlap_overrides,
                             pretraining_argv, supervised_overrides, supervised_splits)
 from asa.study.readout import pilot_budget, pilot_reading, pretraining_summary
 from asa.study.scheduler import RUNNING, Unit, run_units
@@ -38,9 +40,9 @@ class StudyPlan:
     """What the checks hand to the stages: the study, its split, checks and every run planned before any trains."""
 
     study: Study
-    task: Any
-    split: Mapping[str, Any]
-    checks: Mapping[str, Any]
+    task: Task
+    split: FixedSplit | CrossValidated
+    checks: Checks
     runs: tuple[Pretraining, ...]
     supervised: tuple[Supervised, ...]
     overrides: tuple[str, ...]  # asa-finetune overrides of every fine-tuning run
@@ -52,10 +54,9 @@ class StudyPlan:
         return transfer.Transfer(
             self.study.out / folder, data=s.data, root=s.root, model=s.network.model,
             crop=s.scale.crop, test=s.scale.test, val_cases=s.scale.val, split_seed=s.seed, device=s.device,
-            threads=s.threads, hold_out=tuple(split["supervised"]), workers=s.scale.workers, jobs=s.scale.jobs,
-            fused=s.fused,
-            lesion_classes=s.lesion_classes, logs=s.out / "logs" / folder,
-            **({"folds": split["folds"], "repeats": split["repeats"]} if "draws" in split else {}), **settings)
+            threads=s.threads, hold_out=split.supervised, workers=s.scale.workers, jobs=s.scale.jobs,
+            fused=s.fused, lesion_classes=s.lesion_classes, logs=s.out / "logs" / folder, folds=split.folds,
+            repeats=split.repeats, **settings)
 
 
 @dataclasses.dataclass
@@ -199,8 +200,8 @@ class Probes(Stage):
     jobs = 1  # one asa-probe over every encoder
 
     def units(self, plan: StudyPlan, found: Findings) -> list[Unit]:
-        return [probes.probe_unit(plan.study, plan.runs, plan.probe_channels, [*plan.split["val"], *plan.split["pool"]],
-                                  overlap_overrides(plan.checks["overlap"]))]
+        return [probes.probe_unit(plan.study, plan.runs, plan.probe_channels, [*plan.split.val, *plan.split.pool],
+                                  overlap_overrides(plan.checks.overlap))]
 
     def read(self, plan: StudyPlan, found: Findings, spent: Mapping[str, float]) -> int | None:
         s = plan.study
@@ -224,14 +225,14 @@ class TransferStage(FineTuning):
     def transfer(self, plan: StudyPlan, found: Findings) -> transfer.Transfer:
         s, split = plan.study, plan.split
         tuned = [r for r in plan.runs if found.probes is None or r.arm == found.probes["chosen"] or ARMS[r.arm].noise]
-        seeds = tuple(range(len(split["draws"]))) if "draws" in split else tuple(s.scale.seeds)
+        seeds = split.seeds(s.scale)
         arms = finetune_arms(tuned, s.network, plan.supervised, dict(s.encoders))
         steps = found.pilot["steps"]
         head_start = s.head_start
         if head_start is not None and head_start >= steps:  # the end point came first: no run is read there
             head_start = None
         self.said = (f"[study] transfer: {len(arms)} arms × N {list(s.scale.cases)} × "
-                     + (f"{len(seeds)} cross-validation draws" if "draws" in split else f"seeds {list(seeds)}")
+                     + split.seeds_text(s.scale)
                      + f", {steps} steps each"
                      + (f", each also scored at its head start, step {head_start}" if head_start else "")
                      + (", each draw's runs trained as one unit (--fused)" if s.fused else ", a process per run")
@@ -249,15 +250,14 @@ class Report(Stage):
     title = "report"
 
     def read(self, plan: StudyPlan, found: Findings, spent: Mapping[str, float]) -> int | None:
-        s, times, split, endpoint = plan.study, found.times, plan.split, plan.checks["endpoint"]
+        s, times, split, endpoint = plan.study, found.times, plan.split, plan.checks.endpoint
         info = {"scale_name": s.scale_name, "scale": dataclasses.asdict(s.scale), "network": s.network.name,
                 "steps": found.pilot["steps"], "head_start": s.head_start, "fused": s.fused, "recipe": s.recipe, "encoder_lr_scale": s.encoder_lr_scale,
-                "min_effect": s.min_effect, "endpoint": [endpoint["key"], endpoint["label"]],
-                "design": ({"folds": split["folds"], "repeats": split["repeats"], "draws": len(split["draws"]),
-                            "cases": len(split["test"])} if "draws" in split else None),
+                "min_effect": s.min_effect, "endpoint": [endpoint.key, endpoint.label],
+                "design": split.report_design(),
                 "lesion_classes": list(s.lesion_classes), "machine": machine(), "stages": times["stages"],
-                "runs": times["runs"], "controls": [c.run_dir.name for c in plan.supervised], "checks": plan.checks,
-                "pilot": found.pilot,
+                "runs": times["runs"], "controls": [c.run_dir.name for c in plan.supervised],
+                "checks": plan.checks.record(), "pilot": found.pilot,
                 "pretraining": [pretraining_summary(run, times["runs"].get(run.name, math.nan)) for run in plan.runs],
                 "classes": list(plan.task.output_names), "probes": found.probes,
                 "encoders": [f"{k}={v}" for k, v in s.encoders],

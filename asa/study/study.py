@@ -35,17 +35,18 @@ from pathlib import Path
 from typing import Any
 
 from asa.api.config import compose_config
-from asa.data import discover, get_task
+from asa.data import Task, discover, get_task
 from asa.io import atomic_write_json
 from asa.study import readings
 from asa.study.arms import ARMS, CONTROL, PILOT, SUPERVISED, choices, paper_arms, pretraining_arms, primary_order
-from asa.study.checks import check_overlap, channel_lines, skull_lines
+from asa.study.checks import Checks, Endpoint, check_overlap, channel_lines, skull_lines
 from asa.study.cohort import (StoreCohort, cohort_channels, pretrain_layout, pretraining_channels, read_store,
                               write_cohorts, write_noise)
 from asa.study.common import Clock, add_scale_options, record_settings, refuse, study_folder
 from asa.study.design import Design, register_design
-from asa.study.plan import (GROWS, RECIPES, SCALES, Supervised, labeled_split, overlap_overrides, plan_pretraining,
-                            recipe_overrides, studied_networks, supervised_channel, write_store_splits)
+from asa.study.plan import (GROWS, RECIPES, SCALES, CrossValidated, FixedSplit, Supervised, labeled_split,
+                            overlap_overrides, plan_pretraining, recipe_overrides, studied_networks, supervised_channel,
+                            write_store_splits)
 from asa.study.readout import PILOT_FLOOR
 from asa.study.scheduler import stop_on_signals, wait_for_orphans
 from asa.study.settings import Study
@@ -177,7 +178,7 @@ def _study(args: argparse.Namespace) -> int:
     # the overrides of every fine-tuning run; the channels a frozen encoder is probed with: those it pretrained on,
     # by their fine-tuning names
     plan = StudyPlan(study, task, split, checks, tuple(runs), tuple(supervised),
-                     (*recipe_overrides(study.recipe, study.encoder_lr_scale), *overlap_overrides(checks["overlap"]),
+                     (*recipe_overrides(study.recipe, study.encoder_lr_scale), *overlap_overrides(checks.overlap),
                       *study.overrides), (control_channel,) if control_channel else tuple(task.channels))
 
     def stopped(stop: BaseException, names: list[str]) -> None:
@@ -193,7 +194,7 @@ def _study(args: argparse.Namespace) -> int:
     if not study.dry_run:  # kept once every config composed: a refused command does not hold the folder
         _record(study, task, channels, control_channel, store)
         # before the first unit: what the scores will be read on
-        register_design(study.out, Design.of(study, split, checks["endpoint"]["label"]))
+        register_design(study.out, Design.of(study, split, checks.endpoint.label))
     if study.dry_run:
         def plan_only() -> int:
             print("\n".join(_dry_run(plan, stage_units, cohort_cases, cohorts, channels, store)), flush=True)
@@ -285,7 +286,7 @@ def _refuse_options(study: Study) -> None:
         refuse(f"--root {study.root}: no such folder (the labeled set, in the layout of --data {study.data})")
 
 
-def _labeled_set(study: Study) -> tuple[list, dict[str, list[str]], Any]:
+def _labeled_set(study: Study) -> tuple[list, FixedSplit | CrossValidated, Task]:
     """(the labeled cases, the study's fixed split of them, their task); --lesion-classes not among its classes are
     refused."""
     probe = compose_config("finetune", [f"data={study.data}", f"data.root={study.root}", *study.network.finetune,
@@ -304,7 +305,7 @@ def _labeled_set(study: Study) -> tuple[list, dict[str, list[str]], Any]:
         print(f"[study] --root {study.root}: {_unreadable(bad)}: left out of every run (data.on_bad_case=skip)",
               flush=True)
     split = labeled_split(labeled, study.scale, study.seed, control=study.positive_control)
-    if study.probe_first and "draws" in split:
+    if study.probe_first and isinstance(split, CrossValidated):
         refuse(f"--probe-first: the {len(labeled)} labeled cases are cross-validated (every one is scored), so no case "
                "is left to choose the arm on without scoring it; probe-first needs a labeled set that holds a fixed "
                "split (its validation and training-pool cases are probed)")
@@ -321,7 +322,7 @@ def _unreadable(problems: Sequence) -> str:
             + (f"; and {len(problems) - 1} more" if len(problems) > 1 else "") + ")")
 
 
-def _pretraining_cohort(study: Study, task: Any) -> tuple[list, list[str], list[str] | None, StoreCohort | None]:
+def _pretraining_cohort(study: Study, task: Task) -> tuple[list, list[str], list[str] | None, StoreCohort | None]:
     """(the cohort's cases, the channels every one has, the channels the pretraining runs read, the store it is
     held in): none without --pretrain-data. Refused: a cohort of fewer than 2 readable scans, a store holding other
     channels than the runs read, --pretrain-channels without a cohort."""
@@ -345,7 +346,7 @@ def _pretraining_cohort(study: Study, task: Any) -> tuple[list, list[str], list[
     return cohort_cases, held, channels, store
 
 
-def _record(study: Study, task: Any, channels: list[str] | None, control_channel: str | None,
+def _record(study: Study, task: Task, channels: list[str] | None, control_channel: str | None,
             store: StoreCohort | None, *, keep: bool = True) -> None:
     """Keep the study's settings in ``<out>/study.json`` (`record_settings`: a folder holding another study is
     refused; a rerun may add arms, encoders, cohorts, N, seeds and repeats; ``keep`` False: only that refusal)."""
@@ -371,16 +372,16 @@ def _record(study: Study, task: Any, channels: list[str] | None, control_channel
                       "pretrain_runs": 1, **old["scale"]}} if isinstance(old.get("scale"), dict) else {})}, keep=keep)
 
 
-def _checks(study: Study, labeled: Sequence, split: Mapping[str, list[str]], task: Any, cohort_cases: Sequence,
+def _checks(study: Study, labeled: Sequence, split: FixedSplit | CrossValidated, task: Task, cohort_cases: Sequence,
             held: Sequence[str], channels: list[str] | None, store: StoreCohort | None, control_channel: str | None
-            ) -> tuple[dict[str, Any], dict[int, Path], Path | None, list[Supervised]]:
+            ) -> tuple[Checks, dict[int, Path], Path | None, list[Supervised]]:
     """The checks before anything trains (overlap, channels, skull stripping, the positive control's cases), kept in
     ``<out>/checks/checks.json`` and said; the cohort file lists and the noise volumes written on the way (none of
     it with --dry-run). Returns
     (the checks, cohort size -> its data, the noise volumes' folder, the positive control)."""
-    out, scale, write, cohorts, noise = study.out, study.scale, not study.dry_run, {}, None
-    checks: dict[str, Any] = {"overlap": check_overlap(out, cohort_cases, labeled, split, dict(study.encoders),
-                                                       accept=study.accept_overlap, write=write)}
+    out, scale, write, cohorts, noise, cohort = study.out, study.scale, not study.dry_run, {}, None, None
+    overlap = check_overlap(out, cohort_cases, labeled, split, dict(study.encoders), accept=study.accept_overlap,
+                            write=write)
     if study.pretrain_data is not None:
         if odd := [n for n in scale.cohorts if n > len(cohort_cases)]:
             refuse(f"--cohorts {' '.join(map(str, odd))}: the cohort holds {len(cohort_cases)} scans")
@@ -389,52 +390,32 @@ def _checks(study: Study, labeled: Sequence, split: Mapping[str, list[str]], tas
             cohorts = write_cohorts(out, cohort_cases, sizes, study.seed, channels, write=write)
         else:
             cohorts = {n: store.path for n in sizes}
-            checks["cohort"] = (f"The pretraining cohort is a store of asa-preprocess ({store.path}): "
-                                f"{len(cohort_cases)} cases of {store.root} ({store.layout}), channels "
-                                f"{', '.join(store.channels)}" + (f", resampled to {store.resample_mm} mm"
-                                                                  if store.resample_mm else "")
-                                + "; each pretraining run reads its cohort's cases from it (their split in the "
-                                "run's splits.json, the store's other cases as its unread test part).")
+            resampled = ""
+            if store.resample_mm:
+                resampled = f", resampled to {store.resample_mm} mm"
+            cohort = (f"The pretraining cohort is a store of asa-preprocess ({store.path}): {len(cohort_cases)} cases "
+                      f"of {store.root} ({store.layout}), channels {', '.join(store.channels)}{resampled}; each "
+                      "pretraining run reads its cohort's cases from it (their split in the run's splits.json, the "
+                      "store's other cases as its unread test part).")
         if CONTROL in study.arms:
             noise = write_noise(out, cohort_cases, max(sizes), study.seed, channels, write=write)
-    checks["channels"] = (channel_lines(task.channels, channels, held, store=store is not None) if channels is not None
-                          else [f"No pretraining cohort: an --encoder file's 1-channel stem is adapted to the "
-                                f"{len(task.channels)} fine-tuning channels ({', '.join(task.channels)}; copied to "
-                                "each and divided by their number), a file of that many channels is loaded as it is."])
-    checks["skull"] = skull_lines({"--pretrain-data": cohort_cases, "--root": labeled})
+    if channels is not None:
+        channel_said = channel_lines(task.channels, channels, held, store=store is not None)
+    else:
+        channel_said = [f"No pretraining cohort: an --encoder file's 1-channel stem is adapted to the "
+                        f"{len(task.channels)} fine-tuning channels ({', '.join(task.channels)}; copied to each and "
+                        "divided by their number), a file of that many channels is loaded as it is."]
     supervised: list[Supervised] = []  # the split holds its cases out either way
-    if "draws" in split:
-        checks["design"] = (f"Cross-validation: the {len(labeled)} labeled cases are fewer than a fixed split needs "
-                            f"({scale.test} test + {scale.val} validation + N {max(scale.cases)}"
-                            + (f" + the positive control's {scale.supervised}" if study.positive_control else "")
-                            + f"), so each case is scored by models that did not see it: {split['folds']} folds × "
-                            f"{split['repeats']} repeat(s), {len(split['draws'])} distinct labeled draws per arm (each "
-                            f"fold's test cases scored by a run whose N cases and {scale.val} validation cases were "
-                            "drawn from the other folds), every case scored once per repeat.")
-    alone = f", on their {control_channel} alone (data.channels=[{control_channel}])" if control_channel else ""
-    if study.positive_control and "draws" in split:  # one per draw, on its pool: it consumes none of the scored cases
-        supervised = [Supervised(out / "pretrain" / f"{SUPERVISED}-s{g}", study.data, study.root,
-                                 tuple(sorted(d["pool"])), control_channel) for g, d in enumerate(split["draws"])]
-        pools = [len(c.cases) for c in supervised]
-        checks["supervised"] = (f"The positive control is nested in each of the {len(supervised)} draws: an encoder "
-                                "trained with labels on that draw's training part (its pool, "
-                                + "–".join(map(str, sorted({min(pools), max(pools)}))) + " cases), never on the fold "
-                                "it is scored on, so it consumes none of the scored cases" + alone + ".")
-    elif study.positive_control:
-        ids, k = tuple(split["supervised"]), len(task.channels)
-        supervised = [Supervised(out / "pretrain" / SUPERVISED, study.data, study.root, ids, control_channel)]
-        stem = (f"{alone}, as the pretraining runs read the T1: its 1-channel encoder enters the {k}-channel "
-                f"fine-tuning through the pretrained arms' adapted stem (its kernel copied to each channel and divided "
-                f"by {k}), so that it controls their path." if control_channel else ".")
-        checks["supervised"] = (f"The positive control trains on {len(ids)} labeled cases no other run sees (held out "
-                                f"of the training pool){stem}")
-    key, label = readings.endpoint(task.output_names, study.lesion_classes)
-    checks["endpoint"] = {"key": key, "label": label,
-                          "line": f"Primary endpoint: {label}, named before any training (every verdict reads it)."}
+    control = None
+    if study.positive_control:
+        supervised = split.controls(out / "pretrain", study.data, study.root, control_channel)
+        control = split.control_line(supervised, control_channel, len(task.channels))
+    skull = skull_lines({"--pretrain-data": cohort_cases, "--root": labeled})
+    endpoint = Endpoint(*readings.endpoint(task.output_names, study.lesion_classes))
+    checks = Checks(overlap, tuple(channel_said), tuple(skull), endpoint, cohort=cohort,
+                    design=split.design_line(len(labeled), scale, study.positive_control), supervised=control)
     if write:
-        atomic_write_json(out / "checks" / "checks.json", {**checks, "split": split})
-    for line in filter(None, [checks["endpoint"]["line"], checks.get("design"), checks.get("cohort"),
-                              *checks["overlap"]["lines"], *checks["channels"], *checks["skull"],
-                              checks.get("supervised")]):
+        atomic_write_json(out / "checks" / "checks.json", {**checks.record(), "split": split.record()})
+    for line in checks.lines():
         print(f"[study] {line}", flush=True)
     return checks, cohorts, noise, supervised

@@ -92,7 +92,19 @@ def references(arms: Mapping[str, Tuned]) -> dict[str, str]:
     return {name: twin if (twin := twin_of(t.arm)) in arms and twin != name else name for name, t in arms.items()}
 
 
-def cv_draws(ids: Sequence[str], *, folds: int, repeats: int, val: int, seed: int) -> list[dict[str, Any]]:
+@dataclasses.dataclass(frozen=True)
+class Draw:
+    """The cases one seed's runs read: N drawn from ``pool``, validated on ``val``, scored on ``test`` (empty: the
+    fixed test cases); cross-validated, the ``repeat`` and ``fold`` whose fold is its test (None: a fixed split)."""
+
+    repeat: int | None
+    fold: int | None
+    test: tuple[str, ...]
+    val: tuple[str, ...]
+    pool: tuple[str, ...]
+
+
+def cv_draws(ids: Sequence[str], *, folds: int, repeats: int, val: int, seed: int) -> list[Draw]:
     """Repeated K-fold draws, g = repeat · ``folds`` + fold: each tests on its fold, validates on ``val`` others."""
     if folds < 2 or folds > len(ids):
         refuse(f"--folds {folds}: expected 2 .. {len(ids)} for a dataset of {len(ids)} cases")
@@ -101,7 +113,7 @@ def cv_draws(ids: Sequence[str], *, folds: int, repeats: int, val: int, seed: in
         order = cohort_order(ids, (seed, r))
         for k, fold in enumerate(np.array_split(np.array(order, dtype=object), folds)):
             rest = [i for i in order if i not in set(fold)]
-            draws.append({"repeat": r, "fold": k, "test": sorted(fold), "val": sorted(rest[:val]), "pool": rest[val:]})
+            draws.append(Draw(r, k, tuple(sorted(fold)), tuple(sorted(rest[:val])), tuple(rest[val:])))
     return draws
 
 
@@ -170,7 +182,7 @@ def plan_runs(s: Transfer) -> tuple[list[Run], list[str], Any, list[str]]:
         if odd := [x for x in s.seeds if not 0 <= x < len(draws)]:
             refuse(f"--seeds {' '.join(map(str, odd))}: with --folds {s.folds} --repeats {s.repeats} the seeds "
                    f"number the {len(draws)} draws (0 .. {len(draws) - 1})")
-        if max(s.cases) > (least := min(len(d["pool"]) for d in draws)):
+        if max(s.cases) > (least := min(len(d.pool) for d in draws)):
             refuse(f"--cases {max(s.cases)}: a fold's training part leaves {least} cases after the {s.val_cases} "
                    "validation case(s) (--val)")
         test_ids = sorted(ids)
@@ -184,12 +196,12 @@ def plan_runs(s: Transfer) -> tuple[list[Run], list[str], Any, list[str]]:
         if max(s.cases) > len(pool):
             refuse(f"--cases {max(s.cases)}: only {len(pool)} cases are left after the {s.test} test "
                    f"cases (--test), {s.val_cases} validation case(s) (--val) and the positive control's {len(held)}")
-        draws = [{"repeat": None, "fold": None, "test": [], "val": val, "pool": pool}] * (max(s.seeds) + 1)
+        draws = [Draw(None, None, (), tuple(val), tuple(pool))] * (max(s.seeds) + 1)
     runs = []
     for n in s.cases:
         for seed in s.seeds:
             draw = draws[seed]
-            pool, val = draw["pool"], tuple(draw["val"])
+            pool, val = draw.pool, draw.val
             train = tuple(sorted([pool[i] for i in np.random.default_rng(1000 + seed).permutation(len(pool))][:n]))
             epochs, every = cadence(s.steps, n, int(probe_cfg.trainer.batch_size))
             checks = [f"trainer.val_every={every}"] if val else []
@@ -199,8 +211,8 @@ def plan_runs(s: Transfer) -> tuple[list[Run], list[str], Any, list[str]]:
                 own, labeled = tuned.drawn(seed)
                 runs.append(Run(arm, n, seed, train, (*base, f"output_dir={run_dir}", f"seed={seed}",
                                                       f"trainer.epochs={epochs}", *checks, *own), run_dir,
-                                val, tuple(draw["test"]), draw["repeat"], draw["fold"], tuned.identity,
-                                tuple(sorted(set(draw["test"] or test_ids) & set(labeled))), s.head_start))
+                                val, draw.test, draw.repeat, draw.fold, tuned.identity,
+                                tuple(sorted(set(draw.test or test_ids) & set(labeled))), s.head_start))
     return runs, test_ids, probe_cfg, ids
 
 

@@ -22,14 +22,14 @@ def eighteen(tmp_path_factory):
 def test_every_case_is_scored_once_per_repeat_and_n_is_drawn_inside_the_training_part():
     ids = [f"case{i:02d}" for i in range(18)]
     draws = transfer.cv_draws(ids, folds=3, repeats=2, val=2, seed=0)
-    assert [(d["repeat"], d["fold"]) for d in draws] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert [(d.repeat, d.fold) for d in draws] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
     for r in (0, 1):
-        tests = [i for d in draws if d["repeat"] == r for i in d["test"]]
+        tests = [i for d in draws if d.repeat == r for i in d.test]
         assert sorted(tests) == ids  # each case once per repeat
     for d in draws:
-        assert len(d["test"]) == 6 and len(d["val"]) == 2 and len(d["pool"]) == 10
-        assert not set(d["test"]) & (set(d["val"]) | set(d["pool"])) and not set(d["val"]) & set(d["pool"])
-    assert draws[0]["test"] != draws[3]["test"]  # the repeats cut other folds
+        assert len(d.test) == 6 and len(d.val) == 2 and len(d.pool) == 10
+        assert not set(d.test) & (set(d.val) | set(d.pool)) and not set(d.val) & set(d.pool)
+    assert draws[0].test != draws[3].test  # the repeats cut other folds
     # a rerun with more repeats (study.json's scale.repeats may grow) keeps every draw it had and adds its own
     assert transfer.cv_draws(ids, folds=3, repeats=5, val=2, seed=0)[:6] == draws
     with pytest.raises(SystemExit):
@@ -39,7 +39,7 @@ def test_every_case_is_scored_once_per_repeat_and_n_is_drawn_inside_the_training
 def _settings(root: Path, out: Path, control: list[list[str]] | None = None, **kw) -> transfer.Transfer:
     """Scratch and the positive control, whose encoder of draw g trained on ``control[g]`` (default: g's pool)."""
     draws = transfer.cv_draws(sorted(c.id for c in discover("msd", root)), folds=3, repeats=2, val=2, seed=0)
-    labeled = tuple((Path(f"/c/supervised-s{g}/checkpoints/last.pt"), tuple(control[g] if control else d["pool"]))
+    labeled = tuple((Path(f"/c/supervised-s{g}/checkpoints/last.pt"), tuple(control[g] if control else d.pool))
                     for g, d in enumerate(draws))
     base = dict(out=out, data="msd", model="resenc", device="cpu", steps=20, overrides=("model.size=tiny",), root=root,
                 crop=32, test=3, val_cases=2, folds=3, repeats=2, cases=(8,), seeds=tuple(range(6)),
@@ -55,8 +55,8 @@ def test_the_runs_of_a_cross_validated_study_score_their_fold_with_their_own_con
     draws = transfer.cv_draws(ids, folds=3, repeats=2, val=2, seed=0)
     for run in runs:
         draw = draws[run.seed]
-        assert (run.repeat, run.fold) == (draw["repeat"], draw["fold"]) and list(run.test) == draw["test"]
-        assert set(run.train) <= set(draw["pool"]) and len(run.train) == 8 and list(run.val) == draw["val"]
+        assert (run.repeat, run.fold) == (draw.repeat, draw.fold) and run.test == draw.test
+        assert set(run.train) <= set(draw.pool) and len(run.train) == 8 and run.val == draw.val
         pretrained = [o for o in run.overrides if o.startswith("model.pretrained=")]
         if run.arm == "supervised":  # the positive control of its own draw
             assert pretrained == [f"model.pretrained=/c/supervised-s{run.seed}/checkpoints/last.pt"]
@@ -91,9 +91,9 @@ def _cv_scores(effect: float) -> list[dict]:
     rows = []
     for g, draw in enumerate(transfer.cv_draws(ids, folds=3, repeats=2, val=2, seed=0)):
         for arm, delta in (("scratch", 0.0), ("supervised", effect + 0.01 * (g % 3 - 1)), ("asa-c4", 0.002 * g)):
-            for k, case in enumerate(draw["test"]):
+            for k, case in enumerate(draw.test):
                 dice = 0.5 + 0.01 * int(case[1:]) + delta + 0.003 * ((k * 7 + g) % 5 - 2) * (arm != "scratch")
-                rows.append({"arm": arm, "n": 8, "seed": g, "repeat": draw["repeat"], "fold": draw["fold"],
+                rows.append({"arm": arm, "n": 8, "seed": g, "repeat": draw.repeat, "fold": draw.fold,
                              "case": case, "Dice_mean": dice, "NSD_mean": dice})
     return rows
 

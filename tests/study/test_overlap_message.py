@@ -7,11 +7,12 @@ from pathlib import Path
 
 from asa.data.case import Case
 from asa.study.checks import check_overlap
+from asa.study.plan import FixedSplit
 
 
 def test_no_cohort_to_check_names_what_was_not_given(tmp_path, monkeypatch):
     cases = [Case("a", {"t1": Path("a.nii.gz")}), Case("b", {"t1": Path("b.nii.gz")})]
-    split = {"test": ["a"], "val": ["b"]}
+    split = FixedSplit(test=("a",), val=("b",), pool=(), supervised=())
     alone = check_overlap(tmp_path, [], cases, split, None, accept=False)
     assert alone["lines"] == ["no cohort to check (no --pretrain-data and no --encoder given)"]
     assert alone["overlapping"] == [] and not alone["accepted"]

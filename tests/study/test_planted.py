@@ -52,7 +52,7 @@ def test_the_planted_scale_holds_its_split_and_the_positive_control_in_the_bed_s
 
     scale = plan.SCALES["planted"]
     split = plan.labeled_split([SimpleNamespace(id=f"case_{i:03d}") for i in range(28)], scale, 0)
-    assert (len(split["test"]), len(split["val"]), len(split["supervised"])) == (16, 4, 4)
-    assert len(split["pool"]) >= max(scale.cases) == 2
-    assert not {*split["test"], *split["val"], *split["supervised"]} & set(split["pool"])
-    assert plan.labeled_split([SimpleNamespace(id=f"case_{i:03d}") for i in range(25)], scale, 0)["supervised"] == []
+    assert (len(split.test), len(split.val), len(split.supervised)) == (16, 4, 4)
+    assert len(split.pool) >= max(scale.cases) == 2
+    assert not {*split.test, *split.val, *split.supervised} & set(split.pool)
+    assert plan.labeled_split([SimpleNamespace(id=f"case_{i:03d}") for i in range(25)], scale, 0).supervised == ()

@@ -32,7 +32,7 @@ from asa.study.arms import PILOT
 from asa.study.checks import channel_lines, check_overlap, skull_lines
 from asa.study.cohort import cohort_channels, cohort_order, pretraining_channels, write_cohorts, write_noise
 from asa.study.cost import Costs, StepCost
-from asa.study.plan import Network, SCALES, Supervised, finetune_arms, labeled_split, overlap_overrides, parse_network, plan_pretraining, pretraining_argv, recipe_overrides, supervised_channel, supervised_overrides, supervised_splits, cases_text, units_at_once
+from asa.study.plan import FixedSplit, Network, SCALES, Supervised, finetune_arms, labeled_split, overlap_overrides, parse_network, plan_pretraining, pretraining_argv, recipe_overrides, supervised_channel, supervised_overrides, supervised_splits, cases_text, units_at_once
 from asa.study.readout import PLATEAU_TOL, loss_plateau, optimiser_progress
 
 QUICK = ["--scale", "quick", "--n-boot", "50", "--test", "3"]  # the fixed split of 9 cases (3 test, 2 val, 2, 2)
@@ -51,16 +51,16 @@ def test_the_split_holds_the_positive_control_apart_or_cross_validates_a_smaller
     cases = discover("msd", data[1])
     scale = FIXED  # 3 test + 2 val + N 2 + 2 for the control = 9
     split = labeled_split(cases, scale, seed=0)
-    parts = [set(split[k]) for k in ("test", "val", "pool", "supervised")]
+    parts = [set(split.test), set(split.val), set(split.pool), set(split.supervised)]
     assert [len(p) for p in parts] == [3, 2, 2, 2] and set().union(*parts) == {c.id for c in cases}
     assert sum(len(p) for p in parts) == len(cases)  # disjoint
-    assert "draws" not in labeled_split(cases[:8], scale, seed=0, control=False)
+    assert isinstance(labeled_split(cases[:8], scale, seed=0, control=False), FixedSplit)
     # too few for the fixed split and the control: cross-validated (2 folds at the quick scale), never thinned
     small = labeled_split(cases[:8], scale, seed=0)
-    assert small["test"] == sorted(c.id for c in cases[:8]) and len(small["draws"]) == 2
-    assert sorted(i for d in small["draws"] for i in d["test"]) == small["test"]  # every case scored once
-    for d in small["draws"]:
-        assert not set(d["test"]) & (set(d["val"]) | set(d["pool"])) and len(d["val"]) == 2 and len(d["pool"]) == 2
+    assert small.test == tuple(sorted(c.id for c in cases[:8])) and len(small.draws) == 2
+    assert tuple(sorted(i for d in small.draws for i in d.test)) == small.test  # every case scored once
+    for d in small.draws:
+        assert not set(d.test) & (set(d.val) | set(d.pool)) and len(d.val) == 2 and len(d.pool) == 2
     with pytest.raises(SystemExit) as err:  # a 3-case training part holds no 2 validation + 2 training cases
         labeled_split(cases[:6], scale, seed=0)
     assert err.value.code == 2
@@ -87,7 +87,7 @@ def test_a_test_case_planted_in_the_pretraining_cohort_is_refused_before_anythin
     split = labeled_split(discover("msd", labeled), FIXED, seed=0)
     planted = tmp_path / "cohort.csv"  # the cohort's scans and the T1 channel of one test case, renamed
     cases = discover("bids", cohort)
-    test_case = next(c for c in discover("msd", labeled) if c.id == split["test"][0])
+    test_case = next(c for c in discover("msd", labeled) if c.id == split.test[0])
     t1 = next(p for ch, p in test_case.images.items() if ch.lower().startswith("t1") and "gd" not in ch.lower())
     planted.write_text("id,path\n" + "".join(f"{c.id},{c.images['t1']}\n" for c in cases) + f"someone,{t1}\n")
     out = tmp_path / "out"
@@ -538,7 +538,7 @@ def test_a_store_of_asa_preprocess_is_a_pretraining_cohort(data, tmp_path, monke
 def test_a_test_case_planted_in_a_store_is_refused_before_anything_trains(data, tmp_path, capsys):
     cohort, labeled = data
     split = labeled_split(discover("msd", labeled), FIXED, seed=0)
-    test_case = next(c for c in discover("msd", labeled) if c.id == split["test"][0])
+    test_case = next(c for c in discover("msd", labeled) if c.id == split.test[0])
     planted = tmp_path / "cohort.csv"  # the cohort's scans and the T1 channel of one test case, renamed
     planted.write_text("id,path\n" + "".join(f"{c.id},{c.images['t1']}\n" for c in discover("bids", cohort))
                        + f"someone,{test_case.images['T1w']}\n")
@@ -573,16 +573,16 @@ def test_the_positive_control_takes_the_t1_and_the_adapted_stem_when_the_pretrai
     assert supervised_channel(("FLAIR", "T2w"), ["t1"]) is None  # no T1 to train on alone
     assert supervised_channel(MSD, ["t1"]) == "T1w"
     run_dir = tmp_path / "pretrain" / "supervised"
-    every = Supervised(run_dir, "msd", labeled, tuple(split["supervised"]))
+    every = Supervised(run_dir, "msd", labeled, split.supervised)
     # the overrides of before (hand-written): the study's labeled set, every case training for the pilot's steps
     assert supervised_overrides(every, network, scale, 0, recipe) == [
         "data=msd", f"data.root={labeled}", "model=resenc", "model.size=tiny", "data.crop=32", "data.num_workers=0",
         "trainer.epochs=12", "trainer.progress=false", "trainer.panel_every=0", "seed=0", "resume=auto", *recipe,
         f"output_dir={run_dir}"]
     assert supervised_splits(every, split, 0) == {
-        "train": split["supervised"], "val": [], "test": sorted(split["test"] + split["val"] + split["pool"]),
+        "train": list(split.supervised), "val": [], "test": sorted(split.test + split.val + split.pool),
         "dataset": "msd", "seed": 0}
-    one = Supervised(run_dir, "msd", labeled, tuple(split["supervised"]), "T1w")
+    one = Supervised(run_dir, "msd", labeled, split.supervised, "T1w")
     sup = supervised_overrides(one, network, scale, 0, recipe)
     assert sup[:3] == ["data=msd", f"data.root={labeled}", "data.channels=[T1w]"] and sup[3:] == \
         supervised_overrides(every, network, scale, 0, recipe)[2:]
@@ -716,7 +716,7 @@ def test_a_case_planted_among_the_positive_control_s_cases_is_refused_before_the
     cohort, labeled = data
     cases = discover("msd", labeled)
     split = labeled_split(cases, FIXED, seed=0)
-    held = next(c for c in cases if c.id == split["supervised"][0])
+    held = next(c for c in cases if c.id == split.supervised[0])
     planted = tmp_path / "cohort.csv"  # the cohort's scans and the T1 channel of one of the control's cases, renamed
     planted.write_text("id,path\n" + "".join(f"{c.id},{c.images['t1']}\n" for c in discover("bids", cohort))
                        + f"someone,{held.images['T1w']}\n")
@@ -748,7 +748,7 @@ def test_a_skull_stripped_copy_of_a_cohort_head_among_the_test_cases_is_refused_
     cohort, labeled = data
     cases = discover("msd", labeled)
     split = labeled_split(cases, FIXED, seed=0)
-    test_case = next(c for c in cases if c.id == split["test"][0])
+    test_case = next(c for c in cases if c.id == split.test[0])
     image = nib.load(str(test_case.images["T1w"]))
     brain = np.asarray(image.dataobj, dtype=np.float32)[..., test_case.frame("T1w")]
     inside = brain > 0
@@ -932,8 +932,8 @@ def test_every_scale_cross_validates_a_small_labeled_set(data):
     from types import SimpleNamespace
 
     split = labeled_split([SimpleNamespace(id=f"case_{i:02d}") for i in range(18)], SCALES["quick"], seed=0)
-    assert split["test"] == [f"case_{i:02d}" for i in range(18)] and len(split["draws"]) == 2
-    assert sorted(i for d in split["draws"] for i in d["test"]) == split["test"]
+    assert split.test == tuple(f"case_{i:02d}" for i in range(18)) and len(split.draws) == 2
+    assert tuple(sorted(i for d in split.draws for i in d.test)) == split.test
 
 
 def test_the_noise_control_is_exported_at_the_step_its_matched_arm_exported(data, tmp_path, monkeypatch):
