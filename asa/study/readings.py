@@ -339,7 +339,6 @@ class Facts:
 
     Args:
         settled: what its CI and bounds alone say (`settle`).
-        kind: "question", or "positive" / "negative" for a control.
         p_holm: an exploratory question's Holm p, else None.
         plumbing: the quick scale, where nothing is read.
         faulty: an instrument fails every reading (`instrument_faults`).
@@ -351,7 +350,6 @@ class Facts:
     """
 
     settled: Judgment
-    kind: str = "question"
     p_holm: float | None = None
     plumbing: bool = False
     faulty: bool = False
@@ -425,12 +423,10 @@ def judge(facts: Facts) -> Judgment:
 
 
 @dataclasses.dataclass(frozen=True)
-class Contrast:
-    """A contrast's row as the page and contrasts.json give it, built once by `read`.
+class Contrast(Measured):
+    """A measured contrast with its reading: its row as the page and contrasts.json give it, built once by `read`.
 
     Args:
-        question, kind, arm, reference, encoder_arm, reference_arm, n, endpoint, estimates, bootstrap: `Measured`'s.
-        p, bound90, interval, mde, mde_more: the endpoint's `Bar`.
         bound: what its one-sided bounds exclude (`bound_text`), or `NOT_READ` beside a verdict not interpretable.
         verdict: the first of `RULES` that applies.
         why: why that verdict (None: the verdict says it).
@@ -442,21 +438,6 @@ class Contrast:
         small: its one-sided upper bound under the minimum effect (a negative control shown small).
     """
 
-    question: str
-    kind: str
-    arm: str
-    reference: str
-    encoder_arm: str
-    reference_arm: str
-    n: int
-    endpoint: tuple[str, str]
-    estimates: dict[str, list[float]]
-    bootstrap: dict[str, list[float]]
-    p: float
-    bound90: list[float]
-    interval: dict[str, Any]
-    mde: float
-    mde_more: dict[str, float] | None
     bound: str
     verdict: Verdict
     why: str | None
@@ -481,9 +462,9 @@ class Contrast:
         for key, values in self.estimates.items():
             out[key] = values
             if key == self.endpoint[0]:
-                out.update(p=self.p, bound90=self.bound90, interval=self.interval, mde=self.mde)
-                if self.mde_more is not None:
-                    out["mde_more"] = self.mde_more
+                out.update(p=self.bar.p, bound90=self.bar.bound90, interval=self.bar.interval, mde=self.bar.mde)
+                if self.bar.mde_more is not None:
+                    out["mde_more"] = self.bar.mde_more
         out.update(bound=self.bound, verdict=self.verdict.value, why=self.why, role=self.role)
         if self.p_holm is not None:
             out["p_holm"] = self.p_holm
@@ -543,8 +524,6 @@ class Looks:
     def level(self) -> str:
         """The primary's confidence as the page says it, "97.5 %" over 2 looks."""
         return f"{100 * (1 - self.alpha):.4g} %"
-
-
 
 
 def effect_reading(value: float, low: float, high: float, *, min_effect: float) -> str:
@@ -683,7 +662,7 @@ class Reading:
         """The primary's minimum detectable effect where it may be said, else NaN."""
         if self.primary is None or self.primary.verdict in NOT_INTERPRETABLE:
             return math.nan
-        return self.primary.mde
+        return self.primary.bar.mde
 
     def detects(self, control: Contrast) -> bool:
         """Whether the primary would reliably see a gain of a positive ``control``'s size: its minimum detectable
@@ -713,11 +692,11 @@ def _facts(m: Measured, p_holm: float | None, controls: Controls, runs: Sequence
             gain_fault = controls.gains.get(m.n)
         if declared.attentive_over_uniform(m.encoder_arm, m.reference_arm):
             share = _share(runs)
-    return Facts(m.settled, m.kind, p_holm, plumbing, faulty, null_fault, gain_fault, share)
+    return Facts(m.settled, p_holm, plumbing, faulty, null_fault, gain_fault, share)
 
 
 def contrast_row(m: Measured, judged: Judgment, *, role: str, p_holm: float | None, looks: Looks,
-              flags: tuple[str, ...] | None, min_effect: float) -> Contrast:
+                 flags: tuple[str, ...] | None, min_effect: float) -> Contrast:
     """The row of the contrast ``m`` judged ``judged``: a verdict not interpretable claims no bound either."""
     bound = bound_text(*m.bar.bound90, min_effect=min_effect)
     if judged.verdict in NOT_INTERPRETABLE:
@@ -725,10 +704,8 @@ def contrast_row(m: Measured, judged: Judgment, *, role: str, p_holm: float | No
     count, level = None, None
     if role == "primary" and looks.count > 1:
         count, level = looks.count, looks.level
-    return Contrast(m.question, m.kind, m.arm, m.reference, m.encoder_arm, m.reference_arm, m.n, m.endpoint,
-                    m.estimates, m.bootstrap, m.bar.p, m.bar.bound90, m.bar.interval, m.bar.mde, m.bar.mde_more,
-                    bound, judged.verdict, judged.why, role, p_holm, count, level, flags,
-                    shown_small(m.bar.bound90, min_effect=min_effect))
+    return Contrast(**vars(m), bound=bound, verdict=judged.verdict, why=judged.why, role=role, p_holm=p_holm,
+                    looks=count, level=level, flags=flags, small=shown_small(m.bar.bound90, min_effect=min_effect))
 
 
 def read(scores: Sequence[Mapping[str, Any]], info: Mapping[str, Any], *, n_boot: int,

@@ -28,7 +28,7 @@ PRINTED_MDE_POWER = (0.61, 0.82)
 def mde_line(primary: Contrast, *, min_effect: float, looks: Looks) -> list[str]:
     """The primary's minimum detectable effect from the study's own variance (aimed at 80 % power, two-sided at the
     primary's error rate over its ``looks``), printed as the estimate it is."""
-    interval, more = primary.interval, primary.mde_more or {}
+    interval, more = primary.bar.interval, primary.bar.mde_more or {}
     comps, what = interval["components"], "variance components"
     if not comps:
         comps, what = {name: v for name, v, _ in interval["parts"]}, "the variance parts of the mean"
@@ -36,7 +36,7 @@ def mde_line(primary: Contrast, *, min_effect: float, looks: Looks) -> list[str]
     parts = ", ".join(f"{k} {v:.2g}" for k, v in comps.items())
     line = (f"Minimum detectable effect of the primary, estimated from this study's own variance (aimed at 80 % power, "
             f"two-sided {100 * looks.alpha:.4g} %, on its interval; {what} {parts}): "
-            f"**{primary.mde:.3f} {primary.endpoint[1]}** (an estimate: in simulated studies a true effect of "
+            f"**{primary.bar.mde:.3f} {primary.endpoint[1]}** (an estimate: in simulated studies a true effect of "
             f"the printed size is detected {PRINTED_MDE_POWER[0]:.0%}–{PRINTED_MDE_POWER[1]:.0%} of the time, not 80 %)")
     if more:
         line += (f"; with twice the labeled draws ({2 * levels['seed']} seeds) {more['seeds']:.3f}, with twice the "
@@ -44,7 +44,7 @@ def mde_line(primary: Contrast, *, min_effect: float, looks: Looks) -> list[str]
     if "pretraining runs" in more:
         line += f", with twice the pretraining runs ({2 * levels['pretraining']}) {more['pretraining runs']:.3f}"
     line += f". The minimum effect read as an effect is {min_effect:g}"
-    if primary.mde > min_effect:
+    if primary.bar.mde > min_effect:
         line += ": a true gain of that size would mostly go undetected here."
     else:
         line += "."
@@ -79,7 +79,7 @@ def control_line(row: Contrast, said: Reading, *, trained_on: str) -> str:
     if row.small:
         return f"Negative control shown small, as it must be ({ci}; {row.bound}, under {min_effect:g})."
     return (f"**Negative control not shown small** ({ci}; its one-sided 95 % bound allows gains up to "
-            f"{row.bound90[1]:+.3f}, not under the minimum effect {min_effect:g}): an initialisation effect of "
+            f"{row.bar.bound90[1]:+.3f}, not under the minimum effect {min_effect:g}): an initialisation effect of "
             "that size is not excluded, so no gain of a pretrained arm over scratch is read below.")
 
 
@@ -134,11 +134,11 @@ def question_line(row: Contrast, *, min_effect: float) -> str:
 
 def _p_cell(row: Contrast) -> str:
     """The endpoint's p, Holm's in brackets for an exploratory question; "—" where no p was measured."""
-    if math.isnan(row.p):
+    if math.isnan(row.bar.p):
         return "—"
     if row.p_holm is None:
-        return f"{row.p:.3f}"
-    return f"{row.p:.3f} ({row.p_holm:.3f})"
+        return f"{row.bar.p:.3f}"
+    return f"{row.bar.p:.3f} ({row.p_holm:.3f})"
 
 
 def contrast_cells(said: Reading) -> tuple[list[str], list[list[str]]]:
@@ -170,7 +170,7 @@ def family_lines(said: Reading) -> list[str]:
     if keys[1:]:
         text += f" ({' and '.join(keys[1:])} shown as information: no verdict is read from them)"
     text += ". Every interval is the crossed random-effects interval of "
-    if any("draw" in r.interval["levels"] for r in contrasts):
+    if any("draw" in r.bar.interval["levels"] for r in contrasts):
         text += "the cross-validated draws × test cases"
     else:
         text += "seeds × test cases"

@@ -483,7 +483,7 @@ def test_one_reading_the_page_renders(tmp_path):
     assert said.dicts() == contrasts
     assert [(r.arm, r.verdict, r.bound) for r in said.contrasts] == \
         [(r["arm"], r["verdict"], r["bound"]) for r in contrasts]
-    assert said.interpretable and said.primary.arm == "asa-c4" and said.mde == pytest.approx(said.primary.mde)
+    assert said.interpretable and said.primary.arm == "asa-c4" and said.mde == pytest.approx(said.primary.bar.mde)
 
 
 def test_under_cross_validation_the_positive_control_says_it_trained_on_the_arms_own_cases(tmp_path):
