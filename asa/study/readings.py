@@ -50,9 +50,11 @@ NOT_INTERPRETABLE = (Verdict.PLUMBING, Verdict.UNREADABLE, Verdict.UNSHOWN)  # c
 
 def keys_of(scores: Sequence[Mapping[str, Any]], endpoint: tuple[str, str] = KEYS[0]) -> tuple[tuple[str, str], ...]:
     """The contrasted (key, label)s every score row has: the ``endpoint`` first, mean Dice, NSD, the lesion Dice."""
-    others = (*KEYS, LESION_KEY) if scores else KEYS  # no score rows: every column but the lesion Dice
-    return tuple((k, label) for k, label in (endpoint, *(o for o in others if o[0] != endpoint[0]))
-                 if all(k in r for r in scores))
+    others = [*KEYS, LESION_KEY]
+    if not scores:  # no score rows: every column but the lesion Dice
+        others = list(KEYS)
+    named = [endpoint, *(o for o in others if o[0] != endpoint[0])]
+    return tuple((k, label) for k, label in named if all(k in r for r in scores))
 
 
 def endpoint(classes: Sequence[str], lesion_classes: Sequence[str]) -> tuple[str, str]:
@@ -252,14 +254,30 @@ def over_looks(row: Measured, scores: Sequence[Mapping[str, Any]], looks: Looks,
                                settled=settle(ci, bar.bound90, min_effect=min_effect))
 
 
-def class_rows(scores: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> list[dict[str, Any]]:
-    """Per arm (its pretraining runs pooled) and N, each class's paired Δ Dice to its twin, [value, low, high]."""
+@dataclasses.dataclass(frozen=True)
+class ClassRow:
+    """An arm's paired Δ Dice to its twin at N, per class: [value, low, high] of its crossed interval."""
+
+    arm: str
+    reference: str
+    n: int
+    dice: dict[str, list[float]]
+
+
+def class_rows(scores: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> list[ClassRow]:
+    """Per arm (its pretraining runs pooled) and N, each class's paired Δ Dice to its twin."""
+    if not classes:
+        return []
     groups = {statistics.group_of(r): str(r.get("encoder_arm") or r["arm"]) for r in scores}
-    pairs = [(arm, declared.twin_of(of)) for arm, of in groups.items()]
-    return [{"arm": arm, "reference": ref, "n": n,
-             **{f"Dice_{c}": _ci(statistics.interval(scores, arm, ref, n, f"Dice_{c}")) for c in classes}}
-            for n in sorted({int(r["n"]) for r in scores} if classes else ()) for arm, ref in pairs
-            if arm != ref and ref in groups]
+    rows = []
+    for n in sorted({int(r["n"]) for r in scores}):
+        for arm, of in groups.items():
+            ref = declared.twin_of(of)
+            if arm == ref or ref not in groups:
+                continue
+            rows.append(ClassRow(arm, ref, n, {c: _ci(statistics.interval(scores, arm, ref, n, f"Dice_{c}"))
+                                               for c in classes}))
+    return rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -479,19 +497,28 @@ def instrument_faults(pilot: Mapping[str, Any], scores: Sequence[Mapping[str, An
     """The instrument that fails every reading, so every Δ is noise: a scratch twin that learns nothing in the pilot,
     or a transfer stage whose every scored Dice is 0 (no arm segments the test cases)."""
     test = pilot.get("test") or {}
-    mean = float(np.mean(list(test.values()))) if test else math.nan
-    # its mean test Dice under FOUND, or its validation Dice (or lesion Dice) under the study's floor
+    mean = math.nan
+    if test:
+        mean = float(np.mean(list(test.values())))
     if mean < FOUND or pilot.get("learned") is False:
-        best = [f"{label} {pilot[key]:.3f}" for key, label in (("best_dice", "best validation Dice"),
-                                                               ("best_lesion_dice", "best lesion Dice"))
-                if not math.isnan(float(pilot.get(key, math.nan)))]
-        why = (f"the pilot's mean test Dice {mean:.3f} < {FOUND}" if mean < FOUND else "the pilot did not learn"
-               + (f": {', '.join(best)}, under {pilot['floor']}" if best and "floor" in pilot else ""))
-        return [f"the scratch twin does not learn the task ({why}), so every difference is noise."]
+        return [f"the scratch twin does not learn the task ({_unlearned(pilot, mean)}), so every difference is noise."]
     if scores and all(float(r["Dice_mean"]) <= 0 for r in scores):
         return [f"every Dice the transfer stage scored is 0 ({len(scores)} scores of every arm): no arm segments the "
                 "test cases, so every difference is noise."]
     return []
+
+
+def _unlearned(pilot: Mapping[str, Any], mean: float) -> str:
+    """Why the pilot did not learn: its ``mean`` test Dice under FOUND, or its validation Dice (or lesion Dice) under
+    the study's floor."""
+    if mean < FOUND:
+        return f"the pilot's mean test Dice {mean:.3f} < {FOUND}"
+    best = [f"{label} {pilot[key]:.3f}" for key, label in (("best_dice", "best validation Dice"),
+                                                           ("best_lesion_dice", "best lesion Dice"))
+            if not math.isnan(float(pilot.get(key, math.nan)))]
+    if best and "floor" in pilot:
+        return f"the pilot did not learn: {', '.join(best)}, under {pilot['floor']}"
+    return "the pilot did not learn"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -646,7 +673,7 @@ class Reading:
     controls: Controls
     plumbing: bool
     min_effect: float
-    classes: list[dict[str, Any]]
+    classes: list[ClassRow]
     looks: Looks = Looks()
     unfinished: tuple[str, ...] = ()
     rising: frozenset[str] = frozenset()

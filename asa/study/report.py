@@ -290,20 +290,30 @@ def draws_line(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) ->
              if isinstance(b.get("train"), str) and b["train"]}
     draws = sorted(set(Counter(arm for arm, _ in drawn).values()))
     runs = Counter(str(r["arm"]) for r in info.get("pretraining", []))
-    return ("Distinct labeled draws per arm: " + ('–'.join(map(str, draws)) if draws else
-                                                  "not recorded (runs scored before their cases were kept)")
-            + "; pretraining runs per arm: " + (", ".join(f"{arm} {k}" for arm, k in runs.items()) if runs else "none")
-            + (" (one run each: the intervals carry labeled draws and test cases, not the spread between "
-               "pretraining runs, so an answer is about these encoders more than about their method)"
-               if runs and max(runs.values()) == 1 else "") + ".")
+    line = "Distinct labeled draws per arm: "
+    if draws:
+        line += "–".join(map(str, draws))
+    else:
+        line += "not recorded (runs scored before their cases were kept)"
+    line += "; pretraining runs per arm: "
+    if not runs:
+        return line + "none."
+    line += ", ".join(f"{arm} {k}" for arm, k in runs.items())
+    if max(runs.values()) == 1:
+        line += (" (one run each: the intervals carry labeled draws and test cases, not the spread between "
+                 "pretraining runs, so an answer is about these encoders more than about their method)")
+    return line + "."
 
 
 def steps_phrase(runs: Sequence[Mapping[str, Any]], *, where: bool = True) -> str:
     """"pretraining 5 steps per run", or "pretraining 3–5 steps per run" (``where``: and where each run's is)."""
-    if not (steps := sorted({int(r["steps"]) for r in runs})):
+    steps = sorted({int(r["steps"]) for r in runs})
+    if not steps:
         return "no pretraining run"
-    return (f"pretraining {'–'.join(map(str, sorted({steps[0], steps[-1]})))} steps per run"
-            + (" (each run's count in the pretraining table)" if where and len(steps) > 1 else ""))
+    phrase = f"pretraining {'–'.join(map(str, sorted({steps[0], steps[-1]})))} steps per run"
+    if where and len(steps) > 1:
+        phrase += " (each run's count in the pretraining table)"
+    return phrase
 
 
 def figures(info: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], said: Reading) -> dict[str, str]:
@@ -319,10 +329,9 @@ def figures(info: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], said: Re
                                                 for k, label, _ in series},
                                                xlabels={label: x for _, label, x in series}, zero=True)
     if said.classes:
-        series = [(f"Dice_{c}", c, f"Δ Dice {c}") for c in classes]
-        plots["classes.svg"] = interval_plot([f"{r['arm']} − {r['reference']}, N = {r['n']}" for r in said.classes],
-                                             {label: [tuple(r[k]) for r in said.classes] for k, label, _ in series},
-                                             xlabels={label: x for _, label, x in series}, zero=True)
+        plots["classes.svg"] = interval_plot([f"{r.arm} − {r.reference}, N = {r.n}" for r in said.classes],
+                                             {c: [tuple(r.dice[c]) for r in said.classes] for c in classes},
+                                             xlabels={c: f"Δ Dice {c}" for c in classes}, zero=True)
     if pilot.get("curve"):
         plots["pilot.svg"] = line_plot({"scratch (pilot)": [(s, d, 0.0) for s, d in pilot["curve"]]}, xlabel="step",
                                        ylabel="validation Dice", categorical=False)
