@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from asa.study import readings
+from asa.study import readings, tables
 from asa.study.readings import Facts, Judgment, Verdict
 
 HELPED, NULL = Judgment(Verdict.HELPED), Judgment(Verdict.NO_DIFFERENCE, "ci")
@@ -102,6 +102,8 @@ def test_a_run_rises_from_its_own_tolerance_and_a_short_one_never():
     assert readings.rising({"loss_rise": 0.03, "tol": 0.02}) and readings.rising({"loss_rise": 0.02, "tol": 0.02})
     assert not readings.rising({"loss_rise": 0.01, "tol": 0.02}) and not readings.rising({"loss_rise": math.nan})
     assert not readings.rising({})  # a record without the check
+    # a record before runs kept their own tolerance: the budget check's
+    assert readings.rising({"loss_rise": tables.PLATEAU_TOL}) and not readings.rising({"loss_rise": 0.04})
 
 
 def test_the_probes_reading_counts_the_encoders_above_the_random_one_and_reads_each_effect():
