@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from asa.study.common import markdown_table, module_argv
+from asa.study.common import module_argv
 from asa.study.arms import ARMS, pretraining_arms
 from asa.study.plan import Pretraining
+from asa.study.readings import RANDOM_ROW
 from asa.study.scheduler import Unit
 from asa.study.settings import Study
 
-RANDOM_ROW = "random-init"  # the row of the random-init twin (asa-probe's ``random`` entry)
 # the factorial's effects: name -> (the arms' coefficients: (weighting, coordinate channel) -> ±½ or ±1)
 CELLS = [(w, c) for w in ("attentive", "uniform") for c in (False, True)]
 EFFECTS = {"attentive weight (attentive − uniform)": {(w, c): .5 if w == "attentive" else -.5 for w, c in CELLS},
@@ -102,62 +102,7 @@ def factorial_effects(rows: Sequence[Mapping[str, Any]], *, confidence: float = 
     return out
 
 
-def effect_reading(effect: Mapping[str, Any], *, min_effect: float) -> str:
-    """A probe effect's reading: "higher" / "lower" (off 0 and at least ``min_effect``), none above ±m, or not read."""
-    value, low, high = effect["value"], effect["low"], effect["high"]
-    if math.isnan(low) or math.isnan(high):
-        return "no interval (one pretraining seed)"
-    if low > 0 and value >= min_effect:
-        return "higher"
-    if high < 0 and -value >= min_effect:
-        return "lower"
-    if -min_effect < low and high < min_effect:
-        return f"no effect above ±{min_effect:g}"
-    return "inconclusive"
-
-
 def choose_arm(rows: Sequence[Mapping[str, Any]]) -> str:
     """The pretraining arm whose runs have the highest mean primary probe (on a tie, the first declared)."""
     arms = [a for a in pretraining_arms() if any(r["arm"] == a for r in rows)]
     return max(arms, key=lambda arm: float(np.mean([r["primary"] for r in rows if r["arm"] == arm])))
-
-
-def probe_lines(probes: Mapping[str, Any], *, min_effect: float) -> list[str]:
-    """The report's section: the probe table, the factorial's effects and the arm the probes chose."""
-    label = probes["label"]
-    cells = [[r["encoder"], r["arm"], "—" if r["replicate"] is None else str(r["replicate"]),
-              _number(r["primary"]) + ("" if math.isnan(r["primary_ci"][0]) else
-                                       f" [{r['primary_ci'][0]:.3f}, {r['primary_ci'][1]:.3f}]"),
-              _number(r["r2_mean"]), _number(r["knn"])] for r in probes["rows"]]
-    lines = [f"Every pretrained encoder frozen and probed on {probes['cases']} labeled cases the transfer stage "
-             "does not score (the validation and training-pool cases; the arm is chosen on them, never on the "
-             f"scored test cases) before any fine-tuning (asa-probe, {probes['folds']}-fold cross-validation, 95 % "
-             f"bootstrap CI over the cases). Primary probe: **{label}**, named before anything trained.", "",
-             markdown_table(["encoder", "arm", "pretraining seed", label, "ridge R² mean", "k-NN accuracy"], cells,
-                            left=3)]
-    random = next(r["primary"] for r in probes["rows"] if r["arm"] == RANDOM_ROW)
-    if above := [r for r in probes["rows"] if r["arm"] in pretraining_arms()]:
-        beat = sum(r["primary"] > random for r in above)
-        lines += [f"{beat} of {len(above)} pretrained encoders read higher than the random-init twin ({random:.3f})"
-                  + ("." if beat == len(above) else ": the probe does not tell every pretrained encoder from a "
-                     "random one."), ""]
-    if probes["effects"]:
-        rows = [[e["effect"], f"{e['value']:+.3f}",
-                 "—" if math.isnan(e["low"]) else f"[{e['low']:+.3f}, {e['high']:+.3f}]",
-                 ", ".join(f"{v:+.3f}" for v in e["per_seed"]), effect_reading(e, min_effect=min_effect)]
-                for e in probes["effects"]]
-        lines += [f"The factorial on the primary probe, each effect taken within a pretraining seed and read over the "
-                  f"{probes['effects'][0]['seeds']} seeds (t interval, seeds − 1 degrees of freedom; minimum effect "
-                  f"{min_effect:g}):", "",
-                  markdown_table(["effect", "estimate", "95 % CI", "per seed", "reading"], rows, left=1)]
-    else:
-        why = ("; ".join(f"{' and '.join(a)} share its cell ({cell})" for cell, a in probes["shared"].items())
-               + ", so which of them it reads would be the order they were named in." if probes.get("shared") else
-               "its four cells (mae, asa, mae-coord, asa-coord) did not all run with the same pretraining seeds.")
-        lines += [f"The factorial is not read: {why}", ""]
-    return [*lines, f"Fine-tuned: **{probes['chosen']}** (the highest mean primary probe of the pretraining arms), "
-            "with the scratch twins and the controls; the other arms were pretrained and probed, not fine-tuned.", ""]
-
-
-def _number(v: float) -> str:
-    return "—" if math.isnan(v) else f"{v:.3f}"

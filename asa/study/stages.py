@@ -19,7 +19,7 @@ from typing import Any
 
 from asa.data import Task
 from asa.io import atomic_write_json, load_checkpoint
-from asa.study import probes, report, transfer
+from asa.study import probes, readings, report, transfer
 from asa.study.arms import ARMS, PILOT, SCRATCH, matched_by_noise
 from asa.study.checks import Checks
 from asa.study.common import REFUSED, Clock, finished, machine, module_argv, refuse
@@ -212,8 +212,9 @@ class Probes(Stage):
                         "folds": record["settings"]["folds"], "rows": rows, "effects": probes.factorial_effects(rows),
                         "shared": probes.shared_cells(rows), "chosen": probes.choose_arm(rows)}
         atomic_write_json(s.out / "probes" / "probes.json", found.probes)
-        print("\n".join(f"[study] {line}" for line in probes.probe_lines(found.probes, min_effect=s.min_effect)
-                        if line and not line.startswith("|")), flush=True)
+        said = readings.probe_reading(found.probes, min_effect=s.min_effect)
+        print("\n".join(f"[study] {line}" for line in report.probe_lines(said) if line and not line.startswith("|")),
+              flush=True)
 
 
 class TransferStage(FineTuning):

@@ -51,11 +51,11 @@ def test_a_toy_arm_declared_once_is_planned_fine_tuned_asked_and_read_as_the_pri
     assert tuned["toy-c4"].identity == {"encoder_arm": "toy", "cohort": 4, "replicate": 0, "group": "toy-c4"}
     rows = readings.contrast_rows(_scores({"toy-c4": ("toy", 4, 0.08), "mae-c4": ("mae", 4, 0.03),
                                            "asa-c4": ("asa", 4, 0.02)}), [4], n_boot=100)
-    toy_rows = [r for r in rows if r["encoder_arm"] == "toy"]
-    assert [(r["arm"], r["reference"]) for r in toy_rows] == [("toy-c4", "scratch"), ("toy-c4", "mae-c4")]
-    assert toy_rows[0]["Dice_mean"][0] == pytest.approx(0.08)
-    primary = readings.read_family(rows)
-    assert (primary["arm"], primary["reference"], primary["question"]) == (
+    toy_rows = [r for r in rows if r.encoder_arm == "toy"]
+    assert [(r.arm, r.reference) for r in toy_rows] == [("toy-c4", "scratch"), ("toy-c4", "mae-c4")]
+    assert toy_rows[0].estimates["Dice_mean"][0] == pytest.approx(0.08)
+    primary = rows[readings.family(rows).primary]
+    assert (primary.arm, primary.reference, primary.question) == (
         "toy-c4", "scratch", "does the toy pretraining help? (toy − scratch)")
     assert TOY.cell == ("attentive", False)  # the factorial reads it with asa's cell
     effects = probes.factorial_effects([{"arm": a, "cohort": 4, "replicate": 0, "primary": v}

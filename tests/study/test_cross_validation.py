@@ -100,9 +100,9 @@ def _cv_scores(effect: float) -> list[dict]:
 
 def test_the_report_reads_cross_validated_scores_on_the_interval_of_their_design():
     rows = readings.contrast_rows(_cv_scores(0.08), [4], n_boot=100)
-    control = next(r for r in rows if r["arm"] == "supervised")
-    assert control["interval"]["levels"] == {"draw": 6, "case": 18, "repeat": 2}
-    assert [p[0] for p in control["interval"]["parts"]] == ["draw", "case"] and control["verdict"] == "helped"
-    asa = next(r for r in rows if r["arm"] == "asa-c4")
-    assert asa["Dice_mean"][0] == pytest.approx(0.005, abs=2e-3) and not math.isnan(asa["mde"])
-    assert "mde_more" not in asa  # no crossed seeds to double
+    control = next(r for r in rows if r.arm == "supervised")
+    assert control.bar.interval["levels"] == {"draw": 6, "case": 18, "repeat": 2}
+    assert [p[0] for p in control.bar.interval["parts"]] == ["draw", "case"] and control.settled.verdict == "helped"
+    asa = next(r for r in rows if r.arm == "asa-c4")
+    assert asa.estimates["Dice_mean"][0] == pytest.approx(0.005, abs=2e-3) and not math.isnan(asa.bar.mde)
+    assert asa.bar.mde_more is None  # no crossed seeds to double

@@ -61,8 +61,8 @@ def _info() -> dict:
 
 def _primary(looks: Looks) -> dict:
     said = readings.read(_scores(), _info(), n_boot=200, looks=looks)
-    assert said.primary is not None and said.primary["arm"] == "mae-c4"
-    return said.primary
+    assert said.primary is not None and said.primary.arm == "mae-c4"
+    return said.primary.to_dict()
 
 
 def test_a_study_extended_after_a_look_takes_a_second_and_reads_its_primary_over_both(tmp_path):
@@ -90,7 +90,7 @@ def test_a_study_extended_after_a_look_takes_a_second_and_reads_its_primary_over
     assert corrected["bound90"] == pytest.approx([at[0.95].low, at[0.95].high])
     assert corrected["mde"] > uncorrected["mde"]
     # above 0 at 95 %, not at 97.5 %: helped read once, inconclusive over both looks
-    assert uncorrected["verdict"] == "helped" and corrected["verdict"] == readings.INCONCLUSIVE
+    assert uncorrected["verdict"] == "helped" and corrected["verdict"] == readings.Verdict.INCONCLUSIVE
     assert "looks" not in uncorrected and (corrected["looks"], corrected["level"]) == (2, "97.5 %")
 
     outputs = tables.write_outputs(_scores(), ["lesion"], {"mae-c4": "scratch", "noise-c4": "scratch",

@@ -14,7 +14,7 @@ import torch
 from asa.data.synthetic.demo import write_demo_dataset
 from asa.io import save_checkpoint
 from asa.models import build_network, network_spec
-from asa.study import probes, stages, study, transfer
+from asa.study import probes, readings, stages, study, transfer
 from asa.study.arms import PILOT
 from asa.study.scheduler import run_units
 
@@ -44,13 +44,14 @@ def test_the_factorial_s_effects_are_taken_within_each_pretraining_seed_and_read
     assert both["per_seed"] == pytest.approx([0.20, 0.16])
     assert weight["seeds"] == 2
     one_seed = probes.factorial_effects([r for r in rows if r["replicate"] == 0])
-    assert math.isnan(one_seed[0]["low"]) and "one pretraining seed" in probes.effect_reading(one_seed[0], min_effect=.01)
+    assert math.isnan(one_seed[0]["low"]) and "one pretraining seed" in readings.effect_reading(
+        one_seed[0]["value"], one_seed[0]["low"], one_seed[0]["high"], min_effect=.01)
     assert probes.factorial_effects([r for r in rows if r["arm"] != "mae-coord"]) == []  # a cell missing: not read
 
 
 def test_an_effect_is_read_only_off_zero_and_above_the_minimum():
     def read(value, low, high):
-        return probes.effect_reading({"value": value, "low": low, "high": high}, min_effect=0.02)
+        return readings.effect_reading(value, low, high, min_effect=0.02)
 
     assert read(0.05, 0.01, 0.09) == "higher"
     assert read(-0.05, -0.09, -0.01) == "lower"

@@ -179,16 +179,17 @@ def test_verdicts_follow_the_ci_and_failed_instruments_are_named():
     assert readings.verdict(-0.01, 0.02) == "no difference"
     rows = readings.contrast_rows(_scores(0.1, "supervised") + [r for r in _scores(0.02, "noise-c4") if r["arm"] != "scratch"],
                                 [4], n_boot=200)
-    by_arm = {r["arm"]: r for r in rows}
-    assert by_arm["supervised"]["verdict"] == "helped" and by_arm["supervised"]["Dice_mean"][0] == pytest.approx(0.1)
+    by_arm = {r.arm: r for r in rows}
+    assert by_arm["supervised"].settled.verdict == "helped"
+    assert by_arm["supervised"].estimates["Dice_mean"][0] == pytest.approx(0.1)
     assert readings.instrument_faults({"test": {"lesion": 0.7}}) == []  # the controls fail one kind of reading
-    assert readings.control_faults(rows, min_effect=0.01) == {
-        "nulls": {}, "gains": {2: "the negative control is not shown small: a gain over scratch may be the recipe's"}}
+    assert readings.control_faults(rows, min_effect=0.01) == readings.Controls(
+        nulls={}, gains={2: "the negative control is not shown small: a gain over scratch may be the recipe's"})
     flat = readings.contrast_rows(_scores(0.0, "supervised", spread=0.02), [], n_boot=200)
-    assert flat[0]["verdict"] == "inconclusive"  # its CI holds 0 and its bound allows a gain of the minimum effect
+    assert flat[0].settled.verdict == "inconclusive"  # its CI holds 0 and its bound allows a gain of the minimum effect
     faults = readings.instrument_faults({"test": {"lesion": 0.05}})
     assert len(faults) == 1 and "does not learn the task" in faults[0]
-    assert readings.control_faults(flat, min_effect=0.01)["nulls"] == {2: "the positive control did not move"}
+    assert readings.control_faults(flat, min_effect=0.01).nulls == {2: "the positive control did not move"}
 
 
 def _stat(pid: int | str) -> tuple[str, int] | None:
@@ -463,8 +464,9 @@ def test_the_report_flags_a_run_still_falling_at_its_export_and_one_exported_in_
     level = [0.49, 0.35, 0.31, 0.30, 0.296, 0.295, 0.2949, 0.2948]
     climbed = [0.90, 0.97, 1.10, 1.25, 1.33, 1.36, 1.37, 1.38]  # lowest at its first round, climbs from there
     falling = [1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
-    table, flags = report.pretraining_lines([run("asa-c40", level, 7), run("noise-c40", climbed, 0),
-                                             run("mae-c40", falling, 7)])
+    runs = [run("asa-c40", level, 7), run("noise-c40", climbed, 0), run("mae-c40", falling, 7)]
+    said = readings.read([], {"pretraining": runs}, n_boot=10)  # the runs' reading: which are unfinished, rising
+    table, flags = report.pretraining_lines(runs, said)
     assert "| 7 (100% of the summed lr): 0.2948 | levelled (0.1%) | 1.50 |" in table  # asa-c40: exported at its end
     assert "| exported in its first eighth |" in table and "still falling (66.7%)" in table
     assert flags == ["noise-c40 unfinished: exported at 12% of its summed lr, in its first eighth; its contrasts "

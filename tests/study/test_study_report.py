@@ -54,6 +54,23 @@ def _run(name: str, arm: str, steps: int) -> dict:
             "plateau": None, "loss_drop": math.nan, "loss_rise": math.nan}
 
 
+def measured(arm: str, *, p: float, estimate: list[float], bound90: tuple[float, float] = (0.038, 0.082),
+             verdict: str = "helped") -> readings.Measured:
+    """A question's hand-made measurement: ``arm`` − scratch at N = 2, its endpoint (mean Dice) at ``estimate``."""
+    bar = readings.Bar(p, list(bound90), {"levels": {}}, math.nan, None)
+    return readings.Measured(f"{arm}?", "question", arm, "scratch", identity(arm)["encoder_arm"], "scratch", 2,
+                             readings.KEYS[0], {"Dice_mean": estimate}, {"Dice_mean": estimate}, bar,
+                             readings.Judgment(readings.Verdict(verdict)))
+
+
+def judged(rows: list[readings.Measured]) -> list[readings.Contrast]:
+    """``rows`` read as one family by the rule list, nothing else failing."""
+    said = readings.family(rows)
+    return [readings.contrast_row(r, readings.judge(readings.Facts(r.settled, p_holm=p)), role=role, p_holm=p,
+                                  looks=readings.Looks(), flags=None, min_effect=0.01)
+            for r, role, p in zip(rows, said.roles, said.p_holm)]
+
+
 def _study(tmp_path: Path, effects: dict[str, tuple[float, float]], *, scale: str = "cpu", pilot_dice: float = 0.7,
            pilot: dict | None = None, n_boot: int = 2000, ns=(2,), probes: dict | None = None,
            design: dict | None = None, scored=lambda rows: rows) -> tuple[str, list[dict], Path]:
@@ -138,27 +155,23 @@ def test_holm_on_hand_computed_p_values():
     assert adjusted[0] == pytest.approx(0.04) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.04)
     assert readings.holm([0.6, 0.7]) == [1.0, 1.0] and readings.holm([]) == []
 
-    def row(arm: str, p: float, value: float = 0.05) -> dict:
-        return {"question": arm, "kind": "question", "arm": arm, "reference": "scratch", "n": 2, "p": p,
-                "encoder_arm": identity(arm)["encoder_arm"], "reference_arm": "scratch",
-                "Dice_mean": [value, value / 2, 2 * value], "verdict": "helped", "why": None}
+    def row(arm: str, p: float, value: float = 0.05) -> readings.Measured:
+        return measured(arm, p=p, estimate=[value, value / 2, 2 * value])
 
-    rows = [row("asa-c4", 0.5), row("mae-c4", 0.01), row("x", 0.02), row("y", 0.03)]
-    primary = readings.read_family(rows)
-    assert primary is rows[0] and rows[0]["verdict"] == "helped" and "p_holm" not in rows[0]  # read at 95 % alone
-    assert [r["p_holm"] for r in rows[1:]] == pytest.approx([0.03, 0.04, 0.04])
-    assert all(r["verdict"] == "helped" for r in rows)
-    rows = [row("mae-c4", 0.2), row("x", 0.02), row("y", 0.03)]  # mae is primary (no asa); x and y: m = 2
-    readings.read_family(rows)
-    assert [r["p_holm"] for r in rows[1:]] == pytest.approx([0.04, 0.04])
-    rows = [row("mae-c4", 0.2), row("x", 0.01), row("y", 0.03), row("z", 0.02)]  # m = 3: y's 0.03 × 1 -> 0.04
-    readings.read_family(rows)
-    assert [r["p_holm"] for r in rows[1:]] == pytest.approx([0.03, 0.04, 0.04])
-    rows = [row("mae-c4", 0.2), row("x", 0.01), row("y", 0.02), row("z", 0.021), row("w", 0.5)]  # m = 4
-    readings.read_family(rows)  # 0.01 × 4, 0.02 × 3, 0.021 × 2 = 0.042 -> 0.06 (non-decreasing)
-    assert [r["p_holm"] for r in rows[1:]] == pytest.approx([0.04, 0.06, 0.06, 0.5])
-    assert [r["verdict"] for r in rows[1:]] == ["helped", "inconclusive", "inconclusive", "inconclusive"]
-    assert rows[2]["why"] == "holm" and "Holm p = 0.060" in report.reading(rows[2], min_effect=0.01)
+    rows = judged([row("asa-c4", 0.5), row("mae-c4", 0.01), row("x", 0.02), row("y", 0.03)])
+    assert rows[0].role == "primary" and rows[0].verdict == "helped" and rows[0].p_holm is None  # at 95 % alone
+    assert "p_holm" not in rows[0].to_dict()
+    assert [r.p_holm for r in rows[1:]] == pytest.approx([0.03, 0.04, 0.04])
+    assert all(r.verdict == "helped" for r in rows)
+    rows = judged([row("mae-c4", 0.2), row("x", 0.02), row("y", 0.03)])  # mae is primary (no asa); x and y: m = 2
+    assert [r.p_holm for r in rows[1:]] == pytest.approx([0.04, 0.04])
+    rows = judged([row("mae-c4", 0.2), row("x", 0.01), row("y", 0.03), row("z", 0.02)])  # m = 3: y's 0.03 × 1 -> 0.04
+    assert [r.p_holm for r in rows[1:]] == pytest.approx([0.03, 0.04, 0.04])
+    rows = judged([row("mae-c4", 0.2), row("x", 0.01), row("y", 0.02), row("z", 0.021), row("w", 0.5)])  # m = 4
+    # 0.01 × 4, 0.02 × 3, 0.021 × 2 = 0.042 -> 0.06 (non-decreasing)
+    assert [r.p_holm for r in rows[1:]] == pytest.approx([0.04, 0.06, 0.06, 0.5])
+    assert [r.verdict for r in rows[1:]] == ["helped", "inconclusive", "inconclusive", "inconclusive"]
+    assert rows[2].why == "holm" and "Holm p = 0.060" in report.reading(rows[2], min_effect=0.01)
 
 
 def test_a_class_named_lesion_keeps_its_dice_beside_the_lesion_dice(tmp_path):
@@ -428,33 +441,32 @@ def test_the_verdict_agrees_with_both_bounds_at_every_edge():
     t975, t95 = 2.5706, 2.0150
     for d, s, bound in ((0.009, 0.00255, "gains below +0.005 excluded"),
                         (-0.015, 0.0102, "gains above +0.001 excluded")):
-        row = _row(readings.contrast_rows(_scores({"asa-c4": (d, s)}), [4], n_boot=100, min_effect=0.01), "asa-c4")
+        rows = readings.contrast_rows(_scores({"asa-c4": (d, s)}), [4], n_boot=100, min_effect=0.01)
+        row = next(r for r in rows if r.arm == "asa-c4" and r.reference == "scratch")
         se = s * math.sqrt(3.5) / math.sqrt(6)
-        assert row["Dice_mean"] == pytest.approx([d, d - t975 * se, d + t975 * se], abs=1e-4)
-        assert row["bound90"] == pytest.approx([d - t95 * se, d + t95 * se], abs=1e-4)
+        assert row.estimates["Dice_mean"] == pytest.approx([d, d - t975 * se, d + t975 * se], abs=1e-4)
+        assert row.bar.bound90 == pytest.approx([d - t95 * se, d + t95 * se], abs=1e-4)
         # off 0 under the minimum effect whose bound reaches +0.013; holding 0 whose bound reaches a loss of 0.031
-        assert (row["verdict"], row["why"], row["bound"]) == ("inconclusive", None, bound)
-    assert readings.settle([0.009, 0.004, 0.014], [0.005, 0.0095], min_effect=0.01) == ("no difference",
-                                                                                         "minimum effect")
-    assert readings.settle([0.0, -0.006, 0.006], [-0.005, 0.005], min_effect=0.01) == ("no difference", "ci")
-    assert readings.settle([0.03, 0.01, 0.05], [0.013, 0.047], min_effect=0.01) == ("helped", None)
-    assert readings.settle([-0.03, -0.05, -0.01], [-0.047, -0.013], min_effect=0.01) == ("hurt", None)
-    assert readings.settle([0.0, -0.02, 0.02], [math.nan, math.nan], min_effect=0.01) == ("inconclusive", None)
+        assert row.settled == readings.Judgment(readings.Verdict.INCONCLUSIVE, None)
+        assert readings.bound_text(*row.bar.bound90, min_effect=0.01) == bound
+    Judgment = readings.Judgment
+    assert readings.settle([0.009, 0.004, 0.014], [0.005, 0.0095], min_effect=0.01) == Judgment("no difference",
+                                                                                                 "minimum effect")
+    assert readings.settle([0.0, -0.006, 0.006], [-0.005, 0.005], min_effect=0.01) == Judgment("no difference", "ci")
+    assert readings.settle([0.03, 0.01, 0.05], [0.013, 0.047], min_effect=0.01) == Judgment("helped", None)
+    assert readings.settle([-0.03, -0.05, -0.01], [-0.047, -0.013], min_effect=0.01) == Judgment("hurt", None)
+    assert readings.settle([0.0, -0.02, 0.02], [math.nan, math.nan], min_effect=0.01) == Judgment("inconclusive", None)
 
 
 def test_under_holm_each_line_says_which_question_it_answers():
     """An exploratory contrast off 0 alone (its bound excludes gains below +0.038) but not across the family (Holm
     p 0.069) is inconclusive, not "no difference", and its line says the bound is that contrast's alone."""
-    def row(arm: str, p: float) -> dict:
-        return {"question": f"{arm}?", "kind": "question", "arm": arm, "reference": "scratch", "n": 2, "p": p,
-                "encoder_arm": identity(arm)["encoder_arm"], "reference_arm": "scratch", "endpoint": "Dice_mean",
-                "endpoint_label": "mean Dice", "Dice_mean": [0.06, 0.03, 0.09], "verdict": "helped", "why": None,
-                "bound": "gains below +0.038 excluded"}
+    def row(arm: str, p: float) -> readings.Measured:
+        return measured(arm, p=p, estimate=[0.06, 0.03, 0.09], bound90=(0.038, 0.082))
 
-    rows = [row("asa-c4", 0.5), row("mae-c4", 0.01), row("x", 0.069)]
-    readings.read_family(rows)  # m = 2 besides the primary: 0.01 × 2, 0.069 × 1
-    assert [r["p_holm"] for r in rows[1:]] == pytest.approx([0.02, 0.069])
-    assert (rows[2]["verdict"], rows[2]["why"]) == ("inconclusive", "holm") and rows[1]["verdict"] == "helped"
+    rows = judged([row("asa-c4", 0.5), row("mae-c4", 0.01), row("x", 0.069)])  # m = 2 besides the primary
+    assert [r.p_holm for r in rows[1:]] == pytest.approx([0.02, 0.069])  # 0.01 × 2, 0.069 × 1
+    assert (rows[2].verdict, rows[2].why) == ("inconclusive", "holm") and rows[1].verdict == "helped"
     line = report.question_line(rows[2], min_effect=0.01)
     assert ("At N = 2: inconclusive (an effect is not shown across the family: the test of no effect at the family's "
             "5 % gives Holm p = 0.069); its bound, this contrast alone (uncorrected): gains below +0.038 excluded") in line
@@ -468,9 +480,10 @@ def test_one_reading_the_page_renders(tmp_path):
     said = readings.read(_scores(effects), json.loads((folder / "report.json").read_text()), n_boot=200)
     with pytest.raises(dataclasses.FrozenInstanceError):
         said.plumbing = True
-    assert [(r["arm"], r["verdict"], r["bound"]) for r in said.contrasts] == \
+    assert said.dicts() == contrasts
+    assert [(r.arm, r.verdict, r.bound) for r in said.contrasts] == \
         [(r["arm"], r["verdict"], r["bound"]) for r in contrasts]
-    assert said.interpretable and said.primary["arm"] == "asa-c4" and said.mde == pytest.approx(said.primary["mde"])
+    assert said.interpretable and said.primary.arm == "asa-c4" and said.mde == pytest.approx(said.primary.bar.mde)
 
 
 def test_under_cross_validation_the_positive_control_says_it_trained_on_the_arms_own_cases(tmp_path):
