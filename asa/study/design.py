@@ -66,7 +66,7 @@ class Design:
     def of(cls, study: Study, split: FixedSplit | CrossValidated, endpoint: str) -> Design:
         """The design of ``study`` with its labeled ``split`` and the label of its primary ``endpoint``."""
         scale, encoders = study.scale, [name for name, _ in study.encoders]
-        named = [a for a in primary_order() if a in study.arms] + encoders[:1]  # as `readings.read_family` picks it
+        named = [a for a in primary_order() if a in study.arms] + encoders[:1]  # as `readings.family` picks it
         primary = f"{named[0]} − {twin_of(named[0])}" if named else None
         if study.probe_first:
             primary = "the pretraining arm the probes choose − its twin"
