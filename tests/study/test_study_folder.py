@@ -81,7 +81,7 @@ def test_sigterm_during_a_dry_run_is_one_line_and_exit_143(labeled, tmp_path):
     dry = subprocess.Popen(argv, env={**os.environ, "TMPDIR": str(scratch), "OMP_NUM_THREADS": "1"},
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and dry.poll() is None and not list(scratch.glob("asa-study-cost-*/run/tb")):
+    while time.monotonic() < deadline and dry.poll() is None and not list(scratch.glob("asa-study-cost-*/run-*/tb")):
         time.sleep(0.05)  # until the timed run trains (its TensorBoard folder)
     dry.send_signal(signal.SIGTERM)
     _, err = dry.communicate(timeout=300)
