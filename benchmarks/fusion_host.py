@@ -14,7 +14,13 @@ cost is not in it; read ratios measured side by side, alone against fused. For e
 - ``fused_ms``: the K units' forward, loss and backward as one vmapped step (`Stacked.accumulate`, the stacking
   included), and ``fused_ms_per_unit``, that over K.
 
-The optimiser steps (one per unit, alone and fused) read the loss to the host and are not timed here.
+The optimiser steps (one per unit, alone and fused) read the loss to the host and are not timed here. They are
+counted: ``ops_alone`` and ``ops_fused_per_unit`` are the operators a whole unit-step dispatches (forward, loss,
+backward and the update: `OptimizerStep.apply`), one unit alone and the K fused, over K. A count is the same on every
+machine, and on a GPU each is a launch or at least a trip through the dispatcher. The forward and backward are
+counted on meta tensors (the same operators as on a device; a count does not depend on the arithmetic), the update
+on one CPU unit of the same shapes: it reads its values to the host, which meta tensors cannot, and it is each
+unit's own, fused or not.
 
     python -m benchmarks.fusion_host --ks 1 14 56 --json OUT.json        # ResEnc S, medians of --repeats
 """
@@ -30,9 +36,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from asa.models.cnn.resenc import resenc_unet
 from asa.train.fused import Stacked
+from asa.train.optim import build_optimizer
 from asa.train.step import OptimizerStep
 
 META = torch.device("meta")
@@ -46,6 +54,41 @@ def step_fn(net: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.
     return loss, {"ce": loss.detach()}
 
 
+class _Count(TorchDispatchMode):
+    """The operators dispatched while it is entered (``n``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn) -> int:
+    """The operators ``fn()`` dispatches (after a first call that builds what later calls reuse)."""
+    fn()
+    with _Count() as count:
+        fn()
+    return count.n
+
+
+def _update_ops(*, size: str, crop: int, batch: int, in_channels: int, out_channels: int) -> int:
+    """The operators of one unit's update (`OptimizerStep.apply`: clipping, one read of its values, AdamW), counted on
+    a CPU unit of the benchmark's shapes."""
+    unit = resenc_unet(img_size=crop, in_channels=in_channels, out_channels=out_channels, size=size)
+    step = OptimizerStep(build_optimizer(unit, name="adamw", lr=1e-3, weight_decay=0.01), amp="off",
+                         device=torch.device("cpu"), accum_steps=1, clip_grad=1.0)
+    data = {"x": torch.randn(batch, in_channels, crop, crop, crop),
+            "y": torch.randint(0, out_channels, (batch, crop, crop, crop))}
+    step.apply(0, step.accumulate(unit, step_fn, [data], distributed=False))  # the first update makes AdamW's state
+    acc = step.accumulate(unit, step_fn, [data], distributed=False)
+    with _Count() as count:
+        step.apply(0, acc)
+    return count.n
+
+
 def _median_ms(fn, repeats: int) -> float:
     fn()  # the first call builds what later calls reuse
     times = []
@@ -56,8 +99,9 @@ def _median_ms(fn, repeats: int) -> float:
     return round(1e3 * statistics.median(times), 2)
 
 
-def measure(k: int, *, size: str, crop: int, batch: int, in_channels: int, out_channels: int, repeats: int) -> dict:
-    """One K's row (module docstring)."""
+def measure(k: int, *, size: str, crop: int, batch: int, in_channels: int, out_channels: int, repeats: int,
+            update_ops: int) -> dict:
+    """One K's row (module docstring; ``update_ops``: the operators of one unit's update, `_update_ops`)."""
     units = [resenc_unet(img_size=crop, in_channels=in_channels, out_channels=out_channels, size=size).to(META)
              for _ in range(k)]
     steps = [OptimizerStep(torch.optim.AdamW(u.parameters(), lr=1e-3), amp="off", device=META, accum_steps=1,
@@ -68,8 +112,11 @@ def measure(k: int, *, size: str, crop: int, batch: int, in_channels: int, out_c
     alone = _median_ms(lambda: steps[0].accumulate(units[0], step_fn, [data], distributed=False), repeats)
     stack = _median_ms(stacked._stacked, repeats)
     fused = _median_ms(lambda: stacked.accumulate(steps, [data]), repeats)
+    ops_alone = count_ops(lambda: steps[0].accumulate(units[0], step_fn, [data], distributed=False)) + update_ops
+    ops_fused = count_ops(lambda: stacked.accumulate(steps, [data])) + k * update_ops
     return {"k": k, "alone_ms": alone, "stack_ms": stack, "fused_ms": fused,
-            "fused_ms_per_unit": round(fused / k, 2), "alone_over_fused_per_unit": round(alone / (fused / k), 2)}
+            "fused_ms_per_unit": round(fused / k, 2), "alone_over_fused_per_unit": round(alone / (fused / k), 2),
+            "ops_alone": ops_alone, "ops_fused_per_unit": round(ops_fused / k, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,13 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if bad := [k for k in args.ks if k < 1]:
         p.error(f"--ks {' '.join(map(str, bad))}: expected at least 1")
+    shapes = dict(size=args.size, crop=args.crop, batch=args.batch, in_channels=args.in_channels,
+                  out_channels=args.out_channels)
+    update_ops = _update_ops(**shapes)
     rows = []
     for k in args.ks:
-        rows.append(measure(k, size=args.size, crop=args.crop, batch=args.batch, in_channels=args.in_channels,
-                            out_channels=args.out_channels, repeats=args.repeats))
+        rows.append(measure(k, **shapes, repeats=args.repeats, update_ops=update_ops))
         r = rows[-1]
         print(f"fusion_host: K={k:>3}  alone {r['alone_ms']:8.2f} ms  stacking {r['stack_ms']:8.2f} ms  fused "
-              f"{r['fused_ms']:8.2f} ms ({r['fused_ms_per_unit']:.2f} ms a unit)", flush=True)
+              f"{r['fused_ms']:8.2f} ms ({r['fused_ms_per_unit']:.2f} ms a unit)  operators a unit-step: alone "
+              f"{r['ops_alone']}, fused {r['ops_fused_per_unit']}", flush=True)
     doc = {"torch": torch.__version__, "unit": f"ResEnc {args.size}, {args.crop}³, batch {args.batch}",
            "repeats": args.repeats, "rows": rows}
     if args.json:

@@ -73,10 +73,11 @@ class Stacked:
         """(parameters, parameters and buffers): each stacked over the units, [K, *shape], the parameters as fresh
         leaves; the second keyed for `functional_call` of the stepper."""
         units = [dict(m.named_parameters()) for m in self.models]
-        params = {name: torch.stack([unit[name].detach() for unit in units]).requires_grad_(p.requires_grad)
-                  for name, p in units[0].items()}
-        units = [dict(m.named_buffers()) for m in self.models]
-        buffers = {name: torch.stack([unit[name] for unit in units]) for name in units[0]}
+        with torch.no_grad():  # stacked without a graph: no detach of each unit's parameter (one op per unit each)
+            params = {name: torch.stack([unit[name] for unit in units]).requires_grad_(p.requires_grad)
+                      for name, p in units[0].items()}
+            units = [dict(m.named_buffers()) for m in self.models]
+            buffers = {name: torch.stack([unit[name] for unit in units]) for name in units[0]}
         return params, {f"net.{name}": t for name, t in {**params, **buffers}.items()}
 
     def accumulate(self, optim_steps: Sequence[OptimizerStep], batches: Iterable) -> list[Accumulated]:
@@ -101,14 +102,16 @@ class Stacked:
                 one = torch.ones((), device=loss.device)
                 scales = torch.stack([s.scaler.scale(one) for s in optim_steps]).float()
             ((loss.float() * scales).sum() / optim_steps[0].accum_steps).backward()
-            losses.append(loss.detach())
-            logs.append({k: v.detach().float() for k, v in log.items()})
+            losses.append(loss.detach().unbind())
+            logs.append({k: v.detach().float().reshape(len(self.models), -1).mean(1).unbind() for k, v in log.items()})
+        # each unit's views of the stacked tensors: one unbind of each, not a select per unit (the ops a step
+        # dispatches bound it on a GPU: benchmarks.fusion_host)
+        grads = {name: (None,) * len(self.models) if p.grad is None else p.grad.unbind() for name, p in params.items()}
         for k, model in enumerate(self.models):
             for name, p in model.named_parameters():
-                grad = params[name].grad
-                p.grad = None if grad is None else grad[k]
+                p.grad = grads[name][k]
         return [Accumulated(tuple(loss[k] for loss in losses),
-                            tuple({name: v[k].mean() for name, v in log.items()} for log in logs))
+                            tuple({name: v[k] for name, v in log.items()} for log in logs))
                 for k in range(len(self.models))]
 
 

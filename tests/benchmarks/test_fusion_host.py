@@ -36,3 +36,38 @@ def test_the_meta_step_runs_the_network_without_its_arithmetic():
                                if p.grad is not None}
     assert graded["meta"].keys() == graded["cpu"].keys() and len(graded["meta"]) > 10
     assert set(graded["meta"].values()) == {(META, True)}
+
+
+def test_the_fused_step_dispatches_as_many_operators_for_any_number_of_units():
+    """The host's share of a fused step does not grow with K: its forward, loss and backward dispatch the same
+    operators for 2 units as for 6 (stacking each parameter one op, each unit's gradient a view of one unbind), so
+    that the count a unit-step falls as 1/K. The update stays each unit's own, counted apart."""
+    from asa.models.cnn.resenc import resenc_unet
+    from asa.train.fused import Stacked
+    from asa.train.step import OptimizerStep
+    from benchmarks.fusion_host import count_ops
+
+    data = {"x": torch.empty(1, 1, 32, 32, 32, device=META), "y": torch.empty(1, 32, 32, 32, dtype=torch.long,
+                                                                             device=META)}
+    counts = {}
+    for k in (2, 6):
+        units = [resenc_unet(img_size=32, in_channels=1, out_channels=2, size="tiny").to(META) for _ in range(k)]
+        steps = [OptimizerStep(torch.optim.AdamW(u.parameters()), amp="off", device=META, accum_steps=1,
+                               clip_grad=1.0) for u in units]
+        stacked = Stacked(units, step_fn)
+        counts[k] = count_ops(lambda: stacked.accumulate(steps, [data]))
+        graded = [[p.grad.shape == p.shape for p in u.parameters() if p.grad is not None] for u in units]
+        assert all(g == graded[0] for g in graded) and len(graded[0]) > 10 and all(graded[0])  # each unit's own
+    assert counts[2] == counts[6] > 100
+
+
+def test_a_row_counts_the_update_once_per_unit(tmp_path):
+    """ops_fused_per_unit = (the fused forward and backward + K updates) / K, ops_alone = one forward and backward +
+    one update: the fused forward and backward's count, the same for 2 units as for 4, shared by K."""
+    from benchmarks.fusion_host import measure
+
+    rows = [measure(k, size="tiny", crop=32, batch=1, in_channels=1, out_channels=2, repeats=1, update_ops=10)
+            for k in (2, 4)]
+    fused_2, fused_4 = rows[0]["ops_fused_per_unit"], rows[1]["ops_fused_per_unit"]
+    assert 2 * (fused_2 - 10) == 4 * (fused_4 - 10)  # the forward and backward alone: one count shared by K
+    assert rows[0]["ops_alone"] == rows[1]["ops_alone"] > 10
