@@ -23,7 +23,9 @@ each process counts the steps it starts inside it and stops at its end. Reported
 With ``--fused K ...`` each K is also run the study's other way (``asa-study --fused``): one process trains K units
 as one network (`asa.api.finetune_fused`, one loader, the units' parameters stacked), its steps timed the same way;
 a fused step is K unit-steps, so its row's ``samples_per_s_total`` is K × batch × its steps/s, set beside the
-processes' rows (``fused``: K, ``processes``: 1).
+processes' rows (``fused``: K, ``processes``: 1). ``KxP`` runs P such processes at once, each its own K units (the
+study's scheduler runs one fused group a draw, as many at once as its ``--jobs``): the row's total is their sum
+(``processes``: P). A process dispatches on one core: where the step is the host's, P groups use P cores.
 
 The JSON's ``best_units`` is the K of the greatest total samples/s (the smallest K within 5 % of it) among the
 processes' rows, for a script to plan the study's ``--jobs`` from (``scripts/gpu_window.sh``, its study part).
@@ -150,7 +152,7 @@ def _smi(query: str, what: str) -> list[list[str]]:
 def run_k(k: int, args: argparse.Namespace, root: Path, fused: int = 0) -> tuple[list[dict], float, float, dict]:
     """K processes started together (``fused``: one process of that many units trained as one); the window opened
     once all are warm. Returns their records and the window."""
-    folder = root / (f"fused{fused}" if fused else f"k{k}")
+    folder = root / (f"fused{fused}x{k}" if fused else f"k{k}")
     folder.mkdir(parents=True)
     cmd = [sys.executable, "-m", "benchmarks.side_by_side", "--worker", "--data", str(args.data), "--size", args.size,
            "--device", args.device, "--warmup", str(args.warmup), "--work", str(folder),
@@ -194,6 +196,18 @@ def run_k(k: int, args: argparse.Namespace, root: Path, fused: int = 0) -> tuple
     return units, begin, end, device
 
 
+def fused_spec(text: str) -> tuple[int, int]:
+    """``K`` or ``KxP`` (--fused): K units trained as one in each of P processes, both at least 1."""
+    k, x, p = text.partition("x")
+    try:
+        spec = int(k), int(p) if x else 1
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text}: expected K or KxP, whole numbers (14, 14x4)") from None
+    if min(spec) < 1:
+        raise argparse.ArgumentTypeError(f"{text}: expected K and P of at least 1")
+    return spec
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.side_by_side", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="an MSD-layout labeled folder (asa-demo-data --layout msd)")
@@ -209,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--json", type=Path, help="write the rows here")
     p.add_argument("--work", type=Path, help="the units' folders (default: a temporary folder)")
-    p.add_argument("--fused", type=int, nargs="*", default=[],
-                   help="units trained as one in one process, in turn after --units (asa-study --fused; default none)")
+    p.add_argument("--fused", type=fused_spec, nargs="*", default=[], metavar="K[xP]",
+                   help="K units trained as one in a process (asa-study --fused), P such processes at once (default "
+                        "1), in turn after --units (default none)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--fused-units", type=int, default=0, help=argparse.SUPPRESS)
@@ -219,9 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         _worker(args)
         return 0
-    for option, ks in (("--units", args.units), ("--fused", args.fused)):
-        if bad := [k for k in ks if k < 1]:
-            p.error(f"{option} {' '.join(map(str, bad))}: expected at least 1")
+    if bad := [k for k in args.units if k < 1]:
+        p.error(f"--units {' '.join(map(str, bad))}: expected at least 1")
     if args.seconds <= 0 or args.warmup < 1 or args.train_cases < 1:
         p.error("--seconds must be above 0, --warmup and --train-cases at least 1")
     if not (args.data / "dataset.json").is_file():
@@ -229,17 +243,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="asa-sbs-") as tmp:
         root = args.work.absolute() if args.work else Path(tmp)
         rows, alone = [], None
-        for k, fused in [*((k, 0) for k in args.units), *((1, k) for k in args.fused)]:
+        for k, fused in [*((k, 0) for k in args.units), *((p, k) for k, p in args.fused)]:
             units, begin, end, device = run_k(k, args, root, fused)
-            if fused:  # one process's step is its K units' steps: each unit's samples/s is the process's
-                units = units * fused
+            if fused:  # one process's step is its K units' steps: each unit's samples/s is its process's
+                units = [unit for unit in units for _ in range(fused)]
             row = summarise(units, begin, end, units[0]["batch"], alone) | device
             if fused:
-                row |= {"fused": fused, "processes": 1}
+                row |= {"fused": fused, "processes": k}
             else:
                 alone = alone or (row["samples_per_s_total"] if k == 1 else None)
             rows.append(row)
-            print(f"side_by_side: {row['units']:>2} {'fused' if fused else 'at once'}: "
+            print(f"side_by_side: {f'{fused}x{k} fused' if fused else f'{k:>2} at once'}: "
                   f"{row['samples_per_s_unit']['mean']:8.2f} samples/s a unit "
                   f"({row['samples_per_s_unit']['least']:.2f}-{row['samples_per_s_unit']['most']:.2f}), "
                   f"{row['samples_per_s_total']:8.2f} together"

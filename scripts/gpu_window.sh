@@ -19,8 +19,9 @@
 #                                 only with PARTS="install side_by_side study_plan study", a window of its own: the gpu
 #                                 scale's units side by side, the study's plan on the device and asa-study --scale gpu
 #                                 on the planted bed at the units at once measured best (its report.json; its
-#                                 times.json where its budget ended first); FUSED="4 14" adds those units trained as
-#                                 one to side_by_side (--fused) and runs the study --fused
+#                                 times.json where its budget ended first); FUSED="4 14 14x4" adds those units trained
+#                                 as one to side_by_side (--fused K[xP]: K units a process, P processes at once) and
+#                                 runs the study --fused
 #   fusion_probe.json, fusion_probe.md
 #                                 only with PARTS="install fusion_probe", a window of its own (under 5 minutes):
 #                                 grouped against dense Conv3d / ConvTranspose3d at the gpu scale's unit's shapes, bf16

@@ -28,3 +28,16 @@ def test_the_plan_takes_the_fewest_units_within_five_percent_of_the_greatest_tot
     assert best_units(rows) == 8  # 246.0 ≥ 0.95 × 256.3
     rows[2]["samples_per_s_total"] = 146.9
     assert best_units(rows) == 16
+
+
+def test_fused_takes_k_units_a_process_and_p_processes():
+    import argparse
+
+    import pytest
+
+    from benchmarks.side_by_side import fused_spec
+
+    assert fused_spec("14") == (14, 1) and fused_spec("14x4") == (14, 4)
+    for bad in ("14x", "x4", "0x2", "14x0", "fourteen"):
+        with pytest.raises(argparse.ArgumentTypeError, match=bad):
+            fused_spec(bad)
