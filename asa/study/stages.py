@@ -28,7 +28,7 @@ from asa.study.design import take_look
 from asa.study.plan import (CrossValidated, FixedSplit, Pretraining, Supervised, finetune_arms, overlap_overrides,
                             pretraining_argv, supervised_overrides, supervised_splits)
 from asa.study.readout import pilot_budget, pilot_reading, pretraining_summary
-from asa.study.scheduler import RUNNING, Unit, run_units
+from asa.study.scheduler import RUNNING, JsonFile, Unit, run_units
 from asa.study.settings import Study
 from asa.study.tables import BUDGET_WINDOW, Outputs
 
@@ -124,7 +124,8 @@ class Pilot(FineTuning):
             controls.append(Unit(c.run_dir.name, module_argv("asa.cli.finetune", *overrides),
                                  lambda c=c: finished(c.run_dir / "checkpoints" / "last.pt"),
                                  s.out / "logs" / f"{c.run_dir.name}.log", threads=s.threads,
-                                 inputs=((c.run_dir / "splits.json", supervised_splits(c, plan.split, s.seed)),),
+                                 inputs=(JsonFile(c.run_dir / "splits.json",
+                                                  supervised_splits(c, plan.split, s.seed)),),
                                  config=("finetune", overrides), steps=s.scale.pilot_steps))
         return [*super().units(plan, found), *controls]
 
