@@ -155,8 +155,8 @@ def pretraining_unit(s: Study, run: Pretraining, export_step: int | None = None)
                  *s.threads_override)
     return Unit(run.name, pretraining_argv(s.scale.nproc, *overrides),
                 lambda: finished(run.run_dir / "checkpoints" / "last.pt") and run.encoder.is_file(),
-                s.out / "logs" / f"{run.name}.log", threads=s.threads, config=("pretrain", overrides),
-                steps=s.scale.pretrain_steps)
+                s.out / "logs" / f"{run.name}.log", threads=s.threads, inputs=run.inputs,
+                config=("pretrain", overrides), steps=s.scale.pretrain_steps)
 
 
 class Pretrain(Stage):
