@@ -196,7 +196,7 @@ def _study(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
 
     stage_units = planned(plan)
-    check_configs([u for _, units in stage_units for u in units])  # a bad override refused before anything trains
+    check_configs([u for _, staged in stage_units for u in staged.units])  # a bad override refused before training
     check_pilot(stage_units)
     if not study.dry_run:  # kept once every config composed: a refused command does not hold the folder
         _record(study, task, channels, control_channel, store)
@@ -221,7 +221,7 @@ def _study(args: argparse.Namespace) -> int:
 def _dry_run(plan: StudyPlan, stage_units: list, cohorts: Mapping[int, CohortList | None]) -> list[str]:
     """The schedule of a dry run, its units priced on this device (a short timed run of each console script, its
     cohort's file list written to a scratch folder): nothing is written to --out."""
-    study, every = plan.study, [u for _, units in stage_units for u in units]
+    study, every = plan.study, [u for _, staged in stage_units for u in staged.units]
     with tempfile.TemporaryDirectory(prefix="asa-study-plan-") as scratch:
         moved = {}  # each cohort's folder -> where its file list is written to time a unit reading it
         for cohort in cohorts.values():

@@ -963,15 +963,16 @@ def test_the_noise_control_is_exported_at_the_step_its_matched_arm_exported(data
     (plan,) = plans
     titles = [s.title for s in stages.stages(plan.study)]
     assert titles.index("pretraining") + 1 == titles.index("negative control")
-    arms_first = stages.Pretrain().units(plan, stages.Findings())
+    arms_first = stages.Pretrain().units(plan, stages.Findings()).units
     assert sorted(u.name for u in arms_first) == ["asa-c4", "asa-c4-p1", "mae-c4", "mae-c4-p1"]
     assert not any("export_step" in " ".join(u.argv) for u in arms_first)  # their lowest held-out round
     # nothing exported yet (a dry run's draft): the noise runs are planned without a step, priced alike
-    assert not any("export_step" in " ".join(u.argv) for u in stages.NegativeControl().units(plan, stages.Findings()))
+    drafted = stages.NegativeControl().units(plan, stages.Findings()).units
+    assert not any("export_step" in " ".join(u.argv) for u in drafted)
     for run in plan.runs:  # the arms' exports, each at a step of its own
         if run.arm != "noise":
             save_checkpoint(run.encoder, {"step": {"mae": 3, "asa": 1}[run.arm] + run.replicate})
-    noise = stages.NegativeControl().units(plan, stages.Findings())
+    noise = stages.NegativeControl().units(plan, stages.Findings()).units
     assert {u.name: [a for a in u.argv if a.startswith("export_step=")] for u in noise} == {
         "noise-c4": ["export_step=3"], "noise-c4-p1": ["export_step=4"]}
 
