@@ -114,7 +114,7 @@ class Pretraining:
     coord: bool = False
     replicate: int = 0  # the pretraining seed's offset: run k of its arm is <arm>-c<n>-p<k> (k = 0: <arm>-c<n>)
     stored: bool = False  # reads its cohort from a store of asa-preprocess (its cases: its splits.json)
-    inputs: tuple[Input, ...] = ()  # the data it reads that its unit writes as it starts (a file list, the noise)
+    inputs: tuple[Input, ...] = ()  # what its unit writes as it starts: its file list or noise, a store's splits.json
 
     @property
     def encoder(self) -> Path:
@@ -232,16 +232,39 @@ def pretraining_argv(nproc: int, *overrides: str) -> tuple[str, ...]:
     return module_argv(*torchrun, "asa.cli.pretrain", *overrides)
 
 
-def write_store_splits(runs: Sequence[Pretraining], ids: Sequence[str], seed: int) -> None:
-    """Each store-reading run's splits.json: its split of its subjects, the store's others as test (named, unread)."""
-    order = cohort_order(ids, seed)
-    for run in (r for r in runs if r.stored and not (r.run_dir / "splits.json").is_file()):
-        data = compose_config("pretrain", list(run.overrides)).data
-        shares, split_seed, cohort = list(data.split.ratios), int(data.split.seed), order[:run.cohort]
-        parts = make_splits(cohort, dataset=str(data.name), seed=split_seed, counts_or_ratios=shares)
-        atomic_write_json(run.run_dir / "splits.json", {
-            "train": parts["train"], "val": parts["val"], "test": sorted([*parts["test"], *(set(ids) - set(cohort))]),
+@dataclasses.dataclass(frozen=True)
+class StoreSplits:
+    """A store-reading pretraining run's splits.json: its split of its ``subjects``, the store's ``others`` as its test
+    part (named, never read); an input of its unit, written as it starts where it is missing."""
+
+    path: Path
+    overrides: tuple[str, ...]  # the run's (its data.split)
+    subjects: tuple[str, ...]  # its cohort, in `cohort_order`
+    others: tuple[str, ...]
+
+    def write(self) -> None:
+        if self.path.is_file():
+            return
+        data = compose_config("pretrain", list(self.overrides)).data
+        shares, split_seed = list(data.split.ratios), int(data.split.seed)
+        parts = make_splits(list(self.subjects), dataset=str(data.name), seed=split_seed, counts_or_ratios=shares)
+        atomic_write_json(self.path, {
+            "train": parts["train"], "val": parts["val"], "test": sorted([*parts["test"], *self.others]),
             "dataset": str(data.name), "seed": split_seed, "shares": shares})
+
+
+def with_store_splits(runs: Sequence[Pretraining], ids: Sequence[str], seed: int) -> list[Pretraining]:
+    """``runs``, each store-reading one with its `StoreSplits` among its inputs (its subjects: the first of the store's
+    cases ``ids`` in `cohort_order`)."""
+    order, planned = cohort_order(ids, seed), []
+    for run in runs:
+        if run.stored:
+            subjects = order[:run.cohort]
+            split = StoreSplits(run.run_dir / "splits.json", run.overrides, tuple(subjects),
+                                tuple(sorted(set(ids) - set(subjects))))
+            run = dataclasses.replace(run, inputs=(*run.inputs, split))
+        planned.append(run)
+    return planned
 
 
 @dataclasses.dataclass(frozen=True)

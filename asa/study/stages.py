@@ -136,9 +136,10 @@ class Pilot(FineTuning):
 
     def transfer(self, plan: StudyPlan, found: Findings) -> tuple[transfer.Transfer, str]:
         s = plan.study
-        return plan.transfer(PILOT, arms={SCRATCH: transfer.Tuned(("model.pretrained=null",))},
-                             cases=(max(s.scale.cases),), seeds=(0,), steps=s.scale.pilot_steps, n_boot=1000,
-                             overrides=(*s.network.finetune[1:], *plan.overrides, "optim.schedule=constant")), ""
+        settings = plan.transfer(PILOT, arms={SCRATCH: transfer.Tuned(("model.pretrained=null",))},
+                                 cases=(max(s.scale.cases),), seeds=(0,), steps=s.scale.pilot_steps, n_boot=1000,
+                                 overrides=(*s.network.finetune[1:], *plan.overrides, "optim.schedule=constant"))
+        return settings, ""
 
     def units(self, plan: StudyPlan, found: Findings) -> PlannedRuns:
         s, controls = plan.study, []

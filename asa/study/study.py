@@ -46,7 +46,7 @@ from asa.study.common import Clock, add_scale_options, record_settings, refuse, 
 from asa.study.design import Design, register_design
 from asa.study.plan import (GROWS, RECIPES, SCALES, CrossValidated, FixedSplit, Supervised, labeled_split,
                             overlap_overrides, plan_pretraining, recipe_overrides, studied_networks, supervised_channel,
-                            write_store_splits)
+                            with_store_splits)
 from asa.study.readout import PILOT_FLOOR
 from asa.study.scheduler import stop_on_signals, wait_for_orphans
 from asa.study.settings import Study
@@ -178,8 +178,8 @@ def _study(args: argparse.Namespace) -> int:
         print(f"[study] {line}", flush=True)
     runs = plan_pretraining(study.out, study.scale, study.network, study.pretraining, cohorts, noise,
                             seed=study.seed, channels=channels or ("t1",), store=store)
-    if store is not None and not study.dry_run:
-        write_store_splits(runs, [c.id for c in cohort_cases], study.seed)
+    if store is not None:
+        runs = with_store_splits(runs, [c.id for c in cohort_cases], study.seed)
     times_file = study.out / "times.json"
     times = json.loads(times_file.read_text()) if times_file.is_file() else {"stages": {}, "runs": {}}
     # the overrides of every fine-tuning run; the channels a frozen encoder is probed with: those it pretrained on,

@@ -524,12 +524,22 @@ def test_a_store_of_asa_preprocess_is_a_pretraining_cohort(data, tmp_path, monke
     assert recorded["pretrain_data"] == str(store) and recorded["pretrain_channels"] == ["t1"]
     assert recorded["pretrain_store"] == {"root": str(cohort), "layout": "bids"}
     assert "a store of asa-preprocess" in json.loads((out / "checks" / "checks.json").read_text())["cohort"]
-    # the run's split of its cohort (the first 3 of the cohort order) and the store's other case, never read
+    # the run's split of its cohort (the first 3 of the cohort order) and the store's other case, never read: an
+    # input of its unit, written as it starts (planning wrote none)
     ids = [c.id for c in discover("bids", cohort)]
     first = cohort_order(ids, seed=0)[:3]
+    assert not (runs[0].run_dir / "splits.json").exists()
+    for needed in runs[0].inputs:
+        needed.write()
+    kept = (runs[0].run_dir / "splits.json").stat().st_mtime_ns
+    for needed in runs[0].inputs:  # a resumed run's unit starts again: its split is kept
+        needed.write()
+    assert (runs[0].run_dir / "splits.json").stat().st_mtime_ns == kept
     split = json.loads((runs[0].run_dir / "splits.json").read_text())
     assert sorted(split["train"] + split["val"]) == sorted(first) and len(split["val"]) == 1
     assert split["test"] == sorted(set(ids) - set(first))
+    for needed in runs[1].inputs:
+        needed.write()
     assert not (runs[1].run_dir / "splits.json").exists()  # the noise control splits its own volumes
     with pytest.raises(SystemExit) as err:  # a t1 store cannot give the four fine-tuning channels
         study.main(["--pretrain-data", str(store), "--out", str(tmp_path / "all"), "--pretrain-channels", "all", *argv])
