@@ -15,7 +15,7 @@ from asa.data.overlap import cohort_overlap, describe_overlap
 from asa.data.fingerprint import FINGERPRINT
 from asa.data.layouts.pretrain import channel_of
 from asa.data.masked_copies import describe_masked, masked_copies
-from asa.io import atomic_write_json, load_volume
+from asa.io import load_volume
 from asa.study.common import refuse
 from asa.study.plan import CrossValidated, FixedSplit, supervised_channel
 
@@ -79,22 +79,31 @@ class Checks:
 LABELED_PARTS = {"test": "test", "val": "validation", "supervised": "positive control", "pool": "training pool"}
 
 
-def check_overlap(out: Path, cohort_cases: Sequence, labeled: Sequence, split: FixedSplit | CrossValidated,
-                  encoders: Mapping[str, str] | None = None, *, accept: bool, write: bool = True) -> dict[str, Any]:
-    """Every labeled case (`LABELED_PARTS`) against the pretraining and ``encoders`` cohorts by each run's rule, and for
-    masked copies on the cohort's grid, which the fingerprint misses; refused (exit 2) unless ``accept``. The
-    cohort's record is kept in ``<out>/checks/cohort.json`` unless ``write`` is False (a dry run)."""
+def cohort_check_record(out: Path, cohort_cases: Sequence) -> tuple[dict[str, Any] | None, bool]:
+    """(the pretraining cohort's record for the overlap check, whether it is new): the one kept in
+    ``<out>/checks/cohort.json`` when it holds these cases under this asa's fingerprint, else made afresh
+    (`asa.data.cohort.cohort_record`: ids, subjects, image digests and fingerprints) for the caller to keep there;
+    None without a cohort. Nothing is written."""
+    if not cohort_cases:
+        return None, False
+    record_file, ids = out / "checks" / "cohort.json", sorted(c.id for c in cohort_cases)
+    record = json.loads(record_file.read_text()) if record_file.is_file() else None
+    # made again for other cases, or by an asa whose fingerprint differs (it would leave near content unchecked)
+    if record is None or sorted(record["cases"]) != ids or record.get("fingerprint") != FINGERPRINT:
+        return cohort_record(cohort_cases, {"train": ids}, workers=2, source={"study": str(out)}), True
+    return record, False
+
+
+def check_overlap(cohort_cases: Sequence, record: Mapping[str, Any] | None, labeled: Sequence,
+                  split: FixedSplit | CrossValidated, encoders: Mapping[str, str] | None = None, *,
+                  accept: bool) -> dict[str, Any]:
+    """Every labeled case (`LABELED_PARTS`) against the pretraining cohort (``record``: its `cohort_check_record`)
+    and the ``encoders``' cohorts by each run's rule, and for masked copies on the cohort's grid, which the
+    fingerprint misses; refused (exit 2) unless ``accept``."""
     by_id = {c.id: c for c in labeled}
     parts = {LABELED_PARTS[k]: [by_id[i] for i in getattr(split, k)] for k in LABELED_PARTS if getattr(split, k)}
-    cohorts: dict[str, dict[str, Any]] = {}
-    if cohort_cases:
-        record_file, ids = out / "checks" / "cohort.json", sorted(c.id for c in cohort_cases)
-        record = json.loads(record_file.read_text()) if record_file.is_file() else None
-        # written again for other cases, or by an asa whose fingerprint differs (it would leave near content unchecked)
-        if record is None or sorted(record["cases"]) != ids or record.get("fingerprint") != FINGERPRINT:
-            record = cohort_record(cohort_cases, {"train": ids}, workers=2, source={"study": str(out)})
-            if write:
-                atomic_write_json(record_file, record)
+    cohorts: dict[str, Mapping[str, Any]] = {}
+    if record is not None:
         cohorts["--pretrain-data"] = record
     unchecked = []
     for name, path in (encoders or {}).items():

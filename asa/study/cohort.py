@@ -49,7 +49,7 @@ class StoreCohort:
     resample_mm: float | None = None
 
     def data(self) -> list[str]:
-        """The overrides that read the store (the cases: the run's splits.json, `write_store_splits`)."""
+        """The overrides that read the store (the cases: the run's splits.json, `asa.study.plan.StoreSplits`)."""
         return [f"data.root={self.root}", f"data.store={self.path}"]
 
 
@@ -84,32 +84,59 @@ def cohort_order(ids: Sequence[str], seed: int | tuple[int, ...]) -> list[str]:
     return [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
 
 
-def write_cohorts(out: Path, cases: Sequence, sizes: Sequence[int], seed: int,
-                  channels: Sequence[str] = ("t1",), *, write: bool = True) -> dict[int, Path]:
-    """``<out>/data/cohort-<n>/files.csv`` per size (the first n of `cohort_order`; a column per channel); with
-    ``write`` False only their folders (a dry run)."""
+@dataclasses.dataclass(frozen=True)
+class CohortList:
+    """A cohort's file list ``<folder>/files.csv`` (a column per channel), the data.root of its pretraining runs: an
+    input of each (`asa.study.scheduler.Input`), written as the first of them starts."""
+
+    folder: Path
+    text: str = dataclasses.field(repr=False)
+
+    def write(self) -> None:
+        """Written where missing or other (in one rename: a run never reads half a list), else kept as it is."""
+        file = self.folder / "files.csv"
+        if not file.is_file() or file.read_text() != self.text:
+            atomic_write_text(file, self.text)
+
+
+def cohort_lists(out: Path, cases: Sequence, sizes: Sequence[int], seed: int,
+                 channels: Sequence[str] = ("t1",)) -> dict[int, CohortList]:
+    """Size n -> ``<out>/data/cohort-<n>``'s list: the first n of `cohort_order`, the T1 then ``channels``' others."""
     by_id = {c.id: c for c in cases}
     order, others = cohort_order(list(by_id), seed), [c for c in channels if c != "t1"]
-    folders = {n: out / "data" / f"cohort-{n}" for n in sizes}
-    for n, folder in folders.items() if write else ():
+    lists = {}
+    for n in sizes:
         rows = [["id", "path", *others], *([i, *(str(by_id[i].images[c]) for c in ("t1", *others))] for i in order[:n])]
-        text = "".join(",".join(row) + "\n" for row in rows)
-        if not (folder / "files.csv").is_file() or (folder / "files.csv").read_text() != text:
-            atomic_write_text(folder / "files.csv", text)
-    return folders
+        lists[n] = CohortList(out / "data" / f"cohort-{n}", "".join(",".join(row) + "\n" for row in rows))
+    return lists
 
 
-def write_noise(out: Path, cases: Sequence, n: int, seed: int, channels: Sequence[str] = ("t1",), *,
-                write: bool = True) -> Path:
-    """The negative control's ``n`` noise volumes on the cohort's grid (the T1 always: a file list needs it); with
-    ``write`` False only their folder (a dry run)."""
-    folder = out / "data" / f"noise-{n}"
-    if write and not (folder / ".complete").is_file():
-        first = load_volume(cases[0].images["t1"])
-        write_noise_dataset(folder, cases=n, size=tuple(int(s) for s in first.array.shape[-3:]), seed=seed + 7919,
-                            affine=first.affine, overwrite=True, channels=["t1", *(c for c in channels if c != "t1")])
-        atomic_write_text(folder / ".complete", "done\n")
-    return folder
+@dataclasses.dataclass(frozen=True)
+class NoiseVolumes:
+    """The negative control's ``cases`` noise volumes in ``folder`` (a file list, its runs' data.root) on the grid of
+    the scan ``like``: an input of each of its runs, written once, by the first to start (``.complete`` marks them
+    whole; a folder without it, left by a stopped write, is written afresh)."""
+
+    folder: Path
+    cases: int
+    like: Path
+    seed: int
+    channels: tuple[str, ...]
+
+    def write(self) -> None:
+        if (self.folder / ".complete").is_file():
+            return
+        first = load_volume(self.like)
+        write_noise_dataset(self.folder, cases=self.cases, size=tuple(int(s) for s in first.array.shape[-3:]),
+                            seed=self.seed, affine=first.affine, overwrite=True, channels=list(self.channels))
+        atomic_write_text(self.folder / ".complete", "done\n")
+
+
+def noise_volumes(out: Path, cases: Sequence, n: int, seed: int, channels: Sequence[str] = ("t1",)) -> NoiseVolumes:
+    """``<out>/data/noise-<n>``: ``n`` volumes on the grid of the cohort's first scan, the T1 always (a file list
+    needs it) then ``channels``' others, seeded apart from every run (``seed`` + 7919)."""
+    return NoiseVolumes(out / "data" / f"noise-{n}", n, cases[0].images["t1"], seed + 7919,
+                        ("t1", *(c for c in channels if c != "t1")))
 
 
 def cohort_channels(cases: Sequence) -> list[str]:

@@ -80,7 +80,7 @@ class Costs:
         if unit.config is None:
             return cost.fixed + unit.cases * cost.score
         # a round over the unit's own validation cases where it names them (none: it never validates)
-        val = next((len(c["val"]) for path, c in unit.inputs if path.name == "splits.json"), None)
+        val = next((len(c["val"]) for c in unit.splits), None)
         round_seconds = cost.round if val is None else val * cost.case if val else 0.0
         return cost.fixed + unit.steps * cost.step + validation_rounds(entry, overrides, unit.steps) * round_seconds
 
@@ -132,7 +132,7 @@ def time_unit(unit: Unit, moved: Mapping[str, str], steps: int = TIMED_STEPS) ->
     entry, first = unit.config
     steps = max(2, min(steps, unit.steps))
     window = max(1, steps // 6)  # steps a logged window holds: the first window (warm-up) and the round's apart
-    splits = [c for path, c in unit.inputs if path.name == "splits.json"]  # its runs' own cases, where named
+    splits = unit.splits  # its runs' own cases, where named
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="asa-study-cost-") as scratch:
         cfgs = []

@@ -17,8 +17,9 @@ from asa.models.family import Family, families
 from asa.models.registry import keyword_options
 from asa.study import transfer
 from asa.study.arms import ARMS, CONTROL, COORD_SCRATCH, SCRATCH, SUPERVISED, run_name
-from asa.study.cohort import StoreCohort, cohort_order
+from asa.study.cohort import CohortList, NoiseVolumes, StoreCohort, cohort_order
 from asa.study.common import module_argv, refuse
+from asa.study.scheduler import Input
 
 MASKING = ("mask_block=16", "densify=spark", "mirror_visible=null")  # model.<key> where the family takes it
 RECIPES = {"adamw": "optim=adamw", "nnunet": "optim=nnunet"}
@@ -113,6 +114,7 @@ class Pretraining:
     coord: bool = False
     replicate: int = 0  # the pretraining seed's offset: run k of its arm is <arm>-c<n>-p<k> (k = 0: <arm>-c<n>)
     stored: bool = False  # reads its cohort from a store of asa-preprocess (its cases: its splits.json)
+    inputs: tuple[Input, ...] = ()  # what its unit writes as it starts: its file list or noise, a store's splits.json
 
     @property
     def encoder(self) -> Path:
@@ -189,10 +191,11 @@ def epochs_for(steps: int, cases: int, batch: int) -> int:
     return max(1, round(steps / max(1, cases // batch)))
 
 
-def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[str], cohorts: Mapping[int, Path],
-                     noise: Path | None, *, seed: int, channels: Sequence[str] = ("t1",),
-                     store: StoreCohort | None = None) -> list[Pretraining]:
-    """Each arm per cohort size and the negative control, ``scale.pretrain_runs`` times (run k seeded ``seed`` + k)."""
+def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[str],
+                     cohorts: Mapping[int, CohortList | None], noise: NoiseVolumes | None, *, seed: int,
+                     channels: Sequence[str] = ("t1",), store: StoreCohort | None = None) -> list[Pretraining]:
+    """Each arm per cohort size (its file list; None: read from ``store``) and the negative control, on ``noise``,
+    ``scale.pretrain_runs`` times (run k seeded ``seed`` + k)."""
     batch = int(compose_config("pretrain", [*network.pretrain("mae"), "data=bids", "data.layout=filelist",
                                             f"data.crop={scale.crop}"]).trainer.batch_size)
     if scale.nproc < 1 or batch % scale.nproc:
@@ -202,21 +205,24 @@ def plan_pretraining(out: Path, scale: Scale, network: Network, arms: Sequence[s
     # the store's resampling, for every run (the noise volumes sit on the resampled grid too)
     resampling = [] if store is None or store.resample_mm is None else [f"data.resample_mm={store.resample_mm}"]
     read = [] if list(channels) == ["t1"] else [f"data.channels=[{','.join(channels)}]"]  # the T1 alone: every preset's
-    units = [(arm, n, folder) for n, folder in cohorts.items() for arm in arms if ARMS[arm].pretrained
+    units = [(arm, n, cohort) for n, cohort in cohorts.items() for arm in arms if ARMS[arm].pretrained
              and not ARMS[arm].noise] + ([(CONTROL, max(cohorts), noise)] if noise is not None else [])
 
-    def planned(arm: str, n: int, data: Path, k: int) -> Pretraining:
+    def planned(arm: str, n: int, data: CohortList | NoiseVolumes | None, k: int) -> Pretraining:
         spec, run_dir = ARMS[arm], out / "pretrain" / run_name(arm, n, k)
         crop = scale.crop if spec.coord else (scale.pretrain_crop or scale.crop)  # the channel ties it to the crop
-        stored = store is not None and arm != CONTROL  # the noise control reads its own volumes' file list
-        layout, source = (store.layout, store.data()) if stored else ("filelist", [f"data.root={data}"])
+        if data is None:  # the store's cases (the noise control reads its own volumes' file list)
+            layout, source, inputs = store.layout, store.data(), ()
+        else:
+            layout, source, inputs = "filelist", [f"data.root={data.folder}"], (data,)
         overrides = (*network.pretrain(arm), "data=bids", f"data.layout={layout}", *read,
                      f"data.num_workers={scale.workers}", "data.split.ratios=[0.8,0.2,0.0]", "optim=adamw_demo",
                      "trainer.progress=false", "trainer.panel_every=0", "probe.every=0", "trainer.val_min_steps=0",
                      f"seed={seed + k}", "resume=auto", f"data.crop={crop}", *source, *resampling,
                      f"trainer.epochs={epochs_for(scale.pretrain_steps, int(0.8 * n), batch)}", *per_rank,
                      f"output_dir={run_dir}")
-        return Pretraining(run_dir.name, arm, n, overrides, run_dir, coord=spec.coord, replicate=k, stored=stored)
+        return Pretraining(run_dir.name, arm, n, overrides, run_dir, coord=spec.coord, replicate=k,
+                           stored=data is None, inputs=inputs)
     return [planned(arm, n, data, k) for arm, n, data in units for k in range(scale.pretrain_runs)]
 
 
@@ -226,16 +232,39 @@ def pretraining_argv(nproc: int, *overrides: str) -> tuple[str, ...]:
     return module_argv(*torchrun, "asa.cli.pretrain", *overrides)
 
 
-def write_store_splits(runs: Sequence[Pretraining], ids: Sequence[str], seed: int) -> None:
-    """Each store-reading run's splits.json: its split of its subjects, the store's others as test (named, unread)."""
-    order = cohort_order(ids, seed)
-    for run in (r for r in runs if r.stored and not (r.run_dir / "splits.json").is_file()):
-        data = compose_config("pretrain", list(run.overrides)).data
-        shares, split_seed, cohort = list(data.split.ratios), int(data.split.seed), order[:run.cohort]
-        parts = make_splits(cohort, dataset=str(data.name), seed=split_seed, counts_or_ratios=shares)
-        atomic_write_json(run.run_dir / "splits.json", {
-            "train": parts["train"], "val": parts["val"], "test": sorted([*parts["test"], *(set(ids) - set(cohort))]),
+@dataclasses.dataclass(frozen=True)
+class StoreSplits:
+    """A store-reading pretraining run's splits.json: its split of its ``subjects``, the store's ``others`` as its test
+    part (named, never read); an input of its unit, written as it starts where it is missing."""
+
+    path: Path
+    overrides: tuple[str, ...]  # the run's (its data.split)
+    subjects: tuple[str, ...]  # its cohort, in `cohort_order`
+    others: tuple[str, ...]
+
+    def write(self) -> None:
+        if self.path.is_file():
+            return
+        data = compose_config("pretrain", list(self.overrides)).data
+        shares, split_seed = list(data.split.ratios), int(data.split.seed)
+        parts = make_splits(list(self.subjects), dataset=str(data.name), seed=split_seed, counts_or_ratios=shares)
+        atomic_write_json(self.path, {
+            "train": parts["train"], "val": parts["val"], "test": sorted([*parts["test"], *self.others]),
             "dataset": str(data.name), "seed": split_seed, "shares": shares})
+
+
+def with_store_splits(runs: Sequence[Pretraining], ids: Sequence[str], seed: int) -> list[Pretraining]:
+    """``runs``, each store-reading one with its `StoreSplits` among its inputs (its subjects: the first of the store's
+    cases ``ids`` in `cohort_order`)."""
+    order, planned = cohort_order(ids, seed), []
+    for run in runs:
+        if run.stored:
+            subjects = order[:run.cohort]
+            split = StoreSplits(run.run_dir / "splits.json", run.overrides, tuple(subjects),
+                                tuple(sorted(set(ids) - set(subjects))))
+            run = dataclasses.replace(run, inputs=(*run.inputs, split))
+        planned.append(run)
+    return planned
 
 
 @dataclasses.dataclass(frozen=True)

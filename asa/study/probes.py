@@ -14,7 +14,7 @@ from asa.study.common import module_argv
 from asa.study.arms import ARMS, pretraining_arms
 from asa.study.plan import Pretraining
 from asa.study.readings import RANDOM_ROW
-from asa.study.scheduler import Unit
+from asa.study.scheduler import JsonFile, Unit
 from asa.study.settings import Study
 
 # the factorial's effects: name -> (the arms' coefficients: (weighting, coordinate channel) -> ±½ or ±1)
@@ -49,7 +49,7 @@ def probe_unit(s: Study, runs: Sequence[Pretraining], channels: Sequence[str], c
         return table.is_file() and [r["name"] for r in json.loads(table.read_text())["rows"]] == names
 
     return Unit("probes", argv, done, s.out / "logs" / "probes.log", resumable=False, threads=s.threads,
-                inputs=((split, {"test": sorted(cases)}),))
+                inputs=(JsonFile(split, {"test": sorted(cases)}),))
 
 
 def read_probes(record: Mapping[str, Any], runs: Sequence[Pretraining], keys: Sequence[str]) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing import resource_tracker
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from asa.api.machinery.rundir import LOCK_NAME, RunLock
 from asa.io import atomic_write_json
@@ -40,11 +40,29 @@ HELD = {signal.SIGINT, signal.SIGTERM}  # the stop signals, held while a unit st
 ORPHANS_WAIT = 120.0  # seconds a study waits for the units of one killed before it to save and end
 
 
+class Input(Protocol):
+    """A file or folder a unit reads, written when the unit starts (planning writes nothing)."""
+
+    def write(self) -> None:
+        """Write it; what is already complete is kept (units that share an input: the first to start writes it)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JsonFile:
+    """A JSON file a unit reads (a run's splits.json, a scoring unit's share), written afresh as the unit starts."""
+
+    path: Path
+    content: Any
+
+    def write(self) -> None:
+        atomic_write_json(self.path, self.content)
+
+
 @dataclasses.dataclass(frozen=True)
 class Unit:
     """A child process; ``argv``: its command line, ``python -m <module> ...`` or ``python -c <code>`` with this
     interpreter; ``done``: its result on disk; ``resumable``: a stop saves it; ``after``: units it waits for;
-    ``inputs``: the JSON files it reads, written when it starts (planning writes nothing); ``config``: the console
+    ``inputs``: the files it reads, written when it starts (planning writes nothing); ``config``: the console
     script's config and overrides it trains with (checked before anything runs), None for a unit that trains
     nothing; ``group``: the overrides of each run it trains as one (asa-study --fused; ``config``'s are the
     first's), empty for one run; ``steps``: the optimiser steps it trains (each of its runs), ``cases``: the cases
@@ -57,11 +75,16 @@ class Unit:
     resumable: bool = True
     threads: int | None = None
     after: tuple[str, ...] = ()
-    inputs: tuple[tuple[Path, Any], ...] = ()
+    inputs: tuple[Input, ...] = ()
     config: tuple[str, tuple[str, ...]] | None = None
     group: tuple[tuple[str, ...], ...] = ()
     steps: int = 0
     cases: int = 0
+
+    @property
+    def splits(self) -> list[Any]:
+        """The splits.json it writes for its runs, in their order (none: its runs split their own cases)."""
+        return [i.content for i in self.inputs if isinstance(i, JsonFile) and i.path.name == "splits.json"]
 
 
 def _run_command_line(argv: tuple[str, ...], env: dict[str, str], log: str, threads: int | None) -> None:
@@ -144,8 +167,8 @@ def launch(unit: Unit) -> None:
         raise ValueError(f"unit {unit.name}: {shlex.join(unit.argv)} is not `{sys.executable} -m <module> ...` or "
                          "`-c <code>`, the command lines a study runs")
     unit.log.parent.mkdir(parents=True, exist_ok=True)
-    for path, content in unit.inputs:
-        atomic_write_json(path, content)
+    for needed in unit.inputs:
+        needed.write()
     env = {**os.environ, **({k: str(unit.threads) for k in THREAD_VARS} if unit.threads else {})}
     server = multiprocessing.get_context("forkserver")
     server.set_forkserver_preload(PRELOAD)  # read when the server starts, with the first unit of this process

@@ -28,7 +28,7 @@ from asa.study.design import take_look
 from asa.study.plan import (CrossValidated, FixedSplit, Pretraining, Supervised, finetune_arms, overlap_overrides,
                             pretraining_argv, supervised_overrides, supervised_splits)
 from asa.study.readout import pilot_budget, pilot_reading, pretraining_summary
-from asa.study.scheduler import RUNNING, Unit, run_units
+from asa.study.scheduler import RUNNING, JsonFile, Unit, run_units
 from asa.study.settings import Study
 from asa.study.tables import BUDGET_WINDOW, Outputs
 
@@ -71,18 +71,37 @@ class Findings:
     times: dict[str, Any] = dataclasses.field(default_factory=dict)  # the study's seconds per stage and unit
 
 
+@dataclasses.dataclass(frozen=True)
+class Planned:
+    """A stage's units as its `Stage.units` planned them, and what it says of them as they run (and in a dry run,
+    never while only planned): handed back to its `Stage.read`."""
+
+    units: tuple[Unit, ...] = ()
+    said: str = ""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PlannedRuns(Planned):
+    """A fine-tuning stage's plan: its `asa.study.transfer.Transfer`, its runs and the config they compose to
+    (`asa.study.transfer.plan_runs`), and the units that train them (``units``: those, then the scoring units)."""
+
+    settings: transfer.Transfer
+    runs: tuple[transfer.Run, ...]
+    cfg: Any
+    trained: tuple[Unit, ...]
+
+
 class Stage:
-    """One stage: its units, done when they are, and what it reads once they are into ``found`` (``spent``: each of
-    its units' seconds in this call) -> None to go on, else the exit code the study ends with."""
+    """One stage: its units (`Planned`), done when they are, and what it reads once they are into ``found``
+    (``spent``: each of its units' seconds in this call) -> None to go on, else the exit code the study ends with."""
 
     title = ""
-    said = ""  # what its last `units` call planned, said as it runs (and by a dry run), never while only planned
     jobs: int | None = None  # units at once (None: the scale's)
 
-    def units(self, plan: StudyPlan, found: Findings) -> list[Unit]:
-        return []
+    def units(self, plan: StudyPlan, found: Findings) -> Planned:
+        return Planned()
 
-    def read(self, plan: StudyPlan, found: Findings, spent: Mapping[str, float]) -> int | None:
+    def read(self, plan: StudyPlan, found: Findings, planned: Planned, spent: Mapping[str, float]) -> int | None:
         return None
 
 
@@ -90,18 +109,22 @@ class FineTuning(Stage):
     """A stage of fine-tuning runs (`asa.study.transfer`, as its subclass's ``transfer`` sets them): their units,
     scoring included, then their tables."""
 
-    def units(self, plan: StudyPlan, found: Findings) -> list[Unit]:
-        self.settings = self.transfer(plan, found)
-        self.runs, test, self.cfg, ids = transfer.plan_runs(self.settings)
-        units = transfer.units(self.settings, self.runs, test, ids, str(self.cfg.data.name))
-        self.trained = units[:len(transfer.groups(self.settings, self.runs))]  # the training units, then the scoring
-        return units
+    def transfer(self, plan: StudyPlan, found: Findings) -> tuple[transfer.Transfer, str]:
+        """(its runs' settings, what it says of them as they run)."""
+        raise NotImplementedError
 
-    def read(self, plan: StudyPlan, found: Findings, spent: Mapping[str, float]) -> int | None:
+    def units(self, plan: StudyPlan, found: Findings) -> PlannedRuns:
+        settings, said = self.transfer(plan, found)
+        runs, test, cfg, ids = transfer.plan_runs(settings)
+        units = transfer.units(settings, runs, test, ids, str(cfg.data.name))
+        trained = units[:len(transfer.groups(settings, runs))]  # the training units, then the scoring
+        return PlannedRuns(tuple(units), said, settings=settings, runs=tuple(runs), cfg=cfg, trained=tuple(trained))
+
+    def read(self, plan: StudyPlan, found: Findings, planned: PlannedRuns, spent: Mapping[str, float]) -> int | None:
         # every run scored: read afresh from their scores.json at every call, a resumed study's as a whole one's
-        found.scored = transfer.results(self.settings, self.runs, self.cfg,
-                                        transfer.run_seconds(self.settings, self.runs, spent))
-        found.head_start = transfer.head_start_results(self.settings, self.runs, self.cfg)
+        settings, runs = planned.settings, planned.runs
+        found.scored = transfer.results(settings, runs, planned.cfg, transfer.run_seconds(settings, runs, spent))
+        found.head_start = transfer.head_start_results(settings, runs, planned.cfg)
 
 
 class Pilot(FineTuning):
@@ -111,26 +134,29 @@ class Pilot(FineTuning):
 
     title = "pilot and positive control"
 
-    def transfer(self, plan: StudyPlan, found: Findings) -> transfer.Transfer:
+    def transfer(self, plan: StudyPlan, found: Findings) -> tuple[transfer.Transfer, str]:
         s = plan.study
-        return plan.transfer(PILOT, arms={SCRATCH: transfer.Tuned(("model.pretrained=null",))},
-                             cases=(max(s.scale.cases),), seeds=(0,), steps=s.scale.pilot_steps, n_boot=1000,
-                             overrides=(*s.network.finetune[1:], *plan.overrides, "optim.schedule=constant"))
+        settings = plan.transfer(PILOT, arms={SCRATCH: transfer.Tuned(("model.pretrained=null",))},
+                                 cases=(max(s.scale.cases),), seeds=(0,), steps=s.scale.pilot_steps, n_boot=1000,
+                                 overrides=(*s.network.finetune[1:], *plan.overrides, "optim.schedule=constant"))
+        return settings, ""
 
-    def units(self, plan: StudyPlan, found: Findings) -> list[Unit]:
+    def units(self, plan: StudyPlan, found: Findings) -> PlannedRuns:
         s, controls = plan.study, []
         for c in plan.supervised:  # the positive control: one run, or one per cross-validated draw
             overrides = (*supervised_overrides(c, s.network, s.scale, s.seed, plan.overrides), *s.threads_override)
             controls.append(Unit(c.run_dir.name, module_argv("asa.cli.finetune", *overrides),
                                  lambda c=c: finished(c.run_dir / "checkpoints" / "last.pt"),
                                  s.out / "logs" / f"{c.run_dir.name}.log", threads=s.threads,
-                                 inputs=((c.run_dir / "splits.json", supervised_splits(c, plan.split, s.seed)),),
+                                 inputs=(JsonFile(c.run_dir / "splits.json",
+                                                  supervised_splits(c, plan.split, s.seed)),),
                                  config=("finetune", overrides), steps=s.scale.pilot_steps))
-        return [*super().units(plan, found), *controls]
+        planned = super().units(plan, found)
+        return dataclasses.replace(planned, units=(*planned.units, *controls))
 
-    def read(self, plan: StudyPlan, found: Findings, spent: Mapping[str, float]) -> int | None:
-        super().read(plan, found, spent)
-        s, [run], [unit] = plan.study, self.runs, self.trained  # the scratch twin at the largest N, seed 0
+    def read(self, plan: StudyPlan, found: Findings, planned: PlannedRuns, spent: Mapping[str, float]) -> int | None:
+        super().read(plan, found, planned, spent)
+        s, [run], [unit] = plan.study, planned.runs, planned.trained  # the scratch twin at the largest N, seed 0
         found.times["runs"][PILOT] = found.times["runs"].get(unit.name, math.nan)  # the cost table's pilot row
         found.pilot = pilot_budget(run.scores_file, s.scale, s.budget_cap, lesion_classes=list(s.lesion_classes))
         atomic_write_json(s.out / "pilot.json", found.pilot)
@@ -154,8 +180,8 @@ def pretraining_unit(s: Study, run: Pretraining, export_step: int | None = None)
                  *s.threads_override)
     return Unit(run.name, pretraining_argv(s.scale.nproc, *overrides),
                 lambda: finished(run.run_dir / "checkpoints" / "last.pt") and run.encoder.is_file(),
-                s.out / "logs" / f"{run.name}.log", threads=s.threads, config=("pretrain", overrides),
-                steps=s.scale.pretrain_steps)
+                s.out / "logs" / f"{run.name}.log", threads=s.threads, inputs=run.inputs,
+                config=("pretrain", overrides), steps=s.scale.pretrain_steps)
 
 
 class Pretrain(Stage):
@@ -164,8 +190,8 @@ class Pretrain(Stage):
 
     title = "pretraining"
 
-    def units(self, plan: StudyPlan, found: Findings) -> list[Unit]:
-        return [pretraining_unit(plan.study, run) for run in plan.runs if not ARMS[run.arm].noise]
+    def units(self, plan: StudyPlan, found: Findings) -> Planned:
+        return Planned(tuple(pretraining_unit(plan.study, run) for run in plan.runs if not ARMS[run.arm].noise))
 
 
 class NegativeControl(Stage):
@@ -175,10 +201,10 @@ class NegativeControl(Stage):
 
     title = "negative control"
 
-    def units(self, plan: StudyPlan, found: Findings) -> list[Unit]:
+    def units(self, plan: StudyPlan, found: Findings) -> Planned:
         steps = export_steps(plan)
-        return [pretraining_unit(plan.study, run, steps.get(run.replicate)) for run in plan.runs
-                if ARMS[run.arm].noise]
+        return Planned(tuple(pretraining_unit(plan.study, run, steps.get(run.replicate)) for run in plan.runs
+                             if ARMS[run.arm].noise))
 
 
 def export_steps(plan: StudyPlan) -> dict[int, int]:
@@ -199,11 +225,12 @@ class Probes(Stage):
 
     jobs = 1  # one asa-probe over every encoder
 
-    def units(self, plan: StudyPlan, found: Findings) -> list[Unit]:
-        return [probes.probe_unit(plan.study, plan.runs, plan.probe_channels, [*plan.split.val, *plan.split.pool],
-                                  overlap_overrides(plan.checks.overlap))]
+    def units(self, plan: StudyPlan, found: Findings) -> Planned:
+        probe = probes.probe_unit(plan.study, plan.runs, plan.probe_channels, [*plan.split.val, *plan.split.pool],
+                                  overlap_overrides(plan.checks.overlap))
+        return Planned((probe,))
 
-    def read(self, plan: StudyPlan, found: Findings, spent: Mapping[str, float]) -> int | None:
+    def read(self, plan: StudyPlan, found: Findings, planned: Planned, spent: Mapping[str, float]) -> int | None:
         s = plan.study
         record = json.loads((s.out / "probes" / "table" / "probe.json").read_text())
         keys, label = probes.primary_probe(plan.task.output_names, s.lesion_classes)
@@ -223,7 +250,7 @@ class TransferStage(FineTuning):
 
     title = "transfer"
 
-    def transfer(self, plan: StudyPlan, found: Findings) -> transfer.Transfer:
+    def transfer(self, plan: StudyPlan, found: Findings) -> tuple[transfer.Transfer, str]:
         s, split = plan.study, plan.split
         tuned = [r for r in plan.runs if found.probes is None or r.arm == found.probes["chosen"] or ARMS[r.arm].noise]
         seeds = split.seeds(s.scale)
@@ -232,17 +259,17 @@ class TransferStage(FineTuning):
         head_start = s.head_start
         if head_start is not None and head_start >= steps:  # the end point came first: no run is read there
             head_start = None
-        self.said = (f"[study] transfer: {len(arms)} arms × N {list(s.scale.cases)} × "
-                     + split.seeds_text(s.scale)
-                     + f", {steps} steps each"
-                     + (f", each also scored at its head start, step {head_start}" if head_start else "")
-                     + (", each draw's runs trained as one unit (--fused)" if s.fused else ", a process per run")
-                     + f" (logs in {s.out / 'logs' / 'transfer'})")
+        said = (f"[study] transfer: {len(arms)} arms × N {list(s.scale.cases)} × "
+                + split.seeds_text(s.scale)
+                + f", {steps} steps each"
+                + (f", each also scored at its head start, step {head_start}" if head_start else "")
+                + (", each draw's runs trained as one unit (--fused)" if s.fused else ", a process per run")
+                + f" (logs in {s.out / 'logs' / 'transfer'})")
         if s.head_start is not None and head_start is None:
-            self.said += (f"\n[study] --head-start {s.head_start}: not before the end point ({steps} steps), so no "
-                          "run is scored there")
+            said += (f"\n[study] --head-start {s.head_start}: not before the end point ({steps} steps), so no run is "
+                     "scored there")
         return plan.transfer("transfer", arms=arms, cases=tuple(s.scale.cases), seeds=seeds, steps=steps,
-                             head_start=head_start, n_boot=s.n_boot, overrides=plan.overrides)
+                             head_start=head_start, n_boot=s.n_boot, overrides=plan.overrides), said
 
 
 class Report(Stage):
@@ -250,7 +277,7 @@ class Report(Stage):
 
     title = "report"
 
-    def read(self, plan: StudyPlan, found: Findings, spent: Mapping[str, float]) -> int | None:
+    def read(self, plan: StudyPlan, found: Findings, planned: Planned, spent: Mapping[str, float]) -> int | None:
         s, times, split, endpoint = plan.study, found.times, plan.split, plan.checks.endpoint
         info = {"scale_name": s.scale_name, "scale": dataclasses.asdict(s.scale), "network": s.network.name,
                 "steps": found.pilot["steps"], "head_start": s.head_start, "fused": s.fused, "recipe": s.recipe, "encoder_lr_scale": s.encoder_lr_scale,
@@ -283,9 +310,10 @@ def run_stages(plan: StudyPlan, clock: Clock, times: dict[str, Any], times_file:
     written), `UNFINISHED` (the budget ended or a stage was left: rerun) or a stage's own."""
     s, found = plan.study, Findings(times=times)
     for stage in stages(s):
-        started, units = time.perf_counter(), stage.units(plan, found)  # its seconds count its planning
-        if stage.said:
-            print(stage.said, flush=True)
+        started, planned = time.perf_counter(), stage.units(plan, found)  # its seconds count its planning
+        units = planned.units
+        if planned.said:
+            print(planned.said, flush=True)
         before = {u.name: times["runs"].get(u.name, 0.0) for u in units}
         try:
             complete = run_units(units, stage.jobs or s.scale.jobs, clock, times["runs"])
@@ -302,12 +330,12 @@ def run_stages(plan: StudyPlan, clock: Clock, times: dict[str, Any], times_file:
             print(f"[study] {why}: rerun the same command to continue", flush=True)
             return UNFINISHED
         spent = {u.name: times["runs"].get(u.name, 0.0) - before[u.name] for u in units}
-        if (code := stage.read(plan, found, spent)) is not None:
+        if (code := stage.read(plan, found, planned, spent)) is not None:
             return code
     return 0
 
 
-def planned(plan: StudyPlan) -> list[tuple[Stage, list[Unit]]]:
+def planned(plan: StudyPlan) -> list[tuple[Stage, Planned]]:
     """Every stage's units as planned now, nothing written (the transfer stage at the pilot's whole length or at
     ``--budget-cap`` where that is shorter, every pretraining arm: nothing is read before anything runs)."""
     s = plan.study
@@ -328,12 +356,12 @@ def check_configs(units: list[Unit]) -> None:
                 refuse(f"[study] {unit.name}: its asa-{entry} config does not compose: {err}".replace("\n", " "))
 
 
-def check_pilot(stage_units: list[tuple[Stage, list[Unit]]]) -> None:
+def check_pilot(stage_units: list[tuple[Stage, Planned]]) -> None:
     """Refuse (one line naming the option and its floor, exit 2) a pilot that cannot set the budget before anything
     trains: `asa.study.tables.converged_budget` reads where its validation Dice stopped rising, over 2 ×
     `BUDGET_WINDOW` rounds at least, on --val cases, one round every ``trainer.val_every`` epochs of its cadence
     (`asa.study.transfer.cadence`) and one at its end."""
-    pilot = next(stage for stage, _ in stage_units if isinstance(stage, Pilot))
+    pilot = next(units for stage, units in stage_units if isinstance(stage, Pilot))
     (run, *_), (unit, *_), least = pilot.runs, pilot.trained, 2 * BUDGET_WINDOW
     why = (f"the pilot sets the fine-tuning budget where its validation Dice stops rising, which takes {least} "
            "validation rounds at least")
@@ -350,16 +378,17 @@ def check_pilot(stage_units: list[tuple[Stage, list[Unit]]]) -> None:
                f"{rounds(unit.steps)} time(s): expected at least {floor}")
 
 
-def schedule_lines(plan: StudyPlan, stage_units: list[tuple[Stage, list[Unit]]], costs: Costs) -> list[str]:
+def schedule_lines(plan: StudyPlan, stage_units: list[tuple[Stage, Planned]], costs: Costs) -> list[str]:
     """The study's schedule, nothing run: each stage's units (`planned`), how many run at once and its planned minutes
     from ``costs`` (timed on this device): the units in ``jobs`` slots, each taking the next free one, the scoring
     after its runs, a unit side by side as fast as alone (``jobs`` × threads ≤ the cores)."""
     total, lines = 0.0, [f"[study] plan: {costs.line()}"]
-    for stage, units in stage_units:
+    for stage, planned in stage_units:
+        units = planned.units
         if not units:
             continue
         jobs = stage.jobs or plan.study.scale.jobs
-        lines += [stage.said] if stage.said else []
+        lines += [planned.said] if planned.said else []
         trained, others = [u for u in units if u.config is not None], [u for u in units if u.config is None]
         seconds = sum(_makespan([costs.seconds(u) for u in part], jobs) for part in (trained, others))
         total += seconds

@@ -39,14 +39,14 @@ from asa.data import Task, discover, get_task
 from asa.io import atomic_write_json
 from asa.study import readings
 from asa.study.arms import ARMS, CONTROL, PILOT, SUPERVISED, choices, paper_arms, pretraining_arms, primary_order
-from asa.study.checks import Checks, Endpoint, check_overlap, channel_lines, skull_lines
-from asa.study.cohort import (StoreCohort, cohort_channels, pretrain_layout, pretraining_channels, read_store,
-                              write_cohorts, write_noise)
+from asa.study.checks import Checks, Endpoint, check_overlap, channel_lines, cohort_check_record, skull_lines
+from asa.study.cohort import (CohortList, NoiseVolumes, StoreCohort, cohort_channels, cohort_lists, noise_volumes,
+                              pretrain_layout, pretraining_channels, read_store)
 from asa.study.common import Clock, add_scale_options, record_settings, refuse, study_folder
 from asa.study.design import Design, register_design
 from asa.study.plan import (GROWS, RECIPES, SCALES, CrossValidated, FixedSplit, Supervised, labeled_split,
                             overlap_overrides, plan_pretraining, recipe_overrides, studied_networks, supervised_channel,
-                            write_store_splits)
+                            with_store_splits)
 from asa.study.readout import PILOT_FLOOR
 from asa.study.scheduler import stop_on_signals, wait_for_orphans
 from asa.study.settings import Study
@@ -167,12 +167,19 @@ def _study(args: argparse.Namespace) -> int:
     control_channel = supervised_channel(task.channels, channels)
     if not study.dry_run:  # a folder holding another study refused before anything is written (a dry run writes none)
         _record(study, task, channels, control_channel, store, keep=False)
-    checks, cohorts, noise, supervised = _checks(study, labeled, split, task, cohort_cases, held, channels, store,
-                                                 control_channel)
+    record, made = cohort_check_record(study.out, cohort_cases)
+    if made and not study.dry_run:  # kept before the checks may refuse: a rerun with --accept-overlap reads it
+        atomic_write_json(study.out / "checks" / "cohort.json", record)
+    checks, cohorts, noise, supervised = _checks(study, labeled, split, task, cohort_cases, record, held, channels,
+                                                 store, control_channel)
+    if not study.dry_run:
+        atomic_write_json(study.out / "checks" / "checks.json", {**checks.record(), "split": split.record()})
+    for line in checks.lines():
+        print(f"[study] {line}", flush=True)
     runs = plan_pretraining(study.out, study.scale, study.network, study.pretraining, cohorts, noise,
                             seed=study.seed, channels=channels or ("t1",), store=store)
-    if store is not None and not study.dry_run:
-        write_store_splits(runs, [c.id for c in cohort_cases], study.seed)
+    if store is not None:
+        runs = with_store_splits(runs, [c.id for c in cohort_cases], study.seed)
     times_file = study.out / "times.json"
     times = json.loads(times_file.read_text()) if times_file.is_file() else {"stages": {}, "runs": {}}
     # the overrides of every fine-tuning run; the channels a frozen encoder is probed with: those it pretrained on,
@@ -189,7 +196,7 @@ def _study(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
 
     stage_units = planned(plan)
-    check_configs([u for _, units in stage_units for u in units])  # a bad override refused before anything trains
+    check_configs([u for _, staged in stage_units for u in staged.units])  # a bad override refused before training
     check_pilot(stage_units)
     if not study.dry_run:  # kept once every config composed: a refused command does not hold the folder
         _record(study, task, channels, control_channel, store)
@@ -197,7 +204,7 @@ def _study(args: argparse.Namespace) -> int:
         register_design(study.out, Design.of(study, split, checks.endpoint.label))
     if study.dry_run:
         def plan_only() -> int:
-            print("\n".join(_dry_run(plan, stage_units, cohort_cases, cohorts, channels, store)), flush=True)
+            print("\n".join(_dry_run(plan, stage_units, cohorts)), flush=True)
             return 0
 
         def plan_stopped(stop: BaseException, names: list[str]) -> None:  # as a run's stop: one line, 143 or 130
@@ -211,15 +218,18 @@ def _study(args: argparse.Namespace) -> int:
     return keep_sitting(times, times_file, lambda: stop_on_signals(work, stopped))
 
 
-def _dry_run(plan: StudyPlan, stage_units: list, cohort_cases: Sequence, cohorts: Mapping[int, Path],
-             channels: list[str] | None, store: StoreCohort | None) -> list[str]:
+def _dry_run(plan: StudyPlan, stage_units: list, cohorts: Mapping[int, CohortList | None]) -> list[str]:
     """The schedule of a dry run, its units priced on this device (a short timed run of each console script, its
     cohort's file list written to a scratch folder): nothing is written to --out."""
-    study, every = plan.study, [u for _, units in stage_units for u in units]
+    study, every = plan.study, [u for _, staged in stage_units for u in staged.units]
     with tempfile.TemporaryDirectory(prefix="asa-study-plan-") as scratch:
-        moved = (write_cohorts(Path(scratch), cohort_cases, list(cohorts), study.seed, channels or ["t1"])
-                 if cohorts and store is None else {})
-        costs = measure(every, study.device, {str(cohorts[n]): str(folder) for n, folder in moved.items()})
+        moved = {}  # each cohort's folder -> where its file list is written to time a unit reading it
+        for cohort in cohorts.values():
+            if cohort is not None:  # None: the store's cases, read where they are
+                there = dataclasses.replace(cohort, folder=Path(scratch) / cohort.folder.name)
+                there.write()
+                moved[str(cohort.folder)] = str(there.folder)
+        costs = measure(every, study.device, moved)
     warning = ["[study] plan: --scale gpu on a machine without a GPU: the plan below is priced on this machine's CPU, "
                "not on the GPU the scale is for"] if study.scale_name == "gpu" and "cuda" not in costs.device else []
     return warning + schedule_lines(plan, stage_units, costs)
@@ -373,23 +383,23 @@ def _record(study: Study, task: Task, channels: list[str] | None, control_channe
 
 
 def _checks(study: Study, labeled: Sequence, split: FixedSplit | CrossValidated, task: Task, cohort_cases: Sequence,
-            held: Sequence[str], channels: list[str] | None, store: StoreCohort | None, control_channel: str | None
-            ) -> tuple[Checks, dict[int, Path], Path | None, list[Supervised]]:
-    """The checks before anything trains (overlap, channels, skull stripping, the positive control's cases), kept in
-    ``<out>/checks/checks.json`` and said; the cohort file lists and the noise volumes written on the way (none of
-    it with --dry-run). Returns
-    (the checks, cohort size -> its data, the noise volumes' folder, the positive control)."""
-    out, scale, write, cohorts, noise, cohort = study.out, study.scale, not study.dry_run, {}, None, None
-    overlap = check_overlap(out, cohort_cases, labeled, split, dict(study.encoders), accept=study.accept_overlap,
-                            write=write)
+            record: Mapping[str, Any] | None, held: Sequence[str], channels: list[str] | None,
+            store: StoreCohort | None, control_channel: str | None
+            ) -> tuple[Checks, dict[int, CohortList | None], NoiseVolumes | None, list[Supervised]]:
+    """The checks before anything trains (overlap against the cohort's ``record``, channels, skull stripping, the
+    positive control's cases), nothing written or said. Returns (the checks, cohort size -> its file list (None: the
+    store's cases), the noise volumes, the positive control): the file lists and the volumes are the pretraining
+    units' inputs, written as the first unit reading them starts."""
+    out, scale, cohorts, noise, cohort = study.out, study.scale, {}, None, None
+    overlap = check_overlap(cohort_cases, record, labeled, split, dict(study.encoders), accept=study.accept_overlap)
     if study.pretrain_data is not None:
         if odd := [n for n in scale.cohorts if n > len(cohort_cases)]:
             refuse(f"--cohorts {' '.join(map(str, odd))}: the cohort holds {len(cohort_cases)} scans")
         sizes = list(scale.cohorts) or [len(cohort_cases)]
         if store is None:
-            cohorts = write_cohorts(out, cohort_cases, sizes, study.seed, channels, write=write)
+            cohorts = cohort_lists(out, cohort_cases, sizes, study.seed, channels)
         else:
-            cohorts = {n: store.path for n in sizes}
+            cohorts = dict.fromkeys(sizes)
             resampled = ""
             if store.resample_mm:
                 resampled = f", resampled to {store.resample_mm} mm"
@@ -398,7 +408,7 @@ def _checks(study: Study, labeled: Sequence, split: FixedSplit | CrossValidated,
                       "pretraining run reads its cohort's cases from it (their split in the run's splits.json, the "
                       "store's other cases as its unread test part).")
         if CONTROL in study.arms:
-            noise = write_noise(out, cohort_cases, max(sizes), study.seed, channels, write=write)
+            noise = noise_volumes(out, cohort_cases, max(sizes), study.seed, channels)
     if channels is not None:
         channel_said = channel_lines(task.channels, channels, held, store=store is not None)
     else:
@@ -414,8 +424,4 @@ def _checks(study: Study, labeled: Sequence, split: FixedSplit | CrossValidated,
     endpoint = Endpoint(*readings.endpoint(task.output_names, study.lesion_classes))
     checks = Checks(overlap, tuple(channel_said), tuple(skull), endpoint, cohort=cohort,
                     design=split.design_line(len(labeled), scale, study.positive_control), supervised=control)
-    if write:
-        atomic_write_json(out / "checks" / "checks.json", {**checks.record(), "split": split.record()})
-    for line in checks.lines():
-        print(f"[study] {line}", flush=True)
     return checks, cohorts, noise, supervised

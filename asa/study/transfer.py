@@ -25,7 +25,7 @@ from asa.models import capabilities
 from asa.study.arms import SCRATCH, label, twin_of
 from asa.study.cohort import cohort_order
 from asa.study.common import finished, module_argv, refuse
-from asa.study.scheduler import Unit
+from asa.study.scheduler import JsonFile, Unit
 from asa.study.statistics import LESION
 from asa.study.tables import Outputs, logged_budget, write_outputs
 
@@ -246,14 +246,14 @@ def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequen
             split = {"train": list(run.train), "val": list(run.val), "test": test,
                      UNUSED: sorted(set(ids) - {*run.train, *run.val, *test}), "dataset": dataset, "seed": run.seed,
                      "supervised_trained": list(run.supervised_trained)}
-            inputs += [] if ckpt.is_file() else [(run.run_dir / "splits.json", split)]
+            inputs += [] if ckpt.is_file() else [JsonFile(run.run_dir / "splits.json", split)]
             overrides.append((*run.overrides, "resume=auto"))
             trainer[run.run_dir] = name
         argv = module_argv("asa.cli.finetune", *overrides[0])
         if len(group) > 1:  # the draw's runs as one (`groups`)
             spec = out / "fused" / f"{name.rsplit('/', 1)[-1]}.json"
             argv = module_argv("asa.cli.fused", str(spec))
-            inputs.append((spec, {"runs": [list(o) for o in overrides]}))
+            inputs.append(JsonFile(spec, {"runs": [list(o) for o in overrides]}))
         trained.append(Unit(name, argv, lambda group=group: all(_trained(run) for run in group),
                             logs / f"{name.rsplit('/', 1)[-1]}.log", threads=s.threads, inputs=tuple(inputs),
                             config=("finetune", overrides[0]), group=tuple(overrides) if len(group) > 1 else (),
@@ -269,8 +269,9 @@ def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequen
                             logs / f"scoring-{k}.log", resumable=False, threads=s.threads,
                             after=tuple(dict.fromkeys(trainer[r.run_dir] for r in share)),
                             cases=cases,
-                            inputs=((spec, {"runs": [{**dataclasses.asdict(r), "run_dir": str(r.run_dir)}
-                                                     for r in share], "test": list(test_ids), "device": s.device}),)))
+                            inputs=(JsonFile(spec, {"runs": [{**dataclasses.asdict(r), "run_dir": str(r.run_dir)}
+                                                             for r in share], "test": list(test_ids),
+                                                    "device": s.device}),)))
     return [*trained, *scoring]
 
 

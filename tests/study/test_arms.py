@@ -13,6 +13,7 @@ from asa.api.config import compose_config
 from asa.data.synthetic.demo import write_demo_dataset
 from asa.study import arms, probes, readings, statistics, study
 from asa.study.arms import ARMS, Arm, Contrast
+from asa.study.cohort import CohortList
 from asa.study.plan import SCALES, Network, Pretraining, finetune_arms, plan_pretraining
 
 TOY = Arm("toy", (Contrast("scratch", "does the toy pretraining help? (toy − scratch)"),
@@ -42,8 +43,8 @@ def _scores(groups: dict[str, tuple[str, int | None, float]]) -> list[dict]:
 def test_a_toy_arm_declared_once_is_planned_fine_tuned_asked_and_read_as_the_primary(toy, tmp_path):
     assert "toy" in arms.choices() and "toy" in arms.pretraining_arms() and arms.primary_order()[0] == "toy"
     network = Network("resenc", "tiny")
-    [run] = plan_pretraining(tmp_path, dataclasses.replace(SCALES["quick"], pretrain_runs=1), network, ["toy"], {4: tmp_path / "c4"}, None,
-                             seed=0)
+    [run] = plan_pretraining(tmp_path, dataclasses.replace(SCALES["quick"], pretrain_runs=1), network, ["toy"],
+                             {4: CohortList(tmp_path / "c4", "")}, None, seed=0)
     assert run.name == "toy-c4" and run.arm == "toy" and run.cohort == 4
     assert {"method=asa", "method.loss_weighting=attentive", "model.weight_patch=2",
             "model.weight_power=2.0"} <= set(run.overrides)
@@ -92,7 +93,7 @@ def test_a_mask_ratio_arm_is_one_declaration_down_to_its_pretraining_run_s_confi
     monkeypatch.setitem(ARMS, arm.name, arm)
     assert "mae-60" in arms.choices() and "mae-60" in arms.pretraining_arms()
     [run] = plan_pretraining(tmp_path, dataclasses.replace(SCALES["quick"], pretrain_runs=1), Network("resenc", "tiny"),
-                             ["mae-60"], {4: tmp_path / "c4"}, None, seed=0)
+                             ["mae-60"], {4: CohortList(tmp_path / "c4", "")}, None, seed=0)
     assert run.run_dir == tmp_path / "pretrain" / "mae-60-c4" and f"output_dir={run.run_dir}" in run.overrides
     cfg = compose_config("pretrain", list(run.overrides))
     assert (cfg.method.name, cfg.method.mask_ratio, cfg.optim.schedule) == ("mae", 0.6, "constant")

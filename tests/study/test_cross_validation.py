@@ -78,7 +78,8 @@ def test_a_cross_validated_run_s_split_names_its_fold_as_test_and_flags_what_its
     runs, test, _, every = transfer.plan_runs(s)
     units = transfer.units(s, runs, test, every, "msd")
     for run, unit in zip(runs, units):
-        [(path, split)] = unit.inputs
+        [needed] = unit.inputs
+        path, split = needed.path, needed.content
         assert path == run.run_dir / "splits.json" and split["test"] == list(run.test) and len(split["test"]) == 6
         assert sorted([*split["train"], *split["val"], *split["test"], *split["unused"]]) == ids
         assert len(split["unused"]) == 18 - 8 - 2 - 6

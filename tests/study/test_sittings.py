@@ -38,7 +38,7 @@ def test_a_sitting_stopped_mid_stage_keeps_its_seconds_and_says_how_it_ended(tmp
         title = "slow"
 
         def units(self, plan, found):
-            return [unit]
+            return stages.Planned((unit,))
 
     monkeypatch.setattr(stages, "stages", lambda study: [Slow()])
     plan = SimpleNamespace(study=SimpleNamespace(scale=SimpleNamespace(jobs=1, time_budget=None)))

@@ -29,8 +29,8 @@ from asa.data.synthetic.demo import write_demo_dataset
 from asa.study import readings, report, stages, study
 from asa.study.common import record_settings
 from asa.study.arms import PILOT
-from asa.study.checks import channel_lines, check_overlap, skull_lines
-from asa.study.cohort import cohort_channels, cohort_order, pretraining_channels, write_cohorts, write_noise
+from asa.study.checks import channel_lines, check_overlap, cohort_check_record, skull_lines
+from asa.study.cohort import CohortList, cohort_channels, cohort_lists, cohort_order, noise_volumes, pretraining_channels
 from asa.study.cost import Costs, StepCost
 from asa.study.plan import FixedSplit, Network, SCALES, Supervised, finetune_arms, labeled_split, overlap_overrides, parse_network, plan_pretraining, pretraining_argv, recipe_overrides, supervised_channel, supervised_overrides, supervised_splits, cases_text, units_at_once
 from asa.study.readout import PLATEAU_TOL, loss_plateau, optimiser_progress
@@ -365,9 +365,11 @@ def test_a_multi_contrast_cohort_is_pretrained_on_the_fine_tuning_channels_in_th
 
     cases = discover("bids", four)
     channels = pretraining_channels(cohort_channels(cases), MSD, None)
-    cohorts = write_cohorts(tmp_path, cases, [4], seed=0, channels=channels)
-    noise = write_noise(tmp_path, cases, 4, seed=0, channels=channels)
-    assert (cohorts[4] / "files.csv").read_text().startswith("id,path,flair,t1ce,t2\n")
+    cohorts = cohort_lists(tmp_path, cases, [4], seed=0, channels=channels)
+    noise = noise_volumes(tmp_path, cases, 4, seed=0, channels=channels)
+    for data in (*cohorts.values(), noise):  # as the first unit reading them starts
+        data.write()
+    assert (cohorts[4].folder / "files.csv").read_text().startswith("id,path,flair,t1ce,t2\n")
     network = Network("resenc", "tiny")
     runs = plan_pretraining(tmp_path, SCALES["quick"], network, ["mae"], cohorts, noise, seed=0,
                                   channels=channels)
@@ -403,8 +405,10 @@ def test_a_t1_cohort_is_pretrained_with_the_overrides_and_file_lists_of_before(d
     cases = discover("bids", data[0])
     assert cohort_channels(cases) == ["t1"]
     channels = pretraining_channels(["t1"], MSD, None)
-    cohorts = write_cohorts(tmp_path, cases, [4], seed=0, channels=channels)
-    noise = write_noise(tmp_path, cases, 4, seed=0, channels=channels)
+    cohorts = cohort_lists(tmp_path, cases, [4], seed=0, channels=channels)
+    noise = noise_volumes(tmp_path, cases, 4, seed=0, channels=channels)
+    for data in (*cohorts.values(), noise):
+        data.write()
     network = Network("resenc", "tiny")
     one = dataclasses.replace(SCALES["quick"], pretrain_runs=1)  # one run per arm, as before the replicates
     runs = plan_pretraining(tmp_path, one, network, ["mae"], cohorts, noise, seed=0, channels=channels)
@@ -412,7 +416,7 @@ def test_a_t1_cohort_is_pretrained_with_the_overrides_and_file_lists_of_before(d
     for run in runs:
         assert run.overrides[len(network.pretrain("mae")):][:11] == BEFORE
         assert len(run.overrides) == len(network.pretrain("mae")) + len(BEFORE) + 4  # crop, root, epochs, output_dir
-    for folder in (cohorts[4], noise):
+    for folder in (cohorts[4].folder, noise.folder):
         rows = (folder / "files.csv").read_text().splitlines()
         assert rows[0] == "id,path" and all(len(r.split(",")) == 2 for r in rows[1:])
 
@@ -520,12 +524,22 @@ def test_a_store_of_asa_preprocess_is_a_pretraining_cohort(data, tmp_path, monke
     assert recorded["pretrain_data"] == str(store) and recorded["pretrain_channels"] == ["t1"]
     assert recorded["pretrain_store"] == {"root": str(cohort), "layout": "bids"}
     assert "a store of asa-preprocess" in json.loads((out / "checks" / "checks.json").read_text())["cohort"]
-    # the run's split of its cohort (the first 3 of the cohort order) and the store's other case, never read
+    # the run's split of its cohort (the first 3 of the cohort order) and the store's other case, never read: an
+    # input of its unit, written as it starts (planning wrote none)
     ids = [c.id for c in discover("bids", cohort)]
     first = cohort_order(ids, seed=0)[:3]
+    assert not (runs[0].run_dir / "splits.json").exists()
+    for needed in runs[0].inputs:
+        needed.write()
+    kept = (runs[0].run_dir / "splits.json").stat().st_mtime_ns
+    for needed in runs[0].inputs:  # a resumed run's unit starts again: its split is kept
+        needed.write()
+    assert (runs[0].run_dir / "splits.json").stat().st_mtime_ns == kept
     split = json.loads((runs[0].run_dir / "splits.json").read_text())
     assert sorted(split["train"] + split["val"]) == sorted(first) and len(split["val"]) == 1
     assert split["test"] == sorted(set(ids) - set(first))
+    for needed in runs[1].inputs:
+        needed.write()
     assert not (runs[1].run_dir / "splits.json").exists()  # the noise control splits its own volumes
     with pytest.raises(SystemExit) as err:  # a t1 store cannot give the four fine-tuning channels
         study.main(["--pretrain-data", str(store), "--out", str(tmp_path / "all"), "--pretrain-channels", "all", *argv])
@@ -728,16 +742,21 @@ def test_a_case_planted_among_the_positive_control_s_cases_is_refused_before_the
     said = capsys.readouterr().err
     assert err.value.code == 2 and f"positive control: 1 of 2 case(s)" in said and f"{held.id} = someone" in said
     assert not (out / "pilot").exists() and not (out / "pretrain").exists()  # nothing trained
-    accepted = check_overlap(out, discover("filelist", planted), cases, split, accept=True)
+    planted_cases = discover("filelist", planted)
+    kept, made = cohort_check_record(out, planted_cases)  # kept by the refused study: read, not made again
+    assert not made and kept == json.loads((out / "checks" / "cohort.json").read_text())
+    accepted = check_overlap(planted_cases, kept, cases, split, accept=True)
     assert accepted["overlapping"] == [held.id] and accepted["lines"][-1].endswith(f"every run told so): {held.id}")
     assert overlap_overrides(accepted) == ["data.accept_pretraining_overlap=true"]
     assert overlap_overrides({"accepted": False}) == []
-    # a record kept by an asa whose fingerprint differs is written again: the near check is not left undone
+    # a record kept by an asa whose fingerprint differs is made again: the near check is not left undone
     record = out / "checks" / "cohort.json"
     record.write_text(record.read_text().replace('"fingerprint": "int8', '"fingerprint": "older int8'))
-    again = check_overlap(out, discover("filelist", planted), cases, split, accept=True)
+    again, made = cohort_check_record(out, planted_cases)
+    assert made and again["fingerprint"].startswith("int8")
+    assert json.loads(record.read_text())["fingerprint"].startswith("older int8")  # nothing written: the caller keeps it
+    again = check_overlap(planted_cases, again, cases, split, accept=True)
     assert again["overlapping"] == [held.id] and "not checked" not in " ".join(again["lines"])
-    assert json.loads(record.read_text())["fingerprint"].startswith("int8")
 
 
 def test_a_skull_stripped_copy_of_a_cohort_head_among_the_test_cases_is_refused_before_training(data, tmp_path,
@@ -785,10 +804,12 @@ def test_an_encoder_whose_cohort_list_is_missing_is_said_unchecked(data, tmp_pat
         raise CohortListMissing(f"{option}={path} states a pretraining cohort of 3 cases whose list is not beside it")
 
     monkeypatch.setattr(checks, "encoder_cohort", missing)
-    alone = check_overlap(tmp_path / "a", [], cases, split, {"enc": "enc.pt"}, accept=False)
+    alone = check_overlap([], None, cases, split, {"enc": "enc.pt"}, accept=False)
     assert alone["lines"] == ["--encoder enc: not checked: --encoder enc=enc.pt states a pretraining cohort of 3 "
                               "cases whose list is not beside it"] and alone["overlapping"] == []
-    both = check_overlap(tmp_path / "b", discover("bids", cohort), cases, split, {"enc": "enc.pt"}, accept=False)
+    cohort_cases = discover("bids", cohort)
+    both = check_overlap(cohort_cases, cohort_check_record(tmp_path / "b", cohort_cases)[0], cases, split,
+                         {"enc": "enc.pt"}, accept=False)
     assert both["lines"][0].startswith("--encoder enc: not checked: ")
     assert any(line.startswith("--pretrain-data: ") for line in both["lines"][1:])
 
@@ -952,15 +973,16 @@ def test_the_noise_control_is_exported_at_the_step_its_matched_arm_exported(data
     (plan,) = plans
     titles = [s.title for s in stages.stages(plan.study)]
     assert titles.index("pretraining") + 1 == titles.index("negative control")
-    arms_first = stages.Pretrain().units(plan, stages.Findings())
+    arms_first = stages.Pretrain().units(plan, stages.Findings()).units
     assert sorted(u.name for u in arms_first) == ["asa-c4", "asa-c4-p1", "mae-c4", "mae-c4-p1"]
     assert not any("export_step" in " ".join(u.argv) for u in arms_first)  # their lowest held-out round
     # nothing exported yet (a dry run's draft): the noise runs are planned without a step, priced alike
-    assert not any("export_step" in " ".join(u.argv) for u in stages.NegativeControl().units(plan, stages.Findings()))
+    drafted = stages.NegativeControl().units(plan, stages.Findings()).units
+    assert not any("export_step" in " ".join(u.argv) for u in drafted)
     for run in plan.runs:  # the arms' exports, each at a step of its own
         if run.arm != "noise":
             save_checkpoint(run.encoder, {"step": {"mae": 3, "asa": 1}[run.arm] + run.replicate})
-    noise = stages.NegativeControl().units(plan, stages.Findings())
+    noise = stages.NegativeControl().units(plan, stages.Findings()).units
     assert {u.name: [a for a in u.argv if a.startswith("export_step=")] for u in noise} == {
         "noise-c4": ["export_step=3"], "noise-c4-p1": ["export_step=4"]}
 

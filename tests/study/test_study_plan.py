@@ -15,7 +15,7 @@ import torch
 from asa.data.synthetic.demo import write_demo_dataset
 from asa.study import study
 from asa.study.cost import Costs, StepCost, validation_rounds, window_costs
-from asa.study.scheduler import Unit
+from asa.study.scheduler import JsonFile, Unit
 from asa.study.stages import _makespan
 
 
@@ -128,10 +128,10 @@ def test_a_unit_s_planned_seconds_are_its_start_steps_and_validation_rounds():
     # 100 epochs of 4 steps, a round every 10 epochs: 9 before the last (the last is in the start-and-end cost)
     assert validation_rounds("finetune", overrides, 400) == 9
     assert validation_rounds("finetune", (*overrides[:-1], "trainer.val_min_steps=100"), 400) == 3  # 100, 200, 300
-    split = (Path("splits.json"), {"train": ["a", "b"], "val": ["c", "d"], "test": []})
+    split = JsonFile(Path("splits.json"), {"train": ["a", "b"], "val": ["c", "d"], "test": []})
     unit = Unit("u", (), lambda: False, Path("log"), inputs=(split,), config=("finetune", overrides), steps=400)
     assert costs.seconds(unit) == 10.0 + 400 * 0.5 + 9 * 2 * 2.0  # its own 2 validation cases at 2 s each
-    silent = dataclasses.replace(unit, inputs=((Path("splits.json"), {"train": ["a"], "val": [], "test": []}),))
+    silent = dataclasses.replace(unit, inputs=(JsonFile(Path("splits.json"), {"train": ["a"], "val": [], "test": []}),))
     assert costs.seconds(silent) == 10.0 + 400 * 0.5  # no validation case: no round
     scoring = Unit("s", (), lambda: False, Path("log"), cases=6)
     assert costs.seconds(scoring) == 10.0 + 6 * 3.0  # its start and each case scored

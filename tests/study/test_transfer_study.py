@@ -179,7 +179,7 @@ def test_a_run_stopped_by_a_signal_continues_from_its_checkpoint_and_ends_as_an_
 
     from asa.api import compose_config, finetune
     from asa.data.synthetic.demo import write_demo_dataset
-    from asa.io import atomic_write_json, load_checkpoint
+    from asa.io import load_checkpoint
     from asa.study.common import Clock
     from asa.study.scheduler import STOP_MARGIN
     from asa.train import engine
@@ -197,8 +197,8 @@ def test_a_run_stopped_by_a_signal_continues_from_its_checkpoint_and_ends_as_an_
     runs, test_ids, cfg, ids = transfer.plan_runs(settings("stopped"))
     [run] = runs
     assert not (run.run_dir / "splits.json").exists()
-    for path, content in transfer.units(settings("stopped"), runs, test_ids, ids, str(cfg.data.name))[0].inputs:
-        atomic_write_json(path, content)
+    for needed in transfer.units(settings("stopped"), runs, test_ids, ids, str(cfg.data.name))[0].inputs:
+        needed.write()
     splits = (run.run_dir / "splits.json").read_text()
     original, fired = engine.Engine._train_step, []
 
@@ -215,8 +215,8 @@ def test_a_run_stopped_by_a_signal_continues_from_its_checkpoint_and_ends_as_an_
     # a child process would add only its start-up): the next call of run_study finds it trained and scores it
     [whole], whole_test, _, whole_ids = transfer.plan_runs(settings("whole"))
     [unit] = transfer.units(settings("whole"), [whole], whole_test, whole_ids, str(cfg.data.name))[:1]
-    for path, content in unit.inputs:
-        atomic_write_json(path, content)
+    for needed in unit.inputs:
+        needed.write()
     assert not finetune(compose_config("finetune", list(unit.config[1]))).preempted
     assert run_study(settings("stopped")) and run_study(settings("whole"))
     assert "at step 3" in (tmp_path / "stopped" / "logs" / f"{run.run_dir.name}.log").read_text()  # resumed there
@@ -245,12 +245,11 @@ def test_runs_scored_in_two_shares_score_as_in_one(tmp_path):
     # the two runs trained in this process with their units' overrides and splits (child processes would add only
     # their start-up): what is under test is the scoring, a unit of the scheduler in a process of its own
     from asa.api import compose_config, finetune
-    from asa.io import atomic_write_json
 
     runs, test, cfg, ids = transfer.plan_runs(s)
     for unit in transfer.units(s, runs, test, ids, str(cfg.data.name))[:len(runs)]:
-        for path, content in unit.inputs:
-            atomic_write_json(path, content)
+        for needed in unit.inputs:
+            needed.write()
         assert not finetune(compose_config("finetune", list(unit.config[1]))).preempted
     assert run_study(s)  # jobs=1: one share, scoring every run
     assert not list((tmp_path / "one" / "logs").glob("scratch-*.log"))  # nothing trained again
@@ -277,9 +276,9 @@ def test_fused_units_train_each_draw_as_one_and_share_its_seconds_out(tmp_path):
     assert [u.argv[2] for u in alone] == ["asa.cli.finetune"] * 4 + ["asa.study.transfer"]
     assert [u.argv[2] for u in fused] == ["asa.cli.fused"] * 2 + ["asa.study.transfer"]
     assert fused[-1].after == tuple(u.name for u in fused[:2])
-    group = dict(fused[0].inputs)[tmp_path / "fused" / "fused-n2-s0.json"]
+    group = {i.path: i.content for i in fused[0].inputs}[tmp_path / "fused" / "fused-n2-s0.json"]
     assert group["runs"] == [[*r.overrides, "resume=auto"] for r in runs[:2]]
-    assert {p for p, _ in fused[0].inputs} >= {r.run_dir / "splits.json" for r in runs[:2]}
+    assert {i.path for i in fused[0].inputs} >= {r.run_dir / "splits.json" for r in runs[:2]}
     # each run's overrides, to check and price (asa.study.cost), and the steps each of its runs trains
     assert fused[0].group == tuple(tuple(o) for o in group["runs"]) and fused[0].steps == alone[0].steps
     assert alone[0].group == ()
