@@ -38,15 +38,15 @@ from asa.api.config import compose_config
 from asa.data import Task, discover, get_task
 from asa.io import atomic_write_json
 from asa.study import readings
-from asa.study.arms import ARMS, CONTROL, PILOT, SUPERVISED, choices, paper_arms, pretraining_arms, primary_order
+from asa.study.arms import (ARMS, CONTROL, PILOT, choices, labeled_arms, paper_arms, pretraining_arms,
+                            primary_order)
 from asa.study.checks import Checks, Endpoint, check_overlap, channel_lines, skull_lines
 from asa.study.cohort import (StoreCohort, cohort_channels, pretrain_layout, pretraining_channels, read_store,
                               write_cohorts, write_noise)
 from asa.study.common import Clock, add_scale_options, record_settings, refuse, study_folder
 from asa.study.design import Design, register_design
-from asa.study.plan import (GROWS, RECIPES, SCALES, CrossValidated, FixedSplit, Supervised, labeled_split,
-                            overlap_overrides, plan_pretraining, recipe_overrides, studied_networks, supervised_channel,
-                            write_store_splits)
+from asa.study.plan import (GROWS, RECIPES, SCALES, CrossValidated, FixedSplit, labeled_split, overlap_overrides,
+                            plan_arms, recipe_overrides, studied_networks, supervised_channel, write_store_splits)
 from asa.study.readout import PILOT_FLOOR
 from asa.study.scheduler import stop_on_signals, wait_for_orphans
 from asa.study.settings import Study
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the channels the pretraining runs (and the negative control) read: all (the fine-tuning channels, in their "
         "order, matched by meaning: T1gd is t1ce) or t1 (its stem adapted to the fine-tuning channels); default: "
         "all when every cohort case has them, else t1"))
-    p.add_argument("--arms", nargs="*", default=["mae", "asa", CONTROL, SUPERVISED], choices=choices(),
+    p.add_argument("--arms", nargs="*", default=["mae", "asa", "noise", "supervised"], choices=choices(),
                    help="pretraining arms and controls beside the scratch twin (default: mae asa noise supervised)")
     p.add_argument("--probe-first", action="store_true", help=(
         "probe every pretrained encoder frozen (asa-probe on the validation and training-pool cases, never on the "
@@ -167,19 +167,21 @@ def _study(args: argparse.Namespace) -> int:
     control_channel = supervised_channel(task.channels, channels)
     if not study.dry_run:  # a folder holding another study refused before anything is written (a dry run writes none)
         _record(study, task, channels, control_channel, store, keep=False)
-    checks, cohorts, noise, supervised = _checks(study, labeled, split, task, cohort_cases, held, channels, store,
-                                                 control_channel)
-    runs = plan_pretraining(study.out, study.scale, study.network, study.pretraining, cohorts, noise,
-                            seed=study.seed, channels=channels or ("t1",), store=store)
+    checks, cohorts, noise = _checks(study, labeled, split, task, cohort_cases, held, channels, store,
+                                     control_channel)
+    # the overrides of every fine-tuning run
+    finetune = (*recipe_overrides(study.recipe, study.encoder_lr_scale), *overlap_overrides(checks.overlap),
+                *study.overrides)
+    runs = plan_arms(study.out, study.scale, study.network, study.arms, split, cohorts, noise, data=study.data,
+                     root=study.root, seed=study.seed, finetune=finetune, channel=control_channel,
+                     channels=channels or ("t1",), store=store)
     if store is not None and not study.dry_run:
-        write_store_splits(runs, [c.id for c in cohort_cases], study.seed)
+        write_store_splits(runs.pretraining, [c.id for c in cohort_cases], study.seed)
     times_file = study.out / "times.json"
     times = json.loads(times_file.read_text()) if times_file.is_file() else {"stages": {}, "runs": {}}
-    # the overrides of every fine-tuning run; the channels a frozen encoder is probed with: those it pretrained on,
-    # by their fine-tuning names
-    plan = StudyPlan(study, task, split, checks, tuple(runs), tuple(supervised),
-                     (*recipe_overrides(study.recipe, study.encoder_lr_scale), *overlap_overrides(checks.overlap),
-                      *study.overrides), (control_channel,) if control_channel else tuple(task.channels))
+    # the channels a frozen encoder is probed with: those it pretrained on, by their fine-tuning names
+    plan = StudyPlan(study, task, split, checks, runs.pretraining, runs.labeled, finetune,
+                     (control_channel,) if control_channel else tuple(task.channels))
 
     def stopped(stop: BaseException, names: list[str]) -> None:
         atomic_write_json(times_file, times)
@@ -257,9 +259,9 @@ def _check_overrides(study: Study) -> None:
 def _refuse_options(study: Study) -> None:
     """Refuse (exit 2) arms the network cannot pretrain or that lack their cohort, and values out of range."""
     network, arms = study.network, study.arms
-    if network.by_preset and (odd := [a for a in arms if a not in (*paper_arms(), CONTROL, SUPERVISED)]):
+    if network.by_preset and (odd := [a for a in arms if a not in (*paper_arms(), CONTROL, *labeled_arms())]):
         refuse(f"--arms {' '.join(odd)}: with --network {network.family} the arms are "
-               f"{', '.join((*paper_arms(), CONTROL, SUPERVISED))}")
+               f"{', '.join((*paper_arms(), CONTROL, *labeled_arms()))}")
     if lacking := {arm: need for arm in arms if (need := network.missing(arm))}:
         refuse("--arms: " + "; ".join(f"{arm} needs {', '.join(need)}, which the {network.family} family's masked twin "
                                       f"({network.declared.masked}) does not take" for arm, need in lacking.items()))
@@ -366,7 +368,8 @@ def _record(study: Study, task: Task, channels: list[str] | None, control_channe
     # fine-tuning channel and ran each pretraining in one process
     record_settings(study.out, settings, grows=GROWS, recorded_as=lambda old: {
         "probe_first": False, "head_start": None, "pretrain_channels": ["t1"] if old.get("pretrain_data") else None,
-        "supervised_channels": list(task.channels) if SUPERVISED in old.get("arms", []) else None, **old,
+        "supervised_channels": list(task.channels) if set(labeled_arms()) & set(old.get("arms", [])) else None,
+        **old,
         # one process, one pretraining run per arm; a fixed split (folds, repeats, min_scored as the scale's)
         **({"scale": {"nproc": 1, "folds": scale.folds, "repeats": scale.repeats, "min_scored": scale.min_scored,
                       "pretrain_runs": 1, **old["scale"]}} if isinstance(old.get("scale"), dict) else {})}, keep=keep)
@@ -374,11 +377,11 @@ def _record(study: Study, task: Task, channels: list[str] | None, control_channe
 
 def _checks(study: Study, labeled: Sequence, split: FixedSplit | CrossValidated, task: Task, cohort_cases: Sequence,
             held: Sequence[str], channels: list[str] | None, store: StoreCohort | None, control_channel: str | None
-            ) -> tuple[Checks, dict[int, Path], Path | None, list[Supervised]]:
+            ) -> tuple[Checks, dict[int, Path], Path | None]:
     """The checks before anything trains (overlap, channels, skull stripping, the positive control's cases), kept in
     ``<out>/checks/checks.json`` and said; the cohort file lists and the noise volumes written on the way (none of
     it with --dry-run). Returns
-    (the checks, cohort size -> its data, the noise volumes' folder, the positive control)."""
+    (the checks, cohort size -> its data, the noise volumes' folder)."""
     out, scale, write, cohorts, noise, cohort = study.out, study.scale, not study.dry_run, {}, None, None
     overlap = check_overlap(out, cohort_cases, labeled, split, dict(study.encoders), accept=study.accept_overlap,
                             write=write)
@@ -405,11 +408,9 @@ def _checks(study: Study, labeled: Sequence, split: FixedSplit | CrossValidated,
         channel_said = [f"No pretraining cohort: an --encoder file's 1-channel stem is adapted to the "
                         f"{len(task.channels)} fine-tuning channels ({', '.join(task.channels)}; copied to each and "
                         "divided by their number), a file of that many channels is loaded as it is."]
-    supervised: list[Supervised] = []  # the split holds its cases out either way
-    control = None
+    control = None  # the split holds its cases out either way
     if study.positive_control:
-        supervised = split.controls(out / "pretrain", study.data, study.root, control_channel)
-        control = split.control_line(supervised, control_channel, len(task.channels))
+        control = split.control_line(control_channel, len(task.channels))
     skull = skull_lines({"--pretrain-data": cohort_cases, "--root": labeled})
     endpoint = Endpoint(*readings.endpoint(task.output_names, study.lesion_classes))
     checks = Checks(overlap, tuple(channel_said), tuple(skull), endpoint, cohort=cohort,
@@ -418,4 +419,4 @@ def _checks(study: Study, labeled: Sequence, split: FixedSplit | CrossValidated,
         atomic_write_json(out / "checks" / "checks.json", {**checks.record(), "split": split.record()})
     for line in checks.lines():
         print(f"[study] {line}", flush=True)
-    return checks, cohorts, noise, supervised
+    return checks, cohorts, noise
