@@ -44,7 +44,7 @@ class StudyPlan:
     split: FixedSplit | CrossValidated
     checks: Checks
     runs: tuple[Pretraining, ...]
-    labeled: tuple[Labeled, ...]  # the labeled arms' runs (`asa.study.plan.plan_arms` planned both)
+    labeled: tuple[Labeled, ...]  # the labeled arms' runs (`asa.study.plan.plan_arms` planned these and runs)
     overrides: tuple[str, ...]  # asa-finetune overrides of every fine-tuning run
     probe_channels: tuple[str, ...]  # the channels a frozen encoder is probed with: those it pretrained on
 
