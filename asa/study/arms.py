@@ -10,6 +10,9 @@ from asa.study.common import refuse
 SCRATCH, COORD_SCRATCH = "scratch", "scratch-coord"  # the scratch twin; with the coordinate channel
 CONTROL, SUPERVISED = "noise", "supervised"  # the negative and the positive control
 PILOT = "pilot"
+# the labeled arm of a study recorded before each labeled arm named its own runs (report.json's "controls" a list of
+# its runs' names, or absent: its one run, named after it)
+RECORDED_CONTROL = SUPERVISED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +40,14 @@ class Arm:
         paper: the SW-ViT pretrains it from the paper's ``experiment`` preset of its name.
         selectable: named with ``--arms`` (the scratch twins are always there).
         noise: pretrained on pure-noise volumes (the negative control: mae's recipe).
-        overrides: asa-pretrain overrides of its runs, after the method's (e.g. ``model.mask_ratio=0.6``, a schedule).
-        labels: its encoder is trained with labels on cases no scored run reads (the positive control).
+        overrides: the overrides of the runs that make its encoder: asa-pretrain's of its pretraining runs, after the
+            method's (e.g. ``method.mask_ratio=0.6``, a schedule); asa-finetune's of a labeled arm's run, after the
+            study's.
+        labels: its encoder is trained with labels (asa-finetune) on cases no scored run reads: the positive control.
+        finetune: asa-finetune overrides of its fine-tuning runs in the transfer stage (those scored), after the
+            study's; its twin does not take them. A labeled arm's own run makes its encoder, as a pretraining run
+            does, so it takes ``overrides``, never these: a fine-tuning recipe for an encoder (a lower encoder lr)
+            is no recipe for training one from scratch.
     """
 
     name: str
@@ -54,6 +63,7 @@ class Arm:
     noise: bool = False
     overrides: tuple[str, ...] = ()
     labels: bool = False
+    finetune: tuple[str, ...] = ()
 
     @property
     def pretrained(self) -> bool:
@@ -113,6 +123,11 @@ def pretraining_arms() -> list[str]:
     return [a.name for a in ARMS.values() if a.pretrained and not a.noise]
 
 
+def labeled_arms() -> list[str]:
+    """The arms whose encoder is trained with labels."""
+    return [a.name for a in ARMS.values() if a.labels]
+
+
 def choices() -> list[str]:
     """What ``--arms`` takes: every selectable arm."""
     return [a.name for a in ARMS.values() if a.selectable]
@@ -163,6 +178,13 @@ def label(arm: str, cohort: int | None) -> str:
 def run_name(arm: str, cohort: int, replicate: int) -> str:
     """A pretraining run's name: ``<arm>-c<n>``, ``-p<k>`` for its k-th replicate."""
     return label(arm, cohort) + (f"-p{replicate}" if replicate else "")
+
+
+def labeled_name(arm: str, draw: int | None) -> str:
+    """A labeled arm's run's name: the arm's, ``-s<g>`` for the one of cross-validated draw g."""
+    if draw is None:
+        return arm
+    return f"{arm}-s{draw}"
 
 
 def contrasts(cohorts: Sequence[int], encoders: Sequence[str] = ()) -> list[tuple[tuple[str, int | None],

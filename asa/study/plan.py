@@ -16,7 +16,7 @@ from asa.io import atomic_write_json
 from asa.models.family import Family, families
 from asa.models.registry import keyword_options
 from asa.study import transfer
-from asa.study.arms import ARMS, CONTROL, COORD_SCRATCH, SCRATCH, SUPERVISED, run_name
+from asa.study.arms import ARMS, CONTROL, COORD_SCRATCH, SCRATCH, labeled_name, run_name
 from asa.study.cohort import CohortList, NoiseVolumes, StoreCohort, cohort_order
 from asa.study.common import module_argv, refuse
 from asa.study.scheduler import Input
@@ -268,53 +268,92 @@ def with_store_splits(runs: Sequence[Pretraining], ids: Sequence[str], seed: int
 
 
 @dataclasses.dataclass(frozen=True)
-class Supervised:
-    """The positive control: its run folder, labeled set, cases and the one fine-tuning channel it reads (None: all)."""
+class Labeled:
+    """A labeled arm's run: asa-finetune trains its encoder with labels on ``cases``, which no run of its draw
+    scores (cross-validated ``draw``; None: the one run of a fixed split, for every seed), with its ``overrides``
+    (its folder among them, as ``output_dir``) and ``splits`` (its splits.json)."""
 
-    run_dir: Path
-    data: str
-    root: Path
+    name: str
+    arm: str
     cases: tuple[str, ...]
-    channel: str | None = None
+    overrides: tuple[str, ...]
+    run_dir: Path
+    splits: Mapping[str, Any]
+    draw: int | None = None
+
+    @property
+    def encoder(self) -> Path:
+        """What its fine-tuning runs start from: its last checkpoint (the whole network; its encoder is loaded)."""
+        return self.run_dir / "checkpoints" / "last.pt"
 
 
 def supervised_channel(fine: Sequence[str], pretrain: Sequence[str] | None) -> str | None:
-    """The t1 of ``fine`` the positive control trains on alone when pretraining reads the T1 alone (one stem path)."""
+    """The t1 of ``fine`` the labeled arms train on alone when pretraining reads the T1 alone (one stem path)."""
     t1 = [name for name in fine if channel_of(name) == "t1"]
     return t1[0] if pretrain is not None and list(pretrain) == ["t1"] and len(fine) > 1 and len(t1) == 1 else None
 
 
-def supervised_overrides(control: Supervised, network: Network, scale: Scale, seed: int,
-                         overrides: Sequence[str]) -> list[str]:
-    """The positive control's asa-finetune overrides: all its cases train, for about the pilot's steps."""
-    batch = int(compose_config("finetune", [f"data={control.data}", *network.finetune]).trainer.batch_size)
-    return [f"data={control.data}", f"data.root={control.root}",
-            *([f"data.channels=[{control.channel}]"] if control.channel else []), *network.finetune,
-            f"data.crop={scale.crop}", f"data.num_workers={scale.workers}",
-            f"trainer.epochs={epochs_for(scale.pilot_steps, len(control.cases), batch)}", "trainer.progress=false",
-            "trainer.panel_every=0", f"seed={seed}", "resume=auto", *overrides, f"output_dir={control.run_dir}"]
+def plan_labeled(out: Path, arm: str, split: FixedSplit | CrossValidated, network: Network, scale: Scale, *,
+                 data: str, root: Path, seed: int, finetune: Sequence[str] = (),
+                 channel: str | None = None) -> list[Labeled]:
+    """The labeled arm ``arm``'s runs in ``<out>/pretrain``: one on the cases a fixed split holds apart, or one per
+    cross-validated draw on its training part; each trains on all its cases for about the pilot's steps, with the
+    study's fine-tuning overrides ``finetune`` and then the arm's own (`Arm.overrides`), on ``channel`` alone where
+    one is given (`supervised_channel`)."""
+    batch = int(compose_config("finetune", [f"data={data}", *network.finetune]).trainer.batch_size)
+    runs = []
+    for draw, cases in split.labeled_cases().items():
+        name = labeled_name(arm, draw)
+        run_dir = out / "pretrain" / name
+        overrides = (f"data={data}", f"data.root={root}", *([f"data.channels=[{channel}]"] if channel else []),
+                     *network.finetune, f"data.crop={scale.crop}", f"data.num_workers={scale.workers}",
+                     f"trainer.epochs={epochs_for(scale.pilot_steps, len(cases), batch)}", "trainer.progress=false",
+                     "trainer.panel_every=0", f"seed={seed}", "resume=auto", *finetune, *ARMS[arm].overrides,
+                     f"output_dir={run_dir}")
+        # its cases train; every other labeled case is its test part
+        others = sorted({*split.test, *split.val, *split.pool, *split.supervised} - set(cases))
+        splits = {"train": list(cases), "val": [], "test": others, "dataset": data, "seed": seed}
+        runs.append(Labeled(name, arm, cases, overrides, run_dir, splits, draw))
+    return runs
 
 
-def supervised_splits(control: Supervised, split: FixedSplit | CrossValidated, seed: int) -> dict[str, Any]:
-    """The positive control's splits.json: its cases train; every other labeled case is its test part."""
-    others = sorted({*split.test, *split.val, *split.pool, *split.supervised} - set(control.cases))
-    return {"train": list(control.cases), "val": [], "test": others, "dataset": control.data, "seed": seed}
+@dataclasses.dataclass(frozen=True)
+class ArmRuns:
+    """Every run the arms add before the transfer stage: the pretraining runs (the negative control's among them)
+    and the labeled arms' runs."""
+
+    pretraining: tuple[Pretraining, ...]
+    labeled: tuple[Labeled, ...]
 
 
-def finetune_arms(runs: Sequence[Pretraining], network: Network, controls: Sequence[Supervised],
+def plan_arms(out: Path, scale: Scale, network: Network, arms: Sequence[str], split: FixedSplit | CrossValidated,
+              cohorts: Mapping[int, CohortList | None], noise: NoiseVolumes | None, *, data: str, root: Path,
+              seed: int, finetune: Sequence[str] = (), channel: str | None = None, channels: Sequence[str] = ("t1",),
+              store: StoreCohort | None = None) -> ArmRuns:
+    """Every run of the arms ``arms`` (in the order named): a pretrained arm's at each cohort size and replicate and
+    the negative control's (`plan_pretraining`), a labeled arm's (`plan_labeled`), each named after its arm."""
+    pretraining = plan_pretraining(out, scale, network, [a for a in arms if ARMS[a].pretrained], cohorts, noise,
+                                   seed=seed, channels=channels, store=store)
+    labeled = [run for a in arms if ARMS[a].labels
+               for run in plan_labeled(out, a, split, network, scale, data=data, root=root, seed=seed,
+                                       finetune=finetune, channel=channel)]
+    return ArmRuns(tuple(pretraining), tuple(labeled))
+
+
+def finetune_arms(runs: Sequence[Pretraining], network: Network, labeled: Sequence[Labeled],
                   encoders: Mapping[str, str]) -> dict[str, transfer.Tuned]:
-    """`transfer.Transfer.arms`: the scratch twins, the positive control (one per draw, or one for every draw), every
-    pretrained encoder and --encoder."""
+    """`transfer.Transfer.arms`: the scratch twins, each labeled arm (its run per draw, or one for every draw), every
+    pretrained encoder and --encoder; a declared arm's fine-tuning overrides (`Arm.finetune`) after the study's."""
     base, coord = tuple(network.finetune), "model.coord_channel=true"
-    arms = {SCRATCH: transfer.Tuned(base)}
+    arms = {SCRATCH: transfer.Tuned((*base, *ARMS[SCRATCH].finetune))}
     if any(run.coord for run in runs):
-        arms[COORD_SCRATCH] = transfer.Tuned((*base, coord), COORD_SCRATCH)
-    if controls:
-        arms[SUPERVISED] = transfer.Tuned(base, SUPERVISED, labeled=tuple(
-            (c.run_dir / "checkpoints" / "last.pt", c.cases) for c in controls))
+        arms[COORD_SCRATCH] = transfer.Tuned((*base, coord, *ARMS[COORD_SCRATCH].finetune), COORD_SCRATCH)
+    for arm in dict.fromkeys(run.arm for run in labeled):
+        arms[arm] = transfer.Tuned((*base, *ARMS[arm].finetune), arm, labeled=tuple(
+            (run.encoder, run.cases) for run in labeled if run.arm == arm))
     for run in runs:
-        arms[run.name] = transfer.Tuned((*base, f"model.pretrained={run.encoder}", *([coord] if run.coord else [])),
-                                        run.arm, run.cohort, run.replicate)
+        arms[run.name] = transfer.Tuned((*base, f"model.pretrained={run.encoder}", *([coord] if run.coord else []),
+                                         *ARMS[run.arm].finetune), run.arm, run.cohort, run.replicate)
     return arms | {name: transfer.Tuned((*base, f"model.pretrained={path}"), name) for name, path in encoders.items()}
 
 
@@ -349,11 +388,11 @@ class FixedSplit:
         """The checks' line on the split: none for a fixed split."""
         return None
 
-    def controls(self, run_dir: Path, data: str, root: Path, channel: str | None) -> list[Supervised]:
-        """The positive control: one run on the cases held out of the training pool."""
-        return [Supervised(run_dir / SUPERVISED, data, root, self.supervised, channel)]
+    def labeled_cases(self) -> dict[int | None, tuple[str, ...]]:
+        """The cases of a labeled arm's run: one run, for every draw, on the cases held out of the training pool."""
+        return {None: self.supervised}
 
-    def control_line(self, controls: Sequence[Supervised], channel: str | None, k: int) -> str:
+    def control_line(self, channel: str | None, k: int) -> str:
         """The checks' line on the positive control (``k``: the fine-tuning channels)."""
         stem = "."
         if channel:
@@ -409,18 +448,18 @@ class CrossValidated:
                 f"cases and {scale.val} validation cases were drawn from the other folds), every case scored once "
                 "per repeat.")
 
-    def controls(self, run_dir: Path, data: str, root: Path, channel: str | None) -> list[Supervised]:
-        """The positive control: one run per draw, on its pool, so that it consumes none of the scored cases."""
-        return [Supervised(run_dir / f"{SUPERVISED}-s{g}", data, root, tuple(sorted(d.pool)), channel)
-                for g, d in enumerate(self.draws)]
+    def labeled_cases(self) -> dict[int | None, tuple[str, ...]]:
+        """The cases of a labeled arm's runs: one run per draw, on its pool, so that it consumes none of the scored
+        cases."""
+        return {g: tuple(sorted(d.pool)) for g, d in enumerate(self.draws)}
 
-    def control_line(self, controls: Sequence[Supervised], channel: str | None, k: int) -> str:
+    def control_line(self, channel: str | None, k: int) -> str:
         """The checks' line on the positive control."""
-        pools = [len(c.cases) for c in controls]
+        pools = [len(cases) for cases in self.labeled_cases().values()]
         alone = ""
         if channel:
             alone = f", on their {channel} alone (data.channels=[{channel}])"
-        return (f"The positive control is nested in each of the {len(controls)} draws: an encoder trained with labels "
+        return (f"The positive control is nested in each of the {len(pools)} draws: an encoder trained with labels "
                 "on that draw's training part (its pool, " + "–".join(map(str, sorted({min(pools), max(pools)})))
                 + f" cases), never on the fold it is scored on, so it consumes none of the scored cases{alone}.")
 

@@ -49,7 +49,7 @@ def probe_unit(s: Study, runs: Sequence[Pretraining], channels: Sequence[str], c
         return table.is_file() and [r["name"] for r in json.loads(table.read_text())["rows"]] == names
 
     return Unit("probes", argv, done, s.out / "logs" / "probes.log", resumable=False, threads=s.threads,
-                inputs=(JsonFile(split, {"test": sorted(cases)}),))
+                inputs=(JsonFile(split, {"test": sorted(cases)}),), arms=tuple(dict.fromkeys(r.arm for r in runs)))
 
 
 def read_probes(record: Mapping[str, Any], runs: Sequence[Pretraining], keys: Sequence[str]) -> list[dict[str, Any]]:

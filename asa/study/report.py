@@ -261,6 +261,17 @@ def export_line(runs: Sequence[Mapping[str, Any]]) -> str | None:
             + ", ".join(str(r["export_step"]) for r, _ in pairs) + "): the same recipe and steps, noise for scans.")
 
 
+def recorded_controls(info: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Each labeled arm -> its runs' names, as the record keeps them: by arm; a record written before each labeled
+    arm named its own runs kept the positive control's names as a list, and one before that none (its one run)."""
+    controls = info.get("controls")
+    if controls is None:
+        return {declared.RECORDED_CONTROL: [declared.RECORDED_CONTROL]}
+    if isinstance(controls, list):
+        return {declared.RECORDED_CONTROL: list(controls)}
+    return {str(arm): list(names) for arm, names in controls.items()}
+
+
 def cost_cells(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """The cost table's head and cells, seconds per arm: each pretraining run's wall time, fine-tuning's mean per
     run."""
@@ -269,13 +280,12 @@ def cost_cells(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) ->
     times = info.get("runs", {})
     if (seconds := times.get("pilot")) is not None:
         rows.append(["pilot", "fine-tuning (pilot)", f"{seconds:.0f}", "—"])
-    # the positive control's runs: one, or one per cross-validated draw (a record before "controls": the one)
-    controls = [times[name] for name in info.get("controls", [declared.SUPERVISED]) if name in times]
-    if len(controls) == 1:
-        rows.append([declared.SUPERVISED, "fine-tuning (control)", f"{controls[0]:.0f}", "—"])
-    elif controls:
-        rows.append([declared.SUPERVISED, f"fine-tuning (control, {len(controls)} runs)",
-                     f"{np.mean(controls):.0f} per run", "—"])
+    for arm, names in recorded_controls(info).items():  # a labeled arm's runs: one, or one per draw
+        seconds = [times[name] for name in names if name in times]
+        if len(seconds) == 1:
+            rows.append([arm, "fine-tuning (control)", f"{seconds[0]:.0f}", "—"])
+        elif seconds:
+            rows.append([arm, f"fine-tuning (control, {len(seconds)} runs)", f"{np.mean(seconds):.0f} per run", "—"])
     for arm in dict.fromkeys(str(b["arm"]) for b in budgets):
         runs = [b for b in budgets if str(b["arm"]) == arm]
         secs = [float(b["train_seconds"]) for b in runs if not math.isnan(float(b["train_seconds"]))]

@@ -66,7 +66,8 @@ class Unit:
     script's config and overrides it trains with (checked before anything runs), None for a unit that trains
     nothing; ``group``: the overrides of each run it trains as one (asa-study --fused; ``config``'s are the
     first's), empty for one run; ``steps``: the optimiser steps it trains (each of its runs), ``cases``: the cases
-    it predicts (their planned cost)."""
+    it predicts (their planned cost); ``arms``: the declared arms whose runs it trains, scores or probes (one, but
+    for a fused, scoring or probing unit)."""
 
     name: str
     argv: tuple[str, ...]
@@ -80,6 +81,14 @@ class Unit:
     group: tuple[tuple[str, ...], ...] = ()
     steps: int = 0
     cases: int = 0
+    arms: tuple[str, ...] = ()
+
+    @property
+    def arm(self) -> str | None:
+        """Its one arm; None for a unit several arms share (fused, scoring, probing)."""
+        if len(self.arms) == 1:
+            return self.arms[0]
+        return None
 
     @property
     def splits(self) -> list[Any]:

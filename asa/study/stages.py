@@ -25,8 +25,8 @@ from asa.study.checks import Checks
 from asa.study.common import REFUSED, Clock, finished, machine, module_argv, refuse
 from asa.study.cost import Costs, composed, epoch_rounds
 from asa.study.design import take_look
-from asa.study.plan import (CrossValidated, FixedSplit, Pretraining, Supervised, finetune_arms, overlap_overrides,
-                            pretraining_argv, supervised_overrides, supervised_splits)
+from asa.study.plan import (CrossValidated, FixedSplit, Labeled, Pretraining, finetune_arms, overlap_overrides,
+                            pretraining_argv)
 from asa.study.readout import pilot_budget, pilot_reading, pretraining_summary
 from asa.study.scheduler import RUNNING, JsonFile, Unit, run_units
 from asa.study.settings import Study
@@ -44,7 +44,7 @@ class StudyPlan:
     split: FixedSplit | CrossValidated
     checks: Checks
     runs: tuple[Pretraining, ...]
-    supervised: tuple[Supervised, ...]
+    labeled: tuple[Labeled, ...]  # the labeled arms' runs (`asa.study.plan.plan_arms` planned these and runs)
     overrides: tuple[str, ...]  # asa-finetune overrides of every fine-tuning run
     probe_channels: tuple[str, ...]  # the channels a frozen encoder is probed with: those it pretrained on
 
@@ -142,17 +142,8 @@ class Pilot(FineTuning):
         return settings, ""
 
     def units(self, plan: StudyPlan, found: Findings) -> PlannedRuns:
-        s, controls = plan.study, []
-        for c in plan.supervised:  # the positive control: one run, or one per cross-validated draw
-            overrides = (*supervised_overrides(c, s.network, s.scale, s.seed, plan.overrides), *s.threads_override)
-            controls.append(Unit(c.run_dir.name, module_argv("asa.cli.finetune", *overrides),
-                                 lambda c=c: finished(c.run_dir / "checkpoints" / "last.pt"),
-                                 s.out / "logs" / f"{c.run_dir.name}.log", threads=s.threads,
-                                 inputs=(JsonFile(c.run_dir / "splits.json",
-                                                  supervised_splits(c, plan.split, s.seed)),),
-                                 config=("finetune", overrides), steps=s.scale.pilot_steps))
         planned = super().units(plan, found)
-        return dataclasses.replace(planned, units=(*planned.units, *controls))
+        return dataclasses.replace(planned, units=(*planned.units, *labeled_units(plan)))
 
     def read(self, plan: StudyPlan, found: Findings, planned: PlannedRuns, spent: Mapping[str, float]) -> int | None:
         super().read(plan, found, planned, spent)
@@ -173,6 +164,19 @@ class Pilot(FineTuning):
         return None
 
 
+def labeled_units(plan: StudyPlan) -> list[Unit]:
+    """The labeled arms' runs' units (the positive control's: one run, or one per cross-validated draw), each of its
+    arm."""
+    s, units = plan.study, []
+    for run in plan.labeled:
+        overrides = (*run.overrides, *s.threads_override)
+        units.append(Unit(run.name, module_argv("asa.cli.finetune", *overrides), lambda run=run: finished(run.encoder),
+                          s.out / "logs" / f"{run.name}.log", threads=s.threads,
+                          inputs=(JsonFile(run.run_dir / "splits.json", run.splits),), config=("finetune", overrides),
+                          steps=s.scale.pilot_steps, arms=(run.arm,)))
+    return units
+
+
 def pretraining_unit(s: Study, run: Pretraining, export_step: int | None = None) -> Unit:
     """A pretraining run's unit: done when its last.pt went through its schedule and its encoder is exported (at
     ``export_step``, else at its lowest held-out round)."""
@@ -181,7 +185,7 @@ def pretraining_unit(s: Study, run: Pretraining, export_step: int | None = None)
     return Unit(run.name, pretraining_argv(s.scale.nproc, *overrides),
                 lambda: finished(run.run_dir / "checkpoints" / "last.pt") and run.encoder.is_file(),
                 s.out / "logs" / f"{run.name}.log", threads=s.threads, inputs=run.inputs,
-                config=("pretrain", overrides), steps=s.scale.pretrain_steps)
+                config=("pretrain", overrides), steps=s.scale.pretrain_steps, arms=(run.arm,))
 
 
 class Pretrain(Stage):
@@ -254,7 +258,7 @@ class TransferStage(FineTuning):
         s, split = plan.study, plan.split
         tuned = [r for r in plan.runs if found.probes is None or r.arm == found.probes["chosen"] or ARMS[r.arm].noise]
         seeds = split.seeds(s.scale)
-        arms = finetune_arms(tuned, s.network, plan.supervised, dict(s.encoders))
+        arms = finetune_arms(tuned, s.network, plan.labeled, dict(s.encoders))
         steps = found.pilot["steps"]
         head_start = s.head_start
         if head_start is not None and head_start >= steps:  # the end point came first: no run is read there
@@ -284,7 +288,7 @@ class Report(Stage):
                 "min_effect": s.min_effect, "endpoint": [endpoint.key, endpoint.label],
                 "design": split.report_design(),
                 "lesion_classes": list(s.lesion_classes), "machine": machine(), "stages": times["stages"],
-                "runs": times["runs"], "controls": [c.run_dir.name for c in plan.supervised],
+                "runs": times["runs"], "controls": labeled_by_arm(plan),
                 "checks": plan.checks.record(), "pilot": found.pilot,
                 "pretraining": [pretraining_summary(run, times["runs"].get(run.name, math.nan)) for run in plan.runs],
                 "classes": list(plan.task.output_names), "probes": found.probes,
@@ -296,6 +300,15 @@ class Report(Stage):
                                      head_start=found.head_start)
         print(f"[study] done: report in {folder / 'README.md'}", flush=True)
         return 0
+
+
+def labeled_by_arm(plan: StudyPlan) -> dict[str, list[str]]:
+    """Each labeled arm -> its runs' units, by name (their seconds in times.json): the Cost table's control rows,
+    grouped by the units' arm."""
+    by_arm: dict[str, list[str]] = {}
+    for unit in labeled_units(plan):
+        by_arm.setdefault(str(unit.arm), []).append(unit.name)
+    return by_arm
 
 
 def stages(study: Study) -> list[Stage]:

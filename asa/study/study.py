@@ -38,14 +38,15 @@ from asa.api.config import compose_config
 from asa.data import Task, discover, get_task
 from asa.io import atomic_write_json
 from asa.study import readings
-from asa.study.arms import ARMS, CONTROL, PILOT, SUPERVISED, choices, paper_arms, pretraining_arms, primary_order
+from asa.study.arms import (ARMS, CONTROL, PILOT, choices, labeled_arms, paper_arms, pretraining_arms,
+                            primary_order)
 from asa.study.checks import Checks, Endpoint, check_overlap, channel_lines, cohort_check_record, skull_lines
 from asa.study.cohort import (CohortList, NoiseVolumes, StoreCohort, cohort_channels, cohort_lists, noise_volumes,
                               pretrain_layout, pretraining_channels, read_store)
 from asa.study.common import Clock, add_scale_options, record_settings, refuse, study_folder
 from asa.study.design import Design, register_design
-from asa.study.plan import (GROWS, RECIPES, SCALES, CrossValidated, FixedSplit, Supervised, labeled_split,
-                            overlap_overrides, plan_pretraining, recipe_overrides, studied_networks, supervised_channel,
+from asa.study.plan import (GROWS, RECIPES, SCALES, ArmRuns, CrossValidated, FixedSplit, labeled_split,
+                            overlap_overrides, plan_arms, recipe_overrides, studied_networks, supervised_channel,
                             with_store_splits)
 from asa.study.readout import PILOT_FLOOR
 from asa.study.scheduler import stop_on_signals, wait_for_orphans
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the channels the pretraining runs (and the negative control) read: all (the fine-tuning channels, in their "
         "order, matched by meaning: T1gd is t1ce) or t1 (its stem adapted to the fine-tuning channels); default: "
         "all when every cohort case has them, else t1"))
-    p.add_argument("--arms", nargs="*", default=["mae", "asa", CONTROL, SUPERVISED], choices=choices(),
+    p.add_argument("--arms", nargs="*", default=["mae", "asa", "noise", "supervised"], choices=choices(),
                    help="pretraining arms and controls beside the scratch twin (default: mae asa noise supervised)")
     p.add_argument("--probe-first", action="store_true", help=(
         "probe every pretrained encoder frozen (asa-probe on the validation and training-pool cases, never on the "
@@ -170,23 +171,26 @@ def _study(args: argparse.Namespace) -> int:
     record, made = cohort_check_record(study.out, cohort_cases)
     if made and not study.dry_run:  # kept before the checks may refuse: a rerun with --accept-overlap reads it
         atomic_write_json(study.out / "checks" / "cohort.json", record)
-    checks, cohorts, noise, supervised = _checks(study, labeled, split, task, cohort_cases, record, held, channels,
-                                                 store, control_channel)
+    checks, cohorts, noise = _checks(study, labeled, split, task, cohort_cases, record, held, channels, store,
+                                     control_channel)
     if not study.dry_run:
         atomic_write_json(study.out / "checks" / "checks.json", {**checks.record(), "split": split.record()})
     for line in checks.lines():
         print(f"[study] {line}", flush=True)
-    runs = plan_pretraining(study.out, study.scale, study.network, study.pretraining, cohorts, noise,
-                            seed=study.seed, channels=channels or ("t1",), store=store)
+    # the overrides of every fine-tuning run
+    finetune = (*recipe_overrides(study.recipe, study.encoder_lr_scale), *overlap_overrides(checks.overlap),
+                *study.overrides)
+    runs = plan_arms(study.out, study.scale, study.network, study.arms, split, cohorts, noise, data=study.data,
+                     root=study.root, seed=study.seed, finetune=finetune, channel=control_channel,
+                     channels=channels or ("t1",), store=store)
     if store is not None:
-        runs = with_store_splits(runs, [c.id for c in cohort_cases], study.seed)
+        runs = ArmRuns(tuple(with_store_splits(runs.pretraining, [c.id for c in cohort_cases], study.seed)),
+                       runs.labeled)
     times_file = study.out / "times.json"
     times = json.loads(times_file.read_text()) if times_file.is_file() else {"stages": {}, "runs": {}}
-    # the overrides of every fine-tuning run; the channels a frozen encoder is probed with: those it pretrained on,
-    # by their fine-tuning names
-    plan = StudyPlan(study, task, split, checks, tuple(runs), tuple(supervised),
-                     (*recipe_overrides(study.recipe, study.encoder_lr_scale), *overlap_overrides(checks.overlap),
-                      *study.overrides), (control_channel,) if control_channel else tuple(task.channels))
+    # the channels a frozen encoder is probed with: those it pretrained on, by their fine-tuning names
+    plan = StudyPlan(study, task, split, checks, runs.pretraining, runs.labeled, finetune,
+                     (control_channel,) if control_channel else tuple(task.channels))
 
     def stopped(stop: BaseException, names: list[str]) -> None:
         atomic_write_json(times_file, times)
@@ -267,9 +271,9 @@ def _check_overrides(study: Study) -> None:
 def _refuse_options(study: Study) -> None:
     """Refuse (exit 2) arms the network cannot pretrain or that lack their cohort, and values out of range."""
     network, arms = study.network, study.arms
-    if network.by_preset and (odd := [a for a in arms if a not in (*paper_arms(), CONTROL, SUPERVISED)]):
+    if network.by_preset and (odd := [a for a in arms if a not in (*paper_arms(), CONTROL, *labeled_arms())]):
         refuse(f"--arms {' '.join(odd)}: with --network {network.family} the arms are "
-               f"{', '.join((*paper_arms(), CONTROL, SUPERVISED))}")
+               f"{', '.join((*paper_arms(), CONTROL, *labeled_arms()))}")
     if lacking := {arm: need for arm in arms if (need := network.missing(arm))}:
         refuse("--arms: " + "; ".join(f"{arm} needs {', '.join(need)}, which the {network.family} family's masked twin "
                                       f"({network.declared.masked}) does not take" for arm, need in lacking.items()))
@@ -376,7 +380,8 @@ def _record(study: Study, task: Task, channels: list[str] | None, control_channe
     # fine-tuning channel and ran each pretraining in one process
     record_settings(study.out, settings, grows=GROWS, recorded_as=lambda old: {
         "probe_first": False, "head_start": None, "pretrain_channels": ["t1"] if old.get("pretrain_data") else None,
-        "supervised_channels": list(task.channels) if SUPERVISED in old.get("arms", []) else None, **old,
+        "supervised_channels": list(task.channels) if set(labeled_arms()) & set(old.get("arms", [])) else None,
+        **old,
         # one process, one pretraining run per arm; a fixed split (folds, repeats, min_scored as the scale's)
         **({"scale": {"nproc": 1, "folds": scale.folds, "repeats": scale.repeats, "min_scored": scale.min_scored,
                       "pretrain_runs": 1, **old["scale"]}} if isinstance(old.get("scale"), dict) else {})}, keep=keep)
@@ -385,11 +390,11 @@ def _record(study: Study, task: Task, channels: list[str] | None, control_channe
 def _checks(study: Study, labeled: Sequence, split: FixedSplit | CrossValidated, task: Task, cohort_cases: Sequence,
             record: Mapping[str, Any] | None, held: Sequence[str], channels: list[str] | None,
             store: StoreCohort | None, control_channel: str | None
-            ) -> tuple[Checks, dict[int, CohortList | None], NoiseVolumes | None, list[Supervised]]:
+            ) -> tuple[Checks, dict[int, CohortList | None], NoiseVolumes | None]:
     """The checks before anything trains (overlap against the cohort's ``record``, channels, skull stripping, the
     positive control's cases), nothing written or said. Returns (the checks, cohort size -> its file list (None: the
-    store's cases), the noise volumes, the positive control): the file lists and the volumes are the pretraining
-    units' inputs, written as the first unit reading them starts."""
+    store's cases), the noise volumes): the file lists and the volumes are the pretraining units' inputs, written as
+    the first unit reading them starts."""
     out, scale, cohorts, noise, cohort = study.out, study.scale, {}, None, None
     overlap = check_overlap(cohort_cases, record, labeled, split, dict(study.encoders), accept=study.accept_overlap)
     if study.pretrain_data is not None:
@@ -415,13 +420,11 @@ def _checks(study: Study, labeled: Sequence, split: FixedSplit | CrossValidated,
         channel_said = [f"No pretraining cohort: an --encoder file's 1-channel stem is adapted to the "
                         f"{len(task.channels)} fine-tuning channels ({', '.join(task.channels)}; copied to each and "
                         "divided by their number), a file of that many channels is loaded as it is."]
-    supervised: list[Supervised] = []  # the split holds its cases out either way
-    control = None
+    control = None  # the split holds its cases out either way
     if study.positive_control:
-        supervised = split.controls(out / "pretrain", study.data, study.root, control_channel)
-        control = split.control_line(supervised, control_channel, len(task.channels))
+        control = split.control_line(control_channel, len(task.channels))
     skull = skull_lines({"--pretrain-data": cohort_cases, "--root": labeled})
     endpoint = Endpoint(*readings.endpoint(task.output_names, study.lesion_classes))
     checks = Checks(overlap, tuple(channel_said), tuple(skull), endpoint, cohort=cohort,
                     design=split.design_line(len(labeled), scale, study.positive_control), supervised=control)
-    return checks, cohorts, noise, supervised
+    return checks, cohorts, noise

@@ -148,6 +148,11 @@ class Run:
         return self.run_dir / "scores.json"
 
     @property
+    def encoder_arm(self) -> str:
+        """Its declared arm (`Tuned.arm`; its name ``arm`` is the arm's label: mae-c40-p1 is mae's)."""
+        return str(self.identity.get("encoder_arm", self.arm))
+
+    @property
     def kept(self) -> Path:
         """The checkpoint of its head start (asa-finetune's trainer.keep_steps)."""
         return self.run_dir / "checkpoints" / f"kept_{self.head_start:08d}.pt"
@@ -257,7 +262,7 @@ def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequen
         trained.append(Unit(name, argv, lambda group=group: all(_trained(run) for run in group),
                             logs / f"{name.rsplit('/', 1)[-1]}.log", threads=s.threads, inputs=tuple(inputs),
                             config=("finetune", overrides[0]), group=tuple(overrides) if len(group) > 1 else (),
-                            steps=s.steps))
+                            steps=s.steps, arms=tuple(dict.fromkeys(run.encoder_arm for run in group))))
     scoring = []
     for k in range(min(jobs, len(runs))):
         share, spec = runs[k::jobs], out / "scoring" / f"share{k}.json"
@@ -268,7 +273,7 @@ def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequen
                             lambda share=share: all(r.scores_file.is_file() for r in share),
                             logs / f"scoring-{k}.log", resumable=False, threads=s.threads,
                             after=tuple(dict.fromkeys(trainer[r.run_dir] for r in share)),
-                            cases=cases,
+                            cases=cases, arms=tuple(dict.fromkeys(r.encoder_arm for r in share)),
                             inputs=(JsonFile(spec, {"runs": [{**dataclasses.asdict(r), "run_dir": str(r.run_dir)}
                                                              for r in share], "test": list(test_ids),
                                                     "device": s.device}),)))

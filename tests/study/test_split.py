@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from asa.study.design import Design
-from asa.study.plan import SCALES, CrossValidated, FixedSplit, Network, labeled_split
+from asa.study.plan import SCALES, CrossValidated, FixedSplit, Network, labeled_split, plan_labeled
 from asa.study.settings import Study
 from asa.study.stages import StudyPlan
 
@@ -40,9 +40,11 @@ def test_a_fixed_split_runs_the_scale_s_seeds_and_one_positive_control_on_its_he
     assert split.seeds_text(QUICK) == "seeds [0, 1]"
     assert (split.folds, split.repeats) == (0, 0) and split.report_design() is None
     assert split.design_line(24, QUICK, True) is None
-    [control] = split.controls(tmp_path, "msd", tmp_path / "labeled", None)
-    assert control.run_dir == tmp_path / "supervised" and control.cases == split.supervised
-    assert split.control_line([control], None, 4) == ("The positive control trains on 2 labeled cases no other run "
+    assert split.labeled_cases() == {None: split.supervised}
+    [control] = plan_labeled(tmp_path, "supervised", split, Network("resenc", "tiny"), QUICK, data="msd",
+                             root=tmp_path / "labeled", seed=0)
+    assert control.run_dir == tmp_path / "pretrain" / "supervised" and control.cases == split.supervised
+    assert split.control_line(None, 4) == ("The positive control trains on 2 labeled cases no other run "
                                                       "sees (held out of the training pool).")
     assert json.loads(json.dumps(split.record())) == {"test": list(split.test), "val": list(split.val),
                                                       "pool": list(split.pool), "supervised": list(split.supervised)}
@@ -64,10 +66,12 @@ def test_a_cross_validated_split_runs_a_seed_per_draw_and_a_positive_control_in_
         "Cross-validation: the 18 labeled cases are fewer than a fixed split needs (16 test + 2 validation + N 2 + "
         "the positive control's 2), so each case is scored by models that did not see it: 2 folds × 1 repeat(s), "
         "2 distinct labeled draws per arm")
-    controls = split.controls(tmp_path, "msd", tmp_path / "labeled", "T1w")
+    controls = plan_labeled(tmp_path, "supervised", split, Network("resenc", "tiny"), QUICK, data="msd",
+                            root=tmp_path / "labeled", seed=0, channel="T1w")
     assert [c.run_dir.name for c in controls] == ["supervised-s0", "supervised-s1"]
     assert [c.cases for c in controls] == [tuple(sorted(d.pool)) for d in split.draws]
-    assert split.control_line(controls, "T1w", 4).endswith(
+    assert all("data.channels=[T1w]" in c.overrides for c in controls)
+    assert split.control_line("T1w", 4).endswith(
         "so it consumes none of the scored cases, on their T1w alone (data.channels=[T1w]).")
     record = json.loads(json.dumps(split.record()))  # as checks.json keeps it
     assert record["draws"][0] == {"repeat": 0, "fold": 0, "test": list(split.draws[0].test),

@@ -32,7 +32,7 @@ from asa.study.arms import PILOT
 from asa.study.checks import channel_lines, check_overlap, cohort_check_record, skull_lines
 from asa.study.cohort import CohortList, cohort_channels, cohort_lists, cohort_order, noise_volumes, pretraining_channels
 from asa.study.cost import Costs, StepCost
-from asa.study.plan import FixedSplit, Network, SCALES, Supervised, finetune_arms, labeled_split, overlap_overrides, parse_network, plan_pretraining, pretraining_argv, recipe_overrides, supervised_channel, supervised_overrides, supervised_splits, cases_text, units_at_once
+from asa.study.plan import FixedSplit, Network, SCALES, finetune_arms, labeled_split, overlap_overrides, parse_network, plan_labeled, plan_pretraining, pretraining_argv, recipe_overrides, supervised_channel, cases_text, units_at_once
 from asa.study.readout import PLATEAU_TOL, loss_plateau, optimiser_progress
 
 QUICK = ["--scale", "quick", "--n-boot", "50", "--test", "3"]  # the fixed split of 9 cases (3 test, 2 val, 2, 2)
@@ -589,20 +589,22 @@ def test_the_positive_control_takes_the_t1_and_the_adapted_stem_when_the_pretrai
     assert supervised_channel(("FLAIR", "T2w"), ["t1"]) is None  # no T1 to train on alone
     assert supervised_channel(MSD, ["t1"]) == "T1w"
     run_dir = tmp_path / "pretrain" / "supervised"
-    every = Supervised(run_dir, "msd", labeled, split.supervised)
+    [every] = plan_labeled(tmp_path, "supervised", split, network, scale, data="msd", root=labeled, seed=0,
+                           finetune=recipe)
     # the overrides of before (hand-written): the study's labeled set, every case training for the pilot's steps
-    assert supervised_overrides(every, network, scale, 0, recipe) == [
+    assert every.overrides == (
         "data=msd", f"data.root={labeled}", "model=resenc", "model.size=tiny", "data.crop=32", "data.num_workers=0",
         "trainer.epochs=12", "trainer.progress=false", "trainer.panel_every=0", "seed=0", "resume=auto", *recipe,
-        f"output_dir={run_dir}"]
-    assert supervised_splits(every, split, 0) == {
+        f"output_dir={run_dir}")
+    assert every.splits == {
         "train": list(split.supervised), "val": [], "test": sorted(split.test + split.val + split.pool),
         "dataset": "msd", "seed": 0}
-    one = Supervised(run_dir, "msd", labeled, split.supervised, "T1w")
-    sup = supervised_overrides(one, network, scale, 0, recipe)
+    [one] = plan_labeled(tmp_path, "supervised", split, network, scale, data="msd", root=labeled, seed=0,
+                         finetune=recipe, channel="T1w")
+    sup = list(one.overrides)
     assert sup[:3] == ["data=msd", f"data.root={labeled}", "data.channels=[T1w]"] and sup[3:] == \
-        supervised_overrides(every, network, scale, 0, recipe)[2:]
-    assert supervised_splits(one, split, 0) == supervised_splits(every, split, 0)
+        list(every.overrides[2:])
+    assert one.splits == every.splits
     seen = compose_config("finetune", sup[:3])
     assert list(seen.data.channels) == ["T1w"]
     seen = reading_channels(task, seen.data.channels, where="the msd task")  # the task its asa-finetune reads
@@ -654,14 +656,13 @@ def test_the_swvit_takes_the_positive_control_and_refuses_the_coordinate_channel
     assert not (tmp_path / "coord").exists()
     seen = {}
     monkeypatch.setattr(study, "run_stages", lambda plan, *rest: seen.update(network=plan.study.network,
-                                                                              supervised=plan.supervised) or 0)
+                                                                              labeled=plan.labeled) or 0)
     assert study.main([*argv, "--arms", "supervised", "--out", str(tmp_path / "sup")]) == 0
-    (control,), network = seen["supervised"], seen["network"]  # one control: the labeled set holds the fixed split
+    (control,), network = seen["labeled"], seen["network"]  # one control: the labeled set holds the fixed split
     endpoint = json.loads((tmp_path / "sup" / "checks" / "checks.json").read_text())["endpoint"]
     assert (endpoint["key"], endpoint["label"]) == ("Dice_mean", "mean Dice")  # named before anything trained
-    assert network.finetune == ["model=tiny"] and control.channel is None
-    overrides = supervised_overrides(control, network, SCALES["quick"], 0, [])
-    assert overrides[:3] == ["data=msd", f"data.root={labeled}", "model=tiny"]
+    assert network.finetune == ["model=tiny"] and not any(o.startswith("data.channels=") for o in control.overrides)
+    assert control.overrides[:3] == ("data=msd", f"data.root={labeled}", "model=tiny")
     arms = finetune_arms([], network, [control], {})
     assert arms["supervised"].drawn(0)[0] == ("model=tiny", f"model.pretrained={control.run_dir / 'checkpoints' / 'last.pt'}")
 

@@ -16,7 +16,7 @@ from asa.study import study
 from asa.study.checks import cohort_check_record
 from asa.study.cohort import CohortList, NoiseVolumes, cohort_lists, noise_volumes
 from asa.study.common import Clock
-from asa.study.plan import plan_pretraining, supervised_channel
+from asa.study.plan import plan_arms, supervised_channel
 from asa.study.scheduler import JsonFile, Unit, run_units
 from asa.study.settings import Study
 
@@ -44,14 +44,17 @@ def test_the_checks_write_and_say_nothing_and_hand_the_units_their_inputs(sets, 
     cohort_cases, held, channels, store = study._pretraining_cohort(s, task)
     record, made = cohort_check_record(out, cohort_cases)
     assert made and sorted(record["cases"]) == sorted(c.id for c in cohort_cases)
-    checks, cohorts, noise, supervised = study._checks(s, labeled_cases, split, task, cohort_cases, record, held,
-                                                       channels, store, supervised_channel(task.channels, channels))
+    checks, cohorts, noise = study._checks(s, labeled_cases, split, task, cohort_cases, record, held, channels,
+                                           store, supervised_channel(task.channels, channels))
     assert not out.exists() and capsys.readouterr().out == ""  # nothing written, nothing said
-    assert checks.lines()[0].startswith("Primary endpoint") and [c.run_dir.name for c in supervised] == ["supervised"]
+    assert checks.lines()[0].startswith("Primary endpoint")
     assert cohorts == cohort_lists(out, cohort_cases, [4], 0, channels)
     assert noise == noise_volumes(out, cohort_cases, 4, 0, channels)
-    runs = plan_pretraining(out, s.scale, s.network, s.pretraining, cohorts, noise, seed=0, channels=channels)
+    planned = plan_arms(out, s.scale, s.network, s.arms, split, cohorts, noise, data=s.data, root=s.root, seed=0,
+                        channels=channels)
+    runs = planned.pretraining
     assert not out.exists()  # planning writes nothing
+    assert [r.name for r in planned.labeled] == ["supervised"]
     # every run of an arm reads its cohort's list, every run of the negative control the one set of volumes
     assert {r.name: r.inputs for r in runs} == {"mae-c4": (cohorts[4],), "mae-c4-p1": (cohorts[4],),
                                                 "noise-c4": (noise,), "noise-c4-p1": (noise,)}
