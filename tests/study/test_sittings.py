@@ -37,16 +37,16 @@ def test_a_sitting_stopped_mid_stage_keeps_its_seconds_and_says_how_it_ended(tmp
     class Slow(stages.Stage):
         title = "slow"
 
-        def units(self, plan, found):
-            return stages.Planned((unit,))
+        def units(self, setup, found):
+            return stages.StageUnits((unit,))
 
     monkeypatch.setattr(stages, "stages", lambda study: [Slow()])
-    plan = SimpleNamespace(study=SimpleNamespace(scale=SimpleNamespace(jobs=1, time_budget=None)))
+    setup = SimpleNamespace(study=SimpleNamespace(scale=SimpleNamespace(jobs=1, time_budget=None)))
     times, times_file = {"stages": {"pilot": 5.0}, "runs": {}}, tmp_path / "times.json"
     stopper = threading.Thread(target=_stop_once_started, args=(started,))
     stopper.start()
     code = keep_sitting(times, times_file, lambda: stop_on_signals(
-        lambda: stages.run_stages(plan, Clock(None), times, times_file), lambda stop, names: None))
+        lambda: stages.run_stages(setup, Clock(None), times, times_file), lambda stop, names: None))
     stopper.join()
     assert code == 128 + signal.SIGTERM
     kept = json.loads(times_file.read_text())
