@@ -1,1 +1,1 @@
-"""``asa-study``: does pretraining help on my data? Its command, arms, plan, stages, scheduler, readings and page."""
+"""``asa-study``: does pretraining help on my data? Its command, arms, runs, stages, scheduler, readings and page."""

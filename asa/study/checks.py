@@ -17,7 +17,7 @@ from asa.data.layouts.pretrain import channel_of
 from asa.data.masked_copies import describe_masked, masked_copies
 from asa.io import load_volume
 from asa.study.common import refuse
-from asa.study.plan import CrossValidated, FixedSplit, supervised_channel
+from asa.study.runs import CrossValidated, FixedSplit, supervised_channel
 
 @dataclasses.dataclass(frozen=True)
 class Endpoint:

@@ -49,7 +49,7 @@ class StoreCohort:
     resample_mm: float | None = None
 
     def data(self) -> list[str]:
-        """The overrides that read the store (the cases: the run's splits.json, `asa.study.plan.StoreSplits`)."""
+        """The overrides that read the store (the cases: the run's splits.json, `asa.study.runs.StoreSplits`)."""
         return [f"data.root={self.root}", f"data.store={self.path}"]
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from asa.io import atomic_write_json
 from asa.study.arms import primary_order, twin_of
-from asa.study.plan import CrossValidated, FixedSplit
+from asa.study.runs import CrossValidated, FixedSplit
 from asa.study.readings import ALPHA, Looks
 from asa.study.settings import Study
 

@@ -12,7 +12,7 @@ from scipy import stats
 
 from asa.study.common import module_argv
 from asa.study.arms import ARMS, pretraining_arms
-from asa.study.plan import Pretraining
+from asa.study.runs import Pretraining
 from asa.study.readings import RANDOM_ROW
 from asa.study.scheduler import JsonFile, Unit
 from asa.study.settings import Study

@@ -14,7 +14,7 @@ import torch
 from asa.io import load_checkpoint
 from asa.models import build_network
 from asa.study import tables
-from asa.study.plan import Pretraining, Scale
+from asa.study.runs import Pretraining, Scale
 from asa.train.schedule import lr_at
 
 # relative drop (and rise from its best) of the held-out masked loss over the last quarter of the optimiser's progress

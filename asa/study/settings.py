@@ -10,7 +10,7 @@ import torch
 
 from asa.study.arms import ARMS, check
 from asa.study.common import refuse, scale_from_args, usable_cores
-from asa.study.plan import SCALES, Network, Scale, parse_network, units_at_once
+from asa.study.runs import SCALES, Network, Scale, parse_network, units_at_once
 
 
 @dataclasses.dataclass(frozen=True)

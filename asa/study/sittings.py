@@ -1,5 +1,7 @@
 """The study's sittings in times.json: each call's start, end and how it ended, stopped ones included, so that the
-stage totals can be checked against the wall time every sitting took."""
+stage totals can be checked against the wall time every sitting took. A sitting is kept from its start: one killed
+with no chance to write its end (SIGKILL, the machine going down) is closed by the next, at the last moment its
+study was seen working (its units' logs), its stage and unit seconds lost with it."""
 
 from __future__ import annotations
 
@@ -29,10 +31,41 @@ def ended(code: int | None) -> str:
     return f"exit {code}"
 
 
+RUNNING = "running"  # a sitting's end until it has one
+KILLED = "killed (no end written; its end is when its study was last seen working)"
+
+
+def _stamp(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(seconds))
+
+
+def last_seen(folder: Path) -> float:
+    """When the study in ``folder`` was last seen working: the latest change to its units' logs or its times.json."""
+    logs = folder / "logs"
+    files = [*(f for f in logs.rglob("*") if f.is_file()), folder / "times.json"] if logs.is_dir() else [
+        folder / "times.json"]
+    return max((f.stat().st_mtime for f in files if f.is_file()), default=time.time())
+
+
+def close_killed(times: dict[str, Any], seen: float) -> None:
+    """Every sitting of ``times`` still running (none is: this call is the study's only one) ended killed, at
+    ``seen`` (`last_seen`) or its start if that came later."""
+    for sitting in times.get("sittings", []):
+        if sitting["ended"] == RUNNING:
+            start = time.mktime(time.strptime(sitting["start"], "%Y-%m-%dT%H:%M:%S"))
+            end = max(start, seen)
+            sitting.update(end=_stamp(end), seconds=round(end - start, 1), ended=KILLED)
+
+
 def keep_sitting(times: dict[str, Any], times_file: Path, work: Callable[[], int]) -> int:
     """``work()``'s exit code; its sitting (start, end, seconds, how it ended) is added to ``times["sittings"]`` and
-    kept in ``times_file`` however it ends."""
+    kept in ``times_file`` from its start (`RUNNING`), its end written however it ends; a sitting before it left
+    running was killed (`close_killed`)."""
+    close_killed(times, last_seen(times_file.parent))
     start, code = time.time(), None
+    sitting = {"start": _stamp(start), "end": None, "seconds": None, "ended": RUNNING}
+    times.setdefault("sittings", []).append(sitting)
+    atomic_write_json(times_file, times)
     try:
         code = work()
         return code
@@ -41,8 +74,5 @@ def keep_sitting(times: dict[str, Any], times_file: Path, work: Callable[[], int
         raise
     finally:
         end = time.time()
-        times.setdefault("sittings", []).append({
-            "start": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start)),
-            "end": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(end)),
-            "seconds": round(end - start, 1), "ended": ended(code)})
+        sitting.update(end=_stamp(end), seconds=round(end - start, 1), ended=ended(code))
         atomic_write_json(times_file, times)

@@ -25,7 +25,7 @@ from asa.study.checks import Checks
 from asa.study.common import REFUSED, Clock, finished, machine, module_argv, refuse
 from asa.study.cost import Costs, composed, epoch_rounds
 from asa.study.design import take_look
-from asa.study.plan import (CrossValidated, FixedSplit, Labeled, Pretraining, finetune_arms, overlap_overrides,
+from asa.study.runs import (CrossValidated, FixedSplit, Labeled, Pretraining, finetune_arms, overlap_overrides,
                             pretraining_argv)
 from asa.study.readout import pilot_budget, pilot_reading, pretraining_summary
 from asa.study.scheduler import RUNNING, JsonFile, Unit, run_units
@@ -36,7 +36,7 @@ UNFINISHED = 3  # the exit code of a call that stopped before the study's end (i
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyPlan:
+class Setup:
     """What the checks hand to the stages: the study, its split, checks and every run planned before any trains."""
 
     study: Study
@@ -44,7 +44,7 @@ class StudyPlan:
     split: FixedSplit | CrossValidated
     checks: Checks
     runs: tuple[Pretraining, ...]
-    labeled: tuple[Labeled, ...]  # the labeled arms' runs (`asa.study.plan.plan_arms` planned these and runs)
+    labeled: tuple[Labeled, ...]  # the labeled arms' runs (`asa.study.runs.plan_arms` planned these and runs)
     overrides: tuple[str, ...]  # asa-finetune overrides of every fine-tuning run
     probe_channels: tuple[str, ...]  # the channels a frozen encoder is probed with: those it pretrained on
 
@@ -72,7 +72,7 @@ class Findings:
 
 
 @dataclasses.dataclass(frozen=True)
-class Planned:
+class StageUnits:
     """A stage's units as its `Stage.units` planned them, and what it says of them as they run (and in a dry run,
     never while only planned): handed back to its `Stage.read`."""
 
@@ -81,7 +81,7 @@ class Planned:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class PlannedRuns(Planned):
+class FineTuningUnits(StageUnits):
     """A fine-tuning stage's plan: its `asa.study.transfer.Transfer`, its runs and the config they compose to
     (`asa.study.transfer.plan_runs`), and the units that train them (``units``: those, then the scoring units)."""
 
@@ -92,16 +92,16 @@ class PlannedRuns(Planned):
 
 
 class Stage:
-    """One stage: its units (`Planned`), done when they are, and what it reads once they are into ``found``
+    """One stage: its units (`StageUnits`), done when they are, and what it reads once they are into ``found``
     (``spent``: each of its units' seconds in this call) -> None to go on, else the exit code the study ends with."""
 
     title = ""
     jobs: int | None = None  # units at once (None: the scale's)
 
-    def units(self, plan: StudyPlan, found: Findings) -> Planned:
-        return Planned()
+    def units(self, setup: Setup, found: Findings) -> StageUnits:
+        return StageUnits()
 
-    def read(self, plan: StudyPlan, found: Findings, planned: Planned, spent: Mapping[str, float]) -> int | None:
+    def read(self, setup: Setup, found: Findings, staged: StageUnits, spent: Mapping[str, float]) -> int | None:
         return None
 
 
@@ -109,22 +109,22 @@ class FineTuning(Stage):
     """A stage of fine-tuning runs (`asa.study.transfer`, as its subclass's ``transfer`` sets them): their units,
     scoring included, then their tables."""
 
-    def transfer(self, plan: StudyPlan, found: Findings) -> tuple[transfer.Transfer, str]:
+    def transfer(self, setup: Setup, found: Findings) -> tuple[transfer.Transfer, str]:
         """(its runs' settings, what it says of them as they run)."""
         raise NotImplementedError
 
-    def units(self, plan: StudyPlan, found: Findings) -> PlannedRuns:
-        settings, said = self.transfer(plan, found)
+    def units(self, setup: Setup, found: Findings) -> FineTuningUnits:
+        settings, said = self.transfer(setup, found)
         runs, test, cfg, ids = transfer.plan_runs(settings)
         units = transfer.units(settings, runs, test, ids, str(cfg.data.name))
         trained = units[:len(transfer.groups(settings, runs))]  # the training units, then the scoring
-        return PlannedRuns(tuple(units), said, settings=settings, runs=tuple(runs), cfg=cfg, trained=tuple(trained))
+        return FineTuningUnits(tuple(units), said, settings=settings, runs=tuple(runs), cfg=cfg, trained=tuple(trained))
 
-    def read(self, plan: StudyPlan, found: Findings, planned: PlannedRuns, spent: Mapping[str, float]) -> int | None:
+    def read(self, setup: Setup, found: Findings, staged: FineTuningUnits, spent: Mapping[str, float]) -> int | None:
         # every run scored: read afresh from their scores.json at every call, a resumed study's as a whole one's
-        settings, runs = planned.settings, planned.runs
-        found.scored = transfer.results(settings, runs, planned.cfg, transfer.run_seconds(settings, runs, spent))
-        found.head_start = transfer.head_start_results(settings, runs, planned.cfg)
+        settings, runs = staged.settings, staged.runs
+        found.scored = transfer.results(settings, runs, staged.cfg, transfer.run_seconds(settings, runs, spent))
+        found.head_start = transfer.head_start_results(settings, runs, staged.cfg)
 
 
 class Pilot(FineTuning):
@@ -134,20 +134,20 @@ class Pilot(FineTuning):
 
     title = "pilot and positive control"
 
-    def transfer(self, plan: StudyPlan, found: Findings) -> tuple[transfer.Transfer, str]:
-        s = plan.study
-        settings = plan.transfer(PILOT, arms={SCRATCH: transfer.Tuned(("model.pretrained=null",))},
-                                 cases=(max(s.scale.cases),), seeds=(0,), steps=s.scale.pilot_steps, n_boot=1000,
-                                 overrides=(*s.network.finetune[1:], *plan.overrides, "optim.schedule=constant"))
+    def transfer(self, setup: Setup, found: Findings) -> tuple[transfer.Transfer, str]:
+        s = setup.study
+        settings = setup.transfer(PILOT, arms={SCRATCH: transfer.Tuned(("model.pretrained=null",))},
+                                  cases=(max(s.scale.cases),), seeds=(0,), steps=s.scale.pilot_steps, n_boot=1000,
+                                  overrides=(*s.network.finetune[1:], *setup.overrides, "optim.schedule=constant"))
         return settings, ""
 
-    def units(self, plan: StudyPlan, found: Findings) -> PlannedRuns:
-        planned = super().units(plan, found)
-        return dataclasses.replace(planned, units=(*planned.units, *labeled_units(plan)))
+    def units(self, setup: Setup, found: Findings) -> FineTuningUnits:
+        staged = super().units(setup, found)
+        return dataclasses.replace(staged, units=(*staged.units, *labeled_units(setup)))
 
-    def read(self, plan: StudyPlan, found: Findings, planned: PlannedRuns, spent: Mapping[str, float]) -> int | None:
-        super().read(plan, found, planned, spent)
-        s, [run], [unit] = plan.study, planned.runs, planned.trained  # the scratch twin at the largest N, seed 0
+    def read(self, setup: Setup, found: Findings, staged: FineTuningUnits, spent: Mapping[str, float]) -> int | None:
+        super().read(setup, found, staged, spent)
+        s, [run], [unit] = setup.study, staged.runs, staged.trained  # the scratch twin at the largest N, seed 0
         found.times["runs"][PILOT] = found.times["runs"].get(unit.name, math.nan)  # the cost table's pilot row
         found.pilot = pilot_budget(run.scores_file, s.scale, s.budget_cap, lesion_classes=list(s.lesion_classes))
         atomic_write_json(s.out / "pilot.json", found.pilot)
@@ -164,11 +164,11 @@ class Pilot(FineTuning):
         return None
 
 
-def labeled_units(plan: StudyPlan) -> list[Unit]:
+def labeled_units(setup: Setup) -> list[Unit]:
     """The labeled arms' runs' units (the positive control's: one run, or one per cross-validated draw), each of its
     arm."""
-    s, units = plan.study, []
-    for run in plan.labeled:
+    s, units = setup.study, []
+    for run in setup.labeled:
         overrides = (*run.overrides, *s.threads_override)
         units.append(Unit(run.name, module_argv("asa.cli.finetune", *overrides), lambda run=run: finished(run.encoder),
                           s.out / "logs" / f"{run.name}.log", threads=s.threads,
@@ -189,13 +189,13 @@ def pretraining_unit(s: Study, run: Pretraining, export_step: int | None = None)
 
 
 class Pretrain(Stage):
-    """Every pretraining run of the arms (`asa.study.plan.plan_pretraining`), each exported at its lowest held-out
+    """Every pretraining run of the arms (`asa.study.runs.plan_pretraining`), each exported at its lowest held-out
     round; the negative control's come next (`NegativeControl`)."""
 
     title = "pretraining"
 
-    def units(self, plan: StudyPlan, found: Findings) -> Planned:
-        return Planned(tuple(pretraining_unit(plan.study, run) for run in plan.runs if not ARMS[run.arm].noise))
+    def units(self, setup: Setup, found: Findings) -> StageUnits:
+        return StageUnits(tuple(pretraining_unit(setup.study, run) for run in setup.runs if not ARMS[run.arm].noise))
 
 
 class NegativeControl(Stage):
@@ -205,17 +205,17 @@ class NegativeControl(Stage):
 
     title = "negative control"
 
-    def units(self, plan: StudyPlan, found: Findings) -> Planned:
-        steps = export_steps(plan)
-        return Planned(tuple(pretraining_unit(plan.study, run, steps.get(run.replicate)) for run in plan.runs
+    def units(self, setup: Setup, found: Findings) -> StageUnits:
+        steps = export_steps(setup)
+        return StageUnits(tuple(pretraining_unit(setup.study, run, steps.get(run.replicate)) for run in setup.runs
                              if ARMS[run.arm].noise))
 
 
-def export_steps(plan: StudyPlan) -> dict[int, int]:
+def export_steps(setup: Setup) -> dict[int, int]:
     """Replicate -> the step its matched arm's run (at the largest cohort) exported its encoder at, read from the
     export; none before those runs are done (a plan drafted before anything ran prices the units without it)."""
-    matched = matched_by_noise(plan.study.arms)
-    runs = [r for r in plan.runs if r.arm == matched]
+    matched = matched_by_noise(setup.study.arms)
+    runs = [r for r in setup.runs if r.arm == matched]
     largest = max((r.cohort for r in runs), default=None)
     return {r.replicate: int(load_checkpoint(r.encoder)["step"]) for r in runs
             if r.cohort == largest and r.encoder.is_file()}
@@ -229,16 +229,16 @@ class Probes(Stage):
 
     jobs = 1  # one asa-probe over every encoder
 
-    def units(self, plan: StudyPlan, found: Findings) -> Planned:
-        probe = probes.probe_unit(plan.study, plan.runs, plan.probe_channels, [*plan.split.val, *plan.split.pool],
-                                  overlap_overrides(plan.checks.overlap))
-        return Planned((probe,))
+    def units(self, setup: Setup, found: Findings) -> StageUnits:
+        probe = probes.probe_unit(setup.study, setup.runs, setup.probe_channels, [*setup.split.val, *setup.split.pool],
+                                  overlap_overrides(setup.checks.overlap))
+        return StageUnits((probe,))
 
-    def read(self, plan: StudyPlan, found: Findings, planned: Planned, spent: Mapping[str, float]) -> int | None:
-        s = plan.study
+    def read(self, setup: Setup, found: Findings, staged: StageUnits, spent: Mapping[str, float]) -> int | None:
+        s = setup.study
         record = json.loads((s.out / "probes" / "table" / "probe.json").read_text())
-        keys, label = probes.primary_probe(plan.task.output_names, s.lesion_classes)
-        rows = probes.read_probes(record, plan.runs, keys)
+        keys, label = probes.primary_probe(setup.task.output_names, s.lesion_classes)
+        rows = probes.read_probes(record, setup.runs, keys)
         found.probes = {"label": label, "keys": keys, "cases": record["data"]["n"],
                         "folds": record["settings"]["folds"], "rows": rows, "effects": probes.factorial_effects(rows),
                         "shared": probes.shared_cells(rows), "chosen": probes.choose_arm(rows)}
@@ -254,11 +254,11 @@ class TransferStage(FineTuning):
 
     title = "transfer"
 
-    def transfer(self, plan: StudyPlan, found: Findings) -> tuple[transfer.Transfer, str]:
-        s, split = plan.study, plan.split
-        tuned = [r for r in plan.runs if found.probes is None or r.arm == found.probes["chosen"] or ARMS[r.arm].noise]
+    def transfer(self, setup: Setup, found: Findings) -> tuple[transfer.Transfer, str]:
+        s, split = setup.study, setup.split
+        tuned = [r for r in setup.runs if found.probes is None or r.arm == found.probes["chosen"] or ARMS[r.arm].noise]
         seeds = split.seeds(s.scale)
-        arms = finetune_arms(tuned, s.network, plan.labeled, dict(s.encoders))
+        arms = finetune_arms(tuned, s.network, setup.labeled, dict(s.encoders))
         steps = found.pilot["steps"]
         head_start = s.head_start
         if head_start is not None and head_start >= steps:  # the end point came first: no run is read there
@@ -272,8 +272,8 @@ class TransferStage(FineTuning):
         if s.head_start is not None and head_start is None:
             said += (f"\n[study] --head-start {s.head_start}: not before the end point ({steps} steps), so no run is "
                      "scored there")
-        return plan.transfer("transfer", arms=arms, cases=tuple(s.scale.cases), seeds=seeds, steps=steps,
-                             head_start=head_start, n_boot=s.n_boot, overrides=plan.overrides), said
+        return setup.transfer("transfer", arms=arms, cases=tuple(s.scale.cases), seeds=seeds, steps=steps,
+                              head_start=head_start, n_boot=s.n_boot, overrides=setup.overrides), said
 
 
 class Report(Stage):
@@ -281,20 +281,20 @@ class Report(Stage):
 
     title = "report"
 
-    def read(self, plan: StudyPlan, found: Findings, planned: Planned, spent: Mapping[str, float]) -> int | None:
-        s, times, split, endpoint = plan.study, found.times, plan.split, plan.checks.endpoint
+    def read(self, setup: Setup, found: Findings, staged: StageUnits, spent: Mapping[str, float]) -> int | None:
+        s, times, split, endpoint = setup.study, found.times, setup.split, setup.checks.endpoint
         info = {"scale_name": s.scale_name, "scale": dataclasses.asdict(s.scale), "network": s.network.name,
                 "steps": found.pilot["steps"], "head_start": s.head_start, "fused": s.fused, "recipe": s.recipe, "encoder_lr_scale": s.encoder_lr_scale,
                 "min_effect": s.min_effect, "endpoint": [endpoint.key, endpoint.label],
                 "design": split.report_design(),
                 "lesion_classes": list(s.lesion_classes), "machine": machine(), "stages": times["stages"],
-                "runs": times["runs"], "controls": labeled_by_arm(plan),
-                "checks": plan.checks.record(), "pilot": found.pilot,
-                "pretraining": [pretraining_summary(run, times["runs"].get(run.name, math.nan)) for run in plan.runs],
-                "classes": list(plan.task.output_names), "probes": found.probes,
+                "runs": times["runs"], "controls": labeled_by_arm(setup),
+                "checks": setup.checks.record(), "pilot": found.pilot,
+                "pretraining": [pretraining_summary(run, times["runs"].get(run.name, math.nan)) for run in setup.runs],
+                "classes": list(setup.task.output_names), "probes": found.probes,
                 "encoders": [f"{k}={v}" for k, v in s.encoders],
                 "commands": ["asa-study " + shlex.join(sys.argv[1:]),
-                             *(f"asa-pretrain {shlex.join(r.overrides)}" for r in plan.runs)],
+                             *(f"asa-pretrain {shlex.join(r.overrides)}" for r in setup.runs)],
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         folder = report.write_report(s.out, info, found.scored, n_boot=s.n_boot, looks=take_look(s.out),
                                      head_start=found.head_start)
@@ -302,11 +302,11 @@ class Report(Stage):
         return 0
 
 
-def labeled_by_arm(plan: StudyPlan) -> dict[str, list[str]]:
+def labeled_by_arm(setup: Setup) -> dict[str, list[str]]:
     """Each labeled arm -> its runs' units, by name (their seconds in times.json): the Cost table's control rows,
     grouped by the units' arm."""
     by_arm: dict[str, list[str]] = {}
-    for unit in labeled_units(plan):
+    for unit in labeled_units(setup):
         by_arm.setdefault(str(unit.arm), []).append(unit.name)
     return by_arm
 
@@ -317,16 +317,16 @@ def stages(study: Study) -> list[Stage]:
             Report()]
 
 
-def run_stages(plan: StudyPlan, clock: Clock, times: dict[str, Any], times_file: Path) -> int:
+def run_stages(setup: Setup, clock: Clock, times: dict[str, Any], times_file: Path) -> int:
     """Run every stage in order: its units not done yet within ``clock``'s budget, then its reading; the seconds of
     each stage and unit added to ``times`` (kept in ``times_file``). Returns the exit code: 0 (the report is
     written), `UNFINISHED` (the budget ended or a stage was left: rerun) or a stage's own."""
-    s, found = plan.study, Findings(times=times)
+    s, found = setup.study, Findings(times=times)
     for stage in stages(s):
-        started, planned = time.perf_counter(), stage.units(plan, found)  # its seconds count its planning
-        units = planned.units
-        if planned.said:
-            print(planned.said, flush=True)
+        started, staged = time.perf_counter(), stage.units(setup, found)  # its seconds count its planning
+        units = staged.units
+        if staged.said:
+            print(staged.said, flush=True)
         before = {u.name: times["runs"].get(u.name, 0.0) for u in units}
         try:
             complete = run_units(units, stage.jobs or s.scale.jobs, clock, times["runs"])
@@ -343,17 +343,17 @@ def run_stages(plan: StudyPlan, clock: Clock, times: dict[str, Any], times_file:
             print(f"[study] {why}: rerun the same command to continue", flush=True)
             return UNFINISHED
         spent = {u.name: times["runs"].get(u.name, 0.0) - before[u.name] for u in units}
-        if (code := stage.read(plan, found, planned, spent)) is not None:
+        if (code := stage.read(setup, found, staged, spent)) is not None:
             return code
     return 0
 
 
-def planned(plan: StudyPlan) -> list[tuple[Stage, Planned]]:
+def draft(setup: Setup) -> list[tuple[Stage, StageUnits]]:
     """Every stage's units as planned now, nothing written (the transfer stage at the pilot's whole length or at
     ``--budget-cap`` where that is shorter, every pretraining arm: nothing is read before anything runs)."""
-    s = plan.study
-    draft = Findings(pilot={"steps": min(s.scale.pilot_steps, s.budget_cap or s.scale.pilot_steps)})
-    return [(stage, stage.units(plan, draft)) for stage in stages(s)]
+    s = setup.study
+    unread = Findings(pilot={"steps": min(s.scale.pilot_steps, s.budget_cap or s.scale.pilot_steps)})
+    return [(stage, stage.units(setup, unread)) for stage in stages(s)]
 
 
 def check_configs(units: list[Unit]) -> None:
@@ -369,7 +369,7 @@ def check_configs(units: list[Unit]) -> None:
                 refuse(f"[study] {unit.name}: its asa-{entry} config does not compose: {err}".replace("\n", " "))
 
 
-def check_pilot(stage_units: list[tuple[Stage, Planned]]) -> None:
+def check_pilot(stage_units: list[tuple[Stage, StageUnits]]) -> None:
     """Refuse (one line naming the option and its floor, exit 2) a pilot that cannot set the budget before anything
     trains: `asa.study.tables.converged_budget` reads where its validation Dice stopped rising, over 2 ×
     `BUDGET_WINDOW` rounds at least, on --val cases, one round every ``trainer.val_every`` epochs of its cadence
@@ -391,17 +391,17 @@ def check_pilot(stage_units: list[tuple[Stage, Planned]]) -> None:
                f"{rounds(unit.steps)} time(s): expected at least {floor}")
 
 
-def schedule_lines(plan: StudyPlan, stage_units: list[tuple[Stage, Planned]], costs: Costs) -> list[str]:
-    """The study's schedule, nothing run: each stage's units (`planned`), how many run at once and its planned minutes
+def schedule_lines(setup: Setup, stage_units: list[tuple[Stage, StageUnits]], costs: Costs) -> list[str]:
+    """The study's schedule, nothing run: each stage's units (`draft`), how many run at once and its planned minutes
     from ``costs`` (timed on this device): the units in ``jobs`` slots, each taking the next free one, the scoring
     after its runs, a unit side by side as fast as alone (``jobs`` × threads ≤ the cores)."""
     total, lines = 0.0, [f"[study] plan: {costs.line()}"]
-    for stage, planned in stage_units:
-        units = planned.units
+    for stage, staged in stage_units:
+        units = staged.units
         if not units:
             continue
-        jobs = stage.jobs or plan.study.scale.jobs
-        lines += [planned.said] if planned.said else []
+        jobs = stage.jobs or setup.study.scale.jobs
+        lines += [staged.said] if staged.said else []
         trained, others = [u for u in units if u.config is not None], [u for u in units if u.config is None]
         seconds = sum(_makespan([costs.seconds(u) for u in part], jobs) for part in (trained, others))
         total += seconds

@@ -45,7 +45,7 @@ from asa.study.cohort import (CohortList, NoiseVolumes, StoreCohort, cohort_chan
                               pretrain_layout, pretraining_channels, read_store)
 from asa.study.common import Clock, add_scale_options, record_settings, refuse, study_folder
 from asa.study.design import Design, register_design
-from asa.study.plan import (GROWS, RECIPES, SCALES, ArmRuns, CrossValidated, FixedSplit, labeled_split,
+from asa.study.runs import (GROWS, RECIPES, SCALES, ArmRuns, CrossValidated, FixedSplit, labeled_split,
                             overlap_overrides, plan_arms, recipe_overrides, studied_networks, supervised_channel,
                             with_store_splits)
 from asa.study.readout import PILOT_FLOOR
@@ -53,7 +53,7 @@ from asa.study.scheduler import stop_on_signals, wait_for_orphans
 from asa.study.settings import Study
 from asa.study.sittings import keep_sitting
 from asa.study.cost import composed, measure
-from asa.study.stages import StudyPlan, check_configs, check_pilot, planned, run_stages, schedule_lines
+from asa.study.stages import Setup, check_configs, check_pilot, draft, run_stages, schedule_lines
 
 
 # the fine-tuning keys that name a file or folder a run reads: an --override naming one that is not there is refused
@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    """Refuse what cannot run, record the study's settings, check, plan, then run what is left."""
+    """Refuse what cannot run, record the study's settings, check, setup, then run what is left."""
     study = Study.from_args(args, _encoders(args.encoder))
     _refuse_options(study)
     _check_overrides(study)
@@ -189,7 +189,7 @@ def _study(args: argparse.Namespace) -> int:
     times_file = study.out / "times.json"
     times = json.loads(times_file.read_text()) if times_file.is_file() else {"stages": {}, "runs": {}}
     # the channels a frozen encoder is probed with: those it pretrained on, by their fine-tuning names
-    plan = StudyPlan(study, task, split, checks, runs.pretraining, runs.labeled, finetune,
+    setup = Setup(study, task, split, checks, runs.pretraining, runs.labeled, finetune,
                      (control_channel,) if control_channel else tuple(task.channels))
 
     def stopped(stop: BaseException, names: list[str]) -> None:
@@ -199,7 +199,7 @@ def _study(args: argparse.Namespace) -> int:
               "each stopped run continues from the checkpoint it saved: rerun the same command to continue",
               file=sys.stderr, flush=True)
 
-    stage_units = planned(plan)
+    stage_units = draft(setup)
     check_configs([u for _, staged in stage_units for u in staged.units])  # a bad override refused before training
     check_pilot(stage_units)
     if not study.dry_run:  # kept once every config composed: a refused command does not hold the folder
@@ -208,7 +208,7 @@ def _study(args: argparse.Namespace) -> int:
         register_design(study.out, Design.of(study, split, checks.endpoint.label))
     if study.dry_run:
         def plan_only() -> int:
-            print("\n".join(_dry_run(plan, stage_units, cohorts)), flush=True)
+            print("\n".join(_dry_run(setup, stage_units, cohorts)), flush=True)
             return 0
 
         def plan_stopped(stop: BaseException, names: list[str]) -> None:  # as a run's stop: one line, 143 or 130
@@ -218,14 +218,14 @@ def _study(args: argparse.Namespace) -> int:
 
     def work() -> int:
         wait_for_orphans(study.out)  # a study killed just before: its units end with it, saving first
-        return run_stages(plan, Clock(study.scale.time_budget), times, times_file)
+        return run_stages(setup, Clock(study.scale.time_budget), times, times_file)
     return keep_sitting(times, times_file, lambda: stop_on_signals(work, stopped))
 
 
-def _dry_run(plan: StudyPlan, stage_units: list, cohorts: Mapping[int, CohortList | None]) -> list[str]:
+def _dry_run(setup: Setup, stage_units: list, cohorts: Mapping[int, CohortList | None]) -> list[str]:
     """The schedule of a dry run, its units priced on this device (a short timed run of each console script, its
     cohort's file list written to a scratch folder): nothing is written to --out."""
-    study, every = plan.study, [u for _, staged in stage_units for u in staged.units]
+    study, every = setup.study, [u for _, staged in stage_units for u in staged.units]
     with tempfile.TemporaryDirectory(prefix="asa-study-plan-") as scratch:
         moved = {}  # each cohort's folder -> where its file list is written to time a unit reading it
         for cohort in cohorts.values():
@@ -236,7 +236,7 @@ def _dry_run(plan: StudyPlan, stage_units: list, cohorts: Mapping[int, CohortLis
         costs = measure(every, study.device, moved)
     warning = ["[study] plan: --scale gpu on a machine without a GPU: the plan below is priced on this machine's CPU, "
                "not on the GPU the scale is for"] if study.scale_name == "gpu" and "cuda" not in costs.device else []
-    return warning + schedule_lines(plan, stage_units, costs)
+    return warning + schedule_lines(setup, stage_units, costs)
 
 
 def _encoders(specs: Sequence[str]) -> dict[str, str]:

@@ -23,7 +23,7 @@ from asa.models.portable import encoder_export
 from asa.models.primus.network import DEFAULT_SIZE, PRIMUS_SIZES, dna_class
 from asa.models.twin import twin_fault
 from asa.train.updates import encoder_names
-from asa.study.plan import Scale, parse_network
+from asa.study.runs import Scale, parse_network
 
 
 def _primus_importable() -> bool:

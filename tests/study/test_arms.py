@@ -14,7 +14,7 @@ from asa.data.synthetic.demo import write_demo_dataset
 from asa.study import arms, probes, readings, statistics, study
 from asa.study.arms import ARMS, Arm, Contrast
 from asa.study.cohort import CohortList
-from asa.study.plan import SCALES, Network, Pretraining, finetune_arms, plan_pretraining
+from asa.study.runs import SCALES, Network, Pretraining, finetune_arms, plan_pretraining
 
 TOY = Arm("toy", (Contrast("scratch", "does the toy pretraining help? (toy − scratch)"),
                   Contrast("mae", "does the toy add to mae? (toy − mae)")),

@@ -1,4 +1,4 @@
-"""A labeled arm is an arm as a pretraining one is (asa.study.plan.plan_arms): a second one, declared beside the
+"""A labeled arm is an arm as a pretraining one is (asa.study.runs.plan_arms): a second one, declared beside the
 positive control, trains its own run in its own folder (``<arm>``, or ``<arm>-s<g>`` per cross-validated draw), is
 fine-tuned under its name with its own fine-tuning overrides (`Arm.finetune`), read as its own question, and has its
 row in the Cost table, grouped by its units' arm. The studies below run every stage for real, their units stood in
@@ -17,7 +17,7 @@ from asa.data.synthetic.demo import write_demo_dataset
 from asa.io import atomic_write_json
 from asa.study import stages, study, tables
 from asa.study.arms import ARMS, Arm, Contrast
-from asa.study.plan import SCALES, FixedSplit, Network, Pretraining, finetune_arms, labeled_split, plan_labeled
+from asa.study.runs import SCALES, FixedSplit, Network, Pretraining, finetune_arms, labeled_split, plan_labeled
 from asa.study.scheduler import JsonFile, Unit
 
 SUP2 = Arm("sup2", (Contrast("scratch", "does an encoder trained with labels at another lr help? (sup2 − scratch)",

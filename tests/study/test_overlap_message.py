@@ -7,7 +7,7 @@ from pathlib import Path
 
 from asa.data.case import Case
 from asa.study.checks import check_overlap
-from asa.study.plan import FixedSplit
+from asa.study.runs import FixedSplit
 
 
 def test_no_cohort_to_check_names_what_was_not_given(monkeypatch):

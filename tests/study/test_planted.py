@@ -7,11 +7,11 @@ import torch
 from asa.api.config import compose_config
 from asa.losses.reconstruction import weight_spread
 from asa.models import build_network
-from asa.study import plan
+from asa.study.runs import SCALES, Network, labeled_split
 
 
 def _masked_twin(arm: str, crop: int = 32):
-    network = plan.Network("resenc", "tiny")
+    network = Network("resenc", "tiny")
     cfg = compose_config("pretrain", [*network.pretrain(arm), "data=bids", f"data.crop={crop}"])
     kwargs = {k: v for k, v in cfg.model.items() if k not in ("arch", "name")}
     return build_network({"arch": "resenc_pretrain", "kwargs": {**kwargs, "img_size": crop,
@@ -19,7 +19,7 @@ def _masked_twin(arm: str, crop: int = 32):
 
 
 def test_the_asa_arm_weighs_4_voxel_units_sharpened_and_mae_stays_uniform():
-    network = plan.Network("resenc", "tiny")
+    network = Network("resenc", "tiny")
     assert {"model.weight_patch=4", "model.weight_power=4.0"} <= set(network.pretrain("asa"))
     assert {"model.weight_patch=4", "model.weight_power=4.0", "model.coord_channel=true"} <= set(
         network.pretrain("asa-coord"))
@@ -50,9 +50,9 @@ def test_the_planted_scale_holds_its_split_and_the_positive_control_in_the_bed_s
     training pool from which every draw takes N = 2; 25 cases would leave the control out (it needs 26)."""
     from types import SimpleNamespace
 
-    scale = plan.SCALES["planted"]
-    split = plan.labeled_split([SimpleNamespace(id=f"case_{i:03d}") for i in range(28)], scale, 0)
+    scale = SCALES["planted"]
+    split = labeled_split([SimpleNamespace(id=f"case_{i:03d}") for i in range(28)], scale, 0)
     assert (len(split.test), len(split.val), len(split.supervised)) == (16, 4, 4)
     assert len(split.pool) >= max(scale.cases) == 2
     assert not {*split.test, *split.val, *split.supervised} & set(split.pool)
-    assert plan.labeled_split([SimpleNamespace(id=f"case_{i:03d}") for i in range(25)], scale, 0).supervised == ()
+    assert labeled_split([SimpleNamespace(id=f"case_{i:03d}") for i in range(25)], scale, 0).supervised == ()

@@ -37,16 +37,16 @@ def test_a_sitting_stopped_mid_stage_keeps_its_seconds_and_says_how_it_ended(tmp
     class Slow(stages.Stage):
         title = "slow"
 
-        def units(self, plan, found):
-            return stages.Planned((unit,))
+        def units(self, setup, found):
+            return stages.StageUnits((unit,))
 
     monkeypatch.setattr(stages, "stages", lambda study: [Slow()])
-    plan = SimpleNamespace(study=SimpleNamespace(scale=SimpleNamespace(jobs=1, time_budget=None)))
+    setup = SimpleNamespace(study=SimpleNamespace(scale=SimpleNamespace(jobs=1, time_budget=None)))
     times, times_file = {"stages": {"pilot": 5.0}, "runs": {}}, tmp_path / "times.json"
     stopper = threading.Thread(target=_stop_once_started, args=(started,))
     stopper.start()
     code = keep_sitting(times, times_file, lambda: stop_on_signals(
-        lambda: stages.run_stages(plan, Clock(None), times, times_file), lambda stop, names: None))
+        lambda: stages.run_stages(setup, Clock(None), times, times_file), lambda stop, names: None))
     stopper.join()
     assert code == 128 + signal.SIGTERM
     kept = json.loads(times_file.read_text())
@@ -64,3 +64,28 @@ def test_a_sitting_stopped_mid_stage_keeps_its_seconds_and_says_how_it_ended(tmp
 def test_a_sitting_says_how_it_ended():
     assert [ended(c) for c in (0, 2, 3, 130, None)] == [
         "finished", "refused", "unfinished (rerun to continue)", "stopped by SIGINT", "failed"]
+
+
+def test_a_sitting_is_on_disk_from_its_start_and_one_killed_is_closed_by_the_next_at_its_last_log(tmp_path):
+    """A SIGKILL runs no handler: what it leaves is times.json as the sitting wrote it at its start. The next
+    sitting closes that one as killed, ending when the study was last seen working (its units' last log line)."""
+    from asa.study.sittings import KILLED, RUNNING
+
+    times_file, log = tmp_path / "times.json", tmp_path / "logs" / "unit.log"
+    on_disk = {}
+
+    def work() -> int:  # the state a kill at this moment leaves behind, with a unit's log written just now
+        on_disk.update(json.loads(times_file.read_text()))
+        log.parent.mkdir()
+        log.write_text("step 1\n")
+        os.utime(log, (time.time() + 30, time.time() + 30))  # last seen half a minute into the sitting
+        return 0
+
+    keep_sitting({"stages": {}, "runs": {}}, times_file, work)
+    [left] = on_disk["sittings"]
+    assert left["ended"] == RUNNING and left["end"] is None  # written before any work
+    times = dict(on_disk)  # the next sitting reads what the killed one left
+    assert keep_sitting(times, times_file, lambda: 0) == 0
+    killed, now = json.loads(times_file.read_text())["sittings"]
+    assert killed["ended"] == KILLED and 29 <= killed["seconds"] <= 32  # to its last log line, not to now
+    assert killed["start"] < killed["end"] and now["ended"] == "finished"

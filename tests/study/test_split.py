@@ -1,4 +1,4 @@
-"""The labeled split as a type (asa.study.plan): a fixed split and a cross-validated one each say the seeds the
+"""The labeled split as a type (asa.study.runs): a fixed split and a cross-validated one each say the seeds the
 transfer stage runs, what design.json registers, the report's design line, the positive control's runs and the
 record checks.json keeps; no stage tells them apart by a key."""
 
@@ -13,9 +13,9 @@ from types import SimpleNamespace
 import pytest
 
 from asa.study.design import Design
-from asa.study.plan import SCALES, CrossValidated, FixedSplit, Network, labeled_split, plan_labeled
+from asa.study.runs import SCALES, CrossValidated, FixedSplit, Network, labeled_split, plan_labeled
 from asa.study.settings import Study
-from asa.study.stages import StudyPlan
+from asa.study.stages import Setup
 
 QUICK = SCALES["quick"]  # 16 test + 2 val + N 2 + the control's 2 = 22 cases for a fixed split; 2 folds × 1 repeat
 
@@ -29,8 +29,8 @@ def _study(tmp_path: Path) -> Study:
                  ("mae", "supervised"), ())
 
 
-def _plan(tmp_path: Path, split: FixedSplit | CrossValidated) -> StudyPlan:
-    return StudyPlan(_study(tmp_path), None, split, None, (), (), (), ())
+def _plan(tmp_path: Path, split: FixedSplit | CrossValidated) -> Setup:
+    return Setup(_study(tmp_path), None, split, None, (), (), (), ())
 
 
 def test_a_fixed_split_runs_the_scale_s_seeds_and_one_positive_control_on_its_held_cases(tmp_path):

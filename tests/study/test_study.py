@@ -32,7 +32,7 @@ from asa.study.arms import PILOT
 from asa.study.checks import channel_lines, check_overlap, cohort_check_record, skull_lines
 from asa.study.cohort import CohortList, cohort_channels, cohort_lists, cohort_order, noise_volumes, pretraining_channels
 from asa.study.cost import Costs, StepCost
-from asa.study.plan import FixedSplit, Network, SCALES, finetune_arms, labeled_split, overlap_overrides, parse_network, plan_labeled, plan_pretraining, pretraining_argv, recipe_overrides, supervised_channel, cases_text, units_at_once
+from asa.study.runs import FixedSplit, Network, SCALES, finetune_arms, labeled_split, overlap_overrides, parse_network, plan_labeled, plan_pretraining, pretraining_argv, recipe_overrides, supervised_channel, cases_text, units_at_once
 from asa.study.readout import PLATEAU_TOL, loss_plateau, optimiser_progress
 
 QUICK = ["--scale", "quick", "--n-boot", "50", "--test", "3"]  # the fixed split of 9 cases (3 test, 2 val, 2, 2)
@@ -424,7 +424,7 @@ def test_a_t1_cohort_is_pretrained_with_the_overrides_and_file_lists_of_before(d
 def _planned(monkeypatch, argv: list[str]) -> list:
     """asa-study's checks and plan, not its units: the pretraining runs it would start."""
     planned = []
-    monkeypatch.setattr(study, "run_stages", lambda plan, *rest: planned.extend(plan.runs) or 0)
+    monkeypatch.setattr(study, "run_stages", lambda setup, *rest: planned.extend(setup.runs) or 0)
     assert study.main(argv) == 0
     return planned
 
@@ -655,8 +655,8 @@ def test_the_swvit_takes_the_positive_control_and_refuses_the_coordinate_channel
     assert refused.value.code == 2 and "the arms are mae, asa, noise, supervised" in str(refused.value)
     assert not (tmp_path / "coord").exists()
     seen = {}
-    monkeypatch.setattr(study, "run_stages", lambda plan, *rest: seen.update(network=plan.study.network,
-                                                                              labeled=plan.labeled) or 0)
+    monkeypatch.setattr(study, "run_stages", lambda setup, *rest: seen.update(network=setup.study.network,
+                                                                               labeled=setup.labeled) or 0)
     assert study.main([*argv, "--arms", "supervised", "--out", str(tmp_path / "sup")]) == 0
     (control,), network = seen["labeled"], seen["network"]  # one control: the labeled set holds the fixed split
     endpoint = json.loads((tmp_path / "sup" / "checks" / "checks.json").read_text())["endpoint"]
@@ -967,23 +967,23 @@ def test_the_noise_control_is_exported_at_the_step_its_matched_arm_exported(data
     from asa.io import save_checkpoint
 
     cohort, labeled = data
-    plans: list = []
-    monkeypatch.setattr(study, "run_stages", lambda plan, *rest: plans.append(plan) or 0)
+    setups: list = []
+    monkeypatch.setattr(study, "run_stages", lambda setup, *rest: setups.append(setup) or 0)
     assert study.main(["--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), *QUICK, "--network",
                        "resenc-tiny", "--arms", "asa", "mae", "noise", "--out", str(tmp_path / "s")]) == 0
-    (plan,) = plans
-    titles = [s.title for s in stages.stages(plan.study)]
+    (setup,) = setups
+    titles = [s.title for s in stages.stages(setup.study)]
     assert titles.index("pretraining") + 1 == titles.index("negative control")
-    arms_first = stages.Pretrain().units(plan, stages.Findings()).units
+    arms_first = stages.Pretrain().units(setup, stages.Findings()).units
     assert sorted(u.name for u in arms_first) == ["asa-c4", "asa-c4-p1", "mae-c4", "mae-c4-p1"]
     assert not any("export_step" in " ".join(u.argv) for u in arms_first)  # their lowest held-out round
     # nothing exported yet (a dry run's draft): the noise runs are planned without a step, priced alike
-    drafted = stages.NegativeControl().units(plan, stages.Findings()).units
+    drafted = stages.NegativeControl().units(setup, stages.Findings()).units
     assert not any("export_step" in " ".join(u.argv) for u in drafted)
-    for run in plan.runs:  # the arms' exports, each at a step of its own
+    for run in setup.runs:  # the arms' exports, each at a step of its own
         if run.arm != "noise":
             save_checkpoint(run.encoder, {"step": {"mae": 3, "asa": 1}[run.arm] + run.replicate})
-    noise = stages.NegativeControl().units(plan, stages.Findings()).units
+    noise = stages.NegativeControl().units(setup, stages.Findings()).units
     assert {u.name: [a for a in u.argv if a.startswith("export_step=")] for u in noise} == {
         "noise-c4": ["export_step=3"], "noise-c4-p1": ["export_step=4"]}
 

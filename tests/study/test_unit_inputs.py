@@ -16,7 +16,7 @@ from asa.study import study
 from asa.study.checks import cohort_check_record
 from asa.study.cohort import CohortList, NoiseVolumes, cohort_lists, noise_volumes
 from asa.study.common import Clock
-from asa.study.plan import plan_arms, supervised_channel
+from asa.study.runs import plan_arms, supervised_channel
 from asa.study.scheduler import JsonFile, Unit, run_units
 from asa.study.settings import Study
 

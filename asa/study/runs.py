@@ -1,4 +1,5 @@
-"""asa-study's plan, pure (it starts nothing): scales, the network, every run and its overrides, the labeled split."""
+"""asa-study's runs, drafted pure (it starts nothing): scales, the network, every run and its overrides, the labeled
+split."""
 
 from __future__ import annotations
 
