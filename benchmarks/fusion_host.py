@@ -14,13 +14,15 @@ cost is not in it; read ratios measured side by side, alone against fused. For e
 - ``fused_ms``: the K units' forward, loss and backward as one vmapped step (`Stacked.accumulate`, the stacking
   included), and ``fused_ms_per_unit``, that over K.
 
-The optimiser steps (one per unit, alone and fused) read the loss to the host and are not timed here. They are
+The optimiser steps (one per unit, alone and fused) read their values to the host and are not timed here. They are
 counted: ``ops_alone`` and ``ops_fused_per_unit`` are the operators a whole unit-step dispatches (forward, loss,
-backward and the update: `OptimizerStep.apply`), one unit alone and the K fused, over K. A count is the same on every
-machine, and on a GPU each is a launch or at least a trip through the dispatcher. The forward and backward are
-counted on meta tensors (the same operators as on a device; a count does not depend on the arithmetic), the update
-on one CPU unit of the same shapes: it reads its values to the host, which meta tensors cannot, and it is each
-unit's own, fused or not.
+backward and the update: `asa.train.step.apply_steps`), one unit alone and the K fused, over K. A count is the same
+on every machine, and on a GPU each is a launch or at least a trip through the dispatcher. The forward and backward
+are counted on meta tensors (the same operators as on a device; a count does not depend on the arithmetic), the
+updates on CPU units of the same shapes (one and two: each unit's own clipping and AdamW, so K units' count is the
+first's and K - 1 times what a second adds): they read values to the host, which meta tensors cannot.
+``reads_alone`` and ``reads_fused_per_unit`` are those host reads a unit-step; on a GPU each waits for the device
+to finish what was launched before it.
 
     python -m benchmarks.fusion_host --ks 1 14 56 --json OUT.json        # ResEnc S, medians of --repeats
 """
@@ -28,6 +30,7 @@ unit's own, fused or not.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -41,7 +44,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from asa.models.cnn.resenc import resenc_unet
 from asa.train.fused import Stacked
 from asa.train.optim import build_optimizer
-from asa.train.step import OptimizerStep
+from asa.train.step import OptimizerStep, apply_steps
 
 META = torch.device("meta")
 
@@ -74,19 +77,69 @@ def count_ops(fn) -> int:
     return count.n
 
 
-def _update_ops(*, size: str, crop: int, batch: int, in_channels: int, out_channels: int) -> int:
-    """The operators of one unit's update (`OptimizerStep.apply`: clipping, one read of its values, AdamW), counted on
-    a CPU unit of the benchmark's shapes."""
-    unit = resenc_unet(img_size=crop, in_channels=in_channels, out_channels=out_channels, size=size)
-    step = OptimizerStep(build_optimizer(unit, name="adamw", lr=1e-3, weight_decay=0.01), amp="off",
-                         device=torch.device("cpu"), accum_steps=1, clip_grad=1.0)
-    data = {"x": torch.randn(batch, in_channels, crop, crop, crop),
-            "y": torch.randint(0, out_channels, (batch, crop, crop, crop))}
-    step.apply(0, step.accumulate(unit, step_fn, [data], distributed=False))  # the first update makes AdamW's state
-    acc = step.accumulate(unit, step_fn, [data], distributed=False)
-    with _Count() as count:
-        step.apply(0, acc)
-    return count.n
+@dataclasses.dataclass(frozen=True)
+class Update:
+    """The units' updates of a step (`asa.train.step.apply_steps`), counted on CPU units of the benchmark's shapes:
+    ``first`` operators for one unit, ``each`` more for every further unit (K units: first + (K - 1) × each), and
+    the host reads of a step's updates, ``reads`` (the same for one unit as for two)."""
+
+    first: int
+    each: int
+    reads: int
+
+    def ops(self, k: int) -> int:
+        return self.first + (k - 1) * self.each
+
+
+class _Reads:
+    """The reads of a tensor's values to the host while it is entered (``n``): a CPU tensor's ``tolist``,
+    ``item`` and conversions to a Python number, which on a GPU wait for the device."""
+
+    names = ("tolist", "item", "__float__", "__int__", "__bool__")
+
+    def __enter__(self) -> _Reads:
+        self.n, self.real = 0, {name: getattr(torch.Tensor, name) for name in self.names}
+        for name, real in self.real.items():
+            setattr(torch.Tensor, name, self._counted(real))
+        return self
+
+    def _counted(self, real):
+        def read(tensor, *args, **kwargs):
+            self.n += 1
+            return real(tensor, *args, **kwargs)
+
+        return read
+
+    def __exit__(self, *exc) -> None:
+        for name, real in self.real.items():
+            setattr(torch.Tensor, name, real)
+
+
+def _update(*, size: str, crop: int, batch: int, in_channels: int, out_channels: int) -> Update:
+    """The operators and host reads of the update (`apply_steps`: each unit's clipping, the values' one read,
+    AdamW) of one and of two CPU units of the benchmark's shapes."""
+    counts = {}
+    for k in (1, 2):
+        units = [resenc_unet(img_size=crop, in_channels=in_channels, out_channels=out_channels, size=size)
+                 for _ in range(k)]
+        steps = [OptimizerStep(build_optimizer(u, name="adamw", lr=1e-3, weight_decay=0.01), amp="off",
+                               device=torch.device("cpu"), accum_steps=1, clip_grad=1.0) for u in units]
+        data = {"x": torch.randn(batch, in_channels, crop, crop, crop),
+                "y": torch.randint(0, out_channels, (batch, crop, crop, crop))}
+
+        def updates():
+            accs = [step.accumulate(unit, step_fn, [data], distributed=False) for unit, step in zip(units, steps)]
+            return lambda: apply_steps([(step, 0, acc) for step, acc in zip(steps, accs)])
+
+        updates()()  # the first update makes AdamW's state
+        update = updates()
+        with _Count() as ops, _Reads() as reads:
+            update()
+        counts[k] = ops.n, reads.n
+    if counts[1][1] != counts[2][1]:
+        raise RuntimeError(f"the updates of 1 and 2 units read the device {counts[1][1]} and {counts[2][1]} times: "
+                           "expected once a step for any number of units")
+    return Update(first=counts[1][0], each=counts[2][0] - counts[1][0], reads=counts[1][1])
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -100,8 +153,8 @@ def _median_ms(fn, repeats: int) -> float:
 
 
 def measure(k: int, *, size: str, crop: int, batch: int, in_channels: int, out_channels: int, repeats: int,
-            update_ops: int) -> dict:
-    """One K's row (module docstring; ``update_ops``: the operators of one unit's update, `_update_ops`)."""
+            update: Update) -> dict:
+    """One K's row (module docstring; ``update``: the units' updates, `_update`)."""
     units = [resenc_unet(img_size=crop, in_channels=in_channels, out_channels=out_channels, size=size).to(META)
              for _ in range(k)]
     steps = [OptimizerStep(torch.optim.AdamW(u.parameters(), lr=1e-3), amp="off", device=META, accum_steps=1,
@@ -112,11 +165,12 @@ def measure(k: int, *, size: str, crop: int, batch: int, in_channels: int, out_c
     alone = _median_ms(lambda: steps[0].accumulate(units[0], step_fn, [data], distributed=False), repeats)
     stack = _median_ms(stacked._stacked, repeats)
     fused = _median_ms(lambda: stacked.accumulate(steps, [data]), repeats)
-    ops_alone = count_ops(lambda: steps[0].accumulate(units[0], step_fn, [data], distributed=False)) + update_ops
-    ops_fused = count_ops(lambda: stacked.accumulate(steps, [data])) + k * update_ops
+    ops_alone = count_ops(lambda: steps[0].accumulate(units[0], step_fn, [data], distributed=False)) + update.ops(1)
+    ops_fused = count_ops(lambda: stacked.accumulate(steps, [data])) + update.ops(k)
     return {"k": k, "alone_ms": alone, "stack_ms": stack, "fused_ms": fused,
             "fused_ms_per_unit": round(fused / k, 2), "alone_over_fused_per_unit": round(alone / (fused / k), 2),
-            "ops_alone": ops_alone, "ops_fused_per_unit": round(ops_fused / k, 1)}
+            "ops_alone": ops_alone, "ops_fused_per_unit": round(ops_fused / k, 1),
+            "reads_alone": update.reads, "reads_fused_per_unit": round(update.reads / k, 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,14 +188,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--ks {' '.join(map(str, bad))}: expected at least 1")
     shapes = dict(size=args.size, crop=args.crop, batch=args.batch, in_channels=args.in_channels,
                   out_channels=args.out_channels)
-    update_ops = _update_ops(**shapes)
+    update = _update(**shapes)
     rows = []
     for k in args.ks:
-        rows.append(measure(k, **shapes, repeats=args.repeats, update_ops=update_ops))
+        rows.append(measure(k, **shapes, repeats=args.repeats, update=update))
         r = rows[-1]
         print(f"fusion_host: K={k:>3}  alone {r['alone_ms']:8.2f} ms  stacking {r['stack_ms']:8.2f} ms  fused "
               f"{r['fused_ms']:8.2f} ms ({r['fused_ms_per_unit']:.2f} ms a unit)  operators a unit-step: alone "
-              f"{r['ops_alone']}, fused {r['ops_fused_per_unit']}", flush=True)
+              f"{r['ops_alone']}, fused {r['ops_fused_per_unit']}; host reads a unit-step: alone {r['reads_alone']}, "
+              f"fused {r['reads_fused_per_unit']}", flush=True)
     doc = {"torch": torch.__version__, "unit": f"ResEnc {args.size}, {args.crop}³, batch {args.batch}",
            "repeats": args.repeats, "rows": rows}
     if args.json:

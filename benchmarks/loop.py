@@ -232,7 +232,7 @@ class LoopProfile:
                 pass
             return Accumulated((), ())
 
-        def noop_apply(self, epoch, acc, *, agree=int):
+        def noop_apply(self, epoch, acc, *, agree=list):
             self.optimizer.zero_grad(set_to_none=True)
             return StepValues(0.0, {}, 0, 0.0)
 

@@ -43,7 +43,7 @@ from .resume import ResumePoint, Tracker
 from .rng import capture_rng, fork_rng, item_seed, kernel_determinism, restore_rng, seed_everything
 from .schedule import lr_at
 from .settings import TrainConfig, TrainerSettings
-from .step import Accumulated, OptimizerStep, StepFn
+from .step import Accumulated, OptimizerStep, StepFn, StepValues
 from .updates import RelativeUpdate, update_gap_note
 
 __all__ = ["TrainConfig", "TrainerSettings", "FitResult", "Engine", "fit", "NonFiniteLossError"]
@@ -370,11 +370,24 @@ class Engine:
 
     def _take_step(self, run: _Run, acc: Accumulated, lr: float) -> None:
         """The update from the step's accumulated gradients (or its skip), the step counted and logged at ``lr``."""
-        log_step = (self.step + 1) % self.cfg.log_every == 0 or self.step + 1 == run.stop_step
-        measure = log_step and self.updates is not None  # a copy of every parameter: logging steps only
+        measure = self._before_update(run)
+        values = self.optim_step.apply(self.epoch, acc, agree=lambda bad: all_reduce_max_ints(bad, self.env))
+        self._count_step(run, values, lr, measure=measure)
+
+    def _before_update(self, run: _Run) -> bool:
+        """Whether the coming step logs its relative update (its parameters copied now, before the update)."""
+        # a copy of every parameter: logging steps only
+        measure = self._logs_at(run, self.step + 1) and self.updates is not None
         if measure:
             self.updates.before()
-        values = self.optim_step.apply(self.epoch, acc, agree=lambda bad: all_reduce_max_ints([bad], self.env)[0])
+        return measure
+
+    def _logs_at(self, run: _Run, step: int) -> bool:
+        """Whether the step that ends at ``step`` writes the window's means (``trainer.log_every``, the last)."""
+        return step % self.cfg.log_every == 0 or step == run.stop_step
+
+    def _count_step(self, run: _Run, values: StepValues, lr: float, *, measure: bool) -> None:
+        """The step taken (or skipped) with ``values`` counted and logged at ``lr``."""
         bad, grad_norm = values.nonfinite, values.grad_norm
         if grad_norm is None:
             self._skip_nonfinite("loss" if bad else "gradient")
@@ -395,7 +408,7 @@ class Engine:
             entry["train/amp_overflow"] = float(not math.isfinite(grad_norm))
             entry["train/loss_scale"] = float(scaler.get_scale())
         self.log.add_step(entry)
-        if log_step:
+        if self._logs_at(run, self.step):
             means = self.log.take_window(samples_per_step=run.samples_per_step, nonfinite_total=self.nonfinite_total)
             self._write_scalars(means)
             self.log.progress(means, step=self.step, epoch=self.epoch)

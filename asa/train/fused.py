@@ -20,7 +20,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from .engine import Engine, FitResult, _Run
 from .preemption import StopRequested
-from .step import Accumulated, OptimizerStep, StepFn
+from .step import Accumulated, OptimizerStep, StepFn, apply_steps
 
 __all__ = ["FusedEngine", "Stacked"]
 
@@ -175,11 +175,15 @@ class FusedEngine(Engine):
                              "fused units resume together; resume these runs one by one")
 
     def _train_step(self, run: _Run, batches: Iterator) -> None:
+        """Every unit's step: the forward and backward as one, then each unit's update, the device read once for all
+        of them (`apply_steps`), then each unit's step counted and logged."""
         lrs = [unit._set_lr() for unit in self.units]
         accs = self.stacked.accumulate([unit.optim_step for unit in self.units], self._micro_batches(batches))
-        for unit, acc, lr in zip(self.units, accs, lrs):
+        measures = [unit._before_update(run) for unit in self.units]
+        values = apply_steps([(unit.optim_step, unit.epoch, acc) for unit, acc in zip(self.units, accs)])
+        for unit, taken, lr, measure in zip(self.units, values, lrs, measures):
             unit.batch_in_epoch = self.batch_in_epoch
-            unit._take_step(run, acc, lr)
+            unit._count_step(run, taken, lr, measure=measure)
 
     def _validate(self, *, count_patience: bool) -> bool:
         super()._validate(count_patience=count_patience)

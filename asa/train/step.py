@@ -4,21 +4,21 @@ gradient, a skip."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
 from .precision import resolve_amp
 
-__all__ = ["Accumulated", "OptimizerStep", "StepValues"]
+__all__ = ["Accumulated", "OptimizerStep", "StepValues", "apply_steps"]
 
 StepFn = Callable[[nn.Module, object], "tuple[torch.Tensor, Mapping[str, float | torch.Tensor]]"]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Accumulated:
     """What the micro-batches of one step gave, left on the device: nothing is read to the host yet."""
 
@@ -26,7 +26,7 @@ class Accumulated:
     logs: tuple[dict[str, float | torch.Tensor], ...]  # each micro-batch's logs, a tensor as its mean (`scalar`)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class StepValues:
     """A step's values on the host, as the log takes them."""
 
@@ -36,24 +36,66 @@ class StepValues:
     grad_norm: float | None  # the gradient norm before clipping; None: the step was skipped (non-finite)
 
 
-def read_values(acc: Accumulated, accum_steps: int, grad_norm: torch.Tensor | None = None) -> StepValues:
-    """``acc`` (and ``grad_norm``) read to the host in one transfer; the means are summed on the host in the
-    micro-batches' order, each value exactly as a float of its tensor, so the logged numbers are those of one read
-    per value. ``nonfinite`` is this rank's."""
-    device = acc.losses[0].device
-    tensors = [(m, k) for m, logs in enumerate(acc.logs) for k, v in logs.items() if isinstance(v, torch.Tensor)]
-    parts = [*acc.losses, *(acc.logs[m][k] for m, k in tensors), *([] if grad_norm is None else [grad_norm])]
+def read_values(accs: Sequence[tuple[Accumulated, int, torch.Tensor | None]]) -> list[StepValues]:
+    """Each ``(acc, accum_steps, grad_norm)`` read to the host, all of them in one transfer; the means are summed on
+    the host in the micro-batches' order, each value exactly as a float of its tensor, so the logged numbers are
+    those of one read per value. ``nonfinite`` is this rank's."""
+    parts, layout = [], []
+    for acc, _, grad_norm in accs:
+        tensors = [(m, k) for m, logs in enumerate(acc.logs) for k, v in logs.items() if isinstance(v, torch.Tensor)]
+        parts += [*acc.losses, *(acc.logs[m][k] for m, k in tensors), *([] if grad_norm is None else [grad_norm])]
+        layout.append(tensors)
+    device = accs[0][0].losses[0].device
     read = torch.stack([t.detach().to(device, torch.float64).reshape(()) for t in parts]).tolist()  # exact: ≤ 64 bits
-    losses, rest = read[:len(acc.losses)], read[len(acc.losses):]
-    fetched = dict(zip(tensors, rest))
-    loss_sum, logs_sum = 0.0, {}
-    for loss in losses:
-        loss_sum += loss / accum_steps if math.isfinite(loss) else 0.0
-    for m, logs in enumerate(acc.logs):
-        for k, v in logs.items():
-            logs_sum[k] = logs_sum.get(k, 0.0) + (fetched[m, k] if (m, k) in fetched else float(v)) / accum_steps
-    return StepValues(loss_sum, logs_sum, int(not all(math.isfinite(v) for v in losses)),
-                      None if grad_norm is None else rest[-1])
+    values, at = [], 0
+    for (acc, accum_steps, grad_norm), tensors in zip(accs, layout):
+        losses = read[at:at + len(acc.losses)]
+        rest = read[at + len(acc.losses):at + len(acc.losses) + len(tensors) + (grad_norm is not None)]
+        at += len(acc.losses) + len(rest)
+        fetched = dict(zip(tensors, rest))
+        loss_sum, logs_sum = 0.0, {}
+        for loss in losses:
+            loss_sum += loss / accum_steps if math.isfinite(loss) else 0.0
+        for m, logs in enumerate(acc.logs):
+            for k, v in logs.items():
+                logs_sum[k] = logs_sum.get(k, 0.0) + (fetched[m, k] if (m, k) in fetched else float(v)) / accum_steps
+        values.append(StepValues(loss_sum, logs_sum, int(not all(math.isfinite(v) for v in losses)),
+                                 None if grad_norm is None else rest[-1]))
+    return values
+
+
+def apply_steps(updates: Sequence[tuple[OptimizerStep, int, Accumulated]], *,
+                agree: Callable[[list[int]], list[int]] = list) -> list[StepValues]:
+    """Each ``(step, epoch, acc)``'s update (`OptimizerStep.apply`), the device read once for all of them (twice
+    where a GradScaler runs: the losses, then the norms of the updating units): units trained as one
+    (`asa.train.fused`) wait for the device once a step, not once a unit. ``agree`` takes this rank's 0/1 of every
+    unit and returns every rank's largest."""
+    scaled = [step.scaler.is_enabled() for step, _, _ in updates]
+    # the clip runs before the decision, on the device; a skipped step discards the clipped gradients. Under a
+    # GradScaler the losses are read before the gradients are touched (`OptimizerStep.apply`)
+    norms = [None if s else step._unscale_and_clip(epoch) for (step, epoch, _), s in zip(updates, scaled)]
+    values = read_values([(acc, step.accum_steps, norm) for (step, _, acc), norm in zip(updates, norms)])
+    bad = agree([v.nonfinite for v in values])
+    late = [k for k, s in enumerate(scaled) if s and not bad[k]]  # a GradScaler's units that update: their norms
+    if late:
+        norm_of = dict(zip(late, torch.stack([updates[k][0]._unscale_and_clip(updates[k][1]).double()
+                                              for k in late]).tolist()))
+        values = [dataclasses.replace(v, grad_norm=norm_of[k]) if k in norm_of else v for k, v in enumerate(values)]
+    taken = []
+    for (step, _, _), v, nonfinite in zip(updates, values, bad):
+        scaler = step.scaler
+        if nonfinite or not (scaler.is_enabled() or math.isfinite(v.grad_norm)):
+            step.skip()
+            taken.append(StepValues(v.loss, v.logs, nonfinite, None))
+            continue
+        if scaler.is_enabled():  # it skips a step with a NaN/inf gradient itself, and lowers its scale
+            scaler.step(step.optimizer)
+            scaler.update()
+        else:
+            step.optimizer.step()
+        step.optimizer.zero_grad(set_to_none=True)
+        taken.append(v)
+    return taken
 
 
 class OptimizerStep:
@@ -95,14 +137,15 @@ class OptimizerStep:
                              for k, v in logs.items()})
         return Accumulated(tuple(losses), tuple(logs_all))
 
-    def apply(self, epoch: int, acc: Accumulated, *, agree: Callable[[int], int] = int) -> StepValues:
+    def apply(self, epoch: int, acc: Accumulated, *,
+              agree: Callable[[list[int]], list[int]] = list) -> StepValues:
         """Update the weights from the accumulated gradients, or skip the step after a NaN/inf loss on any rank
-        (``agree`` takes this rank's 0/1 and returns every rank's largest) or a NaN/inf gradient norm (a finite loss
-        can still back-propagate to one; one such update would make every weight NaN). Returns the step's values,
-        ``grad_norm`` None for a skipped step. Under DDP every rank holds the same all-reduced gradients, so all
-        ranks take the same decision.
+        (``agree`` takes this rank's 0/1, in a list, and returns every rank's largest) or a NaN/inf gradient norm (a
+        finite loss can still back-propagate to one; one such update would make every weight NaN). Returns the
+        step's values, ``grad_norm`` None for a skipped step. Under DDP every rank holds the same all-reduced
+        gradients, so all ranks take the same decision.
 
-        The step reads the device once (`read_values`): the loss's and the norm's finiteness decide on the host
+        The step reads the device once (`apply_steps`): the loss's and the norm's finiteness decide on the host
         whether the optimiser steps, and the loss, logs and norm come in the same transfer. The decision stays on
         the host because the skip is more than the update: the engine counts it, stops after
         ``trainer.max_nonfinite`` in a row and writes no checkpoint inside a streak, and a skipped first step of
@@ -111,26 +154,7 @@ class OptimizerStep:
         The GradScaler of fp16 handles steps with a NaN/inf gradient itself (it skips them and lowers its scale);
         its ``unscale_`` may only run on a step that updates (its record resets in ``update``), so on that path the
         loss is read before the gradients are touched."""
-        if self.scaler.is_enabled():
-            values = read_values(acc, self.accum_steps)
-            nonfinite = agree(values.nonfinite)
-            if nonfinite:
-                self.skip()
-                return StepValues(values.loss, values.logs, nonfinite, None)
-            grad_norm = float(self._unscale_and_clip(epoch))
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            return StepValues(values.loss, values.logs, 0, grad_norm)
-        # the clip runs before the decision, on the device; a skipped step discards the clipped gradients
-        values = read_values(acc, self.accum_steps, self._unscale_and_clip(epoch))
-        nonfinite = agree(values.nonfinite)
-        if nonfinite or not math.isfinite(values.grad_norm):
-            self.skip()
-            return StepValues(values.loss, values.logs, nonfinite, None)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return values
+        return apply_steps([(self, epoch, acc)], agree=agree)[0]
 
     def _unscale_and_clip(self, epoch: int) -> torch.Tensor:
         """Frozen groups' gradients dropped, the rest unscaled and clipped; returns their norm before clipping (on

@@ -136,3 +136,35 @@ def test_a_stop_mid_group_saves_every_unit_and_the_same_runs_resume_to_the_unint
     for arm in ARMS:
         a, b = (load_checkpoint(tmp_path / way / arm / "checkpoints" / "last.pt")["model"] for way in ("whole", "part"))
         assert all(torch.equal(a[k], b[k]) for k in a), arm
+
+
+@pytest.mark.slow  # fused groups of 2 and 3 runs, 4 steps each (about 15 CPU-s)
+def test_a_fused_step_reads_the_device_as_often_for_three_units_as_for_two(root, tmp_path, monkeypatch):
+    """The units' updates read their values in one transfer (`asa.train.step.apply_steps`): a step that logs nothing
+    reads the device as many times for 3 units as for 2 (the loader's reads, the same batches, besides)."""
+    from asa.train.fused import FusedEngine
+
+    reads = [0]
+    for name in ("tolist", "item", "__float__", "__int__", "__bool__"):
+        def counted(tensor, *args, _real=getattr(torch.Tensor, name), **kwargs):
+            reads[0] += 1
+            return _real(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    train_step, per_step = FusedEngine._train_step, []
+
+    def counting(self, *args, **kwargs):
+        reads[0] = 0
+        train_step(self, *args, **kwargs)
+        per_step[-1].append(reads[0])
+
+    monkeypatch.setattr(FusedEngine, "_train_step", counting)
+    quiet = [o.replace("trainer.log_every=1", "trainer.log_every=100") for o in UNIT]  # the last step logs alone
+    for lrs in (("1e-3", "3e-3"), ("1e-3", "3e-3", "2e-3")):
+        per_step.append([])
+        finetune_fused([compose_config("finetune", [*quiet, f"optim.base_lr={lr}", f"data.root={root}",
+                                                    f"output_dir={tmp_path / str(len(lrs)) / str(k)}"])
+                        for k, lr in enumerate(lrs)])
+    two, three = per_step
+    assert len(two) == len(three) == 4
+    assert two[:3] == three[:3]  # the steps that log nothing

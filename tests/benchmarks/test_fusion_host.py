@@ -10,7 +10,7 @@ from benchmarks.fusion_host import META, main, step_fn
 
 def test_each_k_gets_a_row_whose_per_unit_time_is_the_fused_step_over_k(tmp_path):
     out = tmp_path / "host.json"
-    assert main(["--ks", "1", "3", "--size", "tiny", "--repeats", "1", "--json", str(out)]) == 0
+    assert main(["--ks", "1", "3", "--size", "tiny", "--crop", "16", "--repeats", "1", "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert [r["k"] for r in doc["rows"]] == [1, 3]
     for row in doc["rows"]:
@@ -61,13 +61,26 @@ def test_the_fused_step_dispatches_as_many_operators_for_any_number_of_units():
     assert counts[2] == counts[6] > 100
 
 
-def test_a_row_counts_the_update_once_per_unit(tmp_path):
-    """ops_fused_per_unit = (the fused forward and backward + K updates) / K, ops_alone = one forward and backward +
-    one update: the fused forward and backward's count, the same for 2 units as for 4, shared by K."""
-    from benchmarks.fusion_host import measure
+def test_a_row_counts_each_units_update_and_one_read_for_the_group(tmp_path):
+    """ops_fused_per_unit = (the fused forward and backward + the K units' updates) / K, ops_alone = one forward and
+    backward + one update: the fused forward and backward's count, the same for 2 units as for 4, shared by K; the
+    updates' one host read shared by K."""
+    from benchmarks.fusion_host import Update, measure
 
-    rows = [measure(k, size="tiny", crop=32, batch=1, in_channels=1, out_channels=2, repeats=1, update_ops=10)
+    update = Update(first=12, each=10, reads=1)
+    rows = [measure(k, size="tiny", crop=32, batch=1, in_channels=1, out_channels=2, repeats=1, update=update)
             for k in (2, 4)]
     fused_2, fused_4 = rows[0]["ops_fused_per_unit"], rows[1]["ops_fused_per_unit"]
-    assert 2 * (fused_2 - 10) == 4 * (fused_4 - 10)  # the forward and backward alone: one count shared by K
-    assert rows[0]["ops_alone"] == rows[1]["ops_alone"] > 10
+    assert 2 * fused_2 - 22 == 4 * fused_4 - 42  # the forward and backward alone: one count shared by K
+    assert rows[0]["ops_alone"] == rows[1]["ops_alone"] > 12
+    assert [(r["reads_alone"], r["reads_fused_per_unit"]) for r in rows] == [(1, 0.5), (1, 0.25)]
+
+
+def test_the_updates_are_counted_on_units_of_the_shapes_and_read_the_device_once():
+    """Counted, not assumed: a second unit adds its own update's operators (clipping, AdamW: more than a handful),
+    and one and two units' updates read the device once."""
+    from benchmarks.fusion_host import _update
+
+    update = _update(size="tiny", crop=16, batch=1, in_channels=1, out_channels=2)
+    assert update.reads == 1
+    assert update.first > update.each > 5
