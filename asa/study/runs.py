@@ -20,7 +20,7 @@ from asa.study import transfer
 from asa.study.arms import ARMS, CONTROL, COORD_SCRATCH, SCRATCH, labeled_name, run_name
 from asa.study.cohort import CohortList, NoiseVolumes, StoreCohort, cohort_order
 from asa.study.common import module_argv, refuse
-from asa.study.scheduler import Input
+from asa.study.scheduler import UNIT_GIB, Input
 
 MASKING = ("mask_block=16", "densify=spark", "mirror_visible=null")  # model.<key> where the family takes it
 RECIPES = {"adamw": "optim=adamw", "nnunet": "optim=nnunet"}
@@ -87,13 +87,11 @@ SCALES = {
     "quick": Scale(crop=32, pretrain_steps=4, pilot_steps=12, cases=(2,), seeds=(0, 1), test=16, val=2, supervised=2,
                    resenc="tiny", swvit="tiny", folds=2, repeats=1, min_scored=0, pretrain_runs=2),
 }
-# GPU memory of a unit at the gpu scale (ResEnc S, 32³, its CUDA context): 0.79 GiB a process measured on one H200
-# with 1-16 units at once (benchmarks.side_by_side, BENCHMARKS.md "Fine-tuning units side by side"), and some room
-UNIT_GIB = 1.0
 
 
 def units_at_once(threads: int | None, workers: int, memory_gib: float | None, cores: int) -> int:
-    """Units sharing the machine: a core per torch thread and loader worker, and on a GPU `UNIT_GIB` each."""
+    """Units sharing the machine: a core per torch thread and loader worker, and on a GPU `UNIT_GIB` each (a fused
+    unit takes more: `asa.study.scheduler.run_units` starts units only while their memory fits too)."""
     by_cores = cores // ((threads or 1) + workers)
     return max(1, min(by_cores, int(memory_gib // UNIT_GIB)) if memory_gib else by_cores)
 

@@ -38,6 +38,9 @@ RUNNING: dict[BaseProcess, tuple[Unit, float]] = {}  # every child process of th
 PR_SET_PDEATHSIG = 1  # prctl's option (linux/prctl.h): a signal to this process when its parent ends
 HELD = {signal.SIGINT, signal.SIGTERM}  # the stop signals, held while a unit starts
 ORPHANS_WAIT = 120.0  # seconds a study waits for the units of one killed before it to save and end
+# GPU memory of a one-run unit at the gpu scale (ResEnc S, 32³, its CUDA context): 0.79 GiB a process measured on one
+# H200 with 1-16 units at once (benchmarks.side_by_side, BENCHMARKS.md "Fine-tuning units side by side"), and some room
+UNIT_GIB = 1.0
 
 
 class Input(Protocol):
@@ -89,6 +92,12 @@ class Unit:
         if len(self.arms) == 1:
             return self.arms[0]
         return None
+
+    @property
+    def gib(self) -> float:
+        """Its planned GPU memory in GiB: `UNIT_GIB` a run it trains. A fused unit's is an upper bound until measured
+        on a GPU: its K runs hold K networks' weights, gradients, AdamW state and activations, but one CUDA context."""
+        return UNIT_GIB * max(1, len(self.group))
 
     @property
     def splits(self) -> list[Any]:
@@ -235,12 +244,20 @@ def _raise_stopped(signum: int, frame: Any) -> None:
     raise Stopped(signum)
 
 
-def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, float]) -> bool:
-    """Run the units not done, ``jobs`` at once; False when the budget ran out (SIGUSR1: save and stop)."""
+def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, float],
+              memory_gib: float | None = None) -> bool:
+    """Run the units not done, ``jobs`` at once and, on a GPU of ``memory_gib`` GiB (None: on the CPU), only while
+    the running units' planned memory (`Unit.gib`) and the next one's fit in it; a unit larger than the device runs
+    alone. False when the budget ran out (SIGUSR1: save and stop)."""
     pending = [u for u in units if not u.done()]
 
     def ready(unit: Unit) -> bool:  # none of the units it comes after is pending or running
         return not set(unit.after) & {u.name for u in [*pending, *(u for u, _ in RUNNING.values())]}
+
+    def fits(unit: Unit) -> bool:  # beside the running units on the device; with none running, any unit starts
+        if memory_gib is None or not RUNNING:
+            return True
+        return sum(u.gib for u, _ in RUNNING.values()) + unit.gib <= memory_gib
 
     def stop_all() -> None:
         signal_children(signal.SIGUSR1)
@@ -251,9 +268,14 @@ def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, f
 
     while pending or RUNNING:
         while len(RUNNING) < max(1, jobs) and (unit := next((u for u in pending if ready(u)), None)):
+            if not fits(unit):  # the next unit waits for room: none behind it overtakes it (as `stages._makespan`)
+                break
             if not clock.fits(STOP_MARGIN + (0.0 if unit.resumable else times.get(unit.name, 0.0) * 1.2)):
                 break
             pending.remove(unit)
+            if memory_gib is not None and unit.gib > memory_gib:
+                print(f"[study] {unit.name}: its planned {unit.gib:g} GiB of GPU memory exceed the device's "
+                      f"{memory_gib:.1f} GiB: it runs alone, and may run out of memory", flush=True)
             print(f"[study] {unit.name}: {shlex.join(unit.argv)} (log {unit.log})", flush=True)
             launch(unit)
         if not RUNNING:

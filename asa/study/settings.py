@@ -37,6 +37,7 @@ class Study:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
+    memory_gib: float | None = None  # the GPU's memory the units share (None: they run on the CPU)
     fused: bool = False  # each draw's fine-tuning runs trained as one unit (asa.cli.fused)
     n_boot: int = 10000
     min_effect: float = 0.01
@@ -61,8 +62,8 @@ class Study:
                    f"{torch.cuda.is_available()}); the gpu scale runs its units side by side on one GPU: choose "
                    "--scale cpu, or plan it here with --dry-run")
         cores, threads = usable_cores(), args.threads
+        memory = torch.cuda.get_device_properties(0).total_memory / 2 ** 30 if gpu else None
         if scale.jobs == 0:  # as many units as the machine holds, each on one thread unless told otherwise
-            memory = torch.cuda.get_device_properties(0).total_memory / 2 ** 30 if gpu else None
             threads = threads or 1
             scale = dataclasses.replace(scale, jobs=units_at_once(threads, scale.workers, memory, cores))
         threads = threads or max(1, cores // scale.jobs)  # the cores shared by the units at once
@@ -73,8 +74,8 @@ class Study:
         paths = {k: v.expanduser().absolute() for k in ("root", "out", "pretrain_data") if (v := getattr(args, k))}
         return cls(**same | paths | dict(
             scale_name=name, scale=scale, network=parse_network(args.network, scale), arms=tuple(args.arms),
-            encoders=tuple(encoders.items()), threads=threads, lesion_classes=tuple(args.lesion_classes),
-            overrides=tuple(args.override)))
+            encoders=tuple(encoders.items()), threads=threads, memory_gib=memory,
+            lesion_classes=tuple(args.lesion_classes), overrides=tuple(args.override)))
 
     @property
     def pretraining(self) -> list[str]:

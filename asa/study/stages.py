@@ -329,7 +329,7 @@ def run_stages(setup: Setup, clock: Clock, times: dict[str, Any], times_file: Pa
             print(staged.said, flush=True)
         before = {u.name: times["runs"].get(u.name, 0.0) for u in units}
         try:
-            complete = run_units(units, stage.jobs or s.scale.jobs, clock, times["runs"])
+            complete = run_units(units, stage.jobs or s.scale.jobs, clock, times["runs"], s.memory_gib)
         finally:  # a stop (SIGTERM, SIGINT) raises through here: its sitting's seconds count all the same
             now = time.perf_counter()
             for unit, since in RUNNING.values():  # the units it stopped mid-way, their seconds so far
@@ -393,9 +393,10 @@ def check_pilot(stage_units: list[tuple[Stage, StageUnits]]) -> None:
 
 def schedule_lines(setup: Setup, stage_units: list[tuple[Stage, StageUnits]], costs: Costs) -> list[str]:
     """The study's schedule, nothing run: each stage's units (`draft`), how many run at once and its planned minutes
-    from ``costs`` (timed on this device): the units in ``jobs`` slots, each taking the next free one, the scoring
-    after its runs, a unit side by side as fast as alone (``jobs`` × threads ≤ the cores)."""
-    total, lines = 0.0, [f"[study] plan: {costs.line()}"]
+    from ``costs`` (timed on this device): the units as `asa.study.scheduler.run_units` starts them (`_makespan`:
+    ``jobs`` at once within the GPU's memory), the scoring after its runs, a unit side by side as fast as alone
+    (``jobs`` × threads ≤ the cores)."""
+    memory, total, lines = setup.study.memory_gib, 0.0, [f"[study] plan: {costs.line()}"]
     for stage, staged in stage_units:
         units = staged.units
         if not units:
@@ -403,17 +404,26 @@ def schedule_lines(setup: Setup, stage_units: list[tuple[Stage, StageUnits]], co
         jobs = stage.jobs or setup.study.scale.jobs
         lines += [staged.said] if staged.said else []
         trained, others = [u for u in units if u.config is not None], [u for u in units if u.config is None]
-        seconds = sum(_makespan([costs.seconds(u) for u in part], jobs) for part in (trained, others))
+        seconds = sum(_makespan([(costs.seconds(u), u.gib) for u in part], jobs, memory) for part in (trained, others))
         total += seconds
         steps = "/".join(map(str, sorted({u.steps for u in trained}))) or 0
-        lines.append(f"[study] plan: {stage.title}: {len(trained)} unit(s) of {steps} steps, {jobs} at once, "
+        at_once = f"{jobs} at once"
+        if memory is not None:
+            at_once += f" within the GPU's {memory:.1f} GiB (up to {max(u.gib for u in units):g} GiB a unit)"
+        lines.append(f"[study] plan: {stage.title}: {len(trained)} unit(s) of {steps} steps, {at_once}, "
                      f"{len(others)} scoring or probing unit(s): {seconds / 60:.1f} min")
     return [*lines, f"[study] plan: {total / 60:.1f} min in all on {costs.device}; nothing was run (--dry-run)"]
 
 
-def _makespan(seconds: list[float], jobs: int) -> float:
-    """The seconds ``seconds``' units take in ``jobs`` slots, each unit in order taking the first free slot."""
-    slots = [0.0] * max(1, jobs)
-    for x in seconds:
-        slots[slots.index(min(slots))] += x
-    return max(slots)
+def _makespan(units: list[tuple[float, float]], jobs: int, memory_gib: float | None = None) -> float:
+    """The seconds ``units`` (each its seconds and GiB) take when each in order starts as soon as fewer than ``jobs``
+    run and its GiB fit beside theirs in ``memory_gib`` (None: on the CPU), or nothing runs: `run_units`' rule."""
+    now = 0.0
+    running: list[tuple[float, float]] = []  # the running units' (end, GiB)
+    for seconds, gib in units:
+        while running and (len(running) >= max(1, jobs)
+                           or (memory_gib is not None and sum(g for _, g in running) + gib > memory_gib)):
+            now = min(end for end, _ in running)  # wait for the next to end
+            running = [(end, g) for end, g in running if end > now]
+        running.append((now + seconds, gib))
+    return max((end for end, _ in running), default=0.0)

@@ -51,7 +51,7 @@ def _study(out: Path, labeled: Path, *options: str) -> list[Unit]:
     ran: list[Unit] = []
     names = list(get_task("msd", labeled).output_names)
 
-    def stand_in(units, jobs, clock, times) -> bool:
+    def stand_in(units, jobs, clock, times, memory_gib) -> bool:
         for unit in units:
             ran.append(unit)
             for needed in unit.inputs:

@@ -92,9 +92,9 @@ def test_the_probe_stage_probes_every_encoder_and_fine_tunes_only_the_arm_it_sup
             transferred.update(settings.arms)
         return real_plan_runs(settings)
 
-    def fake_run_units(units, jobs, clock, times):
+    def fake_run_units(units, jobs, clock, times, memory_gib):
         if [u.name for u in units] == ["probes"]:
-            return real_run_units(units, jobs, clock, times)
+            return real_run_units(units, jobs, clock, times, memory_gib)
         if any(u.name.startswith(f"{PILOT}/") for u in units):  # the pilot learned: a rising validation curve
             pilot = next(u for u in units if u.name.startswith(f"{PILOT}/"))
             path = Path(next(a for a in pilot.argv if a.startswith("output_dir=")).split("=", 1)[1]) / "scores.json"

@@ -865,7 +865,7 @@ def test_a_pilot_that_does_not_learn_stops_the_study_before_any_pretraining(data
     started: list[str] = []
 
     def fake_units(flat: bool):
-        def run_units(units, jobs, clock, times):
+        def run_units(units, jobs, clock, times, memory_gib):
             if any(u.name.startswith(f"{PILOT}/") for u in units):  # the pilot's run, scored with this curve
                 started.append(PILOT)
                 curve = [[10 * (i + 1), 0.001 if flat else min(0.6, 0.1 * i)] for i in range(8)]

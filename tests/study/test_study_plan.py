@@ -137,7 +137,8 @@ def test_a_unit_s_planned_seconds_are_its_start_steps_and_validation_rounds():
     assert costs.seconds(scoring) == 10.0 + 6 * 3.0  # its start and each case scored
     pretraining = Unit("p", (), lambda: False, Path("log"), config=("pretrain", ("trainer.epochs=1",)), steps=10)
     assert math.isnan(costs.seconds(pretraining))  # not timed: never a figure from elsewhere
-    assert _makespan([3.0, 1.0, 1.0, 1.0], 2) == 3.0 and _makespan([2.0, 2.0, 2.0], 2) == 4.0
+    assert _makespan([(3.0, 1.0), (1.0, 1.0), (1.0, 1.0), (1.0, 1.0)], 2) == 3.0
+    assert _makespan([(2.0, 1.0)] * 3, 2) == 4.0
     assert _makespan([], 2) == 0.0
     # three runs trained as one (--fused): priced by the fused group's own timed step and round, not a run's
     fused = dataclasses.replace(unit, group=(overrides,) * 3)
