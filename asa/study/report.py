@@ -263,10 +263,12 @@ def export_line(runs: Sequence[Mapping[str, Any]]) -> str | None:
 
 def recorded_controls(info: Mapping[str, Any]) -> dict[str, list[str]]:
     """Each labeled arm -> its runs' names, as the record keeps them: by arm; a record written before each labeled
-    arm named its own runs kept the positive control's names as a list, and one before that none (its one run)."""
+    arm named its own runs kept the positive control's names as a list, and one before that none (its one run, when
+    its seconds are there)."""
     controls = info.get("controls")
     if controls is None:
-        return {declared.RECORDED_CONTROL: [declared.RECORDED_CONTROL]}
+        ran = declared.RECORDED_CONTROL in info.get("runs", {})
+        return {declared.RECORDED_CONTROL: [declared.RECORDED_CONTROL]} if ran else {}
     if isinstance(controls, list):
         return {declared.RECORDED_CONTROL: list(controls)}
     return {str(arm): list(names) for arm, names in controls.items()}
@@ -274,24 +276,36 @@ def recorded_controls(info: Mapping[str, Any]) -> dict[str, list[str]]:
 
 def cost_cells(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """The cost table's head and cells, seconds per arm: each pretraining run's wall time, fine-tuning's mean per
-    run."""
-    rows = [[r["run"], "pretraining", f"{r['seconds']:.0f}", f"{r['steps'] / r['seconds']:.2f}"
+    run. A run that finished in a sitting killed before times.json kept its seconds reads "not recorded"."""
+    rows = [[r["run"], "pretraining", _wall(r["seconds"]), f"{r['steps'] / r['seconds']:.2f}"
              if r["seconds"] and not math.isnan(r["seconds"]) else "—"] for r in info.get("pretraining", [])]
     times = info.get("runs", {})
-    if (seconds := times.get("pilot")) is not None:
-        rows.append(["pilot", "fine-tuning (pilot)", f"{seconds:.0f}", "—"])
+    if info.get("pilot") or "pilot" in times:
+        rows.append(["pilot", "fine-tuning (pilot)", _wall(times.get("pilot")), "—"])
     for arm, names in recorded_controls(info).items():  # a labeled arm's runs: one, or one per draw
-        seconds = [times[name] for name in names if name in times]
-        if len(seconds) == 1:
-            rows.append([arm, "fine-tuning (control)", f"{seconds[0]:.0f}", "—"])
-        elif seconds:
-            rows.append([arm, f"fine-tuning (control, {len(seconds)} runs)", f"{np.mean(seconds):.0f} per run", "—"])
+        seconds = [times[name] for name in names if _known(times.get(name))]
+        unknown = f"; {len(names) - len(seconds)} not recorded" if len(seconds) < len(names) else ""
+        if len(names) == 1:
+            rows.append([arm, "fine-tuning (control)", _wall(seconds[0] if seconds else None), "—"])
+        elif names:
+            rows.append([arm, f"fine-tuning (control, {len(names)} runs{unknown})",
+                         f"{np.mean(seconds):.0f} per run" if seconds else "not recorded", "—"])
     for arm in dict.fromkeys(str(b["arm"]) for b in budgets):
         runs = [b for b in budgets if str(b["arm"]) == arm]
         secs = [float(b["train_seconds"]) for b in runs if not math.isnan(float(b["train_seconds"]))]
         rows.append([arm, f"fine-tuning ({len(runs)} runs)", f"{np.mean(secs):.0f} per run" if secs else "—",
                      f"{np.mean([int(b['steps']) for b in runs]) / np.mean(secs):.2f}" if secs else "—"])
     return ["arm", "what", "wall time (s)", "steps / s"], rows
+
+
+def _known(seconds: float | None) -> bool:
+    """Whether a run's seconds were recorded (None or NaN: it ran in a sitting killed before they were kept)."""
+    return seconds is not None and not math.isnan(seconds)
+
+
+def _wall(seconds: float | None) -> str:
+    """A run's wall time as the cost table gives it."""
+    return f"{seconds:.0f}" if _known(seconds) else "not recorded"
 
 
 def draws_line(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) -> str:

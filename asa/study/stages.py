@@ -148,7 +148,8 @@ class Pilot(FineTuning):
     def read(self, setup: Setup, found: Findings, staged: FineTuningUnits, spent: Mapping[str, float]) -> int | None:
         super().read(setup, found, staged, spent)
         s, [run], [unit] = setup.study, staged.runs, staged.trained  # the scratch twin at the largest N, seed 0
-        found.times["runs"][PILOT] = found.times["runs"].get(unit.name, math.nan)  # the cost table's pilot row
+        if unit.name in found.times["runs"]:  # the cost table's pilot row (not when it ran in a killed sitting)
+            found.times["runs"][PILOT] = found.times["runs"][unit.name]
         found.pilot = pilot_budget(run.scores_file, s.scale, s.budget_cap, lesion_classes=list(s.lesion_classes))
         atomic_write_json(s.out / "pilot.json", found.pilot)
         if not found.pilot["learned"]:

@@ -535,6 +535,23 @@ def test_the_cost_table_has_the_positive_control_s_row_one_run_or_one_per_draw()
     assert report.cost_cells({"runs": runs}, [])[1][1] == ["supervised", "fine-tuning (control)", "7", "—"]
     assert report.cost_cells({"runs": {"pilot": 40.0}, "controls": []}, [])[1] == [["pilot", "fine-tuning (pilot)",
                                                                                    "40", "—"]]
+    assert report.cost_cells({"runs": {"pilot": 40.0}}, [])[1] == [["pilot", "fine-tuning (pilot)", "40", "—"]]
+
+
+def test_a_run_whose_seconds_a_killed_sitting_lost_reads_not_recorded():
+    """A sitting killed (SIGKILL) before the one that kept times.json's sittings left the runs it finished without
+    seconds: the pilot (NaN in a record of then, absent now) and some of the control's runs are "not recorded",
+    never "nan", and the control's mean is over the runs whose seconds are there."""
+    runs = {"pilot": math.nan, "supervised-s1": 100.0, "supervised-s2": 140.0}
+    info = {"runs": runs, "pilot": {"budget": 40}, "controls": {"supervised": ["supervised-s0", "supervised-s1",
+                                                                              "supervised-s2"]},
+            "pretraining": [{"run": "mae-c40", "seconds": math.nan, "steps": 2400}]}
+    assert report.cost_cells(info, [])[1] == [
+        ["mae-c40", "pretraining", "not recorded", "—"],
+        ["pilot", "fine-tuning (pilot)", "not recorded", "—"],
+        ["supervised", "fine-tuning (control, 3 runs; 1 not recorded)", "120 per run", "—"]]
+    del runs["pilot"]
+    assert report.cost_cells(info, [])[1][1] == ["pilot", "fine-tuning (pilot)", "not recorded", "—"]
 
 
 @pytest.mark.parametrize("fused", [False, True])
