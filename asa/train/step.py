@@ -40,19 +40,17 @@ def read_values(accs: Sequence[tuple[Accumulated, int, torch.Tensor | None]]) ->
     """Each ``(acc, accum_steps, grad_norm)`` read to the host, all of them in one transfer; the means are summed on
     the host in the micro-batches' order, each value exactly as a float of its tensor, so the logged numbers are
     those of one read per value. ``nonfinite`` is this rank's."""
-    parts, layout = [], []
+    parts, keys = [], []
     for acc, _, grad_norm in accs:
         tensors = [(m, k) for m, logs in enumerate(acc.logs) for k, v in logs.items() if isinstance(v, torch.Tensor)]
         parts += [*acc.losses, *(acc.logs[m][k] for m, k in tensors), *([] if grad_norm is None else [grad_norm])]
-        layout.append(tensors)
+        keys.append(tensors)
     device = accs[0][0].losses[0].device
-    read = torch.stack([t.detach().to(device, torch.float64).reshape(()) for t in parts]).tolist()  # exact: ≤ 64 bits
-    values, at = [], 0
-    for (acc, accum_steps, grad_norm), tensors in zip(accs, layout):
-        losses = read[at:at + len(acc.losses)]
-        rest = read[at + len(acc.losses):at + len(acc.losses) + len(tensors) + (grad_norm is not None)]
-        at += len(acc.losses) + len(rest)
-        fetched = dict(zip(tensors, rest))
+    read = iter(torch.stack([t.detach().to(device, torch.float64).reshape(()) for t in parts]).tolist())  # exact
+    values = []
+    for (acc, accum_steps, grad_norm), tensors in zip(accs, keys):
+        losses = [next(read) for _ in acc.losses]
+        fetched = {key: next(read) for key in tensors}
         loss_sum, logs_sum = 0.0, {}
         for loss in losses:
             loss_sum += loss / accum_steps if math.isfinite(loss) else 0.0
@@ -60,7 +58,7 @@ def read_values(accs: Sequence[tuple[Accumulated, int, torch.Tensor | None]]) ->
             for k, v in logs.items():
                 logs_sum[k] = logs_sum.get(k, 0.0) + (fetched[m, k] if (m, k) in fetched else float(v)) / accum_steps
         values.append(StepValues(loss_sum, logs_sum, int(not all(math.isfinite(v) for v in losses)),
-                                 None if grad_norm is None else rest[-1]))
+                                 None if grad_norm is None else next(read)))
     return values
 
 
