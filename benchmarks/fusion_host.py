@@ -91,13 +91,13 @@ class Update:
         return self.first + (k - 1) * self.each
 
 
-class _Reads:
+class HostReads:
     """The reads of a tensor's values to the host while it is entered (``n``): a CPU tensor's ``tolist``,
     ``item`` and conversions to a Python number, which on a GPU wait for the device."""
 
     names = ("tolist", "item", "__float__", "__int__", "__bool__")
 
-    def __enter__(self) -> _Reads:
+    def __enter__(self) -> HostReads:
         self.n, self.real = 0, {name: getattr(torch.Tensor, name) for name in self.names}
         for name, real in self.real.items():
             setattr(torch.Tensor, name, self._counted(real))
@@ -133,7 +133,7 @@ def _update(*, size: str, crop: int, batch: int, in_channels: int, out_channels:
 
         updates()()  # the first update makes AdamW's state
         update = updates()
-        with _Count() as ops, _Reads() as reads:
+        with _Count() as ops, HostReads() as reads:
             update()
         counts[k] = ops.n, reads.n
     if counts[1][1] != counts[2][1]:

@@ -12,26 +12,7 @@ from torch import nn
 
 from asa.train.optim import build_optimizer
 from asa.train.step import OptimizerStep, apply_steps
-
-READS = ("tolist", "item", "__float__", "__int__", "__bool__")
-
-
-@pytest.fixture
-def reads(monkeypatch):
-    """The host reads of a tensor's values (``n``), counted from when it is entered."""
-
-    class Reads:
-        n = 0
-
-    for name in READS:
-        real = getattr(torch.Tensor, name)
-
-        def counted(tensor, *args, _real=real, **kwargs):
-            Reads.n += 1
-            return _real(tensor, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    return Reads
+from benchmarks.fusion_host import HostReads
 
 
 def _unit(seed: int) -> tuple[nn.Module, OptimizerStep]:
@@ -67,11 +48,11 @@ def _state(net, step) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("k", [1, 4])
-def test_the_units_updates_read_the_device_once(k, reads):
+def test_the_units_updates_read_the_device_once(k):
     units = [_unit(seed) for seed in range(k)]
     accs = [_accumulate(net, step) for net, step in units]
-    reads.n = 0
-    values = apply_steps([(step, 0, acc) for (_, step), acc in zip(units, accs)])
+    with HostReads() as reads:
+        values = apply_steps([(step, 0, acc) for (_, step), acc in zip(units, accs)])
     assert reads.n == 1
     assert len(values) == k and all(v.grad_norm is not None and v.nonfinite == 0 for v in values)
 
