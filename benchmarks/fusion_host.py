@@ -45,6 +45,7 @@ from asa.models.cnn.resenc import resenc_unet
 from asa.train.fused import Stacked
 from asa.train.optim import build_optimizer
 from asa.train.step import OptimizerStep, apply_steps
+from benchmarks.loop import SYNC_CALLS
 
 META = torch.device("meta")
 
@@ -92,15 +93,13 @@ class Update:
 
 
 class HostReads:
-    """The reads of a tensor's values to the host while it is entered (``n``): a CPU tensor's ``tolist``,
-    ``item`` and conversions to a Python number, which on a GPU wait for the device."""
-
-    names = ("tolist", "item", "__float__", "__int__", "__bool__")
+    """The reads of a tensor's values to the host while it is entered (``n``): the calls of
+    `benchmarks.loop.SYNC_CALLS`, which on a GPU wait for the device, counted on any device."""
 
     def __enter__(self) -> HostReads:
-        self.n, self.real = 0, {name: getattr(torch.Tensor, name) for name in self.names}
-        for name, real in self.real.items():
-            setattr(torch.Tensor, name, self._counted(real))
+        self.n, self.own = 0, {name: torch.Tensor.__dict__.get(name) for name in SYNC_CALLS}
+        for name in SYNC_CALLS:
+            setattr(torch.Tensor, name, self._counted(getattr(torch.Tensor, name)))
         return self
 
     def _counted(self, real):
@@ -111,8 +110,11 @@ class HostReads:
         return read
 
     def __exit__(self, *exc) -> None:
-        for name, real in self.real.items():
-            setattr(torch.Tensor, name, real)
+        for name, own in self.own.items():
+            if own is None:
+                delattr(torch.Tensor, name)  # torch's C base class holds it: torch.Tensor as found
+            else:
+                setattr(torch.Tensor, name, own)
 
 
 def _update(*, size: str, crop: int, batch: int, in_channels: int, out_channels: int) -> Update:

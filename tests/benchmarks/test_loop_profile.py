@@ -102,7 +102,6 @@ def test_the_engine_profile_counts_the_steps_syncs_and_a_noop_step_changes_nothi
     assert set(noop["host_syncs_per_step_by_part"]) <= {"validation"}  # best.pt's RNG state: not the step's
     assert any(not torch.equal(trained.state_dict()[k], v) for k, v in initial.items())
     assert all(torch.equal(untouched.state_dict()[k], v) for k, v in same.items())  # no update
-    assert noop["part_s"]["step"] < 0.05 * noop["wall_s"]
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ def test_a_sitting_stopped_mid_stage_keeps_its_seconds_and_says_how_it_ended(tmp
             return stages.StageUnits((unit,))
 
     monkeypatch.setattr(stages, "stages", lambda study: [Slow()])
-    setup = SimpleNamespace(study=SimpleNamespace(scale=SimpleNamespace(jobs=1, time_budget=None)))
+    setup = SimpleNamespace(study=SimpleNamespace(scale=SimpleNamespace(jobs=1, time_budget=None), memory_gib=None))
     times, times_file = {"stages": {"pilot": 5.0}, "runs": {}}, tmp_path / "times.json"
     stopper = threading.Thread(target=_stop_once_started, args=(started,))
     stopper.start()

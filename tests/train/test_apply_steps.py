@@ -54,6 +54,7 @@ def test_the_units_updates_read_the_device_once(k):
     with HostReads() as reads:
         values = apply_steps([(step, 0, acc) for (_, step), acc in zip(units, accs)])
     assert reads.n == 1
+    assert not {"item", "tolist"} & set(torch.Tensor.__dict__)  # torch.Tensor left as found (its C base holds them)
     assert len(values) == k and all(v.grad_norm is not None and v.nonfinite == 0 for v in values)
 
 
