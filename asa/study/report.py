@@ -277,19 +277,21 @@ def recorded_controls(info: Mapping[str, Any]) -> dict[str, list[str]]:
 def cost_cells(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """The cost table's head and cells, seconds per arm: each pretraining run's wall time, fine-tuning's mean per
     run. A run that finished in a sitting killed before times.json kept its seconds reads "not recorded"."""
-    rows = [[r["run"], "pretraining", _wall(r["seconds"]), f"{r['steps'] / r['seconds']:.2f}"
-             if r["seconds"] and not math.isnan(r["seconds"]) else "—"] for r in info.get("pretraining", [])]
+    rows = [[r["run"], "pretraining", _wall(r["seconds"]), _rate(r["steps"], r["seconds"])]
+            for r in info.get("pretraining", [])]
     times = info.get("runs", {})
     if info.get("pilot") or "pilot" in times:
         rows.append(["pilot", "fine-tuning (pilot)", _wall(times.get("pilot")), "—"])
     for arm, names in recorded_controls(info).items():  # a labeled arm's runs: one, or one per draw
-        seconds = [times[name] for name in names if _known(times.get(name))]
-        unknown = f"; {len(names) - len(seconds)} not recorded" if len(seconds) < len(names) else ""
         if len(names) == 1:
-            rows.append([arm, "fine-tuning (control)", _wall(seconds[0] if seconds else None), "—"])
+            rows.append([arm, "fine-tuning (control)", _wall(times.get(names[0])), "—"])
         elif names:
-            rows.append([arm, f"fine-tuning (control, {len(names)} runs{unknown})",
-                         f"{np.mean(seconds):.0f} per run" if seconds else "not recorded", "—"])
+            seconds = [times[name] for name in names if _known(times.get(name))]
+            what = f"fine-tuning (control, {len(names)} runs"
+            if len(seconds) < len(names):
+                what += f"; {len(names) - len(seconds)} not recorded"
+            mean = f"{np.mean(seconds):.0f} per run" if seconds else "not recorded"
+            rows.append([arm, what + ")", mean, "—"])
     for arm in dict.fromkeys(str(b["arm"]) for b in budgets):
         runs = [b for b in budgets if str(b["arm"]) == arm]
         secs = [float(b["train_seconds"]) for b in runs if not math.isnan(float(b["train_seconds"]))]
@@ -306,6 +308,13 @@ def _known(seconds: float | None) -> bool:
 def _wall(seconds: float | None) -> str:
     """A run's wall time as the cost table gives it."""
     return f"{seconds:.0f}" if _known(seconds) else "not recorded"
+
+
+def _rate(steps: int, seconds: float | None) -> str:
+    """A run's steps a second as the cost table gives it ("—" without its seconds)."""
+    if _known(seconds) and seconds > 0:
+        return f"{steps / seconds:.2f}"
+    return "—"
 
 
 def draws_line(info: Mapping[str, Any], budgets: Sequence[Mapping[str, Any]]) -> str:
