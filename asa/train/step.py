@@ -76,9 +76,9 @@ def apply_steps(updates: Sequence[tuple[OptimizerStep, int, Accumulated]], *,
     bad = agree([v.nonfinite for v in values])
     late = [k for k, s in enumerate(scaled) if s and not bad[k]]  # a GradScaler's units that update: their norms
     if late:
-        norm_of = dict(zip(late, torch.stack([updates[k][0]._unscale_and_clip(updates[k][1]).double()
-                                              for k in late]).tolist()))
-        values = [dataclasses.replace(v, grad_norm=norm_of[k]) if k in norm_of else v for k, v in enumerate(values)]
+        norms = torch.stack([updates[k][0]._unscale_and_clip(updates[k][1]).double() for k in late]).tolist()
+        for k, norm in zip(late, norms):
+            values[k] = dataclasses.replace(values[k], grad_norm=norm)
     taken = []
     for (step, _, _), v, nonfinite in zip(updates, values, bad):
         scaler = step.scaler
