@@ -24,7 +24,16 @@ first's and K - 1 times what a second adds): they read values to the host, which
 ``reads_alone`` and ``reads_fused_per_unit`` are those host reads a unit-step; on a GPU each waits for the device
 to finish what was launched before it.
 
+With ``--validation X Y Z`` each row also counts a validation round on one case of that shape (the study's
+validation: whole-volume sliding windows of the crop, ``task.overlap=0``, 2 windows a pass, the Dice read on the
+host): ``val_ops_alone`` and ``val_reads_alone`` for one unit validated alone, ``val_ops_fused_per_unit`` and
+``val_reads_fused_per_unit`` for the K units validated as one (`asa.train.fused.Units`: the case cut into windows and
+blended once, the K networks one vmapped forward a pass), over K. They are counted on CPU units with their arithmetic
+(the windows are cut, blended and scored on the host, which meta tensors cannot): K = 14 at ResEnc S on a 68 × 72 × 80
+case takes minutes.
+
     python -m benchmarks.fusion_host --ks 1 14 56 --json OUT.json        # ResEnc S, medians of --repeats
+    python -m benchmarks.fusion_host --ks 1 4 14 --validation 68 72 80   # and a validation round's counts
 """
 
 from __future__ import annotations
@@ -41,7 +50,10 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from asa.api.tasks.segmentation import DiceValidator
+from asa.data import Task
 from asa.models.cnn.resenc import resenc_unet
+from asa.train.distributed import DistEnv
 from asa.train.fused import Stacked
 from asa.train.optim import build_optimizer
 from asa.train.step import OptimizerStep, apply_steps
@@ -144,6 +156,31 @@ def _update(*, size: str, crop: int, batch: int, in_channels: int, out_channels:
     return Update(first=counts[1][0], each=counts[2][0] - counts[1][0], reads=counts[1][1])
 
 
+def validation(k: int, *, size: str, crop: int, in_channels: int, out_channels: int,
+               shape: tuple[int, int, int]) -> dict:
+    """A validation round's operators and host reads on one case of ``shape``, one CPU unit alone and ``k`` as one
+    (module docstring), the ``val_*`` columns of a row."""
+    classes = tuple(range(out_channels))
+    task = Task("units", tuple(f"c{i}" for i in range(in_channels)), tuple(f"class{c}" for c in classes[1:]), False,
+                out_channels, classes, class_values=classes)
+    generator = torch.Generator().manual_seed(0)
+    case = {"image": torch.randn(in_channels, *shape, generator=generator),
+            "label": torch.randint(0, out_channels, (1, *shape), generator=generator)}
+    validate = DiceValidator([case], task=task, roi_size=(crop,) * 3, env=DistEnv(), overlap=0.0, sw_batch_size=2)
+    units = [resenc_unet(img_size=crop, in_channels=in_channels, out_channels=out_channels, size=size).eval()
+             for _ in range(k)]
+    fused = Stacked(units, step_fn).units().eval()
+    counts = {}
+    with torch.no_grad():
+        for name, run in (("alone", lambda: validate(units[0])), ("fused", lambda: validate.of_units(fused, k))):
+            ops = count_ops(run)
+            with HostReads() as reads:
+                run()
+            counts[name] = ops, reads.n
+    return {"val_ops_alone": counts["alone"][0], "val_ops_fused_per_unit": round(counts["fused"][0] / k, 1),
+            "val_reads_alone": counts["alone"][1], "val_reads_fused_per_unit": round(counts["fused"][1] / k, 2)}
+
+
 def _median_ms(fn, repeats: int) -> float:
     fn()  # the first call builds what later calls reuse
     times = []
@@ -184,10 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--in-channels", type=int, default=4)
     p.add_argument("--out-channels", type=int, default=3)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--validation", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                   help="also count a validation round on one case of this shape (on CPU, with its arithmetic)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if bad := [k for k in args.ks if k < 1]:
         p.error(f"--ks {' '.join(map(str, bad))}: expected at least 1")
+    if args.validation and min(args.validation) < args.crop:
+        p.error(f"--validation {' '.join(map(str, args.validation))}: expected a case at least the crop "
+                f"({args.crop}) along every axis")
     shapes = dict(size=args.size, crop=args.crop, batch=args.batch, in_channels=args.in_channels,
                   out_channels=args.out_channels)
     update = _update(**shapes)
@@ -195,12 +237,19 @@ def main(argv: list[str] | None = None) -> int:
     for k in args.ks:
         rows.append(measure(k, **shapes, repeats=args.repeats, update=update))
         r = rows[-1]
+        if args.validation:
+            r.update(validation(k, **{n: v for n, v in shapes.items() if n != "batch"},
+                                shape=tuple(args.validation)))
+            print(f"fusion_host: K={k:>3}  a validation round on one case: operators alone {r['val_ops_alone']}, "
+                  f"fused {r['val_ops_fused_per_unit']} a unit; host reads alone {r['val_reads_alone']}, fused "
+                  f"{r['val_reads_fused_per_unit']} a unit", flush=True)
         print(f"fusion_host: K={k:>3}  alone {r['alone_ms']:8.2f} ms  stacking {r['stack_ms']:8.2f} ms  fused "
               f"{r['fused_ms']:8.2f} ms ({r['fused_ms_per_unit']:.2f} ms a unit)  operators a unit-step: alone "
               f"{r['ops_alone']}, fused {r['ops_fused_per_unit']}; host reads a unit-step: alone {r['reads_alone']}, "
               f"fused {r['reads_fused_per_unit']}", flush=True)
     doc = {"torch": torch.__version__, "unit": f"ResEnc {args.size}, {args.crop}³, batch {args.batch}",
-           "repeats": args.repeats, "rows": rows}
+           "repeats": args.repeats, "rows": rows,
+           **({"validation_case": args.validation} if args.validation else {})}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=1) + "\n")

@@ -34,8 +34,9 @@ def finetune(config: FinetuneConfig | DictConfig) -> FitResult:
 def finetune_fused(configs: Sequence[FinetuneConfig | DictConfig]) -> list[FitResult]:
     """Fine-tune the runs ``configs`` as one (`asa.train.fused.FusedEngine`): each run's folder, checkpoints, logs
     and closing report are those its own asa-finetune writes, its numbers those to float rounding. The runs share
-    their seed, training and validation cases and trainer settings (refused otherwise), and differ in their
-    starting weights and learning rates (e.g. ``model.pretrained``); the first run's loader feeds them all.
+    their seed, training and validation cases, data, task and trainer settings (refused otherwise), and differ in
+    their starting weights and learning rates (e.g. ``model.pretrained``); the first run's loader, loss and
+    validation serve them all (each validation round one pass for every run, `asa.train.fused.Units`).
     Returns each run's FitResult, in order."""
     with contextlib.ExitStack() as stack:
         ready = []
@@ -55,13 +56,15 @@ def finetune_fused(configs: Sequence[FinetuneConfig | DictConfig]) -> list[FitRe
 
 
 def _data_fault(lead, other) -> str | None:
-    """Why ``other``'s run cannot take ``lead``'s batches (its seed, data settings or split differ), or None."""
+    """Why ``other``'s run cannot take ``lead``'s batches, loss and validation (its seed, data or task settings or
+    split differ), or None."""
     if other.cfg.seed != lead.cfg.seed:
         return f"{other.out_dir}: seed={other.cfg.seed}, {lead.out_dir}: seed={lead.cfg.seed}; fused runs share it"
-    if other.resolved["data"] != lead.resolved["data"]:
-        differ = sorted(k for k in {*lead.resolved["data"], *other.resolved["data"]}
-                        if lead.resolved["data"].get(k) != other.resolved["data"].get(k))
-        return f"{other.out_dir}: data.{', data.'.join(differ)} differ from {lead.out_dir}'s; fused runs share them"
+    for section in ("data", "task"):  # the lead's loader, loss and validation are every unit's
+        ours, theirs = lead.resolved[section], other.resolved[section]
+        if differ := sorted(k for k in {*ours, *theirs} if ours.get(k) != theirs.get(k)):
+            return (f"{other.out_dir}: {section}.{f', {section}.'.join(differ)} differ from {lead.out_dir}'s; fused "
+                    "runs share them")
     splits = [json.loads((r.out_dir / "splits.json").read_text()) for r in (lead, other)]
     for part in ("train", "val"):
         if splits[0].get(part) != splits[1].get(part):

@@ -124,6 +124,7 @@ def predict_volume(
     amp_dtype: torch.dtype | None = None,
     centre: Sequence[float] | None = None,
     regions: torch.Tensor | None = None,
+    units: int = 1,
 ) -> torch.Tensor:
     """Class or region probabilities of one whole volume: image [C, X, Y, Z] (any size) -> [K, X, Y, Z] float32 on
     the CPU. The windows run on ``device`` (the model's by default) and are blended on the CPU (memory: one window
@@ -138,10 +139,18 @@ def predict_volume(
             validation autocast).
         sw_batch_size: windows per forward pass, or ``"auto"`` (`auto_sw_batch_size`: 1 on a CPU, sized to the
             free memory on CUDA).
+        units: how many networks' outputs ``model`` gives side by side on the channel axis (`asa.train.fused.Units`:
+            K fused units validated as one); each unit's K channels are activated alone, and the result is
+            [units · K, X, Y, Z], unit u's channels at u · K … u · K + K - 1. The windows are cut and blended once.
     """
     sw_batch_size = check_sw_batch_size(sw_batch_size)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    activation = torch.sigmoid if multilabel else (lambda t: torch.softmax(t, dim=1))
+
+    def activation(t: torch.Tensor) -> torch.Tensor:  # a sigmoid per channel, or a softmax over each unit's classes
+        if multilabel:
+            return torch.sigmoid(t)
+        return torch.cat([torch.softmax(part, dim=1) for part in t.chunk(units, dim=1)], dim=1)
+
     declared = capabilities(model)
     # amp_dtype None keeps the caller's precision (the engine's validation autocast), it does not force fp32
     precision = contextlib.nullcontext() if amp_dtype is None else torch.autocast(device.type, dtype=amp_dtype)
@@ -167,7 +176,7 @@ def predict_volume(
                                  sw_batch_size=sw_batch_size, flips=flips, device=device)
         out = torch.zeros(blended.shape[0], *x.shape[2:])
         if not multilabel:
-            out[0] = 1.0  # outside the non-zero box: background, as nnU-Net writes it
+            out.unflatten(0, (units, -1))[:, 0] = 1.0  # outside the non-zero box: background, as nnU-Net writes it
         out[(slice(None), *box)] = activation(blended[None])[0]
         return out
     centre = brain_centre(brain_mask(image.cpu().numpy())) if centre is None else centre

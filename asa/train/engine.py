@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -600,13 +601,21 @@ class Engine:
         """Run validation, update best.pt / patience; returns True when early stopping triggers."""
         if self.validate is None:
             return False
-        self.model.eval()
-        try:  # one process: a stop signal drops the round (every rank must finish it under DDP)
+        return self._record_round(self._validation_round(self.model, self.validate), count_patience=count_patience)
+
+    def _validation_round(self, model: nn.Module, validate: Callable[[nn.Module], Any]) -> Any:
+        """``validate(model)``, ``model`` in eval mode, without gradients, in the training's precision and its own
+        RNG stream; a stop signal drops the round (one process: every rank must finish it under DDP)."""
+        model.eval()
+        try:
             with (fork_rng(self.seed + 1_000_003), torch.no_grad(), self.optim_step.autocast(),
                   self._stop.interruptible(not self.env.distributed)):  # innermost: the RNG is put back whole
-                raw = self.validate(self.model)
+                return validate(model)
         finally:
-            self.model.train()
+            model.train()
+
+    def _record_round(self, raw: Mapping[str, float], *, count_patience: bool) -> bool:
+        """A validation round's metrics ``raw`` logged and followed: best.pt, patience (True: stop early)."""
         metrics = {(k if "/" in k else f"val/{k}"): scalar(v) for k, v in raw.items()}
         metrics = all_reduce_mean(metrics, self.env)
         if self.cfg.monitor not in metrics:

@@ -4,25 +4,30 @@
 step one `torch.vmap` over the stack (each convolution one grouped convolution, HFTA, MLSys 2021), the batch
 shared. `FusedEngine` is the loop of one of the runs (its loader, epochs, cadences and stop signals) driving the
 others, its ``peers``, in lockstep: every unit keeps its own lr schedule, clipping, non-finite skip, optimiser
-state, step count, validation and checkpoints, as `Engine` keeps them. Its numbers agree with a unit trained
-alone to float rounding (grouped against dense kernels), not bit for bit.
+state, step count, validation history and checkpoints, as `Engine` keeps them. A validation that validates units
+as one (`UnitsValidator`: the segmentation's Dice) reads, cuts and blends each case once for all of them, their
+networks one vmapped forward (`Units`). Its numbers agree with a unit trained alone to float rounding (grouped
+against dense kernels), not bit for bit.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from torch.func import functional_call
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from asa.models import capabilities
+
 from .engine import Engine, FitResult, _Run
 from .preemption import StopRequested
 from .step import Accumulated, OptimizerStep, StepFn, apply_steps
 
-__all__ = ["FusedEngine", "Stacked"]
+__all__ = ["FusedEngine", "Stacked", "Units", "UnitsValidator"]
 
 
 class _Stepper(nn.Module):
@@ -53,6 +58,29 @@ def _norm_back(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Te
     return output.to(module._fused_dtype)
 
 
+@runtime_checkable
+class UnitsValidator(Protocol):
+    """A validation that can validate K units as one: ``of_units(model, K)`` -> each unit's metrics, in order,
+    ``model``'s output the K units' outputs side by side on the channel axis (`Units`)."""
+
+    def of_units(self, model: nn.Module, units: int) -> list[Mapping[str, float]]: ...
+
+
+class Units(nn.Module):
+    """K units' networks as one for inference, with their weights when it was made (`Stacked.units`):
+    ``forward(x, **kwargs)`` -> every unit's output side by side on the channel axis, [B, K · C, ...], one vmapped
+    forward over the stacked weights. It declares the network's capabilities."""
+
+    def __init__(self, net: nn.Module, tensors: dict[str, torch.Tensor], count: int) -> None:
+        super().__init__()
+        self.net, self.tensors, self.count = net, tensors, count
+        self.capabilities = capabilities(net)
+
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        out = torch.vmap(lambda tensors: functional_call(self.net, tensors, (x,), kwargs))(self.tensors)
+        return out.movedim(0, 1).flatten(1, 2)  # [K, B, C, ...] -> [B, K · C, ...]
+
+
 class Stacked:
     """The forward and backward of ``models`` (one architecture) as one vmapped step on a shared batch."""
 
@@ -71,14 +99,18 @@ class Stacked:
 
     def _stacked(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(parameters, parameters and buffers): each stacked over the units, [K, *shape], the parameters as fresh
-        leaves; the second keyed for `functional_call` of the stepper."""
+        leaves; the second keyed for `functional_call` of the network."""
         units = [dict(m.named_parameters()) for m in self.models]
         with torch.no_grad():  # stacked without a graph: no detach of each unit's parameter (one op per unit each)
             params = {name: torch.stack([unit[name] for unit in units]).requires_grad_(p.requires_grad)
                       for name, p in units[0].items()}
             units = [dict(m.named_buffers()) for m in self.models]
             buffers = {name: torch.stack([unit[name] for unit in units]) for name in units[0]}
-        return params, {f"net.{name}": t for name, t in {**params, **buffers}.items()}
+        return params, {**params, **buffers}
+
+    def units(self) -> Units:
+        """The units as one network for inference (`Units`), with their weights as they are now."""
+        return Units(self.stepper.net, self._stacked()[1], len(self.models))
 
     def accumulate(self, optim_steps: Sequence[OptimizerStep], batches: Iterable) -> list[Accumulated]:
         """Forward and backward over the step's micro-batches for every unit (``optim_steps``: each unit's, in the
@@ -86,7 +118,8 @@ class Stacked:
         (views of the stacked gradient), its losses and logs in its `Accumulated`. The loss backpropagated is the
         units' sum, each unit's loss times its own GradScaler's scale (fp16 on CUDA; 1 otherwise, exactly): unit k's
         gradient is its own scaled loss's alone, and its scaler unscales and checks it as it would alone."""
-        params, named = self._stacked()
+        params, tensors = self._stacked()
+        named = {f"net.{name}": t for name, t in tensors.items()}  # the stepper's
         scales: torch.Tensor | None = None
 
         def one(tensors: dict, batch: Mapping) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -119,8 +152,10 @@ class FusedEngine(Engine):
     """An `Engine` whose loop trains ``peers`` with it, as one (`Stacked`): its loader's batches are theirs.
 
     Every unit shares this engine's settings (`TrainConfig`), seed and training set; each keeps its own lr,
-    schedule, optimiser, counters, validation history and run folder. The units are validated one after
-    another. Early stopping is refused: a unit stopping alone would leave the group."""
+    schedule, optimiser, counters, validation history and run folder. They share their validation too: with a
+    `UnitsValidator` this unit's validates them as one (`Units`), else each unit's validates it, one after another;
+    each unit's round is then logged and followed (best.pt) as its own. Early stopping is refused: a unit stopping
+    alone would leave the group."""
 
     def __init__(self, *args, peers: Sequence[Engine], **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -186,10 +221,14 @@ class FusedEngine(Engine):
             unit._count_step(run, taken, lr, measure=measure)
 
     def _validate(self, *, count_patience: bool) -> bool:
-        super()._validate(count_patience=count_patience)
-        for peer in self.peers:
-            peer._validate(count_patience=count_patience)
-        return False  # trainer.patience is null (refused otherwise)
+        if not isinstance(self.validate, UnitsValidator):
+            for unit in self.units:
+                Engine._validate(unit, count_patience=count_patience)
+            return False  # trainer.patience is null (refused otherwise)
+        rounds = self._validation_round(self.stacked.units(), lambda units: self.validate.of_units(units, units.count))
+        for unit, raw in zip(self.units, rounds):
+            unit._record_round(raw, count_patience=count_patience)
+        return False
 
     def _end_epoch(self, run: _Run) -> bool:
         for peer in self.peers:

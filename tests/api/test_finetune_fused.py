@@ -1,6 +1,7 @@
 """Fused fine-tuning (`asa.api.finetune_fused`, `asa.train.fused`): a study's units (ResEnc, 32³ crops, batch 2)
 trained as one end where each ends trained alone, to float rounding: the weights, the AdamW state, every logged loss
-and the validation rounds; each run folder as its own command writes it; runs that do not share their data refused."""
+and the validation rounds (the group's validated as one); each run folder as its own command writes it; runs that
+do not share their data or task settings refused."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from asa.api.config import compose_config
 from asa.api.finetune import finetune, finetune_fused
 from asa.api.machinery.run import OptionError
+from asa.api.tasks.segmentation import DiceValidator
 from asa.data import write_demo_dataset
 from asa.eval.predict import Predictor
 from asa.io import load_checkpoint
@@ -75,9 +77,18 @@ def _outputs(a: str, b: str) -> float:
 @pytest.mark.slow  # two runs alone and fused: 4 steps, 2 validation rounds each (about 15 CPU-s)
 def test_a_fused_unit_ends_within_rounding_of_its_own_command(root, tmp_path, monkeypatch):
     logged = _logging(monkeypatch)
+    validated, of_units = [], DiceValidator.of_units  # each validation pass: the units it validates as one
+
+    def counted(self, model, units):
+        validated.append(units)
+        return of_units(self, model, units)
+
+    monkeypatch.setattr(DiceValidator, "of_units", counted)
     start = {"a": None, "b": tmp_path / "alone" / "a" / "checkpoints" / "last.pt"}
     alone = {arm: finetune(_config(root, tmp_path / "alone", arm, start[arm])) for arm in ARMS}
+    assert validated == [1, 1, 1, 1]  # each run alone: its 2 rounds
     fused = dict(zip(ARMS, finetune_fused([_config(root, tmp_path / "fused", arm, start[arm]) for arm in ARMS])))
+    assert validated == [1, 1, 1, 1, 2, 2]  # fused: a pass a round for both units, each case read once
     for arm in ARMS:
         a, b = (load_checkpoint(tmp_path / way / arm / "checkpoints" / "last.pt") for way in ("alone", "fused"))
         assert a["step"] == b["step"] == fused[arm].step == alone[arm].step == 4
@@ -102,6 +113,12 @@ def test_a_fused_unit_ends_within_rounding_of_its_own_command(root, tmp_path, mo
 def test_runs_that_do_not_share_their_data_are_refused_before_training(root, tmp_path):
     other = compose_config("finetune", [*UNIT, "seed=4", f"data.root={root}", f"output_dir={tmp_path / 'b'}"])
     with pytest.raises(OptionError, match="seed=4.*fused runs share it"):
+        finetune_fused([_config(root, tmp_path, "a"), other])
+    assert not (tmp_path / "a" / "checkpoints").exists()
+    # the lead's loss and validation would train and score both: runs whose task settings differ are refused too
+    other = compose_config("finetune", [*UNIT, "task.overlap=0.5", f"data.root={root}",
+                                        f"output_dir={tmp_path / 'c'}"])
+    with pytest.raises(OptionError, match="task.overlap differ.*fused runs share them"):
         finetune_fused([_config(root, tmp_path, "a"), other])
     assert not (tmp_path / "a" / "checkpoints").exists()
 

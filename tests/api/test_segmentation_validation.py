@@ -7,7 +7,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from asa.api.tasks.segmentation import make_dice_validator
+from asa.api.tasks.segmentation import DiceValidator
 from asa.data import Task, get_task
 from asa.train.distributed import DistEnv
 
@@ -37,7 +37,7 @@ def _items() -> list[dict]:
 
 
 def test_hand_computed_mean_dice():
-    validate = make_dice_validator(_items(), task=WT, roi_size=(16, 16, 16), env=DistEnv())
+    validate = DiceValidator(_items(), task=WT, roi_size=(16, 16, 16), env=DistEnv())
     got = validate(Echo())
     expected = (1 + 0 + 2 / 3) / 3
     assert abs(got["dice"] - expected) < 1e-9 and abs(got["dice_WT"] - expected) < 1e-9
@@ -50,8 +50,8 @@ def test_softmax_classes_skip_background_and_ignore():
     logits = torch.zeros(2, 8, 8, 8)
     logits[1, :4] = 10  # class 1 exactly where the target has it
     logits[1, 6:] = 10  # ... and in the ignored slab
-    validate = make_dice_validator([{"image": logits, "label": target}], task=get_task("wmh"),
-                                   roi_size=(8, 8, 8), env=DistEnv())
+    validate = DiceValidator([{"image": logits, "label": target}], task=get_task("wmh"),
+                             roi_size=(8, 8, 8), env=DistEnv())
     assert validate(Echo())["dice_WMH"] == 1.0
 
 
@@ -63,8 +63,8 @@ def test_brats_dice_is_computed_on_decoded_labels_as_asa_evaluate_does():
     logits = torch.full((3, 16, 16, 16), -10.0)
     logits[0, 4:8, 4:12, 4:12] = 10  # WT thresholded alone covers half the cube (Dice 2/3) ...
     logits[1][cube.bool()] = 10  # ... but TC covers all of it, and decoded TC voxels are label 1, inside WT
-    validate = make_dice_validator([{"image": logits, "label": target}], task=get_task("brats"),
-                                   roi_size=(16, 16, 16), env=DistEnv())
+    validate = DiceValidator([{"image": logits, "label": target}], task=get_task("brats"),
+                             roi_size=(16, 16, 16), env=DistEnv())
     got = validate(Echo())
     assert got["dice_WT"] == 1.0 and got["dice_TC"] == 1.0 and got["dice_ET"] == 1.0  # ET: both empty
 
@@ -73,7 +73,7 @@ def _rank(rank: int, world: int, init: str, out: dict) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     env = DistEnv(rank=rank, world_size=world, is_main=rank == 0)
     perfect, _, half = _items()
-    validate = make_dice_validator([perfect, half], task=WT, roi_size=(16, 16, 16), env=env)
+    validate = DiceValidator([perfect, half], task=WT, roi_size=(16, 16, 16), env=env)
     out[rank] = validate(Echo())
     dist.destroy_process_group()
 
@@ -107,7 +107,7 @@ class _PrecisionRecorder(Echo):
 def test_dice_validation_runs_in_the_callers_precision():
     """Inside the engine's autocast region (trainer.amp) the sliding windows keep that precision;
     outside any region they run in fp32."""
-    validate = make_dice_validator(_items()[:1], task=WT, roi_size=(16, 16, 16), env=DistEnv())
+    validate = DiceValidator(_items()[:1], task=WT, roi_size=(16, 16, 16), env=DistEnv())
     net = _PrecisionRecorder()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         validate(net)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from benchmarks.fusion_host import META, main, step_fn
@@ -84,3 +85,24 @@ def test_the_updates_are_counted_on_units_of_the_shapes_and_read_the_device_once
     update = _update(size="tiny", crop=16, batch=1, in_channels=1, out_channels=2)
     assert update.reads == 1
     assert update.first > update.each > 5
+
+
+@pytest.mark.slow  # counted with their arithmetic on CPU units (about 10 CPU-s)
+def test_a_validation_round_of_k_units_dispatches_about_what_one_unit_alone_does(tmp_path, capsys):
+    """The K units validated as one (`asa.train.fused.Units`): the case is cut and blended once and the networks run
+    as one vmapped forward a pass, so two more units add their own Dice and softmax, a few operators each, not a
+    round each; the windows' transfers are the group's."""
+    out = tmp_path / "host.json"
+    assert main(["--ks", "2", "4", "--size", "tiny", "--crop", "16", "--repeats", "1", "--validation", "20", "20", "24",
+                 "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["validation_case"] == [20, 20, 24]
+    rows = {r["k"]: r for r in doc["rows"]}
+    alone = rows[2]["val_ops_alone"]
+    assert rows[4]["val_ops_alone"] == alone > 100
+    totals = {k: rows[k]["val_ops_fused_per_unit"] * k for k in rows}
+    assert 0 < totals[4] - totals[2] < 0.1 * 2 * alone  # validated one after another: 2 × alone more
+    assert rows[4]["val_reads_fused_per_unit"] < rows[2]["val_reads_fused_per_unit"] < rows[2]["val_reads_alone"]
+    with pytest.raises(SystemExit):
+        main(["--ks", "1", "--size", "tiny", "--crop", "16", "--validation", "20", "12", "24"])
+    assert "--validation 20 12 24: expected a case at least the crop (16)" in capsys.readouterr().err

@@ -51,7 +51,7 @@ from asa.train.distributed import DistEnv, resolve_device
 from asa.train.panels import panel_centre, slice_grid
 from asa.train.precision import amp_name
 
-__all__ = ["SPACING_RATIO", "SegmentationTask", "Settings", "channel_note", "crop_grid", "make_dice_validator",
+__all__ = ["SPACING_RATIO", "DiceValidator", "SegmentationTask", "Settings", "channel_note", "crop_grid",
            "make_segmentation_panel_fn", "output_masks", "segmentation_step", "spacing_note", "symmetry_warning"]
 
 # a case's voxel edge this many times the training spacing's (or its inverse) along an axis is noted: its structures
@@ -196,16 +196,9 @@ def output_masks(probs: torch.Tensor, target: torch.Tensor, task: Task) -> list[
     return [(pred[k - 1], tgt == k, ignore) for k in range(1, len(pred) + 1)]
 
 
-def make_dice_validator(
-    dataset: Dataset,
-    *,
-    task: Task,
-    roi_size: Sequence[int],
-    env: DistEnv,
-    overlap: float = 0.5,
-    sw_batch_size: int = 2,
-) -> Callable[[nn.Module], dict[str, float]]:
-    """validate(model) -> {"dice": mean Dice over outputs and cases, "dice_<name>": per output}.
+class DiceValidator:
+    """validate(model) -> {"dice": mean Dice over outputs and cases, "dice_<name>": per output}; `of_units`: the
+    same for each of K units validated as one (`asa.train.fused.UnitsValidator`).
 
     Whole volumes go through `predict_volume` (the path ``asa-predict`` takes, brain frame included:
     items may carry their ``"centre"``); Dice is computed on decoded labels as ``asa-evaluate`` does.
@@ -213,27 +206,40 @@ def make_dice_validator(
     count are all-reduced, so every rank returns the exact mean over all cases (also when a rank
     has no case of its own).
     """
-    names = task.output_names
-    indices = list(range(env.rank, len(dataset), env.world_size))  # type: ignore[arg-type]
 
-    def validate(model: nn.Module) -> dict[str, float]:
-        totals = torch.zeros(len(names) + 1, dtype=torch.float64)  # per-output Dice sums, case count
-        for i in indices:
-            item = dataset[i]
-            probs = predict_volume(model, item["image"], roi_size=roi_size, multilabel=task.multilabel,
-                                   overlap=overlap, sw_batch_size=sw_batch_size, device=env.device,
-                                   centre=item.get("centre"),
+    def __init__(self, dataset: Dataset, *, task: Task, roi_size: Sequence[int], env: DistEnv, overlap: float = 0.5,
+                 sw_batch_size: int = 2) -> None:
+        self.dataset, self.task, self.roi_size, self.env = dataset, task, tuple(roi_size), env
+        self.overlap, self.sw_batch_size = overlap, sw_batch_size
+        self.indices = list(range(env.rank, len(dataset), env.world_size))  # type: ignore[arg-type]
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        return self.of_units(model, 1)[0]
+
+    def of_units(self, model: nn.Module, units: int) -> list[dict[str, float]]:
+        """Each unit's metrics, ``model`` giving ``units`` networks' outputs side by side on the channel axis
+        (`asa.train.fused.Units`): each case is read, cut into windows and blended once for all of them."""
+        names = self.task.output_names
+        totals = torch.zeros(units, len(names) + 1, dtype=torch.float64)  # per unit: Dice sums per output, cases
+        for i in self.indices:
+            item = self.dataset[i]
+            probs = predict_volume(model, item["image"], roi_size=self.roi_size, multilabel=self.task.multilabel,
+                                   overlap=self.overlap, sw_batch_size=self.sw_batch_size, device=self.env.device,
+                                   centre=item.get("centre"), units=units,
                                    regions=item.get("region") if capabilities(model).regions else None)
-            scores = [dice(p, r, ignore=ig) for p, r, ig in output_masks(probs, item["label"], task)]
-            totals += torch.tensor([*scores, 1.0], dtype=torch.float64)
-        if env.distributed and dist.is_initialized():
-            totals = totals.to(env.device)
+            for unit, own in zip(totals, probs.chunk(units)):
+                scores = [dice(p, r, ignore=ig) for p, r, ig in output_masks(own, item["label"], self.task)]
+                unit += torch.tensor([*scores, 1.0], dtype=torch.float64)
+        if self.env.distributed and dist.is_initialized():
+            totals = totals.to(self.env.device)
             dist.all_reduce(totals)
             totals = totals.cpu()
-        per_output = (totals[:-1] / totals[-1].clamp_min(1)).tolist()
-        return {"dice": sum(per_output) / len(per_output), **{f"dice_{n}": v for n, v in zip(names, per_output)}}
-
-    return validate
+        metrics = []
+        for unit in totals:
+            per_output = (unit[:-1] / unit[-1].clamp_min(1)).tolist()
+            metrics.append({"dice": sum(per_output) / len(per_output),
+                            **{f"dice_{n}": v for n, v in zip(names, per_output)}})
+        return metrics
 
 
 def make_segmentation_panel_fn(
@@ -341,9 +347,8 @@ class SegmentationTask(FinetuneTask):
         return train, val
 
     def validator(self, run: FinetuneRun, dataset: Any):
-        return make_dice_validator(dataset, task=self.task, roi_size=(run.crop,) * 3, env=run.env,
-                                   overlap=run.cfg.task.overlap,
-                                   sw_batch_size=int(run.cfg.task.sw_batch_size))
+        return DiceValidator(dataset, task=self.task, roi_size=(run.crop,) * 3, env=run.env,
+                             overlap=run.cfg.task.overlap, sw_batch_size=int(run.cfg.task.sw_batch_size))
 
     def engine_options(self, run: FinetuneRun, train_dataset: Any, val_dataset: Any | None) -> dict[str, Any]:
         panel_fn = None
