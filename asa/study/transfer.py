@@ -221,15 +221,26 @@ def plan_runs(s: Transfer) -> tuple[list[Run], list[str], Any, list[str]]:
     return runs, test_ids, probe_cfg, ids
 
 
+# what the runs of one fused group may differ in: their folder, starting encoder and optimiser (each unit its own)
+UNIT_OWN = ("output_dir=", "model.pretrained=", "optim.")
+
+
 def groups(s: Transfer, runs: Sequence[Run]) -> dict[str, list[Run]]:
     """The name of each unit that trains runs -> its runs: a unit per run, or with ``s.fused`` one per draw (N and
-    seed: the runs that share their seed, cases and batches) of more than one run."""
+    seed: the runs that share their seed, cases and batches) and network (every override but `UNIT_OWN`'s: the
+    coordinate channel's arms are a group of their own) of more than one run."""
     out = Path(s.out).expanduser().absolute()
-    draws: dict[tuple[int, int], list[Run]] = {}
+    draws: dict[tuple, list[Run]] = {}
     for run in runs:
-        draws.setdefault((run.n, run.seed) if s.fused else (run.n, run.seed, run.arm), []).append(run)
-    return {f"{out.name}/{group[0].run_dir.name if len(group) == 1 else f'fused-n{group[0].n}-s{group[0].seed}'}": group
-            for group in draws.values()}
+        shared = tuple(sorted(o for o in run.overrides if not o.startswith(UNIT_OWN)))
+        draws.setdefault((run.n, run.seed, shared) if s.fused else (run.n, run.seed, run.arm), []).append(run)
+    names = {}
+    for group in draws.values():
+        name = group[0].run_dir.name if len(group) == 1 else f"fused-n{group[0].n}-s{group[0].seed}"
+        if f"{out.name}/{name}" in names:  # another network's group of the draw: named by its first run's arm
+            name = f"fused-{group[0].arm}-n{group[0].n}-s{group[0].seed}"
+        names[f"{out.name}/{name}"] = group
+    return names
 
 
 def run_seconds(s: Transfer, runs: Sequence[Run], spent: Mapping[str, float]) -> list[float]:

@@ -93,9 +93,10 @@ class Stacked:
             if isinstance(module, _InstanceNorm):
                 module.register_forward_pre_hook(_norm_in_float)
                 module.register_forward_hook(_norm_back)
-        names = [[n for n, _ in m.named_parameters()] for m in self.models]
-        if any(n != names[0] for n in names):
-            raise ValueError("fused units must share one network architecture (their parameters differ by name)")
+        shapes = [[(n, tuple(p.shape)) for n, p in m.named_parameters()] for m in self.models]
+        if odd := [k for k, unit in enumerate(shapes) if unit != shapes[0]]:
+            raise ValueError(f"fused units must share one network architecture: unit(s) {odd}'s parameters differ "
+                             "from unit 0's by name or shape")
 
     def _stacked(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(parameters, parameters and buffers): each stacked over the units, [K, *shape], the parameters as fresh

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -287,3 +288,19 @@ def test_fused_units_train_each_draw_as_one_and_share_its_seconds_out(tmp_path):
                                    {fused[0].name: 10.0, fused[1].name: 4.0})
     assert seconds == [5.0, 5.0, 2.0, 2.0]
     assert transfer.run_seconds(transfer.Transfer(tmp_path, arms), runs, {alone[1].name: 3.0}) == [0.0, 3.0, 0.0, 0.0]
+
+
+def test_a_fused_draw_groups_its_runs_by_network():
+    """The coordinate channel's arms change the network (an input channel more): with ``fused`` they are a group of
+    their own in each draw, named apart, while arms differing in their encoder and optimiser alone share one."""
+    arms = {"scratch": ("model.pretrained=null",), "mae": ("model.pretrained=x.pt", "optim.encoder_lr_scale=0.5"),
+            "scratch-coord": ("model.pretrained=null", "model.coord_channel=true"),
+            "asa-coord": ("model.pretrained=y.pt", "model.coord_channel=true")}
+    out = Path("/study/transfer")
+    runs = [transfer.Run(arm, 2, seed, ("c0", "c1"), (f"seed={seed}", f"output_dir={out}/runs/{arm}-n2-s{seed}", *own),
+                         out / "runs" / f"{arm}-n2-s{seed}") for seed in (0, 1) for arm, own in arms.items()]
+    s = transfer.Transfer(out, {arm: transfer.Tuned(own) for arm, own in arms.items()}, fused=True)
+    assert {name: [r.arm for r in group] for name, group in transfer.groups(s, runs).items()} == {
+        "transfer/fused-n2-s0": ["scratch", "mae"], "transfer/fused-scratch-coord-n2-s0": ["scratch-coord", "asa-coord"],
+        "transfer/fused-n2-s1": ["scratch", "mae"], "transfer/fused-scratch-coord-n2-s1": ["scratch-coord", "asa-coord"]}
+

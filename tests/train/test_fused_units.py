@@ -1,5 +1,6 @@
-"""Fused units validated as one (`asa.train.fused.Units`, `asa.api.tasks.segmentation.DiceValidator.of_units`):
-each case read, cut into windows and blended once for K networks, each unit's probabilities and Dice its own."""
+"""Fused units (`asa.train.fused`): one network architecture, and validated as one (`Units`,
+`asa.api.tasks.segmentation.DiceValidator.of_units`): each case read, cut into windows and blended once for K
+networks, each unit's probabilities and Dice its own."""
 
 from __future__ import annotations
 
@@ -99,3 +100,9 @@ def test_fused_resenc_units_validate_within_rounding_of_each_alone():
         for metrics, unit in zip(fused, units):
             assert metrics.keys() == validate(unit).keys()
             assert all(abs(metrics[k] - v) < 1e-3 for k, v in validate(unit).items())
+
+
+def test_units_of_another_network_are_refused_naming_them():
+    units = [nn.Conv3d(1, 2, 3), nn.Conv3d(1, 2, 3), nn.Conv3d(2, 2, 3)]  # the third: an input channel more
+    with pytest.raises(ValueError, match=r"unit\(s\) \[2\]'s parameters differ from unit 0's by name or shape"):
+        Stacked(units, _step)
