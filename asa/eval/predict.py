@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from asa.formats.onnx import OnnxNetwork, onnx_state
 from asa.io import Volume, VolumeError, is_nifti, is_temporary, load_checkpoint, prediction_path, probabilities_path, strip_nifti
 from asa.models import build_network, capabilities, channels_last_inference, compile_blocks, input_size
 from asa.models.registry import NETWORK_KINDS, current_spec
+from asa.train.fused import Stacked
 
 CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # nnU-Net style <case>_0000
 
@@ -43,6 +45,22 @@ class Predictor:
     amp_dtype: torch.dtype | None = None
     regions: RegionSource | None = None  # how to make the region map of a case (region attention networks)
     percentiles: tuple[float, float] = PERCENTILES  # the intensity clip it was trained with (data.percentiles)
+    units: int = 1  # the networks ``model`` runs as one (`of_units`), their outputs side by side on the channel axis
+
+    @classmethod
+    def of_units(cls, predictors: Sequence[Predictor]) -> Predictor:
+        """``predictors`` (one network architecture, task and inference settings: e.g. a fused study draw's runs) as
+        one: their networks one vmapped forward (`asa.train.fused.Units`), each case preprocessed, cut into windows
+        and blended once; it returns their probabilities side by side, predictor k's at channels k · K to
+        k · K + K - 1 (`predict_volume`'s ``units``). Predictors that differ in anything but their weights are
+        refused."""
+        first = predictors[0]
+        settings = [dataclasses.replace(p, model=first.model) for p in predictors]
+        if odd := [k for k, p in enumerate(settings) if p != settings[0] or p.units != 1]:
+            raise ValueError(f"predictors {odd} differ from predictor 0 in their task or inference settings (or "
+                             "run units already): only networks of one task and settings predict as one")
+        units = Stacked([p.model for p in predictors]).units().eval()
+        return dataclasses.replace(first, model=units, units=len(predictors))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: torch.device, amp_dtype: torch.dtype | None = None,
@@ -113,7 +131,8 @@ class Predictor:
         the image's region map [1, X, Y, Z], for a network with region attention."""
         return predict_volume(self.model, image, roi_size=self.roi_size, multilabel=self.task.multilabel,
                               overlap=overlap, sw_batch_size=sw_batch_size, tta_axes=tta_axes,
-                              device=self.device, amp_dtype=self.amp_dtype, centre=centre, regions=regions)
+                              device=self.device, amp_dtype=self.amp_dtype, centre=centre, regions=regions,
+                              units=self.units)
 
 
 def cases_from_files(paths: Sequence[Path], task: Task) -> list[Case]:

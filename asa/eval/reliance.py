@@ -23,7 +23,8 @@ from asa.eval.progress import CaseProgress
 from asa.io import atomic_write_json, atomic_write_text, load_volume
 from asa.models import capabilities
 
-__all__ = ["case_dice", "encoder_reliance", "format_reliance", "write_reliance", "RELIANCE_CSV", "RELIANCE_JSON"]
+__all__ = ["case_dice", "encoder_reliance", "format_reliance", "units_reliance", "write_reliance", "RELIANCE_CSV",
+           "RELIANCE_JSON"]
 
 RELIANCE_CSV = "reliance_per_case.csv"
 RELIANCE_JSON = "reliance.json"
@@ -51,12 +52,22 @@ def encoder_reliance(predictor, cases: Sequence, *, overlap: float = 0.5, sw_bat
     the normal prediction, scored as ``asa-evaluate`` does (``hd95_convention``: max_directed | pooled), and
     ``NSD_<n>`` (normalised surface Dice at asa-evaluate's default tolerance).
     ``zeroed=False`` scores the normal prediction only (the zeroed columns are NaN): any segmentation
-    network, e.g. a CNN baseline without an encoder.
+    network, e.g. a CNN baseline without an encoder. `units_reliance` scores several networks as one.
     """
-    model, task = predictor.model, predictor.task
+    return units_reliance(predictor, cases, overlap=overlap, sw_batch_size=sw_batch_size, progress=progress,
+                          hd95=hd95, hd95_convention=hd95_convention, zeroed=zeroed)[0]
+
+
+def units_reliance(predictor, cases: Sequence, *, overlap: float = 0.5, sw_batch_size: int = 2,
+                   progress: bool = False, hd95: bool = False, hd95_convention: str = "max_directed",
+                   zeroed: bool = True) -> list[dict[str, Any]]:
+    """`encoder_reliance` of each of the ``predictor.units`` networks a predictor runs as one
+    (`asa.eval.predict.Predictor.of_units`), in order: each case is read, preprocessed and predicted once for all of
+    them, and each network's prediction scored as its own."""
+    model, task, units = predictor.model, predictor.task, predictor.units
     if zeroed and not capabilities(model).zero_encoder:
         raise ValueError(f"encoder reliance needs an ASASegmenter (model arch swvit_unetr); got {type(model).__name__}")
-    rows = []
+    rows: list[list[dict[str, Any]]] = [[] for _ in range(units)]
     with CaseProgress(len(cases), desc="reliance", verb="reliance scored", enabled=progress) as shown:
         for case in cases:
             if case.label is None:
@@ -66,22 +77,29 @@ def encoder_reliance(predictor, cases: Sequence, *, overlap: float = 0.5, sw_bat
             ref = ref_volume.array.astype(np.int64)
             # a network with region attention also takes the case's region map
             extra = {} if getattr(predictor, "regions", None) is None else {"regions": predictor.regions_of(case)}
-            pred = task.prediction_to_label(predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, **extra))
-            normal = case_dice(pred, ref, task)
-            distances = {} if not hd95 else evaluate_arrays(pred, ref, task, tuple(ref_volume.spacing),
-                                                            ref_path=case.label, hd95_convention=hd95_convention)
-            without = {name: float("nan") for name in task.output_names}
+            probs = predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, **extra).chunk(units)
+            without = [{name: float("nan") for name in task.output_names}] * units
             if zeroed:
                 with model.zero_encoder_states():
-                    probs = predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, **extra)
-                without = case_dice(task.prediction_to_label(probs), ref, task)
-            row: dict[str, Any] = {"id": case.id}
-            for name in task.output_names:
-                row[f"Dice_{name}"], row[f"Dice_{name}_zeroed"] = normal[name], without[name]
-                if hd95:  # the same surface distances give the NSD (asa-evaluate's tolerance)
-                    row[f"HD95_{name}"], row[f"NSD_{name}"] = distances[f"HD95_{name}"], distances[f"NSD_{name}"]
-            rows.append(row)
+                    zero = predictor(image, overlap=overlap, sw_batch_size=sw_batch_size, **extra).chunk(units)
+                without = [case_dice(task.prediction_to_label(p), ref, task) for p in zero]
+            for own, unit, rest in zip(rows, probs, without):
+                pred = task.prediction_to_label(unit)
+                normal = case_dice(pred, ref, task)
+                distances = {} if not hd95 else evaluate_arrays(pred, ref, task, tuple(ref_volume.spacing),
+                                                                ref_path=case.label, hd95_convention=hd95_convention)
+                row: dict[str, Any] = {"id": case.id}
+                for name in task.output_names:
+                    row[f"Dice_{name}"], row[f"Dice_{name}_zeroed"] = normal[name], rest[name]
+                    if hd95:  # the same surface distances give the NSD (asa-evaluate's tolerance)
+                        row[f"HD95_{name}"], row[f"NSD_{name}"] = distances[f"HD95_{name}"], distances[f"NSD_{name}"]
+                own.append(row)
             shown.advance(case.id)
+    return [_reliance(task, own) for own in rows]
+
+
+def _reliance(task: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """`encoder_reliance`'s result of one network's rows."""
     summary: dict[str, dict[str, float]] = {}
     for name in task.output_names:
         n, z = (float(np.mean([r[k] for r in rows])) for k in (f"Dice_{name}", f"Dice_{name}_zeroed"))

@@ -164,7 +164,8 @@ def time_unit(unit: Unit, moved: Mapping[str, str], steps: int = TIMED_STEPS) ->
         wall = time.perf_counter() - started
         rates = [v for _, v in logged_series(out, ["train/samples_per_s"])["train/samples_per_s"]]
         val = json.loads((out / "splits.json").read_text()).get("val", [])
-        scored = math.nan  # a scoring unit's cost: the one run's (a fused group's runs are scored one by one)
+        # a scoring unit's cost a case: one run's (a fused draw's runs, scored as one, are priced one by one)
+        scored = math.nan
         if entry == "finetune" and val and not unit.group:
             scored = _score_seconds(cfg, out, val[0])
     torch.set_num_threads(threads)
@@ -200,7 +201,7 @@ def _score_seconds(cfg: Any, run_dir: Path, case: str) -> float:
     by_id = {c.id: c for c in discover(layout, root, on_bad_case=str(cfg.data.on_bad_case), validate="header")}
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        transfer.score(transfer.Run("timed", 0, 0, (), (), run_dir, test=(case,)), by_id, [case], str(cfg.device))
+        transfer.score([transfer.Run("timed", 0, 0, (), (), run_dir, test=(case,))], by_id, [case], str(cfg.device))
     return time.perf_counter() - started
 
 

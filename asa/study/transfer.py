@@ -19,7 +19,7 @@ from asa.api.machinery.dataset import dataset_root
 from asa.data import discover, get_task
 from asa.data.splits import UNUSED
 from asa.eval.predict import Predictor
-from asa.eval.reliance import encoder_reliance
+from asa.eval.reliance import units_reliance
 from asa.io import atomic_write_json, load_checkpoint
 from asa.models import capabilities
 from asa.study.arms import SCRATCH, label, twin_of
@@ -274,20 +274,21 @@ def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequen
                             logs / f"{name.rsplit('/', 1)[-1]}.log", threads=s.threads, inputs=tuple(inputs),
                             config=("finetune", overrides[0]), group=tuple(overrides) if len(group) > 1 else (),
                             steps=s.steps, arms=tuple(dict.fromkeys(run.encoder_arm for run in group))))
-    scoring = []
-    for k in range(min(jobs, len(runs))):
-        share, spec = runs[k::jobs], out / "scoring" / f"share{k}.json"
-        cases = sum(len(r.test) or len(test_ids) for r in share)  # priced in cases scored as `score` scores them
+    scoring, together = [], list(groups(s, runs).values())  # a fused draw's runs are scored as one too
+    for k in range(min(jobs, len(together))):
+        share, spec = together[k::jobs], out / "scoring" / f"share{k}.json"
+        scored = [r for group in share for r in group]
+        cases = sum(len(r.test) or len(test_ids) for r in scored)  # priced in cases scored as `score` scores them
         if s.head_start is not None:  # each case scored again at the head start, without the zeroed encoder: half
             cases += cases // 2
         scoring.append(Unit(f"{out.name}/scoring-{k}", module_argv("asa.study.transfer", str(spec)),
-                            lambda share=share: all(r.scores_file.is_file() for r in share),
+                            lambda scored=scored: all(r.scores_file.is_file() for r in scored),
                             logs / f"scoring-{k}.log", resumable=False, threads=s.threads,
-                            after=tuple(dict.fromkeys(trainer[r.run_dir] for r in share)),
-                            cases=cases, arms=tuple(dict.fromkeys(r.encoder_arm for r in share)),
-                            inputs=(JsonFile(spec, {"runs": [{**dataclasses.asdict(r), "run_dir": str(r.run_dir)}
-                                                             for r in share], "test": list(test_ids),
-                                                    "device": s.device}),)))
+                            after=tuple(dict.fromkeys(trainer[r.run_dir] for r in scored)),
+                            cases=cases, arms=tuple(dict.fromkeys(r.encoder_arm for r in scored)),
+                            inputs=(JsonFile(spec, {"groups": [[{**dataclasses.asdict(r), "run_dir": str(r.run_dir)}
+                                                                for r in group] for group in share],
+                                                    "test": list(test_ids), "device": s.device}),)))
     return [*trained, *scoring]
 
 
@@ -296,41 +297,57 @@ def _trained(run: Run) -> bool:
     return run.scores_file.is_file() or finished(run.run_dir / "checkpoints" / "last.pt")
 
 
-def score(run: Run, by_id: Mapping[str, Any], test_ids: Sequence[str], device: str) -> None:
-    """Score ``run`` on its test cases with its budget check, into scores.json (a rerun neither trains nor predicts);
-    with a head start, its state kept at that step too (the Dice with the encoder zeroed at the end point only)."""
-    ckpt = run.run_dir / "checkpoints" / "last.pt"
-    cases = [by_id[i] for i in run.test or test_ids]
-    scores, names = _scored(run, ckpt, cases, device, zeroed=True)
-    # its training seconds are the study's to add (`results`): a scorer in a process of its own runs before they are
-    budget = {"arm": run.arm, "n": run.n, "seed": run.seed, "steps": int(load_checkpoint(ckpt)["step"]),
-              "train": " ".join(run.train), **logged_budget(run.run_dir)}
-    record = {"scores": scores, "budget": budget, "names": names}
-    if run.head_start is not None:
-        if not run.kept.is_file():  # a run trained before the head start was asked for, or never at that step
+def score(runs: Sequence[Run], by_id: Mapping[str, Any], test_ids: Sequence[str], device: str) -> None:
+    """Score ``runs`` (one, or a fused draw's: one network, the same test cases) on their test cases with their
+    budget check, each into its scores.json (a rerun neither trains nor predicts); with a head start, their states
+    kept at that step too (the Dice with the encoder zeroed at the end point only). Runs of one draw are predicted
+    as one (`asa.eval.predict.Predictor.of_units`)."""
+    ckpts = [run.run_dir / "checkpoints" / "last.pt" for run in runs]
+    tests = {tuple(run.test or test_ids) for run in runs}
+    if len(tests) != 1:
+        raise ValueError(f"runs {[r.run_dir.name for r in runs]} are scored on different test cases: score them apart")
+    cases = [by_id[i] for i in tests.pop()]
+    records = []
+    for run, ckpt, (scores, names) in zip(runs, ckpts, _scored(runs, ckpts, cases, device, zeroed=True)):
+        # its training seconds are the study's to add (`results`): a scorer in a process of its own runs before they are
+        budget = {"arm": run.arm, "n": run.n, "seed": run.seed, "steps": int(load_checkpoint(ckpt)["step"]),
+                  "train": " ".join(run.train), **logged_budget(run.run_dir)}
+        records.append({"scores": scores, "budget": budget, "names": names})
+        if run.head_start is not None and not run.kept.is_file():  # trained before the head start was asked for
             raise FileNotFoundError(f"{run.kept}: the head start's checkpoint (trainer.keep_steps=[{run.head_start}]) "
                                     f"is missing; the run ended at step {budget['steps']}")
-        record["head_start"] = {"step": run.head_start, "scores": _scored(run, run.kept, cases, device, zeroed=False)[0]}
-    atomic_write_json(run.scores_file, record)
+    if runs[0].head_start is not None:
+        kept = _scored(runs, [run.kept for run in runs], cases, device, zeroed=False)
+        for run, record, (scores, _) in zip(runs, records, kept):
+            record["head_start"] = {"step": run.head_start, "scores": scores}
+    for run, record in zip(runs, records):
+        atomic_write_json(run.scores_file, record)
 
 
-def _scored(run: Run, ckpt: Path, cases: Sequence[Any], device: str, *, zeroed: bool) -> tuple[list[dict], list[str]]:
-    """(a score row per test case, the classes) of the checkpoint ``ckpt`` of ``run``; ``zeroed``: with the Dice of
-    the encoder zeroed where the network has one to zero (else NaN)."""
-    predictor = Predictor.from_checkpoint(ckpt, device=torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)))
+def _scored(runs: Sequence[Run], ckpts: Sequence[Path], cases: Sequence[Any], device: str, *,
+            zeroed: bool) -> list[tuple[list[dict], list[str]]]:
+    """(a score row per test case, the classes) of each run's checkpoint in ``ckpts``, predicted as one; ``zeroed``:
+    with the Dice of the encoder zeroed where the network has one to zero (else NaN)."""
+    where = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                         ("cpu" if device == "auto" else device))
+    predictors = [Predictor.from_checkpoint(ckpt, device=where) for ckpt in ckpts]
+    predictor = predictors[0] if len(predictors) == 1 else Predictor.of_units(predictors)
     task = predictor.task
     # a network without an encoder to zero (the DynUNet baseline) is scored without the reliance columns
-    reliance = encoder_reliance(predictor, cases, hd95=True, zeroed=zeroed and capabilities(predictor.model).zero_encoder)
-    scores = []
-    for row in reliance["per_case"]:
-        entry = {"arm": run.arm, "n": run.n, "seed": run.seed, "case": row["id"],
-                 **({"repeat": run.repeat, "fold": run.fold} if run.repeat is not None else {})}
-        for column in ("Dice_{}", "Dice_{}_zeroed", "HD95_{}", "NSD_{}"):
-            entry.update({column.format(c): row[column.format(c)] for c in task.output_names})
-            entry[column.format("mean")] = float(np.mean([row[column.format(c)] for c in task.output_names]))
-        scores.append(entry)
-    return scores, list(task.output_names)
+    reliance = units_reliance(predictor, cases, hd95=True,
+                              zeroed=zeroed and capabilities(predictors[0].model).zero_encoder)
+    scored = []
+    for run, own in zip(runs, reliance):
+        scores = []
+        for row in own["per_case"]:
+            entry = {"arm": run.arm, "n": run.n, "seed": run.seed, "case": row["id"],
+                     **({"repeat": run.repeat, "fold": run.fold} if run.repeat is not None else {})}
+            for column in ("Dice_{}", "Dice_{}_zeroed", "HD95_{}", "NSD_{}"):
+                entry.update({column.format(c): row[column.format(c)] for c in task.output_names})
+                entry[column.format("mean")] = float(np.mean([row[column.format(c)] for c in task.output_names]))
+            scores.append(entry)
+        scored.append((scores, list(task.output_names)))
+    return scored
 
 
 def _train_seconds(run: Run, default: float) -> float:
@@ -339,18 +356,22 @@ def _train_seconds(run: Run, default: float) -> float:
 
 
 def score_main(spec_file: str) -> None:
-    """``python -m asa.study.transfer SHARE.json``: score every run of the share (`units`) not scored yet."""
+    """``python -m asa.study.transfer SHARE.json``: score every run of the share (`units`: its groups, each a run or
+    a fused draw's runs) not scored yet, a group's as one."""
     spec = json.loads(Path(spec_file).read_text())
     tuples = ("train", "overrides", "val", "test", "supervised_trained")
-    runs = [Run(**{**r, "run_dir": Path(r["run_dir"]), **{k: tuple(r[k]) for k in tuples}}) for r in spec["runs"]]
-    if not (left := [r for r in runs if not r.scores_file.is_file()]):
+    groups = [[Run(**{**r, "run_dir": Path(r["run_dir"]), **{k: tuple(r[k]) for k in tuples}}) for r in group]
+              for group in spec["groups"]]
+    if not (left := [g for g in ([r for r in group if not r.scores_file.is_file()] for group in groups) if g]):
         return
-    data = compose_config("finetune", [o for o in left[0].overrides if o.startswith(("data=", "data.root="))]).data
+    first = left[0][0]
+    data = compose_config("finetune", [o for o in first.overrides if o.startswith(("data=", "data.root="))]).data
     root, layout = dataset_root(data)
     by_id = {c.id: c for c in discover(layout, root, on_bad_case=str(data.on_bad_case))}
-    for run in left:
-        score(run, by_id, spec["test"], spec["device"])
-        print(f"[transfer] scored {run.run_dir}", flush=True)
+    for group in left:
+        score(group, by_id, spec["test"], spec["device"])
+        for run in group:
+            print(f"[transfer] scored {run.run_dir}", flush=True)
 
 
 def results(s: Transfer, runs: Sequence[Run], probe_cfg: Any, spent: Sequence[float]) -> Outputs | None:

@@ -11,6 +11,7 @@ against dense kernels), not bit for bit.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -33,7 +34,7 @@ __all__ = ["FusedEngine", "Stacked", "Units", "UnitsValidator"]
 class _Stepper(nn.Module):
     """``step_fn(net, batch)`` as a module, so that `functional_call` swaps in one unit's parameters."""
 
-    def __init__(self, net: nn.Module, step_fn: StepFn) -> None:
+    def __init__(self, net: nn.Module, step_fn: StepFn | None) -> None:
         super().__init__()
         self.net, self.step_fn = net, step_fn
 
@@ -80,11 +81,19 @@ class Units(nn.Module):
         out = torch.vmap(lambda tensors: functional_call(self.net, tensors, (x,), kwargs))(self.tensors)
         return out.movedim(0, 1).flatten(1, 2)  # [K, B, C, ...] -> [B, K · C, ...]
 
+    @contextlib.contextmanager
+    def zero_encoder_states(self) -> Iterator[Units]:
+        """Every unit's encoder states zeroed (the network's own context, `asa.eval.reliance`): a network that
+        declares ``zero_encoder``."""
+        with self.net.zero_encoder_states():
+            yield self
+
 
 class Stacked:
-    """The forward and backward of ``models`` (one architecture) as one vmapped step on a shared batch."""
+    """The forward and backward of ``models`` (one architecture) as one vmapped step on a shared batch; their
+    forward alone as one network (`units`). Without ``step_fn`` it only predicts (`units`)."""
 
-    def __init__(self, models: Sequence[nn.Module], step_fn: StepFn) -> None:
+    def __init__(self, models: Sequence[nn.Module], step_fn: StepFn | None = None) -> None:
         self.models = list(models)
         # a copy the vmap swaps its tensors into: ResEnc's decoder holds its encoder, a module reached by two paths,
         # and `functional_call` leaves such a module holding the vmap's tensors after the call

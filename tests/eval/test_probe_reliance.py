@@ -84,6 +84,8 @@ class _Switch(torch.nn.Module):
 class _Oracle:
     """Predicts the reference exactly; with ``uses_encoder`` the zeroed network predicts background only."""
 
+    units = 1  # one network (`asa.eval.predict.Predictor.units`)
+
     def __init__(self, cases, task, uses_encoder: bool, blank: bool = False) -> None:
         self.model, self.task, self.uses_encoder, self.blank = _Switch(), task, uses_encoder, blank
         self.truth = {}

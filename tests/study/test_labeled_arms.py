@@ -29,7 +29,7 @@ DELTA = {"scratch": 0.0, "supervised": 0.05, "sup2": 0.1}  # each arm's planted 
 def _scored(spec: dict, names: list[str]) -> None:
     """A scoring unit's runs scored as `asa.study.transfer.score` writes them: a row per test case, Dice planted by
     arm, and a budget check over a rising validation curve (the pilot's reads it)."""
-    for run in spec["runs"]:
+    for run in (run for group in spec["groups"] for run in group):
         rows = []
         for k, case in enumerate(run["test"] or spec["test"]):
             dice = 0.4 + DELTA[run["identity"]["encoder_arm"]] + 0.01 * k + 0.005 * run["seed"]

@@ -277,6 +277,11 @@ def test_fused_units_train_each_draw_as_one_and_share_its_seconds_out(tmp_path):
     assert [u.argv[2] for u in alone] == ["asa.cli.finetune"] * 4 + ["asa.study.transfer"]
     assert [u.argv[2] for u in fused] == ["asa.cli.fused"] * 2 + ["asa.study.transfer"]
     assert fused[-1].after == tuple(u.name for u in fused[:2])
+    # scored as they trained: each draw's runs a group (predicted as one), each run alone its own
+    shares = [[[r["run_dir"] for r in group] for group in unit.inputs[0].content["groups"]]
+              for unit in (alone[-1], fused[-1])]
+    folders = [str(r.run_dir) for r in runs]
+    assert shares == [[[f] for f in folders], [folders[:2], folders[2:]]]
     group = {i.path: i.content for i in fused[0].inputs}[tmp_path / "fused" / "fused-n2-s0.json"]
     assert group["runs"] == [[*r.overrides, "resume=auto"] for r in runs[:2]]
     assert {i.path for i in fused[0].inputs} >= {r.run_dir / "splits.json" for r in runs[:2]}
