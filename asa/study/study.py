@@ -121,9 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
         "torch threads per run (default: the usable cores shared by the units at once; --jobs × --threads above the "
         "cores is refused)"))
     p.add_argument("--fused", action="store_true", help=(
-        "train each draw's fine-tuning runs (its arms at one N and seed, which share their batches) as one unit: "
-        "their networks stacked under torch.vmap, one loader, each run its own optimiser, schedule, checkpoints and "
-        "folder, its numbers its own command's to float rounding; a run's wall time is its unit's shared out evenly; "
+        "train each draw's fine-tuning runs (its arms at one N and seed with one network, which share their batches) "
+        "as one unit: their networks stacked under torch.vmap, one loader, each validation round and the scoring one "
+        "pass over the cases for all of them, each run its own optimiser, schedule, checkpoints and folder, its "
+        "numbers its own command's to float rounding; a run's wall time is its unit's shared out evenly; "
         "--dry-run prices it from a fused run timed here; on a GPU a unit of K runs is planned at K GiB, and units "
         "start only while theirs fit in the device's memory. Measured 5x slower than a process per run on one H200 "
         "before its host work was cut (BENCHMARKS.md, 'The study's units') "
