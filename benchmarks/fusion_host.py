@@ -10,7 +10,7 @@ cost is not in it; read ratios measured side by side, alone against fused. For e
 
 - ``alone_ms``: one unit's forward, loss and backward (`asa.train.step.OptimizerStep.accumulate`), as its own
   process runs it;
-- ``stack_ms``: the fused step's stacking of the K units' parameters (`asa.train.fused.Stacked`);
+- ``stack_ms``: the fused step's stacking of the K units' parameters (`asa.models.units.stack`);
 - ``fused_ms``: the K units' forward, loss and backward as one vmapped step (`Stacked.accumulate`, the stacking
   included), and ``fused_ms_per_unit``, that over K.
 
@@ -27,7 +27,7 @@ to finish what was launched before it.
 With ``--validation X Y Z`` each row also counts a validation round on one case of that shape (the study's
 validation: whole-volume sliding windows of the crop, ``task.overlap=0``, 2 windows a pass, the Dice read on the
 host): ``val_ops_alone`` and ``val_reads_alone`` for one unit validated alone, ``val_ops_fused_per_unit`` and
-``val_reads_fused_per_unit`` for the K units validated as one (`asa.train.fused.Units`: the case cut into windows and
+``val_reads_fused_per_unit`` for the K units validated as one (`asa.models.units.Units`: the case cut into windows and
 blended once, the K networks one vmapped forward a pass), over K. They are counted on CPU units with their arithmetic
 (the windows are cut, blended and scored on the host, which meta tensors cannot): K = 14 at ResEnc S on a 68 × 72 × 80
 case takes minutes.
@@ -53,6 +53,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from asa.api.tasks.segmentation import DiceValidator
 from asa.data import Task
 from asa.models.cnn.resenc import resenc_unet
+from asa.models.units import Units, stack
 from asa.train.distributed import DistEnv
 from asa.train.fused import Stacked
 from asa.train.optim import build_optimizer
@@ -169,7 +170,7 @@ def validation(k: int, *, size: str, crop: int, in_channels: int, out_channels: 
     validate = DiceValidator([case], task=task, roi_size=(crop,) * 3, env=DistEnv(), overlap=0.0, sw_batch_size=2)
     units = [resenc_unet(img_size=crop, in_channels=in_channels, out_channels=out_channels, size=size).eval()
              for _ in range(k)]
-    fused = Stacked(units, step_fn).units().eval()
+    fused = Units.of(units)
     counts = {}
     with torch.no_grad():
         for name, run in (("alone", lambda: validate(units[0])), ("fused", lambda: validate.of_units(fused, k))):
@@ -202,11 +203,11 @@ def measure(k: int, *, size: str, crop: int, batch: int, in_channels: int, out_c
             "y": torch.empty(batch, crop, crop, crop, dtype=torch.long, device=META)}
     stacked = Stacked(units, step_fn)
     alone = _median_ms(lambda: steps[0].accumulate(units[0], step_fn, [data], distributed=False), repeats)
-    stack = _median_ms(stacked._stacked, repeats)
+    stacking = _median_ms(lambda: stack(units), repeats)
     fused = _median_ms(lambda: stacked.accumulate(steps, [data]), repeats)
     ops_alone = count_ops(lambda: steps[0].accumulate(units[0], step_fn, [data], distributed=False)) + update.ops(1)
     ops_fused = count_ops(lambda: stacked.accumulate(steps, [data])) + update.ops(k)
-    return {"k": k, "alone_ms": alone, "stack_ms": stack, "fused_ms": fused,
+    return {"k": k, "alone_ms": alone, "stack_ms": stacking, "fused_ms": fused,
             "fused_ms_per_unit": round(fused / k, 2), "alone_over_fused_per_unit": round(alone / (fused / k), 2),
             "ops_alone": ops_alone, "ops_fused_per_unit": round(ops_fused / k, 1),
             "reads_alone": update.reads, "reads_fused_per_unit": round(update.reads / k, 3)}

@@ -36,7 +36,7 @@ def finetune_fused(configs: Sequence[FinetuneConfig | DictConfig]) -> list[FitRe
     and closing report are those its own asa-finetune writes, its numbers those to float rounding. The runs share
     their seed, training and validation cases, data, task and trainer settings (refused otherwise), and differ in
     their starting weights and learning rates (e.g. ``model.pretrained``); the first run's loader, loss and
-    validation serve them all (each validation round one pass for every run, `asa.train.fused.Units`).
+    validation serve them all (each validation round one pass for every run, `asa.models.units.Units`).
     Returns each run's FitResult, in order."""
     with contextlib.ExitStack() as stack:
         ready = []

@@ -139,9 +139,10 @@ def predict_volume(
             validation autocast).
         sw_batch_size: windows per forward pass, or ``"auto"`` (`auto_sw_batch_size`: 1 on a CPU, sized to the
             free memory on CUDA).
-        units: how many networks' outputs ``model`` gives side by side on the channel axis (`asa.train.fused.Units`:
-            K fused units validated as one); each unit's K channels are activated alone, and the result is
-            [units · K, X, Y, Z], unit u's channels at u · K … u · K + K - 1. The windows are cut and blended once.
+        units: how many networks' outputs ``model`` gives side by side on the channel axis
+            (`asa.models.units.Units`: K fused units validated as one); each unit's K channels are activated alone,
+            and the result is [units · K, X, Y, Z], unit u's channels at u · K … u · K + K - 1. The windows are cut
+            and blended once.
     """
     sw_batch_size = check_sw_batch_size(sw_batch_size)
     device = torch.device(device) if device is not None else next(model.parameters()).device

@@ -29,7 +29,7 @@ from asa.formats.onnx import OnnxNetwork, onnx_state
 from asa.io import Volume, VolumeError, is_nifti, is_temporary, load_checkpoint, prediction_path, probabilities_path, strip_nifti
 from asa.models import build_network, capabilities, channels_last_inference, compile_blocks, input_size
 from asa.models.registry import NETWORK_KINDS, current_spec
-from asa.train.fused import Stacked
+from asa.models.units import Units
 
 CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # nnU-Net style <case>_0000
 
@@ -50,7 +50,7 @@ class Predictor:
     @classmethod
     def of_units(cls, predictors: Sequence[Predictor]) -> Predictor:
         """``predictors`` (one network architecture, task and inference settings: e.g. a fused study draw's runs) as
-        one: their networks one vmapped forward (`asa.train.fused.Units`), each case preprocessed, cut into windows
+        one: their networks one vmapped forward (`asa.models.units.Units`), each case preprocessed, cut into windows
         and blended once; it returns their probabilities side by side, predictor k's at channels k · K to
         k · K + K - 1 (`predict_volume`'s ``units``). Predictors that differ in anything but their weights are
         refused."""
@@ -59,8 +59,7 @@ class Predictor:
         if odd := [k for k, p in enumerate(settings) if p != settings[0] or p.units != 1]:
             raise ValueError(f"predictors {odd} differ from predictor 0 in their task or inference settings (or "
                              "run units already): only networks of one task and settings predict as one")
-        units = Stacked([p.model for p in predictors]).units().eval()
-        return dataclasses.replace(first, model=units, units=len(predictors))
+        return dataclasses.replace(first, model=Units.of([p.model for p in predictors]), units=len(predictors))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: torch.device, amp_dtype: torch.dtype | None = None,

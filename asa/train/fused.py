@@ -11,8 +11,6 @@ against dense kernels), not bit for bit.
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Protocol, runtime_checkable
@@ -20,21 +18,20 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 from torch.func import functional_call
-from torch.nn.modules.instancenorm import _InstanceNorm
 
-from asa.models import capabilities
+from asa.models.units import Units, functional_copy, stack
 
 from .engine import Engine, FitResult, _Run
 from .preemption import StopRequested
 from .step import Accumulated, OptimizerStep, StepFn, apply_steps
 
-__all__ = ["FusedEngine", "Stacked", "Units", "UnitsValidator"]
+__all__ = ["FusedEngine", "Stacked", "UnitsValidator"]
 
 
 class _Stepper(nn.Module):
     """``step_fn(net, batch)`` as a module, so that `functional_call` swaps in one unit's parameters."""
 
-    def __init__(self, net: nn.Module, step_fn: StepFn | None) -> None:
+    def __init__(self, net: nn.Module, step_fn: StepFn) -> None:
         super().__init__()
         self.net, self.step_fn = net, step_fn
 
@@ -45,20 +42,6 @@ class _Stepper(nn.Module):
         return loss, dict(logs)
 
 
-def _norm_in_float(module: nn.Module, args: tuple) -> tuple:
-    """An instance norm's input in float32 under the vmap, its dtype kept for `_norm_back`. Vmapped, the norm with
-    per-unit affine weights runs as a weightless batch norm and multiplies the weights after; cuDNN's batch norm then
-    makes its own weight in the input's dtype and refuses it for a half input ("Expected tensor for argument #2
-    'weight' to have scalar type Float", fp16 or bf16 autocast on CUDA). Alone the norm computes in float32 and
-    returns the input's dtype: so here, to rounding. At float32 both hooks change nothing."""
-    module._fused_dtype = args[0].dtype
-    return (args[0].float(), *args[1:])
-
-
-def _norm_back(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-    return output.to(module._fused_dtype)
-
-
 @runtime_checkable
 class UnitsValidator(Protocol):
     """A validation that can validate K units as one: ``of_units(model, K)`` -> each unit's metrics, in order,
@@ -67,60 +50,17 @@ class UnitsValidator(Protocol):
     def of_units(self, model: nn.Module, units: int) -> list[Mapping[str, float]]: ...
 
 
-class Units(nn.Module):
-    """K units' networks as one for inference, with their weights when it was made (`Stacked.units`):
-    ``forward(x, **kwargs)`` -> every unit's output side by side on the channel axis, [B, K · C, ...], one vmapped
-    forward over the stacked weights. It declares the network's capabilities."""
-
-    def __init__(self, net: nn.Module, tensors: dict[str, torch.Tensor], count: int) -> None:
-        super().__init__()
-        self.net, self.tensors, self.count = net, tensors, count
-        self.capabilities = capabilities(net)
-
-    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        out = torch.vmap(lambda tensors: functional_call(self.net, tensors, (x,), kwargs))(self.tensors)
-        return out.movedim(0, 1).flatten(1, 2)  # [K, B, C, ...] -> [B, K · C, ...]
-
-    @contextlib.contextmanager
-    def zero_encoder_states(self) -> Iterator[Units]:
-        """Every unit's encoder states zeroed (the network's own context, `asa.eval.reliance`): a network that
-        declares ``zero_encoder``."""
-        with self.net.zero_encoder_states():
-            yield self
-
-
 class Stacked:
-    """The forward and backward of ``models`` (one architecture) as one vmapped step on a shared batch; their
-    forward alone as one network (`units`). Without ``step_fn`` it only predicts (`units`)."""
+    """The forward and backward of ``models`` (one architecture) as one vmapped step on a shared batch
+    (`asa.models.units`); their forward alone as one network (`units`)."""
 
-    def __init__(self, models: Sequence[nn.Module], step_fn: StepFn | None = None) -> None:
+    def __init__(self, models: Sequence[nn.Module], step_fn: StepFn) -> None:
         self.models = list(models)
-        # a copy the vmap swaps its tensors into: ResEnc's decoder holds its encoder, a module reached by two paths,
-        # and `functional_call` leaves such a module holding the vmap's tensors after the call
-        self.stepper = _Stepper(copy.deepcopy(self.models[0]), step_fn)
-        for module in self.stepper.modules():
-            if isinstance(module, _InstanceNorm):
-                module.register_forward_pre_hook(_norm_in_float)
-                module.register_forward_hook(_norm_back)
-        shapes = [[(n, tuple(p.shape)) for n, p in m.named_parameters()] for m in self.models]
-        if odd := [k for k, unit in enumerate(shapes) if unit != shapes[0]]:
-            raise ValueError(f"fused units must share one network architecture: unit(s) {odd}'s parameters differ "
-                             "from unit 0's by name or shape")
-
-    def _stacked(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """(parameters, parameters and buffers): each stacked over the units, [K, *shape], the parameters as fresh
-        leaves; the second keyed for `functional_call` of the network."""
-        units = [dict(m.named_parameters()) for m in self.models]
-        with torch.no_grad():  # stacked without a graph: no detach of each unit's parameter (one op per unit each)
-            params = {name: torch.stack([unit[name] for unit in units]).requires_grad_(p.requires_grad)
-                      for name, p in units[0].items()}
-            units = [dict(m.named_buffers()) for m in self.models]
-            buffers = {name: torch.stack([unit[name] for unit in units]) for name in units[0]}
-        return params, {**params, **buffers}
+        self.stepper = _Stepper(functional_copy(self.models), step_fn)
 
     def units(self) -> Units:
-        """The units as one network for inference (`Units`), with their weights as they are now."""
-        return Units(self.stepper.net, self._stacked()[1], len(self.models))
+        """The units as one network for inference (`asa.models.units.Units`), with their weights as they are now."""
+        return Units(self.stepper.net, stack(self.models)[1], len(self.models))
 
     def accumulate(self, optim_steps: Sequence[OptimizerStep], batches: Iterable) -> list[Accumulated]:
         """Forward and backward over the step's micro-batches for every unit (``optim_steps``: each unit's, in the
@@ -128,7 +68,7 @@ class Stacked:
         (views of the stacked gradient), its losses and logs in its `Accumulated`. The loss backpropagated is the
         units' sum, each unit's loss times its own GradScaler's scale (fp16 on CUDA; 1 otherwise, exactly): unit k's
         gradient is its own scaled loss's alone, and its scaler unscales and checks it as it would alone."""
-        params, tensors = self._stacked()
+        params, tensors = stack(self.models)
         named = {f"net.{name}": t for name, t in tensors.items()}  # the stepper's
         scales: torch.Tensor | None = None
 

@@ -89,7 +89,7 @@ def test_the_updates_are_counted_on_units_of_the_shapes_and_read_the_device_once
 
 @pytest.mark.slow  # counted with their arithmetic on CPU units (about 10 CPU-s)
 def test_a_validation_round_of_k_units_dispatches_about_what_one_unit_alone_does(tmp_path, capsys):
-    """The K units validated as one (`asa.train.fused.Units`): the case is cut and blended once and the networks run
+    """The K units validated as one (`asa.models.units.Units`): the case is cut and blended once and the networks run
     as one vmapped forward a pass, so two more units add their own Dice and softmax, a few operators each, not a
     round each; the windows' transfers are the group's."""
     out = tmp_path / "host.json"

@@ -1,5 +1,5 @@
-"""Fused units (`asa.train.fused`): one network architecture, and validated as one (`Units`,
-`asa.api.tasks.segmentation.DiceValidator.of_units`): each case read, cut into windows and blended once for K
+"""Fused units (`asa.models.units.Units`): one network architecture, validated as one
+(`asa.api.tasks.segmentation.DiceValidator.of_units`): each case read, cut into windows and blended once for K
 networks, each unit's probabilities and Dice its own."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from asa.data import Task, get_task
 from asa.eval.inference import predict_volume
 from asa.models.cnn.resenc import resenc_unet
 from asa.train.distributed import DistEnv
-from asa.train.fused import Stacked
+from asa.models.units import Units
 
 WT = Task("wt", ("t1",), ("WT",), True, 1, (0, 1), regions=((1,),))
 
@@ -30,10 +30,6 @@ class Scaled(nn.Module):
         return x * self.weight + self.bias
 
 
-def _step(net: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-    return net(batch["x"]).mean(), {}
-
-
 def _cube() -> dict:
     mask = torch.zeros(1, 16, 16, 16)
     mask[:, 4:12, 4:12, 4:12] = 1
@@ -45,7 +41,7 @@ def test_each_unit_is_scored_on_its_own_channels_hand_computed():
     bias of +15: Dice 2·512/(512 + 4096))."""
     units = [Scaled(1.0), Scaled(-1.0), Scaled(1.0, 15.0)]
     validate = DiceValidator([_cube()], task=WT, roi_size=(16, 16, 16), env=DistEnv())
-    fused = validate.of_units(Stacked(units, _step).units(), 3)
+    fused = validate.of_units(Units.of(units), 3)
     expected = [1.0, 0.0, 2 * 512 / (512 + 4096)]
     assert [round(m["dice_WT"], 12) for m in fused] == [round(e, 12) for e in expected]
     assert [m["dice"] for m in fused] == [validate(unit)["dice"] for unit in units]  # alone: the same, exactly
@@ -60,7 +56,7 @@ def test_a_softmax_unit_is_activated_alone_and_keeps_its_background_outside_the_
     with torch.no_grad():
         units[0].weight[1] = -1.0
         units[1].bias[0] = 1.0
-    stacked = Stacked(units, _step).units()
+    stacked = Units.of(units)
     with torch.no_grad():
         both = predict_volume(stacked, image, roi_size=(8, 8, 8), multilabel=False, overlap=0.5, sw_batch_size=3,
                               device="cpu", units=2)
@@ -86,7 +82,7 @@ def test_fused_resenc_units_validate_within_rounding_of_each_alone():
     for _ in range(2):
         label = (torch.rand(1, 24, 20, 28, generator=generator) > 0.7).long()
         cases.append({"image": torch.randn(2, 24, 20, 28, generator=generator) + label, "label": label})
-    fused_net = Stacked(units, _step).units().eval()
+    fused_net = Units.of(units)
     with torch.no_grad():
         both = predict_volume(fused_net, cases[0]["image"], roi_size=(16, 16, 16), multilabel=False, overlap=0.5,
                               sw_batch_size=2, device="cpu", units=2)
@@ -105,4 +101,4 @@ def test_fused_resenc_units_validate_within_rounding_of_each_alone():
 def test_units_of_another_network_are_refused_naming_them():
     units = [nn.Conv3d(1, 2, 3), nn.Conv3d(1, 2, 3), nn.Conv3d(2, 2, 3)]  # the third: an input channel more
     with pytest.raises(ValueError, match=r"unit\(s\) \[2\]'s parameters differ from unit 0's by name or shape"):
-        Stacked(units, _step)
+        Units.of(units)

@@ -218,7 +218,7 @@ class DiceValidator:
 
     def of_units(self, model: nn.Module, units: int) -> list[dict[str, float]]:
         """Each unit's metrics, ``model`` giving ``units`` networks' outputs side by side on the channel axis
-        (`asa.train.fused.Units`): each case is read, cut into windows and blended once for all of them."""
+        (`asa.models.units.Units`): each case is read, cut into windows and blended once for all of them."""
         names = self.task.output_names
         totals = torch.zeros(units, len(names) + 1, dtype=torch.float64)  # per unit: Dice sums per output, cases
         for i in self.indices:
