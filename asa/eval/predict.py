@@ -53,7 +53,9 @@ class Predictor:
         one: their networks one vmapped forward (`asa.models.units.Units`), each case preprocessed, cut into windows
         and blended once; it returns their probabilities side by side, predictor k's at channels k · K to
         k · K + K - 1 (`predict_volume`'s ``units``). Predictors that differ in anything but their weights are
-        refused."""
+        refused; one predictor is itself (its network dense, not vmapped)."""
+        if len(predictors) == 1:
+            return predictors[0]
         first = predictors[0]
         settings = [dataclasses.replace(p, model=first.model) for p in predictors]
         if odd := [k for k, p in enumerate(settings) if p != settings[0] or p.units != 1]:

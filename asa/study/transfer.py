@@ -330,12 +330,10 @@ def _scored(runs: Sequence[Run], ckpts: Sequence[Path], cases: Sequence[Any], de
     with the Dice of the encoder zeroed where the network has one to zero (else NaN)."""
     where = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                          ("cpu" if device == "auto" else device))
-    predictors = [Predictor.from_checkpoint(ckpt, device=where) for ckpt in ckpts]
-    predictor = predictors[0] if len(predictors) == 1 else Predictor.of_units(predictors)
+    predictor = Predictor.of_units([Predictor.from_checkpoint(ckpt, device=where) for ckpt in ckpts])
     task = predictor.task
     # a network without an encoder to zero (the DynUNet baseline) is scored without the reliance columns
-    reliance = units_reliance(predictor, cases, hd95=True,
-                              zeroed=zeroed and capabilities(predictors[0].model).zero_encoder)
+    reliance = units_reliance(predictor, cases, hd95=True, zeroed=zeroed and capabilities(predictor.model).zero_encoder)
     scored = []
     for run, own in zip(runs, reliance):
         scores = []
@@ -360,9 +358,12 @@ def score_main(spec_file: str) -> None:
     a fused draw's runs) not scored yet, a group's as one."""
     spec = json.loads(Path(spec_file).read_text())
     tuples = ("train", "overrides", "val", "test", "supervised_trained")
-    groups = [[Run(**{**r, "run_dir": Path(r["run_dir"]), **{k: tuple(r[k]) for k in tuples}}) for r in group]
-              for group in spec["groups"]]
-    if not (left := [g for g in ([r for r in group if not r.scores_file.is_file()] for group in groups) if g]):
+    left = []  # each group's runs not scored yet
+    for group in spec["groups"]:
+        runs = [Run(**{**r, "run_dir": Path(r["run_dir"]), **{k: tuple(r[k]) for k in tuples}}) for r in group]
+        if unscored := [run for run in runs if not run.scores_file.is_file()]:
+            left.append(unscored)
+    if not left:
         return
     first = left[0][0]
     data = compose_config("finetune", [o for o in first.overrides if o.startswith(("data=", "data.root="))]).data

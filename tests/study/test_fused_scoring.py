@@ -75,5 +75,6 @@ def test_predictors_that_differ_in_more_than_their_weights_are_refused():
         Predictor.of_units([a, b])
     both = Predictor.of_units([a, dataclasses.replace(b, roi_size=(16, 16, 16))])
     assert both.units == 2 and both.roi_size == (16, 16, 16)
+    assert Predictor.of_units([a]) is a  # one network: dense, as alone
     with pytest.raises(ValueError, match=r"predictors \[0, 1\] differ"):  # units already: not stacked again
         Predictor.of_units([both, a])
