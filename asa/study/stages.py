@@ -392,11 +392,13 @@ def check_pilot(stage_units: list[tuple[Stage, StageUnits]]) -> None:
                f"{rounds(unit.steps)} time(s): expected at least {floor}")
 
 
-def schedule_lines(setup: Setup, stage_units: list[tuple[Stage, StageUnits]], costs: Costs) -> list[str]:
+def schedule_lines(setup: Setup, stage_units: list[tuple[Stage, StageUnits]], costs: Costs,
+                   apart: list[tuple[Stage, StageUnits]] | None = None) -> list[str]:
     """The study's schedule, nothing run: each stage's units (`draft`), how many run at once and its planned minutes
     from ``costs`` (timed on this device): the units as `asa.study.scheduler.run_units` starts them (`_makespan`:
     ``jobs`` at once within the GPU's memory), the scoring after its runs, a unit side by side as fast as alone
-    (``jobs`` × threads ≤ the cores)."""
+    (``jobs`` × threads ≤ the cores). ``apart``: the same stages drafted a process per run, for a --fused plan, which
+    then says which of the two modes is the faster on this device."""
     memory, total, lines = setup.study.memory_gib, 0.0, [f"[study] plan: {costs.line()}"]
     for stage, staged in stage_units:
         units = staged.units
@@ -404,16 +406,41 @@ def schedule_lines(setup: Setup, stage_units: list[tuple[Stage, StageUnits]], co
             continue
         jobs = stage.jobs or setup.study.scale.jobs
         lines += [staged.said] if staged.said else []
-        trained, others = [u for u in units if u.config is not None], [u for u in units if u.config is None]
-        seconds = sum(_makespan([(costs.seconds(u), u.gib) for u in part], jobs, memory) for part in (trained, others))
+        seconds = _stage_seconds(setup, stage, staged, costs)
         total += seconds
+        trained = [u for u in units if u.config is not None]
         steps = "/".join(map(str, sorted({u.steps for u in trained}))) or 0
         at_once = f"{jobs} at once"
         if memory is not None:
             at_once += f" within the GPU's {memory:.1f} GiB (up to {max(u.gib for u in units):g} GiB a unit)"
         lines.append(f"[study] plan: {stage.title}: {len(trained)} unit(s) of {steps} steps, {at_once}, "
-                     f"{len(others)} scoring or probing unit(s): {seconds / 60:.1f} min")
+                     f"{len(units) - len(trained)} scoring or probing unit(s): {seconds / 60:.1f} min")
+    if apart is not None:
+        lines.append(_modes_line(total, sum(_stage_seconds(setup, *staged, costs) for staged in apart)))
     return [*lines, f"[study] plan: {total / 60:.1f} min in all on {costs.device}; nothing was run (--dry-run)"]
+
+
+def _stage_seconds(setup: Setup, stage: Stage, staged: StageUnits, costs: Costs) -> float:
+    """The planned seconds of one stage: its trained units, then its scoring or probing units, each part ``jobs``
+    at once (`_makespan`)."""
+    jobs, memory = stage.jobs or setup.study.scale.jobs, setup.study.memory_gib
+    trained = [u for u in staged.units if u.config is not None]
+    others = [u for u in staged.units if u.config is None]
+    return sum(_makespan([(costs.seconds(u), u.gib) for u in part], jobs, memory) for part in (trained, others))
+
+
+def _modes_line(fused: float, apart: float) -> str:
+    """The dry run's word on --fused: the study's minutes with it and a process per run, priced from the same timed
+    steps, and which mode is the faster here (a fused group's kernels can be slower than its units' own: on a CPU
+    they were, BENCHMARKS.md "The study's units")."""
+    both = f"{fused / 60:.1f} min with --fused against {apart / 60:.1f} min a process per run"
+    if math.isnan(fused) or math.isnan(apart):
+        verdict = "a mode was not timed here, so neither is priced the faster"
+    elif fused > apart:
+        verdict = "--fused is the slower here: run without it on this device (the default, a process per run)"
+    else:
+        verdict = "--fused is the faster here" if fused < apart else "the two are priced the same here"
+    return f"[study] plan: modes: {both}: {verdict}"
 
 
 def _makespan(units: list[tuple[float, float]], jobs: int, memory_gib: float | None = None) -> float:

@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
         "as one unit: their networks stacked under torch.vmap, one loader, each validation round and the scoring one "
         "pass over the cases for all of them, each run its own optimiser, schedule, checkpoints and folder, its "
         "numbers its own command's to float rounding; a run's wall time is its unit's shared out evenly; "
-        "--dry-run prices it from a fused run timed here; on a GPU a unit of K runs is planned at K GiB, and units "
+        "--dry-run prices it from a fused run timed here, beside a process per run from the same timed steps, and "
+        "says which is the faster here (on a CPU a process per run was); on a GPU a unit of K runs is planned at K GiB, and units "
         "start only while theirs fit in the device's memory. Measured 5x slower than a process per run on one H200 "
         "before its host work was cut (BENCHMARKS.md, 'The study's units') "
         "(default: a process per run, the bit-reproducible reference)"))
@@ -238,7 +239,9 @@ def _dry_run(setup: Setup, stage_units: list, cohorts: Mapping[int, CohortList |
         costs = measure(every, study.device, moved)
     warning = ["[study] plan: --scale gpu on a machine without a GPU: the plan below is priced on this machine's CPU, "
                "not on the GPU the scale is for"] if study.scale_name == "gpu" and "cuda" not in costs.device else []
-    return warning + schedule_lines(setup, stage_units, costs)
+    # a --fused plan priced a process per run too, from the same timed steps, to say which mode is the faster here
+    apart = draft(dataclasses.replace(setup, study=dataclasses.replace(study, fused=False))) if study.fused else None
+    return warning + schedule_lines(setup, stage_units, costs, apart)
 
 
 def _encoders(specs: Sequence[str]) -> dict[str, str]:

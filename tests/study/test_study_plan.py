@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from asa.data.synthetic.demo import write_demo_dataset
 from asa.study import study
 from asa.study.cost import Costs, StepCost, validation_rounds, window_costs
 from asa.study.scheduler import JsonFile, Unit
-from asa.study.stages import _makespan
+from asa.study.stages import _makespan, _modes_line
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +193,35 @@ def test_a_fused_dry_run_prices_the_draws_from_a_fused_run_timed_here(tmp_path, 
     assert "finetune: " in said[0] and "finetune, 2 runs as one: " in said[0]  # scratch and supervised, one draw
     transfer = next(line for line in said if line.startswith("[study] plan: transfer:"))
     assert not transfer.endswith("nan min") and float(transfer.rsplit(": ", 1)[1].removesuffix(" min")) > 0
+    # the plan with --fused is the study's; the modes line sets it beside the plan a process per run
+    (modes,) = [line for line in said if line.startswith("[study] plan: modes: ")]
+    assert modes.split("modes: ")[1].split(" min with --fused")[0] == said[-1].split()[2]
+    assert "min a process per run: " in modes
+
+
+@pytest.mark.slow  # asa-study's whole plan twice (its timed runs replaced): seconds of config composing
+def test_a_fused_dry_run_says_which_mode_is_the_faster_from_the_same_timed_steps(tmp_path, capsys, labeled,
+                                                                                 monkeypatch):
+    alone = StepCost(fixed=1.0, step=0.5, round=0.0, val_cases=1, score=1.0)
+    argv = ["--data", "msd", "--root", str(labeled), "--arms", "supervised", "--quick", "--test", "3",
+            "--pilot-steps", "40", "--seeds", "0", "--out", str(tmp_path / "out"), "--fused", "--dry-run"]
+    minutes = {}
+    for group_step, verdict in ((1.2, "--fused is the slower here: run without it"), (0.6, "--fused is the faster")):
+        group = StepCost(fixed=1.0, step=group_step, round=0.0, val_cases=1, runs=2)  # scratch and supervised
+        monkeypatch.setattr(study, "measure",
+                            lambda units, device, moved: Costs("cpu (test)", {"finetune": alone, "fused-2": group}))
+        assert study.main(argv) == 0
+        (modes,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[study] plan: modes: ")]
+        assert verdict in modes
+        read = re.search(r"modes: ([\d.]+) min with --fused against ([\d.]+) min a process per run", modes)
+        minutes[group_step] = float(read[1]), float(read[2])
+    # a process per run is priced alike both times; the fused plan moves with the group's step: the one draw's (a
+    # fixed split, seed 0) 40 steps, 0.6 s a step apart
+    assert minutes[1.2][1] == minutes[0.6][1]
+    assert minutes[1.2][0] - minutes[0.6][0] == pytest.approx(40 * 0.6 / 60, abs=0.1)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_modes_line_reads_nan_as_no_verdict():
+    assert "neither is priced the faster" in _modes_line(math.nan, 60.0)
+    assert "the two are priced the same" in _modes_line(60.0, 60.0)
