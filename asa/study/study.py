@@ -126,9 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         "pass over the cases for all of them, each run its own optimiser, schedule, checkpoints and folder, its "
         "numbers its own command's to float rounding; a run's wall time is its unit's shared out evenly; "
         "--dry-run prices it from a fused run timed here, beside a process per run from the same timed steps, and "
-        "says which is the faster here (on a CPU a process per run was); on a GPU a unit of K runs is planned at K GiB, and units "
-        "start only while theirs fit in the device's memory. Measured 5x slower than a process per run on one H200 "
-        "before its host work was cut (BENCHMARKS.md, 'The study's units') "
+        "says which is the faster here (on a CPU a process per run was); on a GPU a unit of K runs is planned at K "
+        "GiB, and units start only while theirs fit in the device's memory. Measured 5x slower than a process per "
+        "run on one H200 before its host work was cut (BENCHMARKS.md, 'The study's units') "
         "(default: a process per run, the bit-reproducible reference)"))
     p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples of the CIs")
     p.add_argument("--min-effect", type=float, default=0.01, metavar="DICE", help=(
