@@ -179,3 +179,25 @@ def test_a_fused_step_reads_the_device_as_often_for_three_units_as_for_two(root,
     two, three = per_step
     assert len(two) == len(three) == 4
     assert two[:3] == three[:3]  # the steps that log nothing
+
+
+@pytest.mark.parametrize("content, said", [
+    (None, "cannot be read"),
+    ("{runs", "not a group of runs (JSONDecodeError"),
+    ('{"run": []}', "not a group of runs (KeyError"),
+    ('{"runs": [["data=msd"]]}', 'runs is [["data=msd"]]; expected'),  # one run: no group
+    ('{"runs": ["data=msd", "data=msd"]}', "runs is"),  # overrides, not a list of runs
+    ('{"runs": [["data=msd"], ["data=msd", "data.bogus=1"]]}', "run 1's overrides do not compose: Could not override "
+                                                              "'data.bogus'"),
+])
+def test_a_group_file_that_is_no_group_of_runs_is_refused_in_one_line_naming_it(tmp_path, capsys, content, said):
+    from asa.cli import fused
+
+    group = tmp_path / "group.json"
+    if content is not None:
+        group.write_text(content)
+    with pytest.raises(SystemExit) as refused:
+        fused.main([str(group)])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"[asa-study fused] refused: {group}: ") and said in err, err
