@@ -9,6 +9,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from hydra.errors import HydraException
 
@@ -47,7 +48,7 @@ def group_runs(path: Path) -> list[list[str]]:
     return runs
 
 
-def _refuse(message: str) -> None:
+def _refuse(message: str) -> NoReturn:
     print(f"[{APP}] refused: {message}", file=sys.stderr, flush=True)
     sys.exit(EXIT_REFUSED)
 
