@@ -12,15 +12,17 @@ import atexit
 import contextlib
 import ctypes
 import dataclasses
+import math
 import multiprocessing
 import os
 import runpy
 import shlex
 import signal
 import socket
+import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from multiprocessing import resource_tracker
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -244,12 +246,33 @@ def _raise_stopped(signum: int, frame: Any) -> None:
     raise Stopped(signum)
 
 
+def progress(units: Sequence[Unit], left: Sequence[Unit], times: Mapping[str, float], jobs: int) -> str:
+    """What a line says of ``units``: how many are done, and the training units ``left`` (pending or running) priced
+    at the mean seconds the done ones took (``times``: every sitting's, a unit's whole; one not recorded, none),
+    less what each has spent so far, ``jobs`` at once; scoring and probing units are counted, not priced."""
+    names = {u.name for u in left}
+    trains = [u for u in units if u.config is not None]
+    took = [t for u in trains if u.name not in names and math.isfinite(t := times.get(u.name, math.nan)) and t > 0]
+    todo = [u for u in trains if u.name in names]
+    line = f"{len(units) - len(left)} of {len(units)} unit(s) done"
+    if took and todo:
+        mean = statistics.fmean(took)
+        hours = sum(max(0.0, mean - times.get(u.name, 0.0)) for u in todo) / max(1, jobs) / 3600
+        line += (f"; the {len(todo)} training unit(s) left: about {hours:.1f} h at {max(1, jobs)} at once (the "
+                 f"{len(took)} trained took {mean / 60:.0f} min each on average")
+        line += ", scoring and probing not priced)" if len(left) > len(todo) else ")"
+    return line
+
+
 def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, float],
               memory_gib: float | None = None) -> bool:
     """Run the units not done, ``jobs`` at once and, on a GPU of ``memory_gib`` GiB (None: on the CPU), only while
     the running units' planned memory (`Unit.gib`) and the next one's fit in it; a unit larger than the device runs
-    alone. False when the budget ran out (SIGUSR1: save and stop)."""
+    alone. Says the units' `progress` as a call resumes them and as each ends. False when the budget ran out
+    (SIGUSR1: save and stop)."""
     pending = [u for u in units if not u.done()]
+    if pending and len(pending) < len(units):  # a call that resumes the units: how far they are
+        print(f"[study] resumed: {progress(units, pending, times, jobs)}", flush=True)
 
     def ready(unit: Unit) -> bool:  # none of the units it comes after is pending or running
         return not set(unit.after) & {u.name for u in [*pending, *(u for u, _ in RUNNING.values())]}
@@ -287,6 +310,9 @@ def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, f
             if proc.exitcode != 0 or not unit.done():
                 stop_all()
                 raise SystemExit(f"[study] {unit.name} failed (exit {proc.exitcode}): see {unit.log}")
+            left = [*pending, *(u for u, _ in RUNNING.values())]
+            print(f"[study] {unit.name} done ({times[unit.name] / 60:.0f} min in all): "
+                  f"{progress(units, left, times, jobs)}", flush=True)
         if RUNNING and not clock.fits(STOP_MARGIN):
             stop_all()
             return False

@@ -3,6 +3,7 @@ finished unit is not run again and a failed one ends the study naming its log.""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from asa.study.common import Clock
-from asa.study.scheduler import STOP_MARGIN, Unit, run_units, stop_on_signals
+from asa.study.scheduler import STOP_MARGIN, Unit, progress, run_units, stop_on_signals
 
 
 def _unit(tmp_path: Path, name: str, code: str = "") -> Unit:
@@ -34,6 +35,35 @@ def test_units_run_until_done_and_only_while_the_budget_holds_them(tmp_path):
     # a budget that ends within the stop margin starts nothing, and says the call did not finish
     assert not run_units([_unit(tmp_path, "d")], 1, Clock(STOP_MARGIN - 1), times)
     assert not (tmp_path / "d").exists() and "d" not in times
+
+
+def test_progress_prices_the_training_units_left_at_the_mean_the_done_ones_took(tmp_path):
+    def unit(name: str, trains: bool = True) -> Unit:
+        return Unit(name, (), lambda: False, tmp_path / name, config=("finetune", ()) if trains else None)
+
+    a, b, c, d, score = unit("a"), unit("b"), unit("c"), unit("d"), unit("score", trains=False)
+    # a and b done (40 and 20 min: a mean of 30); c spent 10 min before a stop, d none: 20 + 30 min at 2 at once
+    times = {"a": 2400.0, "b": 1200.0, "c": 600.0}
+    said = progress([a, b, c, d, score], [c, d, score], times, 2)
+    assert said == ("2 of 5 unit(s) done; the 2 training unit(s) left: about 0.4 h at 2 at once (the 2 trained "
+                    "took 30 min each on average, scoring and probing not priced)")
+    # a done unit whose seconds were never recorded (NaN, or none) is not in the mean: a's 40 min, 30 + 40 left
+    unrecorded = {**times, "b": math.nan}
+    assert "about 1.2 h at 1 at once (the 1 trained took 40 min" in progress([a, b, c, d], [c, d], unrecorded, 1)
+    assert progress([a, b], [a, b], {}, 2) == "0 of 2 unit(s) done"  # nothing done: nothing to price from
+
+
+def test_a_call_says_how_far_its_units_are_as_it_resumes_and_as_each_ends(tmp_path, capsys):
+    import dataclasses
+
+    first, second = (dataclasses.replace(_unit(tmp_path, n), config=("finetune", ())) for n in ("first", "second"))
+    times: dict[str, float] = {}
+    assert run_units([first], 1, Clock(None), times)
+    assert run_units([first, second], 1, Clock(None), times)
+    said = [line for line in capsys.readouterr().out.splitlines() if " done" in line]
+    assert said[0].startswith("[study] first done (") and said[0].endswith("): 1 of 1 unit(s) done")
+    assert said[1].startswith("[study] resumed: 1 of 2 unit(s) done; the 1 training unit(s) left: about ")
+    assert said[2].startswith("[study] second done (") and said[2].endswith("): 2 of 2 unit(s) done")
 
 
 def test_a_failed_unit_ends_the_study_naming_its_log(tmp_path):
