@@ -269,6 +269,8 @@ class TransferStage(FineTuning):
                 + f", {steps} steps each"
                 + (f", each also scored at its head start, step {head_start}" if head_start else "")
                 + (", each draw's runs trained as one unit (--fused)" if s.fused else ", a process per run")
+                + (" (on a CPU, where --fused was measured no faster than a process per run: --dry-run prices both "
+                   "here)" if s.fused and s.memory_gib is None else "")
                 + f" (logs in {s.out / 'logs' / 'transfer'})")
         if s.head_start is not None and head_start is None:
             said += (f"\n[study] --head-start {s.head_start}: not before the end point ({steps} steps), so no run is "

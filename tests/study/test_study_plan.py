@@ -189,8 +189,11 @@ def test_a_fused_dry_run_prices_the_draws_from_a_fused_run_timed_here(tmp_path, 
             "--pilot-steps", "6", "--arms", "supervised", "--device", "cpu", "--seeds", "0", "--crop", "16",
             "--fused", "--dry-run"]
     assert study.main(argv) == 0 and not (tmp_path / "out").exists()
-    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[study] plan:")]
+    out = capsys.readouterr().out.splitlines()
+    said = [line for line in out if line.startswith("[study] plan:")]
     assert "finetune: " in said[0] and "finetune, 2 runs as one: " in said[0]  # scratch and supervised, one draw
+    (stage,) = [line for line in out if line.startswith("[study] transfer: ")]  # on the CPU, with a word on it
+    assert "trained as one unit (--fused) (on a CPU, where --fused was measured no faster" in stage
     transfer = next(line for line in said if line.startswith("[study] plan: transfer:"))
     assert not transfer.endswith("nan min") and float(transfer.rsplit(": ", 1)[1].removesuffix(" min")) > 0
     # the plan with --fused is the study's; the modes line sets it beside the plan a process per run
