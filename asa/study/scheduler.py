@@ -251,17 +251,23 @@ def progress(units: Sequence[Unit], left: Sequence[Unit], times: Mapping[str, fl
     at the mean seconds the done ones took (``times``: every sitting's, a unit's whole; one not recorded, none),
     less what each has spent so far, ``jobs`` at once; scoring and probing units are counted, not priced."""
     names = {u.name for u in left}
-    trains = [u for u in units if u.config is not None]
-    took = [t for u in trains if u.name not in names and math.isfinite(t := times.get(u.name, math.nan)) and t > 0]
-    todo = [u for u in trains if u.name in names]
+    took, todo = [], []  # the done training units' recorded seconds; the training units left
+    for unit in (u for u in units if u.config is not None):
+        seconds = times.get(unit.name, math.nan)
+        if unit.name in names:
+            todo.append(unit)
+        elif math.isfinite(seconds) and seconds > 0:
+            took.append(seconds)
     line = f"{len(units) - len(left)} of {len(units)} unit(s) done"
-    if took and todo:
-        mean = statistics.fmean(took)
-        hours = sum(max(0.0, mean - times.get(u.name, 0.0)) for u in todo) / max(1, jobs) / 3600
-        line += (f"; the {len(todo)} training unit(s) left: about {hours:.1f} h at {max(1, jobs)} at once (the "
-                 f"{len(took)} trained took {mean / 60:.0f} min each on average")
-        line += ", scoring and probing not priced)" if len(left) > len(todo) else ")"
-    return line
+    if not took or not todo:
+        return line
+    mean, at_once = statistics.fmean(took), max(1, jobs)
+    hours = sum(max(0.0, mean - times.get(u.name, 0.0)) for u in todo) / at_once / 3600
+    line += (f"; the {len(todo)} training unit(s) left: about {hours:.1f} h at {at_once} at once (the {len(took)} "
+             f"trained took {mean / 60:.0f} min each on average")
+    if len(left) > len(todo):
+        return line + ", scoring and probing not priced)"
+    return line + ")"
 
 
 def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, float],

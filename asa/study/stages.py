@@ -440,8 +440,10 @@ def _modes_line(fused: float, apart: float) -> str:
         verdict = "a mode was not timed here, so neither is priced the faster"
     elif fused > apart:
         verdict = "--fused is the slower here: run without it on this device (the default, a process per run)"
+    elif fused < apart:
+        verdict = "--fused is the faster here"
     else:
-        verdict = "--fused is the faster here" if fused < apart else "the two are priced the same here"
+        verdict = "the two are priced the same here"
     return f"[study] plan: modes: {both}: {verdict}"
 
 
