@@ -26,15 +26,17 @@ PLATEAU_TOL = 0.02
 PILOT_FLOOR = 0.1  # the pilot's best validation Dice (and the lesion classes', when named) under which it did not learn
 
 
-def pilot_budget(scores: Path, scale: Scale, cap: int | None, *, lesion_classes: Sequence[str]) -> dict[str, Any]:
+def pilot_budget(scores: Path, scale: Scale, cap: int | None, *, lesion_classes: Sequence[str],
+                 tol: float) -> dict[str, Any]:
     """The pilot's curve (its run's ``scores``), whether it learned (best Dice at least `PILOT_FLOOR`: else no
-    budget) and its budget."""
+    budget) and its budget: where the primary endpoint's curve (the lesion classes' mean Dice when named, else the
+    mean Dice) levelled within ``tol`` (`asa.study.tables.converged_budget`), else its steps."""
     record = json.loads(scores.read_text())
     curve = record["budget"].get("val_curve") or []
     lesion = pilot_lesion_curve(scores.parent, lesion_classes)
     best, best_lesion = max((d for _, d in curve), default=0.0), max((d for _, d in lesion), default=math.nan)
     learned = best >= PILOT_FLOOR and (not lesion_classes or best_lesion >= PILOT_FLOOR)
-    found = tables.converged_budget(curve)
+    found = tables.converged_budget(lesion or curve, tol=tol)
     found["converged"] = found["converged"] and learned
     steps = max(int(10 * math.ceil(found["budget"] / 10)) if found["converged"] else int(scale.pilot_steps), 10)
     capped = cap is not None and cap < steps

@@ -473,14 +473,28 @@ def _budget_line(pilot: Mapping[str, Any], steps: int) -> str:
         line += ("did not learn the task (its best validation Dice stayed under the floor, so it has no level to "
                  "find)")
     elif pilot.get("converged"):
-        line += f"levelled off at step {pilot.get('budget')}"
+        line += f"levelled off at step {pilot.get('budget')}{_trend(pilot)}"
     else:
-        line += "was still rising at its end"
+        line += f"was not shown to level off{_trend(pilot)}"
     line += f"; every arm fine-tunes {steps} steps"
     if pilot.get("capped"):
         line += (f" — held there by --budget-cap, below the {pilot.get('asked')} the pilot asked for: the arms are "
                  "compared before the scratch twin levels off, not at their end points")
     return line + "."
+
+
+def _trend(pilot: Mapping[str, Any]) -> str:
+    """The pilot's validation Dice trend that set its budget (`asa.study.tables.converged_budget`; "": a record
+    written before the trend was kept)."""
+    if "rise_hi" not in pilot:
+        return ""
+    trend = f"{pilot['rise']:+.3f}, one-sided 95 % upper bound {pilot['rise_hi']:+.3f}"
+    if pilot["converged"]:
+        return (f" (from there to its end its validation Dice's linear trend: {trend}, under the minimum effect "
+                f"{pilot['tol']:g})")
+    return (f" (from no round on did its validation Dice's linear trend to its end stay under the minimum effect "
+            f"{pilot['tol']:g} at its one-sided 95 % upper bound; over its last half, from step {pilot['since']}: "
+            f"{trend})")
 
 
 def _recipe_line(info: Mapping[str, Any]) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from asa.eval.metrics import EMPTY_HD95
 from asa.eval.plots import line_plot
@@ -61,20 +62,34 @@ def logged_budget(run_dir: Path) -> dict[str, Any]:
             "val_plateau": spread <= VAL_PLATEAU_TOL if dice.size >= 3 else None, "val_curve": [list(x) for x in val]}
 
 
-BUDGET_WINDOW = 3  # validation rounds of the trailing mean `converged_budget` reads (it needs two windows of them)
+BUDGET_WINDOW = 3  # the fewest validation rounds `converged_budget` fits a trend over (a pilot needs two such spans)
 
 
-def converged_budget(curve: Sequence[Sequence[float]], *, tol: float = 0.01, window: int = BUDGET_WINDOW
-                     ) -> dict[str, Any]:
-    """The step where validation Dice stopped rising (its trailing mean near its best); ``converged``: by 3/4."""
+def _rise(curve: np.ndarray) -> tuple[float, float]:
+    """The rise of a curve's least-squares line from its first round to its last, and that rise's one-sided 95 %
+    upper bound (the slope's at Student's t with rounds − 2 df, `scipy.stats.linregress`)."""
+    fit, span = stats.linregress(curve[:, 0], curve[:, 1]), float(curve[-1, 0] - curve[0, 0])
+    return float(fit.slope * span), float((fit.slope + stats.t.ppf(0.95, len(curve) - 2) * fit.stderr) * span)
+
+
+def converged_budget(curve: Sequence[Sequence[float]], *, tol: float, window: int = BUDGET_WINDOW) -> dict[str, Any]:
+    """Where a constant-lr validation Dice curve stopped rising, with its noise: the first round from which the
+    curve's linear trend to its end rises less than ``tol`` at its one-sided 95 % upper bound, and does so from
+    every later round too (a later span is shorter and noisier: one lucky span is not a level). The spans read are
+    the last quarter of the rounds at least (``window`` rounds at least), so a level is found by 3/4 of the curve
+    or not at all. ``rise`` / ``rise_hi``: the trend and its bound from the budget's round (``since``), or over the
+    curve's last half where none levelled."""
     if len(curve) < 2 * window:
         raise ValueError(f"converged_budget needs at least {2 * window} validation rounds, got {len(curve)}")
-    dice = np.asarray([c[1] for c in curve], dtype=float)
-    smooth = np.array([dice[max(0, i - window + 1):i + 1].mean() for i in range(dice.size)])
-    best = float(smooth.max())
-    first = int(np.flatnonzero(smooth >= best - tol)[0])
-    return {"budget": int(curve[first][0]), "converged": bool(first < 0.75 * dice.size), "best": best, "tol": tol,
-            "window": window}
+    points = np.asarray(curve, dtype=float)[:, :2]
+    starts = range(len(points) - max(window, math.ceil(len(points) / 4)) + 1)
+    rises = [_rise(points[i:]) for i in starts]
+    level = [hi < tol for _, hi in rises]
+    first = next((i for i in starts if all(level[i:])), None)
+    at = first if first is not None else len(points) // 2  # else the last half (a span of `starts`)
+    rise, hi = rises[at]
+    return {"budget": int(points[at if first is not None else -1, 0]), "converged": first is not None,
+            "since": int(points[at, 0]), "rise": rise, "rise_hi": hi, "tol": tol, "window": window}
 
 
 def _ci(r: Mapping[str, Any], p: str, digits: int = 3) -> str:
