@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -353,16 +353,36 @@ def _train_seconds(run: Run, default: float) -> float:
     return json.loads(timed.read_text())["train_seconds"] if timed.is_file() else default
 
 
-def score_main(spec_file: str) -> None:
+def read_share(path: Path) -> tuple[list[list[Run]], list[str], str]:
+    """A scoring share's groups of runs, the study's test cases and its device; refused (one line naming the file,
+    exit 2) where it cannot be read or is not a share."""
+    expected = ('expected {"groups": [[RUN, ...], ...], "test": [CASE, ...], "device": DEVICE}, as asa-study '
+                "writes it")
+    tuples = ("train", "overrides", "val", "test", "supervised_trained")
+    try:
+        spec = json.loads(path.read_text())
+        groups = [[Run(**{**r, "run_dir": Path(r["run_dir"]), **{k: tuple(r[k]) for k in tuples}}) for r in group]
+                  for group in spec["groups"]]
+        return groups, [str(c) for c in spec["test"]], str(spec["device"])
+    except OSError as err:
+        refuse(f"[transfer] {path}: cannot be read ({err.strerror or err})")
+    except (ValueError, TypeError, KeyError) as err:
+        refuse(f"[transfer] {path}: not a scoring share ({type(err).__name__}: {err}); {expected}")
+
+
+def score_main(argv: Sequence[str] | None = None) -> None:
     """``python -m asa.study.transfer SHARE.json``: score every run of the share (`units`: its groups, each a run or
     a fused draw's runs) not scored yet, a group's as one."""
-    spec = json.loads(Path(spec_file).read_text())
-    tuples = ("train", "overrides", "val", "test", "supervised_trained")
-    left = []  # each group's runs not scored yet
-    for group in spec["groups"]:
-        runs = [Run(**{**r, "run_dir": Path(r["run_dir"]), **{k: tuple(r[k]) for k in tuples}}) for r in group]
-        if unscored := [run for run in runs if not run.scores_file.is_file()]:
-            left.append(unscored)
+    parser = argparse.ArgumentParser(
+        prog="python -m asa.study.transfer",
+        description="Score a study's trained fine-tuning runs on their test cases (what asa-study runs for each "
+                    "scoring share once its runs are trained); a run already scored is left as it is.")
+    parser.add_argument("share", type=Path, help=(
+        "a scoring share, <out>/<stage>/scoring/share<K>.json as asa-study writes it: its runs by group, the "
+        "study's test cases and the device"))
+    path = parser.parse_args(argv).share
+    groups, test, device = read_share(path)
+    left = [unscored for group in groups if (unscored := [run for run in group if not run.scores_file.is_file()])]
     if not left:
         return
     first = left[0][0]
@@ -370,7 +390,7 @@ def score_main(spec_file: str) -> None:
     root, layout = dataset_root(data)
     by_id = {c.id: c for c in discover(layout, root, on_bad_case=str(data.on_bad_case))}
     for group in left:
-        score(group, by_id, spec["test"], spec["device"])
+        score(group, by_id, test, device)
         for run in group:
             print(f"[transfer] scored {run.run_dir}", flush=True)
 
@@ -432,4 +452,4 @@ def _outputs(s: Transfer, done: Sequence[tuple[Run, list[dict[str, Any]]]], name
 
 
 if __name__ == "__main__":
-    score_main(sys.argv[1])
+    score_main()
