@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Copy what an outside reader needs to re-check a finished asa-study into its committed record: the page (report/),
-every per-case score (transfer/scores.csv: every arm, run, draw and budget), the runs (transfer/runs.csv), the design
+every per-case score (transfer/scores.csv: every arm, run and draw at the end point; transfer/head-start/scores.csv:
+the same at the head start, where the design registered one), the runs (transfer/runs.csv), the design
 registered before any score with its looks (design.json), every sitting's seconds (times.json), the pilot's reading
 (pilot.json), the checks with the split (checks/checks.json) and the settings (study.json), at the paths the study
 folder holds them, so that scripts/compare_studies.py reads a record as it reads a study folder.
@@ -10,6 +11,7 @@ folder holds them, so that scripts/compare_studies.py reads a record as it reads
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from collections.abc import Sequence
@@ -17,17 +19,28 @@ from pathlib import Path
 
 RECORD = ("report", "transfer/scores.csv", "transfer/runs.csv", "design.json", "times.json", "pilot.json",
           "checks/checks.json", "study.json")
+HEAD_START = "transfer/head-start/scores.csv"  # the per-case scores at --head-start's step, when the design has one
+
+
+def recorded(study: Path) -> tuple[str, ...]:
+    """What a record of ``study`` holds: `RECORD`, and `HEAD_START` where its design.json registered a head start."""
+    try:
+        design = json.loads((study / "design.json").read_text())["design"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return RECORD  # no readable design: refused below, as lacking or not asa-study's
+    return (*RECORD, HEAD_START) if design.get("head_start") is not None else RECORD
 
 
 def record(study: Path, dest: Path) -> list[Path]:
-    """Copy `RECORD` from ``study`` into ``dest`` (absent or empty: a record is written once); the files written.
+    """Copy `recorded` from ``study`` into ``dest`` (absent or empty: a record is written once); the files written.
     A study folder that lacks one of them is refused, naming what it lacks, before anything is copied."""
-    if missing := [name for name in RECORD if not (study / name).exists()]:
+    names = recorded(study)
+    if missing := [name for name in names if not (study / name).exists()]:
         raise SystemExit(f"{study}: lacks {', '.join(missing)}: a record copies a finished study's folder (its "
                          "report written, its design registered by asa-study)")
     if dest.exists() and any(dest.iterdir()):
         raise SystemExit(f"{dest}: not empty: a record is written once (choose another folder)")
-    for name in RECORD:
+    for name in names:
         source, target = study / name, dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.record_study import RECORD, main
+from scripts.record_study import HEAD_START, RECORD, main
 
 
 def _study(root: Path) -> Path:
@@ -39,3 +39,19 @@ def test_a_study_without_its_design_or_scores_is_refused_before_anything_is_copi
     with pytest.raises(SystemExit, match=r"lacks transfer/scores\.csv, design\.json: a record"):
         main([str(study), str(tmp_path / "record")])
     assert not (tmp_path / "record").exists()
+
+
+def test_a_head_start_registered_in_the_design_brings_its_per_case_scores(tmp_path):
+    study, dest = _study(tmp_path / "study"), tmp_path / "record"
+    (study / "design.json").write_text('{"design": {"head_start": 600}, "looks": []}')
+    with pytest.raises(SystemExit, match=r"lacks transfer/head-start/scores\.csv: a record"):
+        main([str(study), str(dest)])
+    assert not dest.exists()
+    (study / HEAD_START).parent.mkdir(parents=True)
+    (study / HEAD_START).write_text("arm,n,seed,case,Dice_mean\nscratch,8,10,a,0.3\n")
+    (study / "transfer" / "head-start" / "transfer.md").write_text("summary")  # a summary, not a score: not copied
+    assert main([str(study), str(dest)]) == 0
+    assert (dest / HEAD_START).read_bytes() == (study / HEAD_START).read_bytes()
+    assert not (dest / "transfer" / "head-start" / "transfer.md").exists()
+    (study / "design.json").write_text('{"design": {"head_start": null}, "looks": []}')  # none registered
+    assert main([str(study), str(tmp_path / "without")]) == 0 and not (tmp_path / "without" / HEAD_START).exists()
