@@ -26,17 +26,28 @@ PLATEAU_TOL = 0.02
 PILOT_FLOOR = 0.1  # the pilot's best validation Dice (and the lesion classes', when named) under which it did not learn
 
 
-def pilot_budget(scores: Path, scale: Scale, cap: int | None, *, lesion_classes: Sequence[str],
-                 tol: float) -> dict[str, Any]:
+# what `pilot_budget` reads afresh each call: every other key of its record is the budget rule's reading
+PILOT_READ = ("steps", "capped", "asked", "pilot_steps", "curve", "test", "test_cases", "learned", "floor", "best_dice",
+              "lesion_classes", "lesion_curve", "best_lesion_dice")
+
+
+def pilot_budget(scores: Path, scale: Scale, cap: int | None, *, lesion_classes: Sequence[str], tol: float,
+                 kept: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The pilot's curve (its run's ``scores``), whether it learned (best Dice at least `PILOT_FLOOR`: else no
     budget) and its budget: where the primary endpoint's curve (the lesion classes' mean Dice when named, else the
-    mean Dice) levelled within ``tol`` (`asa.study.tables.converged_budget`), else its steps."""
+    mean Dice) levelled within ``tol`` (`asa.study.tables.converged_budget`), else its steps. ``kept``: the
+    study's pilot.json of an earlier call; where it holds these curves, its reading of them stands, so that no later
+    version of the rule (nor a later --min-effect) moves the budget of a study under way; --budget-cap still
+    applies."""
     record = json.loads(scores.read_text())
     curve = record["budget"].get("val_curve") or []
     lesion = pilot_lesion_curve(scores.parent, lesion_classes)
     best, best_lesion = max((d for _, d in curve), default=0.0), max((d for _, d in lesion), default=math.nan)
     learned = best >= PILOT_FLOOR and (not lesion_classes or best_lesion >= PILOT_FLOOR)
-    found = tables.converged_budget(lesion or curve, tol=tol)
+    if kept and kept.get("curve") == curve and kept.get("lesion_curve", []) == lesion:
+        found = {k: v for k, v in kept.items() if k not in PILOT_READ}
+    else:
+        found = tables.converged_budget(lesion or curve, tol=tol)
     found["converged"] = found["converged"] and learned
     steps = max(int(10 * math.ceil(found["budget"] / 10)) if found["converged"] else int(scale.pilot_steps), 10)
     capped = cap is not None and cap < steps

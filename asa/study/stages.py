@@ -150,9 +150,11 @@ class Pilot(FineTuning):
         s, [run], [unit] = setup.study, staged.runs, staged.trained  # the scratch twin at the largest N, seed 0
         if unit.name in found.times["runs"]:  # the cost table's pilot row (not when it ran in a killed sitting)
             found.times["runs"][PILOT] = found.times["runs"][unit.name]
+        record = s.out / "pilot.json"
+        kept = json.loads(record.read_text()) if record.is_file() else None
         found.pilot = pilot_budget(run.scores_file, s.scale, s.budget_cap, lesion_classes=list(s.lesion_classes),
-                                   tol=s.min_effect)
-        atomic_write_json(s.out / "pilot.json", found.pilot)
+                                   tol=s.min_effect, kept=kept)
+        atomic_write_json(record, found.pilot)
         if not found.pilot["learned"]:
             line = (f"[study] the pilot did not learn the task: {pilot_reading(found.pilot)}; every contrast would be "
                     "noise, so the study stops before any pretraining (make the task learnable: more labeled cases, "

@@ -93,3 +93,24 @@ def test_the_budget_reads_the_lesion_curve_when_the_lesion_classes_are_named(tmp
     assert read["rise"] == pytest.approx(0.4 * (2400 - 1320) / 2400, rel=1e-5)  # the lesion's trend (float32 logs)
     unnamed = pilot_budget(scores, scale, None, lesion_classes=[], tol=0.03)
     assert (unnamed["converged"], unnamed["steps"]) == (True, 120)
+
+
+def test_a_study_under_way_keeps_the_budget_its_pilot_was_read_at(tmp_path):
+    """A pilot.json of an earlier call (here a reading by another rule, levelled at 840) stands while its curve is
+    the pilot's: a later version of the rule does not move a running study's budget. --budget-cap still applies;
+    another curve is read afresh."""
+    from asa.study.readout import pilot_budget
+    from asa.study.runs import SCALES
+
+    rising = [[s, d] for s, d in zip(STEPS.tolist(), (0.2 + 0.3 * STEPS / 2400).tolist())]
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps({"budget": {"val_curve": rising}}))
+    scale = dataclasses.replace(SCALES["cpu"], pilot_steps=2400)
+    earlier = {"budget": 840, "converged": True, "best": 0.305, "tol": 0.01, "window": 3, "steps": 840,
+               "curve": rising, "lesion_curve": []}
+    read = pilot_budget(scores, scale, None, lesion_classes=[], tol=0.03, kept=earlier)
+    assert (read["budget"], read["converged"], read["steps"], read["best"]) == (840, True, 840, 0.305)
+    assert pilot_budget(scores, scale, 600, lesion_classes=[], tol=0.03, kept=earlier)["steps"] == 600
+    other = {**earlier, "curve": rising[:-1]}
+    afresh = pilot_budget(scores, scale, None, lesion_classes=[], tol=0.03, kept=other)
+    assert (afresh["converged"], afresh["steps"], afresh["since"]) == (False, 2400, 1320)
