@@ -464,7 +464,7 @@ def _trained_on(design: Mapping[str, Any] | None) -> str:
     return "labeled cases no other run sees"
 
 
-def _budget_line(pilot: Mapping[str, Any], steps: int) -> str:
+def budget_line(pilot: Mapping[str, Any], steps: int) -> str:
     """What the pilot found and the steps every arm fine-tunes ("": no pilot)."""
     if not pilot:
         return ""
@@ -582,7 +582,7 @@ def write_report(out: Path, info: Mapping[str, Any], scored: Outputs, *, n_boot:
     trained_on = _trained_on(design)
     controls = _control_lines(said, checks, trained_on=trained_on)
     pretraining_md, flags = pretraining_lines(info.get("pretraining", []), said)
-    budget = _budget_line(info.get("pilot") or {}, info["steps"])
+    budget = budget_line(info.get("pilot") or {}, info["steps"])
     top = _top_lines(said, info)
     if top:
         top.append("")

@@ -165,6 +165,8 @@ class Pilot(FineTuning):
                 return REFUSED
             print(line.split(";")[0] + ("; the quick scale checks the plumbing: going on" if s.scale_name == "quick"
                                         else "; --accept-unlearned: going on"), flush=True)
+        else:
+            print(f"[study] {report.budget_line(found.pilot, found.pilot['steps'])}", flush=True)
         return None
 
 

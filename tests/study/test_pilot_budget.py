@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from asa.study.report import _budget_line
+from asa.study.report import budget_line
 from asa.study.tables import converged_budget
 
 STEPS = np.arange(120, 2401, 120)  # a 2,400-step pilot validated every 120 steps: 20 rounds
@@ -58,17 +58,17 @@ def test_a_quiet_curve_that_levelled_is_found_within_a_round_of_its_knee():
 
 def test_the_budget_line_gives_the_trend_and_its_bound():
     pilot = {"pilot_steps": 2400, "learned": True, **_levelled(0.1 + 0.4 * np.minimum(STEPS, 960) / 960)}
-    assert _budget_line(pilot, 960) == (
+    assert budget_line(pilot, 960) == (
         "The pilot (scratch, constant lr, 2400 steps) levelled off at step 960 (from there to its end its validation "
         "Dice's linear trend: +0.000, one-sided 95 % upper bound +0.000, under the minimum effect 0.03); every arm "
         "fine-tunes 960 steps.")
     pilot = {"pilot_steps": 2400, "learned": True, **_levelled(0.2 + 0.3 * STEPS / 2400)}
-    assert _budget_line(pilot, 2400) == (
+    assert budget_line(pilot, 2400) == (
         "The pilot (scratch, constant lr, 2400 steps) was not shown to level off (from no round on did its validation "
         "Dice's linear trend to its end stay under the minimum effect 0.03 at its one-sided 95 % upper bound; over "
         "its last half, from step 1320: +0.135, one-sided 95 % upper bound +0.135); every arm fine-tunes 2400 steps.")
     old = {"pilot_steps": 1200, "learned": True, "converged": False, "budget": 1200}  # a record before the trend
-    assert _budget_line(old, 1200) == ("The pilot (scratch, constant lr, 1200 steps) was not shown to level off; "
+    assert budget_line(old, 1200) == ("The pilot (scratch, constant lr, 1200 steps) was not shown to level off; "
                                        "every arm fine-tunes 1200 steps.")
 
 

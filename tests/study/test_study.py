@@ -890,6 +890,8 @@ def test_a_pilot_that_does_not_learn_stops_the_study_before_any_pretraining(data
     started.clear()
     monkeypatch.setattr(stages, "run_units", fake_units(flat=False))
     assert study.main([*argv, "--out", str(tmp_path / "learns")]) == 3  # went on to the pretraining (stopped there)
+    # why every arm fine-tunes the pilot's steps: its last span (0.5, 0.6, 0.6) still rises
+    assert "[study] The pilot (scratch, constant lr, 1200 steps) was not shown to level off (" in capsys.readouterr().out
     assert started == [PILOT, "mae-c4", "mae-c4-p1", "mae-c4-p2"]  # three pretraining runs per arm
     pilot = json.loads((tmp_path / "learns" / "pilot.json").read_text())
     assert pilot["learned"] is True and pilot["best_dice"] == pytest.approx(0.6)
