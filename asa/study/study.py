@@ -133,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples of the CIs")
     p.add_argument("--min-effect", type=float, default=0.01, metavar="DICE", help=(
         "the smallest difference in Dice the study reads as an effect: a contrast whose estimate is smaller is 'no "
-        "difference this study can detect', whatever its CI (default 0.01)"))
+        "difference this study can detect', whatever its CI; also the level of the pilot: the budget is the first "
+        "round from which its validation Dice's trend rises less than this at its one-sided 95 %% upper bound, "
+        "else the pilot's steps (default 0.01)"))
     p.add_argument("--looks", type=int, default=1, metavar="K", help=(
         "the looks at the scores the design plans (registered in <out>/design.json before the first unit): the "
         "primary is read at 1 − 0.05/K (Bonferroni), and over the looks taken where more (a rerun that changes the "
