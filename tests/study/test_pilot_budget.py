@@ -39,8 +39,9 @@ def test_two_noisy_rounds_early_are_not_read_as_a_level():
 
 def test_still_rising_noisy_curves_are_seldom_read_as_levelled():
     """200 curves that still rise 0.096 over their last half (0.5 (1 − e^(−step/4000))), each round with noise
-    of sd 0.06, the round-to-round spread of the 30-case beds' pilots. The trailing-mean rule before read 36 of
-    them (18 %) as levelled, with a median budget of 1,680; this reads 10 (5 %, each span's one-sided level)."""
+    of sd 0.06, about the spread of a 30-case bed's pilot about its trend (0.058 and 0.138 measured). The
+    trailing-mean rule before read 36 of them (18 %) as levelled, with a median budget of 1,680; this reads 10 (5 %,
+    each span's one-sided level)."""
     rng = np.random.default_rng(7)
     levelled = [_levelled(0.5 * (1 - np.exp(-STEPS / 4000)) + rng.normal(0, 0.06, STEPS.size))["converged"]
                 for _ in range(200)]
