@@ -86,10 +86,13 @@ def converged_budget(curve: Sequence[Sequence[float]], *, tol: float, window: in
     rises = [_rise(points[i:]) for i in starts]
     level = [hi < tol for _, hi in rises]
     first = next((i for i in starts if all(level[i:])), None)
-    at = first if first is not None else len(points) // 2  # else the last half (a span of `starts`)
+    if first is None:  # not levelled: the trend over the last half (a span of `starts`), the budget the curve's end
+        at, budget = len(points) // 2, int(points[-1, 0])
+    else:
+        at, budget = first, int(points[first, 0])
     rise, hi = rises[at]
-    return {"budget": int(points[at if first is not None else -1, 0]), "converged": first is not None,
-            "since": int(points[at, 0]), "rise": rise, "rise_hi": hi, "tol": tol, "window": window}
+    return {"budget": budget, "converged": first is not None, "since": int(points[at, 0]), "rise": rise,
+            "rise_hi": hi, "tol": tol, "window": window}
 
 
 def _ci(r: Mapping[str, Any], p: str, digits: int = 3) -> str:
