@@ -176,15 +176,21 @@ class Bar:
 
 
 def endpoint_bar(est: Any, alpha: float) -> Bar:
-    """The endpoint's `Bar` of its crossed interval ``est`` at ``alpha``."""
-    more = None
+    """The endpoint's `Bar` of its crossed interval ``est`` at ``alpha``. Its MDE is the observed interval's; twice a
+    factor's levels scales it by the ratio of the two designs' MDEs projected from the same variance components
+    (`CrossedInterval.projected`), so a larger design never prints a larger MDE than the study's own (the observed
+    mean squares and the components' expected ones differ where a component is cut off at 0)."""
+    base, more = est.mde(alpha=alpha), None
     if est.parts and "seed" in est.levels:
         levels = ["seed", "case"]
         if "pretraining" in est.levels:
             levels.append("pretraining")
-        more = {name: est.mde(alpha=alpha, levels={level: 2 * est.levels[level]})
-                for name, level in zip(("seeds", "cases", "pretraining runs"), levels)}
-    return Bar(est.p, list(est.bounds(1 - 2 * alpha)), est.to_dict(), est.mde(alpha=alpha), more)
+        here = est.mde(alpha=alpha, levels=est.levels)
+        more = {}
+        for name, level in zip(("seeds", "cases", "pretraining runs"), levels):
+            projected = est.mde(alpha=alpha, levels={level: 2 * est.levels[level]})
+            more[name] = base * projected / here if here > 0 else projected
+    return Bar(est.p, list(est.bounds(1 - 2 * alpha)), est.to_dict(), base, more)
 
 
 @dataclasses.dataclass(frozen=True)

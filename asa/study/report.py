@@ -43,6 +43,9 @@ def mde_line(primary: Contrast, *, min_effect: float, looks: Looks) -> list[str]
                  f"test cases ({2 * levels['case']}) {more['cases']:.3f}")
     if "pretraining runs" in more:
         line += f", with twice the pretraining runs ({2 * levels['pretraining']}) {more['pretraining runs']:.3f}"
+    if "draw" in levels:
+        line += ("; no projection to more draws or cases is printed: a cross-validated design's draws and cases are "
+                 "not crossed, so the variance components such a projection needs are not estimated")
     line += f". The minimum effect read as an effect is {min_effect:g}"
     if primary.bar.mde > min_effect:
         line += ": a true gain of that size would mostly go undetected here."
@@ -149,8 +152,8 @@ def contrast_cells(said: Reading) -> tuple[list[str], list[list[str]]]:
     cells = []
     for r in said.contrasts:
         role = r.role
-        if r.looks is not None:
-            role += f" (CI and bound at {r.level}: {r.looks} looks)"
+        if r.looks is not None:  # the endpoint's column alone is read over the looks
+            role += f" ({r.endpoint[1]}'s CI and bound at {r.level}: {r.looks} looks; its other columns at 95 %)"
         cells.append([r.question, f"{r.arm} − {r.reference}", str(r.n), role,
                       *(_ci(r.estimates[k]) for k, _ in said.keys),
                       "[{1:+.3f}, {2:+.3f}]".format(*r.bootstrap[said.endpoint[0]]), _p_cell(r), r.bound,
@@ -186,8 +189,12 @@ def family_lines(said: Reading) -> list[str]:
             text += f"; Bonferroni over {said.looks.count} looks"
         text += "). "
     if others:
+        corrected = sum(not math.isnan(r.bar.p) for r in others)  # Holm counts the measured p's alone
+        across = f"those {corrected}"
+        if corrected < len(others):
+            across += f" with a measured p ({len(others) - corrected} without one)"
         text += (f"The other {len(others)} are exploratory: each is read on its interval's two-sided p after a Holm "
-                 f"correction across those {len(others)} (family-wise error {100 * ALPHA:g} %), the test of no effect "
+                 f"correction across {across} (family-wise error {100 * ALPHA:g} %), the test of no effect "
                  "across the family; its CI and its bound are shown uncorrected and answer that contrast alone, so one "
                  "off 0 alone but not after Holm reads inconclusive. ")
     return [text + (f"A contrast reads as an effect (a gain or a loss) only when it clears its bar and its estimate is "
@@ -389,6 +396,10 @@ def answer_lines(said: Reading) -> list[str]:
         lines.append(lead + question_line(r, min_effect=said.min_effect))
     if not questions:
         lines.append("- No pretraining arm was scored.")
+    if left_out := [f"{r.arm} − {r.reference} at N = {r.n}: {r.bar.interval['dropped']}" for r in said.contrasts
+                    if r.bar.interval.get("dropped")]:
+        lines.append("- Test cases left out of an interval, each for a pair some run or draw did not score: "
+                     + "; ".join(left_out) + ".")
     lines.append("")
     if not math.isnan(said.mde):
         lines += mde_line(said.primary, min_effect=said.min_effect, looks=said.looks)

@@ -52,23 +52,34 @@ def group_of(row: Mapping[str, Any]) -> str:
     return str(row.get("group") or row["arm"])
 
 
+def replicates(scores: Sequence[Mapping[str, Any]], group: str) -> dict[int, str]:
+    """Each pretraining replicate of ``group`` (its ``replicate`` column; 0 without one) -> its run (``arm``), in
+    replicate order."""
+    return dict(sorted({0 if _blank(s.get("replicate")) else int(s["replicate"]): str(s["arm"])
+                        for s in reversed(scores) if group_of(s) == group}.items()))  # the first row names it
+
+
 def runs_of(scores: Sequence[Mapping[str, Any]], group: str) -> list[str]:
-    """The runs (their ``arm``) of ``group``, one per pretraining replicate (its ``replicate`` column; 0 without one),
-    in replicate order."""
-    return [run for _, run in sorted({0 if _blank(s.get("replicate")) else int(s["replicate"]): str(s["arm"])
-                                      for s in reversed(scores) if group_of(s) == group}.items())]  # first row names it
+    """The runs (their ``arm``) of ``group``, one per pretraining replicate, in replicate order."""
+    return list(replicates(scores, group).values())
 
 
 def replicate_pairs(scores: Sequence[Mapping[str, Any]], arm: str, reference: str) -> list[tuple[str, str]]:
-    """(run k of group ``arm``, run k of group ``reference`` when it is replicated as often, else its first run)
-    for every pretraining run of ``arm`` (`runs_of`)."""
-    arms, refs = runs_of(scores, arm), runs_of(scores, reference)
-    return list(zip(arms, refs)) if len(refs) == len(arms) else [(a, refs[0]) for a in arms]
+    """(run k of group ``arm``, run k of group ``reference``) for every replicate k both scored, or, for a reference
+    of one run (scratch, the positive control: not replicated), (each run of ``arm``, that run). A run of ``arm``
+    whose replicate the replicated reference lacks is left out: paired with another replicate it would be read
+    against a control matched to another run."""
+    arms, refs = replicates(scores, arm), replicates(scores, reference)
+    if len(refs) == 1:
+        return [(run, *refs.values()) for run in arms.values()]
+    return [(run, refs[k]) for k, run in arms.items() if k in refs]
 
 
 def _replicated(scores: Sequence[Mapping[str, Any]], pairs: Sequence[tuple[str, str]], n: int, key: str) -> np.ndarray:
     """D [pretraining runs, seeds, test cases]: `paired_matrix` of each (arm run, reference run) of ``pairs``, on the
-    seeds and cases of the first arm run."""
+    seeds and cases of the first arm run (no pairs: no value, [1, 0, 0])."""
+    if not pairs:
+        return np.full((1, 0, 0), math.nan)
     return np.stack([paired_matrix(scores, a, r, n, key, like=pairs[0][0]) for a, r in pairs])
 
 
@@ -86,8 +97,8 @@ def interval(scores: Sequence[Mapping[str, Any]], arm: str, reference: str, n: i
     k of a replicated reference, else against its run); else they are two runs."""
     pairs = replicate_pairs(scores, arm, reference) if pooled else [(arm, reference)]
     d = _replicated(scores, pairs, n, key)
-    d = d[0] if len(pairs) == 1 else d  # one run each: seeds × cases, no pretraining level
-    if (repeats := draw_repeats(scores, pairs[0][0], n)) is not None:
+    d = d[0] if len(pairs) <= 1 else d  # one run each (or none paired): seeds × cases, no pretraining level
+    if pairs and (repeats := draw_repeats(scores, pairs[0][0], n)) is not None:
         return folded_interval(d, repeats)
     return crossed_interval(d, factors=("pretraining", "seed", "case")[-d.ndim:])
 

@@ -5,6 +5,7 @@ the ones the page has always read."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,25 @@ def test_replicates_are_read_from_the_columns_never_from_the_run_names():
         r["replicate"] = 1 if r["arm"] == "run-b" else 0
     assert statistics.runs_of(rows, "asa-c4") == ["run-a", "run-b"]
     assert statistics.interval(rows, "asa-c4", "scratch", 2, "Dice_mean").value == pytest.approx(0.03)
+
+
+def test_a_replicated_control_is_paired_by_replicate_and_a_run_it_lacks_is_left_out():
+    """mae's runs 0, 1, 2 against noise's 0 and 2 (noise's run 1 unscored): run k against run k, mae's run 1 left out
+    of mae − noise (paired with another noise run, it would be read against a control matched to another run);
+    scratch, one run, is every mae run's reference."""
+    runs = {"mae-c4": ("mae", 4, 0.02), "mae-c4-p1": ("mae", 4, 0.05), "mae-c4-p2": ("mae", 4, 0.03),
+            "noise-c4": ("noise", 4, 0.0), "noise-c4-p2": ("noise", 4, 0.01)}
+    rows = _scores(runs)
+    for r in rows:
+        r["replicate"] = int(r["arm"][-1]) if "-p" in r["arm"] else 0
+    assert statistics.replicate_pairs(rows, "mae-c4", "noise-c4") == [("mae-c4", "noise-c4"),
+                                                                      ("mae-c4-p2", "noise-c4-p2")]
+    assert statistics.replicate_pairs(rows, "mae-c4", "scratch") == [(run, "scratch") for run in list(runs)[:3]]
+    assert statistics.interval(rows, "mae-c4", "noise-c4", 2, "Dice_mean").value == pytest.approx(0.02)
+    assert statistics.pooled_matrix(rows, "mae-c4", "noise-c4", 2, "Dice_mean").mean() == pytest.approx(0.02)
+    apart = [r for r in rows if r["arm"] not in ("mae-c4", "mae-c4-p2")]  # mae's run 1 alone: no replicate shared
+    assert statistics.replicate_pairs(apart, "mae-c4", "noise-c4") == []
+    assert math.isnan(statistics.interval(apart, "mae-c4", "noise-c4", 2, "Dice_mean").value)
 
 
 def test_a_mask_ratio_arm_is_one_declaration_down_to_its_pretraining_run_s_config(monkeypatch, tmp_path):

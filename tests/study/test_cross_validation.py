@@ -11,7 +11,7 @@ import pytest
 
 from asa.data import discover
 from asa.data.synthetic.demo import write_demo_dataset
-from asa.study import readings, transfer
+from asa.study import readings, report, transfer
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +107,12 @@ def test_the_report_reads_cross_validated_scores_on_the_interval_of_their_design
     asa = next(r for r in rows if r.arm == "asa-c4")
     assert asa.estimates["Dice_mean"][0] == pytest.approx(0.005, abs=2e-3) and not math.isnan(asa.bar.mde)
     assert asa.bar.mde_more is None  # no crossed seeds to double
+
+
+def test_a_cross_validated_page_says_why_it_prints_no_projection_of_its_mde():
+    scores = _cv_scores(0.08)
+    info = {"classes": [], "pretraining": [{"run": "asa-c4", "arm": "asa", "cohort": 4}], "min_effect": 0.01}
+    said = readings.read(scores, info, n_boot=100)
+    (line, _) = report.mde_line(said.primary, min_effect=0.01, looks=said.looks)
+    assert "with twice" not in line and ("no projection to more draws or cases is printed: a cross-validated "
+                                         "design's draws and cases are not crossed") in line

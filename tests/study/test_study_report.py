@@ -10,9 +10,11 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from asa.eval.plots import line_plot
+from asa.eval.random_effects import crossed_interval
 from asa.study import report, tables, readings
 from asa.study.arms import twin_of
 
@@ -568,3 +570,55 @@ def test_the_cost_section_says_when_a_run_s_seconds_are_its_fused_unit_s_shared_
             "commands": [], "runs": {}}
     cost = (report.write_report(out, info, scored, n_boot=200) / "README.md").read_text().split("## Cost")[1]
     assert ("a run's wall time is its unit's shared out evenly among its runs" in cost.split("## ")[0]) is fused
+
+
+def _read(effects: dict[str, tuple[float, float]], **kwargs) -> readings.Reading:
+    """``effects``' scores (`_scores`) read as a study's record would have them read."""
+    scores = _scores(effects)
+    runs = [_run(f"{arm}-c4", arm, 5) for arm in ("mae", "asa", "noise") if f"{arm}-c4" in effects]
+    info = {"classes": CLASSES, "lesion_classes": LESION_CLASSES, "pretraining": runs, "min_effect": 0.01}
+    return readings.read(scores, info, n_boot=100, **kwargs)
+
+
+def test_a_case_some_run_did_not_score_is_said_left_out_of_its_interval(tmp_path):
+    one = lambda rows: [r for r in rows if (r["arm"], r["seed"], r["case"]) != ("mae-c4", 1, "c")]  # noqa: E731
+    page, contrasts, _ = _study(tmp_path, {**CONTROLS, "mae-c4": (0.05, 0.002)}, scored=one)
+    assert _row(contrasts, "mae-c4")["interval"]["dropped"] == 1
+    said = [x for x in _answers(page) if x.startswith("- Test cases left out of an interval")]
+    assert said == ["- Test cases left out of an interval, each for a pair some run or draw did not score: "
+                    "mae-c4 − scratch at N = 2: 1; mae-c4 − noise-c4 at N = 2: 1."]
+    page, _, _ = _study(tmp_path / "whole", {**CONTROLS, "mae-c4": (0.05, 0.002)})
+    assert "left out of an interval" not in page
+
+
+def test_holm_s_count_on_the_page_is_the_count_it_corrected():
+    said = _read({**CONTROLS, "mae-c4": (0.05, 0.002), "asa-c4": (0.03, 0.002)})
+    others = [r for r in said.contrasts if r.role == "exploratory"]
+    m = len(others)
+    assert m >= 2 and f"Holm correction across those {m} (family-wise" in report.family_lines(said)[0]
+    unmeasured = dataclasses.replace(others[0], bar=dataclasses.replace(others[0].bar, p=math.nan))
+    said = dataclasses.replace(said, contrasts=tuple(unmeasured if r is others[0] else r for r in said.contrasts))
+    assert f"Holm correction across those {m - 1} with a measured p (1 without one)" in report.family_lines(said)[0]
+
+
+def test_over_several_looks_the_table_says_only_the_endpoint_s_column_is_widened():
+    said = _read({**CONTROLS, "mae-c4": (0.05, 0.002), "asa-c4": (0.03, 0.002)}, looks=readings.Looks(planned=2))
+    head, cells = report.contrast_cells(said)
+    (primary,) = [c for c in cells if c[3].startswith("primary")]
+    assert primary[3] == ("primary (lesion Dice (lesion, tumour)'s CI and bound at 97.5 %: 2 looks; its other columns "
+                          "at 95 %)")
+
+
+def test_twice_the_draws_or_cases_prints_no_larger_mde_than_the_study_s_own():
+    """The projections are the study's MDE scaled by the ratio its variance components project, so they agree with
+    it: from the expected mean squares alone, twice the seeds printed a larger MDE than the study's in 46 of 300
+    seed × case tables like these. (Where 3 runs and 3 seeds share one t, doubling a factor can lower that t's df
+    and the projection can exceed the MDE: that is the interval's own rule, docs/studies.md.)"""
+    rng = np.random.default_rng(1)
+    for shape in ((3, 10), (2, 3, 10)):
+        factors = ("pretraining", "seed", "case")[-len(shape):]
+        for _ in range(100):
+            d = 0.02 * rng.standard_normal(shape) + 0.01 * rng.standard_normal((*shape[:-1], 1))
+            bar = readings.endpoint_bar(crossed_interval(d, factors=factors), readings.ALPHA)
+            assert list(bar.mde_more) == ["seeds", "cases", "pretraining runs"][:len(shape)]
+            assert all(v <= bar.mde * (1 + 1e-9) for v in bar.mde_more.values()), (bar.mde, bar.mde_more)
