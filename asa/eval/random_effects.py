@@ -338,12 +338,16 @@ def mde(se: float, df: float, *, alpha: float = 0.05, power: float = 0.8) -> flo
 
 
 def complete_grid(d: np.ndarray) -> tuple[np.ndarray, int]:
-    """The balanced part of ``d`` [..., cases]: levels of every axis but the last that hold no value at all are left
-    out (a run that did not finish), then every case (last axis) with a missing pair. -> (grid, cases dropped)."""
+    """The balanced part of ``d`` [..., draws, cases]: levels of every axis but the last that hold no value at all
+    are left out (a run that did not finish), then every draw some run lacks entirely (a run's draw that did not
+    finish: left out of every run, not every case with it), then every case (last axis) with a missing pair.
+    -> (grid, cases dropped)."""
     d = np.asarray(d, dtype=float)
     for axis in range(d.ndim - 1):
         other = tuple(a for a in range(d.ndim) if a != axis)
         d = np.compress(~np.isnan(d).all(axis=other), d, axis=axis)
+    if d.ndim > 2:
+        d = np.compress(~np.isnan(d).all(axis=-1).any(axis=tuple(range(d.ndim - 2))), d, axis=-2)
     keep = ~np.isnan(d).any(axis=tuple(range(d.ndim - 1))) if d.ndim > 1 else ~np.isnan(d)
     return d[..., keep], int((~keep).sum())
 

@@ -243,3 +243,15 @@ def test_the_cross_validated_run_part_is_the_run_component_alone():
     assert r.value == pytest.approx(grid.mean())
     two = folded_interval(d[:2], [0, 0, 1, 1])  # two runs: their whole spread at one df, as `crossed_parts`
     assert two.parts[0] == ("pretraining", pytest.approx(grid[:2].mean(axis=(1, 2)).var(ddof=1) / 2), 1.0)
+
+
+def test_a_draw_one_run_lacks_is_left_out_of_every_run_not_every_case():
+    d = np.random.default_rng(3).normal(0.02, 0.01, size=(3, 4, 6))
+    missing = d.copy()
+    missing[1, 2, :] = np.nan  # run 1 did not finish draw 2
+    got, want = crossed_interval(missing, factors=("pretraining", "seed", "case")), crossed_interval(
+        np.delete(d, 2, axis=1), factors=("pretraining", "seed", "case"))
+    assert got.levels == {"pretraining": 3, "seed": 3, "case": 6} and got.dropped == 0
+    assert (got.value, got.low, got.high) == (want.value, want.low, want.high)
+    missing[0, 0, 4] = np.nan  # a case one pair lacks: that case alone
+    assert crossed_interval(missing, factors=("pretraining", "seed", "case")).dropped == 1
