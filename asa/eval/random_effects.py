@@ -153,7 +153,10 @@ class CrossedInterval:
 
     def projected(self, levels: dict[str, int]) -> CrossedInterval:
         """The interval this study's variance components would give with other numbers of ``levels`` (same factors,
-        expected mean squares in place of the observed ones; value and bounds not recomputed)."""
+        expected mean squares in place of the observed ones; value and bounds not recomputed). A cross-validated
+        interval projects to more repeats of its folds alone (`_more_repeats`)."""
+        if "repeat" in self.levels:
+            return self._more_repeats(levels)
         factors = tuple(self.levels)
         shape = tuple(int(levels[f]) for f in factors)
         subsets = _subsets(len(factors))
@@ -164,6 +167,30 @@ class CrossedInterval:
         parts = tuple((name, float(v), float(d)) for name, v, d in crossed_parts(ms, df, shape, factors))
         return dataclasses.replace(self, parts=parts, levels=dict(zip(factors, shape)),
                                    parts_df=_shared_df(parts, shape), se=math.sqrt(sum(v for _, v, _ in parts)))
+
+    def _more_repeats(self, levels: dict[str, int]) -> CrossedInterval:
+        """The cross-validated interval with R' repeats of the same folds of the same C cases in place of R, from the
+        components its parts hold (module docstring): the case part ``σ²_b (R − 1) / (R·C)`` gives ``Q = σ²_b / C``,
+        the draw part less ``Q / R`` gives ``S = σ²_a / G + σ²_e / (R·C)`` (cut off at 0); at R' the draw part is
+        ``S·R / R' + Q / R'`` at R' / R times its df, the case part ``Q (R' − 1) / R'``, and the run part stays (with
+        2 runs it also holds a share of the draws' spread, which more repeats would shrink: the projection then errs
+        wide). Other cases or folds are not projected: draws and cases are not crossed, so the case and draw
+        components such a projection needs are not estimated; with one repeat Q is not separated."""
+        n_rep, new = self.levels["repeat"], int(levels["repeat"])
+        other = sorted(k for k, v in levels.items() if k not in ("repeat", "draw") and v != self.levels.get(k))
+        if other or n_rep < 2 or new < 1:
+            why = f"other {', '.join(other)}" if other else f"{new} repeats from {n_rep}"
+            raise ValueError(f"a cross-validated interval projects to 1 or more repeats of its folds from 2 or more "
+                             f"alone, got {why}")
+        part = {name: (v, df) for name, v, df in self.parts}
+        cases = part["case"][0] * n_rep / (n_rep - 1)  # Q
+        rest = max(part["draw"][0] - cases / n_rep, 0.0)  # S
+        now = {"draw": (rest * n_rep / new + cases / new, part["draw"][1] * new / n_rep),
+               "case": (cases * (new - 1) / new, part["case"][1])}
+        parts = tuple((name, *now.get(name, (v, df))) for name, v, df in self.parts)
+        return dataclasses.replace(self, parts=parts, se=math.sqrt(sum(v for _, v, _ in parts)),
+                                   levels={**self.levels, "draw": round(self.levels["draw"] * new / n_rep),
+                                           "repeat": new})
 
     def to_dict(self) -> dict:
         """JSON-friendly (NaN written as None)."""

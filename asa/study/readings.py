@@ -165,7 +165,8 @@ class Bar:
         bound90: its one-sided bounds at alpha (the 1 − 2·alpha interval: two one-sided tests).
         interval: the interval's record (`CrossedInterval.to_dict`).
         mde: its minimum detectable effect at alpha.
-        mde_more: the MDE with twice the "seeds", "cases" (and "pretraining runs"); None: no seed level.
+        mde_more: the MDE with twice the "seeds", "cases" (and "pretraining runs"), or cross-validated twice the
+            "repeats"; None: neither.
     """
 
     p: float
@@ -179,15 +180,18 @@ def endpoint_bar(est: Any, alpha: float) -> Bar:
     """The endpoint's `Bar` of its crossed interval ``est`` at ``alpha``. Its MDE is the observed interval's; twice a
     factor's levels scales it by the ratio of the two designs' MDEs projected from the same variance components
     (`CrossedInterval.projected`), so a larger design never prints a larger MDE than the study's own (the observed
-    mean squares and the components' expected ones differ where a component is cut off at 0)."""
+    mean squares and the components' expected ones differ where a component is cut off at 0). A cross-validated
+    design doubles its repeats alone (from 2), the only factor its parts project."""
     base, more = est.mde(alpha=alpha), None
-    if est.parts and "seed" in est.levels:
-        levels = ["seed", "case"]
-        if "pretraining" in est.levels:
-            levels.append("pretraining")
+    if "seed" in est.levels:
+        factors = {"seeds": "seed", "cases": "case", "pretraining runs": "pretraining"}
+    else:
+        factors = {"repeats": "repeat"} if est.levels.get("repeat", 0) >= 2 else {}
+    factors = {name: level for name, level in factors.items() if level in est.levels}
+    if est.parts and factors:
         here = est.mde(alpha=alpha, levels=est.levels)
         more = {}
-        for name, level in zip(("seeds", "cases", "pretraining runs"), levels):
+        for name, level in factors.items():
             projected = est.mde(alpha=alpha, levels={level: 2 * est.levels[level]})
             more[name] = base * projected / here if here > 0 else projected
     return Bar(est.p, list(est.bounds(1 - 2 * alpha)), est.to_dict(), base, more)

@@ -38,14 +38,18 @@ def mde_line(primary: Contrast, *, min_effect: float, looks: Looks) -> list[str]
             f"two-sided {100 * looks.alpha:.4g} %, on its interval; {what} {parts}): "
             f"**{primary.bar.mde:.3f} {primary.endpoint[1]}** (an estimate: in simulated studies a true effect of "
             f"the printed size is detected {PRINTED_MDE_POWER[0]:.0%}–{PRINTED_MDE_POWER[1]:.0%} of the time, not 80 %)")
-    if more:
+    if "seeds" in more:
         line += (f"; with twice the labeled draws ({2 * levels['seed']} seeds) {more['seeds']:.3f}, with twice the "
                  f"test cases ({2 * levels['case']}) {more['cases']:.3f}")
     if "pretraining runs" in more:
         line += f", with twice the pretraining runs ({2 * levels['pretraining']}) {more['pretraining runs']:.3f}"
+    if "repeats" in more:
+        line += (f"; with twice the repeats of the same folds ({2 * levels['repeat']} repeats, "
+                 f"{2 * levels['draw']} draws) {more['repeats']:.3f}")
     if "draw" in levels:
-        line += ("; no projection to more draws or cases is printed: a cross-validated design's draws and cases are "
-                 "not crossed, so the variance components such a projection needs are not estimated")
+        line += (f"; no projection to {'other folds' if 'repeats' in more else 'more draws'} or more cases is printed: "
+                 "a cross-validated design's draws and cases are not crossed, so the variance components such a "
+                 "projection needs are not estimated")
     line += f". The minimum effect read as an effect is {min_effect:g}"
     if primary.bar.mde > min_effect:
         line += ": a true gain of that size would mostly go undetected here."

@@ -4,6 +4,7 @@ variance of the mean, the pretraining run's vanishing where runs do not differ),
 and the minimum detectable effect from a noncentral t."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from asa.eval.random_effects import (CrossedInterval, crossed_interval, crossed_parts, folded_interval, mde,
-                                     mean_squares, pooled_df, shared_df)
+from asa.eval.random_effects import (CrossedInterval, crossed_interval, crossed_parts, folded_interval, folded_parts,
+                                     mde, mean_squares, pooled_df, shared_df)
 
 # 2 seeds × 4 test cases, worked by hand:
 #   grand mean 28 / 8 = 3.5; seed means 3, 4; case means 1.5, 3, 3.5, 6
@@ -203,6 +204,48 @@ def test_the_cross_validated_interval_of_a_small_design_is_the_hand_computed_one
     one = folded_interval(d[:2], [0, 0])  # one repeat: the draw part alone, the case spread inside it
     assert one.value == pytest.approx(2.5) and [name for name, _, _ in one.parts] == ["draw"]
     assert math.isnan(folded_interval(d[:1], [0]).low)  # one draw: no spread between draws measured
+
+
+def test_a_cross_validated_interval_projects_to_more_repeats_alone():
+    nan = np.nan  # the small design above: draw part 0.3125 at 2 df, case part 5/24 at 3 df, 2 repeats
+    d = np.array([[1, 3, nan, nan], [nan, nan, 2, 4], [2, nan, 4, nan], [nan, 5, nan, 5]], dtype=float)
+    r = folded_interval(d, [0, 0, 1, 1])
+    four = r.projected({"repeat": 4})
+    #   draw part × 2 / 4 at 2 × its df; case part σ²_case (R − 1) / (R·C) from R = 2 to 4: × (3/4) / (1/2) = 1.5
+    assert four.parts == (("draw", pytest.approx(0.15625), 4.0), ("case", pytest.approx(5 / 16), 3.0))
+    assert four.levels == {"draw": 8, "case": 4, "repeat": 4} and four.se == pytest.approx(math.sqrt(0.46875))
+    same = r.projected(r.levels)
+    assert [v for _, v, _ in same.parts] == pytest.approx([v for _, v, _ in r.parts]) and same.levels == r.levels
+    assert r.mde(levels={"repeat": 4}) < r.mde()
+    # a draw part below the cases' share Q / R = 5/24 · 2 / 2: the rest of it is cut off at 0, so the design it
+    # reads (R = 2) has the draw part Q / R, never a negative draw component
+    low = dataclasses.replace(r, parts=(("draw", 0.1, 2.0), ("case", 5 / 24, 3.0)))
+    assert low.projected(r.levels).parts == (("draw", pytest.approx(5 / 24), 2.0), ("case", pytest.approx(5 / 24), 3.0))
+    for levels in ({"repeat": 4, "case": 8}, {"repeat": 0}):  # other cases: not estimated
+        with pytest.raises(ValueError, match="projects to 1 or more repeats of its folds from 2 or more alone"):
+            r.projected(levels)
+    with pytest.raises(ValueError, match="2 repeats from 1"):  # one repeat: the cases' share is not separated
+        folded_interval(d[:2], [0, 0]).projected({"repeat": 2})
+
+
+def test_the_projected_parts_are_on_average_those_of_the_design_with_more_repeats():
+    # d = a_draw + b_case + e over 30 cases in 3 folds; each part of 3 repeats projected to 6 has the mean the parts
+    # of 6 repeats measure (the first 3 of them the same folds), and their sum the mean's variance at 6 repeats
+    rng = np.random.default_rng(7)
+    n_sim, n_case, n_fold, sd = 4000, 30, 3, (0.03, 0.05, 0.02)
+    fold = np.stack([rng.permutation(np.arange(n_case) % n_fold) for _ in range(6)])  # [6 repeats, C]
+    grid = (rng.normal(0, sd[0], (n_sim, 1, 6, n_fold))[..., np.arange(6)[:, None], fold]
+            + rng.normal(0, sd[1], (n_sim, 1, 1, n_case)) + rng.normal(0, sd[2], (n_sim, 1, 6, n_case)))
+    three, six = folded_parts(grid[..., :3, :], fold[:3]), folded_parts(grid, fold)
+    nan, levels = math.nan, {"draw": 9, "case": n_case, "repeat": 3}
+    projected = np.array([[v for _, v, _ in CrossedInterval(
+        0.0, nan, nan, 0.95, nan, nan, parts=tuple((name, float(v[s]), df) for name, v, df in three),
+        levels=levels).projected({"repeat": 6}).parts] for s in range(n_sim)])
+    for k, (name, v, df) in enumerate(six):
+        gap, se = projected[:, k].mean() - v.mean(), math.hypot(projected[:, k].std(), v.std()) / math.sqrt(n_sim)
+        assert abs(gap) < 4 * se and (name, df) == (three[k][0], 2 * three[k][2] if name == "draw" else df)
+    truth = sd[0] ** 2 / 18 + sd[1] ** 2 / n_case + sd[2] ** 2 / (6 * n_case)
+    assert projected.sum(axis=1).mean() == pytest.approx(truth, rel=0.03)
 
 
 def test_the_shared_df_holds_the_draws_part_at_its_upper_95_bound():

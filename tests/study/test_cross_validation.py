@@ -106,13 +106,19 @@ def test_the_report_reads_cross_validated_scores_on_the_interval_of_their_design
     assert [p[0] for p in control.bar.interval["parts"]] == ["draw", "case"] and control.settled.verdict == "helped"
     asa = next(r for r in rows if r.arm == "asa-c4")
     assert asa.estimates["Dice_mean"][0] == pytest.approx(0.005, abs=2e-3) and not math.isnan(asa.bar.mde)
-    assert asa.bar.mde_more is None  # no crossed seeds to double
+    assert list(asa.bar.mde_more) == ["repeats"] and asa.bar.mde_more["repeats"] < asa.bar.mde  # its repeats alone
 
 
-def test_a_cross_validated_page_says_why_it_prints_no_projection_of_its_mde():
+def test_a_cross_validated_page_projects_its_mde_to_more_repeats_alone_and_says_why():
     scores = _cv_scores(0.08)
     info = {"classes": [], "pretraining": [{"run": "asa-c4", "arm": "asa", "cohort": 4}], "min_effect": 0.01}
     said = readings.read(scores, info, n_boot=100)
     (line, _) = report.mde_line(said.primary, min_effect=0.01, looks=said.looks)
-    assert "with twice" not in line and ("no projection to more draws or cases is printed: a cross-validated "
-                                         "design's draws and cases are not crossed") in line
+    more = said.primary.bar.mde_more["repeats"]
+    assert f"with twice the repeats of the same folds (4 repeats, 12 draws) {more:.3f}" in line
+    assert ("no projection to other folds or more cases is printed: a cross-validated design's draws and cases are "
+            "not crossed") in line and "with twice the labeled draws" not in line
+    one = readings.read([r for r in scores if r["repeat"] == 0], info, n_boot=100)  # one repeat: σ²_case unknown
+    (line, _) = report.mde_line(one.primary, min_effect=0.01, looks=one.looks)
+    assert one.primary.bar.mde_more is None and "with twice" not in line
+    assert "no projection to more draws or more cases is printed" in line

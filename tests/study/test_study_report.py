@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import math
 import re
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from asa.eval.plots import line_plot
-from asa.eval.random_effects import crossed_interval
+from asa.eval.random_effects import crossed_interval, folded_interval
 from asa.study import report, tables, readings
 from asa.study.arms import twin_of
 
@@ -612,7 +613,7 @@ def test_over_several_looks_the_table_says_only_the_endpoint_s_column_is_widened
 def test_twice_the_draws_or_cases_prints_no_larger_mde_than_the_study_s_own():
     """The projections are the study's MDE scaled by the ratio its variance components project, so they agree with
     it: from the expected mean squares alone, twice the seeds printed a larger MDE than the study's in 46 of 300
-    seed × case tables like these. (Where 3 runs and 3 seeds share one t, doubling a factor can lower that t's df
+    seed × case tables like these; a cross-validated table doubles its repeats. (Where 3 runs and 3 seeds share one t, doubling a factor can lower that t's df
     and the projection can exceed the MDE: that is the interval's own rule, docs/studies.md.)"""
     rng = np.random.default_rng(1)
     for shape in ((3, 10), (2, 3, 10)):
@@ -622,3 +623,13 @@ def test_twice_the_draws_or_cases_prints_no_larger_mde_than_the_study_s_own():
             bar = readings.endpoint_bar(crossed_interval(d, factors=factors), readings.ALPHA)
             assert list(bar.mde_more) == ["seeds", "cases", "pretraining runs"][:len(shape)]
             assert all(v <= bar.mde * (1 + 1e-9) for v in bar.mde_more.values()), (bar.mde, bar.mde_more)
+    for runs, repeats in ((1, 2), (3, 5)):  # cross-validated, 3 folds of 30 cases: twice the repeats (0 of 900 above)
+        reps = np.repeat(np.arange(repeats), 3)
+        for _ in range(50):
+            fold = np.stack([rng.permutation(np.arange(30) % 3) for _ in range(repeats)])
+            table = 0.02 * rng.standard_normal((runs, repeats, 30)) + 0.01 * rng.standard_normal(30)
+            d = np.full((runs, 3 * repeats, 30), np.nan)
+            for g, (q, k) in enumerate(zip(reps, itertools.cycle(range(3)))):
+                d[:, g, fold[q] == k] = table[:, q, fold[q] == k] + 0.01 * rng.standard_normal((runs, 1))
+            bar = readings.endpoint_bar(folded_interval(d if runs > 1 else d[0], reps), readings.ALPHA)
+            assert list(bar.mde_more) == ["repeats"] and bar.mde_more["repeats"] <= bar.mde * (1 + 1e-9)
