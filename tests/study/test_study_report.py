@@ -625,7 +625,7 @@ def test_twice_the_draws_or_cases_prints_no_larger_mde_than_the_study_s_own():
             assert all(v <= bar.mde * (1 + 1e-9) for v in bar.mde_more.values()), (bar.mde, bar.mde_more)
     for runs, repeats in ((1, 2), (3, 5)):  # cross-validated, 3 folds of 30 cases: twice the repeats (0 of 900 above)
         reps = np.repeat(np.arange(repeats), 3)
-        for _ in range(50):
+        for _ in range(20):
             fold = np.stack([rng.permutation(np.arange(30) % 3) for _ in range(repeats)])
             table = 0.02 * rng.standard_normal((runs, repeats, 30)) + 0.01 * rng.standard_normal(30)
             d = np.full((runs, 3 * repeats, 30), np.nan)
