@@ -179,9 +179,10 @@ class Bar:
 def endpoint_bar(est: Any, alpha: float) -> Bar:
     """The endpoint's `Bar` of its crossed interval ``est`` at ``alpha``. Its MDE is the observed interval's; twice a
     factor's levels scales it by the ratio of the two designs' MDEs projected from the same variance components
-    (`CrossedInterval.projected`), so a larger design never prints a larger MDE than the study's own (the observed
-    mean squares and the components' expected ones differ where a component is cut off at 0). A cross-validated
-    design doubles its repeats alone (from 2), the only factor its parts project."""
+    (`CrossedInterval.projected`), so a larger design prints no larger a variance than the study's own (the observed
+    mean squares and the components' expected ones differ where a component is cut off at 0); its MDE can still be
+    larger where a part that grows has fewer df than the one that shrinks (docs/studies.md). A cross-validated design
+    doubles its repeats alone (from 2), the only factor its parts project."""
     base, more = est.mde(alpha=alpha), None
     if "seed" in est.levels:
         factors = {"seeds": "seed", "cases": "case", "pretraining runs": "pretraining"}
