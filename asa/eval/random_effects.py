@@ -182,12 +182,17 @@ class CrossedInterval:
             why = f"other {', '.join(other)}" if other else f"{new} repeats from {n_rep}"
             raise ValueError(f"a cross-validated interval projects to 1 or more repeats of its folds from 2 or more "
                              f"alone, got {why}")
-        part = {name: (v, df) for name, v, df in self.parts}
-        cases = part["case"][0] * n_rep / (n_rep - 1)  # Q
-        rest = max(part["draw"][0] - cases / n_rep, 0.0)  # S
-        now = {"draw": (rest * n_rep / new + cases / new, part["draw"][1] * new / n_rep),
-               "case": (cases * (new - 1) / new, part["case"][1])}
-        parts = tuple((name, *now.get(name, (v, df))) for name, v, df in self.parts)
+        variance = {name: v for name, v, _ in self.parts}
+        cases = variance["case"] * n_rep / (n_rep - 1)  # Q
+        rest = max(variance["draw"] - cases / n_rep, 0.0)  # S
+        parts = []
+        for name, v, df in self.parts:
+            if name == "draw":
+                v, df = rest * n_rep / new + cases / new, df * new / n_rep
+            elif name == "case":
+                v = cases * (new - 1) / new
+            parts.append((name, v, df))
+        parts = tuple(parts)
         return dataclasses.replace(self, parts=parts, se=math.sqrt(sum(v for _, v, _ in parts)),
                                    levels={**self.levels, "draw": round(self.levels["draw"] * new / n_rep),
                                            "repeat": new})

@@ -184,10 +184,12 @@ def endpoint_bar(est: Any, alpha: float) -> Bar:
     larger where a part that grows has fewer df than the one that shrinks (docs/studies.md). A cross-validated design
     doubles its repeats alone (from 2), the only factor its parts project."""
     base, more = est.mde(alpha=alpha), None
-    if "seed" in est.levels:
+    if "seed" in est.levels:  # crossed: each factor
         factors = {"seeds": "seed", "cases": "case", "pretraining runs": "pretraining"}
+    elif est.levels.get("repeat", 0) >= 2:  # cross-validated: its repeats alone
+        factors = {"repeats": "repeat"}
     else:
-        factors = {"repeats": "repeat"} if est.levels.get("repeat", 0) >= 2 else {}
+        factors = {}
     factors = {name: level for name, level in factors.items() if level in est.levels}
     if est.parts and factors:
         here = est.mde(alpha=alpha, levels=est.levels)

@@ -47,9 +47,9 @@ def mde_line(primary: Contrast, *, min_effect: float, looks: Looks) -> list[str]
         line += (f"; with twice the repeats of the same folds ({2 * levels['repeat']} repeats, "
                  f"{2 * levels['draw']} draws) {more['repeats']:.3f}")
     if "draw" in levels:
-        line += (f"; no projection to {'other folds' if 'repeats' in more else 'more draws'} or more cases is printed: "
-                 "a cross-validated design's draws and cases are not crossed, so the variance components such a "
-                 "projection needs are not estimated")
+        beyond = "other folds" if "repeats" in more else "more draws"
+        line += (f"; no projection to {beyond} or more cases is printed: a cross-validated design's draws and cases "
+                 "are not crossed, so the variance components such a projection needs are not estimated")
     line += f". The minimum effect read as an effect is {min_effect:g}"
     if primary.bar.mde > min_effect:
         line += ": a true gain of that size would mostly go undetected here."
