@@ -203,7 +203,9 @@ class Engine:
                 return self._finish(stopped)
             except StopRequested as stop:  # during the final validation: resumed, the run validates again
                 stop_signal = stop.signum
-        self._save_last()
+        # a stop at a kept step (during it, or during the validation at its epoch's end) keeps it too: the resumed
+        # run starts after it and would never write it
+        self._save_last(*self._step_files_at(False))
         return self._result(stopped=False, preempted=True, signum=stop_signal)
 
     def _prepare(self, train_data: Dataset) -> _Run:

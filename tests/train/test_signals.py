@@ -102,6 +102,30 @@ def test_a_signal_during_the_final_validation_saves_and_the_resume_validates(tmp
     assert not resumed.preempted and [h["step"] for h in resumed.history] == [8, 10]
 
 
+
+@pytest.mark.parametrize("kept, during", [(3, "step"), (8, "step"), (8, "validation")])
+def test_a_stop_at_a_kept_step_keeps_it(tmp_path, kept, during):
+    # the study's head start (trainer.keep_steps): a stop during that step, or during the validation at its epoch's
+    # end (step 8 of 8 an epoch), saves its kept file with last.pt; the resumed run starts after it and never would
+    cfg = _cfg(max_steps=12, keep_steps=[kept])
+    rounds = []
+
+    def validate(model):
+        rounds.append(1)
+        if during == "validation" and len(rounds) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {"loss": 1.0}
+
+    step = _signal_at(kept, signal.SIGTERM) if during == "step" else step_fn
+    part = make_engine(tmp_path / "part", config=cfg, validate=validate, step=step).fit(ToyData())
+    assert part.preempted and part.step == kept
+    resumed = make_engine(tmp_path / "part", config=cfg, validate=validate, resume=True).fit(ToyData())
+    assert not resumed.preempted and resumed.step == 12
+    at = load_checkpoint(tmp_path / "part" / "checkpoints" / f"kept_{kept:08d}.pt")
+    make_engine(tmp_path / "to", config=_cfg(max_steps=kept), validate=validate).fit(ToyData())
+    assert at["step"] == kept
+    _assert_identical(at["model"], _state(tmp_path / "to")["model"])  # the weights of a run that ended there
+
 def _last_pt_steps(engine) -> list[int]:
     saved, save = [], engine.save
     engine.save = lambda *names, **kw: (saved.append((engine.step, names)), save(*names, **kw))
