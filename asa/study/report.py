@@ -177,13 +177,14 @@ def family_lines(said: Reading) -> list[str]:
     if keys[1:]:
         text += f" ({' and '.join(keys[1:])} shown as information: no verdict is read from them)"
     text += ". Every interval is the crossed random-effects interval of "
-    if any("draw" in r.bar.interval["levels"] for r in contrasts):
-        text += "the cross-validated draws × test cases"
+    if any("draw" in r.bar.interval["levels"] for r in contrasts):  # `asa.eval.random_effects.folded_interval`
+        text += ("the cross-validated draws × test cases (ANOVA mean squares; the draws', the cases' and, with "
+                 "replicated pretraining runs, the runs' parts each at its own t, in quadrature; the draw × case "
+                 "bootstrap beside it in the table is too narrow with 2–3 draws). ")
     else:
-        text += "seeds × test cases"
-    text += (" (ANOVA mean squares; with replicated pretraining runs the runs' component is a part of its own, "
-             "and from 3 runs and 3 seeds the parts share one t; the seed × case bootstrap beside it in the table is "
-             "too narrow with 2–3 seeds). ")
+        text += ("seeds × test cases (ANOVA mean squares; with replicated pretraining runs the runs' component is a "
+                 "part of its own, and from 3 runs and 3 seeds the parts share one t; the seed × case bootstrap "
+                 "beside it in the table is too narrow with 2–3 seeds). ")
     if primary is None:
         text += "There is no primary question: no pretrained arm was scored against scratch. "
     else:

@@ -118,6 +118,9 @@ def test_a_cross_validated_page_projects_its_mde_to_more_repeats_alone_and_says_
     assert f"with twice the repeats of the same folds (4 repeats, 12 draws) {more:.3f}" in line
     assert ("no projection to other folds or more cases is printed: a cross-validated design's draws and cases are "
             "not crossed") in line and "with twice the labeled draws" not in line
+    rule = report.family_lines(said)[0]  # how its intervals are formed: parts each at its own t, not one shared t
+    assert "the draws', the cases' and" in rule and "each at its own t, in quadrature" in rule
+    assert "share one t" not in rule
     one = readings.read([r for r in scores if r["repeat"] == 0], info, n_boot=100)  # one repeat: σ²_case unknown
     (line, _) = report.mde_line(one.primary, min_effect=0.01, looks=one.looks)
     assert one.primary.bar.mde_more is None and "with twice" not in line
