@@ -67,7 +67,8 @@ class JsonFile:
 class Unit:
     """A child process; ``argv``: its command line, ``python -m <module> ...`` or ``python -c <code>`` with this
     interpreter; ``done``: its result on disk; ``resumable``: a stop saves it; ``after``: units it waits for;
-    ``inputs``: the files it reads, written when it starts (planning writes nothing); ``config``: the console
+    ``late``: arguments read as it starts, from what the units it waits for wrote (`command`); ``inputs``: the
+    files it reads, written when it starts (planning writes nothing); ``config``: the console
     script's config and overrides it trains with (checked before anything runs), None for a unit that trains
     nothing; ``group``: the overrides of each run it trains as one (asa-study --fused; ``config``'s are the
     first's), empty for one run; ``steps``: the optimiser steps it trains (each of its runs), ``cases``: the cases
@@ -81,12 +82,17 @@ class Unit:
     resumable: bool = True
     threads: int | None = None
     after: tuple[str, ...] = ()
+    late: Callable[[], tuple[str, ...]] | None = None
     inputs: tuple[Input, ...] = ()
     config: tuple[str, tuple[str, ...]] | None = None
     group: tuple[tuple[str, ...], ...] = ()
     steps: int = 0
     cases: int = 0
     arms: tuple[str, ...] = ()
+
+    def command(self) -> tuple[str, ...]:
+        """Its command line as it starts: ``argv``, then the ``late`` arguments (read now)."""
+        return (*self.argv, *(self.late() if self.late is not None else ()))
 
     @property
     def arm(self) -> str | None:
@@ -183,8 +189,9 @@ def _alive(pid: int) -> bool:
 def launch(unit: Unit) -> None:
     """Start ``unit`` (forked from the fork server, started with the first unit), its output in its log, and keep it
     in `RUNNING`."""
-    if len(unit.argv) < 3 or unit.argv[0] != sys.executable or unit.argv[1] not in ("-m", "-c"):
-        raise ValueError(f"unit {unit.name}: {shlex.join(unit.argv)} is not `{sys.executable} -m <module> ...` or "
+    argv = unit.command()
+    if len(argv) < 3 or argv[0] != sys.executable or argv[1] not in ("-m", "-c"):
+        raise ValueError(f"unit {unit.name}: {shlex.join(argv)} is not `{sys.executable} -m <module> ...` or "
                          "`-c <code>`, the command lines a study runs")
     unit.log.parent.mkdir(parents=True, exist_ok=True)
     for needed in unit.inputs:
@@ -192,7 +199,7 @@ def launch(unit: Unit) -> None:
     env = {**os.environ, **({k: str(unit.threads) for k in THREAD_VARS} if unit.threads else {})}
     server = multiprocessing.get_context("forkserver")
     server.set_forkserver_preload(PRELOAD)  # read when the server starts, with the first unit of this process
-    proc = server.Process(target=_run_command_line, args=(unit.argv, env, str(unit.log), unit.threads),
+    proc = server.Process(target=_run_command_line, args=(argv, env, str(unit.log), unit.threads),
                           name=unit.name)
     # the fork server starts here with the first unit, in the terminal's process group: started with the stop signals
     # held (as multiprocessing starts its resource tracker, which unblocks them after: started first), a Ctrl-C does
@@ -305,7 +312,7 @@ def run_units(units: Sequence[Unit], jobs: int, clock: Clock, times: dict[str, f
             if memory_gib is not None and unit.gib > memory_gib:
                 print(f"[study] {unit.name}: its planned {unit.gib:g} GiB of GPU memory exceed the device's "
                       f"{memory_gib:.1f} GiB: it runs alone, and may run out of memory", flush=True)
-            print(f"[study] {unit.name}: {shlex.join(unit.argv)} (log {unit.log})", flush=True)
+            print(f"[study] {unit.name}: {shlex.join(unit.command())} (log {unit.log})", flush=True)
             launch(unit)
         if not RUNNING:
             return False

@@ -1,8 +1,8 @@
 """The stages of ``asa-study``, run in order by `run_stages`: the pilot (with the positive control beside it), the
-pretraining runs, the frozen probes (``--probe-first``), the transfer stage and the report. A stage names its units
-(the scheduler's processes: `asa.study.scheduler`), is done when they are, and then reads what they wrote; a reading
-may stop the study (a pilot that did not learn). Every stage's units, scoring included, run under one scheduler,
-within the call's time budget; a rerun continues with the first stage not done."""
+pretraining runs (the negative control's among them), the frozen probes (``--probe-first``), the transfer stage and
+the report. A stage names its units (the scheduler's processes: `asa.study.scheduler`), is done when they are, and
+then reads what they wrote; a reading may stop the study (a pilot that did not learn). Every stage's units, scoring
+included, run under one scheduler, within the call's time budget; a rerun continues with the first stage not done."""
 
 from __future__ import annotations
 
@@ -183,48 +183,45 @@ def labeled_units(setup: Setup) -> list[Unit]:
     return units
 
 
-def pretraining_unit(s: Study, run: Pretraining, export_step: int | None = None) -> Unit:
-    """A pretraining run's unit: done when its last.pt went through its schedule and its encoder is exported (at
-    ``export_step``, else at its lowest held-out round)."""
-    overrides = (*run.overrides, *([f"export_step={export_step}"] if export_step is not None else []),
-                 *s.threads_override)
+def pretraining_unit(s: Study, run: Pretraining, matched: Pretraining | None = None) -> Unit:
+    """A pretraining run's unit: done when its last.pt went through its schedule and its encoder is exported (at its
+    lowest held-out round; with ``matched``, after that run, at the step its export holds)."""
+    overrides = (*run.overrides, *s.threads_override)
+    late = None if matched is None else lambda: (f"export_step={export_step(matched)}",)
     return Unit(run.name, pretraining_argv(s.scale.nproc, *overrides),
                 lambda: finished(run.run_dir / "checkpoints" / "last.pt") and run.encoder.is_file(),
                 s.out / "logs" / f"{run.name}.log", threads=s.threads, inputs=run.inputs,
-                config=("pretrain", overrides), steps=s.scale.pretrain_steps, arms=(run.arm,))
+                config=("pretrain", overrides), steps=s.scale.pretrain_steps, arms=(run.arm,),
+                after=() if matched is None else (matched.name,), late=late)
 
 
 class Pretrain(Stage):
     """Every pretraining run of the arms (`asa.study.runs.plan_pretraining`), each exported at its lowest held-out
-    round; the negative control's come next (`NegativeControl`)."""
+    round, and the negative control's: the matched arm's recipe on noise volumes, each run started once the matched
+    arm's run of its replicate is done and exported at the step that run exported (`asa.study.arms.matched_by_noise`:
+    mae), so that mae − noise differs in what the runs read, not in how long they trained; without a matched arm, at
+    its own lowest held-out round. A noise run waits for its matched run alone: the units keep the cores busy."""
 
     title = "pretraining"
 
     def units(self, setup: Setup, found: Findings) -> StageUnits:
-        return StageUnits(tuple(pretraining_unit(setup.study, run) for run in setup.runs if not ARMS[run.arm].noise))
+        s, matched = setup.study, matched_runs(setup)
+        arms = [pretraining_unit(s, run) for run in setup.runs if not ARMS[run.arm].noise]
+        noise = [pretraining_unit(s, run, matched.get(run.replicate)) for run in setup.runs if ARMS[run.arm].noise]
+        return StageUnits((*arms, *noise))
 
 
-class NegativeControl(Stage):
-    """The negative control's runs (the matched arm's recipe on noise volumes), each exported at the step the matched
-    arm's run of its replicate exported (`asa.study.arms.matched_by_noise`: mae), so that mae − noise differs in what
-    the runs read, not in how long they trained; without a matched arm, at its own lowest held-out round."""
-
-    title = "negative control"
-
-    def units(self, setup: Setup, found: Findings) -> StageUnits:
-        steps = export_steps(setup)
-        return StageUnits(tuple(pretraining_unit(setup.study, run, steps.get(run.replicate)) for run in setup.runs
-                             if ARMS[run.arm].noise))
-
-
-def export_steps(setup: Setup) -> dict[int, int]:
-    """Replicate -> the step its matched arm's run (at the largest cohort) exported its encoder at, read from the
-    export; none before those runs are done (a plan drafted before anything ran prices the units without it)."""
+def matched_runs(setup: Setup) -> dict[int, Pretraining]:
+    """Replicate -> the matched arm's run (at the largest cohort) whose export step that replicate's noise run takes."""
     matched = matched_by_noise(setup.study.arms)
     runs = [r for r in setup.runs if r.arm == matched]
     largest = max((r.cohort for r in runs), default=None)
-    return {r.replicate: int(load_checkpoint(r.encoder)["step"]) for r in runs
-            if r.cohort == largest and r.encoder.is_file()}
+    return {r.replicate: r for r in runs if r.cohort == largest}
+
+
+def export_step(run: Pretraining) -> int:
+    """The step ``run``'s export holds (its lowest held-out round)."""
+    return int(load_checkpoint(run.encoder)["step"])
 
 
 class Probes(Stage):
@@ -321,7 +318,7 @@ def labeled_by_arm(setup: Setup) -> dict[str, list[str]]:
 
 def stages(study: Study) -> list[Stage]:
     """The study's stages, in order."""
-    return [Pilot(), Pretrain(), NegativeControl(), *([Probes()] if study.probe_first else []), TransferStage(),
+    return [Pilot(), Pretrain(), *([Probes()] if study.probe_first else []), TransferStage(),
             Report()]
 
 
@@ -433,7 +430,13 @@ def _stage_seconds(setup: Setup, stage: Stage, staged: StageUnits, costs: Costs)
     jobs, memory = stage.jobs or setup.study.scale.jobs, setup.study.memory_gib
     trained = [u for u in staged.units if u.config is not None]
     others = [u for u in staged.units if u.config is None]
-    return sum(_makespan([(costs.seconds(u), u.gib) for u in part], jobs, memory) for part in (trained, others))
+    return sum(_makespan([(costs.seconds(u), u.gib, _waits(u, part)) for u in part], jobs, memory)
+               for part in (trained, others))
+
+
+def _waits(unit: Unit, part: list[Unit]) -> tuple[int, ...]:
+    """The positions in ``part`` of the units ``unit`` comes after (a unit of another part has ended before)."""
+    return tuple(k for k, u in enumerate(part) if u.name in unit.after)
 
 
 def _modes_line(fused: float, apart: float) -> str:
@@ -452,15 +455,19 @@ def _modes_line(fused: float, apart: float) -> str:
     return f"[study] plan: modes: {both}: {verdict}"
 
 
-def _makespan(units: list[tuple[float, float]], jobs: int, memory_gib: float | None = None) -> float:
-    """The seconds ``units`` (each its seconds and GiB) take when each in order starts as soon as fewer than ``jobs``
-    run and its GiB fit beside theirs in ``memory_gib`` (None: on the CPU), or nothing runs: `run_units`' rule."""
-    now = 0.0
+def _makespan(units: list[tuple[float, float, tuple[int, ...]]], jobs: int, memory_gib: float | None = None) -> float:
+    """The seconds ``units`` (each its seconds, GiB and the positions of the units before it that it comes after)
+    take when each in order starts as soon as those have ended, fewer than ``jobs`` run and its GiB fit beside theirs
+    in ``memory_gib`` (None: on the CPU), or nothing runs: `run_units`' rule."""
+    now, ends = 0.0, []  # the start of the unit in hand; each unit's end, in order
     running: list[tuple[float, float]] = []  # the running units' (end, GiB)
-    for seconds, gib in units:
+    for seconds, gib, waits in units:
+        now = max([now, *(ends[k] for k in waits)])
+        running = [(end, g) for end, g in running if end > now]
         while running and (len(running) >= max(1, jobs)
                            or (memory_gib is not None and sum(g for _, g in running) + gib > memory_gib)):
             now = min(end for end, _ in running)  # wait for the next to end
             running = [(end, g) for end, g in running if end > now]
         running.append((now + seconds, gib))
-    return max((end for end, _ in running), default=0.0)
+        ends.append(now + seconds)
+    return max(ends, default=0.0)

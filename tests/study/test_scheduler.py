@@ -92,6 +92,24 @@ def test_units_run_side_by_side_and_a_unit_after_others_waits_for_them(tmp_path)
     assert span["score"][0] >= max(span["a"][1], span["b"][1])
 
 
+
+def test_a_unit_s_late_arguments_are_read_as_it_starts_from_what_the_units_it_waits_for_wrote(tmp_path, capsys):
+    """The negative control's export step is its matched run's, known once that run is done: ``late`` is read as
+    the unit starts (after it, though listed first with a slot free), it sees what that unit wrote, and the line
+    that starts it says so."""
+    import json
+
+    step, seen = tmp_path / "step", tmp_path / "seen.json"
+    first = _unit(tmp_path, "first", f"import time; time.sleep(0.5); open({str(step)!r}, 'w').write('1504')")
+    then = Unit("then", (sys.executable, "-c", f"import json, sys; json.dump(sys.argv[1:], open({str(seen)!r}, 'w'))"),
+                seen.is_file, tmp_path / "logs" / "then.log", after=("first",),
+                late=lambda: (f"export_step={step.read_text()}",))
+    assert run_units([then, first], 2, Clock(None), {})
+    assert json.loads(seen.read_text()) == ["export_step=1504"]
+    assert any(line.startswith("[study] then: ") and line.endswith(f"export_step=1504 (log {then.log})")
+               for line in capsys.readouterr().out.splitlines())
+
+
 def test_a_unit_runs_its_command_line_as_a_fresh_interpreter_would_from_the_preloaded_one(tmp_path):
     """A ``-c`` unit sees its arguments, ``__main__``, its environment and its thread count, and its exit handlers
     run; torch is in its modules before it imports anything (the fork server's); a ``-m`` unit runs the module with

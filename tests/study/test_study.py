@@ -942,8 +942,8 @@ def test_the_gpu_scale_plans_the_whole_study_for_one_window_and_runs_nothing(tmp
     jobs = units_at_once(1, 0, None, len(os.sched_getaffinity(0)))
     assert "[study] plan: --scale gpu on a machine without a GPU: the plan below is priced on this machine's CPU" in said
     assert f"pilot and positive control: 9 unit(s) of 1200 steps, {jobs} at once" in said  # the pilot, 8 controls
-    assert f"pretraining: 8 unit(s) of 480 steps, {jobs} at once" in said  # mae and asa, 4 runs each
-    assert f"negative control: 4 unit(s) of 480 steps, {jobs} at once" in said  # noise, after them: mae's steps
+    # mae and asa, 4 runs each, and noise, each of its 4 after mae's run of its replicate, exported at its step
+    assert f"pretraining: 12 unit(s) of 480 steps, {jobs} at once" in said
     assert f"transfer: 112 unit(s) of 1200 steps, {jobs} at once" in said  # 14 arms × 8 draws, the pilot's length
     assert "transfer: 14 arms × N [2] × 8 cross-validation draws" in said
     gpu = SCALES["gpu"]
@@ -963,9 +963,9 @@ def test_every_scale_cross_validates_a_small_labeled_set(data):
 
 
 def test_the_noise_control_is_exported_at_the_step_its_matched_arm_exported(data, tmp_path, monkeypatch):
-    """mae − noise reads two runs of one recipe: each noise run is pretrained after the arms and exported at the step
-    mae's run of its replicate exported (its lowest held-out round), read from that export; asa's steps do not
-    count (its questions are not read against the noise control)."""
+    """mae − noise reads two runs of one recipe: each noise run starts once mae's run of its replicate is done and is
+    exported at the step that run exported (its lowest held-out round), read from that export as it starts; asa's
+    steps do not count (its questions are not read against the noise control), and no noise run waits for asa's."""
     from asa.io import save_checkpoint
 
     cohort, labeled = data
@@ -975,18 +975,18 @@ def test_the_noise_control_is_exported_at_the_step_its_matched_arm_exported(data
                        "resenc-tiny", "--arms", "asa", "mae", "noise", "--out", str(tmp_path / "s")]) == 0
     (setup,) = setups
     titles = [s.title for s in stages.stages(setup.study)]
-    assert titles.index("pretraining") + 1 == titles.index("negative control")
-    arms_first = stages.Pretrain().units(setup, stages.Findings()).units
+    assert titles == ["pilot and positive control", "pretraining", "transfer", "report"]
+    units = stages.Pretrain().units(setup, stages.Findings()).units
+    arms_first, noise = units[:4], units[4:]
     assert sorted(u.name for u in arms_first) == ["asa-c4", "asa-c4-p1", "mae-c4", "mae-c4-p1"]
-    assert not any("export_step" in " ".join(u.argv) for u in arms_first)  # their lowest held-out round
-    # nothing exported yet (a dry run's draft): the noise runs are planned without a step, priced alike
-    drafted = stages.NegativeControl().units(setup, stages.Findings()).units
-    assert not any("export_step" in " ".join(u.argv) for u in drafted)
+    assert not any("export_step" in " ".join(u.command()) for u in arms_first)  # their lowest held-out round
+    # each noise run after its own mae run alone, planned (and priced) without a step: nothing is exported yet
+    assert {u.name: u.after for u in noise} == {"noise-c4": ("mae-c4",), "noise-c4-p1": ("mae-c4-p1",)}
+    assert not any("export_step" in " ".join(u.argv) for u in noise)
     for run in setup.runs:  # the arms' exports, each at a step of its own
         if run.arm != "noise":
             save_checkpoint(run.encoder, {"step": {"mae": 3, "asa": 1}[run.arm] + run.replicate})
-    noise = stages.NegativeControl().units(setup, stages.Findings()).units
-    assert {u.name: [a for a in u.argv if a.startswith("export_step=")] for u in noise} == {
+    assert {u.name: [a for a in u.command() if a.startswith("export_step=")] for u in noise} == {
         "noise-c4": ["export_step=3"], "noise-c4-p1": ["export_step=4"]}
 
 

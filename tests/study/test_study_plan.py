@@ -138,8 +138,8 @@ def test_a_unit_s_planned_seconds_are_its_start_steps_and_validation_rounds():
     assert costs.seconds(scoring) == 10.0 + 6 * 3.0  # its start and each case scored
     pretraining = Unit("p", (), lambda: False, Path("log"), config=("pretrain", ("trainer.epochs=1",)), steps=10)
     assert math.isnan(costs.seconds(pretraining))  # not timed: never a figure from elsewhere
-    assert _makespan([(3.0, 1.0), (1.0, 1.0), (1.0, 1.0), (1.0, 1.0)], 2) == 3.0
-    assert _makespan([(2.0, 1.0)] * 3, 2) == 4.0
+    assert _makespan([(3.0, 1.0, ()), (1.0, 1.0, ()), (1.0, 1.0, ()), (1.0, 1.0, ())], 2) == 3.0
+    assert _makespan([(2.0, 1.0, ())] * 3, 2) == 4.0
     assert _makespan([], 2) == 0.0
     # three runs trained as one (--fused): priced by the fused group's own timed step and round, not a run's
     fused = dataclasses.replace(unit, group=(overrides,) * 3)
@@ -176,7 +176,7 @@ def test_a_dry_run_writes_nothing_and_prices_every_stage_on_this_machine(tmp_pat
         assert "s to score a case" in said[0]
         stages = {line.split(":")[1].strip(): float(line.rsplit(": ", 1)[1].removesuffix(" min"))
                   for line in said[1:-1]}
-        assert set(stages) == {"pilot and positive control", "pretraining", "negative control", "transfer"}
+        assert set(stages) == {"pilot and positive control", "pretraining", "transfer"}
         assert all(minutes >= 0 for minutes in stages.values()) and sum(stages.values()) > 0  # every unit priced
         assert said[-1].endswith("nothing was run (--dry-run)")
         # the stages add up, each line rounded to 0.1 min: within half of that per stage

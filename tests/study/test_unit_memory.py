@@ -61,10 +61,19 @@ def test_on_the_cpu_only_jobs_bound_the_units_at_once(tmp_path):
 
 def test_the_dry_run_s_makespan_applies_the_memory_rule():
     """Each unit in order starts once fewer than ``jobs`` run and its GiB fit beside theirs, or nothing runs."""
-    units = [(2.0, 2.0), (1.0, 1.0), (3.0, 2.0), (1.0, 1.0)]  # (seconds, GiB)
+    units = [(2.0, 2.0, ()), (1.0, 1.0, ()), (3.0, 2.0, ()), (1.0, 1.0, ())]  # (seconds, GiB, after)
     # 3 GiB: the first two at 0 (3 GiB); the third waits for both (2 + 2 > 3): 2 to 5, the fourth beside it, 2 to 3
     assert _makespan(units, 4, 3.0) == 5.0
     assert _makespan(units, 4, None) == 3.0  # on the CPU: all four at 0, the longest 3 s
     assert _makespan(units, 1, 3.0) == 7.0  # one at a time: their sum
     # a unit larger than the device starts alone at 0; the one after it waits for it to end
-    assert _makespan([(1.0, 4.0), (1.0, 1.0)], 2, 3.0) == 2.0
+    assert _makespan([(1.0, 4.0, ()), (1.0, 1.0, ())], 2, 3.0) == 2.0
+
+
+def test_the_dry_run_s_makespan_starts_a_unit_after_the_units_it_comes_after():
+    """A noise run after its matched run (`stages.Pretrain`): three arms' runs and three noise runs, each after its
+    own, 2 at once on the CPU take three waves (no core idle); 16 at once, two (the noise runs wait for theirs)."""
+    runs = [(10.0, 1.0, ())] * 3 + [(10.0, 1.0, (k,)) for k in range(3)]
+    assert _makespan(runs, 2) == 30.0
+    assert _makespan(runs, 16) == 20.0
+    assert _makespan(runs, 16, 100.0) == 20.0 and _makespan([(10.0, 1.0, ())] * 6, 16) == 10.0
