@@ -13,7 +13,6 @@ import math
 import shlex
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +92,7 @@ class FineTuningUnits(StageUnits):
 
 class Stage:
     """One stage: its units (`StageUnits`), done when they are, and what it reads once they are into ``found``
-    (``spent``: each of its units' seconds in this call) -> None to go on, else the exit code the study ends with."""
+    -> None to go on, else the exit code the study ends with."""
 
     title = ""
     jobs: int | None = None  # units at once (None: the scale's)
@@ -101,7 +100,7 @@ class Stage:
     def units(self, setup: Setup, found: Findings) -> StageUnits:
         return StageUnits()
 
-    def read(self, setup: Setup, found: Findings, staged: StageUnits, spent: Mapping[str, float]) -> int | None:
+    def read(self, setup: Setup, found: Findings, staged: StageUnits) -> int | None:
         return None
 
 
@@ -120,10 +119,12 @@ class FineTuning(Stage):
         trained = units[:len(transfer.groups(settings, runs))]  # the training units, then the scoring
         return FineTuningUnits(tuple(units), said, settings=settings, runs=tuple(runs), cfg=cfg, trained=tuple(trained))
 
-    def read(self, setup: Setup, found: Findings, staged: FineTuningUnits, spent: Mapping[str, float]) -> int | None:
-        # every run scored: read afresh from their scores.json at every call, a resumed study's as a whole one's
+    def read(self, setup: Setup, found: Findings, staged: FineTuningUnits) -> int | None:
+        # every run scored: read afresh from their scores.json at every call, a resumed study's as a whole one's;
+        # its seconds every sitting's (times.json), those of sittings a stop ended among them
         settings, runs = staged.settings, staged.runs
-        found.scored = transfer.results(settings, runs, staged.cfg, transfer.run_seconds(settings, runs, spent))
+        seconds = transfer.run_seconds(settings, runs, found.times["runs"])
+        found.scored = transfer.results(settings, runs, staged.cfg, seconds)
         found.head_start = transfer.head_start_results(settings, runs, staged.cfg)
 
 
@@ -145,8 +146,8 @@ class Pilot(FineTuning):
         staged = super().units(setup, found)
         return dataclasses.replace(staged, units=(*staged.units, *labeled_units(setup)))
 
-    def read(self, setup: Setup, found: Findings, staged: FineTuningUnits, spent: Mapping[str, float]) -> int | None:
-        super().read(setup, found, staged, spent)
+    def read(self, setup: Setup, found: Findings, staged: FineTuningUnits) -> int | None:
+        super().read(setup, found, staged)
         s, [run], [unit] = setup.study, staged.runs, staged.trained  # the scratch twin at the largest N, seed 0
         if unit.name in found.times["runs"]:  # the cost table's pilot row (not when it ran in a killed sitting)
             found.times["runs"][PILOT] = found.times["runs"][unit.name]
@@ -237,7 +238,7 @@ class Probes(Stage):
                                   overlap_overrides(setup.checks.overlap))
         return StageUnits((probe,))
 
-    def read(self, setup: Setup, found: Findings, staged: StageUnits, spent: Mapping[str, float]) -> int | None:
+    def read(self, setup: Setup, found: Findings, staged: StageUnits) -> int | None:
         s = setup.study
         record = json.loads((s.out / "probes" / "table" / "probe.json").read_text())
         keys, label = probes.primary_probe(setup.task.output_names, s.lesion_classes)
@@ -286,7 +287,7 @@ class Report(Stage):
 
     title = "report"
 
-    def read(self, setup: Setup, found: Findings, staged: StageUnits, spent: Mapping[str, float]) -> int | None:
+    def read(self, setup: Setup, found: Findings, staged: StageUnits) -> int | None:
         s, times, split, endpoint = setup.study, found.times, setup.split, setup.checks.endpoint
         info = {"scale_name": s.scale_name, "scale": dataclasses.asdict(s.scale), "network": s.network.name,
                 "steps": found.pilot["steps"], "head_start": s.head_start, "fused": s.fused, "recipe": s.recipe, "encoder_lr_scale": s.encoder_lr_scale,
@@ -332,7 +333,6 @@ def run_stages(setup: Setup, clock: Clock, times: dict[str, Any], times_file: Pa
         units = staged.units
         if staged.said:
             print(staged.said, flush=True)
-        before = {u.name: times["runs"].get(u.name, 0.0) for u in units}
         try:
             complete = run_units(units, stage.jobs or s.scale.jobs, clock, times["runs"], s.memory_gib)
         finally:  # a stop (SIGTERM, SIGINT) raises through here: its sitting's seconds count all the same
@@ -347,8 +347,7 @@ def run_stages(setup: Setup, clock: Clock, times: dict[str, Any], times_file: Pa
                    f"the time budget ({s.scale.time_budget:.0f} s) ended during the {stage.title} stage")
             print(f"[study] {why}: rerun the same command to continue", flush=True)
             return UNFINISHED
-        spent = {u.name: times["runs"].get(u.name, 0.0) - before[u.name] for u in units}
-        if (code := stage.read(setup, found, staged, spent)) is not None:
+        if (code := stage.read(setup, found, staged)) is not None:
             return code
     return 0
 

@@ -243,9 +243,11 @@ def groups(s: Transfer, runs: Sequence[Run]) -> dict[str, list[Run]]:
     return names
 
 
-def run_seconds(s: Transfer, runs: Sequence[Run], spent: Mapping[str, float]) -> list[float]:
-    """Each run's seconds of ``spent`` (by unit name): a fused unit's shared out evenly among its runs."""
-    share = {run.run_dir: spent.get(name, 0.0) / len(group) for name, group in groups(s, runs).items() for run in group}
+def run_seconds(s: Transfer, runs: Sequence[Run], seconds: Mapping[str, float]) -> list[float]:
+    """Each run's seconds of ``seconds`` (by unit name; NaN where its unit's are not recorded): a fused unit's
+    shared out evenly among its runs."""
+    share = {run.run_dir: seconds.get(name, math.nan) / len(group) for name, group in groups(s, runs).items()
+             for run in group}
     return [share[run.run_dir] for run in runs]
 
 
@@ -395,13 +397,14 @@ def score_main(argv: Sequence[str] | None = None) -> None:
             print(f"[transfer] scored {run.run_dir}", flush=True)
 
 
-def results(s: Transfer, runs: Sequence[Run], probe_cfg: Any, spent: Sequence[float]) -> Outputs | None:
-    """Add this call's seconds (``spent``, one per run) to each run's wall_time.json, write the scored runs' outputs
-    and return their rows (None: no run scored yet). Every call reads them afresh from the runs' scores.json."""
+def results(s: Transfer, runs: Sequence[Run], probe_cfg: Any, seconds: Sequence[float]) -> Outputs | None:
+    """Write each run's seconds (``seconds``, one per run: every call's that trained it, `run_seconds`; NaN: not
+    recorded, its wall_time.json left as it is) to its wall_time.json, write the scored runs' outputs and return
+    their rows (None: no run scored yet). Every call reads them afresh from the runs' scores.json."""
     out = Path(s.out).expanduser().absolute()
-    for run, seconds in zip(runs, spent):  # each run's wall time adds the parts of every call that trained it
-        if seconds > 0:
-            atomic_write_json(run.run_dir / "wall_time.json", {"train_seconds": seconds + _train_seconds(run, 0.0)})
+    for run, total in zip(runs, seconds):
+        if total > 0:  # (False for NaN)
+            atomic_write_json(run.run_dir / "wall_time.json", {"train_seconds": total})
     done = _scored_runs(runs)
     # a run scored before its cases were recorded; its wall time as the study has added it up
     budgets = [{**d["budget"], "train": d["budget"].get("train", " ".join(run.train)),

@@ -147,6 +147,8 @@ class Engine:
         self._wrote_last = False  # last.pt written since this start: else the first epoch's end writes it
         self._overdue = False  # trainer.ckpt_minutes passed at an epoch's last step: `_end_epoch` saves
         self._stopped_early = False  # early stopping at a validation round inside an epoch (trainer.val_every_steps)
+        self._ended = False  # `_finish` done: the run's final validation and panel are in its last.pt
+        self._window: dict | None = None  # the logging window a resumed run stopped in (`TrainLog.open`)
         self._writer = CheckpointWriter()  # checkpoints are written while training goes on
 
     # ------------------------------------------------------------------------------------------- fit
@@ -251,7 +253,7 @@ class Engine:
             run.net = DDP(self.model, device_ids=[env.device] if env.device.type == "cuda" else None,
                           find_unused_parameters=cfg.find_unused_parameters)
         self.log.open(start_step=self.step, stop_step=run.stop_step, progress=cfg.progress,
-                      resumed=self.resume is not None)
+                      resumed=self.resume is not None, window=self._window)
         self.log.say(f"training: {self.steps_per_epoch} steps/epoch, schedule over {self.total_steps} steps "
                      f"(warm-up {self.warmup_steps}), stopping at step {run.stop_step}; global batch "
                      f"{run.samples_per_step}; device {env.device}, world size {env.world_size}"
@@ -486,6 +488,7 @@ class Engine:
                 raise
         if self.cfg.panel_every and self._last_panel_step != self.step:
             self._panels()  # a final panel, also for runs shorter than panel_every epochs
+        self._ended = True
         self._save_last(*self._step_files_at(False))  # a kept step at the run's end (`_step_files_at`)
         if self.env.is_main:
             self.log.flush()
@@ -512,11 +515,11 @@ class Engine:
 
     # --------------------------------------------------------------------------------- state and resume
     def _state(self, *, weights_only: bool = False) -> dict | None:
-        """Full training state; collective (gathers every rank's RNG), returns None off rank 0. ``weights_only``
-        (best.pt): without what only a resumed run reads (the optimiser's state, the GradScaler's, every rank's
-        RNG); the weights, the network spec and the run config (what asa-predict, asa-export, asa-finetune's
+        """Full training state; collective (gathers every rank's RNG and open logging window), returns None off rank
+        0. ``weights_only`` (best.pt): without what only a resumed run reads (the optimiser's state, the GradScaler's,
+        every rank's RNG and logging window); the weights, the network spec and the run config (what asa-predict, asa-export, asa-finetune's
         model.pretrained and encoder.pt read) and the counters stay."""
-        rngs = None if weights_only else all_gather_objects(capture_rng(), self.env)
+        ranks = [] if weights_only else all_gather_objects((capture_rng(), self.log.window_state()), self.env)
         if not self.env.is_main:
             return None
         state = {
@@ -528,13 +531,16 @@ class Engine:
                           "warmup_steps": self.warmup_steps, "base_lr": self.lr},
             "scaler": self.optim_step.scaler.state_dict(),
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "world_size": self.env.world_size, "rng": rngs, "tracker": self.tracker.state(),
+            "world_size": self.env.world_size, "rng": [rng for rng, _ in ranks],
+            "log_window": [window for _, window in ranks], "tracker": self.tracker.state(),
             "nonfinite_total": self.nonfinite_total, "history": self.history, "config": self.run_config,
         }
         if weights_only:
             for key in RESUME_ONLY:
                 del state[key]
             state["weights_only"] = True
+        else:  # False at the last step while a stop left the final validation to the resumed run (`finished`)
+            state["ended"] = self._ended
         if self.extra_state is not None:
             state["extra"] = dict(self.extra_state())
         return state
@@ -589,6 +595,7 @@ class Engine:
         rngs = state["rng"]
         if int(state["world_size"]) == self.env.world_size and len(rngs) == self.env.world_size:
             restore_rng(rngs[self.env.rank])
+            self._window = (state.get("log_window") or [None] * len(rngs))[self.env.rank]  # (none before it was kept)
         else:
             self.log.say(f"warning: {path} was written with world_size={state['world_size']}, now "
                          f"{self.env.world_size}; RNG streams are re-seeded (the run continues, not bit-exactly)")

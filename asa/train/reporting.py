@@ -51,11 +51,14 @@ class TrainLog:
             tqdm.write(msg, file=sys.stderr)
             sys.stderr.flush()
 
-    def open(self, *, start_step: int, stop_step: int, progress: bool, resumed: bool) -> None:
+    def open(self, *, start_step: int, stop_step: int, progress: bool, resumed: bool,
+             window: Mapping[str, Mapping[str, float]] | None = None) -> None:
         """Open TensorBoard (rank 0) and the progress bar. A resumed run drops the events logged after
         ``start_step`` by the run it continues (those steps are logged again); the points at
         ``start_step`` itself were written before its checkpoint and stay (TensorBoard purges every
-        step >= ``purge_step``, hence the + 1)."""
+        step >= ``purge_step``, hence the + 1). ``window``: the open window it stopped in (`window_state`), whose
+        steps its first window then averages too, as the uninterrupted run's does (its throughput counts this
+        start's steps alone)."""
         if self.env.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -68,8 +71,14 @@ class TrainLog:
                         desc="train", dynamic_ncols=True, file=sys.stderr)
         self._start_step, self._stop_step, self._t_start = start_step, stop_step, time.perf_counter()
         self._window, self._counts, self._window_steps, self._t_window = {}, {}, 0, time.perf_counter()
+        if window is not None:
+            self._window, self._counts = dict(window["sums"]), {k: int(n) for k, n in window["counts"].items()}
         if self.env.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.env.device)
+
+    def window_state(self) -> dict[str, dict[str, float]]:
+        """The open window's sums and counts, read to the host: what a checkpoint keeps of it (`open`)."""
+        return {"sums": {k: float(v) for k, v in self._window.items()}, "counts": dict(self._counts)}
 
     def _thread_failed(self, args: threading.ExceptHookArgs) -> None:
         if args.thread in self._threads and isinstance(args.exc_value, OSError):

@@ -13,18 +13,18 @@ from types import SimpleNamespace
 
 import pytest
 
-from asa.study import stages
+from asa.study import stages, transfer
 from asa.study.common import Clock
 from asa.study.scheduler import Unit, stop_on_signals
 from asa.study.sittings import ended, keep_sitting
 
 
-def _stop_once_started(started: Path) -> None:
-    """SIGTERM to this process a second after the unit wrote ``started``: the study stops mid-stage."""
+def _stop_once_started(started: Path, after: float = 1.0) -> None:
+    """SIGTERM to this process ``after`` s after the unit wrote ``started``: the study stops mid-stage."""
     deadline = time.monotonic() + 120
     while not started.is_file() and time.monotonic() < deadline:
         time.sleep(0.1)
-    time.sleep(1.0)
+    time.sleep(after)
     os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -89,3 +89,50 @@ def test_a_sitting_is_on_disk_from_its_start_and_one_killed_is_closed_by_the_nex
     killed, now = json.loads(times_file.read_text())["sittings"]
     assert killed["ended"] == KILLED and 29 <= killed["seconds"] <= 32  # to its last log line, not to now
     assert killed["start"] < killed["end"] and now["ended"] == "finished"
+
+
+@pytest.mark.slow  # two units in processes of their own, a real SIGTERM between sittings
+def test_each_fine_tuning_run_s_wall_time_holds_every_sitting_s_seconds(tmp_path, monkeypatch):
+    """A fine-tuning stage stopped mid-way and rerun: each run's wall_time.json (the budget table's "train s / run",
+    the Cost table's fine-tuning rows) holds what times.json holds for its unit, every sitting's: run a ended in the
+    stopped sitting (its read, which writes the file, came only in the rerun), run b trained in both."""
+    out = tmp_path / "transfer"
+    settings = transfer.Transfer(out, arms={})
+    runs = tuple(transfer.Run(arm, 1, 0, (), (), out / "runs" / f"{arm}-n1-s0") for arm in ("a", "b"))
+    started = tmp_path / "b-started"
+
+    def unit(run: transfer.Run, seconds: float, marker: Path | None = None) -> Unit:
+        mark = f"open({str(marker)!r}, 'w'); " if marker else ""
+        code = f"import pathlib, time; {mark}time.sleep({seconds}); pathlib.Path({str(run.run_dir / 'done')!r}).touch()"
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        return Unit(f"transfer/{run.run_dir.name}", (sys.executable, "-c", code), (run.run_dir / "done").is_file,
+                    tmp_path / "logs" / f"{run.arm}.log", config=("finetune", ()))
+
+    trained = (unit(runs[0], 0.5), unit(runs[1], 3.0, started))
+
+    class Tuning(stages.FineTuning):
+        title = "transfer"
+
+        def units(self, setup, found):
+            return stages.FineTuningUnits(trained, "", settings=settings, runs=runs, cfg=None, trained=trained)
+
+    monkeypatch.setattr(stages, "stages", lambda study: [Tuning()])
+    monkeypatch.setattr(transfer, "_names", lambda done, cfg: [])  # nothing is scored here
+    setup = SimpleNamespace(study=SimpleNamespace(scale=SimpleNamespace(jobs=2, time_budget=None), memory_gib=None))
+    times, times_file = {"stages": {}, "runs": {}}, tmp_path / "times.json"
+
+    def sitting() -> int:
+        return keep_sitting(times, times_file, lambda: stop_on_signals(
+            lambda: stages.run_stages(setup, Clock(None), times, times_file), lambda stop, names: None))
+
+    stopper = threading.Thread(target=_stop_once_started, args=(started, 1.5))
+    stopper.start()
+    assert sitting() == 128 + signal.SIGTERM
+    stopper.join()
+    assert not any((run.run_dir / "wall_time.json").exists() for run in runs)  # the stage's read did not come
+    assert sitting() == 0  # b again from its start, then the read
+    recorded = json.loads(times_file.read_text())["runs"]
+    for run in runs:
+        total = recorded[f"transfer/{run.run_dir.name}"]
+        assert json.loads((run.run_dir / "wall_time.json").read_text())["train_seconds"] == pytest.approx(total)
+    assert recorded["transfer/b-n1-s0"] > 4.0  # its 1.5 s before the stop and its 3 s after

@@ -126,6 +126,44 @@ def test_a_stop_at_a_kept_step_keeps_it(tmp_path, kept, during):
     assert at["step"] == kept
     _assert_identical(at["model"], _state(tmp_path / "to")["model"])  # the weights of a run that ended there
 
+
+def test_a_stop_during_the_final_validation_of_the_whole_schedule_leaves_a_run_not_yet_finished(tmp_path):
+    # the study's runs go through their whole schedule (no max_steps): its last.pt at the last step, saved by the
+    # stop, must not read as a finished run (asa.study.common.finished), or the study would never run the final
+    # round its budget and curves read; the resumed run validates there and ends
+    from asa.study.common import finished
+
+    rounds = []
+
+    def validate(model):
+        rounds.append(1)
+        if len(rounds) == 3:  # the final round, at step 24 (after the epoch ends' at 8 and 16)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {"loss": 1.0}
+
+    last = tmp_path / "checkpoints" / "last.pt"
+    part = make_engine(tmp_path, config=_cfg(), validate=validate).fit(ToyData())
+    assert part.preempted and part.step == 24 and [h["step"] for h in part.history] == [8, 16]
+    assert _state(tmp_path)["step"] == 24 and not finished(last)
+    resumed = make_engine(tmp_path, config=_cfg(), validate=validate, resume=True).fit(ToyData())
+    assert not resumed.preempted and [h["step"] for h in resumed.history] == [8, 16, 24] and finished(last)
+
+
+def test_a_stop_inside_a_logging_window_logs_the_window_as_an_uninterrupted_run_does(tmp_path):
+    # windows of 4 steps, a stop after step 6: the resumed run's window at step 8 averages steps 5-8, as the
+    # uninterrupted run's does (not 7-8 alone): the logged loss a study reads (its final quarter) does not move
+    from asa.study.tables import logged_series
+
+    cfg = _cfg(log_every=4, max_steps=16)
+    make_engine(tmp_path / "full", config=cfg).fit(ToyData())
+    part = make_engine(tmp_path / "part", config=cfg, step=_signal_at(6, signal.SIGTERM)).fit(ToyData())
+    assert part.preempted and part.step == 6
+    make_engine(tmp_path / "part", config=cfg, resume=True).fit(ToyData())
+    _assert_identical(_state(tmp_path / "full")["model"], _state(tmp_path / "part")["model"])
+    full, got = (dict(logged_series(tmp_path / name, ["train/loss"])["train/loss"]) for name in ("full", "part"))
+    assert sorted(got) == sorted(full) == [4, 8, 12, 16]
+    assert got == pytest.approx(full, rel=1e-6)
+
 def _last_pt_steps(engine) -> list[int]:
     saved, save = [], engine.save
     engine.save = lambda *names, **kw: (saved.append((engine.step, names)), save(*names, **kw))
