@@ -515,10 +515,11 @@ class Engine:
 
     # --------------------------------------------------------------------------------- state and resume
     def _state(self, *, weights_only: bool = False) -> dict | None:
-        """Full training state; collective (gathers every rank's RNG and open logging window), returns None off rank
-        0. ``weights_only`` (best.pt): without what only a resumed run reads (the optimiser's state, the GradScaler's,
-        every rank's RNG and logging window); the weights, the network spec and the run config (what asa-predict, asa-export, asa-finetune's
-        model.pretrained and encoder.pt read) and the counters stay."""
+        """Full training state; collective (gathers every rank's RNG and open logging window), returns None off
+        rank 0. ``weights_only`` (best.pt): without what only a resumed run reads (the optimiser's state, the
+        GradScaler's, every rank's RNG and logging window); the weights, the network spec and the run config
+        (what asa-predict, asa-export, asa-finetune's model.pretrained and encoder.pt read) and the counters
+        stay."""
         ranks = [] if weights_only else all_gather_objects((capture_rng(), self.log.window_state()), self.env)
         if not self.env.is_main:
             return None
