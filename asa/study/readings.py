@@ -91,8 +91,9 @@ def shown_small(bound90: Sequence[float], *, min_effect: float) -> bool:
 
 
 def rising(run: Mapping[str, Any]) -> bool:
-    """Whether a pretraining run's held-out loss rose after its lowest round: by its own tolerance or more (older
-    records: the fine-tuning budget check's; NaN, a short run: not rising)."""
+    """Whether a pretraining run's held-out loss at its export stands above its lowest level up to it (`loss_rise`,
+    `asa.study.readout.loss_plateau`): by its own tolerance or more (older records: the fine-tuning budget check's;
+    NaN, a short run: not rising)."""
     return run.get("loss_rise", 0.0) >= run.get("tol", OLDER_TOL)
 
 
@@ -676,7 +677,7 @@ class Reading:
         classes: per arm and N, each class's Δ Dice to its twin (`class_rows`).
         looks: the looks the primary is read over.
         unfinished: per pretraining run whose export is unfinished, why (`unfinished`).
-        rising: the pretraining runs whose held-out loss rose after its lowest round (`rising`).
+        rising: the pretraining runs whose held-out loss at the export stands above its lowest level (`rising`).
         probes: the probe stage's reading (None: no --probe-first).
     """
 

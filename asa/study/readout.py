@@ -49,7 +49,8 @@ def pilot_budget(scores: Path, scale: Scale, cap: int | None, *, lesion_classes:
     else:
         found = tables.converged_budget(lesion or curve, tol=tol)
     found["converged"] = found["converged"] and learned
-    steps = max(int(10 * math.ceil(found["budget"] / 10)) if found["converged"] else int(scale.pilot_steps), 10)
+    # a round's step, which the runs at the pilot's N train to exactly (`asa.study.transfer.cadence`)
+    steps = int(found["budget"]) if found["converged"] else int(scale.pilot_steps)
     capped = cap is not None and cap < steps
     rows = record.get("scores") or []
     test = {name: float(np.mean([float(r[f"Dice_{name}"]) for r in rows]))

@@ -243,15 +243,16 @@ def pretraining_lines(runs: Sequence[Mapping[str, Any]], said: Reading) -> tuple
 
 
 def _export_level(run: Mapping[str, Any], *, rising: bool) -> str:
-    """What the plateau check read up to a run's export, in words, with the drop it read and any rise after its
-    lowest round (``rising``: `asa.study.readings.rising`)."""
+    """What the plateau check read up to a run's export, in words, with the drop it read and, ``rising``
+    (`asa.study.readings.rising`), how far its level at the export stands above its lowest: the medians of the rounds
+    in the last and the lowest eighth of its summed lr up to the export (`asa.study.readout.loss_plateau`)."""
     if run.get("early"):
         return "exported in its first eighth"
     level = {None: "not checked (< 4 rounds)", True: "levelled", False: "still falling"}[run.get("plateau")]
     if not math.isnan(run.get("loss_drop", math.nan)):
         level += f" ({run['loss_drop']:.1%})"
     if rising:
-        level += f"; its lowest round {run['loss_rise']:.1%} under the export's"
+        level += f"; at its export {run['loss_rise']:.1%} above its lowest level (medians of eighths of the summed lr)"
     return level
 
 
@@ -377,9 +378,11 @@ def figures(info: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], said: Re
         plots["classes.svg"] = interval_plot([f"{r.arm} − {r.reference}, N = {r.n}" for r in said.classes],
                                              {c: [tuple(r.dice[c]) for r in said.classes] for c in classes},
                                              xlabels={c: f"Δ Dice {c}" for c in classes}, zero=True)
-    if pilot.get("curve"):
-        plots["pilot.svg"] = line_plot({"scratch (pilot)": [(s, d, 0.0) for s, d in pilot["curve"]]}, xlabel="step",
-                                       ylabel="validation Dice", categorical=False)
+    if curve := pilot.get("lesion_curve") or pilot.get("curve"):  # the curve its budget was read from
+        named = pilot.get("lesion_classes") if pilot.get("lesion_curve") else None
+        plots["pilot.svg"] = line_plot({"scratch (pilot)": [(s, d, 0.0) for s, d in curve]}, xlabel="step",
+                                       ylabel=f"validation lesion Dice ({', '.join(named)})" if named
+                                       else "validation Dice", categorical=False)
     if curves := {r["run"]: [(s, v, 0.0) for s, v in r["val_curve"]] for r in runs if r["val_curve"]}:
         plots["pretraining.svg"] = line_plot(curves, xlabel="step", ylabel="held-out masked loss", categorical=False,
                                              clip=None)

@@ -115,3 +115,51 @@ def test_a_study_under_way_keeps_the_budget_its_pilot_was_read_at(tmp_path):
     other = {**earlier, "curve": rising[:-1]}
     afresh = pilot_budget(scores, scale, None, lesion_classes=[], tol=0.03, kept=other)
     assert (afresh["converged"], afresh["steps"], afresh["since"]) == (False, 2400, 1320)
+
+
+def _pilot_run(tmp_path, steps, mean, lesion):
+    """A pilot's scores.json (its mean Dice curve) and TensorBoard (its lesion class's rounds)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tmp_path / "tb")) as tb:
+        for step, dice in zip(steps, lesion):
+            tb.add_scalar("val/dice_lesion", dice, step)
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps({"budget": {"val_curve": [[s, d] for s, d in zip(steps, mean)]}}))
+    return scores
+
+
+def test_a_levelled_budget_is_the_round_s_step_every_run_at_the_pilot_s_n_trains_to(tmp_path):
+    """--pilot-steps 1000 at N = 8, batch 2: a round every 48 steps; levelled at step 144, the budget is 144 (it was
+    rounded up to 150, while each run's 38 epochs of 4 steps train 152), and a run at N = 8 trains exactly that."""
+    from asa.study import transfer
+    from asa.study.readout import pilot_budget
+    from asa.study.runs import SCALES
+
+    epochs, every = transfer.cadence(1000, 8, 2)
+    steps = [4 * every * k for k in range(1, epochs // every + 1)] + [1000]
+    lesion = [0.1 + 0.4 * min(s, 144) / 144 for s in steps]
+    read = pilot_budget(_pilot_run(tmp_path, steps, lesion, lesion), dataclasses.replace(SCALES["cpu"],
+                        pilot_steps=1000), None, lesion_classes=["lesion"], tol=0.03)
+    assert (read["converged"], read["budget"], read["steps"]) == (True, 144, 144)
+    assert transfer.cadence(read["steps"], 8, 2)[0] * 4 == 144
+
+
+def test_the_pilot_s_figure_plots_the_curve_its_budget_was_read_from(tmp_path):
+    """Tissue Dice flat at 0.8, the lesion's rising: the budget reads the lesion curve, and so does the figure."""
+    from types import SimpleNamespace
+
+    from asa.eval.plots import line_plot
+    from asa.study import report
+    from asa.study.readout import pilot_budget
+    from asa.study.runs import SCALES
+
+    lesion = (0.1 + 0.4 * STEPS / 2400).tolist()
+    scale = dataclasses.replace(SCALES["cpu"], pilot_steps=2400)
+    pilot = pilot_budget(_pilot_run(tmp_path, STEPS.tolist(), [0.8] * STEPS.size, lesion), scale, None,
+                         lesion_classes=["lesion"], tol=0.03)
+    plots = report.figures({"pilot": pilot}, [], SimpleNamespace(contrasts=[], classes=[], keys=[]))
+    drawn = [(s, d, 0.0) for s, d in pilot["lesion_curve"]]
+    assert [d for _, d, _ in drawn] == pytest.approx(lesion, rel=1e-6)
+    assert plots["pilot.svg"] == line_plot({"scratch (pilot)": drawn}, xlabel="step",
+                                           ylabel="validation lesion Dice (lesion)", categorical=False)

@@ -106,6 +106,19 @@ def test_a_run_rises_from_its_own_tolerance_and_a_short_one_never():
     assert readings.rising({"loss_rise": tables.PLATEAU_TOL}) and not readings.rising({"loss_rise": 0.04})
 
 
+
+def test_a_run_exported_at_its_lowest_round_is_said_to_stand_above_its_lowest_level_not_round():
+    """Exported at its lowest round (0.54), its last eighth's median (0.57) stands 2.7 % above its lowest eighth's
+    (step 9-10's 0.555): the page says so in those terms, not that its lowest round is under the export's."""
+    from asa.study import report
+    from asa.study.readout import loss_plateau
+
+    losses = [1.0, 0.9, 0.8, 0.75, 0.7, 0.68, 0.62, 0.60, 0.56, 0.55, 0.56, 0.57, 0.57, 0.58, 0.60, 0.54]
+    run = {"run": "mae-c40", **loss_plateau(losses, progress=[(i + 1) / 16 for i in range(16)], exported_at=1.0)}
+    assert losses[-1] == min(losses) and run["loss_rise"] == pytest.approx((0.57 - 0.555) / 0.555)
+    assert report._export_level(run, rising=readings.rising(run)) == (
+        "levelled (-0.9%); at its export 2.7% above its lowest level (medians of eighths of the summed lr)")
+
 def test_the_probes_reading_counts_the_encoders_above_the_random_one_and_reads_each_effect():
     rows = [{"encoder": f"{arm}-c4", "arm": arm, "replicate": 0, "primary": v, "primary_ci": [math.nan, math.nan],
              "r2_mean": v, "knn": math.nan} for arm, v in (("mae", 0.1), ("asa", 0.02), ("noise", 0.5))]
