@@ -49,8 +49,9 @@ def pilot_budget(scores: Path, scale: Scale, cap: int | None, *, lesion_classes:
     else:
         found = tables.converged_budget(lesion or curve, tol=tol)
     found["converged"] = found["converged"] and learned
-    # a round's step, which the runs at the pilot's N train to exactly (`asa.study.transfer.cadence`)
-    steps = int(found["budget"]) if found["converged"] else int(scale.pilot_steps)
+    # a round's step, which the runs at the pilot's N train to exactly (`asa.study.transfer.cadence`); 10 at the
+    # least, as --budget-cap (a pilot of a few steps: the plumbing check's)
+    steps = max(int(found["budget"]) if found["converged"] else int(scale.pilot_steps), 10)
     capped = cap is not None and cap < steps
     rows = record.get("scores") or []
     test = {name: float(np.mean([float(r[f"Dice_{name}"]) for r in rows]))
