@@ -211,7 +211,8 @@ def curve_cell(runs: Sequence[Mapping[str, Any]]) -> str:
 
 
 def budget_table(budgets: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown: per arm and N, steps, final loss (± sd), runs plateaued, the mean relative updates and their ratio."""
+    """Markdown: per arm and N, steps (each count its runs trained, should they differ), final loss (± sd), runs
+    plateaued, the mean relative updates and their ratio."""
     val = any(b.get("val_plateau") is not None for b in budgets)
     head = ["arm", "labeled", "steps", "final loss", "plateaued", *(["val Dice plateaued", CURVE_HEAD] if val else []),
             "rel. update encoder", "rel. update decoder", "encoder / decoder", "train s / run"]
@@ -228,7 +229,8 @@ def budget_table(budgets: Sequence[Mapping[str, Any]]) -> str:
         checked = [r for r in runs if r.get("val_plateau") is not None]
         plateau_val = ([f"{sum(bool(r['val_plateau']) for r in checked)}/{len(checked)}", curve_cell(checked)]
                        if val else [])
-        lines.append([arm, str(n), str(runs[0]["steps"]), f"{np.mean(loss):.3f}{sd}",
+        steps = "/".join(str(s) for s in sorted({int(r["steps"]) for r in runs}))
+        lines.append([arm, str(n), steps, f"{np.mean(loss):.3f}{sd}",
                       f"{sum(bool(r['plateau']) for r in runs)}/{len(runs)}", *plateau_val,
                       mean("rel_update_encoder"), mean("rel_update_decoder"), mean("rel_update_ratio"),
                       mean("train_seconds", ".0f")])

@@ -312,3 +312,13 @@ def test_a_fused_draw_groups_its_runs_by_network():
         "transfer/fused-n2-s0": ["scratch", "mae"], "transfer/fused-scratch-coord-n2-s0": ["scratch-coord", "asa-coord"],
         "transfer/fused-n2-s1": ["scratch", "mae"], "transfer/fused-scratch-coord-n2-s1": ["scratch-coord", "asa-coord"]}
 
+
+
+def test_the_budget_table_names_every_step_count_its_runs_trained():
+    """Runs of one arm and N that trained different counts (a budget read again between them) show both, not the
+    first run's alone."""
+    def run(steps: int) -> dict:
+        return {"arm": "scratch", "n": 8, "steps": steps, "final_loss": 0.5, "plateau": True}
+
+    assert "| scratch | 8 | 2400 | 0.500 ± 0.000 | 2/2 |" in tables.budget_table([run(2400), run(2400)])
+    assert "| scratch | 8 | 1200/2400 | 0.500 ± 0.000 | 2/2 |" in tables.budget_table([run(2400), run(1200)])
