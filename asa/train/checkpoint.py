@@ -15,7 +15,7 @@ FORMAT = "asa-checkpoint"
 VERSION = 1
 # what only a resumed run reads: best.pt (written at every improving validation round) leaves them to last.pt,
 # and holds ``"weights_only": True`` instead (AdamW's two moments alone are twice the weights)
-RESUME_ONLY = ("optimizer", "scaler", "rng", "log_window")
+RESUME_ONLY = ("optimizer", "scaler", "rng")
 
 
 class IncompatibleCheckpointError(CheckpointError):

@@ -536,8 +536,8 @@ class Engine:
             "log_window": [window for _, window in ranks], "tracker": self.tracker.state(),
             "nonfinite_total": self.nonfinite_total, "history": self.history, "config": self.run_config,
         }
-        if weights_only:
-            for key in RESUME_ONLY:
+        if weights_only:  # (the logging window too: a resume takes it back where a last.pt has it, and needs it not)
+            for key in (*RESUME_ONLY, "log_window"):
                 del state[key]
             state["weights_only"] = True
         else:  # False at the last step while a stop left the final validation to the resumed run (`finished`)

@@ -164,6 +164,20 @@ def test_a_stop_inside_a_logging_window_logs_the_window_as_an_uninterrupted_run_
     assert sorted(got) == sorted(full) == [4, 8, 12, 16]
     assert got == pytest.approx(full, rel=1e-6)
 
+
+def test_a_last_pt_written_before_the_logging_window_was_kept_still_resumes(tmp_path):
+    # a run stopped by an older asa (its last.pt without "log_window") resumes, its first window from the resume on
+    from asa.io import save_checkpoint
+
+    cfg = _cfg(log_every=4, max_steps=16)
+    make_engine(tmp_path / "full", config=cfg).fit(ToyData())
+    make_engine(tmp_path, config=cfg, step=_signal_at(6, signal.SIGTERM)).fit(ToyData())
+    older = {k: v for k, v in _state(tmp_path).items() if k != "log_window"}
+    save_checkpoint(tmp_path / "checkpoints" / "last.pt", older)
+    resumed = make_engine(tmp_path, config=cfg, resume=True).fit(ToyData())
+    assert not resumed.preempted and resumed.step == 16
+    _assert_identical(_state(tmp_path / "full")["model"], _state(tmp_path)["model"])
+
 def _last_pt_steps(engine) -> list[int]:
     saved, save = [], engine.save
     engine.save = lambda *names, **kw: (saved.append((engine.step, names)), save(*names, **kw))
