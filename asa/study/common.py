@@ -148,9 +148,11 @@ class Clock:
 def finished(ckpt: Path) -> bool:
     """Whether ``ckpt`` is the last.pt of a run that went through its whole schedule and ended: a stop during its
     final validation saves a last.pt at the last step with ``ended`` False, and the resumed run validates there."""
-    state = load_checkpoint(ckpt) if ckpt.is_file() else None
-    return (state is not None and int(state["step"]) >= int(state["scheduler"]["total_steps"])
-            and bool(state.get("ended", True)))  # (a checkpoint of an engine before it wrote ``ended``: its step)
+    if not ckpt.is_file():
+        return False
+    state = load_checkpoint(ckpt)
+    through = int(state["step"]) >= int(state["scheduler"]["total_steps"])
+    return through and bool(state.get("ended", True))  # a last.pt of an older asa has no "ended": its step decides
 
 
 def machine() -> dict[str, Any]:

@@ -378,11 +378,13 @@ def figures(info: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], said: Re
         plots["classes.svg"] = interval_plot([f"{r.arm} − {r.reference}, N = {r.n}" for r in said.classes],
                                              {c: [tuple(r.dice[c]) for r in said.classes] for c in classes},
                                              xlabels={c: f"Δ Dice {c}" for c in classes}, zero=True)
-    if curve := pilot.get("lesion_curve") or pilot.get("curve"):  # the curve its budget was read from
-        named = pilot.get("lesion_classes") if pilot.get("lesion_curve") else None
+    # the curve its budget was read from: the lesion classes' where they are named
+    curve, ylabel = pilot.get("curve"), "validation Dice"
+    if pilot.get("lesion_curve"):
+        curve, ylabel = pilot["lesion_curve"], f"validation lesion Dice ({', '.join(pilot['lesion_classes'])})"
+    if curve:
         plots["pilot.svg"] = line_plot({"scratch (pilot)": [(s, d, 0.0) for s, d in curve]}, xlabel="step",
-                                       ylabel=f"validation lesion Dice ({', '.join(named)})" if named
-                                       else "validation Dice", categorical=False)
+                                       ylabel=ylabel, categorical=False)
     if curves := {r["run"]: [(s, v, 0.0) for s, v in r["val_curve"]] for r in runs if r["val_curve"]}:
         plots["pretraining.svg"] = line_plot(curves, xlabel="step", ylabel="held-out masked loss", categorical=False,
                                              clip=None)

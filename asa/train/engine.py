@@ -532,15 +532,16 @@ class Engine:
                           "warmup_steps": self.warmup_steps, "base_lr": self.lr},
             "scaler": self.optim_step.scaler.state_dict(),
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "world_size": self.env.world_size, "rng": [rng for rng, _ in ranks],
-            "log_window": [window for _, window in ranks], "tracker": self.tracker.state(),
+            "world_size": self.env.world_size, "rng": [rng for rng, _ in ranks], "tracker": self.tracker.state(),
             "nonfinite_total": self.nonfinite_total, "history": self.history, "config": self.run_config,
         }
-        if weights_only:  # (the logging window too: a resume takes it back where a last.pt has it, and needs it not)
-            for key in (*RESUME_ONLY, "log_window"):
+        if weights_only:
+            for key in RESUME_ONLY:
                 del state[key]
             state["weights_only"] = True
-        else:  # False at the last step while a stop left the final validation to the resumed run (`finished`)
+        else:  # what a resume takes back where it finds it (a last.pt of an older asa has neither)
+            state["log_window"] = [window for _, window in ranks]
+            # False at the last step while a stop left the final validation to the resumed run (`finished`)
             state["ended"] = self._ended
         if self.extra_state is not None:
             state["extra"] = dict(self.extra_state())
@@ -596,7 +597,9 @@ class Engine:
         rngs = state["rng"]
         if int(state["world_size"]) == self.env.world_size and len(rngs) == self.env.world_size:
             restore_rng(rngs[self.env.rank])
-            self._window = (state.get("log_window") or [None] * len(rngs))[self.env.rank]  # (none before it was kept)
+            windows = state.get("log_window")
+            if windows:
+                self._window = windows[self.env.rank]
         else:
             self.log.say(f"warning: {path} was written with world_size={state['world_size']}, now "
                          f"{self.env.world_size}; RNG streams are re-seeded (the run continues, not bit-exactly)")
