@@ -28,7 +28,8 @@ study's scheduler runs one fused group a draw, as many at once as its ``--jobs``
 (``processes``: P). A process dispatches on one core: where the step is the host's, P groups use P cores.
 
 The JSON's ``best_units`` is the K of the greatest total samples/s (the smallest K within 5 % of it) among the
-processes' rows, for a script to plan the study's ``--jobs`` from (``scripts/gpu_window.sh``, its study part).
+processes' rows, for a script to plan the study's ``--jobs`` from (``scripts/gpu_window.sh``, its study part). It is
+written whole after each row, so a run stopped by a time limit keeps the rows it finished.
 """
 
 from __future__ import annotations
@@ -208,6 +209,19 @@ def fused_spec(text: str) -> tuple[int, int]:
     return spec
 
 
+def write_rows(args: argparse.Namespace, rows: list[dict]) -> None:
+    """The rows so far, in ``--json`` whole (a temporary file renamed over it)."""
+    separate = [r for r in rows if "fused" not in r]
+    doc = {"device": _smi("name,driver_version", "gpu") or args.device,
+           "unit": [*UNIT, f"model.size={args.size}", f"train cases {args.train_cases}, 4 validation cases"],
+           "seconds": args.seconds, "warmup_steps": args.warmup, "rows": rows,
+           "best_units": best_units(separate) if separate else None}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.json.with_name(args.json.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, args.json)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.side_by_side", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="an MSD-layout labeled folder (asa-demo-data --layout msd)")
@@ -261,13 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                   + (f", GPU busy {device['gpu_utilisation_percent']} %" if "gpu_utilisation_percent" in device
                      else ""),
                    flush=True)
-    doc = {"device": _smi("name,driver_version", "gpu") or args.device,
-           "unit": [*UNIT, f"model.size={args.size}", f"train cases {args.train_cases}, 4 validation cases"],
-           "seconds": args.seconds, "warmup_steps": args.warmup, "rows": rows,
-           "best_units": best_units(separate) if (separate := [r for r in rows if "fused" not in r]) else None}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=1) + "\n")
+            if args.json:  # after each row: a part stopped by its time limit keeps the rows it measured
+                write_rows(args, rows)
     return 0
 
 

@@ -41,3 +41,25 @@ def test_fused_takes_k_units_a_process_and_p_processes():
     for bad in ("14x", "x4", "0x2", "14x0", "fourteen"):
         with pytest.raises(argparse.ArgumentTypeError, match=bad):
             fused_spec(bad)
+
+
+def test_the_json_holds_each_row_once_it_is_measured(tmp_path, monkeypatch):
+    """A part stopped by its time limit in its second row keeps its first (the JSON is written after each row)."""
+    import json
+
+    import benchmarks.side_by_side as sbs
+
+    (tmp_path / "dataset.json").write_text("{}")
+    out = tmp_path / "rows.json"
+    seen = []
+
+    def run_k(k, args, root, fused=0):
+        seen.append(json.loads(out.read_text())["rows"] if out.exists() else None)
+        return [{"starts": [i / 10 for i in range(100)], "batch": 2}] * k, 1.0, 9.0, {}
+
+    monkeypatch.setattr(sbs, "run_k", run_k)
+    sbs.main(["--data", str(tmp_path), "--units", "1", "2", "--device", "cpu", "--json", str(out)])
+    assert seen[0] is None and [row["units"] for row in seen[1]] == [1]
+    doc = json.loads(out.read_text())
+    assert [row["units"] for row in doc["rows"]] == [1, 2] and doc["best_units"] == 2
+    assert not out.with_name("rows.json.tmp").exists()
