@@ -47,9 +47,10 @@ FAMILIES = (("attention", ("flash", "fmha", "attention", "sdpa", "efficient")),
             ("triton (fused)", ("triton",)))
 
 
-def family(kernel: str) -> str:
+def family(kernel: str, families: tuple = FAMILIES) -> str:
+    """The first of ``families`` ((name, substrings) pairs) with a substring in ``kernel``'s name."""
     name = kernel.lower()
-    for fam, keys in FAMILIES:
+    for fam, keys in families:
         if any(k in name for k in keys):
             return fam
     return "other elementwise / reduce"

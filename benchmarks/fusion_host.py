@@ -32,8 +32,18 @@ blended once, the K networks one vmapped forward a pass), over K. They are count
 (the windows are cut, blended and scored on the host, which meta tensors cannot): K = 14 at ResEnc S on a 68 × 72 × 80
 case takes minutes.
 
+With ``--profile`` each K's row is instead the whole unit-step run with its arithmetic on ``--device`` (its
+``--amp``; the update included: each unit's clipping, the one host read and AdamW), alone and K fused: its wall
+milliseconds (``alone_wall_ms``, ``fused_wall_ms_per_unit``: medians of ``--repeats``, the device synchronised) and
+one step under `torch.profiler` by family (`STEP_FAMILIES`): on CUDA each kernel's device milliseconds and the
+kernels launched (``alone_device_ms``, ``fused_device_ms_per_unit``, ``alone_kernels``, ``fused_kernels_per_unit``),
+on a CPU each operator's own milliseconds and the operators (a dry run of the same code). On a GPU shared by
+processes in turn, a fused group's rate is bounded by its device milliseconds a unit-step (``device_bound_unit_steps_per_s``),
+and its host's share is the wall time beyond them.
+
     python -m benchmarks.fusion_host --ks 1 14 56 --json OUT.json        # ResEnc S, medians of --repeats
     python -m benchmarks.fusion_host --ks 1 4 14 --validation 68 72 80   # and a validation round's counts
+    python -m benchmarks.fusion_host --ks 14 --profile --device cuda     # where a fused step's device time goes
 """
 
 from __future__ import annotations
@@ -58,9 +68,18 @@ from asa.train.distributed import DistEnv
 from asa.train.fused import Stacked
 from asa.train.optim import build_optimizer
 from asa.train.step import OptimizerStep, apply_steps
+from benchmarks.compile_ab import family
 from benchmarks.loop import SYNC_CALLS
 
 META = torch.device("meta")
+# a unit-step's kernels (CUDA) or operators (CPU) by what they do, first match: cuDNN's convolutions are implicit
+# GEMMs; the clipping's norm is the update's (foreach)
+STEP_FAMILIES = (("update (clipping, AdamW)", ("adam", "multi_tensor", "foreach", "lerp", "addcdiv")),
+                 ("convolution", ("conv", "fprop", "dgrad", "wgrad", "implicit", "cudnn", "xmma", "gemm", "cutlass",
+                                  "sm90")),
+                 ("norm", ("norm", "welford")),
+                 ("copy / cast", ("copy", "cast", "clone", "contiguous", "cat", "stack")),
+                 ("loss", ("softmax", "nll")))
 
 
 def step_fn(net: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -182,14 +201,74 @@ def validation(k: int, *, size: str, crop: int, in_channels: int, out_channels: 
             "val_reads_alone": counts["alone"][1], "val_reads_fused_per_unit": round(counts["fused"][1] / k, 2)}
 
 
-def _median_ms(fn, repeats: int) -> float:
+def _median_ms(fn, repeats: int, device: torch.device = META) -> float:
     fn()  # the first call builds what later calls reuse
     times = []
     for _ in range(repeats):
+        _finish(device)
         start = time.perf_counter()
         fn()
+        _finish(device)
         times.append(time.perf_counter() - start)
     return round(1e3 * statistics.median(times), 2)
+
+
+def _finish(device: torch.device) -> None:
+    """Wait for what ``device`` was given (CUDA runs it after the call returns)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def by_family(run, device: torch.device) -> tuple[dict[str, float], dict[str, int]]:
+    """One call of ``run()`` under `torch.profiler`: milliseconds and kernels (CUDA: device time; else each
+    operator's own CPU time and the operators) by `STEP_FAMILIES`, costliest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        run()
+        _finish(device)
+    ms: dict[str, float] = {}
+    kernels: dict[str, int] = {}
+    for event in prof.key_averages():
+        fam = family(event.key, STEP_FAMILIES)
+        ms[fam] = ms.get(fam, 0.0) + (event.device_time_total if cuda else event.self_cpu_time_total) / 1e3
+        kernels[fam] = kernels.get(fam, 0) + event.count
+    return dict(sorted(ms.items(), key=lambda kv: -kv[1])), kernels
+
+
+def step_profile(k: int, *, size: str, crop: int, batch: int, in_channels: int, out_channels: int, repeats: int,
+                 device: torch.device, amp: str) -> dict:
+    """One K's ``--profile`` row (module docstring): a unit alone and ``k`` fused (`Stacked`), each with its own
+    AdamW, clipping and GradScaler, on one batch drawn once."""
+    def unit() -> tuple[nn.Module, OptimizerStep]:
+        net = resenc_unet(img_size=crop, in_channels=in_channels, out_channels=out_channels, size=size).to(device)
+        return net, OptimizerStep(build_optimizer(net, name="adamw", lr=1e-3, weight_decay=0.01), amp=amp,
+                                  device=device, accum_steps=1, clip_grad=1.0)
+
+    generator = torch.Generator().manual_seed(0)
+    data = {"x": torch.randn(batch, in_channels, crop, crop, crop, generator=generator).to(device),
+            "y": torch.randint(0, out_channels, (batch, crop, crop, crop), generator=generator).to(device)}
+    lone, lone_step = unit()
+    group, steps = zip(*(unit() for _ in range(k)))
+    stacked = Stacked(group, step_fn)
+
+    def alone() -> None:
+        apply_steps([(lone_step, 0, lone_step.accumulate(lone, step_fn, [data], distributed=False))])
+
+    def fused() -> None:
+        apply_steps([(step, 0, acc) for step, acc in zip(steps, stacked.accumulate(steps, [data]))])
+
+    row = {"k": k, "alone_wall_ms": _median_ms(alone, repeats, device)}
+    row["fused_wall_ms_per_unit"] = round(_median_ms(fused, repeats, device) / k, 2)
+    for name, run, units in (("alone", alone, 1), ("fused", fused, k)):
+        ms, kernels = by_family(run, device)
+        per = "_per_unit" if name == "fused" else ""
+        row[f"{name}_device_ms{per}"] = {fam: round(v / units, 3) for fam, v in ms.items()}
+        row[f"{name}_kernels{per}"] = {fam: round(kernels[fam] / units, 1) for fam in ms}
+    total = sum(row["fused_device_ms_per_unit"].values())
+    row["device_bound_unit_steps_per_s"] = round(1e3 / total, 1) if total else None
+    return row
 
 
 def measure(k: int, *, size: str, crop: int, batch: int, in_channels: int, out_channels: int, repeats: int,
@@ -224,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--validation", type=int, nargs=3, metavar=("X", "Y", "Z"),
                    help="also count a validation round on one case of this shape (on CPU, with its arithmetic)")
+    p.add_argument("--profile", action="store_true",
+                   help="each K's whole step with its arithmetic on --device, by kernel family (module docstring)")
+    p.add_argument("--device", default="cpu", help="--profile's device (default cpu)")
+    p.add_argument("--amp", default="auto", help="--profile's trainer.amp (default auto: fp16 on CUDA)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if bad := [k for k in args.ks if k < 1]:
@@ -231,11 +314,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.validation and min(args.validation) < args.crop:
         p.error(f"--validation {' '.join(map(str, args.validation))}: expected a case at least the crop "
                 f"({args.crop}) along every axis")
+    if args.profile and args.validation:
+        p.error("--profile and --validation: expected one of them (a step's profile, or the operators counted)")
     shapes = dict(size=args.size, crop=args.crop, batch=args.batch, in_channels=args.in_channels,
                   out_channels=args.out_channels)
-    update = _update(**shapes)
     rows = []
-    for k in args.ks:
+    if args.profile:
+        device = torch.device(args.device)
+        for k in args.ks:
+            rows.append(step_profile(k, **shapes, repeats=args.repeats, device=device, amp=args.amp))
+            r = rows[-1]
+            print(f"fusion_host: K={k:>3} on {device}  wall alone {r['alone_wall_ms']:.2f} ms, fused "
+                  f"{r['fused_wall_ms_per_unit']:.2f} ms a unit-step; by family, alone {r['alone_device_ms']}; fused a "
+                  f"unit {r['fused_device_ms_per_unit']}", flush=True)
+    update = None if args.profile else _update(**shapes)
+    for k in [] if args.profile else args.ks:
         rows.append(measure(k, **shapes, repeats=args.repeats, update=update))
         r = rows[-1]
         if args.validation:
@@ -250,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
               f"fused {r['reads_fused_per_unit']}", flush=True)
     doc = {"torch": torch.__version__, "unit": f"ResEnc {args.size}, {args.crop}³, batch {args.batch}",
            "repeats": args.repeats, "rows": rows,
+           **({"device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+               "amp": args.amp} if args.profile else {}),
            **({"validation_case": args.validation} if args.validation else {})}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

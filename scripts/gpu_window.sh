@@ -27,6 +27,9 @@
 #                                 grouped against dense Conv3d / ConvTranspose3d at the gpu scale's unit's shapes, bf16
 #                                 and fp16, K 1 4 14 56 112 (benchmarks.fusion_probe), measuring for PROBE_SECONDS
 #                                 (default 270)
+#   fusion_profile.json           only with PARTS="install fusion_profile" (about 2 minutes): the gpu scale's whole
+#                                 unit-step alone and 4 and 14 units fused, its wall time and its device time by kernel
+#                                 family (benchmarks.fusion_host --profile)
 #   window.json                   every part's exit code and seconds, the device, the total (after each part)
 #   logs.tgz                      every part's log (after each part)
 #
@@ -147,12 +150,19 @@ if [[ " ${PARTS:-} " == *" fusion_probe "* ]]; then  # its own window: stops mea
         ${DRY:+--dry-run}
 fi
 
+if [[ " ${PARTS:-} " == *" fusion_profile "* ]]; then  # where a fused group's step spends its device time
+    if [ -n "$DRY" ]; then PROFILE=(--ks 2 --size tiny --crop 16 --repeats 1); else PROFILE=(--ks 4 14 --repeats 5); fi
+    part fusion_profile 150 "$PY" -m benchmarks.fusion_host --profile --device "$DEVICE" \
+        --json "$OUT/fusion_profile.json" "${PROFILE[@]}"
+fi
+
 # the study's window of its own (PARTS="install side_by_side study_plan study"; docs/studies.md, "The planted yes to
 # plateau"): the planted bed written; side_by_side: UNITS (default 1 4 8 16) of its fine-tuning units at once, then
 # each of FUSED (default none) trained as one (benchmarks.side_by_side), each for SBS_SECONDS (default 60),
 # side_by_side.json in OUT; study_plan: the dry run's plan on this device (study_plan.txt); study: asa-study --scale
-# gpu (--fused with FUSED) with as many units at once as gave the greatest total (else its own choice), within what
-# is left of WINDOW seconds (default 540), its report.json (else its times.json) in OUT
+# gpu (--fused with FUSED) with STUDY_JOBS units at once, else as many as gave the greatest total (else its own
+# choice), within what is left of WINDOW seconds (default 540), its report.json (else its times.json) in OUT; a study
+# its budget stopped resumes in a later call of PARTS="study" (the same FUSED and STUDY_JOBS) on the bed it began on
 if [[ " ${PARTS:-} " == *" side_by_side "* || " ${PARTS:-} " == *" study "* ]]; then
     FUSED="${FUSED:-}"
     if [ -n "$DRY" ]; then BED="--cases 6 --size 32"; LABELED="--cases 10 --size 32"; SCALE="--quick"; LIMIT_STUDY=1800
@@ -163,18 +173,25 @@ if [[ " ${PARTS:-} " == *" side_by_side "* || " ${PARTS:-} " == *" study "* ]]; 
         LIMIT_SBS=$(( $(wc -w <<< "$UNITS") * (${SBS_SECONDS:-60} + 45)
                       + $(wc -w <<< "$FUSED") * (${SBS_SECONDS:-60} + 90) ))
     fi
-    PARTS="$PARTS bed"  # what side_by_side and study both need
+    # the window's own folders: a rerun on the same machine writes them afresh, but for a call of the study alone
+    # on a bed already written (PARTS="study": the study resumes where its time budget ended, on its bed)
+    if chosen side_by_side || [ ! -f "$WORK/bed/written" ]; then
+        PARTS="$PARTS bed"  # what side_by_side and study both need
+        rm -rf "$WORK/bed"
+    fi
+    rm -rf "$WORK/side_by_side"
     planted=(--anatomy --lesions --placement planted)
-    rm -rf "$WORK/bed" "$WORK/side_by_side"  # the window's own folders: a rerun on the same machine writes them afresh
     part bed 120 bash -c "\"$PY\" -m asa.cli.demo_data --layout bids ${planted[*]} --contrasts t1 t1ce t2 flair \
         --out \"$WORK/bed/cohort\" $BED & \"$PY\" -m asa.cli.demo_data --layout msd ${planted[*]} \
-        --out \"$WORK/bed/labeled\" $LABELED & wait -n && wait -n"
+        --out \"$WORK/bed/labeled\" $LABELED & wait -n && wait -n && touch \"$WORK/bed/written\""
     part side_by_side "$LIMIT_SBS" "$PY" -m benchmarks.side_by_side --data "$WORK/bed/labeled" --units $UNITS \
         ${FUSED:+--fused $FUSED} --device "$DEVICE" --json "$OUT/side_by_side.json" --work "$WORK/side_by_side" \
         "${SBS[@]}"
-    JOBS=()  # the units at once of the greatest total, from side_by_side.json
-    [ -f "$OUT/side_by_side.json" ] && JOBS=(--jobs "$("$PY" -c 'import json, sys
+    JOBS=()  # STUDY_JOBS, else the units at once of the greatest total, from side_by_side.json
+    if [ -n "${STUDY_JOBS:-}" ]; then JOBS=(--jobs "$STUDY_JOBS")
+    elif [ -f "$OUT/side_by_side.json" ]; then JOBS=(--jobs "$("$PY" -c 'import json, sys
 print(json.load(open(sys.argv[1]))["best_units"])' "$OUT/side_by_side.json")")
+    fi
     study=(--pretrain-data "$WORK/bed/cohort" --data msd --root "$WORK/bed/labeled" $SCALE --device "$DEVICE"
            --arms mae asa noise supervised --lesion-classes heterotopia --threads 1 "${JOBS[@]}" ${FUSED:+--fused}
            --out "$WORK/study")

@@ -58,3 +58,18 @@ def test_an_unknown_option_is_refused(tmp_path):
     done = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out"), "--dry"], capture_output=True, text=True)
     assert done.returncode == 2 and "unknown option --dry" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # one toy profile: under a CPU-minute
+@pytest.mark.timeout(300)
+def test_the_fusion_profile_part_writes_its_rows(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "WORK": str(tmp_path / "work"), "OMP_NUM_THREADS": "1",
+           "PARTS": "fusion_profile"}
+    done = subprocess.run(["bash", str(SCRIPT), str(out), "--dry-run"], env=env, capture_output=True, text=True,
+                          timeout=280)
+    assert done.returncode == 0, done.stdout + done.stderr
+    window = json.loads((out / "window.json").read_text())
+    assert window["parts"]["fusion_profile"]["exit"] == 0, done.stdout
+    (row,) = json.loads((out / "fusion_profile.json").read_text())["rows"]
+    assert row["k"] == 2 and row["fused_device_ms_per_unit"]["convolution"] > 0
