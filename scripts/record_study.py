@@ -23,12 +23,14 @@ HEAD_START = "transfer/head-start/scores.csv"  # the per-case scores at --head-s
 
 
 def recorded(study: Path) -> tuple[str, ...]:
-    """What a record of ``study`` holds: `RECORD`, and `HEAD_START` where its design.json registered a head start."""
+    """What a record of ``study`` holds: `RECORD`, and `HEAD_START` where its design.json registered a head start
+    before the end point its pilot.json found (a head start at or after the end point scores no run there)."""
     try:
-        design = json.loads((study / "design.json").read_text())["design"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return RECORD  # no readable design: refused below, as lacking or not asa-study's
-    return (*RECORD, HEAD_START) if design.get("head_start") is not None else RECORD
+        head_start = json.loads((study / "design.json").read_text())["design"].get("head_start")
+        end_point = json.loads((study / "pilot.json").read_text())["steps"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return RECORD  # no readable design or pilot: refused below, as lacking or not asa-study's
+    return (*RECORD, HEAD_START) if head_start is not None and head_start < end_point else RECORD
 
 
 def record(study: Path, dest: Path) -> list[Path]:

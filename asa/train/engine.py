@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -304,10 +304,9 @@ class Engine:
                 stop_signal = self._step_validation()
                 if stop_signal is not None or self._stopped_early:
                     return stop_signal
-            healthy = self.nonfinite_run == 0  # never checkpoint in the middle of a non-finite streak
             step_due = bool(cfg.ckpt_every) and self.step % cfg.ckpt_every == 0
             files = self._step_files_at(step_due)
-            if (step_due or overdue or files) and self.step < run.stop_step and healthy:
+            if (step_due or overdue or files) and self.step < run.stop_step:  # in a non-finite streak: `_save_last`
                 if self.batch_in_epoch >= full:
                     # the epoch ends at this step: `_end_epoch` saves after its validation, so that a
                     # checkpoint follows everything logged at its step (a resume re-logs nothing twice)
@@ -473,7 +472,7 @@ class Engine:
         # labeled set) would otherwise write the whole training state at nearly every step
         due = (self._step_files or self._overdue or not self._wrote_last or not cfg.ckpt_every
                or self.step - self._saved_step >= cfg.ckpt_every)
-        if self.step < run.stop_step and not stopped and self.nonfinite_run == 0 and due:
+        if self.step < run.stop_step and not stopped and due:
             self._save_last(*self._step_files, wait=False)
         self._step_files, self._overdue = [], False
         return stopped
@@ -572,8 +571,20 @@ class Engine:
             self._saved_at = time.monotonic()  # the time bound counts from the write's start (or end, waited for)
 
     def _save_last(self, *step_files: str, wait: bool = True) -> None:
-        """The loop's checkpoint: ``step_files`` and last.pt (`save`), the resume point; best.pt is `_validate`'s."""
-        self.save(*step_files, "last.pt", wait=wait)
+        """The loop's checkpoint: ``step_files`` and last.pt (`save`), the resume point; best.pt is `_validate`'s.
+        At the cadence (``wait=False``) inside a non-finite streak, no last.pt: the kept steps' files alone
+        (`_save_kept`)."""
+        if not wait and self.nonfinite_run:
+            self._save_kept(step_files)
+        else:
+            self.save(*step_files, "last.pt", wait=wait)
+
+    def _save_kept(self, step_files: Sequence[str]) -> None:
+        """The kept steps' files of ``step_files`` inside a non-finite streak. Their weights are the last finite
+        update's (the streak's steps skipped theirs), and a run resumed from before the streak would skip the step
+        again and never keep it: its scoring at that step would fail."""
+        if kept := [name for name in step_files if name.startswith("kept_")]:
+            self.save(*kept, wait=False)
 
     def _load(self, resume: ResumePoint) -> None:
         path, state = resume.path, resume.read()

@@ -195,10 +195,13 @@ class FusedEngine(Engine):
             Engine._panels(unit)
 
     def _save_last(self, *step_files: str, wait: bool = True) -> None:
-        """Every unit's last.pt; at the cadence (``wait=False``) not a unit's inside a non-finite streak (the loop
-        asks this unit's health alone)."""
+        """Every unit's last.pt, at one step: a group resumes together, so at the cadence (``wait=False``) no unit's
+        inside any unit's non-finite streak, each unit's kept steps' files still (`Engine._save_kept`)."""
+        streak = not wait and any(unit.nonfinite_run for unit in self.units)
         for unit in self.units:
-            if wait or unit.nonfinite_run == 0:
+            if streak:
+                Engine._save_kept(unit, step_files)
+            else:
                 Engine._save_last(unit, *step_files, wait=wait)
 
     def _stopping(self, stop_signal: int, during: str = "") -> int:

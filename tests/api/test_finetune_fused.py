@@ -201,3 +201,26 @@ def test_a_group_file_that_is_no_group_of_runs_is_refused_in_one_line_naming_it(
     err = capsys.readouterr().err
     assert refused.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"[asa-study fused] refused: {group}: ") and said in err, err
+
+
+def test_a_fused_group_writes_no_last_pt_while_any_unit_is_in_a_non_finite_streak(monkeypatch):
+    """A group resumes together, from one step: at the cadence, one unit inside a non-finite streak holds every
+    unit's last.pt back (each still keeps its kept steps' files); a stop or the run's end (``wait``) writes them all."""
+    from types import SimpleNamespace
+
+    from asa.train.engine import Engine
+    from asa.train.fused import FusedEngine
+
+    calls = []
+    monkeypatch.setattr(Engine, "_save_last", lambda self, *files, wait=True: calls.append(("last", self.name)))
+    monkeypatch.setattr(Engine, "_save_kept", lambda self, files: calls.append(("kept", self.name, tuple(files))))
+    group = SimpleNamespace(units=[SimpleNamespace(name=name, nonfinite_run=n) for name, n in (("a", 0), ("b", 1))])
+    FusedEngine._save_last(group, "kept_00000600.pt", wait=False)
+    assert calls == [("kept", "a", ("kept_00000600.pt",)), ("kept", "b", ("kept_00000600.pt",))]
+    calls.clear()
+    FusedEngine._save_last(group, "kept_00000600.pt", wait=True)
+    assert calls == [("last", "a"), ("last", "b")]
+    calls.clear()
+    group.units[1].nonfinite_run = 0
+    FusedEngine._save_last(group, wait=False)
+    assert calls == [("last", "a"), ("last", "b")]

@@ -13,7 +13,7 @@ def _study(root: Path) -> Path:
     """A study folder as asa-study leaves it: what a record needs, and runs, checkpoints and logs it does not."""
     files = {"report/README.md": "# page", "report/contrasts.json": "[]", "report/contrasts.svg": "<svg/>",
              "transfer/scores.csv": "arm,n,seed,case,Dice_mean\nscratch,8,10,a,0.5\n", "transfer/runs.csv": "arm\n",
-             "design.json": '{"looks": []}', "times.json": '{"sittings": []}', "pilot.json": "{}",
+             "design.json": '{"looks": []}', "times.json": '{"sittings": []}', "pilot.json": '{"steps": 2400}',
              "checks/checks.json": "{}", "study.json": "{}", "transfer/runs/scratch-n8-s0/checkpoints/last.pt": "x",
              "logs/pilot.log": "log", "pretrain/mae-c40/encoder.pt": "x"}
     for name, text in files.items():
@@ -55,3 +55,15 @@ def test_a_head_start_registered_in_the_design_brings_its_per_case_scores(tmp_pa
     assert not (dest / "transfer" / "head-start" / "transfer.md").exists()
     (study / "design.json").write_text('{"design": {"head_start": null}, "looks": []}')  # none registered
     assert main([str(study), str(tmp_path / "without")]) == 0 and not (tmp_path / "without" / HEAD_START).exists()
+
+
+def test_a_head_start_not_before_the_end_point_asks_for_no_head_start_scores(tmp_path):
+    """The pilot's end point at or before --head-start: the study scores no run at the head start, and its record,
+    complete without them, is written."""
+    study, dest = _study(tmp_path / "study"), tmp_path / "record"
+    (study / "design.json").write_text('{"design": {"head_start": 600}, "looks": []}')
+    (study / "pilot.json").write_text('{"steps": 600}')
+    assert main([str(study), str(dest)]) == 0 and not (dest / HEAD_START).exists()
+    (study / "pilot.json").write_text('{"steps": 601}')
+    with pytest.raises(SystemExit, match=r"lacks transfer/head-start/scores\.csv"):
+        main([str(study), str(tmp_path / "other")])

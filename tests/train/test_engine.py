@@ -263,3 +263,33 @@ def test_kept_steps_hold_the_state_of_their_step_whatever_the_cadence(tmp_path):
 def test_a_kept_step_that_is_no_step_is_refused():
     with pytest.raises(ValueError, match=r"trainer.keep_steps=\[600, 0\]: \[0\]"):
         _cfg(keep_steps=[600, 0])
+
+
+def test_a_kept_step_inside_a_non_finite_streak_is_kept_and_last_pt_is_not_written_there(tmp_path):
+    """Steps 3 and 4 skipped (non-finite gradients), the kept steps 3 and 4 among them: their files hold the weights
+    of step 2 (the streak updated nothing), while last.pt and the step files skip the streak. Without them the
+    study's scoring at a kept step would fail, on every rerun."""
+    calls = {"n": 0}
+
+    def step(model, batch):
+        loss, logs = step_fn(model, batch)
+        calls["n"] += 1
+        if calls["n"] in (3, 4):
+            loss = loss + 0.0 * torch.sqrt((0.0 * model.fc1.weight).sum())
+        return loss, logs
+
+    # 8 samples at batch 2: step 4 ends the first epoch (its files saved after the epoch's validation)
+    cfg = _cfg(max_steps=6, keep_steps=[3, 4], keep_last=10, ckpt_every=1)
+    res = make_engine(tmp_path / "run", config=cfg, step=step,
+                      validate=lambda model: {"loss": 1.0}).fit(ToyData(8, augment=False))
+    assert res.nonfinite_steps == 2
+    folder = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in folder.glob("kept_*.pt")) == ["kept_00000003.pt", "kept_00000004.pt"]
+    assert sorted(p.name for p in folder.glob("step_*.pt")) == ["step_00000001.pt", "step_00000002.pt",
+                                                                 "step_00000005.pt"]
+    make_engine(tmp_path / "to2", config=_cfg(max_steps=2), validate=lambda model: {"loss": 1.0}).fit(
+        ToyData(8, augment=False))
+    for s in (3, 4):
+        at = load_checkpoint(folder / f"kept_{s:08d}.pt")
+        assert at["step"] == s
+        _assert_identical(at["model"], _weights(tmp_path / "to2"))
