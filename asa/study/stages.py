@@ -456,17 +456,23 @@ def _modes_line(fused: float, apart: float) -> str:
 
 def _makespan(units: list[tuple[float, float, tuple[int, ...]]], jobs: int, memory_gib: float | None = None) -> float:
     """The seconds ``units`` (each its seconds, GiB and the positions of the units before it that it comes after)
-    take when each in order starts as soon as those have ended, fewer than ``jobs`` run and its GiB fit beside theirs
-    in ``memory_gib`` (None: on the CPU), or nothing runs: `run_units`' rule."""
-    now, ends = 0.0, []  # the start of the unit in hand; each unit's end, in order
-    running: list[tuple[float, float]] = []  # the running units' (end, GiB)
-    for seconds, gib, waits in units:
-        now = max([now, *(ends[k] for k in waits)])
+    take by `run_units`' rule: at the start and whenever one ends, the first unit in order whose units before it
+    have ended starts, while fewer than ``jobs`` run and its GiB fit beside theirs in ``memory_gib`` (None: on the
+    CPU) or nothing runs. A unit waiting for another unit lets a later one start; one waiting for room does not."""
+    now, ends = 0.0, [math.inf] * len(units)  # each unit's end (inf: not started)
+    pending, running = list(range(len(units))), []  # running: the running units' (end, GiB)
+    while pending:
+        while len(running) < max(1, jobs):
+            first = next((i for i in pending if all(ends[k] <= now for k in units[i][2])), None)
+            if first is None or (memory_gib is not None and running
+                                 and sum(g for _, g in running) + units[first][1] > memory_gib):
+                break
+            pending.remove(first)
+            ends[first] = now + units[first][0]
+            running.append((ends[first], units[first][1]))
+        if not running:
+            raise ValueError(f"units {pending} wait for units that never start (their positions: "
+                             f"{[units[i][2] for i in pending]})")
+        now = min(end for end, _ in running)  # the next to end
         running = [(end, g) for end, g in running if end > now]
-        while running and (len(running) >= max(1, jobs)
-                           or (memory_gib is not None and sum(g for _, g in running) + gib > memory_gib)):
-            now = min(end for end, _ in running)  # wait for the next to end
-            running = [(end, g) for end, g in running if end > now]
-        running.append((now + seconds, gib))
-        ends.append(now + seconds)
     return max(ends, default=0.0)

@@ -77,3 +77,12 @@ def test_the_dry_run_s_makespan_starts_a_unit_after_the_units_it_comes_after():
     assert _makespan(runs, 2) == 30.0
     assert _makespan(runs, 16) == 20.0
     assert _makespan(runs, 16, 100.0) == 20.0 and _makespan([(10.0, 1.0, ())] * 6, 16) == 10.0
+
+def test_the_dry_run_s_makespan_lets_a_ready_unit_pass_one_that_waits_for_another():
+    """As `run_units` starts them: a noise run waiting for its long matched run does not hold back the units behind it
+    (2 at once: the four short ones run beside the long one, the waiting one after it: 1,100 s, not 1,300)."""
+    units = [(1000.0, 1.0, ()), (100.0, 1.0, (0,)), *[(100.0, 1.0, ())] * 4]
+    assert _makespan(units, 2) == 1100.0
+    # waiting for room still holds back those behind it: the second waits for the first's GiB, the third (which
+    # would fit at 0) behind it, from 10 to 25 beside the second
+    assert _makespan([(10.0, 3.0, ()), (10.0, 3.0, ()), (15.0, 0.5, ())], 3, 4.0) == 25.0
