@@ -72,12 +72,14 @@ from benchmarks.compile_ab import family
 from benchmarks.loop import SYNC_CALLS
 
 META = torch.device("meta")
-# a unit-step's kernels (CUDA) or operators (CPU) by what they do, first match: cuDNN's convolutions are implicit
-# GEMMs; the clipping's norm is the update's (foreach)
+# a unit-step's kernels (CUDA) or operators (CPU) by what they do, the first that matches: the clipping's norm is the
+# update's (foreach); cuDNN's layout transposes around a convolution and its batch norms (the vmapped instance
+# norms) are named before its convolutions, implicit GEMMs
 STEP_FAMILIES = (("update (clipping, AdamW)", ("adam", "multi_tensor", "foreach", "lerp", "addcdiv")),
+                 ("layout (cuDNN's transposes)", ("nchwtonhwc", "nhwctonchw")),
+                 ("norm", ("norm", "welford", "bn_fw", "bn_bw")),
                  ("convolution", ("conv", "fprop", "dgrad", "wgrad", "implicit", "cudnn", "xmma", "gemm", "cutlass",
                                   "sm90")),
-                 ("norm", ("norm", "welford")),
                  ("copy / cast", ("copy", "cast", "clone", "contiguous", "cat", "stack")),
                  ("loss", ("softmax", "nll")))
 

@@ -131,3 +131,20 @@ def test_profile_and_validation_are_refused_together(capsys):
     with pytest.raises(SystemExit):
         main(["--ks", "2", "--profile", "--validation", "40", "40", "40"])
     assert "--profile and --validation" in capsys.readouterr().err
+
+
+def test_a_step_s_kernels_fall_in_the_family_of_what_they_do():
+    """CUDA kernels' names as the profiler reports them on one Hopper GPU, and CPU operators: cuDNN's batch norm
+    and layout transposes apart from its convolutions, the clipping's norm with the update."""
+    from benchmarks.compile_ab import family
+    from benchmarks.fusion_host import STEP_FAMILIES
+
+    named = {"sm90_xmma_fprop_implicit_gemm_f16f16_f16f32_nhwc": "convolution",
+             "sm90_xmma_wgrad_implicit_gemm_indexed": "convolution", "aten::mkldnn_convolution": "convolution",
+             "cudnn::bn_fw_tr_1C11_kernel_NCHW": "norm", "batch_norm_collect_statistics_kernel": "norm",
+             "cudnn::engines_precompiled::nchwToNhwcKernel": "layout (cuDNN's transposes)",
+             "multi_tensor_apply_kernel<LpNormFunctor>": "update (clipping, AdamW)",
+             "aten::_foreach_norm": "update (clipping, AdamW)", "cunn_SoftMaxForward": "loss",
+             "vectorized_elementwise_kernel<copy_kernel_cuda>": "copy / cast",
+             "aten::leaky_relu": "other elementwise / reduce"}
+    assert {name: family(name, STEP_FAMILIES) for name in named} == named
