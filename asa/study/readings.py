@@ -97,12 +97,22 @@ def rising(run: Mapping[str, Any]) -> bool:
     return run.get("loss_rise", 0.0) >= run.get("tol", OLDER_TOL)
 
 
+def flagged(run: Mapping[str, Any]) -> bool:
+    """Whether a pretraining run's export is flagged (`unfinished` says why): every run the plateau check did not read
+    as levelled, those it could not read among them (a check that cannot read a run does not pass it)."""
+    return run.get("plateau") is not True
+
+
 def unfinished(run: Mapping[str, Any]) -> str:
     """Why a pretraining run's export is flagged (`asa.study.readout.loss_plateau`): exported in the first eighth of
-    its summed lr, or its held-out loss still falling over the last quarter of the summed lr up to its export."""
+    its summed lr, its held-out loss still falling over the last quarter of the summed lr up to its export, or too
+    few held-out rounds up to its export for the check to read."""
     if run.get("early"):
         return (f"{run['run']} unfinished: exported at {run['export_progress']:.0%} of its summed lr, in its first "
                 "eighth")
+    if run.get("plateau") is None:
+        return (f"{run['run']} not checked: fewer than 4 held-out rounds up to its export, too few to read whether its "
+                "loss still fell there")
     return (f"{run['run']} unfinished: its held-out loss still fell {run['loss_drop']:.1%} over the last quarter of "
             "the summed lr up to its export")
 
@@ -468,7 +478,7 @@ class Contrast(Measured):
         p_holm: an exploratory question's Holm p (None: not read on Holm).
         looks: the looks the primary is read over (None: one look, read at 95 %).
         level: the primary's confidence over its looks (None: one look).
-        flags: a question's: why its encoders are unfinished (None: a control, or nothing read).
+        flags: a question's: why its encoders are flagged (`flagged`; None: a control, or nothing read).
         small: its one-sided upper bound under the minimum effect (a negative control shown small).
     """
 
@@ -676,7 +686,7 @@ class Reading:
         min_effect: the smallest Δ read as an effect.
         classes: per arm and N, each class's Δ Dice to its twin (`class_rows`).
         looks: the looks the primary is read over.
-        unfinished: per pretraining run whose export is unfinished, why (`unfinished`).
+        unfinished: per pretraining run whose export is flagged (`flagged`), why (`unfinished`).
         rising: the pretraining runs whose held-out loss at the export stands above its lowest level (`rising`).
         probes: the probe stage's reading (None: no --probe-first).
     """
@@ -779,9 +789,8 @@ def read(scores: Sequence[Mapping[str, Any]], info: Mapping[str, Any], *, n_boot
         facts = _facts(m, p_holm, controls, of(m.arm), plumbing=plumbing, faulty=bool(faults))
         flags = None
         if m.kind == "question" and not (plumbing or faults):
-            # either side's pretraining runs unfinished at their export (levelled or unchecked: no flag)
-            flags = tuple(unfinished(run) for group in (m.arm, m.reference) for run in of(group)
-                          if run.get("plateau") is False)
+            # either side's pretraining runs not read as levelled at their export
+            flags = tuple(unfinished(run) for group in (m.arm, m.reference) for run in of(group) if flagged(run))
         contrasts.append(contrast_row(m, judge(facts), role=role, p_holm=p_holm, looks=looks, flags=flags,
                                       min_effect=min_effect))
     primary = None
@@ -792,5 +801,5 @@ def read(scores: Sequence[Mapping[str, Any]], info: Mapping[str, Any], *, n_boot
         probes = probe_reading(info["probes"], min_effect=min_effect)
     return Reading(key, keys_of(scores, key), tuple(contrasts), primary, faults, controls, plumbing, min_effect,
                    class_rows(scores, classes), looks,
-                   tuple(unfinished(run) for run in runs if run.get("plateau") is False),
+                   tuple(unfinished(run) for run in runs if flagged(run)),
                    frozenset(run["run"] for run in runs if rising(run)), probes)

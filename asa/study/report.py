@@ -239,7 +239,7 @@ def pretraining_lines(runs: Sequence[Mapping[str, Any]], said: Reading) -> tuple
     head = ["run", "cohort", "steps", "wall time (s)", "held-out loss first → last",
             "exported at step: held-out loss", "up to the export (last quarter)", "encoder norm / fresh",
             "loss weights CV", "effective share"]
-    return markdown_table(head, cells), [f"{why}; its contrasts read an unfinished encoder." for why in said.unfinished]
+    return markdown_table(head, cells), [f"{why}; its contrasts read that encoder." for why in said.unfinished]
 
 
 def _export_level(run: Mapping[str, Any], *, rising: bool) -> str:

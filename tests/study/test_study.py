@@ -468,15 +468,20 @@ def test_the_report_flags_a_run_still_falling_at_its_export_and_one_exported_in_
     level = [0.49, 0.35, 0.31, 0.30, 0.296, 0.295, 0.2949, 0.2948]
     climbed = [0.90, 0.97, 1.10, 1.25, 1.33, 1.36, 1.37, 1.38]  # lowest at its first round, climbs from there
     falling = [1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
-    runs = [run("asa-c40", level, 7), run("noise-c40", climbed, 0), run("mae-c40", falling, 7)]
+    # three rounds up to its export: too few for the check, flagged as not checked, not passed
+    runs = [run("asa-c40", level, 7), run("noise-c40", climbed, 0), run("mae-c40", falling, 7),
+            run("mae-c40-p1", level, 2, replicate=1)]
     said = readings.read([], {"pretraining": runs}, n_boot=10)  # the runs' reading: which are unfinished, rising
     table, flags = report.pretraining_lines(runs, said)
     assert "| 7 (100% of the summed lr): 0.2948 | levelled (0.1%) | 1.50 |" in table  # asa-c40: exported at its end
     assert "| exported in its first eighth |" in table and "still falling (66.7%)" in table
+    assert "| not checked (< 4 rounds) |" in table
     assert flags == ["noise-c40 unfinished: exported at 12% of its summed lr, in its first eighth; its contrasts "
-                     "read an unfinished encoder.",
+                     "read that encoder.",
                      "mae-c40 unfinished: its held-out loss still fell 66.7% over the last quarter of the summed lr up "
-                     "to its export; its contrasts read an unfinished encoder."]
+                     "to its export; its contrasts read that encoder.",
+                     "mae-c40-p1 not checked: fewer than 4 held-out rounds up to its export, too few to read whether "
+                     "its loss still fell there; its contrasts read that encoder."]
     # the noise control exported where mae was, replicate by replicate, or said not to be
     assert report.export_line([run("mae-c40", level, 5), run("noise-c40", climbed, 5)]).startswith(
         "The negative control is exported where mae was, replicate by replicate (steps 5)")
