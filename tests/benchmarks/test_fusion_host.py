@@ -108,6 +108,7 @@ def test_a_validation_round_of_k_units_dispatches_about_what_one_unit_alone_does
     assert "--validation 20 12 24: expected a case at least the crop (16)" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two whole steps of four tiny networks, each timed and profiled: tens of seconds on a loaded CPU
 def test_the_profile_splits_a_whole_step_by_family_and_the_fused_convolutions_are_one_for_k_units(tmp_path):
     """--profile on the CPU (the dry run of the GPU's): every unit-step's convolutions, norms and update appear, the
     K fused units run each of the unit's convolution operators once for all of them (a unit's share about 1/K: on a
