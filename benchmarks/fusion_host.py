@@ -294,6 +294,38 @@ def measure(k: int, *, size: str, crop: int, batch: int, in_channels: int, out_c
             "reads_alone": update.reads, "reads_fused_per_unit": round(update.reads / k, 3)}
 
 
+def profile_rows(ks: list[int], shapes: dict, *, repeats: int, device: torch.device, amp: str) -> list[dict]:
+    """``--profile``'s row of each K (`step_profile`), each printed as it ends."""
+    rows = []
+    for k in ks:
+        r = step_profile(k, **shapes, repeats=repeats, device=device, amp=amp)
+        print(f"fusion_host: K={k:>3} on {device}  wall alone {r['alone_wall_ms']:.2f} ms, fused "
+              f"{r['fused_wall_ms_per_unit']:.2f} ms a unit-step; by family, alone {r['alone_device_ms']}; fused a "
+              f"unit {r['fused_device_ms_per_unit']}", flush=True)
+        rows.append(r)
+    return rows
+
+
+def counted_rows(ks: list[int], shapes: dict, *, repeats: int, case_shape: list[int] | None) -> list[dict]:
+    """The meta step's row of each K (`measure`), with a validation round's counts on one case of ``case_shape``
+    (None: none), each printed as it ends."""
+    update = _update(**shapes)
+    rows = []
+    for k in ks:
+        r = measure(k, **shapes, repeats=repeats, update=update)
+        if case_shape:
+            r.update(validation(k, **{n: v for n, v in shapes.items() if n != "batch"}, shape=tuple(case_shape)))
+            print(f"fusion_host: K={k:>3}  a validation round on one case: operators alone {r['val_ops_alone']}, "
+                  f"fused {r['val_ops_fused_per_unit']} a unit; host reads alone {r['val_reads_alone']}, fused "
+                  f"{r['val_reads_fused_per_unit']} a unit", flush=True)
+        print(f"fusion_host: K={k:>3}  alone {r['alone_ms']:8.2f} ms  stacking {r['stack_ms']:8.2f} ms  fused "
+              f"{r['fused_ms']:8.2f} ms ({r['fused_ms_per_unit']:.2f} ms a unit)  operators a unit-step: alone "
+              f"{r['ops_alone']}, fused {r['ops_fused_per_unit']}; host reads a unit-step: alone {r['reads_alone']}, "
+              f"fused {r['reads_fused_per_unit']}", flush=True)
+        rows.append(r)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.fusion_host", description=__doc__.split("\n\n")[0])
     p.add_argument("--ks", type=int, nargs="+", default=[1, 4, 14, 56])
@@ -320,34 +352,17 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--profile and --validation: expected one of them (a step's profile, or the operators counted)")
     shapes = dict(size=args.size, crop=args.crop, batch=args.batch, in_channels=args.in_channels,
                   out_channels=args.out_channels)
-    rows = []
+    doc = {"torch": torch.__version__, "unit": f"ResEnc {args.size}, {args.crop}³, batch {args.batch}",
+           "repeats": args.repeats}
     if args.profile:
         device = torch.device(args.device)
-        for k in args.ks:
-            rows.append(step_profile(k, **shapes, repeats=args.repeats, device=device, amp=args.amp))
-            r = rows[-1]
-            print(f"fusion_host: K={k:>3} on {device}  wall alone {r['alone_wall_ms']:.2f} ms, fused "
-                  f"{r['fused_wall_ms_per_unit']:.2f} ms a unit-step; by family, alone {r['alone_device_ms']}; fused a "
-                  f"unit {r['fused_device_ms_per_unit']}", flush=True)
-    update = None if args.profile else _update(**shapes)
-    for k in [] if args.profile else args.ks:
-        rows.append(measure(k, **shapes, repeats=args.repeats, update=update))
-        r = rows[-1]
-        if args.validation:
-            r.update(validation(k, **{n: v for n, v in shapes.items() if n != "batch"},
-                                shape=tuple(args.validation)))
-            print(f"fusion_host: K={k:>3}  a validation round on one case: operators alone {r['val_ops_alone']}, "
-                  f"fused {r['val_ops_fused_per_unit']} a unit; host reads alone {r['val_reads_alone']}, fused "
-                  f"{r['val_reads_fused_per_unit']} a unit", flush=True)
-        print(f"fusion_host: K={k:>3}  alone {r['alone_ms']:8.2f} ms  stacking {r['stack_ms']:8.2f} ms  fused "
-              f"{r['fused_ms']:8.2f} ms ({r['fused_ms_per_unit']:.2f} ms a unit)  operators a unit-step: alone "
-              f"{r['ops_alone']}, fused {r['ops_fused_per_unit']}; host reads a unit-step: alone {r['reads_alone']}, "
-              f"fused {r['reads_fused_per_unit']}", flush=True)
-    doc = {"torch": torch.__version__, "unit": f"ResEnc {args.size}, {args.crop}³, batch {args.batch}",
-           "repeats": args.repeats, "rows": rows,
-           **({"device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
-               "amp": args.amp} if args.profile else {}),
-           **({"validation_case": args.validation} if args.validation else {})}
+        doc["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+        doc["amp"] = args.amp
+        doc["rows"] = profile_rows(args.ks, shapes, repeats=args.repeats, device=device, amp=args.amp)
+    else:
+        doc["rows"] = counted_rows(args.ks, shapes, repeats=args.repeats, case_shape=args.validation)
+    if args.validation:
+        doc["validation_case"] = args.validation
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=1) + "\n")

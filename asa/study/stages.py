@@ -461,15 +461,19 @@ def _makespan(units: list[tuple[float, float, tuple[int, ...]]], jobs: int, memo
     CPU) or nothing runs. A unit waiting for another unit lets a later one start; one waiting for room does not."""
     now, ends = 0.0, [math.inf] * len(units)  # each unit's end (inf: not started)
     pending, running = list(range(len(units))), []  # running: the running units' (end, GiB)
+
+    def fits(gib: float) -> bool:  # beside the running units on the device; with none running, any unit starts
+        return memory_gib is None or not running or sum(g for _, g in running) + gib <= memory_gib
+
     while pending:
         while len(running) < max(1, jobs):
             first = next((i for i in pending if all(ends[k] <= now for k in units[i][2])), None)
-            if first is None or (memory_gib is not None and running
-                                 and sum(g for _, g in running) + units[first][1] > memory_gib):
+            if first is None or not fits(units[first][1]):
                 break
+            seconds, gib, _ = units[first]
             pending.remove(first)
-            ends[first] = now + units[first][0]
-            running.append((ends[first], units[first][1]))
+            ends[first] = now + seconds
+            running.append((ends[first], gib))
         if not running:
             raise ValueError(f"units {pending} wait for units that never start (their positions: "
                              f"{[units[i][2] for i in pending]})")
