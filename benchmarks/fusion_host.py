@@ -92,6 +92,23 @@ def step_fn(net: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.
     return loss, {"ce": loss.detach()}
 
 
+def make_unit(*, size: str, crop: int, in_channels: int, out_channels: int, device: torch.device,
+              amp: str) -> tuple[nn.Module, OptimizerStep]:
+    """A fine-tuning unit of the benchmark's shapes on ``device``: the ResEnc and its update (AdamW, clipping at 1,
+    a GradScaler where ``amp`` is fp16 on CUDA), as a unit's own process builds them."""
+    net = resenc_unet(img_size=crop, in_channels=in_channels, out_channels=out_channels, size=size).to(device)
+    return net, OptimizerStep(build_optimizer(net, name="adamw", lr=1e-3, weight_decay=0.01), amp=amp,
+                              device=device, accum_steps=1, clip_grad=1.0)
+
+
+def batch_of(*, batch: int, crop: int, in_channels: int, out_channels: int, device: torch.device,
+             seed: int = 0) -> dict[str, torch.Tensor]:
+    """A batch of the benchmark's shapes drawn from ``seed``, on ``device``."""
+    generator = torch.Generator().manual_seed(seed)
+    return {"x": torch.randn(batch, in_channels, crop, crop, crop, generator=generator).to(device),
+            "y": torch.randint(0, out_channels, (batch, crop, crop, crop), generator=generator).to(device)}
+
+
 class _Count(TorchDispatchMode):
     """The operators dispatched while it is entered (``n``)."""
 
@@ -207,15 +224,15 @@ def _median_ms(fn, repeats: int, device: torch.device = META) -> float:
     fn()  # the first call builds what later calls reuse
     times = []
     for _ in range(repeats):
-        _finish(device)
+        finish(device)
         start = time.perf_counter()
         fn()
-        _finish(device)
+        finish(device)
         times.append(time.perf_counter() - start)
     return round(1e3 * statistics.median(times), 2)
 
 
-def _finish(device: torch.device) -> None:
+def finish(device: torch.device) -> None:
     """Wait for what ``device`` was given (CUDA runs it after the call returns)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -229,7 +246,7 @@ def by_family(run, device: torch.device) -> tuple[dict[str, float], dict[str, in
     cuda = device.type == "cuda"
     with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         run()
-        _finish(device)
+        finish(device)
     ms: dict[str, float] = {}
     kernels: dict[str, int] = {}
     for event in prof.key_averages():
@@ -243,16 +260,10 @@ def step_profile(k: int, *, size: str, crop: int, batch: int, in_channels: int, 
                  device: torch.device, amp: str) -> dict:
     """One K's ``--profile`` row (module docstring): a unit alone and ``k`` fused (`Stacked`), each with its own
     AdamW, clipping and GradScaler, on one batch drawn once."""
-    def unit() -> tuple[nn.Module, OptimizerStep]:
-        net = resenc_unet(img_size=crop, in_channels=in_channels, out_channels=out_channels, size=size).to(device)
-        return net, OptimizerStep(build_optimizer(net, name="adamw", lr=1e-3, weight_decay=0.01), amp=amp,
-                                  device=device, accum_steps=1, clip_grad=1.0)
-
-    generator = torch.Generator().manual_seed(0)
-    data = {"x": torch.randn(batch, in_channels, crop, crop, crop, generator=generator).to(device),
-            "y": torch.randint(0, out_channels, (batch, crop, crop, crop), generator=generator).to(device)}
-    lone, lone_step = unit()
-    group, steps = zip(*(unit() for _ in range(k)))
+    shapes = dict(size=size, crop=crop, in_channels=in_channels, out_channels=out_channels)
+    data = batch_of(batch=batch, crop=crop, in_channels=in_channels, out_channels=out_channels, device=device)
+    lone, lone_step = make_unit(**shapes, device=device, amp=amp)
+    group, steps = zip(*(make_unit(**shapes, device=device, amp=amp) for _ in range(k)))
     stacked = Stacked(group, step_fn)
 
     def alone() -> None:

@@ -30,6 +30,11 @@
 #   fusion_profile.json           only with PARTS="install fusion_profile" (about 2 minutes): the gpu scale's whole
 #                                 unit-step alone and 4 and 14 units fused, its wall time and its device time by kernel
 #                                 family (benchmarks.fusion_host --profile)
+#   stream_units.json             only with PARTS="install stream_units" (about 2 minutes): K = 4 and 14 of the gpu
+#                                 scale's units in one process, each its own dense kernels, one after another, on
+#                                 streams of their own, as CUDA graphs, and as graphs on streams: unit-steps/s, peak
+#                                 memory and each unit's weights against its copy trained alone
+#                                 (benchmarks.stream_units)
 #   window.json                   every part's exit code and seconds, the device, the total (after each part)
 #   logs.tgz                      every part's log (after each part)
 #
@@ -154,6 +159,12 @@ if [[ " ${PARTS:-} " == *" fusion_profile "* ]]; then  # where a fused group's s
     if [ -n "$DRY" ]; then PROFILE=(--ks 2 --size tiny --crop 16 --repeats 1); else PROFILE=(--ks 4 14 --repeats 5); fi
     part fusion_profile 150 "$PY" -m benchmarks.fusion_host --profile --device "$DEVICE" \
         --json "$OUT/fusion_profile.json" "${PROFILE[@]}"
+fi
+
+if [[ " ${PARTS:-} " == *" stream_units "* ]]; then  # the bit-preserving route's rate, before it is built in
+    if [ -n "$DRY" ]; then STREAMS=(--ks 2 --size tiny --crop 16 --seconds 1); else STREAMS=(--ks 4 14 --seconds 8); fi
+    part stream_units 180 "$PY" -m benchmarks.stream_units --device "$DEVICE" --json "$OUT/stream_units.json" \
+        "${STREAMS[@]}"
 fi
 
 # the study's window of its own (PARTS="install side_by_side study_plan study"; docs/studies.md, "The planted yes to

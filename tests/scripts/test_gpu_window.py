@@ -60,16 +60,30 @@ def test_an_unknown_option_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.slow  # one toy profile: under a CPU-minute
-@pytest.mark.timeout(300)
-def test_the_fusion_profile_part_writes_its_rows(tmp_path):
+def _dry_part(tmp_path, part: str):
+    """The window's dry run of ``part`` alone (one thread), checked to have ended well; its OUT folder."""
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable, "WORK": str(tmp_path / "work"), "OMP_NUM_THREADS": "1",
-           "PARTS": "fusion_profile"}
+           "PARTS": part}
     done = subprocess.run(["bash", str(SCRIPT), str(out), "--dry-run"], env=env, capture_output=True, text=True,
                           timeout=280)
     assert done.returncode == 0, done.stdout + done.stderr
-    window = json.loads((out / "window.json").read_text())
-    assert window["parts"]["fusion_profile"]["exit"] == 0, done.stdout
+    assert json.loads((out / "window.json").read_text())["parts"][part]["exit"] == 0, done.stdout
+    return out
+
+
+@pytest.mark.slow  # one toy profile: under a CPU-minute
+@pytest.mark.timeout(300)
+def test_the_fusion_profile_part_writes_its_rows(tmp_path):
+    out = _dry_part(tmp_path, "fusion_profile")
     (row,) = json.loads((out / "fusion_profile.json").read_text())["rows"]
     assert row["k"] == 2 and row["fused_device_ms_per_unit"]["convolution"] > 0
+
+
+@pytest.mark.slow  # two toy units and one alone, a few steps each: under a CPU-minute
+@pytest.mark.timeout(300)
+def test_the_stream_units_part_writes_its_rows(tmp_path):
+    out = _dry_part(tmp_path, "stream_units")
+    doc = json.loads((out / "stream_units.json").read_text())
+    assert [(r["k"], r["mode"]) for r in doc["rows"]] == [(2, "eager")]  # on a CPU: no streams, no graphs
+    assert doc["rows"][0]["max_abs_diff"] == 0.0 and doc["left_out"] == ["graph_streams", "graphs", "streams"]
