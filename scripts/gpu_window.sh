@@ -30,7 +30,7 @@
 #   fusion_profile.json           only with PARTS="install fusion_profile" (about 2 minutes): the gpu scale's whole
 #                                 unit-step alone and 4 and 14 units fused, its wall time and its device time by kernel
 #                                 family (benchmarks.fusion_host --profile)
-#   stream_units.json             only with PARTS="install stream_units" (about 2 minutes): K = 4 and 14 of the gpu
+#   stream_units.json             only with PARTS="install stream_units" (2-3 minutes): K = 4 and 14 of the gpu
 #                                 scale's units in one process, each its own dense kernels, one after another, on
 #                                 streams of their own, as CUDA graphs, and as graphs on streams: unit-steps/s, peak
 #                                 memory and each unit's weights against its copy trained alone
@@ -163,7 +163,7 @@ fi
 
 if [[ " ${PARTS:-} " == *" stream_units "* ]]; then  # the bit-preserving route's rate, before it is built in
     if [ -n "$DRY" ]; then STREAMS=(--ks 2 --size tiny --crop 16 --seconds 1); else STREAMS=(--ks 4 14 --seconds 8); fi
-    part stream_units 180 "$PY" -m benchmarks.stream_units --device "$DEVICE" --json "$OUT/stream_units.json" \
+    part stream_units 210 "$PY" -m benchmarks.stream_units --device "$DEVICE" --json "$OUT/stream_units.json" \
         "${STREAMS[@]}"
 fi
 
