@@ -18,7 +18,8 @@ loss and backward, then every unit's update (`asa.train.step.apply_steps`: the o
 
 ``streams``, ``graphs`` and ``graph_streams`` need CUDA; on a CPU the run is the dry run of ``eager``. Each row, one
 mode at one K: ``unit_steps_per_s`` over ``--seconds`` after ``--warmup`` group steps (the device synchronised at
-both ends), the device's peak memory (``peak_gib``, CUDA), and ``max_abs_diff``: after ``--check-steps`` group steps
+both ends), the memory torch held for the group meanwhile (``peak_gib``, CUDA: its peak reserved, the graphs'
+pools included), and ``max_abs_diff``: after ``--check-steps`` group steps
 on distinct batches, the largest absolute difference between any unit's weights and those of a copy of it trained
 alone, its own process's way (eager, `OptimizerStep.accumulate`). 0.0 is the route preserving bits; ``floor`` is the
 same difference between two copies trained alone, which is 0.0 where the kernels are deterministic (the study's
@@ -174,15 +175,18 @@ def row(k: int, mode: str, shapes: dict, batches: Sequence[dict], *, device: tor
     that fails: its ``error``."""
     out = {"k": k, "mode": mode}
     try:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
         group = Group(units_of(k, shapes, device=device, amp=amp), mode, device)
         out["max_abs_diff"] = exactness(group, batches[:check_steps])
+        if device.type == "cuda":  # the group's own memory: the bit check's copies gone, the graphs' pools held
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
         out["unit_steps_per_s"] = round(rate(group, batches, seconds=seconds, warmup=warmup), 2)
         if device.type == "cuda":
-            out["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+            out["peak_gib"] = round(torch.cuda.max_memory_reserved(device) / 2**30, 2)
     except Exception as err:  # noqa: BLE001 -- a mode's failure is its row's finding; the other modes still run
         out["error"] = f"{type(err).__name__}: {err}"
+        if device.type == "cuda":  # a capture that failed can leave its stream current
+            torch.cuda.set_stream(torch.cuda.default_stream(device))
     return out
 
 
@@ -241,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stream_units: one unit alone {alone.get('unit_steps_per_s', alone.get('error'))} unit-steps/s; "
               f"two copies trained alone differ by {doc['floor']}", flush=True)
         write()
-        for k in args.ks:
-            for mode in modes:
+        for mode in modes:  # the graphs last: a capture that fails cannot disturb the other modes' rows
+            for k in args.ks:
                 r = row(k, mode, shapes, batches, **timing)
                 doc["rows"].append(r)
                 print(f"stream_units: K={k:>3} {mode:<13} " + (f"error {r['error']}" if "error" in r else
