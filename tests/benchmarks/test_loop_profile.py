@@ -133,8 +133,9 @@ def test_the_real_loop_profile_splits_the_wall_time_and_counts_the_steps_syncs(r
         assert r["cadence"]["steps_per_epoch"] == 2  # 4 training cases of 6 at batch 2: an epoch's end is timed
         assert r["validations"] >= 1 and r["checkpoints"] >= 1
         assert 0 < r["validation_loader_ms_per_step"] < r["part_ms_per_step"]["validation"]
-    assert real["part_s"]["step"] > 10 * noop["part_s"]["step"]  # forward + backward vs a loop over the batches
-    assert noop["part_s"]["step"] < 0.05 * noop["wall_s"]
+    # what each step part ran, by the reads it made (not by its time, which a loaded machine moves): the no-op step
+    # read nothing, no loss and no gradient norm
+    assert "step" not in noop["host_syncs_per_step_by_part"]
     # the real step's syncs: the engine's one read (the loss and its finiteness, the logs, the gradient norm) and the
     # AR-loss's statistics (asa.losses.reconstruction)
     assert real["host_syncs_by_call"]["step:tolist"] == 2 and real["host_syncs_per_step_by_part"]["step"] == 2
