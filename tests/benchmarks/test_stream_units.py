@@ -55,7 +55,8 @@ def test_a_cpu_run_writes_the_eager_rows_and_leaves_out_the_cuda_modes(tmp_path)
     assert main(["--ks", "2", "--size", "tiny", "--crop", "16", "--in-channels", "1", "--seconds", "0",
                  "--warmup", "0", "--check-steps", "1", "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
-    assert doc["floor"] == 0.0 and doc["left_out"] == ["graph_streams", "graphs", "streams"]
+    assert doc["left_out"] == ["graph_streams", "graphs", "streams"]
     assert doc["alone"]["k"] == 1 and doc["alone"]["unit_steps_per_s"] > 0
+    assert doc["alone"]["max_abs_diff"] == 0.0  # two copies trained alone: the kernels repeat themselves
     (row,) = doc["rows"]
     assert (row["k"], row["mode"], row["max_abs_diff"]) == (2, "eager", 0.0) and row["unit_steps_per_s"] > 0
