@@ -7,6 +7,7 @@ a checkout that is not installed reads its ``configs/`` folder through file path
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 import pytest
 from hydra.core.config_store import ConfigStore
@@ -15,7 +16,9 @@ from omegaconf import OmegaConf
 
 from asa.api import config
 from asa.api.config import compose_config, config_path, search_path
-from asa.api.configuration.schema import PRETRAIN_MODELS
+from asa.api.configuration import checks
+from asa.api.configuration.schema import PRETRAIN_MODELS, SCHEMAS
+from asa.methods import METHODS, MethodSettings, PretrainingMethod, register_method
 from asa.models import NETWORK_SETTINGS
 
 
@@ -49,6 +52,39 @@ def test_composing_leaves_the_store_as_it_was_and_keeps_what_others_stored():
         assert cfg.trainer.epochs == 1
     finally:
         Singleton.set_state(before)
+
+
+@dataclass
+class _LaterSettings(MethodSettings):
+    strength: float = 0.25
+
+
+class _Later(PretrainingMethod):
+    name, Settings = "registered_between_compositions", _LaterSettings
+
+
+def test_the_nodes_built_once_compose_as_built_afresh_and_follow_what_is_registered(monkeypatch):
+    """`register` stores the nodes it built for the same registries: every entry point composes from them as from
+    nodes built afresh, a config changed after its composition leaves the next one as it was, and a method
+    registered between two compositions is an option of the second (gone again once it is removed)."""
+    kept = {entry: OmegaConf.to_yaml(compose_config(entry)) for entry in SCHEMAS}
+    changed = compose_config("finetune")
+    changed.trainer.epochs, changed.model.arch = 12345, "changed"
+    assert {entry: OmegaConf.to_yaml(compose_config(entry)) for entry in SCHEMAS} == kept
+    monkeypatch.setattr(checks, "_BUILT", {})
+    assert {entry: OmegaConf.to_yaml(compose_config(entry)) for entry in SCHEMAS} == kept
+    assert len(checks._BUILT) == len(SCHEMAS)
+
+    with pytest.raises(Exception, match="registered_between_compositions"):
+        compose_config("pretrain", ["method=registered_between_compositions"])
+    register_method(_Later)
+    try:
+        cfg = compose_config("pretrain", ["method=registered_between_compositions"])
+        assert cfg.method == {"name": "registered_between_compositions", "strength": 0.25}
+    finally:
+        METHODS.pop("registered_between_compositions")
+    with pytest.raises(Exception, match="registered_between_compositions"):
+        compose_config("pretrain", ["method=registered_between_compositions"])
 
 
 def test_a_checkout_that_is_not_installed_composes_the_same_from_its_folder(monkeypatch):

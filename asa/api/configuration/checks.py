@@ -50,13 +50,50 @@ def _schema_node(entry: str, method: str | None = None) -> Any:
     return PretrainConfig(method=MethodSettings() if method is None else get_method(method).Settings())
 
 
+# the nodes `_store_nodes` built, by what they were built from (`_built_from`): Hydra converts each schema and preset
+# as it is stored, a third of a composition's time, while what it converts changes only when something registers
+_BUILT: dict[tuple, dict[str, Any]] = {}
+
+
 def register(entry: str = "finetune", folder: Traversable | None = None) -> None:
     """Store, in Hydra's ConfigStore, each schema as ``<entry>_schema``, each pretraining method's settings as an
     option of the ``method`` group, each task's as one of ``task`` and ``entry``'s own ``model=<arch>`` options
     (the methods, tasks and networks registered by then count); ``folder``: the entry point's config folder, whose
     ``model`` preset files take precedence (`_model_presets`). Called inside `entry_store`, which gives the store
-    back as it was once the composition is done, so that each entry point composes its own store."""
+    back as it was once the composition is done, so that each entry point composes its own store. The nodes are
+    built once for each set of registered schemas, methods, tasks, networks and presets, and stored again as built:
+    Hydra hands out a copy of a stored node, never the node."""
     store = ConfigStore.instance()
+    key = _built_from(entry, folder)
+    if key not in _BUILT:
+        held, store.repo = store.repo, {}
+        try:
+            _store_nodes(store, entry, folder)
+            _BUILT[key] = store.repo
+        finally:
+            store.repo = held
+    _add_nodes(store.repo, _BUILT[key])
+
+
+def _built_from(entry: str, folder: Traversable | None) -> tuple:
+    """What `_store_nodes` reads: the entry point, its folder's model presets, and each registry by name and class."""
+    return (entry, frozenset(_model_presets(folder)), tuple(SCHEMAS.items()), tuple(registered_methods().items()),
+            tuple(registered_tasks().items()), tuple(NETWORK_SETTINGS.items()), tuple(PRETRAIN_MODELS.items()),
+            repr(PRESETS))
+
+
+def _add_nodes(repo: dict[str, Any], nodes: dict[str, Any]) -> None:
+    """``nodes`` (a store's groups, nested, and their nodes) into ``repo``, as `ConfigStore.store` adds them: a node
+    replaces one of its name, a group keeps what else it held; ``repo``'s groups stay its own dicts."""
+    for name, node in nodes.items():
+        if isinstance(node, dict):
+            _add_nodes(repo.setdefault(name, {}), node)
+        else:
+            repo[name] = node
+
+
+def _store_nodes(store: ConfigStore, entry: str, folder: Traversable | None) -> None:
+    """`register`'s nodes, built and stored in ``store``."""
     for name in SCHEMAS:
         node = _schema_node(name)
         if name == "pretrain":  # the model section's keys depend on its arch: `validate` types it
