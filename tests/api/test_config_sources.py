@@ -7,7 +7,7 @@ a checkout that is not installed reads its ``configs/`` folder through file path
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 from hydra.core.config_store import ConfigStore
@@ -54,9 +54,12 @@ def test_composing_leaves_the_store_as_it_was_and_keeps_what_others_stored():
         Singleton.set_state(before)
 
 
+_STRENGTH = {"default": 0.25}  # a default read when the settings are made, as the Swin sizes' are
+
+
 @dataclass
 class _LaterSettings(MethodSettings):
-    strength: float = 0.25
+    strength: float = field(default_factory=lambda: _STRENGTH["default"])
 
 
 class _Later(PretrainingMethod):
@@ -64,16 +67,19 @@ class _Later(PretrainingMethod):
 
 
 def test_the_nodes_built_once_compose_as_built_afresh_and_follow_what_is_registered(monkeypatch):
-    """`register` stores the nodes it built for the same registries: every entry point composes from them as from
-    nodes built afresh, a config changed after its composition leaves the next one as it was, and a method
-    registered between two compositions is an option of the second (gone again once it is removed)."""
+    """`register` stores the nodes it built from the same values: every entry point composes from them as from
+    nodes built afresh, a config changed after its composition leaves the next one as it was, a method registered
+    between two compositions is an option of the second (gone again once it is removed), and a default changed
+    between two compositions is the second's."""
     kept = {entry: OmegaConf.to_yaml(compose_config(entry)) for entry in SCHEMAS}
     changed = compose_config("finetune")
     changed.trainer.epochs, changed.model.arch = 12345, "changed"
     assert OmegaConf.to_yaml(compose_config("finetune")) == kept["finetune"]
     monkeypatch.setattr(checks, "_BUILT", {})
     assert {entry: OmegaConf.to_yaml(compose_config(entry)) for entry in SCHEMAS} == kept
-    assert len(checks._BUILT) == len(SCHEMAS)
+    built = {key: id(nodes) for key, nodes in checks._BUILT.items()}  # built once for each set of values, not again
+    assert {entry: OmegaConf.to_yaml(compose_config(entry)) for entry in SCHEMAS} == kept
+    assert {key: id(nodes) for key, nodes in checks._BUILT.items()} == built
 
     with pytest.raises(Exception, match="registered_between_compositions"):
         compose_config("pretrain", ["method=registered_between_compositions"])
@@ -81,6 +87,8 @@ def test_the_nodes_built_once_compose_as_built_afresh_and_follow_what_is_registe
     try:
         cfg = compose_config("pretrain", ["method=registered_between_compositions"])
         assert cfg.method == {"name": "registered_between_compositions", "strength": 0.25}
+        monkeypatch.setitem(_STRENGTH, "default", 0.5)  # the registries as they were, another default
+        assert compose_config("pretrain", ["method=registered_between_compositions"]).method.strength == 0.5
     finally:
         METHODS.pop("registered_between_compositions")
     with pytest.raises(Exception, match="registered_between_compositions"):

@@ -46,12 +46,13 @@ def _schema_node(entry: str, method: str | None = None) -> Any:
     """The schema an entry point's config is checked against; for pretraining, with the settings of
     ``method`` (None: the bare method base, which the ``method`` group's choice fills in)."""
     if entry != "pretrain":
-        return SCHEMAS[entry]
+        return SCHEMAS[entry]()
     return PretrainConfig(method=MethodSettings() if method is None else get_method(method).Settings())
 
 
-# the nodes `_store_nodes` built, by what they were built from (`_built_from`): Hydra converts each schema and preset
-# as it is stored, a third of a composition's time, while what it converts changes only when something registers
+# the store's nodes as `register` built them, by what it was given to build them from (`_node_key`): Hydra converts
+# each schema and preset as it stores it, a third of a composition's time, while they change only when something
+# registers or a default changes
 _BUILT: dict[tuple, dict[str, Any]] = {}
 
 
@@ -60,26 +61,27 @@ def register(entry: str = "finetune", folder: Traversable | None = None) -> None
     option of the ``method`` group, each task's as one of ``task`` and ``entry``'s own ``model=<arch>`` options
     (the methods, tasks and networks registered by then count); ``folder``: the entry point's config folder, whose
     ``model`` preset files take precedence (`_model_presets`). Called inside `entry_store`, which gives the store
-    back as it was once the composition is done, so that each entry point composes its own store. The nodes are
-    built once for each set of registered schemas, methods, tasks, networks and presets, and stored again as built:
-    Hydra hands out a copy of a stored node, never the node."""
+    back as it was once the composition is done, so that each entry point composes its own store. Nodes built from
+    the same values (`_node_key`) are converted once and stored again as built: Hydra hands out a copy of a stored
+    node, never the node."""
     store = ConfigStore.instance()
-    key = _built_from(entry, folder)
+    nodes = _nodes(entry, folder)
+    key = _node_key(nodes)
     if key not in _BUILT:
         held, store.repo = store.repo, {}
         try:
-            _store_nodes(store, entry, folder)
+            for group, name, node in nodes:
+                store.store(group=group, name=name, node=node)
             _BUILT[key] = store.repo
         finally:
             store.repo = held
     _add_nodes(store.repo, _BUILT[key])
 
 
-def _built_from(entry: str, folder: Traversable | None) -> tuple:
-    """What `_store_nodes` reads: the entry point, its folder's model presets, and each registry by name and class."""
-    return (entry, frozenset(_model_presets(folder)), tuple(SCHEMAS.items()), tuple(registered_methods().items()),
-            tuple(registered_tasks().items()), tuple(NETWORK_SETTINGS.items()), tuple(PRETRAIN_MODELS.items()),
-            repr(PRESETS))
+def _node_key(nodes: list[tuple[str | None, str, Any]]) -> tuple:
+    """The nodes as `register` stores them, by value: each one's group, name, type and repr (a settings dataclass's
+    repr names every field's value, those its default factories gave included)."""
+    return tuple((group, name, type(node), repr(node)) for group, name, node in nodes)
 
 
 def _add_nodes(repo: dict[str, Any], nodes: dict[str, Any]) -> None:
@@ -92,23 +94,24 @@ def _add_nodes(repo: dict[str, Any], nodes: dict[str, Any]) -> None:
             repo[name] = node
 
 
-def _store_nodes(store: ConfigStore, entry: str, folder: Traversable | None) -> None:
-    """`register`'s nodes, built and stored in ``store``."""
+def _nodes(entry: str, folder: Traversable | None) -> list[tuple[str | None, str, Any]]:
+    """`register`'s nodes, each as ``(group, name, node)`` for `ConfigStore.store`, not yet converted."""
+    nodes: list[tuple[str | None, str, Any]] = []
     for name in SCHEMAS:
         node = _schema_node(name)
         if name == "pretrain":  # the model section's keys depend on its arch: `validate` types it
             node.model = {}
-        store.store(name=f"{name}_schema", node=node)
+        nodes.append((None, f"{name}_schema", node))
     for name, method in registered_methods().items():
-        store.store(group="method", name=name, node=method.Settings(name=name))
+        nodes.append(("method", name, method.Settings(name=name)))
     for name, task in registered_tasks().items():  # task=<name>: a fine-tuning task's settings at their defaults
-        store.store(group="task", name=name, node=task.Settings(name=name))
+        nodes.append(("task", name, task.Settings(name=name)))
     # model=<preset>: a network's settings at their defaults, as a mapping: `validate` types the section by the
     # network it names, so a preset or experiment setting an option the network lacks is refused naming it
     for arch, settings in NETWORK_SETTINGS.items():
-        store.store(group="network", name=arch, node=asdict(settings(arch=arch)))
+        nodes.append(("network", arch, asdict(settings(arch=arch))))
     for arch, settings in PRETRAIN_MODELS.items():  # asa-pretrain's model presets start from these defaults
-        store.store(group="pretrain_network", name=arch, node=asdict(settings()))
+        nodes.append(("pretrain_network", arch, asdict(settings())))
     # model=<arch> with no preset file, a plug-in's too: asa-finetune's every network with settings, asa-pretrain's
     # every family with a masked twin (`asa.models.family.Family.masked`), at their defaults; the other entry
     # point's are not in this store (nor in those of the entry points with no model group): --help lists what the
@@ -116,14 +119,13 @@ def _store_nodes(store: ConfigStore, entry: str, folder: Traversable | None) -> 
     own = {"finetune": {arch: asdict(settings(arch=arch)) for arch, settings in NETWORK_SETTINGS.items()},
            "pretrain": {arch: asdict(settings()) for arch, settings in PRETRAIN_MODELS.items()}}.get(entry, {})
     presets = _model_presets(folder)
-    for arch, node in own.items():
-        if arch not in presets:
-            store.store(group="model", name=arch, node=node)
+    nodes += [("model", arch, node) for arch, node in own.items() if arch not in presets]
     for name, sizes in PRESETS.items():  # model=tiny|small|base: the encoder and, for pretraining, the decoder
         encoder = asdict(EncoderOptions(**{k: v for k, v in sizes.items() if k not in DECODER_KEYS}))
         sized = {k: v for k, v in encoder.items() if k not in NOT_SIZES}
-        store.store(group="sizes/encoder", name=name, node=sized)  # a mapping: fine-tuning adds arch
-        store.store(group="sizes/decoder", name=name, node={k: sizes[k] for k in DECODER_KEYS})
+        nodes.append(("sizes/encoder", name, sized))  # a mapping: fine-tuning adds arch
+        nodes.append(("sizes/decoder", name, {k: sizes[k] for k in DECODER_KEYS}))
+    return nodes
 
 
 @contextmanager
