@@ -119,7 +119,9 @@ def _nodes(entry: str, folder: Traversable | None) -> list[tuple[str | None, str
     own = {"finetune": {arch: asdict(settings(arch=arch)) for arch, settings in NETWORK_SETTINGS.items()},
            "pretrain": {arch: asdict(settings()) for arch, settings in PRETRAIN_MODELS.items()}}.get(entry, {})
     presets = _model_presets(folder)
-    nodes += [("model", arch, node) for arch, node in own.items() if arch not in presets]
+    for arch, node in own.items():
+        if arch not in presets:
+            nodes.append(("model", arch, node))
     for name, sizes in PRESETS.items():  # model=tiny|small|base: the encoder and, for pretraining, the decoder
         encoder = asdict(EncoderOptions(**{k: v for k, v in sizes.items() if k not in DECODER_KEYS}))
         sized = {k: v for k, v in encoder.items() if k not in NOT_SIZES}
