@@ -47,7 +47,7 @@ class Verdict(str, enum.Enum):
         return self.value
 
 
-NOT_INTERPRETABLE = (Verdict.PLUMBING, Verdict.UNREADABLE, Verdict.UNSHOWN)  # claim no bound and no MDE
+NOT_INTERPRETABLE = (Verdict.PLUMBING, Verdict.UNREADABLE, Verdict.UNSHOWN)  # claim no bound
 
 
 def keys_of(scores: Sequence[Mapping[str, Any]], endpoint: tuple[str, str] = KEYS[0]) -> tuple[tuple[str, str], ...]:
@@ -712,8 +712,11 @@ class Reading:
 
     @property
     def mde(self) -> float:
-        """The primary's minimum detectable effect where it may be said, else NaN."""
-        if self.primary is None or self.primary.verdict in NOT_INTERPRETABLE:
+        """The primary's minimum detectable effect, else NaN: no primary, or a reading from which nothing may be said
+        (`interpretable`). It is the interval's, what the design's variance lets the primary see, so a primary whose
+        verdict a control leaves unread (a gain no negative control bounds, a null no positive control backs) keeps
+        it."""
+        if self.primary is None or not self.interpretable:
             return math.nan
         return self.primary.bar.mde
 

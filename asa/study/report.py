@@ -25,16 +25,17 @@ from asa.study.tables import Outputs, declared_order, svg_plot
 PRINTED_MDE_POWER = (0.61, 0.82)
 
 
-def mde_line(primary: Contrast, *, min_effect: float, looks: Looks) -> list[str]:
-    """The primary's minimum detectable effect from the study's own variance (aimed at 80 % power, two-sided at the
-    primary's error rate over its ``looks``), printed as the estimate it is."""
+def mde_line(primary: Contrast, *, min_effect: float, looks: Looks, of: str = "the primary") -> list[str]:
+    """The minimum detectable effect of the primary (``of``: of the primary at a head start) from the study's own
+    variance (aimed at 80 % power, two-sided at the primary's error rate over its ``looks``), printed as the estimate
+    it is, with what the minimum effect adds to it."""
     interval, more = primary.bar.interval, primary.bar.mde_more or {}
     comps, what = interval["components"], "variance components"
     if not comps:
         comps, what = {name: v for name, v, _ in interval["parts"]}, "the variance parts of the mean"
     levels = interval["levels"]
     parts = ", ".join(f"{k} {v:.2g}" for k, v in comps.items())
-    line = (f"Minimum detectable effect of the primary, estimated from this study's own variance (aimed at 80 % power, "
+    line = (f"Minimum detectable effect of {of}, estimated from this study's own variance (aimed at 80 % power, "
             f"two-sided {100 * looks.alpha:.4g} %, on its interval; {what} {parts}): "
             f"**{primary.bar.mde:.3f} {primary.endpoint[1]}** (an estimate: in simulated studies a true effect of "
             f"the printed size is detected {PRINTED_MDE_POWER[0]:.0%}–{PRINTED_MDE_POWER[1]:.0%} of the time, not 80 %)")
@@ -53,8 +54,9 @@ def mde_line(primary: Contrast, *, min_effect: float, looks: Looks) -> list[str]
     line += f". The minimum effect read as an effect is {min_effect:g}"
     if primary.bar.mde > min_effect:
         line += ": a true gain of that size would mostly go undetected here."
-    else:
-        line += "."
+    else:  # "helped" needs the estimate at the minimum effect too, which an interval clear of 0 does not give
+        line += (f": a gain is read only where its estimate reaches it, so a true gain between the minimum detectable "
+                 f"effect and {min_effect:g} would mostly not be read as one, even where its interval clears 0.")
     return [line, ""]
 
 
@@ -69,7 +71,7 @@ def control_line(row: Contrast, said: Reading, *, trained_on: str) -> str:
         if row.verdict != Verdict.HELPED:
             return (f"**Positive control did not move** ({what}; {ci}; a move is a CI above 0 and at least "
                     f"{min_effect:g} Dice): it did not beat scratch, so this study cannot show what pretraining "
-                    "gives; every null below reads not interpretable.")
+                    "gives; every null among the answers reads not interpretable.")
         if said.detects(row):
             return (f"Positive control moved, as it must ({what}; {ci}): the primary question can detect a gain of "
                     f"this size (its minimum detectable effect {mde:.3f}).")
@@ -82,12 +84,12 @@ def control_line(row: Contrast, said: Reading, *, trained_on: str) -> str:
     if row.verdict == Verdict.HELPED:
         return (f"**Negative control helped** ({ci}): pretraining on pure noise beat scratch, so a gain of the "
                 "pretrained arms over scratch may be the recipe's (initialisation scale, schedule), not what they "
-                "learned from the scans; no such gain is read below.")
+                "learned from the scans; no such gain is read among the answers.")
     if row.small:
         return f"Negative control shown small, as it must be ({ci}; {row.bound}, under {min_effect:g})."
     return (f"**Negative control not shown small** ({ci}; its one-sided 95 % bound allows gains up to "
             f"{row.bar.bound90[1]:+.3f}, not under the minimum effect {min_effect:g}): an initialisation effect of "
-            "that size is not excluded, so no gain of a pretrained arm over scratch is read below.")
+            "that size is not excluded, so no gain of a pretrained arm over scratch is read among the answers.")
 
 
 def reading(row: Contrast, *, min_effect: float) -> str:
@@ -99,8 +101,8 @@ def reading(row: Contrast, *, min_effect: float) -> str:
         return f"{row.verdict.value} ({row.why})"
     if row.verdict != Verdict.NO_DIFFERENCE:
         return row.verdict.value
-    if row.why == "minimum effect":
-        return f"no difference this study can detect (smaller than the minimum effect {min_effect:g} Dice)"
+    if row.why == "minimum effect":  # its CI is off 0: a difference is seen, one under the minimum effect
+        return f"no difference of the minimum effect (its CI is off 0, the difference under {min_effect:g} Dice)"
     return "no difference this study can detect"
 
 
@@ -149,10 +151,10 @@ def _p_cell(row: Contrast) -> str:
 
 
 def contrast_cells(said: Reading) -> tuple[list[str], list[list[str]]]:
-    """The contrast table's head and cells: every contrast's Δs with their CIs, the bootstrap's, p (Holm's), its bound
-    and its verdict."""
+    """The contrast table's head and cells: every contrast's Δs with their CIs, the bootstrap's, p (Holm's), its bound,
+    its endpoint's minimum detectable effect ("—" where nothing may be read) and its verdict."""
     head = ["question", "arm − reference", "N", "role", *(f"Δ {label} [95 % CI]" for _, label in said.keys),
-            "bootstrap CI", "p (Holm)", "bound (one-sided 95 %)", "verdict"]
+            "bootstrap CI", "p (Holm)", "bound (one-sided 95 %)", "MDE (80 % power)", "verdict"]
     cells = []
     for r in said.contrasts:
         role = r.role
@@ -161,7 +163,7 @@ def contrast_cells(said: Reading) -> tuple[list[str], list[list[str]]]:
         cells.append([r.question, f"{r.arm} − {r.reference}", str(r.n), role,
                       *(_ci(r.estimates[k]) for k, _ in said.keys),
                       "[{1:+.3f}, {2:+.3f}]".format(*r.bootstrap[said.endpoint[0]]), _p_cell(r), r.bound,
-                      reading(r, min_effect=said.min_effect)])
+                      _number(r.bar.mde if said.interpretable else math.nan), reading(r, min_effect=said.min_effect)])
     return head, cells
 
 
@@ -395,14 +397,19 @@ def figures(info: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], said: Re
     return plots
 
 
-def answer_lines(said: Reading) -> list[str]:
-    """A reading's answers, the primary first, then its minimum detectable effect."""
+def answer_lines(said: Reading, *, head_start: int | None = None) -> list[str]:
+    """A reading's answers, the primary first, then its minimum detectable effect; read at the end point, or at the
+    ``head_start`` step, where the primary's line and its MDE name that step."""
     questions = [r for r in said.contrasts if r.kind == "question"]
+    primary, of = "**Primary:** ", "the primary"
+    if head_start is not None:
+        primary = f"**Primary question at step {head_start} (a head start, not its end point):** "
+        of = f"the primary at step {head_start}"
     lines = []
     for r in sorted(questions, key=lambda r: r.role != "primary"):
         lead = "- "
         if r.role == "primary":
-            lead = "- **Primary:** "
+            lead = "- " + primary
         lines.append(lead + question_line(r, min_effect=said.min_effect))
     if not questions:
         lines.append("- No pretraining arm was scored.")
@@ -412,7 +419,7 @@ def answer_lines(said: Reading) -> list[str]:
                      + "; ".join(left_out) + ".")
     lines.append("")
     if not math.isnan(said.mde):
-        lines += mde_line(said.primary, min_effect=said.min_effect, looks=said.looks)
+        lines += mde_line(said.primary, min_effect=said.min_effect, looks=said.looks, of=of)
     return lines
 
 
@@ -420,11 +427,16 @@ def head_start_lines(said: Reading, step: int, end: int, *, trained_on: str) -> 
     """The section of the same questions read at the head start: every run's state kept at ``step`` of its
     ``end``, read by the same rules as the end point."""
     controls = [control_line(r, said, trained_on=trained_on) for r in said.contrasts if r.kind != "question"]
+    table = []
+    if said.contrasts:
+        table = [f"The contrasts at step {step}, as the table of every contrast below reads the end point's:", "",
+                 markdown_table(*contrast_cells(said)), ""]
     return [f"## At the head start (step {step} of {end})", "",
             f"The same runs, each scored again from its state kept at step {step} (trainer.keep_steps), in the "
             f"middle of its schedule: a gain here is a head start, the answers above read where the runs end. The "
             "same questions, rules, controls and looks as above (the Dice with the encoder zeroed is scored at the "
-            "end point only).", "", *answer_lines(said), *(f"- {line}" for line in controls), ""]
+            "end point only).", "", *answer_lines(said, head_start=step), *(f"- {line}" for line in controls), "",
+            *table]
 
 
 def _probe_cell(row: ProbeRow) -> str:

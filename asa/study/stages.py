@@ -67,6 +67,7 @@ class Findings:
     probes: dict[str, Any] | None = None
     scored: Outputs | None = None
     head_start: Outputs | None = None  # the same runs' rows at --head-start's steps
+    looks: readings.Looks | None = None  # the looks the primary is read over, the transfer stage's reading taken
     times: dict[str, Any] = dataclasses.field(default_factory=dict)  # the study's seconds per stage and unit
 
 
@@ -281,6 +282,11 @@ class TransferStage(FineTuning):
         return setup.transfer("transfer", arms=arms, cases=tuple(s.scale.cases), seeds=seeds, steps=steps,
                               head_start=head_start, n_boot=s.n_boot, overrides=setup.overrides), said
 
+    def read(self, setup: Setup, found: Findings, staged: FineTuningUnits) -> int | None:
+        # its tables give every arm's Δ to its twin: a look, recorded in design.json before the first is written
+        found.looks = take_look(setup.study.out)
+        return super().read(setup, found, staged)
+
 
 class Report(Stage):
     """The page (`asa.study.report`), from every stage's outputs."""
@@ -302,7 +308,7 @@ class Report(Stage):
                 "commands": ["asa-study " + shlex.join(sys.argv[1:]),
                              *(f"asa-pretrain {shlex.join(r.overrides)}" for r in setup.runs)],
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        folder = report.write_report(s.out, info, found.scored, n_boot=s.n_boot, looks=take_look(s.out),
+        folder = report.write_report(s.out, info, found.scored, n_boot=s.n_boot, looks=found.looks,
                                      head_start=found.head_start)
         print(f"[study] done: report in {folder / 'README.md'}", flush=True)
         return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from asa.data.synthetic.demo import write_demo_dataset
 from asa.eval.random_effects import crossed_interval
 from asa.study.cost import Costs, StepCost
-from asa.study import readings, report, study, tables
+from asa.study import readings, report, stages, study, tables
 from asa.study.design import FILE, Design, load, register_design, take_look
 from asa.study.readings import Looks
 
@@ -146,3 +147,25 @@ def test_asa_study_registers_its_design_before_any_unit_and_a_dry_run_writes_non
     assert design["primary"] is None and design["endpoint"] == endpoint and not seen[0]["looks"]
     assert study.main([*argv[:-1], "1"]) == 0  # another plan of looks before any look: an amendment
     assert load(out).changes[0].changed == ("looks 2 → 1",) and load(out).changes[0].after_look == 0
+
+
+def test_the_transfer_stage_records_its_look_before_it_writes_a_difference(tmp_path, monkeypatch):
+    """The transfer stage's tables give every arm's Δ to its twin: the look is in design.json before either budget's
+    tables are written, so a reading that stops after them (the page failing) was still recorded as one; the report
+    reads the primary over the looks it took, and a rerun of the finished study adds none."""
+    register_design(tmp_path, REGISTERED, now="2026-12-01T10:00:00")
+    seen = []
+
+    def written(*args) -> None:  # transfer.results and head_start_results: the looks recorded when each writes
+        seen.append(len(load(tmp_path).looks))
+
+    monkeypatch.setattr(stages.transfer, "run_seconds", lambda settings, runs, times: [])
+    monkeypatch.setattr(stages.transfer, "results", written)
+    monkeypatch.setattr(stages.transfer, "head_start_results", written)
+    setup = SimpleNamespace(study=SimpleNamespace(out=tmp_path))
+    staged = SimpleNamespace(settings=None, runs=(), cfg=None)
+    found = stages.Findings(times={"runs": {}})
+    assert stages.TransferStage().read(setup, found, staged) is None
+    assert seen == [1, 1] and found.looks == Looks(taken=1, planned=1)
+    stages.TransferStage().read(setup, stages.Findings(times={"runs": {}}), staged)
+    assert seen == [1, 1, 1, 1] and len(load(tmp_path).looks) == 1

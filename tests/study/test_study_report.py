@@ -110,8 +110,14 @@ def test_a_ci_above_zero_under_the_minimum_effect_reads_no_difference(tmp_path):
     primary = _row(contrasts, "asa-c4")
     assert primary["role"] == "primary" and primary["Dice_mean"][1] > 0  # the CI is above 0 ...
     assert primary["verdict"] == "no difference" and primary["why"] == "minimum effect"  # ... the effect too small
-    assert "no difference this study can detect (smaller than the minimum effect 0.01 Dice)" in page
+    # a difference is seen (the CI off 0), one under the minimum effect: not "none this study can detect"
+    assert "no difference of the minimum effect (its CI is off 0, the difference under 0.01 Dice)" in page
     assert "**Primary:** does ASA's pretraining help? (asa − scratch) At N = 2: no difference" in page
+    # its MDE is under the minimum effect, which a gain must reach too: the line says what that leaves unread
+    assert primary["mde"] < 0.01
+    mde = next(x for x in page.splitlines() if x.startswith("Minimum detectable effect of the primary"))
+    assert mde.endswith("so a true gain between the minimum detectable effect and 0.01 would mostly not be read as "
+                        "one, even where its interval clears 0.")
     assert "minimum effect 0.01 Dice" in page.split("## Answers")[0]  # stated up front
     # every other question is exploratory, read under Holm; mae's clear +0.05 clears it
     mae = _row(contrasts, "mae-c4")
@@ -264,6 +270,14 @@ def test_a_negative_control_not_shown_small_leaves_gains_over_scratch_unread(tmp
     assert _row(contrasts, "asa-c4")["verdict"] == "not interpretable"
     assert "the negative control is not shown small" in _row(contrasts, "asa-c4")["why"]
     assert _row(contrasts, "asa-c4", "mae-c4")["verdict"] != "not interpretable"  # both pretrained: no recipe gap
+    # the gain is left unread, not the study's sensitivity: the primary keeps its MDE, and the positive control is
+    # read against it (it read "not measured: ... would not reliably see a gain of the control's size")
+    mde = _row(contrasts, "asa-c4")["mde"]
+    assert 0 < mde < 0.1 and f"the primary question can detect a gain of this size (its minimum detectable effect " \
+        f"{mde:.3f})" in page and "not measured" not in page
+    assert next(x for x in page.splitlines() if x.startswith("Minimum detectable effect of the primary"))
+    assert page.index("## Answers") < page.index("**Negative control not shown small**")  # its line comes after them
+    assert "no gain of a pretrained arm over scratch is read among the answers." in page
 
 
 def test_near_uniform_attentive_weights_make_asa_minus_mae_no_test_and_the_plateau_flag_reaches_the_answer(tmp_path):
@@ -517,15 +531,26 @@ def test_the_head_start_is_read_beside_the_end_point_from_the_same_runs(tmp_path
     page = (folder / "README.md").read_text()
     end, early = page.split("## At the head start (step 600 of 1800)")
     end_primary = next(x for x in end.splitlines() if x.startswith("- **Primary:**"))
-    early_primary = next(x for x in early.splitlines() if x.startswith("- **Primary:**"))
+    # the head start's primary is named with its step, never as the primary's end point
+    assert "- **Primary:**" not in early
+    early_primary = next(x for x in early.splitlines()
+                         if x.startswith("- **Primary question at step 600 (a head start, not its end point):** "))
     assert "(mae − scratch) At N = 2: no difference this study can detect" in end_primary
     assert "(mae − scratch) At N = 2: helped" in early_primary and "Δ lesion Dice (lesion, tumour) +0.050" in early_primary
-    assert "Minimum detectable effect of the primary" in early and "Negative control shown small" in early
+    assert "Minimum detectable effect of the primary at step 600, estimated" in early
+    assert "Negative control shown small" in early
     assert end.index("## Answers") < end.index("- **Primary:**")
     head = json.loads((folder / "contrasts-head-start.json").read_text())
     assert _row(head, "mae-c4")[tables.LESION][0] == pytest.approx(0.05)
-    assert _row(json.loads((folder / "contrasts.json").read_text()), "mae-c4")[tables.LESION][0] == pytest.approx(0.001)
+    contrasts = json.loads((folder / "contrasts.json").read_text())
+    assert _row(contrasts, "mae-c4")[tables.LESION][0] == pytest.approx(0.001)
     assert json.loads((folder / "report.json").read_text())["head_start_contrasts"] == head
+    # each budget's contrast table, every row with its MDE: the head start's in its section, the end point's below
+    for section, rows in ((early.split("## The instruments")[0], head), (page.split("## Contrasts")[1], contrasts)):
+        table = [x for x in section.splitlines() if x.startswith("| ")]
+        assert "MDE (80 % power)" in table[0]
+        mae = next(x for x in table if "| mae-c4 − scratch |" in x)
+        assert f"| {_row(rows, 'mae-c4')['mde']:.3f} |" in mae
 
 
 def test_the_cost_table_has_the_positive_control_s_row_one_run_or_one_per_draw():
