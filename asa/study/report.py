@@ -157,13 +157,16 @@ def contrast_cells(said: Reading) -> tuple[list[str], list[list[str]]]:
             "bootstrap CI", "p (Holm)", "bound (one-sided 95 %)", "MDE (80 % power)", "verdict"]
     cells = []
     for r in said.contrasts:
+        mde = math.nan  # a reading from which nothing may be said claims no detectable effect
+        if said.interpretable:
+            mde = r.bar.mde
         role = r.role
         if r.looks is not None:  # the endpoint's column alone is read over the looks
             role += f" ({r.endpoint[1]}'s CI and bound at {r.level}: {r.looks} looks; its other columns at 95 %)"
         cells.append([r.question, f"{r.arm} − {r.reference}", str(r.n), role,
                       *(_ci(r.estimates[k]) for k, _ in said.keys),
                       "[{1:+.3f}, {2:+.3f}]".format(*r.bootstrap[said.endpoint[0]]), _p_cell(r), r.bound,
-                      _number(r.bar.mde if said.interpretable else math.nan), reading(r, min_effect=said.min_effect)])
+                      _number(mde), reading(r, min_effect=said.min_effect)])
     return head, cells
 
 
