@@ -145,7 +145,7 @@ def test_a_full_disk_leaves_no_folder_that_looks_finished(tmp_path, monkeypatch,
     import asa.formats.nnunet as export_module  # the nnU-Net pair's writer
     from asa.models import build_network, network_spec
 
-    net = build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": 32}})
+    net = build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": 32, "size": "tiny"}})
     ckpt = save_checkpoint(tmp_path / "last.pt", {"network": network_spec(net), "model": net.state_dict(), "step": 1})
 
     def full(path, state):

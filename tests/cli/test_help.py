@@ -238,6 +238,7 @@ def test_the_digest_follows_modules_configs_and_plugins(monkeypatch, tmp_path):
     assert cli_help.help_digest("finetune") != seen[-1]
 
 
+@pytest.mark.slow  # two child processes of asa-study
 def test_asa_study_help_is_its_parser_s_and_once_kept_loads_no_torch(tmp_path, monkeypatch):
     """asa-study's --help is the study's parser's text; the first call keeps it, the next prints it without torch."""
     from asa.study.study import build_parser

@@ -116,6 +116,7 @@ def test_finetune_refuses_a_crop_larger_than_every_volume(tmp_path):
     assert not (out / "config.yaml").exists() and not (out / "splits.json").exists()
 
 
+@pytest.mark.slow  # asa-pretrain's console script, in a child process
 def test_pretrain_refuses_a_crop_larger_than_every_volume_before_making_probe_phantoms(tmp_path):
     """The crop is checked against the volumes before the probe's demo phantoms are made at its size (a crop of
     512 on 32³ volumes made 512³ phantoms for minutes before the refusal): one line, exit 2, nothing cached."""

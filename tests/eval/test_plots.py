@@ -53,6 +53,7 @@ def test_interval_plot_names_rows_and_panels_and_skips_missing_values():
     assert "nan" not in svg.lower()
 
 
+@pytest.mark.slow  # a child process's imports
 def test_importing_the_module_leaves_matplotlib_unloaded():
     code = "import sys, asa.eval.plots; sys.exit('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

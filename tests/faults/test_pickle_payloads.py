@@ -139,6 +139,7 @@ def test_no_torch_warning_precedes_the_refusal(tmp_path, protocol):
     assert not marker.exists()
 
 
+@pytest.mark.slow  # asa-export's console script, in a child process
 def test_the_console_s_first_line_is_the_refusal(tmp_path):
     marker, path = tmp_path / "pwned", tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps({"model": _System(marker)}, protocol=5))

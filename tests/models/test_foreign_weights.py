@@ -269,10 +269,10 @@ def test_asas_own_resenc_export_sets_the_fine_tuning_crop(tmp_path):
     from asa.io import save_checkpoint
     from asa.models import build_network, network_spec
 
-    mae = build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": 64}})
+    mae = build_network({"arch": "resenc_pretrain", "kwargs": {"img_size": 64, "size": "tiny"}})
     path = save_checkpoint(tmp_path / "encoder.pt", {"network": network_spec(mae), "encoder": mae.encoder_state_dict(),
                                                      "step": 1})
-    net = build_from_config({"arch": "resenc", "pretrained": str(path)}, {}, in_channels=1, out_channels=2, crop=None,
-                            default_crop=128)
+    net = build_from_config({"arch": "resenc", "size": "tiny", "pretrained": str(path)}, {}, in_channels=1,
+                            out_channels=2, crop=None, default_crop=128)
     assert net.img_size == (64, 64, 64)
     assert torch.equal(net.encoder.stem.convs[0].conv.weight, mae.encoder.stem.convs[0].conv.weight)

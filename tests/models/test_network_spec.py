@@ -16,8 +16,8 @@ TINY = {k: PRESETS["tiny"][k] for k in ("embed_dim", "depth", "num_heads", "wind
 SPECS = {
     "swvit_unetr": dict(img_size=32, in_channels=2, out_channels=3, pos_mode="paper", lr_axis=1, spe_frame="crop", **TINY),
     "asa_pretrain": dict(img_size=32, decoder_dim=24, decoder_depth=1, decoder_num_heads=2, mask_ratio=0.5, **TINY),
-    "resenc": dict(img_size=32, in_channels=2, out_channels=3, coord_channel=True),
-    "resenc_pretrain": dict(img_size=32, mirror_visible=0.2, loss_weighting="uniform"),
+    "resenc": dict(img_size=32, in_channels=2, out_channels=3, size="tiny", coord_channel=True),
+    "resenc_pretrain": dict(img_size=32, size="tiny", mirror_visible=0.2, loss_weighting="uniform"),
     "unetr": dict(img_size=32, in_channels=2, out_channels=3, feature_size=8, hidden_size=48, mlp_dim=96, num_heads=3),
     "dynunet": dict(img_size=32, in_channels=2, out_channels=3, spacing=[1.0, 1.0, 2.0]),
     "swin_unetr": dict(img_size=64, in_channels=2, out_channels=3, feature_size=12, depths=[1, 1, 1, 1]),  # /32

@@ -25,6 +25,7 @@ def _unit(tmp_path: Path, name: str, code: str = "") -> Unit:
                 tmp_path / "logs" / f"{name}.log")
 
 
+@pytest.mark.slow  # units run as child processes
 def test_units_run_until_done_and_only_while_the_budget_holds_them(tmp_path):
     times: dict[str, float] = {}
     assert run_units([_unit(tmp_path, "a"), _unit(tmp_path, "b"), _unit(tmp_path, "c")], 2, Clock(None), times)
@@ -157,6 +158,7 @@ def _children() -> dict[int, str]:
     return lines
 
 
+@pytest.mark.slow  # a study's child processes
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
 def test_no_process_of_the_study_outlives_it(tmp_path):
     """Once the study's work returns, the fork server its units came from and the resource tracker that server

@@ -101,6 +101,7 @@ class _Refused:
         raise AssertionError("a done unit's input was written")
 
 
+@pytest.mark.slow  # units run as child processes
 def test_a_unit_s_inputs_are_written_as_it_starts_and_a_shared_list_by_the_first(tmp_path):
     """Two units read one cohort list: each finds it whole as it starts (its process checks it), the second start
     leaves it as the first wrote it; a done unit's inputs are never written."""

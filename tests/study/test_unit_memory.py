@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from asa.study.common import Clock
 from asa.study.scheduler import UNIT_GIB, Unit, run_units
 from asa.study.stages import _makespan
@@ -31,6 +33,7 @@ def _most_at_once(tmp_path: Path, units: list[Unit]) -> int:
     return max(sum(start <= t < end for start, end in spans) for t, _ in spans)
 
 
+@pytest.mark.slow  # units run as child processes
 def test_units_start_only_while_their_memory_fits_on_the_device(tmp_path):
     """3 GiB, 4 jobs: fused units of 2 runs (2 GiB each) run one at a time, one-run units (1 GiB) three at once."""
     fused = [_timed(tmp_path, f"fused{k}", 1.0, runs=2) for k in range(2)]

@@ -25,6 +25,7 @@ from asa.data.prepare.stages import MAX_BRAIN_ML, extract_brain
 ARGS = ["--brain", "none", "--spacing", "6", "--box", "template", "--no-progress"]
 
 
+@pytest.mark.slow  # a child process's imports
 def test_help_and_refused_options_load_neither_torch_nor_monai(tmp_path):
     code = f"""
 import sys

@@ -111,6 +111,7 @@ def test_the_next_start_removes_only_the_scratch_of_processes_gone(tmp_path, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(v for k, v in folders.items() if k != "killed")
 
 
+@pytest.mark.slow  # asa-prepare's child process, started and killed
 def test_the_child_outlives_ctrl_c_and_errors_and_its_death_fails_only_the_call():
     """Ctrl-C reaches a terminal's whole process group: the child ignores it (its parent decides). A call's exception
     is raised here with its type and the child goes on; a child that dies (out of memory) fails that call with a
