@@ -54,6 +54,7 @@ def test_progress_prices_the_training_units_left_at_the_mean_the_done_ones_took(
     assert progress([a, b], [a, b], {}, 2) == "0 of 2 unit(s) done"  # nothing done: nothing to price from
 
 
+@pytest.mark.slow  # two calls, each with its fork server and child processes
 def test_a_call_says_how_far_its_units_are_as_it_resumes_and_as_each_ends(tmp_path, capsys):
     import dataclasses
 

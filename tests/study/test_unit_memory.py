@@ -45,6 +45,7 @@ def test_units_start_only_while_their_memory_fits_on_the_device(tmp_path):
     assert _most_at_once(tmp_path, single) == 3
 
 
+@pytest.mark.slow  # units run as child processes, one after another
 def test_a_unit_larger_than_the_device_runs_alone_and_says_so(tmp_path, capsys):
     """A 4-run unit (4 GiB) on 3 GiB waits for the unit before it, then runs alone: the unit after it waits for it."""
     units = [_timed(tmp_path, "before", 0.6), _timed(tmp_path, "big", 0.6, runs=4), _timed(tmp_path, "after", 0.6)]
