@@ -6,7 +6,16 @@ registered before any score with its looks (design.json), every sitting's second
 (pilot.json), the checks with the split (checks/checks.json) and the settings (study.json), at the paths the study
 folder holds them, so that scripts/compare_studies.py reads a record as it reads a study folder.
 
+While a study trains across sittings, ``--progress`` copies what its folder needs to resume on another machine (the
+folder is git-ignored and lost with its machine; the checkpoints are too large to commit): its design, seconds,
+settings and pilot's reading, and each scored run's scores.json with its split and seconds. ``--restore`` writes such
+a progress record into a new study folder, and the same asa-study command then resumes there: a scored run is not
+trained again, nor a positive control whose runs are all scored; the pretraining runs are trained again (the page
+reads their curves and exports), and so is every run that was not scored.
+
     python scripts/record_study.py STUDY_DIR benchmarks/results/study-<what>-<date>
+    python scripts/record_study.py --progress STUDY_DIR benchmarks/results/study-<what>-progress
+    python scripts/record_study.py --restore benchmarks/results/study-<what>-progress STUDY_DIR
 """
 from __future__ import annotations
 
@@ -14,12 +23,16 @@ import argparse
 import json
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 RECORD = ("report", "transfer/scores.csv", "transfer/runs.csv", "design.json", "times.json", "pilot.json",
           "checks/checks.json", "study.json")
 HEAD_START = "transfer/head-start/scores.csv"  # the per-case scores at --head-start's step, when the design has one
+PROGRESS = ("design.json", "times.json", "study.json")  # what every progress record holds, then "pilot.json" once read
+RUN_FILES = ("scores.json", "splits.json", "wall_time.json")  # of each scored run, <stage>/runs/<run>/
+MARK = "progress.json"  # what a progress record holds beside the study's files: when it was written, the runs scored
 
 
 def recorded(study: Path) -> tuple[str, ...]:
@@ -52,12 +65,60 @@ def record(study: Path, dest: Path) -> list[Path]:
     return sorted(p for p in dest.rglob("*") if p.is_file())
 
 
+def progress(study: Path, dest: Path) -> list[Path]:
+    """Copy what ``study`` (a study folder while it trains) needs to resume into ``dest``, replacing the progress
+    record there (written whole beside it, then swapped in); the files written. A ``dest`` that holds anything but a
+    progress record is refused, as is a study folder without asa-study's design, seconds and settings."""
+    if missing := [name for name in PROGRESS if not (study / name).is_file()]:
+        raise SystemExit(f"{study}: lacks {', '.join(missing)}: --progress copies a folder asa-study writes")
+    if dest.exists() and any(dest.iterdir()) and not (dest / MARK).is_file():
+        raise SystemExit(f"{dest}: not a progress record (no {MARK}): --progress replaces only its own record")
+    names = [*PROGRESS, *(["pilot.json"] if (study / "pilot.json").is_file() else [])]
+    scored = sorted(f.parent.relative_to(study) for f in study.glob("*/runs/*/scores.json"))
+    names += [str(run / name) for run in scored for name in RUN_FILES if (study / run / name).is_file()]
+    fresh = dest.with_name(f".{dest.name}.writing")
+    shutil.rmtree(fresh, ignore_errors=True)
+    for name in names:
+        (fresh / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(study / name, fresh / name)
+    (fresh / MARK).write_text(json.dumps({"written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                          "runs_scored": [str(run) for run in scored]}, indent=1) + "\n")
+    old = dest.with_name(f".{dest.name}.old")
+    if dest.exists():
+        dest.rename(old)
+    fresh.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return sorted(p for p in dest.rglob("*") if p.is_file())
+
+
+def restore(record_dir: Path, study: Path) -> list[Path]:
+    """Write the progress record ``record_dir`` into the new study folder ``study`` (absent or empty: a folder that
+    holds a study is never written over); the files written. The same asa-study command then resumes there."""
+    if not (record_dir / MARK).is_file():
+        raise SystemExit(f"{record_dir}: not a progress record (no {MARK}): --restore reads what --progress wrote")
+    if study.exists() and any(study.iterdir()):
+        raise SystemExit(f"{study}: not empty: --restore writes a new study folder (choose another, or resume "
+                         "the study in it with its asa-study command)")
+    shutil.copytree(record_dir, study, ignore=shutil.ignore_patterns(MARK), dirs_exist_ok=True)
+    return sorted(p for p in study.rglob("*") if p.is_file())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("study", type=Path, help="the study folder (asa-study --out)")
-    p.add_argument("dest", type=Path, help="the record's folder, e.g. benchmarks/results/study-<what>-<date>")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--progress", action="store_true",
+                      help="copy what a study folder that is still training needs to resume, replacing the progress "
+                           "record in DEST")
+    mode.add_argument("--restore", action="store_true",
+                      help="write the progress record FROM into the new study folder TO, to resume it there")
+    p.add_argument("study", type=Path, metavar="FROM",
+                   help="the study folder (asa-study --out); with --restore, the progress record")
+    p.add_argument("dest", type=Path, metavar="TO",
+                   help="the record's folder, e.g. benchmarks/results/study-<what>-<date>; with --restore, the new "
+                        "study folder")
     args = p.parse_args(argv)
-    written = record(args.study, args.dest)
+    copy = progress if args.progress else restore if args.restore else record
+    written = copy(args.study, args.dest)
     print(f"record_study: {len(written)} files in {args.dest}", file=sys.stderr)
     return 0
 

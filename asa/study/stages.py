@@ -13,6 +13,7 @@ import math
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from asa.study.scheduler import RUNNING, JsonFile, Unit, run_units
 from asa.study.settings import Study
 from asa.study.tables import BUDGET_WINDOW, Outputs
 
+TRANSFER = "transfer"  # the transfer stage's folder in the study folder
 UNFINISHED = 3  # the exit code of a call that stopped before the study's end (its budget, a stage left): rerun
 
 
@@ -53,7 +55,7 @@ class Setup:
         return transfer.Transfer(
             self.study.out / folder, data=s.data, root=s.root, model=s.network.model,
             crop=s.scale.crop, test=s.scale.test, val_cases=s.scale.val, split_seed=s.seed, device=s.device,
-            threads=s.threads, hold_out=split.supervised, workers=s.scale.workers, jobs=s.scale.jobs,
+            threads=s.threads, hold_out=split.supervised, workers=s.scale.workers,
             fused=s.fused, lesion_classes=s.lesion_classes, logs=s.out / "logs" / folder, folds=split.folds,
             repeats=split.repeats, **settings)
 
@@ -83,7 +85,7 @@ class StageUnits:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FineTuningUnits(StageUnits):
     """A fine-tuning stage's plan: its `asa.study.transfer.Transfer`, its runs and the config they compose to
-    (`asa.study.transfer.plan_runs`), and the units that train them (``units``: those, then the scoring units)."""
+    (`asa.study.transfer.plan_runs`), and the units that train them (``units``: each followed by its scoring unit)."""
 
     settings: transfer.Transfer
     runs: tuple[transfer.Run, ...]
@@ -117,7 +119,7 @@ class FineTuning(Stage):
         settings, said = self.transfer(setup, found)
         runs, test, cfg, ids = transfer.plan_runs(settings)
         units = transfer.units(settings, runs, test, ids, str(cfg.data.name))
-        trained = units[:len(transfer.groups(settings, runs))]  # the training units, then the scoring
+        trained = [unit for unit in units if unit.config is not None]  # each followed by its scoring unit
         return FineTuningUnits(tuple(units), said, settings=settings, runs=tuple(runs), cfg=cfg, trained=tuple(trained))
 
     def read(self, setup: Setup, found: Findings, staged: FineTuningUnits) -> int | None:
@@ -174,11 +176,16 @@ class Pilot(FineTuning):
 
 def labeled_units(setup: Setup) -> list[Unit]:
     """The labeled arms' runs' units (the positive control's: one run, or one per cross-validated draw), each of its
-    arm."""
+    arm; one is done when its encoder is trained, or when every transfer run that starts from it is scored (a study
+    folder resumed from its progress record trains no control whose runs it holds)."""
     s, units = setup.study, []
     for run in setup.labeled:
         overrides = (*run.overrides, *s.threads_override)
-        units.append(Unit(run.name, module_argv("asa.cli.finetune", *overrides), lambda run=run: finished(run.encoder),
+        seeds = setup.split.seeds(s.scale) if run.draw is None else (run.draw,)
+        scored = [transfer.run_folder(s.out / TRANSFER, run.arm, n, seed) / "scores.json"
+                  for n in s.scale.cases for seed in seeds]
+        units.append(Unit(run.name, module_argv("asa.cli.finetune", *overrides),
+                          lambda run=run, scored=scored: finished(run.encoder) or all(f.is_file() for f in scored),
                           s.out / "logs" / f"{run.name}.log", threads=s.threads,
                           inputs=(JsonFile(run.run_dir / "splits.json", run.splits),), config=("finetune", overrides),
                           steps=s.scale.pilot_steps, arms=(run.arm,)))
@@ -279,7 +286,7 @@ class TransferStage(FineTuning):
         if s.head_start is not None and head_start is None:
             said += (f"\n[study] --head-start {s.head_start}: not before the end point ({steps} steps), so no run is "
                      "scored there")
-        return setup.transfer("transfer", arms=arms, cases=tuple(s.scale.cases), seeds=seeds, steps=steps,
+        return setup.transfer(TRANSFER, arms=arms, cases=tuple(s.scale.cases), seeds=seeds, steps=steps,
                               head_start=head_start, n_boot=s.n_boot, overrides=setup.overrides), said
 
     def read(self, setup: Setup, found: Findings, staged: FineTuningUnits) -> int | None:
@@ -405,7 +412,7 @@ def schedule_lines(setup: Setup, stage_units: list[tuple[Stage, StageUnits]], co
                    apart: list[tuple[Stage, StageUnits]] | None = None) -> list[str]:
     """The study's schedule, nothing run: each stage's units (`draft`), how many run at once and its planned minutes
     from ``costs`` (timed on this device): the units as `asa.study.scheduler.run_units` starts them (`_makespan`:
-    ``jobs`` at once within the GPU's memory), the scoring after its runs, a unit side by side as fast as alone
+    ``jobs`` at once within the GPU's memory), each scoring unit after its runs, a unit side by side as fast as alone
     (``jobs`` × threads ≤ the cores). ``apart``: the same stages drafted a process per run, for a --fused plan, which
     then says which of the two modes is the faster on this device."""
     memory, total, lines = setup.study.memory_gib, 0.0, [f"[study] plan: {costs.line()}"]
@@ -430,18 +437,15 @@ def schedule_lines(setup: Setup, stage_units: list[tuple[Stage, StageUnits]], co
 
 
 def _stage_seconds(setup: Setup, stage: Stage, staged: StageUnits, costs: Costs) -> float:
-    """The planned seconds of one stage: its trained units, then its scoring or probing units, each part ``jobs``
-    at once (`_makespan`)."""
-    jobs, memory = stage.jobs or setup.study.scale.jobs, setup.study.memory_gib
-    trained = [u for u in staged.units if u.config is not None]
-    others = [u for u in staged.units if u.config is None]
-    return sum(_makespan([(costs.seconds(u), u.gib, _waits(u, part)) for u in part], jobs, memory)
-               for part in (trained, others))
+    """The planned seconds of one stage: its units in order, ``jobs`` at once, a scoring unit once the unit it
+    scores has ended (`_makespan`)."""
+    jobs, memory, units = stage.jobs or setup.study.scale.jobs, setup.study.memory_gib, staged.units
+    return _makespan([(costs.seconds(u), u.gib, _waits(u, units)) for u in units], jobs, memory)
 
 
-def _waits(unit: Unit, part: list[Unit]) -> tuple[int, ...]:
-    """The positions in ``part`` of the units ``unit`` comes after (a unit of another part has ended before)."""
-    return tuple(k for k, u in enumerate(part) if u.name in unit.after)
+def _waits(unit: Unit, units: Sequence[Unit]) -> tuple[int, ...]:
+    """The positions in ``units`` of the units ``unit`` comes after."""
+    return tuple(k for k, u in enumerate(units) if u.name in unit.after)
 
 
 def _modes_line(fused: float, apart: float) -> str:

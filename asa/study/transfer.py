@@ -81,7 +81,6 @@ class Transfer:
     device: str = "auto"
     workers: int = 0  # data.num_workers
     threads: int | None = None  # torch threads per run (trainer.threads)
-    jobs: int = 1  # runs trained (and scoring processes) at once
     fused: bool = False  # each draw's runs (N, seed) trained as one unit (asa.cli.fused), not a process per run
     n_boot: int = 10000  # bootstrap resamples of the confidence intervals
     logs: Path | None = None  # the folder of the runs' logs (None: <out>/logs)
@@ -165,6 +164,11 @@ def cadence(steps: int, n: int, batch: int) -> tuple[int, int]:
     return epochs, max(1, epochs // 20)
 
 
+def run_folder(out: Path, arm: str, n: int, seed: int) -> Path:
+    """The folder of ``arm``'s run at N ``n`` and seed (draw) ``seed`` in the stage folder ``out``."""
+    return out / "runs" / f"{arm}-n{n}-s{seed}"
+
+
 def plan_runs(s: Transfer) -> tuple[list[Run], list[str], Any, list[str]]:
     """Every run of the study -> (runs, test ids, the probe config, every case's id)."""
     out = Path(s.out).expanduser().absolute()
@@ -212,7 +216,7 @@ def plan_runs(s: Transfer) -> tuple[list[Run], list[str], Any, list[str]]:
             checks = [f"trainer.val_every={every}"] if val else []
             checks += [f"trainer.keep_steps=[{s.head_start}]"] if s.head_start is not None else []
             for arm, tuned in s.arms.items():
-                run_dir = out / "runs" / f"{arm}-n{n}-s{seed}"
+                run_dir = run_folder(out, arm, n, seed)
                 own, labeled = tuned.drawn(seed)
                 runs.append(Run(arm, n, seed, train, (*base, f"output_dir={run_dir}", f"seed={seed}",
                                                       f"trainer.epochs={epochs}", *checks, *own), run_dir,
@@ -252,10 +256,11 @@ def run_seconds(s: Transfer, runs: Sequence[Run], seconds: Mapping[str, float]) 
 
 
 def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequence[str], dataset: str) -> list[Unit]:
-    """One ``asa-finetune`` unit per run (with ``s.fused``, one ``asa.cli.fused`` unit per draw), then ``jobs``
-    scoring units, each over every ``jobs``-th run once trained."""
+    """One ``asa-finetune`` unit per run (with ``s.fused``, one ``asa.cli.fused`` unit per draw), each followed by
+    the scoring unit of its runs: a run is scored as soon as it is trained, so that what a study has done is held in
+    its runs' small scores.json, not in their checkpoints (scripts/record_study.py --progress)."""
     out = Path(s.out).expanduser().absolute()
-    logs, jobs, trained, trainer = s.logs or out / "logs", max(1, s.jobs), [], {}
+    logs, planned = s.logs or out / "logs", []
     for name, group in groups(s, runs).items():
         inputs, overrides = [], []
         for run in group:
@@ -266,32 +271,34 @@ def units(s: Transfer, runs: Sequence[Run], test_ids: Sequence[str], ids: Sequen
                      "supervised_trained": list(run.supervised_trained)}
             inputs += [] if ckpt.is_file() else [JsonFile(run.run_dir / "splits.json", split)]
             overrides.append((*run.overrides, "resume=auto"))
-            trainer[run.run_dir] = name
         argv = module_argv("asa.cli.finetune", *overrides[0])
         if len(group) > 1:  # the draw's runs as one (`groups`)
             spec = out / "fused" / f"{name.rsplit('/', 1)[-1]}.json"
             argv = module_argv("asa.cli.fused", str(spec))
             inputs.append(JsonFile(spec, {"runs": [list(o) for o in overrides]}))
-        trained.append(Unit(name, argv, lambda group=group: all(_trained(run) for run in group),
+        planned.append(Unit(name, argv, lambda group=group: all(_trained(run) for run in group),
                             logs / f"{name.rsplit('/', 1)[-1]}.log", threads=s.threads, inputs=tuple(inputs),
                             config=("finetune", overrides[0]), group=tuple(overrides) if len(group) > 1 else (),
                             steps=s.steps, arms=tuple(dict.fromkeys(run.encoder_arm for run in group))))
-    scoring, together = [], list(groups(s, runs).values())  # a fused draw's runs are scored as one too
-    for k in range(min(jobs, len(together))):
-        share, spec = together[k::jobs], out / "scoring" / f"share{k}.json"
-        scored = [r for group in share for r in group]
-        cases = sum(len(r.test) or len(test_ids) for r in scored)  # priced in cases scored as `score` scores them
-        if s.head_start is not None:  # each case scored again at the head start, without the zeroed encoder: half
-            cases += cases // 2
-        scoring.append(Unit(f"{out.name}/scoring-{k}", module_argv("asa.study.transfer", str(spec)),
-                            lambda scored=scored: all(r.scores_file.is_file() for r in scored),
-                            logs / f"scoring-{k}.log", resumable=False, threads=s.threads,
-                            after=tuple(dict.fromkeys(trainer[r.run_dir] for r in scored)),
-                            cases=cases, arms=tuple(dict.fromkeys(r.encoder_arm for r in scored)),
-                            inputs=(JsonFile(spec, {"groups": [[{**dataclasses.asdict(r), "run_dir": str(r.run_dir)}
-                                                                for r in group] for group in share],
-                                                    "test": list(test_ids), "device": s.device}),)))
-    return [*trained, *scoring]
+        planned.append(_scoring_unit(s, name, group, test_ids, out, logs))
+    return planned
+
+
+def _scoring_unit(s: Transfer, trainer: str, group: Sequence[Run], test_ids: Sequence[str], out: Path,
+                  logs: Path) -> Unit:
+    """The unit that scores ``group`` (the runs the unit ``trainer`` trains, predicted as one) once it is done."""
+    tail = trainer.rsplit("/", 1)[-1]
+    spec = out / "scoring" / f"{tail}.json"
+    cases = sum(len(r.test) or len(test_ids) for r in group)  # priced in cases scored as `score` scores them
+    if s.head_start is not None:  # each case scored again at the head start, without the zeroed encoder: half
+        cases += cases // 2
+    return Unit(f"{out.name}/scoring-{tail}", module_argv("asa.study.transfer", str(spec)),
+                lambda: all(r.scores_file.is_file() for r in group), logs / f"scoring-{tail}.log", resumable=False,
+                threads=s.threads, after=(trainer,), cases=cases,
+                arms=tuple(dict.fromkeys(r.encoder_arm for r in group)),
+                inputs=(JsonFile(spec, {"groups": [[{**dataclasses.asdict(r), "run_dir": str(r.run_dir)}
+                                                    for r in group]],
+                                        "test": list(test_ids), "device": s.device}),))
 
 
 def _trained(run: Run) -> bool:
@@ -378,9 +385,9 @@ def score_main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m asa.study.transfer",
         description="Score a study's trained fine-tuning runs on their test cases (what asa-study runs for each "
-                    "scoring share once its runs are trained); a run already scored is left as it is.")
+                    "training unit as soon as its runs are trained); a run already scored is left as it is.")
     parser.add_argument("share", type=Path, help=(
-        "a scoring share, <out>/<stage>/scoring/share<K>.json as asa-study writes it: its runs by group, the "
+        "a scoring share, <out>/<stage>/scoring/<unit>.json as asa-study writes it: its runs by group, the "
         "study's test cases and the device"))
     path = parser.parse_args(argv).share
     groups, test, device = read_share(path)

@@ -1,12 +1,13 @@
 """scripts/record_study.py copies what a record needs from a study folder (per-case scores and the design among them,
-nothing trained), refuses a folder that lacks one of them, and never writes over a record."""
+nothing trained), refuses a folder that lacks one of them, and never writes over a record; its progress record
+holds what a study folder needs to resume elsewhere, replaces only itself and is restored into a new folder only."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from scripts.record_study import HEAD_START, RECORD, main
+from scripts.record_study import HEAD_START, MARK, RECORD, main
 
 
 def _study(root: Path) -> Path:
@@ -67,3 +68,40 @@ def test_a_head_start_not_before_the_end_point_asks_for_no_head_start_scores(tmp
     (study / "pilot.json").write_text('{"steps": 601}')
     with pytest.raises(SystemExit, match=r"lacks transfer/head-start/scores\.csv"):
         main([str(study), str(tmp_path / "other")])
+
+
+def test_a_progress_record_holds_the_scored_runs_and_the_design_and_resumes_in_a_new_folder_only(tmp_path):
+    study, dest = _study(tmp_path / "study"), tmp_path / "results" / "study-x-progress"
+    scored = study / "transfer" / "runs" / "scratch-n8-s0"
+    for name, text in (("scores.json", '{"scores": []}'), ("splits.json", "{}"), ("wall_time.json", "{}")):
+        (scored / name).write_text(text)
+    (study / "transfer" / "runs" / "mae-n8-s0" / "checkpoints").mkdir(parents=True)  # trained, not scored yet
+    (study / "transfer" / "runs" / "mae-n8-s0" / "splits.json").write_text("{}")
+    (study / "pilot" / "runs" / "scratch-n8-s0").mkdir(parents=True)
+    (study / "pilot" / "runs" / "scratch-n8-s0" / "scores.json").write_text('{"scores": []}')
+    assert main(["--progress", str(study), str(dest)]) == 0
+    held = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    runs = ["pilot/runs/scratch-n8-s0/scores.json", *(f"transfer/runs/scratch-n8-s0/{name}" for name in
+                                                      ("scores.json", "splits.json", "wall_time.json"))]
+    assert held == sorted([MARK, "design.json", "times.json", "study.json", "pilot.json", *runs])
+    assert all((dest / name).read_bytes() == (study / name).read_bytes() for name in held if name != MARK)
+    # the next sitting's progress replaces the record whole; nothing else is ever written over
+    (study / "transfer" / "runs" / "mae-n8-s0" / "scores.json").write_text('{"scores": [1]}')
+    assert main(["--progress", str(study), str(dest)]) == 0
+    assert (dest / "transfer" / "runs" / "mae-n8-s0" / "scores.json").read_text() == '{"scores": [1]}'
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["study-x-progress"]  # nothing left beside it
+    final = tmp_path / "results" / "study-x"
+    assert main([str(study), str(final)]) == 0
+    with pytest.raises(SystemExit, match="not a progress record"):
+        main(["--progress", str(study), str(final)])
+    with pytest.raises(SystemExit, match="not a progress record"):
+        main(["--restore", str(final), str(tmp_path / "new")])
+    # restored into a new folder, without the record's own mark; a folder that holds something is refused
+    assert main(["--restore", str(dest), str(tmp_path / "new")]) == 0
+    assert sorted(str(p.relative_to(tmp_path / "new")) for p in (tmp_path / "new").rglob("*") if p.is_file()) == [
+        name for name in sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) if name != MARK]
+    with pytest.raises(SystemExit, match="not empty: --restore writes a new study folder"):
+        main(["--restore", str(dest), str(study)])
+    (study / "times.json").unlink()
+    with pytest.raises(SystemExit, match="lacks times.json"):
+        main(["--progress", str(study), str(dest)])

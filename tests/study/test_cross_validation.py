@@ -77,7 +77,7 @@ def test_a_cross_validated_run_s_split_names_its_fold_as_test_and_flags_what_its
     s = _settings(eighteen, tmp_path, control=[ids] * 6)
     runs, test, _, every = transfer.plan_runs(s)
     units = transfer.units(s, runs, test, every, "msd")
-    for run, unit in zip(runs, units):
+    for run, unit in zip(runs, units[0::2]):  # each training unit, followed by its scoring unit
         [needed] = unit.inputs
         path, split = needed.path, needed.content
         assert path == run.run_dir / "splits.json" and split["test"] == list(run.test) and len(split["test"]) == 6

@@ -54,4 +54,4 @@ def test_a_share_is_read_back_as_written_and_its_scored_runs_are_left_alone(tmp_
 @pytest.mark.slow  # the scoring module's command line, in a child process
 def test_the_scoring_command_line_has_help():
     said = subprocess.run([sys.executable, "-m", "asa.study.transfer", "--help"], capture_output=True, text=True)
-    assert said.returncode == 0 and "scoring/share<K>.json" in said.stdout
+    assert said.returncode == 0 and "scoring/<unit>.json" in said.stdout

@@ -1,7 +1,8 @@
 """asa-study (asa.study.study): the split and its held-out positive control, the overlap check that refuses a test
 case planted in the pretraining cohort (exit 2, before anything trains), refusals of a changed study folder (exit 2,
 old -> new), the plateau check, the report's verdicts and instrument checks, and the installed script end to end
-from a folder outside the checkout, stopped by SIGTERM with no child left, on a labeled set it cross-validates; a
+from a folder outside the checkout, stopped by SIGTERM with no child left, on a labeled set it cross-validates, then
+resumed in a new folder from its progress record; a
 store of asa-preprocess as the cohort, and the positive control on the T1 alone, through the adapted stem, when the
 pretraining reads the T1 alone."""
 from __future__ import annotations
@@ -34,6 +35,7 @@ from asa.study.cohort import CohortList, cohort_channels, cohort_lists, cohort_o
 from asa.study.cost import Costs, StepCost
 from asa.study.runs import FixedSplit, Network, SCALES, finetune_arms, labeled_split, overlap_overrides, parse_network, plan_labeled, plan_pretraining, pretraining_argv, recipe_overrides, supervised_channel, cases_text, units_at_once
 from asa.study.readout import PLATEAU_TOL, loss_plateau, optimiser_progress
+from scripts import record_study
 
 QUICK = ["--scale", "quick", "--n-boot", "50", "--test", "3"]  # the fixed split of 9 cases (3 test, 2 val, 2, 2)
 FIXED = dataclasses.replace(SCALES["quick"], test=3)
@@ -299,6 +301,18 @@ def test_the_installed_script_runs_a_quick_study_from_outside_the_checkout_and_s
     for g, draw in enumerate(checks["split"]["draws"]):
         control = json.loads((out / "pretrain" / f"supervised-s{g}" / "splits.json").read_text())
         assert not set(control["train"]) & set(draw["test"])  # the control never saw the fold it is scored on
+    # the folder lost with its machine: its progress record, restored into a new folder, resumes with the same
+    # command; no fine-tuning run or positive control trains again (the pretraining does: the page reads its runs)
+    assert record_study.main(["--progress", str(out), str(tmp_path / "progress")]) == 0
+    again = tmp_path / "restored"
+    assert record_study.main(["--restore", str(tmp_path / "progress"), str(again)]) == 0
+    argv[argv.index(str(out))] = str(again)
+    resumed = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(p.name for p in (again / "logs").rglob("*.log")) == ["mae-c4.log"]
+    for name in ("transfer/scores.csv", "transfer/head-start/scores.csv"):
+        assert (again / name).read_bytes() == (out / name).read_bytes()
+    assert len(json.loads((again / "design.json").read_text())["looks"]) == 1  # the page read again: no new look
 
 
 def test_whole_heads_are_said_before_anything_trains(tmp_path):

@@ -156,15 +156,16 @@ def test_each_arm_is_read_against_its_declared_twin():
     assert arms["run7"].identity == {"encoder_arm": "asa-coord", "cohort": 4, "replicate": 0, "group": "asa-coord-c4"}
 
 
-def run_study(s: transfer.Transfer, clock=None) -> bool:
-    """A transfer study in this process, as a stage of asa-study runs it: its units, then its tables."""
+def run_study(s: transfer.Transfer, clock=None, jobs: int = 1) -> bool:
+    """A transfer study in this process, as a stage of asa-study runs it: its units ``jobs`` at once, then its
+    tables."""
     from asa.study.common import Clock
     from asa.study.scheduler import run_units
 
     runs, test, cfg, ids = transfer.plan_runs(s)
     units, times = transfer.units(s, runs, test, ids, str(cfg.data.name)), {}
-    complete = run_units(units, s.jobs, clock or Clock(None), times)
-    transfer.results(s, runs, cfg, [times.get(u.name, 0.0) for u in units[:len(runs)]])
+    complete = run_units(units, jobs, clock or Clock(None), times)
+    transfer.results(s, runs, cfg, transfer.run_seconds(s, runs, times))
     return complete and all(run.scores_file.is_file() for run in runs)
 
 
@@ -233,35 +234,33 @@ def test_a_run_stopped_by_a_signal_continues_from_its_checkpoint_and_ends_as_an_
 
 
 @pytest.mark.slow
-def test_runs_scored_in_two_shares_score_as_in_one(tmp_path):
-    """Scoring is a unit of the scheduler, ``jobs`` shares at once: two shares write the same scores.json per run,
-    byte for byte, as one share scoring every run."""
+def test_runs_scored_each_as_it_is_trained_score_as_in_one_share(tmp_path):
+    """Each run is scored by a unit of its own as soon as it is trained: its scores.json is the same, byte for byte,
+    as one share scoring every run writes, and a unit scoring one run waits for that run alone."""
+    import json
     import shutil
 
     from asa.data.synthetic.demo import write_demo_dataset
 
     labeled = write_demo_dataset("msd", tmp_path / "labeled", cases=4, size=16, seed=1)
-    s = transfer.Transfer(tmp_path / "one", SCRATCH_ONLY, data="msd", root=labeled, model="dynunet", crop=16,
+    s = transfer.Transfer(tmp_path / "own", SCRATCH_ONLY, data="msd", root=labeled, model="dynunet", crop=16,
                           cases=(2,), seeds=(0, 1), test=1, steps=4, device="cpu", n_boot=20, threads=1,
                           overrides=("trainer.batch_size=1",))
-    # the two runs trained in this process with their units' overrides and splits (child processes would add only
-    # their start-up): what is under test is the scoring, a unit of the scheduler in a process of its own
-    from asa.api import compose_config, finetune
-
     runs, test, cfg, ids = transfer.plan_runs(s)
-    for unit in transfer.units(s, runs, test, ids, str(cfg.data.name))[:len(runs)]:
-        for needed in unit.inputs:
-            needed.write()
-        assert not finetune(compose_config("finetune", list(unit.config[1]))).preempted
-    assert run_study(s)  # jobs=1: one share, scoring every run
-    assert not list((tmp_path / "one" / "logs").glob("scratch-*.log"))  # nothing trained again
-    shutil.copytree(tmp_path / "one" / "runs", tmp_path / "two" / "runs")
-    for f in (tmp_path / "two" / "runs").rglob("scores.json"):
+    units = transfer.units(s, runs, test, ids, str(cfg.data.name))
+    assert [u.argv[2] for u in units] == ["asa.cli.finetune", "asa.study.transfer"] * 2
+    assert [u.after for u in units[1::2]] == [(u.name,) for u in units[0::2]]
+    assert len(runs) == 2 and run_study(s, jobs=2)  # scratch, seeds 0 and 1: each trained, then scored
+    assert sorted(p.name for p in (tmp_path / "own" / "logs").glob("scoring-*.log")) == [
+        "scoring-scratch-n2-s0.log", "scoring-scratch-n2-s1.log"]
+    shutil.copytree(tmp_path / "own" / "runs", tmp_path / "one" / "runs")
+    for f in (tmp_path / "one" / "runs").rglob("scores.json"):
         f.unlink()
-    two = dataclasses.replace(s, out=tmp_path / "two", jobs=2)
-    runs = transfer.plan_runs(two)[0]
-    assert len(runs) == 2 and run_study(two)  # scratch, seeds 0 and 1: one share each
-    assert sorted(p.name for p in (tmp_path / "two" / "logs").glob("scoring-*.log")) == ["scoring-0.log", "scoring-1.log"]
+    share = tmp_path / "one" / "share.json"
+    share.write_text(json.dumps({"groups": [[{**dataclasses.asdict(r), "run_dir": str(tmp_path / "one" / "runs" /
+                                                                                  r.run_dir.name)}] for r in runs],
+                                 "test": list(test), "device": "cpu"}))
+    transfer.score_main([str(share)])
     for run in runs:
         assert run.scores_file.read_text() == (tmp_path / "one" / "runs" / run.run_dir.name / "scores.json").read_text()
 
@@ -273,16 +272,16 @@ def test_fused_units_train_each_draw_as_one_and_share_its_seconds_out(tmp_path):
     runs = [transfer.Run(arm, 2, seed, ("c0", "c1"), (f"seed={seed}", *arms[arm].overrides),
                          tmp_path / "runs" / f"{arm}-n2-s{seed}") for seed in (0, 1) for arm in arms]
     ids = ["c0", "c1", "c2", "c3"]
-    alone = transfer.units(transfer.Transfer(tmp_path, arms, jobs=1), runs, ["c2", "c3"], ids, "msd")
-    fused = transfer.units(transfer.Transfer(tmp_path, arms, jobs=1, fused=True), runs, ["c2", "c3"], ids, "msd")
-    assert [u.argv[2] for u in alone] == ["asa.cli.finetune"] * 4 + ["asa.study.transfer"]
-    assert [u.argv[2] for u in fused] == ["asa.cli.fused"] * 2 + ["asa.study.transfer"]
-    assert fused[-1].after == tuple(u.name for u in fused[:2])
+    alone = transfer.units(transfer.Transfer(tmp_path, arms), runs, ["c2", "c3"], ids, "msd")
+    fused = transfer.units(transfer.Transfer(tmp_path, arms, fused=True), runs, ["c2", "c3"], ids, "msd")
+    assert [u.argv[2] for u in alone] == ["asa.cli.finetune", "asa.study.transfer"] * 4
+    assert [u.argv[2] for u in fused] == ["asa.cli.fused", "asa.study.transfer"] * 2
+    assert [u.after for u in fused[1::2]] == [(fused[0].name,), (fused[2].name,)]
     # scored as they trained: each draw's runs a group (predicted as one), each run alone its own
     shares = [[[r["run_dir"] for r in group] for group in unit.inputs[0].content["groups"]]
-              for unit in (alone[-1], fused[-1])]
+              for unit in (*alone[1::2], *fused[1::2])]
     folders = [str(r.run_dir) for r in runs]
-    assert shares == [[[f] for f in folders], [folders[:2], folders[2:]]]
+    assert shares == [*([[f]] for f in folders), [folders[:2]], [folders[2:]]]
     group = {i.path: i.content for i in fused[0].inputs}[tmp_path / "fused" / "fused-n2-s0.json"]
     assert group["runs"] == [[*r.overrides, "resume=auto"] for r in runs[:2]]
     assert {i.path for i in fused[0].inputs} >= {r.run_dir / "splits.json" for r in runs[:2]}
@@ -291,10 +290,10 @@ def test_fused_units_train_each_draw_as_one_and_share_its_seconds_out(tmp_path):
     assert alone[0].group == ()
     assert not fused[0].done()
     seconds = transfer.run_seconds(transfer.Transfer(tmp_path, arms, fused=True), runs,
-                                   {fused[0].name: 10.0, fused[1].name: 4.0})
+                                   {fused[0].name: 10.0, fused[2].name: 4.0})
     assert seconds == [5.0, 5.0, 2.0, 2.0]
     # a process per run: each its own unit's; one not recorded (a sitting killed before it kept them), NaN
-    alone_seconds = transfer.run_seconds(transfer.Transfer(tmp_path, arms), runs, {alone[1].name: 3.0})
+    alone_seconds = transfer.run_seconds(transfer.Transfer(tmp_path, arms), runs, {alone[2].name: 3.0})
     assert alone_seconds[1] == 3.0 and all(math.isnan(alone_seconds[k]) for k in (0, 2, 3))
 
 
