@@ -111,9 +111,10 @@ def test_a_validation_round_of_k_units_dispatches_about_what_one_unit_alone_does
 @pytest.mark.slow  # two whole steps of four tiny networks, each timed and profiled: tens of seconds on a loaded CPU
 def test_the_profile_splits_a_whole_step_by_family_and_the_fused_convolutions_are_one_for_k_units(tmp_path):
     """--profile on the CPU (the dry run of the GPU's): every unit-step's convolutions, norms and update appear, the
-    K fused units run each of the unit's convolution operators once for all of them (a unit's share about 1/K: on a
-    CPU the count holds each call's nested operators, whose depth varies a little with the backend a grouped call
-    takes), and each unit keeps its own update (as many update operators a unit fused as alone)."""
+    K fused units run each of the unit's convolution operators once for all of them (a unit's share about 1/K, where
+    K calls would give K times that: on a CPU the count holds each call's nested operators, and vmap's batching rule
+    can nest one more aten::convolution in a forward call, 14 of 96 operators on an AVX2 machine), and each unit keeps
+    its own update (as many update operators a unit fused as alone)."""
     out = tmp_path / "profile.json"
     assert main(["--ks", "3", "--profile", "--size", "tiny", "--crop", "16", "--in-channels", "1",
                  "--out-channels", "2", "--repeats", "1", "--json", str(out)]) == 0
@@ -122,7 +123,7 @@ def test_the_profile_splits_a_whole_step_by_family_and_the_fused_convolutions_ar
     assert doc["device"] == "cpu" and row["k"] == 3 and row["alone_wall_ms"] > 0 and row["fused_wall_ms_per_unit"] > 0
     alone, fused = row["alone_kernels"], row["fused_kernels_per_unit"]
     assert {"convolution", "norm", "update (clipping, AdamW)"} <= alone.keys() & fused.keys()
-    assert alone["convolution"] > 0 and 0.9 < fused["convolution"] * 3 / alone["convolution"] < 1.1
+    assert alone["convolution"] > 0 and 0.9 < fused["convolution"] * 3 / alone["convolution"] < 1.5
     assert fused["update (clipping, AdamW)"] == alone["update (clipping, AdamW)"] > 0
     assert row["alone_device_ms"].keys() == alone.keys() and row["fused_device_ms_per_unit"].keys() == fused.keys()
     assert row["device_bound_unit_steps_per_s"] == round(1e3 / sum(row["fused_device_ms_per_unit"].values()), 1)
