@@ -179,7 +179,7 @@ def test_every_installed_script_is_named_in_the_readme():
 
 def test_what_the_readme_commands_write_into_the_checkout_is_ignored_by_git():
     """The folders the README's commands write (runs, the demo data) are left out of git's view of the checkout."""
-    ignored = {line.strip().rstrip("/") for line in (ROOT / ".gitignore").read_text().splitlines()}
+    ignored = {line.strip().strip("/") for line in (ROOT / ".gitignore").read_text().splitlines()}
     written = []
     for words in _block_commands(README.read_text()):
         for i, word in enumerate(words):

@@ -68,8 +68,8 @@ LEAST = {"crop": 8, "pretrain_steps": 1, "pilot_steps": 1, "cases": 1, "seeds": 
          "folds": 2, "repeats": 1, "min_scored": 0, "pretrain_runs": 1}
 
 SCALES = {
-    # two CPU cores, one sitting: the pilot and the positive control side by side, then the pretraining runs (two per
-    # arm) two at a time, then every fine-tuning run two at a time; a small labeled set by 3 folds × 1 repeat
+    # two CPU cores, one sitting: the pilot, then the pretraining runs (two per arm) two at a time, then every
+    # fine-tuning run (each draw's positive control first) two at a time; a small labeled set by 3 folds × 1 repeat
     # (docs/studies.md: the cost table these were chosen from)
     "cpu": Scale(crop=32, pretrain_steps=800, pilot_steps=1200, cases=(8,), seeds=(0, 1, 2), test=16, val=4,
                  supervised=8, resenc="S", swvit="tiny", jobs=2, repeats=1),

@@ -1,8 +1,9 @@
-"""The stages of ``asa-study``, run in order by `run_stages`: the pilot (with the positive control beside it), the
-pretraining runs (the negative control's among them), the frozen probes (``--probe-first``), the transfer stage and
-the report. A stage names its units (the scheduler's processes: `asa.study.scheduler`), is done when they are, and
-then reads what they wrote; a reading may stop the study (a pilot that did not learn). Every stage's units, scoring
-included, run under one scheduler, within the call's time budget; a rerun continues with the first stage not done."""
+"""The stages of ``asa-study``, run in order by `run_stages`: the pilot, the pretraining runs (the negative
+control's among them), the frozen probes (``--probe-first``), the transfer stage (each positive control trained just
+before the first run that starts from it) and the report. A stage names its units (the scheduler's processes:
+`asa.study.scheduler`), is done when they are, and then reads what they wrote; a reading may stop the study (a pilot
+that did not learn). Every stage's units, scoring included, run under one scheduler, within the call's time budget;
+a rerun continues with the first stage not done."""
 
 from __future__ import annotations
 
@@ -132,11 +133,11 @@ class FineTuning(Stage):
 
 
 class Pilot(FineTuning):
-    """The scratch twin at the largest N, the recipe's warm-up then a constant lr, and the positive control beside
-    it: a scratch twin that does not learn the task makes every contrast noise, and the study stops before it
-    spends the pretraining. Reads the fine-tuning budget (`asa.study.readout.pilot_budget`)."""
+    """The scratch twin at the largest N, the recipe's warm-up then a constant lr: a scratch twin that does not learn
+    the task makes every contrast noise, and the study stops before it spends the pretraining or the positive
+    control. Reads the fine-tuning budget (`asa.study.readout.pilot_budget`)."""
 
-    title = "pilot and positive control"
+    title = "pilot"
 
     def transfer(self, setup: Setup, found: Findings) -> tuple[transfer.Transfer, str]:
         s = setup.study
@@ -144,10 +145,6 @@ class Pilot(FineTuning):
                                   cases=(max(s.scale.cases),), seeds=(0,), steps=s.scale.pilot_steps, n_boot=1000,
                                   overrides=(*s.network.finetune[1:], *setup.overrides, "optim.schedule=constant"))
         return settings, ""
-
-    def units(self, setup: Setup, found: Findings) -> FineTuningUnits:
-        staged = super().units(setup, found)
-        return dataclasses.replace(staged, units=(*staged.units, *labeled_units(setup)))
 
     def read(self, setup: Setup, found: Findings, staged: FineTuningUnits) -> int | None:
         super().read(setup, found, staged)
@@ -172,6 +169,23 @@ class Pilot(FineTuning):
         else:
             print(f"[study] {report.budget_line(found.pilot, found.pilot['steps'])}", flush=True)
         return None
+
+
+def with_controls(setup: Setup, units: Sequence[Unit]) -> tuple[Unit, ...]:
+    """``units`` (a fine-tuning stage's, in order) with each labeled arm's run (`labeled_units`: the positive
+    control's) placed just before the first unit that starts from its encoder (``model.pretrained=<encoder>`` among
+    its runs' overrides), which then comes after it. A cross-validated draw's control so trains beside its draw's
+    runs: a study resumed on a new machine from its progress record trains again the control of one draw at most,
+    not of every draw not yet scored. A control no unit starts from is not trained."""
+    controls = {f"model.pretrained={run.encoder}": unit
+                for run, unit in zip(setup.labeled, labeled_units(setup), strict=True)}
+    placed: list[Unit] = []
+    for unit in units:
+        runs = unit.group or ((unit.config[1],) if unit.config else ())
+        needs = [controls[o] for o in dict.fromkeys(o for run in runs for o in run) if o in controls]
+        placed += [c for c in needs if c.name not in {u.name for u in placed}]
+        placed.append(dataclasses.replace(unit, after=(*unit.after, *(c.name for c in needs))) if needs else unit)
+    return tuple(placed)
 
 
 def labeled_units(setup: Setup) -> list[Unit]:
@@ -288,6 +302,10 @@ class TransferStage(FineTuning):
                      "scored there")
         return setup.transfer(TRANSFER, arms=arms, cases=tuple(s.scale.cases), seeds=seeds, steps=steps,
                               head_start=head_start, n_boot=s.n_boot, overrides=setup.overrides), said
+
+    def units(self, setup: Setup, found: Findings) -> FineTuningUnits:
+        staged = super().units(setup, found)
+        return dataclasses.replace(staged, units=with_controls(setup, staged.units))
 
     def read(self, setup: Setup, found: Findings, staged: FineTuningUnits) -> int | None:
         # its tables give every arm's Δ to its twin: a look, recorded in design.json before the first is written

@@ -6,10 +6,11 @@ Stages (asa.study.stages; rerun the same command to continue: finished units are
 seeds, --repeats, and cohorts and N below the largest): the checks before anything trains (test and validation cases against
 the pretraining cohort, refused unless --accept-overlap; the channels each arm reads; the positive control's
 cases); the pilot (the scratch twin at a constant lr: the fine-tuning budget is where its validation Dice stops
-rising) with the positive control beside it; the pretraining runs of every arm and of the negative control (mae's
-recipe on noise); with --probe-first, frozen probes that choose the one arm fine-tuned; the transfer stage (every
-arm beside its twin at each N and draw, scored on the test cases); the report (<out>/report/README.md), read on the
-primary endpoint named before anything trains (the lesion Dice with --lesion-classes or one foreground class).
+rising); the pretraining runs of every arm and of the negative control (mae's recipe on noise); with --probe-first,
+frozen probes that choose the one arm fine-tuned; the transfer stage (every arm beside its twin at each N and draw,
+scored on the test cases, each positive control trained just before its draw's runs); the report
+(<out>/report/README.md), read on the primary endpoint named before anything trains (the lesion Dice with
+--lesion-classes or one foreground class).
 
 Every scale pretrains each arm three times (the gpu scale four, the quick scale twice) and cross-validates a labeled
 set too small for its fixed split (--folds × --repeats; fewer than --min-scored scored cases: refused). SIGTERM or SIGINT stops every

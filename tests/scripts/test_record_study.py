@@ -1,8 +1,11 @@
 """scripts/record_study.py copies what a record needs from a study folder (per-case scores and the design among them,
 nothing trained), refuses a folder that lacks one of them, and never writes over a record; its progress record
-holds what a study folder needs to resume elsewhere, replaces only itself and is restored into a new folder only."""
+holds what a study folder needs to resume elsewhere, replaces only itself and is restored into a new folder only;
+no file either writes is one the repository's git ignores, so a commit holds all of it."""
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -105,3 +108,26 @@ def test_a_progress_record_holds_the_scored_runs_and_the_design_and_resumes_in_a
     (study / "times.json").unlink()
     with pytest.raises(SystemExit, match="lacks times.json"):
         main(["--progress", str(study), str(dest)])
+
+
+def test_git_ignores_no_file_a_record_or_a_progress_record_holds(tmp_path):
+    """A progress record whose scored runs git ignores (a ``runs/`` pattern matching ``<stage>/runs/<run>/``) is
+    committed without them, and a study restored from it trains those runs again."""
+    repo = Path(__file__).resolve().parents[2]
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    study = _study(tmp_path / "study")
+    for stage in ("pilot", "transfer"):
+        (study / stage / "runs" / "scratch-n8-s0").mkdir(parents=True, exist_ok=True)
+        for name in ("scores.json", "splits.json", "wall_time.json"):
+            (study / stage / "runs" / "scratch-n8-s0" / name).write_text("{}")
+    held = []
+    for args, name in ((["--progress"], "study-x-progress"), ([], "study-x")):
+        dest = tmp_path / "results" / name
+        assert main([*args, str(study), str(dest)]) == 0
+        held += [f"benchmarks/results/{name}/{p.relative_to(dest)}" for p in dest.rglob("*") if p.is_file()]
+    assert "benchmarks/results/study-x-progress/pilot/runs/scratch-n8-s0/scores.json" in held
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=repo, capture_output=True,
+                             text=True, input="\n".join(held))
+    assert ignored.returncode in (0, 1), ignored.stderr
+    assert ignored.stdout.split() == []

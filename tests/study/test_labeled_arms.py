@@ -162,6 +162,25 @@ def test_a_cross_validated_study_runs_each_labeled_arm_per_draw_with_its_cost_ro
     assert {c["arm"] for c in record["contrasts"] if c["kind"] == "positive"} == {"supervised", "sup2"}
 
 
+@pytest.mark.slow
+def test_each_draw_s_control_trains_just_before_the_first_run_that_starts_from_it(crossed):
+    """Each labeled arm's run of a draw trains in the transfer stage, after the pilot's reading, just before the
+    first fine-tuning run that starts from its encoder, and every run that does waits for it: a study resumed on a
+    new machine from its progress record trains again at most the control of the draw it stopped in."""
+    out, _, units = crossed
+    names = [u.name for u in units]
+    pilot_read = max(k for k, name in enumerate(names) if name.startswith("pilot/"))
+    for arm in ("supervised", "sup2"):
+        for g in range(2):
+            encoder = out / "pretrain" / f"{arm}-s{g}" / "checkpoints" / "last.pt"
+            starts = [k for k, u in enumerate(units) if f"model.pretrained={encoder}" in u.argv]
+            assert starts and names.index(f"{arm}-s{g}") == starts[0] - 1 > pilot_read, names
+            assert names[starts[0]].startswith(f"transfer/{arm}-n") and names[starts[0]].endswith(f"-s{g}")
+            assert all(f"{arm}-s{g}" in units[k].after for k in starts)
+    last_of_draw_0 = max(k for k, name in enumerate(names) if name.startswith("transfer/") and name.endswith("-s0"))
+    assert min(names.index("supervised-s1"), names.index("sup2-s1")) > last_of_draw_0  # not trained up front
+
+
 def test_only_the_arm_that_declares_fine_tuning_overrides_takes_them(monkeypatch, tmp_path):
     """finetune_arms: sup2's ``finetune`` on its fine-tuning arm alone, after the network's; the positive control, the
     scratch twin and a pretrained arm fine-tune as before."""

@@ -280,7 +280,7 @@ def test_the_installed_script_runs_a_quick_study_from_outside_the_checkout_and_s
     # both sittings counted, the stopped one with its stage's seconds; the design registered once, read once
     times = json.loads((out / "times.json").read_text())
     assert [s["ended"] for s in times["sittings"]] == ["stopped by SIGTERM", "finished"]
-    assert times["stages"]["pilot and positive control"] > 0
+    assert times["stages"]["pilot"] > 0
     registered = json.loads((out / "design.json").read_text())
     assert len(registered["looks"]) == 1 and not registered["changes"] and "extended after a look" not in page
     contrasts = json.loads((out / "report" / "contrasts.json").read_text())
@@ -960,10 +960,10 @@ def test_the_gpu_scale_plans_the_whole_study_for_one_window_and_runs_nothing(tmp
     said = capsys.readouterr().out
     jobs = units_at_once(1, 0, None, len(os.sched_getaffinity(0)))
     assert "[study] plan: --scale gpu on a machine without a GPU: the plan below is priced on this machine's CPU" in said
-    assert f"pilot and positive control: 9 unit(s) of 1200 steps, {jobs} at once" in said  # the pilot, 8 controls
+    assert f"pilot: 1 unit(s) of 1200 steps, {jobs} at once" in said
     # mae and asa, 4 runs each, and noise, each of its 4 after mae's run of its replicate, exported at its step
     assert f"pretraining: 12 unit(s) of 480 steps, {jobs} at once" in said
-    assert f"transfer: 112 unit(s) of 1200 steps, {jobs} at once" in said  # 14 arms × 8 draws, the pilot's length
+    assert f"transfer: 120 unit(s) of 1200 steps, {jobs} at once" in said  # 14 arms × 8 draws, 8 controls
     assert "transfer: 14 arms × N [2] × 8 cross-validation draws" in said
     gpu = SCALES["gpu"]
     assert (gpu.pilot_steps, gpu.pretrain_steps, gpu.resenc) == (1200, 480, "S")  # the window's design
@@ -994,7 +994,7 @@ def test_the_noise_control_is_exported_at_the_step_its_matched_arm_exported(data
                        "resenc-tiny", "--arms", "asa", "mae", "noise", "--out", str(tmp_path / "s")]) == 0
     (setup,) = setups
     titles = [s.title for s in stages.stages(setup.study)]
-    assert titles == ["pilot and positive control", "pretraining", "transfer", "report"]
+    assert titles == ["pilot", "pretraining", "transfer", "report"]
     units = stages.Pretrain().units(setup, stages.Findings()).units
     arms_first, noise = units[:4], units[4:]
     assert sorted(u.name for u in arms_first) == ["asa-c4", "asa-c4-p1", "mae-c4", "mae-c4-p1"]

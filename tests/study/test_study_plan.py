@@ -108,7 +108,8 @@ def test_a_dry_run_prices_the_transfer_stage_at_the_budget_cap(tmp_path, capsys,
     for cap, steps in ((["--budget-cap", "12"], 12), (["--budget-cap", "400"], 40)):
         assert study.main([*argv, *cap]) == 0
         (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[study] plan: transfer:")]
-        assert f" unit(s) of {steps} steps, " in line  # the pilot's length, or the cap where that is shorter
+        # the pilot's length, or the cap where that is shorter; the positive control trains the pilot's 40 beside them
+        assert f" unit(s) of {'/'.join(map(str, sorted({steps, 40})))} steps, " in line
     assert not (tmp_path / "out").exists()
 
 
@@ -176,7 +177,7 @@ def test_a_dry_run_writes_nothing_and_prices_every_stage_on_this_machine(tmp_pat
         assert "s to score a case" in said[0]
         stages = {line.split(":")[1].strip(): float(line.rsplit(": ", 1)[1].removesuffix(" min"))
                   for line in said[1:-1]}
-        assert set(stages) == {"pilot and positive control", "pretraining", "transfer"}
+        assert set(stages) == {"pilot", "pretraining", "transfer"}
         assert all(minutes >= 0 for minutes in stages.values()) and sum(stages.values()) > 0  # every unit priced
         assert said[-1].endswith("nothing was run (--dry-run)")
         # the stages add up, each line rounded to 0.1 min: within half of that per stage
