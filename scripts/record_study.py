@@ -11,7 +11,10 @@ folder is git-ignored and lost with its machine; the checkpoints are too large t
 settings and pilot's reading, and each scored run's scores.json with its split and seconds. ``--restore`` writes such
 a progress record into a new study folder, and the same asa-study command then resumes there: a scored run is not
 trained again, nor a positive control whose runs are all scored; the pretraining runs are trained again (the page
-reads their curves and exports), and so is every run that was not scored.
+reads their curves and exports), and so is every run that was not scored. A run trained again on another machine is
+another instance of it (its floating point differs, and with it a pretraining run's export step), so the progress
+record also says which encoder each scored run started from, by its file's sha256 (``started_from``; a run keeps
+the entry of the record it was first written to).
 
     python scripts/record_study.py STUDY_DIR benchmarks/results/study-<what>-<date>
     python scripts/record_study.py --progress STUDY_DIR benchmarks/results/study-<what>-progress
@@ -20,7 +23,9 @@ reads their curves and exports), and so is every run that was not scored.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -76,19 +81,46 @@ def progress(study: Path, dest: Path) -> list[Path]:
     names = [*PROGRESS, *(["pilot.json"] if (study / "pilot.json").is_file() else [])]
     scored = sorted(f.parent.relative_to(study) for f in study.glob("*/runs/*/scores.json"))
     names += [str(run / name) for run in scored for name in RUN_FILES if (study / run / name).is_file()]
+    kept = json.loads((dest / MARK).read_text()).get("started_from", {}) if (dest / MARK).is_file() else {}
     fresh = dest.with_name(f".{dest.name}.writing")
     shutil.rmtree(fresh, ignore_errors=True)
     for name in names:
         (fresh / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(study / name, fresh / name)
     (fresh / MARK).write_text(json.dumps({"written": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                          "runs_scored": [str(run) for run in scored]}, indent=1) + "\n")
+                                          "runs_scored": [str(run) for run in scored],
+                                          "started_from": started_from(study, scored, kept)}, indent=1) + "\n")
     old = dest.with_name(f".{dest.name}.old")
     if dest.exists():
         dest.rename(old)
     fresh.rename(dest)
     shutil.rmtree(old, ignore_errors=True)
     return sorted(p for p in dest.rglob("*") if p.is_file())
+
+
+def started_from(study: Path, scored: Sequence[Path], kept: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """Each scored run (``scored``, relative to ``study``) that started from an encoder -> that encoder's path (relative
+    to ``study`` where it lies inside) and its file's sha256, read from the ``model.pretrained=`` of the run's
+    command.txt; a run in ``kept`` (the record written before) keeps its entry there: it was scored on the machine
+    that wrote it, from that machine's instance of the encoder."""
+    found = {}
+    for run in map(str, scored):
+        if run in kept:
+            found[run] = kept[run]
+            continue
+        command = study / run / "command.txt"
+        words = shlex.split(command.read_text()) if command.is_file() else []
+        starts = [w.split("=", 1)[1] for w in words if w.startswith("model.pretrained=")]
+        if not starts or starts[-1] in ("null", "None", ""):  # scratch
+            continue
+        encoder = Path(starts[-1]).resolve()
+        if not encoder.is_file():
+            raise SystemExit(f"{command}: model.pretrained={encoder}: no such file, so which encoder {run} started "
+                             "from cannot be recorded; --progress reads the study folder on the machine that scored it")
+        inside = encoder.is_relative_to(study.resolve())
+        found[run] = {"encoder": str(encoder.relative_to(study.resolve()) if inside else encoder),
+                      "sha256": hashlib.sha256(encoder.read_bytes()).hexdigest()}
+    return found
 
 
 def restore(record_dir: Path, study: Path) -> list[Path]:

@@ -4,6 +4,8 @@ holds what a study folder needs to resume elsewhere, replaces only itself and is
 no file either writes is one the repository's git ignores, so a commit holds all of it."""
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -131,3 +133,34 @@ def test_git_ignores_no_file_a_record_or_a_progress_record_holds(tmp_path):
                              text=True, input="\n".join(held))
     assert ignored.returncode in (0, 1), ignored.stderr
     assert ignored.stdout.split() == []
+
+
+def test_a_progress_record_says_which_instance_of_its_encoder_each_scored_run_started_from(tmp_path):
+    """A pretraining run trained again on a new machine is another instance of it: each scored run's entry names the
+    encoder file it started from and that file's sha256 as it was when the run was first recorded."""
+    study, dest = _study(tmp_path / "study"), tmp_path / "results" / "study-x-progress"
+    encoder = study / "pretrain" / "mae-c40" / "checkpoints" / "encoder.pt"
+    encoder.parent.mkdir(parents=True)
+    encoder.write_bytes(b"machine A")
+
+    def scored(run: str, start: str) -> None:
+        folder = study / "transfer" / "runs" / run
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "scores.json").write_text("{}")
+        (folder / "command.txt").write_text(f"asa-finetune data=msd output_dir={folder} model.pretrained={start}\n")
+
+    scored("mae-c40-n8-s0", str(encoder))
+    scored("scratch-n8-s0", "null")
+    assert main(["--progress", str(study), str(dest)]) == 0
+    entry = {"encoder": "pretrain/mae-c40/checkpoints/encoder.pt", "sha256": hashlib.sha256(b"machine A").hexdigest()}
+    assert json.loads((dest / MARK).read_text())["started_from"] == {"transfer/runs/mae-c40-n8-s0": entry}
+    encoder.write_bytes(b"machine B")  # the folder lost, restored, the pretraining trained again
+    scored("mae-c40-n8-s1", str(encoder))
+    assert main(["--progress", str(study), str(dest)]) == 0
+    assert json.loads((dest / MARK).read_text())["started_from"] == {
+        "transfer/runs/mae-c40-n8-s0": entry,
+        "transfer/runs/mae-c40-n8-s1": {**entry, "sha256": hashlib.sha256(b"machine B").hexdigest()}}
+    encoder.unlink()  # an encoder gone: which instance a new run started from cannot be said, and is not guessed
+    scored("mae-c40-n8-s2", str(encoder))
+    with pytest.raises(SystemExit, match="mae-c40-n8-s2 started from cannot be recorded"):
+        main(["--progress", str(study), str(dest)])
