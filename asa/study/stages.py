@@ -181,11 +181,25 @@ def with_controls(setup: Setup, units: Sequence[Unit]) -> tuple[Unit, ...]:
                 for run, unit in zip(setup.labeled, labeled_units(setup), strict=True)}
     placed: list[Unit] = []
     for unit in units:
-        runs = unit.group or ((unit.config[1],) if unit.config else ())
-        needs = [controls[o] for o in dict.fromkeys(o for run in runs for o in run) if o in controls]
-        placed += [c for c in needs if c.name not in {u.name for u in placed}]
-        placed.append(dataclasses.replace(unit, after=(*unit.after, *(c.name for c in needs))) if needs else unit)
+        needs = []
+        for overrides in _runs_overrides(unit):
+            needs += [controls[o] for o in overrides if o in controls and controls[o] not in needs]
+        for control in needs:
+            if control.name not in {u.name for u in placed}:
+                placed.append(control)
+        if needs:
+            unit = dataclasses.replace(unit, after=(*unit.after, *(c.name for c in needs)))
+        placed.append(unit)
     return tuple(placed)
+
+
+def _runs_overrides(unit: Unit) -> tuple[tuple[str, ...], ...]:
+    """The asa-finetune overrides of each run ``unit`` trains (none for a scoring unit)."""
+    if unit.group:
+        return unit.group
+    if unit.config is None:
+        return ()
+    return (unit.config[1],)
 
 
 def labeled_units(setup: Setup) -> list[Unit]:
