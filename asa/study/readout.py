@@ -42,6 +42,10 @@ def pilot_budget(scores: Path, scale: Scale, cap: int | None, *, lesion_classes:
     record = json.loads(scores.read_text())
     curve = record["budget"].get("val_curve") or []
     lesion = pilot_lesion_curve(scores.parent, lesion_classes)
+    if not lesion and kept and kept.get("curve") == curve and kept.get("lesion_classes") == list(lesion_classes):
+        # the run restored from a progress record (scripts/record_study.py): its TensorBoard logs stayed on the
+        # machine that trained it, and the pilot.json read there holds its lesion curve
+        lesion = kept.get("lesion_curve") or []
     best, best_lesion = max((d for _, d in curve), default=0.0), max((d for _, d in lesion), default=math.nan)
     learned = best >= PILOT_FLOOR and (not lesion_classes or best_lesion >= PILOT_FLOOR)
     if kept and kept.get("curve") == curve and kept.get("lesion_curve", []) == lesion:

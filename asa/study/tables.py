@@ -67,9 +67,14 @@ BUDGET_WINDOW = 3  # the fewest validation rounds `converged_budget` fits a tren
 
 def _rise(curve: np.ndarray) -> tuple[float, float]:
     """The rise of a curve's least-squares line from its first round to its last, and that rise's one-sided 95 %
-    upper bound (the slope's at Student's t with rounds − 2 df, `scipy.stats.linregress`)."""
-    fit, span = stats.linregress(curve[:, 0], curve[:, 1]), float(curve[-1, 0] - curve[0, 0])
-    return float(fit.slope * span), float((fit.slope + stats.t.ppf(0.95, len(curve) - 2) * fit.stderr) * span)
+    upper bound (the slope's, its standard error from the residuals, at Student's t with rounds − 2 df). Written
+    out rather than read off `scipy.stats.linregress`, whose standard error is NaN for a curve with no spread (scipy
+    1.17): an exactly flat curve has a bound of 0, not none."""
+    x, y = curve[:, 0] - curve[:, 0].mean(), curve[:, 1] - curve[:, 1].mean()
+    slope = float(x @ y / (x @ x))
+    stderr = math.sqrt(float(np.sum((y - slope * x) ** 2)) / (len(curve) - 2) / float(x @ x))
+    span = float(curve[-1, 0] - curve[0, 0])
+    return slope * span, (slope + float(stats.t.ppf(0.95, len(curve) - 2)) * stderr) * span
 
 
 def converged_budget(curve: Sequence[Sequence[float]], *, tol: float, window: int = BUDGET_WINDOW) -> dict[str, Any]:

@@ -163,3 +163,30 @@ def test_the_pilot_s_figure_plots_the_curve_its_budget_was_read_from(tmp_path):
     assert [d for _, d, _ in drawn] == pytest.approx(lesion, rel=1e-6)
     assert plots["pilot.svg"] == line_plot({"scratch (pilot)": drawn}, xlabel="step",
                                            ylabel="validation lesion Dice (lesion)", categorical=False)
+
+
+def test_a_pilot_restored_without_its_logs_keeps_the_lesion_curve_its_pilot_json_read(tmp_path):
+    """A progress record carries the pilot's scores.json and pilot.json, not its TensorBoard logs: on the new
+    machine the pilot reads its lesion curve from that pilot.json (and so learned the task, at the same budget),
+    not an empty curve (a NaN best lesion Dice, read as a pilot that did not learn). A pilot.json for other lesion
+    classes, or for another curve, lends it nothing."""
+    from asa.study.readout import pilot_budget
+    from asa.study.runs import SCALES
+
+    lesion = (0.1 + 0.4 * np.minimum(STEPS, 960) / 960).tolist()
+    scale = dataclasses.replace(SCALES["cpu"], pilot_steps=2400)
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    first = pilot_budget(_pilot_run(trained, STEPS.tolist(), [0.8] * STEPS.size, lesion), scale, None,
+                         lesion_classes=["lesion"], tol=0.03)
+    assert (first["learned"], first["converged"], first["steps"]) == (True, True, 960)
+    kept = json.loads(json.dumps(first))  # as the pilot.json on disk reads back
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    (restored / "scores.json").write_text((trained / "scores.json").read_text())  # no tb/ beside it
+    again = pilot_budget(restored / "scores.json", scale, None, lesion_classes=["lesion"], tol=0.03, kept=kept)
+    assert (again["learned"], again["converged"], again["steps"]) == (True, True, 960)
+    assert again["lesion_curve"] == kept["lesion_curve"] and again["best_lesion_dice"] == pytest.approx(0.5)
+    for other in ({**kept, "lesion_classes": ["edema"]}, {**kept, "curve": kept["curve"][:-1]}, None):
+        unread = pilot_budget(restored / "scores.json", scale, None, lesion_classes=["lesion"], tol=0.03, kept=other)
+        assert not unread["learned"] and unread["lesion_curve"] == []
