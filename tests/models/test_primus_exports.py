@@ -44,6 +44,7 @@ def exported(tmp_path_factory):
 def test_nnunet_builds_the_plans_primus_and_loads_the_file(exported):
     """nnU-Net's get_network_from_plans builds the plans' architecture block, its load_pretrained_weights (every
     tensor but .seg_layers. there, with its shape) fills it, and every encoder tensor is asa's."""
+    pytest.importorskip("nnunetv2")  # the nnunet extra
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
